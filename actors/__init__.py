@@ -1,0 +1,20 @@
+"""pykka actors: one per user, the directory that spawns and passivates them, the
+extraction workers, the group committer and the asyncio bridge."""
+
+from actors._bridge import BridgedFuture, to_asyncio
+from actors._context import EngineSettings, TaskObserver
+from actors.directory import ActorDirectory
+from actors.engine import Engine, EngineOptions
+from actors.user_actor import INTERRUPTED_BY_CRASH, UserActor
+
+__all__ = [
+    "INTERRUPTED_BY_CRASH",
+    "ActorDirectory",
+    "BridgedFuture",
+    "Engine",
+    "EngineOptions",
+    "EngineSettings",
+    "TaskObserver",
+    "UserActor",
+    "to_asyncio",
+]

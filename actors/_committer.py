@@ -1,0 +1,102 @@
+"""Group commit: many user actors' appends share one database transaction.
+
+Each user actor stays the single writer of its log and waits for its own commit, but
+while one transaction is being written the next requests queue up and go in the next
+transaction together, so throughput grows with the number of concurrent users.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from events import EventStore, Recorded
+from projections import Projector
+
+__all__ = ["GroupCommitter"]
+
+log = logging.getLogger("memvee.actors")
+
+
+@dataclass(slots=True)
+class _Request:
+    events: Sequence[Any]
+    future: Future[list[Recorded]] = field(default_factory=Future)
+
+
+class GroupCommitter:
+    """A thread that stores queued event batches, with their projection rows, in bulk."""
+
+    def __init__(self, store: EventStore, projector: Projector, max_batch: int = 256) -> None:
+        self._store = store
+        self._projector = projector
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
+        self._thread.start()
+        self.transactions = 0
+        self.commits = 0
+
+    def submit(self, events: Sequence[Any]) -> Future[list[Recorded]]:
+        """Queue ``events`` of one log; the future resolves once they are committed."""
+        request = _Request(events)
+        self._queue.put(request)
+        return request.future
+
+    def commit(self, events: Sequence[Any]) -> list[Recorded]:
+        """Queue ``events`` and wait until they are committed (or raise why not)."""
+        return self.submit(events).result()
+
+    def stop(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stopping:
+                return
+
+    def _write(self, batch: list[_Request]) -> None:
+        try:
+            recorded = self._store.append([r.events for r in batch], self._fold)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+                return
+            log.warning("group commit of %d logs failed (%s); retrying one by one", len(batch), error)
+            for request in batch:
+                self._write([request])
+            return
+        self.transactions += 1
+        self.commits += len(batch)
+        start = 0
+        for request in batch:
+            end = start + len(request.events)
+            request.future.set_result(recorded[start:end])
+            start = end
+
+    def _fold(self, session: Session, recorded: list[Recorded]) -> None:
+        self._projector.apply(session.connection(), recorded)

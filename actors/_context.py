@@ -1,0 +1,48 @@
+"""What every user actor shares: the store, the committer, the workers and the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from actors._committer import GroupCommitter
+from actors._workers import ExtractionWorkers
+from events import EventStore
+
+__all__ = ["EngineSettings", "SharedServices", "TaskObserver"]
+
+
+class TaskObserver(Protocol):
+    """Hears how tasks move, from actor threads; implementations must be thread-safe."""
+
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str) -> None:
+        """A task was scheduled by the engine itself (auto-processing, recovery)."""
+
+    def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
+        """A task's ProcessingStarted is committed; it holds ``message_count`` messages."""
+
+    def task_finished(
+        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+    ) -> None:
+        """A task ended ``COMPLETED`` or ``FAILED`` and its outcome is committed (if any)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """The knobs a user actor needs."""
+
+    auto_process: bool
+    batch_threshold: int
+    max_content_chars: int
+    snapshot_interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedServices:
+    """The services all user actors of one engine share."""
+
+    store: EventStore
+    committer: GroupCommitter
+    workers: ExtractionWorkers
+    observer: TaskObserver
+    settings: EngineSettings

@@ -1,0 +1,111 @@
+"""The extraction worker pool: a bounded number of extractions on their own event loop.
+
+Extraction is slow (an LLM call), so it never runs on a user actor's thread nor on the
+caller's asyncio loop: it runs here, at most ``concurrency`` at a time, each bounded by
+``timeout`` seconds. Outcomes go back to whoever submitted them through a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from events import ExtractionBatch, ExtractionError, ExtractionResult, Extractor
+
+__all__ = ["ExtractionWorkers", "Outcome"]
+
+log = logging.getLogger("memvee.actors")
+
+Outcome = ExtractionResult | BaseException
+"""What an extraction ended with: a result, or the error that failed the batch."""
+
+
+class ExtractionWorkers:
+    """Runs an :class:`Extractor` on a private event loop thread with bounded concurrency."""
+
+    def __init__(self, extractor: Extractor, *, concurrency: int = 4, timeout: float = 120.0):
+        self.extractor = extractor
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._semaphore: asyncio.Semaphore | None = None
+        self._concurrency = concurrency
+        self._pending: set[Future[ExtractionResult]] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: ExtractionBatch, done: Callable[[Outcome], None]) -> None:
+        """Extract ``batch`` in the background and call ``done`` with the outcome."""
+        future = asyncio.run_coroutine_threadsafe(self._extract(batch), self._loop)
+        with self._lock:
+            self._pending.add(future)
+
+        def _finished(f: Future[ExtractionResult]) -> None:
+            with self._lock:
+                self._pending.discard(f)
+            outcome: Outcome
+            if f.cancelled():
+                outcome = ExtractionError("extraction cancelled by shutdown")
+            else:
+                error = f.exception()
+                outcome = error if error is not None else f.result()
+            try:
+                done(outcome)
+            except Exception:
+                log.exception("delivering the outcome of task %s failed", batch.task_id)
+
+        future.add_done_callback(_finished)
+
+    @property
+    def in_flight(self) -> int:
+        """Extractions submitted and not finished."""
+        with self._lock:
+            return len(self._pending)
+
+    def stop(self) -> None:
+        """Cancel what still runs, close the extractor and stop the loop thread."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()
+        closing = asyncio.run_coroutine_threadsafe(self._aclose(), self._loop)
+        try:
+            closing.result(timeout=10)
+        except Exception:
+            log.exception("closing the extractor failed")
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._concurrency)
+        async with self._semaphore:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await self.extractor.extract(batch)
+            except TimeoutError:
+                raise ExtractionError(
+                    f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
+                ) from None
+        if not isinstance(result, ExtractionResult):
+            raise ExtractionError(
+                f"extractor {self.extractor.name!r} returned {type(result).__name__}, "
+                "not an ExtractionResult"
+            )
+        return result
+
+    async def _aclose(self) -> None:
+        aclose: Any = getattr(self.extractor, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()

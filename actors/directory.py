@@ -1,0 +1,177 @@
+"""The actor directory: one live actor per user, spawned on demand, stopped when idle.
+
+Every message to a user actor is sent while holding the directory's lock, and an actor
+retires only under that lock with an empty inbox, so a message can never reach an actor
+that is stopping: a caller racing a passivation simply gets a fresh actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors._bridge import BridgedFuture, resolve_threadsafe
+
+__all__ = ["ActorDirectory"]
+
+log = logging.getLogger("memvee.actors")
+
+Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]"], bool]], "pykka.ActorRef[Any]"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    ref: pykka.ActorRef[Any]
+    proxy: Any
+    last_used: float
+
+
+class ActorDirectory:
+    """Finds or spawns the actor of a user, and passivates idle actors."""
+
+    def __init__(
+        self, spawn: Spawn, *, idle_timeout: float = 60.0, max_live: int = 1000
+    ) -> None:
+        self._spawn = spawn
+        self.idle_timeout = idle_timeout
+        self.max_live = max_live
+        self._lock = threading.Lock()
+        self._actors: OrderedDict[str, _Entry] = OrderedDict()
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="memvee-spawner")
+        self._stopped = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
+        self._reaper.start()
+        self.spawned = 0
+        self.retired = 0
+
+    # ------------------------------------------------------------------ calls
+
+    def call(self, user_id: str, method: str, *args: Any) -> BridgedFuture[Any]:
+        """Call ``method(*args)`` on the user's actor (spawning it if needed)."""
+        with self._lock:
+            if self._stopped.is_set():
+                raise RuntimeError("the actor directory is stopped")
+            entry = self._actors.get(user_id)
+            if entry is None:
+                entry = self._start(user_id)
+            else:
+                self._actors.move_to_end(user_id)
+            entry.last_used = time.monotonic()
+            try:
+                future: BridgedFuture[Any] = getattr(entry.proxy, method)(*args)
+            except pykka.ActorDeadError:
+                log.warning("the actor of user %r had died; starting a new one", user_id)
+                del self._actors[user_id]
+                entry = self._start(user_id)
+                future = getattr(entry.proxy, method)(*args)
+            return future
+
+    def call_async(
+        self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any
+    ) -> asyncio.Future[Any]:
+        """Like :meth:`call`, resolved on ``loop``; spawning happens off the loop."""
+        target: asyncio.Future[Any] = loop.create_future()
+
+        def _deliver(future: BridgedFuture[Any]) -> None:
+            resolve_threadsafe(loop, target, *future.outcome())
+
+        with self._lock:
+            live = user_id in self._actors
+        if live:
+            try:
+                self.call(user_id, method, *args).add_done_callback(_deliver)
+                return target
+            except pykka.ActorDeadError:
+                pass
+
+        def _spawn_and_call() -> None:
+            try:
+                self.call(user_id, method, *args).add_done_callback(_deliver)
+            except Exception as error:
+                resolve_threadsafe(loop, target, False, error)
+
+        self._spawner.submit(_spawn_and_call)
+        return target
+
+    def live_users(self) -> list[str]:
+        """The users whose actor is live now."""
+        with self._lock:
+            return list(self._actors)
+
+    @property
+    def live_count(self) -> int:
+        """How many user actors are live."""
+        with self._lock:
+            return len(self._actors)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def retire(self, user_id: str, ref: pykka.ActorRef[Any]) -> bool:
+        """Called by an idle actor: remove it unless a message is on its way to it."""
+        with self._lock:
+            entry = self._actors.get(user_id)
+            if entry is None or entry.ref is not ref:
+                return True
+            if not ref.actor_inbox.empty():
+                return False
+            del self._actors[user_id]
+            self.retired += 1
+            return True
+
+    def passivate_idle(self, older_than: float | None = None) -> None:
+        """Ask idle actors (and the least recently used beyond ``max_live``) to stop."""
+        limit = self.idle_timeout if older_than is None else older_than
+        now = time.monotonic()
+        with self._lock:
+            candidates = [e for e in self._actors.values() if now - e.last_used >= limit]
+            excess = len(self._actors) - self.max_live
+            if excess > 0:
+                seen = {id(e) for e in candidates}
+                candidates += [e for e in list(self._actors.values())[:excess] if id(e) not in seen]
+            for entry in candidates:
+                try:
+                    entry.proxy.passivate()
+                except pykka.ActorDeadError:
+                    pass
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every actor after it has handled the messages already sent to it."""
+        with self._lock:
+            self._stopped.set()
+            entries = list(self._actors.values())
+            self._actors.clear()
+        self._reaper.join(timeout=5)
+        self._spawner.shutdown(wait=True)
+        futures = [e.ref.stop(block=False) for e in entries]
+        for future in futures:
+            try:
+                future.get(timeout=timeout)
+            except Exception:
+                log.exception("an actor did not stop cleanly")
+
+    def _start(self, user_id: str) -> _Entry:
+        ref = self._spawn(user_id, self.retire)
+        entry = _Entry(ref, ref.proxy(), time.monotonic())
+        self._actors[user_id] = entry
+        self.spawned += 1
+        if len(self._actors) > self.max_live:
+            for old in list(self._actors.values())[: len(self._actors) - self.max_live]:
+                old.proxy.passivate()
+        return entry
+
+    def _reap(self) -> None:
+        interval = max(0.05, min(self.idle_timeout / 2, 1.0))
+        while not self._stopped.wait(interval):
+            try:
+                self.passivate_idle()
+            except Exception:
+                log.exception("passivating idle actors failed")

@@ -1,0 +1,108 @@
+"""The engine: the store, the committer, the extraction workers and the user actors, wired.
+
+It is the synchronous core behind :class:`memvee.Memory`: everything here runs on its own
+threads, and the asyncio face only sends messages to it and awaits bridged futures.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors._committer import GroupCommitter
+from actors._context import EngineSettings, SharedServices, TaskObserver
+from actors._workers import ExtractionWorkers
+from actors.directory import ActorDirectory
+from actors.user_actor import UserActor
+from events import Durability, EventStore, Extractor
+from projections import ProjectionReader, ProjectionTables, Projector, rebuild
+
+__all__ = ["Engine", "EngineOptions"]
+
+log = logging.getLogger("memvee.actors")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Everything the engine is built from."""
+
+    url: str
+    durability: Durability
+    settings: EngineSettings
+    idle_timeout: float
+    max_live_actors: int
+    extraction_concurrency: int
+    extraction_timeout: float
+    commit_batch_max: int
+
+
+class Engine:
+    """Owns the engine's threads and the database for one open Memory."""
+
+    def __init__(self, options: EngineOptions, extractor: Extractor, observer: TaskObserver):
+        self.options = options
+        self.store = EventStore(options.url, durability=options.durability)
+        self.tables = ProjectionTables()
+        self.projector = Projector(self.tables)
+        self.reader = ProjectionReader(self.tables)
+        self._catch_up()
+        self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
+        self.workers = ExtractionWorkers(
+            extractor,
+            concurrency=options.extraction_concurrency,
+            timeout=options.extraction_timeout,
+        )
+        self.services = SharedServices(
+            self.store, self.committer, self.workers, observer, options.settings
+        )
+        self.directory = ActorDirectory(
+            self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
+        )
+
+    def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:
+        return UserActor.start(user_id, self.services, retire)
+
+    def _catch_up(self) -> None:
+        """Create the projection tables and fold whatever of the log they have not seen."""
+        with self.store.transaction() as connection:
+            self.projector.create(connection)
+            position = self.projector.position(connection)
+        if position < self.store.max_position():
+            folded = rebuild(self.store, self.tables, resume=True)
+            log.warning("projections were behind the log; folded %d events", folded)
+
+    def recover(self) -> list[tuple[str, list[str]]]:
+        """Close tasks a crash left open; schedule users left over the threshold.
+
+        Returns the users recovered with the ids of the tasks closed for each.
+        """
+        settings = self.options.settings
+        with self.store.engine.connect() as connection:
+            crashed = self.reader.users_with_running_tasks(connection)
+            waiting = (
+                self.reader.users_with_pending(connection, settings.batch_threshold)
+                if settings.auto_process
+                else []
+            )
+        threshold = settings.batch_threshold if settings.auto_process else None
+        futures = [
+            (user, self.directory.call(user, "recover", threshold))
+            for user in dict.fromkeys(crashed + waiting)
+        ]
+        return [(user, future.get()) for user, future in futures]
+
+    def shutdown(self, reason: str) -> None:
+        """End the remaining tasks as FAILED with ``reason``, then stop every thread."""
+        futures = [self.directory.call(u, "shutdown", reason) for u in self.directory.live_users()]
+        for future in futures:
+            try:
+                future.get(timeout=30)
+            except Exception:
+                log.exception("closing a user's tasks at shutdown failed")
+        self.directory.stop()
+        self.workers.stop()
+        self.committer.stop()
+        self.store.close()

@@ -1,0 +1,290 @@
+"""The user actor: the single writer of one user's log, and a thin shell around it.
+
+It owns the user's :class:`UserLog` aggregate in memory, asks it to decide, hands the
+events to the group committer and waits for them to be durable, then talks to the world:
+it replies to the caller, starts extraction on the worker pool (never on this thread),
+records the outcome, and tells the observer how each task moves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+import pykka
+
+from actors._bridge import BridgedFuture
+from actors._context import SharedServices
+from actors._workers import Outcome
+from events import (
+    BatchMessage,
+    ExtractionBatch,
+    ExtractionResult,
+    MemveeError,
+    UserLog,
+)
+from projections import Message
+
+__all__ = ["INTERRUPTED_BY_CRASH", "UserActor"]
+
+log = logging.getLogger("memvee.actors")
+
+INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
+
+Retire = Callable[[str, "pykka.ActorRef[Any]"], bool]
+
+
+class UserActor(pykka.ThreadingActor):
+    """One user's actor; its public methods are called through a pykka proxy."""
+
+    def __init__(self, user_id: str, services: SharedServices, retire: Retire) -> None:
+        super().__init__()
+        self.user_id = user_id
+        self._services = services
+        self._retire = retire
+        self._log: UserLog | None = None
+        self._loaded = False
+        self._snapshot_version = 0
+        self._queued: deque[tuple[str, str]] = deque()
+        self._running: str | None = None
+        self._myself: Any = None
+
+    @staticmethod
+    def _create_future() -> BridgedFuture[Any]:
+        return BridgedFuture()
+
+    def on_start(self) -> None:
+        self._myself = self.actor_ref.proxy()
+
+    # ------------------------------------------------------------------ commands
+
+    def add_messages(self, messages: Sequence[tuple[str, str, datetime | None]]) -> list[Message]:
+        """Append ``(role, content, sent_at)`` messages; returns them once committed."""
+        user_log = self._user_log(create=True)
+        assert user_log is not None
+        settings = self._services.settings
+        try:
+            ids = [
+                user_log.add_message(role, content, sent_at, settings.max_content_chars)
+                for role, content, sent_at in messages
+            ]
+        except BaseException:
+            self._forget_log()
+            raise
+        recorded = self._commit()
+        added = {
+            e.message_id: e for e in (r.event for r in recorded) if isinstance(e, UserLog.MessageAdded)
+        }
+        stored = [
+            Message(m, self.user_id, added[m].seq, added[m].role, added[m].content, added[m].sent_at)
+            for m in ids
+        ]
+        if (
+            settings.auto_process
+            and not self._queued
+            and len(user_log.pending) >= settings.batch_threshold
+        ):
+            self._schedule_own("auto")
+        return stored
+
+    def schedule(self, task_id: str, trigger: str) -> None:
+        """Queue task ``task_id``; it starts once no other task of this user runs."""
+        self._queued.append((task_id, trigger))
+        self._advance()
+
+    def recover(self, auto_threshold: int | None) -> list[str]:
+        """Close tasks a crash left open as FAILED; returns their ids.
+
+        With ``auto_threshold``, schedule processing if enough messages wait.
+        """
+        user_log = self._user_log(create=False)
+        if user_log is None:
+            return []
+        closed = [t for t in user_log.open_tasks if t != self._running]
+        if closed:
+            user_log.close_interrupted(INTERRUPTED_BY_CRASH, closed)
+            self._commit()
+            for task_id in closed:
+                log.warning("user %r: task %s %s", self.user_id, task_id, INTERRUPTED_BY_CRASH)
+                self._services.observer.task_finished(
+                    self.user_id, task_id, "FAILED", 0, INTERRUPTED_BY_CRASH
+                )
+        if (
+            auto_threshold is not None
+            and not self._queued
+            and self._running is None
+            and len(user_log.pending) >= auto_threshold
+        ):
+            self._schedule_own("recovery")
+        return closed
+
+    def shutdown(self, reason: str) -> None:
+        """End queued and running tasks as FAILED with ``reason``; their messages stay."""
+        observer = self._services.observer
+        while self._queued:
+            task_id, _ = self._queued.popleft()
+            observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
+        running, self._running = self._running, None
+        if running is not None and self._log is not None:
+            self._log.close_interrupted(reason, [running])
+            try:
+                self._commit()
+            finally:
+                observer.task_finished(self.user_id, running, "FAILED", 0, reason)
+
+    def extraction_done(self, task_id: str, outcome: Outcome) -> None:
+        """Record the outcome of the running task and start the next queued one."""
+        if task_id != self._running:
+            log.warning("user %r: outcome of task %s arrived after it closed", self.user_id, task_id)
+            return
+        observer = self._services.observer
+        user_log = self._user_log(create=False)
+        assert user_log is not None
+        status, count, error = "COMPLETED", 0, None
+        try:
+            if isinstance(outcome, ExtractionResult):
+                try:
+                    entries = user_log.record_knowledge(
+                        task_id,
+                        outcome.facts,
+                        outcome.extractor,
+                        outcome.model,
+                        outcome.input_tokens,
+                        outcome.output_tokens,
+                    )
+                    count = len(entries)
+                except MemveeError as invalid:
+                    outcome = invalid  # refused before any event: the log is unchanged
+            if not isinstance(outcome, ExtractionResult):
+                status, error = "FAILED", _describe(outcome)
+                log.warning("user %r: task %s failed: %s", self.user_id, task_id, error)
+                user_log.record_failure(task_id, error)
+            self._commit()
+        except Exception as storage:
+            status, count, error = "FAILED", 0, f"could not record the outcome: {storage}"
+            log.error("user %r: task %s: %s", self.user_id, task_id, error)
+            self._forget_log()
+        self._running = None
+        observer.task_finished(self.user_id, task_id, status, count, error)
+        self._advance()
+
+    def passivate(self) -> bool:
+        """Stop this actor if it is idle and nobody has a message on its way to it."""
+        if self._running is not None or self._queued:
+            return False
+        if not self._retire(self.user_id, self.actor_ref):
+            return False
+        self.stop()
+        return True
+
+    def state(self) -> dict[str, Any]:
+        """A small view of the actor's state, for tests and tooling."""
+        user_log = self._user_log(create=False)
+        return {
+            "version": 0 if user_log is None else user_log.version,
+            "pending": [] if user_log is None else list(user_log.pending),
+            "open_tasks": [] if user_log is None else list(user_log.open_tasks),
+            "running": self._running,
+            "queued": [t for t, _ in self._queued],
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _schedule_own(self, trigger: str) -> None:
+        task_id = str(uuid4())
+        self._services.observer.task_scheduled(self.user_id, task_id, trigger)
+        self._myself.schedule(task_id, trigger)
+
+    def _advance(self) -> None:
+        observer = self._services.observer
+        while self._running is None and self._queued:
+            task_id, trigger = self._queued.popleft()
+            user_log = self._user_log(create=False)
+            try:
+                claimed = None if user_log is None else user_log.start_processing(task_id, trigger)
+                if claimed is not None:
+                    recorded = self._commit()
+            except Exception as error:
+                self._forget_log()
+                log.error("user %r: task %s could not start: %s", self.user_id, task_id, error)
+                observer.task_finished(self.user_id, task_id, "FAILED", 0, _describe(error))
+                continue
+            if claimed is None:
+                observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
+                continue
+            self._running = task_id
+            observer.task_running(self.user_id, task_id, len(claimed))
+            try:
+                batch = self._batch(task_id, claimed, recorded[-1].event.originator_version)
+            except Exception as error:
+                self.extraction_done(task_id, error)
+                return
+            self._services.workers.submit(batch, self._deliver_to_self(task_id))
+
+    def _deliver_to_self(self, task_id: str) -> Callable[[Outcome], None]:
+        myself = self._myself
+
+        def _deliver(outcome: Outcome) -> None:
+            try:
+                myself.extraction_done(task_id, outcome)
+            except pykka.ActorDeadError:
+                log.info("task %s ended after its actor stopped (shutdown)", task_id)
+
+        return _deliver
+
+    def _batch(self, task_id: str, claimed: list[str], started_version: int) -> ExtractionBatch:
+        """Read the claimed messages back from the log (the state keeps no bodies)."""
+        assert self._log is not None
+        versions = self._log.open_tasks[task_id]
+        first = min(versions[m] for m in claimed)
+        wanted = set(claimed)
+        events = self._services.store.events_of(self.user_id, after=first - 1, upto=started_version)
+        messages = tuple(
+            BatchMessage(e.message_id, e.role, e.content, e.sent_at)
+            for e in events
+            if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
+        )
+        return ExtractionBatch(self.user_id, task_id, messages)
+
+    def _user_log(self, *, create: bool) -> UserLog | None:
+        if not self._loaded:
+            self._log = self._services.store.load(self.user_id)
+            self._loaded = True
+            self._snapshot_version = 0 if self._log is None else self._log.version
+        if self._log is None and create:
+            self._log = UserLog.register(self.user_id)
+        return self._log
+
+    def _forget_log(self) -> None:
+        """Drop the in-memory log so the next command reloads it from the store.
+
+        A failed save leaves the aggregate ahead of the store; saving it later would
+        store a version gap and make the log unloadable.
+        """
+        self._log = None
+        self._loaded = False
+
+    def _commit(self) -> list[Any]:
+        assert self._log is not None
+        events = self._log.collect_events()
+        if not events:
+            return []
+        try:
+            recorded = self._services.committer.commit(events)
+        except BaseException:
+            self._forget_log()
+            raise
+        interval = self._services.settings.snapshot_interval
+        if interval and self._log.version - self._snapshot_version >= interval:
+            self._services.store.take_snapshot(self._log)
+            self._snapshot_version = self._log.version
+        return recorded
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, MemveeError) else f"{type(error).__name__}: {text}"

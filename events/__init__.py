@@ -1,0 +1,52 @@
+"""The domain: each user's log aggregate, its events, and the store that keeps them.
+
+Imports none of memvee's other packages and does no I/O beyond the event store.
+"""
+
+from events.errors import (
+    ConflictError,
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    MemoryClosedError,
+    MemveeError,
+    ProcessingError,
+    ProcessingTimeoutError,
+    StorageError,
+    UnknownTaskError,
+)
+from events.extraction import (
+    BatchMessage,
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionResult,
+    Extractor,
+)
+from events.store import Durability, EventStore, Recorded, sqlite_url
+from events.user_log import ROLES, UserLog, check_message, check_user_id, user_log_id
+
+__all__ = [
+    "ROLES",
+    "BatchMessage",
+    "ConflictError",
+    "Durability",
+    "EventStore",
+    "ExtractedFact",
+    "ExtractionBatch",
+    "ExtractionError",
+    "ExtractionResult",
+    "Extractor",
+    "InvalidExtractionError",
+    "InvalidInputError",
+    "MemoryClosedError",
+    "MemveeError",
+    "ProcessingError",
+    "ProcessingTimeoutError",
+    "Recorded",
+    "StorageError",
+    "UnknownTaskError",
+    "UserLog",
+    "check_message",
+    "check_user_id",
+    "user_log_id",
+]

@@ -1,0 +1,66 @@
+"""The typed error hierarchy of memvee, re-exported by ``memvee.errors``.
+
+It lives in the domain package because the aggregate is the one place that decides,
+so it is also where most errors are raised; the library face re-exports it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "ExtractionError",
+    "InvalidExtractionError",
+    "InvalidInputError",
+    "MemoryClosedError",
+    "MemveeError",
+    "ProcessingError",
+    "ProcessingTimeoutError",
+    "StorageError",
+    "UnknownTaskError",
+]
+
+
+class MemveeError(Exception):
+    """Base class of every error memvee raises on purpose."""
+
+
+class InvalidInputError(MemveeError, ValueError):
+    """Bad input from the caller; raised before anything is written."""
+
+
+class UnknownTaskError(InvalidInputError):
+    """A task id that this user's log does not know."""
+
+
+class MemoryClosedError(MemveeError, RuntimeError):
+    """A call on a Memory that is not open (never opened, or already closed)."""
+
+
+class StorageError(MemveeError):
+    """The event store refused or failed a write; nothing of that write is acknowledged."""
+
+
+class ConflictError(StorageError):
+    """Another writer appended to the same user log first (optimistic concurrency)."""
+
+
+class ExtractionError(MemveeError):
+    """An extractor failed on a batch (network, timeout, refusal, bad answer)."""
+
+
+class InvalidExtractionError(ExtractionError):
+    """An extractor's answer broke the schema or cited messages outside its batch."""
+
+
+class ProcessingError(MemveeError):
+    """A processing task ended FAILED; carries the task and the failure text."""
+
+    def __init__(self, user_id: str, task_id: str, error: str) -> None:
+        super().__init__(f"processing task {task_id} for user {user_id!r} failed: {error}")
+        self.user_id = user_id
+        self.task_id = task_id
+        self.error = error
+
+
+class ProcessingTimeoutError(MemveeError, TimeoutError):
+    """Waiting for processing took longer than the caller's timeout; the work goes on."""

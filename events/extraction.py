@@ -1,0 +1,84 @@
+"""What an extractor sees and answers: the contract between the engine and Claude.
+
+The engine hands an :class:`ExtractionBatch` (the messages of one processing task) to an
+:class:`Extractor` and records its :class:`ExtractionResult` as a KnowledgeExtracted event.
+These are plain values so that extractors stay testable without the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "BatchMessage",
+    "ExtractedFact",
+    "ExtractionBatch",
+    "ExtractionResult",
+    "Extractor",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMessage:
+    """One message of a batch, with the id that extracted facts must cite."""
+
+    message_id: str
+    role: str
+    content: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionBatch:
+    """The messages of one processing task of one user, oldest first."""
+
+    user_id: str
+    task_id: str
+    messages: tuple[BatchMessage, ...]
+
+    @property
+    def message_ids(self) -> frozenset[str]:
+        """The ids a fact of this batch may cite."""
+        return frozenset(m.message_id for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractedFact:
+    """One knowledge entry as the extractor states it, with the messages it came from."""
+
+    text: str
+    source_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionResult:
+    """An extractor's answer for one batch."""
+
+    facts: tuple[ExtractedFact, ...]
+    extractor: str
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Extractor(Protocol):
+    """Turns a batch of messages into knowledge entries.
+
+    ``extract`` runs on the engine's extraction loop (never on a user actor's thread);
+    it raises :class:`events.errors.ExtractionError` (or any exception) to fail the batch,
+    which returns the batch's messages to the buffer. ``aclose`` releases clients.
+    """
+
+    name: str
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        """Extract knowledge entries from ``batch``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release network clients and other resources."""
+        ...

@@ -1,0 +1,185 @@
+"""Persistence of user logs: eventsourcing over SQLAlchemy, chosen by configuration.
+
+:class:`EventStore` is the one door to the database for the domain. It loads a user's log
+(from its latest snapshot), appends the pending events of many logs in ONE transaction
+(group commit) while letting the caller write its projection rows in that same
+transaction, reads a log's events back, and follows the whole notification log in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import DomainEventProtocol, Snapshot
+from eventsourcing.persistence import IntegrityError
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from events.user_log import UserLog, user_log_id
+from events.errors import ConflictError, StorageError
+
+__all__ = ["Durability", "EventStore", "Recorded", "sqlite_url"]
+
+log = logging.getLogger("memvee.events")
+
+Durability = Literal["full", "normal"]
+"""SQLite durability: ``full`` survives power loss (synchronous=FULL, the default);
+``normal`` survives a process kill and is ~2x faster (synchronous=NORMAL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A domain event with its position in the application-wide notification log."""
+
+    notification_id: int
+    event: DomainEventProtocol[Any]
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite file, creating its folder if missing."""
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+class _MemveeApplication(Application[UUID]):
+    """The eventsourcing application holding every user log of one database."""
+
+    name = "memvee"
+    is_snapshotting_enabled = True
+
+
+class EventStore:
+    """Loads, appends and follows user logs in one database.
+
+    The caller (a user's actor) must be the single writer of a log in this process;
+    version conflicts from elsewhere surface as :class:`ConflictError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: Durability = "full",
+        busy_timeout_ms: int = 30_000,
+        pool_size: int = 10,
+    ) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._app = _MemveeApplication(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
+                "SQLALCHEMY_URL": url,
+                "CREATE_TABLE": "y",
+                "IS_SNAPSHOTTING_ENABLED": "y",
+            }
+        )
+        self._datastore = self._app.recorder.datastore
+        engine: Engine = self._datastore.engine
+        if self.is_sqlite:
+            synchronous = "FULL" if durability == "full" else "NORMAL"
+
+            def _pragmas(dbapi_connection: sqlite3.Connection, _: Any) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA synchronous={synchronous}")
+                cursor.close()
+
+            sa_event.listen(engine, "connect", _pragmas)
+            engine.dispose()
+        self.durability = durability
+        del pool_size  # reserved for server databases (the PostgreSQL issue)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, shared with the projections of the same database."""
+        engine: Engine = self._datastore.engine
+        return engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction on the store's connection pool (and its SQLite write lock)."""
+        with self._datastore.transaction(commit=True) as session:
+            yield session.connection()
+
+    def load(self, user_id: str) -> UserLog | None:
+        """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
+        try:
+            aggregate = self._app.repository.get(user_log_id(user_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(aggregate, UserLog)
+        return aggregate
+
+    def append(
+        self,
+        batches: Sequence[Sequence[DomainEventProtocol[Any]]],
+        in_transaction: Callable[[Session, list[Recorded]], None] | None = None,
+    ) -> list[Recorded]:
+        """Store the events of several logs in ONE transaction and return their positions.
+
+        ``in_transaction`` runs inside that transaction (projection rows), so either the
+        events and every row they imply are committed together, or nothing is.
+        """
+        events = [e for batch in batches for e in batch]
+        if not events:
+            return []
+        stored = [self._app.mapper.to_stored_event(e) for e in events]
+        try:
+            with self._datastore.transaction(commit=True) as session:
+                ids = self._app.recorder.insert_events(stored, session=session)
+                recorded = [Recorded(n, e) for n, e in zip(ids or [], events, strict=True)]
+                if in_transaction is not None:
+                    in_transaction(session, recorded)
+        except IntegrityError as error:
+            raise ConflictError(f"a user log was appended to concurrently: {error}") from error
+        except Exception as error:
+            raise StorageError(f"could not store {len(events)} events: {error}") from error
+        return recorded
+
+    def events_of(
+        self, user_id: str, *, after: int | None = None, upto: int | None = None
+    ) -> list[DomainEventProtocol[Any]]:
+        """The events of ``user_id``'s log with ``after < version <= upto``, in order."""
+        stored = self._app.recorder.select_events(user_log_id(user_id), gt=after, lte=upto)
+        return [self._app.mapper.to_domain_event(s) for s in stored]
+
+    def follow(self, after: int = 0, page_size: int = 1000) -> Iterator[list[Recorded]]:
+        """Every event of every log after notification ``after``, in pages, in commit order."""
+        position = after
+        while True:
+            page = self._app.recorder.select_notifications(
+                position, page_size, inclusive_of_start=False
+            )
+            if not page:
+                return
+            yield [Recorded(n.id, self._app.mapper.to_domain_event(n)) for n in page]
+            position = page[-1].id
+
+    def max_position(self) -> int:
+        """The id of the last committed notification (0 for an empty database)."""
+        return self._app.recorder.max_notification_id() or 0
+
+    def take_snapshot(self, user_log: UserLog) -> None:
+        """Store a snapshot of ``user_log`` at its (committed) version."""
+        if self._app.snapshots is None:
+            return
+        try:
+            self._app.snapshots.put([Snapshot.take(user_log)])
+        except IntegrityError:
+            log.debug("snapshot of %s at version %s exists", user_log.user_id, user_log.version)
+
+    def close(self) -> None:
+        """Release every database connection."""
+        self._app.close()
+        self.engine.dispose()

@@ -1,0 +1,56 @@
+"""memvee: long-term memory for LLM agents.
+
+An agent appends each turn with :meth:`Memory.add_exchange`; memvee keeps every user's
+conversation in an event log, extracts knowledge from it with Claude (or offline rules)
+in the background, and hands the knowledge back, each entry traceable to its messages.
+"""
+
+from events.extraction import (
+    BatchMessage,
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionResult,
+    Extractor,
+)
+from memvee._config import MemoryConfig
+from memvee._memory import Memory
+from memvee._task import ProcessStatus, ProcessTask
+from memvee.errors import (
+    ConflictError,
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    MemoryClosedError,
+    MemveeError,
+    ProcessingError,
+    ProcessingTimeoutError,
+    StorageError,
+    UnknownTaskError,
+)
+from projections.models import BufferedMessage, KnowledgeEntry, Message, UserSummary
+
+__all__ = [
+    "BatchMessage",
+    "BufferedMessage",
+    "ConflictError",
+    "ExtractedFact",
+    "ExtractionBatch",
+    "ExtractionError",
+    "ExtractionResult",
+    "Extractor",
+    "InvalidExtractionError",
+    "InvalidInputError",
+    "KnowledgeEntry",
+    "Memory",
+    "MemoryConfig",
+    "MemoryClosedError",
+    "MemveeError",
+    "Message",
+    "ProcessStatus",
+    "ProcessTask",
+    "ProcessingError",
+    "ProcessingTimeoutError",
+    "StorageError",
+    "UnknownTaskError",
+    "UserSummary",
+]

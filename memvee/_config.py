@@ -1,0 +1,62 @@
+"""MemoryConfig: every knob of a Memory in one immutable value."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from events import Durability, InvalidInputError
+
+__all__ = ["MemoryConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """How a :class:`memvee.Memory` stores, processes and shuts down.
+
+    ``durability="full"`` (the default) keeps every acknowledged message across a process
+    kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a
+    process kill only and is about twice as fast.
+    """
+
+    db_path: str = "memvee.db"
+    db_url: str | None = None
+    auto_process: bool = False
+    batch_threshold: int = 10
+    durability: Durability = "full"
+    max_content_chars: int = 100_000
+    idle_timeout: float = 60.0
+    max_live_actors: int = 1000
+    extraction_concurrency: int = 4
+    extraction_timeout: float = 120.0
+    shutdown_grace: float = 10.0
+    snapshot_interval: int = 100
+    commit_batch_max: int = 256
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = {
+            "batch_threshold": self.batch_threshold,
+            "max_content_chars": self.max_content_chars,
+            "max_live_actors": self.max_live_actors,
+            "extraction_concurrency": self.extraction_concurrency,
+            "commit_batch_max": self.commit_batch_max,
+            "idle_timeout": self.idle_timeout,
+            "extraction_timeout": self.extraction_timeout,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise InvalidInputError(f"{name} must be positive, not {value!r}")
+        if self.shutdown_grace < 0 or self.snapshot_interval < 0:
+            raise InvalidInputError("shutdown_grace and snapshot_interval must not be negative")
+        if self.durability not in ("full", "normal"):
+            raise InvalidInputError(f"durability must be 'full' or 'normal', not {self.durability!r}")
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL this configuration opens."""
+        if self.db_url:
+            return self.db_url
+        from events import sqlite_url
+
+        return sqlite_url(os.fspath(self.db_path))

@@ -1,0 +1,398 @@
+"""Memory: the library's face, an asyncio API over the user actors.
+
+Every call validates its input on the caller's side first (so bad input writes nothing),
+then sends one message to the user's actor and awaits a bridged future: the event loop
+never blocks on an actor or on the database. Reads of the projections run on a small
+thread pool for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from uuid import uuid4
+
+from sqlalchemy import Connection
+
+from actors import Engine, EngineOptions, EngineSettings
+from events import (
+    Extractor,
+    InvalidInputError,
+    MemoryClosedError,
+    ProcessingError,
+    ProcessingTimeoutError,
+    UnknownTaskError,
+    check_message,
+    check_user_id,
+)
+from memvee._config import MemoryConfig
+from memvee._task import ProcessStatus, ProcessTask
+from projections import BufferedMessage, KnowledgeEntry, Message, UserSummary
+
+__all__ = ["SHUTDOWN_REASON", "Memory"]
+
+log = logging.getLogger("memvee")
+
+SHUTDOWN_REASON = "interrupted by shutdown"
+_DONE_TASKS_KEPT = 10_000
+
+T = TypeVar("T")
+
+
+class Memory:
+    """Long-term memory for an agent: append conversations, get knowledge back.
+
+    Open it with ``async with Memory(...) as memory:`` (or ``await memory.open()`` and
+    ``await memory.close()``); every other call on a Memory that is not open raises
+    :class:`MemoryClosedError` at once.
+    """
+
+    def __init__(
+        self,
+        db_path: str = "memvee.db",
+        db_url: str | None = None,
+        auto_process: bool = False,
+        batch_threshold: int = 10,
+        extractor: Extractor | None = None,
+        config: MemoryConfig | None = None,
+    ) -> None:
+        base = config or MemoryConfig()
+        overrides: dict[str, Any] = {}
+        defaults = MemoryConfig()
+        for name, value in (
+            ("db_path", db_path),
+            ("db_url", db_url),
+            ("auto_process", auto_process),
+            ("batch_threshold", batch_threshold),
+        ):
+            if value != getattr(defaults, name):
+                overrides[name] = value
+        self.config = replace(base, **overrides)
+        self._extractor = extractor
+        self._engine: Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._inflight: dict[str, dict[str, ProcessTask]] = {}
+        self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> Self:
+        """Open the database, recover interrupted tasks and start the engine's threads."""
+        if self._engine is not None:
+            return self
+        from memvee.extractors import default_extractor
+
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        extractor = self._extractor or default_extractor(
+            model=self.config.model, timeout=self.config.extraction_timeout
+        )
+        cfg = self.config
+        options = EngineOptions(
+            url=cfg.url,
+            durability=cfg.durability,
+            settings=EngineSettings(
+                auto_process=cfg.auto_process,
+                batch_threshold=cfg.batch_threshold,
+                max_content_chars=cfg.max_content_chars,
+                snapshot_interval=cfg.snapshot_interval,
+            ),
+            idle_timeout=cfg.idle_timeout,
+            max_live_actors=cfg.max_live_actors,
+            extraction_concurrency=cfg.extraction_concurrency,
+            extraction_timeout=cfg.extraction_timeout,
+            commit_batch_max=cfg.commit_batch_max,
+        )
+        self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
+        self._engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
+        recovered = await asyncio.to_thread(self._engine.recover)
+        for user_id, task_ids in recovered:
+            for task_id in task_ids:
+                log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
+        return self
+
+    async def close(self) -> None:
+        """Let running tasks finish within ``shutdown_grace`` seconds, then stop.
+
+        Tasks still running then end FAILED ("interrupted by shutdown") and their
+        messages stay buffered for the next run.
+        """
+        engine = self._engine
+        if engine is None or self._closing:
+            return
+        self._closing = True
+        pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        await asyncio.to_thread(engine.shutdown, SHUTDOWN_REASON)
+        await asyncio.sleep(0)
+        for tasks in list(self._inflight.values()):
+            for task in list(tasks.values()):
+                task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
+        self._inflight.clear()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        self._engine = None
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls are accepted."""
+        return self._engine is not None and not self._closing
+
+    # ------------------------------------------------------------------ writes
+
+    async def add_message(
+        self, user_id: str, role: str, content: str, sent_at: datetime | None = None
+    ) -> Message:
+        """Append one message; returns it (with its id) once it is committed."""
+        check_user_id(user_id)
+        check_message(role, content, self.config.max_content_chars)
+        _check_sent_at(sent_at)
+        (message,) = await self._append(user_id, [(role, content, sent_at)])
+        return message
+
+    async def add_exchange(
+        self,
+        user_id: str,
+        user_message: str,
+        assistant_message: str,
+        sent_at: datetime | None = None,
+    ) -> tuple[Message, Message]:
+        """Append a user turn and the assistant's answer; returns both once committed."""
+        check_user_id(user_id)
+        check_message("user", user_message, self.config.max_content_chars)
+        check_message("assistant", assistant_message, self.config.max_content_chars)
+        _check_sent_at(sent_at)
+        first, second = await self._append(
+            user_id, [("user", user_message, sent_at), ("assistant", assistant_message, sent_at)]
+        )
+        return first, second
+
+    async def _append(
+        self, user_id: str, messages: list[tuple[str, str, datetime | None]]
+    ) -> list[Message]:
+        engine, loop = self._running()
+        stored: list[Message] = await engine.directory.call_async(
+            loop, user_id, "add_messages", messages
+        )
+        return stored
+
+    # ------------------------------------------------------------------ processing
+
+    async def process(self, user_id: str) -> int:
+        """Process every buffered message of the user now; returns the entries extracted."""
+        return await self.process_async(user_id).wait()
+
+    def process_async(self, user_id: str) -> ProcessTask:
+        """Schedule processing of the user's buffered messages and return at once."""
+        check_user_id(user_id)
+        engine, loop = self._running()
+        task = self._register(user_id, str(uuid4()), "manual")
+        sent = engine.directory.call_async(loop, user_id, "schedule", task.task_id, "manual")
+
+        def _check_sent(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                self._finish(user_id, task.task_id, "FAILED", 0, str(f.exception()))
+
+        sent.add_done_callback(_check_sent)
+        return task
+
+    async def flush(self, user_id: str) -> int:
+        """Process until nothing of the user is buffered, whatever was already running."""
+        check_user_id(user_id)
+        self._running()
+        total = await self._wait_inflight(user_id)
+        while True:
+            task = self.process_async(user_id)
+            total += await task.wait()
+            total += await self._wait_inflight(user_id)
+            if task.message_count == 0:
+                return total
+
+    async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:
+        """Wait for every in-flight task of the user; returns the entries they extracted.
+
+        On ``timeout`` (seconds) raises :class:`ProcessingTimeoutError` (a ``TimeoutError``)
+        and leaves the tasks running.
+        """
+        check_user_id(user_id)
+        self._running()
+        if timeout is None:
+            return await self._wait_inflight(user_id)
+        try:
+            return await asyncio.wait_for(self._wait_inflight(user_id), timeout)
+        except TimeoutError:
+            raise ProcessingTimeoutError(
+                f"processing of user {user_id!r} still running after {timeout:g} s"
+            ) from None
+
+    async def _wait_inflight(self, user_id: str) -> int:
+        total = 0
+        failed: list[ProcessTask] = []
+        while tasks := list(self._inflight.get(user_id, {}).values()):
+            await asyncio.wait([t._finished for t in tasks])
+            for task in tasks:
+                if task.status is ProcessStatus.FAILED:
+                    failed.append(task)
+                else:
+                    total += task.knowledge_count
+        if failed:
+            first = failed[0]
+            raise ProcessingError(user_id, first.task_id, first.error or "unknown error")
+        return total
+
+    # ------------------------------------------------------------------ reads
+
+    async def knowledge(self, user_id: str) -> list[KnowledgeEntry]:
+        """The user's knowledge entries, each traceable to its task and messages."""
+        check_user_id(user_id)
+        return await self._read(lambda c, r: r.knowledge(c, user_id))
+
+    async def buffer(self, user_id: str) -> list[BufferedMessage]:
+        """The user's messages not yet covered by knowledge, in order."""
+        check_user_id(user_id)
+        return await self._read(lambda c, r: r.buffer(c, user_id))
+
+    async def user(self, user_id: str) -> UserSummary | None:
+        """Counters of the user's log, or ``None`` if nothing was ever written for them."""
+        check_user_id(user_id)
+        return await self._read(lambda c, r: r.user(c, user_id))
+
+    async def tasks(self, user_id: str) -> list[ProcessTask]:
+        """Every task of the user: those in the log, then those still pending."""
+        check_user_id(user_id)
+        records = await self._read(lambda c, r: r.tasks(c, user_id))
+        handles = [self._handle_for(user_id, rec) for rec in records]
+        seen = {h.task_id for h in handles}
+        pending = [t for t in self._inflight.get(user_id, {}).values() if t.task_id not in seen]
+        return handles + pending
+
+    async def get_task(self, user_id: str, task_id: str) -> ProcessTask:
+        """One task of the user; raises :class:`UnknownTaskError` if there is none."""
+        check_user_id(user_id)
+        if not isinstance(task_id, str) or not task_id:
+            raise UnknownTaskError(f"task id must be a non-empty str, not {task_id!r}")
+        known = self._inflight.get(user_id, {}).get(task_id) or self._recent.get(task_id)
+        if known is not None and known.user_id == user_id:
+            return known
+        record = await self._read(lambda c, r: r.task(c, user_id, task_id))
+        if record is None:
+            raise UnknownTaskError(f"user {user_id!r} has no task {task_id!r}")
+        return self._handle_for(user_id, record)
+
+    @property
+    def live_actor_count(self) -> int:
+        """How many user actors are live (idle ones are stopped after ``idle_timeout``)."""
+        return 0 if self._engine is None else self._engine.directory.live_count
+
+    async def _read(self, query: Callable[[Connection, Any], T]) -> T:
+        engine, loop = self._running()
+
+        def _run() -> T:
+            with engine.store.engine.connect() as connection:
+                return query(connection, engine.reader)
+
+        return await loop.run_in_executor(self._readers, _run)
+
+    # ------------------------------------------------------------------ task registry
+
+    def _running(self) -> tuple[Engine, asyncio.AbstractEventLoop]:
+        if self._engine is None or self._loop is None or self._closing:
+            raise MemoryClosedError("this Memory is not open; use `async with memory:` or open()")
+        return self._engine, self._loop
+
+    def _register(self, user_id: str, task_id: str, trigger: str) -> ProcessTask:
+        assert self._loop is not None
+        task = self._inflight.setdefault(user_id, {}).get(task_id)
+        if task is None:
+            task = ProcessTask(user_id, task_id, trigger, self._loop)
+            self._inflight[user_id][task_id] = task
+        return task
+
+    def _started(self, user_id: str, task_id: str, message_count: int) -> None:
+        task = self._inflight.get(user_id, {}).get(task_id)
+        if task is not None:
+            task._mark_running(message_count)
+
+    def _finish(
+        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+    ) -> None:
+        tasks = self._inflight.get(user_id, {})
+        task = tasks.pop(task_id, None)
+        if not tasks:
+            self._inflight.pop(user_id, None)
+        if task is None:
+            return
+        task._mark_finished(ProcessStatus(status), knowledge_count, error)
+        self._recent[task_id] = task
+        while len(self._recent) > _DONE_TASKS_KEPT:
+            self._recent.popitem(last=False)
+
+    def _handle_for(self, user_id: str, record: Any) -> ProcessTask:
+        live = self._inflight.get(user_id, {}).get(record.task_id)
+        if live is not None:
+            return live
+        assert self._loop is not None
+        return ProcessTask(
+            user_id,
+            record.task_id,
+            record.trigger,
+            self._loop,
+            status=ProcessStatus(record.status),
+            knowledge_count=record.knowledge_count,
+            error=record.error,
+            message_count=len(record.message_ids),
+        )
+
+
+class _LoopObserver:
+    """Carries task moves from actor threads to the Memory's event loop, in order."""
+
+    def __init__(self, memory: Memory) -> None:
+        self._memory = memory
+        assert memory._loop is not None
+        self._loop = memory._loop
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            log.debug("event loop closed; task update dropped")
+
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str) -> None:
+        self._post(self._memory._register, user_id, task_id, trigger)
+
+    def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
+        self._post(self._memory._started, user_id, task_id, message_count)
+
+    def task_finished(
+        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+    ) -> None:
+        self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error)
+
+
+def _check_sent_at(sent_at: object) -> None:
+    if sent_at is not None and not isinstance(sent_at, datetime):
+        raise InvalidInputError(f"sent_at must be a datetime or None, not {type(sent_at).__name__}")
+    if isinstance(sent_at, datetime) and sent_at.tzinfo is None:
+        raise InvalidInputError("sent_at must be timezone-aware (for example datetime.now(UTC))")

@@ -1,0 +1,27 @@
+"""memvee's typed errors; bad input errors are also ``ValueError``s."""
+
+from events.errors import (
+    ConflictError,
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    MemoryClosedError,
+    MemveeError,
+    ProcessingError,
+    ProcessingTimeoutError,
+    StorageError,
+    UnknownTaskError,
+)
+
+__all__ = [
+    "ConflictError",
+    "ExtractionError",
+    "InvalidExtractionError",
+    "InvalidInputError",
+    "MemoryClosedError",
+    "MemveeError",
+    "ProcessingError",
+    "ProcessingTimeoutError",
+    "StorageError",
+    "UnknownTaskError",
+]

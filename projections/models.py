@@ -1,0 +1,76 @@
+"""The read models a caller gets back from the projections (re-exported by memvee)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["BufferedMessage", "KnowledgeEntry", "Message", "TaskRecord", "UserSummary"]
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeEntry:
+    """One piece of knowledge about a user, traceable to the messages it came from."""
+
+    entry_id: str
+    user_id: str
+    text: str
+    task_id: str
+    source_message_ids: tuple[str, ...]
+    extracted_at: datetime
+    extractor: str
+    model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedMessage:
+    """A message not yet covered by knowledge; ``task_id`` is set while a task holds it."""
+
+    message_id: str
+    user_id: str
+    seq: int
+    role: str
+    content: str
+    sent_at: datetime
+    task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A processing task as the log tells it (RUNNING, COMPLETED or FAILED)."""
+
+    task_id: str
+    user_id: str
+    trigger: str
+    status: str
+    message_ids: tuple[str, ...]
+    knowledge_count: int
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """Counters of one user's log."""
+
+    user_id: str
+    version: int
+    message_count: int
+    buffered_count: int
+    knowledge_count: int
+    tasks_completed: int
+    tasks_failed: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as it was committed to the user's log."""
+
+    message_id: str
+    user_id: str
+    seq: int
+    role: str
+    content: str
+    sent_at: datetime

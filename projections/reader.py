@@ -1,0 +1,144 @@
+"""Queries over the projection tables: what the library API and the tools read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from events import user_log_id
+from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord, UserSummary
+from projections.tables import ProjectionTables
+
+__all__ = ["ProjectionReader"]
+
+
+class ProjectionReader:
+    """Reads one set of projection tables; every per-user read is scoped by construction."""
+
+    def __init__(self, tables: ProjectionTables) -> None:
+        self.tables = tables
+
+    def knowledge(self, connection: Connection, user_id: str) -> list[KnowledgeEntry]:
+        """The user's knowledge entries, oldest first."""
+        k = self.tables.knowledge
+        rows = connection.execute(
+            select(k).where(k.c.log_id == _log(user_id)).order_by(k.c.version, k.c.entry_id)
+        ).mappings()
+        return [
+            KnowledgeEntry(
+                entry_id=r["entry_id"],
+                user_id=user_id,
+                text=r["text"],
+                task_id=r["task_id"],
+                source_message_ids=tuple(r["source_message_ids"]),
+                extracted_at=r["extracted_at"],
+                extractor=r["extractor"],
+                model=r["model"],
+            )
+            for r in rows
+        ]
+
+    def buffer(self, connection: Connection, user_id: str) -> list[BufferedMessage]:
+        """The user's messages not yet covered by knowledge, in log order."""
+        b = self.tables.buffer
+        rows = connection.execute(
+            select(b).where(b.c.log_id == _log(user_id)).order_by(b.c.seq)
+        ).mappings()
+        return [
+            BufferedMessage(
+                message_id=r["message_id"],
+                user_id=user_id,
+                seq=r["seq"],
+                role=r["role"],
+                content=r["content"],
+                sent_at=r["sent_at"],
+                task_id=r["task_id"],
+            )
+            for r in rows
+        ]
+
+    def task(self, connection: Connection, user_id: str, task_id: str) -> TaskRecord | None:
+        """One task of the user, or ``None`` if the log has no such task for them."""
+        t = self.tables.tasks
+        row = connection.execute(
+            select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id)
+        ).mappings().first()
+        return None if row is None else _task(user_id, row)
+
+    def tasks(self, connection: Connection, user_id: str) -> list[TaskRecord]:
+        """Every task of the user, in the order they started."""
+        t = self.tables.tasks
+        rows = connection.execute(
+            select(t).where(t.c.log_id == _log(user_id)).order_by(t.c.started_version)
+        ).mappings()
+        return [_task(user_id, r) for r in rows]
+
+    def users_with_running_tasks(self, connection: Connection) -> list[str]:
+        """Users whose log has a task without an outcome (interrupted, after a crash)."""
+        t, u = self.tables.tasks, self.tables.users
+        rows = connection.execute(
+            select(u.c.user_id)
+            .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status == "RUNNING")))
+            .order_by(u.c.user_id)
+        )
+        return [r[0] for r in rows]
+
+    def users_with_pending(self, connection: Connection, at_least: int) -> list[str]:
+        """Users with at least ``at_least`` messages that no task holds."""
+        b, u = self.tables.buffer, self.tables.users
+        pending = (
+            select(b.c.log_id)
+            .where(b.c.task_id.is_(None))
+            .group_by(b.c.log_id)
+            .having(func.count() >= at_least)
+        )
+        rows = connection.execute(
+            select(u.c.user_id).where(u.c.log_id.in_(pending)).order_by(u.c.user_id)
+        )
+        return [r[0] for r in rows]
+
+    def user(self, connection: Connection, user_id: str) -> UserSummary | None:
+        """The counters of one user, or ``None`` for a user never written."""
+        u = self.tables.users
+        row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
+        return None if row is None else _summary(row)
+
+    def users(self, connection: Connection, *, limit: int = 100, after: str = "") -> list[UserSummary]:
+        """A page of users ordered by user id, starting after ``after``."""
+        u = self.tables.users
+        rows = connection.execute(
+            select(u).where(u.c.user_id > after).order_by(u.c.user_id).limit(limit)
+        ).mappings()
+        return [_summary(r) for r in rows]
+
+
+def _log(user_id: str) -> str:
+    return str(user_log_id(user_id))
+
+
+def _task(user_id: str, r: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=r["task_id"],
+        user_id=user_id,
+        trigger=r["trigger"],
+        status=r["status"],
+        message_ids=tuple(r["message_ids"]),
+        knowledge_count=r["knowledge_count"],
+        error=r["error"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+def _summary(r: Any) -> UserSummary:
+    return UserSummary(
+        user_id=r["user_id"],
+        version=r["version"],
+        message_count=r["message_count"],
+        buffered_count=r["buffered_count"],
+        knowledge_count=r["knowledge_count"],
+        tasks_completed=r["tasks_completed"],
+        tasks_failed=r["tasks_failed"],
+        updated_at=r["updated_at"],
+    )

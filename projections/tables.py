@@ -1,0 +1,100 @@
+"""The SQL tables the projections fold the log into, under one name prefix.
+
+A prefix lets a rebuild write a scratch copy beside the live tables and compare them.
+Rows are keyed by the log id (derived from the user id), so events need not repeat it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+__all__ = ["LIVE_PREFIX", "ProjectionTables"]
+
+LIVE_PREFIX = "mv_"
+"""The prefix of the live projection tables."""
+
+
+class ProjectionTables:
+    """The buffer, tasks, knowledge, users and position tables under ``prefix``."""
+
+    def __init__(self, prefix: str = LIVE_PREFIX) -> None:
+        self.prefix = prefix
+        self.metadata = MetaData()
+        self.buffer = Table(
+            f"{prefix}buffer",
+            self.metadata,
+            Column("message_id", String(36), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+            Column("seq", Integer, nullable=False),
+            Column("version", Integer, nullable=False),
+            Column("role", String(16), nullable=False),
+            Column("content", Text, nullable=False),
+            Column("sent_at", DateTime(timezone=True), nullable=False),
+            Column("task_id", String(64), nullable=True, index=True),
+        )
+        self.tasks = Table(
+            f"{prefix}tasks",
+            self.metadata,
+            Column("task_id", String(64), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+            Column("trigger", String(16), nullable=False),
+            Column("status", String(16), nullable=False, index=True),
+            Column("message_ids", JSON, nullable=False),
+            Column("knowledge_count", Integer, nullable=False),
+            Column("error", Text, nullable=True),
+            Column("started_at", DateTime(timezone=True), nullable=False),
+            Column("finished_at", DateTime(timezone=True), nullable=True),
+            Column("started_version", Integer, nullable=False),
+            Column("finished_version", Integer, nullable=True),
+            Column("extractor", String(64), nullable=True),
+            Column("model", String(128), nullable=True),
+            Column("input_tokens", Integer, nullable=True),
+            Column("output_tokens", Integer, nullable=True),
+        )
+        self.knowledge = Table(
+            f"{prefix}knowledge",
+            self.metadata,
+            Column("entry_id", String(36), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+            Column("text", Text, nullable=False),
+            Column("task_id", String(64), nullable=False),
+            Column("source_message_ids", JSON, nullable=False),
+            Column("extracted_at", DateTime(timezone=True), nullable=False),
+            Column("version", Integer, nullable=False),
+            Column("extractor", String(64), nullable=False),
+            Column("model", String(128), nullable=True),
+        )
+        self.users = Table(
+            f"{prefix}users",
+            self.metadata,
+            Column("log_id", String(36), primary_key=True),
+            Column("user_id", String(256), nullable=False, unique=True),
+            Column("version", Integer, nullable=False),
+            Column("message_count", Integer, nullable=False),
+            Column("buffered_count", Integer, nullable=False),
+            Column("knowledge_count", Integer, nullable=False),
+            Column("tasks_completed", Integer, nullable=False),
+            Column("tasks_failed", Integer, nullable=False),
+            Column("created_at", DateTime(timezone=True), nullable=False),
+            Column("updated_at", DateTime(timezone=True), nullable=False),
+        )
+        self.position = Table(
+            f"{prefix}position",
+            self.metadata,
+            Column("name", String(32), primary_key=True),
+            Column("position", Integer, nullable=False),
+        )
+
+    @property
+    def data_tables(self) -> tuple[Table, ...]:
+        """The tables that hold folded state (everything but the position)."""
+        return (self.buffer, self.tasks, self.knowledge, self.users)
