@@ -158,8 +158,9 @@ def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
     """Knowledge entries, each with its task and the messages it came from."""
     e = r.event
     if isinstance(e, UserLog.KnowledgeExtracted):
-        for entry in e.entries:
+        for ordinal, entry in enumerate(e.entries):
             yield s.knowledge_insert, {
+                "ordinal": ordinal,
                 "entry_id": entry["entry_id"],
                 "log_id": str(e.originator_id),
                 "text": entry["text"],

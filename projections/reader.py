@@ -23,7 +23,7 @@ class ProjectionReader:
         """The user's knowledge entries, oldest first."""
         k = self.tables.knowledge
         rows = connection.execute(
-            select(k).where(k.c.log_id == _log(user_id)).order_by(k.c.version, k.c.entry_id)
+            select(k).where(k.c.log_id == _log(user_id)).order_by(k.c.version, k.c.ordinal)
         ).mappings()
         return [
             KnowledgeEntry(

@@ -70,6 +70,7 @@ class ProjectionTables:
             Column("source_message_ids", JSON, nullable=False),
             Column("extracted_at", DateTime(timezone=True), nullable=False),
             Column("version", Integer, nullable=False),
+            Column("ordinal", Integer, nullable=False),
             Column("extractor", String(64), nullable=False),
             Column("model", String(128), nullable=True),
         )

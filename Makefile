@@ -1,0 +1,38 @@
+# Everything a fresh machine needs: `make demo` and `make test` install what they use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test lint typecheck unit bench crash clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	rm -f demo.db demo.db-wal demo.db-shm
+	$(BIN)/python -m memvee.demo --db demo.db
+
+lint: install
+	$(BIN)/ruff check memvee actors events projections tests bench
+	$(BIN)/ruff format --check memvee actors events projections tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache

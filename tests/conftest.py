@@ -1,0 +1,50 @@
+"""Fixtures shared by every suite: a fresh database and a Memory on it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memvee import Memory, MemoryConfig
+from tests.support.extractors import RecordingExtractor
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A SQLite file in a fresh folder (the folder does not exist yet)."""
+    return tmp_path / "data" / "memvee.db"
+
+
+@pytest.fixture
+def extractor() -> RecordingExtractor:
+    """A stand-in extractor that answers one fact per user message."""
+    return RecordingExtractor()
+
+
+@pytest.fixture
+async def make_memory(
+    db_path: Path, extractor: RecordingExtractor
+) -> AsyncIterator[Callable[..., Any]]:
+    """Open Memories on the test database; every one opened is closed at the end."""
+    opened: list[Memory] = []
+
+    async def _make(**options: Any) -> Memory:
+        config = MemoryConfig(db_path=str(db_path), **options.pop("config", {}))
+        memory = Memory(config=config, extractor=options.pop("extractor", extractor), **options)
+        await memory.open()
+        opened.append(memory)
+        return memory
+
+    yield _make
+    for memory in opened:
+        await memory.close()
+
+
+@pytest.fixture
+async def memory(make_memory: Callable[..., Any]) -> Memory:
+    """An open Memory on a fresh database, manual processing."""
+    result: Memory = await make_memory()
+    return result

@@ -1,0 +1,94 @@
+"""Guarantees 3 and 9: a SIGKILL loses no acknowledged message, and the task it cut
+short is closed as FAILED on the next open, its messages processed exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from actors import INTERRUPTED_BY_CRASH
+from memvee import Memory, ProcessStatus
+from projections import verify
+from tests.support.extractors import RecordingExtractor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_child_until_killed(db_path: Path, acks_after_extraction: int) -> list[str]:
+    """Run the crash child, SIGKILL it mid-extraction; return the acknowledged ids."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.crash_child", str(db_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    acked: list[str] = []
+    extracting = False
+    after = 0
+    assert child.stdout is not None
+    try:
+        for line in child.stdout:
+            record = json.loads(line)
+            if "extracting" in record:
+                assert record["extracting"] is True
+                extracting = True
+                continue
+            acked += record["ack"]
+            if extracting:
+                after += 1
+                if after >= acks_after_extraction:
+                    break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert extracting, "the child never started extracting"
+    return acked
+
+
+async def test_sigkill_mid_processing_loses_nothing_and_recovery_covers_each_message_once(
+    db_path: Path,
+) -> None:
+    acked = _run_child_until_killed(db_path, acks_after_extraction=20)
+    extractor = RecordingExtractor()
+    memory = Memory(db_path=str(db_path), extractor=extractor)
+    async with memory:
+        tasks = await memory.tasks("victim")
+        interrupted = [t for t in tasks if t.status is ProcessStatus.FAILED]
+        assert interrupted and all(t.error == INTERRUPTED_BY_CRASH for t in interrupted)
+        assert not [t for t in tasks if t.status is ProcessStatus.RUNNING]
+        buffered = [m.message_id for m in await memory.buffer("victim")]
+        assert set(acked) <= set(buffered)
+        assert len(buffered) == len(set(buffered))
+        await memory.flush("victim")
+        assert await memory.buffer("victim") == []
+        covered = Counter(m for e in await memory.knowledge("victim") for m in e.source_message_ids)
+        user_messages = [m.message_id for b in extractor.batches for m in b.messages]
+        assert Counter(user_messages) == Counter(set(buffered))
+        acked_user_messages = set(acked[0::2])
+        assert acked_user_messages <= set(covered)
+        assert max(covered.values()) == 1
+        engine = memory._engine
+        assert engine is not None
+        assert verify(engine.store) == []
+
+
+async def test_recovery_with_auto_process_processes_users_left_over_the_threshold(
+    db_path: Path,
+) -> None:
+    acked = _run_child_until_killed(db_path, acks_after_extraction=5)
+    extractor = RecordingExtractor()
+    memory = Memory(db_path=str(db_path), extractor=extractor, auto_process=True, batch_threshold=6)
+    async with memory:
+        await memory.wait_for_processing("victim", timeout=30)
+        tasks: list[Any] = await memory.tasks("victim")
+        assert [t.trigger for t in tasks if t.status is ProcessStatus.COMPLETED] == ["recovery"]
+        assert await memory.buffer("victim") == []
+        covered = {m for e in await memory.knowledge("victim") for m in e.source_message_ids}
+        assert set(acked[0::2]) <= covered

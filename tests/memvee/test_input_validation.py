@@ -1,0 +1,88 @@
+"""Guarantee 10: bad input raises a clear ValueError before anything is written."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memvee import InvalidInputError, Memory, MemoryClosedError, MemoryConfig, UnknownTaskError
+from projections import dump
+from projections.tables import ProjectionTables
+
+BAD_CALLS = [
+    ("empty user id", lambda m: m.add_message("", "user", "hi"), "user_id must not be empty"),
+    ("blank user id", lambda m: m.add_exchange("  ", "a", "b"), "user_id must not be empty"),
+    ("non-string user id", lambda m: m.add_message(42, "user", "hi"), "must be a str"),
+    ("unknown role", lambda m: m.add_message("u", "robot", "hi"), "unknown role 'robot'"),
+    ("empty content", lambda m: m.add_message("u", "user", ""), "must not be empty"),
+    ("blank assistant", lambda m: m.add_exchange("u", "hi", "   "), "assistant message"),
+    ("non-string content", lambda m: m.add_message("u", "user", b"x"), "content must be a str"),
+    ("oversized content", lambda m: m.add_message("u", "user", "x" * 101), "limit is 100"),
+    ("naive sent_at", lambda m: m.add_message("u", "user", "hi", datetime(2026, 1, 1)), "aware"),
+    ("unknown task", lambda m: m.get_task("u", "nope"), "no task 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("case", "call", "message"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+async def test_bad_input_raises_a_value_error_and_writes_nothing(
+    make_memory: Any, case: str, call: Any, message: str
+) -> None:
+    memory: Memory = await make_memory(config={"max_content_chars": 100})
+    await memory.add_exchange("u", "before", "before")
+    engine = memory._engine
+    assert engine is not None
+    before = (engine.store.max_position(), dump(engine.store.engine, ProjectionTables()))
+    with pytest.raises(ValueError, match=message) as raised:
+        await call(memory)
+    assert isinstance(raised.value, InvalidInputError)
+    after = (engine.store.max_position(), dump(engine.store.engine, ProjectionTables()))
+    assert after == before
+
+
+async def test_unknown_task_error_is_a_value_error(memory: Memory) -> None:
+    with pytest.raises(UnknownTaskError):
+        await memory.get_task("u", "missing")
+
+
+async def test_process_with_a_bad_user_id_raises_before_scheduling(memory: Memory) -> None:
+    with pytest.raises(InvalidInputError):
+        memory.process_async("")
+    assert memory._inflight == {}
+
+
+async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
+    memory = Memory(db_path=str(tmp_path / "m.db"))
+    with pytest.raises(MemoryClosedError, match="not open"):
+        await memory.add_message("u", "user", "hi")
+    with pytest.raises(MemoryClosedError):
+        memory.process_async("u")
+    async with memory:
+        await memory.add_message("u", "user", "hi")
+    with pytest.raises(MemoryClosedError):
+        await memory.knowledge("u")
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_threshold must be positive"):
+        MemoryConfig(batch_threshold=0)
+    with pytest.raises(ValueError, match="durability"):
+        MemoryConfig(durability="fast")  # type: ignore[arg-type]
+
+
+async def test_db_path_folder_is_created(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "memory.db"
+    async with Memory(db_path=str(target)) as memory:
+        await memory.add_message("u", "user", "I live in Oslo")
+    assert target.exists()
+
+
+async def test_add_exchange_returns_the_committed_messages(memory: Memory) -> None:
+    user, assistant = await memory.add_exchange("u", "hello", "hi there")
+    assert (user.role, user.content, user.seq) == ("user", "hello", 1)
+    assert (assistant.role, assistant.content, assistant.seq) == ("assistant", "hi there", 2)
+    assert user.message_id != assistant.message_id
+    buffered = await memory.buffer("u")
+    assert [m.message_id for m in buffered] == [user.message_id, assistant.message_id]

@@ -1,0 +1,246 @@
+"""The async-processing contract (spec/async-processing.md) and guarantees 4 to 8."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from memvee import Memory, ProcessingError, ProcessingTimeoutError, ProcessStatus, ProcessTask
+from tests.support.extractors import RecordingExtractor
+
+
+async def _exchanges(memory: Memory, user: str, n: int, start: int = 0) -> list[str]:
+    ids: list[str] = []
+    for i in range(start, start + n):
+        a, b = await memory.add_exchange(user, f"I live in city {i}", f"Noted {i}")
+        ids += [a.message_id, b.message_id]
+    return ids
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_process_extracts_and_returns_the_count(memory: Memory) -> None:
+    ids = await _exchanges(memory, "alice", 3)
+    assert await memory.process("alice") == 3
+    entries = await memory.knowledge("alice")
+    assert [e.text for e in entries] == [f"User said: I live in city {i}" for i in range(3)]
+    assert all(set(e.source_message_ids) <= set(ids) for e in entries)
+    assert await memory.buffer("alice") == []
+
+
+async def test_process_with_nothing_buffered_returns_zero(memory: Memory) -> None:
+    assert await memory.process("nobody") == 0
+
+
+async def test_process_async_returns_at_once_and_moves_pending_running_completed(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "bob", 2)
+    task = memory.process_async("bob")
+    assert isinstance(task, ProcessTask)
+    assert task.status is ProcessStatus.PENDING and not task.done
+    assert task.user_id == "bob" and task.knowledge_count == 0 and task.error is None
+    await _until(lambda: task.status is ProcessStatus.RUNNING)
+    assert not task.done
+    extractor.gate.set()
+    assert await task.wait() == 2
+    assert task.status is ProcessStatus.COMPLETED and task.done
+    assert task.knowledge_count == 2
+
+
+async def test_knowledge_is_visible_as_soon_as_wait_returns(memory: Memory) -> None:
+    await _exchanges(memory, "carol", 4)
+    task = memory.process_async("carol")
+    count = await task.wait()
+    assert len(await memory.knowledge("carol")) == count == 4
+
+
+async def test_two_concurrent_process_calls_never_send_a_message_twice(
+    memory: Memory, extractor: RecordingExtractor
+) -> None:
+    ids = await _exchanges(memory, "dave", 5)
+    results = await asyncio.gather(memory.process("dave"), memory.process("dave"))
+    assert sorted(results) == [0, 5]
+    sent = Counter(extractor.sent_message_ids)
+    assert set(sent) == set(ids) and max(sent.values()) == 1
+
+
+async def test_messages_added_during_processing_go_to_the_next_batch(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    first = await _exchanges(memory, "erin", 2)
+    task = memory.process_async("erin")
+    await _until(lambda: task.status is ProcessStatus.RUNNING)
+    later = await _exchanges(memory, "erin", 1, start=10)
+    extractor.gate.set()
+    assert await task.wait() == 2
+    assert [m.message_id for m in await memory.buffer("erin")] == later
+    assert await memory.process("erin") == 1
+    assert [m.message_id for m in extractor.batches[0].messages] == first
+    assert [m.message_id for m in extractor.batches[1].messages] == later
+
+
+async def test_flush_leaves_nothing_buffered_even_when_a_task_was_running(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "fay", 2)
+    running = memory.process_async("fay")
+    await _until(lambda: running.status is ProcessStatus.RUNNING)
+    await _exchanges(memory, "fay", 3, start=10)
+    flushing = asyncio.ensure_future(memory.flush("fay"))
+    await asyncio.sleep(0.05)
+    extractor.gate.set()
+    assert await flushing == 5
+    assert await memory.buffer("fay") == []
+    assert len(await memory.knowledge("fay")) == 5
+
+
+async def test_wait_for_processing_sees_process_async_tasks(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.delay = 0.2
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "gil", 3)
+    task = memory.process_async("gil")
+    assert await memory.wait_for_processing("gil") == 3
+    assert task.done and task.status is ProcessStatus.COMPLETED
+
+
+async def test_wait_for_processing_with_nothing_in_flight_returns_zero(memory: Memory) -> None:
+    assert await memory.wait_for_processing("idle", timeout=1) == 0
+
+
+async def test_a_timeout_raises_timeout_error_and_does_not_cancel_the_work(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "hal", 2)
+    task = memory.process_async("hal")
+    with pytest.raises(TimeoutError) as raised:
+        await memory.wait_for_processing("hal", timeout=0.1)
+    assert isinstance(raised.value, ProcessingTimeoutError)
+    assert not task.done
+    extractor.gate.set()
+    assert await memory.wait_for_processing("hal", timeout=10) == 2
+    assert task.status is ProcessStatus.COMPLETED
+
+
+async def test_cancelling_a_wait_does_not_cancel_the_task(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "ivy", 1)
+    task = memory.process_async("ivy")
+    waiter = asyncio.ensure_future(task.wait())
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    extractor.gate.set()
+    assert await task.wait() == 1
+
+
+async def test_an_extractor_failure_fails_the_task_keeps_the_messages_and_the_next_run_covers_them(
+    memory: Memory, extractor: RecordingExtractor
+) -> None:
+    ids = await _exchanges(memory, "jo", 2)
+    extractor.fail_next = 1
+    task = memory.process_async("jo")
+    with pytest.raises(ProcessingError, match="failed on purpose") as raised:
+        await task.wait()
+    assert raised.value.task_id == task.task_id
+    assert task.status is ProcessStatus.FAILED and task.done
+    assert task.error is not None and "failed on purpose" in task.error
+    assert [m.message_id for m in await memory.buffer("jo")] == ids
+    assert await memory.process("jo") == 2
+    assert await memory.buffer("jo") == []
+    entries = await memory.knowledge("jo")
+    assert sorted(m for e in entries for m in e.source_message_ids) == sorted(ids[0::2])
+
+
+async def test_an_answer_citing_unknown_messages_fails_the_batch_cleanly(
+    memory: Memory, extractor: RecordingExtractor
+) -> None:
+    from memvee import ExtractedFact
+
+    extractor.answer = lambda batch: (ExtractedFact("made up", ("no-such-message",)),)
+    await _exchanges(memory, "kim", 1)
+    with pytest.raises(ProcessingError, match="outside its batch"):
+        await memory.process("kim")
+    assert len(await memory.buffer("kim")) == 2
+    extractor.answer = None
+    assert await memory.process("kim") == 1
+
+
+async def test_auto_process_starts_in_the_background_when_the_threshold_is_crossed(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=4)
+    await _exchanges(memory, "lee", 1)
+    assert memory._inflight.get("lee") is None
+    await _exchanges(memory, "lee", 1, start=1)
+    tasks = await memory.tasks("lee")
+    assert len(tasks) == 1 and tasks[0].trigger == "auto" and not tasks[0].done
+    extractor.gate.set()
+    assert await memory.wait_for_processing("lee", timeout=10) == 2
+    assert await memory.buffer("lee") == []
+
+
+async def test_failed_processing_surfaces_in_wait_for_processing(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.fail_next = 1
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=2)
+    await _exchanges(memory, "mo", 1)
+    with pytest.raises(ProcessingError):
+        await memory.wait_for_processing("mo", timeout=10)
+    assert len(await memory.buffer("mo")) == 2
+
+
+async def test_many_users_processed_concurrently_each_message_covered_once(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=4)
+    users = [f"user-{i}" for i in range(20)]
+
+    async def chat(user: str) -> list[str]:
+        return await _exchanges(memory, user, 7)
+
+    written = await asyncio.gather(*(chat(u) for u in users))
+    counts = await asyncio.gather(*(memory.flush(u) for u in users))
+    assert sum(counts) >= 0
+    sent = Counter(extractor.sent_message_ids)
+    assert set(sent) == {m for ids in written for m in ids}
+    assert max(sent.values()) == 1
+    for user in users:
+        assert len(await memory.knowledge(user)) == 7
+        assert await memory.buffer(user) == []
+
+
+async def test_get_task_finds_live_and_logged_tasks(memory: Memory) -> None:
+    from memvee import UnknownTaskError
+
+    await _exchanges(memory, "ned", 1)
+    task = memory.process_async("ned")
+    assert await memory.get_task("ned", task.task_id) is task
+    await task.wait()
+    found = await memory.get_task("ned", task.task_id)
+    assert found.status is ProcessStatus.COMPLETED
+    with pytest.raises(UnknownTaskError):
+        await memory.get_task("ned", "no-such-task")
+    with pytest.raises(ValueError):
+        await memory.get_task("someone-else", task.task_id)
