@@ -71,7 +71,7 @@ class Engine:
             self.projector.create(connection)
             position = self.projector.position(connection)
         if position < self.store.max_position():
-            folded = rebuild(self.store, self.tables, resume=True)
+            folded = rebuild(self.store, self.tables, resume=position > 0)
             log.warning("projections were behind the log; folded %d events", folded)
 
     def recover(self) -> list[tuple[str, list[str]]]:

@@ -1,0 +1,69 @@
+"""The actor directory: actors spawned on demand, passivated when idle, never racing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from memvee import Memory
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_idle_actors_are_stopped_and_come_back_on_the_next_call(make_memory: Any) -> None:
+    memory: Memory = await make_memory(config={"idle_timeout": 0.2})
+    await memory.add_exchange("u", "I live in Oslo", "ok")
+    assert memory.live_actor_count == 1
+    await _until(lambda: memory.live_actor_count == 0)
+    await memory.add_exchange("u", "I work at Acme", "ok")
+    assert [m.seq for m in await memory.buffer("u")] == [1, 2, 3, 4]
+    assert await memory.process("u") == 2
+
+
+async def test_touching_many_users_keeps_the_live_actor_count_bounded(make_memory: Any) -> None:
+    memory: Memory = await make_memory(config={"max_live_actors": 20})
+    await asyncio.gather(*(memory.add_message(f"user-{i}", "user", "hi") for i in range(200)))
+    await _until(lambda: memory.live_actor_count <= 20)
+    engine = memory._engine
+    assert engine is not None
+    assert engine.directory.spawned >= 200
+    summaries = await asyncio.gather(*(memory.user(f"user-{i}") for i in range(200)))
+    assert all(s is not None and s.message_count == 1 for s in summaries)
+
+
+async def test_calls_racing_passivation_are_never_lost(make_memory: Any) -> None:
+    memory: Memory = await make_memory(config={"idle_timeout": 0.05, "max_live_actors": 3})
+    users = [f"racer-{i}" for i in range(8)]
+    deadline = time.monotonic() + 1.5
+    sent: dict[str, int] = dict.fromkeys(users, 0)
+
+    async def write(user: str) -> None:
+        while time.monotonic() < deadline:
+            await memory.add_message(user, "user", f"message {sent[user]}")
+            sent[user] += 1
+            await asyncio.sleep(0.01 * (hash(user) % 5))
+
+    await asyncio.gather(*(write(u) for u in users))
+    engine = memory._engine
+    assert engine is not None
+    assert engine.directory.retired > 0, "the test must exercise passivation"
+    for user in users:
+        buffered = await memory.buffer(user)
+        assert [m.content for m in buffered] == [f"message {i}" for i in range(sent[user])]
+
+
+async def test_a_busy_actor_is_not_passivated(make_memory: Any, extractor: Any) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory(config={"idle_timeout": 0.05})
+    await memory.add_exchange("busy", "I love tea", "ok")
+    task = memory.process_async("busy")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    await asyncio.sleep(0.3)
+    assert memory.live_actor_count == 1
+    extractor.gate.set()
+    assert await task.wait() == 1

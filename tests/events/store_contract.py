@@ -1,0 +1,109 @@
+"""The event store's contract, written once and run on every backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from events import ConflictError, EventStore, UserLog
+
+
+class EventStoreContract:
+    """Subclasses provide ``url``: a fixture naming an empty database."""
+
+    @pytest.fixture
+    def store(self, url: str) -> Iterator[EventStore]:
+        store = EventStore(url)
+        yield store
+        store.close()
+
+    def test_an_unknown_user_has_no_log(self, store: EventStore) -> None:
+        assert store.load("ghost") is None
+
+    def test_appended_events_load_back(self, store: EventStore) -> None:
+        log = UserLog.register("ann")
+        ids = [log.add_message("user", f"m{i}", None, 100) for i in range(3)]
+        recorded = store.append([log.collect_events()])
+        assert [r.notification_id for r in recorded] == sorted(r.notification_id for r in recorded)
+        loaded = store.load("ann")
+        assert loaded is not None and list(loaded.pending) == ids and loaded.version == 4
+
+    def test_many_logs_share_one_append(self, store: EventStore) -> None:
+        logs = [UserLog.register(f"user-{i}") for i in range(5)]
+        for log in logs:
+            log.add_message("user", "hello", None, 100)
+        store.append([log.collect_events() for log in logs])
+        assert all(store.load(f"user-{i}") is not None for i in range(5))
+        assert store.max_position() == 10
+
+    def test_a_version_conflict_raises_and_stores_nothing(self, store: EventStore) -> None:
+        log = UserLog.register("bo")
+        store.append([log.collect_events()])
+        first, second = store.load("bo"), store.load("bo")
+        assert first is not None and second is not None
+        first.add_message("user", "one", None, 100)
+        second.add_message("user", "two", None, 100)
+        store.append([first.collect_events()])
+        position = store.max_position()
+        with pytest.raises(ConflictError):
+            store.append([second.collect_events()])
+        assert store.max_position() == position
+
+    def test_a_failed_group_stores_none_of_its_logs(self, store: EventStore) -> None:
+        log = UserLog.register("cy")
+        store.append([log.collect_events()])
+        again = UserLog.register("cy")
+        other = UserLog.register("dee")
+        with pytest.raises(ConflictError):
+            store.append([other.collect_events(), again.collect_events()])
+        assert store.load("dee") is None
+
+    def test_snapshots_give_the_same_state(self, store: EventStore) -> None:
+        log = UserLog.register("eve")
+        for i in range(30):
+            log.add_message("user", f"m{i}", None, 100)
+        store.append([log.collect_events()])
+        store.take_snapshot(log)
+        log.add_message("user", "after", None, 100)
+        store.append([log.collect_events()])
+        loaded = store.load("eve")
+        assert loaded is not None
+        assert loaded.pending == log.pending and loaded.version == log.version
+
+    def test_follow_reads_every_event_in_commit_order(self, store: EventStore) -> None:
+        for i in range(7):
+            log = UserLog.register(f"f{i}")
+            store.append([log.collect_events()])
+        pages = list(store.follow(page_size=3))
+        assert [len(p) for p in pages] == [3, 3, 1]
+        ids = [r.notification_id for p in pages for r in p]
+        assert ids == sorted(ids) and len(ids) == 7
+
+    def test_events_of_reads_a_version_range(self, store: EventStore) -> None:
+        log = UserLog.register("gus")
+        for i in range(5):
+            log.add_message("user", f"m{i}", None, 100)
+        store.append([log.collect_events()])
+        events = store.events_of("gus", after=2, upto=4)
+        assert [e.originator_version for e in events] == [3, 4]
+
+    def test_another_process_sees_the_events(self, store: EventStore, url: str) -> None:
+        log = UserLog.register("hal")
+        log.add_message("user", "durable", None, 100)
+        store.append([log.collect_events()])
+        script = (
+            "import sys; from events import EventStore; s = EventStore(sys.argv[1]); "
+            "log = s.load('hal'); print(log.message_count)"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, url],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert out.stdout.strip() == "1"

@@ -1,0 +1,118 @@
+"""Guarantee 1: every projection can be dropped and rebuilt from the log, and the
+rebuilt state equals the live one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from events import EventStore, sqlite_url
+from memvee import Memory, ProcessingError
+from memvee.cli import app
+from projections import ProjectionTables, dump, rebuild, verify
+from tests.support.extractors import RecordingExtractor
+
+
+async def _busy_history(memory: Memory, extractor: RecordingExtractor) -> None:
+    for user in ("ann", "ben", "cat"):
+        for i in range(6):
+            await memory.add_exchange(user, f"I live in place {i}", f"ok {i}")
+        await memory.process(user)
+        await memory.add_exchange(user, "I love tea", "ok")
+    extractor.fail_next = 1
+    with pytest.raises(ProcessingError):
+        await memory.process("ben")
+    await memory.add_message("dan", "user", "left in the buffer")
+
+
+async def _live(db_path: Path, make_memory: Any, extractor: RecordingExtractor) -> EventStore:
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    await memory.close()
+    return EventStore(sqlite_url(db_path))
+
+
+async def test_rebuild_equals_live(db_path: Path, make_memory: Any, extractor: Any) -> None:
+    store = await _live(db_path, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+    assert live["knowledge"] and live["buffer"] and live["tasks"]
+    folded = rebuild(store)
+    assert folded == store.max_position()
+    assert dump(store.engine, ProjectionTables()) == live
+    assert verify(store) == []
+    store.close()
+
+
+async def test_an_interrupted_rebuild_resumes_and_ends_equal(
+    db_path: Path, make_memory: Any, extractor: Any
+) -> None:
+    store = await _live(db_path, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+
+    def stop_after_first_page(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(store, progress=stop_after_first_page, page_size=10)
+    assert dump(store.engine, ProjectionTables()) != live
+    rebuild(store, resume=True, page_size=10)
+    assert dump(store.engine, ProjectionTables()) == live
+    rebuild(store, resume=True)
+    assert dump(store.engine, ProjectionTables()) == live
+    store.close()
+
+
+async def test_verify_reports_drift(db_path: Path, make_memory: Any, extractor: Any) -> None:
+    store = await _live(db_path, make_memory, extractor)
+    with store.transaction() as connection:
+        connection.execute(text("UPDATE mv_knowledge SET text = 'tampered' WHERE ordinal = 0"))
+    differences = verify(store)
+    assert differences and {d.table for d in differences} == {"knowledge"}
+    store.close()
+
+
+async def test_opening_a_memory_catches_up_projections_that_were_dropped(
+    db_path: Path, make_memory: Any, extractor: Any
+) -> None:
+    store = await _live(db_path, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+    with store.transaction() as connection:
+        connection.execute(text("DROP TABLE mv_knowledge"))
+        connection.execute(text("DELETE FROM mv_position"))
+    store.close()
+    async with Memory(db_path=str(db_path), extractor=RecordingExtractor()) as memory:
+        assert len(await memory.knowledge("ann")) == 7
+    store = EventStore(sqlite_url(db_path))
+    assert dump(store.engine, ProjectionTables()) == live
+    store.close()
+
+
+async def test_the_cli_rebuilds_and_verifies(db_path: Path, make_memory: Any, extractor: Any) -> None:
+    store = await _live(db_path, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+    store.close()
+    runner = CliRunner()
+    result = runner.invoke(app, ["rebuild", "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    assert "rebuilt the projections" in result.output
+    result = runner.invoke(app, ["verify", "--db", str(db_path)])
+    assert result.exit_code == 0 and "match" in result.output
+    store = EventStore(sqlite_url(db_path))
+    assert dump(store.engine, ProjectionTables()) == live
+    with store.transaction() as connection:
+        connection.execute(text("DELETE FROM mv_tasks"))
+    store.close()
+    result = runner.invoke(app, ["verify", "--db", str(db_path)])
+    assert result.exit_code == 1
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "memvee"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "rebuild" in result.stdout
