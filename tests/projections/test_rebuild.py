@@ -87,7 +87,7 @@ async def test_opening_a_memory_catches_up_projections_that_were_dropped(
         connection.execute(text("DELETE FROM mv_position"))
     store.close()
     async with Memory(db_path=str(db_path), extractor=RecordingExtractor()) as memory:
-        assert len(await memory.knowledge("ann")) == 7
+        assert len(await memory.knowledge("ann")) == 6
     store = EventStore(sqlite_url(db_path))
     assert dump(store.engine, ProjectionTables()) == live
     store.close()
