@@ -29,6 +29,7 @@ from events import (
     ProcessingError,
     ProcessingTimeoutError,
     UnknownTaskError,
+    UserLog,
     check_message,
     check_user_id,
 )
@@ -267,6 +268,20 @@ class Memory:
         """The user's knowledge entries, each traceable to its task and messages."""
         check_user_id(user_id)
         return await self._read(lambda c, r: r.knowledge(c, user_id))
+
+    async def messages(self, user_id: str) -> list[Message]:
+        """Every message of the user, oldest first, read from the log itself."""
+        check_user_id(user_id)
+        engine, loop = self._running()
+
+        def _read() -> list[Message]:
+            return [
+                Message(e.message_id, user_id, e.seq, e.role, e.content, e.sent_at)
+                for e in engine.store.events_of(user_id)
+                if isinstance(e, UserLog.MessageAdded)
+            ]
+
+        return await loop.run_in_executor(self._readers, _read)
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge, in order."""

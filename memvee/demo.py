@@ -1,0 +1,126 @@
+"""`make demo`: two users chat, knowledge is extracted in the background (offline rules).
+
+Prints the task states as they change, the knowledge extracted with the messages each
+entry came from, and the event log of one user. Needs no API key and no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from events import EventStore, UserLog, sqlite_url
+from memvee import Memory, MemoryConfig
+from memvee.extractors import OfflineExtractor
+
+CONVERSATIONS: dict[str, list[tuple[str, str]]] = {
+    "alice": [
+        ("Hi! I work at Acme Robotics as an engineer.", "Nice to meet you, Alice."),
+        ("I live in Oslo, close to the fjord.", "Oslo is beautiful."),
+        ("My sister lives in Bergen.", "Do you visit her often?"),
+        ("I am allergic to peanuts, so careful with recipes.", "Noted, no peanuts."),
+        ("My dog is called Rex.", "Rex is a great name."),
+        ("I love hiking in the mountains.", "Any favourite trail?"),
+    ],
+    "bob": [
+        ("Hello, I live in Lisbon.", "Olá Bob!"),
+        ("I work at a small bakery downtown.", "Fresh bread every day!"),
+        ("I love jazz and old vinyl records.", "Great taste."),
+        ("My cat is named Miso.", "Cute."),
+        ("What's the weather like?", "I cannot check live weather, sorry."),
+    ],
+}
+
+
+async def _watch(memory: Memory, console: Console, stop: asyncio.Event) -> None:
+    """Print each task's status whenever it changes."""
+    seen: dict[str, str] = {}
+    while not stop.is_set():
+        for user in CONVERSATIONS:
+            for task in await memory.tasks(user):
+                status = task.status.value
+                if seen.get(task.task_id) != status:
+                    seen[task.task_id] = status
+                    extra = f" entries={task.knowledge_count}" if task.done else ""
+                    console.print(
+                        f"  [cyan]task[/] {task.task_id[:8]} user={user} trigger={task.trigger}"
+                        f" -> [bold]{status}[/]{extra}"
+                    )
+        await asyncio.sleep(0.002)
+
+
+async def run(db: str) -> None:
+    """Run the scripted conversations and print what memvee made of them."""
+    console = Console()
+    config = MemoryConfig(db_path=db, auto_process=True, batch_threshold=4)
+    async with Memory(config=config, extractor=OfflineExtractor()) as memory:
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(_watch(memory, console, stop))
+        console.rule("conversation (auto-processing every 4 messages)")
+        for turn in range(max(len(c) for c in CONVERSATIONS.values())):
+            for user, exchanges in CONVERSATIONS.items():
+                if turn < len(exchanges):
+                    said, answer = exchanges[turn]
+                    await memory.add_exchange(user, said, answer)
+                    console.print(f"[green]{user}[/]: {said}")
+        for user in CONVERSATIONS:
+            await memory.flush(user)
+        await asyncio.sleep(0.02)
+        stop.set()
+        await watcher
+
+        console.rule("knowledge, with the messages each entry came from")
+        for user in CONVERSATIONS:
+            messages = {m.message_id: m.content for m in await memory.messages(user)}
+            table = Table("entry", "from message(s)", title=f"{user}")
+            for entry in await memory.knowledge(user):
+                table.add_row(entry.text, " | ".join(messages[m] for m in entry.source_message_ids))
+            console.print(table)
+    _print_log(console, db, "alice")
+
+
+def _print_log(console: Console, db: str, user: str) -> None:
+    """The raw event log of one user: the single source of truth."""
+    store = EventStore(sqlite_url(db))
+    try:
+        console.rule(f"event log of {user}")
+        table = Table("v", "event", "payload")
+        for event in store.events_of(user):
+            table.add_row(str(event.originator_version), type(event).__name__, _summary(event))
+        console.print(table)
+    finally:
+        store.close()
+
+
+def _summary(event: Any) -> str:
+    """One readable line per event."""
+    if isinstance(event, UserLog.MessageAdded):
+        return f"#{event.seq} {event.role}: {event.content}"
+    if isinstance(event, UserLog.ProcessingStarted):
+        return f"task {event.task_id[:8]} ({event.trigger}) claims {len(event.message_ids)} messages"
+    if isinstance(event, UserLog.KnowledgeExtracted):
+        texts = "; ".join(e["text"] for e in event.entries)
+        return f"task {event.task_id[:8]} by {event.extractor}: {texts or 'no entries'}"
+    if isinstance(event, UserLog.ProcessingFailed):
+        return f"task {event.task_id[:8]} failed: {event.error}"
+    if isinstance(event, UserLog.ProcessingInterrupted):
+        return f"task {event.task_id[:8]} interrupted: {event.reason}"
+    if isinstance(event, UserLog.Registered):
+        return f"log opened for {event.user_id!r}"
+    return type(event).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m memvee.demo``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--db", default="demo.db", help="SQLite file to write (default demo.db)")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.db))
+
+
+if __name__ == "__main__":
+    main(None)

@@ -1,0 +1,30 @@
+"""`make demo` runs on the embedded default with no API key and exits 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_runs_offline_and_shows_tasks_knowledge_and_the_log(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    env["COLUMNS"] = "120"
+    result = subprocess.run(
+        [sys.executable, "-m", "memvee.demo", "--db", str(tmp_path / "demo.db")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-> PENDING" in out or "-> RUNNING" in out
+    assert "-> COMPLETED" in out
+    assert "User lives in Oslo" in out and "I live in Oslo" in out
+    assert "event log of alice" in out and "KnowledgeExtracted" in out
