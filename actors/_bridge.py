@@ -50,7 +50,7 @@ class BridgedFuture(ThreadingFuture[T]):
         """``(True, value)`` or ``(False, exception)`` of a future that is already set."""
         try:
             return True, self.get(timeout=0)
-        except BaseException as error:  # noqa: BLE001 - handed on, never swallowed
+        except BaseException as error:
             return False, error
 
     def _run_callbacks(self) -> None:

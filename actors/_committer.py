@@ -86,7 +86,9 @@ class GroupCommitter:
             if len(batch) == 1:
                 batch[0].future.set_exception(error)
                 return
-            log.warning("group commit of %d logs failed (%s); retrying one by one", len(batch), error)
+            log.warning(
+                "group commit of %d logs failed (%s); retrying one by one", len(batch), error
+            )
             for request in batch:
                 self._write([request])
             return

@@ -8,6 +8,7 @@ that is stopping: a caller racing a passivation simply gets a fresh actor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -38,9 +39,7 @@ class _Entry:
 class ActorDirectory:
     """Finds or spawns the actor of a user, and passivates idle actors."""
 
-    def __init__(
-        self, spawn: Spawn, *, idle_timeout: float = 60.0, max_live: int = 1000
-    ) -> None:
+    def __init__(self, spawn: Spawn, *, idle_timeout: float = 60.0, max_live: int = 1000) -> None:
         self._spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_live = max_live
@@ -138,10 +137,8 @@ class ActorDirectory:
                 seen = {id(e) for e in candidates}
                 candidates += [e for e in list(self._actors.values())[:excess] if id(e) not in seen]
             for entry in candidates:
-                try:
+                with contextlib.suppress(pykka.ActorDeadError):
                     entry.proxy.passivate()
-                except pykka.ActorDeadError:
-                    pass
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every actor after it has handled the messages already sent to it."""

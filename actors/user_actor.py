@@ -77,10 +77,14 @@ class UserActor(pykka.ThreadingActor):
             raise
         recorded = self._commit()
         added = {
-            e.message_id: e for e in (r.event for r in recorded) if isinstance(e, UserLog.MessageAdded)
+            e.message_id: e
+            for e in (r.event for r in recorded)
+            if isinstance(e, UserLog.MessageAdded)
         }
         stored = [
-            Message(m, self.user_id, added[m].seq, added[m].role, added[m].content, added[m].sent_at)
+            Message(
+                m, self.user_id, added[m].seq, added[m].role, added[m].content, added[m].sent_at
+            )
             for m in ids
         ]
         if (
@@ -139,7 +143,9 @@ class UserActor(pykka.ThreadingActor):
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
         """Record the outcome of the running task and start the next queued one."""
         if task_id != self._running:
-            log.warning("user %r: outcome of task %s arrived after it closed", self.user_id, task_id)
+            log.warning(
+                "user %r: outcome of task %s arrived after it closed", self.user_id, task_id
+            )
             return
         observer = self._services.observer
         user_log = self._user_log(create=False)

@@ -48,5 +48,6 @@ __all__ = [
     "UserLog",
     "check_message",
     "check_user_id",
+    "sqlite_url",
     "user_log_id",
 ]

@@ -124,9 +124,7 @@ class UserLog(Aggregate):
 
     # ----------------------------------------------------------------- commands (decide)
 
-    def add_message(
-        self, role: str, content: str, sent_at: datetime | None, max_chars: int
-    ) -> str:
+    def add_message(self, role: str, content: str, sent_at: datetime | None, max_chars: int) -> str:
         """Append one message after checking it; returns its new id."""
         check_message(role, content, max_chars)
         message_id = str(uuid4())
@@ -176,7 +174,9 @@ class UserLog(Aggregate):
                 raise InvalidExtractionError(f"task {task_id}: a fact has empty text")
             cited = entry["source_message_ids"]
             if not cited:
-                raise InvalidExtractionError(f"task {task_id}: fact {entry['text']!r} cites no message")
+                raise InvalidExtractionError(
+                    f"task {task_id}: fact {entry['text']!r} cites no message"
+                )
             unknown = [m for m in cited if m not in batch]
             if unknown:
                 raise InvalidExtractionError(

@@ -50,7 +50,9 @@ class MemoryConfig:
         if self.shutdown_grace < 0 or self.snapshot_interval < 0:
             raise InvalidInputError("shutdown_grace and snapshot_interval must not be negative")
         if self.durability not in ("full", "normal"):
-            raise InvalidInputError(f"durability must be 'full' or 'normal', not {self.durability!r}")
+            raise InvalidInputError(
+                f"durability must be 'full' or 'normal', not {self.durability!r}"
+            )
 
     @property
     def url(self) -> str:

@@ -230,7 +230,7 @@ class Memory:
             if task.message_count == 0:
                 return total
 
-    async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:
+    async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:  # noqa: ASYNC109 - the spec names it
         """Wait for every in-flight task of the user; returns the entries they extracted.
 
         On ``timeout`` (seconds) raises :class:`ProcessingTimeoutError` (a ``TimeoutError``)
@@ -388,7 +388,7 @@ class _LoopObserver:
         assert memory._loop is not None
         self._loop = memory._loop
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+    def _post(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:

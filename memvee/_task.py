@@ -94,7 +94,9 @@ class ProcessTask:
             self._status = ProcessStatus.RUNNING
             self._message_count = message_count
 
-    def _mark_finished(self, status: ProcessStatus, knowledge_count: int, error: str | None) -> None:
+    def _mark_finished(
+        self, status: ProcessStatus, knowledge_count: int, error: str | None
+    ) -> None:
         if self.done:
             return
         self._status = status

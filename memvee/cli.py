@@ -38,8 +38,12 @@ def rebuild(
     store = _store(db, db_url)
     try:
         with Progress(
-            TextColumn("rebuilding"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console, transient=True,
+            TextColumn("rebuilding"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         ) as bar:
             job = bar.add_task("rebuild", total=store.max_position())
             folded = rebuild_projections(

@@ -101,7 +101,9 @@ def _summary(event: Any) -> str:
     if isinstance(event, UserLog.MessageAdded):
         return f"#{event.seq} {event.role}: {event.content}"
     if isinstance(event, UserLog.ProcessingStarted):
-        return f"task {event.task_id[:8]} ({event.trigger}) claims {len(event.message_ids)} messages"
+        return (
+            f"task {event.task_id[:8]} ({event.trigger}) claims {len(event.message_ids)} messages"
+        )
     if isinstance(event, UserLog.KnowledgeExtracted):
         texts = "; ".join(e["text"] for e in event.entries)
         return f"task {event.task_id[:8]} by {event.extractor}: {texts or 'no entries'}"

@@ -31,7 +31,8 @@ class Statements:
         b = t.buffer
         self.buffer_insert = b.insert()
         self.buffer_claim = (
-            b.update().where(b.c.message_id == bindparam("b_message_id"))
+            b.update()
+            .where(b.c.message_id == bindparam("b_message_id"))
             .values(task_id=bindparam("b_task_id"))
         )
         self.buffer_covered = b.delete().where(b.c.task_id == bindparam("b_task_id"))
@@ -41,7 +42,8 @@ class Statements:
         k = t.tasks
         self.task_insert = k.insert()
         self.task_completed = (
-            k.update().where(k.c.task_id == bindparam("b_task_id"))
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
             .values(
                 status="COMPLETED",
                 knowledge_count=bindparam("b_count"),
@@ -54,7 +56,8 @@ class Statements:
             )
         )
         self.task_failed = (
-            k.update().where(k.c.task_id == bindparam("b_task_id"))
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
             .values(
                 status="FAILED",
                 error=bindparam("b_error"),
@@ -66,21 +69,32 @@ class Statements:
         u = t.users
         self.user_insert = u.insert()
         where_user = u.c.log_id == bindparam("b_log_id")
-        touched = {"version": bindparam("b_version"), "updated_at": bindparam("b_at")}
-        self.user_message = u.update().where(where_user).values(
-            **touched,
-            message_count=bindparam("b_seq"),
-            buffered_count=u.c.buffered_count + 1,
+        touched: dict[str, Any] = {
+            "version": bindparam("b_version"),
+            "updated_at": bindparam("b_at"),
+        }
+        self.user_message = (
+            u.update()
+            .where(where_user)
+            .values(
+                **touched,
+                message_count=bindparam("b_seq"),
+                buffered_count=u.c.buffered_count + 1,
+            )
         )
         self.user_touched = u.update().where(where_user).values(**touched)
-        self.user_completed = u.update().where(where_user).values(
-            **touched,
-            buffered_count=u.c.buffered_count - bindparam("b_covered"),
-            knowledge_count=u.c.knowledge_count + bindparam("b_count"),
-            tasks_completed=u.c.tasks_completed + 1,
+        self.user_completed = (
+            u.update()
+            .where(where_user)
+            .values(
+                **touched,
+                buffered_count=u.c.buffered_count - bindparam("b_covered"),
+                knowledge_count=u.c.knowledge_count + bindparam("b_count"),
+                tasks_completed=u.c.tasks_completed + 1,
+            )
         )
-        self.user_failed = u.update().where(where_user).values(
-            **touched, tasks_failed=u.c.tasks_failed + 1
+        self.user_failed = (
+            u.update().where(where_user).values(**touched, tasks_failed=u.c.tasks_failed + 1)
         )
 
 
@@ -88,16 +102,19 @@ def buffer_fold(s: Statements, r: Recorded) -> Iterator[Op]:
     """Messages not yet covered by knowledge, with the task (if any) that holds them."""
     e = r.event
     if isinstance(e, UserLog.MessageAdded):
-        yield s.buffer_insert, {
-            "message_id": e.message_id,
-            "log_id": str(e.originator_id),
-            "seq": e.seq,
-            "version": e.originator_version,
-            "role": e.role,
-            "content": e.content,
-            "sent_at": e.sent_at,
-            "task_id": None,
-        }
+        yield (
+            s.buffer_insert,
+            {
+                "message_id": e.message_id,
+                "log_id": str(e.originator_id),
+                "seq": e.seq,
+                "version": e.originator_version,
+                "role": e.role,
+                "content": e.content,
+                "sent_at": e.sent_at,
+                "task_id": None,
+            },
+        )
     elif isinstance(e, UserLog.ProcessingStarted):
         for message_id in e.message_ids:
             yield s.buffer_claim, {"b_message_id": message_id, "b_task_id": e.task_id}
@@ -111,34 +128,40 @@ def tasks_fold(s: Statements, r: Recorded) -> Iterator[Op]:
     """Every processing task that started: RUNNING, then COMPLETED or FAILED."""
     e = r.event
     if isinstance(e, UserLog.ProcessingStarted):
-        yield s.task_insert, {
-            "task_id": e.task_id,
-            "log_id": str(e.originator_id),
-            "trigger": e.trigger,
-            "status": "RUNNING",
-            "message_ids": list(e.message_ids),
-            "knowledge_count": 0,
-            "error": None,
-            "started_at": e.timestamp,
-            "finished_at": None,
-            "started_version": e.originator_version,
-            "finished_version": None,
-            "extractor": None,
-            "model": None,
-            "input_tokens": None,
-            "output_tokens": None,
-        }
+        yield (
+            s.task_insert,
+            {
+                "task_id": e.task_id,
+                "log_id": str(e.originator_id),
+                "trigger": e.trigger,
+                "status": "RUNNING",
+                "message_ids": list(e.message_ids),
+                "knowledge_count": 0,
+                "error": None,
+                "started_at": e.timestamp,
+                "finished_at": None,
+                "started_version": e.originator_version,
+                "finished_version": None,
+                "extractor": None,
+                "model": None,
+                "input_tokens": None,
+                "output_tokens": None,
+            },
+        )
     elif isinstance(e, UserLog.KnowledgeExtracted):
-        yield s.task_completed, {
-            "b_task_id": e.task_id,
-            "b_count": len(e.entries),
-            "b_at": e.timestamp,
-            "b_version": e.originator_version,
-            "b_extractor": e.extractor,
-            "b_model": e.model,
-            "b_input_tokens": e.input_tokens,
-            "b_output_tokens": e.output_tokens,
-        }
+        yield (
+            s.task_completed,
+            {
+                "b_task_id": e.task_id,
+                "b_count": len(e.entries),
+                "b_at": e.timestamp,
+                "b_version": e.originator_version,
+                "b_extractor": e.extractor,
+                "b_model": e.model,
+                "b_input_tokens": e.input_tokens,
+                "b_output_tokens": e.output_tokens,
+            },
+        )
     elif isinstance(e, UserLog.ProcessingFailed):
         yield s.task_failed, _failed(e.task_id, e.error, r)
     elif isinstance(e, UserLog.ProcessingInterrupted):
@@ -149,9 +172,13 @@ def _failed(task_id: str, error: str, r: Recorded) -> dict[str, Any]:
     return {
         "b_task_id": task_id,
         "b_error": error,
-        "b_at": r.event.timestamp,
+        "b_at": _timestamp(r),
         "b_version": r.event.originator_version,
     }
+
+
+def _timestamp(r: Recorded) -> Any:
+    return getattr(r.event, "timestamp")  # noqa: B009 - every aggregate event has one
 
 
 def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
@@ -159,46 +186,55 @@ def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
     e = r.event
     if isinstance(e, UserLog.KnowledgeExtracted):
         for ordinal, entry in enumerate(e.entries):
-            yield s.knowledge_insert, {
-                "ordinal": ordinal,
-                "entry_id": entry["entry_id"],
-                "log_id": str(e.originator_id),
-                "text": entry["text"],
-                "task_id": e.task_id,
-                "source_message_ids": list(entry["source_message_ids"]),
-                "extracted_at": e.timestamp,
-                "version": e.originator_version,
-                "extractor": e.extractor,
-                "model": e.model,
-            }
+            yield (
+                s.knowledge_insert,
+                {
+                    "ordinal": ordinal,
+                    "entry_id": entry["entry_id"],
+                    "log_id": str(e.originator_id),
+                    "text": entry["text"],
+                    "task_id": e.task_id,
+                    "source_message_ids": list(entry["source_message_ids"]),
+                    "extracted_at": e.timestamp,
+                    "version": e.originator_version,
+                    "extractor": e.extractor,
+                    "model": e.model,
+                },
+            )
 
 
 def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
     """One summary row per user: version and counters, for listings and recovery."""
     e = r.event
     log_id = str(e.originator_id)
-    touched = {"b_log_id": log_id, "b_version": e.originator_version, "b_at": e.timestamp}
+    touched = {"b_log_id": log_id, "b_version": e.originator_version, "b_at": _timestamp(r)}
     if isinstance(e, UserLog.Registered):
-        yield s.user_insert, {
-            "log_id": log_id,
-            "user_id": e.user_id,
-            "version": e.originator_version,
-            "message_count": 0,
-            "buffered_count": 0,
-            "knowledge_count": 0,
-            "tasks_completed": 0,
-            "tasks_failed": 0,
-            "created_at": e.timestamp,
-            "updated_at": e.timestamp,
-        }
+        yield (
+            s.user_insert,
+            {
+                "log_id": log_id,
+                "user_id": e.user_id,
+                "version": e.originator_version,
+                "message_count": 0,
+                "buffered_count": 0,
+                "knowledge_count": 0,
+                "tasks_completed": 0,
+                "tasks_failed": 0,
+                "created_at": e.timestamp,
+                "updated_at": e.timestamp,
+            },
+        )
     elif isinstance(e, UserLog.MessageAdded):
         yield s.user_message, {**touched, "b_seq": e.seq}
     elif isinstance(e, UserLog.KnowledgeExtracted):
-        yield s.user_completed, {
-            **touched,
-            "b_count": len(e.entries),
-            "b_covered": len(e.message_ids),
-        }
+        yield (
+            s.user_completed,
+            {
+                **touched,
+                "b_count": len(e.entries),
+                "b_covered": len(e.message_ids),
+            },
+        )
     elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
         yield s.user_failed, touched
     else:

@@ -61,9 +61,11 @@ class ProjectionReader:
     def task(self, connection: Connection, user_id: str, task_id: str) -> TaskRecord | None:
         """One task of the user, or ``None`` if the log has no such task for them."""
         t = self.tables.tasks
-        row = connection.execute(
-            select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id)
-        ).mappings().first()
+        row = (
+            connection.execute(select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id))
+            .mappings()
+            .first()
+        )
         return None if row is None else _task(user_id, row)
 
     def tasks(self, connection: Connection, user_id: str) -> list[TaskRecord]:
@@ -104,7 +106,9 @@ class ProjectionReader:
         row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
         return None if row is None else _summary(row)
 
-    def users(self, connection: Connection, *, limit: int = 100, after: str = "") -> list[UserSummary]:
+    def users(
+        self, connection: Connection, *, limit: int = 100, after: str = ""
+    ) -> list[UserSummary]:
         """A page of users ordered by user id, starting after ``after``."""
         u = self.tables.users
         rows = connection.execute(

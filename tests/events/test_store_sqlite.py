@@ -18,7 +18,9 @@ class TestSQLiteEventStore(EventStoreContract):
 
 
 @pytest.mark.parametrize(("durability", "expected"), [("full", 2), ("normal", 1)])
-def test_durability_sets_wal_and_synchronous(tmp_path: Path, durability: str, expected: int) -> None:
+def test_durability_sets_wal_and_synchronous(
+    tmp_path: Path, durability: str, expected: int
+) -> None:
     store = EventStore(sqlite_url(tmp_path / "d.db"), durability=durability)  # type: ignore[arg-type]
     try:
         with store.engine.connect() as connection:

@@ -1,0 +1,49 @@
+"""Pick the best extractor the environment allows: Claude with a key, rules without."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from events.extraction import Extractor
+from memvee.extractors._claude import MODEL_ENV_VAR, ClaudeExtractor
+from memvee.extractors._offline import OfflineExtractor
+
+__all__ = ["API_KEY_ENV_VAR", "default_extractor"]
+
+API_KEY_ENV_VAR = "ANTHROPIC_API_KEY"
+"""The environment variable whose presence switches extraction to Claude."""
+
+logger = logging.getLogger("memvee.extractors")
+
+_offline_warning_lock = threading.Lock()
+_offline_warned = False
+
+
+def default_extractor(*, model: str | None = None, timeout: float = 60.0) -> Extractor:
+    """Claude when ``ANTHROPIC_API_KEY`` is set and non-empty, else the offline rules.
+
+    Running offline is logged once per process as a warning, so that a deployment that
+    lost its key does not silently settle for the much weaker rule-based extraction.
+    """
+    if os.environ.get(API_KEY_ENV_VAR, "").strip():
+        return ClaudeExtractor(model=model, timeout=timeout)
+    _warn_offline_once()
+    return OfflineExtractor()
+
+
+def _warn_offline_once() -> None:
+    global _offline_warned
+    with _offline_warning_lock:
+        if _offline_warned:
+            return
+        _offline_warned = True
+    logger.warning(
+        "%s is not set: memvee extraction is running offline with simple rules, which "
+        "find far fewer facts. Set %s (and optionally %s to choose the model) to extract "
+        "with Claude.",
+        API_KEY_ENV_VAR,
+        API_KEY_ENV_VAR,
+        MODEL_ENV_VAR,
+    )

@@ -1,0 +1,349 @@
+"""ClaudeExtractor on a real AsyncAnthropic client over an in-process mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from anthropic._data import DEPRECATED_MODELS
+
+from events.errors import ExtractionError, InvalidExtractionError, InvalidInputError
+from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch, Extractor
+from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
+from tests.support.messages_api_server import error_body, tool_use_body
+
+API_KEY = "sk-ant-test-DO-NOT-LEAK-0123456789abcdef"
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+BATCH = ExtractionBatch(
+    user_id="u1",
+    task_id="t1",
+    messages=(
+        BatchMessage("msg-1", "user", "I work at Acme Corp.", T0),
+        BatchMessage("msg-2", "assistant", "Nice! What do you do there?", T0),
+        BatchMessage("msg-3", "user", "I'm an engineer. Also, I live in Oslo.", T0),
+    ),
+)
+GOOD_FACTS = [
+    {"text": "User works at Acme Corp.", "source_message_ids": ["msg-1"]},
+    {"text": "User is an engineer.", "source_message_ids": ["msg-3"]},
+    {"text": "User lives in Oslo.", "source_message_ids": ["msg-3"]},
+]
+
+Step = httpx2.Response | Exception | Callable[[], Awaitable[httpx2.Response]]
+
+
+class FakeAPI:
+    """A scripted Messages endpoint: one step per request, the last step repeats."""
+
+    def __init__(self, *steps: Step) -> None:
+        self.steps = list(steps)
+        self.requests: list[httpx2.Request] = []
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests]
+
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, httpx2.Response):
+            return step
+        return await step()
+
+
+def ok(facts: object = GOOD_FACTS, **kw: Any) -> httpx2.Response:
+    return httpx2.Response(200, json=tool_use_body(facts, **kw))
+
+
+def fail(
+    status: int, error_type: str, message: str = "scripted", **headers: str
+) -> httpx2.Response:
+    return httpx2.Response(status, json=error_body(error_type, message), headers=headers)
+
+
+FAST_RETRY = {"retry-after-ms": "1"}
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[anthropic.AsyncAnthropic]]:
+    made: list[anthropic.AsyncAnthropic] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+@pytest.fixture
+def claude(
+    clients: list[anthropic.AsyncAnthropic],
+) -> Callable[..., ClaudeExtractor]:
+    def make(api: FakeAPI, *, max_retries: int = 2, **kw: Any) -> ClaudeExtractor:
+        client = anthropic.AsyncAnthropic(
+            api_key=API_KEY,
+            max_retries=max_retries,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(api)),
+        )
+        clients.append(client)
+        return ClaudeExtractor(client=client, **kw)
+
+    return make
+
+
+Make = Callable[..., ClaudeExtractor]
+
+
+async def test_happy_path_turns_the_tool_call_into_facts(claude: Make) -> None:
+    api = FakeAPI(ok(model="claude-sonnet-5-5-20990101", input_tokens=321, output_tokens=45))
+    result = await claude(api, model="claude-sonnet-5-5").extract(BATCH)
+
+    assert result.facts == (
+        ExtractedFact("User works at Acme Corp.", ("msg-1",)),
+        ExtractedFact("User is an engineer.", ("msg-3",)),
+        ExtractedFact("User lives in Oslo.", ("msg-3",)),
+    )
+    assert result.extractor == "claude"
+    assert result.model == "claude-sonnet-5-5-20990101"
+    assert (result.input_tokens, result.output_tokens) == (321, 45)
+    assert len(api.requests) == 1
+
+
+async def test_the_request_forces_the_tool_and_lists_every_message(claude: Make) -> None:
+    api = FakeAPI(ok())
+    await claude(api, model="claude-haiku-5-5", max_tokens=999).extract(BATCH)
+
+    (request,) = api.requests
+    body = api.bodies[0]
+    assert request.url.path == "/v1/messages"
+    assert API_KEY in (
+        request.headers.get("authorization", "") + request.headers.get("x-api-key", "")
+    )
+    assert body["model"] == "claude-haiku-5-5"
+    assert body["max_tokens"] == 999
+    (tool,) = body["tools"]
+    assert tool["name"] == "record_knowledge"
+    fact_schema = tool["input_schema"]["properties"]["facts"]["items"]
+    assert fact_schema["properties"]["text"]["type"] == "string"
+    assert fact_schema["properties"]["source_message_ids"]["items"] == {"type": "string"}
+    assert fact_schema["required"] == ["text", "source_message_ids"]
+    assert body["tool_choice"]["type"] == "tool"
+    assert body["tool_choice"]["name"] == "record_knowledge"
+    prompt = json.dumps(body["messages"])
+    for m in BATCH.messages:
+        assert m.message_id in prompt
+        assert json.dumps(m.content)[1:-1] in prompt
+    assert "assistant" in prompt
+
+
+async def test_duplicate_facts_are_merged_with_all_their_citations(claude: Make) -> None:
+    facts = [
+        {"text": "User lives in Oslo.", "source_message_ids": ["msg-1"]},
+        {"text": "User lives in  Oslo. ", "source_message_ids": ["msg-3", "msg-1"]},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(BATCH)
+    assert result.facts == (ExtractedFact("User lives in Oslo.", ("msg-1", "msg-3")),)
+
+
+async def test_no_facts_is_a_valid_answer(claude: Make) -> None:
+    result = await claude(FakeAPI(ok([]))).extract(BATCH)
+    assert result.facts == ()
+
+
+async def test_an_empty_batch_makes_no_call(claude: Make) -> None:
+    api = FakeAPI(ok())
+    result = await claude(api).extract(ExtractionBatch("u1", "t1", ()))
+    assert result.facts == ()
+    assert api.requests == []
+
+
+async def test_citing_an_unknown_message_is_invalid(claude: Make) -> None:
+    facts = [{"text": "User lives in Oslo.", "source_message_ids": ["msg-3", "msg-404"]}]
+    with pytest.raises(InvalidExtractionError, match="msg-404"):
+        await claude(FakeAPI(ok(facts))).extract(BATCH)
+
+
+@pytest.mark.parametrize(
+    ("facts", "problem"),
+    [
+        ("User lives in Oslo.", "'facts' must be a list"),
+        (None, "'facts' must be a list"),
+        (["User lives in Oslo."], r"facts\[0\] must be an object"),
+        ([{"source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
+        ([{"text": "   ", "source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
+        ([{"text": 42, "source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
+        ([{"text": "User is."}], r"facts\[0\].source_message_ids"),
+        ([{"text": "User is.", "source_message_ids": []}], r"facts\[0\].source_message_ids"),
+        ([{"text": "User is.", "source_message_ids": "msg-1"}], r"facts\[0\].source_message_ids"),
+        ([{"text": "User is.", "source_message_ids": [1]}], r"facts\[0\].source_message_ids"),
+    ],
+)
+async def test_a_schema_break_is_invalid(claude: Make, facts: object, problem: str) -> None:
+    with pytest.raises(InvalidExtractionError, match=problem):
+        await claude(FakeAPI(ok(facts))).extract(BATCH)
+
+
+async def test_tool_input_that_is_not_an_object_is_invalid(claude: Make) -> None:
+    body = tool_use_body([])
+    body["content"][0]["input"] = ["not", "an", "object"]
+    with pytest.raises(InvalidExtractionError, match="expected an object"):
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+
+
+async def test_an_answer_without_the_tool_call_is_invalid(claude: Make) -> None:
+    body = tool_use_body([])
+    body["content"] = [{"type": "text", "text": "I'd rather not."}]
+    body["stop_reason"] = "end_turn"
+    with pytest.raises(InvalidExtractionError, match="without calling record_knowledge"):
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+
+
+async def test_a_call_of_another_tool_is_invalid(claude: Make) -> None:
+    body = tool_use_body(GOOD_FACTS, tool_name="something_else")
+    with pytest.raises(InvalidExtractionError, match="without calling record_knowledge"):
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(529, "overloaded_error"), (500, "api_error"), (429, "rate_limit_error")],
+)
+async def test_retryable_errors_are_retried_by_the_sdk(
+    claude: Make, status: int, error_type: str
+) -> None:
+    api = FakeAPI(
+        fail(status, error_type, **FAST_RETRY), fail(status, error_type, **FAST_RETRY), ok()
+    )
+    result = await claude(api, max_retries=2).extract(BATCH)
+    assert len(result.facts) == 3
+    assert len(api.requests) == 3
+
+
+async def test_sdk_backoff_without_retry_after_still_succeeds(claude: Make) -> None:
+    api = FakeAPI(fail(529, "overloaded_error"), ok())
+    result = await claude(api, max_retries=1).extract(BATCH)
+    assert len(result.facts) == 3
+    assert len(api.requests) == 2
+
+
+async def test_retries_exhausted_is_an_extraction_error_with_the_status(claude: Make) -> None:
+    api = FakeAPI(fail(529, "overloaded_error", "Overloaded", **FAST_RETRY))
+    with pytest.raises(ExtractionError, match="HTTP 529") as caught:
+        await claude(api, max_retries=2).extract(BATCH)
+    assert not isinstance(caught.value, InvalidExtractionError)
+    assert "OverloadedError" in str(caught.value)
+    assert "overloaded_error" in str(caught.value)
+    assert len(api.requests) == 3
+
+
+async def test_401_is_not_retried(claude: Make) -> None:
+    api = FakeAPI(fail(401, "authentication_error", "invalid x-api-key"))
+    with pytest.raises(ExtractionError, match="HTTP 401") as caught:
+        await claude(api, max_retries=2).extract(BATCH)
+    assert "AuthenticationError" in str(caught.value)
+    assert len(api.requests) == 1
+
+
+async def test_a_read_timeout_is_an_extraction_error(claude: Make) -> None:
+    api = FakeAPI(httpx2.ReadTimeout("read timed out"))
+    with pytest.raises(ExtractionError, match="timed out") as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert "APITimeoutError" in str(caught.value)
+
+
+async def test_a_connection_failure_is_an_extraction_error(claude: Make) -> None:
+    api = FakeAPI(httpx2.ConnectError("connection refused"))
+    with pytest.raises(ExtractionError, match="APIConnectionError"):
+        await claude(api, max_retries=0).extract(BATCH)
+
+
+async def test_our_timeout_bounds_a_slow_answer(claude: Make) -> None:
+    async def slow() -> httpx2.Response:
+        await asyncio.sleep(30)
+        return ok()
+
+    started = time.monotonic()
+    with pytest.raises(ExtractionError, match=r"timed out after 0\.2s"):
+        await claude(FakeAPI(slow), timeout=0.2).extract(BATCH)
+    assert time.monotonic() - started < 5
+
+
+async def test_our_timeout_bounds_the_sdk_obeying_a_long_retry_after(claude: Make) -> None:
+    api = FakeAPI(fail(429, "rate_limit_error", **{"retry-after": "3600"}), ok())
+    started = time.monotonic()
+    with pytest.raises(ExtractionError, match="timed out"):
+        await claude(api, timeout=0.3).extract(BATCH)
+    assert time.monotonic() - started < 5
+    assert len(api.requests) == 1
+
+
+async def test_the_api_key_never_reaches_errors_or_logs(
+    claude: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    failures: list[ExtractionError] = []
+    scenarios: list[tuple[FakeAPI, dict[str, Any]]] = [
+        (FakeAPI(fail(401, "authentication_error", "invalid x-api-key")), {}),
+        (FakeAPI(fail(400, "invalid_request_error", f"bad key {API_KEY}")), {}),
+        (FakeAPI(fail(500, "api_error", **FAST_RETRY)), {"max_retries": 1}),
+        (FakeAPI(httpx2.ReadTimeout("slow")), {"max_retries": 0}),
+        (FakeAPI(httpx2.ConnectError("refused")), {"max_retries": 0}),
+        (FakeAPI(ok([{"text": "x", "source_message_ids": ["nope"]}])), {}),
+    ]
+    for api, kw in scenarios:
+        with pytest.raises(ExtractionError) as caught:
+            await claude(api, **kw).extract(BATCH)
+        failures.append(caught.value)
+        assert api.requests, "the scenario must reach the API"
+
+    for failure in failures:
+        assert API_KEY not in str(failure)
+        assert API_KEY not in repr(failure)
+    assert "[redacted]" in str(failures[1])
+    assert caplog.records, "the SDK logs at debug level; the check must see them"
+    assert API_KEY not in caplog.text
+    assert all(API_KEY not in r.getMessage() for r in caplog.records)
+
+
+def test_model_comes_from_the_argument_then_the_env_then_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    assert ClaudeExtractor().model == DEFAULT_MODEL
+    monkeypatch.setenv(MODEL_ENV_VAR, "claude-haiku-5-5")
+    assert ClaudeExtractor().model == "claude-haiku-5-5"
+    assert ClaudeExtractor(model="claude-opus-5-5").model == "claude-opus-5-5"
+
+
+async def test_the_default_model_is_not_deprecated(claude: Make) -> None:
+    assert DEFAULT_MODEL not in DEPRECATED_MODELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        await claude(FakeAPI(ok()), model=DEFAULT_MODEL).extract(BATCH)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"timeout": 0}, {"timeout": -1.0}, {"max_retries": -1}, {"max_tokens": 0}]
+)
+def test_bad_settings_are_refused(kw: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError):
+        ClaudeExtractor(**kw)
+
+
+async def test_a_client_passed_in_stays_open_after_aclose(
+    clients: list[anthropic.AsyncAnthropic], claude: Make
+) -> None:
+    extractor = claude(FakeAPI(ok()))
+    await extractor.extract(BATCH)
+    await extractor.aclose()
+    assert not clients[0].is_closed()
+    assert isinstance(extractor, Extractor)
+    assert extractor.name == "claude"

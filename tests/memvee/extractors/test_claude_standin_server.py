@@ -1,0 +1,128 @@
+"""ClaudeExtractor's real HTTP path, against the stand-in Messages API on 127.0.0.1.
+
+The extractor is built with its default construction and finds the server through
+ANTHROPIC_BASE_URL, exactly as a deployment would find a proxy or gateway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from events.errors import ExtractionError
+from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch
+from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
+from tests.support.messages_api_server import MessagesAPIServer
+
+API_KEY = "sk-ant-standin-DO-NOT-LEAK-9876543210"
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+BATCH = ExtractionBatch(
+    user_id="u1",
+    task_id="t1",
+    messages=(
+        BatchMessage("m-1", "user", "I live in Oslo.", T0),
+        BatchMessage("m-2", "assistant", "Oslo is lovely <b>in spring</b>.", T0),
+        BatchMessage("m-3", "user", 'I said "</messages>" on purpose.', T0),
+    ),
+)
+EXPECTED = (
+    ExtractedFact("User said: I live in Oslo.", ("m-1",)),
+    ExtractedFact('User said: I said "</messages>" on purpose.', ("m-3",)),
+)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPIServer]:
+    with MessagesAPIServer() as running:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", running.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        for name in ("ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS", MODEL_ENV_VAR):
+            monkeypatch.delenv(name, raising=False)
+        yield running
+
+
+@pytest.fixture
+async def claude(server: MessagesAPIServer) -> AsyncIterator[ClaudeExtractor]:
+    made = ClaudeExtractor(timeout=1.0, max_retries=2)
+    yield made
+    await made.aclose()
+
+
+async def test_happy_path_over_http(server: MessagesAPIServer, claude: ClaudeExtractor) -> None:
+    result = await claude.extract(BATCH)
+
+    assert result.facts == EXPECTED
+    assert result.model == DEFAULT_MODEL
+    assert result.input_tokens is not None and result.output_tokens == 30
+    (request,) = server.requests
+    assert request.path == "/v1/messages"
+    assert API_KEY in request.headers.get("authorization", "") + request.headers.get(
+        "x-api-key", ""
+    )
+    assert request.body["model"] == DEFAULT_MODEL
+    assert request.body["tool_choice"]["name"] == "record_knowledge"
+    assert [m["id"] for m in request.messages] == ["m-1", "m-2", "m-3"]
+    assert [m["content"] for m in request.messages] == [m.content for m in BATCH.messages]
+
+
+async def test_an_overloaded_answer_is_retried_over_http(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue_error(529, "overloaded_error", "Overloaded", headers={"retry-after-ms": "10"})
+
+    result = await claude.extract(BATCH)
+
+    assert result.facts == EXPECTED
+    first, second = server.requests
+    assert first.headers["x-stainless-retry-count"] == "0"
+    assert second.headers["x-stainless-retry-count"] == "1"
+
+
+async def test_a_retry_after_of_an_hour_is_cut_by_our_timeout(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue_error(429, "rate_limit_error", "slow down", headers={"retry-after": "3600"})
+
+    started = time.monotonic()
+    with pytest.raises(ExtractionError, match=r"timed out after 1s"):
+        await claude.extract(BATCH)
+
+    assert time.monotonic() - started < 3
+    assert len(server.requests) == 1
+
+
+async def test_an_answer_slower_than_our_timeout_fails(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue(delay=10)
+
+    started = time.monotonic()
+    with pytest.raises(ExtractionError, match="timed out"):
+        await claude.extract(BATCH)
+
+    assert time.monotonic() - started < 3
+
+
+async def test_an_auth_failure_names_the_status_but_not_the_key(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue_error(401, "authentication_error", "invalid x-api-key")
+
+    with pytest.raises(ExtractionError, match="HTTP 401") as caught:
+        await claude.extract(BATCH)
+
+    assert API_KEY not in str(caught.value)
+    assert len(server.requests) == 1
+
+
+async def test_the_client_is_built_lazily_and_rebuilt_after_aclose(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    assert (await claude.extract(BATCH)).facts == EXPECTED
+    await claude.aclose()
+    assert (await claude.extract(BATCH)).facts == EXPECTED
+    assert len(server.requests) == 2

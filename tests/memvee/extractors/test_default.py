@@ -1,0 +1,72 @@
+"""default_extractor: Claude when an API key is configured, offline rules otherwise."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from memvee.extractors import (
+    DEFAULT_MODEL,
+    MODEL_ENV_VAR,
+    ClaudeExtractor,
+    OfflineExtractor,
+    _default,
+    default_extractor,
+)
+
+API_KEY = "sk-ant-default-DO-NOT-LEAK-42"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a new process would: not warned yet, no model override."""
+    monkeypatch.setattr(_default, "_offline_warned", False)
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+
+
+def offline_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "memvee.extractors" and r.levelno == logging.WARNING
+    ]
+
+
+async def test_a_key_selects_claude_with_the_given_settings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+
+    extractor = default_extractor(model="claude-haiku-5-5", timeout=12.5)
+
+    assert isinstance(extractor, ClaudeExtractor)
+    assert (extractor.model, extractor.timeout) == ("claude-haiku-5-5", 12.5)
+    plain = default_extractor()
+    assert isinstance(plain, ClaudeExtractor) and plain.model == DEFAULT_MODEL
+    assert offline_warnings(caplog) == []
+    assert API_KEY not in caplog.text
+    await extractor.aclose()
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_no_key_selects_the_offline_rules(monkeypatch: pytest.MonkeyPatch, key: str | None) -> None:
+    if key is None:
+        monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+
+    assert isinstance(default_extractor(), OfflineExtractor)
+
+
+def test_running_offline_is_warned_once_per_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    caplog.set_level(logging.WARNING, logger="memvee.extractors")
+
+    for _ in range(3):
+        default_extractor()
+
+    (warning,) = offline_warnings(caplog)
+    assert "offline" in warning.getMessage()
+    assert "ANTHROPIC_API_KEY" in warning.getMessage()
