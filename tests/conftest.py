@@ -11,6 +11,8 @@ import pytest
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
 
+pytest_plugins = ("tests.support.fixtures",)
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:

@@ -1,0 +1,51 @@
+"""The whole flow through the real anthropic client and HTTP: Memory -> actor -> worker
+-> ClaudeExtractor -> stand-in Messages API on 127.0.0.1 -> KnowledgeExtracted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
+from memvee.extractors import ClaudeExtractor
+from tests.support.messages_api_server import MessagesAPIServer
+
+
+@pytest.fixture
+def claude_env(messages_api_server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", messages_api_server.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-secret-key")
+
+
+async def test_default_memory_uses_claude_when_a_key_is_set_and_traces_every_entry(
+    db_path: Path, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    async with Memory(db_path=str(db_path), auto_process=True, batch_threshold=4) as memory:
+        first = await memory.add_exchange("ana", "I live in Oslo", "Nice")
+        second = await memory.add_exchange("ana", "I work at Acme", "Cool")
+        assert await memory.wait_for_processing("ana", timeout=30) == 2
+        entries = await memory.knowledge("ana")
+    assert [e.text for e in entries] == ["User said: I live in Oslo", "User said: I work at Acme"]
+    assert [e.source_message_ids for e in entries] == [
+        (first[0].message_id,),
+        (second[0].message_id,),
+    ]
+    assert {e.extractor for e in entries} == {"claude"}
+    assert len(messages_api_server.requests) == 1
+
+
+async def test_a_server_error_fails_the_task_and_the_next_run_succeeds(
+    db_path: Path, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    messages_api_server.enqueue_error(400, "invalid_request_error", "bad request")
+    config = MemoryConfig(db_path=str(db_path), extraction_timeout=10)
+    async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        await memory.add_exchange("bo", "I love tea", "ok")
+        task = memory.process_async("bo")
+        with pytest.raises(ProcessingError):
+            await task.wait()
+        assert task.status is ProcessStatus.FAILED and "400" in (task.error or "")
+        assert "sk-test-secret-key" not in (task.error or "")
+        assert len(await memory.buffer("bo")) == 2
+        assert await memory.process("bo") == 1
