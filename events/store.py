@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+import sqlalchemy.exc
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import IntegrityError
 from sqlalchemy import event as sa_event
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -98,6 +100,10 @@ class EventStore:
             sa_event.listen(engine, "connect", _pragmas)
             engine.dispose()
         self.durability = durability
+        self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
+        self._insert_returning = self._events.insert().returning(
+            self._events.c.id, sort_by_parameter_order=True
+        )
         del pool_size  # reserved for server databases (the PostgreSQL issue)
 
     @property
@@ -134,14 +140,30 @@ class EventStore:
         events = [e for batch in batches for e in batch]
         if not events:
             return []
-        stored = [self._app.mapper.to_stored_event(e) for e in events]
+        to_stored = self._app.mapper.to_stored_event
+        rows = []
+        for e in events:
+            s = to_stored(e)
+            rows.append(
+                {
+                    "originator_id": s.originator_id,
+                    "originator_version": s.originator_version,
+                    "topic": s.topic,
+                    "state": s.state,
+                }
+            )
         try:
             with self._datastore.transaction(commit=True) as session:
-                ids = self._app.recorder.insert_events(stored, session=session)
-                recorded = [Recorded(n, e) for n, e in zip(ids or [], events, strict=True)]
+                connection = session.connection()
+                if not self.is_sqlite:
+                    # Commit order must equal id order for followers of the log.
+                    connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
+                result = connection.execute(self._insert_returning, rows)
+                ids = [row[0] for row in result]
+                recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
                 if in_transaction is not None:
                     in_transaction(session, recorded)
-        except IntegrityError as error:
+        except (IntegrityError, sqlalchemy.exc.IntegrityError) as error:
             raise ConflictError(f"a user log was appended to concurrently: {error}") from error
         except Exception as error:
             raise StorageError(f"could not store {len(events)} events: {error}") from error

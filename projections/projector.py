@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, select
 
 from events import Recorded
 from projections.folds import (
@@ -40,10 +39,18 @@ class Projector:
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
         self._statements = Statements(tables)
+        position = tables.position
+        self._move_position = (
+            position.update()
+            .where(position.c.name == _POSITION)
+            .values(position=bindparam("b_position"))
+        )
 
     def create(self, connection: Connection) -> None:
         """Create the tables if they are missing."""
         self.tables.metadata.create_all(connection)
+        if connection.execute(select(self.tables.position.c.name)).first() is None:
+            connection.execute(self.tables.position.insert(), {"name": _POSITION, "position": 0})
 
     def drop(self, connection: Connection) -> None:
         """Drop the tables (a rebuild starts from nothing)."""
@@ -66,18 +73,7 @@ class Projector:
         return int(found or 0)
 
     def _set_position(self, connection: Connection, position: int) -> None:
-        table = self.tables.position
-        values = {"name": _POSITION, "position": position}
-        dialect = connection.dialect.name
-        if dialect == "sqlite":
-            stmt: Any = sqlite.insert(table).values(values)
-        elif dialect == "postgresql":
-            stmt = postgresql.insert(table).values(values)
-        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-            raise NotImplementedError(dialect)
-        connection.execute(
-            stmt.on_conflict_do_update(index_elements=["name"], set_={"position": position})
-        )
+        connection.execute(self._move_position, {"b_position": position})
 
 
 def _run(connection: Connection, ops: Any) -> None:

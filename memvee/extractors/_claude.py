@@ -145,7 +145,7 @@ class ClaudeExtractor:
             raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}")
         if max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {max_tokens!r}")
-        self.model: str = model or os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
+        self.model: str = model or os.environ.get(MODEL_ENV_VAR, "").strip() or DEFAULT_MODEL
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_tokens = max_tokens
@@ -185,7 +185,9 @@ class ClaudeExtractor:
                 f"Claude extraction timed out after {self.timeout:g}s (model {self.model})"
             ) from exc
         except anthropic.AnthropicError as exc:
-            raise ExtractionError(_describe(exc, client.api_key)) from exc
+            key = client.api_key
+            cause = None if key and _mentions(exc, key) else exc
+            raise ExtractionError(_describe(exc, key)) from cause
         return self._result(batch, response)
 
     def _result(self, batch: ExtractionBatch, response: Message) -> ExtractionResult:
@@ -297,6 +299,18 @@ def _describe(exc: anthropic.AnthropicError, api_key: str | None) -> str:
     else:
         text = f"Claude API call failed ({kind}): {str(exc)[:_MAX_DETAIL_CHARS]}"
     return _redact(text, api_key)
+
+
+def _mentions(exc: BaseException, secret: str) -> bool:
+    """Whether ``exc`` or an exception it chains to shows ``secret`` in its text."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if secret in str(current) or secret in repr(current.args):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _redact(text: str, secret: str | None) -> str:

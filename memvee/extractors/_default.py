@@ -15,7 +15,7 @@ __all__ = ["API_KEY_ENV_VAR", "default_extractor"]
 API_KEY_ENV_VAR = "ANTHROPIC_API_KEY"
 """The environment variable whose presence switches extraction to Claude."""
 
-logger = logging.getLogger("memvee.extractors")
+_log = logging.getLogger("memvee.extractors")
 
 _offline_warning_lock = threading.Lock()
 _offline_warned = False
@@ -39,7 +39,7 @@ def _warn_offline_once() -> None:
         if _offline_warned:
             return
         _offline_warned = True
-    logger.warning(
+    _log.warning(
         "%s is not set: memvee extraction is running offline with simple rules, which "
         "find far fewer facts. Set %s (and optionally %s to choose the model) to extract "
         "with Claude.",

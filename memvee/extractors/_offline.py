@@ -132,7 +132,7 @@ def _rule(pattern: str, template: str) -> _Rule:
 
 
 _RULES: tuple[_Rule, ...] = (
-    _rule(rf"{_I_AM}{_DEGREE}allergic\s+to\s+(?P<obj>.+)", "User is allergic to {obj}."),
+    _rule(rf"i(?:\s+am|'m)\s+{_DEGREE}allergic\s+to\s+(?P<obj>.+)", "User is allergic to {obj}."),
     _rule(
         rf"(?:{_I}work|{_I_AM}working)\s+(?P<prep>at|for)\s+(?P<obj>.+)", "User works {prep} {obj}."
     ),

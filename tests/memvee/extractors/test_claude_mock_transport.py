@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -307,6 +308,7 @@ async def test_the_api_key_never_reaches_errors_or_logs(
     for failure in failures:
         assert API_KEY not in str(failure)
         assert API_KEY not in repr(failure)
+        assert API_KEY not in "".join(traceback.format_exception(failure))
     assert "[redacted]" in str(failures[1])
     assert caplog.records, "the SDK logs at debug level; the check must see them"
     assert API_KEY not in caplog.text
