@@ -45,7 +45,7 @@ class ActorDirectory:
         self.max_live = max_live
         self._lock = threading.Lock()
         self._actors: OrderedDict[str, _Entry] = OrderedDict()
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="memvee-spawner")
+        self._spawner = ThreadPoolExecutor(2, thread_name_prefix="memvee-spawner")
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
         self._reaper.start()
@@ -55,24 +55,41 @@ class ActorDirectory:
     # ------------------------------------------------------------------ calls
 
     def call(self, user_id: str, method: str, *args: Any) -> BridgedFuture[Any]:
-        """Call ``method(*args)`` on the user's actor (spawning it if needed)."""
+        """Call ``method(*args)`` on the user's actor (spawning it if needed).
+
+        Spawning (a thread start) happens outside the lock, so a spawn never holds up
+        calls to other users' actors.
+        """
+        while True:
+            with self._lock:
+                if self._stopped.is_set():
+                    raise RuntimeError("the actor directory is stopped")
+                entry = self._actors.get(user_id)
+                if entry is not None:
+                    self._actors.move_to_end(user_id)
+                    entry.last_used = time.monotonic()
+                    try:
+                        future: BridgedFuture[Any] = getattr(entry.proxy, method)(*args)
+                        return future
+                    except pykka.ActorDeadError:
+                        log.warning("the actor of user %r had died; starting a new one", user_id)
+                        del self._actors[user_id]
+            self._spawn_entry(user_id)
+
+    def _spawn_entry(self, user_id: str) -> None:
+        """Start an actor for ``user_id`` and register it, unless another call won."""
+        ref = self._spawn(user_id, self.retire)
+        entry = _Entry(ref, ref.proxy(), time.monotonic())
         with self._lock:
-            if self._stopped.is_set():
-                raise RuntimeError("the actor directory is stopped")
-            entry = self._actors.get(user_id)
-            if entry is None:
-                entry = self._start(user_id)
-            else:
-                self._actors.move_to_end(user_id)
-            entry.last_used = time.monotonic()
-            try:
-                future: BridgedFuture[Any] = getattr(entry.proxy, method)(*args)
-            except pykka.ActorDeadError:
-                log.warning("the actor of user %r had died; starting a new one", user_id)
-                del self._actors[user_id]
-                entry = self._start(user_id)
-                future = getattr(entry.proxy, method)(*args)
-            return future
+            if user_id in self._actors or self._stopped.is_set():
+                ref.stop(block=False)
+                return
+            self._actors[user_id] = entry
+            self.spawned += 1
+            excess = len(self._actors) - self.max_live
+            if excess > 0:
+                for old in list(self._actors.values())[:excess]:
+                    old.proxy.passivate()
 
     def call_async(
         self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any
@@ -154,16 +171,6 @@ class ActorDirectory:
                 future.get(timeout=timeout)
             except Exception:
                 log.exception("an actor did not stop cleanly")
-
-    def _start(self, user_id: str) -> _Entry:
-        ref = self._spawn(user_id, self.retire)
-        entry = _Entry(ref, ref.proxy(), time.monotonic())
-        self._actors[user_id] = entry
-        self.spawned += 1
-        if len(self._actors) > self.max_live:
-            for old in list(self._actors.values())[: len(self._actors) - self.max_live]:
-                old.proxy.passivate()
-        return entry
 
     def _reap(self) -> None:
         interval = max(0.05, min(self.idle_timeout / 2, 1.0))

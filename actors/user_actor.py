@@ -51,14 +51,18 @@ class UserActor(pykka.ThreadingActor):
         self._snapshot_version = 0
         self._queued: deque[tuple[str, str]] = deque()
         self._running: str | None = None
-        self._myself: Any = None
+        self._self_proxy: Any = None
 
     @staticmethod
     def _create_future() -> BridgedFuture[Any]:
         return BridgedFuture()
 
-    def on_start(self) -> None:
-        self._myself = self.actor_ref.proxy()
+    @property
+    def _myself(self) -> Any:
+        """A proxy to this actor, for messages to itself (made on first use: it is costly)."""
+        if self._self_proxy is None:
+            self._self_proxy = self.actor_ref.proxy()
+        return self._self_proxy
 
     # ------------------------------------------------------------------ commands
 

@@ -244,3 +244,51 @@ async def test_get_task_finds_live_and_logged_tasks(memory: Memory) -> None:
         await memory.get_task("ned", "no-such-task")
     with pytest.raises(ValueError):
         await memory.get_task("someone-else", task.task_id)
+
+
+async def test_a_task_scheduled_behind_a_running_one_stays_pending_until_it_starts(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "oz", 1)
+    first = memory.process_async("oz")
+    await _until(lambda: first.status is ProcessStatus.RUNNING)
+    await _exchanges(memory, "oz", 1, start=1)
+    second = memory.process_async("oz")
+    await asyncio.sleep(0.1)
+    assert second.status is ProcessStatus.PENDING
+    extractor.gate.set()
+    assert await first.wait() == 1
+    assert await second.wait() == 1
+
+
+async def test_extraction_runs_on_the_worker_pool_not_on_the_actor_thread(
+    memory: Memory, extractor: RecordingExtractor
+) -> None:
+    import threading
+
+    seen: list[str] = []
+    original = extractor.extract
+
+    async def spy(batch: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return await original(batch)
+
+    extractor.extract = spy  # type: ignore[method-assign]
+    await _exchanges(memory, "pat", 1)
+    await memory.process("pat")
+    assert seen == ["memvee-extraction"]
+
+
+async def test_an_extraction_past_its_timeout_fails_the_task_and_keeps_the_messages(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    extractor.delay = 5
+    memory: Memory = await make_memory(config={"extraction_timeout": 0.2})
+    await _exchanges(memory, "quin", 1)
+    with pytest.raises(ProcessingError, match="timed out after 0.2 s"):
+        await memory.process("quin")
+    assert len(await memory.buffer("quin")) == 2
+    extractor.delay = 0
+    assert await memory.process("quin") == 1
