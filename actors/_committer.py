@@ -1,8 +1,11 @@
 """Group commit: many user actors' appends share one database transaction.
 
-Each user actor stays the single writer of its log and waits for its own commit, but
-while one transaction is being written the next requests queue up and go in the next
-transaction together, so throughput grows with the number of concurrent users.
+Each user actor stays the single writer of its log; while one transaction is being
+written the next requests queue up and go in the next transaction together, so
+throughput grows with the number of concurrent users. An actor may queue a second
+append before the first is committed (pipelining); every request carries the *write
+epoch* of the in-memory log it was decided on, and once a write of a log fails, every
+later request of that epoch is refused, so a failed write can never leave a version gap.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from events import EventStore, Recorded
+from events import ConflictError, EventStore, Recorded
 from projections import Projector
 
 __all__ = ["GroupCommitter"]
@@ -28,7 +31,12 @@ log = logging.getLogger("memvee.actors")
 @dataclass(slots=True)
 class _Request:
     events: Sequence[Any]
+    epoch: int
     future: Future[list[Recorded]] = field(default_factory=Future)
+
+    @property
+    def log_id(self) -> Any:
+        return self.events[0].originator_id
 
 
 class GroupCommitter:
@@ -41,18 +49,22 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
         self._thread.start()
+        self._failed_epochs: dict[Any, int] = {}
         self.transactions = 0
         self.commits = 0
 
-    def submit(self, events: Sequence[Any]) -> Future[list[Recorded]]:
-        """Queue ``events`` of one log; the future resolves once they are committed."""
-        request = _Request(events)
+    def submit(self, events: Sequence[Any], epoch: int) -> Future[list[Recorded]]:
+        """Queue ``events`` of one log, decided in write ``epoch``.
+
+        The future resolves once they are committed, or with the error that refused them.
+        """
+        request = _Request(events, epoch)
         self._queue.put(request)
         return request.future
 
-    def commit(self, events: Sequence[Any]) -> list[Recorded]:
+    def commit(self, events: Sequence[Any], epoch: int) -> list[Recorded]:
         """Queue ``events`` and wait until they are committed (or raise why not)."""
-        return self.submit(events).result()
+        return self.submit(events, epoch).result()
 
     def stop(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -80,11 +92,16 @@ class GroupCommitter:
                 return
 
     def _write(self, batch: list[_Request]) -> None:
+        batch = [r for r in batch if self._admissible(r)]
+        if not batch:
+            return
         try:
             recorded = self._store.append([r.events for r in batch], self._fold)
         except Exception as error:
             if len(batch) == 1:
-                batch[0].future.set_exception(error)
+                failed = batch[0]
+                self._failed_epochs[failed.log_id] = failed.epoch
+                failed.future.set_exception(error)
                 return
             log.warning(
                 "group commit of %d logs failed (%s); retrying one by one", len(batch), error
@@ -99,6 +116,15 @@ class GroupCommitter:
             end = start + len(request.events)
             request.future.set_result(recorded[start:end])
             start = end
+
+    def _admissible(self, request: _Request) -> bool:
+        """Refuse a request decided on top of a write that failed (same epoch)."""
+        if request.epoch <= self._failed_epochs.get(request.log_id, -1):
+            request.future.set_exception(
+                ConflictError("an earlier write of this log failed; the log was reloaded")
+            )
+            return False
+        return True
 
     def _fold(self, session: Session, recorded: list[Recorded]) -> None:
         self._projector.apply(session.connection(), recorded)

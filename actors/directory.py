@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,18 @@ class ActorDirectory:
         target: asyncio.Future[Any] = loop.create_future()
 
         def _deliver(future: BridgedFuture[Any]) -> None:
-            resolve_threadsafe(loop, target, *future.outcome())
+            ok, value = future.outcome()
+            if ok and isinstance(value, Future):
+                value.add_done_callback(lambda done: _settle(done))
+            else:
+                resolve_threadsafe(loop, target, ok, value)
+
+        def _settle(done: Future[Any]) -> None:
+            error = done.exception()
+            if error is None:
+                resolve_threadsafe(loop, target, True, done.result())
+            else:
+                resolve_threadsafe(loop, target, False, error)
 
         with self._lock:
             live = user_id in self._actors

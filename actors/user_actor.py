@@ -1,16 +1,19 @@
 """The user actor: the single writer of one user's log, and a thin shell around it.
 
-It owns the user's :class:`UserLog` aggregate in memory, asks it to decide, hands the
-events to the group committer and waits for them to be durable, then talks to the world:
-it replies to the caller, starts extraction on the worker pool (never on this thread),
+It owns the user's :class:`UserLog` aggregate in memory, asks it to decide and hands the
+events to the group committer; the caller is answered once they are durable. Then it
+talks to the world: it starts extraction on the worker pool (never on this thread),
 records the outcome, and tells the observer how each task moves.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Any
 from uuid import uuid4
@@ -35,6 +38,9 @@ log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
 
+_WRITE_EPOCHS = itertools.count(1)
+"""Every (re)load of a log in this process gets a fresh, higher write epoch."""
+
 Retire = Callable[[str, "pykka.ActorRef[Any]"], bool]
 
 
@@ -52,6 +58,8 @@ class UserActor(pykka.ThreadingActor):
         self._queued: deque[tuple[str, str]] = deque()
         self._running: str | None = None
         self._self_proxy: Any = None
+        self._epoch = 0
+        self._last_write: Future[Any] | None = None
 
     @staticmethod
     def _create_future() -> BridgedFuture[Any]:
@@ -66,38 +74,59 @@ class UserActor(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ commands
 
-    def add_messages(self, messages: Sequence[tuple[str, str, datetime | None]]) -> list[Message]:
-        """Append ``(role, content, sent_at)`` messages; returns them once committed."""
+    def add_messages(
+        self, messages: Sequence[tuple[str, str, datetime | None]]
+    ) -> Future[list[Message]]:
+        """Append ``(role, content, sent_at)`` messages.
+
+        Returns a future that resolves with the stored messages once they are committed;
+        the actor does not wait for the commit, so the next command can be decided while
+        this one is being written (the committer keeps the order).
+        """
         user_log = self._user_log(create=True)
         assert user_log is not None
         settings = self._services.settings
         try:
-            ids = [
+            for role, content, sent_at in messages:
                 user_log.add_message(role, content, sent_at, settings.max_content_chars)
-                for role, content, sent_at in messages
-            ]
         except BaseException:
             self._forget_log()
             raise
-        recorded = self._commit()
-        added = {
-            e.message_id: e
-            for e in (r.event for r in recorded)
-            if isinstance(e, UserLog.MessageAdded)
-        }
+        events = user_log.collect_events()
         stored = [
-            Message(
-                m, self.user_id, added[m].seq, added[m].role, added[m].content, added[m].sent_at
-            )
-            for m in ids
+            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at)
+            for e in events
+            if isinstance(e, UserLog.MessageAdded)
         ]
+        committed = self._services.committer.submit(events, self._epoch)
+        acknowledged: Future[list[Message]] = Future()
+        epoch, ref = self._epoch, self.actor_ref
+
+        def _settle(done: Future[Any]) -> None:
+            error = done.exception()
+            if error is None:
+                acknowledged.set_result(stored)
+                return
+            acknowledged.set_exception(error)
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.proxy().write_failed(epoch)
+
+        committed.add_done_callback(_settle)
+        self._last_write = committed
+        self._maybe_snapshot()
         if (
             settings.auto_process
             and not self._queued
             and len(user_log.pending) >= settings.batch_threshold
         ):
             self._schedule_own("auto")
-        return stored
+        return acknowledged
+
+    def write_failed(self, epoch: int) -> None:
+        """A pipelined write of ``epoch`` failed: reload the log before the next command."""
+        if epoch == self._epoch:
+            log.warning("user %r: a write failed; reloading the log from the store", self.user_id)
+            self._forget_log()
 
     def schedule(self, task_id: str, trigger: str) -> None:
         """Queue task ``task_id``; it starts once no other task of this user runs."""
@@ -264,6 +293,8 @@ class UserActor(pykka.ThreadingActor):
         if not self._loaded:
             self._log = self._services.store.load(self.user_id)
             self._loaded = True
+            self._epoch = next(_WRITE_EPOCHS)
+            self._last_write = None
             self._snapshot_version = 0 if self._log is None else self._log.version
         if self._log is None and create:
             self._log = UserLog.register(self.user_id)
@@ -279,20 +310,32 @@ class UserActor(pykka.ThreadingActor):
         self._loaded = False
 
     def _commit(self) -> list[Any]:
+        """Write the pending events and wait until they are committed."""
         assert self._log is not None
         events = self._log.collect_events()
         if not events:
             return []
         try:
-            recorded = self._services.committer.commit(events)
+            recorded = self._services.committer.commit(events, self._epoch)
         except BaseException:
             self._forget_log()
             raise
-        interval = self._services.settings.snapshot_interval
-        if interval and self._log.version - self._snapshot_version >= interval:
-            self._services.store.take_snapshot(self._log)
-            self._snapshot_version = self._log.version
+        self._maybe_snapshot()
         return recorded
+
+    def _maybe_snapshot(self) -> None:
+        """Snapshot the log every ``snapshot_interval`` events, once they are committed."""
+        interval = self._services.settings.snapshot_interval
+        user_log = self._log
+        if not interval or user_log is None or user_log.version - self._snapshot_version < interval:
+            return
+        if self._last_write is not None:
+            try:
+                self._last_write.result()
+            except Exception:
+                return
+        self._services.store.take_snapshot(user_log)
+        self._snapshot_version = user_log.version
 
 
 def _describe(error: BaseException) -> str:
