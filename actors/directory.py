@@ -29,6 +29,40 @@ log = logging.getLogger("memvee.actors")
 Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]"], bool]], "pykka.ActorRef[Any]"]
 
 
+class _PendingCall:
+    """A call from an event loop, answered on that loop when the actor replies."""
+
+    def __init__(
+        self,
+        method: str,
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        target: asyncio.Future[Any],
+    ) -> None:
+        self.method, self.args, self.loop, self.target = method, args, loop, target
+
+    def send(self, proxy: Any) -> None:
+        future: BridgedFuture[Any] = getattr(proxy, self.method)(*self.args)
+        future.add_done_callback(self._delivered)
+
+    def fail(self, error: BaseException) -> None:
+        resolve_threadsafe(self.loop, self.target, False, error)
+
+    def _delivered(self, future: BridgedFuture[Any]) -> None:
+        ok, value = future.outcome()
+        if ok and isinstance(value, Future):
+            value.add_done_callback(self._settled)
+        else:
+            resolve_threadsafe(self.loop, self.target, ok, value)
+
+    def _settled(self, done: Future[Any]) -> None:
+        error = done.exception()
+        if error is None:
+            resolve_threadsafe(self.loop, self.target, True, done.result())
+        else:
+            resolve_threadsafe(self.loop, self.target, False, error)
+
+
 @dataclass(slots=True)
 class _Entry:
     ref: pykka.ActorRef[Any]
@@ -45,6 +79,7 @@ class ActorDirectory:
         self.max_live = max_live
         self._lock = threading.Lock()
         self._actors: OrderedDict[str, _Entry] = OrderedDict()
+        self._spawning: dict[str, list[_PendingCall]] = {}
         self._spawner = ThreadPoolExecutor(2, thread_name_prefix="memvee-spawner")
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
@@ -84,50 +119,75 @@ class ActorDirectory:
             if user_id in self._actors or self._stopped.is_set():
                 ref.stop(block=False)
                 return
-            self._actors[user_id] = entry
-            self.spawned += 1
-            excess = len(self._actors) - self.max_live
-            if excess > 0:
-                for old in list(self._actors.values())[:excess]:
-                    old.proxy.passivate()
+            self._register(user_id, entry)
+
+    def _register(self, user_id: str, entry: _Entry) -> None:
+        """Add a live actor (lock held); ask the least recently used beyond the cap to stop."""
+        self._actors[user_id] = entry
+        self.spawned += 1
+        excess = len(self._actors) - self.max_live
+        if excess > 0:
+            for old in list(self._actors.values())[:excess]:
+                old.proxy.passivate()
 
     def call_async(
         self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any
     ) -> asyncio.Future[Any]:
-        """Like :meth:`call`, resolved on ``loop``; spawning happens off the loop."""
+        """Like :meth:`call`, resolved on ``loop``; spawning happens off the loop.
+
+        Calls for a user whose actor is being spawned wait in order behind the spawn, so
+        calls made in order reach the actor in that order.
+        """
         target: asyncio.Future[Any] = loop.create_future()
-
-        def _deliver(future: BridgedFuture[Any]) -> None:
-            ok, value = future.outcome()
-            if ok and isinstance(value, Future):
-                value.add_done_callback(lambda done: _settle(done))
-            else:
-                resolve_threadsafe(loop, target, ok, value)
-
-        def _settle(done: Future[Any]) -> None:
-            error = done.exception()
-            if error is None:
-                resolve_threadsafe(loop, target, True, done.result())
-            else:
-                resolve_threadsafe(loop, target, False, error)
-
+        call = _PendingCall(method, args, loop, target)
         with self._lock:
-            live = user_id in self._actors
-        if live:
-            try:
-                self.call(user_id, method, *args).add_done_callback(_deliver)
+            if self._stopped.is_set():
+                raise RuntimeError("the actor directory is stopped")
+            entry = self._actors.get(user_id)
+            if entry is not None:
+                self._actors.move_to_end(user_id)
+                entry.last_used = time.monotonic()
+                try:
+                    call.send(entry.proxy)
+                    return target
+                except pykka.ActorDeadError:
+                    del self._actors[user_id]
+            waiting = self._spawning.get(user_id)
+            if waiting is not None:
+                waiting.append(call)
                 return target
-            except pykka.ActorDeadError:
-                pass
-
-        def _spawn_and_call() -> None:
-            try:
-                self.call(user_id, method, *args).add_done_callback(_deliver)
-            except Exception as error:
-                resolve_threadsafe(loop, target, False, error)
-
-        self._spawner.submit(_spawn_and_call)
+            self._spawning[user_id] = [call]
+        self._spawner.submit(self._spawn_and_drain, user_id)
         return target
+
+    def _spawn_and_drain(self, user_id: str) -> None:
+        """Spawn ``user_id``'s actor, then send it the calls that waited, in order."""
+        try:
+            ref = self._spawn(user_id, self.retire)
+            entry = _Entry(ref, ref.proxy(), time.monotonic())
+        except Exception as error:
+            log.exception("could not start the actor of user %r", user_id)
+            with self._lock:
+                failed = self._spawning.pop(user_id, [])
+            for call in failed:
+                call.fail(error)
+            return
+        with self._lock:
+            waiting = self._spawning.pop(user_id, [])
+            existing = self._actors.get(user_id)
+            if existing is not None or self._stopped.is_set():
+                ref.stop(block=False)
+            else:
+                self._register(user_id, entry)
+            target = existing or entry
+            for call in waiting:
+                if self._stopped.is_set():
+                    call.fail(RuntimeError("the actor directory is stopped"))
+                    continue
+                try:
+                    call.send(target.proxy)
+                except Exception as error:
+                    call.fail(error)
 
     def live_users(self) -> list[str]:
         """The users whose actor is live now."""

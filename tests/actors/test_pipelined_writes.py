@@ -1,0 +1,58 @@
+"""Pipelined appends: a user actor decides the next command while the previous one is
+being committed. A write that fails must take down every write decided on top of it, so
+the stored log never has a version gap."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from events import ConflictError, StorageError
+from memvee import Memory
+from projections import verify
+
+
+async def test_a_failed_write_refuses_the_writes_built_on_it_and_the_log_stays_loadable(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = memory._engine
+    assert engine is not None
+    store = engine.store
+    original = store.append
+    release = threading.Event()
+
+    def flaky(batches: Any, in_transaction: Any = None) -> Any:
+        contents = [getattr(e, "content", None) for batch in batches for e in batch]
+        if "boom" in contents:
+            release.wait(5)
+            raise StorageError("the disk is on fire")
+        return original(batches, in_transaction)
+
+    monkeypatch.setattr(store, "append", flaky)
+    await memory.add_message("u", "user", "before")
+    first = asyncio.ensure_future(memory.add_message("u", "user", "boom"))
+    second = asyncio.ensure_future(memory.add_message("u", "user", "built on boom"))
+    await asyncio.sleep(0.1)
+    release.set()
+    with pytest.raises(StorageError, match="on fire"):
+        await first
+    with pytest.raises(ConflictError):
+        await second
+    later = await memory.add_message("u", "user", "later")
+    assert later.seq == 2
+    assert [m.content for m in await memory.buffer("u")] == ["before", "later"]
+    loaded = await asyncio.to_thread(store.load, "u")
+    assert loaded is not None and loaded.message_count == 2
+    assert await asyncio.to_thread(verify, store) == []
+    assert await memory.process("u") == 2
+
+
+async def test_many_pipelined_writes_of_one_user_keep_their_order(memory: Memory) -> None:
+    written = await asyncio.gather(
+        *(memory.add_message("solo", "user", f"message {i}") for i in range(50))
+    )
+    assert [m.seq for m in written] == list(range(1, 51))
+    assert [m.content for m in await memory.buffer("solo")] == [f"message {i}" for i in range(50)]
