@@ -52,7 +52,10 @@ class Memory:
 
     Open it with ``async with Memory(...) as memory:`` (or ``await memory.open()`` and
     ``await memory.close()``); every other call on a Memory that is not open raises
-    :class:`MemoryClosedError` at once.
+    :class:`MemoryClosedError` at once. A Memory belongs to the event loop that opened it.
+
+    ``config`` supplies every setting; the keyword arguments before it override the
+    matching fields of ``config`` when they differ from their defaults.
     """
 
     def __init__(
@@ -90,12 +93,10 @@ class Memory:
         """Open the database, recover interrupted tasks and start the engine's threads."""
         if self._engine is not None:
             return self
-        from memvee.extractors import default_extractor
-
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        extractor = self._extractor or default_extractor(
-            model=self.config.model, timeout=self.config.extraction_timeout
+        extractor = self._extractor or await asyncio.to_thread(
+            _default_extractor, self.config.model, self.config.extraction_timeout
         )
         cfg = self.config
         options = EngineOptions(
@@ -404,6 +405,13 @@ class _LoopObserver:
         self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
     ) -> None:
         self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error)
+
+
+def _default_extractor(model: str | None, timeout: float) -> Extractor:
+    """Built on a thread: importing the anthropic SDK alone takes about a second."""
+    from memvee.extractors import default_extractor
+
+    return default_extractor(model=model, timeout=timeout)
 
 
 def _check_sent_at(sent_at: object) -> None:
