@@ -95,7 +95,7 @@ class Memory:
             return self
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        extractor = self._extractor or await asyncio.to_thread(
+        extractor: Extractor = self._extractor or await asyncio.to_thread(
             _default_extractor, self.config.model, self.config.extraction_timeout
         )
         cfg = self.config
@@ -115,8 +115,9 @@ class Memory:
             commit_batch_max=cfg.commit_batch_max,
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
-        self._engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
-        recovered = await asyncio.to_thread(self._engine.recover)
+        engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
+        self._engine = engine
+        recovered = await asyncio.to_thread(engine.recover)
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
