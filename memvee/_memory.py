@@ -95,9 +95,11 @@ class Memory:
             return self
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        extractor: Extractor = self._extractor or await asyncio.to_thread(
-            _default_extractor, self.config.model, self.config.extraction_timeout
-        )
+        extractor = self._extractor
+        if extractor is None:
+            extractor = await asyncio.to_thread(
+                _default_extractor, self.config.model, self.config.extraction_timeout
+            )
         cfg = self.config
         options = EngineOptions(
             url=cfg.url,
