@@ -133,6 +133,10 @@ class UserActor(pykka.ThreadingActor):
         self._queued.append((task_id, trigger))
         self._advance()
 
+    def start_queued(self) -> None:
+        """Start the next queued task if none is running."""
+        self._advance()
+
     def recover(self, auto_threshold: int | None) -> list[str]:
         """Close tasks a crash left open as FAILED; returns their ids.
 
@@ -234,9 +238,11 @@ class UserActor(pykka.ThreadingActor):
     # ------------------------------------------------------------------ internals
 
     def _schedule_own(self, trigger: str) -> None:
+        """Queue a task of the engine's own; it starts from the inbox, after this command."""
         task_id = str(uuid4())
         self._services.observer.task_scheduled(self.user_id, task_id, trigger)
-        self._myself.schedule(task_id, trigger)
+        self._queued.append((task_id, trigger))
+        self._myself.start_queued()
 
     def _advance(self) -> None:
         observer = self._services.observer
