@@ -170,12 +170,15 @@ class UserActor(pykka.ThreadingActor):
             task_id, _ = self._queued.popleft()
             observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
         running, self._running = self._running, None
-        if running is not None and self._log is not None:
-            self._log.close_interrupted(reason, [running])
-            try:
+        if running is None:
+            return
+        try:
+            user_log = self._user_log(create=False)
+            if user_log is not None and running in user_log.open_tasks:
+                user_log.close_interrupted(reason, [running])
                 self._commit()
-            finally:
-                observer.task_finished(self.user_id, running, "FAILED", 0, reason)
+        finally:
+            observer.task_finished(self.user_id, running, "FAILED", 0, reason)
 
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
         """Record the outcome of the running task and start the next queued one."""
@@ -211,6 +214,7 @@ class UserActor(pykka.ThreadingActor):
             status, count, error = "FAILED", 0, f"could not record the outcome: {storage}"
             log.error("user %r: task %s: %s", self.user_id, task_id, error)
             self._forget_log()
+            self._close_after_storage_error(task_id, error)
         self._running = None
         observer.task_finished(self.user_id, task_id, status, count, error)
         self._advance()
@@ -224,18 +228,20 @@ class UserActor(pykka.ThreadingActor):
         self.stop()
         return True
 
-    def state(self) -> dict[str, Any]:
-        """A small view of the actor's state, for tests and tooling."""
-        user_log = self._user_log(create=False)
-        return {
-            "version": 0 if user_log is None else user_log.version,
-            "pending": [] if user_log is None else list(user_log.pending),
-            "open_tasks": [] if user_log is None else list(user_log.open_tasks),
-            "running": self._running,
-            "queued": [t for t, _ in self._queued],
-        }
-
     # ------------------------------------------------------------------ internals
+
+    def _close_after_storage_error(self, task_id: str, error: str) -> None:
+        """Try once more, on a fresh load, to return the task's messages to the buffer.
+
+        If that fails too, the task stays open in the log and the next open closes it.
+        """
+        try:
+            user_log = self._user_log(create=False)
+            if user_log is not None and task_id in user_log.open_tasks:
+                user_log.record_failure(task_id, error)
+                self._commit()
+        except Exception:
+            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
 
     def _schedule_own(self, trigger: str) -> None:
         """Queue a task of the engine's own; it starts from the inbox, after this command."""

@@ -56,3 +56,30 @@ async def test_many_pipelined_writes_of_one_user_keep_their_order(memory: Memory
     )
     assert [m.seq for m in written] == list(range(1, 51))
     assert [m.content for m in await memory.buffer("solo")] == [f"message {i}" for i in range(50)]
+
+
+async def test_a_storage_error_recording_an_outcome_fails_the_task_and_returns_its_messages(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from events import UserLog
+    from memvee import ProcessingError
+
+    engine = memory._engine
+    assert engine is not None
+    store = engine.store
+    original = store.append
+    failures = iter([True])
+
+    def flaky(batches: Any, in_transaction: Any = None) -> Any:
+        extracted = any(isinstance(e, UserLog.KnowledgeExtracted) for b in batches for e in b)
+        if extracted and next(failures, False):
+            raise StorageError("lost the connection")
+        return original(batches, in_transaction)
+
+    monkeypatch.setattr(store, "append", flaky)
+    await memory.add_exchange("v", "I love tea", "ok")
+    with pytest.raises(ProcessingError, match="could not record the outcome"):
+        await memory.process("v")
+    assert len(await memory.buffer("v")) == 2
+    assert [t.status.value for t in await memory.tasks("v")] == ["FAILED"]
+    assert await memory.process("v") == 1
