@@ -27,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/pytest -q -p no:cacheprovider
+	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider
 
 test: lint typecheck unit
 

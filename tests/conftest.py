@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from events import sqlite_url
 from memvee import Memory, MemoryConfig
+from tests.support.backends import BACKENDS, postgres_url
 from tests.support.extractors import RecordingExtractor
 
 pytest_plugins = ("tests.support.fixtures",)
@@ -20,6 +22,14 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "memvee.db"
 
 
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, db_path: Path) -> str:
+    """An empty database on each backend: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return sqlite_url(db_path)
+    return postgres_url()
+
+
 @pytest.fixture
 def extractor() -> RecordingExtractor:
     """A stand-in extractor that answers one fact per user message."""
@@ -28,13 +38,13 @@ def extractor() -> RecordingExtractor:
 
 @pytest.fixture
 async def make_memory(
-    db_path: Path, extractor: RecordingExtractor
+    db_url: str, extractor: RecordingExtractor
 ) -> AsyncIterator[Callable[..., Any]]:
     """Open Memories on the test database; every one opened is closed at the end."""
     opened: list[Memory] = []
 
     async def _make(**options: Any) -> Memory:
-        config = MemoryConfig(db_path=str(db_path), **options.pop("config", {}))
+        config = MemoryConfig(db_url=db_url, **options.pop("config", {}))
         memory = Memory(config=config, extractor=options.pop("extractor", extractor), **options)
         await memory.open()
         opened.append(memory)

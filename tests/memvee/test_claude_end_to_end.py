@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
@@ -19,9 +17,9 @@ def claude_env(messages_api_server: MessagesAPIServer, monkeypatch: pytest.Monke
 
 
 async def test_default_memory_uses_claude_when_a_key_is_set_and_traces_every_entry(
-    db_path: Path, claude_env: None, messages_api_server: MessagesAPIServer
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
 ) -> None:
-    async with Memory(db_path=str(db_path), auto_process=True, batch_threshold=4) as memory:
+    async with Memory(db_url=db_url, auto_process=True, batch_threshold=4) as memory:
         first = await memory.add_exchange("ana", "I live in Oslo", "Nice")
         second = await memory.add_exchange("ana", "I work at Acme", "Cool")
         assert await memory.wait_for_processing("ana", timeout=30) == 2
@@ -36,10 +34,10 @@ async def test_default_memory_uses_claude_when_a_key_is_set_and_traces_every_ent
 
 
 async def test_a_server_error_fails_the_task_and_the_next_run_succeeds(
-    db_path: Path, claude_env: None, messages_api_server: MessagesAPIServer
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
 ) -> None:
     messages_api_server.enqueue_error(400, "invalid_request_error", "bad request")
-    config = MemoryConfig(db_path=str(db_path), extraction_timeout=10)
+    config = MemoryConfig(db_url=db_url, extraction_timeout=10)
     async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
         await memory.add_exchange("bo", "I love tea", "ok")
         task = memory.process_async("bo")

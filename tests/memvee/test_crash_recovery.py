@@ -20,10 +20,10 @@ from tests.support.extractors import RecordingExtractor
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_child_until_killed(db_path: Path, acks_after_extraction: int) -> list[str]:
+def _run_child_until_killed(db_url: str, acks_after_extraction: int) -> list[str]:
     """Run the crash child, SIGKILL it mid-extraction; return the acknowledged ids."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.crash_child", str(db_path)],
+        [sys.executable, "-m", "tests.support.crash_child", db_url],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -53,11 +53,11 @@ def _run_child_until_killed(db_path: Path, acks_after_extraction: int) -> list[s
 
 
 async def test_sigkill_mid_processing_loses_nothing_and_recovery_covers_each_message_once(
-    db_path: Path,
+    db_url: str,
 ) -> None:
-    acked = _run_child_until_killed(db_path, acks_after_extraction=20)
+    acked = _run_child_until_killed(db_url, acks_after_extraction=20)
     extractor = RecordingExtractor()
-    memory = Memory(db_path=str(db_path), extractor=extractor)
+    memory = Memory(db_url=db_url, extractor=extractor)
     async with memory:
         tasks = await memory.tasks("victim")
         interrupted = [t for t in tasks if t.status is ProcessStatus.FAILED]
@@ -80,11 +80,11 @@ async def test_sigkill_mid_processing_loses_nothing_and_recovery_covers_each_mes
 
 
 async def test_recovery_with_auto_process_processes_users_left_over_the_threshold(
-    db_path: Path,
+    db_url: str,
 ) -> None:
-    acked = _run_child_until_killed(db_path, acks_after_extraction=5)
+    acked = _run_child_until_killed(db_url, acks_after_extraction=5)
     extractor = RecordingExtractor()
-    memory = Memory(db_path=str(db_path), extractor=extractor, auto_process=True, batch_threshold=6)
+    memory = Memory(db_url=db_url, extractor=extractor, auto_process=True, batch_threshold=6)
     async with memory:
         await memory.wait_for_processing("victim", timeout=30)
         tasks: list[Any] = await memory.tasks("victim")

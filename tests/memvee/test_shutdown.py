@@ -3,7 +3,6 @@ then ends it FAILED ("interrupted by shutdown") with its messages back in the bu
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,26 +11,26 @@ from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
 from tests.support.extractors import RecordingExtractor
 
 
-async def test_close_waits_for_a_task_that_ends_within_the_grace_period(db_path: Path) -> None:
+async def test_close_waits_for_a_task_that_ends_within_the_grace_period(db_url: str) -> None:
     extractor = RecordingExtractor(delay=0.3)
     memory = Memory(
-        config=MemoryConfig(db_path=str(db_path), shutdown_grace=5), extractor=extractor
+        config=MemoryConfig(db_url=db_url, shutdown_grace=5), extractor=extractor
     )
     await memory.open()
     await memory.add_exchange("u", "I live in Rome", "nice")
     task = memory.process_async("u")
     await memory.close()
     assert task.status is ProcessStatus.COMPLETED
-    async with Memory(db_path=str(db_path), extractor=RecordingExtractor()) as again:
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as again:
         assert len(await again.knowledge("u")) == 1
         assert await again.buffer("u") == []
 
 
 async def test_close_interrupts_a_task_past_the_grace_period_and_keeps_its_messages(
-    db_path: Path,
+    db_url: str,
 ) -> None:
     extractor = RecordingExtractor(gated=True)
-    config = MemoryConfig(db_path=str(db_path), shutdown_grace=0.2)
+    config = MemoryConfig(db_url=db_url, shutdown_grace=0.2)
     memory = Memory(config=config, extractor=extractor)
     await memory.open()
     written = await memory.add_exchange("u", "I live in Rome", "nice")
@@ -43,7 +42,7 @@ async def test_close_interrupts_a_task_past_the_grace_period_and_keeps_its_messa
     assert task.error == "interrupted by shutdown"
     with pytest.raises(ProcessingError, match="interrupted by shutdown"):
         await task.wait()
-    async with Memory(db_path=str(db_path), extractor=RecordingExtractor()) as again:
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as again:
         assert [m.message_id for m in await again.buffer("u")] == [m.message_id for m in written]
         tasks = await again.tasks("u")
         assert [(t.status, t.error) for t in tasks] == [

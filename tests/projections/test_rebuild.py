@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from events import EventStore, sqlite_url
+from events import EventStore
 from memvee import Memory, ProcessingError
 from memvee.cli import app
 from projections import ProjectionTables, dump, rebuild, verify
@@ -31,15 +31,15 @@ async def _busy_history(memory: Memory, extractor: RecordingExtractor) -> None:
     await memory.add_message("dan", "user", "left in the buffer")
 
 
-async def _live(db_path: Path, make_memory: Any, extractor: RecordingExtractor) -> EventStore:
+async def _live(db_url: str, make_memory: Any, extractor: RecordingExtractor) -> EventStore:
     memory: Memory = await make_memory()
     await _busy_history(memory, extractor)
     await memory.close()
-    return EventStore(sqlite_url(db_path))
+    return EventStore(db_url)
 
 
-async def test_rebuild_equals_live(db_path: Path, make_memory: Any, extractor: Any) -> None:
-    store = await _live(db_path, make_memory, extractor)
+async def test_rebuild_equals_live(db_url: str, make_memory: Any, extractor: Any) -> None:
+    store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
     assert live["knowledge"] and live["buffer"] and live["tasks"]
     folded = rebuild(store)
@@ -50,9 +50,9 @@ async def test_rebuild_equals_live(db_path: Path, make_memory: Any, extractor: A
 
 
 async def test_an_interrupted_rebuild_resumes_and_ends_equal(
-    db_path: Path, make_memory: Any, extractor: Any
+    db_url: str, make_memory: Any, extractor: Any
 ) -> None:
-    store = await _live(db_path, make_memory, extractor)
+    store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
 
     def stop_after_first_page(done: int, total: int) -> None:
@@ -68,8 +68,8 @@ async def test_an_interrupted_rebuild_resumes_and_ends_equal(
     store.close()
 
 
-async def test_verify_reports_drift(db_path: Path, make_memory: Any, extractor: Any) -> None:
-    store = await _live(db_path, make_memory, extractor)
+async def test_verify_reports_drift(db_url: str, make_memory: Any, extractor: Any) -> None:
+    store = await _live(db_url, make_memory, extractor)
     with store.transaction() as connection:
         connection.execute(text("UPDATE mv_knowledge SET text = 'tampered' WHERE ordinal = 0"))
     differences = verify(store)
@@ -78,39 +78,39 @@ async def test_verify_reports_drift(db_path: Path, make_memory: Any, extractor: 
 
 
 async def test_opening_a_memory_catches_up_projections_that_were_dropped(
-    db_path: Path, make_memory: Any, extractor: Any
+    db_url: str, make_memory: Any, extractor: Any
 ) -> None:
-    store = await _live(db_path, make_memory, extractor)
+    store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
     with store.transaction() as connection:
         connection.execute(text("DROP TABLE mv_knowledge"))
         connection.execute(text("DELETE FROM mv_position"))
     store.close()
-    async with Memory(db_path=str(db_path), extractor=RecordingExtractor()) as memory:
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as memory:
         assert len(await memory.knowledge("ann")) == 6
-    store = EventStore(sqlite_url(db_path))
+    store = EventStore(db_url)
     assert dump(store.engine, ProjectionTables()) == live
     store.close()
 
 
 async def test_the_cli_rebuilds_and_verifies(
-    db_path: Path, make_memory: Any, extractor: Any
+    db_url: str, make_memory: Any, extractor: Any
 ) -> None:
-    store = await _live(db_path, make_memory, extractor)
+    store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
     store.close()
     runner = CliRunner()
-    result = runner.invoke(app, ["rebuild", "--db", str(db_path)])
+    result = runner.invoke(app, ["rebuild", "--db-url", db_url])
     assert result.exit_code == 0, result.output
     assert "rebuilt the projections" in result.output
-    result = runner.invoke(app, ["verify", "--db", str(db_path)])
+    result = runner.invoke(app, ["verify", "--db-url", db_url])
     assert result.exit_code == 0 and "match" in result.output
-    store = EventStore(sqlite_url(db_path))
+    store = EventStore(db_url)
     assert dump(store.engine, ProjectionTables()) == live
     with store.transaction() as connection:
         connection.execute(text("DELETE FROM mv_tasks"))
     store.close()
-    result = runner.invoke(app, ["verify", "--db", str(db_path)])
+    result = runner.invoke(app, ["verify", "--db-url", db_url])
     assert result.exit_code == 1
 
 

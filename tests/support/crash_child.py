@@ -11,9 +11,9 @@ from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
 
 
-async def main(db_path: str) -> None:
+async def main(db_url: str) -> None:
     extractor = RecordingExtractor(gated=True)
-    config = MemoryConfig(db_path=db_path, auto_process=True, batch_threshold=6)
+    config = MemoryConfig(db_url=db_url, auto_process=True, batch_threshold=6)
     async with Memory(config=config, extractor=extractor) as memory:
         i = 0
         while True:
