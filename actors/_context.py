@@ -7,6 +7,7 @@ from typing import Protocol
 
 from actors._committer import GroupCommitter
 from actors._workers import ExtractionWorkers
+from actors.lease import LeaseTable
 from events import EventStore
 
 __all__ = ["EngineSettings", "SharedServices", "TaskObserver"]
@@ -15,8 +16,11 @@ __all__ = ["EngineSettings", "SharedServices", "TaskObserver"]
 class TaskObserver(Protocol):
     """Hears how tasks move, from actor threads; implementations must be thread-safe."""
 
-    def task_scheduled(self, user_id: str, task_id: str, trigger: str) -> None:
-        """A task was scheduled by the engine itself (auto-processing, recovery)."""
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
+        """A task was requested by the engine itself (auto-processing, recovery).
+
+        ``local`` is false when another process owns the user and will run it.
+        """
 
     def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
         """A task's ProcessingStarted is committed; it holds ``message_count`` messages."""
@@ -46,3 +50,4 @@ class SharedServices:
     workers: ExtractionWorkers
     observer: TaskObserver
     settings: EngineSettings
+    leases: LeaseTable | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -127,8 +128,9 @@ class ActorDirectory:
         self.spawned += 1
         excess = len(self._actors) - self.max_live
         if excess > 0:
-            for old in list(self._actors.values())[:excess]:
-                old.proxy.passivate()
+            for old in itertools.islice(self._actors.values(), excess):
+                with contextlib.suppress(pykka.ActorDeadError):
+                    old.proxy.passivate()
 
     def call_async(
         self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any

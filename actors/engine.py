@@ -7,6 +7,7 @@ threads, and the asyncio face only sends messages to it and awaits bridged futur
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
+from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor
 from projections import ProjectionReader, ProjectionTables, Projector, rebuild
@@ -34,6 +36,8 @@ class EngineOptions:
     settings: EngineSettings
     idle_timeout: float
     max_live_actors: int
+    leases: bool
+    lease_ttl: float
     extraction_concurrency: int
     extraction_timeout: float
     commit_batch_max: int
@@ -55,12 +59,22 @@ class Engine:
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
         )
+        self.leases = (
+            LeaseTable(self.store.engine, new_owner_id(), options.lease_ttl)
+            if options.leases
+            else None
+        )
         self.services = SharedServices(
-            self.store, self.committer, self.workers, observer, options.settings
+            self.store, self.committer, self.workers, observer, options.settings, self.leases
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
         )
+        self._stopping = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if self.leases is not None:
+            self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
+            self._ticker.start()
 
     def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:
         return UserActor.start(user_id, self.services, retire)
@@ -81,7 +95,7 @@ class Engine:
         """
         settings = self.options.settings
         with self.store.engine.connect() as connection:
-            crashed = self.reader.users_with_running_tasks(connection)
+            crashed = self.reader.users_with_open_tasks(connection)
             waiting = (
                 self.reader.users_with_pending(connection, settings.batch_threshold)
                 if settings.auto_process
@@ -94,8 +108,39 @@ class Engine:
         ]
         return [(user, future.get()) for user, future in futures]
 
+    def _tick(self) -> None:
+        """Renew our leases, take over users whose owner died, follow logs written elsewhere."""
+        assert self.leases is not None
+        interval = max(0.05, self.leases.ttl / 3)
+        while not self._stopping.wait(interval):
+            try:
+                self._renew_and_follow(self.leases)
+            except Exception:
+                log.exception("renewing leases failed; retrying")
+
+    def _renew_and_follow(self, leases: LeaseTable) -> None:
+        live = self.directory.live_users()
+        if not live:
+            return
+        lost = leases.renew(live)
+        for user in lost:
+            if leases.try_acquire(user):
+                lost.discard(user)
+        with self.store.engine.connect() as connection:
+            versions = self.reader.versions(connection, [u for u in live if u not in lost])
+        for user in live:
+            try:
+                self.directory.call(user, "renew_ownership", user not in lost)
+                if user in versions:
+                    self.directory.call(user, "refresh", versions[user])
+            except RuntimeError:
+                return
+
     def shutdown(self, reason: str) -> None:
         """End the remaining tasks as FAILED with ``reason``, then stop every thread."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=10)
         futures = [self.directory.call(u, "shutdown", reason) for u in self.directory.live_users()]
         for future in futures:
             try:
@@ -105,4 +150,9 @@ class Engine:
         self.directory.stop()
         self.workers.stop()
         self.committer.stop()
+        if self.leases is not None:
+            try:
+                self.leases.release_all()
+            except Exception:
+                log.exception("could not release the leases")
         self.store.close()

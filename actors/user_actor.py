@@ -4,6 +4,10 @@ It owns the user's :class:`UserLog` aggregate in memory, asks it to decide and h
 events to the group committer; the caller is answered once they are durable. Then it
 talks to the world: it starts extraction on the worker pool (never on this thread),
 records the outcome, and tells the observer how each task moves.
+
+Across processes, only the actor whose process holds the user's lease *owns* the user and
+processes; any other process's actor is a *guest* that may append (retrying on version
+conflicts) and request processing, which the owner then runs.
 """
 
 from __future__ import annotations
@@ -11,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 from uuid import uuid4
 
 import pykka
@@ -25,9 +28,11 @@ from actors._context import SharedServices
 from actors._workers import Outcome
 from events import (
     BatchMessage,
+    ConflictError,
     ExtractionBatch,
     ExtractionResult,
     MemveeError,
+    StorageError,
     UserLog,
 )
 from projections import Message
@@ -37,11 +42,14 @@ __all__ = ["INTERRUPTED_BY_CRASH", "UserActor"]
 log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
+MAX_CONFLICT_RETRIES = 8
 
 _WRITE_EPOCHS = itertools.count(1)
 """Every (re)load of a log in this process gets a fresh, higher write epoch."""
 
+T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]"], bool]
+NewMessages = Sequence[tuple[str, str, datetime | None]]
 
 
 class UserActor(pykka.ThreadingActor):
@@ -55,11 +63,11 @@ class UserActor(pykka.ThreadingActor):
         self._log: UserLog | None = None
         self._loaded = False
         self._snapshot_version = 0
-        self._queued: deque[tuple[str, str]] = deque()
-        self._running: str | None = None
-        self._self_proxy: Any = None
         self._epoch = 0
         self._last_write: Future[Any] | None = None
+        self._running: str | None = None
+        self._owner: bool | None = None
+        self._self_proxy: Any = None
 
     @staticmethod
     def _create_future() -> BridgedFuture[Any]:
@@ -72,156 +80,154 @@ class UserActor(pykka.ThreadingActor):
             self._self_proxy = self.actor_ref.proxy()
         return self._self_proxy
 
+    def on_stop(self) -> None:
+        leases = self._services.leases
+        if leases is not None and self._owner:
+            try:
+                leases.release(self.user_id)
+            except Exception:
+                log.exception("user %r: could not release the lease", self.user_id)
+
     # ------------------------------------------------------------------ commands
 
-    def add_messages(
-        self, messages: Sequence[tuple[str, str, datetime | None]]
-    ) -> Future[list[Message]]:
+    def add_messages(self, messages: NewMessages, attempt: int = 0) -> Future[list[Message]]:
         """Append ``(role, content, sent_at)`` messages.
 
         Returns a future that resolves with the stored messages once they are committed;
         the actor does not wait for the commit, so the next command can be decided while
-        this one is being written (the committer keeps the order).
+        this one is being written (the committer keeps the order). A version conflict
+        (another process appended) reloads the log and decides again.
         """
-        user_log = self._user_log(create=True)
-        assert user_log is not None
-        settings = self._services.settings
-        try:
-            for role, content, sent_at in messages:
-                user_log.add_message(role, content, sent_at, settings.max_content_chars)
-        except BaseException:
-            self._forget_log()
-            raise
-        events = user_log.collect_events()
-        stored = [
-            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at)
-            for e in events
-            if isinstance(e, UserLog.MessageAdded)
-        ]
-        committed = self._services.committer.submit(events, self._epoch)
         acknowledged: Future[list[Message]] = Future()
-        epoch, ref = self._epoch, self.actor_ref
-
-        def _settle(done: Future[Any]) -> None:
-            error = done.exception()
-            if error is None:
-                acknowledged.set_result(stored)
-                return
-            acknowledged.set_exception(error)
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.proxy().write_failed(epoch)
-
-        committed.add_done_callback(_settle)
-        self._last_write = committed
-        self._maybe_snapshot()
-        if (
-            settings.auto_process
-            and not self._queued
-            and len(user_log.pending) >= settings.batch_threshold
-        ):
-            self._schedule_own("auto")
+        self._append(messages, acknowledged, attempt)
         return acknowledged
 
-    def write_failed(self, epoch: int) -> None:
-        """A pipelined write of ``epoch`` failed: reload the log before the next command."""
-        if epoch == self._epoch:
-            log.warning("user %r: a write failed; reloading the log from the store", self.user_id)
-            self._forget_log()
+    def retry_append(
+        self, messages: NewMessages, acknowledged: Future[list[Message]], attempt: int
+    ) -> None:
+        """Decide ``messages`` again on a reloaded log after a conflict."""
+        self._append(messages, acknowledged, attempt)
 
-    def schedule(self, task_id: str, trigger: str) -> None:
-        """Queue task ``task_id``; it starts once no other task of this user runs."""
-        self._queued.append((task_id, trigger))
-        self._advance()
+    def schedule(self, task_id: str, trigger: str) -> bool:
+        """Request task ``task_id``; returns whether this process will run it.
+
+        The owner runs requested tasks one at a time, oldest first; a guest's request is
+        run by the owning process. With nothing ever written, the task ends at once.
+        """
+        observer = self._services.observer
+
+        def request(user_log: UserLog | None) -> bool:
+            return user_log is not None and user_log.request_processing(task_id, trigger)
+
+        if not self._decide(request):
+            observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
+            return True
+        if self._is_owner():
+            self._advance()
+            return True
+        return False
 
     def start_queued(self) -> None:
-        """Start the next queued task if none is running."""
+        """Start the next requested task if this process owns the user and none runs."""
         self._advance()
 
     def recover(self, auto_threshold: int | None) -> list[str]:
-        """Close tasks a crash left open as FAILED; returns their ids.
+        """As the owner, close tasks a crash left open as FAILED and run waiting requests.
 
-        With ``auto_threshold``, schedule processing if enough messages wait.
+        With ``auto_threshold``, request processing if enough messages wait. Returns the
+        ids of the tasks closed.
         """
-        user_log = self._user_log(create=False)
-        if user_log is None:
+        if not self._is_owner():
             return []
-        closed = [t for t in user_log.open_tasks if t != self._running]
-        if closed:
-            user_log.close_interrupted(INTERRUPTED_BY_CRASH, closed)
-            self._commit()
-            for task_id in closed:
-                log.warning("user %r: task %s %s", self.user_id, task_id, INTERRUPTED_BY_CRASH)
-                self._services.observer.task_finished(
-                    self.user_id, task_id, "FAILED", 0, INTERRUPTED_BY_CRASH
-                )
-        if (
-            auto_threshold is not None
-            and not self._queued
-            and self._running is None
-            and len(user_log.pending) >= auto_threshold
-        ):
-            self._schedule_own("recovery")
+        closed: list[str] = []
+
+        def close(user_log: UserLog | None) -> list[str]:
+            if user_log is None:
+                return []
+            stale = [t for t in user_log.open_tasks if t != self._running]
+            return user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
+
+        closed = self._decide(close)
+        for task_id in closed:
+            log.warning("user %r: task %s %s", self.user_id, task_id, INTERRUPTED_BY_CRASH)
+            self._services.observer.task_finished(
+                self.user_id, task_id, "FAILED", 0, INTERRUPTED_BY_CRASH
+            )
+        if auto_threshold is not None:
+            self._request_auto("recovery", auto_threshold)
+        self._advance()
         return closed
 
-    def shutdown(self, reason: str) -> None:
-        """End queued and running tasks as FAILED with ``reason``; their messages stay."""
-        observer = self._services.observer
-        while self._queued:
-            task_id, _ = self._queued.popleft()
-            observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
-        running, self._running = self._running, None
-        if running is None:
+    def refresh(self, version: int) -> None:
+        """The log reached ``version`` elsewhere: reload it and act on new requests."""
+        user_log = self._user_log(create=False)
+        if user_log is not None and user_log.version >= version:
             return
-        try:
-            user_log = self._user_log(create=False)
-            if user_log is not None and running in user_log.open_tasks:
-                user_log.close_interrupted(reason, [running])
-                self._commit()
-        finally:
-            observer.task_finished(self.user_id, running, "FAILED", 0, reason)
+        if self._last_write is not None:
+            with contextlib.suppress(Exception):
+                self._last_write.result()
+        self._forget_log()
+        self._advance()
+
+    def renew_ownership(self, owner: bool) -> None:
+        """The engine renewed (``True``) or lost (``False``) this user's lease."""
+        was, self._owner = self._owner, owner
+        if owner and not was:
+            log.info("user %r: this process took the user over", self.user_id)
+            self._forget_log()
+            threshold = self._services.settings
+            self.recover(threshold.batch_threshold if threshold.auto_process else None)
+        elif was and not owner:
+            log.warning("user %r: the lease was lost; processing stops here", self.user_id)
+
+    def owns(self) -> bool:
+        """Whether this actor owns its user (holds the lease, or leases are off)."""
+        return bool(self._owner)
+
+    def shutdown(self, reason: str) -> None:
+        """As the owner, end requested and running tasks as FAILED with ``reason``."""
+        if not self._owner:
+            return
+        running, self._running = self._running, None
+
+        def close(user_log: UserLog | None) -> list[str]:
+            if user_log is None:
+                return []
+            closing = [t for t in user_log.open_tasks if t == running] + list(user_log.requested)
+            return user_log.close_interrupted(reason, closing) if closing else []
+
+        for task_id in self._decide(close):
+            self._services.observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
 
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
-        """Record the outcome of the running task and start the next queued one."""
+        """Record the outcome of the running task and start the next requested one."""
         if task_id != self._running:
             log.warning(
                 "user %r: outcome of task %s arrived after it closed", self.user_id, task_id
             )
             return
-        observer = self._services.observer
-        user_log = self._user_log(create=False)
-        assert user_log is not None
-        status, count, error = "COMPLETED", 0, None
-        try:
-            if isinstance(outcome, ExtractionResult):
-                try:
-                    entries = user_log.record_knowledge(
-                        task_id,
-                        outcome.facts,
-                        outcome.extractor,
-                        outcome.model,
-                        outcome.input_tokens,
-                        outcome.output_tokens,
-                    )
-                    count = len(entries)
-                except MemveeError as invalid:
-                    outcome = invalid  # refused before any event: the log is unchanged
-            if not isinstance(outcome, ExtractionResult):
-                status, error = "FAILED", _describe(outcome)
-                log.warning("user %r: task %s failed: %s", self.user_id, task_id, error)
-                user_log.record_failure(task_id, error)
-            self._commit()
-        except Exception as storage:
-            status, count, error = "FAILED", 0, f"could not record the outcome: {storage}"
-            log.error("user %r: task %s: %s", self.user_id, task_id, error)
-            self._forget_log()
-            self._close_after_storage_error(task_id, error)
+        status, count, error = "COMPLETED", 0, cast(str | None, None)
+        if isinstance(outcome, ExtractionResult):
+            result = outcome
+            try:
+                count = self._decide(lambda ul: len(_record(ul, task_id, result)))
+            except StorageError as storage:
+                outcome = StorageError(f"could not record the outcome: {storage}")
+            except MemveeError as refused:
+                outcome = refused
+        if not isinstance(outcome, ExtractionResult):
+            status, count, error = "FAILED", 0, _describe(outcome)
+            log.warning("user %r: task %s failed: %s", self.user_id, task_id, error)
+            self._record_failure(task_id, error)
         self._running = None
-        observer.task_finished(self.user_id, task_id, status, count, error)
+        self._services.observer.task_finished(self.user_id, task_id, status, count, error)
         self._advance()
 
     def passivate(self) -> bool:
         """Stop this actor if it is idle and nobody has a message on its way to it."""
-        if self._running is not None or self._queued:
+        if self._running is not None:
+            return False
+        if self._owner and self._log is not None and self._log.requested:
             return False
         if not self._retire(self.user_id, self.actor_ref):
             return False
@@ -230,51 +236,123 @@ class UserActor(pykka.ThreadingActor):
 
     # ------------------------------------------------------------------ internals
 
-    def _close_after_storage_error(self, task_id: str, error: str) -> None:
-        """Try once more, on a fresh load, to return the task's messages to the buffer.
-
-        If that fails too, the task stays open in the log and the next open closes it.
-        """
+    def _append(
+        self, messages: NewMessages, acknowledged: Future[list[Message]], attempt: int
+    ) -> None:
+        settings = self._services.settings
+        user_log = self._user_log(create=True)
+        assert user_log is not None
         try:
-            user_log = self._user_log(create=False)
-            if user_log is not None and task_id in user_log.open_tasks:
-                user_log.record_failure(task_id, error)
-                self._commit()
-        except Exception:
-            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
+            for role, content, sent_at in messages:
+                user_log.add_message(role, content, sent_at, settings.max_content_chars)
+            auto_task = None
+            if settings.auto_process and len(user_log.pending) >= settings.batch_threshold:
+                auto_task = str(uuid4())
+                if not user_log.request_processing(auto_task, "auto"):
+                    auto_task = None
+        except BaseException as error:
+            self._forget_log()
+            acknowledged.set_exception(error)
+            return
+        events = user_log.collect_events()
+        stored = [
+            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at)
+            for e in events
+            if isinstance(e, UserLog.MessageAdded)
+        ]
+        if auto_task is not None:
+            self._services.observer.task_scheduled(
+                self.user_id, auto_task, "auto", local=self._is_owner()
+            )
+        committed = self._services.committer.submit(events, self._epoch)
+        epoch, ref = self._epoch, self.actor_ref
 
-    def _schedule_own(self, trigger: str) -> None:
-        """Queue a task of the engine's own; it starts from the inbox, after this command."""
+        def _settle(done: Future[Any]) -> None:
+            error = done.exception()
+            if error is None:
+                acknowledged.set_result(stored)
+                return
+            try:
+                proxy = ref.proxy()
+                proxy.write_failed(epoch)
+                if isinstance(error, ConflictError) and attempt < MAX_CONFLICT_RETRIES:
+                    if auto_task is not None:
+                        proxy.drop_scheduled(auto_task)
+                    proxy.retry_append(messages, acknowledged, attempt + 1)
+                    return
+            except pykka.ActorDeadError:
+                pass
+            if auto_task is not None:
+                self._services.observer.task_finished(
+                    self.user_id, auto_task, "FAILED", 0, f"not requested: {error}"
+                )
+            acknowledged.set_exception(error)
+
+        committed.add_done_callback(_settle)
+        self._last_write = committed
+        self._maybe_snapshot()
+        if auto_task is not None and self._is_owner():
+            self._myself.start_queued()
+
+    def drop_scheduled(self, task_id: str) -> None:
+        """An auto task whose request was never written (its write conflicted)."""
+        self._services.observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
+
+    def write_failed(self, epoch: int) -> None:
+        """A pipelined write of ``epoch`` failed: reload the log before the next command."""
+        if epoch == self._epoch:
+            log.info("user %r: a write failed; reloading the log from the store", self.user_id)
+            self._forget_log()
+
+    def _request_auto(self, trigger: str, threshold: int) -> None:
         task_id = str(uuid4())
-        self._services.observer.task_scheduled(self.user_id, task_id, trigger)
-        self._queued.append((task_id, trigger))
-        self._myself.start_queued()
+
+        def request(user_log: UserLog | None) -> bool:
+            return (
+                user_log is not None
+                and len(user_log.pending) >= threshold
+                and user_log.request_processing(task_id, trigger)
+            )
+
+        if self._decide(request):
+            self._services.observer.task_scheduled(self.user_id, task_id, trigger, local=True)
 
     def _advance(self) -> None:
+        """Start requested tasks while this process owns the user and none runs."""
         observer = self._services.observer
-        while self._running is None and self._queued:
-            task_id, trigger = self._queued.popleft()
-            user_log = self._user_log(create=False)
+        while self._running is None and self._is_owner():
             try:
-                claimed = None if user_log is None else user_log.start_processing(task_id, trigger)
-                if claimed is not None:
-                    recorded = self._commit()
+                started = self._decide(lambda ul: None if ul is None else ul.start_next())
             except Exception as error:
-                self._forget_log()
-                log.error("user %r: task %s could not start: %s", self.user_id, task_id, error)
-                observer.task_finished(self.user_id, task_id, "FAILED", 0, _describe(error))
-                continue
-            if claimed is None:
+                log.error("user %r: could not start a task: %s", self.user_id, error)
+                return
+            if started is None:
+                return
+            task_id, trigger, claimed = started
+            observer.task_scheduled(self.user_id, task_id, trigger, local=True)
+            observer.task_running(self.user_id, task_id, len(claimed))
+            if not claimed:
                 observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
                 continue
             self._running = task_id
-            observer.task_running(self.user_id, task_id, len(claimed))
             try:
-                batch = self._batch(task_id, claimed, recorded[-1].event.originator_version)
+                batch = self._batch(task_id, claimed)
             except Exception as error:
                 self.extraction_done(task_id, error)
                 return
             self._services.workers.submit(batch, self._deliver_to_self(task_id))
+
+    def _record_failure(self, task_id: str, error: str) -> None:
+        """Return the task's messages to the buffer; if even that fails, recovery will."""
+
+        def fail(user_log: UserLog | None) -> None:
+            if user_log is not None and task_id in user_log.open_tasks:
+                user_log.record_failure(task_id, error)
+
+        try:
+            self._decide(fail)
+        except Exception:
+            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
 
     def _deliver_to_self(self, task_id: str) -> Callable[[Outcome], None]:
         myself = self._myself
@@ -287,19 +365,25 @@ class UserActor(pykka.ThreadingActor):
 
         return _deliver
 
-    def _batch(self, task_id: str, claimed: list[str], started_version: int) -> ExtractionBatch:
+    def _batch(self, task_id: str, claimed: list[str]) -> ExtractionBatch:
         """Read the claimed messages back from the log (the state keeps no bodies)."""
         assert self._log is not None
         versions = self._log.open_tasks[task_id]
-        first = min(versions[m] for m in claimed)
+        first, last = min(versions.values()), max(versions.values())
         wanted = set(claimed)
-        events = self._services.store.events_of(self.user_id, after=first - 1, upto=started_version)
+        events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
         messages = tuple(
             BatchMessage(e.message_id, e.role, e.content, e.sent_at)
             for e in events
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
         return ExtractionBatch(self.user_id, task_id, messages)
+
+    def _is_owner(self) -> bool:
+        if self._owner is None:
+            leases = self._services.leases
+            self._owner = True if leases is None else leases.try_acquire(self.user_id)
+        return self._owner
 
     def _user_log(self, *, create: bool) -> UserLog | None:
         if not self._loaded:
@@ -321,9 +405,26 @@ class UserActor(pykka.ThreadingActor):
         self._log = None
         self._loaded = False
 
+    def _decide(self, decide: Callable[[UserLog | None], T]) -> T:
+        """Run ``decide`` on the log and commit what it emitted, waiting for the commit.
+
+        On a version conflict (another process appended) reload the log and decide again.
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            result = decide(self._user_log(create=False))
+            try:
+                self._commit()
+            except ConflictError:
+                continue
+            return result
+        raise ConflictError(
+            f"user {self.user_id!r}: still conflicting after {MAX_CONFLICT_RETRIES} attempts"
+        )
+
     def _commit(self) -> list[Any]:
         """Write the pending events and wait until they are committed."""
-        assert self._log is not None
+        if self._log is None:
+            return []
         events = self._log.collect_events()
         if not events:
             return []
@@ -348,6 +449,19 @@ class UserActor(pykka.ThreadingActor):
                 return
         self._services.store.take_snapshot(user_log)
         self._snapshot_version = user_log.version
+
+
+def _record(user_log: UserLog | None, task_id: str, result: ExtractionResult) -> list[Any]:
+    if user_log is None:
+        raise MemveeError(f"task {task_id}: the log is gone")
+    return user_log.record_knowledge(
+        task_id,
+        result.facts,
+        result.extractor,
+        result.model,
+        result.input_tokens,
+        result.output_tokens,
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -54,14 +54,24 @@ class UserLog(Aggregate):
             log.message_count = self.seq
             log.pending[self.message_id] = self.originator_version
 
+    class ProcessingRequested(Aggregate.Event):
+        """A task was asked for; it waits (PENDING) until the log's owner starts it."""
+
+        task_id: str
+        trigger: str
+
+        def apply(self, log: UserLog) -> None:
+            log.requested[self.task_id] = self.trigger
+
     class ProcessingStarted(Aggregate.Event):
-        """A task claimed every buffered message, in order."""
+        """The oldest requested task claimed every buffered message, in order."""
 
         task_id: str
         message_ids: list[str]
         trigger: str
 
         def apply(self, log: UserLog) -> None:
+            log.requested.pop(self.task_id, None)
             log.open_tasks[self.task_id] = {m: log.pending.pop(m) for m in self.message_ids}
 
     class KnowledgeExtracted(Aggregate.Event):
@@ -95,7 +105,8 @@ class UserLog(Aggregate):
         reason: str
 
         def apply(self, log: UserLog) -> None:
-            log.return_to_buffer(self.task_id)
+            if log.requested.pop(self.task_id, None) is None:
+                log.return_to_buffer(self.task_id)
 
     # ------------------------------------------------------------------ state
 
@@ -104,6 +115,7 @@ class UserLog(Aggregate):
         self.message_count = 0
         self.knowledge_count = 0
         self.pending: dict[str, int] = {}
+        self.requested: dict[str, str] = {}
         self.open_tasks: dict[str, dict[str, int]] = {}
 
     @staticmethod
@@ -138,17 +150,34 @@ class UserLog(Aggregate):
         )
         return message_id
 
-    def start_processing(self, task_id: str, trigger: str) -> list[str] | None:
-        """Claim every buffered message for ``task_id``; ``None`` when there is nothing."""
-        if task_id in self.open_tasks:
-            raise InvalidInputError(f"task {task_id} is already running")
-        if not self.pending:
+    def request_processing(self, task_id: str, trigger: str) -> bool:
+        """Queue task ``task_id``; an automatic one is dropped when a request already waits.
+
+        Only ``manual`` requests always queue (the caller waits for that very task).
+        """
+        if task_id in self.requested or task_id in self.open_tasks:
+            raise InvalidInputError(f"task {task_id} is already known")
+        if trigger != "manual" and self.requested:
+            return False
+        self.trigger_event(self.ProcessingRequested, task_id=task_id, trigger=trigger)
+        return True
+
+    def start_next(self) -> tuple[str, str, list[str]] | None:
+        """Start the oldest requested task, claiming every buffered message.
+
+        One task runs at a time. A task that finds nothing buffered completes at once
+        with no entries. Returns the task and the messages it claimed, or ``None``.
+        """
+        if self.open_tasks or not self.requested:
             return None
+        task_id, trigger = next(iter(self.requested.items()))
         message_ids = list(self.pending)
         self.trigger_event(
             self.ProcessingStarted, task_id=task_id, message_ids=message_ids, trigger=trigger
         )
-        return message_ids
+        if not message_ids:
+            self.record_knowledge(task_id, [], extractor="none")
+        return task_id, trigger, message_ids
 
     def record_knowledge(
         self,
@@ -201,10 +230,14 @@ class UserLog(Aggregate):
         self.trigger_event(self.ProcessingFailed, task_id=task_id, error=error or "unknown error")
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
-        """Close open tasks (all, or ``task_ids``) as FAILED with ``reason``; returns their ids."""
+        """Close tasks (by default every running one) as FAILED with ``reason``.
+
+        ``task_ids`` may also name requested tasks that never started.
+        """
         closing = list(self.open_tasks) if task_ids is None else list(task_ids)
         for task_id in closing:
-            self._open_task(task_id)
+            if task_id not in self.requested:
+                self._open_task(task_id)
             self.trigger_event(self.ProcessingInterrupted, task_id=task_id, reason=reason)
         return closing
 

@@ -14,6 +14,10 @@ __all__ = ["MemoryConfig"]
 class MemoryConfig:
     """How a :class:`memvee.Memory` stores, processes and shuts down.
 
+    ``leases`` gives each user one owning process through lease rows in the database (on
+    by default for server databases, off for SQLite files); ``lease_ttl`` is how long a
+    dead owner keeps its users before another process takes them over.
+
     ``durability="full"`` (the default) keeps every acknowledged message across a process
     kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a
     process kill only and is about twice as fast.
@@ -33,6 +37,8 @@ class MemoryConfig:
     snapshot_interval: int = 100
     commit_batch_max: int = 256
     model: str | None = None
+    leases: bool | None = None
+    lease_ttl: float = 10.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -43,6 +49,7 @@ class MemoryConfig:
             "commit_batch_max": self.commit_batch_max,
             "idle_timeout": self.idle_timeout,
             "extraction_timeout": self.extraction_timeout,
+            "lease_ttl": self.lease_ttl,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -53,6 +60,13 @@ class MemoryConfig:
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"
             )
+
+    @property
+    def uses_leases(self) -> bool:
+        """Whether user ownership goes through leases (default: not on SQLite)."""
+        if self.leases is not None:
+            return self.leases
+        return not self.url.startswith("sqlite")
 
     @property
     def url(self) -> str:

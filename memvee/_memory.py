@@ -9,6 +9,8 @@ thread pool for the same reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,6 +44,7 @@ __all__ = ["SHUTDOWN_REASON", "Memory"]
 log = logging.getLogger("memvee")
 
 SHUTDOWN_REASON = "interrupted by shutdown"
+REMOTE_POLL_SECONDS = 0.05
 _DONE_TASKS_KEPT = 10_000
 
 T = TypeVar("T")
@@ -86,6 +89,8 @@ class Memory:
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
         self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
+        self._remote: dict[str, ProcessTask] = {}
+        self._poller: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,6 +117,8 @@ class Memory:
             ),
             idle_timeout=cfg.idle_timeout,
             max_live_actors=cfg.max_live_actors,
+            leases=cfg.uses_leases,
+            lease_ttl=cfg.lease_ttl,
             extraction_concurrency=cfg.extraction_concurrency,
             extraction_timeout=cfg.extraction_timeout,
             commit_batch_max=cfg.commit_batch_max,
@@ -144,6 +151,12 @@ class Memory:
             for task in list(tasks.values()):
                 task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
         self._inflight.clear()
+        self._remote.clear()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         if self._readers is not None:
             self._readers.shutdown(wait=True)
         self._engine = None
@@ -216,8 +229,12 @@ class Memory:
         sent = engine.directory.call_async(loop, user_id, "schedule", task.task_id, "manual")
 
         def _check_sent(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and f.exception() is not None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
                 self._finish(user_id, task.task_id, "FAILED", 0, str(f.exception()))
+            elif f.result() is False and not task.done:
+                self._follow_remote(task)
 
         sent.add_done_callback(_check_sent)
         return task
@@ -340,13 +357,48 @@ class Memory:
             raise MemoryClosedError("this Memory is not open; use `async with memory:` or open()")
         return self._engine, self._loop
 
-    def _register(self, user_id: str, task_id: str, trigger: str) -> ProcessTask:
+    def _register(
+        self, user_id: str, task_id: str, trigger: str, local: bool = True
+    ) -> ProcessTask:
         assert self._loop is not None
         task = self._inflight.setdefault(user_id, {}).get(task_id)
         if task is None:
             task = ProcessTask(user_id, task_id, trigger, self._loop)
             self._inflight[user_id][task_id] = task
+        if not local:
+            self._follow_remote(task)
         return task
+
+    def _follow_remote(self, task: ProcessTask) -> None:
+        """Track a task that another process runs, through the tasks projection."""
+        self._remote[task.task_id] = task
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll_remote())
+
+    async def _poll_remote(self) -> None:
+        """Read the state of remote tasks from the log's projection until they end."""
+        while self._remote and self.is_open:
+            ids = list(self._remote)
+            try:
+                records = await self._read(functools.partial(_task_states, ids=ids))
+            except MemoryClosedError:
+                return
+            for record in records:
+                task = self._remote.get(record.task_id)
+                if task is None:
+                    continue
+                if record.status == "RUNNING":
+                    task._mark_running(len(record.message_ids))
+                elif record.status in ("COMPLETED", "FAILED"):
+                    del self._remote[record.task_id]
+                    self._finish(
+                        task.user_id,
+                        task.task_id,
+                        record.status,
+                        record.knowledge_count,
+                        record.error,
+                    )
+            await asyncio.sleep(REMOTE_POLL_SECONDS)
 
     def _started(self, user_id: str, task_id: str, message_count: int) -> None:
         task = self._inflight.get(user_id, {}).get(task_id)
@@ -398,8 +450,8 @@ class _LoopObserver:
         except RuntimeError:
             log.debug("event loop closed; task update dropped")
 
-    def task_scheduled(self, user_id: str, task_id: str, trigger: str) -> None:
-        self._post(self._memory._register, user_id, task_id, trigger)
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
+        self._post(self._memory._register, user_id, task_id, trigger, local)
 
     def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
         self._post(self._memory._started, user_id, task_id, message_count)
@@ -408,6 +460,11 @@ class _LoopObserver:
         self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
     ) -> None:
         self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error)
+
+
+def _task_states(connection: Connection, reader: Any, *, ids: list[str]) -> list[Any]:
+    states: list[Any] = reader.task_states(connection, ids)
+    return states
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:

@@ -41,6 +41,15 @@ class Statements:
         )
         k = t.tasks
         self.task_insert = k.insert()
+        self.task_started = (
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
+            .values(
+                status="RUNNING",
+                message_ids=bindparam("b_message_ids"),
+                started_at=bindparam("b_at"),
+            )
+        )
         self.task_completed = (
             k.update()
             .where(k.c.task_id == bindparam("b_task_id"))
@@ -125,27 +134,37 @@ def buffer_fold(s: Statements, r: Recorded) -> Iterator[Op]:
 
 
 def tasks_fold(s: Statements, r: Recorded) -> Iterator[Op]:
-    """Every processing task that started: RUNNING, then COMPLETED or FAILED."""
+    """Every processing task: PENDING, RUNNING, then COMPLETED or FAILED."""
     e = r.event
-    if isinstance(e, UserLog.ProcessingStarted):
+    if isinstance(e, UserLog.ProcessingRequested):
         yield (
             s.task_insert,
             {
                 "task_id": e.task_id,
                 "log_id": str(e.originator_id),
                 "trigger": e.trigger,
-                "status": "RUNNING",
-                "message_ids": list(e.message_ids),
+                "status": "PENDING",
+                "message_ids": [],
                 "knowledge_count": 0,
                 "error": None,
-                "started_at": e.timestamp,
+                "requested_at": e.timestamp,
+                "started_at": None,
                 "finished_at": None,
-                "started_version": e.originator_version,
+                "requested_version": e.originator_version,
                 "finished_version": None,
                 "extractor": None,
                 "model": None,
                 "input_tokens": None,
                 "output_tokens": None,
+            },
+        )
+    elif isinstance(e, UserLog.ProcessingStarted):
+        yield (
+            s.task_started,
+            {
+                "b_task_id": e.task_id,
+                "b_message_ids": list(e.message_ids),
+                "b_at": e.timestamp,
             },
         )
     elif isinstance(e, UserLog.KnowledgeExtracted):

@@ -37,7 +37,7 @@ class BufferedMessage:
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
-    """A processing task as the log tells it (RUNNING, COMPLETED or FAILED)."""
+    """A processing task as the log tells it (PENDING, RUNNING, COMPLETED or FAILED)."""
 
     task_id: str
     user_id: str
@@ -46,7 +46,8 @@ class TaskRecord:
     message_ids: tuple[str, ...]
     knowledge_count: int
     error: str | None
-    started_at: datetime
+    requested_at: datetime
+    started_at: datetime | None
     finished_at: datetime | None
 
 

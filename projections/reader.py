@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from events import user_log_id
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord, UserSummary
@@ -72,16 +72,17 @@ class ProjectionReader:
         """Every task of the user, in the order they started."""
         t = self.tables.tasks
         rows = connection.execute(
-            select(t).where(t.c.log_id == _log(user_id)).order_by(t.c.started_version)
+            select(t).where(t.c.log_id == _log(user_id)).order_by(t.c.requested_version)
         ).mappings()
         return [_task(user_id, r) for r in rows]
 
-    def users_with_running_tasks(self, connection: Connection) -> list[str]:
-        """Users whose log has a task without an outcome (interrupted, after a crash)."""
+    def users_with_open_tasks(self, connection: Connection) -> list[str]:
+        """Users whose log has tasks not yet ended (interrupted or waiting, after a crash)."""
         t, u = self.tables.tasks, self.tables.users
+        open_statuses = ("PENDING", "RUNNING")
         rows = connection.execute(
             select(u.c.user_id)
-            .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status == "RUNNING")))
+            .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status.in_(open_statuses))))
             .order_by(u.c.user_id)
         )
         return [r[0] for r in rows]
@@ -99,6 +100,32 @@ class ProjectionReader:
             select(u.c.user_id).where(u.c.log_id.in_(pending)).order_by(u.c.user_id)
         )
         return [r[0] for r in rows]
+
+    def versions(self, connection: Connection, user_ids: list[str]) -> dict[str, int]:
+        """The log version of each of ``user_ids`` that has a log."""
+        if not user_ids:
+            return {}
+        u = self.tables.users
+        rows = connection.execute(
+            select(u.c.user_id, u.c.version).where(
+                u.c.log_id.in_(bindparam("ids", expanding=True))
+            ),
+            {"ids": [_log(x) for x in user_ids]},
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def task_states(self, connection: Connection, task_ids: list[str]) -> list[TaskRecord]:
+        """The tasks among ``task_ids`` that the log knows, in any user's log."""
+        if not task_ids:
+            return []
+        t, u = self.tables.tasks, self.tables.users
+        rows = connection.execute(
+            select(t, u.c.user_id)
+            .join(u, u.c.log_id == t.c.log_id)
+            .where(t.c.task_id.in_(bindparam("ids", expanding=True))),
+            {"ids": task_ids},
+        ).mappings()
+        return [_task(r["user_id"], r) for r in rows]
 
     def user(self, connection: Connection, user_id: str) -> UserSummary | None:
         """The counters of one user, or ``None`` for a user never written."""
@@ -130,6 +157,7 @@ def _task(user_id: str, r: Any) -> TaskRecord:
         message_ids=tuple(r["message_ids"]),
         knowledge_count=r["knowledge_count"],
         error=r["error"],
+        requested_at=r["requested_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
     )

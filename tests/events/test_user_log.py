@@ -38,16 +38,63 @@ def test_add_message_refuses_bad_input_and_emits_nothing() -> None:
     assert log.collect_events() == []
 
 
-def test_start_processing_claims_every_buffered_message_or_emits_nothing() -> None:
+def _start(log: UserLog, task_id: str, trigger: str = "manual") -> list[str]:
+    assert log.request_processing(task_id, trigger)
+    started = log.start_next()
+    assert started is not None and started[0] == task_id
+    return started[2]
+
+
+def test_a_request_queues_a_task_and_start_next_claims_every_buffered_message() -> None:
     log, ids = _log_with(3)
-    assert log.start_processing("t1", "manual") == ids
-    assert log.pending == {} and list(log.open_tasks["t1"]) == ids
-    assert log.start_processing("t2", "manual") is None
+    assert log.request_processing("t1", "manual")
+    assert log.requested == {"t1": "manual"}
+    assert log.start_next() == ("t1", "manual", ids)
+    assert log.pending == {} and list(log.open_tasks["t1"]) == ids and log.requested == {}
+    assert log.start_next() is None
+
+
+def test_tasks_run_one_at_a_time_oldest_request_first() -> None:
+    log, ids = _log_with(1)
+    log.request_processing("t1", "manual")
+    log.request_processing("t2", "manual")
+    assert log.start_next() == ("t1", "manual", ids)
+    assert log.start_next() is None
+    log.record_knowledge("t1", [], "offline")
+    assert log.start_next() == ("t2", "manual", [])
+
+
+def test_a_task_with_nothing_to_claim_completes_at_once() -> None:
+    log, _ = _log_with(0)
+    log.collect_events()
+    log.request_processing("t1", "manual")
+    assert log.start_next() == ("t1", "manual", [])
+    events = log.collect_events()
+    assert [type(e).__name__ for e in events] == [
+        "ProcessingRequested",
+        "ProcessingStarted",
+        "KnowledgeExtracted",
+    ]
+    assert log.open_tasks == {} and log.requested == {}
+
+
+def test_an_auto_request_is_dropped_while_another_request_waits() -> None:
+    log, _ = _log_with(1)
+    assert log.request_processing("t1", "manual")
+    assert not log.request_processing("t2", "auto")
+    assert list(log.requested) == ["t1"]
+
+
+def test_a_known_task_cannot_be_requested_twice() -> None:
+    log, _ = _log_with(1)
+    log.request_processing("t1", "manual")
+    with pytest.raises(InvalidInputError, match="already known"):
+        log.request_processing("t1", "manual")
 
 
 def test_record_knowledge_closes_the_task_and_covers_its_messages() -> None:
     log, ids = _log_with(2)
-    log.start_processing("t1", "manual")
+    _start(log, "t1")
     entries = log.record_knowledge("t1", [ExtractedFact("User is x", (ids[0],))], "offline")
     assert entries[0]["source_message_ids"] == [ids[0]]
     assert log.open_tasks == {} and log.pending == {} and log.knowledge_count == 1
@@ -67,7 +114,7 @@ def test_record_knowledge_refuses_facts_that_break_the_contract(
     fact: ExtractedFact, message: str
 ) -> None:
     log, _ = _log_with(1)
-    log.start_processing("t1", "manual")
+    _start(log, "t1")
     log.collect_events()
     with pytest.raises(InvalidExtractionError, match=message):
         log.record_knowledge("t1", [fact], "claude")
@@ -76,7 +123,7 @@ def test_record_knowledge_refuses_facts_that_break_the_contract(
 
 def test_failure_returns_the_messages_to_the_buffer_in_log_order() -> None:
     log, ids = _log_with(2)
-    log.start_processing("t1", "manual")
+    _start(log, "t1")
     later = log.add_message("user", "later", None, 100)
     log.record_failure("t1", "boom")
     assert list(log.pending) == [*ids, later]
@@ -85,8 +132,12 @@ def test_failure_returns_the_messages_to_the_buffer_in_log_order() -> None:
 
 def test_close_interrupted_closes_every_open_task() -> None:
     log, ids = _log_with(2)
-    log.start_processing("t1", "auto")
+    _start(log, "t1", "auto")
+    log.request_processing("t2", "manual")
     assert log.close_interrupted("crashed") == ["t1"]
+    assert list(log.requested) == ["t2"]
+    assert log.close_interrupted("shutdown", ["t2"]) == ["t2"]
+    assert log.requested == {}
     assert list(log.pending) == ids
     assert isinstance(log.collect_events()[-1], UserLog.ProcessingInterrupted)
 
@@ -101,7 +152,7 @@ def test_outcomes_for_unknown_tasks_are_refused() -> None:
 
 def test_state_stays_small_and_snapshots_round_trip() -> None:
     log, _ = _log_with(50)
-    log.start_processing("t1", "manual")
+    _start(log, "t1")
     log.record_knowledge("t1", [], "offline")
     snapshot = Snapshot.take(log)
     assert set(snapshot.state) >= {"pending", "open_tasks", "message_count"}

@@ -13,9 +13,7 @@ from tests.support.extractors import RecordingExtractor
 
 async def test_close_waits_for_a_task_that_ends_within_the_grace_period(db_url: str) -> None:
     extractor = RecordingExtractor(delay=0.3)
-    memory = Memory(
-        config=MemoryConfig(db_url=db_url, shutdown_grace=5), extractor=extractor
-    )
+    memory = Memory(config=MemoryConfig(db_url=db_url, shutdown_grace=5), extractor=extractor)
     await memory.open()
     await memory.add_exchange("u", "I live in Rome", "nice")
     task = memory.process_async("u")

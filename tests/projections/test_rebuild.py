@@ -93,9 +93,7 @@ async def test_opening_a_memory_catches_up_projections_that_were_dropped(
     store.close()
 
 
-async def test_the_cli_rebuilds_and_verifies(
-    db_url: str, make_memory: Any, extractor: Any
-) -> None:
+async def test_the_cli_rebuilds_and_verifies(db_url: str, make_memory: Any, extractor: Any) -> None:
     store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
     store.close()
