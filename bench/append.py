@@ -1,0 +1,313 @@
+"""add_exchange throughput and latency with 1, 100 and 1,000 concurrent users.
+
+Each user is an asyncio task on one loop writing exchanges in sequence, as an agent
+serving that user would. Every round first measures raw sqlite3 committed transactions
+of the same two rows at the same durability on the same file system, then the engine
+scenarios, so each ratio compares figures taken a few seconds apart. A ticker task on
+the loop records the largest event-loop stall of every scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    BenchConfig,
+    InstantExtractor,
+    LoopStallMeter,
+    Section,
+    Workspace,
+    cell,
+    fmt_ms,
+    fmt_num,
+    fmt_ratio,
+    percentile,
+    progress,
+)
+from bench.reference import Shape, Synchronous, raw_commits
+from events import Durability
+from memvee import Memory, MemoryConfig
+
+__all__ = ["Scenario", "ScenarioRun", "run", "run_scenario"]
+
+USER_TEXT = "I live in Lisbon and I work at a small bakery near the river."
+ASSISTANT_TEXT = "That sounds lovely! How long have you been working there?"
+
+_DURABILITIES: tuple[Durability, ...] = ("full", "normal")
+_SYNCHRONOUS: dict[Durability, Synchronous] = {"full": "FULL", "normal": "NORMAL"}
+_SYNC_NAMES = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+_RAW_KINDS: tuple[tuple[int, Shape], ...] = ((1, "events"), (2, "events"), (2, "engine"))
+"""Raw transactions measured: one event row, the two rows of an exchange, and those two
+with the projection rows the engine writes beside them (2 buffer rows, 2 updates)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """``users`` concurrent users each writing ``per_user`` exchanges at ``durability``."""
+
+    users: int
+    per_user: int
+    durability: Durability
+
+    @property
+    def key(self) -> str:
+        """The prefix of this scenario's statistics."""
+        return f"append.{self.durability}.{self.users}"
+
+    @property
+    def label(self) -> str:
+        """How the scenario is named in the table."""
+        noun = "user" if self.users == 1 else "users"
+        return f"{self.users:,} {noun}, {self.durability}"
+
+    @property
+    def warmup_per_user(self) -> int:
+        """Unmeasured exchanges per user first: they spawn the actors and register the logs."""
+        return max(1, 50 // self.users)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioRun:
+    """What one run of a scenario measured."""
+
+    exchanges: int
+    seconds: float
+    latencies: list[float]
+    cold_latencies: list[float]
+    stall: float
+    cold_stall: float
+    transactions: int | None
+    pragmas: tuple[str, str] | None
+    cpu_seconds: float
+    loop_cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Acknowledged exchanges per second in the measured phase."""
+        return self.exchanges / self.seconds
+
+
+async def _write(memory: Memory, user_id: str, count: int, latencies: list[float]) -> None:
+    clock = time.perf_counter
+    for _ in range(count):
+        before = clock()
+        await memory.add_exchange(user_id, USER_TEXT, ASSISTANT_TEXT)
+        latencies.append(clock() - before)
+
+
+def _engine(memory: Memory) -> Any:
+    """The running engine, for read-only introspection (commit counter, pragmas)."""
+    return getattr(memory, "_engine", None)
+
+
+def _transactions(memory: Memory) -> int | None:
+    engine = _engine(memory)
+    committer = getattr(engine, "committer", None)
+    count = getattr(committer, "transactions", None)
+    return count if isinstance(count, int) else None
+
+
+def engine_pragmas(memory: Memory) -> tuple[str, str] | None:
+    """The journal mode and synchronous level of a pooled engine connection."""
+    engine = _engine(memory)
+    if engine is None or not engine.store.is_sqlite:
+        return None
+    with engine.store.engine.connect() as connection:
+        journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        level = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+    return str(journal).upper(), _SYNC_NAMES.get(int(level), str(level))
+
+
+async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
+    """Open a fresh Memory in ``folder``, warm every user up, then measure ``scenario``."""
+    config = MemoryConfig(db_path=str(folder / "memvee.db"), durability=scenario.durability)
+    users = [f"user-{i:05d}" for i in range(scenario.users)]
+    async with Memory(config=config, extractor=InstantExtractor()) as memory:
+        pragmas = engine_pragmas(memory)
+        meter = LoopStallMeter()
+        meter.start()
+        cold: list[float] = []
+        await asyncio.gather(*(_write(memory, u, scenario.warmup_per_user, cold) for u in users))
+        cold_stall = meter.reset()
+        before_tx = _transactions(memory)
+        latencies: list[float] = []
+        cpu, loop_cpu = time.process_time(), time.thread_time()
+        started = time.perf_counter()
+        await asyncio.gather(*(_write(memory, u, scenario.per_user, latencies) for u in users))
+        seconds = time.perf_counter() - started
+        cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
+        stall = await meter.stop()
+        after_tx = _transactions(memory)
+    transactions = None if before_tx is None or after_tx is None else after_tx - before_tx
+    return ScenarioRun(
+        exchanges=len(latencies),
+        seconds=seconds,
+        latencies=latencies,
+        cold_latencies=cold,
+        stall=stall,
+        cold_stall=cold_stall,
+        transactions=transactions,
+        pragmas=pragmas,
+        cpu_seconds=cpu,
+        loop_cpu_seconds=loop_cpu,
+    )
+
+
+def scenarios(cfg: BenchConfig) -> list[Scenario]:
+    """The scenarios of issue 3: 1, 100 and 1,000 users at full durability, 1 and 1,000
+    at normal durability (the documented faster option)."""
+    single = cfg.pick(2000, 200)
+    return [
+        Scenario(1, single, "full"),
+        Scenario(100, cfg.pick(40, 10), "full"),
+        Scenario(1000, cfg.pick(5, 2), "full"),
+        Scenario(1, single, "normal"),
+        Scenario(1000, cfg.pick(5, 2), "normal"),
+    ]
+
+
+def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
+    """Measure raw sqlite3 and the engine in interleaved rounds; returns both tables."""
+    reference = Section(
+        "Raw sqlite3 reference: committed transactions (WAL, same file system, in the same run)",
+        ["synchronous", "rows per transaction", "tx / s", "p50 ms", "p99 ms"],
+    )
+    section = Section(
+        "add_exchange: concurrent users, each writing exchanges in sequence",
+        [
+            "scenario",
+            "exchanges / s",
+            "p50 ms",
+            "p99 ms",
+            "exchanges\nper commit",
+            "CPU ms / exchange:\nprocess / loop",
+            "max loop\nstall ms",
+            "cold start:\np99 ms / stall ms",
+            "ex/s ÷ raw\n2-row tx/s",
+            "p50 ÷ raw\n2-row p50",
+        ],
+    )
+    plan = scenarios(cfg)
+    raw_count = cfg.pick(2000, 500)
+    for round_no in range(1, cfg.rounds + 1):
+        for durability in _DURABILITIES:
+            sync = _SYNCHRONOUS[durability]
+            progress(f"append round {round_no}/{cfg.rounds}: raw sqlite3, synchronous={sync}")
+            with workspace.scratch("raw") as folder:
+                for rows, shape in _RAW_KINDS:
+                    raw = raw_commits(
+                        folder, synchronous=sync, rows=rows, transactions=raw_count, shape=shape
+                    )
+                    key = _raw_key(durability, rows, shape)
+                    reference.stat(f"{key}.rate", "tx/s").add(raw.rate)
+                    reference.stat(f"{key}.p50", "ms").add(raw.p50_ms)
+                    reference.stat(f"{key}.p99", "ms").add(raw.p99_ms)
+            raw_rate = reference.stats[f"{_raw_key(durability, 2)}.rate"].samples[-1]
+            raw_p50 = reference.stats[f"{_raw_key(durability, 2)}.p50"].samples[-1]
+            shaped_p50 = reference.stats[f"{_raw_key(durability, 2, 'engine')}.p50"].samples[-1]
+            for scenario in (s for s in plan if s.durability == durability):
+                progress(f"append round {round_no}/{cfg.rounds}: {scenario.label}")
+                with workspace.scratch("append") as folder:
+                    result = asyncio.run(run_scenario(folder, scenario))
+                _record(section, scenario, result, raw_rate, raw_p50)
+                section.stat(f"{scenario.key}.p50_shaped_ratio", "x").add(
+                    percentile(result.latencies, 50) * 1000 / shaped_p50
+                )
+    for durability in _DURABILITIES:
+        for rows, shape in _RAW_KINDS:
+            key = _raw_key(durability, rows, shape)
+            reference.rows.append(
+                [
+                    _SYNCHRONOUS[durability],
+                    f"{rows} event{'s' if rows > 1 else ''}"
+                    + (" + projection rows" if shape == "engine" else ""),
+                    cell(reference.stats[f"{key}.rate"], fmt_num),
+                    cell(reference.stats[f"{key}.p50"], fmt_ms),
+                    cell(reference.stats[f"{key}.p99"], fmt_ms),
+                ]
+            )
+    for scenario in plan:
+        section.rows.append(_row(section, scenario))
+    measured = ", ".join(f"{s.label}: {s.users * s.per_user:,}" for s in plan)
+    section.notes.append(f"Measured exchanges per round - {measured}.")
+    section.notes.append(
+        "Each round opens a fresh database; a warm-up exchange per user (50 for one user) "
+        "spawns the actors first and is reported as 'cold start'. Ratios are taken per "
+        "round against that round's raw two-row transaction, then the median is printed. "
+        "A latency ratio is shown for one user only: with many users it measures queueing. "
+        "CPU per exchange: the whole process (all threads) and the event-loop thread alone "
+        "(with the 1 ms ticker). Loop CPU per exchange times the exchanges per commit is "
+        "the loop's own work per burst of replies; a stall far beyond that is time the loop "
+        "thread spent waiting (for the GIL), not working."
+    )
+    shaped = [
+        f"{s.label}: {fmt_ratio(section.stats[f'{s.key}.p50_shaped_ratio'].median)}"
+        for s in plan
+        if s.users == 1
+    ]
+    section.notes.append(
+        "p50 ÷ raw p50 of the engine's own transaction shape (2 events + projection rows): "
+        + "; ".join(shaped)
+        + "."
+    )
+    pragmas = section.facts.get("pragmas.full")
+    if pragmas:
+        section.notes.append(f"Engine connection at default durability: {pragmas}.")
+    return [reference, section]
+
+
+def _raw_key(durability: Durability, rows: int, shape: Shape = "events") -> str:
+    """The prefix of a raw reference's statistics, e.g. ``raw.full.2``."""
+    return f"raw.{durability}.{rows}" + ("" if shape == "events" else f".{shape}")
+
+
+def _record(
+    section: Section, scenario: Scenario, result: ScenarioRun, raw_rate: float, raw_p50: float
+) -> None:
+    key = scenario.key
+    p50 = percentile(result.latencies, 50) * 1000
+    p99 = percentile(result.latencies, 99) * 1000
+    section.stat(f"{key}.exchanges", "exchanges").add(result.exchanges)
+    section.stat(f"{key}.cpu", "ms").add(result.cpu_seconds / result.exchanges * 1000)
+    section.stat(f"{key}.loop_cpu", "ms").add(result.loop_cpu_seconds / result.exchanges * 1000)
+    section.stat(f"{key}.rate", "ex/s").add(result.rate)
+    section.stat(f"{key}.p50", "ms").add(p50)
+    section.stat(f"{key}.p99", "ms").add(p99)
+    section.stat(f"{key}.stall", "ms").add(result.stall * 1000)
+    section.stat(f"{key}.cold_p99", "ms").add(percentile(result.cold_latencies, 99) * 1000)
+    section.stat(f"{key}.cold_stall", "ms").add(result.cold_stall * 1000)
+    section.stat(f"{key}.run_stall", "ms").add(max(result.stall, result.cold_stall) * 1000)
+    section.stat(f"{key}.rate_ratio", "x").add(result.rate / raw_rate)
+    section.stat(f"{key}.p50_ratio", "x").add(p50 / raw_p50)
+    if result.transactions:
+        section.stat(f"{key}.per_commit", "ex/tx").add(result.exchanges / result.transactions)
+    if result.pragmas is not None:
+        journal, sync = result.pragmas
+        section.facts[f"pragmas.{scenario.durability}"] = (
+            f"journal_mode={journal}, synchronous={sync}"
+        )
+
+
+def _row(section: Section, scenario: Scenario) -> list[str]:
+    key = scenario.key
+    stats = section.stats
+    per_commit = stats.get(f"{key}.per_commit")
+    cold = (
+        f"{fmt_ms(stats[f'{key}.cold_p99'].median)} / {fmt_ms(stats[f'{key}.cold_stall'].median)}"
+    )
+    return [
+        scenario.label,
+        cell(stats[f"{key}.rate"], fmt_num),
+        cell(stats[f"{key}.p50"], fmt_ms),
+        cell(stats[f"{key}.p99"], fmt_ms),
+        "-" if per_commit is None else fmt_num(per_commit.median, 1),
+        f"{fmt_ms(stats[f'{key}.cpu'].median)} / {fmt_ms(stats[f'{key}.loop_cpu'].median)}",
+        cell(stats[f"{key}.stall"], fmt_ms),
+        cold,
+        cell(stats[f"{key}.rate_ratio"], fmt_ratio),
+        cell(stats[f"{key}.p50_ratio"], fmt_ratio) if scenario.users == 1 else "",
+    ]
