@@ -50,6 +50,7 @@ _WRITE_EPOCHS = itertools.count(1)
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]"], bool]
 NewMessages = Sequence[tuple[str, str, datetime | None]]
+Started = tuple[str, str, list[str]]
 
 
 class UserActor(pykka.ThreadingActor):
@@ -115,17 +116,23 @@ class UserActor(pykka.ThreadingActor):
         run by the owning process. With nothing ever written, the task ends at once.
         """
         observer = self._services.observer
+        owner = self._is_owner()
+        idle = owner and self._running is None
 
-        def request(user_log: UserLog | None) -> bool:
-            return user_log is not None and user_log.request_processing(task_id, trigger)
+        def request(user_log: UserLog | None) -> tuple[bool, Started | None]:
+            if user_log is None or not user_log.request_processing(task_id, trigger):
+                return False, None
+            return True, user_log.start_next() if idle else None
 
-        if not self._decide(request):
+        requested, started = self._decide(request)
+        if not requested:
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
             return True
-        if self._is_owner():
+        if started is not None:
+            self._run(started)
+        if owner:
             self._advance()
-            return True
-        return False
+        return owner
 
     def start_queued(self) -> None:
         """Start the next requested task if this process owns the user and none runs."""
@@ -319,7 +326,6 @@ class UserActor(pykka.ThreadingActor):
 
     def _advance(self) -> None:
         """Start requested tasks while this process owns the user and none runs."""
-        observer = self._services.observer
         while self._running is None and self._is_owner():
             try:
                 started = self._decide(lambda ul: None if ul is None else ul.start_next())
@@ -328,19 +334,24 @@ class UserActor(pykka.ThreadingActor):
                 return
             if started is None:
                 return
-            task_id, trigger, claimed = started
-            observer.task_scheduled(self.user_id, task_id, trigger, local=True)
-            observer.task_running(self.user_id, task_id, len(claimed))
-            if not claimed:
-                observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
-                continue
-            self._running = task_id
-            try:
-                batch = self._batch(task_id, claimed)
-            except Exception as error:
-                self.extraction_done(task_id, error)
-                return
-            self._services.workers.submit(batch, self._deliver_to_self(task_id))
+            self._run(started)
+
+    def _run(self, started: Started) -> None:
+        """Hand a started task's batch to the workers (or end it, if it claimed nothing)."""
+        observer = self._services.observer
+        task_id, trigger, claimed = started
+        observer.task_scheduled(self.user_id, task_id, trigger, local=True)
+        observer.task_running(self.user_id, task_id, len(claimed))
+        if not claimed:
+            observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
+            return
+        self._running = task_id
+        try:
+            batch = self._batch(task_id, claimed)
+        except Exception as error:
+            self.extraction_done(task_id, error)
+            return
+        self._services.workers.submit(batch, self._deliver_to_self(task_id))
 
     def _record_failure(self, task_id: str, error: str) -> None:
         """Return the task's messages to the buffer; if even that fails, recovery will."""
