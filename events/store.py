@@ -18,11 +18,11 @@ from typing import Any, Literal
 from uuid import UUID
 
 import sqlalchemy.exc
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol, Snapshot
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -101,6 +101,8 @@ class EventStore:
             engine.dispose()
         self.durability = durability
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
+        snapshot_store: Any = self._app.snapshots
+        self._snapshots = snapshot_store.recorder.events_record_cls.__table__
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
@@ -120,12 +122,43 @@ class EventStore:
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
-        try:
-            aggregate: Any = self._app.repository.get(user_log_id(user_id))
-        except AggregateNotFoundError:
+        log_id = user_log_id(user_id)
+        snapshots = self._snapshots
+        with self.engine.connect() as connection:
+            snapshot = connection.execute(
+                select(snapshots.c.originator_version, snapshots.c.topic, snapshots.c.state)
+                .where(snapshots.c.originator_id == log_id)
+                .order_by(snapshots.c.originator_version.desc())
+                .limit(1)
+            ).first()
+            after = None if snapshot is None else snapshot[0]
+            rows = self._select_events(connection, log_id, after, None)
+        aggregate: Any = None if snapshot is None else self._decode(log_id, snapshot).mutate(None)
+        for row in rows:
+            aggregate = self._decode(log_id, row).mutate(aggregate)
+        if aggregate is None:
             return None
         assert isinstance(aggregate, UserLog)
         return aggregate
+
+    def _select_events(
+        self, connection: Connection, log_id: UUID, after: int | None, upto: int | None
+    ) -> list[Any]:
+        events = self._events
+        query = select(events.c.originator_version, events.c.topic, events.c.state).where(
+            events.c.originator_id == log_id
+        )
+        if after is not None:
+            query = query.where(events.c.originator_version > after)
+        if upto is not None:
+            query = query.where(events.c.originator_version <= upto)
+        return list(connection.execute(query.order_by(events.c.originator_version)))
+
+    def _decode(self, log_id: UUID, row: Any) -> Any:
+        state = bytes(row[2]) if isinstance(row[2], memoryview) else row[2]
+        return self._app.mapper.to_domain_event(
+            StoredEvent(originator_id=log_id, originator_version=row[0], topic=row[1], state=state)
+        )
 
     def append(
         self,
@@ -155,11 +188,7 @@ class EventStore:
         try:
             with self._datastore.transaction(commit=True) as session:
                 connection = session.connection()
-                if not self.is_sqlite:
-                    # Commit order must equal id order for followers of the log.
-                    connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
-                result = connection.execute(self._insert_returning, rows)
-                ids = [row[0] for row in result]
+                ids = self._insert(connection, rows)
                 recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
                 if in_transaction is not None:
                     in_transaction(session, recorded)
@@ -169,12 +198,30 @@ class EventStore:
             raise StorageError(f"could not store {len(events)} events: {error}") from error
         return recorded
 
+    def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert event rows; returns their notification ids in the order of ``rows``."""
+        events = self._events
+        if self.is_sqlite:
+            # One executemany is far cheaper than INSERT ... RETURNING row by row; this
+            # transaction holds SQLite's write lock, so the new ids are the ones above.
+            before = connection.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar()
+            connection.execute(events.insert(), rows)
+            new = connection.execute(
+                select(events.c.id).where(events.c.id > before).order_by(events.c.id)
+            )
+            return [row[0] for row in new]
+        # Commit order must equal id order for followers of the log.
+        connection.execute(text(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE"))
+        return [row[0] for row in connection.execute(self._insert_returning, rows)]
+
     def events_of(
         self, user_id: str, *, after: int | None = None, upto: int | None = None
     ) -> list[DomainEventProtocol[Any]]:
         """The events of ``user_id``'s log with ``after < version <= upto``, in order."""
-        stored = self._app.recorder.select_events(user_log_id(user_id), gt=after, lte=upto)
-        return [self._app.mapper.to_domain_event(s) for s in stored]
+        log_id = user_log_id(user_id)
+        with self.engine.connect() as connection:
+            rows = self._select_events(connection, log_id, after, upto)
+        return [self._decode(log_id, row) for row in rows]
 
     def follow(self, after: int = 0, page_size: int = 1000) -> Iterator[list[Recorded]]:
         """Every event of every log after notification ``after``, in pages, in commit order."""
