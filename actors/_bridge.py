@@ -1,61 +1,95 @@
 """The asyncio bridge: pykka futures that resolve asyncio futures without blocking the loop.
 
 Awaiting a pykka future directly calls its blocking ``get()`` on the loop thread. Here the
-actor thread hands the result to the loop with ``call_soon_threadsafe`` instead, and a
-closed loop is caught on the actor thread (an exception there would kill the actor).
+actor side hands results to the loop through a :class:`LoopInbox` instead: one wake-up of
+the loop per burst of results (not one per result), in the order they were posted, and a
+closed loop is caught on the posting thread (an exception there would kill an actor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import sys
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pykka import ThreadingFuture
+from pykka import Future, Timeout
 
-__all__ = ["BridgedFuture", "resolve_threadsafe", "to_asyncio"]
+__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "resolve_threadsafe", "to_asyncio"]
 
 log = logging.getLogger("memvee.actors")
 
 T = TypeVar("T")
 
 
-class BridgedFuture(ThreadingFuture[T]):
-    """A pykka future that also runs callbacks once its value or exception is set."""
+class BridgedFuture(Future[T]):
+    """A light pykka future that runs callbacks once its value or exception is set.
+
+    Unlike pykka's ThreadingFuture it allocates no condition variable unless somebody
+    blocks in :meth:`get`, which on the hot path nobody does.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._callback_lock = threading.Lock()
-        self._callbacks: list[Callable[[BridgedFuture[T]], None]] | None = []
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+        self._exc_info: Any = None
+        self._event: threading.Event | None = None
+        self._callbacks: list[Callable[[BridgedFuture[T]], None]] = []
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._get_hook is not None:
+            return super().get(timeout=timeout)
+        with self._lock:
+            if not self._done and self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        if event is not None and not event.wait(timeout):
+            raise Timeout(f"{timeout} seconds")
+        if self._exc_info is not None:
+            _, value, traceback = self._exc_info
+            raise value.with_traceback(traceback)
+        return self._value
 
     def set(self, value: Any = None) -> None:
-        super().set(value)
-        self._run_callbacks()
+        self._settle(value, None)
 
     def set_exception(self, exc_info: Any = None) -> None:
-        super().set_exception(exc_info)
-        self._run_callbacks()
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        elif isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        self._settle(None, exc_info)
 
     def add_done_callback(self, callback: Callable[[BridgedFuture[T]], None]) -> None:
         """Run ``callback(self)`` when the future is set (at once if it already is)."""
-        with self._callback_lock:
-            if self._callbacks is not None:
+        with self._lock:
+            if not self._done:
                 self._callbacks.append(callback)
                 return
         callback(self)
 
     def outcome(self) -> tuple[bool, Any]:
         """``(True, value)`` or ``(False, exception)`` of a future that is already set."""
-        try:
-            return True, self.get(timeout=0)
-        except BaseException as error:
-            return False, error
+        if self._exc_info is not None:
+            return False, self._exc_info[1]
+        return True, self._value
 
-    def _run_callbacks(self) -> None:
-        with self._callback_lock:
-            callbacks, self._callbacks = self._callbacks or [], None
+    def _settle(self, value: Any, exc_info: Any) -> None:
+        with self._lock:
+            if self._done:
+                raise queue.Full
+            self._value, self._exc_info, self._done = value, exc_info, True
+            callbacks, self._callbacks = self._callbacks, []
+            event = self._event
+        if event is not None:
+            event.set()
         for callback in callbacks:
             try:
                 callback(self)
@@ -63,23 +97,72 @@ class BridgedFuture(ThreadingFuture[T]):
                 log.exception("a future callback failed")
 
 
+class LoopInbox:
+    """Runs callables on one event loop, posted from any thread, in posting order.
+
+    Posts that arrive while a drain is already scheduled ride along with it, so a burst
+    of results costs the loop one wake-up.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self._scheduled = False
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised."""
+        with self._lock:
+            self._pending.append((fn, args))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:
+            log.debug("event loop closed before a result could be delivered")
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        for fn, args in items:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("a callback posted to the event loop failed")
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox] = (
+    weakref.WeakKeyDictionary()
+)
+_inboxes_lock = threading.Lock()
+
+
+def inbox_of(loop: asyncio.AbstractEventLoop) -> LoopInbox:
+    """The one inbox of ``loop`` (one per loop keeps every post in a single order)."""
+    with _inboxes_lock:
+        inbox = _inboxes.get(loop)
+        if inbox is None:
+            inbox = _inboxes[loop] = LoopInbox(loop)
+        return inbox
+
+
+def _set(target: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if target.done():
+        return
+    if ok:
+        target.set_result(value)
+    else:
+        target.set_exception(value)
+
+
 def resolve_threadsafe(
     loop: asyncio.AbstractEventLoop, target: asyncio.Future[T], ok: bool, value: Any
 ) -> None:
-    """Set ``target`` on its loop from any thread; a closed loop is logged, not raised."""
-
-    def _set() -> None:
-        if target.done():
-            return
-        if ok:
-            target.set_result(value)
-        else:
-            target.set_exception(value)
-
-    try:
-        loop.call_soon_threadsafe(_set)
-    except RuntimeError:
-        log.debug("event loop closed before a result could be delivered")
+    """Set ``target`` on its loop from any thread, through the loop's inbox."""
+    inbox_of(loop).post(_set, target, ok, value)
 
 
 def to_asyncio(future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:

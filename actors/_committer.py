@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from events import ConflictError, EventStore, Recorded
 from projections import Projector
@@ -126,5 +126,5 @@ class GroupCommitter:
             return False
         return True
 
-    def _fold(self, session: Session, recorded: list[Recorded]) -> None:
-        self._projector.apply(session.connection(), recorded)
+    def _fold(self, connection: Connection, recorded: list[Recorded]) -> None:
+        self._projector.apply(connection, recorded)

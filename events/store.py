@@ -21,10 +21,9 @@ import sqlalchemy.exc
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import IntegrityError, StoredEvent
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy import event as sa_event
-from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
 
 from events.errors import ConflictError, StorageError
 from events.user_log import UserLog, user_log_id
@@ -32,6 +31,8 @@ from events.user_log import UserLog, user_log_id
 __all__ = ["Durability", "EventStore", "Recorded", "sqlite_url"]
 
 log = logging.getLogger("memvee.events")
+
+_NO_LIMIT = 2**62
 
 Durability = Literal["full", "normal"]
 """SQLite durability: ``full`` survives power loss (synchronous=FULL, the default);
@@ -102,7 +103,26 @@ class EventStore:
         self.durability = durability
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         snapshot_store: Any = self._app.snapshots
-        self._snapshots = snapshot_store.recorder.events_record_cls.__table__
+        snapshots = snapshot_store.recorder.events_record_cls.__table__
+        events = self._events
+        # Built once: SQLAlchemy then reuses their compiled form from its cache.
+        self._last_snapshot = (
+            select(snapshots.c.originator_version, snapshots.c.topic, snapshots.c.state)
+            .where(snapshots.c.originator_id == bindparam("log_id"))
+            .order_by(snapshots.c.originator_version.desc())
+            .limit(1)
+        )
+        self._log_events = (
+            select(events.c.originator_version, events.c.topic, events.c.state)
+            .where(
+                events.c.originator_id == bindparam("log_id"),
+                events.c.originator_version > bindparam("after"),
+                events.c.originator_version <= bindparam("upto"),
+            )
+            .order_by(events.c.originator_version)
+        )
+        self._insert_many = events.insert()
+        self._last_rowid = select(func.last_insert_rowid())
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
@@ -117,20 +137,21 @@ class EventStore:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A write transaction on the store's connection pool (and its SQLite write lock)."""
-        with self._datastore.transaction(commit=True) as session:
-            yield session.connection()
+        lock = self._datastore.write_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            if lock is not None:
+                lock.release()
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
         log_id = user_log_id(user_id)
-        snapshots = self._snapshots
         with self.engine.connect() as connection:
-            snapshot = connection.execute(
-                select(snapshots.c.originator_version, snapshots.c.topic, snapshots.c.state)
-                .where(snapshots.c.originator_id == log_id)
-                .order_by(snapshots.c.originator_version.desc())
-                .limit(1)
-            ).first()
+            snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
             after = None if snapshot is None else snapshot[0]
             rows = self._select_events(connection, log_id, after, None)
         aggregate: Any = None if snapshot is None else self._decode(log_id, snapshot).mutate(None)
@@ -144,15 +165,8 @@ class EventStore:
     def _select_events(
         self, connection: Connection, log_id: UUID, after: int | None, upto: int | None
     ) -> list[Any]:
-        events = self._events
-        query = select(events.c.originator_version, events.c.topic, events.c.state).where(
-            events.c.originator_id == log_id
-        )
-        if after is not None:
-            query = query.where(events.c.originator_version > after)
-        if upto is not None:
-            query = query.where(events.c.originator_version <= upto)
-        return list(connection.execute(query.order_by(events.c.originator_version)))
+        bounds = {"log_id": log_id, "after": after or 0, "upto": upto or _NO_LIMIT}
+        return list(connection.execute(self._log_events, bounds))
 
     def _decode(self, log_id: UUID, row: Any) -> Any:
         state = bytes(row[2]) if isinstance(row[2], memoryview) else row[2]
@@ -163,7 +177,7 @@ class EventStore:
     def append(
         self,
         batches: Sequence[Sequence[DomainEventProtocol[Any]]],
-        in_transaction: Callable[[Session, list[Recorded]], None] | None = None,
+        in_transaction: Callable[[Connection, list[Recorded]], None] | None = None,
     ) -> list[Recorded]:
         """Store the events of several logs in ONE transaction and return their positions.
 
@@ -186,12 +200,11 @@ class EventStore:
                 }
             )
         try:
-            with self._datastore.transaction(commit=True) as session:
-                connection = session.connection()
+            with self.transaction() as connection:
                 ids = self._insert(connection, rows)
                 recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
                 if in_transaction is not None:
-                    in_transaction(session, recorded)
+                    in_transaction(connection, recorded)
         except (IntegrityError, sqlalchemy.exc.IntegrityError) as error:
             raise ConflictError(f"a user log was appended to concurrently: {error}") from error
         except Exception as error:
@@ -202,14 +215,12 @@ class EventStore:
         """Insert event rows; returns their notification ids in the order of ``rows``."""
         events = self._events
         if self.is_sqlite:
-            # One executemany is far cheaper than INSERT ... RETURNING row by row; this
-            # transaction holds SQLite's write lock, so the new ids are the ones above.
-            before = connection.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar()
-            connection.execute(events.insert(), rows)
-            new = connection.execute(
-                select(events.c.id).where(events.c.id > before).order_by(events.c.id)
-            )
-            return [row[0] for row in new]
+            # One executemany is far cheaper than INSERT ... RETURNING row by row. From its
+            # first insert this transaction holds SQLite's write lock, so the new rows got
+            # consecutive ids ending at last_insert_rowid().
+            connection.execute(self._insert_many, rows)
+            last = int(connection.execute(self._last_rowid).scalar_one())
+            return list(range(last - len(rows) + 1, last + 1))
         # Commit order must equal id order for followers of the log.
         connection.execute(text(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE"))
         return [row[0] for row in connection.execute(self._insert_returning, rows)]

@@ -23,7 +23,7 @@ from uuid import uuid4
 
 from sqlalchemy import Connection
 
-from actors import Engine, EngineOptions, EngineSettings
+from actors import Engine, EngineOptions, EngineSettings, inbox_of
 from events import (
     Extractor,
     InvalidInputError,
@@ -445,10 +445,8 @@ class _LoopObserver:
         self._loop = memory._loop
 
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            log.debug("event loop closed; task update dropped")
+        # The same inbox as call results, so updates and results keep one order.
+        inbox_of(self._loop).post(fn, *args)
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
         self._post(self._memory._register, user_id, task_id, trigger, local)
