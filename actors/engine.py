@@ -20,7 +20,7 @@ from actors.directory import ActorDirectory
 from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor
-from projections import ProjectionReader, ProjectionTables, Projector, rebuild
+from projections import ProjectionReader, ProjectionTables, Projector, catch_up, rebuild
 
 __all__ = ["Engine", "EngineOptions"]
 
@@ -82,10 +82,12 @@ class Engine:
     def _catch_up(self) -> None:
         """Create the projection tables and fold whatever of the log they have not seen."""
         with self.store.transaction() as connection:
-            self.projector.create(connection)
-            position = self.projector.position(connection)
-        if position < self.store.max_position():
-            folded = rebuild(self.store, self.tables, resume=position > 0)
+            fresh = self.projector.create(connection)
+        if fresh and self.store.max_position() > 0:
+            folded = rebuild(self.store, self.tables)
+        else:
+            folded = catch_up(self.store, self.tables)
+        if folded:
             log.warning("projections were behind the log; folded %d events", folded)
 
     def recover(self) -> list[tuple[str, list[str]]]:
@@ -123,7 +125,7 @@ class Engine:
         if not live:
             return
         lost = leases.renew(live)
-        for user in lost:
+        for user in list(lost):
             if leases.try_acquire(user):
                 lost.discard(user)
         with self.store.engine.connect() as connection:

@@ -122,6 +122,19 @@ class EventStore:
             .order_by(events.c.originator_version)
         )
         self._insert_many = events.insert()
+        self._max_id = select(func.coalesce(func.max(events.c.id), 0))
+        self._notifications = (
+            select(
+                events.c.id,
+                events.c.originator_id,
+                events.c.originator_version,
+                events.c.topic,
+                events.c.state,
+            )
+            .where(events.c.id > bindparam("after"))
+            .order_by(events.c.id)
+            .limit(bindparam("limit"))
+        )
         self._last_rowid = select(func.last_insert_rowid())
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
@@ -213,7 +226,6 @@ class EventStore:
 
     def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert event rows; returns their notification ids in the order of ``rows``."""
-        events = self._events
         if self.is_sqlite:
             # One executemany is far cheaper than INSERT ... RETURNING row by row. From its
             # first insert this transaction holds SQLite's write lock, so the new rows got
@@ -222,7 +234,7 @@ class EventStore:
             last = int(connection.execute(self._last_rowid).scalar_one())
             return list(range(last - len(rows) + 1, last + 1))
         # Commit order must equal id order for followers of the log.
-        connection.execute(text(f"LOCK TABLE {events.name} IN EXCLUSIVE MODE"))
+        self.lock_writers(connection)
         return [row[0] for row in connection.execute(self._insert_returning, rows)]
 
     def events_of(
@@ -238,17 +250,29 @@ class EventStore:
         """Every event of every log after notification ``after``, in pages, in commit order."""
         position = after
         while True:
-            page = self._app.recorder.select_notifications(
-                position, page_size, inclusive_of_start=False
-            )
+            with self.engine.connect() as connection:
+                page = self.notifications(connection, after=position, limit=page_size)
             if not page:
                 return
-            yield [Recorded(n.id, self._app.mapper.to_domain_event(n)) for n in page]
-            position = page[-1].id
+            yield page
+            position = page[-1].notification_id
+
+    def notifications(self, connection: Connection, *, after: int, limit: int) -> list[Recorded]:
+        """Up to ``limit`` events of every log after notification ``after``, in order."""
+        rows = connection.execute(self._notifications, {"after": after, "limit": limit})
+        return [Recorded(row[0], self._decode(row[1], (row[2], row[3], row[4]))) for row in rows]
+
+    def lock_writers(self, connection: Connection) -> None:
+        """Hold off every other writer of the log until ``connection``'s transaction ends."""
+        if self.is_sqlite:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
 
     def max_position(self) -> int:
         """The id of the last committed notification (0 for an empty database)."""
-        return self._app.recorder.max_notification_id() or 0
+        with self.engine.connect() as connection:
+            return int(connection.execute(self._max_id).scalar_one())
 
     def take_snapshot(self, user_log: UserLog) -> None:
         """Store a snapshot of ``user_log`` at its (committed) version."""

@@ -7,7 +7,7 @@ Every table here is a projection: it can be dropped and rebuilt from the log
 from projections.models import BufferedMessage, KnowledgeEntry, Message, TaskRecord, UserSummary
 from projections.projector import Projector
 from projections.reader import ProjectionReader
-from projections.rebuild import Difference, dump, rebuild, verify
+from projections.rebuild import Difference, catch_up, dump, rebuild, verify
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Projector",
     "TaskRecord",
     "UserSummary",
+    "catch_up",
     "dump",
     "rebuild",
     "verify",

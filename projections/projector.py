@@ -46,11 +46,13 @@ class Projector:
             .values(position=bindparam("b_position"))
         )
 
-    def create(self, connection: Connection) -> None:
-        """Create the tables if they are missing."""
+    def create(self, connection: Connection) -> bool:
+        """Create the tables if they are missing; ``True`` if the position had to start at 0."""
         self.tables.metadata.create_all(connection)
-        if connection.execute(select(self.tables.position.c.name)).first() is None:
-            connection.execute(self.tables.position.insert(), {"name": _POSITION, "position": 0})
+        if connection.execute(select(self.tables.position.c.name)).first() is not None:
+            return False
+        connection.execute(self.tables.position.insert(), {"name": _POSITION, "position": 0})
+        return True
 
     def drop(self, connection: Connection) -> None:
         """Drop the tables (a rebuild starts from nothing)."""

@@ -17,7 +17,7 @@ from events import EventStore
 from projections.projector import Projector
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
-__all__ = ["Difference", "dump", "rebuild", "verify"]
+__all__ = ["Difference", "catch_up", "dump", "rebuild", "verify"]
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, last position of the log)."""
@@ -53,6 +53,25 @@ def rebuild(
         if progress is not None:
             progress(page[-1].notification_id, last)
     return folded
+
+
+def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = 2000) -> int:
+    """Fold the events the projections have not seen yet; safe while others write.
+
+    Each page is read and folded while every other writer is held off, so no event can
+    be folded twice even when other processes append (and fold) at the same time.
+    """
+    projector = Projector(tables)
+    folded = 0
+    while True:
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            position = projector.position(connection)
+            page = store.notifications(connection, after=position, limit=page_size)
+            if not page:
+                return folded
+            projector.apply(connection, page)
+        folded += len(page)
 
 
 def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
