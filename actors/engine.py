@@ -38,6 +38,7 @@ class EngineOptions:
     max_live_actors: int
     leases: bool
     lease_ttl: float
+    pool_size: int
     extraction_concurrency: int
     extraction_timeout: float
     commit_batch_max: int
@@ -48,7 +49,9 @@ class Engine:
 
     def __init__(self, options: EngineOptions, extractor: Extractor, observer: TaskObserver):
         self.options = options
-        self.store = EventStore(options.url, durability=options.durability)
+        self.store = EventStore(
+            options.url, durability=options.durability, pool_size=options.pool_size
+        )
         self.tables = ProjectionTables()
         self.projector = Projector(self.tables)
         self.reader = ProjectionReader(self.tables)

@@ -23,7 +23,8 @@ from eventsourcing.domain import DomainEventProtocol, Snapshot
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy import event as sa_event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
+from sqlalchemy.orm import sessionmaker
 
 from events.errors import ConflictError, StorageError
 from events.user_log import UserLog, user_log_id
@@ -45,6 +46,10 @@ class Recorded:
 
     notification_id: int
     event: DomainEventProtocol[Any]
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -78,16 +83,30 @@ class EventStore:
     ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self._app = _MemveeApplication(
-            env={
-                "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
-                "SQLALCHEMY_URL": url,
-                "CREATE_TABLE": "y",
-                "IS_SNAPSHOTTING_ENABLED": "y",
-            }
-        )
+        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        try:
+            self._app = _MemveeApplication(
+                env={
+                    "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
+                    "SQLALCHEMY_URL": url,
+                    "CREATE_TABLE": "y",
+                    "IS_SNAPSHOTTING_ENABLED": "y",
+                }
+            )
+        except Exception as error:
+            raise StorageError(
+                f"cannot open the event store at {self.safe_url}: {_first_line(error)}"
+            ) from error
         self._datastore: Any = getattr(self._app.recorder, "datastore")  # noqa: B009
         engine: Engine = self._datastore.engine
+        if not self.is_sqlite:
+            # A bounded pool that checks connections before use, shared with eventsourcing.
+            engine.dispose()
+            engine = create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self._datastore.engine = engine
+            self._datastore.session_maker = sessionmaker(bind=engine)
         if self.is_sqlite:
             synchronous = "FULL" if durability == "full" else "NORMAL"
 
@@ -139,7 +158,6 @@ class EventStore:
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
-        del pool_size  # reserved for server databases (the PostgreSQL issue)
 
     @property
     def engine(self) -> Engine:
@@ -221,7 +239,9 @@ class EventStore:
         except (IntegrityError, sqlalchemy.exc.IntegrityError) as error:
             raise ConflictError(f"a user log was appended to concurrently: {error}") from error
         except Exception as error:
-            raise StorageError(f"could not store {len(events)} events: {error}") from error
+            raise StorageError(
+                f"could not store {len(events)} events in {self.safe_url}: {_first_line(error)}"
+            ) from error
         return recorded
 
     def _insert(self, connection: Connection, rows: list[dict[str, Any]]) -> list[int]:

@@ -16,7 +16,8 @@ class MemoryConfig:
 
     ``leases`` gives each user one owning process through lease rows in the database (on
     by default for server databases, off for SQLite files); ``lease_ttl`` is how long a
-    dead owner keeps its users before another process takes them over.
+    dead owner keeps its users before another process takes them over. ``pool_size``
+    bounds the connections to a database server (twice that with overflow).
 
     ``durability="full"`` (the default) keeps every acknowledged message across a process
     kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a
@@ -39,6 +40,7 @@ class MemoryConfig:
     model: str | None = None
     leases: bool | None = None
     lease_ttl: float = 10.0
+    pool_size: int = 10
 
     def __post_init__(self) -> None:
         positive = {
@@ -50,6 +52,7 @@ class MemoryConfig:
             "idle_timeout": self.idle_timeout,
             "extraction_timeout": self.extraction_timeout,
             "lease_ttl": self.lease_ttl,
+            "pool_size": self.pool_size,
         }
         for name, value in positive.items():
             if value <= 0:

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from actors import Engine, EngineOptions, EngineSettings, inbox_of
 from events import (
@@ -30,6 +31,7 @@ from events import (
     MemoryClosedError,
     ProcessingError,
     ProcessingTimeoutError,
+    StorageError,
     UnknownTaskError,
     UserLog,
     check_message,
@@ -119,6 +121,7 @@ class Memory:
             max_live_actors=cfg.max_live_actors,
             leases=cfg.uses_leases,
             lease_ttl=cfg.lease_ttl,
+            pool_size=cfg.pool_size,
             extraction_concurrency=cfg.extraction_concurrency,
             extraction_timeout=cfg.extraction_timeout,
             commit_batch_max=cfg.commit_batch_max,
@@ -345,8 +348,13 @@ class Memory:
         engine, loop = self._running()
 
         def _run() -> T:
-            with engine.store.engine.connect() as connection:
-                return query(connection, engine.reader)
+            try:
+                with engine.store.engine.connect() as connection:
+                    return query(connection, engine.reader)
+            except SQLAlchemyError as error:
+                raise StorageError(
+                    f"cannot read from {engine.store.safe_url}: {str(error).splitlines()[0]}"
+                ) from error
 
         return await loop.run_in_executor(self._readers, _run)
 

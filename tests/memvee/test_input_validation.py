@@ -86,3 +86,12 @@ async def test_add_exchange_returns_the_committed_messages(memory: Memory) -> No
     assert user.message_id != assistant.message_id
     buffered = await memory.buffer("u")
     assert [m.message_id for m in buffered] == [user.message_id, assistant.message_id]
+
+
+async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_password() -> None:
+    from memvee import StorageError
+
+    url = "postgresql+psycopg://memvee:s3cret@127.0.0.1:1/memvee"
+    with pytest.raises(StorageError, match="cannot open the event store at") as raised:
+        await Memory(db_url=url).open()
+    assert "s3cret" not in str(raised.value)
