@@ -32,7 +32,7 @@ unit: install
 test: lint typecheck unit
 
 bench: install
-	$(BIN)/python -m bench
+	scripts/with-postgres.sh $(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache

@@ -103,9 +103,8 @@ class GroupCommitter:
                 self._failed_epochs[failed.log_id] = failed.epoch
                 failed.future.set_exception(error)
                 return
-            log.warning(
-                "group commit of %d logs failed (%s); retrying one by one", len(batch), error
-            )
+            level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
+            log.log(level, "a group commit of %d logs failed (%s); one by one", len(batch), error)
             for request in batch:
                 self._write([request])
             return

@@ -55,17 +55,17 @@ class Engine:
         self.tables = ProjectionTables()
         self.projector = Projector(self.tables)
         self.reader = ProjectionReader(self.tables)
+        self.leases = (
+            LeaseTable(self.store.engine, new_owner_id(), options.lease_ttl)
+            if options.leases
+            else None
+        )
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
-        )
-        self.leases = (
-            LeaseTable(self.store.engine, new_owner_id(), options.lease_ttl)
-            if options.leases
-            else None
         )
         self.services = SharedServices(
             self.store, self.committer, self.workers, observer, options.settings, self.leases
@@ -85,7 +85,11 @@ class Engine:
     def _catch_up(self) -> None:
         """Create the projection tables and fold whatever of the log they have not seen."""
         with self.store.transaction() as connection:
+            # Held off, so processes opening a new database at once do not race.
+            self.store.lock_writers(connection)
             fresh = self.projector.create(connection)
+            if self.leases is not None:
+                self.leases.create(connection)
         if fresh and self.store.max_position() > 0:
             folded = rebuild(self.store, self.tables)
         else:

@@ -59,8 +59,10 @@ class LeaseTable:
             Column("expires_at", Float, nullable=False),
         )
         self._dialect = engine.dialect.name
-        with engine.begin() as connection:
-            self.metadata.create_all(connection)
+
+    def create(self, connection: Connection) -> None:
+        """Create the lease table if it is missing (run it while writers are held off)."""
+        self.metadata.create_all(connection)
 
     def _now(self, connection: Connection) -> float:
         if self._dialect == "postgresql":

@@ -397,6 +397,8 @@ class UserActor(pykka.ThreadingActor):
         return self._owner
 
     def _user_log(self, *, create: bool) -> UserLog | None:
+        if self._owner is None:
+            self._is_owner()  # the first actor to touch a user claims it
         if not self._loaded:
             self._log = self._services.store.load(self.user_id)
             self._loaded = True

@@ -1,8 +1,10 @@
-"""``python -m bench``: run every section, print its table, then the targets; exit 0.
+"""``python -m bench [SECTION ...]``: run the sections, print their tables, then the targets.
 
-Sections run one after another in this process, except the RSS section, which starts its
-own subprocesses. Scratch databases live under ``.bench-tmp`` in the project and are
-deleted at the end, also when a section fails.
+Without arguments every section runs; naming sections (``python -m bench postgres``) runs
+only those, in the order given. Exit 0 once printed (2 for an unknown section name).
+Sections run one after another in this process, except the RSS and PostgreSQL sections,
+which start their own subprocesses. Scratch databases live under ``.bench-tmp`` in the
+project and are deleted at the end, also when a section fails.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import append, load, processing, rss
+from bench import append, load, postgres, processing, rss
 from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, progress
 from bench.report import make_console, print_section, print_targets
 
@@ -29,6 +31,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("load", load.run),
     ("processing", processing.run),
     ("rss", rss.run),
+    ("postgres", postgres.run),
 ]
 
 
@@ -60,9 +63,34 @@ def code_version() -> str:
     return f"commit {head}" + (" + uncommitted engine changes" if dirty else "")
 
 
-def main() -> int:
-    """Run the benchmark as configured by the environment; always returns 0 once printed."""
+def select_sections(names: list[str]) -> list[tuple[str, SectionRunner]]:
+    """The sections named (all of them when none is), or :class:`ValueError` for a typo."""
+    if not names:
+        return list(SECTIONS)
+    known = dict(SECTIONS)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [(name, known[name]) for name in dict.fromkeys(names)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sections named in ``argv`` (default: all) as the environment configures.
+
+    Returns 0 once printed, 2 for an unknown section name.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(
+            f"usage: python -m bench [SECTION ...]; sections: {', '.join(n for n, _ in SECTIONS)}"
+        )
+        return 0
+    try:
+        selected = select_sections(args)
+    except ValueError as error:
+        print(f"python -m bench: {error}", file=sys.stderr)
+        return 2
     cfg = BenchConfig.from_env()
     console = make_console()
     load1, load5, _ = os.getloadavg()
@@ -70,6 +98,7 @@ def main() -> int:
         f"[bold]memvee benchmark[/bold] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC - "
         f"{code_version()} - "
         f"{'QUICK mode' if cfg.quick else 'full mode'}, {cfg.rounds} rounds per measurement - "
+        f"sections: {', '.join(name for name, _ in selected)} - "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
         f"{os.cpu_count()} CPUs, load average {load1:.2f} / {load5:.2f} (1 / 5 min)"
     )
@@ -78,7 +107,7 @@ def main() -> int:
     workspace = Workspace()
     sections: list[Section] = []
     try:
-        for name, runner in SECTIONS:
+        for name, runner in selected:
             progress(f"section {name}")
             try:
                 produced = runner(cfg, workspace)

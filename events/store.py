@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class Recorded:
     event: DomainEventProtocol[Any]
 
 
+def _lost_a_creation_race(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "already exists" in text or "pg_type_typname_nsp_index" in text
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -84,19 +90,24 @@ class EventStore:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = make_url(url).render_as_string(hide_password=True)
-        try:
-            self._app = _MemveeApplication(
-                env={
-                    "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
-                    "SQLALCHEMY_URL": url,
-                    "CREATE_TABLE": "y",
-                    "IS_SNAPSHOTTING_ENABLED": "y",
-                }
-            )
-        except Exception as error:
-            raise StorageError(
-                f"cannot open the event store at {self.safe_url}: {_first_line(error)}"
-            ) from error
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
+            "SQLALCHEMY_URL": url,
+            "CREATE_TABLE": "y",
+            "IS_SNAPSHOTTING_ENABLED": "y",
+        }
+        for attempt in range(3):
+            try:
+                self._app = _MemveeApplication(env=env)
+                break
+            except Exception as error:
+                # Processes opening a new database at once race to create its tables.
+                if attempt < 2 and _lost_a_creation_race(error):
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                raise StorageError(
+                    f"cannot open the event store at {self.safe_url}: {_first_line(error)}"
+                ) from error
         self._datastore: Any = getattr(self._app.recorder, "datastore")  # noqa: B009
         engine: Engine = self._datastore.engine
         if not self.is_sqlite:
@@ -237,7 +248,9 @@ class EventStore:
                 if in_transaction is not None:
                     in_transaction(connection, recorded)
         except (IntegrityError, sqlalchemy.exc.IntegrityError) as error:
-            raise ConflictError(f"a user log was appended to concurrently: {error}") from error
+            raise ConflictError(
+                f"a user log was appended to concurrently: {_first_line(error)}"
+            ) from error
         except Exception as error:
             raise StorageError(
                 f"could not store {len(events)} events in {self.safe_url}: {_first_line(error)}"

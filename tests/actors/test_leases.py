@@ -1,0 +1,66 @@
+"""Leases: one owning process per user. A guest may append and ask for processing, but
+only the lease holder extracts; when the holder goes away, a guest takes the user over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memvee import Memory, MemoryConfig
+from tests.support.extractors import RecordingExtractor
+
+
+def _config(db_url: str, **extra: Any) -> MemoryConfig:
+    return MemoryConfig(db_url=db_url, leases=True, lease_ttl=0.6, **extra)
+
+
+async def test_only_the_lease_holder_extracts_and_a_guest_task_completes_through_it(
+    db_url: str,
+) -> None:
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        task = guest.process_async("u")
+        assert await task.wait() == 2
+        assert guest_extractor.batches == []
+        assert len(owner_extractor.batches) == 1
+        assert len(await guest.knowledge("u")) == 2
+        assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_guest_takes_the_user_over_when_the_owner_leaves(db_url: str) -> None:
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I love tea", "ok")
+        await owner.close()
+        assert await guest.process("u") == 2
+        assert len(guest_extractor.batches) == 1 and owner_extractor.batches == []
+    finally:
+        await guest.close()
+
+
+async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_url: str) -> None:
+    owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
+    config = _config(db_url, auto_process=True, batch_threshold=4)
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    guest = await Memory(config=config, extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        await guest.wait_for_processing("u", timeout=30)
+        await owner.wait_for_processing("u", timeout=30)
+        assert await owner.buffer("u") == []
+        assert guest_extractor.batches == []
+        sent = [m for b in owner_extractor.batches for m in b.messages]
+        assert len(sent) == len({m.message_id for m in sent}) == 4
+    finally:
+        await guest.close()
+        await owner.close()
