@@ -40,9 +40,11 @@ class Projector:
         self.tables = tables
         self._statements = Statements(tables)
         position = tables.position
+        # Monotonic: on a server, transactions of several processes may commit out of id
+        # order, and each folds its own events; the position only ever moves forward.
         self._move_position = (
             position.update()
-            .where(position.c.name == _POSITION)
+            .where(position.c.name == _POSITION, position.c.position < bindparam("b_position"))
             .values(position=bindparam("b_position"))
         )
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster for the tests: `up` installs PostgreSQL from the
 # distribution's packages when it is missing, starts a cluster in a temporary folder on a
-# free loopback port as the unprivileged `postgres` user, and writes its URL to .pg/url;
-# `down` stops it and removes the folder. Nothing listens beyond 127.0.0.1.
+# free loopback port as the unprivileged `postgres` user, and writes its URL to
+# $MEMVEE_PG_STATE/url (default .pg/url); `down` stops it and removes the folder. Each run
+# of scripts/with-postgres.sh uses a state folder of its own, so runs never clash.
+# Nothing listens beyond 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-state=.pg
+state=${MEMVEE_PG_STATE:-.pg}
 
 find_bin() {
   local dir

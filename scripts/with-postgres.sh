@@ -4,9 +4,11 @@
 # elsewhere, when it cannot be started, the command runs on SQLite alone.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+MEMVEE_PG_STATE=$(mktemp -d /tmp/memvee-pg-state.XXXXXX)
+export MEMVEE_PG_STATE
+trap 'scripts/postgres.sh down; rm -rf "$MEMVEE_PG_STATE"' EXIT
 if scripts/postgres.sh up; then
-  trap 'scripts/postgres.sh down' EXIT
-  MEMVEE_TEST_PG_URL=$(cat .pg/url)
+  MEMVEE_TEST_PG_URL=$(cat "$MEMVEE_PG_STATE/url")
   export MEMVEE_TEST_PG_URL
 elif [ "${CI:-}" = "true" ]; then
   echo "CI needs PostgreSQL and it could not be started" >&2
