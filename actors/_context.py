@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from actors._committer import GroupCommitter
+from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
 from actors.lease import LeaseTable
 from events import EventStore
@@ -50,4 +51,5 @@ class SharedServices:
     workers: ExtractionWorkers
     observer: TaskObserver
     settings: EngineSettings
+    dispatcher: Dispatcher
     leases: LeaseTable | None = None

@@ -15,6 +15,7 @@ import pykka
 
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver
+from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.lease import LeaseTable, new_owner_id
@@ -39,6 +40,7 @@ class EngineOptions:
     leases: bool
     lease_ttl: float
     pool_size: int
+    actor_threads: int
     extraction_concurrency: int
     extraction_timeout: float
     commit_batch_max: int
@@ -67,8 +69,15 @@ class Engine:
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
         )
+        self.dispatcher = Dispatcher(options.actor_threads)
         self.services = SharedServices(
-            self.store, self.committer, self.workers, observer, options.settings, self.leases
+            self.store,
+            self.committer,
+            self.workers,
+            observer,
+            options.settings,
+            self.dispatcher,
+            self.leases,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -157,6 +166,7 @@ class Engine:
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")
         self.directory.stop()
+        self.dispatcher.shutdown()
         self.workers.stop()
         self.committer.stop()
         if self.leases is not None:

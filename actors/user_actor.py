@@ -23,8 +23,8 @@ from uuid import uuid4
 
 import pykka
 
-from actors._bridge import BridgedFuture
 from actors._context import SharedServices
+from actors._dispatcher import PooledActor
 from actors._workers import Outcome
 from events import (
     BatchMessage,
@@ -53,11 +53,11 @@ NewMessages = Sequence[tuple[str, str, datetime | None]]
 Started = tuple[str, str, list[str]]
 
 
-class UserActor(pykka.ThreadingActor):
+class UserActor(PooledActor):
     """One user's actor; its public methods are called through a pykka proxy."""
 
     def __init__(self, user_id: str, services: SharedServices, retire: Retire) -> None:
-        super().__init__()
+        super().__init__(services.dispatcher)
         self.user_id = user_id
         self._services = services
         self._retire = retire
@@ -69,10 +69,6 @@ class UserActor(pykka.ThreadingActor):
         self._running: str | None = None
         self._owner: bool | None = None
         self._self_proxy: Any = None
-
-    @staticmethod
-    def _create_future() -> BridgedFuture[Any]:
-        return BridgedFuture()
 
     @property
     def _myself(self) -> Any:

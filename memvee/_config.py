@@ -17,7 +17,9 @@ class MemoryConfig:
     ``leases`` gives each user one owning process through lease rows in the database (on
     by default for server databases, off for SQLite files); ``lease_ttl`` is how long a
     dead owner keeps its users before another process takes them over. ``pool_size``
-    bounds the connections to a database server (twice that with overflow).
+    bounds the connections to a database server (twice that with overflow);
+    ``actor_threads`` is how many threads run the user actors (each actor runs on one of
+    them only while it has messages, one message at a time).
 
     ``durability="full"`` (the default) keeps every acknowledged message across a process
     kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a
@@ -41,6 +43,7 @@ class MemoryConfig:
     leases: bool | None = None
     lease_ttl: float = 10.0
     pool_size: int = 10
+    actor_threads: int = 8
 
     def __post_init__(self) -> None:
         positive = {
@@ -53,6 +56,7 @@ class MemoryConfig:
             "extraction_timeout": self.extraction_timeout,
             "lease_ttl": self.lease_ttl,
             "pool_size": self.pool_size,
+            "actor_threads": self.actor_threads,
         }
         for name, value in positive.items():
             if value <= 0:

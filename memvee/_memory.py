@@ -122,6 +122,7 @@ class Memory:
             leases=cfg.uses_leases,
             lease_ttl=cfg.lease_ttl,
             pool_size=cfg.pool_size,
+            actor_threads=cfg.actor_threads,
             extraction_concurrency=cfg.extraction_concurrency,
             extraction_timeout=cfg.extraction_timeout,
             commit_batch_max=cfg.commit_batch_max,

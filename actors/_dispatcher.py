@@ -1,0 +1,144 @@
+"""Pooled actors: many pykka actors run by a few threads, each actor one message at a time.
+
+A ``ThreadingActor`` is a thread: thousands of active users meant thousands of runnable
+threads fighting over the GIL, stalling the event loop, and a thread start (about a
+millisecond) per spawn. A :class:`PooledActor` keeps pykka's actor model (refs, proxies,
+futures, ordered inbox, one message at a time) but borrows a thread from a
+:class:`Dispatcher` only while it has messages, like dispatchers in Akka or Orleans.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pykka
+from pykka import ActorRegistry
+
+from actors._bridge import BridgedFuture
+
+__all__ = ["Dispatcher", "PooledActor"]
+
+log = logging.getLogger("memvee.actors")
+
+_TURN = 64
+"""Messages an actor handles before it lets the other actors have the thread."""
+
+
+class Dispatcher:
+    """The threads that run pooled actors."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="memvee-actor")
+
+    def schedule(self, turn: Any) -> None:
+        """Run ``turn()`` on one of the threads."""
+        self._pool.submit(turn)
+
+    def shutdown(self) -> None:
+        """Finish the turns already scheduled, then stop the threads."""
+        self._pool.shutdown(wait=True)
+
+
+class _Inbox:
+    """A pooled actor's inbox: putting a message schedules the actor if it is idle."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()
+        self._scheduled = False
+        self.actor: PooledActor | None = None
+
+    def put(self, envelope: Any, /) -> None:
+        with self._lock:
+            self._items.append(envelope)
+            if self._scheduled or self.actor is None:
+                return
+            self._scheduled = True
+        self.actor._schedule()
+
+    def get(self) -> Any:
+        with self._lock:
+            return self._items.popleft()
+
+    def empty(self) -> bool:
+        with self._lock:
+            return not self._items
+
+    def take(self) -> Any | None:
+        """The next message, or ``None`` (and the actor is idle until the next put)."""
+        with self._lock:
+            if self._items:
+                return self._items.popleft()
+            self._scheduled = False
+            return None
+
+    def start(self, actor: PooledActor) -> None:
+        with self._lock:
+            self.actor = actor
+            if not self._items or self._scheduled:
+                return
+            self._scheduled = True
+        actor._schedule()
+
+
+class PooledActor(pykka.Actor):
+    """A pykka actor that runs on a :class:`Dispatcher` instead of a thread of its own."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        super().__init__()
+        self._dispatcher = dispatcher
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:
+        return _Inbox()
+
+    @staticmethod
+    def _create_future() -> BridgedFuture[Any]:
+        return BridgedFuture()
+
+    def _start_actor_loop(self) -> None:
+        self._actor_loop_setup()
+        inbox: _Inbox = self.actor_inbox  # type: ignore[assignment]
+        inbox.start(self)
+
+    def _schedule(self) -> None:
+        self._dispatcher.schedule(self._turn)
+
+    def _turn(self) -> None:
+        inbox: _Inbox = self.actor_inbox  # type: ignore[assignment]
+        for _ in range(_TURN):
+            if self.actor_stopped.is_set():
+                self._actor_loop_teardown()
+                inbox.take()
+                return
+            envelope = inbox.take()
+            if envelope is None:
+                return
+            self._handle_envelope(envelope)
+        self._schedule()
+
+    def _handle_envelope(self, envelope: Any) -> None:
+        """One message, handled as pykka's own actor loop handles it."""
+        try:
+            response = self._handle_receive(envelope.message)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+        except Exception:
+            if envelope.reply_to is not None:
+                log.debug("exception returned from %s to its caller", self, exc_info=True)
+                envelope.reply_to.set_exception()
+            else:
+                self._handle_failure(*sys.exc_info())
+                try:
+                    self.on_failure(*sys.exc_info())
+                except Exception:
+                    self._handle_failure(*sys.exc_info())
+        except BaseException:
+            log.debug("%r in %s; stopping all actors", sys.exc_info()[1], self)
+            self._stop()
+            ActorRegistry.stop_all()
