@@ -26,6 +26,8 @@ log = logging.getLogger("memvee.actors")
 
 T = TypeVar("T")
 
+_DRAIN_SLICE = 32
+
 
 class BridgedFuture(Future[T]):
     """A light pykka future that runs callbacks once its value or exception is set.
@@ -123,10 +125,15 @@ class LoopInbox:
             log.debug("event loop closed before a result could be delivered")
 
     def _drain(self) -> None:
+        # A bounded slice per loop iteration, so a burst of results cannot hold the loop
+        # (timers, other tasks) for long; the rest runs in the next iterations.
         with self._lock:
-            items = list(self._pending)
-            self._pending.clear()
-            self._scheduled = False
+            count = min(len(self._pending), _DRAIN_SLICE)
+            items = [self._pending.popleft() for _ in range(count)]
+            more = bool(self._pending)
+            self._scheduled = more
+        if more:
+            self._loop.call_soon(self._drain)
         for fn, args in items:
             try:
                 fn(*args)

@@ -27,7 +27,7 @@ __all__ = ["ActorDirectory"]
 
 log = logging.getLogger("memvee.actors")
 
-Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]"], bool]], "pykka.ActorRef[Any]"]
+Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]", bool], bool]], "pykka.ActorRef[Any]"]
 
 
 class _PendingCall:
@@ -69,6 +69,15 @@ class _Entry:
     ref: pykka.ActorRef[Any]
     proxy: Any
     last_used: float
+    asked_to_stop: bool = False
+
+    def ask_to_stop(self) -> None:
+        """Send one passivation request; never another before the actor answers it."""
+        if self.asked_to_stop:
+            return
+        self.asked_to_stop = True
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.proxy.passivate()
 
 
 class ActorDirectory:
@@ -129,8 +138,7 @@ class ActorDirectory:
         excess = len(self._actors) - self.max_live
         if excess > 0:
             for old in itertools.islice(self._actors.values(), excess):
-                with contextlib.suppress(pykka.ActorDeadError):
-                    old.proxy.passivate()
+                old.ask_to_stop()
 
     def call_async(
         self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any
@@ -204,13 +212,15 @@ class ActorDirectory:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def retire(self, user_id: str, ref: pykka.ActorRef[Any]) -> bool:
-        """Called by an idle actor: remove it unless a message is on its way to it."""
+    def retire(self, user_id: str, ref: pykka.ActorRef[Any], busy: bool) -> bool:
+        """An actor answers a passivation request: remove it unless it is ``busy`` or a
+        message is on its way to it. Returns whether the actor must stop."""
         with self._lock:
             entry = self._actors.get(user_id)
             if entry is None or entry.ref is not ref:
-                return True
-            if not ref.actor_inbox.empty():
+                return not busy
+            entry.asked_to_stop = False
+            if busy or not ref.actor_inbox.empty():
                 return False
             del self._actors[user_id]
             self.retired += 1
@@ -227,8 +237,7 @@ class ActorDirectory:
                 seen = {id(e) for e in candidates}
                 candidates += [e for e in list(self._actors.values())[:excess] if id(e) not in seen]
             for entry in candidates:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    entry.proxy.passivate()
+                entry.ask_to_stop()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every actor after it has handled the messages already sent to it."""

@@ -48,7 +48,7 @@ _WRITE_EPOCHS = itertools.count(1)
 """Every (re)load of a log in this process gets a fresh, higher write epoch."""
 
 T = TypeVar("T")
-Retire = Callable[[str, "pykka.ActorRef[Any]"], bool]
+Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
 NewMessages = Sequence[tuple[str, str, datetime | None]]
 Started = tuple[str, str, list[str]]
 
@@ -228,11 +228,10 @@ class UserActor(PooledActor):
 
     def passivate(self) -> bool:
         """Stop this actor if it is idle and nobody has a message on its way to it."""
-        if self._running is not None:
-            return False
-        if self._owner and self._log is not None and self._log.requested:
-            return False
-        if not self._retire(self.user_id, self.actor_ref):
+        busy = self._running is not None or bool(
+            self._owner and self._log is not None and self._log.requested
+        )
+        if not self._retire(self.user_id, self.actor_ref, busy):
             return False
         self.stop()
         return True
