@@ -1,7 +1,7 @@
 """pykka actors: one per user, the directory that spawns and passivates them, the
 extraction workers, the group committer and the asyncio bridge."""
 
-from actors._bridge import BridgedFuture, inbox_of, to_asyncio
+from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
@@ -17,5 +17,4 @@ __all__ = [
     "TaskObserver",
     "UserActor",
     "inbox_of",
-    "to_asyncio",
 ]

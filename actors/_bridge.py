@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pykka import Future, Timeout
 
-__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "resolve_threadsafe", "to_asyncio"]
+__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "resolve_threadsafe"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -170,12 +170,3 @@ def resolve_threadsafe(
 ) -> None:
     """Set ``target`` on its loop from any thread, through the loop's inbox."""
     inbox_of(loop).post(_set, target, ok, value)
-
-
-def to_asyncio(future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-    """An asyncio future on ``loop`` that follows the pykka ``future``."""
-    target: asyncio.Future[Any] = loop.create_future()
-    if not isinstance(future, BridgedFuture):
-        raise TypeError(f"expected a BridgedFuture, got {type(future).__name__}")
-    future.add_done_callback(lambda f: resolve_threadsafe(loop, target, *f.outcome()))
-    return target

@@ -131,12 +131,3 @@ class LeaseTable:
         t = self.table
         with self.engine.begin() as connection:
             connection.execute(delete(t).where(t.c.owner == self.owner))
-
-    def holder(self, user_id: str) -> str | None:
-        """Who holds the user's lease now (expired or not), or ``None``."""
-        t = self.table
-        with self.engine.connect() as connection:
-            found = connection.execute(
-                select(t.c.owner).where(t.c.log_id == str(user_log_id(user_id)))
-            ).scalar()
-        return None if found is None else str(found)

@@ -183,10 +183,6 @@ class UserActor(PooledActor):
         elif was and not owner:
             log.warning("user %r: the lease was lost; processing stops here", self.user_id)
 
-    def owns(self) -> bool:
-        """Whether this actor owns its user (holds the lease, or leases are off)."""
-        return bool(self._owner)
-
     def shutdown(self, reason: str) -> None:
         """As the owner, end requested and running tasks as FAILED with ``reason``."""
         if not self._owner:

@@ -133,16 +133,6 @@ class ProjectionReader:
         row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
         return None if row is None else _summary(row)
 
-    def users(
-        self, connection: Connection, *, limit: int = 100, after: str = ""
-    ) -> list[UserSummary]:
-        """A page of users ordered by user id, starting after ``after``."""
-        u = self.tables.users
-        rows = connection.execute(
-            select(u).where(u.c.user_id > after).order_by(u.c.user_id).limit(limit)
-        ).mappings()
-        return [_summary(r) for r in rows]
-
 
 def _log(user_id: str) -> str:
     return str(user_log_id(user_id))
