@@ -102,24 +102,34 @@ class ActorDirectory:
     def call(self, user_id: str, method: str, *args: Any) -> BridgedFuture[Any]:
         """Call ``method(*args)`` on the user's actor (spawning it if needed).
 
-        Spawning (a thread start) happens outside the lock, so a spawn never holds up
-        calls to other users' actors.
+        Spawning (building the actor and its proxy) happens outside the lock, so a spawn
+        never holds up calls to other users' actors.
         """
         while True:
             with self._lock:
-                if self._stopped.is_set():
-                    raise RuntimeError("the actor directory is stopped")
-                entry = self._actors.get(user_id)
+                entry = self._touch(user_id)
                 if entry is not None:
-                    self._actors.move_to_end(user_id)
-                    entry.last_used = time.monotonic()
                     try:
                         future: BridgedFuture[Any] = getattr(entry.proxy, method)(*args)
                         return future
                     except pykka.ActorDeadError:
-                        log.warning("the actor of user %r had died; starting a new one", user_id)
-                        del self._actors[user_id]
+                        self._forget_dead(user_id)
             self._spawn_entry(user_id)
+
+    def _touch(self, user_id: str) -> _Entry | None:
+        """The user's live actor, marked as just used (lock held)."""
+        if self._stopped.is_set():
+            raise RuntimeError("the actor directory is stopped")
+        entry = self._actors.get(user_id)
+        if entry is not None:
+            self._actors.move_to_end(user_id)
+            entry.last_used = time.monotonic()
+        return entry
+
+    def _forget_dead(self, user_id: str) -> None:
+        """Drop an actor that died on its own (lock held); the next call spawns anew."""
+        log.warning("the actor of user %r had died; starting a new one", user_id)
+        del self._actors[user_id]
 
     def _spawn_entry(self, user_id: str) -> None:
         """Start an actor for ``user_id`` and register it, unless another call won."""
@@ -151,17 +161,13 @@ class ActorDirectory:
         target: asyncio.Future[Any] = loop.create_future()
         call = _PendingCall(method, args, loop, target)
         with self._lock:
-            if self._stopped.is_set():
-                raise RuntimeError("the actor directory is stopped")
-            entry = self._actors.get(user_id)
+            entry = self._touch(user_id)
             if entry is not None:
-                self._actors.move_to_end(user_id)
-                entry.last_used = time.monotonic()
                 try:
                     call.send(entry.proxy)
                     return target
                 except pykka.ActorDeadError:
-                    del self._actors[user_id]
+                    self._forget_dead(user_id)
             waiting = self._spawning.get(user_id)
             if waiting is not None:
                 waiting.append(call)
