@@ -1,8 +1,17 @@
-"""The ``memvee`` command line: rebuild and verify the projections of a database."""
+"""The ``memvee`` command line: read the log, replay state, rebuild and verify projections.
+
+Every command takes ``--db PATH`` or ``--db-url URL``; the reading commands print tables
+for people and ``--json`` for scripts. Exit codes: 0 ok, 1 drift found (``verify``),
+2 bad input.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import dataclasses
+import itertools
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -10,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from events import EventStore, sqlite_url
+from memvee.audit import Audit
 from projections import rebuild as rebuild_projections
 from projections import verify as verify_projections
 
@@ -70,6 +80,154 @@ def verify(db: DbOption = "memvee.db", db_url: DbUrlOption = None) -> None:
         table.add_row(d.table, repr(d.live), repr(d.rebuilt))
     console.print(table)
     raise typer.Exit(code=1)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str, indent=2))
+
+
+def _bad_input(error: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {error}")
+    return typer.Exit(code=2)
+
+
+@app.command("log")
+def log_(
+    user: Annotated[str, typer.Argument(help="The user whose log to print.")],
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only events of this type (repeatable).")
+    ] = None,
+    from_version: Annotated[int | None, typer.Option(help="First version.")] = None,
+    to_version: Annotated[int | None, typer.Option(help="Last version.")] = None,
+    limit: Annotated[int, typer.Option(help="Print at most this many events.")] = 200,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """A user's event log, in order: version, time, event type and payload."""
+    with Audit(db, db_url) as audit:
+        try:
+            events = list(
+                itertools.islice(
+                    audit.log(
+                        user,
+                        types=event_type or (),
+                        from_version=from_version,
+                        to_version=to_version,
+                    ),
+                    limit,
+                )
+            )
+        except ValueError as error:
+            raise _bad_input(error) from error
+    if as_json:
+        _print_json([dataclasses.asdict(e) for e in events])
+        return
+    table = Table("v", "recorded", "event", "payload", title=f"event log of {user!r}")
+    for e in events:
+        payload = json.dumps(e.payload, default=str)
+        table.add_row(str(e.version), f"{e.recorded_at:%Y-%m-%d %H:%M:%S}", e.type, payload[:120])
+    console.print(table)
+
+
+@app.command()
+def state(
+    user: Annotated[str, typer.Argument(help="The user whose state to replay.")],
+    at: Annotated[
+        str | None, typer.Option(help="A log version, or an ISO time (UTC if no zone).")
+    ] = None,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
+    version, moment = _point(at)
+    with Audit(db, db_url) as audit:
+        try:
+            replayed = audit.state(user, version=version, at=moment)
+        except ValueError as error:
+            raise _bad_input(error) from error
+    if as_json:
+        _print_json(dataclasses.asdict(replayed))
+        return
+    console.print(f"state of {user!r} at version {replayed.version}")
+    tasks = Table("task", "trigger", "status", "messages", "entries", "error", title="tasks")
+    for t in replayed.tasks:
+        tasks.add_row(
+            t.task_id[:8],
+            t.trigger,
+            t.status,
+            str(len(t.message_ids)),
+            str(t.knowledge_count),
+            t.error or "",
+        )
+    knowledge = Table("entry", "text", "from messages", title="knowledge")
+    for k in replayed.knowledge:
+        knowledge.add_row(k.entry_id[:8], k.text, ", ".join(m[:8] for m in k.source_message_ids))
+    buffered = Table("#", "role", "content", "task", title="buffer")
+    for m in replayed.buffer:
+        buffered.add_row(str(m.seq), m.role, m.content[:80], (m.task_id or "")[:8])
+    console.print(tasks, knowledge, buffered)
+
+
+@app.command()
+def users(
+    after: Annotated[str, typer.Option(help="Start after this user id.")] = "",
+    limit: Annotated[int, typer.Option(help="Users per page.")] = 100,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """The users of the memory, with their counters, in user-id order."""
+    with Audit(db, db_url) as audit:
+        page = audit.users(after=after, limit=limit)
+    if as_json:
+        _print_json([dataclasses.asdict(u) for u in page])
+        return
+    table = Table("user", "version", "messages", "buffered", "knowledge", "tasks ok", "failed")
+    for u in page:
+        table.add_row(
+            u.user_id,
+            str(u.version),
+            str(u.message_count),
+            str(u.buffered_count),
+            str(u.knowledge_count),
+            str(u.tasks_completed),
+            str(u.tasks_failed),
+        )
+    console.print(table)
+
+
+@app.command()
+def stats(
+    as_json: JsonOption = False, db: DbOption = "memvee.db", db_url: DbUrlOption = None
+) -> None:
+    """Totals of the memory: events, users, messages, knowledge and tasks by status."""
+    with Audit(db, db_url) as audit:
+        totals = audit.stats()
+    if as_json:
+        _print_json(totals)
+        return
+    table = Table("what", "count", title="memvee stats")
+    for name, count in totals.items():
+        table.add_row(name.replace("_", " "), f"{count:,}")
+    console.print(table)
+
+
+def _point(at: str | None) -> tuple[int | None, datetime | None]:
+    """``--at`` as a version (an integer) or a time (ISO 8601; UTC when no zone is given)."""
+    if at is None:
+        return None, None
+    if at.isdigit():
+        return int(at), None
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError as error:
+        raise _bad_input(ValueError(f"--at {at!r} is neither a version nor an ISO time")) from error
+    return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from projections.models import BufferedMessage, KnowledgeEntry, Message, TaskRec
 from projections.projector import Projector
 from projections.reader import ProjectionReader
 from projections.rebuild import Difference, catch_up, dump, rebuild, verify
+from projections.replay import UserState, state_at
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
 __all__ = [
@@ -20,9 +21,11 @@ __all__ = [
     "ProjectionTables",
     "Projector",
     "TaskRecord",
+    "UserState",
     "UserSummary",
     "catch_up",
     "dump",
     "rebuild",
+    "state_at",
     "verify",
 ]

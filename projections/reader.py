@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
@@ -32,7 +33,7 @@ class ProjectionReader:
                 text=r["text"],
                 task_id=r["task_id"],
                 source_message_ids=tuple(r["source_message_ids"]),
-                extracted_at=r["extracted_at"],
+                extracted_at=_aware(r["extracted_at"]),
                 extractor=r["extractor"],
                 model=r["model"],
             )
@@ -52,7 +53,7 @@ class ProjectionReader:
                 seq=r["seq"],
                 role=r["role"],
                 content=r["content"],
-                sent_at=r["sent_at"],
+                sent_at=_aware(r["sent_at"]),
                 task_id=r["task_id"],
             )
             for r in rows
@@ -127,11 +128,53 @@ class ProjectionReader:
         ).mappings()
         return [_task(r["user_id"], r) for r in rows]
 
+    def users(
+        self, connection: Connection, *, after: str = "", limit: int = 100
+    ) -> list[UserSummary]:
+        """A page of users in user-id order, starting after ``after``."""
+        u = self.tables.users
+        rows = connection.execute(
+            select(u).where(u.c.user_id > after).order_by(u.c.user_id).limit(limit)
+        ).mappings()
+        return [_summary(r) for r in rows]
+
+    def totals(self, connection: Connection) -> dict[str, int]:
+        """Counts across every user: users, messages, buffered, knowledge, tasks by status."""
+        u, t = self.tables.users, self.tables.tasks
+        users, messages, buffered, knowledge = connection.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(u.c.message_count), 0),
+                func.coalesce(func.sum(u.c.buffered_count), 0),
+                func.coalesce(func.sum(u.c.knowledge_count), 0),
+            ).select_from(u)
+        ).one()
+        totals = {
+            "users": int(users),
+            "messages": int(messages),
+            "buffered": int(buffered),
+            "knowledge": int(knowledge),
+        }
+        for status, count in connection.execute(
+            select(t.c.status, func.count()).group_by(t.c.status)
+        ):
+            totals[f"tasks_{str(status).lower()}"] = int(count)
+        return totals
+
     def user(self, connection: Connection, user_id: str) -> UserSummary | None:
         """The counters of one user, or ``None`` for a user never written."""
         u = self.tables.users
         row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
         return None if row is None else _summary(row)
+
+
+def _aware(stamp: datetime) -> datetime:
+    """SQLite gives back naive datetimes; every time memvee stores is UTC."""
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _maybe_aware(stamp: datetime | None) -> datetime | None:
+    return None if stamp is None else _aware(stamp)
 
 
 def _log(user_id: str) -> str:
@@ -147,9 +190,9 @@ def _task(user_id: str, r: Any) -> TaskRecord:
         message_ids=tuple(r["message_ids"]),
         knowledge_count=r["knowledge_count"],
         error=r["error"],
-        requested_at=r["requested_at"],
-        started_at=r["started_at"],
-        finished_at=r["finished_at"],
+        requested_at=_aware(r["requested_at"]),
+        started_at=_maybe_aware(r["started_at"]),
+        finished_at=_maybe_aware(r["finished_at"]),
     )
 
 
@@ -162,5 +205,5 @@ def _summary(r: Any) -> UserSummary:
         knowledge_count=r["knowledge_count"],
         tasks_completed=r["tasks_completed"],
         tasks_failed=r["tasks_failed"],
-        updated_at=r["updated_at"],
+        updated_at=_aware(r["updated_at"]),
     )
