@@ -142,22 +142,29 @@ class UserActor(PooledActor):
         """
         if not self._is_owner():
             return []
-        closed: list[str] = []
+        task_id = str(uuid4())
 
-        def close(user_log: UserLog | None) -> list[str]:
+        def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
+            # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
-                return []
+                return [], False
             stale = [t for t in user_log.open_tasks if t != self._running]
-            return user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
-
-        closed = self._decide(close)
-        for task_id in closed:
-            log.warning("user %r: task %s %s", self.user_id, task_id, INTERRUPTED_BY_CRASH)
-            self._services.observer.task_finished(
-                self.user_id, task_id, "FAILED", 0, INTERRUPTED_BY_CRASH
+            closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
+            requested = (
+                auto_threshold is not None
+                and len(user_log.pending) >= auto_threshold
+                and user_log.request_processing(task_id, "recovery")
             )
-        if auto_threshold is not None:
-            self._request_auto("recovery", auto_threshold)
+            return closed, requested
+
+        closed, requested = self._decide(close_and_request)
+        for closed_id in closed:
+            log.warning("user %r: task %s %s", self.user_id, closed_id, INTERRUPTED_BY_CRASH)
+            self._services.observer.task_finished(
+                self.user_id, closed_id, "FAILED", 0, INTERRUPTED_BY_CRASH
+            )
+        if requested:
+            self._services.observer.task_scheduled(self.user_id, task_id, "recovery", local=True)
         self._advance()
         return closed
 
@@ -301,19 +308,6 @@ class UserActor(PooledActor):
         if epoch == self._epoch:
             log.info("user %r: a write failed; reloading the log from the store", self.user_id)
             self._forget_log()
-
-    def _request_auto(self, trigger: str, threshold: int) -> None:
-        task_id = str(uuid4())
-
-        def request(user_log: UserLog | None) -> bool:
-            return (
-                user_log is not None
-                and len(user_log.pending) >= threshold
-                and user_log.request_processing(task_id, trigger)
-            )
-
-        if self._decide(request):
-            self._services.observer.task_scheduled(self.user_id, task_id, trigger, local=True)
 
     def _advance(self) -> None:
         """Start requested tasks while this process owns the user and none runs."""

@@ -8,6 +8,7 @@ transaction, reads a log's events back, and follows the whole notification log i
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -277,6 +278,31 @@ class EventStore:
         with self.engine.connect() as connection:
             rows = self._select_events(connection, log_id, after, upto)
         return [self._decode(log_id, row) for row in rows]
+
+    def stored_events_of(self, user_id: str, page_size: int = 1000) -> Iterator[StoredEvent]:
+        """The user's events as stored (topic and serialized state), oldest first, in pages."""
+        log_id = user_log_id(user_id)
+        after = 0
+        while True:
+            with self.engine.connect() as connection:
+                rows = self._select_events(connection, log_id, after, after + page_size)
+            if not rows:
+                return
+            for row in rows:
+                state = bytes(row[2]) if isinstance(row[2], memoryview) else row[2]
+                yield StoredEvent(log_id, row[0], row[1], state)
+            after = rows[-1][0]
+
+    def decode_exported(
+        self, user_id: str, version: int, topic: str, state: dict[str, Any]
+    ) -> DomainEventProtocol[Any]:
+        """An event of an export (see ``stored_events_of``) as a domain event of this store."""
+        if not topic.startswith("events.user_log:UserLog."):
+            raise ValueError(f"unknown event topic {topic!r}")
+        stored = StoredEvent(
+            user_log_id(user_id), int(version), topic, json.dumps(state).encode("utf-8")
+        )
+        return self._app.mapper.to_domain_event(stored)
 
     def follow(self, after: int = 0, page_size: int = 1000) -> Iterator[list[Recorded]]:
         """Every event of every log after notification ``after``, in pages, in commit order."""

@@ -7,16 +7,24 @@ database no Memory has open, or beside one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from events import EventStore, InvalidInputError, check_user_id, sqlite_url
-from projections import ProjectionReader, ProjectionTables, UserState, UserSummary, state_at
+from events import EventStore, InvalidInputError, UserLog, check_user_id, sqlite_url
+from projections import (
+    ProjectionReader,
+    ProjectionTables,
+    Projector,
+    UserState,
+    UserSummary,
+    state_at,
+)
 
-__all__ = ["Audit", "LoggedEvent"]
+__all__ = ["Audit", "LoggedEvent", "Provenance", "SourceMessage"]
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -29,6 +37,37 @@ class LoggedEvent:
     recorded_at: datetime
     type: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """A message a knowledge entry came from, with its text."""
+
+    message_id: str
+    seq: int
+    role: str
+    content: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """How a knowledge entry came to be: its words, its task and batch, its extractor."""
+
+    entry_id: str
+    user_id: str
+    text: str
+    messages: list[SourceMessage]
+    task_id: str
+    trigger: str
+    batch: list[str]
+    extractor: str
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    extracted_at: datetime
+    version: int
+    replaced_by: list[str]
 
 
 class Audit:
@@ -94,6 +133,95 @@ class Audit:
         if version is not None and version < 1:
             raise InvalidInputError(f"version must be 1 or more, not {version}")
         return state_at(self.store, user_id, version=version, at=at)
+
+    def explain(self, user_id: str, entry_id: str) -> Provenance:
+        """The provenance of one knowledge entry, read from the log itself."""
+        check_user_id(user_id)
+        extracted: Any = None
+        entry: dict[str, Any] = {}
+        triggers: dict[str, str] = {}
+        messages: dict[str, SourceMessage] = {}
+        for event in self._events(user_id):
+            if isinstance(event, UserLog.MessageAdded):
+                messages[event.message_id] = SourceMessage(
+                    event.message_id, event.seq, event.role, event.content, event.sent_at
+                )
+            elif isinstance(event, UserLog.ProcessingStarted):
+                triggers[event.task_id] = event.trigger
+            elif isinstance(event, UserLog.KnowledgeExtracted):
+                found = next((c for c in event.entries if c["entry_id"] == entry_id), None)
+                if found is not None:
+                    extracted, entry = event, found
+                    break
+        if extracted is None:
+            raise InvalidInputError(f"user {user_id!r} has no knowledge entry {entry_id!r}")
+        return Provenance(
+            entry_id=entry_id,
+            user_id=user_id,
+            text=entry["text"],
+            messages=[messages[m] for m in entry["source_message_ids"] if m in messages],
+            task_id=extracted.task_id,
+            trigger=triggers.get(extracted.task_id, ""),
+            batch=list(extracted.message_ids),
+            extractor=extracted.extractor,
+            model=extracted.model,
+            input_tokens=extracted.input_tokens,
+            output_tokens=extracted.output_tokens,
+            extracted_at=extracted.timestamp,
+            version=extracted.originator_version,
+            replaced_by=[],
+        )
+
+    def export(self, user_id: str) -> Iterator[str]:
+        """The user's log as JSON Lines, one stored event a line, oldest first."""
+        check_user_id(user_id)
+        for stored in self.store.stored_events_of(user_id):
+            yield json.dumps(
+                {
+                    "user_id": user_id,
+                    "version": stored.originator_version,
+                    "topic": stored.topic,
+                    "state": json.loads(stored.state),
+                },
+                separators=(",", ":"),
+            )
+
+    def import_lines(self, lines: Iterable[str]) -> dict[str, int]:
+        """Append exported events to this database, projections folded; events per user.
+
+        A user that already has a log here is refused (:class:`ConflictError`).
+        """
+        projector = Projector(ProjectionTables())
+        with self.store.transaction() as connection:
+            projector.create(connection)
+        counts: dict[str, int] = {}
+        chunk: list[Any] = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                event = self.store.decode_exported(
+                    record["user_id"], record["version"], record["topic"], record["state"]
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise InvalidInputError(
+                    f"line {number} is not an exported event: {error}"
+                ) from error
+            counts[record["user_id"]] = counts.get(record["user_id"], 0) + 1
+            chunk.append(event)
+            if len(chunk) >= 1000:
+                self.store.append([chunk], projector.apply)
+                chunk = []
+        if chunk:
+            self.store.append([chunk], projector.apply)
+        return counts
+
+    def _events(self, user_id: str, page_size: int = 1000) -> Iterator[Any]:
+        after = 0
+        while page := self.store.events_of(user_id, after=after, upto=after + page_size):
+            yield from page
+            after = page[-1].originator_version
 
     def users(self, *, after: str = "", limit: int = 100) -> list[UserSummary]:
         """A page of users, in user-id order."""

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from events import EventStore, sqlite_url
+from events import EventStore, MemveeError, sqlite_url
 from memvee.audit import Audit
 from projections import rebuild as rebuild_projections
 from projections import verify as verify_projections
@@ -171,6 +171,76 @@ def state(
     for m in replayed.buffer:
         buffered.add_row(str(m.seq), m.role, m.content[:80], (m.task_id or "")[:8])
     console.print(tasks, knowledge, buffered)
+
+
+@app.command()
+def explain(
+    user: Annotated[str, typer.Argument(help="The user the entry belongs to.")],
+    entry: Annotated[str, typer.Argument(help="The knowledge entry id.")],
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """How a knowledge entry came to be: its messages, task, batch, extractor and model."""
+    with Audit(db, db_url) as audit:
+        try:
+            found = audit.explain(user, entry)
+        except ValueError as error:
+            raise _bad_input(error) from error
+    if as_json:
+        _print_json(dataclasses.asdict(found))
+        return
+    console.print(f"[bold]{found.text}[/]")
+    console.print(
+        f"task {found.task_id} ({found.trigger}), version {found.version}, "
+        f"{found.extracted_at:%Y-%m-%d %H:%M:%S} UTC, by {found.extractor}"
+        + (f" / {found.model}" if found.model else "")
+        + (
+            f", tokens {found.input_tokens} in / {found.output_tokens} out"
+            if found.input_tokens is not None
+            else ""
+        )
+    )
+    table = Table("#", "role", "message", "sent", title="from the messages")
+    for m in found.messages:
+        table.add_row(str(m.seq), m.role, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
+    console.print(table)
+    console.print(f"batch of {len(found.batch)} messages; replaced by: none")
+
+
+@app.command()
+def export(
+    user: Annotated[str, typer.Argument(help="The user whose log to export.")],
+    out: Annotated[str | None, typer.Option(help="File to write (default: stdout).")] = None,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """A user's whole log as JSON Lines, to import into another database."""
+    with Audit(db, db_url) as audit:
+        lines = audit.export(user)
+        if out is None:
+            for line in lines:
+                typer.echo(line)
+            return
+        with open(out, "w", encoding="utf-8") as file:
+            count = sum(file.write(line + "\n") > 0 for line in lines)
+    console.print(f"exported {count} events of {user!r} to {out}")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[str, typer.Argument(help="A JSON Lines file written by `memvee export`.")],
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Append exported logs to this database (a user who already has a log is refused)."""
+    with Audit(db, db_url) as audit, open(file, encoding="utf-8") as lines:
+        try:
+            counts = audit.import_lines(lines)
+        except (ValueError, MemveeError) as error:
+            raise _bad_input(error) from error
+    for user, count in counts.items():
+        console.print(f"imported {count} events of {user!r}")
 
 
 @app.command()

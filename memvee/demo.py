@@ -15,6 +15,7 @@ from rich.table import Table
 
 from events import EventStore, UserLog, sqlite_url
 from memvee import Memory, MemoryConfig
+from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 
 CONVERSATIONS: dict[str, list[tuple[str, str]]] = {
@@ -81,6 +82,7 @@ async def run(db: str) -> None:
                 table.add_row(entry.text, " | ".join(messages[m] for m in entry.source_message_ids))
             console.print(table)
     _print_log(console, db, "alice")
+    _tour(console, db)
 
 
 def _print_log(console: Console, db: str, user: str) -> None:
@@ -94,6 +96,27 @@ def _print_log(console: Console, db: str, user: str) -> None:
         console.print(table)
     finally:
         store.close()
+
+
+def _tour(console: Console, db: str) -> None:
+    """A short tour of the audit tooling on the demo database (also `memvee --help`)."""
+    with Audit(db_path=db) as audit:
+        console.rule("tooling: memvee stats")
+        console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in audit.stats().items()))
+        entry = audit.state("alice").knowledge[0]
+        found = audit.explain("alice", entry.entry_id)
+        console.rule(f"tooling: memvee explain alice {entry.entry_id[:8]}...")
+        console.print(
+            f"{found.text!r} came from message #{found.messages[0].seq} "
+            f"{found.messages[0].content!r}, task {found.task_id[:8]} ({found.trigger}), "
+            f"extractor {found.extractor}, batch of {len(found.batch)} messages"
+        )
+        earlier = audit.state("alice", version=8)
+        console.rule("tooling: memvee state alice --at 8")
+        console.print(
+            f"at version 8 alice had {len(earlier.buffer)} buffered messages, "
+            f"{len(earlier.tasks)} task(s) and {len(earlier.knowledge)} knowledge entries"
+        )
 
 
 def _summary(event: Any) -> str:

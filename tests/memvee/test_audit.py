@@ -128,3 +128,72 @@ async def test_the_cli_reads_log_state_users_and_stats(
     assert "knowledge" in run("state", "ann")
     bad = runner.invoke(app, ["state", "ann", "--at", "yesterday", "--db-url", db_url])
     assert bad.exit_code == 2 and "neither a version nor an ISO time" in bad.output
+
+
+async def test_explain_traces_an_entry_to_its_messages_task_and_extractor(
+    make_memory: Any, db_url: str
+) -> None:
+    memory: Memory = await make_memory()
+    said, _ = await memory.add_exchange("dee", "I work at Globex", "nice")
+    await memory.add_exchange("dee", "I love tea", "ok")
+    await memory.process("dee")
+    entry = (await memory.knowledge("dee"))[0]
+    with Audit(db_url=db_url) as audit:
+        found = audit.explain("dee", entry.entry_id)
+        assert found.text == "User said: I work at Globex"
+        assert [m.content for m in found.messages] == ["I work at Globex"]
+        assert found.messages[0].message_id == said.message_id
+        assert found.task_id == entry.task_id and found.trigger == "manual"
+        assert len(found.batch) == 4
+        assert (found.extractor, found.model) == ("recording", "stand-in")
+        assert found.replaced_by == []
+        with pytest.raises(ValueError, match="no knowledge entry"):
+            audit.explain("dee", "missing")
+
+
+async def test_export_then_import_gives_the_same_state_in_another_database(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+) -> None:
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+        expected = source.state("ann")
+    assert len(lines) == expected.version
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        assert target.import_lines(lines) == {"ann": len(lines)}
+        copied = target.state("ann")
+        assert (copied.buffer, copied.tasks, copied.knowledge) == (
+            expected.buffer,
+            expected.tasks,
+            expected.knowledge,
+        )
+        assert [u.user_id for u in target.users()] == ["ann"]
+        from events import ConflictError
+
+        with pytest.raises(ConflictError):
+            target.import_lines(lines)
+        with pytest.raises(ValueError, match="line 1"):
+            target.import_lines(["{not json"])
+
+
+async def test_the_cli_explains_exports_and_imports(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+) -> None:
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    entry = (await memory.knowledge("ann"))[0]
+    await memory.close()
+    runner = CliRunner()
+    explained = runner.invoke(app, ["explain", "ann", entry.entry_id, "--db-url", db_url])
+    assert explained.exit_code == 0 and "I live in town 0" in explained.output
+    out = tmp_path / "ann.jsonl"
+    exported = runner.invoke(app, ["export", "ann", "--out", str(out), "--db-url", db_url])
+    assert exported.exit_code == 0, exported.output
+    target = str(tmp_path / "imported.db")
+    imported = runner.invoke(app, ["import", str(out), "--db", target])
+    assert imported.exit_code == 0 and "imported" in imported.output
+    again = runner.invoke(app, ["import", str(out), "--db", target])
+    assert again.exit_code == 2
+    verified = runner.invoke(app, ["verify", "--db", target])
+    assert verified.exit_code == 0

@@ -28,3 +28,5 @@ def test_the_demo_runs_offline_and_shows_tasks_knowledge_and_the_log(tmp_path: P
     assert "-> COMPLETED" in out
     assert "User lives in Oslo" in out and "I live in Oslo" in out
     assert "event log of alice" in out and "KnowledgeExtracted" in out
+    assert "memvee explain alice" in out and "came from message" in out
+    assert "at version 8 alice had" in out
