@@ -18,9 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from events import EventStore, MemveeError, sqlite_url
+from events import EventStore, MemveeError, check_user_id, sqlite_url
 from memvee.audit import Audit
 from projections import rebuild as rebuild_projections
+from projections import rebuild_user
 from projections import verify as verify_projections
 
 __all__ = ["app", "main"]
@@ -43,10 +44,21 @@ def rebuild(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted rebuild.")] = False,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Rebuild only this user's rows.")
+    ] = None,
 ) -> None:
-    """Drop every projection and fold the whole event log again."""
+    """Drop every projection (or one user's rows) and fold the event log again."""
     store = _store(db, db_url)
     try:
+        if user is not None:
+            try:
+                check_user_id(user)
+            except ValueError as error:
+                raise _bad_input(error) from error
+            folded = rebuild_user(store, user)
+            console.print(f"rebuilt the projections of {user!r} from {folded} events")
+            return
         with Progress(
             TextColumn("rebuilding"),
             BarColumn(),

@@ -7,7 +7,7 @@ Every table here is a projection: it can be dropped and rebuilt from the log
 from projections.models import BufferedMessage, KnowledgeEntry, Message, TaskRecord, UserSummary
 from projections.projector import Projector
 from projections.reader import ProjectionReader
-from projections.rebuild import Difference, catch_up, dump, rebuild, verify
+from projections.rebuild import Difference, catch_up, dump, rebuild, rebuild_user, verify
 from projections.replay import UserState, state_at
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
@@ -26,6 +26,7 @@ __all__ = [
     "catch_up",
     "dump",
     "rebuild",
+    "rebuild_user",
     "state_at",
     "verify",
 ]

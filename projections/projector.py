@@ -60,13 +60,24 @@ class Projector:
         """Drop the tables (a rebuild starts from nothing)."""
         self.tables.metadata.drop_all(connection)
 
-    def apply(self, connection: Connection, recorded: Sequence[Recorded]) -> None:
-        """Fold ``recorded`` (in log order) and move the stored position past it."""
+    def apply(
+        self, connection: Connection, recorded: Sequence[Recorded], *, move_position: bool = True
+    ) -> None:
+        """Fold ``recorded`` (in log order) and move the stored position past it.
+
+        ``move_position=False`` refolds events already counted (one user's rebuild).
+        """
         if not recorded:
             return
         for fold in FOLDS:
             _run(connection, (op for r in recorded for op in fold(self._statements, r)))
-        self._set_position(connection, max(r.notification_id for r in recorded))
+        if move_position:
+            self._set_position(connection, max(r.notification_id for r in recorded))
+
+    def forget(self, connection: Connection, log_id: str) -> None:
+        """Delete every row of one user's log from these tables."""
+        for table in self.tables.data_tables:
+            connection.execute(table.delete().where(table.c.log_id == log_id))
 
     def position(self, connection: Connection) -> int:
         """The id of the last notification folded into these tables (0 if none)."""

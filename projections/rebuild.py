@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from events import EventStore
+from events import EventStore, Recorded, user_log_id
 from projections.projector import Projector
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
-__all__ = ["Difference", "catch_up", "dump", "rebuild", "verify"]
+__all__ = ["Difference", "catch_up", "dump", "rebuild", "rebuild_user", "verify"]
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, last position of the log)."""
@@ -52,6 +52,32 @@ def rebuild(
         folded += len(page)
         if progress is not None:
             progress(page[-1].notification_id, last)
+    return folded
+
+
+def rebuild_user(
+    store: EventStore,
+    user_id: str,
+    tables: ProjectionTables | None = None,
+    *,
+    page_size: int = 2000,
+) -> int:
+    """Drop one user's projection rows and fold their log again; returns events folded.
+
+    One transaction, with every other writer held off, so it is safe beside live writers
+    and either fully done or not at all.
+    """
+    projector = Projector(tables or ProjectionTables(LIVE_PREFIX))
+    folded = 0
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        projector.forget(connection, str(user_log_id(user_id)))
+        after = 0
+        while page := store.events_of(user_id, after=after, upto=after + page_size):
+            recorded = [Recorded(e.originator_version, e) for e in page]
+            projector.apply(connection, recorded, move_position=False)
+            folded += len(page)
+            after = page[-1].originator_version
     return folded
 
 

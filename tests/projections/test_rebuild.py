@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from events import EventStore
+from events import EventStore, user_log_id
 from memvee import Memory, ProcessingError
 from memvee.cli import app
 from projections import ProjectionTables, dump, rebuild, verify
@@ -116,3 +116,29 @@ def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "memvee"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "rebuild" in result.stdout
+
+
+async def test_one_users_rows_are_rebuilt_alone(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    from projections import rebuild_user
+
+    store = await _live(db_url, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+    with store.transaction() as connection:
+        connection.execute(text("UPDATE mv_knowledge SET text = 'tampered'"))
+        connection.execute(text("DELETE FROM mv_buffer"))
+    assert rebuild_user(store, "ben") > 0
+    after = dump(store.engine, ProjectionTables())
+    ben = str(user_log_id("ben"))
+    for table in ("buffer", "knowledge", "tasks", "users"):
+        ben_rows = [r for r in after[table] if ben in r]
+        assert ben_rows == [r for r in live[table] if ben in r], table
+    assert any(r[2] == "tampered" for r in after["knowledge"])
+    assert verify(store) != []
+    runner = CliRunner()
+    for user in ("ann", "cat", "dan"):
+        result = runner.invoke(app, ["rebuild", "--user", user, "--db-url", db_url])
+        assert result.exit_code == 0, result.output
+    assert dump(store.engine, ProjectionTables()) == live
+    store.close()
