@@ -18,9 +18,12 @@ from eventsourcing.domain import Aggregate
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
 from events.extraction import ExtractedFact
 
-__all__ = ["ROLES", "UserLog", "user_log_id"]
+__all__ = ["LIVE_KNOWLEDGE", "ROLES", "UserLog", "user_log_id"]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
+
+LIVE_KNOWLEDGE = "live"
+"""The name of the knowledge version that reads return by default."""
 """The roles a message may have."""
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "https://memvee.dev/user-log")
@@ -89,6 +92,31 @@ class UserLog(Aggregate):
             del log.open_tasks[self.task_id]
             log.knowledge_count += len(self.entries)
 
+    class KnowledgeReextracted(Aggregate.Event):
+        """Part of the history was extracted again into a separate knowledge version."""
+
+        knowledge_version: str
+        message_ids: list[str]
+        entries: list[dict[str, Any]]
+        extractor: str
+        model: str | None
+        input_tokens: int | None
+        output_tokens: int | None
+
+        def apply(self, log: UserLog) -> None:
+            count = log.knowledge_versions.get(self.knowledge_version, 0)
+            log.knowledge_versions[self.knowledge_version] = count + len(self.entries)
+
+    class KnowledgeVersionPromoted(Aggregate.Event):
+        """A re-extracted knowledge version replaced the live knowledge."""
+
+        knowledge_version: str
+        knowledge_count: int
+
+        def apply(self, log: UserLog) -> None:
+            del log.knowledge_versions[self.knowledge_version]
+            log.knowledge_count = self.knowledge_count
+
     class ProcessingFailed(Aggregate.Event):
         """A task ended FAILED on an extractor or storage error; its messages return."""
 
@@ -116,6 +144,7 @@ class UserLog(Aggregate):
         self.knowledge_count = 0
         self.pending: dict[str, int] = {}
         self.requested: dict[str, str] = {}
+        self.knowledge_versions: dict[str, int] = {}
         self.open_tasks: dict[str, dict[str, int]] = {}
 
     @staticmethod
@@ -190,28 +219,7 @@ class UserLog(Aggregate):
     ) -> list[dict[str, Any]]:
         """Close ``task_id`` as COMPLETED with ``facts``; each must cite messages of its batch."""
         batch = self._open_task(task_id)
-        entries = [
-            {
-                "entry_id": str(uuid4()),
-                "text": fact.text.strip(),
-                "source_message_ids": list(dict.fromkeys(fact.source_message_ids)),
-            }
-            for fact in facts
-        ]
-        for entry in entries:
-            if not entry["text"]:
-                raise InvalidExtractionError(f"task {task_id}: a fact has empty text")
-            cited = entry["source_message_ids"]
-            if not cited:
-                raise InvalidExtractionError(
-                    f"task {task_id}: fact {entry['text']!r} cites no message"
-                )
-            unknown = [m for m in cited if m not in batch]
-            if unknown:
-                raise InvalidExtractionError(
-                    f"task {task_id}: fact {entry['text']!r} cites messages outside its batch: "
-                    f"{', '.join(unknown)}"
-                )
+        entries = _entries(facts, frozenset(batch), f"task {task_id}")
         self.trigger_event(
             self.KnowledgeExtracted,
             task_id=task_id,
@@ -223,6 +231,44 @@ class UserLog(Aggregate):
             output_tokens=output_tokens,
         )
         return entries
+
+    def record_reextraction(
+        self,
+        knowledge_version: str,
+        message_ids: Sequence[str],
+        facts: Sequence[ExtractedFact],
+        extractor: str,
+        model: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version."""
+        if not knowledge_version.strip() or knowledge_version == LIVE_KNOWLEDGE:
+            raise InvalidInputError(f"{knowledge_version!r} cannot name a new knowledge version")
+        entries = _entries(facts, frozenset(message_ids), f"version {knowledge_version}")
+        self.trigger_event(
+            self.KnowledgeReextracted,
+            knowledge_version=knowledge_version,
+            message_ids=list(message_ids),
+            entries=entries,
+            extractor=extractor,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        return entries
+
+    def promote(self, knowledge_version: str) -> None:
+        """Make a re-extracted knowledge version the live knowledge."""
+        if knowledge_version not in self.knowledge_versions:
+            raise InvalidInputError(
+                f"user {self.user_id!r} has no unpromoted knowledge version {knowledge_version!r}"
+            )
+        self.trigger_event(
+            self.KnowledgeVersionPromoted,
+            knowledge_version=knowledge_version,
+            knowledge_count=self.knowledge_versions[knowledge_version],
+        )
 
     def record_failure(self, task_id: str, error: str) -> None:
         """Close ``task_id`` as FAILED; its messages return to the buffer for the next run."""
@@ -248,6 +294,33 @@ class UserLog(Aggregate):
             raise UnknownTaskError(
                 f"user {self.user_id!r} has no running task {task_id!r}"
             ) from None
+
+
+def _entries(
+    facts: Sequence[ExtractedFact], allowed: frozenset[str], what: str
+) -> list[dict[str, Any]]:
+    """Knowledge entries for ``facts``, each with a new id; every fact must cite ``allowed``."""
+    entries = [
+        {
+            "entry_id": str(uuid4()),
+            "text": fact.text.strip(),
+            "source_message_ids": list(dict.fromkeys(fact.source_message_ids)),
+        }
+        for fact in facts
+    ]
+    for entry in entries:
+        if not entry["text"]:
+            raise InvalidExtractionError(f"{what}: a fact has empty text")
+        cited = entry["source_message_ids"]
+        if not cited:
+            raise InvalidExtractionError(f"{what}: fact {entry['text']!r} cites no message")
+        unknown = [m for m in cited if m not in allowed]
+        if unknown:
+            raise InvalidExtractionError(
+                f"{what}: fact {entry['text']!r} cites messages outside its batch: "
+                f"{', '.join(unknown)}"
+            )
+    return entries
 
 
 def check_user_id(user_id: object) -> str:

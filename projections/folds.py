@@ -14,6 +14,7 @@ from sqlalchemy import bindparam
 from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from events import Recorded, UserLog
+from events.user_log import LIVE_KNOWLEDGE
 from projections.tables import ProjectionTables
 
 __all__ = ["Fold", "Op", "Statements", "buffer_fold", "knowledge_fold", "tasks_fold", "users_fold"]
@@ -75,6 +76,18 @@ class Statements:
             )
         )
         self.knowledge_insert = t.knowledge.insert()
+        kn = t.knowledge
+        self.knowledge_drop_live = kn.delete().where(
+            kn.c.log_id == bindparam("b_log_id"), kn.c.knowledge_version == LIVE_KNOWLEDGE
+        )
+        self.knowledge_promote = (
+            kn.update()
+            .where(
+                kn.c.log_id == bindparam("b_log_id"),
+                kn.c.knowledge_version == bindparam("b_version_name"),
+            )
+            .values(knowledge_version=LIVE_KNOWLEDGE)
+        )
         u = t.users
         self.user_insert = u.insert()
         where_user = u.c.log_id == bindparam("b_log_id")
@@ -92,6 +105,9 @@ class Statements:
             )
         )
         self.user_touched = u.update().where(where_user).values(**touched)
+        self.user_promoted = (
+            u.update().where(where_user).values(**touched, knowledge_count=bindparam("b_count"))
+        )
         self.user_completed = (
             u.update()
             .where(where_user)
@@ -201,9 +217,13 @@ def _timestamp(r: Recorded) -> Any:
 
 
 def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
-    """Knowledge entries, each with its task and the messages it came from."""
+    """Knowledge entries, each with its task (or version) and the messages it came from."""
     e = r.event
-    if isinstance(e, UserLog.KnowledgeExtracted):
+    if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+        if isinstance(e, UserLog.KnowledgeExtracted):
+            task_id, knowledge_version = e.task_id, LIVE_KNOWLEDGE
+        else:
+            task_id, knowledge_version = "", e.knowledge_version
         for ordinal, entry in enumerate(e.entries):
             yield (
                 s.knowledge_insert,
@@ -212,7 +232,8 @@ def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                     "entry_id": entry["entry_id"],
                     "log_id": str(e.originator_id),
                     "text": entry["text"],
-                    "task_id": e.task_id,
+                    "task_id": task_id,
+                    "knowledge_version": knowledge_version,
                     "source_message_ids": list(entry["source_message_ids"]),
                     "extracted_at": e.timestamp,
                     "version": e.originator_version,
@@ -220,6 +241,10 @@ def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                     "model": e.model,
                 },
             )
+    elif isinstance(e, UserLog.KnowledgeVersionPromoted):
+        log_id = str(e.originator_id)
+        yield s.knowledge_drop_live, {"b_log_id": log_id}
+        yield s.knowledge_promote, {"b_log_id": log_id, "b_version_name": e.knowledge_version}
 
 
 def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
@@ -256,5 +281,7 @@ def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
         )
     elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
         yield s.user_failed, touched
+    elif isinstance(e, UserLog.KnowledgeVersionPromoted):
+        yield s.user_promoted, {**touched, "b_count": e.knowledge_count}
     else:
         yield s.user_touched, touched

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select
 
 from events import user_log_id
+from events.user_log import LIVE_KNOWLEDGE
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord, UserSummary
 from projections.tables import ProjectionTables
 
@@ -20,11 +21,15 @@ class ProjectionReader:
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
 
-    def knowledge(self, connection: Connection, user_id: str) -> list[KnowledgeEntry]:
-        """The user's knowledge entries, oldest first."""
+    def knowledge(
+        self, connection: Connection, user_id: str, version: str = LIVE_KNOWLEDGE
+    ) -> list[KnowledgeEntry]:
+        """The user's knowledge entries (live, or of a re-extracted version), oldest first."""
         k = self.tables.knowledge
         rows = connection.execute(
-            select(k).where(k.c.log_id == _log(user_id)).order_by(k.c.version, k.c.ordinal)
+            select(k)
+            .where(k.c.log_id == _log(user_id), k.c.knowledge_version == version)
+            .order_by(k.c.version, k.c.ordinal)
         ).mappings()
         return [
             KnowledgeEntry(
@@ -39,6 +44,16 @@ class ProjectionReader:
             )
             for r in rows
         ]
+
+    def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
+        """The user's knowledge versions (live and re-extracted) with their entry counts."""
+        k = self.tables.knowledge
+        rows = connection.execute(
+            select(k.c.knowledge_version, func.count())
+            .where(k.c.log_id == _log(user_id))
+            .group_by(k.c.knowledge_version)
+        )
+        return {str(name): int(count) for name, count in rows}
 
     def buffer(self, connection: Connection, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge, in log order."""

@@ -72,6 +72,7 @@ class ProjectionTables:
             Column("extracted_at", DateTime(timezone=True), nullable=False),
             Column("version", Integer, nullable=False),
             Column("ordinal", Integer, nullable=False),
+            Column("knowledge_version", String(64), nullable=False, index=True),
             Column("extractor", String(64), nullable=False),
             Column("model", String(128), nullable=True),
         )
