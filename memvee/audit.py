@@ -7,14 +7,26 @@ database no Memory has open, or beside one.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-from events import EventStore, InvalidInputError, UserLog, check_user_id, sqlite_url
+from events import (
+    BatchMessage,
+    ConflictError,
+    EventStore,
+    ExtractionBatch,
+    Extractor,
+    InvalidInputError,
+    UserLog,
+    check_user_id,
+    sqlite_url,
+)
+from events.user_log import LIVE_KNOWLEDGE
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -24,7 +36,9 @@ from projections import (
     state_at,
 )
 
-__all__ = ["Audit", "LoggedEvent", "Provenance", "SourceMessage"]
+__all__ = ["Audit", "Comparison", "LoggedEvent", "Provenance", "SourceMessage"]
+
+T = TypeVar("T")
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -68,6 +82,15 @@ class Provenance:
     extracted_at: datetime
     version: int
     replaced_by: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Two knowledge versions of a user side by side, by entry text."""
+
+    only_in_a: list[str]
+    only_in_b: list[str]
+    in_both: list[str]
 
 
 class Audit:
@@ -216,6 +239,88 @@ class Audit:
         if chunk:
             self.store.append([chunk], projector.apply)
         return counts
+
+    async def reextract(
+        self, user_id: str, extractor: Extractor, version: str, *, batch_size: int = 50
+    ) -> int:
+        """Run the user's processed messages through ``extractor`` into knowledge ``version``.
+
+        The live knowledge stays as it is until :meth:`promote`. Messages still buffered
+        are left to normal processing. Returns the number of entries extracted.
+        """
+        check_user_id(user_id)
+        user_log = self.store.load(user_id)
+        if user_log is None:
+            raise InvalidInputError(f"user {user_id!r} has no log")
+        waiting = set(user_log.pending) | {m for t in user_log.open_tasks.values() for m in t}
+        batch: list[BatchMessage] = []
+        extracted = 0
+        for event in self._events(user_id):
+            if isinstance(event, UserLog.MessageAdded) and event.message_id not in waiting:
+                batch.append(
+                    BatchMessage(event.message_id, event.role, event.content, event.sent_at)
+                )
+                if len(batch) >= batch_size:
+                    extracted += await self._reextract_batch(user_id, extractor, version, batch)
+                    batch = []
+        if batch:
+            extracted += await self._reextract_batch(user_id, extractor, version, batch)
+        return extracted
+
+    async def _reextract_batch(
+        self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
+    ) -> int:
+        task = f"reextract:{version}:{batch[0].message_id}"
+        result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch)))
+        ids = [m.message_id for m in batch]
+
+        def record(user_log: UserLog) -> int:
+            entries = user_log.record_reextraction(
+                version,
+                ids,
+                result.facts,
+                result.extractor,
+                result.model,
+                result.input_tokens,
+                result.output_tokens,
+            )
+            return len(entries)
+
+        return await asyncio.to_thread(self._decide, user_id, record)
+
+    def promote(self, user_id: str, version: str) -> None:
+        """Make a re-extracted knowledge version the user's live knowledge (an event)."""
+        check_user_id(user_id)
+        self._decide(user_id, lambda user_log: user_log.promote(version))
+
+    def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
+        """Knowledge versions ``a`` and ``b`` of the user side by side."""
+        check_user_id(user_id)
+        with self.store.engine.connect() as connection:
+            first = {e.text for e in self._reader.knowledge(connection, user_id, a)}
+            second = {e.text for e in self._reader.knowledge(connection, user_id, b)}
+        return Comparison(sorted(first - second), sorted(second - first), sorted(first & second))
+
+    def knowledge_versions(self, user_id: str) -> dict[str, int]:
+        """The user's knowledge versions with their entry counts (``live`` included)."""
+        check_user_id(user_id)
+        with self.store.engine.connect() as connection:
+            return self._reader.knowledge_versions(connection, user_id)
+
+    def _decide(self, user_id: str, decide: Callable[[UserLog], T]) -> T:
+        """Decide on a fresh load and append, folding projections; retried on conflicts."""
+        projector = Projector(ProjectionTables())
+        for _ in range(8):
+            user_log = self.store.load(user_id)
+            if user_log is None:
+                raise InvalidInputError(f"user {user_id!r} has no log")
+            result = decide(user_log)
+            try:
+                self.store.append([user_log.collect_events()], projector.apply)
+            except ConflictError:
+                continue
+            return result
+        raise ConflictError(f"user {user_id!r} kept changing; try again")
 
     def _events(self, user_id: str, page_size: int = 1000) -> Iterator[Any]:
         after = 0

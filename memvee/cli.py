@@ -7,6 +7,7 @@ for people and ``--json`` for scripts. Exit codes: 0 ok, 1 drift found (``verify
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import json
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from events import EventStore, MemveeError, check_user_id, sqlite_url
+from events import EventStore, Extractor, MemveeError, check_user_id, sqlite_url
 from memvee.audit import Audit
 from projections import rebuild as rebuild_projections
 from projections import rebuild_user
@@ -253,6 +254,94 @@ def import_(
             raise _bad_input(error) from error
     for user, count in counts.items():
         console.print(f"imported {count} events of {user!r}")
+
+
+@app.command()
+def reextract(
+    user: Annotated[str | None, typer.Argument(help="The user (or use --all).")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="Every user.")] = False,
+    extractor: Annotated[str, typer.Option(help="offline or claude.")] = "offline",
+    model: Annotated[str | None, typer.Option(help="Claude model (with claude).")] = None,
+    version: Annotated[str, typer.Option("--as", help="Name of the new version.")] = "reextracted",
+    promote: Annotated[bool, typer.Option(help="Promote the new version at once.")] = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Extract users' processed history again into a separate knowledge version."""
+    if (user is None) == (not all_users):
+        raise _bad_input(ValueError("name one USER or give --all"))
+    chosen = _extractor(extractor, model)
+    with Audit(db, db_url) as audit:
+        targets = [user] if user is not None else _all_users(audit)
+        with Progress(console=console, transient=True) as bar:
+            job = bar.add_task("re-extracting", total=len(targets))
+            for target in targets:
+                try:
+                    count = asyncio.run(audit.reextract(target, chosen, version))
+                    if promote:
+                        audit.promote(target, version)
+                except ValueError as error:
+                    raise _bad_input(error) from error
+                bar.advance(job)
+                console.print(f"{target}: {count} entries in version {version!r}")
+
+
+@app.command("promote")
+def promote_(
+    user: Annotated[str, typer.Argument(help="The user.")],
+    version: Annotated[str, typer.Argument(help="The knowledge version to make live.")],
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Make a re-extracted knowledge version the user's live knowledge."""
+    with Audit(db, db_url) as audit:
+        try:
+            audit.promote(user, version)
+        except ValueError as error:
+            raise _bad_input(error) from error
+    console.print(f"{version!r} is now the live knowledge of {user!r}")
+
+
+@app.command()
+def compare(
+    user: Annotated[str, typer.Argument(help="The user.")],
+    a: Annotated[str, typer.Argument(help="One knowledge version.")] = "live",
+    b: Annotated[str, typer.Argument(help="The other.")] = "reextracted",
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Two knowledge versions of a user side by side."""
+    with Audit(db, db_url) as audit:
+        try:
+            found = audit.compare(user, a, b)
+        except ValueError as error:
+            raise _bad_input(error) from error
+    if as_json:
+        _print_json(dataclasses.asdict(found))
+        return
+    table = Table(f"only in {a}", f"only in {b}", "in both")
+    rows = max(len(found.only_in_a), len(found.only_in_b), len(found.in_both))
+    for i in range(rows):
+        table.add_row(*(col[i] if i < len(col) else "" for col in dataclasses.astuple(found)))
+    console.print(table)
+
+
+def _extractor(name: str, model: str | None) -> Extractor:
+    from memvee.extractors import ClaudeExtractor, OfflineExtractor
+
+    if name == "offline":
+        return OfflineExtractor()
+    if name == "claude":
+        return ClaudeExtractor(model=model)
+    raise _bad_input(ValueError(f"unknown extractor {name!r}; use offline or claude"))
+
+
+def _all_users(audit: Audit) -> list[str]:
+    found: list[str] = []
+    while page := audit.users(after=found[-1] if found else "", limit=500):
+        found += [u.user_id for u in page]
+    return found
 
 
 @app.command()

@@ -1,0 +1,72 @@
+"""Re-extraction: a user's processed history goes through another extractor into a new
+knowledge version; the live knowledge stays until the version is promoted (an event)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from memvee import Memory
+from memvee.audit import Audit
+from memvee.cli import app
+from memvee.extractors import OfflineExtractor
+from projections import verify
+
+
+async def _processed(make_memory: Any) -> Memory:
+    memory: Memory = await make_memory()
+    await memory.add_exchange("eve", "I live in Oslo", "nice")
+    await memory.add_exchange("eve", "I work at Acme", "cool")
+    await memory.process("eve")
+    await memory.add_exchange("eve", "I love jazz", "great")
+    return memory
+
+
+async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
+    make_memory: Any, db_url: str
+) -> None:
+    memory = await _processed(make_memory)
+    live_before = [e.text for e in await memory.knowledge("eve")]
+    with Audit(db_url=db_url) as audit:
+        assert await audit.reextract("eve", OfflineExtractor(), "offline-v2") == 2
+        assert audit.knowledge_versions("eve") == {"live": 2, "offline-v2": 2}
+        assert [e.text for e in await memory.knowledge("eve")] == live_before
+        diff = audit.compare("eve", "live", "offline-v2")
+        assert diff.only_in_b == ["User lives in Oslo.", "User works at Acme."]
+        assert diff.only_in_a == sorted(live_before) and diff.in_both == []
+        audit.promote("eve", "offline-v2")
+        assert audit.knowledge_versions("eve") == {"live": 2}
+        kinds = [e.type for e in audit.log("eve", types=["KnowledgeVersionPromoted"])]
+        assert kinds == ["KnowledgeVersionPromoted"]
+        assert verify(audit.store) == []
+        with pytest.raises(ValueError, match="no unpromoted knowledge version"):
+            audit.promote("eve", "offline-v2")
+    assert sorted(e.text for e in await memory.knowledge("eve")) == [
+        "User lives in Oslo.",
+        "User works at Acme.",
+    ]
+    assert await memory.process("eve") == 1
+    assert len(await memory.knowledge("eve")) == 3
+
+
+async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url: str) -> None:
+    memory = await _processed(make_memory)
+    await memory.close()
+    runner = CliRunner()
+    # The command runs its own event loop: call it from a thread, as from a shell.
+    done = await asyncio.to_thread(
+        runner.invoke, app, ["reextract", "--all", "--as", "v2", "--db-url", db_url]
+    )
+    assert done.exit_code == 0, done.output
+    assert "eve: 2 entries in version 'v2'" in done.output
+    compared = runner.invoke(app, ["compare", "eve", "live", "v2", "--json", "--db-url", db_url])
+    assert compared.exit_code == 0 and "User lives in Oslo." in compared.output
+    promoted = runner.invoke(app, ["promote", "eve", "v2", "--db-url", db_url])
+    assert promoted.exit_code == 0
+    again = runner.invoke(app, ["promote", "eve", "v2", "--db-url", db_url])
+    assert again.exit_code == 2
+    neither = runner.invoke(app, ["reextract", "--db-url", db_url])
+    assert neither.exit_code == 2
