@@ -78,21 +78,31 @@ def rebuild(
 
 
 @app.command()
-def verify(db: DbOption = "memvee.db", db_url: DbUrlOption = None) -> None:
-    """Rebuild into scratch tables and report every difference from the live ones."""
+def verify(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Rebuild into scratch tables and report every difference from the live ones.
+
+    Exits 1 when any projection row differs from the log.
+    """
     store = _store(db, db_url)
     try:
         differences = verify_projections(store)
     finally:
         store.close()
-    if not differences:
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(d) for d in differences], default=str))
+    elif not differences:
         console.print("projections match the log")
-        return
-    table = Table("table", "live", "rebuilt", title=f"{len(differences)} differences")
-    for d in differences[:50]:
-        table.add_row(d.table, repr(d.live), repr(d.rebuilt))
-    console.print(table)
-    raise typer.Exit(code=1)
+    else:
+        table = Table("table", "live", "rebuilt", title=f"{len(differences)} differences")
+        for d in differences[:50]:
+            table.add_row(d.table, repr(d.live), repr(d.rebuilt))
+        console.print(table)
+    if differences:
+        raise typer.Exit(code=1)
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]

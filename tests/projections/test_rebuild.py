@@ -110,6 +110,8 @@ async def test_the_cli_rebuilds_and_verifies(db_url: str, make_memory: Any, extr
     store.close()
     result = runner.invoke(app, ["verify", "--db-url", db_url])
     assert result.exit_code == 1
+    result = runner.invoke(app, ["verify", "--json", "--db-url", db_url])
+    assert result.exit_code == 1 and '"table": "tasks"' in result.output
 
 
 def test_the_console_script_is_installed() -> None:

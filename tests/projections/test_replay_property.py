@@ -1,4 +1,5 @@
-"""A property: for random sequences of operations (add, process, fail, crash-recover),
+"""A property: for random sequences of operations (add, process, fail, crash-recover,
+re-extract and promote),
 the state replayed at every version equals the live state recorded at that version, and
 rebuilding the projections gives back the live ones."""
 
@@ -20,8 +21,17 @@ from projections import (
     state_at,
 )
 
+
+def _covered(log: UserLog, messages: list[str]) -> list[str]:
+    """The ``messages`` that are neither buffered nor held by a task."""
+    held = set(log.pending) | {m for t in log.open_tasks.values() for m in t}
+    return [m for m in messages if m not in held]
+
+
 OPERATIONS = st.lists(
-    st.sampled_from(["add", "add", "add", "start", "extract", "fail", "crash"]),
+    st.sampled_from(
+        ["add", "add", "add", "start", "extract", "fail", "crash", "reextract", "promote"]
+    ),
     min_size=1,
     max_size=30,
 )
@@ -55,11 +65,12 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
         projector.create(connection)
     log = UserLog.register("p")
     seen: dict[int, Any] = {}
+    messages: list[str] = []
     tasks = 0
     try:
         for op in operations:
             if op == "add":
-                log.add_message("user", f"message {log.message_count}", None, 1000)
+                messages.append(log.add_message("user", f"message {len(messages)}", None, 1000))
             elif op == "start":
                 tasks += 1
                 log.request_processing(f"t{tasks}", "manual")
@@ -73,6 +84,13 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
                     log.record_failure(task, "failed on purpose")
             elif op == "crash":
                 log.close_interrupted("interrupted: crash")
+            elif op == "reextract":
+                covered = _covered(log, messages)
+                if covered:
+                    facts = [ExtractedFact(f"again {m}", (m,)) for m in covered]
+                    log.record_reextraction(f"v{log.version}", covered, facts, "property")
+            elif op == "promote" and log.knowledge_versions:
+                log.promote(next(iter(log.knowledge_versions)))
             events = log.collect_events()
             if events:
                 store.append([events], projector.apply)
