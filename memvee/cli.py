@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import itertools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -53,10 +55,8 @@ def rebuild(
     store = _store(db, db_url)
     try:
         if user is not None:
-            try:
+            with _input_errors():
                 check_user_id(user)
-            except ValueError as error:
-                raise _bad_input(error) from error
             folded = rebuild_user(store, user)
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
             return
@@ -117,6 +117,16 @@ def _bad_input(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+@contextmanager
+def _input_errors(*also: type[Exception]) -> Iterator[None]:
+    """Bad input (a ValueError, or one of ``also``) ends the command with exit code 2."""
+    caught: tuple[type[Exception], ...] = (ValueError, *also)
+    try:
+        yield
+    except caught as error:
+        raise _bad_input(error) from error
+
+
 @app.command("log")
 def log_(
     user: Annotated[str, typer.Argument(help="The user whose log to print.")],
@@ -131,21 +141,18 @@ def log_(
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's event log, in order: version, time, event type and payload."""
-    with Audit(db, db_url) as audit:
-        try:
-            events = list(
-                itertools.islice(
-                    audit.log(
-                        user,
-                        types=event_type or (),
-                        from_version=from_version,
-                        to_version=to_version,
-                    ),
-                    limit,
-                )
+    with Audit(db, db_url) as audit, _input_errors():
+        events = list(
+            itertools.islice(
+                audit.log(
+                    user,
+                    types=event_type or (),
+                    from_version=from_version,
+                    to_version=to_version,
+                ),
+                limit,
             )
-        except ValueError as error:
-            raise _bad_input(error) from error
+        )
     if as_json:
         _print_json([dataclasses.asdict(e) for e in events])
         return
@@ -168,11 +175,8 @@ def state(
 ) -> None:
     """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
     version, moment = _point(at)
-    with Audit(db, db_url) as audit:
-        try:
-            replayed = audit.state(user, version=version, at=moment)
-        except ValueError as error:
-            raise _bad_input(error) from error
+    with Audit(db, db_url) as audit, _input_errors():
+        replayed = audit.state(user, version=version, at=moment)
     if as_json:
         _print_json(dataclasses.asdict(replayed))
         return
@@ -205,11 +209,8 @@ def explain(
     db_url: DbUrlOption = None,
 ) -> None:
     """How a knowledge entry came to be: its messages, task, batch, extractor and model."""
-    with Audit(db, db_url) as audit:
-        try:
-            found = audit.explain(user, entry)
-        except ValueError as error:
-            raise _bad_input(error) from error
+    with Audit(db, db_url) as audit, _input_errors():
+        found = audit.explain(user, entry)
     if as_json:
         _print_json(dataclasses.asdict(found))
         return
@@ -257,11 +258,12 @@ def import_(
     db_url: DbUrlOption = None,
 ) -> None:
     """Append exported logs to this database (a user who already has a log is refused)."""
-    with Audit(db, db_url) as audit, open(file, encoding="utf-8") as lines:
-        try:
-            counts = audit.import_lines(lines)
-        except (ValueError, MemveeError) as error:
-            raise _bad_input(error) from error
+    with (
+        Audit(db, db_url) as audit,
+        open(file, encoding="utf-8") as lines,
+        _input_errors(MemveeError),
+    ):
+        counts = audit.import_lines(lines)
     for user, count in counts.items():
         console.print(f"imported {count} events of {user!r}")
 
@@ -286,12 +288,10 @@ def reextract(
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
-                try:
+                with _input_errors():
                     count = asyncio.run(audit.reextract(target, chosen, version))
                     if promote:
                         audit.promote(target, version)
-                except ValueError as error:
-                    raise _bad_input(error) from error
                 bar.advance(job)
                 console.print(f"{target}: {count} entries in version {version!r}")
 
@@ -304,11 +304,8 @@ def promote_(
     db_url: DbUrlOption = None,
 ) -> None:
     """Make a re-extracted knowledge version the user's live knowledge."""
-    with Audit(db, db_url) as audit:
-        try:
-            audit.promote(user, version)
-        except ValueError as error:
-            raise _bad_input(error) from error
+    with Audit(db, db_url) as audit, _input_errors():
+        audit.promote(user, version)
     console.print(f"{version!r} is now the live knowledge of {user!r}")
 
 
@@ -322,11 +319,8 @@ def compare(
     db_url: DbUrlOption = None,
 ) -> None:
     """Two knowledge versions of a user side by side."""
-    with Audit(db, db_url) as audit:
-        try:
-            found = audit.compare(user, a, b)
-        except ValueError as error:
-            raise _bad_input(error) from error
+    with Audit(db, db_url) as audit, _input_errors():
+        found = audit.compare(user, a, b)
     if as_json:
         _print_json(dataclasses.asdict(found))
         return
