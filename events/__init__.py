@@ -16,16 +16,20 @@ from events.errors import (
     UnknownTaskError,
 )
 from events.extraction import (
+    FACT_ACTIONS,
     BatchMessage,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
     Extractor,
+    FactAction,
+    KnownEntry,
 )
 from events.store import Durability, EventStore, Recorded, sqlite_url
 from events.user_log import ROLES, UserLog, check_message, check_user_id, user_log_id
 
 __all__ = [
+    "FACT_ACTIONS",
     "ROLES",
     "BatchMessage",
     "ConflictError",
@@ -36,8 +40,10 @@ __all__ = [
     "ExtractionError",
     "ExtractionResult",
     "Extractor",
+    "FactAction",
     "InvalidExtractionError",
     "InvalidInputError",
+    "KnownEntry",
     "MemoryClosedError",
     "MemveeError",
     "ProcessingError",

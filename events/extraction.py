@@ -9,15 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "FACT_ACTIONS",
     "BatchMessage",
     "ExtractedFact",
     "ExtractionBatch",
     "ExtractionResult",
     "Extractor",
+    "FactAction",
+    "KnownEntry",
 ]
+
+FactAction = Literal["new", "same", "update", "invalidate"]
+"""What an extracted fact does to the user's knowledge.
+
+``new`` adds an entry; ``same`` repeats a known entry (nothing is added); ``update``
+adds an entry that supersedes a known one (the user moved, changed jobs...);
+``invalidate`` ends a known entry without a replacement ("I quit my job").
+"""
+
+FACT_ACTIONS: tuple[FactAction, ...] = ("new", "same", "update", "invalidate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +44,26 @@ class BatchMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class KnownEntry:
+    """A currently valid knowledge entry of the user that a batch may repeat or change."""
+
+    entry_id: str
+    text: str
+    valid_from: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ExtractionBatch:
-    """The messages of one processing task of one user, oldest first."""
+    """The messages of one processing task of one user, oldest first.
+
+    ``known`` holds the user's current entries related to the batch, so that the
+    extractor can say when a fact repeats, updates or invalidates one of them.
+    """
 
     user_id: str
     task_id: str
     messages: tuple[BatchMessage, ...]
+    known: tuple[KnownEntry, ...] = ()
 
     @property
     def message_ids(self) -> frozenset[str]:
@@ -46,10 +73,16 @@ class ExtractionBatch:
 
 @dataclass(frozen=True, slots=True)
 class ExtractedFact:
-    """One knowledge entry as the extractor states it, with the messages it came from."""
+    """One knowledge entry as the extractor states it, with the messages it came from.
+
+    ``action`` says what the fact does to the known entries; ``same``, ``update`` and
+    ``invalidate`` name the known entry they concern in ``target_entry_id``.
+    """
 
     text: str
     source_message_ids: tuple[str, ...]
+    action: FactAction = "new"
+    target_entry_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
