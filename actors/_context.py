@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -9,9 +10,12 @@ from actors._committer import GroupCommitter
 from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
 from actors.lease import LeaseTable
-from events import EventStore
+from events import EventStore, KnownEntry
 
-__all__ = ["EngineSettings", "SharedServices", "TaskObserver"]
+__all__ = ["EngineSettings", "KnownEntries", "SharedServices", "TaskObserver"]
+
+KnownEntries = Callable[[str, Sequence[str]], tuple[KnownEntry, ...]]
+"""Reads a user's current entries related to some message texts (for an extractor)."""
 
 
 class TaskObserver(Protocol):
@@ -52,4 +56,5 @@ class SharedServices:
     observer: TaskObserver
     settings: EngineSettings
     dispatcher: Dispatcher
+    known: KnownEntries
     leases: LeaseTable | None = None

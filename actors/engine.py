@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,16 @@ from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
-from events import Durability, EventStore, Extractor
+from events import Durability, EventStore, Extractor, KnownEntry
 from projections import ProjectionReader, ProjectionTables, Projector, catch_up, rebuild
+from projections import LexicalRanker
 
 __all__ = ["Engine", "EngineOptions"]
 
 log = logging.getLogger("memvee.actors")
+
+MAX_KNOWN_ENTRIES = 100
+"""At most this many current entries go to an extractor beside each batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,7 @@ class Engine:
         self.tables = ProjectionTables()
         self.projector = Projector(self.tables)
         self.reader = ProjectionReader(self.tables)
+        self.ranker = LexicalRanker(self.tables)
         self.leases = (
             LeaseTable(self.store.engine, new_owner_id(), options.lease_ttl)
             if options.leases
@@ -77,6 +83,7 @@ class Engine:
             observer,
             options.settings,
             self.dispatcher,
+            self._known_entries,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -87,6 +94,12 @@ class Engine:
         if self.leases is not None:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
             self._ticker.start()
+
+    def _known_entries(self, user_id: str, texts: Sequence[str]) -> tuple[KnownEntry, ...]:
+        """The current entries an extractor sees beside a batch (so it can update them)."""
+        with self.store.engine.connect() as connection:
+            related = self.ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES)
+        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in related)
 
     def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:
         return UserActor.start(user_id, self.services, retire)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -67,6 +67,7 @@ class UserActor(PooledActor):
         self._epoch = 0
         self._last_write: Future[Any] | None = None
         self._running: str | None = None
+        self._said_at: dict[str, datetime] = {}
         self._owner: bool | None = None
         self._self_proxy: Any = None
 
@@ -216,7 +217,8 @@ class UserActor(PooledActor):
         if isinstance(outcome, ExtractionResult):
             result = outcome
             try:
-                count = self._decide(lambda ul: len(_record(ul, task_id, result)))
+                said_at = self._said_at
+                count = self._decide(lambda ul: len(_record(ul, task_id, result, said_at)))
             except StorageError as storage:
                 outcome = StorageError(f"could not record the outcome: {storage}")
             except MemveeError as refused:
@@ -373,7 +375,9 @@ class UserActor(PooledActor):
             for e in events
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
-        return ExtractionBatch(self.user_id, task_id, messages)
+        self._said_at = {m.message_id: m.sent_at for m in messages}
+        known = self._services.known(self.user_id, [m.content for m in messages])
+        return ExtractionBatch(self.user_id, task_id, messages, known)
 
     def _is_owner(self) -> bool:
         if self._owner is None:
@@ -449,7 +453,12 @@ class UserActor(PooledActor):
         self._snapshot_version = user_log.version
 
 
-def _record(user_log: UserLog | None, task_id: str, result: ExtractionResult) -> list[Any]:
+def _record(
+    user_log: UserLog | None,
+    task_id: str,
+    result: ExtractionResult,
+    said_at: Mapping[str, datetime],
+) -> list[Any]:
     if user_log is None:
         raise MemveeError(f"task {task_id}: the log is gone")
     return user_log.record_knowledge(
@@ -459,6 +468,7 @@ def _record(user_log: UserLog | None, task_id: str, result: ExtractionResult) ->
         result.model,
         result.input_tokens,
         result.output_tokens,
+        said_at,
     )
 
 

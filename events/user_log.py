@@ -1,14 +1,18 @@
 """The per-user log aggregate: the only place in memvee that decides.
 
-Read it as decide/evolve. The command methods (``add_message``, ``start_processing``,
-``record_knowledge``, ``record_failure``, ``close_interrupted``) check what may happen
-and emit events; each event's ``apply`` says how it changes the small state. The state
-holds ids and counters only, never message bodies, so snapshots stay small.
+Read it as decide/evolve. The command methods (``add_message``, ``request_processing``,
+``start_next``, ``record_knowledge``, ``record_reextraction``, ``promote``,
+``record_failure``, ``close_interrupted``) check what may happen and emit events; each
+event's ``apply`` says how it changes the small state. The state holds ids and counters
+only, never message bodies, so snapshots stay small. ``record_knowledge`` also decides
+the knowledge lifecycle: which entries a batch adds, and which known entries it
+supersedes or invalidates (the extractor only advises).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -16,7 +20,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
-from events.extraction import ExtractedFact
+from events.extraction import FACT_ACTIONS, ExtractedFact
 
 __all__ = ["LIVE_KNOWLEDGE", "ROLES", "UserLog", "user_log_id"]
 
@@ -91,6 +95,8 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             del log.open_tasks[self.task_id]
             log.knowledge_count += len(self.entries)
+            for entry in self.entries:
+                log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
 
     class KnowledgeReextracted(Aggregate.Event):
         """Part of the history was extracted again into a separate knowledge version."""
@@ -106,6 +112,31 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             count = log.knowledge_versions.get(self.knowledge_version, 0)
             log.knowledge_versions[self.knowledge_version] = count + len(self.entries)
+            for entry in self.entries:
+                log.valid_entries[entry["entry_id"]] = self.knowledge_version
+
+    class KnowledgeSuperseded(Aggregate.Event):
+        """A newer entry replaced a known one; the old entry stopped being valid then."""
+
+        entry_id: str
+        knowledge_version: str
+        superseded_by: str
+        valid_until: datetime
+
+        def apply(self, log: UserLog) -> None:
+            log.end_entry(self.entry_id)
+
+    class KnowledgeInvalidated(Aggregate.Event):
+        """A known entry stopped being true, with nothing to replace it ("I quit")."""
+
+        entry_id: str
+        knowledge_version: str
+        reason: str
+        source_message_ids: list[str]
+        valid_until: datetime
+
+        def apply(self, log: UserLog) -> None:
+            log.end_entry(self.entry_id)
 
     class KnowledgeVersionPromoted(Aggregate.Event):
         """A re-extracted knowledge version replaced the live knowledge."""
@@ -116,6 +147,15 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             del log.knowledge_versions[self.knowledge_version]
             log.knowledge_count = self.knowledge_count
+            log.valid_entries = {
+                entry_id: LIVE_KNOWLEDGE
+                for entry_id, version in log.valid_entries.items()
+                if version == self.knowledge_version
+            } | {
+                entry_id: version
+                for entry_id, version in log.valid_entries.items()
+                if version not in (LIVE_KNOWLEDGE, self.knowledge_version)
+            }
 
     class ProcessingFailed(Aggregate.Event):
         """A task ended FAILED on an extractor or storage error; its messages return."""
@@ -146,6 +186,7 @@ class UserLog(Aggregate):
         self.requested: dict[str, str] = {}
         self.knowledge_versions: dict[str, int] = {}
         self.open_tasks: dict[str, dict[str, int]] = {}
+        self.valid_entries: dict[str, str] = {}
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -156,6 +197,14 @@ class UserLog(Aggregate):
     def register(cls, user_id: str) -> UserLog:
         """Open the log of ``user_id``."""
         return cls._create(cls.Registered, id=user_log_id(user_id), user_id=user_id)
+
+    def end_entry(self, entry_id: str) -> None:
+        """Evolve helper: an entry stopped being valid; its version counts one fewer."""
+        version = self.valid_entries.pop(entry_id)
+        if version == LIVE_KNOWLEDGE:
+            self.knowledge_count -= 1
+        else:
+            self.knowledge_versions[version] -= 1
 
     def return_to_buffer(self, task_id: str) -> None:
         """Evolve helper: a closed task's messages go back to the buffer in log order."""
@@ -216,10 +265,17 @@ class UserLog(Aggregate):
         model: str | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        said_at: Mapping[str, datetime] | None = None,
     ) -> list[dict[str, Any]]:
-        """Close ``task_id`` as COMPLETED with ``facts``; each must cite messages of its batch."""
+        """Close ``task_id`` as COMPLETED with ``facts``; each must cite messages of its batch.
+
+        ``said_at`` gives the batch's message times: an entry is valid from the time its
+        newest source message was sent, and an entry it updates stops being valid then.
+        """
         batch = self._open_task(task_id)
-        entries = _entries(facts, frozenset(batch), f"task {task_id}")
+        _check_facts(facts, frozenset(batch), f"task {task_id}")
+        plan = self._plan(facts, LIVE_KNOWLEDGE)
+        entries = _entries(plan.added, said_at or {})
         self.trigger_event(
             self.KnowledgeExtracted,
             task_id=task_id,
@@ -230,6 +286,7 @@ class UserLog(Aggregate):
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
+        self._end_replaced(plan, entries, LIVE_KNOWLEDGE, said_at or {})
         return entries
 
     def record_reextraction(
@@ -241,11 +298,17 @@ class UserLog(Aggregate):
         model: str | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        said_at: Mapping[str, datetime] | None = None,
     ) -> list[dict[str, Any]]:
-        """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version."""
+        """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
+
+        Updates and invalidations apply to that version's own entries, never the live ones.
+        """
         if not knowledge_version.strip() or knowledge_version == LIVE_KNOWLEDGE:
             raise InvalidInputError(f"{knowledge_version!r} cannot name a new knowledge version")
-        entries = _entries(facts, frozenset(message_ids), f"version {knowledge_version}")
+        _check_facts(facts, frozenset(message_ids), f"version {knowledge_version}")
+        plan = self._plan(facts, knowledge_version)
+        entries = _entries(plan.added, said_at or {})
         self.trigger_event(
             self.KnowledgeReextracted,
             knowledge_version=knowledge_version,
@@ -256,7 +319,61 @@ class UserLog(Aggregate):
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
+        self._end_replaced(plan, entries, knowledge_version, said_at or {})
         return entries
+
+    def _plan(self, facts: Sequence[ExtractedFact], version: str) -> _Plan:
+        """Decide what each fact does to ``version``'s valid entries.
+
+        An extractor's answer is advice: a target that is not a valid entry of the version
+        (or was already ended by an earlier fact) turns an update into a plain new entry
+        and drops a repeat or an invalidation, so a confused extractor cannot lose facts.
+        """
+        valid = {e for e, v in self.valid_entries.items() if v == version}
+        plan = _Plan()
+        for fact in facts:
+            if fact.action not in FACT_ACTIONS:
+                raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
+            target = fact.target_entry_id if fact.target_entry_id in valid else None
+            if fact.action == "new" or (fact.action == "update" and target is None):
+                plan.added.append(fact)
+                plan.replaces.append(None)
+            elif fact.action == "update" and target is not None:
+                valid.discard(target)
+                plan.added.append(fact)
+                plan.replaces.append(target)
+            elif fact.action == "invalidate" and target is not None:
+                valid.discard(target)
+                plan.invalidated.append((target, fact))
+        return plan
+
+    def _end_replaced(
+        self,
+        plan: _Plan,
+        entries: list[dict[str, Any]],
+        version: str,
+        said_at: Mapping[str, datetime],
+    ) -> None:
+        """Emit the ends of the entries that the new ones replaced or the batch invalidated."""
+        for replaced, entry in zip(plan.replaces, entries, strict=True):
+            if replaced is not None:
+                self.trigger_event(
+                    self.KnowledgeSuperseded,
+                    entry_id=replaced,
+                    knowledge_version=version,
+                    superseded_by=entry["entry_id"],
+                    valid_until=datetime.fromisoformat(entry["valid_from"]),
+                )
+        for target, fact in plan.invalidated:
+            sources = list(dict.fromkeys(fact.source_message_ids))
+            self.trigger_event(
+                self.KnowledgeInvalidated,
+                entry_id=target,
+                knowledge_version=version,
+                reason=fact.text.strip(),
+                source_message_ids=sources,
+                valid_until=_said(sources, said_at),
+            )
 
     def promote(self, knowledge_version: str) -> None:
         """Make a re-extracted knowledge version the live knowledge."""
@@ -296,31 +413,52 @@ class UserLog(Aggregate):
             ) from None
 
 
+@dataclass
+class _Plan:
+    """What a batch's facts do: entries to add (each maybe replacing one) and entries to end."""
+
+    added: list[ExtractedFact] = field(default_factory=list)
+    replaces: list[str | None] = field(default_factory=list)
+    invalidated: list[tuple[str, ExtractedFact]] = field(default_factory=list)
+
+
+def _said(sources: Sequence[str], said_at: Mapping[str, datetime]) -> datetime:
+    """When the newest of ``sources`` was sent (now, if the times are not known)."""
+    times = [said_at[m] for m in sources if m in said_at]
+    return max(times) if times else datetime.now(UTC)
+
+
 def _entries(
-    facts: Sequence[ExtractedFact], allowed: frozenset[str], what: str
+    facts: Sequence[ExtractedFact], said_at: Mapping[str, datetime]
 ) -> list[dict[str, Any]]:
-    """Knowledge entries for ``facts``, each with a new id; every fact must cite ``allowed``."""
-    entries = [
-        {
-            "entry_id": str(uuid4()),
-            "text": fact.text.strip(),
-            "source_message_ids": list(dict.fromkeys(fact.source_message_ids)),
-        }
-        for fact in facts
-    ]
-    for entry in entries:
-        if not entry["text"]:
+    """Knowledge entries for ``facts``, each with a new id and the time it became valid."""
+    entries = []
+    for fact in facts:
+        sources = list(dict.fromkeys(fact.source_message_ids))
+        entries.append(
+            {
+                "entry_id": str(uuid4()),
+                "text": fact.text.strip(),
+                "source_message_ids": sources,
+                "valid_from": _said(sources, said_at).isoformat(),
+            }
+        )
+    return entries
+
+
+def _check_facts(facts: Sequence[ExtractedFact], allowed: frozenset[str], what: str) -> None:
+    """Every fact must have text and cite at least one message, all of them in ``allowed``."""
+    for fact in facts:
+        text = fact.text.strip()
+        if not text:
             raise InvalidExtractionError(f"{what}: a fact has empty text")
-        cited = entry["source_message_ids"]
-        if not cited:
-            raise InvalidExtractionError(f"{what}: fact {entry['text']!r} cites no message")
-        unknown = [m for m in cited if m not in allowed]
+        if not fact.source_message_ids:
+            raise InvalidExtractionError(f"{what}: fact {text!r} cites no message")
+        unknown = [m for m in dict.fromkeys(fact.source_message_ids) if m not in allowed]
         if unknown:
             raise InvalidExtractionError(
-                f"{what}: fact {entry['text']!r} cites messages outside its batch: "
-                f"{', '.join(unknown)}"
+                f"{what}: fact {text!r} cites messages outside its batch: {', '.join(unknown)}"
             )
-    return entries
 
 
 def check_user_id(user_id: object) -> str:

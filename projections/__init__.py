@@ -5,21 +5,28 @@ Every table here is a projection: it can be dropped and rebuilt from the log
 """
 
 from projections.models import BufferedMessage, KnowledgeEntry, Message, TaskRecord, UserSummary
-from projections.projector import Projector
+from projections.projector import SCHEMA_VERSION, Projector
+from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 from projections.rebuild import Difference, catch_up, dump, rebuild, rebuild_user, verify
 from projections.replay import UserState, state_at
+from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
+from projections.terms import STOP_WORDS, search_terms
 
 __all__ = [
     "LIVE_PREFIX",
+    "SCHEMA_VERSION",
+    "STOP_WORDS",
     "BufferedMessage",
     "Difference",
     "KnowledgeEntry",
+    "LexicalRanker",
     "Message",
     "ProjectionReader",
     "ProjectionTables",
     "Projector",
+    "SearchIndex",
     "TaskRecord",
     "UserState",
     "UserSummary",
@@ -27,6 +34,7 @@ __all__ = [
     "dump",
     "rebuild",
     "rebuild_user",
+    "search_terms",
     "state_at",
     "verify",
 ]

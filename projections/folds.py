@@ -1,6 +1,6 @@
 """The folds: how each event changes the projection rows, as ordered SQL operations.
 
-One function per projection (buffer, tasks, knowledge, users). Each maps a recorded
+One function per projection (buffer, tasks, knowledge, messages, users). Each maps a recorded
 event to the statements it implies; the projector runs them in log order and batches
 consecutive runs of the same statement. Nothing here reads a clock or a random value.
 """
@@ -8,6 +8,7 @@ consecutive runs of the same statement. Nothing here reads a clock or a random v
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -17,7 +18,16 @@ from events import Recorded, UserLog
 from events.user_log import LIVE_KNOWLEDGE
 from projections.tables import ProjectionTables
 
-__all__ = ["Fold", "Op", "Statements", "buffer_fold", "knowledge_fold", "tasks_fold", "users_fold"]
+__all__ = [
+    "Fold",
+    "Op",
+    "Statements",
+    "buffer_fold",
+    "knowledge_fold",
+    "messages_fold",
+    "tasks_fold",
+    "users_fold",
+]
 
 Statement = Insert | Update | Delete
 Op = tuple[Statement, dict[str, Any]]
@@ -80,6 +90,17 @@ class Statements:
         self.knowledge_drop_live = kn.delete().where(
             kn.c.log_id == bindparam("b_log_id"), kn.c.knowledge_version == LIVE_KNOWLEDGE
         )
+        self.knowledge_ended = (
+            kn.update()
+            .where(kn.c.entry_id == bindparam("b_entry_id"))
+            .values(
+                valid_until=bindparam("b_until"),
+                superseded_by=bindparam("b_by"),
+                ended_reason=bindparam("b_reason"),
+                ended_version=bindparam("b_version"),
+            )
+        )
+        self.message_insert = t.messages.insert()
         self.knowledge_promote = (
             kn.update()
             .where(
@@ -117,6 +138,11 @@ class Statements:
                 knowledge_count=u.c.knowledge_count + bindparam("b_count"),
                 tasks_completed=u.c.tasks_completed + 1,
             )
+        )
+        self.user_entry_ended = (
+            u.update()
+            .where(where_user)
+            .values(**touched, knowledge_count=u.c.knowledge_count - bindparam("b_live"))
         )
         self.user_failed = (
             u.update().where(where_user).values(**touched, tasks_failed=u.c.tasks_failed + 1)
@@ -239,12 +265,57 @@ def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                     "version": e.originator_version,
                     "extractor": e.extractor,
                     "model": e.model,
+                    "valid_from": _valid_from(entry, e.timestamp),
+                    "valid_until": None,
+                    "superseded_by": None,
+                    "ended_reason": None,
+                    "ended_version": None,
                 },
             )
+    elif isinstance(e, UserLog.KnowledgeSuperseded):
+        yield s.knowledge_ended, _ended(e.entry_id, e.valid_until, e.superseded_by, None, r)
+    elif isinstance(e, UserLog.KnowledgeInvalidated):
+        yield s.knowledge_ended, _ended(e.entry_id, e.valid_until, None, e.reason, r)
     elif isinstance(e, UserLog.KnowledgeVersionPromoted):
         log_id = str(e.originator_id)
         yield s.knowledge_drop_live, {"b_log_id": log_id}
         yield s.knowledge_promote, {"b_log_id": log_id, "b_version_name": e.knowledge_version}
+
+
+def _valid_from(entry: dict[str, Any], extracted_at: datetime) -> datetime:
+    """When an entry became valid; entries recorded before the lifecycle use their extraction."""
+    said = entry.get("valid_from")
+    return extracted_at if said is None else datetime.fromisoformat(said)
+
+
+def _ended(
+    entry_id: str, until: datetime, by: str | None, reason: str | None, r: Recorded
+) -> dict[str, Any]:
+    return {
+        "b_entry_id": entry_id,
+        "b_until": until,
+        "b_by": by,
+        "b_reason": reason,
+        "b_version": r.event.originator_version,
+    }
+
+
+def messages_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+    """Every message ever added, covered or not: for recall, provenance and neighbours."""
+    e = r.event
+    if isinstance(e, UserLog.MessageAdded):
+        yield (
+            s.message_insert,
+            {
+                "message_id": e.message_id,
+                "log_id": str(e.originator_id),
+                "seq": e.seq,
+                "version": e.originator_version,
+                "role": e.role,
+                "content": e.content,
+                "sent_at": e.sent_at,
+            },
+        )
 
 
 def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
@@ -283,5 +354,8 @@ def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
         yield s.user_failed, touched
     elif isinstance(e, UserLog.KnowledgeVersionPromoted):
         yield s.user_promoted, {**touched, "b_count": e.knowledge_count}
+    elif isinstance(e, UserLog.KnowledgeSuperseded | UserLog.KnowledgeInvalidated):
+        live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
+        yield s.user_entry_ended, {**touched, "b_live": live}
     else:
         yield s.user_touched, touched

@@ -10,7 +10,12 @@ __all__ = ["BufferedMessage", "KnowledgeEntry", "Message", "TaskRecord", "UserSu
 
 @dataclass(frozen=True, slots=True)
 class KnowledgeEntry:
-    """One piece of knowledge about a user, traceable to the messages it came from."""
+    """One piece of knowledge about a user, traceable to the messages it came from.
+
+    It is valid from ``valid_from`` (when its newest source message was sent) until
+    ``valid_until``, which is set once a later entry (``superseded_by``) replaced it or
+    the user said it stopped being true (``ended_reason``).
+    """
 
     entry_id: str
     user_id: str
@@ -20,6 +25,15 @@ class KnowledgeEntry:
     extracted_at: datetime
     extractor: str
     model: str | None
+    valid_from: datetime
+    valid_until: datetime | None = None
+    superseded_by: str | None = None
+    ended_reason: str | None = None
+
+    @property
+    def is_current(self) -> bool:
+        """Whether the entry is still valid (nothing superseded or invalidated it)."""
+        return self.valid_until is None
 
 
 @dataclass(frozen=True, slots=True)

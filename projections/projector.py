@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, inspect, select
 
 from events import Recorded
 from projections.folds import (
@@ -20,17 +20,23 @@ from projections.folds import (
     Statements,
     buffer_fold,
     knowledge_fold,
+    messages_fold,
     tasks_fold,
     users_fold,
 )
+from projections.search import SearchIndex, search_fold
 from projections.tables import ProjectionTables
 
-__all__ = ["FOLDS", "Projector"]
+__all__ = ["FOLDS", "SCHEMA_VERSION", "Projector"]
 
-FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold, users_fold)
+FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold, messages_fold, users_fold)
 """Every projection, each folding the log on its own tables."""
 
 _POSITION = "projections"
+_SCHEMA = "schema"
+
+SCHEMA_VERSION = 2
+"""The layout of the projection tables; bump it when a table or fold changes."""
 
 
 class Projector:
@@ -38,6 +44,7 @@ class Projector:
 
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
+        self.search = SearchIndex(tables)
         self._statements = Statements(tables)
         position = tables.position
         # Monotonic: on a server, transactions of several processes may commit out of id
@@ -49,15 +56,34 @@ class Projector:
         )
 
     def create(self, connection: Connection) -> bool:
-        """Create the tables if they are missing; ``True`` if the position had to start at 0."""
+        """Create the tables if they are missing; ``True`` if they start empty (at 0).
+
+        Tables of an older layout (another :data:`SCHEMA_VERSION`) are dropped first:
+        projections are disposable, and the caller refolds them from the log.
+        """
+        position = self.tables.position
+        if inspect(connection).has_table(position.name):
+            stored = connection.execute(
+                select(position.c.position).where(position.c.name == _SCHEMA)
+            ).scalar()
+            if stored != SCHEMA_VERSION:
+                self.drop(connection)
         self.tables.metadata.create_all(connection)
-        if connection.execute(select(self.tables.position.c.name)).first() is not None:
+        self.search.create(connection)
+        if connection.execute(select(position.c.name)).first() is not None:
             return False
-        connection.execute(self.tables.position.insert(), {"name": _POSITION, "position": 0})
+        connection.execute(
+            position.insert(),
+            [
+                {"name": _POSITION, "position": 0},
+                {"name": _SCHEMA, "position": SCHEMA_VERSION},
+            ],
+        )
         return True
 
     def drop(self, connection: Connection) -> None:
         """Drop the tables (a rebuild starts from nothing)."""
+        self.search.drop(connection)
         self.tables.metadata.drop_all(connection)
 
     def apply(
@@ -71,13 +97,19 @@ class Projector:
             return
         for fold in FOLDS:
             _run(connection, (op for r in recorded for op in fold(self._statements, r)))
+        if connection.dialect.name == "sqlite":
+            _run(connection, (op for r in recorded for op in search_fold(self.search, r)))
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
 
-    def forget(self, connection: Connection, log_id: str) -> None:
-        """Delete every row of one user's log from these tables."""
+    def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
+        """Delete every row of one user's log from these tables; returns counts per table."""
+        erased: dict[str, int] = {}
         for table in self.tables.data_tables:
-            connection.execute(table.delete().where(table.c.log_id == log_id))
+            result = connection.execute(table.delete().where(table.c.log_id == log_id))
+            erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
+        erased["search"] = self.search.forget(connection, log_id)
+        return erased
 
     def position(self, connection: Connection) -> int:
         """The id of the last notification folded into these tables (0 if none)."""

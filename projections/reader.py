@@ -5,14 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import ColumnElement, Connection, bindparam, func, or_, select
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
-from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord, UserSummary
+from projections.models import (
+    BufferedMessage,
+    KnowledgeEntry,
+    Message,
+    TaskRecord,
+    UserSummary,
+)
 from projections.tables import ProjectionTables
 
-__all__ = ["ProjectionReader"]
+__all__ = ["ProjectionReader", "entry_from_row", "message_from_row"]
 
 
 class ProjectionReader:
@@ -22,28 +28,69 @@ class ProjectionReader:
         self.tables = tables
 
     def knowledge(
-        self, connection: Connection, user_id: str, version: str = LIVE_KNOWLEDGE
+        self,
+        connection: Connection,
+        user_id: str,
+        version: str = LIVE_KNOWLEDGE,
+        *,
+        as_of: datetime | None = None,
+        history: bool = False,
     ) -> list[KnowledgeEntry]:
-        """The user's knowledge entries (live, or of a re-extracted version), oldest first."""
+        """The user's knowledge entries (live, or of a re-extracted version), oldest first.
+
+        By default only current entries; ``as_of`` gives those valid at that time, and
+        ``history=True`` every entry, ended ones included.
+        """
+        k = self.tables.knowledge
+        query = select(k).where(k.c.log_id == _log(user_id), k.c.knowledge_version == version)
+        if not history:
+            query = query.where(*self.valid(as_of))
+        rows = connection.execute(query.order_by(k.c.version, k.c.ordinal)).mappings()
+        return [entry_from_row(user_id, r) for r in rows]
+
+    def valid(self, as_of: datetime | None) -> tuple[ColumnElement[bool], ...]:
+        """The conditions on knowledge rows valid now (``None``) or at ``as_of``."""
+        k = self.tables.knowledge
+        if as_of is None:
+            return (k.c.valid_until.is_(None),)
+        at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        return (k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at))
+
+    def entries(self, connection: Connection, user_id: str, ids: list[str]) -> list[KnowledgeEntry]:
+        """The user's entries among ``ids`` (any version, ended or not), in no set order."""
+        if not ids:
+            return []
         k = self.tables.knowledge
         rows = connection.execute(
-            select(k)
-            .where(k.c.log_id == _log(user_id), k.c.knowledge_version == version)
-            .order_by(k.c.version, k.c.ordinal)
+            select(k).where(
+                k.c.log_id == _log(user_id), k.c.entry_id.in_(bindparam("ids", expanding=True))
+            ),
+            {"ids": ids},
         ).mappings()
-        return [
-            KnowledgeEntry(
-                entry_id=r["entry_id"],
-                user_id=user_id,
-                text=r["text"],
-                task_id=r["task_id"],
-                source_message_ids=tuple(r["source_message_ids"]),
-                extracted_at=_aware(r["extracted_at"]),
-                extractor=r["extractor"],
-                model=r["model"],
-            )
-            for r in rows
-        ]
+        return [entry_from_row(user_id, r) for r in rows]
+
+    def messages(
+        self,
+        connection: Connection,
+        user_id: str,
+        *,
+        ids: list[str] | None = None,
+        seqs: list[int] | None = None,
+    ) -> list[Message]:
+        """The user's messages in log order: all of them, or those with ``ids`` or ``seqs``."""
+        m = self.tables.messages
+        query = select(m).where(m.c.log_id == _log(user_id))
+        params: dict[str, Any] = {}
+        if ids is not None:
+            query = query.where(m.c.message_id.in_(bindparam("ids", expanding=True)))
+            params["ids"] = ids
+        if seqs is not None:
+            query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
+            params["seqs"] = seqs
+        if (ids is not None and not ids) or (seqs is not None and not seqs):
+            return []
+        rows = connection.execute(query.order_by(m.c.seq), params).mappings()
+        return [message_from_row(user_id, r) for r in rows]
 
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
         """The user's knowledge versions (live and re-extracted) with their entry counts."""
@@ -181,6 +228,36 @@ class ProjectionReader:
         u = self.tables.users
         row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
         return None if row is None else _summary(row)
+
+
+def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
+    """A knowledge row as the model callers get."""
+    return KnowledgeEntry(
+        entry_id=r["entry_id"],
+        user_id=user_id,
+        text=r["text"],
+        task_id=r["task_id"],
+        source_message_ids=tuple(r["source_message_ids"]),
+        extracted_at=_aware(r["extracted_at"]),
+        extractor=r["extractor"],
+        model=r["model"],
+        valid_from=_aware(r["valid_from"]),
+        valid_until=_maybe_aware(r["valid_until"]),
+        superseded_by=r["superseded_by"],
+        ended_reason=r["ended_reason"],
+    )
+
+
+def message_from_row(user_id: str, r: Any) -> Message:
+    """A message row as the model callers get."""
+    return Message(
+        message_id=r["message_id"],
+        user_id=user_id,
+        seq=r["seq"],
+        role=r["role"],
+        content=r["content"],
+        sent_at=_aware(r["sent_at"]),
+    )
 
 
 def _aware(stamp: datetime) -> datetime:

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 
 from events import EventStore, Recorded, user_log_id
 from projections.projector import Projector
+from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
 
 __all__ = ["Difference", "catch_up", "dump", "rebuild", "rebuild_user", "verify"]
@@ -108,6 +109,7 @@ def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, 
             role = table.name.removeprefix(tables.prefix)
             rows = connection.execute(select(table).order_by(*table.primary_key.columns))
             out[role] = [tuple(r) for r in rows]
+        out.update(SearchIndex(tables).dump(connection))
     return out
 
 

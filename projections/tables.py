@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -24,7 +25,11 @@ LIVE_PREFIX = "mv_"
 
 
 class ProjectionTables:
-    """The buffer, tasks, knowledge, users and position tables under ``prefix``."""
+    """The buffer, tasks, knowledge, messages, users and position tables under ``prefix``.
+
+    Knowledge rows keep their history: ``valid_until`` is set when a later entry
+    supersedes one (``superseded_by``) or the user says it stopped being true.
+    """
 
     def __init__(self, prefix: str = LIVE_PREFIX) -> None:
         self.prefix = prefix
@@ -75,6 +80,23 @@ class ProjectionTables:
             Column("knowledge_version", String(64), nullable=False, index=True),
             Column("extractor", String(64), nullable=False),
             Column("model", String(128), nullable=True),
+            Column("valid_from", DateTime(timezone=True), nullable=False),
+            Column("valid_until", DateTime(timezone=True), nullable=True),
+            Column("superseded_by", String(36), nullable=True),
+            Column("ended_reason", Text, nullable=True),
+            Column("ended_version", Integer, nullable=True),
+        )
+        self.messages = Table(
+            f"{prefix}messages",
+            self.metadata,
+            Column("message_id", String(36), primary_key=True),
+            Column("log_id", String(36), nullable=False),
+            Column("seq", Integer, nullable=False),
+            Column("version", Integer, nullable=False),
+            Column("role", String(16), nullable=False),
+            Column("content", Text, nullable=False),
+            Column("sent_at", DateTime(timezone=True), nullable=False),
+            Index(f"{prefix}messages_by_seq", "log_id", "seq", unique=True),
         )
         self.users = Table(
             f"{prefix}users",
@@ -100,4 +122,4 @@ class ProjectionTables:
     @property
     def data_tables(self) -> tuple[Table, ...]:
         """The tables that hold folded state (everything but the position)."""
-        return (self.buffer, self.tasks, self.knowledge, self.users)
+        return (self.buffer, self.tasks, self.knowledge, self.messages, self.users)

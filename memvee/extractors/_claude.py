@@ -1,9 +1,12 @@
 """Knowledge extraction with Claude through the Anthropic Messages API.
 
 Claude answers through one forced tool call, ``record_knowledge``, so that its answer is
-structured data rather than prose to parse. The answer is checked before it is trusted:
-anything off-schema, or citing messages outside the batch, fails the batch with
-:class:`events.errors.InvalidExtractionError` instead of writing doubtful knowledge.
+structured data rather than prose to parse. The prompt lists the user's known entries
+related to the batch, so that each fact can say whether it is new, repeats a known entry,
+updates one or invalidates one. The answer is checked before it is trusted: anything
+off-schema, citing messages outside the batch, or targeting an entry that is not known,
+fails the batch with :class:`events.errors.InvalidExtractionError` instead of writing
+doubtful knowledge.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import anthropic
 from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
 
 from events.errors import ExtractionError, InvalidExtractionError, InvalidInputError
-from events.extraction import ExtractedFact, ExtractionBatch, ExtractionResult
+from events.extraction import (
+    FACT_ACTIONS,
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionResult,
+    FactAction,
+)
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor"]
 
@@ -33,6 +42,11 @@ TOOL_NAME: Final = "record_knowledge"
 
 _MAX_DETAIL_CHARS = 200
 
+_ACTIONS: Final[Mapping[str, FactAction]] = {action: action for action in FACT_ACTIONS}
+"""The valid ``action`` values, mapped to themselves with the :data:`FactAction` type."""
+
+_TARGETING_ACTIONS: Final = frozenset(action for action in FACT_ACTIONS if action != "new")
+
 _SYSTEM_PROMPT = (
     "You maintain the long-term memory of an AI assistant about one user. From the "
     "conversation messages you are given, extract the durable facts about the user that "
@@ -42,8 +56,24 @@ _SYSTEM_PROMPT = (
     "user did not confirm. Write each fact as one short, self-contained sentence in the "
     'third person that starts with "User" (for example "User works at Acme Corp." or '
     '"User\'s sister lives in Bergen."). Give each fact the ids of the messages it comes '
-    "from, using only ids that appear in the batch. If nothing is worth remembering, "
-    f"record an empty list. Always answer by calling the {TOOL_NAME} tool."
+    "from, using only ids that appear in the batch.\n\n"
+    "You may also be given the user's known entries: what memory currently holds about "
+    "the user on related topics, each with an id, its text and since when it has been "
+    "valid. Give each fact an action:\n"
+    '- "new": the fact is not covered by any known entry.\n'
+    '- "same": the fact repeats a known entry, even in other words. Prefer "same" over '
+    "restating a known entry as a new fact, so that memory holds no duplicates.\n"
+    '- "update": a newer statement replaces an older known fact about the same thing '
+    "(the user moved to another city, changed jobs, changed a preference). The text "
+    "states the new fact.\n"
+    '- "invalidate": the user says a known entry stopped being true and gives nothing in '
+    'its place (for example "I quit my job"). The text states what ended, for example '
+    '"User no longer works at Acme Corp.". Use it only when the user says so; a known '
+    "entry that the messages do not mention stays as it is.\n"
+    '"same", "update" and "invalidate" must give the id of the known entry they concern '
+    'as target_entry_id, using only ids of the known entries; "new" never gives one.\n\n'
+    f"If nothing is worth remembering, record an empty list. Always answer by calling "
+    f"the {TOOL_NAME} tool."
 )
 
 _TOOL: Final[ToolParam] = {
@@ -72,6 +102,23 @@ _TOOL: Final[ToolParam] = {
                             "minItems": 1,
                             "description": "The ids of the messages this fact comes from.",
                         },
+                        "action": {
+                            "type": "string",
+                            "enum": list(FACT_ACTIONS),
+                            "default": "new",
+                            "description": (
+                                "new: not covered by a known entry; same: repeats a known "
+                                "entry; update: supersedes a known entry; invalidate: a "
+                                "known entry stopped being true, with no replacement."
+                            ),
+                        },
+                        "target_entry_id": {
+                            "type": "string",
+                            "description": (
+                                "The id of the known entry this fact repeats, updates or "
+                                'invalidates; required for those actions, absent for "new".'
+                            ),
+                        },
                     },
                     "required": ["text", "source_message_ids"],
                     "additionalProperties": False,
@@ -91,11 +138,26 @@ _TOOL_CHOICE: Final[ToolChoiceToolParam] = {
 
 
 def _prompt(batch: ExtractionBatch) -> str:
-    """The user turn: the batch's messages as JSON between <messages> tags.
+    """The user turn: known entries between <known_entries> tags, then the batch's messages
+    between <messages> tags, each section as a JSON array.
 
-    JSON keeps message boundaries unambiguous whatever the messages contain, and "<" is
-    escaped so that no message can close the tag early.
+    JSON keeps boundaries unambiguous whatever the entries and messages contain, and "<"
+    is escaped so that none of them can close a tag early.
     """
+    known = [
+        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()}
+        for e in batch.known
+    ]
+    if known:
+        known_section = (
+            "Here are the user's known entries related to this batch, as a JSON array. "
+            "Each has an id, its text and the time since which it has been valid.\n"
+            f"<known_entries>\n{_json_listing(known)}\n</known_entries>\n"
+        )
+    else:
+        known_section = (
+            "The user has no known entries related to this batch, so every fact is new.\n"
+        )
     messages = [
         {
             "id": m.message_id,
@@ -105,13 +167,19 @@ def _prompt(batch: ExtractionBatch) -> str:
         }
         for m in batch.messages
     ]
-    listing = json.dumps(messages, ensure_ascii=False, indent=1).replace("<", "\\u003c")
     return (
+        f"{known_section}"
         "Here are the messages of one conversation batch, oldest first, as a JSON array. "
         "Each has an id, a role (user or assistant), a timestamp and the content.\n"
-        f"<messages>\n{listing}\n</messages>\n"
-        f"Record the durable facts about the user with {TOOL_NAME}, citing message ids."
+        f"<messages>\n{_json_listing(messages)}\n</messages>\n"
+        f"Record the durable facts about the user with {TOOL_NAME}, citing message ids "
+        "and giving each fact its action."
     )
+
+
+def _json_listing(items: list[dict[str, str]]) -> str:
+    """``items`` as indented JSON with "<" escaped, safe to put between tags."""
+    return json.dumps(items, ensure_ascii=False, indent=1).replace("<", "\\u003c")
 
 
 class ClaudeExtractor:
@@ -206,6 +274,7 @@ class ClaudeExtractor:
         for call in calls:
             facts.extend(_parse_facts(getattr(call, "input", None), stop_reason))
         _check_citations(facts, batch.message_ids)
+        _check_targets(facts, frozenset(e.entry_id for e in batch.known))
         usage = getattr(response, "usage", None)
         notes = {"response_id": str(getattr(response, "id", "") or "")}
         if stop_reason is not None:
@@ -231,7 +300,11 @@ def _user_turn(batch: ExtractionBatch) -> MessageParam:
 
 
 def _parse_facts(payload: object, stop_reason: object) -> list[ExtractedFact]:
-    """The facts of one ``record_knowledge`` input, or InvalidExtractionError."""
+    """The facts of one ``record_knowledge`` input, or InvalidExtractionError.
+
+    A missing or null ``action`` means "new" and a null ``target_entry_id`` means none,
+    since models often spell an absent optional field as null.
+    """
     hint = " (the answer hit max_tokens)" if stop_reason == "max_tokens" else ""
 
     def invalid(problem: str) -> InvalidExtractionError:
@@ -252,7 +325,27 @@ def _parse_facts(payload: object, stop_reason: object) -> list[ExtractedFact]:
         ids = item.get("source_message_ids")
         if not _is_string_list(ids) or not ids:
             raise invalid(f"facts[{index}].source_message_ids must be a non-empty list of strings")
-        facts.append(ExtractedFact(" ".join(text.split()), tuple(dict.fromkeys(ids))))
+        raw_action = item.get("action")
+        if raw_action is None:
+            action: FactAction | None = "new"
+        else:
+            action = _ACTIONS.get(raw_action) if isinstance(raw_action, str) else None
+        if action is None:
+            shown = repr(raw_action)[:_MAX_DETAIL_CHARS]
+            raise invalid(f"facts[{index}].action must be one of {FACT_ACTIONS}, got {shown}")
+        target = item.get("target_entry_id")
+        if target is not None and (not isinstance(target, str) or not target.strip()):
+            raise invalid(f"facts[{index}].target_entry_id must be a non-empty string")
+        if action == "new" and target is not None:
+            raise invalid(
+                f"facts[{index}] is 'new' but has a target_entry_id; only same, update "
+                "and invalidate target a known entry"
+            )
+        if action in _TARGETING_ACTIONS and target is None:
+            raise invalid(f"facts[{index}] is {action!r} but has no target_entry_id")
+        facts.append(
+            ExtractedFact(" ".join(text.split()), tuple(dict.fromkeys(ids)), action, target)
+        )
     return facts
 
 
@@ -270,12 +363,29 @@ def _check_citations(facts: Sequence[ExtractedFact], allowed: frozenset[str]) ->
             )
 
 
+def _check_targets(facts: Sequence[ExtractedFact], known: frozenset[str]) -> None:
+    """Every same/update/invalidate fact must target one of the batch's known entries."""
+    for index, fact in enumerate(facts):
+        if fact.target_entry_id is not None and fact.target_entry_id not in known:
+            shown = repr(fact.target_entry_id[:_MAX_DETAIL_CHARS])
+            raise InvalidExtractionError(
+                f"Claude's fact {index} ({fact.action!r}) targets entry id {shown}, "
+                "which is not one of the batch's known entries"
+            )
+
+
 def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
-    """Facts with the same text become one fact citing all their messages."""
-    merged: dict[str, dict[str, None]] = {}
+    """Facts with the same text, action and target become one fact citing all their
+    messages; facts that differ in action or target stay apart for the engine to judge.
+    """
+    merged: dict[tuple[str, FactAction, str | None], dict[str, None]] = {}
     for fact in facts:
-        merged.setdefault(fact.text, {}).update(dict.fromkeys(fact.source_message_ids))
-    return tuple(ExtractedFact(text, tuple(ids)) for text, ids in merged.items())
+        key = (fact.text, fact.action, fact.target_entry_id)
+        merged.setdefault(key, {}).update(dict.fromkeys(fact.source_message_ids))
+    return tuple(
+        ExtractedFact(text, tuple(ids), action, target)
+        for (text, action, target), ids in merged.items()
+    )
 
 
 def _describe(exc: anthropic.AnthropicError, api_key: str | None) -> str:

@@ -4,8 +4,9 @@ Tests point the SDK at it with ``ANTHROPIC_BASE_URL`` to exercise the whole HTTP
 (connections, status codes, ``retry-after``, slow answers) without the internet. Each
 request takes the next scripted response from a queue; when the queue is empty the
 server answers like Claude would through ``record_knowledge``, with one fact
-"User said: <content>" per user message of the batch, citing that message. Uses the
-standard library only.
+"User said: <content>" per user message of the batch, citing that message; a fact whose
+text equals a known entry's text listed in the prompt is marked "same" with that entry as
+its target. Uses the standard library only.
 
     with MessagesAPIServer() as server:
         server.enqueue_error(529, "overloaded_error", headers={"retry-after-ms": "1"})
@@ -34,6 +35,7 @@ __all__ = [
     "ScriptedResponse",
     "default_answer",
     "error_body",
+    "prompt_known_entries",
     "prompt_messages",
     "tool_use_body",
 ]
@@ -42,6 +44,7 @@ MESSAGES_PATH = "/v1/messages"
 """The one endpoint the stand-in serves."""
 
 _MESSAGES_BLOCK = re.compile(r"<messages>\s*(.*?)\s*</messages>", re.DOTALL)
+_KNOWN_BLOCK = re.compile(r"<known_entries>\s*(.*?)\s*</known_entries>", re.DOTALL)
 _REASONS = {529: "Overloaded"}
 
 
@@ -72,6 +75,11 @@ class RecordedRequest:
     def messages(self) -> list[dict[str, Any]]:
         """The batch messages listed in the prompt (id, role, sent_at, content)."""
         return prompt_messages(self.body)
+
+    @property
+    def known(self) -> list[dict[str, Any]]:
+        """The known entries listed in the prompt (id, text, valid_from)."""
+        return prompt_known_entries(self.body)
 
 
 Responder = Callable[[RecordedRequest], ScriptedResponse]
@@ -118,6 +126,18 @@ def prompt_messages(body: Any) -> list[dict[str, Any]]:
 
     Returns an empty list when the request has no such block.
     """
+    return _prompt_block(body, _MESSAGES_BLOCK)
+
+
+def prompt_known_entries(body: Any) -> list[dict[str, Any]]:
+    """The known entries in a request's prompt: the JSON array between <known_entries>
+    tags, or an empty list when the prompt lists none.
+    """
+    return _prompt_block(body, _KNOWN_BLOCK)
+
+
+def _prompt_block(body: Any, block: re.Pattern[str]) -> list[dict[str, Any]]:
+    """The objects of the first JSON array that ``block`` finds in the request's turns."""
     if not isinstance(body, Mapping):
         return []
     for message in body.get("messages") or ():
@@ -126,7 +146,7 @@ def prompt_messages(body: Any) -> list[dict[str, Any]]:
         if isinstance(content, list):
             texts = [b.get("text", "") for b in content if isinstance(b, Mapping)]
         for text in texts:
-            found = _MESSAGES_BLOCK.search(text)
+            found = block.search(text)
             if found is not None:
                 listed = json.loads(found.group(1))
                 return [m for m in listed if isinstance(m, dict)]
@@ -134,13 +154,23 @@ def prompt_messages(body: Any) -> list[dict[str, Any]]:
 
 
 def default_answer(request: RecordedRequest) -> ScriptedResponse:
-    """One fact "User said: <content>" per user message of the batch, citing it."""
+    """One fact "User said: <content>" per user message of the batch, citing it.
+
+    A fact whose text equals a known entry's text is "same", targeting that entry.
+    """
     batch = request.messages
-    facts = [
-        {"text": f"User said: {m['content']}", "source_message_ids": [m["id"]]}
-        for m in batch
-        if m.get("role") == "user"
-    ]
+    known = {e.get("text"): e.get("id") for e in request.known}
+    facts: list[dict[str, Any]] = []
+    for m in batch:
+        if m.get("role") != "user":
+            continue
+        fact: dict[str, Any] = {
+            "text": f"User said: {m['content']}",
+            "source_message_ids": [m["id"]],
+        }
+        if fact["text"] in known:
+            fact.update(action="same", target_entry_id=known[fact["text"]])
+        facts.append(fact)
     model = request.body.get("model", "claude-standin") if isinstance(request.body, dict) else ""
     body = tool_use_body(
         facts,

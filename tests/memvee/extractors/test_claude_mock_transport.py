@@ -18,9 +18,21 @@ import pytest
 from anthropic._data import DEPRECATED_MODELS
 
 from events.errors import ExtractionError, InvalidExtractionError, InvalidInputError
-from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch, Extractor
+from events.extraction import (
+    FACT_ACTIONS,
+    BatchMessage,
+    ExtractedFact,
+    ExtractionBatch,
+    Extractor,
+    KnownEntry,
+)
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
-from tests.support.messages_api_server import error_body, tool_use_body
+from tests.support.messages_api_server import (
+    error_body,
+    prompt_known_entries,
+    prompt_messages,
+    tool_use_body,
+)
 
 API_KEY = "sk-ant-test-DO-NOT-LEAK-0123456789abcdef"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -32,6 +44,22 @@ BATCH = ExtractionBatch(
         BatchMessage("msg-2", "assistant", "Nice! What do you do there?", T0),
         BatchMessage("msg-3", "user", "I'm an engineer. Also, I live in Oslo.", T0),
     ),
+)
+T_KNOWN = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
+KNOWN = (
+    KnownEntry("e-city", "User lives in Bergen.", T_KNOWN),
+    KnownEntry("e-job", "User works at Acme Corp.", T_KNOWN),
+    KnownEntry("e-pet", "User has a cat named <Miso>.", T_KNOWN),
+)
+KNOWN_BATCH = ExtractionBatch(
+    user_id="u1",
+    task_id="t2",
+    messages=(
+        BatchMessage("msg-1", "user", "I still work at Acme.", T0),
+        BatchMessage("msg-2", "user", "We moved to Oslo last month.", T0),
+        BatchMessage("msg-3", "user", "Sadly Miso passed away.", T0),
+    ),
+    known=KNOWN,
 )
 GOOD_FACTS = [
     {"text": "User works at Acme Corp.", "source_message_ids": ["msg-1"]},
@@ -349,3 +377,174 @@ async def test_a_client_passed_in_stays_open_after_aclose(
     assert not clients[0].is_closed()
     assert isinstance(extractor, Extractor)
     assert extractor.name == "claude"
+
+
+def _user_prompt(body: dict[str, Any]) -> str:
+    (turn,) = body["messages"]
+    assert turn["role"] == "user"
+    content = turn["content"]
+    return content if isinstance(content, str) else "".join(b["text"] for b in content)
+
+
+async def test_known_entries_are_listed_before_the_messages(claude: Make) -> None:
+    api = FakeAPI(ok([]))
+    await claude(api).extract(KNOWN_BATCH)
+
+    body = api.bodies[0]
+    prompt = _user_prompt(body)
+    assert prompt.index("<known_entries>") < prompt.index("</known_entries>")
+    assert prompt.index("</known_entries>") < prompt.index("<messages>")
+    assert "<Miso>" not in prompt, "'<' in an entry must not open a tag"
+    assert prompt_known_entries(body) == [
+        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()} for e in KNOWN
+    ]
+    assert [m["id"] for m in prompt_messages(body)] == ["msg-1", "msg-2", "msg-3"]
+    system = body["system"]
+    for action in FACT_ACTIONS:
+        assert f'"{action}"' in system
+    assert "target_entry_id" in system
+
+
+async def test_a_batch_without_known_entries_lists_none(claude: Make) -> None:
+    api = FakeAPI(ok())
+    result = await claude(api).extract(BATCH)
+
+    body = api.bodies[0]
+    assert "<known_entries>" not in _user_prompt(body)
+    assert "no known entries" in _user_prompt(body)
+    assert prompt_known_entries(body) == []
+    assert all(f.action == "new" and f.target_entry_id is None for f in result.facts)
+
+
+async def test_the_tool_schema_offers_action_and_target(claude: Make) -> None:
+    api = FakeAPI(ok())
+    await claude(api).extract(KNOWN_BATCH)
+
+    fact_schema = api.bodies[0]["tools"][0]["input_schema"]["properties"]["facts"]["items"]
+    action = fact_schema["properties"]["action"]
+    assert action["type"] == "string"
+    assert action["enum"] == ["new", "same", "update", "invalidate"]
+    assert action["default"] == "new"
+    assert fact_schema["properties"]["target_entry_id"]["type"] == "string"
+    assert fact_schema["required"] == ["text", "source_message_ids"]
+    assert fact_schema["additionalProperties"] is False
+
+
+async def test_same_update_and_invalidate_parse_with_their_targets(claude: Make) -> None:
+    facts = [
+        {
+            "text": "User works at Acme Corp.",
+            "source_message_ids": ["msg-1"],
+            "action": "same",
+            "target_entry_id": "e-job",
+        },
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["msg-2"],
+            "action": "update",
+            "target_entry_id": "e-city",
+        },
+        {
+            "text": "User no longer has a cat named Miso.",
+            "source_message_ids": ["msg-3"],
+            "action": "invalidate",
+            "target_entry_id": "e-pet",
+        },
+        {"text": "User recently moved.", "source_message_ids": ["msg-2"], "action": "new"},
+        {"text": "User is sad about Miso.", "source_message_ids": ["msg-3"]},
+        {
+            "text": "User misses Miso.",
+            "source_message_ids": ["msg-3"],
+            "action": None,
+            "target_entry_id": None,
+        },
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+
+    assert result.facts == (
+        ExtractedFact("User works at Acme Corp.", ("msg-1",), "same", "e-job"),
+        ExtractedFact("User lives in Oslo.", ("msg-2",), "update", "e-city"),
+        ExtractedFact("User no longer has a cat named Miso.", ("msg-3",), "invalidate", "e-pet"),
+        ExtractedFact("User recently moved.", ("msg-2",), "new", None),
+        ExtractedFact("User is sad about Miso.", ("msg-3",)),
+        ExtractedFact("User misses Miso.", ("msg-3",)),
+    )
+
+
+async def test_duplicates_merge_only_with_the_same_action_and_target(claude: Make) -> None:
+    same = {"action": "same", "target_entry_id": "e-job"}
+    facts = [
+        {"text": "User works at Acme Corp.", "source_message_ids": ["msg-1"], **same},
+        {"text": "User works at  Acme Corp.", "source_message_ids": ["msg-2"], **same},
+        {"text": "User works at Acme Corp.", "source_message_ids": ["msg-3"]},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+
+    assert result.facts == (
+        ExtractedFact("User works at Acme Corp.", ("msg-1", "msg-2"), "same", "e-job"),
+        ExtractedFact("User works at Acme Corp.", ("msg-3",), "new", None),
+    )
+
+
+@pytest.mark.parametrize("action", ["same", "update", "invalidate"])
+async def test_targeting_an_unknown_entry_is_invalid(claude: Make, action: str) -> None:
+    facts = [
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["msg-2"],
+            "action": action,
+            "target_entry_id": "e-404",
+        }
+    ]
+    with pytest.raises(InvalidExtractionError, match=r"'e-404'.*not one of the batch's known"):
+        await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+
+
+async def test_targeting_an_entry_when_none_are_known_is_invalid(claude: Make) -> None:
+    facts = [
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["msg-3"],
+            "action": "update",
+            "target_entry_id": "e-city",
+        }
+    ]
+    with pytest.raises(InvalidExtractionError, match="'e-city'"):
+        await claude(FakeAPI(ok(facts))).extract(BATCH)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"action": "new", "target_entry_id": "e-city"}, r"facts\[0\] is 'new' but has a target"),
+        ({"target_entry_id": "e-city"}, r"facts\[0\] is 'new' but has a target"),
+        ({"action": "delete", "target_entry_id": "e-city"}, r"facts\[0\]\.action.*'delete'"),
+        ({"action": "UPDATE", "target_entry_id": "e-city"}, r"facts\[0\]\.action"),
+        ({"action": 1}, r"facts\[0\]\.action"),
+        ({"action": ["same"], "target_entry_id": "e-city"}, r"facts\[0\]\.action"),
+        ({"action": "same"}, r"facts\[0\] is 'same' but has no target_entry_id"),
+        ({"action": "update"}, r"facts\[0\] is 'update' but has no target_entry_id"),
+        ({"action": "invalidate"}, r"facts\[0\] is 'invalidate' but has no target"),
+        ({"action": "update", "target_entry_id": 7}, r"facts\[0\]\.target_entry_id"),
+        ({"action": "update", "target_entry_id": ""}, r"facts\[0\]\.target_entry_id"),
+    ],
+)
+async def test_a_bad_action_or_target_is_invalid(
+    claude: Make, extra: dict[str, object], problem: str
+) -> None:
+    facts = [{"text": "User lives in Oslo.", "source_message_ids": ["msg-2"], **extra}]
+    with pytest.raises(InvalidExtractionError, match=problem):
+        await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+
+
+async def test_source_ids_must_still_be_batch_messages_with_a_target(claude: Make) -> None:
+    facts = [
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["e-city"],
+            "action": "update",
+            "target_entry_id": "e-city",
+        }
+    ]
+    with pytest.raises(InvalidExtractionError, match="not in the batch: 'e-city'"):
+        await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)

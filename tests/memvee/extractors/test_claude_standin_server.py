@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.errors import ExtractionError
-from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch
+from events.errors import ExtractionError, InvalidExtractionError
+from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch, KnownEntry
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
 
@@ -28,6 +28,12 @@ BATCH = ExtractionBatch(
         BatchMessage("m-3", "user", 'I said "</messages>" on purpose.', T0),
     ),
 )
+T_KNOWN = datetime(2024, 6, 1, 9, 30, tzinfo=UTC)
+KNOWN = (
+    KnownEntry("e-said", "User said: I live in Oslo.", T_KNOWN),
+    KnownEntry("e-job", 'User works at "</known_entries>" Inc.', T_KNOWN),
+)
+KNOWN_BATCH = ExtractionBatch(BATCH.user_id, "t2", BATCH.messages, known=KNOWN)
 EXPECTED = (
     ExtractedFact("User said: I live in Oslo.", ("m-1",)),
     ExtractedFact('User said: I said "</messages>" on purpose.', ("m-3",)),
@@ -126,3 +132,74 @@ async def test_the_client_is_built_lazily_and_rebuilt_after_aclose(
     await claude.aclose()
     assert (await claude.extract(BATCH)).facts == EXPECTED
     assert len(server.requests) == 2
+
+
+async def test_known_entries_reach_the_server_and_same_comes_back(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    result = await claude.extract(KNOWN_BATCH)
+
+    assert result.facts == (
+        ExtractedFact("User said: I live in Oslo.", ("m-1",), "same", "e-said"),
+        EXPECTED[1],
+    )
+    (request,) = server.requests
+    assert request.known == [
+        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()} for e in KNOWN
+    ]
+    assert [m["id"] for m in request.messages] == ["m-1", "m-2", "m-3"]
+
+
+async def test_update_and_invalidate_over_http(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue_facts(
+        [
+            {
+                "text": "User lives in Oslo.",
+                "source_message_ids": ["m-1"],
+                "action": "update",
+                "target_entry_id": "e-said",
+            },
+            {
+                "text": "User no longer works there.",
+                "source_message_ids": ["m-3"],
+                "action": "invalidate",
+                "target_entry_id": "e-job",
+            },
+        ]
+    )
+
+    result = await claude.extract(KNOWN_BATCH)
+
+    assert result.facts == (
+        ExtractedFact("User lives in Oslo.", ("m-1",), "update", "e-said"),
+        ExtractedFact("User no longer works there.", ("m-3",), "invalidate", "e-job"),
+    )
+
+
+async def test_a_target_outside_the_known_entries_fails_over_http(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    server.enqueue_facts(
+        [
+            {
+                "text": "User lives in Oslo.",
+                "source_message_ids": ["m-1"],
+                "action": "update",
+                "target_entry_id": "e-404",
+            }
+        ]
+    )
+
+    with pytest.raises(InvalidExtractionError, match="'e-404'"):
+        await claude.extract(KNOWN_BATCH)
+    assert len(server.requests) == 1
+
+
+async def test_without_known_entries_the_prompt_lists_none(
+    server: MessagesAPIServer, claude: ClaudeExtractor
+) -> None:
+    assert (await claude.extract(BATCH)).facts == EXPECTED
+    (request,) = server.requests
+    assert request.known == []

@@ -1,0 +1,132 @@
+"""The full-text index: knowledge entries and messages, searchable per user.
+
+SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages),
+filled by :func:`search_fold` in the same transaction as the rows they index. Each row
+carries its owner (the log id, as one token), so a search is scoped to one user inside
+the ``MATCH`` itself. PostgreSQL needs no extra rows: expression GIN indexes over the
+knowledge and message text do the job, and the rankers query them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Column, Connection, MetaData, Table, Text, text
+
+from events import Recorded, UserLog
+from projections.tables import ProjectionTables
+
+__all__ = ["SearchIndex", "owner_token"]
+
+_TOKENIZER = "porter unicode61 remove_diacritics 2"
+PG_CONFIG = "english"
+"""The PostgreSQL text-search configuration (stemming and stop words)."""
+
+
+def owner_token(log_id: str) -> str:
+    """The single search token naming a log: its id without hyphens."""
+    return UUID(log_id).hex
+
+
+class SearchIndex:
+    """The index tables (SQLite) or indexes (PostgreSQL) of one set of projection tables."""
+
+    def __init__(self, tables: ProjectionTables) -> None:
+        self.tables = tables
+        metadata = MetaData()
+        self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
+        self.messages_fts = _fts_table(f"{tables.prefix}messages_fts", metadata)
+        self.knowledge_insert = self.knowledge_fts.insert()
+        self.message_insert = self.messages_fts.insert()
+
+    def create(self, connection: Connection) -> None:
+        """Create the index if it is missing."""
+        if _is_sqlite(connection):
+            for table in (self.knowledge_fts, self.messages_fts):
+                connection.execute(
+                    text(
+                        f"CREATE VIRTUAL TABLE IF NOT EXISTS {table.name} USING fts5("
+                        f"owner, body, item_id UNINDEXED, tokenize='{_TOKENIZER}')"
+                    )
+                )
+        elif connection.dialect.name == "postgresql":
+            k, m = self.tables.knowledge, self.tables.messages
+            for table, column in ((k, "text"), (m, "content")):
+                connection.execute(
+                    text(
+                        f"CREATE INDEX IF NOT EXISTS {table.name}_search ON {table.name} "
+                        f"USING gin (to_tsvector('{PG_CONFIG}', {column}))"
+                    )
+                )
+
+    def drop(self, connection: Connection) -> None:
+        """Drop the index tables (PostgreSQL's indexes go with their tables)."""
+        if _is_sqlite(connection):
+            for table in (self.knowledge_fts, self.messages_fts):
+                connection.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
+
+    def forget(self, connection: Connection, log_id: str) -> int:
+        """Delete one log's index rows; returns how many went."""
+        if not _is_sqlite(connection):
+            return 0
+        erased = 0
+        for table in (self.knowledge_fts, self.messages_fts):
+            result = connection.execute(
+                text(
+                    f"DELETE FROM {table.name} WHERE rowid IN "
+                    f"(SELECT rowid FROM {table.name} WHERE {table.name} MATCH :owner)"
+                ),
+                {"owner": f'owner : "{owner_token(log_id)}"'},
+            )
+            erased += result.rowcount
+        return erased
+
+    def dump(self, connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
+        """Every index row in a stable order, for comparing a rebuild with the live index."""
+        if not _is_sqlite(connection):
+            return {}
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table in (self.knowledge_fts, self.messages_fts):
+            role = table.name.removeprefix(self.tables.prefix)
+            rows = connection.execute(
+                text(f"SELECT item_id, owner, body FROM {table.name} ORDER BY item_id, rowid")
+            )
+            out[role] = [tuple(r) for r in rows]
+        return out
+
+
+def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """SQLite index rows: every message, and every entry ever extracted (live or not).
+
+    Entries are never removed when they end or a version is promoted: the rankers join
+    the knowledge rows, which say what is valid, so the index only has to grow.
+    """
+    e = r.event
+    if isinstance(e, UserLog.MessageAdded):
+        yield (
+            index.message_insert,
+            {
+                "owner": owner_token(str(e.originator_id)),
+                "body": e.content,
+                "item_id": e.message_id,
+            },
+        )
+    elif isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+        owner = owner_token(str(e.originator_id))
+        for entry in e.entries:
+            yield (
+                index.knowledge_insert,
+                {"owner": owner, "body": entry["text"], "item_id": entry["entry_id"]},
+            )
+
+
+def _fts_table(name: str, metadata: MetaData) -> Table:
+    return Table(
+        name, metadata, Column("owner", Text), Column("body", Text), Column("item_id", Text)
+    )
+
+
+def _is_sqlite(connection: Connection) -> bool:
+    return connection.dialect.name == "sqlite"
