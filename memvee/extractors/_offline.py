@@ -4,19 +4,25 @@ It recognises a small set of self-disclosures in the user's own messages ("I wor
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
 wrong one, so questions, negations, hypotheticals and anything it cannot parse are skipped.
+
+Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
+as are the batch's known entries that it can parse, so that a repeated fact is marked
+``same`` and a changed single-valued slot (a new job, a new city) is an ``update``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from events.extraction import (
     BatchMessage,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
+    KnownEntry,
 )
 
 __all__ = ["OfflineExtractor", "extract_facts"]
@@ -257,24 +263,236 @@ def _message_facts(content: str) -> Iterator[str]:
                     break
 
 
-def extract_facts(messages: Iterable[BatchMessage]) -> tuple[ExtractedFact, ...]:
-    """The facts the user's own messages disclose, deduplicated, in order of first mention.
+# Claims: a fact read back as the slot it fills and its value. The patterns parse the
+# sentences the rules above write, and nothing else.
+_ALLERGY = "allergy"
+_EMPLOYER = "employer"
+_HOME = "home"
+_LIKES = "likes"
+_NAME = "name"
+_ROLE = "role"
+_IS_A = "is a"  # "User is a nurse.": a role only when the noun is an occupation
+_SINGLE_VALUED = frozenset({_EMPLOYER, _HOME, _NAME, _ROLE})
+_ONE_OF_MANY = frozenset(
+    {"friend", "cousin", "colleague", "roommate", "aunt", "uncle", "niece", "nephew"}
+    | {"grandmother", "grandfather", "grandma", "grandpa", "fish", "bird"}
+)
+_ONLY_ONE_ADJECTIVES = frozenset({"best", "eldest", "oldest", "youngest"})
+_OCCUPATIONS = frozenset(
+    {"accountant", "actor", "actress", "analyst", "architect", "artist", "attorney", "author"}
+    | {"baker", "barber", "barista", "bartender", "carpenter", "cashier", "chef", "chemist"}
+    | {"cleaner", "clerk", "consultant", "cook", "dentist", "designer", "developer", "doctor"}
+    | {"driver", "economist", "editor", "electrician", "engineer", "farmer", "firefighter"}
+    | {"hairdresser", "journalist", "judge", "lawyer", "lecturer", "librarian", "manager"}
+    | {"mechanic", "midwife", "musician", "nurse", "paramedic", "pharmacist", "photographer"}
+    | {"physician", "physicist", "physiotherapist", "pilot", "plumber", "professor"}
+    | {"programmer", "psychologist", "receptionist", "researcher", "scientist", "secretary"}
+    | {"surgeon", "teacher", "technician", "therapist", "translator", "tutor", "vet"}
+    | {"veterinarian", "waiter", "waitress", "writer"}
+)
+_NOT_AN_OCCUPATION = frozenset(
+    {"good", "bad", "great", "terrible", "decent", "awful", "amazing", "lousy", "poor"}
+    | {"excellent", "huge", "big", "keen", "avid", "aspiring", "wannabe", "amateur", "hobby"}
+    | {"former", "retired", "ex", "future", "part-time", "volunteer"}
+)
+_KIN = (
+    rf"(?P<kin>{_KIN_ADJECTIVE}(?:{_RELATIVES}|{_PETS}))"
+    r"(?:\s(?P<alias>(?-i:[A-Z][a-z]+(?:[-'][A-Za-z]+)?)))?"
+)
+_VALUE = r"(?P<value>.+?)\.?"
+# A value with a second clause ("Acme and lives in Oslo") is not one this extractor wrote:
+# superseding it would also end what the rest of the sentence says.
+_SECOND_CLAUSE = re.compile(
+    r";|\b(?:and|but)\s+(?:lives|works|moved|loves|likes|enjoys|adores|is|has|was)\b"
+)
+_CLAIM_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern + _VALUE, re.IGNORECASE), kind)
+    for pattern, kind in (
+        (r"User is allergic to ", _ALLERGY),
+        (r"User works (?:at|for) ", _EMPLOYER),
+        (r"User works as ", _ROLE),
+        (r"User (?:lives in|moved to) ", _HOME),
+        (r"User (?:loves|likes|enjoys|adores) ", _LIKES),
+        (r"User's name is ", _NAME),
+        (r"User is (?=an? )", _IS_A),
+        (rf"User's {_KIN} is called ", _NAME),
+        (rf"User's {_KIN} is allergic to ", _ALLERGY),
+        (rf"User's {_KIN} works (?:at|for) ", _EMPLOYER),
+        (rf"User's {_KIN} works as ", _ROLE),
+        (rf"User's {_KIN} (?:lives in|moved to) ", _HOME),
+        (rf"User's {_KIN} (?:loves|likes|enjoys|adores) ", _LIKES),
+        (rf"User's {_KIN} is (?=an? )", _IS_A),
+    )
+)
 
-    Facts that differ only in case or spacing are one fact citing every message that
-    stated it; assistant and system messages are ignored, as they are not the user's word.
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What a fact says, in comparable form: the slot it fills and the value it gives.
+
+    ``slot`` is (kind, subject), the subject being "" for the user or the relative's or
+    pet's noun ("sister", "sister anna"). A ``single`` slot holds one current value, so a
+    different value supersedes the old one; other slots (likes, allergies) accumulate.
     """
-    texts: dict[str, str] = {}
-    sources: dict[str, list[str]] = {}
+
+    slot: tuple[str, str]
+    value: str
+    single: bool
+
+
+def _normalized(text: str) -> str:
+    """``text`` compared as case- and spacing-insensitive."""
+    return " ".join(text.casefold().split())
+
+
+def _claim(text: str) -> _Claim | None:
+    """The claim of a sentence this extractor writes, or None for any other sentence."""
+    text = " ".join(text.split())
+    for pattern, kind in _CLAIM_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return _claim_of(kind, match)
+    return None
+
+
+def _claim_of(kind: str, match: re.Match[str]) -> _Claim | None:
+    """The claim of one matched sentence; None when its value fills no clear slot."""
+    value = _normalized(match["value"])
+    words = value.split()
+    if len(words) > _MAX_OBJECT_WORDS or _SECOND_CLAUSE.search(value):
+        return None
+    if kind in (_ROLE, _IS_A):
+        if words[:1] in (["a"], ["an"]):
+            words = words[1:]
+        if not words:
+            return None
+        if kind == _IS_A and not _is_occupation(words):
+            return None
+        kind = _ROLE
+    subject, only_one = _subject(match)
+    return _Claim((kind, subject), " ".join(words), kind in _SINGLE_VALUED and only_one)
+
+
+def _is_occupation(words: Sequence[str]) -> bool:
+    """Whether "User is a <words>" names the user's job ("a nurse"), not a trait ("a vegan")."""
+    return (
+        len(words) <= 3
+        and words[-1] in _OCCUPATIONS
+        and not any(word in _NOT_AN_OCCUPATION for word in words)
+    )
+
+
+def _subject(match: re.Match[str]) -> tuple[str, bool]:
+    """Who a claim is about, and whether that names one being (so a slot has one value).
+
+    "my friend" may be a different friend each time, so its slots only deduplicate;
+    "my best friend", "my sister" and "my friend Tom" are taken to be one person.
+    """
+    kin = match.groupdict().get("kin")
+    if kin is None:
+        return "", True
+    words = [_NOUN_SYNONYMS.get(word, word) for word in kin.casefold().split()]
+    alias = match["alias"]
+    only_one = (
+        alias is not None
+        or words[-1] not in _ONE_OF_MANY
+        or any(word in _ONLY_ONE_ADJECTIVES for word in words)
+    )
+    if alias is not None:
+        words.append(alias.casefold())
+    return " ".join(words), only_one
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A fact of the batch being collected: its text, claim and citing messages."""
+
+    text: str
+    claim: _Claim | None
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A known entry with its comparable text and its claim, if this extractor can read it."""
+
+    entry: KnownEntry
+    key: str
+    claim: _Claim | None
+    position: int
+
+    def recency(self) -> tuple[datetime, int]:
+        """Orders entries newest last; the batch order breaks ties."""
+        return (self.entry.valid_from, self.position)
+
+
+def _collect(drafts: dict[str, _Draft], text: str, message_id: str) -> None:
+    """Add one fact to the batch's drafts, merging repeats and keeping a slot's latest value.
+
+    A fact that repeats an earlier one (same text, or same slot and value) cites its message
+    there. A new value of a single-valued slot replaces the slot's earlier draft, and moves
+    to the end, since only the value the user ended the batch with is current.
+    """
+    key = _normalized(text)
+    claim = _claim(text)
+    draft = drafts.get(key)
+    if draft is None and claim is not None:
+        draft = next((d for d in drafts.values() if d.claim == claim), None)
+    if draft is None:
+        if claim is not None and claim.single:
+            for stale in [k for k, d in drafts.items() if d.claim and d.claim.slot == claim.slot]:
+                del drafts[stale]
+        draft = drafts[key] = _Draft(text, claim)
+    if message_id not in draft.sources:
+        draft.sources.append(message_id)
+
+
+def _resolve(draft: _Draft, known: Sequence[_Known]) -> ExtractedFact:
+    """The fact of one draft, with what it does to the known entries.
+
+    ``same`` when a known entry says the same thing (in the same words, or the same value
+    for the same slot); ``update`` of the newest known entry of a single-valued slot that
+    now has another value; ``new`` otherwise.
+    """
+    key = _normalized(draft.text)
+    sources = tuple(draft.sources)
+    same = [k for k in known if k.key == key]
+    if not same and draft.claim is not None:
+        same = [k for k in known if k.claim == draft.claim]
+    if same:
+        target = max(same, key=_Known.recency).entry.entry_id
+        return ExtractedFact(draft.text, sources, action="same", target_entry_id=target)
+    if draft.claim is not None and draft.claim.single:
+        slot = draft.claim.slot
+        rivals = [k for k in known if k.claim is not None and k.claim.slot == slot]
+        if rivals:
+            target = max(rivals, key=_Known.recency).entry.entry_id
+            return ExtractedFact(draft.text, sources, action="update", target_entry_id=target)
+    return ExtractedFact(draft.text, sources)
+
+
+def extract_facts(
+    messages: Iterable[BatchMessage], known: Iterable[KnownEntry] = ()
+) -> tuple[ExtractedFact, ...]:
+    """The facts the user's own messages disclose, deduplicated, related to ``known``.
+
+    Facts that differ only in case or spacing, or give the same value for the same slot,
+    are one fact citing every message that stated it; a single-valued slot stated twice
+    with different values keeps only the latest. Facts come in order of first mention (a
+    replaced value at its replacement). Assistant and system messages are ignored, as
+    they are not the user's word. ``known`` entries decide each fact's action.
+    """
+    drafts: dict[str, _Draft] = {}
     for message in messages:
         if message.role != "user":
             continue
         for text in _message_facts(message.content):
-            key = " ".join(text.casefold().split())
-            texts.setdefault(key, text)
-            cited = sources.setdefault(key, [])
-            if message.message_id not in cited:
-                cited.append(message.message_id)
-    return tuple(ExtractedFact(texts[key], tuple(sources[key])) for key in texts)
+            _collect(drafts, text, message.message_id)
+    known_claims = [
+        _Known(entry, _normalized(entry.text), _claim(entry.text), position)
+        for position, entry in enumerate(known)
+    ]
+    return tuple(_resolve(draft, known_claims) for draft in drafts.values())
 
 
 class OfflineExtractor:
@@ -287,8 +505,9 @@ class OfflineExtractor:
     name = "offline"
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
-        """Extract the facts that the batch's user messages state about the user."""
-        return ExtractionResult(facts=extract_facts(batch.messages), extractor=self.name)
+        """Extract the facts that the batch's user messages state, against its known entries."""
+        facts = extract_facts(batch.messages, batch.known)
+        return ExtractionResult(facts=facts, extractor=self.name)
 
     async def aclose(self) -> None:
         """Nothing to release; present to satisfy the Extractor protocol."""

@@ -12,8 +12,10 @@ from events.extraction import (
     ExtractionBatch,
     ExtractionResult,
     Extractor,
+    KnownEntry,
 )
 from memvee.extractors import OfflineExtractor
+from memvee.extractors._offline import extract_facts
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -22,8 +24,19 @@ def message(message_id: str, content: str, role: str = "user") -> BatchMessage:
     return BatchMessage(message_id, role, content, T0 + timedelta(seconds=len(message_id)))
 
 
-def batch(*messages: BatchMessage) -> ExtractionBatch:
-    return ExtractionBatch(user_id="u1", task_id="t1", messages=messages)
+def batch(*messages: BatchMessage, known: tuple[KnownEntry, ...] = ()) -> ExtractionBatch:
+    return ExtractionBatch(user_id="u1", task_id="t1", messages=messages, known=known)
+
+
+def entry(entry_id: str, text: str, days_old: int = 30) -> KnownEntry:
+    return KnownEntry(entry_id, text, T0 - timedelta(days=days_old))
+
+
+async def against(known: tuple[KnownEntry, ...], *contents: str) -> tuple[ExtractedFact, ...]:
+    """The facts of one user message per content (m1, m2, ...), given the known entries."""
+    messages = [message(f"m{i}", content) for i, content in enumerate(contents, start=1)]
+    result = await OfflineExtractor().extract(batch(*messages, known=known))
+    return result.facts
 
 
 async def extract(*messages: BatchMessage) -> ExtractionResult:
@@ -222,3 +235,201 @@ async def test_is_an_extractor_and_closes_cleanly() -> None:
     assert isinstance(extractor, Extractor)
     assert extractor.name == "offline"
     await extractor.aclose()
+
+
+# The knowledge lifecycle: a fact repeats (same), supersedes (update) or adds to (new)
+# the user's known entries.
+
+
+def new(text: str, *sources: str) -> ExtractedFact:
+    return ExtractedFact(text, sources or ("m1",))
+
+
+def same(text: str, target: str, *sources: str) -> ExtractedFact:
+    return ExtractedFact(text, sources or ("m1",), action="same", target_entry_id=target)
+
+
+def update(text: str, target: str, *sources: str) -> ExtractedFact:
+    return ExtractedFact(text, sources or ("m1",), action="update", target_entry_id=target)
+
+
+ACME = entry("e-acme", "User works at Acme.")
+OSLO = entry("e-oslo", "User lives in Oslo.")
+
+
+async def test_a_new_employer_updates_the_known_one() -> None:
+    assert await against((ACME,), "I work at Globex") == (
+        update("User works at Globex.", "e-acme"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("known_text", "content", "expected"),
+    [
+        ("User lives in Oslo.", "I moved to Bergen", "User moved to Bergen."),
+        ("User moved to Bergen.", "I live in Oslo", "User lives in Oslo."),
+        ("User lives in Oslo.", "I live in Bergen now", "User lives in Bergen."),
+    ],
+)
+async def test_living_in_and_moving_to_are_one_home_slot(
+    known_text: str, content: str, expected: str
+) -> None:
+    known = (entry("e1", known_text),)
+    assert await against(known, content) == (update(expected, "e1"),)
+
+
+async def test_a_statement_already_known_is_the_same_not_a_new_entry() -> None:
+    assert await against((ACME, OSLO), "i live in OSLO!") == (
+        same("User lives in OSLO.", "e-oslo"),
+    )
+
+
+async def test_the_same_value_in_other_words_is_the_same() -> None:
+    assert await against((ACME,), "I work for Acme") == (same("User works for Acme.", "e-acme"),)
+    assert await against((OSLO,), "I moved to Oslo") == (same("User moved to Oslo.", "e-oslo"),)
+
+
+async def test_likes_accumulate() -> None:
+    known = (entry("e-jazz", "User likes jazz."),)
+    assert await against(known, "I love hiking.", "I enjoy chess.") == (
+        new("User loves hiking.", "m1"),
+        new("User enjoys chess.", "m2"),
+    )
+
+
+async def test_liking_loving_and_enjoying_the_same_thing_is_one_preference() -> None:
+    known = (entry("e-jazz", "User likes jazz."),)
+    assert await against(known, "I love jazz") == (same("User loves jazz.", "e-jazz"),)
+
+
+async def test_allergies_accumulate_and_a_repeated_one_is_the_same() -> None:
+    known = (entry("e-nuts", "User is allergic to peanuts."),)
+    assert await against(known, "I'm allergic to peanuts. I'm allergic to cats.") == (
+        same("User is allergic to peanuts.", "e-nuts"),
+        new("User is allergic to cats."),
+    )
+
+
+async def test_a_slot_changed_twice_in_a_batch_gives_only_the_latest_value() -> None:
+    contents = ("I work at Acme. I love jazz.", "Actually I now work at Globex")
+    assert await against((), *contents) == (
+        new("User loves jazz.", "m1"),
+        new("User works at Globex.", "m2"),
+    )
+    assert await against((ACME,), *contents) == (
+        new("User loves jazz.", "m1"),
+        update("User works at Globex.", "e-acme", "m2"),
+    )
+
+
+async def test_a_slot_changed_back_in_the_batch_is_the_same_as_known() -> None:
+    facts = await against((OSLO,), "I moved to Bergen.", "No wait, I live in Oslo.")
+    assert facts == (same("User lives in Oslo.", "e-oslo", "m2"),)
+
+
+async def test_the_same_slot_and_value_twice_in_a_batch_is_one_fact() -> None:
+    assert await against((), "I live in Oslo.", "I moved to Oslo") == (
+        new("User lives in Oslo.", "m1", "m2"),
+    )
+
+
+async def test_an_update_targets_the_newest_known_entry_of_the_slot() -> None:
+    known = (
+        entry("e-new", "User moved to Bergen.", days_old=2),
+        entry("e-old", "User lives in Oslo.", days_old=200),
+    )
+    assert await against(known, "I live in Rome") == (update("User lives in Rome.", "e-new"),)
+
+
+@pytest.mark.parametrize(
+    "known_text",
+    [
+        "The user is employed at Acme.",
+        "User works at Acme as a senior engineer; previously at Initech.",
+        "User works at Acme and lives in Oslo.",
+        "Prefers short answers.",
+        "",
+    ],
+)
+async def test_known_entries_it_cannot_read_are_ignored(known_text: str) -> None:
+    known = (entry("e1", known_text),)
+    assert await against(known, "I work at Globex") == (new("User works at Globex."),)
+
+
+async def test_other_slots_are_untouched() -> None:
+    assert await against((ACME,), "I live in Oslo") == (new("User lives in Oslo."),)
+
+
+async def test_the_role_is_one_slot_for_works_as_and_is_a_job() -> None:
+    teacher = (entry("e-role", "User works as a teacher."),)
+    assert await against(teacher, "I'm a nurse") == (update("User is a nurse.", "e-role"),)
+    assert await against(teacher, "I am a teacher") == (same("User is a teacher.", "e-role"),)
+
+
+@pytest.mark.parametrize("content", ["I'm a vegetarian", "I'm a terrible cook", "I'm a big fan"])
+async def test_being_a_something_that_is_no_job_leaves_the_role_alone(content: str) -> None:
+    teacher = (entry("e-role", "User works as a teacher."),)
+    [fact] = await against(teacher, content)
+    assert (fact.action, fact.target_entry_id) == ("new", None)
+
+
+async def test_the_users_name_is_one_slot() -> None:
+    known = (entry("e-name", "User's name is Sam."),)
+    assert await against(known, "Call me Max") == (update("User's name is Max.", "e-name"),)
+
+
+async def test_a_relatives_slots_are_keyed_by_the_relative() -> None:
+    known = (
+        entry("e-name", "User's sister is called Anna."),
+        entry("e-home", "User's sister lives in Oslo."),
+        entry("e-job", "User's mother works as a nurse."),
+    )
+    assert await against(
+        known, "My sister is called Eva. My brother lives in Bergen.", "My mom is a teacher."
+    ) == (
+        update("User's sister is called Eva.", "e-name", "m1"),
+        new("User's brother lives in Bergen.", "m1"),
+        update("User's mother is a teacher.", "e-job", "m2"),
+    )
+    assert await against(known, "My sister moved to Bergen") == (
+        update("User's sister moved to Bergen.", "e-home"),
+    )
+
+
+async def test_a_pets_name_is_keyed_by_the_pet() -> None:
+    known = (entry("e-dog", "User's dog is called Rex."),)
+    assert await against(known, "My dog is called Max. I have a cat named Luna.") == (
+        update("User's dog is called Max.", "e-dog"),
+        new("User's cat is called Luna."),
+    )
+
+
+async def test_a_friend_may_be_another_friend_but_a_named_or_best_friend_is_one() -> None:
+    known = (
+        entry("e-friend", "User's friend lives in Oslo."),
+        entry("e-best", "User's best friend lives in Oslo."),
+        entry("e-tom", "User's friend Tom lives in Oslo."),
+    )
+    assert await against(known, "My friend lives in Rome") == (new("User's friend lives in Rome."),)
+    assert await against(known, "My best friend lives in Rome") == (
+        update("User's best friend lives in Rome.", "e-best"),
+    )
+    assert await against(known, "My friend Tom lives in Rome") == (
+        new("User's friend is called Tom."),
+        update("User's friend Tom lives in Rome.", "e-tom"),
+    )
+
+
+async def test_extract_facts_takes_known_entries_and_defaults_to_none() -> None:
+    messages = (message("m1", "I work at Globex"),)
+    assert extract_facts(messages) == (new("User works at Globex."),)
+    assert extract_facts(messages, known=(ACME,)) == (update("User works at Globex.", "e-acme"),)
+
+
+async def test_deterministic_with_known_entries() -> None:
+    known = (ACME, OSLO, entry("e-jazz", "User likes jazz."))
+    contents = ("I work at Globex and I live in Oslo.", "I love jazz. I moved to Bergen.")
+    first = await against(known, *contents)
+    for _ in range(3):
+        assert await against(known, *contents) == first
+    assert [fact.action for fact in first] == ["update", "same", "update"]
