@@ -9,10 +9,14 @@ from typing import Protocol
 from actors._committer import GroupCommitter
 from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
+from actors.erasure import Erasure
 from actors.lease import LeaseTable
 from events import EventStore, KnownEntry
 
-__all__ = ["EngineSettings", "KnownEntries", "SharedServices", "TaskObserver"]
+__all__ = ["EngineSettings", "Erase", "KnownEntries", "SharedServices", "TaskObserver"]
+
+Erase = Callable[[str], Erasure]
+"""Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[[str, Sequence[str]], tuple[KnownEntry, ...]]
 """Reads a user's current entries related to some message texts (for an extractor)."""
@@ -57,4 +61,5 @@ class SharedServices:
     settings: EngineSettings
     dispatcher: Dispatcher
     known: KnownEntries
+    erase: Erase
     leases: LeaseTable | None = None

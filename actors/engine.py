@@ -19,11 +19,18 @@ from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
+from actors.erasure import Erasure, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
-from projections import ProjectionReader, ProjectionTables, Projector, catch_up, rebuild
-from projections import LexicalRanker
+from projections import (
+    LexicalRanker,
+    ProjectionReader,
+    ProjectionTables,
+    Projector,
+    catch_up,
+    rebuild,
+)
 
 __all__ = ["Engine", "EngineOptions"]
 
@@ -84,6 +91,7 @@ class Engine:
             options.settings,
             self.dispatcher,
             self._known_entries,
+            self._erase,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -100,6 +108,9 @@ class Engine:
         with self.store.engine.connect() as connection:
             related = self.ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES)
         return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in related)
+
+    def _erase(self, user_id: str) -> Erasure:
+        return erase_user(self.store, self.projector, self.leases, user_id)
 
     def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:
         return UserActor.start(user_id, self.services, retire)

@@ -126,6 +126,11 @@ class LeaseTable:
                 delete(t).where(t.c.log_id == str(user_log_id(user_id)), t.c.owner == self.owner)
             )
 
+    def forget(self, connection: Connection, user_id: str) -> int:
+        """Delete the user's lease row, whoever holds it, in the caller's transaction."""
+        t = self.table
+        return connection.execute(delete(t).where(t.c.log_id == str(user_log_id(user_id)))).rowcount
+
     def release_all(self) -> None:
         """Give every lease of ours up (on close)."""
         t = self.table

@@ -26,6 +26,7 @@ import pykka
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
 from actors._workers import Outcome
+from actors.erasure import Erasure
 from events import (
     BatchMessage,
     ConflictError,
@@ -37,11 +38,12 @@ from events import (
 )
 from projections import Message
 
-__all__ = ["INTERRUPTED_BY_CRASH", "UserActor"]
+__all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
 log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
+FORGOTTEN_REASON = "the user was forgotten"
 MAX_CONFLICT_RETRIES = 8
 
 _WRITE_EPOCHS = itertools.count(1)
@@ -205,6 +207,28 @@ class UserActor(PooledActor):
 
         for task_id in self._decide(close):
             self._services.observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
+
+    def forget(self) -> Erasure:
+        """Erase the user once the writes already sent are committed; open tasks end FAILED.
+
+        Calls sent after this one find an empty log and start the user afresh.
+        """
+        if self._last_write is not None:
+            with contextlib.suppress(Exception):
+                self._last_write.result()
+        user_log = self._user_log(create=False)
+        ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
+        erased = self._services.erase(self.user_id)
+        self._running = None
+        self._said_at = {}
+        self._owner = None
+        self._forget_log()
+        for task_id in ended:
+            self._services.observer.task_finished(
+                self.user_id, task_id, "FAILED", 0, FORGOTTEN_REASON
+            )
+        log.info("user %r forgotten: %d events erased", self.user_id, erased.events)
+        return erased
 
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
         """Record the outcome of the running task and start the next requested one."""

@@ -136,6 +136,7 @@ class EventStore:
         snapshots = snapshot_store.recorder.events_record_cls.__table__
         events = self._events
         # Built once: SQLAlchemy then reuses their compiled form from its cache.
+        self._snapshots = snapshots
         self._last_snapshot = (
             select(snapshots.c.originator_version, snapshots.c.topic, snapshots.c.state)
             .where(snapshots.c.originator_id == bindparam("log_id"))
@@ -319,6 +320,20 @@ class EventStore:
         """Up to ``limit`` events of every log after notification ``after``, in order."""
         rows = connection.execute(self._notifications, {"after": after, "limit": limit})
         return [Recorded(row[0], self._decode(row[1], (row[2], row[3], row[4]))) for row in rows]
+
+    def forget(self, connection: Connection, user_id: str) -> tuple[int, int]:
+        """Delete every event and snapshot of ``user_id``'s log, in the caller's transaction.
+
+        Returns (events, snapshots) deleted.
+        """
+        log_id = user_log_id(user_id)
+        events = connection.execute(
+            self._events.delete().where(self._events.c.originator_id == log_id)
+        ).rowcount
+        snapshots = connection.execute(
+            self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
+        ).rowcount
+        return events, snapshots
 
     def lock_writers(self, connection: Connection) -> None:
         """Hold off every other writer of the log until ``connection``'s transaction ends."""

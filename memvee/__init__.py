@@ -13,8 +13,11 @@ from events.extraction import (
     Extractor,
 )
 from memvee._config import MemoryConfig
+from memvee._forget import ForgetReceipt
 from memvee._memory import Memory
+from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._task import ProcessStatus, ProcessTask
+from memvee.embedders import Embedder
 from memvee.errors import (
     ConflictError,
     ExtractionError,
@@ -33,11 +36,13 @@ __all__ = [
     "BatchMessage",
     "BufferedMessage",
     "ConflictError",
+    "Embedder",
     "ExtractedFact",
     "ExtractionBatch",
     "ExtractionError",
     "ExtractionResult",
     "Extractor",
+    "ForgetReceipt",
     "InvalidExtractionError",
     "InvalidInputError",
     "KnowledgeEntry",
@@ -50,6 +55,9 @@ __all__ = [
     "ProcessTask",
     "ProcessingError",
     "ProcessingTimeoutError",
+    "RetrievalResult",
+    "RetrievedEntry",
+    "RetrievedMessage",
     "StorageError",
     "UnknownTaskError",
     "UserSummary",

@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors import Engine, EngineOptions, EngineSettings, inbox_of
+from actors.erasure import Erasure
 from events import (
     Extractor,
     InvalidInputError,
@@ -33,12 +34,14 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
     UnknownTaskError,
-    UserLog,
     check_message,
     check_user_id,
 )
 from memvee._config import MemoryConfig
+from memvee._forget import ForgetReceipt
+from memvee._retrieval import RetrievalResult, Retriever
 from memvee._task import ProcessStatus, ProcessTask
+from memvee.embedders import Embedder
 from projections import BufferedMessage, KnowledgeEntry, Message, UserSummary
 
 __all__ = ["SHUTDOWN_REASON", "Memory"]
@@ -71,6 +74,7 @@ class Memory:
         batch_threshold: int = 10,
         extractor: Extractor | None = None,
         config: MemoryConfig | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         base = config or MemoryConfig()
         overrides: dict[str, Any] = {}
@@ -85,6 +89,8 @@ class Memory:
                 overrides[name] = value
         self.config = replace(base, **overrides)
         self._extractor = extractor
+        self._embedder = embedder
+        self._retriever: Retriever | None = None
         self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: ThreadPoolExecutor | None = None
@@ -129,6 +135,7 @@ class Memory:
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
+        self._retriever = Retriever(engine.store.engine, engine.tables, self._embedder)
         self._engine = engine
         recovered = await asyncio.to_thread(engine.recover)
         for user_id, task_ids in recovered:
@@ -295,18 +302,65 @@ class Memory:
         return await self._read(lambda c, r: r.knowledge(c, user_id))
 
     async def messages(self, user_id: str) -> list[Message]:
-        """Every message of the user, oldest first, read from the log itself."""
+        """Every message of the user, oldest first (the message projection of the log)."""
+        check_user_id(user_id)
+        return await self._read(lambda c, r: r.messages(c, user_id))
+
+    async def retrieve(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        top_k: int = 10,
+        as_of: datetime | None = None,
+        include_messages: bool = False,
+    ) -> RetrievalResult:
+        """The user's knowledge entries most relevant to ``query``, best first.
+
+        Only entries valid now are ranked (or, with ``as_of``, those valid then). With
+        ``include_messages=True`` the best matching raw messages (each with the other
+        half of its exchange) fill what the entries leave of ``top_k``. Every result
+        belongs to ``user_id``: the ranking itself is scoped to that user.
+        """
+        check_user_id(user_id)
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
+            raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
+        if as_of is not None:
+            _check_sent_at(as_of, "as_of")
+        engine, loop = self._running()
+        retriever = self._retriever
+        assert retriever is not None
+
+        def _run() -> RetrievalResult:
+            try:
+                return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
+            except SQLAlchemyError as error:
+                raise StorageError(
+                    f"cannot read from {engine.store.safe_url}: {str(error).splitlines()[0]}"
+                ) from error
+
+        return await loop.run_in_executor(self._readers, _run)
+
+    async def forget(self, user_id: str) -> ForgetReceipt:
+        """Erase the user: their log, snapshots and every projection row, in one transaction.
+
+        Messages already sent for the user are committed first and erased with the rest;
+        running and requested tasks end FAILED. Afterwards nothing of the user can be read
+        back, replayed or rebuilt; writing to the user again starts a new, empty log.
+        """
         check_user_id(user_id)
         engine, loop = self._running()
-
-        def _read() -> list[Message]:
-            return [
-                Message(e.message_id, user_id, e.seq, e.role, e.content, e.sent_at)
-                for e in engine.store.events_of(user_id)
-                if isinstance(e, UserLog.MessageAdded)
-            ]
-
-        return await loop.run_in_executor(self._readers, _read)
+        erased: Erasure = await engine.directory.call_async(loop, user_id, "forget")
+        log.info("user %r forgotten (%d records erased)", user_id, erased.total)
+        return ForgetReceipt(
+            user_id=user_id,
+            events=erased.events,
+            snapshots=erased.snapshots,
+            rows=dict(erased.rows),
+            erased_at=erased.erased_at,
+        )
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge, in order."""
@@ -481,8 +535,8 @@ def _default_extractor(model: str | None, timeout: float) -> Extractor:
     return default_extractor(model=model, timeout=timeout)
 
 
-def _check_sent_at(sent_at: object) -> None:
+def _check_sent_at(sent_at: object, name: str = "sent_at") -> None:
     if sent_at is not None and not isinstance(sent_at, datetime):
-        raise InvalidInputError(f"sent_at must be a datetime or None, not {type(sent_at).__name__}")
+        raise InvalidInputError(f"{name} must be a datetime or None, not {type(sent_at).__name__}")
     if isinstance(sent_at, datetime) and sent_at.tzinfo is None:
-        raise InvalidInputError("sent_at must be timezone-aware (for example datetime.now(UTC))")
+        raise InvalidInputError(f"{name} must be timezone-aware (for example datetime.now(UTC))")

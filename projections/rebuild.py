@@ -105,7 +105,7 @@ def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, 
     """Every row of every projection table, ordered by primary key, keyed by table role."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as connection:
-        for table in tables.data_tables:
+        for table in tables.folded_tables:
             role = table.name.removeprefix(tables.prefix)
             rows = connection.execute(select(table).order_by(*table.primary_key.columns))
             out[role] = [tuple(r) for r in rows]

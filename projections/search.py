@@ -81,6 +81,8 @@ class SearchIndex:
                 {"owner": f'owner : "{owner_token(log_id)}"'},
             )
             erased += result.rowcount
+            # Rewrites the index b-trees, so the deleted words leave the file too.
+            connection.execute(text(f"INSERT INTO {table.name}({table.name}) VALUES('optimize')"))
         return erased
 
     def dump(self, connection: Connection) -> dict[str, list[tuple[Any, ...]]]:

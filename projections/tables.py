@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -98,6 +99,16 @@ class ProjectionTables:
             Column("sent_at", DateTime(timezone=True), nullable=False),
             Index(f"{prefix}messages_by_seq", "log_id", "seq", unique=True),
         )
+        self.vectors = Table(
+            f"{prefix}vectors",
+            self.metadata,
+            Column("item_id", String(36), primary_key=True),
+            Column("model", String(128), primary_key=True),
+            Column("log_id", String(36), nullable=False),
+            Column("kind", String(8), nullable=False),
+            Column("vector", LargeBinary, nullable=False),
+            Index(f"{prefix}vectors_by_log", "log_id", "model", "kind"),
+        )
         self.users = Table(
             f"{prefix}users",
             self.metadata,
@@ -121,5 +132,10 @@ class ProjectionTables:
 
     @property
     def data_tables(self) -> tuple[Table, ...]:
-        """The tables that hold folded state (everything but the position)."""
+        """The tables that hold a user's rows (everything but the position)."""
+        return (*self.folded_tables, self.vectors)
+
+    @property
+    def folded_tables(self) -> tuple[Table, ...]:
+        """The tables folded from the log alone; vectors also depend on an embedding model."""
         return (self.buffer, self.tasks, self.knowledge, self.messages, self.users)

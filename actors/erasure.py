@@ -1,0 +1,64 @@
+"""Erasure: every trace of one user (log, snapshots, projection rows, lease) in one go.
+
+Right to be forgotten: one transaction deletes the user's events and snapshots and
+every projection row of their log, with every other writer held off, so afterwards no
+API, no replay and no rebuild can bring any of it back. On SQLite the freed pages are
+overwritten (``secure_delete``) and the write-ahead log is truncated after the commit,
+so the deleted words do not linger in the database files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from actors.lease import LeaseTable
+from events import EventStore, user_log_id
+from projections import Projector
+
+__all__ = ["Erasure", "erase_user"]
+
+log = logging.getLogger("memvee.actors")
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What was erased for one user: counts of events, snapshots and rows per table."""
+
+    user_id: str
+    events: int
+    snapshots: int
+    rows: dict[str, int] = field(default_factory=dict)
+    erased_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def total(self) -> int:
+        """Everything erased, events, snapshots and rows together."""
+        return self.events + self.snapshots + sum(self.rows.values())
+
+
+def erase_user(
+    store: EventStore, projector: Projector, leases: LeaseTable | None, user_id: str
+) -> Erasure:
+    """Delete ``user_id``'s log and everything folded from it, in one transaction."""
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        if store.is_sqlite:
+            connection.exec_driver_sql("PRAGMA secure_delete=ON")
+        events, snapshots = store.forget(connection, user_id)
+        rows = projector.forget(connection, str(user_log_id(user_id)))
+        if leases is not None:
+            rows["leases"] = leases.forget(connection, user_id)
+        if store.is_sqlite:
+            connection.exec_driver_sql("PRAGMA secure_delete=OFF")
+    if store.is_sqlite:
+        try:
+            with store.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except SQLAlchemyError:
+            # Readers can hold the checkpoint back; the next checkpoint will do it.
+            log.info("user %r erased; the write-ahead log is truncated later", user_id)
+    return Erasure(user_id, events, snapshots, rows)
