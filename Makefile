@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench crash clean
+.PHONY: install demo test lint typecheck unit bench eval crash clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: lint typecheck unit
 
 bench: install
 	scripts/with-postgres.sh $(BIN)/python -m bench
+
+eval: install
+	$(BIN)/python -m bench.eval
 
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache

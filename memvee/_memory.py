@@ -296,10 +296,20 @@ class Memory:
 
     # ------------------------------------------------------------------ reads
 
-    async def knowledge(self, user_id: str) -> list[KnowledgeEntry]:
-        """The user's knowledge entries, each traceable to its task and messages."""
+    async def knowledge(
+        self, user_id: str, *, as_of: datetime | None = None, history: bool = False
+    ) -> list[KnowledgeEntry]:
+        """The user's current knowledge entries, each traceable to its task and messages.
+
+        ``as_of`` gives the entries valid at that time instead; ``history=True`` gives
+        every entry ever extracted, superseded and invalidated ones included.
+        """
         check_user_id(user_id)
-        return await self._read(lambda c, r: r.knowledge(c, user_id))
+        if as_of is not None:
+            _check_sent_at(as_of, "as_of")
+        return await self._read(
+            lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history)
+        )
 
     async def messages(self, user_id: str) -> list[Message]:
         """Every message of the user, oldest first (the message projection of the log)."""

@@ -48,7 +48,9 @@ _EDGE_JUNK = ' \t"\u201c\u201d.,;:!?\u2026'
 # Objects: what a disclosure is about.
 _TRAILING_FILLER = re.compile(
     r"\s+(?:too|as\s+well|also|now|right\s+now|currently|these\s+days|nowadays"
-    r"|at\s+the\s+moment|a\s+lot|so\s+much|very\s+much|lol|haha)$",
+    r"|at\s+the\s+moment|a\s+lot|so\s+much|very\s+much|lol|haha|recently|yesterday"
+    r"|last\s+(?:week|month|year|weekend)|this\s+(?:week|month|year)"
+    r"|a\s+(?:few|couple\s+of)\s+(?:days|weeks|months)\s+ago)$",
     re.IGNORECASE,
 )
 _FIRST_TO_THIRD_PERSON = (
@@ -149,7 +151,7 @@ _RULES: tuple[_Rule, ...] = (
         rf"(?:{_I}live|{_I_AM}(?:living|based)|{_I_HAVE}been\s+living)\s+in\s+(?P<obj>.+)",
         "User lives in {obj}.",
     ),
-    _rule(rf"(?:{_I_HAVE}|i\s+){_ADVERBS}moved\s+to\s+(?P<obj>.+)", "User moved to {obj}."),
+    _rule(rf"(?:{_I_HAVE}|i\s+){_ADVERBS}moved\s+to\s+(?P<obj>.+)", "User lives in {obj}."),
     _rule(rf"{_I}(?P<verb>love|like|enjoy|adore)\s+(?P<obj>.+)", "User {verb}s {obj}."),
     _rule(
         rf"i(?:\s+have|'ve|\s+have\s+got|'ve\s+got)\s+{_ARTICLE}(?P<noun>{_PETS})"
@@ -172,7 +174,7 @@ _RULES: tuple[_Rule, ...] = (
     _rule(rf"{_MY_KIN}\s+works\s+as\s+(?P<obj>{_ARTICLE}.+)", "User's {noun} works as {obj}."),
     _rule(
         rf"{_MY_KIN}\s+(?:(?:has|'s)\s+)?(?:just\s+|recently\s+)?moved\s+to\s+(?P<obj>.+)",
-        "User's {noun} moved to {obj}.",
+        "User's {noun} lives in {obj}.",
     ),
     _rule(
         rf"{_MY_KIN}(?:\s+is|'s)\s+{_DEGREE}allergic\s+to\s+(?P<obj>.+)",

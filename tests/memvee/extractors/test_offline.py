@@ -61,8 +61,8 @@ async def texts_of(content: str) -> list[str]:
         ("I live in Oslo.", "User lives in Oslo."),
         ("I'm based in Berlin", "User lives in Berlin."),
         ("I've been living in Lisbon", "User lives in Lisbon."),
-        ("I moved to Paris", "User moved to Paris."),
-        ("I've just moved to St. Louis", "User moved to St. Louis."),
+        ("I moved to Paris", "User lives in Paris."),
+        ("I've just moved to St. Louis", "User lives in St. Louis."),
         # Health.
         ("I am allergic to peanuts", "User is allergic to peanuts."),
         ("I'm severely allergic to bee stings!", "User is allergic to bee stings."),
@@ -81,7 +81,7 @@ async def texts_of(content: str) -> list[str]:
         ("My wife's name is Ada", "User's wife is called Ada."),
         ("My mom is a teacher", "User's mother is a teacher."),
         ("My dad works for the post office", "User's father works for the post office."),
-        ("My husband moved to Rome", "User's husband moved to Rome."),
+        ("My husband moved to Rome", "User's husband lives in Rome."),
         ("My son is allergic to cats", "User's son is allergic to cats."),
         ("My best friend loves chess", "User's best friend loves chess."),
         # Pets.
@@ -101,7 +101,7 @@ async def test_case_and_trailing_punctuation_do_not_matter() -> None:
 
 async def test_contractions_with_straight_or_curly_apostrophes() -> None:
     assert await texts_of("I\u2019m allergic to shellfish") == ["User is allergic to shellfish."]
-    assert await texts_of("I've moved to Berlin") == ["User moved to Berlin."]
+    assert await texts_of("I've moved to Berlin") == ["User lives in Berlin."]
 
 
 async def test_first_person_words_in_the_object_become_third_person() -> None:
@@ -143,7 +143,7 @@ async def test_and_with_an_elided_subject_splits_the_user_clause() -> None:
 
 async def test_abbreviations_do_not_end_a_sentence() -> None:
     assert await texts_of("I moved to St. Louis. Dr. Who is my hero.") == [
-        "User moved to St. Louis.",
+        "User lives in St. Louis.",
     ]
 
 
@@ -266,8 +266,8 @@ async def test_a_new_employer_updates_the_known_one() -> None:
 @pytest.mark.parametrize(
     ("known_text", "content", "expected"),
     [
-        ("User lives in Oslo.", "I moved to Bergen", "User moved to Bergen."),
-        ("User moved to Bergen.", "I live in Oslo", "User lives in Oslo."),
+        ("User lives in Oslo.", "I moved to Bergen", "User lives in Bergen."),
+        ("User lives in Bergen.", "I live in Oslo", "User lives in Oslo."),
         ("User lives in Oslo.", "I live in Bergen now", "User lives in Bergen."),
     ],
 )
@@ -286,7 +286,7 @@ async def test_a_statement_already_known_is_the_same_not_a_new_entry() -> None:
 
 async def test_the_same_value_in_other_words_is_the_same() -> None:
     assert await against((ACME,), "I work for Acme") == (same("User works for Acme.", "e-acme"),)
-    assert await against((OSLO,), "I moved to Oslo") == (same("User moved to Oslo.", "e-oslo"),)
+    assert await against((OSLO,), "I moved to Oslo") == (same("User lives in Oslo.", "e-oslo"),)
 
 
 async def test_likes_accumulate() -> None:
@@ -335,7 +335,7 @@ async def test_the_same_slot_and_value_twice_in_a_batch_is_one_fact() -> None:
 
 async def test_an_update_targets_the_newest_known_entry_of_the_slot() -> None:
     known = (
-        entry("e-new", "User moved to Bergen.", days_old=2),
+        entry("e-new", "User lives in Bergen.", days_old=2),
         entry("e-old", "User lives in Oslo.", days_old=200),
     )
     assert await against(known, "I live in Rome") == (update("User lives in Rome.", "e-new"),)
@@ -392,7 +392,7 @@ async def test_a_relatives_slots_are_keyed_by_the_relative() -> None:
         update("User's mother is a teacher.", "e-job", "m2"),
     )
     assert await against(known, "My sister moved to Bergen") == (
-        update("User's sister moved to Bergen.", "e-home"),
+        update("User's sister lives in Bergen.", "e-home"),
     )
 
 

@@ -1,0 +1,382 @@
+"""``python -m bench.eval``: retrieval quality on the labelled conversations of the eval set.
+
+Each conversation is replayed session by session into a fresh database (extraction runs
+after every session, so later sessions can supersede earlier facts), then every question
+is asked with and without raw messages. A question is answered when a ranked item cites
+(an entry) or is (a message) the user message that states the current value; it is
+stale at 1 when the first item cites or is a message with a value that has since changed.
+The offline extractor always runs; Claude runs only when ``ANTHROPIC_API_KEY`` is set.
+Scores are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import PROJECT_ROOT, Section, progress
+from bench.report import make_console, print_section
+from memvee import Extractor, Memory, MemoryConfig, RetrievalResult
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
+from memvee.extractors._default import API_KEY_ENV_VAR
+
+__all__ = [
+    "DATASET",
+    "TOP_K",
+    "Conversation",
+    "EvalRun",
+    "Question",
+    "QuestionScore",
+    "Replayed",
+    "Session",
+    "Summary",
+    "evaluate",
+    "load_dataset",
+    "main",
+    "ranked_ids",
+    "replay",
+    "score_question",
+    "summarize",
+]
+
+DATASET = PROJECT_ROOT / "tests" / "data" / "eval" / "conversations.json"
+"""The labelled evaluation set (its shape is checked by tests/data/test_eval_dataset.py)."""
+
+TOP_K = 5
+"""How many items each retrieval returns; recall@5 therefore counts every returned item."""
+
+_CONCURRENT_CONVERSATIONS = 8
+"""Conversations replayed at once: each is its own user, so they only share the database."""
+
+_COLUMNS = (
+    "extractor",
+    "include_messages",
+    "questions",
+    "recall@1",
+    "recall@5",
+    "stale@1",
+    "empty",
+)
+"""The columns of the results table: one row per extractor and retrieval mode."""
+
+Position = tuple[int, int]
+"""A turn of a conversation: (session index, turn index), both from 0."""
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One sitting of a conversation: when it started and its (user, assistant) turns."""
+
+    at: datetime
+    turns: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A question with the user turn that states the current answer and any stale turns."""
+
+    text: str
+    answer: Position
+    stale: tuple[Position, ...]
+    expected: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One labelled conversation: its sessions in order and the questions asked after it."""
+
+    id: str
+    sessions: tuple[Session, ...]
+    questions: tuple[Question, ...]
+
+    @property
+    def user_id(self) -> str:
+        """The memvee user the conversation is replayed as."""
+        return f"eval-{self.id}"
+
+
+def _position(ref: dict[str, Any]) -> Position:
+    return int(ref["session"]), int(ref["turn"])
+
+
+def load_dataset(path: Path = DATASET) -> list[Conversation]:
+    """The conversations of the JSON file at ``path`` (the eval set's format, version 1)."""
+    with path.open(encoding="utf-8") as f:
+        data = json.load(f)
+    conversations: list[Conversation] = []
+    for raw in data["conversations"]:
+        sessions = tuple(
+            Session(
+                at=datetime.fromisoformat(s["at"].replace("Z", "+00:00")),
+                turns=tuple((str(user), str(assistant)) for user, assistant in s["turns"]),
+            )
+            for s in raw["sessions"]
+        )
+        questions = tuple(
+            Question(
+                text=q["question"],
+                answer=_position(q["answer"]),
+                stale=tuple(_position(ref) for ref in q["stale"]),
+                expected=q["expected"],
+            )
+            for q in raw["questions"]
+        )
+        conversations.append(Conversation(str(raw["id"]), sessions, questions))
+    return conversations
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionScore:
+    """Where one question's answer was found: its 1-based ``rank`` (None when missed),
+    whether the first item is stale, and whether nothing came back at all."""
+
+    rank: int | None
+    stale_at_1: bool
+    empty: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Shares over ``questions`` questions (NaN when there are none)."""
+
+    questions: int
+    recall_at_1: float
+    recall_at_5: float
+    stale_at_1: float
+    empty: float
+
+
+def ranked_ids(result: RetrievalResult) -> list[frozenset[str]]:
+    """The message ids each ranked item stands for, best first: an entry's sources, then
+    each raw message by itself (its neighbour does not count)."""
+    ranked = [frozenset(hit.source_message_ids) for hit in result.entries]
+    ranked.extend(frozenset({hit.message.message_id}) for hit in result.messages)
+    return ranked
+
+
+def score_question(
+    ranked: Sequence[frozenset[str]], answer_id: str, stale_ids: frozenset[str]
+) -> QuestionScore:
+    """Score one ranking: the first position whose ids include ``answer_id``, and whether
+    position 1 includes any of ``stale_ids``."""
+    rank = next((i for i, ids in enumerate(ranked, start=1) if answer_id in ids), None)
+    stale = bool(ranked) and not ranked[0].isdisjoint(stale_ids)
+    return QuestionScore(rank=rank, stale_at_1=stale, empty=not ranked)
+
+
+def summarize(scores: Sequence[QuestionScore]) -> Summary:
+    """Recall at 1 and 5, stale at 1 and the empty share over ``scores``."""
+    n = len(scores)
+
+    def share(test: Callable[[QuestionScore], bool]) -> float:
+        return sum(1 for s in scores if test(s)) / n if n else math.nan
+
+    return Summary(
+        questions=n,
+        recall_at_1=share(lambda s: s.rank == 1),
+        recall_at_5=share(lambda s: s.rank is not None and s.rank <= 5),
+        stale_at_1=share(lambda s: s.stale_at_1),
+        empty=share(lambda s: s.empty),
+    )
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A conversation written into memvee: the id of each user message by its position,
+    and how many knowledge entries its extraction runs produced."""
+
+    user_id: str
+    user_message_ids: dict[Position, str]
+    extracted: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRun:
+    """One extractor's results per ``include_messages`` mode (each question's score, in
+    dataset order, and their summary), the entries extracted (and still current at the
+    end), and the seconds spent replaying and asking."""
+
+    extractor: str
+    scores: dict[bool, list[QuestionScore]]
+    summaries: dict[bool, Summary]
+    extracted: int
+    current: int
+    replay_seconds: float
+    query_seconds: float
+
+
+async def replay(memory: Memory, conversation: Conversation) -> Replayed:
+    """Add every turn, session by session (turn ``i`` sent ``i`` minutes after the session
+    starts), and flush the user after each session, as an agent would between sittings."""
+    user_id = conversation.user_id
+    ids: dict[Position, str] = {}
+    extracted = 0
+    for s, session in enumerate(conversation.sessions):
+        for t, (user_text, assistant_text) in enumerate(session.turns):
+            sent_at = session.at + timedelta(minutes=t)
+            user_message, _ = await memory.add_exchange(
+                user_id, user_text, assistant_text, sent_at=sent_at
+            )
+            ids[(s, t)] = user_message.message_id
+        extracted += await memory.flush(user_id)
+    return Replayed(user_id, ids, extracted)
+
+
+async def _ask(
+    memory: Memory, conversation: Conversation, replayed: Replayed, include_messages: bool
+) -> list[QuestionScore]:
+    scores: list[QuestionScore] = []
+    for question in conversation.questions:
+        result = await memory.retrieve(
+            replayed.user_id, question.text, top_k=TOP_K, include_messages=include_messages
+        )
+        answer_id = replayed.user_message_ids[question.answer]
+        stale_ids = frozenset(replayed.user_message_ids[p] for p in question.stale)
+        scores.append(score_question(ranked_ids(result), answer_id, stale_ids))
+    return scores
+
+
+async def evaluate(
+    conversations: Sequence[Conversation], extractor: Extractor, folder: Path
+) -> EvalRun:
+    """Replay ``conversations`` into a new database in ``folder`` with ``extractor``, then
+    ask every question in both modes; the database is left for the caller to delete."""
+    config = MemoryConfig(db_path=str(folder / "eval.db"), durability="normal")
+    limit = asyncio.Semaphore(_CONCURRENT_CONVERSATIONS)
+    name = str(getattr(extractor, "name", type(extractor).__name__))
+    async with Memory(config=config, extractor=extractor, embedder=None) as memory:
+
+        async def _one(conversation: Conversation) -> Replayed:
+            async with limit:
+                return await replay(memory, conversation)
+
+        started = time.perf_counter()
+        replayed = await asyncio.gather(*(_one(c) for c in conversations))
+        replay_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scores: dict[bool, list[QuestionScore]] = {}
+        for include_messages in (False, True):
+            scores[include_messages] = []
+            for conversation, written in zip(conversations, replayed, strict=True):
+                asked = await _ask(memory, conversation, written, include_messages)
+                scores[include_messages].extend(asked)
+        query_seconds = time.perf_counter() - started
+        current = 0
+        for written in replayed:
+            current += len(await memory.knowledge(written.user_id))
+    return EvalRun(
+        extractor=name,
+        scores=scores,
+        summaries={mode: summarize(found) for mode, found in scores.items()},
+        extracted=sum(r.extracted for r in replayed),
+        current=current,
+        replay_seconds=replay_seconds,
+        query_seconds=query_seconds,
+    )
+
+
+def _run(conversations: Sequence[Conversation], extractor: Extractor) -> EvalRun:
+    with tempfile.TemporaryDirectory(prefix="memvee-eval-") as folder:
+        return asyncio.run(evaluate(conversations, extractor, Path(folder)))
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def report_section(runs: Sequence[EvalRun], total_questions: int, with_stale: int) -> Section:
+    """The results as one table: a row per extractor and ``include_messages`` mode."""
+    section = Section(
+        title=f"Retrieval on the eval set (top_k={TOP_K}; scores are reported, never asserted)",
+        columns=list(_COLUMNS),
+    )
+    for run in runs:
+        for include_messages, summary in run.summaries.items():
+            section.rows.append(
+                [
+                    run.extractor,
+                    str(include_messages),
+                    str(summary.questions),
+                    _share(summary.recall_at_1),
+                    _share(summary.recall_at_5),
+                    _share(summary.stale_at_1),
+                    _share(summary.empty),
+                ]
+            )
+    for run in runs:
+        section.notes.append(
+            f"{run.extractor}: {run.extracted:,} knowledge entries extracted "
+            f"({run.current:,} still current); replay with extraction "
+            f"{run.replay_seconds:,.1f} s, {2 * total_questions:,} retrievals "
+            f"{run.query_seconds:,.1f} s."
+        )
+    section.notes.append(
+        "A hit: an entry citing the answer's user message, or that message itself."
+    )
+    section.notes.append(
+        f"stale@1 is over all questions; {with_stale} of {total_questions} have an "
+        "earlier value that has since changed."
+    )
+    return section
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate with the offline extractor (and Claude when a key is set); print the table."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__)
+    parser.add_argument("--dataset", type=Path, default=DATASET, help="the eval set (JSON)")
+    args = parser.parse_args(argv)
+    conversations = load_dataset(args.dataset)
+    total = sum(len(c.questions) for c in conversations)
+    with_stale = sum(1 for c in conversations for q in c.questions if q.stale)
+    console = make_console()
+    console.print(
+        f"[bold]memvee retrieval evaluation[/bold] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC - "
+        f"{len(conversations)} conversations, {total} questions - "
+        f"Python {platform.python_version()}"
+    )
+    console.print()
+    runs: list[EvalRun] = []
+    progress("extractor offline")
+    runs.append(_run(conversations, OfflineExtractor()))
+    if os.environ.get(API_KEY_ENV_VAR, "").strip():
+        progress("extractor claude")
+        try:
+            runs.append(_run(conversations, ClaudeExtractor()))
+        except Exception as error:
+            console.print(f"[red]Claude run failed:[/red] {type(error).__name__}: {error}")
+            console.print()
+    else:
+        console.print(f"Claude skipped: {API_KEY_ENV_VAR} is not set.")
+        console.print()
+    print_section(console, report_section(runs, total, with_stale))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

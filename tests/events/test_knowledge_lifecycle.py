@@ -1,0 +1,147 @@
+"""The knowledge lifecycle, decided by the aggregate: what a batch's facts may add,
+supersede or invalidate, and how each event changes the small state. The extractor only
+advises; the log decides."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from events import ExtractedFact, InvalidExtractionError
+from events.user_log import LIVE_KNOWLEDGE, UserLog
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _batch(log: UserLog, task_id: str, *texts: str) -> list[str]:
+    ids = [log.add_message("user", text, T0, 1000) for text in texts]
+    assert log.request_processing(task_id, "manual")
+    log.start_next()
+    return ids
+
+
+def _said(ids: list[str], day: int) -> dict[str, datetime]:
+    return {m: T0 + timedelta(days=day) for m in ids}
+
+
+def _known(log: UserLog) -> list[str]:
+    return [e for e, v in log.valid_entries.items() if v == LIVE_KNOWLEDGE]
+
+
+def _emitted(log: UserLog) -> list[str]:
+    return [type(e).__name__ for e in log.collect_events()]
+
+
+def test_a_new_fact_is_valid_from_when_its_newest_source_was_said() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    (entry,) = log.record_knowledge(
+        "t1", [ExtractedFact("User lives in Oslo.", (ids[0],))], "x", said_at=_said(ids, 3)
+    )
+    assert entry["valid_from"] == (T0 + timedelta(days=3)).isoformat()
+    assert _known(log) == [entry["entry_id"]] and log.knowledge_count == 1
+
+
+def test_an_update_adds_the_new_entry_and_supersedes_the_old_one_when_it_was_said() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
+    log.collect_events()
+    second = _batch(log, "t2", "I moved to Bergen")
+    fact = ExtractedFact("User lives in Bergen.", tuple(second), "update", oslo["entry_id"])
+    (bergen,) = log.record_knowledge("t2", [fact], "x", said_at=_said(second, 30))
+    events = log.collect_events()
+    names = [type(e).__name__ for e in events]
+    assert names[-2:] == ["KnowledgeExtracted", "KnowledgeSuperseded"]
+    superseded = events[-1]
+    assert isinstance(superseded, UserLog.KnowledgeSuperseded)
+    assert (superseded.entry_id, superseded.superseded_by) == (oslo["entry_id"], bergen["entry_id"])
+    assert superseded.valid_until == T0 + timedelta(days=30)
+    assert _known(log) == [bergen["entry_id"]] and log.knowledge_count == 1
+
+
+def test_the_same_fact_again_adds_nothing() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I love jazz")
+    (jazz,) = log.record_knowledge("t1", [ExtractedFact("User loves jazz.", tuple(first))], "x")
+    second = _batch(log, "t2", "I really love jazz")
+    repeat = ExtractedFact("User loves jazz.", tuple(second), "same", jazz["entry_id"])
+    assert log.record_knowledge("t2", [repeat], "x") == []
+    assert _known(log) == [jazz["entry_id"]] and log.knowledge_count == 1
+
+
+def test_an_invalidation_ends_an_entry_without_a_replacement() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I work at Acme")
+    (acme,) = log.record_knowledge("t1", [ExtractedFact("User works at Acme.", tuple(first))], "x")
+    log.collect_events()
+    second = _batch(log, "t2", "I quit my job")
+    quit_ = ExtractedFact(
+        "User no longer works at Acme.", tuple(second), "invalidate", acme["entry_id"]
+    )
+    assert log.record_knowledge("t2", [quit_], "x", said_at=_said(second, 9)) == []
+    ended = log.collect_events()[-1]
+    assert isinstance(ended, UserLog.KnowledgeInvalidated)
+    assert ended.entry_id == acme["entry_id"] and ended.reason == "User no longer works at Acme."
+    assert ended.source_message_ids == second and ended.valid_until == T0 + timedelta(days=9)
+    assert _known(log) == [] and log.knowledge_count == 0
+
+
+def test_an_unknown_target_cannot_lose_a_fact() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "I work at Acme")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],), "update", "no-such-entry"),
+        ExtractedFact("User works at Acme.", (ids[1],), "same", "no-such-entry"),
+        ExtractedFact("User quit.", (ids[1],), "invalidate", "no-such-entry"),
+    ]
+    entries = log.record_knowledge("t1", facts, "x")
+    assert [e["text"] for e in entries] == ["User lives in Oslo."]
+    assert "KnowledgeSuperseded" not in _emitted(log)
+
+
+def test_one_entry_is_superseded_once_a_second_update_of_it_is_a_new_entry() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
+    log.collect_events()
+    second = _batch(log, "t2", "Bergen", "Rome")
+    facts = [
+        ExtractedFact("User lives in Bergen.", (second[0],), "update", oslo["entry_id"]),
+        ExtractedFact("User lives in Rome.", (second[1],), "update", oslo["entry_id"]),
+    ]
+    assert len(log.record_knowledge("t2", facts, "x")) == 2
+    assert _emitted(log).count("KnowledgeSuperseded") == 1
+    assert log.knowledge_count == 2
+
+
+def test_facts_citing_outside_the_batch_fail_the_whole_batch_whatever_their_action() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    log.collect_events()
+    for fact in [
+        ExtractedFact("User lives in Oslo.", ("elsewhere",)),
+        ExtractedFact("User quit.", ("elsewhere",), "invalidate", "e1"),
+        ExtractedFact("   ", tuple(ids)),
+        ExtractedFact("User x.", tuple(ids), "delete"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(InvalidExtractionError):
+            log.record_knowledge("t1", [fact], "x")
+    assert log.collect_events() == []
+
+
+def test_a_reextracted_version_has_its_own_lifecycle_and_promotion_keeps_only_valid_entries() -> (
+    None
+):
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "I moved to Bergen")
+    (live,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", (ids[0],))], "x")
+    (old,) = log.record_reextraction("v2", ids, [ExtractedFact("Oslo.", (ids[0],))], "y")
+    update = ExtractedFact("Bergen.", (ids[1],), "update", old["entry_id"])
+    live_target = ExtractedFact("Rome.", (ids[1],), "update", live["entry_id"])
+    (new, rome) = log.record_reextraction("v2", ids, [update, live_target], "y")
+    assert log.knowledge_versions == {"v2": 2} and log.knowledge_count == 1
+    log.promote("v2")
+    assert sorted(_known(log)) == sorted([new["entry_id"], rome["entry_id"]])
+    assert log.knowledge_count == 2

@@ -1,0 +1,213 @@
+"""retrieve: the right facts for the next prompt, scoped to one user, current by default."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from memvee import InvalidInputError, Memory
+from memvee.extractors import OfflineExtractor
+from tests.support.embedders import ConceptEmbedder
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+async def _offline(make_memory: Callable[..., Any], **options: Any) -> Memory:
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), **options)
+    return memory
+
+
+async def _say(memory: Memory, user: str, day: int, *lines: str) -> list[str]:
+    ids = []
+    for i, line in enumerate(lines):
+        at = T0 + timedelta(days=day, minutes=i)
+        said, _ = await memory.add_exchange(user, line, "Got it.", sent_at=at)
+        ids.append(said.message_id)
+    await memory.flush(user)
+    return ids
+
+
+async def test_a_natural_question_finds_the_fact_its_words_only_partly_share(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.", "I work at Acme.", "I love climbing.")
+    result = await memory.retrieve("ann", "Where does she live now?")
+    assert [hit.text for hit in result.entries] == ["User lives in Oslo."]
+    assert result.entries[0].score > 0
+    assert result.messages == []
+
+
+async def test_every_query_word_counts_more_matching_words_rank_higher(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.", "My sister lives in Rome.")
+    result = await memory.retrieve("ann", "which city does her sister live in?")
+    assert [hit.text for hit in result.entries] == [
+        "User's sister lives in Rome.",
+        "User lives in Oslo.",
+    ]
+
+
+async def test_entries_carry_their_provenance(make_memory: Callable[..., Any]) -> None:
+    memory = await _offline(make_memory)
+    (said,) = await _say(memory, "ann", 0, "I'm allergic to peanuts.")
+    (hit,) = (await memory.retrieve("ann", "allergies? peanuts")).entries
+    assert hit.source_message_ids == (said,)
+    task = await memory.get_task("ann", hit.entry.task_id)
+    assert task.status.value == "COMPLETED"
+
+
+async def test_an_updated_fact_replaces_the_old_one_and_as_of_goes_back(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.", "I work at Acme.")
+    await _say(memory, "ann", 30, "Big news: I moved to Bergen!", "I work at Globex now.")
+    now = await memory.retrieve("ann", "where does she live, and where does she work?")
+    assert sorted(hit.text for hit in now.entries) == [
+        "User lives in Bergen.",
+        "User works at Globex.",
+    ]
+    then = await memory.retrieve("ann", "where does she live?", as_of=T0 + timedelta(days=10))
+    assert [hit.text for hit in then.entries] == ["User lives in Oslo."]
+    before = await memory.retrieve("ann", "where does she live?", as_of=T0 - timedelta(days=1))
+    assert before.entries == []
+    current = {e.text for e in await memory.knowledge("ann")}
+    assert current == {"User lives in Bergen.", "User works at Globex."}
+    history = {e.text: e for e in await memory.knowledge("ann", history=True)}
+    oslo, bergen = history["User lives in Oslo."], history["User lives in Bergen."]
+    assert oslo.superseded_by == bergen.entry_id and not oslo.is_current
+    assert oslo.valid_until == bergen.valid_from == T0 + timedelta(days=30)
+
+
+async def test_the_same_statement_twice_is_one_entry(make_memory: Callable[..., Any]) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I'm allergic to peanuts.")
+    await _say(memory, "ann", 3, "Remember, I'm allergic to peanuts.")
+    assert [e.text for e in await memory.knowledge("ann")] == ["User is allergic to peanuts."]
+    summary = await memory.user("ann")
+    assert summary is not None and summary.knowledge_count == 1
+
+
+async def test_messages_fill_what_the_entries_leave_with_their_neighbouring_turn(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    said, answer = await memory.add_exchange(
+        "ann", "The marathon in Lisbon was brutal but fun", "Well done on finishing!", sent_at=T0
+    )
+    await memory.flush("ann")
+    result = await memory.retrieve("ann", "how was the marathon?", top_k=3, include_messages=True)
+    assert result.entries == []
+    first = result.messages[0]
+    assert first.message.message_id == said.message_id
+    assert first.neighbour is not None and first.neighbour.message_id == answer.message_id
+    mixed = await memory.retrieve("ann", "Lisbon or Oslo?", top_k=2, include_messages=True)
+    assert [hit.text for hit in mixed.entries] == ["User lives in Oslo."]
+    assert [m.message.content for m in mixed.messages] == [said.content]
+    assert len(mixed) == 2
+
+
+async def test_messages_cited_by_returned_entries_are_not_repeated(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    result = await memory.retrieve("ann", "Oslo", include_messages=True)
+    assert [hit.text for hit in result.entries] == ["User lives in Oslo."]
+    assert result.messages == []
+
+
+async def test_to_prompt_renders_a_compact_block(make_memory: Callable[..., Any]) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    await memory.add_exchange(
+        "ann", "Went sailing in the fjord today", "Sounds lovely!", sent_at=T0
+    )
+    result = await memory.retrieve("ann", "Oslo sailing", include_messages=True)
+    prompt = result.to_prompt()
+    assert "- User lives in Oslo. (since 2026-01-05)" in prompt
+    assert "[2026-01-05] user: Went sailing in the fjord today" in prompt
+    assert "  [2026-01-05] assistant: Sounds lovely!" in prompt
+    assert len(result.to_prompt(max_chars=60)) <= 60
+    assert (await memory.retrieve("ann", "quantum chromodynamics")).to_prompt() == ""
+
+
+async def test_a_question_of_stop_words_only_returns_the_latest_entries(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    await _say(memory, "ann", 1, "I love jazz.")
+    result = await memory.retrieve("ann", "what do you know about me?", top_k=1)
+    assert [hit.text for hit in result.entries] == ["User loves jazz."]
+
+
+async def test_bad_arguments_are_refused_before_anything_runs(memory: Memory) -> None:
+    for kwargs in [
+        {"top_k": 0},
+        {"top_k": 1001},
+        {"top_k": True},
+        {"as_of": T0.replace(tzinfo=None)},
+    ]:
+        with pytest.raises(InvalidInputError):
+            await memory.retrieve("ann", "x", **kwargs)
+    with pytest.raises(InvalidInputError):
+        await memory.retrieve("ann", 42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        await memory.retrieve("", "x")
+
+
+async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_ranking(
+    make_memory: Callable[..., Any],
+) -> None:
+    embedder = ConceptEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    await _say(memory, "ann", 0, "I work at Acme.", "I love jazz.", "I have a dog called Rex.")
+    lexical = await _offline(make_memory)
+    await _say(lexical, "bob", 0, "I work at Acme.")
+    assert (await lexical.retrieve("bob", "what is her employer?")).entries == []
+    result = await memory.retrieve("ann", "what is her employer?", top_k=1)
+    assert [hit.text for hit in result.entries] == ["User works at Acme."]
+    both = await memory.retrieve("ann", "any pets? what about the dog", top_k=2)
+    assert both.entries[0].text == "User's dog is called Rex."
+    calls = embedder.calls
+    await memory.retrieve("ann", "employer", top_k=1)
+    assert embedder.calls == calls + 1, "vectors are embedded once, then only the query"
+
+
+async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(
+    make_memory: Callable[..., Any],
+) -> None:
+    """1,000 users say the same things; every user gets exactly their own entries back."""
+    memory = await _offline(make_memory, embedder=ConceptEmbedder())
+    users = [f"user-{i:04d}" for i in range(1000)]
+
+    async def fill(user: str) -> None:
+        await memory.add_exchange(user, f"I live in Oslo. I work at Acme. My name is {user}.", "ok")
+        await memory.flush(user)
+
+    for start in range(0, len(users), 100):
+        await asyncio.gather(*(fill(user) for user in users[start : start + 100]))
+    own_messages = {
+        user: {m.message_id for m in await memory.messages(user)} for user in users[::97]
+    }
+    wanted = ["User lives in Oslo.", "User works at Acme."]
+    for user in users:
+        result = await memory.retrieve(user, "where does she live and work?", top_k=5)
+        texts = [hit.text for hit in result.entries]
+        assert texts[:2] in (wanted, wanted[::-1]), (user, texts)
+        assert {hit.entry.user_id for hit in result.entries} == {user}
+        if user in own_messages:
+            cited = {m for hit in result.entries for m in hit.source_message_ids}
+            assert cited <= own_messages[user]
+            mixed = await memory.retrieve(user, "name Oslo", top_k=10, include_messages=True)
+            assert {m.message.message_id for m in mixed.messages} <= own_messages[user]
+            assert any(hit.text == f"User's name is {user}." for hit in mixed.entries)
