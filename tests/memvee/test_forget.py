@@ -1,0 +1,115 @@
+"""forget: a user is erased in one transaction, with a receipt, and stays erased."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events import EventStore
+from memvee import Memory, ProcessingError
+from memvee.extractors import OfflineExtractor
+from projections import ProjectionTables, rebuild, verify
+from tests.support.embedders import ConceptEmbedder
+from tests.support.extractors import RecordingExtractor
+
+SECRET = "my locker code is zebra-4471"
+
+
+async def _history(memory: Memory, user: str, turns: int = 6) -> None:
+    for i in range(turns):
+        await memory.add_exchange(user, f"I live in Oslo. Note {i}: {SECRET}", f"ok {i}")
+    await memory.flush(user)
+
+
+async def test_forget_erases_the_log_and_every_projection_and_says_how_much(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    memory: Memory = await make_memory(
+        extractor=OfflineExtractor(), embedder=ConceptEmbedder(), config={"snapshot_interval": 5}
+    )
+    await _history(memory, "ann")
+    await _history(memory, "bob")
+    await memory.retrieve("ann", "Oslo", include_messages=True)
+    before = await memory.user("ann")
+    assert before is not None
+
+    receipt = await memory.forget("ann")
+
+    assert receipt.user_id == "ann" and receipt.events == before.version
+    assert receipt.snapshots >= 1
+    assert receipt.rows["messages"] == 12 and receipt.rows["knowledge"] == 1
+    assert receipt.rows["tasks"] >= 1 and receipt.rows["users"] == 1
+    assert receipt.rows["vectors"] >= 1
+    assert receipt.total > receipt.events
+    assert await memory.messages("ann") == [] and await memory.knowledge("ann", history=True) == []
+    assert await memory.buffer("ann") == [] and await memory.tasks("ann") == []
+    assert await memory.user("ann") is None
+    assert len(await memory.retrieve("ann", "Oslo locker zebra", include_messages=True)) == 0
+    assert len(await memory.messages("bob")) == 12, "other users are untouched"
+    assert len(await memory.retrieve("bob", "zebra locker", include_messages=True)) > 0
+
+    await memory.close()
+    store = EventStore(db_url)
+    try:
+        assert store.events_of("ann") == [] and store.load("ann") is None
+        assert verify(store) == []
+        rebuild(store, ProjectionTables())
+    finally:
+        store.close()
+    reopened: Memory = await make_memory()
+    assert await reopened.messages("ann") == [] and await reopened.user("ann") is None
+
+
+async def test_the_erased_words_do_not_linger_in_the_sqlite_files(
+    make_memory: Callable[..., Any], db_url: str, db_path: Path
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await _history(memory, "ann")
+    await memory.forget("ann")
+    await memory.close()
+    files = [p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)]
+    assert files
+    for file in files:
+        assert b"zebra-4471" not in file.read_bytes(), file.name
+
+
+async def test_a_task_running_when_the_user_is_forgotten_fails_and_writes_nothing_back(
+    make_memory: Callable[..., Any],
+) -> None:
+    extractor = RecordingExtractor(gated=True)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    task = memory.process_async("ann")
+    await asyncio.to_thread(extractor.started.wait, 10)
+    receipt = await memory.forget("ann")
+    assert receipt.events > 0
+    extractor.gate.set()
+    with pytest.raises(ProcessingError, match="forgotten"):
+        await task.wait()
+    await asyncio.sleep(0.2)
+    assert await memory.messages("ann") == [] and await memory.knowledge("ann") == []
+    assert await memory.user("ann") is None
+
+
+async def test_writing_to_a_forgotten_user_starts_a_new_empty_log(memory: Memory) -> None:
+    await memory.add_exchange("ann", "first life", "ok")
+    await memory.forget("ann")
+    said, _ = await memory.add_exchange("ann", "second life", "ok")
+    assert said.seq == 1
+    assert [m.content for m in await memory.messages("ann")] == ["second life", "ok"]
+    summary = await memory.user("ann")
+    assert summary is not None and summary.message_count == 2
+
+
+async def test_forgetting_a_user_never_written_erases_nothing(memory: Memory) -> None:
+    receipt = await memory.forget("nobody")
+    assert receipt.events == receipt.snapshots == 0
+    assert {table: n for table, n in receipt.rows.items() if table != "leases"} == dict.fromkeys(
+        ("buffer", "tasks", "knowledge", "messages", "users", "vectors", "search"), 0
+    )
