@@ -66,7 +66,12 @@ class SourceMessage:
 
 @dataclass(frozen=True, slots=True)
 class Provenance:
-    """How a knowledge entry came to be: its words, its task and batch, its extractor."""
+    """How a knowledge entry came to be: its words, its task and batch, its extractor.
+
+    ``replaced_by`` is the chain of entries that superseded it (nearest first),
+    ``supersedes`` the entries it replaced; ``valid_until`` and ``ended_reason`` say when
+    and why it stopped being valid.
+    """
 
     entry_id: str
     user_id: str
@@ -82,6 +87,10 @@ class Provenance:
     extracted_at: datetime
     version: int
     replaced_by: list[str]
+    supersedes: list[str]
+    valid_from: datetime
+    valid_until: datetime | None
+    ended_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,41 +167,47 @@ class Audit:
         return state_at(self.store, user_id, version=version, at=at)
 
     def explain(self, user_id: str, entry_id: str) -> Provenance:
-        """The provenance of one knowledge entry, read from the log itself."""
+        """The provenance of one knowledge entry, current or ended, of any version.
+
+        Read from the projections (which ``verify`` proves equal to the log), so it is a
+        few lookups however long the user's history is.
+        """
         check_user_id(user_id)
-        extracted: Any = None
-        entry: dict[str, Any] = {}
-        triggers: dict[str, str] = {}
-        messages: dict[str, SourceMessage] = {}
-        for event in self._events(user_id):
-            if isinstance(event, UserLog.MessageAdded):
-                messages[event.message_id] = SourceMessage(
-                    event.message_id, event.seq, event.role, event.content, event.sent_at
-                )
-            elif isinstance(event, UserLog.ProcessingStarted):
-                triggers[event.task_id] = event.trigger
-            elif isinstance(event, UserLog.KnowledgeExtracted):
-                found = next((c for c in event.entries if c["entry_id"] == entry_id), None)
-                if found is not None:
-                    extracted, entry = event, found
-                    break
-        if extracted is None:
-            raise InvalidInputError(f"user {user_id!r} has no knowledge entry {entry_id!r}")
+        reader = self._reader
+        with self.store.engine.connect() as connection:
+            found = reader.entries(connection, user_id, [entry_id])
+            if not found:
+                raise InvalidInputError(f"user {user_id!r} has no knowledge entry {entry_id!r}")
+            entry = found[0]
+            task = (
+                reader.task_details(connection, user_id, entry.task_id) if entry.task_id else None
+            )
+            sources = reader.messages(connection, user_id, ids=list(entry.source_message_ids))
+            replaced_by = reader.successors(connection, user_id, entry_id)
+            supersedes = reader.predecessors(connection, user_id, entry_id)
+            version = reader.entry_version(connection, user_id, entry_id)
+        task = task or {}
         return Provenance(
             entry_id=entry_id,
             user_id=user_id,
-            text=entry["text"],
-            messages=[messages[m] for m in entry["source_message_ids"] if m in messages],
-            task_id=extracted.task_id,
-            trigger=triggers.get(extracted.task_id, ""),
-            batch=list(extracted.message_ids),
-            extractor=extracted.extractor,
-            model=extracted.model,
-            input_tokens=extracted.input_tokens,
-            output_tokens=extracted.output_tokens,
-            extracted_at=extracted.timestamp,
-            version=extracted.originator_version,
-            replaced_by=[],
+            text=entry.text,
+            messages=[
+                SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at) for m in sources
+            ],
+            task_id=entry.task_id,
+            trigger=task.get("trigger") or "",
+            batch=list(task.get("message_ids") or []),
+            extractor=entry.extractor,
+            model=entry.model,
+            input_tokens=task.get("input_tokens"),
+            output_tokens=task.get("output_tokens"),
+            extracted_at=entry.extracted_at,
+            version=version,
+            replaced_by=replaced_by,
+            supersedes=supersedes,
+            valid_from=entry.valid_from,
+            valid_until=entry.valid_until,
+            ended_reason=entry.ended_reason,
         )
 
     def export(self, user_id: str) -> Iterator[str]:

@@ -229,7 +229,15 @@ def explain(
     for m in found.messages:
         table.add_row(str(m.seq), m.role, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)
-    console.print(f"batch of {len(found.batch)} messages; replaced by: none")
+    until = "now" if found.valid_until is None else f"{found.valid_until:%Y-%m-%d %H:%M:%S}"
+    console.print(f"valid from {found.valid_from:%Y-%m-%d %H:%M:%S} until {until}")
+    if found.ended_reason:
+        console.print(f"ended: {found.ended_reason}")
+    console.print(
+        f"batch of {len(found.batch)} messages; "
+        f"replaced by: {', '.join(found.replaced_by) or 'none'}; "
+        f"replaces: {', '.join(found.supersedes) or 'none'}"
+    )
 
 
 @app.command()

@@ -131,6 +131,50 @@ class ProjectionReader:
         )
         return None if row is None else _task(user_id, row)
 
+    def task_details(
+        self, connection: Connection, user_id: str, task_id: str
+    ) -> dict[str, Any] | None:
+        """Every column of one task's row (extractor, model, tokens...), or ``None``."""
+        t = self.tables.tasks
+        row = (
+            connection.execute(select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id))
+            .mappings()
+            .first()
+        )
+        return None if row is None else dict(row)
+
+    def successors(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
+        """The chain of entries that replaced ``entry_id``, nearest first."""
+        k = self.tables.knowledge
+        chain: list[str] = []
+        current: str | None = entry_id
+        while current is not None:
+            current = connection.execute(
+                select(k.c.superseded_by).where(
+                    k.c.log_id == _log(user_id), k.c.entry_id == current
+                )
+            ).scalar()
+            if current is None or current in chain or current == entry_id:
+                break
+            chain.append(current)
+        return chain
+
+    def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
+        """The log version of the event that recorded ``entry_id`` (0 if unknown)."""
+        k = self.tables.knowledge
+        found = connection.execute(
+            select(k.c.version).where(k.c.log_id == _log(user_id), k.c.entry_id == entry_id)
+        ).scalar()
+        return int(found or 0)
+
+    def predecessors(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
+        """The entries that ``entry_id`` directly replaced."""
+        k = self.tables.knowledge
+        rows = connection.execute(
+            select(k.c.entry_id).where(k.c.log_id == _log(user_id), k.c.superseded_by == entry_id)
+        )
+        return [r[0] for r in rows]
+
     def tasks(self, connection: Connection, user_id: str) -> list[TaskRecord]:
         """Every task of the user, in the order they started."""
         t = self.tables.tasks

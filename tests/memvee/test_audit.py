@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from memvee import Memory, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
+from memvee.extractors import OfflineExtractor
 from tests.support.extractors import RecordingExtractor
 
 
@@ -149,6 +150,29 @@ async def test_explain_traces_an_entry_to_its_messages_task_and_extractor(
         assert found.replaced_by == []
         with pytest.raises(ValueError, match="no knowledge entry"):
             audit.explain("dee", "missing")
+
+
+async def test_explain_follows_an_entry_through_its_replacements(
+    make_memory: Any, db_url: str
+) -> None:
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for place in ("Oslo", "Bergen", "Rome"):
+        await memory.add_exchange("eve", f"I live in {place}.", "ok")
+        await memory.flush("eve")
+    history = {e.text: e for e in await memory.knowledge("eve", history=True)}
+    oslo, bergen, rome = (history[f"User lives in {p}."] for p in ("Oslo", "Bergen", "Rome"))
+    with Audit(db_url=db_url) as audit:
+        first = audit.explain("eve", oslo.entry_id)
+        assert first.replaced_by == [bergen.entry_id, rome.entry_id]
+        assert first.valid_until == bergen.valid_from and first.supersedes == []
+        assert [m.content for m in first.messages] == ["I live in Oslo."]
+        last = audit.explain("eve", rome.entry_id)
+        assert last.replaced_by == [] and last.supersedes == [bergen.entry_id]
+        assert last.valid_until is None
+    runner = CliRunner()
+    shown = runner.invoke(app, ["explain", "eve", oslo.entry_id, "--db-url", db_url])
+    assert shown.exit_code == 0, shown.output
+    assert f"replaced by: {bergen.entry_id}, {rome.entry_id}" in " ".join(shown.output.split())
 
 
 async def test_export_then_import_gives_the_same_state_in_another_database(
