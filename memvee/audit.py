@@ -22,6 +22,7 @@ from events import (
     ExtractionBatch,
     Extractor,
     InvalidInputError,
+    KnownEntry,
     UserLog,
     check_user_id,
     sqlite_url,
@@ -39,6 +40,8 @@ from projections import (
 __all__ = ["Audit", "Comparison", "LoggedEvent", "Provenance", "SourceMessage"]
 
 T = TypeVar("T")
+
+_MAX_KNOWN = 100
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -286,8 +289,10 @@ class Audit:
         self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
-        result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch)))
+        known = await asyncio.to_thread(self._known, user_id, version)
+        result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
         ids = [m.message_id for m in batch]
+        said_at = {m.message_id: m.sent_at for m in batch}
 
         def record(user_log: UserLog) -> int:
             entries = user_log.record_reextraction(
@@ -298,10 +303,18 @@ class Audit:
                 result.model,
                 result.input_tokens,
                 result.output_tokens,
+                said_at,
             )
             return len(entries)
 
         return await asyncio.to_thread(self._decide, user_id, record)
+
+    def _known(self, user_id: str, version: str) -> tuple[KnownEntry, ...]:
+        """The version's current entries a re-extraction batch may repeat or update."""
+        with self.store.engine.connect() as connection:
+            entries = self._reader.knowledge(connection, user_id, version)
+        newest = sorted(entries, key=lambda e: e.valid_from)[-_MAX_KNOWN:]
+        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in newest)
 
     def promote(self, user_id: str, version: str) -> None:
         """Make a re-extracted knowledge version the user's live knowledge (an event)."""

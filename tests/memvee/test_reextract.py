@@ -70,3 +70,19 @@ async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url
     assert again.exit_code == 2
     neither = runner.invoke(app, ["reextract", "--db-url", db_url])
     assert neither.exit_code == 2
+
+
+async def test_a_reextracted_version_keeps_the_lifecycle_of_its_own_entries(
+    make_memory: Any, db_url: str
+) -> None:
+    memory: Memory = await make_memory()
+    await memory.add_exchange("kim", "I live in Oslo", "nice")
+    await memory.add_exchange("kim", "I moved to Bergen", "exciting")
+    await memory.process("kim")
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("kim", OfflineExtractor(), "v2", batch_size=2)
+        audit.promote("kim", "v2")
+        assert verify(audit.store) == []
+    assert [e.text for e in await memory.knowledge("kim")] == ["User lives in Bergen."]
+    history = {e.text: e for e in await memory.knowledge("kim", history=True)}
+    assert history["User lives in Oslo."].superseded_by == history["User lives in Bergen."].entry_id
