@@ -28,6 +28,7 @@ from events import (
     sqlite_url,
 )
 from events.user_log import LIVE_KNOWLEDGE
+from memvee._retrieval import RetrievalResult, Retriever
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -355,6 +356,24 @@ class Audit:
         while page := self.store.events_of(user_id, after=after, upto=after + page_size):
             yield from page
             after = page[-1].originator_version
+
+    def search(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        top_k: int = 10,
+        include_messages: bool = False,
+        as_of: datetime | None = None,
+    ) -> RetrievalResult:
+        """What :meth:`memvee.Memory.retrieve` would hand an agent (lexical ranking only)."""
+        check_user_id(user_id)
+        if not 1 <= top_k <= 1000:
+            raise InvalidInputError(f"top_k must be from 1 to 1000, not {top_k}")
+        if as_of is not None:
+            _check_aware(as_of, "as_of")
+        retriever = Retriever(self.store.engine, self._reader.tables, None)
+        return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 
     def users(self, *, after: str = "", limit: int = 100) -> list[UserSummary]:
         """A page of users, in user-id order."""

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from events import EventStore, Extractor, MemveeError, check_user_id, sqlite_url
+from events import EventStore, Extractor, InvalidInputError, MemveeError, check_user_id, sqlite_url
 from memvee.audit import Audit
 from projections import rebuild as rebuild_projections
 from projections import rebuild_user
@@ -337,6 +337,47 @@ def compare(
     for i in range(rows):
         table.add_row(*(col[i] if i < len(col) else "" for col in dataclasses.astuple(found)))
     console.print(table)
+
+
+@app.command()
+def search(
+    user: Annotated[str, typer.Argument(help="The user.")],
+    query: Annotated[str, typer.Argument(help="The question, in plain words.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many results.")] = 10,
+    messages: Annotated[
+        bool, typer.Option("--messages", help="Fill with raw messages after the entries.")
+    ] = False,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO time: what was valid then.")
+    ] = None,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """What retrieve would hand an agent for QUERY: entries first, then messages."""
+    with Audit(db, db_url) as audit, _input_errors():
+        at = None if as_of is None else _parse_time(as_of)
+        found = audit.search(user, query, top_k=top_k, include_messages=messages, as_of=at)
+    if as_json:
+        _print_json(dataclasses.asdict(found))
+        return
+    table = Table("#", "score", "kind", "text", "since / sent", title=f"{user}: {query}")
+    for rank, hit in enumerate(found.entries, start=1):
+        since = f"{hit.entry.valid_from:%Y-%m-%d}"
+        table.add_row(str(rank), f"{hit.score:.3f}", "entry", hit.text, since)
+    for rank, m in enumerate(found.messages, start=len(found.entries) + 1):
+        sent = f"{m.message.sent_at:%Y-%m-%d}"
+        text = f"{m.message.role}: {m.message.content}"
+        table.add_row(str(rank), f"{m.score:.3f}", "message", text, sent)
+    console.print(table)
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInputError(f"{value!r} is not an ISO time") from None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def _extractor(name: str, model: str | None) -> Extractor:

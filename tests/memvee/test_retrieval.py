@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -211,3 +212,28 @@ async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(
             mixed = await memory.retrieve(user, "name Oslo", top_k=10, include_messages=True)
             assert {m.message.message_id for m in mixed.messages} <= own_messages[user]
             assert any(hit.text == f"User's name is {user}." for hit in mixed.entries)
+
+
+async def test_the_cli_search_shows_what_an_agent_would_get(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from memvee.cli import app
+
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    await _say(memory, "ann", 30, "I moved to Bergen.")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["search", "ann", "where does she live?", "--db-url", db_url])
+    assert shown.exit_code == 0, shown.output
+    assert "User lives in Bergen." in shown.output and "Oslo" not in shown.output
+    then = runner.invoke(
+        app,
+        ["search", "ann", "live", "--as-of", "2026-01-10", "--json", "--db-url", db_url],
+    )
+    assert then.exit_code == 0, then.output
+    found = json.loads(then.output)
+    assert [hit["entry"]["text"] for hit in found["entries"]] == ["User lives in Oslo."]
+    bad = runner.invoke(app, ["search", "ann", "x", "--as-of", "soon", "--db-url", db_url])
+    assert bad.exit_code == 2
