@@ -307,9 +307,7 @@ class Memory:
         check_user_id(user_id)
         if as_of is not None:
             _check_sent_at(as_of, "as_of")
-        return await self._read(
-            lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history)
-        )
+        return await self._read(lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history))
 
     async def messages(self, user_id: str) -> list[Message]:
         """Every message of the user, oldest first (the message projection of the log)."""
