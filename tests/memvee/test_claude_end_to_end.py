@@ -47,3 +47,33 @@ async def test_a_server_error_fails_the_task_and_the_next_run_succeeds(
         assert "sk-test-secret-key" not in (task.error or "")
         assert len(await memory.buffer("bo")) == 2
         assert await memory.process("bo") == 1
+
+
+async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    async with Memory(db_url=db_url) as memory:
+        await memory.add_exchange("cy", "I live in Oslo", "Nice")
+        await memory.flush("cy")
+        (oslo,) = await memory.knowledge("cy")
+        await memory.add_exchange("cy", "I live in Oslo", "Still?")
+        await memory.flush("cy")
+        assert [e.entry_id for e in await memory.knowledge("cy")] == [oslo.entry_id]
+        said, _ = await memory.add_exchange("cy", "I moved to Bergen", "Exciting")
+        messages_api_server.enqueue_facts(
+            [
+                {
+                    "text": "User lives in Bergen.",
+                    "source_message_ids": [said.message_id],
+                    "action": "update",
+                    "target_entry_id": oslo.entry_id,
+                }
+            ]
+        )
+        await memory.flush("cy")
+        assert [e.text for e in await memory.knowledge("cy")] == ["User lives in Bergen."]
+        result = await memory.retrieve("cy", "where does cy live now?")
+        assert [hit.text for hit in result.entries] == ["User lives in Bergen."]
+    known = [r.known for r in messages_api_server.requests]
+    assert known[0] == [] and [k["id"] for k in known[1]] == [oslo.entry_id]
+    assert [k["text"] for k in known[2]] == ["User said: I live in Oslo"]
