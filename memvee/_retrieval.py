@@ -48,11 +48,16 @@ class RetrievedEntry:
 
 @dataclass(frozen=True, slots=True)
 class RetrievedMessage:
-    """A raw message ranked for a query, with the other half of its exchange."""
+    """A raw message ranked for a query, with the other half of its exchange.
+
+    ``outdated`` is true when every fact extracted from it has since been replaced or
+    invalidated: what it says was true once, not now.
+    """
 
     message: Message
     score: float
     neighbour: Message | None
+    outdated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,8 @@ class RetrievalResult:
         if self.messages:
             lines.append("Earlier messages that may be relevant:")
             for m in self.messages:
-                lines.append(f"- {_quote(m.message)}")
+                note = " (outdated: replaced by a later fact)" if m.outdated else ""
+                lines.append(f"- {_quote(m.message)}{note}")
                 if m.neighbour is not None:
                     lines.append(f"  {_quote(m.neighbour)}")
         out: list[str] = []
@@ -141,7 +147,9 @@ class Retriever:
             room = top_k - len(entries)
             if include_messages and room > 0:
                 cited = {m for hit in entries for m in hit.entry.source_message_ids}
-                messages = self._messages(connection, user_id, terms, query_vector, room, cited)
+                messages = self._messages(
+                    connection, user_id, terms, query_vector, room, cited, as_of
+                )
         return RetrievalResult(user_id, query, as_of, entries, messages)
 
     def _embed_query(self, user_id: str, query: str, include_messages: bool) -> list[float] | None:
@@ -158,6 +166,7 @@ class Retriever:
         query_vector: list[float] | None,
         room: int,
         cited: set[str],
+        as_of: datetime | None,
     ) -> list[RetrievedMessage]:
         pool = (room + len(cited)) * _CANDIDATES
         lexical = self._ranker.messages(connection, user_id, terms, pool)
@@ -169,12 +178,18 @@ class Retriever:
             unseen = [i for i, _ in semantic if i not in message_of]
             found = self._reader.messages(connection, user_id, ids=unseen)
             message_of |= {m.message_id: m for m in found}
-        ranked = [(i, s) for i, s in _fuse(rankings) if i not in cited][:room]
+        fused = [(i, s) for i, s in _fuse(rankings) if i not in cited]
+        stale: set[str] = set()
+        if as_of is None:
+            # A message whose facts were all replaced states something no longer true.
+            stale = self._reader.stale_sources(connection, user_id)
+            fused.sort(key=lambda pair: pair[0] in stale)
+        ranked = fused[:room]
         hits = [message_of[i] for i, _ in ranked]
         wanted = [m.seq + 1 if m.role == "user" else m.seq - 1 for m in hits]
         around = {m.seq: m for m in self._reader.messages(connection, user_id, seqs=wanted)}
         return [
-            RetrievedMessage(message_of[i], score, around.get(seq))
+            RetrievedMessage(message_of[i], score, around.get(seq), i in stale)
             for (i, score), seq in zip(ranked, wanted, strict=True)
         ]
 

@@ -20,7 +20,8 @@ from memvee.extractors import OfflineExtractor
 
 CONVERSATIONS: dict[str, list[tuple[str, str]]] = {
     "alice": [
-        ("Hi! I work at Acme Robotics as an engineer.", "Nice to meet you, Alice."),
+        ("Hi! I work at Acme Robotics.", "Nice to meet you, Alice."),
+        ("I work as an engineer there.", "Engineering, nice."),
         ("I live in Oslo, close to the fjord.", "Oslo is beautiful."),
         ("My sister lives in Bergen.", "Do you visit her often?"),
         ("I am allergic to peanuts, so careful with recipes.", "Noted, no peanuts."),
@@ -35,6 +36,14 @@ CONVERSATIONS: dict[str, list[tuple[str, str]]] = {
         ("What's the weather like?", "I cannot check live weather, sorry."),
     ],
 }
+
+LATER: list[tuple[str, str]] = [
+    ("Big news: I moved to Bergen last week!", "Congratulations on the move!"),
+    ("And I work at Fjord Analytics now.", "A new job too, exciting."),
+    ("We hiked Ulriken on Sunday, the view was unreal.", "Sounds amazing."),
+]
+
+QUESTIONS = ("Where does she live now?", "Where does she work?", "That Sunday hike?")
 
 
 async def _watch(memory: Memory, console: Console, stop: asyncio.Event) -> None:
@@ -81,6 +90,27 @@ async def run(db: str) -> None:
             for entry in await memory.knowledge(user):
                 table.add_row(entry.text, " | ".join(messages[m] for m in entry.source_message_ids))
             console.print(table)
+
+        console.rule("a month later, alice's facts change")
+        for said, answer in LATER:
+            await memory.add_exchange("alice", said, answer)
+            console.print(f"[green]alice[/]: {said}")
+        await memory.flush("alice")
+        for entry in await memory.knowledge("alice", history=True):
+            if entry.superseded_by is not None:
+                console.print(f"  [yellow]superseded[/] {entry.text!r}")
+        for question in QUESTIONS:
+            result = await memory.retrieve("alice", question, top_k=3, include_messages=True)
+            console.rule(f"retrieve(alice, {question!r}).to_prompt()")
+            console.print(result.to_prompt(), markup=False)
+
+        console.rule("forget bob")
+        receipt = await memory.forget("bob")
+        console.print(
+            f"erased {receipt.events} events, {receipt.snapshots} snapshots and "
+            f"{sum(receipt.rows.values())} projection rows; bob's messages now: "
+            f"{len(await memory.messages('bob'))}"
+        )
     _print_log(console, db, "alice")
     _tour(console, db)
 
@@ -130,6 +160,8 @@ def _summary(event: Any) -> str:
     if isinstance(event, UserLog.KnowledgeExtracted):
         texts = "; ".join(e["text"] for e in event.entries)
         return f"task {event.task_id[:8]} by {event.extractor}: {texts or 'no entries'}"
+    if isinstance(event, UserLog.KnowledgeSuperseded):
+        return f"entry {event.entry_id[:8]} superseded by {event.superseded_by[:8]}"
     if isinstance(event, UserLog.ProcessingFailed):
         return f"task {event.task_id[:8]} failed: {event.error}"
     if isinstance(event, UserLog.ProcessingInterrupted):

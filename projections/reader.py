@@ -159,6 +159,20 @@ class ProjectionReader:
             chain.append(current)
         return chain
 
+    def stale_sources(self, connection: Connection, user_id: str) -> set[str]:
+        """Messages that only state ended facts: cited by an ended live entry, by no current one."""
+        k = self.tables.knowledge
+        rows = connection.execute(
+            select(k.c.source_message_ids, k.c.valid_until).where(
+                k.c.log_id == _log(user_id), k.c.knowledge_version == LIVE_KNOWLEDGE
+            )
+        )
+        ended: set[str] = set()
+        current: set[str] = set()
+        for sources, until in rows:
+            (current if until is None else ended).update(sources)
+        return ended - current
+
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
         """The log version of the event that recorded ``entry_id`` (0 if unknown)."""
         k = self.tables.knowledge

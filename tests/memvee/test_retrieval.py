@@ -237,3 +237,20 @@ async def test_the_cli_search_shows_what_an_agent_would_get(
     assert [hit["entry"]["text"] for hit in found["entries"]] == ["User lives in Oslo."]
     bad = runner.invoke(app, ["search", "ann", "x", "--as-of", "soon", "--db-url", db_url])
     assert bad.exit_code == 2
+
+
+async def test_messages_whose_facts_were_replaced_come_last_and_say_so(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    await _say(memory, "ann", 10, "I moved to Bergen.", "Oslo was too cold, living here is better")
+    result = await memory.retrieve("ann", "live Oslo", top_k=3, include_messages=True)
+    assert [hit.text for hit in result.entries] == ["User lives in Bergen."]
+    assert [(m.message.content, m.outdated) for m in result.messages] == [
+        ("Oslo was too cold, living here is better", False),
+        ("I live in Oslo.", True),
+    ]
+    assert "I live in Oslo. (outdated: replaced by a later fact)" in result.to_prompt()
+    then = await memory.retrieve("ann", "live Oslo", as_of=T0 + timedelta(days=1))
+    assert [hit.text for hit in then.entries] == ["User lives in Oslo."]
