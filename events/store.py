@@ -198,6 +198,8 @@ class EventStore:
             after = None if snapshot is None else snapshot[0]
             rows = self._select_events(connection, log_id, after, None)
         aggregate: Any = None if snapshot is None else self._decode(log_id, snapshot).mutate(None)
+        if aggregate is not None:
+            aggregate.upgrade()
         for row in rows:
             aggregate = self._decode(log_id, row).mutate(aggregate)
         if aggregate is None:

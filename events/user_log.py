@@ -188,6 +188,15 @@ class UserLog(Aggregate):
         self.open_tasks: dict[str, dict[str, int]] = {}
         self.valid_entries: dict[str, str] = {}
 
+    def upgrade(self) -> None:
+        """Fill state that snapshots taken by an older memvee lack.
+
+        Entries valid before the knowledge lifecycle are then unknown to the log, so an
+        update naming one is recorded as a new entry: nothing is lost, only not linked.
+        """
+        if not hasattr(self, "valid_entries"):
+            self.valid_entries = {}
+
     @staticmethod
     def create_id(user_id: str) -> UUID:
         """One log per user: the id is derived from the user id."""

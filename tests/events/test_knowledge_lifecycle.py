@@ -145,3 +145,13 @@ def test_a_reextracted_version_has_its_own_lifecycle_and_promotion_keeps_only_va
     log.promote("v2")
     assert sorted(_known(log)) == sorted([new["entry_id"], rome["entry_id"]])
     assert log.knowledge_count == 2
+
+
+def test_state_from_an_older_snapshot_is_upgraded_and_cannot_lose_facts() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    del log.__dict__["valid_entries"]
+    log.upgrade()
+    assert log.valid_entries == {}
+    fact = ExtractedFact("User lives in Bergen.", tuple(ids), "update", "entry-before-upgrade")
+    assert [e["text"] for e in log.record_knowledge("t1", [fact], "x")] == ["User lives in Bergen."]
