@@ -33,8 +33,45 @@ STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 """English words too common to say what a question is about (and the parts of contractions)."""
 
 
-def search_terms(query: str) -> list[str]:
-    """The distinct content words of ``query``, lower-cased, in order of first use."""
-    words = (w.casefold() for w in _WORD.findall(query))
+_CONCEPTS: tuple[frozenset[str], ...] = tuple(
+    frozenset(group.split())
+    for group in (
+        "job jobs work works worked working occupation profession career employer employed"
+        " role trade",
+        "live lives lived home city town moved move house flat apartment address neighbourhood",
+        "allergy allergies allergic intolerant intolerance",
+        "hobby hobbies pastime interests enjoy enjoys love loves",
+        "pet pets dog dogs cat cats puppy kitten",
+        "diet diets vegan vegetarian eat eats food fasting",
+        "health condition conditions diagnosed illness disease medication medications medicine",
+        "partner girlfriend boyfriend wife husband fiance fiancee dating married spouse",
+        "kids kid children child son sons daughter daughters twins baby",
+        "exercise sport sports workout gym training",
+        "study studies studying student degree course major",
+    )
+)
+"""Personal-fact topics whose words stand for each other in a question.
+
+Agents ask "what's her job?" of a memory that holds "I work as a nurse"; no stemmer links
+the two. A query word of a topic adds the topic's other words (ORed, so they only widen
+what matches; BM25 still ranks rows matching more of the query's own words higher).
+"""
+
+_PHRASES = ((re.compile(r"\bfor\s+a\s+living\b", re.IGNORECASE), " work "),)
+
+
+def search_terms(query: str, *, expand: bool = True) -> list[str]:
+    """The distinct content words of ``query``, lower-cased, in order of first use.
+
+    With ``expand``, the words of each personal-fact topic the query touches follow.
+    """
+    for phrase, replacement in _PHRASES:
+        query = phrase.sub(replacement, query)
+    words = [w.casefold() for w in _WORD.findall(query)]
     terms = dict.fromkeys(w for w in words if w not in STOP_WORDS)
+    if expand:
+        for word in list(terms):
+            for group in _CONCEPTS:
+                if word in group:
+                    terms.update(dict.fromkeys(sorted(group)))
     return list(terms)[:MAX_TERMS]

@@ -17,6 +17,7 @@ _CONCEPTS = {
     "home": {"home", "live", "lives", "living", "reside", "resides", "moved", "city"},
     "pet": {"pet", "pets", "dog", "cat", "puppy", "kitten", "animal"},
     "food": {"food", "eat", "eats", "diet", "vegan", "vegetarian", "meal"},
+    "music": {"music", "jazz", "songs", "band", "tunes"},
 }
 _WORD = re.compile(r"[a-z]+")
 

@@ -1,0 +1,27 @@
+"""Query terms: what a question is about, as words to OR in a full-text search."""
+
+from __future__ import annotations
+
+from projections import search_terms
+
+
+def test_stop_words_go_and_the_rest_keeps_its_order() -> None:
+    assert search_terms("Where does she live now?", expand=False) == ["live"]
+    assert search_terms("What's the user's DOG called?", expand=False) == ["dog", "called"]
+    assert search_terms("what do you know about me?") == []
+
+
+def test_a_topic_word_brings_its_topic_along_after_the_query_words() -> None:
+    terms = search_terms("what's her job, in Oslo?")
+    assert terms[:2] == ["job", "oslo"]
+    assert {"work", "occupation", "profession"} <= set(terms)
+    assert "allergic" in search_terms("allergies")
+
+
+def test_for_a_living_is_about_work_not_about_living_somewhere() -> None:
+    terms = search_terms("what does he do for a living")
+    assert "work" in terms and "live" not in terms and "living" not in terms
+
+
+def test_terms_are_capped() -> None:
+    assert len(search_terms(" ".join(f"word{i}" for i in range(100)))) == 32
