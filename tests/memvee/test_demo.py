@@ -30,7 +30,10 @@ def test_the_demo_runs_offline_and_shows_tasks_knowledge_and_the_log(tmp_path: P
     assert "event log of alice" in out and "KnowledgeExtracted" in out
     assert "memvee explain alice" in out and "came from message" in out
     assert "at version 8 alice had" in out
-    assert "superseded 'User lives in Oslo, close to the fjord.'" in out and "KnowledgeSuperseded" in out
+    assert (
+        "superseded 'User lives in Oslo, close to the fjord.'" in out
+        and "KnowledgeSuperseded" in out
+    )
     assert "- User lives in Bergen." in out and "- User works at Fjord Analytics." in out
     assert "user: We hiked Ulriken on Sunday" in out
     assert "bob's messages now: 0" in out
