@@ -255,3 +255,29 @@ async def test_messages_whose_facts_were_replaced_come_last_and_say_so(
     assert "I live in Oslo. (outdated: replaced by a later fact)" in result.to_prompt()
     then = await memory.retrieve("ann", "live Oslo", as_of=T0 + timedelta(days=1))
     assert [hit.text for hit in then.entries] == ["User lives in Oslo."]
+
+
+async def test_vectors_are_a_projection_a_rebuild_drops_and_the_next_search_refills(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    from events import EventStore
+    from projections import ProjectionTables, rebuild, verify
+
+    embedder = ConceptEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    await _say(memory, "ann", 0, "I love jazz.", "I work at Acme.")
+    before = await memory.retrieve("ann", "what music is she into?", top_k=1)
+    await memory.close()
+    store = EventStore(db_url)
+    try:
+        assert verify(store) == [], "vectors are not compared: a model, not the log, makes them"
+        rebuild(store, ProjectionTables())
+    finally:
+        store.close()
+    calls = embedder.calls
+    reopened = await _offline(make_memory, embedder=embedder)
+    after = await reopened.retrieve("ann", "what music is she into?", top_k=1)
+    assert (
+        [h.text for h in after.entries] == [h.text for h in before.entries] == ["User loves jazz."]
+    )
+    assert embedder.calls == calls + 2, "the user's entries were embedded again, then the query"
