@@ -75,6 +75,8 @@ def targets(sections: Sequence[Section]) -> list[Target]:
     users = int(facts.get("users", "10000"))
     rebuild_events = int(facts.get("rebuild.events", "100000"))
     state_events = int(facts.get("state_at.events", "100000"))
+    retrieve_largest = int(facts.get("retrieve.largest", "100000"))
+    many_users, per_user = (int(n) for n in facts.get("retrieve.many", "1000,100").split(","))
     return [
         Target(
             "single-user add_exchange p50 ÷ raw 2-row tx p50",
@@ -127,6 +129,36 @@ def targets(sections: Sequence[Section]) -> list[Target]:
             "state_at.ms",
             "<=",
             1000,
+            fmt_ms,
+            "ms",
+        ),
+        Target(
+            f"retrieve p50 ÷ raw MATCH p50, one user of {retrieve_largest:,} entries",
+            f"retrieve.1u.{retrieve_largest}.ratio",
+            "<=",
+            2,
+            fmt_ratio,
+        ),
+        Target(
+            f"retrieve p50, one user of {retrieve_largest:,} entries",
+            f"retrieve.1u.{retrieve_largest}.p50",
+            "<=",
+            10,
+            fmt_ms,
+            "ms",
+        ),
+        Target(
+            f"retrieve p50 ÷ raw MATCH p50, one of {many_users:,} users x {per_user:,} entries",
+            f"retrieve.{many_users}u.{per_user}.ratio",
+            "<=",
+            2,
+            fmt_ratio,
+        ),
+        Target(
+            f"retrieve p50, one of {many_users:,} users x {per_user:,} entries",
+            f"retrieve.{many_users}u.{per_user}.p50",
+            "<=",
+            10,
             fmt_ms,
             "ms",
         ),
@@ -197,7 +229,7 @@ def print_targets(console: Console, sections: Sequence[Section]) -> tuple[int, i
     stats: dict[str, Stat] = {k: v for s in sections for k, v in s.stats.items()}
     facts = {k: v for s in sections for k, v in s.facts.items()}
     table = Table(
-        title="Targets of issues 3, 4 and 5 (medians over rounds; never asserted)",
+        title="Targets of issues 3, 4 and 5 and of retrieval (medians over rounds; never asserted)",
         title_justify="left",
         box=box.SIMPLE_HEAVY,
     )
