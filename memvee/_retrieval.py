@@ -27,6 +27,9 @@ RRF_K = 60
 _CANDIDATES = 4
 """Each ranking proposes ``top_k`` times this many candidates to the fusion."""
 
+_SPARE_MESSAGES = 8
+"""Messages ranked beyond what fills ``top_k``, so outdated ones can step aside."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetrievedEntry:
@@ -129,7 +132,8 @@ class Retriever:
     ) -> RetrievalResult:
         """The user's best ``top_k`` entries (then messages) for ``query``."""
         terms = search_terms(query)
-        pool = top_k * _CANDIDATES
+        # Fusion needs candidates beyond top_k from each ranking; one ranking does not.
+        pool = top_k * _CANDIDATES if self.embedder is not None else top_k
         query_vector = self._embed_query(user_id, query, include_messages)
         with self.engine.connect() as connection:
             lexical = self._ranker.entries(connection, user_id, terms, pool, as_of)
@@ -168,7 +172,9 @@ class Retriever:
         cited: set[str],
         as_of: datetime | None,
     ) -> list[RetrievedMessage]:
-        pool = (room + len(cited)) * _CANDIDATES
+        pool = room + len(cited) + _SPARE_MESSAGES
+        if query_vector is not None:
+            pool *= _CANDIDATES
         lexical = self._ranker.messages(connection, user_id, terms, pool)
         message_of = {m.message_id: m for m, _ in lexical}
         rankings = [[(m.message_id, score) for m, score in lexical]]
