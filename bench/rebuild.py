@@ -28,6 +28,7 @@ from bench.common import (
 from bench.load import build_histories
 from events import EventStore, ExtractedFact, UserLog, sqlite_url
 from projections import ProjectionTables, Projector, rebuild, state_at
+from projections.rebuild import PAGE_SIZE as REBUILD_PAGE
 
 __all__ = ["run"]
 
@@ -178,8 +179,9 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     )
     rebuild_section.facts["rebuild.events"] = str(written)
     rebuild_section.notes.append(
-        "Rebuild drops and refolds every live projection from the log (pages of 2,000 events, "
-        "one transaction each). Raw SELECT = stdlib sqlite3 fetching every event row "
+        "Rebuild drops and refolds every live projection from the log (pages of "
+        f"{REBUILD_PAGE:,} events, one transaction each). Raw SELECT = stdlib sqlite3 "
+        "fetching every event row "
         f"(id, originator_id, originator_version, topic, state) in pages of {_RAW_PAGE:,}, "
         "no decoding. Median of the rounds, each round reads then rebuilds."
     )

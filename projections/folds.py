@@ -3,12 +3,15 @@
 One function per projection (buffer, tasks, knowledge, messages, users). Each maps a recorded
 event to the statements it implies; the projector runs them in log order and batches
 consecutive runs of the same statement. Nothing here reads a clock or a random value.
+A fold runs for every event of a rebuild, so each finds its handler by the event's class
+in one lookup and returns a tuple (no generator).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -31,7 +34,29 @@ __all__ = [
 
 Statement = Insert | Update | Delete
 Op = tuple[Statement, dict[str, Any]]
-Fold = Callable[["Statements", Recorded], Iterator[Op]]
+Fold = Callable[["Statements", Recorded], Sequence[Op]]
+Handler = Callable[["Statements", Any], tuple[Op, ...]]
+
+_NONE: tuple[Op, ...] = ()
+_log_id: Callable[[object], str] = lru_cache(maxsize=4096)(str)
+"""A log id as text: ``str`` of the event's UUID, remembered for the logs seen lately."""
+
+
+class _Handlers(dict[type, Handler | None]):
+    """A fold's handlers by event class; other classes resolve as ``isinstance`` would."""
+
+    def __init__(self, handlers: dict[type, Handler], default: Handler | None = None) -> None:
+        for a in handlers:
+            for b in handlers:
+                if a is not b and issubclass(a, b):
+                    raise TypeError(f"{a.__name__} would match two handlers")
+        super().__init__(handlers)
+        self._default = default
+
+    def __missing__(self, kind: type) -> Handler | None:
+        handler = next((self[k] for k in kind.__mro__[1:] if dict.__contains__(self, k)), None)
+        self[kind] = handler = handler or self._default
+        return handler
 
 
 class Statements:
@@ -149,15 +174,19 @@ class Statements:
         )
 
 
-def buffer_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+def buffer_fold(s: Statements, r: Recorded) -> Sequence[Op]:
     """Messages not yet covered by knowledge, with the task (if any) that holds them."""
-    e = r.event
-    if isinstance(e, UserLog.MessageAdded):
-        yield (
+    handler = _BUFFER[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _buffer_message(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.buffer_insert,
             {
                 "message_id": e.message_id,
-                "log_id": str(e.originator_id),
+                "log_id": _log_id(e.originator_id),
                 "seq": e.seq,
                 "version": e.originator_version,
                 "role": e.role,
@@ -165,25 +194,47 @@ def buffer_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                 "sent_at": e.sent_at,
                 "task_id": None,
             },
-        )
-    elif isinstance(e, UserLog.ProcessingStarted):
-        for message_id in e.message_ids:
-            yield s.buffer_claim, {"b_message_id": message_id, "b_task_id": e.task_id}
-    elif isinstance(e, UserLog.KnowledgeExtracted):
-        yield s.buffer_covered, {"b_task_id": e.task_id}
-    elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
-        yield s.buffer_release, {"b_task_id": e.task_id}
+        ),
+    )
 
 
-def tasks_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+def _buffer_claim(s: Statements, e: Any) -> tuple[Op, ...]:
+    claim, task_id = s.buffer_claim, e.task_id
+    return tuple((claim, {"b_message_id": m, "b_task_id": task_id}) for m in e.message_ids)
+
+
+def _buffer_covered(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.buffer_covered, {"b_task_id": e.task_id}),)
+
+
+def _buffer_release(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.buffer_release, {"b_task_id": e.task_id}),)
+
+
+_BUFFER = _Handlers(
+    {
+        UserLog.MessageAdded: _buffer_message,
+        UserLog.ProcessingStarted: _buffer_claim,
+        UserLog.KnowledgeExtracted: _buffer_covered,
+        UserLog.ProcessingFailed: _buffer_release,
+        UserLog.ProcessingInterrupted: _buffer_release,
+    }
+)
+
+
+def tasks_fold(s: Statements, r: Recorded) -> Sequence[Op]:
     """Every processing task: PENDING, RUNNING, then COMPLETED or FAILED."""
-    e = r.event
-    if isinstance(e, UserLog.ProcessingRequested):
-        yield (
+    handler = _TASKS[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _task_requested(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.task_insert,
             {
                 "task_id": e.task_id,
-                "log_id": str(e.originator_id),
+                "log_id": _log_id(e.originator_id),
                 "trigger": e.trigger,
                 "status": "PENDING",
                 "message_ids": [],
@@ -199,18 +250,26 @@ def tasks_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                 "input_tokens": None,
                 "output_tokens": None,
             },
-        )
-    elif isinstance(e, UserLog.ProcessingStarted):
-        yield (
+        ),
+    )
+
+
+def _task_started(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.task_started,
             {
                 "b_task_id": e.task_id,
                 "b_message_ids": list(e.message_ids),
                 "b_at": e.timestamp,
             },
-        )
-    elif isinstance(e, UserLog.KnowledgeExtracted):
-        yield (
+        ),
+    )
+
+
+def _task_completed(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.task_completed,
             {
                 "b_task_id": e.task_id,
@@ -222,64 +281,78 @@ def tasks_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                 "b_input_tokens": e.input_tokens,
                 "b_output_tokens": e.output_tokens,
             },
-        )
-    elif isinstance(e, UserLog.ProcessingFailed):
-        yield s.task_failed, _failed(e.task_id, e.error, r)
-    elif isinstance(e, UserLog.ProcessingInterrupted):
-        yield s.task_failed, _failed(e.task_id, e.reason, r)
+        ),
+    )
 
 
-def _failed(task_id: str, error: str, r: Recorded) -> dict[str, Any]:
+def _task_failed(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.task_failed, _failed(e.task_id, e.error, e)),)
+
+
+def _task_interrupted(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.task_failed, _failed(e.task_id, e.reason, e)),)
+
+
+def _failed(task_id: str, error: str, e: Any) -> dict[str, Any]:
     return {
         "b_task_id": task_id,
         "b_error": error,
-        "b_at": _timestamp(r),
-        "b_version": r.event.originator_version,
+        "b_at": e.timestamp,
+        "b_version": e.originator_version,
     }
 
 
-def _timestamp(r: Recorded) -> Any:
-    return getattr(r.event, "timestamp")  # noqa: B009 - every aggregate event has one
+_TASKS = _Handlers(
+    {
+        UserLog.ProcessingRequested: _task_requested,
+        UserLog.ProcessingStarted: _task_started,
+        UserLog.KnowledgeExtracted: _task_completed,
+        UserLog.ProcessingFailed: _task_failed,
+        UserLog.ProcessingInterrupted: _task_interrupted,
+    }
+)
 
 
-def knowledge_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+def knowledge_fold(s: Statements, r: Recorded) -> Sequence[Op]:
     """Knowledge entries, each with its task (or version) and the messages it came from."""
-    e = r.event
-    if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
-        if isinstance(e, UserLog.KnowledgeExtracted):
-            task_id, knowledge_version = e.task_id, LIVE_KNOWLEDGE
-        else:
-            task_id, knowledge_version = "", e.knowledge_version
-        for ordinal, entry in enumerate(e.entries):
-            yield (
-                s.knowledge_insert,
-                {
-                    "ordinal": ordinal,
-                    "entry_id": entry["entry_id"],
-                    "log_id": str(e.originator_id),
-                    "text": entry["text"],
-                    "task_id": task_id,
-                    "knowledge_version": knowledge_version,
-                    "source_message_ids": list(entry["source_message_ids"]),
-                    "extracted_at": e.timestamp,
-                    "version": e.originator_version,
-                    "extractor": e.extractor,
-                    "model": e.model,
-                    "valid_from": _valid_from(entry, e.timestamp),
-                    "valid_until": None,
-                    "superseded_by": None,
-                    "ended_reason": None,
-                    "ended_version": None,
-                },
-            )
-    elif isinstance(e, UserLog.KnowledgeSuperseded):
-        yield s.knowledge_ended, _ended(e.entry_id, e.valid_until, e.superseded_by, None, r)
-    elif isinstance(e, UserLog.KnowledgeInvalidated):
-        yield s.knowledge_ended, _ended(e.entry_id, e.valid_until, None, e.reason, r)
-    elif isinstance(e, UserLog.KnowledgeVersionPromoted):
-        log_id = str(e.originator_id)
-        yield s.knowledge_drop_live, {"b_log_id": log_id}
-        yield s.knowledge_promote, {"b_log_id": log_id, "b_version_name": e.knowledge_version}
+    handler = _KNOWLEDGE[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _knowledge_extracted(s: Statements, e: Any) -> tuple[Op, ...]:
+    return _entries(s, e, e.task_id, LIVE_KNOWLEDGE)
+
+
+def _knowledge_reextracted(s: Statements, e: Any) -> tuple[Op, ...]:
+    return _entries(s, e, "", e.knowledge_version)
+
+
+def _entries(s: Statements, e: Any, task_id: str, knowledge_version: str) -> tuple[Op, ...]:
+    log_id = _log_id(e.originator_id)
+    return tuple(
+        (
+            s.knowledge_insert,
+            {
+                "ordinal": ordinal,
+                "entry_id": entry["entry_id"],
+                "log_id": log_id,
+                "text": entry["text"],
+                "task_id": task_id,
+                "knowledge_version": knowledge_version,
+                "source_message_ids": list(entry["source_message_ids"]),
+                "extracted_at": e.timestamp,
+                "version": e.originator_version,
+                "extractor": e.extractor,
+                "model": e.model,
+                "valid_from": _valid_from(entry, e.timestamp),
+                "valid_until": None,
+                "superseded_by": None,
+                "ended_reason": None,
+                "ended_version": None,
+            },
+        )
+        for ordinal, entry in enumerate(e.entries)
+    )
 
 
 def _valid_from(entry: dict[str, Any], extracted_at: datetime) -> datetime:
@@ -288,46 +361,84 @@ def _valid_from(entry: dict[str, Any], extracted_at: datetime) -> datetime:
     return extracted_at if said is None else datetime.fromisoformat(said)
 
 
+def _knowledge_superseded(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.knowledge_ended, _ended(e.entry_id, e.valid_until, e.superseded_by, None, e)),)
+
+
+def _knowledge_invalidated(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.knowledge_ended, _ended(e.entry_id, e.valid_until, None, e.reason, e)),)
+
+
 def _ended(
-    entry_id: str, until: datetime, by: str | None, reason: str | None, r: Recorded
+    entry_id: str, until: datetime, by: str | None, reason: str | None, e: Any
 ) -> dict[str, Any]:
     return {
         "b_entry_id": entry_id,
         "b_until": until,
         "b_by": by,
         "b_reason": reason,
-        "b_version": r.event.originator_version,
+        "b_version": e.originator_version,
     }
 
 
-def messages_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+def _knowledge_promoted(s: Statements, e: Any) -> tuple[Op, ...]:
+    log_id = _log_id(e.originator_id)
+    return (
+        (s.knowledge_drop_live, {"b_log_id": log_id}),
+        (s.knowledge_promote, {"b_log_id": log_id, "b_version_name": e.knowledge_version}),
+    )
+
+
+_KNOWLEDGE = _Handlers(
+    {
+        UserLog.KnowledgeExtracted: _knowledge_extracted,
+        UserLog.KnowledgeReextracted: _knowledge_reextracted,
+        UserLog.KnowledgeSuperseded: _knowledge_superseded,
+        UserLog.KnowledgeInvalidated: _knowledge_invalidated,
+        UserLog.KnowledgeVersionPromoted: _knowledge_promoted,
+    }
+)
+
+
+def messages_fold(s: Statements, r: Recorded) -> Sequence[Op]:
     """Every message ever added, covered or not: for recall, provenance and neighbours."""
-    e = r.event
-    if isinstance(e, UserLog.MessageAdded):
-        yield (
+    handler = _MESSAGES[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _message_added(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.message_insert,
             {
                 "message_id": e.message_id,
-                "log_id": str(e.originator_id),
+                "log_id": _log_id(e.originator_id),
                 "seq": e.seq,
                 "version": e.originator_version,
                 "role": e.role,
                 "content": e.content,
                 "sent_at": e.sent_at,
             },
-        )
+        ),
+    )
 
 
-def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
+_MESSAGES = _Handlers({UserLog.MessageAdded: _message_added})
+
+
+def users_fold(s: Statements, r: Recorded) -> Sequence[Op]:
     """One summary row per user: version and counters, for listings and recovery."""
-    e = r.event
-    log_id = str(e.originator_id)
-    touched = {"b_log_id": log_id, "b_version": e.originator_version, "b_at": _timestamp(r)}
-    if isinstance(e, UserLog.Registered):
-        yield (
+    handler = _USERS[type(r.event)]
+    assert handler is not None  # every event touches its user
+    return handler(s, r.event)
+
+
+def _user_registered(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.user_insert,
             {
-                "log_id": log_id,
+                "log_id": _log_id(e.originator_id),
                 "user_id": e.user_id,
                 "version": e.originator_version,
                 "message_count": 0,
@@ -338,24 +449,58 @@ def users_fold(s: Statements, r: Recorded) -> Iterator[Op]:
                 "created_at": e.timestamp,
                 "updated_at": e.timestamp,
             },
-        )
-    elif isinstance(e, UserLog.MessageAdded):
-        yield s.user_message, {**touched, "b_seq": e.seq}
-    elif isinstance(e, UserLog.KnowledgeExtracted):
-        yield (
+        ),
+    )
+
+
+def _user_message(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.user_message, {**_touched(e), "b_seq": e.seq}),)
+
+
+def _user_completed(s: Statements, e: Any) -> tuple[Op, ...]:
+    return (
+        (
             s.user_completed,
-            {
-                **touched,
-                "b_count": len(e.entries),
-                "b_covered": len(e.message_ids),
-            },
-        )
-    elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
-        yield s.user_failed, touched
-    elif isinstance(e, UserLog.KnowledgeVersionPromoted):
-        yield s.user_promoted, {**touched, "b_count": e.knowledge_count}
-    elif isinstance(e, UserLog.KnowledgeSuperseded | UserLog.KnowledgeInvalidated):
-        live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
-        yield s.user_entry_ended, {**touched, "b_live": live}
-    else:
-        yield s.user_touched, touched
+            {**_touched(e), "b_count": len(e.entries), "b_covered": len(e.message_ids)},
+        ),
+    )
+
+
+def _user_failed(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.user_failed, _touched(e)),)
+
+
+def _user_promoted(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.user_promoted, {**_touched(e), "b_count": e.knowledge_count}),)
+
+
+def _user_entry_ended(s: Statements, e: Any) -> tuple[Op, ...]:
+    live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
+    return ((s.user_entry_ended, {**_touched(e), "b_live": live}),)
+
+
+def _user_touched(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.user_touched, _touched(e)),)
+
+
+def _touched(e: Any) -> dict[str, Any]:
+    return {
+        "b_log_id": _log_id(e.originator_id),
+        "b_version": e.originator_version,
+        "b_at": e.timestamp,  # every aggregate event has one
+    }
+
+
+_USERS = _Handlers(
+    {
+        UserLog.Registered: _user_registered,
+        UserLog.MessageAdded: _user_message,
+        UserLog.KnowledgeExtracted: _user_completed,
+        UserLog.ProcessingFailed: _user_failed,
+        UserLog.ProcessingInterrupted: _user_failed,
+        UserLog.KnowledgeVersionPromoted: _user_promoted,
+        UserLog.KnowledgeSuperseded: _user_entry_ended,
+        UserLog.KnowledgeInvalidated: _user_entry_ended,
+    },
+    default=_user_touched,
+)

@@ -2,18 +2,21 @@
 
 The live engine calls :meth:`Projector.apply` inside the very transaction that stores
 the events, so the projections never lag and never diverge from the log; a rebuild
-calls it page by page over the whole log. Either way the stored position moves with
+calls :meth:`Projector.apply_page` page by page over the whole log, which runs the same
+folds but writes only each page's net rows. Either way the stored position moves with
 the rows, in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, inspect, select
+from sqlalchemy.sql.dml import Delete, Insert, Update
 
 from events import Recorded
+from projections.batch import PageFolder
 from projections.folds import (
     Fold,
     Op,
@@ -35,7 +38,7 @@ FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold, messages_fol
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 
@@ -46,6 +49,7 @@ class Projector:
         self.tables = tables
         self.search = SearchIndex(tables)
         self._statements = Statements(tables)
+        self._folders: dict[str, PageFolder] = {}
         position = tables.position
         # Monotonic: on a server, transactions of several processes may commit out of id
         # order, and each folds its own events; the position only ever moves forward.
@@ -101,6 +105,46 @@ class Projector:
             _run(connection, (op for r in recorded for op in search_fold(self.search, r)))
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
+
+    def apply_page(
+        self,
+        connection: Connection,
+        recorded: Sequence[Recorded],
+        *,
+        move_position: bool = True,
+        folds: Sequence[Fold] = FOLDS,
+        search: bool = True,
+    ) -> None:
+        """Fold ``recorded`` as :meth:`apply` does, with the page netted in memory first.
+
+        The same rows, in a few statements per table however long the page: for rebuilds
+        and replays. ``folds`` and ``search`` narrow the projections folded (a replay only
+        needs some); ``move_position`` is as for :meth:`apply`.
+        """
+        if not recorded:
+            return
+        dialect = connection.dialect
+        folder = self._folders.get(dialect.name)
+        if folder is None:
+            folder = self._folders[dialect.name] = PageFolder(self._all_statements(), dialect)
+        statements, index = self._statements, self.search
+        searched = search and dialect.name == "sqlite"
+        ops: list[Op] = []
+        for r in recorded:  # event by event: each table still sees its ops in log order
+            for fold in folds:
+                ops.extend(fold(statements, r))
+            if searched:
+                ops.extend(search_fold(index, r))
+        folder.apply(connection, ops)
+        if move_position:
+            self._set_position(connection, max(r.notification_id for r in recorded))
+
+    def _all_statements(self) -> Iterator[Insert | Update | Delete]:
+        """Every statement the folds may yield (a page folder plans them all up front)."""
+        for owner in (self._statements, self.search):
+            for value in vars(owner).values():
+                if isinstance(value, Insert | Update | Delete):
+                    yield value
 
     def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
         """Delete every row of one user's log from these tables; returns counts per table."""

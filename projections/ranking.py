@@ -1,8 +1,8 @@
 """Lexical ranking inside the database: BM25 on SQLite FTS5, ``ts_rank`` on PostgreSQL.
 
-Every query names its user inside the ``WHERE`` (and, on SQLite, inside the ``MATCH``
-itself), so another user's rows are never ranked, never returned and never crowd a
-user out. Terms are ORed: one matching word is enough, more matching words rank higher.
+Every query names its user inside the ``WHERE`` (and, on SQLite, in every term of the
+``MATCH`` itself), so another user's rows are never ranked, never returned and never
+crowd a user out. Terms are ORed: one matching word is enough, more matching words rank higher.
 The statements are built once, with bound parameters, so a search pays for its SQL
 and little else.
 """
@@ -31,7 +31,7 @@ from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.models import KnowledgeEntry, Message
 from projections.reader import entry_from_row, message_from_row
-from projections.search import PG_CONFIG, SearchIndex, owner_token
+from projections.search import PG_CONFIG, SearchIndex, owned_term
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
@@ -48,8 +48,8 @@ _SPARE_HITS = 16
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only."""
-    ored = " OR ".join(f'"{term}"' for term in terms)
-    return f'owner : "{owner_token(log_id)}" AND body : ({ored})'
+    ored = " OR ".join(f'"{owned_term(log_id, term)}"' for term in terms)
+    return f"body : ({ored})"
 
 
 class LexicalRanker:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from events import EventStore, Recorded, user_log_id
+from projections.batch import collector_paused
 from projections.projector import Projector
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
@@ -25,6 +26,9 @@ Progress = Callable[[int, int], None]
 
 SCRATCH_PREFIX = "mvscratch_"
 
+PAGE_SIZE = 10_000
+"""Events folded per transaction by a rebuild: a page's rows are netted in memory."""
+
 
 def rebuild(
     store: EventStore,
@@ -32,7 +36,7 @@ def rebuild(
     *,
     resume: bool = False,
     progress: Progress | None = None,
-    page_size: int = 2000,
+    page_size: int = PAGE_SIZE,
 ) -> int:
     """Drop and refold every projection from the log; returns the number of events folded.
 
@@ -47,13 +51,17 @@ def rebuild(
         position = projector.position(connection)
     last = store.max_position()
     folded = 0
-    for page in store.follow(after=position, page_size=page_size):
-        with store.transaction() as connection:
-            projector.apply(connection, page)
+    pages = store.follow(after=position, page_size=page_size)
+    while True:
+        with collector_paused():
+            page = next(pages, None)
+            if page is None:
+                return folded
+            with store.transaction() as connection:
+                projector.apply_page(connection, page)
         folded += len(page)
         if progress is not None:
             progress(page[-1].notification_id, last)
-    return folded
 
 
 def rebuild_user(
@@ -61,7 +69,7 @@ def rebuild_user(
     user_id: str,
     tables: ProjectionTables | None = None,
     *,
-    page_size: int = 2000,
+    page_size: int = PAGE_SIZE,
 ) -> int:
     """Drop one user's projection rows and fold their log again; returns events folded.
 
@@ -76,7 +84,7 @@ def rebuild_user(
         after = 0
         while page := store.events_of(user_id, after=after, upto=after + page_size):
             recorded = [Recorded(e.originator_version, e) for e in page]
-            projector.apply(connection, recorded, move_position=False)
+            projector.apply_page(connection, recorded, move_position=False)
             folded += len(page)
             after = page[-1].originator_version
     return folded
@@ -97,7 +105,7 @@ def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = 2000)
             page = store.notifications(connection, after=position, limit=page_size)
             if not page:
                 return folded
-            projector.apply(connection, page)
+            projector.apply_page(connection, page)
         folded += len(page)
 
 

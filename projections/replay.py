@@ -2,7 +2,9 @@
 
 Computed by folding the user's log, up to that point, with the very folds that build the
 live projections, into a scratch in-memory database; the live projections are never
-touched. Reading pages of the log keeps memory flat however long the history is.
+touched. Only the folds of the tables a :class:`UserState` is read from run, each page
+netted in memory (:meth:`Projector.apply_page`). Reading pages of the log keeps memory
+flat however long the history is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from events import EventStore, Recorded
+from projections.batch import collector_paused
+from projections.folds import Fold, buffer_fold, knowledge_fold, tasks_fold
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
 from projections.projector import Projector
 from projections.reader import ProjectionReader
@@ -21,7 +25,9 @@ from projections.tables import ProjectionTables
 
 __all__ = ["UserState", "state_at"]
 
-_PAGE = 5_000
+_PAGE = 10_000
+REPLAY_FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold)
+"""The folds of the tables :func:`state_at` reads (buffer, tasks, knowledge)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,11 @@ def state_at(
 
     With neither, the state at the end of the log.
     """
+    with collector_paused():
+        return _replay(store, user_id, version, at)
+
+
+def _replay(store: EventStore, user_id: str, version: int | None, at: datetime | None) -> UserState:
     tables = ProjectionTables("replay_")
     projector = Projector(tables)
     engine = create_engine("sqlite://", poolclass=StaticPool)
@@ -56,8 +67,9 @@ def state_at(
                 events = [e for e in events if _timestamp(e) <= at]
             if not events:
                 break
+            recorded = [Recorded(e.originator_version, e) for e in events]
             with engine.begin() as connection:
-                projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
+                projector.apply_page(connection, recorded, folds=REPLAY_FOLDS, search=False)
             reached = events[-1].originator_version
             if upto == version or (at is not None and reached < upto):
                 break

@@ -1,14 +1,17 @@
 """The full-text index: knowledge entries and messages, searchable per user.
 
 SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages),
-filled by :func:`search_fold` in the same transaction as the rows they index. Each row
-carries its owner (the log id, as one token), so a search is scoped to one user inside
-the ``MATCH`` itself. PostgreSQL needs no extra rows: expression GIN indexes over the
-knowledge and message text do the job, and the rankers query them directly.
+filled by :func:`search_fold` in the same transaction as the rows they index. Every
+indexed word is prefixed with its owner (the log id as 32 hex digits), so each user has
+posting lists of their own: a search is scoped to one user by the very terms it looks
+up, and costs what that user's matches cost, however many other users share the words.
+PostgreSQL needs no extra rows: expression GIN indexes over the knowledge and message
+text do the job, and the rankers query them directly.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
@@ -18,16 +21,34 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 from events import Recorded, UserLog
 from projections.tables import ProjectionTables
 
-__all__ = ["SearchIndex", "owner_token"]
+__all__ = ["SearchIndex", "owned_term", "owned_words", "owner_token"]
 
 _TOKENIZER = "porter unicode61 remove_diacritics 2"
 PG_CONFIG = "english"
 """The PostgreSQL text-search configuration (stemming and stop words)."""
 
 
+_WORD = re.compile(r"[^\W_]+")
+
+
 def owner_token(log_id: str) -> str:
     """The single search token naming a log: its id without hyphens."""
     return UUID(log_id).hex
+
+
+def owned_words(log_id: str, text: str) -> str:
+    """``text`` as the index stores it: each word prefixed with the owner's token.
+
+    Query terms go through the same prefixing (:func:`owned_term`), so the index's own
+    tokenizer (case folding, diacritics, Porter stemming) treats both sides alike.
+    """
+    owner = owner_token(log_id)
+    return " ".join(owner + word for word in _WORD.findall(text))
+
+
+def owned_term(log_id: str, term: str) -> str:
+    """One query term as the index stores it for log ``log_id``."""
+    return owner_token(log_id) + term
 
 
 class SearchIndex:
@@ -106,21 +127,26 @@ def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str
     the knowledge rows, which say what is valid, so the index only has to grow.
     """
     e = r.event
+    log_id = str(e.originator_id)
     if isinstance(e, UserLog.MessageAdded):
         yield (
             index.message_insert,
             {
-                "owner": owner_token(str(e.originator_id)),
-                "body": e.content,
+                "owner": owner_token(log_id),
+                "body": owned_words(log_id, e.content),
                 "item_id": e.message_id,
             },
         )
     elif isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
-        owner = owner_token(str(e.originator_id))
+        owner = owner_token(log_id)
         for entry in e.entries:
             yield (
                 index.knowledge_insert,
-                {"owner": owner, "body": entry["text"], "item_id": entry["entry_id"]},
+                {
+                    "owner": owner,
+                    "body": owned_words(log_id, entry["text"]),
+                    "item_id": entry["entry_id"],
+                },
             )
 
 

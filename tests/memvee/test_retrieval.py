@@ -159,7 +159,7 @@ async def test_bad_arguments_are_refused_before_anything_runs(memory: Memory) ->
         {"as_of": T0.replace(tzinfo=None)},
     ]:
         with pytest.raises(InvalidInputError):
-            await memory.retrieve("ann", "x", **kwargs)
+            await memory.retrieve("ann", "x", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         await memory.retrieve("ann", 42)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):

@@ -1,23 +1,29 @@
 """A property: for random sequences of operations (add, process, fail, crash-recover,
 re-extract and promote),
-the state replayed at every version equals the live state recorded at that version, and
-rebuilding the projections gives back the live ones."""
+the state replayed at every version equals the live state recorded at that version and the
+state a plain SQL fold replays, and rebuilding the projections (in pages of any size) gives
+back the live ones."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
 
-from events import EventStore, ExtractedFact, UserLog, sqlite_url
+from events import EventStore, ExtractedFact, Recorded, UserLog, sqlite_url
 from projections import (
     ProjectionReader,
     ProjectionTables,
     Projector,
+    UserState,
     dump,
     rebuild,
+    replay,
     state_at,
 )
 
@@ -28,13 +34,56 @@ def _covered(log: UserLog, messages: list[str]) -> list[str]:
     return [m for m in messages if m not in held]
 
 
+def _revising(log: UserLog, facts: list[ExtractedFact]) -> list[ExtractedFact]:
+    """``facts`` with the first updating a live entry and one more ending another."""
+    live = [e for e, v in log.valid_entries.items() if v == "live"]
+    if not facts or not live:
+        return facts
+    first = facts[0]
+    revised = [ExtractedFact(first.text, first.source_message_ids, "update", live[0])]
+    if len(live) > 1:
+        revised.append(
+            ExtractedFact("no longer true", first.source_message_ids, "invalidate", live[-1])
+        )
+    return revised + facts[1:]
+
+
 OPERATIONS = st.lists(
     st.sampled_from(
-        ["add", "add", "add", "start", "extract", "fail", "crash", "reextract", "promote"]
+        [
+            *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
+            *("reextract", "promote"),
+        ]
     ),
     min_size=1,
     max_size=30,
 )
+
+
+def _sql_state_at(
+    store: EventStore, user_id: str, version: int | None = None, at: datetime | None = None
+) -> UserState:
+    """The reference replay: every event through every fold, one SQL statement at a time."""
+    tables = ProjectionTables("reference_")
+    projector = Projector(tables)
+    engine = create_engine("sqlite://", poolclass=StaticPool)
+    events = store.events_of(user_id, upto=version)
+    if at is not None:
+        events = [e for e in events if getattr(e, "timestamp") <= at]  # noqa: B009
+    with engine.begin() as connection:
+        projector.create(connection)
+        projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
+    reader = ProjectionReader(tables)
+    with engine.connect() as connection:
+        state = UserState(
+            user_id=user_id,
+            version=events[-1].originator_version if events else 0,
+            buffer=reader.buffer(connection, user_id),
+            tasks=reader.tasks(connection, user_id),
+            knowledge=reader.knowledge(connection, user_id),
+        )
+    engine.dispose()
+    return state
 
 
 def _live(store: EventStore, reader: ProjectionReader) -> Any:
@@ -75,10 +124,12 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
                 tasks += 1
                 log.request_processing(f"t{tasks}", "manual")
                 log.start_next()
-            elif op in ("extract", "fail") and log.open_tasks:
+            elif op in ("extract", "revise", "fail") and log.open_tasks:
                 task = next(iter(log.open_tasks))
-                if op == "extract":
+                if op in ("extract", "revise"):
                     facts = [ExtractedFact(f"fact {m}", (m,)) for m in log.open_tasks[task]]
+                    if op == "revise":
+                        facts = _revising(log, facts)
                     log.record_knowledge(task, facts, "property")
                 else:
                     log.record_failure(task, "failed on purpose")
@@ -98,8 +149,20 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
         for version, live in seen.items():
             replayed = state_at(store, "p", version=version)
             assert (replayed.buffer, replayed.tasks, replayed.knowledge) == live
+            assert replayed == _sql_state_at(store, "p", version=version)
+        stamps = [getattr(e, "timestamp") for e in store.events_of("p")]  # noqa: B009
+        for at in stamps[:: max(1, len(stamps) // 4)]:
+            assert state_at(store, "p", at=at) == _sql_state_at(store, "p", at=at)
+        page = replay._PAGE
+        try:
+            replay._PAGE = 3  # pages end anywhere: rows come back from earlier pages
+            for version in seen:
+                assert state_at(store, "p", version=version) == _sql_state_at(store, "p", version)
+        finally:
+            replay._PAGE = page
         before = dump(store.engine, tables)
-        rebuild(store, tables)
-        assert dump(store.engine, tables) == before
+        for page_size in (1, 4, 10_000):
+            rebuild(store, tables, page_size=page_size)
+            assert dump(store.engine, tables) == before
     finally:
         store.close()
