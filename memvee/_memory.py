@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from uuid import uuid4
@@ -197,6 +197,7 @@ class Memory:
         check_user_id(user_id)
         check_message(role, content, self.config.max_content_chars)
         _check_sent_at(sent_at)
+        sent_at = _utc(sent_at)
         (message,) = await self._append(user_id, [(role, content, sent_at)])
         return message
 
@@ -212,6 +213,7 @@ class Memory:
         check_message("user", user_message, self.config.max_content_chars)
         check_message("assistant", assistant_message, self.config.max_content_chars)
         _check_sent_at(sent_at)
+        sent_at = _utc(sent_at)
         first, second = await self._append(
             user_id, [("user", user_message, sent_at), ("assistant", assistant_message, sent_at)]
         )
@@ -307,6 +309,7 @@ class Memory:
         check_user_id(user_id)
         if as_of is not None:
             _check_sent_at(as_of, "as_of")
+            as_of = _utc(as_of)
         return await self._read(lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history))
 
     async def messages(self, user_id: str) -> list[Message]:
@@ -337,6 +340,7 @@ class Memory:
             raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
         if as_of is not None:
             _check_sent_at(as_of, "as_of")
+            as_of = _utc(as_of)
         engine, loop = self._running()
         retriever = self._retriever
         assert retriever is not None
@@ -541,6 +545,11 @@ def _default_extractor(model: str | None, timeout: float) -> Extractor:
     from memvee.extractors import default_extractor
 
     return default_extractor(model=model, timeout=timeout)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times are stored in UTC: SQLite keeps no offset, and reads assume UTC."""
+    return None if moment is None else moment.astimezone(UTC)
 
 
 def _check_sent_at(sent_at: object, name: str = "sent_at") -> None:

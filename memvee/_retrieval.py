@@ -188,7 +188,7 @@ class Retriever:
         stale: set[str] = set()
         if as_of is None:
             # A message whose facts were all replaced states something no longer true.
-            stale = self._reader.stale_sources(connection, user_id)
+            stale = self._reader.outdated(connection, user_id, [i for i, _ in fused])
             fused.sort(key=lambda pair: pair[0] in stale)
         ranked = fused[:room]
         hits = [message_of[i] for i, _ in ranked]

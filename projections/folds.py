@@ -26,6 +26,7 @@ __all__ = [
     "Op",
     "Statements",
     "buffer_fold",
+    "citations_fold",
     "knowledge_fold",
     "messages_fold",
     "tasks_fold",
@@ -126,6 +127,7 @@ class Statements:
             )
         )
         self.message_insert = t.messages.insert()
+        self.citation_insert = t.citations.insert()
         self.knowledge_promote = (
             kn.update()
             .where(
@@ -398,6 +400,24 @@ _KNOWLEDGE = _Handlers(
         UserLog.KnowledgeVersionPromoted: _knowledge_promoted,
     }
 )
+
+
+def citations_fold(s: Statements, r: Recorded) -> Sequence[Op]:
+    """Which entries each message was cited by: provenance read from the message's side."""
+    handler = _CITATIONS[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _cited(s: Statements, e: Any) -> tuple[Op, ...]:
+    log_id = _log_id(e.originator_id)
+    return tuple(
+        (s.citation_insert, {"message_id": m, "entry_id": entry["entry_id"], "log_id": log_id})
+        for entry in e.entries
+        for m in entry["source_message_ids"]
+    )
+
+
+_CITATIONS = _Handlers({UserLog.KnowledgeExtracted: _cited, UserLog.KnowledgeReextracted: _cited})
 
 
 def messages_fold(s: Statements, r: Recorded) -> Sequence[Op]:

@@ -22,6 +22,7 @@ from projections.folds import (
     Op,
     Statements,
     buffer_fold,
+    citations_fold,
     knowledge_fold,
     messages_fold,
     tasks_fold,
@@ -32,13 +33,20 @@ from projections.tables import ProjectionTables
 
 __all__ = ["FOLDS", "SCHEMA_VERSION", "Projector"]
 
-FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold, messages_fold, users_fold)
+FOLDS: tuple[Fold, ...] = (
+    buffer_fold,
+    tasks_fold,
+    knowledge_fold,
+    citations_fold,
+    messages_fold,
+    users_fold,
+)
 """Every projection, each folding the log on its own tables."""
 
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

@@ -9,8 +9,7 @@ and little else.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -39,10 +38,7 @@ __all__ = ["LexicalRanker", "fts_match"]
 
 T = TypeVar("T")
 
-_BM25 = "bm25(0.0, 1.0, 0.0)"
-"""FTS5's rank for the index tables: BM25 of the body alone (owner and id weigh nothing)."""
-
-_SPARE_HITS = 16
+_SPARE_HITS = 4
 """Hits fetched beyond the limit, for the rows the filters drop."""
 
 
@@ -72,16 +68,26 @@ class LexicalRanker:
             .limit(bindparam("limit"))
             for dated in (False, True)
         }
-        kfts, mfts = self.search.knowledge_fts, self.search.messages_fts
-        self._fts_entries = {
-            dated: _fts_select(kfts, k, k.c.entry_id, (*live, *valid[dated]), k.c.valid_from.desc())
-            for dated in (False, True)
-        }
-        self._fts_messages = _fts_select(
-            mfts, m, m.c.message_id, (m.c.log_id == bindparam("log_id"),), m.c.seq.desc()
+        kfts, mfts = self.search.knowledge_fts.name, self.search.messages_fts.name
+        # FTS5 keeps a row's columns in its "_content" shadow table, keyed by rowid
+        # (c2 is item_id): a keyed lookup, where a rowid IN (...) on the FTS5 table scans.
+        hit_entries = (
+            f"SELECT f.id AS hit, k.* FROM {kfts}_content AS f JOIN {k.name} AS k "
+            f"ON k.entry_id = f.c2 WHERE f.id IN ({{ids}}) AND k.log_id = ? "
+            f"AND k.knowledge_version = '{LIVE_KNOWLEDGE}' AND "
         )
-        self._knowledge_beyond = _fts_beyond(kfts)
-        self._messages_beyond = _fts_beyond(mfts)
+        self._sqlite_entries = {
+            False: _SqliteSearch(kfts, hit_entries + "k.valid_until IS NULL"),
+            True: _SqliteSearch(
+                kfts,
+                hit_entries + "k.valid_from <= ? AND (k.valid_until IS NULL OR k.valid_until > ?)",
+            ),
+        }
+        self._sqlite_messages = _SqliteSearch(
+            mfts,
+            f"SELECT f.id AS hit, m.* FROM {mfts}_content AS f JOIN {m.name} AS m "
+            f"ON m.message_id = f.c2 WHERE f.id IN ({{ids}}) AND m.log_id = ?",
+        )
         self._pg_entries = {
             dated: _pg_select(k, k.c.text, (*live, *valid[dated]), k.c.valid_from.desc())
             for dated in (False, True)
@@ -113,8 +119,12 @@ class LexicalRanker:
             rows = connection.execute(self._recent[dated], params).mappings()
             return [(model(r), 0.0) for r in rows]
         if connection.dialect.name == "sqlite":
-            statements = (self._fts_entries[dated], self._knowledge_beyond)
-            return self._fts_ranked(connection, statements, log_id, terms, params, model)
+            extra = () if as_of is None else (_sqlite_time(as_of),) * 2
+            found = self._sqlite_entries[dated].run(
+                connection, fts_match(log_id, terms), limit, (log_id, *extra)
+            )
+            ranked = sorted(found, key=lambda hit: (hit[1], -_stamp(hit[0]["valid_from"])))
+            return [(model(row), -rank) for row, rank in ranked[:limit]]
         params["query"] = " | ".join(terms)
         rows = connection.execute(self._pg_entries[dated], params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
@@ -132,8 +142,11 @@ class LexicalRanker:
             return message_from_row(user_id, r)
 
         if connection.dialect.name == "sqlite":
-            statements = (self._fts_messages, self._messages_beyond)
-            return self._fts_ranked(connection, statements, log_id, terms, params, model)
+            found = self._sqlite_messages.run(
+                connection, fts_match(log_id, terms), limit, (log_id,)
+            )
+            ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
+            return [(model(row), -rank) for row, rank in ranked[:limit]]
         params["query"] = " | ".join(terms)
         rows = connection.execute(self._pg_messages, params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
@@ -149,72 +162,54 @@ class LexicalRanker:
         terms = search_terms(" ".join(texts))
         return [entry for entry, _ in self.entries(connection, user_id, terms, limit)]
 
-    def _fts_ranked(
-        self,
-        connection: Connection,
-        statements: tuple[Select[Any], Select[Any]],
-        log_id: str,
-        terms: list[str],
-        params: dict[str, Any],
-        model: Callable[[Any], T],
-    ) -> list[tuple[T, float]]:
-        """Rank inside FTS5 first, then join and filter only the best hits.
 
-        BM25 is computed once per match and only ``fetch`` rows leave the index; rows
-        the filters drop (ended entries, other knowledge versions) are made up for by
-        fetching more, until the index has no more hits to give.
-        """
-        statement, beyond = statements
-        limit = params["limit"]
-        match = fts_match(log_id, terms)
-        fetch = limit + _SPARE_HITS
-        while True:
-            found = {**params, "match": match, "fetch": fetch}
-            rows = connection.execute(statement, found).mappings().all()
-            if len(rows) >= limit:
-                break
-            if rows and rows[0]["hits"] < fetch:
-                break
-            if connection.execute(beyond, {"match": match, "fetch": fetch}).first() is None:
-                break
-            fetch *= 4
-        return [(model(r), float(r["score"])) for r in rows]
+class _SqliteSearch:
+    """One ranked search on SQLite, in two plain statements on the DBAPI cursor.
 
+    First BM25 inside FTS5 (computed once per match; only the best hits leave the
+    index), then the projection rows of those hits, filtered. Rows the filter drops
+    (ended entries, other knowledge versions) are made up for by fetching more hits,
+    until the index has no more to give. A search is a few hundred microseconds of
+    SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
+    builders read SQLite's raw row forms.
+    """
 
-def _fts_select(
-    fts: Table,
-    table: Table,
-    key: ColumnElement[Any],
-    where: tuple[ColumnElement[bool], ...],
-    tiebreak: ColumnElement[Any],
-) -> Select[Any]:
-    """``table``'s rows for the best ``fetch`` index hits of ``match``, ranked, filtered."""
-    rank: ColumnClause[Any] = literal_column("rank")
-    hits = (
-        select(fts.c.item_id, rank.label("rank"))
-        .where(literal_column(fts.name).match(bindparam("match")), rank.match(_BM25))
-        .order_by(rank)
-        .limit(bindparam("fetch"))
-        .cte(f"{fts.name}_hits")
-    )
-    counted = select(func.count()).select_from(hits).scalar_subquery()
-    return (
-        select(table, (-hits.c.rank).label("score"), counted.label("hits"))
-        .join_from(hits, table, key == hits.c.item_id)
-        .where(*where)
-        .order_by(hits.c.rank, tiebreak)
-        .limit(bindparam("limit"))
-    )
+    def __init__(self, fts: str, rows_sql: str) -> None:
+        self.hits_sql = (
+            f"SELECT rowid, bm25({fts}, 0.0, 1.0, 0.0) AS score FROM {fts} "
+            f"WHERE {fts} MATCH ? ORDER BY score LIMIT ?"
+        )
+        self.rows_sql = rows_sql
+
+    def run(
+        self, connection: Connection, match: str, limit: int, filters: tuple[Any, ...]
+    ) -> list[tuple[dict[str, Any], float]]:
+        """The rows of the best hits of ``match`` that pass the filters, with their rank."""
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            fetch = limit + _SPARE_HITS
+            while True:
+                hits = dict(cursor.execute(self.hits_sql, (match, fetch)).fetchall())
+                if not hits:
+                    return []
+                marks = ", ".join("?" * len(hits))
+                cursor.execute(self.rows_sql.format(ids=marks), (*hits, *filters))
+                names = [column[0] for column in cursor.description]
+                rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+                if len(rows) >= limit or len(hits) < fetch:
+                    return [(row, hits[row["hit"]]) for row in rows]
+                fetch *= 4
+        finally:
+            cursor.close()
 
 
-def _fts_beyond(fts: Table) -> Select[Any]:
-    """Any hit of ``match`` past the first ``fetch`` (are there more to fetch?)."""
-    return (
-        select(fts.c.item_id)
-        .where(literal_column(fts.name).match(bindparam("match")))
-        .offset(bindparam("fetch"))
-        .limit(1)
-    )
+def _sqlite_time(moment: datetime) -> str:
+    """``moment`` as SQLAlchemy stores a datetime in SQLite (UTC, text), for comparing."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _stamp(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
 
 
 def _pg_select(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -159,19 +160,24 @@ class ProjectionReader:
             chain.append(current)
         return chain
 
-    def stale_sources(self, connection: Connection, user_id: str) -> set[str]:
-        """Messages that only state ended facts: cited by an ended live entry, by no current one."""
-        k = self.tables.knowledge
+    def outdated(self, connection: Connection, user_id: str, message_ids: list[str]) -> set[str]:
+        """Those of ``message_ids`` whose every live entry has ended (what they say is old)."""
+        if not message_ids:
+            return set()
+        c, k = self.tables.citations, self.tables.knowledge
         rows = connection.execute(
-            select(k.c.source_message_ids, k.c.valid_until).where(
-                k.c.log_id == _log(user_id), k.c.knowledge_version == LIVE_KNOWLEDGE
+            select(c.c.message_id)
+            .join(k, k.c.entry_id == c.c.entry_id)
+            .where(
+                c.c.log_id == _log(user_id),
+                c.c.message_id.in_(bindparam("ids", expanding=True)),
+                k.c.knowledge_version == LIVE_KNOWLEDGE,
             )
+            .group_by(c.c.message_id)
+            .having(func.count(k.c.valid_until) == func.count()),
+            {"ids": message_ids},
         )
-        ended: set[str] = set()
-        current: set[str] = set()
-        for sources, until in rows:
-            (current if until is None else ended).update(sources)
-        return ended - current
+        return {r[0] for r in rows}
 
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
         """The log version of the event that recorded ``entry_id`` (0 if unknown)."""
@@ -289,13 +295,13 @@ class ProjectionReader:
 
 
 def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
-    """A knowledge row as the model callers get."""
+    """A knowledge row as the model callers get (typed by SQLAlchemy, or SQLite's raw row)."""
     return KnowledgeEntry(
         entry_id=r["entry_id"],
         user_id=user_id,
         text=r["text"],
         task_id=r["task_id"],
-        source_message_ids=tuple(r["source_message_ids"]),
+        source_message_ids=tuple(_ids(r["source_message_ids"])),
         extracted_at=_aware(r["extracted_at"]),
         extractor=r["extractor"],
         model=r["model"],
@@ -307,7 +313,7 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
 
 
 def message_from_row(user_id: str, r: Any) -> Message:
-    """A message row as the model callers get."""
+    """A message row as the model callers get (typed by SQLAlchemy, or SQLite's raw row)."""
     return Message(
         message_id=r["message_id"],
         user_id=user_id,
@@ -318,9 +324,17 @@ def message_from_row(user_id: str, r: Any) -> Message:
     )
 
 
-def _aware(stamp: datetime) -> datetime:
-    """SQLite gives back naive datetimes; every time memvee stores is UTC."""
+def _aware(stamp: datetime | str) -> datetime:
+    """SQLite gives back naive datetimes (or their text, raw); every time stored is UTC."""
+    if isinstance(stamp, str):
+        stamp = datetime.fromisoformat(stamp)
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _ids(value: list[str] | str) -> list[str]:
+    """A JSON list of ids, decoded (SQLAlchemy does it; a raw row holds the text)."""
+    decoded: list[str] = json.loads(value) if isinstance(value, str) else value
+    return decoded
 
 
 def _maybe_aware(stamp: datetime | None) -> datetime | None:

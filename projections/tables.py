@@ -99,6 +99,13 @@ class ProjectionTables:
             Column("sent_at", DateTime(timezone=True), nullable=False),
             Index(f"{prefix}messages_by_seq", "log_id", "seq", unique=True),
         )
+        self.citations = Table(
+            f"{prefix}citations",
+            self.metadata,
+            Column("message_id", String(36), primary_key=True),
+            Column("entry_id", String(36), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+        )
         self.vectors = Table(
             f"{prefix}vectors",
             self.metadata,
@@ -138,4 +145,11 @@ class ProjectionTables:
     @property
     def folded_tables(self) -> tuple[Table, ...]:
         """The tables folded from the log alone; vectors also depend on an embedding model."""
-        return (self.buffer, self.tasks, self.knowledge, self.messages, self.users)
+        return (
+            self.buffer,
+            self.tasks,
+            self.knowledge,
+            self.citations,
+            self.messages,
+            self.users,
+        )

@@ -43,6 +43,7 @@ async def test_forget_erases_the_log_and_every_projection_and_says_how_much(
     assert receipt.snapshots >= 1
     assert receipt.rows["messages"] == 12 and receipt.rows["knowledge"] == 1
     assert receipt.rows["tasks"] >= 1 and receipt.rows["users"] == 1
+    assert receipt.rows["citations"] == 6
     assert receipt.rows["vectors"] >= 1
     assert receipt.total > receipt.events
     assert await memory.messages("ann") == [] and await memory.knowledge("ann", history=True) == []
@@ -111,5 +112,5 @@ async def test_forgetting_a_user_never_written_erases_nothing(memory: Memory) ->
     receipt = await memory.forget("nobody")
     assert receipt.events == receipt.snapshots == 0
     assert {table: n for table, n in receipt.rows.items() if table != "leases"} == dict.fromkeys(
-        ("buffer", "tasks", "knowledge", "messages", "users", "vectors", "search"), 0
+        ("buffer", "tasks", "knowledge", "citations", "messages", "users", "vectors", "search"), 0
     )

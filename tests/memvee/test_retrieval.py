@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -281,3 +281,21 @@ async def test_vectors_are_a_projection_a_rebuild_drops_and_the_next_search_refi
         [h.text for h in after.entries] == [h.text for h in before.entries] == ["User loves jazz."]
     )
     assert embedder.calls == calls + 2, "the user's entries were embedded again, then the query"
+
+
+async def test_times_in_any_zone_are_the_same_instants(make_memory: Callable[..., Any]) -> None:
+    memory = await _offline(make_memory)
+    oslo = timezone(timedelta(hours=2))
+    await memory.add_exchange(
+        "ann", "I live in Oslo.", "ok", sent_at=datetime(2026, 6, 1, 12, tzinfo=oslo)
+    )
+    await memory.flush("ann")
+    said = (await memory.messages("ann"))[0]
+    assert said.sent_at == datetime(2026, 6, 1, 10, tzinfo=UTC)
+    (entry,) = await memory.knowledge("ann")
+    assert entry.valid_from == said.sent_at
+    before = datetime(2026, 6, 1, 11, 30, tzinfo=oslo)
+    after = datetime(2026, 6, 1, 12, 30, tzinfo=oslo)
+    assert (await memory.retrieve("ann", "Oslo", as_of=before)).entries == []
+    assert len((await memory.retrieve("ann", "Oslo", as_of=after)).entries) == 1
+    assert await memory.knowledge("ann", as_of=before) == []
