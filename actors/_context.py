@@ -9,13 +9,13 @@ from typing import Protocol
 from actors._committer import GroupCommitter
 from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
-from actors.erasure import Erasure
+from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
 from events import EventStore, KnownEntry
 
 __all__ = ["EngineSettings", "Erase", "KnownEntries", "SharedServices", "TaskObserver"]
 
-Erase = Callable[[str], Erasure]
+Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[[str, Sequence[str]], tuple[KnownEntry, ...]]

@@ -19,7 +19,7 @@ from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
-from actors.erasure import Erasure, erase_user
+from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
@@ -109,7 +109,7 @@ class Engine:
             related = self.ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES)
         return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in related)
 
-    def _erase(self, user_id: str) -> Erasure:
+    def _erase(self, user_id: str) -> ForgetReceipt:
         return erase_user(self.store, self.projector, self.leases, user_id)
 
     def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:

@@ -19,14 +19,17 @@ from actors.lease import LeaseTable
 from events import EventStore, user_log_id
 from projections import Projector
 
-__all__ = ["Erasure", "erase_user"]
+__all__ = ["ForgetReceipt", "erase_user"]
 
 log = logging.getLogger("memvee.actors")
 
 
 @dataclass(frozen=True, slots=True)
-class Erasure:
-    """What was erased for one user: counts of events, snapshots and rows per table."""
+class ForgetReceipt:
+    """What forgetting one user erased: log events, snapshots and rows per table.
+
+    Handed back by :meth:`memvee.Memory.forget` as proof of the erasure.
+    """
 
     user_id: str
     events: int
@@ -36,13 +39,13 @@ class Erasure:
 
     @property
     def total(self) -> int:
-        """Everything erased, events, snapshots and rows together."""
+        """Everything erased: events, snapshots and projection rows together."""
         return self.events + self.snapshots + sum(self.rows.values())
 
 
 def erase_user(
     store: EventStore, projector: Projector, leases: LeaseTable | None, user_id: str
-) -> Erasure:
+) -> ForgetReceipt:
     """Delete ``user_id``'s log and everything folded from it, in one transaction."""
     with store.transaction() as connection:
         store.lock_writers(connection)
@@ -61,4 +64,4 @@ def erase_user(
         except SQLAlchemyError:
             # Readers can hold the checkpoint back; the next checkpoint will do it.
             log.info("user %r erased; the write-ahead log is truncated later", user_id)
-    return Erasure(user_id, events, snapshots, rows)
+    return ForgetReceipt(user_id, events, snapshots, rows)

@@ -26,7 +26,7 @@ import pykka
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
 from actors._workers import Outcome
-from actors.erasure import Erasure
+from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
     ConflictError,
@@ -208,7 +208,7 @@ class UserActor(PooledActor):
         for task_id in self._decide(close):
             self._services.observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
 
-    def forget(self) -> Erasure:
+    def forget(self) -> ForgetReceipt:
         """Erase the user once the writes already sent are committed; open tasks end FAILED.
 
         Calls sent after this one find an empty log and start the user afresh.

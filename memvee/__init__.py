@@ -5,6 +5,7 @@ conversation in an event log, extracts knowledge from it with Claude (or offline
 in the background, and hands the knowledge back, each entry traceable to its messages.
 """
 
+from actors.erasure import ForgetReceipt
 from events.extraction import (
     BatchMessage,
     ExtractedFact,
@@ -13,7 +14,6 @@ from events.extraction import (
     Extractor,
 )
 from memvee._config import MemoryConfig
-from memvee._forget import ForgetReceipt
 from memvee._memory import Memory
 from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._task import ProcessStatus, ProcessTask

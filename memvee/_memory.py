@@ -25,7 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors import Engine, EngineOptions, EngineSettings, inbox_of
-from actors.erasure import Erasure
+from actors.erasure import ForgetReceipt
 from events import (
     Extractor,
     InvalidInputError,
@@ -38,7 +38,6 @@ from events import (
     check_user_id,
 )
 from memvee._config import MemoryConfig
-from memvee._forget import ForgetReceipt
 from memvee._retrieval import RetrievalResult, Retriever
 from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder
@@ -364,15 +363,9 @@ class Memory:
         """
         check_user_id(user_id)
         engine, loop = self._running()
-        erased: Erasure = await engine.directory.call_async(loop, user_id, "forget")
-        log.info("user %r forgotten (%d records erased)", user_id, erased.total)
-        return ForgetReceipt(
-            user_id=user_id,
-            events=erased.events,
-            snapshots=erased.snapshots,
-            rows=dict(erased.rows),
-            erased_at=erased.erased_at,
-        )
+        receipt: ForgetReceipt = await engine.directory.call_async(loop, user_id, "forget")
+        log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
+        return receipt
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge, in order."""

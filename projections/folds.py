@@ -183,21 +183,20 @@ def buffer_fold(s: Statements, r: Recorded) -> Sequence[Op]:
 
 
 def _buffer_message(s: Statements, e: Any) -> tuple[Op, ...]:
-    return (
-        (
-            s.buffer_insert,
-            {
-                "message_id": e.message_id,
-                "log_id": _log_id(e.originator_id),
-                "seq": e.seq,
-                "version": e.originator_version,
-                "role": e.role,
-                "content": e.content,
-                "sent_at": e.sent_at,
-                "task_id": None,
-            },
-        ),
-    )
+    return ((s.buffer_insert, {**_message_values(e), "task_id": None}),)
+
+
+def _message_values(e: Any) -> dict[str, Any]:
+    """The columns a message row has in both the buffer and the message projection."""
+    return {
+        "message_id": e.message_id,
+        "log_id": _log_id(e.originator_id),
+        "seq": e.seq,
+        "version": e.originator_version,
+        "role": e.role,
+        "content": e.content,
+        "sent_at": e.sent_at,
+    }
 
 
 def _buffer_claim(s: Statements, e: Any) -> tuple[Op, ...]:
@@ -427,20 +426,7 @@ def messages_fold(s: Statements, r: Recorded) -> Sequence[Op]:
 
 
 def _message_added(s: Statements, e: Any) -> tuple[Op, ...]:
-    return (
-        (
-            s.message_insert,
-            {
-                "message_id": e.message_id,
-                "log_id": _log_id(e.originator_id),
-                "seq": e.seq,
-                "version": e.originator_version,
-                "role": e.role,
-                "content": e.content,
-                "sent_at": e.sent_at,
-            },
-        ),
-    )
+    return ((s.message_insert, _message_values(e)),)
 
 
 _MESSAGES = _Handlers({UserLog.MessageAdded: _message_added})
