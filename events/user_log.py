@@ -233,7 +233,7 @@ class UserLog(Aggregate):
             seq=self.message_count + 1,
             role=role,
             content=content,
-            sent_at=sent_at or datetime.now(UTC),
+            sent_at=datetime.now(UTC) if sent_at is None else sent_at.astimezone(UTC),
         )
         return message_id
 

@@ -10,7 +10,7 @@ in one lookup and returns a tuple (no generator).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -186,6 +186,11 @@ def _buffer_message(s: Statements, e: Any) -> tuple[Op, ...]:
     return ((s.buffer_insert, {**_message_values(e), "task_id": None}),)
 
 
+def _utc(moment: datetime) -> datetime:
+    """Times are stored in UTC: SQLite keeps no offset, and reads assume UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment
+
+
 def _message_values(e: Any) -> dict[str, Any]:
     """The columns a message row has in both the buffer and the message projection."""
     return {
@@ -195,7 +200,7 @@ def _message_values(e: Any) -> dict[str, Any]:
         "version": e.originator_version,
         "role": e.role,
         "content": e.content,
-        "sent_at": e.sent_at,
+        "sent_at": _utc(e.sent_at),
     }
 
 
@@ -359,15 +364,15 @@ def _entries(s: Statements, e: Any, task_id: str, knowledge_version: str) -> tup
 def _valid_from(entry: dict[str, Any], extracted_at: datetime) -> datetime:
     """When an entry became valid; entries recorded before the lifecycle use their extraction."""
     said = entry.get("valid_from")
-    return extracted_at if said is None else datetime.fromisoformat(said)
+    return extracted_at if said is None else _utc(datetime.fromisoformat(said))
 
 
 def _knowledge_superseded(s: Statements, e: Any) -> tuple[Op, ...]:
-    return ((s.knowledge_ended, _ended(e.entry_id, e.valid_until, e.superseded_by, None, e)),)
+    return ((s.knowledge_ended, _ended(e.entry_id, _utc(e.valid_until), e.superseded_by, None, e)),)
 
 
 def _knowledge_invalidated(s: Statements, e: Any) -> tuple[Op, ...]:
-    return ((s.knowledge_ended, _ended(e.entry_id, e.valid_until, None, e.reason, e)),)
+    return ((s.knowledge_ended, _ended(e.entry_id, _utc(e.valid_until), None, e.reason, e)),)
 
 
 def _ended(

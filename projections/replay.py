@@ -1,10 +1,9 @@
 """State at a point: a user's buffer, tasks and knowledge as of a log version or a time.
 
-Computed by folding the user's log, up to that point, with the very folds that build the
-live projections, into a scratch in-memory database; the live projections are never
-touched. Only the folds of the tables a :class:`UserState` is read from run, each page
-netted in memory (:meth:`Projector.apply_page`). Reading pages of the log keeps memory
-flat however long the history is.
+Computed by folding the user's log, up to that point, in memory
+(:class:`~projections.user_state.UserStateFold`, the same projections as the SQL folds,
+which the replay tests check at every version); the live projections are never touched.
+Reading pages of the log keeps memory flat however long the history is.
 """
 
 from __future__ import annotations
@@ -12,16 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import create_engine
-from sqlalchemy.pool import StaticPool
-
-from events import EventStore, Recorded
+from events import EventStore
 from projections.batch import collector_paused
 from projections.folds import Fold, buffer_fold, knowledge_fold, tasks_fold
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
-from projections.projector import Projector
-from projections.reader import ProjectionReader
-from projections.tables import ProjectionTables
+from projections.user_state import UserStateFold
 
 __all__ = ["UserState", "state_at"]
 
@@ -53,37 +47,27 @@ def state_at(
 
 
 def _replay(store: EventStore, user_id: str, version: int | None, at: datetime | None) -> UserState:
-    tables = ProjectionTables("replay_")
-    projector = Projector(tables)
-    engine = create_engine("sqlite://", poolclass=StaticPool)
-    try:
-        with engine.begin() as connection:
-            projector.create(connection)
-        reached = 0
-        while True:
-            upto = reached + _PAGE if version is None else min(reached + _PAGE, version)
-            events = store.events_of(user_id, after=reached, upto=upto)
-            if at is not None:
-                events = [e for e in events if _timestamp(e) <= at]
-            if not events:
-                break
-            recorded = [Recorded(e.originator_version, e) for e in events]
-            with engine.begin() as connection:
-                projector.apply_page(connection, recorded, folds=REPLAY_FOLDS, search=False)
-            reached = events[-1].originator_version
-            if upto == version or (at is not None and reached < upto):
-                break
-        reader = ProjectionReader(tables)
-        with engine.connect() as connection:
-            return UserState(
-                user_id=user_id,
-                version=reached,
-                buffer=reader.buffer(connection, user_id),
-                tasks=reader.tasks(connection, user_id),
-                knowledge=reader.knowledge(connection, user_id),
-            )
-    finally:
-        engine.dispose()
+    fold = UserStateFold(user_id)
+    reached = 0
+    while True:
+        upto = reached + _PAGE if version is None else min(reached + _PAGE, version)
+        events = store.events_of(user_id, after=reached, upto=upto)
+        if at is not None:
+            events = [e for e in events if _timestamp(e) <= at]
+        if not events:
+            break
+        for event in events:
+            fold.evolve(event)
+        reached = events[-1].originator_version
+        if upto == version or (at is not None and reached < upto):
+            break
+    return UserState(
+        user_id=user_id,
+        version=reached,
+        buffer=fold.current_buffer(),
+        tasks=fold.current_tasks(),
+        knowledge=fold.current_knowledge(),
+    )
 
 
 def _timestamp(event: object) -> datetime:

@@ -1,0 +1,141 @@
+"""A user's buffer, tasks and knowledge folded in memory: what :func:`state_at` replays.
+
+The same projections as the SQL folds (:mod:`projections.folds`), evolved in plain
+dicts, for one user at a time: replaying a long history to a point needs no database
+round trips. The replay tests compare it, at every version, with the SQL folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from events import UserLog
+from events.user_log import LIVE_KNOWLEDGE
+from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
+
+__all__ = ["UserStateFold"]
+
+
+class UserStateFold:
+    """Folds one user's events, in log order, into the rows a :class:`UserState` holds."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.buffer: dict[str, BufferedMessage] = {}
+        self.held: dict[str, str] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.knowledge: dict[str, tuple[str, tuple[int, int], KnowledgeEntry]] = {}
+
+    def evolve(self, e: Any) -> None:
+        """Apply one event."""
+        if isinstance(e, UserLog.MessageAdded):
+            self.buffer[e.message_id] = BufferedMessage(
+                e.message_id, self.user_id, e.seq, e.role, e.content, _utc(e.sent_at), None
+            )
+        elif isinstance(e, UserLog.ProcessingRequested):
+            self.tasks[e.task_id] = TaskRecord(
+                e.task_id, self.user_id, e.trigger, "PENDING", (), 0, None, e.timestamp, None, None
+            )
+        elif isinstance(e, UserLog.ProcessingStarted):
+            self._claim(e.message_ids, e.task_id)
+            self._task(
+                e.task_id,
+                status="RUNNING",
+                message_ids=tuple(e.message_ids),
+                started_at=e.timestamp,
+            )
+        elif isinstance(e, UserLog.KnowledgeExtracted):
+            for message_id in [k for k, task in self.held.items() if task == e.task_id]:
+                del self.held[message_id]
+                self.buffer.pop(message_id, None)
+            self._task(
+                e.task_id,
+                status="COMPLETED",
+                knowledge_count=len(e.entries),
+                finished_at=e.timestamp,
+            )
+            self._add_entries(e, e.task_id, LIVE_KNOWLEDGE)
+        elif isinstance(e, UserLog.KnowledgeReextracted):
+            self._add_entries(e, "", e.knowledge_version)
+        elif isinstance(e, UserLog.KnowledgeSuperseded):
+            self._end(e.entry_id, valid_until=e.valid_until, superseded_by=e.superseded_by)
+        elif isinstance(e, UserLog.KnowledgeInvalidated):
+            self._end(e.entry_id, valid_until=e.valid_until, ended_reason=e.reason)
+        elif isinstance(e, UserLog.KnowledgeVersionPromoted):
+            self.knowledge = {
+                key: (LIVE_KNOWLEDGE if version == e.knowledge_version else version, at, entry)
+                for key, (version, at, entry) in self.knowledge.items()
+                if version != LIVE_KNOWLEDGE
+            }
+        elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
+            self._release(e.task_id)
+            error = e.error if isinstance(e, UserLog.ProcessingFailed) else e.reason
+            self._task(e.task_id, status="FAILED", error=error, finished_at=e.timestamp)
+
+    def current_buffer(self) -> list[BufferedMessage]:
+        """The buffered messages in log order, each with the task holding it, if any."""
+        messages = sorted(self.buffer.values(), key=lambda m: m.seq)
+        return [
+            m if m.message_id not in self.held else replace(m, task_id=self.held[m.message_id])
+            for m in messages
+        ]
+
+    def current_tasks(self) -> list[TaskRecord]:
+        """The tasks in the order they were requested."""
+        return list(self.tasks.values())
+
+    def current_knowledge(self) -> list[KnowledgeEntry]:
+        """The live entries still valid, in the order they were recorded."""
+        live = [
+            (at, entry)
+            for version, at, entry in self.knowledge.values()
+            if version == LIVE_KNOWLEDGE and entry.valid_until is None
+        ]
+        return [entry for _, entry in sorted(live, key=lambda pair: pair[0])]
+
+    def _claim(self, message_ids: list[str], task_id: str) -> None:
+        for message_id in message_ids:
+            if message_id in self.buffer:
+                self.held[message_id] = task_id
+
+    def _release(self, task_id: str) -> None:
+        for message_id in [k for k, task in self.held.items() if task == task_id]:
+            del self.held[message_id]
+
+    def _task(self, task_id: str, **changes: Any) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self.tasks[task_id] = replace(task, **changes)
+
+    def _add_entries(self, e: Any, task_id: str, version: str) -> None:
+        for ordinal, entry in enumerate(e.entries):
+            said = entry.get("valid_from")
+            self.knowledge[entry["entry_id"]] = (
+                version,
+                (e.originator_version, ordinal),
+                KnowledgeEntry(
+                    entry_id=entry["entry_id"],
+                    user_id=self.user_id,
+                    text=entry["text"],
+                    task_id=task_id,
+                    source_message_ids=tuple(entry["source_message_ids"]),
+                    extracted_at=e.timestamp,
+                    extractor=e.extractor,
+                    model=e.model,
+                    valid_from=e.timestamp if said is None else _utc(datetime.fromisoformat(said)),
+                ),
+            )
+
+    def _end(self, entry_id: str, **changes: Any) -> None:
+        found = self.knowledge.get(entry_id)
+        if found is not None:
+            version, at, entry = found
+            if "valid_until" in changes:
+                changes["valid_until"] = _utc(changes["valid_until"])
+            self.knowledge[entry_id] = (version, at, replace(entry, **changes))
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
