@@ -37,5 +37,13 @@ bench: install
 eval: install
 	$(BIN)/python -m bench.eval
 
+# The SIGKILL and multi-process campaigns, repeated a bounded number of times.
+CRASH_ROUNDS ?= 10
+crash: install
+	scripts/with-postgres.sh sh -c 'for i in $$(seq $(CRASH_ROUNDS)); do \
+	  echo "crash round $$i/$(CRASH_ROUNDS)"; \
+	  $(BIN)/pytest -q -p no:cacheprovider tests/memvee/test_crash_recovery.py \
+	    tests/actors/test_many_processes.py || exit 1; done'
+
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache
