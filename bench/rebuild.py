@@ -137,25 +137,27 @@ def _rebuild_rounds(cfg: BenchConfig, workspace: Workspace, section: Section) ->
 
 
 def _state_at_rounds(cfg: BenchConfig, workspace: Workspace, section: Section) -> tuple[int, int]:
+    """Replay one long log to its middle and to its end (the worst case, the target)."""
     size = cfg.pick(100_000, 10_000)
     rounds = cfg.pick(3, 2)
     with workspace.scratch("state-at") as folder:
         path, _, histories = build_histories(folder, [size])
         history = histories[0]
-        version = history.events // 2
+        middle = history.events // 2
         store = EventStore(sqlite_url(path))
         try:
             for round_no in range(1, rounds + 1):
                 progress(f"state --at round {round_no}/{rounds}")
-                started = time.perf_counter()
-                state = state_at(store, history.user_id, version=version)
-                elapsed = time.perf_counter() - started
-                if state.version != version:
-                    section.notes.append(f"state_at reached version {state.version}, not {version}")
-                section.stat("state_at.ms", "ms").add(elapsed * 1000)
+                for version, stat in ((middle, "state_at.middle_ms"), (None, "state_at.ms")):
+                    started = time.perf_counter()
+                    state = state_at(store, history.user_id, version=version)
+                    elapsed = time.perf_counter() - started
+                    if state.version != (version or history.events):
+                        section.notes.append(f"state_at reached version {state.version}")
+                    section.stat(stat, "ms").add(elapsed * 1000)
         finally:
             store.close()
-    return history.events, version
+    return history.events, middle
 
 
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
@@ -189,13 +191,14 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         "Replaying one user's state at a version (projections.state_at, as `memvee state --at`)",
         ["events in log", "at version", "state_at\nms"],
     )
-    events, version = _state_at_rounds(cfg, workspace, state_section)
-    state_section.rows.append(
-        [fmt_num(events), fmt_num(version), cell(state_section.stats["state_at.ms"], fmt_ms)]
-    )
+    events, middle = _state_at_rounds(cfg, workspace, state_section)
+    for version, stat in ((middle, "state_at.middle_ms"), (events, "state_at.ms")):
+        state_section.rows.append(
+            [fmt_num(events), fmt_num(version), cell(state_section.stats[stat], fmt_ms)]
+        )
     state_section.facts["state_at.events"] = str(events)
     state_section.notes.append(
-        f"Median of {cfg.pick(3, 2)} replays into a scratch in-memory projection; "
-        "the live projections are not touched."
+        f"Median of {cfg.pick(3, 2)} replays, folded in memory (the live projections are "
+        "not touched); the target is judged on the replay to the end of the log."
     )
     return [rebuild_section, state_section]

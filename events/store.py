@@ -9,7 +9,6 @@ transaction, reads a log's events back, and follows the whole notification log i
 from __future__ import annotations
 
 import json
-import json.scanner
 import logging
 import sqlite3
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+import orjson
 import sqlalchemy.exc
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol, Snapshot
@@ -97,9 +97,6 @@ class _Decoder:
             and mapper.compressor is None
         )
         self._names = transcoder.names if isinstance(transcoder, JSONTranscoder) else {}
-        self._scan: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
-            json.JSONDecoder()  # type: ignore[arg-type]
-        )
         self._classes: dict[tuple[str, type], _EventClass | None] = {}
 
     def __call__(
@@ -135,14 +132,13 @@ class _Decoder:
 
     def _parse(self, state: bytes) -> dict[str, Any] | None:
         """The event's state as the mapper's transcoder gives it, or ``None`` if unsure."""
-        text = state.decode("utf8")
         try:
-            parsed, end = self._scan(text, 0)
-        except (StopIteration, ValueError):
+            parsed = orjson.loads(state)
+        except orjson.JSONDecodeError:
             return None
-        if end != len(text) or type(parsed) is not dict or "class_version" in parsed:
+        if type(parsed) is not dict or "class_version" in parsed:
             return None
-        markers = text.count('"_type_"')
+        markers = state.count(b'"_type_"')
         if markers:
             converted = 0
             for key, value in parsed.items():

@@ -7,6 +7,7 @@ round trips. The replay tests compare it, at every version, with the SQL folds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -25,54 +26,74 @@ class UserStateFold:
         self.user_id = user_id
         self.buffer: dict[str, BufferedMessage] = {}
         self.held: dict[str, str] = {}
-        self.tasks: dict[str, TaskRecord] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
         self.knowledge: dict[str, tuple[str, tuple[int, int], KnowledgeEntry]] = {}
 
     def evolve(self, e: Any) -> None:
-        """Apply one event."""
-        if isinstance(e, UserLog.MessageAdded):
-            self.buffer[e.message_id] = BufferedMessage(
-                e.message_id, self.user_id, e.seq, e.role, e.content, _utc(e.sent_at), None
-            )
-        elif isinstance(e, UserLog.ProcessingRequested):
-            self.tasks[e.task_id] = TaskRecord(
-                e.task_id, self.user_id, e.trigger, "PENDING", (), 0, None, e.timestamp, None, None
-            )
-        elif isinstance(e, UserLog.ProcessingStarted):
-            self._claim(e.message_ids, e.task_id)
-            self._task(
-                e.task_id,
-                status="RUNNING",
-                message_ids=tuple(e.message_ids),
-                started_at=e.timestamp,
-            )
-        elif isinstance(e, UserLog.KnowledgeExtracted):
-            for message_id in [k for k, task in self.held.items() if task == e.task_id]:
-                del self.held[message_id]
-                self.buffer.pop(message_id, None)
-            self._task(
-                e.task_id,
-                status="COMPLETED",
-                knowledge_count=len(e.entries),
-                finished_at=e.timestamp,
-            )
-            self._add_entries(e, e.task_id, LIVE_KNOWLEDGE)
-        elif isinstance(e, UserLog.KnowledgeReextracted):
-            self._add_entries(e, "", e.knowledge_version)
-        elif isinstance(e, UserLog.KnowledgeSuperseded):
-            self._end(e.entry_id, valid_until=e.valid_until, superseded_by=e.superseded_by)
-        elif isinstance(e, UserLog.KnowledgeInvalidated):
-            self._end(e.entry_id, valid_until=e.valid_until, ended_reason=e.reason)
-        elif isinstance(e, UserLog.KnowledgeVersionPromoted):
-            self.knowledge = {
-                key: (LIVE_KNOWLEDGE if version == e.knowledge_version else version, at, entry)
-                for key, (version, at, entry) in self.knowledge.items()
-                if version != LIVE_KNOWLEDGE
-            }
-        elif isinstance(e, UserLog.ProcessingFailed | UserLog.ProcessingInterrupted):
-            self._release(e.task_id)
-            error = e.error if isinstance(e, UserLog.ProcessingFailed) else e.reason
-            self._task(e.task_id, status="FAILED", error=error, finished_at=e.timestamp)
+        """Apply one event (events that change none of these rows are skipped)."""
+        handler = _HANDLERS.get(type(e))
+        if handler is None:
+            handler = next((h for c, h in _HANDLERS.items() if isinstance(e, c)), _skip)
+            _HANDLERS[type(e)] = handler
+        handler(self, e)
+
+    def _message_added(self, e: Any) -> None:
+        self.buffer[e.message_id] = BufferedMessage(
+            e.message_id, self.user_id, e.seq, e.role, e.content, _utc(e.sent_at), None
+        )
+
+    def _requested(self, e: Any) -> None:
+        self.tasks[e.task_id] = {
+            "task_id": e.task_id,
+            "user_id": self.user_id,
+            "trigger": e.trigger,
+            "status": "PENDING",
+            "message_ids": (),
+            "knowledge_count": 0,
+            "error": None,
+            "requested_at": e.timestamp,
+            "started_at": None,
+            "finished_at": None,
+        }
+
+    def _started(self, e: Any) -> None:
+        self._claim(e.message_ids, e.task_id)
+        self._task(
+            e.task_id, status="RUNNING", message_ids=tuple(e.message_ids), started_at=e.timestamp
+        )
+
+    def _extracted(self, e: Any) -> None:
+        for message_id in [k for k, task in self.held.items() if task == e.task_id]:
+            del self.held[message_id]
+            self.buffer.pop(message_id, None)
+        self._task(
+            e.task_id,
+            status="COMPLETED",
+            knowledge_count=len(e.entries),
+            finished_at=e.timestamp,
+        )
+        self._add_entries(e, e.task_id, LIVE_KNOWLEDGE)
+
+    def _reextracted(self, e: Any) -> None:
+        self._add_entries(e, "", e.knowledge_version)
+
+    def _superseded(self, e: Any) -> None:
+        self._end(e.entry_id, valid_until=e.valid_until, superseded_by=e.superseded_by)
+
+    def _invalidated(self, e: Any) -> None:
+        self._end(e.entry_id, valid_until=e.valid_until, ended_reason=e.reason)
+
+    def _promoted(self, e: Any) -> None:
+        self.knowledge = {
+            key: (LIVE_KNOWLEDGE if version == e.knowledge_version else version, at, entry)
+            for key, (version, at, entry) in self.knowledge.items()
+            if version != LIVE_KNOWLEDGE
+        }
+
+    def _failed(self, e: Any) -> None:
+        self._release(e.task_id)
+        error = e.error if isinstance(e, UserLog.ProcessingFailed) else e.reason
+        self._task(e.task_id, status="FAILED", error=error, finished_at=e.timestamp)
 
     def current_buffer(self) -> list[BufferedMessage]:
         """The buffered messages in log order, each with the task holding it, if any."""
@@ -84,7 +105,7 @@ class UserStateFold:
 
     def current_tasks(self) -> list[TaskRecord]:
         """The tasks in the order they were requested."""
-        return list(self.tasks.values())
+        return [TaskRecord(**task) for task in self.tasks.values()]
 
     def current_knowledge(self) -> list[KnowledgeEntry]:
         """The live entries still valid, in the order they were recorded."""
@@ -107,7 +128,7 @@ class UserStateFold:
     def _task(self, task_id: str, **changes: Any) -> None:
         task = self.tasks.get(task_id)
         if task is not None:
-            self.tasks[task_id] = replace(task, **changes)
+            task.update(changes)
 
     def _add_entries(self, e: Any, task_id: str, version: str) -> None:
         for ordinal, entry in enumerate(e.entries):
@@ -135,6 +156,25 @@ class UserStateFold:
             if "valid_until" in changes:
                 changes["valid_until"] = _utc(changes["valid_until"])
             self.knowledge[entry_id] = (version, at, replace(entry, **changes))
+
+
+def _skip(fold: UserStateFold, e: Any) -> None:
+    """Events that change none of a UserState's rows."""
+
+
+_HANDLERS: dict[type, Callable[[UserStateFold, Any], None]] = {
+    UserLog.MessageAdded: UserStateFold._message_added,
+    UserLog.ProcessingRequested: UserStateFold._requested,
+    UserLog.ProcessingStarted: UserStateFold._started,
+    UserLog.KnowledgeExtracted: UserStateFold._extracted,
+    UserLog.KnowledgeReextracted: UserStateFold._reextracted,
+    UserLog.KnowledgeSuperseded: UserStateFold._superseded,
+    UserLog.KnowledgeInvalidated: UserStateFold._invalidated,
+    UserLog.KnowledgeVersionPromoted: UserStateFold._promoted,
+    UserLog.ProcessingFailed: UserStateFold._failed,
+    UserLog.ProcessingInterrupted: UserStateFold._failed,
+}
+"""Each event class's evolve step (subclasses resolve as ``isinstance`` would)."""
 
 
 def _utc(moment: datetime) -> datetime:
