@@ -18,8 +18,9 @@ __all__ = ["EngineSettings", "Erase", "KnownEntries", "SharedServices", "TaskObs
 Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
-KnownEntries = Callable[[str, Sequence[str]], tuple[KnownEntry, ...]]
-"""Reads a user's current entries related to some message texts (for an extractor)."""
+KnownEntries = Callable[[str, Sequence[str], int], tuple[KnownEntry, ...]]
+"""Reads a user's current entries related to some message texts (for an extractor),
+given how many current entries the user's log counts."""
 
 
 class TaskObserver(Protocol):

@@ -103,11 +103,17 @@ class Engine:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
             self._ticker.start()
 
-    def _known_entries(self, user_id: str, texts: Sequence[str]) -> tuple[KnownEntry, ...]:
+    def _known_entries(
+        self, user_id: str, texts: Sequence[str], current: int
+    ) -> tuple[KnownEntry, ...]:
         """The current entries an extractor sees beside a batch (so it can update them)."""
+        if current <= 0:
+            return ()
         with self.store.engine.connect() as connection:
-            related = self.ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES)
-        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in related)
+            related = self.ranker.related(
+                connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
+            )
+        return tuple(KnownEntry(*entry) for entry in related)
 
     def _erase(self, user_id: str) -> ForgetReceipt:
         return erase_user(self.store, self.projector, self.leases, user_id)

@@ -400,7 +400,8 @@ class UserActor(PooledActor):
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
         self._said_at = {m.message_id: m.sent_at for m in messages}
-        known = self._services.known(self.user_id, [m.content for m in messages])
+        texts = [m.content for m in messages]
+        known = self._services.known(self.user_id, texts, self._log.knowledge_count)
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
     def _is_owner(self) -> bool:

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.models import KnowledgeEntry, Message
+from projections.reader import aware as _aware
 from projections.reader import entry_from_row, message_from_row
 from projections.search import PG_CONFIG, SearchIndex, owned_term
 from projections.tables import ProjectionTables
@@ -68,6 +69,11 @@ class LexicalRanker:
             .limit(bindparam("limit"))
             for dated in (False, True)
         }
+        self._current = (
+            select(k.c.entry_id, k.c.text, k.c.valid_from)
+            .where(*live, *valid[False])
+            .order_by(k.c.version, k.c.ordinal)
+        )
         kfts, mfts = self.search.knowledge_fts.name, self.search.messages_fts.name
         # FTS5 keeps a row's columns in its "_content" shadow table, keyed by rowid
         # (c2 is item_id): a keyed lookup, where a rowid IN (...) on the FTS5 table scans.
@@ -152,15 +158,19 @@ class LexicalRanker:
         return [(model(r), float(r["score"])) for r in rows]
 
     def related(
-        self, connection: Connection, user_id: str, texts: list[str], limit: int
-    ) -> list[KnowledgeEntry]:
-        """The current entries an extractor should see beside ``texts``: all of them when
-        there are at most ``limit``, else the ``limit`` that best match the texts' words."""
-        current = self.entries(connection, user_id, [], limit + 1)
-        if len(current) <= limit:
-            return [entry for entry, _ in reversed(current)]
+        self, connection: Connection, user_id: str, texts: list[str], limit: int, current: int
+    ) -> list[tuple[str, str, datetime]]:
+        """(id, text, valid from) of the current entries an extractor should see beside
+        ``texts``: all of them when the user has at most ``limit`` (``current`` is how many
+        the log counts), else the ``limit`` that best match the texts' words."""
+        if current <= 0:
+            return []
+        if current <= limit:
+            rows = connection.execute(self._current, {"log_id": str(user_log_id(user_id))})
+            return [(entry_id, text, _aware(valid_from)) for entry_id, text, valid_from in rows]
         terms = search_terms(" ".join(texts))
-        return [entry for entry, _ in self.entries(connection, user_id, terms, limit)]
+        found = self.entries(connection, user_id, terms, limit)
+        return [(e.entry_id, e.text, e.valid_from) for e, _ in found]
 
 
 class _SqliteSearch:

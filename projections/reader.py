@@ -19,7 +19,7 @@ from projections.models import (
 )
 from projections.tables import ProjectionTables
 
-__all__ = ["ProjectionReader", "entry_from_row", "message_from_row"]
+__all__ = ["ProjectionReader", "aware", "entry_from_row", "message_from_row"]
 
 
 class ProjectionReader:
@@ -335,6 +335,10 @@ def _ids(value: list[str] | str) -> list[str]:
     """A JSON list of ids, decoded (SQLAlchemy does it; a raw row holds the text)."""
     decoded: list[str] = json.loads(value) if isinstance(value, str) else value
     return decoded
+
+
+aware = _aware
+"""A stored time as an aware UTC datetime (SQLite hands back naive ones, or text)."""
 
 
 def _maybe_aware(stamp: datetime | None) -> datetime | None:
