@@ -282,21 +282,19 @@ class UserLog(Aggregate):
         newest source message was sent, and an entry it updates stops being valid then.
         """
         batch = self._open_task(task_id)
-        _check_facts(facts, frozenset(batch), f"task {task_id}")
-        plan = self._plan(facts, LIVE_KNOWLEDGE)
-        entries = _entries(plan.added, said_at or {})
-        self.trigger_event(
+        return self._record_facts(
             self.KnowledgeExtracted,
+            LIVE_KNOWLEDGE,
+            facts,
+            f"task {task_id}",
+            said_at or {},
             task_id=task_id,
             message_ids=list(batch),
-            entries=entries,
             extractor=extractor,
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
-        self._end_replaced(plan, entries, LIVE_KNOWLEDGE, said_at or {})
-        return entries
 
     def record_reextraction(
         self,
@@ -315,20 +313,36 @@ class UserLog(Aggregate):
         """
         if not knowledge_version.strip() or knowledge_version == LIVE_KNOWLEDGE:
             raise InvalidInputError(f"{knowledge_version!r} cannot name a new knowledge version")
-        _check_facts(facts, frozenset(message_ids), f"version {knowledge_version}")
-        plan = self._plan(facts, knowledge_version)
-        entries = _entries(plan.added, said_at or {})
-        self.trigger_event(
+        return self._record_facts(
             self.KnowledgeReextracted,
+            knowledge_version,
+            facts,
+            f"version {knowledge_version}",
+            said_at or {},
             knowledge_version=knowledge_version,
             message_ids=list(message_ids),
-            entries=entries,
             extractor=extractor,
             model=model,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
-        self._end_replaced(plan, entries, knowledge_version, said_at or {})
+
+    def _record_facts(
+        self,
+        event: type[Aggregate.Event],
+        version: str,
+        facts: Sequence[ExtractedFact],
+        what: str,
+        said_at: Mapping[str, datetime],
+        **fields: Any,
+    ) -> list[dict[str, Any]]:
+        """Check ``facts`` against the batch, decide their lifecycle in ``version``, and emit
+        ``event`` with the new entries, then the ends of the entries they replaced."""
+        _check_facts(facts, frozenset(fields["message_ids"]), what)
+        plan = self._plan(facts, version)
+        entries = _entries(plan.added, said_at)
+        self.trigger_event(event, entries=entries, **fields)
+        self._end_replaced(plan, entries, version, said_at)
         return entries
 
     def _plan(self, facts: Sequence[ExtractedFact], version: str) -> _Plan:
