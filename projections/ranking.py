@@ -29,8 +29,7 @@ from sqlalchemy import (
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.models import KnowledgeEntry, Message
-from projections.reader import aware as _aware
-from projections.reader import entry_from_row, message_from_row
+from projections.reader import aware, entry_from_row, message_from_row
 from projections.search import PG_CONFIG, SearchIndex, owned_term
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
@@ -167,7 +166,7 @@ class LexicalRanker:
             return []
         if current <= limit:
             rows = connection.execute(self._current, {"log_id": str(user_log_id(user_id))})
-            return [(entry_id, text, _aware(valid_from)) for entry_id, text, valid_from in rows]
+            return [(entry_id, text, aware(valid_from)) for entry_id, text, valid_from in rows]
         terms = search_terms(" ".join(texts))
         found = self.entries(connection, user_id, terms, limit)
         return [(e.entry_id, e.text, e.valid_from) for e, _ in found]

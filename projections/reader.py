@@ -116,7 +116,7 @@ class ProjectionReader:
                 seq=r["seq"],
                 role=r["role"],
                 content=r["content"],
-                sent_at=_aware(r["sent_at"]),
+                sent_at=aware(r["sent_at"]),
                 task_id=r["task_id"],
             )
             for r in rows
@@ -302,10 +302,10 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
         text=r["text"],
         task_id=r["task_id"],
         source_message_ids=tuple(_ids(r["source_message_ids"])),
-        extracted_at=_aware(r["extracted_at"]),
+        extracted_at=aware(r["extracted_at"]),
         extractor=r["extractor"],
         model=r["model"],
-        valid_from=_aware(r["valid_from"]),
+        valid_from=aware(r["valid_from"]),
         valid_until=_maybe_aware(r["valid_until"]),
         superseded_by=r["superseded_by"],
         ended_reason=r["ended_reason"],
@@ -320,12 +320,12 @@ def message_from_row(user_id: str, r: Any) -> Message:
         seq=r["seq"],
         role=r["role"],
         content=r["content"],
-        sent_at=_aware(r["sent_at"]),
+        sent_at=aware(r["sent_at"]),
     )
 
 
-def _aware(stamp: datetime | str) -> datetime:
-    """SQLite gives back naive datetimes (or their text, raw); every time stored is UTC."""
+def aware(stamp: datetime | str) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones, or text)."""
     if isinstance(stamp, str):
         stamp = datetime.fromisoformat(stamp)
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
@@ -337,12 +337,8 @@ def _ids(value: list[str] | str) -> list[str]:
     return decoded
 
 
-aware = _aware
-"""A stored time as an aware UTC datetime (SQLite hands back naive ones, or text)."""
-
-
 def _maybe_aware(stamp: datetime | None) -> datetime | None:
-    return None if stamp is None else _aware(stamp)
+    return None if stamp is None else aware(stamp)
 
 
 def _log(user_id: str) -> str:
@@ -358,7 +354,7 @@ def _task(user_id: str, r: Any) -> TaskRecord:
         message_ids=tuple(r["message_ids"]),
         knowledge_count=r["knowledge_count"],
         error=r["error"],
-        requested_at=_aware(r["requested_at"]),
+        requested_at=aware(r["requested_at"]),
         started_at=_maybe_aware(r["started_at"]),
         finished_at=_maybe_aware(r["finished_at"]),
     )
@@ -373,5 +369,5 @@ def _summary(r: Any) -> UserSummary:
         knowledge_count=r["knowledge_count"],
         tasks_completed=r["tasks_completed"],
         tasks_failed=r["tasks_failed"],
-        updated_at=_aware(r["updated_at"]),
+        updated_at=aware(r["updated_at"]),
     )
