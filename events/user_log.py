@@ -148,13 +148,9 @@ class UserLog(Aggregate):
             del log.knowledge_versions[self.knowledge_version]
             log.knowledge_count = self.knowledge_count
             log.valid_entries = {
-                entry_id: LIVE_KNOWLEDGE
+                entry_id: LIVE_KNOWLEDGE if version == self.knowledge_version else version
                 for entry_id, version in log.valid_entries.items()
-                if version == self.knowledge_version
-            } | {
-                entry_id: version
-                for entry_id, version in log.valid_entries.items()
-                if version not in (LIVE_KNOWLEDGE, self.knowledge_version)
+                if version != LIVE_KNOWLEDGE
             }
 
     class ProcessingFailed(Aggregate.Event):
