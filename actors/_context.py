@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from actors._committer import GroupCommitter
 from actors._dispatcher import Dispatcher
+from actors._pacing import CircuitBreaker, UserBackoff
 from actors._workers import ExtractionWorkers
 from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
-from events import EventStore, KnownEntry
+from events import BatchLimits, EventStore, KnownEntry
 
-__all__ = ["EngineSettings", "Erase", "KnownEntries", "SharedServices", "TaskObserver"]
+__all__ = [
+    "EngineSettings",
+    "Erase",
+    "KnownEntries",
+    "SharedServices",
+    "TaskObserver",
+    "Wake",
+]
 
 Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
@@ -21,6 +29,9 @@ Erase = Callable[[str], ForgetReceipt]
 KnownEntries = Callable[[str, Sequence[str], int], tuple[KnownEntry, ...]]
 """Reads a user's current entries related to some message texts (for an extractor),
 given how many current entries the user's log counts."""
+
+Wake = Callable[[str, float], None]
+"""Asks for a user's actor to be woken (its ``wake`` method) in some seconds."""
 
 
 class TaskObserver(Protocol):
@@ -33,7 +44,8 @@ class TaskObserver(Protocol):
         """
 
     def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
-        """A task's ProcessingStarted is committed; it holds ``message_count`` messages."""
+        """A batch of a task started (its ProcessingStarted is committed); the task has
+        taken on ``message_count`` distinct messages so far."""
 
     def task_finished(
         self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
@@ -49,6 +61,7 @@ class EngineSettings:
     batch_threshold: int
     max_content_chars: int
     snapshot_interval: int
+    limits: BatchLimits = field(default_factory=BatchLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +76,7 @@ class SharedServices:
     dispatcher: Dispatcher
     known: KnownEntries
     erase: Erase
+    breaker: CircuitBreaker
+    backoff: UserBackoff
+    wake: Wake
     leases: LeaseTable | None = None

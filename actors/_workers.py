@@ -14,9 +14,17 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from events import ExtractionBatch, ExtractionError, ExtractionResult, Extractor
+from actors._pacing import CircuitBreaker
+from events import (
+    ExtractionBatch,
+    ExtractionError,
+    ExtractionResult,
+    Extractor,
+    InvalidExtractionError,
+    MemveeError,
+)
 
-__all__ = ["ExtractionWorkers", "Outcome"]
+__all__ = ["ExtractionWorkers", "Outcome", "repeats"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -24,12 +32,36 @@ Outcome = ExtractionResult | BaseException
 """What an extraction ended with: a result, or the error that failed the batch."""
 
 
-class ExtractionWorkers:
-    """Runs an :class:`Extractor` on a private event loop thread with bounded concurrency."""
+def repeats(error: BaseException) -> bool:
+    """Whether sending the same batch again would fail the same way.
 
-    def __init__(self, extractor: Extractor, *, concurrency: int = 4, timeout: float = 120.0):
+    An :class:`ExtractionError` says so itself; network errors, timeouts and memvee's own
+    errors (storage) may pass; any other exception (a bug of an extractor on this input)
+    is taken to repeat, so the batch is split rather than retried forever.
+    """
+    if isinstance(error, ExtractionError):
+        return error.repeats
+    return not isinstance(error, OSError | TimeoutError | MemveeError)
+
+
+class ExtractionWorkers:
+    """Runs an :class:`Extractor` on a private event loop thread with bounded concurrency.
+
+    Every outcome is reported to ``breaker``: an answer (even one that fails the batch for
+    good) shows that the API is up, a failure that may pass counts towards pausing.
+    """
+
+    def __init__(
+        self,
+        extractor: Extractor,
+        *,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        breaker: CircuitBreaker | None = None,
+    ):
         self.extractor = extractor
         self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker()
         self._loop = asyncio.new_event_loop()
         self._semaphore: asyncio.Semaphore | None = None
         self._concurrency = concurrency
@@ -88,11 +120,19 @@ class ExtractionWorkers:
                 async with asyncio.timeout(self.timeout):
                     result = await self.extractor.extract(batch)
             except TimeoutError:
+                self.breaker.failed()
                 raise ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
                 ) from None
+            except Exception as error:
+                if repeats(error):
+                    self.breaker.succeeded()
+                else:
+                    self.breaker.failed()
+                raise
+        self.breaker.succeeded()
         if not isinstance(result, ExtractionResult):
-            raise ExtractionError(
+            raise InvalidExtractionError(
                 f"extractor {self.extractor.name!r} returned {type(result).__name__}, "
                 "not an ExtractionResult"
             )

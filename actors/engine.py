@@ -17,6 +17,8 @@ import pykka
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
+from actors._pacing import CircuitBreaker, UserBackoff
+from actors._timers import Timers
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
@@ -56,6 +58,10 @@ class EngineOptions:
     extraction_concurrency: int
     extraction_timeout: float
     commit_batch_max: int
+    retry_delay: float = 1.0
+    retry_delay_max: float = 300.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 2.0
 
 
 class Engine:
@@ -77,10 +83,20 @@ class Engine:
         )
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
+        self.timers = Timers()
+        self.breaker = CircuitBreaker(
+            failures=options.breaker_failures,
+            cooldown=options.breaker_cooldown,
+            max_cooldown=min(60.0, options.retry_delay_max),
+            probe_timeout=options.extraction_timeout + 5,
+        )
+        self.breaker.on_close = self._wake_all
+        self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
+            breaker=self.breaker,
         )
         self.dispatcher = Dispatcher(options.actor_threads)
         self.services = SharedServices(
@@ -92,6 +108,9 @@ class Engine:
             self.dispatcher,
             self._known_entries,
             self._erase,
+            self.breaker,
+            self.backoff,
+            self._wake_later,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -114,6 +133,20 @@ class Engine:
                 connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
             )
         return tuple(KnownEntry(*entry) for entry in related)
+
+    def _wake_later(self, user_id: str, delay: float) -> None:
+        """Wake ``user_id``'s actor in ``delay`` seconds (a retry, or a pause that ends)."""
+        self.timers.call_later(delay, lambda: self._wake_all([user_id]))
+
+    def _wake_all(self, user_ids: list[str]) -> None:
+        """Tell each of ``user_ids``'s actors that a pause ended (spawning it if idle)."""
+        if self._stopping.is_set():
+            return
+        for user_id in user_ids:
+            try:
+                self.directory.call(user_id, "wake")
+            except RuntimeError:
+                return
 
     def _erase(self, user_id: str) -> ForgetReceipt:
         return erase_user(self.store, self.projector, self.leases, user_id)
@@ -195,6 +228,7 @@ class Engine:
                 future.get(timeout=30)
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")
+        self.timers.stop()
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

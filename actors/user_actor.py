@@ -15,25 +15,29 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import pykka
 
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
-from actors._workers import Outcome
+from actors._workers import Outcome, repeats
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
     ConflictError,
     ExtractionBatch,
+    ExtractionError,
     ExtractionResult,
+    InvalidInputError,
     MemveeError,
     StorageError,
+    TokenUsage,
     UserLog,
 )
 from projections import Message
@@ -69,7 +73,10 @@ class UserActor(PooledActor):
         self._epoch = 0
         self._last_write: Future[Any] | None = None
         self._running: str | None = None
-        self._said_at: dict[str, datetime] = {}
+        self._batch_messages: tuple[BatchMessage, ...] = ()
+        self._task_messages: set[str] = set()
+        self._task_knowledge = 0
+        self._wake_due: float | None = None
         self._owner: bool | None = None
         self._self_proxy: Any = None
 
@@ -121,7 +128,9 @@ class UserActor(PooledActor):
         def request(user_log: UserLog | None) -> tuple[bool, Started | None]:
             if user_log is None or not user_log.request_processing(task_id, trigger):
                 return False, None
-            return True, user_log.start_next() if idle else None
+            if not idle or self._pause(user_log) > 0:
+                return True, None
+            return True, user_log.start_next(self._services.settings.limits)
 
         requested, started = self._decide(request)
         if not requested:
@@ -220,7 +229,7 @@ class UserActor(PooledActor):
         ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
         self._running = None
-        self._said_at = {}
+        self._batch_messages = ()
         self._owner = None
         self._forget_log()
         for task_id in ended:
@@ -231,29 +240,81 @@ class UserActor(PooledActor):
         return erased
 
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
-        """Record the outcome of the running task and start the next requested one."""
+        """Record the outcome of the running batch, then go on with the task's next batch,
+        or end the task and start the next requested one."""
         if task_id != self._running:
             log.warning(
                 "user %r: outcome of task %s arrived after it closed", self.user_id, task_id
             )
             return
-        status, count, error = "COMPLETED", 0, cast(str | None, None)
         if isinstance(outcome, ExtractionResult):
             result = outcome
             try:
-                said_at = self._said_at
-                count = self._decide(lambda ul: len(_record(ul, task_id, result, said_at)))
+                self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
             except StorageError as storage:
                 outcome = StorageError(f"could not record the outcome: {storage}")
             except MemveeError as refused:
                 outcome = refused
-        if not isinstance(outcome, ExtractionResult):
-            status, count, error = "FAILED", 0, _describe(outcome)
-            log.warning("user %r: task %s failed: %s", self.user_id, task_id, error)
-            self._record_failure(task_id, error)
-        self._running = None
-        self._services.observer.task_finished(self.user_id, task_id, status, count, error)
+            else:
+                self._services.backoff.succeeded(self.user_id)
+                self._batch_ended(task_id, "COMPLETED", None)
+                return
+        self._batch_failed(task_id, outcome)
+
+    def wake(self) -> None:
+        """A pause is over: retry what failed (with auto-processing) and start what waits."""
+        self._wake_due = None
+        user_log = self._user_log(create=False)
+        task_id = str(uuid4())
+
+        def retry(user_log: UserLog | None) -> bool:
+            return (
+                user_log is not None
+                and not user_log.requested
+                and not user_log.open_tasks
+                and bool(user_log.pending)
+                and user_log.request_processing(task_id, "retry")
+            )
+
+        if (
+            self._services.settings.auto_process
+            and user_log is not None
+            and self._running is None
+            and self._is_owner()
+            and self._decide(retry)
+        ):
+            self._services.observer.task_scheduled(self.user_id, task_id, "retry", local=True)
         self._advance()
+
+    def requeue(self, message_ids: Sequence[str] | None) -> list[str]:
+        """Put quarantined messages (all, by default) back in the buffer; returns their ids.
+
+        With auto-processing, a task is requested when the buffer reaches the threshold.
+        """
+        settings = self._services.settings
+        task_id = str(uuid4())
+
+        def requeue(user_log: UserLog | None) -> tuple[list[str], bool]:
+            if user_log is None:
+                if message_ids:
+                    raise InvalidInputError(f"user {self.user_id!r} has no quarantined message")
+                return [], False
+            returned = user_log.requeue(message_ids)
+            auto = (
+                bool(returned)
+                and settings.auto_process
+                and len(user_log.pending) >= settings.batch_threshold
+                and user_log.request_processing(task_id, "auto")
+            )
+            return returned, auto
+
+        returned, auto = self._decide(requeue)
+        if auto:
+            self._services.observer.task_scheduled(self.user_id, task_id, "auto", local=True)
+        if returned:
+            log.info("user %r: %d quarantined messages requeued", self.user_id, len(returned))
+        self._advance()
+        return returned
 
     def passivate(self) -> bool:
         """Stop this actor if it is idle and nobody has a message on its way to it."""
@@ -336,45 +397,156 @@ class UserActor(PooledActor):
             self._forget_log()
 
     def _advance(self) -> None:
-        """Start requested tasks while this process owns the user and none runs."""
+        """Start requested tasks while this process owns the user, none runs, and neither
+        the API's breaker nor the user's backoff asks to wait (then a wake-up is set)."""
+        limits = self._services.settings.limits
         while self._running is None and self._is_owner():
+            paused = 0.0
+
+            def start(user_log: UserLog | None) -> Started | None:
+                nonlocal paused
+                if user_log is None or user_log.open_tasks or not user_log.requested:
+                    return None
+                paused = self._pause(user_log)
+                return None if paused > 0 else user_log.start_next(limits)
+
             try:
-                started = self._decide(lambda ul: None if ul is None else ul.start_next())
+                started = self._decide(start)
             except Exception as error:
                 log.error("user %r: could not start a task: %s", self.user_id, error)
                 return
+            if paused > 0:
+                self._wake_in(paused)
             if started is None:
                 return
             self._run(started)
 
+    def _pause(self, user_log: UserLog) -> float:
+        """Seconds to wait before the oldest requested task may start (0: now).
+
+        The user's backoff holds automatic tasks only (a caller asking for processing is
+        not made to wait for it); the breaker holds every task while the API is down.
+        """
+        if "manual" not in user_log.requested.values():
+            own = self._services.backoff.remaining(self.user_id)
+            if own > 0:
+                return own
+        return self._services.breaker.admit(self.user_id)
+
+    def _wake_in(self, delay: float) -> None:
+        """Have this user woken in ``delay`` seconds, unless a wake-up comes sooner."""
+        due = time.monotonic() + delay
+        if self._wake_due is not None and self._wake_due <= due:
+            return
+        self._wake_due = due
+        self._services.wake(self.user_id, delay)
+
+    def _batch_failed(self, task_id: str, error: BaseException) -> None:
+        """Record a failed batch: split it, quarantine a message that keeps failing alone,
+        or (for a failure that may pass) end the task and back off."""
+        again = repeats(error)
+        text = _describe(error)
+        claimed = self._batch_messages
+        breaker = self._services.breaker
+        blamed = not again and len(claimed) == 1 and breaker.blame(claimed[0].message_id)
+        usage = error.usage if isinstance(error, ExtractionError) and error.usage else _NO_USAGE
+        extractor = self._services.workers.extractor
+        limits = self._services.settings.limits
+
+        def fail(user_log: UserLog | None) -> list[str]:
+            if user_log is None or task_id not in user_log.open_tasks:
+                return []
+            return user_log.record_failure(
+                task_id,
+                text,
+                repeats=again,
+                blamed=blamed,
+                usage=usage,
+                extractor=extractor.name,
+                model=getattr(extractor, "model", None),
+                limits=limits,
+            )
+
+        try:
+            quarantined = self._decide(fail)
+        except Exception:
+            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
+            self._batch_ended(task_id, "FAILED", text, recorded=False)
+            return
+        for message_id in quarantined:
+            log.warning(
+                "user %r: message %s quarantined after failing alone %d times: %s",
+                self.user_id,
+                message_id,
+                limits.max_attempts,
+                text,
+            )
+        if again or quarantined:
+            log.info("user %r: task %s: a batch failed, split: %s", self.user_id, task_id, text)
+            self._batch_ended(task_id, "COMPLETED", None)
+            return
+        log.warning("user %r: task %s failed: %s", self.user_id, task_id, text)
+        delay = self._services.backoff.failed(self.user_id)
+        if self._services.settings.auto_process:
+            self._wake_in(delay)
+        self._batch_ended(task_id, "FAILED", text)
+
+    def _batch_ended(
+        self, task_id: str, status: str, error: str | None, *, recorded: bool = True
+    ) -> None:
+        """Go on with the task's next batch if the log started one; else the task ended."""
+        self._task_messages.update(m.message_id for m in self._batch_messages)
+        user_log = self._log
+        if recorded and user_log is not None and task_id in user_log.open_tasks:
+            self._run_batch(task_id, list(user_log.open_tasks[task_id]))
+            return
+        self._running = None
+        self._batch_messages = ()
+        count = self._task_knowledge if status == "COMPLETED" else 0
+        self._services.observer.task_finished(self.user_id, task_id, status, count, error)
+        self._advance()
+
     def _run(self, started: Started) -> None:
-        """Hand a started task's batch to the workers (or end it, if it claimed nothing)."""
+        """Hand a started task's first batch to the workers (or end it, if it claimed nothing)."""
         observer = self._services.observer
         task_id, trigger, claimed = started
         observer.task_scheduled(self.user_id, task_id, trigger, local=True)
-        observer.task_running(self.user_id, task_id, len(claimed))
         if not claimed:
+            observer.task_running(self.user_id, task_id, 0)
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
             return
         self._running = task_id
+        self._task_messages = set()
+        self._task_knowledge = 0
+        self._run_batch(task_id, claimed)
+
+    def _run_batch(self, task_id: str, claimed: list[str]) -> None:
+        """Read a batch's messages and hand them to the workers."""
+        self._services.observer.task_running(
+            self.user_id, task_id, len(self._task_messages.union(claimed))
+        )
         try:
             batch = self._batch(task_id, claimed)
         except Exception as error:
+            self._batch_messages = ()
             self.extraction_done(task_id, error)
             return
         self._services.workers.submit(batch, self._deliver_to_self(task_id))
 
-    def _record_failure(self, task_id: str, error: str) -> None:
-        """Return the task's messages to the buffer; if even that fails, recovery will."""
-
-        def fail(user_log: UserLog | None) -> None:
-            if user_log is not None and task_id in user_log.open_tasks:
-                user_log.record_failure(task_id, error)
-
-        try:
-            self._decide(fail)
-        except Exception:
-            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
+    def _record(self, user_log: UserLog | None, result: ExtractionResult) -> list[Any]:
+        """Record the running batch's facts (the log goes on with the next batch, if any)."""
+        task_id = self._running
+        if user_log is None or task_id is None or task_id not in user_log.open_tasks:
+            raise MemveeError(f"task {task_id}: the log is gone")
+        return user_log.record_knowledge(
+            task_id,
+            result.facts,
+            result.extractor,
+            result.model,
+            result.usage,
+            batch=self._batch_messages,
+            limits=self._services.settings.limits,
+        )
 
     def _deliver_to_self(self, task_id: str) -> Callable[[Outcome], None]:
         myself = self._myself
@@ -399,7 +571,7 @@ class UserActor(PooledActor):
             for e in events
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
-        self._said_at = {m.message_id: m.sent_at for m in messages}
+        self._batch_messages = messages
         texts = [m.content for m in messages]
         known = self._services.known(self.user_id, texts, self._log.knowledge_count)
         return ExtractionBatch(self.user_id, task_id, messages, known)
@@ -478,23 +650,7 @@ class UserActor(PooledActor):
         self._snapshot_version = user_log.version
 
 
-def _record(
-    user_log: UserLog | None,
-    task_id: str,
-    result: ExtractionResult,
-    said_at: Mapping[str, datetime],
-) -> list[Any]:
-    if user_log is None:
-        raise MemveeError(f"task {task_id}: the log is gone")
-    return user_log.record_knowledge(
-        task_id,
-        result.facts,
-        result.extractor,
-        result.model,
-        result.input_tokens,
-        result.output_tokens,
-        said_at,
-    )
+_NO_USAGE = TokenUsage()
 
 
 def _describe(error: BaseException) -> str:

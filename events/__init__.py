@@ -12,11 +12,13 @@ from events.errors import (
     MemveeError,
     ProcessingError,
     ProcessingTimeoutError,
+    RejectedBatchError,
     StorageError,
     UnknownTaskError,
 )
 from events.extraction import (
     FACT_ACTIONS,
+    BatchLimits,
     BatchMessage,
     ExtractedFact,
     ExtractionBatch,
@@ -24,6 +26,8 @@ from events.extraction import (
     Extractor,
     FactAction,
     KnownEntry,
+    TokenUsage,
+    estimate_tokens,
 )
 from events.store import Durability, EventStore, Recorded, sqlite_url
 from events.user_log import ROLES, UserLog, check_message, check_user_id, user_log_id
@@ -31,6 +35,7 @@ from events.user_log import ROLES, UserLog, check_message, check_user_id, user_l
 __all__ = [
     "FACT_ACTIONS",
     "ROLES",
+    "BatchLimits",
     "BatchMessage",
     "ConflictError",
     "Durability",
@@ -49,11 +54,14 @@ __all__ = [
     "ProcessingError",
     "ProcessingTimeoutError",
     "Recorded",
+    "RejectedBatchError",
     "StorageError",
+    "TokenUsage",
     "UnknownTaskError",
     "UserLog",
     "check_message",
     "check_user_id",
+    "estimate_tokens",
     "sqlite_url",
     "user_log_id",
 ]

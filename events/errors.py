@@ -6,6 +6,11 @@ so it is also where most errors are raised; the library face re-exports it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from events.extraction import TokenUsage
+
 __all__ = [
     "ConflictError",
     "ExtractionError",
@@ -15,6 +20,7 @@ __all__ = [
     "MemveeError",
     "ProcessingError",
     "ProcessingTimeoutError",
+    "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
 ]
@@ -45,11 +51,31 @@ class ConflictError(StorageError):
 
 
 class ExtractionError(MemveeError):
-    """An extractor failed on a batch (network, timeout, refusal, bad answer)."""
+    """An extractor failed on a batch (network, timeout, refusal, bad answer).
+
+    ``repeats`` tells the engine whether sending the same batch again would fail the same
+    way: a batch that repeats its failure is split and, down to one message, quarantined;
+    one that does not (the API was down, slow or busy) is retried later, backing off.
+    This base class does not repeat. ``usage`` holds the tokens the failed call spent.
+    """
+
+    repeats: bool = False
+
+    def __init__(self, message: str, *, usage: TokenUsage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class InvalidExtractionError(ExtractionError):
-    """An extractor's answer broke the schema or cited messages outside its batch."""
+    """An extractor's answer could not be read: off-schema, cut at max_tokens, or no answer."""
+
+    repeats = True
+
+
+class RejectedBatchError(ExtractionError):
+    """The API refused the batch itself (a 400 such as "prompt is too long", or a refusal)."""
+
+    repeats = True
 
 
 class ProcessingError(MemveeError):

@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "FACT_ACTIONS",
+    "BatchLimits",
     "BatchMessage",
     "ExtractedFact",
     "ExtractionBatch",
@@ -20,6 +21,8 @@ __all__ = [
     "Extractor",
     "FactAction",
     "KnownEntry",
+    "TokenUsage",
+    "estimate_tokens",
 ]
 
 FactAction = Literal["new", "same", "update", "invalidate"]
@@ -31,6 +34,45 @@ adds an entry that supersedes a known one (the user moved, changed jobs...);
 """
 
 FACT_ACTIONS: tuple[FactAction, ...] = ("new", "same", "update", "invalidate")
+
+
+_CHARS_PER_TOKEN = 4
+_TOKENS_PER_MESSAGE = 12
+"""What a message costs in the prompt beyond its words: its id, role, time and JSON."""
+
+
+def estimate_tokens(content: str) -> int:
+    """About how many prompt tokens a message of ``content`` costs, with its envelope.
+
+    A rough count (four characters a token) is enough to bound batches; it never calls a
+    tokenizer, so it is cheap on every append.
+    """
+    return len(content) // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """How big one extraction batch may be, and how often a lone message may fail.
+
+    A batch takes at most ``max_messages`` buffered messages and about ``max_tokens`` of
+    prompt (estimated by :func:`estimate_tokens`; one message is always taken, however
+    long). A message that fails alone ``max_attempts`` times is quarantined.
+    """
+
+    max_messages: int = 50
+    max_tokens: int = 20_000
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """The tokens one call spent: input, output, and the input read from or written to
+    the prompt cache (counted apart from ``input_tokens``, as the Messages API does)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +137,15 @@ class ExtractionResult:
     input_tokens: int | None = None
     output_tokens: int | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+    @property
+    def usage(self) -> TokenUsage:
+        """The tokens the extraction spent."""
+        return TokenUsage(
+            self.input_tokens, self.output_tokens, self.cache_read_tokens, self.cache_write_tokens
+        )
 
 
 @runtime_checkable
@@ -102,8 +153,11 @@ class Extractor(Protocol):
     """Turns a batch of messages into knowledge entries.
 
     ``extract`` runs on the engine's extraction loop (never on a user actor's thread);
-    it raises :class:`events.errors.ExtractionError` (or any exception) to fail the batch,
-    which returns the batch's messages to the buffer. ``aclose`` releases clients.
+    it raises :class:`events.errors.ExtractionError` to fail the batch, which returns the
+    batch's messages to the buffer. Set the error's ``repeats`` (or raise
+    :class:`~events.errors.InvalidExtractionError`) when the same batch would fail again:
+    the engine then splits it rather than backing off. Any other exception counts as
+    repeating, except ``OSError`` and ``TimeoutError``. ``aclose`` releases clients.
     """
 
     name: str

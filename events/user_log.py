@@ -1,17 +1,22 @@
 """The per-user log aggregate: the only place in memvee that decides.
 
 Read it as decide/evolve. The command methods (``add_message``, ``request_processing``,
-``start_next``, ``record_knowledge``, ``record_reextraction``, ``promote``,
-``record_failure``, ``close_interrupted``) check what may happen and emit events; each
-event's ``apply`` says how it changes the small state. The state holds ids and counters
-only, never message bodies, so snapshots stay small. ``record_knowledge`` also decides
-the knowledge lifecycle: which entries a batch adds, and which known entries it
-supersedes or invalidates (the extractor only advises).
+``start_next``, ``record_knowledge``, ``record_failure``, ``requeue``,
+``record_reextraction``, ``promote``, ``close_interrupted``) check what may happen and
+emit events; each event's ``apply`` says how it changes the small state. The state holds
+ids, counters and small hints, never message bodies, so snapshots stay small.
+
+``record_knowledge`` also decides the knowledge lifecycle: which entries a batch adds, and
+which known entries it supersedes or invalidates (the extractor only advises, and what
+it gets slightly wrong is repaired here and recorded). Processing is decided here too: a
+task covers what was buffered when it started, in bounded batches; a batch that fails in
+a way that would repeat is split, and a message that keeps failing alone is quarantined,
+so that no message can block the ones after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,17 +25,27 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
-from events.extraction import FACT_ACTIONS, ExtractedFact
+from events.extraction import (
+    FACT_ACTIONS,
+    BatchLimits,
+    BatchMessage,
+    ExtractedFact,
+    TokenUsage,
+    estimate_tokens,
+)
 
-__all__ = ["LIVE_KNOWLEDGE", "ROLES", "UserLog", "user_log_id"]
+__all__ = ["DEFAULT_LIMITS", "LIVE_KNOWLEDGE", "ROLES", "UserLog", "user_log_id"]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
+"""The roles a message may have."""
 
 LIVE_KNOWLEDGE = "live"
 """The name of the knowledge version that reads return by default."""
-"""The roles a message may have."""
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "https://memvee.dev/user-log")
+_NO_USAGE = TokenUsage()
+DEFAULT_LIMITS = BatchLimits()
+"""The batch limits used when a command is given none."""
 
 
 def user_log_id(user_id: str) -> UUID:
@@ -39,7 +54,16 @@ def user_log_id(user_id: str) -> UUID:
 
 
 class UserLog(Aggregate):
-    """One user's conversation and processing history."""
+    """One user's conversation and processing history.
+
+    The state: counters; ``pending`` (buffered messages with their log versions, in log
+    order), ``requested`` tasks, ``open_tasks`` (each running task's current batch) and
+    ``running`` (each running task's scope, trigger and batches so far); ``weights``
+    (estimated prompt tokens of messages not yet covered), ``caps`` (the most messages a
+    batch holding a message may have, after splits) and ``parked`` (messages that failed
+    alone, with the failures counted against them); ``quarantined`` messages; and the
+    ``valid_entries`` of each knowledge version.
+    """
 
     # ----------------------------------------------------------------- events (evolve)
 
@@ -60,6 +84,7 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             log.message_count = self.seq
             log.pending[self.message_id] = self.originator_version
+            log.weights[self.message_id] = estimate_tokens(self.content)
 
     class ProcessingRequested(Aggregate.Event):
         """A task was asked for; it waits (PENDING) until the log's owner starts it."""
@@ -71,18 +96,31 @@ class UserLog(Aggregate):
             log.requested[self.task_id] = self.trigger
 
     class ProcessingStarted(Aggregate.Event):
-        """The oldest requested task claimed every buffered message, in order."""
+        """A batch of a task claimed these buffered messages, in order.
+
+        The first batch (``batch`` 1) starts the task, which then covers what was buffered
+        at that point: each later batch claims the next part of it.
+        """
 
         task_id: str
         message_ids: list[str]
         trigger: str
+        batch: int = 1
 
         def apply(self, log: UserLog) -> None:
             log.requested.pop(self.task_id, None)
+            log.running.setdefault(
+                self.task_id, {"scope": self.originator_version, "trigger": self.trigger}
+            )["batches"] = self.batch
             log.open_tasks[self.task_id] = {m: log.pending.pop(m) for m in self.message_ids}
 
     class KnowledgeExtracted(Aggregate.Event):
-        """A task ended COMPLETED; its messages are covered by these entries for good."""
+        """A batch was extracted; its messages are covered by these entries for good.
+
+        ``final`` says that it was the task's last batch: the task ended COMPLETED.
+        ``repairs`` lists what the engine fixed in the extractor's answer beyond the
+        entries (each entry lists its own).
+        """
 
         task_id: str
         message_ids: list[str]
@@ -91,15 +129,73 @@ class UserLog(Aggregate):
         model: str | None
         input_tokens: int | None
         output_tokens: int | None
+        final: bool = True
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
+        repairs: list[str] | None = None
 
         def apply(self, log: UserLog) -> None:
-            del log.open_tasks[self.task_id]
+            log.settle(log.open_tasks.pop(self.task_id))
             log.knowledge_count += len(self.entries)
             for entry in self.entries:
                 log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
+            if self.final:
+                log.running.pop(self.task_id, None)
+
+    class BatchFailed(Aggregate.Event):
+        """A batch failed in a way that would repeat (an unreadable or truncated answer, a
+        refusal, a prompt too long); its messages return and the task goes on, splitting it.
+        """
+
+        task_id: str
+        error: str
+        extractor: str | None = None
+        model: str | None = None
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+
+        def apply(self, log: UserLog) -> None:
+            log.note_failure(log.return_to_buffer(self.task_id), counted=True)
+
+    class MessagesQuarantined(Aggregate.Event):
+        """Messages that kept failing alone left the buffer for quarantine, with the last
+        error; they stay there, visible, until requeued. ``final`` is as for extractions."""
+
+        task_id: str
+        message_ids: list[str]
+        error: str
+        attempts: int
+        final: bool
+        extractor: str | None = None
+        model: str | None = None
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+
+        def apply(self, log: UserLog) -> None:
+            batch = log.open_tasks.pop(self.task_id)
+            for message_id in self.message_ids:
+                log.quarantined[message_id] = batch[message_id]
+                log.caps.pop(message_id, None)
+                log.parked.pop(message_id, None)
+            if self.final:
+                log.running.pop(self.task_id, None)
+
+    class MessagesRequeued(Aggregate.Event):
+        """Quarantined messages went back to the buffer, to be extracted again."""
+
+        message_ids: list[str]
+
+        def apply(self, log: UserLog) -> None:
+            for message_id in self.message_ids:
+                log.pending[message_id] = log.quarantined.pop(message_id)
+            log.pending = dict(sorted(log.pending.items(), key=lambda item: item[1]))
 
     class KnowledgeReextracted(Aggregate.Event):
-        """Part of the history was extracted again into a separate knowledge version."""
+        """Part of the history was extracted again into a separate knowledge version.
+
+        ``request_id`` names the request that extracted it (a Message Batches
+        ``custom_id``), so that collecting the same results twice records them once.
+        """
 
         knowledge_version: str
         message_ids: list[str]
@@ -108,6 +204,10 @@ class UserLog(Aggregate):
         model: str | None
         input_tokens: int | None
         output_tokens: int | None
+        request_id: str | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
+        repairs: list[str] | None = None
 
         def apply(self, log: UserLog) -> None:
             count = log.knowledge_versions.get(self.knowledge_version, 0)
@@ -154,13 +254,20 @@ class UserLog(Aggregate):
             }
 
     class ProcessingFailed(Aggregate.Event):
-        """A task ended FAILED on an extractor or storage error; its messages return."""
+        """A task ended FAILED on an error that may pass (the API was down, slow or busy,
+        or storage failed); its batch returns to the buffer, split for the next try.
+
+        ``blamed`` says the batch (one message) failed while the API answered others, so
+        the failure counts against that message as well.
+        """
 
         task_id: str
         error: str
+        blamed: bool = False
 
         def apply(self, log: UserLog) -> None:
-            log.return_to_buffer(self.task_id)
+            log.note_failure(log.return_to_buffer(self.task_id), counted=self.blamed)
+            log.running.pop(self.task_id, None)
 
     class ProcessingInterrupted(Aggregate.Event):
         """A task was cut short (crash or shutdown) and closed as FAILED; messages return."""
@@ -171,6 +278,7 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             if log.requested.pop(self.task_id, None) is None:
                 log.return_to_buffer(self.task_id)
+                log.running.pop(self.task_id, None)
 
     # ------------------------------------------------------------------ state
 
@@ -183,15 +291,22 @@ class UserLog(Aggregate):
         self.knowledge_versions: dict[str, int] = {}
         self.open_tasks: dict[str, dict[str, int]] = {}
         self.valid_entries: dict[str, str] = {}
+        self.weights: dict[str, int] = {}
+        self.caps: dict[str, int] = {}
+        self.parked: dict[str, int] = {}
+        self.quarantined: dict[str, int] = {}
+        self.running: dict[str, dict[str, Any]] = {}
 
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
 
         Entries valid before the knowledge lifecycle are then unknown to the log, so an
         update naming one is recorded as a new entry: nothing is lost, only not linked.
+        Messages buffered before bounded batches weigh nothing in a batch's token budget.
         """
-        if not hasattr(self, "valid_entries"):
-            self.valid_entries = {}
+        for name in ("valid_entries", "weights", "caps", "parked", "quarantined", "running"):
+            if not hasattr(self, name):
+                setattr(self, name, {})
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -211,11 +326,32 @@ class UserLog(Aggregate):
         else:
             self.knowledge_versions[version] -= 1
 
-    def return_to_buffer(self, task_id: str) -> None:
-        """Evolve helper: a closed task's messages go back to the buffer in log order."""
+    def return_to_buffer(self, task_id: str) -> dict[str, int]:
+        """Evolve helper: a batch's messages go back to the buffer in log order."""
         returned = self.open_tasks.pop(task_id)
         merged = {**self.pending, **returned}
         self.pending = dict(sorted(merged.items(), key=lambda item: item[1]))
+        return returned
+
+    def settle(self, batch: Iterable[str]) -> None:
+        """Evolve helper: messages left the buffer for good; forget their hints."""
+        for message_id in batch:
+            self.weights.pop(message_id, None)
+            self.caps.pop(message_id, None)
+            self.parked.pop(message_id, None)
+
+    def note_failure(self, batch: dict[str, int], *, counted: bool) -> None:
+        """Evolve helper: a failed batch is split in two for the next tries; a message
+        that failed alone is parked, the failure counted against it when ``counted``."""
+        ordered = sorted(batch, key=batch.__getitem__)
+        if len(ordered) == 1:
+            (message_id,) = ordered
+            self.parked[message_id] = self.parked.get(message_id, 0) + int(counted)
+            return
+        half = (len(ordered) + 1) // 2
+        for part in (ordered[:half], ordered[half:]):
+            for message_id in part:
+                self.caps[message_id] = min(self.caps.get(message_id, len(part)), len(part))
 
     # ----------------------------------------------------------------- commands (decide)
 
@@ -234,19 +370,23 @@ class UserLog(Aggregate):
         return message_id
 
     def request_processing(self, task_id: str, trigger: str) -> bool:
-        """Queue task ``task_id``; an automatic one is dropped when a request already waits.
+        """Queue task ``task_id``; returns whether a request was recorded.
 
+        Nothing is recorded when nothing is buffered and no task runs or waits (the task
+        has nothing to do), nor for an automatic request while another request waits.
         Only ``manual`` requests always queue (the caller waits for that very task).
         """
         if task_id in self.requested or task_id in self.open_tasks:
             raise InvalidInputError(f"task {task_id} is already known")
+        if not (self.pending or self.open_tasks or self.requested):
+            return False
         if trigger != "manual" and self.requested:
             return False
         self.trigger_event(self.ProcessingRequested, task_id=task_id, trigger=trigger)
         return True
 
-    def start_next(self) -> tuple[str, str, list[str]] | None:
-        """Start the oldest requested task, claiming every buffered message.
+    def start_next(self, limits: BatchLimits = DEFAULT_LIMITS) -> tuple[str, str, list[str]] | None:
+        """Start the oldest requested task with its first batch of the buffered messages.
 
         One task runs at a time. A task that finds nothing buffered completes at once
         with no entries. Returns the task and the messages it claimed, or ``None``.
@@ -254,7 +394,7 @@ class UserLog(Aggregate):
         if self.open_tasks or not self.requested:
             return None
         task_id, trigger = next(iter(self.requested.items()))
-        message_ids = list(self.pending)
+        message_ids = self._next_batch(self.version + 1, limits)
         self.trigger_event(
             self.ProcessingStarted, task_id=task_id, message_ids=message_ids, trigger=trigger
         )
@@ -268,29 +408,93 @@ class UserLog(Aggregate):
         facts: Sequence[ExtractedFact],
         extractor: str,
         model: str | None = None,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        said_at: Mapping[str, datetime] | None = None,
+        usage: TokenUsage = _NO_USAGE,
+        *,
+        batch: Sequence[BatchMessage] = (),
+        limits: BatchLimits = DEFAULT_LIMITS,
     ) -> list[dict[str, Any]]:
-        """Close ``task_id`` as COMPLETED with ``facts``; each must cite messages of its batch.
+        """Cover the running batch of ``task_id`` with ``facts``, then go on with the
+        task's next batch, if any (see :attr:`open_tasks`); returns the new entries.
 
-        ``said_at`` gives the batch's message times: an entry is valid from the time its
-        newest source message was sent, and an entry it updates stops being valid then.
+        ``batch`` gives the batch's messages: an entry is valid from the time its newest
+        source message was sent, and an entry it updates stops being valid then.
         """
-        batch = self._open_task(task_id)
-        return self._record_facts(
+        claimed = self._open_task(task_id)
+        final = not self._left_in_scope(task_id)
+        entries = self._record_facts(
             self.KnowledgeExtracted,
             LIVE_KNOWLEDGE,
             facts,
-            f"task {task_id}",
-            said_at or {},
+            batch,
             task_id=task_id,
-            message_ids=list(batch),
+            message_ids=list(claimed),
             extractor=extractor,
             model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            final=final,
+            **_usage_fields(usage, cache=True),
         )
+        if not final:
+            self._start_batch(task_id, limits)
+        return entries
+
+    def record_failure(
+        self,
+        task_id: str,
+        error: str,
+        *,
+        repeats: bool = False,
+        blamed: bool = False,
+        usage: TokenUsage = _NO_USAGE,
+        extractor: str | None = None,
+        model: str | None = None,
+        limits: BatchLimits = DEFAULT_LIMITS,
+    ) -> list[str]:
+        """The running batch of ``task_id`` failed with ``error``; returns what was quarantined.
+
+        An error that ``repeats`` (the same batch would fail again) splits the batch and the
+        task goes on; any other error ends the task FAILED, its batch back in the buffer
+        and split for the next run. A message that failed alone ``limits.max_attempts``
+        times (errors that repeat, or that were ``blamed`` on it) is quarantined instead.
+        ``usage``, ``extractor`` and ``model`` record what the failed call spent.
+        """
+        claimed = self._open_task(task_id)
+        error = error or "unknown error"
+        spent = {"extractor": extractor, "model": model, **_usage_fields(usage, cache=False)}
+        if len(claimed) == 1 and (repeats or blamed):
+            (message_id,) = claimed
+            attempts = self.parked.get(message_id, 0) + 1
+            if attempts >= limits.max_attempts:
+                final = not self._left_in_scope(task_id)
+                self.trigger_event(
+                    self.MessagesQuarantined,
+                    task_id=task_id,
+                    message_ids=[message_id],
+                    error=error,
+                    attempts=attempts,
+                    final=final,
+                    **spent,
+                )
+                if not final:
+                    self._start_batch(task_id, limits)
+                return [message_id]
+        if repeats:
+            self.trigger_event(self.BatchFailed, task_id=task_id, error=error, **spent)
+            self._start_batch(task_id, limits)
+        else:
+            self.trigger_event(self.ProcessingFailed, task_id=task_id, error=error, blamed=blamed)
+        return []
+
+    def requeue(self, message_ids: Iterable[str] | None = None) -> list[str]:
+        """Put quarantined messages (by default all of them) back in the buffer."""
+        chosen = list(self.quarantined if message_ids is None else dict.fromkeys(message_ids))
+        unknown = [m for m in chosen if m not in self.quarantined]
+        if unknown:
+            raise InvalidInputError(
+                f"user {self.user_id!r} has no quarantined message {unknown[0]!r}"
+            )
+        if chosen:
+            self.trigger_event(self.MessagesRequeued, message_ids=chosen)
+        return chosen
 
     def record_reextraction(
         self,
@@ -299,9 +503,10 @@ class UserLog(Aggregate):
         facts: Sequence[ExtractedFact],
         extractor: str,
         model: str | None = None,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        said_at: Mapping[str, datetime] | None = None,
+        usage: TokenUsage = _NO_USAGE,
+        *,
+        batch: Sequence[BatchMessage] = (),
+        request_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
 
@@ -313,14 +518,13 @@ class UserLog(Aggregate):
             self.KnowledgeReextracted,
             knowledge_version,
             facts,
-            f"version {knowledge_version}",
-            said_at or {},
+            batch,
             knowledge_version=knowledge_version,
             message_ids=list(message_ids),
             extractor=extractor,
             model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
+            request_id=request_id,
+            **_usage_fields(usage, cache=True),
         )
 
     def _record_facts(
@@ -328,42 +532,78 @@ class UserLog(Aggregate):
         event: type[Aggregate.Event],
         version: str,
         facts: Sequence[ExtractedFact],
-        what: str,
-        said_at: Mapping[str, datetime],
+        batch: Sequence[BatchMessage],
         **fields: Any,
     ) -> list[dict[str, Any]]:
-        """Check ``facts`` against the batch, decide their lifecycle in ``version``, and emit
-        ``event`` with the new entries, then the ends of the entries they replaced."""
-        _check_facts(facts, frozenset(fields["message_ids"]), what)
-        plan = self._plan(facts, version)
-        entries = _entries(plan.added, said_at)
-        self.trigger_event(event, entries=entries, **fields)
+        """Repair ``facts`` against the batch (``fields["message_ids"]``), decide their
+        lifecycle in ``version``, and emit ``event`` with the new entries, then the ends of
+        the entries they replaced."""
+        message_ids: list[str] = fields["message_ids"]
+        said_at = {m.message_id: m.sent_at for m in batch}
+        fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
+        plan = self._plan(facts, version, frozenset(message_ids), fallback)
+        entries = _entries(plan, said_at)
+        self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         self._end_replaced(plan, entries, version, said_at)
         return entries
 
-    def _plan(self, facts: Sequence[ExtractedFact], version: str) -> _Plan:
-        """Decide what each fact does to ``version``'s valid entries.
+    def _plan(
+        self,
+        facts: Sequence[ExtractedFact],
+        version: str,
+        allowed: frozenset[str],
+        fallback: list[str],
+    ) -> _Plan:
+        """Decide what each fact does to ``version``'s valid entries, repairing what the
+        extractor got slightly wrong (each repair is noted) rather than losing the batch.
 
-        An extractor's answer is advice: a target that is not a valid entry of the version
-        (or was already ended by an earlier fact) turns an update into a plain new entry
-        and drops a repeat or an invalidation, so a confused extractor cannot lose facts.
+        A target that is not a valid entry of the version (or was already ended by an
+        earlier fact) turns the fact into a new entry, so a confused extractor cannot lose
+        facts; citations outside the batch are dropped; a fact left citing nothing cites
+        the batch's user messages. Only a fact with no text is dropped.
         """
         valid = {e for e, v in self.valid_entries.items() if v == version}
         plan = _Plan()
-        for fact in facts:
+        for index, fact in enumerate(facts):
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
-            target = fact.target_entry_id if fact.target_entry_id in valid else None
-            if fact.action == "new" or (fact.action == "update" and target is None):
-                plan.added.append(fact)
-                plan.replaces.append(None)
-            elif fact.action == "update" and target is not None:
+            text = fact.text.strip()
+            if not text:
+                plan.repairs.append(f"fact {index} had no text; it was dropped")
+                continue
+            notes: list[str] = []
+            sources = list(dict.fromkeys(fact.source_message_ids))
+            outside = [m for m in sources if m not in allowed]
+            if outside:
+                sources = [m for m in sources if m in allowed]
+                notes.append(f"dropped citations outside the batch: {', '.join(outside)}")
+            if not sources:
+                sources = list(fallback)
+                notes.append("cited no message of its batch; cites the batch's user messages")
+            target = fact.target_entry_id
+            action = fact.action
+            if action == "new" and target is not None:
+                notes.append(f"was new with a target ({target}); the target was ignored")
+            elif action != "new" and target not in valid:
+                notes.append(
+                    f"was {action!r} of {target or 'no entry'}, not a current entry; "
+                    "recorded as new"
+                )
+                action = "new"
+            repaired = ExtractedFact(text, tuple(sources), action, target)
+            if action == "new":
+                plan.add(repaired, None, notes)
+            elif action == "update":
+                assert target is not None
                 valid.discard(target)
-                plan.added.append(fact)
-                plan.replaces.append(target)
-            elif fact.action == "invalidate" and target is not None:
+                plan.add(repaired, target, notes)
+            elif action == "invalidate":
+                assert target is not None
                 valid.discard(target)
-                plan.invalidated.append((target, fact))
+                plan.invalidated.append((target, repaired))
+                plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
+            else:
+                plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
         return plan
 
     def _end_replaced(
@@ -371,7 +611,7 @@ class UserLog(Aggregate):
         plan: _Plan,
         entries: list[dict[str, Any]],
         version: str,
-        said_at: Mapping[str, datetime],
+        said_at: dict[str, datetime],
     ) -> None:
         """Emit the ends of the entries that the new ones replaced or the batch invalidated."""
         for replaced, entry in zip(plan.replaces, entries, strict=True):
@@ -384,12 +624,12 @@ class UserLog(Aggregate):
                     valid_until=datetime.fromisoformat(entry["valid_from"]),
                 )
         for target, fact in plan.invalidated:
-            sources = list(dict.fromkeys(fact.source_message_ids))
+            sources = list(fact.source_message_ids)
             self.trigger_event(
                 self.KnowledgeInvalidated,
                 entry_id=target,
                 knowledge_version=version,
-                reason=fact.text.strip(),
+                reason=fact.text,
                 source_message_ids=sources,
                 valid_until=_said(sources, said_at),
             )
@@ -405,11 +645,6 @@ class UserLog(Aggregate):
             knowledge_version=knowledge_version,
             knowledge_count=self.knowledge_versions[knowledge_version],
         )
-
-    def record_failure(self, task_id: str, error: str) -> None:
-        """Close ``task_id`` as FAILED; its messages return to the buffer for the next run."""
-        self._open_task(task_id)
-        self.trigger_event(self.ProcessingFailed, task_id=task_id, error=error or "unknown error")
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every running one) as FAILED with ``reason``.
@@ -431,53 +666,101 @@ class UserLog(Aggregate):
                 f"user {self.user_id!r} has no running task {task_id!r}"
             ) from None
 
+    def _left_in_scope(self, task_id: str) -> bool:
+        """Whether buffered messages of the running task's scope wait for a later batch.
+
+        A task started by an older memvee (no scope known) ends with its one batch.
+        """
+        task = self.running.get(task_id)
+        return task is not None and any(v < task["scope"] for v in self.pending.values())
+
+    def _start_batch(self, task_id: str, limits: BatchLimits) -> None:
+        """Go on with the task's next batch (its scope still holds buffered messages)."""
+        task = self.running[task_id]
+        self.trigger_event(
+            self.ProcessingStarted,
+            task_id=task_id,
+            message_ids=self._next_batch(task["scope"], limits),
+            trigger=task["trigger"],
+            batch=task["batches"] + 1,
+        )
+
+    def _next_batch(self, scope: int, limits: BatchLimits) -> list[str]:
+        """The next batch of buffered messages older than ``scope``, in log order.
+
+        At most ``limits.max_messages`` messages (fewer where a split capped them) and about
+        ``limits.max_tokens`` of prompt, one message at least. Parked messages (which
+        failed alone) wait until nothing else is left, then go one at a time, so that no
+        message blocks the ones after it.
+        """
+        batch: list[str] = []
+        parked: str | None = None
+        cap, tokens = limits.max_messages, 0
+        for message_id, version in self.pending.items():
+            if version >= scope:
+                break
+            if message_id in self.parked:
+                parked = parked or message_id
+                continue
+            cap = min(cap, self.caps.get(message_id, cap))
+            weight = self.weights.get(message_id, 0)
+            if len(batch) >= cap or (batch and tokens + weight > limits.max_tokens):
+                break
+            batch.append(message_id)
+            tokens += weight
+        if not batch and parked is not None:
+            return [parked]
+        return batch
+
 
 @dataclass
 class _Plan:
-    """What a batch's facts do: entries to add (each maybe replacing one) and entries to end."""
+    """What a batch's facts do: entries to add (each maybe replacing one, with the repairs
+    made to it), entries to end, and repairs of facts that added no entry."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     replaces: list[str | None] = field(default_factory=list)
+    notes: list[list[str]] = field(default_factory=list)
     invalidated: list[tuple[str, ExtractedFact]] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+    def add(self, fact: ExtractedFact, replaces: str | None, notes: list[str]) -> None:
+        self.added.append(fact)
+        self.replaces.append(replaces)
+        self.notes.append(notes)
 
 
-def _said(sources: Sequence[str], said_at: Mapping[str, datetime]) -> datetime:
+def _usage_fields(usage: TokenUsage, *, cache: bool) -> dict[str, int | None]:
+    """An event's token fields from ``usage`` (the cache counts only where the event has them)."""
+    fields = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if cache:
+        fields["cache_read_tokens"] = usage.cache_read_tokens
+        fields["cache_write_tokens"] = usage.cache_write_tokens
+    return fields
+
+
+def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
     """When the newest of ``sources`` was sent (now, if the times are not known)."""
     times = [said_at[m] for m in sources if m in said_at]
     return max(times) if times else datetime.now(UTC)
 
 
-def _entries(
-    facts: Sequence[ExtractedFact], said_at: Mapping[str, datetime]
-) -> list[dict[str, Any]]:
-    """Knowledge entries for ``facts``, each with a new id and the time it became valid."""
+def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
+    """Knowledge entries for the facts ``plan`` adds, each with a new id, the time it
+    became valid and (when there were any) the repairs made to it."""
     entries = []
-    for fact in facts:
-        sources = list(dict.fromkeys(fact.source_message_ids))
-        entries.append(
-            {
-                "entry_id": str(uuid4()),
-                "text": fact.text.strip(),
-                "source_message_ids": sources,
-                "valid_from": _said(sources, said_at).isoformat(),
-            }
-        )
+    for fact, notes in zip(plan.added, plan.notes, strict=True):
+        sources = list(fact.source_message_ids)
+        entry: dict[str, Any] = {
+            "entry_id": str(uuid4()),
+            "text": fact.text,
+            "source_message_ids": sources,
+            "valid_from": _said(sources, said_at).isoformat(),
+        }
+        if notes:
+            entry["repairs"] = notes
+        entries.append(entry)
     return entries
-
-
-def _check_facts(facts: Sequence[ExtractedFact], allowed: frozenset[str], what: str) -> None:
-    """Every fact must have text and cite at least one message, all of them in ``allowed``."""
-    for fact in facts:
-        text = fact.text.strip()
-        if not text:
-            raise InvalidExtractionError(f"{what}: a fact has empty text")
-        if not fact.source_message_ids:
-            raise InvalidExtractionError(f"{what}: fact {text!r} cites no message")
-        unknown = [m for m in dict.fromkeys(fact.source_message_ids) if m not in allowed]
-        if unknown:
-            raise InvalidExtractionError(
-                f"{what}: fact {text!r} cites messages outside its batch: {', '.join(unknown)}"
-            )
 
 
 def check_user_id(user_id: object) -> str:

@@ -7,11 +7,13 @@ in the background, and hands the knowledge back, each entry traceable to its mes
 
 from actors.erasure import ForgetReceipt
 from events.extraction import (
+    BatchLimits,
     BatchMessage,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
     Extractor,
+    TokenUsage,
 )
 from memvee._config import MemoryConfig
 from memvee._memory import Memory
@@ -27,12 +29,20 @@ from memvee.errors import (
     MemveeError,
     ProcessingError,
     ProcessingTimeoutError,
+    RejectedBatchError,
     StorageError,
     UnknownTaskError,
 )
-from projections.models import BufferedMessage, KnowledgeEntry, Message, UserSummary
+from projections.models import (
+    BufferedMessage,
+    KnowledgeEntry,
+    Message,
+    QuarantinedMessage,
+    UserSummary,
+)
 
 __all__ = [
+    "BatchLimits",
     "BatchMessage",
     "BufferedMessage",
     "ConflictError",
@@ -55,10 +65,13 @@ __all__ = [
     "ProcessTask",
     "ProcessingError",
     "ProcessingTimeoutError",
+    "QuarantinedMessage",
+    "RejectedBatchError",
     "RetrievalResult",
     "RetrievedEntry",
     "RetrievedMessage",
     "StorageError",
+    "TokenUsage",
     "UnknownTaskError",
     "UserSummary",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from events import Durability, InvalidInputError
+from events import BatchLimits, Durability, InvalidInputError
 
 __all__ = ["MemoryConfig"]
 
@@ -24,6 +24,14 @@ class MemoryConfig:
     ``durability="full"`` (the default) keeps every acknowledged message across a process
     kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a
     process kill only and is about twice as fast.
+
+    Extraction goes in bounded batches of at most ``max_batch_messages`` messages and
+    about ``max_batch_tokens`` of prompt. A batch that fails in a way that would repeat is
+    split; a message that fails alone ``max_attempts`` times is quarantined. After a
+    failure that may pass, a user's automatic runs wait ``retry_delay`` seconds, doubling
+    up to ``retry_delay_max``; ``breaker_failures`` such failures in a row pause every
+    user's extraction for ``breaker_cooldown`` seconds (doubling while the API stays down),
+    then one run probes the API.
     """
 
     db_path: str = "memvee.db"
@@ -44,6 +52,13 @@ class MemoryConfig:
     lease_ttl: float = 10.0
     pool_size: int = 10
     actor_threads: int = 8
+    max_batch_messages: int = 50
+    max_batch_tokens: int = 20_000
+    max_attempts: int = 3
+    retry_delay: float = 1.0
+    retry_delay_max: float = 300.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 2.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -57,6 +72,13 @@ class MemoryConfig:
             "lease_ttl": self.lease_ttl,
             "pool_size": self.pool_size,
             "actor_threads": self.actor_threads,
+            "max_batch_messages": self.max_batch_messages,
+            "max_batch_tokens": self.max_batch_tokens,
+            "max_attempts": self.max_attempts,
+            "retry_delay": self.retry_delay,
+            "retry_delay_max": self.retry_delay_max,
+            "breaker_failures": self.breaker_failures,
+            "breaker_cooldown": self.breaker_cooldown,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -67,6 +89,11 @@ class MemoryConfig:
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"
             )
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        """The bounds of one extraction batch."""
+        return BatchLimits(self.max_batch_messages, self.max_batch_tokens, self.max_attempts)
 
     @property
     def uses_leases(self) -> bool:

@@ -41,7 +41,13 @@ from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever
 from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder
-from projections import BufferedMessage, KnowledgeEntry, Message, UserSummary
+from projections import (
+    BufferedMessage,
+    KnowledgeEntry,
+    Message,
+    QuarantinedMessage,
+    UserSummary,
+)
 
 __all__ = ["SHUTDOWN_REASON", "Memory"]
 
@@ -121,6 +127,7 @@ class Memory:
                 batch_threshold=cfg.batch_threshold,
                 max_content_chars=cfg.max_content_chars,
                 snapshot_interval=cfg.snapshot_interval,
+                limits=cfg.batch_limits,
             ),
             idle_timeout=cfg.idle_timeout,
             max_live_actors=cfg.max_live_actors,
@@ -131,6 +138,10 @@ class Memory:
             extraction_concurrency=cfg.extraction_concurrency,
             extraction_timeout=cfg.extraction_timeout,
             commit_batch_max=cfg.commit_batch_max,
+            retry_delay=cfg.retry_delay,
+            retry_delay_max=cfg.retry_delay_max,
+            breaker_failures=cfg.breaker_failures,
+            breaker_cooldown=cfg.breaker_cooldown,
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
@@ -368,9 +379,34 @@ class Memory:
         return receipt
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
-        """The user's messages not yet covered by knowledge, in order."""
+        """The user's messages not yet covered by knowledge (nor quarantined), in order."""
         check_user_id(user_id)
         return await self._read(lambda c, r: r.buffer(c, user_id))
+
+    async def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
+        """The user's messages that kept failing extraction, each with its last error.
+
+        They were set aside so that they block nothing after them; every other message
+        is covered by knowledge or still buffered. :meth:`requeue` puts them back.
+        """
+        check_user_id(user_id)
+        return await self._read(lambda c, r: r.quarantined(c, user_id))
+
+    async def requeue(self, user_id: str, message_ids: list[str] | None = None) -> int:
+        """Put the user's quarantined messages (or those of ``message_ids``) back in the
+        buffer, for the next run to extract; returns how many went back.
+
+        An id that is not quarantined raises :class:`InvalidInputError` and nothing moves.
+        """
+        check_user_id(user_id)
+        if message_ids is not None and (
+            isinstance(message_ids, str) or not all(isinstance(m, str) for m in message_ids)
+        ):
+            raise InvalidInputError("message_ids must be a list of message id strings")
+        engine, loop = self._running()
+        chosen = None if message_ids is None else list(message_ids)
+        returned: list[str] = await engine.directory.call_async(loop, user_id, "requeue", chosen)
+        return len(returned)
 
     async def user(self, user_id: str) -> UserSummary | None:
         """Counters of the user's log, or ``None`` if nothing was ever written for them."""
@@ -456,7 +492,7 @@ class Memory:
                 if task is None:
                     continue
                 if record.status == "RUNNING":
-                    task._mark_running(len(record.message_ids))
+                    task._mark_running(record.message_count)
                 elif record.status in ("COMPLETED", "FAILED"):
                     del self._remote[record.task_id]
                     self._finish(
@@ -500,7 +536,7 @@ class Memory:
             status=ProcessStatus(record.status),
             knowledge_count=record.knowledge_count,
             error=record.error,
-            message_count=len(record.message_ids),
+            message_count=record.message_count,
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -72,9 +72,10 @@ class SourceMessage:
 class Provenance:
     """How a knowledge entry came to be: its words, its task and batch, its extractor.
 
-    ``replaced_by`` is the chain of entries that superseded it (nearest first),
-    ``supersedes`` the entries it replaced; ``valid_until`` and ``ended_reason`` say when
-    and why it stopped being valid.
+    ``batch`` lists the messages of the batch it was extracted from, and ``repairs`` what
+    the engine fixed in the extractor's answer to record it. ``replaced_by`` is the chain
+    of entries that superseded it (nearest first), ``supersedes`` the entries it replaced;
+    ``valid_until`` and ``ended_reason`` say when and why it stopped being valid.
     """
 
     entry_id: str
@@ -95,6 +96,9 @@ class Provenance:
     valid_from: datetime
     valid_until: datetime | None
     ended_reason: str | None
+    repairs: list[str] = field(default_factory=list)
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +177,9 @@ class Audit:
     def explain(self, user_id: str, entry_id: str) -> Provenance:
         """The provenance of one knowledge entry, current or ended, of any version.
 
-        Read from the projections (which ``verify`` proves equal to the log), so it is a
-        few lookups however long the user's history is.
+        Read from the projections (which ``verify`` proves equal to the log) and from the
+        one event that recorded the entry, so it is a few lookups however long the user's
+        history is.
         """
         check_user_id(user_id)
         reader = self._reader
@@ -191,6 +196,10 @@ class Audit:
             supersedes = reader.predecessors(connection, user_id, entry_id)
             version = reader.entry_version(connection, user_id, entry_id)
         task = task or {}
+        recorded = self.store.events_of(user_id, after=version - 1, upto=version)
+        event: Any = recorded[0] if recorded else None
+        entries: list[dict[str, Any]] = getattr(event, "entries", [])
+        stored = next((e for e in entries if e["entry_id"] == entry_id), {})
         return Provenance(
             entry_id=entry_id,
             user_id=user_id,
@@ -200,11 +209,11 @@ class Audit:
             ],
             task_id=entry.task_id,
             trigger=task.get("trigger") or "",
-            batch=list(task.get("message_ids") or []),
+            batch=list(getattr(event, "message_ids", ())),
             extractor=entry.extractor,
             model=entry.model,
-            input_tokens=task.get("input_tokens"),
-            output_tokens=task.get("output_tokens"),
+            input_tokens=getattr(event, "input_tokens", None),
+            output_tokens=getattr(event, "output_tokens", None),
             extracted_at=entry.extracted_at,
             version=version,
             replaced_by=replaced_by,
@@ -212,6 +221,9 @@ class Audit:
             valid_from=entry.valid_from,
             valid_until=entry.valid_until,
             ended_reason=entry.ended_reason,
+            repairs=list(stored.get("repairs", ())),
+            cache_read_tokens=getattr(event, "cache_read_tokens", None),
+            cache_write_tokens=getattr(event, "cache_write_tokens", None),
         )
 
     def export(self, user_id: str) -> Iterator[str]:
@@ -293,7 +305,6 @@ class Audit:
         known = await asyncio.to_thread(self._known, user_id, version)
         result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
         ids = [m.message_id for m in batch]
-        said_at = {m.message_id: m.sent_at for m in batch}
 
         def record(user_log: UserLog) -> int:
             entries = user_log.record_reextraction(
@@ -302,9 +313,8 @@ class Audit:
                 result.facts,
                 result.extractor,
                 result.model,
-                result.input_tokens,
-                result.output_tokens,
-                said_at,
+                result.usage,
+                batch=batch,
             )
             return len(entries)
 

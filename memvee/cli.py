@@ -187,7 +187,7 @@ def state(
             t.task_id[:8],
             t.trigger,
             t.status,
-            str(len(t.message_ids)),
+            str(t.message_count),
             str(t.knowledge_count),
             t.error or "",
         )
@@ -221,6 +221,7 @@ def explain(
         + (f" / {found.model}" if found.model else "")
         + (
             f", tokens {found.input_tokens} in / {found.output_tokens} out"
+            + (f" / {found.cache_read_tokens} cached" if found.cache_read_tokens else "")
             if found.input_tokens is not None
             else ""
         )
@@ -233,6 +234,8 @@ def explain(
     console.print(f"valid from {found.valid_from:%Y-%m-%d %H:%M:%S} until {until}")
     if found.ended_reason:
         console.print(f"ended: {found.ended_reason}")
+    for repair in found.repairs:
+        console.print(f"repaired: {repair}")
     console.print(
         f"batch of {len(found.batch)} messages; "
         f"replaced by: {', '.join(found.replaced_by) or 'none'}; "

@@ -9,6 +9,7 @@ from events.errors import (
     MemveeError,
     ProcessingError,
     ProcessingTimeoutError,
+    RejectedBatchError,
     StorageError,
     UnknownTaskError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "MemveeError",
     "ProcessingError",
     "ProcessingTimeoutError",
+    "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
 ]

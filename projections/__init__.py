@@ -4,7 +4,14 @@ Every table here is a projection: it can be dropped and rebuilt from the log
 (:func:`rebuild`), and :func:`verify` proves the rebuilt rows equal the live ones.
 """
 
-from projections.models import BufferedMessage, KnowledgeEntry, Message, TaskRecord, UserSummary
+from projections.models import (
+    BufferedMessage,
+    KnowledgeEntry,
+    Message,
+    QuarantinedMessage,
+    TaskRecord,
+    UserSummary,
+)
 from projections.projector import SCHEMA_VERSION, Projector
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
@@ -26,6 +33,7 @@ __all__ = [
     "ProjectionReader",
     "ProjectionTables",
     "Projector",
+    "QuarantinedMessage",
     "SearchIndex",
     "TaskRecord",
     "UserState",

@@ -29,7 +29,9 @@ __all__ = [
     "citations_fold",
     "knowledge_fold",
     "messages_fold",
+    "quarantine_fold",
     "tasks_fold",
+    "usage_fold",
     "users_fold",
 ]
 
@@ -76,40 +78,64 @@ class Statements:
         self.buffer_release = (
             b.update().where(b.c.task_id == bindparam("b_task_id")).values(task_id=None)
         )
+        self.buffer_quarantined = (
+            b.update()
+            .where(b.c.message_id == bindparam("b_message_id"))
+            .values(task_id=None, quarantined=1)
+        )
+        self.buffer_requeued = (
+            b.update().where(b.c.message_id == bindparam("b_message_id")).values(quarantined=0)
+        )
+        q = t.quarantine
+        self.quarantine_insert = q.insert()
+        self.quarantine_delete = q.delete().where(q.c.message_id == bindparam("b_message_id"))
+        self.usage_insert = t.usage.insert()
         k = t.tasks
         self.task_insert = k.insert()
         self.task_started = (
             k.update()
             .where(k.c.task_id == bindparam("b_task_id"))
-            .values(
-                status="RUNNING",
-                message_ids=bindparam("b_message_ids"),
-                started_at=bindparam("b_at"),
-            )
+            .values(status="RUNNING", batches=1, started_at=bindparam("b_at"))
+        )
+        self.task_next_batch = (
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
+            .values(batches=bindparam("b_batch"))
+        )
+        progressed: dict[str, Any] = {
+            "knowledge_count": k.c.knowledge_count + bindparam("b_count"),
+            "message_count": k.c.message_count + bindparam("b_covered"),
+        }
+        finished: dict[str, Any] = {
+            "finished_at": bindparam("b_at"),
+            "finished_version": bindparam("b_version"),
+        }
+        extracted_by: dict[str, Any] = {
+            "extractor": bindparam("b_extractor"),
+            "model": bindparam("b_model"),
+        }
+        self.task_progressed = (
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
+            .values(**progressed, **extracted_by)
         )
         self.task_completed = (
             k.update()
             .where(k.c.task_id == bindparam("b_task_id"))
-            .values(
-                status="COMPLETED",
-                knowledge_count=bindparam("b_count"),
-                finished_at=bindparam("b_at"),
-                finished_version=bindparam("b_version"),
-                extractor=bindparam("b_extractor"),
-                model=bindparam("b_model"),
-                input_tokens=bindparam("b_input_tokens"),
-                output_tokens=bindparam("b_output_tokens"),
-            )
+            .values(status="COMPLETED", **progressed, **extracted_by, **finished)
+        )
+        self.task_quarantined = (
+            k.update().where(k.c.task_id == bindparam("b_task_id")).values(**progressed)
+        )
+        self.task_quarantined_last = (
+            k.update()
+            .where(k.c.task_id == bindparam("b_task_id"))
+            .values(status="COMPLETED", **progressed, **finished)
         )
         self.task_failed = (
             k.update()
             .where(k.c.task_id == bindparam("b_task_id"))
-            .values(
-                status="FAILED",
-                error=bindparam("b_error"),
-                finished_at=bindparam("b_at"),
-                finished_version=bindparam("b_version"),
-            )
+            .values(status="FAILED", error=bindparam("b_error"), **finished)
         )
         self.knowledge_insert = t.knowledge.insert()
         kn = t.knowledge
@@ -156,14 +182,33 @@ class Statements:
         self.user_promoted = (
             u.update().where(where_user).values(**touched, knowledge_count=bindparam("b_count"))
         )
-        self.user_completed = (
+        self.user_extracted = (
             u.update()
             .where(where_user)
             .values(
                 **touched,
                 buffered_count=u.c.buffered_count - bindparam("b_covered"),
                 knowledge_count=u.c.knowledge_count + bindparam("b_count"),
-                tasks_completed=u.c.tasks_completed + 1,
+                tasks_completed=u.c.tasks_completed + bindparam("b_final"),
+            )
+        )
+        self.user_quarantined = (
+            u.update()
+            .where(where_user)
+            .values(
+                **touched,
+                buffered_count=u.c.buffered_count - bindparam("b_moved"),
+                quarantined_count=u.c.quarantined_count + bindparam("b_moved"),
+                tasks_completed=u.c.tasks_completed + bindparam("b_final"),
+            )
+        )
+        self.user_requeued = (
+            u.update()
+            .where(where_user)
+            .values(
+                **touched,
+                buffered_count=u.c.buffered_count + bindparam("b_moved"),
+                quarantined_count=u.c.quarantined_count - bindparam("b_moved"),
             )
         )
         self.user_entry_ended = (
@@ -183,7 +228,7 @@ def buffer_fold(s: Statements, r: Recorded) -> Sequence[Op]:
 
 
 def _buffer_message(s: Statements, e: Any) -> tuple[Op, ...]:
-    return ((s.buffer_insert, {**_message_values(e), "task_id": None}),)
+    return ((s.buffer_insert, {**_message_values(e), "task_id": None, "quarantined": 0}),)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -217,14 +262,59 @@ def _buffer_release(s: Statements, e: Any) -> tuple[Op, ...]:
     return ((s.buffer_release, {"b_task_id": e.task_id}),)
 
 
+def _buffer_quarantined(s: Statements, e: Any) -> tuple[Op, ...]:
+    return tuple((s.buffer_quarantined, {"b_message_id": m}) for m in e.message_ids)
+
+
+def _buffer_requeued(s: Statements, e: Any) -> tuple[Op, ...]:
+    return tuple((s.buffer_requeued, {"b_message_id": m}) for m in e.message_ids)
+
+
 _BUFFER = _Handlers(
     {
         UserLog.MessageAdded: _buffer_message,
         UserLog.ProcessingStarted: _buffer_claim,
         UserLog.KnowledgeExtracted: _buffer_covered,
+        UserLog.BatchFailed: _buffer_release,
         UserLog.ProcessingFailed: _buffer_release,
         UserLog.ProcessingInterrupted: _buffer_release,
+        UserLog.MessagesQuarantined: _buffer_quarantined,
+        UserLog.MessagesRequeued: _buffer_requeued,
     }
+)
+
+
+def quarantine_fold(s: Statements, r: Recorded) -> Sequence[Op]:
+    """Messages that kept failing, with the last error, until they are requeued."""
+    handler = _QUARANTINE[type(r.event)]
+    return _NONE if handler is None else handler(s, r.event)
+
+
+def _quarantined(s: Statements, e: Any) -> tuple[Op, ...]:
+    log_id = _log_id(e.originator_id)
+    return tuple(
+        (
+            s.quarantine_insert,
+            {
+                "message_id": m,
+                "log_id": log_id,
+                "task_id": e.task_id,
+                "error": e.error,
+                "attempts": e.attempts,
+                "quarantined_at": e.timestamp,
+                "version": e.originator_version,
+            },
+        )
+        for m in e.message_ids
+    )
+
+
+def _requeued(s: Statements, e: Any) -> tuple[Op, ...]:
+    return tuple((s.quarantine_delete, {"b_message_id": m}) for m in e.message_ids)
+
+
+_QUARANTINE = _Handlers(
+    {UserLog.MessagesQuarantined: _quarantined, UserLog.MessagesRequeued: _requeued}
 )
 
 
@@ -243,7 +333,8 @@ def _task_requested(s: Statements, e: Any) -> tuple[Op, ...]:
                 "log_id": _log_id(e.originator_id),
                 "trigger": e.trigger,
                 "status": "PENDING",
-                "message_ids": [],
+                "message_count": 0,
+                "batches": 0,
                 "knowledge_count": 0,
                 "error": None,
                 "requested_at": e.timestamp,
@@ -253,70 +344,101 @@ def _task_requested(s: Statements, e: Any) -> tuple[Op, ...]:
                 "finished_version": None,
                 "extractor": None,
                 "model": None,
-                "input_tokens": None,
-                "output_tokens": None,
             },
         ),
     )
 
 
 def _task_started(s: Statements, e: Any) -> tuple[Op, ...]:
-    return (
-        (
-            s.task_started,
-            {
-                "b_task_id": e.task_id,
-                "b_message_ids": list(e.message_ids),
-                "b_at": e.timestamp,
-            },
-        ),
-    )
+    if e.batch > 1:
+        return ((s.task_next_batch, {"b_task_id": e.task_id, "b_batch": e.batch}),)
+    return ((s.task_started, {"b_task_id": e.task_id, "b_at": e.timestamp}),)
 
 
-def _task_completed(s: Statements, e: Any) -> tuple[Op, ...]:
-    return (
-        (
-            s.task_completed,
-            {
-                "b_task_id": e.task_id,
-                "b_count": len(e.entries),
-                "b_at": e.timestamp,
-                "b_version": e.originator_version,
-                "b_extractor": e.extractor,
-                "b_model": e.model,
-                "b_input_tokens": e.input_tokens,
-                "b_output_tokens": e.output_tokens,
-            },
-        ),
-    )
+def _task_extracted(s: Statements, e: Any) -> tuple[Op, ...]:
+    values = {
+        "b_task_id": e.task_id,
+        "b_count": len(e.entries),
+        "b_covered": len(e.message_ids),
+        "b_extractor": e.extractor,
+        "b_model": e.model,
+    }
+    if not e.final:
+        return ((s.task_progressed, values),)
+    return ((s.task_completed, {**values, **_finished(e)}),)
+
+
+def _task_quarantined(s: Statements, e: Any) -> tuple[Op, ...]:
+    values = {"b_task_id": e.task_id, "b_count": 0, "b_covered": len(e.message_ids)}
+    if not e.final:
+        return ((s.task_quarantined, values),)
+    return ((s.task_quarantined_last, {**values, **_finished(e)}),)
 
 
 def _task_failed(s: Statements, e: Any) -> tuple[Op, ...]:
-    return ((s.task_failed, _failed(e.task_id, e.error, e)),)
+    return ((s.task_failed, {"b_task_id": e.task_id, "b_error": e.error, **_finished(e)}),)
 
 
 def _task_interrupted(s: Statements, e: Any) -> tuple[Op, ...]:
-    return ((s.task_failed, _failed(e.task_id, e.reason, e)),)
+    return ((s.task_failed, {"b_task_id": e.task_id, "b_error": e.reason, **_finished(e)}),)
 
 
-def _failed(task_id: str, error: str, e: Any) -> dict[str, Any]:
-    return {
-        "b_task_id": task_id,
-        "b_error": error,
-        "b_at": e.timestamp,
-        "b_version": e.originator_version,
-    }
+def _finished(e: Any) -> dict[str, Any]:
+    return {"b_at": e.timestamp, "b_version": e.originator_version}
 
 
 _TASKS = _Handlers(
     {
         UserLog.ProcessingRequested: _task_requested,
         UserLog.ProcessingStarted: _task_started,
-        UserLog.KnowledgeExtracted: _task_completed,
+        UserLog.KnowledgeExtracted: _task_extracted,
+        UserLog.MessagesQuarantined: _task_quarantined,
         UserLog.ProcessingFailed: _task_failed,
         UserLog.ProcessingInterrupted: _task_interrupted,
     }
 )
+
+
+def usage_fold(s: Statements, r: Recorded) -> Sequence[Op]:
+    """The tokens every extraction spent (batches extracted, failed, quarantined, and
+    re-extracted), one row per event that spent any: what ``memvee stats`` sums."""
+    kind = _SPENDING.get(type(r.event))
+    return _NONE if kind is None else _spent(s, r.event, kind)
+
+
+def _spent(s: Statements, e: Any, kind: str) -> tuple[Op, ...]:
+    tokens = {
+        "input_tokens": e.input_tokens or 0,
+        "output_tokens": e.output_tokens or 0,
+        "cache_read_tokens": getattr(e, "cache_read_tokens", None) or 0,
+        "cache_write_tokens": getattr(e, "cache_write_tokens", None) or 0,
+    }
+    if not any(tokens.values()):
+        return _NONE
+    log_id = _log_id(e.originator_id)
+    return (
+        (
+            s.usage_insert,
+            {
+                "usage_id": f"{log_id}:{e.originator_version}",
+                "log_id": log_id,
+                "kind": kind,
+                "extractor": getattr(e, "extractor", None),
+                "model": getattr(e, "model", None),
+                **tokens,
+                "recorded_at": e.timestamp,
+            },
+        ),
+    )
+
+
+_SPENDING: dict[type, str] = {
+    UserLog.KnowledgeExtracted: "extracted",
+    UserLog.KnowledgeReextracted: "reextracted",
+    UserLog.BatchFailed: "failed",
+    UserLog.MessagesQuarantined: "quarantined",
+}
+"""The events that may have spent tokens, with the kind of spending each records."""
 
 
 def knowledge_fold(s: Statements, r: Recorded) -> Sequence[Op]:
@@ -454,6 +576,7 @@ def _user_registered(s: Statements, e: Any) -> tuple[Op, ...]:
                 "version": e.originator_version,
                 "message_count": 0,
                 "buffered_count": 0,
+                "quarantined_count": 0,
                 "knowledge_count": 0,
                 "tasks_completed": 0,
                 "tasks_failed": 0,
@@ -468,13 +591,18 @@ def _user_message(s: Statements, e: Any) -> tuple[Op, ...]:
     return ((s.user_message, {**_touched(e), "b_seq": e.seq}),)
 
 
-def _user_completed(s: Statements, e: Any) -> tuple[Op, ...]:
-    return (
-        (
-            s.user_completed,
-            {**_touched(e), "b_count": len(e.entries), "b_covered": len(e.message_ids)},
-        ),
-    )
+def _user_extracted(s: Statements, e: Any) -> tuple[Op, ...]:
+    values = {"b_count": len(e.entries), "b_covered": len(e.message_ids), "b_final": int(e.final)}
+    return ((s.user_extracted, {**_touched(e), **values}),)
+
+
+def _user_quarantined(s: Statements, e: Any) -> tuple[Op, ...]:
+    values = {"b_moved": len(e.message_ids), "b_final": int(e.final)}
+    return ((s.user_quarantined, {**_touched(e), **values}),)
+
+
+def _user_requeued(s: Statements, e: Any) -> tuple[Op, ...]:
+    return ((s.user_requeued, {**_touched(e), "b_moved": len(e.message_ids)}),)
 
 
 def _user_failed(s: Statements, e: Any) -> tuple[Op, ...]:
@@ -506,7 +634,9 @@ _USERS = _Handlers(
     {
         UserLog.Registered: _user_registered,
         UserLog.MessageAdded: _user_message,
-        UserLog.KnowledgeExtracted: _user_completed,
+        UserLog.KnowledgeExtracted: _user_extracted,
+        UserLog.MessagesQuarantined: _user_quarantined,
+        UserLog.MessagesRequeued: _user_requeued,
         UserLog.ProcessingFailed: _user_failed,
         UserLog.ProcessingInterrupted: _user_failed,
         UserLog.KnowledgeVersionPromoted: _user_promoted,

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["BufferedMessage", "KnowledgeEntry", "Message", "TaskRecord", "UserSummary"]
+__all__ = [
+    "BufferedMessage",
+    "KnowledgeEntry",
+    "Message",
+    "QuarantinedMessage",
+    "TaskRecord",
+    "UserSummary",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +57,44 @@ class BufferedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantinedMessage:
+    """A message that kept failing extraction, set aside so it blocks nothing after it.
+
+    ``error`` is the last failure, ``attempts`` how often it failed alone; ``task_id``
+    names the task that quarantined it. :meth:`memvee.Memory.requeue` puts it back.
+    """
+
+    message_id: str
+    user_id: str
+    seq: int
+    role: str
+    content: str
+    sent_at: datetime
+    error: str
+    attempts: int
+    quarantined_at: datetime
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
-    """A processing task as the log tells it (PENDING, RUNNING, COMPLETED or FAILED)."""
+    """A processing task as the log tells it (PENDING, RUNNING, COMPLETED or FAILED).
+
+    ``message_count`` counts the messages its batches covered or quarantined so far, and
+    ``batches`` the batches it started.
+    """
 
     task_id: str
     user_id: str
     trigger: str
     status: str
-    message_ids: tuple[str, ...]
+    message_count: int
     knowledge_count: int
     error: str | None
     requested_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +109,7 @@ class UserSummary:
     tasks_completed: int
     tasks_failed: int
     updated_at: datetime
+    quarantined_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,9 @@ from projections.folds import (
     citations_fold,
     knowledge_fold,
     messages_fold,
+    quarantine_fold,
     tasks_fold,
+    usage_fold,
     users_fold,
 )
 from projections.search import SearchIndex, search_fold
@@ -35,7 +37,9 @@ __all__ = ["FOLDS", "SCHEMA_VERSION", "Projector"]
 
 FOLDS: tuple[Fold, ...] = (
     buffer_fold,
+    quarantine_fold,
     tasks_fold,
+    usage_fold,
     knowledge_fold,
     citations_fold,
     messages_fold,
@@ -46,7 +50,7 @@ FOLDS: tuple[Fold, ...] = (
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

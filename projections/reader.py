@@ -14,6 +14,7 @@ from projections.models import (
     BufferedMessage,
     KnowledgeEntry,
     Message,
+    QuarantinedMessage,
     TaskRecord,
     UserSummary,
 )
@@ -104,10 +105,10 @@ class ProjectionReader:
         return {str(name): int(count) for name, count in rows}
 
     def buffer(self, connection: Connection, user_id: str) -> list[BufferedMessage]:
-        """The user's messages not yet covered by knowledge, in log order."""
+        """The user's messages not yet covered by knowledge nor quarantined, in log order."""
         b = self.tables.buffer
         rows = connection.execute(
-            select(b).where(b.c.log_id == _log(user_id)).order_by(b.c.seq)
+            select(b).where(b.c.log_id == _log(user_id), b.c.quarantined == 0).order_by(b.c.seq)
         ).mappings()
         return [
             BufferedMessage(
@@ -120,6 +121,57 @@ class ProjectionReader:
                 task_id=r["task_id"],
             )
             for r in rows
+        ]
+
+    def quarantined(self, connection: Connection, user_id: str) -> list[QuarantinedMessage]:
+        """The user's quarantined messages, in log order, each with its last error."""
+        b, q = self.tables.buffer, self.tables.quarantine
+        rows = connection.execute(
+            select(b, q.c.error, q.c.attempts, q.c.quarantined_at, q.c.task_id.label("by"))
+            .join(q, q.c.message_id == b.c.message_id)
+            .where(b.c.log_id == _log(user_id))
+            .order_by(b.c.seq)
+        ).mappings()
+        return [
+            QuarantinedMessage(
+                message_id=r["message_id"],
+                user_id=user_id,
+                seq=r["seq"],
+                role=r["role"],
+                content=r["content"],
+                sent_at=aware(r["sent_at"]),
+                error=r["error"],
+                attempts=r["attempts"],
+                quarantined_at=aware(r["quarantined_at"]),
+                task_id=r["by"],
+            )
+            for r in rows
+        ]
+
+    def users_with_quarantine(self, connection: Connection) -> dict[str, int]:
+        """Every user with quarantined messages, with how many."""
+        u = self.tables.users
+        rows = connection.execute(
+            select(u.c.user_id, u.c.quarantined_count)
+            .where(u.c.quarantined_count > 0)
+            .order_by(u.c.user_id)
+        )
+        return {str(user): int(count) for user, count in rows}
+
+    def spend(self, connection: Connection) -> list[dict[str, Any]]:
+        """Tokens spent by extraction, per extractor and model, most input first."""
+        g = self.tables.usage
+        sums = [
+            func.sum(g.c[name]).label(name)
+            for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        ]
+        rows = connection.execute(
+            select(g.c.extractor, g.c.model, func.count().label("calls"), *sums)
+            .group_by(g.c.extractor, g.c.model)
+            .order_by(func.sum(g.c.input_tokens).desc())
+        ).mappings()
+        return [
+            {k: (v if k in ("extractor", "model") else int(v)) for k, v in r.items()} for r in rows
         ]
 
     def task(self, connection: Connection, user_id: str, task_id: str) -> TaskRecord | None:
@@ -219,7 +271,7 @@ class ProjectionReader:
         b, u = self.tables.buffer, self.tables.users
         pending = (
             select(b.c.log_id)
-            .where(b.c.task_id.is_(None))
+            .where(b.c.task_id.is_(None), b.c.quarantined == 0)
             .group_by(b.c.log_id)
             .having(func.count() >= at_least)
         )
@@ -266,12 +318,13 @@ class ProjectionReader:
 
     def totals(self, connection: Connection) -> dict[str, int]:
         """Counts across every user: users, messages, buffered, knowledge, tasks by status."""
-        u, t = self.tables.users, self.tables.tasks
-        users, messages, buffered, knowledge = connection.execute(
+        u, t, g = self.tables.users, self.tables.tasks, self.tables.usage
+        users, messages, buffered, quarantined, knowledge = connection.execute(
             select(
                 func.count(),
                 func.coalesce(func.sum(u.c.message_count), 0),
                 func.coalesce(func.sum(u.c.buffered_count), 0),
+                func.coalesce(func.sum(u.c.quarantined_count), 0),
                 func.coalesce(func.sum(u.c.knowledge_count), 0),
             ).select_from(u)
         ).one()
@@ -279,12 +332,18 @@ class ProjectionReader:
             "users": int(users),
             "messages": int(messages),
             "buffered": int(buffered),
+            "quarantined": int(quarantined),
             "knowledge": int(knowledge),
         }
         for status, count in connection.execute(
             select(t.c.status, func.count()).group_by(t.c.status)
         ):
             totals[f"tasks_{str(status).lower()}"] = int(count)
+        names = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        spent = connection.execute(
+            select(*(func.coalesce(func.sum(g.c[n]), 0) for n in names)).select_from(g)
+        ).one()
+        totals.update({name: int(value) for name, value in zip(names, spent, strict=True)})
         return totals
 
     def user(self, connection: Connection, user_id: str) -> UserSummary | None:
@@ -351,12 +410,13 @@ def _task(user_id: str, r: Any) -> TaskRecord:
         user_id=user_id,
         trigger=r["trigger"],
         status=r["status"],
-        message_ids=tuple(r["message_ids"]),
+        message_count=r["message_count"],
         knowledge_count=r["knowledge_count"],
         error=r["error"],
         requested_at=aware(r["requested_at"]),
         started_at=_maybe_aware(r["started_at"]),
         finished_at=_maybe_aware(r["finished_at"]),
+        batches=r["batches"],
     )
 
 
@@ -370,4 +430,5 @@ def _summary(r: Any) -> UserSummary:
         tasks_completed=r["tasks_completed"],
         tasks_failed=r["tasks_failed"],
         updated_at=aware(r["updated_at"]),
+        quarantined_count=r["quarantined_count"],
     )

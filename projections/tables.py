@@ -26,10 +26,14 @@ LIVE_PREFIX = "mv_"
 
 
 class ProjectionTables:
-    """The buffer, tasks, knowledge, messages, users and position tables under ``prefix``.
+    """The buffer, quarantine, tasks, usage, knowledge, messages, users and position
+    tables under ``prefix``.
 
-    Knowledge rows keep their history: ``valid_until`` is set when a later entry
-    supersedes one (``superseded_by``) or the user says it stopped being true.
+    Buffer rows stay while a message is quarantined (``quarantined`` is 1 then), so that a
+    requeue only flips it back; the quarantine table holds why. Knowledge rows keep their
+    history: ``valid_until`` is set when a later entry supersedes one (``superseded_by``)
+    or the user says it stopped being true. Usage rows are the tokens each extraction
+    spent, one row per event that spent any.
     """
 
     def __init__(self, prefix: str = LIVE_PREFIX) -> None:
@@ -46,6 +50,18 @@ class ProjectionTables:
             Column("content", Text, nullable=False),
             Column("sent_at", DateTime(timezone=True), nullable=False),
             Column("task_id", String(64), nullable=True, index=True),
+            Column("quarantined", Integer, nullable=False),
+        )
+        self.quarantine = Table(
+            f"{prefix}quarantine",
+            self.metadata,
+            Column("message_id", String(36), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+            Column("task_id", String(64), nullable=False),
+            Column("error", Text, nullable=False),
+            Column("attempts", Integer, nullable=False),
+            Column("quarantined_at", DateTime(timezone=True), nullable=False),
+            Column("version", Integer, nullable=False),
         )
         self.tasks = Table(
             f"{prefix}tasks",
@@ -54,7 +70,8 @@ class ProjectionTables:
             Column("log_id", String(36), nullable=False, index=True),
             Column("trigger", String(16), nullable=False),
             Column("status", String(16), nullable=False, index=True),
-            Column("message_ids", JSON, nullable=False),
+            Column("message_count", Integer, nullable=False),
+            Column("batches", Integer, nullable=False),
             Column("knowledge_count", Integer, nullable=False),
             Column("error", Text, nullable=True),
             Column("requested_at", DateTime(timezone=True), nullable=False),
@@ -64,8 +81,20 @@ class ProjectionTables:
             Column("finished_version", Integer, nullable=True),
             Column("extractor", String(64), nullable=True),
             Column("model", String(128), nullable=True),
-            Column("input_tokens", Integer, nullable=True),
-            Column("output_tokens", Integer, nullable=True),
+        )
+        self.usage = Table(
+            f"{prefix}usage",
+            self.metadata,
+            Column("usage_id", String(48), primary_key=True),
+            Column("log_id", String(36), nullable=False, index=True),
+            Column("kind", String(16), nullable=False),
+            Column("extractor", String(64), nullable=True),
+            Column("model", String(128), nullable=True),
+            Column("input_tokens", Integer, nullable=False),
+            Column("output_tokens", Integer, nullable=False),
+            Column("cache_read_tokens", Integer, nullable=False),
+            Column("cache_write_tokens", Integer, nullable=False),
+            Column("recorded_at", DateTime(timezone=True), nullable=False),
         )
         self.knowledge = Table(
             f"{prefix}knowledge",
@@ -124,6 +153,7 @@ class ProjectionTables:
             Column("version", Integer, nullable=False),
             Column("message_count", Integer, nullable=False),
             Column("buffered_count", Integer, nullable=False),
+            Column("quarantined_count", Integer, nullable=False),
             Column("knowledge_count", Integer, nullable=False),
             Column("tasks_completed", Integer, nullable=False),
             Column("tasks_failed", Integer, nullable=False),
@@ -147,7 +177,9 @@ class ProjectionTables:
         """The tables folded from the log alone; vectors also depend on an embedding model."""
         return (
             self.buffer,
+            self.quarantine,
             self.tasks,
+            self.usage,
             self.knowledge,
             self.citations,
             self.messages,

@@ -26,6 +26,7 @@ class UserStateFold:
         self.user_id = user_id
         self.buffer: dict[str, BufferedMessage] = {}
         self.held: dict[str, str] = {}
+        self.quarantined: set[str] = set()
         self.tasks: dict[str, dict[str, Any]] = {}
         self.knowledge: dict[str, tuple[str, tuple[int, int], KnowledgeEntry]] = {}
 
@@ -48,7 +49,8 @@ class UserStateFold:
             "user_id": self.user_id,
             "trigger": e.trigger,
             "status": "PENDING",
-            "message_ids": (),
+            "message_count": 0,
+            "batches": 0,
             "knowledge_count": 0,
             "error": None,
             "requested_at": e.timestamp,
@@ -58,21 +60,35 @@ class UserStateFold:
 
     def _started(self, e: Any) -> None:
         self._claim(e.message_ids, e.task_id)
-        self._task(
-            e.task_id, status="RUNNING", message_ids=tuple(e.message_ids), started_at=e.timestamp
-        )
+        if e.batch > 1:
+            self._task(e.task_id, batches=e.batch)
+        else:
+            self._task(e.task_id, status="RUNNING", batches=1, started_at=e.timestamp)
 
     def _extracted(self, e: Any) -> None:
         for message_id in [k for k, task in self.held.items() if task == e.task_id]:
             del self.held[message_id]
             self.buffer.pop(message_id, None)
-        self._task(
-            e.task_id,
-            status="COMPLETED",
-            knowledge_count=len(e.entries),
-            finished_at=e.timestamp,
-        )
+        self._progress(e, len(e.entries))
         self._add_entries(e, e.task_id, LIVE_KNOWLEDGE)
+
+    def _quarantined(self, e: Any) -> None:
+        self._release(e.task_id)
+        self.quarantined.update(e.message_ids)
+        self._progress(e, 0)
+
+    def _requeued(self, e: Any) -> None:
+        self.quarantined.difference_update(e.message_ids)
+
+    def _progress(self, e: Any, knowledge: int) -> None:
+        """A batch of the task ended, covering or quarantining its messages."""
+        task = self.tasks.get(e.task_id)
+        if task is None:
+            return
+        task["knowledge_count"] += knowledge
+        task["message_count"] += len(e.message_ids)
+        if e.final:
+            task.update(status="COMPLETED", finished_at=e.timestamp)
 
     def _reextracted(self, e: Any) -> None:
         self._add_entries(e, "", e.knowledge_version)
@@ -95,9 +111,17 @@ class UserStateFold:
         error = e.error if isinstance(e, UserLog.ProcessingFailed) else e.reason
         self._task(e.task_id, status="FAILED", error=error, finished_at=e.timestamp)
 
+    def _batch_failed(self, e: Any) -> None:
+        self._release(e.task_id)
+
     def current_buffer(self) -> list[BufferedMessage]:
-        """The buffered messages in log order, each with the task holding it, if any."""
-        messages = sorted(self.buffer.values(), key=lambda m: m.seq)
+        """The buffered messages in log order, each with the task holding it, if any
+        (quarantined ones are not buffered)."""
+        quarantined = self.quarantined
+        messages = sorted(
+            (m for m in self.buffer.values() if m.message_id not in quarantined),
+            key=lambda m: m.seq,
+        )
         return [
             m if m.message_id not in self.held else replace(m, task_id=self.held[m.message_id])
             for m in messages
@@ -171,6 +195,9 @@ _HANDLERS: dict[type, Callable[[UserStateFold, Any], None]] = {
     UserLog.KnowledgeSuperseded: UserStateFold._superseded,
     UserLog.KnowledgeInvalidated: UserStateFold._invalidated,
     UserLog.KnowledgeVersionPromoted: UserStateFold._promoted,
+    UserLog.BatchFailed: UserStateFold._batch_failed,
+    UserLog.MessagesQuarantined: UserStateFold._quarantined,
+    UserLog.MessagesRequeued: UserStateFold._requeued,
     UserLog.ProcessingFailed: UserStateFold._failed,
     UserLog.ProcessingInterrupted: UserStateFold._failed,
 }

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import ExtractedFact, InvalidExtractionError
+from events import BatchMessage, ExtractedFact, InvalidExtractionError
 from events.user_log import LIVE_KNOWLEDGE, UserLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -21,8 +21,8 @@ def _batch(log: UserLog, task_id: str, *texts: str) -> list[str]:
     return ids
 
 
-def _said(ids: list[str], day: int) -> dict[str, datetime]:
-    return {m: T0 + timedelta(days=day) for m in ids}
+def _said(ids: list[str], day: int) -> list[BatchMessage]:
+    return [BatchMessage(m, "user", "", T0 + timedelta(days=day)) for m in ids]
 
 
 def _known(log: UserLog) -> list[str]:
@@ -37,7 +37,7 @@ def test_a_new_fact_is_valid_from_when_its_newest_source_was_said() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I live in Oslo")
     (entry,) = log.record_knowledge(
-        "t1", [ExtractedFact("User lives in Oslo.", (ids[0],))], "x", said_at=_said(ids, 3)
+        "t1", [ExtractedFact("User lives in Oslo.", (ids[0],))], "x", batch=_said(ids, 3)
     )
     assert entry["valid_from"] == (T0 + timedelta(days=3)).isoformat()
     assert _known(log) == [entry["entry_id"]] and log.knowledge_count == 1
@@ -50,7 +50,7 @@ def test_an_update_adds_the_new_entry_and_supersedes_the_old_one_when_it_was_sai
     log.collect_events()
     second = _batch(log, "t2", "I moved to Bergen")
     fact = ExtractedFact("User lives in Bergen.", tuple(second), "update", oslo["entry_id"])
-    (bergen,) = log.record_knowledge("t2", [fact], "x", said_at=_said(second, 30))
+    (bergen,) = log.record_knowledge("t2", [fact], "x", batch=_said(second, 30))
     events = log.collect_events()
     names = [type(e).__name__ for e in events]
     assert names[-2:] == ["KnowledgeExtracted", "KnowledgeSuperseded"]
@@ -80,7 +80,7 @@ def test_an_invalidation_ends_an_entry_without_a_replacement() -> None:
     quit_ = ExtractedFact(
         "User no longer works at Acme.", tuple(second), "invalidate", acme["entry_id"]
     )
-    assert log.record_knowledge("t2", [quit_], "x", said_at=_said(second, 9)) == []
+    assert log.record_knowledge("t2", [quit_], "x", batch=_said(second, 9)) == []
     ended = log.collect_events()[-1]
     assert isinstance(ended, UserLog.KnowledgeInvalidated)
     assert ended.entry_id == acme["entry_id"] and ended.reason == "User no longer works at Acme."
@@ -88,7 +88,7 @@ def test_an_invalidation_ends_an_entry_without_a_replacement() -> None:
     assert _known(log) == [] and log.knowledge_count == 0
 
 
-def test_an_unknown_target_cannot_lose_a_fact() -> None:
+def test_an_unknown_target_cannot_lose_a_fact_and_the_repair_is_recorded() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I live in Oslo", "I work at Acme")
     facts = [
@@ -97,7 +97,12 @@ def test_an_unknown_target_cannot_lose_a_fact() -> None:
         ExtractedFact("User quit.", (ids[1],), "invalidate", "no-such-entry"),
     ]
     entries = log.record_knowledge("t1", facts, "x")
-    assert [e["text"] for e in entries] == ["User lives in Oslo."]
+    assert [e["text"] for e in entries] == [
+        "User lives in Oslo.",
+        "User works at Acme.",
+        "User quit.",
+    ]
+    assert all("not a current entry; recorded as new" in e["repairs"][0] for e in entries)
     assert "KnowledgeSuperseded" not in _emitted(log)
 
 
@@ -116,18 +121,52 @@ def test_one_entry_is_superseded_once_a_second_update_of_it_is_a_new_entry() -> 
     assert log.knowledge_count == 2
 
 
-def test_facts_citing_outside_the_batch_fail_the_whole_batch_whatever_their_action() -> None:
+def test_citations_outside_the_batch_are_dropped_and_noted() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "I work at Acme")
+    fact = ExtractedFact("User lives in Oslo.", ("elsewhere", ids[0]))
+    (entry,) = log.record_knowledge("t1", [fact], "x")
+    assert entry["source_message_ids"] == [ids[0]]
+    assert entry["repairs"] == ["dropped citations outside the batch: elsewhere"]
+
+
+def test_a_fact_citing_nothing_of_its_batch_cites_the_batch_user_messages() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    reply = log.add_message("assistant", "Nice", T0, 1000)
+    batch = [BatchMessage(ids[0], "user", "I live in Oslo", T0)]
+    log.request_processing("t2", "manual")
+    log.record_knowledge("t1", [], "x", batch=batch)
+    log.start_next()
+    (entry,) = log.record_knowledge(
+        "t2",
+        [ExtractedFact("User likes it.", ("k1",))],
+        "x",
+        batch=[BatchMessage(reply, "assistant", "Nice", T0)],
+    )
+    assert entry["source_message_ids"] == [reply]
+    assert entry["repairs"][-1] == "cited no message of its batch; cites the batch's user messages"
+
+
+def test_a_new_fact_with_a_target_is_new_and_an_empty_fact_is_dropped() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    facts = [
+        ExtractedFact("User lives in Oslo.", tuple(ids), "new", "e1"),
+        ExtractedFact("   ", tuple(ids)),
+    ]
+    (entry,) = log.record_knowledge("t1", facts, "x")
+    assert entry["repairs"] == ["was new with a target (e1); the target was ignored"]
+    extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted[-1].repairs == ["fact 1 had no text; it was dropped"]
+
+
+def test_an_unknown_action_cannot_be_read_and_fails_the_batch() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I live in Oslo")
     log.collect_events()
-    for fact in [
-        ExtractedFact("User lives in Oslo.", ("elsewhere",)),
-        ExtractedFact("User quit.", ("elsewhere",), "invalidate", "e1"),
-        ExtractedFact("   ", tuple(ids)),
-        ExtractedFact("User x.", tuple(ids), "delete"),  # type: ignore[arg-type]
-    ]:
-        with pytest.raises(InvalidExtractionError):
-            log.record_knowledge("t1", [fact], "x")
+    with pytest.raises(InvalidExtractionError):
+        log.record_knowledge("t1", [ExtractedFact("User x.", tuple(ids), "delete")], "x")  # type: ignore[arg-type]
     assert log.collect_events() == []
 
 

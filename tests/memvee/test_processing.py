@@ -171,18 +171,17 @@ async def test_an_extractor_failure_fails_the_task_keeps_the_messages_and_the_ne
     assert sorted(m for e in entries for m in e.source_message_ids) == sorted(ids[0::2])
 
 
-async def test_an_answer_citing_unknown_messages_fails_the_batch_cleanly(
+async def test_an_answer_citing_unknown_messages_is_repaired_and_the_repair_recorded(
     memory: Memory, extractor: RecordingExtractor
 ) -> None:
     from memvee import ExtractedFact
 
     extractor.answer = lambda batch: (ExtractedFact("made up", ("no-such-message",)),)
-    await _exchanges(memory, "kim", 1)
-    with pytest.raises(ProcessingError, match="outside its batch"):
-        await memory.process("kim")
-    assert len(await memory.buffer("kim")) == 2
-    extractor.answer = None
+    said = (await _exchanges(memory, "kim", 1))[0]
     assert await memory.process("kim") == 1
+    (entry,) = await memory.knowledge("kim")
+    assert entry.source_message_ids == (said,)
+    assert await memory.buffer("kim") == []
 
 
 async def test_auto_process_starts_in_the_background_when_the_threshold_is_crossed(

@@ -1,0 +1,159 @@
+"""When extraction may run: a circuit breaker shared by every user, and each user's backoff.
+
+An API that is down must not be hammered by every user at once, and a user whose last
+run failed should not retry at once either. Both are in-memory policies of one process:
+they decide when a task *starts*, never what it covers, so losing them (a restart) costs
+at most an early retry.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+__all__ = ["CircuitBreaker", "UserBackoff"]
+
+Clock = Callable[[], float]
+
+_BLAME_MEMORY = 10_000
+"""How many messages' last failures the breaker remembers (least recent forgotten)."""
+
+
+class CircuitBreaker:
+    """Pauses every user's extraction while the API keeps failing, then probes it.
+
+    ``failures`` failures in a row that may pass (429, 5xx, timeouts, resets) open it for
+    ``cooldown`` seconds. Then one task at a time may probe the API; its success closes
+    the breaker and wakes the users that waited (``on_close``), its failure opens it
+    again for twice as long, up to ``max_cooldown``. Any answer, even one that fails the
+    batch for good, shows that the API is up.
+    """
+
+    def __init__(
+        self,
+        *,
+        failures: int = 5,
+        cooldown: float = 2.0,
+        max_cooldown: float = 60.0,
+        probe_timeout: float = 120.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.threshold = failures
+        self.base_cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.probe_timeout = probe_timeout
+        self.on_close: Callable[[list[str]], None] = lambda users: None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._cooldown = cooldown
+        self._open_until: float | None = None
+        self._probe_until = 0.0
+        self._waiting: dict[str, None] = {}
+        self._successes = 0
+        self._last_failure: OrderedDict[str, int] = OrderedDict()
+        self.opened = 0
+        """How many times the breaker opened (for logs and tests)."""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether extraction is paused (open, or probing)."""
+        with self._lock:
+            return self._open_until is not None
+
+    def admit(self, user_id: str) -> float:
+        """0 if ``user_id`` may start a task now, else the seconds to wait before asking again.
+
+        While open, the first caller after the cooldown becomes the probe; the others wait
+        and are woken when the probe succeeds (or ask again after a cooldown, in case it
+        failed).
+        """
+        with self._lock:
+            if self._open_until is None:
+                return 0.0
+            now = self._clock()
+            if now >= self._open_until and now >= self._probe_until:
+                self._probe_until = now + self.probe_timeout
+                return 0.0
+            self._waiting[user_id] = None
+            if now < self._open_until:
+                return self._open_until - now
+            return min(self._cooldown, self._probe_until - now)
+
+    def succeeded(self) -> None:
+        """The API answered: close the breaker and wake whoever waited."""
+        with self._lock:
+            self._successes += 1
+            self._failures = 0
+            was_open = self._open_until is not None
+            self._open_until = None
+            self._probe_until = 0.0
+            self._cooldown = self.base_cooldown
+            waiting, self._waiting = list(self._waiting), {}
+        if was_open and waiting:
+            self.on_close(waiting)
+
+    def failed(self) -> None:
+        """A call failed in a way that may pass; open (or reopen) the breaker if it keeps on."""
+        with self._lock:
+            self._failures += 1
+            now = self._clock()
+            if self._open_until is not None:
+                self._cooldown = min(self._cooldown * 2, self.max_cooldown)
+                self._open_until = now + self._cooldown
+                self._probe_until = 0.0
+            elif self._failures >= self.threshold:
+                self._open_until = now + self._cooldown
+                self.opened += 1
+
+    def blame(self, message_id: str) -> bool:
+        """Whether a lone message's failure (one that may pass) is its own fault.
+
+        It is when the API answered other calls since the message last failed: then the
+        API is up and this message is what keeps failing. The first failure is never blamed.
+        """
+        with self._lock:
+            previous = self._last_failure.pop(message_id, None)
+            self._last_failure[message_id] = self._successes
+            while len(self._last_failure) > _BLAME_MEMORY:
+                self._last_failure.popitem(last=False)
+            return previous is not None and self._successes > previous
+
+
+class UserBackoff:
+    """Each user's pause after runs that failed in a way that may pass.
+
+    The n-th failure in a row waits ``base * 2**(n-1)`` seconds, at most ``cap``, with
+    ±20% jitter so that users who failed together do not retry together.
+    """
+
+    def __init__(self, *, base: float = 1.0, cap: float = 300.0, clock: Clock = time.monotonic):
+        self.base = base
+        self.cap = cap
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._random = random.Random()
+
+    def failed(self, user_id: str) -> float:
+        """Count a failure of ``user_id``'s run; returns the seconds until the next may start."""
+        with self._lock:
+            count = self._failures.get(user_id, (0, 0.0))[0] + 1
+            delay = min(self.cap, self.base * 2.0 ** min(count - 1, 30))
+            delay *= self._random.uniform(0.8, 1.2)
+            self._failures[user_id] = (count, self._clock() + delay)
+            return delay
+
+    def succeeded(self, user_id: str) -> None:
+        """``user_id``'s extraction worked: no more waiting."""
+        with self._lock:
+            self._failures.pop(user_id, None)
+
+    def remaining(self, user_id: str) -> float:
+        """Seconds until ``user_id`` may start an automatic run (0: now)."""
+        with self._lock:
+            found = self._failures.get(user_id)
+        return 0.0 if found is None else max(0.0, found[1] - self._clock())
