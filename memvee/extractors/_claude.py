@@ -1,35 +1,53 @@
 """Knowledge extraction with Claude through the Anthropic Messages API.
 
 Claude answers through one forced tool call, ``record_knowledge``, so that its answer is
-structured data rather than prose to parse. The prompt lists the user's known entries
-related to the batch, so that each fact can say whether it is new, repeats a known entry,
-updates one or invalidates one. The answer is checked before it is trusted: anything
-off-schema, citing messages outside the batch, or targeting an entry that is not known,
-fails the batch with :class:`events.errors.InvalidExtractionError` instead of writing
-doubtful knowledge.
+structured data rather than prose to parse. The prompt (see :mod:`._claude_prompt`) lists
+the user's known entries related to the batch, so that each fact can say whether it is
+new, repeats a known entry, updates one or invalidates one.
+
+An answer is read strictly for its shape and leniently for its meaning: anything off the
+tool's schema, cut at ``max_tokens`` or missing fails the batch with
+:class:`events.errors.InvalidExtractionError`; what a schema-valid answer gets slightly
+wrong (a citation outside the batch, a target that is not known) is passed on for the
+engine to repair and record. Every failure says whether it would repeat: the engine
+splits a batch that fails the same way, and backs off from an API that is down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import anthropic
-from anthropic.types import Message, MessageParam, ToolChoiceToolParam, ToolParam
+from anthropic.types import Message, MessageParam, TextBlockParam
 
-from events.errors import ExtractionError, InvalidExtractionError, InvalidInputError
+from events.errors import (
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    RejectedBatchError,
+)
 from events.extraction import (
     FACT_ACTIONS,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
     FactAction,
+    TokenUsage,
+)
+from memvee.extractors._claude_prompt import (
+    SYSTEM_PROMPT,
+    TOOL,
+    TOOL_CHOICE,
+    TOOL_NAME,
+    Aliases,
+    prefix_tokens,
+    user_turn,
 )
 
-__all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor"]
+__all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
 
 DEFAULT_MODEL: Final = "claude-sonnet-5-5"
 """The model used when neither the constructor nor ``MEMVEE_MODEL`` names one."""
@@ -37,157 +55,37 @@ DEFAULT_MODEL: Final = "claude-sonnet-5-5"
 MODEL_ENV_VAR: Final = "MEMVEE_MODEL"
 """The environment variable that overrides :data:`DEFAULT_MODEL`."""
 
-TOOL_NAME: Final = "record_knowledge"
-"""The one tool Claude must call to answer."""
-
 _MAX_DETAIL_CHARS = 200
+_OUTPUT_BASE = 512
+_OUTPUT_PER_MESSAGE = 100
+"""The output budget asked for: room for a few facts per message of the batch."""
 
 _ACTIONS: Final[Mapping[str, FactAction]] = {action: action for action in FACT_ACTIONS}
 """The valid ``action`` values, mapped to themselves with the :data:`FactAction` type."""
 
-_TARGETING_ACTIONS: Final = frozenset(action for action in FACT_ACTIONS if action != "new")
-
-_SYSTEM_PROMPT = (
-    "You maintain the long-term memory of an AI assistant about one user. From the "
-    "conversation messages you are given, extract the durable facts about the user that "
-    "are worth remembering in future conversations: identity, work, home, relationships, "
-    "health (such as allergies), preferences, habits, plans and long-running projects. "
-    "Skip small talk, passing moods, questions, and anything the assistant said that the "
-    "user did not confirm. Write each fact as one short, self-contained sentence in the "
-    'third person that starts with "User" (for example "User works at Acme Corp." or '
-    '"User\'s sister lives in Bergen."). Give each fact the ids of the messages it comes '
-    "from, using only ids that appear in the batch.\n\n"
-    "You may also be given the user's known entries: what memory currently holds about "
-    "the user on related topics, each with an id, its text and since when it has been "
-    "valid. Give each fact an action:\n"
-    '- "new": the fact is not covered by any known entry.\n'
-    '- "same": the fact repeats a known entry, even in other words. Prefer "same" over '
-    "restating a known entry as a new fact, so that memory holds no duplicates.\n"
-    '- "update": a newer statement replaces an older known fact about the same thing '
-    "(the user moved to another city, changed jobs, changed a preference). The text "
-    "states the new fact.\n"
-    '- "invalidate": the user says a known entry stopped being true and gives nothing in '
-    'its place (for example "I quit my job"). The text states what ended, for example '
-    '"User no longer works at Acme Corp.". Use it only when the user says so; a known '
-    "entry that the messages do not mention stays as it is.\n"
-    '"same", "update" and "invalidate" must give the id of the known entry they concern '
-    'as target_entry_id, using only ids of the known entries; "new" never gives one.\n\n'
-    f"If nothing is worth remembering, record an empty list. Always answer by calling "
-    f"the {TOOL_NAME} tool."
-)
-
-_TOOL: Final[ToolParam] = {
-    "name": TOOL_NAME,
-    "description": (
-        "Record the durable facts learned about the user, each with the ids of the "
-        "messages it was learned from."
-    ),
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "facts": {
-                "type": "array",
-                "description": "The facts about the user; empty if there are none.",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "text": {
-                            "type": "string",
-                            "minLength": 1,
-                            "description": 'One third-person sentence starting with "User".',
-                        },
-                        "source_message_ids": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "minItems": 1,
-                            "description": "The ids of the messages this fact comes from.",
-                        },
-                        "action": {
-                            "type": "string",
-                            "enum": list(FACT_ACTIONS),
-                            "default": "new",
-                            "description": (
-                                "new: not covered by a known entry; same: repeats a known "
-                                "entry; update: supersedes a known entry; invalidate: a "
-                                "known entry stopped being true, with no replacement."
-                            ),
-                        },
-                        "target_entry_id": {
-                            "type": "string",
-                            "description": (
-                                "The id of the known entry this fact repeats, updates or "
-                                'invalidates; required for those actions, absent for "new".'
-                            ),
-                        },
-                    },
-                    "required": ["text", "source_message_ids"],
-                    "additionalProperties": False,
-                },
-            }
-        },
-        "required": ["facts"],
-        "additionalProperties": False,
-    },
-}
-
-_TOOL_CHOICE: Final[ToolChoiceToolParam] = {
-    "type": "tool",
-    "name": TOOL_NAME,
-    "disable_parallel_tool_use": True,
-}
+_REJECTED_STATUSES = frozenset({400, 413, 422})
+"""Statuses that refuse the request itself (too long, malformed): it would fail again."""
 
 
-def _prompt(batch: ExtractionBatch) -> str:
-    """The user turn: known entries between <known_entries> tags, then the batch's messages
-    between <messages> tags, each section as a JSON array.
-
-    JSON keeps boundaries unambiguous whatever the entries and messages contain, and "<"
-    is escaped so that none of them can close a tag early.
-    """
-    known = [
-        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()}
-        for e in batch.known
-    ]
-    if known:
-        known_section = (
-            "Here are the user's known entries related to this batch, as a JSON array. "
-            "Each has an id, its text and the time since which it has been valid.\n"
-            f"<known_entries>\n{_json_listing(known)}\n</known_entries>\n"
-        )
-    else:
-        known_section = (
-            "The user has no known entries related to this batch, so every fact is new.\n"
-        )
-    messages = [
-        {
-            "id": m.message_id,
-            "role": m.role,
-            "sent_at": m.sent_at.isoformat(),
-            "content": m.content,
-        }
-        for m in batch.messages
-    ]
-    return (
-        f"{known_section}"
-        "Here are the messages of one conversation batch, oldest first, as a JSON array. "
-        "Each has an id, a role (user or assistant), a timestamp and the content.\n"
-        f"<messages>\n{_json_listing(messages)}\n</messages>\n"
-        f"Record the durable facts about the user with {TOOL_NAME}, citing message ids "
-        "and giving each fact its action."
-    )
-
-
-def _json_listing(items: list[dict[str, str]]) -> str:
-    """``items`` as indented JSON with "<" escaped, safe to put between tags."""
-    return json.dumps(items, ensure_ascii=False, indent=1).replace("<", "\\u003c")
+def cache_minimum(model: str) -> int:
+    """The fewest prompt tokens ``model`` caches; shorter prefixes are silently not cached."""
+    name = model.lower()
+    if "3-haiku" in name or "3-5-haiku" in name:
+        return 2048
+    if "haiku" in name or "opus-4-5" in name or "opus-4-6" in name or "opus-5" in name:
+        return 4096
+    return 1024
 
 
 class ClaudeExtractor:
     """Extracts knowledge entries with Claude, one forced tool call per batch.
 
     Each call is bounded by ``timeout`` seconds in total, SDK retries included, because
-    the SDK obeys a server's ``retry-after`` without a cap. Failures surface as
-    :class:`events.errors.ExtractionError`, never with the API key or request headers.
+    the SDK obeys a server's ``retry-after`` without a cap. ``max_tokens`` caps the output
+    budget, which otherwise grows with the batch. ``cache_prefix`` marks the static prefix
+    for prompt caching (by default when it is long enough for the model to cache it).
+    Failures surface as :class:`events.errors.ExtractionError`, never with the API key or
+    request headers.
     """
 
     name = "claude"
@@ -199,7 +97,8 @@ class ClaudeExtractor:
         model: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
-        max_tokens: int = 2048,
+        max_tokens: int = 8192,
+        cache_prefix: bool | None = None,
     ) -> None:
         """Configure the extractor; without ``client`` one is built on first use.
 
@@ -217,6 +116,9 @@ class ClaudeExtractor:
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_tokens = max_tokens
+        if cache_prefix is None:
+            cache_prefix = prefix_tokens() >= cache_minimum(self.model)
+        self.cache_prefix = cache_prefix
         self._client = client
         self._owns_client = client is None
 
@@ -225,11 +127,32 @@ class ClaudeExtractor:
             self._client = anthropic.AsyncAnthropic(max_retries=self.max_retries)
         return self._client
 
+    def request(self, batch: ExtractionBatch) -> dict[str, Any]:
+        """The Messages API parameters for ``batch`` (also what a Message Batches request
+        carries as its ``params``)."""
+        system: TextBlockParam = {"type": "text", "text": SYSTEM_PROMPT}
+        if self.cache_prefix:
+            system["cache_control"] = {"type": "ephemeral"}
+        turn: MessageParam = {"role": "user", "content": user_turn(batch)}
+        return {
+            "model": self.model,
+            "max_tokens": self.output_budget(batch),
+            "system": [system],
+            "messages": [turn],
+            "tools": [TOOL],
+            "tool_choice": TOOL_CHOICE,
+        }
+
+    def output_budget(self, batch: ExtractionBatch) -> int:
+        """The output tokens asked for: enough for the batch's facts, at most ``max_tokens``."""
+        return min(self.max_tokens, _OUTPUT_BASE + _OUTPUT_PER_MESSAGE * len(batch.messages))
+
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
-        """Ask Claude for the batch's durable facts about the user and check its answer.
+        """Ask Claude for the batch's durable facts about the user and read its answer.
 
         An empty batch is answered without a call. Raises ExtractionError when the call
-        fails or times out, and InvalidExtractionError when the answer is unusable.
+        fails or times out (``repeats`` set when the API refused the batch itself), and
+        InvalidExtractionError when the answer cannot be read.
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
@@ -237,15 +160,7 @@ class ClaudeExtractor:
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                response = await client.messages.create(
-                    model=self.model,
-                    max_tokens=self.max_tokens,
-                    system=_SYSTEM_PROMPT,
-                    messages=[_user_turn(batch)],
-                    tools=[_TOOL],
-                    tool_choice=_TOOL_CHOICE,
-                    timeout=self.timeout,
-                )
+                response = await client.messages.create(**self.request(batch), timeout=self.timeout)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -255,11 +170,25 @@ class ClaudeExtractor:
         except anthropic.AnthropicError as exc:
             key = client.api_key
             cause = None if key and _mentions(exc, key) else exc
-            raise ExtractionError(_describe(exc, key)) from cause
-        return self._result(batch, response)
+            raise api_error(exc, key) from cause
+        return self.read_answer(batch, response)
 
-    def _result(self, batch: ExtractionBatch, response: Message) -> ExtractionResult:
+    def read_answer(self, batch: ExtractionBatch, response: Message) -> ExtractionResult:
+        """The facts of Claude's answer to ``batch``, with its ids mapped back from aliases.
+
+        Raises InvalidExtractionError (or RejectedBatchError for a refusal) with the tokens
+        the answer spent when it cannot be used.
+        """
         stop_reason = getattr(response, "stop_reason", None)
+        usage = _usage(response)
+        if stop_reason == "refusal":
+            raise RejectedBatchError("Claude refused to answer for this batch", usage=usage)
+        if stop_reason == "max_tokens":
+            budget = self.output_budget(batch)
+            raise InvalidExtractionError(
+                f"Claude's answer was cut at max_tokens ({budget}); facts would be lost",
+                usage=usage,
+            )
         calls = [
             block
             for block in getattr(response, "content", None) or ()
@@ -268,14 +197,16 @@ class ClaudeExtractor:
         ]
         if not calls:
             raise InvalidExtractionError(
-                f"Claude answered without calling {TOOL_NAME} (stop_reason={stop_reason!r})"
+                f"Claude answered without calling {TOOL_NAME} (stop_reason={stop_reason!r})",
+                usage=usage,
             )
+        aliases = Aliases(batch)
         facts: list[ExtractedFact] = []
-        for call in calls:
-            facts.extend(_parse_facts(getattr(call, "input", None), stop_reason))
-        _check_citations(facts, batch.message_ids)
-        _check_targets(facts, frozenset(e.entry_id for e in batch.known))
-        usage = getattr(response, "usage", None)
+        try:
+            for call in calls:
+                facts.extend(_parse_facts(getattr(call, "input", None), aliases))
+        except InvalidExtractionError as invalid:
+            raise InvalidExtractionError(str(invalid), usage=usage) from None
         notes = {"response_id": str(getattr(response, "id", "") or "")}
         if stop_reason is not None:
             notes["stop_reason"] = str(stop_reason)
@@ -283,9 +214,11 @@ class ClaudeExtractor:
             facts=_merge(facts),
             extractor=self.name,
             model=str(getattr(response, "model", None) or self.model),
-            input_tokens=getattr(usage, "input_tokens", None),
-            output_tokens=getattr(usage, "output_tokens", None),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
             notes=notes,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
         )
 
     async def aclose(self) -> None:
@@ -295,20 +228,26 @@ class ClaudeExtractor:
             await client.close()
 
 
-def _user_turn(batch: ExtractionBatch) -> MessageParam:
-    return {"role": "user", "content": _prompt(batch)}
+def _usage(response: object) -> TokenUsage:
+    usage = getattr(response, "usage", None)
+    return TokenUsage(
+        input_tokens=getattr(usage, "input_tokens", None),
+        output_tokens=getattr(usage, "output_tokens", None),
+        cache_read_tokens=getattr(usage, "cache_read_input_tokens", None),
+        cache_write_tokens=getattr(usage, "cache_creation_input_tokens", None),
+    )
 
 
-def _parse_facts(payload: object, stop_reason: object) -> list[ExtractedFact]:
+def _parse_facts(payload: object, aliases: Aliases) -> list[ExtractedFact]:
     """The facts of one ``record_knowledge`` input, or InvalidExtractionError.
 
-    A missing or null ``action`` means "new" and a null ``target_entry_id`` means none,
-    since models often spell an absent optional field as null.
+    Only the shape is checked here. A missing or null ``action`` means "new" and a null
+    ``target_entry_id`` means none, since models often spell an absent optional field as
+    null; what the values mean is for the engine to judge.
     """
-    hint = " (the answer hit max_tokens)" if stop_reason == "max_tokens" else ""
 
     def invalid(problem: str) -> InvalidExtractionError:
-        return InvalidExtractionError(f"Claude's {TOOL_NAME} input is invalid: {problem}{hint}")
+        return InvalidExtractionError(f"Claude's {TOOL_NAME} input is invalid: {problem}")
 
     if not isinstance(payload, Mapping):
         raise invalid(f"expected an object, got {type(payload).__name__}")
@@ -336,42 +275,14 @@ def _parse_facts(payload: object, stop_reason: object) -> list[ExtractedFact]:
         target = item.get("target_entry_id")
         if target is not None and (not isinstance(target, str) or not target.strip()):
             raise invalid(f"facts[{index}].target_entry_id must be a non-empty string")
-        if action == "new" and target is not None:
-            raise invalid(
-                f"facts[{index}] is 'new' but has a target_entry_id; only same, update "
-                "and invalidate target a known entry"
-            )
-        if action in _TARGETING_ACTIONS and target is None:
-            raise invalid(f"facts[{index}] is {action!r} but has no target_entry_id")
-        facts.append(
-            ExtractedFact(" ".join(text.split()), tuple(dict.fromkeys(ids)), action, target)
-        )
+        sources = tuple(dict.fromkeys(aliases.message(i) for i in ids))
+        entry = None if target is None else aliases.entry(target)
+        facts.append(ExtractedFact(" ".join(text.split()), sources, action, entry))
     return facts
 
 
 def _is_string_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _check_citations(facts: Sequence[ExtractedFact], allowed: frozenset[str]) -> None:
-    for index, fact in enumerate(facts):
-        unknown = [i for i in fact.source_message_ids if i not in allowed]
-        if unknown:
-            shown = ", ".join(repr(i[:_MAX_DETAIL_CHARS]) for i in unknown[:5])
-            raise InvalidExtractionError(
-                f"Claude's fact {index} cites message ids that are not in the batch: {shown}"
-            )
-
-
-def _check_targets(facts: Sequence[ExtractedFact], known: frozenset[str]) -> None:
-    """Every same/update/invalidate fact must target one of the batch's known entries."""
-    for index, fact in enumerate(facts):
-        if fact.target_entry_id is not None and fact.target_entry_id not in known:
-            shown = repr(fact.target_entry_id[:_MAX_DETAIL_CHARS])
-            raise InvalidExtractionError(
-                f"Claude's fact {index} ({fact.action!r}) targets entry id {shown}, "
-                "which is not one of the batch's known entries"
-            )
 
 
 def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
@@ -388,8 +299,9 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
     )
 
 
-def _describe(exc: anthropic.AnthropicError, api_key: str | None) -> str:
-    """A message for a failed API call: status, error type and request id, never secrets."""
+def api_error(exc: anthropic.AnthropicError, api_key: str | None) -> ExtractionError:
+    """The ExtractionError for a failed API call: status, error type and request id, never
+    secrets; one that refused the request itself (400, 413, 422) repeats."""
     kind = type(exc).__name__
     if isinstance(exc, anthropic.APIStatusError):
         parts = [f"Claude API returned HTTP {exc.status_code} ({kind}"]
@@ -400,15 +312,18 @@ def _describe(exc: anthropic.AnthropicError, api_key: str | None) -> str:
             parts.append(f": {exc.api_message[:_MAX_DETAIL_CHARS]}")
         if exc.request_id:
             parts.append(f" [request-id {exc.request_id}]")
-        text = "".join(parts)
-    elif isinstance(exc, anthropic.APITimeoutError):
+        text = _redact("".join(parts), api_key)
+        if exc.status_code in _REJECTED_STATUSES:
+            return RejectedBatchError(text)
+        return ExtractionError(text)
+    if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"
     elif isinstance(exc, anthropic.APIConnectionError):
         cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "unknown cause"
         text = f"could not reach the Claude API ({kind}: {cause}) after the SDK's retries"
     else:
         text = f"Claude API call failed ({kind}): {str(exc)[:_MAX_DETAIL_CHARS]}"
-    return _redact(text, api_key)
+    return ExtractionError(_redact(text, api_key))
 
 
 def _mentions(exc: BaseException, secret: str) -> bool:

@@ -33,20 +33,33 @@ async def test_default_memory_uses_claude_when_a_key_is_set_and_traces_every_ent
     assert len(messages_api_server.requests) == 1
 
 
-async def test_a_server_error_fails_the_task_and_the_next_run_succeeds(
+async def test_an_overloaded_api_fails_the_task_and_the_next_run_succeeds(
     db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
 ) -> None:
-    messages_api_server.enqueue_error(400, "invalid_request_error", "bad request")
+    messages_api_server.enqueue_error(529, "overloaded_error", "Overloaded")
     config = MemoryConfig(db_url=db_url, extraction_timeout=10)
     async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
         await memory.add_exchange("bo", "I love tea", "ok")
         task = memory.process_async("bo")
         with pytest.raises(ProcessingError):
             await task.wait()
-        assert task.status is ProcessStatus.FAILED and "400" in (task.error or "")
+        assert task.status is ProcessStatus.FAILED and "529" in (task.error or "")
         assert "sk-test-secret-key" not in (task.error or "")
         assert len(await memory.buffer("bo")) == 2
         assert await memory.process("bo") == 1
+
+
+async def test_a_request_the_api_refuses_is_split_and_the_task_completes(
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    messages_api_server.enqueue_error(400, "invalid_request_error", "prompt is too long")
+    config = MemoryConfig(db_url=db_url, extraction_timeout=10)
+    async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        await memory.add_exchange("bo", "I love tea", "ok")
+        assert await memory.process("bo") == 1
+        assert await memory.buffer("bo") == [] and await memory.quarantined("bo") == []
+    sizes = [len(r.messages) for r in messages_api_server.requests]
+    assert sizes == [2, 1, 1], "the refused batch of two was split in halves"
 
 
 async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(
@@ -75,5 +88,5 @@ async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(
         result = await memory.retrieve("cy", "where does cy live now?")
         assert [hit.text for hit in result.entries] == ["User lives in Bergen."]
     known = [r.known for r in messages_api_server.requests]
-    assert known[0] == [] and [k["id"] for k in known[1]] == [oslo.entry_id]
+    assert known[0] == [] and [k["text"] for k in known[1]] == [oslo.text]
     assert [k["text"] for k in known[2]] == ["User said: I live in Oslo"]

@@ -17,7 +17,12 @@ import httpx2
 import pytest
 from anthropic._data import DEPRECATED_MODELS
 
-from events.errors import ExtractionError, InvalidExtractionError, InvalidInputError
+from events.errors import (
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    RejectedBatchError,
+)
 from events.extraction import (
     FACT_ACTIONS,
     BatchMessage,
@@ -148,7 +153,7 @@ async def test_happy_path_turns_the_tool_call_into_facts(claude: Make) -> None:
 
 async def test_the_request_forces_the_tool_and_lists_every_message(claude: Make) -> None:
     api = FakeAPI(ok())
-    await claude(api, model="claude-haiku-5-5", max_tokens=999).extract(BATCH)
+    await claude(api, model="claude-haiku-5-5", max_tokens=700).extract(BATCH)
 
     (request,) = api.requests
     body = api.bodies[0]
@@ -157,7 +162,7 @@ async def test_the_request_forces_the_tool_and_lists_every_message(claude: Make)
         request.headers.get("authorization", "") + request.headers.get("x-api-key", "")
     )
     assert body["model"] == "claude-haiku-5-5"
-    assert body["max_tokens"] == 999
+    assert body["max_tokens"] == 700, "the output budget is capped by max_tokens"
     (tool,) = body["tools"]
     assert tool["name"] == "record_knowledge"
     fact_schema = tool["input_schema"]["properties"]["facts"]["items"]
@@ -166,11 +171,49 @@ async def test_the_request_forces_the_tool_and_lists_every_message(claude: Make)
     assert fact_schema["required"] == ["text", "source_message_ids"]
     assert body["tool_choice"]["type"] == "tool"
     assert body["tool_choice"]["name"] == "record_knowledge"
-    prompt = json.dumps(body["messages"])
-    for m in BATCH.messages:
-        assert m.message_id in prompt
-        assert json.dumps(m.content)[1:-1] in prompt
-    assert "assistant" in prompt
+    listed = prompt_messages(body)
+    assert [m["id"] for m in listed] == ["m1", "m2", "m3"], "short aliases, not message ids"
+    assert [m["content"] for m in listed] == [m.content for m in BATCH.messages]
+    assert [m["role"] for m in listed] == ["user", "assistant", "user"]
+    assert {m["at"] for m in listed} == {"2025-03-01T12:00Z"}
+    assert not any(m.message_id in json.dumps(body) for m in BATCH.messages)
+
+
+async def test_the_output_budget_grows_with_the_batch() -> None:
+    extractor = ClaudeExtractor(max_tokens=4_000)
+    one = ExtractionBatch("u", "t", BATCH.messages[:1])
+    assert extractor.output_budget(one) < extractor.output_budget(BATCH) <= 4_000
+    many = ExtractionBatch("u", "t", BATCH.messages * 30)
+    assert extractor.output_budget(many) == 4_000
+
+
+async def test_the_prompt_spends_little_beyond_the_words(claude: Make) -> None:
+    api = FakeAPI(ok([]))
+    doubled = ExtractionBatch("u1", "t3", KNOWN_BATCH.messages * 2, KNOWN)
+    await claude(api).extract(KNOWN_BATCH)
+    await claude(api).extract(doubled)
+    short, long = (_user_prompt(b) for b in api.bodies)
+    added = len(KNOWN_BATCH.messages)
+    words = sum(len(m.content) for m in KNOWN_BATCH.messages)
+    per_message = (len(long) - len(short) - words) / added
+    assert per_message < 70, "no UUIDs, microsecond times or indented JSON (was 141)"
+
+
+async def test_aliases_in_the_answer_map_back_to_message_and_entry_ids(claude: Make) -> None:
+    facts = [
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["m2", " m2"],
+            "action": "update",
+            "target_entry_id": "k1",
+        },
+        {"text": "User likes cats.", "source_message_ids": ["m3", "m9"]},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+    assert result.facts == (
+        ExtractedFact("User lives in Oslo.", ("msg-2",), "update", "e-city"),
+        ExtractedFact("User likes cats.", ("msg-3", "m9")),
+    ), "an unknown alias is passed on as given, for the engine to drop"
 
 
 async def test_duplicate_facts_are_merged_with_all_their_citations(claude: Make) -> None:
@@ -194,10 +237,18 @@ async def test_an_empty_batch_makes_no_call(claude: Make) -> None:
     assert api.requests == []
 
 
-async def test_citing_an_unknown_message_is_invalid(claude: Make) -> None:
-    facts = [{"text": "User lives in Oslo.", "source_message_ids": ["msg-3", "msg-404"]}]
-    with pytest.raises(InvalidExtractionError, match="msg-404"):
-        await claude(FakeAPI(ok(facts))).extract(BATCH)
+async def test_what_an_answer_means_is_passed_on_for_the_engine_to_repair(claude: Make) -> None:
+    facts = [
+        {"text": "User lives in Oslo.", "source_message_ids": ["msg-3", "msg-404"]},
+        {"text": "User is new.", "source_message_ids": ["m1"], "target_entry_id": "k9"},
+        {"text": "User moved.", "source_message_ids": ["m1"], "action": "update"},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(BATCH)
+    assert result.facts == (
+        ExtractedFact("User lives in Oslo.", ("msg-3", "msg-404")),
+        ExtractedFact("User is new.", ("msg-1",), "new", "k9"),
+        ExtractedFact("User moved.", ("msg-1",), "update", None),
+    )
 
 
 @pytest.mark.parametrize(
@@ -325,7 +376,7 @@ async def test_the_api_key_never_reaches_errors_or_logs(
         (FakeAPI(fail(500, "api_error", **FAST_RETRY)), {"max_retries": 1}),
         (FakeAPI(httpx2.ReadTimeout("slow")), {"max_retries": 0}),
         (FakeAPI(httpx2.ConnectError("refused")), {"max_retries": 0}),
-        (FakeAPI(ok([{"text": "x", "source_message_ids": ["nope"]}])), {}),
+        (FakeAPI(ok([{"text": "x", "source_message_ids": "nope"}])), {}),
     ]
     for api, kw in scenarios:
         with pytest.raises(ExtractionError) as caught:
@@ -396,10 +447,10 @@ async def test_known_entries_are_listed_before_the_messages(claude: Make) -> Non
     assert prompt.index("</known_entries>") < prompt.index("<messages>")
     assert "<Miso>" not in prompt, "'<' in an entry must not open a tag"
     assert prompt_known_entries(body) == [
-        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()} for e in KNOWN
+        {"id": f"k{i}", "text": e.text, "since": "2024-06-01"} for i, e in enumerate(KNOWN, 1)
     ]
-    assert [m["id"] for m in prompt_messages(body)] == ["msg-1", "msg-2", "msg-3"]
-    system = body["system"]
+    assert [m["id"] for m in prompt_messages(body)] == ["m1", "m2", "m3"]
+    system = body["system"][0]["text"]
     for action in FACT_ACTIONS:
         assert f'"{action}"' in system
     assert "target_entry_id" in system
@@ -486,45 +537,13 @@ async def test_duplicates_merge_only_with_the_same_action_and_target(claude: Mak
     )
 
 
-@pytest.mark.parametrize("action", ["same", "update", "invalidate"])
-async def test_targeting_an_unknown_entry_is_invalid(claude: Make, action: str) -> None:
-    facts = [
-        {
-            "text": "User lives in Oslo.",
-            "source_message_ids": ["msg-2"],
-            "action": action,
-            "target_entry_id": "e-404",
-        }
-    ]
-    with pytest.raises(InvalidExtractionError, match=r"'e-404'.*not one of the batch's known"):
-        await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
-
-
-async def test_targeting_an_entry_when_none_are_known_is_invalid(claude: Make) -> None:
-    facts = [
-        {
-            "text": "User lives in Oslo.",
-            "source_message_ids": ["msg-3"],
-            "action": "update",
-            "target_entry_id": "e-city",
-        }
-    ]
-    with pytest.raises(InvalidExtractionError, match="'e-city'"):
-        await claude(FakeAPI(ok(facts))).extract(BATCH)
-
-
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
-        ({"action": "new", "target_entry_id": "e-city"}, r"facts\[0\] is 'new' but has a target"),
-        ({"target_entry_id": "e-city"}, r"facts\[0\] is 'new' but has a target"),
         ({"action": "delete", "target_entry_id": "e-city"}, r"facts\[0\]\.action.*'delete'"),
         ({"action": "UPDATE", "target_entry_id": "e-city"}, r"facts\[0\]\.action"),
         ({"action": 1}, r"facts\[0\]\.action"),
         ({"action": ["same"], "target_entry_id": "e-city"}, r"facts\[0\]\.action"),
-        ({"action": "same"}, r"facts\[0\] is 'same' but has no target_entry_id"),
-        ({"action": "update"}, r"facts\[0\] is 'update' but has no target_entry_id"),
-        ({"action": "invalidate"}, r"facts\[0\] is 'invalidate' but has no target"),
         ({"action": "update", "target_entry_id": 7}, r"facts\[0\]\.target_entry_id"),
         ({"action": "update", "target_entry_id": ""}, r"facts\[0\]\.target_entry_id"),
     ],
@@ -537,14 +556,78 @@ async def test_a_bad_action_or_target_is_invalid(
         await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
 
 
-async def test_source_ids_must_still_be_batch_messages_with_a_target(claude: Make) -> None:
-    facts = [
-        {
-            "text": "User lives in Oslo.",
-            "source_message_ids": ["e-city"],
-            "action": "update",
-            "target_entry_id": "e-city",
-        }
-    ]
-    with pytest.raises(InvalidExtractionError, match="not in the batch: 'e-city'"):
-        await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+async def test_an_answer_cut_at_max_tokens_is_never_used_and_repeats(claude: Make) -> None:
+    body = tool_use_body(GOOD_FACTS[:1], input_tokens=50, output_tokens=812)
+    body["stop_reason"] = "max_tokens"
+    with pytest.raises(InvalidExtractionError, match="cut at max_tokens") as caught:
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    assert caught.value.repeats
+    assert caught.value.usage is not None and caught.value.usage.output_tokens == 812
+
+
+@pytest.mark.parametrize(
+    ("content", "stop_reason", "error"),
+    [
+        ([], "end_turn", InvalidExtractionError),
+        (
+            [{"type": "text", "text": "Sure! The user lives in Oslo."}],
+            "end_turn",
+            InvalidExtractionError,
+        ),
+        ([], "refusal", RejectedBatchError),
+    ],
+)
+async def test_plain_text_an_empty_answer_and_a_refusal_fail_the_batch_and_repeat(
+    claude: Make, content: list[Any], stop_reason: str, error: type[Exception]
+) -> None:
+    body = tool_use_body([])
+    body.update(content=content, stop_reason=stop_reason)
+    with pytest.raises(error) as caught:
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    assert isinstance(caught.value, ExtractionError) and caught.value.repeats
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "again"),
+    [
+        (400, "invalid_request_error", True),
+        (413, "request_too_large", True),
+        (401, "authentication_error", False),
+        (429, "rate_limit_error", False),
+        (500, "api_error", False),
+        (529, "overloaded_error", False),
+    ],
+)
+async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
+    claude: Make, status: int, error_type: str, again: bool
+) -> None:
+    api = FakeAPI(fail(status, error_type, "prompt is too long", **FAST_RETRY))
+    with pytest.raises(ExtractionError) as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.repeats is again
+
+
+async def test_timeouts_and_connection_errors_may_pass(claude: Make) -> None:
+    for step in (httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused")):
+        with pytest.raises(ExtractionError) as caught:
+            await claude(FakeAPI(step), max_retries=0).extract(BATCH)
+        assert not caught.value.repeats
+
+
+async def test_the_static_prefix_is_cached_when_the_model_can_cache_it(claude: Make) -> None:
+    api = FakeAPI(ok())
+    await claude(api, model="claude-sonnet-5-5").extract(BATCH)
+    await claude(api, model="claude-haiku-4-5").extract(BATCH)
+    sonnet, haiku = api.bodies
+    assert sonnet["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in haiku["system"][0], "4,096 tokens is more than the prefix"
+    assert sonnet["system"][0]["text"] == haiku["system"][0]["text"]
+    assert sonnet["tools"] == haiku["tools"]
+
+
+async def test_cache_reads_and_writes_are_read_from_the_usage(claude: Make) -> None:
+    body = tool_use_body(GOOD_FACTS)
+    body["usage"].update(cache_read_input_tokens=1200, cache_creation_input_tokens=0)
+    result = await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    assert (result.cache_read_tokens, result.cache_write_tokens) == (1200, 0)
+    assert result.usage.cache_read_tokens == 1200

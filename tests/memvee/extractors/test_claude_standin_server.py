@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events.errors import ExtractionError, InvalidExtractionError
+from events.errors import ExtractionError
 from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch, KnownEntry
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
@@ -71,7 +71,7 @@ async def test_happy_path_over_http(server: MessagesAPIServer, claude: ClaudeExt
     )
     assert request.body["model"] == DEFAULT_MODEL
     assert request.body["tool_choice"]["name"] == "record_knowledge"
-    assert [m["id"] for m in request.messages] == ["m-1", "m-2", "m-3"]
+    assert [m["id"] for m in request.messages] == ["m1", "m2", "m3"]
     assert [m["content"] for m in request.messages] == [m.content for m in BATCH.messages]
 
 
@@ -145,9 +145,10 @@ async def test_known_entries_reach_the_server_and_same_comes_back(
     )
     (request,) = server.requests
     assert request.known == [
-        {"id": e.entry_id, "text": e.text, "valid_from": e.valid_from.isoformat()} for e in KNOWN
+        {"id": f"k{i}", "text": e.text, "since": f"{e.valid_from:%Y-%m-%d}"}
+        for i, e in enumerate(KNOWN, 1)
     ]
-    assert [m["id"] for m in request.messages] == ["m-1", "m-2", "m-3"]
+    assert [m["id"] for m in request.messages] == ["m1", "m2", "m3"]
 
 
 async def test_update_and_invalidate_over_http(
@@ -157,15 +158,15 @@ async def test_update_and_invalidate_over_http(
         [
             {
                 "text": "User lives in Oslo.",
-                "source_message_ids": ["m-1"],
+                "source_message_ids": ["m1"],
                 "action": "update",
-                "target_entry_id": "e-said",
+                "target_entry_id": "k1",
             },
             {
                 "text": "User no longer works there.",
-                "source_message_ids": ["m-3"],
+                "source_message_ids": ["m3"],
                 "action": "invalidate",
-                "target_entry_id": "e-job",
+                "target_entry_id": "k2",
             },
         ]
     )
@@ -178,22 +179,22 @@ async def test_update_and_invalidate_over_http(
     )
 
 
-async def test_a_target_outside_the_known_entries_fails_over_http(
+async def test_a_target_outside_the_known_entries_is_passed_on_over_http(
     server: MessagesAPIServer, claude: ClaudeExtractor
 ) -> None:
     server.enqueue_facts(
         [
             {
                 "text": "User lives in Oslo.",
-                "source_message_ids": ["m-1"],
+                "source_message_ids": ["m1"],
                 "action": "update",
                 "target_entry_id": "e-404",
             }
         ]
     )
 
-    with pytest.raises(InvalidExtractionError, match="'e-404'"):
-        await claude.extract(KNOWN_BATCH)
+    (fact,) = (await claude.extract(KNOWN_BATCH)).facts
+    assert fact == ExtractedFact("User lives in Oslo.", ("m-1",), "update", "e-404")
     assert len(server.requests) == 1
 
 
