@@ -26,10 +26,10 @@ class CircuitBreaker:
     """Pauses every user's extraction while the API keeps failing, then probes it.
 
     ``failures`` failures in a row that may pass (429, 5xx, timeouts, resets) open it for
-    ``cooldown`` seconds. Then one task at a time may probe the API; its success closes
-    the breaker and wakes the users that waited (``on_close``), its failure opens it
-    again for twice as long, up to ``max_cooldown``. Any answer, even one that fails the
-    batch for good, shows that the API is up.
+    ``cooldown`` seconds: calls wait instead of reaching the API. Then one call at a time
+    may probe the API; its success closes the breaker, its failure opens it again for
+    twice as long, up to ``max_cooldown``. Any answer, even one that fails the batch for
+    good, shows that the API is up.
     """
 
     def __init__(
@@ -45,14 +45,14 @@ class CircuitBreaker:
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
         self.probe_timeout = probe_timeout
-        self.on_close: Callable[[list[str]], None] = lambda users: None
+        self.on_close: Callable[[], None] = lambda: None
+        """Called (on the thread that saw the success) when the breaker closes again."""
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
         self._cooldown = cooldown
         self._open_until: float | None = None
         self._probe_until = 0.0
-        self._waiting: dict[str, None] = {}
         self._successes = 0
         self._last_failure: OrderedDict[str, int] = OrderedDict()
         self.opened = 0
@@ -60,16 +60,15 @@ class CircuitBreaker:
 
     @property
     def is_open(self) -> bool:
-        """Whether extraction is paused (open, or probing)."""
+        """Whether calls wait (the breaker is open, or probing)."""
         with self._lock:
             return self._open_until is not None
 
-    def admit(self, user_id: str) -> float:
-        """0 if ``user_id`` may start a task now, else the seconds to wait before asking again.
+    def admit(self) -> float:
+        """0 if a call may go to the API now, else the seconds to wait before asking again.
 
-        While open, the first caller after the cooldown becomes the probe; the others wait
-        and are woken when the probe succeeds (or ask again after a cooldown, in case it
-        failed).
+        While open, the first caller after the cooldown becomes the probe; the others ask
+        again after a while, and go once the probe succeeded.
         """
         with self._lock:
             if self._open_until is None:
@@ -78,13 +77,12 @@ class CircuitBreaker:
             if now >= self._open_until and now >= self._probe_until:
                 self._probe_until = now + self.probe_timeout
                 return 0.0
-            self._waiting[user_id] = None
             if now < self._open_until:
                 return self._open_until - now
             return min(self._cooldown, self._probe_until - now)
 
     def succeeded(self) -> None:
-        """The API answered: close the breaker and wake whoever waited."""
+        """The API answered: close the breaker."""
         with self._lock:
             self._successes += 1
             self._failures = 0
@@ -92,9 +90,8 @@ class CircuitBreaker:
             self._open_until = None
             self._probe_until = 0.0
             self._cooldown = self.base_cooldown
-            waiting, self._waiting = list(self._waiting), {}
-        if was_open and waiting:
-            self.on_close(waiting)
+        if was_open:
+            self.on_close()
 
     def failed(self) -> None:
         """A call failed in a way that may pass; open (or reopen) the breaker if it keeps on."""

@@ -8,6 +8,7 @@ caller's asyncio loop: it runs here, at most ``concurrency`` at a time, each bou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -48,7 +49,8 @@ class ExtractionWorkers:
     """Runs an :class:`Extractor` on a private event loop thread with bounded concurrency.
 
     Every outcome is reported to ``breaker``: an answer (even one that fails the batch for
-    good) shows that the API is up, a failure that may pass counts towards pausing.
+    good) shows that the API is up, a failure that may pass counts towards pausing. While
+    the breaker is open, batches wait here (their tasks stay RUNNING) instead of calling.
     """
 
     def __init__(
@@ -62,6 +64,8 @@ class ExtractionWorkers:
         self.extractor = extractor
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker()
+        self._resumed = asyncio.Event()
+        self.breaker.on_close = self._resume
         self._loop = asyncio.new_event_loop()
         self._semaphore: asyncio.Semaphore | None = None
         self._concurrency = concurrency
@@ -92,6 +96,10 @@ class ExtractionWorkers:
 
         future.add_done_callback(_finished)
 
+    def _resume(self) -> None:
+        """The breaker closed: let the batches it held go (called from any thread)."""
+        self._loop.call_soon_threadsafe(self._resumed.set)
+
     @property
     def in_flight(self) -> int:
         """Extractions submitted and not finished."""
@@ -115,6 +123,10 @@ class ExtractionWorkers:
     async def _extract(self, batch: ExtractionBatch) -> ExtractionResult:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._concurrency)
+        while (wait := self.breaker.admit()) > 0:
+            self._resumed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resumed.wait(), wait)
         async with self._semaphore:
             try:
                 async with asyncio.timeout(self.timeout):

@@ -90,7 +90,6 @@ class Engine:
             max_cooldown=min(60.0, options.retry_delay_max),
             probe_timeout=options.extraction_timeout + 5,
         )
-        self.breaker.on_close = self._wake_all
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
         self.workers = ExtractionWorkers(
             extractor,
@@ -136,17 +135,16 @@ class Engine:
 
     def _wake_later(self, user_id: str, delay: float) -> None:
         """Wake ``user_id``'s actor in ``delay`` seconds (a retry, or a pause that ends)."""
-        self.timers.call_later(delay, lambda: self._wake_all([user_id]))
+        self.timers.call_later(delay, lambda: self._wake(user_id))
 
-    def _wake_all(self, user_ids: list[str]) -> None:
-        """Tell each of ``user_ids``'s actors that a pause ended (spawning it if idle)."""
+    def _wake(self, user_id: str) -> None:
+        """Tell ``user_id``'s actor that its pause ended (spawning it if it was idle)."""
         if self._stopping.is_set():
             return
-        for user_id in user_ids:
-            try:
-                self.directory.call(user_id, "wake")
-            except RuntimeError:
-                return
+        try:
+            self.directory.call(user_id, "wake")
+        except RuntimeError:
+            log.info("user %r: not woken, the engine is stopping", user_id)
 
     def _erase(self, user_id: str) -> ForgetReceipt:
         return erase_user(self.store, self.projector, self.leases, user_id)

@@ -397,8 +397,8 @@ class UserActor(PooledActor):
             self._forget_log()
 
     def _advance(self) -> None:
-        """Start requested tasks while this process owns the user, none runs, and neither
-        the API's breaker nor the user's backoff asks to wait (then a wake-up is set)."""
+        """Start requested tasks while this process owns the user, none runs, and the
+        user's backoff does not ask to wait (then a wake-up is set)."""
         limits = self._services.settings.limits
         while self._running is None and self._is_owner():
             paused = 0.0
@@ -424,14 +424,13 @@ class UserActor(PooledActor):
     def _pause(self, user_log: UserLog) -> float:
         """Seconds to wait before the oldest requested task may start (0: now).
 
-        The user's backoff holds automatic tasks only (a caller asking for processing is
-        not made to wait for it); the breaker holds every task while the API is down.
+        After a failure that may pass, the user's automatic tasks back off; a caller asking
+        for processing is not made to wait. (While the API is down for everyone, the
+        breaker holds the batches in the workers instead.)
         """
-        if "manual" not in user_log.requested.values():
-            own = self._services.backoff.remaining(self.user_id)
-            if own > 0:
-                return own
-        return self._services.breaker.admit(self.user_id)
+        if "manual" in user_log.requested.values():
+            return 0.0
+        return self._services.backoff.remaining(self.user_id)
 
     def _wake_in(self, delay: float) -> None:
         """Have this user woken in ``delay`` seconds, unless a wake-up comes sooner."""

@@ -33,6 +33,7 @@ from projections import (
     ProjectionReader,
     ProjectionTables,
     Projector,
+    QuarantinedMessage,
     UserState,
     UserSummary,
     state_at,
@@ -326,6 +327,29 @@ class Audit:
             entries = self._reader.knowledge(connection, user_id, version)
         newest = sorted(entries, key=lambda e: e.valid_from)[-_MAX_KNOWN:]
         return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in newest)
+
+    def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
+        """The user's quarantined messages, each with its last error and attempts."""
+        check_user_id(user_id)
+        with self.store.engine.connect() as connection:
+            return self._reader.quarantined(connection, user_id)
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Every user with quarantined messages, with how many."""
+        with self.store.engine.connect() as connection:
+            return self._reader.users_with_quarantine(connection)
+
+    def requeue(self, user_id: str, message_ids: Sequence[str] | None = None) -> list[str]:
+        """Put the user's quarantined messages (or ``message_ids``) back in the buffer (an
+        event); the owning Memory extracts them on its next run. Returns their ids."""
+        check_user_id(user_id)
+        chosen = None if message_ids is None else list(message_ids)
+        return self._decide(user_id, lambda user_log: user_log.requeue(chosen))
+
+    def spend(self) -> list[dict[str, Any]]:
+        """Tokens spent by extraction, per extractor and model."""
+        with self.store.engine.connect() as connection:
+            return self._reader.spend(connection)
 
     def promote(self, user_id: str, version: str) -> None:
         """Make a re-extracted knowledge version the user's live knowledge (an event)."""

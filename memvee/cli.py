@@ -432,16 +432,89 @@ def users(
 def stats(
     as_json: JsonOption = False, db: DbOption = "memvee.db", db_url: DbUrlOption = None
 ) -> None:
-    """Totals of the memory: events, users, messages, knowledge and tasks by status."""
+    """Totals of the memory: events, users, messages, knowledge, tasks by status, and the
+    tokens extraction spent (input, output, cached), in all and per extractor and model."""
     with Audit(db, db_url) as audit:
         totals = audit.stats()
+        spend = audit.spend()
     if as_json:
-        _print_json(totals)
+        _print_json({**totals, "spend": spend})
         return
     table = Table("what", "count", title="memvee stats")
     for name, count in totals.items():
         table.add_row(name.replace("_", " "), f"{count:,}")
     console.print(table)
+    if not spend:
+        return
+    by_model = Table(
+        "extractor",
+        "model",
+        "calls",
+        "input",
+        "output",
+        "cache read",
+        "cache write",
+        title="tokens spent",
+    )
+    for row in spend:
+        by_model.add_row(
+            row["extractor"] or "",
+            row["model"] or "",
+            *(f"{row[k]:,}" for k in ("calls", "input_tokens", "output_tokens")),
+            *(f"{row[k]:,}" for k in ("cache_read_tokens", "cache_write_tokens")),
+        )
+    console.print(by_model)
+
+
+@app.command()
+def quarantine(
+    user: Annotated[
+        str | None, typer.Argument(help="The user (without: every user with any).")
+    ] = None,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Messages set aside because they kept failing extraction, with their last error."""
+    with Audit(db, db_url) as audit, _input_errors():
+        if user is None:
+            counts = audit.quarantine_counts()
+            found = None
+        else:
+            found = audit.quarantined(user)
+    if found is None:
+        if as_json:
+            _print_json(counts)
+            return
+        table = Table("user", "quarantined", title="users with quarantined messages")
+        for name, count in counts.items():
+            table.add_row(name, f"{count:,}")
+        console.print(table if counts else "no quarantined messages")
+        return
+    if as_json:
+        _print_json([dataclasses.asdict(m) for m in found])
+        return
+    table = Table(
+        "#", "message", "role", "content", "attempts", "error", title=f"{user}: quarantine"
+    )
+    for m in found:
+        table.add_row(str(m.seq), m.message_id, m.role, m.content, str(m.attempts), m.error)
+    console.print(table if found else f"{user!r} has no quarantined messages")
+
+
+@app.command()
+def requeue(
+    user: Annotated[str, typer.Argument(help="The user whose quarantined messages to requeue.")],
+    message: Annotated[
+        list[str] | None, typer.Option("--message", help="Only this message id (repeatable).")
+    ] = None,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """Put quarantined messages back in the buffer, to be extracted on the next run."""
+    with Audit(db, db_url) as audit, _input_errors():
+        returned = audit.requeue(user, message or None)
+    console.print(f"requeued {len(returned)} messages of {user!r}")
 
 
 def _point(at: str | None) -> tuple[int | None, datetime | None]:

@@ -13,7 +13,8 @@ class RecordingExtractor:
     """Returns one fact per user message and records every batch it was given.
 
     ``gate`` (when set) holds every extraction until the test opens it; ``fail_next``
-    makes the next ``n`` extractions raise; ``delay`` sleeps before answering.
+    makes the next ``n`` extractions raise; ``delay`` sleeps before answering; ``fault``
+    (a function of the batch) names the error to raise for a batch, or ``None``.
     """
 
     name = "recording"
@@ -27,6 +28,7 @@ class RecordingExtractor:
         self.started = threading.Event()
         self.fail_next = 0
         self.answer: Callable[[ExtractionBatch], tuple[ExtractedFact, ...]] | None = None
+        self.fault: Callable[[ExtractionBatch], BaseException | None] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -47,6 +49,9 @@ class RecordingExtractor:
             if self.fail_next > 0:
                 self.fail_next -= 1
                 raise ExtractionError("stand-in extractor failed on purpose")
+        fault = None if self.fault is None else self.fault(batch)
+        if fault is not None:
+            raise fault
         if self.answer is not None:
             facts = self.answer(batch)
         else:
