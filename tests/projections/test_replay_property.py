@@ -1,5 +1,5 @@
-"""A property: for random sequences of operations (add, process, fail, crash-recover,
-re-extract and promote),
+"""A property: for random sequences of operations (add, process in bounded batches, fail in
+ways that repeat or pass, quarantine, requeue, crash-recover, re-extract and promote),
 the state replayed at every version equals the live state recorded at that version and the
 state a plain SQL fold replays, and rebuilding the projections (in pages of any size) gives
 back the live ones."""
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
-from events import EventStore, ExtractedFact, Recorded, UserLog, sqlite_url
+from events import BatchLimits, EventStore, ExtractedFact, Recorded, UserLog, sqlite_url
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -52,12 +52,15 @@ OPERATIONS = st.lists(
     st.sampled_from(
         [
             *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
-            *("reextract", "promote"),
+            *("reextract", "promote", "reject", "reject", "blamed", "requeue"),
         ]
     ),
     min_size=1,
-    max_size=30,
+    max_size=40,
 )
+
+LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
+"""Small batches and few attempts, so that tasks run several batches, split and quarantine."""
 
 
 def _sql_state_at(
@@ -123,16 +126,24 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
             elif op == "start":
                 tasks += 1
                 log.request_processing(f"t{tasks}", "manual")
-                log.start_next()
-            elif op in ("extract", "revise", "fail") and log.open_tasks:
+                log.start_next(LIMITS)
+            elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
                 task = next(iter(log.open_tasks))
                 if op in ("extract", "revise"):
                     facts = [ExtractedFact(f"fact {m}", (m,)) for m in log.open_tasks[task]]
                     if op == "revise":
                         facts = _revising(log, facts)
-                    log.record_knowledge(task, facts, "property")
+                    log.record_knowledge(task, facts, "property", limits=LIMITS)
                 else:
-                    log.record_failure(task, "failed on purpose")
+                    log.record_failure(
+                        task,
+                        f"failed on purpose ({op})",
+                        repeats=op == "reject",
+                        blamed=op == "blamed",
+                        limits=LIMITS,
+                    )
+            elif op == "requeue":
+                log.requeue()
             elif op == "crash":
                 log.close_interrupted("interrupted: crash")
             elif op == "reextract":
