@@ -54,7 +54,8 @@ class CircuitBreaker:
         self._open_until: float | None = None
         self._probe_until = 0.0
         self._successes = 0
-        self._last_failure: OrderedDict[str, int] = OrderedDict()
+        self._failed_total = 0
+        self._last_failure: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
         self.opened = 0
         """How many times the breaker opened (for logs and tests)."""
 
@@ -97,6 +98,7 @@ class CircuitBreaker:
         """A call failed in a way that may pass; open (or reopen) the breaker if it keeps on."""
         with self._lock:
             self._failures += 1
+            self._failed_total += 1
             now = self._clock()
             if self._open_until is not None:
                 self._cooldown = min(self._cooldown * 2, self.max_cooldown)
@@ -107,17 +109,28 @@ class CircuitBreaker:
                 self.opened += 1
 
     def blame(self, message_id: str) -> bool:
-        """Whether a lone message's failure (one that may pass) is its own fault.
+        """Whether a lone message's failure (one that may pass, already counted by
+        :meth:`failed`) is its own fault rather than the API's.
 
-        It is when the API answered other calls since the message last failed: then the
-        API is up and this message is what keeps failing. The first failure is never blamed.
+        It is while the breaker is closed and either the API answered other calls since
+        the message last failed, or that failure was blamed too and nothing else failed
+        since (the message is all that is being sent, and it keeps failing). The first
+        failure of a message is never blamed.
         """
         with self._lock:
             previous = self._last_failure.pop(message_id, None)
-            self._last_failure[message_id] = self._successes
+            blamed = (
+                previous is not None
+                and self._open_until is None
+                and (
+                    self._successes > previous[0]
+                    or (previous[2] and self._failed_total == previous[1] + 1)
+                )
+            )
+            self._last_failure[message_id] = (self._successes, self._failed_total, blamed)
             while len(self._last_failure) > _BLAME_MEMORY:
                 self._last_failure.popitem(last=False)
-            return previous is not None and self._successes > previous
+            return blamed
 
 
 class UserBackoff:
