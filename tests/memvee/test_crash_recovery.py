@@ -16,7 +16,8 @@ from typing import Any
 from actors import INTERRUPTED_BY_CRASH
 from memvee import Memory, MemoryConfig, ProcessStatus
 from projections import verify
-from tests.support.crash_child import LEASE_TTL
+from tests.support.coverage import coverage
+from tests.support.crash_child import LEASE_TTL, POISON, poisoned
 from tests.support.extractors import RecordingExtractor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +109,37 @@ async def test_recovery_with_auto_process_processes_users_left_over_the_threshol
         assert await memory.buffer("victim") == []
         covered = {m for e in await memory.knowledge("victim") for m in e.source_message_ids}
         assert set(acked[0::2]) <= covered
+
+
+async def test_sigkill_while_batches_split_and_quarantine_covers_nothing_twice(
+    db_url: str,
+) -> None:
+    acked = _run_child_until_killed(db_url, acks_after_extraction=40, mode="poison")
+    extractor = RecordingExtractor()
+    extractor.fault = poisoned
+    config = MemoryConfig(db_url=db_url, lease_ttl=LEASE_TTL, max_batch_messages=4)
+    async with Memory(config=config, extractor=extractor) as memory:
+        await _until_settled(memory)
+        await memory.flush("victim")
+        engine = memory._engine
+        assert engine is not None
+        found = coverage(engine.store, "victim")
+        found.check()
+        assert set(acked) <= set(found.messages)
+        assert not found.buffered and await memory.buffer("victim") == []
+        logged = {m.message_id: m.content for m in await memory.messages("victim")}
+        poisoned_ids = {m for m, content in logged.items() if POISON in content}
+        assert poisoned_ids and set(found.quarantined) == poisoned_ids
+        assert set(found.covered) == set(logged) - poisoned_ids
+        assert {q.message_id for q in await memory.quarantined("victim")} == poisoned_ids
+        assert verify(engine.store) == []
+
+
+async def _until_settled(memory: Memory) -> None:
+    """Wait until the killed process's user is taken over and none of its tasks is open."""
+    async with asyncio.timeout(30):
+        while True:
+            tasks = await memory.tasks("victim")
+            if all(t.done for t in tasks):
+                return
+            await asyncio.sleep(0.05)
