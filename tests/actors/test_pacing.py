@@ -1,0 +1,101 @@
+"""When extraction may run: the breaker every user shares, and each user's backoff."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors._pacing import CircuitBreaker, UserBackoff
+
+
+class Clock:
+    """A clock a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _breaker(clock: Clock) -> CircuitBreaker:
+    return CircuitBreaker(failures=3, cooldown=2.0, max_cooldown=8.0, clock=clock)
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_an_answer_resets_the_count() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    breaker.failed()
+    breaker.failed()
+    breaker.succeeded()
+    breaker.failed()
+    breaker.failed()
+    assert breaker.admit() == 0 and not breaker.is_open
+    breaker.failed()
+    assert breaker.is_open and breaker.opened == 1
+    assert breaker.admit() == 2.0
+
+
+def test_after_the_cooldown_one_probe_goes_and_its_answer_closes_the_breaker() -> None:
+    clock = Clock()
+    closed: list[bool] = []
+    breaker = _breaker(clock)
+    breaker.on_close = lambda: closed.append(True)
+    for _ in range(3):
+        breaker.failed()
+    clock.now += 2.0
+    assert breaker.admit() == 0, "the probe"
+    assert breaker.admit() > 0, "one probe at a time"
+    breaker.succeeded()
+    assert not breaker.is_open and closed == [True]
+    assert breaker.admit() == 0
+
+
+def test_a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() -> None:
+    clock = Clock()
+    breaker = _breaker(clock)
+    for _ in range(3):
+        breaker.failed()
+    waits = []
+    for _ in range(4):
+        clock.now += 100
+        assert breaker.admit() == 0
+        breaker.failed()
+        waits.append(breaker.admit())
+    assert waits == [4.0, 8.0, 8.0, 8.0]
+
+
+def test_a_lone_message_is_blamed_only_on_evidence_that_the_api_works() -> None:
+    breaker = _breaker(Clock())
+    breaker.failed()
+    assert not breaker.blame("m"), "the first failure is never blamed"
+    breaker.succeeded()  # another call went through
+    breaker.failed()
+    assert breaker.blame("m")
+    breaker.failed()
+    assert breaker.blame("m"), "it is all that is sent and it keeps failing"
+    breaker.failed()  # another message fails too: the API may be down
+    breaker.failed()
+    assert not breaker.blame("m")
+
+
+def test_nothing_is_blamed_while_the_breaker_is_open() -> None:
+    breaker = _breaker(Clock())
+    breaker.failed()
+    breaker.blame("m")
+    breaker.succeeded()
+    for _ in range(3):
+        breaker.failed()
+    assert breaker.is_open and not breaker.blame("m")
+
+
+def test_a_users_backoff_doubles_up_to_the_cap_and_ends_with_a_success() -> None:
+    clock = Clock()
+    backoff = UserBackoff(base=1.0, cap=5.0, clock=clock)
+    delays = [backoff.failed("ann") for _ in range(5)]
+    for delay, nominal in zip(delays, [1, 2, 4, 5, 5], strict=True):
+        assert 0.8 * nominal <= delay <= 1.2 * nominal
+    assert backoff.remaining("ann") == pytest.approx(delays[-1]) and backoff.remaining("bob") == 0
+    clock.now += delays[-1]
+    assert backoff.remaining("ann") == 0
+    backoff.succeeded("ann")
+    assert 0.8 <= backoff.failed("ann") <= 1.2
