@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from events import (
+    BatchLimits,
     BatchMessage,
     ConflictError,
     EventStore,
@@ -38,6 +39,10 @@ from projections import (
     UserSummary,
     state_at,
 )
+
+if TYPE_CHECKING:
+    from memvee._bulk import BulkReport
+    from memvee.extractors import ClaudeExtractor
 
 __all__ = ["Audit", "Comparison", "LoggedEvent", "Provenance", "SourceMessage"]
 
@@ -320,6 +325,41 @@ class Audit:
             return len(entries)
 
         return await asyncio.to_thread(self._decide, user_id, record)
+
+    async def reextract_in_bulk(
+        self,
+        user_ids: Sequence[str],
+        extractor: ClaudeExtractor,
+        version: str,
+        *,
+        limits: BatchLimits | None = None,
+        poll_interval: float = 30.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> BulkReport:
+        """Re-extract the users' processed messages into ``version`` through the Message
+        Batches API (half the price; results within 24 hours, most within one).
+
+        Only messages the version does not cover yet are sent, so running it again after
+        a crash (or after requests failed) finishes the job without recording anything
+        twice. The live knowledge stays as it is until :meth:`promote`.
+        """
+        from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
+
+        for user_id in user_ids:
+            check_user_id(user_id)
+        if not version.strip() or version == LIVE_KNOWLEDGE:
+            raise InvalidInputError(f"{version!r} cannot name a new knowledge version")
+        bulk = BulkReextraction(
+            self.store,
+            self._reader,
+            self._decide,
+            extractor,
+            version,
+            limits=limits,
+            poll_interval=poll_interval,
+            progress=progress,
+        )
+        return await bulk.run(list(user_ids))
 
     def _known(self, user_id: str, version: str) -> tuple[KnownEntry, ...]:
         """The version's current entries a re-extraction batch may repeat or update."""

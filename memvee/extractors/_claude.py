@@ -122,7 +122,9 @@ class ClaudeExtractor:
         self._client = client
         self._owns_client = client is None
 
-    def _get_client(self) -> anthropic.AsyncAnthropic:
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The SDK client (built on first use, from the environment, unless one was given)."""
         if self._client is None:
             self._client = anthropic.AsyncAnthropic(max_retries=self.max_retries)
         return self._client
@@ -156,7 +158,7 @@ class ClaudeExtractor:
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
-        client = self._get_client()
+        client = self.client
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:

@@ -1,0 +1,371 @@
+"""Re-extraction in bulk through the Anthropic Message Batches API, at half the price.
+
+A bulk run brings one knowledge version up to date: every processed message of the chosen
+users that the version does not cover yet is planned into bounded batches, submitted as
+one Message Batch (or a few, for very large runs), polled until it ends, and each result
+recorded as a KnowledgeReextracted event of its user.
+
+It survives a crash at any point. The requests of each submitted Message Batch are kept
+in a small table (``memvee_bulk_batches``, not a projection: it is where a run is, not what
+the log says) before the batch is created; a later run for the same version collects the
+batches left unfinished before planning anything new. Each recorded event names its
+request (``request_id``), and a request already recorded in the user's log is never
+recorded again. Rows are deleted once their results are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import uuid4
+
+import anthropic
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from anthropic.types.messages.batch_create_params import Request
+from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
+
+from events import (
+    BatchLimits,
+    BatchMessage,
+    EventStore,
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionError,
+    InvalidInputError,
+    KnownEntry,
+    UserLog,
+    estimate_tokens,
+)
+from memvee.extractors import ClaudeExtractor
+from memvee.extractors._claude import api_error
+from projections import ProjectionReader
+
+__all__ = ["BulkReextraction", "BulkReport"]
+
+log = logging.getLogger("memvee.bulk")
+
+MAX_REQUESTS_PER_BATCH = 10_000
+"""Requests per Message Batch (the API takes up to 100,000 or 256 MB)."""
+
+_METADATA = MetaData()
+BULK_BATCHES = Table(
+    "memvee_bulk_batches",
+    _METADATA,
+    Column("local_id", String(36), primary_key=True),
+    Column("knowledge_version", String(64), nullable=False, index=True),
+    Column("api_batch_id", String(128), nullable=True),
+    Column("requests", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""Submitted Message Batches whose results are not recorded yet, with what each request
+holds: its user, its messages and the known entries its prompt listed."""
+
+Decide = Callable[[str, Callable[[UserLog], Any]], Any]
+"""Decides on a user's freshly loaded log and appends what it emitted (Audit's)."""
+
+Progress = Callable[[int, int], None]
+"""Told (requests done, requests in all) while a Message Batch is processed."""
+
+
+@dataclass
+class BulkReport:
+    """What a bulk run did: requests submitted and recorded, entries, and what failed."""
+
+    submitted: int = 0
+    recorded: int = 0
+    skipped: int = 0
+    entries: int = 0
+    batches: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One request of a bulk run: a user's batch of messages and the entries it was shown."""
+
+    custom_id: str
+    user_id: str
+    message_ids: list[str]
+    known: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user": self.user_id, "messages": self.message_ids, "known": self.known}
+
+
+class BulkReextraction:
+    """Re-extracts users' processed messages into ``version`` through Message Batches.
+
+    ``limits`` bounds each request as live extraction bounds its batches;
+    ``poll_interval`` is how often a running Message Batch is looked at.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        reader: ProjectionReader,
+        decide: Decide,
+        extractor: ClaudeExtractor,
+        version: str,
+        *,
+        limits: BatchLimits | None = None,
+        poll_interval: float = 30.0,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.reader = reader
+        self.decide = decide
+        self.extractor = extractor
+        self.version = version
+        self.limits = limits or BatchLimits()
+        self.poll_interval = poll_interval
+        self.progress = progress or (lambda done, total: None)
+
+    async def run(self, user_ids: Sequence[str]) -> BulkReport:
+        """Collect what an earlier run left unfinished, then submit, poll and record the
+        messages of ``user_ids`` that the version does not cover yet."""
+        report = BulkReport()
+        await asyncio.to_thread(self._create_table)
+        client = self.extractor.client
+        try:
+            for row in await asyncio.to_thread(self._unfinished):
+                await self._finish(client, row, report)
+            planned = await asyncio.to_thread(self._plan, user_ids)
+            for start in range(0, len(planned), MAX_REQUESTS_PER_BATCH):
+                chunk = planned[start : start + MAX_REQUESTS_PER_BATCH]
+                row = await self._submit(client, chunk)
+                report.submitted += len(chunk)
+                await self._finish(client, row, report)
+        except anthropic.AnthropicError as error:
+            raise api_error(error, client.api_key) from None
+        finally:
+            await self.extractor.aclose()
+        return report
+
+    # ------------------------------------------------------------------ plan and submit
+
+    def _plan(self, user_ids: Sequence[str]) -> list[_Planned]:
+        """Every user's processed messages not yet in the version, in bounded batches."""
+        pending = {m for row in self._unfinished() for m in _message_ids(row)}
+        planned: list[_Planned] = []
+        for user_id in user_ids:
+            user_log = self.store.load(user_id)
+            if user_log is None:
+                raise InvalidInputError(f"user {user_id!r} has no log")
+            waiting = set(user_log.pending) | set(user_log.quarantined)
+            waiting |= {m for batch in user_log.open_tasks.values() for m in batch}
+            events = self.store.events_of(user_id)
+            done = {
+                m
+                for e in events
+                if isinstance(e, UserLog.KnowledgeReextracted)
+                and e.knowledge_version == self.version
+                for m in e.message_ids
+            }
+            todo = [
+                e
+                for e in events
+                if isinstance(e, UserLog.MessageAdded)
+                and e.message_id not in waiting | done | pending
+            ]
+            known = [e.entry_id for e in self._known(user_id)]
+            for batch in _bounded(todo, self.limits):
+                custom_id = f"r{len(planned) + 1}"
+                planned.append(_Planned(custom_id, user_id, batch, known))
+        return planned
+
+    async def _submit(
+        self, client: anthropic.AsyncAnthropic, planned: list[_Planned]
+    ) -> dict[str, Any]:
+        """Keep the requests, then create the Message Batch and keep its id."""
+        row = {
+            "local_id": str(uuid4()),
+            "knowledge_version": self.version,
+            "api_batch_id": None,
+            "requests": {p.custom_id: p.to_json() for p in planned},
+            "created_at": datetime.now(UTC),
+        }
+        await asyncio.to_thread(self._insert, row)
+        requests: list[Request] = []
+        for p in planned:
+            batch = await asyncio.to_thread(self._batch, p.custom_id, p.to_json())
+            params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
+            requests.append({"custom_id": p.custom_id, "params": params})
+        created = await client.messages.batches.create(requests=requests)
+        row["api_batch_id"] = created.id
+        await asyncio.to_thread(self._set_batch_id, str(row["local_id"]), created.id)
+        log.info("submitted %d requests as Message Batch %s", len(planned), created.id)
+        return row
+
+    # ------------------------------------------------------------------ poll and record
+
+    async def _finish(
+        self, client: anthropic.AsyncAnthropic, row: dict[str, Any], report: BulkReport
+    ) -> None:
+        """Wait for one Message Batch to end, then record its results in log order."""
+        batch_id = row["api_batch_id"]
+        if batch_id is None:
+            # Created or not, nobody kept its id: plan its messages again.
+            await asyncio.to_thread(self._delete, row["local_id"])
+            return
+        report.batches.append(batch_id)
+        total = len(row["requests"])
+        while True:
+            found = await client.messages.batches.retrieve(batch_id)
+            counts = found.request_counts
+            done = counts.succeeded + counts.errored + counts.canceled + counts.expired
+            self.progress(done, total)
+            if found.processing_status == "ended":
+                break
+            await asyncio.sleep(self.poll_interval)
+        answers: dict[str, Any] = {}
+        async for result in await client.messages.batches.results(batch_id):
+            answers[result.custom_id] = result.result
+        by_user: dict[str, list[tuple[int, str]]] = {}
+        for custom_id, request in row["requests"].items():
+            by_user.setdefault(request["user"], []).append((int(custom_id[1:]), custom_id))
+        for user_id, requests in by_user.items():
+            recorded = await asyncio.to_thread(self._recorded, user_id)
+            for _, custom_id in sorted(requests):
+                request_id = f"{batch_id}:{custom_id}"
+                if request_id in recorded:
+                    report.skipped += 1
+                    continue
+                outcome = answers.get(custom_id)
+                entries = await asyncio.to_thread(
+                    self._record, custom_id, row["requests"][custom_id], outcome, request_id
+                )
+                if isinstance(entries, str):
+                    report.failed[request_id] = entries
+                else:
+                    report.recorded += 1
+                    report.entries += entries
+        await asyncio.to_thread(self._delete, row["local_id"])
+
+    def _record(
+        self, custom_id: str, request: dict[str, Any], outcome: Any, request_id: str
+    ) -> int | str:
+        """Record one request's answer; returns the entries added, or why it failed."""
+        if outcome is None:
+            return "no result"
+        if outcome.type != "succeeded":
+            detail = getattr(getattr(outcome, "error", None), "error", None)
+            return f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}"
+        batch = self._batch(custom_id, request)
+        try:
+            result = self.extractor.read_answer(batch, outcome.message)
+        except ExtractionError as error:
+            return str(error)
+        current = {e.text.casefold(): e.entry_id for e in self._known(batch.user_id)}
+        facts = [_same_if_known(f, current) for f in result.facts]
+
+        def record(user_log: UserLog) -> int:
+            return len(
+                user_log.record_reextraction(
+                    self.version,
+                    list(request["messages"]),
+                    facts,
+                    result.extractor,
+                    result.model,
+                    result.usage,
+                    batch=batch.messages,
+                    request_id=request_id,
+                )
+            )
+
+        count: int = self.decide(batch.user_id, record)
+        return count
+
+    def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
+        """The batch a request was made of, read back from the log and the projections."""
+        user_id = request["user"]
+        with self.store.engine.connect() as connection:
+            messages = self.reader.messages(connection, user_id, ids=list(request["messages"]))
+            entries = self.reader.entries(connection, user_id, list(request["known"]))
+        order = {entry_id: i for i, entry_id in enumerate(request["known"])}
+        known = sorted(entries, key=lambda e: order[e.entry_id])
+        return ExtractionBatch(
+            user_id,
+            f"bulk:{self.version}:{custom_id}",
+            tuple(BatchMessage(m.message_id, m.role, m.content, m.sent_at) for m in messages),
+            tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in known),
+        )
+
+    def _known(self, user_id: str) -> list[Any]:
+        """The version's current entries of the user (those a request may repeat)."""
+        with self.store.engine.connect() as connection:
+            return self.reader.knowledge(connection, user_id, self.version)
+
+    def _recorded(self, user_id: str) -> set[str]:
+        """The request ids already recorded in the user's log."""
+        return {
+            e.request_id
+            for e in self.store.events_of(user_id)
+            if isinstance(e, UserLog.KnowledgeReextracted) and e.request_id
+        }
+
+    # ------------------------------------------------------------------ the table
+
+    def _create_table(self) -> None:
+        with self.store.transaction() as connection:
+            _METADATA.create_all(connection)
+
+    def _unfinished(self) -> list[dict[str, Any]]:
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(BULK_BATCHES)
+                .where(BULK_BATCHES.c.knowledge_version == self.version)
+                .order_by(BULK_BATCHES.c.created_at)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def _insert(self, row: dict[str, Any]) -> None:
+        with self.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.insert(), row)
+
+    def _set_batch_id(self, local_id: str, batch_id: str) -> None:
+        with self.store.transaction() as connection:
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(BULK_BATCHES.c.local_id == local_id)
+                .values(api_batch_id=batch_id)
+            )
+
+    def _delete(self, local_id: str) -> None:
+        with self.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id == local_id))
+
+
+def _message_ids(row: dict[str, Any]) -> Iterable[str]:
+    for request in row["requests"].values():
+        yield from request["messages"]
+
+
+def _bounded(messages: Sequence[Any], limits: BatchLimits) -> Iterable[list[str]]:
+    """``messages`` (MessageAdded events) cut into batches as live extraction cuts them."""
+    batch: list[str] = []
+    tokens = 0
+    for event in messages:
+        weight = estimate_tokens(event.content)
+        if batch and (len(batch) >= limits.max_messages or tokens + weight > limits.max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(event.message_id)
+        tokens += weight
+    if batch:
+        yield batch
+
+
+def _same_if_known(fact: ExtractedFact, current: dict[str, str]) -> ExtractedFact:
+    """A "new" fact whose text is already a current entry of the version repeats it.
+
+    Requests of one bulk run cannot see each other's entries, so the same fact may come
+    back from several of them; it is recorded once.
+    """
+    target = current.get(fact.text.casefold()) if fact.action == "new" else None
+    if target is None:
+        return fact
+    return ExtractedFact(fact.text, fact.source_message_ids, "same", target)

@@ -1,0 +1,162 @@
+"""Re-extraction through the Message Batches API: submit, poll, collect and record, through
+the real ``anthropic`` client and the stand-in server; resumable after a crash at any
+point, with nothing recorded twice."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from events import BatchLimits, UserLog, sqlite_url
+from memvee import Memory, MemoryConfig
+from memvee._bulk import BulkReextraction
+from memvee.audit import Audit
+from memvee.cli import app
+from memvee.extractors import ClaudeExtractor
+from tests.support.extractors import RecordingExtractor
+from tests.support.messages_api_server import (
+    MessagesAPIServer,
+    RecordedRequest,
+    ScriptedResponse,
+    default_answer,
+    error_body,
+)
+
+USERS = ("ann", "bob")
+LIMITS = BatchLimits(max_messages=4)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPIServer]:
+    with MessagesAPIServer(batch_polls=2) as running:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", running.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-bulk")
+        yield running
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[str]:
+    """A database where two users' messages were processed, and one waits buffered."""
+    url = sqlite_url(tmp_path / "bulk.db")
+    async with Memory(config=MemoryConfig(db_url=url), extractor=RecordingExtractor()) as memory:
+        for user in USERS:
+            for i in range(5):
+                await memory.add_exchange(user, f"{user} likes thing {i}", "ok")
+            await memory.flush(user)
+        await memory.add_exchange("ann", "I am still buffered", "ok")
+    yield url
+
+
+def _reextracted(audit: Audit, user: str) -> list[Any]:
+    return [
+        e
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.KnowledgeReextracted) and e.knowledge_version == "v2"
+    ]
+
+
+async def _run(audit: Audit, **kw: Any) -> Any:
+    return await audit.reextract_in_bulk(
+        list(USERS), ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01, **kw
+    )
+
+
+async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
+    db: str, server: MessagesAPIServer
+) -> None:
+    progress: list[tuple[int, int]] = []
+    with Audit(db_url=db) as audit:
+        report = await _run(audit, progress=lambda done, total: progress.append((done, total)))
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+        assert report.entries == 10
+        (batch,) = server.batches
+        assert len(batch["requests"]) == 6 and batch["retrievals"] >= 2
+        assert progress[-1] == (6, 6)
+        for user in USERS:
+            events = _reextracted(audit, user)
+            assert [len(e.message_ids) for e in events] == [4, 4, 2]
+            assert len({e.request_id for e in events}) == 3
+            assert audit.knowledge_versions(user)["v2"] == 5
+        buffered = {m for m in _reextracted(audit, "ann") for m in m.message_ids}
+        assert len(buffered) == 10, "the buffered exchange is left to normal processing"
+        again = await _run(audit)
+        assert (again.submitted, again.recorded) == (0, 0), "the version is up to date"
+    assert server.requests == [], "nothing went through the live Messages API"
+
+
+async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def crash(self: BulkReextraction, *args: Any) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_finish", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        report = await _run(audit)
+        assert (report.submitted, report.recorded) == (0, 6)
+        assert len(server.batches) == 1, "the batch was collected, not submitted again"
+        assert report.batches == [server.batches[0]["id"]]
+
+
+async def test_a_run_that_crashed_while_recording_records_only_the_rest(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = 0
+    real = BulkReextraction._record
+
+    def crash_after_two(self: BulkReextraction, *args: Any) -> Any:
+        nonlocal recorded
+        if recorded == 2:
+            raise RuntimeError("killed")
+        recorded += 1
+        return real(self, *args)
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_record", crash_after_two)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        report = await _run(audit)
+        assert (report.submitted, report.recorded, report.skipped) == (0, 4, 2)
+        for user in USERS:
+            ids = Counter(m for e in _reextracted(audit, user) for m in e.message_ids)
+            assert set(ids.values()) == {1} and len(ids) == 10, "nothing recorded twice"
+
+
+async def test_failed_requests_are_reported_and_the_next_run_sends_only_them(
+    db: str, server: MessagesAPIServer
+) -> None:
+    def bob_fails(request: RecordedRequest) -> ScriptedResponse:
+        if any("bob likes thing 4" in m["content"] for m in request.messages):
+            return ScriptedResponse(500, error_body("api_error", "internal"))
+        return default_answer(request)
+
+    server.set_responder(bob_fails)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        (failed,) = report.failed
+        assert "errored" in report.failed[failed] and report.recorded == 5
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (1, 1, {})
+        assert audit.knowledge_versions("bob")["v2"] == 5
+
+
+def test_the_command_line_runs_a_bulk_reextraction(db: str, server: MessagesAPIServer) -> None:
+    runner = CliRunner()
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = runner.invoke(app, [*args, "--as", "v2", "--promote", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert "recorded" in result.output and "0 failed" in result.output
+    with Audit(db_url=db) as audit:
+        assert audit.knowledge_versions("ann") == {"live": 5}, "v2 was promoted"
+    refused = runner.invoke(app, ["reextract", "--all", "--batch-api", "--db-url", db])
+    assert refused.exit_code == 2 and "--batch-api needs --extractor claude" in refused.output
