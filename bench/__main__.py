@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import append, load, postgres, processing, rebuild, retrieve, rss
+from bench import append, load, postgres, processing, prompt, rebuild, retrieve, rss
 from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, progress
 from bench.report import make_console, print_section, print_targets
 
@@ -30,6 +30,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("add_exchange", append.run),
     ("load", load.run),
     ("processing", processing.run),
+    ("prompt", prompt.run),
     ("rebuild", rebuild.run),
     ("retrieve", retrieve.run),
     ("rss", rss.run),
