@@ -221,3 +221,85 @@ async def test_the_cli_explains_exports_and_imports(
     assert again.exit_code == 2
     verified = runner.invoke(app, ["verify", "--db", target])
     assert verified.exit_code == 0
+
+
+async def test_the_cli_lists_quarantined_messages_requeues_them_and_shows_spend(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    from events import InvalidExtractionError
+
+    memory: Memory = await make_memory()
+    extractor.fault = lambda batch: (
+        InvalidExtractionError("unreadable answer")
+        if any("stamps" in m.content for m in batch.messages)
+        else None
+    )
+    await memory.add_exchange("ann", "I collect stamps", "ok")
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.process("ann")
+    await memory.close()
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, [*args, "--db-url", db_url])
+        assert result.exit_code == code, result.output
+        return str(result.output)
+
+    assert json.loads(run("quarantine", "--json")) == {"ann": 1}
+    (stuck,) = json.loads(run("quarantine", "ann", "--json"))
+    assert stuck["content"] == "I collect stamps" and stuck["attempts"] == 3
+    assert "unreadable answer" in stuck["error"]
+    assert "I collect stamps" in run("quarantine", "ann")
+    assert "no quarantined messages" in run("quarantine", "bob")
+    assert "requeued 1 messages" in run("requeue", "ann")
+    assert json.loads(run("quarantine", "--json")) == {}
+    assert "requeued 0 messages" in run("requeue", "ann")
+    assert "has no log" in run("requeue", "nobody", code=2)
+    assert "no quarantined message" in run("requeue", "ann", "--message", "nope", code=2)
+    stats = json.loads(run("stats", "--json"))
+    assert stats["quarantined"] == 0 and stats["buffered"] == 1
+    assert stats["spend"] == [] and stats["input_tokens"] == 0, "the stand-in spends nothing"
+
+
+async def test_stats_sums_the_tokens_spent_per_extractor_and_model(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    from events import ExtractionResult
+
+    memory: Memory = await make_memory()
+    real = extractor.extract
+
+    async def spending(batch: Any) -> ExtractionResult:
+        result = await real(batch)
+        return ExtractionResult(
+            result.facts,
+            "claude",
+            "claude-x",
+            1_000,
+            50,
+            cache_read_tokens=900,
+            cache_write_tokens=10,
+        )
+
+    extractor.extract = spending  # type: ignore[method-assign]
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, "I like tea", "ok")
+        await memory.process(user)
+    await memory.close()
+    result = CliRunner().invoke(app, ["stats", "--json", "--db-url", db_url])
+    stats = json.loads(result.output)
+    assert (stats["input_tokens"], stats["output_tokens"]) == (2_000, 100)
+    assert (stats["cache_read_tokens"], stats["cache_write_tokens"]) == (1_800, 20)
+    assert stats["spend"] == [
+        {
+            "extractor": "claude",
+            "model": "claude-x",
+            "calls": 2,
+            "input_tokens": 2_000,
+            "output_tokens": 100,
+            "cache_read_tokens": 1_800,
+            "cache_write_tokens": 20,
+        }
+    ]
+    table = CliRunner().invoke(app, ["stats", "--db-url", db_url]).output
+    assert "tokens spent" in table and "claude-x" in table
