@@ -1,5 +1,6 @@
 """pykka actors: one per user, the directory that spawns and passivates them, the
-extraction workers, the group committer and the asyncio bridge."""
+extraction workers with the breaker and backoff that pace them, the group committer and
+the asyncio bridge."""
 
 from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver

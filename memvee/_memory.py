@@ -241,7 +241,8 @@ class Memory:
     # ------------------------------------------------------------------ processing
 
     async def process(self, user_id: str) -> int:
-        """Process every buffered message of the user now; returns the entries extracted."""
+        """Process every buffered message of the user now, in bounded batches; returns the
+        entries extracted over all of them."""
         return await self.process_async(user_id).wait()
 
     def process_async(self, user_id: str) -> ProcessTask:

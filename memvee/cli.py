@@ -45,6 +45,18 @@ def _store(db: str, db_url: str | None) -> EventStore:
     return EventStore(db_url or sqlite_url(db))
 
 
+def _bar(label: str, unit: str = "") -> Progress:
+    """A transient progress bar that says how much of how many is done."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn(f"{{task.completed}}/{{task.total}} {unit}".rstrip()),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
 @app.command()
 def rebuild(
     db: DbOption = "memvee.db",
@@ -63,14 +75,7 @@ def rebuild(
             folded = rebuild_user(store, user)
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
             return
-        with Progress(
-            TextColumn("rebuilding"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with _bar("rebuilding") as bar:
             job = bar.add_task("rebuild", total=store.max_position())
             folded = rebuild_projections(
                 store, resume=resume, progress=lambda done, total: bar.update(job, completed=done)
@@ -342,14 +347,7 @@ def _reextract_in_bulk(
     promote: bool,
 ) -> None:
     """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
-    with Progress(
-        TextColumn("Message Batch"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} requests"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with _bar("Message Batch", "requests") as bar:
         job = bar.add_task("batch", total=None)
         with _input_errors(MemveeError):
             report = asyncio.run(
