@@ -236,7 +236,10 @@ async def test_the_breaker_pauses_everyone_while_the_api_is_down_and_resumes_by_
     down.clear()
 
     async def all_extracted() -> bool:
-        return all([len(await memory.knowledge(u)) == 1 for u in users])
+        for user in users:
+            if await memory.buffer(user) or len(await memory.knowledge(user)) != 1:
+                return False
+        return True
 
     await _until(all_extracted, timeout=30)
     assert not engine.breaker.is_open
