@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 from events import BatchLimits, Durability, InvalidInputError
 
-__all__ = ["MemoryConfig"]
+__all__ = ["DEFAULT_ALPHA", "MemoryConfig"]
+
+DEFAULT_ALPHA = 0.5
+"""The lexical weight of hybrid retrieval (the semantic one is ``1 - alpha``); chosen by
+``make eval`` on the evaluation sets (see README, "Retrieval evaluation")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,9 @@ class MemoryConfig:
     up to ``retry_delay_max``; ``breaker_failures`` such failures in a row pause every
     user's extraction for ``breaker_cooldown`` seconds (doubling while the API stays down),
     then one run probes the API.
+
+    ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
+    ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.
     """
 
     db_path: str = "memvee.db"
@@ -59,6 +66,7 @@ class MemoryConfig:
     retry_delay_max: float = 300.0
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
+    hybrid_alpha: float = DEFAULT_ALPHA
 
     def __post_init__(self) -> None:
         positive = {
@@ -85,6 +93,8 @@ class MemoryConfig:
                 raise InvalidInputError(f"{name} must be positive, not {value!r}")
         if self.shutdown_grace < 0 or self.snapshot_interval < 0:
             raise InvalidInputError("shutdown_grace and snapshot_interval must not be negative")
+        if not 0.0 <= self.hybrid_alpha <= 1.0:
+            raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
         if self.durability not in ("full", "normal"):
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"

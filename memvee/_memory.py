@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import Connection
@@ -40,7 +40,7 @@ from events import (
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever
 from memvee._task import ProcessStatus, ProcessTask
-from memvee.embedders import Embedder
+from memvee.embedders import Embedder, LocalDefaultEmbedder
 from projections import (
     BufferedMessage,
     KnowledgeEntry,
@@ -68,7 +68,10 @@ class Memory:
     :class:`MemoryClosedError` at once. A Memory belongs to the event loop that opened it.
 
     ``config`` supplies every setting; the keyword arguments before it override the
-    matching fields of ``config`` when they differ from their defaults.
+    matching fields of ``config`` when they differ from their defaults. ``embedder``
+    adds semantic ranking to retrieval: by default the local
+    :class:`~memvee.embedders.OnnxMiniLMEmbedder` (loaded on the first search), or the
+    :class:`~memvee.embedders.Embedder` given; ``False`` keeps retrieval lexical only.
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class Memory:
         batch_threshold: int = 10,
         extractor: Extractor | None = None,
         config: MemoryConfig | None = None,
-        embedder: Embedder | None = None,
+        embedder: Embedder | Literal[False] | None = None,
     ) -> None:
         base = config or MemoryConfig()
         overrides: dict[str, Any] = {}
@@ -145,7 +148,12 @@ class Memory:
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
-        self._retriever = Retriever(engine.store.engine, engine.tables, self._embedder)
+        self._retriever = Retriever(
+            engine.store.engine,
+            engine.tables,
+            _chosen_embedder(self._embedder),
+            alpha=cfg.hybrid_alpha,
+        )
         self._engine = engine
         recovered = await asyncio.to_thread(engine.recover)
         for user_id, task_ids in recovered:
@@ -568,6 +576,19 @@ class _LoopObserver:
 def _task_states(connection: Connection, reader: Any, *, ids: list[str]) -> list[Any]:
     states: list[Any] = reader.task_states(connection, ids)
     return states
+
+
+def _chosen_embedder(embedder: Embedder | Literal[False] | None) -> Embedder | None:
+    """The embedder retrieval uses: the one given, none for ``False``, else the local
+    default when its packages are installed (a warning says so when they are not)."""
+    if embedder is False:
+        return None
+    if embedder is not None:
+        return embedder
+    if LocalDefaultEmbedder.available():
+        return LocalDefaultEmbedder()
+    log.warning("the default embedder's packages are missing: retrieval is lexical only")
+    return None
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:

