@@ -345,6 +345,102 @@ def report_section(runs: Sequence[EvalRun], total_questions: int, with_stale: in
     return section
 
 
+# ---------------------------------------------------------------------------- ranking modes
+
+ALPHAS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+"""The lexical weights swept: 1.0 is lexical only, 0.0 semantic only."""
+
+MODE_TOP_K = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ModeScores:
+    """Recall at 1, 5 and 10 of one ranking mode over ``questions`` questions."""
+
+    questions: int
+    recall_at_1: float
+    recall_at_5: float
+    recall_at_10: float
+
+
+def _recalls(ranks: Sequence[int | None]) -> ModeScores:
+    n = len(ranks)
+
+    def share(k: int) -> float:
+        return sum(1 for r in ranks if r is not None and r <= k) / n if n else math.nan
+
+    return ModeScores(n, share(1), share(5), share(10))
+
+
+async def evaluate_modes(
+    conversations: Sequence[Conversation], folder: Path, embedder: Any
+) -> dict[float, ModeScores]:
+    """Replay with the offline extractor, then rank every question (messages included,
+    top 10) at each lexical weight of :data:`ALPHAS`; recall per weight."""
+    from memvee._retrieval import Retriever
+
+    config = MemoryConfig(db_path=str(folder / "modes.db"), durability="normal")
+    limit = asyncio.Semaphore(_CONCURRENT_CONVERSATIONS)
+    async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+
+        async def _one(conversation: Conversation) -> Replayed:
+            async with limit:
+                return await replay(memory, conversation)
+
+        replayed = await asyncio.gather(*(_one(c) for c in conversations))
+        engine = memory._engine
+        assert engine is not None
+        results: dict[float, ModeScores] = {}
+        for alpha in ALPHAS:
+            retriever = Retriever(
+                engine.store.engine, engine.tables, None if alpha == 1.0 else embedder, alpha=alpha
+            )
+            ranks: list[int | None] = []
+            for conversation, written in zip(conversations, replayed, strict=True):
+                for question in conversation.questions:
+                    result = await asyncio.to_thread(
+                        retriever.retrieve, written.user_id, question.text, MODE_TOP_K, None, True
+                    )
+                    answer_id = written.user_message_ids[question.answer]
+                    scored = score_question(ranked_ids(result), answer_id, frozenset())
+                    ranks.append(scored.rank)
+            results[alpha] = _recalls(ranks)
+    return results
+
+
+def modes_section(name: str, results: dict[float, ModeScores]) -> Section:
+    """A table of recall per lexical weight, lexical only and semantic only included."""
+    section = Section(
+        title=f"Ranking modes on {name} (offline extractor, messages included, top 10)",
+        columns=["ranking", "alpha", "questions", "recall@1", "recall@5", "recall@10"],
+    )
+    for alpha, scores in results.items():
+        label = "lexical only" if alpha == 1.0 else "semantic only" if alpha == 0.0 else "hybrid"
+        section.rows.append(
+            [
+                label,
+                f"{alpha:.1f}",
+                str(scores.questions),
+                _share(scores.recall_at_1),
+                _share(scores.recall_at_5),
+                _share(scores.recall_at_10),
+            ]
+        )
+    return section
+
+
+def choose_alpha(per_set: Sequence[dict[float, ModeScores]]) -> float:
+    """The hybrid weight with the best recall@10 averaged over the sets (then recall@5)."""
+    hybrid = [a for a in ALPHAS if 0.0 < a < 1.0]
+
+    def mean(alpha: float, pick: Callable[[ModeScores], float]) -> float:
+        return sum(pick(results[alpha]) for results in per_set) / len(per_set)
+
+    return max(
+        hybrid, key=lambda a: (mean(a, lambda s: s.recall_at_10), mean(a, lambda s: s.recall_at_5))
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate with the offline extractor (and Claude when a key is set); print the table."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -375,7 +471,35 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"Claude skipped: {API_KEY_ENV_VAR} is not set.")
         console.print()
     print_section(console, report_section(runs, total, with_stale))
+    _print_modes(console, [args.dataset, *(p for p in EXTRA_DATASETS if p != args.dataset)])
     return 0
+
+
+EXTRA_DATASETS = (PROJECT_ROOT / "tests" / "data" / "eval" / "people.json",)
+"""More labelled sets for the ranking modes: long two-person conversations."""
+
+
+def _print_modes(console: Any, paths: Sequence[Path]) -> None:
+    """Lexical, semantic and hybrid ranking on each set, and the weight they point to."""
+    from memvee._config import DEFAULT_ALPHA
+    from memvee.embedders import OnnxMiniLMEmbedder
+
+    embedder = OnnxMiniLMEmbedder()
+    per_set: list[dict[float, ModeScores]] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        progress(f"ranking modes on {path.name}")
+        with tempfile.TemporaryDirectory(prefix="memvee-eval-") as folder:
+            results = asyncio.run(evaluate_modes(load_dataset(path), Path(folder), embedder))
+        per_set.append(results)
+        print_section(console, modes_section(path.name, results))
+    if per_set:
+        best = choose_alpha(per_set)
+        console.print(
+            f"The hybrid weight with the best recall@10 averaged over these sets: alpha = "
+            f"{best:.1f} (memvee's default is {DEFAULT_ALPHA:.1f})."
+        )
 
 
 if __name__ == "__main__":
