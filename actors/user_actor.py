@@ -55,7 +55,7 @@ _WRITE_EPOCHS = itertools.count(1)
 
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
-NewMessages = Sequence[tuple[str, str, datetime | None]]
+NewMessages = Sequence[tuple[str, str, datetime | None, str | None]]
 Started = tuple[str, str, list[str]]
 
 
@@ -98,7 +98,7 @@ class UserActor(PooledActor):
     # ------------------------------------------------------------------ commands
 
     def add_messages(self, messages: NewMessages, attempt: int = 0) -> Future[list[Message]]:
-        """Append ``(role, content, sent_at)`` messages.
+        """Append ``(role, content, sent_at, name)`` messages.
 
         Returns a future that resolves with the stored messages once they are committed;
         the actor does not wait for the commit, so the next command can be decided while
@@ -335,8 +335,8 @@ class UserActor(PooledActor):
         user_log = self._user_log(create=True)
         assert user_log is not None
         try:
-            for role, content, sent_at in messages:
-                user_log.add_message(role, content, sent_at, settings.max_content_chars)
+            for role, content, sent_at, name in messages:
+                user_log.add_message(role, content, sent_at, settings.max_content_chars, name)
             auto_task = None
             if settings.auto_process and len(user_log.pending) >= settings.batch_threshold:
                 auto_task = str(uuid4())
@@ -348,7 +348,7 @@ class UserActor(PooledActor):
             return
         events = user_log.collect_events()
         stored = [
-            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at)
+            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at, e.name)
             for e in events
             if isinstance(e, UserLog.MessageAdded)
         ]
@@ -566,7 +566,7 @@ class UserActor(PooledActor):
         wanted = set(claimed)
         events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
         messages = tuple(
-            BatchMessage(e.message_id, e.role, e.content, e.sent_at)
+            BatchMessage(e.message_id, e.role, e.content, e.sent_at, e.name)
             for e in events
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )

@@ -30,7 +30,14 @@ from events.extraction import (
     estimate_tokens,
 )
 from events.store import Durability, EventStore, Recorded, sqlite_url
-from events.user_log import ROLES, UserLog, check_message, check_user_id, user_log_id
+from events.user_log import (
+    ROLES,
+    UserLog,
+    check_message,
+    check_name,
+    check_user_id,
+    user_log_id,
+)
 
 __all__ = [
     "FACT_ACTIONS",
@@ -60,6 +67,7 @@ __all__ = [
     "UnknownTaskError",
     "UserLog",
     "check_message",
+    "check_name",
     "check_user_id",
     "estimate_tokens",
     "sqlite_url",

@@ -83,6 +83,7 @@ class BatchMessage:
     role: str
     content: str
     sent_at: datetime
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ class UserLog(Aggregate):
         role: str
         content: str
         sent_at: datetime
+        name: str | None = None
 
         def apply(self, log: UserLog) -> None:
             log.message_count = self.seq
@@ -355,10 +356,20 @@ class UserLog(Aggregate):
 
     # ----------------------------------------------------------------- commands (decide)
 
-    def add_message(self, role: str, content: str, sent_at: datetime | None, max_chars: int) -> str:
-        """Append one message after checking it; returns its new id."""
+    def add_message(
+        self,
+        role: str,
+        content: str,
+        sent_at: datetime | None,
+        max_chars: int,
+        name: str | None = None,
+    ) -> str:
+        """Append one message (said by ``name``, when known) after checking it; returns its
+        new id."""
         check_message(role, content, max_chars)
+        check_name(name)
         message_id = str(uuid4())
+        named = {} if name is None else {"name": name.strip()}
         self.trigger_event(
             self.MessageAdded,
             message_id=message_id,
@@ -366,6 +377,7 @@ class UserLog(Aggregate):
             role=role,
             content=content,
             sent_at=datetime.now(UTC) if sent_at is None else sent_at.astimezone(UTC),
+            **named,
         )
         return message_id
 
@@ -772,6 +784,24 @@ def check_user_id(user_id: object) -> str:
     if len(user_id) > 256:
         raise InvalidInputError(f"user_id is {len(user_id)} characters long; the limit is 256")
     return user_id
+
+
+MAX_NAME_CHARS = 100
+"""The longest speaker name a message may carry."""
+
+
+def check_name(name: object) -> None:
+    """Raise :class:`InvalidInputError` unless ``name`` is ``None`` or a speaker's name."""
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise InvalidInputError(f"name must be a str or None, not {type(name).__name__}")
+    if not name.strip():
+        raise InvalidInputError("name must not be empty (pass None for no name)")
+    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+        raise InvalidInputError(
+            f"name must be one line of at most {MAX_NAME_CHARS} characters, not {name[:40]!r}"
+        )
 
 
 def check_message(role: object, content: object, max_chars: int) -> None:

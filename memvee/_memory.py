@@ -35,6 +35,7 @@ from events import (
     StorageError,
     UnknownTaskError,
     check_message,
+    check_name,
     check_user_id,
 )
 from memvee._config import MemoryConfig
@@ -209,14 +210,26 @@ class Memory:
     # ------------------------------------------------------------------ writes
 
     async def add_message(
-        self, user_id: str, role: str, content: str, sent_at: datetime | None = None
+        self,
+        user_id: str,
+        role: str,
+        content: str,
+        sent_at: datetime | None = None,
+        *,
+        name: str | None = None,
     ) -> Message:
-        """Append one message; returns it (with its id) once it is committed."""
+        """Append one message; returns it (with its id) once it is committed.
+
+        ``name`` is the speaker's name when the agent knows it (a group chat, a person the
+        agent talks to): it is kept in the log, searched with the words, and shown by
+        :meth:`RetrievalResult.to_prompt`, so questions that name people find them.
+        """
         check_user_id(user_id)
         check_message(role, content, self.config.max_content_chars)
+        check_name(name)
         _check_sent_at(sent_at)
         sent_at = _utc(sent_at)
-        (message,) = await self._append(user_id, [(role, content, sent_at)])
+        (message,) = await self._append(user_id, [(role, content, sent_at, name)])
         return message
 
     async def add_exchange(
@@ -225,20 +238,33 @@ class Memory:
         user_message: str,
         assistant_message: str,
         sent_at: datetime | None = None,
+        *,
+        user_name: str | None = None,
+        assistant_name: str | None = None,
     ) -> tuple[Message, Message]:
-        """Append a user turn and the assistant's answer; returns both once committed."""
+        """Append a user turn and the assistant's answer; returns both once committed.
+
+        ``user_name`` and ``assistant_name`` are the speakers' names, as for
+        :meth:`add_message`.
+        """
         check_user_id(user_id)
         check_message("user", user_message, self.config.max_content_chars)
         check_message("assistant", assistant_message, self.config.max_content_chars)
+        check_name(user_name)
+        check_name(assistant_name)
         _check_sent_at(sent_at)
         sent_at = _utc(sent_at)
         first, second = await self._append(
-            user_id, [("user", user_message, sent_at), ("assistant", assistant_message, sent_at)]
+            user_id,
+            [
+                ("user", user_message, sent_at, user_name),
+                ("assistant", assistant_message, sent_at, assistant_name),
+            ],
         )
         return first, second
 
     async def _append(
-        self, user_id: str, messages: list[tuple[str, str, datetime | None]]
+        self, user_id: str, messages: list[tuple[str, str, datetime | None, str | None]]
     ) -> list[Message]:
         engine, loop = self._running()
         stored: list[Message] = await engine.directory.call_async(

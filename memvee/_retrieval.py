@@ -114,7 +114,8 @@ def _quote(message: Message) -> str:
     text = " ".join(message.content.split())
     if len(text) > 300:
         text = text[:299] + "\u2026"
-    return f"[{day}] {message.role}: {text}"
+    speaker = message.role if not message.name else f"{message.name} ({message.role})"
+    return f"[{day}] {speaker}: {text}"
 
 
 @dataclass

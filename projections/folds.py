@@ -246,6 +246,7 @@ def _message_values(e: Any) -> dict[str, Any]:
         "role": e.role,
         "content": e.content,
         "sent_at": _utc(e.sent_at),
+        "name": e.name,
     }
 
 

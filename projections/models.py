@@ -54,6 +54,7 @@ class BufferedMessage:
     content: str
     sent_at: datetime
     task_id: str | None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ class UserSummary:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message as it was committed to the user's log."""
+    """A message as it was committed to the user's log; ``name`` is its speaker's, if given."""
 
     message_id: str
     user_id: str
@@ -122,3 +123,4 @@ class Message:
     role: str
     content: str
     sent_at: datetime
+    name: str | None = None

@@ -50,7 +50,7 @@ FOLDS: tuple[Fold, ...] = (
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

@@ -119,6 +119,7 @@ class ProjectionReader:
                 content=r["content"],
                 sent_at=aware(r["sent_at"]),
                 task_id=r["task_id"],
+                name=r["name"],
             )
             for r in rows
         ]
@@ -380,6 +381,7 @@ def message_from_row(user_id: str, r: Any) -> Message:
         role=r["role"],
         content=r["content"],
         sent_at=aware(r["sent_at"]),
+        name=r["name"],
     )
 
 

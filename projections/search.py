@@ -133,7 +133,7 @@ def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str
             index.message_insert,
             {
                 "owner": owner_token(log_id),
-                "body": owned_words(log_id, e.content),
+                "body": owned_words(log_id, spoken(e.content, e.name)),
                 "item_id": e.message_id,
             },
         )
@@ -148,6 +148,11 @@ def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str
                     "item_id": entry["entry_id"],
                 },
             )
+
+
+def spoken(content: str, name: str | None) -> str:
+    """What a message is indexed and embedded as: its words, after its speaker's name."""
+    return content if not name else f"{name}: {content}"
 
 
 def _fts_table(name: str, metadata: MetaData) -> Table:

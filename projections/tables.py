@@ -49,6 +49,7 @@ class ProjectionTables:
             Column("role", String(16), nullable=False),
             Column("content", Text, nullable=False),
             Column("sent_at", DateTime(timezone=True), nullable=False),
+            Column("name", String(100), nullable=True),
             Column("task_id", String(64), nullable=True, index=True),
             Column("quarantined", Integer, nullable=False),
         )
@@ -126,6 +127,7 @@ class ProjectionTables:
             Column("role", String(16), nullable=False),
             Column("content", Text, nullable=False),
             Column("sent_at", DateTime(timezone=True), nullable=False),
+            Column("name", String(100), nullable=True),
             Index(f"{prefix}messages_by_seq", "log_id", "seq", unique=True),
         )
         self.citations = Table(

@@ -40,7 +40,7 @@ class UserStateFold:
 
     def _message_added(self, e: Any) -> None:
         self.buffer[e.message_id] = BufferedMessage(
-            e.message_id, self.user_id, e.seq, e.role, e.content, _utc(e.sent_at), None
+            e.message_id, self.user_id, e.seq, e.role, e.content, _utc(e.sent_at), None, e.name
         )
 
     def _requested(self, e: Any) -> None:

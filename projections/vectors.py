@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.reader import ProjectionReader
+from projections.search import spoken
 from projections.tables import ProjectionTables
 
 __all__ = ["Embed", "VectorIndex"]
@@ -53,11 +54,11 @@ class VectorIndex:
             missing += [(item, text, "entry") for item, text in rows]
             if messages:
                 rows = connection.execute(
-                    select(m.c.message_id, m.c.content).where(
+                    select(m.c.message_id, m.c.content, m.c.name).where(
                         m.c.log_id == log_id, m.c.message_id.not_in(have)
                     )
                 )
-                missing += [(item, text, "message") for item, text in rows]
+                missing += [(item, spoken(text, name), "message") for item, text, name in rows]
         for start in range(0, len(missing), _BATCH):
             chunk = missing[start : start + _BATCH]
             vectors = embed([text for _, text, _ in chunk])

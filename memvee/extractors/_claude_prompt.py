@@ -49,7 +49,8 @@ month when the message's time makes it clear. Keep one fact per sentence; do not
 unrelated facts, and do not repeat a fact within one answer.
 
 The messages come as a JSON array, oldest first. Each has an id (m1, m2, ...), a role \
-(user or assistant), the time it was sent (UTC) and its content. Give each fact the ids of \
+(user or assistant), the speaker's name when it is known, the time it was sent (UTC) and \
+its content. Give each fact the ids of \
 the messages it comes from, using only ids listed in the messages: usually the user's own \
 message, plus the assistant's message when the user's answer only makes sense with it \
 ("Yes, that one" answering "Is it the red car?").
@@ -187,7 +188,13 @@ def user_turn(batch: ExtractionBatch) -> str:
     else:
         known_section = "The user has no known entries related to these messages.\n"
     messages = [
-        {"id": f"m{i}", "role": m.role, "at": _minute(m.sent_at), "content": m.content}
+        {
+            "id": f"m{i}",
+            "role": m.role,
+            **({"name": m.name} if m.name else {}),
+            "at": _minute(m.sent_at),
+            "content": m.content,
+        }
         for i, m in enumerate(batch.messages, 1)
     ]
     return (

@@ -301,3 +301,41 @@ async def test_times_in_any_zone_are_the_same_instants(make_memory: Callable[...
     assert (await memory.retrieve("ann", "Oslo", as_of=before)).entries == []
     assert len((await memory.retrieve("ann", "Oslo", as_of=after)).entries) == 1
     assert await memory.knowledge("ann", as_of=before) == []
+
+
+async def test_speaker_names_are_kept_searched_and_shown(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    said, answer = await memory.add_exchange(
+        "ann",
+        "The trip to Lisbon was wonderful",
+        "Glad you enjoyed it!",
+        sent_at=T0,
+        user_name="Maria",
+        assistant_name="Sam",
+    )
+    await memory.add_exchange("ann", "The trip to Rome was long", "Rest well.", sent_at=T0)
+    assert (said.name, answer.name) == ("Maria", "Sam")
+    (stored, *_) = await memory.messages("ann")
+    assert stored.name == "Maria"
+    result = await memory.retrieve("ann", "What did Maria say?", include_messages=True)
+    assert result.messages[0].message.message_id == said.message_id
+    assert "Maria (user): The trip to Lisbon was wonderful" in result.to_prompt()
+    assert "Sam (assistant): Glad you enjoyed it!" in result.to_prompt()
+    plain = await memory.add_message("ann", "user", "no name given")
+    assert plain.name is None
+
+
+@pytest.mark.parametrize("name", ["", "   ", "two\nlines", "x" * 101, 7])
+async def test_a_bad_speaker_name_is_refused_before_anything_is_written(
+    make_memory: Callable[..., Any], name: object
+) -> None:
+    from memvee import InvalidInputError
+
+    memory = await _offline(make_memory)
+    with pytest.raises(InvalidInputError, match="name"):
+        await memory.add_message("ann", "user", "hello", name=name)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="name"):
+        await memory.add_exchange("ann", "hello", "hi", assistant_name=name)  # type: ignore[arg-type]
+    assert await memory.user("ann") is None

@@ -631,3 +631,15 @@ async def test_cache_reads_and_writes_are_read_from_the_usage(claude: Make) -> N
     result = await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
     assert (result.cache_read_tokens, result.cache_write_tokens) == (1200, 0)
     assert result.usage.cache_read_tokens == 1200
+
+
+async def test_a_speakers_name_goes_with_the_message(claude: Make) -> None:
+    api = FakeAPI(ok([]))
+    named = ExtractionBatch(
+        "u1", "t9", (BatchMessage("msg-1", "user", "I moved to Lisbon.", T0, "Maria"),)
+    )
+    await claude(api).extract(named)
+    (listed,) = prompt_messages(api.bodies[0])
+    assert listed["name"] == "Maria"
+    await claude(api).extract(BATCH)
+    assert all("name" not in m for m in prompt_messages(api.bodies[1]))
