@@ -259,14 +259,20 @@ async def _ask(
 
 
 async def evaluate(
-    conversations: Sequence[Conversation], extractor: Extractor, folder: Path
+    conversations: Sequence[Conversation],
+    extractor: Extractor,
+    folder: Path,
+    embedder: Any = None,
 ) -> EvalRun:
     """Replay ``conversations`` into a new database in ``folder`` with ``extractor``, then
-    ask every question in both modes; the database is left for the caller to delete."""
+    ask every question in both modes; the database is left for the caller to delete.
+
+    ``embedder`` is passed to the Memory (default: memvee's default, hybrid ranking).
+    """
     config = MemoryConfig(db_path=str(folder / "eval.db"), durability="normal")
     limit = asyncio.Semaphore(_CONCURRENT_CONVERSATIONS)
     name = str(getattr(extractor, "name", type(extractor).__name__))
-    async with Memory(config=config, extractor=extractor, embedder=None) as memory:
+    async with Memory(config=config, extractor=extractor, embedder=embedder) as memory:
 
         async def _one(conversation: Conversation) -> Replayed:
             async with limit:

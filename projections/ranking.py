@@ -30,7 +30,7 @@ from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
-from projections.search import PG_CONFIG, SearchIndex, owned_term
+from projections.search import PG_CONFIG, PG_SPOKEN, SearchIndex, owned_term
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
@@ -98,7 +98,7 @@ class LexicalRanker:
             for dated in (False, True)
         }
         self._pg_messages = _pg_select(
-            m, m.c.content, (m.c.log_id == bindparam("log_id"),), m.c.seq.desc()
+            m, literal_column(PG_SPOKEN), (m.c.log_id == bindparam("log_id"),), m.c.seq.desc()
         )
 
     def entries(

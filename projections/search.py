@@ -21,7 +21,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 from events import Recorded, UserLog
 from projections.tables import ProjectionTables
 
-__all__ = ["SearchIndex", "owned_term", "owned_words", "owner_token"]
+__all__ = ["PG_SPOKEN", "SearchIndex", "owned_term", "owned_words", "owner_token", "spoken"]
 
 _TOKENIZER = "porter unicode61 remove_diacritics 2"
 PG_CONFIG = "english"
@@ -74,11 +74,11 @@ class SearchIndex:
                 )
         elif connection.dialect.name == "postgresql":
             k, m = self.tables.knowledge, self.tables.messages
-            for table, column in ((k, "text"), (m, "content")):
+            for table, indexed in ((k, "text"), (m, PG_SPOKEN)):
                 connection.execute(
                     text(
                         f"CREATE INDEX IF NOT EXISTS {table.name}_search ON {table.name} "
-                        f"USING gin (to_tsvector('{PG_CONFIG}', {column}))"
+                        f"USING gin (to_tsvector('{PG_CONFIG}', {indexed}))"
                     )
                 )
 
@@ -148,6 +148,11 @@ def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str
                     "item_id": entry["entry_id"],
                 },
             )
+
+
+PG_SPOKEN = "coalesce(name || ': ', '') || content"
+"""A message row as PostgreSQL searches it: :func:`spoken`, in SQL (the GIN index's
+expression, which the ranking query repeats word for word so that the index is used)."""
 
 
 def spoken(content: str, name: str | None) -> str:

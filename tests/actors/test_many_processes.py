@@ -117,4 +117,4 @@ async def test_four_processes_one_killed_and_restarted(db_url: str, tmp_path: Pa
         m.message_id for b in final.batches if b.task_id in completed for m in b.messages
     )
     assert sent_in_completed == Counter(set(logged)), "each message in one completed batch"
-    assert {r["by"] for r in extracting} > {"w0"}, "processing must be spread over processes"
+    assert len({r["by"] for r in extracting}) > 1, "processing must be spread over processes"

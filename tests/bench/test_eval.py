@@ -218,7 +218,7 @@ async def test_end_to_end_with_the_offline_extractor(tmp_path: Path) -> None:
     conversations = load_dataset(_write_tiny(tmp_path))
     folder = tmp_path / "db"
     folder.mkdir()
-    run = await evaluate(conversations, OfflineExtractor(), folder)
+    run = await evaluate(conversations, OfflineExtractor(), folder, embedder=False)
     assert run.extractor == "offline"
     assert set(run.summaries) == {False, True}
     for include_messages, summary in run.summaries.items():
