@@ -95,6 +95,7 @@ class Question:
     answer: Position
     stale: tuple[Position, ...]
     expected: str
+    kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class Conversation:
     id: str
     sessions: tuple[Session, ...]
     questions: tuple[Question, ...]
+    user_name: str | None = None
+    assistant_name: str | None = None
 
     @property
     def user_id(self) -> str:
@@ -134,10 +137,19 @@ def load_dataset(path: Path = DATASET) -> list[Conversation]:
                 answer=_position(q["answer"]),
                 stale=tuple(_position(ref) for ref in q["stale"]),
                 expected=q["expected"],
+                kinds=tuple(q.get("kinds", ())),
             )
             for q in raw["questions"]
         )
-        conversations.append(Conversation(str(raw["id"]), sessions, questions))
+        conversations.append(
+            Conversation(
+                str(raw["id"]),
+                sessions,
+                questions,
+                raw.get("user_name"),
+                raw.get("assistant_name"),
+            )
+        )
     return conversations
 
 
@@ -229,7 +241,8 @@ class EvalRun:
 
 async def replay(memory: Memory, conversation: Conversation) -> Replayed:
     """Add every turn, session by session (turn ``i`` sent ``i`` minutes after the session
-    starts), and flush the user after each session, as an agent would between sittings."""
+    starts, with the speakers' names when the set gives them), and flush the user after
+    each session, as an agent would between sittings."""
     user_id = conversation.user_id
     ids: dict[Position, str] = {}
     extracted = 0
@@ -237,7 +250,12 @@ async def replay(memory: Memory, conversation: Conversation) -> Replayed:
         for t, (user_text, assistant_text) in enumerate(session.turns):
             sent_at = session.at + timedelta(minutes=t)
             user_message, _ = await memory.add_exchange(
-                user_id, user_text, assistant_text, sent_at=sent_at
+                user_id,
+                user_text,
+                assistant_text,
+                sent_at=sent_at,
+                user_name=conversation.user_name,
+                assistant_name=conversation.assistant_name,
             )
             ids[(s, t)] = user_message.message_id
         extracted += await memory.flush(user_id)
@@ -358,6 +376,9 @@ ALPHAS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 MODE_TOP_K = 10
 
+Ranked = list[tuple[tuple[str, ...], int | None]]
+"""Each question's kinds and the rank of its answer (None when missed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ModeScores:
@@ -369,7 +390,9 @@ class ModeScores:
     recall_at_10: float
 
 
-def _recalls(ranks: Sequence[int | None]) -> ModeScores:
+def mode_scores(ranked: Ranked, kind: str | None = None) -> ModeScores:
+    """Recall over the questions (of ``kind``, when given)."""
+    ranks = [rank for kinds, rank in ranked if kind is None or kind in kinds]
     n = len(ranks)
 
     def share(k: int) -> float:
@@ -380,9 +403,9 @@ def _recalls(ranks: Sequence[int | None]) -> ModeScores:
 
 async def evaluate_modes(
     conversations: Sequence[Conversation], folder: Path, embedder: Any
-) -> dict[float, ModeScores]:
+) -> dict[float, Ranked]:
     """Replay with the offline extractor, then rank every question (messages included,
-    top 10) at each lexical weight of :data:`ALPHAS`; recall per weight."""
+    top 10) at each lexical weight of :data:`ALPHAS`."""
     from memvee._retrieval import Retriever
 
     config = MemoryConfig(db_path=str(folder / "modes.db"), durability="normal")
@@ -396,12 +419,12 @@ async def evaluate_modes(
         replayed = await asyncio.gather(*(_one(c) for c in conversations))
         engine = memory._engine
         assert engine is not None
-        results: dict[float, ModeScores] = {}
+        results: dict[float, Ranked] = {}
         for alpha in ALPHAS:
             retriever = Retriever(
                 engine.store.engine, engine.tables, None if alpha == 1.0 else embedder, alpha=alpha
             )
-            ranks: list[int | None] = []
+            ranked: Ranked = []
             for conversation, written in zip(conversations, replayed, strict=True):
                 for question in conversation.questions:
                     result = await asyncio.to_thread(
@@ -409,19 +432,30 @@ async def evaluate_modes(
                     )
                     answer_id = written.user_message_ids[question.answer]
                     scored = score_question(ranked_ids(result), answer_id, frozenset())
-                    ranks.append(scored.rank)
-            results[alpha] = _recalls(ranks)
+                    ranked.append((question.kinds, scored.rank))
+            results[alpha] = ranked
     return results
 
 
-def modes_section(name: str, results: dict[float, ModeScores]) -> Section:
-    """A table of recall per lexical weight, lexical only and semantic only included."""
+def modes_section(name: str, results: dict[float, Ranked]) -> Section:
+    """A table of recall per lexical weight (lexical only and semantic only included), with
+    recall@10 per kind of question where the set labels kinds."""
+    kinds = sorted({k for ranked in results.values() for ks, _ in ranked for k in ks})
     section = Section(
         title=f"Ranking modes on {name} (offline extractor, messages included, top 10)",
-        columns=["ranking", "alpha", "questions", "recall@1", "recall@5", "recall@10"],
+        columns=[
+            "ranking",
+            "alpha",
+            "questions",
+            "recall@1",
+            "recall@5",
+            "recall@10",
+            *(f"@10 {k}" for k in kinds),
+        ],
     )
-    for alpha, scores in results.items():
+    for alpha, ranked in results.items():
         label = "lexical only" if alpha == 1.0 else "semantic only" if alpha == 0.0 else "hybrid"
+        scores = mode_scores(ranked)
         section.rows.append(
             [
                 label,
@@ -430,17 +464,18 @@ def modes_section(name: str, results: dict[float, ModeScores]) -> Section:
                 _share(scores.recall_at_1),
                 _share(scores.recall_at_5),
                 _share(scores.recall_at_10),
+                *(_share(mode_scores(ranked, k).recall_at_10) for k in kinds),
             ]
         )
     return section
 
 
-def choose_alpha(per_set: Sequence[dict[float, ModeScores]]) -> float:
+def choose_alpha(per_set: Sequence[dict[float, Ranked]]) -> float:
     """The hybrid weight with the best recall@10 averaged over the sets (then recall@5)."""
     hybrid = [a for a in ALPHAS if 0.0 < a < 1.0]
 
     def mean(alpha: float, pick: Callable[[ModeScores], float]) -> float:
-        return sum(pick(results[alpha]) for results in per_set) / len(per_set)
+        return sum(pick(mode_scores(results[alpha])) for results in per_set) / len(per_set)
 
     return max(
         hybrid, key=lambda a: (mean(a, lambda s: s.recall_at_10), mean(a, lambda s: s.recall_at_5))
@@ -491,7 +526,7 @@ def _print_modes(console: Any, paths: Sequence[Path]) -> None:
     from memvee.embedders import OnnxMiniLMEmbedder
 
     embedder = OnnxMiniLMEmbedder()
-    per_set: list[dict[float, ModeScores]] = []
+    per_set: list[dict[float, Ranked]] = []
     for path in paths:
         if not path.exists():
             continue
