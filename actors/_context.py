@@ -66,7 +66,10 @@ class EngineSettings:
 
 @dataclass(frozen=True, slots=True)
 class SharedServices:
-    """The services all user actors of one engine share."""
+    """The services all user actors of one engine share.
+
+    ``touched`` says that a user has new messages or entries to embed (in the background).
+    """
 
     store: EventStore
     committer: GroupCommitter
@@ -79,4 +82,5 @@ class SharedServices:
     breaker: CircuitBreaker
     backoff: UserBackoff
     wake: Wake
+    touched: Callable[[str], None]
     leases: LeaseTable | None = None

@@ -19,6 +19,7 @@ from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
+from actors._vectors import VectorFiller
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
@@ -33,6 +34,7 @@ from projections import (
     catch_up,
     rebuild,
 )
+from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
 
@@ -67,7 +69,13 @@ class EngineOptions:
 class Engine:
     """Owns the engine's threads and the database for one open Memory."""
 
-    def __init__(self, options: EngineOptions, extractor: Extractor, observer: TaskObserver):
+    def __init__(
+        self,
+        options: EngineOptions,
+        extractor: Extractor,
+        observer: TaskObserver,
+        embedder: NamedEmbedder | None = None,
+    ):
         self.options = options
         self.store = EventStore(
             options.url, durability=options.durability, pool_size=options.pool_size
@@ -91,6 +99,7 @@ class Engine:
             probe_timeout=options.extraction_timeout + 5,
         )
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
+        self.vector_filler = None if embedder is None else self._filler(embedder)
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
@@ -110,6 +119,7 @@ class Engine:
             self.breaker,
             self.backoff,
             self._wake_later,
+            self._touched,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -132,6 +142,16 @@ class Engine:
                 connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
             )
         return tuple(KnownEntry(*entry) for entry in related)
+
+    def _filler(self, embedder: NamedEmbedder) -> VectorFiller:
+        """The background thread that embeds what users add, as the vector projection."""
+        index = VectorIndex(self.tables, embedder.name)
+        engine = self.store.engine
+        return VectorFiller(lambda user: index.fill(engine, user, embedder.embed, messages=True))
+
+    def _touched(self, user_id: str) -> None:
+        if self.vector_filler is not None:
+            self.vector_filler.touch(user_id)
 
     def _wake_later(self, user_id: str, delay: float) -> None:
         """Wake ``user_id``'s actor in ``delay`` seconds (a retry, or a pause that ends)."""
@@ -227,6 +247,8 @@ class Engine:
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")
         self.timers.stop()
+        if self.vector_filler is not None:
+            self.vector_filler.stop()
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

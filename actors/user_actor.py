@@ -257,6 +257,7 @@ class UserActor(PooledActor):
                 outcome = refused
             else:
                 self._services.backoff.succeeded(self.user_id)
+                self._services.touched(self.user_id)
                 self._batch_ended(task_id, "COMPLETED", None)
                 return
         self._batch_failed(task_id, outcome)
@@ -363,6 +364,7 @@ class UserActor(PooledActor):
             error = done.exception()
             if error is None:
                 acknowledged.set_result(stored)
+                self._services.touched(self.user_id)
                 return
             try:
                 proxy = ref.proxy()

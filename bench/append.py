@@ -126,7 +126,7 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
     """Open a fresh Memory in ``folder``, warm every user up, then measure ``scenario``."""
     config = MemoryConfig(db_path=str(folder / "memvee.db"), durability=scenario.durability)
     users = [f"user-{i:05d}" for i in range(scenario.users)]
-    async with Memory(config=config, extractor=InstantExtractor()) as memory:
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
         pragmas = engine_pragmas(memory)
         meter = LoopStallMeter()
         meter.start()

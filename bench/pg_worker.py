@@ -121,7 +121,7 @@ async def _run_engine(plan: WorkerPlan) -> WorkerResult:
             await memory.add_exchange(user_id, USER_TEXT, ASSISTANT_TEXT)
             latencies.append((clock() - before) * 1000)
 
-    async with Memory(config=config, extractor=InstantExtractor()) as memory:
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
         cold: list[float] = []
         await asyncio.gather(*(write(memory, u, plan.warmup, cold) for u in users))
         await asyncio.to_thread(_wait_for_go)

@@ -139,7 +139,7 @@ def prepare_engine(url: str) -> None:
 
     async def open_and_close() -> None:
         config = MemoryConfig(db_url=url, leases=True)
-        async with Memory(config=config, extractor=InstantExtractor()):
+        async with Memory(config=config, extractor=InstantExtractor(), embedder=False):
             pass
 
     asyncio.run(open_and_close())

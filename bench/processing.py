@@ -42,7 +42,7 @@ async def measure_processing(
     config = MemoryConfig(db_path=str(folder / "memvee.db"))
     latencies: list[float] = []
     wrong: list[int] = []
-    async with Memory(config=config, extractor=InstantExtractor(facts)) as memory:
+    async with Memory(config=config, extractor=InstantExtractor(facts), embedder=False) as memory:
         user = "processing-user"
         for i in range(warmup + runs):
             for _ in range(_EXCHANGES_PER_RUN):

@@ -97,7 +97,7 @@ async def _touch_users(plan: ChildPlan) -> dict[str, float]:
     )
     process = psutil.Process()
     sampler = _Sampler()
-    async with Memory(config=config, extractor=InstantExtractor()) as memory:
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
         baseline = process.memory_info().rss
         pending = iter(range(plan.users))
 

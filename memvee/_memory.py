@@ -148,12 +148,10 @@ class Memory:
             breaker_cooldown=cfg.breaker_cooldown,
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
-        engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self))
+        embedder = _chosen_embedder(self._embedder)
+        engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self), embedder)
         self._retriever = Retriever(
-            engine.store.engine,
-            engine.tables,
-            _chosen_embedder(self._embedder),
-            alpha=cfg.hybrid_alpha,
+            engine.store.engine, engine.tables, embedder, alpha=cfg.hybrid_alpha
         )
         self._engine = engine
         recovered = await asyncio.to_thread(engine.recover)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import Connection, Engine, Executable, select
@@ -23,10 +24,21 @@ from projections.reader import ProjectionReader
 from projections.search import spoken
 from projections.tables import ProjectionTables
 
-__all__ = ["Embed", "VectorIndex"]
+__all__ = ["Embed", "NamedEmbedder", "VectorIndex"]
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
 """Maps texts to unit vectors (an Embedder's ``embed``)."""
+
+
+class NamedEmbedder(Protocol):
+    """What the vector projection needs of an embedder: its model's name and ``embed``."""
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order."""
+        ...
+
 
 _BATCH = 64
 

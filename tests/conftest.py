@@ -44,6 +44,8 @@ async def make_memory(
     opened: list[Memory] = []
 
     async def _make(**options: Any) -> Memory:
+        # Lexical retrieval unless a test asks for an embedder (None: the default model).
+        options.setdefault("embedder", False)
         config = MemoryConfig(db_url=db_url, **options.pop("config", {}))
         memory = Memory(config=config, extractor=options.pop("extractor", extractor), **options)
         await memory.open()

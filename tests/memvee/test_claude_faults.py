@@ -144,7 +144,7 @@ async def claude_memory(
         retry_delay_max=0.05,
     )
     extractor = ClaudeExtractor(timeout=0.5, max_retries=1)
-    async with Memory(config=config, extractor=extractor) as memory:
+    async with Memory(config=config, extractor=extractor, embedder=False) as memory:
         yield memory
 
 
@@ -207,7 +207,8 @@ async def test_a_backlog_goes_out_in_bounded_requests_to_a_server_that_refuses_b
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-backlog")
         config = MemoryConfig(db_path=str(tmp_path / "backlog.db"), extraction_timeout=30)
-        async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        extractor = ClaudeExtractor(max_retries=0)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
             for i in range(2_500):
                 await memory.add_exchange("ann", f"I visited city number {i} this year", "ok")
             assert await memory.process("ann") == 2_500
@@ -236,7 +237,8 @@ async def test_the_breaker_bounds_requests_from_many_users_while_the_api_is_down
             retry_delay_max=1.0,
         )
         users = [f"user{i:03d}" for i in range(200)]
-        async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        extractor = ClaudeExtractor(max_retries=0)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
             for user in users:
                 await memory.add_exchange(user, f"I live in town {user}", "ok")
             await asyncio.sleep(1.5)

@@ -50,7 +50,8 @@ async def main(db_url: str, worker: str, users: int, rounds: int, seed: int) -> 
         db_url=db_url, auto_process=True, batch_threshold=6, leases=True, lease_ttl=LEASE_TTL
     )
     rng = random.Random(seed)
-    async with Memory(config=config, extractor=SlowExtractor(out, worker)) as memory:
+    extractor = SlowExtractor(out, worker)
+    async with Memory(config=config, extractor=extractor, embedder=False) as memory:
         for round_no in range(rounds):
             order = [f"user-{i}" for i in range(users)]
             rng.shuffle(order)

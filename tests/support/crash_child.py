@@ -40,7 +40,7 @@ async def main(db_url: str, mode: str) -> None:
         lease_ttl=LEASE_TTL,
         max_batch_messages=4,
     )
-    async with Memory(config=config, extractor=extractor) as memory:
+    async with Memory(config=config, extractor=extractor, embedder=False) as memory:
         i = 0
         while True:
             said = (

@@ -1,0 +1,102 @@
+"""The default embedder: all-MiniLM-L6-v2 (int8) on onnxruntime, from registry packages,
+with no network and no PyTorch; and hybrid retrieval on by default, embedding in the
+background."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from events import MemveeError, user_log_id
+from memvee import Memory
+from memvee.embedders import Embedder, LocalDefaultEmbedder, OnnxMiniLMEmbedder
+from memvee.embedders._onnx import _MODEL, _packaged_file, shared_default
+from memvee.extractors import OfflineExtractor
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    return float(np.dot(a, b))
+
+
+def test_it_embeds_offline_into_unit_vectors_deterministically() -> None:
+    embedder = shared_default()
+    assert isinstance(embedder, Embedder) and embedder.dimensions == 384
+    texts = ["I am allergic to shellfish.", "Which seafood makes her sick?", "I bought a bike."]
+    first = embedder.embed(texts)
+    assert [len(v) for v in first] == [384] * 3
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-5 for v in first)
+    assert embedder.embed(texts) == first
+    alone = embedder.embed(texts[:1])[0]
+    assert _cosine(alone, first[0]) > 0.9999, "padding in a batch barely moves a vector"
+    allergy, seafood, bike = first
+    assert _cosine(allergy, seafood) > _cosine(allergy, bike) + 0.2
+
+
+def test_a_model_file_that_is_not_the_pinned_one_is_refused() -> None:
+    distribution, suffix, _ = _MODEL
+    with pytest.raises(MemveeError, match="not the expected file"):
+        _packaged_file(distribution, suffix, "0" * 64)
+    with pytest.raises(MemveeError, match="not installed"):
+        _packaged_file("no-such-distribution-here", suffix, "0" * 64)
+
+
+def test_the_default_is_lazy_and_available_here() -> None:
+    default = LocalDefaultEmbedder()
+    assert LocalDefaultEmbedder.available()
+    assert (default.name, default.dimensions) == (OnnxMiniLMEmbedder.name, 384)
+    assert default.embed(["hello"]) == shared_default().embed(["hello"])
+
+
+async def _vector_count(memory: Memory, user: str) -> int:
+    engine = memory._engine
+    assert engine is not None
+    vectors = engine.tables.vectors
+
+    def count() -> int:
+        with engine.store.engine.connect() as connection:
+            found = connection.execute(
+                select(func.count()).where(vectors.c.log_id == str(user_log_id(user)))
+            ).scalar()
+        return int(found or 0)
+
+    return await asyncio.to_thread(count)
+
+
+async def test_by_default_retrieval_is_hybrid_and_finds_a_paraphrase(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=None)
+    said, _ = await memory.add_exchange("ann", "I'm allergic to shellfish, sadly.", "Noted.")
+    await memory.add_exchange("ann", "We painted the kitchen green last weekend.", "Nice!")
+    await memory.add_exchange("ann", "My train to work was late again today.", "Oh no.")
+    result = await memory.retrieve(
+        "ann", "which seafood makes her sick?", top_k=2, include_messages=True
+    )
+    assert said.message_id in {m.message.message_id for m in result.messages}
+    lexical: Memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    await lexical.add_exchange("bob", "I'm allergic to shellfish, sadly.", "Noted.")
+    missed = await lexical.retrieve("bob", "which seafood makes her sick?", include_messages=True)
+    assert len(missed) == 0, "lexical ranking alone shares no word with it"
+
+
+async def test_messages_are_embedded_in_the_background_not_on_the_write(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory: Memory = await make_memory(embedder=None)
+    for i in range(5):
+        await memory.add_exchange("ann", f"I like thing number {i}", "ok")
+    engine = memory._engine
+    assert engine is not None and engine.vector_filler is not None
+    assert await asyncio.to_thread(engine.vector_filler.wait_idle, 30)
+    assert await _vector_count(memory, "ann") == 10
+    lexical: Memory = await make_memory(embedder=False)
+    await lexical.add_exchange("bob", "I like tea", "ok")
+    engine = lexical._engine
+    assert engine is not None and engine.vector_filler is None
+    await lexical.retrieve("bob", "tea", include_messages=True)
+    assert await _vector_count(lexical, "bob") == 0
