@@ -99,6 +99,7 @@ class Engine:
             probe_timeout=options.extraction_timeout + 5,
         )
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
+        self.vectors = None if embedder is None else VectorIndex(self.tables, embedder.name)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         self.workers = ExtractionWorkers(
             extractor,
@@ -145,7 +146,8 @@ class Engine:
 
     def _filler(self, embedder: NamedEmbedder) -> VectorFiller:
         """The background thread that embeds what users add, as the vector projection."""
-        index = VectorIndex(self.tables, embedder.name)
+        index = self.vectors
+        assert index is not None
         engine = self.store.engine
         return VectorFiller(lambda user: index.fill(engine, user, embedder.embed, messages=True))
 
@@ -167,7 +169,10 @@ class Engine:
             log.info("user %r: not woken, the engine is stopping", user_id)
 
     def _erase(self, user_id: str) -> ForgetReceipt:
-        return erase_user(self.store, self.projector, self.leases, user_id)
+        receipt = erase_user(self.store, self.projector, self.leases, user_id)
+        if self.vectors is not None:
+            self.vectors.forget(user_id)
+        return receipt
 
     def _spawn(self, user_id: str, retire: Any) -> pykka.ActorRef[Any]:
         return UserActor.start(user_id, self.services, retire)

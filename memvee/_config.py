@@ -9,7 +9,7 @@ from events import BatchLimits, Durability, InvalidInputError
 
 __all__ = ["DEFAULT_ALPHA", "MemoryConfig"]
 
-DEFAULT_ALPHA = 0.5
+DEFAULT_ALPHA = 0.4
 """The lexical weight of hybrid retrieval (the semantic one is ``1 - alpha``); chosen by
 ``make eval`` on the evaluation sets (see README, "Retrieval evaluation")."""
 

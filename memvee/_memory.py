@@ -151,7 +151,11 @@ class Memory:
         embedder = _chosen_embedder(self._embedder)
         engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self), embedder)
         self._retriever = Retriever(
-            engine.store.engine, engine.tables, embedder, alpha=cfg.hybrid_alpha
+            engine.store.engine,
+            engine.tables,
+            embedder,
+            alpha=cfg.hybrid_alpha,
+            vectors=engine.vectors,
         )
         self._engine = engine
         recovered = await asyncio.to_thread(engine.recover)

@@ -131,7 +131,8 @@ class _Candidate:
 class Retriever:
     """Runs one retrieval on a reader thread: rank lexically and semantically, fuse, pick.
 
-    ``alpha`` is the lexical weight of the fusion (1: lexical only, 0: semantic only).
+    ``alpha`` is the lexical weight of the fusion (1: lexical only, 0: semantic only);
+    ``vectors`` shares the engine's vector index (and its cache) when given.
     """
 
     def __init__(
@@ -141,13 +142,16 @@ class Retriever:
         embedder: Embedder | None,
         *,
         alpha: float = DEFAULT_ALPHA,
+        vectors: VectorIndex | None = None,
     ) -> None:
         self.engine = engine
         self.embedder = embedder
         self.alpha = alpha
         self._ranker = LexicalRanker(tables)
         self._reader = ProjectionReader(tables)
-        self._vectors = None if embedder is None else VectorIndex(tables, embedder.name)
+        if embedder is not None and vectors is None:
+            vectors = VectorIndex(tables, embedder.name)
+        self._vectors = None if embedder is None else vectors
 
     def retrieve(
         self,

@@ -1,20 +1,22 @@
 """The vector index: embeddings of a user's entries and messages, for semantic ranking.
 
 It is a projection like the others (dropped by a rebuild, erased by ``forget``), with
-one difference: an embedding model computes it, so it is filled lazily, one user at a
-time, right before that user is searched, rather than inside the append transaction.
-A search therefore always sees every entry and message of its user. Vectors are read
-for one user only, inside the query, then ranked by cosine similarity in memory.
+one difference: an embedding model computes it, so it is filled outside the append
+transaction: in the background after writes, and for one user right before that user is
+searched, so a search always sees every entry and message of its user. Vectors are read
+for one user only, then ranked by cosine similarity in memory.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Executable, select
+from sqlalchemy import Connection, Engine, Executable, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -44,12 +46,22 @@ _BATCH = 64
 
 
 class VectorIndex:
-    """Reads and lazily fills one set of projection tables' vectors for one model."""
+    """Reads and fills one set of projection tables' vectors for one model.
 
-    def __init__(self, tables: ProjectionTables, model: str) -> None:
+    The message vectors of recently searched users are also kept in memory (at most
+    ``cache_rows`` vectors in all, least recently used users dropped first): a search then
+    costs one count query and one matrix product, not a read of every vector. The cache
+    is kept exact: it is filled from the table, extended by :meth:`fill`, and reloaded
+    whenever the user's message count says something was added elsewhere.
+    """
+
+    def __init__(self, tables: ProjectionTables, model: str, *, cache_rows: int = 200_000) -> None:
         self.tables = tables
         self.model = model
+        self.cache_rows = cache_rows
         self._reader = ProjectionReader(tables)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, _Vectors] = OrderedDict()
 
     def fill(self, engine: Engine, user_id: str, embed: Embed, *, messages: bool) -> int:
         """Embed the user's entries (and messages) that have no vector yet; returns how many."""
@@ -57,17 +69,22 @@ class VectorIndex:
         v, k, m = self.tables.vectors, self.tables.knowledge, self.tables.messages
         missing: list[tuple[str, str, str]] = []
         with engine.connect() as connection:
-            have = select(v.c.item_id).where(v.c.log_id == log_id, v.c.model == self.model)
+
+            def have(kind: str) -> Any:
+                return select(v.c.item_id).where(
+                    v.c.log_id == log_id, v.c.model == self.model, v.c.kind == kind
+                )
+
             rows = connection.execute(
                 select(k.c.entry_id, k.c.text).where(
-                    k.c.log_id == log_id, k.c.entry_id.not_in(have)
+                    k.c.log_id == log_id, k.c.entry_id.not_in(have("entry"))
                 )
             )
             missing += [(item, text, "entry") for item, text in rows]
-            if messages:
+            if messages and not self._complete(connection, log_id):
                 rows = connection.execute(
                     select(m.c.message_id, m.c.content, m.c.name).where(
-                        m.c.log_id == log_id, m.c.message_id.not_in(have)
+                        m.c.log_id == log_id, m.c.message_id.not_in(have("message"))
                     )
                 )
                 missing += [(item, spoken(text, name), "message") for item, text, name in rows]
@@ -86,6 +103,10 @@ class VectorIndex:
             ]
             with engine.begin() as connection:
                 connection.execute(self._insert_new(connection), values)
+        if messages:
+            with engine.connect() as connection:
+                if not self._complete(connection, log_id):
+                    self._load(connection, log_id)
         return len(missing)
 
     def entries(
@@ -105,6 +126,7 @@ class VectorIndex:
             .where(
                 v.c.log_id == log_id,
                 v.c.model == self.model,
+                v.c.kind == "entry",
                 k.c.knowledge_version == LIVE_KNOWLEDGE,
                 *self._reader.valid(as_of),
             )
@@ -115,20 +137,84 @@ class VectorIndex:
         self, connection: Connection, user_id: str, query: Sequence[float], limit: int
     ) -> list[tuple[str, float]]:
         """The ids of the user's messages nearest ``query``."""
-        v = self.tables.vectors
         log_id = str(user_log_id(user_id))
+        with self._lock:
+            cached = self._cache.get(log_id)
+            if cached is not None:
+                self._cache.move_to_end(log_id)
+        if cached is None:
+            cached = self._load(connection, log_id)
+        return cached.nearest(query, limit)
+
+    def forget(self, user_id: str) -> None:
+        """Drop the user's cached vectors (their rows were erased or rebuilt)."""
+        with self._lock:
+            self._cache.pop(str(user_log_id(user_id)), None)
+
+    def _complete(self, connection: Connection, log_id: str) -> bool:
+        """Whether the cache holds a vector of every message of the log."""
+        with self._lock:
+            cached = self._cache.get(log_id)
+        if cached is None:
+            return False
+        m = self.tables.messages
+        count = connection.execute(select(func.count()).where(m.c.log_id == log_id)).scalar()
+        return cached.count == int(count or 0)
+
+    def _load(self, connection: Connection, log_id: str) -> _Vectors:
+        """Read the log's message vectors into the cache."""
+        v = self.tables.vectors
         rows = connection.execute(
             select(v.c.item_id, v.c.vector).where(
                 v.c.log_id == log_id, v.c.model == self.model, v.c.kind == "message"
             )
         ).all()
-        return _nearest(rows, query, limit)
+        loaded = _Vectors.of(rows)
+        with self._lock:
+            self._cache[log_id] = loaded
+            self._cache.move_to_end(log_id)
+            total = sum(c.count for c in self._cache.values())
+            while total > self.cache_rows and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                total -= dropped.count
+        return loaded
 
     def _insert_new(self, connection: Connection) -> Executable:
         v = self.tables.vectors
         if connection.dialect.name == "postgresql":
             return pg_insert(v).on_conflict_do_nothing()
         return sqlite_insert(v).on_conflict_do_nothing()
+
+
+class _Vectors:
+    """One log's message vectors as a matrix, with their ids."""
+
+    def __init__(self, ids: list[str], matrix: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+        self.ids = ids
+        self.matrix = matrix
+
+    @classmethod
+    def of(cls, rows: Sequence[Any]) -> _Vectors:
+        ids = [row[0] for row in rows]
+        if not ids:
+            return cls([], np.zeros((0, 0), dtype=np.float32))
+        matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
+        return cls(ids, matrix.reshape(len(ids), -1))
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
+        if not self.ids or limit <= 0:
+            return []
+        scores = self.matrix @ np.asarray(query, dtype=np.float32)
+        if limit < len(self.ids):
+            top = np.argpartition(-scores, limit)[:limit]
+            top = top[np.argsort(-scores[top], kind="stable")]
+        else:
+            top = np.argsort(-scores, kind="stable")
+        return [(self.ids[i], float(scores[i])) for i in top]
 
 
 def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list[tuple[str, float]]:
