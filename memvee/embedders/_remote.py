@@ -1,0 +1,131 @@
+"""Two more embedders, for users who can reach the network: fastembed and Voyage AI.
+
+:class:`FastEmbedEmbedder` runs any model of the ``fastembed`` library (ONNX, on the CPU);
+fastembed downloads its model on first use, so it suits machines with network access
+(``pip install 'memvee[fastembed]'``). :class:`VoyageEmbedder` calls the Voyage AI API
+(``pip install 'memvee[voyage]'``, ``VOYAGE_API_KEY`` set). Both return unit vectors, as
+the :class:`~memvee.embedders.Embedder` protocol asks, and fail with a
+:class:`~events.errors.MemveeError` that never shows an API key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from events.errors import MemveeError
+
+__all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
+
+
+def _unit(vectors: Iterable[Any]) -> list[list[float]]:
+    out: list[list[float]] = []
+    for vector in vectors:
+        array = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(array))
+        out.append((array / norm if norm > 0 else array).tolist())
+    return out
+
+
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MemveeError(
+            f"this embedder needs the package {module!r}; pip install 'memvee[{extra}]'"
+        ) from exc
+
+
+class FastEmbedEmbedder:
+    """An Embedder over ``fastembed.TextEmbedding`` (default: BAAI/bge-small-en-v1.5).
+
+    The model is built on the first text to embed (that is when fastembed downloads it);
+    ``model`` may be given instead, any object with fastembed's ``embed(texts)``.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "BAAI/bge-small-en-v1.5",
+        dimensions: int = 384,
+        *,
+        model: Any = None,
+    ) -> None:
+        self.name = f"fastembed:{model_name}"
+        self.model_name = model_name
+        self.dimensions = dimensions
+        self._model = model
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order."""
+        with self._lock:
+            if self._model is None:
+                fastembed = _optional("fastembed", "fastembed")
+                self._model = fastembed.TextEmbedding(model_name=self.model_name)
+            vectors = list(self._model.embed(list(texts)))
+        if len(vectors) != len(texts):
+            raise MemveeError(f"fastembed returned {len(vectors)} vectors for {len(texts)} texts")
+        return _unit(vectors)
+
+
+class VoyageEmbedder:
+    """An Embedder over the Voyage AI embeddings API (default model ``voyage-3.5-lite``).
+
+    The client is the ``voyageai`` SDK's, built from ``VOYAGE_API_KEY`` unless ``client``
+    is given; texts go as documents in batches of ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        model: str = "voyage-3.5-lite",
+        dimensions: int = 1024,
+        *,
+        client: Any = None,
+        batch_size: int = 128,
+        max_retries: int = 2,
+        timeout: float = 30.0,
+    ) -> None:
+        self.name = f"voyage:{model}"
+        self.model = model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        self._client = client
+        self._settings = {"max_retries": max_retries, "timeout": timeout}
+
+    @staticmethod
+    def configured() -> bool:
+        """Whether ``VOYAGE_API_KEY`` is set (so the default client can be built)."""
+        return bool(os.environ.get("VOYAGE_API_KEY", "").strip())
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            voyageai = _optional("voyageai", "voyage")
+            if not self.configured():
+                raise MemveeError("VoyageEmbedder needs VOYAGE_API_KEY (or a client)")
+            self._client = voyageai.Client(**self._settings)
+        return self._client
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One unit vector per text, in order."""
+        client = self._get_client()
+        out: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            try:
+                result = client.embed(chunk, model=self.model, input_type="document")
+            except Exception as error:
+                key = str(getattr(client, "api_key", "") or "")
+                text = f"{type(error).__name__}: {error}"
+                raise MemveeError(
+                    "Voyage AI embedding failed: "
+                    + (text.replace(key, "[redacted]") if key else text)
+                ) from None
+            out.extend(_unit(result.embeddings))
+        if len(out) != len(texts):
+            raise MemveeError(f"Voyage AI returned {len(out)} vectors for {len(texts)} texts")
+        return out

@@ -1,0 +1,125 @@
+"""fastembed and Voyage AI as embedders, without the network: fastembed with a model object
+in place of the one it would download, Voyage AI through the real ``voyageai`` client over
+a mock transport (a ``requests`` adapter)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import voyageai
+from requests.adapters import BaseAdapter
+
+from events import MemveeError
+from memvee.embedders import Embedder, FastEmbedEmbedder, VoyageEmbedder
+
+KEY = "pa-test-voyage-key-DO-NOT-LEAK"
+
+
+class FakeFastEmbedModel:
+    """What ``fastembed.TextEmbedding`` gives: ``embed`` yields one array per text."""
+
+    def embed(self, texts: list[str]) -> Iterator[np.ndarray[Any, Any]]:
+        for text in texts:
+            yield np.array([len(text), 1.0, 0.0, 2.0])
+
+
+def test_fastembed_vectors_come_back_as_unit_vectors_in_order() -> None:
+    embedder = FastEmbedEmbedder("BAAI/bge-small-en-v1.5", dimensions=4, model=FakeFastEmbedModel())
+    assert isinstance(embedder, Embedder) and embedder.name == "fastembed:BAAI/bge-small-en-v1.5"
+    vectors = embedder.embed(["ab", "abcdef"])
+    assert [round(float(np.linalg.norm(v)), 6) for v in vectors] == [1.0, 1.0]
+    assert vectors[0] != vectors[1]
+
+
+def test_fastembed_without_the_package_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "fastembed", None)  # as if it were not installed
+    with pytest.raises(MemveeError, match=r"memvee\[fastembed\]"):
+        FastEmbedEmbedder().embed(["hello"])
+
+
+class VoyageAPI(BaseAdapter):
+    """A mock transport for ``requests``: answers the embeddings endpoint, records calls."""
+
+    def __init__(self, status: int = 200) -> None:
+        super().__init__()
+        self.status = status
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        assert request.url is not None and request.url.endswith("/embeddings"), request.url
+        body = json.loads(request.body or b"{}")
+        self.bodies.append(body)
+        self.headers.append(dict(request.headers))
+        response = requests.Response()
+        response.status_code = self.status
+        response.headers["content-type"] = "application/json"
+        if self.status == 200:
+            data = [
+                {"object": "embedding", "embedding": [float(len(text)), 3.0, 4.0], "index": i}
+                for i, text in enumerate(body["input"])
+            ]
+            payload: dict[str, Any] = {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"total_tokens": 7},
+            }
+        else:
+            payload = {"detail": "Provided API key is invalid."}
+        response._content = json.dumps(payload).encode()
+        response.url = request.url
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def voyage_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[VoyageAPI]:
+    api = VoyageAPI()
+    session = requests.Session()
+    session.mount("https://", api)
+    monkeypatch.setattr(voyageai, "requestssession", session)
+    monkeypatch.setenv("VOYAGE_API_KEY", KEY)
+    # The SDK keeps one session per thread: start each test on this one.
+    thread_sessions = voyageai.api_resources.api_requestor._thread_context
+    thread_sessions.__dict__.clear()
+    yield api
+    thread_sessions.__dict__.clear()
+
+
+def test_voyage_embeds_through_its_client_in_batches(voyage_api: VoyageAPI) -> None:
+    embedder = VoyageEmbedder("voyage-3.5-lite", dimensions=3, batch_size=2)
+    assert VoyageEmbedder.configured() and embedder.name == "voyage:voyage-3.5-lite"
+    vectors = embedder.embed(["a", "bb", "ccc"])
+    assert len(vectors) == 3
+    assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-6 for v in vectors)
+    assert [b["input"] for b in voyage_api.bodies] == [["a", "bb"], ["ccc"]]
+    assert {b["model"] for b in voyage_api.bodies} == {"voyage-3.5-lite"}
+    assert KEY in voyage_api.headers[0].get("Authorization", "")
+
+
+def test_a_voyage_failure_is_a_memvee_error_without_the_key(
+    voyage_api: VoyageAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    voyage_api.status = 401
+    with pytest.raises(MemveeError, match="Voyage AI embedding failed") as caught:
+        VoyageEmbedder(max_retries=0).embed(["hello"])
+    assert KEY not in str(caught.value) and KEY not in caplog.text
+
+
+def test_voyage_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOYAGE_API_KEY", raising=False)
+    assert not VoyageEmbedder.configured()
+    with pytest.raises(MemveeError, match="VOYAGE_API_KEY"):
+        VoyageEmbedder().embed(["hello"])
