@@ -43,6 +43,8 @@ class NamedEmbedder(Protocol):
 
 
 _BATCH = 64
+_FILLED_KEPT = 100_000
+"""Users whose last filled log version is remembered (least recent forgotten)."""
 
 
 class VectorIndex:
@@ -62,13 +64,29 @@ class VectorIndex:
         self._reader = ProjectionReader(tables)
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Vectors] = OrderedDict()
+        self._filled: OrderedDict[str, tuple[int, bool]] = OrderedDict()
 
     def fill(self, engine: Engine, user_id: str, embed: Embed, *, messages: bool) -> int:
-        """Embed the user's entries (and messages) that have no vector yet; returns how many."""
+        """Embed the user's entries (and messages) that have no vector yet; returns how many.
+
+        A fill remembers the log version it covered: while the log has not moved, the next
+        one is a single lookup.
+        """
         log_id = str(user_log_id(user_id))
-        v, k, m = self.tables.vectors, self.tables.knowledge, self.tables.messages
+        v, k, m, u = (
+            self.tables.vectors,
+            self.tables.knowledge,
+            self.tables.messages,
+            self.tables.users,
+        )
         missing: list[tuple[str, str, str]] = []
         with engine.connect() as connection:
+            version = connection.execute(select(u.c.version).where(u.c.log_id == log_id)).scalar()
+            with self._lock:
+                done = self._filled.get(log_id)
+            covered = done is not None and done[0] == version and (done[1] or not messages)
+            if version is not None and covered:
+                return 0
 
             def have(kind: str) -> Any:
                 return select(v.c.item_id).where(
@@ -107,6 +125,12 @@ class VectorIndex:
             with engine.connect() as connection:
                 if not self._complete(connection, log_id):
                     self._load(connection, log_id)
+        if version is not None:
+            with self._lock:
+                self._filled[log_id] = (int(version), messages)
+                self._filled.move_to_end(log_id)
+                while len(self._filled) > _FILLED_KEPT:
+                    self._filled.popitem(last=False)
         return len(missing)
 
     def entries(
@@ -148,8 +172,10 @@ class VectorIndex:
 
     def forget(self, user_id: str) -> None:
         """Drop the user's cached vectors (their rows were erased or rebuilt)."""
+        log_id = str(user_log_id(user_id))
         with self._lock:
-            self._cache.pop(str(user_log_id(user_id)), None)
+            self._cache.pop(log_id, None)
+            self._filled.pop(log_id, None)
 
     def _complete(self, connection: Connection, log_id: str) -> bool:
         """Whether the cache holds a vector of every message of the log."""
