@@ -120,12 +120,21 @@ def _quote(message: Message) -> str:
 
 @dataclass
 class _Candidate:
-    """One entry or message proposed by either ranking, with its raw scores."""
+    """One entry or message proposed by either ranking, with its raw scores.
 
-    item: KnowledgeEntry | Message
+    ``item`` is ``None`` for a message only the semantic ranking proposed, until it is
+    read: most of those never make the cut, so their rows are read only when they might.
+    """
+
+    item: KnowledgeEntry | Message | None
     lexical: float = 0.0
     cosine: float | None = None
     score: float = 0.0
+    key: str = ""
+
+    @property
+    def is_message(self) -> bool:
+        return not isinstance(self.item, KnowledgeEntry)
 
 
 class Retriever:
@@ -177,6 +186,7 @@ class Retriever:
                 if include_messages:
                     self._add_semantic_messages(connection, user_id, query_vector, pool, candidates)
             if as_of is not None:
+                self._read_messages(connection, user_id, list(candidates.values()))
                 candidates = {
                     k: c
                     for k, c in candidates.items()
@@ -213,13 +223,17 @@ class Retriever:
         candidates: dict[str, _Candidate],
     ) -> None:
         assert self._vectors is not None
-        nearest = self._vectors.messages(connection, user_id, query_vector, pool)
-        unseen = [i for i, _ in nearest if i not in candidates]
-        for message in self._reader.messages(connection, user_id, ids=unseen):
-            candidates[message.message_id] = _Candidate(message)
-        for item, cosine in nearest:
-            if item in candidates:
-                candidates[item].cosine = cosine
+        for item, cosine in self._vectors.messages(connection, user_id, query_vector, pool):
+            candidates.setdefault(item, _Candidate(None, key=item)).cosine = cosine
+
+    def _read_messages(
+        self, connection: Connection, user_id: str, candidates: Sequence[_Candidate]
+    ) -> None:
+        """Read the rows of the messages among ``candidates`` that have none yet."""
+        unread = {c.key: c for c in candidates if c.item is None}
+        if unread:
+            for message in self._reader.messages(connection, user_id, ids=list(unread)):
+                unread[message.message_id].item = message
 
     def _pick(
         self,
@@ -231,23 +245,29 @@ class Retriever:
         candidates: dict[str, _Candidate],
     ) -> RetrievalResult:
         """The best ``top_k`` on the fused score; cited and outdated messages step aside."""
+        for key, candidate in candidates.items():
+            candidate.key = key
         ranked = sorted(candidates.values(), key=lambda c: -c.score)
-        entries = [c for c in ranked if isinstance(c.item, KnowledgeEntry)][:top_k]
-        messages = [c for c in ranked if isinstance(c.item, Message)]
+        entries = [c for c in ranked if not c.is_message][:top_k]
+        messages = [c for c in ranked if c.is_message]
         stale: set[str] = set()
         if messages and as_of is None:
             # A message whose facts were all replaced states something no longer true.
-            ids = [c.item.message_id for c in messages if isinstance(c.item, Message)]
-            stale = self._reader.outdated(connection, user_id, ids)
+            stale = self._reader.outdated(connection, user_id, [c.key for c in messages])
+        order = _merge_ranked(entries, messages, stale)
         chosen: list[_Candidate] = []
         cited: set[str] = set()
-        for candidate in _merge_ranked(entries, messages, stale):
+        for at, candidate in enumerate(order):
             if len(chosen) == top_k:
                 break
+            if candidate.item is None:
+                self._read_messages(connection, user_id, order[at : at + 2 * top_k])
             item = candidate.item
+            if item is None:
+                continue  # erased since it was embedded
             if isinstance(item, KnowledgeEntry):
                 cited.update(item.source_message_ids)
-                chosen = [c for c in chosen if _message_id(c) not in cited]
+                chosen = [c for c in chosen if c.key not in cited]
             elif item.message_id in cited:
                 continue
             chosen.append(candidate)
@@ -286,17 +306,12 @@ def _lift_entries(candidates: dict[str, _Candidate]) -> None:
             candidate.score = max([candidate.score, *sources])
 
 
-def _message_id(candidate: _Candidate) -> str | None:
-    item = candidate.item
-    return item.message_id if isinstance(item, Message) else None
-
-
 def _merge_ranked(
     entries: list[_Candidate], messages: list[_Candidate], stale: set[str]
 ) -> list[_Candidate]:
     """Entries and fresh messages by score, then the outdated messages."""
-    fresh = [c for c in messages if isinstance(c.item, Message) and c.item.message_id not in stale]
-    old = [c for c in messages if isinstance(c.item, Message) and c.item.message_id in stale]
+    fresh = [c for c in messages if c.key not in stale]
+    old = [c for c in messages if c.key in stale]
     return sorted([*entries, *fresh], key=lambda c: -c.score) + old
 
 
