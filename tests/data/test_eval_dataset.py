@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from tests.data.dataset_checks import check_question_shape, check_session_times, check_turns
 
 DATASET = Path(__file__).parent / "eval" / "conversations.json"
 
@@ -88,39 +90,15 @@ def test_conversation_keys() -> None:
 
 
 def test_session_times_are_iso_utc_and_increasing() -> None:
-    for c in _conversations():
-        previous: datetime | None = None
-        for session in c["sessions"]:
-            assert set(session) == {"at", "turns"}, c["id"]
-            at = session["at"]
-            assert isinstance(at, str) and TIMESTAMP_PATTERN.match(at), (c["id"], at)
-            moment = datetime.fromisoformat(at)
-            assert moment.utcoffset() == timedelta(0), (c["id"], at)
-            if previous is not None:
-                assert moment - previous >= MIN_SESSION_GAP, (c["id"], at)
-            previous = moment
+    check_session_times(_conversations(), MIN_SESSION_GAP)
 
 
 def test_turns_are_pairs_of_non_empty_strings() -> None:
-    for c in _conversations():
-        for s, session in enumerate(c["sessions"]):
-            turns = session["turns"]
-            assert len(turns) in TURNS_PER_SESSION, (c["id"], s)
-            for t, turn in enumerate(turns):
-                assert isinstance(turn, list) and len(turn) == 2, (c["id"], s, t)
-                for text in turn:
-                    assert isinstance(text, str) and text.strip(), (c["id"], s, t)
+    check_turns(_conversations(), TURNS_PER_SESSION)
 
 
 def test_question_shape() -> None:
-    for c in _conversations():
-        texts = [q["question"] for q in c["questions"]]
-        assert len(texts) == len(set(texts)), c["id"]
-        for q in c["questions"]:
-            assert set(q) == {"question", "answer", "stale", "expected"}, c["id"]
-            assert isinstance(q["question"], str) and q["question"].strip(), c["id"]
-            assert isinstance(q["expected"], str) and q["expected"].strip(), c["id"]
-            assert isinstance(q["stale"], list), c["id"]
+    check_question_shape(_conversations(), {"question", "answer", "stale", "expected"})
 
 
 def test_references_are_in_range() -> None:

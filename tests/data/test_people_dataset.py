@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from tests.data.dataset_checks import check_question_shape, check_session_times, check_turns
 
 DATASET = Path(__file__).parent / "eval" / "people.json"
 
@@ -173,39 +175,18 @@ def test_speakers_have_distinct_first_names() -> None:
 
 
 def test_session_times_are_iso_utc_increasing_and_a_day_apart() -> None:
-    for c in _conversations():
-        previous: datetime | None = None
-        for session in c["sessions"]:
-            assert set(session) == {"at", "turns"}, c["id"]
-            at = session["at"]
-            assert isinstance(at, str) and TIMESTAMP_PATTERN.match(at), (c["id"], at)
-            moment = datetime.fromisoformat(at)
-            assert moment.utcoffset() == timedelta(0), (c["id"], at)
-            if previous is not None:
-                assert moment - previous >= MIN_SESSION_GAP, (c["id"], at)
-            previous = moment
+    check_session_times(_conversations(), MIN_SESSION_GAP)
 
 
 def test_turns_are_pairs_of_non_empty_strings() -> None:
-    for c in _conversations():
-        for s, session in enumerate(c["sessions"]):
-            turns = session["turns"]
-            assert len(turns) in TURNS_PER_SESSION, (c["id"], s)
-            for t, turn in enumerate(turns):
-                assert isinstance(turn, list) and len(turn) == 2, (c["id"], s, t)
-                for text in turn:
-                    assert isinstance(text, str) and text.strip(), (c["id"], s, t)
+    check_turns(_conversations(), TURNS_PER_SESSION)
 
 
 def test_question_shape() -> None:
-    for c in _conversations():
-        texts = [q["question"] for q in c["questions"]]
-        assert len(texts) == len(set(texts)), c["id"]
+    conversations = _conversations()
+    check_question_shape(conversations, QUESTION_KEYS)
+    for c in conversations:
         for q in c["questions"]:
-            assert set(q) == QUESTION_KEYS, (c["id"], q.get("question"))
-            assert isinstance(q["question"], str) and q["question"].strip(), c["id"]
-            assert isinstance(q["expected"], str) and q["expected"].strip(), c["id"]
-            assert isinstance(q["stale"], list), c["id"]
             assert isinstance(q["kinds"], list), c["id"]
 
 
