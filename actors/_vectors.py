@@ -20,11 +20,14 @@ log = logging.getLogger("memvee.actors")
 class VectorFiller:
     """Fills the vectors of the users it is told about, one at a time, on its own thread.
 
-    ``fill(user_id)`` embeds what the user lacks. Users told about while one is filled
-    wait ``delay`` seconds more, so a burst of writes is embedded in a few batches.
+    ``fill(user_id, stopping)`` embeds what the user lacks, asking ``stopping()`` between
+    batches so that :meth:`stop` never waits for a long fill. Users told about while one is
+    filled wait ``delay`` seconds more, so a burst of writes is embedded in a few batches.
     """
 
-    def __init__(self, fill: Callable[[str], int], *, delay: float = 0.2) -> None:
+    def __init__(
+        self, fill: Callable[[str, Callable[[], bool]], int], *, delay: float = 0.2
+    ) -> None:
         self._fill = fill
         self._delay = delay
         self._pending: dict[str, None] = {}
@@ -56,6 +59,9 @@ class VectorFiller:
             self._changed.notify()
         self._thread.join(timeout=30)
 
+    def _stopping(self) -> bool:
+        return self._stopped
+
     def _run(self) -> None:
         while True:
             with self._changed:
@@ -74,6 +80,6 @@ class VectorFiller:
                 if self._stopped:
                     break
                 try:
-                    self._fill(user_id)
+                    self._fill(user_id, self._stopping)
                 except Exception:
                     log.exception("user %r: embedding in the background failed", user_id)

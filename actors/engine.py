@@ -149,7 +149,9 @@ class Engine:
         index = self.vectors
         assert index is not None
         engine = self.store.engine
-        return VectorFiller(lambda user: index.fill(engine, user, embedder.embed, messages=True))
+        return VectorFiller(
+            lambda user, stop: index.fill(engine, user, embedder.embed, messages=True, stop=stop)
+        )
 
     def _touched(self, user_id: str) -> None:
         if self.vector_filler is not None:

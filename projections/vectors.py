@@ -66,11 +66,20 @@ class VectorIndex:
         self._cache: OrderedDict[str, _Vectors] = OrderedDict()
         self._filled: OrderedDict[str, tuple[int, bool]] = OrderedDict()
 
-    def fill(self, engine: Engine, user_id: str, embed: Embed, *, messages: bool) -> int:
+    def fill(
+        self,
+        engine: Engine,
+        user_id: str,
+        embed: Embed,
+        *,
+        messages: bool,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> int:
         """Embed the user's entries (and messages) that have no vector yet; returns how many.
 
         A fill remembers the log version it covered: while the log has not moved, the next
-        one is a single lookup.
+        one is a single lookup. ``stop`` is asked between batches of texts; once it says
+        so, the fill ends early (what it embedded is kept).
         """
         log_id = str(user_log_id(user_id))
         v, k, m, u = (
@@ -107,6 +116,8 @@ class VectorIndex:
                 )
                 missing += [(item, spoken(text, name), "message") for item, text, name in rows]
         for start in range(0, len(missing), _BATCH):
+            if stop():
+                return start
             chunk = missing[start : start + _BATCH]
             vectors = embed([text for _, text, _ in chunk])
             values = [

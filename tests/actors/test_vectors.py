@@ -1,0 +1,48 @@
+"""The background vector filler: fills the users it is told about, once each, and stops
+without waiting for a long fill to finish."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from actors._vectors import VectorFiller
+
+
+def test_each_user_told_about_is_filled_and_a_burst_is_filled_once() -> None:
+    filled: list[str] = []
+
+    def fill(user: str, stop: Callable[[], bool]) -> int:
+        filled.append(user)
+        return 1
+
+    filler = VectorFiller(fill, delay=0.05)
+    try:
+        for _ in range(5):
+            filler.touch("ann")
+        filler.touch("bob")
+        assert filler.wait_idle(10)
+        assert sorted(filled) == ["ann", "bob"]
+    finally:
+        filler.stop()
+
+
+def test_stop_ends_a_long_fill_between_batches() -> None:
+    started = threading.Event()
+    seen_stop = threading.Event()
+
+    def fill(user: str, stop: Callable[[], bool]) -> int:
+        started.set()
+        for _ in range(10_000):  # a long fill, asking between batches
+            if stop():
+                seen_stop.set()
+                return 0
+            threading.Event().wait(0.01)
+        return 0
+
+    filler = VectorFiller(fill, delay=0)
+    filler.touch("ann")
+    assert started.wait(10)
+    filler.stop()
+    assert seen_stop.is_set(), "the fill was told to stop and ended early"
+    assert not filler._thread.is_alive()
