@@ -47,3 +47,19 @@ def check_question_shape(conversations: list[dict[str, Any]], keys: set[str]) ->
             assert isinstance(q["question"], str) and q["question"].strip(), c["id"]
             assert isinstance(q["expected"], str) and q["expected"].strip(), c["id"]
             assert isinstance(q["stale"], list), c["id"]
+
+
+def in_range(conversation: dict[str, Any], ref: Any) -> bool:
+    """Whether ``ref`` is a {"session", "turn"} pointer to a turn of ``conversation``."""
+    if not isinstance(ref, dict) or set(ref) != {"session", "turn"}:
+        return False
+    session, turn = ref["session"], ref["turn"]
+    if not (isinstance(session, int) and isinstance(turn, int)):
+        return False
+    sessions = conversation["sessions"]
+    return 0 <= session < len(sessions) and 0 <= turn < len(sessions[session]["turns"])
+
+
+def turn_position(ref: dict[str, Any]) -> tuple[int, int]:
+    """A turn pointer as (session, turn)."""
+    return ref["session"], ref["turn"]

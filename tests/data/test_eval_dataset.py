@@ -13,7 +13,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tests.data.dataset_checks import check_question_shape, check_session_times, check_turns
+from tests.data.dataset_checks import (
+    check_question_shape,
+    check_session_times,
+    check_turns,
+    in_range,
+    turn_position,
+)
 
 DATASET = Path(__file__).parent / "eval" / "conversations.json"
 
@@ -44,20 +50,6 @@ def _conversations() -> list[dict[str, Any]]:
 def _user_message(conversation: dict[str, Any], ref: dict[str, Any]) -> str:
     text: str = conversation["sessions"][ref["session"]]["turns"][ref["turn"]][0]
     return text
-
-
-def _in_range(conversation: dict[str, Any], ref: Any) -> bool:
-    if not isinstance(ref, dict) or set(ref) != {"session", "turn"}:
-        return False
-    session, turn = ref["session"], ref["turn"]
-    if not (isinstance(session, int) and isinstance(turn, int)):
-        return False
-    sessions = conversation["sessions"]
-    return 0 <= session < len(sessions) and 0 <= turn < len(sessions[session]["turns"])
-
-
-def _position(ref: dict[str, Any]) -> tuple[int, int]:
-    return ref["session"], ref["turn"]
 
 
 def test_top_level_shape() -> None:
@@ -101,12 +93,12 @@ def test_question_shape() -> None:
     check_question_shape(_conversations(), {"question", "answer", "stale", "expected"})
 
 
-def test_references_are_in_range() -> None:
+def test_references_arein_range() -> None:
     for c in _conversations():
         for q in c["questions"]:
-            assert _in_range(c, q["answer"]), (c["id"], q["question"])
+            assert in_range(c, q["answer"]), (c["id"], q["question"])
             for ref in q["stale"]:
-                assert _in_range(c, ref), (c["id"], q["question"], ref)
+                assert in_range(c, ref), (c["id"], q["question"], ref)
 
 
 def test_expected_appears_in_answer_message_only() -> None:
@@ -116,7 +108,7 @@ def test_expected_appears_in_answer_message_only() -> None:
             expected = q["expected"].casefold()
             where = (c["id"], q["question"])
             assert expected in _user_message(c, q["answer"]).casefold(), where
-            answer = _position(q["answer"])
+            answer = turn_position(q["answer"])
             for s, session in enumerate(c["sessions"]):
                 for t, turn in enumerate(session["turns"]):
                     user, assistant = turn[0], turn[1]
@@ -128,8 +120,8 @@ def test_expected_appears_in_answer_message_only() -> None:
 def test_stale_references_precede_the_answer() -> None:
     for c in _conversations():
         for q in c["questions"]:
-            answer = _position(q["answer"])
-            positions = [_position(ref) for ref in q["stale"]]
+            answer = turn_position(q["answer"])
+            positions = [turn_position(ref) for ref in q["stale"]]
             assert len(positions) == len(set(positions)), (c["id"], q["question"])
             for position in positions:
                 assert position < answer, (c["id"], q["question"], position)

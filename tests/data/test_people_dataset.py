@@ -24,7 +24,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tests.data.dataset_checks import check_question_shape, check_session_times, check_turns
+from tests.data.dataset_checks import (
+    check_question_shape,
+    check_session_times,
+    check_turns,
+    in_range,
+    turn_position,
+)
 
 DATASET = Path(__file__).parent / "eval" / "people.json"
 
@@ -93,20 +99,6 @@ def _user_message(conversation: dict[str, Any], ref: dict[str, Any]) -> str:
 
 def _user_messages(conversation: dict[str, Any]) -> list[str]:
     return [turn[0] for session in conversation["sessions"] for turn in session["turns"]]
-
-
-def _in_range(conversation: dict[str, Any], ref: Any) -> bool:
-    if not isinstance(ref, dict) or set(ref) != {"session", "turn"}:
-        return False
-    session, turn = ref["session"], ref["turn"]
-    if not (isinstance(session, int) and isinstance(turn, int)):
-        return False
-    sessions = conversation["sessions"]
-    return 0 <= session < len(sessions) and 0 <= turn < len(sessions[session]["turns"])
-
-
-def _position(ref: dict[str, Any]) -> tuple[int, int]:
-    return ref["session"], ref["turn"]
 
 
 def _content_words(text: str) -> set[str]:
@@ -190,11 +182,11 @@ def test_question_shape() -> None:
             assert isinstance(q["kinds"], list), c["id"]
 
 
-def test_references_are_in_range() -> None:
+def test_references_arein_range() -> None:
     for c, q in _questions():
-        assert _in_range(c, q["answer"]), (c["id"], q["question"])
+        assert in_range(c, q["answer"]), (c["id"], q["question"])
         for ref in q["stale"]:
-            assert _in_range(c, ref), (c["id"], q["question"], ref)
+            assert in_range(c, ref), (c["id"], q["question"], ref)
 
 
 def test_expected_appears_in_answer_message_only() -> None:
@@ -203,7 +195,7 @@ def test_expected_appears_in_answer_message_only() -> None:
         expected = q["expected"].casefold()
         where = (c["id"], q["question"])
         assert expected in _user_message(c, q["answer"]).casefold(), where
-        answer = _position(q["answer"])
+        answer = turn_position(q["answer"])
         for s, session in enumerate(c["sessions"]):
             for t, (user, assistant) in enumerate(session["turns"]):
                 assert expected not in assistant.casefold(), (*where, s, t)
@@ -213,8 +205,8 @@ def test_expected_appears_in_answer_message_only() -> None:
 
 def test_stale_references_precede_the_answer() -> None:
     for c, q in _questions():
-        answer = _position(q["answer"])
-        positions = [_position(ref) for ref in q["stale"]]
+        answer = turn_position(q["answer"])
+        positions = [turn_position(ref) for ref in q["stale"]]
         assert len(positions) == len(set(positions)), (c["id"], q["question"])
         for position in positions:
             assert position < answer, (c["id"], q["question"], position)
