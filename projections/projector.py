@@ -50,7 +50,7 @@ FOLDS: tuple[Fold, ...] = (
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

@@ -44,7 +44,8 @@ _SPARE_HITS = 4
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only."""
-    ored = " OR ".join(f'"{owned_term(log_id, term)}"' for term in terms)
+    owned = dict.fromkeys(owned_term(log_id, term) for term in terms)
+    ored = " OR ".join(f'"{term}"' for term in owned)
     return f"body : ({ored})"
 
 

@@ -2,9 +2,11 @@
 
 SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages),
 filled by :func:`search_fold` in the same transaction as the rows they index. Every
-indexed word is prefixed with its owner (the log id as 32 hex digits), so each user has
-posting lists of their own: a search is scoped to one user by the very terms it looks
-up, and costs what that user's matches cost, however many other users share the words.
+indexed word is stemmed, then prefixed with its owner (the log id as 32 hex digits), so
+each user has posting lists of their own: a search is scoped to one user by the very terms
+it looks up, and costs what that user's matches cost, however many other users share the
+words. The stemming happens here, before the prefix, because a stemmer run on the prefixed
+token strips differently ("careful" and "career" would meet as ``car``).
 PostgreSQL needs no extra rows: expression GIN indexes over the knowledge and message
 text do the job, and the rankers query them directly.
 """
@@ -12,18 +14,29 @@ text do the job, and the rankers query them directly.
 from __future__ import annotations
 
 import re
+import threading
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
+import Stemmer
 from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 
 from events import Recorded, UserLog
 from projections.tables import ProjectionTables
 
-__all__ = ["PG_SPOKEN", "SearchIndex", "owned_term", "owned_words", "owner_token", "spoken"]
+__all__ = [
+    "PG_SPOKEN",
+    "SearchIndex",
+    "index_word",
+    "owned_term",
+    "owned_words",
+    "owner_token",
+    "spoken",
+]
 
-_TOKENIZER = "porter unicode61 remove_diacritics 2"
+_TOKENIZER = "unicode61 remove_diacritics 2"
 PG_CONFIG = "english"
 """The PostgreSQL text-search configuration (stemming and stop words)."""
 
@@ -36,19 +49,39 @@ def owner_token(log_id: str) -> str:
     return UUID(log_id).hex
 
 
-def owned_words(log_id: str, text: str) -> str:
-    """``text`` as the index stores it: each word prefixed with the owner's token.
+_stemmers = threading.local()
 
-    Query terms go through the same prefixing (:func:`owned_term`), so the index's own
-    tokenizer (case folding, diacritics, Porter stemming) treats both sides alike.
+
+def index_word(word: str) -> str:
+    """One word as the index compares it: case-folded, without diacritics, stemmed.
+
+    The Snowball English stemmer (PyStemmer) runs on the bare word, so the prefix added
+    after it never changes what is stripped.
+    """
+    word = word.casefold()
+    if not word.isascii():
+        word = "".join(
+            c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c)
+        )
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:  # A Stemmer object is not safe to share between threads.
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    stem: str = stemmer.stemWord(word)
+    return stem
+
+
+def owned_words(log_id: str, text: str) -> str:
+    """``text`` as the index stores it: each word stemmed, then prefixed with its owner.
+
+    Query terms go through the same steps (:func:`owned_term`), so both sides meet.
     """
     owner = owner_token(log_id)
-    return " ".join(owner + word for word in _WORD.findall(text))
+    return " ".join(owner + index_word(word) for word in _WORD.findall(text))
 
 
 def owned_term(log_id: str, term: str) -> str:
     """One query term as the index stores it for log ``log_id``."""
-    return owner_token(log_id) + term
+    return owner_token(log_id) + index_word(term)
 
 
 class SearchIndex:
