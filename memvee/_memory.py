@@ -41,7 +41,7 @@ from events import (
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever
 from memvee._task import ProcessStatus, ProcessTask
-from memvee.embedders import Embedder, LocalDefaultEmbedder
+from memvee.embedders import Embedder, chosen_embedder
 from projections import (
     BufferedMessage,
     KnowledgeEntry,
@@ -148,7 +148,7 @@ class Memory:
             breaker_cooldown=cfg.breaker_cooldown,
         )
         self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
-        embedder = _chosen_embedder(self._embedder)
+        embedder = chosen_embedder(self._embedder)
         engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self), embedder)
         self._retriever = Retriever(
             engine.store.engine,
@@ -190,7 +190,7 @@ class Memory:
                 await self._poller
             self._poller = None
         if self._readers is not None:
-            self._readers.shutdown(wait=True)
+            await asyncio.to_thread(self._readers.shutdown, wait=True)
         self._engine = None
 
     async def __aenter__(self) -> Self:
@@ -604,19 +604,6 @@ class _LoopObserver:
 def _task_states(connection: Connection, reader: Any, *, ids: list[str]) -> list[Any]:
     states: list[Any] = reader.task_states(connection, ids)
     return states
-
-
-def _chosen_embedder(embedder: Embedder | Literal[False] | None) -> Embedder | None:
-    """The embedder retrieval uses: the one given, none for ``False``, else the local
-    default when its packages are installed (a warning says so when they are not)."""
-    if embedder is False:
-        return None
-    if embedder is not None:
-        return embedder
-    if LocalDefaultEmbedder.available():
-        return LocalDefaultEmbedder()
-    log.warning("the default embedder's packages are missing: retrieval is lexical only")
-    return None
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from events import (
     BatchLimits,
@@ -29,7 +29,9 @@ from events import (
     sqlite_url,
 )
 from events.user_log import LIVE_KNOWLEDGE
+from memvee._config import DEFAULT_ALPHA
 from memvee._retrieval import RetrievalResult, Retriever
+from memvee.embedders import Embedder, chosen_embedder
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -439,14 +441,22 @@ class Audit:
         top_k: int = 10,
         include_messages: bool = False,
         as_of: datetime | None = None,
+        embedder: Embedder | Literal[False] | None = None,
+        alpha: float = DEFAULT_ALPHA,
     ) -> RetrievalResult:
-        """What :meth:`memvee.Memory.retrieve` would hand an agent (lexical ranking only)."""
+        """What :meth:`memvee.Memory.retrieve` would hand an agent.
+
+        ``embedder`` and ``alpha`` are a Memory's: the default local model unless given,
+        ``False`` for lexical ranking only. Vectors missing for the user are filled first.
+        """
         check_user_id(user_id)
         if not 1 <= top_k <= 1000:
             raise InvalidInputError(f"top_k must be from 1 to 1000, not {top_k}")
         if as_of is not None:
             _check_aware(as_of, "as_of")
-        retriever = Retriever(self.store.engine, self._reader.tables, None)
+        retriever = Retriever(
+            self.store.engine, self._reader.tables, chosen_embedder(embedder), alpha=alpha
+        )
         return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 
     def users(self, *, after: str = "", limit: int = 100) -> list[UserSummary]:

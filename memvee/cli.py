@@ -415,30 +415,49 @@ def search(
     query: Annotated[str, typer.Argument(help="The question, in plain words.")],
     top_k: Annotated[int, typer.Option("--top-k", help="How many results.")] = 10,
     messages: Annotated[
-        bool, typer.Option("--messages", help="Fill with raw messages after the entries.")
+        bool, typer.Option("--messages", help="Rank raw messages with the entries.")
     ] = False,
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="ISO time: what was valid then.")
     ] = None,
+    lexical: Annotated[
+        bool,
+        typer.Option("--lexical", help="Rank by words only, without the embedding model."),
+    ] = False,
     as_json: JsonOption = False,
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
-    """What retrieve would hand an agent for QUERY: entries first, then messages."""
+    """What retrieve would hand an agent for QUERY, best first on one score."""
     with Audit(db, db_url) as audit, _input_errors():
         at = None if as_of is None else _parse_time(as_of)
-        found = audit.search(user, query, top_k=top_k, include_messages=messages, as_of=at)
+        found = audit.search(
+            user,
+            query,
+            top_k=top_k,
+            include_messages=messages,
+            as_of=at,
+            embedder=False if lexical else None,
+        )
     if as_json:
         _print_json(dataclasses.asdict(found))
         return
+    rows = [
+        (hit.score, "entry", hit.text, f"{hit.entry.valid_from:%Y-%m-%d}") for hit in found.entries
+    ] + [
+        (
+            m.score,
+            "message" + (" (outdated)" if m.outdated else ""),
+            f"{m.message.name or m.message.role}: {m.message.content}",
+            f"{m.message.sent_at:%Y-%m-%d}",
+        )
+        for m in found.messages
+    ]
     table = Table("#", "score", "kind", "text", "since / sent", title=f"{user}: {query}")
-    for rank, hit in enumerate(found.entries, start=1):
-        since = f"{hit.entry.valid_from:%Y-%m-%d}"
-        table.add_row(str(rank), f"{hit.score:.3f}", "entry", hit.text, since)
-    for rank, m in enumerate(found.messages, start=len(found.entries) + 1):
-        sent = f"{m.message.sent_at:%Y-%m-%d}"
-        text = f"{m.message.role}: {m.message.content}"
-        table.add_row(str(rank), f"{m.score:.3f}", "message", text, sent)
+    for rank, (score, kind, text, when) in enumerate(
+        sorted(rows, key=lambda row: -row[0]), start=1
+    ):
+        table.add_row(str(rank), f"{score:.3f}", kind, text, when)
     console.print(table)
 
 

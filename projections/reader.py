@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, Connection, RowMapping, bindparam, func, or_, select
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
@@ -64,12 +65,9 @@ class ProjectionReader:
             return []
         k = self.tables.knowledge
         rows = connection.execute(
-            select(k).where(
-                k.c.log_id == _log(user_id), k.c.entry_id.in_(bindparam("ids", expanding=True))
-            ),
-            {"ids": ids},
+            select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True))), {"ids": ids}
         ).mappings()
-        return [entry_from_row(user_id, r) for r in rows]
+        return [entry_from_row(user_id, r) for r in _owned_by(rows, user_id)]
 
     def messages(
         self,
@@ -81,17 +79,19 @@ class ProjectionReader:
     ) -> list[Message]:
         """The user's messages in log order: all of them, or those with ``ids`` or ``seqs``."""
         m = self.tables.messages
-        query = select(m).where(m.c.log_id == _log(user_id))
-        params: dict[str, Any] = {}
-        if ids is not None:
-            query = query.where(m.c.message_id.in_(bindparam("ids", expanding=True)))
-            params["ids"] = ids
-        if seqs is not None:
-            query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
-            params["seqs"] = seqs
         if (ids is not None and not ids) or (seqs is not None and not seqs):
             return []
-        rows = connection.execute(query.order_by(m.c.seq), params).mappings()
+        if ids is not None:
+            query = select(m).where(m.c.message_id.in_(bindparam("ids", expanding=True)))
+            if seqs is not None:
+                query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
+            rows = connection.execute(query, {"ids": ids, "seqs": seqs}).mappings()
+            found = [message_from_row(user_id, r) for r in _owned_by(rows, user_id)]
+            return sorted(found, key=lambda message: message.seq)
+        query = select(m).where(m.c.log_id == _log(user_id))
+        if seqs is not None:
+            query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
+        rows = connection.execute(query.order_by(m.c.seq), {"seqs": seqs}).mappings()
         return [message_from_row(user_id, r) for r in rows]
 
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
@@ -434,3 +434,14 @@ def _summary(r: Any) -> UserSummary:
         updated_at=aware(r["updated_at"]),
         quarantined_count=r["quarantined_count"],
     )
+
+
+def _owned_by(rows: Iterable[RowMapping], user_id: str) -> Iterator[RowMapping]:
+    """The rows of ``user_id``'s log among rows looked up by their (global) keys.
+
+    Lookups by a list of ids name no owner in the ``WHERE``: SQLite would then walk the
+    user's whole index on ``log_id`` instead of finding each id by its key. Rows of any
+    other log are dropped here, so an id never reaches across users.
+    """
+    log_id = _log(user_id)
+    return (row for row in rows if row["log_id"] == log_id)

@@ -9,6 +9,7 @@ network, no PyTorch). ``Memory(embedder=False)`` ranks lexically only; any other
 API.
 """
 
+from memvee.embedders._choice import chosen_embedder
 from memvee.embedders._minilm import MiniLMEmbedder
 from memvee.embedders._onnx import LocalDefaultEmbedder, OnnxMiniLMEmbedder
 from memvee.embedders._protocol import Embedder
@@ -21,4 +22,5 @@ __all__ = [
     "MiniLMEmbedder",
     "OnnxMiniLMEmbedder",
     "VoyageEmbedder",
+    "chosen_embedder",
 ]

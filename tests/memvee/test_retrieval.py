@@ -242,6 +242,25 @@ async def test_the_cli_search_shows_what_an_agent_would_get(
     assert bad.exit_code == 2
 
 
+async def test_the_cli_search_ranks_like_a_memory_with_the_default_model(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from memvee.cli import app
+
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I am allergic to shrimp.", "I work at Acme.")
+    runner = CliRunner()
+    question = ["search", "ann", "which seafood makes her sick", "--db-url", db_url]
+    hybrid = runner.invoke(app, question)
+    assert hybrid.exit_code == 0, hybrid.output
+    assert "shrimp" in hybrid.output
+    lexical = runner.invoke(app, [*question, "--lexical"])
+    assert lexical.exit_code == 0, lexical.output
+    assert "shrimp" not in lexical.output
+
+
 async def test_messages_whose_facts_were_replaced_come_last_and_say_so(
     make_memory: Callable[..., Any],
 ) -> None:
