@@ -121,7 +121,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             ]
         )
     section.notes.append(
-        "Hybrid includes embedding the query (about 3 ms on two cores) and the semantic "
+        "Hybrid includes embedding the query (about 4 ms on two cores) and the semantic "
         "ranking over the user's cached message vectors; entry vectors are read per query."
     )
     return [section]

@@ -163,6 +163,14 @@ def targets(sections: Sequence[Section]) -> list[Target]:
             "ms",
         ),
         Target(
+            "hybrid retrieve p50 (default embedder), one user of 10,000 messages",
+            "hybrid.10000.hybrid_p50",
+            "<=",
+            15,
+            fmt_ms,
+            "ms",
+        ),
+        Target(
             f"peak RSS after touching {users:,} users (defaults)",
             "rss.defaults.peak_mb",
             "<=",
