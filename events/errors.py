@@ -18,6 +18,7 @@ __all__ = [
     "InvalidInputError",
     "MemoryClosedError",
     "MemveeError",
+    "NotFoundError",
     "ProcessingError",
     "ProcessingTimeoutError",
     "RejectedBatchError",
@@ -34,7 +35,11 @@ class InvalidInputError(MemveeError, ValueError):
     """Bad input from the caller; raised before anything is written."""
 
 
-class UnknownTaskError(InvalidInputError):
+class NotFoundError(InvalidInputError):
+    """A name the database does not hold: a user, a task, an entry or a knowledge version."""
+
+
+class UnknownTaskError(NotFoundError):
     """A task id that this user's log does not know."""
 
 
