@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from events import EventStore, Extractor, InvalidInputError, MemveeError, check_user_id, sqlite_url
+from memvee._server import register_commands
 from memvee.audit import Audit
 
 if TYPE_CHECKING:
@@ -614,6 +615,9 @@ def _point(at: str | None) -> tuple[int | None, datetime | None]:
     except ValueError as error:
         raise _bad_input(ValueError(f"--at {at!r} is neither a version nor an ISO time")) from error
     return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+register_commands(app)  # serve, mcp
 
 
 def main() -> None:

@@ -1,0 +1,85 @@
+"""The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
+
+Requests pass the access log (request id), the body limit and the token check, in that
+order, before FastAPI routes them; the MCP route comes from the official SDK's
+streamable HTTP app, whose session manager lives as long as the app.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
+
+from memvee._memory import Memory
+from memvee._server.auth import BearerAuth, TokenBook
+from memvee._server.errors import install_error_handlers
+from memvee._server.http_api import api_router
+from memvee._server.limits import BodyLimit
+from memvee._server.logs import AccessLog
+from memvee._server.mcp_tools import build_mcp
+from memvee.audit import Audit
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    memory: Memory,
+    audit: Audit,
+    *,
+    tokens: TokenBook | None = None,
+    max_body_bytes: int,
+    allow_forget: bool = False,
+    mcp_user: str | None = None,
+    host: str = "127.0.0.1",
+) -> ASGIApp:
+    """The whole server over an open ``memory``; the caller opens and closes it.
+
+    ``tokens`` (none: no authentication, for loopback) guard everything but the probes
+    and the API description; ``host`` is where the server listens, which the MCP SDK
+    uses to guard loopback servers against DNS rebinding.
+    """
+    mcp = build_mcp(memory, audit, user=mcp_user, allow_forget=allow_forget)
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path="/mcp",
+        stateless_http=True,
+        json_response=True,
+        max_request_body_size=max_body_bytes,
+        host=host,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with mcp.session_manager.run():
+            yield
+
+    api = FastAPI(
+        title="memvee",
+        version=importlib.metadata.version("memvee"),
+        description="Long-term memory for LLM agents: append conversations, get knowledge "
+        "back, each entry traceable to its messages. MCP is served at /mcp.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    install_error_handlers(api)
+
+    @api.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        """The process is up and serving requests."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        """The memory is open and accepts calls (503 while starting or shutting down)."""
+        ready = memory.is_open
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready"}, status_code=200 if ready else 503
+        )
+
+    api.include_router(api_router(memory, audit))
+    api.router.routes.extend(mcp_app.routes)
+    return AccessLog(BodyLimit(BearerAuth(api, tokens or TokenBook()), max_body_bytes))

@@ -1,0 +1,186 @@
+"""Bearer tokens: who may call the server, and which users each token may touch.
+
+A token is either unscoped (every user) or scoped to a user-id prefix, so one server can
+serve several tenants without one tenant's token reaching another's users. Only the
+SHA-256 digest of each token is kept, so no token can leak through a repr, a traceback or
+a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from events import InvalidInputError
+from memvee._server.logs import REQUEST_ID_KEY
+
+__all__ = [
+    "GRANT_KEY",
+    "OPEN_PATHS",
+    "TOKENS_ENV_VAR",
+    "BearerAuth",
+    "Grant",
+    "TokenBook",
+    "is_loopback",
+]
+
+TOKENS_ENV_VAR = "MEMVEE_API_TOKENS"
+"""Comma-separated tokens, each ``TOKEN`` (every user) or ``TOKEN:PREFIX``."""
+
+GRANT_KEY = "memvee.grant"
+"""Where the authenticated :class:`Grant` is put in the ASGI scope of a request."""
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
+"""Paths served without a token: probes and the API description hold no user data."""
+
+MIN_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one authenticated caller may touch: the users whose id starts with ``prefix``."""
+
+    prefix: str = ""
+
+    def covers(self, user_id: str) -> bool:
+        """Whether this grant reaches ``user_id``."""
+        return user_id.startswith(self.prefix)
+
+
+class TokenBook:
+    """The accepted tokens, kept as digests, each with its grant."""
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = ()) -> None:
+        self._grants: dict[bytes, Grant] = {}
+        for token, prefix in entries:
+            if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+                raise InvalidInputError(
+                    f"every API token needs {MIN_TOKEN_CHARS} or more characters and no spaces"
+                )
+            self._grants[_digest(token)] = Grant(prefix)
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    def __repr__(self) -> str:
+        return f"TokenBook({len(self)} tokens)"
+
+    @classmethod
+    def parse(cls, text: str) -> TokenBook:
+        """Tokens separated by commas or newlines, each ``TOKEN`` or ``TOKEN:PREFIX``;
+        blank lines and lines starting with ``#`` are skipped."""
+        entries = []
+        for line in text.replace(",", "\n").splitlines():
+            item = line.strip()
+            if not item or item.startswith("#"):
+                continue
+            token, _, prefix = item.partition(":")
+            entries.append((token.strip(), prefix.strip()))
+        return cls(entries)
+
+    @classmethod
+    def load(cls, tokens_file: Path | None) -> TokenBook:
+        """The tokens of ``MEMVEE_API_TOKENS`` and of ``tokens_file`` together."""
+        text = os.environ.get(TOKENS_ENV_VAR, "")
+        if tokens_file is not None:
+            try:
+                text += "\n" + tokens_file.read_text(encoding="utf-8")
+            except OSError as error:
+                raise InvalidInputError(
+                    f"cannot read the tokens file {str(tokens_file)!r}: {error.strerror}"
+                ) from error
+        return cls.parse(text)
+
+    def grant_for(self, authorization: str | None) -> Grant | None:
+        """The grant of an ``Authorization: Bearer`` header value, or None if it is wrong."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        wanted = _digest(token.strip())
+        found = None
+        for digest, grant in self._grants.items():  # every digest, in constant time each
+            if hmac.compare_digest(digest, wanted):
+                found = grant
+        return found
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1 or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerAuth:
+    """ASGI middleware: checks the bearer token of every request off :data:`OPEN_PATHS`.
+
+    A missing or wrong token gets 401; the caller's :class:`Grant` goes in the scope for
+    the routes and tools to check each user id against (403 when out of scope). Without
+    tokens (allowed on loopback only) every caller gets every user.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: TokenBook) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self.tokens:
+            scope[GRANT_KEY] = Grant()
+        elif scope["path"] not in OPEN_PATHS:
+            header = _header(scope, b"authorization")
+            grant = self.tokens.grant_for(header)
+            if grant is None:
+                await _unauthorized(scope, send)
+                return
+            scope[GRANT_KEY] = grant
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+async def _unauthorized(scope: Scope, send: Send) -> None:
+    body = json.dumps(
+        {
+            "error": "unauthorized",
+            "message": "a valid bearer token is required (Authorization: Bearer <token>)",
+            "request_id": scope.get(REQUEST_ID_KEY),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="memvee"'),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

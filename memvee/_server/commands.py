@@ -1,0 +1,194 @@
+"""``memvee serve`` and ``memvee mcp``: the server's two commands, added to the CLI.
+
+This module imports only typer at load time, so the CLI starts (and says what to
+install) without the ``server`` extra; the server's libraries load when a command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from events import check_user_id
+
+if TYPE_CHECKING:
+    from memvee._memory import Memory
+
+__all__ = ["MAX_BODY_BYTES", "register_commands"]
+
+MAX_BODY_BYTES = 1024 * 1024
+"""1 MiB by default: room for an exchange of two 100,000-character messages."""
+
+DbOption = Annotated[str, typer.Option("--db", help="SQLite file of the memory.")]
+DbUrlOption = Annotated[
+    str | None, typer.Option("--db-url", help="SQLAlchemy URL instead of --db.")
+]
+AllowForget = Annotated[
+    bool, typer.Option("--allow-forget", help="Offer the MCP tool that erases a user.")
+]
+Lexical = Annotated[
+    bool, typer.Option("--lexical", help="Rank by words only (no embedding model).")
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+def _fail(message: str) -> NoReturn:
+    """A failure the user can fix: one ``error:`` line on stderr, exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _check_installed() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import mcp  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        _fail(f"{error.name} is missing: install the server extra, pip install 'memvee[server]'")
+
+
+def serve(
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(help="File of bearer tokens, one a line: TOKEN or TOKEN:USER_ID_PREFIX."),
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Larger request bodies get 413.")
+    ] = MAX_BODY_BYTES,
+    allow_forget: AllowForget = False,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Serve the MCP tools for this user only.")
+    ] = None,
+    auto_process: Annotated[
+        bool, typer.Option(help="Extract in the background once enough messages are buffered.")
+    ] = True,
+    lexical: Lexical = False,
+    drain_timeout: Annotated[
+        int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")
+    ] = 30,
+    log_level: LogLevel = "info",
+) -> None:
+    """Serve the HTTP API (/v1, OpenAPI at /docs) and MCP over streamable HTTP (/mcp).
+
+    Bearer tokens come from MEMVEE_API_TOKENS (comma-separated) and --tokens-file; each
+    is TOKEN (every user) or TOKEN:PREFIX (users whose id starts with PREFIX). They are
+    required to listen on anything but loopback. SIGTERM lets in-flight requests finish,
+    then closes the memory.
+    """
+    _check_installed()
+    from memvee._server.auth import TokenBook, is_loopback
+    from memvee._server.logs import configure_logging
+
+    if user is not None:
+        _check_user(user)
+    try:
+        tokens = TokenBook.load(tokens_file)
+    except ValueError as error:
+        _fail(str(error))
+    if not tokens and not is_loopback(host):
+        _fail(f"listening on {host} needs bearer tokens: set MEMVEE_API_TOKENS or --tokens-file")
+    listener = _listen(host, port)
+    configure_logging(log_level)
+    from memvee._server.running import serve_http
+
+    _run(
+        serve_http(
+            listener,
+            _memory(db, db_url, lexical=lexical, auto_process=auto_process),
+            db,
+            db_url,
+            tokens=tokens,
+            max_body_bytes=max_body_bytes,
+            allow_forget=allow_forget,
+            mcp_user=user,
+            host=host,
+            drain_timeout=drain_timeout,
+        )
+    )
+
+
+def mcp(
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="The one user of this server (else each call names one)."),
+    ] = None,
+    allow_forget: AllowForget = False,
+    lexical: Lexical = False,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Serve MCP over stdio, as Claude Desktop and Claude Code start local servers.
+
+    Extraction runs in the background, in this process; logs go to stderr.
+    """
+    _check_installed()
+    from memvee._server.logs import configure_logging
+
+    if user is not None:
+        _check_user(user)
+    configure_logging(log_level)
+    from memvee._server.running import serve_stdio
+
+    _run(
+        serve_stdio(
+            _memory(db, db_url, lexical=lexical, auto_process=True),
+            db,
+            db_url,
+            user=user,
+            allow_forget=allow_forget,
+        )
+    )
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add ``serve`` and ``mcp`` to the ``memvee`` command."""
+    app.command()(serve)
+    app.command()(mcp)
+
+
+def _run(main: Coroutine[None, None, None]) -> None:
+    """Run a server to its end; a memory that cannot be opened is one error line."""
+    from memvee._server.running import OpenFailedError
+
+    try:
+        asyncio.run(main)
+    except OpenFailedError as error:
+        _fail(str(error))
+
+
+def _check_user(user: str) -> None:
+    try:
+        check_user_id(user)
+    except ValueError as error:
+        _fail(f"--user: {error}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a taken port is one error line, not a trace."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -> Memory:
+    from memvee import Memory, MemoryConfig
+
+    config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process)
+    return Memory(config=config, embedder=False if lexical else None)

@@ -1,0 +1,99 @@
+"""How the library's typed errors reach a caller: one status code and one code word each.
+
+Shared by the HTTP API (status and JSON body) and the MCP tools (the code word leads the
+tool's error text), so both faces tell a caller the same thing about the same failure.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from events import (
+    ConflictError,
+    InvalidInputError,
+    MemoryClosedError,
+    MemveeError,
+    NotFoundError,
+    ProcessingError,
+    ProcessingTimeoutError,
+    StorageError,
+)
+from memvee._server.logs import REQUEST_ID_KEY
+
+__all__ = ["ApiError", "classify", "install_error_handlers"]
+
+log = logging.getLogger("memvee.server")
+
+# Most specific first: NotFoundError is an InvalidInputError, ConflictError a StorageError.
+_STATUS: tuple[tuple[type[MemveeError], int, str], ...] = (
+    (NotFoundError, 404, "not_found"),
+    (InvalidInputError, 422, "invalid_input"),
+    (MemoryClosedError, 503, "not_ready"),
+    (ConflictError, 409, "conflict"),
+    (StorageError, 503, "storage_unavailable"),
+    (ProcessingTimeoutError, 504, "processing_timeout"),
+    (ProcessingError, 502, "processing_failed"),
+)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class ApiError(Exception):
+    """A refusal of the server itself, such as a user out of the token's scope."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def classify(error: Exception) -> tuple[int, str]:
+    """The HTTP status and code word of an error raised by the library or the server."""
+    if isinstance(error, ApiError):
+        return error.status, error.code
+    for kind, status, code in _STATUS:
+        if isinstance(error, kind):
+            return status, code
+    return 500, "internal_error"
+
+
+def _body(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "message": message, "request_id": request.scope.get(REQUEST_ID_KEY)},
+        status_code=status,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error with ``{"error", "message", "request_id"}`` and its status."""
+
+    async def on_known(request: Request, error: Exception) -> JSONResponse:
+        status, code = classify(error)
+        if status >= 500:
+            log.warning(
+                "%s: %s", code, error, extra={"request_id": request.scope.get(REQUEST_ID_KEY)}
+            )
+        return _body(request, status, code, str(error))
+
+    async def on_validation(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        problems = []
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+            problems.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
+        return _body(request, 422, "invalid_input", "; ".join(problems))
+
+    async def on_http(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, HTTPException)
+        code = _HTTP_CODES.get(error.status_code, "http_error")
+        return _body(request, error.status_code, code, str(error.detail))
+
+    app.add_exception_handler(MemveeError, on_known)
+    app.add_exception_handler(ApiError, on_known)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)

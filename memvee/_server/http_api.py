@@ -1,0 +1,248 @@
+"""The HTTP JSON API under ``/v1``: one route per :class:`~memvee.Memory` call.
+
+Each route checks the caller's token scope, asks the Memory, and shapes the answer; the
+library validates the input (its message is the 422's) and does all the work. A user that
+was never written is a 404 everywhere but on the writes, which create users.
+
+No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations, and
+those naming the dependencies built in :func:`api_router` must be live objects.
+"""
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from actors.erasure import ForgetReceipt
+from events import InvalidInputError, NotFoundError
+from memvee._memory import Memory
+from memvee._retrieval import RetrievedEntry, RetrievedMessage
+from memvee._server.auth import GRANT_KEY, Grant
+from memvee._server.errors import ApiError
+from memvee._task import ProcessTask
+from memvee.audit import Audit, Provenance
+from projections import KnowledgeEntry, Message, UserSummary
+
+__all__ = ["api_router", "explain_entry"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MessageIn(_Body):
+    """One message to append."""
+
+    role: StrictStr = Field(description="'user' or 'assistant'.")
+    content: StrictStr
+    sent_at: datetime | None = Field(None, description="When it was said (timezone-aware).")
+    name: StrictStr | None = Field(None, description="The speaker's name, when known.")
+
+
+class ExchangeIn(_Body):
+    """A user turn and the assistant's answer, appended together."""
+
+    user_message: StrictStr
+    assistant_message: StrictStr
+    sent_at: datetime | None = None
+    user_name: StrictStr | None = None
+    assistant_name: StrictStr | None = None
+
+
+class RetrieveIn(_Body):
+    """A question to rank the user's knowledge (and optionally raw messages) for."""
+
+    query: StrictStr
+    top_k: StrictInt = Field(10, description="How many results, 1 to 1000.")
+    include_messages: StrictBool = False
+    as_of: datetime | None = Field(None, description="Rank what was valid then instead of now.")
+
+
+class MessageOut(BaseModel):
+    """The stored message, with its id."""
+
+    message: Message
+
+
+class ExchangeOut(BaseModel):
+    """The two stored messages, user turn first."""
+
+    messages: list[Message]
+
+
+class TaskOut(BaseModel):
+    """A processing task: PENDING, RUNNING, COMPLETED or FAILED."""
+
+    task_id: str
+    user_id: str
+    trigger: str
+    status: str
+    done: bool
+    message_count: int
+    knowledge_count: int
+    error: str | None
+
+    @classmethod
+    def of(cls, task: ProcessTask) -> "TaskOut":
+        """The API's view of a library task handle."""
+        return cls(
+            task_id=task.task_id,
+            user_id=task.user_id,
+            trigger=task.trigger,
+            status=task.status.value,
+            done=task.done,
+            message_count=task.message_count,
+            knowledge_count=task.knowledge_count,
+            error=task.error,
+        )
+
+
+class FlushOut(BaseModel):
+    """What a flush extracted."""
+
+    knowledge_count: int
+
+
+class KnowledgeOut(BaseModel):
+    """The user's knowledge entries."""
+
+    entries: list[KnowledgeEntry]
+
+
+class MessagesOut(BaseModel):
+    """The user's messages, oldest first."""
+
+    messages: list[Message]
+
+
+class RetrieveOut(BaseModel):
+    """Ranked entries and messages, and the ``to_prompt()`` block made of them."""
+
+    prompt: str
+    entries: list[RetrievedEntry]
+    messages: list[RetrievedMessage]
+
+
+class ForgetOut(BaseModel):
+    """The receipt of an erasure: what was deleted, and when."""
+
+    receipt: ForgetReceipt
+    total: int
+
+
+def api_router(memory: Memory, audit: Audit) -> APIRouter:
+    """The ``/v1`` routes over an open ``memory`` (``audit`` reads the same database)."""
+    router = APIRouter(prefix="/v1")
+
+    def scoped(request: Request, user_id: str) -> str:
+        grant = request.scope.get(GRANT_KEY, Grant())
+        if not grant.covers(user_id):
+            raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
+        return user_id
+
+    async def known(user_id: Annotated[str, Depends(scoped)]) -> str:
+        if await memory.user(user_id) is None:
+            raise NotFoundError(f"no user {user_id!r} in this memory")
+        return user_id
+
+    User = Annotated[str, Depends(scoped)]
+    KnownUser = Annotated[str, Depends(known)]
+
+    @router.post("/users/{user_id:path}/messages", status_code=201, tags=["write"])
+    async def add_message(user_id: User, body: MessageIn) -> MessageOut:
+        """Append one message; answered once it is durable."""
+        stored = await memory.add_message(
+            user_id, body.role, body.content, body.sent_at, name=body.name
+        )
+        return MessageOut(message=stored)
+
+    @router.post("/users/{user_id:path}/exchanges", status_code=201, tags=["write"])
+    async def add_exchange(user_id: User, body: ExchangeIn) -> ExchangeOut:
+        """Append a user turn and the assistant's answer; answered once both are durable."""
+        first, second = await memory.add_exchange(
+            user_id,
+            body.user_message,
+            body.assistant_message,
+            body.sent_at,
+            user_name=body.user_name,
+            assistant_name=body.assistant_name,
+        )
+        return ExchangeOut(messages=[first, second])
+
+    @router.post("/users/{user_id:path}/process", status_code=202, tags=["processing"])
+    async def process(user_id: KnownUser, request: Request, response: Response) -> TaskOut:
+        """Start extracting the user's buffered messages; poll the task it answers with."""
+        task = memory.process_async(user_id)
+        response.headers["location"] = str(
+            request.url_for("get_task", user_id=user_id, task_id=task.task_id)
+        )
+        return TaskOut.of(task)
+
+    @router.get("/users/{user_id:path}/tasks/{task_id}", tags=["processing"])
+    async def get_task(user_id: KnownUser, task_id: str) -> TaskOut:
+        """One processing task of the user: its status, and what it extracted."""
+        return TaskOut.of(await memory.get_task(user_id, task_id))
+
+    @router.post("/users/{user_id:path}/flush", tags=["processing"])
+    async def flush(user_id: KnownUser) -> FlushOut:
+        """Process until nothing of the user is buffered; answers when done."""
+        return FlushOut(knowledge_count=await memory.flush(user_id))
+
+    @router.get("/users/{user_id:path}/knowledge/{entry_id}/explain", tags=["read"])
+    async def explain(user_id: KnownUser, entry_id: str) -> Provenance:
+        """Where a knowledge entry came from: its messages, task, extractor and fate."""
+        return await asyncio.to_thread(explain_entry, audit, user_id, entry_id)
+
+    @router.get("/users/{user_id:path}/knowledge", tags=["read"])
+    async def knowledge(
+        user_id: KnownUser,
+        as_of: Annotated[datetime | None, Query(description="Entries valid then.")] = None,
+        history: Annotated[bool, Query(description="Every entry ever extracted.")] = False,
+    ) -> KnowledgeOut:
+        """The user's current knowledge entries (or those valid ``as_of``, or all)."""
+        return KnowledgeOut(entries=await memory.knowledge(user_id, as_of=as_of, history=history))
+
+    @router.get("/users/{user_id:path}/messages", tags=["read"])
+    async def messages(user_id: KnownUser) -> MessagesOut:
+        """Every message of the user, oldest first."""
+        return MessagesOut(messages=await memory.messages(user_id))
+
+    @router.post("/users/{user_id:path}/retrieve", tags=["read"])
+    async def retrieve(user_id: KnownUser, body: RetrieveIn) -> RetrieveOut:
+        """The user's knowledge most relevant to a query, and a block for a prompt."""
+        found = await memory.retrieve(
+            user_id,
+            body.query,
+            top_k=body.top_k,
+            as_of=body.as_of,
+            include_messages=body.include_messages,
+        )
+        return RetrieveOut(prompt=found.to_prompt(), entries=found.entries, messages=found.messages)
+
+    @router.get("/users/{user_id:path}", tags=["read"])
+    async def user(user_id: User) -> UserSummary:
+        """Counters of the user's log."""
+        summary = await memory.user(user_id)
+        if summary is None:
+            raise NotFoundError(f"no user {user_id!r} in this memory")
+        return summary
+
+    @router.delete("/users/{user_id:path}", tags=["write"])
+    async def forget(user_id: KnownUser) -> ForgetOut:
+        """Erase the user: their log, snapshots and every row folded from it."""
+        receipt = await memory.forget(user_id)
+        return ForgetOut(receipt=receipt, total=receipt.total)
+
+    return router
+
+
+def explain_entry(audit: Audit, user_id: str, entry_id: str) -> Provenance:
+    """The provenance of a known user's entry; an entry it does not hold is not found."""
+    try:
+        return audit.explain(user_id, entry_id)
+    except NotFoundError:
+        raise
+    except InvalidInputError as error:  # the user id was checked: the entry is unknown
+        raise NotFoundError(str(error)) from error

@@ -1,0 +1,86 @@
+"""The request body limit: a body over it gets 413 before anything reads it whole."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from memvee._server.logs import REQUEST_ID_KEY
+
+__all__ = ["BodyLimit"]
+
+
+class _TooLarge(HTTPException):
+    """Raised into the app when a chunked body passes the limit mid-stream; an
+    HTTPException so that frameworks reading the body answer it as a 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over the limit of {max_bytes} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: answers 413 to a body over ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs; a body
+    without one is counted as it streams in, and the app is stopped when it passes.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope["headers"]:
+            too_long = value.isdigit() and int(value) > self.max_bytes
+            if key.lower() == b"content-length" and too_long:
+                await self._refuse(scope, send)
+                return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        body = json.dumps(
+            {
+                "error": "payload_too_large",
+                "message": f"the request body is over the limit of {self.max_bytes} bytes",
+                "request_id": scope.get(REQUEST_ID_KEY),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

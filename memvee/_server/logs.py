@@ -1,0 +1,116 @@
+"""Structured logs: one JSON object a line on stderr, and an access log with request ids.
+
+JSON lines are what log shippers parse without configuration; stderr keeps stdout free
+for the MCP stdio protocol. Request headers are never logged, so neither are tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging"]
+
+REQUEST_ID_KEY = "memvee.request_id"
+"""Where a request's id is put in its ASGI scope."""
+
+REQUEST_ID_HEADER = b"x-request-id"
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+access_log = logging.getLogger("memvee.server.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: time, level, logger, message and its extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "info") -> None:
+    """Send every log record (memvee's, uvicorn's, the MCP SDK's) as JSON to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+class AccessLog:
+    """ASGI middleware: gives every request an id and logs one line when it ends.
+
+    The id is the caller's ``X-Request-ID`` when it is a short token of safe characters,
+    else a fresh one; it is echoed in the response header and in error bodies.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope[REQUEST_ID_KEY] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": client[0] if client else None,
+                },
+            )
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == REQUEST_ID_HEADER:
+            given: str = value.decode("latin-1")
+            if _GOOD_REQUEST_ID.fullmatch(given):
+                return given
+    return uuid.uuid4().hex

@@ -1,0 +1,273 @@
+"""The MCP face: five tools a model can choose between from their names and descriptions.
+
+``remember`` stores a turn and starts extraction in the background, ``recall`` answers a
+question with a block ready for the prompt, ``list_memories`` and ``explain_memory`` show
+what is known and why, and ``forget_user`` (only when the server allows it) erases a user.
+The user is the server's (``--user``) or a tool argument; over HTTP each call is checked
+against the caller's token scope, as the HTTP API's calls are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import inspect
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
+
+from events import MemveeError, NotFoundError
+from memvee._memory import Memory
+from memvee._server.auth import GRANT_KEY, Grant
+from memvee._server.errors import ApiError, classify
+from memvee._server.http_api import explain_entry
+from memvee.audit import Audit
+
+__all__ = ["build_mcp"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+INSTRUCTIONS = (
+    "Long-term memory of the user across conversations. Call recall before answering "
+    "anything that may depend on what the user told you before; call remember when the "
+    "user shares something worth keeping (facts about themselves, preferences, plans, "
+    "people, decisions, corrections)."
+)
+
+UserId = Annotated[
+    str,
+    Field(
+        description="The id of the user whose memory this is; use the same id for every "
+        "call about the same person."
+    ),
+]
+
+
+class Remembered(BaseModel):
+    """What remember stored."""
+
+    message_ids: list[str]
+    task_id: str = Field(description="The background extraction task.")
+    note: str = "Stored. Facts are extracted in the background; the words are searchable now."
+
+
+class Recalled(BaseModel):
+    """What recall found, as a block to use in the answer."""
+
+    prompt: str = Field(description="Known facts and earlier messages, most relevant first.")
+    entry_ids: list[str] = Field(description="Ids of the facts, for explain_memory.")
+    message_ids: list[str]
+
+
+class Fact(BaseModel):
+    """One fact memory holds about the user."""
+
+    entry_id: str
+    text: str
+    since: datetime
+
+
+class Facts(BaseModel):
+    """Every fact currently known about the user."""
+
+    facts: list[Fact]
+
+
+class Source(BaseModel):
+    """A message a fact was extracted from."""
+
+    message_id: str
+    role: str
+    content: str
+    sent_at: datetime
+
+
+class Explanation(BaseModel):
+    """Where a fact came from and what became of it."""
+
+    entry_id: str
+    text: str
+    current: bool = Field(description="False once replaced by a later fact or ended.")
+    sources: list[Source]
+    extracted_at: datetime
+    extractor: str
+    model: str | None
+    replaced_by: list[str]
+    ended_reason: str | None
+
+
+class Forgotten(BaseModel):
+    """The receipt of an erasure."""
+
+    erased_records: int
+    erased_at: datetime
+
+
+def build_mcp(
+    memory: Memory, audit: Audit, *, user: str | None = None, allow_forget: bool = False
+) -> MCPServer[Any]:
+    """An MCP server whose tools act on ``memory``: for ``user`` only when one is given
+    (the tools then take no user id), else for the user each call names."""
+    server: MCPServer[Any] = MCPServer(
+        "memvee", instructions=INSTRUCTIONS, version=importlib.metadata.version("memvee")
+    )
+
+    async def remember(
+        user_id: UserId,
+        user_message: Annotated[str, Field(description="What the user said, verbatim.")],
+        ctx: Context[Any, Any],
+        assistant_message: Annotated[
+            str | None, Field(description="Your reply to it, if it adds context.")
+        ] = None,
+    ) -> Remembered:
+        _check_scope(ctx, user_id)
+        if assistant_message is None:
+            stored = [await memory.add_message(user_id, "user", user_message)]
+        else:
+            stored = list(await memory.add_exchange(user_id, user_message, assistant_message))
+        task = memory.process_async(user_id)
+        return Remembered(message_ids=[m.message_id for m in stored], task_id=task.task_id)
+
+    async def recall(
+        user_id: UserId,
+        question: Annotated[str, Field(description="The question or topic to look up.")],
+        ctx: Context[Any, Any],
+        max_results: Annotated[int, Field(ge=1, le=50, description="At most this many.")] = 8,
+    ) -> Recalled:
+        _check_scope(ctx, user_id)
+        found = await memory.retrieve(user_id, question, top_k=max_results, include_messages=True)
+        return Recalled(
+            prompt=found.to_prompt() or "Nothing relevant is known about this user yet.",
+            entry_ids=[hit.entry.entry_id for hit in found.entries],
+            message_ids=[hit.message.message_id for hit in found.messages],
+        )
+
+    async def list_memories(user_id: UserId, ctx: Context[Any, Any]) -> Facts:
+        _check_scope(ctx, user_id)
+        entries = await memory.knowledge(user_id)
+        return Facts(
+            facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in entries]
+        )
+
+    async def explain_memory(
+        user_id: UserId,
+        entry_id: Annotated[str, Field(description="A fact's id from recall or list_memories.")],
+        ctx: Context[Any, Any],
+    ) -> Explanation:
+        _check_scope(ctx, user_id)
+        if await memory.user(user_id) is None:
+            raise NotFoundError(f"no user {user_id!r} in this memory")
+        found = await asyncio.to_thread(explain_entry, audit, user_id, entry_id)
+        return Explanation(
+            entry_id=found.entry_id,
+            text=found.text,
+            current=found.valid_until is None,
+            sources=[
+                Source(message_id=m.message_id, role=m.role, content=m.content, sent_at=m.sent_at)
+                for m in found.messages
+            ],
+            extracted_at=found.extracted_at,
+            extractor=found.extractor,
+            model=found.model,
+            replaced_by=found.replaced_by,
+            ended_reason=found.ended_reason,
+        )
+
+    async def forget_user(user_id: UserId, ctx: Context[Any, Any]) -> Forgotten:
+        _check_scope(ctx, user_id)
+        receipt = await memory.forget(user_id)
+        return Forgotten(erased_records=receipt.total, erased_at=receipt.erased_at)
+
+    read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False)
+    tools: list[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations]] = [
+        (remember, REMEMBER, ToolAnnotations(read_only_hint=False, destructive_hint=False)),
+        (recall, RECALL, read_only),
+        (list_memories, LIST_MEMORIES, read_only),
+        (explain_memory, EXPLAIN_MEMORY, read_only),
+    ]
+    if allow_forget:
+        tools.append((forget_user, FORGET_USER, ToolAnnotations(destructive_hint=True)))
+    for fn, description, hints in tools:
+        tool = _with_tool_errors(fn)
+        if user is not None:
+            tool = _for_user(tool, user)
+        server.add_tool(tool, name=fn.__name__, description=description, annotations=hints)
+    return server
+
+
+REMEMBER = (
+    "Save a turn of the conversation to the user's long-term memory. Call it when the user "
+    "shares something worth keeping across conversations: facts about themselves, "
+    "preferences, plans, people in their life, decisions, or a correction of something "
+    "said before. Pass the user's words verbatim, and your reply if it adds context. "
+    "Returns at once: facts are extracted in the background and show up in recall "
+    "shortly; the words themselves are searchable right away."
+)
+RECALL = (
+    "Look up what long-term memory knows about the user that bears on a question or "
+    "topic. Call it before answering anything that may depend on the user's past: their "
+    "preferences, history, people, plans or earlier requests. Returns a ready-to-use text "
+    "block of known facts (most relevant first, each with the date it became true) and "
+    "earlier relevant messages, plus the facts' ids for explain_memory."
+)
+LIST_MEMORIES = (
+    "List every fact currently known about the user, each with its id and the date it "
+    "became true. Use it when the user asks what you remember about them or to review "
+    "memory as a whole; to answer a specific question, recall is better."
+)
+EXPLAIN_MEMORY = (
+    "Show where one remembered fact came from: the exact messages it was extracted from "
+    "(with their dates), when and by what it was extracted, and whether a later fact "
+    "replaced it. Use it when the user asks how you know something or disputes a fact. "
+    "Takes a fact's id from recall or list_memories."
+)
+FORGET_USER = (
+    "Permanently erase everything remembered about the user: every message and every "
+    "fact. This cannot be undone. Only call it when the user explicitly asks you to "
+    "forget everything about them, after confirming with them."
+)
+
+
+def _check_scope(ctx: Context[Any, Any], user_id: str) -> None:
+    """Over HTTP, refuse a user outside the caller's token scope (stdio has no tokens)."""
+    request = ctx.request_context.request
+    scope = getattr(request, "scope", None)
+    grant = scope.get(GRANT_KEY, Grant()) if isinstance(scope, dict) else Grant()
+    if not grant.covers(user_id):
+        raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
+
+
+def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn the library's typed errors into tool errors that say what went wrong."""
+
+    @functools.wraps(fn)
+    async def tool(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (MemveeError, ApiError) as error:
+            _, code = classify(error)
+            raise ToolError(f"{code}: {error}") from error
+
+    return tool
+
+
+def _for_user(fn: Callable[..., Awaitable[R]], user_id: str) -> Callable[..., Awaitable[R]]:
+    """The tool ``fn`` with its ``user_id`` fixed: the parameter leaves its schema."""
+    signature = inspect.signature(fn, eval_str=True)
+    params = [p for name, p in signature.parameters.items() if name != "user_id"]
+
+    @functools.wraps(fn)
+    async def tool(*args: Any, **kwargs: Any) -> R:
+        return await fn(*args, user_id=user_id, **kwargs)
+
+    del tool.__wrapped__  # type: ignore[attr-defined]
+    tool.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    tool.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "user_id"}
+    return tool

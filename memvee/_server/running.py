@@ -1,0 +1,125 @@
+"""Running a server to its end: open the memory, serve, drain on SIGTERM, close.
+
+The HTTP server is uvicorn on a socket the command bound; on SIGTERM (or Ctrl-C) it
+stops accepting, lets in-flight requests finish within the drain timeout, and then the
+memory closes with its own grace period for running extraction. The stdio server stops
+when its client closes stdin or on a signal, and closes the memory the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+
+from events import MemveeError
+from memvee._memory import Memory
+from memvee._server.app import create_app
+from memvee._server.auth import TokenBook
+from memvee._server.mcp_tools import build_mcp
+from memvee.audit import Audit
+
+__all__ = ["OpenFailedError", "serve_http", "serve_stdio"]
+
+log = logging.getLogger("memvee.server")
+
+
+class OpenFailedError(Exception):
+    """The memory or its database could not be opened (a bad path or URL, most often)."""
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, saying in the log when a signal starts the drain."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        log.info(
+            "draining: in-flight requests finish, then the memory closes",
+            extra={"event": "draining", "signal": signal.Signals(sig).name},
+        )
+        super().handle_exit(sig, frame)
+
+
+async def _open(memory: Memory, db: str, db_url: str | None) -> Audit:
+    """Open the memory and an audit reader of the same database."""
+    try:
+        await memory.open()
+        return await asyncio.to_thread(Audit, db, db_url)
+    except (MemveeError, OSError) as error:
+        await memory.close()
+        raise OpenFailedError(f"cannot open the memory: {error}") from error
+
+
+async def serve_http(
+    listener: socket.socket,
+    memory: Memory,
+    db: str,
+    db_url: str | None,
+    *,
+    tokens: TokenBook,
+    max_body_bytes: int,
+    allow_forget: bool,
+    mcp_user: str | None,
+    host: str,
+    drain_timeout: int,
+) -> None:
+    """Serve the HTTP API and MCP on ``listener`` until a signal, then drain and close."""
+    audit = await _open(memory, db, db_url)
+    try:
+        app = create_app(
+            memory,
+            audit,
+            tokens=tokens,
+            max_body_bytes=max_body_bytes,
+            allow_forget=allow_forget,
+            mcp_user=mcp_user,
+            host=host,
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=drain_timeout,
+        )
+        bound_host, bound_port = listener.getsockname()[:2]
+        log.info(
+            "listening on %s:%d",
+            bound_host,
+            bound_port,
+            extra={"event": "listening", "host": bound_host, "port": bound_port},
+        )
+        # uvicorn re-raises the signal that stopped it once it is done; ignoring it then
+        # lets the memory close below and the process exit 0.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        await _DrainingServer(config).serve(sockets=[listener])
+    finally:
+        await memory.close()
+        await asyncio.to_thread(audit.close)
+        log.info("memory closed", extra={"event": "closed"})
+
+
+async def serve_stdio(
+    memory: Memory, db: str, db_url: str | None, *, user: str | None, allow_forget: bool
+) -> None:
+    """Serve MCP over stdin/stdout until the client closes stdin or a signal comes."""
+    audit = await _open(memory, db, db_url)
+    try:
+        server = build_mcp(memory, audit, user=user, allow_forget=allow_forget)
+        running = asyncio.ensure_future(server.run_stdio_async())
+        loop = asyncio.get_running_loop()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(stop, running.cancel)
+        try:
+            await running
+        except asyncio.CancelledError:
+            if not running.cancelled():
+                raise
+    finally:
+        await memory.close()
+        await asyncio.to_thread(audit.close)
+        log.info("memory closed", extra={"event": "closed"})
