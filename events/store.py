@@ -243,6 +243,7 @@ class EventStore:
         )
         self._insert_many = events.insert()
         self._max_id = select(func.coalesce(func.max(events.c.id), 0))
+        self._count = select(func.count()).select_from(events)
         self._notifications = (
             select(
                 events.c.id,
@@ -463,6 +464,11 @@ class EventStore:
         """The id of the last committed notification (0 for an empty database)."""
         with self.engine.connect() as connection:
             return int(connection.execute(self._max_id).scalar_one())
+
+    def count(self) -> int:
+        """How many events the store holds (erased ones are gone, so not counted)."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(self._count).scalar_one())
 
     def take_snapshot(self, user_log: UserLog) -> None:
         """Store a snapshot of ``user_log`` at its (committed) version."""

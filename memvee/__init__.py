@@ -5,6 +5,8 @@ conversation in an event log, extracts knowledge from it with Claude (or offline
 in the background, and hands the knowledge back, each entry traceable to its messages.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from actors.erasure import ForgetReceipt
 from events.extraction import (
     BatchLimits,
@@ -42,6 +44,12 @@ from projections.models import (
     UserSummary,
 )
 
+try:
+    __version__: str = version("memvee")
+    """The installed version of memvee (from the package metadata)."""
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "BatchLimits",
     "BatchMessage",
@@ -61,8 +69,8 @@ __all__ = [
     "MemoryClosedError",
     "MemoryConfig",
     "MemveeError",
-    "NotFoundError",
     "Message",
+    "NotFoundError",
     "ProcessStatus",
     "ProcessTask",
     "ProcessingError",

@@ -15,6 +15,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
+from sqlalchemy import Connection
+
 from events import (
     BatchLimits,
     BatchMessage,
@@ -24,15 +26,18 @@ from events import (
     Extractor,
     InvalidInputError,
     KnownEntry,
+    NotFoundError,
     UserLog,
     check_user_id,
     sqlite_url,
 )
 from events.user_log import LIVE_KNOWLEDGE
 from memvee._config import DEFAULT_ALPHA
+from memvee._event_lines import EVENT_TYPES, describe
 from memvee._retrieval import RetrievalResult, Retriever
 from memvee.embedders import Embedder, chosen_embedder
 from projections import (
+    KnowledgeEntry,
     ProjectionReader,
     ProjectionTables,
     Projector,
@@ -63,6 +68,7 @@ class LoggedEvent:
     recorded_at: datetime
     type: str
     payload: dict[str, Any]
+    summary: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +157,18 @@ class Audit:
         until: datetime | None = None,
         page_size: int = 500,
     ) -> Iterator[LoggedEvent]:
-        """The user's events in order, filtered by type, version and time, read in pages."""
-        check_user_id(user_id)
+        """The user's events in order, filtered by type, version and time, read in pages.
+
+        An unknown user is a :class:`NotFoundError`; an unknown event type in ``types`` an
+        :class:`InvalidInputError`.
+        """
+        self._version_of(user_id)
+        unknown = sorted(set(types) - EVENT_TYPES)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown event type {', '.join(map(repr, unknown))}; "
+                f"the types are {', '.join(sorted(EVENT_TYPES))}"
+            )
         _check_aware(since, "since")
         _check_aware(until, "until")
         after = (from_version or 1) - 1
@@ -175,27 +191,33 @@ class Audit:
     def state(
         self, user_id: str, *, version: int | None = None, at: datetime | None = None
     ) -> UserState:
-        """The user's buffer, tasks and knowledge as of ``version`` or time ``at``, replayed."""
-        check_user_id(user_id)
+        """The user's buffer, tasks and knowledge as of ``version`` or time ``at``, replayed.
+
+        A version past the end of the log is refused, not read as the last one.
+        """
+        last = self._version_of(user_id)
         _check_aware(at, "at")
         if version is not None and version < 1:
             raise InvalidInputError(f"version must be 1 or more, not {version}")
+        if version is not None and version > last:
+            raise InvalidInputError(
+                f"user {user_id!r} has {last} events; version {version} is past the end"
+            )
         return state_at(self.store, user_id, version=version, at=at)
 
     def explain(self, user_id: str, entry_id: str) -> Provenance:
         """The provenance of one knowledge entry, current or ended, of any version.
 
+        ``entry_id`` may be any unique start of the id, as the tables show it (git-style).
         Read from the projections (which ``verify`` proves equal to the log) and from the
         one event that recorded the entry, so it is a few lookups however long the user's
         history is.
         """
-        check_user_id(user_id)
+        self._version_of(user_id)
         reader = self._reader
         with self.store.engine.connect() as connection:
-            found = reader.entries(connection, user_id, [entry_id])
-            if not found:
-                raise InvalidInputError(f"user {user_id!r} has no knowledge entry {entry_id!r}")
-            entry = found[0]
+            entry_id = self._entry_id(connection, user_id, entry_id)
+            entry = reader.entries(connection, user_id, [entry_id])[0]
             task = (
                 reader.task_details(connection, user_id, entry.task_id) if entry.task_id else None
             )
@@ -236,7 +258,7 @@ class Audit:
 
     def export(self, user_id: str) -> Iterator[str]:
         """The user's log as JSON Lines, one stored event a line, oldest first."""
-        check_user_id(user_id)
+        self._version_of(user_id)
         for stored in self.store.stored_events_of(user_id):
             yield json.dumps(
                 {
@@ -270,6 +292,11 @@ class Audit:
                 raise InvalidInputError(
                     f"line {number} is not an exported event: {error}"
                 ) from error
+            if record["user_id"] not in counts and self.store.events_of(record["user_id"], upto=1):
+                raise ConflictError(
+                    f"user {record['user_id']!r} already has a log in this database "
+                    f"(line {number}); that user's events were not imported"
+                )
             counts[record["user_id"]] = counts.get(record["user_id"], 0) + 1
             chunk.append(event)
             if len(chunk) >= 1000:
@@ -290,7 +317,7 @@ class Audit:
         check_user_id(user_id)
         user_log = self.store.load(user_id)
         if user_log is None:
-            raise InvalidInputError(f"user {user_id!r} has no log")
+            raise NotFoundError(f"no user {user_id!r} in this database")
         waiting = set(user_log.pending) | {m for t in user_log.open_tasks.values() for m in t}
         batch: list[BatchMessage] = []
         extracted = 0
@@ -372,7 +399,7 @@ class Audit:
 
     def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, each with its last error and attempts."""
-        check_user_id(user_id)
+        self._version_of(user_id)
         with self.store.engine.connect() as connection:
             return self._reader.quarantined(connection, user_id)
 
@@ -400,17 +427,53 @@ class Audit:
 
     def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
         """Knowledge versions ``a`` and ``b`` of the user side by side."""
-        check_user_id(user_id)
+        self._version_of(user_id)
         with self.store.engine.connect() as connection:
+            held = {LIVE_KNOWLEDGE, *self._reader.knowledge_versions(connection, user_id)}
+            for version in (a, b):
+                if version not in held:
+                    raise NotFoundError(
+                        f"user {user_id!r} has no knowledge version {version!r} "
+                        f"(it has {', '.join(map(repr, sorted(held)))})"
+                    )
             first = {e.text for e in self._reader.knowledge(connection, user_id, a)}
             second = {e.text for e in self._reader.knowledge(connection, user_id, b)}
         return Comparison(sorted(first - second), sorted(second - first), sorted(first & second))
 
     def knowledge_versions(self, user_id: str) -> dict[str, int]:
         """The user's knowledge versions with their entry counts (``live`` included)."""
-        check_user_id(user_id)
+        self._version_of(user_id)
         with self.store.engine.connect() as connection:
             return self._reader.knowledge_versions(connection, user_id)
+
+    def knowledge(
+        self, user_id: str, *, as_of: datetime | None = None, history: bool = False
+    ) -> list[KnowledgeEntry]:
+        """The user's live entries valid now (or at ``as_of``), or every one with ``history``
+        (ended ones too), oldest first: what :meth:`memvee.Memory.knowledge` returns."""
+        self._version_of(user_id)
+        _check_aware(as_of, "as_of")
+        with self.store.engine.connect() as connection:
+            return self._reader.knowledge(connection, user_id, as_of=as_of, history=history)
+
+    def _version_of(self, user_id: str) -> int:
+        """The version of ``user_id``'s log; :class:`NotFoundError` if there is none here."""
+        check_user_id(user_id)
+        with self.store.engine.connect() as connection:
+            summary = self._reader.user(connection, user_id)
+        if summary is None:
+            raise NotFoundError(f"no user {user_id!r} in this database")
+        return summary.version
+
+    def _entry_id(self, connection: Connection, user_id: str, prefix: str) -> str:
+        """The one entry id of the user that starts with ``prefix`` (git-style)."""
+        found = self._reader.entry_ids_starting(connection, user_id, prefix.strip(), 6)
+        if not prefix.strip() or not found:
+            raise NotFoundError(f"user {user_id!r} has no knowledge entry {prefix!r}")
+        if len(found) > 1 and prefix not in found:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise InvalidInputError(f"entry id {prefix!r} is ambiguous: it starts {shown}")
+        return prefix if prefix in found else found[0]
 
     def _decide(self, user_id: str, decide: Callable[[UserLog], T]) -> T:
         """Decide on a fresh load and append, folding projections; retried on conflicts."""
@@ -418,7 +481,7 @@ class Audit:
         for _ in range(8):
             user_log = self.store.load(user_id)
             if user_log is None:
-                raise InvalidInputError(f"user {user_id!r} has no log")
+                raise NotFoundError(f"no user {user_id!r} in this database")
             result = decide(user_log)
             try:
                 self.store.append([user_log.collect_events()], projector.apply)
@@ -449,7 +512,7 @@ class Audit:
         ``embedder`` and ``alpha`` are a Memory's: the default local model unless given,
         ``False`` for lexical ranking only. Vectors missing for the user are filled first.
         """
-        check_user_id(user_id)
+        self._version_of(user_id)
         if not 1 <= top_k <= 1000:
             raise InvalidInputError(f"top_k must be from 1 to 1000, not {top_k}")
         if as_of is not None:
@@ -468,7 +531,7 @@ class Audit:
         """Totals across the database: events, users, messages, knowledge, tasks by status."""
         with self.store.engine.connect() as connection:
             totals = self._reader.totals(connection)
-        return {"events": self.store.max_position(), **totals}
+        return {"events": self.store.count(), **totals}
 
 
 def _logged(event: Any) -> LoggedEvent:
@@ -478,9 +541,12 @@ def _logged(event: Any) -> LoggedEvent:
         recorded_at=event.timestamp,
         type=type(event).__name__,
         payload={k: v for k, v in data.items() if k not in _HIDDEN},
+        summary=describe(event),
     )
 
 
 def _check_aware(stamp: datetime | None, name: str) -> None:
-    if stamp is not None and stamp.tzinfo is None:
-        raise InvalidInputError(f"{name} must be timezone-aware, e.g. 2026-11-26T10:00:00+00:00")
+    """Refuse what a Memory refuses: a time that is not an aware datetime within range."""
+    from events import check_time
+
+    check_time(stamp, name)

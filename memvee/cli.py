@@ -1,8 +1,9 @@
 """The ``memvee`` command line: read the log, replay state, rebuild and verify projections.
 
-Every command takes ``--db PATH`` or ``--db-url URL``; the reading commands print tables
-for people and ``--json`` for scripts. Exit codes: 0 ok, 1 drift found (``verify``),
-2 bad input.
+Every command takes ``--db PATH`` or ``--db-url URL``; only ``import`` creates a missing
+database. The reading commands print tables for people and ``--json`` for scripts (times
+in ISO 8601). Exit codes: 0 ok, 1 drift found (``verify``) or failed batch requests
+(``reextract --batch-api``), 2 a failure the user can fix, said in one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -11,17 +12,29 @@ import asyncio
 import dataclasses
 import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from typer.core import TyperGroup
 
-from events import EventStore, Extractor, InvalidInputError, MemveeError, check_user_id, sqlite_url
+from events import (
+    EventStore,
+    Extractor,
+    InvalidInputError,
+    MemveeError,
+    NotFoundError,
+    check_user_id,
+    sqlite_url,
+)
 from memvee._server import register_commands
 from memvee.audit import Audit
 
@@ -33,17 +46,78 @@ from projections import verify as verify_projections
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="memvee: long-term memory for LLM agents.", no_args_is_help=True)
-console = Console()
 
-DbOption = Annotated[str, typer.Option("--db", help="SQLite file of the memory.")]
+class _Commands(TyperGroup):
+    """Runs the commands; a failure the user can fix ends one with an ``error:`` line and
+    exit code 2 (library errors, bad values, files that cannot be read), not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
+        try:
+            return super().invoke(ctx)
+        except (MemveeError, ValueError, OSError) as error:
+            raise _bad_input(error) from error
+
+
+app = typer.Typer(
+    cls=_Commands,
+    help="memvee: long-term memory for LLM agents.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+console = Console()
+errors = Console(stderr=True)
+
+DbOption = Annotated[str, typer.Option("--db", metavar="PATH", help="SQLite file of the memory.")]
 DbUrlOption = Annotated[
-    str | None, typer.Option("--db-url", help="SQLAlchemy URL instead of --db.")
+    str | None, typer.Option("--db-url", metavar="URL", help="SQLAlchemy URL instead of --db.")
 ]
 
 
+def _version(show: bool) -> None:
+    if show:
+        from memvee import __version__
+
+        typer.echo(f"memvee {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """memvee: long-term memory for LLM agents."""
+
+
+def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
+    """The database URL of ``--db``/``--db-url``; a SQLite file must exist unless ``create``.
+
+    So a typo in a path is an error, not a new empty database (and folder) left behind.
+    """
+    if db_url is None:
+        if not create and not Path(db).expanduser().is_file():
+            raise NotFoundError(f"no memvee database at {db} (check --db)")
+        return sqlite_url(db)
+    try:
+        parsed = make_url(db_url)
+    except ArgumentError as error:
+        raise InvalidInputError(f"--db-url {db_url!r} is not a database URL") from error
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not create and path and path != ":memory:" and not Path(path).is_file():
+        raise NotFoundError(f"no memvee database at {path} (check --db-url)")
+    return db_url
+
+
 def _store(db: str, db_url: str | None) -> EventStore:
-    return EventStore(db_url or sqlite_url(db))
+    return EventStore(_url(db, db_url))
+
+
+def _audit(db: str, db_url: str | None, *, create: bool = False) -> Audit:
+    return Audit(db_url=_url(db, db_url, create=create))
 
 
 def _bar(label: str, unit: str = "") -> Progress:
@@ -71,8 +145,9 @@ def rebuild(
     store = _store(db, db_url)
     try:
         if user is not None:
-            with _input_errors():
-                check_user_id(user)
+            check_user_id(user)
+            if not store.events_of(user, upto=1):
+                raise NotFoundError(f"no user {user!r} in this database")
             folded = rebuild_user(store, user)
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
             return
@@ -118,22 +193,23 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str, indent=2))
+    typer.echo(json.dumps(data, default=_plain, indent=2))
+
+
+def _plain(value: object) -> object:
+    """JSON for what ``json`` cannot write: times in ISO 8601, the rest as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def _bad_input(error: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/] {error}")
+    message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    if isinstance(error, OSError) and error.filename:
+        message = f"{message}: {error.filename}"
+    line = " ".join(message.split()) or type(error).__name__
+    errors.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
     return typer.Exit(code=2)
-
-
-@contextmanager
-def _input_errors(*also: type[Exception]) -> Iterator[None]:
-    """Bad input (a ValueError, or one of ``also``) ends the command with exit code 2."""
-    caught: tuple[type[Exception], ...] = (ValueError, *also)
-    try:
-        yield
-    except caught as error:
-        raise _bad_input(error) from error
 
 
 @app.command("log")
@@ -149,8 +225,10 @@ def log_(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
-    """A user's event log, in order: version, time, event type and payload."""
-    with Audit(db, db_url) as audit, _input_errors():
+    """A user's event log, in order: one line per event (the whole payload with --json)."""
+    if limit < 1:
+        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
+    with _audit(db, db_url) as audit:
         events = list(
             itertools.islice(
                 audit.log(
@@ -159,17 +237,22 @@ def log_(
                     from_version=from_version,
                     to_version=to_version,
                 ),
-                limit,
+                limit + 1,
             )
         )
+    more, events = events[limit:], events[:limit]
     if as_json:
         _print_json([dataclasses.asdict(e) for e in events])
-        return
-    table = Table("v", "recorded", "event", "payload", title=f"event log of {user!r}")
-    for e in events:
-        payload = json.dumps(e.payload, default=str)
-        table.add_row(str(e.version), f"{e.recorded_at:%Y-%m-%d %H:%M:%S}", e.type, payload[:120])
-    console.print(table)
+    else:
+        table = Table("v", "recorded", "event", "what", title=f"event log of {user!r}")
+        table.columns[2].no_wrap = True
+        for e in events:
+            table.add_row(
+                str(e.version), f"{e.recorded_at:%Y-%m-%d %H:%M:%S}", e.type, escape(e.summary)
+            )
+        console.print(table)
+    if more:
+        errors.print(f"more events follow: --from-version {more[0].version} (or a larger --limit)")
 
 
 @app.command()
@@ -184,7 +267,7 @@ def state(
 ) -> None:
     """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
     version, moment = _point(at)
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         replayed = audit.state(user, version=version, at=moment)
     if as_json:
         _print_json(dataclasses.asdict(replayed))
@@ -210,6 +293,35 @@ def state(
 
 
 @app.command()
+def knowledge(
+    user: Annotated[str, typer.Argument(help="The user.")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="ISO time: what was valid then.")
+    ] = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Every entry, ended ones too.")
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = "memvee.db",
+    db_url: DbUrlOption = None,
+) -> None:
+    """The user's live knowledge: each entry with the id `explain` takes, oldest first."""
+    if history and as_of is not None:
+        raise InvalidInputError("give --as-of or --history, not both")
+    at = None if as_of is None else _parse_time(as_of)
+    with _audit(db, db_url) as audit:
+        entries = audit.knowledge(user, as_of=at, history=history)
+    if as_json:
+        _print_json([dataclasses.asdict(e) for e in entries])
+        return
+    table = Table("entry", "text", "valid from", "until", title=f"knowledge of {user!r}")
+    for e in entries:
+        until = "" if e.valid_until is None else f"{e.valid_until:%Y-%m-%d %H:%M}"
+        table.add_row(e.entry_id[:8], escape(e.text), f"{e.valid_from:%Y-%m-%d %H:%M}", until)
+    console.print(table if entries else f"{user!r} has no knowledge entries")
+
+
+@app.command()
 def explain(
     user: Annotated[str, typer.Argument(help="The user the entry belongs to.")],
     entry: Annotated[str, typer.Argument(help="The knowledge entry id.")],
@@ -218,7 +330,7 @@ def explain(
     db_url: DbUrlOption = None,
 ) -> None:
     """How a knowledge entry came to be: its messages, task, batch, extractor and model."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         found = audit.explain(user, entry)
     if as_json:
         _print_json(dataclasses.asdict(found))
@@ -260,7 +372,7 @@ def export(
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's whole log as JSON Lines, to import into another database."""
-    with Audit(db, db_url) as audit:
+    with _audit(db, db_url) as audit:
         lines = audit.export(user)
         if out is None:
             for line in lines:
@@ -278,11 +390,7 @@ def import_(
     db_url: DbUrlOption = None,
 ) -> None:
     """Append exported logs to this database (a user who already has a log is refused)."""
-    with (
-        Audit(db, db_url) as audit,
-        open(file, encoding="utf-8") as lines,
-        _input_errors(MemveeError),
-    ):
+    with open(file, encoding="utf-8") as lines, _audit(db, db_url, create=True) as audit:
         counts = audit.import_lines(lines)
     for user, count in counts.items():
         console.print(f"imported {count} events of {user!r}")
@@ -315,13 +423,13 @@ def reextract(
     Exits 1 when some Message Batches requests failed (run it again to retry them).
     """
     if (user is None) == (not all_users):
-        raise _bad_input(ValueError("name one USER or give --all"))
+        raise InvalidInputError("name one USER or give --all")
     if batch_api and extractor != "claude":
-        raise _bad_input(ValueError("--batch-api needs --extractor claude"))
+        raise InvalidInputError("--batch-api needs --extractor claude")
     if not poll > 0:
-        raise _bad_input(ValueError("--poll must be positive"))
+        raise InvalidInputError("--poll must be positive")
     chosen = _extractor(extractor, model)
-    with Audit(db, db_url) as audit:
+    with _audit(db, db_url) as audit:
         targets = [user] if user is not None else _all_users(audit)
         if batch_api:
             _reextract_in_bulk(
@@ -331,10 +439,9 @@ def reextract(
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
-                with _input_errors():
-                    count = asyncio.run(audit.reextract(target, chosen, version))
-                    if promote:
-                        audit.promote(target, version)
+                count = asyncio.run(audit.reextract(target, chosen, version))
+                if promote:
+                    audit.promote(target, version)
                 bar.advance(job)
                 console.print(f"{target}: {count} entries in version {version!r}")
 
@@ -350,16 +457,15 @@ def _reextract_in_bulk(
     """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
     with _bar("Message Batch", "requests") as bar:
         job = bar.add_task("batch", total=None)
-        with _input_errors(MemveeError):
-            report = asyncio.run(
-                audit.reextract_in_bulk(
-                    targets,
-                    extractor,
-                    version,
-                    poll_interval=poll,
-                    progress=lambda done, total: bar.update(job, completed=done, total=total),
-                )
+        report = asyncio.run(
+            audit.reextract_in_bulk(
+                targets,
+                extractor,
+                version,
+                poll_interval=poll,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
             )
+        )
     console.print(
         f"{report.recorded} requests recorded ({report.entries} entries in version "
         f"{version!r}), {report.skipped} already recorded, {len(report.failed)} failed"
@@ -367,10 +473,9 @@ def _reextract_in_bulk(
     for request_id, error in list(report.failed.items())[:20]:
         console.print(f"[yellow]failed:[/] {request_id}: {error}")
     if promote and not report.failed:
-        with _input_errors():
-            for target in targets:
-                if version in audit.knowledge_versions(target):
-                    audit.promote(target, version)
+        for target in targets:
+            if version in audit.knowledge_versions(target):
+                audit.promote(target, version)
     if report.failed:
         raise typer.Exit(code=1)
 
@@ -383,7 +488,7 @@ def promote_(
     db_url: DbUrlOption = None,
 ) -> None:
     """Make a re-extracted knowledge version the user's live knowledge."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         audit.promote(user, version)
     console.print(f"{version!r} is now the live knowledge of {user!r}")
 
@@ -398,7 +503,7 @@ def compare(
     db_url: DbUrlOption = None,
 ) -> None:
     """Two knowledge versions of a user side by side."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         found = audit.compare(user, a, b)
     if as_json:
         _print_json(dataclasses.asdict(found))
@@ -430,7 +535,7 @@ def search(
     db_url: DbUrlOption = None,
 ) -> None:
     """What retrieve would hand an agent for QUERY, best first on one score."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         at = None if as_of is None else _parse_time(as_of)
         found = audit.search(
             user,
@@ -472,12 +577,15 @@ def _parse_time(value: str) -> datetime:
 
 def _extractor(name: str, model: str | None) -> Extractor:
     from memvee.extractors import ClaudeExtractor, OfflineExtractor
+    from memvee.extractors._default import API_KEY_ENV_VAR
 
     if name == "offline":
         return OfflineExtractor()
     if name == "claude":
+        if not os.environ.get(API_KEY_ENV_VAR, "").strip():
+            raise InvalidInputError(f"--extractor claude needs {API_KEY_ENV_VAR} to be set")
         return ClaudeExtractor(model=model)
-    raise _bad_input(ValueError(f"unknown extractor {name!r}; use offline or claude"))
+    raise InvalidInputError(f"unknown extractor {name!r}; use offline or claude")
 
 
 def _all_users(audit: Audit) -> list[str]:
@@ -496,8 +604,13 @@ def users(
     db_url: DbUrlOption = None,
 ) -> None:
     """The users of the memory, with their counters, in user-id order."""
-    with Audit(db, db_url) as audit:
-        page = audit.users(after=after, limit=limit)
+    if limit < 1:
+        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
+    with _audit(db, db_url) as audit:
+        page = audit.users(after=after, limit=limit + 1)
+    more, page = page[limit:], page[:limit]
+    if more:
+        errors.print(f"more users follow: --after {page[-1].user_id!r}")
     if as_json:
         _print_json([dataclasses.asdict(u) for u in page])
         return
@@ -521,7 +634,7 @@ def stats(
 ) -> None:
     """Totals of the memory: events, users, messages, knowledge, tasks by status, and the
     tokens extraction spent (input, output, cached), in all and per extractor and model."""
-    with Audit(db, db_url) as audit:
+    with _audit(db, db_url) as audit:
         totals = audit.stats()
         spend = audit.spend()
     if as_json:
@@ -563,7 +676,7 @@ def quarantine(
     db_url: DbUrlOption = None,
 ) -> None:
     """Messages set aside because they kept failing extraction, with their last error."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         if user is None:
             counts = audit.quarantine_counts()
             found = None
@@ -599,7 +712,7 @@ def requeue(
     db_url: DbUrlOption = None,
 ) -> None:
     """Put quarantined messages back in the buffer, to be extracted on the next run."""
-    with Audit(db, db_url) as audit, _input_errors():
+    with _audit(db, db_url) as audit:
         returned = audit.requeue(user, message or None)
     console.print(f"requeued {len(returned)} messages of {user!r}")
 
@@ -613,7 +726,7 @@ def _point(at: str | None) -> tuple[int | None, datetime | None]:
     try:
         moment = datetime.fromisoformat(at)
     except ValueError as error:
-        raise _bad_input(ValueError(f"--at {at!r} is neither a version nor an ISO time")) from error
+        raise InvalidInputError(f"--at {at!r} is neither a version nor an ISO time") from error
     return None, moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, sqlite_url
 from memvee import Memory, MemoryConfig
+from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 
@@ -122,7 +122,7 @@ def _print_log(console: Console, db: str, user: str) -> None:
         console.rule(f"event log of {user}")
         table = Table("v", "event", "payload")
         for event in store.events_of(user):
-            table.add_row(str(event.originator_version), type(event).__name__, _summary(event))
+            table.add_row(str(event.originator_version), type(event).__name__, describe(event))
         console.print(table)
     finally:
         store.close()
@@ -147,28 +147,6 @@ def _tour(console: Console, db: str) -> None:
             f"at version 8 alice had {len(earlier.buffer)} buffered messages, "
             f"{len(earlier.tasks)} task(s) and {len(earlier.knowledge)} knowledge entries"
         )
-
-
-def _summary(event: Any) -> str:
-    """One readable line per event."""
-    if isinstance(event, UserLog.MessageAdded):
-        return f"#{event.seq} {event.role}: {event.content}"
-    if isinstance(event, UserLog.ProcessingStarted):
-        return (
-            f"task {event.task_id[:8]} ({event.trigger}) claims {len(event.message_ids)} messages"
-        )
-    if isinstance(event, UserLog.KnowledgeExtracted):
-        texts = "; ".join(e["text"] for e in event.entries)
-        return f"task {event.task_id[:8]} by {event.extractor}: {texts or 'no entries'}"
-    if isinstance(event, UserLog.KnowledgeSuperseded):
-        return f"entry {event.entry_id[:8]} superseded by {event.superseded_by[:8]}"
-    if isinstance(event, UserLog.ProcessingFailed):
-        return f"task {event.task_id[:8]} failed: {event.error}"
-    if isinstance(event, UserLog.ProcessingInterrupted):
-        return f"task {event.task_id[:8]} interrupted: {event.reason}"
-    if isinstance(event, UserLog.Registered):
-        return f"log opened for {event.user_id!r}"
-    return type(event).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

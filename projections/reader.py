@@ -94,6 +94,19 @@ class ProjectionReader:
         rows = connection.execute(query.order_by(m.c.seq), {"seqs": seqs}).mappings()
         return [message_from_row(user_id, r) for r in rows]
 
+    def entry_ids_starting(
+        self, connection: Connection, user_id: str, prefix: str, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` ids of the user's entries (any version) that start with ``prefix``."""
+        k = self.tables.knowledge
+        rows = connection.execute(
+            select(k.c.entry_id)
+            .where(k.c.log_id == _log(user_id), k.c.entry_id.startswith(prefix, autoescape=True))
+            .order_by(k.c.entry_id)
+            .limit(limit)
+        )
+        return [r[0] for r in rows]
+
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
         """The user's knowledge versions (live and re-extracted) with their entry counts."""
         k = self.tables.knowledge

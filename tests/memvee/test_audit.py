@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from memvee import Memory, ProcessingError
+from memvee import Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -83,7 +83,8 @@ async def test_the_log_reads_in_order_with_filters_and_pages(
         middle = everything[len(everything) // 2].recorded_at
         later = list(audit.log("ann", since=middle))
         assert later and all(e.recorded_at >= middle for e in later)
-        assert list(audit.log("nobody")) == []
+        with pytest.raises(NotFoundError, match="no user 'nobody'"):
+            list(audit.log("nobody"))
         with pytest.raises(ValueError, match="timezone-aware"):
             list(audit.log("ann", since=datetime(2026, 1, 1)))
 
@@ -250,11 +251,12 @@ async def test_the_cli_lists_quarantined_messages_requeues_them_and_shows_spend(
     assert stuck["content"] == "I collect stamps" and stuck["attempts"] == 3
     assert "unreadable answer" in stuck["error"]
     assert "I collect stamps" in run("quarantine", "ann")
-    assert "no quarantined messages" in run("quarantine", "bob")
+    assert "no user 'bob'" in run("quarantine", "bob", code=2)
     assert "requeued 1 messages" in run("requeue", "ann")
     assert json.loads(run("quarantine", "--json")) == {}
+    assert "no quarantined messages" in run("quarantine", "ann")
     assert "requeued 0 messages" in run("requeue", "ann")
-    assert "has no log" in run("requeue", "nobody", code=2)
+    assert "no user 'nobody'" in run("requeue", "nobody", code=2)
     assert "no quarantined message" in run("requeue", "ann", "--message", "nope", code=2)
     stats = json.loads(run("stats", "--json"))
     assert stats["quarantined"] == 0 and stats["buffered"] == 1

@@ -1,0 +1,67 @@
+"""One readable line per event of a user's log, for people (the JSON keeps the payload)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from events import UserLog
+
+__all__ = ["EVENT_TYPES", "describe"]
+
+_BASES = {"Event", "Created"}
+
+EVENT_TYPES: frozenset[str] = frozenset(
+    name
+    for name, value in vars(UserLog).items()
+    if isinstance(value, type) and issubclass(value, UserLog.Event) and name not in _BASES
+)
+"""The names of the events a user's log can hold (what ``memvee log --type`` accepts)."""
+
+
+def describe(event: Any) -> str:
+    """What ``event`` did, in one line: ids cut to 8 characters, texts as they were said."""
+    e = event
+    tail = f" ({len(e.message_ids)} messages)" if hasattr(e, "message_ids") else ""
+    match e:
+        case UserLog.Registered():
+            return f"log opened for {e.user_id!r}"
+        case UserLog.MessageAdded():
+            speaker = e.role if not e.name else f"{e.name} ({e.role})"
+            return f"#{e.seq} {speaker}: {_flat(e.content)}"
+        case UserLog.ProcessingRequested():
+            return f"task {e.task_id[:8]} requested ({e.trigger})"
+        case UserLog.ProcessingStarted():
+            return (
+                f"task {e.task_id[:8]} ({e.trigger}) batch {e.batch} claims "
+                f"{len(e.message_ids)} messages"
+            )
+        case UserLog.KnowledgeExtracted():
+            texts = "; ".join(entry["text"] for entry in e.entries) or "no entries"
+            return f"task {e.task_id[:8]} by {e.extractor}: {_flat(texts)}"
+        case UserLog.BatchFailed():
+            return f"task {e.task_id[:8]} batch failed, splitting it: {_flat(e.error)}"
+        case UserLog.MessagesQuarantined():
+            return (
+                f"task {e.task_id[:8]} quarantined{tail} after {e.attempts} attempts: "
+                f"{_flat(e.error)}"
+            )
+        case UserLog.MessagesRequeued():
+            return f"requeued{tail}"
+        case UserLog.KnowledgeReextracted():
+            texts = "; ".join(entry["text"] for entry in e.entries) or "no entries"
+            return f"version {e.knowledge_version!r} by {e.extractor}{tail}: {_flat(texts)}"
+        case UserLog.KnowledgeSuperseded():
+            return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
+        case UserLog.KnowledgeInvalidated():
+            return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
+        case UserLog.KnowledgeVersionPromoted():
+            return f"version {e.knowledge_version!r} promoted ({e.knowledge_count} entries)"
+        case UserLog.ProcessingFailed():
+            return f"task {e.task_id[:8]} failed: {_flat(e.error)}"
+        case UserLog.ProcessingInterrupted():
+            return f"task {e.task_id[:8]} interrupted: {_flat(e.reason)}"
+    return type(e).__name__
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
