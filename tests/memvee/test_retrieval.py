@@ -217,6 +217,31 @@ async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(
             assert any(hit.text == f"User's name is {user}." for hit in mixed.entries)
 
 
+async def test_as_of_returns_no_message_sent_later_nor_a_later_neighbour(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from memvee.cli import app
+
+    memory = await _offline(make_memory)
+    feb, mar = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)
+    await memory.add_message("ann", "user", "My bike is red.", sent_at=feb)
+    await memory.add_message("ann", "assistant", "A red bike, noted.", sent_at=mar)
+    await memory.add_message("ann", "user", "My bike is blue now.", sent_at=mar)
+    await memory.flush("ann")
+    then = datetime(2026, 2, 15, tzinfo=UTC)
+    result = await memory.retrieve("ann", "bike", include_messages=True, as_of=then)
+    shown = [m.message for m in result.messages] + [
+        m.neighbour for m in result.messages if m.neighbour is not None
+    ]
+    assert [m.content for m in shown] == ["My bike is red."]
+    args = ["search", "ann", "bike", "--messages", "--as-of", "2026-02-15", "--lexical"]
+    found = CliRunner().invoke(app, [*args, "--json", "--db-url", db_url])
+    assert found.exit_code == 0, found.output
+    assert "blue" not in found.output and "noted" not in found.output
+
+
 async def test_the_cli_search_shows_what_an_agent_would_get(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:

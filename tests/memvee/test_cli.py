@@ -1,0 +1,202 @@
+"""The `memvee` command as a new user meets it: clear errors, ids that work, readable output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+import memvee
+from memvee import Memory, MemoryConfig
+from memvee.cli import app
+from memvee.extractors import OfflineExtractor
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+runner = CliRunner()
+
+
+def run(*args: str, code: int = 0) -> Result:
+    """Invoke ``memvee ARGS``; the exit code must be ``code``."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def one_error_line(result: Result) -> str:
+    """The single ``error:`` line a failure prints (never a traceback)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[str]:
+    """A memory database where ann said five things over two months and bob one."""
+
+    async def fill() -> None:
+        config = MemoryConfig(db_path=str(tmp_path / "m.db"))
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            said = [
+                "I live in Oslo.",
+                "I work at Acme.",
+                "I love climbing.",
+                "My dog is called Rex.",
+            ]
+            for day, line in enumerate(said):
+                await memory.add_exchange("ann", line, "Noted.", sent_at=T0 + timedelta(days=day))
+            await memory.flush("ann")
+            await memory.add_exchange(
+                "ann", "I moved to Bergen.", "Oh!", sent_at=T0 + timedelta(60)
+            )
+            await memory.flush("ann")
+            await memory.add_exchange("bob", "I live in Rome.", "Ciao.", sent_at=T0)
+            await memory.flush("bob")
+
+    asyncio.run(fill())
+    yield str(tmp_path / "m.db")
+
+
+def test_version_and_help_are_plain() -> None:
+    assert re.fullmatch(r"\d+\.\d+.*", memvee.__version__)
+    assert run("--version").output.strip() == f"memvee {memvee.__version__}"
+    shown = run("rebuild", "--help").output
+    assert "--resume" in shown and "<bool>" not in shown and "--db PATH" in shown
+
+
+@pytest.mark.parametrize(
+    "command", [["users"], ["stats"], ["log", "ann"], ["verify"], ["rebuild"], ["users", "--json"]]
+)
+def test_reading_a_missing_database_is_an_error_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "nodir" / "nope.db"
+    result = run(*command, "--db", str(missing), code=2)
+    assert "no memvee database" in one_error_line(result)
+    assert list(tmp_path.iterdir()) == []
+    url = run(*command, "--db-url", f"sqlite:///{missing}", code=2)
+    assert "no memvee database" in one_error_line(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_server_is_one_error_line_without_the_password() -> None:
+    result = run("stats", "--db-url", "postgresql+psycopg://me:s3cret@127.0.0.1:1/x", code=2)
+    line = one_error_line(result)
+    assert "cannot open" in line and "s3cret" not in line
+    assert "not a database URL" in one_error_line(run("stats", "--db-url", "nonsense", code=2))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["log", "carol"],
+        ["state", "carol"],
+        ["search", "carol", "where"],
+        ["export", "carol"],
+        ["rebuild", "--user", "carol"],
+        ["compare", "carol"],
+        ["knowledge", "carol"],
+        ["explain", "carol", "0123"],
+        ["quarantine", "carol"],
+        ["requeue", "carol"],
+    ],
+)
+def test_an_unknown_user_is_an_error_not_empty_output(db: str, command: list[str]) -> None:
+    result = run(*command, "--db", db, code=2)
+    assert "no user 'carol'" in one_error_line(result)
+
+
+def test_unknown_versions_event_types_and_points_past_the_end_are_errors(db: str) -> None:
+    compared = run("compare", "ann", "live", "nope", "--db", db, code=2)
+    assert "no knowledge version 'nope'" in one_error_line(compared)
+    typed = run("log", "ann", "--type", "MessageAdd", "--db", db, code=2)
+    assert "unknown event type 'MessageAdd'" in one_error_line(typed)
+    last = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", db).output)[-1]
+    past = run("state", "ann", "--at", str(last["version"] + 1), "--db", db, code=2)
+    assert "past the end" in one_error_line(past)
+    assert run("state", "ann", "--at", str(last["version"]), "--db", db).exit_code == 0
+
+
+def test_knowledge_lists_entries_with_ids_that_explain_accepts(db: str) -> None:
+    now = json.loads(run("knowledge", "ann", "--json", "--db", db).output)
+    texts = [e["text"] for e in now]
+    assert "User lives in Bergen." in texts and "User lives in Oslo." not in texts
+    history = json.loads(run("knowledge", "ann", "--history", "--json", "--db", db).output)
+    assert {"User lives in Oslo.", "User lives in Bergen."} <= {e["text"] for e in history}
+    then = json.loads(run("knowledge", "ann", "--as-of", "2026-01-20", "--json", "--db", db).output)
+    assert "User lives in Oslo." in [e["text"] for e in then]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT.*[+-]\d\d:\d\d", e["valid_from"]) for e in now)
+    table = run("knowledge", "ann", "--db", db).output
+    short = now[0]["entry_id"][:8]
+    assert short in table
+    explained = json.loads(run("explain", "ann", short, "--json", "--db", db).output)
+    assert explained["entry_id"] == now[0]["entry_id"]
+    firsts: dict[str, int] = {}
+    for entry in history:
+        firsts[entry["entry_id"][0]] = firsts.get(entry["entry_id"][0], 0) + 1
+    shared = [c for c, n in firsts.items() if n > 1]
+    if shared:
+        ambiguous = run("explain", "ann", shared[0], "--db", db, code=2)
+        assert "ambiguous" in one_error_line(ambiguous)
+    assert "has no knowledge entry" in one_error_line(
+        run("explain", "ann", "zzzz", "--db", db, code=2)
+    )
+
+
+def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
+    shown = run("log", "ann", "--db", db).output
+    assert "#1 user: I live in Oslo." in shown
+    assert "{" not in shown and "MessageAdded" in shown and "KnowledgeSuperseded" in shown
+    full = json.loads(run("log", "ann", "--json", "--db", db).output)
+    added = next(e for e in full if e["type"] == "MessageAdded")
+    assert added["payload"]["content"] == "I live in Oslo."
+    assert datetime.fromisoformat(added["recorded_at"]).tzinfo is not None
+    assert "T" in added["payload"]["sent_at"]
+
+
+def test_paged_listings_say_when_more_rows_follow(db: str) -> None:
+    first = run("users", "--limit", "1", "--db", db)
+    assert "more users follow: --after 'ann'" in first.output
+    last = run("users", "--after", "ann", "--limit", "1", "--db", db)
+    assert "bob" in last.output and "more users" not in last.output
+    paged = run("log", "ann", "--limit", "2", "--db", db)
+    assert "more events follow: --from-version 3" in paged.output
+    assert "more events" not in run("log", "bob", "--db", db).output
+
+
+def test_stats_counts_the_events_that_are_there_after_forget(db: str) -> None:
+    before = json.loads(run("stats", "--json", "--db", db).output)["events"]
+    bob = len(json.loads(run("log", "bob", "--json", "--db", db).output))
+
+    async def forget() -> None:
+        async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.forget("bob")
+
+    asyncio.run(forget())
+    assert json.loads(run("stats", "--json", "--db", db).output)["events"] == before - bob
+
+
+def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
+    db: str, tmp_path: Path
+) -> None:
+    missing = run("import", str(tmp_path / "nope.jsonl"), "--db", db, code=2)
+    assert "No such file" in one_error_line(missing)
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    again = run("import", str(exported), "--db", db, code=2)
+    assert "'ann' already has a log" in one_error_line(again)
+    fresh = tmp_path / "fresh" / "copy.db"
+    assert "imported" in run("import", str(exported), "--db", str(fresh)).output
+    assert fresh.is_file()
+
+
+def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)
+    assert "ANTHROPIC_API_KEY" in one_error_line(result)
