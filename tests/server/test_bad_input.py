@@ -1,0 +1,156 @@
+"""Bad requests get their documented status and write nothing: malformed JSON and wrong
+types (422), what the library refuses (422, with the library's message), unknown users
+(404), and bodies over the limit (413), with or without a Content-Length."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def server_args() -> list[str]:
+    return ["--max-body-bytes", str(LIMIT)]
+
+
+@pytest.fixture
+def user(http: httpx.Client) -> str:
+    """A user with one stored exchange, so that 'nothing written' can be counted."""
+    name = f"user-{uuid.uuid4().hex[:12]}"
+    answer = http.post(
+        f"/v1/users/{name}/exchanges", json={"user_message": "hello", "assistant_message": "hi"}
+    )
+    assert answer.status_code == 201
+    return name
+
+
+def message_count(http: httpx.Client, user: str) -> int:
+    count: int = http.get(f"/v1/users/{user}").json()["message_count"]
+    return count
+
+
+def post_raw(http: httpx.Client, path: str, content: bytes) -> httpx.Response:
+    return http.post(path, content=content, headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"role": "user", "content": ', "JSON decode error"),
+        (b"[1, 2, 3]", "Input should be a valid dictionary"),
+        (b'{"role": "user", "content": 42}', "content: Input should be a valid string"),
+        (b'{"role": "user"}', "content: Field required"),
+        (b'{"role": "user", "content": "hi", "mood": "happy"}', "mood: Extra inputs"),
+        (b'{"role": "user", "content": "hi", "sent_at": "yesterday"}', "sent_at: Input should"),
+    ],
+)
+def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
+    http: httpx.Client, user: str, body: bytes, says: str
+) -> None:
+    answer = post_raw(http, f"/v1/users/{user}/messages", body)
+
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "invalid_input"
+    assert says in answer.json()["message"]
+    assert message_count(http, user) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"role": "robot", "content": "hi"}, "unknown role 'robot'"),
+        ({"role": "user", "content": ""}, "content"),
+        ({"role": "user", "content": "half \ud800 a pair"}, "surrogate"),
+        ({"role": "user", "content": "hi", "sent_at": "2026-01-01T10:00:00"}, "timezone"),
+    ],
+)
+def test_what_the_library_refuses_is_422_with_its_message(
+    http: httpx.Client, user: str, body: dict[str, Any], says: str
+) -> None:
+    answer = post_raw(http, f"/v1/users/{user}/messages", json.dumps(body).encode())
+
+    assert answer.status_code == 422
+    assert says in answer.json()["message"]
+    assert message_count(http, user) == 2
+
+
+def test_a_bad_exchange_writes_neither_half(http: httpx.Client, user: str) -> None:
+    answer = http.post(
+        f"/v1/users/{user}/exchanges", json={"user_message": "fine", "assistant_message": ""}
+    )
+
+    assert answer.status_code == 422
+    assert message_count(http, user) == 2
+
+
+def test_a_user_id_with_a_control_character_is_422_and_creates_no_user(
+    http: httpx.Client,
+) -> None:
+    answer = http.post("/v1/users/eve%01/messages", json={"role": "user", "content": "hi"})
+
+    assert answer.status_code == 422
+    assert "user_id" in answer.json()["message"]
+    assert http.get("/v1/users/eve%01").status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"query": "x", "top_k": 0}, {"query": "x", "top_k": "3"}, {"query": 7}, {"top_k": 3}],
+)
+def test_bad_retrieve_arguments_are_422(
+    http: httpx.Client, user: str, body: dict[str, Any]
+) -> None:
+    assert http.post(f"/v1/users/{user}/retrieve", json=body).status_code == 422
+
+
+def test_writes_for_an_unknown_user_of_a_read_are_404_and_create_nobody(
+    http: httpx.Client,
+) -> None:
+    stranger = f"stranger-{uuid.uuid4().hex[:8]}"
+
+    assert http.post(f"/v1/users/{stranger}/process").status_code == 404
+    assert http.post(f"/v1/users/{stranger}/flush").status_code == 404
+    assert http.delete(f"/v1/users/{stranger}").status_code == 404
+    assert http.get(f"/v1/users/{stranger}").status_code == 404
+
+
+def test_a_body_over_the_limit_is_413_and_writes_nothing(http: httpx.Client, user: str) -> None:
+    body = json.dumps({"role": "user", "content": "x" * LIMIT}).encode()
+
+    answer = post_raw(http, f"/v1/users/{user}/messages", body)
+
+    assert answer.status_code == 413
+    assert answer.json()["error"] == "payload_too_large"
+    assert message_count(http, user) == 2
+
+
+def test_a_streamed_body_without_length_is_cut_at_the_limit(http: httpx.Client, user: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"role": "user", "content": "'
+        for _ in range(LIMIT // 512 + 2):
+            yield b"x" * 512
+        yield b'"}'
+
+    answer = http.post(
+        f"/v1/users/{user}/messages",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+
+    assert "content-length" not in answer.request.headers
+    assert answer.status_code == 413
+    assert message_count(http, user) == 2
+
+
+def test_a_body_just_under_the_limit_is_stored(http: httpx.Client, user: str) -> None:
+    body = json.dumps({"role": "user", "content": "x" * (LIMIT - 100)}).encode()
+
+    assert post_raw(http, f"/v1/users/{user}/messages", body).status_code == 201
+    assert message_count(http, user) == 3

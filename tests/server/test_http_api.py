@@ -1,0 +1,226 @@
+"""The HTTP API, driven by an HTTP client against a real ``memvee serve`` on 127.0.0.1:
+every call of the issue's list, its status code, and the library's answers in JSON."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.support.server_process import ServerProcess, wait_until
+
+SAID = "I live in Lisbon and my dog is called Rex."
+
+
+@pytest.fixture
+def user() -> str:
+    """A user id no other test of the module's server uses."""
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+def add_exchange(http: httpx.Client, user: str, said: str = SAID) -> list[str]:
+    answer = http.post(
+        f"/v1/users/{user}/exchanges",
+        json={"user_message": said, "assistant_message": "Noted!"},
+    )
+    assert answer.status_code == 201, answer.text
+    return [m["message_id"] for m in answer.json()["messages"]]
+
+
+def test_an_exchange_is_stored_and_answered_with_its_ids(http: httpx.Client, user: str) -> None:
+    ids = add_exchange(http, user)
+
+    stored = http.get(f"/v1/users/{user}/messages").json()["messages"]
+    assert [m["message_id"] for m in stored] == ids
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert stored[0]["content"] == SAID
+
+
+def test_a_message_is_stored_with_its_speaker_and_time(http: httpx.Client, user: str) -> None:
+    sent = "2026-03-01T09:30:00+00:00"
+    answer = http.post(
+        f"/v1/users/{user}/messages",
+        json={"role": "user", "content": "Hi, I'm Ana.", "sent_at": sent, "name": "Ana"},
+    )
+
+    assert answer.status_code == 201
+    message = answer.json()["message"]
+    assert message["name"] == "Ana"
+    assert datetime.fromisoformat(message["sent_at"]) == datetime.fromisoformat(sent)
+    assert http.get(f"/v1/users/{user}").json()["message_count"] == 1
+
+
+def test_process_answers_202_with_a_task_to_poll_until_completed(
+    http: httpx.Client, user: str
+) -> None:
+    add_exchange(http, user)
+
+    started = http.post(f"/v1/users/{user}/process")
+    assert started.status_code == 202
+    task = started.json()
+    assert task["status"] in ("PENDING", "RUNNING", "COMPLETED")
+    assert started.headers["location"].endswith(f"/v1/users/{user}/tasks/{task['task_id']}")
+
+    def finished() -> dict[str, object] | None:
+        polled = http.get(f"/v1/users/{user}/tasks/{task['task_id']}").json()
+        return polled if polled["done"] else None
+
+    done = wait_until(finished, what="task completion")
+    assert done["status"] == "COMPLETED"
+    assert done["knowledge_count"] == 2
+    texts = {e["text"] for e in http.get(f"/v1/users/{user}/knowledge").json()["entries"]}
+    assert texts == {"User lives in Lisbon.", "User's dog is called Rex."}
+
+
+def test_flush_extracts_everything_buffered_before_it_answers(
+    http: httpx.Client, user: str
+) -> None:
+    add_exchange(http, user)
+
+    flushed = http.post(f"/v1/users/{user}/flush")
+
+    assert flushed.status_code == 200
+    assert flushed.json() == {"knowledge_count": 2}
+    assert http.get(f"/v1/users/{user}").json()["buffered_count"] == 0
+
+
+def test_knowledge_as_of_and_history(http: httpx.Client, user: str) -> None:
+    add_exchange(http, user, "I live in Lisbon.")
+    http.post(f"/v1/users/{user}/flush")
+    add_exchange(http, user, "I live in Porto now.")
+    http.post(f"/v1/users/{user}/flush")
+
+    now = http.get(f"/v1/users/{user}/knowledge").json()["entries"]
+    ever = http.get(f"/v1/users/{user}/knowledge", params={"history": "true"}).json()["entries"]
+    before = http.get(
+        f"/v1/users/{user}/knowledge",
+        params={"as_of": (datetime.now(UTC) - timedelta(days=1)).isoformat()},
+    ).json()["entries"]
+
+    assert [e["text"] for e in now] == ["User lives in Porto."]
+    assert {e["text"] for e in ever} == {"User lives in Lisbon.", "User lives in Porto."}
+    assert before == []
+
+
+def test_retrieve_answers_with_the_prompt_block_and_the_ranked_ids(
+    http: httpx.Client, user: str
+) -> None:
+    ids = add_exchange(http, user)
+    http.post(f"/v1/users/{user}/flush")
+
+    found = http.post(
+        f"/v1/users/{user}/retrieve",
+        json={"query": "what is the name of the dog", "top_k": 3, "include_messages": True},
+    )
+
+    assert found.status_code == 200
+    body = found.json()
+    assert "- User's dog is called Rex." in body["prompt"]
+    assert body["prompt"].startswith("Known facts about the user")
+    assert body["entries"][0]["entry"]["text"] == "User's dog is called Rex."
+    assert body["entries"][0]["entry"]["source_message_ids"] == [ids[0]]
+
+
+def test_explain_traces_an_entry_to_its_messages(http: httpx.Client, user: str) -> None:
+    ids = add_exchange(http, user)
+    http.post(f"/v1/users/{user}/flush")
+    entry = http.get(f"/v1/users/{user}/knowledge").json()["entries"][0]
+
+    explained = http.get(f"/v1/users/{user}/knowledge/{entry['entry_id']}/explain")
+
+    assert explained.status_code == 200
+    body = explained.json()
+    assert body["text"] == entry["text"]
+    assert [m["message_id"] for m in body["messages"]] == [ids[0]]
+    assert body["messages"][0]["content"] == SAID
+    assert body["extractor"] == "offline"
+
+
+def test_forget_answers_with_the_receipt_and_the_user_is_gone(
+    http: httpx.Client, user: str
+) -> None:
+    add_exchange(http, user)
+    http.post(f"/v1/users/{user}/flush")
+
+    forgotten = http.delete(f"/v1/users/{user}")
+
+    assert forgotten.status_code == 200
+    receipt = forgotten.json()
+    assert receipt["receipt"]["user_id"] == user
+    assert receipt["receipt"]["events"] > 0
+    assert receipt["total"] >= receipt["receipt"]["events"]
+    assert http.get(f"/v1/users/{user}/knowledge").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/users/{user}"),
+        ("GET", "/v1/users/{user}/knowledge"),
+        ("GET", "/v1/users/{user}/messages"),
+        ("POST", "/v1/users/{user}/process"),
+        ("POST", "/v1/users/{user}/flush"),
+        ("GET", "/v1/users/{user}/tasks/some-task"),
+        ("GET", "/v1/users/{user}/knowledge/some-entry/explain"),
+        ("DELETE", "/v1/users/{user}"),
+    ],
+)
+def test_an_unknown_user_is_404_and_stays_unknown(
+    http: httpx.Client, user: str, method: str, path: str
+) -> None:
+    answer = http.request(method, path.format(user=user))
+
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "not_found"
+    assert user in answer.json()["message"]
+    assert http.get(f"/v1/users/{user}").status_code == 404
+
+
+def test_retrieve_for_an_unknown_user_is_404(http: httpx.Client, user: str) -> None:
+    answer = http.post(f"/v1/users/{user}/retrieve", json={"query": "anything"})
+
+    assert answer.status_code == 404
+
+
+def test_an_unknown_task_or_entry_of_a_known_user_is_404(http: httpx.Client, user: str) -> None:
+    add_exchange(http, user)
+
+    task = http.get(f"/v1/users/{user}/tasks/{uuid.uuid4()}")
+    entry = http.get(f"/v1/users/{user}/knowledge/{uuid.uuid4()}/explain")
+
+    assert (task.status_code, task.json()["error"]) == (404, "not_found")
+    assert (entry.status_code, entry.json()["error"]) == (404, "not_found")
+
+
+def test_probes_and_the_openapi_document(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").status_code == 200
+
+    document = http.get("/openapi.json").json()
+
+    paths = set(document["paths"])
+    assert "/v1/users/{user_id}/exchanges" in paths
+    assert "/v1/users/{user_id}/retrieve" in paths
+    assert "/v1/users/{user_id}/knowledge/{entry_id}/explain" in paths
+
+
+def test_every_answer_carries_a_request_id_that_the_access_log_names(
+    http: httpx.Client, server: ServerProcess, user: str
+) -> None:
+    mine = http.get("/healthz", headers={"x-request-id": "trace-123"})
+    fresh = http.get(f"/v1/users/{user}")
+
+    assert mine.headers["x-request-id"] == "trace-123"
+    assert len(fresh.headers["x-request-id"]) == 32
+    assert fresh.json()["request_id"] == fresh.headers["x-request-id"]
+
+    def logged() -> list[dict[str, object]]:
+        return [r for r in server.records() if r.get("request_id") == "trace-123"]
+
+    (line,) = wait_until(logged, what="the access log line")
+    assert line["method"] == "GET"
+    assert line["path"] == "/healthz"
+    assert line["status"] == 200
+    assert isinstance(line["duration_ms"], float)
