@@ -8,13 +8,16 @@ transaction, reads a log's events back, and follows the whole notification log i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -39,7 +42,7 @@ from sqlalchemy.orm import sessionmaker
 from events.errors import ConflictError, StorageError
 from events.user_log import UserLog, user_log_id
 
-__all__ = ["Durability", "EventStore", "Recorded", "sqlite_url"]
+__all__ = ["Durability", "EventStore", "Recorded", "exported_state", "sqlite_url"]
 
 log = logging.getLogger("memvee.events")
 
@@ -72,6 +75,35 @@ def sqlite_url(path: str | Path) -> str:
     file = Path(path).expanduser().resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{file}"
+
+
+_TIME_TYPE = "datetime_iso"
+
+
+def exported_state(state: bytes) -> dict[str, Any]:
+    """A stored event's state for an export: plain JSON, times as ISO 8601 strings.
+
+    The transcoder wraps each time as ``{"_type_": "datetime_iso", "_data_": ...}``;
+    :meth:`EventStore.decode_exported` wraps them again from the event class's fields.
+    """
+    data: dict[str, Any] = json.loads(state)
+    return {
+        name: value["_data_"]
+        if isinstance(value, dict) and value.get("_type_") == _TIME_TYPE
+        else value
+        for name, value in data.items()
+    }
+
+
+@functools.cache
+def _time_fields(cls: type) -> frozenset[str]:
+    """The fields of an event class that hold a time (``datetime`` or ``datetime | None``)."""
+    hints = typing.get_type_hints(cls)
+    return frozenset(
+        name
+        for name, hint in hints.items()
+        if hint is datetime or datetime in typing.get_args(hint)
+    )
 
 
 _EventClass = tuple[type, Callable[[Any], Any]]
@@ -402,9 +434,17 @@ class EventStore:
     def decode_exported(
         self, user_id: str, version: int, topic: str, state: dict[str, Any]
     ) -> DomainEventProtocol[Any]:
-        """An event of an export (see ``stored_events_of``) as a domain event of this store."""
+        """An event of an export (see :func:`exported_state`) as a domain event of this store.
+
+        Times may be plain ISO 8601 strings (as exports write them) or the transcoder's
+        own ``{"_type_": "datetime_iso", ...}`` form (as older exports did).
+        """
         if not topic.startswith("events.user_log:UserLog."):
             raise ValueError(f"unknown event topic {topic!r}")
+        state = dict(state)
+        for name in _time_fields(resolve_topic(topic)):
+            if isinstance(state.get(name), str):
+                state[name] = {"_type_": _TIME_TYPE, "_data_": state[name]}
         stored = StoredEvent(
             user_log_id(user_id), int(version), topic, json.dumps(state).encode("utf-8")
         )

@@ -31,6 +31,7 @@ from events import (
     check_user_id,
     sqlite_url,
 )
+from events.store import exported_state
 from events.user_log import LIVE_KNOWLEDGE
 from memvee._config import DEFAULT_ALPHA
 from memvee._event_lines import EVENT_TYPES, describe
@@ -265,7 +266,7 @@ class Audit:
                     "user_id": user_id,
                     "version": stored.originator_version,
                     "topic": stored.topic,
-                    "state": json.loads(stored.state),
+                    "state": exported_state(stored.state),
                 },
                 separators=(",", ":"),
             )

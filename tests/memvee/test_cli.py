@@ -189,11 +189,18 @@ def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
     assert "No such file" in one_error_line(missing)
     exported = tmp_path / "ann.jsonl"
     run("export", "ann", "--out", str(exported), "--db", db)
+    first = json.loads(exported.read_text().splitlines()[1])
+    assert "_type_" not in exported.read_text()
+    assert datetime.fromisoformat(first["state"]["sent_at"]) == T0
     again = run("import", str(exported), "--db", db, code=2)
     assert "'ann' already has a log" in one_error_line(again)
     fresh = tmp_path / "fresh" / "copy.db"
     assert "imported" in run("import", str(exported), "--db", str(fresh)).output
     assert fresh.is_file()
+    assert run("verify", "--db", str(fresh)).exit_code == 0
+    copied = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", str(fresh)).output)
+    original = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", db).output)
+    assert copied == original
 
 
 def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
