@@ -36,6 +36,8 @@ from events.user_log import (
     UserLog,
     check_message,
     check_name,
+    check_text,
+    check_time,
     check_user_id,
     user_log_id,
 )
@@ -70,6 +72,8 @@ __all__ = [
     "UserLog",
     "check_message",
     "check_name",
+    "check_text",
+    "check_time",
     "check_user_id",
     "estimate_tokens",
     "sqlite_url",

@@ -16,6 +16,8 @@ so that no message can block the ones after it.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -368,6 +370,7 @@ class UserLog(Aggregate):
         new id."""
         check_message(role, content, max_chars)
         check_name(name)
+        sent_at = check_time(sent_at, "sent_at")
         message_id = str(uuid4())
         named = {} if name is None else {"name": name.strip()}
         self.trigger_event(
@@ -376,7 +379,7 @@ class UserLog(Aggregate):
             seq=self.message_count + 1,
             role=role,
             content=content,
-            sent_at=datetime.now(UTC) if sent_at is None else sent_at.astimezone(UTC),
+            sent_at=datetime.now(UTC) if sent_at is None else sent_at,
             **named,
         )
         return message_id
@@ -775,14 +778,53 @@ def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
     return entries
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
+_FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+
+
+def check_text(value: str, what: str) -> None:
+    """Raise :class:`InvalidInputError` if ``value`` holds a lone surrogate: no UTF-8 text,
+    so no database, can store one, and it would fail deep inside a write."""
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise InvalidInputError(
+            f"{what} contains a lone surrogate (U+{ord(found.group()):04X} at index "
+            f"{found.start()}): it is not valid Unicode text"
+        )
+
+
+def _check_visible(value: str, what: str, hint: str = "") -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` shows at least one character."""
+    if not any(
+        unicodedata.category(char) not in _INVISIBLE and char not in _FILLERS for char in value
+    ):
+        raise InvalidInputError(
+            f"{what} must not be empty, nor only spaces, control or zero-width characters{hint}"
+        )
+
+
+def _check_no_control(value: str, what: str) -> None:
+    """Raise :class:`InvalidInputError` if ``value`` holds a control character (a NUL, a
+    newline...): names and ids are single lines, and PostgreSQL text cannot hold a NUL."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise InvalidInputError(
+            f"{what} must not contain control characters "
+            f"(U+{ord(found.group()):04X} at index {found.start()})"
+        )
+
+
 def check_user_id(user_id: object) -> str:
     """Return ``user_id`` if it names a user, else raise :class:`InvalidInputError`."""
     if not isinstance(user_id, str):
         raise InvalidInputError(f"user_id must be a str, not {type(user_id).__name__}")
-    if not user_id.strip():
-        raise InvalidInputError("user_id must not be empty")
     if len(user_id) > 256:
         raise InvalidInputError(f"user_id is {len(user_id)} characters long; the limit is 256")
+    check_text(user_id, "user_id")
+    _check_visible(user_id, "user_id")
+    _check_no_control(user_id, "user_id")
     return user_id
 
 
@@ -796,12 +838,13 @@ def check_name(name: object) -> None:
         return
     if not isinstance(name, str):
         raise InvalidInputError(f"name must be a str or None, not {type(name).__name__}")
-    if not name.strip():
-        raise InvalidInputError("name must not be empty (pass None for no name)")
-    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+    if len(name) > MAX_NAME_CHARS:
         raise InvalidInputError(
-            f"name must be one line of at most {MAX_NAME_CHARS} characters, not {name[:40]!r}"
+            f"name must be at most {MAX_NAME_CHARS} characters long, not {len(name)}"
         )
+    check_text(name, "name")
+    _check_visible(name, "name", " (pass None for no name)")
+    _check_no_control(name, "name")
 
 
 def check_message(role: object, content: object, max_chars: int) -> None:
@@ -810,9 +853,29 @@ def check_message(role: object, content: object, max_chars: int) -> None:
         raise InvalidInputError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
     if not isinstance(content, str):
         raise InvalidInputError(f"content must be a str, not {type(content).__name__}")
-    if not content.strip():
-        raise InvalidInputError(f"{role} message content must not be empty")
     if len(content) > max_chars:
         raise InvalidInputError(
             f"{role} message content is {len(content)} characters long; the limit is {max_chars}"
         )
+    check_text(content, f"{role} message content")
+    _check_visible(content, f"{role} message content")
+
+
+def check_time(moment: object, what: str) -> datetime | None:
+    """Return ``moment`` in UTC (``None`` stays ``None``), else raise
+    :class:`InvalidInputError`: times are kept in UTC, so a time must say its offset and
+    must still fall within years 1 to 9999 once in UTC."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        raise InvalidInputError(f"{what} must be a datetime or None, not {type(moment).__name__}")
+    if moment.utcoffset() is None:
+        raise InvalidInputError(
+            f"{what} must be timezone-aware, e.g. datetime.now(UTC) or 2026-11-26T10:00:00+00:00"
+        )
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(
+            f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
+        ) from None

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 from uuid import uuid4
@@ -36,6 +37,8 @@ from events import (
     UnknownTaskError,
     check_message,
     check_name,
+    check_text,
+    check_time,
     check_user_id,
 )
 from memvee._config import MemoryConfig
@@ -229,8 +232,7 @@ class Memory:
         check_user_id(user_id)
         check_message(role, content, self.config.max_content_chars)
         check_name(name)
-        _check_sent_at(sent_at)
-        sent_at = _utc(sent_at)
+        sent_at = check_time(sent_at, "sent_at")
         (message,) = await self._append(user_id, [(role, content, sent_at, name)])
         return message
 
@@ -254,8 +256,7 @@ class Memory:
         check_message("assistant", assistant_message, self.config.max_content_chars)
         check_name(user_name)
         check_name(assistant_name)
-        _check_sent_at(sent_at)
-        sent_at = _utc(sent_at)
+        sent_at = check_time(sent_at, "sent_at")
         first, second = await self._append(
             user_id,
             [
@@ -318,11 +319,12 @@ class Memory:
         and leaves the tasks running.
         """
         check_user_id(user_id)
+        seconds = _check_timeout(timeout)
         self._running()
-        if timeout is None:
+        if seconds is None or user_id not in self._inflight:
             return await self._wait_inflight(user_id)
         try:
-            return await asyncio.wait_for(self._wait_inflight(user_id), timeout)
+            return await asyncio.wait_for(self._wait_inflight(user_id), seconds)
         except TimeoutError:
             raise ProcessingTimeoutError(
                 f"processing of user {user_id!r} still running after {timeout:g} s"
@@ -354,9 +356,7 @@ class Memory:
         every entry ever extracted, superseded and invalidated ones included.
         """
         check_user_id(user_id)
-        if as_of is not None:
-            _check_sent_at(as_of, "as_of")
-            as_of = _utc(as_of)
+        as_of = check_time(as_of, "as_of")
         return await self._read(lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history))
 
     async def messages(self, user_id: str) -> list[Message]:
@@ -383,11 +383,10 @@ class Memory:
         check_user_id(user_id)
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
+        check_text(query, "query")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
             raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
-        if as_of is not None:
-            _check_sent_at(as_of, "as_of")
-            as_of = _utc(as_of)
+        as_of = check_time(as_of, "as_of")
         engine, loop = self._running()
         retriever = self._retriever
         assert retriever is not None
@@ -464,6 +463,7 @@ class Memory:
         check_user_id(user_id)
         if not isinstance(task_id, str) or not task_id:
             raise UnknownTaskError(f"task id must be a non-empty str, not {task_id!r}")
+        check_text(task_id, "task id")
         known = self._inflight.get(user_id, {}).get(task_id) or self._recent.get(task_id)
         if known is not None and known.user_id == user_id:
             return known
@@ -613,13 +613,21 @@ def _default_extractor(model: str | None, timeout: float) -> Extractor:
     return default_extractor(model=model, timeout=timeout)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """Times are stored in UTC: SQLite keeps no offset, and reads assume UTC."""
-    return None if moment is None else moment.astimezone(UTC)
-
-
-def _check_sent_at(sent_at: object, name: str = "sent_at") -> None:
-    if sent_at is not None and not isinstance(sent_at, datetime):
-        raise InvalidInputError(f"{name} must be a datetime or None, not {type(sent_at).__name__}")
-    if isinstance(sent_at, datetime) and sent_at.tzinfo is None:
-        raise InvalidInputError(f"{name} must be timezone-aware (for example datetime.now(UTC))")
+def _check_timeout(timeout: object) -> float | None:
+    """Seconds to wait, ``None`` for no limit (as infinity), else :class:`InvalidInputError`:
+    NaN or a negative wait would silently mean "never" or "give up at once"."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidInputError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    try:
+        seconds = float(timeout)
+    except OverflowError:
+        seconds = math.inf if timeout > 0 else -math.inf
+    if not seconds >= 0:
+        raise InvalidInputError(
+            f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"
+        )
+    return None if math.isinf(seconds) else seconds

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,11 @@ import pytest
 from memvee import InvalidInputError, Memory, MemoryClosedError, MemoryConfig, UnknownTaskError
 from projections import dump
 from projections.tables import ProjectionTables
+
+EARLY = datetime(1, 1, 1, 2, tzinfo=timezone(timedelta(hours=5)))
+"""A time whose UTC value would fall before year 1."""
+LATE = datetime(9999, 12, 31, 22, tzinfo=timezone(timedelta(hours=-5)))
+"""A time whose UTC value would fall after year 9999."""
 
 BAD_CALLS = [
     ("empty user id", lambda m: m.add_message("", "user", "hi"), "user_id must not be empty"),
@@ -23,6 +29,23 @@ BAD_CALLS = [
     ("oversized content", lambda m: m.add_message("u", "user", "x" * 101), "limit is 100"),
     ("naive sent_at", lambda m: m.add_message("u", "user", "hi", datetime(2026, 1, 1)), "aware"),
     ("unknown task", lambda m: m.get_task("u", "nope"), "no task 'nope'"),
+    ("NUL in user id", lambda m: m.add_message("a\x00b", "user", "hi"), "U\\+0000 at index 1"),
+    ("control user id", lambda m: m.add_message("\x01\x02", "user", "hi"), "user_id must not"),
+    ("zero-width user id", lambda m: m.add_exchange("\u200b\u200d", "a", "b"), "zero-width"),
+    ("zero-width name", lambda m: m.add_message("u", "user", "hi", name="\ufeff"), "name must"),
+    ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
+    ("surrogate user id", lambda m: m.add_exchange("u\udc00", "a", "b"), "U\\+DC00 at index 1"),
+    ("surrogate name", lambda m: m.add_exchange("u", "a", "b", user_name="\ud83d"), "surrogate"),
+    ("surrogate to process", lambda m: m.process("u\ud800"), "user_id contains a lone"),
+    ("surrogate to flush", lambda m: m.flush("\ud800"), "user_id contains a lone"),
+    ("surrogate query", lambda m: m.retrieve("u", "car\udfff"), "query contains a lone"),
+    ("sent_at before year 1 in UTC", lambda m: m.add_message("u", "user", "hi", EARLY), "range"),
+    ("sent_at after 9999 in UTC", lambda m: m.add_exchange("u", "a", "b", LATE), "range"),
+    ("as_of before year 1 in UTC", lambda m: m.knowledge("u", as_of=EARLY), "as_of 0001-01-01"),
+    ("as_of after 9999 in UTC", lambda m: m.retrieve("u", "car", as_of=LATE), "as_of 9999-12"),
+    ("NaN timeout", lambda m: m.wait_for_processing("u", timeout=math.nan), "not nan"),
+    ("negative timeout", lambda m: m.wait_for_processing("u", timeout=-1), "0 or more"),
+    ("text timeout", lambda m: m.wait_for_processing("u", timeout="5"), "not str"),
 ]
 
 
@@ -40,6 +63,21 @@ async def test_bad_input_raises_a_value_error_and_writes_nothing(
     assert isinstance(raised.value, InvalidInputError)
     after = (engine.store.max_position(), dump(engine.store.engine, ProjectionTables()))
     assert after == before
+
+
+async def test_times_at_the_ends_of_the_range_are_kept_in_utc(memory: Memory) -> None:
+    first = datetime(1, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))
+    last = datetime(9999, 12, 31, 18, 59, tzinfo=timezone(timedelta(hours=-5)))
+    added = await memory.add_message("u", "user", "at the start", first)
+    later = await memory.add_message("u", "user", "at the end", last)
+    assert added.sent_at == datetime(1, 1, 1, tzinfo=UTC)
+    assert later.sent_at == datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+    assert await memory.knowledge("u", as_of=first) == []
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5, math.inf, None])
+async def test_a_wait_with_nothing_running_returns_at_once(memory: Memory, timeout: Any) -> None:
+    assert await memory.wait_for_processing("u", timeout=timeout) == 0
 
 
 async def test_unknown_task_error_is_a_value_error(memory: Memory) -> None:
