@@ -778,20 +778,23 @@ def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
     return entries
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
 _FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
 
 def check_text(value: str, what: str) -> None:
-    """Raise :class:`InvalidInputError` if ``value`` holds a lone surrogate: no UTF-8 text,
-    so no database, can store one, and it would fail deep inside a write."""
-    found = _SURROGATE.search(value)
+    """Raise :class:`InvalidInputError` if ``value`` holds a character that some database
+    cannot store (a lone surrogate is not UTF-8, and PostgreSQL text holds no NUL): it
+    would otherwise fail deep inside a write, or only on one backend."""
+    found = _UNSTORABLE.search(value)
     if found is not None:
+        char = found.group()
+        kind = "a NUL character" if char == "\x00" else "a lone surrogate"
         raise InvalidInputError(
-            f"{what} contains a lone surrogate (U+{ord(found.group()):04X} at index "
-            f"{found.start()}): it is not valid Unicode text"
+            f"{what} contains {kind} (U+{ord(char):04X} at index {found.start()}), "
+            "which cannot be stored as text"
         )
 
 

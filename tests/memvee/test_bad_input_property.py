@@ -2,8 +2,8 @@
 with :class:`InvalidInputError` before anything is written: no event, no row, no task.
 
 Each generated call has exactly one bad argument, drawn from what slipped through before:
-user ids with control characters or nothing visible, lone surrogates, times that leave
-the datetime range in UTC, NaN, negative or non-numeric timeouts.
+user ids with control characters or nothing visible, lone surrogates or NUL characters in
+text, times that leave the datetime range in UTC, NaN, negative or non-numeric timeouts.
 """
 
 from __future__ import annotations
@@ -66,9 +66,12 @@ BAD_USER_IDS = st.one_of(
     st.text(min_size=257, max_size=300),
     NOT_TEXT.filter(lambda v: v is not None),
 )
-BAD_CONTENT = st.one_of(INVISIBLE, _with(SURROGATES), NOT_TEXT)
+BAD_CONTENT = st.one_of(INVISIBLE, _with(SURROGATES), _with(st.just("\x00")), NOT_TEXT)
 BAD_NAMES = st.one_of(
     INVISIBLE, _with(CONTROLS), _with(SURROGATES), NOT_TEXT.filter(lambda v: v is not None)
+)
+BAD_TOP_K = st.one_of(
+    st.integers(max_value=0), st.integers(min_value=1001), st.floats(), st.booleans(), st.text()
 )
 BAD_ROLES = st.one_of(
     st.text(max_size=8).filter(lambda r: r not in {"user", "assistant", "system"}), NOT_TEXT
@@ -142,7 +145,7 @@ MEMORY_CALLS: dict[str, list[Any]] = {
         _call("retrieve", BAD_USER_IDS, ok("car")),
         _call("retrieve", ok(USER), st.one_of(_with(SURROGATES), NOT_TEXT)),
         _call("retrieve", ok(USER), ok("car"), as_of=BAD_TIMES),
-        _call("retrieve", ok(USER), ok("car"), top_k=st.one_of(st.integers(max_value=0), NOT_TEXT)),
+        _call("retrieve", ok(USER), ok("car"), top_k=BAD_TOP_K),
     ],
     "requeue": [
         _call("requeue", BAD_USER_IDS),

@@ -34,6 +34,7 @@ BAD_CALLS = [
     ("zero-width user id", lambda m: m.add_exchange("\u200b\u200d", "a", "b"), "zero-width"),
     ("zero-width name", lambda m: m.add_message("u", "user", "hi", name="\ufeff"), "name must"),
     ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
+    ("NUL in content", lambda m: m.add_exchange("u", "a", "b\x00c"), "a NUL character"),
     ("surrogate user id", lambda m: m.add_exchange("u\udc00", "a", "b"), "U\\+DC00 at index 1"),
     ("surrogate name", lambda m: m.add_exchange("u", "a", "b", user_name="\ud83d"), "surrogate"),
     ("surrogate to process", lambda m: m.process("u\ud800"), "user_id contains a lone"),
