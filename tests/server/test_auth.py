@@ -1,0 +1,144 @@
+"""Bearer tokens: a wrong or missing token is 401, a token scoped to one tenant's user-id
+prefix never reaches another tenant's users (403, nothing written) over the HTTP API or
+MCP, and no token ever reaches the log. Off loopback, tokens are required."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.mcp_clients import call, failure, http_session
+from tests.support.server_process import MEMVEE, ServerProcess, server_env
+
+ACME = f"acme-{secrets.token_urlsafe(24)}"
+GLOBEX = f"globex-{secrets.token_urlsafe(24)}"
+ADMIN = f"admin-{secrets.token_urlsafe(24)}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with two tenant tokens (MEMVEE_API_TOKENS) and an admin one (a file)."""
+    folder = tmp_path_factory.mktemp("auth")
+    tokens_file = folder / "tokens"
+    tokens_file.write_text(f"# operators\n{ADMIN}\n")
+    args = ["--db", str(folder / "memvee.db"), "--no-auto-process", "--lexical"]
+    args += ["--tokens-file", str(tokens_file)]
+    env = {"MEMVEE_API_TOKENS": f"{ACME}:acme:, {GLOBEX}:globex:"}
+    with ServerProcess(folder / "server.log", args, env) as running:
+        yield running
+
+
+def client(server: ServerProcess, token: str | None) -> httpx.Client:
+    headers = {} if token is None else {"authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=30)
+
+
+def say(http: httpx.Client, user: str) -> httpx.Response:
+    exchange = {"user_message": "I live in Oslo.", "assistant_message": "ok"}
+    return http.post(f"/v1/users/{user}/exchanges", json=exchange)
+
+
+def test_a_missing_or_wrong_token_is_401_but_probes_are_open(server: ServerProcess) -> None:
+    with client(server, None) as anonymous, client(server, "not-a-token-at-all") as wrong:
+        assert anonymous.get("/healthz").status_code == 200
+        assert anonymous.get("/readyz").status_code == 200
+        missing = say(anonymous, "acme:alice")
+        bad = say(wrong, "acme:alice")
+        mcp = anonymous.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["error"] == "unauthorized"
+    assert bad.status_code == 401
+    assert mcp.status_code == 401
+    with client(server, ADMIN) as admin:
+        assert admin.get("/v1/users/acme:alice").status_code == 404
+
+
+def test_a_tenant_token_never_reaches_another_tenants_users(server: ServerProcess) -> None:
+    with client(server, ACME) as acme, client(server, GLOBEX) as globex:
+        assert say(acme, "acme:alice").status_code == 201
+        assert say(globex, "globex:bob").status_code == 201
+
+        reads = [
+            globex.get("/v1/users/acme:alice"),
+            globex.get("/v1/users/acme:alice/knowledge"),
+            globex.post("/v1/users/acme:alice/retrieve", json={"query": "Oslo"}),
+            acme.get("/v1/users/globex:bob/messages"),
+        ]
+        writes = [
+            say(globex, "acme:alice"),
+            globex.post("/v1/users/acme:alice/flush"),
+            globex.delete("/v1/users/acme:alice"),
+            say(acme, "globex:mallory"),
+        ]
+
+    for answer in reads + writes:
+        assert answer.status_code == 403, answer.request.url
+        assert answer.json()["error"] == "forbidden"
+    with client(server, ADMIN) as admin:
+        assert admin.get("/v1/users/acme:alice").json()["message_count"] == 2
+        assert admin.get("/v1/users/globex:bob").json()["message_count"] == 2
+        assert admin.get("/v1/users/globex:mallory").status_code == 404
+
+
+async def test_mcp_over_http_is_scoped_by_the_same_tokens(server: ServerProcess) -> None:
+    async with http_session(server.url, GLOBEX) as session:
+        refused = await failure(
+            session, "remember", user_id="acme:carol", user_message="I live in Rome."
+        )
+        peek = await failure(session, "list_memories", user_id="acme:alice")
+        stored = await call(session, "remember", user_id="globex:carol", user_message="Hi.")
+
+    assert "forbidden" in refused
+    assert "forbidden" in peek
+    assert len(stored["message_ids"]) == 1
+    with client(server, ADMIN) as admin:
+        assert admin.get("/v1/users/acme:carol").status_code == 404
+
+
+def test_no_token_reaches_the_log(server: ServerProcess) -> None:
+    with client(server, ACME) as acme, client(server, "wrong-token-" + ACME[::-1]) as wrong:
+        say(acme, "acme:logged")
+        say(wrong, "acme:logged")
+
+    log = server.log()
+    assert "acme:logged" in log  # the access log did record the requests
+    for secret in (ACME, GLOBEX, ADMIN, ACME[::-1]):
+        assert secret not in log
+
+
+def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(MEMVEE), "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env(env),
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--host", "0.0.0.0"], None, "listening on 0.0.0.0 needs bearer tokens"),
+        ([], {"MEMVEE_API_TOKENS": "short"}, "16 or more characters"),
+        (["--tokens-file", "/nonexistent/tokens"], None, "cannot read the tokens file"),
+        (["--user", "bad\x01user"], None, "--user: user_id"),
+    ],
+)
+def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
+    tmp_path: Path, args: list[str], env: dict[str, str] | None, says: str
+) -> None:
+    done = run_serve("--db", str(tmp_path / "memvee.db"), "--port", "0", *args, env=env)
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ")
+    assert says in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "memvee.db").exists()

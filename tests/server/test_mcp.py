@@ -1,0 +1,92 @@
+"""The MCP tools through the official SDK's client: over stdio, spawning ``memvee mcp`` as
+Claude Desktop does, and over streamable HTTP at ``/mcp`` of a running ``memvee serve``."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
+from tests.support.server_process import ServerProcess
+
+SAID = "I live in Lisbon and my dog is called Rex."
+
+
+async def test_a_single_user_stdio_server_remembers_recalls_and_explains_but_never_forgets(
+    tmp_path: Path,
+) -> None:
+    async with stdio_session(tmp_path, "--user", "alice") as session:
+        tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+        assert set(tools) == {"remember", "recall", "list_memories", "explain_memory"}
+        for tool in tools.values():
+            assert "user_id" not in tool.input_schema.get("properties", {})
+            assert len(tool.description or "") > 100
+        assert tools["recall"].annotations is not None
+        assert tools["recall"].annotations.read_only_hint is True
+
+        stored = await call(session, "remember", user_message=SAID, assistant_message="Nice!")
+        assert len(stored["message_ids"]) == 2
+
+        facts = await facts_of(session, 2)
+        recalled = await call(session, "recall", question="what is the dog called")
+        explained = await call(session, "explain_memory", entry_id=recalled["entry_ids"][0])
+        refused = await failure(session, "forget_user")
+
+    assert "forget_user" in refused  # not offered without --allow-forget
+    assert {f["text"] for f in facts} == {"User lives in Lisbon.", "User's dog is called Rex."}
+    assert "- User's dog is called Rex." in recalled["prompt"]
+    assert explained["text"] == "User's dog is called Rex."
+    assert explained["current"] is True
+    assert [s["message_id"] for s in explained["sources"]] == [stored["message_ids"][0]]
+    assert explained["sources"][0]["content"] == SAID
+
+
+async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
+    tmp_path: Path,
+) -> None:
+    async with stdio_session(tmp_path, "--allow-forget") as session:
+        tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+        assert "forget_user" in tools
+        assert tools["forget_user"].annotations is not None
+        assert tools["forget_user"].annotations.destructive_hint is True
+        assert "user_id" in tools["remember"].input_schema["required"]
+
+        await call(session, "remember", user_id="bob", user_message="I live in Oslo.")
+        await call(session, "remember", user_id="carol", user_message="I live in Rome.")
+        (bobs,) = await facts_of(session, 1, user_id="bob")
+        receipt = await call(session, "forget_user", user_id="bob")
+        after = await call(session, "list_memories", user_id="bob")
+        (carols,) = await facts_of(session, 1, user_id="carol")
+
+    assert bobs["text"] == "User lives in Oslo."
+    assert receipt["erased_records"] > 0
+    assert after["facts"] == []
+    assert carols["text"] == "User lives in Rome."
+
+
+async def test_tool_errors_say_what_went_wrong(tmp_path: Path) -> None:
+    async with stdio_session(tmp_path, "--user", "dave") as session:
+        empty = await failure(session, "remember", user_message="")
+        await call(session, "remember", user_message="I live in Kyiv.")
+        unknown = await failure(session, "explain_memory", entry_id="no-such-entry")
+
+    assert "invalid_input: user message content must not be empty" in empty
+    assert "not_found:" in unknown
+    assert "no-such-entry" in unknown
+
+
+async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
+    server: ServerProcess,
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:12]}"
+    async with http_session(server.url) as session:
+        names = {tool.name for tool in (await session.list_tools()).tools}
+        stored = await call(session, "remember", user_id=user, user_message=SAID)
+        facts = await facts_of(session, 2, user_id=user)
+        recalled = await call(session, "recall", user_id=user, question="where does the user live")
+
+    assert names == {"remember", "recall", "list_memories", "explain_memory"}
+    assert len(stored["message_ids"]) == 1
+    assert {f["text"] for f in facts} == {"User lives in Lisbon.", "User's dog is called Rex."}
+    assert recalled["entry_ids"][0] in {f["entry_id"] for f in facts}
+    assert "Lisbon" in recalled["prompt"]
