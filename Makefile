@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench eval crash clean
+.PHONY: install demo test lint typecheck unit bench eval crash clean peer
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +47,13 @@ crash: install
 
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache
+
+# The peer memv 0.1.2 (published as `memvee` 0.1.2, package `memv`) in a scratch venv, for
+# `python -m bench peer` only; never part of `make test`. Its sqlite-vec needs a Python
+# whose sqlite3 can load extensions (PEER_PYTHON, default the system's python3).
+PEER_PYTHON ?= /usr/bin/python3
+peer:
+	rm -rf .bench/memv
+	$(PEER_PYTHON) -m venv .bench/memv
+	.bench/memv/bin/python -m pip install --quiet --ignore-requires-python --no-deps 'memvee==0.1.2'
+	.bench/memv/bin/python -m pip install --quiet aiosqlite pydantic sqlite-vec python-dateutil

@@ -20,7 +20,18 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from bench import append, hybrid, load, postgres, processing, prompt, rebuild, retrieve, rss
+from bench import (
+    append,
+    hybrid,
+    load,
+    peer,
+    postgres,
+    processing,
+    prompt,
+    rebuild,
+    retrieve,
+    rss,
+)
 from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, progress
 from bench.report import make_console, print_section, print_targets
 
@@ -36,6 +47,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("hybrid", hybrid.run),
     ("rss", rss.run),
     ("postgres", postgres.run),
+    ("peer", peer.run),
 ]
 
 

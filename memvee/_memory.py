@@ -42,7 +42,7 @@ from events import (
     check_user_id,
 )
 from memvee._config import MemoryConfig
-from memvee._retrieval import RetrievalResult, Retriever
+from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder, chosen_embedder
 from projections import (
@@ -381,11 +381,7 @@ class Memory:
         belongs to ``user_id``: the ranking itself is scoped to that user.
         """
         check_user_id(user_id)
-        if not isinstance(query, str):
-            raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
-        check_text(query, "query")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
-            raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
+        check_query(query, top_k)
         as_of = check_time(as_of, "as_of")
         engine, loop = self._running()
         retriever = self._retriever

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
+from events import InvalidInputError, check_text
 from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
@@ -29,7 +30,17 @@ __all__ = [
     "RetrievedEntry",
     "RetrievedMessage",
     "Retriever",
+    "check_query",
 ]
+
+
+def check_query(query: object, top_k: object) -> None:
+    """Refuse a retrieval's query or ``top_k`` before anything runs (InvalidInputError)."""
+    if not isinstance(query, str):
+        raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
+    check_text(query, "query")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
+        raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
 
 
 _CANDIDATES = 4

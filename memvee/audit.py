@@ -35,7 +35,7 @@ from events.store import exported_state
 from events.user_log import LIVE_KNOWLEDGE
 from memvee._config import DEFAULT_ALPHA
 from memvee._event_lines import EVENT_TYPES, describe
-from memvee._retrieval import RetrievalResult, Retriever
+from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee.embedders import Embedder, chosen_embedder
 from projections import (
     KnowledgeEntry,
@@ -286,6 +286,7 @@ class Audit:
                 continue
             try:
                 record = json.loads(line)
+                check_user_id(record["user_id"])
                 event = self.store.decode_exported(
                     record["user_id"], record["version"], record["topic"], record["state"]
                 )
@@ -514,8 +515,7 @@ class Audit:
         ``False`` for lexical ranking only. Vectors missing for the user are filled first.
         """
         self._version_of(user_id)
-        if not 1 <= top_k <= 1000:
-            raise InvalidInputError(f"top_k must be from 1 to 1000, not {top_k}")
+        check_query(query, top_k)
         if as_of is not None:
             _check_aware(as_of, "as_of")
         retriever = Retriever(

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import memvee
-from memvee import Memory, MemoryConfig
+from memvee import InvalidInputError, Memory, MemoryConfig
+from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 
@@ -207,3 +208,20 @@ def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.Mon
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)
     assert "ANTHROPIC_API_KEY" in one_error_line(result)
+
+
+def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k(
+    db: str, tmp_path: Path
+) -> None:
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    line = json.loads(exported.read_text().splitlines()[0])
+    line["user_id"] = "a\u0000b"
+    (tmp_path / "bad.jsonl").write_text(json.dumps(line) + "\n")
+    target = tmp_path / "target.db"
+    bad = run("import", str(tmp_path / "bad.jsonl"), "--db", str(target), code=2)
+    assert "line 1" in one_error_line(bad)
+    zero = run("search", "ann", "x", "--top-k", "0", "--lexical", "--db", db, code=2)
+    assert "top_k" in one_error_line(zero)
+    with Audit(db) as audit, pytest.raises(InvalidInputError, match="top_k"):
+        audit.search("ann", "where", top_k="5")  # type: ignore[arg-type]

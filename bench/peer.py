@@ -1,0 +1,224 @@
+"""memvee beside its peer memv and raw sqlite3, on the write path, in the same run.
+
+The scenarios of issue 13: one user writing 400 exchanges in sequence, then 100 users
+writing 8 each, all in flight, at memvee's default durability (WAL, synchronous=FULL);
+and the database bytes per stored message after 1,000 users x 10 exchanges with no
+extraction, by table for memvee (SQLite's ``dbstat``). memv runs in its own scratch venv
+(``make peer``), found through ``MEMV_PYTHON`` or ``.bench/memv/bin/python``; without it
+the section says so and measures memvee and sqlite3 alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.append import ASSISTANT_TEXT, USER_TEXT, Scenario, run_scenario
+from bench.common import (
+    PROJECT_ROOT,
+    BenchConfig,
+    InstantExtractor,
+    Section,
+    Workspace,
+    cell,
+    fmt_ms,
+    fmt_num,
+    fmt_ratio,
+    percentile,
+    progress,
+)
+from bench.reference import raw_commits
+from memvee import Memory, MemoryConfig
+
+__all__ = ["memv_python", "run"]
+
+RUNNER = Path(__file__).resolve().parent / "peers" / "memv_runner.py"
+SIZE_USERS, SIZE_EXCHANGES = 1000, 10
+
+
+def memv_python() -> Path | None:
+    """The Python of the scratch venv that has memv, if one was made."""
+    configured = os.environ.get("MEMV_PYTHON")
+    path = Path(configured) if configured else PROJECT_ROOT / ".bench" / "memv" / "bin" / "python"
+    return path if path.is_file() else None
+
+
+def _memv(python: Path, folder: Path, single: int, many: int) -> dict[str, Any]:
+    """Run the peer's scenarios in its own interpreter; its JSON result."""
+    done = subprocess.run(
+        [str(python), str(RUNNER), str(folder), str(single), str(many), USER_TEXT, ASSISTANT_TEXT],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def _fill(path: Path) -> None:
+    config = MemoryConfig(db_path=str(path))
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
+
+        async def write(user: str) -> None:
+            for _ in range(SIZE_EXCHANGES):
+                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
+
+        for start in range(0, SIZE_USERS, 100):
+            await asyncio.gather(*(write(f"user-{i:05d}") for i in range(start, start + 100)))
+
+
+def bytes_by_table(path: Path) -> dict[str, int]:
+    """Bytes of each table and index of a SQLite file, after a WAL checkpoint."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rows = connection.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+        ).fetchall()
+    return {str(name): int(size) for name, size in rows}
+
+
+def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
+    """One table of figures side by side, and one of memvee's bytes per message by table."""
+    single, many = 400, 8
+    section = Section(
+        "Write path beside the peer: memvee, memv 0.1.2 and raw sqlite3 (WAL, FULL), same run",
+        ["figure", "raw sqlite3", "memvee", "memv", "memvee ÷ memv"],
+    )
+    python = memv_python()
+    peer: list[dict[str, Any]] = []
+    for round_no in range(1, cfg.rounds + 1):
+        progress(f"peer round {round_no}/{cfg.rounds}: raw sqlite3 and memvee")
+        with workspace.scratch("peer") as folder:
+            raw = raw_commits(folder, synchronous="FULL", rows=2, transactions=single)
+            section.stat("peer.raw.p50", "ms").add(raw.p50_ms)
+            section.stat("peer.raw.rate", "tx/s").add(raw.rate)
+            (folder / "one").mkdir()
+            (folder / "many").mkdir()
+            one = asyncio.run(run_scenario(folder / "one", _scenario(1, single)))
+            hundred = asyncio.run(run_scenario(folder / "many", _scenario(100, many)))
+            asyncio.run(_fill(folder / "size.db"))
+            sizes = bytes_by_table(folder / "size.db")
+        section.stat("peer.memvee.one_p50", "ms").add(percentile(one.latencies, 50) * 1000)
+        section.stat("peer.memvee.rate", "ex/s").add(hundred.rate)
+        section.stat("peer.memvee.p50", "ms").add(percentile(hundred.latencies, 50) * 1000)
+        section.stat("peer.memvee.p99", "ms").add(percentile(hundred.latencies, 99) * 1000)
+        section.stat("peer.memvee.cpu_us", "µs").add(hundred.cpu_seconds / hundred.exchanges * 1e6)
+        messages = SIZE_USERS * SIZE_EXCHANGES * 2
+        section.stat("peer.memvee.bytes", "B").add(sum(sizes.values()) / messages)
+        for name, size in sizes.items():
+            section.stat(f"peer.bytes.{name}", "B").add(size / messages)
+        if python is not None:
+            progress(f"peer round {round_no}/{cfg.rounds}: memv")
+            with workspace.scratch("memv") as folder:
+                peer.append(_memv(python, folder, single, many))
+            result = peer[-1]
+            hundred_peer = result["hundred_users"]
+            exchanges = len(hundred_peer["latencies"])
+            section.stat("peer.memv.one_p50", "ms").add(
+                percentile(result["one_user"]["latencies"], 50) * 1000
+            )
+            section.stat("peer.memv.rate", "ex/s").add(exchanges / hundred_peer["seconds"])
+            section.stat("peer.memv.p50", "ms").add(
+                percentile(hundred_peer["latencies"], 50) * 1000
+            )
+            section.stat("peer.memv.p99", "ms").add(
+                percentile(hundred_peer["latencies"], 99) * 1000
+            )
+            section.stat("peer.memv.cpu_us", "µs").add(
+                hundred_peer["cpu_seconds"] / exchanges * 1e6
+            )
+            section.stat("peer.memv.bytes", "B").add(result["bytes_per_message"])
+    _rows(section, python is not None)
+    sizes_section = Section(
+        f"memvee database bytes per stored message, by table and index "
+        f"({SIZE_USERS:,} users x {SIZE_EXCHANGES} exchanges, no extraction)",
+        ["table or index", "bytes / message"],
+    )
+    names = sorted(
+        (k for k in section.stats if k.startswith("peer.bytes.")),
+        key=lambda k: -section.stats[k].median,
+    )
+    for key in names:
+        sizes_section.rows.append(
+            [key.removeprefix("peer.bytes."), f"{section.stats[key].median:,.0f}"]
+        )
+    sizes_section.rows.append(["all", f"{section.stats['peer.memvee.bytes'].median:,.0f}"])
+    return [section, sizes_section]
+
+
+def _scenario(users: int, per_user: int) -> Scenario:
+    return Scenario(users, per_user, "full")
+
+
+def _rows(section: Section, with_peer: bool) -> None:
+    stats = section.stats
+
+    def ratio(name: str) -> str:
+        if not with_peer:
+            return "-"
+        return fmt_ratio(stats[f"peer.memvee.{name}"].median / stats[f"peer.memv.{name}"].median)
+
+    def peer(name: str, fmt: Any) -> str:
+        return cell(stats[f"peer.memv.{name}"], fmt) if with_peer else "not installed"
+
+    raw_p50 = stats["peer.raw.p50"].median
+    section.rows += [
+        [
+            "one user: add_exchange p50 ms",
+            cell(stats["peer.raw.p50"], fmt_ms),
+            cell(stats["peer.memvee.one_p50"], fmt_ms)
+            + f" ({fmt_ratio(stats['peer.memvee.one_p50'].median / raw_p50)} raw)",
+            peer("one_p50", fmt_ms),
+            ratio("one_p50"),
+        ],
+        [
+            "100 users: exchanges / s",
+            cell(stats["peer.raw.rate"], fmt_num) + " (one commit each)",
+            cell(stats["peer.memvee.rate"], fmt_num),
+            peer("rate", fmt_num),
+            ratio("rate"),
+        ],
+        [
+            "100 users: p50 ms",
+            "",
+            cell(stats["peer.memvee.p50"], fmt_ms),
+            peer("p50", fmt_ms),
+            ratio("p50"),
+        ],
+        [
+            "100 users: p99 ms",
+            "",
+            cell(stats["peer.memvee.p99"], fmt_ms),
+            peer("p99", fmt_ms),
+            ratio("p99"),
+        ],
+        [
+            "100 users: CPU µs / exchange (all threads)",
+            "",
+            f"{stats['peer.memvee.cpu_us'].median:,.0f}",
+            f"{stats['peer.memv.cpu_us'].median:,.0f}" if with_peer else "not installed",
+            ratio("cpu_us"),
+        ],
+        [
+            "bytes / stored message",
+            "",
+            f"{stats['peer.memvee.bytes'].median:,.0f}",
+            f"{stats['peer.memv.bytes'].median:,.0f}" if with_peer else "not installed",
+            ratio("bytes"),
+        ],
+    ]
+    if not with_peer:
+        section.notes.append(
+            "memv is not installed: run `make peer` (a scratch venv in .bench/memv) or set "
+            "MEMV_PYTHON to a Python that has memv 0.1.2."
+        )
+    section.notes.append(
+        "Same texts for both; memv with auto-processing off and a stand-in embedder that is "
+        "never called; memvee with an instant extractor that never runs (no process call)."
+    )
