@@ -138,7 +138,7 @@ class ServerProcess:
         self.process.wait(30)
 
     def __enter__(self) -> Self:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self,

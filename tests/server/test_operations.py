@@ -1,0 +1,165 @@
+"""Operating the server: SIGTERM drains (the in-flight request finishes, then the memory
+closes), SIGKILL mid-load loses no acknowledged write, and two server processes share
+one PostgreSQL database through their HTTP APIs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from events import EventStore
+from memvee import Memory
+from memvee.extractors import OfflineExtractor
+from tests.support.backends import postgres_url
+from tests.support.messages_api_server import MessagesAPIServer, RecordedRequest, ScriptedResponse
+from tests.support.messages_api_server import default_answer as claude_answer
+from tests.support.server_process import ServerProcess, wait_until
+
+
+def exchange(http: httpx.Client, user: str, said: str) -> list[str]:
+    answer = http.post(
+        f"/v1/users/{user}/exchanges", json={"user_message": said, "assistant_message": "ok"}
+    )
+    answer.raise_for_status()
+    return [m["message_id"] for m in answer.json()["messages"]]
+
+
+def messages(http: httpx.Client, user: str) -> list[dict[str, Any]]:
+    answer = http.get(f"/v1/users/{user}/messages")
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()["messages"]
+    return found
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_closes_the_memory(
+    tmp_path: Path,
+) -> None:
+    gate = threading.Event()
+
+    def held(request: RecordedRequest) -> ScriptedResponse:
+        gate.wait(30)  # the extraction call stays in flight until the test opens the gate
+        return claude_answer(request)
+
+    db = tmp_path / "memvee.db"
+    args = ["--db", str(db), "--no-auto-process", "--lexical"]
+    with MessagesAPIServer(held) as claude:
+        env = {"ANTHROPIC_API_KEY": "test-key", "ANTHROPIC_BASE_URL": claude.base_url}
+        server = ServerProcess(tmp_path / "server.log", args, env).start()
+        with (
+            server,
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            exchange(http, "alice", "I live in Lisbon.")
+            flushing = pool.submit(http.post, "/v1/users/alice/flush")
+            wait_until(lambda: claude.requests, what="the extraction call")
+
+            server.signal(signal.SIGTERM)
+            wait_until(
+                lambda: any(r.get("event") == "draining" for r in server.records()),
+                what="the drain",
+            )
+            gate.set()
+            flushed = flushing.result(timeout=60)
+            assert server.process is not None
+            exit_code = server.process.wait(60)
+
+    assert flushed.status_code == 200
+    assert flushed.json() == {"knowledge_count": 1}
+    assert exit_code == 0
+    events = [r.get("event") for r in server.records()]
+    assert events.index("draining") < events.index("closed")
+
+    async def knowledge() -> list[str]:
+        async with Memory(str(db), extractor=OfflineExtractor(), embedder=False) as memory:
+            return [e.text for e in await memory.knowledge("alice")]
+
+    assert asyncio.run(knowledge()) == ["User said: I live in Lisbon."]
+
+
+def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    db = tmp_path / "memvee.db"
+    args = ["--db", str(db), "--lexical"]
+    acked: dict[str, list[str]] = {f"user-{i}": [] for i in range(8)}
+    lock = threading.Lock()
+    server = ServerProcess(tmp_path / "server.log", args).start()
+
+    def load(user: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for n in itertools.count():
+                try:
+                    ids = exchange(http, user, f"I live in city number {n}.")
+                except (httpx.TransportError, httpx.HTTPStatusError):
+                    return  # the server is gone
+                with lock:
+                    acked[user].extend(ids)
+
+    with ThreadPoolExecutor(len(acked)) as pool:
+        for user in acked:
+            pool.submit(load, user)
+        wait_until(lambda: sum(map(len, acked.values())) >= 200, what="200 acked messages")
+        server.kill()
+
+    with (
+        ServerProcess(tmp_path / "restarted.log", args) as restarted,
+        httpx.Client(base_url=restarted.url, timeout=30) as http,
+    ):
+        for user, ids in acked.items():
+            if not ids:
+                continue  # its client had no answer yet when the server died
+            stored_ids = [m["message_id"] for m in messages(http, user)]
+            assert len(stored_ids) == len(set(stored_ids))
+            assert set(ids) <= set(stored_ids), user
+
+
+def test_two_servers_share_one_postgres_database(tmp_path: Path) -> None:
+    url = postgres_url()
+    EventStore(url).close()  # create the schema once, before the servers race to
+    args = ["--db-url", url, "--no-auto-process", "--lexical"]
+    users = [f"user-{i}" for i in range(6)]
+    with (
+        ServerProcess(tmp_path / "a.log", args) as a,
+        ServerProcess(tmp_path / "b.log", args) as b,
+        httpx.Client(base_url=a.url, timeout=60) as via_a,
+        httpx.Client(base_url=b.url, timeout=60) as via_b,
+    ):
+        acked: dict[str, list[str]] = {user: [] for user in users}
+
+        def write(user: str) -> None:
+            for n in range(6):
+                http = via_a if n % 2 == 0 else via_b
+                acked[user] += exchange(http, user, f"I live in city number {n}.")
+
+        with ThreadPoolExecutor(len(users)) as pool:
+            list(pool.map(write, users))
+
+        for user in users[:3]:
+            assert via_a.post(f"/v1/users/{user}/flush").status_code == 200
+        for user in users[3:]:
+            assert via_b.post(f"/v1/users/{user}/flush").status_code == 200
+
+        for user in users:
+            seen_by_a = messages(via_a, user)
+            seen_by_b = messages(via_b, user)
+            assert [m["message_id"] for m in seen_by_a] == [m["message_id"] for m in seen_by_b]
+            assert sorted(m["message_id"] for m in seen_by_a) == sorted(acked[user])
+            summary = via_b.get(f"/v1/users/{user}").json()
+            assert summary["buffered_count"] == 0
+            knows_a = via_a.get(f"/v1/users/{user}/knowledge").json()["entries"]
+            knows_b = via_b.get(f"/v1/users/{user}/knowledge").json()["entries"]
+            assert knows_a == knows_b
+            assert len(knows_a) > 0
+
+        started = via_b.post(f"/v1/users/{users[0]}/process").json()
+        polled = wait_until(
+            lambda: via_b.get(f"/v1/users/{users[0]}/tasks/{started['task_id']}").json()["done"],
+            what="a task started through the other server",
+        )
+        assert polled
