@@ -89,11 +89,13 @@ def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
     args = ["--db", str(db), "--lexical"]
     acked: dict[str, list[str]] = {f"user-{i}": [] for i in range(8)}
     lock = threading.Lock()
-    server = ServerProcess(tmp_path / "server.log", args).start()
+    stop = threading.Event()
 
-    def load(user: str) -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+    def load(url: str, user: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
             for n in itertools.count():
+                if stop.is_set():
+                    return
                 try:
                     ids = exchange(http, user, f"I live in city number {n}.")
                 except (httpx.TransportError, httpx.HTTPStatusError):
@@ -101,11 +103,17 @@ def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
                 with lock:
                     acked[user].extend(ids)
 
-    with ThreadPoolExecutor(len(acked)) as pool:
-        for user in acked:
-            pool.submit(load, user)
-        wait_until(lambda: sum(map(len, acked.values())) >= 200, what="200 acked messages")
-        server.kill()
+    with (
+        ServerProcess(tmp_path / "server.log", args) as server,
+        ThreadPoolExecutor(len(acked)) as pool,
+    ):
+        try:
+            for user in acked:
+                pool.submit(load, server.url, user)
+            wait_until(lambda: sum(map(len, acked.values())) >= 200, what="200 acked messages")
+            server.kill()
+        finally:
+            stop.set()
 
     with (
         ServerProcess(tmp_path / "restarted.log", args) as restarted,
