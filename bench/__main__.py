@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from bench import (
     append,
+    cpu,
     hybrid,
     load,
     peer,
@@ -48,6 +49,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("rss", rss.run),
     ("postgres", postgres.run),
     ("peer", peer.run),
+    ("cpu", cpu.run),
 ]
 
 
