@@ -12,7 +12,7 @@ from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from sqlalchemy import DateTime, create_engine, update
+from sqlalchemy import DateTime, create_engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import StaticPool
 
@@ -37,7 +37,7 @@ from projections import (
     state_at,
     verify,
 )
-from projections.batch import PageFolder, _converter
+from projections.sink import stored_form
 
 USERS = ("ann", "ben")
 
@@ -244,14 +244,7 @@ def test_stored_datetimes_are_what_sqlalchemy_binds(value: datetime | None) -> N
     column = ProjectionTables().buffer.c.sent_at
     bind = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert bind is not None
-    convert = _converter(column, dialect, {})
+    convert = stored_form(column, dialect, {})
     assert convert is not None
     assert convert(value) == bind(value)
     assert convert(value) == bind(value)  # the second time from its memory
-
-
-def test_a_statement_it_cannot_read_is_refused() -> None:
-    tasks = ProjectionTables().tasks
-    unreadable = update(tasks).where(tasks.c.knowledge_count > 3).values(error="x")
-    with pytest.raises(NotImplementedError):
-        PageFolder([unreadable], sqlite.dialect())
