@@ -33,6 +33,8 @@ NOTHING: tuple[Lookup, ...] = ()
 
 _log_id_text: Callable[[object], str] = lru_cache(maxsize=4096)(str)
 """A log id as text: ``str`` of the event's UUID, remembered for the logs seen lately."""
+_last_log_id: list[tuple[object, str]] = [(None, "")]
+"""The latest log id and its text: consecutive events mostly share one UUID object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,12 @@ class Projection:
 
 
 def _log_id(e: Any) -> str:
-    return _log_id_text(e.originator_id)
+    uuid = e.originator_id
+    last, text = _last_log_id[0]
+    if uuid is not last:
+        text = _log_id_text(uuid)
+        _last_log_id[0] = (uuid, text)
+    return text
 
 
 def utc(moment: datetime) -> datetime:
@@ -59,8 +66,9 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC) if moment.tzinfo is not None else moment
 
 
-def message_row(e: Any) -> Row:
-    """The columns a message has in both the buffer and the message projection."""
+def message_row(e: Any, **more: Any) -> Row:
+    """The columns a message has in both the buffer and the message projection (and
+    ``more``)."""
     return {
         "message_id": e.message_id,
         "log_id": _log_id(e),
@@ -70,6 +78,7 @@ def message_row(e: Any) -> Row:
         "content": e.content,
         "sent_at": utc(e.sent_at),
         "name": e.name,
+        **more,
     }
 
 
@@ -96,7 +105,7 @@ def evolve_buffer(rows: TableRows, e: Any) -> None:
     """Messages not yet covered by knowledge, with the task (if any) that holds them."""
     match e:
         case UserLog.MessageAdded():
-            rows.put({**message_row(e), "task_id": None, "quarantined": 0})
+            rows.put(message_row(e, task_id=None, quarantined=0))
         case UserLog.ProcessingStarted():
             for message_id in e.message_ids:
                 rows.update(message_id, task_id=e.task_id)

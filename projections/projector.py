@@ -47,6 +47,9 @@ class Projector:
             .where(position.c.name == _POSITION, position.c.position < bindparam("b_position"))
             .values(position=bindparam("b_position"))
         )
+        self._move_position_sql = (
+            f"UPDATE {position.name} SET position = ? WHERE name = '{_POSITION}' AND position < ?"
+        )
 
     def create(self, connection: Connection) -> bool:
         """Create the tables if they are missing; ``True`` if they start empty (at 0).
@@ -135,6 +138,11 @@ class Projector:
         return int(found or 0)
 
     def _set_position(self, connection: Connection, position: int) -> None:
+        if connection.dialect.name == "sqlite":  # the hot path: no statement to compile
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute(self._move_position_sql, (position, position))
+            return
         connection.execute(self._move_position, {"b_position": position})
 
 

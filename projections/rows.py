@@ -26,6 +26,7 @@ class TableRows:
 
     def __init__(self, key: tuple[str, ...], indexed: tuple[str, ...] = ()) -> None:
         self.key_columns = key
+        self._single_key = key[0] if len(key) == 1 else None
         self.rows: dict[Hashable, Row] = {}
         self.stored: set[Hashable] = set()
         self.written: dict[Hashable, None] = {}
@@ -58,19 +59,30 @@ class TableRows:
 
     def put(self, row: Row) -> None:
         """Insert ``row``, or replace the row with its key."""
-        key = self.key_of(row)
+        single = self._single_key
+        key = row[single] if single is not None else self.key_of(row)
         old = self.rows.get(key)
         if old is not None:
             self._unindex(key, old)
         self.rows[key] = row
-        self._index(key, row)
+        if self._indexes:
+            self._index(key, row)
         self.written[key] = None
 
     def update(self, key: Hashable, **changes: Any) -> None:
         """Change some columns of the row ``key``, if there is one."""
         row = self.rows.get(key)
-        if row is not None:
-            self.put({**row, **changes})
+        if row is None:
+            return
+        for column in self._indexes:
+            if column in changes and changes[column] != row[column]:
+                self._unindex(key, row)
+                row.update(changes)
+                self._index(key, row)
+                break
+        else:
+            row.update(changes)
+        self.written[key] = None
 
     def delete(self, key: Hashable) -> None:
         """Remove the row ``key``, if there is one."""

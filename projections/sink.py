@@ -70,6 +70,8 @@ class TableSink:
         deleted: list[Hashable],
     ) -> None:
         """Write the net change: delete, then update, then insert, one statement each."""
+        if not (inserted or updated or deleted):
+            return
         if self.native:
             self._write_native(connection, inserted, updated, deleted)
             return
