@@ -86,6 +86,7 @@ def message_row(e: Any, **more: Any) -> Row:
 
 
 def buffer_touches(e: Any) -> Sequence[Lookup]:
+    """Buffered messages an event claims, moves or requeues; or those its task holds."""
     match e:
         case (
             UserLog.ProcessingStarted() | UserLog.MessagesQuarantined() | UserLog.MessagesRequeued()
@@ -127,6 +128,7 @@ def evolve_buffer(rows: TableRows, e: Any) -> None:
 
 
 def quarantine_touches(e: Any) -> Sequence[Lookup]:
+    """Quarantined messages that a requeue takes out."""
     if isinstance(e, UserLog.MessagesRequeued):
         return [("message_id", m) for m in e.message_ids]
     return NOTHING
@@ -157,6 +159,7 @@ def evolve_quarantine(rows: TableRows, e: Any) -> None:
 
 
 def tasks_touches(e: Any) -> Sequence[Lookup]:
+    """The task an event of its life changes."""
     match e:
         case (
             UserLog.ProcessingStarted()
@@ -266,6 +269,7 @@ def evolve_usage(rows: TableRows, e: Any) -> None:
 
 
 def knowledge_touches(e: Any) -> Sequence[Lookup]:
+    """The entry an event ends; every entry of the user when a version is promoted."""
     match e:
         case UserLog.KnowledgeSuperseded() | UserLog.KnowledgeInvalidated():
             return [("entry_id", e.entry_id)]
@@ -351,6 +355,7 @@ def evolve_messages(rows: TableRows, e: Any) -> None:
 
 
 def users_touches(e: Any) -> Sequence[Lookup]:
+    """The user's summary row, which every event but the first changes."""
     if isinstance(e, UserLog.Registered):
         return NOTHING
     return [("log_id", _log_id(e))]

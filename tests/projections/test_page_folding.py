@@ -1,5 +1,5 @@
-"""Page folding (rebuilds and replays) gives the very rows the live, statement-by-statement
-fold gives, on long histories with every kind of event and pages ending anywhere; and the
+"""Page folding (rebuilds and replays) gives the very rows the live, commit-by-commit fold
+gives, on long histories with every kind of event and pages ending anywhere; and the
 store's fast event decoding gives the events eventsourcing's mapper gives."""
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
 
 
 def _sql_state_at(store: EventStore, user_id: str, version: int) -> UserState:
-    """The reference replay: every event through every fold, one statement at a time."""
+    """The reference: the log up to ``version`` folded into fresh tables in one go."""
     tables = ProjectionTables("reference_")
     projector = Projector(tables)
     engine = create_engine("sqlite://", poolclass=StaticPool)
