@@ -17,6 +17,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -44,6 +45,7 @@ PG_CONFIG = "english"
 _WORD = re.compile(r"[^\W_]+")
 
 
+@lru_cache(maxsize=4096)
 def owner_token(log_id: str) -> str:
     """The single search token naming a log: its id without hyphens."""
     return UUID(log_id).hex

@@ -9,6 +9,7 @@ on other databases through SQLAlchemy Core.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -37,8 +38,8 @@ class TableSink:
         self._others = tuple(c for c in self.columns if c not in key)
         shared: dict[str, Convert | None] = {}
         bind = {c.name: stored_form(c, dialect, shared) for c in table.columns}
-        self._insert_order = tuple((c, bind[c]) for c in self.columns)
-        self._update_order = tuple((c, bind[c]) for c in (*self._others, *key))
+        self._insert_order = _StoredOrder(self.columns, bind)
+        self._update_order = _StoredOrder((*self._others, *key), bind)
         self._read = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
         ]
@@ -131,10 +132,10 @@ class TableSink:
             cursor.executemany(self._sql("delete"), keys)
         if updated:
             order = self._update_order
-            cursor.executemany(self._sql("update"), [_stored(r, order) for r in updated])
+            cursor.executemany(self._sql("update"), [order.values(r) for r in updated])
         if inserted:
             order = self._insert_order
-            cursor.executemany(self._sql("insert"), [_stored(r, order) for r in inserted])
+            cursor.executemany(self._sql("insert"), [order.values(r) for r in inserted])
 
     def _sql(self, kind: str) -> str:
         found = self._statements.get(kind)
@@ -155,13 +156,23 @@ class TableSink:
         return sql
 
 
-def _stored(row: Row, order: Sequence[tuple[str, Convert | None]]) -> list[Any]:
-    """``row``'s values in ``order``, each as SQLAlchemy would bind it."""
-    out = []
-    for name, convert in order:
-        value = row[name]
-        out.append(value if convert is None or value is None else convert(value))
-    return out
+class _StoredOrder:
+    """Rows' values in one column order, each as SQLAlchemy would bind it."""
+
+    def __init__(self, names: Sequence[str], bind: dict[str, Convert | None]) -> None:
+        self._get = operator.itemgetter(*names)
+        self._single = len(names) == 1
+        self._converted = [(i, bind[n]) for i, n in enumerate(names) if bind[n] is not None]
+
+    def values(self, row: Row) -> list[Any]:
+        """``row``'s stored values, in order."""
+        got = self._get(row)
+        out = [got] if self._single else list(got)
+        for i, convert in self._converted:
+            value = out[i]
+            if value is not None:
+                out[i] = convert(value)  # type: ignore[misc]
+        return out
 
 
 def stored_form(
