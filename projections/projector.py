@@ -1,51 +1,29 @@
 """The projector: folds recorded events into the projection tables.
 
 The live engine calls :meth:`Projector.apply` inside the very transaction that stores
-the events, so the projections never lag and never diverge from the log; a rebuild
-calls :meth:`Projector.apply_page` page by page over the whole log, which runs the same
-folds but writes only each page's net rows. Either way the stored position moves with
-the rows, in the same transaction.
+the events, so the projections never lag and never diverge from the log; rebuilds and
+catch-ups call it page by page over the whole log. Either way each projection's fold
+(:mod:`projections.folds`) runs on the rows the events touch, loaded first, and only the
+net rows are written, a bulk statement per table and kind of change; the stored position
+moves with the rows, in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, inspect, select
-from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy import Connection, Table, bindparam, inspect, select
+from sqlalchemy.engine import Dialect
 
 from events import Recorded
-from projections.batch import PageFolder
-from projections.folds import (
-    Fold,
-    Op,
-    Statements,
-    buffer_fold,
-    citations_fold,
-    knowledge_fold,
-    messages_fold,
-    quarantine_fold,
-    tasks_fold,
-    usage_fold,
-    users_fold,
-)
+from projections.folds import PROJECTIONS, Projection
+from projections.rows import TableRows
 from projections.search import SearchIndex, search_fold
+from projections.sink import TableSink
 from projections.tables import ProjectionTables
 
-__all__ = ["FOLDS", "SCHEMA_VERSION", "Projector"]
-
-FOLDS: tuple[Fold, ...] = (
-    buffer_fold,
-    quarantine_fold,
-    tasks_fold,
-    usage_fold,
-    knowledge_fold,
-    citations_fold,
-    messages_fold,
-    users_fold,
-)
-"""Every projection, each folding the log on its own tables."""
+__all__ = ["SCHEMA_VERSION", "Projector"]
 
 _POSITION = "projections"
 _SCHEMA = "schema"
@@ -60,8 +38,7 @@ class Projector:
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
         self.search = SearchIndex(tables)
-        self._statements = Statements(tables)
-        self._folders: dict[str, PageFolder] = {}
+        self._sinks: dict[str, dict[str, TableSink]] = {}
         position = tables.position
         # Monotonic: on a server, transactions of several processes may commit out of id
         # order, and each folds its own events; the position only ever moves forward.
@@ -69,6 +46,9 @@ class Projector:
             position.update()
             .where(position.c.name == _POSITION, position.c.position < bindparam("b_position"))
             .values(position=bindparam("b_position"))
+        )
+        self._move_position_sql = (
+            f"UPDATE {position.name} SET position = ? WHERE name = '{_POSITION}' AND position < ?"
         )
 
     def create(self, connection: Connection) -> bool:
@@ -111,52 +91,34 @@ class Projector:
         """
         if not recorded:
             return
-        for fold in FOLDS:
-            _run(connection, (op for r in recorded for op in fold(self._statements, r)))
+        events = [r.event for r in recorded]
+        sinks = self._sinks_for(connection.dialect)
+        for projection in PROJECTIONS:
+            sink = sinks[projection.table]
+            rows = _folded(projection, events, connection, sink)
+            sink.write(connection, *rows.changes())
         if connection.dialect.name == "sqlite":
-            _run(connection, (op for r in recorded for op in search_fold(self.search, r)))
+            indexed: dict[str, list[dict[str, Any]]] = {}
+            for e in events:
+                for table, row in search_fold(self.search, e):
+                    indexed.setdefault(table.name, []).append(row)
+            for name, rows_ in indexed.items():
+                sinks[name].write(connection, rows_, [], [])
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
 
-    def apply_page(
-        self,
-        connection: Connection,
-        recorded: Sequence[Recorded],
-        *,
-        move_position: bool = True,
-        folds: Sequence[Fold] = FOLDS,
-        search: bool = True,
-    ) -> None:
-        """Fold ``recorded`` as :meth:`apply` does, with the page netted in memory first.
-
-        The same rows, in a few statements per table however long the page: for rebuilds
-        and replays. ``folds`` and ``search`` narrow the projections folded (a replay only
-        needs some); ``move_position`` is as for :meth:`apply`.
-        """
-        if not recorded:
-            return
-        dialect = connection.dialect
-        folder = self._folders.get(dialect.name)
-        if folder is None:
-            folder = self._folders[dialect.name] = PageFolder(self._all_statements(), dialect)
-        statements, index = self._statements, self.search
-        searched = search and dialect.name == "sqlite"
-        ops: list[Op] = []
-        for r in recorded:  # event by event: each table still sees its ops in log order
-            for fold in folds:
-                ops.extend(fold(statements, r))
-            if searched:
-                ops.extend(search_fold(index, r))
-        folder.apply(connection, ops)
-        if move_position:
-            self._set_position(connection, max(r.notification_id for r in recorded))
-
-    def _all_statements(self) -> Iterator[Insert | Update | Delete]:
-        """Every statement the folds may yield (a page folder plans them all up front)."""
-        for owner in (self._statements, self.search):
-            for value in vars(owner).values():
-                if isinstance(value, Insert | Update | Delete):
-                    yield value
+    def _sinks_for(self, dialect: Dialect) -> dict[str, TableSink]:
+        """The sink of every projection (by role) and search table (by name) on ``dialect``."""
+        sinks = self._sinks.get(dialect.name)
+        if sinks is None:
+            tables: dict[str, tuple[Table, tuple[str, ...]]] = {
+                p.table: (getattr(self.tables, p.table), p.key) for p in PROJECTIONS
+            }
+            for fts in (self.search.knowledge_fts, self.search.messages_fts):
+                tables[fts.name] = (fts, ())
+            sinks = {name: TableSink(t, key, dialect) for name, (t, key) in tables.items()}
+            self._sinks[dialect.name] = sinks
+        return sinks
 
     def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
         """Delete every row of one user's log from these tables; returns counts per table."""
@@ -176,18 +138,27 @@ class Projector:
         return int(found or 0)
 
     def _set_position(self, connection: Connection, position: int) -> None:
+        if connection.dialect.name == "sqlite":  # the hot path: no statement to compile
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute(self._move_position_sql, (position, position))
+            return
         connection.execute(self._move_position, {"b_position": position})
 
 
-def _run(connection: Connection, ops: Any) -> None:
-    """Execute ``ops`` in order, batching consecutive uses of one statement."""
-    current: Op | None = None
-    params: list[dict[str, Any]] = []
-    for statement, values in ops:
-        if current is not None and statement is not current[0]:
-            connection.execute(current[0], params)
-            params = []
-        current = (statement, values)
-        params.append(values)
-    if current is not None:
-        connection.execute(current[0], params)
+def _folded(
+    projection: Projection, events: Sequence[Any], connection: Connection, sink: TableSink
+) -> TableRows:
+    """``events`` folded by ``projection`` over the stored rows they touch, loaded first."""
+    rows = projection.new_rows()
+    wanted: dict[str, dict[Any, None]] = {}
+    touches = projection.touches
+    for e in events:
+        for column, value in touches(e):
+            wanted.setdefault(column, {})[value] = None
+    for column, values in wanted.items():
+        rows.load(sink.load(connection, column, list(values)))
+    evolve = projection.evolve
+    for e in events:
+        evolve(rows, e)
+    return rows

@@ -21,7 +21,14 @@ from projections.models import (
 )
 from projections.tables import ProjectionTables
 
-__all__ = ["ProjectionReader", "aware", "entry_from_row", "message_from_row"]
+__all__ = [
+    "ProjectionReader",
+    "aware",
+    "buffered_from_row",
+    "entry_from_row",
+    "message_from_row",
+    "task_from_row",
+]
 
 
 class ProjectionReader:
@@ -123,19 +130,7 @@ class ProjectionReader:
         rows = connection.execute(
             select(b).where(b.c.log_id == _log(user_id), b.c.quarantined == 0).order_by(b.c.seq)
         ).mappings()
-        return [
-            BufferedMessage(
-                message_id=r["message_id"],
-                user_id=user_id,
-                seq=r["seq"],
-                role=r["role"],
-                content=r["content"],
-                sent_at=aware(r["sent_at"]),
-                task_id=r["task_id"],
-                name=r["name"],
-            )
-            for r in rows
-        ]
+        return [buffered_from_row(user_id, r) for r in rows]
 
     def quarantined(self, connection: Connection, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, in log order, each with its last error."""
@@ -196,7 +191,7 @@ class ProjectionReader:
             .mappings()
             .first()
         )
-        return None if row is None else _task(user_id, row)
+        return None if row is None else task_from_row(user_id, row)
 
     def task_details(
         self, connection: Connection, user_id: str, task_id: str
@@ -267,7 +262,7 @@ class ProjectionReader:
         rows = connection.execute(
             select(t).where(t.c.log_id == _log(user_id)).order_by(t.c.requested_version)
         ).mappings()
-        return [_task(user_id, r) for r in rows]
+        return [task_from_row(user_id, r) for r in rows]
 
     def users_with_open_tasks(self, connection: Connection) -> list[str]:
         """Users whose log has tasks not yet ended (interrupted or waiting, after a crash)."""
@@ -318,7 +313,7 @@ class ProjectionReader:
             .where(t.c.task_id.in_(bindparam("ids", expanding=True))),
             {"ids": task_ids},
         ).mappings()
-        return [_task(r["user_id"], r) for r in rows]
+        return [task_from_row(r["user_id"], r) for r in rows]
 
     def users(
         self, connection: Connection, *, after: str = "", limit: int = 100
@@ -385,6 +380,20 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
     )
 
 
+def buffered_from_row(user_id: str, r: Any) -> BufferedMessage:
+    """A buffer row as the model callers get."""
+    return BufferedMessage(
+        message_id=r["message_id"],
+        user_id=user_id,
+        seq=r["seq"],
+        role=r["role"],
+        content=r["content"],
+        sent_at=aware(r["sent_at"]),
+        task_id=r["task_id"],
+        name=r["name"],
+    )
+
+
 def message_from_row(user_id: str, r: Any) -> Message:
     """A message row as the model callers get (typed by SQLAlchemy, or SQLite's raw row)."""
     return Message(
@@ -419,7 +428,8 @@ def _log(user_id: str) -> str:
     return str(user_log_id(user_id))
 
 
-def _task(user_id: str, r: Any) -> TaskRecord:
+def task_from_row(user_id: str, r: Any) -> TaskRecord:
+    """A task row as the model callers get."""
     return TaskRecord(
         task_id=r["task_id"],
         user_id=user_id,

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from events import EventStore, Recorded, user_log_id
-from projections.batch import collector_paused
+from projections.collector import collector_paused
 from projections.projector import Projector
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
@@ -58,7 +58,7 @@ def rebuild(
             if page is None:
                 return folded
             with store.transaction() as connection:
-                projector.apply_page(connection, page)
+                projector.apply(connection, page)
         folded += len(page)
         if progress is not None:
             progress(page[-1].notification_id, last)
@@ -84,7 +84,7 @@ def rebuild_user(
         after = 0
         while page := store.events_of(user_id, after=after, upto=after + page_size):
             recorded = [Recorded(e.originator_version, e) for e in page]
-            projector.apply_page(connection, recorded, move_position=False)
+            projector.apply(connection, recorded, move_position=False)
             folded += len(page)
             after = page[-1].originator_version
     return folded
@@ -105,7 +105,7 @@ def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = 2000)
             page = store.notifications(connection, after=position, limit=page_size)
             if not page:
                 return folded
-            projector.apply_page(connection, page)
+            projector.apply(connection, page)
         folded += len(page)
 
 

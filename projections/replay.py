@@ -1,9 +1,9 @@
 """State at a point: a user's buffer, tasks and knowledge as of a log version or a time.
 
-Computed by folding the user's log, up to that point, in memory
-(:class:`~projections.user_state.UserStateFold`, the same projections as the SQL folds,
-which the replay tests check at every version); the live projections are never touched.
-Reading pages of the log keeps memory flat however long the history is.
+Computed by folding the user's log, up to that point, in memory, with the very folds the
+projection tables are built with (:mod:`projections.folds`); the live projections are
+never touched. Reading pages of the log keeps the events in memory bounded however long
+the history is.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from events import EventStore
-from projections.batch import collector_paused
-from projections.folds import Fold, buffer_fold, knowledge_fold, tasks_fold
+from events.user_log import LIVE_KNOWLEDGE
+from projections.collector import collector_paused
+from projections.folds import PROJECTIONS
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
-from projections.user_state import UserStateFold
+from projections.reader import buffered_from_row, entry_from_row, task_from_row
+from projections.rows import TableRows
 
 __all__ = ["UserState", "state_at"]
 
 _PAGE = 10_000
-REPLAY_FOLDS: tuple[Fold, ...] = (buffer_fold, tasks_fold, knowledge_fold)
-"""The folds of the tables :func:`state_at` reads (buffer, tasks, knowledge)."""
+REPLAYED = tuple(p for p in PROJECTIONS if p.table in ("buffer", "tasks", "knowledge"))
+"""The projections :func:`state_at` folds: those whose tables a :class:`UserState` reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,8 @@ def state_at(
 
 
 def _replay(store: EventStore, user_id: str, version: int | None, at: datetime | None) -> UserState:
-    fold = UserStateFold(user_id)
+    tables = {p.table: p.new_rows() for p in REPLAYED}
+    folds = [(p.evolve, tables[p.table]) for p in REPLAYED]
     reached = 0
     while True:
         upto = reached + _PAGE if version is None else min(reached + _PAGE, version)
@@ -57,17 +60,41 @@ def _replay(store: EventStore, user_id: str, version: int | None, at: datetime |
         if not events:
             break
         for event in events:
-            fold.evolve(event)
+            for evolve, rows in folds:
+                evolve(rows, event)
         reached = events[-1].originator_version
         if upto == version or (at is not None and reached < upto):
             break
     return UserState(
         user_id=user_id,
         version=reached,
-        buffer=fold.current_buffer(),
-        tasks=fold.current_tasks(),
-        knowledge=fold.current_knowledge(),
+        buffer=_buffer(user_id, tables["buffer"]),
+        tasks=_tasks(user_id, tables["tasks"]),
+        knowledge=_knowledge(user_id, tables["knowledge"]),
     )
+
+
+def _buffer(user_id: str, rows: TableRows) -> list[BufferedMessage]:
+    """What :meth:`ProjectionReader.buffer` reads: rows not quarantined, in log order."""
+    buffered = (r for r in rows.rows.values() if r["quarantined"] == 0)
+    return [buffered_from_row(user_id, r) for r in sorted(buffered, key=lambda r: r["seq"])]
+
+
+def _tasks(user_id: str, rows: TableRows) -> list[TaskRecord]:
+    """What :meth:`ProjectionReader.tasks` reads: every task, in the order requested."""
+    ordered = sorted(rows.rows.values(), key=lambda r: r["requested_version"])
+    return [task_from_row(user_id, r) for r in ordered]
+
+
+def _knowledge(user_id: str, rows: TableRows) -> list[KnowledgeEntry]:
+    """What :meth:`ProjectionReader.knowledge` reads: live entries still valid, in order."""
+    current = (
+        r
+        for r in rows.rows.values()
+        if r["knowledge_version"] == LIVE_KNOWLEDGE and r["valid_until"] is None
+    )
+    ordered = sorted(current, key=lambda r: (r["version"], r["ordinal"]))
+    return [entry_from_row(user_id, r) for r in ordered]
 
 
 def _timestamp(event: object) -> datetime:

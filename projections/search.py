@@ -17,13 +17,14 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import Stemmer
 from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 
-from events import Recorded, UserLog
+from events import UserLog
 from projections.tables import ProjectionTables
 
 __all__ = [
@@ -44,6 +45,7 @@ PG_CONFIG = "english"
 _WORD = re.compile(r"[^\W_]+")
 
 
+@lru_cache(maxsize=4096)
 def owner_token(log_id: str) -> str:
     """The single search token naming a log: its id without hyphens."""
     return UUID(log_id).hex
@@ -92,8 +94,6 @@ class SearchIndex:
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
         self.messages_fts = _fts_table(f"{tables.prefix}messages_fts", metadata)
-        self.knowledge_insert = self.knowledge_fts.insert()
-        self.message_insert = self.messages_fts.insert()
 
     def create(self, connection: Connection) -> None:
         """Create the index if it is missing."""
@@ -153,17 +153,17 @@ class SearchIndex:
         return out
 
 
-def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """SQLite index rows: every message, and every entry ever extracted (live or not).
+def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
+    """SQLite index rows (their table and values): every message, and every entry ever
+    extracted (live or not).
 
     Entries are never removed when they end or a version is promoted: the rankers join
     the knowledge rows, which say what is valid, so the index only has to grow.
     """
-    e = r.event
     log_id = str(e.originator_id)
     if isinstance(e, UserLog.MessageAdded):
         yield (
-            index.message_insert,
+            index.messages_fts,
             {
                 "owner": owner_token(log_id),
                 "body": owned_words(log_id, spoken(e.content, e.name)),
@@ -174,7 +174,7 @@ def search_fold(index: SearchIndex, r: Recorded) -> Iterator[tuple[Any, dict[str
         owner = owner_token(log_id)
         for entry in e.entries:
             yield (
-                index.knowledge_insert,
+                index.knowledge_fts,
                 {
                     "owner": owner,
                     "body": owned_words(log_id, entry["text"]),

@@ -1,8 +1,10 @@
 """A property: for random sequences of operations (add, process in bounded batches, fail in
 ways that repeat or pass, quarantine, requeue, crash-recover, re-extract and promote),
 the state replayed at every version equals the live state recorded at that version and the
-state a plain SQL fold replays, and rebuilding the projections (in pages of any size) gives
-back the live ones."""
+state the same folds give when the whole prefix is folded into fresh tables at once, and
+rebuilding the projections (in pages of any size) gives back the live ones. One definition
+of each fold (projections.folds) is behind all of them: the live path folds commit by
+commit over stored rows, a rebuild page by page, and state --at in memory alone."""
 
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 def _sql_state_at(
     store: EventStore, user_id: str, version: int | None = None, at: datetime | None = None
 ) -> UserState:
-    """The reference replay: every event through every fold, one SQL statement at a time."""
+    """The reference: the log up to that point folded into fresh tables in one go."""
     tables = ProjectionTables("reference_")
     projector = Projector(tables)
     engine = create_engine("sqlite://", poolclass=StaticPool)

@@ -1,0 +1,122 @@
+"""One table's rows held in memory while a commit, a page or a replay is folded.
+
+The folds read and change rows here, by primary key (or through a secondary index such as
+the task holding buffered messages); what was stored before is loaded in first, and the
+net change (rows inserted, updated, deleted) is what the sink writes back afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+__all__ = ["Row", "TableRows"]
+
+Row = dict[str, Any]
+"""A row as a dict of column values, in the projection's Python form."""
+
+
+class TableRows:
+    """The rows of one table that a fold run has loaded or written, keyed by primary key.
+
+    A row absent here is absent for the folds: changing or deleting it does nothing, as an
+    UPDATE or DELETE matching no row would. Columns named in ``indexed`` can be searched
+    with :meth:`find`.
+    """
+
+    def __init__(self, key: tuple[str, ...], indexed: tuple[str, ...] = ()) -> None:
+        self.key_columns = key
+        self._single_key = key[0] if len(key) == 1 else None
+        self.rows: dict[Hashable, Row] = {}
+        self.stored: set[Hashable] = set()
+        self.written: dict[Hashable, None] = {}
+        self._indexes: dict[str, dict[Any, dict[Hashable, None]]] = {c: {} for c in indexed}
+
+    def key_of(self, row: Row) -> Hashable:
+        """The primary key of ``row``: a column's value, or a tuple of them."""
+        columns = self.key_columns
+        if len(columns) == 1:
+            key: Hashable = row[columns[0]]
+            return key
+        return tuple(row[c] for c in columns)
+
+    def load(self, rows: Iterable[Row]) -> None:
+        """Add rows read from the database; a row already held here is kept as it is."""
+        for row in rows:
+            key = self.key_of(row)
+            if key not in self.rows and key not in self.stored:
+                self.stored.add(key)
+                self.rows[key] = row
+                self._index(key, row)
+
+    def get(self, key: Hashable) -> Row | None:
+        """The row with primary key ``key``, or ``None``."""
+        return self.rows.get(key)
+
+    def find(self, column: str, value: Any) -> list[Hashable]:
+        """The keys of the rows whose indexed ``column`` equals ``value``, oldest first."""
+        return list(self._indexes[column].get(value, ()))
+
+    def put(self, row: Row) -> None:
+        """Insert ``row``, or replace the row with its key."""
+        single = self._single_key
+        key = row[single] if single is not None else self.key_of(row)
+        old = self.rows.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self.rows[key] = row
+        if self._indexes:
+            self._index(key, row)
+        self.written[key] = None
+
+    def update(self, key: Hashable, **changes: Any) -> None:
+        """Change some columns of the row ``key``, if there is one."""
+        row = self.rows.get(key)
+        if row is None:
+            return
+        for column in self._indexes:
+            if column in changes and changes[column] != row[column]:
+                self._unindex(key, row)
+                row.update(changes)
+                self._index(key, row)
+                break
+        else:
+            row.update(changes)
+        self.written[key] = None
+
+    def delete(self, key: Hashable) -> None:
+        """Remove the row ``key``, if there is one."""
+        row = self.rows.pop(key, None)
+        if row is not None:
+            self._unindex(key, row)
+            self.written[key] = None
+
+    def changes(self) -> tuple[list[Row], list[Row], list[Hashable]]:
+        """The net change since loading: rows to insert, rows to update, keys to delete."""
+        inserted, updated, deleted = [], [], []
+        rows, stored = self.rows, self.stored
+        for key in self.written:
+            row = rows.get(key)
+            if row is None:
+                if key in stored:
+                    deleted.append(key)
+            elif key in stored:
+                updated.append(row)
+            else:
+                inserted.append(row)
+        return inserted, updated, deleted
+
+    def _index(self, key: Hashable, row: Row) -> None:
+        for column, index in self._indexes.items():
+            value = row[column]
+            if value is not None:
+                index.setdefault(value, {})[key] = None
+
+    def _unindex(self, key: Hashable, row: Row) -> None:
+        for column, index in self._indexes.items():
+            value = row[column]
+            if value is not None:
+                keys = index[value]
+                del keys[key]
+                if not keys:
+                    del index[value]

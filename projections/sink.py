@@ -1,0 +1,225 @@
+"""Where folded rows meet SQL: loading the stored rows a fold needs, writing the net rows.
+
+Every table is written with at most one bulk statement (executemany) per kind of change:
+delete, update, insert. On SQLite the rows go through the DBAPI connection directly, each
+value bound as SQLAlchemy would bind it (the hot path pays no statement compilation);
+on other databases through SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Column, Connection, DateTime, Table, and_, bindparam, select
+from sqlalchemy.engine import Dialect
+
+from projections.rows import Row
+
+__all__ = ["TableSink", "stored_form"]
+
+Convert = Callable[[Any], Any]
+
+_CHUNK = 5000
+"""Values per lookup statement (PostgreSQL's bind parameters are limited)."""
+
+
+class TableSink:
+    """Reads and writes the rows of one table on one kind of database."""
+
+    def __init__(self, table: Table, key: tuple[str, ...], dialect: Dialect) -> None:
+        self.table = table
+        self.key = key
+        self.columns = tuple(c.name for c in table.columns)
+        self.native = dialect.name == "sqlite"
+        self._others = tuple(c for c in self.columns if c not in key)
+        shared: dict[str, Convert | None] = {}
+        bind = {c.name: stored_form(c, dialect, shared) for c in table.columns}
+        self._insert_order = _StoredOrder(self.columns, bind)
+        self._update_order = _StoredOrder((*self._others, *key), bind)
+        self._read = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
+        ]
+        quote = dialect.identifier_preparer.quote
+        self._q_table = quote(table.name)
+        self._q = {c: quote(c) for c in self.columns}
+        self._statements: dict[str, Any] = {}
+
+    def load(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
+        """The stored rows whose ``column`` has one of ``values``."""
+        if not values:
+            return []
+        if self.native:
+            return self._load_native(connection, column, values)
+        t = self.table
+        query = select(t).where(t.c[column].in_(bindparam("values", expanding=True)))
+        rows = []
+        for start in range(0, len(values), _CHUNK):
+            chunk = list(values[start : start + _CHUNK])
+            for r in connection.execute(query, {"values": chunk}):
+                rows.append(dict(zip(self.columns, r, strict=True)))
+        return rows
+
+    def write(
+        self,
+        connection: Connection,
+        inserted: list[Row],
+        updated: list[Row],
+        deleted: list[Hashable],
+    ) -> None:
+        """Write the net change: delete, then update, then insert, one statement each."""
+        if not (inserted or updated or deleted):
+            return
+        if self.native:
+            self._write_native(connection, inserted, updated, deleted)
+            return
+        t, key = self.table, self.key
+        if deleted:
+            where = and_(*(t.c[k] == bindparam(f"k_{k}") for k in key))
+            connection.execute(t.delete().where(where), [self._key_params(k) for k in deleted])
+        if updated:
+            where = and_(*(t.c[k] == bindparam(f"k_{k}") for k in key))
+            statement = (
+                t.update().where(where).values({c: bindparam(f"v_{c}") for c in self._others})
+            )
+            connection.execute(
+                statement,
+                [
+                    {**{f"k_{k}": row[k] for k in key}, **{f"v_{c}": row[c] for c in self._others}}
+                    for row in updated
+                ],
+            )
+        if inserted:
+            connection.execute(t.insert(), inserted)
+
+    def _key_params(self, key: Hashable) -> dict[str, Any]:
+        values = key if isinstance(key, tuple) else (key,)
+        return {f"k_{k}": v for k, v in zip(self.key, values, strict=True)}
+
+    def _load_native(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
+        selected = ", ".join(self._q[c] for c in self.columns)
+        if len(values) == 1:
+            where, params = f"{self._q[column]} = ?", (values[0],)
+        else:
+            where = f"{self._q[column]} IN (SELECT value FROM json_each(?))"
+            params = (json.dumps(list(values)),)
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        result = cursor.execute(f"SELECT {selected} FROM {self._q_table} WHERE {where}", params)
+        names, read = self.columns, self._read
+        return [
+            {
+                n: v if r is None or v is None else r(v)
+                for n, v, r in zip(names, row, read, strict=True)
+            }
+            for row in result
+        ]
+
+    def _write_native(
+        self,
+        connection: Connection,
+        inserted: list[Row],
+        updated: list[Row],
+        deleted: list[Hashable],
+    ) -> None:
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        if deleted:
+            keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
+            cursor.executemany(self._sql("delete"), keys)
+        if updated:
+            order = self._update_order
+            cursor.executemany(self._sql("update"), [order.values(r) for r in updated])
+        if inserted:
+            order = self._insert_order
+            cursor.executemany(self._sql("insert"), [order.values(r) for r in inserted])
+
+    def _sql(self, kind: str) -> str:
+        found = self._statements.get(kind)
+        if found is not None:
+            sql: str = found
+            return sql
+        q, t = self._q, self._q_table
+        where = " AND ".join(f"{q[k]} = ?" for k in self.key)
+        if kind == "insert":
+            marks = ", ".join("?" for _ in self.columns)
+            sql = f"INSERT INTO {t} ({', '.join(q[c] for c in self.columns)}) VALUES ({marks})"
+        elif kind == "delete":
+            sql = f"DELETE FROM {t} WHERE {where}"
+        else:
+            sets = ", ".join(f"{q[c]} = ?" for c in self._others)
+            sql = f"UPDATE {t} SET {sets} WHERE {where}"
+        self._statements[kind] = sql
+        return sql
+
+
+class _StoredOrder:
+    """Rows' values in one column order, each as SQLAlchemy would bind it."""
+
+    def __init__(self, names: Sequence[str], bind: dict[str, Convert | None]) -> None:
+        self._get = operator.itemgetter(*names)
+        self._single = len(names) == 1
+        self._converted = [(i, bind[n]) for i, n in enumerate(names) if bind[n] is not None]
+
+    def values(self, row: Row) -> list[Any]:
+        """``row``'s stored values, in order."""
+        got = self._get(row)
+        out = [got] if self._single else list(got)
+        for i, convert in self._converted:
+            value = out[i]
+            if value is not None:
+                out[i] = convert(value)  # type: ignore[misc]
+        return out
+
+
+def stored_form(
+    column: Column[Any], dialect: Dialect, shared: dict[str, Convert | None]
+) -> Convert | None:
+    """What SQLAlchemy binds for a value of ``column`` (``None``: the value itself).
+
+    Columns of one type share their converter (and so its memory of the last datetime).
+    """
+    kind = repr(column.type)
+    if kind in shared:
+        return shared[kind]
+    bind: Convert | None = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if bind is not None and isinstance(column.type, DateTime):
+        fast = _fast_datetime(bind)
+        bind = fast if _same_datetimes(fast, bind) else bind
+    shared[kind] = bind
+    return bind
+
+
+def _fast_datetime(bind: Convert) -> Convert:
+    """SQLite's DATETIME bind, without its per-field formatting for plain datetimes."""
+
+    # The latest datetime and its text (one event binds the same time several times),
+    # replaced as one tuple so that threads never see a time with another's text.
+    last: list[tuple[Any, str]] = [(None, "")]
+
+    def convert(value: Any) -> Any:
+        seen, text = last[0]
+        if value is seen and value is not None:
+            return text
+        if type(value) is datetime:
+            text = value.isoformat(" ", "microseconds")[:26]
+            last[0] = (value, text)
+            return text
+        return bind(value)
+
+    return convert
+
+
+def _same_datetimes(fast: Convert, bind: Convert) -> bool:
+    """Whether ``fast`` gives what SQLAlchemy's own ``bind`` gives, on telling samples."""
+    plus_two = timezone(timedelta(hours=2))
+    samples: Iterable[datetime] = [
+        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=plus_two),
+        datetime(999, 12, 31, 23, 59, 59, 1),
+        datetime(2026, 6, 7),
+    ]
+    return all(fast(s) == bind(s) for s in samples)
