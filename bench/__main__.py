@@ -32,6 +32,7 @@ from bench import (
     rebuild,
     retrieve,
     rss,
+    server,
 )
 from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, progress
 from bench.report import make_console, print_section, print_targets
@@ -50,6 +51,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("postgres", postgres.run),
     ("peer", peer.run),
     ("cpu", cpu.run),
+    ("server", server.run),
 ]
 
 

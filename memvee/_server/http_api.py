@@ -136,7 +136,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
     """The ``/v1`` routes over an open ``memory`` (``audit`` reads the same database)."""
     router = APIRouter(prefix="/v1")
 
-    def scoped(request: Request, user_id: str) -> str:
+    async def scoped(request: Request, user_id: str) -> str:
         grant = request.scope.get(GRANT_KEY, Grant())
         if not grant.covers(user_id):
             raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
@@ -210,7 +210,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         return MessagesOut(messages=await memory.messages(user_id))
 
     @router.post("/users/{user_id:path}/retrieve", tags=["read"])
-    async def retrieve(user_id: KnownUser, body: RetrieveIn) -> RetrieveOut:
+    async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:
         """The user's knowledge most relevant to a query, and a block for a prompt."""
         found = await memory.retrieve(
             user_id,
@@ -219,6 +219,8 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
             as_of=body.as_of,
             include_messages=body.include_messages,
         )
+        if not found:  # only then is it worth a read to tell an unknown user (404)
+            await known(user_id)
         return RetrieveOut(prompt=found.to_prompt(), entries=found.entries, messages=found.messages)
 
     @router.get("/users/{user_id:path}", tags=["read"])
