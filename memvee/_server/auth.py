@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from events import InvalidInputError
-from memvee._server.logs import REQUEST_ID_KEY
+from memvee._server.errors import error_response
 
 __all__ = [
     "GRANT_KEY",
@@ -150,7 +149,7 @@ class BearerAuth:
             header = _header(scope, b"authorization")
             grant = self.tokens.grant_for(header)
             if grant is None:
-                await _unauthorized(scope, send)
+                await _unauthorized(scope, receive, send)
                 return
             scope[GRANT_KEY] = grant
         await self.app(scope, receive, send)
@@ -164,23 +163,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _unauthorized(scope: Scope, send: Send) -> None:
-    body = json.dumps(
-        {
-            "error": "unauthorized",
-            "message": "a valid bearer token is required (Authorization: Bearer <token>)",
-            "request_id": scope.get(REQUEST_ID_KEY),
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="memvee"'),
-            ],
-        }
+async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
+    answer = error_response(
+        scope,
+        401,
+        "unauthorized",
+        "a valid bearer token is required (Authorization: Bearer <token>)",
+        {"www-authenticate": 'Bearer realm="memvee"'},
     )
-    await send({"type": "http.response.body", "body": body})
+    await answer(scope, receive, send)

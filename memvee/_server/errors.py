@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from events import (
     ConflictError,
@@ -62,11 +63,19 @@ def classify(error: Exception) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def _body(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(
+    scope: Scope, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one shape of every error answer: ``{error, message, request_id}``."""
     return JSONResponse(
-        {"error": code, "message": message, "request_id": request.scope.get(REQUEST_ID_KEY)},
+        {"error": code, "message": message, "request_id": scope.get(REQUEST_ID_KEY)},
         status_code=status,
+        headers=headers,
     )
+
+
+def _body(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    return error_response(request.scope, status, code, message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from memvee._server.logs import REQUEST_ID_KEY
+from memvee._server.errors import error_response
 
 __all__ = ["BodyLimit"]
 
@@ -38,7 +36,7 @@ class BodyLimit:
         for key, value in scope["headers"]:
             too_long = value.isdigit() and int(value) > self.max_bytes
             if key.lower() == b"content-length" and too_long:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
                 return
         seen = 0
         started = False
@@ -62,25 +60,14 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "payload_too_large",
-                "message": f"the request body is over the limit of {self.max_bytes} bytes",
-                "request_id": scope.get(REQUEST_ID_KEY),
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = error_response(
+            scope,
+            413,
+            "payload_too_large",
+            f"the request body is over the limit of {self.max_bytes} bytes",
+            {"connection": "close"},
         )
-        await send({"type": "http.response.body", "body": body})
+        await answer(scope, receive, send)
