@@ -19,7 +19,7 @@ from sqlalchemy.engine import Dialect
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
 from projections.rows import TableRows
-from projections.search import SearchIndex, search_fold
+from projections.search import SearchIndex, search_fingerprint, search_fold
 from projections.sink import TableSink
 from projections.tables import ProjectionTables
 
@@ -28,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "Projector"]
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 
@@ -62,7 +62,7 @@ class Projector:
             stored = connection.execute(
                 select(position.c.position).where(position.c.name == _SCHEMA)
             ).scalar()
-            if stored != SCHEMA_VERSION:
+            if stored != _layout():
                 self.drop(connection)
         self.tables.metadata.create_all(connection)
         self.search.create(connection)
@@ -72,7 +72,7 @@ class Projector:
             position.insert(),
             [
                 {"name": _POSITION, "position": 0},
-                {"name": _SCHEMA, "position": SCHEMA_VERSION},
+                {"name": _SCHEMA, "position": _layout()},
             ],
         )
         return True
@@ -103,7 +103,10 @@ class Projector:
                 for table, row in search_fold(self.search, e):
                     indexed.setdefault(table.name, []).append(row)
             for name, rows_ in indexed.items():
-                sinks[name].write(connection, rows_, [], [])
+                if name == self.search.messages_fts.name:
+                    self.search.write_messages(connection, rows_)
+                else:
+                    sinks[name].write(connection, rows_, [], [])
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
 
@@ -114,19 +117,18 @@ class Projector:
             tables: dict[str, tuple[Table, tuple[str, ...]]] = {
                 p.table: (getattr(self.tables, p.table), p.key) for p in PROJECTIONS
             }
-            for fts in (self.search.knowledge_fts, self.search.messages_fts):
-                tables[fts.name] = (fts, ())
+            fts = self.search.knowledge_fts
+            tables[fts.name] = (fts, ())
             sinks = {name: TableSink(t, key, dialect) for name, (t, key) in tables.items()}
             self._sinks[dialect.name] = sinks
         return sinks
 
     def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
         """Delete every row of one user's log from these tables; returns counts per table."""
-        erased: dict[str, int] = {}
+        erased: dict[str, int] = {"search": self.search.forget(connection, log_id)}
         for table in self.tables.data_tables:
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
             erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
-        erased["search"] = self.search.forget(connection, log_id)
         return erased
 
     def position(self, connection: Connection) -> int:
@@ -162,3 +164,9 @@ def _folded(
     for e in events:
         evolve(rows, e)
     return rows
+
+
+def _layout() -> int:
+    """What the stored layout must be: the schema version, and the words the index would
+    hold (another stemmer refolds, so a message is always unindexed as it was indexed)."""
+    return SCHEMA_VERSION << 20 | search_fingerprint() & 0xFFFFF  # fits a 32-bit column

@@ -75,6 +75,7 @@ class LexicalRanker:
             .order_by(k.c.version, k.c.ordinal)
         )
         kfts, mfts = self.search.knowledge_fts.name, self.search.messages_fts.name
+        mids = self.search.messages_ids.name
         # FTS5 keeps a row's columns in its "_content" shadow table, keyed by rowid
         # (c2 is item_id): a keyed lookup, where a rowid IN (...) on the FTS5 table scans.
         hit_entries = (
@@ -91,8 +92,9 @@ class LexicalRanker:
         }
         self._sqlite_messages = _SqliteSearch(
             mfts,
-            f"SELECT f.id AS hit, m.* FROM {mfts}_content AS f JOIN {m.name} AS m "
-            f"ON m.message_id = f.c2 WHERE f.id IN ({{ids}}) AND m.log_id = ?",
+            f"SELECT f.id AS hit, m.* FROM {mids} AS f JOIN {m.name} AS m "
+            f"ON m.message_id = f.item_id WHERE f.id IN ({{ids}}) AND m.log_id = ?",
+            weights="",
         )
         self._pg_entries = {
             dated: _pg_select(k, k.c.text, (*live, *valid[dated]), k.c.valid_from.desc())
@@ -184,9 +186,9 @@ class _SqliteSearch:
     builders read SQLite's raw row forms.
     """
 
-    def __init__(self, fts: str, rows_sql: str) -> None:
+    def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
         self.hits_sql = (
-            f"SELECT rowid, bm25({fts}, 0.0, 1.0, 0.0) AS score FROM {fts} "
+            f"SELECT rowid, bm25({fts}{weights}) AS score FROM {fts} "
             f"WHERE {fts} MATCH ? ORDER BY score LIMIT ?"
         )
         self.rows_sql = rows_sql

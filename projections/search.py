@@ -16,13 +16,14 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+import zlib
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import Stemmer
-from sqlalchemy import Column, Connection, MetaData, Table, Text, text
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, text
 
 from events import UserLog
 from projections.tables import ProjectionTables
@@ -34,6 +35,7 @@ __all__ = [
     "owned_term",
     "owned_words",
     "owner_token",
+    "search_fingerprint",
     "spoken",
 ]
 
@@ -87,27 +89,49 @@ def owned_term(log_id: str, term: str) -> str:
 
 
 class SearchIndex:
-    """The index tables (SQLite) or indexes (PostgreSQL) of one set of projection tables."""
+    """The index tables (SQLite) or indexes (PostgreSQL) of one set of projection tables.
+
+    On SQLite, entries go in a plain FTS5 table (entries are few, and promoted versions
+    leave the knowledge table while their index rows stay). Messages, the bulk of a
+    memory, go in a contentless FTS5 table, which keeps the index and no copy of the
+    words, beside a table of ``(id, message id)``: a search maps its hits through it.
+    Erasing a user's message rows needs their indexed words again, so they are
+    recomputed from the messages (the stemmer's version is part of the schema, see
+    :func:`search_fingerprint`, so they are always recomputed the same way).
+    """
 
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
-        self.messages_fts = _fts_table(f"{tables.prefix}messages_fts", metadata)
+        self.messages_fts = Table(f"{tables.prefix}messages_fts", metadata, Column("body", Text))
+        self.messages_ids = Table(
+            f"{tables.prefix}messages_search",
+            metadata,
+            Column("id", Integer, primary_key=True, autoincrement=False),
+            Column("item_id", Text, nullable=False),
+        )
 
     def create(self, connection: Connection) -> None:
         """Create the index if it is missing."""
         if _is_sqlite(connection):
-            for table in (self.knowledge_fts, self.messages_fts):
-                connection.execute(
-                    text(
-                        f"CREATE VIRTUAL TABLE IF NOT EXISTS {table.name} USING fts5("
-                        f"owner, body, item_id UNINDEXED, tokenize='{_TOKENIZER}')"
-                    )
+            k, m = self.knowledge_fts.name, self.messages_fts.name
+            connection.execute(
+                text(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {k} USING fts5("
+                    f"owner, body, item_id UNINDEXED, tokenize='{_TOKENIZER}')"
                 )
+            )
+            connection.execute(
+                text(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {m} USING fts5("
+                    f"body, content='', tokenize='{_TOKENIZER}')"
+                )
+            )
+            self.messages_ids.create(connection, checkfirst=True)
         elif connection.dialect.name == "postgresql":
-            k, m = self.tables.knowledge, self.tables.messages
-            for table, indexed in ((k, "text"), (m, PG_SPOKEN)):
+            knowledge, messages = self.tables.knowledge, self.tables.messages
+            for table, indexed in ((knowledge, "text"), (messages, PG_SPOKEN)):
                 connection.execute(
                     text(
                         f"CREATE INDEX IF NOT EXISTS {table.name}_search ON {table.name} "
@@ -118,39 +142,103 @@ class SearchIndex:
     def drop(self, connection: Connection) -> None:
         """Drop the index tables (PostgreSQL's indexes go with their tables)."""
         if _is_sqlite(connection):
-            for table in (self.knowledge_fts, self.messages_fts):
-                connection.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
+            for name in (self.knowledge_fts.name, self.messages_fts.name, self.messages_ids.name):
+                connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+
+    def write_messages(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Index messages (``item_id`` and ``body`` each): an id, then the words under it.
+
+        A message without a word is not indexed (no search could find it).
+        """
+        rows = [r for r in rows if r["body"]]
+        if not rows:
+            return
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        ids = self.messages_ids.name
+        first = cursor.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {ids}").fetchone()[0]
+        numbered = list(enumerate(rows, start=first))
+        cursor.executemany(
+            f"INSERT INTO {ids} (id, item_id) VALUES (?, ?)",
+            [(i, r["item_id"]) for i, r in numbered],
+        )
+        cursor.executemany(
+            f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)",
+            [(i, r["body"]) for i, r in numbered],
+        )
 
     def forget(self, connection: Connection, log_id: str) -> int:
-        """Delete one log's index rows; returns how many went."""
+        """Delete one log's index rows; returns how many went.
+
+        Runs before the log's message rows go: their words are needed to unindex them.
+        """
         if not _is_sqlite(connection):
             return 0
-        erased = 0
-        for table in (self.knowledge_fts, self.messages_fts):
-            result = connection.execute(
-                text(
-                    f"DELETE FROM {table.name} WHERE rowid IN "
-                    f"(SELECT rowid FROM {table.name} WHERE {table.name} MATCH :owner)"
-                ),
-                {"owner": f'owner : "{owner_token(log_id)}"'},
-            )
-            erased += result.rowcount
+        owner = owner_token(log_id)
+        k = self.knowledge_fts.name
+        erased = connection.execute(
+            text(f"DELETE FROM {k} WHERE rowid IN (SELECT rowid FROM {k} WHERE {k} MATCH :q)"),
+            {"q": f'owner : "{owner}"'},
+        ).rowcount
+        erased += self._forget_messages(connection, log_id)
+        for name in (k, self.messages_fts.name):
             # Rewrites the index b-trees, so the deleted words leave the file too.
-            connection.execute(text(f"INSERT INTO {table.name}({table.name}) VALUES('optimize')"))
+            connection.execute(text(f"INSERT INTO {name}({name}) VALUES('optimize')"))
         return erased
 
+    def _forget_messages(self, connection: Connection, log_id: str) -> int:
+        m, ids, messages = self.messages_fts.name, self.messages_ids.name, self.tables.messages
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        # Every indexed word of the log starts with its owner token: one prefix query.
+        found = [
+            r[0]
+            for r in cursor.execute(
+                f"SELECT rowid FROM {m} WHERE {m} MATCH ?", (f'"{owner_token(log_id)}" *',)
+            )
+        ]
+        unindexed: list[tuple[int, str]] = []
+        for start in range(0, len(found), 500):
+            chunk = found[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = cursor.execute(
+                f"SELECT s.id, m.content, m.name FROM {ids} AS s JOIN {messages.name} AS m "
+                f"ON m.message_id = s.item_id WHERE s.id IN ({marks})",
+                chunk,
+            )
+            unindexed += [(i, owned_words(log_id, spoken(c, n))) for i, c, n in rows]
+        cursor.executemany(f"INSERT INTO {m} ({m}, rowid, body) VALUES ('delete', ?, ?)", unindexed)
+        cursor.executemany(f"DELETE FROM {ids} WHERE id = ?", [(i,) for i, _ in unindexed])
+        return len(unindexed)
+
     def dump(self, connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
-        """Every index row in a stable order, for comparing a rebuild with the live index."""
+        """Every index row in a stable order, for comparing a rebuild with the live index.
+
+        Messages' rows are their words with positions, by message id (ids are not kept
+        equal by a rebuild).
+        """
         if not _is_sqlite(connection):
             return {}
-        out: dict[str, list[tuple[Any, ...]]] = {}
-        for table in (self.knowledge_fts, self.messages_fts):
-            role = table.name.removeprefix(self.tables.prefix)
-            rows = connection.execute(
-                text(f"SELECT item_id, owner, body FROM {table.name} ORDER BY item_id, rowid")
+        prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
+        rows = connection.execute(text(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid"))
+        out = {k.removeprefix(prefix): [tuple(r) for r in rows]}
+        words = f"temp.{m}_words"
+        vocabulary = f"fts5vocab(main, {m}, instance)"
+        connection.execute(text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}"))
+        rows = connection.execute(
+            text(
+                f"SELECT s.item_id, v.term, v.offset FROM {words} AS v "
+                f"JOIN {self.messages_ids.name} AS s ON s.id = v.doc ORDER BY 1, 3"
             )
-            out[role] = [tuple(r) for r in rows]
+        )
+        out[m.removeprefix(prefix)] = [tuple(r) for r in rows]
         return out
+
+
+def search_fingerprint() -> int:
+    """A number that changes when indexed words would: the stemmer's version and the
+    tokenizer (stored with the schema; a change refolds the projections)."""
+    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}".encode())
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
@@ -164,11 +252,7 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
     if isinstance(e, UserLog.MessageAdded):
         yield (
             index.messages_fts,
-            {
-                "owner": owner_token(log_id),
-                "body": owned_words(log_id, spoken(e.content, e.name)),
-                "item_id": e.message_id,
-            },
+            {"body": owned_words(log_id, spoken(e.content, e.name)), "item_id": e.message_id},
         )
     elif isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
         owner = owner_token(log_id)

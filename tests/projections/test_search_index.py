@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from memvee.extractors import OfflineExtractor
-from projections.search import index_word, owned_words, owner_token
+from projections.search import SearchIndex, index_word, owned_words, owner_token
 
 KEPT_APART = [
     ("careful", "career"),
@@ -60,3 +60,32 @@ async def test_a_search_for_one_word_of_a_pair_does_not_find_the_other(
     texts = [hit.text for hit in result.entries] + [m.message.content for m in result.messages]
     assert texts and all("peanut" not in t and "career" not in t for t in texts)
     assert any("Volvo" in t for t in texts)
+
+
+async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_unindexes_them(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the full-text tables are SQLite's")
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"My parrot is called Kiwi, says {user}.", "Cute!")
+        await memory.add_exchange(user, "!!!", "?")  # no word: nothing to index
+    await memory.forget("bob")
+    engine = memory._engine
+    assert engine is not None
+    index = SearchIndex(engine.tables)
+    m, ids = index.messages_fts.name, index.messages_ids.name
+    with engine.store.engine.connect() as connection:
+        connection.exec_driver_sql(f"INSERT INTO {m}({m}, rank) VALUES ('integrity-check', 1)")
+        words = connection.exec_driver_sql(f"SELECT count(*) FROM {m}_data").scalar()
+        assert words and not connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE name = ?", (f"{m}_content",)
+        ).first()
+        indexed = [r[0] for r in connection.exec_driver_sql(f"SELECT item_id FROM {ids}")]
+    ann = {message.message_id: message.content for message in await memory.messages("ann")}
+    assert [ann[item] for item in indexed] == ["My parrot is called Kiwi, says ann.", "Cute!"]
+    found = await memory.retrieve("ann", "parrot", include_messages=True)
+    assert [hit.message.content for hit in found.messages][:1] == [
+        "My parrot is called Kiwi, says ann."
+    ]
