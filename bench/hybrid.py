@@ -20,6 +20,7 @@ from bench.common import (
     Workspace,
     cell,
     fmt_ms,
+    fmt_num,
     fmt_ratio,
     percentile,
     progress,
@@ -82,8 +83,43 @@ async def _measure(folder: Path, messages: int, rounds: int) -> dict[str, list[f
     return timings
 
 
+def _embedder_figures(section: Section, rounds: int) -> None:
+    """Query embedding latency and indexing throughput of the default local model."""
+    from memvee.embedders import OnnxMiniLMEmbedder
+
+    embedder = OnnxMiniLMEmbedder()
+    embedder.embed(["warm up"])
+    texts = [f"{user} ({i})" for i, (user, _) in enumerate(_turns()[:512])]
+    for _ in range(rounds):
+        latencies = []
+        for query in QUERIES * 10:
+            started = time.perf_counter()
+            embedder.embed([query])
+            latencies.append(time.perf_counter() - started)
+        section.stat("embedder.query_p50", "ms").add(percentile(latencies, 50) * 1000)
+        started = time.perf_counter()
+        embedder.embed(texts)
+        section.stat("embedder.index_rate", "msg/s").add(
+            len(texts) / (time.perf_counter() - started)
+        )
+
+
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
-    """One table: retrieve p50/p99 hybrid and lexical at each size."""
+    """Two tables: the default embedder's own figures, then retrieve p50/p99 hybrid and
+    lexical at each size."""
+    model = Section(
+        "The default embedder (all-MiniLM-L6-v2 int8 on onnxruntime, 2 threads)",
+        ["figure", "measured"],
+    )
+    progress("default embedder: query latency and indexing rate")
+    _embedder_figures(model, cfg.rounds)
+    model.rows += [
+        ["query embedding p50 ms", cell(model.stats["embedder.query_p50"], fmt_ms)],
+        [
+            "indexing messages / s (batches of 32)",
+            cell(model.stats["embedder.index_rate"], fmt_num),
+        ],
+    ]
     sizes = [1_000, 10_000] if cfg.quick else [1_000, 10_000, 100_000]
     section = Section(
         "retrieve with hybrid ranking (default embedder) beside lexical only: one user, "
@@ -124,4 +160,4 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         "Hybrid includes embedding the query (about 4 ms on two cores) and the semantic "
         "ranking over the user's cached message vectors; entry vectors are read per query."
     )
-    return [section]
+    return [model, section]

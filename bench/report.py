@@ -163,6 +163,17 @@ def targets(sections: Sequence[Section]) -> list[Target]:
             "ms",
         ),
         Target(
+            "query embedding p50 (default embedder)", "embedder.query_p50", "<=", 5, fmt_ms, "ms"
+        ),
+        Target(
+            "indexing rate (default embedder)",
+            "embedder.index_rate",
+            ">=",
+            150,
+            fmt_num,
+            "msg/s",
+        ),
+        Target(
             "hybrid retrieve p50 (default embedder), one user of 10,000 messages",
             "hybrid.10000.hybrid_p50",
             "<=",
