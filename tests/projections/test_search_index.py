@@ -79,9 +79,12 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
     with engine.store.engine.connect() as connection:
         connection.exec_driver_sql(f"INSERT INTO {m}({m}, rank) VALUES ('integrity-check', 1)")
         words = connection.exec_driver_sql(f"SELECT count(*) FROM {m}_data").scalar()
-        assert words and not connection.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE name = ?", (f"{m}_content",)
-        ).first()
+        assert (
+            words
+            and not connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE name = ?", (f"{m}_content",)
+            ).first()
+        )
         indexed = [r[0] for r in connection.exec_driver_sql(f"SELECT item_id FROM {ids}")]
     ann = {message.message_id: message.content for message in await memory.messages("ann")}
     assert [ann[item] for item in indexed] == ["My parrot is called Kiwi, says ann.", "Cute!"]
