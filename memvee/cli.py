@@ -49,12 +49,13 @@ __all__ = ["app", "main"]
 
 class _Commands(TyperGroup):
     """Runs the commands; a failure the user can fix ends one with an ``error:`` line and
-    exit code 2 (library errors, bad values, files that cannot be read), not a traceback."""
+    exit code 2 (memvee's typed errors, bad input among them, and files that cannot be
+    read), not a traceback. Any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
-        except (MemveeError, ValueError, OSError) as error:
+        except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
 
 

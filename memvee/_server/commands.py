@@ -174,12 +174,15 @@ def _check_user(user: str) -> None:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket first, so a taken port is one error line, not a trace."""
+    """Bind and listen first, so a taken port is one error line, not a trace."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Connections made from here on wait in the backlog until uvicorn accepts them,
+        # so a client told "listening" is never refused.
+        sock.listen(2048)
     except OSError as error:
         sock.close()
         _fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
