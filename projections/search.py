@@ -62,16 +62,24 @@ def index_word(word: str) -> str:
     The Snowball English stemmer (PyStemmer) runs on the bare word, so the prefix added
     after it never changes what is stripped.
     """
-    word = word.casefold()
-    if not word.isascii():
-        word = "".join(
-            c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c)
-        )
+    return _index_words([word])[0]
+
+
+def _index_words(words: list[str]) -> list[str]:
+    """:func:`index_word` of each word, the stemming done in one call."""
+    folded = [_plain(word.casefold()) for word in words]
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:  # A Stemmer object is not safe to share between threads.
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
-    stem: str = stemmer.stemWord(word)
-    return stem
+    stems: list[str] = stemmer.stemWords(folded)
+    return stems
+
+
+def _plain(word: str) -> str:
+    """``word`` without its diacritics."""
+    if word.isascii():
+        return word
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -80,7 +88,7 @@ def owned_words(log_id: str, text: str) -> str:
     Query terms go through the same steps (:func:`owned_term`), so both sides meet.
     """
     owner = owner_token(log_id)
-    return " ".join(owner + index_word(word) for word in _WORD.findall(text))
+    return " ".join(owner + stem for stem in _index_words(_WORD.findall(text)))
 
 
 def owned_term(log_id: str, term: str) -> str:
