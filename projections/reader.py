@@ -382,29 +382,25 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
 
 def buffered_from_row(user_id: str, r: Any) -> BufferedMessage:
     """A buffer row as the model callers get."""
-    return BufferedMessage(
-        message_id=r["message_id"],
-        user_id=user_id,
-        seq=r["seq"],
-        role=r["role"],
-        content=r["content"],
-        sent_at=aware(r["sent_at"]),
-        task_id=r["task_id"],
-        name=r["name"],
-    )
+    return BufferedMessage(**_message_fields(user_id, r), task_id=r["task_id"])
 
 
 def message_from_row(user_id: str, r: Any) -> Message:
     """A message row as the model callers get (typed by SQLAlchemy, or SQLite's raw row)."""
-    return Message(
-        message_id=r["message_id"],
-        user_id=user_id,
-        seq=r["seq"],
-        role=r["role"],
-        content=r["content"],
-        sent_at=aware(r["sent_at"]),
-        name=r["name"],
-    )
+    return Message(**_message_fields(user_id, r))
+
+
+def _message_fields(user_id: str, r: Any) -> dict[str, Any]:
+    """The fields every model of a message has, from a buffer or message row."""
+    return {
+        "message_id": r["message_id"],
+        "user_id": user_id,
+        "seq": r["seq"],
+        "role": r["role"],
+        "content": r["content"],
+        "sent_at": aware(r["sent_at"]),
+        "name": r["name"],
+    }
 
 
 def aware(stamp: datetime | str) -> datetime:

@@ -63,3 +63,10 @@ def in_range(conversation: dict[str, Any], ref: Any) -> bool:
 def turn_position(ref: dict[str, Any]) -> tuple[int, int]:
     """A turn pointer as (session, turn)."""
     return ref["session"], ref["turn"]
+
+
+def check_top_level_shape(data: dict[str, Any]) -> None:
+    """A dataset file is a version-1 object holding a list of conversations."""
+    assert set(data) == {"version", "conversations"}
+    assert data["version"] == 1
+    assert isinstance(data["conversations"], list)

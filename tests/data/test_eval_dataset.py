@@ -16,6 +16,7 @@ from typing import Any
 from tests.data.dataset_checks import (
     check_question_shape,
     check_session_times,
+    check_top_level_shape,
     check_turns,
     in_range,
     turn_position,
@@ -53,10 +54,7 @@ def _user_message(conversation: dict[str, Any], ref: dict[str, Any]) -> str:
 
 
 def test_top_level_shape() -> None:
-    data = _load()
-    assert set(data) == {"version", "conversations"}
-    assert data["version"] == 1
-    assert isinstance(data["conversations"], list)
+    check_top_level_shape(_load())
 
 
 def test_counts() -> None:

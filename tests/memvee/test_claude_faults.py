@@ -21,7 +21,7 @@ import pytest
 
 from memvee import Memory, MemoryConfig, ProcessingError
 from memvee.extractors import ClaudeExtractor
-from tests.support.coverage import Coverage, coverage
+from tests.support.coverage import checked_coverage
 from tests.support.messages_api_server import (
     MessagesAPIServer,
     RecordedRequest,
@@ -158,14 +158,6 @@ async def _run_until_settled(memory: Memory, user: str) -> int:
     raise AssertionError(f"messages still buffered after {MAX_RUNS} runs")
 
 
-def _log(memory: Memory, user: str) -> Coverage:
-    engine = memory._engine
-    assert engine is not None
-    found = coverage(engine.store, user)
-    found.check()
-    return found
-
-
 @pytest.mark.parametrize("once", [True, False], ids=["once", "always"])
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_fault_loses_nothing_and_blocks_nothing(
@@ -182,7 +174,7 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
 
     runs = await _run_until_settled(claude_memory, "ann")
 
-    found = _log(claude_memory, "ann")
+    found = checked_coverage(claude_memory, "ann")
     assert faulty.hits >= 1, "the fault must have been served"
     assert set(found.covered) | set(found.quarantined) == set(ids), "nothing lost"
     quarantined = await claude_memory.quarantined("ann")
@@ -213,7 +205,7 @@ async def test_a_backlog_goes_out_in_bounded_requests_to_a_server_that_refuses_b
                 await memory.add_exchange("ann", f"I visited city number {i} this year", "ok")
             assert await memory.process("ann") == 2_500
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
-            found = _log(memory, "ann")
+            found = checked_coverage(memory, "ann")
             assert len(found.covered) == 5_000
         sizes = [len(r.messages) for r in server.requests]
         assert len(sizes) == 100 and max(sizes) == 50
@@ -257,5 +249,5 @@ async def test_the_breaker_bounds_requests_from_many_users_while_the_api_is_down
                 while not await everyone_extracted():
                     await asyncio.sleep(0.1)
             for user in users:
-                found = _log(memory, user)
+                found = checked_coverage(memory, user)
                 assert not found.buffered and not found.quarantined

@@ -14,7 +14,7 @@ from typing import Any
 
 from events import ExtractionBatch, ExtractionError, InvalidExtractionError, RejectedBatchError
 from memvee import Memory, ProcessStatus
-from tests.support.coverage import Coverage, coverage
+from tests.support.coverage import checked_coverage
 from tests.support.extractors import RecordingExtractor
 
 POISON = "POISON"
@@ -23,14 +23,6 @@ POISON = "POISON"
 def _poisoned(error: Callable[[], BaseException]) -> Callable[[ExtractionBatch], Any]:
     """A fault that fails every batch holding a poisoned message with ``error()``."""
     return lambda batch: error() if any(POISON in m.content for m in batch.messages) else None
-
-
-def _log(memory: Memory, user: str) -> Coverage:
-    engine = memory._engine
-    assert engine is not None
-    found = coverage(engine.store, user)
-    found.check()
-    return found
 
 
 async def _until(check: Callable[[], Any], timeout: float = 20.0) -> None:
@@ -53,7 +45,7 @@ async def test_process_covers_a_backlog_in_bounded_batches_and_sums_them(
     (record,) = await memory.tasks("ann")
     assert record.status is ProcessStatus.COMPLETED and record.knowledge_count == 30
     assert await memory.buffer("ann") == []
-    assert not _log(memory, "ann").buffered
+    assert not checked_coverage(memory, "ann").buffered
 
 
 async def test_a_batch_holds_about_max_batch_tokens_of_prompt(
@@ -110,7 +102,7 @@ async def test_a_poisoned_message_is_quarantined_and_blocks_nothing_after_it(
     assert stuck.content == f"{POISON} I like poison" and stuck.attempts == 3
     assert "off-schema answer" in stuck.error and stuck.role == "user"
     assert await memory.buffer("ann") == []
-    found = _log(memory, "ann")
+    found = checked_coverage(memory, "ann")
     assert list(found.quarantined) == [stuck.message_id] and not found.buffered
     assert len(found.covered) == 21
     assert len(extractor.batches) <= 3 + 2 * 3 + 3, "splits and retries are bounded"
@@ -122,7 +114,7 @@ async def test_a_poisoned_message_is_quarantined_and_blocks_nothing_after_it(
     assert [m.message_id for m in await memory.buffer("ann")] == [stuck.message_id]
     assert await memory.process("ann") == 1
     assert await memory.quarantined("ann") == []
-    assert len(_log(memory, "ann").covered) == 22
+    assert len(checked_coverage(memory, "ann").covered) == 22
 
 
 async def test_one_refused_message_does_not_stop_a_user_with_auto_processing(
@@ -142,7 +134,7 @@ async def test_one_refused_message_does_not_stop_a_user_with_auto_processing(
     assert len(await memory.knowledge("ann")) == 40
     sent = sum(len(b.messages) for b in extractor.batches)
     assert len(extractor.batches) < 20 and sent < 100, "was 29 requests and 780 re-sends"
-    found = _log(memory, "ann")
+    found = checked_coverage(memory, "ann")
     assert len(found.covered) == 40 and not found.buffered
 
 
@@ -244,5 +236,5 @@ async def test_the_breaker_pauses_everyone_while_the_api_is_down_and_resumes_by_
     await _until(all_extracted, timeout=30)
     assert not engine.breaker.is_open
     for user in users:
-        found = _log(memory, user)
+        found = checked_coverage(memory, user)
         assert not found.buffered and not found.quarantined

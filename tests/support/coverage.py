@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from events import EventStore, UserLog
+from memvee import Memory
 
 
 @dataclass
@@ -48,4 +49,13 @@ def coverage(store: EventStore, user_id: str) -> Coverage:
         elif isinstance(event, UserLog.MessagesRequeued):
             for message_id in event.message_ids:
                 found.quarantined.pop(message_id, None)
+    return found
+
+
+def checked_coverage(memory: Memory, user_id: str) -> Coverage:
+    """The coverage of a running Memory's user, checked against guarantee 4 first."""
+    engine = memory._engine
+    assert engine is not None
+    found = coverage(engine.store, user_id)
+    found.check()
     return found
