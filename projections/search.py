@@ -65,13 +65,15 @@ def index_word(word: str) -> str:
     return _index_words([word])[0]
 
 
-def _index_words(words: list[str]) -> list[str]:
-    """:func:`index_word` of each word, the stemming done in one call."""
-    folded = [_plain(word.casefold()) for word in words]
+def _index_words(words: list[str], folded: bool = False) -> list[str]:
+    """:func:`index_word` of each word, the stemming done in one call (``folded``: the
+    words are already case-folded ASCII)."""
+    if not folded:
+        words = [_plain(word.casefold()) for word in words]
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:  # A Stemmer object is not safe to share between threads.
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
-    stems: list[str] = stemmer.stemWords(folded)
+    stems: list[str] = stemmer.stemWords(words)
     return stems
 
 
@@ -88,7 +90,11 @@ def owned_words(log_id: str, text: str) -> str:
     Query terms go through the same steps (:func:`owned_term`), so both sides meet.
     """
     owner = owner_token(log_id)
-    return " ".join(owner + stem for stem in _index_words(_WORD.findall(text)))
+    if text.isascii():  # most text: fold it whole, the words come out the same
+        stems = _index_words(_WORD.findall(text.lower()), folded=True)
+    else:
+        stems = _index_words(_WORD.findall(text))
+    return " ".join([owner + stem for stem in stems])
 
 
 def owned_term(log_id: str, term: str) -> str:

@@ -6,10 +6,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
-from events import ConflictError, EventStore, UserLog
+from events import ConflictError, EventStore, ExtractedFact, UserLog
 
 
 class EventStoreContract:
@@ -90,6 +91,39 @@ class EventStoreContract:
         store.append([log.collect_events()])
         events = store.events_of("gus", after=2, upto=4)
         assert [e.originator_version for e in events] == [3, 4]
+
+    def test_events_are_stored_as_eventsourcings_mapper_stores_them(
+        self, store: EventStore
+    ) -> None:
+        """The store writes states with its own encoder; they must be the mapper's bytes."""
+        log = UserLog.register("ida")
+        ids = [
+            log.add_message("user", text, None, 1000, name)
+            for text, name in [
+                ("plain", None),
+                ('quotes " and \\ and\ttabs\nand\x01 controls', "Ann"),
+                ("ünïcödé, emoji 🎉, \u2028 separators", "Zoë"),
+            ]
+        ]
+        log.request_processing("t1", "manual")
+        log.start_next()
+        log.record_knowledge("t1", [ExtractedFact("User is here", (ids[0],))], "offline")
+        events = log.collect_events()
+        store.append([events])
+        mapper = store._app.mapper  # the reference: what eventsourcing itself would store
+        expected = [mapper.to_stored_event(e).state for e in events]
+        assert [s.state for s in store.stored_events_of("ida")] == expected
+
+    def test_a_state_orjson_would_write_otherwise_goes_through_the_mapper(
+        self, store: EventStore
+    ) -> None:
+        log = UserLog.register("jon")
+        log.add_message("user", "x", None, 100)
+        (registered, added) = log.collect_events()
+        added.__dict__["content"] = UUID(int=7)  # orjson writes a UUID as a plain string
+        store.append([[registered, added]])
+        (_, loaded) = store.events_of("jon")
+        assert loaded.__dict__["content"] == UUID(int=7)
 
     def test_another_process_sees_the_events(self, store: EventStore, url: str) -> None:
         log = UserLog.register("hal")
