@@ -39,6 +39,7 @@ from events.user_log import (
     check_text,
     check_time,
     check_user_id,
+    short_message_id,
     user_log_id,
 )
 
@@ -76,6 +77,7 @@ __all__ = [
     "check_time",
     "check_user_id",
     "estimate_tokens",
+    "short_message_id",
     "sqlite_url",
     "user_log_id",
 ]

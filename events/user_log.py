@@ -25,6 +25,7 @@ from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate
+from uuid_utils import uuid7
 
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
 from events.extraction import (
@@ -36,7 +37,15 @@ from events.extraction import (
     estimate_tokens,
 )
 
-__all__ = ["DEFAULT_LIMITS", "LIVE_KNOWLEDGE", "ROLES", "UserLog", "user_log_id"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "LIVE_KNOWLEDGE",
+    "ROLES",
+    "UserLog",
+    "new_message_id",
+    "short_message_id",
+    "user_log_id",
+]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
 """The roles a message may have."""
@@ -48,6 +57,20 @@ _NAMESPACE = uuid5(NAMESPACE_URL, "https://memvee.dev/user-log")
 _NO_USAGE = TokenUsage()
 DEFAULT_LIMITS = BatchLimits()
 """The batch limits used when a command is given none."""
+
+
+def new_message_id() -> str:
+    """A new message id: a UUID version 7, ordered by time, so that the messages of one
+    commit sit side by side in every index keyed by message id (random ids put each new
+    message on a page of its own, in each such index). Its first digits are the time, so
+    a short form of it is its last digits (:func:`short_message_id`)."""
+    return str(uuid7())
+
+
+def short_message_id(message_id: str) -> str:
+    """Eight digits that tell messages apart: the random end of the id (its start is the
+    time it was written, shared by every message of the same moment)."""
+    return message_id[-8:]
 
 
 def user_log_id(user_id: str) -> UUID:
@@ -371,7 +394,7 @@ class UserLog(Aggregate):
         check_message(role, content, max_chars)
         check_name(name)
         sent_at = check_time(sent_at, "sent_at")
-        message_id = str(uuid4())
+        message_id = new_message_id()
         named = {} if name is None else {"name": name.strip()}
         self.trigger_event(
             self.MessageAdded,

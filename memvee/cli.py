@@ -33,6 +33,7 @@ from events import (
     MemveeError,
     NotFoundError,
     check_user_id,
+    short_message_id,
     sqlite_url,
 )
 from memvee._server import register_commands
@@ -286,7 +287,8 @@ def state(
         )
     knowledge = Table("entry", "text", "from messages", title="knowledge")
     for k in replayed.knowledge:
-        knowledge.add_row(k.entry_id[:8], k.text, ", ".join(m[:8] for m in k.source_message_ids))
+        sources = ", ".join(short_message_id(m) for m in k.source_message_ids)
+        knowledge.add_row(k.entry_id[:8], k.text, sources)
     buffered = Table("#", "role", "content", "task", title="buffer")
     for m in replayed.buffer:
         buffered.add_row(str(m.seq), m.role, m.content[:80], (m.task_id or "")[:8])

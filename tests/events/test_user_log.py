@@ -7,7 +7,7 @@ import pytest
 from eventsourcing.domain import Snapshot
 
 from events import BatchLimits, ExtractedFact, InvalidInputError, UnknownTaskError
-from events.user_log import UserLog, user_log_id
+from events.user_log import UserLog, short_message_id, user_log_id
 
 
 def _log_with(n: int) -> tuple[UserLog, list[str]]:
@@ -283,3 +283,11 @@ def test_a_snapshot_from_before_bounded_batches_is_upgraded() -> None:
         del log.__dict__[name]
     log.upgrade()
     assert _run_task(log, "t1", set()) == [ids]
+
+
+def test_message_ids_sort_in_the_order_written_and_their_short_forms_tell_them_apart() -> None:
+    """Ids ordered by time keep one commit's messages together in the indexes; their
+    first digits are shared, so the short form shown to people is the random end."""
+    _, ids = _log_with(500)
+    assert ids == sorted(ids)
+    assert len({short_message_id(i) for i in ids}) == len(ids)
