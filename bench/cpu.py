@@ -60,6 +60,8 @@ def breakdown(raw: str) -> Counter[str]:
     counts: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
+        if "_find_and_load" in stack:  # importing modules at start-up, not writing
+            continue
         if stack and count.isdigit():
             counts[layer_of(stack.split(";"))] += int(count)
     return counts

@@ -30,3 +30,12 @@ def test_collapsed_stacks_are_counted_by_layer() -> None:
         "SQLAlchemy: statements and compilation": 2,
         "memvee actors (engine, committer)": 1,
     }
+
+
+def test_samples_taken_while_importing_modules_are_left_out() -> None:
+    raw = (
+        "<module> (bench/cpu.py:1);_find_and_load (<frozen importlib._bootstrap>:1);"
+        "<module> (sqlalchemy/sql/compiler.py:1) 40\n"
+        "a (actors/_committer.py:1) 3\n"
+    )
+    assert breakdown(raw) == {"memvee actors (engine, committer)": 3}
