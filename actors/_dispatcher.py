@@ -33,9 +33,9 @@ _TURN = 64
 class Dispatcher:
     """The threads that run pooled actors, fed by one queue of turns.
 
-    Not a ``ThreadPoolExecutor``: its ``submit`` builds a future with a condition variable
-    for every call, which on the write path (one turn per exchange) cost a quarter of
-    the process's CPU. A turn reports its own errors, so nobody needs a future.
+    Not a ``ThreadPoolExecutor``: its ``submit`` builds a future, with a condition
+    variable, for every call, and the write path schedules a turn per exchange. A turn
+    reports its own errors, so nobody needs the future.
     """
 
     def __init__(self, threads: int) -> None:

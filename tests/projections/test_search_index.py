@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from memvee.extractors import OfflineExtractor
+from projections.search import _WORD as _WORDS
 from projections.search import SearchIndex, index_word, owned_words, owner_token
 
 KEPT_APART = [
@@ -46,6 +47,15 @@ def test_the_owner_prefix_goes_on_after_the_stem() -> None:
     log_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
     owner = owner_token(log_id)
     assert owned_words(log_id, "Careful drivers") == f"{owner}care {owner}driver"
+
+
+def test_plain_ascii_text_and_text_with_accents_index_each_word_the_same_way() -> None:
+    """ASCII text is case-folded whole (the fast path); other text word by word."""
+    log_id = "12345678-1234-5678-1234-567812345678"
+    owner = owner_token(log_id)
+    for text in ["Careful DRIVERS, 3 cars_and trucks!", "Crème brûlée at the Café", "İstanbul"]:
+        words = [owner + index_word(w) for w in _WORDS.findall(text)]
+        assert owned_words(log_id, text) == " ".join(words)
 
 
 async def test_a_search_for_one_word_of_a_pair_does_not_find_the_other(
