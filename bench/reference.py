@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from bench.common import percentile
+from events.user_log import new_message_id
 
 __all__ = [
     "MESSAGE_ADDED_TOPIC",
@@ -46,12 +47,16 @@ _EVENTS_DDL = (
 """The stored-events table exactly as eventsourcing-sqlalchemy creates it."""
 
 _PROJECTION_DDL = (
-    "CREATE TABLE IF NOT EXISTS mv_buffer ("
+    "CREATE TABLE IF NOT EXISTS mv_messages ("
     " message_id VARCHAR(36) NOT NULL, log_id VARCHAR(36) NOT NULL, seq INTEGER NOT NULL,"
     " version INTEGER NOT NULL, role VARCHAR(16) NOT NULL, content TEXT NOT NULL,"
-    " sent_at DATETIME NOT NULL, task_id VARCHAR(64), PRIMARY KEY (message_id))",
-    "CREATE INDEX IF NOT EXISTS ix_mv_buffer_log_id ON mv_buffer (log_id)",
-    "CREATE INDEX IF NOT EXISTS ix_mv_buffer_task_id ON mv_buffer (task_id)",
+    " sent_at DATETIME NOT NULL, name VARCHAR(100), buffered INTEGER NOT NULL,"
+    " task_id VARCHAR(64), quarantined INTEGER NOT NULL, PRIMARY KEY (message_id))",
+    "CREATE UNIQUE INDEX IF NOT EXISTS mv_messages_by_seq ON mv_messages (log_id, seq)",
+    "CREATE INDEX IF NOT EXISTS mv_messages_buffered ON mv_messages (log_id, seq)"
+    " WHERE buffered = 1",
+    "CREATE INDEX IF NOT EXISTS mv_messages_by_task ON mv_messages (task_id)"
+    " WHERE task_id IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS mv_users ("
     " log_id VARCHAR(36) NOT NULL, user_id VARCHAR(256) NOT NULL, version INTEGER NOT NULL,"
     " message_count INTEGER NOT NULL, buffered_count INTEGER NOT NULL,"
@@ -63,7 +68,7 @@ _PROJECTION_DDL = (
 
 Shape = Literal["events", "engine"]
 """``events``: only the stored-event rows. ``engine``: also the projection rows the engine
-writes in the same transaction (a buffer row per message, the user's counters, the
+writes in the same transaction (a message row per message, the user's counters, the
 projection position), i.e. the engine's own transaction in raw sqlite3."""
 
 
@@ -134,7 +139,7 @@ def raw_commits(
             "INSERT INTO memvee_events (originator_id, originator_version, topic, state)"
             " VALUES (?, ?, ?, ?)"
         )
-        buffer = "INSERT INTO mv_buffer VALUES (?, ?, ?, ?, 'user', ?, ?, NULL)"
+        message = "INSERT INTO mv_messages VALUES (?, ?, ?, ?, 'user', ?, ?, NULL, 1, NULL, 0)"
         users = (
             "UPDATE mv_users SET version = ?, message_count = message_count + ?,"
             " buffered_count = buffered_count + ?, updated_at = ? WHERE log_id = ?"
@@ -157,8 +162,8 @@ def raw_commits(
                 now = "2026-01-01 00:00:00.000000"
                 for k in range(rows):
                     connection.execute(
-                        buffer,
-                        (str(uuid.uuid4()), str(log_id), version - k, version - k, content, now),
+                        message,
+                        (new_message_id(), str(log_id), version - k, version - k, content, now),
                     )
                 connection.execute(users, (version, rows, rows, now, str(log_id)))
                 connection.execute(position, (version,))

@@ -1,7 +1,7 @@
 """The projections: how each event changes the rows of each read model, in plain Python.
 
-One definition per projection (buffer, quarantine, tasks, usage, knowledge, citations,
-messages, users), used by every path that folds the log: the live fold inside each append,
+One definition per projection (quarantine, tasks, usage, knowledge, citations, messages
+with the buffer, users), used by every path that folds the log: the live fold inside each append,
 rebuilds and catch-ups page by page, and :func:`~projections.replay.state_at` in memory.
 Each projection has two small functions over one event:
 
@@ -22,9 +22,9 @@ from typing import Any
 
 from events import UserLog
 from events.user_log import LIVE_KNOWLEDGE
-from projections.rows import Row, TableRows
+from projections.rows import TableRows
 
-__all__ = ["PROJECTIONS", "Lookup", "Projection", "message_row", "utc"]
+__all__ = ["PROJECTIONS", "Lookup", "Projection", "utc"]
 
 Lookup = tuple[str, Any]
 """Stored rows a fold needs: those whose column (the key or an indexed one) has a value."""
@@ -64,64 +64,6 @@ def _log_id(e: Any) -> str:
 def utc(moment: datetime) -> datetime:
     """Times are stored in UTC: SQLite keeps no offset, and reads assume UTC."""
     return moment.astimezone(UTC) if moment.tzinfo is not None else moment
-
-
-def message_row(e: Any, **more: Any) -> Row:
-    """The columns a message has in both the buffer and the message projection (and
-    ``more``)."""
-    return {
-        "message_id": e.message_id,
-        "log_id": _log_id(e),
-        "seq": e.seq,
-        "version": e.originator_version,
-        "role": e.role,
-        "content": e.content,
-        "sent_at": utc(e.sent_at),
-        "name": e.name,
-        **more,
-    }
-
-
-# ---------------------------------------------------------------------- buffer
-
-
-def buffer_touches(e: Any) -> Sequence[Lookup]:
-    """Buffered messages an event claims, moves or requeues; or those its task holds."""
-    match e:
-        case (
-            UserLog.ProcessingStarted() | UserLog.MessagesQuarantined() | UserLog.MessagesRequeued()
-        ):
-            return [("message_id", m) for m in e.message_ids]
-        case (
-            UserLog.KnowledgeExtracted()
-            | UserLog.BatchFailed()
-            | UserLog.ProcessingFailed()
-            | UserLog.ProcessingInterrupted()
-        ):
-            return [("task_id", e.task_id)]
-    return NOTHING
-
-
-def evolve_buffer(rows: TableRows, e: Any) -> None:
-    """Messages not yet covered by knowledge, with the task (if any) that holds them."""
-    match e:
-        case UserLog.MessageAdded():
-            rows.put(message_row(e, task_id=None, quarantined=0))
-        case UserLog.ProcessingStarted():
-            for message_id in e.message_ids:
-                rows.update(message_id, task_id=e.task_id)
-        case UserLog.KnowledgeExtracted():
-            for covered in rows.find("task_id", e.task_id):
-                rows.delete(covered)
-        case UserLog.BatchFailed() | UserLog.ProcessingFailed() | UserLog.ProcessingInterrupted():
-            for released in rows.find("task_id", e.task_id):
-                rows.update(released, task_id=None)
-        case UserLog.MessagesQuarantined():
-            for message_id in e.message_ids:
-                rows.update(message_id, task_id=None, quarantined=1)
-        case UserLog.MessagesRequeued():
-            for message_id in e.message_ids:
-                rows.update(message_id, quarantined=0)
 
 
 # ---------------------------------------------------------------------- quarantine
@@ -345,10 +287,58 @@ def evolve_citations(rows: TableRows, e: Any) -> None:
 # ---------------------------------------------------------------------- messages
 
 
+def messages_touches(e: Any) -> Sequence[Lookup]:
+    """Buffered messages an event claims, moves or requeues; or those its task holds."""
+    match e:
+        case (
+            UserLog.ProcessingStarted() | UserLog.MessagesQuarantined() | UserLog.MessagesRequeued()
+        ):
+            return [("message_id", m) for m in e.message_ids]
+        case (
+            UserLog.KnowledgeExtracted()
+            | UserLog.BatchFailed()
+            | UserLog.ProcessingFailed()
+            | UserLog.ProcessingInterrupted()
+        ):
+            return [("task_id", e.task_id)]
+    return NOTHING
+
+
 def evolve_messages(rows: TableRows, e: Any) -> None:
-    """Every message ever added, covered or not: for recall, provenance and neighbours."""
-    if isinstance(e, UserLog.MessageAdded):
-        rows.put(message_row(e))
+    """Every message ever added, for recall, provenance and neighbours; and the buffer:
+    whether knowledge has yet to cover it, and the task (if any) that holds it."""
+    match e:
+        case UserLog.MessageAdded():
+            rows.put(
+                {
+                    "message_id": e.message_id,
+                    "log_id": _log_id(e),
+                    "seq": e.seq,
+                    "version": e.originator_version,
+                    "role": e.role,
+                    "content": e.content,
+                    "sent_at": utc(e.sent_at),
+                    "name": e.name,
+                    "buffered": 1,
+                    "task_id": None,
+                    "quarantined": 0,
+                }
+            )
+        case UserLog.ProcessingStarted():
+            for message_id in e.message_ids:
+                rows.update(message_id, task_id=e.task_id)
+        case UserLog.KnowledgeExtracted():
+            for covered in rows.find("task_id", e.task_id):
+                rows.update(covered, buffered=0, task_id=None)
+        case UserLog.BatchFailed() | UserLog.ProcessingFailed() | UserLog.ProcessingInterrupted():
+            for released in rows.find("task_id", e.task_id):
+                rows.update(released, task_id=None)
+        case UserLog.MessagesQuarantined():
+            for message_id in e.message_ids:
+                rows.update(message_id, task_id=None, quarantined=1)
+        case UserLog.MessagesRequeued():
+            for message_id in e.message_ids:
+                rows.update(message_id, quarantined=0)
 
 
 # ---------------------------------------------------------------------- users
@@ -421,13 +411,12 @@ def _none(e: Any) -> Sequence[Lookup]:
 
 
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection("buffer", ("message_id",), buffer_touches, evolve_buffer, ("task_id",)),
     Projection("quarantine", ("message_id",), quarantine_touches, evolve_quarantine),
     Projection("tasks", ("task_id",), tasks_touches, evolve_tasks),
     Projection("usage", ("usage_id",), _none, evolve_usage),
     Projection("knowledge", ("entry_id",), knowledge_touches, evolve_knowledge, ("log_id",)),
     Projection("citations", ("message_id", "entry_id"), _none, evolve_citations),
-    Projection("messages", ("message_id",), _none, evolve_messages),
+    Projection("messages", ("message_id",), messages_touches, evolve_messages, ("task_id",)),
     Projection("users", ("log_id",), users_touches, evolve_users),
 )
 """Every projection folded from the log alone, in the order their tables are written."""

@@ -7,7 +7,17 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, bindparam, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    Table,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+)
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
@@ -126,20 +136,22 @@ class ProjectionReader:
 
     def buffer(self, connection: Connection, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge nor quarantined, in log order."""
-        b = self.tables.buffer
+        m = self.tables.messages
         rows = connection.execute(
-            select(b).where(b.c.log_id == _log(user_id), b.c.quarantined == 0).order_by(b.c.seq)
+            select(m)
+            .where(m.c.log_id == _log(user_id), _buffered(m), m.c.quarantined == 0)
+            .order_by(m.c.seq)
         ).mappings()
         return [buffered_from_row(user_id, r) for r in rows]
 
     def quarantined(self, connection: Connection, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, in log order, each with its last error."""
-        b, q = self.tables.buffer, self.tables.quarantine
+        m, q = self.tables.messages, self.tables.quarantine
         rows = connection.execute(
-            select(b, q.c.error, q.c.attempts, q.c.quarantined_at, q.c.task_id.label("by"))
-            .join(q, q.c.message_id == b.c.message_id)
-            .where(b.c.log_id == _log(user_id))
-            .order_by(b.c.seq)
+            select(m, q.c.error, q.c.attempts, q.c.quarantined_at, q.c.task_id.label("by"))
+            .join(q, q.c.message_id == m.c.message_id)
+            .where(m.c.log_id == _log(user_id), _buffered(m))
+            .order_by(m.c.seq)
         ).mappings()
         return [
             QuarantinedMessage(
@@ -277,11 +289,11 @@ class ProjectionReader:
 
     def users_with_pending(self, connection: Connection, at_least: int) -> list[str]:
         """Users with at least ``at_least`` messages that no task holds."""
-        b, u = self.tables.buffer, self.tables.users
+        m, u = self.tables.messages, self.tables.users
         pending = (
-            select(b.c.log_id)
-            .where(b.c.task_id.is_(None), b.c.quarantined == 0)
-            .group_by(b.c.log_id)
+            select(m.c.log_id)
+            .where(_buffered(m), m.c.task_id.is_(None), m.c.quarantined == 0)
+            .group_by(m.c.log_id)
             .having(func.count() >= at_least)
         )
         rows = connection.execute(
@@ -380,8 +392,14 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
     )
 
 
+def _buffered(m: Table) -> ColumnElement[bool]:
+    """Buffered messages, said with a literal: SQLite only uses the partial index of the
+    buffer when the query repeats its condition, and a bound parameter does not."""
+    return m.c.buffered == literal_column("1")
+
+
 def buffered_from_row(user_id: str, r: Any) -> BufferedMessage:
-    """A buffer row as the model callers get."""
+    """A buffered message's row as the model callers get."""
     return BufferedMessage(**_message_fields(user_id, r), task_id=r["task_id"])
 
 
@@ -391,7 +409,7 @@ def message_from_row(user_id: str, r: Any) -> Message:
 
 
 def _message_fields(user_id: str, r: Any) -> dict[str, Any]:
-    """The fields every model of a message has, from a buffer or message row."""
+    """The fields every model of a message has, from a message row."""
     return {
         "message_id": r["message_id"],
         "user_id": user_id,

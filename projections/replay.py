@@ -22,7 +22,7 @@ from projections.rows import TableRows
 __all__ = ["UserState", "state_at"]
 
 _PAGE = 10_000
-REPLAYED = tuple(p for p in PROJECTIONS if p.table in ("buffer", "tasks", "knowledge"))
+REPLAYED = tuple(p for p in PROJECTIONS if p.table in ("messages", "tasks", "knowledge"))
 """The projections :func:`state_at` folds: those whose tables a :class:`UserState` reads."""
 
 
@@ -68,15 +68,16 @@ def _replay(store: EventStore, user_id: str, version: int | None, at: datetime |
     return UserState(
         user_id=user_id,
         version=reached,
-        buffer=_buffer(user_id, tables["buffer"]),
+        buffer=_buffer(user_id, tables["messages"]),
         tasks=_tasks(user_id, tables["tasks"]),
         knowledge=_knowledge(user_id, tables["knowledge"]),
     )
 
 
 def _buffer(user_id: str, rows: TableRows) -> list[BufferedMessage]:
-    """What :meth:`ProjectionReader.buffer` reads: rows not quarantined, in log order."""
-    buffered = (r for r in rows.rows.values() if r["quarantined"] == 0)
+    """What :meth:`ProjectionReader.buffer` reads: buffered messages not quarantined, in
+    log order."""
+    buffered = (r for r in rows.rows.values() if r["buffered"] == 1 and r["quarantined"] == 0)
     return [buffered_from_row(user_id, r) for r in sorted(buffered, key=lambda r: r["seq"])]
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    literal_column,
 )
 
 __all__ = ["LIVE_PREFIX", "ProjectionTables"]
@@ -26,11 +27,13 @@ LIVE_PREFIX = "mv_"
 
 
 class ProjectionTables:
-    """The buffer, quarantine, tasks, usage, knowledge, messages, users and position
+    """The messages, quarantine, tasks, usage, knowledge, citations, users and position
     tables under ``prefix``.
 
-    Buffer rows stay while a message is quarantined (``quarantined`` is 1 then), so that a
-    requeue only flips it back; the quarantine table holds why. Knowledge rows keep their
+    The buffer is the messages with ``buffered`` set, each with the task that holds it
+    (if any); a message stays buffered while quarantined (``quarantined`` is 1 then), so
+    that a requeue only flips it back, and the quarantine table holds why. A partial
+    index keeps the buffer's lookups to the buffered messages. Knowledge rows keep their
     history: ``valid_until`` is set when a later entry supersedes one (``superseded_by``)
     or the user says it stopped being true. Usage rows are the tokens each extraction
     spent, one row per event that spent any.
@@ -39,20 +42,6 @@ class ProjectionTables:
     def __init__(self, prefix: str = LIVE_PREFIX) -> None:
         self.prefix = prefix
         self.metadata = MetaData()
-        self.buffer = Table(
-            f"{prefix}buffer",
-            self.metadata,
-            Column("message_id", String(36), primary_key=True),
-            Column("log_id", String(36), nullable=False, index=True),
-            Column("seq", Integer, nullable=False),
-            Column("version", Integer, nullable=False),
-            Column("role", String(16), nullable=False),
-            Column("content", Text, nullable=False),
-            Column("sent_at", DateTime(timezone=True), nullable=False),
-            Column("name", String(100), nullable=True),
-            Column("task_id", String(64), nullable=True, index=True),
-            Column("quarantined", Integer, nullable=False),
-        )
         self.quarantine = Table(
             f"{prefix}quarantine",
             self.metadata,
@@ -128,7 +117,24 @@ class ProjectionTables:
             Column("content", Text, nullable=False),
             Column("sent_at", DateTime(timezone=True), nullable=False),
             Column("name", String(100), nullable=True),
+            Column("buffered", Integer, nullable=False),
+            Column("task_id", String(64), nullable=True),
+            Column("quarantined", Integer, nullable=False),
             Index(f"{prefix}messages_by_seq", "log_id", "seq", unique=True),
+        )
+        messages = self.messages.c
+        Index(
+            f"{prefix}messages_buffered",
+            messages.log_id,
+            messages.seq,
+            sqlite_where=messages.buffered == literal_column("1"),
+            postgresql_where=messages.buffered == literal_column("1"),
+        )
+        Index(
+            f"{prefix}messages_by_task",
+            messages.task_id,
+            sqlite_where=messages.task_id.is_not(None),
+            postgresql_where=messages.task_id.is_not(None),
         )
         self.citations = Table(
             f"{prefix}citations",
@@ -178,7 +184,6 @@ class ProjectionTables:
     def folded_tables(self) -> tuple[Table, ...]:
         """The tables folded from the log alone; vectors also depend on an embedding model."""
         return (
-            self.buffer,
             self.quarantine,
             self.tasks,
             self.usage,

@@ -113,7 +113,7 @@ async def test_forgetting_a_user_never_written_erases_nothing(memory: Memory) ->
     assert receipt.events == receipt.snapshots == 0
     assert {table: n for table, n in receipt.rows.items() if table != "leases"} == dict.fromkeys(
         (
-            *("buffer", "quarantine", "tasks", "usage", "knowledge", "citations"),
+            *("quarantine", "tasks", "usage", "knowledge", "citations"),
             *("messages", "users", "vectors", "search"),
         ),
         0,

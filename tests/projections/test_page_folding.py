@@ -241,7 +241,7 @@ def _same_event(actual: Any, expected: Any) -> None:
 )
 def test_stored_datetimes_are_what_sqlalchemy_binds(value: datetime | None) -> None:
     dialect = sqlite.dialect()
-    column = ProjectionTables().buffer.c.sent_at
+    column = ProjectionTables().messages.c.sent_at
     bind = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
     assert bind is not None
     convert = stored_form(column, dialect, {})

@@ -41,7 +41,7 @@ async def _live(db_url: str, make_memory: Any, extractor: RecordingExtractor) ->
 async def test_rebuild_equals_live(db_url: str, make_memory: Any, extractor: Any) -> None:
     store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
-    assert live["knowledge"] and live["buffer"] and live["tasks"]
+    assert live["knowledge"] and live["messages"] and live["tasks"]
     folded = rebuild(store)
     assert folded == store.max_position()
     assert dump(store.engine, ProjectionTables()) == live
@@ -129,11 +129,11 @@ async def test_one_users_rows_are_rebuilt_alone(
     live = dump(store.engine, ProjectionTables())
     with store.transaction() as connection:
         connection.execute(text("UPDATE mv_knowledge SET text = 'tampered'"))
-        connection.execute(text("DELETE FROM mv_buffer"))
+        connection.execute(text("UPDATE mv_messages SET buffered = 0"))
     assert rebuild_user(store, "ben") > 0
     after = dump(store.engine, ProjectionTables())
     ben = str(user_log_id("ben"))
-    for table in ("buffer", "knowledge", "tasks", "users"):
+    for table in ("messages", "knowledge", "tasks", "users"):
         ben_rows = [r for r in after[table] if ben in r]
         assert ben_rows == [r for r in live[table] if ben in r], table
     assert any(r[2] == "tampered" for r in after["knowledge"])
