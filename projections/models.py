@@ -62,7 +62,8 @@ class QuarantinedMessage:
     """A message that kept failing extraction, set aside so it blocks nothing after it.
 
     ``error`` is the last failure, ``attempts`` how often it failed alone; ``task_id``
-    names the task that quarantined it. :meth:`memvee.Memory.requeue` puts it back.
+    names the task that quarantined it; ``name`` is who said it, when known.
+    :meth:`memvee.Memory.requeue` puts it back.
     """
 
     message_id: str
@@ -75,6 +76,7 @@ class QuarantinedMessage:
     attempts: int
     quarantined_at: datetime
     task_id: str
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,12 +155,7 @@ class ProjectionReader:
         ).mappings()
         return [
             QuarantinedMessage(
-                message_id=r["message_id"],
-                user_id=user_id,
-                seq=r["seq"],
-                role=r["role"],
-                content=r["content"],
-                sent_at=aware(r["sent_at"]),
+                **_message_fields(user_id, r),
                 error=r["error"],
                 attempts=r["attempts"],
                 quarantined_at=aware(r["quarantined_at"]),

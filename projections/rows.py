@@ -28,7 +28,7 @@ class TableRows:
         self.key_columns = key
         self._single_key = key[0] if len(key) == 1 else None
         self.rows: dict[Hashable, Row] = {}
-        self.stored: set[Hashable] = set()
+        self.stored: dict[Hashable, Row] = {}
         self.written: dict[Hashable, None] = {}
         self._indexes: dict[str, dict[Any, dict[Hashable, None]]] = {c: {} for c in indexed}
 
@@ -45,7 +45,7 @@ class TableRows:
         for row in rows:
             key = self.key_of(row)
             if key not in self.rows and key not in self.stored:
-                self.stored.add(key)
+                self.stored[key] = dict(row)
                 self.rows[key] = row
                 self._index(key, row)
 
@@ -92,16 +92,21 @@ class TableRows:
             self.written[key] = None
 
     def changes(self) -> tuple[list[Row], list[Row], list[Hashable]]:
-        """The net change since loading: rows to insert, rows to update, keys to delete."""
+        """The net change since loading: rows to insert, changes to stored rows (their key
+        and the columns whose value differs, so an index on an unchanged column is left
+        alone), keys to delete."""
         inserted, updated, deleted = [], [], []
-        rows, stored = self.rows, self.stored
+        rows, stored, key_columns = self.rows, self.stored, self.key_columns
         for key in self.written:
             row = rows.get(key)
             if row is None:
                 if key in stored:
                     deleted.append(key)
             elif key in stored:
-                updated.append(row)
+                before = stored[key]
+                changed = {c: v for c, v in row.items() if c not in before or before[c] != v}
+                if changed:
+                    updated.append({**{c: row[c] for c in key_columns}, **changed})
             else:
                 inserted.append(row)
         return inserted, updated, deleted

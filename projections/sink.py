@@ -35,17 +35,18 @@ class TableSink:
         self.key = key
         self.columns = tuple(c.name for c in table.columns)
         self.native = dialect.name == "sqlite"
-        self._others = tuple(c for c in self.columns if c not in key)
         shared: dict[str, Convert | None] = {}
         bind = {c.name: stored_form(c, dialect, shared) for c in table.columns}
+        self._bind = bind
         self._insert_order = _StoredOrder(self.columns, bind)
-        self._update_order = _StoredOrder((*self._others, *key), bind)
+        self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
         self._read = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
         ]
         quote = dialect.identifier_preparer.quote
         self._q_table = quote(table.name)
         self._q = {c: quote(c) for c in self.columns}
+        self._where = " AND ".join(f"{self._q[k]} = ?" for k in key)
         self._statements: dict[str, Any] = {}
 
     def load(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
@@ -82,16 +83,17 @@ class TableSink:
             connection.execute(t.delete().where(where), [self._key_params(k) for k in deleted])
         if updated:
             where = and_(*(t.c[k] == bindparam(f"k_{k}") for k in key))
-            statement = (
-                t.update().where(where).values({c: bindparam(f"v_{c}") for c in self._others})
-            )
-            connection.execute(
-                statement,
-                [
-                    {**{f"k_{k}": row[k] for k in key}, **{f"v_{c}": row[c] for c in self._others}}
-                    for row in updated
-                ],
-            )
+            for changed, rows in _by_changed_columns(updated, key).items():
+                statement = (
+                    t.update().where(where).values({c: bindparam(f"v_{c}") for c in changed})
+                )
+                connection.execute(
+                    statement,
+                    [
+                        {**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in changed}}
+                        for r in rows
+                    ],
+                )
         if inserted:
             connection.execute(t.insert(), inserted)
 
@@ -131,8 +133,9 @@ class TableSink:
             keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
             cursor.executemany(self._sql("delete"), keys)
         if updated:
-            order = self._update_order
-            cursor.executemany(self._sql("update"), [order.values(r) for r in updated])
+            for changed, rows in _by_changed_columns(updated, self.key).items():
+                sql, order = self._update(changed)
+                cursor.executemany(sql, [order.values(r) for r in rows])
         if inserted:
             order = self._insert_order
             cursor.executemany(self._sql("insert"), [order.values(r) for r in inserted])
@@ -143,17 +146,34 @@ class TableSink:
             sql: str = found
             return sql
         q, t = self._q, self._q_table
-        where = " AND ".join(f"{q[k]} = ?" for k in self.key)
         if kind == "insert":
             marks = ", ".join("?" for _ in self.columns)
             sql = f"INSERT INTO {t} ({', '.join(q[c] for c in self.columns)}) VALUES ({marks})"
-        elif kind == "delete":
-            sql = f"DELETE FROM {t} WHERE {where}"
         else:
-            sets = ", ".join(f"{q[c]} = ?" for c in self._others)
-            sql = f"UPDATE {t} SET {sets} WHERE {where}"
+            sql = f"DELETE FROM {t} WHERE {self._where}"
         self._statements[kind] = sql
         return sql
+
+    def _update(self, changed: tuple[str, ...]) -> tuple[str, _StoredOrder]:
+        """The statement that sets ``changed`` on a row found by its key, and the order of
+        its values (the changed columns, then the key)."""
+        found = self._updates.get(changed)
+        if found is None:
+            sets = ", ".join(f"{self._q[c]} = ?" for c in changed)
+            sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._where}"
+            found = self._updates[changed] = (sql, _StoredOrder((*changed, *self.key), self._bind))
+        return found
+
+
+def _by_changed_columns(
+    updated: list[Row], key: tuple[str, ...]
+) -> dict[tuple[str, ...], list[Row]]:
+    """Changes grouped by the columns they set (the key excepted), one statement each."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in updated:
+        changed = tuple(c for c in row if c not in key)
+        groups.setdefault(changed, []).append(row)
+    return groups
 
 
 class _StoredOrder:

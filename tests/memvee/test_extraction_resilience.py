@@ -93,14 +93,14 @@ async def test_a_poisoned_message_is_quarantined_and_blocks_nothing_after_it(
     extractor.fault = _poisoned(lambda: InvalidExtractionError("off-schema answer"))
     for i in range(5):
         await memory.add_exchange("ann", f"I like thing {i}", "ok")
-    await memory.add_exchange("ann", f"{POISON} I like poison", "ok")
+    await memory.add_exchange("ann", f"{POISON} I like poison", "ok", user_name="Ann")
     for i in range(5, 10):
         await memory.add_exchange("ann", f"I like thing {i}", "ok")
 
     assert await memory.process("ann") == 10
     (stuck,) = await memory.quarantined("ann")
     assert stuck.content == f"{POISON} I like poison" and stuck.attempts == 3
-    assert "off-schema answer" in stuck.error and stuck.role == "user"
+    assert "off-schema answer" in stuck.error and (stuck.role, stuck.name) == ("user", "Ann")
     assert await memory.buffer("ann") == []
     found = checked_coverage(memory, "ann")
     assert list(found.quarantined) == [stuck.message_id] and not found.buffered

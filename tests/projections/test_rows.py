@@ -73,3 +73,15 @@ def test_rows_with_a_key_of_several_columns() -> None:
     assert [(r["message_id"], r["entry_id"]) for r in inserted] == [("m1", "e1"), ("m1", "e2")]
     assert updated == deleted == []
     assert citations.get(("m1", "e2")) is not None
+
+
+def test_a_change_names_only_the_columns_whose_value_differs() -> None:
+    """The sink sets only those, so indexes over the other columns are not rewritten."""
+    users = TableRows(("log_id",))
+    users.load([{"log_id": "l", "user_id": "ann", "version": 3, "count": 1}])
+    users.load([{"log_id": "k", "user_id": "bob", "version": 5, "count": 2}])
+    stored = users.get("l")
+    assert stored is not None
+    users.put({**stored, "version": 4})
+    users.update("k", version=5, count=2)
+    assert users.changes() == ([], [{"log_id": "l", "version": 4}], [])
