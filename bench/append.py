@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.common import (
     BenchConfig,
+    GcPauseMeter,
     InstantExtractor,
     LoopStallMeter,
     Section,
@@ -80,6 +81,8 @@ class ScenarioRun:
     cold_latencies: list[float]
     stall: float
     cold_stall: float
+    gc_pause: float
+    cold_gc_pause: float
     transactions: int | None
     pragmas: tuple[str, str] | None
     cpu_seconds: float
@@ -128,11 +131,12 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
     users = [f"user-{i:05d}" for i in range(scenario.users)]
     async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
         pragmas = engine_pragmas(memory)
-        meter = LoopStallMeter()
+        meter, collections = LoopStallMeter(), GcPauseMeter()
         meter.start()
+        collections.start()
         cold: list[float] = []
         await asyncio.gather(*(_write(memory, u, scenario.warmup_per_user, cold) for u in users))
-        cold_stall = meter.reset()
+        cold_stall, cold_gc_pause = meter.reset(), collections.reset()
         before_tx = _transactions(memory)
         latencies: list[float] = []
         cpu, loop_cpu = time.process_time(), time.thread_time()
@@ -140,7 +144,7 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
         await asyncio.gather(*(_write(memory, u, scenario.per_user, latencies) for u in users))
         seconds = time.perf_counter() - started
         cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
-        stall = await meter.stop()
+        stall, gc_pause = await meter.stop(), collections.stop()
         after_tx = _transactions(memory)
     transactions = None if before_tx is None or after_tx is None else after_tx - before_tx
     return ScenarioRun(
@@ -150,6 +154,8 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
         cold_latencies=cold,
         stall=stall,
         cold_stall=cold_stall,
+        gc_pause=gc_pause,
+        cold_gc_pause=cold_gc_pause,
         transactions=transactions,
         pragmas=pragmas,
         cpu_seconds=cpu,
@@ -186,6 +192,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             "exchanges\nper commit",
             "CPU ms / exchange:\nprocess / loop",
             "max loop\nstall ms",
+            "longest\nGC ms",
             "cold start:\np99 ms / stall ms",
             "ex/s ÷ raw\n2-row tx/s",
             "p50 ÷ raw\n2-row p50",
@@ -242,7 +249,9 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         "CPU per exchange: the whole process (all threads) and the event-loop thread alone "
         "(with the 1 ms ticker). Loop CPU per exchange times the exchanges per commit is "
         "the loop's own work per burst of replies; a stall far beyond that is time the loop "
-        "thread spent waiting (for the GIL), not working."
+        "thread spent waiting (for the GIL), not working. Longest GC: the longest garbage "
+        "collection of the run (cold start included), in any thread; the collector holds the "
+        "GIL, so that much of a stall is the collector's, the rest the other threads'."
     )
     shaped = [
         f"{s.label}: {fmt_ratio(section.stats[f'{s.key}.p50_shaped_ratio'].median)}"
@@ -281,6 +290,7 @@ def _record(
     section.stat(f"{key}.cold_p99", "ms").add(percentile(result.cold_latencies, 99) * 1000)
     section.stat(f"{key}.cold_stall", "ms").add(result.cold_stall * 1000)
     section.stat(f"{key}.run_stall", "ms").add(max(result.stall, result.cold_stall) * 1000)
+    section.stat(f"{key}.gc", "ms").add(max(result.gc_pause, result.cold_gc_pause) * 1000)
     section.stat(f"{key}.rate_ratio", "x").add(result.rate / raw_rate)
     section.stat(f"{key}.p50_ratio", "x").add(p50 / raw_p50)
     if result.transactions:
@@ -307,6 +317,7 @@ def _row(section: Section, scenario: Scenario) -> list[str]:
         "-" if per_commit is None else fmt_num(per_commit.median, 1),
         f"{fmt_ms(stats[f'{key}.cpu'].median)} / {fmt_ms(stats[f'{key}.loop_cpu'].median)}",
         cell(stats[f"{key}.stall"], fmt_ms),
+        fmt_ms(stats[f"{key}.gc"].median),
         cold,
         cell(stats[f"{key}.rate_ratio"], fmt_ratio),
         cell(stats[f"{key}.p50_ratio"], fmt_ratio) if scenario.users == 1 else "",

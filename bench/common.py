@@ -7,6 +7,7 @@ Measurements are repeated in rounds because the machine is shared and noisy; a
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import shutil
@@ -25,6 +26,7 @@ from events import ExtractedFact, ExtractionBatch, ExtractionResult
 __all__ = [
     "PROJECT_ROOT",
     "BenchConfig",
+    "GcPauseMeter",
     "InstantExtractor",
     "LoopStallMeter",
     "Section",
@@ -180,6 +182,41 @@ class InstantExtractor:
     async def aclose(self) -> None:
         """Nothing to release."""
         return None
+
+
+class GcPauseMeter:
+    """The longest garbage collection between start and stop, whichever thread ran it.
+
+    The collector holds the GIL while it runs, so an event loop waits at least that long:
+    beside the loop's largest stall this tells the collector's share of it from the
+    threads' (memvee's and the load generator's code alike allocate what it collects).
+    """
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._began = 0.0
+
+    def start(self) -> None:
+        """Start timing collections."""
+        gc.callbacks.append(self._timed)
+
+    def reset(self) -> float:
+        """Return the longest collection so far (seconds) and start a new maximum."""
+        worst, self.longest = self.longest, 0.0
+        return worst
+
+    def stop(self) -> float:
+        """Stop timing; returns the longest collection since the last reset (seconds)."""
+        if self._timed in gc.callbacks:
+            gc.callbacks.remove(self._timed)
+        return self.longest
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._began = now
+        elif now - self._began > self.longest:
+            self.longest = now - self._began
 
 
 class LoopStallMeter:
