@@ -60,7 +60,8 @@ Started = tuple[str, str, list[str]]
 
 
 class UserActor(PooledActor):
-    """One user's actor; its public methods are called through a pykka proxy."""
+    """One user's actor; the directory calls its public methods with pykka's ``ProxyCall``
+    messages (see :func:`actors.directory.ask`)."""
 
     def __init__(self, user_id: str, services: SharedServices, retire: Retire) -> None:
         super().__init__(services.dispatcher)
