@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, inspect, select
+from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
 
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
 from projections.rows import TableRows
-from projections.search import SearchIndex, search_fingerprint, search_fold
+from projections.search import SearchIndex, search_fingerprint
 from projections.sink import TableSink
 from projections.tables import ProjectionTables
 
@@ -98,28 +98,18 @@ class Projector:
             rows = _folded(projection, events, connection, sink)
             sink.write(connection, *rows.changes())
         if connection.dialect.name == "sqlite":
-            indexed: dict[str, list[dict[str, Any]]] = {}
-            for e in events:
-                for table, row in search_fold(self.search, e):
-                    indexed.setdefault(table.name, []).append(row)
-            for name, rows_ in indexed.items():
-                if name == self.search.messages_fts.name:
-                    self.search.write_messages(connection, rows_)
-                else:
-                    sinks[name].write(connection, rows_, [], [])
+            self.search.write(connection, events)
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
 
     def _sinks_for(self, dialect: Dialect) -> dict[str, TableSink]:
-        """The sink of every projection (by role) and search table (by name) on ``dialect``."""
+        """The sink of every projection (by its table's role) on ``dialect``."""
         sinks = self._sinks.get(dialect.name)
         if sinks is None:
-            tables: dict[str, tuple[Table, tuple[str, ...]]] = {
-                p.table: (getattr(self.tables, p.table), p.key) for p in PROJECTIONS
+            sinks = {
+                p.table: TableSink(getattr(self.tables, p.table), p.key, dialect)
+                for p in PROJECTIONS
             }
-            fts = self.search.knowledge_fts
-            tables[fts.name] = (fts, ())
-            sinks = {name: TableSink(t, key, dialect) for name, (t, key) in tables.items()}
             self._sinks[dialect.name] = sinks
         return sinks
 

@@ -17,7 +17,7 @@ import re
 import threading
 import unicodedata
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
@@ -65,11 +65,13 @@ def index_word(word: str) -> str:
     return _index_words([word])[0]
 
 
-def _index_words(words: list[str], folded: bool = False) -> list[str]:
-    """:func:`index_word` of each word, the stemming done in one call (``folded``: the
-    words are already case-folded ASCII)."""
-    if not folded:
-        words = [_plain(word.casefold()) for word in words]
+def _index_words(words: list[str]) -> list[str]:
+    """:func:`index_word` of each word, the stemming done in one call."""
+    return _stems([_plain(word.casefold()) for word in words])
+
+
+def _stems(words: list[str]) -> list[str]:
+    """The Snowball stem of each case-folded, diacritic-free word, in one call."""
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:  # A Stemmer object is not safe to share between threads.
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
@@ -91,7 +93,7 @@ def owned_words(log_id: str, text: str) -> str:
     """
     owner = owner_token(log_id)
     if text.isascii():  # most text: fold it whole, the words come out the same
-        stems = _index_words(_WORD.findall(text.lower()), folded=True)
+        stems = _stems(_WORD.findall(text.lower()))
     else:
         stems = _index_words(_WORD.findall(text))
     return " ".join([owner + stem for stem in stems])
@@ -159,7 +161,24 @@ class SearchIndex:
             for name in (self.knowledge_fts.name, self.messages_fts.name, self.messages_ids.name):
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
-    def write_messages(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
+    def write(self, connection: Connection, events: Iterable[Any]) -> None:
+        """Index what ``events`` add (SQLite): every message, and every entry extracted."""
+        messages: list[dict[str, Any]] = []
+        entries: list[tuple[str, str, str]] = []
+        for e in events:
+            for table, row in search_fold(self, e):
+                if table is self.messages_fts:
+                    messages.append(row)
+                else:
+                    entries.append((row["owner"], row["body"], row["item_id"]))
+        self._write_messages(connection, messages)
+        if entries:
+            cursor = connection.connection.driver_connection
+            assert cursor is not None
+            k = self.knowledge_fts.name
+            cursor.executemany(f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)", entries)
+
+    def _write_messages(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         """Index messages (``item_id`` and ``body`` each): an id, then the words under it.
 
         A message without a word is not indexed (no search could find it).

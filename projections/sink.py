@@ -47,7 +47,10 @@ class TableSink:
         self._q_table = quote(table.name)
         self._q = {c: quote(c) for c in self.columns}
         self._where = " AND ".join(f"{self._q[k]} = ?" for k in key)
-        self._statements: dict[str, Any] = {}
+        marks = ", ".join("?" for _ in self.columns)
+        named = ", ".join(self._q[c] for c in self.columns)
+        self._insert_sql = f"INSERT INTO {self._q_table} ({named}) VALUES ({marks})"
+        self._delete_sql = f"DELETE FROM {self._q_table} WHERE {self._where}"
 
     def load(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
         """The stored rows whose ``column`` has one of ``values``."""
@@ -131,28 +134,14 @@ class TableSink:
         assert cursor is not None
         if deleted:
             keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
-            cursor.executemany(self._sql("delete"), keys)
+            cursor.executemany(self._delete_sql, keys)
         if updated:
             for changed, rows in _by_changed_columns(updated, self.key).items():
                 sql, order = self._update(changed)
                 cursor.executemany(sql, [order.values(r) for r in rows])
         if inserted:
             order = self._insert_order
-            cursor.executemany(self._sql("insert"), [order.values(r) for r in inserted])
-
-    def _sql(self, kind: str) -> str:
-        found = self._statements.get(kind)
-        if found is not None:
-            sql: str = found
-            return sql
-        q, t = self._q, self._q_table
-        if kind == "insert":
-            marks = ", ".join("?" for _ in self.columns)
-            sql = f"INSERT INTO {t} ({', '.join(q[c] for c in self.columns)}) VALUES ({marks})"
-        else:
-            sql = f"DELETE FROM {t} WHERE {self._where}"
-        self._statements[kind] = sql
-        return sql
+            cursor.executemany(self._insert_sql, [order.values(r) for r in inserted])
 
     def _update(self, changed: tuple[str, ...]) -> tuple[str, _StoredOrder]:
         """The statement that sets ``changed`` on a row found by its key, and the order of
