@@ -32,6 +32,7 @@ from events.extraction import (
 )
 from events.store import Durability, EventStore, Recorded, sqlite_url
 from events.user_log import (
+    EVENT_CLASSES,
     ROLES,
     UserLog,
     check_message,
@@ -44,6 +45,7 @@ from events.user_log import (
 )
 
 __all__ = [
+    "EVENT_CLASSES",
     "FACT_ACTIONS",
     "ROLES",
     "BatchLimits",

@@ -39,6 +39,7 @@ from events.extraction import (
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "EVENT_CLASSES",
     "LIVE_KNOWLEDGE",
     "ROLES",
     "UserLog",
@@ -766,6 +767,16 @@ class _Plan:
         self.added.append(fact)
         self.replaces.append(replaces)
         self.notes.append(notes)
+
+
+EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
+    value
+    for name, value in vars(UserLog).items()
+    if isinstance(value, type)
+    and issubclass(value, UserLog.Event)
+    and name not in ("Event", "Created")
+)
+"""Every kind of event a user's log can hold, in the order they are declared."""
 
 
 def _usage_fields(usage: TokenUsage, *, cache: bool) -> dict[str, int | None]:

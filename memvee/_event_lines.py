@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from events import UserLog
+from events import EVENT_CLASSES, UserLog
 
 __all__ = ["EVENT_TYPES", "describe"]
 
-_BASES = {"Event", "Created"}
-
-EVENT_TYPES: frozenset[str] = frozenset(
-    name
-    for name, value in vars(UserLog).items()
-    if isinstance(value, type) and issubclass(value, UserLog.Event) and name not in _BASES
-)
+EVENT_TYPES: frozenset[str] = frozenset(cls.__name__ for cls in EVENT_CLASSES)
 """The names of the events a user's log can hold (what ``memvee log --type`` accepts)."""
 
 

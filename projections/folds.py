@@ -9,6 +9,9 @@ Each projection has two small functions over one event:
   which are loaded before the events of a commit or page are folded;
 - ``evolve``: the change itself, on the rows held in a :class:`TableRows`.
 
+Each also names the kinds of event it folds (``folds``): the others change none of its
+rows, so every path skips them (a commit of messages alone never runs the knowledge fold).
+
 Nothing here reads a clock, a random value or the database; SQL is only the sink.
 """
 
@@ -20,11 +23,11 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from events import UserLog
+from events import EVENT_CLASSES, UserLog
 from events.user_log import LIVE_KNOWLEDGE
 from projections.rows import TableRows
 
-__all__ = ["PROJECTIONS", "Lookup", "Projection", "utc"]
+__all__ = ["EVERY_EVENT", "PROJECTIONS", "Lookup", "Projection", "utc"]
 
 Lookup = tuple[str, Any]
 """Stored rows a fold needs: those whose column (the key or an indexed one) has a value."""
@@ -37,12 +40,17 @@ _last_log_id: list[tuple[object, str]] = [(None, "")]
 """The latest log id and its text: consecutive events mostly share one UUID object."""
 
 
+EVERY_EVENT: frozenset[type] = frozenset(EVENT_CLASSES)
+"""What a projection that every event changes folds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Projection:
     """One read model: its table (by role), key, indexes and fold."""
 
     table: str
     key: tuple[str, ...]
+    folds: frozenset[type]
     touches: Callable[[Any], Sequence[Lookup]]
     evolve: Callable[[TableRows, Any], None]
     indexed: tuple[str, ...] = ()
@@ -50,6 +58,13 @@ class Projection:
     def new_rows(self) -> TableRows:
         """An empty in-memory set of this projection's rows."""
         return TableRows(self.key, self.indexed)
+
+    def of(self, events: Sequence[Any]) -> Sequence[Any]:
+        """The events of ``events`` this projection folds, in order."""
+        if self.folds is EVERY_EVENT:
+            return events
+        folds = self.folds
+        return [e for e in events if type(e) in folds]
 
 
 def _log_id(e: Any) -> str:
@@ -411,12 +426,72 @@ def _none(e: Any) -> Sequence[Lookup]:
 
 
 PROJECTIONS: tuple[Projection, ...] = (
-    Projection("quarantine", ("message_id",), quarantine_touches, evolve_quarantine),
-    Projection("tasks", ("task_id",), tasks_touches, evolve_tasks),
-    Projection("usage", ("usage_id",), _none, evolve_usage),
-    Projection("knowledge", ("entry_id",), knowledge_touches, evolve_knowledge, ("log_id",)),
-    Projection("citations", ("message_id", "entry_id"), _none, evolve_citations),
-    Projection("messages", ("message_id",), messages_touches, evolve_messages, ("task_id",)),
-    Projection("users", ("log_id",), users_touches, evolve_users),
+    Projection(
+        "quarantine",
+        ("message_id",),
+        frozenset({UserLog.MessagesQuarantined, UserLog.MessagesRequeued}),
+        quarantine_touches,
+        evolve_quarantine,
+    ),
+    Projection(
+        "tasks",
+        ("task_id",),
+        frozenset(
+            {
+                UserLog.ProcessingRequested,
+                UserLog.ProcessingStarted,
+                UserLog.KnowledgeExtracted,
+                UserLog.MessagesQuarantined,
+                UserLog.ProcessingFailed,
+                UserLog.ProcessingInterrupted,
+            }
+        ),
+        tasks_touches,
+        evolve_tasks,
+    ),
+    Projection("usage", ("usage_id",), frozenset(_SPENDING), _none, evolve_usage),
+    Projection(
+        "knowledge",
+        ("entry_id",),
+        frozenset(
+            {
+                UserLog.KnowledgeExtracted,
+                UserLog.KnowledgeReextracted,
+                UserLog.KnowledgeSuperseded,
+                UserLog.KnowledgeInvalidated,
+                UserLog.KnowledgeVersionPromoted,
+            }
+        ),
+        knowledge_touches,
+        evolve_knowledge,
+        ("log_id",),
+    ),
+    Projection(
+        "citations",
+        ("message_id", "entry_id"),
+        frozenset({UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted}),
+        _none,
+        evolve_citations,
+    ),
+    Projection(
+        "messages",
+        ("message_id",),
+        frozenset(
+            {
+                UserLog.MessageAdded,
+                UserLog.ProcessingStarted,
+                UserLog.KnowledgeExtracted,
+                UserLog.BatchFailed,
+                UserLog.ProcessingFailed,
+                UserLog.ProcessingInterrupted,
+                UserLog.MessagesQuarantined,
+                UserLog.MessagesRequeued,
+            }
+        ),
+        messages_touches,
+        evolve_messages,
+        ("task_id",),
+    ),
+    Projection("users", ("log_id",), EVERY_EVENT, users_touches, evolve_users),
 )
 """Every projection folded from the log alone, in the order their tables are written."""

@@ -94,9 +94,11 @@ class Projector:
         events = [r.event for r in recorded]
         sinks = self._sinks_for(connection.dialect)
         for projection in PROJECTIONS:
-            sink = sinks[projection.table]
-            rows = _folded(projection, events, connection, sink)
-            sink.write(connection, *rows.changes())
+            folded = projection.of(events)
+            if folded:
+                sink = sinks[projection.table]
+                rows = _folded(projection, folded, connection, sink)
+                sink.write(connection, *rows.changes())
         if connection.dialect.name == "sqlite":
             self.search.write(connection, events)
         if move_position:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
-from events import BatchLimits, EventStore, ExtractedFact, Recorded, UserLog, sqlite_url
+from events import EventStore, Recorded, sqlite_url
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -28,41 +28,9 @@ from projections import (
     replay,
     state_at,
 )
+from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
-
-def _covered(log: UserLog, messages: list[str]) -> list[str]:
-    """The ``messages`` that are neither buffered nor held by a task."""
-    held = set(log.pending) | {m for t in log.open_tasks.values() for m in t}
-    return [m for m in messages if m not in held]
-
-
-def _revising(log: UserLog, facts: list[ExtractedFact]) -> list[ExtractedFact]:
-    """``facts`` with the first updating a live entry and one more ending another."""
-    live = [e for e, v in log.valid_entries.items() if v == "live"]
-    if not facts or not live:
-        return facts
-    first = facts[0]
-    revised = [ExtractedFact(first.text, first.source_message_ids, "update", live[0])]
-    if len(live) > 1:
-        revised.append(
-            ExtractedFact("no longer true", first.source_message_ids, "invalidate", live[-1])
-        )
-    return revised + facts[1:]
-
-
-OPERATIONS = st.lists(
-    st.sampled_from(
-        [
-            *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
-            *("reextract", "promote", "reject", "reject", "blamed", "requeue"),
-        ]
-    ),
-    min_size=1,
-    max_size=40,
-)
-
-LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
-"""Small batches and few attempts, so that tasks run several batches, split and quarantine."""
+OPERATIONS = st.lists(st.sampled_from(EVERY_OPERATION), min_size=1, max_size=40)
 
 
 def _sql_state_at(
@@ -117,44 +85,12 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
     reader = ProjectionReader(tables)
     with store.transaction() as connection:
         projector.create(connection)
-    log = UserLog.register("p")
+    driver = LogDriver("p")
+    log = driver.log
     seen: dict[int, Any] = {}
-    messages: list[str] = []
-    tasks = 0
     try:
         for op in operations:
-            if op == "add":
-                messages.append(log.add_message("user", f"message {len(messages)}", None, 1000))
-            elif op == "start":
-                tasks += 1
-                log.request_processing(f"t{tasks}", "manual")
-                log.start_next(LIMITS)
-            elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
-                task = next(iter(log.open_tasks))
-                if op in ("extract", "revise"):
-                    facts = [ExtractedFact(f"fact {m}", (m,)) for m in log.open_tasks[task]]
-                    if op == "revise":
-                        facts = _revising(log, facts)
-                    log.record_knowledge(task, facts, "property", limits=LIMITS)
-                else:
-                    log.record_failure(
-                        task,
-                        f"failed on purpose ({op})",
-                        repeats=op == "reject",
-                        blamed=op == "blamed",
-                        limits=LIMITS,
-                    )
-            elif op == "requeue":
-                log.requeue()
-            elif op == "crash":
-                log.close_interrupted("interrupted: crash")
-            elif op == "reextract":
-                covered = _covered(log, messages)
-                if covered:
-                    facts = [ExtractedFact(f"again {m}", (m,)) for m in covered]
-                    log.record_reextraction(f"v{log.version}", covered, facts, "property")
-            elif op == "promote" and log.knowledge_versions:
-                log.promote(next(iter(log.knowledge_versions)))
+            driver.perform(op)
             events = log.collect_events()
             if events:
                 store.append([events], projector.apply)

@@ -1,0 +1,65 @@
+"""Each projection names the kinds of event it folds, and every path skips the others: so
+an event of any other kind must leave its rows as they were and need none loaded."""
+
+from __future__ import annotations
+
+import copy
+from random import Random
+from typing import Any
+
+import pytest
+
+from events import EVENT_CLASSES
+from projections.folds import PROJECTIONS, Projection
+from tests.support.log_operations import EVERY_OPERATION, LogDriver
+
+
+def _logs_with_every_kind_of_event() -> list[list[Any]]:
+    """Logs driven through random operations until each kind of event was recorded."""
+    random = Random(13)
+    logs: list[list[Any]] = []
+    kinds: set[type] = set()
+    while kinds != set(EVENT_CLASSES) and len(logs) < 200:
+        driver = LogDriver(f"user-{len(logs)}")
+        for _ in range(60):
+            driver.perform(random.choice(EVERY_OPERATION))
+        events = list(driver.log.collect_events())
+        kinds.update(type(e) for e in events)
+        logs.append(events)
+    assert kinds == set(EVENT_CLASSES), "the operations no longer reach every kind of event"
+    return logs
+
+
+LOGS = _logs_with_every_kind_of_event()
+
+
+@pytest.mark.parametrize("projection", PROJECTIONS, ids=lambda p: p.table)
+def test_an_event_a_projection_does_not_fold_changes_none_of_its_rows(
+    projection: Projection,
+) -> None:
+    skipped = 0
+    for events in LOGS:
+        rows = projection.new_rows()
+        for event in events:
+            if type(event) in projection.folds:
+                projection.evolve(rows, event)
+                continue
+            before = copy.deepcopy((rows.rows, rows.written))
+            assert not projection.touches(event), f"{type(event).__name__} needs rows loaded"
+            projection.evolve(rows, event)
+            assert (rows.rows, rows.written) == before, f"{type(event).__name__} changed rows"
+            skipped += 1
+    assert skipped or projection.folds == set(EVENT_CLASSES)
+
+
+@pytest.mark.parametrize("projection", PROJECTIONS, ids=lambda p: p.table)
+def test_folding_only_the_events_a_projection_names_gives_the_same_rows(
+    projection: Projection,
+) -> None:
+    for events in LOGS:
+        every, named = projection.new_rows(), projection.new_rows()
+        for event in events:
+            projection.evolve(every, event)
+        for event in projection.of(events):
+            projection.evolve(named, event)
+        assert named.rows == every.rows

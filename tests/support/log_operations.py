@@ -1,0 +1,84 @@
+"""Drive a user's log through named operations, the way the engine would: add, process in
+bounded batches, extract, revise, fail in ways that repeat or pass, quarantine, requeue,
+crash, re-extract and promote. Used by the tests that need logs of every kind of event."""
+
+from __future__ import annotations
+
+from events import BatchLimits, ExtractedFact, UserLog
+
+__all__ = ["EVERY_OPERATION", "LIMITS", "LogDriver"]
+
+LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
+"""Small batches and few attempts, so that tasks run several batches, split and quarantine."""
+
+EVERY_OPERATION = (
+    *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
+    *("reextract", "promote", "reject", "reject", "blamed", "requeue"),
+)
+"""The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
+
+
+def _revising(log: UserLog, facts: list[ExtractedFact]) -> list[ExtractedFact]:
+    """``facts`` with the first updating a live entry and one more ending another."""
+    live = [e for e, v in log.valid_entries.items() if v == "live"]
+    if not facts or not live:
+        return facts
+    first = facts[0]
+    revised = [ExtractedFact(first.text, first.source_message_ids, "update", live[0])]
+    if len(live) > 1:
+        revised.append(
+            ExtractedFact("no longer true", first.source_message_ids, "invalidate", live[-1])
+        )
+    return revised + facts[1:]
+
+
+class LogDriver:
+    """One user's log and what the operations on it have added so far."""
+
+    def __init__(self, user_id: str) -> None:
+        self.log = UserLog.register(user_id)
+        self.messages: list[str] = []
+        self.tasks = 0
+
+    def perform(self, op: str) -> None:
+        """Apply one operation; one that does not apply now (no open task) does nothing."""
+        log = self.log
+        if op == "add":
+            self.messages.append(
+                log.add_message("user", f"message {len(self.messages)}", None, 1000)
+            )
+        elif op == "start":
+            self.tasks += 1
+            log.request_processing(f"t{self.tasks}", "manual")
+            log.start_next(LIMITS)
+        elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
+            task = next(iter(log.open_tasks))
+            if op in ("extract", "revise"):
+                facts = [ExtractedFact(f"fact {m}", (m,)) for m in log.open_tasks[task]]
+                if op == "revise":
+                    facts = _revising(log, facts)
+                log.record_knowledge(task, facts, "property", limits=LIMITS)
+            else:
+                log.record_failure(
+                    task,
+                    f"failed on purpose ({op})",
+                    repeats=op == "reject",
+                    blamed=op == "blamed",
+                    limits=LIMITS,
+                )
+        elif op == "requeue":
+            log.requeue()
+        elif op == "crash":
+            log.close_interrupted("interrupted: crash")
+        elif op == "reextract":
+            covered = self._covered()
+            if covered:
+                facts = [ExtractedFact(f"again {m}", (m,)) for m in covered]
+                log.record_reextraction(f"v{log.version}", covered, facts, "property")
+        elif op == "promote" and log.knowledge_versions:
+            log.promote(next(iter(log.knowledge_versions)))
+
+    def _covered(self) -> list[str]:
+        """The messages that are neither buffered nor held by a task."""
+        held = set(self.log.pending) | {m for t in self.log.open_tasks.values() for m in t}
+        return [m for m in self.messages if m not in held]
