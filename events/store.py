@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
 
 from events.errors import ConflictError, StorageError
+from events.transcoding import register_time_transcodings, time_from_stored
 from events.user_log import UserLog, user_log_id
 
 __all__ = ["Durability", "EventStore", "Recorded", "exported_state", "sqlite_url"]
@@ -84,16 +85,15 @@ _TIME_TYPE = "datetime_iso"
 def exported_state(state: bytes) -> dict[str, Any]:
     """A stored event's state for an export: plain JSON, times as ISO 8601 strings.
 
-    The transcoder wraps each time as ``{"_type_": "datetime_iso", "_data_": ...}``;
+    The transcoder wraps each time (:mod:`events.transcoding`);
     :meth:`EventStore.decode_exported` wraps them again from the event class's fields.
     """
     data: dict[str, Any] = json.loads(state)
-    return {
-        name: value["_data_"]
-        if isinstance(value, dict) and value.get("_type_") == _TIME_TYPE
-        else value
-        for name, value in data.items()
-    }
+    exported: dict[str, Any] = {}
+    for name, value in data.items():
+        moment = time_from_stored(value)
+        exported[name] = value if moment is None else moment.isoformat()
+    return exported
 
 
 @functools.cache
@@ -273,6 +273,11 @@ class _MemveeApplication(Application[UUID]):
 
     name = "memvee"
     is_snapshotting_enabled = True
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        """eventsourcing's transcodings, then memvee's compact times."""
+        super().register_transcodings(transcoder)
+        register_time_transcodings(transcoder)
 
 
 class EventStore:
