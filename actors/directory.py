@@ -13,7 +13,8 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +78,44 @@ class _PendingCall:
             resolve_threadsafe(self.loop, self.target, False, error)
 
 
+SENDS_PER_TURN = 32
+"""The most calls from an event loop sent to actors in one turn of that loop."""
+
+
+class _Outbox:
+    """Calls made on one event loop, sent to their actors from that loop a few per turn.
+
+    A burst of calls (a thousand agents answering at once) then never holds the loop for
+    the whole burst, and does not wake every actor thread at once to contend with the
+    loop for the GIL: other callbacks and timers run between every few sends.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, send: Callable[[str, _PendingCall], None]
+    ) -> None:
+        self._loop = loop
+        self._send = send
+        self._queue: deque[tuple[str, _PendingCall]] = deque()
+
+    def put(self, user_id: str, call: _PendingCall) -> None:
+        """Queue ``call``; sent in order, from the loop, in this turn's callbacks or later."""
+        if not self._queue:
+            self._loop.call_soon(self._turn)
+        self._queue.append((user_id, call))
+
+    def flush(self) -> None:
+        """Send every queued call now."""
+        while self._queue:
+            self._send(*self._queue.popleft())
+
+    def _turn(self) -> None:
+        queue = self._queue
+        for _ in range(min(SENDS_PER_TURN, len(queue))):
+            self._send(*queue.popleft())
+        if queue:
+            self._loop.call_soon(self._turn)
+
+
 @dataclass(slots=True)
 class _Entry:
     ref: pykka.ActorRef[Any]
@@ -102,6 +141,9 @@ class ActorDirectory:
         self._lock = threading.Lock()
         self._actors: OrderedDict[str, _Entry] = OrderedDict()
         self._spawning: dict[str, list[_PendingCall]] = {}
+        self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self._spawner = ThreadPoolExecutor(2, thread_name_prefix="memvee-spawner")
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
@@ -162,30 +204,62 @@ class ActorDirectory:
                 old.ask_to_stop()
 
     def call_async(
-        self, loop: asyncio.AbstractEventLoop, user_id: str, method: str, *args: Any
+        self,
+        loop: asyncio.AbstractEventLoop,
+        user_id: str,
+        method: str,
+        *args: Any,
+        paced: bool = False,
     ) -> asyncio.Future[Any]:
-        """Like :meth:`call`, resolved on ``loop``; spawning happens off the loop.
+        """Like :meth:`call`, from ``loop``'s thread and resolved on ``loop``.
 
-        Calls for a user whose actor is being spawned wait in order behind the spawn, so
-        calls made in order reach the actor in that order.
+        A ``paced`` call is sent from the loop a few per turn (see :class:`_Outbox`): for
+        calls the caller awaits, so the loop turns. Any other call is sent at once, after
+        the paced calls queued before it. Calls made in order reach the actor in that
+        order, also behind a spawn, which happens off the loop.
         """
         target: asyncio.Future[Any] = loop.create_future()
         call = _PendingCall(method, args, loop, target)
-        with self._lock:
-            entry = self._touch(user_id)
-            if entry is not None:
-                try:
-                    call.send(entry.ref)
-                    return target
-                except pykka.ActorDeadError:
-                    self._forget_dead(user_id)
-            waiting = self._spawning.get(user_id)
-            if waiting is not None:
-                waiting.append(call)
-                return target
-            self._spawning[user_id] = [call]
-        self._spawner.submit(self._spawn_and_drain, user_id)
+        outbox = self._outboxes.get(loop)
+        if paced:
+            if outbox is None:
+                outbox = self._outboxes[loop] = _Outbox(loop, self._send)
+            outbox.put(user_id, call)
+            return target
+        if outbox is not None:
+            outbox.flush()
+        self._send(user_id, call)
         return target
+
+    def flush_calls(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send every call ``loop`` has queued now (before a shutdown stops the actors)."""
+        outbox = self._outboxes.get(loop)
+        if outbox is not None:
+            outbox.flush()
+
+    def _send(self, user_id: str, call: _PendingCall) -> None:
+        """Send ``call`` to the user's actor, or queue it behind the actor's spawn; a call
+        that cannot be sent fails its caller."""
+        try:
+            with self._lock:
+                entry = self._touch(user_id)
+                if entry is not None:
+                    try:
+                        call.send(entry.ref)
+                        return
+                    except pykka.ActorDeadError:
+                        self._forget_dead(user_id)
+                waiting = self._spawning.get(user_id)
+                if waiting is not None:
+                    waiting.append(call)
+                    return
+                self._spawning[user_id] = [call]
+            self._spawner.submit(self._spawn_and_drain, user_id)
+        except Exception as error:
+            with self._lock:
+                if self._spawning.get(user_id) == [call]:
+                    del self._spawning[user_id]
+            call.fail(error)
 
     def _spawn_and_drain(self, user_id: str) -> None:
         """Spawn ``user_id``'s actor, then send it the calls that waited, in order."""

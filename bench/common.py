@@ -6,14 +6,11 @@ Measurements are repeated in rounds because the machine is shared and noisy; a
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import math
 import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -26,9 +23,7 @@ from events import ExtractedFact, ExtractionBatch, ExtractionResult
 __all__ = [
     "PROJECT_ROOT",
     "BenchConfig",
-    "GcPauseMeter",
     "InstantExtractor",
-    "LoopStallMeter",
     "Section",
     "Stat",
     "Workspace",
@@ -182,81 +177,6 @@ class InstantExtractor:
     async def aclose(self) -> None:
         """Nothing to release."""
         return None
-
-
-class GcPauseMeter:
-    """The longest garbage collection between start and stop, whichever thread ran it.
-
-    The collector holds the GIL while it runs, so an event loop waits at least that long:
-    beside the loop's largest stall this tells the collector's share of it from the
-    threads' (memvee's and the load generator's code alike allocate what it collects).
-    """
-
-    def __init__(self) -> None:
-        self.longest = 0.0
-        self._began = 0.0
-
-    def start(self) -> None:
-        """Start timing collections."""
-        gc.callbacks.append(self._timed)
-
-    def reset(self) -> float:
-        """Return the longest collection so far (seconds) and start a new maximum."""
-        worst, self.longest = self.longest, 0.0
-        return worst
-
-    def stop(self) -> float:
-        """Stop timing; returns the longest collection since the last reset (seconds)."""
-        if self._timed in gc.callbacks:
-            gc.callbacks.remove(self._timed)
-        return self.longest
-
-    def _timed(self, phase: str, info: dict[str, int]) -> None:
-        now = time.perf_counter()
-        if phase == "start":
-            self._began = now
-        elif now - self._began > self.longest:
-            self.longest = now - self._began
-
-
-class LoopStallMeter:
-    """A ticker task that sleeps 1 ms in a loop and records how late it wakes up.
-
-    A stall is the time beyond the requested sleep: anything that blocks the event loop
-    (a blocking call, a long burst of callbacks, a lost GIL) shows up as a late wake-up.
-    """
-
-    def __init__(self, interval: float = 0.001) -> None:
-        self.interval = interval
-        self.max_stall = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start ticking on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-
-    def reset(self) -> float:
-        """Return the largest stall so far (seconds) and start a new maximum."""
-        worst, self.max_stall = self.max_stall, 0.0
-        return worst
-
-    async def stop(self) -> float:
-        """Stop ticking; returns the largest stall since the last reset (seconds)."""
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        return self.max_stall
-
-    async def _tick(self) -> None:
-        clock = time.perf_counter
-        while True:
-            before = clock()
-            await asyncio.sleep(self.interval)
-            late = clock() - before - self.interval
-            if late > self.max_stall:
-                self.max_stall = late
 
 
 def percentile(values: Sequence[float], q: float) -> float:

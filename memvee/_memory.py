@@ -177,6 +177,8 @@ class Memory:
         if engine is None or self._closing:
             return
         self._closing = True
+        if self._loop is not None:
+            engine.directory.flush_calls(self._loop)
         pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
         if pending:
             await asyncio.wait(pending, timeout=self.config.shutdown_grace)
@@ -271,7 +273,7 @@ class Memory:
     ) -> list[Message]:
         engine, loop = self._running()
         stored: list[Message] = await engine.directory.call_async(
-            loop, user_id, "add_messages", messages
+            loop, user_id, "add_messages", messages, paced=True
         )
         return stored
 

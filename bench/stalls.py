@@ -1,0 +1,160 @@
+"""Who stalls the event loop: the collector, or code; and how much of the heap the
+collector walks is memvee's.
+
+A stall of the loop is either code holding the GIL (a long callback on the loop, or another
+thread) or the garbage collector, which holds the GIL while it walks every tracked object of
+the process, memvee's and the load generator's alike. :class:`LoopStallMeter` splits each
+stall into the collector's time inside it and the rest; :func:`objects_held` counts the
+tracked objects a Memory keeps alive, so the collector's time can be shared out between
+memvee and everything else in the process by the objects each makes it walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+import types
+from contextlib import suppress
+from dataclasses import dataclass
+
+__all__ = ["GcPauseMeter", "LoopStallMeter", "Stall", "objects_held"]
+
+
+class GcPauseMeter:
+    """The longest garbage collection between start and stop, whichever thread ran it,
+    and the collector's running total (what :class:`LoopStallMeter` subtracts).
+
+    The collector holds the GIL while it runs, so an event loop waits at least that long.
+    """
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.total = 0.0
+        self._began = 0.0
+
+    def start(self) -> None:
+        """Start timing collections."""
+        gc.callbacks.append(self._timed)
+
+    def reset(self) -> float:
+        """Return the longest collection so far (seconds) and start a new maximum."""
+        worst, self.longest = self.longest, 0.0
+        return worst
+
+    def stop(self) -> float:
+        """Stop timing; returns the longest collection since the last reset (seconds)."""
+        if self._timed in gc.callbacks:
+            gc.callbacks.remove(self._timed)
+        return self.longest
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._began = now
+            return
+        took = now - self._began
+        self.total += took
+        if took > self.longest:
+            self.longest = took
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """One late wake-up of the loop: how late, and how much of it the collector ran."""
+
+    late: float
+    collecting: float
+
+    @property
+    def outside_collections(self) -> float:
+        """The part of the stall that was code (memvee's or the load generator's)."""
+        return max(0.0, self.late - self.collecting)
+
+    def charged(self, share: float) -> float:
+        """The part charged to whoever holds ``share`` of the tracked objects: all of the
+        code part (an upper bound) and that share of the collector's part."""
+        return self.outside_collections + self.collecting * share
+
+
+class LoopStallMeter:
+    """A ticker task that sleeps 1 ms in a loop and records how late it wakes up.
+
+    A stall is the time beyond the requested sleep: anything that blocks the event loop
+    (a blocking call, a long burst of callbacks, a lost GIL) shows up as a late wake-up.
+    With a :class:`GcPauseMeter`, each stall also records the collector's time inside it
+    (the loop's own thread cannot tick while any thread collects, so no collection
+    straddles a tick).
+    """
+
+    def __init__(self, collections: GcPauseMeter | None = None, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.max_stall = 0.0
+        self.stalls: list[Stall] = []
+        self._collections = collections
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start ticking on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    def reset(self) -> float:
+        """Return the largest stall so far (seconds) and start a new maximum."""
+        worst, self.max_stall = self.max_stall, 0.0
+        return worst
+
+    async def stop(self) -> float:
+        """Stop ticking; returns the largest stall since the last reset (seconds)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        return self.max_stall
+
+    def worst_charged(self, share: float) -> float:
+        """The largest stall charged to a holder of ``share`` of the tracked objects."""
+        return max((s.charged(share) for s in self.stalls), default=0.0)
+
+    async def _tick(self) -> None:
+        clock = time.perf_counter
+        collections = self._collections
+        while True:
+            before = clock()
+            collected = 0.0 if collections is None else collections.total
+            await asyncio.sleep(self.interval)
+            late = clock() - before - self.interval
+            if late > self.max_stall:
+                self.max_stall = late
+            if late > 0.001:
+                spent = 0.0 if collections is None else collections.total - collected
+                self.stalls.append(Stall(late, min(spent, late)))
+
+
+_STATIC = (type, types.ModuleType, types.FunctionType, types.CodeType)
+
+
+def objects_held(root: object, *, besides: tuple[object, ...] = ()) -> int:
+    """How many tracked objects ``root`` keeps alive: those reachable from it, not through
+    modules, classes, module-level functions or code (the program, not its state), nor
+    through ``besides`` (the event loop, which holds every task of the load generator)."""
+    boundary = {id(o) for o in besides}
+    boundary.update(id(vars(m)) for m in list(sys.modules.values()) if m is not None)
+    seen = {id(root)}
+    todo: list[object] = [root]
+    count = 0
+    while todo:
+        obj = todo.pop()
+        count += 1
+        for ref in gc.get_referents(obj):
+            key = id(ref)
+            if key in seen or key in boundary or not gc.is_tracked(ref):
+                continue
+            if isinstance(ref, _STATIC) and not (
+                isinstance(ref, types.FunctionType) and ref.__closure__
+            ):
+                continue
+            seen.add(key)
+            todo.append(ref)
+    return count

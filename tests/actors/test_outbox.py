@@ -1,0 +1,102 @@
+"""Calls from the event loop: awaited ("paced") calls are sent a few per turn of the loop,
+in order; any other call is sent at once, after the paced calls queued before it; and
+closing a Memory sends what is queued before the actors stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors._dispatcher import Dispatcher, PooledActor
+from actors.directory import SENDS_PER_TURN, ActorDirectory
+from memvee import Memory, MemoryConfig
+from tests.support.extractors import RecordingExtractor
+
+
+class _Recorder(PooledActor):
+    def __init__(self, dispatcher: Dispatcher, received: list[int]) -> None:
+        super().__init__(dispatcher)
+        self.received = received
+
+    def note(self, n: int) -> int:
+        self.received.append(n)
+        return n
+
+
+@pytest.fixture
+def dispatcher() -> Iterator[Dispatcher]:
+    threads = Dispatcher(2)
+    yield threads
+    threads.shutdown()
+
+
+def _directory(dispatcher: Dispatcher, received: list[int], sent: list[int]) -> ActorDirectory:
+    directory = ActorDirectory(lambda user_id, retire: _Recorder.start(dispatcher, received))
+    send = directory._send
+
+    def counted(user_id: str, call: Any) -> None:
+        sent.append(call.args[0])
+        send(user_id, call)
+
+    directory._send = counted  # type: ignore[method-assign]
+    return directory
+
+
+async def test_paced_calls_are_sent_a_few_per_turn_of_the_loop_in_order(
+    dispatcher: Dispatcher,
+) -> None:
+    received: list[int] = []
+    sent: list[int] = []
+    directory = _directory(dispatcher, received, sent)
+    loop = asyncio.get_running_loop()
+    try:
+        futures = [directory.call_async(loop, "u", "note", n, paced=True) for n in range(100)]
+        assert sent == [], "nothing is sent before the loop turns"
+        turns = 0
+        while len(sent) < 100:
+            await asyncio.sleep(0)
+            turns += 1
+            assert len(sent) <= SENDS_PER_TURN * turns
+        assert turns >= 100 // SENDS_PER_TURN
+        assert await asyncio.gather(*futures) == list(range(100))
+        assert received == list(range(100))
+    finally:
+        directory.stop()
+
+
+async def test_a_call_sent_at_once_goes_after_the_paced_calls_queued_before_it(
+    dispatcher: Dispatcher,
+) -> None:
+    received: list[int] = []
+    sent: list[int] = []
+    directory = _directory(dispatcher, received, sent)
+    loop = asyncio.get_running_loop()
+    try:
+        paced = [directory.call_async(loop, "u", "note", n, paced=True) for n in range(50)]
+        now = directory.call_async(loop, "u", "note", 50)
+        assert sent == list(range(51)), "sent before the loop turned, in order"
+        assert await now == 50
+        await asyncio.gather(*paced)
+        assert received == list(range(51))
+    finally:
+        directory.stop()
+
+
+async def test_closing_sends_the_queued_writes_and_they_are_kept(tmp_path: Path) -> None:
+    config = MemoryConfig(db_path=str(tmp_path / "m.db"))
+    memory = Memory(config=config, extractor=RecordingExtractor())
+    await memory.open()
+    writes = [
+        asyncio.ensure_future(memory.add_exchange(f"user-{i}", f"hello {i}", "hi"))
+        for i in range(3 * SENDS_PER_TURN)
+    ]
+    await asyncio.sleep(0)  # each write has run up to its queued call
+    await memory.close()
+    assert all(len(w.result()) == 2 for w in writes)
+    async with Memory(config=config, extractor=RecordingExtractor()) as again:
+        for i in range(3 * SENDS_PER_TURN):
+            assert [m.content for m in await again.buffer(f"user-{i}")] == [f"hello {i}", "hi"]
