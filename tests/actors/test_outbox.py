@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,56 +35,57 @@ def dispatcher() -> Iterator[Dispatcher]:
     threads.shutdown()
 
 
-def _directory(dispatcher: Dispatcher, received: list[int], sent: list[int]) -> ActorDirectory:
+@dataclass
+class _Recording:
+    """A directory whose actors record the numbers they receive, and the sends it made."""
+
+    directory: ActorDirectory
+    received: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+
+
+@pytest.fixture
+def recording(dispatcher: Dispatcher) -> Iterator[_Recording]:
+    received: list[int] = []
     directory = ActorDirectory(lambda user_id, retire: _Recorder.start(dispatcher, received))
+    recording = _Recording(directory, received)
     send = directory._send
 
     def counted(user_id: str, call: Any) -> None:
-        sent.append(call.args[0])
+        recording.sent.append(call.args[0])
         send(user_id, call)
 
     directory._send = counted  # type: ignore[method-assign]
-    return directory
+    yield recording
+    directory.stop()
 
 
 async def test_paced_calls_are_sent_a_few_per_turn_of_the_loop_in_order(
-    dispatcher: Dispatcher,
+    recording: _Recording,
 ) -> None:
-    received: list[int] = []
-    sent: list[int] = []
-    directory = _directory(dispatcher, received, sent)
-    loop = asyncio.get_running_loop()
-    try:
-        futures = [directory.call_async(loop, "u", "note", n, paced=True) for n in range(100)]
-        assert sent == [], "nothing is sent before the loop turns"
-        turns = 0
-        while len(sent) < 100:
-            await asyncio.sleep(0)
-            turns += 1
-            assert len(sent) <= SENDS_PER_TURN * turns
-        assert turns >= 100 // SENDS_PER_TURN
-        assert await asyncio.gather(*futures) == list(range(100))
-        assert received == list(range(100))
-    finally:
-        directory.stop()
+    loop, sent = asyncio.get_running_loop(), recording.sent
+    futures = [recording.directory.call_async(loop, "u", "note", n, paced=True) for n in range(100)]
+    assert sent == [], "nothing is sent before the loop turns"
+    turns = 0
+    while len(sent) < 100:
+        await asyncio.sleep(0)
+        turns += 1
+        assert len(sent) <= SENDS_PER_TURN * turns
+    assert turns >= 100 // SENDS_PER_TURN
+    assert await asyncio.gather(*futures) == list(range(100))
+    assert recording.received == list(range(100))
 
 
 async def test_a_call_sent_at_once_goes_after_the_paced_calls_queued_before_it(
-    dispatcher: Dispatcher,
+    recording: _Recording,
 ) -> None:
-    received: list[int] = []
-    sent: list[int] = []
-    directory = _directory(dispatcher, received, sent)
-    loop = asyncio.get_running_loop()
-    try:
-        paced = [directory.call_async(loop, "u", "note", n, paced=True) for n in range(50)]
-        now = directory.call_async(loop, "u", "note", 50)
-        assert sent == list(range(51)), "sent before the loop turned, in order"
-        assert await now == 50
-        await asyncio.gather(*paced)
-        assert received == list(range(51))
-    finally:
-        directory.stop()
+    loop, directory = asyncio.get_running_loop(), recording.directory
+    paced = [directory.call_async(loop, "u", "note", n, paced=True) for n in range(50)]
+    now = directory.call_async(loop, "u", "note", 50)
+    assert recording.sent == list(range(51)), "sent before the loop turned, in order"
+    assert await now == 50
+    await asyncio.gather(*paced)
+    assert recording.received == list(range(51))
 
 
 async def test_closing_sends_the_queued_writes_and_they_are_kept(tmp_path: Path) -> None:
