@@ -30,10 +30,10 @@ __all__ = [
 
 Synchronous = Literal["FULL", "NORMAL"]
 
-MESSAGE_ADDED_TOPIC = "events.user_log:UserLog.MessageAdded"
+MESSAGE_ADDED_TOPIC = "MessageAdded"
 """The topic the engine stores with each message, so the raw rows have the same size."""
 
-_STORED_EVENT_BYTES = 260
+_STORED_EVENT_BYTES = 217
 """About the size of one stored MessageAdded state (a short message) in the engine."""
 
 _EVENTS_DDL = (

@@ -8,13 +8,11 @@ transaction, reads a log's events back, and follows the whole notification log i
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import sqlite3
 import time
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,15 +32,23 @@ from eventsourcing.persistence import (
     StoredEvent,
     find_id_convertor,
 )
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import resolve_topic
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
 
 from events.errors import ConflictError, StorageError
-from events.transcoding import register_time_transcodings, time_from_stored
-from events.user_log import UserLog, user_log_id
+from events.transcoding import (
+    CompactMapper,
+    compact_state,
+    register_time_transcodings,
+    restore_times,
+    stored_topic,
+    time_fields,
+    time_from_stored,
+)
+from events.user_log import EVENT_CLASSES, UserLog, user_log_id
 
 __all__ = ["Durability", "EventStore", "Recorded", "exported_state", "sqlite_url"]
 
@@ -82,41 +88,32 @@ def sqlite_url(path: str | Path) -> str:
 _TIME_TYPE = "datetime_iso"
 
 
-def exported_state(state: bytes) -> dict[str, Any]:
+def exported_state(topic: str, state: bytes) -> dict[str, Any]:
     """A stored event's state for an export: plain JSON, times as ISO 8601 strings.
 
-    The transcoder wraps each time (:mod:`events.transcoding`);
+    Times are stored compact or wrapped (:mod:`events.transcoding`);
     :meth:`EventStore.decode_exported` wraps them again from the event class's fields.
     """
     data: dict[str, Any] = json.loads(state)
+    times = time_fields(resolve_topic(topic))
     exported: dict[str, Any] = {}
     for name, value in data.items():
-        moment = time_from_stored(value)
+        moment = time_from_stored(value, bare=name in times)
         exported[name] = value if moment is None else moment.isoformat()
     return exported
 
 
-@functools.cache
-def _time_fields(cls: type) -> frozenset[str]:
-    """The fields of an event class that hold a time (``datetime`` or ``datetime | None``)."""
-    hints = typing.get_type_hints(cls)
-    return frozenset(
-        name
-        for name, hint in hints.items()
-        if hint is datetime or datetime in typing.get_args(hint)
-    )
-
-
-_EventClass = tuple[type, Callable[[Any], Any]]
+_EventClass = tuple[type, Callable[[Any], Any], frozenset[str]]
 _UNSEEN: Any = object()
 
 
 class _Decoder:
-    """Stored events to domain events, equal to what eventsourcing's mapper makes, faster.
+    """Stored events to domain events, equal to what the store's mapper makes, faster.
 
     The mapper parses the JSON with a Python hook called on every object. Here the C
     scanner parses it plainly and only the top-level ``{"_type_", "_data_"}`` values (the
-    events' datetimes) go through the registered transcodings, as the hook would. When a
+    events' datetimes) go through the registered transcodings, as the hook would; bare
+    microseconds in a time field become times, as :class:`CompactMapper` makes them. When a
     state holds any other marker, a class version, or the mapper has a cipher or a
     compressor, the event goes through the mapper itself.
     """
@@ -125,7 +122,8 @@ class _Decoder:
         self._mapper = mapper
         transcoder = mapper.transcoder
         self._enabled = (
-            type(transcoder) is JSONTranscoder
+            type(mapper) is CompactMapper
+            and type(transcoder) is JSONTranscoder
             and mapper.cipher is None
             and mapper.compressor is None
         )
@@ -142,7 +140,8 @@ class _Decoder:
         if found is not None:
             event_state = self._parse(state)
             if event_state is not None:
-                cls, convert = found
+                cls, convert, times = found
+                restore_times(times, event_state)
                 event_state["originator_id"] = convert(originator_id)
                 event_state["originator_version"] = version
                 event: DomainEventProtocol[Any] = object.__new__(cls)
@@ -157,7 +156,7 @@ class _Decoder:
         try:
             cls = resolve_topic(topic)
             if self._enabled and getattr(cls, "class_version", 1) == 1:
-                found = (cls, find_id_convertor(cls, id_type))
+                found = (cls, find_id_convertor(cls, id_type), time_fields(cls))
         except Exception:  # the mapper raises its own error for this event
             found = None
         self._classes[(topic, id_type)] = found
@@ -199,9 +198,10 @@ _PASSTHROUGH = (
 
 
 class _Encoder:
-    """Domain events to stored events, the JSON eventsourcing's mapper would store, faster.
+    """Domain events to stored events, the JSON the store's mapper would store, faster.
 
-    orjson writes the state, and times go through the transcoder's registered transcoding
+    orjson writes the state: a user-log event's UTC time fields as bare microseconds
+    (:class:`CompactMapper`), other times through the transcoder's registered transcoding
     (the same ``{"_type_", "_data_"}`` wrapper). orjson writes some values its own way
     where the transcoder would wrap or refuse them (a UUID, an enum, a date), so a state
     holding anything but JSON's own values and datetimes, a class version, or a mapper
@@ -212,7 +212,8 @@ class _Encoder:
         self._mapper = mapper
         transcoder = mapper.transcoder
         enabled = (
-            type(transcoder) is JSONTranscoder
+            type(mapper) is CompactMapper
+            and type(transcoder) is JSONTranscoder
             and mapper.cipher is None
             and mapper.compressor is None
         )
@@ -227,7 +228,7 @@ class _Encoder:
         if topic is _UNSEEN:
             topic = self._topic(cls)
         if topic is not None:
-            state = dict(vars(event))
+            state = compact_state(cls, vars(event))
             originator_id = state.pop("originator_id")
             version = state.pop("originator_version")
             if all(_json_native(v) for v in state.values()):
@@ -243,7 +244,7 @@ class _Encoder:
     def _topic(self, cls: type) -> str | None:
         topic = None
         if self._time is not None and getattr(cls, "class_version", 1) == 1:
-            topic = get_topic(cls)
+            topic = stored_topic(cls)
         self._topics[cls] = topic
         return topic
 
@@ -278,6 +279,11 @@ class _MemveeApplication(Application[UUID]):
         """eventsourcing's transcodings, then memvee's compact times."""
         super().register_transcodings(transcoder)
         register_time_transcodings(transcoder)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """eventsourcing's mapper (with any configured compressor or cipher), compact."""
+        made = super().construct_mapper()
+        return CompactMapper(made.transcoder, made.compressor, made.cipher)
 
 
 class EventStore:
@@ -524,10 +530,14 @@ class EventStore:
         Times may be plain ISO 8601 strings (as exports write them) or the transcoder's
         own ``{"_type_": "datetime_iso", ...}`` form (as older exports did).
         """
-        if not topic.startswith("events.user_log:UserLog."):
+        try:
+            cls = resolve_topic(topic)
+        except Exception as error:
+            raise ValueError(f"unknown event topic {topic!r}") from error
+        if cls not in EVENT_CLASSES:
             raise ValueError(f"unknown event topic {topic!r}")
         state = dict(state)
-        for name in _time_fields(resolve_topic(topic)):
+        for name in time_fields(cls):
             if isinstance(state.get(name), str):
                 state[name] = {"_type_": _TIME_TYPE, "_data_": state[name]}
         stored = StoredEvent(

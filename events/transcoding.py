@@ -1,22 +1,131 @@
-"""How times are written inside stored events: compact, and still read the old way.
+"""The compact form a user-log event is stored in, and the older forms that still read back.
 
-eventsourcing's default transcoding writes a time as its ISO 8601 text (69 bytes with its
-wrapper). A time in UTC, which every event's own timestamp is, is written here as whole
-microseconds since the epoch instead (45 bytes); any other offset keeps its ISO text, so
-it reads back exactly as it was given. Events stored with the default
-transcoding still read back: both names stay registered.
+eventsourcing's mapper stores an event under its full topic (``events.user_log:UserLog.
+MessageAdded``) with every time wrapped as ``{"_type_": "datetime_iso", "_data_": ISO}``
+(69 bytes). :class:`CompactMapper` stores a user-log event under its class name
+(``MessageAdded``) and each of its time fields in UTC as bare microseconds since 1970 (16
+bytes): the field's declared type says it is a time. A time with any other offset, or one
+nested deeper, keeps a wrapper (``utc_us``, or ISO text for a non-UTC offset), so it reads
+back exactly as it was given. Events stored in either older form (full topics, ISO or
+``utc_us`` wrappers) still read back: their topics and transcodings stay registered.
 """
 
 from __future__ import annotations
 
+import functools
+import typing
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, Transcoding
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    Transcoding,
+)
+from eventsourcing.utils import get_topic, register_topic, resolve_topic
 
-__all__ = ["UtcMicroseconds", "register_time_transcodings", "time_from_stored"]
+from events.user_log import EVENT_CLASSES
+
+__all__ = [
+    "CompactMapper",
+    "UtcMicroseconds",
+    "compact_state",
+    "full_topic",
+    "micros_of",
+    "register_time_transcodings",
+    "restore_times",
+    "stored_topic",
+    "time_fields",
+    "time_from_stored",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+
+_SHORT_TOPICS: dict[type, str] = {cls: cls.__name__ for cls in EVENT_CLASSES}
+for _cls, _name in _SHORT_TOPICS.items():
+    register_topic(_name, _cls)
+
+
+def stored_topic(cls: type) -> str:
+    """The topic ``cls``'s events are stored under: a user-log event's class name, else
+    eventsourcing's own topic (snapshots)."""
+    return _SHORT_TOPICS.get(cls) or get_topic(cls)
+
+
+def full_topic(topic: str) -> str:
+    """eventsourcing's full topic of a stored topic (what exports write: it names the module)."""
+    return get_topic(resolve_topic(topic))
+
+
+@functools.cache
+def time_fields(cls: type) -> frozenset[str]:
+    """The fields of a user-log event class that hold a time (``datetime`` or
+    ``datetime | None``); empty for any other class (they keep the wrapped form)."""
+    if cls not in _SHORT_TOPICS:
+        return frozenset()
+    hints = typing.get_type_hints(cls)
+    return frozenset(
+        name
+        for name, hint in hints.items()
+        if hint is datetime or datetime in typing.get_args(hint)
+    )
+
+
+def micros_of(moment: datetime) -> int:
+    """Whole microseconds since 1970 of a time in UTC."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def compact_state(cls: type, state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with each UTC time of ``cls``'s time fields as bare microseconds."""
+    compact = dict(state)
+    for name in time_fields(cls):
+        value = compact.get(name)
+        if type(value) is datetime and value.tzinfo is UTC:
+            compact[name] = micros_of(value)
+    return compact
+
+
+def restore_times(times: frozenset[str], state: dict[str, Any]) -> None:
+    """Turn the bare microseconds of the ``times`` fields of a decoded state back into times."""
+    for name in times:
+        value = state.get(name)
+        if type(value) is int:
+            state[name] = _from_micros(value)
+
+
+class CompactMapper(Mapper[UUID]):
+    """eventsourcing's mapper, writing user-log events in memvee's compact form.
+
+    What it adds around the transcoder (and any compressor or cipher, which still apply):
+    the short topic, and each time field in UTC as bare microseconds.
+    """
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        """The stored form of ``domain_event``: short topic, compact times."""
+        cls = type(domain_event)
+        compact: Any = object.__new__(cls)
+        object.__setattr__(compact, "__dict__", compact_state(cls, vars(domain_event)))
+        stored = super().to_stored_event(compact)
+        return StoredEvent(
+            stored.originator_id, stored.originator_version, stored_topic(cls), stored.state
+        )
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        """The domain event of any stored form, compact or older."""
+        event = super().to_domain_event(stored_event)
+        restore_times(time_fields(type(event)), vars(event))
+        return event
 
 
 class UtcMicroseconds(Transcoding):
@@ -28,13 +137,13 @@ class UtcMicroseconds(Transcoding):
     def encode(self, obj: datetime) -> int | str:
         """The microseconds since the epoch of a UTC time, or the ISO text of any other."""
         if obj.tzinfo is UTC:
-            return (obj - _EPOCH) // _MICROSECOND
+            return micros_of(obj)
         return obj.isoformat()
 
     def decode(self, data: int | str) -> datetime:
         """The time :meth:`encode` wrote."""
         if type(data) is int:
-            return _EPOCH + timedelta(microseconds=data)
+            return _from_micros(data)
         if not isinstance(data, str):
             raise ValueError(f"not a stored time: {data!r}")
         return datetime.fromisoformat(data)
@@ -44,15 +153,18 @@ _BY_NAME: dict[str, Transcoding] = {t.name: t for t in (DatetimeAsISO(), UtcMicr
 
 
 def register_time_transcodings(transcoder: JSONTranscoder) -> None:
-    """Read both stored forms of a time; write the compact one (registered last)."""
+    """Read both wrapped forms of a time; write the compact one (registered last)."""
     for transcoding in _BY_NAME.values():
         transcoder.register(transcoding)
 
 
-def time_from_stored(value: object) -> datetime | None:
-    """The time a stored ``{"_type_", "_data_"}`` value holds, or ``None`` if it is no time."""
+def time_from_stored(value: object, bare: bool = False) -> datetime | None:
+    """The time a stored value holds, or ``None`` if it is no time: a ``{"_type_",
+    "_data_"}`` wrapper, or (``bare``: the value of a time field) bare microseconds."""
+    if bare and type(value) is int:
+        return _from_micros(value)
     if isinstance(value, dict) and len(value) == 2 and "_data_" in value:
-        transcoding = _BY_NAME.get(value.get("_type_"))  # type: ignore[arg-type]
+        transcoding = _BY_NAME.get(str(value.get("_type_")))
         if transcoding is not None:
             moment: datetime = transcoding.decode(value["_data_"])
             return moment

@@ -32,6 +32,7 @@ from events import (
     sqlite_url,
 )
 from events.store import exported_state
+from events.transcoding import full_topic
 from events.user_log import LIVE_KNOWLEDGE
 from memvee._config import DEFAULT_ALPHA
 from memvee._event_lines import EVENT_TYPES, describe
@@ -265,8 +266,8 @@ class Audit:
                 {
                     "user_id": user_id,
                     "version": stored.originator_version,
-                    "topic": stored.topic,
-                    "state": exported_state(stored.state),
+                    "topic": full_topic(stored.topic),
+                    "state": exported_state(stored.topic, stored.state),
                 },
                 separators=(",", ":"),
             )

@@ -1,5 +1,5 @@
-"""Times inside stored events: UTC ones as whole microseconds, any other offset as its ISO
-text, and events stored in eventsourcing's own ISO form still read back."""
+"""The stored form of an event: short topics, UTC times as bare microseconds, any other
+offset as its ISO text; events stored in the older forms still read back."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from pathlib import Path
 
 import orjson
 import pytest
+from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.persistence import JSONTranscoder
 
 from events import EventStore, UserLog, sqlite_url
 from events.store import exported_state
-from events.transcoding import UtcMicroseconds, time_from_stored
+from events.transcoding import (
+    CompactMapper,
+    UtcMicroseconds,
+    full_topic,
+    micros_of,
+    register_time_transcodings,
+    time_from_stored,
+)
 
 ODD_OFFSET = timezone(timedelta(hours=-7, minutes=-30))
 
@@ -43,7 +52,7 @@ def test_what_is_not_a_stored_time_is_refused() -> None:
     assert time_from_stored("2026-01-02") is None
 
 
-def test_the_events_of_a_log_store_their_times_as_microseconds(tmp_path: Path) -> None:
+def test_a_log_stores_short_topics_and_bare_utc_times(tmp_path: Path) -> None:
     store = EventStore(sqlite_url(tmp_path / "t.db"))
     try:
         log = UserLog.register("ann")
@@ -52,35 +61,68 @@ def test_the_events_of_a_log_store_their_times_as_microseconds(tmp_path: Path) -
         log.add_message("user", "from the past", offset, 1000)
         store.append([log.collect_events()])
         stored = list(store.stored_events_of("ann"))
+        assert [s.topic for s in stored] == ["Registered", "MessageAdded", "MessageAdded"]
         added = orjson.loads(stored[1].state)
-        assert added["timestamp"]["_type_"] == "utc_us"
-        assert type(added["timestamp"]["_data_"]) is int
-        assert type(orjson.loads(stored[2].state)["sent_at"]["_data_"]) is int
+        assert type(added["timestamp"]) is int
+        assert type(added["sent_at"]) is int
+        assert type(orjson.loads(stored[2].state)["sent_at"]) is int  # kept in UTC by the log
         events = store.events_of("ann")
-        assert events[2].sent_at == offset  # the log keeps every time in UTC
-        exported = exported_state(stored[2].state)
+        assert events[2].sent_at == offset
+        assert events[1].timestamp.tzinfo is UTC
+        exported = exported_state(stored[2].topic, stored[2].state)
         assert datetime.fromisoformat(exported["sent_at"]) == offset
         assert datetime.fromisoformat(exported["timestamp"]) == events[2].timestamp
+        assert full_topic(stored[2].topic) == "events.user_log:UserLog.MessageAdded"
     finally:
         store.close()
 
 
-def test_an_event_stored_with_iso_times_still_reads_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrapper", ["datetime_iso", "utc_us"])
+def test_an_event_stored_in_an_older_form_still_reads_back(tmp_path: Path, wrapper: str) -> None:
+    """Full topics and wrapped times (what earlier versions stored), by both decoders."""
     store = EventStore(sqlite_url(tmp_path / "t.db"))
     try:
         log = UserLog.register("bob")
         log.add_message("user", "hello", None, 1000)
         store.append([log.collect_events()])
-        stamp = "2026-01-02T03:04:05.000006+00:00"
+        moment = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+        data = moment.isoformat() if wrapper == "datetime_iso" else micros_of(moment)
+        stamp = {"_type_": wrapper, "_data_": data}
+        old = orjson.dumps(
+            {
+                "timestamp": stamp,
+                "message_id": "m",
+                "seq": 1,
+                "role": "user",
+                "content": "hello",
+                "sent_at": stamp,
+                "name": None,
+            }
+        )
         with store.engine.begin() as connection:
-            old = orjson.dumps(
-                {"timestamp": {"_type_": "datetime_iso", "_data_": stamp}, "user_id": "bob"}
-            )
             connection.exec_driver_sql(
-                "UPDATE memvee_events SET state = ? WHERE originator_version = 1", (old,)
+                "UPDATE memvee_events SET state = ?, topic = ? WHERE originator_version = 2",
+                (old, "events.user_log:UserLog.MessageAdded"),
             )
-        first = store.events_of("bob")[0]
-        assert first.timestamp == datetime.fromisoformat(stamp)
-        assert exported_state(old)["timestamp"] == stamp
+        added = store.events_of("bob")[1]
+        assert isinstance(added, UserLog.MessageAdded)
+        assert added.timestamp == added.sent_at == moment
+        (_, stored) = store.stored_events_of("bob")
+        assert vars(store._app.mapper.to_domain_event(stored)) == vars(added)
+        assert exported_state(stored.topic, old)["sent_at"] == moment.isoformat()
     finally:
         store.close()
+
+
+def test_the_compact_form_goes_through_a_compressor() -> None:
+    """A configured compressor (or cipher) wraps the compact state; times still come back."""
+    transcoder = JSONTranscoder()
+    register_time_transcodings(transcoder)
+    mapper = CompactMapper(transcoder, compressor=ZlibCompressor())
+    log = UserLog.register("cy")
+    log.add_message("user", "squeezed", datetime(2026, 5, 6, 7, 8, 9, tzinfo=ODD_OFFSET), 1000)
+    for event in log.collect_events():
+        stored = mapper.to_stored_event(event)
+        assert stored.topic == type(event).__name__
+        assert orjson.loads(ZlibCompressor().decompress(stored.state))["timestamp"] > 0
+        assert vars(mapper.to_domain_event(stored)) == vars(event)
