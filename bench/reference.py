@@ -50,7 +50,7 @@ _PROJECTION_DDL = (
     "CREATE TABLE IF NOT EXISTS mv_messages ("
     " message_id VARCHAR(36) NOT NULL, log_id VARCHAR(36) NOT NULL, seq INTEGER NOT NULL,"
     " version INTEGER NOT NULL, role VARCHAR(16) NOT NULL, content TEXT NOT NULL,"
-    " sent_at DATETIME NOT NULL, name VARCHAR(100), buffered INTEGER NOT NULL,"
+    " sent_at BIGINT NOT NULL, name VARCHAR(100), buffered INTEGER NOT NULL,"
     " task_id VARCHAR(64), quarantined INTEGER NOT NULL, PRIMARY KEY (message_id))",
     "CREATE UNIQUE INDEX IF NOT EXISTS mv_messages_by_seq ON mv_messages (log_id, seq)",
     "CREATE INDEX IF NOT EXISTS mv_messages_buffered ON mv_messages (log_id, seq)"
@@ -60,11 +60,12 @@ _PROJECTION_DDL = (
     "CREATE TABLE IF NOT EXISTS mv_users ("
     " log_id VARCHAR(36) NOT NULL, user_id VARCHAR(256) NOT NULL, version INTEGER NOT NULL,"
     " message_count INTEGER NOT NULL, buffered_count INTEGER NOT NULL,"
-    " updated_at DATETIME NOT NULL, PRIMARY KEY (log_id), UNIQUE (user_id))",
+    " updated_at BIGINT NOT NULL, PRIMARY KEY (log_id), UNIQUE (user_id))",
     "CREATE TABLE IF NOT EXISTS mv_position ("
     " name VARCHAR(32) NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (name))",
 )
-"""The projection tables an appended message touches, shaped like the engine's."""
+"""The projection tables an appended message touches, shaped like the engine's (on
+SQLite its ids are 16 bytes and its times integers, see :mod:`projections.columns`)."""
 
 Shape = Literal["events", "engine"]
 """``events``: only the stored-event rows. ``engine``: also the projection rows the engine
@@ -130,8 +131,8 @@ def raw_commits(
         originator = log_id.bytes
         if shape == "engine":
             connection.execute(
-                "INSERT INTO mv_users VALUES (?, 'raw-user', 0, 0, 0, '2026-01-01 00:00:00')",
-                (str(log_id),),
+                "INSERT INTO mv_users VALUES (?, 'raw-user', 0, 0, 0, 0)",
+                (originator,),
             )
             connection.execute("INSERT INTO mv_position VALUES ('projections', 0)")
         state = os.urandom(_STORED_EVENT_BYTES)
@@ -159,13 +160,20 @@ def raw_commits(
                 version += 1
                 connection.execute(insert, (originator, version, MESSAGE_ADDED_TOPIC, state))
             if shape == "engine":
-                now = "2026-01-01 00:00:00.000000"
+                now = time.time_ns() // 1000
                 for k in range(rows):
                     connection.execute(
                         message,
-                        (new_message_id(), str(log_id), version - k, version - k, content, now),
+                        (
+                            uuid.UUID(new_message_id()).bytes,
+                            originator,
+                            version - k,
+                            version - k,
+                            content,
+                            now,
+                        ),
                     )
-                connection.execute(users, (version, rows, rows, now, str(log_id)))
+                connection.execute(users, (version, rows, rows, now, originator))
                 connection.execute(position, (version,))
             connection.execute("COMMIT")
             if i >= warmup:

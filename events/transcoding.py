@@ -35,6 +35,7 @@ __all__ = [
     "CompactMapper",
     "UtcMicroseconds",
     "compact_state",
+    "from_micros",
     "full_topic",
     "micros_of",
     "register_time_transcodings",
@@ -78,11 +79,12 @@ def time_fields(cls: type) -> frozenset[str]:
 
 
 def micros_of(moment: datetime) -> int:
-    """Whole microseconds since 1970 of a time in UTC."""
+    """Whole microseconds since 1970 of an aware time."""
     return (moment - _EPOCH) // _MICROSECOND
 
 
-def _from_micros(micros: int) -> datetime:
+def from_micros(micros: int) -> datetime:
+    """The UTC time ``micros`` microseconds after 1970 (what :func:`micros_of` gives back)."""
     return _EPOCH + timedelta(microseconds=micros)
 
 
@@ -101,7 +103,7 @@ def restore_times(times: frozenset[str], state: dict[str, Any]) -> None:
     for name in times:
         value = state.get(name)
         if type(value) is int:
-            state[name] = _from_micros(value)
+            state[name] = from_micros(value)
 
 
 class CompactMapper(Mapper[UUID]):
@@ -143,7 +145,7 @@ class UtcMicroseconds(Transcoding):
     def decode(self, data: int | str) -> datetime:
         """The time :meth:`encode` wrote."""
         if type(data) is int:
-            return _from_micros(data)
+            return from_micros(data)
         if not isinstance(data, str):
             raise ValueError(f"not a stored time: {data!r}")
         return datetime.fromisoformat(data)
@@ -162,7 +164,7 @@ def time_from_stored(value: object, bare: bool = False) -> datetime | None:
     """The time a stored value holds, or ``None`` if it is no time: a ``{"_type_",
     "_data_"}`` wrapper, or (``bare``: the value of a time field) bare microseconds."""
     if bare and type(value) is int:
-        return _from_micros(value)
+        return from_micros(value)
     if isinstance(value, dict) and len(value) == 2 and "_data_" in value:
         transcoding = _BY_NAME.get(str(value.get("_type_")))
         if transcoding is not None:

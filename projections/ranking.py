@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnClause,
     ColumnElement,
     Connection,
-    DateTime,
     Select,
     Table,
     bindparam,
@@ -27,7 +26,9 @@ from sqlalchemy import (
 )
 
 from events import user_log_id
+from events.transcoding import micros_of
 from events.user_log import LIVE_KNOWLEDGE
+from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
 from projections.search import PG_CONFIG, PG_SPOKEN, SearchIndex, owned_term
@@ -56,7 +57,7 @@ class LexicalRanker:
         self.tables = tables
         self.search = SearchIndex(tables)
         k, m = tables.knowledge, tables.messages
-        at = bindparam("as_of", type_=DateTime(timezone=True))
+        at = bindparam("as_of", type_=StoredTime())
         valid: dict[bool, tuple[ColumnElement[bool], ...]] = {
             False: (k.c.valid_until.is_(None),),
             True: (k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)),
@@ -129,9 +130,9 @@ class LexicalRanker:
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (_sqlite_time(as_of),) * 2
             found = self._sqlite_entries[dated].run(
-                connection, fts_match(log_id, terms), limit, (log_id, *extra)
+                connection, fts_match(log_id, terms), limit, (stored_id(log_id), *extra)
             )
-            ranked = sorted(found, key=lambda hit: (hit[1], -_stamp(hit[0]["valid_from"])))
+            ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["valid_from"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
         params["query"] = " | ".join(terms)
         rows = connection.execute(self._pg_entries[dated], params).mappings()
@@ -151,7 +152,7 @@ class LexicalRanker:
 
         if connection.dialect.name == "sqlite":
             found = self._sqlite_messages.run(
-                connection, fts_match(log_id, terms), limit, (log_id,)
+                connection, fts_match(log_id, terms), limit, (stored_id(log_id),)
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
@@ -215,13 +216,9 @@ class _SqliteSearch:
             cursor.close()
 
 
-def _sqlite_time(moment: datetime) -> str:
-    """``moment`` as SQLAlchemy stores a datetime in SQLite (UTC, text), for comparing."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
+def _sqlite_time(moment: datetime) -> int:
+    """``moment`` as :class:`StoredTime` stores it in SQLite, for comparing."""
+    return micros_of(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 def _pg_select(

@@ -20,7 +20,9 @@ from sqlalchemy import (
 )
 
 from events import user_log_id
+from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
+from projections.columns import id_text
 from projections.models import (
     BufferedMessage,
     KnowledgeEntry,
@@ -114,15 +116,13 @@ class ProjectionReader:
     def entry_ids_starting(
         self, connection: Connection, user_id: str, prefix: str, limit: int
     ) -> list[str]:
-        """Up to ``limit`` ids of the user's entries (any version) that start with ``prefix``."""
+        """Up to ``limit`` ids of the user's entries (any version) that start with ``prefix``.
+
+        Matched here, not in SQL: SQLite stores the ids as bytes (:mod:`projections.columns`).
+        """
         k = self.tables.knowledge
-        rows = connection.execute(
-            select(k.c.entry_id)
-            .where(k.c.log_id == _log(user_id), k.c.entry_id.startswith(prefix, autoescape=True))
-            .order_by(k.c.entry_id)
-            .limit(limit)
-        )
-        return [r[0] for r in rows]
+        rows = connection.execute(select(k.c.entry_id).where(k.c.log_id == _log(user_id)))
+        return sorted(i for (i,) in rows if i.startswith(prefix))[:limit]
 
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
         """The user's knowledge versions (live and re-extracted) with their entry counts."""
@@ -370,9 +370,11 @@ class ProjectionReader:
 
 
 def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
-    """A knowledge row as the model callers get (typed by SQLAlchemy, or SQLite's raw row)."""
+    """A knowledge row as the model callers get (typed by SQLAlchemy, or SQLite's raw row:
+    ids as bytes, times as microseconds)."""
+    superseded_by = r["superseded_by"]
     return KnowledgeEntry(
-        entry_id=r["entry_id"],
+        entry_id=id_text(r["entry_id"]),
         user_id=user_id,
         text=r["text"],
         task_id=r["task_id"],
@@ -382,7 +384,7 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
         model=r["model"],
         valid_from=aware(r["valid_from"]),
         valid_until=_maybe_aware(r["valid_until"]),
-        superseded_by=r["superseded_by"],
+        superseded_by=None if superseded_by is None else id_text(superseded_by),
         ended_reason=r["ended_reason"],
     )
 
@@ -406,7 +408,7 @@ def message_from_row(user_id: str, r: Any) -> Message:
 def _message_fields(user_id: str, r: Any) -> dict[str, Any]:
     """The fields every model of a message has, from a message row."""
     return {
-        "message_id": r["message_id"],
+        "message_id": id_text(r["message_id"]),
         "user_id": user_id,
         "seq": r["seq"],
         "role": r["role"],
@@ -416,8 +418,10 @@ def _message_fields(user_id: str, r: Any) -> dict[str, Any]:
     }
 
 
-def aware(stamp: datetime | str) -> datetime:
-    """A stored time as an aware UTC datetime (SQLite hands back naive ones, or text)."""
+def aware(stamp: datetime | int | str) -> datetime:
+    """A stored time as an aware UTC datetime (a raw SQLite row holds microseconds)."""
+    if isinstance(stamp, int):
+        return from_micros(stamp)
     if isinstance(stamp, str):
         stamp = datetime.fromisoformat(stamp)
     return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
@@ -429,7 +433,7 @@ def _ids(value: list[str] | str) -> list[str]:
     return decoded
 
 
-def _maybe_aware(stamp: datetime | None) -> datetime | None:
+def _maybe_aware(stamp: datetime | int | None) -> datetime | None:
     return None if stamp is None else aware(stamp)
 
 

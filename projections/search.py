@@ -26,6 +26,7 @@ import Stemmer
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, text
 
 from events import UserLog
+from projections.columns import StoredId, id_text, stored_id
 from projections.tables import ProjectionTables
 
 __all__ = [
@@ -125,7 +126,7 @@ class SearchIndex:
             f"{tables.prefix}messages_search",
             metadata,
             Column("id", Integer, primary_key=True, autoincrement=False),
-            Column("item_id", Text, nullable=False),
+            Column("item_id", StoredId(), nullable=False),
         )
 
     def create(self, connection: Connection) -> None:
@@ -164,13 +165,13 @@ class SearchIndex:
     def write(self, connection: Connection, events: Iterable[Any]) -> None:
         """Index what ``events`` add (SQLite): every message, and every entry extracted."""
         messages: list[dict[str, Any]] = []
-        entries: list[tuple[str, str, str]] = []
+        entries: list[tuple[str, str, bytes | str]] = []
         for e in events:
             for table, row in search_fold(self, e):
                 if table is self.messages_fts:
                     messages.append(row)
                 else:
-                    entries.append((row["owner"], row["body"], row["item_id"]))
+                    entries.append((row["owner"], row["body"], stored_id(row["item_id"])))
         self._write_messages(connection, messages)
         if entries:
             cursor = connection.connection.driver_connection
@@ -193,7 +194,7 @@ class SearchIndex:
         numbered = list(enumerate(rows, start=first))
         cursor.executemany(
             f"INSERT INTO {ids} (id, item_id) VALUES (?, ?)",
-            [(i, r["item_id"]) for i, r in numbered],
+            [(i, stored_id(r["item_id"])) for i, r in numbered],
         )
         cursor.executemany(
             f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)",
@@ -254,7 +255,7 @@ class SearchIndex:
             return {}
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
         rows = connection.execute(text(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid"))
-        out = {k.removeprefix(prefix): [tuple(r) for r in rows]}
+        out = {k.removeprefix(prefix): [(id_text(i), *r) for i, *r in rows]}
         words = f"temp.{m}_words"
         vocabulary = f"fts5vocab(main, {m}, instance)"
         connection.execute(text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}"))
@@ -264,7 +265,7 @@ class SearchIndex:
                 f"JOIN {self.messages_ids.name} AS s ON s.id = v.doc ORDER BY 1, 3"
             )
         )
-        out[m.removeprefix(prefix)] = [tuple(r) for r in rows]
+        out[m.removeprefix(prefix)] = [(id_text(i), *r) for i, *r in rows]
         return out
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta, timezone
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, Table, and_, bindparam, select
+from sqlalchemy import Column, Connection, Table, and_, bindparam, select
 from sqlalchemy.engine import Dialect
 
 from projections.rows import Row
@@ -39,6 +38,7 @@ class TableSink:
         bind = {c.name: stored_form(c, dialect, shared) for c in table.columns}
         self._bind = bind
         self._insert_order = _StoredOrder(self.columns, bind)
+        self._key_order = _StoredOrder(key, bind)
         self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
         self._read = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
@@ -105,22 +105,23 @@ class TableSink:
         return {f"k_{k}": v for k, v in zip(self.key, values, strict=True)}
 
     def _load_native(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
+        bind = self._bind[column]
+        stored = [v if bind is None or v is None else bind(v) for v in values]
         selected = ", ".join(self._q[c] for c in self.columns)
-        if len(values) == 1:
-            where, params = f"{self._q[column]} = ?", (values[0],)
-        else:
-            where = f"{self._q[column]} IN (SELECT value FROM json_each(?))"
-            params = (json.dumps(list(values)),)
         cursor = connection.connection.driver_connection
         assert cursor is not None
-        result = cursor.execute(f"SELECT {selected} FROM {self._q_table} WHERE {where}", params)
+        found = []
+        for start in range(0, len(stored), _CHUNK):
+            where, params = _matching(self._q[column], stored[start : start + _CHUNK])
+            sql = f"SELECT {selected} FROM {self._q_table} WHERE {where}"
+            found += cursor.execute(sql, params).fetchall()
         names, read = self.columns, self._read
         return [
             {
                 n: v if r is None or v is None else r(v)
                 for n, v, r in zip(names, row, read, strict=True)
             }
-            for row in result
+            for row in found
         ]
 
     def _write_native(
@@ -134,7 +135,7 @@ class TableSink:
         assert cursor is not None
         if deleted:
             keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
-            cursor.executemany(self._delete_sql, keys)
+            cursor.executemany(self._delete_sql, [self._key_order.values(k) for k in keys])
         if updated:
             for changed, rows in _by_changed_columns(updated, self.key).items():
                 sql, order = self._update(changed)
@@ -152,6 +153,22 @@ class TableSink:
             sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._where}"
             found = self._updates[changed] = (sql, _StoredOrder((*changed, *self.key), self._bind))
         return found
+
+
+def _matching(column: str, values: list[Any]) -> tuple[str, tuple[Any, ...]]:
+    """A ``WHERE`` for ``column`` in ``values`` and its parameters (SQLite).
+
+    Text and numbers go as one JSON array, so the statement is the same for any count;
+    16-byte ids cannot, so they go as ``IN (?, ...)`` padded to a power of two (a handful
+    of statements for SQLite's statement cache, not one per count).
+    """
+    if len(values) == 1:
+        return f"{column} = ?", (values[0],)
+    if not any(type(v) is bytes for v in values):
+        return f"{column} IN (SELECT value FROM json_each(?))", (json.dumps(values),)
+    size = 1 << (len(values) - 1).bit_length()
+    padded = (*values, *(values[-1:] * (size - len(values))))
+    return f"{column} IN ({', '.join('?' * size)})", padded
 
 
 def _by_changed_columns(
@@ -173,10 +190,13 @@ class _StoredOrder:
         self._single = len(names) == 1
         self._converted = [(i, bind[n]) for i, n in enumerate(names) if bind[n] is not None]
 
-    def values(self, row: Row) -> list[Any]:
-        """``row``'s stored values, in order."""
-        got = self._get(row)
-        out = [got] if self._single else list(got)
+    def values(self, row: Row | tuple[Any, ...]) -> list[Any]:
+        """``row``'s stored values, in order (a tuple: already in that order)."""
+        if isinstance(row, tuple):
+            out = list(row)
+        else:
+            got = self._get(row)
+            out = [got] if self._single else list(got)
         for i, convert in self._converted:
             value = out[i]
             if value is not None:
@@ -195,40 +215,5 @@ def stored_form(
     if kind in shared:
         return shared[kind]
     bind: Convert | None = column.type.dialect_impl(dialect).bind_processor(dialect)
-    if bind is not None and isinstance(column.type, DateTime):
-        fast = _fast_datetime(bind)
-        bind = fast if _same_datetimes(fast, bind) else bind
     shared[kind] = bind
     return bind
-
-
-def _fast_datetime(bind: Convert) -> Convert:
-    """SQLite's DATETIME bind, without its per-field formatting for plain datetimes."""
-
-    # The latest datetime and its text (one event binds the same time several times),
-    # replaced as one tuple so that threads never see a time with another's text.
-    last: list[tuple[Any, str]] = [(None, "")]
-
-    def convert(value: Any) -> Any:
-        seen, text = last[0]
-        if value is seen and value is not None:
-            return text
-        if type(value) is datetime:
-            text = value.isoformat(" ", "microseconds")[:26]
-            last[0] = (value, text)
-            return text
-        return bind(value)
-
-    return convert
-
-
-def _same_datetimes(fast: Convert, bind: Convert) -> bool:
-    """Whether ``fast`` gives what SQLAlchemy's own ``bind`` gives, on telling samples."""
-    plus_two = timezone(timedelta(hours=2))
-    samples: Iterable[datetime] = [
-        datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
-        datetime(2026, 1, 2, 3, 4, 5, tzinfo=plus_two),
-        datetime(999, 12, 31, 23, 59, 59, 1),
-        datetime(2026, 6, 7),
-    ]
-    return all(fast(s) == bind(s) for s in samples)

@@ -5,15 +5,14 @@ store's fast event decoding gives the events eventsourcing's mapper gives."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from sqlalchemy import DateTime, create_engine
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
 from events import (
@@ -37,7 +36,6 @@ from projections import (
     state_at,
     verify,
 )
-from projections.sink import stored_form
 
 USERS = ("ann", "ben")
 
@@ -227,24 +225,3 @@ def _same_event(actual: Any, expected: Any) -> None:
     assert list(vars(actual).items()) == list(vars(expected).items())
     for a, b in zip(vars(actual).values(), vars(expected).values(), strict=True):
         assert type(a) is type(b)
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
-        datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
-        datetime(1, 1, 1),
-        datetime(9999, 12, 31, 23, 59, 59, 999_999),
-        None,
-    ],
-)
-def test_stored_datetimes_are_what_sqlalchemy_binds(value: datetime | None) -> None:
-    dialect = sqlite.dialect()
-    column = ProjectionTables().messages.c.sent_at
-    bind = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
-    assert bind is not None
-    convert = stored_form(column, dialect, {})
-    assert convert is not None
-    assert convert(value) == bind(value)
-    assert convert(value) == bind(value)  # the second time from its memory

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from memvee.extractors import OfflineExtractor
+from projections.columns import id_text
 from projections.search import _WORD as _WORDS
 from projections.search import SearchIndex, index_word, owned_words, owner_token
 
@@ -95,7 +96,7 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
                 "SELECT name FROM sqlite_master WHERE name = ?", (f"{m}_content",)
             ).first()
         )
-        indexed = [r[0] for r in connection.exec_driver_sql(f"SELECT item_id FROM {ids}")]
+        indexed = [id_text(r[0]) for r in connection.exec_driver_sql(f"SELECT item_id FROM {ids}")]
     ann = {message.message_id: message.content for message in await memory.messages("ann")}
     assert [ann[item] for item in indexed] == ["My parrot is called Kiwi, says ann.", "Cute!"]
     found = await memory.retrieve("ann", "parrot", include_messages=True)

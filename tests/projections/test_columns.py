@@ -1,0 +1,109 @@
+"""Times and ids in the projection tables: compact on SQLite, and read back as written."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from projections.columns import StoredId, StoredTime, id_text, stored_id
+from projections.sink import stored_form
+from projections.tables import ProjectionTables
+
+ODD_OFFSET = timezone(timedelta(hours=-7, minutes=-30))
+
+
+def _table() -> Table:
+    return Table(
+        "t", MetaData(), Column("id", StoredId(), primary_key=True), Column("at", StoredTime())
+    )
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (
+            datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+            datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        ),
+        (
+            datetime(2026, 1, 2, 3, 4, 5, tzinfo=ODD_OFFSET),
+            datetime(2026, 1, 2, 10, 34, 5, tzinfo=UTC),
+        ),
+        (datetime(1, 1, 1), datetime(1, 1, 1, tzinfo=UTC)),
+        (
+            datetime(9999, 12, 31, 23, 59, 59, 999_999),
+            datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        ),
+        (None, None),
+    ],
+)
+def test_a_time_is_stored_as_microseconds_and_reads_back_in_utc(
+    moment: datetime | None, expected: datetime | None
+) -> None:
+    engine = create_engine("sqlite://")
+    table = _table()
+    with engine.begin() as connection:
+        table.create(connection)
+        connection.execute(insert(table), {"id": "a", "at": moment})
+        (raw,) = connection.exec_driver_sql("SELECT at FROM t").one()
+        (back,) = connection.execute(select(table.c.at)).one()
+    assert back == expected
+    assert raw is None if moment is None else type(raw) is int
+    if back is not None:
+        assert back.tzinfo is UTC
+    if moment is not None and moment.tzinfo is not None:
+        assert back == moment  # the same instant
+
+
+@pytest.mark.parametrize(
+    ("value", "packed"),
+    [
+        (str(uuid4()), True),
+        ("01a22cc6-6d5a-74d2-9987-ef9f14482c79", True),
+        ("01A22CC6-6D5A-74D2-9987-EF9F14482C79", False),  # not canonical: kept as text
+        ("01a22cc6-6d5a-74d2-9987-ef9f14482c7 ", False),
+        ("0 a22cc6-6d5a-74d2-9987-ef9f14482c79", False),
+        ("task-1", False),
+        ("", False),
+    ],
+)
+def test_an_id_reads_back_exactly_and_a_uuid_takes_16_bytes(value: str, packed: bool) -> None:
+    stored = stored_id(value)
+    assert (type(stored) is bytes and len(stored) == 16) is packed
+    assert id_text(stored) == value
+    engine = create_engine("sqlite://")
+    table = _table()
+    with engine.begin() as connection:
+        table.create(connection)
+        connection.execute(insert(table), {"id": value, "at": None})
+        (raw,) = connection.exec_driver_sql("SELECT id FROM t").one()
+        found = [
+            tuple(r) for r in connection.execute(select(table.c.id).where(table.c.id == value))
+        ]
+    assert raw == stored
+    assert found == [(value,)]
+
+
+def test_the_sink_binds_what_sqlalchemy_binds() -> None:
+    """The hot path writes through the driver: its values must be SQLAlchemy's own."""
+    dialect = sqlite.dialect()
+    messages = ProjectionTables().messages.c
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=ODD_OFFSET)
+    for column, value in ((messages.sent_at, moment), (messages.message_id, str(uuid4()))):
+        bind = column.type.dialect_impl(dialect).bind_processor(dialect)
+        convert = stored_form(column, dialect, {})
+        assert bind is not None and convert is not None
+        assert convert(value) == bind(value)
+
+
+def test_postgresql_keeps_its_own_types() -> None:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    assert StoredTime().process_bind_param(moment, dialect) is moment
+    assert StoredId().process_bind_param("01a22cc6-6d5a-74d2-9987-ef9f14482c79", dialect) == (
+        "01a22cc6-6d5a-74d2-9987-ef9f14482c79"
+    )
