@@ -23,12 +23,17 @@ __all__ = ["StoredId", "StoredTime", "id_text", "stored_id"]
 def stored_id(value: str) -> bytes | str:
     """How SQLite stores id ``value``: a canonical (lowercase, dashed) UUID as its 16
     bytes, any other text as itself, so that every id reads back exactly."""
-    if len(value) == 36 and value[8] == "-" and value[23] == "-":
+    if (
+        len(value) == 36
+        and value[8] == value[13] == value[18] == value[23] == "-"
+        and value == value.lower()
+    ):
         try:
+            # Any other dash, or whitespace (which fromhex skips), leaves fewer bytes.
             packed = bytes.fromhex(value.replace("-", ""))
         except ValueError:
             return value
-        if len(packed) == 16 and id_text(packed) == value:
+        if len(packed) == 16:
             return packed
     return value
 
@@ -49,15 +54,21 @@ class StoredId(TypeDecorator[str]):
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
         """The 16 bytes of a UUID on SQLite; the text itself otherwise."""
-        if value is None or dialect.name != "sqlite":
-            return value
-        return stored_id(value)
+        return value if value is None or dialect.name != "sqlite" else stored_id(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
         """The id as text."""
-        if value is None or dialect.name != "sqlite":
-            return value  # type: ignore[no-any-return]
-        return id_text(value)
+        return value if value is None or dialect.name != "sqlite" else id_text(value)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """SQLite's converter called directly: it runs for every id of every row written."""
+        return _bind_id if dialect.name == "sqlite" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """SQLite's converter called directly (see :meth:`bind_processor`)."""
+        if dialect.name == "sqlite":
+            return _read_id
+        return super().result_processor(dialect, coltype)
 
 
 class StoredTime(TypeDecorator[datetime]):
@@ -76,12 +87,36 @@ class StoredTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
         """Microseconds on SQLite, the time itself elsewhere."""
-        if value is None or dialect.name != "sqlite":
-            return value
-        return micros_of(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+        return value if dialect.name != "sqlite" else _bind_time(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         """The aware time of a stored value."""
-        if value is None or dialect.name != "sqlite":
-            return value  # type: ignore[no-any-return]
-        return from_micros(value)
+        return value if dialect.name != "sqlite" else _read_time(value)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """SQLite's converter called directly (see :meth:`StoredId.bind_processor`)."""
+        return _bind_time if dialect.name == "sqlite" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """SQLite's converter called directly (see :meth:`StoredId.bind_processor`)."""
+        if dialect.name == "sqlite":
+            return _read_time
+        return super().result_processor(dialect, coltype)
+
+
+def _bind_id(value: str | None) -> bytes | str | None:
+    return None if value is None else stored_id(value)
+
+
+def _read_id(value: bytes | str | None) -> str | None:
+    return None if value is None else id_text(value)
+
+
+def _bind_time(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    return micros_of(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+
+
+def _read_time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)

@@ -67,6 +67,8 @@ def test_a_time_is_stored_as_microseconds_and_reads_back_in_utc(
         ("01A22CC6-6D5A-74D2-9987-EF9F14482C79", False),  # not canonical: kept as text
         ("01a22cc6-6d5a-74d2-9987-ef9f14482c7 ", False),
         ("0 a22cc6-6d5a-74d2-9987-ef9f14482c79", False),
+        ("01a22cc6-6d5a-74d2-9987-ef9f1448-c79", False),
+        ("01a22cc6-6d5a-74d2-9987-ef9f14 82c79", False),
         ("task-1", False),
         ("", False),
     ],
