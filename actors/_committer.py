@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +28,29 @@ __all__ = ["GroupCommitter"]
 log = logging.getLogger("memvee.actors")
 
 
+Settled = Callable[[BaseException | None], None]
+"""Told how a write ended: ``None`` once committed, else the error that refused it."""
+
+
 @dataclass(slots=True)
 class _Request:
     events: Sequence[Any]
     epoch: int
-    future: Future[list[Recorded]] = field(default_factory=Future)
+    then: Settled | None = None
+    keep_result: bool = False
+    future: Future[Any] = field(default_factory=Future)
+
+    def settle(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
+        """Tell ``then``, then resolve the future (the recorded events only if kept)."""
+        if self.then is not None:
+            try:
+                self.then(error)
+            except Exception:
+                log.exception("a write's settle callback failed")
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(recorded if self.keep_result else None)
 
     @property
     def log_id(self) -> Any:
@@ -53,18 +71,26 @@ class GroupCommitter:
         self.transactions = 0
         self.commits = 0
 
-    def submit(self, events: Sequence[Any], epoch: int) -> Future[list[Recorded]]:
+    def submit(
+        self, events: Sequence[Any], epoch: int, then: Settled | None = None
+    ) -> Future[None]:
         """Queue ``events`` of one log, decided in write ``epoch``.
 
-        The future resolves once they are committed, or with the error that refused them.
+        ``then`` is told how the write ended, on the committer's thread; then the future
+        resolves (to ``None``), or fails with the same error. A settled future holds
+        neither the events nor ``then``: an actor keeps its last write as a barrier, and
+        an idle user must not keep a write's objects alive for the collector to walk.
         """
-        request = _Request(events, epoch)
+        request = _Request(events, epoch, then)
         self._queue.put(request)
         return request.future
 
     def commit(self, events: Sequence[Any], epoch: int) -> list[Recorded]:
         """Queue ``events`` and wait until they are committed (or raise why not)."""
-        return self.submit(events, epoch).result()
+        request = _Request(events, epoch, keep_result=True)
+        self._queue.put(request)
+        recorded: list[Recorded] = request.future.result()
+        return recorded
 
     def stop(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -101,7 +127,7 @@ class GroupCommitter:
             if len(batch) == 1:
                 failed = batch[0]
                 self._failed_epochs[failed.log_id] = failed.epoch
-                failed.future.set_exception(error)
+                failed.settle(None, error)
                 return
             level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
             log.log(level, "a group commit of %d logs failed (%s); one by one", len(batch), error)
@@ -113,15 +139,14 @@ class GroupCommitter:
         start = 0
         for request in batch:
             end = start + len(request.events)
-            request.future.set_result(recorded[start:end])
+            request.settle(recorded[start:end], None)
             start = end
 
     def _admissible(self, request: _Request) -> bool:
         """Refuse a request decided on top of a write that failed (same epoch)."""
         if request.epoch <= self._failed_epochs.get(request.log_id, -1):
-            request.future.set_exception(
-                ConflictError("an earlier write of this log failed; the log was reloaded")
-            )
+            refused = ConflictError("an earlier write of this log failed; the log was reloaded")
+            request.settle(None, refused)
             return False
         return True
 

@@ -358,11 +358,9 @@ class UserActor(PooledActor):
             self._services.observer.task_scheduled(
                 self.user_id, auto_task, "auto", local=self._is_owner()
             )
-        committed = self._services.committer.submit(events, self._epoch)
         epoch, ref = self._epoch, self.actor_ref
 
-        def _settle(done: Future[Any]) -> None:
-            error = done.exception()
+        def _settle(error: BaseException | None) -> None:
             if error is None:
                 acknowledged.set_result(stored)
                 self._services.touched(self.user_id)
@@ -383,8 +381,7 @@ class UserActor(PooledActor):
                 )
             acknowledged.set_exception(error)
 
-        committed.add_done_callback(_settle)
-        self._last_write = committed
+        self._last_write = self._services.committer.submit(events, epoch, _settle)
         self._maybe_snapshot()
         if auto_task is not None and self._is_owner():
             self._myself.start_queued()
