@@ -46,32 +46,62 @@ def id_text(value: bytes | str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-class StoredId(TypeDecorator[str]):
+class _CompactOnSqlite(TypeDecorator[Any]):
+    """A column type whose values SQLite stores converted, other databases as they are.
+
+    The converters are called directly as SQLAlchemy's processors: they run for every
+    value of every row the hot path writes, so no ``process_bind_param`` layer sits
+    between."""
+
+    cache_ok = True
+
+    @staticmethod
+    def to_sqlite(value: Any) -> Any:
+        """What SQLite stores for ``value`` (``None`` stays ``None``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def from_sqlite(value: Any) -> Any:
+        """The value SQLite's stored ``value`` stands for (``None`` stays ``None``)."""
+        raise NotImplementedError
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Converted on SQLite, as is elsewhere."""
+        return self.to_sqlite(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """Converted back on SQLite, as is elsewhere."""
+        return self.from_sqlite(value) if dialect.name == "sqlite" else value
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        """SQLite's converter itself; SQLAlchemy's chain elsewhere."""
+        return self.to_sqlite if dialect.name == "sqlite" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        """SQLite's converter back itself; SQLAlchemy's chain elsewhere."""
+        if dialect.name == "sqlite":
+            return self.from_sqlite
+        return super().result_processor(dialect, coltype)
+
+
+class StoredId(_CompactOnSqlite):
     """An id column: text; on SQLite a UUID's 16 bytes (see :func:`stored_id`)."""
 
     impl = String(36)
     cache_ok = True
 
-    def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
-        """The 16 bytes of a UUID on SQLite; the text itself otherwise."""
-        return value if value is None or dialect.name != "sqlite" else stored_id(value)
+    @staticmethod
+    def to_sqlite(value: str | None) -> bytes | str | None:
+        """The 16 bytes of a canonical UUID, any other id as its text."""
+        return None if value is None else stored_id(value)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+    @staticmethod
+    def from_sqlite(value: bytes | str | None) -> str | None:
         """The id as text."""
-        return value if value is None or dialect.name != "sqlite" else id_text(value)
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        """SQLite's converter called directly: it runs for every id of every row written."""
-        return _bind_id if dialect.name == "sqlite" else super().bind_processor(dialect)
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
-        """SQLite's converter called directly (see :meth:`bind_processor`)."""
-        if dialect.name == "sqlite":
-            return _read_id
-        return super().result_processor(dialect, coltype)
+        return None if value is None else id_text(value)
 
 
-class StoredTime(TypeDecorator[datetime]):
+class StoredTime(_CompactOnSqlite):
     """A time column: PostgreSQL's timestamp with time zone; on SQLite whole microseconds
     since 1970 (an 8-byte integer instead of 26 characters of text). A time without an
     offset is taken as UTC; SQLite's times read back as aware UTC times."""
@@ -85,38 +115,14 @@ class StoredTime(TypeDecorator[datetime]):
             return dialect.type_descriptor(BigInteger())
         return dialect.type_descriptor(DateTime(timezone=True))
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
-        """Microseconds on SQLite, the time itself elsewhere."""
-        return value if dialect.name != "sqlite" else _bind_time(value)
+    @staticmethod
+    def to_sqlite(value: datetime | None) -> int | None:
+        """Microseconds since 1970 (a time without an offset is taken as UTC)."""
+        if value is None:
+            return None
+        return micros_of(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        """The aware time of a stored value."""
-        return value if dialect.name != "sqlite" else _read_time(value)
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        """SQLite's converter called directly (see :meth:`StoredId.bind_processor`)."""
-        return _bind_time if dialect.name == "sqlite" else super().bind_processor(dialect)
-
-    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
-        """SQLite's converter called directly (see :meth:`StoredId.bind_processor`)."""
-        if dialect.name == "sqlite":
-            return _read_time
-        return super().result_processor(dialect, coltype)
-
-
-def _bind_id(value: str | None) -> bytes | str | None:
-    return None if value is None else stored_id(value)
-
-
-def _read_id(value: bytes | str | None) -> str | None:
-    return None if value is None else id_text(value)
-
-
-def _bind_time(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    return micros_of(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
-
-
-def _read_time(value: int | None) -> datetime | None:
-    return None if value is None else from_micros(value)
+    @staticmethod
+    def from_sqlite(value: int | None) -> datetime | None:
+        """The aware UTC time."""
+        return None if value is None else from_micros(value)
