@@ -88,6 +88,7 @@ class ScenarioRun:
     cpu_seconds: float
     loop_cpu_seconds: float
     code_stall: float
+    waiting_stall: float
     memvee_share: float
     charged_stall: float
 
@@ -166,6 +167,7 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
         cpu_seconds=cpu,
         loop_cpu_seconds=loop_cpu,
         code_stall=max((s.outside_collections for s in meter.stalls), default=0.0),
+        waiting_stall=max((s.waiting for s in meter.stalls), default=0.0),
         memvee_share=share,
         charged_stall=meter.worst_charged(share),
     )
@@ -296,6 +298,7 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
             "max loop\nstall ms",
             "longest\nGC ms",
             "largest stall\noutside GC ms",
+            "largest wait\nfor the GIL ms",
             "memvee's share of\ntracked objects",
             "largest stall\ncharged to memvee ms",
         ],
@@ -309,6 +312,7 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
                 cell(stats[f"{key}.run_stall"], fmt_ms),
                 cell(stats[f"{key}.gc"], fmt_ms),
                 cell(stats[f"{key}.code_stall"], fmt_ms),
+                cell(stats[f"{key}.waiting_stall"], fmt_ms),
                 f"{stats[f'{key}.memvee_share'].median:.0f}%",
                 cell(stats[f"{key}.charged_stall"], fmt_ms),
             ]
@@ -318,12 +322,14 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
         "on the loop. Each is split into the collector's time inside it (the collector holds "
         "the GIL, whichever thread runs it) and the rest: code on the loop or in other "
         "threads, all charged to memvee as an upper bound (the load generator's own code is "
-        "a few lines per exchange). The collector walks every tracked object of the "
-        "process, so its time is charged to memvee by the share of tracked objects the "
-        "Memory keeps alive: those reachable from it, not through modules, classes, "
-        "module-level functions or the event loop, the larger of at rest after the run and "
-        "with one write per user in flight. The rest of the collector's time is the load "
-        "generator's tasks and the imported libraries' objects."
+        "a few lines per exchange). Of the rest, the time the loop's thread was off the CPU "
+        "(its CPU clock) is the loop waiting for the GIL held by other threads, memvee's "
+        "(the load generator runs none): 'largest wait for the GIL'. The collector walks "
+        "every tracked object of the process, so its time is charged to memvee by the share "
+        "of tracked objects the Memory keeps alive: those reachable from it, not through "
+        "modules, classes, module-level functions or the event loop, the larger of at rest "
+        "after the run and with one write per user in flight. The rest of the collector's "
+        "time is the load generator's tasks and the imported libraries' objects."
     )
     return stalls
 
@@ -351,6 +357,7 @@ def _record(
     section.stat(f"{key}.run_stall", "ms").add(max(result.stall, result.cold_stall) * 1000)
     section.stat(f"{key}.gc", "ms").add(max(result.gc_pause, result.cold_gc_pause) * 1000)
     section.stat(f"{key}.code_stall", "ms").add(result.code_stall * 1000)
+    section.stat(f"{key}.waiting_stall", "ms").add(result.waiting_stall * 1000)
     section.stat(f"{key}.memvee_share", "%").add(result.memvee_share * 100)
     section.stat(f"{key}.charged_stall", "ms").add(result.charged_stall * 1000)
     section.stat(f"{key}.rate_ratio", "x").add(result.rate / raw_rate)

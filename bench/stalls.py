@@ -4,7 +4,8 @@ collector walks is memvee's.
 A stall of the loop is either code holding the GIL (a long callback on the loop, or another
 thread) or the garbage collector, which holds the GIL while it walks every tracked object of
 the process, memvee's and the load generator's alike. :class:`LoopStallMeter` splits each
-stall into the collector's time inside it and the rest; :func:`objects_held` counts the
+stall into the collector's time inside it, code on the loop (the loop thread's own CPU
+time) and the loop waiting for the GIL; :func:`objects_held` counts the
 tracked objects a Memory keeps alive, so the collector's time can be shared out between
 memvee and everything else in the process by the objects each makes it walk.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 import time
 import types
 from contextlib import suppress
@@ -32,7 +34,12 @@ class GcPauseMeter:
     def __init__(self) -> None:
         self.longest = 0.0
         self.total = 0.0
+        self._by_thread: dict[int, float] = {}
         self._began = 0.0
+
+    def total_on(self, thread: int) -> float:
+        """The collector's running total on the thread of ident ``thread``."""
+        return self._by_thread.get(thread, 0.0)
 
     def start(self) -> None:
         """Start timing collections."""
@@ -56,21 +63,34 @@ class GcPauseMeter:
             return
         took = now - self._began
         self.total += took
+        thread = threading.get_ident()
+        self._by_thread[thread] = self._by_thread.get(thread, 0.0) + took
         if took > self.longest:
             self.longest = took
 
 
 @dataclass(frozen=True, slots=True)
 class Stall:
-    """One late wake-up of the loop: how late, and how much of it the collector ran."""
+    """One late wake-up of the loop: how late, how much of it the collector ran (on any
+    thread, and on the loop's own), and how much CPU the loop's thread used in it."""
 
     late: float
     collecting: float
+    loop_cpu: float = 0.0
+    collecting_on_loop: float = 0.0
 
     @property
     def outside_collections(self) -> float:
-        """The part of the stall that was code (memvee's or the load generator's)."""
+        """The part of the stall that was not the collector: code on the loop, or the loop
+        waiting for the GIL while other threads ran."""
         return max(0.0, self.late - self.collecting)
+
+    @property
+    def waiting(self) -> float:
+        """The part outside collections with the loop's thread off the CPU: waiting for the
+        GIL (held by other threads; the load generator runs none) or in a blocking call."""
+        code_on_loop = max(0.0, self.loop_cpu - self.collecting_on_loop)
+        return max(0.0, self.outside_collections - code_on_loop)
 
     def charged(self, share: float) -> float:
         """The part charged to whoever holds ``share`` of the tracked objects: all of the
@@ -118,18 +138,19 @@ class LoopStallMeter:
         return max((s.charged(share) for s in self.stalls), default=0.0)
 
     async def _tick(self) -> None:
-        clock = time.perf_counter
-        collections = self._collections
+        clock, cpu, me = time.perf_counter, time.thread_time, threading.get_ident()
+        collections = self._collections or GcPauseMeter()
         while True:
-            before = clock()
-            collected = 0.0 if collections is None else collections.total
+            before, used = clock(), cpu()
+            collected, on_loop = collections.total, collections.total_on(me)
             await asyncio.sleep(self.interval)
             late = clock() - before - self.interval
             if late > self.max_stall:
                 self.max_stall = late
             if late > 0.001:
-                spent = 0.0 if collections is None else collections.total - collected
-                self.stalls.append(Stall(late, min(spent, late)))
+                spent = min(collections.total - collected, late)
+                spent_on_loop = min(collections.total_on(me) - on_loop, spent)
+                self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop))
 
 
 _STATIC = (type, types.ModuleType, types.FunctionType, types.CodeType)

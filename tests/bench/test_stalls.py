@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 
 from bench.stalls import GcPauseMeter, LoopStallMeter, Stall, objects_held
 
@@ -52,11 +53,42 @@ def test_a_stall_is_split_into_the_collectors_time_and_the_codes() -> None:
     assert meter.worst_charged(0.0) == max(s.outside_collections for s in meter.stalls)
 
 
+def _spin(seconds: float) -> None:
+    """Code that keeps the loop's thread on the CPU for ``seconds``."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_the_loop_off_the_cpu_is_told_from_code_on_the_loop() -> None:
+    """A blocked loop (off the CPU, as when it waits for the GIL) counts as waiting; a busy
+    loop does not."""
+
+    async def scenario(block: Callable[[float], None]) -> Stall:
+        meter = LoopStallMeter(GcPauseMeter())
+        meter.start()
+        await asyncio.sleep(0.005)
+        block(0.05)
+        await asyncio.sleep(0.005)
+        await meter.stop()
+        return max(meter.stalls, key=lambda s: s.late)
+
+    blocked = asyncio.run(scenario(time.sleep))
+    busy = asyncio.run(scenario(_spin))
+    assert blocked.waiting >= 0.045
+    assert busy.late >= 0.05
+    assert busy.waiting <= busy.late - 0.045
+
+
 def test_a_stall_is_charged_its_code_and_a_share_of_the_collector() -> None:
     stall = Stall(late=0.100, collecting=0.080)
     assert abs(stall.outside_collections - 0.020) < 1e-12
     assert abs(stall.charged(0.5) - 0.060) < 1e-12
     assert abs(stall.charged(1.0) - 0.100) < 1e-12
+    # 20 ms outside the collector, 5 of them running on the loop (its CPU, less the
+    # collector's run there): the loop waited 15 ms
+    on_the_loop = Stall(late=0.100, collecting=0.080, loop_cpu=0.035, collecting_on_loop=0.030)
+    assert abs(on_the_loop.waiting - 0.015) < 1e-12
 
 
 class _Holder:
