@@ -15,7 +15,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -36,21 +36,22 @@ Settled = Callable[[BaseException | None], None]
 class _Request:
     events: Sequence[Any]
     epoch: int
+    ticket: int
     then: Settled | None = None
-    keep_result: bool = False
-    future: Future[Any] = field(default_factory=Future)
+    future: Future[list[Recorded]] | None = None
 
     def settle(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
-        """Tell ``then``, then resolve the future (the recorded events only if kept)."""
+        """Tell ``then`` how the write ended, and resolve the future of a waiting caller."""
         if self.then is not None:
             try:
                 self.then(error)
             except Exception:
                 log.exception("a write's settle callback failed")
-        if error is not None:
-            self.future.set_exception(error)
-        else:
-            self.future.set_result(recorded if self.keep_result else None)
+        if self.future is not None:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(recorded or [])
 
     @property
     def log_id(self) -> Any:
@@ -68,29 +69,48 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
         self._thread.start()
         self._failed_epochs: dict[Any, int] = {}
+        self._issuing = threading.Lock()
+        self._issued = 0
+        self._settled_through = 0
+        self._progress = threading.Condition()
         self.transactions = 0
         self.commits = 0
 
-    def submit(
-        self, events: Sequence[Any], epoch: int, then: Settled | None = None
-    ) -> Future[None]:
-        """Queue ``events`` of one log, decided in write ``epoch``.
+    def submit(self, events: Sequence[Any], epoch: int, then: Settled | None = None) -> int:
+        """Queue ``events`` of one log, decided in write ``epoch``; returns the write's ticket.
 
-        ``then`` is told how the write ended, on the committer's thread; then the future
-        resolves (to ``None``), or fails with the same error. A settled future holds
-        neither the events nor ``then``: an actor keeps its last write as a barrier, and
-        an idle user must not keep a write's objects alive for the collector to walk.
+        ``then`` is told how the write ended, on the committer's thread. Writes settle in
+        ticket order, so a ticket is a barrier (:meth:`wait_for`) that keeps nothing alive:
+        an idle user's last write leaves no objects for the collector to walk.
         """
-        request = _Request(events, epoch, then)
-        self._queue.put(request)
-        return request.future
+        return self._enqueue(events, epoch, then, None)
 
     def commit(self, events: Sequence[Any], epoch: int) -> list[Recorded]:
         """Queue ``events`` and wait until they are committed (or raise why not)."""
-        request = _Request(events, epoch, keep_result=True)
-        self._queue.put(request)
-        recorded: list[Recorded] = request.future.result()
-        return recorded
+        future: Future[list[Recorded]] = Future()
+        self._enqueue(events, epoch, None, future)
+        return future.result()
+
+    def wait_for(self, ticket: int) -> None:
+        """Block until the write of ``ticket``, and every write queued before it, settled."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._settled_through >= ticket)
+
+    def failed(self, log_id: Any, epoch: int) -> bool:
+        """Whether a write of ``log_id`` decided in ``epoch`` failed (later ones are refused)."""
+        return self._failed_epochs.get(log_id, -1) >= epoch
+
+    def _enqueue(
+        self,
+        events: Sequence[Any],
+        epoch: int,
+        then: Settled | None,
+        future: Future[list[Recorded]] | None,
+    ) -> int:
+        with self._issuing:  # tickets in queue order
+            self._issued += 1
+            self._queue.put(_Request(events, epoch, self._issued, then, future))
+            return self._issued
 
     def stop(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -99,23 +119,30 @@ class GroupCommitter:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stopping = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            self._write(batch)
+            batch, stopping = self._next_batch()
+            if batch:
+                self._write(batch)
+                del batch  # an idle committer keeps no write (events, callbacks) alive
+                with self._progress:
+                    self._progress.notify_all()
             if stopping:
                 return
+
+    def _next_batch(self) -> tuple[list[_Request], bool]:
+        """The queued requests to write together (waiting for one), and whether to stop."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _write(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if self._admissible(r)]
@@ -127,7 +154,7 @@ class GroupCommitter:
             if len(batch) == 1:
                 failed = batch[0]
                 self._failed_epochs[failed.log_id] = failed.epoch
-                failed.settle(None, error)
+                self._settle(failed, None, error)
                 return
             level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
             log.log(level, "a group commit of %d logs failed (%s); one by one", len(batch), error)
@@ -139,16 +166,22 @@ class GroupCommitter:
         start = 0
         for request in batch:
             end = start + len(request.events)
-            request.settle(recorded[start:end], None)
+            self._settle(request, recorded[start:end], None)
             start = end
 
     def _admissible(self, request: _Request) -> bool:
         """Refuse a request decided on top of a write that failed (same epoch)."""
         if request.epoch <= self._failed_epochs.get(request.log_id, -1):
             refused = ConflictError("an earlier write of this log failed; the log was reloaded")
-            request.settle(None, refused)
+            self._settle(request, None, refused)
             return False
         return True
+
+    def _settle(
+        self, request: _Request, recorded: list[Recorded] | None, error: BaseException | None
+    ) -> None:
+        request.settle(recorded, error)
+        self._settled_through = request.ticket
 
     def _fold(self, connection: Connection, recorded: list[Recorded]) -> None:
         self._projector.apply(connection, recorded)

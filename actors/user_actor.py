@@ -12,7 +12,6 @@ conflicts) and request processing, which the owner then runs.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
@@ -72,7 +71,7 @@ class UserActor(PooledActor):
         self._loaded = False
         self._snapshot_version = 0
         self._epoch = 0
-        self._last_write: Future[Any] | None = None
+        self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
         self._task_messages: set[str] = set()
@@ -186,9 +185,7 @@ class UserActor(PooledActor):
         user_log = self._user_log(create=False)
         if user_log is not None and user_log.version >= version:
             return
-        if self._last_write is not None:
-            with contextlib.suppress(Exception):
-                self._last_write.result()
+        self._await_last_write()
         self._forget_log()
         self._advance()
 
@@ -223,9 +220,7 @@ class UserActor(PooledActor):
 
         Calls sent after this one find an empty log and start the user afresh.
         """
-        if self._last_write is not None:
-            with contextlib.suppress(Exception):
-                self._last_write.result()
+        self._await_last_write()
         user_log = self._user_log(create=False)
         ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
@@ -634,17 +629,23 @@ class UserActor(PooledActor):
         self._maybe_snapshot()
         return recorded
 
+    def _await_last_write(self) -> bool:
+        """Wait until the writes already sent are settled; whether one of them failed."""
+        if self._last_write is None:
+            return False
+        committer = self._services.committer
+        committer.wait_for(self._last_write)
+        user_log = self._log
+        return user_log is not None and committer.failed(user_log.id, self._epoch)
+
     def _maybe_snapshot(self) -> None:
         """Snapshot the log every ``snapshot_interval`` events, once they are committed."""
         interval = self._services.settings.snapshot_interval
         user_log = self._log
         if not interval or user_log is None or user_log.version - self._snapshot_version < interval:
             return
-        if self._last_write is not None:
-            try:
-                self._last_write.result()
-            except Exception:
-                return
+        if self._await_last_write():
+            return
         self._services.store.take_snapshot(user_log)
         self._snapshot_version = user_log.version
 
