@@ -64,13 +64,18 @@ def _facts(request: RecordedRequest, marked: dict[str, Any]) -> dict[str, Any]:
     return tool_use_body([*facts, {"text": "User said something marked.", **marked}])
 
 
+SLOW = "slower than the timeout"
+"""The one fault that needs a short client timeout; any other case gets a long one, so an
+answer slowed by a busy machine is never taken for this fault."""
+
+
 TRANSIENT: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     "429 with retry-after": _error(429, "rate_limit_error", **{"retry-after-ms": "5"}),
     "500": _error(500, "api_error"),
     "529": _error(529, "overloaded_error"),
     "connection reset": lambda r: ScriptedResponse(reset=True),
     "truncated body": lambda r: ScriptedResponse(body=tool_use_body([]), truncate_at=40),
-    "slower than the timeout": lambda r: ScriptedResponse(body=tool_use_body([]), delay=5.0),
+    SLOW: lambda r: ScriptedResponse(body=tool_use_body([]), delay=5.0),
 }
 """Faults that may pass: the task fails, the batch waits for a later run."""
 
@@ -132,7 +137,10 @@ class Faulty:
 
 @pytest.fixture
 async def claude_memory(
-    tmp_path: Path, messages_api_server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Memory]:
     monkeypatch.setenv("ANTHROPIC_BASE_URL", messages_api_server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-fault-matrix")
@@ -143,7 +151,9 @@ async def claude_memory(
         retry_delay=0.01,
         retry_delay_max=0.05,
     )
-    extractor = ClaudeExtractor(timeout=0.5, max_retries=1)
+    callspec = getattr(request.node, "callspec", None)
+    fault = callspec.params.get("fault") if callspec is not None else None
+    extractor = ClaudeExtractor(timeout=0.5 if fault == SLOW else 5.0, max_retries=1)
     async with Memory(config=config, extractor=extractor, embedder=False) as memory:
         yield memory
 
