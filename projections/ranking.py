@@ -9,7 +9,7 @@ and little else.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -26,7 +26,6 @@ from sqlalchemy import (
 )
 
 from events import user_log_id
-from events.transcoding import micros_of
 from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
@@ -128,7 +127,7 @@ class LexicalRanker:
             rows = connection.execute(self._recent[dated], params).mappings()
             return [(model(r), 0.0) for r in rows]
         if connection.dialect.name == "sqlite":
-            extra = () if as_of is None else (_sqlite_time(as_of),) * 2
+            extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
             found = self._sqlite_entries[dated].run(
                 connection, fts_match(log_id, terms), limit, (stored_id(log_id), *extra)
             )
@@ -214,11 +213,6 @@ class _SqliteSearch:
                 fetch *= 4
         finally:
             cursor.close()
-
-
-def _sqlite_time(moment: datetime) -> int:
-    """``moment`` as :class:`StoredTime` stores it in SQLite, for comparing."""
-    return micros_of(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
 
 
 def _pg_select(

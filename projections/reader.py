@@ -22,7 +22,7 @@ from sqlalchemy import (
 from events import user_log_id
 from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
-from projections.columns import id_text
+from projections.columns import StoredId, id_text
 from projections.models import (
     BufferedMessage,
     KnowledgeEntry,
@@ -372,7 +372,6 @@ class ProjectionReader:
 def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
     """A knowledge row as the model callers get (typed by SQLAlchemy, or SQLite's raw row:
     ids as bytes, times as microseconds)."""
-    superseded_by = r["superseded_by"]
     return KnowledgeEntry(
         entry_id=id_text(r["entry_id"]),
         user_id=user_id,
@@ -384,7 +383,7 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
         model=r["model"],
         valid_from=aware(r["valid_from"]),
         valid_until=_maybe_aware(r["valid_until"]),
-        superseded_by=None if superseded_by is None else id_text(superseded_by),
+        superseded_by=StoredId.from_sqlite(r["superseded_by"]),
         ended_reason=r["ended_reason"],
     )
 

@@ -8,12 +8,10 @@ the history is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from events import EVENT_CLASSES, EventStore
+from events import EventStore
 from events.user_log import LIVE_KNOWLEDGE
 from projections.collector import collector_paused
 from projections.folds import PROJECTIONS
@@ -52,10 +50,6 @@ def state_at(
 
 def _replay(store: EventStore, user_id: str, version: int | None, at: datetime | None) -> UserState:
     tables = {p.table: p.new_rows() for p in REPLAYED}
-    routes: dict[type, list[tuple[Callable[[TableRows, Any], None], TableRows]]] = {
-        kind: [(p.evolve, tables[p.table]) for p in REPLAYED if kind in p.folds]
-        for kind in EVENT_CLASSES
-    }
     reached = 0
     while True:
         upto = reached + _PAGE if version is None else min(reached + _PAGE, version)
@@ -64,9 +58,10 @@ def _replay(store: EventStore, user_id: str, version: int | None, at: datetime |
             events = [e for e in events if _timestamp(e) <= at]
         if not events:
             break
-        for event in events:
-            for evolve, rows in routes.get(type(event), ()):
-                evolve(rows, event)
+        for projection in REPLAYED:  # each fold is independent of the others
+            rows = tables[projection.table]
+            for event in projection.of(events):
+                projection.evolve(rows, event)
         reached = events[-1].originator_version
         if upto == version or (at is not None and reached < upto):
             break
