@@ -61,6 +61,7 @@ class EngineSettings:
     batch_threshold: int
     max_content_chars: int
     snapshot_interval: int
+    checkpoint_interval: int = 10_000
     limits: BatchLimits = field(default_factory=BatchLimits)
 
 
@@ -68,7 +69,9 @@ class EngineSettings:
 class SharedServices:
     """The services all user actors of one engine share.
 
-    ``touched`` says that a user has new messages or entries to embed (in the background).
+    ``touched`` says that a user has new messages or entries to embed (in the background);
+    ``checkpoint_due`` that a user's log grew by another checkpoint interval, so its
+    replayed state should be stored (in the background).
     """
 
     store: EventStore
@@ -83,4 +86,5 @@ class SharedServices:
     backoff: UserBackoff
     wake: Wake
     touched: Callable[[str], None]
+    checkpoint_due: Callable[[str], None]
     leases: LeaseTable | None = None

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 
+from actors._background import UserWorker
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
-from actors._vectors import VectorFiller
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
@@ -33,6 +33,8 @@ from projections import (
     Projector,
     catch_up,
     rebuild,
+    replay_checkpoints,
+    take_checkpoint,
 )
 from projections.vectors import NamedEmbedder, VectorIndex
 
@@ -101,6 +103,8 @@ class Engine:
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
         self.vectors = None if embedder is None else VectorIndex(self.tables, embedder.name)
         self.vector_filler = None if embedder is None else self._filler(embedder)
+        self.checkpoints = replay_checkpoints(self.tables)
+        self.checkpointer = UserWorker(self._checkpoint, name="checkpoints", delay=0)
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
@@ -121,6 +125,7 @@ class Engine:
             self.backoff,
             self._wake_later,
             self._touched,
+            self.checkpointer.touch,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -144,14 +149,20 @@ class Engine:
             )
         return tuple(KnownEntry(*entry) for entry in related)
 
-    def _filler(self, embedder: NamedEmbedder) -> VectorFiller:
+    def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""
         index = self.vectors
         assert index is not None
         engine = self.store.engine
-        return VectorFiller(
-            lambda user, stop: index.fill(engine, user, embedder.embed, messages=True, stop=stop)
+        return UserWorker(
+            lambda user, stop: index.fill(engine, user, embedder.embed, messages=True, stop=stop),
+            name="embedding",
         )
+
+    def _checkpoint(self, user_id: str, stopping: Callable[[], bool]) -> None:
+        """Store ``user_id``'s replayed state at the end of their log (background)."""
+        version = take_checkpoint(self.store, user_id, self.checkpoints)
+        log.debug("user %r: checkpoint at version %s", user_id, version)
 
     def _touched(self, user_id: str) -> None:
         if self.vector_filler is not None:
@@ -256,6 +267,7 @@ class Engine:
         self.timers.stop()
         if self.vector_filler is not None:
             self.vector_filler.stop()
+        self.checkpointer.stop()
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

@@ -70,6 +70,7 @@ class UserActor(PooledActor):
         self._log: UserLog | None = None
         self._loaded = False
         self._snapshot_version = 0
+        self._checkpointed = 0  # checkpoint intervals the log spanned when last asked
         self._epoch = 0
         self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
@@ -585,6 +586,7 @@ class UserActor(PooledActor):
             self._epoch = next(_WRITE_EPOCHS)
             self._last_write = None
             self._snapshot_version = 0 if self._log is None else self._log.version
+            self._checkpointed = self._intervals(self._snapshot_version)
         if self._log is None and create:
             self._log = UserLog.register(self.user_id)
         return self._log
@@ -639,15 +641,27 @@ class UserActor(PooledActor):
         return user_log is not None and committer.failed(user_log.id, self._epoch)
 
     def _maybe_snapshot(self) -> None:
-        """Snapshot the log every ``snapshot_interval`` events, once they are committed."""
-        interval = self._services.settings.snapshot_interval
+        """Snapshot the log every ``snapshot_interval`` events, and ask for a checkpoint of
+        its replayed state every ``checkpoint_interval``, once the events are committed."""
         user_log = self._log
-        if not interval or user_log is None or user_log.version - self._snapshot_version < interval:
+        if user_log is None:
             return
-        if self._await_last_write():
+        interval = self._services.settings.snapshot_interval
+        snapshot = bool(interval) and user_log.version - self._snapshot_version >= interval
+        checkpoint = self._intervals(user_log.version) > self._checkpointed
+        if not (snapshot or checkpoint) or self._await_last_write():
             return
-        self._services.store.take_snapshot(user_log)
-        self._snapshot_version = user_log.version
+        if snapshot:
+            self._services.store.take_snapshot(user_log)
+            self._snapshot_version = user_log.version
+        if checkpoint:
+            self._checkpointed = self._intervals(user_log.version)
+            self._services.checkpoint_due(self.user_id)
+
+    def _intervals(self, version: int) -> int:
+        """How many checkpoint intervals ``version`` events span (0 with checkpoints off)."""
+        interval = self._services.settings.checkpoint_interval
+        return version // interval if interval else 0
 
 
 _NO_USAGE = TokenUsage()

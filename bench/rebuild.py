@@ -5,7 +5,8 @@ folded in the same transactions (as the engine does): 1,000 users of 100 events 
 (quick: 100 users). :func:`projections.rebuild` then drops and refolds every projection
 and is set beside raw sqlite3 reading the same event rows, in the same run. The second
 measurement replays one user of 100,000 events (quick: 10,000) up to about half of its
-log with :func:`projections.state_at`, the engine of ``memvee state USER --at VERSION``.
+log with :func:`projections.state_at`, the engine of ``memvee state USER --at VERSION``,
+from the checkpoints the engine stores as a log grows, and from nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from bench.common import (
 )
 from bench.load import build_histories
 from events import EventStore, ExtractedFact, UserLog, sqlite_url
-from projections import ProjectionTables, Projector, rebuild, state_at
+from memvee import MemoryConfig
+from projections import (
+    ProjectionTables,
+    Projector,
+    rebuild,
+    replay_checkpoints,
+    state_at,
+    take_checkpoint,
+)
 from projections.rebuild import PAGE_SIZE as REBUILD_PAGE
 
 __all__ = ["run"]
@@ -137,24 +146,42 @@ def _rebuild_rounds(cfg: BenchConfig, workspace: Workspace, section: Section) ->
 
 
 def _state_at_rounds(cfg: BenchConfig, workspace: Workspace, section: Section) -> tuple[int, int]:
-    """Replay one long log to its middle and to its end (the worst case, the target)."""
+    """Replay one long log to its middle and to its end (the worst case, the target): from
+    the checkpoints the engine would have stored as the log grew, and from nothing."""
     size = cfg.pick(100_000, 10_000)
     rounds = cfg.pick(3, 2)
+    interval = MemoryConfig().checkpoint_interval
     with workspace.scratch("state-at") as folder:
         path, _, histories = build_histories(folder, [size])
         history = histories[0]
         middle = history.events // 2
         store = EventStore(sqlite_url(path))
         try:
+            tables = ProjectionTables()
+            with store.transaction() as connection:
+                Projector(tables).create(connection)
+            checkpoints = replay_checkpoints(tables)
+            progress(f"state --at: a checkpoint every {interval:,} events, as the engine takes")
+            started = time.perf_counter()
+            for version in range(interval, history.events + 1, interval):
+                take_checkpoint(store, history.user_id, checkpoints, version=version)
+            taking = time.perf_counter() - started
+            section.stat("state_at.checkpoint_us", "µs").add(taking / history.events * 1e6)
+            with sqlite3.connect(path) as connection:
+                stored = connection.execute(
+                    f"SELECT count(*), sum(length(state)) FROM {tables.checkpoints.name}"
+                ).fetchone()
+            section.facts["state_at.checkpoints"] = f"{stored[0]},{stored[1]}"
             for round_no in range(1, rounds + 1):
                 progress(f"state --at round {round_no}/{rounds}")
-                for version, stat in ((middle, "state_at.middle_ms"), (None, "state_at.ms")):
-                    started = time.perf_counter()
-                    state = state_at(store, history.user_id, version=version)
-                    elapsed = time.perf_counter() - started
-                    if state.version != (version or history.events):
-                        section.notes.append(f"state_at reached version {state.version}")
-                    section.stat(stat, "ms").add(elapsed * 1000)
+                for version, stat in ((middle, "middle_ms"), (None, "ms")):
+                    for kept, prefix in ((checkpoints, "state_at."), (None, "state_at.nothing_")):
+                        started = time.perf_counter()
+                        state = state_at(store, history.user_id, version=version, checkpoints=kept)
+                        elapsed = time.perf_counter() - started
+                        if state.version != (version or history.events):
+                            section.notes.append(f"state_at reached version {state.version}")
+                        section.stat(prefix + stat, "ms").add(elapsed * 1000)
         finally:
             store.close()
     return history.events, middle
@@ -189,16 +216,27 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     )
     state_section = Section(
         "Replaying one user's state at a version (projections.state_at, as `memvee state --at`)",
-        ["events in log", "at version", "state_at\nms"],
+        ["events in log", "at version", "from checkpoints\nms", "from nothing\nms"],
     )
     events, middle = _state_at_rounds(cfg, workspace, state_section)
-    for version, stat in ((middle, "state_at.middle_ms"), (events, "state_at.ms")):
+    stats = state_section.stats
+    for version, stat in ((middle, "middle_ms"), (events, "ms")):
         state_section.rows.append(
-            [fmt_num(events), fmt_num(version), cell(state_section.stats[stat], fmt_ms)]
+            [
+                fmt_num(events),
+                fmt_num(version),
+                cell(stats["state_at." + stat], fmt_ms),
+                cell(stats["state_at.nothing_" + stat], fmt_ms),
+            ]
         )
     state_section.facts["state_at.events"] = str(events)
+    count, size = state_section.facts["state_at.checkpoints"].split(",")
     state_section.notes.append(
         f"Median of {cfg.pick(3, 2)} replays, folded in memory (the live projections are "
-        "not touched); the target is judged on the replay to the end of the log."
+        "not touched); the target is judged on the replay to the end of the log, from the "
+        f"checkpoints the engine stores (every {MemoryConfig().checkpoint_interval:,} "
+        "events, in the background). Taking them cost "
+        f"{fmt_num(stats['state_at.checkpoint_us'].median, 1)} µs per event of "
+        f"the log; the user keeps {count} of them, {int(size) / 1e6:.2f} MB in all."
     )
     return [rebuild_section, state_section]

@@ -128,7 +128,7 @@ def targets(sections: Sequence[Section]) -> list[Target]:
             f"state --at on a user of {state_events:,} events",
             "state_at.ms",
             "<=",
-            1000,
+            300,
             fmt_ms,
             "ms",
         ),

@@ -588,6 +588,11 @@ class EventStore:
         ).rowcount
         return events, snapshots
 
+    def holds(self, connection: Connection, user_id: str, version: int) -> bool:
+        """Whether ``user_id``'s log has an event at ``version`` (read in ``connection``)."""
+        found = self._select_events(connection, user_log_id(user_id), version - 1, version)
+        return bool(found)
+
     def lock_writers(self, connection: Connection) -> None:
         """Hold off every other writer of the log until ``connection``'s transaction ends."""
         if self.is_sqlite:

@@ -37,6 +37,10 @@ class MemoryConfig:
     user's extraction for ``breaker_cooldown`` seconds (doubling while the API stays down),
     then one run probes the API.
 
+    Every ``snapshot_interval`` events a user's log is snapshotted, so it loads in
+    constant time; every ``checkpoint_interval`` events its replayed state is stored in the
+    background, so ``state --at`` folds at most about that many events (0 turns either off).
+
     ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
     ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.
     """
@@ -53,6 +57,7 @@ class MemoryConfig:
     extraction_timeout: float = 120.0
     shutdown_grace: float = 10.0
     snapshot_interval: int = 100
+    checkpoint_interval: int = 10_000
     commit_batch_max: int = 256
     model: str | None = None
     leases: bool | None = None
@@ -91,8 +96,13 @@ class MemoryConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise InvalidInputError(f"{name} must be positive, not {value!r}")
-        if self.shutdown_grace < 0 or self.snapshot_interval < 0:
-            raise InvalidInputError("shutdown_grace and snapshot_interval must not be negative")
+        for name, count in (
+            ("shutdown_grace", self.shutdown_grace),
+            ("snapshot_interval", self.snapshot_interval),
+            ("checkpoint_interval", self.checkpoint_interval),
+        ):
+            if count < 0:
+                raise InvalidInputError(f"{name} must not be negative, not {count!r}")
         if not 0.0 <= self.hybrid_alpha <= 1.0:
             raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
         if self.durability not in ("full", "normal"):

@@ -134,6 +134,7 @@ class Memory:
                 batch_threshold=cfg.batch_threshold,
                 max_content_chars=cfg.max_content_chars,
                 snapshot_interval=cfg.snapshot_interval,
+                checkpoint_interval=cfg.checkpoint_interval,
                 limits=cfg.batch_limits,
             ),
             idle_timeout=cfg.idle_timeout,

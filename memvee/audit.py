@@ -46,6 +46,7 @@ from projections import (
     QuarantinedMessage,
     UserState,
     UserSummary,
+    replay_checkpoints,
     state_at,
 )
 
@@ -131,7 +132,9 @@ class Audit:
 
     def __init__(self, db_path: str = "memvee.db", db_url: str | None = None) -> None:
         self.store = EventStore(db_url or sqlite_url(db_path))
-        self._reader = ProjectionReader(ProjectionTables())
+        tables = ProjectionTables()
+        self._reader = ProjectionReader(tables)
+        self._checkpoints = replay_checkpoints(tables)
 
     def close(self) -> None:
         """Release the database connections."""
@@ -205,7 +208,7 @@ class Audit:
             raise InvalidInputError(
                 f"user {user_id!r} has {last} events; version {version} is past the end"
             )
-        return state_at(self.store, user_id, version=version, at=at)
+        return state_at(self.store, user_id, version=version, at=at, checkpoints=self._checkpoints)
 
     def explain(self, user_id: str, entry_id: str) -> Provenance:
         """The provenance of one knowledge entry, current or ended, of any version.

@@ -4,6 +4,7 @@ Every table here is a projection: it can be dropped and rebuilt from the log
 (:func:`rebuild`), and :func:`verify` proves the rebuilt rows equal the live ones.
 """
 
+from projections.checkpoints import Checkpoint, Checkpoints
 from projections.models import (
     BufferedMessage,
     KnowledgeEntry,
@@ -16,7 +17,7 @@ from projections.projector import SCHEMA_VERSION, Projector
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 from projections.rebuild import Difference, catch_up, dump, rebuild, rebuild_user, verify
-from projections.replay import UserState, state_at
+from projections.replay import UserState, replay_checkpoints, state_at, take_checkpoint
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
 from projections.terms import STOP_WORDS, search_terms
@@ -26,6 +27,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "STOP_WORDS",
     "BufferedMessage",
+    "Checkpoint",
+    "Checkpoints",
     "Difference",
     "KnowledgeEntry",
     "LexicalRanker",
@@ -42,7 +45,9 @@ __all__ = [
     "dump",
     "rebuild",
     "rebuild_user",
+    "replay_checkpoints",
     "search_terms",
     "state_at",
+    "take_checkpoint",
     "verify",
 ]

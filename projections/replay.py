@@ -2,24 +2,30 @@
 
 Computed by folding the user's log, up to that point, in memory, with the very folds the
 projection tables are built with (:mod:`projections.folds`); the live projections are
-never touched. Reading pages of the log keeps the events in memory bounded however long
-the history is.
+never touched. A replay may start from a checkpoint (:mod:`projections.checkpoints`): the
+rows an earlier replay held, so a long log costs only the events after the nearest one.
+Reading pages of the log, and dropping messages once they leave the buffer for good,
+keeps the memory a replay holds bounded however long the history is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from events import EventStore
+from events import EventStore, user_log_id
 from events.user_log import LIVE_KNOWLEDGE
+from projections.checkpoints import Checkpoint, Checkpoints
 from projections.collector import collector_paused
 from projections.folds import PROJECTIONS
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
 from projections.reader import buffered_from_row, entry_from_row, task_from_row
 from projections.rows import TableRows
+from projections.tables import ProjectionTables
 
-__all__ = ["UserState", "state_at"]
+__all__ = ["UserState", "replay_checkpoints", "state_at", "take_checkpoint"]
 
 _PAGE = 10_000
 REPLAYED = tuple(p for p in PROJECTIONS if p.table in ("messages", "tasks", "knowledge"))
@@ -37,41 +43,145 @@ class UserState:
     knowledge: list[KnowledgeEntry]
 
 
-def state_at(
-    store: EventStore, user_id: str, *, version: int | None = None, at: datetime | None = None
-) -> UserState:
-    """Replay ``user_id``'s log up to ``version`` (inclusive) or time ``at`` (inclusive).
+def replay_checkpoints(tables: ProjectionTables) -> Checkpoints:
+    """The checkpoints stored beside ``tables``, holding the rows a replay folds."""
+    return Checkpoints(tables, [p.table for p in REPLAYED])
 
-    With neither, the state at the end of the log.
+
+def state_at(
+    store: EventStore,
+    user_id: str,
+    *,
+    version: int | None = None,
+    at: datetime | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> UserState:
+    """Replay ``user_id``'s log up to ``version`` (inclusive) or time ``at`` (the events
+    up to the first one stamped later); with neither, the state at the end of the log.
+
+    With ``checkpoints``, the replay starts from the nearest one before that point.
     """
     with collector_paused():
-        return _replay(store, user_id, version, at)
-
-
-def _replay(store: EventStore, user_id: str, version: int | None, at: datetime | None) -> UserState:
-    tables = {p.table: p.new_rows() for p in REPLAYED}
-    reached = 0
-    while True:
-        upto = reached + _PAGE if version is None else min(reached + _PAGE, version)
-        events = store.events_of(user_id, after=reached, upto=upto)
-        if at is not None:
-            events = [e for e in events if _timestamp(e) <= at]
-        if not events:
-            break
-        for projection in REPLAYED:  # each fold is independent of the others
-            rows = tables[projection.table]
-            for event in projection.of(events):
-                projection.evolve(rows, event)
-        reached = events[-1].originator_version
-        if upto == version or (at is not None and reached < upto):
-            break
+        replay = _Replay.start(store, user_id, version, at, checkpoints)
+        replay.fold_log(store, user_id, version, at)
+    tables = replay.tables
     return UserState(
         user_id=user_id,
-        version=reached,
+        version=replay.version,
         buffer=_buffer(user_id, tables["messages"]),
         tasks=_tasks(user_id, tables["tasks"]),
         knowledge=_knowledge(user_id, tables["knowledge"]),
     )
+
+
+def take_checkpoint(
+    store: EventStore, user_id: str, checkpoints: Checkpoints, *, version: int | None = None
+) -> int | None:
+    """Fold ``user_id``'s log from its latest checkpoint up to ``version`` (the end of the
+    log by default) and store the result there.
+
+    Returns the version checkpointed, or ``None`` when there was nothing new to fold (or
+    the log was forgotten meanwhile: the check and the write share a transaction that
+    holds off every writer, so no checkpoint outlives its user's erasure). The engine calls
+    it on a background thread, so unlike :func:`state_at` it leaves the process's garbage
+    collector alone.
+    """
+    replay = _Replay.start(store, user_id, version, None, checkpoints)
+    begun = replay.version
+    replay.fold_log(store, user_id, version, None)
+    if replay.version == begun or replay.latest is None:
+        return None
+    checkpoint = Checkpoint(
+        replay.version,
+        replay.latest,
+        {table: list(rows.rows.values()) for table, rows in replay.tables.items()},
+    )
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        if not store.holds(connection, user_id, replay.version):
+            return None
+        checkpoints.save(connection, str(user_log_id(user_id)), checkpoint)
+    return replay.version
+
+
+def _new_tables() -> dict[str, TableRows]:
+    return {p.table: p.new_rows() for p in REPLAYED}
+
+
+@dataclass(slots=True)
+class _Replay:
+    """A fold of one log in memory: the replayed tables' rows after ``version``, and the
+    latest stamp among the events folded."""
+
+    version: int = 0
+    latest: datetime | None = None
+    tables: dict[str, TableRows] = field(default_factory=_new_tables)
+
+    @classmethod
+    def start(
+        cls,
+        store: EventStore,
+        user_id: str,
+        version: int | None,
+        at: datetime | None,
+        checkpoints: Checkpoints | None,
+    ) -> _Replay:
+        """From the nearest checkpoint before the point asked for, or from nothing."""
+        if checkpoints is None:
+            return cls()
+        with store.engine.connect() as connection:
+            found = checkpoints.nearest(
+                connection, str(user_log_id(user_id)), version=version, at=at
+            )
+        if found is None:
+            return cls()
+        replay = cls(found.version, found.latest)
+        for table, rows in found.rows.items():
+            held = replay.tables[table]
+            for row in rows:
+                held.put(row)
+        return replay
+
+    def fold_log(
+        self, store: EventStore, user_id: str, version: int | None, at: datetime | None
+    ) -> None:
+        """Fold the log's events after this replay's version, up to ``version`` or ``at``."""
+        while version is None or self.version < version:
+            upto = self.version + _PAGE if version is None else min(self.version + _PAGE, version)
+            events = store.events_of(user_id, after=self.version, upto=upto)
+            whole = len(events)
+            if at is not None:
+                events = _until(events, at)
+            if events:
+                self.fold(events)
+            if not events or len(events) < whole:
+                return
+
+    def fold(self, events: Sequence[Any]) -> None:
+        """Fold ``events`` (the next ones of the log, in order)."""
+        for projection in REPLAYED:  # each fold is independent of the others
+            rows = self.tables[projection.table]
+            for event in projection.of(events):
+                projection.evolve(rows, event)
+        self.version = events[-1].originator_version
+        latest = max(_timestamp(e) for e in events)
+        self.latest = latest if self.latest is None else max(self.latest, latest)
+        self._drop_settled()
+
+    def _drop_settled(self) -> None:
+        """Forget the messages that left the buffer: no event puts a message back in it,
+        so a :class:`UserState` never reads them again."""
+        messages = self.tables["messages"]
+        for key in [k for k, r in messages.rows.items() if r["buffered"] == 0]:
+            messages.delete(key)
+
+
+def _until(events: list[Any], at: datetime) -> list[Any]:
+    """The events before the first one stamped after ``at``."""
+    for i, event in enumerate(events):
+        if _timestamp(event) > at:
+            return events[:i]
+    return events
 
 
 def _buffer(user_id: str, rows: TableRows) -> list[BufferedMessage]:

@@ -37,7 +37,8 @@ class ProjectionTables:
     index keeps the buffer's lookups to the buffered messages. Knowledge rows keep their
     history: ``valid_until`` is set when a later entry supersedes one (``superseded_by``)
     or the user says it stopped being true. Usage rows are the tokens each extraction
-    spent, one row per event that spent any.
+    spent, one row per event that spent any. Checkpoints hold a user's replayed state
+    every so many events (see :mod:`projections.checkpoints`).
     """
 
     def __init__(self, prefix: str = LIVE_PREFIX) -> None:
@@ -169,6 +170,14 @@ class ProjectionTables:
             Column("created_at", StoredTime(), nullable=False),
             Column("updated_at", StoredTime(), nullable=False),
         )
+        self.checkpoints = Table(
+            f"{prefix}checkpoints",
+            self.metadata,
+            Column("log_id", StoredId(), primary_key=True),
+            Column("version", Integer, primary_key=True),
+            Column("latest", StoredTime(), nullable=False),
+            Column("state", LargeBinary, nullable=False),
+        )
         self.position = Table(
             f"{prefix}position",
             self.metadata,
@@ -179,7 +188,7 @@ class ProjectionTables:
     @property
     def data_tables(self) -> tuple[Table, ...]:
         """The tables that hold a user's rows (everything but the position)."""
-        return (*self.folded_tables, self.vectors)
+        return (*self.folded_tables, self.vectors, self.checkpoints)
 
     @property
     def folded_tables(self) -> tuple[Table, ...]:

@@ -3,6 +3,7 @@ replaying the log, equals what the live projections held at that version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from events import user_log_id
 from memvee import Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -64,6 +66,25 @@ async def test_state_replayed_at_every_version_equals_the_live_state_then(
         for version, live in seen.items():
             assert _replayed(audit, version) == live, f"version {version}"
         assert audit.state("ann").version == max(seen)
+
+
+async def test_checkpoints_taken_in_the_background_change_no_replayed_state(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    memory: Memory = await make_memory(config={"checkpoint_interval": 3})
+    seen = await _history(memory, extractor)
+    engine = memory._engine
+    assert engine is not None
+    assert await asyncio.to_thread(engine.checkpointer.wait_idle, 30)
+    with engine.store.engine.connect() as connection:
+        taken = engine.checkpoints.versions(connection, str(user_log_id("ann")))
+    assert taken and taken[-1] >= max(seen) - 3, "the actor asked for checkpoints as it went"
+    with Audit(db_url=db_url) as audit:
+        for version, live in seen.items():
+            assert _replayed(audit, version) == live, f"version {version}"
+    await memory.forget("ann")
+    with engine.store.engine.connect() as connection:
+        assert engine.checkpoints.versions(connection, str(user_log_id("ann"))) == []
 
 
 async def test_the_log_reads_in_order_with_filters_and_pages(

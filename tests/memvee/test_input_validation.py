@@ -109,6 +109,9 @@ def test_bad_configuration_is_refused() -> None:
         MemoryConfig(batch_threshold=0)
     with pytest.raises(ValueError, match="durability"):
         MemoryConfig(durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="checkpoint_interval must not be negative, not -1"):
+        MemoryConfig(checkpoint_interval=-1)
+    assert MemoryConfig(checkpoint_interval=0).checkpoint_interval == 0  # off
 
 
 async def test_db_path_folder_is_created(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 ways that repeat or pass, quarantine, requeue, crash-recover, re-extract and promote),
 the state replayed at every version equals the live state recorded at that version and the
 state the same folds give when the whole prefix is folded into fresh tables at once, and
-rebuilding the projections (in pages of any size) gives back the live ones. One definition
+rebuilding the projections (in pages of any size) gives back the live ones, and a replay
+that starts from a checkpoint gives the same state as one from the start. One definition
 of each fold (projections.folds) is behind all of them: the live path folds commit by
 commit over stored rows, a rebuild page by page, and state --at in memory alone."""
 
@@ -26,7 +27,9 @@ from projections import (
     dump,
     rebuild,
     replay,
+    replay_checkpoints,
     state_at,
+    take_checkpoint,
 )
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
@@ -109,6 +112,15 @@ def test_replay_at_every_version_equals_live_and_rebuild_equals_live(
                 assert state_at(store, "p", version=version) == _sql_state_at(store, "p", version)
         finally:
             replay._PAGE = page
+        checkpoints = replay_checkpoints(tables)
+        for version in list(seen)[1::2]:
+            take_checkpoint(store, "p", checkpoints, version=version)
+        for version in seen:
+            from_checkpoint = state_at(store, "p", version=version, checkpoints=checkpoints)
+            assert from_checkpoint == _sql_state_at(store, "p", version)
+        for at in stamps:
+            from_checkpoint = state_at(store, "p", at=at, checkpoints=checkpoints)
+            assert from_checkpoint == _sql_state_at(store, "p", at=at)
         before = dump(store.engine, tables)
         for page_size in (1, 4, 10_000):
             rebuild(store, tables, page_size=page_size)

@@ -1,22 +1,22 @@
-"""The background vector filler: fills the users it is told about, once each, and stops
-without waiting for a long fill to finish."""
+"""A background worker: works for the users it is told about, once each, and stops
+without waiting for a long job to finish."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from actors._vectors import VectorFiller
+from actors._background import UserWorker
 
 
-def test_each_user_told_about_is_filled_and_a_burst_is_filled_once() -> None:
+def test_each_user_told_about_is_worked_on_and_a_burst_only_once() -> None:
     filled: list[str] = []
 
     def fill(user: str, stop: Callable[[], bool]) -> int:
         filled.append(user)
         return 1
 
-    filler = VectorFiller(fill, delay=0.05)
+    filler = UserWorker(fill, name="test", delay=0.05)
     try:
         for _ in range(5):
             filler.touch("ann")
@@ -27,7 +27,7 @@ def test_each_user_told_about_is_filled_and_a_burst_is_filled_once() -> None:
         filler.stop()
 
 
-def test_stop_ends_a_long_fill_between_batches() -> None:
+def test_stop_ends_a_long_job_between_steps() -> None:
     started = threading.Event()
     seen_stop = threading.Event()
 
@@ -40,7 +40,7 @@ def test_stop_ends_a_long_fill_between_batches() -> None:
             threading.Event().wait(0.01)
         return 0
 
-    filler = VectorFiller(fill, delay=0)
+    filler = UserWorker(fill, name="test", delay=0)
     filler.touch("ann")
     assert started.wait(10)
     filler.stop()

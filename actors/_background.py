@@ -1,9 +1,12 @@
-"""Embedding in the background: users with new messages or entries get their vectors
-filled off every request path, so that a search rarely has anything left to embed.
+"""Work in the background, per user: jobs that keep a projection ahead of the requests
+that need it, off every request path.
 
-The vectors are a projection (see :mod:`projections.vectors`); this thread only fills it
-early. A search still embeds whatever of its user is missing first, so nothing depends
-on this thread having caught up, and a write never waits for it.
+Two kinds run this way. Embedding: users with new messages or entries get their vectors
+filled, so that a search rarely has anything left to embed (a search still embeds what is
+missing first, so nothing depends on this thread having caught up). Checkpoints: a user
+whose log grew by another interval gets its replayed state stored, so that ``state --at``
+folds little (a replay folds from an older checkpoint, or from nothing, otherwise). A
+write never waits for either.
 """
 
 from __future__ import annotations
@@ -12,30 +15,36 @@ import logging
 import threading
 from collections.abc import Callable
 
-__all__ = ["VectorFiller"]
+__all__ = ["UserWorker"]
 
 log = logging.getLogger("memvee.actors")
 
 
-class VectorFiller:
-    """Fills the vectors of the users it is told about, one at a time, on its own thread.
+class UserWorker:
+    """Does one kind of work for the users it is told about, one at a time, on its own thread.
 
-    ``fill(user_id, stopping)`` embeds what the user lacks, asking ``stopping()`` between
-    batches so that :meth:`stop` never waits for a long fill. Users told about while one is
-    filled wait ``delay`` seconds more, so a burst of writes is embedded in a few batches.
+    ``work(user_id, stopping)`` does it for one user, asking ``stopping()`` between steps
+    so that :meth:`stop` never waits for a long job. Users told about while one is worked
+    on wait ``delay`` seconds more, so a burst of writes is handled in a few jobs. ``name``
+    names the thread (``memvee-<name>``) and the work in logs.
     """
 
     def __init__(
-        self, fill: Callable[[str, Callable[[], bool]], int], *, delay: float = 0.2
+        self,
+        work: Callable[[str, Callable[[], bool]], object],
+        *,
+        name: str,
+        delay: float = 0.2,
     ) -> None:
-        self._fill = fill
+        self._work = work
+        self.name = name
         self._delay = delay
         self._pending: dict[str, None] = {}
         self._changed = threading.Condition()
         self._stopped = False
         self._idle = threading.Event()
         self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="memvee-vectors", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"memvee-{name}", daemon=True)
         self._thread.start()
 
     def touch(self, user_id: str) -> None:
@@ -48,11 +57,12 @@ class VectorFiller:
             self._changed.notify()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every user told about so far is filled (for tests and shutdown)."""
+        """Wait until every user told about so far is done (for tests and shutdown)."""
         return self._idle.wait(timeout)
 
     def stop(self) -> None:
-        """Drop what waits and stop the thread (a search fills what was left)."""
+        """Drop what waits and stop the thread (what was left is done by whoever needs it:
+        a search embeds what is missing, a replay folds from an older checkpoint)."""
         with self._changed:
             self._stopped = True
             self._pending.clear()
@@ -80,6 +90,6 @@ class VectorFiller:
                 if self._stopped:
                     break
                 try:
-                    self._fill(user_id, self._stopping)
+                    self._work(user_id, self._stopping)
                 except Exception:
-                    log.exception("user %r: embedding in the background failed", user_id)
+                    log.exception("user %r: %s in the background failed", user_id, self.name)

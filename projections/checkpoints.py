@@ -1,0 +1,140 @@
+"""Checkpoints: a user's replayed state stored every so many events of their log.
+
+``state --at`` folds a log in memory (:mod:`projections.replay`); on a long log that is
+most of its cost. A checkpoint is the rows such a fold held at one version, so a replay
+starts from the nearest one at or before the point asked for, and folds only the events
+after it. Checkpoints come from the log alone, through the same folds, so they are
+disposable like every projection: dropped with the tables on a new layout or a rebuild,
+erased with the user.
+
+A user keeps at most :data:`KEPT` checkpoints, spread over the log: storing one more drops
+the one closest to the checkpoint before it, so old points stay reachable at a coarser
+grain and the space they take grows with the log, not with its square.
+
+A checkpoint is stored as one compressed JSON document: per table, each row's values in
+the table's column order, times as microseconds since 1970.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Table, inspect, select
+
+from projections.columns import StoredTime
+from projections.rows import Row
+from projections.tables import ProjectionTables
+
+__all__ = ["KEPT", "Checkpoint", "Checkpoints"]
+
+KEPT = 8
+"""The most checkpoints a user keeps."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The replayed rows of one user's log after ``version``, whose events are all stamped
+    at or before ``latest``."""
+
+    version: int
+    latest: datetime
+    rows: Mapping[str, Sequence[Row]]
+
+
+class Checkpoints:
+    """Reads and writes the checkpoints of the tables under one prefix.
+
+    ``roles`` are the tables a checkpoint holds rows of (by role: ``"messages"``...).
+    """
+
+    def __init__(self, tables: ProjectionTables, roles: Sequence[str]) -> None:
+        self.table = tables.checkpoints
+        self._forms = {role: _RowForm(getattr(tables, role)) for role in roles}
+
+    def nearest(
+        self, connection: Connection, log_id: str, *, version: int | None, at: datetime | None
+    ) -> Checkpoint | None:
+        """The latest checkpoint of ``log_id`` at or before ``version`` whose events are all
+        at or before ``at`` (either may be ``None``: no bound); ``None`` if there is none,
+        or no table to hold them (a database no engine has opened yet)."""
+        if not inspect(connection).has_table(self.table.name):
+            return None
+        c = self.table.c
+        query = select(c.version, c.latest, c.state).where(c.log_id == log_id)
+        if version is not None:
+            query = query.where(c.version <= version)
+        if at is not None:
+            query = query.where(c.latest <= at)
+        found = connection.execute(query.order_by(c.version.desc()).limit(1)).first()
+        if found is None:
+            return None
+        document = orjson.loads(zlib.decompress(found.state))
+        rows = {role: form.rows(document[role]) for role, form in self._forms.items()}
+        return Checkpoint(found.version, found.latest, rows)
+
+    def save(self, connection: Connection, log_id: str, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` of ``log_id`` and thin out the older ones (a checkpoint at
+        that version already there is kept: both come from the same events)."""
+        c = self.table.c
+        exists = select(c.version).where(c.log_id == log_id, c.version == checkpoint.version)
+        if connection.execute(exists).first() is not None:
+            return
+        document = {role: form.values(checkpoint.rows[role]) for role, form in self._forms.items()}
+        connection.execute(
+            self.table.insert(),
+            {
+                "log_id": log_id,
+                "version": checkpoint.version,
+                "latest": checkpoint.latest,
+                "state": zlib.compress(orjson.dumps(document)),
+            },
+        )
+        self._thin(connection, log_id)
+
+    def versions(self, connection: Connection, log_id: str) -> list[int]:
+        """The versions ``log_id`` has checkpoints at, oldest first."""
+        c = self.table.c
+        query = select(c.version).where(c.log_id == log_id).order_by(c.version)
+        return list(connection.execute(query).scalars())
+
+    def _thin(self, connection: Connection, log_id: str) -> None:
+        """Drop checkpoints beyond :data:`KEPT`, each time the one closest to the one
+        before it (the latest always stays)."""
+        versions = self.versions(connection, log_id)
+        c = self.table.c
+        while len(versions) > KEPT:
+            older = versions[:-1]  # the latest always stays
+            gaps = [v - before for before, v in zip([0, *older], older, strict=False)]
+            closest = versions.pop(gaps.index(min(gaps)))
+            connection.execute(self.table.delete().where(c.log_id == log_id, c.version == closest))
+
+
+class _RowForm:
+    """One table's rows as lists of JSON values, in column order, and back."""
+
+    def __init__(self, table: Table) -> None:
+        self.columns = tuple(c.name for c in table.columns)
+        self.times = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, StoredTime))
+
+    def values(self, rows: Sequence[Row]) -> list[list[Any]]:
+        out = []
+        for row in rows:
+            values = [row[name] for name in self.columns]
+            for i in self.times:
+                values[i] = StoredTime.to_sqlite(values[i])
+            out.append(values)
+        return out
+
+    def rows(self, stored: Sequence[list[Any]]) -> list[Row]:
+        out = []
+        columns, times = self.columns, self.times
+        for values in stored:
+            for i in times:
+                values[i] = StoredTime.from_sqlite(values[i])
+            out.append(dict(zip(columns, values, strict=True)))
+        return out
