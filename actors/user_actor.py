@@ -587,6 +587,8 @@ class UserActor(PooledActor):
             self._last_write = None
             self._snapshot_version = 0 if self._log is None else self._log.version
             self._checkpointed = self._intervals(self._snapshot_version)
+            if self._checkpointed:  # a long log: make sure it has a recent checkpoint
+                self._services.checkpoint_due(self.user_id)
         if self._log is None and create:
             self._log = UserLog.register(self.user_id)
         return self._log

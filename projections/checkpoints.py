@@ -97,7 +97,9 @@ class Checkpoints:
         self._thin(connection, log_id)
 
     def versions(self, connection: Connection, log_id: str) -> list[int]:
-        """The versions ``log_id`` has checkpoints at, oldest first."""
+        """The versions ``log_id`` has checkpoints at, oldest first (none without a table)."""
+        if not inspect(connection).has_table(self.table.name):
+            return []
         c = self.table.c
         query = select(c.version).where(c.log_id == log_id).order_by(c.version)
         return list(connection.execute(query).scalars())

@@ -75,17 +75,30 @@ def state_at(
 
 
 def take_checkpoint(
-    store: EventStore, user_id: str, checkpoints: Checkpoints, *, version: int | None = None
+    store: EventStore,
+    user_id: str,
+    checkpoints: Checkpoints,
+    *,
+    version: int | None = None,
+    min_events: int = 1,
 ) -> int | None:
     """Fold ``user_id``'s log from its latest checkpoint up to ``version`` (the end of the
-    log by default) and store the result there.
+    log by default) and store the result there, if that folds ``min_events`` or more.
 
-    Returns the version checkpointed, or ``None`` when there was nothing new to fold (or
+    Returns the version checkpointed, or ``None`` when there was not enough to fold (or
     the log was forgotten meanwhile: the check and the write share a transaction that
     holds off every writer, so no checkpoint outlives its user's erasure). The engine calls
     it on a background thread, so unlike :func:`state_at` it leaves the process's garbage
     collector alone.
     """
+    with store.engine.connect() as connection:  # cheap first: no checkpoint is read yet
+        kept = checkpoints.versions(connection, str(user_log_id(user_id)))
+        base = max((v for v in kept if version is None or v <= version), default=0)
+        target = base + min_events
+        if (version is not None and version < target) or not store.holds(
+            connection, user_id, target
+        ):
+            return None
     replay = _Replay.start(store, user_id, version, None, checkpoints)
     begun = replay.version
     replay.fold_log(store, user_id, version, None)

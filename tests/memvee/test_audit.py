@@ -87,6 +87,24 @@ async def test_checkpoints_taken_in_the_background_change_no_replayed_state(
         assert engine.checkpoints.versions(connection, str(user_log_id("ann"))) == []
 
 
+async def test_a_long_log_written_without_checkpoints_gets_one_when_next_loaded(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    memory: Memory = await make_memory(config={"checkpoint_interval": 0})
+    seen = await _history(memory, extractor)
+    await memory.close()
+    memory = await make_memory(config={"checkpoint_interval": 4})
+    engine = memory._engine
+    assert engine is not None
+    with engine.store.engine.connect() as connection:
+        assert engine.checkpoints.versions(connection, str(user_log_id("ann"))) == []
+    await memory.add_exchange("ann", "I moved to Porto", "ok")  # loads the actor
+    assert await asyncio.to_thread(engine.checkpointer.wait_idle, 30)
+    with engine.store.engine.connect() as connection:
+        taken = engine.checkpoints.versions(connection, str(user_log_id("ann")))
+    assert len(taken) == 1 and taken[0] >= max(seen), "asked for on load, not at a crossing"
+
+
 async def test_the_log_reads_in_order_with_filters_and_pages(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> None:

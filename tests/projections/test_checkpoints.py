@@ -126,6 +126,22 @@ def test_a_replay_starts_from_the_nearest_checkpoint_and_ends_where_one_from_not
         assert state_at(store, "ann", version=version, checkpoints=checkpoints) == expected
 
 
+def test_a_checkpoint_is_only_taken_once_the_log_grew_by_enough_events(
+    store: EventStore, checkpoints: Checkpoints
+) -> None:
+    driver = LogDriver("ann")
+    _drive(store, driver, "add", "add", "add")
+    assert take_checkpoint(store, "ann", checkpoints, min_events=5) is None
+    first = take_checkpoint(store, "ann", checkpoints, min_events=4)
+    assert first == 4
+    _drive(store, driver, "add", "add", "add")
+    assert take_checkpoint(store, "ann", checkpoints, min_events=4) is None
+    _drive(store, driver, "add")
+    assert take_checkpoint(store, "ann", checkpoints, min_events=4) == first + 4
+    assert take_checkpoint(store, "ann", checkpoints, version=6, min_events=2) == 6
+    assert take_checkpoint(store, "ann", checkpoints, version=7, min_events=2) is None
+
+
 def test_messages_requeued_after_a_checkpoint_come_back_to_the_buffer(
     store: EventStore, checkpoints: Checkpoints
 ) -> None:
