@@ -17,7 +17,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from events.transcoding import from_micros, micros_of
 
-__all__ = ["StoredId", "StoredTime", "id_text", "stored_id"]
+__all__ = ["StoredId", "StoredTime", "id_text", "packed_range", "stored_id"]
 
 
 def stored_id(value: str) -> bytes | str:
@@ -44,6 +44,33 @@ def id_text(value: bytes | str) -> str:
         return value
     h = value.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_DASHES = (8, 13, 18, 23)
+"""Where a canonical UUID's text has its dashes."""
+
+
+def packed_range(prefix: str) -> tuple[bytes, bytes | None] | None:
+    """The 16-byte ids (see :func:`stored_id`) whose text starts with ``prefix``: from the
+    first, inclusive, to the second, exclusive (``None``: to the end); ``None`` when no
+    canonical UUID's text can start so."""
+    if len(prefix) > 36 or prefix != prefix.lower():
+        return None
+    digits = []
+    for i, char in enumerate(prefix):
+        if i in _DASHES:
+            if char != "-":
+                return None
+        elif char in "0123456789abcdef":
+            digits.append(char)
+        else:
+            return None
+    if not digits:
+        return b"", None
+    width = 4 * (32 - len(digits))
+    start = int("".join(digits), 16)
+    end = (start + 1) << width
+    return (start << width).to_bytes(16), None if end >> 128 else end.to_bytes(16)
 
 
 class _CompactOnSqlite(TypeDecorator[Any]):

@@ -10,19 +10,24 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    LargeBinary,
     RowMapping,
+    String,
     Table,
+    and_,
     bindparam,
     func,
+    literal,
     literal_column,
     or_,
     select,
+    type_coerce,
 )
 
 from events import user_log_id
 from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
-from projections.columns import StoredId, id_text
+from projections.columns import StoredId, id_text, packed_range
 from projections.models import (
     BufferedMessage,
     KnowledgeEntry,
@@ -116,13 +121,29 @@ class ProjectionReader:
     def entry_ids_starting(
         self, connection: Connection, user_id: str, prefix: str, limit: int
     ) -> list[str]:
-        """Up to ``limit`` ids of the user's entries (any version) that start with ``prefix``.
+        """Up to ``limit`` ids of the user's entries (any version) that start with ``prefix``,
+        in order.
 
-        Matched here, not in SQL: SQLite stores the ids as bytes (:mod:`projections.columns`).
+        Ids stored as text are compared as text (exactly: SQLite's ``LIKE`` ignores case);
+        on SQLite a UUID is stored as its 16 bytes, so a prefix of its text is a range of
+        them (:func:`~projections.columns.packed_range`).
         """
         k = self.tables.knowledge
-        rows = connection.execute(select(k.c.entry_id).where(k.c.log_id == _log(user_id)))
-        return sorted(i for (i,) in rows if i.startswith(prefix))[:limit]
+        mine = k.c.log_id == _log(user_id)
+        as_text = func.substr(k.c.entry_id, 1, len(prefix)) == literal(prefix, String)
+        queries = [select(k.c.entry_id).where(mine, as_text)]
+        packed = packed_range(prefix) if connection.dialect.name == "sqlite" else None
+        if packed is not None:
+            stored = type_coerce(k.c.entry_id, LargeBinary)
+            start, end = packed
+            in_range = stored >= literal(start, LargeBinary)
+            if end is not None:
+                in_range = and_(in_range, stored < literal(end, LargeBinary))
+            queries.append(select(k.c.entry_id).where(mine, in_range))
+        found: set[str] = set()
+        for query in queries:
+            found.update(connection.execute(query.order_by(k.c.entry_id).limit(limit)).scalars())
+        return sorted(found)[:limit]
 
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
         """The user's knowledge versions (live and re-extracted) with their entry counts."""

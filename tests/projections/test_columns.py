@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from projections.columns import StoredId, StoredTime, id_text, stored_id
+from projections.columns import StoredId, StoredTime, id_text, packed_range, stored_id
 from projections.sink import stored_form
 from projections.tables import ProjectionTables
 
@@ -109,3 +109,22 @@ def test_postgresql_keeps_its_own_types() -> None:
     assert StoredId().process_bind_param("01a22cc6-6d5a-74d2-9987-ef9f14482c79", dialect) == (
         "01a22cc6-6d5a-74d2-9987-ef9f14482c79"
     )
+
+
+def test_a_prefix_of_a_uuid_is_the_range_of_packed_ids_that_start_so() -> None:
+    ids = sorted(str(uuid4()) for _ in range(300))
+    ids += ["00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"]
+    for full in ids:
+        for cut in (1, 5, 8, 9, 10, 14, 23, 24, 35, 36):
+            prefix = full[:cut]
+            packed = packed_range(prefix)
+            assert packed is not None
+            start, end = packed
+            inside = {
+                i for i in ids if start <= stored_id(i) and (end is None or stored_id(i) < end)
+            }
+            assert inside == {i for i in ids if i.startswith(prefix)}, prefix
+    assert packed_range("") == (b"", None)
+    assert packed_range("fff")[1] is None  # type: ignore[index]
+    for never in ("0B5C", "0b5g", "0b5c2f1e9", "0b5c2f1e-9f4e-4a55-8d1e-2f9b8f1b6c11a", "-"):
+        assert packed_range(never) is None, never

@@ -1,12 +1,16 @@
-"""The projection reader: lookups by id stay inside the user they are asked for."""
+"""The projection reader: lookups by id stay inside the user they are asked for, and an
+id prefix finds the ids that start with it, however they are stored."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
+from events import EventStore, user_log_id
 from memvee.extractors import OfflineExtractor
-from projections import ProjectionReader
+from projections import ProjectionReader, ProjectionTables, Projector
 
 
 async def test_ids_of_another_user_find_nothing_and_own_ids_come_in_log_order(
@@ -31,3 +35,51 @@ async def test_ids_of_another_user_find_nothing_and_own_ids_come_in_log_order(
             ann_entries
         )
         assert [m.seq for m in reader.messages(connection, "ann", seqs=[3, 1])] == [1, 3]
+
+
+def test_entry_ids_starting_with_a_prefix_are_found_by_range_or_text_alike(db_url: str) -> None:
+    store = EventStore(db_url)
+    tables = ProjectionTables()
+    try:
+        with store.transaction() as connection:
+            Projector(tables).create(connection)
+            ids = {
+                "ann": [str(uuid4()) for _ in range(200)],
+                "bob": [str(uuid4()) for _ in range(50)],
+            }
+            ids["ann"] += ["0abc-not-a-uuid", "0ABC-upper", "0b5c2f1e-9f4e-4a55-8d1e-2f9b8f1b6c1"]
+            rows = [_entry(user, entry_id) for user, owned in ids.items() for entry_id in owned]
+            connection.execute(tables.knowledge.insert(), rows)
+        reader = ProjectionReader(tables)
+        every = sorted(ids["ann"])
+        prefixes = ["0", "0a", "0abc", "0ABC", "0b5c2f1e-9f4e", "f", "%", "_"]
+        prefixes += [i[:n] for i in every[::20] for n in (3, 9, 36)]
+        with store.engine.connect() as connection:
+            for prefix in prefixes:
+                expected = [i for i in every if i.startswith(prefix)][:6]
+                found = reader.entry_ids_starting(connection, "ann", prefix, 6)
+                assert found == expected, prefix
+    finally:
+        store.close()
+
+
+def _entry(user: str, entry_id: str) -> dict[str, Any]:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    return {
+        "entry_id": entry_id,
+        "log_id": str(user_log_id(user)),
+        "text": "a fact",
+        "task_id": "t1",
+        "source_message_ids": [],
+        "extracted_at": moment,
+        "version": 3,
+        "ordinal": 0,
+        "knowledge_version": "live",
+        "extractor": "offline",
+        "model": None,
+        "valid_from": moment,
+        "valid_until": None,
+        "superseded_by": None,
+        "ended_reason": None,
+        "ended_version": None,
+    }
