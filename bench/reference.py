@@ -47,11 +47,11 @@ _EVENTS_DDL = (
 """The stored-events table exactly as eventsourcing-sqlalchemy creates it."""
 
 _PROJECTION_DDL = (
-    "CREATE TABLE IF NOT EXISTS mv_messages ("
+    "CREATE TABLE IF NOT EXISTS mv_messages (id INTEGER NOT NULL,"
     " message_id VARCHAR(36) NOT NULL, log_id VARCHAR(36) NOT NULL, seq INTEGER NOT NULL,"
     " version INTEGER NOT NULL, role VARCHAR(16) NOT NULL, content TEXT NOT NULL,"
     " sent_at BIGINT NOT NULL, name VARCHAR(100), buffered INTEGER NOT NULL,"
-    " task_id VARCHAR(64), quarantined INTEGER NOT NULL, PRIMARY KEY (message_id))",
+    " task_id VARCHAR(64), quarantined INTEGER NOT NULL, PRIMARY KEY (id), UNIQUE (message_id))",
     "CREATE UNIQUE INDEX IF NOT EXISTS mv_messages_by_seq ON mv_messages (log_id, seq)",
     "CREATE INDEX IF NOT EXISTS mv_messages_buffered ON mv_messages (log_id, seq)"
     " WHERE buffered = 1",
@@ -140,7 +140,9 @@ def raw_commits(
             "INSERT INTO memvee_events (originator_id, originator_version, topic, state)"
             " VALUES (?, ?, ?, ?)"
         )
-        message = "INSERT INTO mv_messages VALUES (?, ?, ?, ?, 'user', ?, ?, NULL, 1, NULL, 0)"
+        message = (
+            "INSERT INTO mv_messages VALUES (NULL, ?, ?, ?, ?, 'user', ?, ?, NULL, 1, NULL, 0)"
+        )
         users = (
             "UPDATE mv_users SET version = ?, message_count = message_count + ?,"
             " buffered_count = buffered_count + ?, updated_at = ? WHERE log_id = ?"

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Table, inspect, select
 
 from projections.columns import StoredTime
 from projections.rows import Row
-from projections.tables import ProjectionTables
+from projections.tables import ProjectionTables, folded_columns
 
 __all__ = ["KEPT", "Checkpoint", "Checkpoints"]
 
@@ -120,8 +120,9 @@ class _RowForm:
     """One table's rows as lists of JSON values, in column order, and back."""
 
     def __init__(self, table: Table) -> None:
-        self.columns = tuple(c.name for c in table.columns)
-        self.times = tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, StoredTime))
+        folded = folded_columns(table)
+        self.columns = tuple(c.name for c in folded)
+        self.times = tuple(i for i, c in enumerate(folded) if isinstance(c.type, StoredTime))
 
     def values(self, rows: Sequence[Row]) -> list[list[Any]]:
         out = []

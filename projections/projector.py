@@ -28,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "Projector"]
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

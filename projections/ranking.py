@@ -75,7 +75,6 @@ class LexicalRanker:
             .order_by(k.c.version, k.c.ordinal)
         )
         kfts, mfts = self.search.knowledge_fts.name, self.search.messages_fts.name
-        mids = self.search.messages_ids.name
         # FTS5 keeps a row's columns in its "_content" shadow table, keyed by rowid
         # (c2 is item_id): a keyed lookup, where a rowid IN (...) on the FTS5 table scans.
         hit_entries = (
@@ -92,8 +91,7 @@ class LexicalRanker:
         }
         self._sqlite_messages = _SqliteSearch(
             mfts,
-            f"SELECT f.id AS hit, m.* FROM {mids} AS f JOIN {m.name} AS m "
-            f"ON m.message_id = f.item_id WHERE f.id IN ({{ids}}) AND m.log_id = ?",
+            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND m.log_id = ?",
             weights="",
         )
         self._pg_entries = {

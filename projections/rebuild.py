@@ -15,9 +15,10 @@ from sqlalchemy import Engine, select
 
 from events import EventStore, Recorded, user_log_id
 from projections.collector import collector_paused
+from projections.folds import PROJECTIONS
 from projections.projector import Projector
 from projections.search import SearchIndex
-from projections.tables import LIVE_PREFIX, ProjectionTables
+from projections.tables import LIVE_PREFIX, ProjectionTables, folded_columns
 
 __all__ = ["Difference", "catch_up", "dump", "rebuild", "rebuild_user", "verify"]
 
@@ -110,13 +111,15 @@ def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = 2000)
 
 
 def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every projection table, ordered by primary key, keyed by table role."""
+    """Every folded row of every projection table, ordered by its fold's key, keyed by
+    table role (unfolded columns, which a rebuild may fill differently, are left out)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
+    keys = {p.table: p.key for p in PROJECTIONS}
     with engine.connect() as connection:
         for table in tables.folded_tables:
             role = table.name.removeprefix(tables.prefix)
-            rows = connection.execute(select(table).order_by(*table.primary_key.columns))
-            out[role] = [tuple(r) for r in rows]
+            query = select(*folded_columns(table)).order_by(*(table.c[k] for k in keys[role]))
+            out[role] = [tuple(r) for r in connection.execute(query)]
         out.update(SearchIndex(tables).dump(connection))
     return out
 

@@ -23,10 +23,11 @@ from typing import Any
 from uuid import UUID
 
 import Stemmer
-from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, text
+from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 
 from events import UserLog
-from projections.columns import StoredId, id_text, stored_id
+from projections.columns import id_text, stored_id
+from projections.sink import matching
 from projections.tables import ProjectionTables
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 _TOKENIZER = "unicode61 remove_diacritics 2"
+_CHUNK = 500
+"""Message ids per lookup of their numbers."""
 PG_CONFIG = "english"
 """The PostgreSQL text-search configuration (stemming and stop words)."""
 
@@ -111,23 +114,20 @@ class SearchIndex:
     On SQLite, entries go in a plain FTS5 table (entries are few, and promoted versions
     leave the knowledge table while their index rows stay). Messages, the bulk of a
     memory, go in a contentless FTS5 table, which keeps the index and no copy of the
-    words, beside a table of ``(id, message id)``: a search maps its hits through it.
+    words, under the message row's ``id``: a search maps its hits back through it.
     Erasing a user's message rows needs their indexed words again, so they are
     recomputed from the messages (the stemmer's version is part of the schema, see
     :func:`search_fingerprint`, so they are always recomputed the same way).
     """
+
+    _LEGACY = ("messages_search",)
+    """Index tables of earlier layouts, dropped with the index."""
 
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
         self.messages_fts = Table(f"{tables.prefix}messages_fts", metadata, Column("body", Text))
-        self.messages_ids = Table(
-            f"{tables.prefix}messages_search",
-            metadata,
-            Column("id", Integer, primary_key=True, autoincrement=False),
-            Column("item_id", StoredId(), nullable=False),
-        )
 
     def create(self, connection: Connection) -> None:
         """Create the index if it is missing."""
@@ -145,7 +145,6 @@ class SearchIndex:
                     f"body, content='', tokenize='{_TOKENIZER}')"
                 )
             )
-            self.messages_ids.create(connection, checkfirst=True)
         elif connection.dialect.name == "postgresql":
             knowledge, messages = self.tables.knowledge, self.tables.messages
             for table, indexed in ((knowledge, "text"), (messages, PG_SPOKEN)):
@@ -159,7 +158,8 @@ class SearchIndex:
     def drop(self, connection: Connection) -> None:
         """Drop the index tables (PostgreSQL's indexes go with their tables)."""
         if _is_sqlite(connection):
-            for name in (self.knowledge_fts.name, self.messages_fts.name, self.messages_ids.name):
+            legacy = [f"{self.tables.prefix}{name}" for name in self._LEGACY]
+            for name in (self.knowledge_fts.name, self.messages_fts.name, *legacy):
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
     def write(self, connection: Connection, events: Iterable[Any]) -> None:
@@ -180,7 +180,8 @@ class SearchIndex:
             cursor.executemany(f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)", entries)
 
     def _write_messages(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        """Index messages (``item_id`` and ``body`` each): an id, then the words under it.
+        """Index messages (``item_id`` and ``body`` each) under their row's ``id``, which
+        SQLite gave them when their rows went in, earlier in the same transaction.
 
         A message without a word is not indexed (no search could find it).
         """
@@ -189,16 +190,16 @@ class SearchIndex:
             return
         cursor = connection.connection.driver_connection
         assert cursor is not None
-        ids = self.messages_ids.name
-        first = cursor.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {ids}").fetchone()[0]
-        numbered = list(enumerate(rows, start=first))
-        cursor.executemany(
-            f"INSERT INTO {ids} (id, item_id) VALUES (?, ?)",
-            [(i, stored_id(r["item_id"])) for i, r in numbered],
-        )
+        messages = self.tables.messages.name
+        numbers: dict[bytes | str, int] = {}
+        packed = [stored_id(r["item_id"]) for r in rows]
+        for start in range(0, len(packed), _CHUNK):
+            where, params = matching("message_id", packed[start : start + _CHUNK])
+            found = cursor.execute(f"SELECT message_id, id FROM {messages} WHERE {where}", params)
+            numbers.update(found.fetchall())
         cursor.executemany(
             f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)",
-            [(i, r["body"]) for i, r in numbered],
+            [(numbers[i], r["body"]) for i, r in zip(packed, rows, strict=True)],
         )
 
     def forget(self, connection: Connection, log_id: str) -> int:
@@ -221,7 +222,7 @@ class SearchIndex:
         return erased
 
     def _forget_messages(self, connection: Connection, log_id: str) -> int:
-        m, ids, messages = self.messages_fts.name, self.messages_ids.name, self.tables.messages
+        m, messages = self.messages_fts.name, self.tables.messages
         cursor = connection.connection.driver_connection
         assert cursor is not None
         # Every indexed word of the log starts with its owner token: one prefix query.
@@ -236,13 +237,10 @@ class SearchIndex:
             chunk = found[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = cursor.execute(
-                f"SELECT s.id, m.content, m.name FROM {ids} AS s JOIN {messages.name} AS m "
-                f"ON m.message_id = s.item_id WHERE s.id IN ({marks})",
-                chunk,
+                f"SELECT id, content, name FROM {messages.name} WHERE id IN ({marks})", chunk
             )
             unindexed += [(i, owned_words(log_id, spoken(c, n))) for i, c, n in rows]
         cursor.executemany(f"INSERT INTO {m} ({m}, rowid, body) VALUES ('delete', ?, ?)", unindexed)
-        cursor.executemany(f"DELETE FROM {ids} WHERE id = ?", [(i,) for i, _ in unindexed])
         return len(unindexed)
 
     def dump(self, connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
@@ -261,8 +259,8 @@ class SearchIndex:
         connection.execute(text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}"))
         rows = connection.execute(
             text(
-                f"SELECT s.item_id, v.term, v.offset FROM {words} AS v "
-                f"JOIN {self.messages_ids.name} AS s ON s.id = v.doc ORDER BY 1, 3"
+                f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
+                f"JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
             )
         )
         out[m.removeprefix(prefix)] = [(id_text(i), *r) for i, *r in rows]

@@ -1,5 +1,6 @@
 """Where folded rows meet SQL: loading the stored rows a fold needs, writing the net rows.
 
+Only the folded columns are read and written (see :data:`~projections.tables.UNFOLDED`).
 Every table is written with at most one bulk statement (executemany) per kind of change:
 delete, update, insert. On SQLite the rows go through the DBAPI connection directly, each
 value bound as SQLAlchemy would bind it (the hot path pays no statement compilation);
@@ -17,8 +18,9 @@ from sqlalchemy import Column, Connection, Table, and_, bindparam, select
 from sqlalchemy.engine import Dialect
 
 from projections.rows import Row
+from projections.tables import folded_columns
 
-__all__ = ["TableSink", "stored_form"]
+__all__ = ["TableSink", "matching", "stored_form"]
 
 Convert = Callable[[Any], Any]
 
@@ -32,17 +34,16 @@ class TableSink:
     def __init__(self, table: Table, key: tuple[str, ...], dialect: Dialect) -> None:
         self.table = table
         self.key = key
-        self.columns = tuple(c.name for c in table.columns)
+        folded = folded_columns(table)
+        self.columns = tuple(c.name for c in folded)
         self.native = dialect.name == "sqlite"
         shared: dict[str, Convert | None] = {}
-        bind = {c.name: stored_form(c, dialect, shared) for c in table.columns}
+        bind = {c.name: stored_form(c, dialect, shared) for c in folded}
         self._bind = bind
         self._insert_order = _StoredOrder(self.columns, bind)
         self._key_order = _StoredOrder(key, bind)
         self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
-        self._read = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in table.columns
-        ]
+        self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
         quote = dialect.identifier_preparer.quote
         self._q_table = quote(table.name)
         self._q = {c: quote(c) for c in self.columns}
@@ -59,7 +60,9 @@ class TableSink:
         if self.native:
             return self._load_native(connection, column, values)
         t = self.table
-        query = select(t).where(t.c[column].in_(bindparam("values", expanding=True)))
+        query = select(*(t.c[c] for c in self.columns)).where(
+            t.c[column].in_(bindparam("values", expanding=True))
+        )
         rows = []
         for start in range(0, len(values), _CHUNK):
             chunk = list(values[start : start + _CHUNK])
@@ -112,7 +115,7 @@ class TableSink:
         assert cursor is not None
         found = []
         for start in range(0, len(stored), _CHUNK):
-            where, params = _matching(self._q[column], stored[start : start + _CHUNK])
+            where, params = matching(self._q[column], stored[start : start + _CHUNK])
             sql = f"SELECT {selected} FROM {self._q_table} WHERE {where}"
             found += cursor.execute(sql, params).fetchall()
         names, read = self.columns, self._read
@@ -155,7 +158,7 @@ class TableSink:
         return found
 
 
-def _matching(column: str, values: list[Any]) -> tuple[str, tuple[Any, ...]]:
+def matching(column: str, values: list[Any]) -> tuple[str, tuple[Any, ...]]:
     """A ``WHERE`` for ``column`` in ``values`` and its parameters (SQLite).
 
     Text and numbers go as one JSON array, so the statement is the same for any count;

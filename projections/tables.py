@@ -6,6 +6,8 @@ Rows are keyed by the log id (derived from the user id), so events need not repe
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Column,
@@ -21,10 +23,19 @@ from sqlalchemy import (
 
 from projections.columns import StoredId, StoredTime
 
-__all__ = ["LIVE_PREFIX", "ProjectionTables"]
+__all__ = ["LIVE_PREFIX", "UNFOLDED", "ProjectionTables", "folded_columns"]
 
 LIVE_PREFIX = "mv_"
 """The prefix of the live projection tables."""
+
+UNFOLDED = {"unfolded": True}
+"""The ``info`` of a column the database fills, not a fold: a message's number, which
+SQLite's full-text index uses as the message's row id. A rebuild may number differently."""
+
+
+def folded_columns(table: Table) -> list[Column[Any]]:
+    """The columns of ``table`` that the folds write and compare (all but unfolded ones)."""
+    return [c for c in table.columns if not c.info.get("unfolded")]
 
 
 class ProjectionTables:
@@ -37,7 +48,8 @@ class ProjectionTables:
     index keeps the buffer's lookups to the buffered messages. Knowledge rows keep their
     history: ``valid_until`` is set when a later entry supersedes one (``superseded_by``)
     or the user says it stopped being true. Usage rows are the tokens each extraction
-    spent, one row per event that spent any. Checkpoints hold a user's replayed state
+    spent, one row per event that spent any. A message's ``id`` numbers it for the
+    full-text index (SQLite gives it at insert). Checkpoints hold a user's replayed state
     every so many events (see :mod:`projections.checkpoints`).
     """
 
@@ -111,7 +123,8 @@ class ProjectionTables:
         self.messages = Table(
             f"{prefix}messages",
             self.metadata,
-            Column("message_id", StoredId(), primary_key=True),
+            Column("id", Integer, primary_key=True, info=UNFOLDED),
+            Column("message_id", StoredId(), nullable=False, unique=True),
             Column("log_id", StoredId(), nullable=False),
             Column("seq", Integer, nullable=False),
             Column("version", Integer, nullable=False),

@@ -86,7 +86,7 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
     engine = memory._engine
     assert engine is not None
     index = SearchIndex(engine.tables)
-    m, ids = index.messages_fts.name, index.messages_ids.name
+    m, messages = index.messages_fts.name, engine.tables.messages.name
     with engine.store.engine.connect() as connection:
         connection.exec_driver_sql(f"INSERT INTO {m}({m}, rank) VALUES ('integrity-check', 1)")
         words = connection.exec_driver_sql(f"SELECT count(*) FROM {m}_data").scalar()
@@ -96,7 +96,15 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
                 "SELECT name FROM sqlite_master WHERE name = ?", (f"{m}_content",)
             ).first()
         )
-        indexed = [id_text(r[0]) for r in connection.exec_driver_sql(f"SELECT item_id FROM {ids}")]
+        vocabulary = f"fts5vocab(main, {m}, instance)"
+        connection.exec_driver_sql(f"CREATE VIRTUAL TABLE temp.words USING {vocabulary}")
+        docs = [r[0] for r in connection.exec_driver_sql("SELECT DISTINCT doc FROM temp.words")]
+        marks = ", ".join("?" * len(docs))
+        numbered = connection.exec_driver_sql(
+            f"SELECT message_id FROM {messages} WHERE id IN ({marks}) ORDER BY id", tuple(docs)
+        )
+        indexed = [id_text(r[0]) for r in numbered]
+        assert len(indexed) == len(docs), "every indexed message is a row: bob's went with his"
     ann = {message.message_id: message.content for message in await memory.messages("ann")}
     assert [ann[item] for item in indexed] == ["My parrot is called Kiwi, says ann.", "Cute!"]
     found = await memory.retrieve("ann", "parrot", include_messages=True)
