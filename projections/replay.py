@@ -61,17 +61,17 @@ def state_at(
 
     With ``checkpoints``, the replay starts from the nearest one before that point.
     """
-    with collector_paused():
+    with collector_paused():  # the models too: many objects, none in a cycle
         replay = _Replay.start(store, user_id, version, at, checkpoints)
         replay.fold_log(store, user_id, version, at)
-    tables = replay.tables
-    return UserState(
-        user_id=user_id,
-        version=replay.version,
-        buffer=_buffer(user_id, tables["messages"]),
-        tasks=_tasks(user_id, tables["tasks"]),
-        knowledge=_knowledge(user_id, tables["knowledge"]),
-    )
+        tables = replay.tables
+        return UserState(
+            user_id=user_id,
+            version=replay.version,
+            buffer=_buffer(user_id, tables["messages"]),
+            tasks=_tasks(user_id, tables["tasks"]),
+            knowledge=_knowledge(user_id, tables["knowledge"]),
+        )
 
 
 def take_checkpoint(
