@@ -163,7 +163,9 @@ class Engine:
         """Store ``user_id``'s replayed state at the end of their log (background), once
         the log has grown by half an interval or more since the latest checkpoint."""
         least = max(1, self.options.settings.checkpoint_interval // 2)
-        version = take_checkpoint(self.store, user_id, self.checkpoints, min_events=least)
+        version = take_checkpoint(
+            self.store, user_id, self.checkpoints, min_events=least, stop=stopping
+        )
         log.debug("user %r: checkpoint at version %s", user_id, version)
 
     def _touched(self, user_id: str) -> None:

@@ -10,7 +10,7 @@ keeps the memory a replay holds bounded however long the history is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,15 +81,16 @@ def take_checkpoint(
     *,
     version: int | None = None,
     min_events: int = 1,
+    stop: Callable[[], bool] | None = None,
 ) -> int | None:
     """Fold ``user_id``'s log from its latest checkpoint up to ``version`` (the end of the
     log by default) and store the result there, if that folds ``min_events`` or more.
 
-    Returns the version checkpointed, or ``None`` when there was not enough to fold (or
-    the log was forgotten meanwhile: the check and the write share a transaction that
-    holds off every writer, so no checkpoint outlives its user's erasure). The engine calls
-    it on a background thread, so unlike :func:`state_at` it leaves the process's garbage
-    collector alone.
+    Returns the version checkpointed, or ``None`` when there was not enough to fold, when
+    ``stop()`` said so between pages, or when the log was forgotten meanwhile (the check
+    and the write share a transaction that holds off every writer, so no checkpoint
+    outlives its user's erasure). The engine calls it on a background thread, so unlike
+    :func:`state_at` it leaves the process's garbage collector alone.
     """
     with store.engine.connect() as connection:  # cheap first: no checkpoint is read yet
         kept = checkpoints.versions(connection, str(user_log_id(user_id)))
@@ -101,7 +102,8 @@ def take_checkpoint(
             return None
     replay = _Replay.start(store, user_id, version, None, checkpoints)
     begun = replay.version
-    replay.fold_log(store, user_id, version, None)
+    if not replay.fold_log(store, user_id, version, None, stop):
+        return None
     if replay.version == begun or replay.latest is None:
         return None
     checkpoint = Checkpoint(
@@ -156,10 +158,18 @@ class _Replay:
         return replay
 
     def fold_log(
-        self, store: EventStore, user_id: str, version: int | None, at: datetime | None
-    ) -> None:
-        """Fold the log's events after this replay's version, up to ``version`` or ``at``."""
+        self,
+        store: EventStore,
+        user_id: str,
+        version: int | None,
+        at: datetime | None,
+        stop: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Fold the log's events after this replay's version, up to ``version`` or ``at``;
+        ``False`` if ``stop()`` ended it early (asked before each page)."""
         while version is None or self.version < version:
+            if stop is not None and stop():
+                return False
             upto = self.version + _PAGE if version is None else min(self.version + _PAGE, version)
             events = store.events_of(user_id, after=self.version, upto=upto)
             whole = len(events)
@@ -168,7 +178,8 @@ class _Replay:
             if events:
                 self.fold(events)
             if not events or len(events) < whole:
-                return
+                break
+        return True
 
     def fold(self, events: Sequence[Any]) -> None:
         """Fold ``events`` (the next ones of the log, in order)."""

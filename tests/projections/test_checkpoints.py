@@ -16,6 +16,7 @@ from projections import (
     Checkpoints,
     ProjectionTables,
     Projector,
+    replay,
     replay_checkpoints,
     state_at,
     take_checkpoint,
@@ -140,6 +141,24 @@ def test_a_checkpoint_is_only_taken_once_the_log_grew_by_enough_events(
     assert take_checkpoint(store, "ann", checkpoints, min_events=4) == first + 4
     assert take_checkpoint(store, "ann", checkpoints, version=6, min_events=2) == 6
     assert take_checkpoint(store, "ann", checkpoints, version=7, min_events=2) is None
+
+
+def test_a_checkpoint_stopped_between_pages_stores_nothing(
+    store: EventStore, checkpoints: Checkpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = LogDriver("ann")
+    _drive(store, driver, *["add"] * 6)
+    monkeypatch.setattr(replay, "_PAGE", 2)
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # two pages, then stop
+
+    assert take_checkpoint(store, "ann", checkpoints, stop=stop) is None
+    with store.engine.connect() as connection:
+        assert checkpoints.versions(connection, _log_id("ann")) == []
+    assert take_checkpoint(store, "ann", checkpoints, stop=lambda: False) == driver.log.version
 
 
 def test_messages_requeued_after_a_checkpoint_come_back_to_the_buffer(
