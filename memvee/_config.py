@@ -39,7 +39,8 @@ class MemoryConfig:
 
     Every ``snapshot_interval`` events a user's log is snapshotted, so it loads in
     constant time; every ``checkpoint_interval`` events its replayed state is stored in the
-    background, so ``state --at`` folds at most about that many events (0 turns either off).
+    background, so ``state --at`` near the end of a log folds at most about that many
+    events (a user keeps eight, older points further apart). 0 turns either off.
 
     ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
     ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.
