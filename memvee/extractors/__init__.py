@@ -2,11 +2,20 @@
 
 :class:`ClaudeExtractor` asks Claude; :class:`OfflineExtractor` applies deterministic rules
 with no network; :func:`default_extractor` picks one from the environment.
+:class:`ClaudeExtractor` is imported on first use: the anthropic SDK is large, and a
+process that extracts offline need not load it.
 """
 
-from memvee.extractors._claude import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from memvee.extractors._default import default_extractor
+from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 from memvee.extractors._offline import OfflineExtractor
+
+if TYPE_CHECKING:
+    from memvee.extractors._claude import ClaudeExtractor
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -15,3 +24,12 @@ __all__ = [
     "OfflineExtractor",
     "default_extractor",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`ClaudeExtractor`, imported on first use (with the anthropic SDK)."""
+    if name == "ClaudeExtractor":
+        from memvee.extractors._claude import ClaudeExtractor
+
+        return ClaudeExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,14 +46,9 @@ from memvee.extractors._claude_prompt import (
     prefix_tokens,
     user_turn,
 )
+from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
-
-DEFAULT_MODEL: Final = "claude-sonnet-5-5"
-"""The model used when neither the constructor nor ``MEMVEE_MODEL`` names one."""
-
-MODEL_ENV_VAR: Final = "MEMVEE_MODEL"
-"""The environment variable that overrides :data:`DEFAULT_MODEL`."""
 
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512

@@ -7,7 +7,7 @@ import os
 import threading
 
 from events.extraction import Extractor
-from memvee.extractors._claude import MODEL_ENV_VAR, ClaudeExtractor
+from memvee.extractors._model_choice import MODEL_ENV_VAR
 from memvee.extractors._offline import OfflineExtractor
 
 __all__ = ["API_KEY_ENV_VAR", "default_extractor"]
@@ -28,6 +28,8 @@ def default_extractor(*, model: str | None = None, timeout: float = 60.0) -> Ext
     lost its key does not silently settle for the much weaker rule-based extraction.
     """
     if os.environ.get(API_KEY_ENV_VAR, "").strip():
+        from memvee.extractors._claude import ClaudeExtractor  # the SDK: only when used
+
         return ClaudeExtractor(model=model, timeout=timeout)
     _warn_offline_once()
     return OfflineExtractor()

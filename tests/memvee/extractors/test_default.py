@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +74,28 @@ def test_running_offline_is_warned_once_per_process(
     (warning,) = offline_warnings(caplog)
     assert "offline" in warning.getMessage()
     assert "ANTHROPIC_API_KEY" in warning.getMessage()
+
+
+def test_a_memory_extracting_offline_never_loads_the_anthropic_sdk(tmp_path: Path) -> None:
+    script = f"""
+import asyncio, sys
+from memvee import Memory, MemoryConfig
+from memvee.extractors import OfflineExtractor
+
+async def main() -> None:
+    config = MemoryConfig(db_path={str(tmp_path / "m.db")!r})
+    async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
+        await memory.flush("ann")
+    async with Memory(config=config, embedder=False) as memory:  # no key: offline
+        await memory.retrieve("ann", "Oslo")
+
+asyncio.run(main())
+print("anthropic" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
