@@ -28,14 +28,15 @@ __all__ = ["LIVE_PREFIX", "UNFOLDED", "ProjectionTables", "folded_columns"]
 LIVE_PREFIX = "mv_"
 """The prefix of the live projection tables."""
 
-UNFOLDED = {"unfolded": True}
-"""The ``info`` of a column the database fills, not a fold: a message's number, which
-SQLite's full-text index uses as the message's row id. A rebuild may number differently."""
+UNFOLDED = "unfolded"
+"""The ``info`` key that marks a column the database fills, not a fold: a message's
+number, which SQLite's full-text index uses as the message's row id. A rebuild may number
+differently."""
 
 
 def folded_columns(table: Table) -> list[Column[Any]]:
     """The columns of ``table`` that the folds write and compare (all but unfolded ones)."""
-    return [c for c in table.columns if not c.info.get("unfolded")]
+    return [c for c in table.columns if not c.info.get(UNFOLDED)]
 
 
 class ProjectionTables:
@@ -123,7 +124,7 @@ class ProjectionTables:
         self.messages = Table(
             f"{prefix}messages",
             self.metadata,
-            Column("id", Integer, primary_key=True, info=UNFOLDED),
+            Column("id", Integer, primary_key=True, info={UNFOLDED: True}),
             Column("message_id", StoredId(), nullable=False, unique=True),
             Column("log_id", StoredId(), nullable=False),
             Column("seq", Integer, nullable=False),
