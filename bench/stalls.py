@@ -36,6 +36,7 @@ class GcPauseMeter:
         self.total = 0.0
         self._by_thread: dict[int, float] = {}
         self._began = 0.0
+        self._running = False
 
     def total_on(self, thread: int) -> float:
         """The collector's running total on the thread of ident ``thread``."""
@@ -56,10 +57,23 @@ class GcPauseMeter:
             gc.callbacks.remove(self._timed)
         return self.longest
 
+    def running_since(self, moment: float) -> float:
+        """How long a collection not yet added to :attr:`total` has run since ``moment``.
+
+        A loop waiting for the GIL through a collection on another thread takes it back
+        inside that thread's "stop" callback (a callback is Python code, where a waiting
+        thread gets its turn), before the callback adds the collection to the total: the
+        loop would see its stall without the collection that caused it.
+        """
+        if not self._running:
+            return 0.0
+        return max(0.0, time.perf_counter() - max(self._began, moment))
+
     def _timed(self, phase: str, info: dict[str, int]) -> None:
         now = time.perf_counter()
         if phase == "start":
             self._began = now
+            self._running = True
             return
         took = now - self._began
         self.total += took
@@ -67,6 +81,7 @@ class GcPauseMeter:
         self._by_thread[thread] = self._by_thread.get(thread, 0.0) + took
         if took > self.longest:
             self.longest = took
+        self._running = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +163,8 @@ class LoopStallMeter:
             if late > self.max_stall:
                 self.max_stall = late
             if late > 0.001:
-                spent = min(collections.total - collected, late)
+                unaccounted = collections.running_since(before)
+                spent = min(collections.total - collected + unaccounted, late)
                 spent_on_loop = min(collections.total_on(me) - on_loop, spent)
                 self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop))
 

@@ -53,6 +53,26 @@ def test_a_stall_is_split_into_the_collectors_time_and_the_codes() -> None:
     assert meter.worst_charged(0.0) == max(s.outside_collections for s in meter.stalls)
 
 
+def test_a_collection_not_yet_added_to_the_total_still_counts_as_the_collectors() -> None:
+    async def scenario() -> LoopStallMeter:
+        collections = GcPauseMeter()
+        meter = LoopStallMeter(collections)
+        meter.start()
+        await asyncio.sleep(0.005)
+        collections._timed("start", {})  # a collection, as another thread would run it
+        _block_the_loop(0.05)
+        await asyncio.sleep(0.005)  # the loop wakes before that thread's stop callback ends
+        collections._timed("stop", {})
+        await meter.stop()
+        return meter
+
+    meter = asyncio.run(scenario())
+    worst = max(meter.stalls, key=lambda s: s.late)
+    assert worst.late >= 0.05
+    assert worst.collecting >= 0.05 - 0.001
+    assert worst.outside_collections <= 0.002
+
+
 def _spin(seconds: float) -> None:
     """Code that keeps the loop's thread on the CPU for ``seconds``."""
     end = time.thread_time() + seconds
