@@ -101,6 +101,9 @@ class Checkpoints:
         """The versions ``log_id`` has checkpoints at, oldest first (none without a table)."""
         if not inspect(connection).has_table(self.table.name):
             return []
+        return self._stored_versions(connection, log_id)
+
+    def _stored_versions(self, connection: Connection, log_id: str) -> list[int]:
         c = self.table.c
         query = select(c.version).where(c.log_id == log_id).order_by(c.version)
         return list(connection.execute(query).scalars())
@@ -108,7 +111,7 @@ class Checkpoints:
     def _thin(self, connection: Connection, log_id: str) -> None:
         """Drop checkpoints beyond :data:`KEPT`, each time the one closest to the one
         before it (the latest always stays)."""
-        versions = self.versions(connection, log_id)
+        versions = self._stored_versions(connection, log_id)  # the table is there: we wrote
         c = self.table.c
         while len(versions) > KEPT:
             older = versions[:-1]  # the latest always stays
