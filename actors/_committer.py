@@ -61,10 +61,25 @@ class _Request:
 class GroupCommitter:
     """A thread that stores queued event batches, with their projection rows, in bulk."""
 
-    def __init__(self, store: EventStore, projector: Projector, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        projector: Projector,
+        max_batch: int = 256,
+        *,
+        index_every: int = 512,
+        index_idle: float = 0.2,
+    ) -> None:
         self._store = store
         self._projector = projector
         self._max_batch = max_batch
+        # Messages go into the full-text index in bulk: inside a write once this many
+        # events were committed since the last time, or on their own after index_idle
+        # seconds without a write. A count of this process's events, a hint only: a
+        # search indexes whatever still waits, whoever wrote it.
+        self._index_every = index_every
+        self._index_idle = index_idle
+        self._unindexed = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
         self._thread.start()
@@ -126,11 +141,13 @@ class GroupCommitter:
                 with self._progress:
                     self._progress.notify_all()
             if stopping:
+                if self._unindexed:
+                    self._index_messages()
                 return
 
     def _next_batch(self) -> tuple[list[_Request], bool]:
         """The queued requests to write together (waiting for one), and whether to stop."""
-        first = self._queue.get()
+        first = self._next_request()
         if first is None:
             return [], True
         batch = [first]
@@ -144,6 +161,28 @@ class GroupCommitter:
             batch.append(nxt)
         return batch, False
 
+    def _next_request(self) -> _Request | None:
+        """The next request, waiting for it; messages committed earlier are indexed
+        once no request came for ``index_idle`` seconds."""
+        if self._unindexed:
+            try:
+                return self._queue.get(timeout=self._index_idle)
+            except queue.Empty:
+                self._index_messages()
+        return self._queue.get()
+
+    def _index_messages(self) -> None:
+        """Index the messages that wait, in a transaction of their own."""
+        self._unindexed = 0
+        try:
+            with self._store.transaction() as connection:
+                self._store.lock_writers(connection)
+                self._projector.index_messages(connection)
+        except Exception:
+            log.warning(
+                "indexing messages for search failed; a search indexes them first", exc_info=True
+            )
+
     def _write(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
@@ -151,6 +190,8 @@ class GroupCommitter:
         try:
             recorded = self._store.append([r.events for r in batch], self._fold)
         except Exception as error:
+            if self._store.is_sqlite:  # an index pass rolled back with it: try again later
+                self._unindexed = max(self._unindexed, 1)
             if len(batch) == 1:
                 failed = batch[0]
                 self._failed_epochs[failed.log_id] = failed.epoch
@@ -185,3 +226,9 @@ class GroupCommitter:
 
     def _fold(self, connection: Connection, recorded: list[Recorded]) -> None:
         self._projector.apply(connection, recorded)
+        if not self._store.is_sqlite:
+            return  # PostgreSQL's text index is kept by the database, in every write
+        self._unindexed += len(recorded)
+        if self._unindexed >= self._index_every:
+            self._projector.index_messages(connection)
+            self._unindexed = 0

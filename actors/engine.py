@@ -32,6 +32,7 @@ from projections import (
     ProjectionTables,
     Projector,
     catch_up,
+    index_messages,
     rebuild,
     replay_checkpoints,
     take_checkpoint,
@@ -208,6 +209,11 @@ class Engine:
             folded = catch_up(self.store, self.tables)
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
+
+    def index_messages(self) -> int:
+        """Index the messages that wait for the full-text index (a search calls it first);
+        returns how many."""
+        return index_messages(self.store, self.projector)
 
     def recover(self) -> list[tuple[str, list[str]]]:
         """Close tasks a crash left open; schedule users left over the threshold.

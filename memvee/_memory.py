@@ -160,6 +160,7 @@ class Memory:
             embedder,
             alpha=cfg.hybrid_alpha,
             vectors=engine.vectors,
+            index_messages=engine.index_messages,
         )
         self._engine = engine
         recovered = await asyncio.to_thread(engine.recover)

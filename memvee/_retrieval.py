@@ -12,7 +12,7 @@ one whose facts were all replaced goes after the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -152,7 +152,9 @@ class Retriever:
     """Runs one retrieval on a reader thread: rank lexically and semantically, fuse, pick.
 
     ``alpha`` is the lexical weight of the fusion (1: lexical only, 0: semantic only);
-    ``vectors`` shares the engine's vector index (and its cache) when given.
+    ``vectors`` shares the engine's vector index (and its cache) when given;
+    ``index_messages`` is called before messages are searched, so that none waiting for
+    the full-text index is missed.
     """
 
     def __init__(
@@ -163,8 +165,10 @@ class Retriever:
         *,
         alpha: float = DEFAULT_ALPHA,
         vectors: VectorIndex | None = None,
+        index_messages: Callable[[], object] | None = None,
     ) -> None:
         self.engine = engine
+        self._index_messages = index_messages
         self.embedder = embedder
         self.alpha = alpha
         self._ranker = LexicalRanker(tables)
@@ -186,6 +190,8 @@ class Retriever:
         query_vector = self._embed_query(user_id, query, include_messages)
         pool = top_k * _CANDIDATES
         candidates: dict[str, _Candidate] = {}
+        if include_messages and self._index_messages is not None:
+            self._index_messages()
         with self.engine.connect() as connection:
             for entry, score in self._ranker.entries(connection, user_id, terms, pool, as_of):
                 candidates[entry.entry_id] = _Candidate(entry, lexical=score)

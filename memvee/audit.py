@@ -46,6 +46,7 @@ from projections import (
     QuarantinedMessage,
     UserState,
     UserSummary,
+    index_messages,
     replay_checkpoints,
     state_at,
 )
@@ -522,8 +523,13 @@ class Audit:
         check_query(query, top_k)
         if as_of is not None:
             _check_aware(as_of, "as_of")
+        tables = self._reader.tables
         retriever = Retriever(
-            self.store.engine, self._reader.tables, chosen_embedder(embedder), alpha=alpha
+            self.store.engine,
+            tables,
+            chosen_embedder(embedder),
+            alpha=alpha,
+            index_messages=lambda: index_messages(self.store, Projector(tables)),
         )
         return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 

@@ -16,7 +16,15 @@ from projections.models import (
 from projections.projector import SCHEMA_VERSION, Projector
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
-from projections.rebuild import Difference, catch_up, dump, rebuild, rebuild_user, verify
+from projections.rebuild import (
+    Difference,
+    catch_up,
+    dump,
+    index_messages,
+    rebuild,
+    rebuild_user,
+    verify,
+)
 from projections.replay import UserState, replay_checkpoints, state_at, take_checkpoint
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
@@ -43,6 +51,7 @@ __all__ = [
     "UserSummary",
     "catch_up",
     "dump",
+    "index_messages",
     "rebuild",
     "rebuild_user",
     "replay_checkpoints",

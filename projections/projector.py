@@ -19,7 +19,7 @@ from sqlalchemy.engine import Dialect
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
 from projections.rows import TableRows
-from projections.search import SearchIndex, search_fingerprint
+from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
 from projections.sink import TableSink
 from projections.tables import ProjectionTables
 
@@ -28,7 +28,7 @@ __all__ = ["SCHEMA_VERSION", "Projector"]
 _POSITION = "projections"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 
@@ -73,6 +73,7 @@ class Projector:
             [
                 {"name": _POSITION, "position": 0},
                 {"name": _SCHEMA, "position": _layout()},
+                {"name": MESSAGES_INDEXED, "position": 0},
             ],
         )
         return True
@@ -121,7 +122,13 @@ class Projector:
         for table in self.tables.data_tables:
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
             erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
+        self.search.erased(connection)
         return erased
+
+    def index_messages(self, connection: Connection, limit: int | None = None) -> int:
+        """Index the messages that wait for the full-text index (see
+        :meth:`SearchIndex.index_messages`); returns how many."""
+        return self.search.index_messages(connection, limit)
 
     def position(self, connection: Connection) -> int:
         """The id of the last notification folded into these tables (0 if none)."""

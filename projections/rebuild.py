@@ -20,7 +20,15 @@ from projections.projector import Projector
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables, folded_columns
 
-__all__ = ["Difference", "catch_up", "dump", "rebuild", "rebuild_user", "verify"]
+__all__ = [
+    "Difference",
+    "catch_up",
+    "dump",
+    "index_messages",
+    "rebuild",
+    "rebuild_user",
+    "verify",
+]
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, last position of the log)."""
@@ -57,12 +65,16 @@ def rebuild(
         with collector_paused():
             page = next(pages, None)
             if page is None:
-                return folded
+                break
             with store.transaction() as connection:
                 projector.apply(connection, page)
         folded += len(page)
         if progress is not None:
             progress(page[-1].notification_id, last)
+    while True:
+        with collector_paused(), store.transaction() as connection:
+            if projector.index_messages(connection, page_size) < page_size:
+                return folded
 
 
 def rebuild_user(
@@ -88,6 +100,7 @@ def rebuild_user(
             projector.apply(connection, recorded, move_position=False)
             folded += len(page)
             after = page[-1].originator_version
+        projector.index_messages(connection)
     return folded
 
 
@@ -104,10 +117,23 @@ def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = 2000)
             store.lock_writers(connection)
             position = projector.position(connection)
             page = store.notifications(connection, after=position, limit=page_size)
-            if not page:
-                return folded
-            projector.apply(connection, page)
+            if page:
+                projector.apply(connection, page)
+        if not page:
+            index_messages(store, projector)
+            return folded
         folded += len(page)
+
+
+def index_messages(store: EventStore, projector: Projector) -> int:
+    """Index every message that waits for the full-text index, holding off other writers
+    (nothing happens when none waits); returns how many."""
+    with store.engine.connect() as connection:
+        if not projector.search.unindexed(connection):
+            return 0
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        return projector.index_messages(connection)
 
 
 def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
@@ -136,6 +162,7 @@ class Difference:
 def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Difference]:
     """Rebuild into scratch tables and list every difference from the live projections."""
     live = live or ProjectionTables(LIVE_PREFIX)
+    index_messages(store, Projector(live))  # messages waiting for the index are not a difference
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
     try:

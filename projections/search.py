@@ -1,7 +1,12 @@
 """The full-text index: knowledge entries and messages, searchable per user.
 
-SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages),
-filled by :func:`search_fold` in the same transaction as the rows they index. Every
+SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages).
+Entries are indexed by :func:`search_fold` in the transaction that adds them. Messages are
+indexed in bulk a little later (:meth:`SearchIndex.index_messages`): an FTS5 index writes
+a new segment at every commit, which cost more than the rest of a one-exchange commit, so
+the write path leaves it to a later transaction that indexes many at once. Every message
+with a row number above the stored ``messages_indexed`` position waits to be indexed, and
+every search of messages indexes what waits first, so a search never misses one. Every
 indexed word is stemmed, then prefixed with its owner (the log id as 32 hex digits), so
 each user has posting lists of their own: a search is scoped to one user by the very terms
 it looks up, and costs what that user's matches cost, however many other users share the
@@ -27,10 +32,10 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 
 from events import UserLog
 from projections.columns import id_text, stored_id
-from projections.sink import matching
 from projections.tables import ProjectionTables
 
 __all__ = [
+    "MESSAGES_INDEXED",
     "PG_SPOKEN",
     "SearchIndex",
     "index_word",
@@ -42,13 +47,17 @@ __all__ = [
 ]
 
 _TOKENIZER = "unicode61 remove_diacritics 2"
-_CHUNK = 500
-"""Message ids per lookup of their numbers."""
 PG_CONFIG = "english"
 """The PostgreSQL text-search configuration (stemming and stop words)."""
 
 
 _WORD = re.compile(r"[^\W_]+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+""":data:`_WORD` on lowercase ASCII text (the same words, found faster)."""
+MESSAGES_INDEXED = "messages_indexed"
+"""The position row holding the last message row number (``messages.id``) indexed."""
+_INDEX_PAGE = 2000
+"""Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
 
 
 @lru_cache(maxsize=4096)
@@ -95,12 +104,17 @@ def owned_words(log_id: str, text: str) -> str:
 
     Query terms go through the same steps (:func:`owned_term`), so both sides meet.
     """
-    owner = owner_token(log_id)
+    return _owned(owner_token(log_id), text)
+
+
+def _owned(owner: str, text: str) -> str:
     if text.isascii():  # most text: fold it whole, the words come out the same
-        stems = _stems(_WORD.findall(text.lower()))
+        stems = _stems(_ASCII_WORD.findall(text.lower()))
     else:
         stems = _index_words(_WORD.findall(text))
-    return " ".join([owner + stem for stem in stems])
+    if not stems:
+        return ""
+    return owner + f" {owner}".join(stems)
 
 
 def owned_term(log_id: str, term: str) -> str:
@@ -114,7 +128,8 @@ class SearchIndex:
     On SQLite, entries go in a plain FTS5 table (entries are few, and promoted versions
     leave the knowledge table while their index rows stay). Messages, the bulk of a
     memory, go in a contentless FTS5 table, which keeps the index and no copy of the
-    words, under the message row's ``id``: a search maps its hits back through it.
+    words, under the message row's ``id``: a search maps its hits back through it, and
+    the rows above the ``messages_indexed`` position are those still to index.
     Erasing a user's message rows needs their indexed words again, so they are
     recomputed from the messages (the stemmer's version is part of the schema, see
     :func:`search_fingerprint`, so they are always recomputed the same way).
@@ -128,6 +143,10 @@ class SearchIndex:
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
         self.messages_fts = Table(f"{tables.prefix}messages_fts", metadata, Column("body", Text))
+        self._unindexed_sql = (
+            f"SELECT (SELECT coalesce(max(id), 0) FROM {tables.messages.name}) > "
+            f"(SELECT position FROM {tables.position.name} WHERE name = ?)"
+        )
 
     def create(self, connection: Connection) -> None:
         """Create the index if it is missing."""
@@ -163,43 +182,82 @@ class SearchIndex:
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
     def write(self, connection: Connection, events: Iterable[Any]) -> None:
-        """Index what ``events`` add (SQLite): every message, and every entry extracted."""
-        messages: list[dict[str, Any]] = []
-        entries: list[tuple[str, str, bytes | str]] = []
-        for e in events:
-            for table, row in search_fold(self, e):
-                if table is self.messages_fts:
-                    messages.append(row)
-                else:
-                    entries.append((row["owner"], row["body"], stored_id(row["item_id"])))
-        self._write_messages(connection, messages)
+        """Index the entries ``events`` extract (SQLite); their messages wait for
+        :meth:`index_messages`."""
+        entries = [
+            (row["owner"], row["body"], stored_id(row["item_id"]))
+            for e in events
+            if isinstance(e, _EXTRACTED)
+            for _, row in search_fold(self, e)
+        ]
         if entries:
             cursor = connection.connection.driver_connection
             assert cursor is not None
             k = self.knowledge_fts.name
             cursor.executemany(f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)", entries)
 
-    def _write_messages(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        """Index messages (``item_id`` and ``body`` each) under their row's ``id``, which
-        SQLite gave them when their rows went in, earlier in the same transaction.
-
-        A message without a word is not indexed (no search could find it).
-        """
-        rows = [r for r in rows if r["body"]]
-        if not rows:
-            return
+    def unindexed(self, connection: Connection) -> bool:
+        """Whether some message waits to be indexed (SQLite; a quick look, no lock)."""
+        if not _is_sqlite(connection):
+            return False
         cursor = connection.connection.driver_connection
         assert cursor is not None
-        messages = self.tables.messages.name
-        numbers: dict[bytes | str, int] = {}
-        packed = [stored_id(r["item_id"]) for r in rows]
-        for start in range(0, len(packed), _CHUNK):
-            where, params = matching("message_id", packed[start : start + _CHUNK])
-            found = cursor.execute(f"SELECT message_id, id FROM {messages} WHERE {where}", params)
-            numbers.update(found.fetchall())
-        cursor.executemany(
-            f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)",
-            [(numbers[i], r["body"]) for i, r in zip(packed, rows, strict=True)],
+        found = cursor.execute(self._unindexed_sql, (MESSAGES_INDEXED,)).fetchone()
+        return bool(found and found[0])
+
+    def index_messages(self, connection: Connection, limit: int | None = None) -> int:
+        """Index the messages that wait (at most ``limit``), oldest row first; returns how
+        many were read. Run it in a transaction that holds off every other writer, so no
+        message is indexed twice. A message without a word is passed over (no search could
+        find it)."""
+        if not _is_sqlite(connection):
+            return 0
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        position, messages = self.tables.position.name, self.tables.messages.name
+        found = cursor.execute(
+            f"SELECT position FROM {position} WHERE name = ?", (MESSAGES_INDEXED,)
+        ).fetchone()
+        after, done = (found[0] if found else 0), 0
+        insert = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
+        while limit is None or done < limit:
+            page = _INDEX_PAGE if limit is None else min(_INDEX_PAGE, limit - done)
+            rows = cursor.execute(
+                f"SELECT id, log_id, content, name FROM {messages} WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (after, page),
+            ).fetchall()
+            if not rows:
+                break
+            owners: dict[bytes | str, str] = {}
+            bodies = []
+            for number, log_id, content, name in rows:
+                owner = owners.get(log_id)
+                if owner is None:
+                    owner = owners[log_id] = _owner_of(log_id)
+                body = _owned(owner, spoken(content, name))
+                if body:
+                    bodies.append((number, body))
+            cursor.executemany(insert, bodies)
+            after, done = rows[-1][0], done + len(rows)
+            if len(rows) < page:
+                break
+        if done:
+            cursor.execute(
+                f"UPDATE {position} SET position = ? WHERE name = ?", (after, MESSAGES_INDEXED)
+            )
+        return done
+
+    def erased(self, connection: Connection) -> None:
+        """Message rows were deleted: the indexed position moves back to the last row left,
+        because SQLite numbers the next row after it and that row must wait to be indexed."""
+        if not _is_sqlite(connection):
+            return
+        position, messages = self.tables.position.name, self.tables.messages.name
+        connection.exec_driver_sql(
+            f"UPDATE {position} SET position = min(position, "
+            f"(SELECT coalesce(max(id), 0) FROM {messages})) WHERE name = ?",
+            (MESSAGES_INDEXED,),
         )
 
     def forget(self, connection: Connection, log_id: str) -> int:
@@ -274,20 +332,15 @@ def search_fingerprint() -> int:
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
-    """SQLite index rows (their table and values): every message, and every entry ever
-    extracted (live or not).
+    """SQLite index rows (their table and values) of every entry ever extracted (live or
+    not). Messages are indexed from their rows instead (:meth:`SearchIndex.index_messages`).
 
     Entries are never removed when they end or a version is promoted: the rankers join
     the knowledge rows, which say what is valid, so the index only has to grow.
     """
-    log_id = str(e.originator_id)
-    if isinstance(e, UserLog.MessageAdded):
-        yield (
-            index.messages_fts,
-            {"body": owned_words(log_id, spoken(e.content, e.name)), "item_id": e.message_id},
-        )
-    elif isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
-        owner = owner_token(log_id)
+    if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+        owner = owner_token(str(e.originator_id))
+        log_id = str(e.originator_id)
         for entry in e.entries:
             yield (
                 index.knowledge_fts,
@@ -307,6 +360,14 @@ expression, which the ranking query repeats word for word so that the index is u
 def spoken(content: str, name: str | None) -> str:
     """What a message is indexed and embedded as: its words, after its speaker's name."""
     return content if not name else f"{name}: {content}"
+
+
+_EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
+
+
+def _owner_of(log_id: bytes | str) -> str:
+    """The owner token of a log id as a row stores it (see ``stored_id``)."""
+    return log_id.hex() if isinstance(log_id, bytes) else owner_token(log_id)
 
 
 def _fts_table(name: str, metadata: MetaData) -> Table:

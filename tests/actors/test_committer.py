@@ -1,10 +1,12 @@
 """The group committer: writes settle in the order they were queued, a ticket is a barrier
-for every write queued up to it, and a settled write keeps nothing of itself alive."""
+for every write queued up to it, a settled write keeps nothing of itself alive, and the
+messages written go into the full-text index in bulk, soon after."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 
 from actors._committer import GroupCommitter
 from events import EventStore, StorageError, UserLog, sqlite_url
-from projections import ProjectionTables, Projector
+from projections import ProjectionTables, Projector, SearchIndex
 
 
 @pytest.fixture
@@ -114,3 +116,45 @@ def test_a_settled_write_keeps_neither_its_events_nor_its_callback(store: EventS
         assert gone() is None, "the committer let go of the callback (and its closure)"
     finally:
         committer.stop()
+
+
+def _waiting(store: EventStore) -> bool:
+    with store.engine.connect() as connection:
+        return SearchIndex(ProjectionTables()).unindexed(connection)
+
+
+def test_messages_go_into_the_index_inside_the_write_that_makes_enough_wait(
+    store: EventStore,
+) -> None:
+    committer = GroupCommitter(store, Projector(ProjectionTables()), index_every=5, index_idle=3600)
+    try:
+        committer.commit(_log_with_messages("ann", 3)[1], 0)
+        assert _waiting(store), "four events are not enough: the messages wait"
+        committer.commit(_log_with_messages("bob", 1)[1], 0)
+        assert not _waiting(store)
+    finally:
+        committer.stop()
+
+
+def test_messages_go_into_the_index_once_the_committer_idles(store: EventStore) -> None:
+    committer = GroupCommitter(
+        store, Projector(ProjectionTables()), index_every=10_000, index_idle=0.05
+    )
+    try:
+        committer.commit(_log_with_messages("ann", 2)[1], 0)
+        deadline = time.monotonic() + 10
+        while _waiting(store) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _waiting(store)
+    finally:
+        committer.stop()
+
+
+def test_stopping_indexes_the_messages_that_wait(store: EventStore) -> None:
+    committer = GroupCommitter(
+        store, Projector(ProjectionTables()), index_every=10_000, index_idle=3600
+    )
+    committer.commit(_log_with_messages("ann", 2)[1], 0)
+    assert _waiting(store)
+    committer.stop()
+    assert not _waiting(store)

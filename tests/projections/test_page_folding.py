@@ -31,6 +31,7 @@ from projections import (
     UserState,
     catch_up,
     dump,
+    index_messages,
     rebuild,
     replay,
     state_at,
@@ -110,6 +111,7 @@ def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
             _step(logs[user], rng, *state[user])
             batch.append(logs[user].collect_events())
         store.append(batch, projector.apply)
+    index_messages(store, projector)  # what the live path does soon after, in bulk
     return store
 
 

@@ -1,13 +1,19 @@
-"""The full-text index stems each word before scoping it to its owner."""
+"""The full-text index stems each word before scoping it to its owner; messages wait for
+it and go in in bulk, and a search indexes what waits before it looks."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from events import EventStore, UserLog, sqlite_url
+from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
+from projections import LexicalRanker, ProjectionTables, Projector, index_messages
 from projections.columns import id_text
 from projections.search import _WORD as _WORDS
 from projections.search import SearchIndex, index_word, owned_words, owner_token
@@ -82,9 +88,10 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
     for user in ("ann", "bob"):
         await memory.add_exchange(user, f"My parrot is called Kiwi, says {user}.", "Cute!")
         await memory.add_exchange(user, "!!!", "?")  # no word: nothing to index
-    await memory.forget("bob")
     engine = memory._engine
     assert engine is not None
+    await asyncio.to_thread(engine.index_messages)  # bob's words are in the index, then
+    await memory.forget("bob")
     index = SearchIndex(engine.tables)
     m, messages = index.messages_fts.name, engine.tables.messages.name
     with engine.store.engine.connect() as connection:
@@ -111,3 +118,81 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
     assert [hit.message.content for hit in found.messages][:1] == [
         "My parrot is called Kiwi, says ann."
     ]
+
+
+def _indexed_docs(store: EventStore, index: SearchIndex) -> int:
+    m = index.messages_fts.name
+    with store.engine.connect() as connection:
+        return int(connection.exec_driver_sql(f"SELECT count(*) FROM {m}_docsize").scalar() or 0)
+
+
+def _write(store: EventStore, projector: Projector, *messages: tuple[UserLog, str]) -> None:
+    for log, content in messages:
+        log.add_message("user", content, None, 1000)
+    store.append(
+        [log.collect_events() for log in {id(m[0]): m[0] for m in messages}.values()],
+        projector.apply,
+    )
+
+
+@pytest.fixture
+def indexed_store(tmp_path: Path) -> Any:
+    store = EventStore(sqlite_url(tmp_path / "s.db"))
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    yield store, projector
+    store.close()
+
+
+def test_messages_wait_for_the_index_and_go_in_oldest_first_in_bulk(indexed_store: Any) -> None:
+    store, projector = indexed_store
+    ann, bob = UserLog.register("ann"), UserLog.register("bob")
+    _write(store, projector, (ann, "parrots talk"), (bob, "cats sleep"), (ann, "!!!"))
+    _write(store, projector, (bob, "dogs bark"))
+    with store.engine.connect() as connection:
+        assert projector.search.unindexed(connection)
+    assert _indexed_docs(store, projector.search) == 0, "the write leaves them waiting"
+    with store.transaction() as connection:
+        assert projector.index_messages(connection, limit=3) == 3
+    assert _indexed_docs(store, projector.search) == 2, "a message without a word is passed"
+    assert index_messages(store, projector) == 1
+    assert index_messages(store, projector) == 0
+    with store.engine.connect() as connection:
+        assert not projector.search.unindexed(connection)
+    assert _indexed_docs(store, projector.search) == 3
+
+
+def test_a_row_number_freed_by_an_erasure_and_given_again_still_gets_indexed(
+    indexed_store: Any,
+) -> None:
+    """SQLite numbers a new row after the highest left, so erasing the user who holds the
+    highest numbers hands them out again: they must count as waiting once more."""
+    store, projector = indexed_store
+    ann, bob = UserLog.register("ann"), UserLog.register("bob")
+    _write(store, projector, (ann, "parrots talk"))
+    _write(store, projector, (bob, "cats sleep"), (bob, "cats purr"))
+    assert index_messages(store, projector) == 3
+    with store.transaction() as connection:
+        projector.forget(connection, str(bob.id))
+    carl = UserLog.register("carl")
+    _write(store, projector, (carl, "cats hunt"))
+    assert index_messages(store, projector) == 1
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        found = ranker.messages(connection, "carl", ["cats"], 5)
+    assert [message.content for message, _ in found] == ["cats hunt"]
+
+
+def test_a_search_indexes_what_waits_before_it_looks(indexed_store: Any) -> None:
+    store, projector = indexed_store
+    ann = UserLog.register("ann")
+    _write(store, projector, (ann, "my parrot is called Kiwi"))
+    tables = projector.tables
+    blind = Retriever(store.engine, tables, None)
+    assert blind.retrieve("ann", "parrot", 5, None, True).messages == []
+    retriever = Retriever(
+        store.engine, tables, None, index_messages=lambda: index_messages(store, projector)
+    )
+    found = retriever.retrieve("ann", "parrot", 5, None, True).messages
+    assert [hit.message.content for hit in found] == ["my parrot is called Kiwi"]
