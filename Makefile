@@ -50,10 +50,14 @@ clean:
 
 # The peer memv 0.1.2 (published as `memvee` 0.1.2, package `memv`) in a scratch venv, for
 # `python -m bench peer` only; never part of `make test`. Its sqlite-vec needs a Python
-# whose sqlite3 can load extensions (PEER_PYTHON, default the system's python3).
+# whose sqlite3 can load extensions (PEER_PYTHON, default the system's python3). memvee's
+# side of that comparison runs on the same interpreter, from a second scratch venv.
 PEER_PYTHON ?= /usr/bin/python3
 peer:
 	rm -rf .bench/memv
 	$(PEER_PYTHON) -m venv .bench/memv
 	.bench/memv/bin/python -m pip install --quiet --ignore-requires-python --no-deps 'memvee==0.1.2'
 	.bench/memv/bin/python -m pip install --quiet aiosqlite pydantic sqlite-vec python-dateutil
+	rm -rf .bench/memvee
+	$(PEER_PYTHON) -m venv .bench/memvee
+	.bench/memvee/bin/python -m pip install --quiet -e .

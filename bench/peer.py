@@ -6,6 +6,12 @@ and the database bytes per stored message after 1,000 users x 10 exchanges with 
 extraction, by table for memvee (SQLite's ``dbstat``). memv runs in its own scratch venv
 (``make peer``), found through ``MEMV_PYTHON`` or ``.bench/memv/bin/python``; without it
 the section says so and measures memvee and sqlite3 alone.
+
+Both engines write through the same plain loop in a fresh interpreter of their own
+(``peers/memv_runner.py``, ``peers/memvee_runner.py``), and on the same interpreter build
+when ``make peer`` made ``.bench/memvee`` (or ``MEMVEE_PEER_PYTHON`` names one): memv
+needs a Python whose sqlite3 loads extensions, and interpreter builds differ by 10 to 20%
+in pure Python speed. The table says which interpreters ran.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from bench.append import ASSISTANT_TEXT, USER_TEXT, Scenario, run_scenario
+from bench.append import ASSISTANT_TEXT, USER_TEXT
 from bench.common import (
     PROJECT_ROOT,
     BenchConfig,
@@ -35,9 +42,10 @@ from bench.common import (
 from bench.reference import raw_commits
 from memvee import Memory, MemoryConfig
 
-__all__ = ["memv_python", "run"]
+__all__ = ["memv_python", "memvee_python", "run"]
 
 RUNNER = Path(__file__).resolve().parent / "peers" / "memv_runner.py"
+MEMVEE_RUNNER = Path(__file__).resolve().parent / "peers" / "memvee_runner.py"
 SIZE_USERS, SIZE_EXCHANGES = 1000, 10
 
 
@@ -48,17 +56,40 @@ def memv_python() -> Path | None:
     return path if path.is_file() else None
 
 
-def _memv(python: Path, folder: Path, single: int, many: int) -> dict[str, Any]:
-    """Run the peer's scenarios in its own interpreter; its JSON result."""
+def memvee_python() -> Path:
+    """The Python that runs memvee's side: the peer's build if ``make peer`` made one,
+    else this one."""
+    configured = os.environ.get("MEMVEE_PEER_PYTHON")
+    made = PROJECT_ROOT / ".bench" / "memvee" / "bin" / "python"
+    if configured:
+        return Path(configured)
+    return made if made.is_file() else Path(sys.executable)
+
+
+def _run(python: Path, runner: Path, folder: Path, single: int, many: int) -> dict[str, Any]:
+    """Run one engine's scenarios in a fresh interpreter; its JSON result."""
     done = subprocess.run(
-        [str(python), str(RUNNER), str(folder), str(single), str(many), USER_TEXT, ASSISTANT_TEXT],
+        [str(python), str(runner), str(folder), str(single), str(many), USER_TEXT, ASSISTANT_TEXT],
         capture_output=True,
         text=True,
         timeout=1800,
         check=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
     )
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _version(python: Path) -> str:
+    done = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.version.split()[0], sys.executable)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 async def _fill(path: Path) -> None:
@@ -91,6 +122,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         ["figure", "raw sqlite3", "memvee", "memv", "memvee ÷ memv"],
     )
     python = memv_python()
+    ours = memvee_python()
     peer: list[dict[str, Any]] = []
     for round_no in range(1, cfg.rounds + 1):
         progress(f"peer round {round_no}/{cfg.rounds}: raw sqlite3 and memvee")
@@ -98,17 +130,10 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             raw = raw_commits(folder, synchronous="FULL", rows=2, transactions=single)
             section.stat("peer.raw.p50", "ms").add(raw.p50_ms)
             section.stat("peer.raw.rate", "tx/s").add(raw.rate)
-            (folder / "one").mkdir()
-            (folder / "many").mkdir()
-            one = asyncio.run(run_scenario(folder / "one", _scenario(1, single)))
-            hundred = asyncio.run(run_scenario(folder / "many", _scenario(100, many)))
+            (folder / "runs").mkdir()
+            _add_runs(section, "memvee", _run(ours, MEMVEE_RUNNER, folder / "runs", single, many))
             asyncio.run(_fill(folder / "size.db"))
             sizes = bytes_by_table(folder / "size.db")
-        section.stat("peer.memvee.one_p50", "ms").add(percentile(one.latencies, 50) * 1000)
-        section.stat("peer.memvee.rate", "ex/s").add(hundred.rate)
-        section.stat("peer.memvee.p50", "ms").add(percentile(hundred.latencies, 50) * 1000)
-        section.stat("peer.memvee.p99", "ms").add(percentile(hundred.latencies, 99) * 1000)
-        section.stat("peer.memvee.cpu_us", "µs").add(hundred.cpu_seconds / hundred.exchanges * 1e6)
         messages = SIZE_USERS * SIZE_EXCHANGES * 2
         section.stat("peer.memvee.bytes", "B").add(sum(sizes.values()) / messages)
         for name, size in sizes.items():
@@ -116,25 +141,14 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         if python is not None:
             progress(f"peer round {round_no}/{cfg.rounds}: memv")
             with workspace.scratch("memv") as folder:
-                peer.append(_memv(python, folder, single, many))
-            result = peer[-1]
-            hundred_peer = result["hundred_users"]
-            exchanges = len(hundred_peer["latencies"])
-            section.stat("peer.memv.one_p50", "ms").add(
-                percentile(result["one_user"]["latencies"], 50) * 1000
-            )
-            section.stat("peer.memv.rate", "ex/s").add(exchanges / hundred_peer["seconds"])
-            section.stat("peer.memv.p50", "ms").add(
-                percentile(hundred_peer["latencies"], 50) * 1000
-            )
-            section.stat("peer.memv.p99", "ms").add(
-                percentile(hundred_peer["latencies"], 99) * 1000
-            )
-            section.stat("peer.memv.cpu_us", "µs").add(
-                hundred_peer["cpu_seconds"] / exchanges * 1e6
-            )
-            section.stat("peer.memv.bytes", "B").add(result["bytes_per_message"])
+                peer.append(_run(python, RUNNER, folder, single, many))
+            _add_runs(section, "memv", peer[-1])
+            section.stat("peer.memv.bytes", "B").add(peer[-1]["bytes_per_message"])
     _rows(section, python is not None)
+    section.notes.append(
+        f"Interpreters: memvee on Python {_version(ours)}"
+        + (f"; memv on Python {_version(python)}." if python is not None else ".")
+    )
     sizes_section = Section(
         f"memvee database bytes per stored message, by table and index "
         f"({SIZE_USERS:,} users x {SIZE_EXCHANGES} exchanges, no extraction)",
@@ -152,8 +166,16 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     return [section, sizes_section]
 
 
-def _scenario(users: int, per_user: int) -> Scenario:
-    return Scenario(users, per_user, "full")
+def _add_runs(section: Section, engine: str, result: dict[str, Any]) -> None:
+    """One round's figures of ``engine`` from its runner's JSON."""
+    hundred = result["hundred_users"]
+    exchanges = len(hundred["latencies"])
+    one_p50 = percentile(result["one_user"]["latencies"], 50) * 1000
+    section.stat(f"peer.{engine}.one_p50", "ms").add(one_p50)
+    section.stat(f"peer.{engine}.rate", "ex/s").add(exchanges / hundred["seconds"])
+    section.stat(f"peer.{engine}.p50", "ms").add(percentile(hundred["latencies"], 50) * 1000)
+    section.stat(f"peer.{engine}.p99", "ms").add(percentile(hundred["latencies"], 99) * 1000)
+    section.stat(f"peer.{engine}.cpu_us", "µs").add(hundred["cpu_seconds"] / exchanges * 1e6)
 
 
 def _rows(section: Section, with_peer: bool) -> None:

@@ -1,0 +1,19 @@
+"""memvee's side of the peer comparison runs in a fresh interpreter and reports what the
+peer's runner reports: latencies, wall time and CPU for one user and for 100 users."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.peer import MEMVEE_RUNNER, _run
+
+
+def test_the_memvee_runner_reports_every_exchange_it_was_asked_for(tmp_path: Path) -> None:
+    result = _run(Path(sys.executable), MEMVEE_RUNNER, tmp_path, 3, 1)
+    assert len(result["one_user"]["latencies"]) == 3
+    hundred = result["hundred_users"]
+    assert len(hundred["latencies"]) == 100
+    assert hundred["seconds"] > 0 and hundred["cpu_seconds"] > 0
+    assert all(latency > 0 for latency in hundred["latencies"])
+    assert result["python"] == sys.version.split()[0]
