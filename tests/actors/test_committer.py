@@ -158,3 +158,17 @@ def test_stopping_indexes_the_messages_that_wait(store: EventStore) -> None:
     assert _waiting(store)
     committer.stop()
     assert not _waiting(store)
+
+
+def test_a_write_of_many_events_indexes_its_messages_itself(store: EventStore) -> None:
+    """Under load every group commit carries its share of the index work: no spikes."""
+    committer = GroupCommitter(
+        store, Projector(ProjectionTables()), index_every=10_000, index_with=6, index_idle=3600
+    )
+    try:
+        committer.commit(_log_with_messages("ann", 4)[1], 0)
+        assert _waiting(store), "five events are a small write: its messages wait"
+        committer.commit(_log_with_messages("bob", 5)[1], 0)
+        assert not _waiting(store)
+    finally:
+        committer.stop()
