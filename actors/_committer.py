@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from events import ConflictError, EventStore, Recorded
-from projections import Projector
+from projections import Projector, index_messages
 
 __all__ = ["GroupCommitter"]
 
@@ -178,9 +178,7 @@ class GroupCommitter:
         """Index the messages that wait, in a transaction of their own."""
         self._unindexed = 0
         try:
-            with self._store.transaction() as connection:
-                self._store.lock_writers(connection)
-                self._projector.index_messages(connection)
+            index_messages(self._store, self._projector)
         except Exception:
             log.warning(
                 "indexing messages for search failed; a search indexes them first", exc_info=True

@@ -58,6 +58,8 @@ MESSAGES_INDEXED = "messages_indexed"
 """The position row holding the last message row number (``messages.id``) indexed."""
 _INDEX_PAGE = 2000
 """Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
+_EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
+"""The events whose entries go in the index."""
 
 
 @lru_cache(maxsize=4096)
@@ -338,9 +340,9 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
     Entries are never removed when they end or a version is promoted: the rankers join
     the knowledge rows, which say what is valid, so the index only has to grow.
     """
-    if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
-        owner = owner_token(str(e.originator_id))
+    if isinstance(e, _EXTRACTED):
         log_id = str(e.originator_id)
+        owner = owner_token(log_id)
         for entry in e.entries:
             yield (
                 index.knowledge_fts,
@@ -360,9 +362,6 @@ expression, which the ranking query repeats word for word so that the index is u
 def spoken(content: str, name: str | None) -> str:
     """What a message is indexed and embedded as: its words, after its speaker's name."""
     return content if not name else f"{name}: {content}"
-
-
-_EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
 
 
 def _owner_of(log_id: bytes | str) -> str:
