@@ -6,6 +6,10 @@ throughput grows with the number of concurrent users. An actor may queue a secon
 append before the first is committed (pipelining); every request carries the *write
 epoch* of the in-memory log it was decided on, and once a write of a log fails, every
 later request of that epoch is refused, so a failed write can never leave a version gap.
+
+A write that finds the committer idle (every earlier write settled, none running) is
+written at once on the submitting thread: a lone writer pays no hand-over to the
+committer's thread. Writes still happen one at a time, in ticket order.
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
         self._thread.start()
         self._failed_epochs: dict[Any, int] = {}
+        self._writing = threading.Lock()  # held by whoever writes: one write at a time
         self._issuing = threading.Lock()
         self._issued = 0
         self._settled_through = 0
@@ -97,7 +102,8 @@ class GroupCommitter:
     def submit(self, events: Sequence[Any], epoch: int, then: Settled | None = None) -> int:
         """Queue ``events`` of one log, decided in write ``epoch``; returns the write's ticket.
 
-        ``then`` is told how the write ended, on the committer's thread. Writes settle in
+        ``then`` is told how the write ended, on the thread that wrote it (this one, when
+        the committer was idle, else the committer's). Writes settle in
         ticket order, so a ticket is a barrier (:meth:`wait_for`) that keeps nothing alive:
         an idle user's last write leaves no objects for the collector to walk.
         """
@@ -127,8 +133,18 @@ class GroupCommitter:
     ) -> int:
         with self._issuing:  # tickets in queue order
             self._issued += 1
-            self._queue.put(_Request(events, epoch, self._issued, then, future))
-            return self._issued
+            request = _Request(events, epoch, self._issued, then, future)
+            idle = self._settled_through == request.ticket - 1
+            if not (idle and self._writing.acquire(blocking=False)):
+                self._queue.put(request)
+                return request.ticket
+        try:  # every earlier write settled and none runs: write it here, now
+            self._write([request])
+        finally:
+            self._writing.release()
+        with self._progress:
+            self._progress.notify_all()
+        return request.ticket
 
     def stop(self) -> None:
         """Commit what is queued, then stop the thread."""
@@ -136,21 +152,35 @@ class GroupCommitter:
         self._thread.join()
 
     def _run(self) -> None:
-        while True:
-            batch, stopping = self._next_batch()
+        stopping = False
+        while not stopping:
+            try:
+                stopping = self._write_queued(self._queue.get(timeout=self._index_idle))
+            except queue.Empty:  # no write for a while: index the messages that wait
+                with self._writing:
+                    if self._unindexed:
+                        self._index_messages()
+
+    def _write_queued(self, first: _Request | None) -> bool:
+        """Write ``first`` with the requests queued after it; returns whether to stop.
+
+        Nothing of the write outlives this call: an idle committer keeps no events or
+        callbacks alive for the collector to walk.
+        """
+        with self._writing:
+            batch, stopping = self._batch_from(first)
             if batch:
                 self._write(batch)
-                del batch  # an idle committer keeps no write (events, callbacks) alive
-                with self._progress:
-                    self._progress.notify_all()
-            if stopping:
-                if self._unindexed:
-                    self._index_messages()
-                return
+            if stopping and self._unindexed:
+                self._index_messages()
+        if batch:
+            with self._progress:
+                self._progress.notify_all()
+        return stopping
 
-    def _next_batch(self) -> tuple[list[_Request], bool]:
-        """The queued requests to write together (waiting for one), and whether to stop."""
-        first = self._next_request()
+    def _batch_from(self, first: _Request | None) -> tuple[list[_Request], bool]:
+        """``first`` and the requests queued after it, to write together, and whether to
+        stop."""
         if first is None:
             return [], True
         batch = [first]
@@ -163,16 +193,6 @@ class GroupCommitter:
                 return batch, True
             batch.append(nxt)
         return batch, False
-
-    def _next_request(self) -> _Request | None:
-        """The next request, waiting for it; messages committed earlier are indexed
-        once no request came for ``index_idle`` seconds."""
-        if self._unindexed:
-            try:
-                return self._queue.get(timeout=self._index_idle)
-            except queue.Empty:
-                self._index_messages()
-        return self._queue.get()
 
     def _index_messages(self) -> None:
         """Index the messages that wait, in a transaction of their own."""

@@ -1,6 +1,7 @@
-"""The group committer: writes settle in the order they were queued, a ticket is a barrier
-for every write queued up to it, a settled write keeps nothing of itself alive, and the
-messages written go into the full-text index in bulk, soon after."""
+"""The group committer: writes settle in the order they were queued, a write to an idle
+committer goes at once on its own thread, a ticket is a barrier for every write queued up
+to it, a settled write keeps nothing of itself alive, and the messages written go into the
+full-text index in bulk, soon after."""
 
 from __future__ import annotations
 
@@ -35,16 +36,77 @@ def _log_with_messages(user: str, count: int) -> tuple[UserLog, list[Any]]:
 
 
 class _Settled:
-    """Records every ``then`` call, with the thread it ran on."""
+    """Records every ``then`` call, and the thread each ran on."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, BaseException | None]] = []
+        self.threads: list[int] = []
 
     def __call__(self, name: str) -> Any:
         def then(error: BaseException | None) -> None:
             self.calls.append((name, error))
+            self.threads.append(threading.get_ident())
 
         return then
+
+
+def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """A gate every write of ``store`` waits at until it is set (a slow disk)."""
+    gate = threading.Event()
+    original = store.append
+
+    def held(batches: Any, in_transaction: Any = None) -> Any:
+        assert gate.wait(10)
+        return original(batches, in_transaction)
+
+    monkeypatch.setattr(store, "append", held)
+    return gate
+
+
+def test_a_write_to_an_idle_committer_is_written_at_once_on_the_submitting_thread(
+    store: EventStore,
+) -> None:
+    committer = GroupCommitter(store, Projector(ProjectionTables()))
+    settled = _Settled()
+    try:
+        ticket = committer.submit(_log_with_messages("ann", 2)[1], 1, settled("ann"))
+        assert settled.calls == [("ann", None)], "settled before submit returned"
+        assert settled.threads == [threading.get_ident()]
+        committer.wait_for(ticket)
+        assert store.load("ann") is not None
+    finally:
+        committer.stop()
+
+
+def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committer = GroupCommitter(store, Projector(ProjectionTables()))
+    settled = _Settled()
+    gate = _held(store, monkeypatch)
+    try:
+        first = threading.Thread(
+            target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
+        )
+        first.start()
+        while not committer._writing.locked():  # until u0's write is on the disk
+            time.sleep(0.001)
+        tickets = [
+            committer.submit(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}"))
+            for i in range(1, 6)
+        ]
+        assert settled.calls == [], "nothing settles while the first write is on the disk"
+        gate.set()
+        first.join()
+        committer.wait_for(tickets[-1])
+        assert [name for name, _ in settled.calls] == [f"u{i}" for i in range(6)]
+        assert all(error is None for _, error in settled.calls)
+        assert settled.threads[0] == first.ident
+        assert set(settled.threads[1:]) == {committer._thread.ident}
+        assert committer.transactions == 2, "the five waiting writes shared one transaction"
+    finally:
+        gate.set()
+        committer.stop()
 
 
 def test_a_ticket_waits_for_its_write_and_every_write_before_it(store: EventStore) -> None:
@@ -66,16 +128,20 @@ def test_a_ticket_waits_for_its_write_and_every_write_before_it(store: EventStor
         committer.stop()
 
 
+@pytest.mark.parametrize("queued", [False, True], ids=["idle", "queued"])
 def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
-    store: EventStore, monkeypatch: pytest.MonkeyPatch
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, queued: bool
 ) -> None:
+    """Whether the writes go at once (an idle committer) or wait behind a write."""
     committer = GroupCommitter(store, Projector(ProjectionTables()))
     settled = _Settled()
     original = store.append
     gate = threading.Event()
+    if not queued:
+        gate.set()
 
     def failing(batches: Any, in_transaction: Any = None) -> Any:
-        gate.wait(5)
+        assert gate.wait(10)
         if any(getattr(e, "content", "") == "boom" for b in batches for e in b):
             raise StorageError("the disk is on fire")
         return original(batches, in_transaction)
@@ -84,12 +150,18 @@ def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
     try:
         log = UserLog.register("ann")
         log.add_message("user", "boom", None, 1000)
-        first = committer.submit(log.collect_events(), 7, settled("boom"))
+        events = log.collect_events()
+        if queued:  # written on another thread, held at the gate
+            writer = threading.Thread(target=committer.submit, args=(events, 7, settled("boom")))
+            writer.start()
+            while not committer._writing.locked():
+                time.sleep(0.001)
+        else:
+            committer.submit(events, 7, settled("boom"))
         log.add_message("user", "built on it", None, 1000)
         second = committer.submit(log.collect_events(), 7, settled("after"))
         gate.set()
         committer.wait_for(second)
-        assert first < second
         assert [(n, type(e)) for n, e in settled.calls] == [
             ("boom", StorageError),
             ("after", type(settled.calls[1][1])),
@@ -98,6 +170,7 @@ def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
         assert committer.failed(log.id, 7)
         assert not committer.failed(log.id, 8)
     finally:
+        gate.set()
         committer.stop()
 
 
