@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from events import ConflictError, EventStore, Recorded
+from events import ConflictError, EventStore, Recorded, StoredSnapshot
 from projections import Projector, index_messages
 
 __all__ = ["GroupCommitter"]
@@ -43,6 +43,7 @@ class _Request:
     ticket: int
     then: Settled | None = None
     future: Future[list[Recorded]] | None = None
+    snapshot: StoredSnapshot | None = None
 
     def settle(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         """Tell ``then`` how the write ended, and resolve the future of a waiting caller."""
@@ -99,20 +100,31 @@ class GroupCommitter:
         self.transactions = 0
         self.commits = 0
 
-    def submit(self, events: Sequence[Any], epoch: int, then: Settled | None = None) -> int:
+    def submit(
+        self,
+        events: Sequence[Any],
+        epoch: int,
+        then: Settled | None = None,
+        snapshot: StoredSnapshot | None = None,
+    ) -> int:
         """Queue ``events`` of one log, decided in write ``epoch``; returns the write's ticket.
+
+        ``snapshot``, the log at the version these events reach, is stored with them.
 
         ``then`` is told how the write ended, on the thread that wrote it (this one, when
         the committer was idle, else the committer's). Writes settle in
         ticket order, so a ticket is a barrier (:meth:`wait_for`) that keeps nothing alive:
         an idle user's last write leaves no objects for the collector to walk.
         """
-        return self._enqueue(events, epoch, then, None)
+        return self._enqueue(_Request(events, epoch, 0, then, None, snapshot))
 
-    def commit(self, events: Sequence[Any], epoch: int) -> list[Recorded]:
-        """Queue ``events`` and wait until they are committed (or raise why not)."""
+    def commit(
+        self, events: Sequence[Any], epoch: int, snapshot: StoredSnapshot | None = None
+    ) -> list[Recorded]:
+        """Queue ``events`` (and ``snapshot``, see :meth:`submit`) and wait until they are
+        committed (or raise why not)."""
         future: Future[list[Recorded]] = Future()
-        self._enqueue(events, epoch, None, future)
+        self._enqueue(_Request(events, epoch, 0, None, future, snapshot))
         return future.result()
 
     def wait_for(self, ticket: int) -> None:
@@ -124,16 +136,10 @@ class GroupCommitter:
         """Whether a write of ``log_id`` decided in ``epoch`` failed (later ones are refused)."""
         return self._failed_epochs.get(log_id, -1) >= epoch
 
-    def _enqueue(
-        self,
-        events: Sequence[Any],
-        epoch: int,
-        then: Settled | None,
-        future: Future[list[Recorded]] | None,
-    ) -> int:
+    def _enqueue(self, request: _Request) -> int:
         with self._issuing:  # tickets in queue order
             self._issued += 1
-            request = _Request(events, epoch, self._issued, then, future)
+            request.ticket = self._issued
             idle = self._settled_through == request.ticket - 1
             if not (idle and self._writing.acquire(blocking=False)):
                 self._queue.put(request)
@@ -209,7 +215,11 @@ class GroupCommitter:
         if not batch:
             return
         try:
-            recorded = self._store.append([r.events for r in batch], self._fold)
+            recorded = self._store.append(
+                [r.events for r in batch],
+                self._fold,
+                [r.snapshot for r in batch if r.snapshot is not None],
+            )
         except Exception as error:
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)

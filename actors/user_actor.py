@@ -36,6 +36,7 @@ from events import (
     InvalidInputError,
     MemveeError,
     StorageError,
+    StoredSnapshot,
     TokenUsage,
     UserLog,
 )
@@ -377,8 +378,9 @@ class UserActor(PooledActor):
                 )
             acknowledged.set_exception(error)
 
-        self._last_write = self._services.committer.submit(events, epoch, _settle)
-        self._maybe_snapshot()
+        snapshot = self._due_snapshot(user_log)
+        self._last_write = self._services.committer.submit(events, epoch, _settle, snapshot)
+        self._maybe_checkpoint()
         if auto_task is not None and self._is_owner():
             self._myself.start_queued()
 
@@ -625,12 +627,13 @@ class UserActor(PooledActor):
         events = self._log.collect_events()
         if not events:
             return []
+        snapshot = self._due_snapshot(self._log)
         try:
-            recorded = self._services.committer.commit(events, self._epoch)
+            recorded = self._services.committer.commit(events, self._epoch, snapshot)
         except BaseException:
             self._forget_log()
             raise
-        self._maybe_snapshot()
+        self._maybe_checkpoint()
         return recorded
 
     def _await_last_write(self) -> bool:
@@ -642,23 +645,35 @@ class UserActor(PooledActor):
         user_log = self._log
         return user_log is not None and committer.failed(user_log.id, self._epoch)
 
-    def _maybe_snapshot(self) -> None:
-        """Snapshot the log every ``snapshot_interval`` events, and ask for a checkpoint of
-        its replayed state every ``checkpoint_interval``, once the events are committed."""
-        user_log = self._log
-        if user_log is None:
-            return
+    def _due_snapshot(self, user_log: UserLog) -> StoredSnapshot | None:
+        """A snapshot of the log at its new version, every ``snapshot_interval`` events, to
+        be stored in the same transaction as the events that reach that version (so no
+        wait for the write, and no transaction of its own)."""
         interval = self._services.settings.snapshot_interval
-        snapshot = bool(interval) and user_log.version - self._snapshot_version >= interval
-        checkpoint = self._intervals(user_log.version) > self._checkpointed
-        if not (snapshot or checkpoint) or self._await_last_write():
+        if not interval or user_log.version - self._snapshot_version < interval:
+            return None
+        self._snapshot_version = user_log.version  # a failed write reloads, which resets it
+        try:
+            return self._services.store.snapshot_of(user_log)
+        except Exception:  # a snapshot only speeds up loading: never refuse the write for it
+            log.warning(
+                "user %r: could not snapshot the log at version %d",
+                self.user_id,
+                user_log.version,
+                exc_info=True,
+            )
+            return None
+
+    def _maybe_checkpoint(self) -> None:
+        """Ask for a checkpoint of the log's replayed state every ``checkpoint_interval``
+        events, once the events are committed."""
+        user_log = self._log
+        if user_log is None or self._intervals(user_log.version) <= self._checkpointed:
             return
-        if snapshot:
-            self._services.store.take_snapshot(user_log)
-            self._snapshot_version = user_log.version
-        if checkpoint:
-            self._checkpointed = self._intervals(user_log.version)
-            self._services.checkpoint_due(self.user_id)
+        if self._await_last_write():
+            return
+        self._checkpointed = self._intervals(user_log.version)
+        self._services.checkpoint_due(self.user_id)
 
     def _intervals(self, version: int) -> int:
         """How many checkpoint intervals ``version`` events span (0 with checkpoints off)."""

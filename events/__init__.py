@@ -30,7 +30,7 @@ from events.extraction import (
     TokenUsage,
     estimate_tokens,
 )
-from events.store import Durability, EventStore, Recorded, sqlite_url
+from events.store import Durability, EventStore, Recorded, StoredSnapshot, sqlite_url
 from events.user_log import (
     EVENT_CLASSES,
     ROLES,
@@ -70,6 +70,7 @@ __all__ = [
     "Recorded",
     "RejectedBatchError",
     "StorageError",
+    "StoredSnapshot",
     "TokenUsage",
     "UnknownTaskError",
     "UserLog",

@@ -35,6 +35,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import resolve_topic
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
 
@@ -50,11 +51,21 @@ from events.transcoding import (
 )
 from events.user_log import EVENT_CLASSES, UserLog, user_log_id
 
-__all__ = ["Durability", "EventStore", "Recorded", "exported_state", "sqlite_url"]
+__all__ = [
+    "Durability",
+    "EventStore",
+    "Recorded",
+    "StoredSnapshot",
+    "exported_state",
+    "sqlite_url",
+]
 
 log = logging.getLogger("memvee.events")
 
 _NO_LIMIT = 2**62
+
+StoredSnapshot = StoredEvent
+"""A snapshot of a log, encoded as stored (see :meth:`EventStore.snapshot_of`)."""
 
 Durability = Literal["full", "normal"]
 """SQLite durability: ``full`` survives power loss (synchronous=FULL, the default);
@@ -393,6 +404,10 @@ class EventStore:
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
             "VALUES (?, ?, ?, ?)"
         )
+        self._insert_snapshot_sql = (
+            f"INSERT OR IGNORE INTO {snapshots.name} "
+            "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)"
+        )
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
@@ -447,22 +462,27 @@ class EventStore:
         self,
         batches: Sequence[Sequence[DomainEventProtocol[Any]]],
         in_transaction: Callable[[Connection, list[Recorded]], None] | None = None,
+        snapshots: Sequence[StoredSnapshot] = (),
     ) -> list[Recorded]:
         """Store the events of several logs in ONE transaction and return their positions.
 
         ``in_transaction`` runs inside that transaction (projection rows), so either the
         events and every row they imply are committed together, or nothing is.
+        ``snapshots`` (see :meth:`snapshot_of`) go in the same transaction; one already
+        stored at its version is left as it is.
         """
         events = [e for batch in batches for e in batch]
-        if not events:
+        if not events and not snapshots:
             return []
         stored = [self._encoder(e) for e in events]
         try:
             with self.transaction() as connection:
-                ids = self._insert(connection, stored)
+                ids = self._insert(connection, stored) if stored else []
                 recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
-                if in_transaction is not None:
+                if in_transaction is not None and recorded:
                     in_transaction(connection, recorded)
+                if snapshots:
+                    self._insert_snapshots(connection, snapshots)
         except (IntegrityError, sqlalchemy.exc.IntegrityError, sqlite3.IntegrityError) as error:
             raise ConflictError(
                 f"a user log was appended to concurrently: {_first_line(error)}"
@@ -492,6 +512,32 @@ class EventStore:
             for i, v, t, s in stored
         ]
         return [row[0] for row in connection.execute(self._insert_returning, rows)]
+
+    def _insert_snapshots(
+        self, connection: Connection, snapshots: Sequence[StoredSnapshot]
+    ) -> None:
+        """Insert snapshot rows, passing over any already stored at its version."""
+        if self.is_sqlite:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.executemany(
+                self._insert_snapshot_sql,
+                [
+                    (UUID(str(s.originator_id)).bytes, s.originator_version, s.topic, s.state)
+                    for s in snapshots
+                ],
+            )
+            return
+        rows = [
+            {
+                "originator_id": s.originator_id,
+                "originator_version": s.originator_version,
+                "topic": s.topic,
+                "state": s.state,
+            }
+            for s in snapshots
+        ]
+        connection.execute(postgresql.insert(self._snapshots).on_conflict_do_nothing(), rows)
 
     def events_of(
         self, user_id: str, *, after: int | None = None, upto: int | None = None
@@ -609,6 +655,15 @@ class EventStore:
         """How many events the store holds (erased ones are gone, so not counted)."""
         with self.engine.connect() as connection:
             return int(connection.execute(self._count).scalar_one())
+
+    def snapshot_of(self, user_log: UserLog) -> StoredSnapshot | None:
+        """A snapshot of ``user_log`` at its version, encoded now (the log moves on), for
+        :meth:`append` to store with the events that reach that version; ``None`` when the
+        store keeps no snapshots."""
+        if self._app.snapshots is None:
+            return None
+        stored: StoredSnapshot = self._app.mapper.to_stored_event(Snapshot.take(user_log))
+        return stored
 
     def take_snapshot(self, user_log: UserLog) -> None:
         """Store a snapshot of ``user_log`` at its (committed) version."""

@@ -55,9 +55,9 @@ def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event
     gate = threading.Event()
     original = store.append
 
-    def held(batches: Any, in_transaction: Any = None) -> Any:
+    def held(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
         assert gate.wait(10)
-        return original(batches, in_transaction)
+        return original(batches, in_transaction, snapshots)
 
     monkeypatch.setattr(store, "append", held)
     return gate
@@ -140,11 +140,11 @@ def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
     if not queued:
         gate.set()
 
-    def failing(batches: Any, in_transaction: Any = None) -> Any:
+    def failing(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
         assert gate.wait(10)
         if any(getattr(e, "content", "") == "boom" for b in batches for e in b):
             raise StorageError("the disk is on fire")
-        return original(batches, in_transaction)
+        return original(batches, in_transaction, snapshots)
 
     monkeypatch.setattr(store, "append", failing)
     try:

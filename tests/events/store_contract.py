@@ -9,6 +9,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from sqlalchemy import select
 
 from events import ConflictError, EventStore, ExtractedFact, UserLog
 
@@ -74,6 +75,41 @@ class EventStoreContract:
         loaded = store.load("eve")
         assert loaded is not None
         assert loaded.pending == log.pending and loaded.version == log.version
+
+    def test_a_snapshot_goes_in_with_the_events_that_reach_its_version(
+        self, store: EventStore
+    ) -> None:
+        log = UserLog.register("fay")
+        for i in range(30):
+            log.add_message("user", f"m{i}", None, 100)
+        snapshot = store.snapshot_of(log)
+        assert snapshot is not None and snapshot.originator_version == log.version == 31
+        events = log.collect_events()
+        log.add_message("user", "after the snapshot was taken", None, 100)
+        store.append([events], snapshots=[snapshot])
+        assert self._snapshot_versions(store) == [31], "stored in the events' transaction"
+        store.append([], snapshots=[snapshot])  # stored already: passed over
+        assert self._snapshot_versions(store) == [31]
+        loaded = store.load("fay")
+        assert loaded is not None and loaded.version == 31
+        assert loaded.message_count == len(loaded.pending) == 30, "the state when it was taken"
+
+    def test_a_snapshot_is_not_stored_when_its_events_are_not(self, store: EventStore) -> None:
+        log = UserLog.register("gil")
+        store.append([log.collect_events()])
+        again = UserLog.register("gil")
+        again.add_message("user", "m", None, 100)
+        snapshot = store.snapshot_of(again)
+        with pytest.raises(ConflictError):
+            store.append([again.collect_events()], snapshots=[snapshot] if snapshot else [])
+        assert self._snapshot_versions(store) == []
+
+    @staticmethod
+    def _snapshot_versions(store: EventStore) -> list[int]:
+        table = store._snapshots
+        with store.engine.connect() as connection:
+            query = select(table.c.originator_version).order_by(table.c.originator_version)
+            return [row[0] for row in connection.execute(query)]
 
     def test_follow_reads_every_event_in_commit_order(self, store: EventStore) -> None:
         for i in range(7):

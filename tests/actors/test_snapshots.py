@@ -1,0 +1,56 @@
+"""Snapshots of a user's log ride the write that reaches their version: no transaction of
+their own, no actor waiting for the disk, and a snapshot that cannot be made never
+refuses the write."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from events import EventStore
+from memvee import Memory
+
+
+def _snapshot_versions(store: EventStore) -> list[int]:
+    table = store._snapshots
+    with store.engine.connect() as connection:
+        query = select(table.c.originator_version).order_by(table.c.originator_version)
+        return [row[0] for row in connection.execute(query)]
+
+
+async def test_a_snapshot_is_stored_in_the_write_that_reaches_its_version(
+    make_memory: Any,
+) -> None:
+    memory: Memory = await make_memory(config={"snapshot_interval": 4})
+    engine = memory._engine
+    assert engine is not None
+    before = engine.committer.transactions
+    for i in range(5):  # versions 3, 5, 7, 9, 11: a snapshot once 4 events went by
+        await memory.add_exchange("ann", f"question {i}", f"answer {i}")
+    assert engine.committer.transactions - before == 5, "no transaction of their own"
+    assert await asyncio.to_thread(_snapshot_versions, engine.store) == [5, 9]
+    loaded = await asyncio.to_thread(engine.store.load, "ann")
+    assert loaded is not None and loaded.message_count == 10
+
+
+async def test_a_snapshot_that_cannot_be_made_does_not_refuse_the_write(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    memory: Memory = await make_memory(config={"snapshot_interval": 2})
+    engine = memory._engine
+    assert engine is not None
+
+    def broken(user_log: Any) -> Any:
+        raise TypeError("cannot encode this state")
+
+    monkeypatch.setattr(engine.store, "snapshot_of", broken)
+    with caplog.at_level(logging.WARNING, logger="memvee.actors"):
+        for i in range(3):
+            await memory.add_exchange("bo", f"question {i}", f"answer {i}")
+    assert [m.content for m in await memory.buffer("bo")][-1] == "answer 2"
+    assert await asyncio.to_thread(_snapshot_versions, engine.store) == []
+    assert "could not snapshot the log" in caplog.text
