@@ -108,11 +108,46 @@ class _Inbox:
         actor._schedule()
 
 
+class _StopFlag:
+    """An actor's stopped flag, as pykka uses its ``threading.Event`` (set, is_set, wait),
+    with no lock or condition of its own until somebody waits on it: there is one per live
+    user, and the collector walks every one of them."""
+
+    __slots__ = ("_event", "_set")
+
+    _making = threading.Lock()
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        with self._making:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._making:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._set:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
 class PooledActor(pykka.Actor):
     """A pykka actor that runs on a :class:`Dispatcher` instead of a thread of its own."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__()
+        stopped = _StopFlag()  # pykka's Event: five more objects per live actor
+        self.actor_stopped = self.actor_ref.actor_stopped = stopped  # type: ignore[assignment]
         self._dispatcher = dispatcher
 
     @staticmethod

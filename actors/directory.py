@@ -16,7 +16,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,18 +64,12 @@ class _PendingCall:
         resolve_threadsafe(self.loop, self.target, False, error)
 
     def _delivered(self, future: BridgedFuture[Any]) -> None:
+        """The actor answered: with a future (a write in flight), answer when it is set."""
         ok, value = future.outcome()
-        if ok and isinstance(value, Future):
-            value.add_done_callback(self._settled)
+        if ok and isinstance(value, BridgedFuture):
+            value.add_done_callback(self._delivered)
         else:
             resolve_threadsafe(self.loop, self.target, ok, value)
-
-    def _settled(self, done: Future[Any]) -> None:
-        error = done.exception()
-        if error is None:
-            resolve_threadsafe(self.loop, self.target, True, done.result())
-        else:
-            resolve_threadsafe(self.loop, self.target, False, error)
 
 
 SENDS_PER_TURN = 32
