@@ -53,17 +53,20 @@ class Scenario:
     users: int
     per_user: int
     durability: Durability
+    long: bool = False
+    """Long conversations: each log grows past several snapshot intervals in the run."""
 
     @property
     def key(self) -> str:
         """The prefix of this scenario's statistics."""
-        return f"append.{self.durability}.{self.users}"
+        return f"append.{self.durability}.{self.users}" + (".long" if self.long else "")
 
     @property
     def label(self) -> str:
         """How the scenario is named in the table."""
         noun = "user" if self.users == 1 else "users"
-        return f"{self.users:,} {noun}, {self.durability}"
+        label = f"{self.users:,} {noun}, {self.durability}"
+        return f"{label}, {self.per_user:,} each" if self.long else label
 
     @property
     def warmup_per_user(self) -> int:
@@ -191,11 +194,14 @@ async def _memvee_share(memory: Memory, users: list[str]) -> float:
 
 def scenarios(cfg: BenchConfig) -> list[Scenario]:
     """The scenarios of issue 3: 1, 100 and 1,000 users at full durability, 1 and 1,000
-    at normal durability (the documented faster option)."""
+    at normal durability (the documented faster option); and 100 users with long
+    conversations, whose logs are snapshotted as they grow (every 100 events by default)
+    and whose tables outgrow the page cache, as a memory in service does."""
     single = cfg.pick(2000, 200)
     return [
         Scenario(1, single, "full"),
         Scenario(100, cfg.pick(40, 10), "full"),
+        Scenario(100, cfg.pick(300, 120), "full", long=True),
         Scenario(1000, cfg.pick(5, 2), "full"),
         Scenario(1, single, "normal"),
         Scenario(1000, cfg.pick(5, 2), "normal"),
