@@ -28,13 +28,6 @@ class _Recorder(PooledActor):
         return n
 
 
-@pytest.fixture
-def dispatcher() -> Iterator[Dispatcher]:
-    threads = Dispatcher(2)
-    yield threads
-    threads.shutdown()
-
-
 @dataclass
 class _Recording:
     """A directory whose actors record the numbers they receive, and the sends it made."""

@@ -4,9 +4,6 @@ waits on its stopped flag wakes, whether the wait began before or after the stop
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from actors._dispatcher import Dispatcher, PooledActor
 
@@ -14,13 +11,6 @@ from actors._dispatcher import Dispatcher, PooledActor
 class _Echo(PooledActor):
     def echo(self, value: str) -> str:
         return value
-
-
-@pytest.fixture
-def dispatcher() -> Iterator[Dispatcher]:
-    threads = Dispatcher(2)
-    yield threads
-    threads.shutdown()
 
 
 def test_a_stopped_actor_is_not_alive_and_its_waiters_wake(dispatcher: Dispatcher) -> None:
