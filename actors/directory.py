@@ -144,6 +144,7 @@ class ActorDirectory:
         self._reaper.start()
         self.spawned = 0
         self.retired = 0
+        self._retire = self.retire  # one bound method shared by every actor, not one each
 
     # ------------------------------------------------------------------ calls
 
@@ -180,7 +181,7 @@ class ActorDirectory:
 
     def _spawn_entry(self, user_id: str) -> None:
         """Start an actor for ``user_id`` and register it, unless another call won."""
-        ref = self._spawn(user_id, self.retire)
+        ref = self._spawn(user_id, self._retire)
         entry = _Entry(ref, time.monotonic())
         with self._lock:
             if user_id in self._actors or self._stopped.is_set():
@@ -258,7 +259,7 @@ class ActorDirectory:
     def _spawn_and_drain(self, user_id: str) -> None:
         """Spawn ``user_id``'s actor, then send it the calls that waited, in order."""
         try:
-            ref = self._spawn(user_id, self.retire)
+            ref = self._spawn(user_id, self._retire)
             entry = _Entry(ref, time.monotonic())
         except Exception as error:
             log.exception("could not start the actor of user %r", user_id)

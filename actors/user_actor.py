@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -76,7 +76,7 @@ class UserActor(PooledActor):
         self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
-        self._task_messages: set[str] = set()
+        self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._wake_due: float | None = None
         self._owner: bool | None = None
@@ -470,13 +470,14 @@ class UserActor(PooledActor):
         self, task_id: str, status: str, error: str | None, *, recorded: bool = True
     ) -> None:
         """Go on with the task's next batch if the log started one; else the task ended."""
-        self._task_messages.update(m.message_id for m in self._batch_messages)
+        self._task_messages = {*self._task_messages, *(m.message_id for m in self._batch_messages)}
         user_log = self._log
         if recorded and user_log is not None and task_id in user_log.open_tasks:
             self._run_batch(task_id, list(user_log.open_tasks[task_id]))
             return
         self._running = None
         self._batch_messages = ()
+        self._task_messages = ()
         count = self._task_knowledge if status == "COMPLETED" else 0
         self._services.observer.task_finished(self.user_id, task_id, status, count, error)
         self._advance()
@@ -491,14 +492,14 @@ class UserActor(PooledActor):
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
             return
         self._running = task_id
-        self._task_messages = set()
+        self._task_messages = ()
         self._task_knowledge = 0
         self._run_batch(task_id, claimed)
 
     def _run_batch(self, task_id: str, claimed: list[str]) -> None:
         """Read a batch's messages and hand them to the workers."""
         self._services.observer.task_running(
-            self.user_id, task_id, len(self._task_messages.union(claimed))
+            self.user_id, task_id, len({*self._task_messages, *claimed})
         )
         try:
             batch = self._batch(task_id, claimed)
