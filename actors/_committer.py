@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -88,9 +89,8 @@ class GroupCommitter:
         self._index_with = index_with
         self._index_idle = index_idle
         self._unindexed = 0
+        self._last_write_at = 0.0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
-        self._thread.start()
         self._failed_epochs: dict[Any, int] = {}
         self._writing = threading.Lock()  # held by whoever writes: one write at a time
         self._issuing = threading.Lock()
@@ -99,6 +99,8 @@ class GroupCommitter:
         self._progress = threading.Condition()
         self.transactions = 0
         self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
+        self._thread.start()
 
     def submit(
         self,
@@ -146,6 +148,7 @@ class GroupCommitter:
                 return request.ticket
         try:  # every earlier write settled and none runs: write it here, now
             self._write([request])
+            self._last_write_at = time.monotonic()
         finally:
             self._writing.release()
         with self._progress:
@@ -161,11 +164,23 @@ class GroupCommitter:
         stopping = False
         while not stopping:
             try:
-                stopping = self._write_queued(self._queue.get(timeout=self._index_idle))
-            except queue.Empty:  # no write for a while: index the messages that wait
-                with self._writing:
-                    if self._unindexed:
-                        self._index_messages()
+                stopping = self._write_queued(self._queue.get(timeout=self._until_idle()))
+            except queue.Empty:
+                self._index_if_idle()
+
+    def _until_idle(self) -> float:
+        """How long to wait for a request before looking again whether to index: writes
+        also happen on other threads (at once, when the committer is idle), so the wait
+        is bounded even when nothing waits for the index."""
+        if not self._unindexed:
+            return self._index_idle
+        return max(0.001, self._last_write_at + self._index_idle - time.monotonic())
+
+    def _index_if_idle(self) -> None:
+        """Index the messages that wait once no write came for ``index_idle`` seconds."""
+        with self._writing:
+            if self._unindexed and time.monotonic() - self._last_write_at >= self._index_idle:
+                self._index_messages()
 
     def _write_queued(self, first: _Request | None) -> bool:
         """Write ``first`` with the requests queued after it; returns whether to stop.
@@ -177,6 +192,7 @@ class GroupCommitter:
             batch, stopping = self._batch_from(first)
             if batch:
                 self._write(batch)
+                self._last_write_at = time.monotonic()
             if stopping and self._unindexed:
                 self._index_messages()
         if batch:

@@ -223,6 +223,25 @@ def test_messages_go_into_the_index_once_the_committer_idles(store: EventStore) 
         committer.stop()
 
 
+def test_the_idle_pass_waits_for_a_pause_in_the_writes(store: EventStore) -> None:
+    """Writes to an idle committer happen on their own threads; the pass still comes only
+    once no write came for ``index_idle`` seconds."""
+    committer = GroupCommitter(
+        store, Projector(ProjectionTables()), index_every=10_000, index_idle=1.0
+    )
+    try:
+        time.sleep(0.8)  # whatever the committer's own thread is waiting for meanwhile
+        committer.commit(_log_with_messages("ann", 2)[1], 0)
+        time.sleep(0.3)
+        assert _waiting(store), "0.3 s after a write is no pause"
+        deadline = time.monotonic() + 10
+        while _waiting(store) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _waiting(store)
+    finally:
+        committer.stop()
+
+
 def test_stopping_indexes_the_messages_that_wait(store: EventStore) -> None:
     committer = GroupCommitter(
         store, Projector(ProjectionTables()), index_every=10_000, index_idle=3600
