@@ -46,16 +46,21 @@ def ask(ref: pykka.ActorRef[Any], method: str, *args: Any) -> BridgedFuture[Any]
 
 
 class _PendingCall:
-    """A call from an event loop, answered on that loop when the actor replies."""
+    """A call from an event loop to a user's actor, answered on that loop when the actor
+    replies (one per call in flight, so slotted: the collector walks each)."""
+
+    __slots__ = ("args", "loop", "method", "target", "user_id")
 
     def __init__(
         self,
+        user_id: str,
         method: str,
         args: tuple[Any, ...],
         loop: asyncio.AbstractEventLoop,
         target: asyncio.Future[Any],
     ) -> None:
-        self.method, self.args, self.loop, self.target = method, args, loop, target
+        self.user_id, self.method, self.args = user_id, method, args
+        self.loop, self.target = loop, target
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
         ask(ref, self.method, *self.args).add_done_callback(self._delivered)
@@ -85,27 +90,27 @@ class _Outbox:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, send: Callable[[str, _PendingCall], None]
+        self, loop: asyncio.AbstractEventLoop, send: Callable[[_PendingCall], None]
     ) -> None:
         self._loop = loop
         self._send = send
-        self._queue: deque[tuple[str, _PendingCall]] = deque()
+        self._queue: deque[_PendingCall] = deque()
 
-    def put(self, user_id: str, call: _PendingCall) -> None:
+    def put(self, call: _PendingCall) -> None:
         """Queue ``call``; sent in order, from the loop, in this turn's callbacks or later."""
         if not self._queue:
             self._loop.call_soon(self._turn)
-        self._queue.append((user_id, call))
+        self._queue.append(call)
 
     def flush(self) -> None:
         """Send every queued call now."""
         while self._queue:
-            self._send(*self._queue.popleft())
+            self._send(self._queue.popleft())
 
     def _turn(self) -> None:
         queue = self._queue
         for _ in range(min(SENDS_PER_TURN, len(queue))):
-            self._send(*queue.popleft())
+            self._send(queue.popleft())
         if queue:
             self._loop.call_soon(self._turn)
 
@@ -214,16 +219,16 @@ class ActorDirectory:
         order, also behind a spawn, which happens off the loop.
         """
         target: asyncio.Future[Any] = loop.create_future()
-        call = _PendingCall(method, args, loop, target)
+        call = _PendingCall(user_id, method, args, loop, target)
         outbox = self._outboxes.get(loop)
         if paced:
             if outbox is None:
                 outbox = self._outboxes[loop] = _Outbox(loop, self._send)
-            outbox.put(user_id, call)
+            outbox.put(call)
             return target
         if outbox is not None:
             outbox.flush()
-        self._send(user_id, call)
+        self._send(call)
         return target
 
     def flush_calls(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -232,9 +237,10 @@ class ActorDirectory:
         if outbox is not None:
             outbox.flush()
 
-    def _send(self, user_id: str, call: _PendingCall) -> None:
-        """Send ``call`` to the user's actor, or queue it behind the actor's spawn; a call
+    def _send(self, call: _PendingCall) -> None:
+        """Send ``call`` to its user's actor, or queue it behind the actor's spawn; a call
         that cannot be sent fails its caller."""
+        user_id = call.user_id
         try:
             with self._lock:
                 entry = self._touch(user_id)

@@ -20,6 +20,7 @@ import time
 import types
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["GcPauseMeter", "LoopStallMeter", "Stall", "objects_held"]
 
@@ -172,10 +173,18 @@ class LoopStallMeter:
 _STATIC = (type, types.ModuleType, types.FunctionType, types.CodeType)
 
 
-def objects_held(root: object, *, besides: tuple[object, ...] = ()) -> int:
+def objects_held(
+    root: object, *, besides: tuple[object, ...] = (), own_code: tuple[str, ...] = ()
+) -> int:
     """How many tracked objects ``root`` keeps alive: those reachable from it, not through
     modules, classes, module-level functions or code (the program, not its state), nor
-    through ``besides`` (the event loop, which holds every task of the load generator)."""
+    through ``besides`` (the event loop, which holds every task of the load generator).
+
+    With ``own_code`` (folders of source files), an asyncio task reached from ``root`` (a
+    caller waiting on one of its futures) is the caller's, as are its coroutines: only the
+    coroutines of its await chain that run code from those folders (the API's own frames)
+    are counted, with what they hold.
+    """
     boundary = {id(o) for o in besides}
     boundary.update(id(vars(m)) for m in list(sys.modules.values()) if m is not None)
     seen = {id(root)}
@@ -192,6 +201,37 @@ def objects_held(root: object, *, besides: tuple[object, ...] = ()) -> int:
                 isinstance(ref, types.FunctionType) and ref.__closure__
             ):
                 continue
+            if own_code and _callers(ref, own_code):
+                boundary.add(key)
+                for coroutine in _own_awaits(ref, own_code):
+                    if id(coroutine) not in seen:
+                        seen.add(id(coroutine))
+                        todo.append(coroutine)
+                continue
             seen.add(key)
             todo.append(ref)
     return count
+
+
+def _callers(obj: object, own_code: tuple[str, ...]) -> bool:
+    """Whether ``obj`` is a task or coroutine of somebody else's code."""
+    coroutine = obj.get_coro() if isinstance(obj, asyncio.Task) else obj
+    return isinstance(coroutine, types.CoroutineType) and not _is_own(coroutine, own_code)
+
+
+def _is_own(coroutine: types.CoroutineType[Any, Any, Any], own_code: tuple[str, ...]) -> bool:
+    return coroutine.cr_code.co_filename.startswith(own_code)
+
+
+def _own_awaits(
+    waiter: object, own_code: tuple[str, ...]
+) -> list[types.CoroutineType[Any, Any, Any]]:
+    """The coroutines of ``waiter``'s await chain (a task's, or a coroutine's and those it
+    awaits) whose code is in one of the ``own_code`` folders."""
+    found = []
+    coroutine = waiter.get_coro() if isinstance(waiter, asyncio.Task) else waiter
+    while isinstance(coroutine, types.CoroutineType):
+        if _is_own(coroutine, own_code):
+            found.append(coroutine)
+        coroutine = coroutine.cr_await
+    return found

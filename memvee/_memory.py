@@ -290,14 +290,15 @@ class Memory:
         )
         return first, second
 
-    async def _append(
+    def _append(
         self, user_id: str, messages: list[tuple[str, str, datetime | None, str | None]]
-    ) -> list[Message]:
+    ) -> asyncio.Future[list[Message]]:
+        """The messages' write, sent to the user's actor: its future is the stored messages.
+
+        A plain function, not a coroutine: one fewer object per write in flight.
+        """
         engine, loop = self._running()
-        stored: list[Message] = await engine.directory.call_async(
-            loop, user_id, "add_messages", messages, paced=True
-        )
-        return stored
+        return engine.directory.call_async(loop, user_id, "add_messages", messages, paced=True)
 
     # ------------------------------------------------------------------ processing
 

@@ -44,9 +44,9 @@ def recording(dispatcher: Dispatcher) -> Iterator[_Recording]:
     recording = _Recording(directory, received)
     send = directory._send
 
-    def counted(user_id: str, call: Any) -> None:
+    def counted(call: Any) -> None:
         recording.sent.append(call.args[0])
-        send(user_id, call)
+        send(call)
 
     directory._send = counted  # type: ignore[method-assign]
     yield recording

@@ -1,13 +1,17 @@
 """The stall meters: the collector's runs are timed and leave the callbacks as found; a
 stall is split into the collector's time and the code's; and the objects a root keeps
-alive are counted without the program's modules, classes and functions."""
+alive are counted without the program's modules, classes and functions, nor the tasks
+of callers waiting on its futures."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from bench.stalls import GcPauseMeter, LoopStallMeter, Stall, objects_held
 
@@ -126,3 +130,41 @@ def test_the_objects_a_root_keeps_alive_are_counted_without_the_program() -> Non
     # inner list, the closure, its cell and its tuple of cells
     assert 100 + 6 <= counted <= 100 + 12
     assert objects_held(holder, besides=(holder.items,)) == counted - 101
+
+
+class _Waiters:
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[None]] = []
+
+
+_CALLER = """
+async def caller(api, waiters):
+    mine = [[n] for n in range(100)]
+    await api(waiters)
+    return mine
+"""
+
+
+async def test_a_callers_task_is_the_callers_but_the_apis_own_coroutines_are_counted() -> None:
+    loop = asyncio.get_running_loop()
+    waiters = _Waiters()
+
+    async def api(waiters: _Waiters) -> list[list[int]]:
+        held_by_the_call = [[n] for n in range(30)]
+        future = loop.create_future()
+        waiters.futures.append(future)
+        await future
+        return held_by_the_call
+
+    namespace: dict[str, Any] = {}
+    exec(compile(_CALLER, "/elsewhere/caller.py", "exec"), namespace)
+    task = asyncio.ensure_future(namespace["caller"](api, waiters))
+    await asyncio.sleep(0)
+    own = objects_held(waiters, own_code=(str(Path(__file__).parent) + os.sep,))
+    everything = objects_held(waiters)
+    # the API's coroutine and its 30 lists count; the caller's task, coroutine and 100
+    # lists do not, unless every coroutine is counted as the holder's
+    assert 30 < own < 100
+    assert everything >= own + 100
+    waiters.futures[0].set_result(None)
+    assert len(await task) == 100
