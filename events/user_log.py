@@ -832,8 +832,14 @@ def check_text(value: str, what: str) -> None:
         )
 
 
+_PLAINLY_VISIBLE = re.compile("[!-~]")
+"""ASCII letters, digits and signs: one is enough to show, and most text has one early."""
+
+
 def _check_visible(value: str, what: str, hint: str = "") -> None:
     """Raise :class:`InvalidInputError` unless ``value`` shows at least one character."""
+    if _PLAINLY_VISIBLE.search(value) is not None:
+        return
     if not any(
         unicodedata.category(char) not in _INVISIBLE and char not in _FILLERS for char in value
     ):
