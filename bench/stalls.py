@@ -213,9 +213,14 @@ def objects_held(
     return count
 
 
+def _coroutine_of(obj: object) -> object:
+    """A task's coroutine; anything else as it is."""
+    return obj.get_coro() if isinstance(obj, asyncio.Task) else obj
+
+
 def _callers(obj: object, own_code: tuple[str, ...]) -> bool:
     """Whether ``obj`` is a task or coroutine of somebody else's code."""
-    coroutine = obj.get_coro() if isinstance(obj, asyncio.Task) else obj
+    coroutine = _coroutine_of(obj)
     return isinstance(coroutine, types.CoroutineType) and not _is_own(coroutine, own_code)
 
 
@@ -229,7 +234,7 @@ def _own_awaits(
     """The coroutines of ``waiter``'s await chain (a task's, or a coroutine's and those it
     awaits) whose code is in one of the ``own_code`` folders."""
     found = []
-    coroutine = waiter.get_coro() if isinstance(waiter, asyncio.Task) else waiter
+    coroutine = _coroutine_of(waiter)
     while isinstance(coroutine, types.CoroutineType):
         if _is_own(coroutine, own_code):
             found.append(coroutine)
