@@ -44,6 +44,14 @@ class MemoryConfig:
 
     ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
     ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.
+
+    ``gc_freeze`` (on by default): when the process's first Memory opens, after one full
+    collection, ``gc.freeze()`` moves every object then alive (the imported libraries,
+    most of a process's heap) out of the cyclic collector's reach. Later full
+    collections walk only what came after, so they stop holding the event loop for tens
+    of milliseconds. Reference cycles among those objects that become garbage later are
+    never freed; turn it off if the process creates and drops such cycles at scale
+    before opening a Memory.
     """
 
     db_path: str = "memvee.db"
@@ -73,6 +81,7 @@ class MemoryConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
     hybrid_alpha: float = DEFAULT_ALPHA
+    gc_freeze: bool = True
 
     def __post_init__(self) -> None:
         positive = {

@@ -132,6 +132,18 @@ def test_the_objects_a_root_keeps_alive_are_counted_without_the_program() -> Non
     assert objects_held(holder, besides=(holder.items,)) == counted - 101
 
 
+def test_frozen_objects_are_walked_through_but_not_counted() -> None:
+    holder = _Holder()
+    gc.freeze()
+    try:
+        assert objects_held(holder) == 0, "the collector leaves frozen objects out"
+        holder.items[0].append([[n] for n in range(50)])
+        # reached through a frozen list: the new list and its 50 lists
+        assert objects_held(holder) == 51
+    finally:
+        gc.unfreeze()
+
+
 class _Waiters:
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[None]] = []

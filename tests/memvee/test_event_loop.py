@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from memvee import Memory, ProcessStatus
 from tests.support.extractors import RecordingExtractor
@@ -59,3 +64,37 @@ async def test_the_loop_stays_responsive_while_a_slow_extraction_runs(
         await memory.wait_for_processing("slow", timeout=30)
     assert writing < 1.0
     assert meter.largest < 0.050, f"the event loop stalled for {meter.largest * 1000:.1f} ms"
+
+
+_OPEN_ONE = """
+import asyncio, gc, sys
+from memvee import Memory, MemoryConfig
+
+async def main() -> None:
+    config = MemoryConfig(db_path=sys.argv[1], gc_freeze=sys.argv[2] == "on")
+    before = gc.get_freeze_count()
+    async with Memory(config=config, embedder=False):
+        print(before, gc.get_freeze_count())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("freeze", ["on", "off"])
+def test_the_first_open_takes_the_heap_out_of_later_collections_unless_told_not_to(
+    tmp_path: Path, freeze: str
+) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", _OPEN_ONE, str(tmp_path / "m.db"), freeze],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    before, after = map(int, ran.stdout.split())
+    assert before == 0
+    if freeze == "on":
+        # the imported libraries: tens of thousands of objects
+        assert after > 10_000
+    else:
+        assert after == 0
