@@ -9,6 +9,7 @@ closed loop is caught on the posting thread (an exception there would kill an ac
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import sys
@@ -20,30 +21,46 @@ from typing import Any, TypeVar
 
 from pykka import Future, Timeout
 
-__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "resolve_threadsafe"]
+__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "settle_future", "shared_lock"]
 
 log = logging.getLogger("memvee.actors")
 
 T = TypeVar("T")
 
 _DRAIN_SLICE = 32
+_UNSET = Future()._get_hook_result
+"""pykka's marker of a get hook not run yet, shared by every future (pykka makes one each)."""
+
+
+_LOCKS = tuple(threading.Lock() for _ in range(64))
+_next_lock = itertools.count()
+
+
+def shared_lock() -> threading.Lock:
+    """One of a fixed set of locks, taken in turn, for objects that hold a lock for a few
+    bytecodes: a lock is an object the collector tracks, and one lock for all of them
+    would make every thread wait on whichever holder the GIL switched away from."""
+    return _LOCKS[next(_next_lock) % len(_LOCKS)]
 
 
 class BridgedFuture(Future[T]):
     """A light pykka future that runs callbacks once its value or exception is set.
 
     Unlike pykka's ThreadingFuture it allocates no condition variable unless somebody
-    blocks in :meth:`get`, which on the hot path nobody does.
+    blocks in :meth:`get`, which on the hot path nobody does; it borrows a shared lock
+    (:func:`shared_lock`) and makes its list of callbacks only for a second callback.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
+    _get_hook = None
+    _get_hook_result: Any = _UNSET
+
+    def __init__(self) -> None:  # pykka's __init__ only sets the two defaults above
+        self._lock = shared_lock()
         self._done = False
         self._value: Any = None
         self._exc_info: Any = None
         self._event: threading.Event | None = None
-        self._callbacks: list[Callable[[BridgedFuture[T]], None]] = []
+        self._callbacks: Callable[[BridgedFuture[T]], None] | list[Any] | None = None
 
     def get(self, *, timeout: float | None = None) -> Any:
         if self._get_hook is not None:
@@ -73,7 +90,13 @@ class BridgedFuture(Future[T]):
         """Run ``callback(self)`` when the future is set (at once if it already is)."""
         with self._lock:
             if not self._done:
-                self._callbacks.append(callback)
+                callbacks = self._callbacks
+                if callbacks is None:
+                    self._callbacks = callback
+                elif isinstance(callbacks, list):
+                    callbacks.append(callback)
+                else:
+                    self._callbacks = [callbacks, callback]
                 return
         callback(self)
 
@@ -88,11 +111,13 @@ class BridgedFuture(Future[T]):
             if self._done:
                 raise queue.Full
             self._value, self._exc_info, self._done = value, exc_info, True
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks, self._callbacks = self._callbacks, None
             event = self._event
         if event is not None:
             event.set()
-        for callback in callbacks:
+        if callbacks is None:
+            return
+        for callback in callbacks if isinstance(callbacks, list) else (callbacks,):
             try:
                 callback(self)
             except Exception:
@@ -156,17 +181,12 @@ def inbox_of(loop: asyncio.AbstractEventLoop) -> LoopInbox:
         return inbox
 
 
-def _set(target: asyncio.Future[Any], ok: bool, value: Any) -> None:
+def settle_future(target: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Set ``target`` to ``value`` (``ok``) or fail it with ``value``, unless it is done
+    (cancelled by its waiter); posted to the target's loop through its inbox."""
     if target.done():
         return
     if ok:
         target.set_result(value)
     else:
         target.set_exception(value)
-
-
-def resolve_threadsafe(
-    loop: asyncio.AbstractEventLoop, target: asyncio.Future[T], ok: bool, value: Any
-) -> None:
-    """Set ``target`` on its loop from any thread, through the loop's inbox."""
-    inbox_of(loop).post(_set, target, ok, value)

@@ -20,7 +20,7 @@ from typing import Any
 import pykka
 from pykka import ActorRegistry
 
-from actors._bridge import BridgedFuture
+from actors._bridge import BridgedFuture, shared_lock
 
 __all__ = ["Dispatcher", "PooledActor"]
 
@@ -70,15 +70,14 @@ class _Inbox:
     """A pooled actor's inbox: putting a message schedules the actor if it is idle.
 
     There is one per live user, and the collector walks each on every full collection, so
-    an idle inbox holds no queue of its own, and every inbox shares one lock (each holds
-    it for a few bytecodes).
+    an idle inbox holds no queue of its own, and borrows one of a few shared locks (each
+    holds it for a few bytecodes) instead of owning one.
     """
 
-    __slots__ = ("_items", "_scheduled", "actor")
-
-    _lock = threading.Lock()
+    __slots__ = ("_items", "_lock", "_scheduled", "actor")
 
     def __init__(self) -> None:
+        self._lock = shared_lock()
         self._items: deque[Any] | None = None
         self._scheduled = False
         self.actor: PooledActor | None = None

@@ -23,7 +23,7 @@ from typing import Any
 import pykka
 from pykka.messages import ProxyCall
 
-from actors._bridge import BridgedFuture, resolve_threadsafe
+from actors._bridge import BridgedFuture, LoopInbox, inbox_of, settle_future
 
 __all__ = ["ActorDirectory"]
 
@@ -49,24 +49,24 @@ class _PendingCall:
     """A call from an event loop to a user's actor, answered on that loop when the actor
     replies (one per call in flight, so slotted: the collector walks each)."""
 
-    __slots__ = ("args", "loop", "method", "target", "user_id")
+    __slots__ = ("args", "inbox", "method", "target", "user_id")
 
     def __init__(
         self,
         user_id: str,
         method: str,
         args: tuple[Any, ...],
-        loop: asyncio.AbstractEventLoop,
+        inbox: LoopInbox,
         target: asyncio.Future[Any],
     ) -> None:
         self.user_id, self.method, self.args = user_id, method, args
-        self.loop, self.target = loop, target
+        self.inbox, self.target = inbox, target
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
         ask(ref, self.method, *self.args).add_done_callback(self._delivered)
 
     def fail(self, error: BaseException) -> None:
-        resolve_threadsafe(self.loop, self.target, False, error)
+        self.inbox.post(settle_future, self.target, False, error)
 
     def _delivered(self, future: BridgedFuture[Any]) -> None:
         """The actor answered: with a future (a write in flight), answer when it is set."""
@@ -74,7 +74,7 @@ class _PendingCall:
         if ok and isinstance(value, BridgedFuture):
             value.add_done_callback(self._delivered)
         else:
-            resolve_threadsafe(self.loop, self.target, ok, value)
+            self.inbox.post(settle_future, self.target, ok, value)
 
 
 SENDS_PER_TURN = 32
@@ -92,14 +92,15 @@ class _Outbox:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, send: Callable[[_PendingCall], None]
     ) -> None:
-        self._loop = loop
+        self.loop = loop
+        self.inbox = inbox_of(loop)
         self._send = send
         self._queue: deque[_PendingCall] = deque()
 
     def put(self, call: _PendingCall) -> None:
         """Queue ``call``; sent in order, from the loop, in this turn's callbacks or later."""
         if not self._queue:
-            self._loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
         self._queue.append(call)
 
     def flush(self) -> None:
@@ -112,7 +113,7 @@ class _Outbox:
         for _ in range(min(SENDS_PER_TURN, len(queue))):
             self._send(queue.popleft())
         if queue:
-            self._loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
 
 
 @dataclass(slots=True)
@@ -143,6 +144,7 @@ class ActorDirectory:
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_outbox: _Outbox | None = None
         self._spawner = ThreadPoolExecutor(2, thread_name_prefix="memvee-spawner")
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
@@ -218,18 +220,26 @@ class ActorDirectory:
         the paced calls queued before it. Calls made in order reach the actor in that
         order, also behind a spawn, which happens off the loop.
         """
+        outbox = self._last_outbox
+        if outbox is None or outbox.loop is not loop:
+            outbox = self._outbox_of(loop)
         target: asyncio.Future[Any] = loop.create_future()
-        call = _PendingCall(user_id, method, args, loop, target)
-        outbox = self._outboxes.get(loop)
+        call = _PendingCall(user_id, method, args, outbox.inbox, target)
         if paced:
-            if outbox is None:
-                outbox = self._outboxes[loop] = _Outbox(loop, self._send)
             outbox.put(call)
-            return target
-        if outbox is not None:
+        else:
             outbox.flush()
-        self._send(call)
+            self._send(call)
         return target
+
+    def _outbox_of(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
+        """``loop``'s outbox (made on its first call), remembered as the last one used: a
+        Memory belongs to one loop, so its calls skip the lookup."""
+        outbox = self._outboxes.get(loop)
+        if outbox is None:
+            outbox = self._outboxes[loop] = _Outbox(loop, self._send)
+        self._last_outbox = outbox
+        return outbox
 
     def flush_calls(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send every call ``loop`` has queued now (before a shutdown stops the actors)."""

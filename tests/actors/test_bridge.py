@@ -1,0 +1,106 @@
+"""The asyncio bridge: a bridged future runs each callback once, in order, whenever it is
+added; it blocks only whoever calls ``get``; pykka's composition still works on it; and
+results posted from other threads settle asyncio futures on their loop, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any
+
+import pytest
+from pykka import Timeout
+
+from actors._bridge import BridgedFuture, inbox_of, settle_future
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_callbacks_added_before_the_value_run_once_each_in_order(count: int) -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    calls: list[tuple[int, Any]] = []
+    for n in range(count):
+        future.add_done_callback(lambda f, n=n: calls.append((n, f.outcome())))
+    assert calls == []
+    future.set(7)
+    assert calls == [(n, (True, 7)) for n in range(count)]
+
+
+def test_a_callback_added_after_the_value_runs_at_once() -> None:
+    future: BridgedFuture[str] = BridgedFuture()
+    future.set("done")
+    seen: list[Any] = []
+    future.add_done_callback(lambda f: seen.append(f.outcome()))
+    assert seen == [(True, "done")]
+
+
+def test_a_future_is_set_once() -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    future.set(1)
+    with pytest.raises(queue.Full):
+        future.set(2)
+    assert future.get() == 1
+
+
+def test_an_exception_reaches_callbacks_and_get() -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    seen: list[Any] = []
+    future.add_done_callback(lambda f: seen.append(f.outcome()))
+    error = ValueError("refused")
+    future.set_exception(error)
+    assert seen == [(False, error)]
+    with pytest.raises(ValueError, match="refused"):
+        future.get()
+
+
+def test_a_failing_callback_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    seen: list[int] = []
+
+    def fail(_: BridgedFuture[int]) -> None:
+        raise RuntimeError("callback bug")
+
+    future.add_done_callback(fail)
+    future.add_done_callback(lambda f: seen.append(f.get()))
+    future.set(3)
+    assert seen == [3]
+    assert "a future callback failed" in caplog.text
+
+
+def test_get_waits_for_a_value_set_on_another_thread_or_times_out() -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    with pytest.raises(Timeout):
+        future.get(timeout=0.01)
+    threading.Timer(0.05, future.set, args=(42,)).start()
+    assert future.get(timeout=10) == 42
+
+
+def test_pykkas_composition_works_on_bridged_futures() -> None:
+    future: BridgedFuture[int] = BridgedFuture()
+    doubled = future.map(lambda value: value * 2)
+    future.set(21)
+    assert doubled.get(timeout=1) == 42
+
+
+async def test_results_posted_from_threads_settle_futures_on_the_loop_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    inbox = inbox_of(loop)
+    assert inbox_of(loop) is inbox
+    targets = [loop.create_future() for _ in range(100)]
+    settled: list[int] = []
+    for n, target in enumerate(targets):
+        target.add_done_callback(lambda _, n=n: settled.append(n))
+    cancelled = loop.create_future()
+    cancelled.cancel()
+
+    def post() -> None:
+        for n, target in enumerate(targets):
+            inbox.post(settle_future, target, n % 2 == 0, n if n % 2 == 0 else KeyError(n))
+        inbox.post(settle_future, cancelled, True, "too late")
+
+    await asyncio.to_thread(post)
+    await asyncio.gather(*targets, return_exceptions=True)
+    assert settled == list(range(100))
+    assert [t.result() for t in targets[::2]] == list(range(0, 100, 2))
+    assert all(isinstance(t.exception(), KeyError) for t in targets[1::2])
+    assert cancelled.cancelled()
