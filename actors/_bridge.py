@@ -128,22 +128,23 @@ class LoopInbox:
     """Runs callables on one event loop, posted from any thread, in posting order.
 
     Posts that arrive while a drain is already scheduled ride along with it, so a burst
-    of results costs the loop one wake-up.
+    of results costs the loop one wake-up. No lock: a poster preempted while holding one
+    would make the loop wait for it through a switch of the GIL. The queue's append and
+    pop are atomic, and only the loop pops; a drain clears the scheduled flag before it
+    pops, so a post it misses schedules the next one (at worst a drain finds nothing).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._lock = threading.Lock()
         self._pending: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._scheduled = False
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised."""
-        with self._lock:
-            self._pending.append((fn, args))
-            if self._scheduled:
-                return
-            self._scheduled = True
+        self._pending.append((fn, args))
+        if self._scheduled:
+            return
+        self._scheduled = True
         try:
             self._loop.call_soon_threadsafe(self._drain)
         except RuntimeError:
@@ -152,12 +153,11 @@ class LoopInbox:
     def _drain(self) -> None:
         # A bounded slice per loop iteration, so a burst of results cannot hold the loop
         # (timers, other tasks) for long; the rest runs in the next iterations.
-        with self._lock:
-            count = min(len(self._pending), _DRAIN_SLICE)
-            items = [self._pending.popleft() for _ in range(count)]
-            more = bool(self._pending)
-            self._scheduled = more
-        if more:
+        self._scheduled = False
+        pending = self._pending
+        items = [pending.popleft() for _ in range(min(len(pending), _DRAIN_SLICE))]
+        if pending and not self._scheduled:
+            self._scheduled = True
             self._loop.call_soon(self._drain)
         for fn, args in items:
             try:

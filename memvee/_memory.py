@@ -608,11 +608,11 @@ class _LoopObserver:
     def __init__(self, memory: Memory) -> None:
         self._memory = memory
         assert memory._loop is not None
-        self._loop = memory._loop
+        # The same inbox as call results, so updates and results keep one order.
+        self._inbox = inbox_of(memory._loop)
 
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
-        # The same inbox as call results, so updates and results keep one order.
-        inbox_of(self._loop).post(fn, *args)
+        self._inbox.post(fn, *args)
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
         self._post(self._memory._register, user_id, task_id, trigger, local)

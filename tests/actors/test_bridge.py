@@ -104,3 +104,25 @@ async def test_results_posted_from_threads_settle_futures_on_the_loop_in_order()
     assert [t.result() for t in targets[::2]] == list(range(0, 100, 2))
     assert all(isinstance(t.exception(), KeyError) for t in targets[1::2])
     assert cancelled.cancelled()
+
+
+async def test_posts_racing_from_many_threads_each_run_once_in_each_posters_order() -> None:
+    inbox = inbox_of(asyncio.get_running_loop())
+    ran: list[tuple[int, int]] = []
+    done = asyncio.Event()
+    posters, posts = 4, 2000
+
+    def record(poster: int, n: int) -> None:
+        ran.append((poster, n))
+        if len(ran) == posters * posts:
+            done.set()
+
+    def post(poster: int) -> None:
+        for n in range(posts):
+            inbox.post(record, poster, n)
+
+    await asyncio.gather(*(asyncio.to_thread(post, p) for p in range(posters)))
+    await asyncio.wait_for(done.wait(), timeout=30)
+    assert len(ran) == len(set(ran)) == posters * posts
+    for poster in range(posters):
+        assert [n for p, n in ran if p == poster] == list(range(posts))
