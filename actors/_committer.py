@@ -237,6 +237,7 @@ class GroupCommitter:
                 [r.snapshot for r in batch if r.snapshot is not None],
             )
         except Exception as error:
+            self._projector.discard()
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
             if len(batch) == 1:
@@ -249,6 +250,7 @@ class GroupCommitter:
             for request in batch:
                 self._write([request])
             return
+        self._projector.committed()
         self.transactions += 1
         self.commits += len(batch)
         start = 0

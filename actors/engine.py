@@ -84,7 +84,8 @@ class Engine:
             options.url, durability=options.durability, pool_size=options.pool_size
         )
         self.tables = ProjectionTables()
-        self.projector = Projector(self.tables)
+        # The users written lately: the live actors' (their rows are not read back).
+        self.projector = Projector(self.tables, remember=options.max_live_actors)
         self.reader = ProjectionReader(self.tables)
         self.ranker = LexicalRanker(self.tables)
         self.leases = (

@@ -7,7 +7,10 @@ Each projection has two small functions over one event:
 
 - ``touches``: the stored rows it may change (by primary key, or by an indexed column),
   which are loaded before the events of a commit or page are folded;
-- ``evolve``: the change itself, on the rows held in a :class:`TableRows`.
+- ``evolve``: the change itself, on the rows held in a :class:`TableRows`;
+- optionally ``current``: whether a row the live fold committed is still the stored one
+  when the next event of its key comes, so the live path may remember it instead of
+  reading it back (see :mod:`projections.remembered`).
 
 Each also names the kinds of event it folds (``folds``): the others change none of its
 rows, so every path skips them (a commit of messages alone never runs the knowledge fold).
@@ -25,7 +28,7 @@ from typing import Any
 
 from events import EVENT_CLASSES, UserLog
 from events.user_log import LIVE_KNOWLEDGE
-from projections.rows import TableRows
+from projections.rows import Row, TableRows
 
 __all__ = ["EVERY_EVENT", "PROJECTIONS", "Lookup", "Projection", "utc"]
 
@@ -54,6 +57,7 @@ class Projection:
     touches: Callable[[Any], Sequence[Lookup]]
     evolve: Callable[[TableRows, Any], None]
     indexed: tuple[str, ...] = ()
+    current: Callable[[Row, Any], bool] | None = None
 
     def new_rows(self) -> TableRows:
         """An empty in-memory set of this projection's rows."""
@@ -360,9 +364,9 @@ def evolve_messages(rows: TableRows, e: Any) -> None:
 
 
 def users_touches(e: Any) -> Sequence[Lookup]:
-    """The user's summary row, which every event but the first changes."""
-    if isinstance(e, UserLog.Registered):
-        return NOTHING
+    """The user's summary row, which every event changes. The first creates it, so its
+    lookup finds nothing; it is looked up all the same, so that no row remembered from an
+    erased log of the same user passes for the stored one (see ``current``)."""
     return [("log_id", _log_id(e))]
 
 
@@ -418,6 +422,12 @@ def evolve_users(rows: TableRows, e: Any) -> None:
             live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
             changes.update(knowledge_count=user["knowledge_count"] - live)
     rows.put({**user, **changes})
+
+
+def user_row_current(row: Row, e: Any) -> bool:
+    """Every event sets its log's version on the row, and a log's versions are unique: a
+    row at the version before ``e`` has folded every earlier event and nothing else."""
+    return bool(row["version"] == e.originator_version - 1)
 
 
 def _none(e: Any) -> Sequence[Lookup]:
@@ -492,6 +502,8 @@ PROJECTIONS: tuple[Projection, ...] = (
         evolve_messages,
         ("task_id",),
     ),
-    Projection("users", ("log_id",), EVERY_EVENT, users_touches, evolve_users),
+    Projection(
+        "users", ("log_id",), EVERY_EVENT, users_touches, evolve_users, current=user_row_current
+    ),
 )
 """Every projection folded from the log alone, in the order their tables are written."""

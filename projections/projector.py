@@ -18,6 +18,7 @@ from sqlalchemy.engine import Dialect
 
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
+from projections.remembered import RememberedRows
 from projections.rows import TableRows
 from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
 from projections.sink import TableSink
@@ -33,12 +34,23 @@ SCHEMA_VERSION = 12
 
 
 class Projector:
-    """Applies recorded events to one set of projection tables."""
+    """Applies recorded events to one set of projection tables.
 
-    def __init__(self, tables: ProjectionTables) -> None:
+    With ``remember`` (the live path's projector), rows of projections that can check
+    them (``Projection.current``) are remembered after each commit, up to that many per
+    projection, and not read back by the next fold: the writer reports each
+    transaction's outcome with :meth:`committed` or :meth:`discard`.
+    """
+
+    def __init__(self, tables: ProjectionTables, *, remember: int = 0) -> None:
         self.tables = tables
         self.search = SearchIndex(tables)
         self._sinks: dict[str, dict[str, TableSink]] = {}
+        self._remembered = {
+            p.table: RememberedRows(p.current, remember)
+            for p in PROJECTIONS
+            if p.current is not None and remember > 0
+        }
         position = tables.position
         # Monotonic: on a server, transactions of several processes may commit out of id
         # order, and each folds its own events; the position only ever moves forward.
@@ -94,16 +106,32 @@ class Projector:
             return
         events = [r.event for r in recorded]
         sinks = self._sinks_for(connection.dialect)
+        remembered = self._remembered
+        for unreported in remembered.values():
+            unreported.discard()  # staged by a write whose outcome was never reported
         for projection in PROJECTIONS:
             folded = projection.of(events)
             if folded:
                 sink = sinks[projection.table]
-                rows = _folded(projection, folded, connection, sink)
+                memory = remembered.get(projection.table)
+                rows = _folded(projection, folded, connection, sink, memory)
                 sink.write(connection, *rows.changes())
+                if memory is not None:
+                    memory.stage(rows)
         if connection.dialect.name == "sqlite":
             self.search.write(connection, events)
         if move_position:
             self._set_position(connection, max(r.notification_id for r in recorded))
+
+    def committed(self) -> None:
+        """The transaction of the last :meth:`apply` committed: remember its rows."""
+        for memory in self._remembered.values():
+            memory.commit()
+
+    def discard(self) -> None:
+        """The transaction of the last :meth:`apply` did not commit."""
+        for memory in self._remembered.values():
+            memory.discard()
 
     def _sinks_for(self, dialect: Dialect) -> dict[str, TableSink]:
         """The sink of every projection (by its table's role) on ``dialect``."""
@@ -118,6 +146,8 @@ class Projector:
 
     def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
         """Delete every row of one user's log from these tables; returns counts per table."""
+        for memory in self._remembered.values():
+            memory.clear()
         erased: dict[str, int] = {"search": self.search.forget(connection, log_id)}
         for table in self.tables.data_tables:
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
@@ -148,15 +178,28 @@ class Projector:
 
 
 def _folded(
-    projection: Projection, events: Sequence[Any], connection: Connection, sink: TableSink
+    projection: Projection,
+    events: Sequence[Any],
+    connection: Connection,
+    sink: TableSink,
+    memory: RememberedRows | None = None,
 ) -> TableRows:
-    """``events`` folded by ``projection`` over the stored rows they touch, loaded first."""
+    """``events`` folded by ``projection`` over the stored rows they touch, loaded first
+    (or, with ``memory``, recalled where still current: such a projection touches rows
+    by its key only)."""
     rows = projection.new_rows()
     wanted: dict[str, dict[Any, None]] = {}
+    first: dict[Any, Any] = {}
     touches = projection.touches
     for e in events:
         for column, value in touches(e):
             wanted.setdefault(column, {})[value] = None
+            if memory is not None and value not in first:
+                first[value] = e
+    if memory is not None and first:
+        recalled, missing = memory.recall(first)
+        rows.load(recalled)
+        wanted = {projection.key[0]: dict.fromkeys(missing)}
     for column, values in wanted.items():
         rows.load(sink.load(connection, column, list(values)))
     evolve = projection.evolve

@@ -99,7 +99,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
     """Two users' interleaved histories, folded live as the engine folds them."""
     store = EventStore(sqlite_url(folder / f"h{seed}.db"))
-    projector = Projector(ProjectionTables())
+    projector = Projector(ProjectionTables(), remember=100)  # the engine's: rows remembered
     with store.transaction() as connection:
         projector.create(connection)
     rng = random.Random(seed)
@@ -111,6 +111,7 @@ def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
             _step(logs[user], rng, *state[user])
             batch.append(logs[user].collect_events())
         store.append(batch, projector.apply)
+        projector.committed()
     index_messages(store, projector)  # what the live path does soon after, in bulk
     return store
 
