@@ -355,6 +355,7 @@ class EventStore:
             sa_event.listen(engine, "connect", _pragmas)
             engine.dispose()
         self.durability = durability
+        self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         snapshot_store: Any = self._app.snapshots
         snapshots = snapshot_store.recorder.events_record_cls.__table__
@@ -420,16 +421,31 @@ class EventStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A write transaction on the store's connection pool (and its SQLite write lock)."""
+        """A write transaction: on SQLite on the store's one writer connection, under its
+        write lock; elsewhere on a pooled connection.
+
+        SQLite takes one writer at a time anyway, so the writer keeps its connection
+        instead of checking one out of the pool and resetting it for every transaction
+        (about 12 µs of a one-exchange write). A transaction that fails discards it, so no
+        state a failed transaction left behind reaches the next one.
+        """
         lock = self._datastore.write_lock
-        if lock is not None:
-            lock.acquire()
-        try:
+        if lock is None:
             with self.engine.begin() as connection:
                 yield connection
-        finally:
-            if lock is not None:
-                lock.release()
+            return
+        with lock:
+            kept = self._writer
+            connection = kept if kept is not None else self.engine.connect()
+            self._writer = connection
+            try:
+                with connection.begin():
+                    yield connection
+            except BaseException:
+                self._writer = None
+                connection.invalidate()  # closed for good, not handed back to the pool
+                connection.close()
+                raise
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
@@ -676,5 +692,11 @@ class EventStore:
 
     def close(self) -> None:
         """Release every database connection."""
+        lock = self._datastore.write_lock
+        if lock is not None:
+            with lock:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
         self._app.close()
         self.engine.dispose()

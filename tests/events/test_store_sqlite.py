@@ -28,3 +28,30 @@ def test_durability_sets_wal_and_synchronous(
             assert connection.execute(text("PRAGMA synchronous")).scalar() == expected
     finally:
         store.close()
+
+
+def test_writes_keep_one_connection_and_a_failed_one_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    store = EventStore(sqlite_url(tmp_path / "w.db"))
+    try:
+        with store.transaction() as first:
+            default = first.exec_driver_sql("PRAGMA cache_size").scalar()
+            first.exec_driver_sql("PRAGMA cache_size=123")
+            first.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        with store.transaction() as second:
+            assert second is first, "one writer connection, not a checkout per write"
+            assert second.exec_driver_sql("PRAGMA cache_size").scalar() == 123
+            second.exec_driver_sql(f"PRAGMA cache_size={default}")
+        with pytest.raises(RuntimeError), store.transaction() as failing:
+            failing.exec_driver_sql("PRAGMA cache_size=456")
+            failing.exec_driver_sql("INSERT INTO t VALUES (1)")
+            raise RuntimeError("a fold failed")
+        assert failing.closed
+        with store.transaction() as after:
+            assert after is not failing
+            assert after.exec_driver_sql("PRAGMA cache_size").scalar() == default
+            assert after.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+    finally:
+        store.close()
+    assert after.closed, "closing the store releases the writer connection"
