@@ -1,15 +1,16 @@
-"""Fixtures shared by every suite: a fresh database and a Memory on it."""
+"""Fixtures shared by every suite: a fresh database, an event store on it, and a Memory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from events import sqlite_url
+from events import EventStore, sqlite_url
 from memvee import Memory, MemoryConfig
+from projections import ProjectionTables, Projector
 from tests.support.backends import BACKENDS, postgres_url
 from tests.support.extractors import RecordingExtractor
 
@@ -28,6 +29,16 @@ def db_url(request: pytest.FixtureRequest, db_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url(db_path)
     return postgres_url()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    """An event store on a fresh SQLite file, with the projection tables created."""
+    store = EventStore(sqlite_url(tmp_path / "store.db"))
+    with store.transaction() as connection:
+        Projector(ProjectionTables()).create(connection)
+    yield store
+    store.close()
 
 
 @pytest.fixture

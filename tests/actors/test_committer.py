@@ -9,23 +9,13 @@ import gc
 import threading
 import time
 import weakref
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors._committer import GroupCommitter
-from events import EventStore, StorageError, UserLog, sqlite_url
+from events import EventStore, StorageError, UserLog
 from projections import ProjectionTables, Projector, SearchIndex
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    store = EventStore(sqlite_url(tmp_path / "c.db"))
-    with store.transaction() as connection:
-        Projector(ProjectionTables()).create(connection)
-    yield store
-    store.close()
 
 
 def _log_with_messages(user: str, count: int) -> tuple[UserLog, list[Any]]:

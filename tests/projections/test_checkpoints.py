@@ -4,7 +4,6 @@ bounded number of them, and none outlives its user's erasure."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,15 +24,6 @@ from projections.checkpoints import KEPT
 from tests.support.log_operations import LogDriver
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    store = EventStore(sqlite_url(tmp_path / "c.db"))
-    with store.transaction() as connection:
-        Projector(ProjectionTables()).create(connection)
-    yield store
-    store.close()
 
 
 @pytest.fixture

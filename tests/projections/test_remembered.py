@@ -4,13 +4,12 @@ never a wrong row."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from events import EventStore, UserLog, sqlite_url, user_log_id
+from events import EventStore, UserLog, user_log_id
 from projections import ProjectionTables, Projector, dump, verify
 from projections.folds import PROJECTIONS
 from projections.remembered import RememberedRows
@@ -89,15 +88,6 @@ def _append(store: EventStore, projector: Projector, log: UserLog, messages: int
 def _users_row(store: EventStore, user: str) -> tuple[Any, ...]:
     rows = dump(store.engine, ProjectionTables())["users"]
     return next(r for r in rows if r[1] == user)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    store = EventStore(sqlite_url(tmp_path / "m.db"))
-    with store.transaction() as connection:
-        Projector(ProjectionTables()).create(connection)
-    yield store
-    store.close()
 
 
 def test_a_failed_write_leaves_the_next_fold_reading_the_stored_row(store: EventStore) -> None:
