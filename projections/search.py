@@ -52,8 +52,16 @@ PG_CONFIG = "english"
 
 
 _WORD = re.compile(r"[^\W_]+")
-_ASCII_WORD = re.compile(r"[a-z0-9]+")
-""":data:`_WORD` on lowercase ASCII text (the same words, found faster)."""
+_ASCII_WORDS = bytes(
+    c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256)
+)
+"""A translation of ASCII text that lowers its letters and blanks every byte that is no
+letter or digit: split on whitespace, it gives :data:`_WORD`'s words of the lowered text
+(faster than the regular expression)."""
+_STEMMED: dict[str, str] = {}
+"""Stems of the words seen lately (a stem depends on the word alone): looked up, not
+stemmed again, for the words of a conversation keep coming back."""
+_STEMMED_MAX = 16_384
 MESSAGES_INDEXED = "messages_indexed"
 """The position row holding the last message row number (``messages.id``) indexed."""
 _INDEX_PAGE = 2000
@@ -86,11 +94,20 @@ def _index_words(words: list[str]) -> list[str]:
 
 
 def _stems(words: list[str]) -> list[str]:
-    """The Snowball stem of each case-folded, diacritic-free word, in one call."""
+    """The Snowball stem of each case-folded, diacritic-free word: remembered ones looked
+    up, else all stemmed in one call."""
+    stemmed = _STEMMED
+    try:
+        return [stemmed[word] for word in words]
+    except KeyError:
+        pass
     stemmer = getattr(_stemmers, "english", None)
     if stemmer is None:  # A Stemmer object is not safe to share between threads.
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
     stems: list[str] = stemmer.stemWords(words)
+    if len(stemmed) > _STEMMED_MAX:
+        stemmed.clear()
+    stemmed.update(zip(words, stems, strict=True))
     return stems
 
 
@@ -111,7 +128,7 @@ def owned_words(log_id: str, text: str) -> str:
 
 def _owned(owner: str, text: str) -> str:
     if text.isascii():  # most text: fold it whole, the words come out the same
-        stems = _stems(_ASCII_WORD.findall(text.lower()))
+        stems = _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
     else:
         stems = _index_words(_WORD.findall(text))
     if not stems:

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import Stemmer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events import EventStore, UserLog, sqlite_url
 from memvee._retrieval import Retriever
@@ -63,6 +66,19 @@ def test_plain_ascii_text_and_text_with_accents_index_each_word_the_same_way() -
     for text in ["Careful DRIVERS, 3 cars_and trucks!", "Crème brûlée at the Café", "İstanbul"]:
         words = [owner + index_word(w) for w in _WORDS.findall(text)]
         assert owned_words(log_id, text) == " ".join(words)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
+def test_ascii_text_indexes_as_word_by_word_stemming_would(text: str) -> None:
+    """The fast path (a byte translation, stems remembered) gives what stemming each
+    word found by the regular expression, with no memory, gives."""
+    log_id = "12345678-1234-5678-1234-567812345678"
+    owner = owner_token(log_id)
+    stemmer = Stemmer.Stemmer("english")
+    words = [owner + stemmer.stemWord(w.casefold()) for w in _WORDS.findall(text)]
+    assert owned_words(log_id, text) == " ".join(words)
+    assert owned_words(log_id, text) == " ".join(words), "again, from remembered stems"
 
 
 async def test_a_search_for_one_word_of_a_pair_does_not_find_the_other(
