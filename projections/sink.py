@@ -39,6 +39,9 @@ class TableSink:
         self.native = dialect.name == "sqlite"
         shared: dict[str, Convert | None] = {}
         bind = {c.name: stored_form(c, dialect, shared) for c in folded}
+        log_id = bind.get(REPEATED)
+        if log_id is not None:
+            bind[REPEATED] = _remembering(log_id)
         self._bind = bind
         self._insert_order = _StoredOrder(self.columns, bind)
         self._key_order = _StoredOrder(key, bind)
@@ -205,6 +208,29 @@ class _StoredOrder:
             if value is not None:
                 out[i] = convert(value)  # type: ignore[misc]
         return out
+
+
+REPEATED = "log_id"
+"""The column whose few values come back on every row of a user: its stored forms are
+remembered, not converted again for every row."""
+
+_REMEMBERED_FORMS = 4096
+
+
+def _remembering(convert: Convert) -> Convert:
+    """``convert``, remembering its latest results (a dict of text and bytes, which the
+    collector does not track)."""
+    seen: dict[Any, Any] = {}
+
+    def converted(value: Any) -> Any:
+        found = seen.get(value)
+        if found is None:
+            if len(seen) >= _REMEMBERED_FORMS:
+                seen.clear()
+            found = seen[value] = convert(value)
+        return found
+
+    return converted
 
 
 def stored_form(
