@@ -107,8 +107,6 @@ class Projector:
         events = [r.event for r in recorded]
         sinks = self._sinks_for(connection.dialect)
         remembered = self._remembered
-        for unreported in remembered.values():
-            unreported.discard()  # staged by a write whose outcome was never reported
         for projection in PROJECTIONS:
             folded = projection.of(events)
             if folded:

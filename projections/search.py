@@ -53,7 +53,7 @@ PG_CONFIG = "english"
 
 _WORD = re.compile(r"[^\W_]+")
 _ASCII_WORDS = bytes(
-    c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 32 for c in range(256)
+    ord(chr(c).lower()) if c < 128 and chr(c).isalnum() else ord(" ") for c in range(256)
 )
 """A translation of ASCII text that lowers its letters and blanks every byte that is no
 letter or digit: split on whitespace, it gives :data:`_WORD`'s words of the lowered text

@@ -9,6 +9,7 @@ on other databases through SQLAlchemy Core.
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 from collections.abc import Callable, Hashable, Sequence
@@ -218,19 +219,9 @@ _REMEMBERED_FORMS = 4096
 
 
 def _remembering(convert: Convert) -> Convert:
-    """``convert``, remembering its latest results (a dict of text and bytes, which the
-    collector does not track)."""
-    seen: dict[Any, Any] = {}
-
-    def converted(value: Any) -> Any:
-        found = seen.get(value)
-        if found is None:
-            if len(seen) >= _REMEMBERED_FORMS:
-                seen.clear()
-            found = seen[value] = convert(value)
-        return found
-
-    return converted
+    """``convert``, remembering its latest results (``lru_cache`` keeps them out of the
+    collector's walks)."""
+    return functools.lru_cache(maxsize=_REMEMBERED_FORMS)(convert)
 
 
 def stored_form(
