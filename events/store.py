@@ -627,9 +627,11 @@ class EventStore:
         decode = self._decoder
         ids: dict[bytes, UUID] = {}
         page = []
-        for n, raw_id, version, topic, state in connection.exec_driver_sql(
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        for n, raw_id, version, topic, state in driver.execute(
             self._raw_notifications, (after, limit)
-        ):
+        ).fetchall():
             log_id = ids.get(raw_id)
             if log_id is None:
                 log_id = ids[raw_id] = UUID(bytes=raw_id)

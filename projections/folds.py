@@ -421,7 +421,7 @@ def evolve_users(rows: TableRows, e: Any) -> None:
         case UserLog.KnowledgeSuperseded() | UserLog.KnowledgeInvalidated():
             live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
             changes.update(knowledge_count=user["knowledge_count"] - live)
-    rows.put({**user, **changes})
+    rows.update(log_id, **changes)
 
 
 def user_row_current(row: Row, e: Any) -> bool:
