@@ -51,6 +51,10 @@ FORGOTTEN_REASON = "the user was forgotten"
 MAX_CONFLICT_RETRIES = 8
 
 _WRITE_EPOCHS = itertools.count(1)
+
+SNAPSHOT_EVENT_BYTES = 256
+"""About the size of one stored event (a message is 200 to 300 bytes): the unit in which a
+snapshot's size spaces the next one (see ``UserActor._due_snapshot``)."""
 """Every (re)load of a log in this process gets a fresh, higher write epoch."""
 
 T = TypeVar("T")
@@ -71,6 +75,7 @@ class UserActor(PooledActor):
         self._log: UserLog | None = None
         self._loaded = False
         self._snapshot_version = 0
+        self._snapshot_spacing = 0  # events a snapshot as large as the last one is worth
         self._checkpointed = 0  # checkpoint intervals the log spanned when last asked
         self._epoch = 0
         self._last_write: int | None = None  # the committer's ticket of the last write
@@ -567,6 +572,7 @@ class UserActor(PooledActor):
             self._epoch = next(_WRITE_EPOCHS)
             self._last_write = None
             self._snapshot_version = 0 if self._log is None else self._log.version
+            self._snapshot_spacing = 0
             self._checkpointed = self._intervals(self._snapshot_version)
             if self._checkpointed:  # a long log: make sure it has a recent checkpoint
                 self._services.checkpoint_due(self.user_id)
@@ -627,13 +633,23 @@ class UserActor(PooledActor):
     def _due_snapshot(self, user_log: UserLog) -> StoredSnapshot | None:
         """A snapshot of the log at its new version, every ``snapshot_interval`` events, to
         be stored in the same transaction as the events that reach that version (so no
-        wait for the write, and no transaction of its own)."""
+        wait for the write, and no transaction of its own).
+
+        A large state (thousands of messages waiting for extraction) is snapshotted less
+        often: after at least as many events as its last snapshot was large in stored
+        events. Encoding it then costs about as much per event as storing the event, and a
+        load replays no more bytes of events than the snapshot holds.
+        """
         interval = self._services.settings.snapshot_interval
-        if not interval or user_log.version - self._snapshot_version < interval:
+        since = user_log.version - self._snapshot_version
+        if not interval or since < interval or since < self._snapshot_spacing:
             return None
         self._snapshot_version = user_log.version  # a failed write reloads, which resets it
         try:
-            return self._services.store.snapshot_of(user_log)
+            snapshot = self._services.store.snapshot_of(user_log)
+            if snapshot is not None:
+                self._snapshot_spacing = len(snapshot.state) // SNAPSHOT_EVENT_BYTES
+            return snapshot
         except Exception:  # a snapshot only speeds up loading: never refuse the write for it
             log.warning(
                 "user %r: could not snapshot the log at version %d",

@@ -409,6 +409,13 @@ class EventStore:
             f"INSERT OR IGNORE INTO {snapshots.name} "
             "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)"
         )
+        self._prune_snapshots_sql = (
+            f"DELETE FROM {snapshots.name} WHERE originator_id = ? AND originator_version < ?"
+        )
+        self._prune_snapshots = snapshots.delete().where(
+            snapshots.c.originator_id == bindparam("b_log"),
+            snapshots.c.originator_version < bindparam("b_version"),
+        )
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
@@ -485,7 +492,7 @@ class EventStore:
         ``in_transaction`` runs inside that transaction (projection rows), so either the
         events and every row they imply are committed together, or nothing is.
         ``snapshots`` (see :meth:`snapshot_of`) go in the same transaction; one already
-        stored at its version is left as it is.
+        stored at its version is left as it is, and the older snapshots of its log go.
         """
         events = [e for batch in batches for e in batch]
         if not events and not snapshots:
@@ -532,28 +539,39 @@ class EventStore:
     def _insert_snapshots(
         self, connection: Connection, snapshots: Sequence[StoredSnapshot]
     ) -> None:
-        """Insert snapshot rows, passing over any already stored at its version."""
+        """Insert snapshot rows, passing over any already stored at its version, and delete
+        the older snapshots of their logs.
+
+        Only a log's latest snapshot is ever loaded, and a snapshot is as large as the
+        log's state (a buffer of thousands of messages waiting for extraction is most of
+        it): kept, every snapshot would make the store grow with the square of the log.
+        """
         if self.is_sqlite:
             driver = connection.connection.driver_connection
             assert driver is not None
-            driver.executemany(
-                self._insert_snapshot_sql,
-                [
-                    (UUID(str(s.originator_id)).bytes, s.originator_version, s.topic, s.state)
-                    for s in snapshots
-                ],
-            )
+            rows = [
+                (UUID(str(s.originator_id)).bytes, s.originator_version, s.topic, s.state)
+                for s in snapshots
+            ]
+            driver.executemany(self._insert_snapshot_sql, rows)
+            driver.executemany(self._prune_snapshots_sql, [row[:2] for row in rows])
             return
-        rows = [
-            {
-                "originator_id": s.originator_id,
-                "originator_version": s.originator_version,
-                "topic": s.topic,
-                "state": s.state,
-            }
-            for s in snapshots
-        ]
-        connection.execute(postgresql.insert(self._snapshots).on_conflict_do_nothing(), rows)
+        connection.execute(
+            postgresql.insert(self._snapshots).on_conflict_do_nothing(),
+            [
+                {
+                    "originator_id": s.originator_id,
+                    "originator_version": s.originator_version,
+                    "topic": s.topic,
+                    "state": s.state,
+                }
+                for s in snapshots
+            ],
+        )
+        connection.execute(
+            self._prune_snapshots,
+            [{"b_log": s.originator_id, "b_version": s.originator_version} for s in snapshots],
+        )
 
     def events_of(
         self, user_id: str, *, after: int | None = None, upto: int | None = None
@@ -684,13 +702,12 @@ class EventStore:
         return stored
 
     def take_snapshot(self, user_log: UserLog) -> None:
-        """Store a snapshot of ``user_log`` at its (committed) version."""
-        if self._app.snapshots is None:
-            return
-        try:
-            self._app.snapshots.put([Snapshot.take(user_log)])
-        except IntegrityError:
-            log.debug("snapshot of %s at version %s exists", user_log.user_id, user_log.version)
+        """Store a snapshot of ``user_log`` at its (committed) version, in place of the
+        log's older ones."""
+        snapshot = self.snapshot_of(user_log)
+        if snapshot is not None:
+            with self.transaction() as connection:
+                self._insert_snapshots(connection, [snapshot])
 
     def close(self) -> None:
         """Release every database connection."""

@@ -37,10 +37,13 @@ class MemoryConfig:
     user's extraction for ``breaker_cooldown`` seconds (doubling while the API stays down),
     then one run probes the API.
 
-    Every ``snapshot_interval`` events a user's log is snapshotted, so it loads in
-    constant time; every ``checkpoint_interval`` events its replayed state is stored in the
-    background, so ``state --at`` near the end of a log folds at most about that many
-    events (a user keeps eight, older points further apart). 0 turns either off.
+    Every ``snapshot_interval`` events a user's log is snapshotted, in place of its last
+    snapshot, so it loads in constant time (a large state, such as thousands of messages
+    waiting for extraction, after as many events as its snapshot is large in stored
+    events, so snapshots cost about as much per event as the events); every
+    ``checkpoint_interval`` events its replayed state is stored in the background, so
+    ``state --at`` near the end of a log folds at most about that many events (a user
+    keeps eight, older points further apart). 0 turns either off.
 
     ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
     ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.

@@ -5,12 +5,14 @@ refuses the write."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from actors.user_actor import SNAPSHOT_EVENT_BYTES
 from events import EventStore
 from memvee import Memory
 
@@ -22,19 +24,54 @@ def _snapshot_versions(store: EventStore) -> list[int]:
         return [row[0] for row in connection.execute(query)]
 
 
-async def test_a_snapshot_is_stored_in_the_write_that_reaches_its_version(
-    make_memory: Any,
+def _spy_on_snapshots(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The snapshots ``store`` encodes from now on, in order."""
+    taken: list[Any] = []
+    encode = store.snapshot_of
+
+    def spied(user_log: Any) -> Any:
+        taken.append(encode(user_log))
+        return taken[-1]
+
+    monkeypatch.setattr(store, "snapshot_of", spied)
+    return taken
+
+
+async def test_a_snapshot_is_stored_in_the_write_that_reaches_its_version_in_place_of_the_last(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory: Memory = await make_memory(config={"snapshot_interval": 4})
     engine = memory._engine
     assert engine is not None
+    taken = _spy_on_snapshots(engine.store, monkeypatch)
     before = engine.committer.transactions
     for i in range(5):  # versions 3, 5, 7, 9, 11: a snapshot once 4 events went by
         await memory.add_exchange("ann", f"question {i}", f"answer {i}")
     assert engine.committer.transactions - before == 5, "no transaction of their own"
-    assert await asyncio.to_thread(_snapshot_versions, engine.store) == [5, 9]
+    assert [s.originator_version for s in taken] == [5, 9]
+    assert await asyncio.to_thread(_snapshot_versions, engine.store) == [9], "the latest only"
     loaded = await asyncio.to_thread(engine.store.load, "ann")
     assert loaded is not None and loaded.message_count == 10
+
+
+async def test_a_large_state_is_snapshotted_after_as_many_events_as_its_snapshot_is_large(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory: Memory = await make_memory(config={"snapshot_interval": 4})
+    engine = memory._engine
+    assert engine is not None
+    taken = _spy_on_snapshots(engine.store, monkeypatch)
+    for i in range(60):  # nothing is extracted: every message stays in the state
+        await memory.add_exchange("cy", f"question {i}", f"answer {i}")
+    versions = [s.originator_version for s in taken]
+    gaps = [b - a for a, b in itertools.pairwise(versions)]
+    for snapshot, gap in zip(taken, gaps, strict=False):
+        worth = len(snapshot.state) // SNAPSHOT_EVENT_BYTES
+        assert max(4, worth) <= gap <= max(4, worth) + 1, "an exchange is two events"
+    assert gaps[-1] > gaps[0] >= 4, "the state grew, so the snapshots drew apart"
+    assert await asyncio.to_thread(_snapshot_versions, engine.store) == versions[-1:]
+    loaded = await asyncio.to_thread(engine.store.load, "cy")
+    assert loaded is not None and loaded.message_count == len(loaded.pending) == 120
 
 
 async def test_a_snapshot_that_cannot_be_made_does_not_refuse_the_write(

@@ -94,6 +94,24 @@ class EventStoreContract:
         assert loaded is not None and loaded.version == 31
         assert loaded.message_count == len(loaded.pending) == 30, "the state when it was taken"
 
+    def test_a_snapshot_replaces_the_older_snapshots_of_its_log_only(
+        self, store: EventStore
+    ) -> None:
+        fay, gus = UserLog.register("fay"), UserLog.register("gus")
+        store.append([fay.collect_events(), gus.collect_events()])
+        store.take_snapshot(gus)
+        for i in range(3):
+            fay.add_message("user", f"m{i}", None, 100)
+            snapshot = store.snapshot_of(fay)
+            assert snapshot is not None
+            store.append([fay.collect_events()], snapshots=[snapshot])
+        gus.add_message("user", "m", None, 100)
+        store.append([gus.collect_events()])
+        store.take_snapshot(gus)
+        assert self._snapshot_versions(store) == [2, 4], "one each: fay's at 4, gus's at 2"
+        loaded = store.load("fay")
+        assert loaded is not None and loaded.version == 4 and loaded.message_count == 3
+
     def test_a_snapshot_is_not_stored_when_its_events_are_not(self, store: EventStore) -> None:
         log = UserLog.register("gil")
         store.append([log.collect_events()])
