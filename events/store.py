@@ -698,8 +698,9 @@ class EventStore:
         store keeps no snapshots."""
         if self._app.snapshots is None:
             return None
-        stored: StoredSnapshot = self._app.mapper.to_stored_event(Snapshot.take(user_log))
-        return stored
+        # The encoder writes what the mapper would, a few times faster: a snapshot holds
+        # the whole state, and its encoding holds the GIL.
+        return StoredEvent(*self._encoder(Snapshot.take(user_log)))
 
     def take_snapshot(self, user_log: UserLog) -> None:
         """Store a snapshot of ``user_log`` at its (committed) version, in place of the

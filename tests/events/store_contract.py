@@ -9,6 +9,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from eventsourcing.domain import Snapshot
 from sqlalchemy import select
 
 from events import ConflictError, EventStore, ExtractedFact, UserLog
@@ -167,6 +168,24 @@ class EventStoreContract:
         mapper = store._app.mapper  # the reference: what eventsourcing itself would store
         expected = [mapper.to_stored_event(e).state for e in events]
         assert [s.state for s in store.stored_events_of("ida")] == expected
+
+    def test_snapshots_are_encoded_as_eventsourcings_mapper_encodes_them(
+        self, store: EventStore
+    ) -> None:
+        log = UserLog.register("ivy")
+        ids = [log.add_message("user", f"m{i} ünïcödé 🎉", None, 1000, "Zoë") for i in range(12)]
+        log.request_processing("t1", "manual")
+        log.start_next()
+        log.record_knowledge("t1", [ExtractedFact("User is here", (ids[0],))], "offline")
+        log.add_message("user", "still waiting", None, 100)
+        taken = Snapshot.take(log)
+        expected = store._app.mapper.to_stored_event(taken)
+        assert store._encoder(taken) == (log.id, log.version, expected.topic, expected.state)
+        snapshot = store.snapshot_of(log)
+        assert snapshot is not None and snapshot.originator_version == log.version
+        store.append([log.collect_events()], snapshots=[snapshot])
+        loaded = store.load("ivy")
+        assert loaded is not None and vars(loaded) == vars(log)
 
     def test_a_state_orjson_would_write_otherwise_goes_through_the_mapper(
         self, store: EventStore
