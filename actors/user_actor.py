@@ -51,11 +51,11 @@ FORGOTTEN_REASON = "the user was forgotten"
 MAX_CONFLICT_RETRIES = 8
 
 _WRITE_EPOCHS = itertools.count(1)
+"""Every (re)load of a log in this process gets a fresh, higher write epoch."""
 
 SNAPSHOT_EVENT_BYTES = 256
 """About the size of one stored event (a message is 200 to 300 bytes): the unit in which a
 snapshot's size spaces the next one (see ``UserActor._due_snapshot``)."""
-"""Every (re)load of a log in this process gets a fresh, higher write epoch."""
 
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
