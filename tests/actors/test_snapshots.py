@@ -24,26 +24,29 @@ def _snapshot_versions(store: EventStore) -> list[int]:
         return [row[0] for row in connection.execute(query)]
 
 
-def _spy_on_snapshots(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The snapshots ``store`` encodes from now on, in order."""
+async def _memory_taking_snapshots(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Memory, Any, list[Any]]:
+    """A Memory snapshotting every 4 events (at least), its engine, and the snapshots its
+    store encodes from now on, in order."""
+    memory: Memory = await make_memory(config={"snapshot_interval": 4})
+    engine = memory._engine
+    assert engine is not None
     taken: list[Any] = []
-    encode = store.snapshot_of
+    encode = engine.store.snapshot_of
 
     def spied(user_log: Any) -> Any:
         taken.append(encode(user_log))
         return taken[-1]
 
-    monkeypatch.setattr(store, "snapshot_of", spied)
-    return taken
+    monkeypatch.setattr(engine.store, "snapshot_of", spied)
+    return memory, engine, taken
 
 
 async def test_a_snapshot_is_stored_in_the_write_that_reaches_its_version_in_place_of_the_last(
     make_memory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    memory: Memory = await make_memory(config={"snapshot_interval": 4})
-    engine = memory._engine
-    assert engine is not None
-    taken = _spy_on_snapshots(engine.store, monkeypatch)
+    memory, engine, taken = await _memory_taking_snapshots(make_memory, monkeypatch)
     before = engine.committer.transactions
     for i in range(5):  # versions 3, 5, 7, 9, 11: a snapshot once 4 events went by
         await memory.add_exchange("ann", f"question {i}", f"answer {i}")
@@ -57,10 +60,7 @@ async def test_a_snapshot_is_stored_in_the_write_that_reaches_its_version_in_pla
 async def test_a_large_state_is_snapshotted_after_as_many_events_as_its_snapshot_is_large(
     make_memory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    memory: Memory = await make_memory(config={"snapshot_interval": 4})
-    engine = memory._engine
-    assert engine is not None
-    taken = _spy_on_snapshots(engine.store, monkeypatch)
+    memory, engine, taken = await _memory_taking_snapshots(make_memory, monkeypatch)
     for i in range(60):  # nothing is extracted: every message stays in the state
         await memory.add_exchange("cy", f"question {i}", f"answer {i}")
     versions = [s.originator_version for s in taken]
