@@ -242,7 +242,8 @@ class _Encoder:
             state = compact_state(cls, vars(event))
             originator_id = state.pop("originator_id")
             version = state.pop("originator_version")
-            if all(_json_native(v) for v in state.values()):
+            values = state.values()
+            if _PLAIN.issuperset(map(type, values)) or all(_json_native(v) for v in values):
                 try:
                     encoded = orjson.dumps(state, default=self._wrap, option=_PASSTHROUGH)
                 except TypeError:
@@ -263,6 +264,10 @@ class _Encoder:
         if type(value) is not datetime or self._time is None:
             raise TypeError(f"{type(value).__name__} is left to the mapper")
         return {"_type_": self._time.name, "_data_": self._time.encode(value)}
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""The types of most values of a state: :func:`_json_native` for all, checked in one C loop."""
 
 
 def _json_native(value: Any) -> bool:

@@ -822,6 +822,8 @@ def check_text(value: str, what: str) -> None:
     """Raise :class:`InvalidInputError` if ``value`` holds a character that some database
     cannot store (a lone surrogate is not UTF-8, and PostgreSQL text holds no NUL): it
     would otherwise fail deep inside a write, or only on one backend."""
+    if value.isascii() and "\x00" not in value:  # most text: no surrogate, and no NUL
+        return
     found = _UNSTORABLE.search(value)
     if found is not None:
         char = found.group()
@@ -900,8 +902,11 @@ def check_message(role: object, content: object, max_chars: int) -> None:
         raise InvalidInputError(
             f"{role} message content is {len(content)} characters long; the limit is {max_chars}"
         )
-    check_text(content, f"{role} message content")
-    _check_visible(content, f"{role} message content")
+    if content.isascii() and "\x00" not in content and _PLAINLY_VISIBLE.search(content):
+        return  # most messages: storable and visible (what the checks below find, sooner)
+    what = f"{role} message content"
+    check_text(content, what)
+    _check_visible(content, what)
 
 
 def check_time(moment: object, what: str) -> datetime | None:
