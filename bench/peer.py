@@ -154,6 +154,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
                 peer.append(_run(python, RUNNER, folder, single, many))
             _add_runs(section, "memv", peer[-1])
             section.stat("peer.memv.bytes", "B").add(peer[-1]["bytes_per_message"])
+        _add_ratios(section, with_peer=python is not None)
     _rows(section, python is not None)
     section.notes.append(
         f"Interpreters: memvee on Python {_version(ours)}"
@@ -214,6 +215,25 @@ def _add_runs(section: Section, engine: str, result: dict[str, Any]) -> None:
     section.stat(f"peer.{engine}.p50", "ms").add(percentile(hundred["latencies"], 50) * 1000)
     section.stat(f"peer.{engine}.p99", "ms").add(percentile(hundred["latencies"], 99) * 1000)
     section.stat(f"peer.{engine}.cpu_us", "µs").add(hundred["cpu_seconds"] / exchanges * 1e6)
+
+
+def _add_ratios(section: Section, *, with_peer: bool) -> None:
+    """The latest round's ratios, each between figures of that same round (the targets of
+    issue 13 are ratios to raw sqlite3 and to memv measured side by side)."""
+    stats = section.stats
+
+    def latest(name: str) -> float:
+        return stats[name].samples[-1]
+
+    section.stat("peer.one_p50_raw_ratio", "x").add(
+        latest("peer.memvee.one_p50") / latest("peer.raw.p50")
+    )
+    if not with_peer:
+        return
+    for name in ("rate", "bytes"):
+        section.stat(f"peer.{name}_ratio", "x").add(
+            latest(f"peer.memvee.{name}") / latest(f"peer.memv.{name}")
+        )
 
 
 def _rows(section: Section, with_peer: bool) -> None:
