@@ -400,6 +400,10 @@ class EventStore:
             f"SELECT id, originator_id, originator_version, topic, state FROM {events.name} "
             "WHERE id > ? ORDER BY id LIMIT ?"
         )
+        self._raw_last_snapshot = (
+            f"SELECT originator_version, topic, state FROM {snapshots.name} "
+            "WHERE originator_id = ? ORDER BY originator_version DESC LIMIT 1"
+        )
         self._raw_log_events = (
             f"SELECT originator_version, topic, state FROM {events.name} WHERE originator_id = ? "
             "AND originator_version > ? AND originator_version <= ? ORDER BY originator_version"
@@ -463,9 +467,19 @@ class EventStore:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
         log_id = user_log_id(user_id)
         with self.engine.connect() as connection:
-            snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
-            after = None if snapshot is None else snapshot[0]
-            rows = self._select_events(connection, log_id, after, None)
+            if self.is_sqlite:
+                # Straight to the driver: the first touch of every user pays this, and
+                # SQLAlchemy's statement handling cost more than the two queries.
+                driver = connection.connection.driver_connection
+                assert driver is not None
+                key = log_id.bytes
+                snapshot = driver.execute(self._raw_last_snapshot, (key,)).fetchone()
+                after = 0 if snapshot is None else snapshot[0]
+                rows = driver.execute(self._raw_log_events, (key, after, _NO_LIMIT)).fetchall()
+            else:
+                snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
+                after = None if snapshot is None else snapshot[0]
+                rows = self._select_events(connection, log_id, after, None)
         aggregate: Any = None if snapshot is None else self._decode(log_id, snapshot).mutate(None)
         if aggregate is not None:
             aggregate.upgrade()
