@@ -122,11 +122,12 @@ class _Decoder:
     """Stored events to domain events, equal to what the store's mapper makes, faster.
 
     The mapper parses the JSON with a Python hook called on every object. Here the C
-    scanner parses it plainly and only the top-level ``{"_type_", "_data_"}`` values (the
-    events' datetimes) go through the registered transcodings, as the hook would; bare
-    microseconds in a time field become times, as :class:`CompactMapper` makes them. When a
-    state holds any other marker, a class version, or the mapper has a cipher or a
-    compressor, the event goes through the mapper itself.
+    scanner parses it plainly and only the ``{"_type_", "_data_"}`` values (the events'
+    datetimes, and those inside a snapshot's state) go through the registered
+    transcodings, as the hook would; bare microseconds in a time field become times, as
+    :class:`CompactMapper` makes them. When a state holds a marker of no registered
+    transcoding, a class version, or text the marker count cannot tell from a marker, or
+    the mapper has a cipher or a compressor, the event goes through the mapper itself.
     """
 
     def __init__(self, mapper: Mapper[UUID]) -> None:
@@ -193,9 +194,44 @@ class _Decoder:
                     converted += 1
                     if converted == markers:  # one "_type_" per marker: none left
                         break
-            if converted != markers:
-                return None
+            if converted != markers:  # nested ones (a snapshot's state): walk to the last
+                left = [markers - converted]
+                try:
+                    restored = self._restore(parsed, left)
+                except _Unsure:
+                    return None
+                if type(restored) is not dict or left[0]:
+                    return None
         return parsed
+
+    def _restore(self, value: Any, left: list[int]) -> Any:
+        """``value`` with its ``{"_type_", "_data_"}`` objects decoded, innermost first, as
+        the transcoder's hook decodes each object it parses; ``left[0]`` counts the markers
+        still to find, and the walk ends once none are (the big maps of a log's state
+        come before few of them)."""
+        if type(value) is dict:
+            for key, item in value.items():
+                if not left[0]:
+                    break
+                if type(item) is dict or type(item) is list:
+                    value[key] = self._restore(item, left)
+            if len(value) == 2 and "_type_" in value and "_data_" in value:
+                transcoding = self._names.get(value["_type_"])
+                if transcoding is None:
+                    raise _Unsure  # the mapper raises its own error for it
+                left[0] -= 1
+                return transcoding.decode(value["_data_"])
+        elif type(value) is list:
+            for index, item in enumerate(value):
+                if not left[0]:
+                    break
+                if type(item) is dict or type(item) is list:
+                    value[index] = self._restore(item, left)
+        return value
+
+
+class _Unsure(Exception):
+    """A stored state the fast decoder leaves to the mapper."""
 
 
 _Stored = tuple[Any, int, str, bytes]

@@ -9,9 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 from eventsourcing.compressor import ZlibCompressor
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import JSONTranscoder
 
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, ExtractedFact, UserLog, sqlite_url
 from events.store import exported_state
 from events.transcoding import (
     CompactMapper,
@@ -126,3 +127,40 @@ def test_the_compact_form_goes_through_a_compressor() -> None:
         assert stored.topic == type(event).__name__
         assert orjson.loads(ZlibCompressor().decompress(stored.state))["timestamp"] > 0
         assert vars(mapper.to_domain_event(stored)) == vars(event)
+
+
+def test_a_snapshot_reads_back_as_eventsourcings_mapper_reads_it(tmp_path: Path) -> None:
+    """Snapshots hold times inside their state: the store's decoder walks to them and must
+    give the mapper's very event; a string that looks like a marker's key sends the state
+    to the mapper itself."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("eve")
+        ids = [log.add_message("user", f"m{i} ünïcödé", None, 1000, "Zoë") for i in range(30)]
+        log.request_processing("t1", "manual")
+        log.start_next()
+        log.record_knowledge("t1", [ExtractedFact("Eve is here", (ids[0],))], "offline")
+        log.request_processing("t2", "manual")
+        log.start_next()  # a task left open: its dict holds times of its own
+        plain = Snapshot.take(log)
+        nested = Snapshot.take(log)
+        nested.__dict__["state"] = dict(nested.state)
+        nested.state["extra"] = [
+            {"at": datetime(2026, 3, 4, 5, 6, 7, 8, tzinfo=UTC), "deeper": [ODD_OFFSET_TIME]},
+            {"not": "a marker", "_data_": 1},
+        ]
+        decoy = Snapshot.take(log)
+        decoy.__dict__["state"] = {**decoy.state, "note": "_type_"}
+        mapper = store._app.mapper
+        for taken, fast in ((plain, True), (nested, True), (decoy, False)):
+            stored = mapper.to_stored_event(taken)
+            assert (store._decoder._parse(stored.state) is not None) is fast
+            decoded = store._decoder(
+                stored.originator_id, stored.originator_version, stored.topic, stored.state
+            )
+            assert vars(decoded) == vars(mapper.to_domain_event(stored))
+    finally:
+        store.close()
+
+
+ODD_OFFSET_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=ODD_OFFSET)
