@@ -567,13 +567,17 @@ class UserActor(PooledActor):
         if self._owner is None:
             self._is_owner()  # the first actor to touch a user claims it
         if not self._loaded:
-            self._log = self._services.store.load(self.user_id)
+            loaded = self._services.store.load_log(self.user_id)
+            self._log = loaded.log
             self._loaded = True
             self._epoch = next(_WRITE_EPOCHS)
             self._last_write = None
-            self._snapshot_version = 0 if self._log is None else self._log.version
-            self._snapshot_spacing = 0
-            self._checkpointed = self._intervals(self._snapshot_version)
+            # Counted from the stored snapshot: an actor stopped before the next one was
+            # due must not start the count again, or a user who writes a little at a time
+            # would never be snapshotted, and every load would replay the whole log.
+            self._snapshot_version = loaded.snapshot_version
+            self._snapshot_spacing = loaded.snapshot_bytes // SNAPSHOT_EVENT_BYTES
+            self._checkpointed = self._intervals(0 if self._log is None else self._log.version)
             if self._checkpointed:  # a long log: make sure it has a recent checkpoint
                 self._services.checkpoint_due(self.user_id)
         if self._log is None and create:

@@ -30,7 +30,7 @@ from events.extraction import (
     TokenUsage,
     estimate_tokens,
 )
-from events.store import Durability, EventStore, Recorded, StoredSnapshot, sqlite_url
+from events.store import Durability, EventStore, LoadedLog, Recorded, StoredSnapshot, sqlite_url
 from events.user_log import (
     EVENT_CLASSES,
     ROLES,
@@ -62,6 +62,7 @@ __all__ = [
     "InvalidExtractionError",
     "InvalidInputError",
     "KnownEntry",
+    "LoadedLog",
     "MemoryClosedError",
     "MemveeError",
     "NotFoundError",

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -54,6 +54,7 @@ from events.user_log import EVENT_CLASSES, UserLog, user_log_id
 __all__ = [
     "Durability",
     "EventStore",
+    "LoadedLog",
     "Recorded",
     "StoredSnapshot",
     "exported_state",
@@ -70,6 +71,15 @@ StoredSnapshot = StoredEvent
 Durability = Literal["full", "normal"]
 """SQLite durability: ``full`` survives power loss (synchronous=FULL, the default);
 ``normal`` survives a process kill and is ~2x faster (synchronous=NORMAL)."""
+
+
+class LoadedLog(NamedTuple):
+    """A user's log as loaded, and the snapshot it was loaded from (version 0 and no bytes
+    when none was)."""
+
+    log: UserLog | None
+    snapshot_version: int
+    snapshot_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +511,10 @@ class EventStore:
 
     def load(self, user_id: str) -> UserLog | None:
         """The log of ``user_id`` from its latest snapshot and later events, or ``None``."""
+        return self.load_log(user_id).log
+
+    def load_log(self, user_id: str) -> LoadedLog:
+        """The log of ``user_id`` (see :meth:`load`) and the snapshot it was loaded from."""
         log_id = user_log_id(user_id)
         with self.engine.connect() as connection:
             if self.is_sqlite:
@@ -522,9 +536,11 @@ class EventStore:
         for row in rows:
             aggregate = self._decode(log_id, row).mutate(aggregate)
         if aggregate is None:
-            return None
+            return LoadedLog(None, 0, 0)
         assert isinstance(aggregate, UserLog)
-        return aggregate
+        if snapshot is None:
+            return LoadedLog(aggregate, 0, 0)
+        return LoadedLog(aggregate, snapshot[0], len(snapshot[2]))
 
     def _select_events(
         self, connection: Connection, log_id: UUID, after: int | None, upto: int | None

@@ -91,3 +91,20 @@ async def test_a_snapshot_that_cannot_be_made_does_not_refuse_the_write(
     assert [m.content for m in await memory.buffer("bo")][-1] == "answer 2"
     assert await asyncio.to_thread(_snapshot_versions, engine.store) == []
     assert "could not snapshot the log" in caplog.text
+
+
+async def test_a_user_who_writes_a_little_between_reloads_is_still_snapshotted(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count runs from the stored snapshot, not from the version the actor loaded: an
+    actor stopped before the next snapshot was due does not put it off again."""
+    memory, engine, taken = await _memory_taking_snapshots(make_memory, monkeypatch)
+    for i in range(6):  # one exchange per actor's life: versions 3, 5, 7, 9, 11, 13
+        await memory.add_exchange("di", f"question {i}", f"answer {i}")
+        engine.directory.passivate_idle(older_than=0)
+        while memory.live_actor_count:
+            await asyncio.sleep(0.005)
+    assert [s.originator_version for s in taken] == [5, 9, 13]
+    loaded = await asyncio.to_thread(engine.store.load_log, "di")
+    assert loaded.snapshot_version == 13 and loaded.log is not None
+    assert loaded.snapshot_bytes == len(taken[-1].state)
