@@ -31,6 +31,7 @@ from bench import (
     prompt,
     rebuild,
     retrieve,
+    returning,
     rss,
     server,
 )
@@ -42,6 +43,7 @@ SectionRunner = Callable[[BenchConfig, Workspace], list[Section]]
 SECTIONS: list[tuple[str, SectionRunner]] = [
     ("add_exchange", append.run),
     ("load", load.run),
+    ("returning", returning.run),
     ("processing", processing.run),
     ("prompt", prompt.run),
     ("rebuild", rebuild.run),
