@@ -197,7 +197,7 @@ class _Decoder:
             converted = 0
             for key, value in parsed.items():
                 if type(value) is dict and len(value) == 2 and "_type_" in value:
-                    transcoding = self._names.get(value["_type_"])
+                    transcoding = self._names.get(str(value["_type_"]))
                     if transcoding is None or "_data_" not in value:
                         return None
                     parsed[key] = transcoding.decode(value["_data_"])
@@ -226,7 +226,7 @@ class _Decoder:
                 if type(item) is dict or type(item) is list:
                     value[key] = self._restore(item, left)
             if len(value) == 2 and "_type_" in value and "_data_" in value:
-                transcoding = self._names.get(value["_type_"])
+                transcoding = self._names.get(str(value["_type_"]))
                 if transcoding is None:
                     raise _Unsure  # the mapper raises its own error for it
                 left[0] -= 1
