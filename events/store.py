@@ -217,8 +217,8 @@ class _Decoder:
     def _restore(self, value: Any, left: list[int]) -> Any:
         """``value`` with its ``{"_type_", "_data_"}`` objects decoded, innermost first, as
         the transcoder's hook decodes each object it parses; ``left[0]`` counts the markers
-        still to find, and the walk ends once none are (the big maps of a log's state
-        come before few of them)."""
+        still to find, and the walk ends once none are (a log's state holds its few
+        times before its big maps of messages)."""
         if type(value) is dict:
             for key, item in value.items():
                 if not left[0]:
