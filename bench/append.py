@@ -38,7 +38,7 @@ from bench.stalls import GcPauseMeter, LoopStallMeter, objects_held
 from events import Durability
 from memvee import Memory, MemoryConfig
 
-__all__ = ["Scenario", "ScenarioRun", "run", "run_scenario"]
+__all__ = ["Scenario", "ScenarioRun", "run", "run_scenario", "write_histories"]
 
 USER_TEXT = "I live in Lisbon and I work at a small bakery near the river."
 ASSISTANT_TEXT = "That sounds lovely! How long have you been working there?"
@@ -106,6 +106,23 @@ class ScenarioRun:
     def rate(self) -> float:
         """Acknowledged exchanges per second in the measured phase."""
         return self.exchanges / self.seconds
+
+
+async def write_histories(
+    path: Path, users: int, exchanges: int, durability: Durability = "full"
+) -> None:
+    """``users`` users (``user-00000`` on) with ``exchanges`` exchanges each, 100 users
+    in flight at a time, nothing extracted."""
+    config = MemoryConfig(db_path=str(path), durability=durability)
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
+
+        async def history(user: str) -> None:
+            for _ in range(exchanges):
+                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
+
+        for start in range(0, users, 100):
+            batch = range(start, min(start + 100, users))
+            await asyncio.gather(*(history(f"user-{i:05d}") for i in batch))
 
 
 async def _write(memory: Memory, user_id: str, count: int, latencies: list[float]) -> None:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.append import ASSISTANT_TEXT, USER_TEXT
+from bench.append import ASSISTANT_TEXT, USER_TEXT, write_histories
 from bench.common import (
     PROJECT_ROOT,
     BenchConfig,
@@ -93,18 +93,6 @@ def _version(python: Path) -> str:
     return done.stdout.strip()
 
 
-async def _fill(path: Path) -> None:
-    config = MemoryConfig(db_path=str(path))
-    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-
-        async def write(user: str) -> None:
-            for _ in range(SIZE_EXCHANGES):
-                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
-
-        for start in range(0, SIZE_USERS, 100):
-            await asyncio.gather(*(write(f"user-{i:05d}") for i in range(start, start + 100)))
-
-
 async def _fill_one(path: Path, exchanges: int) -> None:
     """One user's long history, nothing extracted: every message stays in the log's state
     (what a snapshot holds), the case where snapshots could outgrow the log."""
@@ -142,7 +130,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             section.stat("peer.raw.rate", "tx/s").add(raw.rate)
             (folder / "runs").mkdir()
             _add_runs(section, "memvee", _run(ours, MEMVEE_RUNNER, folder / "runs", single, many))
-            asyncio.run(_fill(folder / "size.db"))
+            asyncio.run(write_histories(folder / "size.db", SIZE_USERS, SIZE_EXCHANGES))
             sizes = bytes_by_table(folder / "size.db")
         messages = SIZE_USERS * SIZE_EXCHANGES * 2
         section.stat("peer.memvee.bytes", "B").add(sum(sizes.values()) / messages)

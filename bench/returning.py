@@ -19,7 +19,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
-from bench.append import ASSISTANT_TEXT, USER_TEXT
+from bench.append import ASSISTANT_TEXT, USER_TEXT, write_histories
 from bench.common import (
     BenchConfig,
     InstantExtractor,
@@ -36,18 +36,6 @@ from memvee import Memory, MemoryConfig
 __all__ = ["run"]
 
 _VISIT_EXCHANGES = 10
-
-
-async def _write_histories(path: Path, users: int, exchanges: int) -> None:
-    config = MemoryConfig(db_path=str(path), durability="normal")
-    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-
-        async def history(user: str) -> None:
-            for _ in range(exchanges):
-                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
-
-        for start in range(0, users, 100):
-            await asyncio.gather(*(history(f"user-{i:05d}") for i in range(start, start + 100)))
 
 
 async def _come_back(path: Path, users: int) -> tuple[float, float, float, float]:
@@ -113,7 +101,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     with workspace.scratch("returning") as folder:
         progress(f"returning: {users:,} users' histories of {history} exchanges")
         base = folder / "histories.db"
-        asyncio.run(_write_histories(base, users, history))
+        asyncio.run(write_histories(base, users, history, durability="normal"))
         for round_no in range(1, cfg.rounds + 1):
             progress(f"returning round {round_no}/{cfg.rounds}")
             with workspace.scratch("visit") as copy:
