@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
 
+from events._readers import ThreadReaders
 from events.errors import ConflictError, StorageError
 from events.transcoding import (
     CompactMapper,
@@ -93,6 +94,16 @@ class Recorded:
 def _lost_a_creation_race(error: BaseException) -> bool:
     text = str(error).lower()
     return "already exists" in text or "pg_type_typname_nsp_index" in text
+
+
+def _file_readers(engine: Engine, busy_timeout_ms: int) -> ThreadReaders | None:
+    """Per-thread read connections to the engine's SQLite file; ``None`` for a database
+    only the engine's own connections can reach (in memory, or opened with options)."""
+    url = engine.url
+    database = url.database
+    if not database or database == ":memory:" or url.query or database.startswith("file:"):
+        return None
+    return ThreadReaders(database, busy_timeout_ms)
 
 
 def _first_line(error: BaseException) -> str:
@@ -405,6 +416,7 @@ class EventStore:
 
             sa_event.listen(engine, "connect", _pragmas)
             engine.dispose()
+        self._readers = _file_readers(engine, busy_timeout_ms) if self.is_sqlite else None
         self.durability = durability
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
@@ -516,17 +528,25 @@ class EventStore:
     def load_log(self, user_id: str) -> LoadedLog:
         """The log of ``user_id`` (see :meth:`load`) and the snapshot it was loaded from."""
         log_id = user_log_id(user_id)
-        with self.engine.connect() as connection:
-            if self.is_sqlite:
-                # Straight to the driver: the first touch of every user pays this, and
-                # SQLAlchemy's statement handling cost more than the two queries.
-                driver = connection.connection.driver_connection
-                assert driver is not None
-                key = log_id.bytes
-                snapshot = driver.execute(self._raw_last_snapshot, (key,)).fetchone()
+        if self._readers is not None:
+            # Straight to the driver, on the thread's own connection: the first touch of
+            # every user pays this, and SQLAlchemy's statements and pool cost more than
+            # the two queries.
+            key = log_id.bytes
+            try:
+                reader = self._readers.get()
+                found = reader.execute(self._raw_last_snapshot, (key,)).fetchall()
+                snapshot = found[0] if found else None
                 after = 0 if snapshot is None else snapshot[0]
-                rows = driver.execute(self._raw_log_events, (key, after, _NO_LIMIT)).fetchall()
-            else:
+                rows = reader.execute(self._raw_log_events, (key, after, _NO_LIMIT)).fetchall()
+            except sqlite3.Error as error:
+                self._readers.discard()
+                raise StorageError(
+                    f"could not load the log of {user_id!r} from {self.safe_url}: "
+                    f"{_first_line(error)}"
+                ) from error
+        else:
+            with self.engine.connect() as connection:
                 snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
                 after = None if snapshot is None else snapshot[0]
                 rows = self._select_events(connection, log_id, after, None)
@@ -783,6 +803,8 @@ class EventStore:
 
     def close(self) -> None:
         """Release every database connection."""
+        if self._readers is not None:
+            self._readers.close()
         lock = self._datastore.write_lock
         if lock is not None:
             with lock:

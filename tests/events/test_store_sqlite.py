@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from events import EventStore, sqlite_url
+from events import EventStore, StorageError, UserLog, sqlite_url
+from events.store import _file_readers
 from tests.events.store_contract import EventStoreContract
 
 
@@ -55,3 +57,39 @@ def test_writes_keep_one_connection_and_a_failed_one_leaves_nothing_behind(
     finally:
         store.close()
     assert after.closed, "closing the store releases the writer connection"
+
+
+def test_logs_load_on_a_connection_of_the_loading_thread(tmp_path: Path) -> None:
+    """Each thread reads logs on a connection of its own, kept between loads; a read that
+    fails is a StorageError, and the thread's next load opens a new connection."""
+    store = EventStore(sqlite_url(tmp_path / "r.db"))
+    try:
+        log = UserLog.register("kim")
+        log.add_message("user", "hello", None, 100)
+        store.append([log.collect_events()])
+        readers = store._readers
+        assert readers is not None
+        assert store.load_log("kim").log is not None
+        mine = readers.get()
+        with ThreadPoolExecutor(1) as pool:
+            theirs = pool.submit(lambda: (store.load("kim"), readers.get())[1]).result()
+        assert theirs is not mine and readers.get() is mine
+        mine.close()  # broken behind the store's back
+        with pytest.raises(StorageError, match="could not load the log of 'kim'"):
+            store.load("kim")
+        loaded = store.load("kim")
+        assert loaded is not None and loaded.message_count == 1
+        assert readers.get() is not mine
+    finally:
+        store.close()
+    with pytest.raises(StorageError, match="the event store is closed"):
+        store.load("kim")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///{path}?mode=ro", "sqlite:///:memory:"])
+def test_a_database_only_the_engine_reaches_is_read_through_the_engine(
+    tmp_path: Path, url: str
+) -> None:
+    engine = create_engine(url.format(path=tmp_path / "o.db"))
+    assert _file_readers(engine, 1000) is None
+    assert _file_readers(create_engine(sqlite_url(tmp_path / "f.db")), 1000) is not None
