@@ -204,25 +204,14 @@ class _Decoder:
         if type(parsed) is not dict or "class_version" in parsed:
             return None
         markers = state.count(b'"_type_"')
-        if markers:
-            converted = 0
-            for key, value in parsed.items():
-                if type(value) is dict and len(value) == 2 and "_type_" in value:
-                    transcoding = self._names.get(str(value["_type_"]))
-                    if transcoding is None or "_data_" not in value:
-                        return None
-                    parsed[key] = transcoding.decode(value["_data_"])
-                    converted += 1
-                    if converted == markers:  # one "_type_" per marker: none left
-                        break
-            if converted != markers:  # nested ones (a snapshot's state): walk to the last
-                left = [markers - converted]
-                try:
-                    restored = self._restore(parsed, left)
-                except _Unsure:
-                    return None
-                if type(restored) is not dict or left[0]:
-                    return None
+        if markers:  # one "_type_" per marker: the walk ends at the last
+            left = [markers]
+            try:
+                restored = self._restore(parsed, left)
+            except _Unsure:
+                return None
+            if type(restored) is not dict or left[0]:
+                return None
         return parsed
 
     def _restore(self, value: Any, left: list[int]) -> Any:
