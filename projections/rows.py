@@ -38,7 +38,11 @@ class TableRows:
         if len(columns) == 1:
             key: Hashable = row[columns[0]]
             return key
-        return tuple(row[c] for c in columns)
+        # From a list, not a generator: on CPython 3.11 a tuple grown from a generator can
+        # be caught half-built by gc.get_objects() on another thread, and then fails with
+        # SystemError (the add_exchange bench, counting the heap mid-write, failed a group
+        # commit so).
+        return tuple([row[c] for c in columns])
 
     def load(self, rows: Iterable[Row]) -> None:
         """Add rows read from the database; a row already held here is kept as it is."""

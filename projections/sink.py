@@ -184,7 +184,7 @@ def _by_changed_columns(
     """Changes grouped by the columns they set (the key excepted), one statement each."""
     groups: dict[tuple[str, ...], list[Row]] = {}
     for row in updated:
-        changed = tuple(c for c in row if c not in key)
+        changed = tuple([c for c in row if c not in key])  # a list first: see TableRows.key_of
         groups.setdefault(changed, []).append(row)
     return groups
 
