@@ -60,8 +60,9 @@ def test_writes_keep_one_connection_and_a_failed_one_leaves_nothing_behind(
 
 
 def test_logs_load_on_a_connection_of_the_loading_thread(tmp_path: Path) -> None:
-    """Each thread reads logs on a connection of its own, kept between loads; a read that
-    fails is a StorageError, and the thread's next load opens a new connection."""
+    """Each thread reads logs (and ranges of their events) on a connection of its own,
+    kept between reads; a read that fails is a StorageError, and the thread's next read
+    opens a new connection."""
     store = EventStore(sqlite_url(tmp_path / "r.db"))
     try:
         log = UserLog.register("kim")
@@ -79,7 +80,14 @@ def test_logs_load_on_a_connection_of_the_loading_thread(tmp_path: Path) -> None
             store.load("kim")
         loaded = store.load("kim")
         assert loaded is not None and loaded.message_count == 1
-        assert readers.get() is not mine
+        again = readers.get()
+        assert again is not mine
+        assert [e.originator_version for e in store.events_of("kim", after=1)] == [2]
+        assert readers.get() is again, "a range of events is read on the same connection"
+        again.close()
+        with pytest.raises(StorageError, match="could not read the events of 'kim'"):
+            store.events_of("kim")
+        assert len(store.events_of("kim")) == 2
     finally:
         store.close()
     with pytest.raises(StorageError, match="the event store is closed"):
