@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench import stages
 from bench.common import BenchConfig, InstantExtractor, Section, Workspace, progress
 
 __all__ = ["LAYERS", "layer_of", "run"]
@@ -87,7 +88,13 @@ async def _load(folder: Path) -> None:
 
 
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
-    """Profile the 100-user scenario once; the share of CPU samples per layer."""
+    """Profile the 100-user scenario once (the share of CPU samples per layer), then time
+    the write path in one thread by stage, beside raw sqlite3 (:mod:`bench.stages`)."""
+    return [_layers(workspace), stages.run(cfg, workspace)]
+
+
+def _layers(workspace: Workspace) -> Section:
+    """The share of CPU samples per layer in one profiled run of the 100-user scenario."""
     section = Section(
         f"CPU of the write path by layer: py-spy samples of the GIL holder, {_USERS} users x "
         f"{_PER_USER} exchanges in flight",
@@ -96,7 +103,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
         section.notes.append("py-spy is not installed (it is in the dev extra): not measured.")
-        return [section]
+        return section
     progress("cpu profile of the 100-user write scenario")
     with workspace.scratch("cpu") as folder:
         out = folder / "samples.txt"
@@ -111,7 +118,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         )
         if done.returncode != 0 or not out.exists():
             section.notes.append(f"py-spy failed: {done.stderr.strip().splitlines()[-1:]}")
-            return [section]
+            return section
         counts = breakdown(out.read_text(encoding="utf-8"))
     found = re.search(r"cpu_us_per_exchange=([\d.]+)", done.stdout)
     per_exchange = float(found.group(1)) if found else 0.0
@@ -126,7 +133,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         "splits the profiled run's process CPU per exchange (sampling included, so higher "
         "than the unprofiled figure of the add_exchange and peer sections) by those shares."
     )
-    return [section]
+    return section
 
 
 if __name__ == "__main__":

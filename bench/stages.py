@@ -1,0 +1,285 @@
+"""The write path's CPU in one thread, stage by stage, beside raw sqlite3 doing its SQL.
+
+The event loop, the actors' messages and the threads are left out. 100 users' logs
+decide two messages each (as their actors do) and are written as group commits of 50
+exchanges (as the committer writes them under load), all on this thread, timing its CPU;
+a second pass times each stage of the write. Beside it, in the same run, raw sqlite3
+writes the rows those commits wrote, ready made, into a copy of the database: the events,
+the messages, the users' rows, the position and the messages' full-text index, a commit
+per 50 exchanges. That is what SQLite alone costs per exchange. Both at the default
+durability (synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import default
+
+import events.store
+import projections.projector
+from actors._committer import GroupCommitter, _Request
+from bench.append import ASSISTANT_TEXT, USER_TEXT
+from bench.common import (
+    BenchConfig,
+    InstantExtractor,
+    Section,
+    Workspace,
+    cell,
+    fmt_ratio,
+    progress,
+)
+from events import EventStore, UserLog, sqlite_url
+from memvee import Memory, MemoryConfig
+from projections import ProjectionTables, Projector
+from projections.columns import id_text
+from projections.search import SearchIndex, owned_words, spoken
+from projections.sink import TableSink
+
+__all__ = ["run"]
+
+_USERS = 100
+_PER_COMMIT = 50
+_COMMITS = 40
+
+_STAGES: tuple[tuple[str, object, str], ...] = (
+    ("encode the events", events.store._Encoder, "__call__"),
+    ("insert the events", EventStore, "_insert"),
+    ("fold: load and evolve rows", projections.projector, "_folded"),
+    ("write the projection rows", TableSink, "write"),
+    ("full-text index the messages", SearchIndex, "index_messages"),
+    ("commit", default.DefaultDialect, "do_commit"),
+)
+"""The stages of one group commit, and the function each is timed around."""
+
+
+def run(cfg: BenchConfig, workspace: Workspace) -> Section:
+    """Time the decision and the write of group commits in one thread, and the raw SQL."""
+    section = Section(
+        f"The write path in one thread, by stage: {_USERS} users, group commits of "
+        f"{_PER_COMMIT} exchanges, beside raw sqlite3 writing the same rows",
+        ["stage", "CPU µs / exchange"],
+    )
+    with workspace.scratch("stages") as folder:
+        seed = folder / "seed.db"
+        asyncio.run(_seed(seed))
+        for round_no in range(1, cfg.rounds + 1):
+            progress(f"write stages round {round_no}/{cfg.rounds}")
+            _round(section, folder, seed)
+    stats = section.stats
+    section.rows.append(
+        ["decide (the actor: two messages, UserLog)", cell(stats["stages.decide"], _us)]
+    )
+    for name, _, _ in _STAGES:
+        section.rows.append([f"write: {name}", cell(stats[f"stages.{name}"], _us)])
+    section.rows.append(
+        ["write: the rest (transaction, settling)", cell(stats["stages.rest"], _us)]
+    )
+    section.rows.append(["decide + write, not timed by stage", cell(stats["stages.total"], _us)])
+    section.rows.append(
+        ["raw sqlite3: the same rows' SQL, ready made", cell(stats["stages.raw"], _us)]
+    )
+    section.rows.append(
+        ["decide + write ÷ raw sqlite3", cell(stats["stages.raw_ratio"], fmt_ratio)]
+    )
+    section.notes.append(
+        "CPU time of this thread (time.thread_time), medians over rounds. The stages are "
+        "timed in a second pass of the same commits, with a timer around each stage's "
+        "function (about a microsecond each); 'the rest' is that pass's write less its "
+        "stages. The untimed total is the figure to set beside the raw SQL: the "
+        "difference is memvee's Python on the write path; the 100-user figures of the "
+        "add_exchange and peer sections add the loop, the actors' messages and the threads."
+    )
+    return section
+
+
+def _us(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+async def _seed(path: Path) -> None:
+    """A database with one exchange of each user, written by the engine."""
+    config = MemoryConfig(db_path=str(path))
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
+        for n in range(_USERS):
+            await memory.add_exchange(f"user-{n:05d}", USER_TEXT, ASSISTANT_TEXT)
+
+
+def _round(section: Section, folder: Path, seed: Path) -> None:
+    """One round: the engine's decide and write on a copy of ``seed``, then raw sqlite3
+    writing the same rows on another copy."""
+    path = _copy(seed, folder / "engine.db")
+    store = EventStore(sqlite_url(path))
+    tables = ProjectionTables()
+    committer = GroupCommitter(store, Projector(tables, remember=1000), 256)
+    try:
+        logs = [store.load(f"user-{n:05d}") for n in range(_USERS)]
+        committer._write(_decide(logs, 0)[0])
+        first_event, first_message = _last_ids(path, tables)
+        decide = write = 0
+        for commit in range(1, _COMMITS + 1):
+            batch, spent = _decide(logs, commit)
+            started = time.thread_time_ns()
+            committer._write(batch)
+            write += time.thread_time_ns() - started
+            decide += spent
+        timed: dict[str, int] = dict.fromkeys((name for name, _, _ in _STAGES), 0)
+        staged = 0
+        with _timing(timed):
+            for commit in range(_COMMITS + 1, 2 * _COMMITS + 1):
+                batch, _ = _decide(logs, commit)
+                started = time.thread_time_ns()
+                committer._write(batch)
+                staged += time.thread_time_ns() - started
+    finally:
+        committer.stop()
+        store.close()
+    exchanges = _COMMITS * _PER_COMMIT
+    section.stat("stages.decide", "µs").add(decide / exchanges / 1e3)
+    section.stat("stages.total", "µs").add((decide + write) / exchanges / 1e3)
+    for name, spent in timed.items():
+        section.stat(f"stages.{name}", "µs").add(spent / exchanges / 1e3)
+    section.stat("stages.rest", "µs").add((staged - sum(timed.values())) / exchanges / 1e3)
+    commits = _written(path, tables, first_event, first_message)
+    raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[:_COMMITS])
+    section.stat("stages.raw", "µs").add(raw / exchanges / 1e3)
+    section.stat("stages.raw_ratio", "x").add((decide + write) / raw)
+
+
+def _copy(seed: Path, target: Path) -> Path:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    shutil.copy(seed, target)
+    return target
+
+
+def _decide(logs: list[UserLog | None], commit: int) -> tuple[list[_Request], int]:
+    """The requests of one group commit (two messages of each of 50 users) and the CPU
+    nanoseconds their decisions took."""
+    started = time.thread_time_ns()
+    batch = []
+    for n in range(_PER_COMMIT):
+        user_log = logs[(commit * _PER_COMMIT + n) % _USERS]
+        assert user_log is not None
+        user_log.add_message("user", USER_TEXT, None, 100_000)
+        user_log.add_message("assistant", ASSISTANT_TEXT, None, 100_000)
+        batch.append(_Request(user_log.collect_events(), 0, 0))
+    return batch, time.thread_time_ns() - started
+
+
+@contextmanager
+def _timing(spent: dict[str, int]) -> Iterator[None]:
+    """Add the CPU time of each stage's function to ``spent`` while the block runs."""
+    with ExitStack() as stack:
+        for name, owner, attribute in _STAGES:
+            original = getattr(owner, attribute)
+            setattr(owner, attribute, _timed(original, spent, name))
+            stack.callback(setattr, owner, attribute, original)
+        yield
+
+
+def _timed(function: Callable[..., Any], spent: dict[str, int], name: str) -> Callable[..., Any]:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time_ns()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.thread_time_ns() - started
+
+    return timed
+
+
+def _last_ids(path: Path, tables: ProjectionTables) -> tuple[int, int]:
+    with sqlite3.connect(path) as connection:
+        (event,) = connection.execute("SELECT max(id) FROM memvee_events").fetchone()
+        (message,) = connection.execute(f"SELECT max(id) FROM {tables.messages.name}").fetchone()
+    return int(event), int(message)
+
+
+_Commit = dict[str, list[tuple[Any, ...]]]
+
+
+def _written(
+    path: Path, tables: ProjectionTables, after_event: int, after_message: int
+) -> list[_Commit]:
+    """The rows each measured group commit wrote, ready made: events, message rows, the
+    users' rows (as they ended), and the messages' index bodies."""
+    messages, users = tables.messages.name, tables.users.name
+    per_commit = 2 * _PER_COMMIT
+    with sqlite3.connect(path) as connection:
+        event_rows = connection.execute(
+            "SELECT originator_id, originator_version, topic, state FROM memvee_events "
+            "WHERE id > ? ORDER BY id",
+            (after_event,),
+        ).fetchall()
+        names = [c.name for c in tables.messages.columns]
+        message_rows = connection.execute(
+            f"SELECT {', '.join(names)} FROM {messages} WHERE id > ? ORDER BY id",
+            (after_message,),
+        ).fetchall()
+        user_columns = [c.name for c in tables.users.columns if c.name != "log_id"]
+        user_rows = {
+            row[-1]: row
+            for row in connection.execute(f"SELECT {', '.join(user_columns)}, log_id FROM {users}")
+        }
+    at = {name: i for i, name in enumerate(names)}
+    commits = []
+    for start in range(0, len(event_rows), per_commit):
+        written = message_rows[start : start + per_commit]
+        touched = dict.fromkeys(row[at["log_id"]] for row in written)
+        commits.append(
+            {
+                "events": event_rows[start : start + per_commit],
+                "messages": written,
+                "users": [user_rows[log_id] for log_id in touched],
+                "index": [
+                    (
+                        row[at["id"]],
+                        owned_words(
+                            id_text(row[at["log_id"]]), spoken(row[at["content"]], row[at["name"]])
+                        ),
+                    )
+                    for row in written
+                ],
+            }
+        )
+    return commits
+
+
+def _raw_write(path: Path, tables: ProjectionTables, commits: list[_Commit]) -> int:
+    """Write ``commits`` with stdlib sqlite3, a transaction each; returns CPU nanoseconds."""
+    messages = tables.messages
+    user_columns = [c.name for c in tables.users.columns if c.name != "log_id"]
+    index = SearchIndex(tables).messages_fts.name
+    statements = {
+        "events": "INSERT INTO memvee_events (originator_id, originator_version, topic, state) "
+        "VALUES (?, ?, ?, ?)",
+        "messages": f"INSERT INTO {messages.name} ({', '.join(c.name for c in messages.columns)})"
+        f" VALUES ({', '.join('?' * len(messages.columns))})",
+        "users": f"UPDATE {tables.users.name} SET {', '.join(f'{c} = ?' for c in user_columns)}"
+        " WHERE log_id = ?",
+        "index": f"INSERT INTO {index} (rowid, body) VALUES (?, ?)",
+    }
+    position = f"UPDATE {tables.position.name} SET position = position + 1 WHERE name = ?"
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA synchronous=FULL")
+        started = time.thread_time_ns()
+        for commit in commits:
+            writer.execute("BEGIN")
+            for kind, sql in statements.items():
+                writer.executemany(sql, commit[kind])
+            writer.execute(position, ("projections",))
+            writer.execute(position, ("messages_indexed",))
+            writer.execute("COMMIT")
+        return time.thread_time_ns() - started
+    finally:
+        writer.close()

@@ -1,0 +1,69 @@
+"""The write path's raw floor: raw sqlite3 writes the very rows the engine's group commits
+wrote (events, messages, users' rows, the messages' index), so the two figures are the
+same SQL work; and each round records every stage it prints."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bench import stages
+from bench.common import Section
+from projections import ProjectionTables, SearchIndex
+from projections.columns import id_text
+from projections.ranking import fts_match
+
+
+def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def test_the_raw_floor_writes_the_rows_the_engine_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stages, "_USERS", 4)
+    monkeypatch.setattr(stages, "_PER_COMMIT", 2)
+    monkeypatch.setattr(stages, "_COMMITS", 3)
+    seed = tmp_path / "seed.db"
+    asyncio.run(stages._seed(seed))
+    section = Section("stages", [])
+    stages._round(section, tmp_path, seed)
+
+    names = [name for name, _, _ in stages._STAGES]
+    for key in ("decide", "total", "raw", "raw_ratio", "rest", *names):
+        assert len(section.stats[f"stages.{key}"].samples) == 1, key
+    assert all(section.stats[f"stages.{key}"].samples[0] > 0 for key in ("decide", "total", "raw"))
+
+    tables = ProjectionTables()
+    engine, raw = tmp_path / "engine.db", tmp_path / "raw.db"
+    messages = tables.messages.name
+    seeded_events = _rows(seed, "SELECT max(id) FROM memvee_events")[0][0]
+    seeded_messages = _rows(seed, f"SELECT max(id) FROM {messages}")[0][0]
+    # The engine wrote a warm-up commit, then two passes of three commits; the floor
+    # replays the three measured commits after the warm-up (two exchanges, four rows each).
+    first_event, first_message = seeded_events + 4, seeded_messages + 4
+    events = "SELECT originator_id, originator_version, topic, state FROM memvee_events"
+    measured = f"{events} WHERE id > {first_event} AND id <= {first_event + 12} ORDER BY id"
+    assert len(_rows(engine, measured)) == 12
+    assert _rows(raw, f"{events} WHERE id > {seeded_events} ORDER BY id") == _rows(engine, measured)
+    written = f"SELECT * FROM {messages} WHERE id > {first_message} ORDER BY id"
+    assert len(_rows(raw, written)) == 12
+    assert _rows(raw, written) == _rows(engine, written)[:12]
+    users = f"SELECT * FROM {tables.users.name} ORDER BY log_id"
+    assert _rows(raw, users) == _rows(engine, users)
+
+    log_id = _rows(engine, f"SELECT log_id FROM {messages} WHERE id = {first_message + 1}")[0][0]
+    index = SearchIndex(tables).messages_fts.name
+    match = fts_match(id_text(log_id), ["lisbon"])
+    found = (
+        f"SELECT rowid FROM {index} WHERE {index} MATCH ? AND rowid > {first_message} "
+        f"AND rowid <= {first_message + 12} ORDER BY rowid"
+    )
+    with sqlite3.connect(raw) as r, sqlite3.connect(engine) as e:
+        raw_hits = [row[0] for row in r.execute(found, (match,))]
+        engine_hits = [row[0] for row in e.execute(found, (match,))]
+    assert raw_hits and raw_hits == engine_hits
