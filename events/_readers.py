@@ -1,4 +1,4 @@
-"""One read connection per thread to a SQLite file, for loading user logs.
+"""One read connection per thread to a SQLite file, for loading user logs and their events.
 
 Every first touch of a user loads its log, and many load at once when users come back.
 Through the pool, each load checked a connection out and back in (a reset with it), and
