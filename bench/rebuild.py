@@ -233,8 +233,8 @@ def _state_at_rounds(cfg: BenchConfig, workspace: Workspace, section: Section) -
             checkpoints = replay_checkpoints(tables)
             progress(f"state --at: a checkpoint every {interval:,} events, as the engine takes")
             started = time.perf_counter()
-            for version in range(interval, history.events + 1, interval):
-                take_checkpoint(store, history.user_id, checkpoints, version=version)
+            for at in range(interval, history.events + 1, interval):
+                take_checkpoint(store, history.user_id, checkpoints, version=at)
             taking = time.perf_counter() - started
             section.stat("state_at.checkpoint_us", "µs").add(taking / history.events * 1e6)
             with sqlite3.connect(path) as connection:
