@@ -149,7 +149,7 @@ class Engine:
             related = self.ranker.related(
                 connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
             )
-        return tuple(KnownEntry(*entry) for entry in related)
+        return tuple([KnownEntry(*entry) for entry in related])  # a list: see projections.rows
 
     def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""

@@ -64,7 +64,7 @@ class TableSink:
         if self.native:
             return self._load_native(connection, column, values)
         t = self.table
-        query = select(*(t.c[c] for c in self.columns)).where(
+        query = select(*[t.c[c] for c in self.columns]).where(
             t.c[column].in_(bindparam("values", expanding=True))
         )
         rows = []
@@ -89,10 +89,10 @@ class TableSink:
             return
         t, key = self.table, self.key
         if deleted:
-            where = and_(*(t.c[k] == bindparam(f"k_{k}") for k in key))
+            where = and_(*[t.c[k] == bindparam(f"k_{k}") for k in key])
             connection.execute(t.delete().where(where), [self._key_params(k) for k in deleted])
         if updated:
-            where = and_(*(t.c[k] == bindparam(f"k_{k}") for k in key))
+            where = and_(*[t.c[k] == bindparam(f"k_{k}") for k in key])
             for changed, rows in _by_changed_columns(updated, key).items():
                 statement = (
                     t.update().where(where).values({c: bindparam(f"v_{c}") for c in changed})
