@@ -40,8 +40,8 @@ class TableRows:
             return key
         # From a list, not a generator: on CPython 3.11 a tuple grown from a generator can
         # be caught half-built by gc.get_objects() on another thread, and then fails with
-        # SystemError (the add_exchange bench, counting the heap mid-write, failed a group
-        # commit so).
+        # SystemError: a group commit failed this way while the add_exchange bench walked
+        # the heap.
         return tuple([row[c] for c in columns])
 
     def load(self, rows: Iterable[Row]) -> None:
