@@ -51,7 +51,7 @@ def test_a_stall_is_split_into_the_collectors_time_and_the_codes() -> None:
 
     meter, collections = asyncio.run(scenario())
     worst = max(meter.stalls, key=lambda s: s.late)
-    assert worst.late >= 0.05
+    assert worst.late >= 0.05 - meter.interval  # the ticker's own sleep overlaps the block
     assert 0.0 < worst.collecting <= collections.total
     assert worst.outside_collections >= 0.05 - 0.001
     assert meter.worst_charged(0.0) == max(s.outside_collections for s in meter.stalls)
@@ -72,7 +72,7 @@ def test_a_collection_not_yet_added_to_the_total_still_counts_as_the_collectors(
 
     meter = asyncio.run(scenario())
     worst = max(meter.stalls, key=lambda s: s.late)
-    assert worst.late >= 0.05
+    assert worst.late >= 0.05 - meter.interval  # the ticker's own sleep overlaps the block
     assert worst.collecting >= 0.05 - 0.001
     assert worst.outside_collections <= 0.002
 
