@@ -10,8 +10,12 @@ from bench.peer import MEMVEE_RUNNER, _run
 
 
 def test_the_memvee_runner_reports_every_exchange_it_was_asked_for(tmp_path: Path) -> None:
-    result = _run(Path(sys.executable), MEMVEE_RUNNER, tmp_path, 3, 1)
-    assert len(result["one_user"]["latencies"]) == 3
+    """And, for one user, as many raw sqlite3 commits, timed in blocks between theirs."""
+    result = _run(Path(sys.executable), MEMVEE_RUNNER, tmp_path, 60, 1)
+    one = result["one_user"]
+    assert len(one["latencies"]) == 60
+    assert len(one["raw_latencies"]) == 60, "raw sqlite3's commits take turns with the exchanges"
+    assert all(latency > 0 for latency in one["latencies"] + one["raw_latencies"])
     hundred = result["hundred_users"]
     assert len(hundred["latencies"]) == 100
     assert hundred["seconds"] > 0 and hundred["cpu_seconds"] > 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from io import StringIO
 
+import pytest
 from rich.console import Console
 
 from bench.common import Section
-from bench.peer import _add_ratios
+from bench.peer import _add_ratios, _add_runs
 from bench.report import print_targets, targets
 
 
@@ -60,3 +61,13 @@ def test_the_report_checks_issue_13_against_its_limits() -> None:
     # missed: 150 µs of CPU against 100.
     assert (met, checked) == (4, 5)
     assert "1.5x the limit (+50 µs)" in out.getvalue()
+
+
+def test_the_raw_reference_of_one_user_is_the_one_timed_in_turns_with_memvee() -> None:
+    section = Section("peer", [])
+    one_user = {"latencies": [0.0006] * 9, "raw_latencies": [0.0002, 0.0003, 0.0004]}
+    hundred = {"latencies": [0.02] * 10, "seconds": 0.01, "cpu_seconds": 0.002}
+    _add_runs(section, "memvee", {"one_user": one_user, "hundred_users": hundred})
+    _add_ratios(section, with_peer=False)
+    assert section.stats["peer.raw.p50"].samples == [pytest.approx(0.3)]
+    assert section.stats["peer.one_p50_raw_ratio"].samples == [pytest.approx(2.0)]
