@@ -1,13 +1,14 @@
 """The write path's CPU in one thread, stage by stage, beside raw sqlite3 doing its SQL.
 
-The event loop, the actors' messages and the threads are left out. 100 users' logs
-decide two messages each (as their actors do) and are written as group commits of 50
-exchanges (as the committer writes them under load), all on this thread, timing its CPU;
-a second pass times each stage of the write. Beside it, in the same run, raw sqlite3
-writes the rows those commits wrote, ready made, into a copy of the database: the events,
-the messages, the users' rows, the position and the messages' full-text index, a commit
-per 50 exchanges. That is what SQLite alone costs per exchange. Both at the default
-durability (synchronous=FULL).
+The event loop, the actors' messages and the threads are left out. Users' logs decide two
+messages each (as their actors do) and are written as the committer writes them, all on
+this thread, timing its CPU; a second pass times each stage of the write. Two shapes:
+group commits of 50 exchanges of 100 users (the committer under load), and one user
+writing alone, a commit per exchange (an agent with one user at a time). Beside each, in
+the same round, raw sqlite3 writes the rows those commits wrote, ready made, into a copy
+of the database: the events, the messages, the users' rows, the positions and the
+messages' full-text index, one transaction per commit. That is what SQLite alone costs.
+Both at the default durability (synchronous=FULL).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,22 @@ from projections.columns import id_text
 from projections.search import SearchIndex, owned_words, spoken
 from projections.sink import TableSink
 
-__all__ = ["run"]
+__all__ = ["SHAPES", "Shape", "run"]
 
-_USERS = 100
-_PER_COMMIT = 50
-_COMMITS = 40
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How the measured exchanges are committed: ``per_commit`` exchanges of distinct
+    users (out of ``users``) per commit, ``commits`` commits per pass."""
+
+    name: str
+    users: int
+    per_commit: int
+    commits: int
+
+
+SHAPES = (Shape("grouped", 100, 50, 40), Shape("lone", 1, 1, 400))
+"""Group commits under load, and one user writing alone."""
 
 _STAGES: tuple[tuple[str, object, str], ...] = (
     ("encode the events", events.store._Encoder, "__call__"),
@@ -61,41 +74,47 @@ _STAGES: tuple[tuple[str, object, str], ...] = (
 
 
 def run(cfg: BenchConfig, workspace: Workspace) -> Section:
-    """Time the decision and the write of group commits in one thread, and the raw SQL."""
+    """Time the decision and the write of each shape's commits in one thread, and the raw
+    SQL of the same rows."""
+    grouped = SHAPES[0]
     section = Section(
-        f"The write path in one thread, by stage: {_USERS} users, group commits of "
-        f"{_PER_COMMIT} exchanges, beside raw sqlite3 writing the same rows",
-        ["stage", "CPU µs / exchange"],
+        "The write path in one thread, by stage, beside raw sqlite3 writing the same rows",
+        [
+            "stage",
+            f"{grouped.users} users, {grouped.per_commit} exchanges per commit: CPU µs / exchange",
+            "one user, a commit per exchange: CPU µs / exchange",
+        ],
     )
     with workspace.scratch("stages") as folder:
         seed = folder / "seed.db"
-        asyncio.run(_seed(seed))
+        asyncio.run(_seed(seed, max(shape.users for shape in SHAPES)))
         for round_no in range(1, cfg.rounds + 1):
             progress(f"write stages round {round_no}/{cfg.rounds}")
-            _round(section, folder, seed)
+            for shape in SHAPES:
+                _round(section, folder, seed, shape)
     stats = section.stats
-    section.rows.append(
-        ["decide (the actor: two messages, UserLog)", cell(stats["stages.decide"], _us)]
-    )
+
+    def row(label: str, key: str, fmt: Callable[[float], str] = _us) -> None:
+        section.rows.append(
+            [label, *(cell(stats[f"stages.{shape.name}.{key}"], fmt) for shape in SHAPES)]
+        )
+
+    row("decide (the actor: two messages, UserLog)", "decide")
     for name, _, _ in _STAGES:
-        section.rows.append([f"write: {name}", cell(stats[f"stages.{name}"], _us)])
-    section.rows.append(
-        ["write: the rest (transaction, settling)", cell(stats["stages.rest"], _us)]
-    )
-    section.rows.append(["decide + write, not timed by stage", cell(stats["stages.total"], _us)])
-    section.rows.append(
-        ["raw sqlite3: the same rows' SQL, ready made", cell(stats["stages.raw"], _us)]
-    )
-    section.rows.append(
-        ["decide + write ÷ raw sqlite3", cell(stats["stages.raw_ratio"], fmt_ratio)]
-    )
+        row(f"write: {name}", name)
+    row("write: the rest (transaction, settling)", "rest")
+    row("decide + write, not timed by stage", "total")
+    row("raw sqlite3: the same rows' SQL, ready made", "raw")
+    row("decide + write ÷ raw sqlite3", "raw_ratio", fmt_ratio)
     section.notes.append(
         "CPU time of this thread (time.thread_time), medians over rounds. The stages are "
         "timed in a second pass of the same commits, with a timer around each stage's "
         "function (about a microsecond each); 'the rest' is that pass's write less its "
         "stages. The untimed total is the figure to set beside the raw SQL: the "
-        "difference is memvee's Python on the write path; the 100-user figures of the "
-        "add_exchange and peer sections add the loop, the actors' messages and the threads."
+        "difference is memvee's Python on the write path; the add_exchange and peer "
+        "sections add the loop, the actors' messages and the threads. A lone user's "
+        "messages wait for the full-text index until 512 events have gathered, so their "
+        "indexing shows as a share of that pass."
     )
     return section
 
@@ -104,28 +123,28 @@ def _us(value: float) -> str:
     return f"{value:,.1f}"
 
 
-async def _seed(path: Path) -> None:
-    """A database with one exchange of each user, written by the engine."""
+async def _seed(path: Path, users: int) -> None:
+    """A database with one exchange of each of ``users`` users, written by the engine."""
     config = MemoryConfig(db_path=str(path))
     async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-        for n in range(_USERS):
+        for n in range(users):
             await memory.add_exchange(f"user-{n:05d}", USER_TEXT, ASSISTANT_TEXT)
 
 
-def _round(section: Section, folder: Path, seed: Path) -> None:
-    """One round: the engine's decide and write on a copy of ``seed``, then raw sqlite3
-    writing the same rows on another copy."""
+def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
+    """One round of ``shape``: the engine's decide and write on a copy of ``seed``, then
+    raw sqlite3 writing the same rows on another copy."""
     path = _copy(seed, folder / "engine.db")
     store = EventStore(sqlite_url(path))
     tables = ProjectionTables()
     committer = GroupCommitter(store, Projector(tables, remember=1000), 256)
     try:
-        logs = [store.load(f"user-{n:05d}") for n in range(_USERS)]
-        committer._write(_decide(logs, 0)[0])
+        logs = [store.load(f"user-{n:05d}") for n in range(shape.users)]
+        committer._write(_decide(logs, 0, shape)[0])
         first_event, first_message = _last_ids(path, tables)
         decide = write = 0
-        for commit in range(1, _COMMITS + 1):
-            batch, spent = _decide(logs, commit)
+        for commit in range(1, shape.commits + 1):
+            batch, spent = _decide(logs, commit, shape)
             started = time.thread_time_ns()
             committer._write(batch)
             write += time.thread_time_ns() - started
@@ -133,24 +152,28 @@ def _round(section: Section, folder: Path, seed: Path) -> None:
         timed: dict[str, int] = dict.fromkeys((name for name, _, _ in _STAGES), 0)
         staged = 0
         with _timing(timed):
-            for commit in range(_COMMITS + 1, 2 * _COMMITS + 1):
-                batch, _ = _decide(logs, commit)
+            for commit in range(shape.commits + 1, 2 * shape.commits + 1):
+                batch, _ = _decide(logs, commit, shape)
                 started = time.thread_time_ns()
                 committer._write(batch)
                 staged += time.thread_time_ns() - started
     finally:
         committer.stop()
         store.close()
-    exchanges = _COMMITS * _PER_COMMIT
-    section.stat("stages.decide", "µs").add(decide / exchanges / 1e3)
-    section.stat("stages.total", "µs").add((decide + write) / exchanges / 1e3)
+    exchanges = shape.commits * shape.per_commit
+
+    def add(key: str, nanoseconds: float) -> None:
+        section.stat(f"stages.{shape.name}.{key}", "µs").add(nanoseconds / exchanges / 1e3)
+
+    add("decide", decide)
+    add("total", decide + write)
     for name, spent in timed.items():
-        section.stat(f"stages.{name}", "µs").add(spent / exchanges / 1e3)
-    section.stat("stages.rest", "µs").add((staged - sum(timed.values())) / exchanges / 1e3)
-    commits = _written(path, tables, first_event, first_message)
-    raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[:_COMMITS])
-    section.stat("stages.raw", "µs").add(raw / exchanges / 1e3)
-    section.stat("stages.raw_ratio", "x").add((decide + write) / raw)
+        add(name, spent)
+    add("rest", staged - sum(timed.values()))
+    commits = _written(path, tables, first_event, first_message, shape)
+    raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[: shape.commits])
+    add("raw", raw)
+    section.stat(f"stages.{shape.name}.raw_ratio", "x").add((decide + write) / raw)
 
 
 def _copy(seed: Path, target: Path) -> Path:
@@ -160,13 +183,13 @@ def _copy(seed: Path, target: Path) -> Path:
     return target
 
 
-def _decide(logs: list[UserLog | None], commit: int) -> tuple[list[_Request], int]:
-    """The requests of one group commit (two messages of each of 50 users) and the CPU
+def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list[_Request], int]:
+    """The requests of one commit (two messages of each of its users) and the CPU
     nanoseconds their decisions took."""
     started = time.thread_time_ns()
     batch = []
-    for n in range(_PER_COMMIT):
-        user_log = logs[(commit * _PER_COMMIT + n) % _USERS]
+    for n in range(shape.per_commit):
+        user_log = logs[(commit * shape.per_commit + n) % shape.users]
         assert user_log is not None
         user_log.add_message("user", USER_TEXT, None, 100_000)
         user_log.add_message("assistant", ASSISTANT_TEXT, None, 100_000)
@@ -207,12 +230,12 @@ _Commit = dict[str, list[tuple[Any, ...]]]
 
 
 def _written(
-    path: Path, tables: ProjectionTables, after_event: int, after_message: int
+    path: Path, tables: ProjectionTables, after_event: int, after_message: int, shape: Shape
 ) -> list[_Commit]:
-    """The rows each measured group commit wrote, ready made: events, message rows, the
-    users' rows (as they ended), and the messages' index bodies."""
+    """The rows each measured commit wrote, ready made: events, message rows, the users'
+    rows (as they ended), and the messages' index bodies."""
     messages, users = tables.messages.name, tables.users.name
-    per_commit = 2 * _PER_COMMIT
+    per_commit = 2 * shape.per_commit
     with sqlite3.connect(path) as connection:
         event_rows = connection.execute(
             "SELECT originator_id, originator_version, topic, state FROM memvee_events "

@@ -8,8 +8,6 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from bench import stages
 from bench.common import Section
 from projections import ProjectionTables, SearchIndex
@@ -22,21 +20,17 @@ def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
         return connection.execute(sql).fetchall()
 
 
-def test_the_raw_floor_writes_the_rows_the_engine_wrote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(stages, "_USERS", 4)
-    monkeypatch.setattr(stages, "_PER_COMMIT", 2)
-    monkeypatch.setattr(stages, "_COMMITS", 3)
+def test_the_raw_floor_writes_the_rows_the_engine_wrote(tmp_path: Path) -> None:
     seed = tmp_path / "seed.db"
-    asyncio.run(stages._seed(seed))
+    asyncio.run(stages._seed(seed, 4))
     section = Section("stages", [])
-    stages._round(section, tmp_path, seed)
+    stages._round(section, tmp_path, seed, stages.Shape("test", 4, 2, 3))
 
     names = [name for name, _, _ in stages._STAGES]
+    stats = section.stats
     for key in ("decide", "total", "raw", "raw_ratio", "rest", *names):
-        assert len(section.stats[f"stages.{key}"].samples) == 1, key
-    assert all(section.stats[f"stages.{key}"].samples[0] > 0 for key in ("decide", "total", "raw"))
+        assert len(stats[f"stages.test.{key}"].samples) == 1, key
+    assert all(stats[f"stages.test.{key}"].samples[0] > 0 for key in ("decide", "total", "raw"))
 
     tables = ProjectionTables()
     engine, raw = tmp_path / "engine.db", tmp_path / "raw.db"
@@ -67,3 +61,16 @@ def test_the_raw_floor_writes_the_rows_the_engine_wrote(
         raw_hits = [row[0] for row in r.execute(found, (match,))]
         engine_hits = [row[0] for row in e.execute(found, (match,))]
     assert raw_hits and raw_hits == engine_hits
+
+
+def test_a_lone_user_is_measured_a_commit_per_exchange(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.db"
+    asyncio.run(stages._seed(seed, 1))
+    section = Section("stages", [])
+    stages._round(section, tmp_path, seed, stages.Shape("lone", 1, 1, 5))
+    raw, engine = tmp_path / "raw.db", tmp_path / "engine.db"
+    events = "SELECT count(*) FROM memvee_events"
+    assert _rows(raw, events)[0][0] + 12 == _rows(engine, events)[0][0], (
+        "the raw copy replays the five measured commits of the first pass (two events each)"
+    )
+    assert section.stats["stages.lone.raw"].samples[0] > 0
