@@ -28,10 +28,9 @@ from sqlalchemy.engine import default
 import events.store
 import projections.projector
 from actors._committer import GroupCommitter, _Request
-from bench.append import ASSISTANT_TEXT, USER_TEXT
+from bench.append import ASSISTANT_TEXT, USER_TEXT, write_histories
 from bench.common import (
     BenchConfig,
-    InstantExtractor,
     Section,
     Workspace,
     cell,
@@ -39,7 +38,6 @@ from bench.common import (
     progress,
 )
 from events import EventStore, UserLog, sqlite_url
-from memvee import Memory, MemoryConfig
 from projections import ProjectionTables, Projector
 from projections.columns import id_text
 from projections.search import SearchIndex, owned_words, spoken
@@ -87,7 +85,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
     )
     with workspace.scratch("stages") as folder:
         seed = folder / "seed.db"
-        asyncio.run(_seed(seed, max(shape.users for shape in SHAPES)))
+        asyncio.run(write_histories(seed, max(shape.users for shape in SHAPES), 1))
         for round_no in range(1, cfg.rounds + 1):
             progress(f"write stages round {round_no}/{cfg.rounds}")
             for shape in SHAPES:
@@ -121,14 +119,6 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
 
 def _us(value: float) -> str:
     return f"{value:,.1f}"
-
-
-async def _seed(path: Path, users: int) -> None:
-    """A database with one exchange of each of ``users`` users, written by the engine."""
-    config = MemoryConfig(db_path=str(path))
-    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-        for n in range(users):
-            await memory.add_exchange(f"user-{n:05d}", USER_TEXT, ASSISTANT_TEXT)
 
 
 def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:

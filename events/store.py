@@ -521,11 +521,13 @@ class EventStore:
             # Straight to the driver, on the thread's own connection: the first touch of
             # every user pays this, and SQLAlchemy's statements and pool cost more than
             # the two queries.
-            key, what = log_id.bytes, f"load the log of {user_id!r}"
-            found = self._read(what, self._raw_last_snapshot, (key,))
+            key = log_id.bytes
+            found = self._read(self._raw_last_snapshot, (key,), "load the log", user_id)
             snapshot = found[0] if found else None
             after = 0 if snapshot is None else snapshot[0]
-            rows = self._read(what, self._raw_log_events, (key, after, _NO_LIMIT))
+            rows = self._read(
+                self._raw_log_events, (key, after, _NO_LIMIT), "load the log", user_id
+            )
         else:
             with self.engine.connect() as connection:
                 snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
@@ -658,23 +660,26 @@ class EventStore:
         bounds = (log_id.bytes, after or 0, upto or _NO_LIMIT)
         raw: Sequence[Any]
         if self._readers is not None:
-            raw = self._read(f"read the events of {user_id!r}", self._raw_log_events, bounds)
+            raw = self._read(self._raw_log_events, bounds, "read the events", user_id)
         else:
             with self.engine.connect() as connection:
                 raw = connection.exec_driver_sql(self._raw_log_events, bounds).fetchall()
         decode = self._decoder
         return [decode(log_id, version, topic, state) for version, topic, state in raw]
 
-    def _read(self, what: str, statement: str, parameters: tuple[Any, ...]) -> list[Any]:
+    def _read(
+        self, statement: str, parameters: tuple[Any, ...], doing: str, user_id: str
+    ) -> list[Any]:
         """The rows of a read on the calling thread's own connection (a SQLite file); a
-        failed read is a :class:`StorageError`, and the thread's next read reconnects."""
+        failed read (``doing`` of ``user_id``) is a :class:`StorageError`, and the thread's
+        next read reconnects."""
         assert self._readers is not None
         try:
             return self._readers.get().execute(statement, parameters).fetchall()
         except sqlite3.Error as error:
             self._readers.discard()
             raise StorageError(
-                f"could not {what} from {self.safe_url}: {_first_line(error)}"
+                f"could not {doing} of {user_id!r} from {self.safe_url}: {_first_line(error)}"
             ) from error
 
     def stored_events_of(self, user_id: str, page_size: int = 1000) -> Iterator[StoredEvent]:

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from bench import stages
+from bench.append import write_histories
 from bench.common import Section
 from projections import ProjectionTables, SearchIndex
 from projections.columns import id_text
@@ -22,7 +23,7 @@ def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def test_the_raw_floor_writes_the_rows_the_engine_wrote(tmp_path: Path) -> None:
     seed = tmp_path / "seed.db"
-    asyncio.run(stages._seed(seed, 4))
+    asyncio.run(write_histories(seed, 4, 1))
     section = Section("stages", [])
     stages._round(section, tmp_path, seed, stages.Shape("test", 4, 2, 3))
 
@@ -65,7 +66,7 @@ def test_the_raw_floor_writes_the_rows_the_engine_wrote(tmp_path: Path) -> None:
 
 def test_a_lone_user_is_measured_a_commit_per_exchange(tmp_path: Path) -> None:
     seed = tmp_path / "seed.db"
-    asyncio.run(stages._seed(seed, 1))
+    asyncio.run(write_histories(seed, 1, 1))
     section = Section("stages", [])
     stages._round(section, tmp_path, seed, stages.Shape("lone", 1, 1, 5))
     raw, engine = tmp_path / "raw.db", tmp_path / "engine.db"
