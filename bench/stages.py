@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.engine import default
 
-import events.store
+import events._codec
 import projections.projector
 from actors._committer import GroupCommitter, _Request
 from bench.append import ASSISTANT_TEXT, USER_TEXT, write_histories
@@ -61,7 +61,7 @@ SHAPES = (Shape("grouped", 100, 50, 40), Shape("lone", 1, 1, 400))
 """Group commits under load, and one user writing alone."""
 
 _STAGES: tuple[tuple[str, object, str], ...] = (
-    ("encode the events", events.store._Encoder, "__call__"),
+    ("encode the events", events._codec.Encoder, "__call__"),
     ("insert the events", EventStore, "_insert"),
     ("fold: load and evolve rows", projections.projector, "_folded"),
     ("write the projection rows", TableSink, "write"),

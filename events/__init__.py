@@ -3,6 +3,14 @@
 Imports none of memvee's other packages and does no I/O beyond the event store.
 """
 
+from events.checks import (
+    ROLES,
+    check_message,
+    check_name,
+    check_text,
+    check_time,
+    check_user_id,
+)
 from events.errors import (
     ConflictError,
     ExtractionError,
@@ -31,18 +39,7 @@ from events.extraction import (
     estimate_tokens,
 )
 from events.store import Durability, EventStore, LoadedLog, Recorded, StoredSnapshot, sqlite_url
-from events.user_log import (
-    EVENT_CLASSES,
-    ROLES,
-    UserLog,
-    check_message,
-    check_name,
-    check_text,
-    check_time,
-    check_user_id,
-    short_message_id,
-    user_log_id,
-)
+from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
 
 __all__ = [
     "EVENT_CLASSES",

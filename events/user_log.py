@@ -16,8 +16,6 @@ so that no message can block the ones after it.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 from uuid_utils import uuid7
 
+from events.checks import check_message, check_name, check_time
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
 from events.extraction import (
     FACT_ACTIONS,
@@ -41,15 +40,12 @@ __all__ = [
     "DEFAULT_LIMITS",
     "EVENT_CLASSES",
     "LIVE_KNOWLEDGE",
-    "ROLES",
     "UserLog",
     "new_message_id",
     "short_message_id",
     "user_log_id",
 ]
 
-ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
-"""The roles a message may have."""
 
 LIVE_KNOWLEDGE = "live"
 """The name of the knowledge version that reads return by default."""
@@ -810,120 +806,3 @@ def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
             entry["repairs"] = notes
         entries.append(entry)
     return entries
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
-_FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
-
-
-def check_text(value: str, what: str) -> None:
-    """Raise :class:`InvalidInputError` if ``value`` holds a character that some database
-    cannot store (a lone surrogate is not UTF-8, and PostgreSQL text holds no NUL): it
-    would otherwise fail deep inside a write, or only on one backend."""
-    if value.isascii() and "\x00" not in value:  # most text: no surrogate, and no NUL
-        return
-    found = _UNSTORABLE.search(value)
-    if found is not None:
-        char = found.group()
-        kind = "a NUL character" if char == "\x00" else "a lone surrogate"
-        raise InvalidInputError(
-            f"{what} contains {kind} (U+{ord(char):04X} at index {found.start()}), "
-            "which cannot be stored as text"
-        )
-
-
-_PLAINLY_VISIBLE = re.compile("[!-~]")
-"""ASCII letters, digits and signs: one is enough to show, and most text has one early."""
-
-
-def _check_visible(value: str, what: str, hint: str = "") -> None:
-    """Raise :class:`InvalidInputError` unless ``value`` shows at least one character."""
-    if _PLAINLY_VISIBLE.search(value) is not None:
-        return
-    if not any(
-        unicodedata.category(char) not in _INVISIBLE and char not in _FILLERS for char in value
-    ):
-        raise InvalidInputError(
-            f"{what} must not be empty, nor only spaces, control or zero-width characters{hint}"
-        )
-
-
-def _check_no_control(value: str, what: str) -> None:
-    """Raise :class:`InvalidInputError` if ``value`` holds a control character (a NUL, a
-    newline...): names and ids are single lines, and PostgreSQL text cannot hold a NUL."""
-    found = _CONTROL.search(value)
-    if found is not None:
-        raise InvalidInputError(
-            f"{what} must not contain control characters "
-            f"(U+{ord(found.group()):04X} at index {found.start()})"
-        )
-
-
-def check_user_id(user_id: object) -> str:
-    """Return ``user_id`` if it names a user, else raise :class:`InvalidInputError`."""
-    if not isinstance(user_id, str):
-        raise InvalidInputError(f"user_id must be a str, not {type(user_id).__name__}")
-    if len(user_id) > 256:
-        raise InvalidInputError(f"user_id is {len(user_id)} characters long; the limit is 256")
-    check_text(user_id, "user_id")
-    _check_visible(user_id, "user_id")
-    _check_no_control(user_id, "user_id")
-    return user_id
-
-
-MAX_NAME_CHARS = 100
-"""The longest speaker name a message may carry."""
-
-
-def check_name(name: object) -> None:
-    """Raise :class:`InvalidInputError` unless ``name`` is ``None`` or a speaker's name."""
-    if name is None:
-        return
-    if not isinstance(name, str):
-        raise InvalidInputError(f"name must be a str or None, not {type(name).__name__}")
-    if len(name) > MAX_NAME_CHARS:
-        raise InvalidInputError(
-            f"name must be at most {MAX_NAME_CHARS} characters long, not {len(name)}"
-        )
-    check_text(name, "name")
-    _check_visible(name, "name", " (pass None for no name)")
-    _check_no_control(name, "name")
-
-
-def check_message(role: object, content: object, max_chars: int) -> None:
-    """Raise :class:`InvalidInputError` unless ``role`` and ``content`` make a valid message."""
-    if not isinstance(role, str) or role not in ROLES:
-        raise InvalidInputError(f"unknown role {role!r}; expected one of {sorted(ROLES)}")
-    if not isinstance(content, str):
-        raise InvalidInputError(f"content must be a str, not {type(content).__name__}")
-    if len(content) > max_chars:
-        raise InvalidInputError(
-            f"{role} message content is {len(content)} characters long; the limit is {max_chars}"
-        )
-    if content.isascii() and "\x00" not in content and _PLAINLY_VISIBLE.search(content):
-        return  # most messages: storable and visible (what the checks below find, sooner)
-    what = f"{role} message content"
-    check_text(content, what)
-    _check_visible(content, what)
-
-
-def check_time(moment: object, what: str) -> datetime | None:
-    """Return ``moment`` in UTC (``None`` stays ``None``), else raise
-    :class:`InvalidInputError`: times are kept in UTC, so a time must say its offset and
-    must still fall within years 1 to 9999 once in UTC."""
-    if moment is None:
-        return None
-    if not isinstance(moment, datetime):
-        raise InvalidInputError(f"{what} must be a datetime or None, not {type(moment).__name__}")
-    if moment.utcoffset() is None:
-        raise InvalidInputError(
-            f"{what} must be timezone-aware, e.g. datetime.now(UTC) or 2026-11-26T10:00:00+00:00"
-        )
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:
-        raise InvalidInputError(
-            f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
-        ) from None

@@ -1,0 +1,120 @@
+"""The input checks: what callers hand in is refused with a typed error that names the
+value and the fault, before anything is decided; everything storable and visible passes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from events import InvalidInputError
+from events.checks import (
+    MAX_NAME_CHARS,
+    ROLES,
+    check_message,
+    check_name,
+    check_text,
+    check_time,
+    check_user_id,
+)
+
+VISIBLE_TEXTS = ["kim", "Zoë", "東京", "🙂", "a b", "x\u200by", "ñ\u0303"]
+
+
+@pytest.mark.parametrize("text", VISIBLE_TEXTS)
+def test_visible_storable_text_passes_every_check(text: str) -> None:
+    check_text(text, "text")
+    assert check_user_id(text) == text
+    check_name(text)
+    for role in ROLES:
+        check_message(role, text, 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ("a\x00b", r"contains a NUL character \(U\+0000 at index 1\)"),
+        ("ok\ud800", r"contains a lone surrogate \(U\+D800 at index 2\)"),
+        ("\udfffok", r"contains a lone surrogate \(U\+DFFF at index 0\)"),
+    ],
+)
+def test_text_a_database_cannot_store_is_refused_with_where_it_is(text: str, fault: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"^query {fault}"):
+        check_text(text, "query")
+
+
+@pytest.mark.parametrize(
+    ("user_id", "fault"),
+    [
+        (7, "user_id must be a str, not int"),
+        ("u" * 257, "user_id is 257 characters long; the limit is 256"),
+        ("", "user_id must not be empty"),
+        ("\u200b\u200d\ufeff", "user_id must not be empty, nor only spaces"),
+        ("\u3164", "user_id must not be empty"),
+        ("a\nb", r"user_id must not contain control characters \(U\+000A at index 1\)"),
+        ("a\x00b", "user_id contains a NUL character"),
+    ],
+)
+def test_a_user_id_is_one_visible_line_of_at_most_256_characters(
+    user_id: object, fault: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=fault):
+        check_user_id(user_id)
+
+
+def test_a_user_id_of_exactly_256_characters_passes() -> None:
+    assert check_user_id("u" * 256) == "u" * 256
+
+
+def test_no_name_passes_and_a_name_is_a_short_visible_line() -> None:
+    check_name(None)
+    check_name("n" * MAX_NAME_CHARS)
+    with pytest.raises(InvalidInputError, match="name must be a str or None, not int"):
+        check_name(3)
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_NAME_CHARS} characters"):
+        check_name("n" * (MAX_NAME_CHARS + 1))
+    with pytest.raises(InvalidInputError, match=r"pass None for no name"):
+        check_name(" ")
+    with pytest.raises(InvalidInputError, match="name must not contain control characters"):
+        check_name("Ann\tLee")
+
+
+@pytest.mark.parametrize(
+    ("role", "content", "fault"),
+    [
+        ("robot", "hi", r"unknown role 'robot'; expected one of \['assistant', 'system', 'user'\]"),
+        (None, "hi", "unknown role None"),
+        ("user", b"hi", "content must be a str, not bytes"),
+        ("user", "x" * 11, "user message content is 11 characters long; the limit is 10"),
+        ("assistant", "  \t\n", "assistant message content must not be empty"),
+        ("user", "\u200b", "user message content must not be empty"),
+        ("user", "hi\x00", "user message content contains a NUL character"),
+        ("system", "é\ud83d", "system message content contains a lone surrogate"),
+    ],
+)
+def test_a_message_has_a_known_role_and_visible_storable_content_within_the_limit(
+    role: object, content: object, fault: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=fault):
+        check_message(role, content, 10)
+
+
+def test_a_message_may_hold_newlines_and_tabs_between_visible_words() -> None:
+    check_message("user", "line one\n\tline two", 100)
+
+
+def test_times_must_say_their_offset_and_come_back_in_utc() -> None:
+    assert check_time(None, "sent_at") is None
+    lisbon_summer = datetime(2026, 7, 1, 12, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert check_time(lisbon_summer, "sent_at") == datetime(2026, 7, 1, 11, 0, tzinfo=UTC)
+    assert check_time(lisbon_summer, "sent_at").tzinfo is UTC  # type: ignore[union-attr]
+    with pytest.raises(InvalidInputError, match="sent_at must be timezone-aware"):
+        check_time(datetime(2026, 7, 1, 12, 0), "sent_at")
+    with pytest.raises(InvalidInputError, match="sent_at must be a datetime or None, not str"):
+        check_time("2026-07-01", "sent_at")
+
+
+def test_a_time_that_leaves_the_calendar_once_in_utc_is_refused() -> None:
+    edge = datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1)))
+    with pytest.raises(InvalidInputError, match="outside years 1 to 9999"):
+        check_time(edge, "valid_from")
