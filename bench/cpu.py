@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench import stages
+from bench import stages, threads
 from bench.common import BenchConfig, InstantExtractor, Section, Workspace, progress
 
 __all__ = ["LAYERS", "layer_of", "run"]
@@ -88,9 +88,10 @@ async def _load(folder: Path) -> None:
 
 
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
-    """Profile the 100-user scenario once (the share of CPU samples per layer), then time
-    the write path in one thread by stage, beside raw sqlite3 (:mod:`bench.stages`)."""
-    return [_layers(workspace), stages.run(cfg, workspace)]
+    """Profile the 100-user scenario once (the share of CPU samples per layer), time it by
+    thread (:mod:`bench.threads`), then time the write path in one thread by stage, beside
+    raw sqlite3 (:mod:`bench.stages`)."""
+    return [_layers(workspace), threads.run(cfg, workspace), stages.run(cfg, workspace)]
 
 
 def _layers(workspace: Workspace) -> Section:

@@ -1,0 +1,209 @@
+"""Where the 100-user write scenario's time goes, by thread, and how busy the writer is.
+
+Every exchange is written by a group commit, one at a time, so the writes are the pipe
+the whole scenario goes through. A fresh interpreter runs the scenario unprofiled and
+reads each thread's CPU clock (``pthread_getcpuclockid``) before and after. It also
+times every write (``GroupCommitter._write``, on whichever thread ran it): the share of
+the wall time spent writing, and how much of that the writing thread was on the CPU.
+A writer busy nearly all the time but on the CPU for only part of it is waiting, for
+the GIL that the other threads hold, or for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, cell, progress
+
+__all__ = ["GROUPS", "WriteClock", "group_of", "run", "thread_cpu"]
+
+GROUPS = ("event loop", "actors", "committer", "other threads")
+"""The threads, grouped as the table shows them."""
+
+_USERS, _PER_USER = 100, 40
+
+
+def group_of(name: str) -> str:
+    """The group of the thread called ``name`` (memvee names its threads)."""
+    if name == "MainThread":
+        return "event loop"
+    if name.startswith("memvee-actor_"):
+        return "actors"
+    if name == "memvee-committer":
+        return "committer"
+    return "other threads"
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of every live thread so far, by thread name (threads whose clock
+    cannot be read are left out)."""
+    found: dict[str, float] = {}
+    for thread in threading.enumerate():
+        ident = thread.ident
+        if ident is None:
+            continue
+        try:
+            clock = time.pthread_getcpuclockid(ident)
+            found[thread.name] = time.clock_gettime(clock)
+        except (AttributeError, OSError):
+            continue
+    return found
+
+
+@dataclass
+class WriteClock:
+    """Wall and CPU seconds spent inside timed calls, counted once when they nest."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    calls: int = 0
+
+    def __post_init__(self) -> None:
+        self._depth = threading.local()
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Count the block's wall and thread CPU time (not again inside itself)."""
+        depth = getattr(self._depth, "value", 0)
+        self._depth.value = depth + 1
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self._depth.value = depth
+            if depth == 0:
+                self.wall += time.perf_counter() - wall
+                self.cpu += time.thread_time() - cpu
+                self.calls += 1
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function``, timed."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.timing():
+                return function(*args, **kwargs)
+
+        return timed
+
+
+async def _scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
+    from actors._committer import GroupCommitter
+    from bench.append import ASSISTANT_TEXT, USER_TEXT
+    from bench.common import InstantExtractor
+    from memvee import Memory, MemoryConfig
+
+    writes = WriteClock()
+    GroupCommitter._write = writes.wrap(GroupCommitter._write)  # type: ignore[method-assign]
+    config = MemoryConfig(db_path=str(folder / "memvee.db"))
+    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
+
+        async def write(user: str, count: int) -> None:
+            for _ in range(count):
+                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
+
+        names = [f"user-{i:05d}" for i in range(users)]
+        await asyncio.gather(*(write(u, 1) for u in names))
+        before, writes.wall, writes.cpu, writes.calls = thread_cpu(), 0.0, 0.0, 0
+        started = time.perf_counter()
+        await asyncio.gather(*(write(u, per_user) for u in names))
+        seconds = time.perf_counter() - started
+        after = thread_cpu()
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    return {
+        "exchanges": users * per_user,
+        "seconds": seconds,
+        "threads": spent,
+        "write_wall": writes.wall,
+        "write_cpu": writes.cpu,
+        "writes": writes.calls,
+    }
+
+
+def measure(folder: Path, users: int = _USERS, per_user: int = _PER_USER) -> dict[str, Any]:
+    """One run of the scenario in a fresh interpreter; what :func:`_scenario` reports."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.threads", str(folder), str(users), str(per_user)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the thread-time run failed: {done.stderr.strip()[-400:]}")
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def run(cfg: BenchConfig, workspace: Workspace) -> Section:
+    """The scenario's CPU by thread group and the writes' wall and CPU time, medians of
+    ``cfg.rounds`` runs."""
+    section = Section(
+        f"Where the time goes by thread: {_USERS} users x {_PER_USER} exchanges in flight, "
+        "unprofiled",
+        ["", "µs / exchange", "share of the wall time"],
+    )
+    for round_no in range(1, cfg.rounds + 1):
+        progress(f"thread time round {round_no}/{cfg.rounds}")
+        with workspace.scratch("threads") as folder:
+            _record(section, measure(folder))
+    stats = section.stats
+    rows = [(group, f"CPU: {group}") for group in GROUPS] + [
+        ("all", "CPU: all threads"),
+        ("write_wall", "writing (group commits), wall time"),
+        ("write_cpu", "  of which the writing thread on the CPU"),
+        ("write_off", "  of which waiting (the GIL, the disk)"),
+    ]
+    for key, label in rows:
+        us, share = stats[f"threads.{key}.us"], stats[f"threads.{key}.share"]
+        section.rows.append([label, cell(us, _us), cell(share, _pct)])
+    section.notes.append(
+        "Thread CPU clocks read before and after the measured phase, in a fresh "
+        "interpreter; the writes timed around GroupCommitter._write on whichever thread ran "
+        "them. A share of the wall time near 100% for the writes means they follow each "
+        "other without a gap: the committer is the bottleneck, and what it spends off the "
+        "CPU while writing is the first thing to win back."
+    )
+    return section
+
+
+def _record(section: Section, found: dict[str, Any]) -> None:
+    """One run's figures as the section's statistics."""
+    exchanges, seconds = found["exchanges"], found["seconds"]
+
+    def add(key: str, cpu_seconds: float) -> None:
+        section.stat(f"threads.{key}.us", "µs").add(cpu_seconds / exchanges * 1e6)
+        section.stat(f"threads.{key}.share", "%").add(cpu_seconds / seconds * 100)
+
+    by_group = dict.fromkeys(GROUPS, 0.0)
+    for name, spent in found["threads"].items():
+        by_group[group_of(name)] += spent
+    for group, spent in by_group.items():
+        add(group, spent)
+    add("all", sum(by_group.values()))
+    add("write_wall", found["write_wall"])
+    add("write_cpu", found["write_cpu"])
+    add("write_off", found["write_wall"] - found["write_cpu"])
+
+
+def _us(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0f}%"
+
+
+if __name__ == "__main__":
+    counts = [int(a) for a in sys.argv[2:4]] if len(sys.argv) > 3 else [_USERS, _PER_USER]
+    print(json.dumps(asyncio.run(_scenario(Path(sys.argv[1]), *counts))))
