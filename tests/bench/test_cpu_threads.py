@@ -66,6 +66,17 @@ def test_nested_writes_are_timed_once() -> None:
     assert clock.wall >= clock.cpu >= 0
 
 
+def test_a_clock_within_another_counts_only_inside_its_calls() -> None:
+    outer, inner = threads.WriteClock(), threads.WriteClock()
+    commit = inner.wrap(lambda: None, within=outer)
+    commit()
+    assert inner.calls == 0
+    outer.wrap(commit)()
+    assert (outer.calls, inner.calls) == (1, 1)
+    outer.reset()
+    assert (outer.calls, outer.wall, outer.cpu) == (0, 0.0, 0.0)
+
+
 def test_a_failed_write_is_still_timed_and_its_error_passes_through() -> None:
     clock = threads.WriteClock()
 
@@ -96,6 +107,8 @@ def test_a_run_is_printed_per_exchange_and_as_shares_of_its_wall_time(
         "write_wall": 1.9,
         "write_cpu": 1.1,
         "writes": 40,
+        "commit_wall": 0.4,
+        "commit_cpu": 0.1,
     }
 
     def measure(folder: Path) -> dict[str, Any]:
@@ -112,7 +125,9 @@ def test_a_run_is_printed_per_exchange_and_as_shares_of_its_wall_time(
         "CPU: all threads": ("1,520.0", "76%"),
         "writing (group commits), wall time": ("1,900.0", "95%"),
         "  of which the writing thread on the CPU": ("1,100.0", "55%"),
-        "  of which waiting (the GIL, the disk)": ("800.0", "40%"),
+        "  of which off the CPU": ("800.0", "40%"),
+        "    in the commit (the disk)": ("300.0", "15%"),
+        "    elsewhere (mostly waiting for the GIL)": ("500.0", "25%"),
     }
     assert len(section.stats["threads.committer.us"].samples) == 2
 
@@ -124,6 +139,7 @@ def test_the_scenario_runs_in_a_fresh_interpreter_and_reports_every_figure(
     assert found["exchanges"] == 6
     assert found["writes"] >= 1
     assert 0 < found["write_cpu"] <= found["write_wall"]
+    assert 0 < found["commit_cpu"] <= found["commit_wall"] <= found["write_wall"]
     assert found["seconds"] > 0
     groups = {threads.group_of(name) for name in found["threads"]}
     assert {"event loop", "actors", "committer"} <= groups
