@@ -1,7 +1,8 @@
 """Where the CPU of one exchange goes: a py-spy sampling profile across all threads.
 
-A child process runs the 100-user write scenario (100 users, each writing exchanges in
-sequence, all in flight; default durability) under ``py-spy record --gil``: every thread,
+A child process runs the 100-user write scenario (:func:`bench.threads.scenario`: 100
+users, each writing exchanges in sequence, all in flight; default durability) under
+``py-spy record --gil``: every thread,
 but only the one holding the GIL at each sample, so threads waiting for the GIL or a lock
 are not counted as working. Each sample is charged to the innermost frame that belongs to
 a known layer, so a sample in ``uuid4`` called from an actor counts as uuid, and one in
@@ -16,12 +17,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from bench import stages, threads
-from bench.common import BenchConfig, InstantExtractor, Section, Workspace, progress
+from bench.common import BenchConfig, Section, Workspace, progress
 
 __all__ = ["LAYERS", "layer_of", "run"]
 
@@ -44,7 +44,6 @@ LAYERS: tuple[tuple[str, str], ...] = (
 """Layers in the order they are tried, innermost frame first: the first that matches."""
 
 _COMPILED = [(name, re.compile(pattern)) for name, pattern in LAYERS]
-_USERS, _PER_USER = 100, 40
 
 
 def layer_of(stack: list[str]) -> str:
@@ -68,25 +67,6 @@ def breakdown(raw: str) -> Counter[str]:
     return counts
 
 
-async def _load(folder: Path) -> None:
-    from bench.append import ASSISTANT_TEXT, USER_TEXT
-    from memvee import Memory, MemoryConfig
-
-    config = MemoryConfig(db_path=str(folder / "memvee.db"))
-    async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-
-        async def write(user: str, count: int) -> None:
-            for _ in range(count):
-                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
-
-        users = [f"user-{i:05d}" for i in range(_USERS)]
-        await asyncio.gather(*(write(u, 1) for u in users))
-        started = time.process_time()
-        await asyncio.gather(*(write(u, _PER_USER) for u in users))
-        cpu = time.process_time() - started
-    print(f"cpu_us_per_exchange={cpu / (_USERS * _PER_USER) * 1e6:.1f}")
-
-
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     """Profile the 100-user scenario once (the share of CPU samples per layer), time it by
     thread (:mod:`bench.threads`), then time the write path in one thread by stage, beside
@@ -97,8 +77,8 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
 def _layers(workspace: Workspace) -> Section:
     """The share of CPU samples per layer in one profiled run of the 100-user scenario."""
     section = Section(
-        f"CPU of the write path by layer: py-spy samples of the GIL holder, {_USERS} users x "
-        f"{_PER_USER} exchanges in flight",
+        "CPU of the write path by layer: py-spy samples of the GIL holder, "
+        f"{threads.USERS} users x {threads.PER_USER} exchanges in flight",
         ["layer", "share of samples", "µs / exchange (profiled run)"],
     )
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -138,4 +118,6 @@ def _layers(workspace: Workspace) -> Section:
 
 
 if __name__ == "__main__":
-    asyncio.run(_load(Path(sys.argv[1])))
+    found = asyncio.run(threads.scenario(Path(sys.argv[1]), threads.USERS, threads.PER_USER))
+    cpu = sum(found["threads"].values())
+    print(f"cpu_us_per_exchange={cpu / found['exchanges'] * 1e6:.1f}")

@@ -26,12 +26,13 @@ from typing import Any
 
 from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, cell, progress
 
-__all__ = ["GROUPS", "WriteClock", "group_of", "run", "thread_cpu"]
+__all__ = ["GROUPS", "PER_USER", "USERS", "WriteClock", "group_of", "run", "scenario", "thread_cpu"]
 
 GROUPS = ("event loop", "actors", "committer", "other threads")
 """The threads, grouped as the table shows them."""
 
-_USERS, _PER_USER = 100, 40
+USERS, PER_USER = 100, 40
+"""The scenario: this many users in flight, each writing this many exchanges in sequence."""
 
 
 def group_of(name: str) -> str:
@@ -63,7 +64,10 @@ def thread_cpu() -> dict[str, float]:
 
 @dataclass
 class WriteClock:
-    """Wall and CPU seconds spent inside timed calls, counted once when they nest."""
+    """Wall and CPU seconds spent inside timed calls, counted once when they nest.
+
+    The sums are not locked: the calls it times must not overlap across threads (memvee
+    writes one group commit at a time)."""
 
     wall: float = 0.0
     cpu: float = 0.0
@@ -109,7 +113,11 @@ class WriteClock:
         self.wall, self.cpu, self.calls = 0.0, 0.0, 0
 
 
-async def _scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
+async def scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
+    """``users`` users in flight, each writing ``per_user`` exchanges after a warm-up one:
+    the measured phase's seconds, each thread's CPU seconds, and the writes' and their
+    commits' wall and CPU seconds. It wraps the committer's write and the dialect's commit
+    for good, so it runs in an interpreter of its own."""
     from sqlalchemy.engine.default import DefaultDialect
 
     from actors._committer import GroupCommitter
@@ -151,8 +159,8 @@ async def _scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
     }
 
 
-def measure(folder: Path, users: int = _USERS, per_user: int = _PER_USER) -> dict[str, Any]:
-    """One run of the scenario in a fresh interpreter; what :func:`_scenario` reports."""
+def measure(folder: Path, users: int = USERS, per_user: int = PER_USER) -> dict[str, Any]:
+    """One run of the scenario in a fresh interpreter; what :func:`scenario` reports."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.threads", str(folder), str(users), str(per_user)],
         capture_output=True,
@@ -171,7 +179,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
     """The scenario's CPU by thread group and the writes' wall and CPU time, medians of
     ``cfg.rounds`` runs."""
     section = Section(
-        f"Where the time goes by thread: {_USERS} users x {_PER_USER} exchanges in flight, "
+        f"Where the time goes by thread: {USERS} users x {PER_USER} exchanges in flight, "
         "unprofiled",
         ["", "µs / exchange", "share of the wall time"],
     )
@@ -235,5 +243,5 @@ def _pct(value: float) -> str:
 
 
 if __name__ == "__main__":
-    counts = [int(a) for a in sys.argv[2:4]] if len(sys.argv) > 3 else [_USERS, _PER_USER]
-    print(json.dumps(asyncio.run(_scenario(Path(sys.argv[1]), *counts))))
+    counts = [int(a) for a in sys.argv[2:4]] if len(sys.argv) > 3 else [USERS, PER_USER]
+    print(json.dumps(asyncio.run(scenario(Path(sys.argv[1]), *counts))))
