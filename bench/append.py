@@ -38,7 +38,7 @@ from bench.stalls import GcPauseMeter, LoopStallMeter, objects_held
 from events import Durability
 from memvee import Memory, MemoryConfig
 
-__all__ = ["Scenario", "ScenarioRun", "run", "run_scenario", "write_histories"]
+__all__ = ["Scenario", "ScenarioRun", "run", "run_scenario", "write_exchanges", "write_histories"]
 
 USER_TEXT = "I live in Lisbon and I work at a small bakery near the river."
 ASSISTANT_TEXT = "That sounds lovely! How long have you been working there?"
@@ -115,17 +115,16 @@ async def write_histories(
     in flight at a time, nothing extracted."""
     config = MemoryConfig(db_path=str(path), durability=durability)
     async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-
-        async def history(user: str) -> None:
-            for _ in range(exchanges):
-                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
-
         for start in range(0, users, 100):
             batch = range(start, min(start + 100, users))
-            await asyncio.gather(*(history(f"user-{i:05d}") for i in batch))
+            await asyncio.gather(
+                *(write_exchanges(memory, f"user-{i:05d}", exchanges, []) for i in batch)
+            )
 
 
-async def _write(memory: Memory, user_id: str, count: int, latencies: list[float]) -> None:
+async def write_exchanges(memory: Memory, user_id: str, count: int, latencies: list[float]) -> None:
+    """``count`` exchanges of ``user_id`` in sequence, each one's latency added to
+    ``latencies``."""
     clock = time.perf_counter
     for _ in range(count):
         before = clock()
@@ -167,13 +166,17 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
         meter.start()
         collections.start()
         cold: list[float] = []
-        await asyncio.gather(*(_write(memory, u, scenario.warmup_per_user, cold) for u in users))
+        await asyncio.gather(
+            *(write_exchanges(memory, u, scenario.warmup_per_user, cold) for u in users)
+        )
         cold_stall, cold_gc_pause = meter.reset(), collections.reset()
         before_tx = _transactions(memory)
         latencies: list[float] = []
         cpu, loop_cpu = time.process_time(), time.thread_time()
         started = time.perf_counter()
-        await asyncio.gather(*(_write(memory, u, scenario.per_user, latencies) for u in users))
+        await asyncio.gather(
+            *(write_exchanges(memory, u, scenario.per_user, latencies) for u in users)
+        )
         seconds = time.perf_counter() - started
         cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
         stall, gc_pause = await meter.stop(), collections.stop()
@@ -217,7 +220,7 @@ async def _memvee_share(memory: Memory, users: list[str]) -> tuple[float, float]
         return own / total, objects_held(memory, besides=(loop,)) / total
 
     at_rest = shares()
-    wave = asyncio.gather(*(_write(memory, u, 1, []) for u in users))
+    wave = asyncio.gather(*(write_exchanges(memory, u, 1, []) for u in users))
     await asyncio.sleep(0.02)
     in_flight = shares()
     await wave

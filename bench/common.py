@@ -31,6 +31,7 @@ __all__ = [
     "fmt_ms",
     "fmt_num",
     "fmt_ratio",
+    "fmt_us",
     "percentile",
     "progress",
 ]
@@ -203,6 +204,11 @@ def fmt_num(value: float, digits: int = 0) -> str:
     if math.isnan(value):
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def fmt_us(value: float) -> str:
+    """Microseconds, to a tenth."""
+    return fmt_num(value, 1)
 
 
 def fmt_ms(value: float) -> str:

@@ -2,12 +2,11 @@
 
 A child process runs the 100-user write scenario (:func:`bench.threads.scenario`: 100
 users, each writing exchanges in sequence, all in flight; default durability) under
-``py-spy record --gil``: every thread,
-but only the one holding the GIL at each sample, so threads waiting for the GIL or a lock
-are not counted as working. Each sample is charged to the innermost frame that belongs to
-a known layer, so a sample in ``uuid4`` called from an actor counts as uuid, and one in
-SQLAlchemy's compiler called from a fold counts as SQLAlchemy. SQLite's own C code runs
-without the GIL, so its time is not in these shares.
+``py-spy record --gil``: every thread, but only the one holding the GIL at each sample, so
+threads waiting for the GIL or a lock are not counted as working. Each sample is charged
+to the innermost frame that belongs to a known layer, so a sample in ``uuid4`` called from
+an actor counts as uuid, and one in SQLAlchemy's compiler called from a fold counts as
+SQLAlchemy. SQLite's own C code runs without the GIL, so its time is not in these shares.
 """
 
 from __future__ import annotations

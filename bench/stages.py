@@ -35,6 +35,7 @@ from bench.common import (
     Workspace,
     cell,
     fmt_ratio,
+    fmt_us,
     progress,
 )
 from events import EventStore, UserLog, sqlite_url
@@ -92,7 +93,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
                 _round(section, folder, seed, shape)
     stats = section.stats
 
-    def row(label: str, key: str, fmt: Callable[[float], str] = _us) -> None:
+    def row(label: str, key: str, fmt: Callable[[float], str] = fmt_us) -> None:
         section.rows.append(
             [label, *(cell(stats[f"stages.{shape.name}.{key}"], fmt) for shape in SHAPES)]
         )
@@ -115,10 +116,6 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
         "indexing shows as a share of that pass."
     )
     return section
-
-
-def _us(value: float) -> str:
-    return f"{value:,.1f}"
 
 
 def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:

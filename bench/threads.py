@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, cell, progress
+from bench.common import PROJECT_ROOT, BenchConfig, Section, Workspace, cell, fmt_us, progress
 
 __all__ = ["GROUPS", "PER_USER", "USERS", "WriteClock", "group_of", "run", "scenario", "thread_cpu"]
 
@@ -121,7 +121,7 @@ async def scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
     from sqlalchemy.engine.default import DefaultDialect
 
     from actors._committer import GroupCommitter
-    from bench.append import ASSISTANT_TEXT, USER_TEXT
+    from bench.append import write_exchanges
     from bench.common import InstantExtractor
     from memvee import Memory, MemoryConfig
 
@@ -132,18 +132,13 @@ async def scenario(folder: Path, users: int, per_user: int) -> dict[str, Any]:
     )
     config = MemoryConfig(db_path=str(folder / "memvee.db"))
     async with Memory(config=config, extractor=InstantExtractor(), embedder=False) as memory:
-
-        async def write(user: str, count: int) -> None:
-            for _ in range(count):
-                await memory.add_exchange(user, USER_TEXT, ASSISTANT_TEXT)
-
         names = [f"user-{i:05d}" for i in range(users)]
-        await asyncio.gather(*(write(u, 1) for u in names))
+        await asyncio.gather(*(write_exchanges(memory, u, 1, []) for u in names))
         before = thread_cpu()
         writes.reset()
         commits.reset()
         started = time.perf_counter()
-        await asyncio.gather(*(write(u, per_user) for u in names))
+        await asyncio.gather(*(write_exchanges(memory, u, per_user, []) for u in names))
         seconds = time.perf_counter() - started
         after = thread_cpu()
     spent = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -198,7 +193,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
     ]
     for key, label in rows:
         us, share = stats[f"threads.{key}.us"], stats[f"threads.{key}.share"]
-        section.rows.append([label, cell(us, _us), cell(share, _pct)])
+        section.rows.append([label, cell(us, fmt_us), cell(share, _pct)])
     section.notes.append(
         "Thread CPU clocks read before and after the measured phase, in a fresh "
         "interpreter; the writes timed around GroupCommitter._write on whichever thread ran "
@@ -232,10 +227,6 @@ def _record(section: Section, found: dict[str, Any]) -> None:
     add("write_off", write_off)
     add("commit_off", commit_off)
     add("other_off", write_off - commit_off)
-
-
-def _us(value: float) -> str:
-    return f"{value:,.1f}"
 
 
 def _pct(value: float) -> str:
