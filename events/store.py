@@ -52,6 +52,7 @@ __all__ = [
     "LoadedLog",
     "Recorded",
     "StoredSnapshot",
+    "driver_url",
     "exported_state",
     "sqlite_url",
 ]
@@ -111,6 +112,25 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{file}"
 
 
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+"""URL schemes that name no driver, and the driver memvee installs for them: SQLAlchemy
+would ask for psycopg2 (or know no ``postgres`` at all), while hosting platforms hand out
+``postgres://`` and ``postgresql://`` URLs."""
+
+
+def driver_url(url: str) -> str:
+    """``url`` with memvee's PostgreSQL driver (psycopg 3) when it names no driver; any
+    other URL as it is."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url  # not a URL: the store reports that it cannot open it
+    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        return url
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
 _TIME_TYPE = "datetime_iso"
 
 
@@ -161,6 +181,7 @@ class EventStore:
         busy_timeout_ms: int = 30_000,
         pool_size: int = 10,
     ) -> None:
+        url = driver_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = make_url(url).render_as_string(hide_password=True)
