@@ -113,14 +113,14 @@ def sqlite_url(path: str | Path) -> str:
 
 
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
-"""URL schemes that name no driver, and the driver memvee installs for them: SQLAlchemy
+"""URL schemes that name no driver, and the driver of memvee's ``postgres`` extra: SQLAlchemy
 would ask for psycopg2 (or know no ``postgres`` at all), while hosting platforms hand out
 ``postgres://`` and ``postgresql://`` URLs."""
 
 
 def driver_url(url: str) -> str:
-    """``url`` with memvee's PostgreSQL driver (psycopg 3) when it names no driver; any
-    other URL as it is."""
+    """``url`` with the PostgreSQL driver of memvee's ``postgres`` extra (psycopg 3) when it
+    names no driver; any other URL as it is."""
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:

@@ -1,4 +1,5 @@
-"""Database URLs as users hand them in: one without a driver gets the one memvee installs."""
+"""Database URLs as users hand them in: one without a driver gets
+the one of memvee's ``postgres`` extra."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ class TestPostgresEventStore(EventStoreContract):
 
 
 def test_a_plain_postgresql_url_opens_the_store() -> None:
-    """``postgresql://`` names no driver: the store uses psycopg 3, which memvee installs,
+    """``postgresql://`` names no driver: the store uses psycopg 3 (memvee's ``postgres`` extra),
     where SQLAlchemy alone would ask for psycopg2."""
     url = postgres_url()
     plain = "postgresql://" + url.split("://", 1)[1]
