@@ -1,5 +1,5 @@
-"""Database URLs as users hand them in: one without a driver gets
-the one of memvee's ``postgres`` extra."""
+"""Database URLs as users hand them in: one that names no driver gets psycopg 3, the
+driver of memvee's ``postgres`` extra."""
 
 from __future__ import annotations
 
