@@ -246,8 +246,13 @@ class UserActor(PooledActor):
         """Record the outcome of the running batch, then go on with the task's next batch,
         or end the task and start the next requested one."""
         if task_id != self._running:
-            log.warning(
-                "user %r: outcome of task %s arrived after it closed", self.user_id, task_id
+            # The task ended while its batch was out: the user was forgotten, or the
+            # task interrupted. Nothing is lost: its messages went with the user, or
+            # back to the buffer.
+            log.info(
+                "user %r: task %s had ended when its extraction answered; the answer is dropped",
+                self.user_id,
+                task_id,
             )
             return
         if isinstance(outcome, ExtractionResult):
