@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint typecheck unit bench eval crash clean peer
+.PHONY: install demo test lint typecheck unit bench eval crash soak clean peer
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ crash: install
 	  echo "crash round $$i/$(CRASH_ROUNDS)"; \
 	  $(BIN)/pytest -q -p no:cacheprovider tests/memvee/test_crash_recovery.py \
 	    tests/actors/test_many_processes.py || exit 1; done'
+
+# The soak of the whole Memory (tests/memvee/test_soak.py), longer and seed after seed.
+SOAK_ROUNDS ?= 5
+SOAK_SECONDS ?= 10
+soak: install
+	scripts/with-postgres.sh sh -c 'for i in $$(seq $(SOAK_ROUNDS)); do \
+	  echo "soak round $$i/$(SOAK_ROUNDS)"; \
+	  MEMVEE_SOAK_SEED=$$i MEMVEE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q \
+	    -p no:cacheprovider tests/memvee/test_soak.py || exit 1; done'
 
 clean:
 	rm -rf $(VENV) demo.db* .pytest_cache .mypy_cache .ruff_cache

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Callable
 
-from events import ExtractedFact, ExtractionBatch, ExtractionError, ExtractionResult
+from events import (
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionError,
+    ExtractionResult,
+    RejectedBatchError,
+)
 
 
 class RecordingExtractor:
@@ -60,6 +67,41 @@ class RecordingExtractor:
                 for m in batch.messages
                 if m.role == "user"
             )
+        return ExtractionResult(facts, self.name, model="stand-in")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FlakyExtractor:
+    """Fails as a real API does, from a seed: a batch holding ``poison`` is refused every
+    time (it repeats, so it is split and quarantined); any other batch fails now and then
+    for a passing reason (``transient``: an outage, retried later), or answers late; else
+    one fact per message, citing it.
+    """
+
+    name = "flaky"
+    OUTAGE = "the stand-in API is down for a moment"
+    REFUSAL = "the stand-in API refuses this batch every time"
+
+    def __init__(self, seed: int, *, poison: str = "poison", transient: float = 0.1) -> None:
+        self.poison = poison
+        self.transient = transient
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if any(self.poison in m.content for m in batch.messages):
+            raise RejectedBatchError(self.REFUSAL)
+        with self._lock:
+            roll, late = self._random.random(), self._random.random() * 0.02
+        if roll < self.transient:
+            raise ExtractionError(self.OUTAGE)
+        if roll < 2 * self.transient:
+            await asyncio.sleep(late)
+        facts = tuple(
+            ExtractedFact(f"User said: {m.content}", (m.message_id,)) for m in batch.messages
+        )
         return ExtractionResult(facts, self.name, model="stand-in")
 
     async def aclose(self) -> None:

@@ -1,0 +1,168 @@
+"""A soak of the whole Memory: users at once writing, processing through a flaky and
+poisoned extractor, retrieving, requeueing and forgetting, with actors passivated and the
+Memory closed and opened again between phases.
+
+Whatever the interleaving: no acknowledged message is lost, every failure a caller sees is
+typed, only a message that failed is quarantined, no message is covered twice or left where
+no run will cover it, no task stays open, and the live projections equal a rebuild.
+
+``make soak`` runs it longer, seed after seed (``MEMVEE_SOAK_SECONDS`` per phase,
+``MEMVEE_SOAK_SEED``); ``make test`` runs one short round on each backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from dataclasses import dataclass, field
+
+from events import EventStore
+from memvee import Memory, MemoryConfig, MemveeError
+from projections import verify
+from tests.support.coverage import checked_coverage
+from tests.support.extractors import FlakyExtractor
+
+SECONDS = float(os.environ.get("MEMVEE_SOAK_SECONDS", "1.5"))
+"""How long each phase runs."""
+SEED = int(os.environ.get("MEMVEE_SOAK_SEED", "0"))
+USERS = 12
+PHASES = 3
+POISON = "poison"
+
+
+@dataclass
+class Ledger:
+    """What the callers were told: the messages acknowledged to each user since their last
+    forget, and any failure that was not one of memvee's typed errors."""
+
+    acknowledged: dict[str, list[str]] = field(default_factory=dict)
+    untyped: list[BaseException] = field(default_factory=list)
+
+
+def _config(db_url: str) -> MemoryConfig:
+    """Small limits, so every path runs often: batches split, actors passivate and come
+    back, logs snapshot and checkpoint, failed batches retry at once."""
+    return MemoryConfig(
+        db_url=db_url,
+        auto_process=True,
+        batch_threshold=4,
+        max_batch_messages=6,
+        max_attempts=2,
+        retry_delay=0.01,
+        retry_delay_max=0.05,
+        breaker_failures=1000,
+        idle_timeout=0.05,
+        max_live_actors=3,
+        snapshot_interval=7,
+        checkpoint_interval=50,
+    )
+
+
+async def _caller(
+    memory: Memory, user: str, rnd: random.Random, ledger: Ledger, stop: asyncio.Event
+) -> None:
+    """One user's agent: a random mix of the API's calls, one at a time."""
+    turn = 0
+    while not stop.is_set():
+        roll = rnd.random()
+        try:
+            if roll < 0.55:
+                turn += 1
+                said = f"turn {turn}: I live in Lisbon" + (
+                    f" {POISON}" if rnd.random() < 0.05 else ""
+                )
+                stored = await memory.add_exchange(user, said, f"noted {turn}")
+                ledger.acknowledged.setdefault(user, []).extend(m.message_id for m in stored)
+            elif roll < 0.65:
+                await memory.process(user)
+            elif roll < 0.72:
+                await memory.retrieve(user, "where do I live")
+            elif roll < 0.74:
+                await memory.forget(user)
+                ledger.acknowledged.pop(user, None)
+            elif roll < 0.80:
+                held = await memory.quarantined(user)
+                if held:
+                    chosen = rnd.sample(held, rnd.randint(1, len(held)))
+                    await memory.requeue(user, [q.message_id for q in chosen])
+            elif roll < 0.88:
+                await memory.buffer(user)
+                await memory.tasks(user)
+            else:
+                await asyncio.sleep(rnd.random() * 0.01)
+        except MemveeError:
+            pass  # a typed failure the caller can act on: a failed task, for one
+        except Exception as error:
+            ledger.untyped.append(error)
+
+
+async def _phase(db_url: str, seed: int, ledger: Ledger) -> None:
+    rnd = random.Random(seed)
+    memory = Memory(config=_config(db_url), extractor=FlakyExtractor(seed), embedder=False)
+    await memory.open()
+    try:
+        stop = asyncio.Event()
+        callers = [
+            asyncio.create_task(
+                _caller(memory, f"user-{i}", random.Random(rnd.random()), ledger, stop)
+            )
+            for i in range(USERS)
+        ]
+        await asyncio.sleep(SECONDS)
+        stop.set()
+        await asyncio.gather(*callers)
+    finally:
+        await memory.close()
+
+
+async def _settle(memory: Memory, user: str) -> None:
+    """Process the user until only quarantined messages wait (the extractor no longer
+    fails but for poison)."""
+    for _ in range(20):
+        if not await memory.buffer(user):
+            return
+        with contextlib.suppress(MemveeError):  # a failed task: the loop tries again
+            await memory.process(user)
+        await memory.wait_for_processing(user, timeout=30)
+    raise AssertionError(f"{user}: messages stay buffered: {await memory.buffer(user)}")
+
+
+async def test_no_interleaving_of_calls_faults_and_restarts_loses_or_repeats_anything(
+    db_url: str,
+) -> None:
+    ledger = Ledger()
+    for phase in range(PHASES):
+        await _phase(db_url, SEED * PHASES + phase, ledger)
+    assert not ledger.untyped, f"untyped failures reached callers: {ledger.untyped[:3]}"
+    assert sum(map(len, ledger.acknowledged.values())) > 0
+
+    extractor = FlakyExtractor(SEED, transient=0.0)
+    memory = Memory(config=_config(db_url), extractor=extractor, embedder=False)
+    await memory.open()
+    try:
+        for user, acknowledged in sorted(ledger.acknowledged.items()):
+            stored = {m.message_id: m for m in await memory.messages(user)}
+            lost = [m for m in acknowledged if m not in stored]
+            assert not lost, f"{user}: acknowledged messages lost: {lost}"
+            await _settle(memory, user)
+            assert all(t.done for t in await memory.tasks(user)), f"{user}: a task stays open"
+            coverage = checked_coverage(memory, user)  # no message covered twice
+            assert not coverage.buffered, f"{user}: left uncovered: {coverage.buffered}"
+            # A healthy message is quarantined only when its passing failures were blamed
+            # on it: it failed alone, again, while the API answered other calls.
+            wrongly = [
+                m
+                for m, error in coverage.quarantined.items()
+                if POISON not in stored[m].content and FlakyExtractor.OUTAGE not in error
+            ]
+            assert not wrongly, f"{user}: quarantined for no failure of its own: {wrongly}"
+    finally:
+        await memory.close()
+
+    store = EventStore(db_url)
+    try:
+        assert verify(store) == []
+    finally:
+        store.close()
