@@ -93,6 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, RequestValidationError)
         problems = []
         for problem in error.errors():
+            if problem.get("type") == "json_invalid":  # its place is a character offset
+                at = problem.get("loc", ("body", "?"))[-1]
+                why = problem.get("ctx", {}).get("error", "JSON decode error")
+                problems.append(f"body: not valid JSON: {why} at character {at}")
+                continue
             where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
             problems.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
         return _body(request, 422, "invalid_input", "; ".join(problems))

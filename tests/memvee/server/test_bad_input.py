@@ -43,7 +43,7 @@ def post_raw(http: httpx.Client, path: str, content: bytes) -> httpx.Response:
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        (b'{"role": "user", "content": ', "JSON decode error"),
+        (b'{"role": "user", "content": ', "body: not valid JSON: Expecting value at character 28"),
         (b"[1, 2, 3]", "Input should be a valid dictionary"),
         (b'{"role": "user", "content": 42}', "content: Input should be a valid string"),
         (b'{"role": "user"}', "content: Field required"),
