@@ -38,7 +38,15 @@ from events.extraction import (
     TokenUsage,
     estimate_tokens,
 )
-from events.store import Durability, EventStore, LoadedLog, Recorded, StoredSnapshot, sqlite_url
+from events.store import (
+    Durability,
+    EventStore,
+    LoadedLog,
+    Recorded,
+    StoredSnapshot,
+    driver_url,
+    sqlite_url,
+)
 from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
 
 __all__ = [
@@ -77,6 +85,7 @@ __all__ = [
     "check_text",
     "check_time",
     "check_user_id",
+    "driver_url",
     "estimate_tokens",
     "short_message_id",
     "sqlite_url",

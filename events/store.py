@@ -37,7 +37,7 @@ from sqlalchemy.orm import sessionmaker
 
 from events._codec import Decoder, Encoder, Stored
 from events._readers import ThreadReaders
-from events.errors import ConflictError, StorageError
+from events.errors import ConflictError, InvalidInputError, StorageError
 from events.transcoding import (
     CompactMapper,
     register_time_transcodings,
@@ -118,13 +118,22 @@ would ask for psycopg2 (or know no ``postgres`` at all), while hosting platforms
 ``postgres://`` and ``postgresql://`` URLs."""
 
 
-def driver_url(url: str) -> str:
+def driver_url(url: str, *, name: str = "the database URL") -> str:
     """``url`` with the PostgreSQL driver of memvee's ``postgres`` extra (psycopg 3) when it
-    names no driver; any other URL as it is."""
+    names no driver; any other URL as it is.
+
+    Text that is no database URL is refused with :class:`InvalidInputError`, called
+    ``name``; the refusal never repeats the URL, which may hold a password.
+    """
+    # SQLAlchemy's own errors quote the whole URL, so they are not chained.
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        return url  # not a URL: the store reports that it cannot open it
+        raise InvalidInputError(
+            f"{name} is not a database URL (dialect[+driver]://user:password@host/database)"
+        ) from None
+    except ValueError:
+        raise InvalidInputError(f"{name} is not a database URL: its port is no number") from None
     driver = _DEFAULT_DRIVERS.get(parsed.drivername)
     if driver is None:
         return url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from events import BatchLimits, Durability, InvalidInputError
+from events import BatchLimits, Durability, InvalidInputError, driver_url
 
 __all__ = ["DEFAULT_ALPHA", "MemoryConfig"]
 
@@ -118,6 +118,8 @@ class MemoryConfig:
                 raise InvalidInputError(f"{name} must not be negative, not {count!r}")
         if not 0.0 <= self.hybrid_alpha <= 1.0:
             raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
+        if self.db_url:
+            driver_url(self.db_url, name="db_url")
         if self.durability not in ("full", "normal"):
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"

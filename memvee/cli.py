@@ -23,7 +23,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from typer.core import TyperGroup
 
 from events import (
@@ -33,6 +32,7 @@ from events import (
     MemveeError,
     NotFoundError,
     check_user_id,
+    driver_url,
     short_message_id,
     sqlite_url,
 )
@@ -104,10 +104,7 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
         if not create and not Path(db).expanduser().is_file():
             raise NotFoundError(f"no memvee database at {db} (check --db)")
         return sqlite_url(db)
-    try:
-        parsed = make_url(db_url)
-    except ArgumentError as error:
-        raise InvalidInputError(f"--db-url {db_url!r} is not a database URL") from error
+    parsed = make_url(driver_url(db_url, name="--db-url"))
     path = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if not create and path and path != ":memory:" and not Path(path).is_file():
         raise NotFoundError(f"no memvee database at {path} (check --db-url)")

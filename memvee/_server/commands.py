@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from events import check_user_id
+from events import check_user_id, driver_url
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -193,5 +193,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -> Memory:
     from memvee import Memory, MemoryConfig
 
+    if db_url:
+        driver_url(db_url, name="--db-url")  # named as the user typed it
     config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process)
     return Memory(config=config, embedder=False if lexical else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from events.store import driver_url
+from events import InvalidInputError, driver_url
 
 
 @pytest.mark.parametrize(
@@ -39,5 +39,17 @@ def test_a_url_naming_its_driver_or_another_database_is_kept(given: str) -> None
     assert driver_url(given) == given
 
 
-def test_text_that_is_no_url_is_left_for_the_store_to_refuse() -> None:
-    assert driver_url("not a url") == "not a url"
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("not a url", "is not a database URL (dialect"),
+        ("postgresql://me:s3cret@db.example:port/mem", "its port is no number"),
+    ],
+)
+def test_text_that_is_no_database_url_is_refused_without_repeating_it(
+    given: str, says: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=r"^db_url ") as refused:
+        driver_url(given, name="db_url")
+    assert says in str(refused.value)
+    assert "s3cret" not in str(refused.value) and refused.value.__cause__ is None

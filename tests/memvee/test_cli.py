@@ -91,6 +91,8 @@ def test_an_unreachable_server_is_one_error_line_without_the_password() -> None:
     line = one_error_line(result)
     assert "cannot open" in line and "s3cret" not in line
     assert "not a database URL" in one_error_line(run("stats", "--db-url", "nonsense", code=2))
+    port = one_error_line(run("stats", "--db-url", "postgresql://me:s3cret@h:port/x", code=2))
+    assert "--db-url is not a database URL" in port and "s3cret" not in port
 
 
 @pytest.mark.parametrize(

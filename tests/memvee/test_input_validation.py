@@ -114,6 +114,9 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="checkpoint_interval must not be negative, not -1"):
         MemoryConfig(checkpoint_interval=-1)
     assert MemoryConfig(checkpoint_interval=0).checkpoint_interval == 0  # off
+    with pytest.raises(InvalidInputError, match=r"^db_url is not a database URL") as refused:
+        MemoryConfig(db_url="postgresql://me:s3cret@db.example:port/mem")
+    assert "s3cret" not in str(refused.value)
 
 
 async def test_db_path_folder_is_created(tmp_path: Path) -> None:

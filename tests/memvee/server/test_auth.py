@@ -130,6 +130,7 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         ([], {"MEMVEE_API_TOKENS": "short"}, "16 or more characters"),
         (["--tokens-file", "/nonexistent/tokens"], None, "cannot read the tokens file"),
         (["--user", "bad\x01user"], None, "--user: user_id"),
+        (["--db-url", "postgresql://me:s3cret@h:port/x"], None, "--db-url is not a database URL"),
     ],
 )
 def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
@@ -141,4 +142,5 @@ def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
     assert done.stderr.startswith("error: ")
     assert says in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert "s3cret" not in done.stderr
     assert not (tmp_path / "memvee.db").exists()
