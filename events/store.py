@@ -107,6 +107,8 @@ def _first_line(error: BaseException) -> str:
 
 def sqlite_url(path: str | Path) -> str:
     """The SQLAlchemy URL of a SQLite file, creating its folder if missing."""
+    if "\x00" in str(path):
+        raise InvalidInputError("a database path must not contain a NUL character")
     file = Path(path).expanduser().resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{file}"
@@ -138,6 +140,19 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
     if driver is None:
         return url
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _check_not_in_memory(url: str) -> None:
+    """Refuse an in-memory SQLite database: every connection to one opens a database of
+    its own, and the store's threads each use their own connection."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+        raise InvalidInputError(
+            "memvee needs a SQLite file, not an in-memory database: each of its threads "
+            "opens its own connection, and would find a new, empty database there"
+        )
 
 
 _TIME_TYPE = "datetime_iso"
@@ -191,6 +206,7 @@ class EventStore:
         pool_size: int = 10,
     ) -> None:
         url = driver_url(url)
+        _check_not_in_memory(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = make_url(url).render_as_string(hide_password=True)

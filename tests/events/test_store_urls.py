@@ -1,11 +1,12 @@
-"""Database URLs as users hand them in: one that names no driver gets psycopg 3, the
-driver of memvee's ``postgres`` extra."""
+"""Where the store opens, as users give it: a URL that names no driver gets psycopg 3 (the
+driver of memvee's ``postgres`` extra); text that is no URL, an in-memory SQLite database
+and a path with a NUL character are refused before anything opens."""
 
 from __future__ import annotations
 
 import pytest
 
-from events import InvalidInputError, driver_url
+from events import EventStore, InvalidInputError, driver_url, sqlite_url
 
 
 @pytest.mark.parametrize(
@@ -53,3 +54,16 @@ def test_text_that_is_no_database_url_is_refused_without_repeating_it(
         driver_url(given, name="db_url")
     assert says in str(refused.value)
     assert "s3cret" not in str(refused.value) and refused.value.__cause__ is None
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:mem?mode=memory&uri=true"]
+)
+def test_an_in_memory_sqlite_database_is_refused_before_anything_opens(url: str) -> None:
+    with pytest.raises(InvalidInputError, match="needs a SQLite file"):
+        EventStore(url)
+
+
+def test_a_database_path_with_a_nul_character_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="NUL character"):
+        sqlite_url("memory\x00.db")
