@@ -18,6 +18,11 @@ DEFAULT_ALPHA = 0.4
 class MemoryConfig:
     """How a :class:`memvee.Memory` stores, processes and shuts down.
 
+    ``db_path`` is the SQLite file (made with its folder if missing); ``db_url``, when
+    given, is a SQLAlchemy URL instead, such as ``postgresql://user:password@host/db``
+    (a URL that names no driver uses psycopg 3). An in-memory SQLite database is refused:
+    memvee's threads each open their own connection.
+
     ``leases`` gives each user one owning process through lease rows in the database (on
     by default for server databases, off for SQLite files); ``lease_ttl`` is how long a
     dead owner keeps its users before another process takes them over. ``pool_size``
