@@ -1,6 +1,7 @@
 """A soak of the whole Memory: users at once writing, processing through a flaky and
 poisoned extractor, retrieving, requeueing and forgetting, with actors passivated and the
-Memory closed and opened again between phases.
+Memory closed and opened again between phases, and now and then a caller giving up on
+a call.
 
 Whatever the interleaving: no acknowledged message is lost, every failure a caller sees is
 typed, only a message that failed is quarantined, no message is covered twice or left where
@@ -16,7 +17,9 @@ import asyncio
 import contextlib
 import os
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from events import EventStore
 from memvee import Memory, MemoryConfig, MemveeError
@@ -30,6 +33,7 @@ SEED = int(os.environ.get("MEMVEE_SOAK_SEED", "0"))
 USERS = 12
 PHASES = 3
 POISON = "poison"
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,39 +67,49 @@ def _config(db_url: str) -> MemoryConfig:
 async def _caller(
     memory: Memory, user: str, rnd: random.Random, ledger: Ledger, stop: asyncio.Event
 ) -> None:
-    """One user's agent: a random mix of the API's calls, one at a time."""
+    """One user's agent: a random mix of the API's calls, one at a time; one in ten
+    waits a few milliseconds at most and gives up (the call is cancelled)."""
     turn = 0
     while not stop.is_set():
         roll = rnd.random()
+        patience = rnd.random() * 0.003 if rnd.random() < 0.1 else None
         try:
             if roll < 0.55:
                 turn += 1
                 said = f"turn {turn}: I live in Lisbon" + (
                     f" {POISON}" if rnd.random() < 0.05 else ""
                 )
-                stored = await memory.add_exchange(user, said, f"noted {turn}")
+                stored = await _within(patience, memory.add_exchange(user, said, f"noted {turn}"))
                 ledger.acknowledged.setdefault(user, []).extend(m.message_id for m in stored)
             elif roll < 0.65:
-                await memory.process(user)
+                await _within(patience, memory.process(user))
             elif roll < 0.72:
-                await memory.retrieve(user, "where do I live")
+                await _within(patience, memory.retrieve(user, "where do I live"))
             elif roll < 0.74:
-                await memory.forget(user)
+                # Given up on, it may still happen: what was acknowledged may go with it.
                 ledger.acknowledged.pop(user, None)
+                await _within(patience, memory.forget(user))
             elif roll < 0.80:
                 held = await memory.quarantined(user)
                 if held:
                     chosen = rnd.sample(held, rnd.randint(1, len(held)))
-                    await memory.requeue(user, [q.message_id for q in chosen])
+                    await _within(patience, memory.requeue(user, [q.message_id for q in chosen]))
             elif roll < 0.88:
                 await memory.buffer(user)
                 await memory.tasks(user)
             else:
                 await asyncio.sleep(rnd.random() * 0.01)
-        except MemveeError:
-            pass  # a typed failure the caller can act on: a failed task, for one
+        except (MemveeError, TimeoutError):
+            pass  # a typed failure the caller can act on, or a call it gave up on
         except Exception as error:
             ledger.untyped.append(error)
+
+
+async def _within(seconds: float | None, call: Awaitable[T]) -> T:
+    """``call``, given up on (cancelled, ``TimeoutError``) after ``seconds`` if any."""
+    if seconds is None:
+        return await call
+    return await asyncio.wait_for(call, seconds)
 
 
 async def _phase(db_url: str, seed: int, ledger: Ledger) -> None:
