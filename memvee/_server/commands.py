@@ -56,7 +56,9 @@ def serve(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 8000,
     tokens_file: Annotated[
         Path | None,
         typer.Option(help="File of bearer tokens, one a line: TOKEN or TOKEN:USER_ID_PREFIX."),

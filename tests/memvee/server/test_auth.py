@@ -144,3 +144,13 @@ def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
     assert len(done.stderr.strip().splitlines()) == 1
     assert "s3cret" not in done.stderr
     assert not (tmp_path / "memvee.db").exists()
+
+
+@pytest.mark.parametrize("port", ["65536", "-1"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_trace(tmp_path: Path, port: str) -> None:
+    done = run_serve("--db", str(tmp_path / "memvee.db"), "--port", port)
+
+    assert done.returncode == 2
+    assert "Invalid value for '--port'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "memvee.db").exists()
