@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, inspect, select
+from sqlalchemy import Connection, Index, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateTable
 
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
@@ -63,11 +64,16 @@ class Projector:
             f"UPDATE {position.name} SET position = ? WHERE name = '{_POSITION}' AND position < ?"
         )
 
-    def create(self, connection: Connection) -> bool:
-        """Create the tables if they are missing; ``True`` if they start empty (at 0).
+    def create(self, connection: Connection, *, defer_indexes: bool = False) -> bool:
+        """Create the tables and indexes that are missing; ``True`` if the tables start
+        empty (at 0).
 
         Tables of an older layout (another :data:`SCHEMA_VERSION`) are dropped first:
         projections are disposable, and the caller refolds them from the log.
+        ``defer_indexes`` (a rebuild about to fill the tables) leaves out the indexes no
+        fold looks rows up by, for :meth:`create_indexes` to build once the rows are in:
+        one sort each, not an insert per row. Without it, every missing index is made,
+        so the next open completes a rebuild that stopped before its indexes.
         """
         position = self.tables.position
         if inspect(connection).has_table(position.name):
@@ -76,7 +82,13 @@ class Projector:
             ).scalar()
             if stored != _layout():
                 self.drop(connection)
-        self.tables.metadata.create_all(connection)
+        existing = set(inspect(connection).get_table_names())
+        for table in self.tables.metadata.sorted_tables:
+            if table.name not in existing:
+                connection.execute(CreateTable(table))
+        for index in self._indexes():
+            if not defer_indexes or _folds_read(index, self.tables.prefix):
+                index.create(connection, checkfirst=True)
         self.search.create(connection)
         if connection.execute(select(position.c.name)).first() is not None:
             return False
@@ -89,6 +101,14 @@ class Projector:
             ],
         )
         return True
+
+    def create_indexes(self, connection: Connection) -> None:
+        """Create every index of the tables that is missing (those a rebuild deferred)."""
+        for index in self._indexes():
+            index.create(connection, checkfirst=True)
+
+    def _indexes(self) -> list[Index]:
+        return [i for t in self.tables.metadata.sorted_tables for i in sorted(t.indexes, key=_name)]
 
     def drop(self, connection: Connection) -> None:
         """Drop the tables (a rebuild starts from nothing)."""
@@ -204,6 +224,24 @@ def _folded(
     for e in events:
         evolve(rows, e)
     return rows
+
+
+_LOOKED_UP = {p.table: {*p.key, *p.indexed} for p in PROJECTIONS}
+"""Per table role, the columns the folds look stored rows up by (its key and indexes)."""
+
+
+def _folds_read(index: Index, prefix: str) -> bool:
+    """Whether a fold looks rows up through ``index`` (of a table named with ``prefix``):
+    its leading column is one the folds look rows up by, so a rebuild needs it."""
+    table = index.table
+    assert table is not None
+    role = table.name.removeprefix(prefix)
+    leading = next(iter(index.columns)).name
+    return leading in _LOOKED_UP.get(role, set())
+
+
+def _name(index: Index) -> str:
+    return str(index.name)
 
 
 def _layout() -> int:

@@ -50,13 +50,14 @@ def rebuild(
     """Drop and refold every projection from the log; returns the number of events folded.
 
     With ``resume=True`` the tables are kept and folding continues from their stored
-    position. Run it while no Memory writes to the database.
+    position. The indexes no fold reads are built at the end, once the rows are in.
+    Run it while no Memory writes to the database.
     """
     projector = Projector(tables or ProjectionTables(LIVE_PREFIX))
     with store.transaction() as connection:
         if not resume:
             projector.drop(connection)
-        projector.create(connection)
+        projector.create(connection, defer_indexes=True)
         position = projector.position(connection)
     last = store.max_position()
     folded = 0
@@ -74,7 +75,10 @@ def rebuild(
     while True:
         with collector_paused(), store.transaction() as connection:
             if projector.index_messages(connection, page_size) < page_size:
-                return folded
+                break
+    with store.transaction() as connection:
+        projector.create_indexes(connection)
+    return folded
 
 
 def rebuild_user(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from events import EventStore, user_log_id
@@ -64,6 +64,56 @@ async def test_an_interrupted_rebuild_resumes_and_ends_equal(
     rebuild(store, resume=True, page_size=10)
     assert dump(store.engine, ProjectionTables()) == live
     rebuild(store, resume=True)
+    assert dump(store.engine, ProjectionTables()) == live
+    store.close()
+
+
+def _indexes(store: EventStore) -> set[str]:
+    """The names of the indexes the projection tables have now."""
+    inspector = inspect(store.engine)
+    return {
+        str(index["name"])
+        for table in ProjectionTables().metadata.sorted_tables
+        for index in inspector.get_indexes(table.name)
+    }
+
+
+DECLARED = {str(i.name) for t in ProjectionTables().metadata.sorted_tables for i in t.indexes}
+
+
+async def test_a_rebuild_builds_the_indexes_no_fold_reads_once_the_rows_are_in(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    store = await _live(db_url, make_memory, extractor)
+    assert _indexes(store) >= DECLARED
+    between_pages: list[set[str]] = []
+    rebuild(store, progress=lambda done, total: between_pages.append(_indexes(store)), page_size=10)
+    assert len(between_pages) > 1
+    for names in between_pages:  # the folds' lookups have theirs; the readers' wait
+        assert {"mv_messages_by_task", "ix_mv_knowledge_log_id"} <= names
+        assert not {"mv_messages_by_seq", "mv_messages_buffered", "ix_mv_tasks_status"} & names
+    assert _indexes(store) >= DECLARED
+    assert verify(store) == []
+    store.close()
+
+
+async def test_an_open_after_a_rebuild_stopped_before_its_indexes_completes_them(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    store = await _live(db_url, make_memory, extractor)
+    live = dump(store.engine, ProjectionTables())
+
+    def stop_after_first_page(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(store, progress=stop_after_first_page, page_size=10)
+    assert "mv_messages_by_seq" not in _indexes(store)
+    store.close()
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()):
+        pass
+    store = EventStore(db_url)
+    assert _indexes(store) >= DECLARED
     assert dump(store.engine, ProjectionTables()) == live
     store.close()
 
