@@ -38,6 +38,16 @@ async def _live(db_url: str, make_memory: Any, extractor: RecordingExtractor) ->
     return EventStore(db_url)
 
 
+def _stopped_rebuild(store: EventStore) -> None:
+    """A rebuild stopped, as by Ctrl-C, after its first page of 10 events."""
+
+    def stop(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(store, progress=stop, page_size=10)
+
+
 async def test_rebuild_equals_live(db_url: str, make_memory: Any, extractor: Any) -> None:
     store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
@@ -54,12 +64,7 @@ async def test_an_interrupted_rebuild_resumes_and_ends_equal(
 ) -> None:
     store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
-
-    def stop_after_first_page(done: int, total: int) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        rebuild(store, progress=stop_after_first_page, page_size=10)
+    _stopped_rebuild(store)
     assert dump(store.engine, ProjectionTables()) != live
     rebuild(store, resume=True, page_size=10)
     assert dump(store.engine, ProjectionTables()) == live
@@ -102,12 +107,7 @@ async def test_an_open_after_a_rebuild_stopped_before_its_indexes_completes_them
 ) -> None:
     store = await _live(db_url, make_memory, extractor)
     live = dump(store.engine, ProjectionTables())
-
-    def stop_after_first_page(done: int, total: int) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        rebuild(store, progress=stop_after_first_page, page_size=10)
+    _stopped_rebuild(store)
     assert "mv_messages_by_seq" not in _indexes(store)
     store.close()
     async with Memory(db_url=db_url, extractor=RecordingExtractor()):
