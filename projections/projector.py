@@ -72,8 +72,8 @@ class Projector:
         projections are disposable, and the caller refolds them from the log.
         ``defer_indexes`` (a rebuild about to fill the tables) leaves out the indexes no
         fold looks rows up by, for :meth:`create_indexes` to build once the rows are in:
-        one sort each, not an insert per row. Without it, every missing index is made,
-        so the next open completes a rebuild that stopped before its indexes.
+        one sort each, not an index update per row. Without it, every missing index is
+        made, so the next open completes a rebuild that stopped before its indexes.
         """
         position = self.tables.position
         if inspect(connection).has_table(position.name):
