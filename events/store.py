@@ -32,7 +32,7 @@ from eventsourcing.utils import resolve_topic
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Connection, Engine, create_engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
 
 from events._codec import Decoder, Encoder, Stored
@@ -142,10 +142,9 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
-def _check_not_in_memory(url: str) -> None:
+def _check_not_in_memory(parsed: URL) -> None:
     """Refuse an in-memory SQLite database: every connection to one opens a database of
     its own, and the store's threads each use their own connection."""
-    parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return
     if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
@@ -206,10 +205,11 @@ class EventStore:
         pool_size: int = 10,
     ) -> None:
         url = driver_url(url)
-        _check_not_in_memory(url)
+        parsed = make_url(url)
+        _check_not_in_memory(parsed)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.safe_url = make_url(url).render_as_string(hide_password=True)
+        self.safe_url = parsed.render_as_string(hide_password=True)
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,
