@@ -44,7 +44,8 @@ class UnknownTaskError(NotFoundError):
 
 
 class MemoryClosedError(MemveeError, RuntimeError):
-    """A call on a Memory that is not open (never opened, or already closed)."""
+    """A call on a Memory that is not open: never opened, already closed, or open on
+    another event loop than the caller's."""
 
 
 class StorageError(MemveeError):

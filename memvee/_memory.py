@@ -138,8 +138,12 @@ class Memory:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> Self:
-        """Open the database, recover interrupted tasks and start the engine's threads."""
+        """Open the database, recover interrupted tasks and start the engine's threads.
+
+        The Memory then belongs to the running event loop: it is used, and closed, there.
+        """
         if self._engine is not None:
+            self._running()  # already open: on this loop it is a no-op, elsewhere an error
             return self
         self._loop = asyncio.get_running_loop()
         self._closing = False
@@ -199,12 +203,17 @@ class Memory:
         Tasks still running then end FAILED ("interrupted by shutdown") and their
         messages stay buffered for the next run.
         """
-        engine = self._engine
-        if engine is None or self._closing:
+        engine, loop = self._engine, self._loop
+        if engine is None or loop is None or self._closing:
+            return
+        if loop is not asyncio.get_running_loop():
+            if loop.is_running():  # close where it runs: its tasks and futures live there
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.close(), loop))
+            else:
+                await self._close_without(engine, loop)
             return
         self._closing = True
-        if self._loop is not None:
-            engine.directory.flush_calls(self._loop)
+        engine.directory.flush_calls(loop)
         pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
         if pending:
             await asyncio.wait(pending, timeout=self.config.shutdown_grace)
@@ -220,6 +229,25 @@ class Memory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, wait=True)
+        self._engine = None
+
+    async def _close_without(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        """Close from another loop, the one that opened the Memory being stopped: no task
+        can be awaited on it any more, so none is waited for; the engine stops as usual and
+        the tasks' handles are marked failed unless their loop is closed."""
+        self._closing = True
+        await asyncio.to_thread(engine.shutdown, SHUTDOWN_REASON)
+        if not loop.is_closed():
+            for tasks in self._inflight.values():
+                for task in tasks.values():
+                    task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
+            if self._poller is not None:
+                self._poller.cancel()
+        self._inflight.clear()
+        self._remote.clear()
+        self._poller = None
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
         self._engine = None
@@ -521,6 +549,15 @@ class Memory:
     def _running(self) -> tuple[Engine, asyncio.AbstractEventLoop]:
         if self._engine is None or self._loop is None or self._closing:
             raise MemoryClosedError("this Memory is not open; use `async with memory:` or open()")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            raise MemoryClosedError(
+                "this Memory is open on another event loop; use it in the loop that opened "
+                "it (one asyncio.run), or close it and open it in this one"
+            )
         return self._engine, self._loop
 
     def _register(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from events import ProcessingError
+from events import MemoryClosedError, ProcessingError
 
 __all__ = ["ProcessStatus", "ProcessTask"]
 
@@ -75,7 +75,12 @@ class ProcessTask:
         return self._status in (ProcessStatus.COMPLETED, ProcessStatus.FAILED)
 
     async def wait(self) -> int:
-        """Wait for the task to end; return its knowledge count or raise ProcessingError."""
+        """Wait for the task to end; return its knowledge count or raise ProcessingError.
+
+        Awaited in the event loop of the Memory that made the task.
+        """
+        if asyncio.get_running_loop() is not self._finished.get_loop():
+            raise MemoryClosedError("this task's Memory is open on another event loop")
         await asyncio.shield(self._finished)
         if self._status is ProcessStatus.FAILED:
             raise ProcessingError(self.user_id, self.task_id, self._error or "unknown error")

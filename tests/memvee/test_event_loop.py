@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from memvee import Memory, ProcessStatus
+from memvee import Memory, MemoryClosedError, MemoryConfig, ProcessStatus
 from tests.support.extractors import RecordingExtractor
 
 
@@ -33,6 +35,65 @@ async def test_the_loop_serves_writes_while_an_extraction_is_held(
     await memory.wait_for_processing("slow", timeout=30)
     done = {t.task_id: t.status for t in await memory.tasks("slow")}
     assert done[held.task_id] is ProcessStatus.COMPLETED
+
+
+def _memory(db_url: str) -> Memory:
+    return Memory(
+        config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor(), embedder=False
+    )
+
+
+def test_a_memory_is_used_in_the_loop_that_opened_it_and_closed_from_any(db_url: str) -> None:
+    memory = _memory(db_url)
+    asyncio.run(memory.open())
+    for call in (
+        lambda: memory.add_exchange("u", "I live in Lisbon.", "ok"),
+        lambda: memory.messages("u"),
+        memory.open,
+    ):
+        with pytest.raises(MemoryClosedError, match="open on another event loop"):
+            asyncio.run(call())
+    asyncio.run(memory.close())  # the loop that opened it is gone: any loop may close it
+    assert not memory.is_open
+
+    async def reopened() -> int:
+        async with memory:
+            return len(await memory.messages("u"))
+
+    assert asyncio.run(reopened()) == 0, "the refused write wrote nothing"
+
+
+@pytest.fixture
+def running_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own, as a web server's may be."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_a_close_from_another_loop_runs_in_the_loop_that_opened_it(
+    db_url: str, running_loop: asyncio.AbstractEventLoop
+) -> None:
+    memory = _memory(db_url)
+
+    def there(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, running_loop).result(30)
+
+    async def write_and_process() -> Any:
+        await memory.add_exchange("u", "I live in Lisbon.", "ok")
+        return memory.process_async("u")
+
+    there(memory.open())
+    task = there(write_and_process())
+    with pytest.raises(MemoryClosedError, match="open on another event loop"):
+        asyncio.run(task.wait())
+    asyncio.run(memory.close())
+    assert not memory.is_open
+    assert task.done, "the close waited for the task, in the loop it runs in"
 
 
 _OPEN_ONE = """
