@@ -373,7 +373,7 @@ class EventStore:
                 self._raw_log_events, (key, after, _NO_LIMIT), "load the log", user_id
             )
         else:
-            with self.engine.connect() as connection:
+            with self._reading("load the log", user_id), self.engine.connect() as connection:
                 snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
                 after = None if snapshot is None else snapshot[0]
                 rows = self._select_events(connection, log_id, after, None)
@@ -497,7 +497,7 @@ class EventStore:
         """The events of ``user_id``'s log with ``after < version <= upto``, in order."""
         log_id = user_log_id(user_id)
         if not self.is_sqlite:
-            with self.engine.connect() as connection:
+            with self._reading("read the events", user_id), self.engine.connect() as connection:
                 rows = self._select_events(connection, log_id, after, upto)
             return [self._decode(log_id, row) for row in rows]
         # Raw rows, fetched at once: SQLite stores the id as its 16 bytes.
@@ -506,10 +506,21 @@ class EventStore:
         if self._readers is not None:
             raw = self._read(self._raw_log_events, bounds, "read the events", user_id)
         else:
-            with self.engine.connect() as connection:
+            with self._reading("read the events", user_id), self.engine.connect() as connection:
                 raw = connection.exec_driver_sql(self._raw_log_events, bounds).fetchall()
         decode = self._decoder
         return [decode(log_id, version, topic, state) for version, topic, state in raw]
+
+    @contextmanager
+    def _reading(self, doing: str, user_id: str) -> Iterator[None]:
+        """A failed read through SQLAlchemy (``doing`` of ``user_id``) as a
+        :class:`StorageError`."""
+        try:
+            yield
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StorageError(
+                f"could not {doing} of {user_id!r} from {self.safe_url}: {_first_line(error)}"
+            ) from error
 
     def _read(
         self, statement: str, parameters: tuple[Any, ...], doing: str, user_id: str

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from sqlalchemy import make_url
 
-from events import EventStore
+from events import EventStore, StorageError, UserLog
 from tests.events.store_contract import EventStoreContract
 from tests.support.backends import postgres_url
 
@@ -23,5 +25,39 @@ def test_a_plain_postgresql_url_opens_the_store() -> None:
     store = EventStore(plain)
     try:
         assert store.max_position() == 0
+    finally:
+        store.close()
+
+
+def _drop_other_connections(url: str) -> int:
+    """Have the server end every other connection to the database, as a restart does."""
+    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False)) as c:
+        row = c.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_a_read_on_a_connection_the_server_dropped_is_a_storage_error() -> None:
+    """A log read whose connection the server ended is a StorageError (the actor above
+    retries it), and the next read opens a new connection."""
+    url = postgres_url()
+    store = EventStore(url)
+    try:
+        log = UserLog.register("kim")
+        log.add_message("user", "hello", None, 100)
+        store.append([log.collect_events()])
+        for read, doing in (
+            (lambda: store.load("kim"), "load the log"),
+            (lambda: store.events_of("kim"), "read the events"),
+        ):
+            assert store.load("kim") is not None  # a connection in the pool
+            assert _drop_other_connections(url) >= 1
+            with pytest.raises(StorageError, match=f"could not {doing} of 'kim' from "):
+                read()
+        loaded = store.load("kim")
+        assert loaded is not None and loaded.message_count == 1
+        assert len(store.events_of("kim")) == 2
     finally:
         store.close()
