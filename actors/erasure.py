@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors.lease import LeaseTable
-from events import EventStore, user_log_id
+from events import EventStore, StorageError, user_log_id
 from projections import Projector
 
 __all__ = ["ForgetReceipt", "erase_user"]
@@ -46,17 +46,25 @@ class ForgetReceipt:
 def erase_user(
     store: EventStore, projector: Projector, leases: LeaseTable | None, user_id: str
 ) -> ForgetReceipt:
-    """Delete ``user_id``'s log and everything folded from it, in one transaction."""
-    with store.transaction() as connection:
-        store.lock_writers(connection)
-        if store.is_sqlite:
-            connection.exec_driver_sql("PRAGMA secure_delete=ON")
-        events, snapshots = store.forget(connection, user_id)
-        rows = projector.forget(connection, str(user_log_id(user_id)))
-        if leases is not None:
-            rows["leases"] = leases.forget(connection, user_id)
-        if store.is_sqlite:
-            connection.exec_driver_sql("PRAGMA secure_delete=OFF")
+    """Delete ``user_id``'s log and everything folded from it, in one transaction.
+
+    A database that fails it is a :class:`StorageError`, and nothing is erased.
+    """
+    try:
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            if store.is_sqlite:
+                connection.exec_driver_sql("PRAGMA secure_delete=ON")
+            events, snapshots = store.forget(connection, user_id)
+            rows = projector.forget(connection, str(user_log_id(user_id)))
+            if leases is not None:
+                rows["leases"] = leases.forget(connection, user_id)
+            if store.is_sqlite:
+                connection.exec_driver_sql("PRAGMA secure_delete=OFF")
+    except SQLAlchemyError as error:
+        raise StorageError(
+            f"could not forget user {user_id!r} in {store.safe_url}: {str(error).splitlines()[0]}"
+        ) from error
     if store.is_sqlite:
         try:
             with store.engine.connect() as connection:

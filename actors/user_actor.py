@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -48,6 +49,8 @@ log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
 FORGOTTEN_REASON = "the user was forgotten"
+UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
+"""Why a task is closed that this process ran but could not store the end of."""
 MAX_CONFLICT_RETRIES = 8
 
 _WRITE_EPOCHS = itertools.count(1)
@@ -84,6 +87,7 @@ class UserActor(PooledActor):
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._wake_due: float | None = None
+        self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
         self._owner: bool | None = None
         self._self_proxy: Any = None
 
@@ -216,7 +220,8 @@ class UserActor(PooledActor):
         def close(user_log: UserLog | None) -> list[str]:
             if user_log is None:
                 return []
-            closing = [t for t in user_log.open_tasks if t == running] + list(user_log.requested)
+            ours = (running, *self._unended)
+            closing = [t for t in user_log.open_tasks if t in ours] + list(user_log.requested)
             return user_log.close_interrupted(reason, closing) if closing else []
 
         for task_id in self._decide(close):
@@ -232,6 +237,7 @@ class UserActor(PooledActor):
         ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
         self._running = None
+        self._unended = ()
         self._batch_messages = ()
         self._owner = None
         self._forget_log()
@@ -259,10 +265,15 @@ class UserActor(PooledActor):
             result = outcome
             try:
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
-            except StorageError as storage:
-                outcome = StorageError(f"could not record the outcome: {storage}")
             except MemveeError as refused:
                 outcome = refused
+                if isinstance(refused, StorageError):
+                    outcome = StorageError(f"could not record the outcome: {refused}")
+            except Exception as error:  # a defect, not the batch's: record it, go on
+                log.exception(
+                    "user %r: task %s: recording the outcome failed", self.user_id, task_id
+                )
+                outcome = StorageError(f"could not record the outcome: {_describe(error)}")
             else:
                 self._services.backoff.succeeded(self.user_id)
                 self._services.touched(self.user_id)
@@ -273,27 +284,7 @@ class UserActor(PooledActor):
     def wake(self) -> None:
         """A pause is over: retry what failed (with auto-processing) and start what waits."""
         self._wake_due = None
-        user_log = self._user_log(create=False)
-        task_id = str(uuid4())
-
-        def retry(user_log: UserLog | None) -> bool:
-            return (
-                user_log is not None
-                and not user_log.requested
-                and not user_log.open_tasks
-                and bool(user_log.pending)
-                and user_log.request_processing(task_id, "retry")
-            )
-
-        if (
-            self._services.settings.auto_process
-            and user_log is not None
-            and self._running is None
-            and self._is_owner()
-            and self._decide(retry)
-        ):
-            self._services.observer.task_scheduled(self.user_id, task_id, "retry", local=True)
-        self._advance()
+        self._advance(retry=self._services.settings.auto_process)
 
     def requeue(self, message_ids: Sequence[str] | None) -> list[str]:
         """Put quarantined messages (all, by default) back in the buffer; returns their ids.
@@ -327,8 +318,10 @@ class UserActor(PooledActor):
 
     def passivate(self) -> bool:
         """Stop this actor if it is idle and nobody has a message on its way to it."""
-        busy = self._running is not None or bool(
-            self._owner and self._log is not None and self._log.requested
+        busy = (
+            self._running is not None
+            or bool(self._unended)
+            or bool(self._owner and self._log is not None and self._log.requested)
         )
         if not self._retire(self.user_id, self.actor_ref, busy):
             return False
@@ -382,30 +375,42 @@ class UserActor(PooledActor):
             log.info("user %r: a write failed; reloading the log from the store", self.user_id)
             self._forget_log()
 
-    def _advance(self) -> None:
+    def _advance(self, *, retry: bool = False) -> None:
         """Start requested tasks while this process owns the user, none runs, and the
-        user's backoff does not ask to wait (then a wake-up is set)."""
-        limits = self._services.settings.limits
+        user's backoff does not ask to wait (then a wake-up is set).
+
+        A task this actor ran but could not store the end of is closed first, its
+        messages back in the buffer. With ``retry`` (or after such a close, with
+        auto-processing) a buffer left waiting gets a new task. When the store fails, this
+        is tried again after the user's backoff.
+        """
+        observer = self._services.observer
         while self._running is None and self._is_owner():
-            paused = 0.0
-
-            def start(user_log: UserLog | None) -> Started | None:
-                nonlocal paused
-                if user_log is None or user_log.open_tasks or not user_log.requested:
-                    return None
-                paused = self._pause(user_log)
-                return None if paused > 0 else user_log.start_next(limits)
-
+            step = _Step(retry=retry, retry_id=str(uuid4()))
             try:
-                started = self._decide(start)
+                self._decide(step.decide_on(self))
             except Exception as error:
-                log.error("user %r: could not start a task: %s", self.user_id, error)
+                delay = self._services.backoff.failed(self.user_id)
+                log.error(
+                    "user %r: could not start a task (trying again in %.1f s): %s",
+                    self.user_id,
+                    delay,
+                    _describe(error),
+                )
+                self._wake_in(delay)
                 return
-            if paused > 0:
-                self._wake_in(paused)
-            if started is None:
+            retry = False
+            self._unended = ()
+            for task_id in step.closed:
+                log.warning("user %r: task %s %s", self.user_id, task_id, UNSTORED_REASON)
+                observer.task_finished(self.user_id, task_id, "FAILED", 0, UNSTORED_REASON)
+            if step.retried:
+                observer.task_scheduled(self.user_id, step.retry_id, "retry", local=True)
+            if step.paused > 0:
+                self._wake_in(step.paused)
+            if step.started is None:
                 return
-            self._run(started)
+            self._run(step.started)
 
     def _pause(self, user_log: UserLog) -> float:
         """Seconds to wait before the oldest requested task may start (0: now).
@@ -454,8 +459,15 @@ class UserActor(PooledActor):
 
         try:
             quarantined = self._decide(fail)
-        except Exception:
-            log.exception("user %r: task %s stays open until recovery", self.user_id, task_id)
+        except Exception as error:
+            log.error(
+                "user %r: task %s: its failure could not be stored (%s); the task is closed "
+                "once the store answers",
+                self.user_id,
+                task_id,
+                _describe(error),
+            )
+            self._unended = (*self._unended, task_id)
             self._batch_ended(task_id, "FAILED", text, recorded=False)
             return
         for message_id in quarantined:
@@ -515,6 +527,14 @@ class UserActor(PooledActor):
             batch = self._batch(task_id, claimed)
         except Exception as error:
             self._batch_messages = ()
+            if not isinstance(error, MemveeError):  # a failed read never splits a batch
+                log.warning(
+                    "user %r: task %s: reading its batch failed",
+                    self.user_id,
+                    task_id,
+                    exc_info=True,
+                )
+                error = StorageError(f"could not read the batch: {_describe(error)}")
             self.extraction_done(task_id, error)
             return
         self._services.workers.submit(batch, self._deliver_to_self(task_id))
@@ -686,6 +706,44 @@ class UserActor(PooledActor):
 
 
 _NO_USAGE = TokenUsage()
+
+
+@dataclass(slots=True)
+class _Step:
+    """One step of :meth:`UserActor._advance`: what it decided on the log."""
+
+    retry: bool
+    retry_id: str
+    closed: list[str] = field(default_factory=list)
+    retried: bool = False
+    paused: float = 0.0
+    started: Started | None = None
+
+    def decide_on(self, actor: UserActor) -> Callable[[UserLog | None], None]:
+        """The decision, for :meth:`UserActor._decide` (which may run it again on a
+        conflict, so it sets every field each time)."""
+        settings = actor._services.settings
+
+        def decide(user_log: UserLog | None) -> None:
+            self.closed, self.retried, self.paused, self.started = [], False, 0.0, None
+            if user_log is None:
+                return
+            unended = [t for t in actor._unended if t in user_log.open_tasks]
+            if unended:
+                self.closed = user_log.close_interrupted(UNSTORED_REASON, unended)
+            self.retried = bool(
+                (self.retry or (self.closed and settings.auto_process))
+                and not user_log.requested
+                and user_log.pending
+                and user_log.request_processing(self.retry_id, "retry")
+            )
+            if not user_log.requested:
+                return
+            self.paused = actor._pause(user_log)
+            if self.paused <= 0:
+                self.started = user_log.start_next(settings.limits)
+
+        return decide
 
 
 class _AppendSettled:
