@@ -334,9 +334,9 @@ class UserActor(PooledActor):
         self, messages: NewMessages, acknowledged: BridgedFuture[list[Message]], attempt: int
     ) -> None:
         settings = self._services.settings
-        user_log = self._user_log(create=True)
-        assert user_log is not None
-        try:
+        try:  # every failure goes to the caller: a retry after a conflict has no other
+            user_log = self._user_log(create=True)
+            assert user_log is not None
             for role, content, sent_at, name in messages:
                 user_log.add_message(role, content, sent_at, settings.max_content_chars, name)
             auto_task = None
@@ -438,7 +438,12 @@ class UserActor(PooledActor):
         text = _describe(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
-        blamed = not again and len(claimed) == 1 and breaker.blame(claimed[0].message_id)
+        blamed = (  # a store that failed is never the message's fault
+            not again
+            and not isinstance(error, StorageError)
+            and len(claimed) == 1
+            and breaker.blame(claimed[0].message_id)
+        )
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else _NO_USAGE
         extractor = self._services.workers.extractor
         limits = self._services.settings.limits

@@ -12,35 +12,19 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from actors.user_actor import UNSTORED_REASON
-from events import EventStore, StorageError
+from events import ConflictError, ExtractionError, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError, ProcessStatus
 from projections import verify
 from tests.support.extractors import RecordingExtractor
-
-
-class Outage:
-    """Makes the Memory's store fail every write and log read while ``down`` is set."""
-
-    def __init__(self, store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.down = threading.Event()
-        for name in ("append", "load_log", "events_of"):
-            monkeypatch.setattr(store, name, self._failing(getattr(store, name)))
-
-    def _failing(self, method: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self.down.is_set():
-                raise StorageError("the database is restarting")
-            return method(*args, **kwargs)
-
-        return call
+from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
 
 
 async def _outage_while_extracting(
     memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch, user: str
-) -> tuple[Outage, Any]:
+) -> tuple[StoreOutage, Any]:
     """Start a task, then take the store down while its extraction is out."""
     assert memory._engine is not None
-    outage = Outage(memory._engine.store, monkeypatch)
+    outage = StoreOutage(memory._engine.store, monkeypatch)
     extractor.gate.clear()
     task = memory.process_async(user) if not memory.config.auto_process else None
     assert await asyncio.to_thread(extractor.started.wait, 30), "the extraction started"
@@ -55,7 +39,7 @@ async def test_a_task_whose_end_the_store_refused_is_closed_when_it_answers(
     for i in range(3):
         await memory.add_exchange("ana", f"I collect stamps number {i}", "ok")
     outage, task = await _outage_while_extracting(memory, extractor, monkeypatch, "ana")
-    with pytest.raises(ProcessingError, match="the database is restarting"):
+    with pytest.raises(ProcessingError, match=OUTAGE_ERROR):
         await asyncio.wait_for(task.wait(), 30)
     with pytest.raises(StorageError):
         await memory.add_exchange("ana", "written while the store is down", "ok")
@@ -135,3 +119,67 @@ async def test_a_batch_whose_read_fails_is_retried_whole_never_split_or_quaranti
     assert len(await memory.buffer("di")) == 4
     down.clear()
     assert await memory.process("di") == 2
+
+
+async def test_a_write_retried_after_a_conflict_gets_the_error_of_a_failed_reload(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conflicting write is decided again on the reloaded log; when the reload fails,
+    the caller gets that error (it waited forever before)."""
+    await memory.add_message("eve", "user", "before")
+    assert memory._engine is not None
+    store = memory._engine.store
+    outage = StoreOutage(store, monkeypatch)
+    append, contested = store.append, threading.Event()
+
+    def conflicting(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+        contents = [getattr(e, "content", None) for batch in batches for e in batch]
+        if "contested" in contents and not contested.is_set():
+            contested.set()
+            outage.down.set()  # the reload that follows fails too
+            raise ConflictError("a user log was appended to concurrently")
+        return append(batches, in_transaction, snapshots)
+
+    monkeypatch.setattr(store, "append", conflicting)
+    with pytest.raises(StorageError, match=OUTAGE_ERROR):
+        await asyncio.wait_for(memory.add_message("eve", "user", "contested"), 10)
+    outage.down.clear()
+    assert (await memory.add_message("eve", "user", "later")).seq == 2
+
+
+async def test_a_store_failure_is_never_blamed_on_the_message_of_a_batch(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message that failed alone once, and then failed again only because its outcome
+    could not be stored (while the API answered other calls), is not quarantined: the
+    store's failure is not the message's."""
+    memory: Memory = await make_memory(config={"max_attempts": 2})
+    await memory.add_message("fay", "user", "I sail")
+    await memory.add_message("gus", "user", "I row")
+    api_down = iter([True])
+    extractor.fault = lambda batch: (
+        ExtractionError("the API is down")
+        if batch.user_id == "fay" and next(api_down, False)
+        else None
+    )
+    with pytest.raises(ProcessingError, match="the API is down"):
+        await memory.process("fay")
+    assert await memory.process("gus") == 1  # the API answers other calls
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, store_down = store.append, iter([True, True])
+
+    def flaky(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+        fays = [e for b in batches for e in b if e.originator_id == user_log_id("fay")]
+        if any(isinstance(e, UserLog.KnowledgeExtracted) for e in fays) and next(store_down, False):
+            raise StorageError("lost the connection")
+        return append(batches, in_transaction, snapshots)
+
+    monkeypatch.setattr(store, "append", flaky)
+    for turn in range(2):  # two more failures alone, each after the API answered others
+        with pytest.raises(ProcessingError, match="could not record the outcome"):
+            await memory.process("fay")
+        await memory.add_message("gus", "user", f"I row on day {turn}")
+        assert await memory.process("gus") == 1
+    assert await memory.quarantined("fay") == []
+    assert await memory.process("fay") == 1

@@ -1,7 +1,7 @@
 """A soak of the whole Memory: users at once writing, processing through a flaky and
 poisoned extractor, retrieving, requeueing and forgetting, with actors passivated and the
-Memory closed and opened again between phases, and now and then a caller giving up on
-a call.
+Memory closed and opened again between phases, now and then a caller giving up on a call,
+and now and then the database failing every write and log read for a few milliseconds.
 
 Whatever the interleaving: no acknowledged message is lost, every failure a caller sees is
 typed, only a message that failed is quarantined, no message is covered twice or left where
@@ -21,11 +21,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import pytest
+
 from events import EventStore
 from memvee import Memory, MemoryConfig, MemveeError
 from projections import verify
 from tests.support.coverage import checked_coverage
 from tests.support.extractors import FlakyExtractor
+from tests.support.store_faults import StoreOutage
 
 SECONDS = float(os.environ.get("MEMVEE_SOAK_SECONDS", "1.5"))
 """How long each phase runs."""
@@ -112,10 +115,21 @@ async def _within(seconds: float | None, call: Awaitable[T]) -> T:
     return await asyncio.wait_for(call, seconds)
 
 
-async def _phase(db_url: str, seed: int, ledger: Ledger) -> None:
+async def _outages(outage: StoreOutage, rnd: random.Random, stop: asyncio.Event) -> None:
+    """The database down for 5 to 30 ms every 50 to 300 ms, until ``stop``."""
+    while not stop.is_set():
+        await asyncio.sleep(rnd.uniform(0.05, 0.3))
+        outage.down.set()
+        await asyncio.sleep(rnd.uniform(0.005, 0.03))
+        outage.down.clear()
+
+
+async def _phase(db_url: str, seed: int, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
     rnd = random.Random(seed)
     memory = Memory(config=_config(db_url), extractor=FlakyExtractor(seed), embedder=False)
     await memory.open()
+    assert memory._engine is not None
+    outage = StoreOutage(memory._engine.store, monkeypatch)
     try:
         stop = asyncio.Event()
         callers = [
@@ -124,10 +138,13 @@ async def _phase(db_url: str, seed: int, ledger: Ledger) -> None:
             )
             for i in range(USERS)
         ]
+        outages = asyncio.create_task(_outages(outage, random.Random(rnd.random()), stop))
         await asyncio.sleep(SECONDS)
         stop.set()
-        await asyncio.gather(*callers)
+        await asyncio.gather(*callers, outages)
+        assert outage.refused > 0, "the database failed some calls"
     finally:
+        outage.down.clear()
         await memory.close()
 
 
@@ -144,11 +161,11 @@ async def _settle(memory: Memory, user: str) -> None:
 
 
 async def test_no_interleaving_of_calls_faults_and_restarts_loses_or_repeats_anything(
-    db_url: str,
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = Ledger()
     for phase in range(PHASES):
-        await _phase(db_url, SEED * PHASES + phase, ledger)
+        await _phase(db_url, SEED * PHASES + phase, ledger, monkeypatch)
     assert not ledger.untyped, f"untyped failures reached callers: {ledger.untyped[:3]}"
     assert sum(map(len, ledger.acknowledged.values())) > 0
 
