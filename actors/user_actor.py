@@ -16,7 +16,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -386,9 +385,9 @@ class UserActor(PooledActor):
         """
         observer = self._services.observer
         while self._running is None and self._is_owner():
-            step = _Step(retry=retry, retry_id=str(uuid4()))
+            step = _Step(self, retry=retry)
             try:
-                self._decide(step.decide_on(self))
+                self._decide(step)
             except Exception as error:
                 delay = self._services.backoff.failed(self.user_id)
                 log.error(
@@ -404,7 +403,7 @@ class UserActor(PooledActor):
             for task_id in step.closed:
                 log.warning("user %r: task %s %s", self.user_id, task_id, UNSTORED_REASON)
                 observer.task_finished(self.user_id, task_id, "FAILED", 0, UNSTORED_REASON)
-            if step.retried:
+            if step.retry_id is not None:
                 observer.task_scheduled(self.user_id, step.retry_id, "retry", local=True)
             if step.paused > 0:
                 self._wake_in(step.paused)
@@ -713,42 +712,39 @@ class UserActor(PooledActor):
 _NO_USAGE = TokenUsage()
 
 
-@dataclass(slots=True)
 class _Step:
-    """One step of :meth:`UserActor._advance`: what it decided on the log."""
+    """One step of :meth:`UserActor._advance`, called with the log to decide on (again
+    after a conflict, so it sets every field each time); the fields say what it did."""
 
-    retry: bool
-    retry_id: str
-    closed: list[str] = field(default_factory=list)
-    retried: bool = False
-    paused: float = 0.0
-    started: Started | None = None
+    def __init__(self, actor: UserActor, *, retry: bool) -> None:
+        self.actor, self.retry = actor, retry
+        self.closed: list[str] = []
+        self.retry_id: str | None = None
+        self.paused = 0.0
+        self.started: Started | None = None
 
-    def decide_on(self, actor: UserActor) -> Callable[[UserLog | None], None]:
-        """The decision, for :meth:`UserActor._decide` (which may run it again on a
-        conflict, so it sets every field each time)."""
-        settings = actor._services.settings
-
-        def decide(user_log: UserLog | None) -> None:
-            self.closed, self.retried, self.paused, self.started = [], False, 0.0, None
-            if user_log is None:
-                return
-            unended = [t for t in actor._unended if t in user_log.open_tasks]
-            if unended:
-                self.closed = user_log.close_interrupted(UNSTORED_REASON, unended)
-            self.retried = bool(
-                (self.retry or (self.closed and settings.auto_process))
-                and not user_log.requested
-                and user_log.pending
-                and user_log.request_processing(self.retry_id, "retry")
-            )
-            if not user_log.requested:
-                return
-            self.paused = actor._pause(user_log)
-            if self.paused <= 0:
-                self.started = user_log.start_next(settings.limits)
-
-        return decide
+    def __call__(self, user_log: UserLog | None) -> None:
+        actor, settings = self.actor, self.actor._services.settings
+        self.closed, self.retry_id, self.paused, self.started = [], None, 0.0, None
+        if user_log is None:
+            return
+        unended = [t for t in actor._unended if t in user_log.open_tasks]
+        if unended:
+            self.closed = user_log.close_interrupted(UNSTORED_REASON, unended)
+        if (
+            (self.retry or (self.closed and settings.auto_process))
+            and not user_log.requested
+            and not user_log.open_tasks
+            and user_log.pending
+        ):
+            self.retry_id = str(uuid4())
+            if not user_log.request_processing(self.retry_id, "retry"):
+                self.retry_id = None
+        if not user_log.requested:
+            return
+        self.paused = actor._pause(user_log)
+        if self.paused <= 0:
+            self.started = user_log.start_next(settings.limits)
 
 
 class _AppendSettled:
