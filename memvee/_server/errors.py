@@ -26,7 +26,7 @@ from events import (
 )
 from memvee._server.logs import REQUEST_ID_KEY
 
-__all__ = ["ApiError", "classify", "install_error_handlers"]
+__all__ = ["STORAGE_UNAVAILABLE", "ApiError", "classify", "install_error_handlers", "told"]
 
 log = logging.getLogger("memvee.server")
 
@@ -42,6 +42,13 @@ _STATUS: tuple[tuple[type[MemveeError], int, str], ...] = (
 )
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+STORAGE_UNAVAILABLE = "the database is unavailable right now; try again shortly"
+"""What a caller is told when the database fails: its own words name its address and
+driver, which stay in the server's log."""
+
+RETRY_AFTER = "1"
+"""Seconds a 503 asks a client to wait before trying again."""
 
 
 class ApiError(Exception):
@@ -61,6 +68,13 @@ def classify(error: Exception) -> tuple[int, str]:
         if isinstance(error, kind):
             return status, code
     return 500, "internal_error"
+
+
+def told(error: Exception) -> str:
+    """What a caller is told of ``error``: its own words, but for a failing database."""
+    if isinstance(error, StorageError) and not isinstance(error, ConflictError):
+        return STORAGE_UNAVAILABLE
+    return str(error)
 
 
 def error_response(
@@ -87,7 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
             log.warning(
                 "%s: %s", code, error, extra={"request_id": request.scope.get(REQUEST_ID_KEY)}
             )
-        return _body(request, status, code, str(error))
+        headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+        return error_response(request.scope, status, code, told(error), headers)
 
     async def on_validation(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)

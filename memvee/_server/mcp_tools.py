@@ -13,6 +13,7 @@ import asyncio
 import functools
 import importlib.metadata
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -25,11 +26,13 @@ from pydantic import BaseModel, Field
 from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
-from memvee._server.errors import ApiError, classify
+from memvee._server.errors import ApiError, classify, told
 from memvee._server.http_api import explain_entry
 from memvee.audit import Audit
 
 __all__ = ["build_mcp"]
+
+log = logging.getLogger("memvee.server")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -252,8 +255,10 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
         try:
             return await fn(*args, **kwargs)
         except (MemveeError, ApiError) as error:
-            _, code = classify(error)
-            raise ToolError(f"{code}: {error}") from error
+            status, code = classify(error)
+            if status >= 500:
+                log.warning("tool %s: %s: %s", fn.__name__, code, error)
+            raise ToolError(f"{code}: {told(error)}") from error
 
     return tool
 

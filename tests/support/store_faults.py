@@ -21,6 +21,7 @@ class StoreOutage:
     def __init__(self, store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
         self.down = threading.Event()
         self.refused = 0
+        self._error = f"{OUTAGE_ERROR} ({store.safe_url})"  # named, as the store's own are
         for name in FAILING:
             monkeypatch.setattr(store, name, self._failing(getattr(store, name)))
 
@@ -28,7 +29,7 @@ class StoreOutage:
         def call(*args: Any, **kwargs: Any) -> Any:
             if self.down.is_set():
                 self.refused += 1
-                raise StorageError(OUTAGE_ERROR)
+                raise StorageError(self._error)
             return method(*args, **kwargs)
 
         return call

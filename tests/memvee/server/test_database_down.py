@@ -1,0 +1,79 @@
+"""While the database fails, callers are told so in words that name nothing of it (its
+address and driver stay in the server's log), with a hint to try again; the HTTP API and
+the MCP tools alike."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from mcp.server.mcpserver.exceptions import ToolError
+
+from memvee import Memory, StorageError
+from memvee._server.app import create_app
+from memvee._server.errors import STORAGE_UNAVAILABLE
+from memvee._server.mcp_tools import _with_tool_errors
+from memvee.audit import Audit
+from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
+
+
+@pytest.fixture
+def outage(memory: Memory, monkeypatch: pytest.MonkeyPatch) -> StoreOutage:
+    """The memory's database, down."""
+    assert memory._engine is not None
+    down = StoreOutage(memory._engine.store, monkeypatch)
+    down.down.set()
+    return down
+
+
+@pytest.fixture
+async def client(memory: Memory, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API over ``memory``, in this process."""
+    app = create_app(memory, Audit(db_url=db_url), max_body_bytes=1 << 20)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://memvee") as client:
+        yield client
+
+
+async def test_the_http_api_answers_503_with_retry_after_and_the_log_keeps_the_detail(
+    memory: Memory,
+    outage: StoreOutage,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    said = {"user_message": "I live in Oslo", "assistant_message": "ok"}
+    with caplog.at_level(logging.WARNING, logger="memvee.server"):
+        answer = await client.post("/v1/users/ann/exchanges", json=said)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    body = answer.json()
+    assert (body["error"], body["message"]) == ("storage_unavailable", STORAGE_UNAVAILABLE)
+    assert memory._engine is not None
+    address = memory._engine.store.safe_url
+    assert address not in answer.text
+    logged = [r for r in caplog.records if r.name == "memvee.server"]
+    assert any(OUTAGE_ERROR in r.getMessage() and address in r.getMessage() for r in logged)
+    assert all(getattr(r, "request_id", None) == body["request_id"] for r in logged)
+
+    outage.down.clear()
+    assert (await client.post("/v1/users/ann/exchanges", json=said)).status_code == 201
+
+
+async def test_a_tool_says_the_database_is_unavailable_without_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address = "postgresql+psycopg://memvee@db.internal:5432/memvee"
+
+    @_with_tool_errors
+    async def remember() -> None:
+        raise StorageError(f"could not store 2 events in {address}: connection refused")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="memvee.server"),
+        pytest.raises(ToolError) as refused,
+    ):
+        await remember()
+    assert str(refused.value) == f"storage_unavailable: {STORAGE_UNAVAILABLE}"
+    assert any(address in r.getMessage() for r in caplog.records)
