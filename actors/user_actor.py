@@ -333,7 +333,7 @@ class UserActor(PooledActor):
         self, messages: NewMessages, acknowledged: BridgedFuture[list[Message]], attempt: int
     ) -> None:
         settings = self._services.settings
-        try:  # every failure goes to the caller: a retry after a conflict has no other
+        try:  # failures reach the caller through `acknowledged` (a retry has no other way)
             user_log = self._user_log(create=True)
             assert user_log is not None
             for role, content, sent_at, name in messages:
