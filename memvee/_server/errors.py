@@ -26,7 +26,13 @@ from events import (
 )
 from memvee._server.logs import REQUEST_ID_KEY
 
-__all__ = ["STORAGE_UNAVAILABLE", "ApiError", "classify", "install_error_handlers", "told"]
+__all__ = [
+    "STORAGE_UNAVAILABLE",
+    "ApiError",
+    "caller_message",
+    "classify",
+    "install_error_handlers",
+]
 
 log = logging.getLogger("memvee.server")
 
@@ -70,7 +76,7 @@ def classify(error: Exception) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def told(error: Exception) -> str:
+def caller_message(error: Exception) -> str:
     """What a caller is told of ``error``: its own words, but for a failing database."""
     if isinstance(error, StorageError) and not isinstance(error, ConflictError):
         return STORAGE_UNAVAILABLE
@@ -102,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "%s: %s", code, error, extra={"request_id": request.scope.get(REQUEST_ID_KEY)}
             )
         headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
-        return error_response(request.scope, status, code, told(error), headers)
+        return error_response(request.scope, status, code, caller_message(error), headers)
 
     async def on_validation(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
-from memvee._server.errors import ApiError, classify, told
+from memvee._server.errors import ApiError, caller_message, classify
 from memvee._server.http_api import explain_entry
 from memvee.audit import Audit
 
@@ -258,7 +258,7 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
             status, code = classify(error)
             if status >= 500:
                 log.warning("tool %s: %s: %s", fn.__name__, code, error)
-            raise ToolError(f"{code}: {told(error)}") from error
+            raise ToolError(f"{code}: {caller_message(error)}") from error
 
     return tool
 
