@@ -7,11 +7,13 @@ the best lexical score, plus ``1 - alpha`` times the cosine, min-max normalised 
 candidates. With ``include_messages`` entries and raw messages are ranked together on
 that one score (a strong message beats a weak fact, and a fact scores at least as well
 as the messages it came from); a message that a returned entry cites is left out, and
-one whose facts were all replaced goes after the rest.
+one whose facts were all replaced goes after the rest. An embedder that fails (an API
+down, a model that cannot load) leaves the ranking lexical: a search never fails for it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +34,8 @@ __all__ = [
     "Retriever",
     "check_query",
 ]
+
+log = logging.getLogger("memvee.retrieval")
 
 
 def check_query(query: object, top_k: object) -> None:
@@ -307,10 +311,21 @@ class Retriever:
         )
 
     def _embed_query(self, user_id: str, query: str, include_messages: bool) -> list[float] | None:
+        """The query's vector, once the user's items have theirs; ``None`` (rank lexically)
+        without an embedder, or when it fails."""
         if self.embedder is None or self._vectors is None:
             return None
-        self._vectors.fill(self.engine, user_id, self.embedder.embed, messages=include_messages)
-        return self.embedder.embed([query])[0]
+        try:
+            self._vectors.fill(self.engine, user_id, self.embedder.embed, messages=include_messages)
+            return self.embedder.embed([query])[0]
+        except Exception:
+            log.warning(
+                "user %r: the embedder %r failed; this search ranks lexically",
+                user_id,
+                self.embedder.name,
+                exc_info=True,
+            )
+            return None
 
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:

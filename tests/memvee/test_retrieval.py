@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from memvee import InvalidInputError, Memory
+from memvee import InvalidInputError, Memory, MemveeError
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
 
@@ -193,6 +194,37 @@ async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_rank
     calls = embedder.calls
     await memory.retrieve("ann", "tunes", top_k=1)
     assert embedder.calls == calls + 1, "vectors are embedded once, then only the query"
+
+
+class _FailingEmbedder(ConceptEmbedder):
+    """The concept embedder, failing while ``down``, as an embedding API does in an outage."""
+
+    down = False
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.down:
+            raise MemveeError("the embedding API answered 503")
+        return super().embed(texts)
+
+
+async def test_an_embedder_that_fails_leaves_the_search_lexical_until_it_answers(
+    make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _FailingEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    await _say(memory, "ann", 0, "I love jazz.", "I have a dog called Rex.")
+    await _background_embedding_done(memory)
+    embedder.down = True
+    await _say(memory, "ann", 1, "I work at Acme.")  # not embedded yet: the search would
+    with caplog.at_level(logging.WARNING, logger="memvee.retrieval"):
+        lexical = await memory.retrieve("ann", "where does she work? Acme?", top_k=1)
+        unmatched = await memory.retrieve("ann", "what music is she into?", top_k=1)
+    assert [hit.text for hit in lexical.entries] == ["User works at Acme."]
+    assert unmatched.entries == [], "no word in common: only the embedder could find it"
+    assert "the embedder 'test-concepts' failed; this search ranks lexically" in caplog.text
+    embedder.down = False
+    semantic = await memory.retrieve("ann", "what music is she into?", top_k=1)
+    assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
 
 
 async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(
