@@ -71,7 +71,9 @@ class SharedServices:
 
     ``touched`` says that a user has new messages or entries to embed (in the background);
     ``checkpoint_due`` that a user's log grew by another checkpoint interval, so its
-    replayed state should be stored (in the background).
+    replayed state should be stored (in the background). ``backoff`` paces a user's runs
+    after extraction failures; ``store_backoff`` paces the retries of a user's task start
+    while the database fails, and never holds a run back once it answers.
     """
 
     store: EventStore
@@ -87,4 +89,5 @@ class SharedServices:
     wake: Wake
     touched: Callable[[str], None]
     checkpoint_due: Callable[[str], None]
+    store_backoff: UserBackoff
     leases: LeaseTable | None = None

@@ -46,6 +46,10 @@ log = logging.getLogger("memvee.actors")
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
 
+STORE_RETRY_MAX = 30.0
+"""The longest wait, in seconds, between retries of a user's task start while the
+database fails: once it answers, processing goes on within that."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
@@ -128,6 +132,7 @@ class Engine:
             self._wake_later,
             self._touched,
             self.checkpointer.touch,
+            UserBackoff(base=options.retry_delay, cap=STORE_RETRY_MAX),
             self.leases,
         )
         self.directory = ActorDirectory(

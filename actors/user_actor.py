@@ -389,7 +389,7 @@ class UserActor(PooledActor):
             try:
                 self._decide(step)
             except Exception as error:
-                delay = self._services.backoff.failed(self.user_id)
+                delay = self._services.store_backoff.failed(self.user_id)
                 log.error(
                     "user %r: could not start a task (trying again in %.1f s): %s",
                     self.user_id,
@@ -400,6 +400,7 @@ class UserActor(PooledActor):
                 return
             retry = False
             self._unended = ()
+            self._services.store_backoff.succeeded(self.user_id)
             for task_id in step.closed:
                 log.warning("user %r: task %s %s", self.user_id, task_id, UNSTORED_REASON)
                 observer.task_finished(self.user_id, task_id, "FAILED", 0, UNSTORED_REASON)

@@ -183,3 +183,33 @@ async def test_a_store_failure_is_never_blamed_on_the_message_of_a_batch(
         assert await memory.process("gus") == 1
     assert await memory.quarantined("fay") == []
     assert await memory.process("fay") == 1
+
+
+async def test_a_refused_task_start_is_retried_without_holding_back_the_users_runs(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries of a task start the database refused back off on their own, so once it
+    answers the user's automatic runs are not held back by how long it failed."""
+    memory: Memory = await make_memory(
+        auto_process=True, batch_threshold=2, config={"retry_delay": 0.02}
+    )
+    assert memory._engine is not None
+    engine, store = memory._engine, memory._engine.store
+    append, refused = store.append, threading.Event()
+
+    def no_start(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+        if any(isinstance(e, UserLog.ProcessingStarted) for b in batches for e in b):
+            refused.set()
+            raise StorageError("the database is restarting")
+        return append(batches, in_transaction, snapshots)
+
+    monkeypatch.setattr(store, "append", no_start)
+    await memory.add_exchange("hal", "I live in Lima", "ok")  # requests a run: it cannot start
+    assert await asyncio.to_thread(refused.wait, 30)
+    await asyncio.sleep(0.3)  # several retries, each refused
+    assert engine.backoff.remaining("hal") == 0.0, "the user's runs are not held back"
+    monkeypatch.setattr(store, "append", append)
+    async with asyncio.timeout(30):
+        while await memory.buffer("hal"):
+            await asyncio.sleep(0.02)
+    assert len(await memory.knowledge("hal")) == 1
