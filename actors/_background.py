@@ -6,13 +6,15 @@ filled, so that a search rarely has anything left to embed (a search still embed
 missing first, so nothing depends on this thread having caught up). Checkpoints: a user
 whose log grew by another interval gets its replayed state stored, so that ``state --at``
 folds little (a replay folds from an older checkpoint, or from nothing, otherwise). A
-write never waits for either.
+write never waits for either. A job that fails (the database or an embedding API down) is
+tried again later, on its own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["UserWorker"]
@@ -25,8 +27,10 @@ class UserWorker:
 
     ``work(user_id, stopping)`` does it for one user, asking ``stopping()`` between steps
     so that :meth:`stop` never waits for a long job. Users told about while one is worked
-    on wait ``delay`` seconds more, so a burst of writes is handled in a few jobs. ``name``
-    names the thread (``memvee-<name>``) and the work in logs.
+    on wait ``delay`` seconds more, so a burst of writes is handled in a few jobs. A user
+    whose job failed is worked on again ``retry_delay`` seconds later, doubling while its
+    jobs keep failing, up to ``retry_max``. ``name`` names the thread (``memvee-<name>``) and
+    the work in logs.
     """
 
     def __init__(
@@ -35,10 +39,16 @@ class UserWorker:
         *,
         name: str,
         delay: float = 0.2,
+        retry_delay: float = 1.0,
+        retry_max: float = 60.0,
     ) -> None:
         self._work = work
         self.name = name
         self._delay = delay
+        self._retry_delay = retry_delay
+        self._retry_max = retry_max
+        self._failures: dict[str, int] = {}  # users whose last jobs failed: how many in a row
+        self._later: dict[str, float] = {}  # users whose job failed, and when to retry
         self._pending: dict[str, None] = {}
         self._changed = threading.Condition()
         self._stopped = False
@@ -53,11 +63,13 @@ class UserWorker:
             if self._stopped:
                 return
             self._pending[user_id] = None
+            self._later.pop(user_id, None)
             self._idle.clear()
             self._changed.notify()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until every user told about so far is done (for tests and shutdown)."""
+        """Wait until every user told about so far is done, or failed and waits for its
+        retry (for tests and shutdown)."""
         return self._idle.wait(timeout)
 
     def stop(self) -> None:
@@ -66,6 +78,8 @@ class UserWorker:
         with self._changed:
             self._stopped = True
             self._pending.clear()
+            self._later.clear()
+            self._failures.clear()
             self._changed.notify()
         self._thread.join(timeout=30)
 
@@ -75,9 +89,12 @@ class UserWorker:
     def _run(self) -> None:
         while True:
             with self._changed:
-                while not self._pending and not self._stopped:
+                while not self._stopped:
+                    self._take_due()
+                    if self._pending:
+                        break
                     self._idle.set()
-                    self._changed.wait()
+                    self._changed.wait(self._next_retry_in())
                 if self._stopped:
                     self._idle.set()
                     return
@@ -92,4 +109,34 @@ class UserWorker:
                 try:
                     self._work(user_id, self._stopping)
                 except Exception:
-                    log.exception("user %r: %s in the background failed", user_id, self.name)
+                    self._failed(user_id)
+                else:
+                    self._failures.pop(user_id, None)
+
+    def _take_due(self) -> None:
+        """Move the users whose retry is due to the pending ones (lock held)."""
+        now = time.monotonic()
+        for user_id, due in list(self._later.items()):
+            if due <= now:
+                del self._later[user_id]
+                self._pending[user_id] = None
+
+    def _next_retry_in(self) -> float | None:
+        """Seconds until the next retry is due (lock held); ``None``: none waits."""
+        if not self._later:
+            return None
+        return max(0.0, min(self._later.values()) - time.monotonic())
+
+    def _failed(self, user_id: str) -> None:
+        failures = self._failures[user_id] = self._failures.get(user_id, 0) + 1
+        delay = min(self._retry_max, self._retry_delay * 2.0 ** min(failures - 1, 30))
+        log.warning(
+            "user %r: %s in the background failed; trying again in %.1f s",
+            user_id,
+            self.name,
+            delay,
+            exc_info=True,
+        )
+        with self._changed:
+            if not self._stopped and user_id not in self._pending:
+                self._later[user_id] = time.monotonic() + delay

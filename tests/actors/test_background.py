@@ -46,3 +46,28 @@ def test_stop_ends_a_long_job_between_steps() -> None:
     filler.stop()
     assert seen_stop.is_set(), "the fill was told to stop and ended early"
     assert not filler._thread.is_alive()
+
+
+def test_a_failed_job_is_tried_again_later_on_its_own_and_others_go_on() -> None:
+    attempts: list[str] = []
+    done = threading.Event()
+
+    def fill(user: str, stop: Callable[[], bool]) -> int:
+        attempts.append(user)
+        if user == "ann" and attempts.count("ann") <= 2:
+            raise ConnectionError("the embedding API is down")
+        if user == "ann":
+            done.set()
+        return 1
+
+    filler = UserWorker(fill, name="test", delay=0, retry_delay=0.01)
+    try:
+        filler.touch("ann")
+        filler.touch("bob")
+        assert done.wait(10), "ann's job was tried again without another touch"
+        assert attempts.count("ann") == 3
+        assert attempts.count("bob") == 1
+        assert filler.wait_idle(10)
+        assert not filler._later and not filler._failures
+    finally:
+        filler.stop()
