@@ -1,6 +1,7 @@
-"""A store outage never stops a user's processing: a task whose end could not be stored
-is closed once the store answers again, its messages back in the buffer, with no
-restart of the process."""
+"""A database that fails never stops a user's memory, and needs no restart: a task whose
+end could not be stored is closed once it answers (its messages back in the buffer), a
+refused task start is tried again, a failed read or store is never blamed on a batch's
+messages, and every caller is told with a StorageError."""
 
 from __future__ import annotations
 
