@@ -390,7 +390,7 @@ class UserActor(PooledActor):
                 self._decide(step)
             except Exception as error:
                 delay = self._services.store_backoff.failed(self.user_id)
-                log.error(
+                log.warning(
                     "user %r: could not start a task (trying again in %.1f s): %s",
                     self.user_id,
                     delay,
@@ -465,7 +465,7 @@ class UserActor(PooledActor):
         try:
             quarantined = self._decide(fail)
         except Exception as error:
-            log.error(
+            log.warning(
                 "user %r: task %s: its failure could not be stored (%s); the task is closed "
                 "once the store answers",
                 self.user_id,
