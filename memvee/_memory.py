@@ -60,6 +60,7 @@ log = logging.getLogger("memvee")
 
 SHUTDOWN_REASON = "interrupted by shutdown"
 REMOTE_POLL_SECONDS = 0.05
+REMOTE_POLL_MAX = 2.0
 _DONE_TASKS_KEPT = 10_000
 
 T = TypeVar("T")
@@ -579,13 +580,22 @@ class Memory:
             self._poller = asyncio.ensure_future(self._poll_remote())
 
     async def _poll_remote(self) -> None:
-        """Read the state of remote tasks from the log's projection until they end."""
+        """Read the state of remote tasks from the log's projection until they end; while
+        the database fails, read again less often (up to every ``REMOTE_POLL_MAX`` s)."""
+        pause = REMOTE_POLL_SECONDS
         while self._remote and self.is_open:
             ids = list(self._remote)
             try:
                 records = await self._read(functools.partial(_task_states, ids=ids))
             except MemoryClosedError:
                 return
+            except StorageError as error:
+                if pause == REMOTE_POLL_SECONDS:
+                    log.warning("following %d tasks of other processes: %s", len(ids), error)
+                pause = min(REMOTE_POLL_MAX, pause * 2)
+                await asyncio.sleep(pause)
+                continue
+            pause = REMOTE_POLL_SECONDS
             for record in records:
                 task = self._remote.get(record.task_id)
                 if task is None:

@@ -3,7 +3,11 @@ only the lease holder extracts; when the holder goes away, a guest takes the use
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
@@ -61,6 +65,39 @@ async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_ur
         assert guest_extractor.batches == []
         sent = [m for b in owner_extractor.batches for m in b.messages]
         assert len(sent) == len({m.message_id for m in sent}) == 4
+    finally:
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_guest_follows_its_task_through_a_database_that_fails_for_a_while(
+    db_url: str,
+) -> None:
+    """The guest reads its task's state from the database; reads that fail meanwhile only
+    delay that, and the task still ends for the guest once the database answers."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        assert guest._engine is not None
+        reader, down = guest._engine.reader, threading.Event()
+        task_states = reader.task_states
+
+        def failing(*args: Any) -> Any:
+            if down.is_set():
+                raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+            return task_states(*args)
+
+        reader.task_states = failing
+        down.set()
+        task = guest.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 30)
+        owner_extractor.gate.set()
+        await asyncio.sleep(0.3)  # the owner ends the task; the guest cannot read it yet
+        assert not task.done
+        down.clear()
+        assert await asyncio.wait_for(task.wait(), 30) == 1
     finally:
         await guest.close()
         await owner.close()
