@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
 from actors._committer import GroupCommitter
@@ -248,6 +249,12 @@ class Engine:
         while not self._stopping.wait(interval):
             try:
                 self._renew_and_follow(self.leases)
+            except SQLAlchemyError as error:  # the database is down or restarting
+                log.warning(
+                    "renewing leases failed (trying again in %.1f s): %s",
+                    interval,
+                    str(error).splitlines()[0],
+                )
             except Exception:
                 log.exception("renewing leases failed; retrying")
 
