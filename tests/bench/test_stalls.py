@@ -99,8 +99,10 @@ def test_the_loop_off_the_cpu_is_told_from_code_on_the_loop() -> None:
 
     blocked = asyncio.run(scenario(time.sleep))
     busy = asyncio.run(scenario(_spin))
+    # A tick was due up to one period (1 ms) after the block began, so it is late by the
+    # block's 50 ms less up to that much.
     assert blocked.waiting >= 0.045
-    assert busy.late >= 0.05
+    assert busy.late >= 0.045
     assert busy.waiting <= busy.late - 0.045
 
 
