@@ -27,6 +27,7 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
+from events.errors import first_line
 from projections import (
     LexicalRanker,
     ProjectionReader,
@@ -253,7 +254,7 @@ class Engine:
                 log.warning(
                     "renewing leases failed (trying again in %.1f s): %s",
                     interval,
-                    str(error).splitlines()[0],
+                    first_line(error),
                 )
             except Exception:
                 log.exception("renewing leases failed; retrying")

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
+from events.errors import first_line
 from projections import Projector
 
 __all__ = ["ForgetReceipt", "erase_user"]
@@ -63,7 +64,7 @@ def erase_user(
                 connection.exec_driver_sql("PRAGMA secure_delete=OFF")
     except SQLAlchemyError as error:
         raise StorageError(
-            f"could not forget user {user_id!r} in {store.safe_url}: {str(error).splitlines()[0]}"
+            f"could not forget user {user_id!r} in {store.safe_url}: {first_line(error)}"
         ) from error
     if store.is_sqlite:
         try:

@@ -24,6 +24,7 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "first_line",
 ]
 
 
@@ -96,3 +97,9 @@ class ProcessingError(MemveeError):
 
 class ProcessingTimeoutError(MemveeError, TimeoutError):
     """Waiting for processing took longer than the caller's timeout; the work goes on."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s text (or its type's name): a driver's message without
+    the statement and parameters SQLAlchemy appends, for messages and logs."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

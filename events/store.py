@@ -37,7 +37,7 @@ from sqlalchemy.orm import sessionmaker
 
 from events._codec import Decoder, Encoder, Stored
 from events._readers import ThreadReaders
-from events.errors import ConflictError, InvalidInputError, StorageError
+from events.errors import ConflictError, InvalidInputError, StorageError, first_line
 from events.transcoding import (
     CompactMapper,
     register_time_transcodings,
@@ -99,10 +99,6 @@ def _file_readers(engine: Engine, busy_timeout_ms: int) -> ThreadReaders | None:
     if not database or database == ":memory:" or url.query or database.startswith("file:"):
         return None
     return ThreadReaders(database, busy_timeout_ms)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -226,7 +222,7 @@ class EventStore:
                     time.sleep(0.1 * (attempt + 1))
                     continue
                 raise StorageError(
-                    f"cannot open the event store at {self.safe_url}: {_first_line(error)}"
+                    f"cannot open the event store at {self.safe_url}: {first_line(error)}"
                 ) from error
         self._datastore: Any = getattr(self._app.recorder, "datastore")  # noqa: B009
         engine: Engine = self._datastore.engine
@@ -426,11 +422,11 @@ class EventStore:
                     self._insert_snapshots(connection, snapshots)
         except (IntegrityError, sqlalchemy.exc.IntegrityError, sqlite3.IntegrityError) as error:
             raise ConflictError(
-                f"a user log was appended to concurrently: {_first_line(error)}"
+                f"a user log was appended to concurrently: {first_line(error)}"
             ) from error
         except Exception as error:
             raise StorageError(
-                f"could not store {len(events)} events in {self.safe_url}: {_first_line(error)}"
+                f"could not store {len(events)} events in {self.safe_url}: {first_line(error)}"
             ) from error
         return recorded
 
@@ -519,7 +515,7 @@ class EventStore:
             yield
         except sqlalchemy.exc.SQLAlchemyError as error:
             raise StorageError(
-                f"could not {doing} of {user_id!r} from {self.safe_url}: {_first_line(error)}"
+                f"could not {doing} of {user_id!r} from {self.safe_url}: {first_line(error)}"
             ) from error
 
     def _read(
@@ -534,7 +530,7 @@ class EventStore:
         except sqlite3.Error as error:
             self._readers.discard()
             raise StorageError(
-                f"could not {doing} of {user_id!r} from {self.safe_url}: {_first_line(error)}"
+                f"could not {doing} of {user_id!r} from {self.safe_url}: {first_line(error)}"
             ) from error
 
     def stored_events_of(self, user_id: str, page_size: int = 1000) -> Iterator[StoredEvent]:

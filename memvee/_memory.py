@@ -42,6 +42,7 @@ from events import (
     check_time,
     check_user_id,
 )
+from events.errors import first_line
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
@@ -450,7 +451,7 @@ class Memory:
                 return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
             except SQLAlchemyError as error:
                 raise StorageError(
-                    f"cannot read from {engine.store.safe_url}: {str(error).splitlines()[0]}"
+                    f"cannot read from {engine.store.safe_url}: {first_line(error)}"
                 ) from error
 
         return await loop.run_in_executor(self._readers, _run)
@@ -540,7 +541,7 @@ class Memory:
                     return query(connection, engine.reader)
             except SQLAlchemyError as error:
                 raise StorageError(
-                    f"cannot read from {engine.store.safe_url}: {str(error).splitlines()[0]}"
+                    f"cannot read from {engine.store.safe_url}: {first_line(error)}"
                 ) from error
 
         return await loop.run_in_executor(self._readers, _run)
