@@ -92,6 +92,7 @@ class GroupCommitter:
         self._last_write_at = 0.0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._failed_epochs: dict[Any, int] = {}
+        self._in_flight: dict[Any, int] = {}  # log id -> its last unsettled write's ticket
         self._writing = threading.Lock()  # held by whoever writes: one write at a time
         self._issuing = threading.Lock()
         self._issued = 0
@@ -134,6 +135,17 @@ class GroupCommitter:
         with self._progress:
             self._progress.wait_for(lambda: self._settled_through >= ticket)
 
+    def wait_for_log(self, log_id: Any) -> None:
+        """Block until every write of ``log_id`` queued so far settled.
+
+        A user's actor may stop while its last write still waits here; the user's next
+        actor loads the log only after that, or it would miss the write, and a forget
+        would let the write land on the erased log past a gap in its versions.
+        """
+        ticket = self._in_flight.get(log_id)
+        if ticket is not None:
+            self.wait_for(ticket)
+
     def failed(self, log_id: Any, epoch: int) -> bool:
         """Whether a write of ``log_id`` decided in ``epoch`` failed (later ones are refused)."""
         return self._failed_epochs.get(log_id, -1) >= epoch
@@ -142,6 +154,7 @@ class GroupCommitter:
         with self._issuing:  # tickets in queue order
             self._issued += 1
             request.ticket = self._issued
+            self._in_flight[request.log_id] = request.ticket
             idle = self._settled_through == request.ticket - 1
             if not (idle and self._writing.acquire(blocking=False)):
                 self._queue.put(request)
@@ -271,6 +284,9 @@ class GroupCommitter:
         self, request: _Request, recorded: list[Recorded] | None, error: BaseException | None
     ) -> None:
         request.settle(recorded, error)
+        with self._issuing:
+            if self._in_flight.get(request.log_id) == request.ticket:
+                del self._in_flight[request.log_id]
         self._settled_through = request.ticket
 
     def _fold(self, connection: Connection, recorded: list[Recorded]) -> None:

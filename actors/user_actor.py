@@ -39,6 +39,7 @@ from events import (
     StoredSnapshot,
     TokenUsage,
     UserLog,
+    user_log_id,
 )
 from projections import Message
 
@@ -597,6 +598,7 @@ class UserActor(PooledActor):
         if self._owner is None:
             self._is_owner()  # the first actor to touch a user claims it
         if not self._loaded:
+            self._services.committer.wait_for_log(user_log_id(self.user_id))
             loaded = self._services.store.load_log(self.user_id)
             self._log = loaded.log
             self._loaded = True

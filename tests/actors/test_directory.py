@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
+
+import pytest
 
 from memvee import Memory
 
@@ -67,3 +70,38 @@ async def test_a_busy_actor_is_not_passivated(make_memory: Any, extractor: Any) 
     assert memory.live_actor_count == 1
     extractor.gate.set()
     assert await task.wait() == 1
+
+
+async def test_a_write_still_queued_when_its_actor_stops_is_seen_by_the_next_one(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actor may stop while its last write waits in the group commit. The user's next
+    actor loads the log only once that write settled, so a forget cannot erase the log
+    before it: the write would land on the erased log past a gap in its versions, and
+    every later call of the user would fail to load it."""
+    memory: Memory = await make_memory()
+    engine = memory._engine
+    assert engine is not None
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    gate = threading.Event()
+    original = engine.store.append
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        assert gate.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.store, "append", held)
+    first = asyncio.ensure_future(memory.add_exchange("bo", "hello", "hi"))
+    committer = engine.committer
+    await _until(committer._writing.locked)  # bo's write holds the committer
+    queued = asyncio.ensure_future(memory.add_exchange("ann", "I work at Acme", "ok"))
+    await _until(lambda: committer._issued >= 3)  # ann's write waits behind bo's
+    engine.directory.passivate_idle(older_than=0)
+    await _until(lambda: "ann" not in engine.directory._actors)
+    forgotten = asyncio.ensure_future(memory.forget("ann"))
+    await asyncio.sleep(0.2)
+    gate.set()
+    await asyncio.gather(first, queued)
+    await forgotten
+    assert await memory.messages("ann") == []
+    assert await asyncio.to_thread(engine.store.load, "ann") is None
