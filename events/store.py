@@ -627,6 +627,13 @@ class EventStore:
         found = self._select_events(connection, user_log_id(user_id), version - 1, version)
         return bool(found)
 
+    def origin(self, connection: Connection, user_id: str) -> bytes | None:
+        """The stored first event of ``user_id``'s log, ``None`` with no log (read in
+        ``connection``): a log forgotten and begun again has another, so a reader of many
+        pages can tell that the log it began with is still the one stored."""
+        found = self._select_events(connection, user_log_id(user_id), 0, 1)
+        return bytes(found[0][2]) if found else None
+
     def lock_writers(self, connection: Connection) -> None:
         """Hold off every other writer of the log until ``connection``'s transaction ends."""
         if self.is_sqlite:

@@ -87,12 +87,13 @@ def take_checkpoint(
     log by default) and store the result there, if that folds ``min_events`` or more.
 
     Returns the version checkpointed, or ``None`` when there was not enough to fold, when
-    ``stop()`` said so between pages, or when the log was forgotten meanwhile (the check
-    and the write share a transaction that holds off every writer, so no checkpoint
-    outlives its user's erasure). The engine calls it on a background thread, so unlike
+    ``stop()`` said so between pages, or when the log was forgotten meanwhile, even if
+    begun again since (the check and the write share a transaction that holds off every
+    writer, so no checkpoint outlives its user's erasure or mixes two logs). The engine calls it on a background thread, so unlike
     :func:`state_at` it leaves the process's garbage collector alone.
     """
     with store.engine.connect() as connection:  # cheap first: no checkpoint is read yet
+        origin = store.origin(connection, user_id)
         kept = checkpoints.versions(connection, str(user_log_id(user_id)))
         base = max((v for v in kept if version is None or v <= version), default=0)
         target = base + min_events
@@ -113,8 +114,10 @@ def take_checkpoint(
     )
     with store.transaction() as connection:
         store.lock_writers(connection)
-        if not store.holds(connection, user_id, replay.version):
-            return None
+        if store.origin(connection, user_id) != origin or not store.holds(
+            connection, user_id, replay.version
+        ):
+            return None  # forgotten meanwhile, and maybe begun again
         checkpoints.save(connection, str(user_log_id(user_id)), checkpoint)
     return replay.version
 

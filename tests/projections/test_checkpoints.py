@@ -199,6 +199,30 @@ def test_no_checkpoint_is_stored_for_a_forgotten_log_and_forgetting_erases_them(
     assert take_checkpoint(store, "ann", checkpoints) is None
 
 
+def test_no_checkpoint_is_stored_when_the_log_was_forgotten_and_written_again_meanwhile(
+    store: EventStore, checkpoints: Checkpoints, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold that read the first pages of the old log and the last of the new one must
+    not be stored as a checkpoint of the new log, even when the new log is as long."""
+    _drive(store, LogDriver("ann"), *["add"] * 6)
+    monkeypatch.setattr(replay, "_PAGE", 2)
+    asked: list[int] = []
+
+    def forget_and_write_again() -> bool:
+        asked.append(1)
+        if len(asked) == 2:  # between the first page and the second
+            with store.transaction() as connection:
+                store.forget(connection, "ann")
+                Projector(ProjectionTables()).forget(connection, _log_id("ann"))
+            _drive(store, LogDriver("ann"), *["add"] * 8)
+        return False
+
+    assert take_checkpoint(store, "ann", checkpoints, stop=forget_and_write_again) is None
+    with store.engine.connect() as connection:
+        assert checkpoints.versions(connection, _log_id("ann")) == []
+    assert state_at(store, "ann", checkpoints=checkpoints) == state_at(store, "ann")
+
+
 def test_a_database_without_the_checkpoint_table_replays_from_nothing(tmp_path: Path) -> None:
     store = EventStore(sqlite_url(tmp_path / "bare.db"))
     try:
