@@ -89,8 +89,9 @@ def take_checkpoint(
     Returns the version checkpointed, or ``None`` when there was not enough to fold, when
     ``stop()`` said so between pages, or when the log was forgotten meanwhile, even if
     begun again since (the check and the write share a transaction that holds off every
-    writer, so no checkpoint outlives its user's erasure or mixes two logs). The engine calls it on a background thread, so unlike
-    :func:`state_at` it leaves the process's garbage collector alone.
+    writer, so no checkpoint outlives its user's erasure or mixes two logs). The engine
+    calls it on a background thread, so unlike :func:`state_at` it leaves the process's
+    garbage collector alone.
     """
     with store.engine.connect() as connection:  # cheap first: no checkpoint is read yet
         origin = store.origin(connection, user_id)
