@@ -24,6 +24,7 @@ from projections.rows import TableRows
 from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
 from projections.sink import TableSink
 from projections.tables import ProjectionTables
+from projections.vectors import hold_off_vector_writes
 
 __all__ = ["SCHEMA_VERSION", "Projector"]
 
@@ -164,6 +165,7 @@ class Projector:
 
     def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
         """Delete every row of one user's log from these tables; returns counts per table."""
+        hold_off_vector_writes(connection, self.tables)
         for memory in self._remembered.values():
             memory.clear()
         erased: dict[str, int] = {"search": self.search.forget(connection, log_id)}

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Executable, func, select
+from sqlalchemy import Connection, Engine, Executable, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -26,7 +26,7 @@ from projections.reader import ProjectionReader
 from projections.search import spoken
 from projections.tables import ProjectionTables
 
-__all__ = ["Embed", "NamedEmbedder", "VectorIndex"]
+__all__ = ["Embed", "NamedEmbedder", "VectorIndex", "hold_off_vector_writes"]
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
 """Maps texts to unit vectors (an Embedder's ``embed``)."""
@@ -45,6 +45,16 @@ class NamedEmbedder(Protocol):
 _BATCH = 64
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
+
+
+def hold_off_vector_writes(connection: Connection, tables: ProjectionTables) -> None:
+    """Make vector writes of ``tables`` wait until ``connection``'s transaction ends, as
+    an erasure must: a vector embedded meanwhile is then checked against what it left.
+
+    On SQLite the transaction holds the database's one write lock already.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"LOCK TABLE {tables.vectors.name} IN EXCLUSIVE MODE"))
 
 
 class VectorIndex:
@@ -131,7 +141,7 @@ class VectorIndex:
                 for (item, _, kind), vector in zip(chunk, vectors, strict=True)
             ]
             with engine.begin() as connection:
-                connection.execute(self._insert_new(connection), values)
+                self._insert_kept(connection, log_id, values)
         if messages:
             with engine.connect() as connection:
                 if not self._complete(connection, log_id):
@@ -215,6 +225,28 @@ class VectorIndex:
                 _, dropped = self._cache.popitem(last=False)
                 total -= dropped.count
         return loaded
+
+    def _insert_kept(self, connection: Connection, log_id: str, values: list[Any]) -> None:
+        """Insert the vectors whose entry or message is still stored, none if the user was
+        forgotten while they were embedded: a vector gives away what its text said.
+
+        The check and the insert are one transaction that an erasure waits for, or that
+        waits for an erasure (see :func:`hold_off_vector_writes`).
+        """
+        if connection.dialect.name == "postgresql":
+            connection.execute(text(f"LOCK TABLE {self.tables.vectors.name} IN ROW EXCLUSIVE MODE"))
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        k, m = self.tables.knowledge, self.tables.messages
+        kept: set[str] = set()
+        for kind, column, table in (("entry", k.c.entry_id, k), ("message", m.c.message_id, m)):
+            wanted = [row["item_id"] for row in values if row["kind"] == kind]
+            if wanted:
+                found = select(column).where(table.c.log_id == log_id, column.in_(wanted))
+                kept.update(connection.execute(found).scalars())
+        values = [row for row in values if row["item_id"] in kept]
+        if values:
+            connection.execute(self._insert_new(connection), values)
 
     def _insert_new(self, connection: Connection) -> Executable:
         v = self.tables.vectors

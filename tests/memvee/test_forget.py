@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from events import EventStore
 from memvee import Memory, ProcessingError
@@ -133,3 +135,39 @@ async def test_forgetting_a_user_never_written_erases_nothing(memory: Memory) ->
         ),
         0,
     )
+
+
+class _HeldEmbedder(ConceptEmbedder):
+    """Holds its first call until :attr:`release` is set: an embedding API that is slow to
+    answer while the user is forgotten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+        return super().embed(texts)
+
+
+async def test_vectors_embedded_while_their_user_was_forgotten_are_not_stored(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """An embedding may come back after the user it was asked for was erased: its vectors
+    (which give away what the text said) must not outlive the erasure."""
+    embedder = _HeldEmbedder()
+    memory: Memory = await make_memory(embedder=embedder)
+    engine = memory._engine
+    assert engine is not None and engine.vector_filler is not None
+    await memory.add_exchange("ann", SECRET, "noted")
+    assert await asyncio.to_thread(embedder.entered.wait, 10)
+    await memory.forget("ann")
+    embedder.release.set()
+    assert await asyncio.to_thread(engine.vector_filler.wait_idle, 10)
+    vectors = engine.tables.vectors
+    with engine.store.engine.connect() as connection:
+        left = connection.execute(select(func.count()).select_from(vectors)).scalar()
+    assert left == 0
