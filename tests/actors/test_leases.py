@@ -7,8 +7,12 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from actors.lease import LeaseTable
+from events import user_log_id
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
 
@@ -101,3 +105,51 @@ async def test_a_guest_follows_its_task_through_a_database_that_fails_for_a_whil
     finally:
         await guest.close()
         await owner.close()
+
+
+async def test_a_stopping_actor_keeps_the_lease_until_its_last_write_landed(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process may take the user once the lease goes, and forget it: the write
+    would then land on the erased log, past a gap in its versions."""
+    memory = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        engine = memory._engine
+        assert engine is not None and engine.leases is not None
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+        gate = threading.Event()
+        original = engine.store.append
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            assert gate.wait(10)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(engine.store, "append", held)
+        first = asyncio.ensure_future(memory.add_exchange("bo", "hello", "hi"))
+        committer = engine.committer
+        while not committer._writing.locked():  # bo's write holds the committer
+            await asyncio.sleep(0.005)
+        queued = asyncio.ensure_future(memory.add_exchange("ann", "I work at Acme", "ok"))
+        while committer._issued < 3:  # ann's write waits behind bo's
+            await asyncio.sleep(0.005)
+        engine.directory.passivate_idle(older_than=0)
+        while "ann" in engine.directory._actors:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)
+        leases = engine.leases
+        assert await asyncio.to_thread(_holder, leases, "ann") == leases.owner
+        gate.set()
+        await asyncio.gather(first, queued)
+        async with asyncio.timeout(10):
+            while await asyncio.to_thread(_holder, leases, "ann") is not None:
+                await asyncio.sleep(0.01)
+    finally:
+        await memory.close()
+
+
+def _holder(leases: LeaseTable, user_id: str) -> str | None:
+    t = leases.table
+    with leases.engine.connect() as connection:
+        found = select(t.c.owner).where(t.c.log_id == str(user_log_id(user_id)))
+        owner: str | None = connection.execute(found).scalar()
+    return owner
