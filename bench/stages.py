@@ -127,8 +127,9 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
     committer = GroupCommitter(store, Projector(tables, remember=1000), 256)
     try:
         logs = [store.load(f"user-{n:05d}") for n in range(shape.users)]
-        committer._write(_decide(logs, 0, shape)[0])
+        # The raw floor writes from the seed's end, so from here: every log in sequence.
         first_event, first_message = _last_ids(path, tables)
+        committer._write(_decide(logs, 0, shape)[0])
         decide = write = 0
         for commit in range(1, shape.commits + 1):
             batch, spent = _decide(logs, commit, shape)

@@ -37,6 +37,7 @@ from sqlalchemy.orm import sessionmaker
 
 from events._codec import Decoder, Encoder, Stored
 from events._readers import ThreadReaders
+from events._sequence import guard_sequence
 from events.errors import ConflictError, InvalidInputError, StorageError, first_line
 from events.transcoding import (
     CompactMapper,
@@ -249,6 +250,12 @@ class EventStore:
         self.durability = durability
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
+        try:
+            guard_sequence(engine, self._events.name)
+        except Exception as error:
+            raise StorageError(
+                f"cannot open the event store at {self.safe_url}: {first_line(error)}"
+            ) from error
         snapshot_store: Any = self._app.snapshots
         snapshots = snapshot_store.recorder.events_record_cls.__table__
         events = self._events
