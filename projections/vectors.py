@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Executable, func, select, text
+from sqlalchemy import Connection, Engine, Executable, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -227,26 +227,29 @@ class VectorIndex:
         return loaded
 
     def _insert_kept(self, connection: Connection, log_id: str, values: list[Any]) -> None:
-        """Insert the vectors whose entry or message is still stored, none if the user was
-        forgotten while they were embedded: a vector gives away what its text said.
+        """Insert the vectors, then take back those whose entry or message is no longer
+        stored: the user was forgotten while they were embedded, and a vector gives away
+        what its text said.
 
-        The check and the insert are one transaction that an erasure waits for, or that
-        waits for an erasure (see :func:`hold_off_vector_writes`).
+        The insert holds the write lock (SQLite) or a lock on the vector table that an
+        erasure waits for (see :func:`hold_off_vector_writes`), so the check that follows
+        reads every erasure committed before, and none commits until this one ends.
         """
-        if connection.dialect.name == "postgresql":
-            connection.execute(text(f"LOCK TABLE {self.tables.vectors.name} IN ROW EXCLUSIVE MODE"))
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        k, m = self.tables.knowledge, self.tables.messages
+        connection.execute(self._insert_new(connection), values)
+        k, m, v = self.tables.knowledge, self.tables.messages, self.tables.vectors
         kept: set[str] = set()
         for kind, column, table in (("entry", k.c.entry_id, k), ("message", m.c.message_id, m)):
             wanted = [row["item_id"] for row in values if row["kind"] == kind]
             if wanted:
                 found = select(column).where(table.c.log_id == log_id, column.in_(wanted))
                 kept.update(connection.execute(found).scalars())
-        values = [row for row in values if row["item_id"] in kept]
-        if values:
-            connection.execute(self._insert_new(connection), values)
+        gone = [row["item_id"] for row in values if row["item_id"] not in kept]
+        if gone:
+            connection.execute(
+                delete(v).where(
+                    v.c.log_id == log_id, v.c.model == self.model, v.c.item_id.in_(gone)
+                )
+            )
 
     def _insert_new(self, connection: Connection) -> Executable:
         v = self.tables.vectors

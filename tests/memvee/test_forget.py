@@ -171,3 +171,26 @@ async def test_vectors_embedded_while_their_user_was_forgotten_are_not_stored(
     with engine.store.engine.connect() as connection:
         left = connection.execute(select(func.count()).select_from(vectors)).scalar()
     assert left == 0
+
+
+async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_writes_next(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """This process's actor still holds the erased log: its next write is refused by the
+    database (no version before it), so the actor reloads and begins a new log, instead
+    of storing the write past a gap that would leave the user's log unloadable."""
+    here: Memory = await make_memory()
+    other: Memory = await make_memory()
+    await here.add_exchange("ann", SECRET, "noted")
+    await other.forget("ann")
+    stored = await here.add_exchange("ann", "I live in Oslo", "ok")
+    assert [m.seq for m in stored] == [1, 2]
+    assert [m.content for m in await here.messages("ann")] == ["I live in Oslo", "ok"]
+    await here.close()
+    store = EventStore(db_url)
+    try:
+        loaded = store.load("ann")
+        assert loaded is not None and loaded.message_count == 2
+        assert verify(store) == []
+    finally:
+        store.close()
