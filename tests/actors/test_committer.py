@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from actors._committer import GroupCommitter
-from events import EventStore, StorageError, UserLog
+from events import EventStore, StorageError, UserLog, user_log_id
 from projections import ProjectionTables, Projector, SearchIndex
 
 
@@ -96,6 +96,37 @@ def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
         assert committer.transactions == 2, "the five waiting writes shared one transaction"
     finally:
         gate.set()
+        committer.stop()
+
+
+def test_waiting_for_a_log_waits_for_its_queued_writes_and_for_nothing_once_they_settled(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committer = GroupCommitter(store, Projector(ProjectionTables()))
+    settled = _Settled()
+    gate = _held(store, monkeypatch)
+    try:
+        first = threading.Thread(
+            target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
+        )
+        first.start()
+        while not committer._writing.locked():
+            time.sleep(0.001)
+        committer.submit(_log_with_messages("ann", 2)[1], 1, settled("ann"))
+        waiter = threading.Thread(target=committer.wait_for_log, args=(user_log_id("ann"),))
+        waiter.start()
+        waiter.join(0.1)
+        assert waiter.is_alive(), "ann's write is still queued"
+        committer.wait_for_log(user_log_id("bo"))  # no write of bo's: returns at once
+        gate.set()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert ("ann", None) in settled.calls
+        assert committer._in_flight == {}, "settled writes leave nothing behind"
+        committer.wait_for_log(user_log_id("ann"))
+    finally:
+        gate.set()
+        first.join()
         committer.stop()
 
 
