@@ -53,6 +53,17 @@ def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event
     return gate
 
 
+def _writing_u0(committer: GroupCommitter, settled: _Settled) -> threading.Thread:
+    """A thread whose write of u0 is on the (held) disk once this returns."""
+    first = threading.Thread(
+        target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
+    )
+    first.start()
+    while not committer._writing.locked():
+        time.sleep(0.001)
+    return first
+
+
 def test_a_write_to_an_idle_committer_is_written_at_once_on_the_submitting_thread(
     store: EventStore,
 ) -> None:
@@ -75,12 +86,7 @@ def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
     settled = _Settled()
     gate = _held(store, monkeypatch)
     try:
-        first = threading.Thread(
-            target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
-        )
-        first.start()
-        while not committer._writing.locked():  # until u0's write is on the disk
-            time.sleep(0.001)
+        first = _writing_u0(committer, settled)
         tickets = [
             committer.submit(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}"))
             for i in range(1, 6)
@@ -106,12 +112,7 @@ def test_waiting_for_a_log_waits_for_its_queued_writes_and_for_nothing_once_they
     settled = _Settled()
     gate = _held(store, monkeypatch)
     try:
-        first = threading.Thread(
-            target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
-        )
-        first.start()
-        while not committer._writing.locked():
-            time.sleep(0.001)
+        first = _writing_u0(committer, settled)
         committer.submit(_log_with_messages("ann", 2)[1], 1, settled("ann"))
         waiter = threading.Thread(target=committer.wait_for_log, args=(user_log_id("ann"),))
         waiter.start()

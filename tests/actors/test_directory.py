@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
 import pytest
 
 from memvee import Memory
+from tests.support.store_faults import queue_and_stop
 
 
 async def _until(predicate: Any, timeout: float = 10.0) -> None:
@@ -80,28 +80,13 @@ async def test_a_write_still_queued_when_its_actor_stops_is_seen_by_the_next_one
     before it: the write would land on the erased log past a gap in its versions, and
     every later call of the user would fail to load it."""
     memory: Memory = await make_memory()
-    engine = memory._engine
-    assert engine is not None
     await memory.add_exchange("ann", "I live in Oslo", "ok")
-    gate = threading.Event()
-    original = engine.store.append
-
-    def held(*args: Any, **kwargs: Any) -> Any:
-        assert gate.wait(10)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine.store, "append", held)
-    first = asyncio.ensure_future(memory.add_exchange("bo", "hello", "hi"))
-    committer = engine.committer
-    await _until(committer._writing.locked)  # bo's write holds the committer
-    queued = asyncio.ensure_future(memory.add_exchange("ann", "I work at Acme", "ok"))
-    await _until(lambda: committer._issued >= 3)  # ann's write waits behind bo's
-    engine.directory.passivate_idle(older_than=0)
-    await _until(lambda: "ann" not in engine.directory._actors)
+    queued = await queue_and_stop(memory, "ann", monkeypatch)
     forgotten = asyncio.ensure_future(memory.forget("ann"))
     await asyncio.sleep(0.2)
-    gate.set()
-    await asyncio.gather(first, queued)
+    await queued.release()
     await forgotten
     assert await memory.messages("ann") == []
+    engine = memory._engine
+    assert engine is not None
     assert await asyncio.to_thread(engine.store.load, "ann") is None

@@ -15,6 +15,7 @@ from actors.lease import LeaseTable
 from events import user_log_id
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
+from tests.support.store_faults import queue_and_stop
 
 
 def _config(db_url: str, **extra: Any) -> MemoryConfig:
@@ -117,29 +118,11 @@ async def test_a_stopping_actor_keeps_the_lease_until_its_last_write_landed(
         engine = memory._engine
         assert engine is not None and engine.leases is not None
         await memory.add_exchange("ann", "I live in Oslo", "ok")
-        gate = threading.Event()
-        original = engine.store.append
-
-        def held(*args: Any, **kwargs: Any) -> Any:
-            assert gate.wait(10)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(engine.store, "append", held)
-        first = asyncio.ensure_future(memory.add_exchange("bo", "hello", "hi"))
-        committer = engine.committer
-        while not committer._writing.locked():  # bo's write holds the committer
-            await asyncio.sleep(0.005)
-        queued = asyncio.ensure_future(memory.add_exchange("ann", "I work at Acme", "ok"))
-        while committer._issued < 3:  # ann's write waits behind bo's
-            await asyncio.sleep(0.005)
-        engine.directory.passivate_idle(older_than=0)
-        while "ann" in engine.directory._actors:
-            await asyncio.sleep(0.005)
+        queued = await queue_and_stop(memory, "ann", monkeypatch)
         await asyncio.sleep(0.1)
         leases = engine.leases
         assert await asyncio.to_thread(_holder, leases, "ann") == leases.owner
-        gate.set()
-        await asyncio.gather(first, queued)
+        await queued.release()
         async with asyncio.timeout(10):
             while await asyncio.to_thread(_holder, leases, "ann") is not None:
                 await asyncio.sleep(0.01)

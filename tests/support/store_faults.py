@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from events import EventStore, StorageError
+from memvee import Memory
 
 FAILING = ("append", "load_log", "events_of")
 """The store's writes and the log reads of the actors."""
@@ -33,3 +36,47 @@ class StoreOutage:
             return method(*args, **kwargs)
 
         return call
+
+
+class QueuedWrite:
+    """An exchange of a user whose actor stopped while the write waited in the group
+    commit, behind another user's write that a slow disk holds (see :func:`queue_and_stop`)."""
+
+    def __init__(self, gate: threading.Event, calls: list[asyncio.Future[Any]]) -> None:
+        self._gate = gate
+        self._calls = calls
+
+    async def release(self) -> None:
+        """Let the disk go on, and wait until both exchanges are acknowledged."""
+        self._gate.set()
+        await asyncio.gather(*self._calls)
+
+
+async def queue_and_stop(memory: Memory, user: str, monkeypatch: pytest.MonkeyPatch) -> QueuedWrite:
+    """Hold every write of ``memory``'s store, let another user's write take the committer,
+    queue an exchange of ``user`` behind it, then stop ``user``'s actor."""
+    engine = memory._engine
+    assert engine is not None
+    gate = threading.Event()
+    original = engine.store.append
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        assert gate.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.store, "append", held)
+    committer = engine.committer
+    issued = committer._issued
+    first = asyncio.ensure_future(memory.add_exchange(f"not-{user}", "hello", "hi"))
+    await _until(committer._writing.locked)
+    queued = asyncio.ensure_future(memory.add_exchange(user, "I work at Acme", "ok"))
+    await _until(lambda: committer._issued >= issued + 2)
+    engine.directory.passivate_idle(older_than=0)
+    await _until(lambda: user not in engine.directory._actors)
+    return QueuedWrite(gate, [first, queued])
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():
+            await asyncio.sleep(0.005)
