@@ -29,7 +29,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.utils import resolve_topic
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, inspect, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
@@ -38,7 +38,13 @@ from sqlalchemy.orm import sessionmaker
 from events._codec import Decoder, Encoder, Stored
 from events._readers import ThreadReaders
 from events._sequence import guard_sequence
-from events.errors import ConflictError, InvalidInputError, StorageError, first_line
+from events.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+    first_line,
+)
 from events.transcoding import (
     CompactMapper,
     register_time_transcodings,
@@ -190,7 +196,9 @@ class EventStore:
     """Loads, appends and follows user logs in one database.
 
     The caller (a user's actor) must be the single writer of a log in this process;
-    version conflicts from elsewhere surface as :class:`ConflictError`.
+    version conflicts from elsewhere surface as :class:`ConflictError`. With
+    ``create=False`` a database without memvee's log is refused (:class:`NotFoundError`)
+    instead of given one.
     """
 
     def __init__(
@@ -200,6 +208,7 @@ class EventStore:
         durability: Durability = "full",
         busy_timeout_ms: int = 30_000,
         pool_size: int = 10,
+        create: bool = True,
     ) -> None:
         url = driver_url(url)
         parsed = make_url(url)
@@ -210,7 +219,7 @@ class EventStore:
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,
-            "CREATE_TABLE": "y",
+            "CREATE_TABLE": "y" if create else "n",
             "IS_SNAPSHOTTING_ENABLED": "y",
         }
         for attempt in range(3):
@@ -250,6 +259,8 @@ class EventStore:
         self.durability = durability
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
+        if not create:
+            self._require_event_log(engine)
         try:
             guard_sequence(engine, self._events.name)
         except Exception as error:
@@ -322,6 +333,20 @@ class EventStore:
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
         )
+
+    def _require_event_log(self, engine: Engine) -> None:
+        """Refuse a database without memvee's event log (another program's, say): opened
+        without ``create``, it is neither read as an empty memory nor written to."""
+        try:
+            found = inspect(engine).has_table(self._events.name)
+        except Exception as error:
+            self._app.close()
+            raise StorageError(
+                f"cannot open the event store at {self.safe_url}: {first_line(error)}"
+            ) from error
+        if not found:
+            self._app.close()
+            raise NotFoundError(f"no memvee database at {self.safe_url}: it holds no memvee log")
 
     @property
     def engine(self) -> Engine:

@@ -131,8 +131,10 @@ class Comparison:
 class Audit:
     """Read-only access to one memory database's logs and projections."""
 
-    def __init__(self, db_path: str = "memvee.db", db_url: str | None = None) -> None:
-        self.store = EventStore(db_url or sqlite_url(db_path))
+    def __init__(
+        self, db_path: str = "memvee.db", db_url: str | None = None, *, create: bool = True
+    ) -> None:
+        self.store = EventStore(db_url or sqlite_url(db_path), create=create)
         tables = ProjectionTables()
         self._reader = ProjectionReader(tables)
         self._checkpoints = replay_checkpoints(tables)

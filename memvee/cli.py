@@ -112,11 +112,11 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
 
 
 def _store(db: str, db_url: str | None) -> EventStore:
-    return EventStore(_url(db, db_url))
+    return EventStore(_url(db, db_url), create=False)
 
 
 def _audit(db: str, db_url: str | None, *, create: bool = False) -> Audit:
-    return Audit(db_url=_url(db, db_url, create=create))
+    return Audit(db_url=_url(db, db_url, create=create), create=create)
 
 
 def _bar(label: str, unit: str = "") -> Progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +85,23 @@ def test_reading_a_missing_database_is_an_error_and_creates_nothing(
     url = run(*command, "--db-url", f"sqlite:///{missing}", code=2)
     assert "no memvee database" in one_error_line(url)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["users"], ["stats"], ["log", "ann"], ["state", "ann"], ["verify"], ["rebuild"]],
+)
+def test_reading_another_programs_database_is_an_error_and_leaves_it_as_it_was(
+    tmp_path: Path, command: list[str]
+) -> None:
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (body TEXT)")
+    result = run(*command, "--db", str(other), code=2)
+    assert "holds no memvee log" in one_error_line(result)
+    with sqlite3.connect(other) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
+    assert names == ["notes"]
 
 
 def test_an_unreachable_server_is_one_error_line_without_the_password() -> None:
