@@ -15,7 +15,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect
 
 from events import (
     BatchLimits,
@@ -128,6 +128,17 @@ class Comparison:
     in_both: list[str]
 
 
+def require_projections(store: EventStore, tables: ProjectionTables) -> None:
+    """Refuse a memvee log whose projections were never made (written by the event store
+    alone, say), with what to do about it, instead of failing on a missing table."""
+    with store.engine.connect() as connection:
+        found = inspect(connection).has_table(tables.users.name)
+    if not found:
+        raise NotFoundError(
+            f"{store.safe_url} holds a memvee log but no projections: `memvee rebuild` makes them"
+        )
+
+
 class Audit:
     """Read-only access to one memory database's logs and projections."""
 
@@ -136,6 +147,12 @@ class Audit:
     ) -> None:
         self.store = EventStore(db_url or sqlite_url(db_path), create=create)
         tables = ProjectionTables()
+        if not create:
+            try:
+                require_projections(self.store, tables)
+            except NotFoundError:
+                self.store.close()
+                raise
         self._reader = ProjectionReader(tables)
         self._checkpoints = replay_checkpoints(tables)
 

@@ -37,12 +37,12 @@ from events import (
     sqlite_url,
 )
 from memvee._server import register_commands
-from memvee.audit import Audit
+from memvee.audit import Audit, require_projections
 
 if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
+from projections import ProjectionTables, rebuild_user
 from projections import rebuild as rebuild_projections
-from projections import rebuild_user
 from projections import verify as verify_projections
 
 __all__ = ["app", "main"]
@@ -172,6 +172,7 @@ def verify(
     """
     store = _store(db, db_url)
     try:
+        require_projections(store, ProjectionTables())
         differences = verify_projections(store)
     finally:
         store.close()

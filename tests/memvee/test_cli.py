@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import memvee
+from events import EventStore, UserLog, sqlite_url
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee.audit import Audit
 from memvee.cli import app
@@ -102,6 +103,23 @@ def test_reading_another_programs_database_is_an_error_and_leaves_it_as_it_was(
     with sqlite3.connect(other) as connection:
         names = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
     assert names == ["notes"]
+
+
+def test_a_log_without_projections_is_an_error_line_that_says_rebuild_and_rebuild_mends_it(
+    tmp_path: Path,
+) -> None:
+    bare = tmp_path / "bare.db"
+    store = EventStore(sqlite_url(bare))  # the event store alone makes no projections
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 100)
+    store.append([log.collect_events()])
+    store.close()
+    for command in (["users"], ["stats"], ["log", "ann"], ["state", "ann"], ["verify"]):
+        line = one_error_line(run(*command, "--db", str(bare), code=2))
+        assert "no projections" in line and "memvee rebuild" in line, command
+    run("rebuild", "--db", str(bare))
+    assert "ann" in run("users", "--db", str(bare)).output
+    assert "projections match the log" in run("verify", "--db", str(bare)).output
 
 
 def test_an_unreachable_server_is_one_error_line_without_the_password() -> None:
