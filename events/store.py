@@ -260,13 +260,16 @@ class EventStore:
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         if not create:
-            self._require_event_log(engine)
-        try:
-            guard_sequence(engine, self._events.name)
-        except Exception as error:
-            raise StorageError(
-                f"cannot open the event store at {self.safe_url}: {first_line(error)}"
-            ) from error
+            self._require_event_log(engine)  # and read-only files and roles stay usable
+        else:
+            try:
+                guard_sequence(engine, self._events.name)
+            except Exception as error:  # a role that may write rows but not make triggers
+                log.warning(
+                    "the event store at %s opened without its guard of log versions: %s",
+                    self.safe_url,
+                    first_line(error),
+                )
         snapshot_store: Any = self._app.snapshots
         snapshots = snapshot_store.recorder.events_record_cls.__table__
         events = self._events

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
+import events.store
 from events import EventStore, StorageError, UserLog, sqlite_url
 from events.store import _file_readers
 from tests.events.store_contract import EventStoreContract
@@ -101,3 +103,35 @@ def test_a_database_only_the_engine_reaches_is_read_through_the_engine(
     engine = create_engine(url.format(path=tmp_path / "o.db"))
     assert _file_readers(engine, 1000) is None
     assert _file_readers(create_engine(sqlite_url(tmp_path / "f.db")), 1000) is not None
+
+
+def test_a_database_that_takes_no_trigger_still_opens_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The guard of log versions is a second line of defence: a role that may write rows
+    but not create triggers keeps its memory."""
+
+    def refused(*_: object) -> None:
+        raise PermissionError("permission denied for schema public")
+
+    monkeypatch.setattr(events.store, "guard_sequence", refused)
+    store = EventStore(sqlite_url(tmp_path / "no-trigger.db"))
+    try:
+        log = UserLog.register("ann")
+        log.add_message("user", "hello", None, 100)
+        store.append([log.collect_events()])
+        assert store.load("ann") is not None
+    finally:
+        store.close()
+    assert "opened without its guard of log versions: permission denied" in caplog.text
+
+
+def test_a_read_only_open_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    EventStore(sqlite_url(path)).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TRIGGER memvee_events_in_sequence")
+    EventStore(sqlite_url(path), create=False).close()
+    with sqlite3.connect(path) as connection:
+        triggers = connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
+        assert triggers.fetchall() == []
