@@ -41,6 +41,7 @@ from events._sequence import guard_sequence
 from events.errors import (
     ConflictError,
     InvalidInputError,
+    MemveeError,
     NotFoundError,
     StorageError,
     first_line,
@@ -466,6 +467,8 @@ class EventStore:
             raise ConflictError(
                 f"a user log was appended to concurrently: {first_line(error)}"
             ) from error
+        except MemveeError:
+            raise  # ``in_transaction`` refused the write, and said why
         except Exception as error:
             raise StorageError(
                 f"could not store {len(events)} events in {self.safe_url}: {first_line(error)}"

@@ -37,6 +37,7 @@ from events import (
     ExtractionError,
     InvalidInputError,
     KnownEntry,
+    NotFoundError,
     UserLog,
     estimate_tokens,
 )
@@ -64,7 +65,7 @@ BULK_BATCHES = Table(
 """Submitted Message Batches whose results are not recorded yet, with what each request
 holds: its user, its messages and the known entries its prompt listed."""
 
-Decide = Callable[[str, Callable[[UserLog], Any]], Any]
+Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's)."""
 
 Progress = Callable[[int, int], None]
@@ -276,7 +277,10 @@ class BulkReextraction:
                 )
             )
 
-        count: int = self.decide(batch.user_id, record)
+        try:
+            count: int = self.decide(batch.user_id, record, list(request["messages"]))
+        except NotFoundError as forgotten:  # the user was forgotten while the batch ran
+            return str(forgotten)
         return count
 
     def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:

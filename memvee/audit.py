@@ -27,6 +27,7 @@ from events import (
     InvalidInputError,
     KnownEntry,
     NotFoundError,
+    Recorded,
     UserLog,
     check_user_id,
     sqlite_url,
@@ -379,7 +380,7 @@ class Audit:
             )
             return len(entries)
 
-        return await asyncio.to_thread(self._decide, user_id, record)
+        return await asyncio.to_thread(self._decide, user_id, record, ids)
 
     async def reextract_in_bulk(
         self,
@@ -501,16 +502,34 @@ class Audit:
             raise InvalidInputError(f"entry id {prefix!r} is ambiguous: it starts {shown}")
         return prefix if prefix in found else found[0]
 
-    def _decide(self, user_id: str, decide: Callable[[UserLog], T]) -> T:
-        """Decide on a fresh load and append, folding projections; retried on conflicts."""
+    def _decide(
+        self, user_id: str, decide: Callable[[UserLog], T], sources: Sequence[str] = ()
+    ) -> T:
+        """Decide on a fresh load and append, folding projections; retried on conflicts.
+
+        ``sources``, the messages the decision was drawn from, must all still be stored
+        when the events are: the transaction that appends checks them, so nothing drawn
+        from a forgotten user's words reaches the log they may have begun since.
+        """
         projector = Projector(ProjectionTables())
+        wanted = set(sources)
+
+        def fold(connection: Connection, recorded: list[Recorded]) -> None:
+            if wanted:
+                found = self._reader.messages(connection, user_id, ids=list(wanted))
+                if len(found) < len(wanted):
+                    raise NotFoundError(
+                        f"the messages of user {user_id!r} this was drawn from were forgotten"
+                    )
+            projector.apply(connection, recorded)
+
         for _ in range(8):
             user_log = self.store.load(user_id)
             if user_log is None:
                 raise NotFoundError(f"no user {user_id!r} in this database")
             result = decide(user_log)
             try:
-                self.store.append([user_log.collect_events()], projector.apply)
+                self.store.append([user_log.collect_events()], fold)
             except ConflictError:
                 continue
             return result

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from actors.erasure import erase_user
 from events import BatchLimits, UserLog, sqlite_url
 from memvee import Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
+from projections import ProjectionTables, Projector
 from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import (
     MessagesAPIServer,
@@ -160,3 +162,31 @@ def test_the_command_line_runs_a_bulk_reextraction(db: str, server: MessagesAPIS
         assert audit.knowledge_versions("ann") == {"live": 5}, "v2 was promoted"
     refused = runner.invoke(app, ["reextract", "--all", "--batch-api", "--db-url", db])
     assert refused.exit_code == 2 and "--batch-api needs --extractor claude" in refused.output
+
+
+async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten, and writes again, before the answers come back: what his old
+    messages gave is reported as failed, not recorded in his new log; ann's is recorded."""
+    real = BulkReextraction._record
+    forgotten: list[str] = []
+
+    def forget_bob_first(self: BulkReextraction, custom_id: str, request: Any, *rest: Any) -> Any:
+        if request["user"] == "bob" and not forgotten:
+            forgotten.append("bob")
+            projector = Projector(ProjectionTables())
+            erase_user(self.store, projector, None, "bob")
+            log = UserLog.register("bob")
+            log.add_message("user", "I start afresh", None, 100)
+            self.store.append([log.collect_events()], projector.apply)
+        return real(self, custom_id, request, *rest)
+
+    monkeypatch.setattr(BulkReextraction, "_record", forget_bob_first)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        assert (report.submitted, report.recorded) == (6, 3)
+        reasons = list(report.failed.values())
+        assert len(reasons) == 3 and all("forgotten" in r for r in reasons), reasons
+        assert _reextracted(audit, "bob") == [] and len(_reextracted(audit, "ann")) == 3
+        assert audit.knowledge_versions("bob") == {}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from memvee import Memory
+from memvee import Memory, NotFoundError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -86,3 +86,33 @@ async def test_a_reextracted_version_keeps_the_lifecycle_of_its_own_entries(
     assert [e.text for e in await memory.knowledge("kim")] == ["User lives in Bergen."]
     history = {e.text: e for e in await memory.knowledge("kim", history=True)}
     assert history["User lives in Oslo."].superseded_by == history["User lives in Bergen."].entry_id
+
+
+class _ForgettingOnFirstCall(OfflineExtractor):
+    """Extracts offline, but the user is forgotten, and writes again, while its first
+    batch is out (a re-extraction runs for minutes, or hours through the Batch API)."""
+
+    def __init__(self, memory: Memory, user: str) -> None:
+        super().__init__()
+        self._memory, self._user, self._done = memory, user, False
+
+    async def extract(self, batch: Any) -> Any:
+        if not self._done:
+            self._done = True
+            await self._memory.forget(self._user)
+            await self._memory.add_exchange(self._user, "I just moved to Rome", "welcome")
+        return await super().extract(batch)
+
+
+async def test_what_a_forgotten_users_messages_gave_is_not_recorded_in_their_new_log(
+    make_memory: Any, db_url: str
+) -> None:
+    memory = await _processed(make_memory)
+    with Audit(db_url=db_url) as audit:
+        extractor = _ForgettingOnFirstCall(memory, "eve")
+        with pytest.raises(NotFoundError, match="forgotten"):
+            await audit.reextract("eve", extractor, "v2")
+        assert audit.knowledge_versions("eve") == {}
+        assert verify(audit.store) == []
+    texts = [e.text for e in await memory.knowledge("eve", history=True)]
+    assert not any("Oslo" in text or "Acme" in text for text in texts)
