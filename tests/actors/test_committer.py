@@ -9,6 +9,9 @@ import gc
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -53,15 +56,33 @@ def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event
     return gate
 
 
-def _writing_u0(committer: GroupCommitter, settled: _Settled) -> threading.Thread:
-    """A thread whose write of u0 is on the (held) disk once this returns."""
+@dataclass
+class _Behind:
+    """A committer whose write of u0 is on a held disk (``gate``), on thread ``first``."""
+
+    committer: GroupCommitter
+    settled: _Settled
+    gate: threading.Event
+    first: threading.Thread
+
+
+@contextmanager
+def _behind_u0(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Behind]:
+    committer = GroupCommitter(store, Projector(ProjectionTables()))
+    settled = _Settled()
+    gate = _held(store, monkeypatch)
     first = threading.Thread(
         target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
     )
     first.start()
-    while not committer._writing.locked():
-        time.sleep(0.001)
-    return first
+    try:
+        while not committer._writing.locked():
+            time.sleep(0.001)
+        yield _Behind(committer, settled, gate, first)
+    finally:
+        gate.set()
+        first.join()
+        committer.stop()
 
 
 def test_a_write_to_an_idle_committer_is_written_at_once_on_the_submitting_thread(
@@ -82,53 +103,40 @@ def test_a_write_to_an_idle_committer_is_written_at_once_on_the_submitting_threa
 def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    committer = GroupCommitter(store, Projector(ProjectionTables()))
-    settled = _Settled()
-    gate = _held(store, monkeypatch)
-    try:
-        first = _writing_u0(committer, settled)
+    with _behind_u0(store, monkeypatch) as held:
+        committer, settled = held.committer, held.settled
         tickets = [
             committer.submit(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}"))
             for i in range(1, 6)
         ]
         assert settled.calls == [], "nothing settles while the first write is on the disk"
-        gate.set()
-        first.join()
+        held.gate.set()
+        held.first.join()
         committer.wait_for(tickets[-1])
         assert [name for name, _ in settled.calls] == [f"u{i}" for i in range(6)]
         assert all(error is None for _, error in settled.calls)
-        assert settled.threads[0] == first.ident
+        assert settled.threads[0] == held.first.ident
         assert set(settled.threads[1:]) == {committer._thread.ident}
         assert committer.transactions == 2, "the five waiting writes shared one transaction"
-    finally:
-        gate.set()
-        committer.stop()
 
 
 def test_waiting_for_a_log_waits_for_its_queued_writes_and_for_nothing_once_they_settled(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    committer = GroupCommitter(store, Projector(ProjectionTables()))
-    settled = _Settled()
-    gate = _held(store, monkeypatch)
-    try:
-        first = _writing_u0(committer, settled)
-        committer.submit(_log_with_messages("ann", 2)[1], 1, settled("ann"))
+    with _behind_u0(store, monkeypatch) as held:
+        committer = held.committer
+        committer.submit(_log_with_messages("ann", 2)[1], 1, held.settled("ann"))
         waiter = threading.Thread(target=committer.wait_for_log, args=(user_log_id("ann"),))
         waiter.start()
         waiter.join(0.1)
         assert waiter.is_alive(), "ann's write is still queued"
         committer.wait_for_log(user_log_id("bo"))  # no write of bo's: returns at once
-        gate.set()
+        held.gate.set()
         waiter.join(10)
         assert not waiter.is_alive()
-        assert ("ann", None) in settled.calls
+        assert ("ann", None) in held.settled.calls
         assert committer._in_flight == {}, "settled writes leave nothing behind"
         committer.wait_for_log(user_log_id("ann"))
-    finally:
-        gate.set()
-        first.join()
-        committer.stop()
 
 
 def test_a_ticket_waits_for_its_write_and_every_write_before_it(store: EventStore) -> None:
