@@ -66,7 +66,8 @@ BULK_BATCHES = Table(
 holds: its user, its messages and the known entries its prompt listed."""
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
-"""Decides on a user's freshly loaded log and appends what it emitted (Audit's)."""
+"""Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
+with :class:`NotFoundError` once a message it was drawn from (the third argument) is gone."""
 
 Progress = Callable[[int, int], None]
 """Told (requests done, requests in all) while a Message Batch is processed."""
