@@ -689,6 +689,27 @@ class EventStore:
         with self.engine.connect() as connection:
             return int(connection.execute(self._count).scalar_one())
 
+    def gaps(self) -> list[tuple[str, int]]:
+        """Every stored event that follows no stored version of its log, as (log id,
+        version): such a log cannot load. The database refuses them since it has its
+        guard of versions; a database written before may hold some."""
+        e = self._events
+        before = e.alias("before")
+        follows = (
+            select(before.c.originator_version)
+            .where(
+                before.c.originator_id == e.c.originator_id,
+                before.c.originator_version == e.c.originator_version - 1,
+            )
+            .exists()
+        )
+        found = select(e.c.originator_id, e.c.originator_version).where(
+            e.c.originator_version > 1, ~follows
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(found.order_by(e.c.id)).all()
+        return [(str(UUID(bytes=i) if isinstance(i, bytes) else i), v) for i, v in rows]
+
     def snapshot_of(self, user_log: UserLog) -> StoredSnapshot | None:
         """A snapshot of ``user_log`` at its version, encoded now (the log moves on), for
         :meth:`append` to store with the events that reach that version; ``None`` when the

@@ -168,7 +168,8 @@ def verify(
 ) -> None:
     """Rebuild into scratch tables and report every difference from the live ones.
 
-    Exits 1 when any projection row differs from the log.
+    Exits 1 when any projection row differs from the log, or when a log cannot load (an
+    event follows no stored version of its log: table ``events``).
     """
     store = _store(db, db_url)
     try:

@@ -164,7 +164,9 @@ class Difference:
 
 
 def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Difference]:
-    """Rebuild into scratch tables and list every difference from the live projections."""
+    """Rebuild into scratch tables and list every difference from the live projections,
+    after every event of the log that follows no stored version of its log (table
+    ``events``, live ``(log id, version)``: that log cannot load)."""
     live = live or ProjectionTables(LIVE_PREFIX)
     index_messages(store, Projector(live))  # messages waiting for the index are not a difference
     scratch = ProjectionTables(SCRATCH_PREFIX)
@@ -174,7 +176,7 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     finally:
         with store.transaction() as connection:
             Projector(scratch).drop(connection)
-    differences: list[Difference] = []
+    differences = [Difference("events", gap, None) for gap in store.gaps()]
     for table, live_rows in expected.items():
         live_by_key = {row[0]: row for row in live_rows}
         rebuilt_by_key = {row[0]: row for row in actual[table]}

@@ -12,7 +12,14 @@ import pytest
 from eventsourcing.domain import Snapshot
 from sqlalchemy import select
 
-from events import ConflictError, EventStore, ExtractedFact, StorageError, UserLog
+from events import (
+    ConflictError,
+    EventStore,
+    ExtractedFact,
+    StorageError,
+    UserLog,
+    user_log_id,
+)
 
 
 class EventStoreContract:
@@ -94,6 +101,7 @@ class EventStoreContract:
         store.append([events[2:]])
         loaded = store.load("hal")
         assert loaded is not None and loaded.version == 5
+        assert store.gaps() == []
 
     @pytest.mark.parametrize("snapshotted", [False, True], ids=["no snapshot", "snapshot"])
     def test_a_log_stored_with_a_gap_in_its_versions_is_a_storage_error_on_load(
@@ -117,6 +125,7 @@ class EventStoreContract:
             store.append([events[2:]])
         with pytest.raises(StorageError, match=r"log of 'gus' is broken: version \d+ where"):
             store.load("gus")
+        assert store.gaps() == [(str(user_log_id("gus")), 4 if snapshotted else 3)]
 
     def test_a_snapshot_goes_in_with_the_events_that_reach_its_version(
         self, store: EventStore

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
-from events import EventStore, user_log_id
+from events import EventStore, UserLog, user_log_id
 from memvee import Memory, ProcessingError
 from memvee.cli import app
-from projections import ProjectionTables, dump, rebuild, verify
+from projections import Difference, ProjectionTables, Projector, dump, rebuild, verify
 from tests.support.extractors import RecordingExtractor
 
 
@@ -194,3 +194,19 @@ async def test_one_users_rows_are_rebuilt_alone(
         assert result.exit_code == 0, result.output
     assert dump(store.engine, ProjectionTables()) == live
     store.close()
+
+
+def test_verify_reports_an_event_that_follows_no_stored_version_of_its_log(
+    store: EventStore,
+) -> None:
+    """Such a log cannot load (a database written before the guard of versions)."""
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER memvee_events_in_sequence")
+    log = UserLog.register("gus")
+    for i in range(3):
+        log.add_message("user", f"m{i}", None, 100)
+    events = log.collect_events()
+    projector = Projector(ProjectionTables())
+    store.append([events[:1]], projector.apply)
+    store.append([events[2:]], projector.apply)
+    assert verify(store) == [Difference("events", (str(user_log_id("gus")), 3), None)]
