@@ -194,3 +194,32 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
         assert verify(store) == []
     finally:
         store.close()
+
+
+async def test_a_task_running_elsewhere_when_its_user_is_forgotten_records_nothing(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """This process extracts while another forgets the user and the user writes again:
+    the facts of the forgotten words must not reach the new log (the database refuses
+    them past the gap), and the new log goes on as any other."""
+    extractor = RecordingExtractor(gated=True)
+    here: Memory = await make_memory(extractor=extractor)
+    other: Memory = await make_memory(extractor=OfflineExtractor())
+    await here.add_exchange("ann", SECRET, "noted")
+    task = here.process_async("ann")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    await other.forget("ann")
+    await other.add_exchange("ann", "I live in Rome", "ok")
+    extractor.gate.set()
+    with pytest.raises(ProcessingError, match="the log is gone"):
+        await task.wait()
+    assert await here.knowledge("ann", history=True) == []
+    assert await other.process("ann") == 1
+    assert all(SECRET not in entry.text for entry in await other.knowledge("ann", history=True))
+    await here.close()
+    await other.close()
+    store = EventStore(db_url)
+    try:
+        assert verify(store) == []
+    finally:
+        store.close()
