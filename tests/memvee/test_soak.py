@@ -23,12 +23,11 @@ from typing import TypeVar
 
 import pytest
 
-from events import EventStore
 from memvee import Memory, MemoryConfig, MemveeError
-from projections import verify
 from tests.support.coverage import checked_coverage
 from tests.support.extractors import FlakyExtractor
 from tests.support.store_faults import StoreOutage
+from tests.support.verification import differences
 
 SECONDS = float(os.environ.get("MEMVEE_SOAK_SECONDS", "1.5"))
 """How long each phase runs."""
@@ -192,8 +191,4 @@ async def test_no_interleaving_of_calls_faults_and_restarts_loses_or_repeats_any
     finally:
         await memory.close()
 
-    store = EventStore(db_url)
-    try:
-        assert verify(store) == []
-    finally:
-        store.close()
+    assert differences(db_url) == []
