@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from actors._pacing import UserBackoff
+
 __all__ = ["UserWorker"]
 
 log = logging.getLogger("memvee.actors")
@@ -29,8 +31,8 @@ class UserWorker:
     so that :meth:`stop` never waits for a long job. Users told about while one is worked
     on wait ``delay`` seconds more, so a burst of writes is handled in a few jobs. A user
     whose job failed is worked on again ``retry_delay`` seconds later, doubling while its
-    jobs keep failing, up to ``retry_max``. ``name`` names the thread (``memvee-<name>``) and
-    the work in logs.
+    jobs keep failing, up to ``retry_max`` (a :class:`UserBackoff`, with its jitter).
+    ``name`` names the thread (``memvee-<name>``) and the work in logs.
     """
 
     def __init__(
@@ -45,9 +47,7 @@ class UserWorker:
         self._work = work
         self.name = name
         self._delay = delay
-        self._retry_delay = retry_delay
-        self._retry_max = retry_max
-        self._failures: dict[str, int] = {}  # users whose last jobs failed: how many in a row
+        self._backoff = UserBackoff(base=retry_delay, cap=retry_max)
         self._later: dict[str, float] = {}  # users whose job failed, and when to retry
         self._pending: dict[str, None] = {}
         self._changed = threading.Condition()
@@ -79,7 +79,6 @@ class UserWorker:
             self._stopped = True
             self._pending.clear()
             self._later.clear()
-            self._failures.clear()
             self._changed.notify()
         self._thread.join(timeout=30)
 
@@ -111,7 +110,7 @@ class UserWorker:
                 except Exception:
                     self._failed(user_id)
                 else:
-                    self._failures.pop(user_id, None)
+                    self._backoff.succeeded(user_id)
 
     def _take_due(self) -> None:
         """Move the users whose retry is due to the pending ones (lock held)."""
@@ -128,8 +127,7 @@ class UserWorker:
         return max(0.0, min(self._later.values()) - time.monotonic())
 
     def _failed(self, user_id: str) -> None:
-        failures = self._failures[user_id] = self._failures.get(user_id, 0) + 1
-        delay = min(self._retry_max, self._retry_delay * 2.0 ** min(failures - 1, 30))
+        delay = self._backoff.failed(user_id)
         log.warning(
             "user %r: %s in the background failed; trying again in %.1f s",
             user_id,

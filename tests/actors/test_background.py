@@ -68,6 +68,6 @@ def test_a_failed_job_is_tried_again_later_on_its_own_and_others_go_on() -> None
         assert attempts.count("ann") == 3
         assert attempts.count("bob") == 1
         assert filler.wait_idle(10)
-        assert not filler._later and not filler._failures
+        assert not filler._later and not filler._backoff._failures
     finally:
         filler.stop()
