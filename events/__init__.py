@@ -5,6 +5,9 @@ Imports none of memvee's other packages and does no I/O beyond the event store.
 
 from events.checks import (
     ROLES,
+    check_count,
+    check_key,
+    check_keys,
     check_message,
     check_name,
     check_text,
@@ -80,6 +83,9 @@ __all__ = [
     "TokenUsage",
     "UnknownTaskError",
     "UserLog",
+    "check_count",
+    "check_key",
+    "check_keys",
     "check_message",
     "check_name",
     "check_text",

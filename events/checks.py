@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from events.errors import InvalidInputError
@@ -17,6 +18,9 @@ from events.errors import InvalidInputError
 __all__ = [
     "MAX_NAME_CHARS",
     "ROLES",
+    "check_count",
+    "check_key",
+    "check_keys",
     "check_message",
     "check_name",
     "check_text",
@@ -143,3 +147,30 @@ def check_time(moment: object, what: str) -> datetime | None:
         raise InvalidInputError(
             f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
         ) from None
+
+
+def check_count(value: object, what: str, low: int = 1) -> int:
+    """Return ``value`` if it is an int (not a bool) of at least ``low``, else raise
+    :class:`InvalidInputError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{what} must be an int, not {type(value).__name__}")
+    if value < low:
+        raise InvalidInputError(f"{what} must be {low} or more, not {value}")
+    return value
+
+
+def check_key(value: object, what: str) -> str:
+    """Return ``value`` if it is a string a database can store (an id, a version's name,
+    a place to start from), else raise :class:`InvalidInputError`."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
+    check_text(value, what)
+    return value
+
+
+def check_keys(values: object, what: str) -> list[str]:
+    """The strings of ``values`` (a list, tuple or other iterable, but not one string) as
+    a list, each checked as :func:`check_key`, else raise :class:`InvalidInputError`."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} must be a list of strings, not {type(values).__name__}")
+    return [check_key(value, what) for value in values]

@@ -36,6 +36,7 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
     UnknownTaskError,
+    check_keys,
     check_message,
     check_name,
     check_text,
@@ -490,12 +491,8 @@ class Memory:
         An id that is not quarantined raises :class:`InvalidInputError` and nothing moves.
         """
         check_user_id(user_id)
-        if message_ids is not None and (
-            isinstance(message_ids, str) or not all(isinstance(m, str) for m in message_ids)
-        ):
-            raise InvalidInputError("message_ids must be a list of message id strings")
+        chosen = None if message_ids is None else check_keys(message_ids, "message_ids")
         engine, loop = self._running()
-        chosen = None if message_ids is None else list(message_ids)
         returned: list[str] = await engine.directory.call_async(loop, user_id, "requeue", chosen)
         return len(returned)
 

@@ -29,6 +29,9 @@ from events import (
     NotFoundError,
     Recorded,
     UserLog,
+    check_count,
+    check_key,
+    check_keys,
     check_user_id,
     sqlite_url,
 )
@@ -56,9 +59,19 @@ if TYPE_CHECKING:
     from memvee._bulk import BulkReport
     from memvee.extractors import ClaudeExtractor
 
-__all__ = ["Audit", "Comparison", "LoggedEvent", "Provenance", "SourceMessage"]
+__all__ = [
+    "MAX_USERS_PAGE",
+    "Audit",
+    "Comparison",
+    "LoggedEvent",
+    "Provenance",
+    "SourceMessage",
+]
 
 T = TypeVar("T")
+
+MAX_USERS_PAGE = 10_000
+"""The most users :meth:`Audit.users` returns in one page."""
 
 _MAX_KNOWN = 100
 
@@ -141,19 +154,27 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
 
 
 class Audit:
-    """Read-only access to one memory database's logs and projections."""
+    """Access to one memory database's logs and projections, to inspect and mend them.
+
+    With ``create`` (the default) a database that does not exist yet is made, empty;
+    without it, a database that holds no memvee log is a :class:`NotFoundError`. A log
+    whose projections were never made is one either way: ``memvee rebuild`` makes them.
+    """
 
     def __init__(
         self, db_path: str = "memvee.db", db_url: str | None = None, *, create: bool = True
     ) -> None:
         self.store = EventStore(db_url or sqlite_url(db_path), create=create)
         tables = ProjectionTables()
-        if not create:
-            try:
-                require_projections(self.store, tables)
-            except NotFoundError:
-                self.store.close()
-                raise
+        try:
+            if create and self.store.max_position() == 0:
+                with self.store.transaction() as connection:
+                    self.store.lock_writers(connection)
+                    Projector(tables).create(connection)
+            require_projections(self.store, tables)
+        except BaseException:
+            self.store.close()
+            raise
         self._reader = ProjectionReader(tables)
         self._checkpoints = replay_checkpoints(tables)
 
@@ -185,11 +206,16 @@ class Audit:
     ) -> Iterator[LoggedEvent]:
         """The user's events in order, filtered by type, version and time, read in pages.
 
-        An unknown user is a :class:`NotFoundError`; an unknown event type in ``types`` an
-        :class:`InvalidInputError`.
+        An unknown user is a :class:`NotFoundError`; an unknown event type in ``types``, or
+        a version below 1, an :class:`InvalidInputError`. Versions past the end of the log
+        select nothing beyond it.
         """
-        self._version_of(user_id)
-        unknown = sorted(set(types) - EVENT_TYPES)
+        last = self._version_of(user_id)
+        for name, bound in (("from_version", from_version), ("to_version", to_version)):
+            if bound is not None:
+                check_count(bound, name)
+        check_count(page_size, "page_size")
+        unknown = sorted(set(check_keys(types, "types")) - EVENT_TYPES)
         if unknown:
             raise InvalidInputError(
                 f"unknown event type {', '.join(map(repr, unknown))}; "
@@ -198,8 +224,9 @@ class Audit:
         _check_aware(since, "since")
         _check_aware(until, "until")
         after = (from_version or 1) - 1
-        while to_version is None or after < to_version:
-            upto = after + page_size if to_version is None else min(after + page_size, to_version)
+        end = last if to_version is None else min(to_version, last)
+        while after < end:
+            upto = min(after + page_size, end)
             page = self.store.events_of(user_id, after=after, upto=upto)
             if not page:
                 return
@@ -223,9 +250,7 @@ class Audit:
         """
         last = self._version_of(user_id)
         _check_aware(at, "at")
-        if version is not None and version < 1:
-            raise InvalidInputError(f"version must be 1 or more, not {version}")
-        if version is not None and version > last:
+        if version is not None and check_count(version, "version") > last:
             raise InvalidInputError(
                 f"user {user_id!r} has {last} events; version {version} is past the end"
             )
@@ -240,6 +265,7 @@ class Audit:
         history is.
         """
         self._version_of(user_id)
+        check_key(entry_id, "entry_id")
         reader = self._reader
         with self.store.engine.connect() as connection:
             entry_id = self._entry_id(connection, user_id, entry_id)
@@ -306,7 +332,11 @@ class Audit:
             projector.create(connection)
         counts: dict[str, int] = {}
         chunk: list[Any] = []
+        if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
+            raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
         for number, line in enumerate(lines, start=1):
+            if not isinstance(line, str):
+                raise InvalidInputError(f"line {number} is a {type(line).__name__}, not a str")
             if not line.strip():
                 continue
             try:
@@ -439,7 +469,7 @@ class Audit:
         """Put the user's quarantined messages (or ``message_ids``) back in the buffer (an
         event); the owning Memory extracts them on its next run. Returns their ids."""
         check_user_id(user_id)
-        chosen = None if message_ids is None else list(message_ids)
+        chosen = None if message_ids is None else check_keys(message_ids, "message_ids")
         return self._decide(user_id, lambda user_log: user_log.requeue(chosen))
 
     def spend(self) -> list[dict[str, Any]]:
@@ -450,11 +480,14 @@ class Audit:
     def promote(self, user_id: str, version: str) -> None:
         """Make a re-extracted knowledge version the user's live knowledge (an event)."""
         check_user_id(user_id)
+        check_key(version, "version")
         self._decide(user_id, lambda user_log: user_log.promote(version))
 
     def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
         """Knowledge versions ``a`` and ``b`` of the user side by side."""
         self._version_of(user_id)
+        check_key(a, "a")
+        check_key(b, "b")
         with self.store.engine.connect() as connection:
             held = {LIVE_KNOWLEDGE, *self._reader.knowledge_versions(connection, user_id)}
             for version in (a, b):
@@ -572,7 +605,13 @@ class Audit:
         return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 
     def users(self, *, after: str = "", limit: int = 100) -> list[UserSummary]:
-        """A page of users, in user-id order."""
+        """A page of at most ``limit`` users (1 to :data:`MAX_USERS_PAGE`), in user-id
+        order, after user id ``after``."""
+        check_key(after, "after")
+        if check_count(limit, "limit") > MAX_USERS_PAGE:
+            raise InvalidInputError(
+                f"limit must be at most {MAX_USERS_PAGE:,} users a page, not {limit}"
+            )
         with self.store.engine.connect() as connection:
             return self._reader.users(connection, after=after, limit=limit)
 

@@ -37,7 +37,7 @@ from events import (
     sqlite_url,
 )
 from memvee._server import register_commands
-from memvee.audit import Audit, require_projections
+from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
 
 if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
@@ -606,11 +606,11 @@ def users(
     db_url: DbUrlOption = None,
 ) -> None:
     """The users of the memory, with their counters, in user-id order."""
-    if limit < 1:
-        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
+    if not 1 <= limit <= MAX_USERS_PAGE:
+        raise InvalidInputError(f"--limit must be from 1 to {MAX_USERS_PAGE:,}, not {limit}")
     with _audit(db, db_url) as audit:
-        page = audit.users(after=after, limit=limit + 1)
-    more, page = page[limit:], page[:limit]
+        page = audit.users(after=after, limit=limit)
+        more = len(page) == limit and audit.users(after=page[-1].user_id, limit=1)
     if more:
         errors.print(f"more users follow: --after {page[-1].user_id!r}")
     if as_json:

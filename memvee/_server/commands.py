@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -34,7 +35,21 @@ AllowForget = Annotated[
 Lexical = Annotated[
     bool, typer.Option("--lexical", help="Rank by words only (no embedding model).")
 ]
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+class LogLevelName(StrEnum):
+    """The levels ``--log-level`` takes: a typo is a usage error, not a traceback."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+LogLevel = Annotated[
+    LogLevelName,
+    typer.Option("--log-level", case_sensitive=False, help="debug, info, warning or error."),
+]
 
 
 def _fail(message: str) -> NoReturn:
@@ -77,7 +92,7 @@ def serve(
     drain_timeout: Annotated[
         int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")
     ] = 30,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = LogLevelName.INFO,
 ) -> None:
     """Serve the HTTP API (/v1, OpenAPI at /docs) and MCP over streamable HTTP (/mcp).
 
@@ -99,7 +114,7 @@ def serve(
     if not tokens and not is_loopback(host):
         _fail(f"listening on {host} needs bearer tokens: set MEMVEE_API_TOKENS or --tokens-file")
     listener = _listen(host, port)
-    configure_logging(log_level)
+    configure_logging(log_level.value)
     from memvee._server.running import serve_http
 
     _run(
@@ -127,7 +142,7 @@ def mcp(
     ] = None,
     allow_forget: AllowForget = False,
     lexical: Lexical = False,
-    log_level: LogLevel = "warning",
+    log_level: LogLevel = LogLevelName.WARNING,
 ) -> None:
     """Serve MCP over stdio, as Claude Desktop and Claude Code start local servers.
 
@@ -138,7 +153,7 @@ def mcp(
 
     if user is not None:
         _check_user(user)
-    configure_logging(log_level)
+    configure_logging(log_level.value)
     from memvee._server.running import serve_stdio
 
     _run(

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from events import user_log_id
-from memvee import Memory, NotFoundError, ProcessingError
+from memvee import InvalidInputError, Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -126,6 +127,54 @@ async def test_the_log_reads_in_order_with_filters_and_pages(
             list(audit.log("nobody"))
         with pytest.raises(ValueError, match="timezone-aware"):
             list(audit.log("ann", since=datetime(2026, 1, 1)))
+        past_the_end = 2**80  # more than SQLite's integers hold: never sent to the database
+        assert list(audit.log("ann", from_version=past_the_end)) == []
+        assert list(audit.log("ann", to_version=past_the_end)) == everything
+        assert audit.users(after="ann", limit=1) == audit.users()[1:2]
+
+
+BAD_AUDIT_CALLS = [
+    ("version 0", lambda a: list(a.log("ann", from_version=0)), "from_version must be 1 or more"),
+    ("text version", lambda a: list(a.log("ann", to_version="5")), "to_version must be an int"),
+    ("page of 0", lambda a: list(a.log("ann", page_size=0)), "page_size must be 1 or more"),
+    ("a type for types", lambda a: list(a.log("ann", types=5)), "types must be a list"),
+    ("bool version", lambda a: a.state("ann", version=True), "version must be an int, not bool"),
+    ("no entry id", lambda a: a.explain("ann", None), "entry_id must be a str, not NoneType"),
+    ("surrogate entry id", lambda a: a.explain("ann", "\ud800"), "entry_id contains a lone"),
+    ("list version", lambda a: a.promote("ann", ["v"]), "version must be a str, not list"),
+    ("number to compare", lambda a: a.compare("ann", 5), "a must be a str, not int"),
+    ("one id to requeue", lambda a: a.requeue("ann", "id"), "message_ids must be a list"),
+    ("no user to start after", lambda a: a.users(after=None), "after must be a str"),
+    ("surrogate to start after", lambda a: a.users(after="\ud800"), "after contains a lone"),
+    ("no users a page", lambda a: a.users(limit=0), "limit must be 1 or more"),
+    ("too many users a page", lambda a: a.users(limit=2**80), "at most 10,000 users a page"),
+    ("text to import", lambda a: a.import_lines("{}"), "lines must be an iterable of str"),
+    ("a number to import", lambda a: a.import_lines([None]), "line 1 is a NoneType"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "call", "message"), BAD_AUDIT_CALLS, ids=[c[0] for c in BAD_AUDIT_CALLS]
+)
+async def test_bad_input_to_the_audit_is_an_invalid_input_error_and_changes_nothing(
+    make_memory: Any, db_url: str, case: str, call: Any, message: str
+) -> None:
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.add_exchange("bob", "I live in Rome", "ok")
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        before = audit.stats(), list(audit.log("ann"))
+        with pytest.raises(InvalidInputError, match=message):
+            call(audit)
+        assert (audit.stats(), list(audit.log("ann"))) == before
+
+
+def test_an_audit_of_a_database_not_made_yet_makes_it_empty(tmp_path: Path) -> None:
+    with Audit(db_path=str(tmp_path / "new.db")) as audit:
+        assert audit.users() == [] and audit.stats()["users"] == 0
+        with pytest.raises(NotFoundError, match="no user 'ann'"):
+            list(audit.log("ann"))
 
 
 async def test_state_at_a_time_replays_up_to_that_time(

@@ -162,6 +162,26 @@ def test_unknown_versions_event_types_and_points_past_the_end_are_errors(db: str
     assert run("state", "ann", "--at", str(last["version"]), "--db", db).exit_code == 0
 
 
+def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: str) -> None:
+    huge = str(2**80)
+    assert run("log", "ann", "--from-version", huge, "--json", "--db", db).output.strip() == "[]"
+    everything = run("log", "ann", "--json", "--limit", "1000", "--db", db).output
+    assert run(
+        "log", "ann", "--to-version", huge, "--json", "--limit", "1000", "--db", db
+    ).output == (everything)
+    paged = run("users", "--limit", huge, "--db", db, code=2)
+    assert "--limit must be from 1 to 10,000" in one_error_line(paged)
+    below = run("log", "ann", "--from-version", "0", "--db", db, code=2)
+    assert "from_version must be 1 or more" in one_error_line(below)
+
+
+@pytest.mark.parametrize("command", ["serve", "mcp"])
+def test_an_unknown_log_level_is_a_usage_error_not_a_traceback(command: str) -> None:
+    result = run(command, "--log-level", "loud", code=2)
+    assert "'loud' is not one of 'debug', 'info', 'warning', 'error'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_knowledge_lists_entries_with_ids_that_explain_accepts(db: str) -> None:
     now = json.loads(run("knowledge", "ann", "--json", "--db", db).output)
     texts = [e["text"] for e in now]

@@ -48,6 +48,9 @@ BAD_CALLS = [
     ("NaN timeout", lambda m: m.wait_for_processing("u", timeout=math.nan), "not nan"),
     ("negative timeout", lambda m: m.wait_for_processing("u", timeout=-1), "0 or more"),
     ("text timeout", lambda m: m.wait_for_processing("u", timeout="5"), "not str"),
+    ("one id to requeue", lambda m: m.requeue("u", "id"), "list of strings, not str"),
+    ("a number to requeue", lambda m: m.requeue("u", 5), "list of strings, not int"),
+    ("a number among ids", lambda m: m.requeue("u", ["a", 5]), "must be a str, not int"),
 ]
 
 
