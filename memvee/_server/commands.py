@@ -142,11 +142,16 @@ def mcp(
     ] = None,
     allow_forget: AllowForget = False,
     lexical: Lexical = False,
+    drain_timeout: Annotated[
+        int,
+        typer.Option(min=0, help="Seconds the requests still running get once stdin closes."),
+    ] = 30,
     log_level: LogLevel = LogLevelName.WARNING,
 ) -> None:
     """Serve MCP over stdio, as Claude Desktop and Claude Code start local servers.
 
-    Extraction runs in the background, in this process; logs go to stderr.
+    Extraction runs in the background, in this process; logs go to stderr. When the
+    client closes stdin, every request it sent is answered before the server stops.
     """
     _check_installed()
     from memvee._server.logs import configure_logging
@@ -163,6 +168,7 @@ def mcp(
             db_url,
             user=user,
             allow_forget=allow_forget,
+            drain_timeout=drain_timeout,
         )
     )
 

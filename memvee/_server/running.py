@@ -3,7 +3,8 @@
 The HTTP server is uvicorn on a socket the command bound; on SIGTERM (or Ctrl-C) it
 stops accepting, lets in-flight requests finish within the drain timeout, and then the
 memory closes with its own grace period for running extraction. The stdio server stops
-when its client closes stdin or on a signal, and closes the memory the same way.
+when its client closes stdin (once every request read is answered) or on a signal, and
+closes the memory the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
+from contextlib import AbstractContextManager, nullcontext
 from types import FrameType
 
 import uvicorn
@@ -21,6 +24,7 @@ from memvee._memory import Memory
 from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
 from memvee._server.mcp_tools import build_mcp
+from memvee._server.stdio_drain import DrainedStdio
 from memvee.audit import Audit
 
 __all__ = ["OpenFailedError", "serve_http", "serve_stdio"]
@@ -104,21 +108,32 @@ async def serve_http(
 
 
 async def serve_stdio(
-    memory: Memory, db: str, db_url: str | None, *, user: str | None, allow_forget: bool
+    memory: Memory,
+    db: str,
+    db_url: str | None,
+    *,
+    user: str | None,
+    allow_forget: bool,
+    drain_timeout: int,
 ) -> None:
-    """Serve MCP over stdin/stdout until the client closes stdin or a signal comes."""
+    """Serve MCP over stdin/stdout until the client closes stdin (once every request
+    read is answered, or after ``drain_timeout`` seconds) or a signal comes."""
     audit = await _open(memory, db, db_url)
     try:
         server = build_mcp(memory, audit, user=user, allow_forget=allow_forget)
-        running = asyncio.ensure_future(server.run_stdio_async())
-        loop = asyncio.get_running_loop()
-        for stop in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(stop, running.cancel)
-        try:
-            await running
-        except asyncio.CancelledError:
-            if not running.cancelled():
-                raise
+        drained: AbstractContextManager[object] = (
+            nullcontext() if sys.platform == "win32" else DrainedStdio(drain_timeout)
+        )
+        with drained:
+            running = asyncio.ensure_future(server.run_stdio_async())
+            loop = asyncio.get_running_loop()
+            for stop in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(stop, running.cancel)
+            try:
+                await running
+            except asyncio.CancelledError:
+                if not running.cancelled():
+                    raise
     finally:
         await memory.close()
         await asyncio.to_thread(audit.close)

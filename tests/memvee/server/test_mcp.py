@@ -3,11 +3,15 @@ Claude Desktop does, and over streamable HTTP at ``/mcp`` of a running ``memvee 
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
+from memvee.audit import Audit
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
-from tests.support.server_process import ServerProcess
+from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
 
 SAID = "I live in Lisbon and my dog is called Rex."
 
@@ -73,6 +77,45 @@ async def test_tool_errors_say_what_went_wrong(tmp_path: Path) -> None:
     assert "invalid_input: user message content must not be empty" in empty
     assert "not_found:" in unknown
     assert "no-such-entry" in unknown
+
+
+def test_requests_written_before_stdin_closes_are_all_answered_and_done(tmp_path: Path) -> None:
+    """A script's whole session in one file: the server stops only once each is answered."""
+
+    def request(number: int, method: str, **params: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": number, "method": method, "params": params}
+
+    def remember(number: int, said: str) -> dict[str, Any]:
+        arguments = {"user_message": said, "assistant_message": "Noted."}
+        return request(number, "tools/call", name="remember", arguments=arguments)
+
+    client = {"name": "script", "version": "1"}
+    said = [f"I have a cat number {n}." for n in range(5)]
+    calls = [
+        request(1, "initialize", protocolVersion="2025-06-18", capabilities={}, clientInfo=client),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        *(remember(10 + n, line) for n, line in enumerate(said)),
+        request(20, "tools/call", name="recall", arguments={"question": "cat"}),
+    ]
+    script = "".join(json.dumps(c) + "\n" for c in calls).encode()
+    db = tmp_path / "memvee.db"
+    done = subprocess.run(
+        [str(MEMVEE), "mcp", "--db", str(db), "--lexical", "--user", "eve"],
+        input=script,
+        capture_output=True,
+        env=server_env(),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr.decode()
+    answers = {a["id"]: a for a in map(json.loads, done.stdout.decode().splitlines())}
+    assert sorted(answers) == [1, 10, 11, 12, 13, 14, 20]
+    assert not any(a["result"].get("isError") for a in answers.values())
+    with Audit(db_path=str(db)) as audit:
+        logged = [e.payload["content"] for e in audit.log("eve", types=["MessageAdded"])]
+    assert sorted(logged[::2]) == said
 
 
 async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
