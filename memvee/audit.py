@@ -325,43 +325,81 @@ class Audit:
     def import_lines(self, lines: Iterable[str]) -> dict[str, int]:
         """Append exported events to this database, projections folded; events per user.
 
-        A user that already has a log here is refused (:class:`ConflictError`).
+        Each user's run of lines is checked whole before any of it is stored: every line
+        an exported event, the log beginning with the user's own ``Registered`` and its
+        versions following one another (else :class:`InvalidInputError`, naming the
+        line). A user that already has a log here is refused (:class:`ConflictError`).
+        The users before a refused line stay imported, and the error names them.
         """
+        if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
+            raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
         projector = Projector(ProjectionTables())
         with self.store.transaction() as connection:
             projector.create(connection)
         counts: dict[str, int] = {}
-        chunk: list[Any] = []
-        if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
-            raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
-        for number, line in enumerate(lines, start=1):
-            if not isinstance(line, str):
-                raise InvalidInputError(f"line {number} is a {type(line).__name__}, not a str")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                check_user_id(record["user_id"])
-                event = self.store.decode_exported(
-                    record["user_id"], record["version"], record["topic"], record["state"]
-                )
-            except (ValueError, KeyError, TypeError) as error:
-                raise InvalidInputError(
-                    f"line {number} is not an exported event: {error}"
-                ) from error
-            if record["user_id"] not in counts and self.store.events_of(record["user_id"], upto=1):
-                raise ConflictError(
-                    f"user {record['user_id']!r} already has a log in this database "
-                    f"(line {number}); that user's events were not imported"
-                )
-            counts[record["user_id"]] = counts.get(record["user_id"], 0) + 1
-            chunk.append(event)
-            if len(chunk) >= 1000:
-                self.store.append([chunk], projector.apply)
-                chunk = []
-        if chunk:
-            self.store.append([chunk], projector.apply)
+        imported: list[str] = []  # the users of the runs of lines stored
+        held: list[str] = []  # the current run of lines, of one user, checked
+        held_user = ""
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not isinstance(line, str):
+                    raise InvalidInputError(f"line {number} is a {type(line).__name__}, not a str")
+                if not line.strip():
+                    continue
+                record = _exported_record(number, line)
+                user_id = record["user_id"]
+                if held and held_user != user_id:
+                    self._append_imported(held, projector)
+                    imported.append(held_user)
+                    held = []
+                held_user = user_id
+                self._check_imported(number, record, counts.get(user_id, 0) + 1)
+                counts[user_id] = record["version"]
+                held.append(line)
+            if held:
+                self._append_imported(held, projector)
+        except (InvalidInputError, ConflictError) as error:
+            if not imported:
+                raise
+            names = ", ".join(map(repr, dict.fromkeys(imported)))
+            raise type(error)(f"{error} (imported before it: {names})") from error
         return counts
+
+    def _check_imported(self, number: int, record: dict[str, Any], due: int) -> None:
+        """Refuse line ``number`` unless its record decodes into version ``due`` of its
+        user's log, the first (and only the first) being the user's own ``Registered``,
+        and the user has no log here yet."""
+        user_id = record["user_id"]
+        try:
+            event = self._decoded(record)
+        except (ValueError, KeyError, TypeError) as error:
+            raise InvalidInputError(f"line {number} is not an exported event: {error}") from error
+        if event.originator_version != due:
+            raise InvalidInputError(
+                f"line {number}: version {event.originator_version} of {user_id!r} where {due} "
+                "was due (the lines of a log are in order, none left out)"
+            )
+        first = due == 1
+        if first != isinstance(event, UserLog.Registered) or (first and event.user_id != user_id):
+            raise InvalidInputError(
+                f"line {number}: a log begins with its user's Registered event, and only there"
+            )
+        if first and self.store.events_of(user_id, upto=1):
+            raise ConflictError(
+                f"user {user_id!r} already has a log in this database "
+                f"(line {number}); that user's events were not imported"
+            )
+
+    def _decoded(self, record: dict[str, Any]) -> Any:
+        return self.store.decode_exported(
+            record["user_id"], record["version"], record["topic"], record["state"]
+        )
+
+    def _append_imported(self, lines: list[str], projector: Projector) -> None:
+        """Append one user's checked lines, a thousand events a transaction."""
+        for start in range(0, len(lines), 1000):
+            chunk = [self._decoded(json.loads(line)) for line in lines[start : start + 1000]]
+            self.store.append([chunk], projector.apply)
 
     async def reextract(
         self, user_id: str, extractor: Extractor, version: str, *, batch_size: int = 50
@@ -620,6 +658,16 @@ class Audit:
         with self.store.engine.connect() as connection:
             totals = self._reader.totals(connection)
         return {"events": self.store.count(), **totals}
+
+
+def _exported_record(number: int, line: str) -> dict[str, Any]:
+    """Line ``number`` of an export as a record naming a valid user id."""
+    try:
+        record = json.loads(line)
+        check_user_id(record["user_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidInputError(f"line {number} is not an exported event: {error}") from error
+    return record  # type: ignore[no-any-return]  # a dict: only a dict has a "user_id" key
 
 
 def _logged(event: Any) -> LoggedEvent:

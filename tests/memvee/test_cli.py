@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -260,6 +261,63 @@ def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
     copied = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", str(fresh)).output)
     original = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", db).output)
     assert copied == original
+
+
+def _renamed(lines: list[str], user: str) -> list[str]:
+    """An export's lines as another user's: the records and the Registered event."""
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record["user_id"] = user
+    records[0]["state"]["user_id"] = user
+    return [json.dumps(r) for r in records]
+
+
+def _registered_as(line: str, user: str, version: int = 1) -> str:
+    """A Registered line of an export, for ``user`` and at ``version``."""
+    record = json.loads(line)
+    record["state"]["user_id"] = user
+    record["version"] = version
+    return json.dumps(record)
+
+
+BROKEN_EXPORTS = [
+    ("a line left out", lambda a, b: a[:3] + a[4:], "line 4: version 5 of 'ann' where 4 was due"),
+    ("lines out of order", lambda a, b: [a[1], a[0], *a[2:]], "line 1: version 2 of 'ann'"),
+    (
+        "another user's Registered",
+        lambda a, b: [_registered_as(a[0], "zed"), *a[1:]],
+        "line 1: a log begins with its user's Registered event, and only there",
+    ),
+    (
+        "a second Registered",
+        lambda a, b: [*a, _registered_as(a[0], "ann", len(a) + 1)],
+        "a log begins with its user's Registered event, and only there",
+    ),
+    (
+        "bob's log broken after ann's",
+        lambda a, b: a + b[:2] + b[3:],
+        "version 4 of 'bob' where 3 was due (the lines of a log are in order, none left out) "
+        "(imported before it: 'ann')",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "broken", "message"), BROKEN_EXPORTS, ids=[c[0] for c in BROKEN_EXPORTS]
+)
+def test_import_checks_each_users_lines_before_storing_any(
+    db: str, tmp_path: Path, case: str, broken: Any, message: str
+) -> None:
+    ann = run("export", "ann", "--db", db).output.splitlines()
+    bob = _renamed(ann, "bob")
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join(broken(ann, bob)) + "\n")
+    copy = str(tmp_path / "copy.db")
+    refused = run("import", str(damaged), "--db", copy, code=2)
+    assert message in one_error_line(refused)
+    users = json.loads(run("users", "--json", "--db", copy).output)
+    assert [u["user_id"] for u in users] == (["ann"] if "imported before it" in message else [])
+    assert run("verify", "--db", copy).exit_code == 0
 
 
 def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
