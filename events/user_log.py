@@ -25,7 +25,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 from uuid_utils import uuid7
 
-from events.checks import check_message, check_name, check_time
+from events.checks import check_message, check_name, check_text, check_time
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
 from events.extraction import (
     FACT_ACTIONS,
@@ -40,7 +40,9 @@ __all__ = [
     "DEFAULT_LIMITS",
     "EVENT_CLASSES",
     "LIVE_KNOWLEDGE",
+    "MAX_VERSION_CHARS",
     "UserLog",
+    "check_new_knowledge_version",
     "new_message_id",
     "short_message_id",
     "user_log_id",
@@ -49,6 +51,26 @@ __all__ = [
 
 LIVE_KNOWLEDGE = "live"
 """The name of the knowledge version that reads return by default."""
+
+MAX_VERSION_CHARS = 64
+"""The longest name a knowledge version may have (its column's width)."""
+
+
+def check_new_knowledge_version(name: object) -> str:
+    """Return ``name`` if it can name a new (re-extracted) knowledge version, else raise
+    :class:`InvalidInputError`: a storable string, not blank, not ``live``, and at most
+    :data:`MAX_VERSION_CHARS` characters."""
+    if not isinstance(name, str):
+        raise InvalidInputError(f"a knowledge version is named by a str, not {type(name).__name__}")
+    check_text(name, "the knowledge version")
+    if not name.strip() or name == LIVE_KNOWLEDGE:
+        raise InvalidInputError(f"{name!r} cannot name a new knowledge version")
+    if len(name) > MAX_VERSION_CHARS:
+        raise InvalidInputError(
+            f"a knowledge version's name is at most {MAX_VERSION_CHARS} characters, not {len(name)}"
+        )
+    return name
+
 
 _NAMESPACE = uuid5(NAMESPACE_URL, "https://memvee.dev/user-log")
 _NO_USAGE = TokenUsage()
@@ -547,8 +569,7 @@ class UserLog(Aggregate):
 
         Updates and invalidations apply to that version's own entries, never the live ones.
         """
-        if not knowledge_version.strip() or knowledge_version == LIVE_KNOWLEDGE:
-            raise InvalidInputError(f"{knowledge_version!r} cannot name a new knowledge version")
+        check_new_knowledge_version(knowledge_version)
         return self._record_facts(
             self.KnowledgeReextracted,
             knowledge_version,

@@ -37,7 +37,7 @@ from events import (
 )
 from events.store import exported_state
 from events.transcoding import full_topic
-from events.user_log import LIVE_KNOWLEDGE
+from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
 from memvee._config import DEFAULT_ALPHA
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._retrieval import RetrievalResult, Retriever, check_query
@@ -410,6 +410,8 @@ class Audit:
         are left to normal processing. Returns the number of entries extracted.
         """
         check_user_id(user_id)
+        check_new_knowledge_version(version)
+        check_count(batch_size, "batch_size")
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
@@ -471,8 +473,7 @@ class Audit:
 
         for user_id in user_ids:
             check_user_id(user_id)
-        if not version.strip() or version == LIVE_KNOWLEDGE:
-            raise InvalidInputError(f"{version!r} cannot name a new knowledge version")
+        check_new_knowledge_version(version)
         bulk = BulkReextraction(
             self.store,
             self._reader,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from memvee import Memory, NotFoundError
+from memvee import InvalidInputError, Memory, NotFoundError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -50,6 +50,41 @@ async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
     ]
     assert await memory.process("eve") == 1
     assert len(await memory.knowledge("eve")) == 3
+
+
+class _CountedExtractor(OfflineExtractor):
+    """The offline rules, counting the batches sent: a refused run must send none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches = 0
+
+    async def extract(self, batch: Any) -> Any:
+        self.batches += 1
+        return await super().extract(batch)
+
+
+@pytest.mark.parametrize(
+    ("version", "options", "message"),
+    [
+        ("live", {}, "'live' cannot name a new knowledge version"),
+        ("  ", {}, "'  ' cannot name a new knowledge version"),
+        (None, {}, "named by a str, not NoneType"),
+        ("v\ud800", {}, "contains a lone surrogate"),
+        ("v" * 65, {}, "at most 64 characters, not 65"),
+        ("v2", {"batch_size": 0}, "batch_size must be 1 or more"),
+    ],
+)
+async def test_a_bad_version_name_or_batch_size_is_refused_before_any_extraction(
+    make_memory: Any, db_url: str, version: Any, options: dict[str, Any], message: str
+) -> None:
+    await _processed(make_memory)
+    extractor = _CountedExtractor()
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(InvalidInputError, match=message):
+            await audit.reextract("eve", extractor, version, **options)
+        assert audit.knowledge_versions("eve") == {"live": 2}
+    assert extractor.batches == 0
 
 
 async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url: str) -> None:
