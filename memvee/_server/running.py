@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import sys
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from types import FrameType
 
 import uvicorn
@@ -121,14 +121,18 @@ async def serve_stdio(
     audit = await _open(memory, db, db_url)
     try:
         server = build_mcp(memory, audit, user=user, allow_forget=allow_forget)
-        drained: AbstractContextManager[object] = (
-            nullcontext() if sys.platform == "win32" else DrainedStdio(drain_timeout)
-        )
-        with drained:
+        drained = None if sys.platform == "win32" else DrainedStdio(drain_timeout)
+        with drained or nullcontext():
             running = asyncio.ensure_future(server.run_stdio_async())
+
+            def stop() -> None:
+                running.cancel()
+                if drained is not None:  # the SDK's cancel waits for its read of stdin
+                    drained.end_input()
+
             loop = asyncio.get_running_loop()
-            for stop in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(stop, running.cancel)
+            for sent in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sent, stop)
             try:
                 await running
             except asyncio.CancelledError:

@@ -1,14 +1,16 @@
-"""MCP over stdio: every request read before stdin closed gets its answer.
+"""MCP over stdio: every request read before stdin closed gets its answer, and a signal
+stops the server even while its client keeps stdin open.
 
 The MCP SDK stops a stdio server as soon as stdin reaches its end, and cancels the
-handlers still running (python-sdk issue #2678). A client that writes its requests and
+handlers still running (python-sdk issue #2678): a client that writes its requests and
 then closes stdin (a script, ``memvee mcp < calls.jsonl``) loses their answers, and a
-``remember`` it sent may be cut off after its write. :class:`DrainedStdio` stands
-between the process's standard streams and the SDK, on pipes: it passes every line
-through and notes the JSON-RPC requests read and the responses written, and only shows
-the SDK the end of stdin once every request has its response (or ``timeout`` seconds
-have passed). It works on file descriptors, so the SDK's own guard of stdout (stray
-prints go to stderr) stays in place.
+``remember`` it sent may be cut off after its write. And the SDK reads stdin in a worker
+thread that a cancellation waits for, so a signal could not stop a server whose client
+sends nothing more. :class:`DrainedStdio` stands between the process's standard streams
+and the SDK, on pipes: it passes every byte through, notes the JSON-RPC requests read
+and the responses written, and shows the SDK the end of stdin once every request has
+its response (or ``timeout`` seconds have passed), or at once when told to end. It works
+on file descriptors, so the SDK's own guard of stdout (stray prints go to stderr) stays.
 """
 
 from __future__ import annotations
@@ -26,9 +28,6 @@ from typing import Self
 __all__ = ["DrainedStdio"]
 
 log = logging.getLogger("memvee.server")
-
-_POLL_SECONDS = 0.05
-"""How often the stdout pump looks whether it is asked to stop, when nothing comes."""
 
 
 def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
@@ -48,35 +47,64 @@ def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
     return found
 
 
+class _Lines:
+    """Bytes as they come, cut into whole lines (the rest waits for its newline)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes."""
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        return lines
+
+    def end(self) -> list[bytes]:
+        """The last line, if the bytes ended without a newline."""
+        rest, self._rest = self._rest, b""
+        return [rest] if rest.strip() else []
+
+
 class DrainedStdio:
     """While entered, fds 0 and 1 are pipes that two threads pump to and from the real
-    stdin and stdout; the end of stdin reaches the pipe once every request read has
-    been answered, or after ``timeout`` seconds. Leaving restores both descriptors."""
+    stdin and stdout. The end of stdin reaches the SDK once every request read has been
+    answered (or after ``timeout`` seconds), or at once after :meth:`end_input`. Leaving
+    restores both descriptors."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._pending: Counter[Hashable] = Counter()
         self._answered = threading.Condition()
-        self._stopping = threading.Event()
+        self._ending = False
+        self._end_input = _Signal()
+        self._stop = _Signal()
         self._real_in = self._real_out = -1
-        self._stdout_pump: threading.Thread | None = None
+        self._pumps: list[threading.Thread] = []
 
     def __enter__(self) -> Self:
         self._real_in, self._real_out = os.dup(0), os.dup(1)
+        self._end_input.open()
+        self._stop.open()
         into_read, into_write = os.pipe()
         out_read, out_write = os.pipe()
         os.dup2(into_read, 0)
         os.dup2(out_write, 1)
         os.close(into_read)
         os.close(out_write)
-        threading.Thread(
-            target=self._pump_stdin, args=(into_write,), name="memvee-stdin", daemon=True
-        ).start()
-        self._stdout_pump = threading.Thread(
-            target=self._pump_stdout, args=(out_read,), name="memvee-stdout", daemon=True
-        )
-        self._stdout_pump.start()
+        self._pumps = [
+            threading.Thread(target=self._pump_stdin, args=(into_write,), name="memvee-stdin"),
+            threading.Thread(target=self._pump_stdout, args=(out_read,), name="memvee-stdout"),
+        ]
+        for pump in self._pumps:
+            pump.daemon = True
+            pump.start()
         return self
+
+    def end_input(self) -> None:
+        """Show the SDK the end of stdin now, answered or not (a signal came)."""
+        with self._answered:
+            self._ending = True
+            self._answered.notify_all()
+        self._end_input.set()
 
     def __exit__(
         self,
@@ -84,66 +112,97 @@ class DrainedStdio:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # The SDK has written every response by now; the pump forwards what the pipe
-        # still holds, then stops.
-        self._stopping.set()
-        if self._stdout_pump is not None:
-            self._stdout_pump.join(timeout=10)
+        # The SDK has written every response by now: the stdout pump forwards what the
+        # pipe still holds, then both pumps stop.
+        self.end_input()
+        self._stop.set()
+        for pump in self._pumps:
+            pump.join(timeout=10)
         os.dup2(self._real_in, 0)
         os.dup2(self._real_out, 1)
-        os.close(self._real_out)
-        # The real stdin stays open: the stdin pump may still be blocked reading it.
+        for fd in (self._real_in, self._real_out):
+            os.close(fd)
+        self._end_input.close()
+        self._stop.close()
 
     def _pump_stdin(self, into: int) -> None:
-        """Real stdin to the SDK's pipe, line by line; its end once all is answered."""
+        """Real stdin to the SDK's pipe; its end once all is answered, or when told."""
+        lines = _Lines()
         try:
-            with open(self._real_in, "rb", closefd=False) as source:
-                for line in source:
-                    requests = _ids(line, requests=True)
-                    if requests:
-                        with self._answered:
-                            self._pending.update(requests)
-                    _write_all(into, line)
+            while True:
+                ready, _, _ = select.select([self._real_in, self._end_input.fd], [], [])
+                if self._end_input.fd in ready:
+                    return
+                chunk = os.read(self._real_in, 65536)
+                if not chunk:
+                    self._note_requests(lines.end())
+                    break
+                self._note_requests(lines.feed(chunk))  # before the SDK can answer them
+                _write_all(into, chunk)
             with self._answered:
-                drained = self._answered.wait_for(lambda: not self._pending, self.timeout)
+                drained = self._answered.wait_for(
+                    lambda: self._ending or not self._pending, self.timeout
+                )
+                unanswered = sum(self._pending.values())
             if not drained:
                 log.warning(
                     "stdin closed; %d requests still unanswered after %.0f s, stopping",
-                    sum(self._pending.values()),
+                    unanswered,
                     self.timeout,
                     extra={"event": "stdin_closed"},
                 )
-        except OSError:  # the SDK is gone (the pipe is closed): nothing more to pass on
+        except OSError:  # the SDK is gone (its pipe is closed): nothing more to pass on
             pass
         finally:
             os.close(into)
 
     def _pump_stdout(self, out: int) -> None:
         """The SDK's pipe to the real stdout, noting each response written."""
-        pending = b""
+        lines = _Lines()
         try:
             while True:
-                ready, _, _ = select.select([out], [], [], _POLL_SECONDS)
-                if not ready:
-                    if self._stopping.is_set():
-                        break
-                    continue
+                ready, _, _ = select.select([out, self._stop.fd], [], [])
+                if out not in ready:  # stopped, and the pipe holds nothing more
+                    return
                 chunk = os.read(out, 65536)
                 if not chunk:
-                    break
+                    return
                 _write_all(self._real_out, chunk)
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                answered = [i for line in lines for i in _ids(line, requests=False)]
+                answered = [i for line in lines.feed(chunk) for i in _ids(line, requests=False)]
                 if answered:
                     with self._answered:
                         self._pending.subtract(answered)
-                        self._pending += Counter()  # drops the ids at zero or below
+                        self._pending = +self._pending  # keeps the ids still unanswered
                         self._answered.notify_all()
         except OSError as error:
             log.warning("stdout closed: %s", error, extra={"event": "stdout_closed"})
         finally:
             os.close(out)
+
+    def _note_requests(self, lines: list[bytes]) -> None:
+        requests = [i for line in lines for i in _ids(line, requests=True)]
+        if requests:
+            with self._answered:
+                self._pending.update(requests)
+
+
+class _Signal:
+    """A flag a thread blocked in ``select`` sees: a pipe that becomes readable once set."""
+
+    def __init__(self) -> None:
+        self.fd = self._write = -1
+
+    def open(self) -> None:
+        self.fd, self._write = os.pipe()
+
+    def set(self) -> None:
+        if self._write >= 0:  # once closed, the threads that watched it are gone
+            os.write(self._write, b"x")
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._write)
+        self.fd = self._write = -1
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -4,6 +4,7 @@ Claude Desktop does, and over streamable HTTP at ``/mcp`` of a running ``memvee 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -116,6 +117,30 @@ def test_requests_written_before_stdin_closes_are_all_answered_and_done(tmp_path
     with Audit(db_path=str(db)) as audit:
         logged = [e.payload["content"] for e in audit.log("eve", types=["MessageAdded"])]
     assert sorted(logged[::2]) == said
+
+
+def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
+    client = {"name": "idle", "version": "1"}
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    server = subprocess.Popen(
+        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", "ida"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(json.dumps(hello).encode() + b"\n")
+        server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 1
+        server.send_signal(signal.SIGTERM)  # stdin stays open: the SDK is reading it
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
+        server.wait()
 
 
 async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
