@@ -36,8 +36,11 @@ def message_count(http: httpx.Client, user: str) -> int:
     return count
 
 
-def post_raw(http: httpx.Client, path: str, content: bytes) -> httpx.Response:
-    return http.post(path, content=content, headers={"content-type": "application/json"})
+def post_raw(
+    http: httpx.Client, path: str, content: bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    sent = {"content-type": "application/json", **(headers or {})}
+    return http.post(path, content=content, headers=sent)
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,16 @@ def test_a_body_over_the_limit_is_413_and_writes_nothing(http: httpx.Client, use
     assert answer.status_code == 413
     assert answer.json()["error"] == "payload_too_large"
     assert message_count(http, user) == 2
+
+
+def test_a_header_of_thousands_of_digits_is_only_a_header(http: httpx.Client, user: str) -> None:
+    digits = {"X-Trace": "9" * 5000}  # more than Python converts to an int
+    body = json.dumps({"role": "user", "content": "I live in Oslo."}).encode()
+
+    answer = post_raw(http, f"/v1/users/{user}/messages", body, headers=digits)
+
+    assert answer.status_code == 201, answer.text
+    assert message_count(http, user) == 3
 
 
 def test_a_streamed_body_without_length_is_cut_at_the_limit(http: httpx.Client, user: str) -> None:
