@@ -723,8 +723,11 @@ def _point(at: str | None) -> tuple[int | None, datetime | None]:
     """``--at`` as a version (an integer) or a time (ISO 8601; UTC when no zone is given)."""
     if at is None:
         return None, None
-    if at.isdigit():
-        return int(at), None
+    if at.isascii() and at.isdigit():
+        digits = at.lstrip("0") or "0"
+        if len(digits) > 19:  # past any log, and past what int() takes past 4,300
+            raise InvalidInputError(f"--at: a version has at most 19 digits, not {len(digits)}")
+        return int(digits), None
     try:
         moment = datetime.fromisoformat(at)
     except ValueError as error:

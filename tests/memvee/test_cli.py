@@ -174,6 +174,12 @@ def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: 
     assert "--limit must be from 1 to 10,000" in one_error_line(paged)
     below = run("log", "ann", "--from-version", "0", "--db", db, code=2)
     assert "from_version must be 1 or more" in one_error_line(below)
+    long = run("state", "ann", "--at", "9" * 5000, "--db", db, code=2)
+    assert "a version has at most 19 digits, not 5000" in one_error_line(long)
+    past = run("state", "ann", "--at", str(2**63), "--db", db, code=2)
+    assert "past the end" in one_error_line(past)
+    superscript = run("state", "ann", "--at", "²", "--db", db, code=2)
+    assert "neither a version nor an ISO time" in one_error_line(superscript)
 
 
 @pytest.mark.parametrize("command", ["serve", "mcp"])
