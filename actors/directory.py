@@ -24,10 +24,13 @@ import pykka
 from pykka.messages import ProxyCall
 
 from actors._bridge import BridgedFuture, LoopInbox, inbox_of, settle_future
+from events import MemoryClosedError
 
 __all__ = ["ActorDirectory"]
 
 log = logging.getLogger("memvee.actors")
+
+_STOPPED = "the memory is closed: its actors are stopped"
 
 Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]", bool], bool]], "pykka.ActorRef[Any]"]
 
@@ -146,6 +149,7 @@ class ActorDirectory:
         )
         self._last_outbox: _Outbox | None = None
         self._spawner = ThreadPoolExecutor(2, thread_name_prefix="memvee-spawner")
+        self._closing = False
         self._stopped = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="memvee-reaper", daemon=True)
         self._reaper.start()
@@ -174,7 +178,7 @@ class ActorDirectory:
     def _touch(self, user_id: str) -> _Entry | None:
         """The user's live actor, marked as just used (lock held)."""
         if self._stopped.is_set():
-            raise RuntimeError("the actor directory is stopped")
+            raise MemoryClosedError(_STOPPED)
         entry = self._actors.get(user_id)
         if entry is not None:
             self._actors.move_to_end(user_id)
@@ -264,6 +268,8 @@ class ActorDirectory:
                 if waiting is not None:
                     waiting.append(call)
                     return
+                if self._closing:
+                    raise MemoryClosedError(_STOPPED)
                 self._spawning[user_id] = [call]
             self._spawner.submit(self._spawn_and_drain, user_id)
         except Exception as error:
@@ -294,7 +300,7 @@ class ActorDirectory:
             target = existing or entry
             for call in waiting:
                 if self._stopped.is_set():
-                    call.fail(RuntimeError("the actor directory is stopped"))
+                    call.fail(MemoryClosedError(_STOPPED))
                     continue
                 try:
                     call.send(target.ref)
@@ -342,13 +348,16 @@ class ActorDirectory:
                 entry.ask_to_stop()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop every actor after it has handled the messages already sent to it."""
+        """Stop every actor after it has handled the messages already sent to it, those
+        that wait for their actor's spawn included."""
+        with self._lock:
+            self._closing = True  # no spawn from now on; those under way deliver their calls
+        self._spawner.shutdown(wait=True)
         with self._lock:
             self._stopped.set()
             entries = list(self._actors.values())
             self._actors.clear()
         self._reaper.join(timeout=5)
-        self._spawner.shutdown(wait=True)
         futures = [e.ref.stop(block=False) for e in entries]
         for future in futures:
             try:

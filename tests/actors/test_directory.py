@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 
-from memvee import Memory
+from memvee import Memory, MemoryClosedError
 from tests.support.store_faults import queue_and_stop
 
 
@@ -90,3 +91,33 @@ async def test_a_write_still_queued_when_its_actor_stops_is_seen_by_the_next_one
     engine = memory._engine
     assert engine is not None
     assert await asyncio.to_thread(engine.store.load, "ann") is None
+
+
+async def test_a_write_waiting_for_its_actors_spawn_when_the_memory_closes_is_kept(
+    make_memory: Any, db_url: str
+) -> None:
+    """Closing lets the spawns under way finish and deliver the calls that wait for them
+    (it failed them with an untyped RuntimeError when the spawn ended after the stop)."""
+    memory: Memory = await make_memory()
+    engine = memory._engine
+    assert engine is not None
+    directory = engine.directory
+    spawn, gate = directory._spawn, threading.Event()
+
+    def slow_spawn(user_id: str, retire: Any) -> Any:
+        gate.wait(10)
+        return spawn(user_id, retire)
+
+    directory._spawn = slow_spawn  # type: ignore[method-assign]
+    write = asyncio.ensure_future(memory.add_exchange("late", "I live in Oslo", "ok"))
+    await _until(lambda: "late" in directory._spawning)
+    closing = asyncio.ensure_future(memory.close())
+    await _until(lambda: directory._closing)  # stop() began
+    refused = asyncio.ensure_future(memory.add_exchange("later", "hi", "ok"))
+    gate.set()
+    await closing
+    assert [m.seq for m in await write] == [1, 2]
+    with pytest.raises(MemoryClosedError):
+        await refused
+    async with Memory(db_url=db_url, embedder=False) as again:
+        assert [m.content for m in await again.buffer("late")] == ["I live in Oslo", "ok"]
