@@ -19,6 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
+from events.errors import StorageError, first_line
 from events.transcoding import (
     CompactMapper,
     compact_state,
@@ -63,7 +64,18 @@ class Decoder:
     def __call__(
         self, originator_id: UUID, version: int, topic: str, state: bytes
     ) -> DomainEventProtocol[Any]:
-        """The domain event of one stored row."""
+        """The domain event of one stored row; :class:`StorageError` if it cannot be read
+        (damaged, or of an event class this version does not know)."""
+        try:
+            return self._decoded(originator_id, version, topic, state)
+        except Exception as error:
+            raise StorageError(
+                f"version {version} of log {originator_id} cannot be read: {first_line(error)}"
+            ) from error
+
+    def _decoded(
+        self, originator_id: UUID, version: int, topic: str, state: bytes
+    ) -> DomainEventProtocol[Any]:
         found = self._classes.get((topic, type(originator_id)), _UNSEEN)
         if found is _UNSEEN:
             found = self._event_class(topic, type(originator_id))

@@ -391,27 +391,30 @@ class EventStore:
         return self.load_log(user_id).log
 
     def load_log(self, user_id: str) -> LoadedLog:
-        """The log of ``user_id`` (see :meth:`load`) and the snapshot it was loaded from."""
+        """The log of ``user_id`` (see :meth:`load`) and the snapshot it was loaded from.
+
+        A snapshot that cannot be read (damaged, or of a layout this version cannot
+        take) is passed over with a warning: the log is loaded from its first event, and
+        the next snapshot replaces it. An event that cannot be read, or a version left out,
+        is a :class:`StorageError`: the log is the truth, and is never folded around a hole.
+        """
         log_id = user_log_id(user_id)
-        if self._readers is not None:
-            # Straight to the driver, on the thread's own connection: the first touch of
-            # every user pays this, and SQLAlchemy's statements and pool cost more than
-            # the two queries.
-            key = log_id.bytes
-            found = self._read(self._raw_last_snapshot, (key,), "load the log", user_id)
-            snapshot = found[0] if found else None
-            after = 0 if snapshot is None else snapshot[0]
-            rows = self._read(
-                self._raw_log_events, (key, after, _NO_LIMIT), "load the log", user_id
-            )
-        else:
-            with self._reading("load the log", user_id), self.engine.connect() as connection:
-                snapshot = connection.execute(self._last_snapshot, {"log_id": log_id}).first()
-                after = None if snapshot is None else snapshot[0]
-                rows = self._select_events(connection, log_id, after, None)
-        aggregate: Any = None if snapshot is None else self._decode(log_id, snapshot).mutate(None)
-        if aggregate is not None:
-            aggregate.upgrade()
+        snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=True)
+        aggregate: Any = None
+        if snapshot is not None:
+            try:
+                aggregate = self._decode(log_id, snapshot).mutate(None)
+                aggregate.upgrade()
+            except Exception as error:  # a snapshot is a cache: replay the log instead
+                log.warning(
+                    "the snapshot of %r at version %d cannot be read (%s); loading the log "
+                    "from its first event",
+                    user_id,
+                    snapshot[0],
+                    first_line(error),
+                )
+                aggregate = None
+                snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=False)
         expected = 1 if snapshot is None else snapshot[0] + 1
         for row in rows:
             if row[0] != expected:  # mutate would fail a bare assert, or fold the gap over
@@ -419,7 +422,12 @@ class EventStore:
                     f"the log of {user_id!r} is broken: version {row[0]} where {expected} "
                     f"was due, in {self.safe_url}"
                 )
-            aggregate = self._decode(log_id, row).mutate(aggregate)
+            try:
+                aggregate = self._decode(log_id, row).mutate(aggregate)
+            except Exception as error:
+                raise StorageError(
+                    f"the log of {user_id!r} is broken, in {self.safe_url}: {first_line(error)}"
+                ) from error
             expected += 1
         if aggregate is None:
             return LoadedLog(None, 0, 0)
@@ -427,6 +435,36 @@ class EventStore:
         if snapshot is None:
             return LoadedLog(aggregate, 0, 0)
         return LoadedLog(aggregate, snapshot[0], len(snapshot[2]))
+
+    def _snapshot_and_rows(
+        self, log_id: UUID, user_id: str, *, snapshots: bool
+    ) -> tuple[Any, list[Any]]:
+        """The log's latest snapshot (``None`` without one, or without ``snapshots``) and
+        the rows of its events after it."""
+        if self._readers is not None:
+            # Straight to the driver, on the thread's own connection: the first touch of
+            # every user pays this, and SQLAlchemy's statements and pool cost more than
+            # the two queries.
+            key = log_id.bytes
+            found = (
+                self._read(self._raw_last_snapshot, (key,), "load the log", user_id)
+                if snapshots
+                else None
+            )
+            snapshot = found[0] if found else None
+            after = 0 if snapshot is None else snapshot[0]
+            rows = self._read(
+                self._raw_log_events, (key, after, _NO_LIMIT), "load the log", user_id
+            )
+            return snapshot, list(rows)
+        with self._reading("load the log", user_id), self.engine.connect() as connection:
+            snapshot = (
+                connection.execute(self._last_snapshot, {"log_id": log_id}).first()
+                if snapshots
+                else None
+            )
+            after = None if snapshot is None else snapshot[0]
+            return snapshot, self._select_events(connection, log_id, after, None)
 
     def _select_events(
         self, connection: Connection, log_id: UUID, after: int | None, upto: int | None

@@ -28,6 +28,7 @@ from events import (
     KnownEntry,
     NotFoundError,
     Recorded,
+    StorageError,
     UserLog,
     check_count,
     check_key,
@@ -35,6 +36,7 @@ from events import (
     check_user_id,
     sqlite_url,
 )
+from events.errors import first_line
 from events.store import exported_state
 from events.transcoding import full_topic
 from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
@@ -72,6 +74,9 @@ T = TypeVar("T")
 
 MAX_USERS_PAGE = 10_000
 """The most users :meth:`Audit.users` returns in one page."""
+
+_PAST_ANY_LOG = 2**62
+"""A version no log reaches, that every database's integers hold."""
 
 _MAX_KNOWN = 100
 
@@ -210,7 +215,7 @@ class Audit:
         a version below 1, an :class:`InvalidInputError`. Versions past the end of the log
         select nothing beyond it.
         """
-        last = self._version_of(user_id)
+        self._version_of(user_id)
         for name, bound in (("from_version", from_version), ("to_version", to_version)):
             if bound is not None:
                 check_count(bound, name)
@@ -223,8 +228,10 @@ class Audit:
             )
         _check_aware(since, "since")
         _check_aware(until, "until")
-        after = (from_version or 1) - 1
-        end = last if to_version is None else min(to_version, last)
+        # The log itself says where it ends (its summary row may lag, after a rebuild
+        # stopped midway); a bound past any log is never sent to the database.
+        after = min(from_version or 1, _PAST_ANY_LOG) - 1
+        end = _PAST_ANY_LOG if to_version is None else min(to_version, _PAST_ANY_LOG)
         while after < end:
             upto = min(after + page_size, end)
             page = self.store.events_of(user_id, after=after, upto=upto)
@@ -312,12 +319,19 @@ class Audit:
         """The user's log as JSON Lines, one stored event a line, oldest first."""
         self._version_of(user_id)
         for stored in self.store.stored_events_of(user_id):
+            try:
+                state = exported_state(stored.topic, stored.state)
+            except Exception as error:
+                raise StorageError(
+                    f"version {stored.originator_version} of the log of {user_id!r} cannot be "
+                    f"read: {first_line(error)}"
+                ) from error
             yield json.dumps(
                 {
                     "user_id": user_id,
                     "version": stored.originator_version,
                     "topic": full_topic(stored.topic),
-                    "state": exported_state(stored.topic, stored.state),
+                    "state": state,
                 },
                 separators=(",", ":"),
             )

@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -380,9 +381,26 @@ def export(
             for line in lines:
                 typer.echo(line)
             return
-        with open(out, "w", encoding="utf-8") as file:
-            count = sum(file.write(line + "\n") > 0 for line in lines)
+        count = _write_lines(Path(out), lines)
     console.print(f"exported {count} events of {user!r} to {out}")
+
+
+def _write_lines(target: Path, lines: Iterator[str]) -> int:
+    """Write ``lines`` to ``target``; returns how many. A file is written beside it and
+    moved in place once whole, so a failed export leaves no truncated one (a device or a
+    pipe is written to directly)."""
+    if target.exists() and not target.is_file():
+        with target.open("w", encoding="utf-8") as file:
+            return sum(file.write(line + "\n") > 0 for line in lines)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            count = sum(file.write(line + "\n") > 0 for line in lines)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return count
 
 
 @app.command("import")

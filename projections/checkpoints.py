@@ -17,6 +17,7 @@ of its folded columns, times as microseconds since 1970.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from projections.rows import Row
 from projections.tables import ProjectionTables, folded_columns
 
 __all__ = ["KEPT", "Checkpoint", "Checkpoints"]
+
+log = logging.getLogger("memvee.projections")
 
 KEPT = 8
 """The most checkpoints a user keeps."""
@@ -62,7 +65,8 @@ class Checkpoints:
     ) -> Checkpoint | None:
         """The latest checkpoint of ``log_id`` at or before ``version`` whose events are all
         at or before ``at`` (either may be ``None``: no bound); ``None`` if there is none,
-        or no table to hold them (a database no engine has opened yet)."""
+        or no table to hold them (a database no engine has opened yet). One that cannot be
+        read is passed over with a warning."""
         if not inspect(connection).has_table(self.table.name):
             return None
         c = self.table.c
@@ -71,12 +75,21 @@ class Checkpoints:
             query = query.where(c.version <= version)
         if at is not None:
             query = query.where(c.latest <= at)
-        found = connection.execute(query.order_by(c.version.desc()).limit(1)).first()
-        if found is None:
-            return None
-        document = orjson.loads(zlib.decompress(found.state))
-        rows = {role: form.rows(document[role]) for role, form in self._forms.items()}
-        return Checkpoint(found.version, found.latest, rows)
+        for found in connection.execute(query.order_by(c.version.desc()).limit(KEPT)):
+            try:
+                document = orjson.loads(zlib.decompress(found.state))
+                rows = {role: form.rows(document[role]) for role, form in self._forms.items()}
+            except (zlib.error, ValueError, KeyError, TypeError) as error:
+                # Disposable, like every projection: an older one, or the log, does.
+                log.warning(
+                    "the checkpoint of log %s at version %d cannot be read (%s); passed over",
+                    log_id,
+                    found.version,
+                    error,
+                )
+                continue
+            return Checkpoint(found.version, found.latest, rows)
+        return None
 
     def save(self, connection: Connection, log_id: str, checkpoint: Checkpoint) -> None:
         """Store ``checkpoint`` of ``log_id`` and thin out the older ones (a checkpoint at

@@ -127,6 +127,45 @@ class EventStoreContract:
             store.load("gus")
         assert store.gaps() == [(str(user_log_id("gus")), 4 if snapshotted else 3)]
 
+    def test_a_snapshot_that_cannot_be_read_is_passed_over_for_the_events(
+        self, store: EventStore, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A snapshot is a cache of the log: damaged, or of a layout this version cannot
+        take, the log loads from its first event instead, and says so."""
+        log = UserLog.register("ivy")
+        for i in range(30):
+            log.add_message("user", f"m{i}", None, 100)
+        store.append([log.collect_events()])
+        store.take_snapshot(log)
+        log.add_message("user", "after", None, 100)
+        store.append([log.collect_events()])
+        with store.engine.begin() as connection:
+            snapshots = store._snapshots
+            connection.execute(snapshots.update().values(state=b'{"not a snapshot'))
+        loaded = store.load("ivy")
+        assert loaded is not None
+        assert loaded.pending == log.pending and loaded.version == log.version == 32
+        assert "the snapshot of 'ivy' at version 31 cannot be read" in caplog.text
+
+    def test_an_event_that_cannot_be_read_is_a_storage_error_wherever_it_is_read(
+        self, store: EventStore
+    ) -> None:
+        log = UserLog.register("jo")
+        for i in range(3):
+            log.add_message("user", f"m{i}", None, 100)
+        store.append([log.collect_events()])
+        events = store._events
+        with store.engine.begin() as connection:
+            damaged = events.update().where(events.c.originator_version == 3)
+            connection.execute(damaged.values(state=b'{"not an event'))
+        unreadable = r"version 3 of log \S+ cannot be read"
+        with pytest.raises(StorageError, match=r"log of 'jo' is broken, in .*" + unreadable):
+            store.load("jo")
+        with pytest.raises(StorageError, match=unreadable):
+            store.events_of("jo")
+        with pytest.raises(StorageError, match=unreadable):
+            list(store.follow())
+
     def test_a_snapshot_goes_in_with_the_events_that_reach_its_version(
         self, store: EventStore
     ) -> None:

@@ -326,6 +326,29 @@ def test_import_checks_each_users_lines_before_storing_any(
     assert run("verify", "--db", copy).exit_code == 0
 
 
+def test_a_damaged_event_is_one_error_line_and_a_failed_export_leaves_no_file(
+    db: str, tmp_path: Path
+) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE memvee_events SET state = x'7b22' WHERE originator_version = 3")
+    unreadable = "version 3 of "
+    for command in (["log", "ann"], ["state", "ann"], ["verify"]):
+        assert unreadable in one_error_line(run(*command, "--db", db, code=2)), command
+    streamed = run("export", "ann", "--db", db, code=2).output.splitlines()
+    assert len(streamed) == 3 and streamed[-1].startswith(f"error: {unreadable}")
+    out = tmp_path / "ann.jsonl"
+    out.write_text("an earlier export\n")
+    refused = run("export", "ann", "--out", str(out), "--db", db, code=2)
+    assert unreadable in one_error_line(refused)
+    assert out.read_text() == "an earlier export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ann.jsonl",
+        "m.db",
+        "m.db-shm",
+        "m.db-wal",
+    ]
+
+
 def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)

@@ -117,6 +117,29 @@ def test_a_replay_starts_from_the_nearest_checkpoint_and_ends_where_one_from_not
         assert state_at(store, "ann", version=version, checkpoints=checkpoints) == expected
 
 
+def test_a_checkpoint_that_cannot_be_read_is_passed_over_for_an_older_one_or_the_log(
+    store: EventStore, checkpoints: Checkpoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = LogDriver("ann")
+    _drive(store, driver, "add", "add", "start", "extract", "add")
+    first = take_checkpoint(store, "ann", checkpoints)
+    _drive(store, driver, "add", "start", "revise", "add")
+    second = take_checkpoint(store, "ann", checkpoints)
+    assert first is not None and second is not None
+    expected = state_at(store, "ann")
+    table = checkpoints.table
+    with store.engine.begin() as connection:
+        connection.execute(table.update().where(table.c.version == second).values(state=b"x"))
+    with store.engine.connect() as connection:
+        nearest = checkpoints.nearest(connection, _log_id("ann"), version=None, at=None)
+    assert nearest is not None and nearest.version == first
+    assert f"at version {second} cannot be read" in caplog.text
+    assert state_at(store, "ann", checkpoints=checkpoints) == expected
+    with store.engine.begin() as connection:
+        connection.execute(table.update().values(state=b"x"))
+    assert state_at(store, "ann", checkpoints=checkpoints) == expected
+
+
 def test_a_checkpoint_is_only_taken_once_the_log_grew_by_enough_events(
     store: EventStore, checkpoints: Checkpoints
 ) -> None:
