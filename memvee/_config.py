@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from dataclasses import dataclass
 
 from events import BatchLimits, Durability, InvalidInputError, driver_url
@@ -92,37 +94,28 @@ class MemoryConfig:
     gc_freeze: bool = True
 
     def __post_init__(self) -> None:
-        positive = {
-            "batch_threshold": self.batch_threshold,
-            "max_content_chars": self.max_content_chars,
-            "max_live_actors": self.max_live_actors,
-            "extraction_concurrency": self.extraction_concurrency,
-            "commit_batch_max": self.commit_batch_max,
-            "idle_timeout": self.idle_timeout,
-            "extraction_timeout": self.extraction_timeout,
-            "lease_ttl": self.lease_ttl,
-            "pool_size": self.pool_size,
-            "actor_threads": self.actor_threads,
-            "max_batch_messages": self.max_batch_messages,
-            "max_batch_tokens": self.max_batch_tokens,
-            "max_attempts": self.max_attempts,
-            "retry_delay": self.retry_delay,
-            "retry_delay_max": self.retry_delay_max,
-            "breaker_failures": self.breaker_failures,
-            "breaker_cooldown": self.breaker_cooldown,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise InvalidInputError(f"{name} must be positive, not {value!r}")
-        for name, count in (
-            ("shutdown_grace", self.shutdown_grace),
-            ("snapshot_interval", self.snapshot_interval),
-            ("checkpoint_interval", self.checkpoint_interval),
-        ):
-            if count < 0:
-                raise InvalidInputError(f"{name} must not be negative, not {count!r}")
-        if not 0.0 <= self.hybrid_alpha <= 1.0:
+        for name in _COUNTS:
+            _check_number(self, name, whole=True, positive=True)
+        for name in _SECONDS:
+            _check_number(self, name, whole=False, positive=True)
+        for name in _INTERVALS:
+            _check_number(self, name, whole=True, positive=False)
+        _check_number(self, "shutdown_grace", whole=False, positive=False)
+        _check_number(self, "hybrid_alpha", whole=False, positive=False)
+        if self.hybrid_alpha > 1:
             raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
+        for name in ("auto_process", "gc_freeze"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(_wrong_type(self, name, "a bool"))
+        if self.leases is not None and not isinstance(self.leases, bool):
+            raise InvalidInputError(_wrong_type(self, "leases", "a bool or None"))
+        if not isinstance(self.db_path, str | os.PathLike):
+            raise InvalidInputError(_wrong_type(self, "db_path", "a str or a path"))
+        if not os.fspath(self.db_path).strip():
+            raise InvalidInputError("db_path must name a file, not be empty")
+        for name in ("db_url", "model"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise InvalidInputError(_wrong_type(self, name, "a str or None"))
         if self.db_url:
             driver_url(self.db_url, name="db_url")
         if self.durability not in ("full", "normal"):
@@ -150,3 +143,55 @@ class MemoryConfig:
         from events import sqlite_url
 
         return sqlite_url(os.fspath(self.db_path))
+
+
+_COUNTS = (
+    "batch_threshold",
+    "max_content_chars",
+    "max_live_actors",
+    "extraction_concurrency",
+    "commit_batch_max",
+    "pool_size",
+    "actor_threads",
+    "max_batch_messages",
+    "max_batch_tokens",
+    "max_attempts",
+    "breaker_failures",
+)
+"""Settings that count something: whole numbers, more than 0."""
+
+_SECONDS = (
+    "idle_timeout",
+    "extraction_timeout",
+    "lease_ttl",
+    "retry_delay",
+    "retry_delay_max",
+    "breaker_cooldown",
+)
+"""Settings that are durations: finite numbers of seconds, more than 0."""
+
+_INTERVALS = ("snapshot_interval", "checkpoint_interval")
+"""Settings that count events, 0 turning them off."""
+
+
+def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:
+    """Refuse setting ``name`` unless it is a finite number (an int if ``whole``, never a
+    bool), more than 0 if ``positive``, else 0 or more."""
+    value = getattr(config, name)
+    kinds = int if whole else int | float
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise InvalidInputError(_wrong_type(config, name, "an int" if whole else "a number"))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, not {value!r}")
+    if not whole and value > threading.TIMEOUT_MAX:  # what a thread's wait takes
+        raise InvalidInputError(
+            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {value!r}"
+        )
+    if positive and value <= 0:
+        raise InvalidInputError(f"{name} must be positive, not {value!r}")
+    if not positive and value < 0:
+        raise InvalidInputError(f"{name} must not be negative, not {value!r}")
+
+
+def _wrong_type(config: MemoryConfig, name: str, expected: str) -> str:
+    return f"{name} must be {expected}, not {type(getattr(config, name)).__name__}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,32 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         await memory.add_message("u", "user", "hi")
     with pytest.raises(MemoryClosedError):
         await memory.knowledge("u")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("max_live_actors", 1.5, "max_live_actors must be an int, not float"),
+        ("batch_threshold", True, "batch_threshold must be an int, not bool"),
+        ("pool_size", None, "pool_size must be an int, not NoneType"),
+        ("idle_timeout", math.nan, "idle_timeout must be a finite number, not nan"),
+        ("extraction_timeout", math.inf, "must be a finite number, not inf"),
+        ("lease_ttl", 10**400, "lease_ttl must be at most"),
+        ("retry_delay", "1", "retry_delay must be a number, not str"),
+        ("shutdown_grace", -0.5, "shutdown_grace must not be negative"),
+        ("hybrid_alpha", 1.5, "hybrid_alpha must be from 0 to 1"),
+        ("auto_process", "yes", "auto_process must be a bool, not str"),
+        ("leases", 1, "leases must be a bool or None, not int"),
+        ("db_path", "  ", "db_path must name a file"),
+        ("db_path", 5, "db_path must be a str or a path, not int"),
+        ("model", 4, "model must be a str or None, not int"),
+    ],
+)
+def test_a_setting_of_the_wrong_kind_is_refused_by_name(
+    setting: str, value: Any, says: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        MemoryConfig(**{setting: value})
 
 
 def test_bad_configuration_is_refused() -> None:
