@@ -114,6 +114,7 @@ class Memory:
         config: MemoryConfig | None = None,
         embedder: Embedder | Literal[False] | None = None,
     ) -> None:
+        _check_parts(config, extractor, embedder)
         base = config or MemoryConfig()
         overrides: dict[str, Any] = {}
         defaults = MemoryConfig()
@@ -681,6 +682,26 @@ def _default_extractor(model: str | None, timeout: float) -> Extractor:
     from memvee.extractors import default_extractor
 
     return default_extractor(model=model, timeout=timeout)
+
+
+def _check_parts(config: object, extractor: object, embedder: object) -> None:
+    """Refuse a configuration, extractor or embedder of the wrong kind when the Memory is
+    made, not when its first extraction or search fails on it."""
+    if config is not None and not isinstance(config, MemoryConfig):
+        raise InvalidInputError(f"config must be a MemoryConfig, not {type(config).__name__}")
+    if extractor is not None and not (
+        isinstance(getattr(extractor, "name", None), str)
+        and callable(getattr(extractor, "extract", None))
+    ):
+        raise InvalidInputError(
+            "extractor must be an Extractor (a name and an async extract(batch)), "
+            f"not {type(extractor).__name__}"
+        )
+    if embedder is not None and embedder is not False and not isinstance(embedder, Embedder):
+        raise InvalidInputError(
+            "embedder must be an Embedder (a name, dimensions and embed(texts)), False or "
+            f"None, not {type(embedder).__name__}"
+        )
 
 
 def _check_timeout(timeout: object) -> float | None:

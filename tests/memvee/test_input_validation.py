@@ -136,6 +136,22 @@ def test_a_setting_of_the_wrong_kind_is_refused_by_name(
         MemoryConfig(**{setting: value})
 
 
+@pytest.mark.parametrize(
+    ("part", "says"),
+    [
+        ({"config": {"batch_threshold": 3}}, "config must be a MemoryConfig, not dict"),
+        ({"extractor": 5}, "extractor must be an Extractor (a name and an async extract(batch))"),
+        ({"embedder": "minilm"}, "embedder must be an Embedder"),
+        ({"embedder": True}, "embedder must be an Embedder"),
+    ],
+)
+def test_a_part_of_the_wrong_kind_is_refused_when_the_memory_is_made(
+    part: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        Memory(**part)
+
+
 def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_threshold must be positive"):
         MemoryConfig(batch_threshold=0)
