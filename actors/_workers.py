@@ -123,11 +123,13 @@ class ExtractionWorkers:
     async def _extract(self, batch: ExtractionBatch) -> ExtractionResult:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._concurrency)
-        while (wait := self.breaker.admit()) > 0:
-            self._resumed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resumed.wait(), wait)
         async with self._semaphore:
+            # Admitted only once a call may start: batches queued behind the semaphore
+            # while the breaker opened must not go to the API when their turn comes.
+            while (wait := self.breaker.admit()) > 0:
+                self._resumed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._resumed.wait(), wait)
             try:
                 async with asyncio.timeout(self.timeout):
                     result = await self.extractor.extract(batch)
