@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import Coroutine
 from enum import StrEnum
 from pathlib import Path
@@ -156,6 +157,9 @@ def mcp(
     _check_installed()
     from memvee._server.logs import configure_logging
 
+    if sys.stdin is None or sys.stdout is None:  # closed when the process started
+        # Their descriptors would go to the next files opened, the database's among them.
+        _fail("stdin and stdout must be open: memvee mcp speaks MCP over them")
     if user is not None:
         _check_user(user)
     configure_logging(log_level.value)

@@ -4,6 +4,7 @@ Claude Desktop does, and over streamable HTTP at ``/mcp`` of a running ``memvee 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -141,6 +142,31 @@ def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Pa
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_stdio_server_started_with_stdin_closed_refuses_before_opening_anything(
+    tmp_path: Path,
+) -> None:
+    """A closed descriptor 0 would go to the next file opened (the database's), and the
+    SDK would then put the null device in its place."""
+    db = tmp_path / "memvee.db"
+    done = subprocess.run(
+        [str(MEMVEE), "mcp", "--db", str(db)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=server_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(0),  # the child closes its own stdin
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.decode()
+        .strip()
+        .endswith("error: stdin and stdout must be open: memvee mcp speaks MCP over them")
+    )
+    assert not db.exists()
 
 
 async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
