@@ -72,14 +72,20 @@ class EventStoreContract:
             store.append([other.collect_events(), again.collect_events()])
         assert store.load("dee") is None
 
-    def test_snapshots_give_the_same_state(self, store: EventStore) -> None:
-        log = UserLog.register("eve")
+    @staticmethod
+    def _snapshotted(store: EventStore, user: str) -> UserLog:
+        """A stored log of 32 events: a snapshot at version 31, one event after it."""
+        log = UserLog.register(user)
         for i in range(30):
             log.add_message("user", f"m{i}", None, 100)
         store.append([log.collect_events()])
         store.take_snapshot(log)
         log.add_message("user", "after", None, 100)
         store.append([log.collect_events()])
+        return log
+
+    def test_snapshots_give_the_same_state(self, store: EventStore) -> None:
+        log = self._snapshotted(store, "eve")
         loaded = store.load("eve")
         assert loaded is not None
         assert loaded.pending == log.pending and loaded.version == log.version
@@ -132,13 +138,7 @@ class EventStoreContract:
     ) -> None:
         """A snapshot is a cache of the log: damaged, or of a layout this version cannot
         take, the log loads from its first event instead, and says so."""
-        log = UserLog.register("ivy")
-        for i in range(30):
-            log.add_message("user", f"m{i}", None, 100)
-        store.append([log.collect_events()])
-        store.take_snapshot(log)
-        log.add_message("user", "after", None, 100)
-        store.append([log.collect_events()])
+        log = self._snapshotted(store, "ivy")
         with store.engine.begin() as connection:
             snapshots = store._snapshots
             connection.execute(snapshots.update().values(state=b'{"not a snapshot'))
