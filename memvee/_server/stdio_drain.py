@@ -120,6 +120,8 @@ class DrainedStdio:
             pump.join(timeout=10)
         os.dup2(self._real_in, 0)
         os.dup2(self._real_out, 1)
+        if any(pump.is_alive() for pump in self._pumps):
+            return  # a pump still stuck writing keeps its descriptors: none is reused
         for fd in (self._real_in, self._real_out):
             os.close(fd)
         self._end_input.close()
@@ -151,8 +153,8 @@ class DrainedStdio:
                     self.timeout,
                     extra={"event": "stdin_closed"},
                 )
-        except OSError:  # the SDK is gone (its pipe is closed): nothing more to pass on
-            pass
+        except OSError as error:  # the SDK is gone (its pipe closed), or stdin failed
+            log.info("stdin is no longer passed on: %s", error, extra={"event": "stdin_closed"})
         finally:
             os.close(into)
 
