@@ -64,7 +64,12 @@ class TokenBook:
                 raise InvalidInputError(
                     f"every API token needs {MIN_TOKEN_CHARS} or more characters and no spaces"
                 )
-            self._grants[_digest(token)] = Grant(prefix)
+            digest, grant = _digest(token), Grant(prefix)
+            if self._grants.setdefault(digest, grant) != grant:
+                raise InvalidInputError(
+                    "an API token is listed twice with different user prefixes; which one "
+                    "it may use would be a guess"
+                )
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -91,10 +96,16 @@ class TokenBook:
         text = os.environ.get(TOKENS_ENV_VAR, "")
         if tokens_file is not None:
             try:
-                text += "\n" + tokens_file.read_text(encoding="utf-8")
+                # utf-8-sig: a byte order mark (Notepad writes one) is not part of a token
+                text += "\n" + tokens_file.read_text(encoding="utf-8-sig")
             except OSError as error:
                 raise InvalidInputError(
                     f"cannot read the tokens file {str(tokens_file)!r}: {error.strerror}"
+                ) from error
+            except UnicodeDecodeError as error:
+                raise InvalidInputError(
+                    f"the tokens file {str(tokens_file)!r} is not UTF-8 text ({error.reason} "
+                    f"at byte {error.start})"
                 ) from error
         return cls.parse(text)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from memvee import InvalidInputError
+from memvee._server.auth import Grant, TokenBook
 from tests.support.mcp_clients import call, failure, http_session
 from tests.support.server_process import MEMVEE, ServerProcess, server_env
 
@@ -129,6 +131,7 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         (["--host", "0.0.0.0"], None, "listening on 0.0.0.0 needs bearer tokens"),
         ([], {"MEMVEE_API_TOKENS": "short"}, "16 or more characters"),
         (["--tokens-file", "/nonexistent/tokens"], None, "cannot read the tokens file"),
+        ([], {"MEMVEE_API_TOKENS": f"{ACME}:acme:,{ACME}:globex:"}, "listed twice"),
         (["--user", "bad\x01user"], None, "--user: user_id"),
         (["--db-url", "postgresql://me:s3cret@h:port/x"], None, "--db-url is not a database URL"),
     ],
@@ -154,3 +157,26 @@ def test_a_port_out_of_range_is_a_usage_error_not_a_trace(tmp_path: Path, port: 
     assert "Invalid value for '--port'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "memvee.db").exists()
+
+
+def test_a_tokens_file_written_with_a_byte_order_mark_grants_its_first_token(
+    tmp_path: Path,
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(b"\xef\xbb\xbf" + f"{ACME}:acme:\r\n{GLOBEX}\r\n".encode())
+    book = TokenBook.load(tokens)
+    assert book.grant_for(f"Bearer {ACME}") == Grant("acme:")
+    assert book.grant_for(f"Bearer {GLOBEX}") == Grant("")
+
+
+def test_a_token_listed_twice_needs_the_same_prefix_each_time(tmp_path: Path) -> None:
+    assert len(TokenBook.parse(f"{ACME}:acme:\n{ACME}:acme:")) == 1
+    with pytest.raises(InvalidInputError, match="listed twice with different user prefixes"):
+        TokenBook.parse(f"{ACME}:acme:\n{ACME}")
+
+
+def test_a_tokens_file_that_is_not_text_is_refused_by_name(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(InvalidInputError, match=r"'.*tokens' is not UTF-8 text"):
+        TokenBook.load(tokens)
