@@ -355,7 +355,7 @@ class Audit:
         held: list[str] = []  # the current run of lines, of one user, checked
         held_user = ""
         try:
-            for number, line in enumerate(lines, start=1):
+            for number, line in enumerate(_text_lines(lines), start=1):
                 if not isinstance(line, str):
                     raise InvalidInputError(f"line {number} is a {type(line).__name__}, not a str")
                 if not line.strip():
@@ -673,6 +673,20 @@ class Audit:
         with self.store.engine.connect() as connection:
             totals = self._reader.totals(connection)
         return {"events": self.store.count(), **totals}
+
+
+def _text_lines(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` as they come; a file that is not UTF-8 text is an
+    :class:`InvalidInputError` saying how many lines came before."""
+    count = 0
+    try:
+        for line in lines:
+            yield line
+            count += 1
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            f"the lines are not UTF-8 text past line {count} ({error.reason})"
+        ) from error
 
 
 def _exported_record(number: int, line: str) -> dict[str, Any]:

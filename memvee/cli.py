@@ -410,7 +410,8 @@ def import_(
     db_url: DbUrlOption = None,
 ) -> None:
     """Append exported logs to this database (a user who already has a log is refused)."""
-    with open(file, encoding="utf-8") as lines, _audit(db, db_url, create=True) as audit:
+    # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of the first line
+    with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
         counts = audit.import_lines(lines)
     for user, count in counts.items():
         console.print(f"imported {count} events of {user!r}")

@@ -269,6 +269,19 @@ def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
     assert copied == original
 
 
+def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
+    db: str, tmp_path: Path
+) -> None:
+    exported = run("export", "ann", "--db", db).output
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + exported.replace("\n", "\r\n").encode())
+    assert "imported" in run("import", str(marked), "--db", str(tmp_path / "a.db")).output
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00 not text\n")
+    refused = run("import", str(binary), "--db", str(tmp_path / "b.db"), code=2)
+    assert "the lines are not UTF-8 text past line 0" in one_error_line(refused)
+
+
 def _renamed(lines: list[str], user: str) -> list[str]:
     """An export's lines as another user's: the records and the Registered event."""
     records = [json.loads(line) for line in lines]
