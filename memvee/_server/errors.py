@@ -98,6 +98,13 @@ def _body(request: Request, status: int, code: str, message: str) -> JSONRespons
     return error_response(request.scope, status, code, message)
 
 
+_UNREADABLE_BODY = (
+    "body: not JSON this server can read (text that is not UTF-8, a number of more than "
+    "4,300 digits, or arrays or objects nested too deep)"
+)
+"""What bodies FastAPI cannot parse, short of malformed JSON, have in common."""
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error with ``{"error", "message", "request_id"}`` and its status."""
 
@@ -125,6 +132,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, HTTPException)
+        if error.status_code == 400:  # FastAPI: a body json.loads refused, but not as JSON
+            return _body(request, 422, "invalid_input", _UNREADABLE_BODY)
         code = _HTTP_CODES.get(error.status_code, "http_error")
         return _body(request, error.status_code, code, str(error.detail))
 

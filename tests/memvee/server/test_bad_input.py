@@ -52,6 +52,8 @@ def post_raw(
         (b'{"role": "user"}', "content: Field required"),
         (b'{"role": "user", "content": "hi", "mood": "happy"}', "mood: Extra inputs"),
         (b'{"role": "user", "content": "hi", "sent_at": "yesterday"}', "sent_at: Input should"),
+        (b'{"role": "user", "content": "\xff\xfe"}', "body: not JSON this server can read"),
+        (b"[" * 2000 + b"]" * 2000, "nested too deep"),  # within the body limit of 4096
     ],
 )
 def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
