@@ -55,6 +55,7 @@ from events.transcoding import (
 from events.user_log import EVENT_CLASSES, UserLog, user_log_id
 
 __all__ = [
+    "PAST_ANY_VERSION",
     "Durability",
     "EventStore",
     "LoadedLog",
@@ -67,7 +68,9 @@ __all__ = [
 
 log = logging.getLogger("memvee.events")
 
-_NO_LIMIT = 2**62
+PAST_ANY_VERSION = 2**62
+"""A version no log reaches, that every database's integers hold: the open end of a
+range of versions."""
 
 StoredSnapshot = StoredEvent
 """A snapshot of a log, encoded as stored (see :meth:`EventStore.snapshot_of`)."""
@@ -454,7 +457,7 @@ class EventStore:
             snapshot = found[0] if found else None
             after = 0 if snapshot is None else snapshot[0]
             rows = self._read(
-                self._raw_log_events, (key, after, _NO_LIMIT), "load the log", user_id
+                self._raw_log_events, (key, after, PAST_ANY_VERSION), "load the log", user_id
             )
             return snapshot, list(rows)
         with self._reading("load the log", user_id), self.engine.connect() as connection:
@@ -469,7 +472,7 @@ class EventStore:
     def _select_events(
         self, connection: Connection, log_id: UUID, after: int | None, upto: int | None
     ) -> list[Any]:
-        bounds = {"log_id": log_id, "after": after or 0, "upto": upto or _NO_LIMIT}
+        bounds = {"log_id": log_id, "after": after or 0, "upto": upto or PAST_ANY_VERSION}
         return list(connection.execute(self._log_events, bounds))
 
     def _decode(self, log_id: UUID, row: Any) -> Any:
@@ -580,7 +583,7 @@ class EventStore:
                 rows = self._select_events(connection, log_id, after, upto)
             return [self._decode(log_id, row) for row in rows]
         # Raw rows, fetched at once: SQLite stores the id as its 16 bytes.
-        bounds = (log_id.bytes, after or 0, upto or _NO_LIMIT)
+        bounds = (log_id.bytes, after or 0, upto or PAST_ANY_VERSION)
         raw: Sequence[Any]
         if self._readers is not None:
             raw = self._read(self._raw_log_events, bounds, "read the events", user_id)

@@ -37,7 +37,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import first_line
-from events.store import exported_state
+from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
 from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
 from memvee._config import DEFAULT_ALPHA
@@ -74,9 +74,6 @@ T = TypeVar("T")
 
 MAX_USERS_PAGE = 10_000
 """The most users :meth:`Audit.users` returns in one page."""
-
-_PAST_ANY_LOG = 2**62
-"""A version no log reaches, that every database's integers hold."""
 
 _MAX_KNOWN = 100
 
@@ -230,8 +227,8 @@ class Audit:
         _check_aware(until, "until")
         # The log itself says where it ends (its summary row may lag, after a rebuild
         # stopped midway); a bound past any log is never sent to the database.
-        after = min(from_version or 1, _PAST_ANY_LOG) - 1
-        end = _PAST_ANY_LOG if to_version is None else min(to_version, _PAST_ANY_LOG)
+        after = min(from_version or 1, PAST_ANY_VERSION) - 1
+        end = PAST_ANY_VERSION if to_version is None else min(to_version, PAST_ANY_VERSION)
         while after < end:
             upto = min(after + page_size, end)
             page = self.store.events_of(user_id, after=after, upto=upto)
