@@ -149,13 +149,13 @@ def check_time(moment: object, what: str) -> datetime | None:
         ) from None
 
 
-def check_count(value: object, what: str, low: int = 1) -> int:
-    """Return ``value`` if it is an int (not a bool) of at least ``low``, else raise
+def check_count(value: object, what: str) -> int:
+    """Return ``value`` if it is an int (not a bool) of 1 or more, else raise
     :class:`InvalidInputError`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(f"{what} must be an int, not {type(value).__name__}")
-    if value < low:
-        raise InvalidInputError(f"{what} must be {low} or more, not {value}")
+    if value < 1:
+        raise InvalidInputError(f"{what} must be 1 or more, not {value}")
     return value
 
 
