@@ -47,7 +47,9 @@ from events.store import (
     LoadedLog,
     Recorded,
     StoredSnapshot,
+    check_db_path,
     driver_url,
+    redacted_url,
     sqlite_url,
 )
 from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
@@ -84,6 +86,7 @@ __all__ = [
     "UnknownTaskError",
     "UserLog",
     "check_count",
+    "check_db_path",
     "check_key",
     "check_keys",
     "check_message",
@@ -93,6 +96,7 @@ __all__ = [
     "check_user_id",
     "driver_url",
     "estimate_tokens",
+    "redacted_url",
     "short_message_id",
     "sqlite_url",
     "user_log_id",

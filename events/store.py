@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -61,8 +63,10 @@ __all__ = [
     "LoadedLog",
     "Recorded",
     "StoredSnapshot",
+    "check_db_path",
     "driver_url",
     "exported_state",
+    "redacted_url",
     "sqlite_url",
 ]
 
@@ -112,10 +116,40 @@ def _file_readers(engine: Engine, busy_timeout_ms: int) -> ThreadReaders | None:
     return ThreadReaders(database, busy_timeout_ms)
 
 
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_db_path(
+    path: str | os.PathLike[str], *, name: str = "a database path", url_name: str = "a URL"
+) -> None:
+    """Refuse ``path`` (called ``name``) unless it can name a SQLite file: a NUL character
+    cannot, and a database URL given as a path would become folders named after the URL,
+    its password included, with a new SQLite file in them (``url_name`` is where such a
+    URL goes). The refusal never repeats the path, which may hold a password."""
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise InvalidInputError(f"{name} must not contain a NUL character")
+    if _URL_SCHEME.match(text):
+        raise InvalidInputError(
+            f"{name} takes the path of a SQLite file, and this one is a database URL: "
+            f"give it as {url_name}"
+        )
+
+
+def redacted_url(url: str | URL) -> str:
+    """``url`` as it may be shown: its password, and every query parameter that may hold
+    one (libpq also takes ``?password=`` and ``?sslpassword=``), as ``***``."""
+    parsed = make_url(url)
+    secret = [key for key in parsed.query if "password" in key.lower()]
+    if not secret:
+        return parsed.render_as_string(hide_password=True)
+    masked = parsed.update_query_dict(dict.fromkeys(secret, "***"))
+    return masked.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
 def sqlite_url(path: str | Path) -> str:
     """The SQLAlchemy URL of a SQLite file, creating its folder if missing."""
-    if "\x00" in str(path):
-        raise InvalidInputError("a database path must not contain a NUL character")
+    check_db_path(path)
     file = Path(path).expanduser().resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{file}"
@@ -219,7 +253,7 @@ class EventStore:
         _check_not_in_memory(parsed)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        self.safe_url = parsed.render_as_string(hide_password=True)
+        self.safe_url = redacted_url(parsed)
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,

@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from events import BatchLimits, Durability, InvalidInputError, driver_url
+from events import (
+    BatchLimits,
+    Durability,
+    InvalidInputError,
+    check_db_path,
+    driver_url,
+    redacted_url,
+)
 
 __all__ = ["DEFAULT_ALPHA", "MemoryConfig"]
 
@@ -113,6 +120,7 @@ class MemoryConfig:
             raise InvalidInputError(_wrong_type(self, "db_path", "a str or a path"))
         if not os.fspath(self.db_path).strip():
             raise InvalidInputError("db_path must name a file, not be empty")
+        check_db_path(self.db_path, name="db_path", url_name="db_url")
         for name in ("db_url", "model"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidInputError(_wrong_type(self, name, "a str or None"))
@@ -122,6 +130,16 @@ class MemoryConfig:
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"
             )
+
+    def __repr__(self) -> str:
+        """The settings, with the password of ``db_url`` (and any in its query) hidden: a
+        configuration gets logged."""
+
+        def shown(name: str) -> object:
+            value = getattr(self, name)
+            return redacted_url(value) if name == "db_url" and value else value
+
+        return f"MemoryConfig({', '.join(f'{f.name}={shown(f.name)!r}' for f in fields(self))})"
 
     @property
     def batch_limits(self) -> BatchLimits:

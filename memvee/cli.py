@@ -32,6 +32,7 @@ from events import (
     InvalidInputError,
     MemveeError,
     NotFoundError,
+    check_db_path,
     check_user_id,
     driver_url,
     short_message_id,
@@ -102,6 +103,7 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
     So a typo in a path is an error, not a new empty database (and folder) left behind.
     """
     if db_url is None:
+        check_db_path(db, name="--db", url_name="--db-url")
         if not create and not Path(db).expanduser().is_file():
             raise NotFoundError(f"no memvee database at {db} (check --db)")
         return sqlite_url(db)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from events import check_user_id, driver_url
+from events import check_db_path, check_user_id, driver_url
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -222,5 +222,7 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
 
     if db_url:
         driver_url(db_url, name="--db-url")  # named as the user typed it
+    else:
+        check_db_path(db, name="--db", url_name="--db-url")
     config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process)
     return Memory(config=config, embedder=False if lexical else None)

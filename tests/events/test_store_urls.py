@@ -1,12 +1,21 @@
 """Where the store opens, as users give it: a URL that names no driver gets psycopg 3 (the
-driver of memvee's ``postgres`` extra); text that is no URL, an in-memory SQLite database
-and a path with a NUL character are refused before anything opens."""
+driver of memvee's ``postgres`` extra); text that is no URL, an in-memory SQLite database,
+a path with a NUL character and a URL given as a path are refused before anything opens;
+a URL is shown with its passwords hidden."""
 
 from __future__ import annotations
 
 import pytest
 
-from events import EventStore, InvalidInputError, driver_url, sqlite_url
+from events import (
+    EventStore,
+    InvalidInputError,
+    StorageError,
+    check_db_path,
+    driver_url,
+    redacted_url,
+    sqlite_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,3 +76,49 @@ def test_an_in_memory_sqlite_database_is_refused_before_anything_opens(url: str)
 def test_a_database_path_with_a_nul_character_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="NUL character"):
         sqlite_url("memory\x00.db")
+
+
+@pytest.mark.parametrize(
+    "path", ["postgresql://me:s3cret@h/mem", "sqlite:///mem.db", "postgres+psycopg://h/mem"]
+)
+def test_a_database_url_given_as_a_path_is_refused_without_repeating_it(path: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        check_db_path(path, name="--db", url_name="--db-url")
+
+    assert str(refused.value) == (
+        "--db takes the path of a SQLite file, and this one is a database URL: give it as --db-url"
+    )
+
+
+@pytest.mark.parametrize("path", ["memvee.db", "C:\\data\\memvee.db", "data/a:b.db", "~/m.db"])
+def test_a_path_is_taken_as_a_path(path: str) -> None:
+    check_db_path(path)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://me:s3cret@h:5432/mem", "postgresql+psycopg://me:***@h:5432/mem"),
+        (
+            "postgresql+psycopg://h/mem?password=s3cret&sslmode=require",
+            "postgresql+psycopg://h/mem?password=***&sslmode=require",
+        ),
+        (
+            "postgresql+psycopg://h/mem?sslpassword=s3cret",
+            "postgresql+psycopg://h/mem?sslpassword=***",
+        ),
+        ("sqlite:////tmp/m.db", "sqlite:////tmp/m.db"),
+    ],
+)
+def test_a_url_is_shown_with_its_passwords_hidden(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
+
+
+def test_a_store_that_cannot_open_names_its_url_without_the_password() -> None:
+    url = "postgresql+psycopg://me:s3cret@127.0.0.1:1/mem?password=s3cret&connect_timeout=2"
+
+    with pytest.raises(StorageError) as failed:
+        EventStore(url)
+
+    assert "s3cret" not in str(failed.value)
+    assert "postgresql+psycopg://me:***@127.0.0.1:1/mem?" in str(failed.value)

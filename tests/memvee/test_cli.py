@@ -89,6 +89,27 @@ def test_reading_a_missing_database_is_an_error_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["users"], ["import", "lines.jsonl"], ["rebuild"]])
+def test_a_database_url_given_as_db_is_refused_and_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lines.jsonl").write_text("")
+
+    line = one_error_line(run(*command, "--db", "postgresql://me:s3cret@h/mem", code=2))
+
+    assert "give it as --db-url" in line and "s3cret" not in line
+    assert [p.name for p in tmp_path.iterdir()] == ["lines.jsonl"]
+
+
+def test_a_password_in_the_query_of_db_url_is_not_shown() -> None:
+    url = "postgresql://me:s3cret@127.0.0.1:1/mem?password=s3cret&connect_timeout=2"
+
+    line = one_error_line(run("users", "--db-url", url, code=2))
+
+    assert "cannot open the event store at" in line and "s3cret" not in line
+
+
 @pytest.mark.parametrize(
     "command",
     [["users"], ["stats"], ["log", "ann"], ["state", "ann"], ["verify"], ["rebuild"]],

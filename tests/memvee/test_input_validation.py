@@ -126,14 +126,37 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         ("leases", 1, "leases must be a bool or None, not int"),
         ("db_path", "  ", "db_path must name a file"),
         ("db_path", 5, "db_path must be a str or a path, not int"),
+        ("db_path", "postgresql://me:s3cret@h/mem", "db_path takes the path of a SQLite file"),
+        ("db_path", "sqlite:///mem.db", "this one is a database URL: give it as db_url"),
         ("model", 4, "model must be a str or None, not int"),
     ],
 )
 def test_a_setting_of_the_wrong_kind_is_refused_by_name(
     setting: str, value: Any, says: str
 ) -> None:
-    with pytest.raises(InvalidInputError, match=re.escape(says)):
+    with pytest.raises(InvalidInputError, match=re.escape(says)) as refused:
         MemoryConfig(**{setting: value})
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_database_url_given_as_db_path_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError, match="give it as db_url"):
+        Memory(db_path="postgresql://me:s3cret@h/mem")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_configuration_shows_no_password_of_its_database() -> None:
+    config = MemoryConfig(db_url="postgresql://me:s3cret@h/mem?sslpassword=s3cret&sslmode=require")
+
+    shown = repr(config)
+
+    assert "s3cret" not in shown
+    assert "db_url='postgresql://me:***@h/mem?sslmode=require&sslpassword=***'" in shown
+    assert "batch_threshold=10" in shown
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,7 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         ([], {"MEMVEE_API_TOKENS": f"{ACME}:acme:,{ACME}:globex:"}, "listed twice"),
         (["--user", "bad\x01user"], None, "--user: user_id"),
         (["--db-url", "postgresql://me:s3cret@h:port/x"], None, "--db-url is not a database URL"),
+        (["--db", "postgresql://me:s3cret@h/x"], None, "give it as --db-url"),
     ],
 )
 def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
