@@ -7,14 +7,21 @@ then closes stdin (a script, ``memvee mcp < calls.jsonl``) loses their answers, 
 ``remember`` it sent may be cut off after its write. And the SDK reads stdin in a worker
 thread that a cancellation waits for, so a signal could not stop a server whose client
 sends nothing more. :class:`DrainedStdio` stands between the process's standard streams
-and the SDK, on pipes: it passes every byte through, notes the JSON-RPC requests read
+and the SDK, on pipes: it passes every line through, notes the JSON-RPC requests read
 and the responses written, and shows the SDK the end of stdin once every request has
 its response (or ``timeout`` seconds have passed), or at once when told to end. It works
 on file descriptors, so the SDK's own guard of stdout (stray prints go to stderr) stays.
+
+The SDK also drops, with no answer, a line it cannot read as a JSON-RPC message (text
+that is not JSON to its parser, such as a lone surrogate escape, or JSON that is no MCP
+message): a client that sent such a request would wait for its answer forever. Such a
+line is answered here instead, as JSON-RPC 2.0 asks: a parse error or an invalid request,
+with the request's id wherever one can be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,11 +30,20 @@ import threading
 from collections import Counter
 from collections.abc import Hashable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+from mcp.types import jsonrpc_message_adapter
+from pydantic import ValidationError
 
 __all__ = ["DrainedStdio"]
 
 log = logging.getLogger("memvee.server")
+
+PARSE_ERROR, INVALID_REQUEST = -32700, -32600
+_NOT_MCP = (
+    'not a JSON-RPC 2.0 message of MCP (a request has "jsonrpc": "2.0", an id, a method '
+    "and, if any, object params; batches are not taken)"
+)
 
 
 def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
@@ -45,6 +61,33 @@ def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
         if is_request if requests else is_response:
             found.append(item["id"])
     return found
+
+
+def _refusal(line: bytes) -> bytes | None:
+    """The JSON-RPC error answering ``line`` if the SDK would drop it unanswered, else
+    ``None``: a parse error for text its parser cannot read, an invalid request for JSON
+    that is no MCP message; for each request id in the line, else with a null id."""
+    text = line.decode("utf-8", errors="replace")  # as the SDK reads stdin
+    if not text.strip():
+        return None
+    try:
+        jsonrpc_message_adapter.validate_json(text, by_name=False)
+    except ValidationError as error:
+        unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
+    else:
+        return None
+    code, message, data = (
+        (PARSE_ERROR, "Parse error", unreadable[0])
+        if unreadable
+        else (INVALID_REQUEST, "Invalid Request", _NOT_MCP)
+    )
+    ids = _ids(line, requests=True)
+    answers: list[dict[str, Any]] = [
+        {"jsonrpc": "2.0", "id": i, "error": {"code": code, "message": message, "data": data}}
+        for i in ids or [None]
+    ]
+    batch = ids and text.lstrip().startswith("[")  # a batch's answers go in one array
+    return json.dumps(answers if batch else answers[0]).encode() + b"\n"
 
 
 class _Lines:
@@ -74,6 +117,7 @@ class DrainedStdio:
         self.timeout = timeout
         self._pending: Counter[Hashable] = Counter()
         self._answered = threading.Condition()
+        self._writing = threading.Lock()
         self._ending = False
         self._end_input = _Signal()
         self._stop = _Signal()
@@ -137,10 +181,9 @@ class DrainedStdio:
                     return
                 chunk = os.read(self._real_in, 65536)
                 if not chunk:
-                    self._note_requests(lines.end())
+                    self._pass_on(into, lines.end())
                     break
-                self._note_requests(lines.feed(chunk))  # before the SDK can answer them
-                _write_all(into, chunk)
+                self._pass_on(into, lines.feed(chunk))
             with self._answered:
                 drained = self._answered.wait_for(
                     lambda: self._ending or not self._pending, self.timeout
@@ -169,8 +212,10 @@ class DrainedStdio:
                 chunk = os.read(out, 65536)
                 if not chunk:
                     return
-                _write_all(self._real_out, chunk)
-                answered = [i for line in lines.feed(chunk) for i in _ids(line, requests=False)]
+                written = lines.feed(chunk)
+                if written:
+                    self._write_out(b"".join(line + b"\n" for line in written))
+                answered = [i for line in written for i in _ids(line, requests=False)]
                 if answered:
                     with self._answered:
                         self._pending.subtract(answered)
@@ -179,13 +224,38 @@ class DrainedStdio:
         except OSError as error:
             log.warning("stdout closed: %s", error, extra={"event": "stdout_closed"})
         finally:
+            rest = lines.end()
+            if rest:
+                with contextlib.suppress(OSError):
+                    self._write_out(rest[0])
             os.close(out)
 
-    def _note_requests(self, lines: list[bytes]) -> None:
-        requests = [i for line in lines for i in _ids(line, requests=True)]
+    def _pass_on(self, into: int, lines: list[bytes]) -> None:
+        """Pass ``lines`` on to the SDK, noting their requests first (before the SDK can
+        answer them); answer here each line the SDK would drop unanswered."""
+        passed: list[bytes] = []
+        for line in lines:
+            refused = _refusal(line)
+            if refused is None:
+                passed.append(line)
+                continue
+            log.warning(
+                "answered a line of stdin that is no MCP message: %s",
+                refused.decode().strip(),
+                extra={"event": "invalid_message"},
+            )
+            self._write_out(refused)
+        requests = [i for line in passed for i in _ids(line, requests=True)]
         if requests:
             with self._answered:
                 self._pending.update(requests)
+        if passed:
+            _write_all(into, b"".join(line + b"\n" for line in passed))
+
+    def _write_out(self, data: bytes) -> None:
+        """Write whole lines to the real stdout, never inside another writer's line."""
+        with self._writing:
+            _write_all(self._real_out, data)
 
 
 class _Signal:

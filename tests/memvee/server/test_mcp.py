@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import pytest
 
 from memvee.audit import Audit
+from memvee.errors import NotFoundError
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
 from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
 
@@ -118,6 +123,67 @@ def test_requests_written_before_stdin_closes_are_all_answered_and_done(tmp_path
     with Audit(db_path=str(db)) as audit:
         logged = [e.payload["content"] for e in audit.log("eve", types=["MessageAdded"])]
     assert sorted(logged[::2]) == said
+
+
+def test_a_line_the_sdk_cannot_read_is_answered_while_the_client_waits(tmp_path: Path) -> None:
+    """The SDK drops such a line with no answer; a client keeping stdin open would wait for
+    it forever. JSON-RPC 2.0's errors answer it, with the request's id where it has one."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "script", "version": "1"},
+        },
+    }
+    lone_surrogate = (
+        '{"jsonrpc": "2.0", "id": "s", "method": "tools/call", "params": {"name": "remember", '
+        '"arguments": {"user_message": "I live in \\ud800 Oslo."}}}'
+    )
+    lines = [
+        json.dumps(initialize),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": "oops"}),
+        lone_surrogate,
+        "not json",
+        json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}),
+    ]
+    db = tmp_path / "memvee.db"
+    with subprocess.Popen(
+        [str(MEMVEE), "mcp", "--db", str(db), "--lexical", "--user", "eve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=server_env(),
+        cwd=ROOT,
+    ) as server:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write("".join(line + "\n" for line in lines).encode())
+        server.stdin.flush()
+        answers = _read_answers(server.stdout, 5, within=30)  # stdin still open
+        server.stdin.close()
+        assert server.wait(timeout=30) == 0
+
+    errors = {a["id"]: a["error"] for a in answers if "error" in a}
+    assert errors[2]["code"] == -32600 and errors[2]["message"] == "Invalid Request"
+    assert errors["s"]["code"] == -32700 and "hex escape" in errors["s"]["data"]
+    assert errors[None]["code"] == -32700
+    assert {a["id"] for a in answers if "result" in a} == {1, 5}
+    with Audit(db_path=str(db)) as audit, pytest.raises(NotFoundError):
+        next(audit.log("eve"))  # the refused remember stored nothing
+
+
+def _read_answers(stdout: IO[bytes], count: int, *, within: float) -> list[dict[str, Any]]:
+    """``count`` lines of ``stdout`` as JSON, failing (not hanging) past ``within`` s."""
+    answers: list[dict[str, Any]] = []
+    deadline = time.monotonic() + within
+    while len(answers) < count:
+        ready, _, _ = select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"{count - len(answers)} answers never came; got {answers}"
+        answers.append(json.loads(stdout.readline()))
+    return answers
 
 
 def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
