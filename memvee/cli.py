@@ -13,6 +13,9 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +51,9 @@ from projections import rebuild as rebuild_projections
 from projections import verify as verify_projections
 
 __all__ = ["app", "main"]
+
+_SPOOL_BYTES = 16 * 1024 * 1024
+"""How much of an export to stdout waits in memory before it goes to a temporary file."""
 
 
 class _Commands(TyperGroup):
@@ -380,11 +386,21 @@ def export(
     with _audit(db, db_url) as audit:
         lines = audit.export(user)
         if out is None:
-            for line in lines:
-                typer.echo(line)
+            _print_lines(lines)
             return
         count = _write_lines(Path(out), lines)
     console.print(f"exported {count} events of {user!r} to {out}")
+
+
+def _print_lines(lines: Iterator[str]) -> None:
+    """Print ``lines`` once every one of them was read: a failed export prints none, so
+    ``memvee export ann > ann.jsonl`` never leaves a log cut short that looks whole. They
+    wait in memory up to ``_SPOOL_BYTES``, in a temporary file past that."""
+    with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, "w+", encoding="utf-8") as spool:
+        for line in lines:
+            spool.write(line + "\n")
+        spool.seek(0)
+        shutil.copyfileobj(spool, sys.stdout)
 
 
 def _write_lines(target: Path, lines: Iterator[str]) -> int:
