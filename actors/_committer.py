@@ -14,6 +14,7 @@ committer's thread. Writes still happen one at a time, in ticket order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -45,6 +47,7 @@ class _Request:
     then: Settled | None = None
     future: Future[list[Recorded]] | None = None
     snapshot: StoredSnapshot | None = None
+    origin: datetime | None = None
 
     def settle(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         """Tell ``then`` how the write ended, and resolve the future of a waiting caller."""
@@ -109,25 +112,33 @@ class GroupCommitter:
         epoch: int,
         then: Settled | None = None,
         snapshot: StoredSnapshot | None = None,
+        origin: datetime | None = None,
     ) -> int:
         """Queue ``events`` of one log, decided in write ``epoch``; returns the write's ticket.
 
         ``snapshot``, the log at the version these events reach, is stored with them.
+        ``origin`` is when the log they were decided on began (``None`` for a new log):
+        the write is refused as a conflict if the stored log began otherwise (see
+        :meth:`EventStore.append`).
 
         ``then`` is told how the write ended, on the thread that wrote it (this one, when
         the committer was idle, else the committer's). Writes settle in
         ticket order, so a ticket is a barrier (:meth:`wait_for`) that keeps nothing alive:
         an idle user's last write leaves no objects for the collector to walk.
         """
-        return self._enqueue(_Request(events, epoch, 0, then, None, snapshot))
+        return self._enqueue(_Request(events, epoch, 0, then, None, snapshot, origin))
 
     def commit(
-        self, events: Sequence[Any], epoch: int, snapshot: StoredSnapshot | None = None
+        self,
+        events: Sequence[Any],
+        epoch: int,
+        snapshot: StoredSnapshot | None = None,
+        origin: datetime | None = None,
     ) -> list[Recorded]:
-        """Queue ``events`` (and ``snapshot``, see :meth:`submit`) and wait until they are
-        committed (or raise why not)."""
+        """Queue ``events`` (with ``snapshot`` and ``origin``, see :meth:`submit`) and wait
+        until they are committed (or raise why not)."""
         future: Future[list[Recorded]] = Future()
-        self._enqueue(_Request(events, epoch, 0, None, future, snapshot))
+        self._enqueue(_Request(events, epoch, 0, None, future, snapshot, origin))
         return future.result()
 
     def wait_for(self, ticket: int) -> None:
@@ -243,11 +254,13 @@ class GroupCommitter:
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
+        origins = {r.log_id: r.origin for r in batch if r.origin is not None}
         try:
             recorded = self._store.append(
                 [r.events for r in batch],
-                self._fold,
+                functools.partial(self._fold, origins=origins),
                 [r.snapshot for r in batch if r.snapshot is not None],
+                origins,
             )
         except Exception as error:
             self._projector.discard()
@@ -289,8 +302,10 @@ class GroupCommitter:
                 del self._in_flight[request.log_id]
         self._settled_through = request.ticket
 
-    def _fold(self, connection: Connection, recorded: list[Recorded]) -> None:
-        self._projector.apply(connection, recorded)
+    def _fold(
+        self, connection: Connection, recorded: list[Recorded], origins: dict[Any, datetime]
+    ) -> None:
+        self._projector.apply(connection, recorded, origins=origins)
         if not self._store.is_sqlite:
             return  # PostgreSQL's text index is kept by the database, in every write
         self._unindexed += len(recorded)

@@ -363,7 +363,9 @@ class UserActor(PooledActor):
             )
         settled = _AppendSettled(self, messages, stored, acknowledged, attempt, auto_task)
         snapshot = self._due_snapshot(user_log)
-        self._last_write = self._services.committer.submit(events, self._epoch, settled, snapshot)
+        self._last_write = self._services.committer.submit(
+            events, self._epoch, settled, snapshot, _began(user_log, events)
+        )
         self._maybe_checkpoint()
         if auto_task is not None and self._is_owner():
             self._myself.start_queued()
@@ -653,7 +655,9 @@ class UserActor(PooledActor):
             return []
         snapshot = self._due_snapshot(self._log)
         try:
-            recorded = self._services.committer.commit(events, self._epoch, snapshot)
+            recorded = self._services.committer.commit(
+                events, self._epoch, snapshot, _began(self._log, events)
+            )
         except BaseException:
             self._forget_log()
             raise
@@ -797,6 +801,12 @@ class _AppendSettled:
                 actor.user_id, self.auto_task, "FAILED", 0, f"not requested: {error}"
             )
         self.acknowledged.set_exception(error)
+
+
+def _began(user_log: UserLog, events: Sequence[Any]) -> datetime | None:
+    """When the log ``events`` were decided on began, for their write to check that the
+    stored log is still that one; ``None`` when they begin the log."""
+    return None if isinstance(events[0], UserLog.Registered) else user_log.created_on
 
 
 def _describe(error: BaseException) -> str:

@@ -181,7 +181,7 @@ def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list
         assert user_log is not None
         user_log.add_message("user", USER_TEXT, None, 100_000)
         user_log.add_message("assistant", ASSISTANT_TEXT, None, 100_000)
-        batch.append(_Request(user_log.collect_events(), 0, 0))
+        batch.append(_Request(user_log.collect_events(), 0, 0, origin=user_log.created_on))
     return batch, time.thread_time_ns() - started
 
 

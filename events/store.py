@@ -14,9 +14,10 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from uuid import UUID
@@ -71,6 +72,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("memvee.events")
+
+_ORIGINS_NOTED = 100_000
+"""How many logs the writer remembers as checked (see :meth:`EventStore._check_origins`)."""
 
 PAST_ANY_VERSION = 2**62
 """A version no log reaches, that every database's integers hold: the open end of a
@@ -354,8 +358,19 @@ class EventStore:
             f"SELECT originator_version, topic, state FROM {events.name} WHERE originator_id = ? "
             "AND originator_version > ? AND originator_version <= ? ORDER BY originator_version"
         )
+        self._raw_origins = (
+            f"SELECT originator_id, topic, state FROM {events.name} "
+            "WHERE originator_version = 1 AND originator_id IN ({})"
+        )
+        self._origins = select(events.c.originator_id, events.c.topic, events.c.state).where(
+            events.c.originator_version == 1,
+            events.c.originator_id.in_(bindparam("log_ids", expanding=True)),
+        )
         self._decoder = Decoder(self._app.mapper)
         self._encoder = Encoder(self._app.mapper)
+        self._data_version = -1
+        self._outside_commits = 0
+        self._origins_current: dict[UUID, int] = {}
         self._insert_sql = (
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
             "VALUES (?, ?, ?, ?)"
@@ -436,6 +451,7 @@ class EventStore:
         is a :class:`StorageError`: the log is the truth, and is never folded around a hole.
         """
         log_id = user_log_id(user_id)
+        seen = self._outside_commits  # before reading: what it counts, the load sees
         snapshot, rows = self._snapshot_and_rows(log_id, user_id, snapshots=True)
         aggregate: Any = None
         if snapshot is not None:
@@ -469,6 +485,7 @@ class EventStore:
         if aggregate is None:
             return LoadedLog(None, 0, 0)
         assert isinstance(aggregate, UserLog)
+        self._note_origin_current(log_id, seen)
         if snapshot is None:
             return LoadedLog(aggregate, 0, 0)
         return LoadedLog(aggregate, snapshot[0], len(snapshot[2]))
@@ -518,6 +535,7 @@ class EventStore:
         batches: Sequence[Sequence[DomainEventProtocol[Any]]],
         in_transaction: Callable[[Connection, list[Recorded]], None] | None = None,
         snapshots: Sequence[StoredSnapshot] = (),
+        origins: Mapping[UUID, datetime] | None = None,
     ) -> list[Recorded]:
         """Store the events of several logs in ONE transaction and return their positions.
 
@@ -525,6 +543,11 @@ class EventStore:
         events and every row they imply are committed together, or nothing is.
         ``snapshots`` (see :meth:`snapshot_of`) go in the same transaction; one already
         stored at its version is left as it is, and the older snapshots of its log go.
+
+        ``origins`` gives, for logs that existed before this append, when each began
+        (``UserLog.created_on`` of the log its events were decided on). A log that no
+        longer begins then was forgotten and begun again, maybe up to the very version
+        these events follow, where the versions alone cannot tell: a :class:`ConflictError`.
         """
         events = [e for batch in batches for e in batch]
         if not events and not snapshots:
@@ -533,6 +556,8 @@ class EventStore:
         try:
             with self.transaction() as connection:
                 ids = self._insert(connection, stored) if stored else []
+                if origins:  # after the insert: the write lock is held
+                    self._check_origins(connection, origins)
                 recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
                 if in_transaction is not None and recorded:
                     in_transaction(connection, recorded)
@@ -549,6 +574,56 @@ class EventStore:
                 f"could not store {len(events)} events in {self.safe_url}: {first_line(error)}"
             ) from error
         return recorded
+
+    def _check_origins(self, connection: Connection, origins: Mapping[UUID, datetime]) -> None:
+        """Refuse the write unless every log of ``origins`` still begins when it says: one
+        query for all of them, their first events' times read off the stored JSON.
+
+        On SQLite only the logs that may have changed are read: SQLite's data version
+        tells the writer's connection whether another connection (another process) has
+        committed since it last looked, and a log loaded or checked since then is as it
+        was. Every other process's commit makes each log due for one check again.
+        """
+        if self.is_sqlite:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            (data_version,) = driver.execute("PRAGMA data_version").fetchone()
+            if data_version != self._data_version:
+                self._data_version = data_version
+                self._outside_commits += 1
+            seen, checked = self._outside_commits, self._origins_current
+            origins = {i: b for i, b in origins.items() if checked.get(i, -1) < seen}
+            if not origins:
+                return
+            keys = [i.bytes for i in origins]
+            size = 1 << (len(keys) - 1).bit_length()  # a few statements for SQLite's cache
+            sql = self._raw_origins.format(", ".join("?" * size))
+            found = driver.execute(sql, [*keys, *keys[-1:] * (size - len(keys))])
+            rows = {UUID(bytes=row[0]): row[1:] for row in found}
+        else:
+            found = connection.execute(self._origins, {"log_ids": list(origins)})
+            rows = {row[0]: row[1:] for row in found}
+        timestamp = self._decoder.timestamp
+        for log_id, began in origins.items():
+            row = rows.get(log_id)
+            if row is None or timestamp(log_id, 1, row[0], bytes(row[1])) != began:
+                raise ConflictError(
+                    "a user log was forgotten and begun again (by another process) since "
+                    "this write was decided on it"
+                )
+        if self.is_sqlite:
+            for log_id in origins:
+                self._note_origin_current(log_id, self._outside_commits)
+
+    def _note_origin_current(self, log_id: UUID, seen: int) -> None:
+        """Note that ``log_id`` began as its writer knows it once ``seen`` commits of other
+        connections were counted (SQLite; see :meth:`_check_origins`)."""
+        if not self.is_sqlite:
+            return
+        checked = self._origins_current
+        if len(checked) >= _ORIGINS_NOTED:
+            checked.clear()  # a bound on memory: each log is checked once more
+        checked[log_id] = seen
 
     def _insert(self, connection: Connection, stored: list[Stored]) -> list[int]:
         """Insert event rows; returns their notification ids in the order of ``stored``."""

@@ -10,7 +10,8 @@ Each projection has two small functions over one event:
 - ``evolve``: the change itself, on the rows held in a :class:`TableRows`;
 - optionally ``current``: whether a row the live fold committed is still the stored one
   when the next event of its key comes, so the live path may remember it instead of
-  reading it back (see :mod:`projections.remembered`).
+  reading it back (see :mod:`projections.remembered`), with ``began``, the column that
+  tells when the row's log began.
 
 Each also names the kinds of event it folds (``folds``): the others change none of its
 rows, so every path skips them (a commit of messages alone never runs the knowledge fold).
@@ -58,6 +59,7 @@ class Projection:
     evolve: Callable[[TableRows, Any], None]
     indexed: tuple[str, ...] = ()
     current: Callable[[Row, Any], bool] | None = None
+    began: str | None = None
 
     def new_rows(self) -> TableRows:
         """An empty in-memory set of this projection's rows."""
@@ -503,7 +505,13 @@ PROJECTIONS: tuple[Projection, ...] = (
         ("task_id",),
     ),
     Projection(
-        "users", ("log_id",), EVERY_EVENT, users_touches, evolve_users, current=user_row_current
+        "users",
+        ("log_id",),
+        EVERY_EVENT,
+        users_touches,
+        evolve_users,
+        current=user_row_current,
+        began="created_at",
     ),
 )
 """Every projection folded from the log alone, in the order their tables are written."""

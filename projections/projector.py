@@ -10,7 +10,8 @@ moves with the rows, in the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Index, bindparam, inspect, select
@@ -49,7 +50,7 @@ class Projector:
         self.search = SearchIndex(tables)
         self._sinks: dict[str, dict[str, TableSink]] = {}
         self._remembered = {
-            p.table: RememberedRows(p.current, remember)
+            p.table: RememberedRows(p.current, remember, p.began)
             for p in PROJECTIONS
             if p.current is not None and remember > 0
         }
@@ -117,11 +118,18 @@ class Projector:
         self.tables.metadata.drop_all(connection)
 
     def apply(
-        self, connection: Connection, recorded: Sequence[Recorded], *, move_position: bool = True
+        self,
+        connection: Connection,
+        recorded: Sequence[Recorded],
+        *,
+        move_position: bool = True,
+        origins: Mapping[Any, datetime] | None = None,
     ) -> None:
         """Fold ``recorded`` (in log order) and move the stored position past it.
 
         ``move_position=False`` refolds events already counted (one user's rebuild).
+        ``origins`` tells, by log id, when the stored log began, as the write checked it:
+        a remembered row of another log that began otherwise is read back instead.
         """
         if not recorded:
             return
@@ -133,7 +141,7 @@ class Projector:
             if folded:
                 sink = sinks[projection.table]
                 memory = remembered.get(projection.table)
-                rows = _folded(projection, folded, connection, sink, memory)
+                rows = _folded(projection, folded, connection, sink, memory, origins)
                 sink.write(connection, *rows.changes())
                 if memory is not None:
                     memory.stage(rows)
@@ -203,6 +211,7 @@ def _folded(
     connection: Connection,
     sink: TableSink,
     memory: RememberedRows | None = None,
+    origins: Mapping[Any, datetime] | None = None,
 ) -> TableRows:
     """``events`` folded by ``projection`` over the stored rows they touch, loaded first
     (or, with ``memory``, recalled where still current: such a projection touches rows
@@ -217,7 +226,7 @@ def _folded(
             if memory is not None and value not in first:
                 first[value] = e
     if memory is not None and first:
-        recalled, missing = memory.recall(first)
+        recalled, missing = memory.recall(first, origins)
         rows.load(recalled)
         wanted = {projection.key[0]: dict.fromkeys(missing)}
     for column, values in wanted.items():

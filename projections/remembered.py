@@ -6,12 +6,15 @@ event alone, whether a row it wrote is still the stored one (``Projection.curren
 users row carries the version of the last event folded into it, and versions are unique
 per log) lets the projector remember its rows after each commit. A remembered row is used
 only when that check passes, and any doubt (a failed write, an erasure, a row another
-process wrote since) costs one read, never a wrong row.
+process wrote since) costs one read, never a wrong row. Versions repeat when another
+process forgets a user who then writes again up to the same version: a row that says
+when its log began (``Projection.began``) is used only for the log that began then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime
 from typing import Any
 
 from projections.rows import Row, TableRows
@@ -30,24 +33,30 @@ class RememberedRows:
     the writer calls :meth:`commit` once that transaction committed, or :meth:`discard`.
     """
 
-    def __init__(self, current: Current, limit: int) -> None:
+    def __init__(self, current: Current, limit: int, began: str | None = None) -> None:
         self._current = current
         self._limit = limit
+        self._began = began
         self._rows: dict[Hashable, Row] = {}
         self._staged: dict[Hashable, Row | None] = {}
 
-    def recall(self, first: dict[Hashable, Any]) -> tuple[list[Row], list[Hashable]]:
+    def recall(
+        self, first: dict[Hashable, Any], origins: Mapping[Any, datetime] | None = None
+    ) -> tuple[list[Row], list[Hashable]]:
         """For each key and the first event that touches it: a copy of the row, if one is
-        remembered and still current; else the key, to read from the database."""
+        remembered and still current (and, where ``origins`` tells when the event's log
+        began, of that log); else the key, to read from the database."""
         found: list[Row] = []
         missing: list[Hashable] = []
-        rows, current = self._rows, self._current
+        rows, current, began = self._rows, self._current, self._began
         for key, event in first.items():
             row = rows.get(key)
             if row is not None and current(row, event):
-                found.append(dict(row))
-            else:
-                missing.append(key)
+                origin = origins.get(event.originator_id) if origins else None
+                if began is None or origin is None or row[began] == origin:
+                    found.append(dict(row))
+                    continue
+            missing.append(key)
         return found, missing
 
     def stage(self, rows: TableRows) -> None:

@@ -109,6 +109,33 @@ class EventStoreContract:
         assert loaded is not None and loaded.version == 5
         assert store.gaps() == []
 
+    def test_a_write_on_a_log_begun_again_to_its_version_is_a_conflict(
+        self, store: EventStore
+    ) -> None:
+        """Forgotten and begun again up to the version a write follows, the log looks the
+        same to the versions: the write says when its log began, and another beginning is
+        a conflict; nothing is stored."""
+        stale = UserLog.register("ivy")
+        stale.add_message("user", "I live in Oslo.", None, 100)
+        store.append([stale.collect_events()])
+        with store.transaction() as connection:
+            store.forget(connection, "ivy")
+        begun = UserLog.register("ivy")
+        begun.add_message("user", "I live in Rome.", None, 100)
+        store.append([begun.collect_events()])
+        stale.add_message("user", "Still here.", None, 100)
+        position = store.max_position()
+
+        with pytest.raises(ConflictError, match="forgotten and begun again"):
+            store.append([stale.collect_events()], origins={stale.id: stale.created_on})
+
+        assert store.max_position() == position
+        begun.add_message("user", "Still here.", None, 100)
+        store.append([begun.collect_events()], origins={begun.id: begun.created_on})
+        loaded = store.load("ivy")
+        assert loaded is not None and loaded.version == 3
+        assert loaded.created_on == begun.created_on
+
     @pytest.mark.parametrize("snapshotted", [False, True], ids=["no snapshot", "snapshot"])
     def test_a_log_stored_with_a_gap_in_its_versions_is_a_storage_error_on_load(
         self, store: EventStore, snapshotted: bool

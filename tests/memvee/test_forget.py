@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from events import EventStore
-from memvee import Memory, ProcessingError
+from memvee import Memory, ProcessingError, UserSummary
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionTables, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
@@ -195,6 +195,81 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
         assert verify(store) == []
     finally:
         store.close()
+
+
+async def _forgotten_and_begun_again(
+    here: Memory, other: Memory, begin: Callable[[], Any]
+) -> tuple[UserSummary, UserSummary]:
+    """ann says where she lives through ``here``, which extracts it and keeps her log;
+    ``other`` forgets her and ``begin`` writes her new log up to the version ``here``
+    holds. Returns ann as ``here`` left her, and as begun again."""
+    await here.add_exchange("ann", "I live in Oslo.", "noted")
+    assert await here.process("ann") == 1
+    held = await here.user("ann")
+    assert held is not None and held.knowledge_count == 1
+    await other.forget("ann")
+    while (begun := await other.user("ann")) is None or begun.version < held.version:
+        await begin()
+    assert begun.version == held.version
+    return held, begun
+
+
+async def test_a_write_decided_on_a_log_forgotten_and_begun_again_elsewhere_is_decided_again(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """Another process forgets the user, who says and has extracted as much there as
+    before, so the new log reaches the very version this process's actor holds: the
+    database alone cannot tell the two logs apart (the version before the write is
+    stored, and no message number repeats). The write checks that the stored log began
+    when the actor's did, so it is decided again on the new log: nothing of the forgotten
+    log comes back, not even in the snapshot of the actor's state taken with the write."""
+    here: Memory = await make_memory(extractor=OfflineExtractor(), config={"snapshot_interval": 1})
+    other: Memory = await make_memory(extractor=OfflineExtractor())
+
+    async def begin() -> None:
+        await other.add_exchange("ann", "I live in Rome.", "noted")
+        await other.process("ann")
+
+    await _forgotten_and_begun_again(here, other, begin)
+
+    stored = await here.add_exchange("ann", "I have a dog.", "ok")
+
+    assert [m.seq for m in stored] == [3, 4]
+    (rome,) = await here.knowledge("ann")
+    await here.close()
+    await other.close()
+    assert differences(db_url) == []
+    store = EventStore(db_url)
+    try:
+        loaded = store.load("ann")  # from the snapshot taken with the write
+    finally:
+        store.close()
+    assert loaded is not None and loaded.version == 8
+    assert loaded.valid_entries == {rome.entry_id: "live"}  # not the forgotten Oslo entry
+
+
+async def test_a_row_remembered_from_a_log_forgotten_and_begun_again_elsewhere_is_read_back(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """The write path remembers the summary row it wrote last, and reads it back only
+    when it may have changed: it is not the row of the log begun again at its version."""
+    here: Memory = await make_memory(extractor=OfflineExtractor())
+    other: Memory = await make_memory()
+
+    async def begin() -> None:
+        await other.add_message("ann", "user", "Hello again.")
+
+    held, begun = await _forgotten_and_begun_again(here, other, begin)
+
+    await here.add_exchange("ann", "I live in Rome.", "ok")
+
+    after = await here.user("ann")
+    assert after is not None and held.knowledge_count == 1 and after.knowledge_count == 0
+    assert after.message_count == begun.message_count + 2
+    assert after.buffered_count == begun.buffered_count + 2
+    await here.close()
+    await other.close()
+    assert differences(db_url) == []
 
 
 async def test_a_task_running_elsewhere_when_its_user_is_forgotten_records_nothing(
