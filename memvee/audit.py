@@ -612,7 +612,9 @@ class Audit:
                 raise NotFoundError(f"no user {user_id!r} in this database")
             result = decide(user_log)
             try:
-                self.store.append([user_log.collect_events()], fold)
+                self.store.append(
+                    [user_log.collect_events()], fold, origins={user_log.id: user_log.created_on}
+                )
             except ConflictError:
                 continue
             return result

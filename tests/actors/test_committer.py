@@ -48,9 +48,9 @@ def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event
     gate = threading.Event()
     original = store.append
 
-    def held(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def held(batches: Any, *rest: Any) -> Any:
         assert gate.wait(10)
-        return original(batches, in_transaction, snapshots)
+        return original(batches, *rest)
 
     monkeypatch.setattr(store, "append", held)
     return gate
@@ -76,7 +76,9 @@ def _behind_u0(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[_
     )
     first.start()
     try:
+        deadline = time.monotonic() + 10
         while not committer._writing.locked():
+            assert time.monotonic() < deadline, "the first write never reached the disk"
             time.sleep(0.001)
         yield _Behind(committer, settled, gate, first)
     finally:
@@ -170,11 +172,11 @@ def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
     if not queued:
         gate.set()
 
-    def failing(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def failing(batches: Any, *rest: Any) -> Any:
         assert gate.wait(10)
         if any(getattr(e, "content", "") == "boom" for b in batches for e in b):
             raise StorageError("the disk is on fire")
-        return original(batches, in_transaction, snapshots)
+        return original(batches, *rest)
 
     monkeypatch.setattr(store, "append", failing)
     try:

@@ -24,12 +24,12 @@ async def test_a_failed_write_is_not_built_upon_and_the_log_stays_loadable(
     original = store.append
     release = threading.Event()
 
-    def flaky(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def flaky(batches: Any, *rest: Any) -> Any:
         contents = [getattr(e, "content", None) for batch in batches for e in batch]
         if "boom" in contents:
             release.wait(5)
             raise StorageError("the disk is on fire")
-        return original(batches, in_transaction, snapshots)
+        return original(batches, *rest)
 
     monkeypatch.setattr(store, "append", flaky)
     await memory.add_message("u", "user", "before")
@@ -69,11 +69,11 @@ async def test_a_storage_error_recording_an_outcome_fails_the_task_and_returns_i
     original = store.append
     failures = iter([True])
 
-    def flaky(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def flaky(batches: Any, *rest: Any) -> Any:
         extracted = any(isinstance(e, UserLog.KnowledgeExtracted) for b in batches for e in b)
         if extracted and next(failures, False):
             raise StorageError("lost the connection")
-        return original(batches, in_transaction, snapshots)
+        return original(batches, *rest)
 
     monkeypatch.setattr(store, "append", flaky)
     await memory.add_exchange("v", "I love tea", "ok")

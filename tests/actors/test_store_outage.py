@@ -133,13 +133,13 @@ async def test_a_write_retried_after_a_conflict_gets_the_error_of_a_failed_reloa
     outage = StoreOutage(store, monkeypatch)
     append, contested = store.append, threading.Event()
 
-    def conflicting(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def conflicting(batches: Any, *rest: Any) -> Any:
         contents = [getattr(e, "content", None) for batch in batches for e in batch]
         if "contested" in contents and not contested.is_set():
             contested.set()
             outage.down.set()  # the reload that follows fails too
             raise ConflictError("a user log was appended to concurrently")
-        return append(batches, in_transaction, snapshots)
+        return append(batches, *rest)
 
     monkeypatch.setattr(store, "append", conflicting)
     with pytest.raises(StorageError, match=OUTAGE_ERROR):
@@ -170,11 +170,11 @@ async def test_a_store_failure_is_never_blamed_on_the_message_of_a_batch(
     store = memory._engine.store
     append, store_down = store.append, iter([True, True])
 
-    def flaky(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def flaky(batches: Any, *rest: Any) -> Any:
         fays = [e for b in batches for e in b if e.originator_id == user_log_id("fay")]
         if any(isinstance(e, UserLog.KnowledgeExtracted) for e in fays) and next(store_down, False):
             raise StorageError("lost the connection")
-        return append(batches, in_transaction, snapshots)
+        return append(batches, *rest)
 
     monkeypatch.setattr(store, "append", flaky)
     for turn in range(2):  # two more failures alone, each after the API answered others
@@ -198,11 +198,11 @@ async def test_a_refused_task_start_is_retried_without_holding_back_the_users_ru
     engine, store = memory._engine, memory._engine.store
     append, refused = store.append, threading.Event()
 
-    def no_start(batches: Any, in_transaction: Any = None, snapshots: Any = ()) -> Any:
+    def no_start(batches: Any, *rest: Any) -> Any:
         if any(isinstance(e, UserLog.ProcessingStarted) for b in batches for e in b):
             refused.set()
             raise StorageError("the database is restarting")
-        return append(batches, in_transaction, snapshots)
+        return append(batches, *rest)
 
     monkeypatch.setattr(store, "append", no_start)
     await memory.add_exchange("hal", "I live in Lima", "ok")  # requests a run: it cannot start
