@@ -13,6 +13,7 @@ from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import JSONTranscoder
 
 from events import EventStore, ExtractedFact, UserLog, sqlite_url
+from events._codec import Decoder
 from events.store import exported_state
 from events.transcoding import (
     CompactMapper,
@@ -127,6 +128,26 @@ def test_the_compact_form_goes_through_a_compressor() -> None:
         assert stored.topic == type(event).__name__
         assert orjson.loads(ZlibCompressor().decompress(stored.state))["timestamp"] > 0
         assert vars(mapper.to_domain_event(stored)) == vars(event)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["compact JSON", "compressed"])
+def test_the_time_of_a_stored_event_reads_as_the_events_own(compressed: bool) -> None:
+    """What the write path reads of a log's first event to know when the log began: off
+    the compact JSON, else through the whole event, the same time either way."""
+    transcoder = JSONTranscoder()
+    register_time_transcodings(transcoder)
+    mapper = CompactMapper(transcoder, compressor=ZlibCompressor() if compressed else None)
+    decoder = Decoder(mapper)
+    log = UserLog.register("dee")
+    (registered,) = log.collect_events()
+    stored = mapper.to_stored_event(registered)
+    args = (stored.originator_id, 1, stored.topic, stored.state)
+
+    assert decoder.timestamp(*args) == registered.timestamp == log.created_on
+    if not compressed:  # the form earlier versions stored: the time wrapped
+        wrapped = {"_type_": "datetime_iso", "_data_": registered.timestamp.isoformat()}
+        older = orjson.dumps({**orjson.loads(stored.state), "timestamp": wrapped})
+        assert decoder.timestamp(*args[:3], older) == registered.timestamp
 
 
 def test_a_snapshot_reads_back_as_eventsourcings_mapper_reads_it(tmp_path: Path) -> None:
