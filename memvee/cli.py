@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -64,8 +65,24 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # The output's reader went away (``memvee log ann | head``): end quietly, as a
+            # command killed by SIGPIPE does, with nothing more written to the pipe.
+            _silence_stdout()
+            raise typer.Exit(code=128 + signal.SIGPIPE) from None
         except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test runner's buffer)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 app = typer.Typer(

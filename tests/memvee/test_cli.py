@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
+from tests.support.server_process import MEMVEE, server_env
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 runner = CliRunner()
@@ -380,6 +382,33 @@ def test_a_damaged_event_is_one_error_line_and_a_failed_export_leaves_no_partial
         "m.db-shm",
         "m.db-wal",
     ]
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``memvee export ann | head``: once the reader is gone, the command stops as one
+    killed by SIGPIPE (141), with no error line and nothing from the exit's flush."""
+    db = tmp_path / "long.db"
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_path=str(db)), embedder=False) as memory:
+            for i in range(300):  # an export far larger than a pipe's buffer
+                await memory.add_exchange("ann", f"{'a long message ' * 20} {i}", "ok")
+
+    asyncio.run(fill())
+    with subprocess.Popen(
+        [str(MEMVEE), "export", "ann", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(),
+    ) as export:
+        assert export.stdout is not None and export.stderr is not None
+        assert export.stdout.read(10) == b'{"user_id"'
+        export.stdout.close()
+        stderr = export.stderr.read().decode()
+        code = export.wait(timeout=60)
+
+    assert code == 141, stderr
+    assert stderr == ""
 
 
 def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
