@@ -611,9 +611,8 @@ class EventStore:
                     "a user log was forgotten and begun again (by another process) since "
                     "this write was decided on it"
                 )
-        if self.is_sqlite:
-            for log_id in origins:
-                self._note_origin_current(log_id, self._outside_commits)
+        for log_id in origins:
+            self._note_origin_current(log_id, self._outside_commits)
 
     def _note_origin_current(self, log_id: UUID, seen: int) -> None:
         """Note that ``log_id`` began as its writer knows it once ``seen`` commits of other

@@ -32,7 +32,7 @@ from collections.abc import Hashable
 from types import TracebackType
 from typing import Any, Self
 
-from mcp.types import jsonrpc_message_adapter
+from mcp.types import JSONRPCRequest, jsonrpc_message_adapter
 from pydantic import ValidationError
 
 __all__ = ["DrainedStdio"]
@@ -63,31 +63,32 @@ def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
     return found
 
 
-def _refusal(line: bytes) -> bytes | None:
-    """The JSON-RPC error answering ``line`` if the SDK would drop it unanswered, else
-    ``None``: a parse error for text its parser cannot read, an invalid request for JSON
-    that is no MCP message; for each request id in the line, else with a null id."""
+def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
+    """The ids of the requests in ``line``, read as the SDK reads it, and the JSON-RPC
+    error answering the line if the SDK would drop it unanswered (else ``None``): a parse
+    error for text its parser cannot read, an invalid request for JSON that is no MCP
+    message; for each request id in the line, else with a null id."""
     text = line.decode("utf-8", errors="replace")  # as the SDK reads stdin
     if not text.strip():
-        return None
+        return [], None
     try:
-        jsonrpc_message_adapter.validate_json(text, by_name=False)
+        message = jsonrpc_message_adapter.validate_json(text, by_name=False)
     except ValidationError as error:
         unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
     else:
-        return None
-    code, message, data = (
+        return ([message.id] if isinstance(message, JSONRPCRequest) else []), None
+    code, message_text, data = (
         (PARSE_ERROR, "Parse error", unreadable[0])
         if unreadable
         else (INVALID_REQUEST, "Invalid Request", _NOT_MCP)
     )
     ids = _ids(line, requests=True)
+    refusal = {"code": code, "message": message_text, "data": data}
     answers: list[dict[str, Any]] = [
-        {"jsonrpc": "2.0", "id": i, "error": {"code": code, "message": message, "data": data}}
-        for i in ids or [None]
+        {"jsonrpc": "2.0", "id": i, "error": refusal} for i in ids or [None]
     ]
     batch = ids and text.lstrip().startswith("[")  # a batch's answers go in one array
-    return json.dumps(answers if batch else answers[0]).encode() + b"\n"
+    return [], json.dumps(answers if batch else answers[0]).encode() + b"\n"
 
 
 class _Lines:
@@ -234,10 +235,12 @@ class DrainedStdio:
         """Pass ``lines`` on to the SDK, noting their requests first (before the SDK can
         answer them); answer here each line the SDK would drop unanswered."""
         passed: list[bytes] = []
+        requests: list[Hashable] = []
         for line in lines:
-            refused = _refusal(line)
+            ids, refused = _read_request(line)
             if refused is None:
                 passed.append(line)
+                requests += ids
                 continue
             log.warning(
                 "answered a line of stdin that is no MCP message: %s",
@@ -245,7 +248,6 @@ class DrainedStdio:
                 extra={"event": "invalid_message"},
             )
             self._write_out(refused)
-        requests = [i for line in passed for i in _ids(line, requests=True)]
         if requests:
             with self._answered:
                 self._pending.update(requests)
