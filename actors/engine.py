@@ -35,7 +35,6 @@ from projections import (
     Projector,
     catch_up,
     index_messages,
-    rebuild,
     replay_checkpoints,
     take_checkpoint,
 )
@@ -204,17 +203,16 @@ class Engine:
         return UserActor.start(user_id, self.services, retire)
 
     def _catch_up(self) -> None:
-        """Create the projection tables and fold whatever of the log they have not seen."""
+        """Create the projection tables and fold whatever of the log they have not seen:
+        new tables are rebuilt from the whole log, and a rebuild that stopped (or runs in
+        another process) is carried to its end."""
         with self.store.transaction() as connection:
             # Held off, so processes opening a new database at once do not race.
             self.store.lock_writers(connection)
-            fresh = self.projector.create(connection)
+            self.projector.create(connection, rebuilding=True)
             if self.leases is not None:
                 self.leases.create(connection)
-        if fresh and self.store.max_position() > 0:
-            folded = rebuild(self.store, self.tables)
-        else:
-            folded = catch_up(self.store, self.tables)
+        folded = catch_up(self.store, self.tables)
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
 

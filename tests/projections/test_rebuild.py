@@ -3,6 +3,7 @@ rebuilt state equals the live one."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,18 @@ import pytest
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
-from events import EventStore, UserLog, user_log_id
+from events import EventStore, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError
 from memvee.cli import app
-from projections import Difference, ProjectionTables, Projector, dump, rebuild, verify
+from projections import (
+    Difference,
+    ProjectionTables,
+    Projector,
+    dump,
+    rebuild,
+    rebuild_user,
+    verify,
+)
 from tests.support.extractors import RecordingExtractor
 
 
@@ -93,8 +102,8 @@ async def test_a_rebuild_builds_the_indexes_no_fold_reads_once_the_rows_are_in(
     assert _indexes(store) >= DECLARED
     between_pages: list[set[str]] = []
     rebuild(store, progress=lambda done, total: between_pages.append(_indexes(store)), page_size=10)
-    assert len(between_pages) > 1
-    for names in between_pages:  # the folds' lookups have theirs; the readers' wait
+    assert len(between_pages) > 2
+    for names in between_pages[:-1]:  # the folds' lookups have theirs; the readers' wait
         assert {"mv_messages_by_task", "ix_mv_knowledge_log_id"} <= names
         assert not {"mv_messages_by_seq", "mv_messages_buffered", "ix_mv_tasks_status"} & names
     assert _indexes(store) >= DECLARED
@@ -210,3 +219,73 @@ def test_verify_reports_an_event_that_follows_no_stored_version_of_its_log(
     store.append([events[:1]], projector.apply)
     store.append([events[2:]], projector.apply)
     assert verify(store) == [Difference("events", (str(user_log_id("gus")), 3), None)]
+
+
+async def test_writes_while_a_rebuild_runs_are_acknowledged_and_folded_once(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    store = EventStore(db_url)
+    loop = asyncio.get_running_loop()
+    written: list[str] = []
+
+    def write_between_pages(done: int, total: int) -> None:
+        """Runs on the rebuild's thread after each page: a write, and every third time a
+        processing run, through the open Memory."""
+        user = ("ann", "eve")[len(written) % 2]  # eve begins during the rebuild
+        said = f"written during the rebuild, number {len(written)}"
+        asyncio.run_coroutine_threadsafe(memory.add_exchange(user, said, "ok"), loop).result(30)
+        if len(written) % 3 == 2:
+            asyncio.run_coroutine_threadsafe(memory.process(user), loop).result(30)
+        written.append(said)
+
+    await asyncio.to_thread(rebuild, store, progress=write_between_pages, page_size=10)
+    assert len(written) > 5
+    await memory.add_exchange("eve", "written after the rebuild", "ok")
+    assert verify(store) == []
+    stored = {m.content for user in ("ann", "eve") for m in await memory.messages(user)}
+    assert {*written, "written after the rebuild"} <= stored
+    store.close()
+
+
+async def test_a_rebuild_beside_a_running_memory_is_not_undone_by_rows_it_remembers(
+    db_url: str, make_memory: Any
+) -> None:
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    with store.transaction() as connection:  # drift, as a bug of an older version leaves
+        connection.execute(text("UPDATE mv_users SET buffered_count = buffered_count + 5"))
+    memory = await make_memory()
+    await memory.add_exchange("ann", "I work in Bergen", "ok")  # folded on the drifted row
+    assert {d.table for d in verify(store)} == {"users"}
+    for mend in (lambda: rebuild(store), lambda: rebuild_user(store, "ann")):
+        mend()
+        assert verify(store) == []
+        await memory.add_exchange("ann", "I love tea", "ok")
+        assert verify(store) == []
+    store.close()
+
+
+async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhile_are_kept(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    store = EventStore(db_url)
+    _stopped_rebuild(store)
+    await memory.add_exchange("ann", "written while the rebuild stood stopped", "ok")
+    with pytest.raises(StorageError, match="being rebuilt"):
+        rebuild_user(store, "ann")
+    with pytest.raises(StorageError, match="being rebuilt"):
+        verify(store)
+    result = CliRunner().invoke(app, ["rebuild", "--user", "ann", "--db-url", db_url])
+    assert result.exit_code == 2 and result.output.startswith("error: the projections are")
+    await memory.close()
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as reopened:
+        said = [m.content for m in await reopened.messages("ann")]
+        assert said[-2] == "written while the rebuild stood stopped"
+    assert verify(store) == []
+    store.close()
