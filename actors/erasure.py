@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
-from projections import Projector
+from projections import Projector, forget_in_scratch
 
 __all__ = ["ForgetReceipt", "erase_user"]
 
@@ -58,6 +58,7 @@ def erase_user(
                 connection.exec_driver_sql("PRAGMA secure_delete=ON")
             events, snapshots = store.forget(connection, user_id)
             rows = projector.forget(connection, str(user_log_id(user_id)))
+            forget_in_scratch(connection, str(user_log_id(user_id)))
             if leases is not None:
                 rows["leases"] = leases.forget(connection, user_id)
             if store.is_sqlite:

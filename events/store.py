@@ -828,15 +828,39 @@ class EventStore:
         else:
             connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
 
-    def max_position(self) -> int:
-        """The id of the last committed notification (0 for an empty database)."""
-        with self.engine.connect() as connection:
+    def max_position(self, connection: Connection | None = None) -> int:
+        """The id of the last committed notification (0 for an empty database), read in
+        ``connection`` if given."""
+        if connection is not None:
             return int(connection.execute(self._max_id).scalar_one())
-
-    def count(self) -> int:
-        """How many events the store holds (erased ones are gone, so not counted)."""
         with self.engine.connect() as connection:
+            return self.max_position(connection)
+
+    def count(self, connection: Connection | None = None) -> int:
+        """How many events the store holds (erased ones are gone, so not counted), read
+        in ``connection`` if given."""
+        if connection is not None:
             return int(connection.execute(self._count).scalar_one())
+        with self.engine.connect() as connection:
+            return self.count(connection)
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction that sees the whole database at one point, while
+        writers go on: SQLite's deferred transaction (its snapshot begins at the first
+        read), PostgreSQL's REPEATABLE READ."""
+        if self.is_sqlite:
+            with self.engine.connect() as connection, connection.begin():
+                connection.exec_driver_sql("BEGIN")
+                yield connection
+            return
+        with (
+            self.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ"
+            ) as connection,
+            connection.begin(),
+        ):
+            yield connection
 
     def gaps(self) -> list[tuple[str, int]]:
         """Every stored event that follows no stored version of its log, as (log id,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import perf_counter, sleep
+from time import sleep
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, inspect, select
 
 from events import EventStore, Recorded, StorageError, user_log_id
 from projections.collector import collector_paused
@@ -25,6 +25,7 @@ __all__ = [
     "Difference",
     "catch_up",
     "dump",
+    "forget_in_scratch",
     "index_messages",
     "rebuild",
     "rebuild_user",
@@ -34,18 +35,18 @@ __all__ = [
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, last position of the log)."""
 
+Dump = dict[str, list[tuple[Any, ...]]]
+"""Rows of every projection table by table role, as :func:`dump` reads them."""
+
 SCRATCH_PREFIX = "mvscratch_"
 
 PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
 
-_CONTENDED = 0.002
-"""Seconds of waiting for the writers' lock that tell a fold of pages that others write."""
-
 _SQLITE_TURN = 0.1
-"""Seconds a fold of pages on SQLite waits between pages once others write: SQLite's busy
-handler looks again at most every 100 ms, so a writer would otherwise find the lock taken
-again at each look and wait for the whole rebuild (5.5 s in a test of 10 s)."""
+"""Seconds a fold of pages on SQLite leaves the writers' lock free between pages. SQLite's
+busy handler looks for the lock at most every 100 ms, and a rebuild cannot tell that a
+writer waits: taking the lock again at once, it kept a writer out for 7.6 s of a verify."""
 
 
 def rebuild(
@@ -72,6 +73,7 @@ def rebuild(
         else:
             projector.begin_rebuild(connection)
     folded = _fold_to_end(store, projector, page_size, progress)
+    _writers_turn(store)
     index_messages(store, projector, page_size)
     return folded
 
@@ -83,13 +85,11 @@ def _fold_to_end(
     each read and folded while every other writer is held off, so no event is folded
     twice or passed over, whoever else writes, folds or rebuilds at the same time. A
     rebuild's last page ends it (:meth:`Projector.finish_rebuild`)."""
-    folded, contended = 0, False
+    folded = 0
     last = store.max_position() if progress is not None else 0
     while True:
         with collector_paused(), store.transaction() as connection:
-            asked = perf_counter()
             store.lock_writers(connection)
-            contended = contended or perf_counter() - asked > _CONTENDED
             state = projector.state(connection)
             page = store.notifications(connection, after=state.position, limit=page_size)
             if state.rebuilding:
@@ -106,8 +106,7 @@ def _fold_to_end(
             progress(page[-1].notification_id, max(last, page[-1].notification_id))
         if len(page) < page_size:
             return folded
-        if contended and store.is_sqlite:
-            sleep(_SQLITE_TURN)
+        _writers_turn(store)
 
 
 def rebuild_user(
@@ -171,20 +170,64 @@ def index_messages(store: EventStore, projector: Projector, page_size: int | Non
         done += indexed
         if page_size is None or indexed < page_size:
             return done
+        _writers_turn(store)
 
 
-def dump(engine: Engine, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
+def _writers_turn(store: EventStore) -> None:
+    """Between two pages that hold off every other writer: on SQLite, a pause long enough
+    for a waiting writer's busy handler to find the lock free (PostgreSQL queues them)."""
+    if store.is_sqlite:
+        sleep(_SQLITE_TURN)
+
+
+def dump(source: Engine | Connection, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
     """Every folded row of every projection table, ordered by its fold's key, keyed by
-    table role (unfolded columns, which a rebuild may fill differently, are left out)."""
-    out: dict[str, list[tuple[Any, ...]]] = {}
+    table role (unfolded columns, which a rebuild may fill differently, are left out);
+    read through ``source``, a connection (and its transaction) or an engine."""
+    if isinstance(source, Engine):
+        with source.connect() as connection:
+            return dump(connection, tables)
+    out: Dump = {}
     keys = {p.table: p.key for p in PROJECTIONS}
-    with engine.connect() as connection:
-        for table in tables.folded_tables:
-            role = table.name.removeprefix(tables.prefix)
-            query = select(*folded_columns(table)).order_by(*(table.c[k] for k in keys[role]))
-            out[role] = [tuple(r) for r in connection.execute(query)]
-        out.update(SearchIndex(tables).dump(connection))
+    for table in tables.folded_tables:
+        role = table.name.removeprefix(tables.prefix)
+        query = select(*folded_columns(table)).order_by(*(table.c[k] for k in keys[role]))
+        out[role] = [tuple(r) for r in source.execute(query)]
+    out.update(SearchIndex(tables).dump(source))
     return out
+
+
+def _read_at_one_point(
+    store: EventStore, live: ProjectionTables, scratch: ProjectionTables
+) -> tuple[Dump, Dump]:
+    """Both sides as of one point of the log. The scratch tables are brought to the end of
+    the log (and both sides' messages indexed) while every other writer waits; then both
+    are read in one snapshot, if the log there is as it was folded (else once more):
+    writers wait for the folding only, never for the reading."""
+    current, rebuilt = Projector(live), Projector(scratch)
+    while True:
+        _writers_turn(store)
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            _refuse_while_rebuilding(current, connection)
+            while page := store.notifications(
+                connection, after=rebuilt.state(connection).position, limit=PAGE_SIZE
+            ):
+                rebuilt.apply(connection, page)
+            for projector in (current, rebuilt):
+                projector.index_messages(connection)
+            folded = (store.max_position(connection), store.count(connection))
+        with store.reading() as connection:
+            if (store.max_position(connection), store.count(connection)) == folded:
+                return dump(connection, live), dump(connection, scratch)
+
+
+def forget_in_scratch(connection: Connection, log_id: str) -> None:
+    """Delete one log's rows from :func:`verify`'s scratch tables, if they exist (a verify
+    runs, or one was killed): a forgotten user leaves no row anywhere."""
+    scratch = ProjectionTables(SCRATCH_PREFIX)
+    if inspect(connection).has_table(scratch.position.name):
+        Projector(scratch).forget(connection, log_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +246,10 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     live = live or ProjectionTables(LIVE_PREFIX)
     with store.engine.connect() as connection:
         _refuse_while_rebuilding(Projector(live), connection)
-    index_messages(store, Projector(live))  # messages waiting for the index are not a difference
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
     try:
-        expected, actual = dump(store.engine, live), dump(store.engine, scratch)
+        expected, actual = _read_at_one_point(store, live, scratch)
     finally:
         with store.transaction() as connection:
             Projector(scratch).drop(connection)

@@ -4,6 +4,7 @@ rebuilt state equals the live one."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -288,4 +289,62 @@ async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhi
         said = [m.content for m in await reopened.messages("ann")]
         assert said[-2] == "written while the rebuild stood stopped"
     assert verify(store) == []
+    store.close()
+
+
+async def test_verify_beside_live_writers_reads_both_sides_at_one_point_of_the_log(
+    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    store = EventStore(db_url)
+    loop = asyncio.get_running_loop()
+    module = importlib.import_module("projections.rebuild")
+    rebuild_scratch = module.rebuild
+
+    def written_meanwhile(*args: Any, **options: Any) -> int:
+        """The scratch rebuild, then a write through the open Memory before the reading."""
+        folded = rebuild_scratch(*args, **options)
+        written = memory.add_exchange("ann", "written while verify runs", "ok")
+        asyncio.run_coroutine_threadsafe(written, loop).result(30)
+        return int(folded)
+
+    monkeypatch.setattr(module, "rebuild", written_meanwhile)
+    assert await asyncio.to_thread(verify, store) == []
+    assert (await memory.messages("ann"))[-2].content == "written while verify runs"
+    store.close()
+
+
+async def test_a_user_forgotten_while_verify_runs_leaves_no_row_in_its_scratch_tables(
+    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    store = EventStore(db_url)
+    loop = asyncio.get_running_loop()
+    module = importlib.import_module("projections.rebuild")
+    rebuild_scratch = module.rebuild
+    scratch = ProjectionTables(module.SCRATCH_PREFIX)
+
+    def rows_of(user: str) -> int:
+        with store.engine.connect() as connection:
+            return len(
+                connection.execute(
+                    scratch.users.select().where(scratch.users.c.user_id == user)
+                ).all()
+            )
+
+    def forgotten_meanwhile(*args: Any, **options: Any) -> int:
+        folded = rebuild_scratch(*args, **options)
+        assert rows_of("ben") == 1
+        asyncio.run_coroutine_threadsafe(memory.forget("ben"), loop).result(30)
+        assert rows_of("ben") == 0
+        return int(folded)
+
+    monkeypatch.setattr(module, "rebuild", forgotten_meanwhile)
+    assert await asyncio.to_thread(verify, store) == []
+    monkeypatch.undo()
+    rebuild(store, scratch)  # as a verify killed before it dropped its tables leaves them
+    await memory.forget("cat")
+    assert rows_of("cat") == 0 and rows_of("ann") == 1
     store.close()
