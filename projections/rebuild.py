@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from time import sleep
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect, select
@@ -20,6 +19,7 @@ from projections.folds import PROJECTIONS
 from projections.projector import Projector
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables, folded_columns
+from projections.writer_turns import WriterTurns
 
 __all__ = [
     "Difference",
@@ -42,11 +42,6 @@ SCRATCH_PREFIX = "mvscratch_"
 
 PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
-
-_SQLITE_TURN = 0.1
-"""Seconds a fold of pages on SQLite leaves the writers' lock free between pages. SQLite's
-busy handler looks for the lock at most every 100 ms, and a rebuild cannot tell that a
-writer waits: taking the lock again at once, it kept a writer out for 7.6 s of a verify."""
 
 
 def rebuild(
@@ -72,14 +67,18 @@ def rebuild(
             projector.create(connection, rebuilding=True)
         else:
             projector.begin_rebuild(connection)
-    folded = _fold_to_end(store, projector, page_size, progress)
-    _writers_turn(store)
-    index_messages(store, projector, page_size)
+    turns = WriterTurns(store.is_sqlite)
+    folded = _fold_to_end(store, projector, page_size, turns, progress)
+    _index_in_pages(store, projector, page_size, turns)
     return folded
 
 
 def _fold_to_end(
-    store: EventStore, projector: Projector, page_size: int, progress: Progress | None = None
+    store: EventStore,
+    projector: Projector,
+    page_size: int,
+    turns: WriterTurns,
+    progress: Progress | None = None,
 ) -> int:
     """Fold the log from the tables' stored position to its end, a page per transaction,
     each read and folded while every other writer is held off, so no event is folded
@@ -90,6 +89,7 @@ def _fold_to_end(
     while True:
         with collector_paused(), store.transaction() as connection:
             store.lock_writers(connection)
+            turns.note(connection)
             state = projector.state(connection)
             page = store.notifications(connection, after=state.position, limit=page_size)
             if state.rebuilding:
@@ -106,7 +106,7 @@ def _fold_to_end(
             progress(page[-1].notification_id, max(last, page[-1].notification_id))
         if len(page) < page_size:
             return folded
-        _writers_turn(store)
+        turns.between()
 
 
 def rebuild_user(
@@ -151,33 +151,36 @@ def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = PAGE_
     """Fold the events the projections have not seen yet, finishing a rebuild that
     stopped (or helping one that runs); safe while others write."""
     projector = Projector(tables)
-    folded = _fold_to_end(store, projector, page_size)
+    folded = _fold_to_end(store, projector, page_size, WriterTurns(store.is_sqlite))
     index_messages(store, projector)
     return folded
 
 
-def index_messages(store: EventStore, projector: Projector, page_size: int | None = None) -> int:
+def index_messages(store: EventStore, projector: Projector) -> int:
     """Index every message that waits for the full-text index, holding off other writers
-    (nothing happens when none waits), ``page_size`` a transaction; returns how many."""
+    (nothing happens when none waits); returns how many."""
     with store.engine.connect() as connection:
         if not projector.search.unindexed(connection):
             return 0
-    done = 0
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        return projector.index_messages(connection)
+
+
+def _index_in_pages(
+    store: EventStore, projector: Projector, page_size: int, turns: WriterTurns
+) -> None:
+    """:func:`index_messages`, ``page_size`` messages a transaction, with turns between."""
+    with store.engine.connect() as connection:
+        if not projector.search.unindexed(connection):
+            return
     while True:
+        turns.between()
         with collector_paused(), store.transaction() as connection:
             store.lock_writers(connection)
-            indexed = projector.index_messages(connection, page_size)
-        done += indexed
-        if page_size is None or indexed < page_size:
-            return done
-        _writers_turn(store)
-
-
-def _writers_turn(store: EventStore) -> None:
-    """Between two pages that hold off every other writer: on SQLite, a pause long enough
-    for a waiting writer's busy handler to find the lock free (PostgreSQL queues them)."""
-    if store.is_sqlite:
-        sleep(_SQLITE_TURN)
+            turns.note(connection)
+            if projector.index_messages(connection, page_size) < page_size:
+                return
 
 
 def dump(source: Engine | Connection, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
@@ -205,10 +208,12 @@ def _read_at_one_point(
     are read in one snapshot, if the log there is as it was folded (else once more):
     writers wait for the folding only, never for the reading."""
     current, rebuilt = Projector(live), Projector(scratch)
+    turns = WriterTurns(store.is_sqlite)
     while True:
-        _writers_turn(store)
+        turns.between()
         with store.transaction() as connection:
             store.lock_writers(connection)
+            turns.note(connection)
             _refuse_while_rebuilding(current, connection)
             while page := store.notifications(
                 connection, after=rebuilt.state(connection).position, limit=PAGE_SIZE

@@ -4,8 +4,6 @@ store's fast event decoding gives the events eventsourcing's mapper gives."""
 
 from __future__ import annotations
 
-import importlib
-import itertools
 import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -230,31 +228,3 @@ def _same_event(actual: Any, expected: Any) -> None:
     assert list(vars(actual).items()) == list(vars(expected).items())
     for a, b in zip(vars(actual).values(), vars(expected).values(), strict=True):
         assert type(a) is type(b)
-
-
-def test_a_rebuild_on_sqlite_leaves_the_writers_lock_free_for_a_turn_between_pages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLite's busy handler looks for the lock at most every 100 ms, and a rebuild cannot
-    tell that a writer waits: taking the lock again at once, it would keep one out."""
-    store = _history(tmp_path, 3, steps=60)
-    steps: list[str] = []
-    monkeypatch.setattr(
-        importlib.import_module("projections.rebuild"), "sleep", lambda s: steps.append(f"{s}s")
-    )
-    lock_writers = store.lock_writers
-
-    def locked(connection: Any) -> None:
-        steps.append("lock")
-        lock_writers(connection)
-
-    monkeypatch.setattr(store, "lock_writers", locked)
-    try:
-        rebuild(store, page_size=20)
-        assert steps[:2] == ["lock", "lock"]  # the rebuild begins, then its first page
-        assert len(steps) > 10
-        assert all(a != b for a, b in itertools.pairwise(steps[1:])), " ".join(steps)
-        assert set(steps) == {"lock", "0.1s"}
-        assert verify(store) == []
-    finally:
-        store.close()

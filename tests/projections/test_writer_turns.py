@@ -1,0 +1,110 @@
+"""A long run of transactions that hold every writer off (rebuild, catch-up, verify)
+leaves SQLite's writers a turn: now and then while none has shown itself, at every gap
+once one has committed, never on PostgreSQL (it queues them)."""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from events import EventStore, UserLog, sqlite_url
+from projections import ProjectionTables, Projector, rebuild, verify
+from projections.writer_turns import PROBE_EVERY, TURN, WriterTurns
+
+
+@pytest.fixture
+def turns_taken(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    taken: list[float] = []
+    monkeypatch.setattr(importlib.import_module("projections.writer_turns"), "sleep", taken.append)
+    return taken
+
+
+def test_while_no_other_writer_shows_itself_one_gap_in_four_gets_a_turn(
+    tmp_path: Path, turns_taken: list[float]
+) -> None:
+    engine = create_engine(sqlite_url(tmp_path / "alone.db"))
+    turns = WriterTurns(sqlite=True)
+    with engine.connect() as connection:
+        for _ in range(3 * PROBE_EVERY):
+            turns.note(connection)
+            turns.between()
+    assert turns_taken == [TURN] * 3
+
+
+def test_once_another_connection_has_committed_every_gap_gets_a_turn(
+    tmp_path: Path, turns_taken: list[float]
+) -> None:
+    path = tmp_path / "shared.db"
+    engine = create_engine(sqlite_url(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE writes (n INTEGER)")
+    turns = WriterTurns(sqlite=True)
+    with engine.connect() as connection:
+        turns.note(connection)
+        turns.between()
+        other.execute("INSERT INTO writes VALUES (1)")  # a writer got in
+        for _ in range(5):
+            turns.note(connection)
+            turns.between()
+    other.close()
+    assert turns_taken == [TURN] * 5
+
+
+def test_postgresql_queues_its_writers_so_no_turn_is_taken(turns_taken: list[float]) -> None:
+    turns = WriterTurns(sqlite=False)
+    for _ in range(3 * PROBE_EVERY):
+        turns.note(None)  # type: ignore[arg-type]  # no connection is read
+        turns.between()
+    assert turns_taken == []
+
+
+def test_a_rebuild_beside_another_writer_leaves_it_a_turn_between_every_two_pages(
+    tmp_path: Path, turns_taken: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = EventStore(sqlite_url(tmp_path / "log.db"))
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    for n in range(200):
+        log.add_message("user", f"message {n}", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
+    other.execute("CREATE TABLE writes (n INTEGER)")
+    steps: list[str] = []
+    lock_writers = store.lock_writers
+
+    def locked(connection: Any) -> None:
+        steps.append("lock")
+        lock_writers(connection)
+
+    def page_folded(done: int, total: int) -> None:
+        if steps.count("page") == 2:
+            other.execute("INSERT INTO writes VALUES (1)")  # a writer gets in
+            steps.append("written")
+        steps.append("page")
+
+    monkeypatch.setattr(store, "lock_writers", locked)
+    monkeypatch.setattr(
+        importlib.import_module("projections.writer_turns"),
+        "sleep",
+        lambda seconds: steps.append("turn"),
+    )
+    try:
+        rebuild(store, page_size=20, progress=page_folded)
+        written = steps.index("written")
+        assert "turn" not in steps[:written]  # 2 pages: no turn due yet
+        noticed = steps.index("lock", written + 1)  # the next page sees the commit
+        locks = [n for n, step in enumerate(steps) if step == "lock" and n > noticed]
+        assert len(locks) >= 8
+        for a, b in zip([noticed, *locks], locks, strict=False):
+            assert "turn" in steps[a:b], " ".join(steps)
+        assert verify(store) == []
+    finally:
+        store.close()
+        other.close()
