@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +53,7 @@ from projections import (
     QuarantinedMessage,
     UserState,
     UserSummary,
+    catch_up,
     index_messages,
     replay_checkpoints,
     state_at,
@@ -69,6 +71,8 @@ __all__ = [
     "Provenance",
     "SourceMessage",
 ]
+
+log = logging.getLogger("memvee.audit")
 
 T = TypeVar("T")
 
@@ -155,6 +159,20 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
         )
 
 
+def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
+    """Bring projections made by an older version of memvee (or short of the log) up to
+    date, as a Memory's open does, before they are read or written: refolded whole from
+    the log. Up-to-date ones are only read, so a read-only database stays readable."""
+    with store.engine.connect() as connection:
+        behind = Projector(tables).behind(connection, store.max_position(connection))
+    if behind:
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            Projector(tables).create(connection, rebuilding=True)
+        folded = catch_up(store, tables)
+        log.warning("projections were behind the log; folded %d events", folded)
+
+
 class Audit:
     """Access to one memory database's logs and projections, to inspect and mend them.
 
@@ -174,6 +192,7 @@ class Audit:
                     self.store.lock_writers(connection)
                     Projector(tables).create(connection)
             require_projections(self.store, tables)
+            _catch_up_if_behind(self.store, tables)
         except BaseException:
             self.store.close()
             raise
@@ -345,8 +364,6 @@ class Audit:
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
         projector = Projector(ProjectionTables())
-        with self.store.transaction() as connection:
-            projector.create(connection)
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
         held: list[str] = []  # the current run of lines, of one user, checked

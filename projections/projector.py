@@ -190,6 +190,19 @@ class Projector:
             return FoldState(int(rows[_REBUILDING]), rebuilding=True)
         return FoldState(int(rows.get(_POSITION) or 0), rebuilding=False)
 
+    def behind(self, connection: Connection, log_end: int) -> bool:
+        """Whether the tables need a catch-up before they are read or written: made by
+        another layout (an older version of memvee), or, unless a rebuild is folding them,
+        short of ``log_end``, the last position of the log."""
+        table = self.tables.position
+        if not inspect(connection).has_table(table.name):
+            return True
+        layout = connection.execute(
+            select(table.c.position).where(table.c.name == _SCHEMA)
+        ).scalar()
+        state = self.state(connection)
+        return layout != _layout() or (not state.rebuilding and state.position < log_end)
+
     def _stored_generation(self, connection: Connection) -> int:
         table = self.tables.position
         found = connection.execute(

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner
 
-from events import user_log_id
+from events import EventStore, user_log_id
 from memvee import InvalidInputError, Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
+from projections import verify
 from tests.support.extractors import RecordingExtractor
 
 
@@ -393,3 +395,31 @@ async def test_stats_sums_the_tokens_spent_per_extractor_and_model(
     ]
     table = CliRunner().invoke(app, ["stats", "--db-url", db_url]).output
     assert "tokens spent" in table and "claude-x" in table
+
+
+async def test_projections_of_an_older_layout_are_refolded_whole_before_an_import(
+    db_url: str, make_memory: Any, tmp_path: Path
+) -> None:
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"{user} lives in Oslo", "ok")
+    await memory.close()
+    other = Memory(db_path=str(tmp_path / "other.db"), embedder=False)
+    async with other:
+        await other.add_exchange("cat", "cat lives in Paris", "ok")
+    exported = tmp_path / "cat.jsonl"
+    result = CliRunner().invoke(
+        app, ["export", "cat", "--db", str(tmp_path / "other.db"), "--out", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+    store = EventStore(db_url)
+    with store.transaction() as connection:  # as an older version of memvee left them
+        connection.execute(
+            text("UPDATE mv_position SET position = position + 1 WHERE name = 'schema'")
+        )
+    result = CliRunner().invoke(app, ["import", str(exported), "--db-url", db_url])
+    assert result.exit_code == 0, result.output
+    with Audit(db_url=db_url) as audit:
+        assert [u.user_id for u in audit.users()] == ["ann", "bob", "cat"]
+    assert verify(store) == []
+    store.close()
