@@ -112,9 +112,9 @@ class Projector:
         return self._create(connection, rebuilding=rebuilding)
 
     def begin_rebuild(self, connection: Connection) -> None:
-        """Drop the tables and make them again, empty and marked as being rebuilt: from
-        then on no live write folds its events (they are left to the rebuild), and a
-        process that remembers rows from before reads them back."""
+        """Drop the tables (but the embeddings) and make them again, empty and marked as
+        being rebuilt: from then on no live write folds its events (they are left to the
+        rebuild), and a process that remembers rows from before reads them back."""
         self._create(connection, rebuilding=True, drop=True)
 
     def _create(self, connection: Connection, *, rebuilding: bool, drop: bool = False) -> bool:
@@ -126,7 +126,7 @@ class Projector:
             ).scalar()
             if drop or stored != _layout():
                 generation = self._stored_generation(connection) + 1
-                self.drop(connection)
+                self.drop(connection, keep_vectors=stored == _layout())
         existing = set(inspect(connection).get_table_names())
         for table in self.tables.metadata.sorted_tables:
             if table.name not in existing:
@@ -218,10 +218,14 @@ class Projector:
     def _indexes(self) -> list[Index]:
         return [i for t in self.tables.metadata.sorted_tables for i in sorted(t.indexes, key=_name)]
 
-    def drop(self, connection: Connection) -> None:
-        """Drop the tables (a rebuild starts from nothing)."""
+    def drop(self, connection: Connection, *, keep_vectors: bool = False) -> None:
+        """Drop the tables (a rebuild starts from nothing). ``keep_vectors`` keeps the
+        embeddings: no fold makes them, they belong to their items' ids, which a refold
+        gives again, and embedding a large log again takes minutes."""
         self.search.drop(connection)
-        self.tables.metadata.drop_all(connection)
+        vectors = self.tables.vectors
+        dropped = [t for t in self.tables.metadata.sorted_tables if t is not vectors]
+        self.tables.metadata.drop_all(connection, tables=dropped if keep_vectors else None)
 
     def apply(
         self,
