@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from projections import (
     rebuild_user,
     verify,
 )
+from projections.rebuild import SCRATCH_PREFIX
 from tests.support.extractors import RecordingExtractor
 
 
@@ -46,6 +48,15 @@ async def _live(db_url: str, make_memory: Any, extractor: RecordingExtractor) ->
     await _busy_history(memory, extractor)
     await memory.close()
     return EventStore(db_url)
+
+
+async def _busy(
+    db_url: str, make_memory: Any, extractor: RecordingExtractor
+) -> tuple[Memory, EventStore]:
+    """An open Memory with a busy history, and the store of its database."""
+    memory: Memory = await make_memory()
+    await _busy_history(memory, extractor)
+    return memory, EventStore(db_url)
 
 
 def _stopped_rebuild(store: EventStore) -> None:
@@ -225,9 +236,7 @@ def test_verify_reports_an_event_that_follows_no_stored_version_of_its_log(
 async def test_writes_while_a_rebuild_runs_are_acknowledged_and_folded_once(
     db_url: str, make_memory: Any, extractor: Any
 ) -> None:
-    memory: Memory = await make_memory()
-    await _busy_history(memory, extractor)
-    store = EventStore(db_url)
+    memory, store = await _busy(db_url, make_memory, extractor)
     loop = asyncio.get_running_loop()
     written: list[str] = []
 
@@ -273,9 +282,7 @@ async def test_a_rebuild_beside_a_running_memory_is_not_undone_by_rows_it_rememb
 async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhile_are_kept(
     db_url: str, make_memory: Any, extractor: Any
 ) -> None:
-    memory: Memory = await make_memory()
-    await _busy_history(memory, extractor)
-    store = EventStore(db_url)
+    memory, store = await _busy(db_url, make_memory, extractor)
     _stopped_rebuild(store)
     await memory.add_exchange("ann", "written while the rebuild stood stopped", "ok")
     with pytest.raises(StorageError, match="being rebuilt"):
@@ -292,24 +299,30 @@ async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhi
     store.close()
 
 
-async def test_verify_beside_live_writers_reads_both_sides_at_one_point_of_the_log(
-    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+def _after_the_scratch_rebuild(
+    monkeypatch: pytest.MonkeyPatch, then: Callable[[], Awaitable[Any]]
 ) -> None:
-    memory: Memory = await make_memory()
-    await _busy_history(memory, extractor)
-    store = EventStore(db_url)
+    """Run ``then`` on the test's event loop once verify's scratch rebuild has folded the
+    log, before verify reads both sides."""
     loop = asyncio.get_running_loop()
     module = importlib.import_module("projections.rebuild")
     rebuild_scratch = module.rebuild
 
-    def written_meanwhile(*args: Any, **options: Any) -> int:
-        """The scratch rebuild, then a write through the open Memory before the reading."""
+    def rebuilt_then(*args: Any, **options: Any) -> int:
         folded = rebuild_scratch(*args, **options)
-        written = memory.add_exchange("ann", "written while verify runs", "ok")
-        asyncio.run_coroutine_threadsafe(written, loop).result(30)
+        asyncio.run_coroutine_threadsafe(then(), loop).result(30)
         return int(folded)
 
-    monkeypatch.setattr(module, "rebuild", written_meanwhile)
+    monkeypatch.setattr(module, "rebuild", rebuilt_then)
+
+
+async def test_verify_beside_live_writers_reads_both_sides_at_one_point_of_the_log(
+    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory, store = await _busy(db_url, make_memory, extractor)
+    _after_the_scratch_rebuild(
+        monkeypatch, lambda: memory.add_exchange("ann", "written while verify runs", "ok")
+    )
     assert await asyncio.to_thread(verify, store) == []
     assert (await memory.messages("ann"))[-2].content == "written while verify runs"
     store.close()
@@ -318,30 +331,20 @@ async def test_verify_beside_live_writers_reads_both_sides_at_one_point_of_the_l
 async def test_a_user_forgotten_while_verify_runs_leaves_no_row_in_its_scratch_tables(
     db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    memory: Memory = await make_memory()
-    await _busy_history(memory, extractor)
-    store = EventStore(db_url)
-    loop = asyncio.get_running_loop()
-    module = importlib.import_module("projections.rebuild")
-    rebuild_scratch = module.rebuild
-    scratch = ProjectionTables(module.SCRATCH_PREFIX)
+    memory, store = await _busy(db_url, make_memory, extractor)
+    scratch = ProjectionTables(SCRATCH_PREFIX)
 
     def rows_of(user: str) -> int:
+        users = scratch.users
         with store.engine.connect() as connection:
-            return len(
-                connection.execute(
-                    scratch.users.select().where(scratch.users.c.user_id == user)
-                ).all()
-            )
+            return len(connection.execute(users.select().where(users.c.user_id == user)).all())
 
-    def forgotten_meanwhile(*args: Any, **options: Any) -> int:
-        folded = rebuild_scratch(*args, **options)
+    async def forget_ben() -> None:
         assert rows_of("ben") == 1
-        asyncio.run_coroutine_threadsafe(memory.forget("ben"), loop).result(30)
+        await memory.forget("ben")
         assert rows_of("ben") == 0
-        return int(folded)
 
-    monkeypatch.setattr(module, "rebuild", forgotten_meanwhile)
+    _after_the_scratch_rebuild(monkeypatch, forget_ben)
     assert await asyncio.to_thread(verify, store) == []
     monkeypatch.undo()
     rebuild(store, scratch)  # as a verify killed before it dropped its tables leaves them
