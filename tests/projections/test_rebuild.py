@@ -7,7 +7,7 @@ import asyncio
 import importlib
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +271,8 @@ async def test_a_rebuild_beside_a_running_memory_is_not_undone_by_rows_it_rememb
     memory = await make_memory()
     await memory.add_exchange("ann", "I work in Bergen", "ok")  # folded on the drifted row
     assert {d.table for d in verify(store)} == {"users"}
-    for mend in (lambda: rebuild(store), lambda: rebuild_user(store, "ann")):
+    mends: list[Callable[[], int]] = [lambda: rebuild(store), lambda: rebuild_user(store, "ann")]
+    for mend in mends:
         mend()
         assert verify(store) == []
         await memory.add_exchange("ann", "I love tea", "ok")
@@ -300,7 +301,7 @@ async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhi
 
 
 def _after_the_scratch_rebuild(
-    monkeypatch: pytest.MonkeyPatch, then: Callable[[], Awaitable[Any]]
+    monkeypatch: pytest.MonkeyPatch, then: Callable[[], Coroutine[Any, Any, Any]]
 ) -> None:
     """Run ``then`` on the test's event loop once verify's scratch rebuild has folded the
     log, before verify reads both sides."""
