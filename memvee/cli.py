@@ -161,12 +161,17 @@ def _bar(label: str, unit: str = "") -> Progress:
 def rebuild(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted rebuild.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted rebuild (the next open also does).")
+    ] = False,
     user: Annotated[
         str | None, typer.Option("--user", help="Rebuild only this user's rows.")
     ] = None,
 ) -> None:
-    """Drop every projection (or one user's rows) and fold the event log again."""
+    """Drop every projection (or one user's rows) and fold the event log again.
+
+    Safe while the application writes: its writes are kept, and folded by the rebuild.
+    """
     store = _store(db, db_url)
     try:
         if user is not None:
