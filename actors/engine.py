@@ -25,10 +25,12 @@ from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
+from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
 from events.errors import first_line
 from projections import (
+    FoldState,
     LexicalRanker,
     ProjectionReader,
     ProjectionTables,
@@ -101,6 +103,8 @@ class Engine:
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
         self.timers = Timers()
+        self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild, self.timers)
+        self.projector.on_rebuilding = self.rebuild_watch.seen
         self.breaker = CircuitBreaker(
             failures=options.breaker_failures,
             cooldown=options.breaker_cooldown,
@@ -216,6 +220,13 @@ class Engine:
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
 
+    def _fold_state(self) -> FoldState:
+        with self.store.engine.connect() as connection:
+            return self.projector.state(connection)
+
+    def _finish_rebuild(self, stopping: Callable[[], bool]) -> int:
+        return catch_up(self.store, self.tables, stopping=stopping)
+
     def index_messages(self) -> int:
         """Index the messages that wait for the full-text index (a search calls it first);
         returns how many."""
@@ -287,6 +298,7 @@ class Engine:
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")
         self.timers.stop()
+        self.rebuild_watch.stop()
         if self.vector_filler is not None:
             self.vector_filler.stop()
         self.checkpointer.stop()

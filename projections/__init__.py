@@ -13,7 +13,7 @@ from projections.models import (
     TaskRecord,
     UserSummary,
 )
-from projections.projector import SCHEMA_VERSION, Projector
+from projections.projector import SCHEMA_VERSION, FoldState, Projector
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 from projections.rebuild import (
@@ -39,6 +39,7 @@ __all__ = [
     "Checkpoint",
     "Checkpoints",
     "Difference",
+    "FoldState",
     "KnowledgeEntry",
     "LexicalRanker",
     "Message",

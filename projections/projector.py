@@ -15,7 +15,7 @@ the tables' generation on, so a process that remembers rows from before reads th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,11 +61,20 @@ class Projector:
     With ``remember`` (the live path's projector), rows of projections that can check
     them (``Projection.current``) are remembered after each commit, up to that many per
     projection, and not read back by the next fold: the writer reports each
-    transaction's outcome with :meth:`committed` or :meth:`discard`.
+    transaction's outcome with :meth:`committed` or :meth:`discard`. ``on_rebuilding``
+    (an attribute too) is called, inside the write, when a write finds the tables being
+    rebuilt and leaves its events to the rebuild.
     """
 
-    def __init__(self, tables: ProjectionTables, *, remember: int = 0) -> None:
+    def __init__(
+        self,
+        tables: ProjectionTables,
+        *,
+        remember: int = 0,
+        on_rebuilding: Callable[[], None] | None = None,
+    ) -> None:
         self.tables = tables
+        self.on_rebuilding = on_rebuilding
         self.search = SearchIndex(tables)
         self._sinks: dict[str, dict[str, TableSink]] = {}
         self._remembered = {
@@ -321,6 +330,8 @@ class Projector:
             for memory in self._remembered.values():
                 memory.clear()
             self._generation = generation
+        if not claimed and self.on_rebuilding is not None:
+            self.on_rebuilding()
         return claimed
 
 

@@ -79,6 +79,7 @@ def _fold_to_end(
     page_size: int,
     turns: WriterTurns,
     progress: Progress | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> int:
     """Fold the log from the tables' stored position to its end, a page per transaction,
     each read and folded while every other writer is held off, so no event is folded
@@ -104,7 +105,7 @@ def _fold_to_end(
         folded += len(page)
         if page and progress is not None:
             progress(page[-1].notification_id, max(last, page[-1].notification_id))
-        if len(page) < page_size:
+        if len(page) < page_size or stopping():
             return folded
         turns.between()
 
@@ -147,12 +148,20 @@ def _refuse_while_rebuilding(projector: Projector, connection: Connection) -> No
         )
 
 
-def catch_up(store: EventStore, tables: ProjectionTables, page_size: int = PAGE_SIZE) -> int:
+def catch_up(
+    store: EventStore,
+    tables: ProjectionTables,
+    page_size: int = PAGE_SIZE,
+    stopping: Callable[[], bool] = lambda: False,
+) -> int:
     """Fold the events the projections have not seen yet, finishing a rebuild that
-    stopped (or helping one that runs); safe while others write."""
+    stopped (or helping one that runs); safe while others write. ``stopping`` is asked
+    between pages: once it says so, the catch-up ends early, what it folded kept."""
     projector = Projector(tables)
-    folded = _fold_to_end(store, projector, page_size, WriterTurns(store.is_sqlite))
-    index_messages(store, projector)
+    turns = WriterTurns(store.is_sqlite)
+    folded = _fold_to_end(store, projector, page_size, turns, stopping=stopping)
+    if not stopping():
+        index_messages(store, projector)
     return folded
 
 
