@@ -103,7 +103,7 @@ class Engine:
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
         self.timers = Timers()
-        self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild, self.timers)
+        self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild)
         self.projector.on_rebuilding = self.rebuild_watch.seen
         self.breaker = CircuitBreaker(
             failures=options.breaker_failures,

@@ -15,7 +15,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from actors._timers import Timers
 from projections import FoldState
 
 __all__ = ["RebuildWatch"]
@@ -31,73 +30,64 @@ class RebuildWatch:
 
     ``state()`` reads the projections' fold state; ``finish(stopping)`` folds the rest of
     the log (asking ``stopping()`` between pages) and returns how many events it folded.
+    The watch runs on a thread of its own, only while a rebuild is on.
     """
 
     def __init__(
         self,
         state: Callable[[], FoldState],
         finish: Callable[[Callable[[], bool]], int],
-        timers: Timers,
         interval: float | None = None,
     ) -> None:
         self._state = state
         self._finish = finish
-        self._timers = timers
         self._interval = STALL_SECONDS if interval is None else interval
         self._lock = threading.Lock()
-        self._watching = False
+        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._finisher: threading.Thread | None = None
 
     def seen(self) -> None:
         """A write found a rebuild: watch it (cheap, and called inside a write)."""
         with self._lock:
-            if self._watching or self._stopping.is_set():
+            if self._thread is not None or self._stopping.is_set():
                 return
-            self._watching = True
-        self._timers.call_later(self._interval, lambda: self._look(None))
+            self._thread = threading.Thread(target=self._watch, name="memvee-rebuild", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Stop watching, and stop folding after the page at hand."""
         self._stopping.set()
-        finisher = self._finisher
-        if finisher is not None:
-            finisher.join(timeout=60)
-
-    def _look(self, before: int | None) -> None:
-        """On the timers' thread: one quick read, then look again, or finish."""
-        if self._stopping.is_set():
-            return
-        try:
-            state = self._state()
-        except Exception:
-            log.exception("could not read how far the rebuild of the projections is")
-            state = FoldState(before or 0, rebuilding=True)
-        if not state.rebuilding:
-            with self._lock:
-                self._watching = False
-            return
-        if state.position != before:
-            self._timers.call_later(self._interval, lambda: self._look(state.position))
-            return
-        log.warning(
-            "the rebuild of the projections has not moved for %.0f s (at event %d): this "
-            "process finishes it",
-            self._interval,
-            state.position,
-        )
-        self._finisher = threading.Thread(
-            target=self._run_finish, name="memvee-rebuild", daemon=True
-        )
-        self._finisher.start()
-
-    def _run_finish(self) -> None:
-        try:
-            folded = self._finish(self._stopping.is_set)
-            log.warning("finished the rebuild of the projections: folded %d events", folded)
-        except Exception:
-            log.exception("could not finish the rebuild of the projections; trying again later")
         with self._lock:
-            self._watching = False
-        if not self._stopping.is_set():
-            self.seen()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=60)
+
+    def _watch(self) -> None:
+        before: int | None = None
+        try:
+            while not self._stopping.wait(self._interval):
+                try:
+                    state = self._state()
+                except Exception:
+                    log.exception("could not read how far the rebuild of the projections is")
+                    continue
+                if not state.rebuilding:
+                    return
+                if state.position != before:
+                    before = state.position
+                    continue
+                log.warning(
+                    "the rebuild of the projections has not moved for %.0f s (at event %d): "
+                    "this process finishes it",
+                    self._interval,
+                    state.position,
+                )
+                try:
+                    folded = self._finish(self._stopping.is_set)
+                except Exception:
+                    log.exception("could not finish the rebuild of the projections; trying again")
+                    continue
+                log.warning("finished the rebuild of the projections: folded %d events", folded)
+        finally:
+            with self._lock:
+                self._thread = None

@@ -6,21 +6,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from actors._timers import Timers
 from actors.rebuild_watch import RebuildWatch
 from projections import FoldState
-
-
-@pytest.fixture
-def timers() -> Iterator[Timers]:
-    timers = Timers()
-    yield timers
-    timers.stop()
 
 
 def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -51,9 +43,9 @@ class _Rebuild:
         return 7
 
 
-def test_a_rebuild_that_stops_moving_is_finished_by_the_process(timers: Timers) -> None:
+def test_a_rebuild_that_stops_moving_is_finished_by_the_process() -> None:
     rebuild = _Rebuild(10, 20, 30)
-    watch = RebuildWatch(rebuild.state, rebuild.finish, timers, interval=0.01)
+    watch = RebuildWatch(rebuild.state, rebuild.finish, interval=0.01)
     watch.seen()
     watch.seen()  # a second write while watching changes nothing
     _wait_for(rebuild.finished.is_set)
@@ -61,9 +53,9 @@ def test_a_rebuild_that_stops_moving_is_finished_by_the_process(timers: Timers) 
     watch.stop()
 
 
-def test_a_rebuild_that_moves_on_to_its_end_is_left_to_itself(timers: Timers) -> None:
+def test_a_rebuild_that_moves_on_to_its_end_is_left_to_itself() -> None:
     rebuild = _Rebuild(10, 20, 30, ends=True)
-    watch = RebuildWatch(rebuild.state, rebuild.finish, timers, interval=0.01)
+    watch = RebuildWatch(rebuild.state, rebuild.finish, interval=0.01)
     watch.seen()
     _wait_for(lambda: rebuild.looks >= 3)
     time.sleep(0.1)
@@ -71,7 +63,7 @@ def test_a_rebuild_that_moves_on_to_its_end_is_left_to_itself(timers: Timers) ->
     watch.stop()
 
 
-def test_closing_stops_the_finishing_after_the_page_at_hand(timers: Timers) -> None:
+def test_closing_stops_the_finishing_after_the_page_at_hand() -> None:
     pages: list[int] = []
 
     def finish(stopping: Callable[[], bool]) -> int:
@@ -80,7 +72,7 @@ def test_closing_stops_the_finishing_after_the_page_at_hand(timers: Timers) -> N
             time.sleep(0.01)
         return len(pages)
 
-    watch = RebuildWatch(lambda: FoldState(5, rebuilding=True), finish, timers, interval=0.01)
+    watch = RebuildWatch(lambda: FoldState(5, rebuilding=True), finish, interval=0.01)
     watch.seen()
     _wait_for(lambda: len(pages) > 3)
     watch.stop()
