@@ -352,3 +352,44 @@ async def test_a_user_forgotten_while_verify_runs_leaves_no_row_in_its_scratch_t
     await memory.forget("cat")
     assert rows_of("cat") == 0 and rows_of("ann") == 1
     store.close()
+
+
+_KILLED_REBUILD = """
+import sys, time
+from events import EventStore
+from projections import rebuild
+
+def page_folded(done: int, total: int) -> None:
+    print(done, flush=True)
+    time.sleep(0.05)
+
+rebuild(EventStore(sys.argv[1]), page_size=10, progress=page_folded)
+"""
+
+
+async def test_a_rebuild_killed_between_pages_is_finished_by_the_next_open(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    memory, store = await _busy(db_url, make_memory, extractor)
+    await memory.close()
+    live = dump(store.engine, ProjectionTables())
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_REBUILD,
+        db_url,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert child.stdout is not None
+    pages = [await asyncio.wait_for(child.stdout.readline(), 60) for _ in range(3)]
+    child.kill()  # SIGKILL, between two pages or within one
+    await child.wait()
+    assert all(p.strip().isdigit() for p in pages), pages
+    with store.engine.connect() as connection:
+        assert Projector(ProjectionTables()).state(connection).rebuilding
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()):
+        pass
+    assert dump(store.engine, ProjectionTables()) == live
+    assert verify(store) == []
+    store.close()
