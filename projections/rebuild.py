@@ -218,7 +218,7 @@ def _read_at_one_point(
     writers wait for the folding only, never for the reading."""
     current, rebuilt = Projector(live), Projector(scratch)
     turns = WriterTurns(store.is_sqlite)
-    while True:
+    for _ in range(_READ_ROUNDS):
         turns.between()
         with store.transaction() as connection:
             store.lock_writers(connection)
@@ -234,6 +234,13 @@ def _read_at_one_point(
         with store.reading() as connection:
             if (store.max_position(connection), store.count(connection)) == folded:
                 return dump(connection, live), dump(connection, scratch)
+    raise StorageError(
+        f"the log changed between folding and reading {_READ_ROUNDS} times: run verify again"
+    )
+
+
+_READ_ROUNDS = 50
+"""Times :func:`verify` folds the log's end and looks for a snapshot that holds no more."""
 
 
 def forget_in_scratch(connection: Connection, log_id: str) -> None:
