@@ -43,6 +43,9 @@ SCRATCH_PREFIX = "mvscratch_"
 PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
 
+_READ_ROUNDS = 50
+"""Times :func:`verify` folds the log's end and looks for a snapshot that holds no more."""
+
 
 def rebuild(
     store: EventStore,
@@ -237,10 +240,6 @@ def _read_at_one_point(
     raise StorageError(
         f"the log changed between folding and reading {_READ_ROUNDS} times: run verify again"
     )
-
-
-_READ_ROUNDS = 50
-"""Times :func:`verify` folds the log's end and looks for a snapshot that holds no more."""
 
 
 def forget_in_scratch(connection: Connection, log_id: str) -> None:
