@@ -162,9 +162,19 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
 def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     """Bring projections made by an older version of memvee (or short of the log) up to
     date, as a Memory's open does, before they are read or written: refolded whole from
-    the log. Up-to-date ones are only read, so a read-only database stays readable."""
+    the log. Up-to-date ones are only read, so a read-only database stays readable. Ones
+    being rebuilt are left to the rebuild, with a warning that they hold part of the log."""
     with store.engine.connect() as connection:
-        behind = Projector(tables).behind(connection, store.max_position(connection))
+        log_end = store.max_position(connection)
+        behind = Projector(tables).behind(connection, log_end)
+        state = Projector(tables).state(connection)
+    if state.rebuilding and not behind:
+        log.warning(
+            "the projections are being rebuilt (at event %d of %d): until that ends they "
+            "hold part of the log",
+            state.position,
+            log_end,
+        )
     if behind:
         with store.transaction() as connection:
             store.lock_writers(connection)

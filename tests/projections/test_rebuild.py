@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from events import EventStore, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError
+from memvee.audit import Audit
 from memvee.cli import app
 from projections import (
     Difference,
@@ -281,7 +283,7 @@ async def test_a_rebuild_beside_a_running_memory_is_not_undone_by_rows_it_rememb
 
 
 async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhile_are_kept(
-    db_url: str, make_memory: Any, extractor: Any
+    db_url: str, make_memory: Any, extractor: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     memory, store = await _busy(db_url, make_memory, extractor)
     _stopped_rebuild(store)
@@ -292,6 +294,9 @@ async def test_a_stopped_rebuild_is_finished_by_the_next_open_and_writes_meanwhi
         verify(store)
     result = CliRunner().invoke(app, ["rebuild", "--user", "ann", "--db-url", db_url])
     assert result.exit_code == 2 and result.output.startswith("error: the projections are")
+    with caplog.at_level(logging.WARNING, logger="memvee.audit"):
+        Audit(db_url=db_url).close()  # as every memvee command opens the database
+    assert "the projections are being rebuilt (at event 10 of" in caplog.text
     await memory.close()
     async with Memory(db_url=db_url, extractor=RecordingExtractor()) as reopened:
         said = [m.content for m in await reopened.messages("ann")]
