@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Index, bindparam, case, inspect, select
+from sqlalchemy import Connection, Index, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateTable
-from sqlalchemy.sql.elements import BindParameter
 
 from events import Recorded
 from projections.folds import PROJECTIONS, Projection
@@ -85,20 +84,18 @@ class Projector:
         self._generation: int | None = None
         position = tables.position
         # Monotonic: on a server, transactions of several processes may commit out of id
-        # order, and each folds its own events; the position only ever moves forward. No
-        # row comes back while a rebuild runs (the row is named otherwise), and the row
-        # that does tells the tables' generation.
-        b_position: BindParameter[int] = bindparam("b_position")
-        generation = select(position.c.position).where(position.c.name == _GENERATION)
-        self._claim = (
+        # order, and each folds its own events; the position only ever moves forward.
+        # While a rebuild runs the row is named otherwise, so a write finds none to move.
+        # PostgreSQL: a plain read of the rebuild's row and the generation first, and the
+        # row moved after the fold, so the row lock every process's write takes is held
+        # for the end alone (held through the fold, 4 processes wrote 1.25x one, not 1.5x).
+        self._look = select(position.c.name, position.c.position).where(
+            position.c.name.in_((_REBUILDING, _GENERATION))
+        )
+        self._move_position = (
             position.update()
-            .where(position.c.name == _POSITION)
-            .values(
-                position=case(
-                    (position.c.position < b_position, b_position), else_=position.c.position
-                )
-            )
-            .returning(generation.scalar_subquery())
+            .where(position.c.name == _POSITION, position.c.position < bindparam("b_position"))
+            .values(position=bindparam("b_position"))
         )
         # SQLite: two statements, as RETURNING costs Python's driver about 15 µs more.
         self._claim_sql = (
@@ -254,9 +251,8 @@ class Projector:
         """
         if not recorded:
             return
-        if move_position and not self._claim_position(
-            connection, max(r.notification_id for r in recorded)
-        ):
+        position = max(r.notification_id for r in recorded)
+        if move_position and not self._claim_position(connection, position):
             return
         events = [r.event for r in recorded]
         sinks = self._sinks_for(connection.dialect)
@@ -272,6 +268,8 @@ class Projector:
                     memory.stage(rows)
         if connection.dialect.name == "sqlite":
             self.search.write(connection, events)
+        elif move_position:
+            connection.execute(self._move_position, {"b_position": position})
 
     def committed(self) -> None:
         """The transaction of the last :meth:`apply` committed: remember its rows."""
@@ -312,9 +310,9 @@ class Projector:
         return self.search.index_messages(connection, limit)
 
     def _claim_position(self, connection: Connection, position: int) -> bool:
-        """Move the stored position to ``position`` unless a rebuild runs (``False``:
-        fold nothing). Rows remembered from another generation of the tables, or while
-        a rebuild ran, are forgotten."""
+        """Move the stored position to ``position`` (SQLite; PostgreSQL's moves after the
+        fold) unless a rebuild runs (``False``: fold nothing). Rows remembered from another
+        generation of the tables, or while a rebuild ran, are forgotten."""
         claimed: bool
         generation: int | None
         if connection.dialect.name == "sqlite":  # the hot path: no statement to compile
@@ -323,9 +321,9 @@ class Projector:
             claimed = driver.execute(self._claim_sql, (position,)).rowcount > 0
             found = driver.execute(self._generation_sql).fetchone() if claimed else None
             generation = found[0] if found else None
-        else:
-            returned = connection.execute(self._claim, {"b_position": position}).first()
-            claimed, generation = returned is not None, returned[0] if returned else None
+        else:  # the position moves at the end of :meth:`apply`
+            rows = {name: value for name, value in connection.execute(self._look)}
+            claimed, generation = _REBUILDING not in rows, rows.get(_GENERATION)
         if generation != self._generation:
             for memory in self._remembered.values():
                 memory.clear()
