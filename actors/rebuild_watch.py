@@ -24,6 +24,8 @@ log = logging.getLogger("memvee.actors")
 STALL_SECONDS = 30.0
 """How long a rebuild may make no progress before this process finishes it."""
 
+_UNREADABLE = -1
+
 
 class RebuildWatch:
     """Finishes a rebuild of the projections that stopped while this process writes.
@@ -63,31 +65,37 @@ class RebuildWatch:
             thread.join(timeout=60)
 
     def _watch(self) -> None:
-        before: int | None = None
         try:
-            while not self._stopping.wait(self._interval):
-                try:
-                    state = self._state()
-                except Exception:
-                    log.exception("could not read how far the rebuild of the projections is")
-                    continue
-                if not state.rebuilding:
-                    return
-                if state.position != before:
-                    before = state.position
-                    continue
-                log.warning(
-                    "the rebuild of the projections has not moved for %.0f s (at event %d): "
-                    "this process finishes it",
-                    self._interval,
-                    state.position,
-                )
-                try:
-                    folded = self._finish(self._stopping.is_set)
-                except Exception:
-                    log.exception("could not finish the rebuild of the projections; trying again")
-                    continue
-                log.warning("finished the rebuild of the projections: folded %d events", folded)
+            before = self._position()
+            while before is not None and not self._stopping.wait(self._interval):
+                now = self._position()
+                if now is not None and now == before != _UNREADABLE:
+                    self._finish_stalled(now)
+                    now = self._position()
+                before = now
         finally:
             with self._lock:
                 self._thread = None
+
+    def _position(self) -> int | None:
+        """The rebuild's position; ``None`` once no rebuild is on."""
+        try:
+            state = self._state()
+        except Exception:
+            log.exception("could not read how far the rebuild of the projections is")
+            return _UNREADABLE
+        return state.position if state.rebuilding else None
+
+    def _finish_stalled(self, position: int) -> None:
+        log.warning(
+            "the rebuild of the projections has not moved for %.0f s (at event %d): this "
+            "process finishes it",
+            self._interval,
+            position,
+        )
+        try:
+            folded = self._finish(self._stopping.is_set)
+        except Exception:
+            log.exception("could not finish the rebuild of the projections; trying again")
+            return
+        log.warning("finished the rebuild of the projections: folded %d events", folded)
