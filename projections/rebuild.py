@@ -195,7 +195,7 @@ def _index_in_pages(
                 return
 
 
-def dump(source: Engine | Connection, tables: ProjectionTables) -> dict[str, list[tuple[Any, ...]]]:
+def dump(source: Engine | Connection, tables: ProjectionTables) -> Dump:
     """Every folded row of every projection table, ordered by its fold's key, keyed by
     table role (unfolded columns, which a rebuild may fill differently, are left out);
     read through ``source``, a connection (and its transaction) or an engine."""
