@@ -35,6 +35,7 @@ from projections import (
     ProjectionReader,
     ProjectionTables,
     Projector,
+    bring_up_to_date,
     catch_up,
     index_messages,
     replay_checkpoints,
@@ -210,13 +211,9 @@ class Engine:
         """Create the projection tables and fold whatever of the log they have not seen:
         new tables are rebuilt from the whole log, and a rebuild that stopped (or runs in
         another process) is carried to its end."""
-        with self.store.transaction() as connection:
-            # Held off, so processes opening a new database at once do not race.
-            self.store.lock_writers(connection)
-            self.projector.create(connection, rebuilding=True)
-            if self.leases is not None:
-                self.leases.create(connection)
-        folded = catch_up(self.store, self.tables)
+        # Under the writers' lock, so processes opening a new database at once do not race.
+        leases = None if self.leases is None else self.leases.create
+        folded = bring_up_to_date(self.store, self.tables, leases)
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
 

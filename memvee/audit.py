@@ -53,7 +53,7 @@ from projections import (
     QuarantinedMessage,
     UserState,
     UserSummary,
-    catch_up,
+    bring_up_to_date,
     index_messages,
     replay_checkpoints,
     state_at,
@@ -164,10 +164,13 @@ def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     date, as a Memory's open does, before they are read or written: refolded whole from
     the log. Up-to-date ones are only read, so a read-only database stays readable. Ones
     being rebuilt are left to the rebuild, with a warning that they hold part of the log."""
+    projector = Projector(tables)
     with store.engine.connect() as connection:
         log_end = store.max_position(connection)
-        behind = Projector(tables).behind(connection, log_end)
-        state = Projector(tables).state(connection)
+        state = projector.state(connection)
+        behind = not projector.layout_current(connection) or (
+            not state.rebuilding and state.position < log_end
+        )
     if state.rebuilding and not behind:
         log.warning(
             "the projections are being rebuilt (at event %d of %d): until that ends they "
@@ -176,10 +179,7 @@ def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
             log_end,
         )
     if behind:
-        with store.transaction() as connection:
-            store.lock_writers(connection)
-            Projector(tables).create(connection, rebuilding=True)
-        folded = catch_up(store, tables)
+        folded = bring_up_to_date(store, tables)
         log.warning("projections were behind the log; folded %d events", folded)
 
 

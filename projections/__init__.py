@@ -18,6 +18,7 @@ from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 from projections.rebuild import (
     Difference,
+    bring_up_to_date,
     catch_up,
     dump,
     forget_in_scratch,
@@ -51,6 +52,7 @@ __all__ = [
     "TaskRecord",
     "UserState",
     "UserSummary",
+    "bring_up_to_date",
     "catch_up",
     "dump",
     "forget_in_scratch",

@@ -126,13 +126,10 @@ class Projector:
     def _create(self, connection: Connection, *, rebuilding: bool, drop: bool = False) -> bool:
         position = self.tables.position
         generation = 0
-        if inspect(connection).has_table(position.name):
-            stored = connection.execute(
-                select(position.c.position).where(position.c.name == _SCHEMA)
-            ).scalar()
-            if drop or stored != _layout():
-                generation = self._stored_generation(connection) + 1
-                self.drop(connection, keep_vectors=stored == _layout())
+        current = self.layout_current(connection)
+        if (drop or not current) and inspect(connection).has_table(position.name):
+            generation = self._stored_generation(connection) + 1
+            self.drop(connection, keep_vectors=current)
         existing = set(inspect(connection).get_table_names())
         for table in self.tables.metadata.sorted_tables:
             if table.name not in existing:
@@ -196,18 +193,15 @@ class Projector:
             return FoldState(int(rows[_REBUILDING]), rebuilding=True)
         return FoldState(int(rows.get(_POSITION) or 0), rebuilding=False)
 
-    def behind(self, connection: Connection, log_end: int) -> bool:
-        """Whether the tables need a catch-up before they are read or written: made by
-        another layout (an older version of memvee), or, unless a rebuild is folding them,
-        short of ``log_end``, the last position of the log."""
+    def layout_current(self, connection: Connection) -> bool:
+        """Whether the tables exist in this version's layout (not an older memvee's)."""
         table = self.tables.position
         if not inspect(connection).has_table(table.name):
-            return True
+            return False
         layout = connection.execute(
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
-        state = self.state(connection)
-        return layout != _layout() or (not state.rebuilding and state.position < log_end)
+        return bool(layout == _layout())
 
     def _stored_generation(self, connection: Connection) -> int:
         table = self.tables.position

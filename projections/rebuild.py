@@ -23,6 +23,7 @@ from projections.writer_turns import WriterTurns
 
 __all__ = [
     "Difference",
+    "bring_up_to_date",
     "catch_up",
     "dump",
     "forget_in_scratch",
@@ -149,6 +150,23 @@ def _refuse_while_rebuilding(projector: Projector, connection: Connection) -> No
             "the projections are being rebuilt, or a rebuild stopped before the end of the "
             "log: let it end, or finish it with `memvee rebuild --resume`"
         )
+
+
+def bring_up_to_date(
+    store: EventStore,
+    tables: ProjectionTables,
+    prepare: Callable[[Connection], object] | None = None,
+) -> int:
+    """What an open of the database does: create the tables that are missing (new ones
+    marked as being rebuilt, so refolded from the whole log) while every other writer is
+    held off, ``prepare`` in the same transaction, then :func:`catch_up`; returns the
+    events folded."""
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        Projector(tables).create(connection, rebuilding=True)
+        if prepare is not None:
+            prepare(connection)
+    return catch_up(store, tables)
 
 
 def catch_up(
