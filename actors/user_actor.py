@@ -634,17 +634,27 @@ class UserActor(PooledActor):
         """Run ``decide`` on the log and commit what it emitted, waiting for the commit.
 
         On a version conflict (another process appended) reload the log and decide again.
+        A decision that wrote nothing is made again too if the stored log went on meanwhile
+        (a `memvee` command or another process appended): no conflict would tell, and
+        "nothing to process" said of old state would leave what arrived in the buffer.
         """
         for _ in range(MAX_CONFLICT_RETRIES):
             result = decide(self._user_log(create=False))
             try:
-                self._commit()
+                if not self._commit() and self._behind_the_store():
+                    self._forget_log()
+                    continue
             except ConflictError:
                 continue
             return result
         raise ConflictError(
             f"user {self.user_id!r}: still conflicting after {MAX_CONFLICT_RETRIES} attempts"
         )
+
+    def _behind_the_store(self) -> bool:
+        """Whether the stored log has an event past the version of the one in memory."""
+        known = 0 if self._log is None else self._log.version
+        return bool(self._services.store.events_of(self.user_id, after=known, upto=known + 1))
 
     def _commit(self) -> list[Any]:
         """Write the pending events and wait until they are committed."""

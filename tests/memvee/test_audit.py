@@ -353,6 +353,25 @@ async def test_the_cli_lists_quarantined_messages_requeues_them_and_shows_spend(
     assert stats["spend"] == [] and stats["input_tokens"] == 0, "the stand-in spends nothing"
 
 
+async def test_a_running_memory_extracts_what_the_cli_requeued_on_its_next_run(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    from events import InvalidExtractionError
+
+    memory: Memory = await make_memory()
+    extractor.fault = lambda batch: InvalidExtractionError("unreadable answer")
+    await memory.add_exchange("ann", "I collect stamps", "ok")
+    await memory.process("ann")
+    assert len(await memory.quarantined("ann")) == 2
+    extractor.fault = None
+    # The operator requeues from a shell while the application runs: its actor holds the
+    # log as it was, and a run decided on that would find nothing to do.
+    with Audit(db_url=db_url) as audit:
+        assert len(audit.requeue("ann")) == 2
+    assert await memory.process("ann") > 0
+    assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+
+
 async def test_stats_sums_the_tokens_spent_per_extractor_and_model(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> None:
