@@ -298,6 +298,27 @@ class UserLog(Aggregate):
                 if version != LIVE_KNOWLEDGE
             }
 
+    class MessagesReturned(Aggregate.Event):
+        """Processed messages went back to the buffer: the knowledge version promoted
+        before this event does not cover them, and the knowledge that did is gone.
+
+        Each message comes back with its log version and its estimated prompt tokens, in
+        log order, to be extracted into the new live knowledge like any buffered message.
+        """
+
+        knowledge_version: str
+        message_ids: list[str]
+        versions: list[int]
+        weights: list[int]
+
+        def apply(self, log: UserLog) -> None:
+            for message_id, version, weight in zip(
+                self.message_ids, self.versions, self.weights, strict=True
+            ):
+                log.pending[message_id] = version
+                log.weights[message_id] = weight
+            log.pending = dict(sorted(log.pending.items(), key=lambda item: item[1]))
+
     class ProcessingFailed(Aggregate.Event):
         """A task ended FAILED on an error that may pass (the API was down, slow or busy,
         or storage failed); its batch returns to the buffer, split for the next try.
@@ -690,17 +711,64 @@ class UserLog(Aggregate):
                 valid_until=_said(sources, said_at),
             )
 
-    def promote(self, knowledge_version: str) -> None:
-        """Make a re-extracted knowledge version the live knowledge."""
+    def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
+        """Make a re-extracted knowledge version the live knowledge; returns the ids of
+        the processed messages it does not cover, which go back to the buffer.
+
+        ``history`` is this log's events, from its first to its current version: the
+        state does not keep which messages each version covers. A message processed
+        while the version was being extracted (or skipped by it, being buffered then) has
+        its knowledge only in the live version this one replaces: without going back to
+        the buffer, what it said would be lost from the live knowledge for good.
+        """
         if knowledge_version not in self.knowledge_versions:
             raise InvalidInputError(
                 f"user {self.user_id!r} has no unpromoted knowledge version {knowledge_version!r}"
             )
+        returned = self._not_covered_by(knowledge_version, history)
         self.trigger_event(
             self.KnowledgeVersionPromoted,
             knowledge_version=knowledge_version,
             knowledge_count=self.knowledge_versions[knowledge_version],
         )
+        if returned:
+            self.trigger_event(
+                self.MessagesReturned,
+                knowledge_version=knowledge_version,
+                message_ids=list(returned),
+                versions=[version for version, _ in returned.values()],
+                weights=[weight for _, weight in returned.values()],
+            )
+        return list(returned)
+
+    def _not_covered_by(
+        self, knowledge_version: str, history: Iterable[Any]
+    ) -> dict[str, tuple[int, int]]:
+        """The processed messages (neither buffered, held by a task nor quarantined) that
+        ``knowledge_version`` has no re-extraction of, read off ``history``: each with its
+        log version and estimated prompt tokens, in log order."""
+        added: dict[str, tuple[int, int]] = {}
+        covered: set[str] = set()
+        last = 0
+        for e in history:
+            if e.originator_id != self.id:
+                raise InvalidInputError(f"the history given is not the log of {self.user_id!r}")
+            last = e.originator_version
+            if isinstance(e, self.MessageAdded):
+                added[e.message_id] = (e.originator_version, estimate_tokens(e.content))
+            elif getattr(e, "knowledge_version", None) != knowledge_version:
+                continue
+            elif isinstance(e, self.KnowledgeReextracted):
+                covered.update(e.message_ids)
+            elif isinstance(e, self.KnowledgeVersionPromoted):
+                covered.clear()  # a version of the same name, promoted before
+        if last != self.version:
+            raise InvalidInputError(
+                f"the history given ends at version {last}, the log of {self.user_id!r} "
+                f"at {self.version}"
+            )
+        held = {*self.pending, *self.quarantined, *(m for t in self.open_tasks.values() for m in t)}
+        return {m: found for m, found in added.items() if m not in held and m not in covered}
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every running one) as FAILED with ``reason``.

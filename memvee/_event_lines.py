@@ -50,6 +50,8 @@ def describe(event: Any) -> str:
             return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
         case UserLog.KnowledgeVersionPromoted():
             return f"version {e.knowledge_version!r} promoted ({e.knowledge_count} entries)"
+        case UserLog.MessagesReturned():
+            return f"returned to the buffer{tail}: version {e.knowledge_version!r} lacks them"
         case UserLog.ProcessingFailed():
             return f"task {e.task_id[:8]} failed: {_flat(e.error)}"
         case UserLog.ProcessingInterrupted():

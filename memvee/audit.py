@@ -554,11 +554,20 @@ class Audit:
         with self.store.engine.connect() as connection:
             return self._reader.spend(connection)
 
-    def promote(self, user_id: str, version: str) -> None:
-        """Make a re-extracted knowledge version the user's live knowledge (an event)."""
+    def promote(self, user_id: str, version: str) -> list[str]:
+        """Make a re-extracted knowledge version the user's live knowledge (an event).
+
+        Returns the ids of the processed messages the version does not cover (processed
+        while it was being extracted, say): they go back to the buffer, to be extracted
+        into the new live knowledge by the next run, so none of what they said is lost.
+        """
         check_user_id(user_id)
         check_key(version, "version")
-        self._decide(user_id, lambda user_log: user_log.promote(version))
+
+        def promote(user_log: UserLog) -> list[str]:
+            return user_log.promote(version, self._events(user_id, upto=user_log.version))
+
+        return self._decide(user_id, promote)
 
     def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
         """Knowledge versions ``a`` and ``b`` of the user side by side."""
@@ -647,9 +656,16 @@ class Audit:
             return result
         raise ConflictError(f"user {user_id!r} kept changing; try again")
 
-    def _events(self, user_id: str, page_size: int = 1000) -> Iterator[Any]:
+    def _events(
+        self, user_id: str, page_size: int = 1000, *, upto: int | None = None
+    ) -> Iterator[Any]:
+        """The user's events in order, a page at a time (up to version ``upto``)."""
         after = 0
-        while page := self.store.events_of(user_id, after=after, upto=after + page_size):
+        while upto is None or after < upto:
+            last = after + page_size if upto is None else min(after + page_size, upto)
+            page = self.store.events_of(user_id, after=after, upto=last)
+            if not page:
+                return
             yield from page
             after = page[-1].originator_version
 

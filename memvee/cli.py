@@ -501,10 +501,10 @@ def reextract(
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
                 count = asyncio.run(audit.reextract(target, chosen, version))
-                if promote:
-                    audit.promote(target, version)
+                returned = audit.promote(target, version) if promote else []
                 bar.advance(job)
                 console.print(f"{target}: {count} entries in version {version!r}")
+                _print_returned(target, version, returned)
 
 
 def _reextract_in_bulk(
@@ -536,7 +536,7 @@ def _reextract_in_bulk(
     if promote and not report.failed:
         for target in targets:
             if version in audit.knowledge_versions(target):
-                audit.promote(target, version)
+                _print_returned(target, version, audit.promote(target, version))
     if report.failed:
         raise typer.Exit(code=1)
 
@@ -550,8 +550,18 @@ def promote_(
 ) -> None:
     """Make a re-extracted knowledge version the user's live knowledge."""
     with _audit(db, db_url) as audit:
-        audit.promote(user, version)
+        returned = audit.promote(user, version)
     console.print(f"{version!r} is now the live knowledge of {user!r}")
+    _print_returned(user, version, returned)
+
+
+def _print_returned(user: str, version: str, returned: list[str]) -> None:
+    """Say which processed messages a promotion sent back to the buffer, if any."""
+    if returned:
+        console.print(
+            f"{user}: {len(returned)} processed messages that {version!r} does not cover went "
+            "back to the buffer, to be extracted into the live knowledge by the next run"
+        )
 
 
 @app.command()

@@ -309,10 +309,14 @@ def evolve_citations(rows: TableRows, e: Any) -> None:
 
 
 def messages_touches(e: Any) -> Sequence[Lookup]:
-    """Buffered messages an event claims, moves or requeues; or those its task holds."""
+    """Buffered messages an event claims, moves, requeues or returns; or those its task
+    holds."""
     match e:
         case (
-            UserLog.ProcessingStarted() | UserLog.MessagesQuarantined() | UserLog.MessagesRequeued()
+            UserLog.ProcessingStarted()
+            | UserLog.MessagesQuarantined()
+            | UserLog.MessagesRequeued()
+            | UserLog.MessagesReturned()
         ):
             return [("message_id", m) for m in e.message_ids]
         case (
@@ -360,6 +364,9 @@ def evolve_messages(rows: TableRows, e: Any) -> None:
         case UserLog.MessagesRequeued():
             for message_id in e.message_ids:
                 rows.update(message_id, quarantined=0)
+        case UserLog.MessagesReturned():
+            for message_id in e.message_ids:
+                rows.update(message_id, buffered=1)
 
 
 # ---------------------------------------------------------------------- users
@@ -420,6 +427,8 @@ def evolve_users(rows: TableRows, e: Any) -> None:
             changes.update(tasks_failed=user["tasks_failed"] + 1)
         case UserLog.KnowledgeVersionPromoted():
             changes.update(knowledge_count=e.knowledge_count)
+        case UserLog.MessagesReturned():
+            changes.update(buffered_count=user["buffered_count"] + len(e.message_ids))
         case UserLog.KnowledgeSuperseded() | UserLog.KnowledgeInvalidated():
             live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
             changes.update(knowledge_count=user["knowledge_count"] - live)
@@ -498,6 +507,7 @@ PROJECTIONS: tuple[Projection, ...] = (
                 UserLog.ProcessingInterrupted,
                 UserLog.MessagesQuarantined,
                 UserLog.MessagesRequeued,
+                UserLog.MessagesReturned,
             }
         ),
         messages_touches,

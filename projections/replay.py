@@ -4,8 +4,9 @@ Computed by folding the user's log, up to that point, in memory, with the very f
 projection tables are built with (:mod:`projections.folds`); the live projections are
 never touched. A replay may start from a checkpoint (:mod:`projections.checkpoints`): the
 rows an earlier replay held, so a long log costs only the events after the nearest one.
-Reading pages of the log, and dropping messages once they leave the buffer for good,
-keeps the memory a replay holds bounded however long the history is.
+Reading pages of the log, and dropping messages once they leave the buffer (reading one
+back in the rare case a promotion returns it), keeps the memory a replay holds bounded
+however long the history is.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from events import EventStore, user_log_id
+from events import EventStore, UserLog, user_log_id
 from events.user_log import LIVE_KNOWLEDGE
 from projections.checkpoints import Checkpoint, Checkpoints
 from projections.collector import collector_paused
-from projections.folds import PROJECTIONS
+from projections.folds import PROJECTIONS, evolve_messages
 from projections.models import BufferedMessage, KnowledgeEntry, TaskRecord
 from projections.reader import buffered_from_row, entry_from_row, task_from_row
 from projections.rows import TableRows
@@ -180,6 +181,7 @@ class _Replay:
             if at is not None:
                 events = _until(events, at)
             if events:
+                self._restore_returned(store, user_id, events)
                 self.fold(events)
             if not events or len(events) < whole:
                 break
@@ -197,11 +199,25 @@ class _Replay:
         self._drop_settled()
 
     def _drop_settled(self) -> None:
-        """Forget the messages that left the buffer: no event puts a message back in it,
-        so a :class:`UserState` never reads them again."""
+        """Forget the messages that left the buffer: a :class:`UserState` reads them
+        again only if a promotion returns them (see :meth:`_restore_returned`)."""
         messages = self.tables["messages"]
         for key in [k for k, r in messages.rows.items() if r["buffered"] == 0]:
             messages.delete(key)
+
+    def _restore_returned(self, store: EventStore, user_id: str, events: Sequence[Any]) -> None:
+        """Read back, as they stood (out of the buffer), the dropped messages that
+        ``events`` return to the buffer: each event names their log versions."""
+        messages = self.tables["messages"]
+        for e in events:
+            if not isinstance(e, UserLog.MessagesReturned):
+                continue
+            for message_id, version in zip(e.message_ids, e.versions, strict=True):
+                if message_id in messages.rows:
+                    continue
+                for added in store.events_of(user_id, after=version - 1, upto=version):
+                    evolve_messages(messages, added)
+                    messages.update(message_id, buffered=0)
 
 
 def _until(events: list[Any], at: datetime) -> list[Any]:

@@ -181,9 +181,54 @@ def test_a_reextracted_version_has_its_own_lifecycle_and_promotion_keeps_only_va
     live_target = ExtractedFact("Rome.", (ids[1],), "update", live["entry_id"])
     (new, rome) = log.record_reextraction("v2", ids, [update, live_target], "y")
     assert log.knowledge_versions == {"v2": 2} and log.knowledge_count == 1
-    log.promote("v2")
+    log.promote("v2", [*log.pending_events])
     assert sorted(_known(log)) == sorted([new["entry_id"], rome["entry_id"]])
     assert log.knowledge_count == 2
+
+
+def test_promotion_returns_to_the_buffer_the_processed_messages_the_version_lacks() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo", "I work at Acme")
+    log.record_knowledge("t1", [ExtractedFact("Oslo.", (first[0],))], "x")
+    log.record_reextraction("v2", first, [ExtractedFact("Lives in Oslo.", (first[0],))], "y")
+    later = _batch(log, "t2", "I love jazz")  # processed while v2 was being extracted
+    log.record_knowledge("t2", [ExtractedFact("Jazz.", (later[0],))], "x")
+    waiting = log.add_message("user", "I have a cat", T0, 1000)
+    history = [*log.pending_events]
+    assert log.promote("v2", history) == later
+    promoted, returned = log.collect_events()[len(history) :]
+    assert isinstance(promoted, UserLog.KnowledgeVersionPromoted)
+    assert isinstance(returned, UserLog.MessagesReturned)
+    assert (returned.knowledge_version, returned.message_ids) == ("v2", later)
+    assert list(log.pending) == [*later, waiting], "back in log order, before later messages"
+    assert log.weights[later[0]] > 0, "weighed again for the batch's token budget"
+    assert log.knowledge_count == 1 and len(_known(log)) == 1
+
+
+def test_a_promoted_version_of_the_same_name_covers_nothing_of_a_later_one() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    log.record_knowledge("t1", [ExtractedFact("Oslo.", (first[0],))], "x")
+    log.record_reextraction("v2", first, [ExtractedFact("Lives in Oslo.", (first[0],))], "y")
+    assert log.promote("v2", [*log.pending_events]) == []
+    second = _batch(log, "t2", "I love jazz")
+    log.record_knowledge("t2", [ExtractedFact("Jazz.", (second[0],))], "x")
+    log.record_reextraction("v2", second, [ExtractedFact("Loves jazz.", (second[0],))], "y")
+    assert log.promote("v2", [*log.pending_events]) == first
+
+
+def test_promotion_refuses_a_history_that_is_not_the_whole_log() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    log.record_knowledge("t1", [ExtractedFact("Oslo.", (ids[0],))], "x")
+    log.record_reextraction("v2", ids, [ExtractedFact("Lives in Oslo.", (ids[0],))], "y")
+    history = [*log.pending_events]
+    with pytest.raises(ValueError, match="ends at version 5, the log of 'ann' at 6"):
+        log.promote("v2", history[:-1])
+    other = UserLog.register("bob")
+    with pytest.raises(ValueError, match="not the log of 'ann'"):
+        log.promote("v2", [*other.pending_events])
+    assert log.knowledge_versions == {"v2": 1}, "nothing was decided"
 
 
 def test_state_from_an_older_snapshot_is_upgraded_and_cannot_lose_facts() -> None:

@@ -14,6 +14,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
+from tests.support.coverage import checked_coverage
 
 
 async def _processed(make_memory: Any) -> Memory:
@@ -50,6 +51,43 @@ async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
     ]
     assert await memory.process("eve") == 1
     assert len(await memory.knowledge("eve")) == 3
+
+
+async def test_messages_processed_while_a_version_was_extracted_return_to_the_buffer(
+    make_memory: Any, db_url: str
+) -> None:
+    memory = await _processed(make_memory)  # "I love jazz" waits in the buffer
+    with Audit(db_url=db_url) as audit:
+        assert await audit.reextract("eve", OfflineExtractor(), "v2") == 2
+    # The re-extraction ran for hours: the application went on processing meanwhile.
+    await memory.process("eve")
+    await memory.add_exchange("eve", "I have a cat", "cute")
+    await memory.process("eve")
+    later = [m.message_id for m in await memory.messages("eve")][4:]
+    assert "User said: I love jazz" in [e.text for e in await memory.knowledge("eve")]
+    runner = CliRunner()
+    promoted = await asyncio.to_thread(
+        runner.invoke, app, ["promote", "eve", "v2", "--db-url", db_url]
+    )
+    assert promoted.exit_code == 0, promoted.output
+    assert "eve: 4 processed messages that 'v2' does not cover went back to the buffer" in (
+        " ".join(promoted.output.split())
+    )
+    assert [m.message_id for m in await memory.buffer("eve")] == later
+    summary = await memory.user("eve")
+    assert summary is not None and summary.buffered_count == 4
+    assert await memory.process("eve") == 2
+    assert sorted(e.text for e in await memory.knowledge("eve")) == [
+        "User lives in Oslo.",  # v2's
+        "User said: I have a cat",  # the application's extractor's, again
+        "User said: I love jazz",
+        "User works at Acme.",
+    ], "nothing said while v2 was extracted is lost from the live knowledge"
+    checked_coverage(memory, "eve")
+    with Audit(db_url=db_url) as audit:
+        assert verify(audit.store) == []
+        state = audit.state("eve")
+        assert [e.text for e in state.knowledge] == [e.text for e in await memory.knowledge("eve")]
 
 
 class _CountedExtractor(OfflineExtractor):

@@ -49,6 +49,9 @@ def coverage(store: EventStore, user_id: str) -> Coverage:
         elif isinstance(event, UserLog.MessagesRequeued):
             for message_id in event.message_ids:
                 found.quarantined.pop(message_id, None)
+        elif isinstance(event, UserLog.MessagesReturned):
+            for message_id in event.message_ids:
+                found.covered.pop(message_id, None)  # its knowledge was replaced
     return found
 
 

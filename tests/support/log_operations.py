@@ -4,6 +4,8 @@ crash, re-extract and promote. Used by the tests that need logs of every kind of
 
 from __future__ import annotations
 
+from typing import Any
+
 from events import BatchLimits, ExtractedFact, UserLog
 
 __all__ = ["EVERY_OPERATION", "LIMITS", "LogDriver"]
@@ -37,11 +39,18 @@ class LogDriver:
 
     def __init__(self, user_id: str) -> None:
         self.log = UserLog.register(user_id)
+        self.history: list[Any] = [*self.log.pending_events]
         self.messages: list[str] = []
         self.tasks = 0
 
     def perform(self, op: str) -> None:
-        """Apply one operation; one that does not apply now (no open task) does nothing."""
+        """Apply one operation; one that does not apply now (no open task) does nothing.
+        Its events stay to be collected, and are noted in :attr:`history`."""
+        before = len(self.log.pending_events)
+        self._perform(op)
+        self.history += self.log.pending_events[before:]
+
+    def _perform(self, op: str) -> None:
         log = self.log
         if op == "add":
             self.messages.append(
@@ -76,7 +85,7 @@ class LogDriver:
                 facts = [ExtractedFact(f"again {m}", (m,)) for m in covered]
                 log.record_reextraction(f"v{log.version}", covered, facts, "property")
         elif op == "promote" and log.knowledge_versions:
-            log.promote(next(iter(log.knowledge_versions)))
+            log.promote(next(iter(log.knowledge_versions)), self.history)
 
     def _covered(self) -> list[str]:
         """The messages that are neither buffered nor held by a task."""
