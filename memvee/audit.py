@@ -445,7 +445,8 @@ class Audit:
         """Run the user's processed messages through ``extractor`` into knowledge ``version``.
 
         The live knowledge stays as it is until :meth:`promote`. Messages still buffered
-        are left to normal processing. Returns the number of entries extracted.
+        or quarantined are left to normal processing. Returns the number of entries
+        extracted.
         """
         check_user_id(user_id)
         check_new_knowledge_version(version)
@@ -453,10 +454,12 @@ class Audit:
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
-        waiting = set(user_log.pending) | {m for t in user_log.open_tasks.values() for m in t}
+        waiting = {*user_log.pending, *user_log.quarantined}
+        waiting |= {m for t in user_log.open_tasks.values() for m in t}
         batch: list[BatchMessage] = []
         extracted = 0
-        for event in self._events(user_id):
+        # The log as loaded: a message added since is buffered, left to normal processing.
+        for event in self._events(user_id, upto=user_log.version):
             if isinstance(event, UserLog.MessageAdded) and event.message_id not in waiting:
                 batch.append(
                     BatchMessage(event.message_id, event.role, event.content, event.sent_at)

@@ -161,6 +161,67 @@ async def test_a_reextracted_version_keeps_the_lifecycle_of_its_own_entries(
     assert history["User lives in Oslo."].superseded_by == history["User lives in Bergen."].entry_id
 
 
+async def test_quarantined_and_buffered_messages_are_left_to_normal_processing(
+    make_memory: Any, extractor: Any, db_url: str
+) -> None:
+    from events import InvalidExtractionError
+
+    memory: Memory = await make_memory()
+    extractor.fault = lambda batch: (
+        InvalidExtractionError("unreadable")
+        if any("stamps" in m.content for m in batch.messages)
+        else None
+    )
+    await memory.add_exchange("eve", "I collect stamps", "ok")
+    await memory.add_exchange("eve", "I live in Oslo", "nice")
+    await memory.process("eve")
+    await memory.add_exchange("eve", "I love jazz", "great")
+    quarantined = {m.message_id for m in await memory.quarantined("eve")}
+    buffered = {m.message_id for m in await memory.buffer("eve")}
+    assert len(quarantined) == 1 and len(buffered) == 2
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=1)
+        covered = {
+            m
+            for line in audit.log("eve", types=["KnowledgeReextracted"])
+            for m in line.payload["message_ids"]
+        }
+    assert len(covered) == 3 and not covered & (quarantined | buffered)
+
+
+class _WritingOnFirstCall(OfflineExtractor):
+    """Extracts offline; the application writes an exchange while its first batch is out."""
+
+    def __init__(self, memory: Memory, user: str) -> None:
+        super().__init__()
+        self._memory, self._user, self._done = memory, user, False
+
+    async def extract(self, batch: Any) -> Any:
+        if not self._done:
+            self._done = True
+            await self._memory.add_exchange(self._user, "I have a cat", "cute")
+        return await super().extract(batch)
+
+
+async def test_messages_written_while_a_reextraction_runs_are_left_to_normal_processing(
+    make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = await _processed(make_memory)
+    reading = Audit._events
+    monkeypatch.setattr(  # pages of two events: the walk reads most of the log later
+        Audit, "_events", lambda self, user, page_size=2, **bounds: reading(self, user, 2, **bounds)
+    )
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", _WritingOnFirstCall(memory, "eve"), "v2", batch_size=1)
+        covered = {
+            m
+            for line in audit.log("eve", types=["KnowledgeReextracted"])
+            for m in line.payload["message_ids"]
+        }
+    buffered = {m.message_id for m in await memory.buffer("eve")}
+    assert len(covered) == 4 and len(buffered) == 4 and not covered & buffered
+
+
 class _ForgettingOnFirstCall(OfflineExtractor):
     """Extracts offline, but the user is forgotten, and writes again, while its first
     batch is out (a re-extraction runs for minutes, or hours through the Batch API)."""
