@@ -9,6 +9,7 @@ for one user only, then ranked by cosine similarity in memory.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,9 +43,17 @@ class NamedEmbedder(Protocol):
         ...
 
 
+log = logging.getLogger("memvee.projections")
+
 _BATCH = 64
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
+_CANARY = "memvee"
+"""A text every embedder takes: whether it does tells a text the embedder refuses (one
+too long for an embedding API, say) from an embedder that is down."""
+
+_Missing = tuple[str, str, str]
+"""An item without a vector: its id, its text and its kind (``entry`` or ``message``)."""
 
 
 def hold_off_vector_writes(connection: Connection, tables: ProjectionTables) -> None:
@@ -75,6 +84,9 @@ class VectorIndex:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, _Vectors] = OrderedDict()
         self._filled: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+        """Per log, the (kind, id) of items whose text the embedder refuses while it
+        embeds others: left out of later fills (in this process), ranked lexically."""
 
     def fill(
         self,
@@ -89,7 +101,10 @@ class VectorIndex:
 
         A fill remembers the log version it covered: while the log has not moved, the next
         one is a single lookup. ``stop`` is asked between batches of texts; once it says
-        so, the fill ends early (what it embedded is kept).
+        so, the fill ends early (what it embedded is kept). A text the embedder refuses
+        while it takes others is left without a vector, with a warning, so that one
+        message no embedding API accepts never keeps the rest of its user from semantic
+        ranking; an embedder that takes nothing at all fails the fill.
         """
         log_id = str(user_log_id(user_id))
         v, k, m, u = (
@@ -125,11 +140,13 @@ class VectorIndex:
                     )
                 )
                 missing += [(item, spoken(text, name), "message") for item, text, name in rows]
+        with self._lock:
+            refused = set(self._refused.get(log_id, ()))
+        missing = [m for m in missing if (m[2], m[0]) not in refused]
         for start in range(0, len(missing), _BATCH):
             if stop():
                 return start
             chunk = missing[start : start + _BATCH]
-            vectors = embed([text for _, text, _ in chunk])
             values = [
                 {
                     "item_id": item,
@@ -138,10 +155,11 @@ class VectorIndex:
                     "kind": kind,
                     "vector": np.asarray(vector, dtype=np.float32).tobytes(),
                 }
-                for (item, _, kind), vector in zip(chunk, vectors, strict=True)
+                for (item, _, kind), vector in self._embedded(user_id, log_id, chunk, embed)
             ]
-            with engine.begin() as connection:
-                self._insert_kept(connection, log_id, values)
+            if values:
+                with engine.begin() as connection:
+                    self._insert_kept(connection, log_id, values)
         if messages:
             with engine.connect() as connection:
                 if not self._complete(connection, log_id):
@@ -197,16 +215,58 @@ class VectorIndex:
         with self._lock:
             self._cache.pop(log_id, None)
             self._filled.pop(log_id, None)
+            self._refused.pop(log_id, None)
+
+    def _embedded(
+        self, user_id: str, log_id: str, chunk: list[_Missing], embed: Embed
+    ) -> list[tuple[_Missing, list[float]]]:
+        """``chunk``'s items with their vectors; when the embedder refuses the batch but
+        takes other text, the batch is halved until the texts it refuses stand alone."""
+        try:
+            return list(zip(chunk, embed([text for _, text, _ in chunk]), strict=True))
+        except Exception as error:
+            self._check_alive(embed, error)
+            if len(chunk) == 1:
+                (item, _, kind), *_ = chunk
+                log.warning(
+                    "user %r: the embedder refuses the text of %s %s (%s); it is ranked "
+                    "lexically only",
+                    user_id,
+                    kind,
+                    item,
+                    error,
+                )
+                with self._lock:
+                    self._refused.setdefault(log_id, set()).add((kind, item))
+                    self._refused.move_to_end(log_id)
+                    while len(self._refused) > _FILLED_KEPT:
+                        self._refused.popitem(last=False)
+                return []
+            half = len(chunk) // 2
+            return [
+                *self._embedded(user_id, log_id, chunk[:half], embed),
+                *self._embedded(user_id, log_id, chunk[half:], embed),
+            ]
+
+    @staticmethod
+    def _check_alive(embed: Embed, error: Exception) -> None:
+        """Raise ``error`` again unless the embedder takes a text it must take: then the
+        embedder is down (or misconfigured), not the texts it was given at fault."""
+        try:
+            embed([_CANARY])
+        except Exception:
+            raise error from None
 
     def _complete(self, connection: Connection, log_id: str) -> bool:
-        """Whether the cache holds a vector of every message of the log."""
+        """Whether the cache holds a vector of every message of the log the embedder takes."""
         with self._lock:
             cached = self._cache.get(log_id)
+            refused = sum(kind == "message" for kind, _ in self._refused.get(log_id, ()))
         if cached is None:
             return False
         m = self.tables.messages
         count = connection.execute(select(func.count()).where(m.c.log_id == log_id)).scalar()
-        return cached.count == int(count or 0)
+        return cached.count + refused == int(count or 0)
 
     def _load(self, connection: Connection, log_id: str) -> _Vectors:
         """Read the log's message vectors into the cache."""

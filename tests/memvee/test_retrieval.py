@@ -227,6 +227,42 @@ async def test_an_embedder_that_fails_leaves_the_search_lexical_until_it_answers
     assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
 
 
+class _RefusingEmbedder(ConceptEmbedder):
+    """The concept embedder, refusing every batch that holds a text longer than ``limit``
+    characters, as an embedding API refuses one input over its token limit."""
+
+    limit = 200
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if any(len(text) > self.limit for text in texts):
+            self.calls += 1
+            raise MemveeError("the embedding API answered 400: an input is too long")
+        return super().embed(texts)
+
+
+async def test_a_text_the_embedder_refuses_leaves_the_rest_of_its_user_semantic(
+    make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _RefusingEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    with caplog.at_level(logging.WARNING):
+        await _say(memory, "ann", 0, "I love jazz.", "Here is my essay: " + "words " * 60)
+        await _say(memory, "ann", 1, "I have a dog called Rex.")
+        semantic = await memory.retrieve("ann", "what music is she into?", top_k=1)
+        await _background_embedding_done(memory)
+        mixed = await memory.retrieve("ann", "any pets?", top_k=1, include_messages=True)
+    assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
+    assert [hit.text for hit in mixed.entries] == ["User's dog is called Rex."]
+    assert "the embedder refuses the text of message" in caplog.text
+    assert "ranks lexically" not in caplog.text, "no search fell back for one text"
+    calls = embedder.calls
+    await _say(memory, "ann", 2, "I work at Acme.")
+    await memory.retrieve("ann", "where does she work?", top_k=1, include_messages=True)
+    await _background_embedding_done(memory)
+    await memory.retrieve("ann", "where does she work?", top_k=1, include_messages=True)
+    assert embedder.calls <= calls + 4, "the refused text is not sent again"
+
+
 async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(
     make_memory: Callable[..., Any],
 ) -> None:
