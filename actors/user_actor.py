@@ -35,6 +35,7 @@ from events import (
     ExtractionResult,
     InvalidInputError,
     MemveeError,
+    NotFoundError,
     StorageError,
     StoredSnapshot,
     TokenUsage,
@@ -634,12 +635,19 @@ class UserActor(PooledActor):
         """Run ``decide`` on the log and commit what it emitted, waiting for the commit.
 
         On a version conflict (another process appended) reload the log and decide again.
-        A decision that wrote nothing is made again too if the stored log went on meanwhile
-        (a `memvee` command or another process appended): no conflict would tell, and
-        "nothing to process" said of old state would leave what arrived in the buffer.
+        A decision that wrote nothing, or refused (a message not quarantined, a task not
+        known), is made again too if the stored log went on meanwhile (a `memvee` command
+        or another process appended): no conflict would tell, and "nothing to process"
+        said of old state would leave what arrived in the buffer.
         """
         for _ in range(MAX_CONFLICT_RETRIES):
-            result = decide(self._user_log(create=False))
+            try:
+                result = decide(self._user_log(create=False))
+            except (InvalidInputError, NotFoundError):
+                if not self._behind_the_store():
+                    raise
+                self._forget_log()
+                continue
             try:
                 if not self._commit() and self._behind_the_store():
                     self._forget_log()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from actors.lease import LeaseTable
-from events import user_log_id
+from events import InvalidExtractionError, user_log_id
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
 from tests.support.store_faults import queue_and_stop
@@ -37,6 +37,33 @@ async def test_only_the_lease_holder_extracts_and_a_guest_task_completes_through
         assert len(owner_extractor.batches) == 1
         assert len(await guest.knowledge("u")) == 2
         assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_guest_requeues_what_the_owner_quarantined_since_the_guest_read_the_log(
+    db_url: str,
+) -> None:
+    owner_extractor = RecordingExtractor()
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I collect stamps", "ok")  # the guest holds the log now
+        owner_extractor.fault = lambda batch: (
+            InvalidExtractionError("unreadable")
+            if any("stamps" in m.content for m in batch.messages)
+            else None
+        )
+        await owner.process("u")
+        (stuck,) = await guest.quarantined("u")
+        # The guest's copy of the log predates the quarantine: refusing the id as "not
+        # quarantined" would be deciding on old state.
+        assert await guest.requeue("u", [stuck.message_id]) == 1
+        owner_extractor.fault = None
+        assert await guest.process("u") > 0
+        assert await guest.buffer("u") == [] and await guest.quarantined("u") == []
     finally:
         await guest.close()
         await owner.close()
