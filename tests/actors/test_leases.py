@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from actors.lease import LeaseTable
-from events import InvalidExtractionError, user_log_id
+from events import user_log_id
 from memvee import Memory, MemoryConfig
-from tests.support.extractors import RecordingExtractor
+from tests.support.extractors import RecordingExtractor, unreadable_when
 from tests.support.store_faults import queue_and_stop
 
 
@@ -51,11 +51,7 @@ async def test_a_guest_requeues_what_the_owner_quarantined_since_the_guest_read_
     try:
         await owner.add_exchange("u", "I live in Oslo", "ok")
         await guest.add_exchange("u", "I collect stamps", "ok")  # the guest holds the log now
-        owner_extractor.fault = lambda batch: (
-            InvalidExtractionError("unreadable")
-            if any("stamps" in m.content for m in batch.messages)
-            else None
-        )
+        owner_extractor.fault = unreadable_when("stamps")
         await owner.process("u")
         (stuck,) = await guest.quarantined("u")
         # The guest's copy of the log predates the quarantine: refusing the id as "not

@@ -19,7 +19,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
-from tests.support.extractors import RecordingExtractor
+from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
 
 async def _snapshot(memory: Memory, user: str) -> tuple[int, Any]:
@@ -317,17 +317,8 @@ async def test_the_cli_explains_exports_and_imports(
 async def test_the_cli_lists_quarantined_messages_requeues_them_and_shows_spend(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> None:
-    from events import InvalidExtractionError
-
     memory: Memory = await make_memory()
-    extractor.fault = lambda batch: (
-        InvalidExtractionError("unreadable answer")
-        if any("stamps" in m.content for m in batch.messages)
-        else None
-    )
-    await memory.add_exchange("ann", "I collect stamps", "ok")
-    await memory.add_exchange("ann", "I live in Oslo", "ok")
-    await memory.process("ann")
+    await quarantine_stamps(memory, extractor, "ann")
     await memory.close()
     runner = CliRunner()
 

@@ -15,6 +15,7 @@ from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
 from tests.support.coverage import checked_coverage
+from tests.support.extractors import quarantine_stamps
 
 
 async def _processed(make_memory: Any) -> Memory:
@@ -164,43 +165,50 @@ async def test_a_reextracted_version_keeps_the_lifecycle_of_its_own_entries(
 async def test_quarantined_and_buffered_messages_are_left_to_normal_processing(
     make_memory: Any, extractor: Any, db_url: str
 ) -> None:
-    from events import InvalidExtractionError
-
     memory: Memory = await make_memory()
-    extractor.fault = lambda batch: (
-        InvalidExtractionError("unreadable")
-        if any("stamps" in m.content for m in batch.messages)
-        else None
-    )
-    await memory.add_exchange("eve", "I collect stamps", "ok")
-    await memory.add_exchange("eve", "I live in Oslo", "nice")
-    await memory.process("eve")
+    await quarantine_stamps(memory, extractor, "eve")
     await memory.add_exchange("eve", "I love jazz", "great")
     quarantined = {m.message_id for m in await memory.quarantined("eve")}
     buffered = {m.message_id for m in await memory.buffer("eve")}
     assert len(quarantined) == 1 and len(buffered) == 2
     with Audit(db_url=db_url) as audit:
         await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=1)
-        covered = {
-            m
-            for line in audit.log("eve", types=["KnowledgeReextracted"])
-            for m in line.payload["message_ids"]
-        }
+        covered = _reextracted(audit, "eve")
     assert len(covered) == 3 and not covered & (quarantined | buffered)
 
 
-class _WritingOnFirstCall(OfflineExtractor):
-    """Extracts offline; the application writes an exchange while its first batch is out."""
+def _reextracted(audit: Audit, user: str) -> set[str]:
+    """The messages the user's re-extractions covered, read off the log."""
+    return {
+        m
+        for line in audit.log(user, types=["KnowledgeReextracted"])
+        for m in line.payload["message_ids"]
+    }
+
+
+class _ActingOnFirstCall(OfflineExtractor):
+    """Extracts offline, but the application acts on the user while its first batch is out
+    (a re-extraction runs for minutes, or hours through the Batch API)."""
 
     def __init__(self, memory: Memory, user: str) -> None:
         super().__init__()
         self._memory, self._user, self._done = memory, user, False
 
+    async def act(self, memory: Memory, user: str) -> None:
+        """What the application does meanwhile."""
+
     async def extract(self, batch: Any) -> Any:
         if not self._done:
             self._done = True
-            await self._memory.add_exchange(self._user, "I have a cat", "cute")
+            await self.act(self._memory, self._user)
         return await super().extract(batch)
+
+
+class _WritingOnFirstCall(_ActingOnFirstCall):
+    """The application writes an exchange while the first batch is out."""
+
+    async def act(self, memory: Memory, user: str) -> None:
+        await memory.add_exchange(user, "I have a cat", "cute")
 
 
 async def test_messages_written_while_a_reextraction_runs_are_left_to_normal_processing(
@@ -213,29 +221,17 @@ async def test_messages_written_while_a_reextraction_runs_are_left_to_normal_pro
     )
     with Audit(db_url=db_url) as audit:
         await audit.reextract("eve", _WritingOnFirstCall(memory, "eve"), "v2", batch_size=1)
-        covered = {
-            m
-            for line in audit.log("eve", types=["KnowledgeReextracted"])
-            for m in line.payload["message_ids"]
-        }
+        covered = _reextracted(audit, "eve")
     buffered = {m.message_id for m in await memory.buffer("eve")}
     assert len(covered) == 4 and len(buffered) == 4 and not covered & buffered
 
 
-class _ForgettingOnFirstCall(OfflineExtractor):
-    """Extracts offline, but the user is forgotten, and writes again, while its first
-    batch is out (a re-extraction runs for minutes, or hours through the Batch API)."""
+class _ForgettingOnFirstCall(_ActingOnFirstCall):
+    """The user is forgotten, and writes again, while the first batch is out."""
 
-    def __init__(self, memory: Memory, user: str) -> None:
-        super().__init__()
-        self._memory, self._user, self._done = memory, user, False
-
-    async def extract(self, batch: Any) -> Any:
-        if not self._done:
-            self._done = True
-            await self._memory.forget(self._user)
-            await self._memory.add_exchange(self._user, "I just moved to Rome", "welcome")
-        return await super().extract(batch)
+    async def act(self, memory: Memory, user: str) -> None:
+        await memory.forget(user)
+        await memory.add_exchange(user, "I just moved to Rome", "welcome")
 
 
 async def test_what_a_forgotten_users_messages_gave_is_not_recorded_in_their_new_log(

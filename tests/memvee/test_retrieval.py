@@ -197,13 +197,19 @@ async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_rank
 
 
 class _FailingEmbedder(ConceptEmbedder):
-    """The concept embedder, failing while ``down``, as an embedding API does in an outage."""
+    """The concept embedder, failing while ``down``, as an embedding API does in an outage,
+    and refusing every batch that holds a text longer than ``limit`` characters, as an
+    embedding API refuses one input over its token limit."""
 
     down = False
+    limit: int | None = None
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if self.down:
             raise MemveeError("the embedding API answered 503")
+        if self.limit is not None and any(len(text) > self.limit for text in texts):
+            self.calls += 1
+            raise MemveeError("the embedding API answered 400: an input is too long")
         return super().embed(texts)
 
 
@@ -227,23 +233,11 @@ async def test_an_embedder_that_fails_leaves_the_search_lexical_until_it_answers
     assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
 
 
-class _RefusingEmbedder(ConceptEmbedder):
-    """The concept embedder, refusing every batch that holds a text longer than ``limit``
-    characters, as an embedding API refuses one input over its token limit."""
-
-    limit = 200
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        if any(len(text) > self.limit for text in texts):
-            self.calls += 1
-            raise MemveeError("the embedding API answered 400: an input is too long")
-        return super().embed(texts)
-
-
 async def test_a_text_the_embedder_refuses_leaves_the_rest_of_its_user_semantic(
     make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    embedder = _RefusingEmbedder()
+    embedder = _FailingEmbedder()
+    embedder.limit = 200
     memory = await _offline(make_memory, embedder=embedder)
     with caplog.at_level(logging.WARNING):
         await _say(memory, "ann", 0, "I love jazz.", "Here is my essay: " + "words " * 60)

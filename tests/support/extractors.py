@@ -6,14 +6,37 @@ import asyncio
 import random
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from events import (
     ExtractedFact,
     ExtractionBatch,
     ExtractionError,
     ExtractionResult,
+    InvalidExtractionError,
     RejectedBatchError,
 )
+
+
+def unreadable_when(word: str) -> Callable[[ExtractionBatch], BaseException | None]:
+    """A :attr:`RecordingExtractor.fault`: every batch holding a message with ``word`` gets
+    an unreadable answer (a failure that repeats, so its message ends quarantined)."""
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if any(word in m.content for m in batch.messages):
+            return InvalidExtractionError("unreadable answer")
+        return None
+
+    return fault
+
+
+async def quarantine_stamps(memory: Any, extractor: RecordingExtractor, user: str) -> None:
+    """Write "I collect stamps" (whose answers are unreadable, so it ends quarantined) and
+    "I live in Oslo" for ``user``, and process them."""
+    extractor.fault = unreadable_when("stamps")
+    await memory.add_exchange(user, "I collect stamps", "ok")
+    await memory.add_exchange(user, "I live in Oslo", "ok")
+    await memory.process(user)
 
 
 class RecordingExtractor:
