@@ -216,8 +216,9 @@ class _Replay:
                 if message_id in messages.rows:
                     continue
                 for added in store.events_of(user_id, after=version - 1, upto=version):
-                    evolve_messages(messages, added)
-                    messages.update(message_id, buffered=0)
+                    if isinstance(added, UserLog.MessageAdded):
+                        evolve_messages(messages, added)
+                        messages.update(message_id, buffered=0)
 
 
 def _until(events: list[Any], at: datetime) -> list[Any]:
