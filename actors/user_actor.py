@@ -660,9 +660,16 @@ class UserActor(PooledActor):
         )
 
     def _behind_the_store(self) -> bool:
-        """Whether the stored log has an event past the version of the one in memory."""
-        known = 0 if self._log is None else self._log.version
-        return bool(self._services.store.events_of(self.user_id, after=known, upto=known + 1))
+        """Whether the stored log has an event past the version of the one in memory, or
+        is another log (the user was forgotten and began again, maybe to fewer events)."""
+        store, user_log = self._services.store, self._log
+        known = 0 if user_log is None else user_log.version
+        if store.events_of(self.user_id, after=known, upto=known + 1):
+            return True
+        if user_log is None or known == 0:
+            return False
+        first = store.events_of(self.user_id, after=0, upto=1)
+        return not first or first[0].timestamp != user_log.created_on
 
     def _commit(self) -> list[Any]:
         """Write the pending events and wait until they are committed."""

@@ -65,6 +65,25 @@ async def test_a_guest_requeues_what_the_owner_quarantined_since_the_guest_read_
         await owner.close()
 
 
+async def test_a_guest_processes_the_new_log_of_a_user_the_owner_forgot(db_url: str) -> None:
+    owner = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        assert await guest.process("u") == 2
+        assert await guest.process("u") == 0  # the guest's copy: read again, nothing waits
+        await owner.forget("u")
+        await owner.add_exchange("u", "I moved to Rome", "ok")  # a new log, 3 events long
+        # The guest's copy is the forgotten log, longer than the new one: no event past
+        # it tells, only the stored log's first event.
+        assert await guest.process("u") == 1
+        assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 async def test_a_guest_takes_the_user_over_when_the_owner_leaves(db_url: str) -> None:
     owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
     owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
