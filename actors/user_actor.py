@@ -668,8 +668,8 @@ class UserActor(PooledActor):
             return True
         if user_log is None or known == 0:
             return False
-        first = store.events_of(self.user_id, after=0, upto=1)
-        return not first or first[0].timestamp != user_log.created_on
+        first = next(iter(store.events_of(self.user_id, after=0, upto=1)), None)
+        return not isinstance(first, UserLog.Registered) or first.timestamp != user_log.created_on
 
     def _commit(self) -> list[Any]:
         """Write the pending events and wait until they are committed."""
