@@ -384,6 +384,13 @@ class UserLog(Aggregate):
         """Open the log of ``user_id``."""
         return cls._create(cls.Registered, id=user_log_id(user_id), user_id=user_id)
 
+    @property
+    def unsettled(self) -> set[str]:
+        """The messages not covered for good: buffered, held by a running task, or
+        quarantined (what re-extraction leaves to normal processing)."""
+        held = (m for batch in self.open_tasks.values() for m in batch)
+        return {*self.pending, *self.quarantined, *held}
+
     def end_entry(self, entry_id: str) -> None:
         """Evolve helper: an entry stopped being valid; its version counts one fewer."""
         version = self.valid_entries.pop(entry_id)
@@ -767,8 +774,8 @@ class UserLog(Aggregate):
                 f"the history given ends at version {last}, the log of {self.user_id!r} "
                 f"at {self.version}"
             )
-        held = {*self.pending, *self.quarantined, *(m for t in self.open_tasks.values() for m in t)}
-        return {m: found for m, found in added.items() if m not in held and m not in covered}
+        unsettled = self.unsettled
+        return {m: found for m, found in added.items() if m not in unsettled and m not in covered}
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every running one) as FAILED with ``reason``.

@@ -157,8 +157,7 @@ class BulkReextraction:
             user_log = self.store.load(user_id)
             if user_log is None:
                 raise InvalidInputError(f"user {user_id!r} has no log")
-            waiting = set(user_log.pending) | set(user_log.quarantined)
-            waiting |= {m for batch in user_log.open_tasks.values() for m in batch}
+            waiting = user_log.unsettled
             events = self.store.events_of(user_id)
             done = {
                 m

@@ -258,21 +258,15 @@ class Audit:
         # stopped midway); a bound past any log is never sent to the database.
         after = min(from_version or 1, PAST_ANY_VERSION) - 1
         end = PAST_ANY_VERSION if to_version is None else min(to_version, PAST_ANY_VERSION)
-        while after < end:
-            upto = min(after + page_size, end)
-            page = self.store.events_of(user_id, after=after, upto=upto)
-            if not page:
+        for event in self._events(user_id, page_size, after=after, upto=end):
+            logged = _logged(event)
+            if types and logged.type not in types:
+                continue
+            if since is not None and logged.recorded_at < since:
+                continue
+            if until is not None and logged.recorded_at > until:
                 return
-            for event in page:
-                logged = _logged(event)
-                if types and logged.type not in types:
-                    continue
-                if since is not None and logged.recorded_at < since:
-                    continue
-                if until is not None and logged.recorded_at > until:
-                    return
-                yield logged
-            after = page[-1].originator_version
+            yield logged
 
     def state(
         self, user_id: str, *, version: int | None = None, at: datetime | None = None
@@ -454,8 +448,7 @@ class Audit:
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
-        waiting = {*user_log.pending, *user_log.quarantined}
-        waiting |= {m for t in user_log.open_tasks.values() for m in t}
+        waiting = user_log.unsettled
         batch: list[BatchMessage] = []
         extracted = 0
         # The log as loaded: a message added since is buffered, left to normal processing.
@@ -660,10 +653,10 @@ class Audit:
         raise ConflictError(f"user {user_id!r} kept changing; try again")
 
     def _events(
-        self, user_id: str, page_size: int = 1000, *, upto: int | None = None
+        self, user_id: str, page_size: int = 1000, *, after: int = 0, upto: int | None = None
     ) -> Iterator[Any]:
-        """The user's events in order, a page at a time (up to version ``upto``)."""
-        after = 0
+        """The user's events in order, a page at a time (after version ``after``, up to
+        ``upto``)."""
         while upto is None or after < upto:
             last = after + page_size if upto is None else min(after + page_size, upto)
             page = self.store.events_of(user_id, after=after, upto=last)
