@@ -732,7 +732,7 @@ class UserLog(Aggregate):
             raise InvalidInputError(
                 f"user {self.user_id!r} has no unpromoted knowledge version {knowledge_version!r}"
             )
-        returned = self._not_covered_by(knowledge_version, history)
+        returned = self.not_covered_by(knowledge_version, history)
         self.trigger_event(
             self.KnowledgeVersionPromoted,
             knowledge_version=knowledge_version,
@@ -748,12 +748,14 @@ class UserLog(Aggregate):
             )
         return list(returned)
 
-    def _not_covered_by(
+    def not_covered_by(
         self, knowledge_version: str, history: Iterable[Any]
     ) -> dict[str, tuple[int, int]]:
         """The processed messages (neither buffered, held by a task nor quarantined) that
-        ``knowledge_version`` has no re-extraction of, read off ``history``: each with its
-        log version and estimated prompt tokens, in log order."""
+        ``knowledge_version`` has no re-extraction of, read off ``history`` (this log's
+        events up to its version; the state does not keep what each version covers): each
+        with its log version and estimated prompt tokens, in log order. A version of the
+        same name promoted before covers none of them."""
         added: dict[str, tuple[int, int]] = {}
         covered: set[str] = set()
         last = 0

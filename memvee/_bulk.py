@@ -157,20 +157,14 @@ class BulkReextraction:
             user_log = self.store.load(user_id)
             if user_log is None:
                 raise InvalidInputError(f"user {user_id!r} has no log")
-            waiting = user_log.unsettled
-            events = self.store.events_of(user_id)
-            done = {
-                m
-                for e in events
-                if isinstance(e, UserLog.KnowledgeReextracted)
-                and e.knowledge_version == self.version
-                for m in e.message_ids
-            }
+            events = self.store.events_of(user_id, upto=user_log.version)
+            uncovered = user_log.not_covered_by(self.version, events)
             todo = [
                 e
                 for e in events
                 if isinstance(e, UserLog.MessageAdded)
-                and e.message_id not in waiting | done | pending
+                and e.message_id in uncovered
+                and e.message_id not in pending
             ]
             known = [e.entry_id for e in self._known(user_id)]
             for batch in _bounded(todo, self.limits):

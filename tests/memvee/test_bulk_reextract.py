@@ -91,6 +91,19 @@ async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
     assert server.requests == [], "nothing went through the live Messages API"
 
 
+async def test_a_version_name_promoted_before_covers_nothing_of_a_new_run(
+    db: str, server: MessagesAPIServer
+) -> None:
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        for user in USERS:
+            assert audit.promote(user, "v2") == []
+        again = await _run(audit)
+        assert (again.submitted, again.recorded) == (6, 6)
+        covered = {m for m in _reextracted(audit, "bob")[3:] for m in m.message_ids}
+        assert len(covered) == 10, "the new v2 covers every processed message again"
+
+
 async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
