@@ -24,6 +24,7 @@ from actors._timers import Timers
 from actors._workers import ExtractionWorkers
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
+from actors.file_claim import FileClaim
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
@@ -88,6 +89,21 @@ class Engine:
         embedder: NamedEmbedder | None = None,
     ):
         self.options = options
+        self.claim = FileClaim.take(options.url, shared=options.leases)
+        try:
+            self._start(options, extractor, observer, embedder)
+        except BaseException:
+            if self.claim is not None:
+                self.claim.release()
+            raise
+
+    def _start(
+        self,
+        options: EngineOptions,
+        extractor: Extractor,
+        observer: TaskObserver,
+        embedder: NamedEmbedder | None,
+    ) -> None:
         self.store = EventStore(
             options.url, durability=options.durability, pool_size=options.pool_size
         )
@@ -309,3 +325,5 @@ class Engine:
             except Exception:
                 log.exception("could not release the leases")
         self.store.close()
+        if self.claim is not None:
+            self.claim.release()

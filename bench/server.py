@@ -70,7 +70,7 @@ def _said(round_no: int) -> str:
 
 
 async def _python_api(folder: Path) -> tuple[float, list[float]]:
-    config = MemoryConfig(db_path=str(folder / "python.db"))
+    config = MemoryConfig(db_path=str(folder / "python.db"), leases=True)  # as the server's
     async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
 
         async def add(user: str, round_no: int) -> None:

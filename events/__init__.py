@@ -16,6 +16,7 @@ from events.checks import (
 )
 from events.errors import (
     ConflictError,
+    DatabaseInUseError,
     ExtractionError,
     InvalidExtractionError,
     InvalidInputError,
@@ -61,6 +62,7 @@ __all__ = [
     "BatchLimits",
     "BatchMessage",
     "ConflictError",
+    "DatabaseInUseError",
     "Durability",
     "EventStore",
     "ExtractedFact",

@@ -57,6 +57,11 @@ class ConflictError(StorageError):
     """Another writer appended to the same user log first (optimistic concurrency)."""
 
 
+class DatabaseInUseError(StorageError):
+    """A Memory's open was refused: another Memory has its SQLite file open, and they
+    cannot share it (only Memories with leases can)."""
+
+
 class ExtractionError(MemveeError):
     """An extractor failed on a batch (network, timeout, refusal, bad answer).
 

@@ -24,6 +24,7 @@ from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder
 from memvee.errors import (
     ConflictError,
+    DatabaseInUseError,
     ExtractionError,
     InvalidExtractionError,
     InvalidInputError,
@@ -55,6 +56,7 @@ __all__ = [
     "BatchMessage",
     "BufferedMessage",
     "ConflictError",
+    "DatabaseInUseError",
     "Embedder",
     "ExtractedFact",
     "ExtractionBatch",

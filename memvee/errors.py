@@ -2,6 +2,7 @@
 
 from events.errors import (
     ConflictError,
+    DatabaseInUseError,
     ExtractionError,
     InvalidExtractionError,
     InvalidInputError,
@@ -17,6 +18,7 @@ from events.errors import (
 
 __all__ = [
     "ConflictError",
+    "DatabaseInUseError",
     "ExtractionError",
     "InvalidExtractionError",
     "InvalidInputError",

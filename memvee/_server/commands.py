@@ -224,5 +224,7 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
         driver_url(db_url, name="--db-url")  # named as the user typed it
     else:
         check_db_path(db, name="--db", url_name="--db-url")
-    config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process)
+    # Leases on a SQLite file too: every Claude Code session spawns its own `memvee mcp`,
+    # and those processes share the file.
+    config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process, leases=True)
     return Memory(config=config, embedder=False if lexical else None)

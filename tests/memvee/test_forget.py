@@ -21,6 +21,8 @@ from tests.support.extractors import RecordingExtractor
 from tests.support.verification import differences
 
 SECRET = "my locker code is zebra-4471"
+SHARED = {"leases": True}
+"""Two Memories on one database: another process, as on a database server."""
 
 
 async def _history(memory: Memory, user: str, turns: int = 6) -> None:
@@ -180,8 +182,8 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
     """This process's actor still holds the erased log: its next write is refused by the
     database (no version before it), so the actor reloads and begins a new log, instead
     of storing the write past a gap that would leave the user's log unloadable."""
-    here: Memory = await make_memory()
-    other: Memory = await make_memory()
+    here: Memory = await make_memory(config=SHARED)
+    other: Memory = await make_memory(config=SHARED)
     await here.add_exchange("ann", SECRET, "noted")
     await other.forget("ann")
     stored = await here.add_exchange("ann", "I live in Oslo", "ok")
@@ -223,8 +225,10 @@ async def test_a_write_decided_on_a_log_forgotten_and_begun_again_elsewhere_is_d
     stored, and no message number repeats). The write checks that the stored log began
     when the actor's did, so it is decided again on the new log: nothing of the forgotten
     log comes back, not even in the snapshot of the actor's state taken with the write."""
-    here: Memory = await make_memory(extractor=OfflineExtractor(), config={"snapshot_interval": 1})
-    other: Memory = await make_memory(extractor=OfflineExtractor())
+    here: Memory = await make_memory(
+        extractor=OfflineExtractor(), config={**SHARED, "snapshot_interval": 1}
+    )
+    other: Memory = await make_memory(extractor=OfflineExtractor(), config=SHARED)
 
     async def begin() -> None:
         await other.add_exchange("ann", "I live in Rome.", "noted")
@@ -253,8 +257,8 @@ async def test_a_row_remembered_from_a_log_forgotten_and_begun_again_elsewhere_i
 ) -> None:
     """The write path remembers the summary row it wrote last, and reads it back only
     when it may have changed: it is not the row of the log begun again at its version."""
-    here: Memory = await make_memory(extractor=OfflineExtractor())
-    other: Memory = await make_memory()
+    here: Memory = await make_memory(extractor=OfflineExtractor(), config=SHARED)
+    other: Memory = await make_memory(config=SHARED)
 
     async def begin() -> None:
         await other.add_message("ann", "user", "Hello again.")
@@ -279,8 +283,8 @@ async def test_a_task_running_elsewhere_when_its_user_is_forgotten_records_nothi
     the facts of the forgotten words must not reach the new log (the database refuses
     them past the gap), and the new log goes on as any other."""
     extractor = RecordingExtractor(gated=True)
-    here: Memory = await make_memory(extractor=extractor)
-    other: Memory = await make_memory(extractor=OfflineExtractor())
+    here: Memory = await make_memory(extractor=extractor, config=SHARED)
+    other: Memory = await make_memory(extractor=OfflineExtractor(), config=SHARED)
     await here.add_exchange("ann", SECRET, "noted")
     task = here.process_async("ann")
     assert await asyncio.to_thread(extractor.started.wait, 10)

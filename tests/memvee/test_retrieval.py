@@ -180,9 +180,10 @@ async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_rank
     make_memory: Callable[..., Any],
 ) -> None:
     embedder = ConceptEmbedder()
-    memory = await _offline(make_memory, embedder=embedder)
+    shared = {"leases": True}  # two Memories on one database file
+    memory = await _offline(make_memory, embedder=embedder, config=shared)
     await _say(memory, "ann", 0, "I work at Acme.", "I love jazz.", "I have a dog called Rex.")
-    lexical = await _offline(make_memory)
+    lexical = await _offline(make_memory, config=shared)
     await _say(lexical, "bob", 0, "I work at Acme.")
     await _say(lexical, "bob", 0, "I love jazz.")
     assert (await lexical.retrieve("bob", "what music is she into?")).entries == []

@@ -70,7 +70,8 @@ async def _vector_count(memory: Memory, user: str) -> int:
 async def test_by_default_retrieval_is_hybrid_and_finds_a_paraphrase(
     make_memory: Callable[..., Any],
 ) -> None:
-    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=None)
+    shared = {"leases": True}  # two Memories on one database file
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=None, config=shared)
     said, _ = await memory.add_exchange("ann", "I'm allergic to shellfish, sadly.", "Noted.")
     await memory.add_exchange("ann", "We painted the kitchen green last weekend.", "Nice!")
     await memory.add_exchange("ann", "My train to work was late again today.", "Oh no.")
@@ -78,7 +79,7 @@ async def test_by_default_retrieval_is_hybrid_and_finds_a_paraphrase(
         "ann", "which seafood makes her sick?", top_k=2, include_messages=True
     )
     assert said.message_id in {m.message.message_id for m in result.messages}
-    lexical: Memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    lexical: Memory = await make_memory(extractor=OfflineExtractor(), embedder=False, config=shared)
     await lexical.add_exchange("bob", "I'm allergic to shellfish, sadly.", "Noted.")
     missed = await lexical.retrieve("bob", "which seafood makes her sick?", include_messages=True)
     assert len(missed) == 0, "lexical ranking alone shares no word with it"
@@ -87,14 +88,15 @@ async def test_by_default_retrieval_is_hybrid_and_finds_a_paraphrase(
 async def test_messages_are_embedded_in_the_background_not_on_the_write(
     make_memory: Callable[..., Any],
 ) -> None:
-    memory: Memory = await make_memory(embedder=None)
+    shared = {"leases": True}  # two Memories on one database file
+    memory: Memory = await make_memory(embedder=None, config=shared)
     for i in range(5):
         await memory.add_exchange("ann", f"I like thing number {i}", "ok")
     engine = memory._engine
     assert engine is not None and engine.vector_filler is not None
     assert await asyncio.to_thread(engine.vector_filler.wait_idle, 30)
     assert await _vector_count(memory, "ann") == 10
-    lexical: Memory = await make_memory(embedder=False)
+    lexical: Memory = await make_memory(embedder=False, config=shared)
     await lexical.add_exchange("bob", "I like tea", "ok")
     engine = lexical._engine
     assert engine is not None and engine.vector_filler is None

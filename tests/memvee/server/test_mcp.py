@@ -75,6 +75,22 @@ async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
     assert carols["text"] == "User lives in Rome."
 
 
+async def test_two_stdio_servers_share_one_database_file(tmp_path: Path) -> None:
+    """Each Claude Code session spawns its own ``memvee mcp`` on the same file."""
+    async with (
+        stdio_session(tmp_path, "--user", "erin") as first,
+        stdio_session(tmp_path, "--user", "erin") as second,
+    ):
+        await call(first, "remember", user_message="I live in Lisbon.")
+        await call(second, "remember", user_message="My dog is called Rex.")
+        seen_by_first = await facts_of(first, 2)
+        seen_by_second = await facts_of(second, 2)
+
+    expected = {"User lives in Lisbon.", "User's dog is called Rex."}
+    assert {f["text"] for f in seen_by_first} == expected
+    assert {f["text"] for f in seen_by_second} == expected
+
+
 async def test_tool_errors_say_what_went_wrong(tmp_path: Path) -> None:
     async with stdio_session(tmp_path, "--user", "dave") as session:
         empty = await failure(session, "remember", user_message="")

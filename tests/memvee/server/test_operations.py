@@ -1,12 +1,14 @@
 """Operating the server: SIGTERM drains (the in-flight request finishes, then the memory
-closes), SIGKILL mid-load loses no acknowledged write, and two server processes share
-one PostgreSQL database through their HTTP APIs."""
+closes), SIGKILL mid-load loses no acknowledged write, two server processes share one
+PostgreSQL database through their HTTP APIs, and a server never opens a SQLite file that
+an application holds alone."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import signal
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,12 +17,12 @@ from typing import Any
 import httpx
 
 from events import EventStore
-from memvee import Memory
+from memvee import Memory, MemoryConfig
 from memvee.extractors import OfflineExtractor
 from tests.support.backends import postgres_url
 from tests.support.messages_api_server import MessagesAPIServer, RecordedRequest, ScriptedResponse
 from tests.support.messages_api_server import default_answer as claude_answer
-from tests.support.server_process import ServerProcess, wait_until
+from tests.support.server_process import MEMVEE, ServerProcess, server_env, wait_until
 
 
 def exchange(http: httpx.Client, user: str, said: str) -> list[str]:
@@ -171,3 +173,26 @@ def test_two_servers_share_one_postgres_database(tmp_path: Path) -> None:
             what="a task started through the other server",
         )
         assert polled
+
+
+async def test_a_server_refuses_a_sqlite_file_an_application_holds_alone(tmp_path: Path) -> None:
+    """The application's Memory has no leases, so it takes every task in the file as its
+    own: a server beside it would close them as left by a crash. It is refused at open."""
+    db = tmp_path / "app.db"
+    async with Memory(config=MemoryConfig(db_path=str(db)), embedder=False) as app:
+        await app.add_exchange("ann", "I live in Oslo.", "ok")
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [str(MEMVEE), "serve", "--db", str(db), "--port", "0", "--lexical"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=server_env(),
+        )
+        assert len(await app.messages("ann")) == 2
+
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot open the memory: the SQLite file ")
+    assert "open in a Memory without leases" in last
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,150 @@
+"""The claim on a SQLite file: an engine without leases holds it alone, engines with
+leases share it, and a claim that cannot be had is refused before anything is written."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.file_claim import LOCK_SUFFIX, FileClaim
+from events import DatabaseInUseError, sqlite_url
+from memvee import Memory, MemoryConfig
+from tests.support.extractors import RecordingExtractor
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return sqlite_url(tmp_path / "memory.db")
+
+
+@pytest.fixture
+def claims() -> Iterator[list[FileClaim]]:
+    held: list[FileClaim] = []
+    yield held
+    for claim in held:
+        claim.release()
+
+
+def _take(claims: list[FileClaim], url: str, *, shared: bool) -> FileClaim:
+    claim = FileClaim.take(url, shared=shared)
+    assert claim is not None
+    claims.append(claim)
+    return claim
+
+
+def test_an_engine_without_leases_holds_the_file_alone(url: str, claims: list[FileClaim]) -> None:
+    _take(claims, url, shared=False)
+    with pytest.raises(DatabaseInUseError, match=r"leases=True"):
+        FileClaim.take(url, shared=False)
+    with pytest.raises(DatabaseInUseError, match="a Memory without leases"):
+        FileClaim.take(url, shared=True)
+
+
+def test_engines_with_leases_share_the_file_and_keep_out_one_without(
+    url: str, claims: list[FileClaim]
+) -> None:
+    _take(claims, url, shared=True)
+    _take(claims, url, shared=True)
+    with pytest.raises(DatabaseInUseError, match="another Memory"):
+        FileClaim.take(url, shared=False)
+
+
+def test_a_released_claim_can_be_taken_again_and_the_last_removes_the_lock_file(
+    tmp_path: Path, url: str, claims: list[FileClaim]
+) -> None:
+    lock_file = tmp_path / ("memory.db" + LOCK_SUFFIX)
+    first = _take(claims, url, shared=True)
+    second = _take(claims, url, shared=True)
+    first.release()
+    assert not first.held and lock_file.exists()
+    with pytest.raises(DatabaseInUseError):
+        FileClaim.take(url, shared=False)
+    second.release()
+    second.release()
+    assert not lock_file.exists()
+    _take(claims, url, shared=False)
+    assert lock_file.exists()
+
+
+def test_the_same_file_by_another_path_is_the_same_claim(
+    tmp_path: Path, claims: list[FileClaim]
+) -> None:
+    (tmp_path / "sub").mkdir()
+    _take(claims, sqlite_url(tmp_path / "memory.db"), shared=False)
+    with pytest.raises(DatabaseInUseError):
+        FileClaim.take(f"sqlite:///{tmp_path}/sub/../memory.db", shared=False)
+
+
+def test_another_database_file_beside_it_is_free(tmp_path: Path, claims: list[FileClaim]) -> None:
+    _take(claims, sqlite_url(tmp_path / "a.db"), shared=False)
+    _take(claims, sqlite_url(tmp_path / "b.db"), shared=False)
+
+
+def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileClaim]) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from actors.file_claim import FileClaim\n"
+            f"claim = FileClaim.take({url!r}, shared=False)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DatabaseInUseError):
+            FileClaim.take(url, shared=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    _take(claims, url, shared=False)
+
+
+def test_a_database_server_needs_no_claim() -> None:
+    assert FileClaim.take("postgresql+psycopg://u@127.0.0.1:1/db", shared=False) is None
+
+
+async def test_a_second_memory_without_leases_is_refused_and_the_first_runs_on(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "memory.db"
+    extractor = RecordingExtractor(gated=True)
+    first = await Memory(config=MemoryConfig(db_path=str(db)), extractor=extractor).open()
+    try:
+        await first.add_exchange("u", "I live in Oslo", "ok")
+        task = first.process_async("u")
+        await asyncio.to_thread(extractor.started.wait, 10)
+        for leases in (None, False, True):
+            second = Memory(config=MemoryConfig(db_path=str(db), leases=leases))
+            with pytest.raises(DatabaseInUseError, match=str(db)):
+                await second.open()
+        extractor.gate.set()
+        assert await task.wait() == 1
+        assert [e.text for e in await first.knowledge("u")] == ["User said: I live in Oslo"]
+    finally:
+        await first.close()
+    again = await Memory(config=MemoryConfig(db_path=str(db))).open()
+    try:
+        assert len(await again.knowledge("u")) == 1
+    finally:
+        await again.close()
+
+
+async def test_memories_with_leases_share_a_file(tmp_path: Path) -> None:
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"), leases=True)
+    async with Memory(config=config) as one, Memory(config=config) as other:
+        await one.add_exchange("u", "I live in Oslo", "ok")
+        assert len(await other.messages("u")) == 2
+        with pytest.raises(DatabaseInUseError):
+            await Memory(config=MemoryConfig(db_path=config.db_path)).open()
