@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	rm -f demo.db demo.db-wal demo.db-shm
+	rm -f demo.db demo.db-wal demo.db-shm demo.db.memvee-lock
 	$(BIN)/python -m memvee.demo --db demo.db
 
 lint: install
