@@ -357,13 +357,16 @@ class Audit:
             )
 
     def import_lines(self, lines: Iterable[str]) -> dict[str, int]:
-        """Append exported events to this database, projections folded; events per user.
+        """Append exported events to this database, projections folded; returns the
+        events appended per user.
 
         Each user's run of lines is checked whole before any of it is stored: every line
         an exported event, the log beginning with the user's own ``Registered`` and its
         versions following one another (else :class:`InvalidInputError`, naming the
-        line). A user that already has a log here is refused (:class:`ConflictError`).
-        The users before a refused line stay imported, and the error names them.
+        line). A user whose log is here already is completed when that log is the start
+        of the one imported (an import stopped part way, or run twice), and refused
+        (:class:`ConflictError`) when it differs. The users before a refused line stay
+        imported, and the error names them.
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
@@ -371,7 +374,7 @@ class Audit:
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
         held: list[str] = []  # the current run of lines, of one user, checked
-        held_user = ""
+        held_user, held_from = "", 0
         try:
             for number, line in enumerate(_text_lines(lines), start=1):
                 if not isinstance(line, str):
@@ -381,15 +384,15 @@ class Audit:
                 record = _exported_record(number, line)
                 user_id = record["user_id"]
                 if held and held_user != user_id:
-                    self._append_imported(held, projector)
+                    counts[held_user] = self._append_imported(held, held_from, projector)
                     imported.append(held_user)
                     held = []
-                held_user = user_id
-                self._check_imported(number, record, counts.get(user_id, 0) + 1)
-                counts[user_id] = record["version"]
+                if not held:
+                    held_user, held_from = user_id, number
+                self._check_imported(number, record, len(held) + 1)
                 held.append(line)
             if held:
-                self._append_imported(held, projector)
+                counts[held_user] = self._append_imported(held, held_from, projector)
         except (InvalidInputError, ConflictError) as error:
             if not imported:
                 raise
@@ -399,8 +402,7 @@ class Audit:
 
     def _check_imported(self, number: int, record: dict[str, Any], due: int) -> None:
         """Refuse line ``number`` unless its record decodes into version ``due`` of its
-        user's log, the first (and only the first) being the user's own ``Registered``,
-        and the user has no log here yet."""
+        user's log, the first (and only the first) being the user's own ``Registered``."""
         user_id = record["user_id"]
         try:
             event = self._decoded(record)
@@ -416,22 +418,40 @@ class Audit:
             raise InvalidInputError(
                 f"line {number}: a log begins with its user's Registered event, and only there"
             )
-        if first and self.store.events_of(user_id, upto=1):
-            raise ConflictError(
-                f"user {user_id!r} already has a log in this database "
-                f"(line {number}); that user's events were not imported"
-            )
 
     def _decoded(self, record: dict[str, Any]) -> Any:
         return self.store.decode_exported(
             record["user_id"], record["version"], record["topic"], record["state"]
         )
 
-    def _append_imported(self, lines: list[str], projector: Projector) -> None:
-        """Append one user's checked lines, a thousand events a transaction."""
-        for start in range(0, len(lines), 1000):
-            chunk = [self._decoded(json.loads(line)) for line in lines[start : start + 1000]]
-            self.store.append([chunk], projector.apply)
+    def _append_imported(self, lines: list[str], number: int, projector: Projector) -> int:
+        """Append one user's checked lines (the first is line ``number``), a thousand
+        events a transaction, after those of them this database holds already; returns
+        how many were appended."""
+        start = self._imported_before(lines, number)
+        for chunk_start in range(start, len(lines), 1000):
+            chunk = lines[chunk_start : chunk_start + 1000]
+            self.store.append(
+                [[self._decoded(json.loads(line)) for line in chunk]], projector.apply
+            )
+        return len(lines) - start
+
+    def _imported_before(self, lines: list[str], number: int) -> int:
+        """How many of one user's lines (the first is line ``number``) this database holds
+        already, as the start of that user's log; :class:`ConflictError` if it holds
+        another log of theirs."""
+        user_id = json.loads(lines[0])["user_id"]
+        if not self.store.events_of(user_id, upto=1):
+            return 0
+        held = 0
+        for stored in self.export(user_id):
+            if held == len(lines) or json.loads(stored) != json.loads(lines[held]):
+                raise ConflictError(
+                    f"user {user_id!r} already has another log in this database (line "
+                    f"{number + held}); that user's events were not imported"
+                )
+            held += 1
+        return held
 
     async def reextract(
         self, user_id: str, extractor: Extractor, version: str, *, batch_size: int = 50

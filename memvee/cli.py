@@ -449,12 +449,17 @@ def import_(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
-    """Append exported logs to this database (a user who already has a log is refused)."""
+    """Append exported logs to this database. Run it again after it stopped: a log
+    imported in part is completed, one imported whole is left; a user who has another
+    log here is refused."""
     # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of the first line
     with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
         counts = audit.import_lines(lines)
     for user, count in counts.items():
-        console.print(f"imported {count} events of {user!r}")
+        if count:
+            console.print(f"imported {count} events of {user!r}")
+        else:
+            console.print(f"{user!r}: its whole log is here already")
 
 
 @app.command()

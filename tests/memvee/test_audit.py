@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from events import EventStore, user_log_id
+from events import ConflictError, EventStore, user_log_id
 from memvee import InvalidInputError, Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -284,12 +284,42 @@ async def test_export_then_import_gives_the_same_state_in_another_database(
             expected.knowledge,
         )
         assert [u.user_id for u in target.users()] == ["ann"]
-        from events import ConflictError
-
-        with pytest.raises(ConflictError):
-            target.import_lines(lines)
+        assert target.import_lines(lines) == {"ann": 0}, "a log imported before is left"
         with pytest.raises(ValueError, match="line 1"):
             target.import_lines(["{not json"])
+
+
+async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_log_refused(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+) -> None:
+    """An import appends a thousand events a transaction: one stopped (killed, or the
+    disk full) leaves the start of a user's log. Running it again appends the rest; a
+    log of the same user that is not the one imported is refused, line named."""
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+        expected = source.state("ann")
+    half = len(lines) // 2
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        assert target.import_lines(lines[:half]) == {"ann": half}
+        assert target.import_lines(lines) == {"ann": len(lines) - half}
+        copied = target.state("ann")
+        assert (copied.version, copied.buffer, copied.tasks, copied.knowledge) == (
+            expected.version,
+            expected.buffer,
+            expected.tasks,
+            expected.knowledge,
+        )
+        assert verify(target.store) == []
+        changed = json.loads(lines[3])
+        changed["state"]["content"] = "I never said this"
+        other = [*lines[:3], json.dumps(changed), *lines[4:]]
+        with pytest.raises(ConflictError, match=r"'ann' already has another log .*\(line 4\)"):
+            target.import_lines(other)
+        with pytest.raises(ConflictError, match=r"\(line 3\)"):
+            target.import_lines(lines[:2])
+        assert target.state("ann").version == expected.version
 
 
 async def test_the_cli_explains_exports_and_imports(
@@ -309,7 +339,7 @@ async def test_the_cli_explains_exports_and_imports(
     imported = runner.invoke(app, ["import", str(out), "--db", target])
     assert imported.exit_code == 0 and "imported" in imported.output
     again = runner.invoke(app, ["import", str(out), "--db", target])
-    assert again.exit_code == 2
+    assert again.exit_code == 0 and "'ann': its whole log is here already" in again.output
     verified = runner.invoke(app, ["verify", "--db", target])
     assert verified.exit_code == 0
 

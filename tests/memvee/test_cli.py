@@ -271,7 +271,7 @@ def test_stats_counts_the_events_that_are_there_after_forget(db: str) -> None:
     assert json.loads(run("stats", "--json", "--db", db).output)["events"] == before - bob
 
 
-def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
+def test_import_refuses_a_missing_file_and_a_user_who_already_has_another_log(
     db: str, tmp_path: Path
 ) -> None:
     missing = run("import", str(tmp_path / "nope.jsonl"), "--db", db, code=2)
@@ -281,8 +281,15 @@ def test_import_refuses_a_missing_file_and_a_user_who_already_has_a_log(
     first = json.loads(exported.read_text().splitlines()[1])
     assert "_type_" not in exported.read_text()
     assert datetime.fromisoformat(first["state"]["sent_at"]) == T0
-    again = run("import", str(exported), "--db", db, code=2)
-    assert "'ann' already has a log" in one_error_line(again)
+    again = run("import", str(exported), "--db", db)
+    assert again.output.strip() == "'ann': its whole log is here already"
+    lines = exported.read_text().splitlines()
+    said = json.loads(lines[3])
+    said["state"]["content"] = "I never said this"
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join([*lines[:3], json.dumps(said)]) + "\n")
+    refused = run("import", str(other), "--db", db, code=2)
+    assert "'ann' already has another log in this database (line 4)" in one_error_line(refused)
     fresh = tmp_path / "fresh" / "copy.db"
     assert "imported" in run("import", str(exported), "--db", str(fresh)).output
     assert fresh.is_file()
