@@ -42,6 +42,7 @@ from events import (
     UserLog,
     user_log_id,
 )
+from events.user_log import LIVE_KNOWLEDGE
 from projections import Message
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -53,6 +54,10 @@ FORGOTTEN_REASON = "the user was forgotten"
 UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
 """Why a task is closed that this process ran but could not store the end of."""
 MAX_CONFLICT_RETRIES = 8
+
+MAX_BATCH_RERUNS = 3
+"""Times a batch is extracted again because the live knowledge it was shown was replaced
+(a promotion) before its answer was recorded; after that the answer is recorded as is."""
 
 _WRITE_EPOCHS = itertools.count(1)
 """Every (re)load of a log in this process gets a fresh, higher write epoch."""
@@ -85,6 +90,8 @@ class UserActor(PooledActor):
         self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
+        self._batch_known: frozenset[str] = frozenset()  # live entries the batch was shown
+        self._batch_reruns = 0
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._wake_due: float | None = None
@@ -269,6 +276,17 @@ class UserActor(PooledActor):
             result = outcome
             try:
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
+            except _KnowledgeReplaced as replaced:
+                self._batch_reruns += 1
+                log.info(
+                    "user %r: task %s: the live knowledge its batch was shown was replaced "
+                    "(%s); extracting the batch again",
+                    self.user_id,
+                    task_id,
+                    replaced,
+                )
+                self._run_batch(task_id, [m.message_id for m in self._batch_messages])
+                return
             except MemveeError as refused:
                 outcome = refused
                 if isinstance(refused, StorageError):
@@ -505,12 +523,14 @@ class UserActor(PooledActor):
     ) -> None:
         """Go on with the task's next batch if the log started one; else the task ended."""
         self._task_messages = {*self._task_messages, *(m.message_id for m in self._batch_messages)}
+        self._batch_reruns = 0
         user_log = self._log
         if recorded and user_log is not None and task_id in user_log.open_tasks:
             self._run_batch(task_id, list(user_log.open_tasks[task_id]))
             return
         self._running = None
         self._batch_messages = ()
+        self._batch_known = frozenset()
         self._task_messages = ()
         count = self._task_knowledge if status == "COMPLETED" else 0
         self._services.observer.task_finished(self.user_id, task_id, status, count, error)
@@ -556,6 +576,15 @@ class UserActor(PooledActor):
         task_id = self._running
         if user_log is None or task_id is None or task_id not in user_log.open_tasks:
             raise MemveeError(f"task {task_id}: the log is gone")
+        if self._batch_reruns < MAX_BATCH_RERUNS:
+            ended = {
+                target
+                for fact in result.facts
+                if (target := fact.target_entry_id) in self._batch_known
+                and user_log.valid_entries.get(target) != LIVE_KNOWLEDGE
+            }
+            if ended:
+                raise _KnowledgeReplaced(f"no longer current: {', '.join(sorted(ended))}")
         return user_log.record_knowledge(
             task_id,
             result.facts,
@@ -592,6 +621,7 @@ class UserActor(PooledActor):
         self._batch_messages = messages
         texts = [m.content for m in messages]
         known = self._services.known(self.user_id, texts, self._log.knowledge_count)
+        self._batch_known = frozenset(e.entry_id for e in known)
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
     def _is_owner(self) -> bool:
@@ -745,6 +775,12 @@ class UserActor(PooledActor):
 
 
 _NO_USAGE = TokenUsage()
+
+
+class _KnowledgeReplaced(Exception):
+    """A batch's answer names live entries it was shown that are no longer current: the
+    live knowledge was replaced (a promotion) while the batch was out, so the answer is
+    of knowledge that is gone, and the batch is extracted again against the new one."""
 
 
 class _Step:

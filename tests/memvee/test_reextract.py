@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from memvee import InvalidInputError, Memory, NotFoundError
+from memvee import ExtractedFact, InvalidInputError, Memory, NotFoundError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
 from tests.support.coverage import checked_coverage
-from tests.support.extractors import quarantine_stamps
+from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
 
 async def _processed(make_memory: Any) -> Memory:
@@ -89,6 +89,49 @@ async def test_messages_processed_while_a_version_was_extracted_return_to_the_bu
         assert verify(audit.store) == []
         state = audit.state("eve")
         assert [e.text for e in state.knowledge] == [e.text for e in await memory.knowledge("eve")]
+
+
+async def test_a_batch_whose_live_knowledge_was_promoted_away_is_extracted_again(
+    make_memory: Any, db_url: str
+) -> None:
+    """A batch is out when a version is promoted: its answer updates a live entry it was
+    shown, one that is no longer current. Recorded as it is, that update would become a
+    new entry beside the promoted one it contradicts; the batch is extracted again,
+    shown the promoted entries, and its update lands on the promoted one."""
+    extractor = RecordingExtractor()
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("eve", "I live in Oslo", "ok")
+    await memory.process("eve")
+    with Audit(db_url=db_url) as audit:
+        assert await audit.reextract("eve", OfflineExtractor(), "v2") == 1
+    extractor.answer = lambda batch: (
+        ExtractedFact(
+            "User lives in Bergen.",
+            (batch.messages[0].message_id,),
+            "update",
+            batch.known[0].entry_id,
+        ),
+    )
+    extractor.gate.clear()
+    extractor.started.clear()
+    await memory.add_exchange("eve", "I moved to Bergen", "ok")
+    task = memory.process_async("eve")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    with Audit(db_url=db_url) as audit:
+        assert audit.promote("eve", "v2") == []
+    (promoted,) = await memory.knowledge("eve")
+    extractor.gate.set()
+    assert await task.wait() == 1
+
+    shown = [[k.entry_id for k in batch.known] for batch in extractor.batches[1:]]
+    assert len(shown) == 2 and shown[1] == [promoted.entry_id] != shown[0]
+    (bergen,) = await memory.knowledge("eve")
+    assert bergen.text == "User lives in Bergen."
+    history = {e.entry_id: e for e in await memory.knowledge("eve", history=True)}
+    assert history[promoted.entry_id].superseded_by == bergen.entry_id
+    checked_coverage(memory, "eve")
+    with Audit(db_url=db_url) as audit:
+        assert verify(audit.store) == []
 
 
 class _CountedExtractor(OfflineExtractor):
