@@ -49,8 +49,8 @@ class FileClaim:
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite" or not parsed.database or sys.platform == "win32":
             return None
-        database = Path(parsed.database).expanduser()
-        lock_path = database.parent.resolve() / (database.name + LOCK_SUFFIX)
+        database = Path(parsed.database).expanduser().resolve()  # a link: the file it names
+        lock_path = database.with_name(database.name + LOCK_SUFFIX)
         while True:
             descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             had = _locked(descriptor, shared=shared)

@@ -75,9 +75,12 @@ def test_the_same_file_by_another_path_is_the_same_claim(
     tmp_path: Path, claims: list[FileClaim]
 ) -> None:
     (tmp_path / "sub").mkdir()
+    (tmp_path / "memory.db").touch()
+    (tmp_path / "sub" / "link.db").symlink_to(tmp_path / "memory.db")
     _take(claims, sqlite_url(tmp_path / "memory.db"), shared=False)
-    with pytest.raises(DatabaseInUseError):
-        FileClaim.take(f"sqlite:///{tmp_path}/sub/../memory.db", shared=False)
+    for other in (f"{tmp_path}/sub/../memory.db", f"{tmp_path}/sub/link.db"):
+        with pytest.raises(DatabaseInUseError):
+            FileClaim.take(f"sqlite:///{other}", shared=False)
 
 
 def test_another_database_file_beside_it_is_free(tmp_path: Path, claims: list[FileClaim]) -> None:
