@@ -17,15 +17,18 @@ included. A database server needs no claim: its processes coordinate through lea
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from events import DatabaseInUseError
+from events import DatabaseInUseError, StorageError
 
 __all__ = ["LOCK_SUFFIX", "FileClaim"]
+
+log = logging.getLogger("memvee.actors")
 
 LOCK_SUFFIX = ".memvee-lock"
 """What the lock file's name adds to the database file's."""
@@ -44,7 +47,8 @@ class FileClaim:
         server, or where the platform has no ``flock`` (Windows).
 
         Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
-        cannot share.
+        cannot share, :class:`StorageError` if the lock file cannot be opened; on a file
+        system that cannot lock, warns and returns ``None``.
         """
         parsed = make_url(url)
         if parsed.get_backend_name() != "sqlite" or not parsed.database or sys.platform == "win32":
@@ -52,8 +56,24 @@ class FileClaim:
         database = Path(parsed.database).expanduser().resolve()  # a link: the file it names
         lock_path = database.with_name(database.name + LOCK_SUFFIX)
         while True:
-            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            had = _locked(descriptor, shared=shared)
+            try:
+                descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise StorageError(
+                    f"cannot open the lock file {lock_path} beside the database: "
+                    f"{error.strerror or error}"
+                ) from error
+            try:
+                had = _locked(descriptor, shared=shared)
+            except OSError as error:  # a file system without flock (some network ones)
+                os.close(descriptor)
+                log.warning(
+                    "%s cannot be locked (%s): nothing keeps a second Memory off this "
+                    "database; open Memories that share it with leases",
+                    lock_path,
+                    error.strerror or error,
+                )
+                return None
             current = _same_file(descriptor, lock_path)
             if had and current:
                 return cls(lock_path, descriptor)

@@ -4,6 +4,8 @@ leases share it, and a claim that cannot be had is refused before anything is wr
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from actors.file_claim import LOCK_SUFFIX, FileClaim
-from events import DatabaseInUseError, sqlite_url
+from events import DatabaseInUseError, StorageError, sqlite_url
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
 
@@ -151,3 +153,20 @@ async def test_memories_with_leases_share_a_file(tmp_path: Path) -> None:
         assert len(await other.messages("u")) == 2
         with pytest.raises(DatabaseInUseError):
             await Memory(config=MemoryConfig(db_path=config.db_path)).open()
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / ("memory.db" + LOCK_SUFFIX)).mkdir()
+    with pytest.raises(StorageError, match=r"cannot open the lock file .* Is a directory"):
+        FileClaim.take(sqlite_url(tmp_path / "memory.db"), shared=False)
+
+
+def test_a_file_system_that_cannot_lock_leaves_the_file_unclaimed_with_a_warning(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert FileClaim.take(url, shared=False) is None
+    assert "nothing keeps a second Memory off this database" in caplog.text
