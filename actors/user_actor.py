@@ -96,6 +96,7 @@ class UserActor(PooledActor):
         self._task_knowledge = 0
         self._wake_due: float | None = None
         self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
+        self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
         self._owner: bool | None = None
         self._self_proxy: Any = None
 
@@ -158,6 +159,7 @@ class UserActor(PooledActor):
         if not requested:
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
             return True
+        self._requested_here(task_id)
         if started is not None:
             self._run(started)
         if owner:
@@ -198,6 +200,7 @@ class UserActor(PooledActor):
                 self.user_id, closed_id, "FAILED", 0, INTERRUPTED_BY_CRASH
             )
         if requested:
+            self._requested_here(task_id)
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", local=True)
         self._advance()
         return closed
@@ -223,16 +226,22 @@ class UserActor(PooledActor):
             log.warning("user %r: the lease was lost; processing stops here", self.user_id)
 
     def shutdown(self, reason: str) -> None:
-        """As the owner, end requested and running tasks as FAILED with ``reason``."""
+        """As the owner, end the running task and the tasks requested in this process as
+        FAILED with ``reason``; those another process requested are left to the next
+        owner."""
         if not self._owner:
             return
         running, self._running = self._running, None
+
+        shared = self._services.leases is not None
 
         def close(user_log: UserLog | None) -> list[str]:
             if user_log is None:
                 return []
             ours = (running, *self._unended)
-            closing = [t for t in user_log.open_tasks if t in ours] + list(user_log.requested)
+            # Another process's requests wait for the next owner: that process still runs.
+            requested = [t for t in user_log.requested if not shared or t in self._requests]
+            closing = [t for t in user_log.open_tasks if t in ours] + requested
             return user_log.close_interrupted(reason, closing) if closing else []
 
         for task_id in self._decide(close):
@@ -249,6 +258,7 @@ class UserActor(PooledActor):
         erased = self._services.erase(self.user_id)
         self._running = None
         self._unended = ()
+        self._requests = ()
         self._batch_messages = ()
         self._owner = None
         self._forget_log()
@@ -332,6 +342,7 @@ class UserActor(PooledActor):
 
         returned, auto = self._decide(requeue)
         if auto:
+            self._requested_here(task_id)
             self._services.observer.task_scheduled(self.user_id, task_id, "auto", local=True)
         if returned:
             log.info("user %r: %d quarantined messages requeued", self.user_id, len(returned))
@@ -377,6 +388,7 @@ class UserActor(PooledActor):
             if isinstance(e, UserLog.MessageAdded)
         ]
         if auto_task is not None:
+            self._requested_here(auto_task)
             self._services.observer.task_scheduled(
                 self.user_id, auto_task, "auto", local=self._is_owner()
             )
@@ -430,6 +442,7 @@ class UserActor(PooledActor):
                 log.warning("user %r: task %s %s", self.user_id, task_id, UNSTORED_REASON)
                 observer.task_finished(self.user_id, task_id, "FAILED", 0, UNSTORED_REASON)
             if step.retry_id is not None:
+                self._requested_here(step.retry_id)
                 observer.task_scheduled(self.user_id, step.retry_id, "retry", local=True)
             if step.paused > 0:
                 self._wake_in(step.paused)
@@ -623,6 +636,12 @@ class UserActor(PooledActor):
         known = self._services.known(self.user_id, texts, self._log.knowledge_count)
         self._batch_known = frozenset(e.entry_id for e in known)
         return ExtractionBatch(self.user_id, task_id, messages, known)
+
+    def _requested_here(self, task_id: str) -> None:
+        """Note a task this process requested (the log keeps no requester); those that
+        left the log's requests are dropped from the note."""
+        waiting = () if self._log is None else self._log.requested
+        self._requests = (*[t for t in self._requests if t in waiting], task_id)
 
     def _is_owner(self) -> bool:
         if self._owner is None:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from actors.lease import LeaseTable
 from events import user_log_id
-from memvee import Memory, MemoryConfig
+from memvee import Memory, MemoryConfig, ProcessingError
 from tests.support.extractors import RecordingExtractor, unreadable_when
 from tests.support.store_faults import queue_and_stop
 
@@ -96,6 +96,37 @@ async def test_a_guest_takes_the_user_over_when_the_owner_leaves(db_url: str) ->
         assert len(guest_extractor.batches) == 1 and owner_extractor.batches == []
     finally:
         await guest.close()
+
+
+async def test_a_guests_request_waits_for_the_next_owner_when_the_owner_closes(
+    db_url: str,
+) -> None:
+    """The owner closes while a guest's request waits behind the owner's running task: the
+    owner's own task ends FAILED, as a close ends it, but the guest still runs and waits
+    for its request, which the guest runs once it has taken the user over."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(
+        config=_config(db_url, shutdown_grace=0.2), extractor=owner_extractor
+    ).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        owners = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        guests = guest.process_async("u")
+        await owner.close()
+        with pytest.raises(ProcessingError, match="interrupted by shutdown"):
+            await owners.wait()
+        assert await asyncio.wait_for(guests.wait(), 30) == 2
+        assert sorted(e.text for e in await guest.knowledge("u")) == [
+            "User said: I live in Oslo",
+            "User said: I work at Acme",
+        ]
+        assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
 
 
 async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_url: str) -> None:
