@@ -392,6 +392,7 @@ class Memory:
             ) from None
 
     async def _wait_inflight(self, user_id: str) -> int:
+        await self._follow_tasks_elsewhere(user_id)
         total = 0
         failed: list[ProcessTask] = []
         while tasks := list(self._inflight.get(user_id, {}).values()):
@@ -571,6 +572,21 @@ class Memory:
         if not local:
             self._follow_remote(task)
         return task
+
+    async def _follow_tasks_elsewhere(self, user_id: str) -> None:
+        """With leases, the user's open tasks this process does not know (another process
+        runs them, or was asked to) are followed too, and the user's actor is woken: where
+        their owner is gone, this process takes the user over and runs them."""
+        engine, _ = self._running()
+        if engine.leases is None:
+            return
+        records = await self._read(lambda c, r: r.open_tasks(c, user_id))
+        known = self._inflight.get(user_id, {})
+        unknown = [r for r in records if r.task_id not in known and r.task_id not in self._recent]
+        for record in unknown:
+            self._register(user_id, record.task_id, record.trigger, local=False)
+        if unknown:
+            engine.directory.call(user_id, "start_queued")
 
     def _follow_remote(self, task: ProcessTask) -> None:
         """Track a task that another process runs, through the tasks projection."""

@@ -292,6 +292,16 @@ class ProjectionReader:
         ).mappings()
         return [task_from_row(user_id, r) for r in rows]
 
+    def open_tasks(self, connection: Connection, user_id: str) -> list[TaskRecord]:
+        """The user's tasks not yet ended (requested or running), in the order asked."""
+        t = self.tables.tasks
+        rows = connection.execute(
+            select(t)
+            .where(t.c.log_id == _log(user_id), t.c.status.in_(("PENDING", "RUNNING")))
+            .order_by(t.c.requested_version)
+        ).mappings()
+        return [task_from_row(user_id, r) for r in rows]
+
     def users_with_open_tasks(self, connection: Connection) -> list[str]:
         """Users whose log has tasks not yet ended (interrupted or waiting, after a crash)."""
         t, u = self.tables.tasks, self.tables.users

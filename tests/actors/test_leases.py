@@ -129,6 +129,27 @@ async def test_a_guests_request_waits_for_the_next_owner_when_the_owner_closes(
         await owner.close()
 
 
+async def test_a_guest_waits_for_the_tasks_the_owner_runs(db_url: str) -> None:
+    """wait_for_processing waits for every in-flight task of the user, however started:
+    in a guest, also those the owner started (its own auto-processing, say)."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        waiting = asyncio.ensure_future(guest.wait_for_processing("u", timeout=30))
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), "the owner's task still runs"
+        owner_extractor.gate.set()
+        assert await waiting == 1
+        assert [e.text for e in await guest.knowledge("u")] == ["User said: I live in Oslo"]
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_url: str) -> None:
     owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
     config = _config(db_url, auto_process=True, batch_threshold=4)
