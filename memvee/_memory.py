@@ -194,7 +194,12 @@ class Memory:
             index_messages=engine.index_messages,
         )
         self._engine = engine
-        recovered = await asyncio.to_thread(engine.recover)
+        try:
+            recovered = await asyncio.to_thread(engine.recover)
+        except BaseException:
+            # Not open: its threads stop and the database is free for the next open.
+            await self.close()
+            raise
         await asyncio.to_thread(_first_full_collection, cfg.gc_freeze)
         for user_id, task_ids in recovered:
             for task_id in task_ids:

@@ -3,11 +3,13 @@ then ends it FAILED ("interrupted by shutdown") with its messages back in the bu
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
-from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
+from actors import Engine
+from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus, StorageError
 from tests.support.extractors import RecordingExtractor
 
 
@@ -56,3 +58,29 @@ async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
     await memory.close()
     await memory.open()
     assert len(await memory.buffer("u")) == 1
+
+
+async def test_an_open_that_fails_once_the_engine_runs_stops_it_and_frees_the_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery at open fails (the database stops answering, say): the engine's threads
+    are stopped and the file's claim given up, so the same or another Memory can open."""
+
+    def failing(engine: Engine) -> list[Any]:
+        raise StorageError("the database failed during recovery")
+
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
+    memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "recover", failing)
+        with pytest.raises(StorageError, match="failed during recovery"):
+            await memory.open()
+    assert not memory.is_open
+    assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-")] == []
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as other:
+        await other.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.open()
+    try:
+        assert len(await memory.messages("ann")) == 2
+    finally:
+        await memory.close()
