@@ -93,6 +93,9 @@ class Engine:
         try:
             self._start(options, extractor, observer, embedder)
         except BaseException:
+            store = getattr(self, "store", None)
+            if store is not None:  # the failure came later (catching up, say)
+                store.close()
             if self.claim is not None:
                 self.claim.release()
             raise

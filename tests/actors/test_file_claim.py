@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import Engine
 from actors.file_claim import LOCK_SUFFIX, FileClaim
 from events import DatabaseInUseError, StorageError, sqlite_url
 from memvee import Memory, MemoryConfig
@@ -170,3 +172,28 @@ def test_a_file_system_that_cannot_lock_leaves_the_file_unclaimed_with_a_warning
     monkeypatch.setattr(fcntl, "flock", no_locks)
     assert FileClaim.take(url, shared=False) is None
     assert "nothing keeps a second Memory off this database" in caplog.text
+
+
+def _open_files(path: Path) -> int:
+    """How many of this process's descriptors are open on ``path`` (Linux)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path))
+
+
+async def test_an_engine_that_fails_to_start_frees_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "memory.db"
+    config = MemoryConfig(db_path=str(db))
+    async with Memory(config=config, embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+
+    def failing(engine: Engine) -> None:
+        raise StorageError("catching up failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_catch_up", failing)
+        with pytest.raises(StorageError, match="catching up failed"):
+            await Memory(config=config, embedder=False).open()
+    assert _open_files(db) == 0
+    assert not (tmp_path / ("memory.db" + LOCK_SUFFIX)).exists()
