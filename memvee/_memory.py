@@ -138,6 +138,7 @@ class Memory:
         self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
         self._remote: dict[str, ProcessTask] = {}
         self._poller: asyncio.Future[None] | None = None
+        self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,7 +146,16 @@ class Memory:
         """Open the database, recover interrupted tasks and start the engine's threads.
 
         The Memory then belongs to the running event loop: it is used, and closed, there.
+        Opens at once (``if not memory.is_open: await memory.open()`` in handlers that
+        run together) share one: the later ones wait for it.
         """
+        loop = asyncio.get_running_loop()
+        if self._opening is None or self._opening[0] is not loop:
+            self._opening = (loop, asyncio.Lock())
+        async with self._opening[1]:
+            return await self._open()
+
+    async def _open(self) -> Self:
         if self._engine is not None:
             self._running()  # already open: on this loop it is a no-op, elsewhere an error
             return self

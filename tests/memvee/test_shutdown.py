@@ -3,6 +3,7 @@ then ends it FAILED ("interrupted by shutdown") with its messages back in the bu
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -84,3 +85,19 @@ async def test_an_open_that_fails_once_the_engine_runs_stops_it_and_frees_the_fi
         assert len(await memory.messages("ann")) == 2
     finally:
         await memory.close()
+
+
+async def test_opens_at_once_share_one_engine(tmp_path: Any) -> None:
+    """Handlers that run together each doing ``if not memory.is_open: await
+    memory.open()``: one engine is started, and every open returns the Memory."""
+    memory = Memory(config=MemoryConfig(db_path=str(tmp_path / "memory.db")), embedder=False)
+    opened = await asyncio.gather(*(memory.open() for _ in range(4)))
+    try:
+        assert opened == [memory] * 4
+        engine = memory._engine
+        assert engine is not None
+        assert await memory.open() is memory and memory._engine is engine
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+    finally:
+        await memory.close()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-")] == []
