@@ -561,6 +561,7 @@ class UserActor(PooledActor):
         self._running = task_id
         self._task_messages = ()
         self._task_knowledge = 0
+        self._batch_reruns = 0
         self._run_batch(task_id, claimed)
 
     def _run_batch(self, task_id: str, claimed: list[str]) -> None:

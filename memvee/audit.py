@@ -363,10 +363,11 @@ class Audit:
         Each user's run of lines is checked whole before any of it is stored: every line
         an exported event, the log beginning with the user's own ``Registered`` and its
         versions following one another (else :class:`InvalidInputError`, naming the
-        line). A user whose log is here already is completed when that log is the start
-        of the one imported (an import stopped part way, or run twice), and refused
-        (:class:`ConflictError`) when it differs. The users before a refused line stay
-        imported, and the error names them.
+        line); a user's lines may come in several runs. A user whose log is here already
+        is completed when that log holds the same events at the same versions (an import
+        stopped part way, or run twice; a log that goes on past the lines is left as it
+        is), and refused (:class:`ConflictError`) when one differs. The users before a
+        refused line stay imported, and the error names them.
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
@@ -375,6 +376,7 @@ class Audit:
         imported: list[str] = []  # the users of the runs of lines stored
         held: list[str] = []  # the current run of lines, of one user, checked
         held_user, held_from = "", 0
+        seen: dict[str, int] = {}  # lines checked per user
         try:
             for number, line in enumerate(_text_lines(lines), start=1):
                 if not isinstance(line, str):
@@ -384,15 +386,18 @@ class Audit:
                 record = _exported_record(number, line)
                 user_id = record["user_id"]
                 if held and held_user != user_id:
-                    counts[held_user] = self._append_imported(held, held_from, projector)
+                    appended = self._append_imported(held, held_from, projector)
+                    counts[held_user] = counts.get(held_user, 0) + appended
                     imported.append(held_user)
                     held = []
                 if not held:
                     held_user, held_from = user_id, number
-                self._check_imported(number, record, len(held) + 1)
+                seen[user_id] = seen.get(user_id, 0) + 1
+                self._check_imported(number, record, seen[user_id])
                 held.append(line)
             if held:
-                counts[held_user] = self._append_imported(held, held_from, projector)
+                appended = self._append_imported(held, held_from, projector)
+                counts[held_user] = counts.get(held_user, 0) + appended
         except (InvalidInputError, ConflictError) as error:
             if not imported:
                 raise
@@ -437,20 +442,32 @@ class Audit:
         return len(lines) - start
 
     def _imported_before(self, lines: list[str], number: int) -> int:
-        """How many of one user's lines (the first is line ``number``) this database holds
-        already, as the start of that user's log; :class:`ConflictError` if it holds
-        another log of theirs."""
-        user_id = json.loads(lines[0])["user_id"]
-        if not self.store.events_of(user_id, upto=1):
-            return 0
-        held = 0
-        for stored in self.export(user_id):
-            if held == len(lines) or json.loads(stored) != json.loads(lines[held]):
+        """How many of one user's run of lines (the first is line ``number``) this
+        database holds already, as the same versions of that user's log;
+        :class:`ConflictError` if one it holds differs, or its log stops short of the
+        run."""
+        first = json.loads(lines[0])
+        user_id, start = first["user_id"], first["version"]
+        held = reached = 0
+        stored_lines = self.export(user_id) if self.store.events_of(user_id, upto=1) else ()
+        for stored in stored_lines:
+            record = json.loads(stored)
+            reached = record["version"]
+            if reached < start:
+                continue
+            if held == len(lines):
+                break  # the log here goes on past this run: written since, or a later run
+            if record != json.loads(lines[held]):
                 raise ConflictError(
                     f"user {user_id!r} already has another log in this database (line "
                     f"{number + held}); that user's events were not imported"
                 )
             held += 1
+        if reached < start - 1:
+            raise ConflictError(
+                f"user {user_id!r}'s log here ends at version {reached}, and line {number} "
+                f"goes on from version {start - 1}; that user's events were not imported"
+            )
         return held
 
     async def reextract(

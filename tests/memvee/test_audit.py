@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from actors.erasure import erase_user
 from events import ConflictError, EventStore, user_log_id
 from memvee import InvalidInputError, Memory, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
-from projections import verify
+from projections import ProjectionTables, Projector, verify
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
 
@@ -317,9 +318,46 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
         other = [*lines[:3], json.dumps(changed), *lines[4:]]
         with pytest.raises(ConflictError, match=r"'ann' already has another log .*\(line 4\)"):
             target.import_lines(other)
-        with pytest.raises(ConflictError, match=r"\(line 3\)"):
-            target.import_lines(lines[:2])
+        assert target.import_lines(lines[:2]) == {"ann": 0}, "all it holds is here"
         assert target.state("ann").version == expected.version
+
+
+async def test_a_users_lines_may_come_in_runs_split_by_another_users(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    db_url: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An import of such a file is whole, and run again it appends nothing; a user whose
+    log went between two of their runs (forgotten meanwhile) is refused, not continued
+    past a gap."""
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    await memory.add_exchange("bob", "I live in Rome", "ok")
+    with Audit(db_url=db_url) as source:
+        ann, bob = list(source.export("ann")), list(source.export("bob"))
+    half = len(ann) // 2
+    lines = [*ann[:half], *bob, *ann[half:]]
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        assert target.import_lines(lines) == {"ann": len(ann), "bob": len(bob)}
+        assert target.import_lines(lines) == {"ann": 0, "bob": 0}
+        assert list(target.export("ann")) == ann
+        assert verify(target.store) == []
+
+    def forget_ann_after_her_first_run(audit: Audit, run: list[str], *args: Any) -> int:
+        appended = append(audit, run, *args)
+        if run[0] == ann[0]:
+            erase_user(audit.store, Projector(ProjectionTables()), None, "ann")
+        return appended
+
+    append = Audit._append_imported
+    monkeypatch.setattr(Audit, "_append_imported", forget_ann_after_her_first_run)
+    with (
+        Audit(db_path=str(tmp_path / "other.db")) as target,
+        pytest.raises(ConflictError, match=r"'ann''s log here ends at version 0"),
+    ):
+        target.import_lines(lines)
 
 
 async def test_the_cli_explains_exports_and_imports(
