@@ -397,6 +397,7 @@ class Memory:
         check_user_id(user_id)
         seconds = _check_timeout(timeout)
         self._running()
+        await self._follow_tasks_elsewhere(user_id)
         if seconds is None or user_id not in self._inflight:
             return await self._wait_inflight(user_id)
         try:
@@ -407,7 +408,6 @@ class Memory:
             ) from None
 
     async def _wait_inflight(self, user_id: str) -> int:
-        await self._follow_tasks_elsewhere(user_id)
         total = 0
         failed: list[ProcessTask] = []
         while tasks := list(self._inflight.get(user_id, {}).values()):
@@ -591,7 +591,8 @@ class Memory:
     async def _follow_tasks_elsewhere(self, user_id: str) -> None:
         """With leases, the user's open tasks this process does not know (another process
         runs them, or was asked to) are followed too, and the user's actor is woken: where
-        their owner is gone, this process takes the user over and runs them."""
+        their owner is gone, this process takes the user over and runs them. (A flush
+        needs none of this: the run it asks for waits behind them at their owner.)"""
         engine, _ = self._running()
         if engine.leases is None:
             return
