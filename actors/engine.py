@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,15 +91,15 @@ class Engine:
     ):
         self.options = options
         self.claim = FileClaim.take(options.url, shared=options.leases)
-        try:
-            self._start(options, extractor, observer, embedder)
-        except BaseException:
-            store = getattr(self, "store", None)
-            if store is not None:  # the failure came later (catching up, say)
-                store.close()
+        with ExitStack() as undo:  # what a start that fails gives back
             if self.claim is not None:
-                self.claim.release()
-            raise
+                undo.callback(self.claim.release)
+            self.store = EventStore(
+                options.url, durability=options.durability, pool_size=options.pool_size
+            )
+            undo.callback(self.store.close)
+            self._start(options, extractor, observer, embedder)
+            undo.pop_all()
 
     def _start(
         self,
@@ -107,9 +108,6 @@ class Engine:
         observer: TaskObserver,
         embedder: NamedEmbedder | None,
     ) -> None:
-        self.store = EventStore(
-            options.url, durability=options.durability, pool_size=options.pool_size
-        )
         self.tables = ProjectionTables()
         # The users written lately: the live actors' (their rows are not read back).
         self.projector = Projector(self.tables, remember=options.max_live_actors)

@@ -338,6 +338,11 @@ class Audit:
     def export(self, user_id: str) -> Iterator[str]:
         """The user's log as JSON Lines, one stored event a line, oldest first."""
         self._version_of(user_id)
+        for record in self._exported_records(user_id):
+            yield json.dumps(record, separators=(",", ":"))
+
+    def _exported_records(self, user_id: str) -> Iterator[dict[str, Any]]:
+        """The user's stored events as the records of an export (none if no log)."""
         for stored in self.store.stored_events_of(user_id):
             try:
                 state = exported_state(stored.topic, stored.state)
@@ -346,15 +351,12 @@ class Audit:
                     f"version {stored.originator_version} of the log of {user_id!r} cannot be "
                     f"read: {first_line(error)}"
                 ) from error
-            yield json.dumps(
-                {
-                    "user_id": user_id,
-                    "version": stored.originator_version,
-                    "topic": full_topic(stored.topic),
-                    "state": state,
-                },
-                separators=(",", ":"),
-            )
+            yield {
+                "user_id": user_id,
+                "version": stored.originator_version,
+                "topic": full_topic(stored.topic),
+                "state": state,
+            }
 
     def import_lines(self, lines: Iterable[str]) -> dict[str, int]:
         """Append exported events to this database, projections folded; returns the
@@ -449,9 +451,7 @@ class Audit:
         first = json.loads(lines[0])
         user_id, start = first["user_id"], first["version"]
         held = reached = 0
-        stored_lines = self.export(user_id) if self.store.events_of(user_id, upto=1) else ()
-        for stored in stored_lines:
-            record = json.loads(stored)
+        for record in self._exported_records(user_id):
             reached = record["version"]
             if reached < start:
                 continue

@@ -47,6 +47,9 @@ __all__ = [
     "task_from_row",
 ]
 
+_OPEN_STATUSES = ("PENDING", "RUNNING")
+"""The statuses of a task not yet ended: requested, or running."""
+
 
 class ProjectionReader:
     """Reads one set of projection tables; every per-user read is scoped by construction."""
@@ -297,7 +300,7 @@ class ProjectionReader:
         t = self.tables.tasks
         rows = connection.execute(
             select(t)
-            .where(t.c.log_id == _log(user_id), t.c.status.in_(("PENDING", "RUNNING")))
+            .where(t.c.log_id == _log(user_id), t.c.status.in_(_OPEN_STATUSES))
             .order_by(t.c.requested_version)
         ).mappings()
         return [task_from_row(user_id, r) for r in rows]
@@ -305,10 +308,9 @@ class ProjectionReader:
     def users_with_open_tasks(self, connection: Connection) -> list[str]:
         """Users whose log has tasks not yet ended (interrupted or waiting, after a crash)."""
         t, u = self.tables.tasks, self.tables.users
-        open_statuses = ("PENDING", "RUNNING")
         rows = connection.execute(
             select(u.c.user_id)
-            .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status.in_(open_statuses))))
+            .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status.in_(_OPEN_STATUSES))))
             .order_by(u.c.user_id)
         )
         return [r[0] for r in rows]
