@@ -23,9 +23,9 @@ from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._workers import ExtractionWorkers
+from actors.database_claim import DatabaseClaim, claim_database
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
-from actors.file_claim import FileClaim
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
@@ -90,14 +90,15 @@ class Engine:
         embedder: NamedEmbedder | None = None,
     ):
         self.options = options
-        self.claim = FileClaim.take(options.url, shared=options.leases)
         with ExitStack() as undo:  # what a start that fails gives back
-            if self.claim is not None:
-                undo.callback(self.claim.release)
             self.store = EventStore(
                 options.url, durability=options.durability, pool_size=options.pool_size
             )
             undo.callback(self.store.close)
+            # Before the first write (recovery); opening the store only creates what is missing.
+            self.claim: DatabaseClaim | None = claim_database(options.url, shared=options.leases)
+            if self.claim is not None:
+                undo.callback(self.claim.release)
             self._start(options, extractor, observer, embedder)
             undo.pop_all()
 

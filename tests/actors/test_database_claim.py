@@ -1,5 +1,6 @@
-"""The claim on a SQLite file: an engine without leases holds it alone, engines with
-leases share it, and a claim that cannot be had is refused before anything is written."""
+"""The claim on a database: an engine without leases holds it alone, engines with leases
+share it, and a claim that cannot be had is refused before anything is written. A SQLite
+file is claimed through a lock file beside it, a PostgreSQL schema by an advisory lock."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import fcntl
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from actors import Engine
-from actors.file_claim import LOCK_SUFFIX, FileClaim
+from actors.database_claim import LOCK_SUFFIX, FileClaim, ServerClaim
 from events import DatabaseInUseError, StorageError, sqlite_url
 from memvee import Memory, MemoryConfig
+from tests.support.backends import postgres_url
 from tests.support.extractors import RecordingExtractor
 
 
@@ -98,7 +103,7 @@ def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileCla
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from actors.file_claim import FileClaim\n"
+            "from actors.database_claim import FileClaim\n"
             f"claim = FileClaim.take({url!r}, shared=False)\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n",
@@ -118,7 +123,7 @@ def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileCla
     _take(claims, url, shared=False)
 
 
-def test_a_database_server_needs_no_claim() -> None:
+def test_a_database_server_takes_no_file_claim() -> None:
     assert FileClaim.take("postgresql+psycopg://u@127.0.0.1:1/db", shared=False) is None
 
 
@@ -197,3 +202,145 @@ async def test_an_engine_that_fails_to_start_frees_its_file(
             await Memory(config=config, embedder=False).open()
     assert _open_files(db) == 0
     assert not (tmp_path / ("memory.db" + LOCK_SUFFIX)).exists()
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def pg_url() -> str:
+    return postgres_url()
+
+
+@pytest.fixture
+def server_claims() -> Iterator[list[ServerClaim]]:
+    held: list[ServerClaim] = []
+    yield held
+    for claim in held:
+        claim.release()
+
+
+def _take_server(claims: list[ServerClaim], url: str, *, shared: bool) -> ServerClaim:
+    claim = ServerClaim.take(url, shared=shared)
+    claims.append(claim)
+    return claim
+
+
+def test_on_postgresql_an_engine_without_leases_holds_the_schema_alone(
+    pg_url: str, server_claims: list[ServerClaim]
+) -> None:
+    alone = _take_server(server_claims, pg_url, shared=False)
+    with pytest.raises(DatabaseInUseError, match=r"another Memory.*leases"):
+        ServerClaim.take(pg_url, shared=False)
+    with pytest.raises(
+        DatabaseInUseError, match=r"schema public\) is open in a Memory without leases"
+    ):
+        ServerClaim.take(pg_url, shared=True)
+    alone.release()
+    alone.release()
+    assert not alone.held
+    _take_server(server_claims, pg_url, shared=True)
+    _take_server(server_claims, pg_url, shared=True)
+    with pytest.raises(DatabaseInUseError):
+        ServerClaim.take(pg_url, shared=False)
+
+
+def test_on_postgresql_another_schema_is_another_claim(
+    pg_url: str, server_claims: list[ServerClaim]
+) -> None:
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA IF EXISTS tenant_b CASCADE"))
+            connection.execute(text("CREATE SCHEMA tenant_b"))
+    finally:
+        engine.dispose()
+    other = make_url(pg_url).update_query_dict({"options": "-csearch_path=tenant_b"})
+    _take_server(server_claims, pg_url, shared=False)
+    _take_server(server_claims, other.render_as_string(hide_password=False), shared=False)
+
+
+def test_on_postgresql_a_process_that_dies_leaves_the_schema_free(
+    pg_url: str, server_claims: list[ServerClaim]
+) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from actors.database_claim import ServerClaim\n"
+            f"claim = ServerClaim.take({pg_url!r}, shared=False)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DatabaseInUseError):
+            ServerClaim.take(pg_url, shared=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 30  # the server ends the dead session on its own time
+    while True:
+        try:
+            _take_server(server_claims, pg_url, shared=False)
+            return
+        except DatabaseInUseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_an_unreachable_server_cannot_be_claimed_and_its_password_is_not_shown() -> None:
+    url = "postgresql+psycopg://memvee:s3cret@127.0.0.1:1/memvee?connect_timeout=2"
+    with pytest.raises(StorageError, match="cannot claim the database at") as raised:
+        ServerClaim.take(url, shared=False)
+    assert "s3cret" not in str(raised.value)
+
+
+async def test_on_postgresql_a_second_memory_without_leases_is_refused_and_the_first_runs_on(
+    pg_url: str,
+) -> None:
+    extractor = RecordingExtractor(gated=True)
+    alone = MemoryConfig(db_url=pg_url, leases=False)
+    first = await Memory(config=alone, extractor=extractor, embedder=False).open()
+    try:
+        await first.add_exchange("u", "I live in Oslo", "ok")
+        task = first.process_async("u")
+        await asyncio.to_thread(extractor.started.wait, 10)
+        for leases in (None, False, True):
+            second = Memory(config=MemoryConfig(db_url=pg_url, leases=leases), embedder=False)
+            with pytest.raises(
+                DatabaseInUseError, match=r"is open in (a Memory without leases|another Memory)"
+            ):
+                await second.open()
+        extractor.gate.set()
+        assert await task.wait() == 1
+    finally:
+        await first.close()
+    shared = MemoryConfig(db_url=pg_url)
+    async with Memory(config=shared, embedder=False) as one, Memory(config=shared) as other:
+        assert len(await one.knowledge("u")) == len(await other.knowledge("u")) == 1
+        with pytest.raises(DatabaseInUseError):
+            await Memory(config=alone, embedder=False).open()
+
+
+async def test_on_postgresql_an_engine_that_fails_to_start_gives_its_claim_back(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = MemoryConfig(db_url=pg_url, leases=False)
+
+    def failing(engine: Engine) -> None:
+        raise StorageError("catching up failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_catch_up", failing)
+        with pytest.raises(StorageError, match="catching up failed"):
+            await Memory(config=config, embedder=False).open()
+    async with Memory(config=config, embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo", "ok")

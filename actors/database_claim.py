@@ -1,0 +1,234 @@
+"""Which engines may share a database: a claim each engine holds while it runs.
+
+An engine without leases takes every user of its database as its own: its open closes
+any task it finds running as left by a crash, and its close ends every requested task.
+A second such engine on the same database, in this process or another, so failed the
+first one's running tasks ("the log is gone") and its callers' requests. So an engine
+without leases claims the database for itself alone, engines with leases share it, and a
+claim that cannot be had is refused at open with :class:`DatabaseInUseError` before
+anything is written. A process that dies loses its claims, so a crash never leaves a
+database claimed.
+
+On a SQLite file the claim is a ``flock`` on ``<database>.memvee-lock``, never on the
+database file itself: a process that closes any descriptor of a file loses its POSIX
+locks on it, SQLite's included. On PostgreSQL it is a session advisory lock, keyed by the
+schema the engine's tables live in, on a connection the claim keeps open.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from events import DatabaseInUseError, StorageError, driver_url, redacted_url
+from events.errors import first_line
+
+__all__ = ["LOCK_SUFFIX", "DatabaseClaim", "FileClaim", "ServerClaim", "claim_database"]
+
+log = logging.getLogger("memvee.actors")
+
+LOCK_SUFFIX = ".memvee-lock"
+"""What the lock file's name adds to the database file's."""
+
+
+class DatabaseClaim(Protocol):
+    """A claim an engine holds on its database until it releases it."""
+
+    @property
+    def held(self) -> bool:
+        """Whether the claim is still held."""
+        ...
+
+    def release(self) -> None:
+        """Give the claim up. Idempotent."""
+        ...
+
+
+def claim_database(url: str, *, shared: bool) -> DatabaseClaim | None:
+    """Claim the database ``url`` names, shared (an engine with leases) or alone;
+    ``None`` where the database cannot be claimed (see :meth:`FileClaim.take`)."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return ServerClaim.take(url, shared=shared)
+    return FileClaim.take(url, shared=shared)
+
+
+class FileClaim:
+    """A held claim on a SQLite file: alone (no leases) or shared (leases)."""
+
+    def __init__(self, lock_path: Path, descriptor: int) -> None:
+        self.lock_path = lock_path
+        self._descriptor: int | None = descriptor
+
+    @classmethod
+    def take(cls, url: str, *, shared: bool) -> FileClaim | None:
+        """Claim the SQLite file ``url`` names, shared or alone; ``None`` for a database
+        server, or where the platform has no ``flock`` (Windows).
+
+        Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
+        cannot share, :class:`StorageError` if the lock file cannot be opened; on a file
+        system that cannot lock, warns and returns ``None``.
+        """
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" or not parsed.database or sys.platform == "win32":
+            return None
+        database = Path(parsed.database).expanduser().resolve()  # a link: the file it names
+        lock_path = database.with_name(database.name + LOCK_SUFFIX)
+        while True:
+            try:
+                descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                raise StorageError(
+                    f"cannot open the lock file {lock_path} beside the database: "
+                    f"{error.strerror or error}"
+                ) from error
+            try:
+                had = _locked(descriptor, shared=shared)
+            except OSError as error:  # a file system without flock (some network ones)
+                os.close(descriptor)
+                log.warning(
+                    "%s cannot be locked (%s): nothing keeps a second Memory off this "
+                    "database; open Memories that share it with leases",
+                    lock_path,
+                    error.strerror or error,
+                )
+                return None
+            current = _same_file(descriptor, lock_path)
+            if had and current:
+                return cls(lock_path, descriptor)
+            os.close(descriptor)
+            if current:
+                raise DatabaseInUseError(_refusal(database, shared=shared))
+            # Its last holder removed it between our open and our lock: take the new one.
+
+    @property
+    def held(self) -> bool:
+        """Whether the claim is still held."""
+        return self._descriptor is not None
+
+    def release(self) -> None:
+        """Give the claim up; the last holder removes the lock file. Idempotent."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is None:
+            return
+        try:
+            if _locked(descriptor, shared=False) and _same_file(descriptor, self.lock_path):
+                self.lock_path.unlink(missing_ok=True)
+        finally:
+            os.close(descriptor)
+
+
+def _locked(descriptor: int, *, shared: bool) -> bool:
+    """Take ``flock`` on ``descriptor`` without waiting; whether it was had."""
+    import fcntl  # not on Windows, where take() returns before
+
+    try:
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open on ``descriptor``."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _refusal(database: Path | str, *, shared: bool) -> str:
+    holder = "a Memory without leases" if shared else "another Memory"
+    if isinstance(database, Path):
+        return (
+            f"the SQLite file {database} is open in {holder} (in this process or another): "
+            "Memories that share a SQLite file must all be opened with "
+            "MemoryConfig(leases=True); otherwise open one Memory per file and share it"
+        )
+    return (
+        f"the database {database} is open in {holder} (in this process or another): "
+        "Memories that share a database must all use leases (the default on PostgreSQL: "
+        "leave MemoryConfig.leases unset or True)"
+    )
+
+
+class ServerClaim:
+    """A held claim on a PostgreSQL database: a session advisory lock, shared (leases) or
+    exclusive, held by a connection of its own.
+
+    The server drops the lock with the session, so a process that dies, or whose
+    connection breaks, holds it no longer; a claim lost to a broken connection is not
+    taken again.
+    """
+
+    def __init__(self, engine: Engine, connection: Connection) -> None:
+        self._engine = engine
+        self._connection: Connection | None = connection
+
+    @classmethod
+    def take(cls, url: str, *, shared: bool) -> ServerClaim:
+        """Claim the PostgreSQL database ``url`` names, shared or alone.
+
+        Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
+        cannot share, :class:`StorageError` if the server cannot be reached.
+        """
+        engine = create_engine(driver_url(url), poolclass=NullPool)
+        connection: Connection | None = None
+        try:
+            # Autocommit: an idle session left in a transaction would hold back vacuum.
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+            lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+            had = connection.execute(
+                text(f"SELECT {lock}(:key)"), {"key": _lock_key(schema)}
+            ).scalar_one()
+        except SQLAlchemyError as error:
+            _close(engine, connection)
+            raise StorageError(
+                f"cannot claim the database at {redacted_url(url)}: {first_line(error)}"
+            ) from error
+        if not had:
+            _close(engine, connection)
+            where = f"{redacted_url(url)} (schema {schema})"
+            raise DatabaseInUseError(_refusal(where, shared=shared))
+        return cls(engine, connection)
+
+    @property
+    def held(self) -> bool:
+        """Whether the claim is still held (as far as this process knows)."""
+        return self._connection is not None
+
+    def release(self) -> None:
+        """Give the claim up: closing its session drops the lock. Idempotent."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            _close(self._engine, connection)
+
+
+def _lock_key(schema: str) -> int:
+    """The advisory lock key of memvee's tables in ``schema``: a signed 64-bit number."""
+    digest = hashlib.blake2b(f"memvee database claim:{schema}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _close(engine: Engine, connection: Connection | None) -> None:
+    try:
+        if connection is not None:
+            connection.close()
+    except SQLAlchemyError:
+        log.debug("closing the claim's connection failed; the server drops it", exc_info=True)
+    finally:
+        engine.dispose()
