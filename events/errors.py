@@ -58,8 +58,8 @@ class ConflictError(StorageError):
 
 
 class DatabaseInUseError(StorageError):
-    """A Memory's open was refused: another Memory has its SQLite file open, and they
-    cannot share it (only Memories with leases can)."""
+    """A Memory's open was refused: another Memory has its database (SQLite file or
+    PostgreSQL schema) open, and they cannot share it (only Memories with leases can)."""
 
 
 class ExtractionError(MemveeError):
