@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ MAX_KNOWN_ENTRIES = 100
 STORE_RETRY_MAX = 30.0
 """The longest wait, in seconds, between retries of a user's task start while the
 database fails: once it answers, processing goes on within that."""
+
+FOLLOW_SECONDS = 0.2
+"""With leases, how often the live users' logs are looked at for writes of other
+processes (a task they ask of a user this process owns) between lease renewals."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,7 @@ class Engine:
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
         )
         self._stopping = threading.Event()
+        self._followed_position = -1  # the last event stored at the last look
         self._ticker: threading.Thread | None = None
         if self.leases is not None:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
@@ -268,18 +274,30 @@ class Engine:
         return [(user, future.get()) for user, future in futures]
 
     def _tick(self) -> None:
-        """Renew our leases, take over users whose owner died, follow logs written elsewhere."""
+        """Renew our leases, take over users whose owner died, follow logs written elsewhere.
+
+        Between renewals the live users' logs are followed every ``FOLLOW_SECONDS``, so a
+        task another process asks of a user this one owns starts within that, not at the
+        next renewal; when no event was stored since the last look, that is one read.
+        """
         assert self.leases is not None
-        interval = max(0.05, self.leases.ttl / 3)
-        while not self._stopping.wait(interval):
+        renew_every = max(0.05, self.leases.ttl / 3)
+        renew_at = time.monotonic() + renew_every
+        while not self._stopping.wait(min(FOLLOW_SECONDS, renew_every)):
+            renewing = time.monotonic() >= renew_at
             try:
-                self._renew_and_follow(self.leases)
+                if renewing:
+                    renew_at = time.monotonic() + renew_every
+                    self._renew_and_follow(self.leases)
+                else:
+                    self._follow_new_writes()
             except SQLAlchemyError as error:  # the database is down or restarting
-                log.warning(
-                    "renewing leases failed (trying again in %.1f s): %s",
-                    interval,
-                    first_line(error),
-                )
+                if renewing:
+                    log.warning(
+                        "renewing leases failed (trying again in %.1f s): %s",
+                        renew_every,
+                        first_line(error),
+                    )
             except Exception:
                 log.exception("renewing leases failed; retrying")
 
@@ -298,6 +316,25 @@ class Engine:
                 self.directory.call(user, "renew_ownership", user not in lost)
                 if user in versions:
                     self.directory.call(user, "refresh", versions[user])
+            except RuntimeError:
+                return
+
+    def _follow_new_writes(self) -> None:
+        """Refresh the live users with a task requested and not yet started (by another
+        process, say), if any event was stored since the last look; an actor that knows
+        its log to that version already does nothing."""
+        live = self.directory.live_users()
+        if not live:
+            return
+        with self.store.engine.connect() as connection:
+            position = self.store.max_position(connection)
+            if position == self._followed_position:
+                return
+            waiting = self.reader.versions_with_requests(connection, live)
+        self._followed_position = position
+        for user, version in waiting.items():
+            try:
+                self.directory.call(user, "refresh", version)
             except RuntimeError:
                 return
 

@@ -342,6 +342,25 @@ class ProjectionReader:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    def versions_with_requests(self, connection: Connection, user_ids: list[str]) -> dict[str, int]:
+        """The log version of each of ``user_ids`` with a task requested and not yet
+        started."""
+        if not user_ids:
+            return {}
+        t, u = self.tables.tasks, self.tables.users
+        rows = connection.execute(
+            select(u.c.user_id, u.c.version).where(
+                u.c.log_id.in_(
+                    select(t.c.log_id).where(
+                        t.c.status == "PENDING",
+                        t.c.log_id.in_(bindparam("ids", expanding=True)),
+                    )
+                )
+            ),
+            {"ids": [_log(x) for x in user_ids]},
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
     def task_states(self, connection: Connection, task_ids: list[str]) -> list[TaskRecord]:
         """The tasks among ``task_ids`` that the log knows, in any user's log."""
         if not task_ids:

@@ -42,6 +42,23 @@ async def test_only_the_lease_holder_extracts_and_a_guest_task_completes_through
         await owner.close()
 
 
+async def test_a_guests_task_starts_at_the_owner_between_lease_renewals(db_url: str) -> None:
+    # Leases renewed every 200 s: the owner must follow its users' logs more often.
+    config = MemoryConfig(db_url=db_url, leases=True, lease_ttl=600)
+    owner_extractor = RecordingExtractor()
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    guest = await Memory(config=config, extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        for n, text in enumerate(["I work at Acme", "I collect stamps"], start=1):
+            await guest.add_exchange("u", text, "ok")
+            assert await asyncio.wait_for(guest.process("u"), 60) == (2 if n == 1 else 1)
+            assert len(owner_extractor.batches) == n
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 async def test_a_guest_requeues_what_the_owner_quarantined_since_the_guest_read_the_log(
     db_url: str,
 ) -> None:
