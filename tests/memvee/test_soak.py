@@ -139,6 +139,10 @@ async def _phase(db_url: str, seed: int, ledger: Ledger, monkeypatch: pytest.Mon
         ]
         outages = asyncio.create_task(_outages(outage, random.Random(rnd.random()), stop))
         await asyncio.sleep(SECONDS)
+        # On a loaded machine the callers may have met no outage yet: run on until they do.
+        deadline = asyncio.get_running_loop().time() + 60
+        while outage.refused == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*callers, outages)
         assert outage.refused > 0, "the database failed some calls"
