@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 __all__ = ["CircuitBreaker", "UserBackoff"]
 
@@ -29,7 +29,7 @@ class CircuitBreaker:
     ``cooldown`` seconds: calls wait instead of reaching the API. Then one call at a time
     may probe the API; its success closes the breaker, its failure opens it again for
     twice as long, up to ``max_cooldown``. Any answer, even one that fails the batch for
-    good, shows that the API is up.
+    good, shows that the API is up, except a refusal of every request (:meth:`refused`).
     """
 
     def __init__(
@@ -56,6 +56,8 @@ class CircuitBreaker:
         self._successes = 0
         self._failed_total = 0
         self._last_failure: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
+        self._accepted = 0
+        self._last_refusal: tuple[frozenset[str], str, int] | None = None
         self.opened = 0
         """How many times the breaker opened (for logs and tests)."""
 
@@ -93,6 +95,37 @@ class CircuitBreaker:
             self._cooldown = self.base_cooldown
         if was_open:
             self.on_close()
+
+    def accepted(self) -> None:
+        """The API accepted a batch (and answered it): close the breaker."""
+        with self._lock:
+            self._accepted += 1
+        self.succeeded()
+
+    def refused(self, message_ids: Collection[str], reason: str) -> bool:
+        """The API refused a batch of ``message_ids`` for ``reason``; whether it refuses
+        every request so (the account's credit, a usage limit, the configuration) rather
+        than this batch: the batch refused before it shared none of its messages, was
+        refused for the same reason, and no batch was accepted since.
+
+        Such a refusal is a failure that may pass (:meth:`failed`); any other is an answer
+        that shows the API up (:meth:`succeeded`).
+        """
+        batch = frozenset(message_ids)
+        with self._lock:
+            last = self._last_refusal
+            everything = (
+                last is not None
+                and last[1] == reason
+                and last[2] == self._accepted
+                and last[0].isdisjoint(batch)
+            )
+            self._last_refusal = (batch, reason, self._accepted)
+        if everything:
+            self.failed()
+        else:
+            self.succeeded()
+        return everything
 
     def failed(self) -> None:
         """A call failed in a way that may pass; open (or reopen) the breaker if it keeps on."""

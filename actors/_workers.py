@@ -23,14 +23,26 @@ from events import (
     Extractor,
     InvalidExtractionError,
     MemveeError,
+    RejectedBatchError,
 )
 
-__all__ = ["ExtractionWorkers", "Outcome", "repeats"]
+__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "repeats"]
 
 log = logging.getLogger("memvee.actors")
 
 Outcome = ExtractionResult | BaseException
 """What an extraction ended with: a result, or the error that failed the batch."""
+
+
+class EveryBatchRefused(ExtractionError):
+    """The API refuses every batch for one reason (see :meth:`CircuitBreaker.refused`):
+    the batch is retried later, whole, and none of its messages is blamed."""
+
+    def __init__(self, refusal: RejectedBatchError) -> None:
+        super().__init__(
+            f"{refusal} (the API refuses every batch so; retried later, no message blamed)",
+            usage=refusal.usage,
+        )
 
 
 def repeats(error: BaseException) -> bool:
@@ -138,13 +150,21 @@ class ExtractionWorkers:
                 raise ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
                 ) from None
+            except RejectedBatchError as error:
+                if error.reason is None:  # the model's refusal: an answer
+                    self.breaker.succeeded()
+                    raise
+                ids = [m.message_id for m in batch.messages]
+                if self.breaker.refused(ids, error.reason):
+                    raise EveryBatchRefused(error) from error
+                raise
             except Exception as error:
                 if repeats(error):
                     self.breaker.succeeded()
                 else:
                     self.breaker.failed()
                 raise
-        self.breaker.succeeded()
+        self.breaker.accepted()
         if not isinstance(result, ExtractionResult):
             raise InvalidExtractionError(
                 f"extractor {self.extractor.name!r} returned {type(result).__name__}, "

@@ -25,7 +25,7 @@ import pykka
 from actors._bridge import BridgedFuture
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
-from actors._workers import Outcome, repeats
+from actors._workers import EveryBatchRefused, Outcome, repeats
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
@@ -476,9 +476,9 @@ class UserActor(PooledActor):
         text = _describe(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
-        blamed = (  # a store that failed is never the message's fault
+        blamed = (  # never a failed store, nor an API that refuses every batch
             not again
-            and not isinstance(error, StorageError)
+            and not isinstance(error, StorageError | EveryBatchRefused)
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )

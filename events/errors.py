@@ -85,9 +85,22 @@ class InvalidExtractionError(ExtractionError):
 
 
 class RejectedBatchError(ExtractionError):
-    """The API refused the batch itself (a 400 such as "prompt is too long", or a refusal)."""
+    """The API refused the batch itself (a 400 such as "prompt is too long", or a refusal).
+
+    ``reason`` is what the API answered an HTTP refusal with (``None`` for a model's
+    refusal). When batches that share no message are refused for the same reason, with no
+    batch accepted in between, the account or the configuration is refused, not the
+    batches (a credit balance too low, a usage limit): the engine then retries later and
+    blames no message.
+    """
 
     repeats = True
+
+    def __init__(
+        self, message: str, *, usage: TokenUsage | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(message, usage=usage)
+        self.reason = reason
 
 
 class ProcessingError(MemveeError):

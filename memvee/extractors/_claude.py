@@ -311,7 +311,8 @@ def api_error(exc: anthropic.AnthropicError, api_key: str | None) -> ExtractionE
             parts.append(f" [request-id {exc.request_id}]")
         text = _redact("".join(parts), api_key)
         if exc.status_code in _REJECTED_STATUSES:
-            return RejectedBatchError(text)
+            reason = _redact(f"HTTP {exc.status_code} {exc.type}: {exc.api_message}", api_key)
+            return RejectedBatchError(text, reason=reason)
         return ExtractionError(text)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"

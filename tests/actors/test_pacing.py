@@ -88,6 +88,34 @@ def test_nothing_is_blamed_while_the_breaker_is_open() -> None:
     assert breaker.is_open and not breaker.blame("m")
 
 
+CREDIT = "HTTP 400 invalid_request_error: Your credit balance is too low"
+
+
+def test_batches_sharing_no_message_refused_alike_are_a_refusal_of_every_batch() -> None:
+    breaker = _breaker(Clock())
+    assert not breaker.refused(["a", "b", "c", "d"], CREDIT), "one refusal tells nothing"
+    assert not breaker.refused(["a", "b"], CREDIT), "half of it: still maybe the batch"
+    assert not breaker.refused(["a"], CREDIT)
+    assert breaker.refused(["b"], CREDIT), "another message, the same refusal"
+    assert breaker.refused(["e", "f"], CREDIT)
+    assert not breaker.is_open
+    assert breaker.refused(["g"], CREDIT)
+    assert breaker.is_open, "a refusal of every batch is a failure that may pass"
+
+
+def test_a_refusal_is_the_batchs_own_after_an_acceptance_or_for_another_reason() -> None:
+    breaker = _breaker(Clock())
+    breaker.refused(["a"], CREDIT)
+    breaker.accepted()
+    assert not breaker.refused(["b"], CREDIT), "a batch went through in between"
+    assert not breaker.refused(["c"], "HTTP 400 invalid_request_error: prompt is too long")
+    breaker.succeeded()  # an answer, not an acceptance: no evidence the API takes batches
+    assert not breaker.refused(["d"], CREDIT), "not the reason of the refusal just before"
+    assert breaker.refused(["e"], CREDIT)
+    breaker.accepted()
+    assert not breaker.refused(["f"], CREDIT)
+
+
 def test_a_users_backoff_doubles_up_to_the_cap_and_ends_with_a_success() -> None:
     clock = Clock()
     backoff = UserBackoff(base=1.0, cap=5.0, clock=clock)

@@ -261,3 +261,48 @@ async def test_the_breaker_bounds_requests_from_many_users_while_the_api_is_down
             for user in users:
                 found = checked_coverage(memory, user)
                 assert not found.buffered and not found.quarantined
+
+
+CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
+"""What the API answers every request with (HTTP 400) once an account runs out of credit."""
+
+
+async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_once_it_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = ScriptedResponse(400, error_body("invalid_request_error", CREDIT))
+    with MessagesAPIServer(responder=lambda r: refused) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-credit")
+        config = MemoryConfig(
+            db_path=str(tmp_path / "credit.db"),
+            max_batch_messages=4,
+            breaker_cooldown=0.05,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        )
+        users = ["ann", "bob", "cy"]
+        extractor = ClaudeExtractor(max_retries=0)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+            for user in users:
+                for i in range(EXCHANGES):
+                    await memory.add_exchange(user, f"I like thing {i}", f"ok {i}")
+            for _ in range(3):
+                for user in users:
+                    with pytest.raises(ProcessingError, match="credit balance is too low"):
+                        await memory.process(user)
+            for user in users:
+                assert await memory.quarantined(user) == []
+                assert len(await memory.buffer(user)) == 2 * EXCHANGES
+            # The first run splits its first batch down to one message (of 4, 2, then 1)
+            # and sends the next, before the refusal is known for what it is; every run
+            # after that costs one request.
+            assert len(server.requests) == 4 + (3 * len(users) - 1)
+            server.set_responder(default_answer)
+            for user in users:
+                await _run_until_settled(memory, user)
+                found = checked_coverage(memory, user)
+                assert len(found.covered) == 2 * EXCHANGES and not found.quarantined

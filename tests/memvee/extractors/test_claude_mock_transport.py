@@ -585,6 +585,8 @@ async def test_plain_text_an_empty_answer_and_a_refusal_fail_the_batch_and_repea
     with pytest.raises(error) as caught:
         await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
     assert isinstance(caught.value, ExtractionError) and caught.value.repeats
+    if isinstance(caught.value, RejectedBatchError):
+        assert caught.value.reason is None, "the model refused: the API took the batch"
 
 
 @pytest.mark.parametrize(
@@ -605,6 +607,9 @@ async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
     with pytest.raises(ExtractionError) as caught:
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.repeats is again
+    if again:  # the reason, by which the engine tells a refusal of every batch
+        assert isinstance(caught.value, RejectedBatchError)
+        assert caught.value.reason == f"HTTP {status} {error_type}: prompt is too long"
 
 
 async def test_timeouts_and_connection_errors_may_pass(claude: Make) -> None:
