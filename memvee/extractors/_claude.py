@@ -311,7 +311,9 @@ def api_error(exc: anthropic.AnthropicError, api_key: str | None) -> ExtractionE
             parts.append(f" [request-id {exc.request_id}]")
         text = _redact("".join(parts), api_key)
         if exc.status_code in _REJECTED_STATUSES:
-            reason = _redact(f"HTTP {exc.status_code} {exc.type}: {exc.api_message}", api_key)
+            reason = None  # a request too large is the batch's own fault, by its nature
+            if exc.status_code != 413:
+                reason = _redact(f"HTTP {exc.status_code} {exc.type}: {exc.api_message}", api_key)
             return RejectedBatchError(text, reason=reason)
         return ExtractionError(text)
     if isinstance(exc, anthropic.APITimeoutError):
