@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from events import ConflictError, EventStore, Recorded, StoredSnapshot
+from events.errors import first_line
 from projections import Projector, index_messages
 
 __all__ = ["GroupCommitter"]
@@ -245,10 +246,12 @@ class GroupCommitter:
         self._unindexed = 0
         try:
             index_messages(self._store, self._projector)
-        except Exception:
+        except Exception as error:  # the database failing (a full disk), mostly: no trace
             log.warning(
-                "indexing messages for search failed; a search indexes them first", exc_info=True
+                "indexing messages for search failed (%s); a search indexes them first",
+                first_line(error),
             )
+            log.debug("indexing messages for search failed", exc_info=True)
 
     def _write(self, batch: list[_Request]) -> None:
         batch = [r for r in batch if self._admissible(r)]

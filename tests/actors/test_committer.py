@@ -296,3 +296,24 @@ def test_a_write_of_many_events_indexes_its_messages_itself(store: EventStore) -
         assert not _waiting(store)
     finally:
         committer.stop()
+
+
+def test_an_index_pass_the_database_fails_is_one_warning_line_and_the_messages_wait(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(*args: Any) -> None:
+        raise StorageError("database or disk is full\n(details on a second line)")
+
+    monkeypatch.setattr("actors._committer.index_messages", full)
+    committer = GroupCommitter(
+        store, Projector(ProjectionTables()), index_every=10_000, index_idle=3600
+    )
+    committer.commit(_log_with_messages("ann", 2)[1], 0)
+    committer.stop()  # indexes what waits, which fails
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (
+        "indexing messages for search failed (database or disk is full); "
+        "a search indexes them first"
+    )
+    assert warning.exc_info is None, "an expected failure of the database: no trace"
+    assert _waiting(store)
