@@ -113,6 +113,10 @@ class MemoryConfig:
         _check_number(self, "hybrid_alpha", whole=False, positive=False)
         if self.hybrid_alpha > 1:
             raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
+        if self.actor_threads > MAX_ACTOR_THREADS:  # each is started at open
+            raise InvalidInputError(
+                f"actor_threads must be at most {MAX_ACTOR_THREADS}, not {self.actor_threads!r}"
+            )
         for name in ("auto_process", "gc_freeze"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(_wrong_type(self, name, "a bool"))
@@ -164,6 +168,10 @@ class MemoryConfig:
 
         return sqlite_url(os.fspath(self.db_path))
 
+
+MAX_ACTOR_THREADS = 1024
+"""The most threads the user actors may run on: all are started when a Memory opens, and
+past a few thousand the platform refuses to start more."""
 
 _COUNTS = (
     "batch_threshold",

@@ -183,6 +183,10 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(ValueError, match="checkpoint_interval must not be negative, not -1"):
         MemoryConfig(checkpoint_interval=-1)
     assert MemoryConfig(checkpoint_interval=0).checkpoint_interval == 0  # off
+    # Every actor thread is started at open: 100,000 failed there, untyped, after 12 s.
+    with pytest.raises(InvalidInputError, match="actor_threads must be at most 1024, not 100000"):
+        MemoryConfig(actor_threads=100_000)
+    assert MemoryConfig(actor_threads=1024).actor_threads == 1024
     with pytest.raises(InvalidInputError, match=r"^db_url is not a database URL") as refused:
         MemoryConfig(db_url="postgresql://me:s3cret@db.example:port/mem")
     assert "s3cret" not in str(refused.value)
