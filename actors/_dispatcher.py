@@ -39,13 +39,17 @@ class Dispatcher:
     """
 
     def __init__(self, threads: int) -> None:
+        """Start ``threads`` threads; if the platform refuses one, stop those started."""
         self._turns: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"memvee-actor_{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._threads: list[threading.Thread] = []
+        for i in range(threads):
+            thread = threading.Thread(target=self._work, name=f"memvee-actor_{i}", daemon=True)
+            try:
+                thread.start()
+            except BaseException:
+                self.shutdown()
+                raise
+            self._threads.append(thread)
 
     def schedule(self, turn: Callable[[], object]) -> None:
         """Run ``turn()`` on one of the threads."""

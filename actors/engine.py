@@ -104,7 +104,7 @@ class Engine:
             self.claim: DatabaseClaim | None = claim_database(options.url, shared=options.leases)
             if self.claim is not None:
                 undo.callback(self.claim.release)
-            self._start(options, extractor, observer, embedder)
+            self._start(options, extractor, observer, embedder, undo)
             undo.pop_all()
 
     def _start(
@@ -113,7 +113,10 @@ class Engine:
         extractor: Extractor,
         observer: TaskObserver,
         embedder: NamedEmbedder | None,
+        undo: ExitStack,
     ) -> None:
+        """Build the engine's parts and start their threads; ``undo`` stops each started
+        one if a later part fails to start."""
         self.tables = ProjectionTables()
         # The users written lately: the live actors' (their rows are not read back).
         self.projector = Projector(self.tables, remember=options.max_live_actors)
@@ -126,8 +129,11 @@ class Engine:
         )
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
+        undo.callback(self.committer.stop)
         self.timers = Timers()
+        undo.callback(self.timers.stop)
         self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild)
+        undo.callback(self.rebuild_watch.stop)
         self.projector.on_rebuilding = self.rebuild_watch.seen
         self.breaker = CircuitBreaker(
             failures=options.breaker_failures,
@@ -138,15 +144,20 @@ class Engine:
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
         self.vectors = None if embedder is None else VectorIndex(self.tables, embedder.name)
         self.vector_filler = None if embedder is None else self._filler(embedder)
+        if self.vector_filler is not None:
+            undo.callback(self.vector_filler.stop)
         self.checkpoints = replay_checkpoints(self.tables)
         self.checkpointer = UserWorker(self._checkpoint, name="checkpoints", delay=0)
+        undo.callback(self.checkpointer.stop)
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
             breaker=self.breaker,
         )
+        undo.callback(self.workers.stop)
         self.dispatcher = Dispatcher(options.actor_threads)
+        undo.callback(self.dispatcher.shutdown)
         self.services = SharedServices(
             self.store,
             self.committer,

@@ -87,6 +87,28 @@ async def test_an_open_that_fails_once_the_engine_runs_stops_it_and_frees_the_fi
         await memory.close()
 
 
+async def test_an_engine_whose_threads_cannot_all_start_stops_those_that_did(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform refuses a thread part way through the actor threads (out of threads):
+    the open fails, and none of the engine's threads is left running."""
+    start = threading.Thread.start
+
+    def refusing(thread: threading.Thread) -> None:
+        if thread.name == "memvee-actor_3":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", refusing)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await Memory(config=config, extractor=RecordingExtractor(), embedder=False).open()
+    assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-")] == []
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+
+
 async def test_opens_at_once_share_one_engine(tmp_path: Any) -> None:
     """Handlers that run together each doing ``if not memory.is_open: await
     memory.open()``: one engine is started, and every open returns the Memory."""
