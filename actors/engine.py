@@ -309,8 +309,13 @@ class Engine:
                         renew_every,
                         first_line(error),
                     )
+                else:  # the renewal, due soon, says it once
+                    log.debug("following other processes' writes failed: %s", first_line(error))
             except Exception:
-                log.exception("renewing leases failed; retrying")
+                log.exception(
+                    "%s failed; retrying",
+                    "renewing leases" if renewing else "following other processes' writes",
+                )
 
     def _renew_and_follow(self, leases: LeaseTable) -> None:
         live = self.directory.live_users()
