@@ -88,10 +88,10 @@ class RejectedBatchError(ExtractionError):
     """The API refused the batch itself (a 400 such as "prompt is too long", or a refusal).
 
     ``reason`` is what the API answered an HTTP refusal with (``None`` for a model's
-    refusal, and for a request too large, which only its batch can be). When batches that share no message are refused for the same reason, with no
-    batch accepted in between, the account or the configuration is refused, not the
-    batches (a credit balance too low, a usage limit): the engine then retries later and
-    blames no message.
+    refusal, and for a request too large, which only its batch can be). When batches that
+    share no message are refused for the same reason, with no batch accepted in between,
+    the account or the configuration is refused, not the batches (a credit balance too
+    low, a usage limit): the engine then retries later and blames no message.
     """
 
     repeats = True
