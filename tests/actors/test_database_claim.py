@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -97,14 +98,17 @@ def test_another_database_file_beside_it_is_free(tmp_path: Path, claims: list[Fi
     _take(claims, sqlite_url(tmp_path / "b.db"), shared=False)
 
 
-def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileClaim]) -> None:
+@contextmanager
+def _held_in_another_process(kind: str, url: str) -> Iterator[None]:
+    """A process holding ``kind`` (``FileClaim`` or ``ServerClaim``) on ``url`` alone,
+    until the block ends, when it is killed."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time\n"
-            "from actors.database_claim import FileClaim\n"
-            f"claim = FileClaim.take({url!r}, shared=False)\n"
+            "import time\n"
+            f"from actors.database_claim import {kind}\n"
+            f"claim = {kind}.take({url!r}, shared=False)\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n",
         ],
@@ -115,11 +119,15 @@ def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileCla
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(DatabaseInUseError):
-            FileClaim.take(url, shared=True)
+        yield
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileClaim]) -> None:
+    with _held_in_another_process("FileClaim", url), pytest.raises(DatabaseInUseError):
+        FileClaim.take(url, shared=True)
     _take(claims, url, shared=False)
 
 
@@ -263,28 +271,8 @@ def test_on_postgresql_another_schema_is_another_claim(
 def test_on_postgresql_a_process_that_dies_leaves_the_schema_free(
     pg_url: str, server_claims: list[ServerClaim]
 ) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\n"
-            "from actors.database_claim import ServerClaim\n"
-            f"claim = ServerClaim.take({pg_url!r}, shared=False)\n"
-            "print('held', flush=True)\n"
-            "time.sleep(60)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(DatabaseInUseError):
-            ServerClaim.take(pg_url, shared=True)
-    finally:
-        holder.kill()
-        holder.wait()
+    with _held_in_another_process("ServerClaim", pg_url), pytest.raises(DatabaseInUseError):
+        ServerClaim.take(pg_url, shared=True)
     deadline = time.monotonic() + 30  # the server ends the dead session on its own time
     while True:
         try:
