@@ -20,7 +20,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from actors import Engine
-from actors.database_claim import LOCK_SUFFIX, FileClaim, ServerClaim
+from actors.database_claim import (
+    LOCK_SUFFIX,
+    DatabaseClaim,
+    FileClaim,
+    ServerClaim,
+    claim_database,
+)
 from events import DatabaseInUseError, StorageError, sqlite_url
 from memvee import Memory, MemoryConfig
 from tests.support.backends import postgres_url
@@ -33,21 +39,24 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def claims() -> Iterator[list[FileClaim]]:
-    held: list[FileClaim] = []
+def claims() -> Iterator[list[DatabaseClaim]]:
+    held: list[DatabaseClaim] = []
     yield held
     for claim in held:
         claim.release()
 
 
-def _take(claims: list[FileClaim], url: str, *, shared: bool) -> FileClaim:
-    claim = FileClaim.take(url, shared=shared)
+def _take(claims: list[DatabaseClaim], url: str, *, shared: bool) -> DatabaseClaim:
+    """The claim of the database ``url`` names (released at the end of the test)."""
+    claim = claim_database(url, shared=shared)
     assert claim is not None
     claims.append(claim)
     return claim
 
 
-def test_an_engine_without_leases_holds_the_file_alone(url: str, claims: list[FileClaim]) -> None:
+def test_an_engine_without_leases_holds_the_file_alone(
+    url: str, claims: list[DatabaseClaim]
+) -> None:
     _take(claims, url, shared=False)
     with pytest.raises(DatabaseInUseError, match=r"leases=True"):
         FileClaim.take(url, shared=False)
@@ -56,7 +65,7 @@ def test_an_engine_without_leases_holds_the_file_alone(url: str, claims: list[Fi
 
 
 def test_engines_with_leases_share_the_file_and_keep_out_one_without(
-    url: str, claims: list[FileClaim]
+    url: str, claims: list[DatabaseClaim]
 ) -> None:
     _take(claims, url, shared=True)
     _take(claims, url, shared=True)
@@ -65,7 +74,7 @@ def test_engines_with_leases_share_the_file_and_keep_out_one_without(
 
 
 def test_a_released_claim_can_be_taken_again_and_the_last_removes_the_lock_file(
-    tmp_path: Path, url: str, claims: list[FileClaim]
+    tmp_path: Path, url: str, claims: list[DatabaseClaim]
 ) -> None:
     lock_file = tmp_path / ("memory.db" + LOCK_SUFFIX)
     first = _take(claims, url, shared=True)
@@ -82,7 +91,7 @@ def test_a_released_claim_can_be_taken_again_and_the_last_removes_the_lock_file(
 
 
 def test_the_same_file_by_another_path_is_the_same_claim(
-    tmp_path: Path, claims: list[FileClaim]
+    tmp_path: Path, claims: list[DatabaseClaim]
 ) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "memory.db").touch()
@@ -93,7 +102,9 @@ def test_the_same_file_by_another_path_is_the_same_claim(
             FileClaim.take(f"sqlite:///{other}", shared=False)
 
 
-def test_another_database_file_beside_it_is_free(tmp_path: Path, claims: list[FileClaim]) -> None:
+def test_another_database_file_beside_it_is_free(
+    tmp_path: Path, claims: list[DatabaseClaim]
+) -> None:
     _take(claims, sqlite_url(tmp_path / "a.db"), shared=False)
     _take(claims, sqlite_url(tmp_path / "b.db"), shared=False)
 
@@ -125,7 +136,7 @@ def _held_in_another_process(kind: str, url: str) -> Iterator[None]:
         holder.wait()
 
 
-def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[FileClaim]) -> None:
+def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[DatabaseClaim]) -> None:
     with _held_in_another_process("FileClaim", url), pytest.raises(DatabaseInUseError):
         FileClaim.take(url, shared=True)
     _take(claims, url, shared=False)
@@ -220,24 +231,10 @@ def pg_url() -> str:
     return postgres_url()
 
 
-@pytest.fixture
-def server_claims() -> Iterator[list[ServerClaim]]:
-    held: list[ServerClaim] = []
-    yield held
-    for claim in held:
-        claim.release()
-
-
-def _take_server(claims: list[ServerClaim], url: str, *, shared: bool) -> ServerClaim:
-    claim = ServerClaim.take(url, shared=shared)
-    claims.append(claim)
-    return claim
-
-
 def test_on_postgresql_an_engine_without_leases_holds_the_schema_alone(
-    pg_url: str, server_claims: list[ServerClaim]
+    pg_url: str, claims: list[DatabaseClaim]
 ) -> None:
-    alone = _take_server(server_claims, pg_url, shared=False)
+    alone = _take(claims, pg_url, shared=False)
     with pytest.raises(DatabaseInUseError, match=r"another Memory.*leases"):
         ServerClaim.take(pg_url, shared=False)
     with pytest.raises(
@@ -247,14 +244,14 @@ def test_on_postgresql_an_engine_without_leases_holds_the_schema_alone(
     alone.release()
     alone.release()
     assert not alone.held
-    _take_server(server_claims, pg_url, shared=True)
-    _take_server(server_claims, pg_url, shared=True)
+    _take(claims, pg_url, shared=True)
+    _take(claims, pg_url, shared=True)
     with pytest.raises(DatabaseInUseError):
         ServerClaim.take(pg_url, shared=False)
 
 
 def test_on_postgresql_another_schema_is_another_claim(
-    pg_url: str, server_claims: list[ServerClaim]
+    pg_url: str, claims: list[DatabaseClaim]
 ) -> None:
     engine = create_engine(pg_url)
     try:
@@ -264,19 +261,19 @@ def test_on_postgresql_another_schema_is_another_claim(
     finally:
         engine.dispose()
     other = make_url(pg_url).update_query_dict({"options": "-csearch_path=tenant_b"})
-    _take_server(server_claims, pg_url, shared=False)
-    _take_server(server_claims, other.render_as_string(hide_password=False), shared=False)
+    _take(claims, pg_url, shared=False)
+    _take(claims, other.render_as_string(hide_password=False), shared=False)
 
 
 def test_on_postgresql_a_process_that_dies_leaves_the_schema_free(
-    pg_url: str, server_claims: list[ServerClaim]
+    pg_url: str, claims: list[DatabaseClaim]
 ) -> None:
     with _held_in_another_process("ServerClaim", pg_url), pytest.raises(DatabaseInUseError):
         ServerClaim.take(pg_url, shared=True)
     deadline = time.monotonic() + 30  # the server ends the dead session on its own time
     while True:
         try:
-            _take_server(server_claims, pg_url, shared=False)
+            _take(claims, pg_url, shared=False)
             return
         except DatabaseInUseError:
             if time.monotonic() > deadline:
