@@ -198,6 +198,18 @@ def test_a_file_system_that_cannot_lock_leaves_the_file_unclaimed_with_a_warning
     assert "nothing keeps a second Memory off this database" in caplog.text
 
 
+async def _open_failing_to_catch_up(config: MemoryConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open a Memory whose engine fails while it starts (catching up), as it must."""
+
+    def failing(engine: Engine) -> None:
+        raise StorageError("catching up failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "_catch_up", failing)
+        with pytest.raises(StorageError, match="catching up failed"):
+            await Memory(config=config, embedder=False).open()
+
+
 def _open_files(path: Path) -> int:
     """How many of this process's descriptors are open on ``path`` (Linux)."""
     fds = Path("/proc/self/fd")
@@ -211,14 +223,7 @@ async def test_an_engine_that_fails_to_start_frees_its_file(
     config = MemoryConfig(db_path=str(db))
     async with Memory(config=config, embedder=False) as memory:
         await memory.add_exchange("ann", "I live in Oslo", "ok")
-
-    def failing(engine: Engine) -> None:
-        raise StorageError("catching up failed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Engine, "_catch_up", failing)
-        with pytest.raises(StorageError, match="catching up failed"):
-            await Memory(config=config, embedder=False).open()
+    await _open_failing_to_catch_up(config, monkeypatch)
     assert _open_files(db) == 0
     assert not (tmp_path / ("memory.db" + LOCK_SUFFIX)).exists()
 
@@ -319,13 +324,6 @@ async def test_on_postgresql_an_engine_that_fails_to_start_gives_its_claim_back(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = MemoryConfig(db_url=pg_url, leases=False)
-
-    def failing(engine: Engine) -> None:
-        raise StorageError("catching up failed")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Engine, "_catch_up", failing)
-        with pytest.raises(StorageError, match="catching up failed"):
-            await Memory(config=config, embedder=False).open()
+    await _open_failing_to_catch_up(config, monkeypatch)
     async with Memory(config=config, embedder=False) as memory:
         await memory.add_exchange("ann", "I live in Oslo", "ok")
