@@ -150,16 +150,12 @@ class ExtractionWorkers:
                 raise ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
                 ) from None
-            except RejectedBatchError as error:
-                if error.reason is None:  # the model's refusal: an answer
-                    self.breaker.succeeded()
-                    raise
-                ids = [m.message_id for m in batch.messages]
-                if self.breaker.refused(ids, error.reason):
-                    raise EveryBatchRefused(error) from error
-                raise
             except Exception as error:
-                if repeats(error):
+                if isinstance(error, RejectedBatchError) and error.reason is not None:
+                    ids = [m.message_id for m in batch.messages]
+                    if self.breaker.refused(ids, error.reason):
+                        raise EveryBatchRefused(error) from error
+                elif repeats(error):  # an answer, even a model's refusal: the API is up
                     self.breaker.succeeded()
                 else:
                     self.breaker.failed()
