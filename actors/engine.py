@@ -170,7 +170,7 @@ class Engine:
             self.breaker,
             self.backoff,
             self._wake_later,
-            self._touched,
+            self.embed_later,
             self.checkpointer.touch,
             UserBackoff(base=options.retry_delay, cap=STORE_RETRY_MAX),
             self.leases,
@@ -203,7 +203,9 @@ class Engine:
         assert index is not None
         engine = self.store.engine
         return UserWorker(
-            lambda user, stop: index.fill(engine, user, embedder.embed, messages=True, stop=stop),
+            lambda user, stop: index.fill(
+                engine, user, embedder.embed, messages=True, stop=stop, background=True
+            ),
             name="embedding",
         )
 
@@ -216,7 +218,9 @@ class Engine:
         )
         log.debug("user %r: checkpoint at version %s", user_id, version)
 
-    def _touched(self, user_id: str) -> None:
+    def embed_later(self, user_id: str) -> None:
+        """Have the background filler embed what ``user_id`` has without a vector (after
+        writes, and when a search left part of a backlog)."""
         if self.vector_filler is not None:
             self.vector_filler.touch(user_id)
 

@@ -299,6 +299,10 @@ async def evaluate(
         started = time.perf_counter()
         replayed = await asyncio.gather(*(_one(c) for c in conversations))
         replay_seconds = time.perf_counter() - started
+        engine = memory._engine
+        if engine is not None and engine.vector_filler is not None:
+            # Ranking as it settles: a search leaves a long backlog to this filler.
+            await asyncio.to_thread(engine.vector_filler.wait_idle, 3600)
         started = time.perf_counter()
         scores: dict[bool, list[QuestionScore]] = {}
         for include_messages in (False, True):

@@ -62,7 +62,11 @@ class MemoryConfig:
     keeps eight, older points further apart). 0 turns either off.
 
     ``hybrid_alpha`` is the lexical weight of hybrid retrieval (the semantic ranking gets
-    ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder.
+    ``1 - hybrid_alpha``); see :class:`memvee.Memory` for the embedder. Entries and
+    messages are embedded in the background as they come; a search embeds those still
+    waiting itself, for at most ``search_embed_seconds`` past a first small batch, and
+    ranks the rest lexically until the background has embedded them (``None``: a search
+    embeds all of them first, however long that takes).
 
     ``gc_freeze`` (on by default): when the process's first Memory opens, after one full
     collection, ``gc.freeze()`` moves every object then alive (the imported libraries,
@@ -100,6 +104,7 @@ class MemoryConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
     hybrid_alpha: float = DEFAULT_ALPHA
+    search_embed_seconds: float | None = 0.2
     gc_freeze: bool = True
 
     def __post_init__(self) -> None:
@@ -113,6 +118,8 @@ class MemoryConfig:
         _check_number(self, "hybrid_alpha", whole=False, positive=False)
         if self.hybrid_alpha > 1:
             raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
+        if self.search_embed_seconds is not None:
+            _check_number(self, "search_embed_seconds", whole=False, positive=False)
         if self.actor_threads > MAX_ACTOR_THREADS:  # each is started at open
             raise InvalidInputError(
                 f"actor_threads must be at most {MAX_ACTOR_THREADS}, not {self.actor_threads!r}"

@@ -202,6 +202,8 @@ class Memory:
             alpha=cfg.hybrid_alpha,
             vectors=engine.vectors,
             index_messages=engine.index_messages,
+            embed_budget=cfg.search_embed_seconds,
+            embed_later=engine.embed_later,
         )
         self._engine = engine
         try:

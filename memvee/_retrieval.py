@@ -146,6 +146,8 @@ class _Candidate:
     cosine: float | None = None
     score: float = 0.0
     key: str = ""
+    unembedded: bool = False
+    """Whether the search left it without a vector (its cosine unknown, not low)."""
 
     @property
     def is_message(self) -> bool:
@@ -158,7 +160,9 @@ class Retriever:
     ``alpha`` is the lexical weight of the fusion (1: lexical only, 0: semantic only);
     ``vectors`` shares the engine's vector index (and its cache) when given;
     ``index_messages`` is called before messages are searched, so that none waiting for
-    the full-text index is missed.
+    the full-text index is missed. A search embeds what has no vector yet for at most
+    ``embed_budget`` seconds past its first batch (``None``: all of it) and hands what it
+    left to ``embed_later(user_id)``, the background filler.
     """
 
     def __init__(
@@ -170,9 +174,13 @@ class Retriever:
         alpha: float = DEFAULT_ALPHA,
         vectors: VectorIndex | None = None,
         index_messages: Callable[[], object] | None = None,
+        embed_budget: float | None = None,
+        embed_later: Callable[[str], object] | None = None,
     ) -> None:
         self.engine = engine
         self._index_messages = index_messages
+        self._embed_budget = embed_budget
+        self._embed_later = embed_later
         self.embedder = embedder
         self.alpha = alpha
         self._ranker = LexicalRanker(tables)
@@ -191,7 +199,7 @@ class Retriever:
     ) -> RetrievalResult:
         """The user's best ``top_k`` entries (and messages) for ``query``, on one score."""
         terms = search_terms(query)
-        query_vector = self._embed_query(user_id, query, include_messages)
+        query_vector, unembedded = self._embed_query(user_id, query, include_messages)
         pool = top_k * _CANDIDATES
         candidates: dict[str, _Candidate] = {}
         if include_messages and self._index_messages is not None:
@@ -213,6 +221,8 @@ class Retriever:
                     for k, c in candidates.items()
                     if not isinstance(c.item, Message) or c.item.sent_at <= as_of
                 }
+            for key in unembedded.intersection(candidates):
+                candidates[key].unembedded = True
             _fuse(list(candidates.values()), self.alpha if query_vector is not None else 1.0)
             _lift_entries(candidates)
             return self._pick(connection, user_id, query, as_of, top_k, candidates)
@@ -310,14 +320,27 @@ class Retriever:
             ],
         )
 
-    def _embed_query(self, user_id: str, query: str, include_messages: bool) -> list[float] | None:
-        """The query's vector, once the user's items have theirs; ``None`` (rank lexically)
-        without an embedder, or when it fails."""
+    def _embed_query(
+        self, user_id: str, query: str, include_messages: bool
+    ) -> tuple[list[float] | None, frozenset[str]]:
+        """The query's vector, once the user's items have theirs (or the budget is spent),
+        with the ids of the items left without one; no vector (rank lexically) without an
+        embedder, or when it fails."""
         if self.embedder is None or self._vectors is None:
-            return None
+            return None, frozenset()
         try:
-            self._vectors.fill(self.engine, user_id, self.embedder.embed, messages=include_messages)
-            return self.embedder.embed([query])[0]
+            with self._vectors.searching():
+                left = self._vectors.fill(
+                    self.engine,
+                    user_id,
+                    self.embedder.embed,
+                    messages=include_messages,
+                    budget=self._embed_budget,
+                )
+                vector = self.embedder.embed([query])[0]
+            if left and self._embed_later is not None:
+                self._embed_later(user_id)
+            return vector, left
         except Exception:
             log.warning(
                 "user %r: the embedder %r failed; this search ranks lexically",
@@ -325,7 +348,7 @@ class Retriever:
                 self.embedder.name,
                 exc_info=True,
             )
-            return None
+            return None, frozenset()
 
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:
@@ -350,14 +373,17 @@ def _merge_ranked(
 def _fuse(candidates: Sequence[_Candidate], alpha: float) -> None:
     """Set each candidate's score: ``alpha`` times its lexical score divided by the best
     one, plus ``1 - alpha`` times its cosine min-max normalised over the candidates (a
-    candidate one ranking did not propose gets 0 from it)."""
+    candidate one ranking did not propose gets 0 from it). A candidate not embedded yet
+    has no cosine to tell: its lexical score stands for both (words shared with the query
+    go with a near meaning), so a backlog's good matches are not pushed below the
+    embedded items' poor ones."""
     best = max((c.lexical for c in candidates), default=0.0)
     cosines = [c.cosine for c in candidates if c.cosine is not None]
     low, high = (min(cosines), max(cosines)) if cosines else (0.0, 0.0)
     spread = high - low
     for c in candidates:
         lexical = c.lexical / best if best > 0 else 0.0
-        semantic = _scaled(c.cosine, low, spread)
+        semantic = lexical if c.unembedded else _scaled(c.cosine, low, spread)
         c.score = alpha * lexical + (1 - alpha) * semantic
 
 

@@ -3,16 +3,20 @@
 It is a projection like the others (dropped by a rebuild, erased by ``forget``), with
 one difference: an embedding model computes it, so it is filled outside the append
 transaction: in the background after writes, and for one user right before that user is
-searched, so a search always sees every entry and message of its user. Vectors are read
-for one user only, then ranked by cosine similarity in memory.
+searched. A search embeds what is missing for a short while only (see
+:meth:`VectorIndex.fill`'s budget): a long backlog never holds up an agent's turn, and
+what is left waits for the background, ranked lexically meanwhile. Vectors are read for
+one user only, then ranked by cosine similarity in memory.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -45,7 +49,9 @@ class NamedEmbedder(Protocol):
 
 log = logging.getLogger("memvee.projections")
 
-_BATCH = 64
+_BATCH = 8
+"""Texts per batch of a fill: small, so that a search's first batch (always embedded)
+is short, and a background fill soon gives the model over to a search that starts."""
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
 _CANARY = "memvee"
@@ -82,6 +88,8 @@ class VectorIndex:
         self.cache_rows = cache_rows
         self._reader = ProjectionReader(tables)
         self._lock = threading.Lock()
+        self._searches = 0
+        self._searches_ended = threading.Condition()
         self._cache: OrderedDict[str, _Vectors] = OrderedDict()
         self._filled: OrderedDict[str, tuple[int, bool]] = OrderedDict()
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
@@ -96,15 +104,23 @@ class VectorIndex:
         *,
         messages: bool,
         stop: Callable[[], bool] = lambda: False,
-    ) -> int:
-        """Embed the user's entries (and messages) that have no vector yet; returns how many.
+        budget: float | None = None,
+        background: bool = False,
+    ) -> frozenset[str]:
+        """Embed the user's entries (and messages) that have no vector yet, newest first;
+        returns the ids of those it left without one (none when it took up every one).
 
         A fill remembers the log version it covered: while the log has not moved, the next
         one is a single lookup. ``stop`` is asked between batches of texts; once it says
-        so, the fill ends early (what it embedded is kept). A text the embedder refuses
-        while it takes others is left without a vector, with a warning, so that one
-        message no embedding API accepts never keeps the rest of its user from semantic
-        ranking; an embedder that takes nothing at all fails the fill.
+        so, the fill ends early (what it embedded is kept). With ``budget`` (a search's),
+        it ends after the batch during which ``budget`` seconds passed: a search embeds
+        a short backlog whole and, of a long one (an import, a rebuild, a burst of
+        writes), what fits, leaving the rest to the background filler and to lexical
+        ranking meanwhile. A ``background`` fill holds
+        off between batches while a search runs (see :meth:`searching`). A text the
+        embedder refuses while it takes others is left without a vector, with a warning,
+        so that one message no embedding API accepts never keeps the rest of its user
+        from semantic ranking; an embedder that takes nothing at all fails the fill.
         """
         log_id = str(user_log_id(user_id))
         v, k, m, u = (
@@ -120,7 +136,7 @@ class VectorIndex:
                 done = self._filled.get(log_id)
             covered = done is not None and done[0] == version and (done[1] or not messages)
             if version is not None and covered:
-                return 0
+                return frozenset()
 
             def have(kind: str) -> Any:
                 return select(v.c.item_id).where(
@@ -128,25 +144,30 @@ class VectorIndex:
                 )
 
             rows = connection.execute(
-                select(k.c.entry_id, k.c.text).where(
-                    k.c.log_id == log_id, k.c.entry_id.not_in(have("entry"))
-                )
+                select(k.c.entry_id, k.c.text)
+                .where(k.c.log_id == log_id, k.c.entry_id.not_in(have("entry")))
+                .order_by(k.c.version.desc(), k.c.ordinal)
             )
             missing += [(item, text, "entry") for item, text in rows]
             if messages and not self._complete(connection, log_id):
                 rows = connection.execute(
-                    select(m.c.message_id, m.c.content, m.c.name).where(
-                        m.c.log_id == log_id, m.c.message_id.not_in(have("message"))
-                    )
+                    select(m.c.message_id, m.c.content, m.c.name)
+                    .where(m.c.log_id == log_id, m.c.message_id.not_in(have("message")))
+                    .order_by(m.c.seq.desc())
                 )
                 missing += [(item, spoken(text, name), "message") for item, text, name in rows]
         with self._lock:
             refused = set(self._refused.get(log_id, ()))
         missing = [m for m in missing if (m[2], m[0]) not in refused]
-        for start in range(0, len(missing), _BATCH):
-            if stop():
-                return start
-            chunk = missing[start : start + _BATCH]
+        deadline = None if budget is None else time.monotonic() + budget
+        taken = 0
+        while taken < len(missing) and not stop():
+            if taken and deadline is not None and time.monotonic() >= deadline:
+                break
+            if background and not self._no_search_running(stop):
+                break
+            chunk = missing[taken : taken + _BATCH]
+            taken += len(chunk)
             values = [
                 {
                     "item_id": item,
@@ -164,13 +185,37 @@ class VectorIndex:
             with engine.connect() as connection:
                 if not self._complete(connection, log_id):
                     self._load(connection, log_id)
+        if taken < len(missing):  # not covered: the next fill takes up the rest
+            return frozenset(item for item, _, _ in missing[taken:])
         if version is not None:
             with self._lock:
                 self._filled[log_id] = (int(version), messages)
                 self._filled.move_to_end(log_id)
                 while len(self._filled) > _FILLED_KEPT:
                     self._filled.popitem(last=False)
-        return len(missing)
+        return frozenset()
+
+    @contextmanager
+    def searching(self) -> Iterator[None]:
+        """Mark a search embedding its user's backlog and its query: background fills
+        wait between batches until it ends, so the search has the model to itself."""
+        with self._searches_ended:
+            self._searches += 1
+        try:
+            yield
+        finally:
+            with self._searches_ended:
+                self._searches -= 1
+                self._searches_ended.notify_all()
+
+    def _no_search_running(self, stop: Callable[[], bool]) -> bool:
+        """Wait until no search runs; ``False`` if ``stop()`` said so first."""
+        with self._searches_ended:
+            while self._searches:
+                if stop():
+                    return False
+                self._searches_ended.wait(0.1)
+        return True
 
     def entries(
         self,

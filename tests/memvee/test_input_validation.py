@@ -187,6 +187,11 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="actor_threads must be at most 1024, not 100000"):
         MemoryConfig(actor_threads=100_000)
     assert MemoryConfig(actor_threads=1024).actor_threads == 1024
+    with pytest.raises(InvalidInputError, match="search_embed_seconds must not be negative"):
+        MemoryConfig(search_embed_seconds=-0.5)
+    with pytest.raises(InvalidInputError, match="search_embed_seconds must be a finite number"):
+        MemoryConfig(search_embed_seconds=float("nan"))
+    assert MemoryConfig(search_embed_seconds=None).search_embed_seconds is None  # no bound
     with pytest.raises(InvalidInputError, match=r"^db_url is not a database URL") as refused:
         MemoryConfig(db_url="postgresql://me:s3cret@db.example:port/mem")
     assert "s3cret" not in str(refused.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -256,6 +257,67 @@ async def test_a_text_the_embedder_refuses_leaves_the_rest_of_its_user_semantic(
     await _background_embedding_done(memory)
     await memory.retrieve("ann", "where does she work?", top_k=1, include_messages=True)
     assert embedder.calls <= calls + 4, "the refused text is not sent again"
+
+
+class _HeldBackgroundEmbedder(ConceptEmbedder):
+    """The concept embedder, holding the background filler's calls until ``held`` is set,
+    and keeping the texts that searches embed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+        self.searched: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if threading.current_thread().name == "memvee-embedding":
+            assert self.held.wait(30)
+        else:
+            self.searched.extend(texts)
+        return super().embed(texts)
+
+
+_TREES = ("amber", "birch", "cedar", "elder", "hazel", "larch", "maple", "olive", "rowan")
+_BACKLOG = ("I love jazz.", *(f"The {tree} tree was grey." for tree in _TREES))
+
+
+async def test_a_search_embeds_the_newest_of_a_long_backlog_and_leaves_the_rest_to_the_background(
+    make_memory: Callable[..., Any],
+) -> None:
+    # After an import or a burst of writes, a search once embedded the whole backlog
+    # first: 66 s for 1,000 messages of the default model.
+    embedder = _HeldBackgroundEmbedder()
+    config = {"search_embed_seconds": 0}  # one batch, however fast the embedder
+    memory = await _offline(make_memory, embedder=embedder, config=config)
+    await _say(memory, "ann", 0, *_BACKLOG)
+    entries = await memory.knowledge("ann")
+    assert len(entries) == 1 and len(await memory.messages("ann")) == 2 * len(_BACKLOG)
+    result = await memory.retrieve("ann", "what music is she into?", include_messages=True)
+    assert [hit.text for hit in result.entries] == ["User loves jazz."], "entries go first"
+    assert len(embedder.searched) == 8 + 1, "one batch of the backlog, then the query"
+    assert embedder.searched[1:3] == ["Got it.", "The rowan tree was grey."], (
+        "then the newest messages"
+    )
+    oldest = await memory.retrieve("ann", "amber", top_k=3, include_messages=True)
+    assert [hit.message.content for hit in oldest.messages][:1] == ["The amber tree was grey."], (
+        "what is not embedded yet is still found by its words"
+    )
+    embedder.held.set()
+    await _background_embedding_done(memory)
+    embedder.searched.clear()
+    await memory.retrieve("ann", "any tunes?", include_messages=True)
+    assert embedder.searched == ["any tunes?"], "the background embedded the rest"
+
+
+async def test_without_a_bound_a_search_embeds_its_whole_backlog_first(
+    make_memory: Callable[..., Any],
+) -> None:
+    embedder = _HeldBackgroundEmbedder()
+    config = {"search_embed_seconds": None}
+    memory = await _offline(make_memory, embedder=embedder, config=config)
+    await _say(memory, "ann", 0, *_BACKLOG)
+    await memory.retrieve("ann", "what music is she into?", include_messages=True)
+    assert len(embedder.searched) == 1 + 2 * len(_BACKLOG) + 1
+    embedder.held.set()
 
 
 async def test_no_entry_ever_crosses_users_and_no_user_is_crowded_out(

@@ -15,7 +15,15 @@ from sqlalchemy import func, select
 from events import MemveeError, user_log_id
 from memvee import Memory
 from memvee.embedders import Embedder, LocalDefaultEmbedder, OnnxMiniLMEmbedder
-from memvee.embedders._onnx import _MODEL, _packaged_file, shared_default
+from memvee.embedders._onnx import (
+    _BATCH,
+    _BATCH_TOKENS,
+    _MODEL,
+    MAX_TOKENS,
+    _packaged_file,
+    _runs,
+    shared_default,
+)
 from memvee.extractors import OfflineExtractor
 
 
@@ -35,6 +43,25 @@ def test_it_embeds_offline_into_unit_vectors_deterministically() -> None:
     assert _cosine(alone, first[0]) > 0.9999, "padding in a batch barely moves a vector"
     allergy, seafood, bike = first
     assert _cosine(allergy, seafood) > _cosine(allergy, bike) + 0.2
+
+
+def test_texts_of_very_different_lengths_embed_as_each_would_alone() -> None:
+    embedder = shared_default()
+    texts = ["Hi", "I moved to Oslo last year. " * 4, "word " * 400, "Short one.", ""]
+    together = embedder.embed(texts)
+    for text, vector in zip(texts, together, strict=True):
+        assert _cosine(embedder.embed([text])[0], vector) > 0.9999
+    assert embedder.embed([]) == []
+
+
+def test_a_run_of_the_model_holds_a_few_long_texts_or_many_short_ones() -> None:
+    # A run holds the model: a search's query waits for at most one run of a background fill.
+    lengths = [MAX_TOKENS] * 20 + [12] * 100
+    runs = _runs(sorted(range(len(lengths)), key=lengths.__getitem__), lengths)
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    for run in runs:
+        assert len(run) <= _BATCH and len(run) * max(lengths[i] for i in run) <= _BATCH_TOKENS
+    assert [len(run) for run in runs] == [32, 32, 32, 8, 8, 8]  # the 4 short ones lead 4 long
 
 
 def test_a_model_file_that_is_not_the_pinned_one_is_refused() -> None:
