@@ -1,5 +1,5 @@
 """A long run of transactions that hold every writer off (rebuild, catch-up, verify)
-leaves SQLite's writers a turn: now and then while none has shown itself, at every gap
+leaves SQLite's writers a turn: once a second while none has shown itself, at every gap
 once one has committed, never on PostgreSQL (it queues them)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy import create_engine
 
 from events import EventStore, UserLog, sqlite_url
 from projections import ProjectionTables, Projector, rebuild, verify
-from projections.writer_turns import PROBE_EVERY, TURN, WriterTurns
+from projections.writer_turns import PROBE_AFTER, TURN, WriterTurns
 
 
 @pytest.fixture
@@ -24,16 +24,44 @@ def turns_taken(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return taken
 
 
-def test_while_no_other_writer_shows_itself_one_gap_in_four_gets_a_turn(
-    tmp_path: Path, turns_taken: list[float]
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The turns' clock, in seconds, as the test sets it."""
+    now = [0.0]
+    monkeypatch.setattr(
+        importlib.import_module("projections.writer_turns"), "monotonic", lambda: now[0]
+    )
+    return now
+
+
+def test_while_no_other_writer_shows_itself_a_gap_gets_a_turn_once_a_second(
+    tmp_path: Path, turns_taken: list[float], clock: list[float]
+) -> None:
+    engine = create_engine(sqlite_url(tmp_path / "alone.db"))
+    turns = WriterTurns(sqlite=True)
+    taken_at = []
+    with engine.connect() as connection:
+        for _ in range(16):  # a page every 0.25 s: 4 s
+            clock[0] += PROBE_AFTER / 4
+            turns.note(connection)
+            turns.between()
+            if len(turns_taken) > len(taken_at):
+                taken_at.append(round(clock[0], 1))
+    assert turns_taken == [TURN] * 4
+    assert taken_at == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_run_shorter_than_a_second_takes_no_turn(
+    tmp_path: Path, turns_taken: list[float], clock: list[float]
 ) -> None:
     engine = create_engine(sqlite_url(tmp_path / "alone.db"))
     turns = WriterTurns(sqlite=True)
     with engine.connect() as connection:
-        for _ in range(3 * PROBE_EVERY):
+        for _ in range(200):  # pages of one event: 200 gaps in 0.9 s
+            clock[0] += 0.9 / 200
             turns.note(connection)
             turns.between()
-    assert turns_taken == [TURN] * 3
+    assert turns_taken == []
 
 
 def test_once_another_connection_has_committed_every_gap_gets_a_turn(
@@ -55,9 +83,12 @@ def test_once_another_connection_has_committed_every_gap_gets_a_turn(
     assert turns_taken == [TURN] * 5
 
 
-def test_postgresql_queues_its_writers_so_no_turn_is_taken(turns_taken: list[float]) -> None:
+def test_postgresql_queues_its_writers_so_no_turn_is_taken(
+    turns_taken: list[float], clock: list[float]
+) -> None:
     turns = WriterTurns(sqlite=False)
-    for _ in range(3 * PROBE_EVERY):
+    for _ in range(3):
+        clock[0] += PROBE_AFTER
         turns.note(None)  # type: ignore[arg-type]  # no connection is read
         turns.between()
     assert turns_taken == []
