@@ -52,6 +52,8 @@ log = logging.getLogger("memvee.projections")
 _BATCH = 8
 """Texts per batch of a fill: small, so that a search's first batch (always embedded)
 is short, and a background fill soon gives the model over to a search that starts."""
+_HOLD_OFF = 0.5
+"""The longest a background fill waits for searches to end before its next batch."""
 _FILLED_KEPT = 100_000
 """Users whose last filled log version is remembered (least recent forgotten)."""
 _CANARY = "memvee"
@@ -116,11 +118,13 @@ class VectorIndex:
         it ends after the batch during which ``budget`` seconds passed: a search embeds
         a short backlog whole and, of a long one (an import, a rebuild, a burst of
         writes), what fits, leaving the rest to the background filler and to lexical
-        ranking meanwhile. A ``background`` fill holds
-        off between batches while a search runs (see :meth:`searching`). A text the
-        embedder refuses while it takes others is left without a vector, with a warning,
-        so that one message no embedding API accepts never keeps the rest of its user
-        from semantic ranking; an embedder that takes nothing at all fails the fill.
+        ranking meanwhile. A ``background`` fill holds off between batches while a
+        search runs (see :meth:`searching`), half a second at most each time.
+
+        A text the embedder refuses while it takes others is left without a vector, with
+        a warning, so that one message no embedding API accepts never keeps the rest of
+        its user from semantic ranking; an embedder that takes nothing at all fails the
+        fill.
         """
         log_id = str(user_log_id(user_id))
         v, k, m, u = (
@@ -164,7 +168,7 @@ class VectorIndex:
         while taken < len(missing) and not stop():
             if taken and deadline is not None and time.monotonic() >= deadline:
                 break
-            if background and not self._no_search_running(stop):
+            if background and not self._hold_off_for_searches(stop):
                 break
             chunk = missing[taken : taken + _BATCH]
             taken += len(chunk)
@@ -198,7 +202,8 @@ class VectorIndex:
     @contextmanager
     def searching(self) -> Iterator[None]:
         """Mark a search embedding its user's backlog and its query: background fills
-        wait between batches until it ends, so the search has the model to itself."""
+        wait between batches until it ends (half a second at most each time), so the
+        search has the model to itself."""
         with self._searches_ended:
             self._searches += 1
         try:
@@ -208,14 +213,17 @@ class VectorIndex:
                 self._searches -= 1
                 self._searches_ended.notify_all()
 
-    def _no_search_running(self, stop: Callable[[], bool]) -> bool:
-        """Wait until no search runs; ``False`` if ``stop()`` said so first."""
+    def _hold_off_for_searches(self, stop: Callable[[], bool]) -> bool:
+        """Wait until no search runs, for at most :data:`_HOLD_OFF` seconds (searches that
+        never pause must not stop the background for good); ``False`` if ``stop()`` said
+        so first."""
+        until = time.monotonic() + _HOLD_OFF
         with self._searches_ended:
-            while self._searches:
+            while self._searches and time.monotonic() < until:
                 if stop():
                     return False
-                self._searches_ended.wait(0.1)
-        return True
+                self._searches_ended.wait(min(0.1, max(0.0, until - time.monotonic())))
+        return not stop()
 
     def entries(
         self,

@@ -1,0 +1,87 @@
+"""The vector index: a search bounds what it embeds itself, and the background filler
+gives way to searches without ever being held off for good."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events import EventStore, UserLog, sqlite_url
+from projections import ProjectionTables, Projector
+from projections import vectors as vectors_module
+from projections.vectors import VectorIndex
+from tests.support.embedders import ConceptEmbedder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    """A log whose user ``ann`` has said 20 things, none embedded yet."""
+    store = EventStore(sqlite_url(tmp_path / "log.db"))
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    for n in range(20):
+        log.add_message("user", f"thing number {n}", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    yield store
+    store.close()
+
+
+def _fill_in_background(index: VectorIndex, store: EventStore, embedder: ConceptEmbedder) -> Any:
+    left: list[frozenset[str]] = []
+    thread = threading.Thread(  # a daemon: a fill held off for good must not hang the run
+        target=lambda: left.append(
+            index.fill(store.engine, "ann", embedder.embed, messages=True, background=True)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    return thread, left
+
+
+def test_a_background_fill_waits_for_a_search_to_end(store: EventStore) -> None:
+    index, embedder = VectorIndex(ProjectionTables(), "test-concepts"), ConceptEmbedder()
+    with index.searching():
+        thread, left = _fill_in_background(index, store, embedder)
+        thread.join(0.2)
+        assert embedder.calls == 0, "held off before its first batch"
+    thread.join(10)
+    assert left == [frozenset()] and embedder.calls == 3  # 20 texts, 8 a batch
+
+
+def test_searches_that_never_pause_do_not_hold_the_background_off_for_good(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vectors_module, "_HOLD_OFF", 0.05)
+    index, embedder = VectorIndex(ProjectionTables(), "test-concepts"), ConceptEmbedder()
+    with index.searching():
+        thread, left = _fill_in_background(index, store, embedder)
+        thread.join(10)
+        assert left == [frozenset()], "every text embedded while a search ran throughout"
+
+
+class _Recording(ConceptEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts.append(list(texts))
+        return super().embed(texts)
+
+
+def test_a_search_with_a_budget_embeds_one_batch_at_least_newest_first(store: EventStore) -> None:
+    index, embedder = VectorIndex(ProjectionTables(), "test-concepts"), _Recording()
+    left = index.fill(store.engine, "ann", embedder.embed, messages=True, budget=0)
+    assert len(left) == 12 and embedder.calls == 1
+    assert embedder.texts[0] == [f"thing number {n}" for n in range(19, 11, -1)]
+    again = index.fill(store.engine, "ann", embedder.embed, messages=True, budget=0)
+    assert len(again) == 4 and again < left, "the next fill takes up the rest"
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert embedder.calls == 3, "the last fill found the log covered"
