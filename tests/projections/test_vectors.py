@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -32,7 +31,10 @@ def store(tmp_path: Path) -> Iterator[EventStore]:
     store.close()
 
 
-def _fill_in_background(index: VectorIndex, store: EventStore, embedder: ConceptEmbedder) -> Any:
+def _fill_in_background(
+    index: VectorIndex, store: EventStore, embedder: ConceptEmbedder
+) -> tuple[threading.Thread, list[frozenset[str]]]:
+    """A background fill of ``ann`` on a thread of its own, and where it puts its result."""
     left: list[frozenset[str]] = []
     thread = threading.Thread(  # a daemon: a fill held off for good must not hang the run
         target=lambda: left.append(
