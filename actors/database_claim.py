@@ -7,7 +7,8 @@ first one's running tasks ("the log is gone") and its callers' requests. So an e
 without leases claims the database for itself alone, engines with leases share it, and a
 claim that cannot be had is refused at open with :class:`DatabaseInUseError` before
 anything is written. A process that dies loses its claims, so a crash never leaves a
-database claimed.
+database claimed; a claim lost while its engine runs (a server's session ended) is taken
+again by :meth:`DatabaseClaim.keep`, which the engine calls every few seconds.
 
 On a SQLite file the claim is a ``flock`` on ``<database>.memvee-lock``, never on the
 database file itself: a process that closes any descriptor of a file loses its POSIX
@@ -22,6 +23,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +49,12 @@ class DatabaseClaim(Protocol):
     @property
     def held(self) -> bool:
         """Whether the claim is still held."""
+        ...
+
+    def keep(self) -> None:
+        """Take the claim again if it was lost while held (a database server's session
+        ended); raises :class:`DatabaseInUseError` if another engine took it meanwhile,
+        :class:`StorageError` if the server cannot be reached."""
         ...
 
     def release(self) -> None:
@@ -115,6 +123,9 @@ class FileClaim:
         """Whether the claim is still held."""
         return self._descriptor is not None
 
+    def keep(self) -> None:
+        """Nothing to do: a lock on an open file is held until it is closed."""
+
     def release(self) -> None:
         """Give the claim up; the last holder removes the lock file. Idempotent."""
         descriptor, self._descriptor = self._descriptor, None
@@ -169,14 +180,18 @@ class ServerClaim:
     """A held claim on a PostgreSQL database: a session advisory lock, shared (leases) or
     exclusive, held by a connection of its own.
 
-    The server drops the lock with the session, so a process that dies, or whose
-    connection breaks, holds it no longer; a claim lost to a broken connection is not
-    taken again.
+    The server drops the lock with the session, so a process that dies holds it no
+    longer. A session that ends while the claim is held (a server restart, a broken
+    connection) loses it too: :meth:`keep`, called now and then, takes it again.
     """
 
-    def __init__(self, engine: Engine, connection: Connection) -> None:
+    def __init__(self, url: str, engine: Engine, connection: Connection, *, shared: bool) -> None:
+        self._url = url
+        self._shared = shared
         self._engine = engine
         self._connection: Connection | None = connection
+        self._released = False
+        self._lock = threading.Lock()
 
     @classmethod
     def take(cls, url: str, *, shared: bool) -> ServerClaim:
@@ -186,36 +201,78 @@ class ServerClaim:
         cannot share, :class:`StorageError` if the server cannot be reached.
         """
         engine = create_engine(driver_url(url), poolclass=NullPool)
-        connection: Connection | None = None
         try:
-            # Autocommit: an idle session left in a transaction would hold back vacuum.
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            schema = connection.execute(text("SELECT current_schema()")).scalar_one()
-            lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-            had = connection.execute(
-                text(f"SELECT {lock}(:key)"), {"key": _lock_key(schema)}
-            ).scalar_one()
-        except SQLAlchemyError as error:
-            _close(engine, connection)
-            raise StorageError(
-                f"cannot claim the database at {redacted_url(url)}: {first_line(error)}"
-            ) from error
-        if not had:
-            _close(engine, connection)
-            where = f"{redacted_url(url)} (schema {schema})"
-            raise DatabaseInUseError(_refusal(where, shared=shared))
-        return cls(engine, connection)
+            connection = _locked_session(engine, url, shared=shared)
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(url, engine, connection, shared=shared)
 
     @property
     def held(self) -> bool:
         """Whether the claim is still held (as far as this process knows)."""
         return self._connection is not None
 
+    def keep(self) -> None:
+        """Take the claim again on a new session if its session has ended (one round trip
+        tells while it lives); nothing to do once it is released."""
+        with self._lock:
+            connection = self._connection
+            if self._released:
+                return
+        if connection is not None:
+            try:
+                connection.execute(text("SELECT 1"))
+                return
+            except SQLAlchemyError as error:
+                log.warning(
+                    "the database claim's session at %s ended (%s); taking the claim again",
+                    redacted_url(self._url),
+                    first_line(error),
+                )
+            with self._lock:
+                self._connection = None
+            _close_quietly(connection)
+        again = _locked_session(self._engine, self._url, shared=self._shared)
+        with self._lock:
+            released = self._released
+            if not released:
+                self._connection = again
+        if released:  # meanwhile
+            _close_quietly(again)
+        else:
+            log.warning("the database claim at %s is held again", redacted_url(self._url))
+
     def release(self) -> None:
         """Give the claim up: closing its session drops the lock. Idempotent."""
-        connection, self._connection = self._connection, None
+        with self._lock:
+            connection, self._connection = self._connection, None
+            self._released = True
         if connection is not None:
-            _close(self._engine, connection)
+            _close_quietly(connection)
+        self._engine.dispose()
+
+
+def _locked_session(engine: Engine, url: str, *, shared: bool) -> Connection:
+    """A new session of ``engine`` that holds the claim's advisory lock on ``url``'s
+    schema, shared or alone; raises as :meth:`ServerClaim.take`."""
+    connection: Connection | None = None
+    try:
+        # Autocommit: an idle session left in a transaction would hold back vacuum.
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+        lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        had = connection.execute(text(f"SELECT {lock}(:key)"), {"key": _lock_key(schema)})
+        if had.scalar_one():
+            return connection
+    except SQLAlchemyError as error:
+        if connection is not None:
+            _close_quietly(connection)
+        raise StorageError(
+            f"cannot claim the database at {redacted_url(url)}: {first_line(error)}"
+        ) from error
+    _close_quietly(connection)
+    raise DatabaseInUseError(_refusal(f"{redacted_url(url)} (schema {schema})", shared=shared))
 
 
 def _lock_key(schema: str) -> int:
@@ -224,11 +281,8 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
-def _close(engine: Engine, connection: Connection | None) -> None:
+def _close_quietly(connection: Connection) -> None:
     try:
-        if connection is not None:
-            connection.close()
+        connection.close()
     except SQLAlchemyError:
         log.debug("closing the claim's connection failed; the server drops it", exc_info=True)
-    finally:
-        engine.dispose()

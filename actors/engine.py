@@ -24,14 +24,14 @@ from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._workers import ExtractionWorkers
-from actors.database_claim import DatabaseClaim, claim_database
+from actors.database_claim import DatabaseClaim, ServerClaim, claim_database
 from actors.directory import ActorDirectory
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
-from events.errors import first_line
+from events.errors import MemveeError, first_line
 from projections import (
     FoldState,
     LexicalRanker,
@@ -60,6 +60,10 @@ database fails: once it answers, processing goes on within that."""
 FOLLOW_SECONDS = 0.2
 """With leases, how often the live users' logs are looked at for writes of other
 processes (a task they ask of a user this process owns) between lease renewals."""
+
+CLAIM_CHECK_SECONDS = 2.0
+"""How often a claim on a database server is checked, and taken again if its session
+ended (see :meth:`ServerClaim.keep`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,12 @@ class Engine:
         if self.leases is not None:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
             self._ticker.start()
+        self._claim_keeper: threading.Thread | None = None
+        if isinstance(self.claim, ServerClaim):
+            self._claim_keeper = threading.Thread(
+                target=self._keep_claim, args=(self.claim,), name="memvee-claim", daemon=True
+            )
+            self._claim_keeper.start()
 
     def _known_entries(
         self, user_id: str, texts: Sequence[str], current: int
@@ -288,6 +298,21 @@ class Engine:
         ]
         return [(user, future.get()) for user, future in futures]
 
+    def _keep_claim(self, claim: ServerClaim) -> None:
+        """Check the database claim every :data:`CLAIM_CHECK_SECONDS` until the engine
+        stops, taking it again when its session ended (a server restart): without it a
+        second engine could take the database this one runs on."""
+        lost = False
+        while not self._stopping.wait(CLAIM_CHECK_SECONDS):
+            try:
+                claim.keep()
+            except MemveeError as error:
+                if not lost:
+                    log.error("the database claim is lost and cannot be taken again: %s", error)
+                lost = True
+            else:
+                lost = False
+
     def _tick(self) -> None:
         """Renew our leases, take over users whose owner died, follow logs written elsewhere.
 
@@ -363,6 +388,8 @@ class Engine:
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=10)
+        if self._claim_keeper is not None:
+            self._claim_keeper.join(timeout=10)
         futures = [self.directory.call(u, "shutdown", reason) for u in self.directory.live_users()]
         for future in futures:
             try:

@@ -286,6 +286,66 @@ def test_on_postgresql_a_process_that_dies_leaves_the_schema_free(
             time.sleep(0.05)
 
 
+def _end_claim_sessions(pg_url: str) -> int:
+    """End the server sessions that hold memvee's advisory locks, as a server restart
+    does; returns how many."""
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as connection:
+            ended = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(ended)
+
+
+def test_on_postgresql_a_claim_whose_session_ended_is_taken_again(
+    pg_url: str, claims: list[DatabaseClaim]
+) -> None:
+    alone = _take(claims, pg_url, shared=False)
+    alone.keep()  # its session lives: nothing to do
+    assert _end_claim_sessions(pg_url) == 1
+    alone.keep()
+    assert alone.held
+    with pytest.raises(DatabaseInUseError):
+        ServerClaim.take(pg_url, shared=True)
+    assert _end_claim_sessions(pg_url) == 1
+    other = ServerClaim.take(pg_url, shared=False)  # got in while the claim was lost
+    with pytest.raises(DatabaseInUseError):
+        alone.keep()
+    assert not alone.held
+    other.release()
+    alone.keep()
+    assert alone.held
+    alone.release()
+    alone.keep()
+    assert not alone.held, "a released claim is not taken again"
+    _take(claims, pg_url, shared=False)
+
+
+async def test_on_postgresql_a_memory_without_leases_takes_its_lost_claim_again(
+    pg_url: str,
+) -> None:
+    alone = MemoryConfig(db_url=pg_url, leases=False)
+    async with Memory(config=alone, embedder=False) as memory:
+        assert _end_claim_sessions(pg_url) == 1
+        deadline = time.monotonic() + 30
+        while True:  # taken again within seconds; until then a second one may get in
+            try:
+                second = await Memory(config=alone, embedder=False).open()
+            except DatabaseInUseError:
+                break
+            await second.close()
+            assert time.monotonic() < deadline, "the claim was never taken again"
+            await asyncio.sleep(0.2)
+        await memory.add_exchange("u", "I live in Oslo", "ok")
+        assert len(await memory.buffer("u")) == 2
+
+
 def test_an_unreachable_server_cannot_be_claimed_and_its_password_is_not_shown() -> None:
     url = "postgresql+psycopg://memvee:s3cret@127.0.0.1:1/memvee?connect_timeout=2"
     with pytest.raises(StorageError, match="cannot claim the database at") as raised:
