@@ -51,7 +51,8 @@ log = logging.getLogger("memvee.projections")
 
 _BATCH = 8
 """Texts per batch of a fill: small, so that a search's first batch (always embedded)
-is short, and a background fill soon gives the model over to a search that starts."""
+is short, and a background fill soon gives the model over to a search that starts (with
+32, a search behind a backlog of long texts took 1.0 s instead of 0.6 s)."""
 _HOLD_OFF = 0.5
 """The longest a background fill waits for searches to end before its next batch."""
 _FILLED_KEPT = 100_000

@@ -112,6 +112,8 @@ class OnnxMiniLMEmbedder:
         return out
 
     def _embed_run(self, token_ids: list[list[int]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The unit vectors of one run of tokenized texts, padded to its longest (the mask
+        keeps the padding out of the mean)."""
         width = max(len(ids) for ids in token_ids)
         ids = np.zeros((len(token_ids), width), dtype=np.int64)
         mask = np.zeros_like(ids)
