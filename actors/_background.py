@@ -6,8 +6,8 @@ filled, so that a search rarely has anything left to embed (a search embeds what
 missing for a short while itself, and ranks the rest on its words until this thread has
 caught up). Checkpoints: a user whose log grew by another interval gets its replayed
 state stored, so that ``state --at`` folds little (a replay folds from an older
-checkpoint, or from nothing, otherwise). A write never waits for either. A job that fails (the database or an embedding API down) is
-tried again later, on its own.
+checkpoint, or from nothing, otherwise). A write never waits for either. A job that
+fails (the database or an embedding API down) is tried again later, on its own.
 """
 
 from __future__ import annotations
