@@ -9,24 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from events import EventStore, UserLog, sqlite_url
-from projections import ProjectionTables, Projector
+from events import EventStore
+from projections import ProjectionTables
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
+from tests.support.stores import store_of_messages
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[EventStore]:
     """A log whose user ``ann`` has said 20 things, none embedded yet."""
-    store = EventStore(sqlite_url(tmp_path / "log.db"))
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    log = UserLog.register("ann")
-    for n in range(20):
-        log.add_message("user", f"thing number {n}", None, 1000)
-    store.append([list(log.collect_events())], projector.apply)
+    store = store_of_messages(tmp_path / "log.db", "ann", [f"thing number {n}" for n in range(20)])
     yield store
     store.close()
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from events import EventStore, UserLog, sqlite_url
-from projections import ProjectionTables, Projector, rebuild, verify
+from events import sqlite_url
+from projections import rebuild, verify
 from projections.writer_turns import PROBE_AFTER, TURN, WriterTurns
+from tests.support.stores import store_of_messages
 
 
 @pytest.fixture
@@ -97,14 +98,7 @@ def test_postgresql_queues_its_writers_so_no_turn_is_taken(
 def test_a_rebuild_beside_another_writer_leaves_it_a_turn_between_every_two_pages(
     tmp_path: Path, turns_taken: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = EventStore(sqlite_url(tmp_path / "log.db"))
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    log = UserLog.register("ann")
-    for n in range(200):
-        log.add_message("user", f"message {n}", None, 1000)
-    store.append([list(log.collect_events())], projector.apply)
+    store = store_of_messages(tmp_path / "log.db", "ann", [f"message {n}" for n in range(200)])
     other = sqlite3.connect(tmp_path / "log.db", isolation_level=None)
     other.execute("CREATE TABLE writes (n INTEGER)")
     steps: list[str] = []

@@ -1,0 +1,25 @@
+"""Event stores made for a test: a log written straight through the store, its
+projections folded as the engine folds them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from events import EventStore, UserLog, sqlite_url
+from projections import ProjectionTables, Projector
+
+__all__ = ["store_of_messages"]
+
+
+def store_of_messages(path: Path, user_id: str, texts: Sequence[str]) -> EventStore:
+    """A new SQLite event store at ``path`` where ``user_id`` said ``texts``, in one append."""
+    store = EventStore(sqlite_url(path))
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register(user_id)
+    for text in texts:
+        log.add_message("user", text, None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    return store
