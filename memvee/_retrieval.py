@@ -147,7 +147,8 @@ class _Candidate:
     score: float = 0.0
     key: str = ""
     unembedded: bool = False
-    """Whether the search left it without a vector (its cosine unknown, not low)."""
+    """Whether it has no vector yet, or the embedder refuses its text (its cosine is
+    unknown, not low)."""
 
     @property
     def is_message(self) -> bool:
@@ -340,7 +341,7 @@ class Retriever:
                 vector = self.embedder.embed([query])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
-            return vector, left
+            return vector, left | self._vectors.refused(user_id)
         except Exception:
             log.warning(
                 "user %r: the embedder %r failed; this search ranks lexically",
@@ -373,10 +374,10 @@ def _merge_ranked(
 def _fuse(candidates: Sequence[_Candidate], alpha: float) -> None:
     """Set each candidate's score: ``alpha`` times its lexical score divided by the best
     one, plus ``1 - alpha`` times its cosine min-max normalised over the candidates (a
-    candidate one ranking did not propose gets 0 from it). A candidate not embedded yet
-    has no cosine to tell: its lexical score stands for both (words shared with the query
-    go with a near meaning), so a backlog's good matches are not pushed below the
-    embedded items' poor ones."""
+    candidate one ranking did not propose gets 0 from it). A candidate without a vector
+    (not embedded yet, or refused by the embedder) has no cosine to tell: its lexical
+    score stands for both (words shared with the query go with a near meaning), so its
+    good matches are not pushed below the embedded items' poor ones."""
     best = max((c.lexical for c in candidates), default=0.0)
     cosines = [c.cosine for c in candidates if c.cosine is not None]
     low, high = (min(cosines), max(cosines)) if cosines else (0.0, 0.0)

@@ -200,6 +200,13 @@ class VectorIndex:
                     self._filled.popitem(last=False)
         return frozenset()
 
+    def refused(self, user_id: str) -> frozenset[str]:
+        """The ids of the user's items whose text the embedder refuses (as this process
+        has seen): they have no vector, so their words alone rank them."""
+        with self._lock:
+            found = self._refused.get(str(user_log_id(user_id)), ())
+            return frozenset(item for _, item in found)
+
     @contextmanager
     def searching(self) -> Iterator[None]:
         """Mark a search embedding its user's backlog and its query: background fills

@@ -250,6 +250,11 @@ async def test_a_text_the_embedder_refuses_leaves_the_rest_of_its_user_semantic(
     assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
     assert [hit.text for hit in mixed.entries] == ["User's dog is called Rex."]
     assert "the embedder refuses the text of message" in caplog.text
+    essay = await memory.retrieve("ann", "the essay please", top_k=3, include_messages=True)
+    assert essay.messages[0].message.content.startswith("Here is my essay")
+    assert essay.messages[0].score >= max(hit.score for hit in essay.entries), (
+        "its words rank it, as a vector it cannot have would"
+    )
     assert "ranks lexically" not in caplog.text, "no search fell back for one text"
     calls = embedder.calls
     await _say(memory, "ann", 2, "I work at Acme.")
