@@ -7,8 +7,9 @@ first one's running tasks ("the log is gone") and its callers' requests. So an e
 without leases claims the database for itself alone, engines with leases share it, and a
 claim that cannot be had is refused at open with :class:`DatabaseInUseError` before
 anything is written. A process that dies loses its claims, so a crash never leaves a
-database claimed; a claim lost while its engine runs (a server's session ended) is taken
-again by :meth:`DatabaseClaim.keep`, which the engine calls every few seconds.
+database claimed; a server's claim lost while its engine runs (its session ended) is
+taken again by :meth:`ServerClaim.keep`, which the engine calls every few seconds (a lock
+on an open file cannot be lost).
 
 On a SQLite file the claim is a ``flock`` on ``<database>.memvee-lock``, never on the
 database file itself: a process that closes any descriptor of a file loses its POSIX
@@ -49,12 +50,6 @@ class DatabaseClaim(Protocol):
     @property
     def held(self) -> bool:
         """Whether the claim is still held."""
-        ...
-
-    def keep(self) -> None:
-        """Take the claim again if it was lost while held (a database server's session
-        ended); raises :class:`DatabaseInUseError` if another engine took it meanwhile,
-        :class:`StorageError` if the server cannot be reached."""
         ...
 
     def release(self) -> None:
@@ -122,9 +117,6 @@ class FileClaim:
     def held(self) -> bool:
         """Whether the claim is still held."""
         return self._descriptor is not None
-
-    def keep(self) -> None:
-        """Nothing to do: a lock on an open file is held until it is closed."""
 
     def release(self) -> None:
         """Give the claim up; the last holder removes the lock file. Idempotent."""
@@ -215,7 +207,9 @@ class ServerClaim:
 
     def keep(self) -> None:
         """Take the claim again on a new session if its session has ended (one round trip
-        tells while it lives); nothing to do once it is released."""
+        tells while it lives); nothing to do once it is released. Raises
+        :class:`DatabaseInUseError` if another engine took it meanwhile,
+        :class:`StorageError` if the server cannot be reached."""
         with self._lock:
             connection = self._connection
             if self._released:

@@ -306,7 +306,8 @@ def _end_claim_sessions(pg_url: str) -> int:
 def test_on_postgresql_a_claim_whose_session_ended_is_taken_again(
     pg_url: str, claims: list[DatabaseClaim]
 ) -> None:
-    alone = _take(claims, pg_url, shared=False)
+    alone = ServerClaim.take(pg_url, shared=False)
+    claims.append(alone)
     alone.keep()  # its session lives: nothing to do
     assert _end_claim_sessions(pg_url) == 1
     alone.keep()
