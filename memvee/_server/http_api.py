@@ -21,6 +21,7 @@ from memvee._memory import Memory
 from memvee._retrieval import RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import ApiError
+from memvee._server.user_paths import quoted_user_id, user_id_of
 from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
@@ -137,6 +138,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     async def scoped(request: Request, user_id: str) -> str:
+        user_id = user_id_of(user_id)
         grant = request.scope.get(GRANT_KEY, Grant())
         if not grant.covers(user_id):
             raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
@@ -176,7 +178,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         """Start extracting the user's buffered messages; poll the task it answers with."""
         task = memory.process_async(user_id)
         response.headers["location"] = str(
-            request.url_for("get_task", user_id=user_id, task_id=task.task_id)
+            request.url_for("get_task", user_id=quoted_user_id(user_id), task_id=task.task_id)
         )
         return TaskOut.of(task)
 

@@ -194,6 +194,40 @@ def test_an_unknown_task_or_entry_of_a_known_user_is_404(http: httpx.Client, use
     assert (entry.status_code, entry.json()["error"]) == (404, "not_found")
 
 
+def test_a_user_id_that_ends_like_a_route_is_reached_with_its_slash_encoded(
+    http: httpx.Client, user: str
+) -> None:
+    owner, inner = user, f"{user}/messages"
+    add_exchange(http, owner, "I am the owner.")
+    add_exchange(http, inner.replace("/", "%2F"), "I am the inner one.")
+
+    summary = http.get(f"/v1/users/{user}%2Fmessages").json()
+    inner_said = http.get(f"/v1/users/{user}%2Fmessages/messages").json()["messages"]
+    owner_said = http.get(f"/v1/users/{user}/messages").json()["messages"]
+    started = http.post(f"/v1/users/{user}%2Fmessages/process")
+
+    assert summary["user_id"] == inner
+    assert [m["content"] for m in inner_said] == ["I am the inner one.", "Noted!"]
+    assert {m["user_id"] for m in inner_said} == {inner}
+    assert [m["content"] for m in owner_said] == ["I am the owner.", "Noted!"]
+    location = started.headers["location"]
+    assert f"/v1/users/{user}%2Fmessages/tasks/" in location
+    assert http.get(location).json()["user_id"] == inner
+
+
+@pytest.mark.parametrize("suffix", ["/team/alice", "%25", "%252F"])
+def test_a_user_id_with_a_slash_or_a_percent_sign_round_trips(
+    http: httpx.Client, user: str, suffix: str
+) -> None:
+    decoded = user + suffix.replace("%25", "%")
+    add_exchange(http, user + suffix)
+
+    assert http.get(f"/v1/users/{user}{suffix}").json()["user_id"] == decoded
+    assert http.get(f"/v1/users/{user}{suffix}/messages").json()["messages"][0]["user_id"] == (
+        decoded
+    )
+
+
 def test_probes_and_the_openapi_document(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
