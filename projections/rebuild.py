@@ -7,18 +7,19 @@ the same transaction as the rows, so an interrupted rebuild resumes where it sto
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, inspect, select
+from sqlalchemy import Connection, Engine, inspect
 
 from events import EventStore, Recorded, StorageError, user_log_id
 from projections.collector import collector_paused
+from projections.comparison import Difference, Listing, differences, table_listing
 from projections.folds import PROJECTIONS
 from projections.projector import Projector
 from projections.search import SearchIndex
-from projections.tables import LIVE_PREFIX, ProjectionTables, folded_columns
+from projections.tables import LIVE_PREFIX, ProjectionTables
 from projections.writer_turns import WriterTurns
 
 __all__ = [
@@ -220,23 +221,28 @@ def dump(source: Engine | Connection, tables: ProjectionTables) -> Dump:
     if isinstance(source, Engine):
         with source.connect() as connection:
             return dump(connection, tables)
-    out: Dump = {}
+    return {listing.table: list(listing.rows) for listing in listings(source, tables)}
+
+
+def listings(connection: Connection, tables: ProjectionTables) -> Iterator[Listing]:
+    """Each projection table's rows in key order, and the search index's, read through
+    ``connection`` one table after another (see :mod:`projections.comparison`)."""
     keys = {p.table: p.key for p in PROJECTIONS}
     for table in tables.folded_tables:
         role = table.name.removeprefix(tables.prefix)
-        query = select(*folded_columns(table)).order_by(*(table.c[k] for k in keys[role]))
-        out[role] = [tuple(r) for r in source.execute(query)]
-    out.update(SearchIndex(tables).dump(source))
-    return out
+        yield table_listing(connection, table, role, keys[role])
+    yield from SearchIndex(tables).listings(connection)
 
 
-def _read_at_one_point(
+@contextmanager
+def _at_one_point(
     store: EventStore, live: ProjectionTables, scratch: ProjectionTables
-) -> tuple[Dump, Dump]:
-    """Both sides as of one point of the log. The scratch tables are brought to the end of
-    the log (and both sides' messages indexed) while every other writer waits; then both
-    are read in one snapshot, if the log there is as it was folded (else once more):
-    writers wait for the folding only, never for the reading."""
+) -> Iterator[Connection]:
+    """A reading connection that sees both sides as of one point of the log. The scratch
+    tables are brought to the end of the log (and both sides' messages indexed) while
+    every other writer waits; then both are read in one snapshot, if the log there is as
+    it was folded (else once more): writers wait for the folding only, never for the
+    reading."""
     current, rebuilt = Projector(live), Projector(scratch)
     turns = WriterTurns(store.is_sqlite)
     for _ in range(_READ_ROUNDS):
@@ -254,7 +260,8 @@ def _read_at_one_point(
             folded = (store.max_position(connection), store.count(connection))
         with store.reading() as connection:
             if (store.max_position(connection), store.count(connection)) == folded:
-                return dump(connection, live), dump(connection, scratch)
+                yield connection
+                return
     raise StorageError(
         f"the log changed between folding and reading {_READ_ROUNDS} times: run verify again"
     )
@@ -268,15 +275,6 @@ def forget_in_scratch(connection: Connection, log_id: str) -> None:
         Projector(scratch).forget(connection, log_id)
 
 
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """A row present (or different) on one side only."""
-
-    table: str
-    live: tuple[Any, ...] | None
-    rebuilt: tuple[Any, ...] | None
-
-
 def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Difference]:
     """Rebuild into scratch tables and list every difference from the live projections,
     after every event of the log that follows no stored version of its log (table
@@ -286,17 +284,14 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
         _refuse_while_rebuilding(Projector(live), connection)
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
+    found = [Difference("events", gap, None) for gap in store.gaps()]
     try:
-        expected, actual = _read_at_one_point(store, live, scratch)
+        with _at_one_point(store, live, scratch) as connection:
+            for expected, actual in zip(
+                listings(connection, live), listings(connection, scratch), strict=True
+            ):
+                found += differences(expected, actual)
     finally:
         with store.transaction() as connection:
             Projector(scratch).drop(connection)
-    differences = [Difference("events", gap, None) for gap in store.gaps()]
-    for table, live_rows in expected.items():
-        live_by_key = {row[0]: row for row in live_rows}
-        rebuilt_by_key = {row[0]: row for row in actual[table]}
-        for key in sorted(live_by_key.keys() | rebuilt_by_key.keys(), key=str):
-            a, b = live_by_key.get(key), rebuilt_by_key.get(key)
-            if a != b:
-                differences.append(Difference(table, a, b))
-    return differences
+    return found

@@ -32,6 +32,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 
 from events import UserLog
 from projections.columns import id_text, stored_id
+from projections.comparison import Listing, sortable
 from projections.tables import ProjectionTables
 
 __all__ = [
@@ -320,28 +321,41 @@ class SearchIndex:
         cursor.executemany(f"INSERT INTO {m} ({m}, rowid, body) VALUES ('delete', ?, ?)", unindexed)
         return len(unindexed)
 
-    def dump(self, connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
-        """Every index row in a stable order, for comparing a rebuild with the live index.
-
-        Messages' rows are their words with positions, by message id (ids are not kept
-        equal by a rebuild).
+    def listings(self, connection: Connection) -> list[Listing]:
+        """The index's rows in a stable order, for comparing a rebuild with the live index
+        (see :mod:`projections.comparison`): knowledge rows by entry, and messages' rows
+        as their words with positions, by message and position (row ids are not kept
+        equal by a rebuild). A word whose message row is gone comes first, without an id.
         """
         if not _is_sqlite(connection):
-            return {}
+            return []
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
-        rows = connection.execute(text(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid"))
-        out = {k.removeprefix(prefix): [(id_text(i), *r) for i, *r in rows]}
+        knowledge = connection.execute(
+            text(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid")
+        )
         words = f"temp.{m}_words"
         vocabulary = f"fts5vocab(main, {m}, instance)"
         connection.execute(text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}"))
-        rows = connection.execute(
+        messages = connection.execute(
             text(
                 f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
-                f"JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
+                f"LEFT JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
             )
         )
-        out[m.removeprefix(prefix)] = [(id_text(i), *r) for i, *r in rows]
-        return out
+        return [
+            Listing(
+                k.removeprefix(prefix),
+                (((sortable(i),), (_id_or_none(i), *r)) for i, *r in knowledge),
+            ),
+            Listing(
+                m.removeprefix(prefix),
+                (((sortable(i), r[1]), (_id_or_none(i), *r)) for i, *r in messages),
+            ),
+        ]
+
+
+def _id_or_none(stored: bytes | str | None) -> str | None:
+    return None if stored is None else id_text(stored)
 
 
 def search_fingerprint() -> int:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
-from events import EventStore, StorageError, UserLog, user_log_id
+from events import EventStore, ExtractedFact, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -30,6 +30,7 @@ from projections import (
     verify,
 )
 from projections.rebuild import SCRATCH_PREFIX
+from projections.search import owned_words
 from tests.support.extractors import RecordingExtractor
 
 
@@ -147,6 +148,83 @@ async def test_verify_reports_drift(db_url: str, make_memory: Any, extractor: An
         connection.execute(text("UPDATE mv_knowledge SET text = 'tampered' WHERE ordinal = 0"))
     differences = verify(store)
     assert differences and {d.table for d in differences} == {"knowledge"}
+    store.close()
+
+
+async def test_verify_sees_a_lost_row_of_a_key_of_two_columns(
+    db_url: str, make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """Each message of the history backs two entries: two citation rows, one message."""
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(f"fact {n} of {m.content}", (m.message_id,))
+        for m in batch.messages
+        if m.role == "user"
+        for n in (1, 2)
+    )
+    store = await _live(db_url, make_memory, extractor)
+    with store.transaction() as connection:
+        lost = connection.execute(
+            text("SELECT message_id, entry_id FROM mv_citations ORDER BY 1, 2 LIMIT 1")
+        ).one()
+        connection.execute(
+            text("DELETE FROM mv_citations WHERE message_id = :m AND entry_id = :e"),
+            {"m": lost[0], "e": lost[1]},
+        )
+
+    differences = verify(store)
+
+    assert [(d.table, d.live) for d in differences] == [("citations", None)]
+    assert differences[0].rebuilt is not None
+    store.close()
+
+
+def test_verify_sees_every_word_of_a_message_in_the_index(store: EventStore) -> None:
+    """The words of a message in the full-text index, not only its last one."""
+    log = UserLog.register("ann")
+    log.add_message("user", "apples pears plums", None, 100)
+    projector = Projector(ProjectionTables())
+    store.append([log.collect_events()], projector.apply)
+    with store.transaction() as connection:
+        projector.index_messages(connection)
+        row = connection.execute(text("SELECT id FROM mv_messages")).scalar_one()
+        body = owned_words(str(user_log_id("ann")), "apples pears plums")
+        tampered = body.replace("appl", "lemon").replace("pear", "lime")
+        connection.execute(
+            text(
+                "INSERT INTO mv_messages_fts (mv_messages_fts, rowid, body) "
+                "VALUES ('delete', :r, :b)"
+            ),
+            {"r": row, "b": body},
+        )
+        connection.execute(
+            text("INSERT INTO mv_messages_fts (rowid, body) VALUES (:r, :b)"),
+            {"r": row, "b": tampered},
+        )
+
+    differences = verify(store)
+
+    assert {d.table for d in differences} == {"messages_fts"}
+    assert len(differences) == 2  # the first two words, each changed in place
+
+
+async def test_verify_sees_an_entry_indexed_twice(
+    db_url: str, make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    store = await _live(db_url, make_memory, extractor)
+    if not store.is_sqlite:
+        store.close()
+        pytest.skip("PostgreSQL's text index is the database's own")
+    with store.transaction() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO mv_knowledge_fts (owner, body, item_id) "
+                "SELECT owner, body, item_id FROM mv_knowledge_fts LIMIT 1"
+            )
+        )
+
+    differences = verify(store)
+
+    assert [(d.table, d.rebuilt) for d in differences] == [("knowledge_fts", None)]
     store.close()
 
 
