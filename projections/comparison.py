@@ -9,14 +9,13 @@ are compared as a multiset, so a row held twice on one side is a difference too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, String, Table, select
+from sqlalchemy import Column, Connection, String, Table, column, select
 
 from events import StorageError
-from projections.sink import stored_form
 from projections.tables import folded_columns
 
 __all__ = ["Difference", "Listing", "Row", "differences", "sortable", "table_listing"]
@@ -37,22 +36,30 @@ class Difference:
 Row = tuple[Any, ...]
 
 
+def _as_stored(row: Row) -> Row:
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """One table's rows as a comparison reads them, each with its key, in key order.
+    """One table's rows as a comparison reads them: stored values, each row with its key,
+    in key order.
 
     A key is made of stored values (see :func:`sortable`), so that Python orders keys
     exactly as the database ordered the rows: the merge relies on it, and refuses rows
-    out of order.
+    out of order. Rows are compared as stored (both sides store a value alike) and
+    ``shown`` as the tables read them back, in reports and dumps.
     """
 
     table: str
     keyed_rows: Iterable[tuple[Row, Row]]
+    shown: Callable[[Row], Row] = _as_stored
 
     @property
     def rows(self) -> Iterator[Row]:
-        """The rows alone."""
-        return (row for _, row in self.keyed_rows)
+        """The rows alone, as shown."""
+        shown = self.shown
+        return (shown(row) for _, row in self.keyed_rows)
 
 
 def sortable(stored: Any) -> tuple[Any, ...]:
@@ -74,20 +81,17 @@ def table_listing(connection: Connection, table: Table, role: str, key: tuple[st
     names = [c.name for c in columns]
     at = [names.index(k) for k in key]
     dialect = connection.dialect
-    stored = [stored_form(columns[i], dialect, {}) for i in at]
-    query = select(*columns).order_by(
-        *(_in_code_point_order(table.c[k], dialect.name) for k in key)
-    )
+    read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+    order = [_in_code_point_order(table.c[k], dialect.name) for k in key]
+    # Untyped columns: the values as stored, converted only for the rows shown.
+    query = select(*(column(n) for n in names)).select_from(table).order_by(*order)
     rows = connection.execution_options(yield_per=_YIELD_PER).execute(query)
 
-    def keyed(row: Row) -> tuple[Row, Row]:
-        key = tuple(
-            sortable(row[i] if bind is None or row[i] is None else bind(row[i]))
-            for i, bind in zip(at, stored, strict=True)
-        )
-        return key, row
+    def shown(row: Row) -> Row:
+        return tuple(v if r is None or v is None else r(v) for v, r in zip(row, read, strict=True))
 
-    return Listing(role, (keyed(tuple(r)) for r in rows))
+    keyed = ((tuple(sortable(row[i]) for i in at), tuple(row)) for row in rows)
+    return Listing(role, keyed, shown)
 
 
 def _in_code_point_order(column: Column[Any], dialect: str) -> Any:
@@ -101,19 +105,18 @@ def _in_code_point_order(column: Column[Any], dialect: str) -> Any:
 def differences(live: Listing, rebuilt: Listing) -> Iterator[Difference]:
     """Every difference between two listings of one table, in key order: a key's row on
     one side only, or changed (both rows, where each side holds one row the other lacks)."""
-    table = live.table
     left, right = _grouped(live), _grouped(rebuilt)
     a, b = next(left, None), next(right, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a[0] < b[0]):
             assert a is not None
-            yield from _unmatched(table, a[1], [])
+            yield from _unmatched(live, a[1], [])
             a = next(left, None)
         elif a is None or b[0] < a[0]:
-            yield from _unmatched(table, [], b[1])
+            yield from _unmatched(live, [], b[1])
             b = next(right, None)
         else:
-            yield from _unmatched(table, a[1], b[1])
+            yield from _unmatched(live, a[1], b[1])
             a, b = next(left, None), next(right, None)
 
 
@@ -136,8 +139,9 @@ def _grouped(listing: Listing) -> Iterator[tuple[Row, list[Row]]]:
         yield current, group
 
 
-def _unmatched(table: str, live: list[Row], rebuilt: list[Row]) -> Iterator[Difference]:
-    """The rows of one key that the other side lacks; pairs of them as changed rows."""
+def _unmatched(listing: Listing, live: list[Row], rebuilt: list[Row]) -> Iterator[Difference]:
+    """The rows of one key that the other side lacks; pairs of them as changed rows (both
+    listings are of one table, shown alike)."""
     if live == rebuilt:
         return
     left = list(live)
@@ -149,7 +153,7 @@ def _unmatched(table: str, live: list[Row], rebuilt: list[Row]) -> Iterator[Diff
             only_rebuilt.append(row)
     for i in range(max(len(left), len(only_rebuilt))):
         yield Difference(
-            table,
-            left[i] if i < len(left) else None,
-            only_rebuilt[i] if i < len(only_rebuilt) else None,
+            listing.table,
+            listing.shown(left[i]) if i < len(left) else None,
+            listing.shown(only_rebuilt[i]) if i < len(only_rebuilt) else None,
         )

@@ -24,6 +24,8 @@ import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -323,39 +325,39 @@ class SearchIndex:
 
     def listings(self, connection: Connection) -> list[Listing]:
         """The index's rows in a stable order, for comparing a rebuild with the live index
-        (see :mod:`projections.comparison`): knowledge rows by entry, and messages' rows
-        as their words with positions, by message and position (row ids are not kept
-        equal by a rebuild). A word whose message row is gone comes first, without an id.
+        (see :mod:`projections.comparison`): knowledge rows by entry, and each message's
+        words with their positions, a row per message (row ids are not kept equal by a
+        rebuild). Words whose message row is gone come first, as one row without an id.
         """
         if not _is_sqlite(connection):
             return []
+        driver = connection.connection.driver_connection
+        assert driver is not None
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
-        knowledge = connection.execute(
-            text(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid")
-        )
         words = f"temp.{m}_words"
         vocabulary = f"fts5vocab(main, {m}, instance)"
-        connection.execute(text(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}"))
-        messages = connection.execute(
-            text(
-                f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
-                f"LEFT JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
-            )
+        driver.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}")
+        knowledge = driver.execute(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid")
+        instances = driver.execute(
+            f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
+            f"LEFT JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
+        )
+        word = itemgetter(1, 2)
+        by_message = (
+            (message_id, tuple(map(word, found)))
+            for message_id, found in groupby(instances, key=itemgetter(0))
         )
         return [
+            Listing(k.removeprefix(prefix), (((sortable(r[0]),), r) for r in knowledge), _id_first),
             Listing(
-                k.removeprefix(prefix),
-                (((sortable(i),), (_id_or_none(i), *r)) for i, *r in knowledge),
-            ),
-            Listing(
-                m.removeprefix(prefix),
-                (((sortable(i), r[1]), (_id_or_none(i), *r)) for i, *r in messages),
+                m.removeprefix(prefix), (((sortable(r[0]),), r) for r in by_message), _id_first
             ),
         ]
 
 
-def _id_or_none(stored: bytes | str | None) -> str | None:
-    return None if stored is None else id_text(stored)
+def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row whose first value is a stored id (or none), as read back."""
+    return (None if row[0] is None else id_text(row[0]), *row[1:])
 
 
 def search_fingerprint() -> int:
