@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -92,8 +93,13 @@ def short_message_id(message_id: str) -> str:
     return message_id[-8:]
 
 
+@lru_cache(maxsize=4096)
 def user_log_id(user_id: str) -> UUID:
-    """The aggregate id of ``user_id``'s log: stable, so one user has exactly one log."""
+    """The aggregate id of ``user_id``'s log: stable, so one user has exactly one log.
+
+    Remembered for the users seen lately: a SHA-1 each time cost an import of 100,000
+    events about 2 s.
+    """
     return uuid5(_NAMESPACE, user_id)
 
 

@@ -377,6 +377,7 @@ class Audit:
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
         held: list[str] = []  # the current run of lines, of one user, checked
+        decoded: list[Any] = []  # their events
         held_user, held_from = "", 0
         seen: dict[str, int] = {}  # lines checked per user
         try:
@@ -388,17 +389,17 @@ class Audit:
                 record = _exported_record(number, line)
                 user_id = record["user_id"]
                 if held and held_user != user_id:
-                    appended = self._append_imported(held, held_from, projector)
+                    appended = self._append_imported(held, decoded, held_from, projector)
                     counts[held_user] = counts.get(held_user, 0) + appended
                     imported.append(held_user)
-                    held = []
+                    held, decoded = [], []
                 if not held:
                     held_user, held_from = user_id, number
                 seen[user_id] = seen.get(user_id, 0) + 1
-                self._check_imported(number, record, seen[user_id])
+                decoded.append(self._checked_import(number, record, seen[user_id]))
                 held.append(line)
             if held:
-                appended = self._append_imported(held, held_from, projector)
+                appended = self._append_imported(held, decoded, held_from, projector)
                 counts[held_user] = counts.get(held_user, 0) + appended
         except (InvalidInputError, ConflictError) as error:
             if not imported:
@@ -407,9 +408,10 @@ class Audit:
             raise type(error)(f"{error} (imported before it: {names})") from error
         return counts
 
-    def _check_imported(self, number: int, record: dict[str, Any], due: int) -> None:
-        """Refuse line ``number`` unless its record decodes into version ``due`` of its
-        user's log, the first (and only the first) being the user's own ``Registered``."""
+    def _checked_import(self, number: int, record: dict[str, Any], due: int) -> Any:
+        """Line ``number``'s event: refused unless its record decodes into version ``due``
+        of its user's log, the first (and only the first) being the user's own
+        ``Registered``."""
         user_id = record["user_id"]
         try:
             event = self._decoded(record)
@@ -425,22 +427,22 @@ class Audit:
             raise InvalidInputError(
                 f"line {number}: a log begins with its user's Registered event, and only there"
             )
+        return event
 
     def _decoded(self, record: dict[str, Any]) -> Any:
         return self.store.decode_exported(
             record["user_id"], record["version"], record["topic"], record["state"]
         )
 
-    def _append_imported(self, lines: list[str], number: int, projector: Projector) -> int:
-        """Append one user's checked lines (the first is line ``number``), a thousand
-        events a transaction, after those of them this database holds already; returns
-        how many were appended."""
+    def _append_imported(
+        self, lines: list[str], events: list[Any], number: int, projector: Projector
+    ) -> int:
+        """Append one user's checked lines (the first is line ``number``), decoded as
+        ``events``, a thousand a transaction, after those of them this database holds
+        already; returns how many were appended."""
         start = self._imported_before(lines, number)
-        for chunk_start in range(start, len(lines), 1000):
-            chunk = lines[chunk_start : chunk_start + 1000]
-            self.store.append(
-                [[self._decoded(json.loads(line)) for line in chunk]], projector.apply
-            )
+        for chunk_start in range(start, len(events), 1000):
+            self.store.append([events[chunk_start : chunk_start + 1000]], projector.apply)
         return len(lines) - start
 
     def _imported_before(self, lines: list[str], number: int) -> int:
