@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
 
@@ -91,8 +91,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-console = Console()
-errors = Console(stderr=True)
+# Without markup: what the consoles print holds user ids, messages and extracted entries,
+# whose brackets are words ("[/x]" made rich raise); styles are given as Text.
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)
 
 DbOption = Annotated[str, typer.Option("--db", metavar="PATH", help="SQLite file of the memory.")]
 DbUrlOption = Annotated[
@@ -240,7 +242,7 @@ def _bad_input(error: Exception) -> typer.Exit:
     if isinstance(error, OSError) and error.filename:
         message = f"{message}: {error.filename}"
     line = " ".join(message.split()) or type(error).__name__
-    errors.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), f" {line}"), soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -279,9 +281,7 @@ def log_(
         table = Table("v", "recorded", "event", "what", title=f"event log of {user!r}")
         table.columns[2].no_wrap = True
         for e in events:
-            table.add_row(
-                str(e.version), f"{e.recorded_at:%Y-%m-%d %H:%M:%S}", e.type, escape(e.summary)
-            )
+            table.add_row(str(e.version), f"{e.recorded_at:%Y-%m-%d %H:%M:%S}", e.type, e.summary)
         console.print(table)
     if more:
         errors.print(f"more events follow: --from-version {more[0].version} (or a larger --limit)")
@@ -293,11 +293,16 @@ def state(
     at: Annotated[
         str | None, typer.Option(help="A log version, or an ISO time (UTC if no zone).")
     ] = None,
+    limit: Annotated[
+        int, typer.Option(help="Print at most this many rows a table (--json: all).")
+    ] = 100,
     as_json: JsonOption = False,
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
     """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
+    if limit < 1:
+        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
     version, moment = _point(at)
     with _audit(db, db_url) as audit:
         replayed = audit.state(user, version=version, at=moment)
@@ -306,7 +311,7 @@ def state(
         return
     console.print(f"state of {user!r} at version {replayed.version}")
     tasks = Table("task", "trigger", "status", "messages", "entries", "error", title="tasks")
-    for t in replayed.tasks:
+    for t in replayed.tasks[:limit]:
         tasks.add_row(
             t.task_id[:8],
             t.trigger,
@@ -316,13 +321,21 @@ def state(
             t.error or "",
         )
     knowledge = Table("entry", "text", "from messages", title="knowledge")
-    for k in replayed.knowledge:
+    for k in replayed.knowledge[:limit]:
         sources = ", ".join(short_message_id(m) for m in k.source_message_ids)
         knowledge.add_row(k.entry_id[:8], k.text, sources)
     buffered = Table("#", "role", "content", "task", title="buffer")
-    for m in replayed.buffer:
+    for m in replayed.buffer[:limit]:
         buffered.add_row(str(m.seq), m.role, m.content[:80], (m.task_id or "")[:8])
     console.print(tasks, knowledge, buffered)
+    counts = {
+        "tasks": len(replayed.tasks),
+        "knowledge entries": len(replayed.knowledge),
+        "buffered messages": len(replayed.buffer),
+    }
+    for what, count in counts.items():
+        if count > limit:
+            errors.print(f"{count - limit:,} more {what}: --json lists all (or a larger --limit)")
 
 
 @app.command()
@@ -350,7 +363,7 @@ def knowledge(
     table = Table("entry", "text", "valid from", "until", title=f"knowledge of {user!r}")
     for e in entries:
         until = "" if e.valid_until is None else f"{e.valid_until:%Y-%m-%d %H:%M}"
-        table.add_row(e.entry_id[:8], escape(e.text), f"{e.valid_from:%Y-%m-%d %H:%M}", until)
+        table.add_row(e.entry_id[:8], e.text, f"{e.valid_from:%Y-%m-%d %H:%M}", until)
     console.print(table if entries else f"{user!r} has no knowledge entries")
 
 
@@ -368,7 +381,7 @@ def explain(
     if as_json:
         _print_json(dataclasses.asdict(found))
         return
-    console.print(f"[bold]{found.text}[/]")
+    console.print(Text(found.text, style="bold"))
     console.print(
         f"task {found.task_id} ({found.trigger}), version {found.version}, "
         f"{found.extracted_at:%Y-%m-%d %H:%M:%S} UTC, by {found.extractor}"
@@ -537,7 +550,7 @@ def _reextract_in_bulk(
         f"{version!r}), {report.skipped} already recorded, {len(report.failed)} failed"
     )
     for request_id, error in list(report.failed.items())[:20]:
-        console.print(f"[yellow]failed:[/] {request_id}: {error}")
+        console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     if promote and not report.failed:
         for target in targets:
             if version in audit.knowledge_versions(target):

@@ -238,6 +238,56 @@ def test_knowledge_lists_entries_with_ids_that_explain_accepts(db: str) -> None:
     )
 
 
+def test_text_that_looks_like_markup_is_shown_as_it_was_said(tmp_path: Path) -> None:
+    """Brackets in a user id, a message or an entry are words, not styles to apply."""
+    db, user, said = str(tmp_path / "m.db"), "[/x]ann", "I live in [red]Oslo[/]."
+
+    async def fill() -> None:
+        config = MemoryConfig(db_path=db)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange(user, said, "Noted [/bold].")
+            await memory.flush(user)
+            await memory.add_message(user, "user", "and [bold]more[/bold] [/]")
+            await memory.add_message("[/y]bob", "user", "hi")
+
+    asyncio.run(fill())
+    entries = json.loads(run("knowledge", user, "--json", "--db", db).output)
+    assert [e["text"] for e in entries] == ["User lives in [red]Oslo[/]."]
+    entry = entries[0]["entry_id"][:8]
+    shown = {
+        "log": run("log", user, "--db", db).output,
+        "state": run("state", user, "--db", db).output,
+        "knowledge": run("knowledge", user, "--db", db).output,
+        "explain": run("explain", user, entry, "--db", db).output,
+        "search": run("search", user, "Oslo", "--lexical", "--db", db).output,
+        "users": run("users", "--db", db).output,
+    }
+    assert "[red]Oslo[/]" in shown["log"] and "[/bold]" in shown["log"]
+    assert "[bold]more[/bold] [/]" in shown["state"]
+    for command in ("knowledge", "explain", "search"):
+        assert "User lives in [red]Oslo[/]." in shown[command], command
+    assert "I live in [red]Oslo[/]." in shown["explain"]
+    assert "[/x]ann" in shown["users"] and "[/x]ann" in shown["knowledge"]
+    assert "more users follow: --after '[/x]ann'" in run("users", "--limit", "1", "--db", db).output
+
+
+def test_state_prints_a_bounded_number_of_rows_and_says_how_many_more(db: str) -> None:
+    async def buffer_more() -> None:
+        config = MemoryConfig(db_path=db, auto_process=False)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            for n in range(3):
+                await memory.add_message("bob", "user", f"buffered number {n}")
+
+    asyncio.run(buffer_more())
+    shown = run("state", "bob", "--limit", "2", "--db", db).output
+    everything = json.loads(run("state", "bob", "--limit", "2", "--json", "--db", db).output)
+
+    assert "buffered number 1" in shown and "buffered number 2" not in shown
+    assert "1 more buffered messages: --json lists all (or a larger --limit)" in shown
+    assert [m["content"] for m in everything["buffer"]][-1] == "buffered number 2"
+    assert "--limit" in one_error_line(run("state", "bob", "--limit", "0", "--db", db, code=2))
+
+
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
     shown = run("log", "ann", "--db", db).output
     assert "#1 user: I live in Oslo." in shown
