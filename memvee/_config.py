@@ -16,11 +16,15 @@ from events import (
     redacted_url,
 )
 
-__all__ = ["DEFAULT_ALPHA", "MemoryConfig"]
+__all__ = ["DEFAULT_ALPHA", "SEARCH_EMBED_SECONDS", "MemoryConfig"]
 
 DEFAULT_ALPHA = 0.4
 """The lexical weight of hybrid retrieval (the semantic one is ``1 - alpha``); chosen by
 ``make eval`` on the evaluation sets (see README, "Retrieval evaluation")."""
+
+SEARCH_EMBED_SECONDS = 0.2
+"""How long a search embeds the items that wait for a vector, past a first small batch,
+before it ranks the rest by their words (see ``MemoryConfig.search_embed_seconds``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ class MemoryConfig:
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
     hybrid_alpha: float = DEFAULT_ALPHA
-    search_embed_seconds: float | None = 0.2
+    search_embed_seconds: float | None = SEARCH_EMBED_SECONDS
     gc_freeze: bool = True
 
     def __post_init__(self) -> None:

@@ -41,7 +41,7 @@ from events.errors import first_line
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
 from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
-from memvee._config import DEFAULT_ALPHA
+from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee.embedders import Embedder, chosen_embedder
@@ -714,16 +714,27 @@ class Audit:
         as_of: datetime | None = None,
         embedder: Embedder | Literal[False] | None = None,
         alpha: float = DEFAULT_ALPHA,
+        embed_seconds: float | None = SEARCH_EMBED_SECONDS,
+        embed_later: Callable[[str], object] | None = None,
     ) -> RetrievalResult:
         """What :meth:`memvee.Memory.retrieve` would hand an agent.
 
         ``embedder`` and ``alpha`` are a Memory's: the default local model unless given,
-        ``False`` for lexical ranking only. Vectors missing for the user are filled first.
+        ``False`` for lexical ranking only. As a Memory's search does, it embeds the user's
+        items that lack a vector, newest first, for ``embed_seconds`` past a first batch
+        (``None``: all of them first, however long that takes), and ranks the rest by
+        their words; ``embed_later(user_id)`` is told when some were left.
         """
         self._version_of(user_id)
         check_query(query, top_k)
         if as_of is not None:
             _check_aware(as_of, "as_of")
+        if embed_seconds is not None and not (
+            isinstance(embed_seconds, int | float) and embed_seconds >= 0
+        ):
+            raise InvalidInputError(
+                f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"
+            )
         tables = self._reader.tables
         retriever = Retriever(
             self.store.engine,
@@ -731,6 +742,8 @@ class Audit:
             chosen_embedder(embedder),
             alpha=alpha,
             index_messages=lambda: index_messages(self.store, Projector(tables)),
+            embed_budget=embed_seconds,
+            embed_later=embed_later,
         )
         return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 

@@ -42,6 +42,7 @@ from events import (
     short_message_id,
     sqlite_url,
 )
+from memvee._config import SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
 
@@ -619,11 +620,20 @@ def search(
         bool,
         typer.Option("--lexical", help="Rank by words only, without the embedding model."),
     ] = False,
+    embed_all: Annotated[
+        bool,
+        typer.Option(
+            "--embed-all",
+            help="Embed every item of the user that has no vector yet first (slow on a long "
+            "backlog); by default, as retrieve does, the rest is ranked by its words.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
     """What retrieve would hand an agent for QUERY, best first on one score."""
+    left: list[str] = []
     with _audit(db, db_url) as audit:
         at = None if as_of is None else _parse_time(as_of)
         found = audit.search(
@@ -633,6 +643,13 @@ def search(
             include_messages=messages,
             as_of=at,
             embedder=False if lexical else None,
+            embed_seconds=None if embed_all else SEARCH_EMBED_SECONDS,
+            embed_later=left.append,
+        )
+    if left:
+        errors.print(
+            f"some of {user!r}'s items have no vector yet and were ranked by their words (an "
+            "open Memory embeds them in the background): --embed-all embeds them first"
         )
     if as_json:
         _print_json(dataclasses.asdict(found))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from typer.testing import CliRunner
 
 from actors.erasure import erase_user
 from events import ConflictError, EventStore, user_log_id
-from memvee import InvalidInputError, Memory, NotFoundError, ProcessingError
+from memvee import InvalidInputError, Memory, MemoryConfig, NotFoundError, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionTables, Projector, verify
+from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
 
@@ -501,3 +503,60 @@ async def test_projections_of_an_older_layout_are_refolded_whole_before_an_impor
         assert [u.user_id for u in audit.users()] == ["ann", "bob", "cat"]
     assert verify(store) == []
     store.close()
+
+
+class _CountingEmbedder(ConceptEmbedder):
+    """The concept embedder, keeping every text it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts.extend(texts)
+        return super().embed(texts)
+
+
+_TREES = ("amber", "birch", "cedar", "elder", "hazel", "larch", "maple", "olive", "rowan")
+
+
+def test_search_embeds_as_a_memorys_search_does_and_says_when_it_left_items(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "m.db")
+
+    async def say() -> None:
+        config = MemoryConfig(db_path=db, auto_process=False)
+        async with Memory(config=config, embedder=False) as memory:
+            for tree in _TREES:
+                await memory.add_message("ann", "user", f"The {tree} tree was grey.")
+
+    asyncio.run(say())
+    embedder, left = _CountingEmbedder(), []
+    with Audit(db_path=db) as audit:
+        first = audit.search(
+            "ann",
+            "amber",
+            include_messages=True,
+            embedder=embedder,
+            embed_seconds=0,
+            embed_later=left.append,
+        )
+        assert embedder.texts == [f"The {t} tree was grey." for t in reversed(_TREES[1:])] + [
+            "amber"
+        ], "one batch, newest first, then the query"
+        assert left == ["ann"]
+        assert first.messages[0].message.content == "The amber tree was grey.", "by its words"
+        embedder.texts.clear()
+        left.clear()
+        audit.search(
+            "ann",
+            "amber",
+            include_messages=True,
+            embedder=embedder,
+            embed_seconds=None,
+            embed_later=left.append,
+        )
+        assert embedder.texts == ["The amber tree was grey.", "amber"] and left == []
+        with pytest.raises(InvalidInputError, match="embed_seconds"):
+            audit.search("ann", "amber", embedder=embedder, embed_seconds=-1)

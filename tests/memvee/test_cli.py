@@ -288,6 +288,22 @@ def test_state_prints_a_bounded_number_of_rows_and_says_how_many_more(db: str) -
     assert "--limit" in one_error_line(run("state", "bob", "--limit", "0", "--db", db, code=2))
 
 
+def test_search_ranks_what_has_no_vector_yet_by_its_words_and_says_so(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As retrieve does: a long backlog of unembedded messages once made it wait minutes."""
+    monkeypatch.setattr("memvee.cli.SEARCH_EMBED_SECONDS", 0)  # one batch, however fast
+    note = "have no vector yet and were ranked by their words"
+
+    budgeted = run("search", "ann", "Oslo", "--messages", "--db", db).output
+    everything = run("search", "ann", "Oslo", "--messages", "--embed-all", "--db", db).output
+    again = run("search", "ann", "Oslo", "--messages", "--db", db).output
+
+    assert note in budgeted and "--embed-all embeds them first" in budgeted
+    assert "I live in Oslo." in budgeted
+    assert note not in everything and note not in again, "the vectors were kept"
+
+
 def test_the_log_reads_one_line_per_event_and_json_keeps_the_payload(db: str) -> None:
     shown = run("log", "ann", "--db", db).output
     assert "#1 user: I live in Oslo." in shown
