@@ -24,16 +24,16 @@ _YIELD_PER = 2000
 """Rows fetched at a time from each side."""
 
 
+Row = tuple[Any, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Difference:
     """A row present (or different) on one side only."""
 
     table: str
-    live: tuple[Any, ...] | None
-    rebuilt: tuple[Any, ...] | None
-
-
-Row = tuple[Any, ...]
+    live: Row | None
+    rebuilt: Row | None
 
 
 def _as_stored(row: Row) -> Row:
@@ -94,12 +94,13 @@ def table_listing(connection: Connection, table: Table, role: str, key: tuple[st
     return Listing(role, keyed, shown)
 
 
-def _in_code_point_order(column: Column[Any], dialect: str) -> Any:
-    """``column`` to order by: PostgreSQL sorts text by its collation unless told "C"."""
-    kind = getattr(column.type, "impl", column.type)
+def _in_code_point_order(key: Column[Any], dialect: str) -> Any:
+    """Key column ``key`` to order by: PostgreSQL sorts text by its collation unless told
+    "C"."""
+    kind = getattr(key.type, "impl", key.type)
     if dialect == "postgresql" and isinstance(kind, String):
-        return column.collate("C")
-    return column
+        return key.collate("C")
+    return key
 
 
 def differences(live: Listing, rebuilt: Listing) -> Iterator[Difference]:
