@@ -203,7 +203,10 @@ def _check_user(user: str) -> None:
 def _listen(host: str, port: int) -> socket.socket:
     """Bind and listen first, so a taken port is one error line, not a trace."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio turns Nagle off (TCP_NODELAY) only on connections whose
+    # socket says so; with Nagle on, a kept-alive client's delayed ack held each answer's
+    # body back for 40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
