@@ -48,8 +48,9 @@ MEMVEE = Path(sys.executable).with_name("memvee")
 Op = Callable[[str, int], Awaitable[None]]
 
 
-async def _drive(add: Op, retrieve: Op) -> tuple[float, list[float]]:
-    """Run the workload; returns the wall time and every operation's latency (s)."""
+async def _drive(add: Op, retrieve: Op, clients: int) -> tuple[float, list[float]]:
+    """Run the workload with ``clients`` clients in flight; returns the wall time and every
+    operation's latency (s)."""
     latencies: list[float] = []
 
     async def client(number: int) -> None:
@@ -61,7 +62,7 @@ async def _drive(add: Op, retrieve: Op) -> tuple[float, list[float]]:
                 latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(client(n) for n in range(CLIENTS)))
+    await asyncio.gather(*(client(n) for n in range(clients)))
     return time.perf_counter() - started, latencies
 
 
@@ -69,7 +70,7 @@ def _said(round_no: int) -> str:
     return f"Round {round_no}: I live in city number {round_no} and I like tea."
 
 
-async def _python_api(folder: Path) -> tuple[float, list[float]]:
+async def _python_api(folder: Path, clients: int) -> tuple[float, list[float]]:
     config = MemoryConfig(db_path=str(folder / "python.db"), leases=True)  # as the server's
     async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
 
@@ -80,8 +81,8 @@ async def _python_api(folder: Path) -> tuple[float, list[float]]:
             found = await memory.retrieve(user, "where does the user live", include_messages=True)
             found.to_prompt()
 
-        await _drive(add, add)  # warm-up: same users, more history
-        return await _drive(add, retrieve)
+        await _drive(add, add, clients)  # warm-up: same users, more history
+        return await _drive(add, retrieve, clients)
 
 
 def _start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -130,9 +131,9 @@ def _wait_healthy(url: str, deadline: float) -> None:
     raise TimeoutError(f"memvee serve at {url} did not answer /healthz")
 
 
-async def _http_api(url: str) -> tuple[float, list[float]]:
+async def _http_api(url: str, clients: int) -> tuple[float, list[float]]:
     # aiohttp's client parses in C: the load generator must cost little next to the server.
-    connector = aiohttp.TCPConnector(limit=CLIENTS, keepalive_timeout=4)
+    connector = aiohttp.TCPConnector(limit=clients, keepalive_timeout=4)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
 
@@ -148,8 +149,8 @@ async def _http_api(url: str) -> tuple[float, list[float]]:
                 answer.raise_for_status()
                 await answer.read()
 
-        await _drive(add, add)
-        return await _drive(add, retrieve)
+        await _drive(add, add, clients)
+        return await _drive(add, retrieve, clients)
 
 
 def _row(name: str, wall: float, latencies: list[float]) -> tuple[str, ...]:
@@ -170,15 +171,16 @@ def _server_side(log: Path) -> list[float]:
     return [record["duration_ms"] / 1000 for record in measured]
 
 
-def measure() -> dict[str, tuple[float, list[float]]]:
-    """Both sides of the workload in one run: (wall seconds, latencies) of each, and the
-    server's own handling times (from its access log) under ``handled``."""
+def measure(clients: int = CLIENTS) -> dict[str, tuple[float, list[float]]]:
+    """Both sides of the workload with ``clients`` clients in one run: (wall seconds,
+    latencies) of each, and the server's own handling times (from its access log) under
+    ``handled``."""
     with tempfile.TemporaryDirectory(prefix="memvee-bench-server-") as scratch:
         folder = Path(scratch)
-        python = asyncio.run(_python_api(folder))
+        python = asyncio.run(_python_api(folder, clients))
         process, url = _start_server(folder)
         try:
-            http = asyncio.run(_http_api(url))
+            http = asyncio.run(_http_api(url, clients))
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
@@ -187,39 +189,51 @@ def measure() -> dict[str, tuple[float, list[float]]]:
 
 
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
-    """The ``server`` section of ``python -m bench``: one table and the p50 ratio."""
+    """The ``server`` section of ``python -m bench``: one table and the p50 ratios, with
+    ``CLIENTS`` clients in flight and with one client whose connection is kept alive (a
+    sequential agent: there, a server that let Nagle's algorithm hold its answers waited
+    40 ms a call for the client's delayed acknowledgement)."""
     section = Section(
-        f"The HTTP layer's cost: {CLIENTS} clients x {ROUNDS} rounds of add_exchange + "
-        "retrieve, through memvee serve on loopback and through the Python API, same run",
+        f"The HTTP layer's cost: {CLIENTS} clients, then one, x {ROUNDS} rounds of "
+        "add_exchange + retrieve, through memvee serve on loopback and through the Python "
+        "API, same run",
         ["through", "requests / s", "p50 ms", "p99 ms"],
     )
+    crowds = {"": CLIENTS, "one.": 1}
     for round_no in range(1, cfg.rounds + 1):
         progress(f"server round {round_no}/{cfg.rounds}")
-        found = measure()
-        for name, (wall, latencies) in found.items():
-            section.stat(f"server.{name}.rate", "req/s").add(len(latencies) / wall)
-            section.stat(f"server.{name}.p50", "ms").add(statistics.median(latencies) * 1000)
-            section.stat(f"server.{name}.p99", "ms").add(_p99(latencies) * 1000)
-        section.stat("server.ratio", "x").add(
-            statistics.median(found["http"][1]) / statistics.median(found["python"][1])
-        )
+        for crowd, clients in crowds.items():
+            found = measure(clients)
+            for name, (wall, latencies) in found.items():
+                key = f"server.{crowd}{name}"
+                section.stat(f"{key}.rate", "req/s").add(len(latencies) / wall)
+                section.stat(f"{key}.p50", "ms").add(statistics.median(latencies) * 1000)
+                section.stat(f"{key}.p99", "ms").add(_p99(latencies) * 1000)
+            section.stat(f"server.{crowd}ratio", "x").add(
+                statistics.median(found["http"][1]) / statistics.median(found["python"][1])
+            )
     labels = {
         "python": "Python API (in process)",
         "http": "HTTP API (memvee serve, loopback)",
         "handled": "  of which handled in the server",
     }
-    for name, label in labels.items():
-        section.rows.append(
-            [
-                label,
-                cell(section.stats[f"server.{name}.rate"], fmt_num),
-                cell(section.stats[f"server.{name}.p50"], fmt_ms),
-                cell(section.stats[f"server.{name}.p99"], fmt_ms),
-            ]
-        )
+    for crowd, clients in crowds.items():
+        section.rows.append([f"{clients} client{'s' if clients > 1 else ''}", "", "", ""])
+        for name, label in labels.items():
+            key = f"server.{crowd}{name}"
+            section.rows.append(
+                [
+                    label,
+                    cell(section.stats[f"{key}.rate"], fmt_num),
+                    cell(section.stats[f"{key}.p50"], fmt_ms),
+                    cell(section.stats[f"{key}.p99"], fmt_ms),
+                ]
+            )
     section.notes.append(
-        f"HTTP p50 / Python API p50: {fmt_ratio(section.stats['server.ratio'].median)} "
-        "(target <= 2x). The load generator (aiohttp) shares the two cores with the server."
+        f"HTTP p50 / Python API p50: {fmt_ratio(section.stats['server.ratio'].median)} with "
+        f"{CLIENTS} clients (target <= 2x), "
+        f"{fmt_ratio(section.stats['server.one.ratio'].median)} with one kept-alive client. "
+        "The load generator (aiohttp) shares the two cores with the server."
     )
     return [section]
 
