@@ -56,6 +56,28 @@ class ProjectionReader:
 
     def __init__(self, tables: ProjectionTables) -> None:
         self.tables = tables
+        # The statements every retrieval runs, built once: building one per call cost
+        # more than running it (0.4 ms of a 1.2 ms retrieval, for the outdated messages).
+        m, c, k = tables.messages, tables.citations, tables.knowledge
+        in_seqs = m.c.seq.in_(bindparam("seqs", expanding=True))
+        self._messages_by_ids = select(m).where(
+            m.c.message_id.in_(bindparam("ids", expanding=True))
+        )
+        self._messages_by_ids_and_seqs = self._messages_by_ids.where(in_seqs)
+        of_user = select(m).where(m.c.log_id == bindparam("log_id"))
+        self._messages_of_user = of_user.order_by(m.c.seq)
+        self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
+        self._outdated = (
+            select(c.c.message_id)
+            .join(k, k.c.entry_id == c.c.entry_id)
+            .where(
+                c.c.log_id == bindparam("log_id"),
+                c.c.message_id.in_(bindparam("ids", expanding=True)),
+                k.c.knowledge_version == LIVE_KNOWLEDGE,
+            )
+            .group_by(c.c.message_id)
+            .having(func.count(k.c.valid_until) == func.count())
+        )
 
     def knowledge(
         self,
@@ -105,20 +127,15 @@ class ProjectionReader:
         seqs: list[int] | None = None,
     ) -> list[Message]:
         """The user's messages in log order: all of them, or those with ``ids`` or ``seqs``."""
-        m = self.tables.messages
         if (ids is not None and not ids) or (seqs is not None and not seqs):
             return []
         if ids is not None:
-            query = select(m).where(m.c.message_id.in_(bindparam("ids", expanding=True)))
-            if seqs is not None:
-                query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
+            query = self._messages_by_ids if seqs is None else self._messages_by_ids_and_seqs
             rows = connection.execute(query, {"ids": ids, "seqs": seqs}).mappings()
             found = [message_from_row(user_id, r) for r in _owned_by(rows, user_id)]
             return sorted(found, key=lambda message: message.seq)
-        query = select(m).where(m.c.log_id == _log(user_id))
-        if seqs is not None:
-            query = query.where(m.c.seq.in_(bindparam("seqs", expanding=True)))
-        rows = connection.execute(query.order_by(m.c.seq), {"seqs": seqs}).mappings()
+        query = self._messages_of_user if seqs is None else self._messages_of_user_by_seqs
+        rows = connection.execute(query, {"log_id": _log(user_id), "seqs": seqs}).mappings()
         return [message_from_row(user_id, r) for r in rows]
 
     def entry_ids_starting(
@@ -256,19 +273,7 @@ class ProjectionReader:
         """Those of ``message_ids`` whose every live entry has ended (what they say is old)."""
         if not message_ids:
             return set()
-        c, k = self.tables.citations, self.tables.knowledge
-        rows = connection.execute(
-            select(c.c.message_id)
-            .join(k, k.c.entry_id == c.c.entry_id)
-            .where(
-                c.c.log_id == _log(user_id),
-                c.c.message_id.in_(bindparam("ids", expanding=True)),
-                k.c.knowledge_version == LIVE_KNOWLEDGE,
-            )
-            .group_by(c.c.message_id)
-            .having(func.count(k.c.valid_until) == func.count()),
-            {"ids": message_ids},
-        )
+        rows = connection.execute(self._outdated, {"log_id": _log(user_id), "ids": message_ids})
         return {r[0] for r in rows}
 
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
