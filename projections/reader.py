@@ -60,6 +60,7 @@ class ProjectionReader:
         # more than running it (0.4 ms of a 1.2 ms retrieval, for the outdated messages).
         m, c, k = tables.messages, tables.citations, tables.knowledge
         in_seqs = m.c.seq.in_(bindparam("seqs", expanding=True))
+        self._entries_by_ids = select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True)))
         self._messages_by_ids = select(m).where(
             m.c.message_id.in_(bindparam("ids", expanding=True))
         )
@@ -112,10 +113,7 @@ class ProjectionReader:
         """The user's entries among ``ids`` (any version, ended or not), in no set order."""
         if not ids:
             return []
-        k = self.tables.knowledge
-        rows = connection.execute(
-            select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True))), {"ids": ids}
-        ).mappings()
+        rows = connection.execute(self._entries_by_ids, {"ids": ids}).mappings()
         return [entry_from_row(user_id, r) for r in _owned_by(rows, user_id)]
 
     def messages(

@@ -17,17 +17,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Executable, delete, func, select, text
+from sqlalchemy import Connection, Engine, Executable, bindparam, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
-from projections.reader import ProjectionReader
 from projections.search import spoken
 from projections.tables import ProjectionTables
 
@@ -89,7 +88,6 @@ class VectorIndex:
         self.tables = tables
         self.model = model
         self.cache_rows = cache_rows
-        self._reader = ProjectionReader(tables)
         self._lock = threading.Lock()
         self._searches = 0
         self._searches_ended = threading.Condition()
@@ -98,6 +96,25 @@ class VectorIndex:
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         """Per log, the (kind, id) of items whose text the embedder refuses while it
         embeds others: left out of later fills (in this process), ranked lexically."""
+        v, k, u = tables.vectors, tables.knowledge, tables.users
+        # What every search runs, built once (building a statement costs more than
+        # running it on a user's rows).
+        self._version = select(u.c.version).where(u.c.log_id == bindparam("log_id"))
+        live_entries = (
+            select(v.c.item_id, v.c.vector)
+            .join(k, k.c.entry_id == v.c.item_id)
+            .where(
+                v.c.log_id == bindparam("log_id"),
+                v.c.model == model,
+                v.c.kind == "entry",
+                k.c.knowledge_version == LIVE_KNOWLEDGE,
+            )
+        )
+        self._entries_now = live_entries.where(k.c.valid_until.is_(None))
+        at = bindparam("at", type_=k.c.valid_from.type)
+        self._entries_then = live_entries.where(
+            k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
+        )
 
     def fill(
         self,
@@ -128,15 +145,10 @@ class VectorIndex:
         fill.
         """
         log_id = str(user_log_id(user_id))
-        v, k, m, u = (
-            self.tables.vectors,
-            self.tables.knowledge,
-            self.tables.messages,
-            self.tables.users,
-        )
+        v, k, m = self.tables.vectors, self.tables.knowledge, self.tables.messages
         missing: list[tuple[str, str, str]] = []
         with engine.connect() as connection:
-            version = connection.execute(select(u.c.version).where(u.c.log_id == log_id)).scalar()
+            version = connection.execute(self._version, {"log_id": log_id}).scalar()
             with self._lock:
                 done = self._filled.get(log_id)
             covered = done is not None and done[0] == version and (done[1] or not messages)
@@ -242,20 +254,13 @@ class VectorIndex:
         as_of: datetime | None = None,
     ) -> list[tuple[str, float]]:
         """The ids of the user's live entries valid now (or at ``as_of``) nearest ``query``."""
-        v, k = self.tables.vectors, self.tables.knowledge
         log_id = str(user_log_id(user_id))
-        rows = connection.execute(
-            select(v.c.item_id, v.c.vector)
-            .join(k, k.c.entry_id == v.c.item_id)
-            .where(
-                v.c.log_id == log_id,
-                v.c.model == self.model,
-                v.c.kind == "entry",
-                k.c.knowledge_version == LIVE_KNOWLEDGE,
-                *self._reader.valid(as_of),
-            )
-        ).all()
-        return _nearest(rows, query, limit)
+        if as_of is None:
+            found = connection.execute(self._entries_now, {"log_id": log_id})
+        else:
+            at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+            found = connection.execute(self._entries_then, {"log_id": log_id, "at": at})
+        return _nearest(found.all(), query, limit)
 
     def messages(
         self, connection: Connection, user_id: str, query: Sequence[float], limit: int
