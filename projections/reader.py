@@ -61,6 +61,21 @@ class ProjectionReader:
         m, c, k = tables.messages, tables.citations, tables.knowledge
         in_seqs = m.c.seq.in_(bindparam("seqs", expanding=True))
         self._entries_by_ids = select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True)))
+        of_version = select(k).where(
+            k.c.log_id == bindparam("log_id"), k.c.knowledge_version == bindparam("version")
+        )
+        at = bindparam("at", type_=k.c.valid_from.type)
+        in_order = (k.c.version, k.c.ordinal)
+        self._knowledge_ever = of_version.order_by(*in_order)
+        self._knowledge_now = of_version.where(k.c.valid_until.is_(None)).order_by(*in_order)
+        self._knowledge_then = of_version.where(
+            k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
+        ).order_by(*in_order)
+        t, u = tables.tasks, tables.users
+        self._task = select(t).where(
+            t.c.log_id == bindparam("log_id"), t.c.task_id == bindparam("task_id")
+        )
+        self._user = select(u).where(u.c.log_id == bindparam("log_id"))
         self._messages_by_ids = select(m).where(
             m.c.message_id.in_(bindparam("ids", expanding=True))
         )
@@ -94,20 +109,16 @@ class ProjectionReader:
         By default only current entries; ``as_of`` gives those valid at that time, and
         ``history=True`` every entry, ended ones included.
         """
-        k = self.tables.knowledge
-        query = select(k).where(k.c.log_id == _log(user_id), k.c.knowledge_version == version)
-        if not history:
-            query = query.where(*self.valid(as_of))
-        rows = connection.execute(query.order_by(k.c.version, k.c.ordinal)).mappings()
+        binds: dict[str, Any] = {"log_id": _log(user_id), "version": version}
+        if history:
+            query = self._knowledge_ever
+        elif as_of is None:
+            query = self._knowledge_now
+        else:
+            query = self._knowledge_then
+            binds["at"] = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        rows = connection.execute(query, binds).mappings()
         return [entry_from_row(user_id, r) for r in rows]
-
-    def valid(self, as_of: datetime | None) -> tuple[ColumnElement[bool], ...]:
-        """The conditions on knowledge rows valid now (``None``) or at ``as_of``."""
-        k = self.tables.knowledge
-        if as_of is None:
-            return (k.c.valid_until.is_(None),)
-        at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
-        return (k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at))
 
     def entries(self, connection: Connection, user_id: str, ids: list[str]) -> list[KnowledgeEntry]:
         """The user's entries among ``ids`` (any version, ended or not), in no set order."""
@@ -231,24 +242,16 @@ class ProjectionReader:
 
     def task(self, connection: Connection, user_id: str, task_id: str) -> TaskRecord | None:
         """One task of the user, or ``None`` if the log has no such task for them."""
-        t = self.tables.tasks
-        row = (
-            connection.execute(select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id))
-            .mappings()
-            .first()
-        )
+        binds = {"log_id": _log(user_id), "task_id": task_id}
+        row = connection.execute(self._task, binds).mappings().first()
         return None if row is None else task_from_row(user_id, row)
 
     def task_details(
         self, connection: Connection, user_id: str, task_id: str
     ) -> dict[str, Any] | None:
         """Every column of one task's row (extractor, model, tokens...), or ``None``."""
-        t = self.tables.tasks
-        row = (
-            connection.execute(select(t).where(t.c.log_id == _log(user_id), t.c.task_id == task_id))
-            .mappings()
-            .first()
-        )
+        binds = {"log_id": _log(user_id), "task_id": task_id}
+        row = connection.execute(self._task, binds).mappings().first()
         return None if row is None else dict(row)
 
     def successors(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
@@ -419,8 +422,7 @@ class ProjectionReader:
 
     def user(self, connection: Connection, user_id: str) -> UserSummary | None:
         """The counters of one user, or ``None`` for a user never written."""
-        u = self.tables.users
-        row = connection.execute(select(u).where(u.c.log_id == _log(user_id))).mappings().first()
+        row = connection.execute(self._user, {"log_id": _log(user_id)}).mappings().first()
         return None if row is None else _summary(row)
 
 
