@@ -21,7 +21,18 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Executable, bindparam, delete, func, or_, select, text
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Engine,
+    Executable,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -96,10 +107,31 @@ class VectorIndex:
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         """Per log, the (kind, id) of items whose text the embedder refuses while it
         embeds others: left out of later fills (in this process), ranked lexically."""
-        v, k, u = tables.vectors, tables.knowledge, tables.users
+        v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
-        self._version = select(u.c.version).where(u.c.log_id == bindparam("log_id"))
+        mine: BindParameter[Any] = bindparam("log_id")
+        self._version = select(u.c.version).where(u.c.log_id == mine)
+        self._message_count = select(func.count()).where(m.c.log_id == mine)
+
+        def embedded(kind: str) -> Any:
+            return select(v.c.item_id).where(
+                v.c.log_id == mine, v.c.model == model, v.c.kind == kind
+            )
+
+        self._unembedded_entries = (
+            select(k.c.entry_id, k.c.text)
+            .where(k.c.log_id == mine, k.c.entry_id.not_in(embedded("entry")))
+            .order_by(k.c.version.desc(), k.c.ordinal)
+        )
+        self._unembedded_messages = (
+            select(m.c.message_id, m.c.content, m.c.name)
+            .where(m.c.log_id == mine, m.c.message_id.not_in(embedded("message")))
+            .order_by(m.c.seq.desc())
+        )
+        self._message_vectors = select(v.c.item_id, v.c.vector).where(
+            v.c.log_id == mine, v.c.model == model, v.c.kind == "message"
+        )
         live_entries = (
             select(v.c.item_id, v.c.vector)
             .join(k, k.c.entry_id == v.c.item_id)
@@ -145,7 +177,6 @@ class VectorIndex:
         fill.
         """
         log_id = str(user_log_id(user_id))
-        v, k, m = self.tables.vectors, self.tables.knowledge, self.tables.messages
         missing: list[tuple[str, str, str]] = []
         with engine.connect() as connection:
             version = connection.execute(self._version, {"log_id": log_id}).scalar()
@@ -155,23 +186,10 @@ class VectorIndex:
             if version is not None and covered:
                 return frozenset()
 
-            def have(kind: str) -> Any:
-                return select(v.c.item_id).where(
-                    v.c.log_id == log_id, v.c.model == self.model, v.c.kind == kind
-                )
-
-            rows = connection.execute(
-                select(k.c.entry_id, k.c.text)
-                .where(k.c.log_id == log_id, k.c.entry_id.not_in(have("entry")))
-                .order_by(k.c.version.desc(), k.c.ordinal)
-            )
+            rows = connection.execute(self._unembedded_entries, {"log_id": log_id})
             missing += [(item, text, "entry") for item, text in rows]
             if messages and not self._complete(connection, log_id):
-                rows = connection.execute(
-                    select(m.c.message_id, m.c.content, m.c.name)
-                    .where(m.c.log_id == log_id, m.c.message_id.not_in(have("message")))
-                    .order_by(m.c.seq.desc())
-                )
+                rows = connection.execute(self._unembedded_messages, {"log_id": log_id})
                 missing += [(item, spoken(text, name), "message") for item, text, name in rows]
         with self._lock:
             refused = set(self._refused.get(log_id, ()))
@@ -330,18 +348,12 @@ class VectorIndex:
             refused = sum(kind == "message" for kind, _ in self._refused.get(log_id, ()))
         if cached is None:
             return False
-        m = self.tables.messages
-        count = connection.execute(select(func.count()).where(m.c.log_id == log_id)).scalar()
+        count = connection.execute(self._message_count, {"log_id": log_id}).scalar()
         return cached.count + refused == int(count or 0)
 
     def _load(self, connection: Connection, log_id: str) -> _Vectors:
         """Read the log's message vectors into the cache."""
-        v = self.tables.vectors
-        rows = connection.execute(
-            select(v.c.item_id, v.c.vector).where(
-                v.c.log_id == log_id, v.c.model == self.model, v.c.kind == "message"
-            )
-        ).all()
+        rows = connection.execute(self._message_vectors, {"log_id": log_id}).all()
         loaded = _Vectors.of(rows)
         with self._lock:
             self._cache[log_id] = loaded
