@@ -729,8 +729,10 @@ class Audit:
         check_query(query, top_k)
         if as_of is not None:
             _check_aware(as_of, "as_of")
-        if embed_seconds is not None and not (
-            isinstance(embed_seconds, int | float) and embed_seconds >= 0
+        if embed_seconds is not None and (
+            isinstance(embed_seconds, bool)
+            or not isinstance(embed_seconds, int | float)
+            or not embed_seconds >= 0
         ):
             raise InvalidInputError(
                 f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"

@@ -558,5 +558,6 @@ def test_search_embeds_as_a_memorys_search_does_and_says_when_it_left_items(
             embed_later=left.append,
         )
         assert embedder.texts == ["The amber tree was grey.", "amber"] and left == []
-        with pytest.raises(InvalidInputError, match="embed_seconds"):
-            audit.search("ann", "amber", embedder=embedder, embed_seconds=-1)
+        for bad in (-1, float("nan"), True, "1"):
+            with pytest.raises(InvalidInputError, match="embed_seconds"):
+                audit.search("ann", "amber", embedder=embedder, embed_seconds=bad)  # type: ignore[arg-type]
