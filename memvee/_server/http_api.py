@@ -9,11 +9,21 @@ those naming the dependencies built in :func:`api_router` must be live objects.
 """
 
 import asyncio
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from fastapi.responses import StreamingResponse
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+)
 
 from actors.erasure import ForgetReceipt
 from events import InvalidInputError, NotFoundError
@@ -26,7 +36,9 @@ from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
 
-__all__ = ["api_router", "explain_entry"]
+__all__ = ["api_router", "explain_entry", "listing_response"]
+
+T = TypeVar("T")
 
 
 class _Body(BaseModel):
@@ -197,19 +209,20 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         """Where a knowledge entry came from: its messages, task, extractor and fate."""
         return await asyncio.to_thread(explain_entry, audit, user_id, entry_id)
 
-    @router.get("/users/{user_id:path}/knowledge", tags=["read"])
+    @router.get("/users/{user_id:path}/knowledge", tags=["read"], response_model=KnowledgeOut)
     async def knowledge(
         user_id: KnownUser,
         as_of: Annotated[datetime | None, Query(description="Entries valid then.")] = None,
         history: Annotated[bool, Query(description="Every entry ever extracted.")] = False,
-    ) -> KnowledgeOut:
+    ) -> Response:
         """The user's current knowledge entries (or those valid ``as_of``, or all)."""
-        return KnowledgeOut(entries=await memory.knowledge(user_id, as_of=as_of, history=history))
+        entries = await memory.knowledge(user_id, as_of=as_of, history=history)
+        return listing_response("entries", _ENTRIES, entries)
 
-    @router.get("/users/{user_id:path}/messages", tags=["read"])
-    async def messages(user_id: KnownUser) -> MessagesOut:
+    @router.get("/users/{user_id:path}/messages", tags=["read"], response_model=MessagesOut)
+    async def messages(user_id: KnownUser) -> Response:
         """Every message of the user, oldest first."""
-        return MessagesOut(messages=await memory.messages(user_id))
+        return listing_response("messages", _MESSAGES, await memory.messages(user_id))
 
     @router.post("/users/{user_id:path}/retrieve", tags=["read"])
     async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:
@@ -240,6 +253,33 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         return ForgetOut(receipt=receipt, total=receipt.total)
 
     return router
+
+
+LISTED_PER_WRITE = 500
+"""Items of a listing written to JSON at a time. Writing holds the GIL throughout, so a
+whole listing written at once (every message of a user can be megabytes) would hold up
+every other request for as long, even in a thread; a part this size takes a millisecond
+or two, and a listing no longer than it is written at once on the event loop."""
+
+_MESSAGES = TypeAdapter(list[Message])
+_ENTRIES = TypeAdapter(list[KnowledgeEntry])
+
+
+def listing_response(field: str, adapter: TypeAdapter[list[T]], items: list[T]) -> Response:
+    """``{field: items}`` as a JSON response; a long listing is streamed, its parts written
+    in a thread one at a time."""
+    head, tail = b'{"' + field.encode() + b'":', b"}"
+    if len(items) <= LISTED_PER_WRITE:
+        return Response(head + adapter.dump_json(items) + tail, media_type="application/json")
+
+    def parts() -> Iterator[bytes]:
+        yield head + b"["
+        for start in range(0, len(items), LISTED_PER_WRITE):
+            part = adapter.dump_json(items[start : start + LISTED_PER_WRITE])
+            yield (b"," if start else b"") + part[1:-1]
+        yield b"]" + tail
+
+    return StreamingResponse(parts(), media_type="application/json")
 
 
 def explain_entry(audit: Audit, user_id: str, entry_id: str) -> Provenance:
