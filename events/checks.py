@@ -23,6 +23,7 @@ __all__ = [
     "check_keys",
     "check_message",
     "check_name",
+    "check_page",
     "check_text",
     "check_time",
     "check_user_id",
@@ -157,6 +158,17 @@ def check_count(value: object, what: str) -> int:
     if value < 1:
         raise InvalidInputError(f"{what} must be 1 or more, not {value}")
     return value
+
+
+def check_page(after: object, limit: object) -> None:
+    """Refuse a page of a listing that is not: past ``after`` (an int of 0 or more), at
+    most ``limit`` (``None``, or an int of 1 or more)."""
+    if isinstance(after, bool) or not isinstance(after, int):
+        raise InvalidInputError(f"after must be an int, not {type(after).__name__}")
+    if after < 0:
+        raise InvalidInputError(f"after must be 0 or more, not {after}")
+    if limit is not None:
+        check_count(limit, "limit")
 
 
 def check_key(value: object, what: str) -> str:

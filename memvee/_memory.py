@@ -39,6 +39,7 @@ from events import (
     check_keys,
     check_message,
     check_name,
+    check_page,
     check_text,
     check_time,
     check_user_id,
@@ -438,10 +439,17 @@ class Memory:
         as_of = check_time(as_of, "as_of")
         return await self._read(lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history))
 
-    async def messages(self, user_id: str) -> list[Message]:
-        """Every message of the user, oldest first (the message projection of the log)."""
+    async def messages(
+        self, user_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Message]:
+        """The user's messages, oldest first (the message projection of the log): every
+        one, or those whose ``seq`` is past ``after``, at most ``limit`` of them.
+
+        A long history reads a page at a time: pass the last ``seq`` read as ``after``.
+        """
         check_user_id(user_id)
-        return await self._read(lambda c, r: r.messages(c, user_id))
+        check_page(after, limit)
+        return await self._read(lambda c, r: r.messages(c, user_id, after=after, limit=limit))
 
     async def retrieve(
         self,

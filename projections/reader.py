@@ -81,7 +81,8 @@ class ProjectionReader:
         )
         self._messages_by_ids_and_seqs = self._messages_by_ids.where(in_seqs)
         of_user = select(m).where(m.c.log_id == bindparam("log_id"))
-        self._messages_of_user = of_user.order_by(m.c.seq)
+        self._messages_of_user = of_user.where(m.c.seq > bindparam("after")).order_by(m.c.seq)
+        self._messages_of_user_page = self._messages_of_user.limit(bindparam("limit"))
         self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
         self._outdated = (
             select(c.c.message_id)
@@ -134,8 +135,11 @@ class ProjectionReader:
         *,
         ids: list[str] | None = None,
         seqs: list[int] | None = None,
+        after: int = 0,
+        limit: int | None = None,
     ) -> list[Message]:
-        """The user's messages in log order: all of them, or those with ``ids`` or ``seqs``."""
+        """The user's messages in log order: all of them, or those with ``ids`` or ``seqs``;
+        of all of them, those past seq ``after``, at most ``limit``."""
         if (ids is not None and not ids) or (seqs is not None and not seqs):
             return []
         if ids is not None:
@@ -143,8 +147,14 @@ class ProjectionReader:
             rows = connection.execute(query, {"ids": ids, "seqs": seqs}).mappings()
             found = [message_from_row(user_id, r) for r in _owned_by(rows, user_id)]
             return sorted(found, key=lambda message: message.seq)
-        query = self._messages_of_user if seqs is None else self._messages_of_user_by_seqs
-        rows = connection.execute(query, {"log_id": _log(user_id), "seqs": seqs}).mappings()
+        if seqs is not None:
+            query = self._messages_of_user_by_seqs
+        elif limit is not None:
+            query = self._messages_of_user_page
+        else:
+            query = self._messages_of_user
+        parameters = {"log_id": _log(user_id), "seqs": seqs, "after": after, "limit": limit}
+        rows = connection.execute(query, parameters).mappings()
         return [message_from_row(user_id, r) for r in rows]
 
     def entry_ids_starting(

@@ -220,9 +220,15 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         return listing_response("entries", _ENTRIES, entries)
 
     @router.get("/users/{user_id:path}/messages", tags=["read"], response_model=MessagesOut)
-    async def messages(user_id: KnownUser) -> Response:
-        """Every message of the user, oldest first."""
-        return listing_response("messages", _MESSAGES, await memory.messages(user_id))
+    async def messages(
+        user_id: KnownUser,
+        after: Annotated[int, Query(ge=0, description="Only messages past this seq.")] = 0,
+        limit: Annotated[int | None, Query(ge=1, description="At most this many.")] = None,
+    ) -> Response:
+        """The user's messages, oldest first: every one, or a page (``after`` the last
+        ``seq`` read, at most ``limit``)."""
+        listed = await memory.messages(user_id, after=after, limit=limit)
+        return listing_response("messages", _MESSAGES, listed)
 
     @router.post("/users/{user_id:path}/retrieve", tags=["read"])
     async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:

@@ -52,6 +52,10 @@ BAD_CALLS = [
     ("one id to requeue", lambda m: m.requeue("u", "id"), "list of strings, not str"),
     ("a number to requeue", lambda m: m.requeue("u", 5), "list of strings, not int"),
     ("a number among ids", lambda m: m.requeue("u", ["a", 5]), "must be a str, not int"),
+    ("negative after", lambda m: m.messages("u", after=-1), "after must be 0 or more"),
+    ("a bool for after", lambda m: m.messages("u", after=True), "after must be an int"),
+    ("zero limit", lambda m: m.messages("u", limit=0), "limit must be 1 or more"),
+    ("text limit", lambda m: m.messages("u", limit="5"), "limit must be an int, not str"),
 ]
 
 
@@ -211,6 +215,25 @@ async def test_add_exchange_returns_the_committed_messages(memory: Memory) -> No
     assert user.message_id != assistant.message_id
     buffered = await memory.buffer("u")
     assert [m.message_id for m in buffered] == [user.message_id, assistant.message_id]
+
+
+async def test_messages_are_read_a_page_at_a_time(memory: Memory) -> None:
+    for n in range(3):
+        await memory.add_exchange("u", f"question {n}", f"answer {n}")
+    await memory.add_exchange("v", "another user's", "turn")
+
+    pages, after = [], 0
+    while page := await memory.messages("u", after=after, limit=4):
+        pages.append([m.content for m in page])
+        after = page[-1].seq
+
+    assert pages == [
+        ["question 0", "answer 0", "question 1", "answer 1"],
+        ["question 2", "answer 2"],
+    ]
+    assert [m.seq for m in await memory.messages("u", after=5)] == [6]
+    assert [m.seq for m in await memory.messages("u", limit=1)] == [1]
+    assert len(await memory.messages("u")) == 6
 
 
 async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_password() -> None:

@@ -38,6 +38,21 @@ def test_an_exchange_is_stored_and_answered_with_its_ids(http: httpx.Client, use
     assert stored[0]["content"] == SAID
 
 
+def test_messages_are_listed_a_page_at_a_time(http: httpx.Client, user: str) -> None:
+    for n in range(3):
+        add_exchange(http, user, f"turn {n}")
+
+    first = http.get(f"/v1/users/{user}/messages", params={"limit": 4}).json()["messages"]
+    last = first[-1]["seq"]
+    rest = http.get(f"/v1/users/{user}/messages", params={"after": last}).json()["messages"]
+
+    assert [m["seq"] for m in first] == [1, 2, 3, 4]
+    assert [(m["seq"], m["content"]) for m in rest] == [(5, "turn 2"), (6, "Noted!")]
+    for bad in ({"limit": 0}, {"after": -1}, {"limit": "many"}):
+        answer = http.get(f"/v1/users/{user}/messages", params=bad)
+        assert (answer.status_code, answer.json()["error"]) == (422, "invalid_input")
+
+
 def test_a_message_is_stored_with_its_speaker_and_time(http: httpx.Client, user: str) -> None:
     sent = "2026-03-01T09:30:00+00:00"
     answer = http.post(
