@@ -8,7 +8,9 @@ a realistic share of them: a common word such as "live" a tenth or more (with th
 :func:`projections.search_terms` adds for its topic), a name or a city well under 1%.
 
 ``await memory.retrieve(user, q, top_k=10)`` is timed end to end (validation, the hop to
-the reader thread pool, ranking, the join to the knowledge rows) for one user holding
+the reader thread pool, ranking, the join to the knowledge rows), with lexical ranking
+only (``embedder=False``: the floor beside it is a lexical query; the ``hybrid`` section
+times the default embedder) for one user holding
 1,000, 10,000 and 100,000 entries (quick: 1,000 and 10,000), and for one of 1,000 users
 who each hold the same 100 facts (quick: 10). Beside every query, stdlib sqlite3 runs the
 bare FTS5 query on the same file with the exact same MATCH string: the floor. Then the
@@ -304,7 +306,9 @@ async def _fill_user(memory: Memory, user_id: str, contents: list[str]) -> None:
 async def _build(path: Path, dataset: Dataset, facts_of: Mapping[str, list[str]]) -> None:
     """Write the dataset through the engine: exchanges, then processing runs."""
     contents = list(facts_of)
-    async with Memory(config=_config(path), extractor=BulkExtractor(facts_of)) as memory:
+    async with Memory(
+        config=_config(path), extractor=BulkExtractor(facts_of), embedder=False
+    ) as memory:
         for first in range(0, dataset.users, _USERS_AT_ONCE):
             chunk = range(first, min(first + _USERS_AT_ONCE, dataset.users))
             await asyncio.gather(*(_fill_user(memory, _user(n), contents) for n in chunk))
@@ -342,7 +346,9 @@ async def _measure(
     clock = time.perf_counter
     out: list[_Round] = []
     try:
-        async with Memory(config=_config(path), extractor=BulkExtractor(facts_of)) as memory:
+        async with Memory(
+            config=_config(path), extractor=BulkExtractor(facts_of), embedder=False
+        ) as memory:
             warmup = list(dict.fromkeys(sequence)) * _WARMUP_PASSES
             for question, match in warmup:
                 raw.execute(_RAW_QUERY, (match, _TOP_K)).fetchall()
