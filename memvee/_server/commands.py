@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -188,9 +188,21 @@ def _run(main: Coroutine[None, None, None]) -> None:
     from memvee._server.running import OpenFailedError
 
     try:
-        asyncio.run(main)
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(main)
     except OpenFailedError as error:
         _fail(str(error))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (the server extra brings it, except on
+    Windows), else asyncio's own: the server's loop parses and answers every request, and
+    uvloop does its share of that in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _check_user(user: str) -> None:

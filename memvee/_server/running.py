@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from contextlib import nullcontext
+from importlib.util import find_spec
 from types import FrameType
 
 import uvicorn
@@ -82,19 +83,28 @@ async def serve_http(
             mcp_user=mcp_user,
             host=host,
         )
+        http = "httptools" if find_spec("httptools") else "h11"  # the C parser if installed
         config = uvicorn.Config(
             app,
+            http=http,
             log_config=None,
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=drain_timeout,
         )
         bound_host, bound_port = listener.getsockname()[:2]
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
             "listening on %s:%d",
             bound_host,
             bound_port,
-            extra={"event": "listening", "host": bound_host, "port": bound_port},
+            extra={
+                "event": "listening",
+                "host": bound_host,
+                "port": bound_port,
+                "loop": loop,
+                "http": http,
+            },
         )
         # uvicorn re-raises the signal that stopped it once it is done; ignoring it then
         # lets the memory close below and the process exit 0.

@@ -243,6 +243,12 @@ def test_a_user_id_with_a_slash_or_a_percent_sign_round_trips(
     )
 
 
+def test_the_server_runs_on_uvloop_and_parses_http_in_c(server: ServerProcess) -> None:
+    (listening,) = [r for r in server.records() if r.get("event") == "listening"]
+
+    assert (listening["loop"], listening["http"]) == ("uvloop", "httptools")
+
+
 def test_probes_and_the_openapi_document(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
