@@ -153,6 +153,8 @@ class ProjectionReader:
             query = self._messages_of_user_page
         else:
             query = self._messages_of_user
+        # No seq is past the column's range, nor are more messages than it counts.
+        after, limit = min(after, _LARGEST_SEQ), None if limit is None else min(limit, _LARGEST_SEQ)
         parameters = {"log_id": _log(user_id), "seqs": seqs, "after": after, "limit": limit}
         rows = connection.execute(query, parameters).mappings()
         return [message_from_row(user_id, r) for r in rows]
@@ -464,6 +466,10 @@ def _buffered(m: Table) -> ColumnElement[bool]:
 def buffered_from_row(user_id: str, r: Any) -> BufferedMessage:
     """A buffered message's row as the model callers get."""
     return BufferedMessage(**_message_fields(user_id, r), task_id=r["task_id"])
+
+
+_LARGEST_SEQ = 2**31 - 1
+"""The largest seq a message can have: its column is an INTEGER (32 bits on PostgreSQL)."""
 
 
 def message_from_row(user_id: str, r: Any) -> Message:

@@ -233,6 +233,8 @@ async def test_messages_are_read_a_page_at_a_time(memory: Memory) -> None:
     ]
     assert [m.seq for m in await memory.messages("u", after=5)] == [6]
     assert [m.seq for m in await memory.messages("u", limit=1)] == [1]
+    assert await memory.messages("u", after=10**30) == []  # past any seq a column holds
+    assert len(await memory.messages("u", after=2, limit=10**30)) == 4
     assert len(await memory.messages("u")) == 6
 
 

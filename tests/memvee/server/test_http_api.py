@@ -48,6 +48,8 @@ def test_messages_are_listed_a_page_at_a_time(http: httpx.Client, user: str) -> 
 
     assert [m["seq"] for m in first] == [1, 2, 3, 4]
     assert [(m["seq"], m["content"]) for m in rest] == [(5, "turn 2"), (6, "Noted!")]
+    huge = http.get(f"/v1/users/{user}/messages", params={"after": 2**64, "limit": 10**30})
+    assert huge.json() == {"messages": []}
     for bad in ({"limit": 0}, {"after": -1}, {"limit": "many"}):
         answer = http.get(f"/v1/users/{user}/messages", params=bad)
         assert (answer.status_code, answer.json()["error"]) == (422, "invalid_input")
