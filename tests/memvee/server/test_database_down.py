@@ -5,17 +5,14 @@ the MCP tools alike."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from mcp.server.mcpserver.exceptions import ToolError
 
 from memvee import Memory, StorageError
-from memvee._server.app import create_app
 from memvee._server.errors import STORAGE_UNAVAILABLE
 from memvee._server.mcp_tools import _with_tool_errors
-from memvee.audit import Audit
 from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
 
 
@@ -26,15 +23,6 @@ def outage(memory: Memory, monkeypatch: pytest.MonkeyPatch) -> StoreOutage:
     down = StoreOutage(memory._engine.store, monkeypatch)
     down.down.set()
     return down
-
-
-@pytest.fixture
-async def client(memory: Memory, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP API over ``memory``, in this process."""
-    app = create_app(memory, Audit(db_url=db_url), max_body_bytes=1 << 20)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://memvee") as client:
-        yield client
 
 
 async def test_the_http_api_answers_503_with_retry_after_and_the_log_keeps_the_detail(

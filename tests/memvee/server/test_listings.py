@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,8 +14,6 @@ from pydantic import TypeAdapter
 
 from memvee import Memory
 from memvee._server import http_api
-from memvee._server.app import create_app
-from memvee.audit import Audit
 
 
 class Writes:
@@ -29,15 +26,6 @@ class Writes:
     def dump_json(self, items: list[Any]) -> bytes:
         self.calls.append((len(items), threading.current_thread().name))
         return self.adapter.dump_json(items)
-
-
-@pytest.fixture
-async def client(memory: Memory, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP API over ``memory``, in this process."""
-    app = create_app(memory, Audit(db_url=db_url), max_body_bytes=1 << 20)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://memvee") as client:
-        yield client
 
 
 @pytest.fixture
