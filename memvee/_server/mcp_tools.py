@@ -78,9 +78,13 @@ class Fact(BaseModel):
 
 
 class Facts(BaseModel):
-    """Every fact currently known about the user."""
+    """A page of the facts currently known about the user, oldest first."""
 
     facts: list[Fact]
+    total: int = Field(description="How many facts are known about the user now.")
+    next_offset: int | None = Field(
+        description="The offset of the next page; null when this page is the last."
+    )
 
 
 class Source(BaseModel):
@@ -152,11 +156,22 @@ def build_mcp(
             message_ids=[hit.message.message_id for hit in found.messages],
         )
 
-    async def list_memories(user_id: UserId, ctx: Context[Any, Any]) -> Facts:
+    async def list_memories(
+        user_id: UserId,
+        ctx: Context[Any, Any],
+        limit: Annotated[
+            int, Field(ge=1, le=MAX_LISTED, description="At most this many facts.")
+        ] = LISTED,
+        offset: Annotated[int, Field(ge=0, description="Facts to skip (next_offset).")] = 0,
+    ) -> Facts:
         _check_scope(ctx, user_id)
         entries = await memory.knowledge(user_id)
+        page = entries[offset : offset + limit]
+        after = offset + len(page)
         return Facts(
-            facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in entries]
+            facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in page],
+            total=len(entries),
+            next_offset=after if after < len(entries) else None,
         )
 
     async def explain_memory(
@@ -221,10 +236,17 @@ RECALL = (
     "earlier relevant messages, plus the facts' ids for explain_memory."
 )
 LIST_MEMORIES = (
-    "List every fact currently known about the user, each with its id and the date it "
-    "became true. Use it when the user asks what you remember about them or to review "
-    "memory as a whole; to answer a specific question, recall is better."
+    "List the facts currently known about the user, oldest first, each with its id and "
+    "the date it became true, a page at a time: 'total' says how many there are, and "
+    "'next_offset', when not null, is the offset of the next page. Use it when the user "
+    "asks what you remember about them or to review memory as a whole; to answer a "
+    "specific question, recall is better."
 )
+LISTED = 100
+"""Facts a page of list_memories holds unless asked otherwise: a tool's answer goes into
+a model's context, where thousands of facts at once would crowd everything else out."""
+MAX_LISTED = 500
+"""The most facts one page of list_memories may hold."""
 EXPLAIN_MEMORY = (
     "Show where one remembered fact came from: the exact messages it was extracted from "
     "(with their dates), when and by what it was extracted, and whether a later fact "

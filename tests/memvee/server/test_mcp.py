@@ -39,12 +39,23 @@ async def test_a_single_user_stdio_server_remembers_recalls_and_explains_but_nev
         assert len(stored["message_ids"]) == 2
 
         facts = await facts_of(session, 2)
+        first = await call(session, "list_memories", limit=1)
+        second = await call(session, "list_memories", limit=1, offset=first["next_offset"])
+        past = await call(session, "list_memories", offset=5)
+        too_many = await failure(session, "list_memories", limit=501)
         recalled = await call(session, "recall", question="what is the dog called")
         explained = await call(session, "explain_memory", entry_id=recalled["entry_ids"][0])
         refused = await failure(session, "forget_user")
 
     assert "forget_user" in refused  # not offered without --allow-forget
     assert {f["text"] for f in facts} == {"User lives in Lisbon.", "User's dog is called Rex."}
+    assert [f["entry_id"] for f in first["facts"] + second["facts"]] == [
+        f["entry_id"] for f in facts
+    ]
+    assert (first["total"], first["next_offset"]) == (2, 1)
+    assert (second["total"], second["next_offset"]) == (2, None)
+    assert (past["facts"], past["next_offset"]) == ([], None)
+    assert "limit" in too_many
     assert "- User's dog is called Rex." in recalled["prompt"]
     assert explained["text"] == "User's dog is called Rex."
     assert explained["current"] is True
