@@ -288,6 +288,18 @@ def test_state_prints_a_bounded_number_of_rows_and_says_how_many_more(db: str) -
     assert "--limit" in one_error_line(run("state", "bob", "--limit", "0", "--db", db, code=2))
 
 
+def test_knowledge_prints_a_bounded_number_of_rows_and_says_how_many_more(db: str) -> None:
+    everything = json.loads(run("knowledge", "ann", "--json", "--limit", "1", "--db", db).output)
+    shown = run("knowledge", "ann", "--limit", "1", "--db", db).output
+
+    assert len(everything) >= 3  # --json lists all, whatever the limit
+    assert everything[0]["entry_id"][:8] in shown
+    assert all(e["entry_id"][:8] not in shown for e in everything[1:])
+    more = f"{len(everything) - 1} more knowledge entries: --json lists all (or a larger --limit)"
+    assert more in shown
+    assert "--limit" in one_error_line(run("knowledge", "ann", "--limit", "0", "--db", db, code=2))
+
+
 def test_search_ranks_what_has_no_vector_yet_by_its_words_and_says_so(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -181,6 +181,8 @@ async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url
     assert "eve: 2 entries in version 'v2'" in done.output
     compared = runner.invoke(app, ["compare", "eve", "live", "v2", "--json", "--db-url", db_url])
     assert compared.exit_code == 0 and "User lives in Oslo." in compared.output
+    table = runner.invoke(app, ["compare", "eve", "live", "v2", "--limit", "1", "--db-url", db_url])
+    assert table.exit_code == 0 and "1 more rows: --json lists all" in table.output
     promoted = runner.invoke(app, ["promote", "eve", "v2", "--db-url", db_url])
     assert promoted.exit_code == 0
     again = runner.invoke(app, ["promote", "eve", "v2", "--db-url", db_url])
