@@ -36,6 +36,7 @@ from events import (
     InvalidInputError,
     MemveeError,
     NotFoundError,
+    check_count,
     check_db_path,
     check_user_id,
     driver_url,
@@ -267,8 +268,7 @@ def log_(
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's event log, in order: one line per event (the whole payload with --json)."""
-    if limit < 1:
-        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
+    check_count(limit, "--limit")
     with _audit(db, db_url) as audit:
         events = list(
             itertools.islice(
@@ -306,7 +306,7 @@ def state(
     db_url: DbUrlOption = None,
 ) -> None:
     """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
-    _check_rows(limit)
+    check_count(limit, "--limit")
     version, moment = _point(at)
     with _audit(db, db_url) as audit:
         replayed = audit.state(user, version=version, at=moment)
@@ -341,11 +341,6 @@ def state(
         _say_more(count, limit, what)
 
 
-def _check_rows(limit: int) -> None:
-    if limit < 1:
-        raise InvalidInputError(f"--limit must be 1 or more, not {limit}")
-
-
 def _say_more(count: int, limit: int, what: str) -> None:
     """Say on stderr how many ``what`` a table left out, and how to see them."""
     if count > limit:
@@ -367,7 +362,7 @@ def knowledge(
     db_url: DbUrlOption = None,
 ) -> None:
     """The user's live knowledge: each entry with the id `explain` takes, oldest first."""
-    _check_rows(limit)
+    check_count(limit, "--limit")
     if history and as_of is not None:
         raise InvalidInputError("give --as-of or --history, not both")
     at = None if as_of is None else _parse_time(as_of)
@@ -610,7 +605,7 @@ def compare(
     db_url: DbUrlOption = None,
 ) -> None:
     """Two knowledge versions of a user side by side."""
-    _check_rows(limit)
+    check_count(limit, "--limit")
     with _audit(db, db_url) as audit:
         found = audit.compare(user, a, b)
     if as_json:

@@ -81,8 +81,9 @@ class ProjectionReader:
         )
         self._messages_by_ids_and_seqs = self._messages_by_ids.where(in_seqs)
         of_user = select(m).where(m.c.log_id == bindparam("log_id"))
-        self._messages_of_user = of_user.where(m.c.seq > bindparam("after")).order_by(m.c.seq)
-        self._messages_of_user_page = self._messages_of_user.limit(bindparam("limit"))
+        self._messages_of_user = (
+            of_user.where(m.c.seq > bindparam("after")).order_by(m.c.seq).limit(bindparam("limit"))
+        )
         self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
         self._outdated = (
             select(c.c.message_id)
@@ -147,14 +148,9 @@ class ProjectionReader:
             rows = connection.execute(query, {"ids": ids, "seqs": seqs}).mappings()
             found = [message_from_row(user_id, r) for r in _owned_by(rows, user_id)]
             return sorted(found, key=lambda message: message.seq)
-        if seqs is not None:
-            query = self._messages_of_user_by_seqs
-        elif limit is not None:
-            query = self._messages_of_user_page
-        else:
-            query = self._messages_of_user
+        query = self._messages_of_user if seqs is None else self._messages_of_user_by_seqs
         # No seq is past the column's range, nor are more messages than it counts.
-        after, limit = min(after, _LARGEST_SEQ), None if limit is None else min(limit, _LARGEST_SEQ)
+        after, limit = min(after, _LARGEST_SEQ), min(limit or _LARGEST_SEQ, _LARGEST_SEQ)
         parameters = {"log_id": _log(user_id), "seqs": seqs, "after": after, "limit": limit}
         rows = connection.execute(query, parameters).mappings()
         return [message_from_row(user_id, r) for r in rows]
