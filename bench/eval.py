@@ -27,9 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.bm25 import BM25
 from bench.common import PROJECT_ROOT, Section, progress
 from bench.report import make_console, print_section
 from memvee import Extractor, Memory, MemoryConfig, RetrievalResult
+from memvee._config import DEFAULT_ALPHA
 from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from memvee.extractors._default import API_KEY_ENV_VAR
 
@@ -43,6 +45,8 @@ __all__ = [
     "Replayed",
     "Session",
     "Summary",
+    "bm25_ranked",
+    "bm25_scores",
     "evaluate",
     "load_dataset",
     "main",
@@ -211,6 +215,29 @@ def summarize(scores: Sequence[QuestionScore]) -> Summary:
     )
 
 
+def bm25_scores(conversation: Conversation, top: int) -> list[QuestionScore]:
+    """Each question of ``conversation`` scored on the plain BM25 reference: its ``top``
+    best turns, every user and assistant message of every session a document."""
+    keys: list[str] = []
+    texts: list[str] = []
+    for s, session in enumerate(conversation.sessions):
+        for t, (user_text, assistant_text) in enumerate(session.turns):
+            keys += [_turn_key((s, t)), f"{s}:{t}:assistant"]
+            texts += [user_text, assistant_text]
+    index = BM25(texts)
+    scores: list[QuestionScore] = []
+    for question in conversation.questions:
+        ranked = [frozenset({keys[i]}) for i in index.rank(question.text, top)]
+        stale = frozenset(_turn_key(p) for p in question.stale)
+        scores.append(score_question(ranked, _turn_key(question.answer), stale))
+    return scores
+
+
+def _turn_key(position: Position) -> str:
+    """The reference's name for the user message at ``position``."""
+    return f"{position[0]}:{position[1]}:user"
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -337,12 +364,47 @@ def _share(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
-def report_section(runs: Sequence[EvalRun], total_questions: int, with_stale: int) -> Section:
-    """The results as one table: a row per extractor and ``include_messages`` mode."""
+def _ratio(ours: float, reference: float) -> str:
+    """``ours`` as a multiple of ``reference`` ("-" when either is missing or zero)."""
+    if math.isnan(ours) or math.isnan(reference) or reference == 0.0:
+        return "-"
+    return f"{ours / reference:.2f}x"
+
+
+_REFERENCE = "plain BM25"
+"""The reference's label in the tables: :class:`bench.bm25.BM25` over the raw turns."""
+
+_REFERENCE_NOTE = (
+    "plain BM25: the reference, measured on the same questions in this run; every user and "
+    "assistant message of the conversation is a document, lower-cased words, no stemming "
+    "(bench/bm25.py)."
+)
+
+
+def report_section(
+    runs: Sequence[EvalRun],
+    total_questions: int,
+    with_stale: int,
+    reference: Summary | None = None,
+) -> Section:
+    """The results as one table: a row per extractor and ``include_messages`` mode, and
+    the plain BM25 ``reference`` measured on the same questions, when given."""
     section = Section(
         title=f"Retrieval on the eval set (top_k={TOP_K}; scores are reported, never asserted)",
         columns=list(_COLUMNS),
     )
+    if reference is not None:
+        section.rows.append(
+            [
+                _REFERENCE,
+                "raw turns",
+                str(reference.questions),
+                _share(reference.recall_at_1),
+                _share(reference.recall_at_5),
+                _share(reference.stale_at_1),
+                _share(reference.empty),
+            ]
+        )
     for run in runs:
         for include_messages, summary in run.summaries.items():
             section.rows.append(
@@ -366,6 +428,16 @@ def report_section(runs: Sequence[EvalRun], total_questions: int, with_stale: in
     section.notes.append(
         "A hit: an entry citing the answer's user message, or that message itself."
     )
+    if reference is not None:
+        section.notes.append(_REFERENCE_NOTE)
+        for run in runs:
+            ours = run.summaries.get(True)
+            if ours is not None:
+                section.notes.append(
+                    f"{run.extractor}, messages included, against the reference: recall@1 "
+                    f"{_ratio(ours.recall_at_1, reference.recall_at_1)}, recall@5 "
+                    f"{_ratio(ours.recall_at_5, reference.recall_at_5)}."
+                )
     section.notes.append(
         f"stale@1 is over all questions; {with_stale} of {total_questions} have an "
         "earlier value that has since changed."
@@ -441,9 +513,24 @@ async def evaluate_modes(
     return results
 
 
-def modes_section(name: str, results: dict[float, Ranked]) -> Section:
+def bm25_ranked(conversations: Sequence[Conversation]) -> Ranked:
+    """Each question's kinds and the rank of its answer among the plain BM25 reference's
+    top :data:`MODE_TOP_K` turns."""
+    return [
+        (question.kinds, score.rank)
+        for conversation in conversations
+        for question, score in zip(
+            conversation.questions, bm25_scores(conversation, MODE_TOP_K), strict=True
+        )
+    ]
+
+
+def modes_section(
+    name: str, results: dict[float, Ranked], reference: Ranked | None = None
+) -> Section:
     """A table of recall per lexical weight (lexical only and semantic only included), with
-    recall@10 per kind of question where the set labels kinds."""
+    recall@10 per kind of question where the set labels kinds; the plain BM25
+    ``reference`` first, when given, and each mode's recall@10 against it."""
     kinds = sorted({k for ranked in results.values() for ks, _ in ranked for k in ks})
     section = Section(
         title=f"Ranking modes on {name} (offline extractor, messages included, top 10)",
@@ -457,13 +544,18 @@ def modes_section(name: str, results: dict[float, Ranked]) -> Section:
             *(f"@10 {k}" for k in kinds),
         ],
     )
+    rows: list[tuple[str, str, Ranked]] = []
+    if reference is not None:
+        rows.append((_REFERENCE, "-", reference))
     for alpha, ranked in results.items():
         label = "lexical only" if alpha == 1.0 else "semantic only" if alpha == 0.0 else "hybrid"
+        rows.append((label, f"{alpha:.1f}", ranked))
+    for label, alpha_text, ranked in rows:
         scores = mode_scores(ranked)
         section.rows.append(
             [
                 label,
-                f"{alpha:.1f}",
+                alpha_text,
                 str(scores.questions),
                 _share(scores.recall_at_1),
                 _share(scores.recall_at_5),
@@ -471,6 +563,18 @@ def modes_section(name: str, results: dict[float, Ranked]) -> Section:
                 *(_share(mode_scores(ranked, k).recall_at_10) for k in kinds),
             ]
         )
+    if reference is not None:
+        section.notes.append(_REFERENCE_NOTE)
+        floor = mode_scores(reference)
+        for alpha in (a for a in (DEFAULT_ALPHA, 1.0) if a in results):
+            ours = mode_scores(results[alpha])
+            label = "lexical only" if alpha == 1.0 else f"memvee's default (hybrid, alpha {alpha})"
+            section.notes.append(
+                f"{label} against the reference: recall@1 "
+                f"{_ratio(ours.recall_at_1, floor.recall_at_1)}, recall@5 "
+                f"{_ratio(ours.recall_at_5, floor.recall_at_5)}, recall@10 "
+                f"{_ratio(ours.recall_at_10, floor.recall_at_10)}."
+            )
     return section
 
 
@@ -515,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         console.print(f"Claude skipped: {API_KEY_ENV_VAR} is not set.")
         console.print()
-    print_section(console, report_section(runs, total, with_stale))
+    reference = summarize([score for c in conversations for score in bm25_scores(c, TOP_K)])
+    print_section(console, report_section(runs, total, with_stale, reference))
     _print_modes(console, [args.dataset, *(p for p in EXTRA_DATASETS if p != args.dataset)])
     return 0
 
@@ -526,7 +631,6 @@ EXTRA_DATASETS = (PROJECT_ROOT / "tests" / "data" / "eval" / "people.json",)
 
 def _print_modes(console: Any, paths: Sequence[Path]) -> None:
     """Lexical, semantic and hybrid ranking on each set, and the weight they point to."""
-    from memvee._config import DEFAULT_ALPHA
     from memvee.embedders import OnnxMiniLMEmbedder
 
     embedder = OnnxMiniLMEmbedder()
@@ -535,10 +639,11 @@ def _print_modes(console: Any, paths: Sequence[Path]) -> None:
         if not path.exists():
             continue
         progress(f"ranking modes on {path.name}")
+        conversations = load_dataset(path)
         with tempfile.TemporaryDirectory(prefix="memvee-eval-") as folder:
-            results = asyncio.run(evaluate_modes(load_dataset(path), Path(folder), embedder))
+            results = asyncio.run(evaluate_modes(conversations, Path(folder), embedder))
         per_set.append(results)
-        print_section(console, modes_section(path.name, results))
+        print_section(console, modes_section(path.name, results, bm25_ranked(conversations)))
     if per_set:
         best = choose_alpha(per_set)
         console.print(

@@ -15,12 +15,17 @@ from typing import Any
 
 from bench.eval import (
     DATASET,
+    EvalRun,
     QuestionScore,
     Summary,
+    bm25_ranked,
+    bm25_scores,
     evaluate,
     load_dataset,
+    modes_section,
     ranked_ids,
     replay,
+    report_section,
     score_question,
     summarize,
 )
@@ -209,6 +214,39 @@ async def test_replay_maps_each_position_to_its_user_message(tmp_path: Path) -> 
         assert message.role == "user"
         assert message.content == session.turns[t][0]
         assert message.sent_at == session.at + timedelta(minutes=t)
+
+
+# ---------------------------------------------------------------------------- the reference
+
+
+def test_the_bm25_reference_ranks_the_raw_turns_of_each_conversation(tmp_path: Path) -> None:
+    first, second = load_dataset(_write_tiny(tmp_path))
+    where, theremin = bm25_scores(first, 5)
+    # "I live in Oslo." shares "i" and "live" with the question: the stale turn comes first,
+    # and the answer ("I moved to Bergen last week.") only fourth, on its "i".
+    assert where == QuestionScore(rank=4, stale_at_1=True, empty=False)
+    assert theremin == QuestionScore(rank=1, stale_at_1=False, empty=False)
+    assert bm25_scores(first, 3)[0].rank is None
+    # "what is the user's job" shares no word with "I work at Acme as a welder."
+    assert bm25_scores(second, 5) == [QuestionScore(rank=None, stale_at_1=False, empty=False)]
+    assert bm25_ranked([first, second]) == [((), 4), ((), 1), ((), None)]
+
+
+def test_the_reports_put_the_reference_first_and_set_memvee_against_it() -> None:
+    reference = Summary(questions=4, recall_at_1=0.25, recall_at_5=0.5, stale_at_1=0.0, empty=0.0)
+    ours = Summary(questions=4, recall_at_1=0.5, recall_at_5=0.75, stale_at_1=0.0, empty=0.0)
+    run = EvalRun("offline", {True: []}, {True: ours}, 0, 0, 0.0, 0.0)
+    section = report_section([run], 4, 0, reference)
+    assert section.rows[0][:5] == ["plain BM25", "raw turns", "4", "0.25", "0.50"]
+    assert section.rows[1][:5] == ["offline", "True", "4", "0.50", "0.75"]
+    assert any("recall@1 2.00x, recall@5 1.50x" in note for note in section.notes)
+
+    modes = modes_section("set", {1.0: [((), 1), ((), None)]}, [((), 2), ((), None)])
+    assert [row[:6] for row in modes.rows] == [
+        ["plain BM25", "-", "2", "0.00", "0.50", "0.50"],
+        ["lexical only", "1.0", "2", "0.50", "0.50", "0.50"],
+    ]
+    assert any("recall@1 -, recall@5 1.00x, recall@10 1.00x" in n for n in modes.notes)
 
 
 # ---------------------------------------------------------------------------- end to end
