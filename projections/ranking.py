@@ -89,9 +89,11 @@ class LexicalRanker:
                 hit_entries + "k.valid_from <= ? AND (k.valid_until IS NULL OR k.valid_until > ?)",
             ),
         }
+        # The unary + keeps SQLite off the (log_id, seq) index: by it, the planner walked
+        # every message of the user to find a few hits, where the rowids find them at once.
         self._sqlite_messages = _SqliteSearch(
             mfts,
-            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND m.log_id = ?",
+            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND +m.log_id = ?",
             weights="",
         )
         self._pg_entries = {
