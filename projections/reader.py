@@ -86,14 +86,13 @@ class ProjectionReader:
         )
         self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
         self._outdated = (
-            select(c.c.message_id)
+            select(c.c.message_id, c.c.log_id)
             .join(k, k.c.entry_id == c.c.entry_id)
             .where(
-                c.c.log_id == bindparam("log_id"),
                 c.c.message_id.in_(bindparam("ids", expanding=True)),
                 k.c.knowledge_version == LIVE_KNOWLEDGE,
             )
-            .group_by(c.c.message_id)
+            .group_by(c.c.message_id, c.c.log_id)
             .having(func.count(k.c.valid_until) == func.count())
         )
 
@@ -282,8 +281,8 @@ class ProjectionReader:
         """Those of ``message_ids`` whose every live entry has ended (what they say is old)."""
         if not message_ids:
             return set()
-        rows = connection.execute(self._outdated, {"log_id": _log(user_id), "ids": message_ids})
-        return {r[0] for r in rows}
+        rows = connection.execute(self._outdated, {"ids": message_ids}).mappings()
+        return {r["message_id"] for r in _owned_by(rows, user_id)}
 
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
         """The log version of the event that recorded ``entry_id`` (0 if unknown)."""

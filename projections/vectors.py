@@ -379,8 +379,10 @@ class VectorIndex:
         for kind, column, table in (("entry", k.c.entry_id, k), ("message", m.c.message_id, m)):
             wanted = [row["item_id"] for row in values if row["kind"] == kind]
             if wanted:
-                found = select(column).where(table.c.log_id == log_id, column.in_(wanted))
-                kept.update(connection.execute(found).scalars())
+                # By key alone, owner checked on each row: naming the owner in the WHERE
+                # sends SQLite through the user's whole log_id index instead.
+                found = select(column, table.c.log_id).where(column.in_(wanted))
+                kept.update(item for item, owner in connection.execute(found) if owner == log_id)
         gone = [row["item_id"] for row in values if row["item_id"] not in kept]
         if gone:
             connection.execute(
