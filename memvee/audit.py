@@ -8,6 +8,7 @@ database no Memory has open, or beside one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +44,7 @@ from events.transcoding import full_topic
 from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
+from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee.embedders import Embedder, chosen_embedder
 from projections import (
@@ -376,9 +378,7 @@ class Audit:
         projector = Projector(ProjectionTables())
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
-        held: list[str] = []  # the current run of lines, of one user, checked
-        decoded: list[Any] = []  # their events
-        held_user, held_from = "", 0
+        held: HeldRun | None = None  # the current run of lines, of one user, checked
         seen: dict[str, int] = {}  # lines checked per user
         try:
             for number, line in enumerate(_text_lines(lines), start=1):
@@ -388,24 +388,29 @@ class Audit:
                     continue
                 record = _exported_record(number, line)
                 user_id = record["user_id"]
-                if held and held_user != user_id:
-                    appended = self._append_imported(held, decoded, held_from, projector)
-                    counts[held_user] = counts.get(held_user, 0) + appended
-                    imported.append(held_user)
-                    held, decoded = [], []
-                if not held:
-                    held_user, held_from = user_id, number
+                if held is not None and held.user_id != user_id:
+                    counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
+                        held, projector
+                    )
+                    imported.append(held.user_id)
+                    held.close()
+                    held = None
+                if held is None:
+                    held = HeldRun(user_id, number)
                 seen[user_id] = seen.get(user_id, 0) + 1
-                decoded.append(self._checked_import(number, record, seen[user_id]))
-                held.append(line)
-            if held:
-                appended = self._append_imported(held, decoded, held_from, projector)
-                counts[held_user] = counts.get(held_user, 0) + appended
+                held.add(line, self._checked_import(number, record, seen[user_id]))
+            if held is not None:
+                counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
+                    held, projector
+                )
         except (InvalidInputError, ConflictError) as error:
             if not imported:
                 raise
             names = ", ".join(map(repr, dict.fromkeys(imported)))
             raise type(error)(f"{error} (imported before it: {names})") from error
+        finally:
+            if held is not None:
+                held.close()
         return counts
 
     def _checked_import(self, number: int, record: dict[str, Any], due: int) -> Any:
@@ -434,37 +439,37 @@ class Audit:
             record["user_id"], record["version"], record["topic"], record["state"]
         )
 
-    def _append_imported(
-        self, lines: list[str], events: list[Any], number: int, projector: Projector
-    ) -> int:
-        """Append one user's checked lines (the first is line ``number``), decoded as
-        ``events``, a thousand a transaction, after those of them this database holds
-        already; returns how many were appended."""
-        start = self._imported_before(lines, number)
-        for chunk_start in range(start, len(events), 1000):
-            self.store.append([events[chunk_start : chunk_start + 1000]], projector.apply)
-        return len(lines) - start
+    def _append_imported(self, run: HeldRun, projector: Projector) -> int:
+        """Append one user's checked ``run`` of lines, a thousand events a transaction,
+        after those of them this database holds already; returns how many were appended."""
+        start = self._imported_before(run)
+        events = run.events(start, lambda line: self._decoded(json.loads(line)))
+        while chunk := list(itertools.islice(events, 1000)):
+            self.store.append([chunk], projector.apply)
+        return len(run) - start
 
-    def _imported_before(self, lines: list[str], number: int) -> int:
-        """How many of one user's run of lines (the first is line ``number``) this
-        database holds already, as the same versions of that user's log;
-        :class:`ConflictError` if one it holds differs, or its log stops short of the
-        run."""
-        first = json.loads(lines[0])
-        user_id, start = first["user_id"], first["version"]
+    def _imported_before(self, run: HeldRun) -> int:
+        """How many of one user's ``run`` of lines this database holds already, as the
+        same versions of that user's log; :class:`ConflictError` if one it holds
+        differs, or its log stops short of the run."""
+        lines = run.lines()
+        first = json.loads(next(lines))
+        user_id, start, number = first["user_id"], first["version"], run.first_line
+        wanted: dict[str, Any] | None = first
         held = reached = 0
         for record in self._exported_records(user_id):
             reached = record["version"]
             if reached < start:
                 continue
-            if held == len(lines):
+            if wanted is None:
                 break  # the log here goes on past this run: written since, or a later run
-            if record != json.loads(lines[held]):
+            if record != wanted:
                 raise ConflictError(
                     f"user {user_id!r} already has another log in this database (line "
                     f"{number + held}); that user's events were not imported"
                 )
             held += 1
+            wanted = json.loads(following) if (following := next(lines, None)) else None
         if reached < start - 1:
             raise ConflictError(
                 f"user {user_id!r}'s log here ends at version {reached}, and line {number} "

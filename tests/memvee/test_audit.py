@@ -14,9 +14,11 @@ import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+import memvee._held_run
 from actors.erasure import erase_user
 from events import ConflictError, EventStore, user_log_id
 from memvee import InvalidInputError, Memory, MemoryConfig, NotFoundError, ProcessingError
+from memvee._held_run import HeldRun
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -269,8 +271,17 @@ async def test_explain_follows_an_entry_through_its_replacements(
     assert f"replaced by: {bergen.entry_id}, {rome.entry_id}" in " ".join(shown.output.split())
 
 
+@pytest.fixture(params=["in memory", "in a file"])
+def held(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where an import holds a user's run while it checks it: with its events in memory,
+    or, past a few lines (a few thousand outside tests), in a temporary file."""
+    if request.param == "in a file":
+        monkeypatch.setattr(memvee._held_run, "DECODED_KEPT", 2)
+    return str(request.param)
+
+
 async def test_export_then_import_gives_the_same_state_in_another_database(
-    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any, held: str
 ) -> None:
     memory: Memory = await make_memory()
     await _history(memory, extractor)
@@ -293,7 +304,7 @@ async def test_export_then_import_gives_the_same_state_in_another_database(
 
 
 async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_log_refused(
-    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any, held: str
 ) -> None:
     """An import appends a thousand events a transaction: one stopped (killed, or the
     disk full) leaves the start of a user's log. Running it again appends the rest; a
@@ -324,6 +335,22 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
         assert target.state("ann").version == expected.version
 
 
+async def test_a_run_with_a_bad_last_line_stores_none_of_its_lines(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any, held: str
+) -> None:
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+    broken = json.loads(lines[-1])
+    broken["version"] += 1
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        with pytest.raises(InvalidInputError, match=f"line {len(lines)}: version"):
+            target.import_lines([*lines[:-1], json.dumps(broken)])
+        assert target.users() == []
+        assert target.import_lines(lines) == {"ann": len(lines)}
+
+
 async def test_a_users_lines_may_come_in_runs_split_by_another_users(
     make_memory: Any,
     extractor: RecordingExtractor,
@@ -347,9 +374,9 @@ async def test_a_users_lines_may_come_in_runs_split_by_another_users(
         assert list(target.export("ann")) == ann
         assert verify(target.store) == []
 
-    def forget_ann_after_her_first_run(audit: Audit, run: list[str], *args: Any) -> int:
+    def forget_ann_after_her_first_run(audit: Audit, run: HeldRun, *args: Any) -> int:
         appended = append(audit, run, *args)
-        if run[0] == ann[0]:
+        if run.user_id == "ann" and run.first_line == 1:
             erase_user(audit.store, Projector(ProjectionTables()), None, "ann")
         return appended
 
