@@ -335,13 +335,20 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
         assert target.state("ann").version == expected.version
 
 
-async def test_a_run_with_a_bad_last_line_stores_none_of_its_lines(
-    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any, held: str
-) -> None:
+async def _exported_history(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> list[str]:
+    """The lines of an export of ann, after her history."""
     memory: Memory = await make_memory()
     await _history(memory, extractor)
     with Audit(db_url=db_url) as source:
-        lines = list(source.export("ann"))
+        return list(source.export("ann"))
+
+
+async def test_a_run_with_a_bad_last_line_stores_none_of_its_lines(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any, held: str
+) -> None:
+    lines = await _exported_history(make_memory, extractor, db_url)
     broken = json.loads(lines[-1])
     broken["version"] += 1
     with Audit(db_path=str(tmp_path / "copy.db")) as target:

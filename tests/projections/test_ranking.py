@@ -7,27 +7,13 @@ connection), which do not depend on the machine's speed.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, UserLog
 from projections import LexicalRanker, ProjectionTables, Projector, index_messages
 
 RARE = tuple(f"theremin lesson {i}" for i in range(30))
 """What the search looks for: enough hits that SQLite's planner, left to itself, reads
 them through the user's index rather than by their row numbers."""
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[EventStore, Projector]]:
-    store = EventStore(sqlite_url(tmp_path / "ranking.db"))
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    yield store, projector
-    store.close()
 
 
 def _write(store: EventStore, projector: Projector, user_id: str, contents: list[str]) -> None:
@@ -61,10 +47,8 @@ def _steps_of_search(
     return steps, sorted(message.content for message, _ in found)
 
 
-def test_a_search_does_not_walk_the_messages_that_do_not_match(
-    store: tuple[EventStore, Projector],
-) -> None:
-    events, projector = store
+def test_a_search_does_not_walk_the_messages_that_do_not_match(store: EventStore) -> None:
+    events, projector = store, Projector(ProjectionTables())
     filler = [f"note {i}: groceries, laundry and the weather" for i in range(2_000)]
     _write(events, projector, "few", [*RARE, *filler[:20]])
     _write(events, projector, "many", [*RARE, *filler])
@@ -77,10 +61,8 @@ def test_a_search_does_not_walk_the_messages_that_do_not_match(
     assert many_steps < 2 * few_steps, (few_steps, many_steps)
 
 
-def test_a_search_never_returns_another_users_message(
-    store: tuple[EventStore, Projector],
-) -> None:
-    events, projector = store
+def test_a_search_never_returns_another_users_message(store: EventStore) -> None:
+    events, projector = store, Projector(ProjectionTables())
     _write(events, projector, "ann", [RARE[0], "nothing here"])
     _write(events, projector, "bob", list(RARE[1:]))
     ranker = LexicalRanker(projector.tables)
