@@ -1,18 +1,20 @@
-"""Lookups by a list of keys are planned by key, never by walking a user's rows.
+"""A user's reads are planned through that user's rows, and lookups by key by key.
 
-Without statistics, SQLite's planner takes an equality on ``log_id`` over an ``IN`` list
-of a few keys: a statement naming both the owner and the keys then walks every row of
-the user through the ``log_id`` index, and costs as much as the user's history is
-long (a search with messages, for a user of 40,000 messages, spent 7 of its 17 ms so).
-Here every statement a Memory runs on SQLite for writes, extraction, hybrid searches and
-reads is traced, and each one with a list of keys is checked against its query plan.
+SQLite has no statistics here, so its planner guesses, and two guesses cost as much as a
+history is long. It takes an equality on ``log_id`` over an ``IN`` list of a few keys: a
+statement naming both the owner and the keys walks every row of the user through the
+``log_id`` index (a search with messages, for a user of 40,000 messages, spent 7 of its
+17 ms so). And between two indexes of one column each it picks by their order, so an
+index over every user's rows (``knowledge_version``, ``status``) could serve a read of
+one user. Every statement a Memory runs on SQLite for writes, extraction, hybrid searches
+and reads is traced here, and checked against its query plan.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,25 +31,36 @@ _KEY_LIST = re.compile(rf"\bIN \({_KEY}(?:, {_KEY})+\)")
 """An IN list of keys (ids, row numbers): from two or three of them on, depending on the
 table, SQLite's planner prefers an equality on the owner."""
 
+_ONE_USER = re.compile(r"\blog_id = x'[0-9a-f]+'")
+"""A statement that names its user."""
+
+_EVERY_USERS = re.compile(
+    r"USING (?:COVERING )?INDEX \w+_(?:knowledge_version|status)\b|^SCAN mv_\w+(?:$| USING)"
+)
+"""A plan step that reads rows of every user: an index of a column shared by all users'
+rows, or a whole table."""
+
 
 @pytest.fixture
-def traced() -> Iterator[list[str]]:
-    """Every statement run on SQLite connections opened meanwhile, values expanded."""
-    statements: list[str] = []
+async def traced(tmp_path: Path) -> AsyncIterator[tuple[Path, set[str]]]:
+    """A database two users wrote, were extracted, searched and audited in, and every
+    statement run on it meanwhile (each once, values expanded)."""
+    statements: set[str] = set()
 
     def on_connect(connection: object, _record: object) -> None:
         if isinstance(connection, sqlite3.Connection):
-            connection.set_trace_callback(statements.append)
+            connection.set_trace_callback(statements.add)
 
+    path = tmp_path / "plans.db"
     event.listen(Pool, "connect", on_connect)
     try:
-        yield statements
+        await _workload(path)
     finally:
         event.remove(Pool, "connect", on_connect)
+    yield path, statements
 
 
-async def test_no_lookup_by_keys_walks_a_users_rows(tmp_path: Path, traced: list[str]) -> None:
-    path = tmp_path / "plans.db"
+async def _workload(path: Path) -> None:
     config = MemoryConfig(db_path=str(path))
     async with Memory(
         config=config, extractor=OfflineExtractor(), embedder=ConceptEmbedder()
@@ -60,28 +73,42 @@ async def test_no_lookup_by_keys_walks_a_users_rows(tmp_path: Path, traced: list
             await memory.retrieve("ann", question, top_k=10, include_messages=True)
             await memory.retrieve("ann", question, top_k=10)
         entries = await memory.knowledge("ann")
+        await memory.knowledge("ann", history=True)
         await memory.messages("ann", after=5, limit=20)
-    audit = Audit(str(path))
-    try:
+        await memory.tasks("ann")
+        await memory.buffer("ann")
+    with Audit(str(path)) as audit:
         audit.explain("ann", entries[-1].entry_id)
         audit.search("ann", "city", top_k=20, include_messages=True, embedder=False)
-    finally:
-        audit.close()
+        audit.state("ann")
 
-    with_keys = {
-        s
-        for s in traced
-        if _KEY_LIST.search(s) and s.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE"))
-    }
-    assert with_keys, "the workload looks rows up by lists of keys"
+
+def _plans(path: Path, statements: set[str]) -> dict[str, list[str]]:
+    """Each read or change among ``statements`` with the steps of its query plan."""
     planner = sqlite3.connect(path)
     try:
-        walks = {
-            statement: step
-            for statement in with_keys
-            for *_, step in planner.execute(f"EXPLAIN QUERY PLAN {statement}")
-            if step.endswith("(log_id=?)")
+        return {
+            statement: [step for *_, step in planner.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            for statement in statements
+            if statement.lstrip().upper().startswith(("SELECT", "DELETE", "UPDATE"))
         }
     finally:
         planner.close()
+
+
+def test_no_lookup_by_keys_walks_a_users_rows(traced: tuple[Path, set[str]]) -> None:
+    path, statements = traced
+    plans = _plans(path, {s for s in statements if _KEY_LIST.search(s)})
+    assert plans, "the workload looks rows up by lists of keys"
+    walks = {s: step for s, steps in plans.items() for step in steps if step.endswith("(log_id=?)")}
     assert walks == {}
+
+
+def test_no_read_of_one_user_goes_through_every_users_rows(
+    traced: tuple[Path, set[str]],
+) -> None:
+    path, statements = traced
+    plans = _plans(path, {s for s in statements if _ONE_USER.search(s)})
+    assert len(plans) > 20, "the workload reads users' rows"
+    wide = {s: step for s, steps in plans.items() for step in steps if _EVERY_USERS.search(step)}
+    assert wide == {}
