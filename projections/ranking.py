@@ -30,7 +30,7 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
-from projections.search import PG_CONFIG, PG_SPOKEN, SearchIndex, owned_term
+from projections.search import PG_CONFIG, PG_VECTOR, SearchIndex, owned_term, pg_owner_query
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
@@ -97,12 +97,10 @@ class LexicalRanker:
             weights="",
         )
         self._pg_entries = {
-            dated: _pg_select(k, k.c.text, (*live, *valid[dated]), k.c.valid_from.desc())
+            dated: _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc())
             for dated in (False, True)
         }
-        self._pg_messages = _pg_select(
-            m, literal_column(PG_SPOKEN), (m.c.log_id == bindparam("log_id"),), m.c.seq.desc()
-        )
+        self._pg_messages = _pg_select(m, (m.c.log_id == bindparam("log_id"),), m.c.seq.desc())
 
     def entries(
         self,
@@ -133,7 +131,7 @@ class LexicalRanker:
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["valid_from"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
-        params["query"] = " | ".join(terms)
+        params.update(query=" | ".join(terms), owner=pg_owner_query(log_id))
         rows = connection.execute(self._pg_entries[dated], params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
 
@@ -155,7 +153,7 @@ class LexicalRanker:
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
-        params["query"] = " | ".join(terms)
+        params.update(query=" | ".join(terms), owner=pg_owner_query(log_id))
         rows = connection.execute(self._pg_messages, params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
 
@@ -217,18 +215,22 @@ class _SqliteSearch:
 
 def _pg_select(
     table: Table,
-    text: ColumnElement[str],
     where: tuple[ColumnElement[bool], ...],
     tiebreak: ColumnElement[Any],
 ) -> Select[Any]:
-    """``table``'s rows matching the ORed ``query`` terms, by ``ts_rank`` (PostgreSQL)."""
+    """``table``'s rows matching the ORed ``query`` terms, by ``ts_rank`` (PostgreSQL).
+
+    The owner's token (``owner``) is looked up in the same index as the terms, so the
+    index finds only the user's matches; the ``WHERE`` on the user stays besides.
+    """
     config: ColumnClause[Any] = literal_column(f"'{PG_CONFIG}'::regconfig")
-    vector = func.to_tsvector(config, text)
-    tsquery = func.to_tsquery(config, bindparam("query"))
-    rank = func.ts_rank(vector, tsquery)
+    vector: ColumnClause[Any] = literal_column(f"{table.name}.{PG_VECTOR}")
+    terms = func.to_tsquery(config, bindparam("query"))
+    owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
+    rank = func.ts_rank(vector, terms)
     return (
         select(table, rank.label("score"))
-        .where(vector.op("@@")(tsquery), *where)
+        .where(vector.op("@@")(terms.op("&&")(owner)), *where)
         .order_by(rank.desc(), tiebreak)
         .limit(bindparam("limit"))
     )

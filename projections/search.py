@@ -12,8 +12,12 @@ each user has posting lists of their own: a search is scoped to one user by the 
 it looks up, and costs what that user's matches cost, however many other users share the
 words. The stemming happens here, before the prefix, because a stemmer run on the prefixed
 token strips differently ("careful" and "career" would meet as ``car``).
-PostgreSQL needs no extra rows: expression GIN indexes over the knowledge and message
-text do the job, and the rankers query them directly.
+PostgreSQL needs no extra rows: the knowledge and message tables each get a stored,
+generated ``search_vector`` column (the text's lexemes, and the owner's token at weight A)
+under a GIN index, and the rankers query it directly. The owner's token scopes a search
+in the index itself, as the prefix does on SQLite, and the stored lexemes are ranked
+without parsing the text again: with the text parsed per row, a user of 10,000 messages
+took 60 ms a search.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 from uuid import UUID
 
 import Stemmer
-from sqlalchemy import Column, Connection, MetaData, Table, Text, text
+from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
 
 from events import UserLog
 from projections.columns import id_text, stored_id
@@ -40,11 +44,13 @@ from projections.tables import ProjectionTables
 __all__ = [
     "MESSAGES_INDEXED",
     "PG_SPOKEN",
+    "PG_VECTOR",
     "SearchIndex",
     "index_word",
     "owned_term",
     "owned_words",
     "owner_token",
+    "pg_owner_query",
     "search_fingerprint",
     "spoken",
 ]
@@ -52,6 +58,9 @@ __all__ = [
 _TOKENIZER = "unicode61 remove_diacritics 2"
 PG_CONFIG = "english"
 """The PostgreSQL text-search configuration (stemming and stop words)."""
+
+PG_VECTOR = "search_vector"
+"""The stored column of a row's lexemes on PostgreSQL (see :meth:`SearchIndex.create`)."""
 
 
 _WORD = re.compile(r"[^\W_]+")
@@ -189,10 +198,21 @@ class SearchIndex:
         elif connection.dialect.name == "postgresql":
             knowledge, messages = self.tables.knowledge, self.tables.messages
             for table, indexed in ((knowledge, "text"), (messages, PG_SPOKEN)):
+                columns = {c["name"] for c in inspect(connection).get_columns(table.name)}
+                if PG_VECTOR not in columns:  # an ALTER locks the table, even to do nothing
+                    owner = "'o' || replace(log_id, '-', '')"
+                    connection.execute(
+                        text(
+                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {PG_VECTOR} "
+                            f"tsvector GENERATED ALWAYS AS (setweight(to_tsvector('simple', "
+                            f"{owner}), 'A') || to_tsvector('{PG_CONFIG}', {indexed})) STORED"
+                        )
+                    )
+                connection.execute(text(f"DROP INDEX IF EXISTS {table.name}_search"))
                 connection.execute(
                     text(
-                        f"CREATE INDEX IF NOT EXISTS {table.name}_search ON {table.name} "
-                        f"USING gin (to_tsvector('{PG_CONFIG}', {indexed}))"
+                        f"CREATE INDEX IF NOT EXISTS {table.name}_{PG_VECTOR} ON {table.name} "
+                        f"USING gin ({PG_VECTOR})"
                     )
                 )
 
@@ -388,8 +408,14 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
 
 
 PG_SPOKEN = "coalesce(name || ': ', '') || content"
-"""A message row as PostgreSQL searches it: :func:`spoken`, in SQL (the GIN index's
-expression, which the ranking query repeats word for word so that the index is used)."""
+"""A message row as PostgreSQL searches it: :func:`spoken`, in SQL (what its stored
+lexemes are made of)."""
+
+
+def pg_owner_query(log_id: str) -> str:
+    """The PostgreSQL ``simple`` text query of the owner's token of ``log_id``, at weight A
+    (no word of a text is stored at that weight, so no text can pass for an owner)."""
+    return f"o{owner_token(log_id)}:A"
 
 
 def spoken(content: str, name: str | None) -> str:

@@ -13,7 +13,7 @@ import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, UserLog, sqlite_url, user_log_id
 from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
 from projections import LexicalRanker, ProjectionTables, Projector, index_messages
@@ -212,3 +212,60 @@ def test_a_search_indexes_what_waits_before_it_looks(indexed_store: Any) -> None
     )
     found = retriever.retrieve("ann", "parrot", 5, None, True).messages
     assert [hit.message.content for hit in found] == ["my parrot is called Kiwi"]
+
+
+async def test_on_postgresql_a_text_naming_another_users_token_does_not_reach_their_search(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """PostgreSQL's index holds each row's lexemes and its owner's token at weight A; a
+    message that spells out another user's token holds it at no weight, so it never
+    passes for that user's row."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the stored lexemes are PostgreSQL's")
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    ann_token = "o" + owner_token(str(user_log_id("ann")))
+    await memory.add_exchange("ann", "My parrot is called Kiwi.", "Cute!")
+    await memory.add_exchange("bob", f"{ann_token} parrot parrot parrot", "Hm.")
+    found = await memory.retrieve("ann", "parrot", include_messages=True)
+    assert [m.message.content for m in found.messages] == ["My parrot is called Kiwi."]
+
+
+async def test_on_postgresql_tables_of_the_earlier_index_get_the_stored_lexemes(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """Earlier layouts indexed an expression that parsed each row's text again at every
+    search; opening such tables adds the stored lexemes (and their index) in place."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the stored lexemes are PostgreSQL's")
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    await memory.add_exchange("ann", "My parrot is called Kiwi.", "Cute!")
+    await memory.flush("ann")
+    await memory.add_exchange("ann", "A parrot lives long.", "Decades!")
+    engine = memory._engine
+    assert engine is not None
+    tables = engine.tables
+    with engine.store.engine.begin() as connection:
+        for table in (tables.knowledge, tables.messages):
+            connection.exec_driver_sql(f"ALTER TABLE {table.name} DROP COLUMN search_vector")
+            connection.exec_driver_sql(
+                f"CREATE INDEX {table.name}_search ON {table.name} "
+                "USING gin (to_tsvector('english', log_id))"
+            )
+    await memory.close()
+    reopened = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    found = await reopened.retrieve("ann", "parrot", include_messages=True)
+    assert [e.text for e in found.entries] == ["User's parrot is called Kiwi."]
+    assert [m.message.content for m in found.messages] == ["A parrot lives long."]
+    with engine.store.engine.connect() as connection:
+        indexes = {
+            name
+            for (name,) in connection.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE tablename IN (%s, %s)",
+                (tables.knowledge.name, tables.messages.name),
+            )
+        }
+    assert {
+        f"{tables.knowledge.name}_search_vector",
+        f"{tables.messages.name}_search_vector",
+    } <= indexes
+    assert not indexes & {f"{tables.knowledge.name}_search", f"{tables.messages.name}_search"}
