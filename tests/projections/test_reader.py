@@ -37,6 +37,34 @@ async def test_ids_of_another_user_find_nothing_and_own_ids_come_in_log_order(
         assert [m.seq for m in reader.messages(connection, "ann", seqs=[3, 1])] == [1, 3]
 
 
+async def test_outdated_messages_and_messages_by_seq_are_the_users_own(
+    make_memory: Callable[..., Any],
+) -> None:
+    """What every search with messages reads besides its hits: which hits say something
+    replaced since, and their neighbours by seq; never another user's."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, "I live in Oslo.", "Nice.")
+        await memory.flush(user)
+    await memory.add_exchange("ann", "I moved to Bergen.", "Good.")
+    await memory.flush("ann")
+    engine = memory._engine
+    assert engine is not None
+    reader = ProjectionReader(engine.tables)
+    ann = [m.message_id for m in await memory.messages("ann")]
+    bob = [m.message_id for m in await memory.messages("bob")]
+    with engine.store.engine.connect() as connection:
+        assert reader.outdated(connection, "ann", ann) == {ann[0]}
+        assert reader.outdated(connection, "bob", ann) == set()
+        assert reader.outdated(connection, "bob", bob) == set()
+        by_seq = reader.messages(connection, "ann", seqs=[4, 2, 9])
+        assert [(m.message_id, m.seq, m.content) for m in by_seq] == [
+            (ann[1], 2, "Nice."),
+            (ann[3], 4, "Good."),
+        ]
+        assert [m.message_id for m in reader.messages(connection, "bob", seqs=[1, 2])] == bob
+
+
 def test_entry_ids_starting_with_a_prefix_are_found_by_range_or_text_alike(db_url: str) -> None:
     store = EventStore(db_url)
     tables = ProjectionTables()
