@@ -13,6 +13,13 @@ from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader, ProjectionTables, Projector
 
 
+def _reader_of(memory: Any) -> tuple[Any, ProjectionReader]:
+    """An open Memory's engine, and a reader of its tables."""
+    engine = memory._engine
+    assert engine is not None
+    return engine, ProjectionReader(engine.tables)
+
+
 async def test_ids_of_another_user_find_nothing_and_own_ids_come_in_log_order(
     make_memory: Callable[..., Any],
 ) -> None:
@@ -21,9 +28,7 @@ async def test_ids_of_another_user_find_nothing_and_own_ids_come_in_log_order(
         await memory.add_exchange(user, "I live in Oslo.", "Nice.")
         await memory.add_exchange(user, "I work at Acme.", "Good.")
         await memory.flush(user)
-    engine = memory._engine
-    assert engine is not None
-    reader = ProjectionReader(engine.tables)
+    engine, reader = _reader_of(memory)
     ann_messages = [m.message_id for m in await memory.messages("ann")]
     ann_entries = [e.entry_id for e in await memory.knowledge("ann")]
     with engine.store.engine.connect() as connection:
@@ -48,9 +53,7 @@ async def test_outdated_messages_and_messages_by_seq_are_the_users_own(
         await memory.flush(user)
     await memory.add_exchange("ann", "I moved to Bergen.", "Good.")
     await memory.flush("ann")
-    engine = memory._engine
-    assert engine is not None
-    reader = ProjectionReader(engine.tables)
+    engine, reader = _reader_of(memory)
     ann = [m.message_id for m in await memory.messages("ann")]
     bob = [m.message_id for m in await memory.messages("bob")]
     with engine.store.engine.connect() as connection:
