@@ -109,8 +109,8 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         )
     section.notes.append(
         f"{asks} retrievals per step, top 10, the questions in turn; one history, so one "
-        "round: the range under each median is over the questions' blocks. The query alone "
-        "is the statement memvee's ranker runs, with the same parameters."
+        "round (no range). The query alone is the statement memvee's ranker runs, with the "
+        "same parameters."
     )
     return [section]
 
