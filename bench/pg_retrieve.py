@@ -11,7 +11,6 @@ that parses every message of the user again) shows as a p50 that grows with it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ from bench.common import (
     progress,
 )
 from bench.pg_worker import psycopg_url
-from bench.postgres import PG_URL_ENV, reset
+from bench.postgres import reset, server_url
 from events import user_log_id
 from memvee import Memory, MemoryConfig
 from projections import LexicalRanker, ProjectionTables
@@ -83,12 +82,8 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             "retrieve ÷\nquery alone",
         ],
     )
-    url = os.environ.get(PG_URL_ENV, "").strip()
-    if not url:
-        section.notes.append(
-            f"Skipped: no PostgreSQL server ({PG_URL_ENV} is not set). `make bench` runs "
-            "under scripts/with-postgres.sh, which starts one."
-        )
+    url = server_url(section)
+    if url is None:
         return [section]
     asks = cfg.pick(200, 50)
     reset(url)
@@ -168,10 +163,11 @@ def _query_alone(url: str, asks: int) -> float:
     (the pool a search asks for with top 10: 40 rows), planned for its parameters each
     time: a plan made once for any parameters (psycopg prepares a statement from its
     fifth run on a connection) took 140-175 ms here."""
+    queries = [ranker_query("user", question, 40) for question in QUESTIONS]
     timings: list[float] = []
     with psycopg.connect(psycopg_url(url)) as connection:
         for i in range(asks):
-            sql, params = ranker_query("user", QUESTIONS[i % len(QUESTIONS)], 40)
+            sql, params = queries[i % len(queries)]
             started = time.perf_counter()
             connection.execute(sql, params, prepare=False).fetchall()
             timings.append(time.perf_counter() - started)

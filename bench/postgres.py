@@ -52,7 +52,7 @@ from bench.pg_worker import (
 from events import MemveeError
 from memvee import Memory, MemoryConfig
 
-__all__ = ["PG_URL_ENV", "Aggregate", "PgScenario", "run", "run_workers"]
+__all__ = ["PG_URL_ENV", "Aggregate", "PgScenario", "run", "run_workers", "server_url"]
 
 PG_URL_ENV = "MEMVEE_TEST_PG_URL"
 """Where ``scripts/with-postgres.sh`` puts the throwaway server's SQLAlchemy URL."""
@@ -116,6 +116,18 @@ class Aggregate:
         span = max(r.end for r in results) - min(r.start for r in results)
         latencies = [ms for r in results for ms in r.latencies_ms]
         return cls(sum(r.count for r in results), span, latencies, log_lines)
+
+
+def server_url(section: Section) -> str | None:
+    """The test server's URL, or ``None`` after noting in ``section`` that it was skipped."""
+    url = os.environ.get(PG_URL_ENV, "").strip()
+    if not url:
+        section.notes.append(
+            f"Skipped: no PostgreSQL server ({PG_URL_ENV} is not set). `make bench` runs "
+            "under scripts/with-postgres.sh, which starts one."
+        )
+        return None
+    return url
 
 
 def reset(url: str) -> None:
@@ -268,12 +280,8 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             "p50 ÷\nraw p50",
         ],
     )
-    url = os.environ.get(PG_URL_ENV, "").strip()
-    if not url:
-        section.notes.append(
-            f"Skipped: no PostgreSQL server ({PG_URL_ENV} is not set). `make bench` runs "
-            "under scripts/with-postgres.sh, which starts one."
-        )
+    url = server_url(section)
+    if url is None:
         return [section]
     cpus = os.cpu_count() or 1
     section.facts["cpus"] = str(cpus)

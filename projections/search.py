@@ -197,8 +197,9 @@ class SearchIndex:
             )
         elif connection.dialect.name == "postgresql":
             knowledge, messages = self.tables.knowledge, self.tables.messages
+            catalog = inspect(connection)
             for table, indexed in ((knowledge, "text"), (messages, PG_SPOKEN)):
-                columns = {c["name"] for c in inspect(connection).get_columns(table.name)}
+                columns = {c["name"] for c in catalog.get_columns(table.name)}
                 if PG_VECTOR not in columns:  # an ALTER locks the table, even to do nothing
                     owner = "'o' || replace(log_id, '-', '')"
                     connection.execute(
