@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +30,7 @@ from events import ConflictError, EventStore, Recorded, StoredSnapshot
 from events.errors import first_line
 from projections import Projector, index_messages
 
-__all__ = ["GroupCommitter"]
+__all__ = ["GroupCommitter", "Settled", "Write"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -40,32 +39,63 @@ Settled = Callable[[BaseException | None], None]
 """Told how a write ended: ``None`` once committed, else the error that refused it."""
 
 
-@dataclass(slots=True)
-class _Request:
-    events: Sequence[Any]
-    epoch: int
-    ticket: int
-    then: Settled | None = None
-    future: Future[list[Recorded]] | None = None
-    snapshot: StoredSnapshot | None = None
-    origin: datetime | None = None
+class Write:
+    """One log's events to commit together, decided in write ``epoch``, and who is told how
+    the write ended (:meth:`settled`).
 
-    def settle(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
-        """Tell ``then`` how the write ended, and resolve the future of a waiting caller."""
+    ``snapshot``, the log at the version these events reach, is stored with them.
+    ``origin`` is when the log they were decided on began (``None`` for a new log): the
+    write is refused as a conflict if the stored log began otherwise (see
+    :meth:`EventStore.append`). A caller that needs more to act on the outcome subclasses
+    it, so that a write in flight is one object for the collector to walk, not several.
+    """
+
+    __slots__ = ("epoch", "events", "origin", "snapshot", "then", "ticket")
+
+    def __init__(
+        self,
+        events: Sequence[Any],
+        epoch: int,
+        then: Settled | None = None,
+        snapshot: StoredSnapshot | None = None,
+        origin: datetime | None = None,
+    ) -> None:
+        self.events, self.epoch, self.then = events, epoch, then
+        self.snapshot, self.origin = snapshot, origin
+        self.ticket = 0
+
+    def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
+        """Told how the write ended, on the thread that wrote it: ``error`` is ``None`` once
+        committed (``recorded`` are then the events' positions). Tells ``then``."""
         if self.then is not None:
-            try:
-                self.then(error)
-            except Exception:
-                log.exception("a write's settle callback failed")
-        if self.future is not None:
-            if error is not None:
-                self.future.set_exception(error)
-            else:
-                self.future.set_result(recorded or [])
+            self.then(error)
 
     @property
     def log_id(self) -> Any:
+        """The id of the log the events belong to."""
         return self.events[0].originator_id
+
+
+class _Waited(Write):
+    """A write whose caller blocks until it ended (:meth:`GroupCommitter.commit`)."""
+
+    __slots__ = ("future",)
+
+    def __init__(
+        self,
+        events: Sequence[Any],
+        epoch: int,
+        snapshot: StoredSnapshot | None,
+        origin: datetime | None,
+    ) -> None:
+        super().__init__(events, epoch, None, snapshot, origin)
+        self.future: Future[list[Recorded]] = Future()
+
+    def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(recorded or [])
 
 
 class GroupCommitter:
@@ -94,7 +124,7 @@ class GroupCommitter:
         self._index_idle = index_idle
         self._unindexed = 0
         self._last_write_at = 0.0
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
         self._failed_epochs: dict[Any, int] = {}
         self._in_flight: dict[Any, int] = {}  # log id -> its last unsettled write's ticket
         self._writing = threading.Lock()  # held by whoever writes: one write at a time
@@ -107,27 +137,15 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="memvee-committer", daemon=True)
         self._thread.start()
 
-    def submit(
-        self,
-        events: Sequence[Any],
-        epoch: int,
-        then: Settled | None = None,
-        snapshot: StoredSnapshot | None = None,
-        origin: datetime | None = None,
-    ) -> int:
-        """Queue ``events`` of one log, decided in write ``epoch``; returns the write's ticket.
+    def submit(self, write: Write) -> int:
+        """Queue ``write``; returns its ticket.
 
-        ``snapshot``, the log at the version these events reach, is stored with them.
-        ``origin`` is when the log they were decided on began (``None`` for a new log):
-        the write is refused as a conflict if the stored log began otherwise (see
-        :meth:`EventStore.append`).
-
-        ``then`` is told how the write ended, on the thread that wrote it (this one, when
-        the committer was idle, else the committer's). Writes settle in
+        The write is told how it ended (:meth:`Write.settled`) on the thread that wrote it
+        (this one, when the committer was idle, else the committer's). Writes settle in
         ticket order, so a ticket is a barrier (:meth:`wait_for`) that keeps nothing alive:
         an idle user's last write leaves no objects for the collector to walk.
         """
-        return self._enqueue(_Request(events, epoch, 0, then, None, snapshot, origin))
+        return self._enqueue(write)
 
     def commit(
         self,
@@ -136,11 +154,11 @@ class GroupCommitter:
         snapshot: StoredSnapshot | None = None,
         origin: datetime | None = None,
     ) -> list[Recorded]:
-        """Queue ``events`` (with ``snapshot`` and ``origin``, see :meth:`submit`) and wait
+        """Queue ``events`` (with ``snapshot`` and ``origin``, see :class:`Write`) and wait
         until they are committed (or raise why not)."""
-        future: Future[list[Recorded]] = Future()
-        self._enqueue(_Request(events, epoch, 0, None, future, snapshot, origin))
-        return future.result()
+        write = _Waited(events, epoch, snapshot, origin)
+        self._enqueue(write)
+        return write.future.result()
 
     def wait_for(self, ticket: int) -> None:
         """Block until the write of ``ticket``, and every write queued before it, settled."""
@@ -162,7 +180,7 @@ class GroupCommitter:
         """Whether a write of ``log_id`` decided in ``epoch`` failed (later ones are refused)."""
         return self._failed_epochs.get(log_id, -1) >= epoch
 
-    def _enqueue(self, request: _Request) -> int:
+    def _enqueue(self, request: Write) -> int:
         with self._issuing:  # tickets in queue order
             self._issued += 1
             request.ticket = self._issued
@@ -207,7 +225,7 @@ class GroupCommitter:
             if self._unindexed and time.monotonic() - self._last_write_at >= self._index_idle:
                 self._index_messages()
 
-    def _write_queued(self, first: _Request | None) -> bool:
+    def _write_queued(self, first: Write | None) -> bool:
         """Write ``first`` with the requests queued after it; returns whether to stop.
 
         Nothing of the write outlives this call: an idle committer keeps no events or
@@ -225,7 +243,7 @@ class GroupCommitter:
                 self._progress.notify_all()
         return stopping
 
-    def _batch_from(self, first: _Request | None) -> tuple[list[_Request], bool]:
+    def _batch_from(self, first: Write | None) -> tuple[list[Write], bool]:
         """``first`` and the requests queued after it, to write together, and whether to
         stop."""
         if first is None:
@@ -253,7 +271,7 @@ class GroupCommitter:
             )
             log.debug("indexing messages for search failed", exc_info=True)
 
-    def _write(self, batch: list[_Request]) -> None:
+    def _write(self, batch: list[Write]) -> None:
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
@@ -288,7 +306,7 @@ class GroupCommitter:
             self._settle(request, recorded[start:end], None)
             start = end
 
-    def _admissible(self, request: _Request) -> bool:
+    def _admissible(self, request: Write) -> bool:
         """Refuse a request decided on top of a write that failed (same epoch)."""
         if request.epoch <= self._failed_epochs.get(request.log_id, -1):
             refused = ConflictError("an earlier write of this log failed; the log was reloaded")
@@ -297,9 +315,12 @@ class GroupCommitter:
         return True
 
     def _settle(
-        self, request: _Request, recorded: list[Recorded] | None, error: BaseException | None
+        self, request: Write, recorded: list[Recorded] | None, error: BaseException | None
     ) -> None:
-        request.settle(recorded, error)
+        try:
+            request.settled(recorded, error)
+        except Exception:
+            log.exception("a write's settle callback failed")
         with self._issuing:
             if self._in_flight.get(request.log_id) == request.ticket:
                 del self._in_flight[request.log_id]

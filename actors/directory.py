@@ -66,16 +66,18 @@ class _PendingCall:
         self.inbox, self.target = inbox, target
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
-        ask(ref, self.method, *self.args).add_done_callback(self._delivered)
+        ask(ref, self.method, *self.args).add_done_callback(self)
 
     def fail(self, error: BaseException) -> None:
         self.inbox.post(settle_future, self.target, False, error)
 
-    def _delivered(self, future: BridgedFuture[Any]) -> None:
-        """The actor answered: with a future (a write in flight), answer when it is set."""
+    def __call__(self, future: BridgedFuture[Any]) -> None:
+        """The actor answered: with a future (a write in flight), answer when it is set.
+
+        The call is its own callback: no bound method per call in flight."""
         ok, value = future.outcome()
         if ok and isinstance(value, BridgedFuture):
-            value.add_done_callback(self._delivered)
+            value.add_done_callback(self)
         else:
             self.inbox.post(settle_future, self.target, ok, value)
 

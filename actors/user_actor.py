@@ -23,6 +23,7 @@ from uuid import uuid4
 import pykka
 
 from actors._bridge import BridgedFuture
+from actors._committer import Write
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
 from actors._workers import EveryBatchRefused, Outcome, repeats
@@ -36,6 +37,7 @@ from events import (
     InvalidInputError,
     MemveeError,
     NotFoundError,
+    Recorded,
     StorageError,
     StoredSnapshot,
     TokenUsage,
@@ -43,7 +45,6 @@ from events import (
     user_log_id,
 )
 from events.user_log import LIVE_KNOWLEDGE
-from projections import Message
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
@@ -69,6 +70,9 @@ snapshot's size spaces the next one (see ``UserActor._due_snapshot``)."""
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
 NewMessages = Sequence[tuple[str, str, datetime | None, str | None]]
+Appended = Sequence[Any]
+"""The events an append committed, in log order: its messages' ``MessageAdded`` among
+them (the first append of a log begins with ``Registered``)."""
 Started = tuple[str, str, list[str]]
 
 
@@ -120,20 +124,21 @@ class UserActor(PooledActor):
 
     # ------------------------------------------------------------------ commands
 
-    def add_messages(self, messages: NewMessages, attempt: int = 0) -> BridgedFuture[list[Message]]:
+    def add_messages(self, messages: NewMessages, attempt: int = 0) -> BridgedFuture[Appended]:
         """Append ``(role, content, sent_at, name)`` messages.
 
-        Returns a future that resolves with the stored messages once they are committed;
+        Returns a future that resolves with the committed events once they are committed
+        (their ``MessageAdded`` events are the messages, in order);
         the actor does not wait for the commit, so the next command can be decided while
         this one is being written (the committer keeps the order). A version conflict
         (another process appended) reloads the log and decides again.
         """
-        acknowledged: BridgedFuture[list[Message]] = BridgedFuture()
+        acknowledged: BridgedFuture[Appended] = BridgedFuture()
         self._append(messages, acknowledged, attempt)
         return acknowledged
 
     def retry_append(
-        self, messages: NewMessages, acknowledged: BridgedFuture[list[Message]], attempt: int
+        self, messages: NewMessages, acknowledged: BridgedFuture[Appended], attempt: int
     ) -> None:
         """Decide ``messages`` again on a reloaded log after a conflict."""
         self._append(messages, acknowledged, attempt)
@@ -364,7 +369,7 @@ class UserActor(PooledActor):
     # ------------------------------------------------------------------ internals
 
     def _append(
-        self, messages: NewMessages, acknowledged: BridgedFuture[list[Message]], attempt: int
+        self, messages: NewMessages, acknowledged: BridgedFuture[Appended], attempt: int
     ) -> None:
         settings = self._services.settings
         try:  # failures reach the caller through `acknowledged` (a retry has no other way)
@@ -382,21 +387,14 @@ class UserActor(PooledActor):
             acknowledged.set_exception(error)
             return
         events = user_log.collect_events()
-        stored = [
-            Message(e.message_id, self.user_id, e.seq, e.role, e.content, e.sent_at, e.name)
-            for e in events
-            if isinstance(e, UserLog.MessageAdded)
-        ]
         if auto_task is not None:
             self._requested_here(auto_task)
             self._services.observer.task_scheduled(
                 self.user_id, auto_task, "auto", local=self._is_owner()
             )
-        settled = _AppendSettled(self, messages, stored, acknowledged, attempt, auto_task)
-        snapshot = self._due_snapshot(user_log)
-        self._last_write = self._services.committer.submit(
-            events, self._epoch, settled, snapshot, _began(user_log, events)
-        )
+        write = _Append(events, self, _began(user_log, events), messages, acknowledged, attempt)
+        write.snapshot, write.auto_task = self._due_snapshot(user_log), auto_task
+        self._last_write = self._services.committer.submit(write)
         self._maybe_checkpoint()
         if auto_task is not None and self._is_owner():
             self._myself.start_queued()
@@ -838,33 +836,35 @@ class _Step:
             self.started = user_log.start_next(settings.limits)
 
 
-class _AppendSettled:
-    """Told how an append's write ended, on the writing thread: acknowledges the caller,
-    or has the actor decide the messages again after a conflict.
+class _Append(Write):
+    """An append's write, told how it ended on the writing thread: acknowledges the caller
+    with the committed events, or has the actor decide the messages again after a
+    conflict.
 
-    One small object per write in flight, not a closure: a burst of writes leaves the
-    collector fewer objects to walk.
+    One object per write in flight, the committer's request and its outcome together: a
+    burst of writes leaves the collector fewer objects to walk.
     """
 
-    __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "epoch", "messages", "stored")
+    __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "messages")
 
     def __init__(
         self,
+        events: Sequence[Any],
         actor: UserActor,
+        origin: datetime | None,
         messages: NewMessages,
-        stored: list[Message],
-        acknowledged: BridgedFuture[list[Message]],
+        acknowledged: BridgedFuture[Appended],
         attempt: int,
-        auto_task: str | None,
     ) -> None:
-        self.actor, self.epoch = actor, actor._epoch
-        self.messages, self.stored, self.acknowledged = messages, stored, acknowledged
-        self.attempt, self.auto_task = attempt, auto_task
+        super().__init__(events, actor._epoch, origin=origin)
+        self.actor, self.messages, self.acknowledged = actor, messages, acknowledged
+        self.attempt = attempt
+        self.auto_task: str | None = None
 
-    def __call__(self, error: BaseException | None) -> None:
+    def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         actor, services = self.actor, self.actor._services
         if error is None:
-            self.acknowledged.set(self.stored)
+            self.acknowledged.set(self.events)
             services.touched(actor.user_id)
             return
         try:

@@ -15,7 +15,7 @@ import gc
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -36,6 +36,7 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
     UnknownTaskError,
+    UserLog,
     check_keys,
     check_message,
     check_name,
@@ -311,7 +312,7 @@ class Memory:
         check_message(role, content, self.config.max_content_chars)
         check_name(name)
         sent_at = check_time(sent_at, "sent_at")
-        (message,) = await self._append(user_id, [(role, content, sent_at, name)])
+        (message,) = _messages(user_id, await self._append(user_id, (role, content, sent_at, name)))
         return message
 
     async def add_exchange(
@@ -335,21 +336,21 @@ class Memory:
         check_name(user_name)
         check_name(assistant_name)
         sent_at = check_time(sent_at, "sent_at")
-        first, second = await self._append(
+        appended = await self._append(
             user_id,
-            [
-                ("user", user_message, sent_at, user_name),
-                ("assistant", assistant_message, sent_at, assistant_name),
-            ],
+            ("user", user_message, sent_at, user_name),
+            ("assistant", assistant_message, sent_at, assistant_name),
         )
+        first, second = _messages(user_id, appended)
         return first, second
 
     def _append(
-        self, user_id: str, messages: list[tuple[str, str, datetime | None, str | None]]
-    ) -> asyncio.Future[list[Message]]:
-        """The messages' write, sent to the user's actor: its future is the stored messages.
+        self, user_id: str, *messages: tuple[str, str, datetime | None, str | None]
+    ) -> asyncio.Future[Sequence[Any]]:
+        """The messages' write, sent to the user's actor: its future is the committed events.
 
-        A plain function, not a coroutine: one fewer object per write in flight.
+        A plain function, not a coroutine, and the messages a tuple of tuples (which the
+        collector stops tracking): fewer objects per write in flight.
         """
         engine, loop = self._running()
         return engine.directory.call_async(loop, user_id, "add_messages", messages, paced=True)
@@ -764,3 +765,13 @@ def _check_timeout(timeout: object) -> float | None:
             f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"
         )
     return None if math.isinf(seconds) else seconds
+
+
+def _messages(user_id: str, appended: Sequence[Any]) -> list[Message]:
+    """The messages an append committed, built from its events on the caller's loop (not
+    kept alive while the write is in flight)."""
+    return [
+        Message(e.message_id, user_id, e.seq, e.role, e.content, e.sent_at, e.name)
+        for e in appended
+        if isinstance(e, UserLog.MessageAdded)
+    ]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from actors._committer import GroupCommitter
+from actors._committer import GroupCommitter, Write
 from events import EventStore, StorageError, UserLog, user_log_id
 from projections import ProjectionTables, Projector, SearchIndex
 
@@ -72,7 +72,7 @@ def _behind_u0(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> Iterator[_
     settled = _Settled()
     gate = _held(store, monkeypatch)
     first = threading.Thread(
-        target=committer.submit, args=(_log_with_messages("u0", 2)[1], 1, settled("u0"))
+        target=committer.submit, args=(Write(_log_with_messages("u0", 2)[1], 1, settled("u0")),)
     )
     first.start()
     try:
@@ -93,7 +93,7 @@ def test_a_write_to_an_idle_committer_is_written_at_once_on_the_submitting_threa
     committer = GroupCommitter(store, Projector(ProjectionTables()))
     settled = _Settled()
     try:
-        ticket = committer.submit(_log_with_messages("ann", 2)[1], 1, settled("ann"))
+        ticket = committer.submit(Write(_log_with_messages("ann", 2)[1], 1, settled("ann")))
         assert settled.calls == [("ann", None)], "settled before submit returned"
         assert settled.threads == [threading.get_ident()]
         committer.wait_for(ticket)
@@ -108,7 +108,7 @@ def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
     with _behind_u0(store, monkeypatch) as held:
         committer, settled = held.committer, held.settled
         tickets = [
-            committer.submit(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}"))
+            committer.submit(Write(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}")))
             for i in range(1, 6)
         ]
         assert settled.calls == [], "nothing settles while the first write is on the disk"
@@ -127,7 +127,7 @@ def test_waiting_for_a_log_waits_for_its_queued_writes_and_for_nothing_once_they
 ) -> None:
     with _behind_u0(store, monkeypatch) as held:
         committer = held.committer
-        committer.submit(_log_with_messages("ann", 2)[1], 1, held.settled("ann"))
+        committer.submit(Write(_log_with_messages("ann", 2)[1], 1, held.settled("ann")))
         waiter = threading.Thread(target=committer.wait_for_log, args=(user_log_id("ann"),))
         waiter.start()
         waiter.join(0.1)
@@ -146,7 +146,7 @@ def test_a_ticket_waits_for_its_write_and_every_write_before_it(store: EventStor
     settled = _Settled()
     try:
         tickets = [
-            committer.submit(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}"))
+            committer.submit(Write(_log_with_messages(f"u{i}", 2)[1], 1, settled(f"u{i}")))
             for i in range(20)
         ]
         assert tickets == sorted(tickets) and len(set(tickets)) == 20
@@ -184,14 +184,15 @@ def test_a_failed_write_is_told_and_refuses_the_rest_of_its_epoch(
         log.add_message("user", "boom", None, 1000)
         events = log.collect_events()
         if queued:  # written on another thread, held at the gate
-            writer = threading.Thread(target=committer.submit, args=(events, 7, settled("boom")))
+            write = Write(events, 7, settled("boom"))
+            writer = threading.Thread(target=committer.submit, args=(write,))
             writer.start()
             while not committer._writing.locked():
                 time.sleep(0.001)
         else:
-            committer.submit(events, 7, settled("boom"))
+            committer.submit(Write(events, 7, settled("boom")))
         log.add_message("user", "built on it", None, 1000)
-        second = committer.submit(log.collect_events(), 7, settled("after"))
+        second = committer.submit(Write(log.collect_events(), 7, settled("after")))
         gate.set()
         committer.wait_for(second)
         assert [(n, type(e)) for n, e in settled.calls] == [
@@ -213,7 +214,7 @@ def test_a_settled_write_keeps_neither_its_events_nor_its_callback(store: EventS
         settled = _Settled()
         then = settled("bo")
         gone = weakref.ref(then)
-        ticket = committer.submit(events, 1, then)
+        ticket = committer.submit(Write(events, 1, then))
         del then, events
         committer.wait_for(ticket)
         gc.collect()
