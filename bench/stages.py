@@ -27,7 +27,7 @@ from sqlalchemy.engine import default
 
 import events._codec
 import projections.projector
-from actors._committer import GroupCommitter, _Request
+from actors._committer import GroupCommitter, Write
 from bench.append import ASSISTANT_TEXT, USER_TEXT, write_histories
 from bench.common import (
     BenchConfig,
@@ -171,7 +171,7 @@ def _copy(seed: Path, target: Path) -> Path:
     return target
 
 
-def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list[_Request], int]:
+def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list[Write], int]:
     """The requests of one commit (two messages of each of its users) and the CPU
     nanoseconds their decisions took."""
     started = time.thread_time_ns()
@@ -181,7 +181,7 @@ def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list
         assert user_log is not None
         user_log.add_message("user", USER_TEXT, None, 100_000)
         user_log.add_message("assistant", ASSISTANT_TEXT, None, 100_000)
-        batch.append(_Request(user_log.collect_events(), 0, 0, origin=user_log.created_on))
+        batch.append(Write(user_log.collect_events(), 0, origin=user_log.created_on))
     return batch, time.thread_time_ns() - started
 
 
