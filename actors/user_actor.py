@@ -70,6 +70,10 @@ snapshot's size spaces the next one (see ``UserActor._due_snapshot``)."""
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
 NewMessages = Sequence[tuple[str, str, datetime | None, str | None]]
+_NONE_KNOWN: frozenset[str] = frozenset()
+"""Shared by every actor with no batch: an empty frozenset of its own is one more object
+per live user for the collector to walk."""
+
 Appended = Sequence[Any]
 """The events an append committed, in log order: its messages' ``MessageAdded`` among
 them (the first append of a log begins with ``Registered``)."""
@@ -94,7 +98,7 @@ class UserActor(PooledActor):
         self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
-        self._batch_known: frozenset[str] = frozenset()  # live entries the batch was shown
+        self._batch_known: frozenset[str] = _NONE_KNOWN  # live entries the batch was shown
         self._batch_reruns = 0
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
@@ -541,7 +545,7 @@ class UserActor(PooledActor):
             return
         self._running = None
         self._batch_messages = ()
-        self._batch_known = frozenset()
+        self._batch_known = _NONE_KNOWN
         self._task_messages = ()
         count = self._task_knowledge if status == "COMPLETED" else 0
         self._services.observer.task_finished(self.user_id, task_id, status, count, error)
