@@ -160,13 +160,13 @@ def check_count(value: object, what: str) -> int:
     return value
 
 
-def check_page(after: object, limit: object) -> None:
-    """Refuse a page of a listing that is not: past ``after`` (an int of 0 or more), at
-    most ``limit`` (``None``, or an int of 1 or more)."""
+def check_page(after: object, limit: object, start: str = "after") -> None:
+    """Refuse a page of a listing that is not: past ``after`` (an int of 0 or more, called
+    ``start``), at most ``limit`` (``None``, or an int of 1 or more)."""
     if isinstance(after, bool) or not isinstance(after, int):
-        raise InvalidInputError(f"after must be an int, not {type(after).__name__}")
+        raise InvalidInputError(f"{start} must be an int, not {type(after).__name__}")
     if after < 0:
-        raise InvalidInputError(f"after must be 0 or more, not {after}")
+        raise InvalidInputError(f"{start} must be 0 or more, not {after}")
     if limit is not None:
         check_count(limit, "limit")
 

@@ -429,16 +429,30 @@ class Memory:
     # ------------------------------------------------------------------ reads
 
     async def knowledge(
-        self, user_id: str, *, as_of: datetime | None = None, history: bool = False
+        self,
+        user_id: str,
+        *,
+        as_of: datetime | None = None,
+        history: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
     ) -> list[KnowledgeEntry]:
-        """The user's current knowledge entries, each traceable to its task and messages.
+        """The user's current knowledge entries, oldest first, each traceable to its task
+        and messages.
 
         ``as_of`` gives the entries valid at that time instead; ``history=True`` gives
-        every entry ever extracted, superseded and invalidated ones included.
+        every entry ever extracted, superseded and invalidated ones included. A long
+        listing reads a page at a time: the first ``offset`` entries passed over, at most
+        ``limit`` read.
         """
         check_user_id(user_id)
         as_of = check_time(as_of, "as_of")
-        return await self._read(lambda c, r: r.knowledge(c, user_id, as_of=as_of, history=history))
+        check_page(offset, limit, "offset")
+        return await self._read(
+            lambda c, r: r.knowledge(
+                c, user_id, as_of=as_of, history=history, offset=offset, limit=limit
+            )
+        )
 
     async def messages(
         self, user_id: str, *, after: int = 0, limit: int | None = None

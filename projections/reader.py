@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     LargeBinary,
     RowMapping,
     String,
@@ -66,11 +67,19 @@ class ProjectionReader:
         )
         at = bindparam("at", type_=k.c.valid_from.type)
         in_order = (k.c.version, k.c.ordinal)
-        self._knowledge_ever = of_version.order_by(*in_order)
-        self._knowledge_now = of_version.where(k.c.valid_until.is_(None)).order_by(*in_order)
-        self._knowledge_then = of_version.where(
-            k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
-        ).order_by(*in_order)
+        self._knowledge = {
+            "ever": of_version.order_by(*in_order),
+            "now": of_version.where(k.c.valid_until.is_(None)).order_by(*in_order),
+            "then": of_version.where(
+                k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
+            ).order_by(*in_order),
+        }
+        self._knowledge_pages = {
+            listing: query.limit(bindparam("limit", type_=Integer)).offset(
+                bindparam("offset", type_=Integer)
+            )
+            for listing, query in self._knowledge.items()
+        }
         t, u = tables.tasks, tables.users
         self._task = select(t).where(
             t.c.log_id == bindparam("log_id"), t.c.task_id == bindparam("task_id")
@@ -105,20 +114,28 @@ class ProjectionReader:
         *,
         as_of: datetime | None = None,
         history: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
     ) -> list[KnowledgeEntry]:
         """The user's knowledge entries (live, or of a re-extracted version), oldest first.
 
         By default only current entries; ``as_of`` gives those valid at that time, and
-        ``history=True`` every entry, ended ones included.
+        ``history=True`` every entry, ended ones included. Of those, the first ``offset``
+        are passed over and at most ``limit`` read: a page is read in the database, not
+        cut from the whole listing.
         """
         binds: dict[str, Any] = {"log_id": _log(user_id), "version": version}
-        if history:
-            query = self._knowledge_ever
-        elif as_of is None:
-            query = self._knowledge_now
-        else:
-            query = self._knowledge_then
+        listing = "ever" if history else "now" if as_of is None else "then"
+        if as_of is not None and not history:
             binds["at"] = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+        if offset or limit is not None:
+            query = self._knowledge_pages[listing]
+            # No table holds more rows than a column counts: larger numbers say the same.
+            binds.update(
+                offset=min(offset, _LARGEST_SEQ), limit=min(limit or _LARGEST_SEQ, _LARGEST_SEQ)
+            )
+        else:
+            query = self._knowledge[listing]
         rows = connection.execute(query, binds).mappings()
         return [entry_from_row(user_id, r) for r in rows]
 

@@ -214,9 +214,14 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         user_id: KnownUser,
         as_of: Annotated[datetime | None, Query(description="Entries valid then.")] = None,
         history: Annotated[bool, Query(description="Every entry ever extracted.")] = False,
+        offset: Annotated[int, Query(ge=0, description="Entries to pass over first.")] = 0,
+        limit: Annotated[int | None, Query(ge=1, description="At most this many.")] = None,
     ) -> Response:
-        """The user's current knowledge entries (or those valid ``as_of``, or all)."""
-        entries = await memory.knowledge(user_id, as_of=as_of, history=history)
+        """The user's current knowledge entries (or those valid ``as_of``, or all), oldest
+        first: every one, or a page (``offset`` entries passed over, at most ``limit``)."""
+        entries = await memory.knowledge(
+            user_id, as_of=as_of, history=history, offset=offset, limit=limit
+        )
         return listing_response("entries", _ENTRIES, entries)
 
     @router.get("/users/{user_id:path}/messages", tags=["read"], response_model=MessagesOut)

@@ -165,13 +165,15 @@ def build_mcp(
         offset: Annotated[int, Field(ge=0, description="Facts to skip (next_offset).")] = 0,
     ) -> Facts:
         _check_scope(ctx, user_id)
-        entries = await memory.knowledge(user_id)
-        page = entries[offset : offset + limit]
-        after = offset + len(page)
+        # One past the page says whether another follows; the total is the count the
+        # user's summary keeps, so a page never reads the facts of the other pages.
+        page = await memory.knowledge(user_id, offset=offset, limit=limit + 1)
+        summary = await memory.user(user_id)
+        listed = page[:limit]
         return Facts(
-            facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in page],
-            total=len(entries),
-            next_offset=after if after < len(entries) else None,
+            facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in listed],
+            total=max(summary.knowledge_count if summary else 0, offset + len(listed)),
+            next_offset=offset + limit if len(page) > limit else None,
         )
 
     async def explain_memory(

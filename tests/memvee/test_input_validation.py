@@ -56,6 +56,9 @@ BAD_CALLS = [
     ("a bool for after", lambda m: m.messages("u", after=True), "after must be an int"),
     ("zero limit", lambda m: m.messages("u", limit=0), "limit must be 1 or more"),
     ("text limit", lambda m: m.messages("u", limit="5"), "limit must be an int, not str"),
+    ("negative offset", lambda m: m.knowledge("u", offset=-1), "offset must be 0 or more"),
+    ("a str offset", lambda m: m.knowledge("u", offset="2"), "offset must be an int, not str"),
+    ("zero knowledge limit", lambda m: m.knowledge("u", limit=0), "limit must be 1 or more"),
 ]
 
 

@@ -114,3 +114,40 @@ def _entry(user: str, entry_id: str) -> dict[str, Any]:
         "ended_reason": None,
         "ended_version": None,
     }
+
+
+async def test_knowledge_read_a_page_at_a_time_is_the_whole_listing_in_parts(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Pages of any size, of the current entries, of those valid at a time and of every
+    entry ever, put together give the whole listing in its order; a page past the end is
+    empty; and the user's count of current entries is the current listing's length."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    said = ["I live in Oslo.", "I work at Acme.", "My dog is called Rex."]
+    for text in said:
+        await memory.add_exchange("ann", text, "Noted.")
+        await memory.flush("ann")
+    midway = datetime.now(UTC)
+    for text in ("I moved to Bergen.", "I work at Initech now.", "I like chess."):
+        await memory.add_exchange("ann", text, "Noted.")
+        await memory.flush("ann")
+    await memory.add_exchange("bob", "I live in Rome.", "Nice.")
+    await memory.flush("bob")
+
+    listings: list[dict[str, Any]] = [{}, {"as_of": midway}, {"history": True}]
+    for listing in listings:
+        whole = [e.entry_id for e in await memory.knowledge("ann", **listing)]
+        for size in (1, 2, 4):
+            pages = [
+                await memory.knowledge("ann", offset=start, limit=size, **listing)
+                for start in range(0, len(whole) + size, size)
+            ]
+            assert [e.entry_id for page in pages for e in page] == whole, (listing, size)
+        rest = await memory.knowledge("ann", offset=2, **listing)
+        assert [e.entry_id for e in rest] == whole[2:]
+        assert await memory.knowledge("ann", offset=10**30, limit=10**30, **listing) == []
+    current = await memory.knowledge("ann")
+    summary = await memory.user("ann")
+    assert summary is not None and summary.knowledge_count == len(current)
+    assert len(await memory.knowledge("ann", history=True)) > len(current) > 0
+    assert len(await memory.knowledge("ann", as_of=midway)) == len(said)

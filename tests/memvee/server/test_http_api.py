@@ -121,6 +121,27 @@ def test_knowledge_as_of_and_history(http: httpx.Client, user: str) -> None:
     assert before == []
 
 
+def test_knowledge_is_listed_a_page_at_a_time(http: httpx.Client, user: str) -> None:
+    for said in ("I live in Lisbon.", "I work at Acme.", "My dog is called Rex."):
+        add_exchange(http, user, said)
+        http.post(f"/v1/users/{user}/flush")
+    url = f"/v1/users/{user}/knowledge"
+
+    whole = [e["entry_id"] for e in http.get(url).json()["entries"]]
+    first = http.get(url, params={"limit": 2}).json()["entries"]
+    rest = http.get(url, params={"offset": 2}).json()["entries"]
+    ever = http.get(url, params={"history": "true", "offset": 1, "limit": 1}).json()["entries"]
+
+    assert len(whole) == 3
+    assert [e["entry_id"] for e in first + rest] == whole
+    assert [e["entry_id"] for e in ever] == whole[1:2]
+    huge = http.get(url, params={"offset": 2**64, "limit": 10**30})
+    assert huge.json() == {"entries": []}
+    for bad in ({"limit": 0}, {"offset": -1}, {"offset": "many"}):
+        answer = http.get(url, params=bad)
+        assert (answer.status_code, answer.json()["error"]) == (422, "invalid_input")
+
+
 def test_retrieve_answers_with_the_prompt_block_and_the_ranked_ids(
     http: httpx.Client, user: str
 ) -> None:

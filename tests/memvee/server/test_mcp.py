@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from mcp import Client
 
+from memvee._server.mcp_tools import build_mcp
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
+from memvee.extractors import OfflineExtractor
+from projections import ProjectionReader
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
 from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
 
@@ -277,3 +281,41 @@ async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
     assert {f["text"] for f in facts} == {"User lives in Lisbon.", "User's dog is called Rex."}
     assert recalled["entry_ids"][0] in {f["entry_id"] for f in facts}
     assert "Lisbon" in recalled["prompt"]
+
+
+async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
+    make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page is read in the database (one fact past it, to tell whether another page
+    follows), and the total comes from the user's summary: a user with many facts costs a
+    page of them, not all of them, at every page."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    said = ["I live in Oslo.", "I work at Acme.", "My dog is called Rex.", "I moved to Bergen."]
+    for text in [*said, "I like chess.", "My sister is called Ana."]:
+        await memory.add_exchange("ann", text, "Noted.")
+        await memory.flush("ann")
+    current = [e.entry_id for e in await memory.knowledge("ann")]
+    read: list[int] = []
+    knowledge = ProjectionReader.knowledge
+
+    def counted(self: ProjectionReader, *args: Any, **kwargs: Any) -> Any:
+        found = knowledge(self, *args, **kwargs)
+        read.append(len(found))
+        return found
+
+    monkeypatch.setattr(ProjectionReader, "knowledge", counted)
+    audit = Audit(db_url=db_url)
+    try:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client  # the in-process client answers as a session does
+            pages = [await call(session, "list_memories", user_id="ann", limit=2)]
+            while (start := pages[-1]["next_offset"]) is not None:
+                page = await call(session, "list_memories", user_id="ann", limit=2, offset=start)
+                pages.append(page)
+    finally:
+        audit.close()
+
+    assert [f["entry_id"] for page in pages for f in page["facts"]] == current
+    assert {page["total"] for page in pages} == {len(current)}
+    assert len(current) == 5 and len(pages) == 3
+    assert read == [3, 3, 1], "each page read two facts and the one after them, no more"
