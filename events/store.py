@@ -334,6 +334,11 @@ class EventStore:
         )
         self._max_id = select(func.coalesce(func.max(events.c.id), 0))
         self._count = select(func.count()).select_from(events)
+        self._ids_between = (
+            select(events.c.id)
+            .where(events.c.id > bindparam("after"), events.c.id <= bindparam("upto"))
+            .order_by(events.c.id)
+        )
         self._notifications = (
             select(
                 events.c.id,
@@ -533,7 +538,7 @@ class EventStore:
     def append(
         self,
         batches: Sequence[Sequence[DomainEventProtocol[Any]]],
-        in_transaction: Callable[[Connection, list[Recorded]], None] | None = None,
+        in_transaction: Callable[[Connection, list[Recorded]], object] | None = None,
         snapshots: Sequence[StoredSnapshot] = (),
         origins: Mapping[UUID, datetime] | None = None,
     ) -> list[Recorded]:
@@ -843,6 +848,13 @@ class EventStore:
             return int(connection.execute(self._count).scalar_one())
         with self.engine.connect() as connection:
             return self.count(connection)
+
+    def ids_between(self, connection: Connection, after: int, upto: int) -> list[int]:
+        """The ids of the stored events past notification ``after`` up to ``upto``, in
+        order, read in ``connection``: a page read earlier is still the log there if its
+        ids are these (none came in a gap since, none was erased)."""
+        rows = connection.execute(self._ids_between, {"after": after, "upto": upto})
+        return [int(n) for n in rows.scalars()]
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:

@@ -33,7 +33,7 @@ from projections.sink import TableSink
 from projections.tables import ProjectionTables
 from projections.vectors import hold_off_vector_writes
 
-__all__ = ["SCHEMA_VERSION", "FoldState", "Projector"]
+__all__ = ["SCHEMA_VERSION", "FoldState", "Folded", "Projector"]
 
 _POSITION = "projections"
 _REBUILDING = "rebuilding"
@@ -42,6 +42,16 @@ _SCHEMA = "schema"
 
 SCHEMA_VERSION = 12
 """The layout of the projection tables; bump it when a table or fold changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """Events folded over the rows they touch, not yet written (:meth:`Projector.fold`)."""
+
+    events: list[Any]
+    """The events, in log order."""
+    tables: list[tuple[Projection, TableRows]]
+    """Each projection the events touch, with its rows as folded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +213,11 @@ class Projector:
         ).scalar()
         return bool(layout == _layout())
 
+    def generation(self, connection: Connection) -> int:
+        """The tables' generation: it moves on whenever rows change outside a fold of the
+        log (the tables made again, one user refolded, a user erased)."""
+        return self._stored_generation(connection)
+
     def _stored_generation(self, connection: Connection) -> int:
         table = self.tables.position
         found = connection.execute(
@@ -234,9 +249,9 @@ class Projector:
         *,
         move_position: bool = True,
         origins: Mapping[Any, datetime] | None = None,
-    ) -> None:
+    ) -> bool:
         """Fold ``recorded`` (in log order) and move the stored position past it; while
-        a rebuild runs, fold nothing (the rebuild will).
+        a rebuild runs, fold nothing (the rebuild will). Returns whether it folded.
 
         ``move_position=False`` is a rebuild's own fold: events it counts itself, or
         events already counted (one user's rebuild).
@@ -244,26 +259,48 @@ class Projector:
         a remembered row of another log that began otherwise is read back instead.
         """
         if not recorded:
-            return
+            return True
         position = max(r.notification_id for r in recorded)
         if move_position and not self._claim_position(connection, position):
-            return
+            return False
+        self.write(connection, self.fold(connection, recorded, origins=origins))
+        if move_position and connection.dialect.name != "sqlite":
+            connection.execute(self._move_position, {"b_position": position})
+        return True
+
+    def fold(
+        self,
+        connection: Connection,
+        recorded: Sequence[Recorded],
+        *,
+        origins: Mapping[Any, datetime] | None = None,
+    ) -> Folded:
+        """``recorded`` folded over the stored rows they touch, read through
+        ``connection``; nothing is written (see :meth:`write`)."""
         events = [r.event for r in recorded]
         sinks = self._sinks_for(connection.dialect)
         remembered = self._remembered
+        tables: list[tuple[Projection, TableRows]] = []
         for projection in PROJECTIONS:
             folded = projection.of(events)
             if folded:
                 sink = sinks[projection.table]
                 memory = remembered.get(projection.table)
-                rows = _folded(projection, folded, connection, sink, memory, origins)
-                sink.write(connection, *rows.changes())
-                if memory is not None:
-                    memory.stage(rows)
+                tables.append(
+                    (projection, _folded(projection, folded, connection, sink, memory, origins))
+                )
+        return Folded(events, tables)
+
+    def write(self, connection: Connection, folded: Folded) -> None:
+        """Write the net rows of ``folded`` (and, on SQLite, index its entries' words)."""
+        sinks = self._sinks_for(connection.dialect)
+        for projection, rows in folded.tables:
+            sinks[projection.table].write(connection, *rows.changes())
+            memory = self._remembered.get(projection.table)
+            if memory is not None:
+                memory.stage(rows)
         if connection.dialect.name == "sqlite":
-            self.search.write(connection, events)
-        elif move_position:
-            connection.execute(self._move_position, {"b_position": position})
+            self.search.write(connection, folded.events)
 
     def committed(self) -> None:
         """The transaction of the last :meth:`apply` committed: remember its rows."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import Connection, Engine, inspect
@@ -17,7 +19,7 @@ from events import EventStore, Recorded, StorageError, user_log_id
 from projections.collector import collector_paused
 from projections.comparison import Difference, Listing, differences, table_listing
 from projections.folds import PROJECTIONS
-from projections.projector import Projector
+from projections.projector import Folded, FoldState, Projector
 from projections.search import SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
 from projections.writer_turns import WriterTurns
@@ -87,32 +89,99 @@ def _fold_to_end(
     stopping: Callable[[], bool] = lambda: False,
 ) -> int:
     """Fold the log from the tables' stored position to its end, a page per transaction,
-    each read and folded while every other writer is held off, so no event is folded
-    twice or passed over, whoever else writes, folds or rebuilds at the same time. A
-    rebuild's last page ends it (:meth:`Projector.finish_rebuild`)."""
+    each written while every other writer is held off, so no event is folded twice or
+    passed over, whoever else writes, folds or rebuilds at the same time. A rebuild's
+    last page ends it (:meth:`Projector.finish_rebuild`).
+
+    A rebuild reads and folds each full page without holding writers off
+    (:func:`_fold_ahead`), then writes it while they are, if the log and the tables are
+    still as it read them: writers wait for the writing alone, not for the folding. The
+    last page, and any page whose log or tables changed meanwhile, is read and folded
+    while they are held off.
+    """
     folded = 0
     last = store.max_position() if progress is not None else 0
     while True:
-        with collector_paused(), store.transaction() as connection:
-            store.lock_writers(connection)
-            turns.note(connection)
-            state = projector.state(connection)
-            page = store.notifications(connection, after=state.position, limit=page_size)
-            if state.rebuilding:
-                projector.apply(connection, page, move_position=False)
-                reached = page[-1].notification_id if page else state.position
-                if len(page) < page_size:
-                    projector.finish_rebuild(connection, reached)
-                else:
-                    projector.rebuilt_upto(connection, reached)
-            else:
-                projector.apply(connection, page)
+        with collector_paused():
+            started = monotonic()
+            ahead = _fold_ahead(store, projector, page_size)
+            if ahead is not None:
+                turns.left_free(monotonic() - started)
+            with store.transaction() as connection:
+                store.lock_writers(connection)
+                turns.note(connection)
+                page = _write_page(store, projector, connection, page_size, ahead)
         folded += len(page)
         if page and progress is not None:
             progress(page[-1].notification_id, max(last, page[-1].notification_id))
         if len(page) < page_size or stopping():
             return folded
         turns.between()
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """A page of a rebuild read and folded while writers went on, to write once they are
+    held off if nothing it read has changed since."""
+
+    state: FoldState
+    generation: int
+    page: list[Recorded]
+    folded: Folded
+
+    def holds(self, store: EventStore, projector: Projector, connection: Connection) -> bool:
+        """Whether the tables and the log are still as the page read them (read in
+        ``connection``, with writers held off): the same position and generation (no
+        other fold or rebuild, no refold in place), and the same events in the page's
+        range (none came in a gap, as PostgreSQL's writers commit out of order, nor was
+        any erased)."""
+        if projector.state(connection) != self.state:
+            return False
+        if projector.generation(connection) != self.generation:
+            return False
+        ids = [r.notification_id for r in self.page]
+        return store.ids_between(connection, self.state.position, ids[-1]) == ids
+
+
+def _fold_ahead(store: EventStore, projector: Projector, page_size: int) -> _Ahead | None:
+    """The next full page of a running rebuild, read and folded in one snapshot without
+    holding writers off; ``None`` when no rebuild runs (live writes fold too) or less
+    than a page is left (the end is read while writers are held off, so no event
+    written meanwhile is left behind)."""
+    with store.reading() as connection:
+        state = projector.state(connection)
+        if not state.rebuilding:
+            return None
+        page = store.notifications(connection, after=state.position, limit=page_size)
+        if len(page) < page_size:
+            return None
+        generation = projector.generation(connection)
+        return _Ahead(state, generation, page, projector.fold(connection, page))
+
+
+def _write_page(
+    store: EventStore,
+    projector: Projector,
+    connection: Connection,
+    page_size: int,
+    ahead: _Ahead | None,
+) -> list[Recorded]:
+    """Write the next page in ``connection``, whose transaction holds writers off: the
+    page folded ahead if it still holds, else one read and folded now. Returns it."""
+    if ahead is not None and ahead.holds(store, projector, connection):
+        projector.write(connection, ahead.folded)
+        state, page = ahead.state, ahead.page
+    else:
+        state = projector.state(connection)
+        page = store.notifications(connection, after=state.position, limit=page_size)
+        projector.apply(connection, page, move_position=not state.rebuilding)
+    if state.rebuilding:
+        reached = page[-1].notification_id if page else state.position
+        if len(page) < page_size:
+            projector.finish_rebuild(connection, reached)
+        else:
+            projector.rebuilt_upto(connection, reached)
+    return page
 
 
 def rebuild_user(
@@ -189,12 +258,19 @@ def catch_up(
 
 def index_messages(store: EventStore, projector: Projector) -> int:
     """Index every message that waits for the full-text index, holding off other writers
-    (nothing happens when none waits); returns how many."""
+    (nothing happens when none waits); returns how many.
+
+    Not while a rebuild runs: the messages that wait are the rebuild's, up to all of
+    them, and indexing them at once would hold every writer off for seconds; the rebuild
+    indexes them a page at a time once it has folded the log.
+    """
     with store.engine.connect() as connection:
         if not projector.search.unindexed(connection):
             return 0
     with store.transaction() as connection:
         store.lock_writers(connection)
+        if projector.state(connection).rebuilding:
+            return 0
         return projector.index_messages(connection)
 
 

@@ -7,7 +7,8 @@ lock again at once keeps it out, for seconds (5.5 s in one test of 10 s, 7.6 s o
 verify). A run cannot see a writer that waits, only one that has committed: SQLite's data
 version, read on the store's one writer connection, moves when another connection has
 committed since. So the run leaves the lock free for a turn now and then, to let a
-writer show itself, and at every gap once one has.
+writer show itself, and at every gap once one has. A run that does its slow part without
+the lock (a rebuild folding a page, see :mod:`projections.rebuild`) owes no turn after it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class WriterTurns:
         self._sqlite = sqlite
         self._version: int | None = None
         self._others = False
+        self._turned = False
         self._since = monotonic()
 
     def note(self, connection: Connection) -> None:
@@ -47,9 +49,19 @@ class WriterTurns:
             self._others = True
         self._version = version
 
+    def left_free(self, seconds: float) -> None:
+        """The run left the lock free for ``seconds`` (it read and folded a page without
+        it): at least a turn's length is a turn, and the next gap needs none."""
+        if seconds >= TURN:
+            self._turned = True
+
     def between(self) -> None:
         """Called between two of the run's transactions: a turn, if one is due."""
         if not self._sqlite:
+            return
+        if self._turned:
+            self._turned = False
+            self._since = monotonic()
             return
         if self._others or monotonic() - self._since >= PROBE_AFTER:
             sleep(TURN)

@@ -18,7 +18,7 @@ import pytest
 
 from actors._committer import GroupCommitter, Write
 from events import EventStore, StorageError, UserLog, user_log_id
-from projections import ProjectionTables, Projector, SearchIndex
+from projections import ProjectionTables, Projector, SearchIndex, rebuild, verify
 
 
 def _log_with_messages(user: str, count: int) -> tuple[UserLog, list[Any]]:
@@ -240,6 +240,36 @@ def test_messages_go_into_the_index_inside_the_write_that_makes_enough_wait(
         assert not _waiting(store)
     finally:
         committer.stop()
+
+
+def test_a_write_while_a_rebuild_runs_leaves_its_messages_to_the_rebuild(
+    store: EventStore,
+) -> None:
+    """The rebuild folds the write's events and indexes every message once it has folded
+    the log: a write's index pass then would index the rebuild's messages, up to all of
+    them, holding every writer off meanwhile."""
+    projector = Projector(ProjectionTables())
+    indexed: list[int] = []
+    index = projector.index_messages
+
+    def counted(connection: Any, limit: int | None = None) -> int:
+        indexed.append(index(connection, limit))
+        return indexed[-1]
+
+    projector.index_messages = counted  # type: ignore[method-assign]
+    committer = GroupCommitter(store, projector, index_every=1, index_idle=3600)
+    try:
+        committer.commit(_log_with_messages("ann", 2)[1], 0)
+        assert len(indexed) == 1 and not _waiting(store)
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            projector.begin_rebuild(connection)
+        committer.commit(_log_with_messages("bob", 2)[1], 0)
+        assert len(indexed) == 1, "no index pass while the rebuild runs"
+    finally:
+        committer.stop()
+    rebuild(store, resume=True)
+    assert not _waiting(store) and verify(store) == []
 
 
 def test_messages_go_into_the_index_once_the_committer_idles(store: EventStore) -> None:

@@ -4,6 +4,7 @@ rebuilt state equals the live one."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import subprocess
@@ -24,7 +25,9 @@ from projections import (
     Difference,
     ProjectionTables,
     Projector,
+    catch_up,
     dump,
+    index_messages,
     rebuild,
     rebuild_user,
     verify,
@@ -478,5 +481,143 @@ async def test_a_rebuild_killed_between_pages_is_finished_by_the_next_open(
     async with Memory(db_url=db_url, extractor=RecordingExtractor()):
         pass
     assert dump(store.engine, ProjectionTables()) == live
+    assert verify(store) == []
+    store.close()
+
+
+def _fold_ahead_then(
+    monkeypatch: pytest.MonkeyPatch, when: Callable[[Any], bool], meanwhile: Callable[[], Any]
+) -> list[bool]:
+    """Have ``meanwhile`` run once, after the rebuild read and folded a page ahead for
+    which ``when(page)`` holds, before it holds writers off to write it; returns whether
+    each page folded ahead still held when it came to be written."""
+    rebuilding = importlib.import_module("projections.rebuild")
+    fold_ahead, holds = rebuilding._fold_ahead, rebuilding._Ahead.holds
+    done: list[bool] = []
+    held: list[bool] = []
+
+    def folded_ahead(*args: Any) -> Any:
+        ahead = fold_ahead(*args)
+        if ahead is not None and not done and when(ahead.page):
+            done.append(True)
+            meanwhile()
+        return ahead
+
+    def still_holds(self: Any, *args: Any) -> bool:
+        held.append(holds(self, *args))
+        return held[-1]
+
+    monkeypatch.setattr(rebuilding, "_fold_ahead", folded_ahead)
+    monkeypatch.setattr(rebuilding._Ahead, "holds", still_holds)
+    return held
+
+
+async def test_a_page_folded_ahead_is_written_when_only_later_events_came_meanwhile(
+    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild reads and folds each full page without holding writers off; writes that
+    land meanwhile come after the page, so it still holds, and they are folded later."""
+    memory, store = await _busy(db_url, make_memory, extractor)
+    loop = asyncio.get_running_loop()
+
+    def write() -> None:
+        said = memory.add_exchange("ann", "written while a page was folded ahead", "ok")
+        asyncio.run_coroutine_threadsafe(said, loop).result(30)
+
+    held = _fold_ahead_then(monkeypatch, lambda page: True, write)
+    await asyncio.to_thread(rebuild, store, page_size=10)
+    assert held and all(held), "every page folded ahead was written as folded"
+    assert verify(store) == []
+    said = [m.content for m in await memory.messages("ann")]
+    assert "written while a page was folded ahead" in said
+    store.close()
+
+
+@pytest.mark.parametrize("meanwhile", ["an erasure of its events", "another fold of it"])
+async def test_a_page_folded_ahead_is_folded_again_if_its_log_or_tables_changed_meanwhile(
+    db_url: str,
+    make_memory: Any,
+    extractor: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: str,
+) -> None:
+    """A user erased while a page holding their events was folded ahead, or the page
+    folded meanwhile by another run (a catch-up of another process): the page no longer
+    holds, so it is read and folded again while writers are held off, and the rebuilt
+    tables equal the live ones, the erased user in neither."""
+    memory, store = await _busy(db_url, make_memory, extractor)
+    loop = asyncio.get_running_loop()
+    ben = user_log_id("ben")
+
+    def erase_ben() -> None:
+        asyncio.run_coroutine_threadsafe(memory.forget("ben"), loop).result(30)
+
+    def fold_elsewhere() -> None:
+        with monkeypatch.context() as inner:  # the other run folds as before
+            inner.undo()
+            catch_up(store, ProjectionTables())
+
+    erasing = meanwhile == "an erasure of its events"
+    if erasing:
+        held = _fold_ahead_then(
+            monkeypatch, lambda page: any(r.event.originator_id == ben for r in page), erase_ben
+        )
+    else:
+        held = _fold_ahead_then(monkeypatch, lambda page: True, fold_elsewhere)
+    await asyncio.to_thread(rebuild, store, page_size=10)
+    assert False in held
+    assert verify(store) == []
+    users = {row[1] for row in dump(store.engine, ProjectionTables())["users"]}
+    assert ("ben" in users) is not erasing
+    assert (await memory.user("ben") is None) is erasing
+    store.close()
+
+
+async def test_a_page_folded_ahead_does_not_hold_if_an_event_came_in_a_gap_of_it(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    """PostgreSQL's writers commit out of id order: a page read ahead may miss an event
+    that commits later with an id inside it. Such a page does not hold."""
+    memory, store = await _busy(db_url, make_memory, extractor)
+    await memory.close()
+    rebuilding = importlib.import_module("projections.rebuild")
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        projector.begin_rebuild(connection)
+    ahead = rebuilding._fold_ahead(store, projector, 10)
+    assert ahead is not None
+    gap = dataclasses.replace(ahead, page=ahead.page[:4] + ahead.page[5:])
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        assert ahead.holds(store, projector, connection)
+        assert not gap.holds(store, projector, connection)
+    store.close()
+
+
+async def test_the_messages_of_a_rebuild_wait_for_it_to_index_them(
+    db_url: str, make_memory: Any, extractor: Any
+) -> None:
+    """While a rebuild runs, or stopped before its end, the messages that wait for the
+    search index are its own, up to all of them: nobody else indexes them (a write's or a
+    search's index pass would hold every writer off for as long), and a writer leaves
+    them be; the rebuild indexes them a page at a time once it has folded the log."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's text index is the database's own")
+    memory = await make_memory()
+    await _busy_history(memory, extractor)
+    await memory.close()
+    store = EventStore(db_url)
+    _stopped_rebuild(store)
+    projector = Projector(ProjectionTables())
+
+    def waiting() -> bool:
+        with store.engine.connect() as connection:
+            return projector.search.unindexed(connection)
+
+    assert waiting()
+    assert index_messages(store, projector) == 0
+    memory = await make_memory()  # its open finishes the rebuild
+    assert not waiting()
     assert verify(store) == []
     store.close()

@@ -84,6 +84,30 @@ def test_once_another_connection_has_committed_every_gap_gets_a_turn(
     assert turns_taken == [TURN] * 5
 
 
+def test_a_run_that_left_the_lock_free_for_a_turns_length_owes_no_turn_at_the_next_gap(
+    tmp_path: Path, turns_taken: list[float]
+) -> None:
+    """A rebuild reads and folds each page without the lock: once that took at least a
+    turn's length, a waiting writer has had its turn, also once one has shown itself; a
+    shorter time off the lock counts for nothing."""
+    path = tmp_path / "shared.db"
+    engine = create_engine(sqlite_url(path))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE writes (n INTEGER)")
+    turns = WriterTurns(sqlite=True)
+    with engine.connect() as connection:
+        turns.note(connection)
+        other.execute("INSERT INTO writes VALUES (1)")  # a writer got in
+        turns.note(connection)
+        turns.left_free(TURN)
+        turns.between()
+        assert turns_taken == []
+        turns.left_free(TURN / 2)
+        turns.between()
+    other.close()
+    assert turns_taken == [TURN]
+
+
 def test_postgresql_queues_its_writers_so_no_turn_is_taken(
     turns_taken: list[float], clock: list[float]
 ) -> None:
