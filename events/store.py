@@ -334,6 +334,7 @@ class EventStore:
         )
         self._max_id = select(func.coalesce(func.max(events.c.id), 0))
         self._count = select(func.count()).select_from(events)
+        self._raw_ids_between = f"SELECT id FROM {events.name} WHERE id > ? AND id <= ? ORDER BY id"
         self._ids_between = (
             select(events.c.id)
             .where(events.c.id > bindparam("after"), events.c.id <= bindparam("upto"))
@@ -853,6 +854,11 @@ class EventStore:
         """The ids of the stored events past notification ``after`` up to ``upto``, in
         order, read in ``connection``: a page read earlier is still the log there if its
         ids are these (none came in a gap since, none was erased)."""
+        if self.is_sqlite:  # a page's thousands of ids, without SQLAlchemy's rows
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            found = driver.execute(self._raw_ids_between, (after, upto)).fetchall()
+            return [n for (n,) in found]
         rows = connection.execute(self._ids_between, {"after": after, "upto": upto})
         return [int(n) for n in rows.scalars()]
 

@@ -150,7 +150,7 @@ def _fold_ahead(store: EventStore, projector: Projector, page_size: int) -> _Ahe
     written meanwhile is left behind)."""
     with store.reading() as connection:
         state = projector.state(connection)
-        if not state.rebuilding:
+        if not state.rebuilding or store.max_position(connection) - state.position < page_size:
             return None
         page = store.notifications(connection, after=state.position, limit=page_size)
         if len(page) < page_size:
