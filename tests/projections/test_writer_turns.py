@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import importlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import Engine, create_engine
 
 from events import sqlite_url
 from projections import rebuild, verify
@@ -65,13 +66,20 @@ def test_a_run_shorter_than_a_second_takes_no_turn(
     assert turns_taken == []
 
 
-def test_once_another_connection_has_committed_every_gap_gets_a_turn(
-    tmp_path: Path, turns_taken: list[float]
-) -> None:
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[tuple[Engine, sqlite3.Connection]]:
+    """An engine on a database file, and another connection to it, ready to write."""
     path = tmp_path / "shared.db"
-    engine = create_engine(sqlite_url(path))
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("CREATE TABLE writes (n INTEGER)")
+    yield create_engine(sqlite_url(path)), other
+    other.close()
+
+
+def test_once_another_connection_has_committed_every_gap_gets_a_turn(
+    shared: tuple[Engine, sqlite3.Connection], turns_taken: list[float]
+) -> None:
+    engine, other = shared
     turns = WriterTurns(sqlite=True)
     with engine.connect() as connection:
         turns.note(connection)
@@ -80,20 +88,16 @@ def test_once_another_connection_has_committed_every_gap_gets_a_turn(
         for _ in range(5):
             turns.note(connection)
             turns.between()
-    other.close()
     assert turns_taken == [TURN] * 5
 
 
 def test_a_run_that_left_the_lock_free_for_a_turns_length_owes_no_turn_at_the_next_gap(
-    tmp_path: Path, turns_taken: list[float]
+    shared: tuple[Engine, sqlite3.Connection], turns_taken: list[float]
 ) -> None:
     """A rebuild reads and folds each page without the lock: once that took at least a
     turn's length, a waiting writer has had its turn, also once one has shown itself; a
     shorter time off the lock counts for nothing."""
-    path = tmp_path / "shared.db"
-    engine = create_engine(sqlite_url(path))
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("CREATE TABLE writes (n INTEGER)")
+    engine, other = shared
     turns = WriterTurns(sqlite=True)
     with engine.connect() as connection:
         turns.note(connection)
@@ -104,7 +108,6 @@ def test_a_run_that_left_the_lock_free_for_a_turns_length_owes_no_turn_at_the_ne
         assert turns_taken == []
         turns.left_free(TURN / 2)
         turns.between()
-    other.close()
     assert turns_taken == [TURN]
 
 
