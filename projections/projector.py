@@ -214,8 +214,8 @@ class Projector:
         return bool(layout == _layout())
 
     def generation(self, connection: Connection) -> int:
-        """The tables' generation: it moves on whenever rows change outside a fold of the
-        log (the tables made again, one user refolded, a user erased)."""
+        """The tables' generation: it moves on when their rows change but by folding the
+        log onwards (the tables made again, one user's rows refolded in place)."""
         return self._stored_generation(connection)
 
     def _stored_generation(self, connection: Connection) -> int:
