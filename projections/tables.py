@@ -120,6 +120,10 @@ class ProjectionTables:
             Column("superseded_by", StoredId(), nullable=True),
             Column("ended_reason", Text, nullable=True),
             Column("ended_version", Integer, nullable=True),
+            # A user's listing, in order: a page is read off it, with no sort of them all.
+            Index(
+                f"{prefix}knowledge_listing", "log_id", "knowledge_version", "version", "ordinal"
+            ),
         )
         self.messages = Table(
             f"{prefix}messages",

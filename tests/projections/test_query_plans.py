@@ -74,6 +74,8 @@ async def _workload(path: Path) -> None:
             await memory.retrieve("ann", question, top_k=10)
         entries = await memory.knowledge("ann")
         await memory.knowledge("ann", history=True)
+        await memory.knowledge("ann", offset=2, limit=3)
+        await memory.knowledge("ann", history=True, offset=1, limit=2)
         await memory.messages("ann", after=5, limit=20)
         await memory.tasks("ann")
         await memory.buffer("ann")
@@ -112,3 +114,18 @@ def test_no_read_of_one_user_goes_through_every_users_rows(
     assert len(plans) > 20, "the workload reads users' rows"
     wide = {s: step for s, steps in plans.items() for step in steps if _EVERY_USERS.search(step)}
     assert wide == {}
+
+
+def test_a_page_of_a_users_knowledge_is_read_in_order_without_sorting_all_of_it(
+    traced: tuple[Path, set[str]],
+) -> None:
+    """A listing's page is read off the user's rows of the listing index, in order: no
+    sort of every entry of the user to find one page (at 5,000 facts the last page of
+    101 took 10 to 13 ms so, 2.6 to 4.4 ms off the index)."""
+    path, statements = traced
+    listing = "ORDER BY mv_knowledge.version, mv_knowledge.ordinal"
+    pages = {s for s in statements if listing in s and " OFFSET " in s}
+    plans = _plans(path, pages)
+    assert len(plans) >= 2, "the workload reads pages of knowledge"
+    sorted_ = {s: steps for s, steps in plans.items() if any("TEMP B-TREE" in x for x in steps)}
+    assert sorted_ == {}
