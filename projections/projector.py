@@ -138,7 +138,7 @@ class Projector:
         generation = 0
         current = self.layout_current(connection)
         if (drop or not current) and inspect(connection).has_table(position.name):
-            generation = self._stored_generation(connection) + 1
+            generation = self.generation(connection) + 1
             self.drop(connection, keep_vectors=current)
         existing = set(inspect(connection).get_table_names())
         for table in self.tables.metadata.sorted_tables:
@@ -185,7 +185,7 @@ class Projector:
         """Rows were refolded in place (one user's rebuild): move the generation on, so a
         process that remembers rows from before reads them back."""
         table = self.tables.position
-        generation = self._stored_generation(connection) + 1
+        generation = self.generation(connection) + 1
         updated = connection.execute(
             table.update().where(table.c.name == _GENERATION).values(position=generation)
         )
@@ -216,9 +216,6 @@ class Projector:
     def generation(self, connection: Connection) -> int:
         """The tables' generation: it moves on when their rows change but by folding the
         log onwards (the tables made again, one user's rows refolded in place)."""
-        return self._stored_generation(connection)
-
-    def _stored_generation(self, connection: Connection) -> int:
         table = self.tables.position
         found = connection.execute(
             select(table.c.position).where(table.c.name == _GENERATION)

@@ -67,18 +67,20 @@ class ProjectionReader:
         )
         at = bindparam("at", type_=k.c.valid_from.type)
         in_order = (k.c.version, k.c.ordinal)
-        self._knowledge = {
-            "ever": of_version.order_by(*in_order),
-            "now": of_version.where(k.c.valid_until.is_(None)).order_by(*in_order),
+        listings = {
+            "ever": of_version,
+            "now": of_version.where(k.c.valid_until.is_(None)),
             "then": of_version.where(
                 k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
-            ).order_by(*in_order),
+            ),
         }
-        self._knowledge_pages = {
-            listing: query.limit(bindparam("limit", type_=Integer)).offset(
-                bindparam("offset", type_=Integer)
-            )
-            for listing, query in self._knowledge.items()
+        # One statement a listing, a page of it or the whole: a page is read in the
+        # database, off the listing index, not cut from every entry.
+        self._knowledge = {
+            name: query.order_by(*in_order)
+            .limit(bindparam("limit", type_=Integer))
+            .offset(bindparam("offset", type_=Integer))
+            for name, query in listings.items()
         }
         t, u = tables.tasks, tables.users
         self._task = select(t).where(
@@ -128,15 +130,11 @@ class ProjectionReader:
         listing = "ever" if history else "now" if as_of is None else "then"
         if as_of is not None and not history:
             binds["at"] = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
-        if offset or limit is not None:
-            query = self._knowledge_pages[listing]
-            # No table holds more rows than a column counts: larger numbers say the same.
-            binds.update(
-                offset=min(offset, _LARGEST_SEQ), limit=min(limit or _LARGEST_SEQ, _LARGEST_SEQ)
-            )
-        else:
-            query = self._knowledge[listing]
-        rows = connection.execute(query, binds).mappings()
+        # No table holds more rows than a column counts: larger numbers say the same.
+        binds.update(
+            offset=min(offset, _LARGEST_SEQ), limit=min(limit or _LARGEST_SEQ, _LARGEST_SEQ)
+        )
+        rows = connection.execute(self._knowledge[listing], binds).mappings()
         return [entry_from_row(user_id, r) for r in rows]
 
     def entries(self, connection: Connection, user_id: str, ids: list[str]) -> list[KnowledgeEntry]:
