@@ -34,6 +34,10 @@ Outcome = ExtractionResult | BaseException
 """What an extraction ended with: a result, or the error that failed the batch."""
 
 
+_UNWIND_SECONDS = 5.0
+"""How long stopping waits for cancelled extractions to end before it closes the loop."""
+
+
 class EveryBatchRefused(ExtractionError):
     """The API refuses every batch for one reason (see :meth:`CircuitBreaker.refused`):
     the batch is retried later, whole, and none of its messages is blamed."""
@@ -119,18 +123,33 @@ class ExtractionWorkers:
             return len(self._pending)
 
     def stop(self) -> None:
-        """Cancel what still runs, close the extractor and stop the loop thread."""
-        with self._lock:
-            pending = list(self._pending)
-        for future in pending:
-            future.cancel()
-        closing = asyncio.run_coroutine_threadsafe(self._aclose(), self._loop)
+        """Cancel what still runs and let it unwind, close the extractor and stop the
+        loop thread."""
+        closing = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
-            closing.result(timeout=10)
+            closing.result(timeout=_UNWIND_SECONDS + 10)
         except Exception:
             log.exception("closing the extractor failed")
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+    async def _shutdown(self) -> None:
+        """Cancel every extraction and wait for each to end (an HTTP call closes its
+        connection as it unwinds, over a few turns of the loop), then close the
+        extractor: none is left pending on a stopped loop, to be destroyed unfinished."""
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        if running:
+            _, stuck = await asyncio.wait(running, timeout=_UNWIND_SECONDS)
+            if stuck:
+                log.warning(
+                    "%d extraction(s) of %s did not end within %g s of being cancelled",
+                    len(stuck),
+                    self.extractor.name,
+                    _UNWIND_SECONDS,
+                )
+        await self._aclose()
 
     async def _extract(self, batch: ExtractionBatch) -> ExtractionResult:
         if self._semaphore is None:

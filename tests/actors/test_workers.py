@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
 from typing import Any
 
+import pytest
+
+import actors._workers as workers_module
 from actors._pacing import CircuitBreaker
 from actors._workers import ExtractionWorkers, Outcome
 from events import ExtractionBatch
@@ -55,3 +60,80 @@ def test_batches_queued_for_a_slot_when_the_breaker_opens_wait_for_it() -> None:
         assert len(outcomes) == 1 and isinstance(outcomes[0], ConnectionResetError)
     finally:
         workers.stop()
+
+
+class _SlowToCancel:
+    """An extractor whose call, once cancelled, takes a few more turns of its loop to
+    unwind (as an HTTP client closing its connection does)."""
+
+    name = "slow-to-cancel"
+
+    def __init__(self, calls: int) -> None:
+        self.calls, self.unwound = calls, 0
+        self.all_started = threading.Event()
+
+    async def extract(self, batch: ExtractionBatch) -> Any:
+        self.calls -= 1
+        if self.calls == 0:
+            self.all_started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.05)
+            self.unwound += 1
+        raise AssertionError("never reached")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_stop_waits_for_cancelled_extractions_to_unwind() -> None:
+    """Stopping cancels every extraction still running, and each ends (its cleanup run,
+    its outcome delivered) before the loop stops: none is left pending on a closed loop,
+    where the interpreter would destroy it unfinished."""
+    api = _SlowToCancel(calls=2)
+    workers = ExtractionWorkers(api, concurrency=2)  # type: ignore[arg-type]
+    outcomes: list[Outcome] = []
+    workers.submit(ExtractionBatch("u", "task-1", ()), outcomes.append)
+    workers.submit(ExtractionBatch("u", "task-2", ()), outcomes.append)
+    assert api.all_started.wait(10)
+    workers.stop()
+    assert api.unwound == 2
+    assert len(outcomes) == 2
+    assert all(isinstance(o, BaseException) for o in outcomes)
+
+
+class _DeafToCancel:
+    """An extractor that goes on through a cancellation (a bug of its own)."""
+
+    name = "deaf"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    async def extract(self, batch: ExtractionBatch) -> Any:
+        self.started.set()
+        for _ in range(2):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(5)
+        raise AssertionError("never reached")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_stop_gives_up_on_an_extraction_that_does_not_end_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An extraction that goes on through its cancellation does not hold the shutdown
+    for longer than the bound: stop returns, and the warning names the extractor."""
+    monkeypatch.setattr(workers_module, "_UNWIND_SECONDS", 0.1)
+    api = _DeafToCancel()
+    workers = ExtractionWorkers(api)  # type: ignore[arg-type]
+    workers.submit(ExtractionBatch("u", "task-1", ()), lambda outcome: None)
+    assert api.started.wait(10)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="memvee.actors"):
+        workers.stop()
+    assert time.monotonic() - started < 4
+    assert "1 extraction(s) of deaf did not end within 0.1 s" in caplog.text
