@@ -234,6 +234,10 @@ class _MemveeApplication(Application[UUID]):
         return CompactMapper(made.transcoder, made.compressor, made.cipher)
 
 
+_EVENTS_PER_INSERT = 1000
+"""Events per insert statement on PostgreSQL (4 bind parameters each, of 65,535)."""
+
+
 class EventStore:
     """Loads, appends and follows user logs in one database.
 
@@ -394,6 +398,31 @@ class EventStore:
         )
         self._insert_returning = self._events.insert().returning(
             self._events.c.id, sort_by_parameter_order=True
+        )
+        # psycopg 3: the write's statements straight to the driver, as on SQLite (through
+        # SQLAlchemy each cost a one-exchange write about 100 µs more of CPU than the
+        # driver's own). A multi-row VALUES inserts the events in their order (a log's
+        # versions follow each other, which its guard trigger checks row by row).
+        dialect = engine.dialect
+        self._psycopg = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        kind = {c.name: c.type.compile(dialect=dialect) for c in events.columns}
+        self._pg_insert_head = (
+            f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) VALUES "
+        )
+        self._pg_insert_row = (
+            f"(%s::{kind['originator_id']}, %s::{kind['originator_version']}, "
+            f"%s::{kind['topic']}, %s::{kind['state']})"
+        )
+        self._pg_inserts: dict[int, str] = {}
+        self._pg_origins_sql = (
+            f"SELECT originator_id, topic, state FROM {events.name} "
+            f"WHERE originator_version = 1 AND originator_id = ANY(%s::{kind['originator_id']}[])"
+        )
+        self._conflicts: tuple[type[BaseException], ...] = (
+            IntegrityError,
+            sqlalchemy.exc.IntegrityError,
+            sqlite3.IntegrityError,
+            dialect.loaded_dbapi.IntegrityError,
         )
 
     def _require_event_log(self, engine: Engine) -> None:
@@ -569,7 +598,7 @@ class EventStore:
                     in_transaction(connection, recorded)
                 if snapshots:
                     self._insert_snapshots(connection, snapshots)
-        except (IntegrityError, sqlalchemy.exc.IntegrityError, sqlite3.IntegrityError) as error:
+        except self._conflicts as error:
             raise ConflictError(
                 f"a user log was appended to concurrently: {first_line(error)}"
             ) from error
@@ -606,6 +635,11 @@ class EventStore:
             sql = self._raw_origins.format(", ".join("?" * size))
             found = driver.execute(sql, [*keys, *keys[-1:] * (size - len(keys))])
             rows = {UUID(bytes=row[0]): row[1:] for row in found}
+        elif self._psycopg:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            found = driver.cursor().execute(self._pg_origins_sql, (list(origins),))
+            rows = {row[0]: row[1:] for row in found}
         else:
             found = connection.execute(self._origins, {"log_ids": list(origins)})
             rows = {row[0]: row[1:] for row in found}
@@ -644,11 +678,31 @@ class EventStore:
             return list(range(last - len(stored) + 1, last + 1))
         # No table lock: every writer folds its own events in its own transaction, so
         # the projections never need commit order to equal id order.
+        if self._psycopg:
+            return self._insert_psycopg(connection, stored)
         rows = [
             {"originator_id": i, "originator_version": v, "topic": t, "state": s}
             for i, v, t, s in stored
         ]
         return [row[0] for row in connection.execute(self._insert_returning, rows)]
+
+    def _insert_psycopg(self, connection: Connection, stored: list[Stored]) -> list[int]:
+        """:meth:`_insert` on psycopg: a multi-row ``VALUES`` per 1,000 events, each
+        event's id read back by its log and version (``RETURNING`` promises no order)."""
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        cursor, ids = driver.cursor(), {}
+        for start in range(0, len(stored), _EVENTS_PER_INSERT):
+            chunk = stored[start : start + _EVENTS_PER_INSERT]
+            sql = self._pg_inserts.get(len(chunk))
+            if sql is None:
+                marks = ", ".join([self._pg_insert_row] * len(chunk))
+                sql = self._pg_inserts[len(chunk)] = (
+                    f"{self._pg_insert_head}{marks} RETURNING id, originator_id, originator_version"
+                )
+            found = cursor.execute(sql, [v for row in chunk for v in row]).fetchall()
+            ids.update({(row[1], row[2]): row[0] for row in found})
+        return [ids[i, v] for i, v, _, _ in stored]
 
     def _insert_snapshots(
         self, connection: Connection, snapshots: Sequence[StoredSnapshot]

@@ -110,8 +110,10 @@ class _DeafToCancel:
 
     def __init__(self) -> None:
         self.started = threading.Event()
+        self.task: asyncio.Task[Any] | None = None
 
     async def extract(self, batch: ExtractionBatch) -> Any:
+        self.task = asyncio.current_task()
         self.started.set()
         for _ in range(2):
             with contextlib.suppress(asyncio.CancelledError):
@@ -137,3 +139,5 @@ def test_stop_gives_up_on_an_extraction_that_does_not_end_and_says_so(
         workers.stop()
     assert time.monotonic() - started < 4
     assert "1 extraction(s) of deaf did not end within 0.1 s" in caplog.text
+    assert api.task is not None and not api.task.done()
+    api.task._log_destroy_pending = False  # left on the closed loop, as the warning said

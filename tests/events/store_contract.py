@@ -16,6 +16,7 @@ from events import (
     ConflictError,
     EventStore,
     ExtractedFact,
+    Recorded,
     StorageError,
     UserLog,
     user_log_id,
@@ -49,6 +50,34 @@ class EventStoreContract:
         store.append([log.collect_events() for log in logs])
         assert all(store.load(f"user-{i}") is not None for i in range(5))
         assert store.max_position() == 10
+
+    def test_a_large_append_gives_each_event_its_own_position_in_order(
+        self, store: EventStore
+    ) -> None:
+        """An append larger than one insert statement (PostgreSQL writes 1,000 events a
+        statement) returns each event's position in the order given, and each log's
+        events are stored in version order at ascending positions."""
+        logs = [UserLog.register(f"user-{i}") for i in range(3)]
+        for log in logs:
+            for n in range(799):
+                log.add_message("user", f"{log.user_id} {n}", None, 100)
+        batches = [log.collect_events() for log in logs]
+        recorded = store.append(batches)
+        events = [e for batch in batches for e in batch]
+        assert len(recorded) == len(events) == 2_400
+        assert [r.event for r in recorded] == events
+        assert len({r.notification_id for r in recorded}) == 2_400
+        assert [r.notification_id for r in recorded] == sorted(r.notification_id for r in recorded)
+        with store.reading() as connection:
+            stored = store.notifications(connection, after=0, limit=3_000)
+
+        def where(found: list[Recorded]) -> list[tuple[int, UUID, int]]:
+            return [
+                (r.notification_id, r.event.originator_id, r.event.originator_version)
+                for r in found
+            ]
+
+        assert where(stored) == where(recorded)
 
     def test_a_version_conflict_raises_and_stores_nothing(self, store: EventStore) -> None:
         log = UserLog.register("bo")
