@@ -1,16 +1,20 @@
 """The SQL sink: a user's log id, on every row, is converted once and remembered, and the
-rows written read back as they were."""
+rows written read back as they were, on every path to the database."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Table
 
-from events import EventStore
-from projections import ProjectionTables
+from events import EventStore, sqlite_url
+from projections import ProjectionTables, Projector
 from projections.sink import TableSink, _remembering
+from tests.support.backends import postgres_url
 
 
 def test_a_repeated_value_is_converted_once_and_the_memory_is_bounded(
@@ -31,9 +35,35 @@ def test_a_repeated_value_is_converted_once_and_the_memory_is_bounded(
     assert calls == ["a", "b", "c", "d", "a"], "full at three: forgotten, then converted again"
 
 
-def test_users_rows_written_through_the_sink_read_back_as_they_were(store: EventStore) -> None:
-    tables = ProjectionTables()
-    sink = TableSink(tables.users, ("log_id",), store.engine.dialect)
+SINK_PATHS = ("sqlite", "postgres", "postgres-core")
+"""The sink's paths: straight to sqlite3, straight to psycopg, and SQLAlchemy Core (any
+other driver's), run here on psycopg's connection."""
+
+
+@pytest.fixture(params=SINK_PATHS)
+def sink_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[EventStore, bool]]:
+    """A store with the projection tables, and whether its sinks go through SQLAlchemy Core."""
+    path: str = request.param
+    url = sqlite_url(tmp_path / "sink.db") if path == "sqlite" else postgres_url()
+    store = EventStore(url)
+    with store.transaction() as connection:
+        Projector(ProjectionTables()).create(connection)
+    yield store, path == "postgres-core"
+    store.close()
+
+
+def _sink(store: EventStore, table: Table, key: tuple[str, ...], core: bool) -> TableSink:
+    sink = TableSink(table, key, store.engine.dialect)
+    assert sink.native, "straight to the driver on SQLite and psycopg"
+    sink.native = not core
+    return sink
+
+
+def test_users_rows_written_through_the_sink_read_back_as_they_were(
+    sink_store: tuple[EventStore, bool],
+) -> None:
+    store, core = sink_store
+    sink = _sink(store, ProjectionTables().users, ("log_id",), core)
     moment = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
     rows: list[dict[str, Any]] = [
         {
@@ -64,3 +94,58 @@ def test_users_rows_written_through_the_sink_read_back_as_they_were(store: Event
     by_id = {r["log_id"]: r for r in loaded}
     assert by_id[rows[0]["log_id"]] == again[0]
     assert [by_id[r["log_id"]] for r in rows[1:]] == rows[1:]
+
+
+def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
+    sink_store: tuple[EventStore, bool],
+) -> None:
+    """More rows than one insert statement takes (PostgreSQL: 256), of every column type
+    (ids, text, a JSON list, times, integers, NULLs): updated by groups of changed columns,
+    some deleted, they read back as the fold left them."""
+    store, core = sink_store
+    sink = _sink(store, ProjectionTables().knowledge, ("entry_id",), core)
+    moment = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
+
+    def entry(n: int) -> dict[str, Any]:
+        return {
+            "entry_id": f"00000000-0000-4000-8000-{n:012d}",
+            "log_id": "0f8fad5b-d9cb-469f-a165-708677289500",
+            "text": f"fact {n}: it's 100% true",
+            "task_id": f"task-{n % 7}",
+            "source_message_ids": [f"m-{n}", f"m-{n + 1}"],
+            "extracted_at": moment,
+            "version": n,
+            "ordinal": n % 3,
+            "knowledge_version": "v1",
+            "extractor": "test",
+            "model": None if n % 2 else "model-x",
+            "valid_from": moment,
+            "valid_until": None,
+            "superseded_by": None,
+            "ended_reason": None,
+            "ended_version": None,
+        }
+
+    rows = [entry(n) for n in range(600)]
+    ended = moment.replace(year=2027)
+    with store.transaction() as connection:
+        sink.write(connection, rows, [], [])
+        sink.write(
+            connection,
+            [],
+            [
+                *({"entry_id": r["entry_id"], "valid_until": ended} for r in rows[:300]),
+                *(
+                    {"entry_id": r["entry_id"], "text": "changed", "model": None}
+                    for r in rows[300:310]
+                ),
+            ],
+            [r["entry_id"] for r in rows[500:]],
+        )
+        loaded = sink.load(connection, "log_id", [rows[0]["log_id"]])
+    expected = [
+        *({**r, "valid_until": ended} for r in rows[:300]),
+        *({**r, "text": "changed", "model": None} for r in rows[300:310]),
+        *rows[310:500],
+    ]
+    assert sorted(loaded, key=lambda r: r["version"]) == expected
