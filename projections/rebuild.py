@@ -20,7 +20,7 @@ from projections.collector import collector_paused
 from projections.comparison import Difference, Listing, differences, table_listing
 from projections.folds import PROJECTIONS
 from projections.projector import Folded, FoldState, Projector
-from projections.search import SearchIndex
+from projections.search import MessageBodies, SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
 from projections.writer_turns import WriterTurns
 
@@ -277,17 +277,59 @@ def index_messages(store: EventStore, projector: Projector) -> int:
 def _index_in_pages(
     store: EventStore, projector: Projector, page_size: int, turns: WriterTurns
 ) -> None:
-    """:func:`index_messages`, ``page_size`` messages a transaction, with turns between."""
+    """:func:`index_messages`, ``page_size`` messages a transaction, with turns between.
+
+    Each page's words are read and built without holding writers off
+    (:func:`_bodies_ahead`), then stored while they are, if the page is still the next
+    to index (:meth:`_Bodies.holds`); else it is read and built while they wait.
+    """
     with store.engine.connect() as connection:
         if not projector.search.unindexed(connection):
             return
     while True:
         turns.between()
-        with collector_paused(), store.transaction() as connection:
-            store.lock_writers(connection)
-            turns.note(connection)
-            if projector.index_messages(connection, page_size) < page_size:
-                return
+        with collector_paused():
+            started = monotonic()
+            ahead = _bodies_ahead(store, projector, page_size)
+            if ahead is not None:
+                turns.left_free(monotonic() - started)
+            with store.transaction() as connection:
+                store.lock_writers(connection)
+                turns.note(connection)
+                if ahead is not None and ahead.holds(projector, connection):
+                    projector.search.write_bodies(connection, ahead.bodies)
+                    done = len(ahead.bodies.ids)
+                else:
+                    done = projector.index_messages(connection, page_size)
+        if done < page_size:
+            return
+
+
+@dataclass(frozen=True, slots=True)
+class _Bodies:
+    """A page of messages' index words, built while writers went on, to store once they
+    are held off if it is still the next page to index."""
+
+    generation: int
+    bodies: MessageBodies
+
+    def holds(self, projector: Projector, connection: Connection) -> bool:
+        """Whether the page is still the next to index (read in ``connection``, with
+        writers held off): the same generation of the tables, the indexed position where
+        it was read, and the same message rows in its range."""
+        if projector.generation(connection) != self.generation:
+            return False
+        return projector.search.still_waiting(connection, self.bodies)
+
+
+def _bodies_ahead(store: EventStore, projector: Projector, page_size: int) -> _Bodies | None:
+    """The next page of messages to index, their words built in one snapshot without
+    holding writers off; ``None`` when none waits."""
+    with store.reading() as connection:
+        bodies = projector.search.bodies(connection, page_size)
+        if bodies is None:
+            return None
+        return _Bodies(projector.generation(connection), bodies)
 
 
 def dump(source: Engine | Connection, tables: ProjectionTables) -> Dump:

@@ -27,6 +27,7 @@ import threading
 import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import groupby
 from operator import itemgetter
@@ -45,6 +46,7 @@ __all__ = [
     "MESSAGES_INDEXED",
     "PG_SPOKEN",
     "PG_VECTOR",
+    "MessageBodies",
     "SearchIndex",
     "index_word",
     "owned_term",
@@ -153,6 +155,16 @@ def owned_term(log_id: str, term: str) -> str:
     return owner_token(log_id) + index_word(term)
 
 
+@dataclass(frozen=True, slots=True)
+class MessageBodies:
+    """A page of messages as the full-text index stores them, read after indexed
+    position ``after``: the ids of every row read, and the bodies of those with words."""
+
+    after: int
+    ids: list[int]
+    bodies: list[tuple[int, str]]
+
+
 class SearchIndex:
     """The index tables (SQLite) or indexes (PostgreSQL) of one set of projection tables.
 
@@ -174,6 +186,14 @@ class SearchIndex:
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
         self.messages_fts = Table(f"{tables.prefix}messages_fts", metadata, Column("body", Text))
+        position, messages = tables.position.name, tables.messages.name
+        self._indexed_sql = f"SELECT position FROM {position} WHERE name = ?"
+        self._waiting_sql = (
+            f"SELECT id, log_id, content, name FROM {messages} WHERE id > ? ORDER BY id LIMIT ?"
+        )
+        self._ids_sql = f"SELECT id FROM {messages} WHERE id > ? AND id <= ? ORDER BY id"
+        self._index_sql = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
+        self._move_indexed_sql = f"UPDATE {position} SET position = ? WHERE name = ?"
         self._unindexed_sql = (
             f"SELECT (SELECT coalesce(max(id), 0) FROM {tables.messages.name}) > "
             f"(SELECT position FROM {tables.position.name} WHERE name = ?)"
@@ -255,41 +275,58 @@ class SearchIndex:
         find it)."""
         if not _is_sqlite(connection):
             return 0
-        cursor = connection.connection.driver_connection
-        assert cursor is not None
-        position, messages = self.tables.position.name, self.tables.messages.name
-        found = cursor.execute(
-            f"SELECT position FROM {position} WHERE name = ?", (MESSAGES_INDEXED,)
-        ).fetchone()
-        after, done = (found[0] if found else 0), 0
-        insert = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
+        done = 0
         while limit is None or done < limit:
             page = _INDEX_PAGE if limit is None else min(_INDEX_PAGE, limit - done)
-            rows = cursor.execute(
-                f"SELECT id, log_id, content, name FROM {messages} WHERE id > ? "
-                "ORDER BY id LIMIT ?",
-                (after, page),
-            ).fetchall()
-            if not rows:
+            bodies = self.bodies(connection, page)
+            if bodies is None:
                 break
-            owners: dict[bytes | str, str] = {}
-            bodies = []
-            for number, log_id, content, name in rows:
-                owner = owners.get(log_id)
-                if owner is None:
-                    owner = owners[log_id] = _owner_of(log_id)
-                body = _owned(owner, spoken(content, name))
-                if body:
-                    bodies.append((number, body))
-            cursor.executemany(insert, bodies)
-            after, done = rows[-1][0], done + len(rows)
-            if len(rows) < page:
+            self.write_bodies(connection, bodies)
+            done += len(bodies.ids)
+            if len(bodies.ids) < page:
                 break
-        if done:
-            cursor.execute(
-                f"UPDATE {position} SET position = ? WHERE name = ?", (after, MESSAGES_INDEXED)
-            )
         return done
+
+    def bodies(self, connection: Connection, limit: int) -> MessageBodies | None:
+        """The next ``limit`` messages that wait for the index, as it would store them
+        (SQLite); ``None`` when none waits. Only reads: a rebuild builds them while
+        writers go on, and writes them once they are held off (:meth:`write_bodies`)."""
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        found = cursor.execute(self._indexed_sql, (MESSAGES_INDEXED,)).fetchone()
+        after = found[0] if found else 0
+        rows = cursor.execute(self._waiting_sql, (after, limit)).fetchall()
+        if not rows:
+            return None
+        owners: dict[bytes | str, str] = {}
+        bodies = []
+        for number, log_id, content, name in rows:
+            owner = owners.get(log_id)
+            if owner is None:
+                owner = owners[log_id] = _owner_of(log_id)
+            body = _owned(owner, spoken(content, name))
+            if body:
+                bodies.append((number, body))
+        return MessageBodies(after, [row[0] for row in rows], bodies)
+
+    def write_bodies(self, connection: Connection, bodies: MessageBodies) -> None:
+        """Store ``bodies`` in the index and move the indexed position past them."""
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        cursor.executemany(self._index_sql, bodies.bodies)
+        cursor.execute(self._move_indexed_sql, (bodies.ids[-1], MESSAGES_INDEXED))
+
+    def still_waiting(self, connection: Connection, bodies: MessageBodies) -> bool:
+        """Whether ``bodies`` are still the next messages to index, read in
+        ``connection`` with writers held off: the indexed position where it was, and the
+        same message rows in their range (none erased meanwhile)."""
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        found = cursor.execute(self._indexed_sql, (MESSAGES_INDEXED,)).fetchone()
+        if (found[0] if found else 0) != bodies.after:
+            return False
+        ids = cursor.execute(self._ids_sql, (bodies.after, bodies.ids[-1])).fetchall()
+        return [row[0] for row in ids] == bodies.ids
 
     def erased(self, connection: Connection) -> None:
         """Message rows were deleted: the indexed position moves back to the last row left,

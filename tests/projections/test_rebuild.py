@@ -33,7 +33,7 @@ from projections import (
     verify,
 )
 from projections.rebuild import SCRATCH_PREFIX
-from projections.search import owned_words, owner_token
+from projections.search import owned_term, owned_words, owner_token
 from tests.support.extractors import RecordingExtractor
 
 
@@ -620,4 +620,98 @@ async def test_the_messages_of_a_rebuild_wait_for_it_to_index_them(
     memory = await make_memory()  # its open finishes the rebuild
     assert not waiting()
     assert verify(store) == []
+    store.close()
+
+
+def _bodies_ahead_then(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Any]) -> list[bool]:
+    """Have ``meanwhile`` run once, after the rebuild built the words of its first page of
+    messages ahead, before it holds writers off to store them; returns whether each page
+    built ahead was still the next to index when it came to be stored."""
+    rebuilding = importlib.import_module("projections.rebuild")
+    bodies_ahead, holds = rebuilding._bodies_ahead, rebuilding._Bodies.holds
+    held: list[bool] = []
+
+    def built_ahead(*args: Any) -> Any:
+        ahead = bodies_ahead(*args)
+        if ahead is not None and not held:
+            meanwhile()
+        return ahead
+
+    def still_holds(self: Any, *args: Any) -> bool:
+        held.append(holds(self, *args))
+        return held[-1]
+
+    monkeypatch.setattr(rebuilding, "_bodies_ahead", built_ahead)
+    monkeypatch.setattr(rebuilding._Bodies, "holds", still_holds)
+    return held
+
+
+def _indexed(store: EventStore, user: str, word: str) -> int:
+    """How many of ``user``'s messages the full-text index finds by ``word``."""
+    term = owned_term(str(user_log_id(user)), word)
+    with store.engine.connect() as connection:
+        found = connection.execute(
+            text("SELECT count(*) FROM mv_messages_fts WHERE mv_messages_fts MATCH :q"),
+            {"q": f'"{term}"'},
+        )
+        return int(found.scalar_one())
+
+
+def _sqlite_only(db_url: str) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's text index is the database's own")
+
+
+async def test_a_page_of_words_built_ahead_is_stored_when_only_new_messages_came_meanwhile(
+    db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild builds each page of the messages' index words without holding writers
+    off; a message written meanwhile comes after the page, so the page is stored as built,
+    and the new message is indexed too."""
+    _sqlite_only(db_url)
+    memory, store = await _busy(db_url, make_memory, extractor)
+    loop = asyncio.get_running_loop()
+
+    def write() -> None:
+        said = memory.add_exchange("ann", "a kumquat while the words were built", "ok")
+        asyncio.run_coroutine_threadsafe(said, loop).result(30)
+
+    held = _bodies_ahead_then(monkeypatch, write)
+    await asyncio.to_thread(rebuild, store, page_size=10)
+    assert held and all(held), "every page built ahead was stored as built"
+    assert verify(store) == []
+    assert _indexed(store, "ann", "kumquat") == 1
+    store.close()
+
+
+@pytest.mark.parametrize("meanwhile", ["an erasure of its messages", "another index pass"])
+async def test_a_page_of_words_built_ahead_is_built_again_if_its_messages_changed_meanwhile(
+    db_url: str,
+    make_memory: Any,
+    extractor: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    meanwhile: str,
+) -> None:
+    """The page's user erased while its words were built, or the page indexed meanwhile
+    by a writer's pass: the page no longer holds, so it is read and built again while
+    writers are held off; no message is indexed twice, and no erased one is left."""
+    _sqlite_only(db_url)
+    memory, store = await _busy(db_url, make_memory, extractor)
+    loop = asyncio.get_running_loop()
+    projector = Projector(ProjectionTables())
+
+    def erase_ann() -> None:
+        asyncio.run_coroutine_threadsafe(memory.forget("ann"), loop).result(30)
+
+    def index_elsewhere() -> None:
+        index_messages(store, projector)
+
+    erasing = meanwhile == "an erasure of its messages"
+    held = _bodies_ahead_then(monkeypatch, erase_ann if erasing else index_elsewhere)
+    await asyncio.to_thread(rebuild, store, page_size=10)
+    assert held[0] is False
+    assert verify(store) == []
+    assert (await memory.user("ann") is None) is erasing
+    assert _indexed(store, "ann", "tea") == (0 if erasing else 1)
+    assert _indexed(store, "ben", "tea") == 1
     store.close()
