@@ -7,11 +7,12 @@ the same transaction as the rows, so an interrupted rebuild resumes where it sto
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
 
@@ -35,6 +36,8 @@ __all__ = [
     "rebuild_user",
     "verify",
 ]
+
+_T = TypeVar("_T")
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, last position of the log)."""
@@ -102,15 +105,9 @@ def _fold_to_end(
     folded = 0
     last = store.max_position() if progress is not None else 0
     while True:
-        with collector_paused():
-            started = monotonic()
-            ahead = _fold_ahead(store, projector, page_size)
-            if ahead is not None:
-                turns.left_free(monotonic() - started)
-            with store.transaction() as connection:
-                store.lock_writers(connection)
-                turns.note(connection)
-                page = _write_page(store, projector, connection, page_size, ahead)
+        read = functools.partial(_fold_ahead, store, projector, page_size)
+        with _ahead_then_locked(store, turns, read) as (ahead, connection):
+            page = _write_page(store, projector, connection, page_size, ahead)
         folded += len(page)
         if page and progress is not None:
             progress(page[-1].notification_id, max(last, page[-1].notification_id))
@@ -288,21 +285,34 @@ def _index_in_pages(
             return
     while True:
         turns.between()
-        with collector_paused():
-            started = monotonic()
-            ahead = _bodies_ahead(store, projector, page_size)
-            if ahead is not None:
-                turns.left_free(monotonic() - started)
-            with store.transaction() as connection:
-                store.lock_writers(connection)
-                turns.note(connection)
-                if ahead is not None and ahead.holds(projector, connection):
-                    projector.search.write_bodies(connection, ahead.bodies)
-                    done = len(ahead.bodies.ids)
-                else:
-                    done = projector.index_messages(connection, page_size)
+        read = functools.partial(_bodies_ahead, store, projector, page_size)
+        with _ahead_then_locked(store, turns, read) as (ahead, connection):
+            if ahead is not None and ahead.holds(projector, connection):
+                projector.search.write_bodies(connection, ahead.bodies)
+                done = len(ahead.bodies.ids)
+            else:
+                done = projector.index_messages(connection, page_size)
         if done < page_size:
             return
+
+
+@contextmanager
+def _ahead_then_locked(
+    store: EventStore, turns: WriterTurns, read_ahead: Callable[[], _T | None]
+) -> Iterator[tuple[_T | None, Connection]]:
+    """What ``read_ahead`` reads (and builds) without holding writers off, then a
+    transaction that holds them off, to write it in if it still holds; the collector
+    paused throughout (:func:`collector_paused`). Reading ahead for a turn's length or
+    more counts as the writers' turn."""
+    with collector_paused():
+        started = monotonic()
+        ahead = read_ahead()
+        if ahead is not None:
+            turns.left_free(monotonic() - started)
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            turns.note(connection)
+            yield ahead, connection
 
 
 @dataclass(frozen=True, slots=True)

@@ -485,20 +485,25 @@ async def test_a_rebuild_killed_between_pages_is_finished_by_the_next_open(
     store.close()
 
 
-def _fold_ahead_then(
-    monkeypatch: pytest.MonkeyPatch, when: Callable[[Any], bool], meanwhile: Callable[[], Any]
+def _ahead_then(
+    monkeypatch: pytest.MonkeyPatch,
+    reader: str,
+    kind: str,
+    when: Callable[[Any], bool],
+    meanwhile: Callable[[], Any],
 ) -> list[bool]:
-    """Have ``meanwhile`` run once, after the rebuild read and folded a page ahead for
-    which ``when(page)`` holds, before it holds writers off to write it; returns whether
-    each page folded ahead still held when it came to be written."""
+    """Have ``meanwhile`` run once, after the rebuild's ``reader`` (``_fold_ahead`` or
+    ``_bodies_ahead``) read a page ahead for which ``when(ahead)`` holds, before it holds
+    writers off to write it; returns whether each page read ahead (a ``kind``) still
+    held when it came to be written."""
     rebuilding = importlib.import_module("projections.rebuild")
-    fold_ahead, holds = rebuilding._fold_ahead, rebuilding._Ahead.holds
+    read_ahead, holds = getattr(rebuilding, reader), getattr(rebuilding, kind).holds
     done: list[bool] = []
     held: list[bool] = []
 
-    def folded_ahead(*args: Any) -> Any:
-        ahead = fold_ahead(*args)
-        if ahead is not None and not done and when(ahead.page):
+    def read_then(*args: Any) -> Any:
+        ahead = read_ahead(*args)
+        if ahead is not None and not done and when(ahead):
             done.append(True)
             meanwhile()
         return ahead
@@ -507,9 +512,17 @@ def _fold_ahead_then(
         held.append(holds(self, *args))
         return held[-1]
 
-    monkeypatch.setattr(rebuilding, "_fold_ahead", folded_ahead)
-    monkeypatch.setattr(rebuilding._Ahead, "holds", still_holds)
+    monkeypatch.setattr(rebuilding, reader, read_then)
+    monkeypatch.setattr(getattr(rebuilding, kind), "holds", still_holds)
     return held
+
+
+def _fold_ahead_then(
+    monkeypatch: pytest.MonkeyPatch, when: Callable[[Any], bool], meanwhile: Callable[[], Any]
+) -> list[bool]:
+    """:func:`_ahead_then` for the pages of events folded ahead; ``when`` is asked of
+    the page's events."""
+    return _ahead_then(monkeypatch, "_fold_ahead", "_Ahead", lambda a: when(a.page), meanwhile)
 
 
 async def test_a_page_folded_ahead_is_written_when_only_later_events_came_meanwhile(
@@ -624,26 +637,8 @@ async def test_the_messages_of_a_rebuild_wait_for_it_to_index_them(
 
 
 def _bodies_ahead_then(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], Any]) -> list[bool]:
-    """Have ``meanwhile`` run once, after the rebuild built the words of its first page of
-    messages ahead, before it holds writers off to store them; returns whether each page
-    built ahead was still the next to index when it came to be stored."""
-    rebuilding = importlib.import_module("projections.rebuild")
-    bodies_ahead, holds = rebuilding._bodies_ahead, rebuilding._Bodies.holds
-    held: list[bool] = []
-
-    def built_ahead(*args: Any) -> Any:
-        ahead = bodies_ahead(*args)
-        if ahead is not None and not held:
-            meanwhile()
-        return ahead
-
-    def still_holds(self: Any, *args: Any) -> bool:
-        held.append(holds(self, *args))
-        return held[-1]
-
-    monkeypatch.setattr(rebuilding, "_bodies_ahead", built_ahead)
-    monkeypatch.setattr(rebuilding._Bodies, "holds", still_holds)
-    return held
+    """:func:`_ahead_then` for the first page of messages' index words built ahead."""
+    return _ahead_then(monkeypatch, "_bodies_ahead", "_Bodies", lambda a: True, meanwhile)
 
 
 def _indexed(store: EventStore, user: str, word: str) -> int:
