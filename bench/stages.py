@@ -44,7 +44,7 @@ from projections.columns import id_text
 from projections.search import SearchIndex, owned_words, spoken
 from projections.sink import TableSink
 
-__all__ = ["SHAPES", "Shape", "run"]
+__all__ = ["SHAPES", "Shape", "Stages", "decide", "run", "timing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,11 @@ class Shape:
 SHAPES = (Shape("grouped", 100, 50, 40), Shape("lone", 1, 1, 400))
 """Group commits under load, and one user writing alone."""
 
-_STAGES: tuple[tuple[str, object, str], ...] = (
+Stages = tuple[tuple[str, object, str], ...]
+"""Stages of a write: each one's name, and the function (owner, attribute) timed for it."""
+
+
+_STAGES: Stages = (
     ("encode the events", events._codec.Encoder, "__call__"),
     ("insert the events", EventStore, "_insert"),
     ("fold: load and evolve rows", projections.projector, "_folded"),
@@ -129,19 +133,19 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
         logs = [store.load(f"user-{n:05d}") for n in range(shape.users)]
         # The raw floor writes from the seed's end, so from here: every log in sequence.
         first_event, first_message = _last_ids(path, tables)
-        committer._write(_decide(logs, 0, shape)[0])
-        decide = write = 0
+        committer._write(decide(logs, 0, shape)[0])
+        decided = write = 0
         for commit in range(1, shape.commits + 1):
-            batch, spent = _decide(logs, commit, shape)
+            batch, spent = decide(logs, commit, shape)
             started = time.thread_time_ns()
             committer._write(batch)
             write += time.thread_time_ns() - started
-            decide += spent
+            decided += spent
         timed: dict[str, int] = dict.fromkeys((name for name, _, _ in _STAGES), 0)
         staged = 0
-        with _timing(timed):
+        with timing(timed, _STAGES):
             for commit in range(shape.commits + 1, 2 * shape.commits + 1):
-                batch, _ = _decide(logs, commit, shape)
+                batch, _ = decide(logs, commit, shape)
                 started = time.thread_time_ns()
                 committer._write(batch)
                 staged += time.thread_time_ns() - started
@@ -153,15 +157,15 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
     def add(key: str, nanoseconds: float) -> None:
         section.stat(f"stages.{shape.name}.{key}", "µs").add(nanoseconds / exchanges / 1e3)
 
-    add("decide", decide)
-    add("total", decide + write)
+    add("decide", decided)
+    add("total", decided + write)
     for name, spent in timed.items():
         add(name, spent)
     add("rest", staged - sum(timed.values()))
     commits = _written(path, tables, first_event, first_message, shape)
     raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[: shape.commits])
     add("raw", raw)
-    section.stat(f"stages.{shape.name}.raw_ratio", "x").add((decide + write) / raw)
+    section.stat(f"stages.{shape.name}.raw_ratio", "x").add((decided + write) / raw)
 
 
 def _copy(seed: Path, target: Path) -> Path:
@@ -171,7 +175,7 @@ def _copy(seed: Path, target: Path) -> Path:
     return target
 
 
-def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list[Write], int]:
+def decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list[Write], int]:
     """The requests of one commit (two messages of each of its users) and the CPU
     nanoseconds their decisions took."""
     started = time.thread_time_ns()
@@ -186,10 +190,10 @@ def _decide(logs: list[UserLog | None], commit: int, shape: Shape) -> tuple[list
 
 
 @contextmanager
-def _timing(spent: dict[str, int]) -> Iterator[None]:
+def timing(spent: dict[str, int], stages: Stages) -> Iterator[None]:
     """Add the CPU time of each stage's function to ``spent`` while the block runs."""
     with ExitStack() as stack:
-        for name, owner, attribute in _STAGES:
+        for name, owner, attribute in stages:
             original = getattr(owner, attribute)
             setattr(owner, attribute, _timed(original, spent, name))
             stack.callback(setattr, owner, attribute, original)

@@ -1,0 +1,156 @@
+"""``python -m bench pg_stages``: the PostgreSQL write path's CPU in one thread, by stage.
+
+As :mod:`bench.stages` does on SQLite: users' logs decide two messages each (as their
+actors do) and the committer writes them on this thread, timing its CPU; a second pass
+times each stage of the write. Two shapes: group commits of 50 exchanges of 100 users,
+and one user writing alone, a commit per exchange. Beside them, in the same round, raw
+psycopg commits one single-row INSERT per exchange (the ``postgres`` section's raw
+reference): the client's CPU for a write at the floor. The server's CPU is not in these
+figures; on a machine whose cores the server shares, it slows the client's wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy.engine import default
+
+import projections.projector
+from actors._committer import GroupCommitter
+from bench.append import ASSISTANT_TEXT, USER_TEXT
+from bench.common import BenchConfig, Section, Workspace, cell, fmt_ratio, fmt_us, progress
+from bench.pg_worker import RAW_DDL, RAW_TABLE, psycopg_url
+from bench.postgres import reset, server_url
+from bench.stages import SHAPES, Shape, Stages, decide, timing
+from events import EventStore, UserLog
+from projections import ProjectionTables, Projector
+from projections.sink import TableSink
+
+__all__ = ["STAGES", "run"]
+
+STAGES: Stages = (
+    ("insert the events", EventStore, "_insert"),
+    ("check the logs' origins", EventStore, "_check_origins"),
+    ("look at the position", Projector, "_claim_position"),
+    ("fold: load and evolve rows", projections.projector, "_folded"),
+    ("write the projection rows", TableSink, "write"),
+    ("commit", default.DefaultDialect, "do_commit"),
+)
+"""The stages of one PostgreSQL write, and the function each is timed around; the
+position's move and the transaction's start are the rest."""
+
+
+def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
+    """Time the decision and the write of each shape's commits in one thread, by stage,
+    beside raw psycopg's committed inserts."""
+    del workspace  # the data lives in the PostgreSQL server
+    grouped = SHAPES[0]
+    section = Section(
+        "The PostgreSQL write path in one thread, by stage, beside raw psycopg inserts",
+        [
+            "stage",
+            f"{grouped.users} users, {grouped.per_commit} exchanges per commit: CPU µs / exchange",
+            "one user, a commit per exchange: CPU µs / exchange",
+        ],
+    )
+    url = server_url(section)
+    if url is None:
+        return [section]
+    for round_no in range(1, cfg.rounds + 1):
+        progress(f"postgres write stages round {round_no}/{cfg.rounds}")
+        for shape in SHAPES:
+            _round(section, url, shape)
+        raw = _raw_insert(url, SHAPES[-1].commits)
+        for shape in SHAPES:
+            section.stat(f"pg_stages.{shape.name}.raw", "µs").add(raw)
+            total = section.stats[f"pg_stages.{shape.name}.total"].samples[-1]
+            section.stat(f"pg_stages.{shape.name}.raw_ratio", "x").add(total / raw)
+    stats = section.stats
+
+    def row(label: str, key: str, fmt: Callable[[float], str] = fmt_us) -> None:
+        section.rows.append(
+            [label, *(cell(stats[f"pg_stages.{shape.name}.{key}"], fmt) for shape in SHAPES)]
+        )
+
+    row("decide (the actor: two messages, UserLog)", "decide")
+    for name, _, _ in STAGES:
+        row(f"write: {name}", name)
+    row("write: the rest (transaction, position's move, settling)", "rest")
+    row("decide + write, not timed by stage", "total")
+    row("raw psycopg: one committed single-row INSERT", "raw")
+    row("decide + write ÷ raw psycopg", "raw_ratio", fmt_ratio)
+    section.notes.append(
+        "CPU time of this thread (time.thread_time), medians over rounds; the server's CPU "
+        "is not counted. The stages are timed in a second pass of the same commits, with a "
+        "timer around each stage's function; 'the rest' is that pass's write less its "
+        "stages. Raw psycopg commits one INSERT of a row (id, both texts of an exchange) "
+        "per exchange, as the postgres section's raw workers do: the client's floor for "
+        "a committed write."
+    )
+    return [section]
+
+
+def _round(section: Section, url: str, shape: Shape) -> None:
+    """One round of ``shape`` on an emptied database: the engine's decide and write, all
+    on this thread."""
+    reset(url)
+    store = EventStore(url)
+    tables = ProjectionTables()
+    projector = Projector(tables, remember=1000)
+    with store.transaction() as connection:
+        projector.create(connection)
+    committer = GroupCommitter(store, projector, 256)
+    try:
+        logs: list[UserLog | None] = []
+        for n in range(shape.users):
+            log = UserLog.register(f"user-{n:05d}")
+            store.append([log.collect_events()], projector.apply)
+            logs.append(log)
+        committer._write(decide(logs, 0, shape)[0])  # every statement seen once
+        decided = written = 0
+        for commit in range(1, shape.commits + 1):
+            batch, spent = decide(logs, commit, shape)
+            started = time.thread_time_ns()
+            committer._write(batch)
+            written += time.thread_time_ns() - started
+            decided += spent
+        timed: dict[str, int] = dict.fromkeys((name for name, _, _ in STAGES), 0)
+        staged = 0
+        with timing(timed, STAGES):
+            for commit in range(shape.commits + 1, 2 * shape.commits + 1):
+                batch, _ = decide(logs, commit, shape)
+                started = time.thread_time_ns()
+                committer._write(batch)
+                staged += time.thread_time_ns() - started
+    finally:
+        committer.stop()
+        store.close()
+    exchanges = shape.commits * shape.per_commit
+
+    def add(key: str, nanoseconds: float) -> None:
+        section.stat(f"pg_stages.{shape.name}.{key}", "µs").add(nanoseconds / exchanges / 1e3)
+
+    add("decide", decided)
+    add("total", decided + written)
+    for name, spent in timed.items():
+        add(name, spent)
+    add("rest", staged - sum(timed.values()))
+
+
+def _raw_insert(url: str, count: int) -> float:
+    """CPU µs of this thread per committed single-row INSERT through psycopg."""
+    payload = f"{USER_TEXT}\n{ASSISTANT_TEXT}"
+    insert = f"INSERT INTO {RAW_TABLE} (payload) VALUES (%s)"
+    with psycopg.connect(psycopg_url(url)) as connection:
+        connection.execute(RAW_DDL)
+        connection.commit()
+        for _ in range(10):  # psycopg prepares a statement after its fifth run
+            connection.execute(insert, (payload,))
+            connection.commit()
+        started = time.thread_time_ns()
+        for _ in range(count):
+            connection.execute(insert, (payload,))
+            connection.commit()
+        return (time.thread_time_ns() - started) / count / 1e3
