@@ -99,7 +99,8 @@ def test_users_rows_written_through_the_sink_read_back_as_they_were(
 def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
     sink_store: tuple[EventStore, bool],
 ) -> None:
-    """More rows than one insert statement takes (PostgreSQL: 256), of every column type
+    """Many rows (PostgreSQL inserts more than 8 by executemany, fewer, as above, by one
+    multi-row VALUES), of every column type
     (ids, text, a JSON list, times, integers, NULLs): updated by groups of changed columns,
     some deleted, they read back as the fold left them."""
     store, core = sink_store
