@@ -23,7 +23,7 @@ from bench.append import ASSISTANT_TEXT, USER_TEXT
 from bench.common import BenchConfig, Section, Workspace, cell, fmt_ratio, fmt_us, progress
 from bench.pg_worker import RAW_DDL, RAW_TABLE, psycopg_url
 from bench.postgres import reset, server_url
-from bench.stages import SHAPES, Shape, Stages, decide, timing
+from bench.stages import SHAPES, Shape, Stages, measure_commits
 from events import EventStore, UserLog
 from projections import ProjectionTables, Projector
 from projections.sink import TableSink
@@ -108,35 +108,10 @@ def _round(section: Section, url: str, shape: Shape) -> None:
             log = UserLog.register(f"user-{n:05d}")
             store.append([log.collect_events()], projector.apply)
             logs.append(log)
-        committer._write(decide(logs, 0, shape)[0])  # every statement seen once
-        decided = written = 0
-        for commit in range(1, shape.commits + 1):
-            batch, spent = decide(logs, commit, shape)
-            started = time.thread_time_ns()
-            committer._write(batch)
-            written += time.thread_time_ns() - started
-            decided += spent
-        timed: dict[str, int] = dict.fromkeys((name for name, _, _ in STAGES), 0)
-        staged = 0
-        with timing(timed, STAGES):
-            for commit in range(shape.commits + 1, 2 * shape.commits + 1):
-                batch, _ = decide(logs, commit, shape)
-                started = time.thread_time_ns()
-                committer._write(batch)
-                staged += time.thread_time_ns() - started
+        measure_commits(section, f"pg_stages.{shape.name}", committer, logs, shape, STAGES)
     finally:
         committer.stop()
         store.close()
-    exchanges = shape.commits * shape.per_commit
-
-    def add(key: str, nanoseconds: float) -> None:
-        section.stat(f"pg_stages.{shape.name}.{key}", "µs").add(nanoseconds / exchanges / 1e3)
-
-    add("decide", decided)
-    add("total", decided + written)
-    for name, spent in timed.items():
-        add(name, spent)
-    add("rest", staged - sum(timed.values()))
 
 
 def _raw_insert(url: str, count: int) -> float:

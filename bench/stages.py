@@ -44,7 +44,7 @@ from projections.columns import id_text
 from projections.search import SearchIndex, owned_words, spoken
 from projections.sink import TableSink
 
-__all__ = ["SHAPES", "Shape", "Stages", "decide", "run", "timing"]
+__all__ = ["SHAPES", "Shape", "Stages", "decide", "measure_commits", "run", "timing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,39 +133,56 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
         logs = [store.load(f"user-{n:05d}") for n in range(shape.users)]
         # The raw floor writes from the seed's end, so from here: every log in sequence.
         first_event, first_message = _last_ids(path, tables)
-        committer._write(decide(logs, 0, shape)[0])
-        decided = write = 0
-        for commit in range(1, shape.commits + 1):
-            batch, spent = decide(logs, commit, shape)
-            started = time.thread_time_ns()
-            committer._write(batch)
-            write += time.thread_time_ns() - started
-            decided += spent
-        timed: dict[str, int] = dict.fromkeys((name for name, _, _ in _STAGES), 0)
-        staged = 0
-        with timing(timed, _STAGES):
-            for commit in range(shape.commits + 1, 2 * shape.commits + 1):
-                batch, _ = decide(logs, commit, shape)
-                started = time.thread_time_ns()
-                committer._write(batch)
-                staged += time.thread_time_ns() - started
+        total = measure_commits(section, f"stages.{shape.name}", committer, logs, shape, _STAGES)
     finally:
         committer.stop()
         store.close()
+    commits = _written(path, tables, first_event, first_message, shape)
+    raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[: shape.commits])
+    exchanges = shape.commits * shape.per_commit
+    section.stat(f"stages.{shape.name}.raw", "µs").add(raw / exchanges / 1e3)
+    section.stat(f"stages.{shape.name}.raw_ratio", "x").add(total / raw)
+
+
+def measure_commits(
+    section: Section,
+    key: str,
+    committer: GroupCommitter,
+    logs: list[UserLog | None],
+    shape: Shape,
+    stages: Stages,
+) -> float:
+    """Decide and write ``shape``'s commits with ``committer`` on this thread: a warm-up
+    commit, a pass timed whole, then a pass timed by stage. Records, per exchange, the
+    decision, the untimed total, each stage and the rest under ``key``; returns the
+    total's CPU nanoseconds (decide and write, first pass)."""
+    committer._write(decide(logs, 0, shape)[0])  # every statement seen once
+    decided = written = 0
+    for commit in range(1, shape.commits + 1):
+        batch, spent = decide(logs, commit, shape)
+        started = time.thread_time_ns()
+        committer._write(batch)
+        written += time.thread_time_ns() - started
+        decided += spent
+    timed: dict[str, int] = dict.fromkeys((name for name, _, _ in stages), 0)
+    staged = 0
+    with timing(timed, stages):
+        for commit in range(shape.commits + 1, 2 * shape.commits + 1):
+            batch, _ = decide(logs, commit, shape)
+            started = time.thread_time_ns()
+            committer._write(batch)
+            staged += time.thread_time_ns() - started
     exchanges = shape.commits * shape.per_commit
 
-    def add(key: str, nanoseconds: float) -> None:
-        section.stat(f"stages.{shape.name}.{key}", "µs").add(nanoseconds / exchanges / 1e3)
+    def add(name: str, nanoseconds: float) -> None:
+        section.stat(f"{key}.{name}", "µs").add(nanoseconds / exchanges / 1e3)
 
     add("decide", decided)
-    add("total", decided + write)
+    add("total", decided + written)
     for name, spent in timed.items():
         add(name, spent)
     add("rest", staged - sum(timed.values()))
-    commits = _written(path, tables, first_event, first_message, shape)
-    raw = _raw_write(_copy(seed, folder / "raw.db"), tables, commits[: shape.commits])
-    add("raw", raw)
-    section.stat(f"stages.{shape.name}.raw_ratio", "x").add((decided + write) / raw)
+    return decided + written
 
 
 def _copy(seed: Path, target: Path) -> Path:
