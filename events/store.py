@@ -418,6 +418,13 @@ class EventStore:
             f"SELECT originator_id, topic, state FROM {events.name} "
             f"WHERE originator_version = 1 AND originator_id = ANY(%s::{kind['originator_id']}[])"
         )
+        self._pg_checked_inserts: dict[int, str] = {}
+        self._pg_inserted_and_origins = (
+            "SELECT id, originator_id, originator_version, "
+            f"NULL::{kind['topic']}, NULL::{kind['state']} FROM inserted UNION ALL "
+            f"SELECT NULL::{kind['id']}, originator_id, 1, topic, state FROM {events.name} "
+            f"WHERE originator_version = 1 AND originator_id = ANY(%s::{kind['originator_id']}[])"
+        )
         self._conflicts: tuple[type[BaseException], ...] = (
             IntegrityError,
             sqlalchemy.exc.IntegrityError,
@@ -590,9 +597,12 @@ class EventStore:
         stored = [self._encoder(e) for e in events]
         try:
             with self.transaction() as connection:
-                ids = self._insert(connection, stored) if stored else []
-                if origins:  # after the insert: the write lock is held
-                    self._check_origins(connection, origins)
+                if origins and self._psycopg and 0 < len(stored) <= _EVENTS_PER_INSERT:
+                    ids = self._insert_checking_psycopg(connection, stored, origins)
+                else:
+                    ids = self._insert(connection, stored) if stored else []
+                    if origins:  # after the insert: the write lock is held
+                        self._check_origins(connection, origins)
                 recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
                 if in_transaction is not None and recorded:
                     in_transaction(connection, recorded)
@@ -643,6 +653,13 @@ class EventStore:
         else:
             found = connection.execute(self._origins, {"log_ids": list(origins)})
             rows = {row[0]: row[1:] for row in found}
+        self._judge_origins(origins, rows)
+
+    def _judge_origins(
+        self, origins: Mapping[UUID, datetime], rows: Mapping[UUID, tuple[Any, ...]]
+    ) -> None:
+        """Refuse the write unless each log of ``origins`` begins, by its first event's
+        ``(topic, state)`` in ``rows``, when it says (see :meth:`_check_origins`)."""
         timestamp = self._decoder.timestamp
         for log_id, began in origins.items():
             row = rows.get(log_id)
@@ -702,6 +719,36 @@ class EventStore:
                 )
             found = cursor.execute(sql, [v for row in chunk for v in row]).fetchall()
             ids.update({(row[1], row[2]): row[0] for row in found})
+        return [ids[i, v] for i, v, _, _ in stored]
+
+    def _insert_checking_psycopg(
+        self, connection: Connection, stored: list[Stored], origins: Mapping[UUID, datetime]
+    ) -> list[int]:
+        """:meth:`_insert_psycopg` of one statement's events and :meth:`_check_origins`
+        as ONE statement: the insert a ``WITH`` clause, its ids beside the first events
+        of ``origins``' logs. The check reads the snapshot the insert runs on, taken once
+        the statement holds its lock on the events, which an erasure (another process's
+        forgetting of a log) holds exclusively: one that committed before is seen, and
+        none can commit until this transaction ends, as with two statements."""
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        sql = self._pg_checked_inserts.get(len(stored))
+        if sql is None:
+            marks = ", ".join([self._pg_insert_row] * len(stored))
+            sql = self._pg_checked_inserts[len(stored)] = (
+                f"WITH inserted AS ({self._pg_insert_head}{marks} "
+                "RETURNING id, originator_id, originator_version) "
+                f"{self._pg_inserted_and_origins}"
+            )
+        params = [v for row in stored for v in row]
+        params.append(list(origins))
+        ids, rows = {}, {}
+        for event_id, log_id, version, topic, state in driver.cursor().execute(sql, params):
+            if event_id is None:
+                rows[log_id] = (topic, state)
+            else:
+                ids[log_id, version] = event_id
+        self._judge_origins(origins, rows)
         return [ids[i, v] for i, v, _, _ in stored]
 
     def _insert_snapshots(

@@ -29,7 +29,7 @@ from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
 from projections.rows import TableRows
 from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
-from projections.sink import TableSink, driver_cursor, is_psycopg
+from projections.sink import Joined, TableSink, driver_cursor, is_psycopg
 from projections.tables import ProjectionTables
 from projections.vectors import hold_off_vector_writes
 
@@ -268,12 +268,17 @@ class Projector:
         position = max(r.notification_id for r in recorded)
         if move_position and not self._claim_position(connection, position):
             return False
-        self.write(connection, self.fold(connection, recorded, origins=origins))
-        if move_position and connection.dialect.name != "sqlite":
-            if is_psycopg(connection.dialect):
-                driver_cursor(connection).execute(self._pg_move_sql, (position, position))
-            else:
+        folded = self.fold(connection, recorded, origins=origins)
+        if not is_psycopg(connection.dialect):
+            self.write(connection, folded)
+            if move_position and connection.dialect.name != "sqlite":
                 connection.execute(self._move_position, {"b_position": position})
+            return True
+        joined = Joined()
+        self.write(connection, folded, joined)
+        if move_position:
+            joined.add(self._pg_move_sql, (position, position))
+        joined.send(driver_cursor(connection))
         return True
 
     def fold(
@@ -299,11 +304,15 @@ class Projector:
                 )
         return Folded(events, tables)
 
-    def write(self, connection: Connection, folded: Folded) -> None:
-        """Write the net rows of ``folded`` (and, on SQLite, index its entries' words)."""
+    def write(self, connection: Connection, folded: Folded, joined: Joined | None = None) -> None:
+        """Write the net rows of ``folded`` (and, on SQLite, index its entries' words).
+
+        With ``joined`` (psycopg), the tables whose change is one statement join it, to
+        be sent by the caller: nothing else in the write may depend on their rows.
+        """
         sinks = self._sinks_for(connection.dialect)
         for projection, rows in folded.tables:
-            sinks[projection.table].write(connection, *rows.changes())
+            sinks[projection.table].write(connection, *rows.changes(), joined)
             memory = self._remembered.get(projection.table)
             if memory is not None:
                 memory.stage(rows)

@@ -19,6 +19,7 @@ import pytest
 from actors._committer import GroupCommitter, Write
 from events import EventStore, StorageError, UserLog, user_log_id
 from projections import ProjectionTables, Projector, SearchIndex, rebuild, verify
+from tests.support.backends import postgres_url
 
 
 def _log_with_messages(user: str, count: int) -> tuple[UserLog, list[Any]]:
@@ -348,3 +349,49 @@ def test_an_index_pass_the_database_fails_is_one_warning_line_and_the_messages_w
     )
     assert warning.exc_info is None, "an expected failure of the database: no trace"
     assert _waiting(store)
+
+
+def test_an_exchange_of_a_user_alone_is_three_statements_on_postgresql(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every statement costs the client and the server one more statement's work: on
+    PostgreSQL (psycopg) a lone user's write is three between its BEGIN and COMMIT (the
+    events, with the check of when their log began; the look at the position; the rows,
+    with the position's move), and it lands as a rebuild would fold it. Its user's row is
+    remembered from the write before, as the engine's projector remembers live users'."""
+    import psycopg
+
+    store = EventStore(postgres_url())
+    projector = Projector(ProjectionTables(), remember=10)
+    with store.transaction() as connection:
+        projector.create(connection)
+    committer = GroupCommitter(store, projector)
+    sent: list[str] = []
+    execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+
+    def counted(method: Any) -> Any:
+        def run(cursor: Any, query: Any, *rest: Any, **named: Any) -> Any:
+            sent.append(str(query))
+            return method(cursor, query, *rest, **named)
+
+        return run
+
+    try:
+        log, events = _log_with_messages("ann", 1)
+        committer.commit(events, 0)
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted(execute))
+        monkeypatch.setattr(psycopg.Cursor, "executemany", counted(executemany))
+        log.add_message("user", "I live in Oslo.", None, 1000)
+        log.add_message("assistant", "Nice.", None, 1000)
+        committer.commit(log.collect_events(), 0, origin=log.created_on)
+        monkeypatch.undo()
+    finally:
+        committer.stop()
+    try:
+        assert len(sent) == 3, "\n".join(s[:70] for s in sent)
+        assert sent[0].startswith("WITH inserted AS (INSERT INTO")
+        assert sent[2].startswith("WITH s0 AS (INSERT INTO")
+        assert verify(store) == []
+        assert store.max_position() == 4
+    finally:
+        store.close()

@@ -70,14 +70,50 @@ class EventStoreContract:
         assert [r.notification_id for r in recorded] == sorted(r.notification_id for r in recorded)
         with store.reading() as connection:
             stored = store.notifications(connection, after=0, limit=3_000)
+        assert _where(stored) == _where(recorded)
 
-        def where(found: list[Recorded]) -> list[tuple[int, UUID, int]]:
-            return [
-                (r.notification_id, r.event.originator_id, r.event.originator_version)
-                for r in found
-            ]
+    @pytest.mark.parametrize("per_log", [20, 400], ids=["one statement", "several statements"])
+    def test_an_append_checked_against_its_logs_beginnings_gives_each_event_its_position(
+        self, store: EventStore, per_log: int
+    ) -> None:
+        """Logs stored before, each with when it began, beside a new log in one append:
+        checked and inserted (on PostgreSQL as one statement, up to 1,000 events), each
+        event comes back with its own position, in the order given, as stored."""
+        old = [UserLog.register(f"old-{i}") for i in range(2)]
+        store.append([log.collect_events() for log in old])
+        before = store.max_position()
+        new = UserLog.register("new")
+        for log in (*old, new):
+            for n in range(per_log):
+                log.add_message("user", f"{log.user_id} {n}", None, 100)
+        batches = [log.collect_events() for log in (new, *old)]
+        recorded = store.append(batches, origins={log.id: log.created_on for log in old})
+        events = [e for batch in batches for e in batch]
+        assert [r.event for r in recorded] == events
+        with store.reading() as connection:
+            stored = store.notifications(connection, after=before, limit=3_000)
+        assert sorted(_where(stored)) == sorted(_where(recorded))
+        assert len({r.notification_id for r in recorded}) == len(events)
 
-        assert where(stored) == where(recorded)
+    @pytest.mark.parametrize("per_log", [20, 400], ids=["one statement", "several statements"])
+    def test_one_log_begun_again_in_a_checked_append_stores_none_of_its_logs(
+        self, store: EventStore, per_log: int
+    ) -> None:
+        old = [UserLog.register(f"old-{i}") for i in range(3)]
+        store.append([log.collect_events() for log in old])
+        with store.transaction() as connection:
+            store.forget(connection, "old-1")
+        store.append([UserLog.register("old-1").collect_events()])
+        for log in old:
+            for n in range(per_log):
+                log.add_message("user", f"{log.user_id} {n}", None, 100)
+        position = store.max_position()
+        with pytest.raises(ConflictError, match="forgotten and begun again"):
+            store.append(
+                [log.collect_events() for log in old],
+                origins={log.id: log.created_on for log in old},
+            )
+        assert store.max_position() == position
 
     def test_a_version_conflict_raises_and_stores_nothing(self, store: EventStore) -> None:
         log = UserLog.register("bo")
@@ -359,3 +395,8 @@ class EventStoreContract:
             cwd=Path(__file__).resolve().parents[2],
         )
         assert out.stdout.strip() == "1"
+
+
+def _where(found: list[Recorded]) -> list[tuple[int, UUID, int]]:
+    """Where each event went: its position, log and version."""
+    return [(r.notification_id, r.event.originator_id, r.event.originator_version) for r in found]

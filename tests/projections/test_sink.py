@@ -13,7 +13,7 @@ from sqlalchemy import Table
 
 from events import EventStore, sqlite_url
 from projections import ProjectionTables, Projector
-from projections.sink import TableSink, _remembering
+from projections.sink import Joined, TableSink, _remembering, driver_cursor
 from tests.support.backends import postgres_url
 
 
@@ -150,3 +150,70 @@ def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
         *rows[310:500],
     ]
     assert sorted(loaded, key=lambda r: r["version"]) == expected
+
+
+def test_changes_of_one_statement_join_into_one_and_others_run_at_once() -> None:
+    """psycopg: a table's change that is one statement waits in ``joined`` and goes with
+    the others as one statement; a change of more statements than one runs at once."""
+    store = EventStore(postgres_url())
+    tables = ProjectionTables()
+    with store.transaction() as connection:
+        Projector(tables).create(connection)
+    users = TableSink(tables.users, ("log_id",), store.engine.dialect)
+    knowledge = TableSink(tables.knowledge, ("entry_id",), store.engine.dialect)
+    moment = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
+    user = {
+        "log_id": "0f8fad5b-d9cb-469f-a165-708677289500",
+        "user_id": "ann",
+        "version": 1,
+        "message_count": 0,
+        "buffered_count": 0,
+        "quarantined_count": 0,
+        "knowledge_count": 0,
+        "tasks_completed": 0,
+        "tasks_failed": 0,
+        "created_at": moment,
+        "updated_at": moment,
+    }
+    facts = [
+        {
+            "entry_id": f"00000000-0000-4000-8000-{n:012d}",
+            "log_id": user["log_id"],
+            "text": f"fact {n}",
+            "task_id": "task",
+            "source_message_ids": [f"m-{n}"],
+            "extracted_at": moment,
+            "version": n,
+            "ordinal": 0,
+            "knowledge_version": "v1",
+            "extractor": "test",
+            "model": None,
+            "valid_from": moment,
+            "valid_until": None,
+            "superseded_by": None,
+            "ended_reason": None,
+            "ended_version": None,
+        }
+        for n in range(3)
+    ]
+    try:
+        with store.transaction() as connection:
+            knowledge.write(connection, facts[:2], [], [])
+            joined = Joined()
+            users.write(connection, [user], [], [], joined)
+            knowledge.write(connection, facts[2:], [], [], joined)
+            assert users.load(connection, "log_id", [user["log_id"]]) == []
+            assert len(knowledge.load(connection, "log_id", [user["log_id"]])) == 2
+            joined.send(driver_cursor(connection))
+            assert users.load(connection, "log_id", [user["log_id"]]) == [user]
+            assert len(knowledge.load(connection, "log_id", [user["log_id"]])) == 3
+
+            ended = {"entry_id": facts[0]["entry_id"], "valid_until": moment}
+            knowledge.write(connection, [], [ended], [facts[1]["entry_id"]], Joined())
+            stored = knowledge.load(connection, "log_id", [user["log_id"]])
+        assert sorted((r["entry_id"], r["valid_until"]) for r in stored) == [
+            (facts[0]["entry_id"], moment),
+            (facts[2]["entry_id"], None),
+        ], "an update and a delete of one table: two statements, run at once"
+    finally:
+        store.close()
