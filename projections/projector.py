@@ -277,7 +277,7 @@ class Projector:
         joined = Joined()
         self.write(connection, folded, joined)
         if move_position:
-            joined.add(self._pg_move_sql, (position, position))
+            joined.add(self.tables.position.name, self._pg_move_sql, (position, position))
         joined.send(driver_cursor(connection))
         return True
 

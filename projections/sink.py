@@ -49,14 +49,20 @@ class Joined:
     user, the position) cost the client 380 µs of CPU apart and 230 µs joined.
     """
 
-    __slots__ = ("_params", "_statements")
+    __slots__ = ("_params", "_statements", "_tables")
 
     def __init__(self) -> None:
         self._statements: list[str] = []
         self._params: list[Any] = []
+        self._tables: set[str] = set()
 
-    def add(self, sql: str, params: Sequence[Any]) -> None:
-        """Join ``sql`` with its ``params`` (``%s`` placeholders)."""
+    def add(self, table: str, sql: str, params: Sequence[Any]) -> None:
+        """Join ``sql``, a statement on ``table``, with its ``params`` (``%s``
+        placeholders). A second statement on one table is a ValueError: PostgreSQL
+        would apply only one of two changes to a row."""
+        if table in self._tables:
+            raise ValueError(f"a second statement on {table} cannot join the first")
+        self._tables.add(table)
         self._statements.append(sql)
         self._params.extend(params)
 
@@ -70,6 +76,7 @@ class Joined:
         cursor.execute(sql, self._params)
         statements.clear()
         self._params.clear()
+        self._tables.clear()
 
 
 class TableSink:
@@ -214,7 +221,7 @@ class TableSink:
         if joined is not None and not self._sqlite and len(statements) == 1:
             only, params = statements[0]
             if len(params) == 1:
-                joined.add(only, params[0])
+                joined.add(self.table.name, only, params[0])
                 return
         cursor = driver_cursor(connection)
         for statement, params in statements:

@@ -217,3 +217,11 @@ def test_changes_of_one_statement_join_into_one_and_others_run_at_once() -> None
         ], "an update and a delete of one table: two statements, run at once"
     finally:
         store.close()
+
+
+def test_two_statements_on_one_table_never_join() -> None:
+    """PostgreSQL would apply only one of two joined changes to a row: refused."""
+    joined = Joined()
+    joined.add("mv_users", "UPDATE mv_users SET version = %s", [1])
+    with pytest.raises(ValueError, match="second statement on mv_users"):
+        joined.add("mv_users", "UPDATE mv_users SET version = %s", [2])
