@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,10 @@ def test_users_rows_written_through_the_sink_read_back_as_they_were(
 def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
     sink_store: tuple[EventStore, bool],
 ) -> None:
-    """Many rows (PostgreSQL inserts more than 8 by executemany, fewer, as above, by one
-    multi-row VALUES), of every column type
-    (ids, text, a JSON list, times, integers, NULLs): updated by groups of changed columns,
-    some deleted, they read back as the fold left them."""
+    """Many rows (on PostgreSQL, one statement of an array per column for each change),
+    of every column type (ids, text with ``%``, a JSON list, times, integers, NULLs):
+    updated by groups of changed columns, some deleted, they read back as the fold left
+    them."""
     store, core = sink_store
     sink = _sink(store, ProjectionTables().knowledge, ("entry_id",), core)
     moment = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
@@ -150,6 +151,33 @@ def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
         *rows[310:500],
     ]
     assert sorted(loaded, key=lambda r: r["version"]) == expected
+
+
+def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
+    sink_store: tuple[EventStore, bool],
+) -> None:
+    """Citations, keyed by message and entry: many inserted, then many and one deleted
+    by both columns of their key, in two writes; the rest read back."""
+    store, core = sink_store
+    sink = _sink(store, ProjectionTables().citations, ("message_id", "entry_id"), core)
+    log_id = "0f8fad5b-d9cb-469f-a165-708677289500"
+
+    def citation(message: int, entry: int) -> dict[str, Any]:
+        return {
+            "message_id": f"00000000-0000-7000-8000-{message:012d}",
+            "entry_id": f"00000000-0000-4000-8000-{entry:012d}",
+            "log_id": log_id,
+        }
+
+    rows = [citation(m, e) for m in range(10) for e in range(3)]
+    with store.transaction() as connection:
+        sink.write(connection, rows, [], [])
+        sink.write(connection, [], [], [(r["message_id"], r["entry_id"]) for r in rows[:7]])
+        sink.write(connection, [], [], [(rows[10]["message_id"], rows[10]["entry_id"])])
+        loaded = sink.load(connection, "log_id", [log_id])
+    kept = rows[7:10] + rows[11:]
+    key = itemgetter("message_id", "entry_id")
+    assert sorted(loaded, key=key) == sorted(kept, key=key)
 
 
 def test_changes_of_one_statement_join_into_one_and_others_run_at_once() -> None:
