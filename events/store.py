@@ -406,19 +406,20 @@ class EventStore:
         dialect = engine.dialect
         self._psycopg = dialect.name == "postgresql" and dialect.driver == "psycopg"
         kind = {c.name: c.type.compile(dialect=dialect) for c in events.columns}
-        self._pg_insert = (
-            f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
-            f"SELECT i, v, t, s FROM unnest(%s::{kind['originator_id']}[], "
-            f"%s::{kind['originator_version']}[], %s::{kind['topic']}[], %s::{kind['state']}[]) "
-            "WITH ORDINALITY AS e(i, v, t, s, n) ORDER BY n "
-            "RETURNING id, originator_id, originator_version"
+        self._pg_insert_head = (
+            f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) VALUES "
         )
+        self._pg_insert_row = (
+            f"(%s::{kind['originator_id']}, %s::{kind['originator_version']}, "
+            f"%s::{kind['topic']}, %s::{kind['state']})"
+        )
+        self._pg_inserts: dict[int, str] = {}
         self._pg_origins_sql = (
             f"SELECT originator_id, topic, state FROM {events.name} "
             f"WHERE originator_version = 1 AND originator_id = ANY(%s::{kind['originator_id']}[])"
         )
-        self._pg_checked_insert = (
-            f"WITH inserted AS ({self._pg_insert}) "
+        self._pg_checked_inserts: dict[int, str] = {}
+        self._pg_inserted_and_origins = (
             "SELECT id, originator_id, originator_version, "
             f"NULL::{kind['topic']}, NULL::{kind['state']} FROM inserted UNION ALL "
             f"SELECT NULL::{kind['id']}, originator_id, 1, topic, state FROM {events.name} "
@@ -703,16 +704,20 @@ class EventStore:
         return [row[0] for row in connection.execute(self._insert_returning, rows)]
 
     def _insert_psycopg(self, connection: Connection, stored: list[Stored]) -> list[int]:
-        """:meth:`_insert` on psycopg: an array per column of up to 1,000 events, inserted
-        in their order (a log's versions follow each other, which its guard trigger
-        checks row by row), each event's id read back by its log and version
-        (``RETURNING`` promises no order)."""
+        """:meth:`_insert` on psycopg: a multi-row ``VALUES`` per 1,000 events, each
+        event's id read back by its log and version (``RETURNING`` promises no order)."""
         driver = connection.connection.driver_connection
         assert driver is not None
         cursor, ids = driver.cursor(), {}
         for start in range(0, len(stored), _EVENTS_PER_INSERT):
-            columns = _columns(stored[start : start + _EVENTS_PER_INSERT])
-            found = cursor.execute(self._pg_insert, columns).fetchall()
+            chunk = stored[start : start + _EVENTS_PER_INSERT]
+            sql = self._pg_inserts.get(len(chunk))
+            if sql is None:
+                marks = ", ".join([self._pg_insert_row] * len(chunk))
+                sql = self._pg_inserts[len(chunk)] = (
+                    f"{self._pg_insert_head}{marks} RETURNING id, originator_id, originator_version"
+                )
+            found = cursor.execute(sql, [v for row in chunk for v in row]).fetchall()
             ids.update({(row[1], row[2]): row[0] for row in found})
         return [ids[i, v] for i, v, _, _ in stored]
 
@@ -727,11 +732,18 @@ class EventStore:
         none can commit until this transaction ends, as with two statements."""
         driver = connection.connection.driver_connection
         assert driver is not None
-        params = [*_columns(stored), list(origins)]
+        sql = self._pg_checked_inserts.get(len(stored))
+        if sql is None:
+            marks = ", ".join([self._pg_insert_row] * len(stored))
+            sql = self._pg_checked_inserts[len(stored)] = (
+                f"WITH inserted AS ({self._pg_insert_head}{marks} "
+                "RETURNING id, originator_id, originator_version) "
+                f"{self._pg_inserted_and_origins}"
+            )
+        params = [v for row in stored for v in row]
+        params.append(list(origins))
         ids, rows = {}, {}
-        for event_id, log_id, version, topic, state in driver.cursor().execute(
-            self._pg_checked_insert, params
-        ):
+        for event_id, log_id, version, topic, state in driver.cursor().execute(sql, params):
             if event_id is None:
                 rows[log_id] = (topic, state)
             else:
@@ -1020,8 +1032,3 @@ class EventStore:
                     self._writer = None
         self._app.close()
         self.engine.dispose()
-
-
-def _columns(stored: Sequence[Stored]) -> list[list[Any]]:
-    """Stored events as one list per column: ids, versions, topics, states."""
-    return [list(column) for column in zip(*stored, strict=True)]

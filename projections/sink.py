@@ -2,7 +2,7 @@
 
 Only the folded columns are read and written (see :data:`~projections.tables.UNFOLDED`).
 Every table is written with one bulk statement per kind of change: delete, update, insert
-(an executemany; on PostgreSQL, one statement of an array per column). On
+(an executemany; on PostgreSQL, a few rows' insert as one multi-row ``VALUES``). On
 SQLite and on PostgreSQL through psycopg 3 the rows go through the DBAPI connection
 directly, each value bound as SQLAlchemy would bind it (and, on PostgreSQL, cast to its
 column's type as SQLAlchemy renders it): the hot path pays no statement compilation,
@@ -31,6 +31,12 @@ Convert = Callable[[Any], Any]
 
 _CHUNK = 5000
 """Values per lookup statement (PostgreSQL's bind parameters are limited)."""
+
+_ROWS_IN_ONE_INSERT = 8
+"""Most rows inserted with one multi-row ``VALUES`` on PostgreSQL; more go by psycopg's
+executemany. An exchange's two rows cost a third of executemany's CPU so; from some 32
+rows the server's parsing of the long statement costs more than it saves (256 rows:
+9.1 against 6.7 ms, committed)."""
 
 
 class Joined:
@@ -91,7 +97,8 @@ class TableSink:
         self._bind = bind
         self._insert_order = _StoredOrder(self.columns, bind)
         self._key_order = _StoredOrder(key, bind)
-        self._updates: dict[tuple[str, ...], tuple[str, str, _StoredOrder]] = {}
+        self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
+        self._inserts: dict[int, str] = {}
         self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
         quote = dialect.identifier_preparer.quote
         self._q_table = quote(table.name)
@@ -100,19 +107,10 @@ class TableSink:
         self._where = " AND ".join(f"{self._q[k]} = {self._mark[k]}" for k in key)
         marks = ", ".join(self._mark[c] for c in self.columns)
         named = ", ".join(self._q[c] for c in self.columns)
-        self._insert_sql = f"INSERT INTO {self._q_table} ({named}) VALUES ({marks})"
+        self._insert_head = f"INSERT INTO {self._q_table} ({named}) VALUES "
+        self._insert_row = f"({marks})"
+        self._insert_sql = self._insert_head + self._insert_row
         self._delete_sql = f"DELETE FROM {self._q_table} WHERE {self._where}"
-        # PostgreSQL: many rows as one array per column, so one statement of one text,
-        # which psycopg prepares once, for any count (see _arrays).
-        keys = ", ".join(self._q[k] for k in key)
-        self._insert_arrays_sql = self._delete_arrays_sql = ""
-        if not self._sqlite:
-            self._insert_arrays_sql = (
-                f"INSERT INTO {self._q_table} ({named}) SELECT * FROM {self._unnest(self.columns)}"
-            )
-            self._delete_arrays_sql = (
-                f"DELETE FROM {self._q_table} WHERE ({keys}) IN (SELECT * FROM {self._unnest(key)})"
-            )
 
     def load(self, connection: Connection, column: str, values: Sequence[Any]) -> list[Row]:
         """The stored rows whose ``column`` has one of ``values``."""
@@ -141,8 +139,8 @@ class TableSink:
     ) -> None:
         """Write the net change: delete, then update, then insert, one statement each.
 
-        With ``joined`` (psycopg), a change that is one statement joins it, to be sent
-        with the write's others; a change of more runs now, in that order.
+        With ``joined`` (psycopg), a change that is one single statement joins it, to be
+        sent with the write's others; any other runs now, in that order.
         """
         if not (inserted or updated or deleted):
             return
@@ -204,64 +202,47 @@ class TableSink:
         deleted: list[Hashable],
         joined: Joined | None,
     ) -> None:
-        statements: list[tuple[str, str, list[list[Any]]]] = []
+        statements: list[tuple[str, list[list[Any]]]] = []
         if deleted:
             keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
-            rows = [self._key_order.values(k) for k in keys]
-            statements.append((self._delete_sql, self._delete_arrays_sql, rows))
+            statements.append((self._delete_sql, [self._key_order.values(k) for k in keys]))
         if updated:
-            for changed, group in _by_changed_columns(updated, self.key).items():
-                one, many, order = self._update(changed)
-                statements.append((one, many, [order.values(r) for r in group]))
+            for changed, rows in _by_changed_columns(updated, self.key).items():
+                sql, order = self._update(changed)
+                statements.append((sql, [order.values(r) for r in rows]))
         if inserted:
-            rows = [self._insert_order.values(r) for r in inserted]
-            statements.append((self._insert_sql, self._insert_arrays_sql, rows))
-        if self._sqlite:
-            for one, _, rows in statements:
-                _execute(driver_cursor(connection), one, rows)
-            return
-        bound = [
-            (one, rows[0]) if len(rows) == 1 else (many, _arrays(rows))
-            for one, many, rows in statements
-        ]
-        if joined is not None and len(bound) == 1:
-            joined.add(self.table.name, *bound[0])
-            return
+            order = self._insert_order
+            values = [order.values(r) for r in inserted]
+            if self._sqlite or len(values) > _ROWS_IN_ONE_INSERT:
+                statements.append((self._insert_sql, values))
+            else:
+                flat = [v for r in values for v in r]
+                statements.append((self._multi_row_insert(len(values)), [flat]))
+        if joined is not None and not self._sqlite and len(statements) == 1:
+            only, params = statements[0]
+            if len(params) == 1:
+                joined.add(self.table.name, only, params[0])
+                return
         cursor = driver_cursor(connection)
-        for sql, params in bound:
-            cursor.execute(sql, params)
+        for statement, params in statements:
+            _execute(cursor, statement, params)
 
-    def _update(self, changed: tuple[str, ...]) -> tuple[str, str, _StoredOrder]:
-        """The statements that set ``changed`` on a row found by its key, and on many
-        (PostgreSQL), and the order of their values (the changed columns, then the key)."""
+    def _multi_row_insert(self, rows: int) -> str:
+        """An insert of ``rows`` rows in one ``VALUES`` (PostgreSQL)."""
+        sql = self._inserts.get(rows)
+        if sql is None:
+            sql = self._inserts[rows] = self._insert_head + ", ".join([self._insert_row] * rows)
+        return sql
+
+    def _update(self, changed: tuple[str, ...]) -> tuple[str, _StoredOrder]:
+        """The statement that sets ``changed`` on a row found by its key, and the order of
+        its values (the changed columns, then the key)."""
         found = self._updates.get(changed)
         if found is None:
-            q = self._q
-            sets = ", ".join(f"{q[c]} = {self._mark[c]}" for c in changed)
-            one = f"UPDATE {self._q_table} SET {sets} WHERE {self._where}"
-            named = (*changed, *self.key)
-            alias = ", ".join(f"v{n}" for n in range(len(named)))
-            sets = ", ".join(f"{q[c]} = v.v{n}" for n, c in enumerate(changed))
-            where = " AND ".join(
-                f"{self._q_table}.{q[k]} = v.v{n}" for n, k in enumerate(self.key, len(changed))
-            )
-            many = (
-                f"UPDATE {self._q_table} SET {sets} FROM {self._unnest(named)} AS v({alias}) "
-                f"WHERE {where}"
-            )
-            found = self._updates[changed] = (one, many, _StoredOrder(named, self._bind))
+            sets = ", ".join(f"{self._q[c]} = {self._mark[c]}" for c in changed)
+            sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._where}"
+            found = self._updates[changed] = (sql, _StoredOrder((*changed, *self.key), self._bind))
         return found
-
-    def _unnest(self, columns: Sequence[str]) -> str:
-        """Rows from one array per column (PostgreSQL), each cast as its column's type."""
-        return f"unnest({', '.join(f'{self._mark[c]}[]' for c in columns)})"
-
-
-def _arrays(rows: list[list[Any]]) -> list[list[Any]]:
-    """``rows`` as one list per column: the parameters of an ``unnest`` statement. A few
-    arrays cost psycopg a fraction of the CPU of binding every row (a group commit's 100
-    messages and 50 users' rows: 3.6 against 4.7 ms), and the server one statement."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def is_psycopg(dialect: Dialect) -> bool:
@@ -279,7 +260,8 @@ def driver_cursor(connection: Connection) -> Any:
 
 
 def _execute(cursor: Any, sql: str, rows: list[list[Any]]) -> None:
-    """``sql`` for each of ``rows`` (SQLite): one row as a plain statement, more in bulk."""
+    """``sql`` for each of ``rows``: one row as a plain statement (psycopg's executemany
+    enters and leaves a pipeline, two more waits for the server), more in bulk."""
     if len(rows) == 1:
         cursor.execute(sql, rows[0])
     else:
