@@ -65,23 +65,8 @@ def test_users_rows_written_through_the_sink_read_back_as_they_were(
 ) -> None:
     store, core = sink_store
     sink = _sink(store, ProjectionTables().users, ("log_id",), core)
-    moment = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
-    rows: list[dict[str, Any]] = [
-        {
-            "log_id": f"0f8fad5b-d9cb-469f-a165-7086772895{n:02d}",
-            "user_id": f"user-{n}",
-            "version": n,
-            "message_count": n,
-            "buffered_count": 0,
-            "quarantined_count": 0,
-            "knowledge_count": 0,
-            "tasks_completed": 0,
-            "tasks_failed": 0,
-            "created_at": moment,
-            "updated_at": moment,
-        }
-        for n in range(5)
-    ]
+    moment = _MOMENT
+    rows = [_user(n) for n in range(5)]
     with store.transaction() as connection:
         sink.write(connection, rows, [], [])
         again = [{**rows[0], "version": 9, "updated_at": moment.replace(second=1)}]
@@ -106,29 +91,8 @@ def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
     them."""
     store, core = sink_store
     sink = _sink(store, ProjectionTables().knowledge, ("entry_id",), core)
-    moment = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
-
-    def entry(n: int) -> dict[str, Any]:
-        return {
-            "entry_id": f"00000000-0000-4000-8000-{n:012d}",
-            "log_id": "0f8fad5b-d9cb-469f-a165-708677289500",
-            "text": f"fact {n}: it's 100% true",
-            "task_id": f"task-{n % 7}",
-            "source_message_ids": [f"m-{n}", f"m-{n + 1}"],
-            "extracted_at": moment,
-            "version": n,
-            "ordinal": n % 3,
-            "knowledge_version": "v1",
-            "extractor": "test",
-            "model": None if n % 2 else "model-x",
-            "valid_from": moment,
-            "valid_until": None,
-            "superseded_by": None,
-            "ended_reason": None,
-            "ended_version": None,
-        }
-
-    rows = [entry(n) for n in range(600)]
+    moment = _MOMENT
+    rows = [_fact(n) for n in range(600)]
     ended = moment.replace(year=2027)
     with store.transaction() as connection:
         sink.write(connection, rows, [], [])
@@ -160,7 +124,7 @@ def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
     by both columns of their key, in two writes; the rest read back."""
     store, core = sink_store
     sink = _sink(store, ProjectionTables().citations, ("message_id", "entry_id"), core)
-    log_id = "0f8fad5b-d9cb-469f-a165-708677289500"
+    log_id = _LOG_ID
 
     def citation(message: int, entry: int) -> dict[str, Any]:
         return {
@@ -189,41 +153,9 @@ def test_changes_of_one_statement_join_into_one_and_others_run_at_once() -> None
         Projector(tables).create(connection)
     users = TableSink(tables.users, ("log_id",), store.engine.dialect)
     knowledge = TableSink(tables.knowledge, ("entry_id",), store.engine.dialect)
-    moment = datetime(2026, 5, 1, 12, 30, tzinfo=UTC)
-    user = {
-        "log_id": "0f8fad5b-d9cb-469f-a165-708677289500",
-        "user_id": "ann",
-        "version": 1,
-        "message_count": 0,
-        "buffered_count": 0,
-        "quarantined_count": 0,
-        "knowledge_count": 0,
-        "tasks_completed": 0,
-        "tasks_failed": 0,
-        "created_at": moment,
-        "updated_at": moment,
-    }
-    facts = [
-        {
-            "entry_id": f"00000000-0000-4000-8000-{n:012d}",
-            "log_id": user["log_id"],
-            "text": f"fact {n}",
-            "task_id": "task",
-            "source_message_ids": [f"m-{n}"],
-            "extracted_at": moment,
-            "version": n,
-            "ordinal": 0,
-            "knowledge_version": "v1",
-            "extractor": "test",
-            "model": None,
-            "valid_from": moment,
-            "valid_until": None,
-            "superseded_by": None,
-            "ended_reason": None,
-            "ended_version": None,
-        }
-        for n in range(3)
-    ]
+    moment = _MOMENT
+    user = _user(0)
+    facts = [_fact(n) for n in range(3)]
     try:
         with store.transaction() as connection:
             knowledge.write(connection, facts[:2], [], [])
@@ -253,3 +185,47 @@ def test_two_statements_on_one_table_never_join() -> None:
     joined.add("mv_users", "UPDATE mv_users SET version = %s", [1])
     with pytest.raises(ValueError, match="second statement on mv_users"):
         joined.add("mv_users", "UPDATE mv_users SET version = %s", [2])
+
+
+_MOMENT = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
+_LOG_ID = "0f8fad5b-d9cb-469f-a165-708677289500"
+
+
+def _user(n: int) -> dict[str, Any]:
+    """A user's summary row."""
+    return {
+        "log_id": f"0f8fad5b-d9cb-469f-a165-7086772895{n:02d}",
+        "user_id": f"user-{n}",
+        "version": n,
+        "message_count": n,
+        "buffered_count": 0,
+        "quarantined_count": 0,
+        "knowledge_count": 0,
+        "tasks_completed": 0,
+        "tasks_failed": 0,
+        "created_at": _MOMENT,
+        "updated_at": _MOMENT,
+    }
+
+
+def _fact(n: int) -> dict[str, Any]:
+    """A knowledge entry of user 0, of every column type (text with ``%``, a JSON list,
+    times, NULLs)."""
+    return {
+        "entry_id": f"00000000-0000-4000-8000-{n:012d}",
+        "log_id": _LOG_ID,
+        "text": f"fact {n}: it's 100% true",
+        "task_id": f"task-{n % 7}",
+        "source_message_ids": [f"m-{n}", f"m-{n + 1}"],
+        "extracted_at": _MOMENT,
+        "version": n,
+        "ordinal": n % 3,
+        "knowledge_version": "v1",
+        "extractor": "test",
+        "model": None if n % 2 else "model-x",
+        "valid_from": _MOMENT,
+        "valid_until": None,
+        "superseded_by": None,
+        "ended_reason": None,
+        "ended_version": None,
+    }
