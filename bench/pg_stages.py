@@ -12,7 +12,9 @@ figures; on a machine whose cores the server shares, it slows the client's wall 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import psycopg
 from sqlalchemy.engine import default
@@ -23,7 +25,7 @@ from bench.append import ASSISTANT_TEXT, USER_TEXT
 from bench.common import BenchConfig, Section, Workspace, cell, fmt_ratio, fmt_us, progress
 from bench.pg_worker import RAW_DDL, RAW_TABLE, psycopg_url
 from bench.postgres import reset, server_url
-from bench.stages import SHAPES, Shape, Stages, measure_commits
+from bench.stages import SHAPES, Shape, Stages, decide, measure_commits
 from events import EventStore, UserLog
 from projections import ProjectionTables, Projector
 from projections.sink import Joined, TableSink
@@ -79,6 +81,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         row(f"write: {name}", name)
     row("write: the rest (transaction, settling)", "rest")
     row("decide + write, not timed by stage", "total")
+    row("statements of one commit, between BEGIN and COMMIT", "statements", _count)
     row("raw psycopg: one committed single-row INSERT", "raw")
     row("decide + write ÷ raw psycopg", "raw_ratio", fmt_ratio)
     section.notes.append(
@@ -108,10 +111,37 @@ def _round(section: Section, url: str, shape: Shape) -> None:
             log = UserLog.register(f"user-{n:05d}")
             store.append([log.collect_events()], projector.apply)
             logs.append(log)
-        measure_commits(section, f"pg_stages.{shape.name}", committer, logs, shape, STAGES)
+        key = f"pg_stages.{shape.name}"
+        measure_commits(section, key, committer, logs, shape, STAGES)
+        batch, _ = decide(logs, 2 * shape.commits + 1, shape)
+        with counting_statements() as sent:
+            committer._write(batch)
+        section.stat(f"{key}.statements", "").add(len(sent))
     finally:
         committer.stop()
         store.close()
+
+
+@contextmanager
+def counting_statements() -> Iterator[list[str]]:
+    """The statements psycopg runs while the block runs (each ``execute`` and
+    ``executemany``), as a list of their texts; the transaction's BEGIN and COMMIT,
+    which psycopg sends on its own, are not among them."""
+    sent: list[str] = []
+    with ExitStack() as stack:
+        for name in ("execute", "executemany"):
+            original = getattr(psycopg.Cursor, name)
+            stack.callback(setattr, psycopg.Cursor, name, original)
+            setattr(psycopg.Cursor, name, _counted(original, sent))
+        yield sent
+
+
+def _counted(method: Callable[..., Any], sent: list[str]) -> Callable[..., Any]:
+    def run(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return method(cursor, query, *args, **kwargs)
+
+    return run
 
 
 def _raw_insert(url: str, count: int) -> float:
@@ -129,3 +159,7 @@ def _raw_insert(url: str, count: int) -> float:
             connection.execute(insert, (payload,))
             connection.commit()
         return (time.thread_time_ns() - started) / count / 1e3
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}"

@@ -18,20 +18,23 @@ def test_a_round_times_every_stage_of_the_writes_it_stored() -> None:
 
     stats = section.stats
     names = [name for name, _, _ in pg_stages.STAGES]
-    for key in ("decide", "total", "rest", *names):
+    for key in ("decide", "total", "rest", "statements", *names):
         assert len(stats[f"pg_stages.test.{key}"].samples) == 1, key
     assert all(stats[f"pg_stages.test.{key}"].samples[0] > 0 for key in ("decide", "total", *names))
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            # 4 registrations, then a warm-up commit and two passes of three, two
-            # exchanges each: four events a commit.
+            # 4 registrations, then a warm-up commit, two passes of three and the
+            # counted commit, two exchanges each: four events a commit.
             events = connection.execute(text("SELECT count(*) FROM memvee_events")).scalar_one()
             messages = connection.execute(text("SELECT count(*) FROM mv_messages")).scalar_one()
     finally:
         engine.dispose()
-    assert events == 4 + 7 * 4
-    assert messages == 7 * 4
+    assert events == 4 + 8 * 4
+    assert messages == 8 * 4
+    # The events with their logs' check, the look, the users' rows, the messages with
+    # the position's move.
+    assert stats["pg_stages.test.statements"].samples == [4]
 
 
 def test_the_raw_reference_is_a_committed_insert_per_call() -> None:
