@@ -729,9 +729,17 @@ class EventStore:
         of ``origins``' logs. The check reads the snapshot the insert runs on, taken once
         the statement holds its lock on the events, which an erasure (another process's
         forgetting of a log) holds exclusively: one that committed before is seen, and
-        none can commit until this transaction ends, as with two statements."""
+        none can commit until this transaction ends, as with two statements.
+
+        That snapshot does not hold the rows the statement inserts, so a log that begins
+        in this very append (a new user's first write, with the next one its actor
+        decided meanwhile) is judged by its first event as given here.
+        """
         driver = connection.connection.driver_connection
         assert driver is not None
+        rows: dict[UUID, tuple[Any, ...]] = {
+            i: (t, s) for i, v, t, s in stored if v == 1 and i in origins
+        }
         sql = self._pg_checked_inserts.get(len(stored))
         if sql is None:
             marks = ", ".join([self._pg_insert_row] * len(stored))
@@ -741,8 +749,8 @@ class EventStore:
                 f"{self._pg_inserted_and_origins}"
             )
         params = [v for row in stored for v in row]
-        params.append(list(origins))
-        ids, rows = {}, {}
+        params.append([i for i in origins if i not in rows])
+        ids = {}
         for event_id, log_id, version, topic, state in driver.cursor().execute(sql, params):
             if event_id is None:
                 rows[log_id] = (topic, state)

@@ -95,6 +95,22 @@ class EventStoreContract:
         assert sorted(_where(stored)) == sorted(_where(recorded))
         assert len({r.notification_id for r in recorded}) == len(events)
 
+    def test_a_log_begun_in_the_same_append_as_a_write_checked_against_it_is_stored(
+        self, store: EventStore
+    ) -> None:
+        """An actor decides a new user's second write before its first is stored (it
+        pipelines), and a group commit may take both: the second write's check of when
+        the log began finds the first event in this very append."""
+        log = UserLog.register("joy")
+        log.add_message("user", "first", None, 100)
+        first = log.collect_events()
+        log.add_message("user", "second", None, 100)
+        second = log.collect_events()
+        recorded = store.append([first, second], origins={log.id: log.created_on})
+        assert [r.event for r in recorded] == [*first, *second]
+        loaded = store.load("joy")
+        assert loaded is not None and loaded.version == 3
+
     @pytest.mark.parametrize("per_log", [20, 400], ids=["one statement", "several statements"])
     def test_one_log_begun_again_in_a_checked_append_stores_none_of_its_logs(
         self, store: EventStore, per_log: int
