@@ -22,10 +22,10 @@ from sqlalchemy.engine import default
 import projections.projector
 from actors._committer import GroupCommitter
 from bench.append import ASSISTANT_TEXT, USER_TEXT
-from bench.common import BenchConfig, Section, Workspace, cell, fmt_ratio, fmt_us, progress
+from bench.common import BenchConfig, Section, Workspace, progress
 from bench.pg_worker import RAW_DDL, RAW_TABLE, psycopg_url
 from bench.postgres import reset, server_url
-from bench.stages import SHAPES, Shape, Stages, decide, measure_commits
+from bench.stages import SHAPES, Shape, Stages, decide, measure_commits, stage_rows
 from events import EventStore, UserLog
 from projections import ProjectionTables, Projector
 from projections.sink import Joined, TableSink
@@ -69,21 +69,13 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             section.stat(f"pg_stages.{shape.name}.raw", "µs").add(raw)
             total = section.stats[f"pg_stages.{shape.name}.total"].samples[-1]
             section.stat(f"pg_stages.{shape.name}.raw_ratio", "x").add(total / raw)
-    stats = section.stats
-
-    def row(label: str, key: str, fmt: Callable[[float], str] = fmt_us) -> None:
-        section.rows.append(
-            [label, *(cell(stats[f"pg_stages.{shape.name}.{key}"], fmt) for shape in SHAPES)]
-        )
-
-    row("decide (the actor: two messages, UserLog)", "decide")
-    for name, _, _ in STAGES:
-        row(f"write: {name}", name)
-    row("write: the rest (transaction, settling)", "rest")
-    row("decide + write, not timed by stage", "total")
-    row("statements of one commit, between BEGIN and COMMIT", "statements", _count)
-    row("raw psycopg: one committed single-row INSERT", "raw")
-    row("decide + write ÷ raw psycopg", "raw_ratio", fmt_ratio)
+    stage_rows(
+        section,
+        "pg_stages",
+        STAGES,
+        "raw psycopg: one committed single-row INSERT",
+        (("statements of one commit, between BEGIN and COMMIT", "statements", _count),),
+    )
     section.notes.append(
         "CPU time of this thread (time.thread_time), medians over rounds; the server's CPU "
         "is not counted. The stages are timed in a second pass of the same commits, with a "

@@ -44,7 +44,17 @@ from projections.columns import id_text
 from projections.search import SearchIndex, owned_words, spoken
 from projections.sink import TableSink
 
-__all__ = ["SHAPES", "Shape", "Stages", "decide", "measure_commits", "run", "timing"]
+__all__ = [
+    "SHAPES",
+    "Row",
+    "Shape",
+    "Stages",
+    "decide",
+    "measure_commits",
+    "run",
+    "stage_rows",
+    "timing",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,20 +105,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
             progress(f"write stages round {round_no}/{cfg.rounds}")
             for shape in SHAPES:
                 _round(section, folder, seed, shape)
-    stats = section.stats
-
-    def row(label: str, key: str, fmt: Callable[[float], str] = fmt_us) -> None:
-        section.rows.append(
-            [label, *(cell(stats[f"stages.{shape.name}.{key}"], fmt) for shape in SHAPES)]
-        )
-
-    row("decide (the actor: two messages, UserLog)", "decide")
-    for name, _, _ in _STAGES:
-        row(f"write: {name}", name)
-    row("write: the rest (transaction, settling)", "rest")
-    row("decide + write, not timed by stage", "total")
-    row("raw sqlite3: the same rows' SQL, ready made", "raw")
-    row("decide + write ÷ raw sqlite3", "raw_ratio", fmt_ratio)
+    stage_rows(section, "stages", _STAGES, "raw sqlite3: the same rows' SQL, ready made")
     section.notes.append(
         "CPU time of this thread (time.thread_time), medians over rounds. The stages are "
         "timed in a second pass of the same commits, with a timer around each stage's "
@@ -142,6 +139,35 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
     exchanges = shape.commits * shape.per_commit
     section.stat(f"stages.{shape.name}.raw", "µs").add(raw / exchanges / 1e3)
     section.stat(f"stages.{shape.name}.raw_ratio", "x").add(total / raw)
+
+
+Row = tuple[str, str, Callable[[float], str]]
+"""A table row of a stage bench: its label, its statistic's key, how a value prints."""
+
+
+def stage_rows(
+    section: Section, key: str, stages: Stages, raw: str, counted: tuple[Row, ...] = ()
+) -> None:
+    """The rows of a stage bench's table, a column per shape, from the statistics
+    :func:`measure_commits` recorded under ``key`` and the raw reference's (labelled
+    ``raw``): the decision, each stage, the rest, the total, ``counted``, the raw
+    reference and the total's ratio to it."""
+    stats = section.stats
+
+    def row(label: str, name: str, fmt: Callable[[float], str] = fmt_us) -> None:
+        section.rows.append(
+            [label, *(cell(stats[f"{key}.{shape.name}.{name}"], fmt) for shape in SHAPES)]
+        )
+
+    row("decide (the actor: two messages, UserLog)", "decide")
+    for name, _, _ in stages:
+        row(f"write: {name}", name)
+    row("write: the rest (transaction, settling)", "rest")
+    row("decide + write, not timed by stage", "total")
+    for label, name, fmt in counted:
+        row(label, name, fmt)
+    row(raw, "raw")
+    row(f"decide + write ÷ {raw.split(':')[0]}", "raw_ratio", fmt_ratio)
 
 
 def measure_commits(

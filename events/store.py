@@ -418,7 +418,6 @@ class EventStore:
             f"SELECT originator_id, topic, state FROM {events.name} "
             f"WHERE originator_version = 1 AND originator_id = ANY(%s::{kind['originator_id']}[])"
         )
-        self._pg_checked_inserts: dict[int, str] = {}
         self._pg_inserted_and_origins = (
             "SELECT id, originator_id, originator_version, "
             f"NULL::{kind['topic']}, NULL::{kind['state']} FROM inserted UNION ALL "
@@ -711,15 +710,21 @@ class EventStore:
         cursor, ids = driver.cursor(), {}
         for start in range(0, len(stored), _EVENTS_PER_INSERT):
             chunk = stored[start : start + _EVENTS_PER_INSERT]
-            sql = self._pg_inserts.get(len(chunk))
-            if sql is None:
-                marks = ", ".join([self._pg_insert_row] * len(chunk))
-                sql = self._pg_inserts[len(chunk)] = (
-                    f"{self._pg_insert_head}{marks} RETURNING id, originator_id, originator_version"
-                )
+            sql = self._pg_insert_sql(len(chunk))
             found = cursor.execute(sql, [v for row in chunk for v in row]).fetchall()
             ids.update({(row[1], row[2]): row[0] for row in found})
         return [ids[i, v] for i, v, _, _ in stored]
+
+    def _pg_insert_sql(self, count: int) -> str:
+        """The insert of ``count`` events in one multi-row ``VALUES`` (psycopg), returning
+        each row's id with its log and version."""
+        sql = self._pg_inserts.get(count)
+        if sql is None:
+            marks = ", ".join([self._pg_insert_row] * count)
+            sql = self._pg_inserts[count] = (
+                f"{self._pg_insert_head}{marks} RETURNING id, originator_id, originator_version"
+            )
+        return sql
 
     def _insert_checking_psycopg(
         self, connection: Connection, stored: list[Stored], origins: Mapping[UUID, datetime]
@@ -740,14 +745,9 @@ class EventStore:
         rows: dict[UUID, tuple[Any, ...]] = {
             i: (t, s) for i, v, t, s in stored if v == 1 and i in origins
         }
-        sql = self._pg_checked_inserts.get(len(stored))
-        if sql is None:
-            marks = ", ".join([self._pg_insert_row] * len(stored))
-            sql = self._pg_checked_inserts[len(stored)] = (
-                f"WITH inserted AS ({self._pg_insert_head}{marks} "
-                "RETURNING id, originator_id, originator_version) "
-                f"{self._pg_inserted_and_origins}"
-            )
+        sql = (
+            f"WITH inserted AS ({self._pg_insert_sql(len(stored))}) {self._pg_inserted_and_origins}"
+        )
         params = [v for row in stored for v in row]
         params.append([i for i in origins if i not in rows])
         ids = {}
