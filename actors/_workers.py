@@ -24,6 +24,7 @@ from events import (
     InvalidExtractionError,
     MemveeError,
     RejectedBatchError,
+    check_result,
 )
 
 __all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "repeats"]
@@ -125,6 +126,9 @@ class ExtractionWorkers:
     def stop(self) -> None:
         """Cancel what still runs and let it unwind, close the extractor and stop the
         loop thread."""
+        if self._loop.is_closed():  # its thread ended (it never should): nothing runs
+            self._thread.join(timeout=10)
+            return
         closing = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
             closing.result(timeout=_UNWIND_SECONDS + 10)
@@ -163,7 +167,7 @@ class ExtractionWorkers:
                     await asyncio.wait_for(self._resumed.wait(), wait)
             try:
                 async with asyncio.timeout(self.timeout):
-                    result = await self.extractor.extract(batch)
+                    result = await self._answer(batch)
             except TimeoutError:
                 self.breaker.failed()
                 raise ExtractionError(
@@ -180,12 +184,33 @@ class ExtractionWorkers:
                     self.breaker.failed()
                 raise
         self.breaker.accepted()
-        if not isinstance(result, ExtractionResult):
-            raise InvalidExtractionError(
-                f"extractor {self.extractor.name!r} returned {type(result).__name__}, "
-                "not an ExtractionResult"
-            )
-        return result
+        return check_result(result, self.extractor.name)
+
+    async def _answer(self, batch: ExtractionBatch) -> object:
+        """The extractor's answer to ``batch``. What it raises that would stop this loop
+        (``KeyboardInterrupt``, ``SystemExit``) or pass for a shutdown (a
+        ``CancelledError`` nobody asked for, as some HTTP stacks leak) fails the batch
+        instead, as an answer that repeats: retried as it is, it would fail again."""
+        name = self.extractor.name
+        try:
+            return await self.extractor.extract(batch)
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # a shutdown, or the timeout's own
+                raise
+            failure: BaseException = error
+        except (KeyboardInterrupt, SystemExit) as error:
+            failure = error
+        log.error(
+            "extractor %r raised %s on task %s; the batch fails",
+            name,
+            type(failure).__name__,
+            batch.task_id,
+            exc_info=failure,
+        )
+        raise InvalidExtractionError(
+            f"extractor {name!r} raised {type(failure).__name__}: {failure}"
+        ) from failure
 
     async def _aclose(self) -> None:
         aclose: Any = getattr(self.extractor, "aclose", None)

@@ -34,6 +34,7 @@ from events import (
     ExtractionBatch,
     ExtractionError,
     ExtractionResult,
+    InvalidExtractionError,
     InvalidInputError,
     MemveeError,
     NotFoundError,
@@ -310,11 +311,13 @@ class UserActor(PooledActor):
                 outcome = refused
                 if isinstance(refused, StorageError):
                     outcome = StorageError(f"could not record the outcome: {refused}")
-            except Exception as error:  # a defect, not the batch's: record it, go on
+            except Exception as error:  # a defect this answer meets: retried, it would again
                 log.exception(
                     "user %r: task %s: recording the outcome failed", self.user_id, task_id
                 )
-                outcome = StorageError(f"could not record the outcome: {_describe(error)}")
+                outcome = InvalidExtractionError(
+                    f"its answer could not be recorded: {_describe(error)}"
+                )
             else:
                 self._services.backoff.succeeded(self.user_id)
                 self._services.touched(self.user_id)

@@ -4,6 +4,8 @@ Imports none of memvee's other packages and does no I/O beyond the event store.
 """
 
 from events.checks import (
+    MAX_EXTRACTOR_CHARS,
+    MAX_MODEL_CHARS,
     ROLES,
     check_count,
     check_key,
@@ -14,6 +16,7 @@ from events.checks import (
     check_text,
     check_time,
     check_user_id,
+    storable,
 )
 from events.errors import (
     ConflictError,
@@ -41,6 +44,7 @@ from events.extraction import (
     FactAction,
     KnownEntry,
     TokenUsage,
+    check_result,
     estimate_tokens,
 )
 from events.store import (
@@ -59,6 +63,8 @@ from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_i
 __all__ = [
     "EVENT_CLASSES",
     "FACT_ACTIONS",
+    "MAX_EXTRACTOR_CHARS",
+    "MAX_MODEL_CHARS",
     "ROLES",
     "BatchLimits",
     "BatchMessage",
@@ -95,6 +101,7 @@ __all__ = [
     "check_message",
     "check_name",
     "check_page",
+    "check_result",
     "check_text",
     "check_time",
     "check_user_id",
@@ -103,5 +110,6 @@ __all__ = [
     "redacted_url",
     "short_message_id",
     "sqlite_url",
+    "storable",
     "user_log_id",
 ]

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from events.errors import InvalidInputError
 
 __all__ = [
+    "MAX_EXTRACTOR_CHARS",
+    "MAX_MODEL_CHARS",
     "MAX_NAME_CHARS",
     "ROLES",
     "check_count",
@@ -27,6 +29,7 @@ __all__ = [
     "check_text",
     "check_time",
     "check_user_id",
+    "storable",
 ]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
@@ -34,6 +37,7 @@ ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
 _FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
@@ -53,6 +57,19 @@ def check_text(value: str, what: str) -> None:
             f"{what} contains {kind} (U+{ord(char):04X} at index {found.start()}), "
             "which cannot be stored as text"
         )
+
+
+def storable(value: str) -> str:
+    """``value`` without the characters that some database cannot store as text: each NUL
+    dropped (it never means anything in text), each lone surrogate replaced by U+FFFD.
+
+    For text the engine records but no caller handed in (an extractor's answer, an error's
+    message): it is repaired, not refused, so that a bad answer never stops a user's
+    processing by failing every write of its outcome.
+    """
+    if value.isascii() and "\x00" not in value:
+        return value
+    return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
 
 
 _PLAINLY_VISIBLE = re.compile("[!-~]")
@@ -96,6 +113,12 @@ def check_user_id(user_id: object) -> str:
 
 MAX_NAME_CHARS = 100
 """The longest speaker name a message may carry."""
+
+MAX_EXTRACTOR_CHARS = 64
+"""The longest extractor name the log records beside an outcome."""
+
+MAX_MODEL_CHARS = 128
+"""The longest model name the log records beside an outcome."""
 
 
 def check_name(name: object) -> None:

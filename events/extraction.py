@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
+from events.errors import InvalidExtractionError
+
 __all__ = [
     "FACT_ACTIONS",
     "BatchLimits",
@@ -22,6 +24,7 @@ __all__ = [
     "FactAction",
     "KnownEntry",
     "TokenUsage",
+    "check_result",
     "estimate_tokens",
 ]
 
@@ -170,3 +173,48 @@ class Extractor(Protocol):
     async def aclose(self) -> None:
         """Release network clients and other resources."""
         ...
+
+
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def check_result(result: object, extractor: str) -> ExtractionResult:
+    """``result``, if it is an :class:`ExtractionResult` of the types the log records;
+    else :class:`~events.errors.InvalidExtractionError`, an answer that repeats (its batch
+    is split, a lone message quarantined).
+
+    The dataclasses do not check their fields, so a custom extractor's answer of another
+    shape would otherwise fail inside the write of its outcome, again at every retry.
+    """
+
+    def invalid(problem: str) -> InvalidExtractionError:
+        return InvalidExtractionError(f"extractor {extractor!r} returned {problem}")
+
+    def named(value: object) -> str:
+        return type(value).__name__
+
+    if not isinstance(result, ExtractionResult):
+        raise invalid(f"{named(result)}, not an ExtractionResult")
+    if not isinstance(result.facts, tuple | list):
+        raise invalid(f"facts as a {named(result.facts)}, not a tuple of ExtractedFact")
+    for index, fact in enumerate(result.facts):
+        if not isinstance(fact, ExtractedFact):
+            raise invalid(f"facts[{index}] as a {named(fact)}, not an ExtractedFact")
+        if not isinstance(fact.text, str) or not isinstance(fact.action, str):
+            raise invalid(f"facts[{index}] with a text or action that is not a str")
+        ids = fact.source_message_ids
+        if not isinstance(ids, tuple | list) or not all(isinstance(i, str) for i in ids):
+            raise invalid(f"facts[{index}].source_message_ids that are not a tuple of str")
+        if fact.target_entry_id is not None and not isinstance(fact.target_entry_id, str):
+            raise invalid(f"facts[{index}].target_entry_id as a {named(fact.target_entry_id)}")
+    if not isinstance(result.extractor, str):
+        raise invalid(f"an extractor name that is a {named(result.extractor)}, not a str")
+    if result.model is not None and not isinstance(result.model, str):
+        raise invalid(f"a model that is a {named(result.model)}, not a str or None")
+    for name in _TOKEN_FIELDS:
+        value = getattr(result, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise invalid(f"{name} = {value!r}, not a count of tokens or None")
+    return result

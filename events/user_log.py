@@ -26,7 +26,15 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 from uuid_utils import uuid7
 
-from events.checks import check_message, check_name, check_text, check_time
+from events.checks import (
+    MAX_EXTRACTOR_CHARS,
+    MAX_MODEL_CHARS,
+    check_message,
+    check_name,
+    check_text,
+    check_time,
+    storable,
+)
 from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
 from events.extraction import (
     FACT_ACTIONS,
@@ -519,8 +527,8 @@ class UserLog(Aggregate):
             batch,
             task_id=task_id,
             message_ids=list(claimed),
-            extractor=extractor,
-            model=model,
+            extractor=_label(extractor, MAX_EXTRACTOR_CHARS) or "unknown",
+            model=_label(model, MAX_MODEL_CHARS),
             final=final,
             **_usage_fields(usage, cache=True),
         )
@@ -549,8 +557,12 @@ class UserLog(Aggregate):
         ``usage``, ``extractor`` and ``model`` record what the failed call spent.
         """
         claimed = self._open_task(task_id)
-        error = error or "unknown error"
-        spent = {"extractor": extractor, "model": model, **_usage_fields(usage, cache=False)}
+        error = storable(error) if error else "unknown error"
+        spent = {
+            "extractor": _label(extractor, MAX_EXTRACTOR_CHARS),
+            "model": _label(model, MAX_MODEL_CHARS),
+            **_usage_fields(usage, cache=False),
+        }
         if len(claimed) == 1 and (repeats or blamed):
             (message_id,) = claimed
             attempts = self.parked.get(message_id, 0) + 1
@@ -611,8 +623,8 @@ class UserLog(Aggregate):
             batch,
             knowledge_version=knowledge_version,
             message_ids=list(message_ids),
-            extractor=extractor,
-            model=model,
+            extractor=_label(extractor, MAX_EXTRACTOR_CHARS) or "unknown",
+            model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
             **_usage_fields(usage, cache=True),
         )
@@ -657,26 +669,29 @@ class UserLog(Aggregate):
         for index, fact in enumerate(facts):
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
-            text = fact.text.strip()
+            text = storable(fact.text).strip()
             if not text:
                 plan.repairs.append(f"fact {index} had no text; it was dropped")
                 continue
             notes: list[str] = []
+            if text != fact.text.strip():
+                notes.append("characters no database stores as text were dropped (NUL) or replaced")
             sources = list(dict.fromkeys(fact.source_message_ids))
             outside = [m for m in sources if m not in allowed]
             if outside:
                 sources = [m for m in sources if m in allowed]
-                notes.append(f"dropped citations outside the batch: {', '.join(outside)}")
+                dropped = storable(", ".join(outside))
+                notes.append(f"dropped citations outside the batch: {dropped}")
             if not sources:
                 sources = list(fallback)
                 notes.append("cited no message of its batch; cites the batch's user messages")
             target = fact.target_entry_id
             action = fact.action
             if action == "new" and target is not None:
-                notes.append(f"was new with a target ({target}); the target was ignored")
+                notes.append(f"was new with a target ({storable(target)}); the target was ignored")
             elif action != "new" and target not in valid:
                 notes.append(
-                    f"was {action!r} of {target or 'no entry'}, not a current entry; "
+                    f"was {action!r} of {storable(target or 'no entry')}, not a current entry; "
                     "recorded as new"
                 )
                 action = "new"
@@ -877,6 +892,12 @@ EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
     and name not in ("Event", "Created")
 )
 """Every kind of event a user's log can hold, in the order they are declared."""
+
+
+def _label(name: object, max_chars: int) -> str | None:
+    """An extractor's or a model's name as the log records it beside an outcome: storable
+    and cut to ``max_chars`` (what the projections' columns hold); ``None`` for no text."""
+    return storable(name)[:max_chars] if isinstance(name, str) else None
 
 
 def _usage_fields(usage: TokenUsage, *, cache: bool) -> dict[str, int | None]:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from actors import Engine, EngineOptions, EngineSettings, inbox_of
 from actors.erasure import ForgetReceipt
 from events import (
+    MAX_EXTRACTOR_CHARS,
     Extractor,
     InvalidInputError,
     MemoryClosedError,
@@ -746,14 +747,19 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
     made, not when its first extraction or search fails on it."""
     if config is not None and not isinstance(config, MemoryConfig):
         raise InvalidInputError(f"config must be a MemoryConfig, not {type(config).__name__}")
-    if extractor is not None and not (
-        isinstance(getattr(extractor, "name", None), str)
-        and callable(getattr(extractor, "extract", None))
-    ):
-        raise InvalidInputError(
-            "extractor must be an Extractor (a name and an async extract(batch)), "
-            f"not {type(extractor).__name__}"
-        )
+    if extractor is not None:
+        name = getattr(extractor, "name", None)
+        if not (isinstance(name, str) and callable(getattr(extractor, "extract", None))):
+            raise InvalidInputError(
+                "extractor must be an Extractor (a name and an async extract(batch)), "
+                f"not {type(extractor).__name__}"
+            )
+        if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
+            raise InvalidInputError(  # the log records it beside every outcome
+                f"an extractor's name must be 1 to {MAX_EXTRACTOR_CHARS} characters, "
+                f"not {len(name)}: {name[:MAX_EXTRACTOR_CHARS]!r}"
+            )
+        check_text(name, "the extractor's name")
     if embedder is not None and embedder is not False and not isinstance(embedder, Embedder):
         raise InvalidInputError(
             "embedder must be an Embedder (a name, dimensions and embed(texts)), False or "

@@ -99,29 +99,53 @@ class RetrievalResult:
     def to_prompt(self, *, max_chars: int = 4000) -> str:
         """A compact block to paste into a system prompt (empty when nothing was found).
 
-        Lines past ``max_chars`` are left out, least relevant first.
+        Lines past ``max_chars`` are left out, least relevant first; the first line that
+        does not fit is cut short (marked with an ellipsis) when a useful part of it fits,
+        and a heading never stands without a line under it.
         """
-        lines: list[str] = []
+        sections: list[tuple[str, list[str]]] = []
         if self.entries:
-            lines.append("Known facts about the user (most relevant first):")
-            for hit in self.entries:
-                since = hit.entry.valid_from.date().isoformat()
-                lines.append(f"- {hit.entry.text} (since {since})")
+            facts = [
+                f"- {hit.entry.text} (since {hit.entry.valid_from.date().isoformat()})"
+                for hit in self.entries
+            ]
+            sections.append(("Known facts about the user (most relevant first):", facts))
         if self.messages:
-            lines.append("Earlier messages that may be relevant:")
+            quoted = []
             for m in self.messages:
                 note = " (outdated: replaced by a later fact)" if m.outdated else ""
-                lines.append(f"- {_quote(m.message)}{note}")
+                quoted.append(f"- {_quote(m.message)}{note}")
                 if m.neighbour is not None:
-                    lines.append(f"  {_quote(m.neighbour)}")
+                    quoted.append(f"  {_quote(m.neighbour)}")
+            sections.append(("Earlier messages that may be relevant:", quoted))
         out: list[str] = []
-        used = 0
-        for line in lines:
-            if used + len(line) + 1 > max_chars:
+        room = max_chars + 1  # every line takes its length and a newline; the last has none
+        for heading, lines in sections:
+            fitted, room, whole = _fit(lines, room - len(heading) - 1)
+            if fitted:
+                out += [heading, *fitted]
+            if not whole:
                 break
-            out.append(line)
-            used += len(line) + 1
         return "\n".join(out)
+
+
+_SHORTEST_CUT = 40
+"""The fewest characters of a line worth keeping when the rest of it does not fit."""
+
+
+def _fit(lines: list[str], room: int) -> tuple[list[str], int, bool]:
+    """The leading ``lines`` that fit in ``room`` characters (each with its newline), the
+    first that does not cut short if enough of it fits; the room left; and whether every
+    line fit whole."""
+    fitted: list[str] = []
+    for line in lines:
+        if len(line) + 1 > room:
+            if room - 1 >= _SHORTEST_CUT:
+                fitted.append(line[: room - 2] + "\u2026")
+            return fitted, 0, False
+        fitted.append(line)
+        room -= len(line) + 1
+    return fitted, room, True
 
 
 def _quote(message: Message) -> str:

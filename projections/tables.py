@@ -21,6 +21,7 @@ from sqlalchemy import (
     literal_column,
 )
 
+from events import MAX_EXTRACTOR_CHARS, MAX_MODEL_CHARS
 from projections.columns import StoredId, StoredTime
 
 __all__ = ["LIVE_PREFIX", "UNFOLDED", "ProjectionTables", "folded_columns"]
@@ -84,8 +85,8 @@ class ProjectionTables:
             Column("finished_at", StoredTime(), nullable=True),
             Column("requested_version", Integer, nullable=False),
             Column("finished_version", Integer, nullable=True),
-            Column("extractor", String(64), nullable=True),
-            Column("model", String(128), nullable=True),
+            Column("extractor", String(MAX_EXTRACTOR_CHARS), nullable=True),
+            Column("model", String(MAX_MODEL_CHARS), nullable=True),
         )
         self.usage = Table(
             f"{prefix}usage",
@@ -93,8 +94,8 @@ class ProjectionTables:
             Column("usage_id", String(48), primary_key=True),
             Column("log_id", StoredId(), nullable=False, index=True),
             Column("kind", String(16), nullable=False),
-            Column("extractor", String(64), nullable=True),
-            Column("model", String(128), nullable=True),
+            Column("extractor", String(MAX_EXTRACTOR_CHARS), nullable=True),
+            Column("model", String(MAX_MODEL_CHARS), nullable=True),
             Column("input_tokens", Integer, nullable=False),
             Column("output_tokens", Integer, nullable=False),
             Column("cache_read_tokens", Integer, nullable=False),
@@ -113,8 +114,8 @@ class ProjectionTables:
             Column("version", Integer, nullable=False),
             Column("ordinal", Integer, nullable=False),
             Column("knowledge_version", String(64), nullable=False, index=True),
-            Column("extractor", String(64), nullable=False),
-            Column("model", String(128), nullable=True),
+            Column("extractor", String(MAX_EXTRACTOR_CHARS), nullable=False),
+            Column("model", String(MAX_MODEL_CHARS), nullable=True),
             Column("valid_from", StoredTime(), nullable=False),
             Column("valid_until", StoredTime(), nullable=True),
             Column("superseded_by", StoredId(), nullable=True),

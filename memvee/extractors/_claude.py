@@ -28,6 +28,7 @@ from events.errors import (
     InvalidExtractionError,
     InvalidInputError,
     RejectedBatchError,
+    first_line,
 )
 from events.extraction import (
     FACT_ACTIONS,
@@ -154,10 +155,11 @@ class ClaudeExtractor:
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
         client = self.client
+        request = self.request(batch)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                response = await client.messages.create(**self.request(batch), timeout=self.timeout)
+                response = await client.messages.create(**request, timeout=self.timeout)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -168,6 +170,16 @@ class ClaudeExtractor:
             key = client.api_key
             cause = None if key and _mentions(exc, key) else exc
             raise api_error(exc, key) from cause
+        except ValueError as exc:  # a success status over a body that is not JSON (a proxy)
+            raise ExtractionError(
+                f"Claude's answer could not be read as JSON ({type(exc).__name__}: "
+                f"{first_line(exc)}); a gateway may have answered in its place"
+            ) from exc
+        if not isinstance(response, Message):  # a body of another content type, as text
+            raise ExtractionError(
+                f"Claude's answer was a {type(response).__name__}, not a message; a gateway "
+                "may have answered in its place"
+            )
         return self.read_answer(batch, response)
 
     def read_answer(self, batch: ExtractionBatch, response: Message) -> ExtractionResult:

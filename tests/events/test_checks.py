@@ -16,6 +16,7 @@ from events.checks import (
     check_text,
     check_time,
     check_user_id,
+    storable,
 )
 
 VISIBLE_TEXTS = ["kim", "Zoë", "東京", "🙂", "a b", "x\u200by", "ñ\u0303"]
@@ -41,6 +42,23 @@ def test_visible_storable_text_passes_every_check(text: str) -> None:
 def test_text_a_database_cannot_store_is_refused_with_where_it_is(text: str, fault: str) -> None:
     with pytest.raises(InvalidInputError, match=f"^query {fault}"):
         check_text(text, "query")
+
+
+@pytest.mark.parametrize(
+    ("text", "repaired"),
+    [
+        ("plain", "plain"),
+        ("Zoë 東京 🙂", "Zoë 東京 🙂"),
+        ("a\x00b", "ab"),
+        ("ok\ud800", "ok\ufffd"),
+        ("\udfff\x00é", "\ufffdé"),
+    ],
+)
+def test_text_the_engine_records_for_itself_is_repaired_not_refused(
+    text: str, repaired: str
+) -> None:
+    assert storable(text) == repaired
+    check_text(storable(text), "repaired text")
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,37 @@ def test_record_knowledge_closes_the_task_and_covers_its_messages() -> None:
     assert isinstance(last, UserLog.KnowledgeExtracted) and last.message_ids == ids
 
 
+def test_what_an_extractor_says_that_no_database_can_store_is_repaired_and_noted() -> None:
+    log, ids = _log_with(2)
+    _start(log, "t1")
+    facts = [
+        ExtractedFact("User likes \ud800tea\x00.", (ids[0], "m\ud800")),
+        ExtractedFact("User lives in Oslo.", (ids[1],), "update", "k\x00"),
+        ExtractedFact("\x00", (ids[1],)),
+    ]
+    entries = log.record_knowledge("t1", facts, "x" * 80, "m\x00" * 100 + "z" * 100)
+    tea, oslo = entries
+    assert tea["text"] == "User likes \ufffdtea."
+    assert tea["repairs"] == [
+        "characters no database stores as text were dropped (NUL) or replaced",
+        "dropped citations outside the batch: m\ufffd",
+    ]
+    assert oslo["repairs"] == ["was 'update' of k, not a current entry; recorded as new"]
+    (extracted,) = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted.repairs == ["fact 2 had no text; it was dropped"]
+    assert extracted.extractor == "x" * 64 and extracted.model == "m" * 100 + "z" * 28
+    assert log.knowledge_count == 2
+
+
+def test_a_failure_is_recorded_with_its_text_made_storable() -> None:
+    log, ids = _log_with(1)
+    _start(log, "t1")
+    log.record_failure("t1", "bad \ud800 answer", extractor="e\x00", model=3)  # type: ignore[arg-type]
+    (failed,) = [e for e in log.collect_events() if isinstance(e, UserLog.ProcessingFailed)]
+    assert failed.error == "bad \ufffd answer"
+    assert list(log.pending) == ids
+
+
 def test_failure_returns_the_messages_to_the_buffer_in_log_order() -> None:
     log, ids = _log_with(2)
     _start(log, "t1")

@@ -64,6 +64,11 @@ def _facts(request: RecordedRequest, marked: dict[str, Any]) -> dict[str, Any]:
     return tool_use_body([*facts, {"text": "User said something marked.", **marked}])
 
 
+def _marked_fact(text: str) -> Callable[..., ScriptedResponse]:
+    """The default answer, with the marked message's fact saying ``text``."""
+    return _body(lambda r: _facts(r, {"source_message_ids": [_marked_alias(r)], "text": text}))
+
+
 SLOW = "slower than the timeout"
 """The one fault that needs a short client timeout; any other case gets a long one, so an
 answer slowed by a busy machine is never taken for this fault."""
@@ -75,6 +80,10 @@ TRANSIENT: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     "529": _error(529, "overloaded_error"),
     "connection reset": lambda r: ScriptedResponse(reset=True),
     "truncated body": lambda r: ScriptedResponse(body=tool_use_body([]), truncate_at=40),
+    "200, a body that is not JSON": lambda r: ScriptedResponse(
+        body=b"{not json", headers={"content-type": "application/json"}
+    ),
+    "200, a gateway's HTML page": lambda r: ScriptedResponse(body=b"<html>Bad gateway</html>"),
     SLOW: lambda r: ScriptedResponse(body=tool_use_body([]), delay=5.0),
 }
 """Faults that may pass: the task fails, the batch waits for a later run."""
@@ -99,16 +108,8 @@ SLIGHTLY_OFF: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     ),
     "citing a known entry's id": _body(lambda r: _facts(r, {"source_message_ids": ["k1"]})),
     "citing an id not in the batch": _body(lambda r: _facts(r, {"source_message_ids": ["m99"]})),
-    "a target that is not known": _body(
-        lambda r: _facts(
-            r,
-            {
-                "source_message_ids": [_marked_alias(r)],
-                "action": "update",
-                "target_entry_id": "k42",
-            },
-        )
-    ),
+    "a NUL in the fact": _marked_fact("User said something \x00marked."),
+    "a lone surrogate in the fact": _marked_fact("User said something marked.\ud800"),
 }
 """Schema-valid answers that are slightly wrong: repaired, never a failure."""
 
@@ -198,7 +199,8 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
         assert runs == 1, "a batch that fails the same way is split within the run"
     if fault in SLIGHTLY_OFF:
         knowledge = await claude_memory.knowledge("ann")
-        assert any(e.text == "User said something marked." for e in knowledge)
+        stored = [e.text.replace("\ufffd", "") for e in knowledge]  # a surrogate's mark
+        assert "User said something marked." in stored
         assert runs == 1
 
 

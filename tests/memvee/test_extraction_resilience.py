@@ -12,7 +12,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from events import ExtractionBatch, ExtractionError, InvalidExtractionError, RejectedBatchError
+import pytest
+
+from events import (
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionError,
+    InvalidExtractionError,
+    RejectedBatchError,
+    UserLog,
+)
 from memvee import Memory, ProcessStatus
 from tests.support.coverage import checked_coverage
 from tests.support.extractors import RecordingExtractor
@@ -160,6 +169,87 @@ async def test_a_bad_answer_is_repaired_not_rejected(
         "dropped citations outside the batch: m99",
         "was new with a target (k1); the target was ignored",
     ]
+
+
+async def test_an_answer_no_database_can_store_is_repaired_on_every_backend(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    memory: Memory = await make_memory()
+    said, _ = await memory.add_exchange("ann", "I like tea", "ok")
+    extractor.answer = lambda batch: (
+        ExtractedFact("User likes \ud800tea\x00.", (said.message_id, "m\x00")),
+        ExtractedFact("User lives in Oslo.", (said.message_id,), "update", "k\ud800"),
+    )
+    assert await memory.process("ann") == 2, "was: every run failed to record its outcome"
+    assert sorted(e.text for e in await memory.knowledge("ann")) == [
+        "User likes \ufffdtea.",
+        "User lives in Oslo.",
+    ]
+    assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+
+
+async def test_an_answer_of_another_shape_quarantines_its_message_and_blocks_nothing(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    memory: Memory = await make_memory(config={"max_batch_messages": 4})
+
+    def answer(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        users = [m for m in batch.messages if m.role == "user"]
+        if any(POISON in m.content for m in users):
+            return (ExtractedFact(42, (users[0].message_id,)),)  # type: ignore[arg-type]
+        return tuple(ExtractedFact(f"User said: {m.content}", (m.message_id,)) for m in users)
+
+    extractor.answer = answer
+    for i in range(4):
+        said = f"{POISON} I like poison" if i == 1 else f"I like thing {i}"
+        await memory.add_exchange("ann", said, "ok")
+
+    assert await memory.process("ann") == 3
+    (stuck,) = await memory.quarantined("ann")
+    assert stuck.content == f"{POISON} I like poison"
+    assert "facts[0] with a text or action that is not a str" in stuck.error
+    assert await memory.buffer("ann") == []
+
+
+async def test_an_answer_that_cannot_be_recorded_is_split_off_not_retried_for_ever(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory: Memory = await make_memory(config={"max_batch_messages": 4})
+    record = UserLog.record_knowledge
+
+    def flawed(log: UserLog, task_id: str, facts: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(POISON in fact.text for fact in facts):
+            raise RuntimeError("a defect that this answer meets")
+        return record(log, task_id, facts, *args, **kwargs)
+
+    monkeypatch.setattr(UserLog, "record_knowledge", flawed)
+    for i in range(4):
+        said = f"{POISON} I like poison" if i == 1 else f"I like thing {i}"
+        await memory.add_exchange("ann", said, "ok")
+
+    assert await memory.process("ann") == 3, "was: every run failed, and the user stayed stuck"
+    (stuck,) = await memory.quarantined("ann")
+    assert "could not be recorded: RuntimeError: a defect that this answer meets" in stuck.error
+    found = checked_coverage(memory, "ann")
+    assert list(found.quarantined) == [stuck.message_id] and not found.buffered
+
+
+@pytest.mark.parametrize("raised", [asyncio.CancelledError, KeyboardInterrupt, SystemExit])
+async def test_an_extractor_raising_what_would_stop_its_loop_fails_only_its_batch(
+    make_memory: Any, extractor: RecordingExtractor, raised: type[BaseException]
+) -> None:
+    memory: Memory = await make_memory(config={"max_batch_messages": 4})
+    extractor.fault = _poisoned(raised)
+    for i in range(4):
+        said = f"{POISON} I like poison" if i == 1 else f"I like thing {i}"
+        await memory.add_exchange("ann", said, "ok")
+
+    assert await memory.process("ann") == 3
+    (stuck,) = await memory.quarantined("ann")
+    assert f"raised {raised.__name__}" in stuck.error and stuck.attempts == 3
+    await memory.add_exchange("bob", "I like tea", "ok")
+    assert await memory.process("bob") == 1, "the extraction loop still runs"
+    await memory.close()
 
 
 async def test_a_failure_that_may_pass_is_retried_by_itself_after_a_backoff(

@@ -166,11 +166,24 @@ def test_a_configuration_shows_no_password_of_its_database() -> None:
     assert "batch_threshold=10" in shown
 
 
+class _Named:
+    """An extractor with the given name (the log records it beside every outcome)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def extract(self, batch: Any) -> Any:
+        raise AssertionError("never called")
+
+
 @pytest.mark.parametrize(
     ("part", "says"),
     [
         ({"config": {"batch_threshold": 3}}, "config must be a MemoryConfig, not dict"),
         ({"extractor": 5}, "extractor must be an Extractor (a name and an async extract(batch))"),
+        ({"extractor": _Named("x" * 65)}, "an extractor's name must be 1 to 64 characters, not 65"),
+        ({"extractor": _Named(" ")}, "an extractor's name must be 1 to 64 characters, not 1"),
+        ({"extractor": _Named("a\x00b")}, "the extractor's name contains a NUL character"),
         ({"embedder": "minilm"}, "embedder must be an Embedder"),
         ({"embedder": True}, "embedder must be an Embedder"),
     ],

@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from memvee import InvalidInputError, Memory, MemveeError
+from memvee import (
+    InvalidInputError,
+    KnowledgeEntry,
+    Memory,
+    MemveeError,
+    Message,
+    RetrievalResult,
+    RetrievedEntry,
+    RetrievedMessage,
+)
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
 
@@ -150,6 +159,34 @@ async def test_to_prompt_renders_a_compact_block(make_memory: Callable[..., Any]
     assert "  [2026-01-05] assistant: Sounds lovely!" in prompt
     assert len(result.to_prompt(max_chars=60)) <= 60
     assert (await memory.retrieve("ann", "quantum chromodynamics")).to_prompt() == ""
+
+
+def _entry(text: str) -> RetrievedEntry:
+    entry = KnowledgeEntry("e1", "ann", text, "t1", ("m1",), T0, "x", None, T0)
+    return RetrievedEntry(entry, 1.0)
+
+
+def _message(content: str) -> RetrievedMessage:
+    return RetrievedMessage(Message("m1", "ann", 1, "user", content, T0), 1.0, None)
+
+
+def test_to_prompt_cuts_a_line_too_long_for_the_room_and_never_leaves_a_bare_heading() -> None:
+    long_fact = _entry("User wrote a long essay: " + "words " * 2000)
+    result = RetrievalResult("ann", "q", None, [long_fact, _entry("User likes tea.")])
+    prompt = result.to_prompt(max_chars=200)
+    heading, cut = prompt.split("\n")
+    assert heading == "Known facts about the user (most relevant first):"
+    assert cut.startswith("- User wrote a long essay: words") and cut.endswith("\u2026")
+    assert len(prompt) == 200, "was the heading alone: every fact was left out"
+    assert result.to_prompt(max_chars=60) == "", "no room for a useful part of any line"
+
+    both = RetrievalResult("ann", "q", None, [_entry("User likes tea.")], [_message("word " * 100)])
+    prompt = both.to_prompt(max_chars=200)
+    assert prompt.startswith("Known facts about the user (most relevant first):\n- User likes")
+    assert "Earlier messages that may be relevant:\n- [2026-01-05] user: word" in prompt
+    assert prompt.endswith("\u2026") and len(prompt) == 200
+    tight = both.to_prompt(max_chars=120)
+    assert "Earlier messages" not in tight and tight.endswith("(since 2026-01-05)")
 
 
 async def test_a_question_of_stop_words_only_returns_the_latest_entries(

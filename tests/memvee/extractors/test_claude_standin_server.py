@@ -125,6 +125,20 @@ async def test_an_auth_failure_names_the_status_but_not_the_key(
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+async def test_a_success_over_a_body_that_is_not_json_is_a_failure_that_may_pass(
+    server: MessagesAPIServer, claude: ClaudeExtractor, content_type: str
+) -> None:
+    server.enqueue(200, b"{not json", headers={"content-type": content_type})
+
+    with pytest.raises(ExtractionError) as caught:
+        await claude.extract(BATCH)
+
+    assert type(caught.value) is ExtractionError and not caught.value.repeats
+    assert "a gateway may have answered in its place" in str(caught.value)
+    assert API_KEY not in str(caught.value)
+
+
 async def test_the_client_is_built_lazily_and_rebuilt_after_aclose(
     server: MessagesAPIServer, claude: ClaudeExtractor
 ) -> None:

@@ -1,0 +1,68 @@
+"""An extractor's answer is checked for the types the log records before anything of it
+is: a custom extractor's answer of another shape fails its batch as an answer that
+repeats, never the write of its outcome at every retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from events import ExtractedFact, ExtractionResult, InvalidExtractionError, check_result
+
+
+def _result(**changes: Any) -> ExtractionResult:
+    fields: dict[str, Any] = {
+        "facts": (ExtractedFact("User likes tea.", ("m1",)),),
+        "extractor": "custom",
+        "model": "m-1",
+        "input_tokens": 10,
+        "output_tokens": 2,
+    }
+    return ExtractionResult(**{**fields, **changes})
+
+
+def test_an_answer_of_the_recorded_types_passes_as_it_is() -> None:
+    result = _result()
+    assert check_result(result, "custom") is result
+    empty = ExtractionResult(facts=[], extractor="custom")  # type: ignore[arg-type]
+    assert check_result(empty, "custom") is empty
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (None, "NoneType, not an ExtractionResult"),
+        ({"facts": []}, "dict, not an ExtractionResult"),
+        (_result(facts="User likes tea."), "facts as a str, not a tuple of ExtractedFact"),
+        (_result(facts=({"text": "tea"},)), r"facts\[0\] as a dict, not an ExtractedFact"),
+        (_result(facts=(ExtractedFact(42, ("m1",)),)), r"facts\[0\] with a text or action"),  # type: ignore[arg-type]
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), None),)),  # type: ignore[arg-type]
+            r"facts\[0\] with a text or action",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", "m1"),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.source_message_ids that are not a tuple of str",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1", 7)),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.source_message_ids that are not a tuple of str",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), "update", 7),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.target_entry_id as a int",
+        ),
+        (_result(extractor=None), "an extractor name that is a NoneType, not a str"),
+        (_result(model=3.5), "a model that is a float, not a str or None"),
+        (_result(input_tokens=-1), "input_tokens = -1, not a count of tokens or None"),
+        (_result(output_tokens="20"), "output_tokens = '20', not a count of tokens or None"),
+        (_result(cache_read_tokens=True), "cache_read_tokens = True, not a count"),
+    ],
+)
+def test_an_answer_of_another_shape_is_an_invalid_answer_that_says_what_is_wrong(
+    answer: object, problem: str
+) -> None:
+    with pytest.raises(InvalidExtractionError, match=f"^extractor 'custom' returned {problem}"):
+        check_result(answer, "custom")
+    assert InvalidExtractionError.repeats, "its batch is split, not retried as it is"
