@@ -17,7 +17,7 @@ from starlette.types import ASGIApp
 
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
-from memvee._server.errors import install_error_handlers
+from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
 from memvee._server.http_api import api_router
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
@@ -84,5 +84,7 @@ def create_app(
     api.include_router(api_router(memory, audit))
     api.router.routes.extend(mcp_app.routes)
     return AccessLog(
-        BodyLimit(BearerAuth(EncodedSlashes(api), tokens or TokenBook()), max_body_bytes)
+        AnsweredOnShutdown(
+            BodyLimit(BearerAuth(EncodedSlashes(api), tokens or TokenBook()), max_body_bytes)
+        )
     )

@@ -6,13 +6,14 @@ tool's error text), so both faces tell a caller the same thing about the same fa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events import (
     ConflictError,
@@ -28,6 +29,7 @@ from memvee._server.logs import REQUEST_ID_KEY
 
 __all__ = [
     "STORAGE_UNAVAILABLE",
+    "AnsweredOnShutdown",
     "ApiError",
     "caller_message",
     "classify",
@@ -141,3 +143,33 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, on_known)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+
+
+class AnsweredOnShutdown:
+    """ASGI middleware: a request that the server's shutdown cancels before its answer
+    began (a client still sending its body when the drain ran out) is answered 503
+    ``not_ready`` with ``Connection: close``, instead of the ASGI server's bare 500 and
+    a traceback in the log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def noting(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        except asyncio.CancelledError:
+            if answered:
+                raise
+            headers = {"Retry-After": RETRY_AFTER, "Connection": "close"}
+            stopping = "the server is shutting down; try again shortly"
+            await error_response(scope, 503, "not_ready", stopping, headers)(scope, receive, send)

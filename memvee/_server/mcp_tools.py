@@ -169,10 +169,11 @@ def build_mcp(
         # user's summary keeps, so a page never reads the facts of the other pages.
         page = await memory.knowledge(user_id, offset=offset, limit=limit + 1)
         summary = await memory.user(user_id)
+        count = summary.knowledge_count if summary else 0
         listed = page[:limit]
         return Facts(
             facts=[Fact(entry_id=e.entry_id, text=e.text, since=e.valid_from) for e in listed],
-            total=max(summary.knowledge_count if summary else 0, offset + len(listed)),
+            total=max(count, offset + len(listed)) if listed else count,
             next_offset=offset + limit if len(page) > limit else None,
         )
 
@@ -202,6 +203,8 @@ def build_mcp(
 
     async def forget_user(user_id: UserId, ctx: Context[Any, Any]) -> Forgotten:
         _check_scope(ctx, user_id)
+        if await memory.user(user_id) is None:  # as the HTTP API's DELETE answers 404
+            raise NotFoundError(f"no user {user_id!r} in this memory")
         receipt = await memory.forget(user_id)
         return Forgotten(erased_records=receipt.total, erased_at=receipt.erased_at)
 

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from importlib.util import find_spec
 from types import FrameType
 
+import anyio
 import uvicorn
 
 from events import MemveeError
@@ -134,8 +135,11 @@ async def serve_stdio(
         drained = None if sys.platform == "win32" else DrainedStdio(drain_timeout)
         with drained or nullcontext():
             running = asyncio.ensure_future(server.run_stdio_async())
+            stopping = False
 
             def stop() -> None:
+                nonlocal stopping
+                stopping = True
                 running.cancel()
                 if drained is not None:  # the SDK's cancel waits for its read of stdin
                     drained.end_input()
@@ -148,7 +152,22 @@ async def serve_stdio(
             except asyncio.CancelledError:
                 if not running.cancelled():
                     raise
+            except BaseExceptionGroup as errors:
+                # Stopped with requests in flight, the SDK's task group fails on the streams
+                # the stop closed under it: the stop, not a failure.
+                if not stopping or errors.subgroup(_not_from_stopping) is not None:
+                    raise
     finally:
         await memory.close()
         await asyncio.to_thread(audit.close)
         log.info("memory closed", extra={"event": "closed"})
+
+
+def _not_from_stopping(error: BaseException) -> bool:
+    """Whether ``error`` (a leaf of an exception group) is more than the SDK's streams
+    failing because a stop closed them, or its tasks cancelled by it."""
+    if isinstance(error, BaseExceptionGroup):
+        return False  # judged by its leaves
+    return not isinstance(
+        error, anyio.BrokenResourceError | anyio.ClosedResourceError | asyncio.CancelledError
+    )

@@ -32,7 +32,7 @@ from collections.abc import Hashable
 from types import TracebackType
 from typing import Any, Self
 
-from mcp.types import JSONRPCRequest, jsonrpc_message_adapter
+from mcp.types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapter
 from pydantic import ValidationError
 
 __all__ = ["DrainedStdio"]
@@ -56,11 +56,19 @@ def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
     for item in message if isinstance(message, list) else [message]:
         if not isinstance(item, dict) or not isinstance(item.get("id"), int | str):
             continue
-        is_request = "method" in item
-        is_response = not is_request and ("result" in item or "error" in item)
-        if is_request if requests else is_response:
+        is_response = "method" not in item and ("result" in item or "error" in item)
+        if is_response != requests:  # a request, or what only a request could be
             found.append(item["id"])
     return found
+
+
+def _has_id(line: bytes) -> bool:
+    """Whether ``line`` is one JSON object with an ``id`` member (of any value)."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and "id" in message
 
 
 def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
@@ -76,7 +84,11 @@ def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
     except ValidationError as error:
         unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
     else:
-        return ([message.id] if isinstance(message, JSONRPCRequest) else []), None
+        # A request whose id is not a string or an integer reads as a notification, the
+        # id passed over, and would never be answered.
+        if not (isinstance(message, JSONRPCNotification) and _has_id(line)):
+            return ([message.id] if isinstance(message, JSONRPCRequest) else []), None
+        unreadable = []
     code, message_text, data = (
         (PARSE_ERROR, "Parse error", unreadable[0])
         if unreadable

@@ -12,9 +12,12 @@ segment, and :func:`user_id_of` decodes them once the route has matched.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from events import InvalidInputError, check_user_id
+from memvee._server.errors import error_response
 
 __all__ = ["EncodedSlashes", "quoted_user_id", "user_id_of"]
 
@@ -34,6 +37,10 @@ class EncodedSlashes:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
         if raw and scope["path"].startswith(_USERS):
             text = raw.decode("latin-1").partition("?")[0]
+            problem = _unroutable(text)
+            if problem is not None:
+                await error_response(scope, 422, "invalid_input", problem)(scope, receive, send)
+                return
             if unquote(text) == scope["path"]:  # nothing in between rewrote the path
                 scope = {**scope, "path": _decoded_but_kept(text)}
         await self.app(scope, receive, send)
@@ -45,8 +52,26 @@ def user_id_of(routed: str) -> str:
 
 
 def quoted_user_id(user_id: str) -> str:
-    """``user_id`` as a path segment that routes back to it (for a ``Location``)."""
-    return user_id.replace("%", "%25").replace("/", "%2F")
+    """``user_id`` as a path segment that routes back to it (for a ``Location``): every
+    character but letters, digits and ``_.-~`` percent-encoded, as UTF-8."""
+    return quote(user_id, safe="")
+
+
+def _unroutable(raw: str) -> str | None:
+    """Why the user path ``raw`` names no user, where routing would not say it well:
+    escapes that are not UTF-8 (decoded leniently, different ids would become one), or a
+    line break, which no route matches (it would be a bare 404)."""
+    try:
+        path = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        return "user_id: its percent-escapes are not UTF-8"
+    user_part = path[len(_USERS) :]
+    if "\n" in user_part:
+        try:
+            check_user_id(user_part)  # names the control character and where it is
+        except InvalidInputError as error:
+            return str(error)
+    return None
 
 
 def _decoded_but_kept(raw: str) -> str:

@@ -105,6 +105,24 @@ def test_a_user_id_with_a_control_character_is_422_and_creates_no_user(
     assert http.get("/v1/users/eve%01").status_code == 422
 
 
+@pytest.mark.parametrize("escape", ["%FE", "%FF", "%C3", "%E5%8C"])
+def test_a_user_id_whose_escapes_are_not_utf8_is_422_and_merges_no_users(
+    http: httpx.Client, escape: str
+) -> None:
+    answer = http.post(f"/v1/users/x{escape}/messages", json={"role": "user", "content": "hi"})
+
+    assert answer.status_code == 422, "was 201, to a user 'x\ufffd' shared by every such id"
+    assert answer.json()["message"] == "user_id: its percent-escapes are not UTF-8"
+    assert http.get("/v1/users/x%EF%BF%BD").status_code == 404
+
+
+def test_a_user_id_with_a_line_break_is_422_not_a_bare_404(http: httpx.Client) -> None:
+    answer = http.post("/v1/users/x%0Ay/messages", json={"role": "user", "content": "hi"})
+
+    assert answer.status_code == 422
+    assert "control characters (U+000A at index 1)" in answer.json()["message"]
+
+
 @pytest.mark.parametrize(
     "body",
     [{"query": "x", "top_k": 0}, {"query": "x", "top_k": "3"}, {"query": 7}, {"top_k": 3}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -251,6 +252,19 @@ def test_a_user_id_that_ends_like_a_route_is_reached_with_its_slash_encoded(
     location = started.headers["location"]
     assert f"/v1/users/{user}%2Fmessages/tasks/" in location
     assert http.get(location).json()["user_id"] == inner
+
+
+@pytest.mark.parametrize("name", ["北京", "Ёж 🙂", "q?x#y z&a=b", "50%/team"])
+def test_the_location_of_a_task_is_encoded_for_any_user_id(http: httpx.Client, name: str) -> None:
+    user = f"{uuid.uuid4().hex[:8]}-{name}"
+    add_exchange(http, quote(user, safe=""))
+
+    started = http.post(f"/v1/users/{quote(user, safe='')}/process")
+
+    assert started.status_code == 202, "was 500: the header could not be encoded"
+    location = started.headers["location"]
+    assert location.isascii() and " " not in location and "?" not in location
+    assert http.get(location).json()["user_id"] == user
 
 
 @pytest.mark.parametrize("suffix", ["/team/alice", "%25", "%252F"])

@@ -58,7 +58,7 @@ async def test_a_single_user_stdio_server_remembers_recalls_and_explains_but_nev
     ]
     assert (first["total"], first["next_offset"]) == (2, 1)
     assert (second["total"], second["next_offset"]) == (2, None)
-    assert (past["facts"], past["next_offset"]) == ([], None)
+    assert (past["facts"], past["next_offset"], past["total"]) == ([], None, 2), "was 5"
     assert "limit" in too_many
     assert "- User's dog is called Rex." in recalled["prompt"]
     assert explained["text"] == "User's dog is called Rex."
@@ -81,11 +81,13 @@ async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
         await call(session, "remember", user_id="carol", user_message="I live in Rome.")
         (bobs,) = await facts_of(session, 1, user_id="bob")
         receipt = await call(session, "forget_user", user_id="bob")
+        nobody = await failure(session, "forget_user", user_id="nobody-ever")
         after = await call(session, "list_memories", user_id="bob")
         (carols,) = await facts_of(session, 1, user_id="carol")
 
     assert bobs["text"] == "User lives in Oslo."
     assert receipt["erased_records"] > 0
+    assert "not_found: no user 'nobody-ever'" in nobody, "was a receipt of 1 erased record"
     assert after["facts"] == []
     assert carols["text"] == "User lives in Rome."
 
@@ -179,6 +181,10 @@ def test_a_line_the_sdk_cannot_read_is_answered_while_the_client_waits(tmp_path:
         json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": "oops"}),
         lone_surrogate,
         "not json",
+        json.dumps({"jsonrpc": "2.0", "id": None, "method": "tools/list"}),
+        json.dumps({"jsonrpc": "2.0", "id": 1.5, "method": "tools/list"}),
+        json.dumps({"jsonrpc": "2.0", "id": {"a": 1}, "method": "tools/list"}),
+        json.dumps({"jsonrpc": "2.0", "id": 4}),
         json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}),
     ]
     db = tmp_path / "memvee.db"
@@ -193,14 +199,16 @@ def test_a_line_the_sdk_cannot_read_is_answered_while_the_client_waits(tmp_path:
         assert server.stdin is not None and server.stdout is not None
         server.stdin.write("".join(line + "\n" for line in lines).encode())
         server.stdin.flush()
-        answers = _read_answers(server.stdout, 5, within=30)  # stdin still open
+        answers = _read_answers(server.stdout, 9, within=30)  # stdin still open
         server.stdin.close()
         assert server.wait(timeout=30) == 0
 
     errors = {a["id"]: a["error"] for a in answers if "error" in a}
     assert errors[2]["code"] == -32600 and errors[2]["message"] == "Invalid Request"
     assert errors["s"]["code"] == -32700 and "hex escape" in errors["s"]["data"]
-    assert errors[None]["code"] == -32700
+    assert errors[4]["code"] == -32600, "its id is echoed (was null)"
+    unnamed = [a["error"]["code"] for a in answers if a["id"] is None]
+    assert sorted(unnamed) == [-32700, -32600, -32600, -32600], "ids no request may have"
     assert {a["id"] for a in answers if "result" in a} == {1, 5}
     with Audit(db_path=str(db)) as audit, pytest.raises(NotFoundError):
         next(audit.log("eve"))  # the refused remember stored nothing
@@ -239,6 +247,43 @@ def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Pa
     finally:
         server.kill()
         server.wait()
+
+
+def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: Path) -> None:
+    client = {"name": "busy", "version": "1"}
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
+    server = subprocess.Popen(
+        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", "ivy"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+        server.stdin.write(json.dumps(hello).encode() + b"\n")
+        server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 0
+        lines = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+        for number in range(1, 151):
+            arguments = {"user_message": f"I have {number} cats."}
+            call_params = {"name": "remember", "arguments": arguments}
+            lines.append(
+                {"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": call_params}
+            )
+        server.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+        server.stdin.flush()
+        assert json.loads(server.stdout.readline())["id"] == 1  # the calls are under way
+        server.send_signal(signal.SIGTERM)
+        _, errors = server.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.wait()
+
+    assert server.returncode == 0, errors.decode()[-2000:]
+    assert b"Traceback" not in errors, "was: exit 1 and the SDK task group's traceback"
 
 
 def test_a_stdio_server_started_with_stdin_closed_refuses_before_opening_anything(

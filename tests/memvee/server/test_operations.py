@@ -6,8 +6,11 @@ an application holds alone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import signal
+import socket
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +87,46 @@ def test_sigterm_lets_the_request_in_flight_finish_then_closes_the_memory(
             return [e.text for e in await memory.knowledge("alice")]
 
     assert asyncio.run(knowledge()) == ["User said: I live in Lisbon."]
+
+
+def test_a_client_still_sending_its_body_when_the_drain_ends_gets_a_503_not_a_500(
+    tmp_path: Path,
+) -> None:
+    args = ["--db", str(tmp_path / "memvee.db"), "--lexical", "--drain-timeout", "1"]
+    server = ServerProcess(tmp_path / "server.log", args).start()
+    with server:
+        uploads = []
+        for path in ("/v1/users/hal/messages", "/mcp"):
+            upload = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            upload.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                "\r\nAccept: application/json, text/event-stream\r\nContent-Length: 100"
+                '\r\n\r\n{"role": "us'.encode()
+            )
+            uploads.append(upload)
+        # Answered only once the server read what came before it on the other connections.
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        server.signal(signal.SIGTERM)
+        answers = [_all_of(upload) for upload in uploads]
+        assert server.process is not None
+        exit_code = server.process.wait(60)
+
+    assert exit_code == 0
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert b"connection: close" in head.lower()
+        assert json.loads(body)["error"] == "not_ready"
+    assert "Traceback" not in server.log(), "was: uvicorn's 500 and a traceback per request"
+
+
+def _all_of(upload: socket.socket) -> bytes:
+    """Everything the server sent on ``upload`` until it closed the connection."""
+    received = b""
+    with upload, contextlib.suppress(ConnectionResetError):  # a reset after the answer
+        while chunk := upload.recv(65536):
+            received += chunk
+    return received
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
