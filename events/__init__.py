@@ -56,6 +56,7 @@ from events.store import (
     check_db_path,
     driver_url,
     redacted_url,
+    refuse_foreign_sqlite,
     sqlite_url,
 )
 from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
@@ -108,6 +109,7 @@ __all__ = [
     "driver_url",
     "estimate_tokens",
     "redacted_url",
+    "refuse_foreign_sqlite",
     "short_message_id",
     "sqlite_url",
     "storable",

@@ -68,6 +68,7 @@ __all__ = [
     "driver_url",
     "exported_state",
     "redacted_url",
+    "refuse_foreign_sqlite",
     "sqlite_url",
 ]
 
@@ -157,6 +158,42 @@ def sqlite_url(path: str | Path) -> str:
     file = Path(path).expanduser().resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{file}"
+
+
+EVENTS_TABLE = "memvee_events"
+"""The event log's table (eventsourcing names it after the application, ``memvee``)."""
+
+
+def _sqlite_tables(path: str) -> frozenset[str] | None:
+    """The tables of the SQLite file at ``path``, read without writing to it (no journal
+    mode set, no file made, an empty file left empty); ``None`` when it cannot be read so,
+    and the caller's own opening says why."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        return None
+    try:
+        connection = sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return frozenset(row[0] for row in rows)
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+
+
+def refuse_foreign_sqlite(path: str) -> None:
+    """Raise :class:`InvalidInputError` if the SQLite file at ``path`` holds another
+    program's tables and no memvee log: a command that may create its database (``import``,
+    ``serve``) then adds no tables of memvee's to it."""
+    tables = _sqlite_tables(path)
+    if tables and EVENTS_TABLE not in tables:
+        raise InvalidInputError(
+            f"{path} holds another program's tables and no memvee log; memvee adds none "
+            "of its own to it (give a new file, or one of memvee's)"
+        )
 
 
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
@@ -262,6 +299,12 @@ class EventStore:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = redacted_url(parsed)
+        if self.is_sqlite and not create and parsed.database:
+            found = _sqlite_tables(parsed.database)  # before any connection sets WAL on it
+            if found is not None and EVENTS_TABLE not in found:
+                raise NotFoundError(
+                    f"no memvee database at {self.safe_url}: it holds no memvee log"
+                )
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
+import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,19 +32,23 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
 
+from actors.database_claim import LOCK_SUFFIX
 from events import (
     EventStore,
     Extractor,
     InvalidInputError,
     MemveeError,
     NotFoundError,
+    StorageError,
     check_count,
     check_db_path,
     check_user_id,
     driver_url,
+    refuse_foreign_sqlite,
     short_message_id,
     sqlite_url,
 )
+from events.errors import first_line
 from memvee._config import SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
@@ -74,6 +80,34 @@ class _Commands(TyperGroup):
             raise typer.Exit(code=128 + signal.SIGPIPE) from None
         except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
+        except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as error:
+            # The database refused (a read-only file, a lock held past the busy timeout):
+            # its driver's words, never the statement and its parameters.
+            cause = getattr(error, "orig", None) or error
+            raise _bad_input(StorageError(f"the database refused: {first_line(cause)}")) from None
+        except KeyboardInterrupt:
+            raise _bad_input(InvalidInputError("interrupted")) from None
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line; a usage error (an unknown option, a value of the wrong
+        type) is one ``error:`` line and exit code 2, as every other failure the user can
+        fix, not click's usage block."""
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.TyperException as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # `memvee` alone: the help
+                show: Any = getattr(error, "show", None)
+                if show is not None:
+                    show()
+                sys.exit(getattr(error, "exit_code", 2))
+            format_message: Any = getattr(error, "format_message", None)
+            told = format_message() if format_message is not None else str(error)
+            sys.exit(_bad_input(InvalidInputError(told)).exit_code)
+        except typer.Abort:
+            sys.exit(_bad_input(InvalidInputError("aborted")).exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _silence_stdout() -> None:
@@ -133,11 +167,15 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
         check_db_path(db, name="--db", url_name="--db-url")
         if not create and not Path(db).expanduser().is_file():
             raise NotFoundError(f"no memvee database at {db} (check --db)")
+        if create:
+            refuse_foreign_sqlite(db)
         return sqlite_url(db)
     parsed = make_url(driver_url(db_url, name="--db-url"))
     path = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if not create and path and path != ":memory:" and not Path(path).is_file():
         raise NotFoundError(f"no memvee database at {path} (check --db-url)")
+    if create and path and path != ":memory:":
+        refuse_foreign_sqlite(path)
     return db_url
 
 
@@ -278,7 +316,7 @@ def log_(
                     from_version=from_version,
                     to_version=to_version,
                 ),
-                limit + 1,
+                min(limit, sys.maxsize - 1) + 1,
             )
         )
     more, events = events[limit:], events[:limit]
@@ -430,6 +468,8 @@ def export(
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's whole log as JSON Lines, to import into another database."""
+    if out is not None:
+        _refuse_database_as_output(Path(out), _url(db, db_url))
     with _audit(db, db_url) as audit:
         lines = audit.export(user)
         if out is None:
@@ -437,6 +477,23 @@ def export(
             return
         count = _write_lines(Path(out), lines)
     console.print(f"exported {count} events of {user!r} to {out}")
+
+
+def _refuse_database_as_output(out: Path, url: str) -> None:
+    """Refuse to write an export over the SQLite database it reads, or over one of the
+    files beside it (its journal, its lock): the move into place would replace it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return
+    database = Path(parsed.database).expanduser().resolve()
+    kept = {database, *(database.with_name(database.name + s) for s in _BESIDE_DATABASE)}
+    target = out.expanduser().resolve()
+    if target in kept or (target.exists() and database.exists() and target.samefile(database)):
+        raise InvalidInputError(f"--out {out} is the database itself; give another file")
+
+
+_BESIDE_DATABASE = ("-wal", "-shm", "-journal", LOCK_SUFFIX)
+"""The files SQLite and memvee keep beside a database file."""
 
 
 def _print_lines(lines: Iterator[str]) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from sqlalchemy.engine import make_url
 
-from events import check_db_path, check_user_id, driver_url
+from events import check_db_path, check_user_id, driver_url, refuse_foreign_sqlite
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -236,9 +237,12 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
     from memvee import Memory, MemoryConfig
 
     if db_url:
-        driver_url(db_url, name="--db-url")  # named as the user typed it
+        parsed = make_url(driver_url(db_url, name="--db-url"))  # named as the user typed it
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            refuse_foreign_sqlite(parsed.database)
     else:
         check_db_path(db, name="--db", url_name="--db-url")
+        refuse_foreign_sqlite(db)
     # Leases on a SQLite file too: every Claude Code session spawns its own `memvee mcp`,
     # and those processes share the file.
     config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process, leases=True)

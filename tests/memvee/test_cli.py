@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 import memvee
+import memvee.cli
 from events import EventStore, UserLog, sqlite_url
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee.audit import Audit
@@ -126,7 +127,78 @@ def test_reading_another_programs_database_is_an_error_and_leaves_it_as_it_was(
     assert "holds no memvee log" in one_error_line(result)
     with sqlite3.connect(other) as connection:
         names = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
+        journal = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert names == ["notes"]
+    assert journal == "delete", "was switched to WAL before it was refused"
+
+
+def test_reading_an_empty_file_is_an_error_and_leaves_it_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert "holds no memvee log" in one_error_line(run("users", "--db", str(empty), code=2))
+    assert empty.stat().st_size == 0, "was made a 4 KB database"
+
+
+@pytest.mark.parametrize("command", [["import", "{export}"], ["serve"], ["mcp"]])
+def test_a_command_that_may_create_its_database_adds_no_tables_to_another_programs(
+    tmp_path: Path, db: str, command: list[str]
+) -> None:
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    other = tmp_path / "notes.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (body TEXT)")
+    args = [part.format(export=exported) for part in command]
+    result = run(*args, "--db", str(other), code=2)
+    assert "holds another program's tables and no memvee log" in one_error_line(result)
+    with sqlite3.connect(other) as connection:
+        names = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
+    assert names == ["notes"]
+
+
+@pytest.mark.parametrize("beside", ["", "-wal", ".memvee-lock"])
+def test_an_export_is_never_written_over_the_database_it_reads(db: str, beside: str) -> None:
+    before = run("log", "ann", "--json", "--db", db).output
+    target = db + beside
+    result = run("export", "ann", "--out", target, "--db", db, code=2)
+    assert "is the database itself; give another file" in one_error_line(result)
+    assert run("log", "ann", "--json", "--db", db).output == before, "was replaced by JSONL"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["users", "--limit", "abc"], "Invalid value for '--limit'"),
+        (["users", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["log"], "Missing argument 'user'"),
+    ],
+)
+def test_a_usage_error_is_one_error_line_not_a_usage_block(args: list[str], says: str) -> None:
+    assert says in one_error_line(run(*args, code=2))
+
+
+def test_a_database_that_refuses_is_one_line_without_its_statement(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        cause = sqlite3.OperationalError("attempt to write a readonly database")
+        raise sqlalchemy.exc.OperationalError("DROP TABLE secret_statement", {"p": 1}, cause)
+
+    monkeypatch.setattr(memvee.cli, "verify_projections", refused)
+    result = run("verify", "--db", db, code=2)
+    line = one_error_line(result)
+    assert line == "error: the database refused: attempt to write a readonly database"
+
+
+def test_an_interrupted_command_is_one_error_line(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memvee.cli, "verify_projections", interrupted)
+    assert one_error_line(run("verify", "--db", db, code=2)) == "error: interrupted"
 
 
 def test_a_log_without_projections_is_an_error_line_that_says_rebuild_and_rebuild_mends_it(
@@ -188,6 +260,8 @@ def test_unknown_versions_event_types_and_points_past_the_end_are_errors(db: str
 
 def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: str) -> None:
     huge = str(2**80)
+    whole = run("log", "ann", "--json", "--limit", str(2**63 - 1), "--db", db).output
+    assert json.loads(whole), "was a traceback: islice takes no such stop"
     assert run("log", "ann", "--from-version", huge, "--json", "--db", db).output.strip() == "[]"
     everything = run("log", "ann", "--json", "--limit", "1000", "--db", db).output
     assert run(
