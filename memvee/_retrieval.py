@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
 
-from events import InvalidInputError, check_text
+from events import InvalidInputError, StorageError, check_text
+from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
@@ -366,6 +368,14 @@ class Retriever:
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
             return vector, left | self._vectors.refused(user_id)
+        except (sqlalchemy.exc.OperationalError, StorageError) as error:
+            # Storing the vectors failed (a read-only file, a lock), not the embedder.
+            log.warning(
+                "user %r: the vectors could not be stored (%s); this search ranks lexically",
+                user_id,
+                first_line(getattr(error, "orig", None) or error),
+            )
+            return None, frozenset()
         except Exception:
             log.warning(
                 "user %r: the embedder %r failed; this search ranks lexically",

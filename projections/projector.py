@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Index, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateTable
 
-from events import Recorded
+from events import Recorded, StorageError
 from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
 from projections.rows import TableRows
@@ -144,7 +144,12 @@ class Projector:
     def _create(self, connection: Connection, *, rebuilding: bool, drop: bool = False) -> bool:
         position = self.tables.position
         generation = 0
-        current = self.layout_current(connection)
+        # A rebuild asked for makes the tables again in this layout, whatever theirs.
+        current = (
+            self._stored_layout(connection) == _layout()
+            if drop
+            else self.layout_current(connection)
+        )
         if (drop or not current) and inspect(connection).has_table(position.name):
             generation = self.generation(connection) + 1
             self.drop(connection, keep_vectors=current)
@@ -212,14 +217,28 @@ class Projector:
         return FoldState(int(rows.get(_POSITION) or 0), rebuilding=False)
 
     def layout_current(self, connection: Connection) -> bool:
-        """Whether the tables exist in this version's layout (not an older memvee's)."""
+        """Whether the tables exist in this version's layout (not an older memvee's).
+
+        Tables of a newer memvee's layout are a :class:`StorageError`: made again in this
+        older layout, they would be made again in theirs by the newer one, back and forth.
+        """
+        layout = self._stored_layout(connection)
+        if layout is not None and layout >> 20 > SCHEMA_VERSION:
+            raise StorageError(
+                f"the projections are of a newer memvee's layout ({layout >> 20}; this "
+                f"memvee reads {SCHEMA_VERSION} and older): upgrade memvee to use this database"
+            )
+        return layout == _layout()
+
+    def _stored_layout(self, connection: Connection) -> int | None:
+        """The layout the tables were made in; ``None`` when there are none."""
         table = self.tables.position
         if not inspect(connection).has_table(table.name):
-            return False
+            return None
         layout = connection.execute(
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
-        return bool(layout == _layout())
+        return None if layout is None else int(layout)
 
     def generation(self, connection: Connection) -> int:
         """The tables' generation: it moves on when their rows change but by folding the

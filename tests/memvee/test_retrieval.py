@@ -252,6 +252,36 @@ class _FailingEmbedder(ConceptEmbedder):
         return super().embed(texts)
 
 
+async def test_vectors_that_cannot_be_stored_leave_the_search_lexical_and_blame_no_embedder(
+    make_memory: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from projections.vectors import VectorIndex
+
+    memory = await _offline(make_memory, embedder=ConceptEmbedder())
+    await _say(memory, "ann", 0, "I work at Acme.")
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        cause = sqlite3.OperationalError("attempt to write a readonly database")
+        raise sqlalchemy.exc.OperationalError("INSERT INTO mv_vectors", {}, cause)
+
+    monkeypatch.setattr(VectorIndex, "fill", read_only)
+    with caplog.at_level(logging.WARNING, logger="memvee.retrieval"):
+        found = await memory.retrieve("ann", "where does she work? Acme?", top_k=1)
+    assert [hit.text for hit in found.entries] == ["User works at Acme."]
+    (record,) = [r for r in caplog.records if "ranks lexically" in r.getMessage()]
+    assert record.getMessage() == (
+        "user 'ann': the vectors could not be stored (attempt to write a readonly database); "
+        "this search ranks lexically"
+    )
+    assert record.exc_info is None, "was the embedder blamed, with a 40-line traceback"
+
+
 async def test_an_embedder_that_fails_leaves_the_search_lexical_until_it_answers(
     make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
