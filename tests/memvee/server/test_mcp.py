@@ -225,23 +225,29 @@ def _read_answers(stdout: IO[bytes], count: int, *, within: float) -> list[dict[
     return answers
 
 
-def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
-    client = {"name": "idle", "version": "1"}
+def _initialized(tmp_path: Path, user: str, stderr: int) -> subprocess.Popen[bytes]:
+    """``memvee mcp --user USER`` on a new database, its session initialized."""
+    client = {"name": "script", "version": "1"}
     params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
-    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+    hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
     server = subprocess.Popen(
-        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", "ida"],
+        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", user],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         env=server_env(),
         cwd=ROOT,
     )
+    assert server.stdin is not None and server.stdout is not None
+    server.stdin.write(json.dumps(hello).encode() + b"\n")
+    server.stdin.flush()
+    assert json.loads(server.stdout.readline())["id"] == 0
+    return server
+
+
+def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
+    server = _initialized(tmp_path, "ida", subprocess.DEVNULL)
     try:
-        assert server.stdin is not None and server.stdout is not None
-        server.stdin.write(json.dumps(hello).encode() + b"\n")
-        server.stdin.flush()
-        assert json.loads(server.stdout.readline())["id"] == 1
         server.send_signal(signal.SIGTERM)  # stdin stays open: the SDK is reading it
         assert server.wait(timeout=30) == 0
     finally:
@@ -250,26 +256,15 @@ def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Pa
 
 
 def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: Path) -> None:
-    client = {"name": "busy", "version": "1"}
-    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
-    server = subprocess.Popen(
-        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", "ivy"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=server_env(),
-        cwd=ROOT,
-    )
+    server = _initialized(tmp_path, "ivy", subprocess.PIPE)
     try:
         assert server.stdin is not None and server.stdout is not None
-        hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
-        server.stdin.write(json.dumps(hello).encode() + b"\n")
-        server.stdin.flush()
-        assert json.loads(server.stdout.readline())["id"] == 0
         lines = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
         for number in range(1, 151):
-            arguments = {"user_message": f"I have {number} cats."}
-            call_params = {"name": "remember", "arguments": arguments}
+            call_params = {
+                "name": "remember",
+                "arguments": {"user_message": f"I have {number} cats."},
+            }
             lines.append(
                 {"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": call_params}
             )
