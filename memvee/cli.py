@@ -27,7 +27,7 @@ import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Table as _RichTable
 from rich.text import Text
 from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
@@ -131,6 +131,34 @@ app = typer.Typer(
 # whose brackets are words ("[/x]" made rich raise); styles are given as Text.
 console = Console(markup=False)
 errors = Console(stderr=True, markup=False)
+
+_SHOWN = {
+    **{code: chr(0x2400 + code) for code in range(0x20) if chr(code) not in "\t\n"},
+    0x7F: "\u2421",
+    **dict.fromkeys(range(0x80, 0xA0), "\ufffd"),
+}
+"""Control characters as the table shows them: C0's and DEL's pictures (``␛`` for ESC),
+U+FFFD for C1's, one character each so that styles stay where they were."""
+
+
+def _shown(cell: Any) -> Any:
+    """``cell`` with its control characters made visible: stored text (an extractor's
+    error, a message) may hold escape sequences, which a terminal would obey."""
+    if isinstance(cell, str):
+        return cell.translate(_SHOWN)
+    if isinstance(cell, Text):
+        shown = cell.copy()
+        shown.plain = cell.plain.translate(_SHOWN)
+        return shown
+    return cell
+
+
+class Table(_RichTable):
+    """A rich table whose cells show control characters instead of sending them."""
+
+    def add_row(self, *renderables: Any, **options: Any) -> None:
+        super().add_row(*(_shown(cell) for cell in renderables), **options)
+
 
 DbOption = Annotated[str, typer.Option("--db", metavar="PATH", help="SQLite file of the memory.")]
 DbUrlOption = Annotated[
@@ -287,7 +315,8 @@ def _bad_input(error: Exception) -> typer.Exit:
     message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     if isinstance(error, OSError) and error.filename:
         message = f"{message}: {error.filename}"
-    line = " ".join(message.split()) or type(error).__name__
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    line = _shown(line) or type(error).__name__  # one line, whatever the message held
     errors.print(Text.assemble(("error:", "red"), f" {line}"), soft_wrap=True)
     return typer.Exit(code=2)
 

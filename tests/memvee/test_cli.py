@@ -165,6 +165,25 @@ def test_an_export_is_never_written_over_the_database_it_reads(db: str, beside: 
     assert run("log", "ann", "--json", "--db", db).output == before, "was replaced by JSONL"
 
 
+def test_control_characters_in_stored_text_are_shown_not_sent_to_the_terminal(
+    tmp_path: Path,
+) -> None:
+    async def fill() -> None:
+        config = MemoryConfig(db_path=str(tmp_path / "m.db"))
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange("ann", "I like \x1b[31mred\x1b[0m wine\x07", "Noted.")
+
+    asyncio.run(fill())
+    shown = run("log", "ann", "--db", str(tmp_path / "m.db")).output
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\u241b[31mred\u241b[0m" in shown
+
+
+def test_an_error_line_keeps_the_spaces_of_the_id_it_names(db: str) -> None:
+    line = one_error_line(run("explain", "ann", "  no  such  ", "--db", db, code=2))
+    assert "'  no  such  '" in line
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
