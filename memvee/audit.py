@@ -445,7 +445,16 @@ class Audit:
         start = self._imported_before(run)
         events = run.events(start, lambda line: self._decoded(json.loads(line)))
         while chunk := list(itertools.islice(events, 1000)):
-            self.store.append([chunk], projector.apply)
+            try:
+                self.store.append([chunk], projector.apply)
+            except ConflictError as error:
+                # Its versions follow what is stored (checked above): the clash is with
+                # the ids of another user's rows, as after an import under another name.
+                raise InvalidInputError(
+                    f"the log of {run.user_id!r} holds messages or knowledge entries whose "
+                    "ids another user of this database holds (was it imported under another "
+                    f"name?): {first_line(error.__cause__ or error)}"
+                ) from error
         return len(run) - start
 
     def _imported_before(self, run: HeldRun) -> int:

@@ -485,6 +485,23 @@ def test_import_refuses_a_missing_file_and_a_user_who_already_has_another_log(
     assert copied == original
 
 
+def test_importing_a_users_export_under_another_name_says_so(db: str, tmp_path: Path) -> None:
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    renamed = []
+    for line in exported.read_text().splitlines():
+        record = json.loads(line)
+        record["user_id"] = "ann-again"
+        if record["state"].get("user_id") == "ann":
+            record["state"]["user_id"] = "ann-again"
+        renamed.append(json.dumps(record))
+    (tmp_path / "renamed.jsonl").write_text("\n".join(renamed) + "\n")
+    refused = run("import", str(tmp_path / "renamed.jsonl"), "--db", db, code=2)
+    line = one_error_line(refused)
+    assert "the log of 'ann-again' holds messages or knowledge entries whose ids" in line
+    assert "concurrently" not in line, "was: a user log was appended to concurrently"
+
+
 def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
     db: str, tmp_path: Path
 ) -> None:
