@@ -31,7 +31,7 @@ from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import Durability, EventStore, Extractor, KnownEntry
-from events.errors import MemveeError, first_line
+from events.errors import MemveeError, StorageError, first_line
 from projections import (
     FoldState,
     LexicalRanker,
@@ -262,7 +262,13 @@ class Engine:
         another process) is carried to its end."""
         # Under the writers' lock, so processes opening a new database at once do not race.
         leases = None if self.leases is None else self.leases.create
-        folded = bring_up_to_date(self.store, self.tables, leases)
+        try:
+            folded = bring_up_to_date(self.store, self.tables, leases)
+        except SQLAlchemyError as error:  # a lock timeout, a server restarting
+            raise StorageError(
+                f"cannot bring the projections of {self.store.safe_url} up to date: "
+                f"{first_line(error)}"
+            ) from error
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
 

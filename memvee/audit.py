@@ -35,6 +35,7 @@ from events import (
     check_count,
     check_key,
     check_keys,
+    check_text,
     check_user_id,
     sqlite_url,
 )
@@ -183,6 +184,22 @@ def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     if behind:
         folded = bring_up_to_date(store, tables)
         log.warning("projections were behind the log; folded %d events", folded)
+
+
+def _check_storable(value: Any, where: str) -> None:
+    """Raise :class:`InvalidInputError` if any text in ``value`` (an exported event's
+    state, its lists and objects walked) is one no database can store: checked with the
+    rest of a user's lines, so none of them is stored (a NUL, refused by PostgreSQL alone,
+    and a lone surrogate, by every encoder)."""
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_storable(key, where)
+            _check_storable(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable(item, where)
 
 
 class Audit:
@@ -418,6 +435,7 @@ class Audit:
         of its user's log, the first (and only the first) being the user's own
         ``Registered``."""
         user_id = record["user_id"]
+        _check_storable(record.get("state"), f"line {number}")
         try:
             event = self._decoded(record)
         except (ValueError, KeyError, TypeError) as error:

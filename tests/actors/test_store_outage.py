@@ -214,3 +214,19 @@ async def test_a_refused_task_start_is_retried_without_holding_back_the_users_ru
         while await memory.buffer("hal"):
             await asyncio.sleep(0.02)
     assert len(await memory.knowledge("hal")) == 1
+
+
+async def test_a_database_failing_while_a_memory_opens_is_a_storage_error(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock timeout, or a server restarting, while the projections are brought up to
+    date at open: a caller catching memvee's errors catches it (was SQLAlchemy's own)."""
+    import actors.engine
+
+    def locked(*args: Any, **kwargs: Any) -> int:
+        cause = Exception("canceling statement due to lock timeout")
+        raise OperationalError("LOCK TABLE memvee_events IN EXCLUSIVE MODE", {}, cause)
+
+    monkeypatch.setattr(actors.engine, "bring_up_to_date", locked)
+    with pytest.raises(StorageError, match=r"cannot bring the projections of .* up to date"):
+        await make_memory()

@@ -502,6 +502,25 @@ def test_importing_a_users_export_under_another_name_says_so(db: str, tmp_path: 
     assert "concurrently" not in line, "was: a user log was appended to concurrently"
 
 
+@pytest.mark.parametrize(
+    ("escape", "says"), [("\\u0000", "a NUL character"), ("\\udc00", "a lone surrogate")]
+)
+def test_import_refuses_text_no_database_stores_before_storing_any_line(
+    db: str, tmp_path: Path, escape: str, says: str
+) -> None:
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    lines = exported.read_text().splitlines()
+    said = max(i for i, line in enumerate(lines) if '"content":"' in line)
+    lines[said] = lines[said].replace('"content":"', f'"content":"{escape}', 1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    fresh = tmp_path / "fresh.db"
+    line = one_error_line(run("import", str(bad), "--db", str(fresh), code=2))
+    assert f"line {said + 1} contains {says}" in line, "was a traceback, or stored"
+    assert run("users", "--json", "--db", str(fresh)).output.strip() == "[]"
+
+
 def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
     db: str, tmp_path: Path
 ) -> None:
