@@ -7,6 +7,7 @@ import json
 import re
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,6 +76,18 @@ def test_version_and_help_are_plain() -> None:
     assert run("--version").output.strip() == f"memvee {memvee.__version__}"
     shown = run("rebuild", "--help").output
     assert "--resume" in shown and "<bool>" not in shown and "--db PATH" in shown
+
+
+def test_python_dash_m_memvee_is_the_memvee_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "memvee", "--version"],
+        capture_output=True,
+        text=True,
+        env=server_env(),
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, f"memvee {memvee.__version__}")
 
 
 @pytest.mark.parametrize(

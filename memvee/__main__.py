@@ -1,0 +1,5 @@
+"""``python -m memvee``: the ``memvee`` command, where its console script is not on PATH."""
+
+from memvee.cli import main
+
+main()
