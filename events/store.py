@@ -299,6 +299,7 @@ class EventStore:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = redacted_url(parsed)
+        found: frozenset[str] | None = None  # the tables, where read without writing
         if self.is_sqlite and not create and parsed.database:
             found = _sqlite_tables(parsed.database)  # before any connection sets WAL on it
             if found is not None and EVENTS_TABLE not in found:
@@ -349,7 +350,8 @@ class EventStore:
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         if not create:
-            self._require_event_log(engine)  # and read-only files and roles stay usable
+            if found is None:  # the log not seen without writing yet: another backend, say
+                self._require_event_log(engine)  # and read-only files and roles stay usable
         else:
             try:
                 guard_sequence(engine, self._events.name)
