@@ -56,6 +56,7 @@ from events.store import (
     check_db_path,
     driver_url,
     redacted_url,
+    refuse_foreign_database,
     refuse_foreign_sqlite,
     sqlite_url,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "driver_url",
     "estimate_tokens",
     "redacted_url",
+    "refuse_foreign_database",
     "refuse_foreign_sqlite",
     "short_message_id",
     "sqlite_url",

@@ -68,6 +68,7 @@ __all__ = [
     "driver_url",
     "exported_state",
     "redacted_url",
+    "refuse_foreign_database",
     "refuse_foreign_sqlite",
     "sqlite_url",
 ]
@@ -194,6 +195,14 @@ def refuse_foreign_sqlite(path: str) -> None:
             f"{path} holds another program's tables and no memvee log; memvee adds none "
             "of its own to it (give a new file, or one of memvee's)"
         )
+
+
+def refuse_foreign_database(url: str) -> None:
+    """:func:`refuse_foreign_sqlite` for the file a SQLite URL names; a URL of another
+    backend, or of an in-memory database, is let through."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        refuse_foreign_sqlite(parsed.database)
 
 
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}

@@ -527,7 +527,7 @@ class UserLog(Aggregate):
             batch,
             task_id=task_id,
             message_ids=list(claimed),
-            extractor=_label(extractor, MAX_EXTRACTOR_CHARS) or "unknown",
+            extractor=_extractor_label(extractor),
             model=_label(model, MAX_MODEL_CHARS),
             final=final,
             **_usage_fields(usage, cache=True),
@@ -623,7 +623,7 @@ class UserLog(Aggregate):
             batch,
             knowledge_version=knowledge_version,
             message_ids=list(message_ids),
-            extractor=_label(extractor, MAX_EXTRACTOR_CHARS) or "unknown",
+            extractor=_extractor_label(extractor),
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
             **_usage_fields(usage, cache=True),
@@ -898,6 +898,11 @@ def _label(name: object, max_chars: int) -> str | None:
     """An extractor's or a model's name as the log records it beside an outcome: storable
     and cut to ``max_chars`` (what the projections' columns hold); ``None`` for no text."""
     return storable(name)[:max_chars] if isinstance(name, str) else None
+
+
+def _extractor_label(name: object) -> str:
+    """The extractor's name as an outcome records it: :func:`_label`, ``unknown`` for none."""
+    return _label(name, MAX_EXTRACTOR_CHARS) or "unknown"
 
 
 def _usage_fields(usage: TokenUsage, *, cache: bool) -> dict[str, int | None]:

@@ -44,6 +44,7 @@ from events import (
     check_db_path,
     check_user_id,
     driver_url,
+    refuse_foreign_database,
     refuse_foreign_sqlite,
     short_message_id,
     sqlite_url,
@@ -202,8 +203,8 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
     path = parsed.database if parsed.get_backend_name() == "sqlite" else None
     if not create and path and path != ":memory:" and not Path(path).is_file():
         raise NotFoundError(f"no memvee database at {path} (check --db-url)")
-    if create and path and path != ":memory:":
-        refuse_foreign_sqlite(path)
+    if create:
+        refuse_foreign_database(db_url)
     return db_url
 
 

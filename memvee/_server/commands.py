@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from sqlalchemy.engine import make_url
 
-from events import check_db_path, check_user_id, driver_url, refuse_foreign_sqlite
+from events import (
+    check_db_path,
+    check_user_id,
+    driver_url,
+    refuse_foreign_database,
+    refuse_foreign_sqlite,
+)
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -237,9 +242,7 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
     from memvee import Memory, MemoryConfig
 
     if db_url:
-        parsed = make_url(driver_url(db_url, name="--db-url"))  # named as the user typed it
-        if parsed.get_backend_name() == "sqlite" and parsed.database:
-            refuse_foreign_sqlite(parsed.database)
+        refuse_foreign_database(driver_url(db_url, name="--db-url"))  # named as typed
     else:
         check_db_path(db, name="--db", url_name="--db-url")
         refuse_foreign_sqlite(db)
