@@ -183,9 +183,14 @@ class Summary:
 
 def ranked_ids(result: RetrievalResult) -> list[frozenset[str]]:
     """The message ids each ranked item stands for, best first: an entry's sources, then
-    each raw message by itself (its neighbour does not count)."""
+    each raw message with the other half of its exchange, shown with it (memvee shows an
+    exchange once, as one item; the reference is scored by exchange too)."""
     ranked = [frozenset(hit.source_message_ids) for hit in result.entries]
-    ranked.extend(frozenset({hit.message.message_id}) for hit in result.messages)
+    for hit in result.messages:
+        halves = {hit.message.message_id}
+        if hit.neighbour is not None:
+            halves.add(hit.neighbour.message_id)
+        ranked.append(frozenset(halves))
     return ranked
 
 
@@ -216,18 +221,20 @@ def summarize(scores: Sequence[QuestionScore]) -> Summary:
 
 
 def bm25_scores(conversation: Conversation, top: int) -> list[QuestionScore]:
-    """Each question of ``conversation`` scored on the plain BM25 reference: its ``top``
-    best turns, every user and assistant message of every session a document."""
-    keys: list[str] = []
+    """Each question of ``conversation`` scored on the plain BM25 reference: every user and
+    assistant message of every session a document, each ranked message shown with the
+    other half of its exchange (as memvee shows it), the ``top`` best exchanges."""
+    turns: list[frozenset[str]] = []
     texts: list[str] = []
     for s, session in enumerate(conversation.sessions):
         for t, (user_text, assistant_text) in enumerate(session.turns):
-            keys += [_turn_key((s, t)), f"{s}:{t}:assistant"]
+            turn = frozenset({_turn_key((s, t)), f"{s}:{t}:assistant"})
+            turns += [turn, turn]
             texts += [user_text, assistant_text]
     index = BM25(texts)
     scores: list[QuestionScore] = []
     for question in conversation.questions:
-        ranked = [frozenset({keys[i]}) for i in index.rank(question.text, top)]
+        ranked = list(dict.fromkeys(turns[i] for i in index.rank(question.text, 2 * top)))[:top]
         stale = frozenset(_turn_key(p) for p in question.stale)
         scores.append(score_question(ranked, _turn_key(question.answer), stale))
     return scores
@@ -377,7 +384,8 @@ _REFERENCE = "plain BM25"
 _REFERENCE_NOTE = (
     "plain BM25: the reference, measured on the same questions in this run; every user and "
     "assistant message of the conversation is a document, lower-cased words, no stemming "
-    "(bench/bm25.py)."
+    "(bench/bm25.py); a hit stands for its whole exchange, as memvee's do, each exchange "
+    "counted once."
 )
 
 

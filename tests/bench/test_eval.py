@@ -90,7 +90,7 @@ def test_summarize_nothing_is_nan_not_zero() -> None:
     assert math.isnan(summary.recall_at_1) and math.isnan(summary.empty)
 
 
-def test_ranked_ids_lists_entries_then_messages_without_neighbours() -> None:
+def test_ranked_ids_lists_entries_then_messages_with_their_neighbours() -> None:
     def message(message_id: str, seq: int, role: str) -> Message:
         return Message(message_id, "u", seq, role, "text", NOW)
 
@@ -102,7 +102,7 @@ def test_ranked_ids_lists_entries_then_messages_without_neighbours() -> None:
         entries=[RetrievedEntry(entry, 1.0)],
         messages=[RetrievedMessage(message("m5", 5, "user"), 0.5, message("m6", 6, "assistant"))],
     )
-    assert ranked_ids(result) == [_ids("m1", "m3"), _ids("m5")]
+    assert ranked_ids(result) == [_ids("m1", "m3"), _ids("m5", "m6")]
 
 
 # ---------------------------------------------------------------------------- dataset
