@@ -65,6 +65,10 @@ class EngineSettings:
     limits: BatchLimits = field(default_factory=BatchLimits)
 
 
+Later = Callable[[float, Callable[[], None], Callable[[], None]], None]
+"""Run a callback in so many seconds, or the second one if the engine stops first."""
+
+
 @dataclass(frozen=True, slots=True)
 class SharedServices:
     """The services all user actors of one engine share.
@@ -73,7 +77,8 @@ class SharedServices:
     ``checkpoint_due`` that a user's log grew by another checkpoint interval, so its
     replayed state should be stored (in the background). ``backoff`` paces a user's runs
     after extraction failures; ``store_backoff`` paces the retries of a user's task start
-    while the database fails, and never holds a run back once it answers.
+    while the database fails, and never holds a run back once it answers. ``later``
+    runs a callback after a delay (a write's retry after a conflict).
     """
 
     store: EventStore
@@ -90,4 +95,5 @@ class SharedServices:
     touched: Callable[[str], None]
     checkpoint_due: Callable[[str], None]
     store_backoff: UserBackoff
+    later: Later
     leases: LeaseTable | None = None

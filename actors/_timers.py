@@ -24,27 +24,46 @@ class Timers:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._on_drop: dict[int, Callable[[], None]] = {}
         self._order = itertools.count()
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="memvee-timers", daemon=True)
         self._thread.start()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        """Run ``callback`` in ``delay`` seconds (callbacks must not block for long)."""
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[], None],
+        dropped: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``callback`` in ``delay`` seconds (callbacks must not block for long); if
+        the timers stop first, run ``dropped`` instead (when given), so that whoever waits
+        on the callback is told."""
         with self._changed:
-            if self._stopped:
+            if not self._stopped:
+                order = next(self._order)
+                heapq.heappush(self._heap, (self._clock() + delay, order, callback))
+                if dropped is not None:
+                    self._on_drop[order] = dropped
+                self._changed.notify()
                 return
-            heapq.heappush(self._heap, (self._clock() + delay, next(self._order), callback))
-            self._changed.notify()
+        if dropped is not None:
+            dropped()
 
     def stop(self) -> None:
         """Drop what is scheduled and stop the thread."""
         with self._changed:
             self._stopped = True
             self._heap.clear()
+            drops, self._on_drop = list(self._on_drop.values()), {}
             self._changed.notify()
         self._thread.join(timeout=10)
+        for dropped in drops:
+            try:
+                dropped()
+            except Exception:
+                log.exception("telling of a dropped wake-up failed")
 
     def _run(self) -> None:
         while True:
@@ -54,7 +73,8 @@ class Timers:
                     self._changed.wait(timeout)
                 if self._stopped:
                     return
-                _, _, callback = heapq.heappop(self._heap)
+                _, order, callback = heapq.heappop(self._heap)
+                self._on_drop.pop(order, None)
             try:
                 callback()
             except Exception:

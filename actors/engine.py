@@ -177,6 +177,7 @@ class Engine:
             self.embed_later,
             self.checkpointer.touch,
             UserBackoff(base=options.retry_delay, cap=STORE_RETRY_MAX),
+            self.timers.call_later,
             self.leases,
         )
         self.directory = ActorDirectory(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -56,6 +57,15 @@ FORGOTTEN_REASON = "the user was forgotten"
 UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
 """Why a task is closed that this process ran but could not store the end of."""
 MAX_CONFLICT_RETRIES = 8
+"""Times a decision is taken again on a reloaded log when another process wrote first."""
+
+MAX_APPEND_RETRIES = 40
+"""Times an append is decided again after a conflict: processes writing one user at once
+keep losing to the one that wrote last (it alone needs no reload), so a loser waits a
+random while (:func:`conflict_delay`) and tries again, long enough to get its turn."""
+
+CONFLICT_DELAY_MAX = 0.05
+"""The longest wait, in seconds, before an append is decided again after a conflict."""
 
 MAX_BATCH_RERUNS = 3
 """Times a batch is extracted again because the live knowledge it was shown was replaced
@@ -877,10 +887,10 @@ class _Append(Write):
         try:
             proxy = actor.actor_ref.proxy()
             proxy.write_failed(self.epoch)
-            if isinstance(error, ConflictError) and self.attempt < MAX_CONFLICT_RETRIES:
+            if isinstance(error, ConflictError) and self.attempt < MAX_APPEND_RETRIES:
                 if self.auto_task is not None:
                     proxy.drop_scheduled(self.auto_task)
-                proxy.retry_append(self.messages, self.acknowledged, self.attempt + 1)
+                services.later(conflict_delay(self.attempt), self._retry, self._dropped)
                 return
         except pykka.ActorDeadError:
             pass
@@ -889,6 +899,27 @@ class _Append(Write):
                 actor.user_id, self.auto_task, "FAILED", 0, f"not requested: {error}"
             )
         self.acknowledged.set_exception(error)
+
+    def _retry(self) -> None:
+        """Decide the messages again on the reloaded log (a timer's callback)."""
+        try:
+            self.actor.actor_ref.proxy().retry_append(
+                self.messages, self.acknowledged, self.attempt + 1
+            )
+        except pykka.ActorDeadError:
+            self._dropped()
+
+    def _dropped(self) -> None:
+        """The retry will not run (the engine or the actor stopped first): say so."""
+        self.acknowledged.set_exception(
+            ConflictError("the write was not retried after a conflict: memvee was stopping")
+        )
+
+
+def conflict_delay(attempt: int) -> float:
+    """A random wait before an append's ``attempt``-th retry: up to 1 ms at first,
+    doubling to :data:`CONFLICT_DELAY_MAX`, so that processes that conflicted spread out."""
+    return random.uniform(0, min(CONFLICT_DELAY_MAX, 0.001 * 2 ** (attempt - 1)))
 
 
 def _began(user_log: UserLog, events: Sequence[Any]) -> datetime | None:

@@ -9,11 +9,13 @@ thread pool for the same reason.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import gc
 import logging
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +74,36 @@ T = TypeVar("T")
 
 
 _collected = False
+
+
+def _start_engine(
+    options: EngineOptions,
+    extractor: Extractor,
+    observer: _LoopObserver,
+    embedder: Embedder | None,
+    gc_freeze: bool,
+) -> tuple[Engine, list[tuple[str, list[str]]]]:
+    """Make the engine and recover the tasks a stop interrupted (on a worker thread); an
+    engine whose recovery fails is stopped, so its threads end and the database is free."""
+    engine = Engine(options, extractor, observer, embedder)
+    try:
+        recovered = engine.recover()
+    except BaseException:
+        engine.shutdown(SHUTDOWN_REASON)
+        raise
+    _first_full_collection(gc_freeze)
+    return engine, recovered
+
+
+async def _stop_once_started(
+    started: asyncio.Future[tuple[Engine, list[tuple[str, list[str]]]]],
+) -> None:
+    """Stop the engine of an open that was cancelled, once it has started."""
+    try:
+        engine, _ = await started
+    except BaseException:
+        return  # it did not start: _start_engine freed what it took
+    await asyncio.to_thread(engine.shutdown, SHUTDOWN_REASON)
 
 
 def _first_full_collection(freeze: bool) -> None:
@@ -142,6 +174,8 @@ class Memory:
         self._remote: dict[str, ProcessTask] = {}
         self._poller: asyncio.Future[None] | None = None
         self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._stopped: tuple[concurrent.futures.Future[None], threading.Thread] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,9 +229,26 @@ class Memory:
             breaker_failures=cfg.breaker_failures,
             breaker_cooldown=cfg.breaker_cooldown,
         )
-        self._readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
+        readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         embedder = chosen_embedder(self._embedder)
-        engine = await asyncio.to_thread(Engine, options, extractor, _LoopObserver(self), embedder)
+        started = asyncio.ensure_future(
+            asyncio.to_thread(
+                _start_engine, options, extractor, _LoopObserver(self), embedder, cfg.gc_freeze
+            )
+        )
+        try:
+            engine, recovered = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # The engine is still starting in its thread: stop it once started, so that
+            # a cancelled open leaves no thread behind and the database free.
+            readers.shutdown(wait=False)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(asyncio.ensure_future(_stop_once_started(started)))
+            raise
+        except BaseException:
+            readers.shutdown(wait=False)
+            raise
+        self._readers = readers
         self._retriever = Retriever(
             engine.store.engine,
             engine.tables,
@@ -208,14 +259,8 @@ class Memory:
             embed_budget=cfg.search_embed_seconds,
             embed_later=engine.embed_later,
         )
+        self._closer, self._stopped = None, None
         self._engine = engine
-        try:
-            recovered = await asyncio.to_thread(engine.recover)
-        except BaseException:
-            # Not open: its threads stop and the database is free for the next open.
-            await self.close()
-            raise
-        await asyncio.to_thread(_first_full_collection, cfg.gc_freeze)
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
@@ -225,10 +270,12 @@ class Memory:
         """Let running tasks finish within ``shutdown_grace`` seconds, then stop.
 
         Tasks still running then end FAILED ("interrupted by shutdown") and their
-        messages stay buffered for the next run.
+        messages stay buffered for the next run. Every close returns once the Memory is
+        closed; a close that is cancelled goes on to its end in the background (its grace
+        cut short), and a later close waits for it.
         """
         engine, loop = self._engine, self._loop
-        if engine is None or loop is None or self._closing:
+        if engine is None or loop is None:
             return
         if loop is not asyncio.get_running_loop():
             if loop.is_running():  # close where it runs: its tasks and futures live there
@@ -237,11 +284,20 @@ class Memory:
                 await self._close_without(engine, loop)
             return
         self._closing = True
-        engine.directory.flush_calls(loop)
-        pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
-        if pending:
-            await asyncio.wait(pending, timeout=self.config.shutdown_grace)
-        await asyncio.to_thread(engine.shutdown, SHUTDOWN_REASON)
+        if self._closer is None or self._closer.done():
+            self._closer = loop.create_task(self._close_here(engine, loop))
+        await asyncio.shield(self._closer)
+
+    async def _close_here(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        """Close on the Memory's own loop: the grace for running tasks, then the engine's
+        stop, which a cancellation of the grace brings forward and never skips."""
+        try:
+            engine.directory.flush_calls(loop)
+            pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
+            if pending:
+                await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+        finally:
+            await self._stop_engine(engine)
         await asyncio.sleep(0)
         for tasks in list(self._inflight.values()):
             for task in list(tasks.values()):
@@ -257,12 +313,35 @@ class Memory:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
         self._engine = None
 
+    async def _stop_engine(self, engine: Engine) -> None:
+        """Stop the engine, in a thread of its own begun once whoever asks (a close
+        cancelled on its way and the next one), so that it never runs twice at once;
+        returns when that thread has ended, even if the caller is cancelled meanwhile."""
+        if self._stopped is None:
+            stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+            stopped.set_running_or_notify_cancel()
+
+            def stop() -> None:
+                try:
+                    engine.shutdown(SHUTDOWN_REASON)
+                except BaseException as error:
+                    stopped.set_exception(error)
+                else:
+                    stopped.set_result(None)
+
+            thread = threading.Thread(target=stop, name="memvee-close")
+            thread.start()
+            self._stopped = (stopped, thread)
+        stopped, thread = self._stopped
+        await asyncio.shield(asyncio.wrap_future(stopped))
+        await asyncio.to_thread(thread.join)
+
     async def _close_without(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         """Close from another loop, the one that opened the Memory being stopped: no task
         can be awaited on it any more, so none is waited for; the engine stops as usual and
         the tasks' handles are marked failed unless their loop is closed."""
         self._closing = True
-        await asyncio.to_thread(engine.shutdown, SHUTDOWN_REASON)
+        await self._stop_engine(engine)
         if not loop.is_closed():
             for tasks in self._inflight.values():
                 for task in tasks.values():
@@ -559,6 +638,7 @@ class Memory:
         if not isinstance(task_id, str) or not task_id:
             raise UnknownTaskError(f"task id must be a non-empty str, not {task_id!r}")
         check_text(task_id, "task id")
+        self._running()  # a closed Memory answers no call, from its cache neither
         known = self._inflight.get(user_id, {}).get(task_id) or self._recent.get(task_id)
         if known is not None and known.user_id == user_id:
             return known

@@ -118,3 +118,39 @@ async def test_four_processes_one_killed_and_restarted(db_url: str, tmp_path: Pa
     )
     assert sent_in_completed == Counter(set(logged)), "each message in one completed batch"
     assert len({r["by"] for r in extracting}) > 1, "processing must be spread over processes"
+
+
+def test_processes_writing_one_user_at_once_each_get_every_write_through(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Four processes, four writers each, all on one user: a process that loses a race
+    reloads the log and decides again, waiting a random while, so none is starved by the
+    one that wrote last (which alone needs no reload) and every add_exchange succeeds."""
+    writers, exchanges = 4, 100
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.support.same_user_writer",
+                db_url,
+                name,
+                str(writers),
+                str(exchanges),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        for name in "ABCD"
+    ]
+    reports = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in processes]
+    assert [r["errors"] for r in reports] == [[]] * 4
+    assert [r["acknowledged"] for r in reports] == [writers * exchanges] * 4
+    store = EventStore(db_url)
+    try:
+        added = [e for e in store.events_of("shared") if isinstance(e, UserLog.MessageAdded)]
+    finally:
+        store.close()
+    assert len(added) == 4 * writers * exchanges * 2

@@ -113,8 +113,12 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         memory.process_async("u")
     async with memory:
         await memory.add_message("u", "user", "hi")
+        task = memory.process_async("u")
+        await task.wait()
     with pytest.raises(MemoryClosedError):
         await memory.knowledge("u")
+    with pytest.raises(MemoryClosedError):
+        await memory.get_task("u", task.task_id)  # known from before, yet not answered
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,83 @@ async def test_opens_at_once_share_one_engine(tmp_path: Any) -> None:
     finally:
         await memory.close()
     assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-")] == []
+
+
+def _memvee_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("memvee-")]
+
+
+async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A startup deadline (``wait_for(memory.open(), …)``) runs out while the engine
+    starts in its thread: the open is cancelled, the engine stopped once started, and the
+    same or another Memory opens the file."""
+    starting, release = threading.Event(), threading.Event()
+    make = Engine.__init__
+
+    def slow(engine: Engine, *args: Any, **kwargs: Any) -> None:
+        make(engine, *args, **kwargs)
+        starting.set()
+        release.wait(10)
+
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
+    memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "__init__", slow)
+        opening = asyncio.ensure_future(memory.open())
+        assert await asyncio.to_thread(starting.wait, 10)
+        opening.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+    assert not memory.is_open
+    assert _memvee_threads() == []
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as other:
+        await other.add_exchange("ann", "I live in Oslo", "ok")
+    async with memory:
+        assert len(await memory.messages("ann")) == 2
+
+
+async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
+    tmp_path: Any,
+) -> None:
+    """A close cancelled while it gives a running task its grace (a shutdown deadline, a
+    second Ctrl-C) still stops the engine: the next close returns once it is closed."""
+    extractor = RecordingExtractor(gated=True)
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"), shutdown_grace=30)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    await memory.open()
+    await memory.add_exchange("u", "I live in Rome", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(memory.close(), 0.05)
+    assert not memory.is_open
+    extractor.gate.set()
+    await memory.close()
+    assert memory._engine is None and _memvee_threads() == []
+    assert task.status is ProcessStatus.COMPLETED
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as again:
+        assert len(await again.knowledge("u")) == 1
+
+
+async def test_a_second_close_returns_only_once_the_memory_is_closed(tmp_path: Any) -> None:
+    """A signal handler and an ``async with`` both close: neither returns while the
+    engine still runs."""
+    extractor = RecordingExtractor(gated=True)
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"), shutdown_grace=30)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    await memory.open()
+    await memory.add_exchange("u", "I live in Rome", "nice")
+    memory.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    first = asyncio.ensure_future(memory.close())
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(memory.close())
+    await asyncio.sleep(0.05)
+    assert not second.done(), "the second close returned while the first still waited"
+    extractor.gate.set()
+    await second
+    assert memory._engine is None and _memvee_threads() == []
+    await first
