@@ -146,7 +146,11 @@ class Engine:
             probe_timeout=options.extraction_timeout + 5,
         )
         self.backoff = UserBackoff(base=options.retry_delay, cap=options.retry_delay_max)
-        self.vectors = None if embedder is None else VectorIndex(self.tables, embedder.name)
+        self.vectors = (
+            None
+            if embedder is None
+            else VectorIndex(self.tables, embedder.name, dimensions=embedder.dimensions)
+        )
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
             undo.callback(self.vector_filler.stop)

@@ -8,6 +8,7 @@ transaction, reads a log's events back, and follows the whole notification log i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -205,6 +206,16 @@ def refuse_foreign_database(url: str) -> None:
         refuse_foreign_sqlite(parsed.database)
 
 
+def _check_driver(parsed: URL) -> None:
+    """Refuse a PostgreSQL URL whose driver is not installed with a line naming memvee's
+    extra that installs it, not the driver's bare ``No module named``."""
+    if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+        raise StorageError(
+            "PostgreSQL needs the psycopg driver: install memvee's postgres extra "
+            "(pip install 'memvee[postgres]')"
+        )
+
+
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 """URL schemes that name no driver, and the driver of memvee's ``postgres`` extra: SQLAlchemy
 would ask for psycopg2 (or know no ``postgres`` at all), while hosting platforms hand out
@@ -305,6 +316,7 @@ class EventStore:
         url = driver_url(url)
         parsed = make_url(url)
         _check_not_in_memory(parsed)
+        _check_driver(parsed)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = redacted_url(parsed)

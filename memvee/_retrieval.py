@@ -222,7 +222,7 @@ class Retriever:
         self._ranker = LexicalRanker(tables)
         self._reader = ProjectionReader(tables)
         if embedder is not None and vectors is None:
-            vectors = VectorIndex(tables, embedder.name)
+            vectors = VectorIndex(tables, embedder.name, dimensions=embedder.dimensions)
         self._vectors = None if embedder is None else vectors
 
     def retrieve(

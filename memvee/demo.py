@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -154,6 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", default="demo.db", help="SQLite file to write (default demo.db)")
     args = parser.parse_args(argv)
+    if Path(args.db).exists():  # its script over an old run would tell another story
+        print(
+            f"error: {args.db} exists: the demo writes a new database "
+            "(remove it, or give --db another file)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     asyncio.run(run(args.db))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -48,9 +48,11 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 
 
 class NamedEmbedder(Protocol):
-    """What the vector projection needs of an embedder: its model's name and ``embed``."""
+    """What the vector projection needs of an embedder: its model's name, the length of
+    its vectors and ``embed``."""
 
     name: str
+    dimensions: int
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order."""
@@ -95,9 +97,17 @@ class VectorIndex:
     whenever the user's message count says something was added elsewhere.
     """
 
-    def __init__(self, tables: ProjectionTables, model: str, *, cache_rows: int = 200_000) -> None:
+    def __init__(
+        self,
+        tables: ProjectionTables,
+        model: str,
+        *,
+        dimensions: int | None = None,
+        cache_rows: int = 200_000,
+    ) -> None:
         self.tables = tables
         self.model = model
+        self.dimensions = dimensions
         self.cache_rows = cache_rows
         self._lock = threading.Lock()
         self._searches = 0
@@ -278,7 +288,7 @@ class VectorIndex:
         else:
             at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
             found = connection.execute(self._entries_then, {"log_id": log_id, "at": at})
-        return _nearest(found.all(), query, limit)
+        return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
 
     def messages(
         self, connection: Connection, user_id: str, query: Sequence[float], limit: int
@@ -341,6 +351,35 @@ class VectorIndex:
         except Exception:
             raise error from None
 
+    def _of_its_length(self, connection: Connection, log_id: str, rows: Sequence[Any]) -> Any:
+        """``rows`` (id, vector bytes) of the embedder's length; the others (its model
+        changed under the same name) are taken away, to be embedded again as vectors
+        never made, instead of failing every search."""
+        if self.dimensions is None:
+            return rows
+        size = 4 * self.dimensions
+        other = [row[0] for row in rows if len(row[1]) != size]
+        if not other:
+            return rows
+        v = self.tables.vectors
+        assert connection.engine is not None
+        with connection.engine.begin() as writer:
+            writer.execute(
+                delete(v).where(
+                    v.c.log_id == log_id, v.c.model == self.model, v.c.item_id.in_(other)
+                )
+            )
+        log.warning(
+            "%d vectors of another length than the embedder %r gives (%d) were dropped, "
+            "to be embedded again",
+            len(other),
+            self.model,
+            self.dimensions,
+        )
+        with self._lock:
+            self._filled.pop(log_id, None)
+        return [row for row in rows if len(row[1]) == size]
+
     def _complete(self, connection: Connection, log_id: str) -> bool:
         """Whether the cache holds a vector of every message of the log the embedder takes."""
         with self._lock:
@@ -354,7 +393,7 @@ class VectorIndex:
     def _load(self, connection: Connection, log_id: str) -> _Vectors:
         """Read the log's message vectors into the cache."""
         rows = connection.execute(self._message_vectors, {"log_id": log_id}).all()
-        loaded = _Vectors.of(rows)
+        loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
         with self._lock:
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)
@@ -407,6 +446,7 @@ class _Vectors:
 
     @classmethod
     def of(cls, rows: Sequence[Any]) -> _Vectors:
+        rows = _of_one_length(rows)
         ids = [row[0] for row in rows]
         if not ids:
             return cls([], np.zeros((0, 0), dtype=np.float32))
@@ -418,8 +458,8 @@ class _Vectors:
         return len(self.ids)
 
     def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
-        if not self.ids or limit <= 0:
-            return []
+        if not self.ids or limit <= 0 or self.matrix.shape[1] != len(query):
+            return []  # vectors of another model: none is near, till they are made again
         scores = self.matrix @ np.asarray(query, dtype=np.float32)
         if limit < len(self.ids):
             top = np.argpartition(-scores, limit)[:limit]
@@ -431,6 +471,7 @@ class _Vectors:
 
 def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list[tuple[str, float]]:
     """The ``limit`` rows (id, vector bytes) with the highest cosine to the unit ``query``."""
+    rows = [row for row in rows if len(row[1]) == 4 * len(query)]  # type: ignore[index]
     if not rows or limit <= 0:
         return []
     ids = [row[0] for row in rows]  # type: ignore[index]
@@ -439,3 +480,12 @@ def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list
     scores = matrix @ np.asarray(query, dtype=np.float32)
     top = np.argsort(-scores, kind="stable")[:limit]
     return [(ids[i], float(scores[i])) for i in top]
+
+
+def _of_one_length(rows: Sequence[Any]) -> Sequence[Any]:
+    """``rows`` (id, vector bytes) of the length most of them have: a matrix holds one."""
+    lengths = Counter(len(row[1]) for row in rows)
+    if len(lengths) <= 1:
+        return rows
+    common = lengths.most_common(1)[0][0]
+    return [row for row in rows if len(row[1]) == common]

@@ -5,6 +5,8 @@ a URL is shown with its passwords hidden."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from events import (
@@ -122,3 +124,17 @@ def test_a_store_that_cannot_open_names_its_url_without_the_password() -> None:
 
     assert "s3cret" not in str(failed.value)
     assert "postgresql+psycopg://me:***@127.0.0.1:1/mem?" in str(failed.value)
+
+
+def test_a_postgresql_url_without_its_driver_installed_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "psycopg" else found(name, *args),
+    )
+    with pytest.raises(StorageError, match=r"install memvee's postgres extra") as refused:
+        EventStore("postgresql://u:secret@localhost/mem")
+    assert "secret" not in str(refused.value)

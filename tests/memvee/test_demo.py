@@ -39,3 +39,23 @@ def test_the_demo_runs_offline_and_shows_tasks_knowledge_and_the_log(tmp_path: P
     assert "- User lives in Bergen." in live and "Fjord Analytics" in work
     assert "user: We hiked Ulriken on Sunday" in out
     assert "bob's messages now: 0" in out
+
+
+def test_the_demo_refuses_a_database_that_exists_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """Its script over an old run's log would print another story (stale tasks, the
+    first run's facts as current): it writes only a new file."""
+    db = tmp_path / "demo.db"
+    db.write_bytes(b"kept")
+    result = subprocess.run(
+        [sys.executable, "-m", "memvee.demo", "--db", str(db)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {db} exists: the demo writes a new database (remove it, or give --db another file)"
+    ]
+    assert db.read_bytes() == b"kept"

@@ -312,6 +312,26 @@ class _FailingEmbedder(ConceptEmbedder):
         return super().embed(texts)
 
 
+async def test_vectors_of_another_length_under_the_same_name_are_made_again_not_a_failure(
+    make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedder's model changed its length but kept its name: the old vectors are
+    dropped (with a warning) and embedded again; no search fails on them."""
+    first = await _offline(make_memory, embedder=ConceptEmbedder(dimensions=8))
+    await first.add_exchange("ann", "I adopted a puppy", "Lovely!", sent_at=T0)
+    assert (await first.retrieve("ann", "dog", include_messages=True)).messages
+    await first.close()
+    again = await _offline(make_memory, embedder=ConceptEmbedder(dimensions=32))
+    with caplog.at_level(logging.WARNING):
+        await again.retrieve("ann", "dog", include_messages=True)
+    assert "2 vectors of another length than the embedder 'test-concepts' gives (32)" in (
+        caplog.text
+    )
+    later = await again.retrieve("ann", "dog", include_messages=True)
+    assert [m.message.content for m in later.messages] == ["I adopted a puppy"]
+    assert later.messages[0].neighbour is not None
+
+
 async def test_vectors_that_cannot_be_stored_leave_the_search_lexical_and_blame_no_embedder(
     make_memory: Callable[..., Any],
     caplog: pytest.LogCaptureFixture,
