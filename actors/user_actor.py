@@ -37,6 +37,7 @@ from events import (
     ExtractionResult,
     InvalidExtractionError,
     InvalidInputError,
+    KnownEntry,
     MemveeError,
     NotFoundError,
     Recorded,
@@ -81,7 +82,7 @@ snapshot's size spaces the next one (see ``UserActor._due_snapshot``)."""
 T = TypeVar("T")
 Retire = Callable[[str, "pykka.ActorRef[Any]", bool], bool]
 NewMessages = Sequence[tuple[str, str, datetime | None, str | None]]
-_NONE_KNOWN: frozenset[str] = frozenset()
+_NONE_KNOWN: tuple[KnownEntry, ...] = ()
 """Shared by every actor with no batch: an empty frozenset of its own is one more object
 per live user for the collector to walk."""
 
@@ -109,7 +110,7 @@ class UserActor(PooledActor):
         self._last_write: int | None = None  # the committer's ticket of the last write
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
-        self._batch_known: frozenset[str] = _NONE_KNOWN  # live entries the batch was shown
+        self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
         self._batch_reruns = 0
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
@@ -606,10 +607,11 @@ class UserActor(PooledActor):
         if user_log is None or task_id is None or task_id not in user_log.open_tasks:
             raise MemveeError(f"task {task_id}: the log is gone")
         if self._batch_reruns < MAX_BATCH_RERUNS:
+            shown = {k.entry_id for k in self._batch_known}
             ended = {
                 target
                 for fact in result.facts
-                if (target := fact.target_entry_id) in self._batch_known
+                if (target := fact.target_entry_id) in shown
                 and user_log.valid_entries.get(target) != LIVE_KNOWLEDGE
             }
             if ended:
@@ -622,6 +624,7 @@ class UserActor(PooledActor):
             result.usage,
             batch=self._batch_messages,
             limits=self._services.settings.limits,
+            known=self._batch_known,
         )
 
     def _deliver_to_self(self, task_id: str) -> Callable[[Outcome], None]:
@@ -650,7 +653,7 @@ class UserActor(PooledActor):
         self._batch_messages = messages
         texts = [m.content for m in messages]
         known = self._services.known(self.user_id, texts, self._log.knowledge_count)
-        self._batch_known = frozenset(e.entry_id for e in known)
+        self._batch_known = tuple(known)
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
     def _requested_here(self, task_id: str) -> None:

@@ -41,6 +41,7 @@ from events.extraction import (
     BatchLimits,
     BatchMessage,
     ExtractedFact,
+    KnownEntry,
     TokenUsage,
     estimate_tokens,
 )
@@ -511,12 +512,16 @@ class UserLog(Aggregate):
         *,
         batch: Sequence[BatchMessage] = (),
         limits: BatchLimits = DEFAULT_LIMITS,
+        known: Sequence[KnownEntry] = (),
     ) -> list[dict[str, Any]]:
         """Cover the running batch of ``task_id`` with ``facts``, then go on with the
         task's next batch, if any (see :attr:`open_tasks`); returns the new entries.
 
         ``batch`` gives the batch's messages: an entry is valid from the time its newest
-        source message was sent, and an entry it updates stops being valid then.
+        source message was sent, and an entry it updates stops being valid then. ``known``
+        (the entries the batch was shown) tells when those began: a fact sent before the
+        entry it updates began (a backdated message) is the older one, and it is the one
+        that ends, when the newer began.
         """
         claimed = self._open_task(task_id)
         final = not self._left_in_scope(task_id)
@@ -530,6 +535,7 @@ class UserLog(Aggregate):
             extractor=_extractor_label(extractor),
             model=_label(model, MAX_MODEL_CHARS),
             final=final,
+            known=known,
             **_usage_fields(usage, cache=True),
         )
         if not final:
@@ -610,10 +616,12 @@ class UserLog(Aggregate):
         *,
         batch: Sequence[BatchMessage] = (),
         request_id: str | None = None,
+        known: Sequence[KnownEntry] = (),
     ) -> list[dict[str, Any]]:
         """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
 
-        Updates and invalidations apply to that version's own entries, never the live ones.
+        Updates and invalidations apply to that version's own entries, never the live ones;
+        ``known`` as for :meth:`record_knowledge`.
         """
         check_new_knowledge_version(knowledge_version)
         return self._record_facts(
@@ -626,6 +634,7 @@ class UserLog(Aggregate):
             extractor=_extractor_label(extractor),
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
+            known=known,
             **_usage_fields(usage, cache=True),
         )
 
@@ -635,6 +644,7 @@ class UserLog(Aggregate):
         version: str,
         facts: Sequence[ExtractedFact],
         batch: Sequence[BatchMessage],
+        known: Sequence[KnownEntry] = (),
         **fields: Any,
     ) -> list[dict[str, Any]]:
         """Repair ``facts`` against the batch (``fields["message_ids"]``), decide their
@@ -646,7 +656,8 @@ class UserLog(Aggregate):
         plan = self._plan(facts, version, frozenset(message_ids), fallback)
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
-        self._end_replaced(plan, entries, version, said_at)
+        began = {k.entry_id: k.valid_from for k in known}
+        self._end_replaced(plan, entries, version, said_at, began)
         return entries
 
     def _plan(
@@ -717,19 +728,40 @@ class UserLog(Aggregate):
         entries: list[dict[str, Any]],
         version: str,
         said_at: dict[str, datetime],
+        began: dict[str, datetime],
     ) -> None:
-        """Emit the ends of the entries that the new ones replaced or the batch invalidated."""
+        """Emit the ends of the entries that the new ones replaced or the batch invalidated.
+
+        Time decides, not the order of arrival: a new entry that began before the one it
+        replaces (``began``, when known) is the older fact, so it is the one that ends,
+        when the other began; an invalidation said before the entry began ends nothing.
+        """
         for replaced, entry in zip(plan.replaces, entries, strict=True):
-            if replaced is not None:
+            if replaced is None:
+                continue
+            valid_from = datetime.fromisoformat(entry["valid_from"])
+            newer = began.get(replaced)
+            if newer is not None and valid_from < newer:
                 self.trigger_event(
                     self.KnowledgeSuperseded,
-                    entry_id=replaced,
+                    entry_id=entry["entry_id"],
                     knowledge_version=version,
-                    superseded_by=entry["entry_id"],
-                    valid_until=datetime.fromisoformat(entry["valid_from"]),
+                    superseded_by=replaced,
+                    valid_until=newer,
                 )
+                continue
+            self.trigger_event(
+                self.KnowledgeSuperseded,
+                entry_id=replaced,
+                knowledge_version=version,
+                superseded_by=entry["entry_id"],
+                valid_until=valid_from,
+            )
         for target, fact in plan.invalidated:
             sources = list(fact.source_message_ids)
+            newer = began.get(target)
+            if newer is not None and _said(sources, said_at) < newer:
+                continue
             self.trigger_event(
                 self.KnowledgeInvalidated,
                 entry_id=target,

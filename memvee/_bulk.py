@@ -254,7 +254,8 @@ class BulkReextraction:
             result = self.extractor.read_answer(batch, outcome.message)
         except ExtractionError as error:
             return str(error)
-        current = {e.text.casefold(): e.entry_id for e in self._known(batch.user_id)}
+        known = self._known(batch.user_id)
+        current = {e.text.casefold(): e.entry_id for e in known}
         facts = [_same_if_known(f, current) for f in result.facts]
 
         def record(user_log: UserLog) -> int:
@@ -268,6 +269,7 @@ class BulkReextraction:
                     result.usage,
                     batch=batch.messages,
                     request_id=request_id,
+                    known=known,
                 )
             )
 

@@ -552,6 +552,7 @@ class Audit:
                 result.model,
                 result.usage,
                 batch=batch,
+                known=known,
             )
             return len(entries)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import BatchMessage, ExtractedFact, InvalidExtractionError
+from events import BatchMessage, ExtractedFact, InvalidExtractionError, KnownEntry
 from events.user_log import LIVE_KNOWLEDGE, UserLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -69,6 +69,42 @@ def test_the_same_fact_again_adds_nothing() -> None:
     repeat = ExtractedFact("User loves jazz.", tuple(second), "same", jazz["entry_id"])
     assert log.record_knowledge("t2", [repeat], "x") == []
     assert _known(log) == [jazz["entry_id"]] and log.knowledge_count == 1
+
+
+def test_a_backdated_update_ends_itself_when_the_newer_entry_began() -> None:
+    """Time decides, not arrival: the fact said before the entry it updates is the older
+    one, so it ends (replaced by that entry) and the newer entry stays valid."""
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I moved to Lisbon")
+    (lisbon,) = log.record_knowledge(
+        "t1", [ExtractedFact("User lives in Lisbon.", tuple(first))], "x", batch=_said(first, 30)
+    )
+    log.collect_events()
+    began = T0 + timedelta(days=30)
+    shown = [KnownEntry(lisbon["entry_id"], "User lives in Lisbon.", began)]
+    second = _batch(log, "t2", "I live in Oslo")
+    fact = ExtractedFact("User lives in Oslo.", tuple(second), "update", lisbon["entry_id"])
+    (oslo,) = log.record_knowledge("t2", [fact], "x", batch=_said(second, 3), known=shown)
+    ended = log.collect_events()[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded)
+    assert (ended.entry_id, ended.superseded_by) == (oslo["entry_id"], lisbon["entry_id"])
+    assert ended.valid_until == began
+    assert _known(log) == [lisbon["entry_id"]]
+
+
+def test_an_invalidation_said_before_the_entry_began_ends_nothing() -> None:
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I work at Acme")
+    (acme,) = log.record_knowledge(
+        "t1", [ExtractedFact("User works at Acme.", tuple(first))], "x", batch=_said(first, 30)
+    )
+    log.collect_events()
+    shown = [KnownEntry(acme["entry_id"], "User works at Acme.", T0 + timedelta(days=30))]
+    second = _batch(log, "t2", "I quit my job")
+    fact = ExtractedFact("User quit.", tuple(second), "invalidate", acme["entry_id"])
+    log.record_knowledge("t2", [fact], "x", batch=_said(second, 3), known=shown)
+    assert "KnowledgeInvalidated" not in _emitted(log)
+    assert _known(log) == [acme["entry_id"]]
 
 
 def test_an_invalidation_ends_an_entry_without_a_replacement() -> None:

@@ -107,6 +107,24 @@ async def test_an_updated_fact_replaces_the_old_one_and_as_of_goes_back(
     assert oslo.valid_until == bergen.valid_from == T0 + timedelta(days=30)
 
 
+async def test_a_backdated_fact_is_the_older_one_and_ends_when_the_newer_began(
+    make_memory: Callable[..., Any],
+) -> None:
+    """History imported late, or a client's clock behind: time decides what replaced
+    what, not the order the messages arrived in, and no entry ends before it began."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 10, "I moved to Lisbon.")
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    history = {e.text: e for e in await memory.knowledge("ann", history=True)}
+    lisbon, oslo = history["User lives in Lisbon."], history["User lives in Oslo."]
+    assert lisbon.valid_until is None
+    assert oslo.valid_until == lisbon.valid_from
+    assert all(e.valid_until is None or e.valid_until >= e.valid_from for e in history.values())
+    assert [e.text for e in await memory.knowledge("ann")] == ["User lives in Lisbon."]
+    then = await memory.knowledge("ann", as_of=T0 + timedelta(days=5))
+    assert [e.text for e in then] == ["User lives in Oslo."]
+
+
 async def test_the_same_statement_twice_is_one_entry(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I'm allergic to peanuts.")
