@@ -39,6 +39,11 @@ Settled = Callable[[BaseException | None], None]
 """Told how a write ended: ``None`` once committed, else the error that refused it."""
 
 
+class EarlierWriteFailed(ConflictError):
+    """A write refused because one before it, of the same log and decided on the same
+    state, failed: it lost no race of its own (its retry does not count as one)."""
+
+
 class Write:
     """One log's events to commit together, decided in write ``epoch``, and who is told how
     the write ended (:meth:`settled`).
@@ -309,7 +314,9 @@ class GroupCommitter:
     def _admissible(self, request: Write) -> bool:
         """Refuse a request decided on top of a write that failed (same epoch)."""
         if request.epoch <= self._failed_epochs.get(request.log_id, -1):
-            refused = ConflictError("an earlier write of this log failed; the log was reloaded")
+            refused = EarlierWriteFailed(
+                "an earlier write of this log failed; the log was reloaded"
+            )
             self._settle(request, None, refused)
             return False
         return True

@@ -24,7 +24,7 @@ from uuid import uuid4
 import pykka
 
 from actors._bridge import BridgedFuture
-from actors._committer import Write
+from actors._committer import EarlierWriteFailed, Write
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
 from actors._workers import EveryBatchRefused, Outcome, repeats
@@ -890,9 +890,11 @@ class _Append(Write):
         try:
             proxy = actor.actor_ref.proxy()
             proxy.write_failed(self.epoch)
-            if isinstance(error, ConflictError) and self.attempt < MAX_APPEND_RETRIES:
+            lost = not isinstance(error, EarlierWriteFailed)  # else one before it lost
+            if isinstance(error, ConflictError) and (not lost or self.attempt < MAX_APPEND_RETRIES):
                 if self.auto_task is not None:
                     proxy.drop_scheduled(self.auto_task)
+                self.attempt += lost
                 services.later(conflict_delay(self.attempt), self._retry, self._dropped)
                 return
         except pykka.ActorDeadError:
@@ -907,7 +909,7 @@ class _Append(Write):
         """Decide the messages again on the reloaded log (a timer's callback)."""
         try:
             self.actor.actor_ref.proxy().retry_append(
-                self.messages, self.acknowledged, self.attempt + 1
+                self.messages, self.acknowledged, self.attempt
             )
         except pykka.ActorDeadError:
             self._dropped()
