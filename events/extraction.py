@@ -161,17 +161,15 @@ class Extractor(Protocol):
     batch's messages to the buffer. Set the error's ``repeats`` (or raise
     :class:`~events.errors.InvalidExtractionError`) when the same batch would fail again:
     the engine then splits it rather than backing off. Any other exception counts as
-    repeating, except ``OSError`` and ``TimeoutError``. ``aclose`` releases clients.
+    repeating, except ``OSError`` and ``TimeoutError``. An extractor that holds clients
+    may also have an ``async aclose()``: the engine awaits it when it stops (one without
+    is as welcome, so it is not part of the protocol).
     """
 
     name: str
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         """Extract knowledge entries from ``batch``."""
-        ...
-
-    async def aclose(self) -> None:
-        """Release network clients and other resources."""
         ...
 
 

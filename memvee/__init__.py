@@ -15,6 +15,8 @@ from events.extraction import (
     ExtractionBatch,
     ExtractionResult,
     Extractor,
+    FactAction,
+    KnownEntry,
     TokenUsage,
 )
 from memvee._config import MemoryConfig
@@ -63,10 +65,12 @@ __all__ = [
     "ExtractionError",
     "ExtractionResult",
     "Extractor",
+    "FactAction",
     "ForgetReceipt",
     "InvalidExtractionError",
     "InvalidInputError",
     "KnowledgeEntry",
+    "KnownEntry",
     "Memory",
     "MemoryClosedError",
     "MemoryConfig",

@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from memvee import InvalidInputError, Memory, MemoryClosedError, MemoryConfig, UnknownTaskError
+from memvee import (
+    ExtractedFact,
+    ExtractionBatch,
+    ExtractionResult,
+    Extractor,
+    InvalidInputError,
+    Memory,
+    MemoryClosedError,
+    MemoryConfig,
+    UnknownTaskError,
+)
 from projections import dump
 from projections.tables import ProjectionTables
 
@@ -265,3 +275,22 @@ async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_pas
     with pytest.raises(StorageError, match="cannot open the event store at") as raised:
         await Memory(db_url=url).open()
     assert "s3cret" not in str(raised.value)
+
+
+class _BareExtractor:
+    """The least an extractor is: a name and ``extract``; no ``aclose``."""
+
+    name = "bare"
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        facts = tuple(ExtractedFact(f"said {m.content}", (m.message_id,)) for m in batch.messages)
+        return ExtractionResult(facts, self.name)
+
+
+async def test_an_extractor_without_aclose_is_an_extractor(tmp_path: Path) -> None:
+    extractor: Extractor = _BareExtractor()  # the protocol asks no aclose (mypy checks)
+    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=extractor, embedder=False)
+    async with memory:
+        await memory.add_message("u", "user", "hi")
+        assert await memory.process("u") == 1
+    assert not memory.is_open
