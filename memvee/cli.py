@@ -767,8 +767,9 @@ def search(
         for m in found.messages
     ]
     table = Table("#", "score", "kind", "text", "since / sent", title=f"{user}: {query}")
+    # One score, best first, but outdated messages last: the order retrieve hands over.
     for rank, (score, kind, text, when) in enumerate(
-        sorted(rows, key=lambda row: -row[0]), start=1
+        sorted(rows, key=lambda row: (row[1].endswith("(outdated)"), -row[0])), start=1
     ):
         table.add_row(str(rank), f"{score:.3f}", kind, text, when)
     console.print(table)

@@ -570,6 +570,11 @@ async def test_the_cli_search_shows_what_an_agent_would_get(
     assert [hit["entry"]["text"] for hit in found["entries"]] == ["User lives in Oslo."]
     bad = runner.invoke(app, ["search", "ann", "x", "--as-of", "soon", "--db-url", db_url])
     assert bad.exit_code == 2
+    with_messages = ["search", "ann", "live Oslo", "--messages", "--db-url", db_url]
+    listed = runner.invoke(app, [*with_messages, "--top-k", "5"])
+    assert listed.exit_code == 0, listed.output
+    rows = [line for line in listed.output.splitlines() if "entry" in line or "message" in line]
+    assert "(outdated)" in rows[-1] and "User lives in Bergen." in rows[0], listed.output
 
 
 async def test_the_cli_search_ranks_like_a_memory_with_the_default_model(
