@@ -12,7 +12,9 @@ import re
 __all__ = ["STOP_WORDS", "search_terms"]
 
 MAX_TERMS = 32
-"""At most this many distinct terms are searched (the first ones of the query)."""
+"""At most this many distinct terms are searched: the query's own words before the words
+its topics add and, of a query with more words than that (an agent passing the user's
+whole turn), the longest, as longer words are the rarer ones."""
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -61,16 +63,21 @@ _PHRASES = ((re.compile(r"\bfor\s+a\s+living\b", re.IGNORECASE), " work "),)
 
 
 def search_terms(query: str, *, expand: bool = True) -> list[str]:
-    """The distinct content words of ``query``, lower-cased, in order of first use.
+    """The distinct content words of ``query``, lower-cased, in order of first use (at
+    most :data:`MAX_TERMS`).
 
     With ``expand``, the words of each personal-fact topic the query touches follow.
     """
     for phrase, replacement in _PHRASES:
         query = phrase.sub(replacement, query)
     words = [w.casefold() for w in _WORD.findall(query)]
-    terms = dict.fromkeys(w for w in words if w not in STOP_WORDS)
+    own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
+    if len(own) > MAX_TERMS:
+        kept = set(sorted(own, key=len, reverse=True)[:MAX_TERMS])  # stable: earlier first
+        own = [w for w in own if w in kept]
+    terms = dict.fromkeys(own)
     if expand:
-        for word in list(terms):
+        for word in own:
             for group in _CONCEPTS:
                 if word in group:
                     terms.update(dict.fromkeys(sorted(group)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from projections import search_terms
+from projections.terms import MAX_TERMS
 
 
 def test_stop_words_go_and_the_rest_keeps_its_order() -> None:
@@ -25,3 +26,11 @@ def test_for_a_living_is_about_work_not_about_living_somewhere() -> None:
 
 def test_terms_are_capped() -> None:
     assert len(search_terms(" ".join(f"word{i}" for i in range(100)))) == 32
+
+
+def test_a_query_of_more_words_than_searched_keeps_its_longest_in_order() -> None:
+    """An agent passes the user's whole turn: the rare keyword at its end is kept."""
+    filler = " ".join(f"w{n}" for n in range(60))
+    terms = search_terms(f"{filler} quokka", expand=False)
+    assert len(terms) == MAX_TERMS and terms[-1] == "quokka"
+    assert terms[:-1] == [f"w{n}" for n in range(10, 41)], "the longest, in the query's order"
