@@ -734,6 +734,8 @@ def search(
     db_url: DbUrlOption = None,
 ) -> None:
     """What retrieve would hand an agent for QUERY, best first on one score."""
+    if lexical and embed_all:
+        raise InvalidInputError("give --lexical or --embed-all, not both (--lexical embeds none)")
     left: list[str] = []
     with _audit(db, db_url) as audit:
         at = None if as_of is None else _parse_time(as_of)

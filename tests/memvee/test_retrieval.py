@@ -570,6 +570,10 @@ async def test_the_cli_search_shows_what_an_agent_would_get(
     assert [hit["entry"]["text"] for hit in found["entries"]] == ["User lives in Oslo."]
     bad = runner.invoke(app, ["search", "ann", "x", "--as-of", "soon", "--db-url", db_url])
     assert bad.exit_code == 2
+    both = runner.invoke(
+        app, ["search", "ann", "x", "--lexical", "--embed-all", "--db-url", db_url]
+    )
+    assert both.exit_code == 2 and "not both" in both.output
     with_messages = ["search", "ann", "live Oslo", "--messages", "--db-url", db_url]
     listed = runner.invoke(app, [*with_messages, "--top-k", "5"])
     assert listed.exit_code == 0, listed.output
