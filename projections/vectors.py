@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -446,7 +446,6 @@ class _Vectors:
 
     @classmethod
     def of(cls, rows: Sequence[Any]) -> _Vectors:
-        rows = _of_one_length(rows)
         ids = [row[0] for row in rows]
         if not ids:
             return cls([], np.zeros((0, 0), dtype=np.float32))
@@ -471,7 +470,6 @@ class _Vectors:
 
 def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list[tuple[str, float]]:
     """The ``limit`` rows (id, vector bytes) with the highest cosine to the unit ``query``."""
-    rows = [row for row in rows if len(row[1]) == 4 * len(query)]  # type: ignore[index]
     if not rows or limit <= 0:
         return []
     ids = [row[0] for row in rows]  # type: ignore[index]
@@ -480,12 +478,3 @@ def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list
     scores = matrix @ np.asarray(query, dtype=np.float32)
     top = np.argsort(-scores, kind="stable")[:limit]
     return [(ids[i], float(scores[i])) for i in top]
-
-
-def _of_one_length(rows: Sequence[Any]) -> Sequence[Any]:
-    """``rows`` (id, vector bytes) of the length most of them have: a matrix holds one."""
-    lengths = Counter(len(row[1]) for row in rows)
-    if len(lengths) <= 1:
-        return rows
-    common = lengths.most_common(1)[0][0]
-    return [row for row in rows if len(row[1]) == common]
