@@ -60,10 +60,11 @@ UNSTORED_REASON = "interrupted: the store failed before the task's end was store
 MAX_CONFLICT_RETRIES = 8
 """Times a decision is taken again on a reloaded log when another process wrote first."""
 
-MAX_APPEND_RETRIES = 40
-"""Times an append is decided again after a conflict: processes writing one user at once
-keep losing to the one that wrote last (it alone needs no reload), so a loser waits a
-random while (:func:`conflict_delay`) and tries again, long enough to get its turn."""
+APPEND_RETRY_SECONDS = 60.0
+"""How long an append that lost a race is decided again: processes writing one user at
+once keep losing to the one that wrote last (it alone needs no reload), so a loser waits a
+random while (:func:`conflict_delay`) and tries again until the others pause. A count of
+tries was not enough: on PostgreSQL a writer once lost 40 in a row to a steady stream."""
 
 CONFLICT_DELAY_MAX = 0.05
 """The longest wait, in seconds, before an append is decided again after a conflict."""
@@ -154,10 +155,14 @@ class UserActor(PooledActor):
         return acknowledged
 
     def retry_append(
-        self, messages: NewMessages, acknowledged: BridgedFuture[Appended], attempt: int
+        self,
+        messages: NewMessages,
+        acknowledged: BridgedFuture[Appended],
+        attempt: int,
+        give_up_at: float,
     ) -> None:
         """Decide ``messages`` again on a reloaded log after a conflict."""
-        self._append(messages, acknowledged, attempt)
+        self._append(messages, acknowledged, attempt, give_up_at)
 
     def schedule(self, task_id: str, trigger: str) -> bool:
         """Request task ``task_id``; returns whether this process will run it.
@@ -387,7 +392,11 @@ class UserActor(PooledActor):
     # ------------------------------------------------------------------ internals
 
     def _append(
-        self, messages: NewMessages, acknowledged: BridgedFuture[Appended], attempt: int
+        self,
+        messages: NewMessages,
+        acknowledged: BridgedFuture[Appended],
+        attempt: int,
+        give_up_at: float | None = None,
     ) -> None:
         settings = self._services.settings
         try:  # failures reach the caller through `acknowledged` (a retry has no other way)
@@ -411,6 +420,7 @@ class UserActor(PooledActor):
                 self.user_id, auto_task, "auto", local=self._is_owner()
             )
         write = _Append(events, self, _began(user_log, events), messages, acknowledged, attempt)
+        write.give_up_at = give_up_at
         write.snapshot, write.auto_task = self._due_snapshot(user_log), auto_task
         self._last_write = self._services.committer.submit(write)
         self._maybe_checkpoint()
@@ -865,7 +875,7 @@ class _Append(Write):
     burst of writes leaves the collector fewer objects to walk.
     """
 
-    __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "messages")
+    __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "give_up_at", "messages")
 
     def __init__(
         self,
@@ -880,6 +890,8 @@ class _Append(Write):
         self.actor, self.messages, self.acknowledged = actor, messages, acknowledged
         self.attempt = attempt
         self.auto_task: str | None = None
+        self.give_up_at: float | None = None
+        """When (``time.monotonic``) to stop retrying; set at the first lost race."""
 
     def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         actor, services = self.actor, self.actor._services
@@ -891,7 +903,10 @@ class _Append(Write):
             proxy = actor.actor_ref.proxy()
             proxy.write_failed(self.epoch)
             lost = not isinstance(error, EarlierWriteFailed)  # else one before it lost
-            if isinstance(error, ConflictError) and (not lost or self.attempt < MAX_APPEND_RETRIES):
+            now = time.monotonic()
+            if self.give_up_at is None:
+                self.give_up_at = now + APPEND_RETRY_SECONDS
+            if isinstance(error, ConflictError) and (not lost or now < self.give_up_at):
                 if self.auto_task is not None:
                     proxy.drop_scheduled(self.auto_task)
                 self.attempt += lost
@@ -909,7 +924,7 @@ class _Append(Write):
         """Decide the messages again on the reloaded log (a timer's callback)."""
         try:
             self.actor.actor_ref.proxy().retry_append(
-                self.messages, self.acknowledged, self.attempt
+                self.messages, self.acknowledged, self.attempt, self.give_up_at or 0.0
             )
         except pykka.ActorDeadError:
             self._dropped()
