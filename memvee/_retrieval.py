@@ -76,7 +76,8 @@ class RetrievedMessage:
     """A raw message ranked for a query, with the other half of its exchange.
 
     ``outdated`` is true when every fact extracted from it has since been replaced or
-    invalidated: what it says was true once, not now.
+    invalidated (by the ``as_of`` of the retrieval, when given): what it says was true
+    once, not then.
     """
 
     message: Message
@@ -323,9 +324,10 @@ class Retriever:
         entries = [c for c in ranked if not c.is_message][:top_k]
         messages = [c for c in ranked if c.is_message]
         stale: set[str] = set()
-        if messages and as_of is None:
+        if messages:
             # A message whose facts were all replaced states something no longer true.
-            stale = self._reader.outdated(connection, user_id, [c.key for c in messages])
+            keys = [c.key for c in messages]
+            stale = self._reader.outdated(connection, user_id, keys, as_of)
         order = _merge_ranked(entries, messages, stale)
         exchanges = _Exchanges(stale)
         chosen: list[_Candidate] = []
@@ -388,9 +390,8 @@ class Retriever:
         by_seq = {m.seq: m for m in found if as_of is None or m.sent_at <= as_of}
         for message in unread:
             exchanges.partner[message.message_id] = by_seq.get(wanted[message.message_id])
-        if as_of is None:
-            ids = [m.message_id for m in by_seq.values() if m.message_id not in exchanges.stale]
-            exchanges.stale |= self._reader.outdated(connection, user_id, ids)
+        ids = [m.message_id for m in by_seq.values() if m.message_id not in exchanges.stale]
+        exchanges.stale |= self._reader.outdated(connection, user_id, ids, as_of)
 
     def _embed_query(
         self, user_id: str, query: str, include_messages: bool

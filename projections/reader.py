@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     func,
     literal,
     literal_column,
@@ -106,6 +107,18 @@ class ProjectionReader:
             )
             .group_by(c.c.message_id, c.c.log_id)
             .having(func.count(k.c.valid_until) == func.count())
+        )
+        ended_then = case((k.c.valid_until <= at, 1), else_=0)
+        self._outdated_then = (
+            select(c.c.message_id, c.c.log_id)
+            .join(k, k.c.entry_id == c.c.entry_id)
+            .where(
+                c.c.message_id.in_(bindparam("ids", expanding=True)),
+                k.c.knowledge_version == LIVE_KNOWLEDGE,
+                k.c.valid_from <= at,
+            )
+            .group_by(c.c.message_id, c.c.log_id)
+            .having(func.sum(ended_then) == func.count())
         )
 
     def knowledge(
@@ -296,10 +309,21 @@ class ProjectionReader:
             chain.append(current)
         return chain
 
-    def outdated(self, connection: Connection, user_id: str, message_ids: list[str]) -> set[str]:
-        """Those of ``message_ids`` whose every live entry has ended (what they say is old)."""
+    def outdated(
+        self,
+        connection: Connection,
+        user_id: str,
+        message_ids: list[str],
+        as_of: datetime | None = None,
+    ) -> set[str]:
+        """Those of ``message_ids`` whose every live entry has ended (what they say is old);
+        with ``as_of``, whose every live entry known then had ended by then."""
         if not message_ids:
             return set()
+        if as_of is not None:
+            at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
+            found = connection.execute(self._outdated_then, {"ids": message_ids, "at": at})
+            return {r["message_id"] for r in _owned_by(found.mappings(), user_id)}
         if connection.dialect.name == "sqlite":
             return self._sqlite.outdated(connection, _log(user_id), message_ids)
         rows = connection.execute(self._outdated, {"ids": message_ids}).mappings()

@@ -213,6 +213,24 @@ async def test_an_exchange_whose_other_half_is_outdated_comes_last_and_says_so(
     assert "Nice city, lovely fjord! (outdated: replaced by a later fact)" in result.to_prompt()
 
 
+async def test_a_message_is_outdated_as_of_a_time_when_its_facts_had_been_replaced(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await memory.add_exchange("ann", "I live in Oslo", "Nice city, lovely fjord!", sent_at=T0)
+    await memory.flush("ann")
+    await memory.add_exchange("ann", "I moved to Lisbon", "Great!", sent_at=T0 + timedelta(days=9))
+    await memory.flush("ann")
+
+    async def fjord(as_of: datetime) -> list[tuple[str, bool]]:
+        result = await memory.retrieve("ann", "fjord", include_messages=True, as_of=as_of)
+        return [(m.message.content, m.outdated) for m in result.messages]
+
+    assert await fjord(T0 + timedelta(days=5)) == [("Nice city, lovely fjord!", False)]
+    assert await fjord(T0 + timedelta(days=20)) == [("Nice city, lovely fjord!", True)]
+    assert await fjord(datetime.now(UTC)) == [("Nice city, lovely fjord!", True)]
+
+
 async def test_to_prompt_renders_a_compact_block(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I live in Oslo.")

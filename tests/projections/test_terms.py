@@ -10,6 +10,7 @@ def test_stop_words_go_and_the_rest_keeps_its_order() -> None:
     assert search_terms("Where does she live now?", expand=False) == ["live"]
     assert search_terms("What's the user's DOG called?", expand=False) == ["dog", "called"]
     assert search_terms("what do you know about me?") == []
+    assert search_terms("When did she move to the US?", expand=False) == ["move", "us"]
 
 
 def test_a_topic_word_brings_its_topic_along_after_the_query_words() -> None:
