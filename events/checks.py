@@ -120,6 +120,10 @@ MAX_EXTRACTOR_CHARS = 64
 MAX_MODEL_CHARS = 128
 """The longest model name the log records beside an outcome."""
 
+MAX_FACT_CHARS = 1000
+"""The longest fact text the log records: a fact is a sentence or two, and a longer answer
+(a custom extractor pasting a message) is cut, the cut noted, rather than stored whole."""
+
 
 def check_name(name: object) -> None:
     """Raise :class:`InvalidInputError` unless ``name`` is ``None`` or a speaker's name."""

@@ -28,6 +28,7 @@ from uuid_utils import uuid7
 
 from events.checks import (
     MAX_EXTRACTOR_CHARS,
+    MAX_FACT_CHARS,
     MAX_MODEL_CHARS,
     check_message,
     check_name,
@@ -673,10 +674,13 @@ class UserLog(Aggregate):
         A target that is not a valid entry of the version (or was already ended by an
         earlier fact) turns the fact into a new entry, so a confused extractor cannot lose
         facts; citations outside the batch are dropped; a fact left citing nothing cites
-        the batch's user messages. Only a fact with no text is dropped.
+        the batch's user messages. A text over :data:`MAX_FACT_CHARS` is cut; a new fact
+        that repeats an earlier new fact of the answer is merged into it. Only a fact with
+        no text is dropped.
         """
         valid = {e for e, v in self.valid_entries.items() if v == version}
         plan = _Plan()
+        new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         for index, fact in enumerate(facts):
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
@@ -687,6 +691,9 @@ class UserLog(Aggregate):
             notes: list[str] = []
             if text != fact.text.strip():
                 notes.append("characters no database stores as text were dropped (NUL) or replaced")
+            if len(text) > MAX_FACT_CHARS:
+                notes.append(f"was {len(text)} characters long; cut to {MAX_FACT_CHARS}")
+                text = text[: MAX_FACT_CHARS - 1].rstrip() + "\u2026"
             sources = list(dict.fromkeys(fact.source_message_ids))
             outside = [m for m in sources if m not in allowed]
             if outside:
@@ -707,7 +714,13 @@ class UserLog(Aggregate):
                 )
                 action = "new"
             repaired = ExtractedFact(text, tuple(sources), action, target)
-            if action == "new":
+            same = " ".join(text.casefold().split())
+            if action == "new" and same in new_texts:
+                added, earlier = new_texts[same]
+                plan.merge(added, sources)
+                plan.repairs.append(f"fact {index} repeated new fact {earlier}; merged into it")
+            elif action == "new":
+                new_texts[same] = (len(plan.added), index)
                 plan.add(repaired, None, notes)
             elif action == "update":
                 assert target is not None
@@ -914,6 +927,12 @@ class _Plan:
         self.added.append(fact)
         self.replaces.append(replaces)
         self.notes.append(notes)
+
+    def merge(self, index: int, sources: list[str]) -> None:
+        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged)."""
+        fact = self.added[index]
+        cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
+        self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
 
 
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(

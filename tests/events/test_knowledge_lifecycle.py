@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from events import BatchMessage, ExtractedFact, InvalidExtractionError, KnownEntry
+from events.checks import MAX_FACT_CHARS
 from events.user_log import LIVE_KNOWLEDGE, UserLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -195,6 +196,32 @@ def test_a_new_fact_with_a_target_is_new_and_an_empty_fact_is_dropped() -> None:
     assert entry["repairs"] == ["was new with a target (e1); the target was ignored"]
     extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
     assert extracted[-1].repairs == ["fact 1 had no text; it was dropped"]
+
+
+def test_a_new_fact_repeated_in_one_answer_is_one_entry_citing_both_sources() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "Oslo is home")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],)),
+        ExtractedFact("User likes tea.", (ids[0],)),
+        ExtractedFact("  user lives in  OSLO. ", (ids[1],)),
+    ]
+    entries = log.record_knowledge("t1", facts, "x")
+    assert [(e["text"], e["source_message_ids"]) for e in entries] == [
+        ("User lives in Oslo.", ids),
+        ("User likes tea.", [ids[0]]),
+    ]
+    extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted[-1].repairs == ["fact 2 repeated new fact 0; merged into it"]
+    assert log.knowledge_count == 2
+
+
+def test_a_fact_longer_than_the_limit_is_cut_and_the_cut_noted() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo")
+    (entry,) = log.record_knowledge("t1", [ExtractedFact("word " * 1000, tuple(ids))], "x")
+    assert len(entry["text"]) <= MAX_FACT_CHARS and entry["text"].endswith("word\u2026")
+    assert entry["repairs"] == [f"was 4999 characters long; cut to {MAX_FACT_CHARS}"]
 
 
 def test_an_unknown_action_cannot_be_read_and_fails_the_batch() -> None:
