@@ -117,6 +117,8 @@ class Provenance:
     the engine fixed in the extractor's answer to record it. ``replaced_by`` is the chain
     of entries that superseded it (nearest first), ``supersedes`` the entries it replaced;
     ``valid_until`` and ``ended_reason`` say when and why it stopped being valid.
+    ``trigger`` says what asked for its task, or for an entry of a re-extraction (no
+    task), which re-extraction recorded it.
     """
 
     entry_id: str
@@ -336,7 +338,7 @@ class Audit:
                 SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at) for m in sources
             ],
             task_id=entry.task_id,
-            trigger=task.get("trigger") or "",
+            trigger=_origin(event, task),
             batch=list(getattr(event, "message_ids", ())),
             extractor=entry.extractor,
             model=entry.model,
@@ -833,6 +835,14 @@ def _logged(event: Any) -> LoggedEvent:
         payload={k: v for k, v in data.items() if k not in _HIDDEN},
         summary=describe(event),
     )
+
+
+def _origin(event: Any, task: dict[str, Any]) -> str:
+    """What asked for the extraction that recorded an entry (see ``Provenance.trigger``)."""
+    if isinstance(event, UserLog.KnowledgeReextracted):
+        request = f", request {event.request_id}" if event.request_id else ""
+        return f"re-extraction into version {event.knowledge_version!r}{request}"
+    return str(task.get("trigger") or "")
 
 
 def _check_aware(stamp: datetime | None, name: str) -> None:

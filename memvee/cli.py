@@ -463,7 +463,8 @@ def explain(
         return
     console.print(Text(found.text, style="bold"))
     console.print(
-        f"task {found.task_id} ({found.trigger}), version {found.version}, "
+        (f"task {found.task_id} ({found.trigger})" if found.task_id else found.trigger)
+        + f", version {found.version}, "
         f"{found.extracted_at:%Y-%m-%d %H:%M:%S} UTC, by {found.extractor}"
         + (f" / {found.model}" if found.model else "")
         + (

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from events import UserLog
 from memvee import ExtractedFact, InvalidInputError, Memory, NotFoundError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -52,6 +53,27 @@ async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
     ]
     assert await memory.process("eve") == 1
     assert len(await memory.knowledge("eve")) == 3
+
+
+async def test_explain_names_the_re_extraction_that_recorded_an_entry(
+    make_memory: Any, db_url: str
+) -> None:
+    await _processed(make_memory)
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "offline-v2")
+        (recorded,) = [
+            e for e in audit.store.events_of("eve") if isinstance(e, UserLog.KnowledgeReextracted)
+        ]
+        entry_id = recorded.entries[0]["entry_id"]
+        found = audit.explain("eve", entry_id)
+    assert (found.task_id, found.trigger) == ("", "re-extraction into version 'offline-v2'")
+    assert found.extractor == "offline" and len(found.batch) == 4
+    explained = await asyncio.to_thread(
+        CliRunner().invoke, app, ["explain", "eve", entry_id, "--db-url", db_url]
+    )
+    assert explained.exit_code == 0, explained.output
+    assert "re-extraction into version 'offline-v2', version " in explained.output
+    assert "task  (" not in explained.output
 
 
 async def test_messages_processed_while_a_version_was_extracted_return_to_the_buffer(
