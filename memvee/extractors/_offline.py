@@ -7,7 +7,9 @@ wrong one, so questions, negations, hypotheticals and anything it cannot parse a
 
 Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
 as are the batch's known entries that it can parse, so that a repeated fact is marked
-``same`` and a changed single-valued slot (a new job, a new city) is an ``update``.
+``same`` and a changed single-valued slot (a new job, a new city) is an ``update``. A
+retraction ("I quit my job", "I don't live in Oslo any more") ``invalidate``s the known
+entries of the slot it names, of the value it names if it names one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ _EDGE_JUNK = ' \t"\u201c\u201d.,;:!?\u2026'
 
 # Objects: what a disclosure is about.
 _TRAILING_FILLER = re.compile(
-    r"\s+(?:too|as\s+well|also|now|right\s+now|currently|these\s+days|nowadays"
+    r"\s+(?:too|as\s+well|also|now|right\s+now|currently|these\s+days|nowadays|any\s?more"
     r"|at\s+the\s+moment|a\s+lot|so\s+much|very\s+much|lol|haha|recently|yesterday"
     r"|last\s+(?:week|month|year|weekend)|this\s+(?:week|month|year)"
     r"|a\s+(?:few|couple\s+of)\s+(?:days|weeks|months)\s+ago)$",
@@ -190,6 +192,127 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Retraction:
+    """A clause saying that something the user disclosed stopped being true.
+
+    It ends the user's (not a relative's) entries of the slots of ``kinds``: those whose
+    value is ``value``, or all of them for no value. ``reason`` is the sentence recorded as
+    why they ended. ``positive`` is the fact it retracts, as the rules would state it, to
+    end an entry no slot reads ("User is a vegan.").
+    """
+
+    reason: str
+    kinds: frozenset[str]
+    value: str | None
+    positive: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _RetractionRule:
+    """One kind of retraction: a clause pattern, the reason it gives, the slots it ends.
+
+    An ``obj`` group names the value; the reason takes ``{obj}`` or, with no value, is
+    ``bare``. ``positive`` is the retracted fact's template, when a slot may not read it.
+    """
+
+    pattern: re.Pattern[str]
+    reason: str
+    bare: str
+    kinds: frozenset[str]
+    positive: str | None = None
+
+    def retraction(self, clause: str) -> _Retraction | None:
+        """The retraction ``clause`` states, or None when this rule does not describe it."""
+        match = self.pattern.fullmatch(clause)
+        if match is None:
+            return None
+        raw = match.groupdict().get("obj")
+        if raw is None:
+            return _Retraction(self.bare, self.kinds, None)
+        obj = _clean_object(raw, max_words=_MAX_OBJECT_WORDS)
+        if obj is None:
+            return None
+        positive = None if self.positive is None else self.positive.format(obj=obj)
+        return _Retraction(self.reason.format(obj=obj), self.kinds, obj, positive)
+
+
+def _retraction_rule(
+    pattern: str, reason: str, kinds: Iterable[str], bare: str = "", positive: str | None = None
+) -> _RetractionRule:
+    compiled = re.compile(_LEAD_IN + pattern, re.IGNORECASE)
+    return _RetractionRule(compiled, reason, bare, frozenset(kinds), positive)
+
+
+_NO_LONGER = r"(?:no\s+longer|don't|do\s+not|never)\s+"
+_ANY_MORE = r"(?:\s+any\s?more)?"
+_NOW = r"(?:\s+(?:now|today|recently|last\s+(?:week|month|year)))?"
+_EMPLOYER_SLOT, _HOME_SLOT, _ROLE_SLOT = ("employer",), ("home",), ("role",)
+_RETRACTIONS: tuple[_RetractionRule, ...] = (
+    _retraction_rule(
+        rf"{_I}(?:quit|left|lost)\s+my\s+job(?:\s+(?:at|with)\s+(?P<obj>.+)|{_NOW})",
+        "User left their job at {obj}.",
+        _EMPLOYER_SLOT,
+        bare="User left their job.",
+    ),
+    _retraction_rule(rf"{_I}(?:quit|left)\s+(?P<obj>.+)", "User left {obj}.", ("employer", "home")),
+    _retraction_rule(
+        rf"(?:i\s+{_NO_LONGER}work\s+(?:at|for)|{_I}stopped\s+working\s+(?:at|for))"
+        rf"\s+(?P<obj>.+?){_ANY_MORE}",
+        "User no longer works at {obj}.",
+        _EMPLOYER_SLOT,
+    ),
+    _retraction_rule(
+        rf"i\s+{_NO_LONGER}work\s+there{_ANY_MORE}|i\s+no\s+longer\s+work",
+        "",
+        _EMPLOYER_SLOT,
+        bare="User no longer works there.",
+    ),
+    _retraction_rule(
+        r"i(?:\s+got|\s+was|\s+have\s+been|'ve\s+been)\s+(?:fired|laid\s+off|let\s+go|sacked)"
+        rf"(?:\s+(?:from|at|by)\s+(?P<obj>.+)|{_NOW})",
+        "User was let go from {obj}.",
+        _EMPLOYER_SLOT,
+        bare="User was let go from their job.",
+    ),
+    _retraction_rule(
+        rf"{_I_AM}(?:unemployed|out\s+of\s+work|between\s+jobs|jobless){_NOW}",
+        "",
+        ("employer", "role"),
+        bare="User is out of work.",
+    ),
+    _retraction_rule(
+        rf"(?:(?:{_I_HAVE}|i\s+){_ADVERBS}retired|{_I_AM}retired){_NOW}",
+        "",
+        ("employer", "role"),
+        bare="User is retired.",
+    ),
+    _retraction_rule(
+        rf"(?:i\s+{_NO_LONGER}live\s+in|(?:{_I_HAVE}|i\s+){_ADVERBS}moved\s+"
+        rf"(?:away\s+from|out\s+of))\s+(?P<obj>.+?){_ANY_MORE}",
+        "User no longer lives in {obj}.",
+        _HOME_SLOT,
+    ),
+    _retraction_rule(
+        rf"(?:i\s+{_NO_LONGER}(?:like|love|enjoy)|{_I}stopped\s+(?:liking|loving|enjoying))"
+        rf"\s+(?P<obj>.+?){_ANY_MORE}",
+        "User no longer likes {obj}.",
+        ("likes",),
+    ),
+    _retraction_rule(
+        rf"i(?:\s+am|'m)\s+(?:no\s+longer|not)\s+{_DEGREE}allergic\s+to\s+(?P<obj>.+?){_ANY_MORE}",
+        "User is no longer allergic to {obj}.",
+        ("allergy",),
+    ),
+    _retraction_rule(
+        rf"i(?:\s+am|'m)\s+(?:no\s+longer|not)\s+(?P<obj>{_ARTICLE}.+?){_ANY_MORE}",
+        "User is no longer {obj}.",
+        _ROLE_SLOT,
+        positive="User is {obj}.",
+    ),
+)
+
+
 def _clean(group: str, raw: str) -> str | None:
     """The value of one matched group as it goes into a fact, or None to drop the fact."""
     if group == "obj":
@@ -254,10 +377,15 @@ def _clauses(sentence: str) -> Iterator[str]:
             yield "I " + part.strip(_EDGE_JUNK)
 
 
-def _message_facts(content: str) -> Iterator[str]:
-    """The facts one user message discloses about its author, in the order it states them."""
+def _message_facts(content: str) -> Iterator[str | _Retraction]:
+    """The facts one user message discloses about its author, and what it says stopped
+    being true, in the order it states them."""
     for sentence in _statements(content):
         for clause in _clauses(sentence):
+            retraction = next(filter(None, (r.retraction(clause) for r in _RETRACTIONS)), None)
+            if retraction is not None:
+                yield retraction
+                continue
             for rule in _RULES:
                 facts = rule.facts(clause)
                 if facts is not None:
@@ -481,20 +609,60 @@ def extract_facts(
     Facts that differ only in case or spacing, or give the same value for the same slot,
     are one fact citing every message that stated it; a single-valued slot stated twice
     with different values keeps only the latest. Facts come in order of first mention (a
-    replaced value at its replacement). Assistant and system messages are ignored, as
-    they are not the user's word. ``known`` entries decide each fact's action.
+    replaced value at its replacement), after the invalidations of the known entries the
+    batch retracts. Assistant and system messages are ignored, as they are not the user's
+    word. ``known`` entries decide each fact's action.
     """
     drafts: dict[str, _Draft] = {}
+    retractions: list[tuple[_Retraction, str]] = []
     for message in messages:
         if message.role != "user":
             continue
-        for text in _message_facts(message.content):
-            _collect(drafts, text, message.message_id)
+        for found in _message_facts(message.content):
+            if isinstance(found, _Retraction):
+                _retract(drafts, found)
+                retractions.append((found, message.message_id))
+            else:
+                _collect(drafts, found, message.message_id)
     known_claims = [
         _Known(entry, _normalized(entry.text), _claim(entry.text), position)
         for position, entry in enumerate(known)
     ]
-    return tuple(_resolve(draft, known_claims) for draft in drafts.values())
+    ended: dict[str, ExtractedFact] = {}
+    for retraction, message_id in retractions:
+        for k in known_claims:
+            if k.entry.entry_id not in ended and _retracts(retraction, k.claim, k.key):
+                ended[k.entry.entry_id] = ExtractedFact(
+                    retraction.reason, (message_id,), "invalidate", k.entry.entry_id
+                )
+    standing = [k for k in known_claims if k.entry.entry_id not in ended]
+    return (*ended.values(), *(_resolve(draft, standing) for draft in drafts.values()))
+
+
+def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
+    """Whether ``retraction`` ends the fact of ``claim`` (with normalized text ``key``)."""
+    if retraction.positive is not None and _normalized(retraction.positive) == key:
+        return True
+    if claim is None or claim.slot[1] or claim.slot[0] not in retraction.kinds:
+        return False
+    if retraction.value is None:
+        return True
+    value = _claim_value(retraction.value)
+    shorter, longer = sorted((value, claim.value), key=len)
+    return longer == shorter or longer.startswith(shorter + " ")
+
+
+def _claim_value(value: str) -> str:
+    """A retraction's value as a claim gives it: normalized, without a leading article."""
+    words = _normalized(value).rstrip(".").split()
+    return " ".join(words[1:] if words[:1] in (["a"], ["an"]) else words)
+
+
+def _retract(drafts: dict[str, _Draft], retraction: _Retraction) -> None:
+    """Drop the batch's earlier drafts that ``retraction`` ends: stated and taken back in
+    one batch, they are no longer true, and no known entry holds them to end."""
+    for key in [k for k, d in drafts.items() if _retracts(retraction, d.claim, k)]:
+        del drafts[key]
 
 
 class OfflineExtractor:

@@ -231,6 +231,27 @@ async def test_a_message_is_outdated_as_of_a_time_when_its_facts_had_been_replac
     assert await fjord(datetime.now(UTC)) == [("Nice city, lovely fjord!", True)]
 
 
+async def test_a_job_the_user_quit_is_no_longer_known_and_its_message_is_outdated(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I work at Acme.", "I love jazz.")
+    await _say(memory, "ann", 30, "I quit my job at Acme.")
+    assert [e.text for e in await memory.knowledge("ann")] == ["User loves jazz."]
+    ended = [e for e in await memory.knowledge("ann", history=True) if e.valid_until]
+    assert [(e.text, e.ended_reason, e.valid_until) for e in ended] == [
+        ("User works at Acme.", "User left their job at Acme.", T0 + timedelta(days=30))
+    ]
+    then = await memory.knowledge("ann", as_of=T0 + timedelta(days=10))
+    assert "User works at Acme." in [e.text for e in then]
+    result = await memory.retrieve("ann", "where does she work", include_messages=True)
+    assert result.entries == []
+    assert [(m.message.content, m.outdated) for m in result.messages][-1] == (
+        "I work at Acme.",
+        True,
+    )
+
+
 async def test_to_prompt_renders_a_compact_block(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I live in Oslo.")

@@ -253,6 +253,10 @@ def update(text: str, target: str, *sources: str) -> ExtractedFact:
     return ExtractedFact(text, sources or ("m1",), action="update", target_entry_id=target)
 
 
+def invalidate(reason: str, target: str, *sources: str) -> ExtractedFact:
+    return ExtractedFact(reason, sources or ("m1",), action="invalidate", target_entry_id=target)
+
+
 ACME = entry("e-acme", "User works at Acme.")
 OSLO = entry("e-oslo", "User lives in Oslo.")
 
@@ -433,3 +437,68 @@ async def test_deterministic_with_known_entries() -> None:
     for _ in range(3):
         assert await against(known, *contents) == first
     assert [fact.action for fact in first] == ["update", "same", "update"]
+
+
+@pytest.mark.parametrize(
+    ("known_text", "content", "reason"),
+    [
+        ("User works at Acme.", "I quit my job.", "User left their job."),
+        ("User works at Acme.", "I just left my job at Acme", "User left their job at Acme."),
+        ("User works at Acme Corp.", "I left Acme!", "User left Acme."),
+        ("User works for Acme.", "I don't work at Acme anymore", "User no longer works at Acme."),
+        ("User works at Acme.", "I stopped working for acme", "User no longer works at acme."),
+        ("User works at Acme.", "I got laid off", "User was let go from their job."),
+        ("User works as a nurse.", "I'm retired now", "User is retired."),
+        ("User is a nurse.", "I'm unemployed", "User is out of work."),
+        ("User lives in Oslo.", "I don't live in Oslo any more.", "User no longer lives in Oslo."),
+        ("User lives in Oslo.", "I moved out of Oslo", "User no longer lives in Oslo."),
+        ("User lives in Oslo.", "I left Oslo.", "User left Oslo."),
+        ("User loves jazz.", "I don't like jazz anymore", "User no longer likes jazz."),
+        ("User likes chess.", "I stopped enjoying chess", "User no longer likes chess."),
+        (
+            "User is allergic to peanuts.",
+            "I'm no longer allergic to peanuts",
+            "User is no longer allergic to peanuts.",
+        ),
+        ("User is a vegan.", "I'm not a vegan anymore", "User is no longer a vegan."),
+    ],
+)
+async def test_a_retraction_invalidates_the_known_entry_it_names(
+    known_text: str, content: str, reason: str
+) -> None:
+    known = (entry("e1", known_text), entry("e-other", "User likes tea."))
+    assert await against(known, content) == (invalidate(reason, "e1"),)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I left Globex.",  # another employer
+        "I left my keys at home.",
+        "I quit smoking.",
+        "I don't live in Bergen anymore.",
+        "I don't like jazz.",  # another like
+        "My sister quit her job.",  # a relative's, not the user's
+    ],
+)
+async def test_a_retraction_of_something_not_known_ends_nothing(content: str) -> None:
+    known = (ACME, OSLO, entry("e-tea", "User likes tea."))
+    assert await against(known, content) == ()
+
+
+async def test_a_fact_taken_back_in_the_same_batch_is_not_recorded() -> None:
+    assert await against((), "I work at Acme.", "I like tea.", "I quit my job.") == (
+        new("User likes tea.", "m2"),
+    )
+
+
+async def test_a_retracted_job_and_a_new_one_end_the_old_and_add_the_new() -> None:
+    assert await against((ACME,), "I quit my job at Acme.", "I work at Globex now") == (
+        invalidate("User left their job at Acme.", "e-acme"),
+        new("User works at Globex.", "m2"),
+    )
+
+
+async def test_a_relatives_facts_are_not_retracted_by_the_users_words() -> None:
+    known = (entry("e-sis", "User's sister works at Acme."),)
+    assert await against(known, "I quit my job") == ()
