@@ -30,7 +30,7 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
-from projections.search import PG_CONFIG, PG_VECTOR, SearchIndex, owned_term, pg_owner_query
+from projections.search import PG_CONFIG, PG_VECTOR, SearchIndex, owned_terms, pg_owner_query
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
@@ -44,7 +44,7 @@ _SPARE_HITS = 4
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only."""
-    owned = dict.fromkeys(owned_term(log_id, term) for term in terms)
+    owned = dict.fromkeys(token for term in terms for token in owned_terms(log_id, term))
     ored = " OR ".join(f'"{term}"' for term in owned)
     return f"body : ({ored})"
 

@@ -49,12 +49,13 @@ __all__ = [
     "MessageBodies",
     "SearchIndex",
     "index_word",
-    "owned_term",
+    "owned_terms",
     "owned_words",
     "owner_token",
     "pg_owner_query",
     "search_fingerprint",
     "spoken",
+    "word_pieces",
 ]
 
 _TOKENIZER = "unicode61 remove_diacritics 2"
@@ -66,6 +67,15 @@ PG_VECTOR = "search_vector"
 
 
 _WORD = re.compile(r"[^\W_]+")
+_CJK_RUN = re.compile(
+    "([\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+)"
+)
+"""A run of Chinese, Japanese or Korean characters: written without spaces between words,
+so a run is indexed as its overlapping pairs of characters (see :func:`word_pieces`)."""
+_WORDS_LAYOUT = "nfc|cjk-bigrams"
+"""How text is cut into words before stemming, in the search fingerprint: a change refolds
+the index, so that stored words and query words are cut alike."""
 _ASCII_WORDS = bytes(
     ord(chr(c).lower()) if c < 128 and chr(c).isalnum() else ord(" ") for c in range(256)
 )
@@ -107,6 +117,28 @@ def _index_words(words: list[str]) -> list[str]:
     return _stems([_plain(word.casefold()) for word in words])
 
 
+def word_pieces(text: str) -> list[str]:
+    """The words of ``text`` as the index cuts them: composed (NFC) first, so that text
+    typed with combining accents splits as the same text typed precomposed does, and each
+    run of Chinese, Japanese or Korean characters as its overlapping pairs ("東京都" gives
+    "東京", "京都"), a run of one character as itself."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    pieces: list[str] = []
+    for word in _WORD.findall(text):
+        if word.isascii() or _CJK_RUN.search(word) is None:
+            pieces.append(word)
+            continue
+        for part in _CJK_RUN.split(word):
+            if not part:
+                continue
+            if len(part) > 1 and _CJK_RUN.fullmatch(part):
+                pieces.extend(part[i : i + 2] for i in range(len(part) - 1))
+            else:
+                pieces.append(part)
+    return pieces
+
+
 def _stems(words: list[str]) -> list[str]:
     """The Snowball stem of each case-folded, diacritic-free word: remembered ones looked
     up, else all stemmed in one call."""
@@ -135,7 +167,7 @@ def _plain(word: str) -> str:
 def owned_words(log_id: str, text: str) -> str:
     """``text`` as the index stores it: each word stemmed, then prefixed with its owner.
 
-    Query terms go through the same steps (:func:`owned_term`), so both sides meet.
+    Query terms go through the same steps (:func:`owned_terms`), so both sides meet.
     """
     return _owned(owner_token(log_id), text)
 
@@ -144,15 +176,17 @@ def _owned(owner: str, text: str) -> str:
     if text.isascii():  # most text: fold it whole, the words come out the same
         stems = _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
     else:
-        stems = _index_words(_WORD.findall(text))
+        stems = _index_words(word_pieces(text))
     if not stems:
         return ""
     return owner + f" {owner}".join(stems)
 
 
-def owned_term(log_id: str, term: str) -> str:
-    """One query term as the index stores it for log ``log_id``."""
-    return owner_token(log_id) + index_word(term)
+def owned_terms(log_id: str, term: str) -> list[str]:
+    """One query term as the index stores it for log ``log_id``: one token, or the pairs
+    of a run of Chinese, Japanese or Korean characters (:func:`word_pieces`)."""
+    owner = owner_token(log_id)
+    return [owner + stem for stem in _index_words(word_pieces(term))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +455,7 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def search_fingerprint() -> int:
     """A number that changes when indexed words would: the stemmer's version and the
     tokenizer (stored with the schema; a change refolds the projections)."""
-    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}".encode())
+    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}|{_WORDS_LAYOUT}".encode())
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:

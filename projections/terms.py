@@ -8,6 +8,7 @@ matching word is enough and more matching words rank higher.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = ["STOP_WORDS", "search_terms"]
 
@@ -70,6 +71,8 @@ def search_terms(query: str, *, expand: bool = True) -> list[str]:
     """
     for phrase, replacement in _PHRASES:
         query = phrase.sub(replacement, query)
+    if not query.isascii():  # combining accents split words: compose them first
+        query = unicodedata.normalize("NFC", query)
     words = [w.casefold() for w in _WORD.findall(query)]
     own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
     if len(own) > MAX_TERMS:

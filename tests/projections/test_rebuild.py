@@ -33,7 +33,7 @@ from projections import (
     verify,
 )
 from projections.rebuild import SCRATCH_PREFIX
-from projections.search import owned_term, owned_words, owner_token
+from projections.search import owned_terms, owned_words, owner_token
 from tests.support.extractors import RecordingExtractor
 
 
@@ -643,7 +643,7 @@ def _bodies_ahead_then(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], 
 
 def _indexed(store: EventStore, user: str, word: str) -> int:
     """How many of ``user``'s messages the full-text index finds by ``word``."""
-    term = owned_term(str(user_log_id(user)), word)
+    (term,) = owned_terms(str(user_log_id(user)), word)
     with store.engine.connect() as connection:
         found = connection.execute(
             text("SELECT count(*) FROM mv_messages_fts WHERE mv_messages_fts MATCH :q"),

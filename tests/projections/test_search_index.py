@@ -4,6 +4,7 @@ it and go in in bulk, and a search indexes what waits before it looks."""
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from memvee.extractors import OfflineExtractor
 from projections import LexicalRanker, ProjectionTables, Projector, index_messages
 from projections.columns import id_text
 from projections.search import _WORD as _WORDS
-from projections.search import SearchIndex, index_word, owned_words, owner_token
+from projections.search import SearchIndex, index_word, owned_words, owner_token, word_pieces
 
 KEPT_APART = [
     ("careful", "career"),
@@ -68,6 +69,34 @@ def test_plain_ascii_text_and_text_with_accents_index_each_word_the_same_way() -
         assert owned_words(log_id, text) == " ".join(words)
 
 
+def test_text_with_combining_accents_indexes_as_the_same_text_precomposed() -> None:
+    log_id = "12345678-1234-5678-1234-567812345678"
+    composed = "naïve résumé at the Café"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed
+    assert owned_words(log_id, decomposed) == owned_words(log_id, composed)
+    assert len(owned_words(log_id, decomposed).split()) == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "pieces"),
+    [
+        (
+            "東京都に住んでいます",
+            ["東京", "京都", "都に", "に住", "住ん", "んで", "でい", "いま", "ます"],
+        ),
+        ("猫", ["猫"]),
+        ("I love 寿司 and ramen", ["I", "love", "寿司", "and", "ramen"]),
+        ("iPhone手机很好", ["iPhone", "手机", "机很", "很好"]),
+        ("서울에 살아요", ["서울", "울에", "살아", "아요"]),
+    ],
+)
+def test_chinese_japanese_and_korean_runs_are_indexed_as_pairs_of_characters(
+    text: str, pieces: list[str]
+) -> None:
+    assert word_pieces(text) == pieces
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
 def test_ascii_text_indexes_as_word_by_word_stemming_would(text: str) -> None:
@@ -93,6 +122,27 @@ async def test_a_search_for_one_word_of_a_pair_does_not_find_the_other(
     texts = [hit.text for hit in result.entries] + [m.message.content for m in result.messages]
     assert texts and all("peanut" not in t and "career" not in t for t in texts)
     assert any("Volvo" in t for t in texts)
+
+
+async def test_a_message_typed_with_combining_accents_or_in_japanese_is_found_by_its_words(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's text index cuts words with the database's own parser")
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    await memory.add_exchange("ann", unicodedata.normalize("NFD", "Ma naïveté me perd"), "Oh.")
+    await memory.add_exchange("ann", "東京都に住んでいます", "いいですね")
+    await memory.add_exchange("ann", "I like tea", "Nice.")
+
+    async def found(query: str) -> list[str]:
+        result = await memory.retrieve("ann", query, include_messages=True)
+        return [m.message.content for m in result.messages]
+
+    assert [unicodedata.normalize("NFC", t) for t in await found("naïveté")] == [
+        "Ma naïveté me perd"
+    ]
+    assert await found("東京") == ["東京都に住んでいます"]
+    assert await found("京都に住む") == ["東京都に住んでいます"]
 
 
 async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_unindexes_them(
