@@ -73,17 +73,23 @@ class FastEmbedEmbedder:
         return _unit(vectors)
 
 
+VOYAGE_DEFAULT_DIMENSIONS = 1024
+"""The length of the vectors Voyage AI's current models give unless asked for another."""
+
+
 class VoyageEmbedder:
     """An Embedder over the Voyage AI embeddings API (default model ``voyage-3.5-lite``).
 
     The client is the ``voyageai`` SDK's, built from ``VOYAGE_API_KEY`` unless ``client``
-    is given; texts go as documents in batches of ``batch_size``.
+    is given; texts go as documents in batches of ``batch_size``. ``dimensions`` other than
+    the model's default (1024) are asked of the API (``output_dimension``) and named in
+    :attr:`name`, so vectors of two lengths are never taken for one embedder's.
     """
 
     def __init__(
         self,
         model: str = "voyage-3.5-lite",
-        dimensions: int = 1024,
+        dimensions: int = VOYAGE_DEFAULT_DIMENSIONS,
         *,
         client: Any = None,
         batch_size: int = 128,
@@ -91,6 +97,8 @@ class VoyageEmbedder:
         timeout: float = 30.0,
     ) -> None:
         self.name = f"voyage:{model}"
+        if dimensions != VOYAGE_DEFAULT_DIMENSIONS:
+            self.name += f"/{dimensions}"
         self.model = model
         self.dimensions = dimensions
         self.batch_size = batch_size
@@ -113,11 +121,14 @@ class VoyageEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order."""
         client = self._get_client()
+        shape = {}
+        if self.dimensions != VOYAGE_DEFAULT_DIMENSIONS:
+            shape["output_dimension"] = self.dimensions
         out: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             chunk = list(texts[start : start + self.batch_size])
             try:
-                result = client.embed(chunk, model=self.model, input_type="document")
+                result = client.embed(chunk, model=self.model, input_type="document", **shape)
             except Exception as error:
                 key = str(getattr(client, "api_key", "") or "")
                 text = f"{type(error).__name__}: {error}"
@@ -128,4 +139,10 @@ class VoyageEmbedder:
             out.extend(_unit(result.embeddings))
         if len(out) != len(texts):
             raise MemveeError(f"Voyage AI returned {len(out)} vectors for {len(texts)} texts")
+        wrong = next((len(v) for v in out if len(v) != self.dimensions), None)
+        if wrong is not None:
+            raise MemveeError(
+                f"Voyage AI returned vectors of {wrong} dimensions, not {self.dimensions}: "
+                f"give VoyageEmbedder the dimensions {self.model!r} gives"
+            )
         return out

@@ -63,8 +63,13 @@ class VoyageAPI(BaseAdapter):
         response.status_code = self.status
         response.headers["content-type"] = "application/json"
         if self.status == 200:
+            zeros = [0.0] * ((body.get("output_dimension") or 1024) - 3)
             data = [
-                {"object": "embedding", "embedding": [float(len(text)), 3.0, 4.0], "index": i}
+                {
+                    "object": "embedding",
+                    "embedding": [float(len(text)), 3.0, 4.0, *zeros],
+                    "index": i,
+                }
                 for i, text in enumerate(body["input"])
             ]
             payload: dict[str, Any] = {
@@ -99,14 +104,37 @@ def voyage_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[VoyageAPI]:
 
 
 def test_voyage_embeds_through_its_client_in_batches(voyage_api: VoyageAPI) -> None:
-    embedder = VoyageEmbedder("voyage-3.5-lite", dimensions=3, batch_size=2)
+    embedder = VoyageEmbedder("voyage-3.5-lite", batch_size=2)
     assert VoyageEmbedder.configured() and embedder.name == "voyage:voyage-3.5-lite"
     vectors = embedder.embed(["a", "bb", "ccc"])
-    assert len(vectors) == 3
+    assert len(vectors) == 3 and {len(v) for v in vectors} == {1024}
+    assert all(b.get("output_dimension") is None for b in voyage_api.bodies)
     assert all(abs(float(np.linalg.norm(v)) - 1) < 1e-6 for v in vectors)
     assert [b["input"] for b in voyage_api.bodies] == [["a", "bb"], ["ccc"]]
     assert {b["model"] for b in voyage_api.bodies} == {"voyage-3.5-lite"}
     assert KEY in voyage_api.headers[0].get("Authorization", "")
+
+
+def test_voyage_asks_for_other_dimensions_and_names_them(voyage_api: VoyageAPI) -> None:
+    embedder = VoyageEmbedder("voyage-3.5-lite", dimensions=512)
+    assert embedder.name == "voyage:voyage-3.5-lite/512"
+    assert [len(v) for v in embedder.embed(["a", "bb"])] == [512, 512]
+    assert [b["output_dimension"] for b in voyage_api.bodies] == [512]
+
+
+def test_vectors_of_another_length_than_voyage_was_given_are_an_error(
+    voyage_api: VoyageAPI,
+) -> None:
+    with pytest.raises(MemveeError, match="vectors of 1024 dimensions, not 256"):
+        VoyageEmbedder("voyage-3.5-lite", dimensions=256, client=_DefaultShape()).embed(["a"])
+
+
+class _DefaultShape:
+    """A Voyage client whose model ignores ``output_dimension`` (an older model)."""
+
+    def embed(self, texts: list[str], **options: Any) -> Any:
+        vectors = [[1.0] + [0.0] * 1023 for _ in texts]
+        return type("Result", (), {"embeddings": vectors})()
 
 
 def test_a_voyage_failure_is_a_memvee_error_without_the_key(
