@@ -98,7 +98,7 @@ class ProjectionReader:
         )
         self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
         self._sqlite = _SqliteReads(tables)
-        self._outdated = (
+        citing = (
             select(c.c.message_id, c.c.log_id)
             .join(k, k.c.entry_id == c.c.entry_id)
             .where(
@@ -106,19 +106,11 @@ class ProjectionReader:
                 k.c.knowledge_version == LIVE_KNOWLEDGE,
             )
             .group_by(c.c.message_id, c.c.log_id)
-            .having(func.count(k.c.valid_until) == func.count())
         )
+        self._outdated = citing.having(func.count(k.c.valid_until) == func.count())
         ended_then = case((k.c.valid_until <= at, 1), else_=0)
-        self._outdated_then = (
-            select(c.c.message_id, c.c.log_id)
-            .join(k, k.c.entry_id == c.c.entry_id)
-            .where(
-                c.c.message_id.in_(bindparam("ids", expanding=True)),
-                k.c.knowledge_version == LIVE_KNOWLEDGE,
-                k.c.valid_from <= at,
-            )
-            .group_by(c.c.message_id, c.c.log_id)
-            .having(func.sum(ended_then) == func.count())
+        self._outdated_then = citing.where(k.c.valid_from <= at).having(
+            func.sum(ended_then) == func.count()
         )
 
     def knowledge(

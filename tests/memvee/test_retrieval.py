@@ -193,13 +193,19 @@ async def test_an_exchange_whose_either_half_a_returned_entry_cites_is_left_out(
     assert result.messages == [], "the reply was shown with the cited message beside it"
 
 
-async def test_an_exchange_whose_other_half_is_outdated_comes_last_and_says_so(
-    make_memory: Callable[..., Any],
-) -> None:
+async def _oslo_then_lisbon(make_memory: Callable[..., Any]) -> Memory:
+    """Ann lived in Oslo (a fjord in the reply), processed; nine days on she moved."""
     memory = await _offline(make_memory)
     await memory.add_exchange("ann", "I live in Oslo", "Nice city, lovely fjord!", sent_at=T0)
     await memory.flush("ann")
     await memory.add_exchange("ann", "I moved to Lisbon", "Great!", sent_at=T0 + timedelta(days=9))
+    return memory
+
+
+async def test_an_exchange_whose_other_half_is_outdated_comes_last_and_says_so(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _oslo_then_lisbon(make_memory)
     await memory.add_exchange(
         "ann", "The fjord ferry was late", "Annoying.", sent_at=T0 + timedelta(days=10)
     )
@@ -216,10 +222,7 @@ async def test_an_exchange_whose_other_half_is_outdated_comes_last_and_says_so(
 async def test_a_message_is_outdated_as_of_a_time_when_its_facts_had_been_replaced(
     make_memory: Callable[..., Any],
 ) -> None:
-    memory = await _offline(make_memory)
-    await memory.add_exchange("ann", "I live in Oslo", "Nice city, lovely fjord!", sent_at=T0)
-    await memory.flush("ann")
-    await memory.add_exchange("ann", "I moved to Lisbon", "Great!", sent_at=T0 + timedelta(days=9))
+    memory = await _oslo_then_lisbon(make_memory)
     await memory.flush("ann")
 
     async def fjord(as_of: datetime) -> list[tuple[str, bool]]:
