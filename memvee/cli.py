@@ -382,7 +382,7 @@ def state(
         _print_json(dataclasses.asdict(replayed))
         return
     console.print(f"state of {user!r} at version {replayed.version}")
-    tasks = Table("task", "trigger", "status", "messages", "entries", "error", title="tasks")
+    tasks = Table("task", "trigger", "status", "covered", "entries", "error", title="tasks")
     for t in replayed.tasks[:limit]:
         tasks.add_row(
             t.task_id[:8],
