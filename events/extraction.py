@@ -122,13 +122,17 @@ class ExtractedFact:
     """One knowledge entry as the extractor states it, with the messages it came from.
 
     ``action`` says what the fact does to the known entries; ``same``, ``update`` and
-    ``invalidate`` name the known entry they concern in ``target_entry_id``.
+    ``invalidate`` name the known entry they concern in ``target_entry_id``. An ``update``
+    or ``invalidate`` of a fact stated earlier in the same answer (the batch holds the
+    change: "I live in Oslo", later "I moved to Bergen") names that fact's index in the
+    answer in ``target_fact`` instead, so the history holds both, whatever the batching.
     """
 
     text: str
     source_message_ids: tuple[str, ...]
     action: FactAction = "new"
     target_entry_id: str | None = None
+    target_fact: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

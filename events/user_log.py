@@ -681,6 +681,7 @@ class UserLog(Aggregate):
         valid = {e for e, v in self.valid_entries.items() if v == version}
         plan = _Plan()
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
+        added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         for index, fact in enumerate(facts):
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
@@ -705,6 +706,20 @@ class UserLog(Aggregate):
                 notes.append("cited no message of its batch; cites the batch's user messages")
             target = fact.target_entry_id
             action = fact.action
+            earlier = fact.target_fact
+            if earlier is not None:
+                within = added_by.get(earlier)
+                ends = action in ("update", "invalidate") and target is None
+                if ends and within is not None and plan.replaceable(within):
+                    in_answer = ExtractedFact(text, tuple(sources), action)
+                    if action == "update":
+                        added_by[index] = len(plan.added)
+                        plan.add(in_answer, within, notes)
+                    else:
+                        plan.end_within(within, in_answer)
+                        plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
+                    continue
+                notes.append(f"named fact {earlier} of its answer, which it cannot replace")
             if action == "new" and target is not None:
                 notes.append(f"was new with a target ({storable(target)}); the target was ignored")
             elif action != "new" and target not in valid:
@@ -715,16 +730,19 @@ class UserLog(Aggregate):
                 action = "new"
             repaired = ExtractedFact(text, tuple(sources), action, target)
             same = " ".join(text.casefold().split())
-            if action == "new" and same in new_texts:
-                added, earlier = new_texts[same]
+            if action == "new" and plan.replaceable(new_texts.get(same, (None, 0))[0]):
+                added, first = new_texts[same]
+                added_by[index] = added
                 plan.merge(added, sources)
-                plan.repairs.append(f"fact {index} repeated new fact {earlier}; merged into it")
+                plan.repairs.append(f"fact {index} repeated new fact {first}; merged into it")
             elif action == "new":
                 new_texts[same] = (len(plan.added), index)
+                added_by[index] = len(plan.added)
                 plan.add(repaired, None, notes)
             elif action == "update":
                 assert target is not None
                 valid.discard(target)
+                added_by[index] = len(plan.added)
                 plan.add(repaired, target, notes)
             elif action == "invalidate":
                 assert target is not None
@@ -753,7 +771,11 @@ class UserLog(Aggregate):
             if replaced is None:
                 continue
             valid_from = datetime.fromisoformat(entry["valid_from"])
-            newer = began.get(replaced)
+            if isinstance(replaced, int):  # an entry of this answer, stated before
+                newer: datetime | None = datetime.fromisoformat(entries[replaced]["valid_from"])
+                replaced = entries[replaced]["entry_id"]
+            else:
+                newer = began.get(replaced)
             if newer is not None and valid_from < newer:
                 self.trigger_event(
                     self.KnowledgeSuperseded,
@@ -772,7 +794,11 @@ class UserLog(Aggregate):
             )
         for target, fact in plan.invalidated:
             sources = list(fact.source_message_ids)
-            newer = began.get(target)
+            if isinstance(target, int):  # an entry of this answer, stated before
+                newer = datetime.fromisoformat(entries[target]["valid_from"])
+                target = entries[target]["entry_id"]
+            else:
+                newer = began.get(target)
             if newer is not None and _said(sources, said_at) < newer:
                 continue
             self.trigger_event(
@@ -914,19 +940,32 @@ class UserLog(Aggregate):
 
 @dataclass
 class _Plan:
-    """What a batch's facts do: entries to add (each maybe replacing one, with the repairs
-    made to it), entries to end, and repairs of facts that added no entry."""
+    """What a batch's facts do: entries to add (each maybe replacing a known entry, by id,
+    or an entry added before it, by its place in :attr:`added`, with the repairs made to
+    it), entries to end (by id or place), and repairs of facts that added no entry."""
 
     added: list[ExtractedFact] = field(default_factory=list)
-    replaces: list[str | None] = field(default_factory=list)
+    replaces: list[str | int | None] = field(default_factory=list)
     notes: list[list[str]] = field(default_factory=list)
-    invalidated: list[tuple[str, ExtractedFact]] = field(default_factory=list)
+    invalidated: list[tuple[str | int, ExtractedFact]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
+    replaced_within: set[int] = field(default_factory=set)
 
-    def add(self, fact: ExtractedFact, replaces: str | None, notes: list[str]) -> None:
+    def replaceable(self, place: int | None) -> bool:
+        """Whether ``place`` in :attr:`added` holds an entry no later one replaces."""
+        return place is not None and place not in self.replaced_within
+
+    def end_within(self, place: int, fact: ExtractedFact) -> None:
+        """Have ``fact`` invalidate the entry at ``place`` in :attr:`added`."""
+        self.invalidated.append((place, fact))
+        self.replaced_within.add(place)
+
+    def add(self, fact: ExtractedFact, replaces: str | int | None, notes: list[str]) -> None:
         self.added.append(fact)
         self.replaces.append(replaces)
         self.notes.append(notes)
+        if isinstance(replaces, int):
+            self.replaced_within.add(replaces)
 
     def merge(self, index: int, sources: list[str]) -> None:
         """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged)."""

@@ -17,13 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from events.extraction import (
     BatchMessage,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
+    FactAction,
     KnownEntry,
 )
 
@@ -535,11 +536,34 @@ def _subject(match: re.Match[str]) -> tuple[str, bool]:
 
 @dataclass(slots=True)
 class _Draft:
-    """A fact of the batch being collected: its text, claim and citing messages."""
+    """A fact of the batch being collected: its text, claim and citing messages, and what
+    it does: ``new``, ``same`` or ``update`` of a known entry (``target``), or ``update``
+    of the draft it ``replaces``. ``ended`` once a later draft replaces it or the batch
+    takes it back."""
 
     text: str
+    key: str
     claim: _Claim | None
+    said: datetime
+    action: FactAction = "new"
+    target: str | None = None
+    replaces: _Draft | None = None
     sources: list[str] = field(default_factory=list)
+    ended: bool = False
+
+    @property
+    def adds(self) -> bool:
+        """Whether the draft adds an entry (a ``same`` only confirms a known one)."""
+        return self.action != "same"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """A retraction of the batch ending one known entry (by id) or one earlier draft."""
+
+    reason: str
+    source: str
+    ends: str | _Draft
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,87 +580,117 @@ class _Known:
         return (self.entry.valid_from, self.position)
 
 
-def _collect(drafts: dict[str, _Draft], text: str, message_id: str) -> None:
-    """Add one fact to the batch's drafts, merging repeats and keeping a slot's latest value.
+CORRECTION_WINDOW = timedelta(minutes=10)
+"""A slot's new value said this soon after its last one corrects it rather than changes it."""
 
-    A fact that repeats an earlier one (same text, or same slot and value) cites its message
-    there. A new value of a single-valued slot replaces the slot's earlier draft, and moves
-    to the end, since only the value the user ended the batch with is current.
+
+class _Batch:
+    """The batch's facts, folded message by message in the order they were said.
+
+    What stands (the known entries not yet ended, the drafts not yet replaced) is what a
+    new statement is compared with: a repeat of a standing draft cites its message there;
+    a statement of a standing known entry is ``same``; a new value of a single-valued slot
+    updates the slot's standing draft (``target_fact``), else its newest standing known
+    entry; a retraction ends the standing drafts and known entries it names. A new value
+    said within :data:`CORRECTION_WINDOW` of the slot's standing draft corrects it ("I
+    moved to Bergen." "No wait, I live in Oslo."): that draft is taken back, not ended.
     """
-    key = _normalized(text)
-    claim = _claim(text)
-    draft = drafts.get(key)
-    if draft is None and claim is not None:
-        draft = next((d for d in drafts.values() if d.claim == claim), None)
-    if draft is None:
-        if claim is not None and claim.single:
-            for stale in [k for k, d in drafts.items() if d.claim and d.claim.slot == claim.slot]:
-                del drafts[stale]
-        draft = drafts[key] = _Draft(text, claim)
-    if message_id not in draft.sources:
-        draft.sources.append(message_id)
 
+    def __init__(self, known: Iterable[KnownEntry]) -> None:
+        self.known = [
+            _Known(entry, _normalized(entry.text), _claim(entry.text), position)
+            for position, entry in enumerate(known)
+        ]
+        self.items: list[_Draft | _Ending] = []
+        self.taken: list[_Known] = []  # known entries a draft updated
 
-def _resolve(draft: _Draft, known: Sequence[_Known]) -> ExtractedFact:
-    """The fact of one draft, with what it does to the known entries.
+    def _standing_drafts(self) -> list[_Draft]:
+        return [d for d in self.items if isinstance(d, _Draft) and not d.ended]
 
-    ``same`` when a known entry says the same thing (in the same words, or the same value
-    for the same slot); ``update`` of the newest known entry of a single-valued slot that
-    now has another value; ``new`` otherwise.
-    """
-    key = _normalized(draft.text)
-    sources = tuple(draft.sources)
-    same = [k for k in known if k.key == key]
-    if not same and draft.claim is not None:
-        same = [k for k in known if k.claim == draft.claim]
-    if same:
-        target = max(same, key=_Known.recency).entry.entry_id
-        return ExtractedFact(draft.text, sources, action="same", target_entry_id=target)
-    if draft.claim is not None and draft.claim.single:
-        slot = draft.claim.slot
-        rivals = [k for k in known if k.claim is not None and k.claim.slot == slot]
-        if rivals:
-            target = max(rivals, key=_Known.recency).entry.entry_id
-            return ExtractedFact(draft.text, sources, action="update", target_entry_id=target)
-    return ExtractedFact(draft.text, sources)
+    def state(self, text: str, message_id: str, said: datetime) -> None:
+        """Fold one fact the user stated at ``said``."""
+        key, claim = _normalized(text), _claim(text)
+        standing = self._standing_drafts()
+        draft = next((d for d in standing if d.key == key), None)
+        if draft is None and claim is not None:
+            draft = next((d for d in standing if d.claim == claim), None)
+        if draft is None:
+            if claim is not None and claim.single:
+                self._take_back_corrected(claim, said, standing)
+                standing = self._standing_drafts()
+            draft = self._new_draft(text, key, claim, said, standing)
+            self.items.append(draft)
+        else:
+            draft.said = max(draft.said, said)
+        if message_id not in draft.sources:
+            draft.sources.append(message_id)
 
+    def _take_back_corrected(self, claim: _Claim, said: datetime, standing: list[_Draft]) -> None:
+        """Take back the slot's last standing draft (a ``same`` too) when it was said just
+        before ``said``, and restore what it replaced: the new value corrects it."""
+        slot = [d for d in standing if d.claim and d.claim.slot == claim.slot]
+        if not slot or said - slot[-1].said > CORRECTION_WINDOW:
+            return
+        corrected = slot[-1]
+        self.items.remove(corrected)
+        if corrected.replaces is not None:
+            corrected.replaces.ended = False
+        restored = [k for k in self.taken if k.entry.entry_id == corrected.target]
+        self.known.extend(restored)
 
-def extract_facts(
-    messages: Iterable[BatchMessage], known: Iterable[KnownEntry] = ()
-) -> tuple[ExtractedFact, ...]:
-    """The facts the user's own messages disclose, deduplicated, related to ``known``.
+    def _new_draft(
+        self, text: str, key: str, claim: _Claim | None, said: datetime, standing: list[_Draft]
+    ) -> _Draft:
+        same = [k for k in self.known if k.key == key]
+        if not same and claim is not None:
+            same = [k for k in self.known if k.claim == claim]
+        if same:
+            target = max(same, key=_Known.recency).entry.entry_id
+            return _Draft(text, key, claim, said, "same", target)
+        if claim is None or not claim.single:
+            return _Draft(text, key, claim, said)
+        slot = claim.slot
+        previous = [d for d in standing if d.adds and d.claim and d.claim.slot == slot]
+        if previous:
+            previous[-1].ended = True
+            return _Draft(text, key, claim, said, "update", replaces=previous[-1])
+        rivals = [k for k in self.known if k.claim is not None and k.claim.slot == slot]
+        if not rivals:
+            return _Draft(text, key, claim, said)
+        rival = max(rivals, key=_Known.recency)
+        self.known.remove(rival)
+        self.taken.append(rival)
+        return _Draft(text, key, claim, said, "update", rival.entry.entry_id)
 
-    Facts that differ only in case or spacing, or give the same value for the same slot,
-    are one fact citing every message that stated it; a single-valued slot stated twice
-    with different values keeps only the latest. Facts come in order of first mention (a
-    replaced value at its replacement), after the invalidations of the known entries the
-    batch retracts. Assistant and system messages are ignored, as they are not the user's
-    word. ``known`` entries decide each fact's action.
-    """
-    drafts: dict[str, _Draft] = {}
-    retractions: list[tuple[_Retraction, str]] = []
-    for message in messages:
-        if message.role != "user":
-            continue
-        for found in _message_facts(message.content):
-            if isinstance(found, _Retraction):
-                _retract(drafts, found)
-                retractions.append((found, message.message_id))
-            else:
-                _collect(drafts, found, message.message_id)
-    known_claims = [
-        _Known(entry, _normalized(entry.text), _claim(entry.text), position)
-        for position, entry in enumerate(known)
-    ]
-    ended: dict[str, ExtractedFact] = {}
-    for retraction, message_id in retractions:
-        for k in known_claims:
-            if k.entry.entry_id not in ended and _retracts(retraction, k.claim, k.key):
-                ended[k.entry.entry_id] = ExtractedFact(
-                    retraction.reason, (message_id,), "invalidate", k.entry.entry_id
+    def retract(self, retraction: _Retraction, message_id: str) -> None:
+        """Fold one retraction: end what stands that it names."""
+        for draft in self._standing_drafts():
+            if draft.adds and _retracts(retraction, draft.claim, draft.key):
+                draft.ended = True
+                self.items.append(_Ending(retraction.reason, message_id, draft))
+        for k in [k for k in self.known if _retracts(retraction, k.claim, k.key)]:
+            self.known.remove(k)
+            self.items.append(_Ending(retraction.reason, message_id, k.entry.entry_id))
+
+    def facts(self) -> tuple[ExtractedFact, ...]:
+        """The folded batch as the extractor's answer: each draft and ending where it was
+        said, an earlier draft named by its place in the answer."""
+        place = {id(item): index for index, item in enumerate(self.items)}
+        facts = []
+        for item in self.items:
+            if isinstance(item, _Ending):
+                ends = item.ends
+                known = ends if isinstance(ends, str) else None
+                within = None if isinstance(ends, str) else place[id(ends)]
+                facts.append(
+                    ExtractedFact(item.reason, (item.source,), "invalidate", known, within)
                 )
-    standing = [k for k in known_claims if k.entry.entry_id not in ended]
-    return (*ended.values(), *(_resolve(draft, standing) for draft in drafts.values()))
+            else:
+                within = None if item.replaces is None else place[id(item.replaces)]
+                facts.append(
+                    ExtractedFact(item.text, tuple(item.sources), item.action, item.target, within)
+                )
+        return tuple(facts)
 
 
 def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
@@ -658,11 +712,28 @@ def _claim_value(value: str) -> str:
     return " ".join(words[1:] if words[:1] in (["a"], ["an"]) else words)
 
 
-def _retract(drafts: dict[str, _Draft], retraction: _Retraction) -> None:
-    """Drop the batch's earlier drafts that ``retraction`` ends: stated and taken back in
-    one batch, they are no longer true, and no known entry holds them to end."""
-    for key in [k for k, d in drafts.items() if _retracts(retraction, d.claim, k)]:
-        del drafts[key]
+def extract_facts(
+    messages: Iterable[BatchMessage], known: Iterable[KnownEntry] = ()
+) -> tuple[ExtractedFact, ...]:
+    """The facts the user's own messages disclose, related to ``known`` and to each other.
+
+    Facts that differ only in case or spacing, or give the same value for the same slot,
+    are one fact citing every message that stated it. A single-valued slot given another
+    value updates the earlier one, and a retraction invalidates what it names, whether
+    that was known or said earlier in the batch, so the history is the same however the
+    messages were batched. Facts come in the order they were said. Assistant and system
+    messages are ignored, as they are not the user's word.
+    """
+    batch = _Batch(known)
+    for message in messages:
+        if message.role != "user":
+            continue
+        for found in _message_facts(message.content):
+            if isinstance(found, _Retraction):
+                batch.retract(found, message.message_id)
+            else:
+                batch.state(found, message.message_id, message.sent_at)
+    return batch.facts()
 
 
 class OfflineExtractor:

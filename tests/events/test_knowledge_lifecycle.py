@@ -10,6 +10,7 @@ import pytest
 
 from events import BatchMessage, ExtractedFact, InvalidExtractionError, KnownEntry
 from events.checks import MAX_FACT_CHARS
+from events.extraction import FactAction
 from events.user_log import LIVE_KNOWLEDGE, UserLog
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -214,6 +215,84 @@ def test_a_new_fact_repeated_in_one_answer_is_one_entry_citing_both_sources() ->
     extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
     assert extracted[-1].repairs == ["fact 2 repeated new fact 0; merged into it"]
     assert log.knowledge_count == 2
+
+
+def _two_said(log: UserLog, first_day: int, second_day: int) -> list[BatchMessage]:
+    ids = _batch(log, "t1", "I live in Oslo", "I moved to Bergen")
+    return [*_said(ids[:1], first_day), *_said(ids[1:], second_day)]
+
+
+def test_a_change_within_one_batch_keeps_both_facts_the_first_ended_by_the_second() -> None:
+    log = UserLog.register("ann")
+    said = _two_said(log, 1, 5)
+    facts = [
+        ExtractedFact("User lives in Oslo.", (said[0].message_id,)),
+        ExtractedFact("User lives in Bergen.", (said[1].message_id,), "update", target_fact=0),
+    ]
+    oslo, bergen = log.record_knowledge("t1", facts, "x", batch=said)
+    events = log.collect_events()
+    ended = events[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded)
+    assert (ended.entry_id, ended.superseded_by) == (oslo["entry_id"], bergen["entry_id"])
+    assert ended.valid_until == T0 + timedelta(days=5)
+    assert _known(log) == [bergen["entry_id"]] and "repairs" not in bergen
+
+
+def test_a_change_said_before_the_fact_it_replaces_is_the_one_that_ends() -> None:
+    log = UserLog.register("ann")
+    said = _two_said(log, 5, 1)  # the "later" message was sent first
+    facts = [
+        ExtractedFact("User lives in Oslo.", (said[0].message_id,)),
+        ExtractedFact("User lives in Bergen.", (said[1].message_id,), "update", target_fact=0),
+    ]
+    oslo, bergen = log.record_knowledge("t1", facts, "x", batch=said)
+    ended = log.collect_events()[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded)
+    assert (ended.entry_id, ended.superseded_by) == (bergen["entry_id"], oslo["entry_id"])
+    assert ended.valid_until == T0 + timedelta(days=5)
+    assert _known(log) == [oslo["entry_id"]]
+
+
+@pytest.mark.parametrize(
+    ("replaces", "action"),
+    [(1, "update"), (7, "update"), (-1, "update"), (0, "new"), (None, "update")],
+)
+def test_a_fact_naming_no_earlier_fact_it_can_replace_is_recorded_as_new(
+    replaces: int | None, action: FactAction
+) -> None:
+    log = UserLog.register("ann")
+    said = _two_said(log, 1, 5)
+    facts = [
+        ExtractedFact("User lives in Oslo.", (said[0].message_id,)),
+        ExtractedFact("User lives in Bergen.", (said[1].message_id,), action, None, replaces),
+    ]
+    oslo, bergen = log.record_knowledge("t1", facts, "x", batch=said)
+    assert [type(e).__name__ for e in log.collect_events()][-1] == "KnowledgeExtracted"
+    assert sorted(_known(log)) == sorted([oslo["entry_id"], bergen["entry_id"]])
+    if replaces is not None:
+        note = f"named fact {replaces} of its answer, which it cannot replace"
+        assert bergen["repairs"][0] == note
+
+
+def test_an_earlier_fact_is_replaced_once_and_a_repeat_of_it_then_is_a_new_entry() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "Oslo", "Bergen", "Tromso", "Oslo again")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],)),
+        ExtractedFact("User lives in Bergen.", (ids[1],), "update", target_fact=0),
+        ExtractedFact("User lives in Tromso.", (ids[2],), "update", target_fact=0),
+        ExtractedFact("User lives in Oslo.", (ids[3],)),
+    ]
+    entries = log.record_knowledge("t1", facts, "x", batch=said)
+    assert [e["text"] for e in entries] == [
+        "User lives in Oslo.",
+        "User lives in Bergen.",
+        "User lives in Tromso.",
+        "User lives in Oslo.",
+    ]
+    assert entries[2]["repairs"][0] == "named fact 0 of its answer, which it cannot replace"
+    assert sorted(_known(log)) == sorted(e["entry_id"] for e in entries[1:])
 
 
 def test_a_fact_longer_than_the_limit_is_cut_and_the_cut_noted() -> None:

@@ -255,6 +255,28 @@ async def test_a_job_the_user_quit_is_no_longer_known_and_its_message_is_outdate
     )
 
 
+async def test_history_is_the_same_whether_a_change_was_processed_in_one_batch_or_two(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    for user, flushes in (("one", False), ("two", True)):
+        await memory.add_exchange(user, "I live in Oslo", "Nice.", sent_at=T0)
+        if flushes:
+            await memory.flush(user)
+        await memory.add_exchange(
+            user, "I moved to Bergen", "Nice.", sent_at=T0 + timedelta(days=5)
+        )
+        await memory.flush(user)
+    for user in ("one", "two"):
+        history = await memory.knowledge(user, history=True)
+        assert [(e.text, e.valid_from, e.valid_until) for e in history] == [
+            ("User lives in Oslo.", T0, T0 + timedelta(days=5)),
+            ("User lives in Bergen.", T0 + timedelta(days=5), None),
+        ], user
+        then = await memory.knowledge(user, as_of=T0 + timedelta(days=2))
+        assert [e.text for e in then] == ["User lives in Oslo."], user
+
+
 async def test_to_prompt_renders_a_compact_block(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I live in Oslo.")

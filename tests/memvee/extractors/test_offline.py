@@ -486,9 +486,11 @@ async def test_a_retraction_of_something_not_known_ends_nothing(content: str) ->
     assert await against(known, content) == ()
 
 
-async def test_a_fact_taken_back_in_the_same_batch_is_not_recorded() -> None:
+async def test_a_fact_taken_back_in_the_same_batch_is_recorded_and_ended() -> None:
     assert await against((), "I work at Acme.", "I like tea.", "I quit my job.") == (
+        new("User works at Acme.", "m1"),
         new("User likes tea.", "m2"),
+        ExtractedFact("User left their job.", ("m3",), "invalidate", target_fact=0),
     )
 
 
@@ -502,3 +504,50 @@ async def test_a_retracted_job_and_a_new_one_end_the_old_and_add_the_new() -> No
 async def test_a_relatives_facts_are_not_retracted_by_the_users_words() -> None:
     known = (entry("e-sis", "User's sister works at Acme."),)
     assert await against(known, "I quit my job") == ()
+
+
+async def over_days(
+    known: tuple[KnownEntry, ...], *said: tuple[int, str]
+) -> tuple[ExtractedFact, ...]:
+    """The facts of one user message per (day, content), m1, m2, ... in that order."""
+    messages = [
+        BatchMessage(f"m{i}", "user", content, T0 + timedelta(days=day))
+        for i, (day, content) in enumerate(said, start=1)
+    ]
+    return (await OfflineExtractor().extract(batch(*messages, known=known))).facts
+
+
+def update_of_fact(text: str, earlier: int, *sources: str) -> ExtractedFact:
+    return ExtractedFact(text, sources, "update", target_fact=earlier)
+
+
+async def test_a_change_days_later_in_one_batch_updates_the_fact_said_before() -> None:
+    assert await over_days((), (0, "I live in Oslo"), (5, "I moved to Bergen")) == (
+        new("User lives in Oslo.", "m1"),
+        update_of_fact("User lives in Bergen.", 0, "m2"),
+    )
+
+
+async def test_a_value_changed_and_changed_back_over_days_is_all_history() -> None:
+    facts = await over_days((OSLO,), (0, "I moved to Bergen"), (9, "I live in Oslo"))
+    assert facts == (
+        update("User lives in Bergen.", "e-oslo", "m1"),
+        update_of_fact("User lives in Oslo.", 0, "m2"),
+    )
+
+
+async def test_a_fact_of_the_batch_taken_back_days_later_is_ended_not_the_known_one() -> None:
+    facts = await over_days((ACME,), (0, "I work at Globex"), (3, "I quit my job"))
+    assert facts == (
+        update("User works at Globex.", "e-acme", "m1"),
+        ExtractedFact("User left their job.", ("m2",), "invalidate", target_fact=0),
+    )
+
+
+async def test_a_correction_within_minutes_takes_the_slip_back() -> None:
+    messages = [
+        BatchMessage("m1", "user", "I moved to Bergen.", T0),
+        BatchMessage("m2", "user", "No wait, I live in Oslo.", T0 + timedelta(minutes=2)),
+    ]
+    facts = (await OfflineExtractor().extract(batch(*messages, known=(OSLO,)))).facts
+    assert facts == (same("User lives in Oslo.", "e-oslo", "m2"),)
