@@ -167,9 +167,9 @@ class ClaudeExtractor:
                 f"Claude extraction timed out after {self.timeout:g}s (model {self.model})"
             ) from exc
         except anthropic.AnthropicError as exc:
-            key = client.api_key
-            cause = None if key and _mentions(exc, key) else exc
-            raise api_error(exc, key) from cause
+            secrets = client_secrets(client)
+            cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
+            raise api_error(exc, secrets) from cause
         except ValueError as exc:  # a success status over a body that is not JSON (a proxy)
             raise ExtractionError(
                 f"Claude's answer could not be read as JSON ({type(exc).__name__}: "
@@ -179,6 +179,13 @@ class ClaudeExtractor:
             raise ExtractionError(
                 f"Claude's answer was a {type(response).__name__}, not a message; a gateway "
                 "may have answered in its place"
+            )
+        kind, stop_reason = getattr(response, "type", None), getattr(response, "stop_reason", None)
+        if kind != "message" or stop_reason is None:  # the SDK builds a Message of any JSON
+            shown = repr(kind)[:_MAX_DETAIL_CHARS]
+            raise ExtractionError(
+                f"Claude's answer was JSON of type {shown} with no stop_reason, not a message; "
+                "a gateway may have answered in its place"
             )
         return self.read_answer(batch, response)
 
@@ -308,24 +315,32 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
     )
 
 
-def api_error(exc: anthropic.AnthropicError, api_key: str | None) -> ExtractionError:
+def client_secrets(client: object) -> tuple[str, ...]:
+    """The credentials ``client`` sends (an API key, a bearer token): never shown."""
+    found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
+    return tuple(secret for secret in found if isinstance(secret, str) and secret)
+
+
+def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> ExtractionError:
     """The ExtractionError for a failed API call: status, error type and request id, never
-    secrets; one that refused the request itself (400, 413, 422) repeats."""
+    ``secrets`` (taken out before any text is cut, so no part of one is left); one that
+    refused the request itself (400, 413, 422) repeats."""
     kind = type(exc).__name__
     if isinstance(exc, anthropic.APIStatusError):
         parts = [f"Claude API returned HTTP {exc.status_code} ({kind}"]
         if exc.type:
             parts.append(f", {exc.type}")
         parts.append(")")
-        if exc.api_message:
-            parts.append(f": {exc.api_message[:_MAX_DETAIL_CHARS]}")
+        message = _redact(exc.api_message or "", secrets)
+        if message:
+            parts.append(f": {message[:_MAX_DETAIL_CHARS]}")
         if exc.request_id:
             parts.append(f" [request-id {exc.request_id}]")
-        text = _redact("".join(parts), api_key)
+        text = _redact("".join(parts), secrets)
         if exc.status_code in _REJECTED_STATUSES:
             reason = None  # a request too large is the batch's own fault, by its nature
             if exc.status_code != 413:
-                reason = _redact(f"HTTP {exc.status_code} {exc.type}: {exc.api_message}", api_key)
+                reason = _redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
         return ExtractionError(text)
     if isinstance(exc, anthropic.APITimeoutError):
@@ -334,8 +349,8 @@ def api_error(exc: anthropic.AnthropicError, api_key: str | None) -> ExtractionE
         cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "unknown cause"
         text = f"could not reach the Claude API ({kind}: {cause}) after the SDK's retries"
     else:
-        text = f"Claude API call failed ({kind}): {str(exc)[:_MAX_DETAIL_CHARS]}"
-    return ExtractionError(_redact(text, api_key))
+        text = f"Claude API call failed ({kind}): {_redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
+    return ExtractionError(_redact(text, secrets))
 
 
 def _mentions(exc: BaseException, secret: str) -> bool:
@@ -350,5 +365,7 @@ def _mentions(exc: BaseException, secret: str) -> bool:
     return False
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "[redacted]") if secret else text
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text

@@ -613,6 +613,44 @@ async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
         assert caught.value.reason == (None if status == 413 else reason), "size: the batch's"
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        {},
+        {"type": "message"},
+        {"type": "message", "content": [], "stop_reason": None},
+    ],
+)
+async def test_a_success_over_json_that_is_no_message_may_pass(
+    claude: Make, body: dict[str, Any]
+) -> None:
+    """A gateway answering 200 in the API's place: the batch is not at fault."""
+    with pytest.raises(ExtractionError, match="a gateway may have answered") as caught:
+        await claude(FakeAPI(httpx2.Response(200, json=body)), max_retries=0).extract(BATCH)
+    assert not caught.value.repeats and not isinstance(caught.value, InvalidExtractionError)
+
+
+async def test_no_part_of_a_key_or_token_reaches_an_error_even_cut(
+    clients: list[anthropic.AsyncAnthropic],
+) -> None:
+    key = "sk-ant-api03-" + "k" * 99
+    token = "bearer-token-" + "t" * 40
+    prefix = "upstream gateway said: " + "." * 150  # the key straddles the 200-character cut
+    for credentials, secret in (({"api_key": key}, key), ({"auth_token": token}, token)):
+        api = FakeAPI(fail(401, "authentication_error", f"{prefix} invalid credential {secret}"))
+        client = anthropic.AsyncAnthropic(
+            **credentials,
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(api)),
+        )
+        clients.append(client)
+        with pytest.raises(ExtractionError) as caught:
+            await ClaudeExtractor(client=client).extract(BATCH)
+        shown = "".join(traceback.format_exception(caught.value))
+        assert secret[:20] not in shown, shown
+
+
 async def test_timeouts_and_connection_errors_may_pass(claude: Make) -> None:
     for step in (httpx2.ReadTimeout("slow"), httpx2.ConnectError("refused")):
         with pytest.raises(ExtractionError) as caught:
