@@ -42,7 +42,7 @@ from events import (
     estimate_tokens,
 )
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error
+from memvee.extractors._claude import api_error, client_secrets
 from projections import ProjectionReader
 
 __all__ = ["BulkReextraction", "BulkReport"]
@@ -142,7 +142,7 @@ class BulkReextraction:
                 report.submitted += len(chunk)
                 await self._finish(client, row, report)
         except anthropic.AnthropicError as error:
-            raise api_error(error, client.api_key) from None
+            raise api_error(error, client_secrets(client)) from None
         finally:
             await self.extractor.aclose()
         return report
@@ -290,7 +290,9 @@ class BulkReextraction:
         return ExtractionBatch(
             user_id,
             f"bulk:{self.version}:{custom_id}",
-            tuple(BatchMessage(m.message_id, m.role, m.content, m.sent_at) for m in messages),
+            tuple(
+                BatchMessage(m.message_id, m.role, m.content, m.sent_at, m.name) for m in messages
+            ),
             tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in known),
         )
 

@@ -528,7 +528,9 @@ class Audit:
         for event in self._events(user_id, upto=user_log.version):
             if isinstance(event, UserLog.MessageAdded) and event.message_id not in waiting:
                 batch.append(
-                    BatchMessage(event.message_id, event.role, event.content, event.sent_at)
+                    BatchMessage(
+                        event.message_id, event.role, event.content, event.sent_at, event.name
+                    )
                 )
                 if len(batch) >= batch_size:
                     extracted += await self._reextract_batch(user_id, extractor, version, batch)

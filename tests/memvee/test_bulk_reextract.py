@@ -4,6 +4,7 @@ point, with nothing recorded twice."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -89,6 +90,23 @@ async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
         again = await _run(audit)
         assert (again.submitted, again.recorded) == (0, 0), "the version is up to date"
     assert server.requests == [], "nothing went through the live Messages API"
+
+
+async def test_a_bulk_request_gives_each_speakers_name(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    url = sqlite_url(tmp_path / "names.db")
+    async with Memory(config=MemoryConfig(db_url=url), extractor=RecordingExtractor()) as memory:
+        await memory.add_message("team", "user", "I live in Oslo", name="Maria")
+        await memory.add_message("team", "user", "I live in Bergen", name="Jon")
+        await memory.flush("team")
+    with Audit(db_url=url) as audit:
+        await audit.reextract_in_bulk(
+            ["team"], ClaudeExtractor(max_retries=0), "v2", poll_interval=0.01
+        )
+    (batch,) = server.batches
+    sent = json.dumps(batch["requests"])
+    assert "Maria" in sent and "Jon" in sent, "the names went to Claude"
 
 
 async def test_a_version_name_promoted_before_covers_nothing_of_a_new_run(

@@ -76,6 +76,19 @@ async def test_explain_names_the_re_extraction_that_recorded_an_entry(
     assert "task  (" not in explained.output
 
 
+async def test_reextraction_gives_the_extractor_each_speakers_name(
+    make_memory: Any, db_url: str
+) -> None:
+    memory: Memory = await make_memory()
+    await memory.add_message("team", "user", "I live in Oslo", name="Maria")
+    await memory.add_message("team", "user", "I live in Bergen", name="Jon")
+    await memory.process("team")
+    recording = RecordingExtractor()
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("team", recording, "v2")
+    assert [m.name for b in recording.batches for m in b.messages] == ["Maria", "Jon"]
+
+
 async def test_messages_processed_while_a_version_was_extracted_return_to_the_buffer(
     make_memory: Any, db_url: str
 ) -> None:
