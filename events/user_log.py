@@ -214,6 +214,8 @@ class UserLog(Aggregate):
         model: str | None = None
         input_tokens: int | None = None
         output_tokens: int | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
 
         def apply(self, log: UserLog) -> None:
             log.note_failure(log.return_to_buffer(self.task_id), counted=True)
@@ -231,6 +233,8 @@ class UserLog(Aggregate):
         model: str | None = None
         input_tokens: int | None = None
         output_tokens: int | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
 
         def apply(self, log: UserLog) -> None:
             batch = log.open_tasks.pop(self.task_id)
@@ -537,7 +541,7 @@ class UserLog(Aggregate):
             model=_label(model, MAX_MODEL_CHARS),
             final=final,
             known=known,
-            **_usage_fields(usage, cache=True),
+            **_usage_fields(usage),
         )
         if not final:
             self._start_batch(task_id, limits)
@@ -568,7 +572,7 @@ class UserLog(Aggregate):
         spent = {
             "extractor": _label(extractor, MAX_EXTRACTOR_CHARS),
             "model": _label(model, MAX_MODEL_CHARS),
-            **_usage_fields(usage, cache=False),
+            **_usage_fields(usage),
         }
         if len(claimed) == 1 and (repeats or blamed):
             (message_id,) = claimed
@@ -636,7 +640,7 @@ class UserLog(Aggregate):
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
             known=known,
-            **_usage_fields(usage, cache=True),
+            **_usage_fields(usage),
         )
 
     def _record_facts(
@@ -654,7 +658,7 @@ class UserLog(Aggregate):
         message_ids: list[str] = fields["message_ids"]
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
-        plan = self._plan(facts, version, frozenset(message_ids), fallback)
+        plan = self._plan(facts, version, frozenset(message_ids), fallback, known)
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         began = {k.entry_id: k.valid_from for k in known}
@@ -667,6 +671,7 @@ class UserLog(Aggregate):
         version: str,
         allowed: frozenset[str],
         fallback: list[str],
+        known: Sequence[KnownEntry] = (),
     ) -> _Plan:
         """Decide what each fact does to ``version``'s valid entries, repairing what the
         extractor got slightly wrong (each repair is noted) rather than losing the batch.
@@ -675,11 +680,13 @@ class UserLog(Aggregate):
         earlier fact) turns the fact into a new entry, so a confused extractor cannot lose
         facts; citations outside the batch are dropped; a fact left citing nothing cites
         the batch's user messages. A text over :data:`MAX_FACT_CHARS` is cut; a new fact
-        that repeats an earlier new fact of the answer is merged into it. Only a fact with
-        no text is dropped.
+        that repeats an earlier fact of the answer is merged into it, and one that repeats a
+        current entry of ``known`` (the entries the batch was shown) is the same as it. Only
+        a fact with no text is dropped.
         """
         valid = {e for e, v in self.valid_entries.items() if v == version}
         plan = _Plan()
+        shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         for index, fact in enumerate(facts):
@@ -713,6 +720,7 @@ class UserLog(Aggregate):
                 if ends and within is not None and plan.replaceable(within):
                     in_answer = ExtractedFact(text, tuple(sources), action)
                     if action == "update":
+                        new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
                         plan.add(in_answer, within, notes)
                     else:
@@ -728,13 +736,16 @@ class UserLog(Aggregate):
                     "recorded as new"
                 )
                 action = "new"
+            same = _same_words(text)
+            if action == "new" and shown.get(same) in valid:
+                target, action = shown[same], "same"
+                plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
             repaired = ExtractedFact(text, tuple(sources), action, target)
-            same = " ".join(text.casefold().split())
             if action == "new" and plan.replaceable(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
                 added_by[index] = added
                 plan.merge(added, sources)
-                plan.repairs.append(f"fact {index} repeated new fact {first}; merged into it")
+                plan.repairs.append(f"fact {index} repeated fact {first}; merged into it")
             elif action == "new":
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
@@ -742,6 +753,7 @@ class UserLog(Aggregate):
             elif action == "update":
                 assert target is not None
                 valid.discard(target)
+                new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
                 plan.add(repaired, target, notes)
             elif action == "invalidate":
@@ -995,19 +1007,25 @@ def _extractor_label(name: object) -> str:
     return _label(name, MAX_EXTRACTOR_CHARS) or "unknown"
 
 
-def _usage_fields(usage: TokenUsage, *, cache: bool) -> dict[str, int | None]:
-    """An event's token fields from ``usage`` (the cache counts only where the event has them)."""
-    fields = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-    if cache:
-        fields["cache_read_tokens"] = usage.cache_read_tokens
-        fields["cache_write_tokens"] = usage.cache_write_tokens
-    return fields
+def _usage_fields(usage: TokenUsage) -> dict[str, int | None]:
+    """An event's token fields from ``usage``."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+    }
 
 
 def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
     """When the newest of ``sources`` was sent (now, if the times are not known)."""
     times = [said_at[m] for m in sources if m in said_at]
     return max(times) if times else datetime.now(UTC)
+
+
+def _same_words(text: str) -> str:
+    """``text`` as facts are compared for repeats: case-folded, spacing collapsed."""
+    return " ".join(text.casefold().split())
 
 
 def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:

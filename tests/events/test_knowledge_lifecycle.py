@@ -213,7 +213,7 @@ def test_a_new_fact_repeated_in_one_answer_is_one_entry_citing_both_sources() ->
         ("User likes tea.", [ids[0]]),
     ]
     extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
-    assert extracted[-1].repairs == ["fact 2 repeated new fact 0; merged into it"]
+    assert extracted[-1].repairs == ["fact 2 repeated fact 0; merged into it"]
     assert log.knowledge_count == 2
 
 
@@ -293,6 +293,38 @@ def test_an_earlier_fact_is_replaced_once_and_a_repeat_of_it_then_is_a_new_entry
     ]
     assert entries[2]["repairs"][0] == "named fact 0 of its answer, which it cannot replace"
     assert sorted(_known(log)) == sorted(e["entry_id"] for e in entries[1:])
+
+
+def _oslo_known(log: UserLog) -> tuple[str, KnownEntry]:
+    """Ann's log with "User lives in Oslo." recorded, and it as shown to the next batch."""
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
+    return oslo["entry_id"], KnownEntry(oslo["entry_id"], "User lives in Oslo.", T0)
+
+
+def test_a_new_fact_that_repeats_a_shown_entry_is_the_same_as_it() -> None:
+    log = UserLog.register("ann")
+    oslo, shown = _oslo_known(log)
+    log.collect_events()
+    ids = _batch(log, "t2", "Oslo is home")
+    fact = ExtractedFact("user lives in  OSLO.", tuple(ids))  # the action left out: "new"
+    assert log.record_knowledge("t2", [fact], "x", known=[shown]) == []
+    (extracted,) = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted.repairs == [f"fact 0 was new but repeats {oslo}; the same as it"]
+    assert _known(log) == [oslo] and log.knowledge_count == 1
+
+
+def test_a_new_fact_that_repeats_an_update_of_the_answer_is_merged_into_it() -> None:
+    log = UserLog.register("ann")
+    oslo, shown = _oslo_known(log)
+    ids = _batch(log, "t2", "I moved to Bergen", "Bergen is home now")
+    facts = [
+        ExtractedFact("User lives in Bergen.", (ids[0],), "update", oslo),
+        ExtractedFact("User lives in Bergen.", (ids[1],)),
+    ]
+    (bergen,) = log.record_knowledge("t2", facts, "x", known=[shown])
+    assert bergen["source_message_ids"] == ids
+    assert _known(log) == [bergen["entry_id"]]
 
 
 def test_a_fact_longer_than_the_limit_is_cut_and_the_cut_noted() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from eventsourcing.domain import Snapshot
 
-from events import BatchLimits, ExtractedFact, InvalidInputError, UnknownTaskError
+from events import BatchLimits, ExtractedFact, InvalidInputError, TokenUsage, UnknownTaskError
 from events.user_log import UserLog, short_message_id, user_log_id
 
 
@@ -322,3 +322,21 @@ def test_message_ids_sort_in_the_order_written_and_their_short_forms_tell_them_a
     _, ids = _log_with(500)
     assert ids == sorted(ids)
     assert len({short_message_id(i) for i in ids}) == len(ids)
+
+
+def test_a_failed_batch_and_a_quarantine_record_the_cache_tokens_they_spent() -> None:
+    spent = TokenUsage(
+        input_tokens=40, output_tokens=5, cache_read_tokens=900, cache_write_tokens=70
+    )
+    log, _ = _log_with(2)
+    _start(log, "t1")
+    log.record_failure("t1", "cut at max_tokens", repeats=True, usage=spent, limits=LIMITS)
+    log.record_failure("t1", "cut at max_tokens", repeats=True, usage=spent, limits=LIMITS)
+    failures = [
+        e
+        for e in log.collect_events()
+        if isinstance(e, UserLog.BatchFailed | UserLog.MessagesQuarantined)
+    ]
+    assert failures and all(
+        (e.cache_read_tokens, e.cache_write_tokens) == (900, 70) for e in failures
+    )
