@@ -16,6 +16,7 @@ splits a batch that fails the same way, and backs off from an API that is down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -37,6 +38,7 @@ from events.extraction import (
     ExtractionResult,
     FactAction,
     TokenUsage,
+    estimate_tokens,
 )
 from memvee.extractors._claude_prompt import (
     SYSTEM_PROMPT,
@@ -142,20 +144,51 @@ class ClaudeExtractor:
         }
 
     def output_budget(self, batch: ExtractionBatch) -> int:
-        """The output tokens asked for: enough for the batch's facts, at most ``max_tokens``."""
-        return min(self.max_tokens, _OUTPUT_BASE + _OUTPUT_PER_MESSAGE * len(batch.messages))
+        """The output tokens asked for: enough for the batch's facts, at most ``max_tokens``.
+
+        A base, more per message, and more per word the user wrote: one long, dense
+        message (a pasted biography) states more facts than a short one.
+        """
+        said = sum(estimate_tokens(m.content) for m in batch.messages if m.role == "user")
+        wanted = _OUTPUT_BASE + _OUTPUT_PER_MESSAGE * len(batch.messages) + said // 2
+        return min(self.max_tokens, wanted)
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         """Ask Claude for the batch's durable facts about the user and read its answer.
 
-        An empty batch is answered without a call. Raises ExtractionError when the call
-        fails or times out (``repeats`` set when the API refused the batch itself), and
-        InvalidExtractionError when the answer cannot be read.
+        An empty batch is answered without a call. An answer cut at the batch's output
+        budget is asked for once more with the whole of ``max_tokens``, so a dense batch
+        is not failed for a budget that was a guess (both calls' tokens are counted).
+        Raises ExtractionError when the call fails or times out (``repeats`` set when the
+        API refused the batch itself), and InvalidExtractionError when the answer cannot
+        be read.
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
-        client = self.client
         request = self.request(batch)
+        response = await self._call(request)
+        spent = TokenUsage()
+        if response.stop_reason == "max_tokens" and request["max_tokens"] < self.max_tokens:
+            spent = _usage(response)
+            request["max_tokens"] = self.max_tokens
+            response = await self._call(request)
+        try:
+            result = self.read_answer(batch, response, budget=request["max_tokens"])
+        except ExtractionError as failed:
+            failed.usage = _added(failed.usage or TokenUsage(), spent)
+            raise
+        total = _added(result.usage, spent)
+        return dataclasses.replace(
+            result,
+            input_tokens=total.input_tokens,
+            output_tokens=total.output_tokens,
+            cache_read_tokens=total.cache_read_tokens,
+            cache_write_tokens=total.cache_write_tokens,
+        )
+
+    async def _call(self, request: dict[str, Any]) -> Message:
+        """One Messages API call, its failures as ExtractionErrors."""
+        client = self.client
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
@@ -187,20 +220,23 @@ class ClaudeExtractor:
                 f"Claude's answer was JSON of type {shown} with no stop_reason, not a message; "
                 "a gateway may have answered in its place"
             )
-        return self.read_answer(batch, response)
+        return response
 
-    def read_answer(self, batch: ExtractionBatch, response: Message) -> ExtractionResult:
+    def read_answer(
+        self, batch: ExtractionBatch, response: Message, *, budget: int | None = None
+    ) -> ExtractionResult:
         """The facts of Claude's answer to ``batch``, with its ids mapped back from aliases.
 
         Raises InvalidExtractionError (or RejectedBatchError for a refusal) with the tokens
-        the answer spent when it cannot be used.
+        the answer spent when it cannot be used. ``budget`` is the ``max_tokens`` the
+        answer was asked with (the batch's :meth:`output_budget` unless given).
         """
         stop_reason = getattr(response, "stop_reason", None)
         usage = _usage(response)
         if stop_reason == "refusal":
             raise RejectedBatchError("Claude refused to answer for this batch", usage=usage)
         if stop_reason == "max_tokens":
-            budget = self.output_budget(batch)
+            budget = budget or self.output_budget(batch)
             raise InvalidExtractionError(
                 f"Claude's answer was cut at max_tokens ({budget}); facts would be lost",
                 usage=usage,
@@ -242,6 +278,20 @@ class ClaudeExtractor:
         if self._owns_client and self._client is not None:
             client, self._client = self._client, None
             await client.close()
+
+
+def _added(usage: TokenUsage, more: TokenUsage) -> TokenUsage:
+    """The tokens of two calls together (unknown counts stay unknown when both are)."""
+
+    def total(a: int | None, b: int | None) -> int | None:
+        return None if a is None and b is None else (a or 0) + (b or 0)
+
+    return TokenUsage(
+        total(usage.input_tokens, more.input_tokens),
+        total(usage.output_tokens, more.output_tokens),
+        total(usage.cache_read_tokens, more.cache_read_tokens),
+        total(usage.cache_write_tokens, more.cache_write_tokens),
+    )
 
 
 def _usage(response: object) -> TokenUsage:

@@ -559,10 +559,37 @@ async def test_a_bad_action_or_target_is_invalid(
 async def test_an_answer_cut_at_max_tokens_is_never_used_and_repeats(claude: Make) -> None:
     body = tool_use_body(GOOD_FACTS[:1], input_tokens=50, output_tokens=812)
     body["stop_reason"] = "max_tokens"
-    with pytest.raises(InvalidExtractionError, match="cut at max_tokens") as caught:
-        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    api = FakeAPI(httpx2.Response(200, json=body))
+    extractor = claude(api)
+    with pytest.raises(InvalidExtractionError, match=r"cut at max_tokens \(8192\)") as caught:
+        await extractor.extract(BATCH)
     assert caught.value.repeats
-    assert caught.value.usage is not None and caught.value.usage.output_tokens == 812
+    budget = extractor.output_budget(BATCH)
+    assert [b["max_tokens"] for b in api.bodies] == [budget, 8192], "asked again with it all"
+    assert caught.value.usage is not None and caught.value.usage.output_tokens == 2 * 812
+
+
+async def test_an_answer_cut_at_the_batchs_budget_is_asked_again_with_all_of_max_tokens(
+    claude: Make,
+) -> None:
+    cut = tool_use_body(GOOD_FACTS[:1], input_tokens=50, output_tokens=612)
+    cut["stop_reason"] = "max_tokens"
+    whole = tool_use_body(GOOD_FACTS, input_tokens=50, output_tokens=1300)
+    api = FakeAPI(httpx2.Response(200, json=cut), httpx2.Response(200, json=whole))
+    extractor = claude(api)
+    result = await extractor.extract(BATCH)
+    assert [f.text for f in result.facts] == [f["text"] for f in GOOD_FACTS]
+    assert [b["max_tokens"] for b in api.bodies] == [extractor.output_budget(BATCH), 8192]
+    assert (result.input_tokens, result.output_tokens) == (100, 1912), "both calls counted"
+
+
+async def test_a_long_dense_message_gets_a_budget_for_its_words(claude: Make) -> None:
+    bio = " ".join(f"I have fact number {i} about me." for i in range(300))
+    long_one = ExtractionBatch("u1", "t1", (BatchMessage("m", "user", bio, T0),))
+    short_one = ExtractionBatch("u1", "t1", (BatchMessage("m", "user", "I like tea", T0),))
+    extractor = claude(FakeAPI(ok()))
+    assert extractor.output_budget(short_one) < 640
+    assert extractor.output_budget(long_one) > 612 + len(bio) // 10
 
 
 @pytest.mark.parametrize(
