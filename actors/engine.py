@@ -30,7 +30,7 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
-from events import Durability, EventStore, Extractor, KnownEntry
+from events import Durability, EventStore, Extractor, KnownEntry, estimate_tokens
 from events.errors import MemveeError, StorageError, first_line
 from projections import (
     FoldState,
@@ -52,6 +52,10 @@ log = logging.getLogger("memvee.actors")
 
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
+
+KNOWN_SHARE = 4
+"""The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
+of the batch's token budget on top of it, the most related first, at least one."""
 
 STORE_RETRY_MAX = 30.0
 """The longest wait, in seconds, between retries of a user's task start while the
@@ -203,14 +207,24 @@ class Engine:
     def _known_entries(
         self, user_id: str, texts: Sequence[str], current: int
     ) -> tuple[KnownEntry, ...]:
-        """The current entries an extractor sees beside a batch (so it can update them)."""
+        """The current entries an extractor sees beside a batch (so it can update them),
+        the most related first, within a share of the batch's token budget
+        (:data:`KNOWN_SHARE`)."""
         if current <= 0:
             return ()
         with self.store.engine.connect() as connection:
             related = self.ranker.related(
                 connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
             )
-        return tuple([KnownEntry(*entry) for entry in related])  # a list: see projections.rows
+        budget = self.options.settings.limits.max_tokens // KNOWN_SHARE
+        shown: list[KnownEntry] = []  # a list: see projections.rows
+        for entry in related:
+            known = KnownEntry(*entry)
+            budget -= estimate_tokens(known.text)
+            if shown and budget < 0:
+                break
+            shown.append(known)
+        return tuple(shown)
 
     def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""

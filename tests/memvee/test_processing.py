@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from events import ExtractedFact, ExtractionBatch, estimate_tokens
 from memvee import Memory, ProcessingError, ProcessingTimeoutError, ProcessStatus, ProcessTask
 from tests.support.extractors import RecordingExtractor
 
@@ -33,6 +34,37 @@ async def test_process_extracts_and_returns_the_count(memory: Memory) -> None:
     assert [e.text for e in entries] == [f"User said: I live in city {i}" for i in range(3)]
     assert all(set(e.source_message_ids) <= set(ids) for e in entries)
     assert await memory.buffer("alice") == []
+
+
+async def test_a_fact_an_extractor_calls_new_that_repeats_a_known_entry_is_stored_once(
+    memory: Memory,
+) -> None:
+    """An extractor that leaves the action out ("new") for a fact memory already holds."""
+    for _ in range(2):
+        await memory.add_exchange("alice", "I live in Oslo", "Nice")
+        await memory.process("alice")
+    assert [e.text for e in await memory.knowledge("alice")] == ["User said: I live in Oslo"]
+
+
+async def test_the_entries_shown_beside_a_batch_take_a_share_of_its_token_budget(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    def long_facts(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        said = [m for m in batch.messages if m.role == "user"]
+        return tuple(
+            ExtractedFact(f"{m.content}: " + "detail " * 140, (m.message_id,)) for m in said
+        )
+
+    extractor.answer = long_facts
+    memory: Memory = await make_memory(config={"max_batch_tokens": 2000})
+    for i in range(12):
+        await memory.add_exchange("alice", f"I live in city {i}", "Noted")
+    await memory.flush("alice")
+    await memory.add_exchange("alice", "I live in city 99", "Noted")
+    await memory.process("alice")
+    shown = extractor.batches[-1].known
+    assert len(shown) >= 1 and sum(estimate_tokens(k.text) for k in shown) <= 2000 // 4
+    assert len(shown) < 12, "a known entry is about 250 tokens: only a few fit"
 
 
 async def test_process_with_nothing_buffered_returns_zero(memory: Memory) -> None:
