@@ -256,7 +256,7 @@ class ClaudeExtractor:
         facts: list[ExtractedFact] = []
         try:
             for call in calls:
-                facts.extend(_parse_facts(getattr(call, "input", None), aliases))
+                facts.extend(_parse_facts(getattr(call, "input", None), aliases, len(facts)))
         except InvalidExtractionError as invalid:
             raise InvalidExtractionError(str(invalid), usage=usage) from None
         notes = {"response_id": str(getattr(response, "id", "") or "")}
@@ -304,12 +304,13 @@ def _usage(response: object) -> TokenUsage:
     )
 
 
-def _parse_facts(payload: object, aliases: Aliases) -> list[ExtractedFact]:
+def _parse_facts(payload: object, aliases: Aliases, offset: int = 0) -> list[ExtractedFact]:
     """The facts of one ``record_knowledge`` input, or InvalidExtractionError.
 
     Only the shape is checked here. A missing or null ``action`` means "new" and a null
     ``target_entry_id`` means none, since models often spell an absent optional field as
-    null; what the values mean is for the engine to judge.
+    null; what the values mean is for the engine to judge. A target ``f1``, ``f2``... names
+    an earlier fact of the input, which comes after ``offset`` facts of earlier inputs.
     """
 
     def invalid(problem: str) -> InvalidExtractionError:
@@ -342,8 +343,10 @@ def _parse_facts(payload: object, aliases: Aliases) -> list[ExtractedFact]:
         if target is not None and (not isinstance(target, str) or not target.strip()):
             raise invalid(f"facts[{index}].target_entry_id must be a non-empty string")
         sources = tuple(dict.fromkeys(aliases.message(i) for i in ids))
-        entry = None if target is None else aliases.entry(target)
-        facts.append(ExtractedFact(" ".join(text.split()), sources, action, entry))
+        place = None if target is None else aliases.fact(target, index)
+        earlier = None if place is None else offset + place
+        entry = None if target is None or place is not None else aliases.entry(target)
+        facts.append(ExtractedFact(" ".join(text.split()), sources, action, entry, earlier))
     return facts
 
 
@@ -353,15 +356,20 @@ def _is_string_list(value: object) -> bool:
 
 def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
     """Facts with the same text, action and target become one fact citing all their
-    messages; facts that differ in action or target stay apart for the engine to judge.
-    """
-    merged: dict[tuple[str, FactAction, str | None], dict[str, None]] = {}
+    messages, at the first one's place; facts that differ in action or target stay apart
+    for the engine to judge. A fact naming an earlier fact of the answer names it at its
+    place among the merged facts."""
+    merged: dict[tuple[str, FactAction, str | None, int | None], dict[str, None]] = {}
+    positions: dict[tuple[str, FactAction, str | None, int | None], int] = {}
+    place: list[int] = []  # each fact's place among the merged ones
     for fact in facts:
-        key = (fact.text, fact.action, fact.target_entry_id)
+        earlier = None if fact.target_fact is None else place[fact.target_fact]
+        key = (fact.text, fact.action, fact.target_entry_id, earlier)
+        place.append(positions.setdefault(key, len(positions)))
         merged.setdefault(key, {}).update(dict.fromkeys(fact.source_message_ids))
     return tuple(
-        ExtractedFact(text, tuple(ids), action, target)
-        for (text, action, target), ids in merged.items()
+        ExtractedFact(text, tuple(ids), action, target, earlier)
+        for (text, action, target, earlier), ids in merged.items()
     )
 
 

@@ -68,7 +68,10 @@ place (for example "I quit my job"). The text states what ended, for example "Us
 longer works at Acme Corp.". Use it only when the user says so; a known entry that the \
 messages do not mention stays as it is.
 "same", "update" and "invalidate" must give the id of the known entry they concern as \
-target_entry_id, using only ids of the known entries; "new" never gives one.
+target_entry_id, using only ids of the known entries; "new" never gives one. When the \
+messages themselves hold a change, days apart (the user lived in Oslo, and later moved to \
+Bergen), record both facts: the later one is an "update" (or "invalidate") whose \
+target_entry_id is "f" and the earlier fact's place in your list (f1 for the first fact).
 
 For example, with the known entries
 [{{"id":"k1","text":"User lives in Oslo.","since":"2024-06-01"}},
@@ -129,8 +132,9 @@ TOOL: Final[ToolParam] = {
                             "type": "string",
                             "description": (
                                 "The id (k1, k2, ...) of the known entry this fact repeats, "
-                                "updates or invalidates; required for those actions, absent "
-                                'for "new".'
+                                "updates or invalidates, or f1, f2, ... for an earlier fact "
+                                "of this list that it updates or invalidates; required for "
+                                'those actions, absent for "new".'
                             ),
                         },
                     },
@@ -172,6 +176,16 @@ class Aliases:
     def entry(self, alias: str) -> str:
         """The entry id behind ``alias`` (an unknown one is returned as given)."""
         return self.entries.get(alias.strip(), alias)
+
+    @staticmethod
+    def fact(alias: str, before: int) -> int | None:
+        """The place in the answer (from 0) of fact ``alias`` (``f1``...), when it names
+        one of the ``before`` facts listed ahead of the one naming it; else ``None``."""
+        alias = alias.strip()
+        if alias[:1] != "f" or not alias[1:].isdigit():
+            return None
+        place = int(alias[1:]) - 1
+        return place if 0 <= place < before else None
 
 
 def user_turn(batch: ExtractionBatch) -> str:

@@ -537,6 +537,52 @@ async def test_duplicates_merge_only_with_the_same_action_and_target(claude: Mak
     )
 
 
+async def test_a_change_within_the_messages_names_the_earlier_fact_of_the_answer(
+    claude: Make,
+) -> None:
+    oslo = {"text": "User lives in Oslo.", "source_message_ids": ["msg-2"]}
+    facts = [
+        {"text": "User works at Acme Corp.", "source_message_ids": ["msg-1"]},
+        oslo,
+        {**oslo, "source_message_ids": ["msg-1"]},  # merged into the second fact
+        {
+            "text": "User lives in Bergen.",
+            "source_message_ids": ["msg-3"],
+            "action": "update",
+            "target_entry_id": "f3",  # the repeat of Oslo: the merged fact, now the second
+        },
+        {
+            "text": "User no longer works at Acme Corp.",
+            "source_message_ids": ["msg-3"],
+            "action": "invalidate",
+            "target_entry_id": "f1",
+        },
+        {
+            "text": "User likes f9.",
+            "source_message_ids": ["msg-3"],
+            "action": "update",
+            "target_entry_id": "f9",
+        },  # no such earlier fact: passed on as an entry id
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+    assert result.facts == (
+        ExtractedFact("User works at Acme Corp.", ("msg-1",)),
+        ExtractedFact("User lives in Oslo.", ("msg-2", "msg-1")),
+        ExtractedFact("User lives in Bergen.", ("msg-3",), "update", None, 1),
+        ExtractedFact("User no longer works at Acme Corp.", ("msg-3",), "invalidate", None, 0),
+        ExtractedFact("User likes f9.", ("msg-3",), "update", "f9"),
+    )
+
+
+async def test_the_prompt_and_the_tool_say_how_to_name_an_earlier_fact(claude: Make) -> None:
+    api = FakeAPI(ok())
+    await claude(api).extract(KNOWN_BATCH)
+    (body,) = api.bodies
+    assert "(f1 for the first fact)" in body["system"][0]["text"]
+    target = body["tools"][0]["input_schema"]["properties"]["facts"]["items"]["properties"]
+    assert "f1, f2" in target["target_entry_id"]["description"]
+
+
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
