@@ -716,16 +716,21 @@ class UserActor(PooledActor):
         A decision that wrote nothing, or refused (a message not quarantined, a task not
         known), is made again too if the stored log went on meanwhile (a `memvee` command
         or another process appended): no conflict would tell, and "nothing to process"
-        said of old state would leave what arrived in the buffer.
+        said of old state would leave what arrived in the buffer. A decision that raised
+        leaves no event behind: the log is reloaded, whatever it had emitted dropped.
         """
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
                 result = decide(self._user_log(create=False))
             except (InvalidInputError, NotFoundError):
-                if not self._behind_the_store():
+                behind = self._behind_the_store()
+                self._forget_log()  # a refusal may come after part of a decision
+                if not behind:
                     raise
-                self._forget_log()
                 continue
+            except BaseException:
+                self._forget_log()  # never commit what a decision cut short emitted
+                raise
             try:
                 if not self._commit() and self._behind_the_store():
                     self._forget_log()

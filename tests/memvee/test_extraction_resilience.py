@@ -234,6 +234,30 @@ async def test_an_answer_that_cannot_be_recorded_is_split_off_not_retried_for_ev
     assert list(found.quarantined) == [stuck.message_id] and not found.buffered
 
 
+async def test_a_decision_that_fails_half_way_commits_none_of_what_it_emitted(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory: Memory = await make_memory(config={"max_batch_messages": 4})
+    end_replaced = UserLog._end_replaced
+
+    def flawed(log: UserLog, plan: Any, entries: list[dict[str, Any]], *args: Any) -> None:
+        if any(POISON in entry["text"] for entry in entries):  # after KnowledgeExtracted
+            raise RuntimeError("a defect met after the entries were emitted")
+        end_replaced(log, plan, entries, *args)
+
+    monkeypatch.setattr(UserLog, "_end_replaced", flawed)
+    for i in range(4):
+        said = f"{POISON} I like poison" if i == 1 else f"I like thing {i}"
+        await memory.add_exchange("ann", said, "ok")
+
+    assert await memory.process("ann") == 3
+    (stuck,) = await memory.quarantined("ann")
+    assert "a defect met after the entries were emitted" in stuck.error
+    found = checked_coverage(memory, "ann")
+    assert list(found.quarantined) == [stuck.message_id] and not found.buffered
+    assert POISON not in " ".join(e.text for e in await memory.knowledge("ann"))
+
+
 @pytest.mark.parametrize("raised", [asyncio.CancelledError, KeyboardInterrupt, SystemExit])
 async def test_an_extractor_raising_what_would_stop_its_loop_fails_only_its_batch(
     make_memory: Any, extractor: RecordingExtractor, raised: type[BaseException]
