@@ -650,8 +650,9 @@ class UserActor(PooledActor):
 
     def _batch(self, task_id: str, claimed: list[str]) -> ExtractionBatch:
         """Read the claimed messages back from the log (the state keeps no bodies)."""
-        assert self._log is not None
-        versions = self._log.open_tasks[task_id]
+        user_log = self._user_log(create=False)  # reloaded, after a decision that raised
+        assert user_log is not None
+        versions = user_log.open_tasks[task_id]
         first, last = min(versions.values()), max(versions.values())
         wanted = set(claimed)
         events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
@@ -662,7 +663,7 @@ class UserActor(PooledActor):
         )
         self._batch_messages = messages
         texts = [m.content for m in messages]
-        known = self._services.known(self.user_id, texts, self._log.knowledge_count)
+        known = self._services.known(self.user_id, texts, user_log.knowledge_count)
         self._batch_known = tuple(known)
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
