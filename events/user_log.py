@@ -717,7 +717,7 @@ class UserLog(Aggregate):
             if earlier is not None:
                 within = added_by.get(earlier)
                 ends = action in ("update", "invalidate") and target is None
-                if ends and within is not None and plan.replaceable(within):
+                if ends and within is not None:
                     in_answer = ExtractedFact(text, tuple(sources), action)
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
@@ -741,7 +741,7 @@ class UserLog(Aggregate):
                 target, action = shown[same], "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
             repaired = ExtractedFact(text, tuple(sources), action, target)
-            if action == "new" and plan.replaceable(new_texts.get(same, (None, 0))[0]):
+            if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
                 added_by[index] = added
                 plan.merge(added, sources)
@@ -752,14 +752,12 @@ class UserLog(Aggregate):
                 plan.add(repaired, None, notes)
             elif action == "update":
                 assert target is not None
-                valid.discard(target)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
                 plan.add(repaired, target, notes)
             elif action == "invalidate":
                 assert target is not None
-                valid.discard(target)
-                plan.invalidated.append((target, repaired))
+                plan.end_within(target, repaired)
                 plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
             else:
                 plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
@@ -775,52 +773,51 @@ class UserLog(Aggregate):
     ) -> None:
         """Emit the ends of the entries that the new ones replaced or the batch invalidated.
 
-        Time decides, not the order of arrival: a new entry that began before the one it
-        replaces (``began``, when known) is the older fact, so it is the one that ends,
-        when the other began; an invalidation said before the entry began ends nothing.
+        Time decides, not the order of arrival: each step places an entry in a timeline
+        of the batch's entries and the known ones it names (``began``, when known). A new
+        entry that began before the one it replaces is the older fact, so it is the one
+        that ends, when the other began. One that began after an entry that already ended
+        later (by a newer entry) takes its place until then. An invalidation said before
+        an entry began, or after it ended, ends nothing.
         """
-        for replaced, entry in zip(plan.replaces, entries, strict=True):
-            if replaced is None:
-                continue
-            valid_from = datetime.fromisoformat(entry["valid_from"])
-            if isinstance(replaced, int):  # an entry of this answer, stated before
-                newer: datetime | None = datetime.fromisoformat(entries[replaced]["valid_from"])
-                replaced = entries[replaced]["entry_id"]
+        began = {
+            **began,
+            **{e["entry_id"]: datetime.fromisoformat(e["valid_from"]) for e in entries},
+        }
+        ends: dict[str, _Ending] = {}
+
+        def entry_id(target: str | int) -> str:
+            return entries[target]["entry_id"] if isinstance(target, int) else target
+
+        for kind, index in plan.steps:
+            if kind == "replace":
+                replaced = plan.replaces[index]
+                assert replaced is not None
+                _place_after(ends, began, entries[index]["entry_id"], entry_id(replaced))
             else:
-                newer = began.get(replaced)
-            if newer is not None and valid_from < newer:
+                target, fact = plan.invalidated[index]
+                sources = list(fact.source_message_ids)
+                _invalidate(
+                    ends, began, entry_id(target), _said(sources, said_at), fact.text, sources
+                )
+        for ended, ending in ends.items():
+            if ending.successor is not None:
                 self.trigger_event(
                     self.KnowledgeSuperseded,
-                    entry_id=entry["entry_id"],
+                    entry_id=ended,
                     knowledge_version=version,
-                    superseded_by=replaced,
-                    valid_until=newer,
+                    superseded_by=ending.successor,
+                    valid_until=ending.at,
                 )
-                continue
-            self.trigger_event(
-                self.KnowledgeSuperseded,
-                entry_id=replaced,
-                knowledge_version=version,
-                superseded_by=entry["entry_id"],
-                valid_until=valid_from,
-            )
-        for target, fact in plan.invalidated:
-            sources = list(fact.source_message_ids)
-            if isinstance(target, int):  # an entry of this answer, stated before
-                newer = datetime.fromisoformat(entries[target]["valid_from"])
-                target = entries[target]["entry_id"]
             else:
-                newer = began.get(target)
-            if newer is not None and _said(sources, said_at) < newer:
-                continue
-            self.trigger_event(
-                self.KnowledgeInvalidated,
-                entry_id=target,
-                knowledge_version=version,
-                reason=fact.text,
-                source_message_ids=sources,
-                valid_until=_said(sources, said_at),
-            )
+                self.trigger_event(
+                    self.KnowledgeInvalidated,
+                    entry_id=ended,
+                    knowledge_version=version,
+                    reason=ending.reason,
+                    source_message_ids=ending.sources,
+                    valid_until=ending.at,
+                )
 
     def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
         """Make a re-extracted knowledge version the live knowledge; returns the ids of
@@ -952,38 +949,60 @@ class UserLog(Aggregate):
 
 @dataclass
 class _Plan:
-    """What a batch's facts do: entries to add (each maybe replacing a known entry, by id,
-    or an entry added before it, by its place in :attr:`added`, with the repairs made to
-    it), entries to end (by id or place), and repairs of facts that added no entry."""
+    """What a batch's facts do, in the answer's order: entries to add (each with the
+    repairs made to it and the messages that first stated it), and ``steps`` that end
+    entries: ``("replace", place)`` for the added entry at ``place`` replacing its
+    :attr:`replaces` (a known entry's id, or an earlier added entry's place), and
+    ``("invalidate", i)`` for :attr:`invalidated` ``[i]``. Repairs of facts that added
+    no entry are in :attr:`repairs`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
+    said_by: list[tuple[str, ...]] = field(default_factory=list)
     replaces: list[str | int | None] = field(default_factory=list)
     notes: list[list[str]] = field(default_factory=list)
     invalidated: list[tuple[str | int, ExtractedFact]] = field(default_factory=list)
+    steps: list[tuple[str, int]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     replaced_within: set[int] = field(default_factory=set)
 
-    def replaceable(self, place: int | None) -> bool:
-        """Whether ``place`` in :attr:`added` holds an entry no later one replaces."""
+    def current(self, place: int | None) -> bool:
+        """Whether ``place`` in :attr:`added` holds an entry no later fact ends."""
         return place is not None and place not in self.replaced_within
 
-    def end_within(self, place: int, fact: ExtractedFact) -> None:
-        """Have ``fact`` invalidate the entry at ``place`` in :attr:`added`."""
-        self.invalidated.append((place, fact))
-        self.replaced_within.add(place)
+    def end_within(self, target: str | int, fact: ExtractedFact) -> None:
+        """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
+        self.steps.append(("invalidate", len(self.invalidated)))
+        self.invalidated.append((target, fact))
+        if isinstance(target, int):
+            self.replaced_within.add(target)
 
     def add(self, fact: ExtractedFact, replaces: str | int | None, notes: list[str]) -> None:
-        self.added.append(fact)
-        self.replaces.append(replaces)
-        self.notes.append(notes)
+        if replaces is not None:
+            self.steps.append(("replace", len(self.added)))
         if isinstance(replaces, int):
             self.replaced_within.add(replaces)
+        self.added.append(fact)
+        self.said_by.append(fact.source_message_ids)
+        self.replaces.append(replaces)
+        self.notes.append(notes)
 
     def merge(self, index: int, sources: list[str]) -> None:
-        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged)."""
+        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged): it
+        stays valid from when it was first stated."""
         fact = self.added[index]
         cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
+
+
+@dataclass(slots=True)
+class _Ending:
+    """When an entry of a batch's timeline stops being valid: replaced by ``successor``,
+    or invalidated for ``reason`` by the messages ``sources``."""
+
+    at: datetime
+    successor: str | None = None
+    reason: str = ""
+    sources: list[str] = field(default_factory=list)
 
 
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
@@ -1028,17 +1047,49 @@ def _same_words(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
+def _place_after(ends: dict[str, _Ending], began: dict[str, datetime], new: str, old: str) -> None:
+    """Place entry ``new``, which replaces ``old``, in the timeline ``ends``."""
+    start, old_start = began[new], began.get(old)
+    if old_start is not None and start < old_start:  # the new fact is the older one
+        ends[new] = _Ending(old_start, successor=old)
+        return
+    current = old
+    while (ending := ends.get(current)) and ending.successor and ending.at <= start:
+        current = ending.successor  # ended before the new one began: look at what followed
+    ending = ends.get(current)
+    if ending is not None and ending.at <= start:
+        return  # invalidated before the new one began: nothing of it is left to end
+    if ending is not None and ending.successor is not None:
+        ends[new] = _Ending(ending.at, successor=ending.successor)  # in between the two
+    ends[current] = _Ending(start, successor=new)
+
+
+def _invalidate(
+    ends: dict[str, _Ending],
+    began: dict[str, datetime],
+    target: str,
+    at: datetime,
+    reason: str,
+    sources: list[str],
+) -> None:
+    """End ``target`` at ``at`` in the timeline ``ends``, unless it had not begun or had
+    already ended by then."""
+    start, ending = began.get(target), ends.get(target)
+    if (start is not None and at < start) or (ending is not None and ending.at <= at):
+        return
+    ends[target] = _Ending(at, reason=reason, sources=sources)
+
+
 def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
     """Knowledge entries for the facts ``plan`` adds, each with a new id, the time it
     became valid and (when there were any) the repairs made to it."""
     entries = []
-    for fact, notes in zip(plan.added, plan.notes, strict=True):
-        sources = list(fact.source_message_ids)
+    for fact, first, notes in zip(plan.added, plan.said_by, plan.notes, strict=True):
         entry: dict[str, Any] = {
             "entry_id": str(uuid4()),
             "text": fact.text,
-            "source_message_ids": sources,
-            "valid_from": _said(sources, said_at).isoformat(),
+            "source_message_ids": list(fact.source_message_ids),
+            "valid_from": _said(first, said_at).isoformat(),
         }
         if notes:
             entry["repairs"] = notes

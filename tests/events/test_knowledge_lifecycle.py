@@ -144,7 +144,7 @@ def test_an_unknown_target_cannot_lose_a_fact_and_the_repair_is_recorded() -> No
     assert "KnowledgeSuperseded" not in _emitted(log)
 
 
-def test_one_entry_is_superseded_once_a_second_update_of_it_is_a_new_entry() -> None:
+def test_an_entry_updated_twice_in_one_answer_is_followed_by_both_in_time() -> None:
     log = UserLog.register("ann")
     first = _batch(log, "t1", "I live in Oslo")
     (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
@@ -154,9 +154,18 @@ def test_one_entry_is_superseded_once_a_second_update_of_it_is_a_new_entry() -> 
         ExtractedFact("User lives in Bergen.", (second[0],), "update", oslo["entry_id"]),
         ExtractedFact("User lives in Rome.", (second[1],), "update", oslo["entry_id"]),
     ]
-    assert len(log.record_knowledge("t2", facts, "x")) == 2
-    assert _emitted(log).count("KnowledgeSuperseded") == 1
-    assert log.knowledge_count == 2
+    said = [*_said(second[:1], 10), *_said(second[1:], 20)]
+    bergen, rome = log.record_knowledge("t2", facts, "x", batch=said)
+    ends = [
+        (e.entry_id, e.superseded_by, e.valid_until)
+        for e in log.collect_events()
+        if isinstance(e, UserLog.KnowledgeSuperseded)
+    ]
+    assert ends == [
+        (oslo["entry_id"], bergen["entry_id"], T0 + timedelta(days=10)),
+        (bergen["entry_id"], rome["entry_id"], T0 + timedelta(days=20)),
+    ]
+    assert _known(log) == [rome["entry_id"]]
 
 
 def test_citations_outside_the_batch_are_dropped_and_noted() -> None:
@@ -274,7 +283,7 @@ def test_a_fact_naming_no_earlier_fact_it_can_replace_is_recorded_as_new(
         assert bergen["repairs"][0] == note
 
 
-def test_an_earlier_fact_is_replaced_once_and_a_repeat_of_it_then_is_a_new_entry() -> None:
+def test_facts_replacing_one_earlier_fact_follow_each_other_in_time() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "Oslo", "Bergen", "Tromso", "Oslo again")
     said = [BatchMessage(m, "user", "", T0 + timedelta(days=i)) for i, m in enumerate(ids)]
@@ -291,8 +300,15 @@ def test_an_earlier_fact_is_replaced_once_and_a_repeat_of_it_then_is_a_new_entry
         "User lives in Tromso.",
         "User lives in Oslo.",
     ]
-    assert entries[2]["repairs"][0] == "named fact 0 of its answer, which it cannot replace"
-    assert sorted(_known(log)) == sorted(e["entry_id"] for e in entries[1:])
+    assert all("repairs" not in e for e in entries)
+    ends = [
+        (e.entry_id, e.superseded_by)
+        for e in log.collect_events()
+        if isinstance(e, UserLog.KnowledgeSuperseded)
+    ]
+    oslo, bergen, tromso, again = (e["entry_id"] for e in entries)
+    assert ends == [(oslo, bergen), (bergen, tromso)]
+    assert sorted(_known(log)) == sorted([tromso, again]), "a repeat said as new is new"
 
 
 def _oslo_known(log: UserLog) -> tuple[str, KnownEntry]:
@@ -325,6 +341,80 @@ def test_a_new_fact_that_repeats_an_update_of_the_answer_is_merged_into_it() -> 
     (bergen,) = log.record_knowledge("t2", facts, "x", known=[shown])
     assert bergen["source_message_ids"] == ids
     assert _known(log) == [bergen["entry_id"]]
+
+
+def _imported_under(newer: str, day: int, *older: str) -> tuple[UserLog, str, list[str]]:
+    """A log whose entry ``newer`` began on ``day``, then a running batch of ``older``
+    messages said on days 0, 1, ... (history imported late)."""
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", newer)
+    (entry,) = log.record_knowledge(
+        "t1", [ExtractedFact(newer, tuple(first))], "x", batch=_said(first, day)
+    )
+    ids = _batch(log, "t2", *older)
+    log.collect_events()
+    return log, entry["entry_id"], ids
+
+
+def _ends(log: UserLog) -> list[tuple[str, str | None, datetime]]:
+    return [
+        (e.entry_id, getattr(e, "superseded_by", None), e.valid_until)
+        for e in log.collect_events()
+        if isinstance(e, UserLog.KnowledgeSuperseded | UserLog.KnowledgeInvalidated)
+    ]
+
+
+def test_a_change_within_imported_history_fits_between_the_old_fact_and_the_newer_one() -> None:
+    log, bergen, ids = _imported_under("User lives in Bergen.", 9, "Oslo", "Paris")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],), "update", bergen),
+        ExtractedFact("User lives in Paris.", (ids[1],), "update", None, 0),
+    ]
+    known = [KnownEntry(bergen, "User lives in Bergen.", T0 + timedelta(days=9))]
+    oslo, paris = log.record_knowledge("t2", facts, "x", batch=said, known=known)
+    assert _ends(log) == [
+        (oslo["entry_id"], paris["entry_id"], T0 + timedelta(days=1)),
+        (paris["entry_id"], bergen, T0 + timedelta(days=9)),
+    ]
+    assert _known(log) == [bergen]
+
+
+def test_an_imported_fact_taken_back_ends_when_it_was_taken_back() -> None:
+    log, bergen, ids = _imported_under("User lives in Bergen.", 9, "Oslo", "not Oslo")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],), "update", bergen),
+        ExtractedFact("User no longer lives in Oslo.", (ids[1],), "invalidate", None, 0),
+    ]
+    known = [KnownEntry(bergen, "User lives in Bergen.", T0 + timedelta(days=9))]
+    (oslo,) = log.record_knowledge("t2", facts, "x", batch=said, known=known)
+    assert _ends(log) == [(oslo["entry_id"], None, T0 + timedelta(days=1))]
+    assert _known(log) == [bergen]
+
+
+def test_an_invalidation_said_before_an_entry_began_leaves_it_current_for_later_facts() -> None:
+    log, acme, ids = _imported_under("User works at Acme.", 30, "quit", "Acme")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User left their job.", (ids[0],), "invalidate", acme),
+        ExtractedFact("User works at Acme.", (ids[1],), "same", acme),
+    ]
+    known = [KnownEntry(acme, "User works at Acme.", T0 + timedelta(days=30))]
+    assert log.record_knowledge("t2", facts, "x", batch=said, known=known) == []
+    assert _ends(log) == [] and _known(log) == [acme] and log.knowledge_count == 1
+
+
+def test_a_repeat_merged_into_a_fact_keeps_it_valid_from_when_it_was_first_said() -> None:
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I like jazz", "I like jazz, really")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=3 * i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User likes jazz.", (ids[0],)),
+        ExtractedFact("User likes jazz.", (ids[1],)),
+    ]
+    (jazz,) = log.record_knowledge("t1", facts, "x", batch=said)
+    assert jazz["source_message_ids"] == ids and jazz["valid_from"] == T0.isoformat()
 
 
 def test_a_fact_longer_than_the_limit_is_cut_and_the_cut_noted() -> None:
