@@ -40,7 +40,7 @@ _CONCEPTS: tuple[frozenset[str], ...] = tuple(
     frozenset(group.split())
     for group in (
         "job jobs work works worked working occupation profession career employer employed"
-        " role trade",
+        " role trade retired retire unemployed fired laid quit",
         "live lives lived home city town moved move house flat apartment address neighbourhood",
         "allergy allergies allergic intolerant intolerance",
         "hobby hobbies pastime interests enjoy enjoys love loves",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from events.extraction import (
     BatchMessage,
@@ -207,6 +207,7 @@ class _Retraction:
     kinds: frozenset[str]
     value: str | None
     positive: str | None = None
+    exact: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,8 @@ class _RetractionRule:
 
     An ``obj`` group names the value; the reason takes ``{obj}`` or, with no value, is
     ``bare``. ``positive`` is the retracted fact's template, when a slot may not read it.
+    An ``exact`` rule ends only a value it names whole ("I left Acme", not "I left Acme at
+    6pm"); others also end a longer value it begins ("I quit my job at Acme": "Acme Corp").
     """
 
     pattern: re.Pattern[str]
@@ -222,6 +225,7 @@ class _RetractionRule:
     bare: str
     kinds: frozenset[str]
     positive: str | None = None
+    exact: bool = False
 
     def retraction(self, clause: str) -> _Retraction | None:
         """The retraction ``clause`` states, or None when this rule does not describe it."""
@@ -235,28 +239,44 @@ class _RetractionRule:
         if obj is None:
             return None
         positive = None if self.positive is None else self.positive.format(obj=obj)
-        return _Retraction(self.reason.format(obj=obj), self.kinds, obj, positive)
+        return _Retraction(self.reason.format(obj=obj), self.kinds, obj, positive, self.exact)
 
 
 def _retraction_rule(
-    pattern: str, reason: str, kinds: Iterable[str], bare: str = "", positive: str | None = None
+    pattern: str,
+    reason: str,
+    kinds: Iterable[str],
+    bare: str = "",
+    positive: str | None = None,
+    *,
+    exact: bool = False,
 ) -> _RetractionRule:
     compiled = re.compile(_LEAD_IN + pattern, re.IGNORECASE)
-    return _RetractionRule(compiled, reason, bare, frozenset(kinds), positive)
+    return _RetractionRule(compiled, reason, bare, frozenset(kinds), positive, exact)
 
 
 _NO_LONGER = r"(?:no\s+longer|don't|do\s+not|never)\s+"
 _ANY_MORE = r"(?:\s+any\s?more)?"
-_NOW = r"(?:\s+(?:now|today|recently|last\s+(?:week|month|year)))?"
+_NOW = (
+    r"(?:\s+(?:now|today|yesterday|recently|right\s+now|these\s+days|at\s+the\s+moment"
+    r"|last\s+(?:week|month|year)|this\s+(?:week|month|year)))?"
+)
+_I_DID = rf"(?:{_I}|i(?:\s+have|'ve)\s+(?:just\s+)?)"
+"""I, or I have: "I quit", "I've quit"."""
 _EMPLOYER_SLOT, _HOME_SLOT, _ROLE_SLOT = ("employer",), ("home",), ("role",)
 _RETRACTIONS: tuple[_RetractionRule, ...] = (
     _retraction_rule(
-        rf"{_I}(?:quit|left|lost)\s+my\s+job(?:\s+(?:at|with)\s+(?P<obj>.+)|{_NOW})",
+        rf"{_I_DID}(?:quit|left|lost)\s+my\s+job(?:\s+(?:at|with)\s+(?P<obj>.+)|{_NOW})",
         "User left their job at {obj}.",
         _EMPLOYER_SLOT,
         bare="User left their job.",
     ),
-    _retraction_rule(rf"{_I}(?:quit|left)\s+(?P<obj>.+)", "User left {obj}.", ("employer", "home")),
+    _retraction_rule(
+        rf"{_I_DID}(?:quit|left)\s+(?P<obj>.+)",
+        "User left {obj}.",
+        ("employer", "home"),
+        exact=True,
+    ),
     _retraction_rule(
         rf"(?:i\s+{_NO_LONGER}work\s+(?:at|for)|{_I}stopped\s+working\s+(?:at|for))"
         rf"\s+(?P<obj>.+?){_ANY_MORE}",
@@ -378,11 +398,24 @@ def _clauses(sentence: str) -> Iterator[str]:
             yield "I " + part.strip(_EDGE_JUNK)
 
 
+_CONDITIONAL = re.compile(
+    _LEAD_IN + r"(?:if|when|whenever|once|unless|until|before|after|tomorrow|next|someday"
+    r"|one\s+day|maybe|perhaps|in\s+case)\b",
+    re.IGNORECASE,
+)
+"""A sentence that opens on a condition or another time ("If my boss yells again, I quit
+my job", "When I was 20, I quit my job"): what it says is not the user's present."""
+
+
 def _message_facts(content: str) -> Iterator[str | _Retraction]:
     """The facts one user message discloses about its author, and what it says stopped
     being true, in the order it states them."""
     for sentence in _statements(content):
+        if _CONDITIONAL.match(sentence.strip(_EDGE_JUNK)):
+            continue
         for clause in _clauses(sentence):
+            if clause.casefold().endswith(" yet"):
+                continue  # "I'm not a nurse yet": not a change, nor a fact
             retraction = next(filter(None, (r.retraction(clause) for r in _RETRACTIONS)), None)
             if retraction is not None:
                 yield retraction
@@ -544,7 +577,6 @@ class _Draft:
     text: str
     key: str
     claim: _Claim | None
-    said: datetime
     action: FactAction = "new"
     target: str | None = None
     replaces: _Draft | None = None
@@ -580,10 +612,6 @@ class _Known:
         return (self.entry.valid_from, self.position)
 
 
-CORRECTION_WINDOW = timedelta(minutes=10)
-"""A slot's new value said this soon after its last one corrects it rather than changes it."""
-
-
 class _Batch:
     """The batch's facts, folded message by message in the order they were said.
 
@@ -591,9 +619,9 @@ class _Batch:
     new statement is compared with: a repeat of a standing draft cites its message there;
     a statement of a standing known entry is ``same``; a new value of a single-valued slot
     updates the slot's standing draft (``target_fact``), else its newest standing known
-    entry; a retraction ends the standing drafts and known entries it names. A new value
-    said within :data:`CORRECTION_WINDOW` of the slot's standing draft corrects it ("I
-    moved to Bergen." "No wait, I live in Oslo."): that draft is taken back, not ended.
+    entry; a retraction ends the standing drafts and known entries it names. Statements
+    are folded in the order they were said (``sent_at``), so the answer is the one that
+    batches of one message each, in that order, would have given.
     """
 
     def __init__(self, known: Iterable[KnownEntry]) -> None:
@@ -602,41 +630,23 @@ class _Batch:
             for position, entry in enumerate(known)
         ]
         self.items: list[_Draft | _Ending] = []
-        self.taken: list[_Known] = []  # known entries a draft updated
 
     def _standing_drafts(self) -> list[_Draft]:
         return [d for d in self.items if isinstance(d, _Draft) and not d.ended]
 
     def state(self, text: str, message_id: str, said: datetime) -> None:
-        """Fold one fact the user stated at ``said``."""
+        """Fold one fact the user stated at ``said``. A repeat of a standing draft by a
+        later message changes nothing, as it would in a later batch (a ``same``): the
+        draft stays valid from, and cites, the message that first stated it."""
         key, claim = _normalized(text), _claim(text)
         standing = self._standing_drafts()
         draft = next((d for d in standing if d.key == key), None)
         if draft is None and claim is not None:
             draft = next((d for d in standing if d.claim == claim), None)
         if draft is None:
-            if claim is not None and claim.single:
-                self._take_back_corrected(claim, said, standing)
-                standing = self._standing_drafts()
             draft = self._new_draft(text, key, claim, said, standing)
-            self.items.append(draft)
-        else:
-            draft.said = max(draft.said, said)
-        if message_id not in draft.sources:
             draft.sources.append(message_id)
-
-    def _take_back_corrected(self, claim: _Claim, said: datetime, standing: list[_Draft]) -> None:
-        """Take back the slot's last standing draft (a ``same`` too) when it was said just
-        before ``said``, and restore what it replaced: the new value corrects it."""
-        slot = [d for d in standing if d.claim and d.claim.slot == claim.slot]
-        if not slot or said - slot[-1].said > CORRECTION_WINDOW:
-            return
-        corrected = slot[-1]
-        self.items.remove(corrected)
-        if corrected.replaces is not None:
-            corrected.replaces.ended = False
-        restored = [k for k in self.taken if k.entry.entry_id == corrected.target]
-        self.known.extend(restored)
+            self.items.append(draft)
 
     def _new_draft(
         self, text: str, key: str, claim: _Claim | None, said: datetime, standing: list[_Draft]
@@ -646,31 +656,33 @@ class _Batch:
             same = [k for k in self.known if k.claim == claim]
         if same:
             target = max(same, key=_Known.recency).entry.entry_id
-            return _Draft(text, key, claim, said, "same", target)
+            return _Draft(text, key, claim, "same", target)
         if claim is None or not claim.single:
-            return _Draft(text, key, claim, said)
+            return _Draft(text, key, claim)
         slot = claim.slot
         previous = [d for d in standing if d.adds and d.claim and d.claim.slot == slot]
         if previous:
             previous[-1].ended = True
-            return _Draft(text, key, claim, said, "update", replaces=previous[-1])
+            return _Draft(text, key, claim, "update", replaces=previous[-1])
         rivals = [k for k in self.known if k.claim is not None and k.claim.slot == slot]
         if not rivals:
-            return _Draft(text, key, claim, said)
+            return _Draft(text, key, claim)
         rival = max(rivals, key=_Known.recency)
-        self.known.remove(rival)
-        self.taken.append(rival)
-        return _Draft(text, key, claim, said, "update", rival.entry.entry_id)
+        if said >= rival.entry.valid_from:  # else the draft is the older fact: it ends first
+            self.known.remove(rival)
+        return _Draft(text, key, claim, "update", rival.entry.entry_id)
 
-    def retract(self, retraction: _Retraction, message_id: str) -> None:
-        """Fold one retraction: end what stands that it names."""
+    def retract(self, retraction: _Retraction, message_id: str, said: datetime) -> None:
+        """Fold one retraction said at ``said``: end what stands that it names (a known
+        entry that began later is not ended by it)."""
         for draft in self._standing_drafts():
             if draft.adds and _retracts(retraction, draft.claim, draft.key):
                 draft.ended = True
                 self.items.append(_Ending(retraction.reason, message_id, draft))
-        for k in [k for k in self.known if _retracts(retraction, k.claim, k.key)]:
-            self.known.remove(k)
-            self.items.append(_Ending(retraction.reason, message_id, k.entry.entry_id))
+        for k in list(self.known):
+            if k.entry.valid_from <= said and _retracts(retraction, k.claim, k.key):
+                self.known.remove(k)
+                self.items.append(_Ending(retraction.reason, message_id, k.entry.entry_id))
 
     def facts(self) -> tuple[ExtractedFact, ...]:
         """The folded batch as the extractor's answer: each draft and ending where it was
@@ -702,8 +714,9 @@ def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
     if retraction.value is None:
         return True
     value = _claim_value(retraction.value)
-    shorter, longer = sorted((value, claim.value), key=len)
-    return longer == shorter or longer.startswith(shorter + " ")
+    if retraction.exact:
+        return claim.value == value
+    return claim.value == value or claim.value.startswith(value + " ")
 
 
 def _claim_value(value: str) -> str:
@@ -725,12 +738,12 @@ def extract_facts(
     messages are ignored, as they are not the user's word.
     """
     batch = _Batch(known)
-    for message in messages:
+    for message in sorted(messages, key=lambda m: m.sent_at):  # stable: log order on ties
         if message.role != "user":
             continue
         for found in _message_facts(message.content):
             if isinstance(found, _Retraction):
-                batch.retract(found, message.message_id)
+                batch.retract(found, message.message_id, message.sent_at)
             else:
                 batch.state(found, message.message_id, message.sent_at)
     return batch.facts()

@@ -255,6 +255,18 @@ async def test_a_job_the_user_quit_is_no_longer_known_and_its_message_is_outdate
     )
 
 
+async def test_retiring_ends_the_job_of_a_user_with_more_entries_than_a_batch_is_shown(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    hobbies = " ".join(f"I like hobby{i}." for i in range(150))
+    await _say(memory, "ann", 0, "I work at Acme. I live in Oslo.", hobbies)
+    await _say(memory, "ann", 30, "I'm retired")
+    current = [e.text for e in await memory.knowledge("ann")]
+    assert "User works at Acme." not in current and "User lives in Oslo." in current
+    assert len(current) == 151
+
+
 async def test_history_is_the_same_whether_a_change_was_processed_in_one_batch_or_two(
     make_memory: Callable[..., Any],
 ) -> None:
