@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
+from memvee._server.host_guard import LoopbackOnly
 from memvee._server.http_api import api_router
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
@@ -41,8 +42,9 @@ def create_app(
     """The whole server over an open ``memory``; the caller opens and closes it.
 
     ``tokens`` (none: no authentication, for loopback) guard everything but the probes
-    and the API description; ``host`` is where the server listens, which the MCP SDK
-    uses to guard loopback servers against DNS rebinding.
+    and the API description; ``host`` is where the server listens: on loopback, every
+    route answers only requests for a loopback host from no other site
+    (:class:`LoopbackOnly`), against DNS rebinding and cross-site requests.
     """
     mcp = build_mcp(memory, audit, user=mcp_user, allow_forget=allow_forget)
     mcp_app = mcp.streamable_http_app(
@@ -83,8 +85,5 @@ def create_app(
 
     api.include_router(api_router(memory, audit))
     api.router.routes.extend(mcp_app.routes)
-    return AccessLog(
-        AnsweredOnShutdown(
-            BodyLimit(BearerAuth(EncodedSlashes(api), tokens or TokenBook()), max_body_bytes)
-        )
-    )
+    guarded = BodyLimit(BearerAuth(EncodedSlashes(api), tokens or TokenBook()), max_body_bytes)
+    return AccessLog(AnsweredOnShutdown(LoopbackOnly(guarded, host)))

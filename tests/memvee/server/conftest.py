@@ -45,5 +45,5 @@ async def client(memory: Memory, db_url: str) -> AsyncIterator[httpx.AsyncClient
     """The HTTP API over ``memory``, in this process."""
     app = create_app(memory, Audit(db_url=db_url), max_body_bytes=1 << 20)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://memvee") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
         yield client

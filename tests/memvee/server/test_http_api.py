@@ -316,3 +316,27 @@ def test_every_answer_carries_a_request_id_that_the_access_log_names(
     assert line["path"] == "/healthz"
     assert line["status"] == 200
     assert isinstance(line["duration_ms"], float)
+
+
+def test_a_loopback_server_answers_no_rebound_host_nor_another_site(
+    http: httpx.Client, server: ServerProcess
+) -> None:
+    """DNS rebinding (a page's own host name pointed at 127.0.0.1) and cross-site requests
+    a browser sends unasked are refused on every route, as the MCP SDK refuses them on /mcp."""
+    port = server.url.rsplit(":", 1)[1]
+    rebound = {"Host": f"attacker.example:{port}", "Origin": f"http://attacker.example:{port}"}
+    for method, path in (
+        ("GET", "/v1/users/guarded/messages"),
+        ("DELETE", "/v1/users/guarded"),
+        ("POST", "/v1/users/guarded/flush"),
+    ):
+        answer = http.request(method, path, headers=rebound)
+        assert answer.status_code == 421, (method, path, answer.text)
+        assert answer.json()["error"] == "misdirected_request"
+    cross_site = http.post("/v1/users/guarded/flush", headers={"Origin": "http://evil.example"})
+    assert cross_site.status_code == 403 and cross_site.json()["error"] == "forbidden_origin"
+    same_site = http.get(
+        "/v1/users/guarded/messages", headers={"Origin": f"http://127.0.0.1:{port}"}
+    )
+    assert same_site.status_code in (200, 404), same_site.text
+    assert http.get(f"http://localhost:{port}/healthz").status_code == 200
