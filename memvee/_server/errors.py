@@ -147,9 +147,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class AnsweredOnShutdown:
     """ASGI middleware: a request that the server's shutdown cancels before its answer
-    began (a client still sending its body when the drain ran out) is answered 503
-    ``not_ready`` with ``Connection: close``, instead of the ASGI server's bare 500 and
-    a traceback in the log."""
+    began is answered 503 with ``Connection: close``, instead of the ASGI server's bare 500
+    and a traceback in the log.
+
+    A request still sending its body was not acted on: ``not_ready``, try again. A change
+    whose body had arrived may have been carried out (a write handed to the Memory goes
+    on to its commit): ``outcome_unknown``, so that a client checks before sending it
+    again rather than storing it twice.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -159,17 +164,37 @@ class AnsweredOnShutdown:
             await self.app(scope, receive, send)
             return
         answered = False
+        received = scope.get("method") in _SAFE_METHODS  # a read changes nothing
 
         async def noting(message: Message) -> None:
             nonlocal answered
             answered = answered or message["type"] == "http.response.start"
             await send(message)
 
+        async def receiving() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                received = True
+            return message
+
         try:
-            await self.app(scope, receive, noting)
+            await self.app(scope, receiving, noting)
         except asyncio.CancelledError:
             if answered:
                 raise
             headers = {"Retry-After": RETRY_AFTER, "Connection": "close"}
-            stopping = "the server is shutting down; try again shortly"
-            await error_response(scope, 503, "not_ready", stopping, headers)(scope, receive, send)
+            if received and scope.get("method") not in _SAFE_METHODS:
+                unknown = (
+                    "the server shut down before it could answer; the request may have been "
+                    "carried out: check before sending it again"
+                )
+                answer = error_response(scope, 503, "outcome_unknown", unknown, headers)
+            else:
+                stopping = "the server is shutting down; try again shortly"
+                answer = error_response(scope, 503, "not_ready", stopping, headers)
+            await answer(scope, receive, send)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing: cut short, they can simply be sent again."""

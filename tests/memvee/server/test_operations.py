@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from events import EventStore
 from memvee import Memory, MemoryConfig
+from memvee._server.errors import AnsweredOnShutdown
 from memvee.extractors import OfflineExtractor
 from tests.support.backends import postgres_url
 from tests.support.messages_api_server import MessagesAPIServer, RecordedRequest, ScriptedResponse
@@ -118,6 +120,52 @@ def test_a_client_still_sending_its_body_when_the_drain_ends_gets_a_503_not_a_50
         assert b"connection: close" in head.lower()
         assert json.loads(body)["error"] == "not_ready"
     assert "Traceback" not in server.log(), "was: uvicorn's 500 and a traceback per request"
+
+
+@pytest.mark.parametrize(
+    ("method", "body_done", "error"),
+    [
+        ("POST", True, "outcome_unknown"),
+        ("DELETE", True, "outcome_unknown"),
+        ("POST", False, "not_ready"),
+        ("GET", True, "not_ready"),
+    ],
+)
+async def test_a_change_cut_short_by_the_drain_says_its_outcome_is_unknown_not_try_again(
+    method: str, body_done: bool, error: str
+) -> None:
+    """A write handed to the Memory goes on to its commit: "try again" would store it twice.
+    Only a request whose body had not all arrived, or a read, is safe to send again."""
+    acting = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        acting.set()
+        await asyncio.Event().wait()  # the write, until the drain cancels it
+
+    chunks = [{"type": "http.request", "body": b"{}", "more_body": not body_done}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop(0)
+        await asyncio.Event().wait()  # the client still sending
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/v1/users/dup/messages", "headers": []}
+    request = asyncio.create_task(AnsweredOnShutdown(app)(scope, receive, send))
+    if body_done:
+        await acting.wait()
+    else:
+        await asyncio.sleep(0.05)
+    request.cancel()
+    await request
+    assert sent[0]["status"] == 503
+    assert json.loads(sent[1]["body"])["error"] == error
 
 
 def _all_of(upload: socket.socket) -> bytes:
