@@ -207,8 +207,16 @@ def refuse_foreign_database(url: str) -> None:
 
 
 def _check_driver(parsed: URL) -> None:
-    """Refuse a PostgreSQL URL whose driver is not installed with a line naming memvee's
-    extra that installs it, not the driver's bare ``No module named``."""
+    """Refuse a URL of a database SQLAlchemy does not know (one line, not its plugin
+    loader's traceback), and a PostgreSQL URL whose driver is not installed with a line
+    naming memvee's extra that installs it, not the driver's bare ``No module named``."""
+    try:
+        parsed.get_dialect()
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise InvalidInputError(
+            f"memvee cannot use a {parsed.drivername!r} database: give a sqlite:/// or "
+            "postgresql:// URL"
+        ) from None
     if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
         raise StorageError(
             "PostgreSQL needs the psycopg driver: install memvee's postgres extra "

@@ -75,6 +75,13 @@ def test_an_in_memory_sqlite_database_is_refused_before_anything_opens(url: str)
         EventStore(url)
 
 
+@pytest.mark.parametrize("url", ["bogus://u:secret@h/db", "mysql+nodriver://u:secret@h/db"])
+def test_a_url_of_a_database_sqlalchemy_does_not_know_is_one_refusal(url: str) -> None:
+    with pytest.raises(InvalidInputError, match=r"memvee cannot use a .* database") as caught:
+        EventStore(url)
+    assert "secret" not in str(caught.value)
+
+
 def test_a_database_path_with_a_nul_character_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="NUL character"):
         sqlite_url("memory\x00.db")
