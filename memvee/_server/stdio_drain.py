@@ -103,6 +103,23 @@ def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
     return [], json.dumps(answers if batch else answers[0]).encode() + b"\n"
 
 
+def _cancelled(line: bytes) -> list[Hashable]:
+    """The ids of the requests a ``notifications/cancelled`` in ``line`` cancels."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return []
+    found: list[Hashable] = []
+    for item in message if isinstance(message, list) else [message]:
+        if not isinstance(item, dict) or item.get("method") != "notifications/cancelled":
+            continue
+        params = item.get("params")
+        request = params.get("requestId") if isinstance(params, dict) else None
+        if isinstance(request, str | int) and not isinstance(request, bool):
+            found.append(request)
+    return found
+
+
 class _Lines:
     """Bytes as they come, cut into whole lines (the rest waits for its newline)."""
 
@@ -248,11 +265,13 @@ class DrainedStdio:
         answer them); answer here each line the SDK would drop unanswered."""
         passed: list[bytes] = []
         requests: list[Hashable] = []
+        cancelled: list[Hashable] = []
         for line in lines:
             ids, refused = _read_request(line)
             if refused is None:
                 passed.append(line)
                 requests += ids
+                cancelled += _cancelled(line)
                 continue
             log.warning(
                 "answered a line of stdin that is no MCP message: %s",
@@ -260,9 +279,13 @@ class DrainedStdio:
                 extra={"event": "invalid_message"},
             )
             self._write_out(refused)
-        if requests:
+        if requests or cancelled:
             with self._answered:
                 self._pending.update(requests)
+                # A cancelled request gets no answer (the SDK sends none): none is awaited.
+                self._pending.subtract(cancelled)
+                self._pending = +self._pending
+                self._answered.notify_all()
         if passed:
             _write_all(into, b"".join(line + b"\n" for line in passed))
 

@@ -119,6 +119,42 @@ async def test_tool_errors_say_what_went_wrong(tmp_path: Path) -> None:
     assert "no-such-entry" in unknown
 
 
+def test_a_request_the_client_cancelled_is_not_waited_for_once_stdin_closes(
+    tmp_path: Path,
+) -> None:
+    """The SDK answers no cancelled request; the drain must not wait out its timeout."""
+    client = {"name": "script", "version": "1"}
+    calls = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {"name": "recall", "arguments": {"question": "where"}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}},
+    ]
+    script = "".join(json.dumps(c) + "\n" for c in calls).encode()
+    command = [str(MEMVEE), "mcp", "--db", str(tmp_path / "m.db"), "--lexical", "--user", "eve"]
+    done = subprocess.run(
+        [*command, "--drain-timeout", "3600"],  # waiting it out would fail the timeout below
+        input=script,
+        capture_output=True,
+        env=server_env(),
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"still unanswered" not in done.stderr
+
+
 def test_requests_written_before_stdin_closes_are_all_answered_and_done(tmp_path: Path) -> None:
     """A script's whole session in one file: the server stops only once each is answered."""
 
