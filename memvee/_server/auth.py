@@ -64,6 +64,11 @@ class TokenBook:
                 raise InvalidInputError(
                     f"every API token needs {MIN_TOKEN_CHARS} or more characters and no spaces"
                 )
+            if not token.isascii():  # HTTP clients differ in how they encode other text
+                raise InvalidInputError(
+                    "every API token must be ASCII: an Authorization header carries other "
+                    "characters in whichever encoding the client chose, so it would never match"
+                )
             digest, grant = _digest(token), Grant(prefix)
             if self._grants.setdefault(digest, grant) != grant:
                 raise InvalidInputError(

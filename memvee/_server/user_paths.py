@@ -53,7 +53,10 @@ def user_id_of(routed: str) -> str:
 
 def quoted_user_id(user_id: str) -> str:
     """``user_id`` as a path segment that routes back to it (for a ``Location``): every
-    character but letters, digits and ``_.-~`` percent-encoded, as UTF-8."""
+    character but letters, digits and ``_.-~`` percent-encoded, as UTF-8, and the dots of
+    a ``.`` or ``..`` too, which clients would otherwise resolve as the path's own."""
+    if user_id in (".", ".."):
+        return user_id.replace(".", "%2E")
     return quote(user_id, safe="")
 
 

@@ -176,6 +176,12 @@ def test_a_token_listed_twice_needs_the_same_prefix_each_time(tmp_path: Path) ->
         TokenBook.parse(f"{ACME}:acme:\n{ACME}")
 
 
+@pytest.mark.parametrize("token", ["pässwörd-0123456789abc", "euro-€-0123456789abcdef"])
+def test_a_token_that_is_not_ascii_is_refused_as_it_could_never_match(token: str) -> None:
+    with pytest.raises(InvalidInputError, match="must be ASCII"):
+        TokenBook.parse(token)
+
+
 def test_a_tokens_file_that_is_not_text_is_refused_by_name(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_bytes(b"\xff\xfe\x00 not text")

@@ -254,12 +254,15 @@ def test_a_user_id_that_ends_like_a_route_is_reached_with_its_slash_encoded(
     assert http.get(location).json()["user_id"] == inner
 
 
-@pytest.mark.parametrize("name", ["北京", "Ёж 🙂", "q?x#y z&a=b", "50%/team"])
+@pytest.mark.parametrize("name", ["北京", "Ёж 🙂", "q?x#y z&a=b", "50%/team", ".", ".."])
 def test_the_location_of_a_task_is_encoded_for_any_user_id(http: httpx.Client, name: str) -> None:
-    user = f"{uuid.uuid4().hex[:8]}-{name}"
-    add_exchange(http, quote(user, safe=""))
+    user = name if name in (".", "..") else f"{uuid.uuid4().hex[:8]}-{name}"
+    segment = (
+        quote(user, safe="").replace(".", "%2E") if name in (".", "..") else quote(user, safe="")
+    )
+    add_exchange(http, segment)
 
-    started = http.post(f"/v1/users/{quote(user, safe='')}/process")
+    started = http.post(f"/v1/users/{segment}/process")
 
     assert started.status_code == 202, "was 500: the header could not be encoded"
     location = started.headers["location"]
