@@ -747,6 +747,7 @@ class Memory:
                         record.status,
                         record.knowledge_count,
                         record.error,
+                        record.message_count,
                     )
             await asyncio.sleep(REMOTE_POLL_SECONDS)
 
@@ -756,7 +757,13 @@ class Memory:
             task._mark_running(message_count)
 
     def _finish(
-        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+        self,
+        user_id: str,
+        task_id: str,
+        status: str,
+        knowledge_count: int,
+        error: str | None,
+        message_count: int | None = None,
     ) -> None:
         tasks = self._inflight.get(user_id, {})
         task = tasks.pop(task_id, None)
@@ -764,7 +771,7 @@ class Memory:
             self._inflight.pop(user_id, None)
         if task is None:
             return
-        task._mark_finished(ProcessStatus(status), knowledge_count, error)
+        task._mark_finished(ProcessStatus(status), knowledge_count, error, message_count)
         self._recent[task_id] = task
         while len(self._recent) > _DONE_TASKS_KEPT:
             self._recent.popitem(last=False)

@@ -100,10 +100,16 @@ class ProcessTask:
             self._message_count = message_count
 
     def _mark_finished(
-        self, status: ProcessStatus, knowledge_count: int, error: str | None
+        self,
+        status: ProcessStatus,
+        knowledge_count: int,
+        error: str | None,
+        message_count: int | None = None,
     ) -> None:
         if self.done:
             return
+        if message_count is not None:  # a task of another process, read from the log
+            self._message_count = message_count
         self._status = status
         self._knowledge_count = knowledge_count
         self._error = error

@@ -33,6 +33,8 @@ async def test_only_the_lease_holder_extracts_and_a_guest_task_completes_through
         await guest.add_exchange("u", "I work at Acme", "ok")
         task = guest.process_async("u")
         assert await task.wait() == 2
+        assert task.message_count == 4, "the messages the owner's run covered, as the log says"
+        assert (await guest.get_task("u", task.task_id)).message_count == 4
         assert guest_extractor.batches == []
         assert len(owner_extractor.batches) == 1
         assert len(await guest.knowledge("u")) == 2
