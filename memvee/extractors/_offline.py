@@ -9,7 +9,9 @@ Each fact is also read back as a claim (a slot such as "the user's employer" and
 as are the batch's known entries that it can parse, so that a repeated fact is marked
 ``same`` and a changed single-valued slot (a new job, a new city) is an ``update``. A
 retraction ("I quit my job", "I don't live in Oslo any more") ``invalidate``s the known
-entries of the slot it names, of the value it names if it names one.
+entries of the slot it names, of the value it names if it names one. A batch is folded in
+the order its messages were sent (:class:`_Batch`), a change inside it naming the earlier
+fact of the answer (``target_fact``), so the history is the same however it was batched.
 """
 
 from __future__ import annotations
