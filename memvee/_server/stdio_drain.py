@@ -46,15 +46,21 @@ _NOT_MCP = (
 )
 
 
-def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
-    """The ids of the JSON-RPC requests (``requests``) or responses in one line."""
+def _objects(line: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of one line: the message, or each of a batch's (none if no JSON)."""
     try:
         message = json.loads(line)
     except ValueError:
         return []
+    items = message if isinstance(message, list) else [message]
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
+    """The ids of the JSON-RPC requests (``requests``) or responses in one line."""
     found: list[Hashable] = []
-    for item in message if isinstance(message, list) else [message]:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), int | str):
+    for item in _objects(line):
+        if not isinstance(item.get("id"), int | str):
             continue
         is_response = "method" not in item and ("result" in item or "error" in item)
         if is_response != requests:  # a request, or what only a request could be
@@ -105,13 +111,9 @@ def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
 
 def _cancelled(line: bytes) -> list[Hashable]:
     """The ids of the requests a ``notifications/cancelled`` in ``line`` cancels."""
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return []
     found: list[Hashable] = []
-    for item in message if isinstance(message, list) else [message]:
-        if not isinstance(item, dict) or item.get("method") != "notifications/cancelled":
+    for item in _objects(line):
+        if item.get("method") != "notifications/cancelled":
             continue
         params = item.get("params")
         request = params.get("requestId") if isinstance(params, dict) else None

@@ -119,6 +119,21 @@ async def test_tool_errors_say_what_went_wrong(tmp_path: Path) -> None:
     assert "no-such-entry" in unknown
 
 
+def _stdio_script(
+    db: Path, calls: list[dict[str, Any]], *options: str
+) -> subprocess.CompletedProcess[bytes]:
+    """``memvee mcp`` for user eve run over a whole session written to its stdin at once."""
+    return subprocess.run(
+        [str(MEMVEE), "mcp", "--db", str(db), "--lexical", "--user", "eve", *options],
+        input="".join(json.dumps(c) + "\n" for c in calls).encode(),
+        capture_output=True,
+        env=server_env(),
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+
+
 def test_a_request_the_client_cancelled_is_not_waited_for_once_stdin_closes(
     tmp_path: Path,
 ) -> None:
@@ -140,17 +155,8 @@ def test_a_request_the_client_cancelled_is_not_waited_for_once_stdin_closes(
         },
         {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5}},
     ]
-    script = "".join(json.dumps(c) + "\n" for c in calls).encode()
-    command = [str(MEMVEE), "mcp", "--db", str(tmp_path / "m.db"), "--lexical", "--user", "eve"]
-    done = subprocess.run(
-        [*command, "--drain-timeout", "3600"],  # waiting it out would fail the timeout below
-        input=script,
-        capture_output=True,
-        env=server_env(),
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
+    # Waiting the drain out would fail the script's timeout.
+    done = _stdio_script(tmp_path / "m.db", calls, "--drain-timeout", "3600")
     assert done.returncode == 0, done.stderr.decode()
     assert b"still unanswered" not in done.stderr
 
@@ -173,17 +179,8 @@ def test_requests_written_before_stdin_closes_are_all_answered_and_done(tmp_path
         *(remember(10 + n, line) for n, line in enumerate(said)),
         request(20, "tools/call", name="recall", arguments={"question": "cat"}),
     ]
-    script = "".join(json.dumps(c) + "\n" for c in calls).encode()
     db = tmp_path / "memvee.db"
-    done = subprocess.run(
-        [str(MEMVEE), "mcp", "--db", str(db), "--lexical", "--user", "eve"],
-        input=script,
-        capture_output=True,
-        env=server_env(),
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    done = _stdio_script(db, calls)
 
     assert done.returncode == 0, done.stderr.decode()
     answers = {a["id"]: a for a in map(json.loads, done.stdout.decode().splitlines())}
