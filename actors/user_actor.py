@@ -159,9 +159,10 @@ class UserActor(PooledActor):
         messages: NewMessages,
         acknowledged: BridgedFuture[Appended],
         attempt: int,
-        give_up_at: float,
+        give_up_at: float | None,
     ) -> None:
-        """Decide ``messages`` again on a reloaded log after a conflict."""
+        """Decide ``messages`` again on a reloaded log after a conflict, retrying until
+        ``give_up_at`` (``time.monotonic``) if it loses again."""
         self._append(messages, acknowledged, attempt, give_up_at)
 
     def schedule(self, task_id: str, trigger: str) -> bool:
@@ -930,7 +931,7 @@ class _Append(Write):
         """Decide the messages again on the reloaded log (a timer's callback)."""
         try:
             self.actor.actor_ref.proxy().retry_append(
-                self.messages, self.acknowledged, self.attempt, self.give_up_at or 0.0
+                self.messages, self.acknowledged, self.attempt, self.give_up_at
             )
         except pykka.ActorDeadError:
             self._dropped()

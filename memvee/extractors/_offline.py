@@ -592,7 +592,7 @@ class _Draft:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ending:
+class _Withdrawal:
     """A retraction of the batch ending one known entry (by id) or one earlier draft."""
 
     reason: str
@@ -631,28 +631,49 @@ class _Batch:
             _Known(entry, _normalized(entry.text), _claim(entry.text), position)
             for position, entry in enumerate(known)
         ]
-        self.items: list[_Draft | _Ending] = []
+        self.items: list[_Draft | _Withdrawal] = []
+        self._standing: dict[int, _Draft] = {}  # by id(), in the order they were said
+        self._by_key: dict[str, _Draft] = {}
+        self._by_claim: dict[_Claim, _Draft] = {}
+        self._adding: dict[tuple[str, str], list[_Draft]] = {}  # to each slot, oldest first
 
-    def _standing_drafts(self) -> list[_Draft]:
-        return [d for d in self.items if isinstance(d, _Draft) and not d.ended]
+    def _stand(self, draft: _Draft) -> None:
+        """Add ``draft`` to the answer and to the indexes of what stands, so that each
+        statement finds its match without a walk over the whole batch."""
+        self.items.append(draft)
+        self._standing[id(draft)] = draft
+        self._by_key[draft.key] = draft
+        if draft.claim is not None:
+            self._by_claim[draft.claim] = draft
+            if draft.adds:
+                self._adding.setdefault(draft.claim.slot, []).append(draft)
+
+    def _end(self, draft: _Draft) -> None:
+        """Mark ``draft`` replaced or taken back: it no longer stands."""
+        draft.ended = True
+        del self._standing[id(draft)]
+        if self._by_key.get(draft.key) is draft:
+            del self._by_key[draft.key]
+        if draft.claim is not None:
+            if self._by_claim.get(draft.claim) is draft:
+                del self._by_claim[draft.claim]
+            if draft.adds:
+                self._adding[draft.claim.slot].remove(draft)
 
     def state(self, text: str, message_id: str, said: datetime) -> None:
         """Fold one fact the user stated at ``said``. A repeat of a standing draft by a
         later message changes nothing, as it would in a later batch (a ``same``): the
         draft stays valid from, and cites, the message that first stated it."""
         key, claim = _normalized(text), _claim(text)
-        standing = self._standing_drafts()
-        draft = next((d for d in standing if d.key == key), None)
+        draft = self._by_key.get(key)
         if draft is None and claim is not None:
-            draft = next((d for d in standing if d.claim == claim), None)
+            draft = self._by_claim.get(claim)
         if draft is None:
-            draft = self._new_draft(text, key, claim, said, standing)
+            draft = self._new_draft(text, key, claim, said)
             draft.sources.append(message_id)
-            self.items.append(draft)
+            self._stand(draft)
 
-    def _new_draft(
-        self, text: str, key: str, claim: _Claim | None, said: datetime, standing: list[_Draft]
-    ) -> _Draft:
+    def _new_draft(self, text: str, key: str, claim: _Claim | None, said: datetime) -> _Draft:
         same = [k for k in self.known if k.key == key]
         if not same and claim is not None:
             same = [k for k in self.known if k.claim == claim]
@@ -662,10 +683,11 @@ class _Batch:
         if claim is None or not claim.single:
             return _Draft(text, key, claim)
         slot = claim.slot
-        previous = [d for d in standing if d.adds and d.claim and d.claim.slot == slot]
+        previous = self._adding.get(slot)
         if previous:
-            previous[-1].ended = True
-            return _Draft(text, key, claim, "update", replaces=previous[-1])
+            replaced = previous[-1]
+            self._end(replaced)
+            return _Draft(text, key, claim, "update", replaces=replaced)
         rivals = [k for k in self.known if k.claim is not None and k.claim.slot == slot]
         if not rivals:
             return _Draft(text, key, claim)
@@ -677,14 +699,14 @@ class _Batch:
     def retract(self, retraction: _Retraction, message_id: str, said: datetime) -> None:
         """Fold one retraction said at ``said``: end what stands that it names (a known
         entry that began later is not ended by it)."""
-        for draft in self._standing_drafts():
+        for draft in list(self._standing.values()):
             if draft.adds and _retracts(retraction, draft.claim, draft.key):
-                draft.ended = True
-                self.items.append(_Ending(retraction.reason, message_id, draft))
+                self._end(draft)
+                self.items.append(_Withdrawal(retraction.reason, message_id, draft))
         for k in list(self.known):
             if k.entry.valid_from <= said and _retracts(retraction, k.claim, k.key):
                 self.known.remove(k)
-                self.items.append(_Ending(retraction.reason, message_id, k.entry.entry_id))
+                self.items.append(_Withdrawal(retraction.reason, message_id, k.entry.entry_id))
 
     def facts(self) -> tuple[ExtractedFact, ...]:
         """The folded batch as the extractor's answer: each draft and ending where it was
@@ -692,7 +714,7 @@ class _Batch:
         place = {id(item): index for index, item in enumerate(self.items)}
         facts = []
         for item in self.items:
-            if isinstance(item, _Ending):
+            if isinstance(item, _Withdrawal):
                 ends = item.ends
                 known = ends if isinstance(ends, str) else None
                 within = None if isinstance(ends, str) else place[id(ends)]
