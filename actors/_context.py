@@ -12,7 +12,7 @@ from actors._pacing import CircuitBreaker, UserBackoff
 from actors._workers import ExtractionWorkers
 from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
-from events import BatchLimits, EventStore, KnownEntry
+from events import BatchLimits, EventStore, KnownEntry, ReplacedEntry
 
 __all__ = [
     "EngineSettings",
@@ -26,9 +26,12 @@ __all__ = [
 Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
-KnownEntries = Callable[[str, Sequence[str], int], tuple[KnownEntry, ...]]
+KnownEntries = Callable[
+    [str, Sequence[str], int], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
+]
 """Reads a user's current entries related to some message texts (for an extractor),
-given how many current entries the user's log counts."""
+given how many current entries the user's log counts, and the chains of ended entries
+before those (for the log, which places a backdated fact among them)."""
 
 Wake = Callable[[str, float], None]
 """Asks for a user's actor to be woken (its ``wake`` method) in some seconds."""

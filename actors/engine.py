@@ -30,7 +30,7 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
-from events import Durability, EventStore, Extractor, KnownEntry, estimate_tokens
+from events import Durability, EventStore, Extractor, KnownEntry, ReplacedEntry, estimate_tokens
 from events.errors import MemveeError, StorageError, first_line
 from projections import (
     FoldState,
@@ -206,25 +206,26 @@ class Engine:
 
     def _known_entries(
         self, user_id: str, texts: Sequence[str], current: int
-    ) -> tuple[KnownEntry, ...]:
+    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """The current entries an extractor sees beside a batch (so it can update them),
         the most related first, within a share of the batch's token budget
-        (:data:`KNOWN_SHARE`)."""
+        (:data:`KNOWN_SHARE`); and the chains of ended entries before those."""
         if current <= 0:
-            return ()
+            return (), ()
         with self.store.engine.connect() as connection:
             related = self.ranker.related(
                 connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
             )
-        budget = self.options.settings.limits.max_tokens // KNOWN_SHARE
-        shown: list[KnownEntry] = []  # a list: see projections.rows
-        for entry in related:
-            known = KnownEntry(*entry)
-            budget -= estimate_tokens(known.text)
-            if shown and budget < 0:
-                break
-            shown.append(known)
-        return tuple(shown)
+            budget = self.options.settings.limits.max_tokens // KNOWN_SHARE
+            shown: list[KnownEntry] = []  # a list: see projections.rows
+            for entry in related:
+                known = KnownEntry(*entry)
+                budget -= estimate_tokens(known.text)
+                if shown and budget < 0:
+                    break
+                shown.append(known)
+            replaced = self.reader.replaced(connection, user_id, [k.entry_id for k in shown])
+        return tuple(shown), tuple(replaced)
 
     def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""

@@ -41,6 +41,7 @@ from events import (
     MemveeError,
     NotFoundError,
     Recorded,
+    ReplacedEntry,
     StorageError,
     StoredSnapshot,
     TokenUsage,
@@ -112,6 +113,7 @@ class UserActor(PooledActor):
         self._running: str | None = None
         self._batch_messages: tuple[BatchMessage, ...] = ()
         self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
+        self._batch_replaced: tuple[ReplacedEntry, ...] = ()  # the ended ones before those
         self._batch_reruns = 0
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
@@ -570,7 +572,7 @@ class UserActor(PooledActor):
             return
         self._running = None
         self._batch_messages = ()
-        self._batch_known = _NONE_KNOWN
+        self._batch_known, self._batch_replaced = _NONE_KNOWN, ()
         self._task_messages = ()
         count = self._task_knowledge if status == "COMPLETED" else 0
         self._services.observer.task_finished(self.user_id, task_id, status, count, error)
@@ -636,6 +638,7 @@ class UserActor(PooledActor):
             batch=self._batch_messages,
             limits=self._services.settings.limits,
             known=self._batch_known,
+            replaced=self._batch_replaced,
         )
 
     def _deliver_to_self(self, task_id: str) -> Callable[[Outcome], None]:
@@ -664,8 +667,8 @@ class UserActor(PooledActor):
         )
         self._batch_messages = messages
         texts = [m.content for m in messages]
-        known = self._services.known(self.user_id, texts, user_log.knowledge_count)
-        self._batch_known = tuple(known)
+        known, replaced = self._services.known(self.user_id, texts, user_log.knowledge_count)
+        self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
     def _requested_here(self, task_id: str) -> None:

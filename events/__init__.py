@@ -60,6 +60,7 @@ from events.store import (
     refuse_foreign_sqlite,
     sqlite_url,
 )
+from events.timeline import ReplacedEntry
 from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "ProcessingTimeoutError",
     "Recorded",
     "RejectedBatchError",
+    "ReplacedEntry",
     "StorageError",
     "StoredSnapshot",
     "TokenUsage",

@@ -46,6 +46,7 @@ from events.extraction import (
     TokenUsage,
     estimate_tokens,
 )
+from events.timeline import ReplacedEntry, Timeline
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -366,6 +367,18 @@ class UserLog(Aggregate):
                 log.return_to_buffer(self.task_id)
                 log.running.pop(self.task_id, None)
 
+    class KnowledgeEndMoved(Aggregate.Event):
+        """An ended entry stopped being valid earlier than recorded: a backdated entry
+        (``superseded_by``) now fits between it and the entry that had replaced it."""
+
+        entry_id: str
+        knowledge_version: str
+        superseded_by: str
+        valid_until: datetime
+
+        def apply(self, log: UserLog) -> None:
+            pass  # the entry had ended already: the state holds valid entries only
+
     # ------------------------------------------------------------------ state
 
     def __init__(self, user_id: str) -> None:
@@ -518,6 +531,7 @@ class UserLog(Aggregate):
         batch: Sequence[BatchMessage] = (),
         limits: BatchLimits = DEFAULT_LIMITS,
         known: Sequence[KnownEntry] = (),
+        replaced: Sequence[ReplacedEntry] = (),
     ) -> list[dict[str, Any]]:
         """Cover the running batch of ``task_id`` with ``facts``, then go on with the
         task's next batch, if any (see :attr:`open_tasks`); returns the new entries.
@@ -525,8 +539,9 @@ class UserLog(Aggregate):
         ``batch`` gives the batch's messages: an entry is valid from the time its newest
         source message was sent, and an entry it updates stops being valid then. ``known``
         (the entries the batch was shown) tells when those began: a fact sent before the
-        entry it updates began (a backdated message) is the older one, and it is the one
-        that ends, when the newer began.
+        entry it updates began (a backdated message) is the older one: it ends when the
+        newer began, and fits in ``replaced`` (the ended entries before those, see
+        :class:`~events.timeline.Timeline`) after the latest that began before it.
         """
         claimed = self._open_task(task_id)
         final = not self._left_in_scope(task_id)
@@ -541,6 +556,7 @@ class UserLog(Aggregate):
             model=_label(model, MAX_MODEL_CHARS),
             final=final,
             known=known,
+            replaced=replaced,
             **_usage_fields(usage),
         )
         if not final:
@@ -622,11 +638,12 @@ class UserLog(Aggregate):
         batch: Sequence[BatchMessage] = (),
         request_id: str | None = None,
         known: Sequence[KnownEntry] = (),
+        replaced: Sequence[ReplacedEntry] = (),
     ) -> list[dict[str, Any]]:
         """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
 
         Updates and invalidations apply to that version's own entries, never the live ones;
-        ``known`` as for :meth:`record_knowledge`.
+        ``known`` and ``replaced`` as for :meth:`record_knowledge`.
         """
         check_new_knowledge_version(knowledge_version)
         return self._record_facts(
@@ -640,6 +657,7 @@ class UserLog(Aggregate):
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
             known=known,
+            replaced=replaced,
             **_usage_fields(usage),
         )
 
@@ -650,6 +668,7 @@ class UserLog(Aggregate):
         facts: Sequence[ExtractedFact],
         batch: Sequence[BatchMessage],
         known: Sequence[KnownEntry] = (),
+        replaced: Sequence[ReplacedEntry] = (),
         **fields: Any,
     ) -> list[dict[str, Any]]:
         """Repair ``facts`` against the batch (``fields["message_ids"]``), decide their
@@ -662,7 +681,7 @@ class UserLog(Aggregate):
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         began = {k.entry_id: k.valid_from for k in known}
-        self._end_replaced(plan, entries, version, said_at, began)
+        self._end_replaced(plan, entries, version, said_at, began, replaced)
         return entries
 
     def _plan(
@@ -770,37 +789,38 @@ class UserLog(Aggregate):
         version: str,
         said_at: dict[str, datetime],
         began: dict[str, datetime],
+        replaced: Sequence[ReplacedEntry],
     ) -> None:
-        """Emit the ends of the entries that the new ones replaced or the batch invalidated.
+        """Emit the ends of the entries that the new ones replaced or the batch invalidated,
+        and the moved ends of the ended entries a backdated one now follows.
 
-        Time decides, not the order of arrival: each step places an entry in a timeline
-        of the batch's entries and the known ones it names (``began``, when known). A new
-        entry that began before the one it replaces is the older fact, so it is the one
-        that ends, when the other began. One that began after an entry that already ended
-        later (by a newer entry) takes its place until then. An invalidation said before
-        an entry began, or after it ended, ends nothing.
+        Time decides, not the order of arrival: each step places an entry in a
+        :class:`~events.timeline.Timeline` of the batch's entries, the known ones it names
+        (``began``, when known) and the chains of ended entries before those
+        (``replaced``). An invalidation said before an entry began, or after it ended,
+        ends nothing.
         """
-        began = {
-            **began,
-            **{e["entry_id"]: datetime.fromisoformat(e["valid_from"]) for e in entries},
-        }
-        ends: dict[str, _Ending] = {}
+        timeline = Timeline(
+            {
+                **began,
+                **{e["entry_id"]: datetime.fromisoformat(e["valid_from"]) for e in entries},
+            },
+            replaced,
+        )
 
         def entry_id(target: str | int) -> str:
             return entries[target]["entry_id"] if isinstance(target, int) else target
 
         for kind, index in plan.steps:
             if kind == "replace":
-                replaced = plan.replaces[index]
-                assert replaced is not None
-                _place_after(ends, began, entries[index]["entry_id"], entry_id(replaced))
+                replaced_entry = plan.replaces[index]
+                assert replaced_entry is not None
+                timeline.replace(entries[index]["entry_id"], entry_id(replaced_entry))
             else:
                 target, fact = plan.invalidated[index]
                 sources = list(fact.source_message_ids)
-                _invalidate(
-                    ends, began, entry_id(target), _said(sources, said_at), fact.text, sources
-                )
-        for ended, ending in ends.items():
+                timeline.invalidate(entry_id(target), _said(sources, said_at), fact.text, sources)
+        for ended, ending in timeline.ended():
             if ending.successor is not None:
                 self.trigger_event(
                     self.KnowledgeSuperseded,
@@ -818,6 +838,15 @@ class UserLog(Aggregate):
                     source_message_ids=ending.sources,
                     valid_until=ending.at,
                 )
+        for moved, ending in timeline.moved():
+            assert ending.successor is not None
+            self.trigger_event(
+                self.KnowledgeEndMoved,
+                entry_id=moved,
+                knowledge_version=version,
+                superseded_by=ending.successor,
+                valid_until=ending.at,
+            )
 
     def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
         """Make a re-extracted knowledge version the live knowledge; returns the ids of
@@ -994,17 +1023,6 @@ class _Plan:
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
 
 
-@dataclass(slots=True)
-class _Ending:
-    """When an entry of a batch's timeline stops being valid: replaced by ``successor``,
-    or invalidated for ``reason`` by the messages ``sources``."""
-
-    at: datetime
-    successor: str | None = None
-    reason: str = ""
-    sources: list[str] = field(default_factory=list)
-
-
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
     value
     for name, value in vars(UserLog).items()
@@ -1045,39 +1063,6 @@ def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
 def _same_words(text: str) -> str:
     """``text`` as facts are compared for repeats: case-folded, spacing collapsed."""
     return " ".join(text.casefold().split())
-
-
-def _place_after(ends: dict[str, _Ending], began: dict[str, datetime], new: str, old: str) -> None:
-    """Place entry ``new``, which replaces ``old``, in the timeline ``ends``."""
-    start, old_start = began[new], began.get(old)
-    if old_start is not None and start < old_start:  # the new fact is the older one
-        ends[new] = _Ending(old_start, successor=old)
-        return
-    current = old
-    while (ending := ends.get(current)) and ending.successor and ending.at <= start:
-        current = ending.successor  # ended before the new one began: look at what followed
-    ending = ends.get(current)
-    if ending is not None and ending.at <= start:
-        return  # invalidated before the new one began: nothing of it is left to end
-    if ending is not None and ending.successor is not None:
-        ends[new] = _Ending(ending.at, successor=ending.successor)  # in between the two
-    ends[current] = _Ending(start, successor=new)
-
-
-def _invalidate(
-    ends: dict[str, _Ending],
-    began: dict[str, datetime],
-    target: str,
-    at: datetime,
-    reason: str,
-    sources: list[str],
-) -> None:
-    """End ``target`` at ``at`` in the timeline ``ends``, unless it had not begun or had
-    already ended by then."""
-    start, ending = began.get(target), ends.get(target)
-    if (start is not None and at < start) or (ending is not None and ending.at <= at):
-        return
-    ends[target] = _Ending(at, reason=reason, sources=sources)
 
 
 def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:

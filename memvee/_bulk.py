@@ -38,6 +38,7 @@ from events import (
     InvalidInputError,
     KnownEntry,
     NotFoundError,
+    ReplacedEntry,
     UserLog,
     estimate_tokens,
 )
@@ -257,6 +258,7 @@ class BulkReextraction:
         known = self._known(batch.user_id)
         current = {e.text.casefold(): e.entry_id for e in known}
         facts = [_same_if_known(f, current) for f in result.facts]
+        replaced = self._replaced(batch.user_id, [f.target_entry_id for f in facts])
 
         def record(user_log: UserLog) -> int:
             return len(
@@ -270,6 +272,7 @@ class BulkReextraction:
                     batch=batch.messages,
                     request_id=request_id,
                     known=known,
+                    replaced=replaced,
                 )
             )
 
@@ -300,6 +303,12 @@ class BulkReextraction:
         """The version's current entries of the user (those a request may repeat)."""
         with self.store.engine.connect() as connection:
             return self.reader.knowledge(connection, user_id, self.version)
+
+    def _replaced(self, user_id: str, targets: list[str | None]) -> list[ReplacedEntry]:
+        """The chains of the version's ended entries before the ``targets`` of facts."""
+        ids = list(dict.fromkeys(t for t in targets if t is not None))
+        with self.store.engine.connect() as connection:
+            return self.reader.replaced(connection, user_id, ids, self.version)
 
     def _recorded(self, user_id: str) -> set[str]:
         """The request ids already recorded in the user's log."""

@@ -46,6 +46,11 @@ def describe(event: Any) -> str:
             return f"version {e.knowledge_version!r} by {e.extractor}{tail}: {_flat(texts)}"
         case UserLog.KnowledgeSuperseded():
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
+        case UserLog.KnowledgeEndMoved():
+            return (
+                f"entry {e.entry_id[:8]} ended earlier: {e.superseded_by[:8]} fits before "
+                "what replaced it"
+            )
         case UserLog.KnowledgeInvalidated():
             return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
         case UserLog.KnowledgeVersionPromoted():

@@ -30,6 +30,7 @@ from events import (
     KnownEntry,
     NotFoundError,
     Recorded,
+    ReplacedEntry,
     StorageError,
     UserLog,
     check_count,
@@ -543,7 +544,7 @@ class Audit:
         self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
-        known = await asyncio.to_thread(self._known, user_id, version)
+        known, replaced = await asyncio.to_thread(self._known, user_id, version)
         result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
         ids = [m.message_id for m in batch]
 
@@ -557,6 +558,7 @@ class Audit:
                 result.usage,
                 batch=batch,
                 known=known,
+                replaced=replaced,
             )
             return len(entries)
 
@@ -596,12 +598,17 @@ class Audit:
         )
         return await bulk.run(list(user_ids))
 
-    def _known(self, user_id: str, version: str) -> tuple[KnownEntry, ...]:
-        """The version's current entries a re-extraction batch may repeat or update."""
+    def _known(
+        self, user_id: str, version: str
+    ) -> tuple[tuple[KnownEntry, ...], list[ReplacedEntry]]:
+        """The version's current entries a re-extraction batch may repeat or update, and
+        the chains of ended entries before those."""
         with self.store.engine.connect() as connection:
             entries = self._reader.knowledge(connection, user_id, version)
-        newest = sorted(entries, key=lambda e: e.valid_from)[-_MAX_KNOWN:]
-        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in newest)
+            newest = sorted(entries, key=lambda e: e.valid_from)[-_MAX_KNOWN:]
+            ids = [e.entry_id for e in newest]
+            replaced = self._reader.replaced(connection, user_id, ids, version)
+        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in newest), replaced
 
     def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, each with its last error and attempts."""

@@ -234,7 +234,11 @@ def evolve_usage(rows: TableRows, e: Any) -> None:
 def knowledge_touches(e: Any) -> Sequence[Lookup]:
     """The entry an event ends; every entry of the user when a version is promoted."""
     match e:
-        case UserLog.KnowledgeSuperseded() | UserLog.KnowledgeInvalidated():
+        case (
+            UserLog.KnowledgeSuperseded()
+            | UserLog.KnowledgeInvalidated()
+            | UserLog.KnowledgeEndMoved()
+        ):
             return [("entry_id", e.entry_id)]
         case UserLog.KnowledgeVersionPromoted():
             return [("log_id", _log_id(e))]
@@ -252,6 +256,8 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
             _end_entry(rows, e, superseded_by=e.superseded_by, ended_reason=None)
         case UserLog.KnowledgeInvalidated():
             _end_entry(rows, e, superseded_by=None, ended_reason=e.reason)
+        case UserLog.KnowledgeEndMoved():  # ended when it was: only the end moves
+            rows.update(e.entry_id, valid_until=utc(e.valid_until), superseded_by=e.superseded_by)
         case UserLog.KnowledgeVersionPromoted():
             for entry_id in rows.find("log_id", _log_id(e)):
                 version = rows.rows[entry_id]["knowledge_version"]
@@ -480,6 +486,7 @@ PROJECTIONS: tuple[Projection, ...] = (
                 UserLog.KnowledgeReextracted,
                 UserLog.KnowledgeSuperseded,
                 UserLog.KnowledgeInvalidated,
+                UserLog.KnowledgeEndMoved,
                 UserLog.KnowledgeVersionPromoted,
             }
         ),

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     RowMapping,
+    Select,
     String,
     Table,
     and_,
@@ -26,7 +27,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from events import user_log_id
+from events import ReplacedEntry, user_log_id
 from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredId, id_text, packed_range, stored_id
@@ -48,6 +49,10 @@ __all__ = [
     "message_from_row",
     "task_from_row",
 ]
+
+MAX_REPLACED_DEPTH = 100
+"""How many links back :meth:`ProjectionReader.replaced` follows each chain of ended
+entries: a backdated fact older than them all fits before the oldest it is given."""
 
 _OPEN_STATUSES = ("PENDING", "RUNNING")
 """The statuses of a task not yet ended: requested, or running."""
@@ -107,6 +112,7 @@ class ProjectionReader:
             )
             .group_by(c.c.message_id, c.c.log_id)
         )
+        self._replaced = _replaced_chains(k)
         self._outdated = citing.having(func.count(k.c.valid_until) == func.count())
         ended_then = case((k.c.valid_until <= at, 1), else_=0)
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
@@ -148,6 +154,32 @@ class ProjectionReader:
             return []
         rows = connection.execute(self._entries_by_ids, {"ids": ids}).mappings()
         return [entry_from_row(user_id, r) for r in _owned_by(rows, user_id)]
+
+    def replaced(
+        self,
+        connection: Connection,
+        user_id: str,
+        entry_ids: list[str],
+        version: str = LIVE_KNOWLEDGE,
+    ) -> list[ReplacedEntry]:
+        """The chains of ended entries of ``version`` before ``entry_ids``: the entries
+        they replaced, those that those replaced, and so on (at most
+        :data:`MAX_REPLACED_DEPTH` back). A backdated fact that updates one of ``entry_ids``
+        fits in them (see :class:`events.timeline.Timeline`)."""
+        if not entry_ids:
+            return []
+        binds = {"log_id": _log(user_id), "version": version, "ids": entry_ids}
+        return [
+            ReplacedEntry(
+                id_text(entry_id),
+                aware(valid_from),
+                aware(valid_until),
+                id_text(superseded_by),
+            )
+            for entry_id, valid_from, valid_until, superseded_by in connection.execute(
+                self._replaced, binds
+            )
+        ]
 
     def messages(
         self,
@@ -487,6 +519,25 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
         superseded_by=StoredId.from_sqlite(r["superseded_by"]),
         ended_reason=r["ended_reason"],
     )
+
+
+def _replaced_chains(k: Table) -> Select[Any]:
+    """The statement of :meth:`ProjectionReader.replaced`: a recursive walk back along
+    ``superseded_by``, one user's rows of one version at each step (its index)."""
+    fields = (k.c.entry_id, k.c.valid_from, k.c.valid_until, k.c.superseded_by)
+    of_user = (k.c.log_id == bindparam("log_id"), k.c.knowledge_version == bindparam("version"))
+    first = (
+        select(*fields, literal(1, Integer).label("depth"))
+        .where(*of_user, k.c.superseded_by.in_(bindparam("ids", expanding=True)))
+        .cte("chain", recursive=True)
+    )
+    step = (
+        select(*fields, (first.c.depth + 1).label("depth"))
+        .join(first, k.c.superseded_by == first.c.entry_id)
+        .where(*of_user, first.c.depth < MAX_REPLACED_DEPTH)
+    )
+    chain = first.union_all(step)
+    return select(chain.c.entry_id, chain.c.valid_from, chain.c.valid_until, chain.c.superseded_by)
 
 
 def _buffered(m: Table) -> ColumnElement[bool]:

@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from events import BatchMessage, ExtractedFact, InvalidExtractionError, KnownEntry
+from events import (
+    BatchMessage,
+    ExtractedFact,
+    InvalidExtractionError,
+    KnownEntry,
+    ReplacedEntry,
+)
 from events.checks import MAX_FACT_CHARS
 from events.extraction import FactAction
 from events.user_log import LIVE_KNOWLEDGE, UserLog
@@ -92,6 +98,62 @@ def test_a_backdated_update_ends_itself_when_the_newer_entry_began() -> None:
     assert (ended.entry_id, ended.superseded_by) == (oslo["entry_id"], lisbon["entry_id"])
     assert ended.valid_until == began
     assert _known(log) == [lisbon["entry_id"]]
+
+
+def _chain_of_homes(log: UserLog) -> tuple[str, str, list[ReplacedEntry]]:
+    """Oslo from day 1, replaced by Lisbon on day 30: Lisbon is current, and the log is
+    given Oslo as the ended entry before it (what the projections hand the aggregate)."""
+    first = _batch(log, "t1", "I live in Oslo", "I moved to Lisbon")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (first[0],)),
+        ExtractedFact("User lives in Lisbon.", (first[1],), "update", target_fact=0),
+    ]
+    oslo, lisbon = log.record_knowledge(
+        "t1", facts, "x", batch=[*_said(first[:1], 1), *_said(first[1:], 30)]
+    )
+    log.collect_events()
+    day = T0 + timedelta(days=30)
+    before = [ReplacedEntry(oslo["entry_id"], T0 + timedelta(days=1), day, lisbon["entry_id"])]
+    return oslo["entry_id"], lisbon["entry_id"], before
+
+
+def test_a_backdated_update_fits_between_the_ended_entry_and_the_one_that_replaced_it() -> None:
+    """Imported history: Oslo (day 1) was replaced by Lisbon (day 30), and a message of
+    day 10 says Paris. Paris is the home from day 10 until day 30, so Oslo's end moves to
+    day 10; no two homes overlap."""
+    log = UserLog.register("ann")
+    oslo, lisbon, before = _chain_of_homes(log)
+    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    second = _batch(log, "t2", "I live in Paris")
+    fact = ExtractedFact("User lives in Paris.", tuple(second), "update", lisbon)
+    (paris,) = log.record_knowledge(
+        "t2", [fact], "x", batch=_said(second, 10), known=shown, replaced=before
+    )
+    superseded, moved = log.collect_events()[-2:]
+    assert isinstance(superseded, UserLog.KnowledgeSuperseded)
+    assert (superseded.entry_id, superseded.superseded_by) == (paris["entry_id"], lisbon)
+    assert superseded.valid_until == T0 + timedelta(days=30)
+    assert isinstance(moved, UserLog.KnowledgeEndMoved)
+    assert (moved.entry_id, moved.superseded_by) == (oslo, paris["entry_id"])
+    assert moved.valid_until == T0 + timedelta(days=10)
+    assert _known(log) == [lisbon] and log.knowledge_count == 1
+
+
+def test_a_backdated_update_older_than_the_whole_chain_ends_when_the_oldest_began() -> None:
+    log = UserLog.register("ann")
+    oslo, lisbon, before = _chain_of_homes(log)
+    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    second = _batch(log, "t2", "I lived in Rome")
+    second_said = [BatchMessage(second[0], "user", "", T0 - timedelta(days=5))]
+    fact = ExtractedFact("User lives in Rome.", tuple(second), "update", lisbon)
+    (rome,) = log.record_knowledge(
+        "t2", [fact], "x", batch=second_said, known=shown, replaced=before
+    )
+    ended = log.collect_events()[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded)
+    assert (ended.entry_id, ended.superseded_by) == (rome["entry_id"], oslo)
+    assert ended.valid_until == T0 + timedelta(days=1)
+    assert _known(log) == [lisbon]
 
 
 def test_an_invalidation_said_before_the_entry_began_ends_nothing() -> None:

@@ -125,6 +125,26 @@ async def test_a_backdated_fact_is_the_older_one_and_ends_when_the_newer_began(
     assert [e.text for e in then] == ["User lives in Oslo."]
 
 
+async def test_older_history_imported_after_newer_fits_each_home_in_its_place(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Bergen (day 30) is known first, then older messages arrive: Oslo (day 0), then
+    Paris (day 2). The extractor sees only Bergen, the current home, each time; the log
+    walks back the homes before it, so Oslo ends when Paris began and no two overlap."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 30, "I moved to Bergen.")
+    await _say(memory, "ann", 0, "I live in Oslo.")
+    await _say(memory, "ann", 2, "I live in Paris.")
+    history = {e.text: e for e in await memory.knowledge("ann", history=True)}
+    oslo, paris, bergen = (history[f"User lives in {c}."] for c in ("Oslo", "Paris", "Bergen"))
+    assert (oslo.valid_until, oslo.superseded_by) == (paris.valid_from, paris.entry_id)
+    assert (paris.valid_until, paris.superseded_by) == (bergen.valid_from, bergen.entry_id)
+    assert bergen.is_current
+    for day, home in ((1, "Oslo"), (10, "Paris"), (31, "Bergen")):
+        then = await memory.knowledge("ann", as_of=T0 + timedelta(days=day))
+        assert [e.text for e in then] == [f"User lives in {home}."]
+
+
 async def test_the_same_statement_twice_is_one_entry(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I'm allergic to peanuts.")

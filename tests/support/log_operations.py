@@ -1,12 +1,13 @@
 """Drive a user's log through named operations, the way the engine would: add, process in
-bounded batches, extract, revise, fail in ways that repeat or pass, quarantine, requeue,
-crash, re-extract and promote. Used by the tests that need logs of every kind of event."""
+bounded batches, extract, revise, backdate, fail in ways that repeat or pass, quarantine,
+requeue, crash, re-extract and promote. Used by the tests that need logs of every kind of event."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from events import BatchLimits, ExtractedFact, UserLog
+from events import BatchLimits, BatchMessage, ExtractedFact, KnownEntry, ReplacedEntry, UserLog
 
 __all__ = ["EVERY_OPERATION", "LIMITS", "LogDriver"]
 
@@ -15,7 +16,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 
 EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
-    *("reextract", "promote", "reject", "reject", "blamed", "requeue"),
+    *("reextract", "promote", "reject", "reject", "blamed", "requeue", "backdate"),
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
 
@@ -60,6 +61,8 @@ class LogDriver:
             self.tasks += 1
             log.request_processing(f"t{self.tasks}", "manual")
             log.start_next(LIMITS)
+        elif op == "backdate" and log.open_tasks:
+            self._backdate(next(iter(log.open_tasks)))
         elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
             task = next(iter(log.open_tasks))
             if op in ("extract", "revise"):
@@ -86,6 +89,47 @@ class LogDriver:
                 log.record_reextraction(f"v{log.version}", covered, facts, "property")
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
+
+    def _backdate(self, task: str) -> None:
+        """Record the task's batch as said between a live entry and the one it replaced,
+        updating the live one: the engine's import of older history (it ends the older
+        entry earlier). Nothing happens if no live entry replaced another."""
+        began: dict[str, datetime] = {}
+        ended: dict[str, tuple[str, datetime]] = {}
+        for e in self.history:
+            if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+                began.update(
+                    (x["entry_id"], datetime.fromisoformat(x["valid_from"])) for x in e.entries
+                )
+            elif isinstance(e, UserLog.KnowledgeSuperseded | UserLog.KnowledgeEndMoved):
+                ended[e.entry_id] = (e.superseded_by, e.valid_until)
+        live = [e for e, v in self.log.valid_entries.items() if v == "live"]
+        chains = {
+            entry: [
+                ReplacedEntry(before, began[before], until, after)
+                for before, (after, until) in ended.items()
+                if after == entry
+            ]
+            for entry in live
+        }
+        current = next((e for e in live if chains[e]), None)
+        if current is None:
+            return
+        replaced = chains[current]
+        prior = max(r.valid_from for r in replaced)
+        if not prior < began[current]:
+            return
+        said = prior + (began[current] - prior) / 2
+        batch = list(self.log.open_tasks[task])
+        self.log.record_knowledge(
+            task,
+            [ExtractedFact(f"before {current}", tuple(batch), "update", current)],
+            "property",
+            batch=[BatchMessage(m, "user", "", said) for m in batch],
+            limits=LIMITS,
+            known=[KnownEntry(current, "", began[current])],
+            replaced=replaced,
+        )
 
     def _covered(self) -> list[str]:
         """The messages that are neither buffered nor held by a task."""
