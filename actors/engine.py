@@ -30,7 +30,7 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
-from events import Durability, EventStore, Extractor, KnownEntry, ReplacedEntry, estimate_tokens
+from events import Durability, EventStore, Extractor, KnownEntry, ReplacedEntry
 from events.errors import MemveeError, StorageError, first_line
 from projections import (
     FoldState,
@@ -44,18 +44,12 @@ from projections import (
     replay_checkpoints,
     take_checkpoint,
 )
+from projections.shown import shown_beside
 from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
 
 log = logging.getLogger("memvee.actors")
-
-MAX_KNOWN_ENTRIES = 100
-"""At most this many current entries go to an extractor beside each batch."""
-
-KNOWN_SHARE = 4
-"""The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
-of the batch's token budget on top of it, the most related first, at least one."""
 
 STORE_RETRY_MAX = 30.0
 """The longest wait, in seconds, between retries of a user's task start while the
@@ -207,25 +201,20 @@ class Engine:
     def _known_entries(
         self, user_id: str, texts: Sequence[str], current: int
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-        """The current entries an extractor sees beside a batch (so it can update them),
-        the most related first, within a share of the batch's token budget
-        (:data:`KNOWN_SHARE`); and the chains of ended entries before those."""
+        """What an extractor sees beside a batch, and the chains before it (see
+        :func:`projections.shown.shown_beside`)."""
         if current <= 0:
             return (), ()
         with self.store.engine.connect() as connection:
-            related = self.ranker.related(
-                connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current
+            return shown_beside(
+                connection,
+                self.ranker,
+                self.reader,
+                user_id,
+                texts,
+                current=current,
+                max_batch_tokens=self.options.settings.limits.max_tokens,
             )
-            budget = self.options.settings.limits.max_tokens // KNOWN_SHARE
-            shown: list[KnownEntry] = []  # a list: see projections.rows
-            for entry in related:
-                known = KnownEntry(*entry)
-                budget -= estimate_tokens(known.text)
-                if shown and budget < 0:
-                    break
-                shown.append(known)
-            replaced = self.reader.replaced(connection, user_id, [k.entry_id for k in shown])
-        return tuple(shown), tuple(replaced)
 
     def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""

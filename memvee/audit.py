@@ -43,7 +43,7 @@ from events import (
 from events.errors import first_line
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
-from events.user_log import LIVE_KNOWLEDGE, check_new_knowledge_version
+from events.user_log import DEFAULT_LIMITS, LIVE_KNOWLEDGE, check_new_knowledge_version
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
@@ -62,6 +62,8 @@ from projections import (
     replay_checkpoints,
     state_at,
 )
+from projections.ranking import LexicalRanker
+from projections.shown import shown_beside
 
 if TYPE_CHECKING:
     from memvee._bulk import BulkReport
@@ -82,8 +84,6 @@ T = TypeVar("T")
 
 MAX_USERS_PAGE = 10_000
 """The most users :meth:`Audit.users` returns in one page."""
-
-_MAX_KNOWN = 100
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -229,6 +229,7 @@ class Audit:
             self.store.close()
             raise
         self._reader = ProjectionReader(tables)
+        self._ranker = LexicalRanker(tables)
         self._checkpoints = replay_checkpoints(tables)
 
     def close(self) -> None:
@@ -513,8 +514,9 @@ class Audit:
         """Run the user's processed messages through ``extractor`` into knowledge ``version``.
 
         The live knowledge stays as it is until :meth:`promote`. Messages still buffered
-        or quarantined are left to normal processing. Returns the number of entries
-        extracted.
+        or quarantined are left to normal processing, and messages the version covers
+        already are not sent again: a run cut short (a crash, the extractor failing) is
+        finished by running it again. Returns the number of entries extracted.
         """
         check_user_id(user_id)
         check_new_knowledge_version(version)
@@ -522,12 +524,13 @@ class Audit:
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
-        waiting = user_log.unsettled
+        # The log as loaded: a message added since is buffered, left to normal processing.
+        history = list(self._events(user_id, upto=user_log.version))
+        uncovered = user_log.not_covered_by(version, history)
         batch: list[BatchMessage] = []
         extracted = 0
-        # The log as loaded: a message added since is buffered, left to normal processing.
-        for event in self._events(user_id, upto=user_log.version):
-            if isinstance(event, UserLog.MessageAdded) and event.message_id not in waiting:
+        for event in history:
+            if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered:
                 batch.append(
                     BatchMessage(
                         event.message_id, event.role, event.content, event.sent_at, event.name
@@ -544,7 +547,8 @@ class Audit:
         self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
-        known, replaced = await asyncio.to_thread(self._known, user_id, version)
+        texts = [m.content for m in batch]
+        known, replaced = await asyncio.to_thread(self._known, user_id, version, texts)
         result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
         ids = [m.message_id for m in batch]
 
@@ -599,16 +603,22 @@ class Audit:
         return await bulk.run(list(user_ids))
 
     def _known(
-        self, user_id: str, version: str
-    ) -> tuple[tuple[KnownEntry, ...], list[ReplacedEntry]]:
-        """The version's current entries a re-extraction batch may repeat or update, and
-        the chains of ended entries before those."""
+        self, user_id: str, version: str, texts: list[str]
+    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+        """The version's current entries a re-extraction batch of ``texts`` is shown, as
+        live processing shows them, and the chains of ended entries before those."""
         with self.store.engine.connect() as connection:
-            entries = self._reader.knowledge(connection, user_id, version)
-            newest = sorted(entries, key=lambda e: e.valid_from)[-_MAX_KNOWN:]
-            ids = [e.entry_id for e in newest]
-            replaced = self._reader.replaced(connection, user_id, ids, version)
-        return tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in newest), replaced
+            current = len(self._reader.knowledge(connection, user_id, version))
+            return shown_beside(
+                connection,
+                self._ranker,
+                self._reader,
+                user_id,
+                texts,
+                current=current,
+                max_batch_tokens=DEFAULT_LIMITS.max_tokens,
+                version=version,
+            )
 
     def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, each with its last error and attempts."""

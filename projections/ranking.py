@@ -9,6 +9,7 @@ and little else.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -41,6 +42,9 @@ T = TypeVar("T")
 _SPARE_HITS = 4
 """Hits fetched beyond the limit, for the rows the filters drop."""
 
+_RELATED_PER_TEXT = 4
+"""The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
+
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only."""
@@ -61,7 +65,7 @@ class LexicalRanker:
             False: (k.c.valid_until.is_(None),),
             True: (k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)),
         }
-        live = (k.c.log_id == bindparam("log_id"), k.c.knowledge_version == LIVE_KNOWLEDGE)
+        live = (k.c.log_id == bindparam("log_id"), k.c.knowledge_version == bindparam("version"))
         self._recent = {
             dated: select(k, literal_column("0.0").label("score"))
             .where(*live, *valid[dated])
@@ -80,7 +84,7 @@ class LexicalRanker:
         hit_entries = (
             f"SELECT f.id AS hit, k.* FROM {kfts}_content AS f JOIN {k.name} AS k "
             f"ON k.entry_id = f.c2 WHERE f.id IN ({{ids}}) AND k.log_id = ? "
-            f"AND k.knowledge_version = '{LIVE_KNOWLEDGE}' AND "
+            "AND k.knowledge_version = ? AND "
         )
         self._sqlite_entries = {
             False: _SqliteSearch(kfts, hit_entries + "k.valid_until IS NULL"),
@@ -109,13 +113,20 @@ class LexicalRanker:
         terms: list[str],
         limit: int,
         as_of: datetime | None = None,
+        version: str = LIVE_KNOWLEDGE,
     ) -> list[tuple[KnowledgeEntry, float]]:
-        """The user's live entries valid now (or at ``as_of``) best matching ``terms``.
+        """The user's entries (live, or of knowledge ``version``) valid now (or at
+        ``as_of``) best matching ``terms``.
 
         With no terms, the most recent valid entries, each scored 0.
         """
         log_id = str(user_log_id(user_id))
-        params: dict[str, Any] = {"log_id": log_id, "limit": limit, "as_of": as_of}
+        params: dict[str, Any] = {
+            "log_id": log_id,
+            "version": version,
+            "limit": limit,
+            "as_of": as_of,
+        }
         dated = as_of is not None
 
         def model(r: Any) -> KnowledgeEntry:
@@ -127,7 +138,7 @@ class LexicalRanker:
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
             found = self._sqlite_entries[dated].run(
-                connection, fts_match(log_id, terms), limit, (stored_id(log_id), *extra)
+                connection, fts_match(log_id, terms), limit, (stored_id(log_id), version, *extra)
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["valid_from"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
@@ -158,19 +169,42 @@ class LexicalRanker:
         return [(model(r), float(r["score"])) for r in rows]
 
     def related(
-        self, connection: Connection, user_id: str, texts: list[str], limit: int, current: int
+        self,
+        connection: Connection,
+        user_id: str,
+        texts: list[str],
+        limit: int,
+        current: int,
+        version: str = LIVE_KNOWLEDGE,
     ) -> list[tuple[str, str, datetime]]:
-        """(id, text, valid from) of the current entries an extractor should see beside
-        ``texts``: all of them when the user has at most ``limit`` (``current`` is how many
-        the log counts), else the ``limit`` that best match the texts' words."""
+        """(id, text, valid from) of the current entries (live, or of knowledge
+        ``version``) an extractor should see beside ``texts``: all of them when the user
+        has at most ``limit`` (``current`` is how many the log counts), else the ``limit``
+        that best match the texts.
+
+        Each text is searched on its own and the texts take turns, each one's best match
+        first, then each one's second, and so on: a short statement ("I moved to Bergen")
+        finds the entry it changes however many words the rest of the batch has.
+        """
         if current <= 0:
             return []
         if current <= limit:
-            rows = connection.execute(self._current, {"log_id": str(user_log_id(user_id))})
+            binds = {"log_id": str(user_log_id(user_id)), "version": version}
+            rows = connection.execute(self._current, binds)
             return [(entry_id, text, aware(valid_from)) for entry_id, text, valid_from in rows]
-        terms = search_terms(" ".join(texts))
-        found = self.entries(connection, user_id, terms, limit)
-        return [(e.entry_id, e.text, e.valid_from) for e, _ in found]
+        queries = list(dict.fromkeys(tuple(t) for text in texts if (t := search_terms(text))))
+        each = max(_RELATED_PER_TEXT, limit // max(1, len(queries)))
+        found = [
+            self.entries(connection, user_id, list(q), min(each, limit), version=version)
+            for q in queries
+        ]
+        shown: dict[str, tuple[str, str, datetime]] = {}
+        for turn in itertools.zip_longest(*found):
+            for hit in turn:
+                if hit is not None and len(shown) < limit:
+                    entry = hit[0]
+                    shown.setdefault(entry.entry_id, (entry.entry_id, entry.text, entry.valid_from))
+        return list(shown.values())
 
 
 class _SqliteSearch:

@@ -15,7 +15,8 @@ __all__ = ["STOP_WORDS", "search_terms"]
 MAX_TERMS = 32
 """At most this many distinct terms are searched: the query's own words before the words
 its topics add and, of a query with more words than that (an agent passing the user's
-whole turn), the longest, as longer words are the rarer ones."""
+whole turn), the words of a personal-fact topic ("moved", "job") and then the longest, as
+longer words are the rarer ones."""
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
@@ -60,6 +61,8 @@ the two. A query word of a topic adds the topic's other words (ORed, so they onl
 what matches; BM25 still ranks rows matching more of the query's own words higher).
 """
 
+_TOPIC_WORDS: frozenset[str] = frozenset().union(*_CONCEPTS)
+
 _PHRASES = ((re.compile(r"\bfor\s+a\s+living\b", re.IGNORECASE), " work "),)
 
 
@@ -76,7 +79,8 @@ def search_terms(query: str, *, expand: bool = True) -> list[str]:
     words = [w.casefold() for w in _WORD.findall(query)]
     own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
     if len(own) > MAX_TERMS:
-        kept = set(sorted(own, key=len, reverse=True)[:MAX_TERMS])  # stable: earlier first
+        # stable: of equals, the earlier first
+        kept = set(sorted(own, key=lambda w: (w not in _TOPIC_WORDS, -len(w)))[:MAX_TERMS])
         own = [w for w in own if w in kept]
     terms = dict.fromkeys(own)
     if expand:

@@ -10,6 +10,7 @@ import pytest
 
 from events import ExtractedFact, ExtractionBatch, estimate_tokens
 from memvee import Memory, ProcessingError, ProcessingTimeoutError, ProcessStatus, ProcessTask
+from memvee.extractors import OfflineExtractor
 from tests.support.extractors import RecordingExtractor
 
 
@@ -65,6 +66,39 @@ async def test_the_entries_shown_beside_a_batch_take_a_share_of_its_token_budget
     shown = extractor.batches[-1].known
     assert len(shown) >= 1 and sum(estimate_tokens(k.text) for k in shown) <= 2000 // 4
     assert len(shown) < 12, "a known entry is about 250 tokens: only a few fit"
+
+
+async def test_a_user_with_many_entries_is_shown_what_each_message_of_a_wordy_batch_changes(
+    make_memory: Any,
+) -> None:
+    """Past 100 current entries the entries shown are searched for; a short "I moved to
+    Bergen" in a chatty batch still finds the home it replaces, so no second home."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_exchange("alice", "I live in Oslo", "Oslo is lovely.")
+    for i in range(100):
+        await memory.add_exchange("alice", f"I like item{i} things", "ok")
+    await memory.flush("alice")
+    chat = [
+        ("I moved to Bergen", "Congratulations on the relocation! How is the new apartment?"),
+        (
+            "Unpacking everything is exhausting, honestly",
+            "Moving is stressful. Take breaks and celebrate the small victories along the way.",
+        ),
+        (
+            "The neighbourhood seems friendly and peaceful",
+            "Wonderful! Local cafés, bookshops and walking trails could help you settle quickly.",
+        ),
+        (
+            "Any suggestions for organising my kitchen cupboards?",
+            "Group similar utensils, keep everyday essentials accessible, store seasonal "
+            "equipment higher.",
+        ),
+    ]
+    for said, reply in chat:
+        await memory.add_exchange("alice", said, reply)
+    await memory.process("alice")
+    homes = [e.text for e in await memory.knowledge("alice") if "lives in" in e.text]
+    assert homes == ["User lives in Bergen."]
 
 
 async def test_process_with_nothing_buffered_returns_zero(memory: Memory) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from events import UserLog
-from memvee import ExtractedFact, InvalidInputError, Memory, NotFoundError
+from events import ExtractionBatch, ExtractionResult, UserLog
+from memvee import ExtractedFact, ExtractionError, InvalidInputError, Memory, NotFoundError
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -326,3 +326,62 @@ async def test_what_a_forgotten_users_messages_gave_is_not_recorded_in_their_new
         assert verify(audit.store) == []
     texts = [e.text for e in await memory.knowledge("eve", history=True)]
     assert not any("Oslo" in text or "Acme" in text for text in texts)
+
+
+class _FailsOnThirdBatch(OfflineExtractor):
+    """The offline rules, but the third batch fails as an API that went down would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.calls += 1
+        if self.calls == 3:
+            raise ExtractionError("API down")
+        return await super().extract(batch)
+
+
+async def test_a_reextraction_cut_short_is_finished_by_running_it_again(
+    make_memory: Any, db_url: str
+) -> None:
+    """Each message ends up covered once in the version: the run again sends only what
+    the version does not cover yet, and a run over a finished version sends nothing."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for i in range(30):
+        await memory.add_exchange("eve", f"I like hobby{i} things", "ok")
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        failing = _FailsOnThirdBatch()
+        with pytest.raises(ExtractionError):
+            await audit.reextract("eve", failing, "v2", batch_size=10)
+        assert await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=10) == 20
+        again = RecordingExtractor()
+        assert await audit.reextract("eve", again, "v2", batch_size=10) == 0
+        assert again.batches == []
+        covered = [
+            m
+            for e in audit.store.events_of("eve")
+            if isinstance(e, UserLog.KnowledgeReextracted)
+            for m in e.message_ids
+        ]
+        assert len(covered) == len(set(covered)) == 60
+        assert audit.knowledge_versions("eve") == {"live": 30, "v2": 30}
+
+
+async def test_a_reextraction_shows_each_batch_the_entries_it_changes_as_live_processing_does(
+    make_memory: Any, db_url: str
+) -> None:
+    """Past 100 entries of the version, a batch is shown the related ones, not the newest:
+    the move found the old home, so the version (and the live knowledge it becomes) has
+    one current home, as the live knowledge had."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_exchange("eve", "I live in Oslo", "ok")
+    for i in range(160):
+        await memory.add_exchange("eve", f"I like item{i} things", "ok")
+    await memory.add_exchange("eve", "I moved to Bergen", "ok")
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "v2")
+        audit.promote("eve", "v2")
+    homes = [e.text for e in await memory.knowledge("eve") if "lives in" in e.text]
+    assert homes == ["User lives in Bergen."]

@@ -35,3 +35,10 @@ def test_a_query_of_more_words_than_searched_keeps_its_longest_in_order() -> Non
     terms = search_terms(f"{filler} quokka", expand=False)
     assert len(terms) == MAX_TERMS and terms[-1] == "quokka"
     assert terms[:-1] == [f"w{n}" for n in range(10, 41)], "the longest, in the query's order"
+
+
+def test_a_query_of_more_words_than_searched_keeps_its_topic_words_first() -> None:
+    """ "I moved" says what a long turn changes: a topic word outranks a longer word."""
+    filler = " ".join(f"longerword{n}" for n in range(60))
+    terms = search_terms(f"{filler} I moved", expand=False)
+    assert len(terms) == MAX_TERMS and terms[-1] == "moved"

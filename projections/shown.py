@@ -1,0 +1,56 @@
+"""What an extractor is shown beside a batch: the user's current entries it may repeat or
+change, and, for the log, the chains of ended entries before those.
+
+Live processing and re-extraction show entries the same way, so that a re-extracted
+version is decided as the live knowledge was: the entries related to the batch's texts
+(all of them for a user with few), within a share of the batch's token budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import Connection
+
+from events import KnownEntry, ReplacedEntry, estimate_tokens
+from events.user_log import LIVE_KNOWLEDGE
+from projections.ranking import LexicalRanker
+from projections.reader import ProjectionReader
+
+__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside"]
+
+MAX_KNOWN_ENTRIES = 100
+"""At most this many current entries go to an extractor beside each batch."""
+
+KNOWN_SHARE = 4
+"""The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
+of the batch's token budget on top of it, the most related first, at least one."""
+
+
+def shown_beside(
+    connection: Connection,
+    ranker: LexicalRanker,
+    reader: ProjectionReader,
+    user_id: str,
+    texts: Sequence[str],
+    *,
+    current: int,
+    max_batch_tokens: int,
+    version: str = LIVE_KNOWLEDGE,
+) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+    """The current entries of ``version`` shown beside a batch of ``texts`` (the most
+    related first; ``current`` is how many the log counts), and the chains of ended
+    entries before them."""
+    if current <= 0:
+        return (), ()
+    related = ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current, version)
+    budget = max_batch_tokens // KNOWN_SHARE
+    shown: list[KnownEntry] = []  # a list: see projections.rows
+    for entry in related:
+        known = KnownEntry(*entry)
+        budget -= estimate_tokens(known.text)
+        if shown and budget < 0:
+            break
+        shown.append(known)
+    replaced = reader.replaced(connection, user_id, [k.entry_id for k in shown], version)
+    return tuple(shown), tuple(replaced)
