@@ -279,10 +279,15 @@ class UserActor(PooledActor):
     def forget(self) -> ForgetReceipt:
         """Erase the user once the writes already sent are committed; open tasks end FAILED.
 
-        Calls sent after this one find an empty log and start the user afresh.
+        Calls sent after this one find an empty log and start the user afresh. A log that
+        does not load (damaged) is erased all the same: a user can always be forgotten.
         """
         self._await_last_write()
-        user_log = self._user_log(create=False)
+        try:
+            user_log = self._user_log(create=False)
+        except StorageError:
+            log.warning("user %r: the log does not load; erasing it", self.user_id, exc_info=True)
+            user_log = None
         ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
         self._running = None

@@ -41,6 +41,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import first_line
+from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
 from events.user_log import DEFAULT_LIMITS, LIVE_KNOWLEDGE, check_new_knowledge_version
@@ -401,6 +402,7 @@ class Audit:
         imported: list[str] = []  # the users of the runs of lines stored
         held: HeldRun | None = None  # the current run of lines, of one user, checked
         seen: dict[str, int] = {}  # lines checked per user
+        replays: dict[str, ImportReplay] = {}  # each user's log, replayed as checked
         try:
             for number, line in enumerate(_text_lines(lines), start=1):
                 if not isinstance(line, str):
@@ -419,7 +421,11 @@ class Audit:
                 if held is None:
                     held = HeldRun(user_id, number)
                 seen[user_id] = seen.get(user_id, 0) + 1
-                held.add(line, self._checked_import(number, record, seen[user_id]))
+                if user_id not in replays:
+                    replays[user_id] = ImportReplay(self.store.load(user_id))
+                event = self._checked_import(number, record, seen[user_id])
+                replays[user_id].check(event, f"line {number}")
+                held.add(line, event)
             if held is not None:
                 counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
                     held, projector
@@ -442,8 +448,9 @@ class Audit:
         _check_storable(record.get("state"), f"line {number}")
         try:
             event = self._decoded(record)
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
             raise InvalidInputError(f"line {number} is not an exported event: {error}") from error
+        check_fields(event, f"line {number}")
         if event.originator_version != due:
             raise InvalidInputError(
                 f"line {number}: version {event.originator_version} of {user_id!r} where {due} "
@@ -840,8 +847,13 @@ def _exported_record(number: int, line: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
         check_user_id(record["user_id"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise InvalidInputError(f"line {number} is not an exported event: {error}") from error
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise InvalidInputError(f"line {number} is not an exported event: {error}") from None
+    version, topic, state = record.get("version"), record.get("topic"), record.get("state")
+    if type(version) is not int or version < 1:
+        raise InvalidInputError(f"line {number}: the version must be a whole number from 1")
+    if not isinstance(topic, str) or not isinstance(state, dict):
+        raise InvalidInputError(f"line {number}: the topic must be a string, the state an object")
     return record  # type: ignore[no-any-return]  # a dict: only a dict has a "user_id" key
 
 

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
 
-from events import EventStore, Recorded, StorageError, user_log_id
+from events import EventStore, InvalidInputError, Recorded, StorageError, user_log_id
+from events.imported import ImportReplay
 from projections.collector import collector_paused
 from projections.comparison import Difference, Listing, differences, table_listing
 from projections.folds import PROJECTIONS
@@ -403,16 +404,39 @@ def forget_in_scratch(connection: Connection, log_id: str) -> None:
         Projector(scratch).forget(connection, log_id)
 
 
+def unreplayable(store: EventStore) -> list[tuple[str, int, str]]:
+    """Each log one of whose events is not well formed or does not replay (as a load
+    would replay it), as (log id, version of that event, why); a gap is left to
+    :meth:`EventStore.gaps`."""
+    replays: dict[Any, ImportReplay] = {}
+    broken: dict[Any, tuple[str, int, str]] = {}
+    for page in store.follow():
+        for recorded in page:
+            event = recorded.event
+            log_id = event.originator_id
+            if log_id in broken:
+                continue
+            replay = replays.setdefault(log_id, ImportReplay(None))
+            try:
+                replay.check(event, f"version {event.originator_version}")
+            except InvalidInputError as error:
+                broken[log_id] = (str(log_id), event.originator_version, str(error))
+                del replays[log_id]
+    return list(broken.values())
+
+
 def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Difference]:
     """Rebuild into scratch tables and list every difference from the live projections,
     after every event of the log that follows no stored version of its log (table
-    ``events``, live ``(log id, version)``: that log cannot load)."""
+    ``events``, live ``(log id, version)``) and every log that does not replay (live
+    ``(log id, version, why)``, its first event that breaks it): such logs cannot load."""
     live = live or ProjectionTables(LIVE_PREFIX)
     with store.engine.connect() as connection:
         _refuse_while_rebuilding(Projector(live), connection)
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
     found = [Difference("events", gap, None) for gap in store.gaps()]
+    found += [Difference("events", broken, None) for broken in unreplayable(store)]
     try:
         with _at_one_point(store, live, scratch) as connection:
             for expected, actual in zip(

@@ -8,7 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -564,7 +564,62 @@ def _registered_as(line: str, user: str, version: int = 1) -> str:
     return json.dumps(record)
 
 
+def _edited(lines: list[str], kind: str, change: Callable[[dict[str, Any]], Any]) -> list[str]:
+    """The lines with the first event of ``kind`` changed by ``change`` (its record)."""
+    records = [json.loads(line) for line in lines]
+    change(next(r for r in records if r["topic"].endswith(f".{kind}")))
+    return [json.dumps(r) for r in records]
+
+
+def _twice(lines: list[str]) -> list[str]:
+    """The second message given the first one's id."""
+    records = [json.loads(line) for line in lines]
+    first, second = [r for r in records if r["topic"].endswith(".MessageAdded")][:2]
+    second["state"]["message_id"] = first["state"]["message_id"]
+    return [json.dumps(r) for r in records]
+
+
 BROKEN_EXPORTS = [
+    (
+        "a message whose content is a number",
+        lambda a, b: _edited(a, "MessageAdded", lambda r: r["state"].update(content=123)),
+        "'content' of the MessageAdded is not a str: 123",
+    ),
+    (
+        "a message of no known role",
+        lambda a, b: _edited(a, "MessageAdded", lambda r: r["state"].update(role="hacker")),
+        "unknown role 'hacker'",
+    ),
+    (
+        "a message out of its seq",
+        lambda a, b: _edited(a, "MessageAdded", lambda r: r["state"].update(seq=7)),
+        "message seq 7 where 1 was due",
+    ),
+    ("a message id said twice", lambda a, b: _twice(a), "comes twice"),
+    (
+        "a Registered without its topic",
+        lambda a, b: _edited(a, "Registered", lambda r: r["state"].pop("originator_topic")),
+        "line 1: the Registered has no 'originator_topic'",
+    ),
+    (
+        "a version that is text",
+        lambda a, b: _edited(a, "Registered", lambda r: r.update(version="1")),
+        "line 1: the version must be a whole number from 1",
+    ),
+    (
+        "an entry without its text",
+        lambda a, b: _edited(
+            a, "KnowledgeExtracted", lambda r: r["state"]["entries"][0].pop("text")
+        ),
+        "a knowledge entry is not well formed",
+    ),
+    (
+        "the end of an entry the log never had",
+        lambda a, b: _edited(
+            a, "KnowledgeSuperseded", lambda r: r["state"].update(entry_id="no-such-entry")
+        ),
+        "the log cannot replay it (KeyError: 'no-such-entry')",
+    ),
     ("a line left out", lambda a, b: a[:3] + a[4:], "line 4: version 5 of 'ann' where 4 was due"),
     ("lines out of order", lambda a, b: [a[1], a[0], *a[2:]], "line 1: version 2 of 'ann'"),
     (
@@ -624,6 +679,34 @@ def test_a_damaged_event_is_one_error_line_and_a_failed_export_leaves_no_partial
         "m.db-shm",
         "m.db-wal",
     ]
+
+
+def test_verify_reports_a_log_that_does_not_replay_and_forget_still_erases_it(
+    db: str,
+) -> None:
+    """A message whose content a damaged database holds as a number: the log cannot be
+    replayed as a load would, so verify exits 1 naming it; the user can still be
+    forgotten."""
+    with sqlite3.connect(db) as connection:
+        rowid, state = next(
+            row
+            for row in connection.execute("SELECT id, state FROM memvee_events")
+            if b'"content":"I work at Acme."' in row[1]
+        )
+        damaged = state.replace(b'"content":"I work at Acme."', b'"content":123')
+        connection.execute("UPDATE memvee_events SET state = ? WHERE id = ?", (damaged, rowid))
+    report = json.loads(run("verify", "--json", "--db", db, code=1).output)
+    broken = report[0]  # then the rows its content changed
+    assert broken["table"] == "events" and broken["rebuilt"] is None
+    assert "'content' of the MessageAdded is not a str: 123" in broken["live"][2]
+
+    async def forget() -> None:
+        async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False) as memory:
+            receipt = await memory.forget("ann")
+            assert receipt.events > 0 and await memory.messages("ann") == []
+
+    asyncio.run(forget())
+    assert run("verify", "--db", db).output.strip() == "projections match the log"
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:

@@ -1,0 +1,136 @@
+"""Events that come from outside (an import): checked before a log holds them.
+
+A log's own events are decided by the aggregate, so they are well formed. An exported
+file can be edited, cut or made by another program, and one bad event would leave its
+user's log unloadable for good (not even forgettable). So each imported event must have
+every field of the type its class declares, a message must be one ``add_message`` would
+have accepted, and the user's events must replay, one by one, as a load would replay them.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from datetime import datetime
+from functools import cache
+from typing import Any, ClassVar, TypeVar, Union
+
+from events.checks import check_message, check_name
+from events.errors import InvalidInputError
+from events.user_log import UserLog
+
+__all__ = ["ImportReplay", "check_fields"]
+
+_ENTRY_FIELDS: dict[str, Any] = {
+    "entry_id": str,
+    "text": str,
+    "source_message_ids": list[str],
+    "valid_from": str,
+}
+"""The fields every knowledge entry of an extraction holds (``repairs`` is optional)."""
+
+
+class ImportReplay:
+    """One user's imported events, replayed in memory after the log this database holds
+    (``stored``, ``None`` for none): :meth:`check` refuses an event the log could not hold."""
+
+    def __init__(self, stored: UserLog | None) -> None:
+        self._log = stored
+        self._message_ids: set[str] = set()
+
+    def check(self, event: Any, what: str) -> None:
+        """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
+        ``event`` is well formed and goes on the log replayed so far. An event at a
+        version the stored log holds already is only type-checked: the import compares
+        it with the stored one, and one past the end of the stored log is left to the
+        import to refuse."""
+        check_fields(event, what)
+        if isinstance(event, UserLog.MessageAdded):
+            _check_message(event, what)
+        known = 0 if self._log is None else self._log.version
+        if event.originator_version != known + 1:
+            return  # held already (compared), or past the stored log (refused as a gap)
+        if isinstance(event, UserLog.MessageAdded):
+            if event.message_id in self._message_ids:
+                raise InvalidInputError(f"{what}: message id {event.message_id!r} comes twice")
+            if self._log is not None and event.seq != self._log.message_count + 1:
+                raise InvalidInputError(
+                    f"{what}: message seq {event.seq} where {self._log.message_count + 1} was due"
+                )
+            self._message_ids.add(event.message_id)
+        try:
+            self._log = event.mutate(self._log)
+        except Exception as error:  # whatever a load would fail on, refused here
+            raise InvalidInputError(
+                f"{what}: the log cannot replay it ({type(error).__name__}: {error})"
+            ) from error
+
+
+def _check_message(event: Any, what: str) -> None:
+    try:
+        check_message(event.role, event.content, sys.maxsize)
+        check_name(event.name)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"{what}: {error}") from None
+
+
+def check_fields(event: Any, what: str) -> None:
+    """Raise :class:`InvalidInputError` (naming ``what``) unless each field of
+    ``event``'s class (and its base's version and time) is there, of its declared type,
+    and each knowledge entry holds its fields."""
+    kind: type = type(event)
+    for name, hint in _field_types(kind).items():
+        if not hasattr(event, name):
+            raise InvalidInputError(f"{what}: the {type(event).__name__} has no {name!r}")
+        value = getattr(event, name)
+        if not _fits(value, hint):
+            raise InvalidInputError(
+                f"{what}: {name!r} of the {type(event).__name__} is not a {_named(hint)}: "
+                f"{value!r:.80}"
+            )
+    for entry in getattr(event, "entries", None) or ():
+        if not isinstance(entry, dict) or not all(
+            _fits(entry.get(key), hint) for key, hint in _ENTRY_FIELDS.items()
+        ):
+            raise InvalidInputError(f"{what}: a knowledge entry is not well formed: {entry!r:.80}")
+        try:
+            datetime.fromisoformat(entry["valid_from"])
+        except ValueError as error:
+            raise InvalidInputError(f"{what}: a knowledge entry's valid_from: {error}") from None
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is not ClassVar and not isinstance(hint, TypeVar)
+    }
+
+
+def _fits(value: object, hint: Any) -> bool:
+    """Whether ``value`` is of type ``hint`` (the few forms events declare)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is datetime:
+        return isinstance(value, datetime) and value.utcoffset() is not None
+    return isinstance(value, hint)
+
+
+def _named(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
