@@ -21,8 +21,10 @@ __all__ = [
     "MAX_NAME_CHARS",
     "ROLES",
     "check_count",
+    "check_flag",
     "check_key",
     "check_keys",
+    "check_listing",
     "check_message",
     "check_name",
     "check_page",
@@ -175,6 +177,23 @@ def check_time(moment: object, what: str) -> datetime | None:
         raise InvalidInputError(
             f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
         ) from None
+
+
+def check_flag(value: object, what: str) -> bool:
+    """Return ``value`` if it is a bool, else raise :class:`InvalidInputError` (a string
+    such as ``"false"`` is not taken as true)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be True or False, not {type(value).__name__}")
+    return value
+
+
+def check_listing(as_of: object, history: object) -> None:
+    """Raise :class:`InvalidInputError` unless a knowledge listing asks for at most one of
+    ``as_of`` (the entries valid then) and ``history`` (every entry, ended ones too)."""
+    if check_flag(history, "history") and as_of is not None:
+        raise InvalidInputError(
+            "give as_of or history, not both: history lists every entry, ended ones too"
+        )
 
 
 def check_count(value: object, what: str) -> int:

@@ -40,7 +40,9 @@ from events import (
     StorageError,
     UnknownTaskError,
     UserLog,
+    check_flag,
     check_keys,
+    check_listing,
     check_message,
     check_name,
     check_page,
@@ -527,6 +529,7 @@ class Memory:
         """
         check_user_id(user_id)
         as_of = check_time(as_of, "as_of")
+        check_listing(as_of, history)
         check_page(offset, limit, "offset")
         return await self._read(
             lambda c, r: r.knowledge(
@@ -565,6 +568,7 @@ class Memory:
         check_user_id(user_id)
         check_query(query, top_k)
         as_of = check_time(as_of, "as_of")
+        check_flag(include_messages, "include_messages")
         engine, loop = self._running()
         retriever = self._retriever
         assert retriever is not None

@@ -34,8 +34,10 @@ from events import (
     StorageError,
     UserLog,
     check_count,
+    check_flag,
     check_key,
     check_keys,
+    check_listing,
     check_text,
     check_user_id,
     sqlite_url,
@@ -695,6 +697,7 @@ class Audit:
         (ended ones too), oldest first: what :meth:`memvee.Memory.knowledge` returns."""
         self._version_of(user_id)
         _check_aware(as_of, "as_of")
+        check_listing(as_of, history)
         with self.store.engine.connect() as connection:
             return self._reader.knowledge(connection, user_id, as_of=as_of, history=history)
 
@@ -788,6 +791,7 @@ class Audit:
         """
         self._version_of(user_id)
         check_query(query, top_k)
+        check_flag(include_messages, "include_messages")
         if as_of is not None:
             _check_aware(as_of, "as_of")
         if embed_seconds is not None and (

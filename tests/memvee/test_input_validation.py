@@ -69,6 +69,17 @@ BAD_CALLS = [
     ("negative offset", lambda m: m.knowledge("u", offset=-1), "offset must be 0 or more"),
     ("a str offset", lambda m: m.knowledge("u", offset="2"), "offset must be an int, not str"),
     ("zero knowledge limit", lambda m: m.knowledge("u", limit=0), "limit must be 1 or more"),
+    ("a str for history", lambda m: m.knowledge("u", history="false"), "history must be True"),
+    (
+        "history and as_of together",
+        lambda m: m.knowledge("u", history=True, as_of=datetime.now(UTC)),
+        "give as_of or history, not both",
+    ),
+    (
+        "a str for include_messages",
+        lambda m: m.retrieve("u", "car", include_messages="no"),
+        "include_messages must be True or False, not str",
+    ),
 ]
 
 

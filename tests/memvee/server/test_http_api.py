@@ -120,6 +120,11 @@ def test_knowledge_as_of_and_history(http: httpx.Client, user: str) -> None:
     assert [e["text"] for e in now] == ["User lives in Porto."]
     assert {e["text"] for e in ever} == {"User lives in Lisbon.", "User lives in Porto."}
     assert before == []
+    both = http.get(
+        f"/v1/users/{user}/knowledge",
+        params={"as_of": datetime.now(UTC).isoformat(), "history": "true"},
+    )
+    assert both.status_code == 422 and "not both" in both.json()["message"]
 
 
 def test_knowledge_is_listed_a_page_at_a_time(http: httpx.Client, user: str) -> None:
