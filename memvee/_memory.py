@@ -781,9 +781,17 @@ class Memory:
             self._recent.popitem(last=False)
 
     def _handle_for(self, user_id: str, record: Any) -> ProcessTask:
+        """The handle of a task read from the log: this Memory's own, one that follows
+        the task through the projection while it is open (another Memory or process runs
+        it), or one that ended."""
         live = self._inflight.get(user_id, {}).get(record.task_id)
         if live is not None:
             return live
+        if record.status in ("PENDING", "RUNNING"):
+            task = self._register(user_id, record.task_id, record.trigger, local=False)
+            if record.status == "RUNNING":
+                task._mark_running(record.message_count)
+            return task
         assert self._loop is not None
         return ProcessTask(
             user_id,

@@ -169,6 +169,30 @@ async def test_a_guest_waits_for_the_tasks_the_owner_runs(db_url: str) -> None:
         await owner.close()
 
 
+async def test_a_handle_a_guest_reads_of_a_task_the_owner_runs_follows_it_to_the_end(
+    db_url: str,
+) -> None:
+    """get_task and tasks in a guest give handles of the owner's running task that end
+    when it ends (they used to stay RUNNING, so wait() never returned)."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        running = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        read = await guest.get_task("u", running.task_id)
+        (listed,) = await guest.tasks("u")
+        assert read.status.value == "RUNNING" and listed.task_id == running.task_id
+        owner_extractor.gate.set()
+        assert await asyncio.wait_for(read.wait(), 30) == 1
+        assert await asyncio.wait_for(listed.wait(), 30) == 1
+        assert read.status.value == listed.status.value == "COMPLETED"
+    finally:
+        await guest.close()
+        await owner.close()
+
+
 async def test_auto_processing_triggered_by_a_guest_runs_once_at_the_owner(db_url: str) -> None:
     owner_extractor, guest_extractor = RecordingExtractor(), RecordingExtractor()
     config = _config(db_url, auto_process=True, batch_threshold=4)
