@@ -19,6 +19,7 @@ from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
 from projections import Projector, forget_in_scratch
+from projections.bulk_runs import forget_bulk_requests
 
 __all__ = ["ForgetReceipt", "erase_user"]
 
@@ -59,6 +60,7 @@ def erase_user(
             events, snapshots = store.forget(connection, user_id)
             rows = projector.forget(connection, str(user_log_id(user_id)))
             forget_in_scratch(connection, str(user_log_id(user_id)))
+            rows["bulk_requests"] = forget_bulk_requests(connection, user_id)
             if leases is not None:
                 rows["leases"] = leases.forget(connection, user_id)
             if store.is_sqlite:

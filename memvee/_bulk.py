@@ -6,11 +6,10 @@ one Message Batch (or a few, for very large runs), polled until it ends, and eac
 recorded as a KnowledgeReextracted event of its user.
 
 It survives a crash at any point. The requests of each submitted Message Batch are kept
-in a small table (``memvee_bulk_batches``, not a projection: it is where a run is, not what
-the log says) before the batch is created; a later run for the same version collects the
-batches left unfinished before planning anything new. Each recorded event names its
-request (``request_id``), and a request already recorded in the user's log is never
-recorded again. Rows are deleted once their results are recorded.
+in a small table (:mod:`projections.bulk_runs`) before the batch is created; a later run
+for the same version collects the batches left unfinished before planning anything new.
+Each recorded event names its request (``request_id``), and a request already recorded in
+the user's log is never recorded again. Rows are deleted once their results are recorded.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from uuid import uuid4
 import anthropic
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, select
+from sqlalchemy import select
 
 from events import (
     BatchLimits,
@@ -45,6 +44,7 @@ from events import (
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets
 from projections import ProjectionReader
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 
 __all__ = ["BulkReextraction", "BulkReport"]
 
@@ -52,19 +52,6 @@ log = logging.getLogger("memvee.bulk")
 
 MAX_REQUESTS_PER_BATCH = 10_000
 """Requests per Message Batch (the API takes up to 100,000 or 256 MB)."""
-
-_METADATA = MetaData()
-BULK_BATCHES = Table(
-    "memvee_bulk_batches",
-    _METADATA,
-    Column("local_id", String(36), primary_key=True),
-    Column("knowledge_version", String(64), nullable=False, index=True),
-    Column("api_batch_id", String(128), nullable=True),
-    Column("requests", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-"""Submitted Message Batches whose results are not recorded yet, with what each request
-holds: its user, its messages and the known entries its prompt listed."""
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
@@ -322,7 +309,7 @@ class BulkReextraction:
 
     def _create_table(self) -> None:
         with self.store.transaction() as connection:
-            _METADATA.create_all(connection)
+            create_bulk_table(connection)
 
     def _unfinished(self) -> list[dict[str, Any]]:
         with self.store.engine.connect() as connection:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from actors.erasure import erase_user
@@ -21,6 +22,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector
+from projections.bulk_runs import BULK_BATCHES
 from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import (
     MessagesAPIServer,
@@ -221,3 +223,29 @@ async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
         assert len(reasons) == 3 and all("forgotten" in r for r in reasons), reasons
         assert _reextracted(audit, "bob") == [] and len(_reextracted(audit, "ann")) == 3
         assert audit.knowledge_versions("bob") == {}
+
+
+async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed after it submitted keeps its requests (user ids and message ids) for
+    the next run; forgetting bob removes his, and the next run records only ann's."""
+
+    async def crash(self: BulkReextraction, *args: Any) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_finish", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        receipt = erase_user(audit.store, Projector(ProjectionTables()), None, "bob")
+        assert receipt.rows["bulk_requests"] == 3
+        with audit.store.engine.connect() as connection:
+            (requests,) = connection.execute(select(BULK_BATCHES.c.requests)).scalars()
+        assert {r["user"] for r in requests.values()} == {"ann"}
+        report = await audit.reextract_in_bulk(
+            ["ann"], ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01
+        )
+        assert (report.submitted, report.recorded, report.failed) == (0, 3, {})
+        assert len(_reextracted(audit, "ann")) == 3

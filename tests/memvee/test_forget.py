@@ -134,7 +134,7 @@ async def test_forgetting_a_user_never_written_erases_nothing(memory: Memory) ->
     assert {table: n for table, n in receipt.rows.items() if table != "leases"} == dict.fromkeys(
         (
             *("quarantine", "tasks", "usage", "knowledge", "citations"),
-            *("messages", "users", "vectors", "checkpoints", "search"),
+            *("messages", "users", "vectors", "checkpoints", "search", "bulk_requests"),
         ),
         0,
     )

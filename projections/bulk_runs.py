@@ -1,0 +1,57 @@
+"""Where bulk re-extraction runs are kept until their results are recorded.
+
+Not a projection: the table says where a run is, not what a log says. Each row is one
+submitted Message Batch, with what each of its requests holds (its user, its messages,
+the known entries its prompt listed). It names users, so forgetting a user removes that
+user's requests from it (:func:`forget_bulk_requests`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Connection, DateTime, MetaData, String, Table, inspect, select
+
+__all__ = ["BULK_BATCHES", "create_bulk_table", "forget_bulk_requests"]
+
+_METADATA = MetaData()
+
+BULK_BATCHES = Table(
+    "memvee_bulk_batches",
+    _METADATA,
+    Column("local_id", String(36), primary_key=True),
+    Column("knowledge_version", String(64), nullable=False, index=True),
+    Column("api_batch_id", String(128), nullable=True),
+    Column("requests", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+"""Submitted Message Batches whose results are not recorded yet, with what each request
+holds: its user, its messages and the known entries its prompt listed."""
+
+
+def create_bulk_table(connection: Connection) -> None:
+    """Create the table, unless it is there (a bulk run creates it on first use)."""
+    _METADATA.create_all(connection)
+
+
+def forget_bulk_requests(connection: Connection, user_id: str) -> int:
+    """Remove ``user_id``'s requests from every kept run, in the caller's transaction; a
+    run left with none is removed. Returns how many requests were removed. (A run still
+    at the API leaves the user's answers there: a later collection finds no request for
+    them, and records nothing.)"""
+    if not inspect(connection).has_table(BULK_BATCHES.name):
+        return 0
+    removed = 0
+    for local_id, requests in connection.execute(
+        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+    ).all():
+        kept: dict[str, Any] = {k: r for k, r in requests.items() if r.get("user") != user_id}
+        if len(kept) == len(requests):
+            continue
+        removed += len(requests) - len(kept)
+        row = BULK_BATCHES.c.local_id == local_id
+        if kept:
+            connection.execute(BULK_BATCHES.update().where(row).values(requests=kept))
+        else:
+            connection.execute(BULK_BATCHES.delete().where(row))
+    return removed
