@@ -564,10 +564,26 @@ def import_(
 ) -> None:
     """Append exported logs to this database. Run it again after it stopped: a log
     imported in part is completed, one imported whole is left; a user who has another
-    log here is refused."""
-    # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of the first line
-    with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
-        counts = audit.import_lines(lines)
+    log here is refused. A database file the import made and stored nothing in is
+    removed again."""
+    made = db_url is None and not Path(db).expanduser().exists()
+    empty = False
+    try:
+        # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of line 1
+        with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
+            try:
+                counts = audit.import_lines(lines)
+            except MemveeError:
+                empty = made and audit.store.count() == 0
+                raise
+    finally:
+        if empty:
+            database = Path(db).expanduser()
+            for path in (
+                database,
+                *(database.with_name(database.name + s) for s in _BESIDE_DATABASE),
+            ):
+                path.unlink(missing_ok=True)
     for user, count in counts.items():
         if count:
             console.print(f"imported {count} events of {user!r}")
