@@ -820,29 +820,22 @@ class UserLog(Aggregate):
                 target, fact = plan.invalidated[index]
                 sources = list(fact.source_message_ids)
                 timeline.invalidate(entry_id(target), _said(sources, said_at), fact.text, sources)
-        for ended, ending in timeline.ended():
-            if ending.successor is not None:
-                self.trigger_event(
-                    self.KnowledgeSuperseded,
-                    entry_id=ended,
-                    knowledge_version=version,
-                    superseded_by=ending.successor,
-                    valid_until=ending.at,
-                )
-            else:
+        moved = dict(timeline.moved())
+        for entry, ending in [*timeline.ended(), *moved.items()]:
+            if ending.successor is None:
+                assert entry not in moved, "only a replacement moves an ended entry's end"
                 self.trigger_event(
                     self.KnowledgeInvalidated,
-                    entry_id=ended,
+                    entry_id=entry,
                     knowledge_version=version,
                     reason=ending.reason,
                     source_message_ids=ending.sources,
                     valid_until=ending.at,
                 )
-        for moved, ending in timeline.moved():
-            assert ending.successor is not None
+                continue
             self.trigger_event(
-                self.KnowledgeEndMoved,
-                entry_id=moved,
+                self.KnowledgeEndMoved if entry in moved else self.KnowledgeSuperseded,
+                entry_id=entry,
                 knowledge_version=version,
                 superseded_by=ending.successor,
                 valid_until=ending.at,

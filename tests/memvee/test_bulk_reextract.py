@@ -124,17 +124,23 @@ async def test_a_version_name_promoted_before_covers_nothing_of_a_new_run(
         assert len(covered) == 10, "the new v2 covers every processed message again"
 
 
-async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def _killed_once_submitted(audit: Audit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed once it submitted its batch: its requests are kept for the next run."""
+
     async def crash(self: BulkReextraction, *args: Any) -> None:
         raise RuntimeError("killed")
 
+    with monkeypatch.context() as patch:
+        patch.setattr(BulkReextraction, "_finish", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            await _run(audit)
+
+
+async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with Audit(db_url=db) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_finish", crash)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _killed_once_submitted(audit, monkeypatch)
         report = await _run(audit)
         assert (report.submitted, report.recorded) == (0, 6)
         assert len(server.batches) == 1, "the batch was collected, not submitted again"
@@ -231,14 +237,8 @@ async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
     """A run killed after it submitted keeps its requests (user ids and message ids) for
     the next run; forgetting bob removes his, and the next run records only ann's."""
 
-    async def crash(self: BulkReextraction, *args: Any) -> None:
-        raise RuntimeError("killed")
-
     with Audit(db_url=db) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_finish", crash)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _killed_once_submitted(audit, monkeypatch)
         receipt = erase_user(audit.store, Projector(ProjectionTables()), None, "bob")
         assert receipt.rows["bulk_requests"] == 3
         with audit.store.engine.connect() as connection:
