@@ -6,9 +6,10 @@ from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
-from actors.user_actor import INTERRUPTED_BY_CRASH, UserActor
+from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
 
 __all__ = [
+    "FORGOTTEN_REASON",
     "INTERRUPTED_BY_CRASH",
     "ActorDirectory",
     "BridgedFuture",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,11 +41,17 @@ Wake = Callable[[str, float], None]
 class TaskObserver(Protocol):
     """Hears how tasks move, from actor threads; implementations must be thread-safe."""
 
-    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
-        """A task was requested by the engine itself (auto-processing, recovery).
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
+        """A task was requested by the engine itself (auto-processing, recovery, a retry)
+        or started here.
 
-        ``local`` is false when another process owns the user and will run it.
+        ``stored`` is false while its request is still being written: :meth:`task_stored`
+        says when it is (a task whose request is never stored ends with
+        :meth:`task_finished`).
         """
+
+    def task_stored(self, user_id: str, task_id: str) -> None:
+        """The request of a task announced unstored is committed."""
 
     def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
         """A batch of a task started (its ProcessingStarted is committed); the task has
@@ -81,7 +88,8 @@ class SharedServices:
     replayed state should be stored (in the background). ``backoff`` paces a user's runs
     after extraction failures; ``store_backoff`` paces the retries of a user's task start
     while the database fails, and never holds a run back once it answers. ``later``
-    runs a callback after a delay (a write's retry after a conflict).
+    runs a callback after a delay (a write's retry after a conflict). ``closing`` is set
+    once the Memory begins to close.
     """
 
     store: EventStore
@@ -100,3 +108,6 @@ class SharedServices:
     store_backoff: UserBackoff
     later: Later
     leases: LeaseTable | None = None
+    closing: threading.Event = field(default_factory=threading.Event)
+    """Set when the engine's Memory begins to close: with leases, the owner then starts
+    no request of another process, which that process runs once it takes the user over."""

@@ -398,8 +398,13 @@ class Engine:
             except RuntimeError:
                 return
 
+    def drain(self) -> None:
+        """The Memory begins to close: with leases, start no other process's request."""
+        self.services.closing.set()
+
     def shutdown(self, reason: str) -> None:
         """End the remaining tasks as FAILED with ``reason``, then stop every thread."""
+        self.drain()
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 from uuid import uuid4
 
@@ -59,6 +60,19 @@ class LeaseTable:
             Column("expires_at", Float, nullable=False),
         )
         self._dialect = engine.dialect.name
+        self._renewed: dict[str, float] = {}  # user -> time.monotonic() a renewal began
+
+    def fresh(self, user_id: str) -> bool:
+        """Whether our lease on the user was taken or renewed less than ``ttl / 2`` ago by
+        this process's clock, so it cannot have expired yet (no database read)."""
+        began = self._renewed.get(user_id)
+        return began is not None and time.monotonic() - began < self.ttl / 2
+
+    def held(self, user_id: str) -> bool:
+        """Whether we hold the user's lease: :meth:`fresh`, or else asked of the database
+        (taking the lease again if it expired and nobody took it). A process that was
+        stopped or cut off past its lease learns here that another took the user over."""
+        return self.fresh(user_id) or self.try_acquire(user_id)
 
     def create(self, connection: Connection) -> None:
         """Create the lease table if it is missing (run it while writers are held off)."""
@@ -74,6 +88,7 @@ class LeaseTable:
     def try_acquire(self, user_id: str) -> bool:
         """Take the user's lease if it is free, expired or already ours."""
         t = self.table
+        began = time.monotonic()
         insert = postgresql.insert(t) if self._dialect == "postgresql" else sqlite.insert(t)
         with self.engine.begin() as connection:
             now = self._now(connection)
@@ -91,7 +106,11 @@ class LeaseTable:
             holder = connection.execute(
                 select(t.c.owner).where(t.c.log_id == str(user_log_id(user_id)))
             ).scalar()
-        return holder == self.owner
+        if holder != self.owner:
+            self._renewed.pop(user_id, None)
+            return False
+        self._renewed[user_id] = began
+        return True
 
     def renew(self, user_ids: Iterable[str]) -> set[str]:
         """Extend our leases on ``user_ids``; returns the users whose lease we lost."""
@@ -99,6 +118,7 @@ class LeaseTable:
         if not wanted:
             return set()
         t = self.table
+        began = time.monotonic()
         with self.engine.begin() as connection:
             now = self._now(connection)
             connection.execute(
@@ -116,11 +136,19 @@ class LeaseTable:
                     {"ids": list(wanted)},
                 ).scalars()
             )
-        return {user for log_id, user in wanted.items() if log_id not in held}
+        lost = set()
+        for log_id, user in wanted.items():
+            if log_id in held:
+                self._renewed[user] = began
+            else:
+                self._renewed.pop(user, None)
+                lost.add(user)
+        return lost
 
     def release(self, user_id: str) -> None:
         """Give the user's lease up (if it is ours)."""
         t = self.table
+        self._renewed.pop(user_id, None)
         with self.engine.begin() as connection:
             connection.execute(
                 delete(t).where(t.c.log_id == str(user_log_id(user_id)), t.c.owner == self.owner)
@@ -129,10 +157,12 @@ class LeaseTable:
     def forget(self, connection: Connection, user_id: str) -> int:
         """Delete the user's lease row, whoever holds it, in the caller's transaction."""
         t = self.table
+        self._renewed.pop(user_id, None)
         return connection.execute(delete(t).where(t.c.log_id == str(user_log_id(user_id)))).rowcount
 
     def release_all(self) -> None:
         """Give every lease of ours up (on close)."""
         t = self.table
+        self._renewed.clear()
         with self.engine.begin() as connection:
             connection.execute(delete(t).where(t.c.owner == self.owner))

@@ -121,6 +121,7 @@ class UserActor(PooledActor):
         self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
         self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
         self._owner: bool | None = None
+        self._took_over = False  # the lease was just taken: close the last owner's tasks
         self._self_proxy: Any = None
 
     @property
@@ -175,7 +176,13 @@ class UserActor(PooledActor):
         """
         observer = self._services.observer
         owner = self._is_owner()
-        idle = owner and self._running is None
+        leases = self._services.leases
+        idle = (
+            owner
+            and self._running is None
+            and not self._took_over
+            and (leases is None or leases.fresh(self.user_id))
+        )
 
         def request(user_log: UserLog | None) -> tuple[bool, Started | None]:
             if user_log is None or not user_log.request_processing(task_id, trigger):
@@ -207,6 +214,14 @@ class UserActor(PooledActor):
         """
         if not self._is_owner():
             return []
+        closed = self._close_stale(auto_threshold)
+        self._advance()
+        return closed
+
+    def _close_stale(self, auto_threshold: int | None) -> list[str]:
+        """As the owner that just took the user (or opened after a crash): close the
+        tasks the last owner left open as FAILED, and request processing if
+        ``auto_threshold`` messages wait; returns the ids of the tasks closed."""
         task_id = str(uuid4())
 
         def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
@@ -228,10 +243,10 @@ class UserActor(PooledActor):
             self._services.observer.task_finished(
                 self.user_id, closed_id, "FAILED", 0, INTERRUPTED_BY_CRASH
             )
+        self._took_over = False
         if requested:
             self._requested_here(task_id)
-            self._services.observer.task_scheduled(self.user_id, task_id, "recovery", local=True)
-        self._advance()
+            self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
         return closed
 
     def refresh(self, version: int) -> None:
@@ -249,8 +264,7 @@ class UserActor(PooledActor):
         if owner and not was:
             log.info("user %r: this process took the user over", self.user_id)
             self._forget_log()
-            threshold = self._services.settings
-            self.recover(threshold.batch_threshold if threshold.auto_process else None)
+            self.recover(self._recovery_threshold())
         elif was and not owner:
             log.warning("user %r: the lease was lost; processing stops here", self.user_id)
 
@@ -379,7 +393,7 @@ class UserActor(PooledActor):
         returned, auto = self._decide(requeue)
         if auto:
             self._requested_here(task_id)
-            self._services.observer.task_scheduled(self.user_id, task_id, "auto", local=True)
+            self._services.observer.task_scheduled(self.user_id, task_id, "auto", stored=True)
         if returned:
             log.info("user %r: %d quarantined messages requeued", self.user_id, len(returned))
         self._advance()
@@ -424,9 +438,7 @@ class UserActor(PooledActor):
         events = user_log.collect_events()
         if auto_task is not None:
             self._requested_here(auto_task)
-            self._services.observer.task_scheduled(
-                self.user_id, auto_task, "auto", local=self._is_owner()
-            )
+            self._services.observer.task_scheduled(self.user_id, auto_task, "auto", stored=False)
         write = _Append(events, self, _began(user_log, events), messages, acknowledged, attempt)
         write.give_up_at = give_up_at
         write.snapshot, write.auto_task = self._due_snapshot(user_log), auto_task
@@ -458,6 +470,10 @@ class UserActor(PooledActor):
         while self._running is None and self._is_owner():
             step = _Step(self, retry=retry)
             try:
+                if self._took_over:
+                    self._close_stale(self._recovery_threshold())
+                if not self._lease_held():
+                    return
                 self._decide(step)
             except Exception as error:
                 delay = self._services.store_backoff.failed(self.user_id)
@@ -477,7 +493,7 @@ class UserActor(PooledActor):
                 observer.task_finished(self.user_id, task_id, "FAILED", 0, UNSTORED_REASON)
             if step.retry_id is not None:
                 self._requested_here(step.retry_id)
-                observer.task_scheduled(self.user_id, step.retry_id, "retry", local=True)
+                observer.task_scheduled(self.user_id, step.retry_id, "retry", stored=True)
             if step.paused > 0:
                 self._wake_in(step.paused)
             if step.started is None:
@@ -587,7 +603,7 @@ class UserActor(PooledActor):
         """Hand a started task's first batch to the workers (or end it, if it claimed nothing)."""
         observer = self._services.observer
         task_id, trigger, claimed = started
-        observer.task_scheduled(self.user_id, task_id, trigger, local=True)
+        observer.task_scheduled(self.user_id, task_id, trigger, stored=True)
         if not claimed:
             observer.task_running(self.user_id, task_id, 0)
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
@@ -686,7 +702,33 @@ class UserActor(PooledActor):
         if self._owner is None:
             leases = self._services.leases
             self._owner = True if leases is None else leases.try_acquire(self.user_id)
+            self._took_over = self._owner and leases is not None
         return self._owner
+
+    def _lease_held(self) -> bool:
+        """Whether this process still holds the user's lease, asked before a task starts:
+        a process stopped or cut off past its lease must not start one (it would run a
+        task the new owner may run too, and answer the wrong caller)."""
+        leases = self._services.leases
+        if leases is None or leases.held(self.user_id):
+            return True
+        self._owner = False
+        log.warning("user %r: the lease was lost; processing stops here", self.user_id)
+        return False
+
+    def _leaves_for_its_requester(self, user_log: UserLog) -> bool:
+        """Whether the next request is another process's and this one closes: started
+        now, it would be failed by the close; left, its process runs it once it takes
+        the user over."""
+        services = self._services
+        if services.leases is None or not services.closing.is_set():
+            return False
+        return next(iter(user_log.requested)) not in self._requests
+
+    def _recovery_threshold(self) -> int | None:
+        """With auto-processing, the buffered messages that make a takeover ask for a run."""
+        settings = self._services.settings
+        return settings.batch_threshold if settings.auto_process else None
 
     def _user_log(self, *, create: bool) -> UserLog | None:
         if self._owner is None:
@@ -874,7 +916,7 @@ class _Step:
             self.retry_id = str(uuid4())
             if not user_log.request_processing(self.retry_id, "retry"):
                 self.retry_id = None
-        if not user_log.requested:
+        if not user_log.requested or actor._leaves_for_its_requester(user_log):
             return
         self.paused = actor._pause(user_log)
         if self.paused <= 0:
@@ -911,6 +953,8 @@ class _Append(Write):
     def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         actor, services = self.actor, self.actor._services
         if error is None:
+            if self.auto_task is not None:
+                services.observer.task_stored(actor.user_id, self.auto_task)
             self.acknowledged.set(self.events)
             services.touched(actor.user_id)
             return

@@ -28,7 +28,7 @@ from uuid import uuid4
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from actors import Engine, EngineOptions, EngineSettings, inbox_of
+from actors import FORGOTTEN_REASON, Engine, EngineOptions, EngineSettings, inbox_of
 from actors.erasure import ForgetReceipt
 from events import (
     MAX_EXTRACTOR_CHARS,
@@ -59,6 +59,7 @@ from projections import (
     BufferedMessage,
     KnowledgeEntry,
     Message,
+    Projector,
     QuarantinedMessage,
     UserSummary,
 )
@@ -173,7 +174,7 @@ class Memory:
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
         self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
-        self._remote: dict[str, ProcessTask] = {}
+        self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
         self._poller: asyncio.Future[None] | None = None
         self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -294,6 +295,7 @@ class Memory:
         """Close on the Memory's own loop: the grace for running tasks, then the engine's
         stop, which a cancellation of the grace brings forward and never skips."""
         try:
+            engine.drain()
             engine.directory.flush_calls(loop)
             pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
             if pending:
@@ -305,7 +307,7 @@ class Memory:
             for task in list(tasks.values()):
                 task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
         self._inflight.clear()
-        self._remote.clear()
+        self._followed.clear()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -351,7 +353,7 @@ class Memory:
             if self._poller is not None:
                 self._poller.cancel()
         self._inflight.clear()
-        self._remote.clear()
+        self._followed.clear()
         self._poller = None
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
@@ -456,8 +458,8 @@ class Memory:
                 return
             if f.exception() is not None:
                 self._finish(user_id, task.task_id, "FAILED", 0, str(f.exception()))
-            elif f.result() is False and not task.done:
-                self._follow_remote(task)
+            elif not task.done and (f.result() is False or engine.leases is not None):
+                self._follow(task)
 
         sent.add_done_callback(_check_sent)
         return task
@@ -687,16 +689,24 @@ class Memory:
         return self._engine, self._loop
 
     def _register(
-        self, user_id: str, task_id: str, trigger: str, local: bool = True
+        self, user_id: str, task_id: str, trigger: str, follow: bool = False
     ) -> ProcessTask:
+        """The in-flight handle of a task, made on first sight; ``follow`` reads its state
+        from the projection too (see :meth:`_follow`)."""
         assert self._loop is not None
         task = self._inflight.setdefault(user_id, {}).get(task_id)
         if task is None:
             task = ProcessTask(user_id, task_id, trigger, self._loop)
             self._inflight[user_id][task_id] = task
-        if not local:
-            self._follow_remote(task)
+        if follow:
+            self._follow(task)
         return task
+
+    def _stored(self, user_id: str, task_id: str) -> None:
+        """A task's request is committed: with leases, follow it (see :meth:`_follow`)."""
+        task = self._inflight.get(user_id, {}).get(task_id)
+        if task is not None and self._engine is not None and self._engine.leases is not None:
+            self._follow(task)
 
     async def _follow_tasks_elsewhere(self, user_id: str) -> None:
         """With leases, the user's open tasks this process does not know (another process
@@ -710,24 +720,31 @@ class Memory:
         known = self._inflight.get(user_id, {})
         unknown = [r for r in records if r.task_id not in known and r.task_id not in self._recent]
         for record in unknown:
-            self._register(user_id, record.task_id, record.trigger, local=False)
+            self._register(user_id, record.task_id, record.trigger, follow=True)
         if unknown:
             engine.directory.call(user_id, "start_queued")
 
-    def _follow_remote(self, task: ProcessTask) -> None:
-        """Track a task that another process runs, through the tasks projection."""
-        self._remote[task.task_id] = task
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.ensure_future(self._poll_remote())
+    def _follow(self, task: ProcessTask) -> None:
+        """Track a stored task through the tasks projection until it ends there.
 
-    async def _poll_remote(self) -> None:
-        """Read the state of remote tasks from the log's projection until they end; while
+        Another process runs it, or, with leases, may: a process that took the user over
+        ends the tasks this one was running, and runs this one's requests; a process that
+        forgets the user erases them. A task gone from the projection (outside a rebuild)
+        was forgotten.
+        """
+        self._followed[task.task_id] = task
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll_followed())
+
+    async def _poll_followed(self) -> None:
+        """Read the state of followed tasks from the log's projection until they end; while
         the database fails, read again less often (up to every ``REMOTE_POLL_MAX`` s)."""
         pause = REMOTE_POLL_SECONDS
-        while self._remote and self.is_open:
-            ids = list(self._remote)
+        while self._followed and self.is_open and self._engine is not None:
+            ids = list(self._followed)
             try:
-                records = await self._read(functools.partial(_task_states, ids=ids))
+                read = functools.partial(_task_states, ids=ids, projector=self._engine.projector)
+                records, rebuilding = await self._read(read)
             except MemoryClosedError:
                 return
             except StorageError as error:
@@ -738,13 +755,12 @@ class Memory:
                 continue
             pause = REMOTE_POLL_SECONDS
             for record in records:
-                task = self._remote.get(record.task_id)
+                task = self._followed.get(record.task_id)
                 if task is None:
                     continue
                 if record.status == "RUNNING":
                     task._mark_running(record.message_count)
                 elif record.status in ("COMPLETED", "FAILED"):
-                    del self._remote[record.task_id]
                     self._finish(
                         task.user_id,
                         task.task_id,
@@ -753,6 +769,12 @@ class Memory:
                         record.error,
                         record.message_count,
                     )
+            if not rebuilding:
+                found = {record.task_id for record in records}
+                for task_id in ids:
+                    gone = self._followed.get(task_id)
+                    if gone is not None and task_id not in found:
+                        self._finish(gone.user_id, task_id, "FAILED", 0, FORGOTTEN_REASON)
             await asyncio.sleep(REMOTE_POLL_SECONDS)
 
     def _started(self, user_id: str, task_id: str, message_count: int) -> None:
@@ -769,6 +791,7 @@ class Memory:
         error: str | None,
         message_count: int | None = None,
     ) -> None:
+        self._followed.pop(task_id, None)
         tasks = self._inflight.get(user_id, {})
         task = tasks.pop(task_id, None)
         if not tasks:
@@ -788,7 +811,7 @@ class Memory:
         if live is not None:
             return live
         if record.status in ("PENDING", "RUNNING"):
-            task = self._register(user_id, record.task_id, record.trigger, local=False)
+            task = self._register(user_id, record.task_id, record.trigger, follow=True)
             if record.status == "RUNNING":
                 task._mark_running(record.message_count)
             return task
@@ -817,8 +840,13 @@ class _LoopObserver:
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
         self._inbox.post(fn, *args)
 
-    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, local: bool) -> None:
-        self._post(self._memory._register, user_id, task_id, trigger, local)
+    def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
+        self._post(self._memory._register, user_id, task_id, trigger)
+        if stored:
+            self._post(self._memory._stored, user_id, task_id)
+
+    def task_stored(self, user_id: str, task_id: str) -> None:
+        self._post(self._memory._stored, user_id, task_id)
 
     def task_running(self, user_id: str, task_id: str, message_count: int) -> None:
         self._post(self._memory._started, user_id, task_id, message_count)
@@ -829,9 +857,13 @@ class _LoopObserver:
         self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error)
 
 
-def _task_states(connection: Connection, reader: Any, *, ids: list[str]) -> list[Any]:
+def _task_states(
+    connection: Connection, reader: Any, *, ids: list[str], projector: Projector
+) -> tuple[list[Any], bool]:
+    """The stored states of the tasks ``ids``, and whether a rebuild is folding the log
+    (then a task missing from the projection may be only not yet folded)."""
     states: list[Any] = reader.task_states(connection, ids)
-    return states
+    return states, projector.state(connection).rebuilding
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:

@@ -273,3 +273,114 @@ def _holder(leases: LeaseTable, user_id: str) -> str | None:
         found = select(t.c.owner).where(t.c.log_id == str(user_log_id(user_id)))
         owner: str | None = connection.execute(found).scalar()
     return owner
+
+
+async def test_open_tasks_end_failed_everywhere_when_another_process_forgets_the_user(
+    db_url: str,
+) -> None:
+    """A third process forgets the user while the owner extracts: the guest's task, the
+    owner's own queued one and every wait on them end (the guest's used to stay PENDING
+    for good once the task's row was erased, and its wait and flush to hang)."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    third = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        running = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        guests = guest.process_async("u")
+        queued = owner.process_async("u")
+        waiting = asyncio.ensure_future(guest.wait_for_processing("u", timeout=30))
+        await asyncio.sleep(0.2)
+        assert not guests.done and not queued.done
+        await third.forget("u")
+        for task in (guests, queued):
+            with pytest.raises(ProcessingError, match="forgotten"):
+                await asyncio.wait_for(task.wait(), 20)
+        with pytest.raises(ProcessingError, match="forgotten"):
+            await waiting
+        owner_extractor.gate.set()
+        with pytest.raises(ProcessingError):
+            await asyncio.wait_for(running.wait(), 20)
+        assert await guest.knowledge("u") == [] and await guest.buffer("u") == []
+    finally:
+        owner_extractor.gate.set()
+        await third.close()
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_runs_its_own(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner stalls mid-extraction (it cannot renew) and its lease expires; a process
+    that first touches the user then takes it over: it closes the stalled task, which the
+    owner's handle shows at once, and runs its own request. When the owner comes back it
+    starts nothing more: its lease is gone."""
+    owner_extractor, guest_extractor = RecordingExtractor(gated=True), RecordingExtractor()
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        stalled = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        assert owner._engine is not None and owner._engine.leases is not None
+        leases = owner._engine.leases
+
+        def unreachable(*args: Any) -> Any:
+            raise OperationalError("UPDATE", {}, Exception("the process is stopped"))
+
+        monkeypatch.setattr(leases, "renew", unreachable)
+        monkeypatch.setattr(leases, "try_acquire", unreachable)
+        await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        assert await asyncio.wait_for(guest.process("u"), 30) == 2
+        with pytest.raises(ProcessingError, match="interrupted"):
+            await asyncio.wait_for(stalled.wait(), 20)
+        monkeypatch.undo()
+        owner_extractor.gate.set()
+        await owner.add_exchange("u", "I collect stamps", "ok")
+        assert await asyncio.wait_for(owner.process("u"), 30) == 1
+        assert len(owner_extractor.batches) == 1, "the owner extracted nothing after its stall"
+        assert sorted(e.text for e in await owner.knowledge("u")) == [
+            "User said: I collect stamps",
+            "User said: I live in Oslo",
+            "User said: I work at Acme",
+        ]
+    finally:
+        owner_extractor.gate.set()
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_closing_owner_leaves_a_request_of_another_process_to_that_process(
+    db_url: str,
+) -> None:
+    """The owner's running task ends within its close's grace: the owner does not start
+    the guest's request behind it (it used to, and then failed it "interrupted by
+    shutdown"); the guest runs it once it has taken the user over."""
+    owner_extractor, guest_extractor = RecordingExtractor(gated=True), RecordingExtractor()
+    owner = await Memory(
+        config=_config(db_url, shutdown_grace=10), extractor=owner_extractor
+    ).open()
+    guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        owners = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        guests = guest.process_async("u")
+        await asyncio.sleep(0.2)
+        closing = asyncio.ensure_future(owner.close())
+        await asyncio.sleep(0.2)
+        owner_extractor.gate.set()
+        await asyncio.wait_for(closing, 30)
+        assert await owners.wait() == 1
+        assert await asyncio.wait_for(guests.wait(), 30) == 1
+        assert len(owner_extractor.batches) == len(guest_extractor.batches) == 1
+    finally:
+        owner_extractor.gate.set()
+        await guest.close()
+        await owner.close()
