@@ -128,9 +128,36 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+_PIPE_CHUNK = 16 * 1024
+
+
+class _StdoutInPieces:
+    """``sys.stdout`` (whichever it is at the time), written a piece at a time: one write
+    of megabytes to a pipe whose reader went away can end with no BrokenPipeError (the
+    kernel reports the part it took), so the command would go on and exit 0."""
+
+    def write(self, text: str) -> int:
+        out = sys.stdout
+        for start in range(0, len(text), _PIPE_CHUNK):
+            out.write(text[start : start + _PIPE_CHUNK])
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stdout, name)
+
+
+class _Console(Console):
+    """A rich console whose closed pipe ends the command as :class:`_Commands` ends it
+    (exit 141), not with rich's own exit code 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+_STDOUT: Any = _StdoutInPieces()
 # Without markup: what the consoles print holds user ids, messages and extracted entries,
 # whose brackets are words ("[/x]" made rich raise); styles are given as Text.
-console = Console(markup=False)
+console = _Console(markup=False, file=_STDOUT)
 errors = Console(stderr=True, markup=False)
 
 _SHOWN = {
@@ -280,7 +307,7 @@ def verify(
     finally:
         store.close()
     if as_json:
-        typer.echo(json.dumps([dataclasses.asdict(d) for d in differences], default=str))
+        _print_json([dataclasses.asdict(d) for d in differences])
     elif not differences:
         console.print("projections match the log")
     else:
@@ -302,7 +329,8 @@ reads it; the rest is counted on stderr, and ``--json`` lists everything."""
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, default=_plain, indent=2))
+    _STDOUT.write(json.dumps(data, default=_plain, indent=2) + "\n")
+    _STDOUT.flush()
 
 
 def _plain(value: object) -> object:
