@@ -684,6 +684,16 @@ class Audit:
             second = {e.text for e in self._reader.knowledge(connection, user_id, b)}
         return Comparison(sorted(first - second), sorted(second - first), sorted(first & second))
 
+    def unpromoted_versions(self, user_id: str) -> list[str]:
+        """The user's re-extracted knowledge versions that :meth:`promote` can make live,
+        as the log knows them (a version whose batches found no entry among them; a
+        re-extraction that found no processed message made none)."""
+        check_user_id(user_id)
+        user_log = self.store.load(user_id)
+        if user_log is None:
+            raise NotFoundError(f"no user {user_id!r} in this database")
+        return sorted(user_log.knowledge_versions)
+
     def knowledge_versions(self, user_id: str) -> dict[str, int]:
         """The user's knowledge versions with their entry counts (``live`` included)."""
         self._version_of(user_id)

@@ -663,8 +663,11 @@ def reextract(
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
                 count = asyncio.run(audit.reextract(target, chosen, version))
-                returned = audit.promote(target, version) if promote else []
                 bar.advance(job)
+                if version not in audit.unpromoted_versions(target):
+                    console.print(f"{target}: nothing processed to re-extract; no {version!r}")
+                    continue
+                returned = audit.promote(target, version) if promote else []
                 console.print(f"{target}: {count} entries in version {version!r}")
                 _print_returned(target, version, returned)
 
@@ -697,7 +700,7 @@ def _reextract_in_bulk(
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     if promote and not report.failed:
         for target in targets:
-            if version in audit.knowledge_versions(target):
+            if version in audit.unpromoted_versions(target):
                 _print_returned(target, version, audit.promote(target, version))
     if report.failed:
         raise typer.Exit(code=1)

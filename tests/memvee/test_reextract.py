@@ -226,6 +226,30 @@ async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url
     assert neither.exit_code == 2
 
 
+async def test_the_cli_passes_over_a_user_with_nothing_processed_and_goes_on(
+    make_memory: Any, db_url: str
+) -> None:
+    """`reextract --all --promote` used to stop (exit 2) at the first user with nothing
+    processed, leaving the users after it; such a user has no version to promote."""
+    memory = await _processed(make_memory)
+    await memory.add_exchange("adam", "I live in Rome", "ok")  # never processed
+    await memory.close()
+    runner = CliRunner()
+    args = ["reextract", "--all", "--promote", "--as", "v2", "--db-url", db_url]
+    done = await asyncio.to_thread(runner.invoke, app, args)
+    assert done.exit_code == 0, done.output
+    assert "adam: nothing processed to re-extract; no 'v2'" in done.output
+    assert "eve: 2 entries in version 'v2'" in done.output
+    with Audit(db_url=db_url) as audit:
+        assert audit.unpromoted_versions("adam") == audit.unpromoted_versions("eve") == []
+        assert audit.knowledge_versions("eve") == {"live": 2}
+        assert audit.knowledge_versions("adam") == {}
+    single = await asyncio.to_thread(
+        runner.invoke, app, ["reextract", "adam", "--as", "v3", "--db-url", db_url]
+    )
+    assert single.exit_code == 0 and "no 'v3'" in single.output
+
+
 async def test_a_reextracted_version_keeps_the_lifecycle_of_its_own_entries(
     make_memory: Any, db_url: str
 ) -> None:
