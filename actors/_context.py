@@ -13,12 +13,13 @@ from actors._pacing import CircuitBreaker, UserBackoff
 from actors._workers import ExtractionWorkers
 from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
-from events import BatchLimits, EventStore, KnownEntry, ReplacedEntry
+from events import BatchLimits, EventStore, ExtractedFact, KnownEntry, ReplacedEntry
 
 __all__ = [
     "EngineSettings",
     "Erase",
     "KnownEntries",
+    "NamedTargets",
     "SharedServices",
     "TaskObserver",
     "Wake",
@@ -33,6 +34,13 @@ KnownEntries = Callable[
 """Reads a user's current entries related to some message texts (for an extractor),
 given how many current entries the user's log counts, and the chains of ended entries
 before those (for the log, which places a backdated fact among them)."""
+
+NamedTargets = Callable[
+    [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],
+    tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+]
+"""Adds to what a batch was shown the current entries its facts change unshown (see
+:func:`projections.shown.with_named_targets`); a failed read is a StorageError."""
 
 Wake = Callable[[str, float], None]
 """Asks for a user's actor to be woken (its ``wake`` method) in some seconds."""
@@ -107,6 +115,7 @@ class SharedServices:
     checkpoint_due: Callable[[str], None]
     store_backoff: UserBackoff
     later: Later
+    targets: NamedTargets
     leases: LeaseTable | None = None
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts

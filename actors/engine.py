@@ -30,7 +30,14 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
-from events import Durability, EventStore, Extractor, KnownEntry, ReplacedEntry
+from events import (
+    Durability,
+    EventStore,
+    ExtractedFact,
+    Extractor,
+    KnownEntry,
+    ReplacedEntry,
+)
 from events.errors import MemveeError, StorageError, first_line
 from projections import (
     FoldState,
@@ -44,7 +51,7 @@ from projections import (
     replay_checkpoints,
     take_checkpoint,
 )
-from projections.shown import shown_beside
+from projections.shown import shown_beside, with_named_targets
 from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
@@ -180,6 +187,7 @@ class Engine:
             self.checkpointer.touch,
             UserBackoff(base=options.retry_delay, cap=STORE_RETRY_MAX),
             self.timers.call_later,
+            self._named_targets,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -215,6 +223,22 @@ class Engine:
                 current=current,
                 max_batch_tokens=self.options.settings.limits.max_tokens,
             )
+
+    def _named_targets(
+        self,
+        user_id: str,
+        facts: Sequence[ExtractedFact],
+        shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+        """What a batch was shown, with the entries its facts change unshown (see
+        :func:`projections.shown.with_named_targets`)."""
+        try:
+            with self.store.engine.connect() as connection:
+                return with_named_targets(connection, self.reader, user_id, facts, shown)
+        except SQLAlchemyError as error:
+            raise StorageError(
+                f"could not read the entries a batch changes: {first_line(error)}"
+            ) from error
 
     def _filler(self, embedder: NamedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""

@@ -333,6 +333,9 @@ class UserActor(PooledActor):
         if isinstance(outcome, ExtractionResult):
             result = outcome
             try:
+                shown = (self._batch_known, self._batch_replaced)
+                shown = self._services.targets(self.user_id, result.facts, shown)
+                self._batch_known, self._batch_replaced = shown
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
             except _KnowledgeReplaced as replaced:
                 self._batch_reruns += 1

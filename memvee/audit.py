@@ -24,6 +24,7 @@ from events import (
     BatchMessage,
     ConflictError,
     EventStore,
+    ExtractedFact,
     ExtractionBatch,
     Extractor,
     InvalidInputError,
@@ -66,7 +67,7 @@ from projections import (
     state_at,
 )
 from projections.ranking import LexicalRanker
-from projections.shown import shown_beside
+from projections.shown import shown_beside, with_named_targets
 
 if TYPE_CHECKING:
     from memvee._bulk import BulkReport
@@ -559,6 +560,9 @@ class Audit:
         texts = [m.content for m in batch]
         known, replaced = await asyncio.to_thread(self._known, user_id, version, texts)
         result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
+        known, replaced = await asyncio.to_thread(
+            self._with_targets, user_id, version, result.facts, (known, replaced)
+        )
         ids = [m.message_id for m in batch]
 
         def record(user_log: UserLog) -> int:
@@ -628,6 +632,17 @@ class Audit:
                 max_batch_tokens=DEFAULT_LIMITS.max_tokens,
                 version=version,
             )
+
+    def _with_targets(
+        self,
+        user_id: str,
+        version: str,
+        facts: Sequence[ExtractedFact],
+        shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+        """What a batch was shown, with the version's entries its facts change unshown."""
+        with self.store.engine.connect() as connection:
+            return with_named_targets(connection, self._reader, user_id, facts, shown, version)
 
     def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, each with its last error and attempts."""

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from events import KnownEntry, ReplacedEntry, estimate_tokens
+from events import ExtractedFact, KnownEntry, ReplacedEntry, estimate_tokens
 from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 
-__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside"]
+__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "with_named_targets"]
 
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
@@ -54,3 +54,36 @@ def shown_beside(
         shown.append(known)
     replaced = reader.replaced(connection, user_id, [k.entry_id for k in shown], version)
     return tuple(shown), tuple(replaced)
+
+
+def with_named_targets(
+    connection: Connection,
+    reader: ProjectionReader,
+    user_id: str,
+    facts: Sequence[ExtractedFact],
+    shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+    version: str = LIVE_KNOWLEDGE,
+) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+    """``shown`` (what :func:`shown_beside` gave) with the current entries that ``facts``
+    change without having been shown them (a custom extractor may name any), and the
+    chains before those: the log places a backdated fact by when its target began, and
+    would otherwise end that entry before it began."""
+    known, replaced = shown
+    seen = {k.entry_id for k in known}
+    named = list(
+        dict.fromkeys(
+            target
+            for fact in facts
+            if (target := fact.target_entry_id) is not None and target not in seen
+        )
+    )
+    if not named:
+        return shown
+    current = [e for e in reader.entries(connection, user_id, named) if e.is_current]
+    if not current:
+        return shown
+    ids = [e.entry_id for e in current]
+    return (
+        (*known, *(KnownEntry(e.entry_id, e.text, e.valid_from) for e in current)),
+        (*replaced, *reader.replaced(connection, user_id, ids, version)),
+    )

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from memvee import (
+    ExtractedFact,
+    ExtractionBatch,
     InvalidInputError,
     KnowledgeEntry,
     Memory,
@@ -22,8 +24,10 @@ from memvee import (
     RetrievedEntry,
     RetrievedMessage,
 )
+from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
+from tests.support.extractors import RecordingExtractor
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -123,6 +127,58 @@ async def test_a_backdated_fact_is_the_older_one_and_ends_when_the_newer_began(
     assert [e.text for e in await memory.knowledge("ann")] == ["User lives in Lisbon."]
     then = await memory.knowledge("ann", as_of=T0 + timedelta(days=5))
     assert [e.text for e in then] == ["User lives in Oslo."]
+
+
+@pytest.mark.parametrize("action", ["update", "invalidate"])
+async def test_a_backdated_change_of_an_entry_the_batch_was_not_shown_ends_nothing_early(
+    make_memory: Callable[..., Any], db_url: str, action: str
+) -> None:
+    """A custom extractor may name any current entry, not only those shown beside the
+    batch (25 long ones are more than its budget shows). A change sent before that entry
+    began is the older one, as for a shown entry: it used to end the entry before it
+    began. The same holds for a re-extraction."""
+    extractor = RecordingExtractor()
+    memory: Memory = await make_memory(extractor=extractor)
+    current: list[Callable[[], set[str]]] = []  # the ids of the version being extracted
+    changed: list[str] = []
+
+    def answer(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        said = [m for m in batch.messages if m.role == "user"]
+        if not said:
+            return ()
+        cited = (said[0].message_id,)
+        if said[0].content == "lots of facts":
+            return tuple(
+                ExtractedFact(f"Fact {i}: " + "lorem ipsum " * 80, cited) for i in range(25)
+            )
+        unshown = sorted(current[0]() - {k.entry_id for k in batch.known})
+        assert unshown, "the batch was shown every entry"
+        changed.append(unshown[0])
+        return (ExtractedFact("Changed fact.", cited, action, unshown[0]),)  # type: ignore[arg-type]
+
+    extractor.answer = answer
+    await memory.add_exchange("ann", "lots of facts", "ok", sent_at=T0 + timedelta(days=30))
+    await memory.process("ann")
+    live = {e.entry_id for e in await memory.knowledge("ann")}
+    current.append(lambda: live)
+    await memory.add_exchange("ann", "older message", "ok", sent_at=T0 + timedelta(days=10))
+    await memory.process("ann")
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+
+        def reextracted() -> set[str]:
+            with audit.store.engine.connect() as connection:
+                return {e.entry_id for e in audit._reader.knowledge(connection, "ann", "v2")}
+
+        current[0] = reextracted
+        await audit.reextract("ann", extractor, "v2", batch_size=2)  # the 25, then the change
+        for version in ("live", "v2"):
+            if version == "v2":
+                audit.promote("ann", "v2")
+            history = audit.knowledge("ann", history=True)
+            assert all(e.valid_until is None or e.valid_until >= e.valid_from for e in history)
+            assert len(audit.knowledge("ann")) >= 25, "a day-10 change ends no day-30 entry"
+    assert len(changed) == 2
 
 
 async def test_older_history_imported_after_newer_fits_each_home_in_its_place(
