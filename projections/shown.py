@@ -74,7 +74,9 @@ def with_named_targets(
         dict.fromkeys(
             target
             for fact in facts
-            if (target := fact.target_entry_id) is not None and target not in seen
+            if (target := fact.target_entry_id) is not None
+            and target not in seen
+            and _storable(target)
         )
     )
     if not named:
@@ -87,3 +89,15 @@ def with_named_targets(
         (*known, *(KnownEntry(e.entry_id, e.text, e.valid_from) for e in current)),
         (*replaced, *reader.replaced(connection, user_id, ids, version)),
     )
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` can be sent to a database (an answer's target may not be; no entry
+    has such an id, and the log repairs the target)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
