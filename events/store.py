@@ -136,6 +136,8 @@ def check_db_path(
     text = os.fspath(path)
     if "\x00" in text:
         raise InvalidInputError(f"{name} must not contain a NUL character")
+    if text == ":memory:":
+        raise InvalidInputError(f"{name} must name a file, not {_IN_MEMORY_REFUSED}")
     if _URL_SCHEME.match(text):
         raise InvalidInputError(
             f"{name} takes the path of a SQLite file, and this one is a database URL: "
@@ -246,6 +248,11 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
         ) from None
     except ValueError:
         raise InvalidInputError(f"{name} is not a database URL: its port is no number") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InvalidInputError(
+            f"memvee cannot use a {parsed.drivername!r} database: give a sqlite:/// or "
+            "postgresql:// URL"
+        )
     driver = _DEFAULT_DRIVERS.get(parsed.drivername)
     if driver is None:
         return url
@@ -258,10 +265,13 @@ def _check_not_in_memory(parsed: URL) -> None:
     if parsed.get_backend_name() != "sqlite":
         return
     if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
-        raise InvalidInputError(
-            "memvee needs a SQLite file, not an in-memory database: each of its threads "
-            "opens its own connection, and would find a new, empty database there"
-        )
+        raise InvalidInputError(f"memvee needs a SQLite file, not {_IN_MEMORY_REFUSED}")
+
+
+_IN_MEMORY_REFUSED = (
+    "an in-memory database: each of memvee's threads opens its own connection, and would "
+    "find a new, empty database there"
+)
 
 
 _TIME_TYPE = "datetime_iso"
@@ -309,7 +319,8 @@ class EventStore:
     The caller (a user's actor) must be the single writer of a log in this process;
     version conflicts from elsewhere surface as :class:`ConflictError`. With
     ``create=False`` a database without memvee's log is refused (:class:`NotFoundError`)
-    instead of given one.
+    instead of given one; with ``create``, a SQLite file holding another program's tables
+    and no memvee log is refused (:class:`InvalidInputError`), never written to.
     """
 
     def __init__(
@@ -330,11 +341,15 @@ class EventStore:
         self.safe_url = redacted_url(parsed)
         found: frozenset[str] | None = None  # the tables, where read without writing
         if self.is_sqlite and not create and parsed.database:
+            if not Path(parsed.database).expanduser().exists():
+                raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")
             found = _sqlite_tables(parsed.database)  # before any connection sets WAL on it
             if found is not None and EVENTS_TABLE not in found:
                 raise NotFoundError(
                     f"no memvee database at {self.safe_url}: it holds no memvee log"
                 )
+        elif self.is_sqlite and parsed.database:
+            refuse_foreign_sqlite(parsed.database)  # another program's file stays as it is
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,

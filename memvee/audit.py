@@ -264,9 +264,9 @@ class Audit:
     ) -> Iterator[LoggedEvent]:
         """The user's events in order, filtered by type, version and time, read in pages.
 
-        An unknown user is a :class:`NotFoundError`; an unknown event type in ``types``, or
-        a version below 1, an :class:`InvalidInputError`. Versions past the end of the log
-        select nothing beyond it.
+        An unknown user is a :class:`NotFoundError`; an unknown event type in ``types``, a
+        version below 1, ``from_version`` after ``to_version`` or past the end of the log,
+        an :class:`InvalidInputError`. A ``to_version`` past the end reads to the end.
         """
         self._version_of(user_id)
         for name, bound in (("from_version", from_version), ("to_version", to_version)):
@@ -281,11 +281,17 @@ class Audit:
             )
         _check_aware(since, "since")
         _check_aware(until, "until")
+        if from_version is not None and to_version is not None and from_version > to_version:
+            raise InvalidInputError(
+                f"from_version {from_version} is after to_version {to_version}: nothing between"
+            )
         # The log itself says where it ends (its summary row may lag, after a rebuild
         # stopped midway); a bound past any log is never sent to the database.
         after = min(from_version or 1, PAST_ANY_VERSION) - 1
         end = PAST_ANY_VERSION if to_version is None else min(to_version, PAST_ANY_VERSION)
+        read = False
         for event in self._events(user_id, page_size, after=after, upto=end):
+            read = True
             logged = _logged(event)
             if types and logged.type not in types:
                 continue
@@ -294,6 +300,11 @@ class Audit:
             if until is not None and logged.recorded_at > until:
                 return
             yield logged
+        if not read and after > 0:
+            last = self._version_of(user_id)
+            raise InvalidInputError(
+                f"user {user_id!r} has {last} events; version {from_version} is past the end"
+            )
 
     def state(
         self, user_id: str, *, version: int | None = None, at: datetime | None = None

@@ -601,6 +601,8 @@ def import_(
         with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
             try:
                 counts = audit.import_lines(lines)
+                if not counts:
+                    raise InvalidInputError(f"{file} holds no exported log: nothing to import")
             except MemveeError:
                 empty = made and audit.store.count() == 0
                 raise
@@ -956,7 +958,8 @@ def quarantine(
         "#", "message", "role", "content", "attempts", "error", title=f"{user}: quarantine"
     )
     for m in found:
-        table.add_row(str(m.seq), m.message_id, m.role, m.content, str(m.attempts), m.error)
+        shown = short_message_id(m.message_id)
+        table.add_row(str(m.seq), shown, m.role, m.content, str(m.attempts), m.error)
     console.print(table if found else f"{user!r} has no quarantined messages")
 
 
@@ -969,10 +972,26 @@ def requeue(
     db: DbOption = "memvee.db",
     db_url: DbUrlOption = None,
 ) -> None:
-    """Put quarantined messages back in the buffer, to be extracted on the next run."""
+    """Put quarantined messages back in the buffer, to be extracted on the next run.
+
+    --message takes a whole id, or its last digits as `memvee quarantine` shows them."""
     with _audit(db, db_url) as audit:
-        returned = audit.requeue(user, message or None)
+        chosen = _whole_ids(message, [m.message_id for m in audit.quarantined(user)])
+        returned = audit.requeue(user, chosen or None)
     console.print(f"requeued {len(returned)} messages of {user!r}")
+
+
+def _whole_ids(given: list[str] | None, ids: list[str]) -> list[str]:
+    """The ids among ``ids`` that ``given`` names whole or by their last digits; a text
+    that names none is kept as it is (the refusal names it), one that names several is
+    refused."""
+    chosen = []
+    for text in given or []:
+        named = [i for i in ids if i == text] or [i for i in ids if text and i.endswith(text)]
+        if len(named) > 1:
+            raise InvalidInputError(f"--message {text!r} ends {len(named)} ids: give more digits")
+        chosen.append(named[0] if named else text)
+    return chosen
 
 
 def _point(at: str | None) -> tuple[int | None, datetime | None]:

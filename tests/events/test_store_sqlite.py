@@ -10,7 +10,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 import events.store
-from events import EventStore, StorageError, UserLog, sqlite_url
+from events import (
+    EventStore,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+    UserLog,
+    sqlite_url,
+)
 from events.store import _file_readers
 from tests.events.store_contract import EventStoreContract
 
@@ -135,3 +142,23 @@ def test_a_read_only_open_creates_nothing(tmp_path: Path) -> None:
     with sqlite3.connect(path) as connection:
         triggers = connection.execute("SELECT name FROM sqlite_schema WHERE type = 'trigger'")
         assert triggers.fetchall() == []
+
+
+def test_a_read_only_open_of_a_missing_file_is_refused_and_makes_none(tmp_path: Path) -> None:
+    path = tmp_path / "missing.db"
+    with pytest.raises(NotFoundError, match="no such file"):
+        EventStore(sqlite_url(path), create=False)
+    assert not path.exists()
+
+
+def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """An app's own SQLite file, named by mistake: memvee adds no table to it and leaves
+    its journal mode alone."""
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER)")
+    before = path.read_bytes()
+    with pytest.raises(InvalidInputError, match="holds another program's tables"):
+        EventStore(sqlite_url(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]

@@ -135,7 +135,13 @@ async def test_the_log_reads_in_order_with_filters_and_pages(
         with pytest.raises(ValueError, match="timezone-aware"):
             list(audit.log("ann", since=datetime(2026, 1, 1)))
         past_the_end = 2**80  # more than SQLite's integers hold: never sent to the database
-        assert list(audit.log("ann", from_version=past_the_end)) == []
+        last = len(everything)
+        for start in (last + 1, past_the_end):  # an empty listing and exit 0 in the CLI
+            with pytest.raises(InvalidInputError, match=f"has {last} events; version .* past"):
+                list(audit.log("ann", from_version=start))
+        with pytest.raises(InvalidInputError, match="from_version 5 is after to_version 2"):
+            list(audit.log("ann", from_version=5, to_version=2))
+        assert [e.version for e in audit.log("ann", from_version=last)] == [last]
         assert list(audit.log("ann", to_version=past_the_end)) == everything
         assert audit.users(after="ann", limit=1) == audit.users()[1:2]
 
@@ -435,12 +441,16 @@ async def test_the_cli_lists_quarantined_messages_requeues_them_and_shows_spend(
     (stuck,) = json.loads(run("quarantine", "ann", "--json"))
     assert stuck["content"] == "I collect stamps" and stuck["attempts"] == 3
     assert "unreadable answer" in stuck["error"]
-    assert "I collect stamps" in run("quarantine", "ann")
+    shown = run("quarantine", "ann")
+    assert "I collect stamps" in shown
+    short = stuck["message_id"][-8:]  # the CLI shows the random end of an id
+    assert short in shown and stuck["message_id"] not in shown
     assert "no user 'bob'" in run("quarantine", "bob", code=2)
-    assert "requeued 1 messages" in run("requeue", "ann")
+    assert "requeued 1 messages" in run("requeue", "ann", "--message", short)
     assert json.loads(run("quarantine", "--json")) == {}
     assert "no quarantined messages" in run("quarantine", "ann")
     assert "requeued 0 messages" in run("requeue", "ann")
+    assert "no quarantined message" in run("requeue", "ann", "--message", short, code=2)
     assert "no user 'nobody'" in run("requeue", "nobody", code=2)
     assert "no quarantined message" in run("requeue", "ann", "--message", "nope", code=2)
     stats = json.loads(run("stats", "--json"))

@@ -184,6 +184,7 @@ AUDIT_CALLS: dict[str, list[Any]] = {
             ("promote", (ok("v2"),)),
             ("compare", ()),
             ("knowledge_versions", ()),
+            ("unpromoted_versions", ()),
             ("reextract", (ok(None), ok("v2"))),
         )
     },

@@ -535,6 +535,18 @@ def test_import_refuses_text_no_database_stores_before_storing_any_line(
     assert made == [], "the database the import made, with nothing in it"
 
 
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_import_of_a_file_with_no_log_is_refused_and_makes_no_database(
+    tmp_path: Path, text: str
+) -> None:
+    """An empty file (an export that failed) used to exit 0 with a new, empty database."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(text)
+    line = one_error_line(run("import", str(empty), "--db", str(tmp_path / "new.db"), code=2))
+    assert "holds no exported log" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
+
 def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
     db: str, tmp_path: Path
 ) -> None:
