@@ -19,8 +19,8 @@ __all__ = [
     "EngineSettings",
     "Erase",
     "KnownEntries",
-    "NamedTargets",
     "SharedServices",
+    "TargetsPlaced",
     "TaskObserver",
     "Wake",
 ]
@@ -35,12 +35,13 @@ KnownEntries = Callable[
 given how many current entries the user's log counts, and the chains of ended entries
 before those (for the log, which places a backdated fact among them)."""
 
-NamedTargets = Callable[
+TargetsPlaced = Callable[
     [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],
     tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
-"""Adds to what a batch was shown the current entries its facts change unshown (see
-:func:`projections.shown.with_named_targets`); a failed read is a StorageError."""
+"""Adds to what a batch was shown what the log needs to place the facts of its answer
+that change entries (see :func:`projections.shown.with_targets`); a failed read is a
+StorageError."""
 
 Wake = Callable[[str, float], None]
 """Asks for a user's actor to be woken (its ``wake`` method) in some seconds."""
@@ -115,7 +116,7 @@ class SharedServices:
     checkpoint_due: Callable[[str], None]
     store_backoff: UserBackoff
     later: Later
-    targets: NamedTargets
+    targets: TargetsPlaced
     leases: LeaseTable | None = None
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts

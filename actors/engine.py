@@ -51,7 +51,7 @@ from projections import (
     replay_checkpoints,
     take_checkpoint,
 )
-from projections.shown import shown_beside, with_named_targets
+from projections.shown import shown_beside, with_targets
 from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
@@ -187,7 +187,7 @@ class Engine:
             self.checkpointer.touch,
             UserBackoff(base=options.retry_delay, cap=STORE_RETRY_MAX),
             self.timers.call_later,
-            self._named_targets,
+            self._targets_placed,
             self.leases,
         )
         self.directory = ActorDirectory(
@@ -224,17 +224,17 @@ class Engine:
                 max_batch_tokens=self.options.settings.limits.max_tokens,
             )
 
-    def _named_targets(
+    def _targets_placed(
         self,
         user_id: str,
         facts: Sequence[ExtractedFact],
         shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-        """What a batch was shown, with the entries its facts change unshown (see
-        :func:`projections.shown.with_named_targets`)."""
+        """What a batch was shown, with what the log needs to place its facts that
+        change entries (see :func:`projections.shown.with_targets`)."""
         try:
             with self.store.engine.connect() as connection:
-                return with_named_targets(connection, self.reader, user_id, facts, shown)
+                return with_targets(connection, self.reader, user_id, facts, shown)
         except SQLAlchemyError as error:
             raise StorageError(
                 f"could not read the entries a batch changes: {first_line(error)}"

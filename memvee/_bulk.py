@@ -45,6 +45,7 @@ from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.shown import with_targets
 
 __all__ = ["BulkReextraction", "BulkReport"]
 
@@ -245,7 +246,7 @@ class BulkReextraction:
         known = self._known(batch.user_id)
         current = {e.text.casefold(): e.entry_id for e in known}
         facts = [_same_if_known(f, current) for f in result.facts]
-        replaced = self._replaced(batch.user_id, [f.target_entry_id for f in facts])
+        replaced = self._replaced(batch.user_id, facts)
 
         def record(user_log: UserLog) -> int:
             return len(
@@ -291,11 +292,13 @@ class BulkReextraction:
         with self.store.engine.connect() as connection:
             return self.reader.knowledge(connection, user_id, self.version)
 
-    def _replaced(self, user_id: str, targets: list[str | None]) -> list[ReplacedEntry]:
-        """The chains of the version's ended entries before the ``targets`` of facts."""
-        ids = list(dict.fromkeys(t for t in targets if t is not None))
+    def _replaced(self, user_id: str, facts: list[ExtractedFact]) -> tuple[ReplacedEntry, ...]:
+        """The whole chains of the version's ended entries before the targets of facts."""
         with self.store.engine.connect() as connection:
-            return self.reader.replaced(connection, user_id, ids, self.version)
+            _, replaced = with_targets(
+                connection, self.reader, user_id, facts, ((), ()), self.version
+            )
+        return replaced
 
     def _recorded(self, user_id: str) -> set[str]:
         """The request ids already recorded in the user's log."""

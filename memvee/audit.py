@@ -67,7 +67,7 @@ from projections import (
     state_at,
 )
 from projections.ranking import LexicalRanker
-from projections.shown import shown_beside, with_named_targets
+from projections.shown import shown_beside, with_targets
 
 if TYPE_CHECKING:
     from memvee._bulk import BulkReport
@@ -651,9 +651,10 @@ class Audit:
         facts: Sequence[ExtractedFact],
         shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-        """What a batch was shown, with the version's entries its facts change unshown."""
+        """What a batch was shown, with what the log needs to place its facts that change
+        entries of the version (see :func:`projections.shown.with_targets`)."""
         with self.store.engine.connect() as connection:
-            return with_named_targets(connection, self._reader, user_id, facts, shown, version)
+            return with_targets(connection, self._reader, user_id, facts, shown, version)
 
     def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's quarantined messages, each with its last error and attempts."""

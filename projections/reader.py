@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 MAX_REPLACED_DEPTH = 100
-"""How many links back :meth:`ProjectionReader.replaced` follows each chain of ended
-entries: a backdated fact older than them all fits before the oldest it is given."""
+"""How many links back one call of :meth:`ProjectionReader.replaced` follows each chain of
+ended entries (what a batch is shown beside its entries); the chains before the entries an
+answer changes are then read on to their start (:func:`projections.shown.with_targets`)."""
 
 _OPEN_STATUSES = ("PENDING", "RUNNING")
 """The statuses of a task not yet ended: requested, or running."""
@@ -112,7 +113,9 @@ class ProjectionReader:
             )
             .group_by(c.c.message_id, c.c.log_id)
         )
-        self._replaced = _replaced_chains(k)
+        self.replaced_depth = MAX_REPLACED_DEPTH
+        """How many links back one call of :meth:`replaced` follows a chain."""
+        self._replaced = _replaced_chains(k, self.replaced_depth)
         self._outdated = citing.having(func.count(k.c.valid_until) == func.count())
         ended_then = case((k.c.valid_until <= at, 1), else_=0)
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
@@ -521,7 +524,7 @@ def entry_from_row(user_id: str, r: Any) -> KnowledgeEntry:
     )
 
 
-def _replaced_chains(k: Table) -> Select[Any]:
+def _replaced_chains(k: Table, depth: int) -> Select[Any]:
     """The statement of :meth:`ProjectionReader.replaced`: a recursive walk back along
     ``superseded_by``, one user's rows of one version at each step (its index)."""
     fields = (k.c.entry_id, k.c.valid_from, k.c.valid_until, k.c.superseded_by)
@@ -534,7 +537,7 @@ def _replaced_chains(k: Table) -> Select[Any]:
     step = (
         select(*fields, (first.c.depth + 1).label("depth"))
         .join(first, k.c.superseded_by == first.c.entry_id)
-        .where(*of_user, first.c.depth < MAX_REPLACED_DEPTH)
+        .where(*of_user, first.c.depth < depth)
     )
     chain = first.union_all(step)
     return select(chain.c.entry_id, chain.c.valid_from, chain.c.valid_until, chain.c.superseded_by)

@@ -17,7 +17,7 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 
-__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "with_named_targets"]
+__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "with_targets"]
 
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
@@ -56,7 +56,7 @@ def shown_beside(
     return tuple(shown), tuple(replaced)
 
 
-def with_named_targets(
+def with_targets(
     connection: Connection,
     reader: ProjectionReader,
     user_id: str,
@@ -64,31 +64,66 @@ def with_named_targets(
     shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
     version: str = LIVE_KNOWLEDGE,
 ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-    """``shown`` (what :func:`shown_beside` gave) with the current entries that ``facts``
-    change without having been shown them (a custom extractor may name any), and the
-    chains before those: the log places a backdated fact by when its target began, and
-    would otherwise end that entry before it began."""
+    """``shown`` (what :func:`shown_beside` gave) with what the log needs to place the
+    ``facts`` that change entries: the current entries they change without having been
+    shown them (a custom extractor may name any), and the whole chain of ended entries
+    before every entry they change (one read stops :data:`MAX_REPLACED_DEPTH` links
+    back). A backdated fact is placed by when its target and those before it began: else
+    it could end an entry before it began, or overlap the start of a long chain."""
     known, replaced = shown
     seen = {k.entry_id for k in known}
-    named = list(
+    targets = list(
         dict.fromkeys(
             target
             for fact in facts
-            if (target := fact.target_entry_id) is not None
-            and target not in seen
-            and _storable(target)
+            if (target := fact.target_entry_id) is not None and _storable(target)
         )
     )
-    if not named:
-        return shown
-    current = [e for e in reader.entries(connection, user_id, named) if e.is_current]
-    if not current:
-        return shown
-    ids = [e.entry_id for e in current]
-    return (
-        (*known, *(KnownEntry(e.entry_id, e.text, e.valid_from) for e in current)),
-        (*replaced, *reader.replaced(connection, user_id, ids, version)),
+    unshown = [t for t in targets if t not in seen]
+    if unshown:
+        current = [e for e in reader.entries(connection, user_id, unshown) if e.is_current]
+        if current:
+            known = (*known, *(KnownEntry(e.entry_id, e.text, e.valid_from) for e in current))
+            replaced = (
+                *replaced,
+                *reader.replaced(connection, user_id, [e.entry_id for e in current], version),
+            )
+    return known, (
+        *replaced,
+        *_rest_of_chains(connection, reader, user_id, targets, replaced, version),
     )
+
+
+def _rest_of_chains(
+    connection: Connection,
+    reader: ProjectionReader,
+    user_id: str,
+    targets: Sequence[str],
+    replaced: Sequence[ReplacedEntry],
+    version: str,
+) -> list[ReplacedEntry]:
+    """The links of the chains before ``targets`` that ``replaced`` stops short of: a
+    walk back that ends on a link as deep as one read goes reads on from it."""
+    before: dict[str, list[ReplacedEntry]] = {}
+    for link in replaced:
+        before.setdefault(link.superseded_by, []).append(link)
+    more: list[ReplacedEntry] = []
+    walking = [(target, 0) for target in targets]
+    seen: set[str] = set()
+    while walking:
+        entry, depth = walking.pop()
+        if entry in seen:
+            continue
+        seen.add(entry)
+        links = before.get(entry)
+        if links is None and depth >= reader.replaced_depth:
+            read = reader.replaced(connection, user_id, [entry], version)
+            for link in read:
+                before.setdefault(link.superseded_by, []).append(link)
+            more.extend(read)
+            links, depth = before.get(entry), 0
+        walking.extend((link.entry_id, depth + 1) for link in links or ())
+    return more
 
 
 def _storable(text: str) -> bool:

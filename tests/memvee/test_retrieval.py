@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import projections.reader
 from memvee import (
     ExtractedFact,
     ExtractionBatch,
@@ -179,6 +181,25 @@ async def test_a_backdated_change_of_an_entry_the_batch_was_not_shown_ends_nothi
             assert all(e.valid_until is None or e.valid_until >= e.valid_from for e in history)
             assert len(audit.knowledge("ann")) >= 25, "a day-10 change ends no day-30 entry"
     assert len(changed) == 2
+
+
+async def test_a_home_older_than_a_chain_longer_than_one_walk_overlaps_none_of_it(
+    make_memory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain of earlier homes is read a bounded number of links at a time (100; 3
+    here): a home older than every one of a longer chain used to be placed before the
+    last link read, overlapping the homes before it."""
+    monkeypatch.setattr(projections.reader, "MAX_REPLACED_DEPTH", 3)
+    memory = await _offline(make_memory)
+    towns = ["Oslo", "Bergen", "Tromso", "Bodo", "Alta", "Molde", "Hamar"]
+    for day, town in enumerate(towns):
+        await _say(memory, "ann", 10 + day, f"I moved to {town}." if day else f"I live in {town}.")
+    await _say(memory, "ann", 0, "I live in Narvik.")  # before every home above
+    homes = sorted(await memory.knowledge("ann", history=True), key=lambda e: e.valid_from)
+    assert [e.text for e in homes] == [f"User lives in {t}." for t in ["Narvik", *towns]]
+    for earlier, later in itertools.pairwise(homes):
+        assert earlier.valid_until == later.valid_from, f"{earlier.text} overlaps {later.text}"
+    assert homes[-1].valid_until is None
 
 
 async def test_older_history_imported_after_newer_fits_each_home_in_its_place(
