@@ -248,15 +248,15 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
         ) from None
     except ValueError:
         raise InvalidInputError(f"{name} is not a database URL: its port is no number") from None
+    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
+    if driver is not None:
+        parsed = parsed.set(drivername=driver)
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise InvalidInputError(
             f"memvee cannot use a {parsed.drivername!r} database: give a sqlite:/// or "
             "postgresql:// URL"
         )
-    driver = _DEFAULT_DRIVERS.get(parsed.drivername)
-    if driver is None:
-        return url
-    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    return url if driver is None else parsed.render_as_string(hide_password=False)
 
 
 def _check_not_in_memory(parsed: URL) -> None:

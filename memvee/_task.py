@@ -95,9 +95,10 @@ class ProcessTask:
 
     # Called on the event loop by the engine's observer.
     def _mark_running(self, message_count: int) -> None:
+        # The count only grows: the projection, read now and then, may be a batch behind.
         if not self.done:
             self._status = ProcessStatus.RUNNING
-            self._message_count = message_count
+            self._message_count = max(self._message_count, message_count)
 
     def _mark_finished(
         self,
