@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from actors.lease import LeaseTable
 from events import user_log_id
-from memvee import Memory, MemoryConfig, ProcessingError
+from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
 from tests.support.extractors import RecordingExtractor, unreadable_when
 from tests.support.store_faults import queue_and_stop
 
@@ -129,11 +129,7 @@ async def test_a_guests_request_waits_for_the_next_owner_when_the_owner_closes(
     ).open()
     guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     try:
-        await owner.add_exchange("u", "I live in Oslo", "ok")
-        owners = owner.process_async("u")
-        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
-        await guest.add_exchange("u", "I work at Acme", "ok")
-        guests = guest.process_async("u")
+        owners, guests = await _a_guest_waits_behind_the_owner(owner, owner_extractor, guest)
         await owner.close()
         with pytest.raises(ProcessingError, match="interrupted by shutdown"):
             await owners.wait()
@@ -267,6 +263,18 @@ async def test_a_stopping_actor_keeps_the_lease_until_its_last_write_landed(
         await memory.close()
 
 
+async def _a_guest_waits_behind_the_owner(
+    owner: Memory, owner_extractor: RecordingExtractor, guest: Memory
+) -> tuple[ProcessTask, ProcessTask]:
+    """The owner extracts "I live in Oslo" (held at its extractor's gate); the guest said
+    "I work at Acme" and asked for processing, which waits behind it. Both tasks."""
+    await owner.add_exchange("u", "I live in Oslo", "ok")
+    owners = owner.process_async("u")
+    assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+    await guest.add_exchange("u", "I work at Acme", "ok")
+    return owners, guest.process_async("u")
+
+
 def _holder(leases: LeaseTable, user_id: str) -> str | None:
     t = leases.table
     with leases.engine.connect() as connection:
@@ -286,11 +294,7 @@ async def test_open_tasks_end_failed_everywhere_when_another_process_forgets_the
     guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     third = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     try:
-        await owner.add_exchange("u", "I live in Oslo", "ok")
-        running = owner.process_async("u")
-        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
-        await guest.add_exchange("u", "I work at Acme", "ok")
-        guests = guest.process_async("u")
+        running, guests = await _a_guest_waits_behind_the_owner(owner, owner_extractor, guest)
         queued = owner.process_async("u")
         waiting = asyncio.ensure_future(guest.wait_for_processing("u", timeout=30))
         await asyncio.sleep(0.2)
@@ -367,11 +371,7 @@ async def test_a_closing_owner_leaves_a_request_of_another_process_to_that_proce
     ).open()
     guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
     try:
-        await owner.add_exchange("u", "I live in Oslo", "ok")
-        owners = owner.process_async("u")
-        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
-        await guest.add_exchange("u", "I work at Acme", "ok")
-        guests = guest.process_async("u")
+        owners, guests = await _a_guest_waits_behind_the_owner(owner, owner_extractor, guest)
         await asyncio.sleep(0.2)
         closing = asyncio.ensure_future(owner.close())
         await asyncio.sleep(0.2)
