@@ -298,7 +298,7 @@ class UserActor(PooledActor):
         """
         self._await_last_write()
         try:
-            user_log = self._user_log(create=False)
+            user_log = self._user_log(create=False, claim=False)  # erasing needs no lease
         except StorageError:
             log.warning("user %r: the log does not load; erasing it", self.user_id, exc_info=True)
             user_log = None
@@ -733,8 +733,8 @@ class UserActor(PooledActor):
         settings = self._services.settings
         return settings.batch_threshold if settings.auto_process else None
 
-    def _user_log(self, *, create: bool) -> UserLog | None:
-        if self._owner is None:
+    def _user_log(self, *, create: bool, claim: bool = True) -> UserLog | None:
+        if self._owner is None and claim:
             self._is_owner()  # the first actor to touch a user claims it
         if not self._loaded:
             self._services.committer.wait_for_log(user_log_id(self.user_id))
