@@ -51,7 +51,7 @@ from projections import (
     replay_checkpoints,
     take_checkpoint,
 )
-from projections.shown import shown_beside, with_targets
+from projections.shown import shown_beside, targets_of, with_targets
 from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
@@ -232,6 +232,8 @@ class Engine:
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What a batch was shown, with what the log needs to place its facts that
         change entries (see :func:`projections.shown.with_targets`)."""
+        if not targets_of(facts):  # most answers: no connection taken
+            return shown
         try:
             with self.store.engine.connect() as connection:
                 return with_targets(connection, self.reader, user_id, facts, shown)

@@ -458,8 +458,10 @@ class Memory:
                 return
             if f.exception() is not None:
                 self._finish(user_id, task.task_id, "FAILED", 0, str(f.exception()))
-            elif not task.done and (f.result() is False or engine.leases is not None):
-                self._follow(task)
+            elif f.result() is False and not task.done:
+                self._follow(task)  # another process runs it
+            else:
+                self._stored(user_id, task.task_id)
 
         sent.add_done_callback(_check_sent)
         return task

@@ -67,7 +67,7 @@ from projections import (
     state_at,
 )
 from projections.ranking import LexicalRanker
-from projections.shown import shown_beside, with_targets
+from projections.shown import shown_beside, targets_of, with_targets
 
 if TYPE_CHECKING:
     from memvee._bulk import BulkReport
@@ -653,6 +653,8 @@ class Audit:
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What a batch was shown, with what the log needs to place its facts that change
         entries of the version (see :func:`projections.shown.with_targets`)."""
+        if not targets_of(facts):
+            return shown
         with self.store.engine.connect() as connection:
             return with_targets(connection, self._reader, user_id, facts, shown, version)
 

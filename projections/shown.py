@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from events import ExtractedFact, KnownEntry, ReplacedEntry, estimate_tokens
+from events import ExtractedFact, KnownEntry, ReplacedEntry, estimate_tokens, storable
 from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 
-__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "with_targets"]
+__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "targets_of", "with_targets"]
 
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
@@ -72,13 +72,7 @@ def with_targets(
     it could end an entry before it began, or overlap the start of a long chain."""
     known, replaced = shown
     seen = {k.entry_id for k in known}
-    targets = list(
-        dict.fromkeys(
-            target
-            for fact in facts
-            if (target := fact.target_entry_id) is not None and _storable(target)
-        )
-    )
+    targets = targets_of(facts)
     unshown = [t for t in targets if t not in seen]
     if unshown:
         current = [e for e in reader.entries(connection, user_id, unshown) if e.is_current]
@@ -126,13 +120,14 @@ def _rest_of_chains(
     return more
 
 
-def _storable(text: str) -> bool:
-    """Whether ``text`` can be sent to a database (an answer's target may not be; no entry
-    has such an id, and the log repairs the target)."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def targets_of(facts: Sequence[ExtractedFact]) -> list[str]:
+    """The entries ``facts`` change, once each; a target no database can store as text is
+    left out (no entry has such an id, and the log repairs the fact). A caller with none
+    need not read anything for :func:`with_targets`."""
+    return list(
+        dict.fromkeys(
+            target
+            for fact in facts
+            if (target := fact.target_entry_id) is not None and storable(target) == target
+        )
+    )
