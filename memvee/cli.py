@@ -976,17 +976,18 @@ def requeue(
 
     --message takes a whole id, or its last digits as `memvee quarantine` shows them."""
     with _audit(db, db_url) as audit:
-        chosen = _whole_ids(message, [m.message_id for m in audit.quarantined(user)])
-        returned = audit.requeue(user, chosen or None)
+        if message:
+            message = _whole_ids(message, [m.message_id for m in audit.quarantined(user)])
+        returned = audit.requeue(user, message or None)
     console.print(f"requeued {len(returned)} messages of {user!r}")
 
 
-def _whole_ids(given: list[str] | None, ids: list[str]) -> list[str]:
+def _whole_ids(given: list[str], ids: list[str]) -> list[str]:
     """The ids among ``ids`` that ``given`` names whole or by their last digits; a text
     that names none is kept as it is (the refusal names it), one that names several is
     refused."""
     chosen = []
-    for text in given or []:
+    for text in given:
         named = [i for i in ids if i == text] or [i for i in ids if text and i.endswith(text)]
         if len(named) > 1:
             raise InvalidInputError(f"--message {text!r} ends {len(named)} ids: give more digits")
