@@ -13,7 +13,14 @@ from actors._pacing import CircuitBreaker, UserBackoff
 from actors._workers import ExtractionWorkers
 from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
-from events import BatchLimits, EventStore, ExtractedFact, KnownEntry, ReplacedEntry
+from events import (
+    BatchLimits,
+    BatchMessage,
+    EventStore,
+    ExtractedFact,
+    KnownEntry,
+    ReplacedEntry,
+)
 
 __all__ = [
     "EngineSettings",
@@ -29,11 +36,12 @@ Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[
-    [str, Sequence[str], int], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
+    [str, Sequence[BatchMessage], int], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
 ]
-"""Reads a user's current entries related to some message texts (for an extractor),
-given how many current entries the user's log counts, and the chains of ended entries
-before those (for the log, which places a backdated fact among them)."""
+"""Reads the entries an extractor is shown beside a batch's messages (see
+:func:`projections.shown.shown_beside`), given how many current entries the user's log
+counts, and the chains of ended entries before those (for the log, which places a
+backdated fact among them)."""
 
 TargetsPlaced = Callable[
     [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],

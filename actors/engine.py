@@ -31,6 +31,7 @@ from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import (
+    BatchMessage,
     Durability,
     EventStore,
     ExtractedFact,
@@ -207,11 +208,11 @@ class Engine:
             self._claim_keeper.start()
 
     def _known_entries(
-        self, user_id: str, texts: Sequence[str], current: int
+        self, user_id: str, messages: Sequence[BatchMessage], current: int
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What an extractor sees beside a batch, and the chains before it (see
         :func:`projections.shown.shown_beside`)."""
-        if current <= 0:
+        if not messages:
             return (), ()
         with self.store.engine.connect() as connection:
             return shown_beside(
@@ -219,9 +220,10 @@ class Engine:
                 self.ranker,
                 self.reader,
                 user_id,
-                texts,
+                [m.content for m in messages],
                 current=current,
                 max_batch_tokens=self.options.settings.limits.max_tokens,
+                since=min(m.sent_at for m in messages),
             )
 
     def _targets_placed(

@@ -644,7 +644,7 @@ class UserActor(PooledActor):
         if user_log is None or task_id is None or task_id not in user_log.open_tasks:
             raise MemveeError(f"task {task_id}: the log is gone")
         if self._batch_reruns < MAX_BATCH_RERUNS:
-            shown = {k.entry_id for k in self._batch_known}
+            shown = {k.entry_id for k in self._batch_known if k.valid_until is None}
             ended = {
                 target
                 for fact in result.facts
@@ -690,8 +690,7 @@ class UserActor(PooledActor):
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
         self._batch_messages = messages
-        texts = [m.content for m in messages]
-        known, replaced = self._services.known(self.user_id, texts, user_log.knowledge_count)
+        known, replaced = self._services.known(self.user_id, messages, user_log.knowledge_count)
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)
 

@@ -91,19 +91,23 @@ class BatchMessage:
 
 @dataclass(frozen=True, slots=True)
 class KnownEntry:
-    """A currently valid knowledge entry of the user that a batch may repeat or change."""
+    """A knowledge entry of the user that a batch may repeat or change: a current one
+    (no ``valid_until``), or one invalidated after the batch's first message was sent,
+    which a backdated batch is shown so that it can place its facts around that entry."""
 
     entry_id: str
     text: str
     valid_from: datetime
+    valid_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ExtractionBatch:
     """The messages of one processing task of one user, oldest first.
 
-    ``known`` holds the user's current entries related to the batch, so that the
-    extractor can say when a fact repeats, updates or invalidates one of them.
+    ``known`` holds the user's current entries related to the batch (and, for a batch
+    older than some of the user's ended entries, those), so that the extractor can say
+    when a fact repeats, updates or invalidates one of them.
     """
 
     user_id: str

@@ -19,13 +19,14 @@ __all__ = ["Ending", "ReplacedEntry", "Timeline"]
 
 @dataclass(frozen=True, slots=True)
 class ReplacedEntry:
-    """An ended entry that a later entry replaced (``superseded_by``): one link of the
-    chain of values before a current entry, which a backdated fact may fit in."""
+    """An ended entry: one link of the chain of values before a later entry (the one
+    that replaced it, ``superseded_by``), or, with no ``superseded_by``, the last value
+    of a chain, invalidated. A backdated fact may fit in among them."""
 
     entry_id: str
     valid_from: datetime
     valid_until: datetime
-    superseded_by: str
+    superseded_by: str | None
 
 
 @dataclass(slots=True)
@@ -78,9 +79,12 @@ class Timeline:
         ends[current] = Ending(start, successor=new)
 
     def invalidate(self, target: str, at: datetime, reason: str, sources: list[str]) -> None:
-        """End ``target`` at ``at``, unless it had not begun or had already ended by then."""
+        """End ``target`` at ``at``, unless it had not begun or had already ended by then.
+        An entry that had ended before the batch keeps its recorded end."""
         start, ending = self.began.get(target), self.ends.get(target)
         if (start is not None and at < start) or (ending is not None and ending.at <= at):
+            return
+        if target in self._recorded:
             return
         self.ends[target] = Ending(at, reason=reason, sources=sources)
 

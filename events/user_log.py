@@ -42,6 +42,7 @@ from events.extraction import (
     BatchLimits,
     BatchMessage,
     ExtractedFact,
+    FactAction,
     KnownEntry,
     TokenUsage,
     estimate_tokens,
@@ -369,7 +370,8 @@ class UserLog(Aggregate):
 
     class KnowledgeEndMoved(Aggregate.Event):
         """An ended entry stopped being valid earlier than recorded: a backdated entry
-        (``superseded_by``) now fits between it and the entry that had replaced it."""
+        (``superseded_by``) now follows it, before the entry that had replaced it or
+        before the end it was invalidated at (which the new entry does not take over)."""
 
         entry_id: str
         knowledge_version: str
@@ -677,11 +679,16 @@ class UserLog(Aggregate):
         message_ids: list[str] = fields["message_ids"]
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
-        plan = self._plan(facts, version, frozenset(message_ids), fallback, known)
+        plan = self._plan(facts, version, frozenset(message_ids), fallback, known, said_at)
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         began = {k.entry_id: k.valid_from for k in known}
-        self._end_replaced(plan, entries, version, said_at, began, replaced)
+        heads = [
+            ReplacedEntry(k.entry_id, k.valid_from, k.valid_until, None)
+            for k in known
+            if k.valid_until is not None
+        ]
+        self._end_replaced(plan, entries, version, said_at, began, [*replaced, *heads])
         return entries
 
     def _plan(
@@ -691,21 +698,31 @@ class UserLog(Aggregate):
         allowed: frozenset[str],
         fallback: list[str],
         known: Sequence[KnownEntry] = (),
+        said_at: dict[str, datetime] | None = None,
     ) -> _Plan:
         """Decide what each fact does to ``version``'s valid entries, repairing what the
         extractor got slightly wrong (each repair is noted) rather than losing the batch.
 
-        A target that is not a valid entry of the version (or was already ended by an
-        earlier fact) turns the fact into a new entry, so a confused extractor cannot lose
-        facts; citations outside the batch are dropped; a fact left citing nothing cites
-        the batch's user messages. A text over :data:`MAX_FACT_CHARS` is cut; a new fact
-        that repeats an earlier fact of the answer is merged into it, and one that repeats a
-        current entry of ``known`` (the entries the batch was shown) is the same as it. Only
-        a fact with no text is dropped.
+        A target that is neither a valid entry of the version nor an ended one the batch
+        was shown (``known`` with an end) turns the fact into a new entry, so a confused
+        extractor cannot lose facts; citations outside the batch are dropped; a fact left
+        citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
+        is cut; a new fact that repeats an earlier fact of the answer is merged into it,
+        and one that repeats an entry of ``known`` valid when it was said (``said_at``
+        gives the messages' times) is the same as it; a repeat said after the entry ended
+        is new. An invalidation of an ended entry ends nothing. Only a fact with no text
+        is dropped.
         """
+        said_at = said_at or {}
         valid = {e for e, v in self.valid_entries.items() if v == version}
+        ended = {
+            k.entry_id: (k, k.valid_until)
+            for k in known
+            if k.valid_until is not None and k.entry_id not in valid
+        }
         plan = _Plan()
         shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
+        ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         for index, fact in enumerate(facts):
@@ -749,16 +766,27 @@ class UserLog(Aggregate):
                 notes.append(f"named fact {earlier} of its answer, which it cannot replace")
             if action == "new" and target is not None:
                 notes.append(f"was new with a target ({storable(target)}); the target was ignored")
-            elif action != "new" and target not in valid:
+            elif action != "new" and target not in valid and target not in ended:
                 notes.append(
                     f"was {action!r} of {storable(target or 'no entry')}, not a current entry; "
                     "recorded as new"
                 )
                 action = "new"
+            said = _said(sources, said_at)
             same = _same_words(text)
             if action == "new" and shown.get(same) in valid:
                 target, action = shown[same], "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
+            elif action == "new" and (match := ended_shown.get(same)) and said < match[1]:
+                target, action = match[0].entry_id, "same"
+                plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
+            if target in ended:
+                action = _against_ended(*ended[target], action, said, notes)
+                if action == "new":
+                    target = None
+                elif action == "invalidate":
+                    plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
+                    continue
             repaired = ExtractedFact(text, tuple(sources), action, target)
             if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
@@ -1051,6 +1079,22 @@ def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
     """When the newest of ``sources`` was sent (now, if the times are not known)."""
     times = [said_at[m] for m in sources if m in said_at]
     return max(times) if times else datetime.now(UTC)
+
+
+def _against_ended(
+    entry: KnownEntry, until: datetime, action: FactAction, said: datetime, notes: list[str]
+) -> FactAction:
+    """What a fact said at ``said`` that repeats or updates ``entry`` (ended at ``until``)
+    does: a repeat said before the entry began is an earlier value of it (an update, which
+    ends when the entry began), and one said after it ended is a new entry; noted in
+    ``notes``."""
+    if action != "same" or entry.valid_from <= said < until:
+        return action
+    if said < entry.valid_from:
+        notes.append(f"repeats {entry.entry_id}, which began later: the value before it")
+        return "update"
+    notes.append(f"repeats {entry.entry_id}, which had ended when it was said: recorded as new")
+    return "new"
 
 
 def _same_words(text: str) -> str:

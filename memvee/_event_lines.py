@@ -47,10 +47,7 @@ def describe(event: Any) -> str:
         case UserLog.KnowledgeSuperseded():
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
         case UserLog.KnowledgeEndMoved():
-            return (
-                f"entry {e.entry_id[:8]} ended earlier: {e.superseded_by[:8]} fits before "
-                "what replaced it"
-            )
+            return f"entry {e.entry_id[:8]} ended earlier: {e.superseded_by[:8]} follows it"
         case UserLog.KnowledgeInvalidated():
             return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
         case UserLog.KnowledgeVersionPromoted():

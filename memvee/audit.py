@@ -568,8 +568,7 @@ class Audit:
         self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
-        texts = [m.content for m in batch]
-        known, replaced = await asyncio.to_thread(self._known, user_id, version, texts)
+        known, replaced = await asyncio.to_thread(self._known, user_id, version, batch)
         result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
         known, replaced = await asyncio.to_thread(
             self._with_targets, user_id, version, result.facts, (known, replaced)
@@ -627,10 +626,10 @@ class Audit:
         return await bulk.run(list(user_ids))
 
     def _known(
-        self, user_id: str, version: str, texts: list[str]
+        self, user_id: str, version: str, batch: list[BatchMessage]
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-        """The version's current entries a re-extraction batch of ``texts`` is shown, as
-        live processing shows them, and the chains of ended entries before those."""
+        """The version's entries a re-extraction batch is shown, as live processing shows
+        them, and the chains of ended entries before those."""
         with self.store.engine.connect() as connection:
             current = len(self._reader.knowledge(connection, user_id, version))
             return shown_beside(
@@ -638,9 +637,10 @@ class Audit:
                 self._ranker,
                 self._reader,
                 user_id,
-                texts,
+                [m.content for m in batch],
                 current=current,
                 max_batch_tokens=DEFAULT_LIMITS.max_tokens,
+                since=min(m.sent_at for m in batch),
                 version=version,
             )
 

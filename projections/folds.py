@@ -257,7 +257,12 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
         case UserLog.KnowledgeInvalidated():
             _end_entry(rows, e, superseded_by=None, ended_reason=e.reason)
         case UserLog.KnowledgeEndMoved():  # ended when it was: only the end moves
-            rows.update(e.entry_id, valid_until=utc(e.valid_until), superseded_by=e.superseded_by)
+            rows.update(
+                e.entry_id,
+                valid_until=utc(e.valid_until),
+                superseded_by=e.superseded_by,
+                ended_reason=None,
+            )
         case UserLog.KnowledgeVersionPromoted():
             for entry_id in rows.find("log_id", _log_id(e)):
                 version = rows.rows[entry_id]["knowledge_version"]

@@ -27,7 +27,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from events import ReplacedEntry, user_log_id
+from events import KnownEntry, ReplacedEntry, user_log_id
 from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredId, id_text, packed_range, stored_id
@@ -69,6 +69,17 @@ class ProjectionReader:
         m, c, k = tables.messages, tables.citations, tables.knowledge
         in_seqs = m.c.seq.in_(bindparam("seqs", expanding=True))
         self._entries_by_ids = select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True)))
+        self._invalidated_after = (
+            select(k.c.entry_id, k.c.text, k.c.valid_from, k.c.valid_until)
+            .where(
+                k.c.log_id == bindparam("log_id"),
+                k.c.knowledge_version == bindparam("version"),
+                k.c.superseded_by.is_(None),
+                k.c.valid_until > bindparam("since", type_=k.c.valid_until.type),
+            )
+            .order_by(k.c.valid_until, k.c.version, k.c.ordinal)
+            .limit(bindparam("limit", type_=Integer))
+        )
         of_version = select(k).where(
             k.c.log_id == bindparam("log_id"), k.c.knowledge_version == bindparam("version")
         )
@@ -157,6 +168,25 @@ class ProjectionReader:
             return []
         rows = connection.execute(self._entries_by_ids, {"ids": ids}).mappings()
         return [entry_from_row(user_id, r) for r in _owned_by(rows, user_id)]
+
+    def invalidated_after(
+        self,
+        connection: Connection,
+        user_id: str,
+        since: datetime,
+        limit: int,
+        version: str = LIVE_KNOWLEDGE,
+    ) -> list[KnownEntry]:
+        """At most ``limit`` of the entries of ``version`` invalidated after ``since``
+        (the last values of their chains), those that ended first first: what a batch
+        whose first message was sent at ``since`` may place its facts around."""
+        binds = {"log_id": _log(user_id), "version": version, "since": since, "limit": limit}
+        return [
+            KnownEntry(id_text(entry_id), text, aware(valid_from), aware(valid_until))
+            for entry_id, text, valid_from, valid_until in connection.execute(
+                self._invalidated_after, binds
+            )
+        ]
 
     def replaced(
         self,

@@ -1,5 +1,6 @@
 """What an extractor is shown beside a batch: the user's current entries it may repeat or
-change, and, for the log, the chains of ended entries before those.
+change (and, beside a backdated batch, the entries invalidated after it began), and, for
+the log, the chains of ended entries before those.
 
 Live processing and re-extraction show entries the same way, so that a re-extracted
 version is decided as the live knowledge was: the entries related to the batch's texts
@@ -9,6 +10,7 @@ version is decided as the live knowledge was: the entries related to the batch's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import Connection
 
@@ -17,10 +19,21 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
 
-__all__ = ["KNOWN_SHARE", "MAX_KNOWN_ENTRIES", "shown_beside", "targets_of", "with_targets"]
+__all__ = [
+    "KNOWN_SHARE",
+    "MAX_ENDED_SHOWN",
+    "MAX_KNOWN_ENTRIES",
+    "shown_beside",
+    "targets_of",
+    "with_targets",
+]
 
 MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
+
+MAX_ENDED_SHOWN = 20
+"""At most this many entries that ended after a backdated batch's first message go to an
+extractor beside it, those that ended first first."""
 
 KNOWN_SHARE = 4
 """The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
@@ -36,22 +49,37 @@ def shown_beside(
     *,
     current: int,
     max_batch_tokens: int,
+    since: datetime | None = None,
     version: str = LIVE_KNOWLEDGE,
 ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-    """The current entries of ``version`` shown beside a batch of ``texts`` (the most
-    related first; ``current`` is how many the log counts), and the chains of ended
-    entries before them."""
-    if current <= 0:
-        return (), ()
-    related = ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current, version)
+    """The entries of ``version`` shown beside a batch of ``texts``, and the chains of
+    ended entries before them.
+
+    Those are the current entries, the most related first (``current`` is how many the
+    log counts), after the entries invalidated after ``since`` (the time the batch's first
+    message was sent; at most :data:`MAX_ENDED_SHOWN`): a backdated batch places its
+    facts around those too, else it could start a value that ended while its chain was
+    not shown. A batch in the log's order has none to see.
+    """
+    ended = (
+        reader.invalidated_after(connection, user_id, since, MAX_ENDED_SHOWN, version)
+        if since is not None
+        else []
+    )
+    related = (
+        ranker.related(connection, user_id, list(texts), MAX_KNOWN_ENTRIES, current, version)
+        if current > 0
+        else []
+    )
     budget = max_batch_tokens // KNOWN_SHARE
     shown: list[KnownEntry] = []  # a list: see projections.rows
-    for entry in related:
-        known = KnownEntry(*entry)
+    for known in [*ended, *(KnownEntry(*entry) for entry in related)]:
         budget -= estimate_tokens(known.text)
-        if shown and budget < 0:
+        if shown and (budget < 0 or len(shown) >= MAX_KNOWN_ENTRIES):
             break
         shown.append(known)
+    if not shown:
+        return (), ()
     replaced = reader.replaced(connection, user_id, [k.entry_id for k in shown], version)
     return tuple(shown), tuple(replaced)
 
@@ -98,7 +126,7 @@ def _rest_of_chains(
 ) -> list[ReplacedEntry]:
     """The links of the chains before ``targets`` that ``replaced`` stops short of: a
     walk back that ends on a link as deep as one read goes reads on from it."""
-    before: dict[str, list[ReplacedEntry]] = {}
+    before: dict[str | None, list[ReplacedEntry]] = {}
     for link in replaced:
         before.setdefault(link.superseded_by, []).append(link)
     more: list[ReplacedEntry] = []

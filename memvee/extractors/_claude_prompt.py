@@ -57,10 +57,12 @@ message, plus the assistant's message when the user's answer only makes sense wi
 
 You may also be given the user's known entries: what memory currently holds about the \
 user on related topics, as a JSON array, each with an id (k1, k2, ...), its text and the \
-day since when it has been valid. Give each fact an action:
+day since when it has been valid. An entry with "until" stopped being true then; it is \
+shown because some messages were sent before that time. Give each fact an action:
 - "new": the fact is not covered by any known entry.
 - "same": the fact repeats a known entry, even in other words. Prefer "same" over \
-restating a known entry as a new fact, so that memory holds no duplicates.
+restating a known entry as a new fact, so that memory holds no duplicates. A message sent \
+after an entry's "until" that says the same again is "new".
 - "update": a newer statement replaces an older known fact about the same thing (the user \
 moved to another city, changed jobs, changed a preference). The text states the new fact.
 - "invalidate": the user says a known entry stopped being true and gives nothing in its \
@@ -192,7 +194,12 @@ def user_turn(batch: ExtractionBatch) -> str:
     """The user turn: the known entries (if any), then the batch's messages."""
     if batch.known:
         known = [
-            {"id": f"k{i}", "text": e.text, "since": _day(e.valid_from)}
+            {
+                "id": f"k{i}",
+                "text": e.text,
+                "since": _day(e.valid_from),
+                **({"until": _minute(e.valid_until)} if e.valid_until is not None else {}),
+            }
             for i, e in enumerate(batch.known, 1)
         ]
         known_section = (

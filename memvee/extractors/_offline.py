@@ -613,6 +613,11 @@ class _Known:
         """Orders entries newest last; the batch order breaks ties."""
         return (self.entry.valid_from, self.position)
 
+    def ends_after(self, moment: datetime) -> bool:
+        """Whether the entry is current, or ended after ``moment`` (a backdated batch is
+        shown entries that ended since)."""
+        return self.entry.valid_until is None or moment < self.entry.valid_until
+
 
 class _Batch:
     """The batch's facts, folded message by message in the order they were said.
@@ -674,9 +679,10 @@ class _Batch:
             self._stand(draft)
 
     def _new_draft(self, text: str, key: str, claim: _Claim | None, said: datetime) -> _Draft:
-        same = [k for k in self.known if k.key == key]
+        standing = [k for k in self.known if k.ends_after(said)]
+        same = [k for k in standing if k.key == key]
         if not same and claim is not None:
-            same = [k for k in self.known if k.claim == claim]
+            same = [k for k in standing if k.claim == claim]
         if same:
             target = max(same, key=_Known.recency).entry.entry_id
             return _Draft(text, key, claim, "same", target)
@@ -688,12 +694,15 @@ class _Batch:
             replaced = previous[-1]
             self._end(replaced)
             return _Draft(text, key, claim, "update", replaces=replaced)
-        rivals = [k for k in self.known if k.claim is not None and k.claim.slot == slot]
+        rivals = [k for k in standing if k.claim is not None and k.claim.slot == slot]
         if not rivals:
             return _Draft(text, key, claim)
-        rival = max(rivals, key=_Known.recency)
-        if said >= rival.entry.valid_from:  # else the draft is the older fact: it ends first
+        begun = [k for k in rivals if k.entry.valid_from <= said]
+        if begun:  # the value when the draft was said: the draft replaces it
+            rival = max(begun, key=_Known.recency)
             self.known.remove(rival)
+        else:  # the draft is older than every value: it comes before the first of them
+            rival = min(rivals, key=_Known.recency)
         return _Draft(text, key, claim, "update", rival.entry.entry_id)
 
     def retract(self, retraction: _Retraction, message_id: str, said: datetime) -> None:
@@ -704,6 +713,8 @@ class _Batch:
                 self._end(draft)
                 self.items.append(_Withdrawal(retraction.reason, message_id, draft))
         for k in list(self.known):
+            if k.entry.valid_until is not None:
+                continue  # ended already: a retraction ends nothing more
             if k.entry.valid_from <= said and _retracts(retraction, k.claim, k.key):
                 self.known.remove(k)
                 self.items.append(_Withdrawal(retraction.reason, message_id, k.entry.entry_id))

@@ -467,6 +467,108 @@ def test_an_invalidation_said_before_an_entry_began_leaves_it_current_for_later_
     assert _ends(log) == [] and _known(log) == [acme] and log.knowledge_count == 1
 
 
+def _invalidated_home() -> tuple[UserLog, KnownEntry]:
+    """Oslo from day 10, taken back on day 20 ("I don't live in Oslo any more"): no
+    current home, and the ended Oslo as a backdated batch is shown it."""
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge(
+        "t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x", batch=_said(first, 10)
+    )
+    second = _batch(log, "t2", "I don't live in Oslo any more")
+    gone = ExtractedFact("User left Oslo.", tuple(second), "invalidate", oslo["entry_id"])
+    log.record_knowledge("t2", [gone], "x", batch=_said(second, 20))
+    log.collect_events()
+    began, ended = T0 + timedelta(days=10), T0 + timedelta(days=20)
+    return log, KnownEntry(oslo["entry_id"], "User lives in Oslo.", began, ended)
+
+
+def _on_day(log: UserLog, day: int, fact: ExtractedFact, known: KnownEntry) -> list[str]:
+    """Record ``fact`` as the answer to a batch of one message said on ``day``, shown
+    ``known``; the ids of the entries it added."""
+    (message,) = _batch(log, "t3", "a backdated message")
+    placed = ExtractedFact(fact.text, (message,), fact.action, fact.target_entry_id)
+    entries = log.record_knowledge("t3", [placed], "x", batch=_said([message], day), known=[known])
+    return [e["entry_id"] for e in entries]
+
+
+def test_an_update_older_than_an_invalidated_entry_ends_when_that_entry_began() -> None:
+    """Bergen said on day 5, Oslo days 10 to 20: Bergen is the home until Oslo began, and
+    Oslo keeps the end it was taken back at; no two homes overlap, none is current."""
+    log, oslo = _invalidated_home()
+    update = ExtractedFact("User lives in Bergen.", (), "update", oslo.entry_id)
+    (bergen,) = _on_day(log, 5, update, oslo)
+    assert _ends(log) == [(bergen, oslo.entry_id, oslo.valid_from)]
+    assert _known(log) == []
+
+
+def test_an_update_said_while_an_invalidated_entry_was_valid_ends_it_then() -> None:
+    log, oslo = _invalidated_home()
+    update = ExtractedFact("User lives in Bergen.", (), "update", oslo.entry_id)
+    (bergen,) = _on_day(log, 15, update, oslo)
+    (moved,) = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeEndMoved)]
+    assert (moved.entry_id, moved.superseded_by) == (oslo.entry_id, bergen)
+    assert moved.valid_until == T0 + timedelta(days=15)
+    assert _known(log) == [bergen]
+
+
+def test_an_update_said_after_an_invalidated_entry_ended_ends_nothing() -> None:
+    log, oslo = _invalidated_home()
+    update = ExtractedFact("User lives in Bergen.", (), "update", oslo.entry_id)
+    (bergen,) = _on_day(log, 25, update, oslo)
+    assert _ends(log) == [] and _known(log) == [bergen]
+
+
+@pytest.mark.parametrize("action", ["same", "new"])
+def test_a_repeat_of_an_invalidated_entry_said_while_it_was_valid_adds_nothing(
+    action: FactAction,
+) -> None:
+    log, oslo = _invalidated_home()
+    target = oslo.entry_id if action == "same" else None
+    assert _on_day(log, 15, ExtractedFact("User lives in Oslo.", (), action, target), oslo) == []
+    assert _ends(log) == [] and _known(log) == []
+
+
+@pytest.mark.parametrize("action", ["same", "new"])
+def test_a_repeat_said_before_an_invalidated_entry_began_is_the_value_before_it(
+    action: FactAction,
+) -> None:
+    log, oslo = _invalidated_home()
+    target = oslo.entry_id if action == "same" else None
+    repeat = ExtractedFact("User lives in Oslo.", (), action, target)
+    (earlier,) = _on_day(log, 5, repeat, oslo)
+    assert _ends(log) == [(earlier, oslo.entry_id, oslo.valid_from)]
+    assert _known(log) == []
+
+
+@pytest.mark.parametrize("action", ["same", "new"])
+def test_a_repeat_said_after_an_invalidated_entry_ended_is_a_new_current_entry(
+    action: FactAction,
+) -> None:
+    log, oslo = _invalidated_home()
+    target = oslo.entry_id if action == "same" else None
+    (again,) = _on_day(log, 25, ExtractedFact("User lives in Oslo.", (), action, target), oslo)
+    assert _ends(log) == [] and _known(log) == [again]
+
+
+def test_an_invalidation_of_an_entry_that_had_ended_ends_nothing_and_is_noted() -> None:
+    log, oslo = _invalidated_home()
+    gone = ExtractedFact("User left Oslo.", (), "invalidate", oslo.entry_id)
+    assert _on_day(log, 15, gone, oslo) == []
+    events = log.collect_events()
+    extracted = events[-1]
+    assert isinstance(extracted, UserLog.KnowledgeExtracted)
+    assert extracted.repairs == [f"invalidation of {oslo.entry_id}, which had ended: ends nothing"]
+
+
+def test_an_ended_entry_the_batch_was_not_shown_is_no_target() -> None:
+    log, oslo = _invalidated_home()
+    (message,) = _batch(log, "t3", "I moved to Bergen")
+    update = ExtractedFact("User lives in Bergen.", (message,), "update", oslo.entry_id)
+    (bergen,) = log.record_knowledge("t3", [update], "x", batch=_said([message], 5))
+    assert bergen["repairs"] and _ends(log) == [] and _known(log) == [bergen["entry_id"]]
+
+
 def test_a_repeat_merged_into_a_fact_keeps_it_valid_from_when_it_was_first_said() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I like jazz", "I like jazz, really")

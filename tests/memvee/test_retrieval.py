@@ -222,6 +222,75 @@ async def test_older_history_imported_after_newer_fits_each_home_in_its_place(
         assert [e.text for e in then] == [f"User lives in {home}."]
 
 
+def _spans(entries: Sequence[KnowledgeEntry]) -> list[tuple[str, int, int | None]]:
+    """Each entry's text and the days (from T0) it was valid, oldest first."""
+    return [
+        (e.text, (e.valid_from - T0).days, e.valid_until and (e.valid_until - T0).days)
+        for e in sorted(entries, key=lambda e: e.valid_from)
+    ]
+
+
+async def test_older_messages_are_placed_around_a_value_that_was_taken_back(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """Oslo from day 10, taken back on day 20: no home is current. Older messages arrive
+    after that: Oslo on day 15 is the same Oslo, and Bergen on day 5 is the home until
+    Oslo began. The extractor used to be shown current entries only, so both started
+    homes that never ended, beside Oslo. A re-extraction, one message a batch, places
+    them the same way."""
+    memory = await _offline(make_memory)
+    for day, line in [
+        (10, "I live in Oslo."),
+        (20, "I don't live in Oslo any more."),
+        (15, "I live in Oslo."),
+        (5, "I moved to Bergen."),
+    ]:
+        await _say(memory, "ann", day, line)
+    expected = [("User lives in Bergen.", 5, 10), ("User lives in Oslo.", 10, 20)]
+    assert _spans(await memory.knowledge("ann", history=True)) == expected
+    assert await memory.knowledge("ann") == []
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("ann", OfflineExtractor(), "v2", batch_size=1)
+        audit.promote("ann", "v2")
+        assert _spans(audit.knowledge("ann", history=True)) == expected
+
+
+async def test_a_change_said_before_a_value_was_taken_back_ends_it_instead(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Oslo from day 10, taken back on day 20; a message of day 15 says Bergen. Oslo ends
+    on day 15, replaced by Bergen (no longer taken back), and Bergen is the home now."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 10, "I live in Oslo.")
+    await _say(memory, "ann", 20, "I don't live in Oslo any more.")
+    await _say(memory, "ann", 15, "I moved to Bergen.")
+    history = {e.text: e for e in await memory.knowledge("ann", history=True)}
+    oslo, bergen = history["User lives in Oslo."], history["User lives in Bergen."]
+    assert _spans([oslo, bergen]) == [
+        ("User lives in Oslo.", 10, 15),
+        ("User lives in Bergen.", 15, None),
+    ]
+    assert (oslo.superseded_by, oslo.ended_reason) == (bergen.entry_id, None)
+    assert [e.text for e in await memory.knowledge("ann")] == ["User lives in Bergen."]
+
+
+async def test_an_older_statement_of_a_value_taken_back_is_that_value_from_earlier(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Initech from day 14, until retirement on day 17; a message of day 3 says Initech
+    too. It is the job from day 3 until the entry of day 14 (the same value, said
+    earlier), not a second job still held after retirement."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 14, "I work at Initech.")
+    await _say(memory, "ann", 17, "I'm retired.")
+    await _say(memory, "ann", 3, "I work at Initech.")
+    history = await memory.knowledge("ann", history=True)
+    jobs = [span for span in _spans(history) if "Initech" in span[0]]
+    assert jobs == [("User works at Initech.", 3, 14), ("User works at Initech.", 14, 17)]
+    assert all("Initech" not in e.text for e in await memory.knowledge("ann"))
+
+
 async def test_the_same_statement_twice_is_one_entry(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     await _say(memory, "ann", 0, "I'm allergic to peanuts.")

@@ -9,6 +9,7 @@ import time
 import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -454,6 +455,22 @@ async def test_known_entries_are_listed_before_the_messages(claude: Make) -> Non
     for action in FACT_ACTIONS:
         assert f'"{action}"' in system
     assert "target_entry_id" in system
+
+
+async def test_an_ended_entry_is_listed_with_when_it_stopped_being_true(claude: Make) -> None:
+    """A backdated batch is shown entries taken back after its first message: the model
+    sees until when each held, and the system prompt says what that means."""
+    until = datetime(2025, 2, 1, 8, 30, tzinfo=UTC)
+    ended = KnownEntry("e-old", "User lives in Oslo.", T_KNOWN, until)
+    api = FakeAPI(ok([]))
+    await claude(api).extract(replace(KNOWN_BATCH, known=(*KNOWN[:1], ended)))
+
+    body = api.bodies[0]
+    assert prompt_known_entries(body) == [
+        {"id": "k1", "text": KNOWN[0].text, "since": "2024-06-01"},
+        {"id": "k2", "text": ended.text, "since": "2024-06-01", "until": "2025-02-01T08:30Z"},
+    ]
+    assert '"until"' in body["system"][0]["text"]
 
 
 async def test_a_batch_without_known_entries_lists_none(claude: Make) -> None:

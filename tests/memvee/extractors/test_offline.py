@@ -587,3 +587,45 @@ async def test_a_change_said_before_a_known_entry_began_leaves_it_current() -> N
         same("User lives in Oslo.", "e-oslo", "m2"),
     )
     assert await over_days(newer, (0, "I don't live in Oslo any more")) == ()
+
+
+def ended(entry_id: str, text: str, began: int, until: int) -> KnownEntry:
+    """An entry valid from day ``began`` to day ``until`` of the batch, then taken back:
+    what a backdated batch is shown beside the current entries."""
+    return KnownEntry(entry_id, text, T0 + timedelta(days=began), T0 + timedelta(days=until))
+
+
+async def test_a_change_said_while_an_ended_entry_was_valid_updates_it() -> None:
+    oslo = (ended("e-oslo", "User lives in Oslo.", -5, 5),)
+    assert await over_days(oslo, (0, "I moved to Bergen")) == (
+        update("User lives in Bergen.", "e-oslo", "m1"),
+    )
+
+
+async def test_a_change_said_before_an_ended_entry_began_updates_it_as_the_older_value() -> None:
+    oslo = (ended("e-oslo", "User lives in Oslo.", 10, 20),)
+    assert await over_days(oslo, (0, "I moved to Bergen"), (12, "I live in Oslo")) == (
+        update("User lives in Bergen.", "e-oslo", "m1"),
+        same("User lives in Oslo.", "e-oslo", "m2"),
+    )
+
+
+async def test_a_value_said_while_another_was_valid_replaces_that_one_not_the_newest() -> None:
+    homes = (
+        ended("e-oslo", "User lives in Oslo.", -5, 5),
+        entry("e-rome", "User lives in Rome.", days_old=-10),  # current, from day 10
+    )
+    assert await over_days(homes, (0, "I moved to Bergen")) == (
+        update("User lives in Bergen.", "e-oslo", "m1"),
+    )
+
+
+async def test_an_entry_that_ended_before_a_statement_is_not_what_it_repeats_or_changes() -> None:
+    oslo = (ended("e-oslo", "User lives in Oslo.", -20, -10),)
+    assert await over_days(oslo, (0, "I live in Oslo")) == (new("User lives in Oslo.", "m1"),)
+    assert await over_days(oslo, (0, "I moved to Bergen")) == (new("User lives in Bergen.", "m1"),)
+
+
+async def test_a_retraction_of_an_entry_that_ended_already_ends_nothing_more() -> None:
+    oslo = (ended("e-oslo", "User lives in Oslo.", -5, 5),)
+    assert await over_days(oslo, (0, "I don't live in Oslo any more")) == ()
