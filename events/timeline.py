@@ -46,7 +46,8 @@ class Timeline:
     It holds the entries the batch adds and the known ones it names (their starts), and
     the chains of ended entries before those (``replaced``, with their ends). Placing each
     of the batch's steps in turn gives the ends to record: :meth:`ended` for entries that
-    were valid, :meth:`moved` for ended ones that now end earlier.
+    were valid, :meth:`moved` for ended ones that now end earlier, and the starts:
+    :meth:`begun_earlier` for known entries said again before they began.
     """
 
     def __init__(self, began: dict[str, datetime], replaced: Iterable[ReplacedEntry] = ()) -> None:
@@ -56,6 +57,7 @@ class Timeline:
             self.began.setdefault(entry.entry_id, entry.valid_from)
             self.ends[entry.entry_id] = Ending(entry.valid_until, successor=entry.superseded_by)
         self._recorded = dict(self.ends)
+        self._earlier: dict[str, datetime] = {}
 
     def replace(self, new: str, old: str) -> None:
         """Place entry ``new``, which replaces ``old``."""
@@ -78,6 +80,21 @@ class Timeline:
             ends[new] = Ending(ending.at, successor=ending.successor)  # in between the two
         ends[current] = Ending(start, successor=new)
 
+    def begin_earlier(self, entry: str, at: datetime) -> None:
+        """Have ``entry`` begin at ``at`` (a repeat of it was said then): the value it
+        replaced now ends then. Nothing moves when ``at`` is not before its start, or not
+        after the start of the value it replaced."""
+        start = self.began.get(entry)
+        if start is None or at >= start:
+            return
+        prior = self._latest_before(entry)
+        if prior is not None:
+            if at <= self.began[prior]:
+                return
+            self.ends[prior] = Ending(at, successor=entry)
+        self.began[entry] = at
+        self._earlier[entry] = at
+
     def invalidate(self, target: str, at: datetime, reason: str, sources: list[str]) -> None:
         """End ``target`` at ``at``, unless it had not begun or had already ended by then.
         An entry that had ended before the batch keeps its recorded end."""
@@ -91,6 +108,10 @@ class Timeline:
     def ended(self) -> Iterator[tuple[str, Ending]]:
         """The entries that were valid and now end, with their ends."""
         return ((e, end) for e, end in self.ends.items() if e not in self._recorded)
+
+    def begun_earlier(self) -> Iterator[tuple[str, datetime]]:
+        """The known entries that now begin earlier, with their new starts."""
+        return iter(self._earlier.items())
 
     def moved(self) -> Iterator[tuple[str, Ending]]:
         """The ended entries of the chains given that now end earlier, with their ends."""

@@ -381,6 +381,18 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             pass  # the entry had ended already: the state holds valid entries only
 
+    class KnowledgeBeganEarlier(Aggregate.Event):
+        """An entry was found to be valid from an earlier time: a backdated message
+        (``source_message_ids``, which it now cites too) said it before it began."""
+
+        entry_id: str
+        knowledge_version: str
+        valid_from: datetime
+        source_message_ids: list[str]
+
+        def apply(self, log: UserLog) -> None:
+            pass  # the state holds which entries are valid, not since when
+
     # ------------------------------------------------------------------ state
 
     def __init__(self, user_id: str) -> None:
@@ -679,7 +691,9 @@ class UserLog(Aggregate):
         message_ids: list[str] = fields["message_ids"]
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
-        plan = self._plan(facts, version, frozenset(message_ids), fallback, known, said_at)
+        plan = self._plan(
+            facts, version, frozenset(message_ids), fallback, known, said_at, replaced
+        )
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         began = {k.entry_id: k.valid_from for k in known}
@@ -699,6 +713,7 @@ class UserLog(Aggregate):
         fallback: list[str],
         known: Sequence[KnownEntry] = (),
         said_at: dict[str, datetime] | None = None,
+        replaced: Sequence[ReplacedEntry] = (),
     ) -> _Plan:
         """Decide what each fact does to ``version``'s valid entries, repairing what the
         extractor got slightly wrong (each repair is noted) rather than losing the batch.
@@ -708,10 +723,12 @@ class UserLog(Aggregate):
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it,
-        and one that repeats an entry of ``known`` valid when it was said (``said_at``
-        gives the messages' times) is the same as it; a repeat said after the entry ended
-        is new. An invalidation of an ended entry ends nothing. Only a fact with no text
-        is dropped.
+        and one that repeats an entry of ``known`` not ended when it was said (``said_at``
+        gives the messages' times) is the same as it. A repeat said before the entry began
+        makes it begin then, unless the value it replaced (in ``replaced``) had not begun
+        by then either: then it is that older value again, a new entry. A repeat said after
+        the entry ended is new. An invalidation of an ended entry ends nothing. Only a fact
+        with no text is dropped.
         """
         said_at = said_at or {}
         valid = {e for e, v in self.valid_entries.items() if v == version}
@@ -723,6 +740,13 @@ class UserLog(Aggregate):
         plan = _Plan()
         shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
+        began = {k.entry_id: k.valid_from for k in known}
+        replaced_began: dict[str, datetime] = {}  # an entry -> when the value it replaced began
+        for link in replaced:
+            if (successor := link.superseded_by) is not None:
+                replaced_began[successor] = max(
+                    link.valid_from, replaced_began.get(successor, link.valid_from)
+                )
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         for index, fact in enumerate(facts):
@@ -787,6 +811,14 @@ class UserLog(Aggregate):
                 elif action == "invalidate":
                     plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
                     continue
+            if action == "same" and target is not None and said < began.get(target, said):
+                if target in replaced_began and said <= replaced_began[target]:
+                    notes.append(f"repeats {target}, said before the value it replaced began")
+                    action = "update"
+                else:
+                    plan.begin_earlier(target, said, sources)
+                    plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
+                    continue
             repaired = ExtractedFact(text, tuple(sources), action, target)
             if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
@@ -820,13 +852,14 @@ class UserLog(Aggregate):
         replaced: Sequence[ReplacedEntry],
     ) -> None:
         """Emit the ends of the entries that the new ones replaced or the batch invalidated,
-        and the moved ends of the ended entries a backdated one now follows.
+        the moved ends of the ended entries a backdated one now follows, and the earlier
+        starts of known entries said again before they began.
 
-        Time decides, not the order of arrival: each step places an entry in a
-        :class:`~events.timeline.Timeline` of the batch's entries, the known ones it names
-        (``began``, when known) and the chains of ended entries before those
-        (``replaced``). An invalidation said before an entry began, or after it ended,
-        ends nothing.
+        Time decides, not the order of arrival: each step places an entry (or moves a
+        known one's start) in a :class:`~events.timeline.Timeline` of the batch's entries,
+        the known ones it names (``began``, when known) and the chains of ended entries
+        before those (``replaced``). An invalidation said before an entry began, or after
+        it ended, ends nothing.
         """
         timeline = Timeline(
             {
@@ -844,6 +877,9 @@ class UserLog(Aggregate):
                 replaced_entry = plan.replaces[index]
                 assert replaced_entry is not None
                 timeline.replace(entries[index]["entry_id"], entry_id(replaced_entry))
+            elif kind == "earlier":
+                known_entry, said, _ = plan.earlier[index]
+                timeline.begin_earlier(known_entry, said)
             else:
                 target, fact = plan.invalidated[index]
                 sources = list(fact.source_message_ids)
@@ -867,6 +903,17 @@ class UserLog(Aggregate):
                 knowledge_version=version,
                 superseded_by=ending.successor,
                 valid_until=ending.at,
+            )
+        cited: dict[str, list[str]] = {}
+        for target, _, sources in plan.earlier:
+            cited.setdefault(target, []).extend(sources)
+        for entry, start in timeline.begun_earlier():
+            self.trigger_event(
+                self.KnowledgeBeganEarlier,
+                entry_id=entry,
+                knowledge_version=version,
+                valid_from=start,
+                source_message_ids=list(dict.fromkeys(cited[entry])),
             )
 
     def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
@@ -1003,8 +1050,9 @@ class _Plan:
     repairs made to it and the messages that first stated it), and ``steps`` that end
     entries: ``("replace", place)`` for the added entry at ``place`` replacing its
     :attr:`replaces` (a known entry's id, or an earlier added entry's place), and
-    ``("invalidate", i)`` for :attr:`invalidated` ``[i]``. Repairs of facts that added
-    no entry are in :attr:`repairs`."""
+    ``("invalidate", i)`` for :attr:`invalidated` ``[i]``, ``("earlier", i)`` for a known
+    entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
+    messages that said it). Repairs of facts that added no entry are in :attr:`repairs`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -1014,10 +1062,16 @@ class _Plan:
     steps: list[tuple[str, int]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     replaced_within: set[int] = field(default_factory=set)
+    earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
 
     def current(self, place: int | None) -> bool:
         """Whether ``place`` in :attr:`added` holds an entry no later fact ends."""
         return place is not None and place not in self.replaced_within
+
+    def begin_earlier(self, target: str, said: datetime, sources: list[str]) -> None:
+        """Have the known entry ``target`` begin at ``said``, when ``sources`` said it."""
+        self.steps.append(("earlier", len(self.earlier)))
+        self.earlier.append((target, said, sources))
 
     def end_within(self, target: str | int, fact: ExtractedFact) -> None:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
@@ -1084,15 +1138,10 @@ def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
 def _against_ended(
     entry: KnownEntry, until: datetime, action: FactAction, said: datetime, notes: list[str]
 ) -> FactAction:
-    """What a fact said at ``said`` that repeats or updates ``entry`` (ended at ``until``)
-    does: a repeat said before the entry began is an earlier value of it (an update, which
-    ends when the entry began), and one said after it ended is a new entry; noted in
-    ``notes``."""
-    if action != "same" or entry.valid_from <= said < until:
+    """What a fact said at ``said`` that repeats or changes ``entry`` (ended at ``until``)
+    does: a repeat said after the entry ended is a new entry (noted in ``notes``)."""
+    if action != "same" or said < until:
         return action
-    if said < entry.valid_from:
-        notes.append(f"repeats {entry.entry_id}, which began later: the value before it")
-        return "update"
     notes.append(f"repeats {entry.entry_id}, which had ended when it was said: recorded as new")
     return "new"
 

@@ -48,6 +48,11 @@ def describe(event: Any) -> str:
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
         case UserLog.KnowledgeEndMoved():
             return f"entry {e.entry_id[:8]} ended earlier: {e.superseded_by[:8]} follows it"
+        case UserLog.KnowledgeBeganEarlier():
+            return (
+                f"entry {e.entry_id[:8]} valid from {e.valid_from:%Y-%m-%d %H:%M}: "
+                "said again before it began"
+            )
         case UserLog.KnowledgeInvalidated():
             return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
         case UserLog.KnowledgeVersionPromoted():

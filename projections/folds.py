@@ -232,12 +232,14 @@ def evolve_usage(rows: TableRows, e: Any) -> None:
 
 
 def knowledge_touches(e: Any) -> Sequence[Lookup]:
-    """The entry an event ends; every entry of the user when a version is promoted."""
+    """The entry an event ends or moves; every entry of the user when a version is
+    promoted."""
     match e:
         case (
             UserLog.KnowledgeSuperseded()
             | UserLog.KnowledgeInvalidated()
             | UserLog.KnowledgeEndMoved()
+            | UserLog.KnowledgeBeganEarlier()
         ):
             return [("entry_id", e.entry_id)]
         case UserLog.KnowledgeVersionPromoted():
@@ -262,6 +264,13 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
                 valid_until=utc(e.valid_until),
                 superseded_by=e.superseded_by,
                 ended_reason=None,
+            )
+        case UserLog.KnowledgeBeganEarlier():  # said before it began: valid from then
+            cited = rows.rows[e.entry_id]["source_message_ids"]
+            rows.update(
+                e.entry_id,
+                valid_from=utc(e.valid_from),
+                source_message_ids=list(dict.fromkeys([*cited, *e.source_message_ids])),
             )
         case UserLog.KnowledgeVersionPromoted():
             for entry_id in rows.find("log_id", _log_id(e)):
@@ -314,6 +323,9 @@ def evolve_citations(rows: TableRows, e: Any) -> None:
                 rows.put(
                     {"message_id": message_id, "entry_id": entry["entry_id"], "log_id": _log_id(e)}
                 )
+    elif isinstance(e, UserLog.KnowledgeBeganEarlier):
+        for message_id in e.source_message_ids:
+            rows.put({"message_id": message_id, "entry_id": e.entry_id, "log_id": _log_id(e)})
 
 
 # ---------------------------------------------------------------------- messages
@@ -492,6 +504,7 @@ PROJECTIONS: tuple[Projection, ...] = (
                 UserLog.KnowledgeSuperseded,
                 UserLog.KnowledgeInvalidated,
                 UserLog.KnowledgeEndMoved,
+                UserLog.KnowledgeBeganEarlier,
                 UserLog.KnowledgeVersionPromoted,
             }
         ),
@@ -502,7 +515,13 @@ PROJECTIONS: tuple[Projection, ...] = (
     Projection(
         "citations",
         ("message_id", "entry_id"),
-        frozenset({UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted}),
+        frozenset(
+            {
+                UserLog.KnowledgeExtracted,
+                UserLog.KnowledgeReextracted,
+                UserLog.KnowledgeBeganEarlier,
+            }
+        ),
         _none,
         evolve_citations,
     ),

@@ -156,6 +156,52 @@ def test_a_backdated_update_older_than_the_whole_chain_ends_when_the_oldest_bega
     assert _known(log) == [lisbon]
 
 
+def test_a_repeat_said_before_an_entry_began_makes_it_begin_then_and_ends_its_prior_then() -> None:
+    """Lisbon (from day 30, after Oslo from day 1) said again on day 10: Lisbon is the
+    home from day 10, citing that message too, and Oslo ends on day 10."""
+    log = UserLog.register("ann")
+    oslo, lisbon, before = _chain_of_homes(log)
+    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    said = _batch(log, "t2", "I live in Lisbon")
+    repeat = ExtractedFact("User lives in Lisbon.", tuple(said), "same", lisbon)
+    assert (
+        log.record_knowledge(
+            "t2", [repeat], "x", batch=_said(said, 10), known=shown, replaced=before
+        )
+        == []
+    )
+    events = log.collect_events()
+    moved, began = events[-2:]
+    assert isinstance(moved, UserLog.KnowledgeEndMoved)
+    assert (moved.entry_id, moved.superseded_by, moved.valid_until) == (
+        oslo,
+        lisbon,
+        T0 + timedelta(days=10),
+    )
+    assert isinstance(began, UserLog.KnowledgeBeganEarlier)
+    assert (began.entry_id, began.valid_from, began.source_message_ids) == (
+        lisbon,
+        T0 + timedelta(days=10),
+        said,
+    )
+    assert _known(log) == [lisbon]
+
+
+def test_a_repeat_said_before_the_value_it_replaced_began_is_a_value_before_that() -> None:
+    """Lisbon said on day 0, before Oslo (day 1) that Lisbon replaced on day 30: Lisbon
+    was the home until Oslo began, a new entry; Oslo and Lisbon keep their times."""
+    log = UserLog.register("ann")
+    oslo, lisbon, before = _chain_of_homes(log)
+    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    said = _batch(log, "t2", "I live in Lisbon")
+    repeat = ExtractedFact("User lives in Lisbon.", tuple(said), "same", lisbon)
+    (first,) = log.record_knowledge(
+        "t2", [repeat], "x", batch=_said(said, 0), known=shown, replaced=before
+    )
+    assert first["repairs"] and _ends(log) == [(first["entry_id"], oslo, T0 + timedelta(days=1))]
+    assert _known(log) == [lisbon]
+
+
 def test_an_invalidation_said_before_the_entry_began_ends_nothing() -> None:
     log = UserLog.register("ann")
     first = _batch(log, "t1", "I work at Acme")
@@ -530,15 +576,22 @@ def test_a_repeat_of_an_invalidated_entry_said_while_it_was_valid_adds_nothing(
 
 
 @pytest.mark.parametrize("action", ["same", "new"])
-def test_a_repeat_said_before_an_invalidated_entry_began_is_the_value_before_it(
+def test_a_repeat_said_before_an_invalidated_entry_began_makes_it_begin_then(
     action: FactAction,
 ) -> None:
+    """Oslo said on day 5 too: Oslo was the home from day 5, and cites that message."""
     log, oslo = _invalidated_home()
     target = oslo.entry_id if action == "same" else None
-    repeat = ExtractedFact("User lives in Oslo.", (), action, target)
-    (earlier,) = _on_day(log, 5, repeat, oslo)
-    assert _ends(log) == [(earlier, oslo.entry_id, oslo.valid_from)]
-    assert _known(log) == []
+    said = _batch(log, "t3", "I live in Oslo")
+    repeat = ExtractedFact("User lives in Oslo.", tuple(said), action, target)
+    assert log.record_knowledge("t3", [repeat], "x", batch=_said(said, 5), known=[oslo]) == []
+    (began,) = _began_earlier(log)
+    assert (began.entry_id, began.valid_from) == (oslo.entry_id, T0 + timedelta(days=5))
+    assert began.source_message_ids == said and _known(log) == []
+
+
+def _began_earlier(log: UserLog) -> list[UserLog.KnowledgeBeganEarlier]:
+    return [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeBeganEarlier)]
 
 
 @pytest.mark.parametrize("action", ["same", "new"])

@@ -279,16 +279,36 @@ async def test_an_older_statement_of_a_value_taken_back_is_that_value_from_earli
     make_memory: Callable[..., Any],
 ) -> None:
     """Initech from day 14, until retirement on day 17; a message of day 3 says Initech
-    too. It is the job from day 3 until the entry of day 14 (the same value, said
-    earlier), not a second job still held after retirement."""
+    too. The job began on day 3 and the entry cites both messages, as it would had the
+    messages come in order; it used to be a second job, still held after retirement."""
     memory = await _offline(make_memory)
-    await _say(memory, "ann", 14, "I work at Initech.")
+    (later,) = await _say(memory, "ann", 14, "I work at Initech.")
     await _say(memory, "ann", 17, "I'm retired.")
-    await _say(memory, "ann", 3, "I work at Initech.")
+    (earlier,) = await _say(memory, "ann", 3, "I work at Initech.")
     history = await memory.knowledge("ann", history=True)
-    jobs = [span for span in _spans(history) if "Initech" in span[0]]
-    assert jobs == [("User works at Initech.", 3, 14), ("User works at Initech.", 14, 17)]
+    jobs = [e for e in history if "Initech" in e.text]
+    assert _spans(jobs) == [("User works at Initech.", 3, 17)]
+    assert jobs[0].source_message_ids == (later, earlier)
     assert all("Initech" not in e.text for e in await memory.knowledge("ann"))
+
+
+async def test_a_repeat_said_before_a_current_entry_began_makes_it_begin_then(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Vegan said on day 20, then a message of day 19 says it too: vegan from day 19,
+    citing both, the same as one batch of both gives. A home said again before it began
+    ends the home before it then."""
+    memory = await _offline(make_memory)
+    (later,) = await _say(memory, "ann", 20, "I'm a vegan.")
+    (earlier,) = await _say(memory, "ann", 19, "I'm a vegan.")
+    (vegan,) = await memory.knowledge("ann")
+    assert _spans([vegan]) == [("User is a vegan.", 19, None)]
+    assert vegan.source_message_ids == (later, earlier)
+    await _say(memory, "bob", 1, "I live in Oslo.")
+    await _say(memory, "bob", 30, "I moved to Bergen.")
+    await _say(memory, "bob", 10, "I live in Bergen.")
+    homes = await memory.knowledge("bob", history=True)
+    assert _spans(homes) == [("User lives in Oslo.", 1, 10), ("User lives in Bergen.", 10, None)]
 
 
 async def test_the_same_statement_twice_is_one_entry(make_memory: Callable[..., Any]) -> None:

@@ -7,7 +7,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from events import BatchLimits, BatchMessage, ExtractedFact, KnownEntry, ReplacedEntry, UserLog
+from events import (
+    BatchLimits,
+    BatchMessage,
+    ExtractedFact,
+    FactAction,
+    KnownEntry,
+    ReplacedEntry,
+    UserLog,
+)
 
 __all__ = ["EVERY_OPERATION", "LIMITS", "LogDriver"]
 
@@ -17,6 +25,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
     *("reextract", "promote", "reject", "reject", "blamed", "requeue", "backdate"),
+    "repeat_earlier",
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
 
@@ -61,8 +70,8 @@ class LogDriver:
             self.tasks += 1
             log.request_processing(f"t{self.tasks}", "manual")
             log.start_next(LIMITS)
-        elif op == "backdate" and log.open_tasks:
-            self._backdate(next(iter(log.open_tasks)))
+        elif op in ("backdate", "repeat_earlier") and log.open_tasks:
+            self._backdate(next(iter(log.open_tasks)), "update" if op == "backdate" else "same")
         elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
             task = next(iter(log.open_tasks))
             if op in ("extract", "revise"):
@@ -90,10 +99,11 @@ class LogDriver:
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
 
-    def _backdate(self, task: str) -> None:
+    def _backdate(self, task: str, action: FactAction) -> None:
         """Record the task's batch as said between a live entry and the one it replaced,
-        updating the live one: the engine's import of older history (it ends the older
-        entry earlier). Nothing happens if no live entry replaced another."""
+        updating (or repeating) the live one: the engine's import of older history (it
+        ends the older entry earlier; a repeat makes the live one begin earlier too).
+        Nothing happens if no live entry replaced another."""
         began: dict[str, datetime] = {}
         ended: dict[str, tuple[str, datetime]] = {}
         for e in self.history:
@@ -103,6 +113,8 @@ class LogDriver:
                 )
             elif isinstance(e, UserLog.KnowledgeSuperseded | UserLog.KnowledgeEndMoved):
                 ended[e.entry_id] = (e.superseded_by, e.valid_until)
+            elif isinstance(e, UserLog.KnowledgeBeganEarlier):
+                began[e.entry_id] = e.valid_from
         live = [e for e, v in self.log.valid_entries.items() if v == "live"]
         chains = {
             entry: [
@@ -123,7 +135,7 @@ class LogDriver:
         batch = list(self.log.open_tasks[task])
         self.log.record_knowledge(
             task,
-            [ExtractedFact(f"before {current}", tuple(batch), "update", current)],
+            [ExtractedFact(f"before {current}", tuple(batch), action, current)],
             "property",
             batch=[BatchMessage(m, "user", "", said) for m in batch],
             limits=LIMITS,
