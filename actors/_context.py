@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from actors._committer import GroupCommitter
@@ -15,7 +16,6 @@ from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
 from events import (
     BatchLimits,
-    BatchMessage,
     EventStore,
     ExtractedFact,
     KnownEntry,
@@ -36,12 +36,13 @@ Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[
-    [str, Sequence[BatchMessage], int], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
+    [str, Sequence[str], int, datetime | None],
+    tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
-"""Reads the entries an extractor is shown beside a batch's messages (see
+"""Reads the entries an extractor is shown beside a batch's message texts (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
-counts, and the chains of ended entries before those (for the log, which places a
-backdated fact among them)."""
+counts and, for a backdated batch, when its first message was sent; and the chains of
+ended entries before those (for the log, which places a backdated fact among them)."""
 
 TargetsPlaced = Callable[
     [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],

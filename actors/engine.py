@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pykka
@@ -31,7 +32,6 @@ from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import (
-    BatchMessage,
     Durability,
     EventStore,
     ExtractedFact,
@@ -208,11 +208,11 @@ class Engine:
             self._claim_keeper.start()
 
     def _known_entries(
-        self, user_id: str, messages: Sequence[BatchMessage], current: int
+        self, user_id: str, texts: Sequence[str], current: int, since: datetime | None
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What an extractor sees beside a batch, and the chains before it (see
         :func:`projections.shown.shown_beside`)."""
-        if not messages:
+        if current <= 0 and since is None:
             return (), ()
         with self.store.engine.connect() as connection:
             return shown_beside(
@@ -220,10 +220,10 @@ class Engine:
                 self.ranker,
                 self.reader,
                 user_id,
-                [m.content for m in messages],
+                texts,
                 current=current,
                 max_batch_tokens=self.options.settings.limits.max_tokens,
-                since=min(m.sent_at for m in messages),
+                since=since,
             )
 
     def _targets_placed(

@@ -69,6 +69,11 @@ MAX_VERSION_CHARS = 64
 """The longest name a knowledge version may have (its column's width)."""
 
 
+UNKNOWN_END = datetime.max.replace(tzinfo=UTC)
+"""The latest end of a log whose snapshot predates :attr:`UserLog.latest_end`: any batch
+may be backdated."""
+
+
 def check_new_knowledge_version(name: object) -> str:
     """Return ``name`` if it can name a new (re-extracted) knowledge version, else raise
     :class:`InvalidInputError`: a storable string, not blank, not ``live``, and at most
@@ -291,7 +296,7 @@ class UserLog(Aggregate):
         valid_until: datetime
 
         def apply(self, log: UserLog) -> None:
-            log.end_entry(self.entry_id)
+            log.end_entry(self.entry_id, self.valid_until)
 
     class KnowledgeInvalidated(Aggregate.Event):
         """A known entry stopped being true, with nothing to replace it ("I quit")."""
@@ -303,7 +308,7 @@ class UserLog(Aggregate):
         valid_until: datetime
 
         def apply(self, log: UserLog) -> None:
-            log.end_entry(self.entry_id)
+            log.end_entry(self.entry_id, self.valid_until)
 
     class KnowledgeVersionPromoted(Aggregate.Event):
         """A re-extracted knowledge version replaced the live knowledge."""
@@ -379,7 +384,7 @@ class UserLog(Aggregate):
         valid_until: datetime
 
         def apply(self, log: UserLog) -> None:
-            pass  # the entry had ended already: the state holds valid entries only
+            log.note_end(self.valid_until)  # the state holds valid entries only
 
     class KnowledgeBeganEarlier(Aggregate.Event):
         """An entry was found to be valid from an earlier time: a backdated message
@@ -409,6 +414,7 @@ class UserLog(Aggregate):
         self.parked: dict[str, int] = {}
         self.quarantined: dict[str, int] = {}
         self.running: dict[str, dict[str, Any]] = {}
+        self.latest_end: datetime | None = None
 
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
@@ -416,10 +422,13 @@ class UserLog(Aggregate):
         Entries valid before the knowledge lifecycle are then unknown to the log, so an
         update naming one is recorded as a new entry: nothing is lost, only not linked.
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
+        When the latest end of an entry is not known, every batch may be backdated.
         """
         for name in ("valid_entries", "weights", "caps", "parked", "quarantined", "running"):
             if not hasattr(self, name):
                 setattr(self, name, {})
+        if not hasattr(self, "latest_end"):
+            self.latest_end = UNKNOWN_END
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -438,8 +447,19 @@ class UserLog(Aggregate):
         held = (m for batch in self.open_tasks.values() for m in batch)
         return {*self.pending, *self.quarantined, *held}
 
-    def end_entry(self, entry_id: str) -> None:
+    def ends_after(self, moment: datetime) -> bool:
+        """Whether an entry of the log (any version) stopped being valid after ``moment``:
+        a batch whose first message was sent then is backdated, and is shown those."""
+        return self.latest_end is not None and moment < self.latest_end
+
+    def note_end(self, valid_until: datetime) -> None:
+        """Evolve helper: an entry ended at ``valid_until``; the latest end is kept."""
+        if self.latest_end is None or self.latest_end < valid_until:
+            self.latest_end = valid_until
+
+    def end_entry(self, entry_id: str, valid_until: datetime) -> None:
         """Evolve helper: an entry stopped being valid; its version counts one fewer."""
+        self.note_end(valid_until)
         version = self.valid_entries.pop(entry_id)
         if version == LIVE_KNOWLEDGE:
             self.knowledge_count -= 1

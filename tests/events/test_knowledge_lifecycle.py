@@ -720,3 +720,17 @@ def test_state_from_an_older_snapshot_is_upgraded_and_cannot_lose_facts() -> Non
     assert log.valid_entries == {}
     fact = ExtractedFact("User lives in Bergen.", tuple(ids), "update", "entry-before-upgrade")
     assert [e["text"] for e in log.record_knowledge("t1", [fact], "x")] == ["User lives in Bergen."]
+
+
+def test_the_log_knows_when_a_batch_is_older_than_an_end_it_recorded() -> None:
+    """A batch sent before the latest end of an entry is backdated (it is shown the
+    entries ended since); one sent after it is not, and reads nothing more. A log from a
+    snapshot that lacks the latest end takes every batch as possibly backdated."""
+    log, oslo = _invalidated_home()
+    assert oslo.valid_until is not None
+    assert log.ends_after(oslo.valid_until - timedelta(seconds=1))
+    assert not log.ends_after(oslo.valid_until)
+    assert not UserLog.register("bob").ends_after(T0)
+    del log.__dict__["latest_end"]
+    log.upgrade()
+    assert log.ends_after(T0 + timedelta(days=10_000))
