@@ -36,12 +36,12 @@ Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[
-    [str, Sequence[str], int, datetime | None],
+    [str, Sequence[str], int, tuple[datetime, datetime] | None],
     tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
 """Reads the entries an extractor is shown beside a batch's message texts (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
-counts and, for a backdated batch, when its first message was sent; and the chains of
+counts and, for a backdated batch, when its first and last messages were sent; and the chains of
 ended entries before those (for the log, which places a backdated fact among them)."""
 
 TargetsPlaced = Callable[

@@ -208,11 +208,15 @@ class Engine:
             self._claim_keeper.start()
 
     def _known_entries(
-        self, user_id: str, texts: Sequence[str], current: int, since: datetime | None
+        self,
+        user_id: str,
+        texts: Sequence[str],
+        current: int,
+        backdated: tuple[datetime, datetime] | None,
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What an extractor sees beside a batch, and the chains before it (see
         :func:`projections.shown.shown_beside`)."""
-        if current <= 0 and since is None:
+        if current <= 0 and backdated is None:
             return (), ()
         with self.store.engine.connect() as connection:
             return shown_beside(
@@ -223,7 +227,7 @@ class Engine:
                 texts,
                 current=current,
                 max_batch_tokens=self.options.settings.limits.max_tokens,
-                since=since,
+                backdated=backdated,
             )
 
     def _targets_placed(

@@ -690,10 +690,12 @@ class UserActor(PooledActor):
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )
         self._batch_messages = messages
-        said = min((m.sent_at for m in messages), default=None)
-        since = said if said is not None and user_log.ends_after(said) else None
+        times = [m.sent_at for m in messages]
+        backdated = (min(times), max(times)) if times and user_log.ends_after(min(times)) else None
         texts = [m.content for m in messages]
-        known, replaced = self._services.known(self.user_id, texts, user_log.knowledge_count, since)
+        known, replaced = self._services.known(
+            self.user_id, texts, user_log.knowledge_count, backdated
+        )
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)
 

@@ -717,10 +717,11 @@ class UserLog(Aggregate):
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         began = {k.entry_id: k.valid_from for k in known}
-        heads = [
+        placed = {link.entry_id for link in replaced}
+        heads = [  # ended entries shown with no link given: the last values of their chains
             ReplacedEntry(k.entry_id, k.valid_from, k.valid_until, None)
             for k in known
-            if k.valid_until is not None
+            if k.valid_until is not None and k.entry_id not in placed
         ]
         self._end_replaced(plan, entries, version, said_at, began, [*replaced, *heads])
         return entries
@@ -747,8 +748,8 @@ class UserLog(Aggregate):
         gives the messages' times) is the same as it. A repeat said before the entry began
         makes it begin then, unless the value it replaced (in ``replaced``) had not begun
         by then either: then it is that older value again, a new entry. A repeat said after
-        the entry ended is new. An invalidation of an ended entry ends nothing. Only a fact
-        with no text is dropped.
+        the entry ended is that value again, after what replaced it (if anything did). An
+        invalidation of an ended entry ends nothing. Only a fact with no text is dropped.
         """
         said_at = said_at or {}
         valid = {e for e, v in self.valid_entries.items() if v == version}
@@ -762,8 +763,10 @@ class UserLog(Aggregate):
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
         began = {k.entry_id: k.valid_from for k in known}
         replaced_began: dict[str, datetime] = {}  # an entry -> when the value it replaced began
+        succeeded = set()  # the ended entries that another replaced
         for link in replaced:
             if (successor := link.superseded_by) is not None:
+                succeeded.add(link.entry_id)
                 replaced_began[successor] = max(
                     link.valid_from, replaced_began.get(successor, link.valid_from)
                 )
@@ -821,11 +824,15 @@ class UserLog(Aggregate):
             if action == "new" and shown.get(same) in valid:
                 target, action = shown[same], "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
-            elif action == "new" and (match := ended_shown.get(same)) and said < match[1]:
+            elif (
+                action == "new"
+                and (match := ended_shown.get(same))
+                and (said < match[1] or match[0].entry_id in succeeded)
+            ):
                 target, action = match[0].entry_id, "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
             if target in ended:
-                action = _against_ended(*ended[target], action, said, notes)
+                action = _against_ended(*ended[target], action, said, notes, target in succeeded)
                 if action == "new":
                     target = None
                 elif action == "invalidate":
@@ -1156,14 +1163,20 @@ def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
 
 
 def _against_ended(
-    entry: KnownEntry, until: datetime, action: FactAction, said: datetime, notes: list[str]
+    entry: KnownEntry,
+    until: datetime,
+    action: FactAction,
+    said: datetime,
+    notes: list[str],
+    replaced: bool,
 ) -> FactAction:
     """What a fact said at ``said`` that repeats or changes ``entry`` (ended at ``until``)
-    does: a repeat said after the entry ended is a new entry (noted in ``notes``)."""
+    does. A repeat said after the entry ended is that value again (noted in ``notes``):
+    an update, placed after what ``replaced`` the entry, or a new entry when nothing did."""
     if action != "same" or said < until:
         return action
-    notes.append(f"repeats {entry.entry_id}, which had ended when it was said: recorded as new")
-    return "new"
+    notes.append(f"repeats {entry.entry_id}, which had ended when it was said: that value again")
+    return "update" if replaced else "new"
 
 
 def _same_words(text: str) -> str:

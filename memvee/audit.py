@@ -640,7 +640,7 @@ class Audit:
                 [m.content for m in batch],
                 current=current,
                 max_batch_tokens=DEFAULT_LIMITS.max_tokens,
-                since=min(m.sent_at for m in batch),
+                backdated=(min(m.sent_at for m in batch), max(m.sent_at for m in batch)),
                 version=version,
             )
 

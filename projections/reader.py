@@ -69,13 +69,16 @@ class ProjectionReader:
         m, c, k = tables.messages, tables.citations, tables.knowledge
         in_seqs = m.c.seq.in_(bindparam("seqs", expanding=True))
         self._entries_by_ids = select(k).where(k.c.entry_id.in_(bindparam("ids", expanding=True)))
-        self._invalidated_after = (
-            select(k.c.entry_id, k.c.text, k.c.valid_from, k.c.valid_until)
+        self._ended_around = (
+            select(k.c.entry_id, k.c.text, k.c.valid_from, k.c.valid_until, k.c.superseded_by)
             .where(
                 k.c.log_id == bindparam("log_id"),
                 k.c.knowledge_version == bindparam("version"),
-                k.c.superseded_by.is_(None),
-                k.c.valid_until > bindparam("since", type_=k.c.valid_until.type),
+                k.c.valid_until > bindparam("first", type_=k.c.valid_until.type),
+                or_(
+                    k.c.superseded_by.is_(None),
+                    k.c.valid_from <= bindparam("last", type_=k.c.valid_from.type),
+                ),
             )
             .order_by(k.c.valid_until, k.c.version, k.c.ordinal)
             .limit(bindparam("limit", type_=Integer))
@@ -169,24 +172,35 @@ class ProjectionReader:
         rows = connection.execute(self._entries_by_ids, {"ids": ids}).mappings()
         return [entry_from_row(user_id, r) for r in _owned_by(rows, user_id)]
 
-    def invalidated_after(
+    def ended_around(
         self,
         connection: Connection,
         user_id: str,
-        since: datetime,
+        said: tuple[datetime, datetime],
         limit: int,
         version: str = LIVE_KNOWLEDGE,
-    ) -> list[KnownEntry]:
-        """At most ``limit`` of the entries of ``version`` invalidated after ``since``
-        (the last values of their chains), those that ended first first: what a batch
-        whose first message was sent at ``since`` may place its facts around."""
-        binds = {"log_id": _log(user_id), "version": version, "since": since, "limit": limit}
-        return [
-            KnownEntry(id_text(entry_id), text, aware(valid_from), aware(valid_until))
-            for entry_id, text, valid_from, valid_until in connection.execute(
-                self._invalidated_after, binds
+    ) -> list[tuple[KnownEntry, ReplacedEntry]]:
+        """At most ``limit`` of the ended entries of ``version`` that a batch said between
+        ``said`` (its first and last messages' times) may place its facts around, those
+        that ended first first: the replaced ones valid then, and the last values of
+        chains (invalidated) that ended after it began. Each as an extractor is shown it,
+        and as the log places facts among ended entries."""
+        first, last = said
+        binds = {"log_id": _log(user_id), "version": version, "first": first, "last": last}
+        found = []
+        for entry_id, text, valid_from, valid_until, superseded_by in connection.execute(
+            self._ended_around, {**binds, "limit": limit}
+        ):
+            entry = id_text(entry_id)
+            began, ended = aware(valid_from), aware(valid_until)
+            successor = None if superseded_by is None else id_text(superseded_by)
+            found.append(
+                (
+                    KnownEntry(entry, text, began, ended),
+                    ReplacedEntry(entry, began, ended, successor),
+                )
             )
-        ]
+        return found
 
     def replaced(
         self,

@@ -1,6 +1,6 @@
 """What an extractor is shown beside a batch: the user's current entries it may repeat or
-change (and, beside a backdated batch, the entries invalidated after it began), and, for
-the log, the chains of ended entries before those.
+change (and, beside a backdated batch, the ended entries around it), and, for the log,
+the chains of ended entries before those.
 
 Live processing and re-extraction show entries the same way, so that a re-extracted
 version is decided as the live knowledge was: the entries related to the batch's texts
@@ -32,8 +32,8 @@ MAX_KNOWN_ENTRIES = 100
 """At most this many current entries go to an extractor beside each batch."""
 
 MAX_ENDED_SHOWN = 20
-"""At most this many entries that ended after a backdated batch's first message go to an
-extractor beside it, those that ended first first."""
+"""At most this many ended entries go to an extractor beside a backdated batch, those
+that ended first first."""
 
 KNOWN_SHARE = 4
 """The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
@@ -49,21 +49,21 @@ def shown_beside(
     *,
     current: int,
     max_batch_tokens: int,
-    since: datetime | None = None,
+    backdated: tuple[datetime, datetime] | None = None,
     version: str = LIVE_KNOWLEDGE,
 ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
     """The entries of ``version`` shown beside a batch of ``texts``, and the chains of
     ended entries before them.
 
     Those are the current entries, the most related first (``current`` is how many the
-    log counts), after the entries invalidated after ``since`` (the time the batch's first
-    message was sent; at most :data:`MAX_ENDED_SHOWN`): a backdated batch places its
-    facts around those too, else it could start a value that ended while its chain was
-    not shown. A batch in the log's order has none to see.
+    log counts). A batch older than some end the log recorded (``backdated``: when its
+    first and last messages were sent) is first shown the ended entries around it (at
+    most :data:`MAX_ENDED_SHOWN`, see :meth:`ProjectionReader.ended_around`): else it
+    could start a value beside one that held then, or after one that was taken back.
     """
     ended = (
-        reader.invalidated_after(connection, user_id, since, MAX_ENDED_SHOWN, version)
-        if since is not None
+        reader.ended_around(connection, user_id, backdated, MAX_ENDED_SHOWN, version)
+        if backdated is not None
         else []
     )
     related = (
@@ -73,15 +73,17 @@ def shown_beside(
     )
     budget = max_batch_tokens // KNOWN_SHARE
     shown: list[KnownEntry] = []  # a list: see projections.rows
-    for known in [*ended, *(KnownEntry(*entry) for entry in related)]:
+    for known in [*(k for k, _ in ended), *(KnownEntry(*entry) for entry in related)]:
         budget -= estimate_tokens(known.text)
         if shown and (budget < 0 or len(shown) >= MAX_KNOWN_ENTRIES):
             break
         shown.append(known)
     if not shown:
         return (), ()
-    replaced = reader.replaced(connection, user_id, [k.entry_id for k in shown], version)
-    return tuple(shown), tuple(replaced)
+    chains = reader.replaced(connection, user_id, [k.entry_id for k in shown], version)
+    placed = {k.entry_id for k in shown}
+    ends = [link for known, link in ended if known.entry_id in placed]
+    return tuple(shown), (*ends, *chains)
 
 
 def with_targets(

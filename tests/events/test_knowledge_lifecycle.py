@@ -202,6 +202,66 @@ def test_a_repeat_said_before_the_value_it_replaced_began_is_a_value_before_that
     assert _known(log) == [lisbon]
 
 
+def _oslo_shown(oslo: str, lisbon: str) -> tuple[KnownEntry, ReplacedEntry]:
+    """Oslo (days 1 to 30, replaced by Lisbon) as a backdated batch is shown it: to the
+    extractor with its end, to the log as the link it is."""
+    began, until = T0 + timedelta(days=1), T0 + timedelta(days=30)
+    return KnownEntry(oslo, "User lives in Oslo.", began, until), ReplacedEntry(
+        oslo, began, until, lisbon
+    )
+
+
+def test_a_repeat_said_while_a_replaced_entry_held_adds_nothing() -> None:
+    log = UserLog.register("ann")
+    oslo, lisbon, _ = _chain_of_homes(log)
+    known, link = _oslo_shown(oslo, lisbon)
+    said = _batch(log, "t2", "I live in Oslo")
+    repeat = ExtractedFact("User lives in Oslo.", tuple(said), "same", oslo)
+    assert (
+        log.record_knowledge(
+            "t2", [repeat], "x", batch=_said(said, 10), known=[known], replaced=[link]
+        )
+        == []
+    )
+    assert _ends(log) == [] and _known(log) == [lisbon]
+
+
+def test_a_value_said_again_after_it_was_replaced_replaces_what_held_then() -> None:
+    """Oslo said again on day 40, after Lisbon replaced it on day 30: Oslo is the home
+    again from day 40, and Lisbon ends then."""
+    log = UserLog.register("ann")
+    oslo, lisbon, _ = _chain_of_homes(log)
+    known, link = _oslo_shown(oslo, lisbon)
+    lisbon_known = KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))
+    said = _batch(log, "t2", "I live in Oslo")
+    repeat = ExtractedFact("User lives in Oslo.", tuple(said), "same", oslo)
+    (again,) = log.record_knowledge(
+        "t2", [repeat], "x", batch=_said(said, 40), known=[known, lisbon_known], replaced=[link]
+    )
+    assert _ends(log) == [(lisbon, again["entry_id"], T0 + timedelta(days=40))]
+    assert _known(log) == [again["entry_id"]]
+
+
+def test_a_change_said_while_a_replaced_entry_held_fits_between_it_and_its_successor() -> None:
+    log = UserLog.register("ann")
+    oslo, lisbon, _ = _chain_of_homes(log)
+    known, link = _oslo_shown(oslo, lisbon)
+    said = _batch(log, "t2", "I moved to Paris")
+    update = ExtractedFact("User lives in Paris.", tuple(said), "update", oslo)
+    (paris,) = log.record_knowledge(
+        "t2", [update], "x", batch=_said(said, 10), known=[known], replaced=[link]
+    )
+    events = log.collect_events()
+    superseded, moved = events[-2:]
+    assert isinstance(superseded, UserLog.KnowledgeSuperseded)
+    assert (superseded.entry_id, superseded.superseded_by) == (paris["entry_id"], lisbon)
+    assert superseded.valid_until == T0 + timedelta(days=30)
+    assert isinstance(moved, UserLog.KnowledgeEndMoved)
+    assert (moved.entry_id, moved.superseded_by) == (oslo, paris["entry_id"])
+    assert moved.valid_until == T0 + timedelta(days=10)
+    assert _known(log) == [lisbon]
+
+
 def test_an_invalidation_said_before_the_entry_began_ends_nothing() -> None:
     log = UserLog.register("ann")
     first = _batch(log, "t1", "I work at Acme")

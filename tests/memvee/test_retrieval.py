@@ -292,6 +292,20 @@ async def test_an_older_statement_of_a_value_taken_back_is_that_value_from_earli
     assert all("Initech" not in e.text for e in await memory.knowledge("ann"))
 
 
+async def test_an_older_message_repeating_a_replaced_value_adds_nothing(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Acme from day 15; Initech on day 4 arrives after it (the job until Acme); then
+    Initech again on day 11, while that Initech held. It is the same Initech: one entry,
+    as one batch of the three gives; it used to be a second Initech from day 11."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 15, "I work at Acme.")
+    await _say(memory, "ann", 4, "I work at Initech.")
+    await _say(memory, "ann", 11, "I work at Initech.")
+    jobs = _spans(await memory.knowledge("ann", history=True))
+    assert jobs == [("User works at Initech.", 4, 15), ("User works at Acme.", 15, None)]
+
+
 async def test_a_repeat_said_before_a_current_entry_began_makes_it_begin_then(
     make_memory: Callable[..., Any],
 ) -> None:
