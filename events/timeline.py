@@ -10,11 +10,14 @@ next one began.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
-__all__ = ["Ending", "ReplacedEntry", "Timeline"]
+from events.extraction import KnownEntry
+
+__all__ = ["Around", "Ending", "ReplacedEntry", "Timeline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +100,13 @@ class Timeline:
 
     def invalidate(self, target: str, at: datetime, reason: str, sources: list[str]) -> None:
         """End ``target`` at ``at``, unless it had not begun or had already ended by then.
-        An entry that had ended before the batch keeps its recorded end."""
+        An entry that another replaced before the batch keeps its recorded end; one taken
+        back then is taken back earlier."""
         start, ending = self.began.get(target), self.ends.get(target)
         if (start is not None and at < start) or (ending is not None and ending.at <= at):
             return
-        if target in self._recorded:
+        recorded = self._recorded.get(target)
+        if recorded is not None and recorded.successor is not None:
             return
         self.ends[target] = Ending(at, reason=reason, sources=sources)
 
@@ -114,7 +119,7 @@ class Timeline:
         return iter(self._earlier.items())
 
     def moved(self) -> Iterator[tuple[str, Ending]]:
-        """The ended entries of the chains given that now end earlier, with their ends."""
+        """The ended entries given that now end earlier, with their ends."""
         return (
             (e, end)
             for e, end in self.ends.items()
@@ -125,3 +130,104 @@ class Timeline:
         """The latest begun of the entries that ``entry`` replaced, if any."""
         before = [e for e, end in self.ends.items() if end.successor == entry and e in self.began]
         return max(before, key=self.began.__getitem__, default=None)
+
+
+class Around:
+    """What a batch was shown of the entries around its times, to place a fact said before
+    an entry it names began: when each ``known`` entry began (and, for ended ones, ended),
+    the chains before them (``replaced``), and which are the version's ``valid`` ones.
+    ``words`` gives the form in which two texts state the same.
+
+    A repeat or a value said before an entry began can only move that entry's start when
+    no other ended entry held in between: the log does not know which entries are values
+    of one fact, and one that held then may be another value of it.
+    """
+
+    def __init__(
+        self,
+        known: Sequence[KnownEntry],
+        replaced: Iterable[ReplacedEntry],
+        valid: Collection[str],
+        words: Callable[[str], str],
+    ) -> None:
+        self.began = {k.entry_id: k.valid_from for k in known}
+        self.ended = {
+            k.entry_id: (k, k.valid_until)
+            for k in known
+            if k.valid_until is not None and k.entry_id not in valid
+        }
+        self.successor: dict[str, str] = {}
+        self.prior_began: dict[str, datetime] = {}  # when the value each entry replaced began
+        for link in replaced:
+            if (successor := link.superseded_by) is not None:
+                self.successor[link.entry_id] = successor
+                before = self.prior_began.get(successor, link.valid_from)
+                self.prior_began[successor] = max(before, link.valid_from)
+        self._words = words
+        self._by_words: dict[str, list[KnownEntry]] = {}
+        for k in known:
+            self._by_words.setdefault(words(k.text), []).append(k)
+
+    @property
+    def succeeded(self) -> Collection[str]:
+        """The ended entries that another entry replaced."""
+        return self.successor.keys()
+
+    def taken_back_after(self, entry: str, said: datetime) -> bool:
+        """Whether the ended ``entry`` held at ``said`` and was taken back (not replaced)
+        after it: an invalidation said then takes it back earlier."""
+        if entry not in self.ended or entry in self.successor:
+            return False
+        known, until = self.ended[entry]
+        return known.valid_from <= said < until
+
+    def began_later(self, entry: str, said: datetime) -> bool:
+        """Whether the known ``entry`` began after ``said``."""
+        return said < self.began.get(entry, said)
+
+    def repeat_before(
+        self, entry: str, said: datetime, besides: str | None = None
+    ) -> Literal["earlier", "older", "held"]:
+        """How ``entry``, said again at ``said`` before it began, is placed: it begins
+        then (``earlier``); the statement is older than the value it replaced (``older``:
+        a value before that one); or, when another ended entry (not ``besides``) held in
+        between, its start stays (``held``)."""
+        prior = self.prior_began.get(entry)
+        if prior is not None and said <= prior:
+            return "older"
+        start = self.began[entry]
+        for other, (known, until) in self.ended.items():
+            if other in (entry, besides) or self.successor.get(other) == entry:
+                continue
+            if known.valid_from < start and said < until:
+                return "held"
+        return "earlier"
+
+    def joined(
+        self, target: str | None, text: str, said: datetime
+    ) -> tuple[str, str | None] | None:
+        """The known entry that an update of the ended ``target`` to ``text``, said at
+        ``said`` while ``target`` held, states before it began, when nothing came between
+        ``target``'s end and that entry. That entry then begins at ``said``; with it, the
+        entry it now replaces: ``target``, unless it had replaced ``target`` already (its
+        start moving ends ``target`` then). ``None`` when the update is a value of its own.
+        """
+        if target is None or target not in self.ended:
+            return None
+        held, until = self.ended[target]
+        if not held.valid_from <= said < until:
+            return None
+        successor = self.successor.get(target)
+        for known in self._by_words.get(self._words(text), ()):
+            entry = known.entry_id
+            if entry == target or known.valid_from < until:
+                continue
+            if successor is None and entry not in self.prior_began:
+                replaces: str | None = target
+            elif successor == entry:
+                replaces = None
+            else:
+                continue
+            if self.repeat_before(entry, said, besides=target) == "earlier":
+                return entry, replaces
+        return None

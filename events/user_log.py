@@ -47,7 +47,7 @@ from events.extraction import (
     TokenUsage,
     estimate_tokens,
 )
-from events.timeline import ReplacedEntry, Timeline
+from events.timeline import Around, ReplacedEntry, Timeline
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -381,6 +381,19 @@ class UserLog(Aggregate):
         entry_id: str
         knowledge_version: str
         superseded_by: str
+        valid_until: datetime
+
+        def apply(self, log: UserLog) -> None:
+            log.note_end(self.valid_until)  # the state holds valid entries only
+
+    class KnowledgeInvalidatedEarlier(Aggregate.Event):
+        """An entry taken back already stopped being true earlier than recorded: a
+        backdated message (``source_message_ids``) said so, or said what followed it."""
+
+        entry_id: str
+        knowledge_version: str
+        reason: str
+        source_message_ids: list[str]
         valid_until: datetime
 
         def apply(self, log: UserLog) -> None:
@@ -745,31 +758,20 @@ class UserLog(Aggregate):
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it,
         and one that repeats an entry of ``known`` not ended when it was said (``said_at``
-        gives the messages' times) is the same as it. A repeat said before the entry began
-        makes it begin then, unless the value it replaced (in ``replaced``) had not begun
-        by then either: then it is that older value again, a new entry. A repeat said after
-        the entry ended is that value again, after what replaced it (if anything did). An
-        invalidation of an ended entry ends nothing. Only a fact with no text is dropped.
+        gives the messages' times) is the same as it. A repeat said before the entry began,
+        and an update to a value known to begin later, are placed by
+        :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
+        again, after what replaced it (if anything did). An invalidation of an ended entry
+        ends nothing, unless it was said while an entry later taken back held: that entry
+        is then taken back earlier. Only a fact with no text is dropped.
         """
         said_at = said_at or {}
         valid = {e for e, v in self.valid_entries.items() if v == version}
-        ended = {
-            k.entry_id: (k, k.valid_until)
-            for k in known
-            if k.valid_until is not None and k.entry_id not in valid
-        }
+        around = Around(known, replaced, valid, _same_words)
+        ended = around.ended
         plan = _Plan()
         shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
-        began = {k.entry_id: k.valid_from for k in known}
-        replaced_began: dict[str, datetime] = {}  # an entry -> when the value it replaced began
-        succeeded = set()  # the ended entries that another replaced
-        for link in replaced:
-            if (successor := link.superseded_by) is not None:
-                succeeded.add(link.entry_id)
-                replaced_began[successor] = max(
-                    link.valid_from, replaced_began.get(successor, link.valid_from)
-                )
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         for index, fact in enumerate(facts):
@@ -827,25 +829,35 @@ class UserLog(Aggregate):
             elif (
                 action == "new"
                 and (match := ended_shown.get(same))
-                and (said < match[1] or match[0].entry_id in succeeded)
+                and (said < match[1] or match[0].entry_id in around.succeeded)
             ):
                 target, action = match[0].entry_id, "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
             if target in ended:
-                action = _against_ended(*ended[target], action, said, notes, target in succeeded)
+                action = _against_ended(
+                    *ended[target], action, said, notes, target in around.succeeded
+                )
                 if action == "new":
                     target = None
-                elif action == "invalidate":
+                elif action == "invalidate" and not around.taken_back_after(target, said):
                     plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
                     continue
-            if action == "same" and target is not None and said < began.get(target, said):
-                if target in replaced_began and said <= replaced_began[target]:
+            if action == "same" and target is not None and around.began_later(target, said):
+                placing = around.repeat_before(target, said)
+                if placing == "older":
                     notes.append(f"repeats {target}, said before the value it replaced began")
                     action = "update"
                 else:
-                    plan.begin_earlier(target, said, sources)
+                    if placing == "earlier":
+                        plan.begin_earlier(target, said, sources)
+                    else:
+                        notes.append(f"said before {target} began, while another ended entry held")
                     plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
                     continue
+            if action == "update" and (joined := around.joined(target, text, said)) is not None:
+                plan.begin_earlier(joined[0], said, sources, replacing=joined[1])
+                plan.repairs.extend(f"update of {target}: {note}" for note in notes)
+                continue
             repaired = ExtractedFact(text, tuple(sources), action, target)
             if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
@@ -907,6 +919,8 @@ class UserLog(Aggregate):
             elif kind == "earlier":
                 known_entry, said, _ = plan.earlier[index]
                 timeline.begin_earlier(known_entry, said)
+            elif kind == "joins":
+                timeline.replace(*plan.joins[index])
             else:
                 target, fact = plan.invalidated[index]
                 sources = list(fact.source_message_ids)
@@ -914,9 +928,10 @@ class UserLog(Aggregate):
         moved = dict(timeline.moved())
         for entry, ending in [*timeline.ended(), *moved.items()]:
             if ending.successor is None:
-                assert entry not in moved, "only a replacement moves an ended entry's end"
                 self.trigger_event(
-                    self.KnowledgeInvalidated,
+                    self.KnowledgeInvalidatedEarlier
+                    if entry in moved
+                    else self.KnowledgeInvalidated,
                     entry_id=entry,
                     knowledge_version=version,
                     reason=ending.reason,
@@ -1079,7 +1094,9 @@ class _Plan:
     :attr:`replaces` (a known entry's id, or an earlier added entry's place), and
     ``("invalidate", i)`` for :attr:`invalidated` ``[i]``, ``("earlier", i)`` for a known
     entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
-    messages that said it). Repairs of facts that added no entry are in :attr:`repairs`."""
+    messages that said it), and ``("joins", i)`` for such an entry that now replaces
+    another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
+    entry are in :attr:`repairs`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -1090,15 +1107,22 @@ class _Plan:
     repairs: list[str] = field(default_factory=list)
     replaced_within: set[int] = field(default_factory=set)
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
+    joins: list[tuple[str, str]] = field(default_factory=list)
 
     def current(self, place: int | None) -> bool:
         """Whether ``place`` in :attr:`added` holds an entry no later fact ends."""
         return place is not None and place not in self.replaced_within
 
-    def begin_earlier(self, target: str, said: datetime, sources: list[str]) -> None:
-        """Have the known entry ``target`` begin at ``said``, when ``sources`` said it."""
+    def begin_earlier(
+        self, target: str, said: datetime, sources: list[str], replacing: str | None = None
+    ) -> None:
+        """Have the known entry ``target`` begin at ``said``, when ``sources`` said it,
+        and replace the known entry ``replacing`` then, if any."""
         self.steps.append(("earlier", len(self.earlier)))
         self.earlier.append((target, said, sources))
+        if replacing is not None:
+            self.steps.append(("joins", len(self.joins)))
+            self.joins.append((target, replacing))
 
     def end_within(self, target: str | int, fact: ExtractedFact) -> None:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""

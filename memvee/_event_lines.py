@@ -53,6 +53,8 @@ def describe(event: Any) -> str:
                 f"entry {e.entry_id[:8]} valid from {e.valid_from:%Y-%m-%d %H:%M}: "
                 "said again before it began"
             )
+        case UserLog.KnowledgeInvalidatedEarlier():
+            return f"entry {e.entry_id[:8]} invalidated earlier: {_flat(e.reason)}"
         case UserLog.KnowledgeInvalidated():
             return f"entry {e.entry_id[:8]} invalidated: {_flat(e.reason)}"
         case UserLog.KnowledgeVersionPromoted():

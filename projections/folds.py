@@ -239,6 +239,7 @@ def knowledge_touches(e: Any) -> Sequence[Lookup]:
             UserLog.KnowledgeSuperseded()
             | UserLog.KnowledgeInvalidated()
             | UserLog.KnowledgeEndMoved()
+            | UserLog.KnowledgeInvalidatedEarlier()
             | UserLog.KnowledgeBeganEarlier()
         ):
             return [("entry_id", e.entry_id)]
@@ -256,7 +257,7 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
             _add_entries(rows, e, "", e.knowledge_version)
         case UserLog.KnowledgeSuperseded():
             _end_entry(rows, e, superseded_by=e.superseded_by, ended_reason=None)
-        case UserLog.KnowledgeInvalidated():
+        case UserLog.KnowledgeInvalidated() | UserLog.KnowledgeInvalidatedEarlier():
             _end_entry(rows, e, superseded_by=None, ended_reason=e.reason)
         case UserLog.KnowledgeEndMoved():  # ended when it was: only the end moves
             rows.update(
@@ -504,6 +505,7 @@ PROJECTIONS: tuple[Projection, ...] = (
                 UserLog.KnowledgeSuperseded,
                 UserLog.KnowledgeInvalidated,
                 UserLog.KnowledgeEndMoved,
+                UserLog.KnowledgeInvalidatedEarlier,
                 UserLog.KnowledgeBeganEarlier,
                 UserLog.KnowledgeVersionPromoted,
             }

@@ -674,36 +674,78 @@ class _Batch:
         if draft is None and claim is not None:
             draft = self._by_claim.get(claim)
         if draft is None:
-            draft = self._new_draft(text, key, claim, said)
+            draft, taken_back = self._new_draft(text, key, claim, said)
             draft.sources.append(message_id)
             self._stand(draft)
+            if taken_back is not None:
+                self.items.append(_Withdrawal(text, message_id, taken_back.entry.entry_id))
 
-    def _new_draft(self, text: str, key: str, claim: _Claim | None, said: datetime) -> _Draft:
+    def _new_draft(
+        self, text: str, key: str, claim: _Claim | None, said: datetime
+    ) -> tuple[_Draft, _Known | None]:
+        """The draft of a fact said at ``said``, and the ended known entry it takes back
+        then, if any (see :meth:`_replacing`)."""
         standing = [k for k in self.known if k.ends_after(said)]
         same = [k for k in standing if k.key == key]
         if not same and claim is not None:
             same = [k for k in standing if k.claim == claim]
         if same:
-            target = max(same, key=_Known.recency).entry.entry_id
-            return _Draft(text, key, claim, "same", target)
+            target = _at(same, said)
+            held = self._held_before(claim, target, said)
+            if held is not None:  # another value held then: this one replaced it
+                self.known.remove(held)
+                return _Draft(text, key, claim, "update", held.entry.entry_id), None
+            return _Draft(text, key, claim, "same", target.entry.entry_id), None
         if claim is None or not claim.single:
-            return _Draft(text, key, claim)
+            return _Draft(text, key, claim), None
         slot = claim.slot
         previous = self._adding.get(slot)
         if previous:
             replaced = previous[-1]
             self._end(replaced)
-            return _Draft(text, key, claim, "update", replaces=replaced)
+            return _Draft(text, key, claim, "update", replaces=replaced), None
         rivals = [k for k in standing if k.claim is not None and k.claim.slot == slot]
         if not rivals:
-            return _Draft(text, key, claim)
-        begun = [k for k in rivals if k.entry.valid_from <= said]
-        if begun:  # the value when the draft was said: the draft replaces it
-            rival = max(begun, key=_Known.recency)
-            self.known.remove(rival)
-        else:  # the draft is older than every value: it comes before the first of them
-            rival = min(rivals, key=_Known.recency)
-        return _Draft(text, key, claim, "update", rival.entry.entry_id)
+            return _Draft(text, key, claim), None
+        rival = _at(rivals, said)
+        if rival.entry.valid_from > said:  # older than every value: it comes before them
+            return _Draft(text, key, claim, "update", rival.entry.entry_id), None
+        self.known.remove(rival)
+        return self._replacing(rival, rivals, text, key, claim, said)
+
+    def _replacing(
+        self,
+        held: _Known,
+        rivals: list[_Known],
+        text: str,
+        key: str,
+        claim: _Claim,
+        said: datetime,
+    ) -> tuple[_Draft, _Known | None]:
+        """A new value said while ``held`` held: it updates ``held``. When ``held`` was
+        taken back later and another value followed, that value ends the new one: the
+        draft updates it (coming before it) and takes ``held`` back when it was said."""
+        later = [k for k in rivals if k.entry.valid_from > said]
+        if held.entry.valid_until is None or not later:
+            return _Draft(text, key, claim, "update", held.entry.entry_id), None
+        following = min(later, key=_Known.recency)
+        return _Draft(text, key, claim, "update", following.entry.entry_id), held
+
+    def _held_before(self, claim: _Claim | None, entry: _Known, said: datetime) -> _Known | None:
+        """The other value of a single-valued ``claim`` that held at ``said``, when the
+        known ``entry`` restated then began later; else ``None``."""
+        if claim is None or not claim.single or entry.entry.valid_from <= said:
+            return None
+        held = [
+            k
+            for k in self.known
+            if k.claim is not None
+            and k.claim.slot == claim.slot
+            and k.claim != claim
+            and k.entry.valid_from <= said
+            and k.ends_after(said)
+        ]
+        return max(held, key=_Known.recency, default=None)
 
     def retract(self, retraction: _Retraction, message_id: str, said: datetime) -> None:
         """Fold one retraction said at ``said``: end what stands that it names (a known
@@ -738,6 +780,15 @@ class _Batch:
                     ExtractedFact(item.text, tuple(item.sources), item.action, item.target, within)
                 )
         return tuple(facts)
+
+
+def _at(entries: list[_Known], said: datetime) -> _Known:
+    """Of ``entries``, the one holding at ``said`` (the latest begun by then), else the
+    first to begin after it."""
+    begun = [k for k in entries if k.entry.valid_from <= said]
+    if begun:
+        return max(begun, key=_Known.recency)
+    return min(entries, key=_Known.recency)
 
 
 def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:

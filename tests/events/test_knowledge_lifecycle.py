@@ -5,6 +5,7 @@ advises; the log decides."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -664,14 +665,86 @@ def test_a_repeat_said_after_an_invalidated_entry_ended_is_a_new_current_entry(
     assert _ends(log) == [] and _known(log) == [again]
 
 
-def test_an_invalidation_of_an_entry_that_had_ended_ends_nothing_and_is_noted() -> None:
+def _home_taken_back_then_bergen() -> tuple[UserLog, KnownEntry, KnownEntry]:
+    """Oslo from day 10, taken back on day 20, then Bergen from day 30 (current)."""
     log, oslo = _invalidated_home()
-    gone = ExtractedFact("User left Oslo.", (), "invalidate", oslo.entry_id)
+    said = _batch(log, "t3", "I moved to Bergen")
+    (bergen,) = log.record_knowledge(
+        "t3", [ExtractedFact("User lives in Bergen.", tuple(said))], "x", batch=_said(said, 30)
+    )
+    log.collect_events()
+    return log, oslo, KnownEntry(bergen["entry_id"], bergen["text"], T0 + timedelta(days=30))
+
+
+def test_a_change_to_a_value_that_began_later_makes_that_entry_begin_then() -> None:
+    """A message of day 15 says Bergen, while Oslo held: Bergen, known from day 30, is
+    the home from day 15 and replaces Oslo then; no second Bergen beside it."""
+    log, oslo, bergen = _home_taken_back_then_bergen()
+    said = _batch(log, "t4", "I moved to Bergen")
+    update = ExtractedFact("User lives in Bergen.", tuple(said), "update", oslo.entry_id)
+    assert (
+        log.record_knowledge("t4", [update], "x", batch=_said(said, 15), known=[oslo, bergen]) == []
+    )
+    moved, began = log.collect_events()[-2:]
+    assert isinstance(moved, UserLog.KnowledgeEndMoved)
+    assert (moved.entry_id, moved.superseded_by) == (oslo.entry_id, bergen.entry_id)
+    assert moved.valid_until == T0 + timedelta(days=15)
+    assert isinstance(began, UserLog.KnowledgeBeganEarlier)
+    assert (began.entry_id, began.valid_from) == (bergen.entry_id, T0 + timedelta(days=15))
+    assert _known(log) == [bergen.entry_id]
+
+
+def test_a_repeat_before_its_entry_began_keeps_its_start_if_another_ended_one_held() -> None:
+    """Bergen (from day 30) said on day 5, but Oslo held from day 10 to 20: Oslo may be
+    another home, so Bergen's start stays (the log does not know which facts are values
+    of one another) and the repeat is noted."""
+    log, oslo, bergen = _home_taken_back_then_bergen()
+    said = _batch(log, "t4", "I live in Bergen")
+    repeat = ExtractedFact("User lives in Bergen.", tuple(said), "same", bergen.entry_id)
+    assert (
+        log.record_knowledge("t4", [repeat], "x", batch=_said(said, 5), known=[oslo, bergen]) == []
+    )
+    events = log.collect_events()
+    assert not _began_earlier_in(events) and _known(log) == [bergen.entry_id]
+    extracted = events[-1]
+    assert isinstance(extracted, UserLog.KnowledgeExtracted) and extracted.repairs
+
+
+def _began_earlier_in(events: list[Any]) -> list[UserLog.KnowledgeBeganEarlier]:
+    return [e for e in events if isinstance(e, UserLog.KnowledgeBeganEarlier)]
+
+
+def test_an_invalidation_said_while_a_taken_back_entry_held_takes_it_back_then() -> None:
+    log, oslo = _invalidated_home()
+    gone = ExtractedFact("User left Oslo early.", (), "invalidate", oslo.entry_id)
     assert _on_day(log, 15, gone, oslo) == []
     events = log.collect_events()
+    assert not any(isinstance(e, UserLog.KnowledgeInvalidated) for e in events)
+    (ended,) = [e for e in events if isinstance(e, UserLog.KnowledgeInvalidatedEarlier)]
+    assert (ended.entry_id, ended.valid_until) == (oslo.entry_id, T0 + timedelta(days=15))
+    assert ended.reason == "User left Oslo early." and _known(log) == []
+
+
+@pytest.mark.parametrize("day", [5, 25])
+def test_an_invalidation_said_when_a_taken_back_entry_did_not_hold_ends_nothing(day: int) -> None:
+    log, oslo = _invalidated_home()
+    gone = ExtractedFact("User left Oslo.", (), "invalidate", oslo.entry_id)
+    assert _on_day(log, day, gone, oslo) == []
+    events = log.collect_events()
+    assert not any(isinstance(e, UserLog.KnowledgeInvalidated) for e in events)
     extracted = events[-1]
     assert isinstance(extracted, UserLog.KnowledgeExtracted)
     assert extracted.repairs == [f"invalidation of {oslo.entry_id}, which had ended: ends nothing"]
+
+
+def test_an_invalidation_of_a_replaced_entry_ends_nothing() -> None:
+    log = UserLog.register("ann")
+    oslo, lisbon, _ = _chain_of_homes(log)
+    known, link = _oslo_shown(oslo, lisbon)
+    said = _batch(log, "t2", "I left Oslo")
+    gone = ExtractedFact("User left Oslo.", tuple(said), "invalidate", oslo)
+    log.record_knowledge("t2", [gone], "x", batch=_said(said, 10), known=[known], replaced=[link])
+    assert _ends(log) == [] and _known(log) == [lisbon]
 
 
 def test_an_ended_entry_the_batch_was_not_shown_is_no_target() -> None:

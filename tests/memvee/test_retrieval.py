@@ -306,6 +306,43 @@ async def test_an_older_message_repeating_a_replaced_value_adds_nothing(
     assert jobs == [("User works at Initech.", 4, 15), ("User works at Acme.", 15, None)]
 
 
+@pytest.mark.parametrize("taken_back", [True, False])
+async def test_a_move_said_late_about_an_earlier_day_moves_the_later_home_back(
+    make_memory: Callable[..., Any], taken_back: bool
+) -> None:
+    """Oslo from day 1 (taken back on day 5, or not), Bergen from day 10; a message of
+    day 3 says Bergen. Bergen is the home from day 3 and Oslo ends then, as one batch of
+    the same messages gives; it used to be a second Bergen beside Oslo, or one that
+    overlapped it."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 1, "I live in Oslo.")
+    if taken_back:
+        await _say(memory, "ann", 5, "I don't live in Oslo any more.")
+    await _say(memory, "ann", 10, "I moved to Bergen.")
+    await _say(memory, "ann", 3, "I moved to Bergen.")
+    homes = _spans(await memory.knowledge("ann", history=True))
+    assert homes == [("User lives in Oslo.", 1, 3), ("User lives in Bergen.", 3, None)]
+
+
+async def test_a_home_said_late_about_a_day_a_home_held_that_was_taken_back_ends_at_the_next(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Bergen from day 1, taken back on day 5; Oslo from day 10. A message of day 3 says
+    Paris: Paris is the home from day 3 until Oslo began, and Bergen ends on day 3. It
+    used to stay the home beside Oslo, the value before it having been taken back."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 1, "I live in Bergen.")
+    await _say(memory, "ann", 5, "I don't live in Bergen any more.")
+    await _say(memory, "ann", 10, "I moved to Oslo.")
+    await _say(memory, "ann", 3, "I moved to Paris.")
+    homes = _spans(await memory.knowledge("ann", history=True))
+    assert homes == [
+        ("User lives in Bergen.", 1, 3),
+        ("User lives in Paris.", 3, 10),
+        ("User lives in Oslo.", 10, None),
+    ]
+
+
 async def test_a_repeat_said_before_a_current_entry_began_makes_it_begin_then(
     make_memory: Callable[..., Any],
 ) -> None:

@@ -25,7 +25,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
     *("reextract", "promote", "reject", "reject", "blamed", "requeue", "backdate"),
-    "repeat_earlier",
+    *("repeat_earlier", "take_back_earlier"),
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
 
@@ -70,6 +70,8 @@ class LogDriver:
             self.tasks += 1
             log.request_processing(f"t{self.tasks}", "manual")
             log.start_next(LIMITS)
+        elif op == "take_back_earlier" and log.open_tasks:
+            self._take_back_earlier(next(iter(log.open_tasks)))
         elif op in ("backdate", "repeat_earlier") and log.open_tasks:
             self._backdate(next(iter(log.open_tasks)), "update" if op == "backdate" else "same")
         elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
@@ -141,6 +143,38 @@ class LogDriver:
             limits=LIMITS,
             known=[KnownEntry(current, "", began[current])],
             replaced=replaced,
+        )
+
+    def _take_back_earlier(self, task: str) -> None:
+        """Record the task's batch as said while an entry that was taken back later held,
+        taking it back then (a backdated retraction). Nothing happens if no entry of the
+        live knowledge was taken back after it began."""
+        began: dict[str, datetime] = {}
+        taken_back: dict[str, datetime] = {}
+        for e in self.history:
+            if isinstance(e, UserLog.KnowledgeExtracted):
+                began.update(
+                    (x["entry_id"], datetime.fromisoformat(x["valid_from"])) for x in e.entries
+                )
+            elif isinstance(e, UserLog.KnowledgeInvalidated | UserLog.KnowledgeInvalidatedEarlier):
+                taken_back[e.entry_id] = e.valid_until
+            elif isinstance(e, UserLog.KnowledgeVersionPromoted):
+                began.clear()
+        held = [
+            (e, began[e], until) for e, until in taken_back.items() if began.get(e, until) < until
+        ]
+        if not held:
+            return
+        entry, start, until = held[0]
+        said = start + (until - start) / 2
+        batch = list(self.log.open_tasks[task])
+        self.log.record_knowledge(
+            task,
+            [ExtractedFact("taken back earlier", tuple(batch), "invalidate", entry)],
+            "property",
+            batch=[BatchMessage(m, "user", "", said) for m in batch],
+            limits=LIMITS,
+            known=[KnownEntry(entry, "", start, until)],
         )
 
     def _covered(self) -> list[str]:

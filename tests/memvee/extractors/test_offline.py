@@ -610,13 +610,27 @@ async def test_a_change_said_before_an_ended_entry_began_updates_it_as_the_older
     )
 
 
-async def test_a_value_said_while_another_was_valid_replaces_that_one_not_the_newest() -> None:
+async def test_a_value_said_while_another_held_replaces_that_one_not_the_newest() -> None:
+    homes = (
+        entry("e-rome", "User lives in Rome.", days_old=30),  # current, from day -30
+        ended("e-oslo", "User lives in Oslo.", -5, 5),
+    )
+    assert await over_days(homes, (0, "I moved to Bergen")) == (
+        update("User lives in Bergen.", "e-oslo", "m1"),
+    )
+
+
+async def test_a_value_said_while_a_home_held_that_was_taken_back_ends_at_the_next_one() -> None:
+    """Oslo held on day 0 and was taken back on day 5; Rome followed on day 10. Bergen,
+    said on day 0, comes before Rome (it ends when Rome began) and takes Oslo back then:
+    else it would stay the home beside Rome."""
     homes = (
         ended("e-oslo", "User lives in Oslo.", -5, 5),
         entry("e-rome", "User lives in Rome.", days_old=-10),  # current, from day 10
     )
     assert await over_days(homes, (0, "I moved to Bergen")) == (
-        update("User lives in Bergen.", "e-oslo", "m1"),
+        update("User lives in Bergen.", "e-rome", "m1"),
+        invalidate("User lives in Bergen.", "e-oslo", "m1"),
     )
 
 
