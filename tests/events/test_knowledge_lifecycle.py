@@ -101,9 +101,11 @@ def test_a_backdated_update_ends_itself_when_the_newer_entry_began() -> None:
     assert _known(log) == [lisbon["entry_id"]]
 
 
-def _chain_of_homes(log: UserLog) -> tuple[str, str, list[ReplacedEntry]]:
-    """Oslo from day 1, replaced by Lisbon on day 30: Lisbon is current, and the log is
-    given Oslo as the ended entry before it (what the projections hand the aggregate)."""
+def _chain_of_homes() -> tuple[UserLog, str, str, list[ReplacedEntry], list[KnownEntry]]:
+    """A log with Oslo from day 1, replaced by Lisbon on day 30: Lisbon is current. With
+    the two entries' ids, what the projections hand the aggregate: Oslo as the ended
+    entry before Lisbon, and Lisbon as a batch is shown it."""
+    log = UserLog.register("ann")
     first = _batch(log, "t1", "I live in Oslo", "I moved to Lisbon")
     facts = [
         ExtractedFact("User lives in Oslo.", (first[0],)),
@@ -115,18 +117,34 @@ def _chain_of_homes(log: UserLog) -> tuple[str, str, list[ReplacedEntry]]:
     log.collect_events()
     day = T0 + timedelta(days=30)
     before = [ReplacedEntry(oslo["entry_id"], T0 + timedelta(days=1), day, lisbon["entry_id"])]
-    return oslo["entry_id"], lisbon["entry_id"], before
+    shown = [KnownEntry(lisbon["entry_id"], "User lives in Lisbon.", day)]
+    return log, oslo["entry_id"], lisbon["entry_id"], before, shown
 
 
-def test_a_backdated_update_fits_between_the_ended_entry_and_the_one_that_replaced_it() -> None:
+def _oslo_shown(oslo: str, lisbon: str) -> tuple[KnownEntry, ReplacedEntry]:
+    """Oslo (days 1 to 30, replaced by Lisbon) as a backdated batch is shown it: to the
+    extractor with its end, to the log as the link it is."""
+    began, until = T0 + timedelta(days=1), T0 + timedelta(days=30)
+    return KnownEntry(oslo, "User lives in Oslo.", began, until), ReplacedEntry(
+        oslo, began, until, lisbon
+    )
+
+
+@pytest.mark.parametrize("names", ["Lisbon", "Oslo"])
+def test_a_backdated_update_fits_between_the_ended_entry_and_the_one_that_replaced_it(
+    names: str,
+) -> None:
     """Imported history: Oslo (day 1) was replaced by Lisbon (day 30), and a message of
     day 10 says Paris. Paris is the home from day 10 until day 30, so Oslo's end moves to
-    day 10; no two homes overlap."""
-    log = UserLog.register("ann")
-    oslo, lisbon, before = _chain_of_homes(log)
-    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    day 10; no two homes overlap. The same whether the fact names Lisbon, the current
+    home, or Oslo, which a backdated batch is shown with its end."""
+    log, oslo, lisbon, before, shown = _chain_of_homes()
+    if names == "Oslo":
+        known, link = _oslo_shown(oslo, lisbon)
+        shown, before = [known], [link]
     second = _batch(log, "t2", "I live in Paris")
-    fact = ExtractedFact("User lives in Paris.", tuple(second), "update", lisbon)
+    target = lisbon if names == "Lisbon" else oslo
+    fact = ExtractedFact("User lives in Paris.", tuple(second), "update", target)
     (paris,) = log.record_knowledge(
         "t2", [fact], "x", batch=_said(second, 10), known=shown, replaced=before
     )
@@ -141,9 +159,7 @@ def test_a_backdated_update_fits_between_the_ended_entry_and_the_one_that_replac
 
 
 def test_a_backdated_update_older_than_the_whole_chain_ends_when_the_oldest_began() -> None:
-    log = UserLog.register("ann")
-    oslo, lisbon, before = _chain_of_homes(log)
-    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    log, oslo, lisbon, before, shown = _chain_of_homes()
     second = _batch(log, "t2", "I lived in Rome")
     second_said = [BatchMessage(second[0], "user", "", T0 - timedelta(days=5))]
     fact = ExtractedFact("User lives in Rome.", tuple(second), "update", lisbon)
@@ -160,9 +176,7 @@ def test_a_backdated_update_older_than_the_whole_chain_ends_when_the_oldest_bega
 def test_a_repeat_said_before_an_entry_began_makes_it_begin_then_and_ends_its_prior_then() -> None:
     """Lisbon (from day 30, after Oslo from day 1) said again on day 10: Lisbon is the
     home from day 10, citing that message too, and Oslo ends on day 10."""
-    log = UserLog.register("ann")
-    oslo, lisbon, before = _chain_of_homes(log)
-    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    log, oslo, lisbon, before, shown = _chain_of_homes()
     said = _batch(log, "t2", "I live in Lisbon")
     repeat = ExtractedFact("User lives in Lisbon.", tuple(said), "same", lisbon)
     assert (
@@ -191,9 +205,7 @@ def test_a_repeat_said_before_an_entry_began_makes_it_begin_then_and_ends_its_pr
 def test_a_repeat_said_before_the_value_it_replaced_began_is_a_value_before_that() -> None:
     """Lisbon said on day 0, before Oslo (day 1) that Lisbon replaced on day 30: Lisbon
     was the home until Oslo began, a new entry; Oslo and Lisbon keep their times."""
-    log = UserLog.register("ann")
-    oslo, lisbon, before = _chain_of_homes(log)
-    shown = [KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))]
+    log, oslo, lisbon, before, shown = _chain_of_homes()
     said = _batch(log, "t2", "I live in Lisbon")
     repeat = ExtractedFact("User lives in Lisbon.", tuple(said), "same", lisbon)
     (first,) = log.record_knowledge(
@@ -203,18 +215,8 @@ def test_a_repeat_said_before_the_value_it_replaced_began_is_a_value_before_that
     assert _known(log) == [lisbon]
 
 
-def _oslo_shown(oslo: str, lisbon: str) -> tuple[KnownEntry, ReplacedEntry]:
-    """Oslo (days 1 to 30, replaced by Lisbon) as a backdated batch is shown it: to the
-    extractor with its end, to the log as the link it is."""
-    began, until = T0 + timedelta(days=1), T0 + timedelta(days=30)
-    return KnownEntry(oslo, "User lives in Oslo.", began, until), ReplacedEntry(
-        oslo, began, until, lisbon
-    )
-
-
 def test_a_repeat_said_while_a_replaced_entry_held_adds_nothing() -> None:
-    log = UserLog.register("ann")
-    oslo, lisbon, _ = _chain_of_homes(log)
+    log, oslo, lisbon, _, _ = _chain_of_homes()
     known, link = _oslo_shown(oslo, lisbon)
     said = _batch(log, "t2", "I live in Oslo")
     repeat = ExtractedFact("User lives in Oslo.", tuple(said), "same", oslo)
@@ -230,37 +232,15 @@ def test_a_repeat_said_while_a_replaced_entry_held_adds_nothing() -> None:
 def test_a_value_said_again_after_it_was_replaced_replaces_what_held_then() -> None:
     """Oslo said again on day 40, after Lisbon replaced it on day 30: Oslo is the home
     again from day 40, and Lisbon ends then."""
-    log = UserLog.register("ann")
-    oslo, lisbon, _ = _chain_of_homes(log)
+    log, oslo, lisbon, _, shown = _chain_of_homes()
     known, link = _oslo_shown(oslo, lisbon)
-    lisbon_known = KnownEntry(lisbon, "User lives in Lisbon.", T0 + timedelta(days=30))
     said = _batch(log, "t2", "I live in Oslo")
     repeat = ExtractedFact("User lives in Oslo.", tuple(said), "same", oslo)
     (again,) = log.record_knowledge(
-        "t2", [repeat], "x", batch=_said(said, 40), known=[known, lisbon_known], replaced=[link]
+        "t2", [repeat], "x", batch=_said(said, 40), known=[known, *shown], replaced=[link]
     )
     assert _ends(log) == [(lisbon, again["entry_id"], T0 + timedelta(days=40))]
     assert _known(log) == [again["entry_id"]]
-
-
-def test_a_change_said_while_a_replaced_entry_held_fits_between_it_and_its_successor() -> None:
-    log = UserLog.register("ann")
-    oslo, lisbon, _ = _chain_of_homes(log)
-    known, link = _oslo_shown(oslo, lisbon)
-    said = _batch(log, "t2", "I moved to Paris")
-    update = ExtractedFact("User lives in Paris.", tuple(said), "update", oslo)
-    (paris,) = log.record_knowledge(
-        "t2", [update], "x", batch=_said(said, 10), known=[known], replaced=[link]
-    )
-    events = log.collect_events()
-    superseded, moved = events[-2:]
-    assert isinstance(superseded, UserLog.KnowledgeSuperseded)
-    assert (superseded.entry_id, superseded.superseded_by) == (paris["entry_id"], lisbon)
-    assert superseded.valid_until == T0 + timedelta(days=30)
-    assert isinstance(moved, UserLog.KnowledgeEndMoved)
-    assert (moved.entry_id, moved.superseded_by) == (oslo, paris["entry_id"])
-    assert moved.valid_until == T0 + timedelta(days=10)
-    assert _known(log) == [lisbon]
 
 
 def test_an_invalidation_said_before_the_entry_began_ends_nothing() -> None:
@@ -627,16 +607,6 @@ def test_an_update_said_after_an_invalidated_entry_ended_ends_nothing() -> None:
 
 
 @pytest.mark.parametrize("action", ["same", "new"])
-def test_a_repeat_of_an_invalidated_entry_said_while_it_was_valid_adds_nothing(
-    action: FactAction,
-) -> None:
-    log, oslo = _invalidated_home()
-    target = oslo.entry_id if action == "same" else None
-    assert _on_day(log, 15, ExtractedFact("User lives in Oslo.", (), action, target), oslo) == []
-    assert _ends(log) == [] and _known(log) == []
-
-
-@pytest.mark.parametrize("action", ["same", "new"])
 def test_a_repeat_said_before_an_invalidated_entry_began_makes_it_begin_then(
     action: FactAction,
 ) -> None:
@@ -646,23 +616,22 @@ def test_a_repeat_said_before_an_invalidated_entry_began_makes_it_begin_then(
     said = _batch(log, "t3", "I live in Oslo")
     repeat = ExtractedFact("User lives in Oslo.", tuple(said), action, target)
     assert log.record_knowledge("t3", [repeat], "x", batch=_said(said, 5), known=[oslo]) == []
-    (began,) = _began_earlier(log)
+    (began,) = _began_earlier_in(log.collect_events())
     assert (began.entry_id, began.valid_from) == (oslo.entry_id, T0 + timedelta(days=5))
     assert began.source_message_ids == said and _known(log) == []
 
 
-def _began_earlier(log: UserLog) -> list[UserLog.KnowledgeBeganEarlier]:
-    return [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeBeganEarlier)]
-
-
 @pytest.mark.parametrize("action", ["same", "new"])
-def test_a_repeat_said_after_an_invalidated_entry_ended_is_a_new_current_entry(
-    action: FactAction,
+@pytest.mark.parametrize("day", [15, 25])
+def test_a_repeat_of_an_invalidated_entry_is_that_entry_while_it_held_and_new_after(
+    action: FactAction, day: int
 ) -> None:
+    """Oslo (days 10 to 20) said again on day 15 adds nothing; on day 25, after it was
+    taken back, it is the home again, a new current entry."""
     log, oslo = _invalidated_home()
     target = oslo.entry_id if action == "same" else None
-    (again,) = _on_day(log, 25, ExtractedFact("User lives in Oslo.", (), action, target), oslo)
-    assert _ends(log) == [] and _known(log) == [again]
+    added = _on_day(log, day, ExtractedFact("User lives in Oslo.", (), action, target), oslo)
+    assert _ends(log) == [] and _known(log) == added and len(added) == (day > 20)
 
 
 def _home_taken_back_then_bergen() -> tuple[UserLog, KnownEntry, KnownEntry]:
@@ -738,8 +707,7 @@ def test_an_invalidation_said_when_a_taken_back_entry_did_not_hold_ends_nothing(
 
 
 def test_an_invalidation_of_a_replaced_entry_ends_nothing() -> None:
-    log = UserLog.register("ann")
-    oslo, lisbon, _ = _chain_of_homes(log)
+    log, oslo, lisbon, _, _ = _chain_of_homes()
     known, link = _oslo_shown(oslo, lisbon)
     said = _batch(log, "t2", "I left Oslo")
     gone = ExtractedFact("User left Oslo.", tuple(said), "invalidate", oslo)
