@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 MAX_KNOWN_ENTRIES = 100
-"""At most this many current entries go to an extractor beside each batch."""
+"""At most this many entries (current and ended) go to an extractor beside each batch."""
 
 MAX_ENDED_SHOWN = 20
 """At most this many ended entries go to an extractor beside a backdated batch, those

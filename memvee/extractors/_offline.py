@@ -622,13 +622,14 @@ class _Known:
 class _Batch:
     """The batch's facts, folded message by message in the order they were said.
 
-    What stands (the known entries not yet ended, the drafts not yet replaced) is what a
-    new statement is compared with: a repeat of a standing draft cites its message there;
-    a statement of a standing known entry is ``same``; a new value of a single-valued slot
-    updates the slot's standing draft (``target_fact``), else its newest standing known
-    entry; a retraction ends the standing drafts and known entries it names. Statements
-    are folded in the order they were said (``sent_at``), so the answer is the one that
-    batches of one message each, in that order, would have given.
+    What stands (the known entries not yet ended, or ended only after the statement, and
+    the drafts not yet replaced) is what a new statement is compared with: a repeat of a
+    standing draft cites its message there; a statement of a standing known entry is
+    ``same``; a new value of a single-valued slot updates the slot's standing draft
+    (``target_fact``), else the known entry that held when it was said (or the first
+    after it); a retraction ends the standing drafts and current known entries it names.
+    Statements are folded in the order they were said (``sent_at``), so the answer is the
+    one that batches of one message each, in that order, would have given.
     """
 
     def __init__(self, known: Iterable[KnownEntry]) -> None:
