@@ -267,12 +267,13 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
                 ended_reason=None,
             )
         case UserLog.KnowledgeBeganEarlier():  # said before it began: valid from then
-            cited = rows.rows[e.entry_id]["source_message_ids"]
-            rows.update(
-                e.entry_id,
-                valid_from=utc(e.valid_from),
-                source_message_ids=list(dict.fromkeys([*cited, *e.source_message_ids])),
-            )
+            if (row := rows.rows.get(e.entry_id)) is not None:
+                cited = [*row["source_message_ids"], *e.source_message_ids]
+                rows.update(
+                    e.entry_id,
+                    valid_from=utc(e.valid_from),
+                    source_message_ids=list(dict.fromkeys(cited)),
+                )
         case UserLog.KnowledgeVersionPromoted():
             for entry_id in rows.find("log_id", _log_id(e)):
                 version = rows.rows[entry_id]["knowledge_version"]

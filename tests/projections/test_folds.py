@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import EVENT_CLASSES
+from events import EVENT_CLASSES, UserLog
 from projections.folds import PROJECTIONS, Projection
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
@@ -63,3 +63,13 @@ def test_folding_only_the_events_a_projection_names_gives_the_same_rows(
         for event in projection.of(events):
             projection.evolve(named, event)
         assert named.rows == every.rows
+
+
+def test_an_earlier_start_of_an_entry_no_row_holds_changes_nothing() -> None:
+    """As an UPDATE that matches no row: the rows may lack the entry (not loaded, or an
+    imported log that names an entry it never had)."""
+    (knowledge,) = [p for p in PROJECTIONS if p.table == "knowledge"]
+    began = next(e for log in LOGS for e in log if isinstance(e, UserLog.KnowledgeBeganEarlier))
+    rows = knowledge.new_rows()
+    knowledge.evolve(rows, began)
+    assert rows.rows == {} and not rows.written
