@@ -150,6 +150,7 @@ class Around:
         valid: Collection[str],
         words: Callable[[str], str],
     ) -> None:
+        self.valid = valid
         self.began = {k.entry_id: k.valid_from for k in known}
         self.ended = {
             k.entry_id: (k, k.valid_until)

@@ -724,33 +724,32 @@ class UserLog(Aggregate):
         message_ids: list[str] = fields["message_ids"]
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
-        plan = self._plan(
-            facts, version, frozenset(message_ids), fallback, known, said_at, replaced
-        )
+        valid = {e for e, v in self.valid_entries.items() if v == version}
+        around = Around(known, replaced, valid, _same_words)
+        plan = self._plan(facts, frozenset(message_ids), fallback, known, said_at, around)
         entries = _entries(plan, said_at)
         self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
-        began = {k.entry_id: k.valid_from for k in known}
         placed = {link.entry_id for link in replaced}
         heads = [  # ended entries shown with no link given: the last values of their chains
             ReplacedEntry(k.entry_id, k.valid_from, k.valid_until, None)
             for k in known
             if k.valid_until is not None and k.entry_id not in placed
         ]
-        self._end_replaced(plan, entries, version, said_at, began, [*replaced, *heads])
+        self._end_replaced(plan, entries, version, said_at, around.began, [*replaced, *heads])
         return entries
 
     def _plan(
         self,
         facts: Sequence[ExtractedFact],
-        version: str,
         allowed: frozenset[str],
         fallback: list[str],
-        known: Sequence[KnownEntry] = (),
-        said_at: dict[str, datetime] | None = None,
-        replaced: Sequence[ReplacedEntry] = (),
+        known: Sequence[KnownEntry],
+        said_at: dict[str, datetime],
+        around: Around,
     ) -> _Plan:
-        """Decide what each fact does to ``version``'s valid entries, repairing what the
-        extractor got slightly wrong (each repair is noted) rather than losing the batch.
+        """Decide what each fact does to the valid entries of the version ``around`` was
+        made for, repairing what the extractor got slightly wrong (each repair is noted)
+        rather than losing the batch.
 
         A target that is neither a valid entry of the version nor an ended one the batch
         was shown (``known`` with an end) turns the fact into a new entry, so a confused
@@ -765,10 +764,7 @@ class UserLog(Aggregate):
         ends nothing, unless it was said while an entry later taken back held: that entry
         is then taken back earlier. Only a fact with no text is dropped.
         """
-        said_at = said_at or {}
-        valid = {e for e, v in self.valid_entries.items() if v == version}
-        around = Around(known, replaced, valid, _same_words)
-        ended = around.ended
+        valid, ended = around.valid, around.ended
         plan = _Plan()
         shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
