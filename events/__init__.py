@@ -18,6 +18,7 @@ from events.checks import (
     check_text,
     check_time,
     check_user_id,
+    check_visible,
     storable,
 )
 from events.errors import (
@@ -113,6 +114,7 @@ __all__ = [
     "check_text",
     "check_time",
     "check_user_id",
+    "check_visible",
     "driver_url",
     "estimate_tokens",
     "redacted_url",

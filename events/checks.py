@@ -31,6 +31,7 @@ __all__ = [
     "check_text",
     "check_time",
     "check_user_id",
+    "check_visible",
     "storable",
 ]
 
@@ -78,7 +79,7 @@ _PLAINLY_VISIBLE = re.compile("[!-~]")
 """ASCII letters, digits and signs: one is enough to show, and most text has one early."""
 
 
-def _check_visible(value: str, what: str, hint: str = "") -> None:
+def check_visible(value: str, what: str, hint: str = "") -> None:
     """Raise :class:`InvalidInputError` unless ``value`` shows at least one character."""
     if _PLAINLY_VISIBLE.search(value) is not None:
         return
@@ -108,7 +109,7 @@ def check_user_id(user_id: object) -> str:
     if len(user_id) > 256:
         raise InvalidInputError(f"user_id is {len(user_id)} characters long; the limit is 256")
     check_text(user_id, "user_id")
-    _check_visible(user_id, "user_id")
+    check_visible(user_id, "user_id")
     _check_no_control(user_id, "user_id")
     return user_id
 
@@ -138,7 +139,7 @@ def check_name(name: object) -> None:
             f"name must be at most {MAX_NAME_CHARS} characters long, not {len(name)}"
         )
     check_text(name, "name")
-    _check_visible(name, "name", " (pass None for no name)")
+    check_visible(name, "name", " (pass None for no name)")
     _check_no_control(name, "name")
 
 
@@ -156,7 +157,7 @@ def check_message(role: object, content: object, max_chars: int) -> None:
         return  # most messages: storable and visible (what the checks below find, sooner)
     what = f"{role} message content"
     check_text(content, what)
-    _check_visible(content, what)
+    check_visible(content, what)
 
 
 def check_time(moment: object, what: str) -> datetime | None:

@@ -21,7 +21,7 @@ from datetime import datetime
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
 
-from events import InvalidInputError, StorageError, check_text
+from events import InvalidInputError, StorageError, check_text, check_visible
 from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
@@ -45,6 +45,7 @@ def check_query(query: object, top_k: object) -> None:
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
     check_text(query, "query")
+    check_visible(query, "query")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
         raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
 

@@ -784,7 +784,7 @@ def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.Mon
     assert "ANTHROPIC_API_KEY" in one_error_line(result)
 
 
-def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k(
+def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k_or_query(
     db: str, tmp_path: Path
 ) -> None:
     exported = tmp_path / "ann.jsonl"
@@ -797,5 +797,7 @@ def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k(
     assert "line 1" in one_error_line(bad)
     zero = run("search", "ann", "x", "--top-k", "0", "--lexical", "--db", db, code=2)
     assert "top_k" in one_error_line(zero)
+    blank = run("search", "ann", " ", "--lexical", "--db", db, code=2)
+    assert "query must not be empty" in one_error_line(blank)
     with Audit(db) as audit, pytest.raises(InvalidInputError, match="top_k"):
         audit.search("ann", "where", top_k="5")  # type: ignore[arg-type]

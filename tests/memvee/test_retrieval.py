@@ -603,6 +603,9 @@ async def test_bad_arguments_are_refused_before_anything_runs(memory: Memory) ->
         await memory.retrieve("ann", 42)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         await memory.retrieve("", "x")
+    for blank in ["", "   ", "\u200b\n"]:  # nothing to rank by: refused, not ranked at random
+        with pytest.raises(InvalidInputError, match="query must not be empty"):
+            await memory.retrieve("ann", blank)
 
 
 async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_ranking(

@@ -125,7 +125,14 @@ def test_a_user_id_with_a_line_break_is_422_not_a_bare_404(http: httpx.Client) -
 
 @pytest.mark.parametrize(
     "body",
-    [{"query": "x", "top_k": 0}, {"query": "x", "top_k": "3"}, {"query": 7}, {"top_k": 3}],
+    [
+        {"query": "x", "top_k": 0},
+        {"query": "x", "top_k": "3"},
+        {"query": 7},
+        {"top_k": 3},
+        {"query": ""},
+        {"query": "  "},
+    ],
 )
 def test_bad_retrieve_arguments_are_422(
     http: httpx.Client, user: str, body: dict[str, Any]
