@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from events.errors import InvalidInputError
 
@@ -19,6 +19,7 @@ __all__ = [
     "MAX_EXTRACTOR_CHARS",
     "MAX_MODEL_CHARS",
     "MAX_NAME_CHARS",
+    "MAX_SENT_AHEAD",
     "ROLES",
     "check_count",
     "check_flag",
@@ -28,6 +29,7 @@ __all__ = [
     "check_message",
     "check_name",
     "check_page",
+    "check_sent_at",
     "check_text",
     "check_time",
     "check_user_id",
@@ -178,6 +180,33 @@ def check_time(moment: object, what: str) -> datetime | None:
         raise InvalidInputError(
             f"{what} {moment.isoformat()} is out of range: in UTC it falls outside years 1 to 9999"
         ) from None
+
+
+MAX_SENT_AHEAD = timedelta(minutes=5)
+"""How far past this machine's clock a message's ``sent_at`` may be: clocks that disagree
+by this much are the caller's and this one's, not a message from the future."""
+
+
+def check_sent_at(moment: object, now: datetime | None = None) -> datetime | None:
+    """:func:`check_time` for a message's ``sent_at``, which must also not be later than
+    ``now`` (this machine's clock) by more than :data:`MAX_SENT_AHEAD`.
+
+    A time hours or years ahead is a caller's mistake (a local time labelled UTC, seconds
+    read as milliseconds), and it would not fail on its own: the facts of that message
+    would begin in the future, and every message said until then would be taken as said
+    before them.
+    """
+    checked = check_time(moment, "sent_at")
+    if checked is None:
+        return None
+    now = datetime.now(UTC) if now is None else now
+    if checked > now + MAX_SENT_AHEAD:
+        raise InvalidInputError(
+            f"sent_at {checked.isoformat()} is in the future (this machine's clock says "
+            f"{now.isoformat(timespec='seconds')}); pass when the message was sent, or None "
+            "for now"
+        )
+    return checked
 
 
 def check_flag(value: object, what: str) -> bool:

@@ -46,6 +46,7 @@ from events import (
     check_message,
     check_name,
     check_page,
+    check_sent_at,
     check_text,
     check_time,
     check_user_id,
@@ -395,7 +396,7 @@ class Memory:
         check_user_id(user_id)
         check_message(role, content, self.config.max_content_chars)
         check_name(name)
-        sent_at = check_time(sent_at, "sent_at")
+        sent_at = check_sent_at(sent_at)
         (message,) = _messages(user_id, await self._append(user_id, (role, content, sent_at, name)))
         return message
 
@@ -419,7 +420,7 @@ class Memory:
         check_message("assistant", assistant_message, self.config.max_content_chars)
         check_name(user_name)
         check_name(assistant_name)
-        sent_at = check_time(sent_at, "sent_at")
+        sent_at = check_sent_at(sent_at)
         appended = await self._append(
             user_id,
             ("user", user_message, sent_at, user_name),

@@ -10,9 +10,11 @@ import pytest
 from events import InvalidInputError
 from events.checks import (
     MAX_NAME_CHARS,
+    MAX_SENT_AHEAD,
     ROLES,
     check_message,
     check_name,
+    check_sent_at,
     check_text,
     check_time,
     check_user_id,
@@ -130,6 +132,18 @@ def test_times_must_say_their_offset_and_come_back_in_utc() -> None:
         check_time(datetime(2026, 7, 1, 12, 0), "sent_at")
     with pytest.raises(InvalidInputError, match="sent_at must be a datetime or None, not str"):
         check_time("2026-07-01", "sent_at")
+
+
+def test_a_sent_at_may_be_ahead_of_this_clock_by_max_sent_ahead_and_no_more() -> None:
+    now = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+    assert check_sent_at(None, now) is None
+    assert check_sent_at(now + MAX_SENT_AHEAD, now) == now + MAX_SENT_AHEAD
+    in_lisbon = datetime(2026, 7, 1, 13, 4, tzinfo=timezone(timedelta(hours=1)))
+    assert check_sent_at(in_lisbon, now) == datetime(2026, 7, 1, 12, 4, tzinfo=UTC)
+    with pytest.raises(InvalidInputError, match=r"sent_at 2026-07-01T12:05:00\.000001\+00:00 is"):
+        check_sent_at(now + MAX_SENT_AHEAD + timedelta(microseconds=1), now)
+    with pytest.raises(InvalidInputError, match="sent_at must be timezone-aware"):
+        check_sent_at(datetime(2026, 7, 1, 12, 0), now)
 
 
 def test_a_time_that_leaves_the_calendar_once_in_utc_is_refused() -> None:

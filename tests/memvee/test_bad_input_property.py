@@ -98,6 +98,12 @@ BAD_TIMES = st.one_of(
     st.datetimes().map(lambda moment: moment.replace(tzinfo=_NoOffset())),
     st.one_of(st.text(max_size=4), st.integers(), st.dates()),
 )
+BAD_SENT_AT = st.one_of(
+    BAD_TIMES,
+    st.datetimes(  # ahead of this machine's clock by more than clocks disagree
+        min_value=datetime(2100, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
+    ),
+)
 BAD_TIMEOUTS = st.one_of(
     st.just(math.nan),
     st.floats(max_value=-1e-9),
@@ -123,14 +129,14 @@ MEMORY_CALLS: dict[str, list[Any]] = {
         _call("add_message", BAD_USER_IDS, ok("user"), ok("hi")),
         _call("add_message", ok(USER), BAD_ROLES, ok("hi")),
         _call("add_message", ok(USER), ok("user"), BAD_CONTENT),
-        _call("add_message", ok(USER), ok("user"), ok("hi"), BAD_TIMES),
+        _call("add_message", ok(USER), ok("user"), ok("hi"), BAD_SENT_AT),
         _call("add_message", ok(USER), ok("user"), ok("hi"), name=BAD_NAMES),
     ],
     "add_exchange": [
         _call("add_exchange", BAD_USER_IDS, ok("hi"), ok("hello")),
         _call("add_exchange", ok(USER), BAD_CONTENT, ok("hello")),
         _call("add_exchange", ok(USER), ok("hi"), BAD_CONTENT),
-        _call("add_exchange", ok(USER), ok("hi"), ok("hello"), BAD_TIMES),
+        _call("add_exchange", ok(USER), ok("hi"), ok("hello"), BAD_SENT_AT),
         _call("add_exchange", ok(USER), ok("hi"), ok("hello"), user_name=BAD_NAMES),
         _call("add_exchange", ok(USER), ok("hi"), ok("hello"), assistant_name=BAD_NAMES),
     ],

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from events import MAX_SENT_AHEAD
 from memvee import (
     ExtractedFact,
     ExtractionBatch,
@@ -29,6 +30,10 @@ EARLY = datetime(1, 1, 1, 2, tzinfo=timezone(timedelta(hours=5)))
 """A time whose UTC value would fall before year 1."""
 LATE = datetime(9999, 12, 31, 22, tzinfo=timezone(timedelta(hours=-5)))
 """A time whose UTC value would fall after year 9999."""
+SOON = datetime.now(UTC) + timedelta(hours=2)
+"""Later than this machine's clock, by more than two clocks may disagree."""
+FAR = datetime(9999, 12, 31, tzinfo=UTC)
+"""A time at the end of the calendar: in the future."""
 
 BAD_CALLS = [
     ("empty user id", lambda m: m.add_message("", "user", "hi"), "user_id must not be empty"),
@@ -54,6 +59,8 @@ BAD_CALLS = [
     ("surrogate query", lambda m: m.retrieve("u", "car\udfff"), "query contains a lone"),
     ("sent_at before year 1 in UTC", lambda m: m.add_message("u", "user", "hi", EARLY), "range"),
     ("sent_at after 9999 in UTC", lambda m: m.add_exchange("u", "a", "b", LATE), "range"),
+    ("sent_at hours ahead", lambda m: m.add_message("u", "user", "hi", SOON), "in the future"),
+    ("sent_at years ahead", lambda m: m.add_exchange("u", "a", "b", FAR), "in the future"),
     ("as_of before year 1 in UTC", lambda m: m.knowledge("u", as_of=EARLY), "as_of 0001-01-01"),
     ("as_of after 9999 in UTC", lambda m: m.retrieve("u", "car", as_of=LATE), "as_of 9999-12"),
     ("NaN timeout", lambda m: m.wait_for_processing("u", timeout=math.nan), "not nan"),
@@ -104,10 +111,21 @@ async def test_times_at_the_ends_of_the_range_are_kept_in_utc(memory: Memory) ->
     first = datetime(1, 1, 1, 5, tzinfo=timezone(timedelta(hours=5)))
     last = datetime(9999, 12, 31, 18, 59, tzinfo=timezone(timedelta(hours=-5)))
     added = await memory.add_message("u", "user", "at the start", first)
-    later = await memory.add_message("u", "user", "at the end", last)
     assert added.sent_at == datetime(1, 1, 1, tzinfo=UTC)
-    assert later.sent_at == datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
     assert await memory.knowledge("u", as_of=first) == []
+    assert await memory.knowledge("u", as_of=last) == []
+
+
+async def test_a_sent_at_a_little_ahead_of_this_clock_is_kept_and_one_further_refused(
+    memory: Memory,
+) -> None:
+    soon = datetime.now(UTC) + MAX_SENT_AHEAD - timedelta(seconds=30)
+    kept = await memory.add_message("u", "user", "said on a clock a little ahead", soon)
+    assert kept.sent_at == soon
+    local_as_utc = datetime.now().replace(tzinfo=UTC) + timedelta(hours=3)  # as in UTC-3
+    with pytest.raises(InvalidInputError, match=r"sent_at .* is in the future"):
+        await memory.add_exchange("u", "a local time labelled UTC", "ok", local_as_utc)
+    assert [m.content for m in await memory.messages("u")] == [kept.content]
 
 
 @pytest.mark.parametrize("timeout", [0, 0.5, math.inf, None])
