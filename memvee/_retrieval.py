@@ -246,12 +246,15 @@ class Retriever:
             for entry, score in self._ranker.entries(connection, user_id, terms, pool, as_of):
                 candidates[entry.entry_id] = _Candidate(entry, lexical=score)
             if include_messages:
-                for message, score in self._ranker.messages(connection, user_id, terms, pool):
+                found = self._ranker.messages(connection, user_id, terms, pool, as_of)
+                for message, score in found:
                     candidates[message.message_id] = _Candidate(message, lexical=score)
             if query_vector is not None and self._vectors is not None:
                 self._add_semantic(connection, user_id, query_vector, pool, as_of, candidates)
                 if include_messages:
-                    self._add_semantic_messages(connection, user_id, query_vector, pool, candidates)
+                    self._add_semantic_messages(
+                        connection, user_id, query_vector, pool, as_of, candidates
+                    )
             if as_of is not None:
                 self._read_messages(connection, user_id, list(candidates.values()))
                 candidates = {
@@ -289,10 +292,12 @@ class Retriever:
         user_id: str,
         query_vector: list[float],
         pool: int,
+        as_of: datetime | None,
         candidates: dict[str, _Candidate],
     ) -> None:
         assert self._vectors is not None
-        for item, cosine in self._vectors.messages(connection, user_id, query_vector, pool):
+        nearest = self._vectors.messages(connection, user_id, query_vector, pool, as_of)
+        for item, cosine in nearest:
             candidates.setdefault(item, _Candidate(None, key=item)).cosine = cosine
 
     def _read_messages(

@@ -95,16 +95,25 @@ class LexicalRanker:
         }
         # The unary + keeps SQLite off the (log_id, seq) index: by it, the planner walked
         # every message of the user to find a few hits, where the rowids find them at once.
-        self._sqlite_messages = _SqliteSearch(
-            mfts,
-            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND +m.log_id = ?",
-            weights="",
+        hit_messages = (
+            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND +m.log_id = ?"
         )
+        self._sqlite_messages = {
+            False: _SqliteSearch(mfts, hit_messages, weights=""),
+            True: _SqliteSearch(mfts, hit_messages + " AND m.sent_at <= ?", weights=""),
+        }
         self._pg_entries = {
             dated: _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc())
             for dated in (False, True)
         }
-        self._pg_messages = _pg_select(m, (m.c.log_id == bindparam("log_id"),), m.c.seq.desc())
+        self._pg_messages = {
+            dated: _pg_select(
+                m,
+                (m.c.log_id == bindparam("log_id"), *((m.c.sent_at <= at,) if dated else ())),
+                m.c.seq.desc(),
+            )
+            for dated in (False, True)
+        }
 
     def entries(
         self,
@@ -147,25 +156,33 @@ class LexicalRanker:
         return [(model(r), float(r["score"])) for r in rows]
 
     def messages(
-        self, connection: Connection, user_id: str, terms: list[str], limit: int
+        self,
+        connection: Connection,
+        user_id: str,
+        terms: list[str],
+        limit: int,
+        as_of: datetime | None = None,
     ) -> list[tuple[Message, float]]:
-        """The user's messages best matching ``terms`` (none without terms)."""
+        """The user's messages (sent by ``as_of``, when given) best matching ``terms``
+        (none without terms)."""
         if not terms:
             return []
         log_id = str(user_log_id(user_id))
-        params: dict[str, Any] = {"log_id": log_id, "limit": limit}
+        params: dict[str, Any] = {"log_id": log_id, "limit": limit, "as_of": as_of}
+        dated = as_of is not None
 
         def model(r: Any) -> Message:
             return message_from_row(user_id, r)
 
         if connection.dialect.name == "sqlite":
-            found = self._sqlite_messages.run(
-                connection, fts_match(log_id, terms), limit, (stored_id(log_id),)
+            extra = () if as_of is None else (StoredTime.to_sqlite(as_of),)
+            found = self._sqlite_messages[dated].run(
+                connection, fts_match(log_id, terms), limit, (stored_id(log_id), *extra)
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
         params.update(query=" | ".join(terms), owner=pg_owner_query(log_id))
-        rows = connection.execute(self._pg_messages, params).mappings()
+        rows = connection.execute(self._pg_messages[dated], params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
 
     def related(

@@ -152,6 +152,16 @@ class VectorIndex:
                 k.c.knowledge_version == LIVE_KNOWLEDGE,
             )
         )
+        self._messages_then = (
+            select(v.c.item_id, v.c.vector)
+            .join(m, m.c.message_id == v.c.item_id)
+            .where(
+                v.c.log_id == mine,
+                v.c.model == model,
+                v.c.kind == "message",
+                m.c.sent_at <= bindparam("at", type_=m.c.sent_at.type),
+            )
+        )
         self._entries_now = live_entries.where(k.c.valid_until.is_(None))
         at = bindparam("at", type_=k.c.valid_from.type)
         self._entries_then = live_entries.where(
@@ -291,10 +301,20 @@ class VectorIndex:
         return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
 
     def messages(
-        self, connection: Connection, user_id: str, query: Sequence[float], limit: int
+        self,
+        connection: Connection,
+        user_id: str,
+        query: Sequence[float],
+        limit: int,
+        as_of: datetime | None = None,
     ) -> list[tuple[str, float]]:
-        """The ids of the user's messages nearest ``query``."""
+        """The ids of the user's messages (sent by ``as_of``, when given) nearest
+        ``query``. The user's vectors are cached for the present; a look into the past
+        reads those of the messages sent by then."""
         log_id = str(user_log_id(user_id))
+        if as_of is not None:
+            found = connection.execute(self._messages_then, {"log_id": log_id, "at": as_of})
+            return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
         with self._lock:
             cached = self._cache.get(log_id)
             if cached is not None:

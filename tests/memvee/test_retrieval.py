@@ -863,6 +863,22 @@ async def test_as_of_returns_no_message_sent_later_nor_a_later_neighbour(
     assert "blue" not in found.output and "noted" not in found.output
 
 
+@pytest.mark.parametrize("embedder", [False, ConceptEmbedder()], ids=["lexical", "hybrid"])
+async def test_as_of_ranks_the_messages_sent_by_then_however_many_later_ones_match_better(
+    make_memory: Callable[..., Any], embedder: Any
+) -> None:
+    memory = await _offline(make_memory, embedder=embedder)
+    await memory.add_exchange("ann", "We had sushi near the harbour", "Sounds nice", sent_at=T0)
+    for day in range(30, 40):
+        later = T0 + timedelta(days=day)
+        await memory.add_exchange("ann", f"sushi sushi sushi {day}", "ok", sent_at=later)
+    for top_k in (1, 2):
+        result = await memory.retrieve(
+            "ann", "sushi", top_k=top_k, include_messages=True, as_of=T0 + timedelta(days=1)
+        )
+        assert [m.message.content for m in result.messages] == ["We had sushi near the harbour"]
+
+
 async def test_the_cli_search_shows_what_an_agent_would_get(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:
