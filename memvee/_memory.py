@@ -598,6 +598,10 @@ class Memory:
         check_user_id(user_id)
         engine, loop = self._running()
         receipt: ForgetReceipt = await engine.directory.call_async(loop, user_id, "forget")
+        # The tasks it ended were finished before its answer came (one inbox, in order):
+        # now no handle of the user's erased tasks is answered from memory either.
+        for task_id in [t for t, task in self._recent.items() if task.user_id == user_id]:
+            del self._recent[task_id]
         log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
         return receipt
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from events import EventStore
-from memvee import Memory, ProcessingError, UserSummary
+from memvee import Memory, ProcessingError, ProcessStatus, UnknownTaskError, UserSummary
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionTables, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
@@ -116,6 +116,28 @@ async def test_a_task_running_when_the_user_is_forgotten_fails_and_writes_nothin
     else:
         pytest.fail("the extraction's late answer was never dropped")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_no_task_of_a_forgotten_user_is_found_nor_one_it_ended(
+    make_memory: Callable[..., Any],
+) -> None:
+    extractor = RecordingExtractor(gated=True)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    done = memory.process_async("ann")
+    extractor.gate.set()
+    await done.wait()
+    extractor.gate.clear()
+    await memory.add_exchange("ann", "I moved to Bergen", "ok")
+    running = memory.process_async("ann")
+    await asyncio.to_thread(extractor.started.wait, 10)
+    await memory.forget("ann")
+    extractor.gate.set()
+    assert running.status is ProcessStatus.FAILED, "the caller's handle says how it ended"
+    assert await memory.tasks("ann") == []
+    for task in (done, running):
+        with pytest.raises(UnknownTaskError):
+            await memory.get_task("ann", task.task_id)
 
 
 async def test_writing_to_a_forgotten_user_starts_a_new_empty_log(memory: Memory) -> None:
