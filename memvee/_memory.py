@@ -188,7 +188,8 @@ class Memory:
 
         The Memory then belongs to the running event loop: it is used, and closed, there.
         Opens at once (``if not memory.is_open: await memory.open()`` in handlers that
-        run together) share one: the later ones wait for it.
+        run together) share one: the later ones wait for it. An open during a close waits
+        for the close to end, then opens again.
         """
         loop = asyncio.get_running_loop()
         if self._opening is None or self._opening[0] is not loop:
@@ -197,6 +198,14 @@ class Memory:
             return await self._open()
 
     async def _open(self) -> Self:
+        closer = self._closer
+        running = asyncio.get_running_loop()
+        if self._engine is not None and closer is not None and closer.get_loop() is running:
+            # A close under way (maybe cancelled, going on in the background): open again
+            # once it has ended. Its failure is its caller's to see; this open then starts
+            # afresh, or says the Memory is not open if the close left an engine behind.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(closer)
         if self._engine is not None:
             self._running()  # already open: on this loop it is a no-op, elsewhere an error
             return self

@@ -184,6 +184,30 @@ async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
         assert len(await again.knowledge("u")) == 1
 
 
+async def test_an_open_during_a_close_waits_for_its_end_then_opens_again(tmp_path: Any) -> None:
+    """``if not memory.is_open: await memory.open()`` while a close gives a task its
+    grace (or goes on after being cancelled) opens the Memory again once that close ends."""
+    extractor = RecordingExtractor(gated=True)
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"), shutdown_grace=30)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    await memory.open()
+    await memory.add_exchange("u", "I live in Rome", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(memory.close(), 0.05)
+    assert not memory.is_open
+    reopening = asyncio.ensure_future(memory.open())
+    await asyncio.sleep(0.05)
+    assert not reopening.done(), "the open did not wait for the close"
+    extractor.gate.set()
+    assert await reopening is memory and memory.is_open
+    assert task.status is ProcessStatus.COMPLETED
+    assert len(await memory.knowledge("u")) == 1
+    await memory.close()
+    assert _memvee_threads() == []
+
+
 async def test_a_second_close_returns_only_once_the_memory_is_closed(tmp_path: Any) -> None:
     """A signal handler and an ``async with`` both close: neither returns while the
     engine still runs."""
