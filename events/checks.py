@@ -43,7 +43,8 @@ ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters, and the line and paragraph separators, which break lines too."""
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
 _FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
@@ -95,7 +96,8 @@ def check_visible(value: str, what: str, hint: str = "") -> None:
 
 def _check_no_control(value: str, what: str) -> None:
     """Raise :class:`InvalidInputError` if ``value`` holds a control character (a NUL, a
-    newline...): names and ids are single lines, and PostgreSQL text cannot hold a NUL."""
+    newline, U+2028...): names and ids are single lines, and PostgreSQL text cannot hold a
+    NUL."""
     found = _CONTROL.search(value)
     if found is not None:
         raise InvalidInputError(
@@ -170,7 +172,13 @@ def check_time(moment: object, what: str) -> datetime | None:
         return None
     if not isinstance(moment, datetime):
         raise InvalidInputError(f"{what} must be a datetime or None, not {type(moment).__name__}")
-    if moment.utcoffset() is None:
+    try:
+        offset = moment.utcoffset()
+    except (ValueError, TypeError) as error:  # a tzinfo whose offset is no offset
+        raise InvalidInputError(
+            f"{what} has a time zone that gives no valid offset: {error}"
+        ) from None
+    if offset is None:
         raise InvalidInputError(
             f"{what} must be timezone-aware, e.g. datetime.now(UTC) or 2026-11-26T10:00:00+00:00"
         )

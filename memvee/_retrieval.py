@@ -117,7 +117,7 @@ class RetrievalResult:
         if self.messages:
             quoted = []
             for m in self.messages:
-                note = " (outdated: replaced by a later fact)" if m.outdated else ""
+                note = " (outdated: no longer true)" if m.outdated else ""
                 quoted.append(f"- {_quote(m.message)}{note}")
                 if m.neighbour is not None:
                     quoted.append(f"  {_quote(m.neighbour)}")
@@ -166,7 +166,7 @@ def _one_line(text: str) -> str:
 def _quote(message: Message) -> str:
     day = message.sent_at.date().isoformat()
     text = _one_line(message.content)
-    speaker = message.role if not message.name else f"{message.name} ({message.role})"
+    speaker = message.role if not message.name else f"{_one_line(message.name)} ({message.role})"
     return f"[{day}] {speaker}: {text}"
 
 

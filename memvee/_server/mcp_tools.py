@@ -101,7 +101,7 @@ class Explanation(BaseModel):
 
     entry_id: str
     text: str
-    current: bool = Field(description="False once replaced by a later fact or ended.")
+    current: bool = Field(description="False once replaced by a later fact or taken back.")
     sources: list[Source]
     extracted_at: datetime
     extractor: str

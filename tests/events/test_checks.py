@@ -3,7 +3,8 @@ value and the fault, before anything is decided; everything storable and visible
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
 
 import pytest
 
@@ -144,6 +145,32 @@ def test_a_sent_at_may_be_ahead_of_this_clock_by_max_sent_ahead_and_no_more() ->
         check_sent_at(now + MAX_SENT_AHEAD + timedelta(microseconds=1), now)
     with pytest.raises(InvalidInputError, match="sent_at must be timezone-aware"):
         check_sent_at(datetime(2026, 7, 1, 12, 0), now)
+
+
+class _ThirtyHoursAhead(tzinfo):
+    """A broken time zone: an offset past the 24 hours datetime allows."""
+
+    def utcoffset(self, moment: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+    def dst(self, moment: datetime | None) -> None:
+        return None
+
+
+class _SecondsNotTimedelta(tzinfo):
+    """A broken time zone: an offset given as a number of seconds."""
+
+    def utcoffset(self, moment: datetime | None) -> Any:
+        return 3600
+
+    def dst(self, moment: datetime | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("zone", [_ThirtyHoursAhead(), _SecondsNotTimedelta()])
+def test_a_time_zone_that_gives_no_valid_offset_is_a_typed_refusal(zone: tzinfo) -> None:
+    with pytest.raises(InvalidInputError, match="as_of has a time zone that gives no valid"):
+        check_time(datetime(2026, 1, 1, tzinfo=zone), "as_of")
 
 
 def test_a_time_that_leaves_the_calendar_once_in_utc_is_refused() -> None:

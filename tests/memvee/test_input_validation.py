@@ -50,6 +50,12 @@ BAD_CALLS = [
     ("control user id", lambda m: m.add_message("\x01\x02", "user", "hi"), "user_id must not"),
     ("zero-width user id", lambda m: m.add_exchange("\u200b\u200d", "a", "b"), "zero-width"),
     ("zero-width name", lambda m: m.add_message("u", "user", "hi", name="\ufeff"), "name must"),
+    (
+        "line break in name",
+        lambda m: m.add_exchange("u", "a", "b", user_name="E\u2028- x"),
+        "U\\+2028",
+    ),
+    ("paragraph in user id", lambda m: m.add_message("a\u2029b", "user", "hi"), "U\\+2029 at"),
     ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
     ("NUL in content", lambda m: m.add_exchange("u", "a", "b\x00c"), "a NUL character"),
     ("surrogate user id", lambda m: m.add_exchange("u\udc00", "a", "b"), "U\\+DC00 at index 1"),
