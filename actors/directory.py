@@ -25,6 +25,7 @@ from pykka.messages import ProxyCall
 
 from actors._bridge import BridgedFuture, LoopInbox, inbox_of, settle_future
 from events import MemoryClosedError
+from events.errors import database_refused, is_database_failure
 
 __all__ = ["ActorDirectory"]
 
@@ -69,7 +70,7 @@ class _PendingCall:
         ask(ref, self.method, *self.args).add_done_callback(self)
 
     def fail(self, error: BaseException) -> None:
-        self.inbox.post(settle_future, self.target, False, error)
+        self.inbox.post(settle_future, self.target, False, _typed(error))
 
     def __call__(self, future: BridgedFuture[Any]) -> None:
         """The actor answered: with a future (a write in flight), answer when it is set.
@@ -79,7 +80,13 @@ class _PendingCall:
         if ok and isinstance(value, BridgedFuture):
             value.add_done_callback(self)
         else:
-            self.inbox.post(settle_future, self.target, ok, value)
+            self.inbox.post(settle_future, self.target, ok, value if ok else _typed(value))
+
+
+def _typed(error: BaseException) -> BaseException:
+    """What a caller is raised for ``error``: a failure of the database (a lock held too
+    long, a damaged file) as a :class:`StorageError`, as every other path raises it."""
+    return database_refused(error) if is_database_failure(error) else error
 
 
 SENDS_PER_TURN = 32

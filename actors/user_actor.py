@@ -48,6 +48,7 @@ from events import (
     UserLog,
     user_log_id,
 )
+from events.errors import first_line
 from events.user_log import LIVE_KNOWLEDGE
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -982,7 +983,7 @@ class _Append(Write):
             pass
         if self.auto_task is not None:
             services.observer.task_finished(
-                actor.user_id, self.auto_task, "FAILED", 0, f"not requested: {error}"
+                actor.user_id, self.auto_task, "FAILED", 0, f"not requested: {first_line(error)}"
             )
         self.acknowledged.set_exception(error)
 
@@ -1015,5 +1016,8 @@ def _began(user_log: UserLog, events: Sequence[Any]) -> datetime | None:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if isinstance(error, MemveeError) else f"{type(error).__name__}: {text}"
+    """``error`` as a task's failure text: its first line (no statement or parameters a
+    database error carries), named by its type unless it is one of memvee's."""
+    if isinstance(error, MemveeError):
+        return str(error) or type(error).__name__
+    return f"{type(error).__name__}: {first_line(error)}"

@@ -6,7 +6,11 @@ so it is also where most errors are raised; the library face re-exports it.
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 from typing import TYPE_CHECKING
+
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from events.extraction import TokenUsage
@@ -24,7 +28,9 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "database_refused",
     "first_line",
+    "is_database_failure",
 ]
 
 
@@ -121,3 +127,21 @@ def first_line(error: BaseException) -> str:
     """The first line of ``error``'s text (or its type's name): a driver's message without
     the statement and parameters SQLAlchemy appends, for messages and logs."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def is_database_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the database's own: SQLAlchemy's, or a driver's raised on the
+    raw cursors of the hot paths (sqlite3's, psycopg's): a lock held too long, a damaged
+    file, a server gone."""
+    if isinstance(error, SQLAlchemyError | sqlite3.Error):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.Error)
+
+
+def database_refused(error: BaseException) -> StorageError:
+    """A :class:`StorageError` for a failure of the database (:func:`is_database_failure`):
+    the driver's words, never the statement and parameters SQLAlchemy appends to them."""
+    refused = StorageError(f"the database refused: {first_line(error)}")
+    refused.__cause__ = error
+    return refused

@@ -26,7 +26,6 @@ from typing import Any, Literal, Self, TypeVar
 from uuid import uuid4
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
 
 from actors import FORGOTTEN_REASON, Engine, EngineOptions, EngineSettings, inbox_of
 from actors.erasure import ForgetReceipt
@@ -51,7 +50,7 @@ from events import (
     check_time,
     check_user_id,
 )
-from events.errors import first_line
+from events.errors import first_line, is_database_failure
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
@@ -466,8 +465,9 @@ class Memory:
         def _check_sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled():
                 return
-            if f.exception() is not None:
-                self._finish(user_id, task.task_id, "FAILED", 0, str(f.exception()))
+            failed = f.exception()
+            if failed is not None:
+                self._finish(user_id, task.task_id, "FAILED", 0, first_line(failed))
             elif f.result() is False and not task.done:
                 self._follow(task)  # another process runs it
             else:
@@ -590,7 +590,9 @@ class Memory:
         def _run() -> RetrievalResult:
             try:
                 return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
-            except SQLAlchemyError as error:
+            except Exception as error:
+                if not is_database_failure(error):
+                    raise
                 raise StorageError(
                     f"cannot read from {engine.store.safe_url}: {first_line(error)}"
                 ) from error
@@ -681,7 +683,9 @@ class Memory:
             try:
                 with engine.store.engine.connect() as connection:
                     return query(connection, engine.reader)
-            except SQLAlchemyError as error:
+            except Exception as error:
+                if not is_database_failure(error):
+                    raise
                 raise StorageError(
                     f"cannot read from {engine.store.safe_url}: {first_line(error)}"
                 ) from error

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -49,7 +47,7 @@ from events import (
     short_message_id,
     sqlite_url,
 )
-from events.errors import first_line
+from events.errors import first_line, is_database_failure
 from memvee._config import SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
@@ -81,9 +79,11 @@ class _Commands(TyperGroup):
             raise typer.Exit(code=128 + signal.SIGPIPE) from None
         except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
-        except (sqlalchemy.exc.OperationalError, sqlite3.OperationalError) as error:
-            # The database refused (a read-only file, a lock held past the busy timeout):
-            # its driver's words, never the statement and its parameters.
+        except Exception as error:
+            # The database refused (a read-only file, a lock held past the busy timeout, a
+            # damaged file): its driver's words, never the statement and its parameters.
+            if not is_database_failure(error):
+                raise
             cause = getattr(error, "orig", None) or error
             raise _bad_input(StorageError(f"the database refused: {first_line(cause)}")) from None
         except KeyboardInterrupt:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,9 +27,11 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
 )
+from events.errors import is_database_failure
 from memvee._server.logs import REQUEST_ID_KEY
 
 __all__ = [
+    "DATABASE_FAILURES",
     "STORAGE_UNAVAILABLE",
     "AnsweredOnShutdown",
     "ApiError",
@@ -55,6 +59,10 @@ STORAGE_UNAVAILABLE = "the database is unavailable right now; try again shortly"
 """What a caller is told when the database fails: its own words name its address and
 driver, which stay in the server's log."""
 
+DATABASE_FAILURES: tuple[type[Exception], ...] = (SQLAlchemyError, sqlite3.Error)
+"""The database's own errors, answered as ``storage_unavailable`` should one pass the
+library without becoming a :class:`StorageError` (see ``is_database_failure``)."""
+
 RETRY_AFTER = "1"
 """Seconds a 503 asks a client to wait before trying again."""
 
@@ -72,6 +80,8 @@ def classify(error: Exception) -> tuple[int, str]:
     """The HTTP status and code word of an error raised by the library or the server."""
     if isinstance(error, ApiError):
         return error.status, error.code
+    if is_database_failure(error):  # one no library path turned into a StorageError
+        return 503, "storage_unavailable"
     for kind, status, code in _STATUS:
         if isinstance(error, kind):
             return status, code
@@ -81,6 +91,8 @@ def classify(error: Exception) -> tuple[int, str]:
 def caller_message(error: Exception) -> str:
     """What a caller is told of ``error``: its own words, but for a failing database."""
     if isinstance(error, StorageError) and not isinstance(error, ConflictError):
+        return STORAGE_UNAVAILABLE
+    if is_database_failure(error):
         return STORAGE_UNAVAILABLE
     return str(error)
 
@@ -141,6 +153,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(MemveeError, on_known)
     app.add_exception_handler(ApiError, on_known)
+    for database_failure in DATABASE_FAILURES:
+        app.add_exception_handler(database_failure, on_known)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
 

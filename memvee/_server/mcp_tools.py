@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
-from memvee._server.errors import ApiError, caller_message, classify
+from memvee._server.errors import DATABASE_FAILURES, ApiError, caller_message, classify
 from memvee._server.http_api import explain_entry
 from memvee.audit import Audit
 
@@ -274,6 +274,10 @@ def _check_scope(ctx: Context[Any, Any], user_id: str) -> None:
         raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
 
 
+TOOL_FAILURES: tuple[type[Exception], ...] = (MemveeError, ApiError, *DATABASE_FAILURES)
+"""What a tool answers as a tool error with its code word; anything else is a bug."""
+
+
 def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn the library's typed errors into tool errors that say what went wrong."""
 
@@ -281,7 +285,7 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
     async def tool(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
-        except (MemveeError, ApiError) as error:
+        except TOOL_FAILURES as error:
             status, code = classify(error)
             if status >= 500:
                 log.warning("tool %s: %s: %s", fn.__name__, code, error)

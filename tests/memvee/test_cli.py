@@ -801,3 +801,16 @@ def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k_or_quer
     assert "query must not be empty" in one_error_line(blank)
     with Audit(db) as audit, pytest.raises(InvalidInputError, match="top_k"):
         audit.search("ann", "where", top_k="5")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", [["stats"], ["knowledge", "ann"], ["verify"]])
+def test_a_damaged_database_file_is_one_error_line_not_a_traceback(
+    db: str, tmp_path: Path, command: list[str]
+) -> None:
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(Path(db).read_bytes())
+    with damaged.open("r+b") as file:  # the first table's root page, overwritten
+        file.seek(4096)
+        file.write(b"\xff" * 100)
+    failed = run(*command, "--db", str(damaged), code=2)
+    assert one_error_line(failed) == "error: the database refused: database disk image is malformed"

@@ -5,12 +5,16 @@ the MCP tools alike."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import httpx
 import pytest
+import sqlalchemy.exc
 from mcp.server.mcpserver.exceptions import ToolError
 
+from actors.user_actor import UserActor
 from memvee import Memory, StorageError
+from memvee._retrieval import Retriever
 from memvee._server.errors import STORAGE_UNAVAILABLE
 from memvee._server.mcp_tools import _with_tool_errors
 from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
@@ -65,3 +69,49 @@ async def test_a_tool_says_the_database_is_unavailable_without_naming_it(
         await remember()
     assert str(refused.value) == f"storage_unavailable: {STORAGE_UNAVAILABLE}"
     assert any(address in r.getMessage() for r in caplog.records)
+
+
+_STATEMENT = "INSERT INTO mv_leases (log_id, owner) VALUES (?, ?)"
+
+
+def _locked() -> sqlalchemy.exc.OperationalError:
+    """What SQLAlchemy raises for a lock held past the busy timeout: the statement and its
+    parameters ride along, and must reach no caller."""
+    return sqlalchemy.exc.OperationalError(
+        _STATEMENT, ("6dee89d9", "host:1:a"), sqlite3.OperationalError("database is locked")
+    )
+
+
+async def test_a_database_error_raised_in_an_actor_is_a_503_that_names_no_statement(
+    memory: Memory, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise _locked()
+
+    monkeypatch.setattr(UserActor, "_user_log", refuse)
+    said = {"user_message": "I live in Oslo", "assistant_message": "ok"}
+    answer = await client.post("/v1/users/ann/exchanges", json=said)
+    assert answer.status_code == 503 and answer.json()["error"] == "storage_unavailable"
+    with pytest.raises(StorageError, match="database is locked") as raised:
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+    assert "INSERT" not in str(raised.value) and "host:1:a" not in str(raised.value)
+
+
+async def test_a_damaged_file_met_on_a_raw_cursor_is_a_503_and_a_tool_error(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(Retriever, "retrieve", damaged)
+    answer = await client.post("/v1/users/ann/retrieve", json={"query": "Oslo"})
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["message"] == STORAGE_UNAVAILABLE
+
+    @_with_tool_errors
+    async def recall() -> None:
+        raise _locked()
+
+    with pytest.raises(ToolError) as refused:
+        await recall()
+    assert str(refused.value) == f"storage_unavailable: {STORAGE_UNAVAILABLE}"
