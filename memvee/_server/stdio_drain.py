@@ -50,7 +50,7 @@ def _objects(line: bytes) -> list[dict[str, Any]]:
     """The JSON objects of one line: the message, or each of a batch's (none if no JSON)."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return []
     items = message if isinstance(message, list) else [message]
     return [item for item in items if isinstance(item, dict)]
@@ -72,7 +72,7 @@ def _has_id(line: bytes) -> bool:
     """Whether ``line`` is one JSON object with an ``id`` member (of any value)."""
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return False
     return isinstance(message, dict) and "id" in message
 
