@@ -146,9 +146,18 @@ class _StdoutInPieces:
         return getattr(sys.stdout, name)
 
 
-class _Console(Console):
-    """A rich console whose closed pipe ends the command as :class:`_Commands` ends it
-    (exit 141), not with rich's own exit code 1."""
+class _ShownConsole(Console):
+    """A rich console that shows the control characters of what it is given to print
+    (:func:`_shown`) instead of sending them: a message, an entry or a version name may
+    hold escape sequences, which a terminal would obey. Its own styles still apply."""
+
+    def print(self, *objects: Any, **options: Any) -> None:  # type: ignore[override]
+        super().print(*(_shown(o) for o in objects), **options)
+
+
+class _Console(_ShownConsole):
+    """The standard output's console, whose closed pipe ends the command as
+    :class:`_Commands` ends it (exit 141), not with rich's own exit code 1."""
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
@@ -158,7 +167,7 @@ _STDOUT: Any = _StdoutInPieces()
 # Without markup: what the consoles print holds user ids, messages and extracted entries,
 # whose brackets are words ("[/x]" made rich raise); styles are given as Text.
 console = _Console(markup=False, file=_STDOUT)
-errors = Console(stderr=True, markup=False)
+errors = _ShownConsole(stderr=True, markup=False)
 
 _SHOWN = {
     **{code: chr(0x2400 + code) for code in range(0x20) if chr(code) not in "\t\n"},
@@ -182,7 +191,13 @@ def _shown(cell: Any) -> Any:
 
 
 class Table(_RichTable):
-    """A rich table whose cells show control characters instead of sending them."""
+    """A rich table whose title, headers and cells show control characters instead of
+    sending them."""
+
+    def __init__(self, *headers: Any, **options: Any) -> None:
+        if "title" in options:
+            options["title"] = _shown(options["title"])
+        super().__init__(*(_shown(h) for h in headers), **options)
 
     def add_row(self, *renderables: Any, **options: Any) -> None:
         super().add_row(*(_shown(cell) for cell in renderables), **options)

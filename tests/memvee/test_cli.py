@@ -814,3 +814,20 @@ def test_a_damaged_database_file_is_one_error_line_not_a_traceback(
         file.write(b"\xff" * 100)
     failed = run(*command, "--db", str(damaged), code=2)
     assert one_error_line(failed) == "error: the database refused: database disk image is malformed"
+
+
+def test_escape_sequences_in_what_was_said_or_asked_reach_no_terminal(tmp_path: Path) -> None:
+    db = str(tmp_path / "m.db")
+
+    async def fill() -> None:
+        config = MemoryConfig(db_path=db)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange("eve", "my dog is called Rex \x1b[2J\x1b[31mred", "nice")
+            await memory.process("eve")
+
+    asyncio.run(fill())
+    (entry,) = json.loads(run("knowledge", "eve", "--json", "--db", db).output)
+    explained = run("explain", "eve", entry["entry_id"], "--db", db).output
+    searched = run("search", "eve", "Rex \x1b[31m", "--lexical", "--db", db).output
+    for output in (explained, searched):
+        assert "\x1b" not in output and "\u241b[2J" in output
