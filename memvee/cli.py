@@ -284,9 +284,14 @@ def rebuild(
     """Drop every projection (or one user's rows) and fold the event log again.
 
     Safe while the application writes: its writes are kept, and folded by the rebuild.
+    The whole log is read first: an event that cannot be read (a damaged file) stops the
+    rebuild before anything is dropped, since every user's rows would be gone until it
+    is mended.
     """
     store = _store(db, db_url)
     try:
+        if user is None and not resume:
+            _every_event_reads(store)
         if user is not None:
             check_user_id(user)
             if not store.events_of(user, upto=1):
@@ -304,6 +309,21 @@ def rebuild(
         store.close()
 
 
+def _every_event_reads(store: EventStore) -> None:
+    """Read every event of the log, to refuse a rebuild that would stop at one that cannot
+    be read (:class:`StorageError`, naming it) before it drops anything."""
+    with _bar("reading the log") as bar:
+        job = bar.add_task("read", total=store.max_position())
+        try:
+            for page in store.follow(page_size=10_000):
+                bar.update(job, completed=page[-1].notification_id)
+        except StorageError as error:
+            raise StorageError(
+                f"{error}; nothing was dropped: restore the database, or forget the user of "
+                "that log (a damaged log can always be forgotten), then rebuild"
+            ) from error
+
+
 @app.command()
 def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
@@ -313,7 +333,8 @@ def verify(
     """Rebuild into scratch tables and report every difference from the live ones.
 
     Exits 1 when any projection row differs from the log, or when a log cannot load (an
-    event follows no stored version of its log: table ``events``).
+    event follows no stored version of its log: table ``events``); an event that cannot
+    be read at all (a damaged file) is an error (exit 2).
     """
     store = _store(db, db_url)
     try:

@@ -831,3 +831,17 @@ def test_escape_sequences_in_what_was_said_or_asked_reach_no_terminal(tmp_path: 
     searched = run("search", "eve", "Rex \x1b[31m", "--lexical", "--db", db).output
     for output in (explained, searched):
         assert "\x1b" not in output and "\u241b[2J" in output
+
+
+def test_a_rebuild_that_would_stop_at_an_unreadable_event_drops_nothing(db: str) -> None:
+    with sqlite3.connect(db) as connection:  # one event of ann's log, damaged
+        connection.execute(
+            "UPDATE memvee_events SET state = ? WHERE id = "
+            "(SELECT min(id) FROM memvee_events WHERE originator_version = 3)",
+            (b"\x00damaged",),
+        )
+    before = run("knowledge", "bob", "--json", "--db", db).output
+    refused = one_error_line(run("rebuild", "--db", db, code=2))
+    assert "cannot be read" in refused and "nothing was dropped" in refused
+    assert run("knowledge", "bob", "--json", "--db", db).output == before
+    assert json.loads(before), "bob's knowledge is still there to read"
