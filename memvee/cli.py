@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -1052,4 +1053,13 @@ register_commands(app)  # serve, mcp
 
 def main() -> None:
     """Entry point of the ``memvee`` console script."""
+    _replace_what_cannot_print()
     app()
+
+
+def _replace_what_cannot_print() -> None:
+    """Let standard output and error write a character their encoding lacks as an escape
+    (a user id in another script on an ASCII terminal) instead of failing the command."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")

@@ -90,6 +90,28 @@ def test_python_dash_m_memvee_is_the_memvee_command() -> None:
     assert (done.returncode, done.stdout.strip()) == (0, f"memvee {memvee.__version__}")
 
 
+def test_a_terminal_that_cannot_print_a_user_id_gets_it_escaped_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "m.db")
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_path=db), embedder=False) as memory:
+            await memory.add_exchange("東京", "hi", "hello")
+
+    asyncio.run(fill())
+    done = subprocess.run(
+        [str(MEMVEE), "users", "--db", db],
+        capture_output=True,
+        text=True,
+        env={**server_env(), "PYTHONIOENCODING": "ascii"},
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "\\u6771\\u4eac" in done.stdout
+
+
 @pytest.mark.parametrize(
     "command", [["users"], ["stats"], ["log", "ann"], ["verify"], ["rebuild"], ["users", "--json"]]
 )
