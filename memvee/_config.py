@@ -16,7 +16,10 @@ from events import (
     redacted_url,
 )
 
-__all__ = ["DEFAULT_ALPHA", "SEARCH_EMBED_SECONDS", "MemoryConfig"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_DB", "SEARCH_EMBED_SECONDS", "MemoryConfig"]
+
+DEFAULT_DB = "memvee.db"
+"""The SQLite file of a Memory (and of the command line) given no database."""
 
 DEFAULT_ALPHA = 0.4
 """The lexical weight of hybrid retrieval (the semantic one is ``1 - alpha``); chosen by
@@ -81,7 +84,7 @@ class MemoryConfig:
     before opening a Memory.
     """
 
-    db_path: str = "memvee.db"
+    db_path: str = DEFAULT_DB
     db_url: str | None = None
     auto_process: bool = False
     batch_threshold: int = 10

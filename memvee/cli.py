@@ -49,7 +49,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import first_line, is_database_failure
-from memvee._config import SEARCH_EMBED_SECONDS
+from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
 
@@ -235,6 +235,8 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
 
     So a typo in a path is an error, not a new empty database (and folder) left behind.
     """
+    if db_url is not None and db != DEFAULT_DB:
+        raise InvalidInputError("give --db or --db-url, not both")
     if db_url is None:
         check_db_path(db, name="--db", url_name="--db-url")
         if not create and not Path(db).expanduser().is_file():
@@ -273,7 +275,7 @@ def _bar(label: str, unit: str = "") -> Progress:
 
 @app.command()
 def rebuild(
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted rebuild (the next open also does).")
@@ -289,6 +291,8 @@ def rebuild(
     rebuild before anything is dropped, since every user's rows would be gone until it
     is mended.
     """
+    if user is not None and resume:
+        raise InvalidInputError("--resume finishes a rebuild of every projection; drop --user")
     store = _store(db, db_url)
     try:
         if user is None and not resume:
@@ -328,7 +332,7 @@ def _every_event_reads(store: EventStore) -> None:
 @app.command()
 def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Rebuild into scratch tables and report every difference from the live ones.
@@ -397,7 +401,7 @@ def log_(
     to_version: Annotated[int | None, typer.Option(help="Last version.")] = None,
     limit: Annotated[int, typer.Option(help="Print at most this many events.")] = 200,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's event log, in order: one line per event (the whole payload with --json)."""
@@ -435,7 +439,7 @@ def state(
     ] = None,
     limit: RowsOption = ROWS,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """The user's buffer, tasks and knowledge as of a version or time, replayed from the log."""
@@ -491,7 +495,7 @@ def knowledge(
     ] = False,
     limit: RowsOption = ROWS,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """The user's live knowledge: each entry with the id `explain` takes, oldest first."""
@@ -517,7 +521,7 @@ def explain(
     user: Annotated[str, typer.Argument(help="The user the entry belongs to.")],
     entry: Annotated[str, typer.Argument(help="The knowledge entry id.")],
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """How a knowledge entry came to be: its messages, task, batch, extractor and model."""
@@ -560,7 +564,7 @@ def explain(
 def export(
     user: Annotated[str, typer.Argument(help="The user whose log to export.")],
     out: Annotated[str | None, typer.Option(help="File to write (default: stdout).")] = None,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """A user's whole log as JSON Lines, to import into another database."""
@@ -624,7 +628,7 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
 @app.command("import")
 def import_(
     file: Annotated[str, typer.Argument(help="A JSON Lines file written by `memvee export`.")],
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Append exported logs to this database. Run it again after it stopped: a log
@@ -677,7 +681,7 @@ def reextract(
     poll: Annotated[
         float, typer.Option(help="Seconds between looks at a running Message Batch.")
     ] = 30.0,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Extract users' processed history again into a separate knowledge version.
@@ -749,7 +753,7 @@ def _reextract_in_bulk(
 def promote_(
     user: Annotated[str, typer.Argument(help="The user.")],
     version: Annotated[str, typer.Argument(help="The knowledge version to make live.")],
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Make a re-extracted knowledge version the user's live knowledge."""
@@ -775,7 +779,7 @@ def compare(
     b: Annotated[str, typer.Argument(help="The other.")] = "reextracted",
     limit: RowsOption = ROWS,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Two knowledge versions of a user side by side."""
@@ -817,7 +821,7 @@ def search(
         ),
     ] = False,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """What retrieve would hand an agent for QUERY, best first on one score."""
@@ -877,6 +881,10 @@ def _extractor(name: str, model: str | None) -> Extractor:
     from memvee.extractors._default import API_KEY_ENV_VAR
 
     if name == "offline":
+        if model is not None:
+            raise InvalidInputError(
+                "--model chooses Claude's model: give it with --extractor claude"
+            )
         return OfflineExtractor()
     if name == "claude":
         if not os.environ.get(API_KEY_ENV_VAR, "").strip():
@@ -897,7 +905,7 @@ def users(
     after: Annotated[str, typer.Option(help="Start after this user id.")] = "",
     limit: Annotated[int, typer.Option(help="Users per page.")] = 100,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """The users of the memory, with their counters, in user-id order."""
@@ -927,7 +935,7 @@ def users(
 
 @app.command()
 def stats(
-    as_json: JsonOption = False, db: DbOption = "memvee.db", db_url: DbUrlOption = None
+    as_json: JsonOption = False, db: DbOption = DEFAULT_DB, db_url: DbUrlOption = None
 ) -> None:
     """Totals of the memory: events, users, messages, knowledge, tasks by status, and the
     tokens extraction spent (input, output, cached), in all and per extractor and model."""
@@ -969,7 +977,7 @@ def quarantine(
         str | None, typer.Argument(help="The user (without: every user with any).")
     ] = None,
     as_json: JsonOption = False,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Messages set aside because they kept failing extraction, with their last error."""
@@ -1006,7 +1014,7 @@ def requeue(
     message: Annotated[
         list[str] | None, typer.Option("--message", help="Only this message id (repeatable).")
     ] = None,
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
     """Put quarantined messages back in the buffer, to be extracted on the next run.

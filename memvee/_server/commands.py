@@ -23,6 +23,7 @@ from events import (
     refuse_foreign_database,
     refuse_foreign_sqlite,
 )
+from memvee._config import DEFAULT_DB
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -75,7 +76,7 @@ def _check_installed() -> None:
 
 
 def serve(
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
@@ -141,7 +142,7 @@ def serve(
 
 
 def mcp(
-    db: DbOption = "memvee.db",
+    db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
     user: Annotated[
         str | None,
@@ -241,6 +242,8 @@ def _listen(host: str, port: int) -> socket.socket:
 def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -> Memory:
     from memvee import Memory, MemoryConfig
 
+    if db_url is not None and db != DEFAULT_DB:
+        _fail("give --db or --db-url, not both")
     if db_url:
         refuse_foreign_database(driver_url(db_url, name="--db-url"))  # named as typed
     else:

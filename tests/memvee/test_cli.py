@@ -867,3 +867,16 @@ def test_a_rebuild_that_would_stop_at_an_unreadable_event_drops_nothing(db: str)
     assert "cannot be read" in refused and "nothing was dropped" in refused
     assert run("knowledge", "bob", "--json", "--db", db).output == before
     assert json.loads(before), "bob's knowledge is still there to read"
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["stats", "--db", "other.db", "--db-url", "sqlite:///x.db"], "not both"),
+        (["rebuild", "--resume", "--user", "ann"], "drop --user"),
+        (["reextract", "ann", "--as", "v2", "--model", "claude-x"], "--extractor claude"),
+    ],
+)
+def test_flags_that_would_be_passed_over_are_refused(db: str, flags: list[str], said: str) -> None:
+    with_db = flags if "--db" in flags else [*flags, "--db", db]
+    assert said in one_error_line(run(*with_db, code=2))
