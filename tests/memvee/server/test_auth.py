@@ -140,7 +140,8 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_a_serve_the_user_can_fix_is_one_error_line_and_exit_2(
     tmp_path: Path, args: list[str], env: dict[str, str] | None, says: str
 ) -> None:
-    done = run_serve("--db", str(tmp_path / "memvee.db"), "--port", "0", *args, env=env)
+    database = [] if "--db-url" in args else ["--db", str(tmp_path / "memvee.db")]
+    done = run_serve(*database, "--port", "0", *args, env=env)
 
     assert done.returncode == 2
     assert done.stderr.startswith("error: ")
