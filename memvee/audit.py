@@ -491,8 +491,15 @@ class Audit:
             try:
                 self.store.append([chunk], projector.apply)
             except ConflictError as error:
-                # Its versions follow what is stored (checked above): the clash is with
-                # the ids of another user's rows, as after an import under another name.
+                version = chunk[0].originator_version
+                if self.store.events_of(run.user_id, after=version - 1, upto=version):
+                    raise ConflictError(
+                        f"the log of {run.user_id!r} grew while it was imported (another "
+                        "import of it, or its application writing): import again, and what "
+                        "it holds by then is compared and passed over"
+                    ) from error
+                # Its versions followed what was stored: the clash is with the ids of
+                # another user's rows, as after an import under another name.
                 raise InvalidInputError(
                     f"the log of {run.user_id!r} holds messages or knowledge entries whose "
                     "ids another user of this database holds (was it imported under another "

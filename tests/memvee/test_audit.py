@@ -341,6 +341,27 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
         assert target.state("ann").version == expected.version
 
 
+async def test_an_import_that_another_import_of_the_log_overtook_says_so(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    db_url: str,
+    tmp_path: Any,
+    held: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two imports of one file at once: the one that lost the race read the log before
+    the other appended to it, and is told so, not that another user holds its ids."""
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        target.import_lines(lines)
+        monkeypatch.setattr(Audit, "_imported_before", lambda self, run: 0)  # read too early
+        with pytest.raises(ConflictError, match="'ann' grew while it was imported"):
+            target.import_lines(lines)
+
+
 async def _exported_history(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> list[str]:
