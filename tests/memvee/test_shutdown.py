@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from actors import Engine
-from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus, StorageError
+from memvee import (
+    Memory,
+    MemoryConfig,
+    ProcessingError,
+    ProcessStatus,
+    ProcessTask,
+    StorageError,
+)
 from tests.support.extractors import RecordingExtractor
 
 
@@ -161,11 +168,11 @@ async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_f
         assert len(await memory.messages("ann")) == 2
 
 
-async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
+async def _closing_in_the_background(
     tmp_path: Any,
-) -> None:
-    """A close cancelled while it gives a running task its grace (a shutdown deadline, a
-    second Ctrl-C) still stops the engine: the next close returns once it is closed."""
+) -> tuple[Memory, RecordingExtractor, ProcessTask]:
+    """A Memory whose close was cancelled while it gave a running task its grace: the
+    close goes on in the background until the task's extractor is let through."""
     extractor = RecordingExtractor(gated=True)
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"), shutdown_grace=30)
     memory = Memory(config=config, extractor=extractor, embedder=False)
@@ -176,6 +183,16 @@ async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(memory.close(), 0.05)
     assert not memory.is_open
+    return memory, extractor, task
+
+
+async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
+    tmp_path: Any,
+) -> None:
+    """A close cancelled while it gives a running task its grace (a shutdown deadline, a
+    second Ctrl-C) still stops the engine: the next close returns once it is closed."""
+    memory, extractor, task = await _closing_in_the_background(tmp_path)
+    config = memory.config
     extractor.gate.set()
     await memory.close()
     assert memory._engine is None and _memvee_threads() == []
@@ -187,16 +204,7 @@ async def test_a_cancelled_close_goes_on_and_the_next_close_waits_for_its_end(
 async def test_an_open_during_a_close_waits_for_its_end_then_opens_again(tmp_path: Any) -> None:
     """``if not memory.is_open: await memory.open()`` while a close gives a task its
     grace (or goes on after being cancelled) opens the Memory again once that close ends."""
-    extractor = RecordingExtractor(gated=True)
-    config = MemoryConfig(db_path=str(tmp_path / "memory.db"), shutdown_grace=30)
-    memory = Memory(config=config, extractor=extractor, embedder=False)
-    await memory.open()
-    await memory.add_exchange("u", "I live in Rome", "nice")
-    task = memory.process_async("u")
-    assert await asyncio.to_thread(extractor.started.wait, 5)
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(memory.close(), 0.05)
-    assert not memory.is_open
+    memory, extractor, task = await _closing_in_the_background(tmp_path)
     reopening = asyncio.ensure_future(memory.open())
     await asyncio.sleep(0.05)
     assert not reopening.done(), "the open did not wait for the close"
