@@ -177,7 +177,7 @@ def _query_alone(url: str, asks: int) -> float:
 def ranker_query(user_id: str, question: str, limit: int) -> tuple[str, dict[str, Any]]:
     """The SQL and parameters of the ranked message query memvee's lexical ranker runs
     for ``question`` on PostgreSQL (its first column is the message row's ``id``)."""
-    statement = LexicalRanker(ProjectionTables())._pg_messages
+    statement = LexicalRanker(ProjectionTables())._pg_messages[False]  # not dated: as_of=None
     compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[attr-defined,no-untyped-call]
     log_id = str(user_log_id(user_id))
     params = compiled.construct_params(
