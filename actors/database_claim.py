@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +37,16 @@ from sqlalchemy.pool import NullPool
 from events import DatabaseInUseError, StorageError, driver_url, redacted_url
 from events.errors import first_line
 
-__all__ = ["LOCK_SUFFIX", "DatabaseClaim", "FileClaim", "ServerClaim", "claim_database"]
+__all__ = [
+    "LOCK_SUFFIX",
+    "VERIFY",
+    "ClaimPurpose",
+    "DatabaseClaim",
+    "FileClaim",
+    "ServerClaim",
+    "claim_alone",
+    "claim_database",
+]
 
 log = logging.getLogger("memvee.actors")
 
@@ -57,6 +67,35 @@ class DatabaseClaim(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimPurpose:
+    """A claim on a database for one job, beside the engines' own: a lock file of its
+    own suffix (SQLite), an advisory lock of its own name (PostgreSQL), and what a second
+    holder is told."""
+
+    suffix: str
+    name: str
+    refusal: str
+
+
+VERIFY = ClaimPurpose(
+    ".memvee-verify-lock",
+    "memvee verify claim",
+    "another verify runs on this database (they would drop each other's scratch tables); "
+    "let it end, then verify again",
+)
+"""The claim of a verify: one at a time per database."""
+
+
+def claim_alone(url: str, purpose: ClaimPurpose) -> DatabaseClaim | None:
+    """Claim the database ``url`` names for ``purpose``, alone: :class:`DatabaseInUseError`
+    (saying ``purpose.refusal``) while another holds it; ``None`` where it cannot be
+    claimed (see :meth:`FileClaim.take`)."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return ServerClaim.take(url, shared=False, purpose=purpose)
+    return FileClaim.take(url, shared=False, purpose=purpose)
+
+
 def claim_database(url: str, *, shared: bool) -> DatabaseClaim | None:
     """Claim the database ``url`` names, shared (an engine with leases) or alone;
     ``None`` where the database cannot be claimed (see :meth:`FileClaim.take`)."""
@@ -73,7 +112,9 @@ class FileClaim:
         self._descriptor: int | None = descriptor
 
     @classmethod
-    def take(cls, url: str, *, shared: bool) -> FileClaim | None:
+    def take(
+        cls, url: str, *, shared: bool, purpose: ClaimPurpose | None = None
+    ) -> FileClaim | None:
         """Claim the SQLite file ``url`` names, shared or alone; ``None`` for a database
         server, or where the platform has no ``flock`` (Windows).
 
@@ -85,7 +126,8 @@ class FileClaim:
         if parsed.get_backend_name() != "sqlite" or not parsed.database or sys.platform == "win32":
             return None
         database = Path(parsed.database).expanduser().resolve()  # a link: the file it names
-        lock_path = database.with_name(database.name + LOCK_SUFFIX)
+        suffix = LOCK_SUFFIX if purpose is None else purpose.suffix
+        lock_path = database.with_name(database.name + suffix)
         while True:
             try:
                 descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -110,7 +152,8 @@ class FileClaim:
                 return cls(lock_path, descriptor)
             os.close(descriptor)
             if current:
-                raise DatabaseInUseError(_refusal(database, shared=shared))
+                told = _refusal(database, shared=shared) if purpose is None else purpose.refusal
+                raise DatabaseInUseError(told)
             # Its last holder removed it between our open and our lock: take the new one.
 
     @property
@@ -177,16 +220,25 @@ class ServerClaim:
     connection) loses it too: :meth:`keep`, called now and then, takes it again.
     """
 
-    def __init__(self, url: str, engine: Engine, connection: Connection, *, shared: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        engine: Engine,
+        connection: Connection,
+        *,
+        shared: bool,
+        purpose: ClaimPurpose | None = None,
+    ) -> None:
         self._url = url
         self._shared = shared
+        self._purpose = purpose
         self._engine = engine
         self._connection: Connection | None = connection
         self._released = False
         self._lock = threading.Lock()
 
     @classmethod
-    def take(cls, url: str, *, shared: bool) -> ServerClaim:
+    def take(cls, url: str, *, shared: bool, purpose: ClaimPurpose | None = None) -> ServerClaim:
         """Claim the PostgreSQL database ``url`` names, shared or alone.
 
         Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
@@ -194,11 +246,11 @@ class ServerClaim:
         """
         engine = create_engine(driver_url(url), poolclass=NullPool)
         try:
-            connection = _locked_session(engine, url, shared=shared)
+            connection = _locked_session(engine, url, shared=shared, purpose=purpose)
         except Exception:
             engine.dispose()
             raise
-        return cls(url, engine, connection, shared=shared)
+        return cls(url, engine, connection, shared=shared, purpose=purpose)
 
     @property
     def held(self) -> bool:
@@ -227,7 +279,7 @@ class ServerClaim:
             with self._lock:
                 self._connection = None
             _close_quietly(connection)
-        again = _locked_session(self._engine, self._url, shared=self._shared)
+        again = _locked_session(self._engine, self._url, shared=self._shared, purpose=self._purpose)
         with self._lock:
             released = self._released
             if not released:
@@ -247,7 +299,9 @@ class ServerClaim:
         self._engine.dispose()
 
 
-def _locked_session(engine: Engine, url: str, *, shared: bool) -> Connection:
+def _locked_session(
+    engine: Engine, url: str, *, shared: bool, purpose: ClaimPurpose | None = None
+) -> Connection:
     """A new session of ``engine`` that holds the claim's advisory lock on ``url``'s
     schema, shared or alone; raises as :meth:`ServerClaim.take`."""
     connection: Connection | None = None
@@ -256,7 +310,8 @@ def _locked_session(engine: Engine, url: str, *, shared: bool) -> Connection:
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         schema = connection.execute(text("SELECT current_schema()")).scalar_one()
         lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-        had = connection.execute(text(f"SELECT {lock}(:key)"), {"key": _lock_key(schema)})
+        name = "memvee database claim" if purpose is None else purpose.name
+        had = connection.execute(text(f"SELECT {lock}(:key)"), {"key": _lock_key(name, schema)})
         if had.scalar_one():
             return connection
     except SQLAlchemyError as error:
@@ -266,12 +321,15 @@ def _locked_session(engine: Engine, url: str, *, shared: bool) -> Connection:
             f"cannot claim the database at {redacted_url(url)}: {first_line(error)}"
         ) from error
     _close_quietly(connection)
+    if purpose is not None:
+        raise DatabaseInUseError(purpose.refusal)
     raise DatabaseInUseError(_refusal(f"{redacted_url(url)} (schema {schema})", shared=shared))
 
 
-def _lock_key(schema: str) -> int:
-    """The advisory lock key of memvee's tables in ``schema``: a signed 64-bit number."""
-    digest = hashlib.blake2b(f"memvee database claim:{schema}".encode(), digest_size=8)
+def _lock_key(name: str, schema: str) -> int:
+    """The advisory lock key of the claim ``name`` on memvee's tables in ``schema``: a
+    signed 64-bit number."""
+    digest = hashlib.blake2b(f"{name}:{schema}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 

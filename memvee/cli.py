@@ -31,7 +31,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from typer.core import TyperGroup
 
-from actors.database_claim import LOCK_SUFFIX
+from actors.database_claim import LOCK_SUFFIX, VERIFY, claim_alone
 from events import (
     EventStore,
     Extractor,
@@ -335,18 +335,25 @@ def verify(
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
-    """Rebuild into scratch tables and report every difference from the live ones.
+    """Rebuild into scratch tables and report every difference from the live ones; one
+    verify runs at a time on a database.
 
     Exits 1 when any projection row differs from the log, or when a log cannot load (an
     event follows no stored version of its log: table ``events``); an event that cannot
     be read at all (a damaged file) is an error (exit 2).
     """
-    store = _store(db, db_url)
+    url = _url(db, db_url)
+    claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables
     try:
-        require_projections(store, ProjectionTables())
-        differences = verify_projections(store)
+        store = EventStore(url, create=False)
+        try:
+            require_projections(store, ProjectionTables())
+            differences = verify_projections(store)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if claim is not None:
+            claim.release()
     if as_json:
         _print_json([dataclasses.asdict(d) for d in differences])
     elif not differences:
@@ -592,7 +599,7 @@ def _refuse_database_as_output(out: Path, url: str) -> None:
         raise InvalidInputError(f"--out {out} is the database itself; give another file")
 
 
-_BESIDE_DATABASE = ("-wal", "-shm", "-journal", LOCK_SUFFIX)
+_BESIDE_DATABASE = ("-wal", "-shm", "-journal", LOCK_SUFFIX, VERIFY.suffix)
 """The files SQLite and memvee keep beside a database file."""
 
 

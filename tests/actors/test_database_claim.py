@@ -22,9 +22,11 @@ from sqlalchemy.engine import make_url
 from actors import Engine
 from actors.database_claim import (
     LOCK_SUFFIX,
+    VERIFY,
     DatabaseClaim,
     FileClaim,
     ServerClaim,
+    claim_alone,
     claim_database,
 )
 from events import DatabaseInUseError, StorageError, sqlite_url
@@ -388,3 +390,20 @@ async def test_on_postgresql_an_engine_that_fails_to_start_gives_its_claim_back(
     await _open_failing_to_catch_up(config, monkeypatch)
     async with Memory(config=config, embedder=False) as memory:
         await memory.add_exchange("ann", "I live in Oslo", "ok")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_one_verify_at_a_time_holds_a_claim_of_its_own_beside_the_engines(
+    backend: str, tmp_path: Path, claims: list[DatabaseClaim]
+) -> None:
+    url = sqlite_url(tmp_path / "memory.db") if backend == "sqlite" else postgres_url()
+    _take(claims, url, shared=False)  # an engine without leases runs: a verify may too
+    verifying = claim_alone(url, VERIFY)
+    assert verifying is not None
+    claims.append(verifying)
+    with pytest.raises(DatabaseInUseError, match="another verify runs on this database"):
+        claim_alone(url, VERIFY)
+    verifying.release()
+    again = claim_alone(url, VERIFY)
+    assert again is not None
+    claims.append(again)

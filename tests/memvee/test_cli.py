@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 import memvee
 import memvee.cli
+from actors.database_claim import VERIFY, claim_alone
 from events import EventStore, UserLog, sqlite_url
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee.audit import Audit
@@ -880,3 +881,14 @@ def test_a_rebuild_that_would_stop_at_an_unreadable_event_drops_nothing(db: str)
 def test_flags_that_would_be_passed_over_are_refused(db: str, flags: list[str], said: str) -> None:
     with_db = flags if "--db" in flags else [*flags, "--db", db]
     assert said in one_error_line(run(*with_db, code=2))
+
+
+def test_a_verify_while_another_runs_is_refused_not_broken(db: str) -> None:
+    running = claim_alone(sqlite_url(db), VERIFY)  # as the other verify holds it
+    assert running is not None
+    try:
+        refused = one_error_line(run("verify", "--db", db, code=2))
+        assert "another verify runs on this database" in refused
+    finally:
+        running.release()
+    assert "projections match the log" in run("verify", "--db", db).output
