@@ -15,6 +15,9 @@ On a SQLite file the claim is a ``flock`` on ``<database>.memvee-lock``, never o
 database file itself: a process that closes any descriptor of a file loses its POSIX
 locks on it, SQLite's included. On PostgreSQL it is a session advisory lock, keyed by the
 schema the engine's tables live in, on a connection the claim keeps open.
+
+A job that must run alone on a database (a verify, whose scratch tables another would
+drop) holds a claim of its own the same way, under another name (:class:`ClaimPurpose`).
 """
 
 from __future__ import annotations
