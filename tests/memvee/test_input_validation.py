@@ -128,7 +128,7 @@ async def test_a_sent_at_a_little_ahead_of_this_clock_is_kept_and_one_further_re
     soon = datetime.now(UTC) + MAX_SENT_AHEAD - timedelta(seconds=30)
     kept = await memory.add_message("u", "user", "said on a clock a little ahead", soon)
     assert kept.sent_at == soon
-    local_as_utc = datetime.now().replace(tzinfo=UTC) + timedelta(hours=3)  # as in UTC-3
+    local_as_utc = datetime.now(UTC) + timedelta(hours=3)  # UTC+3's clock, labelled UTC
     with pytest.raises(InvalidInputError, match=r"sent_at .* is in the future"):
         await memory.add_exchange("u", "a local time labelled UTC", "ok", local_as_utc)
     assert [m.content for m in await memory.messages("u")] == [kept.content]
