@@ -128,9 +128,10 @@ async def test_no_task_of_a_forgotten_user_is_found_nor_one_it_ended(
     extractor.gate.set()
     await done.wait()
     extractor.gate.clear()
+    extractor.started.clear()
     await memory.add_exchange("ann", "I moved to Bergen", "ok")
     running = memory.process_async("ann")
-    await asyncio.to_thread(extractor.started.wait, 10)
+    assert await asyncio.to_thread(extractor.started.wait, 10)
     await memory.forget("ann")
     extractor.gate.set()
     assert running.status is ProcessStatus.FAILED, "the caller's handle says how it ended"
