@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -588,14 +588,8 @@ class Memory:
         assert retriever is not None
 
         def _run() -> RetrievalResult:
-            try:
+            with _reading(engine):
                 return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
-            except Exception as error:
-                if not is_database_failure(error):
-                    raise
-                raise StorageError(
-                    f"cannot read from {engine.store.safe_url}: {first_line(error)}"
-                ) from error
 
         return await loop.run_in_executor(self._readers, _run)
 
@@ -680,15 +674,8 @@ class Memory:
         engine, loop = self._running()
 
         def _run() -> T:
-            try:
-                with engine.store.engine.connect() as connection:
-                    return query(connection, engine.reader)
-            except Exception as error:
-                if not is_database_failure(error):
-                    raise
-                raise StorageError(
-                    f"cannot read from {engine.store.safe_url}: {first_line(error)}"
-                ) from error
+            with _reading(engine), engine.store.engine.connect() as connection:
+                return query(connection, engine.reader)
 
         return await loop.run_in_executor(self._readers, _run)
 
@@ -936,6 +923,20 @@ def _check_timeout(timeout: object) -> float | None:
             f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"
         )
     return None if math.isinf(seconds) else seconds
+
+
+@contextlib.contextmanager
+def _reading(engine: Engine) -> Iterator[None]:
+    """A read of ``engine``'s database, whose failure (SQLAlchemy's, or a raw cursor's) is
+    a :class:`StorageError` naming the database but not the statement."""
+    try:
+        yield
+    except Exception as error:
+        if not is_database_failure(error):
+            raise
+        raise StorageError(
+            f"cannot read from {engine.store.safe_url}: {first_line(error)}"
+        ) from error
 
 
 def _messages(user_id: str, appended: Sequence[Any]) -> list[Message]:

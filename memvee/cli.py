@@ -48,7 +48,7 @@ from events import (
     short_message_id,
     sqlite_url,
 )
-from events.errors import first_line, is_database_failure
+from events.errors import database_refused, is_database_failure
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
@@ -86,7 +86,7 @@ class _Commands(TyperGroup):
             if not is_database_failure(error):
                 raise
             cause = getattr(error, "orig", None) or error
-            raise _bad_input(StorageError(f"the database refused: {first_line(cause)}")) from None
+            raise _bad_input(database_refused(cause)) from None
         except KeyboardInterrupt:
             raise _bad_input(InvalidInputError("interrupted")) from None
 

@@ -90,9 +90,8 @@ def classify(error: Exception) -> tuple[int, str]:
 
 def caller_message(error: Exception) -> str:
     """What a caller is told of ``error``: its own words, but for a failing database."""
-    if isinstance(error, StorageError) and not isinstance(error, ConflictError):
-        return STORAGE_UNAVAILABLE
-    if is_database_failure(error):
+    storage = isinstance(error, StorageError) and not isinstance(error, ConflictError)
+    if storage or is_database_failure(error):
         return STORAGE_UNAVAILABLE
     return str(error)
 
