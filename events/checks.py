@@ -43,8 +43,10 @@ ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-"""Control characters, and the line and paragraph separators, which break lines too."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""Control characters; the line and paragraph separators, which break lines too; and the
+bidirectional embeddings, overrides and isolates, which make text that follows them on the
+same line show in another order (an id that reads as another's in a listing)."""
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
 _FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
 
@@ -96,8 +98,8 @@ def check_visible(value: str, what: str, hint: str = "") -> None:
 
 def _check_no_control(value: str, what: str) -> None:
     """Raise :class:`InvalidInputError` if ``value`` holds a control character (a NUL, a
-    newline, U+2028...): names and ids are single lines, and PostgreSQL text cannot hold a
-    NUL."""
+    newline, U+2028, a bidirectional override...): names and ids are single lines shown as
+    they read, and PostgreSQL text cannot hold a NUL."""
     found = _CONTROL.search(value)
     if found is not None:
         raise InvalidInputError(

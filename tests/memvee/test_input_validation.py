@@ -55,6 +55,8 @@ BAD_CALLS = [
         lambda m: m.add_exchange("u", "a", "b", user_name="E\u2028- x"),
         "U\\+2028",
     ),
+    ("override in user id", lambda m: m.add_message("u\u202egnp.exe", "user", "hi"), "U\\+202E"),
+    ("isolate in name", lambda m: m.add_exchange("u", "a", "b", user_name="\u2067Eve"), "U\\+2067"),
     ("paragraph in user id", lambda m: m.add_message("a\u2029b", "user", "hi"), "U\\+2029 at"),
     ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
     ("NUL in content", lambda m: m.add_exchange("u", "a", "b\x00c"), "a NUL character"),
