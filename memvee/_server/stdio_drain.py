@@ -32,18 +32,16 @@ from collections.abc import Hashable
 from types import TracebackType
 from typing import Any, Self
 
-from mcp.types import JSONRPCNotification, JSONRPCRequest, jsonrpc_message_adapter
+from mcp.types import JSONRPCRequest, jsonrpc_message_adapter
 from pydantic import ValidationError
+
+from memvee._server.request_ids import NOT_MCP, has_unusable_id
 
 __all__ = ["DrainedStdio"]
 
 log = logging.getLogger("memvee.server")
 
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
-_NOT_MCP = (
-    'not a JSON-RPC 2.0 message of MCP (a request has "jsonrpc": "2.0", an id, a method '
-    "and, if any, object params; batches are not taken)"
-)
 
 
 def _objects(line: bytes) -> list[dict[str, Any]]:
@@ -68,15 +66,6 @@ def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
     return found
 
 
-def _has_id(line: bytes) -> bool:
-    """Whether ``line`` is one JSON object with an ``id`` member (of any value)."""
-    try:
-        message = json.loads(line)
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-        return False
-    return isinstance(message, dict) and "id" in message
-
-
 def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
     """The ids of the requests in ``line``, read as the SDK reads it, and the JSON-RPC
     error answering the line if the SDK would drop it unanswered (else ``None``): a parse
@@ -90,15 +79,13 @@ def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
     except ValidationError as error:
         unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
     else:
-        # A request whose id is not a string or an integer reads as a notification, the
-        # id passed over, and would never be answered.
-        if not (isinstance(message, JSONRPCNotification) and _has_id(line)):
+        if not has_unusable_id(text):
             return ([message.id] if isinstance(message, JSONRPCRequest) else []), None
         unreadable = []
     code, message_text, data = (
         (PARSE_ERROR, "Parse error", unreadable[0])
         if unreadable
-        else (INVALID_REQUEST, "Invalid Request", _NOT_MCP)
+        else (INVALID_REQUEST, "Invalid Request", NOT_MCP)
     )
     ids = _ids(line, requests=True)
     refusal = {"code": code, "message": message_text, "data": data}

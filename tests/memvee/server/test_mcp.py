@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import IO, Any
 
+import httpx
 import pytest
 from mcp import Client
 
@@ -355,6 +356,34 @@ async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
     assert {f["text"] for f in facts} == {"User lives in Lisbon.", "User's dog is called Rex."}
     assert recalled["entry_ids"][0] in {f["entry_id"] for f in facts}
     assert "Lisbon" in recalled["prompt"]
+
+
+def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
+    http: httpx.Client,
+) -> None:
+    """The SDK reads such a request as a notification and answers 202 with nothing, so
+    the client would wait for ever; it is refused as over stdio, and others still pass."""
+    headers = {"accept": "application/json, text/event-stream"}
+    answers = [
+        http.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": bad, "method": "tools/list"}, headers=headers
+        )
+        for bad in (None, 1.5, {"a": 1}, [1], True)
+    ]
+    listed = http.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, headers=headers
+    )
+    notified = http.post(
+        "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+    )
+
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == -32600
+        assert answer.json()["id"] is None
+    assert listed.status_code == 200 and listed.json()["id"] == 7
+    assert {tool["name"] for tool in listed.json()["result"]["tools"]} >= {"remember", "recall"}
+    assert notified.status_code == 202
 
 
 async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
