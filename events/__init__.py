@@ -63,6 +63,7 @@ from events.store import (
     redacted_url,
     refuse_foreign_database,
     refuse_foreign_sqlite,
+    sqlite_file,
     sqlite_url,
 )
 from events.timeline import ReplacedEntry
@@ -125,6 +126,7 @@ __all__ = [
     "refuse_foreign_database",
     "refuse_foreign_sqlite",
     "short_message_id",
+    "sqlite_file",
     "sqlite_url",
     "storable",
     "user_log_id",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import sqlalchemy.exc
@@ -71,6 +72,7 @@ __all__ = [
     "redacted_url",
     "refuse_foreign_database",
     "refuse_foreign_sqlite",
+    "sqlite_file",
     "sqlite_url",
 ]
 
@@ -200,12 +202,22 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
+def sqlite_file(parsed: URL) -> str | None:
+    """The path of the file a SQLite URL names, an SQLite URI filename's
+    (``sqlite:///file:path?mode=ro&uri=true``) included; ``None`` for another backend or an
+    in-memory database."""
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if path and path.startswith("file:"):
+        path = None if parsed.query.get("mode") == "memory" else unquote(urlsplit(path).path)
+    return None if path in (None, "", ":memory:") else path
+
+
 def refuse_foreign_database(url: str) -> None:
     """:func:`refuse_foreign_sqlite` for the file a SQLite URL names; a URL of another
     backend, or of an in-memory database, is let through."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        refuse_foreign_sqlite(parsed.database)
+    path = sqlite_file(make_url(url))
+    if path is not None:
+        refuse_foreign_sqlite(path)
 
 
 def _check_driver(parsed: URL) -> None:
@@ -340,16 +352,17 @@ class EventStore:
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = redacted_url(parsed)
         found: frozenset[str] | None = None  # the tables, where read without writing
-        if self.is_sqlite and not create and parsed.database:
-            if not Path(parsed.database).expanduser().exists():
+        file = sqlite_file(parsed)
+        if file is not None and not create:
+            if not Path(file).expanduser().exists():
                 raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")
-            found = _sqlite_tables(parsed.database)  # before any connection sets WAL on it
+            found = _sqlite_tables(file)  # before any connection sets WAL on it
             if found is not None and EVENTS_TABLE not in found:
                 raise NotFoundError(
                     f"no memvee database at {self.safe_url}: it holds no memvee log"
                 )
-        elif self.is_sqlite and parsed.database:
-            refuse_foreign_sqlite(parsed.database)  # another program's file stays as it is
+        elif file is not None:
+            refuse_foreign_sqlite(file)  # another program's file stays as it is
         env = {
             "PERSISTENCE_MODULE": "eventsourcing_sqlalchemy",
             "SQLALCHEMY_URL": url,

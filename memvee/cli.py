@@ -46,6 +46,7 @@ from events import (
     refuse_foreign_database,
     refuse_foreign_sqlite,
     short_message_id,
+    sqlite_file,
     sqlite_url,
 )
 from events.errors import database_refused, is_database_failure
@@ -244,9 +245,8 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
         if create:
             refuse_foreign_sqlite(db)
         return sqlite_url(db)
-    parsed = make_url(driver_url(db_url, name="--db-url"))
-    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    if not create and path and path != ":memory:" and not Path(path).is_file():
+    path = sqlite_file(make_url(driver_url(db_url, name="--db-url")))
+    if not create and path is not None and not Path(path).is_file():
         raise NotFoundError(f"no memvee database at {path} (check --db-url)")
     if create:
         refuse_foreign_database(db_url)

@@ -128,6 +128,21 @@ def test_reading_a_missing_database_is_an_error_and_creates_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_sqlite_uri_filename_reads_the_file_it_names(db: str, tmp_path: Path) -> None:
+    """``sqlite:///file:PATH?mode=ro&uri=true`` opens the file read-only (SQLAlchemy's form
+    of an SQLite URI): the reading commands find the file at PATH, not at ``file:PATH``."""
+    read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
+    missing = f"sqlite:///file:{tmp_path / 'nope.db'}?mode=ro&uri=true"
+
+    users = run("users", "--json", "--db-url", read_only)
+    knowledge = run("knowledge", "ann", "--db-url", read_only)
+
+    assert {user["user_id"] for user in json.loads(users.output)} == {"ann", "bob"}
+    assert "Bergen" in knowledge.output
+    assert "no memvee database at" in one_error_line(run("stats", "--db-url", missing, code=2))
+    assert not (tmp_path / "nope.db").exists()
+
+
 @pytest.mark.parametrize("command", [["users"], ["import", "lines.jsonl"], ["rebuild"]])
 def test_a_database_url_given_as_db_is_refused_and_makes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
