@@ -6,10 +6,10 @@ the user's known entries related to the batch, so that each fact can say whether
 new, repeats a known entry, updates one or invalidates one.
 
 An answer is read strictly for its shape and leniently for its meaning: anything off the
-tool's schema, cut at ``max_tokens`` or missing fails the batch with
-:class:`events.errors.InvalidExtractionError`; what a schema-valid answer gets slightly
-wrong (a citation outside the batch, a target that is not known) is passed on for the
-engine to repair and record. Every failure says whether it would repeat: the engine
+tool's schema, cut (at ``max_tokens``, or where the context window ended) or missing fails
+the batch with :class:`events.errors.InvalidExtractionError`; what a schema-valid answer
+gets slightly wrong (a citation outside the batch, a target that is not known) is passed
+on for the engine to repair and record. Every failure says whether it would repeat: the engine
 splits a batch that fails the same way, and backs off from an API that is down.
 """
 
@@ -60,6 +60,9 @@ _OUTPUT_PER_MESSAGE = 100
 
 _ACTIONS: Final[Mapping[str, FactAction]] = {action: action for action in FACT_ACTIONS}
 """The valid ``action`` values, mapped to themselves with the :data:`FactAction` type."""
+
+_PROBE_TEXT = "Hello."
+"""The harmless message of a probe (see :meth:`ClaudeExtractor._accepts`)."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
@@ -202,7 +205,22 @@ class ClaudeExtractor:
         except anthropic.AnthropicError as exc:
             secrets = client_secrets(client)
             cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
-            raise api_error(exc, secrets) from cause
+            error = api_error(exc, secrets)
+            refused = isinstance(error, RejectedBatchError) and error.reason is not None
+            if refused and not await self._accepts(request):
+                raise ExtractionError(
+                    f"{error} (a request without the batch's messages is refused too: "
+                    "the account or the settings are, not the batch; retried later)",
+                    usage=error.usage,
+                ) from cause
+            raise error from cause
+        except TypeError as exc:
+            if "authentication" not in str(exc):
+                raise
+            raise ExtractionError(
+                "the Claude API client has no credentials: set ANTHROPIC_API_KEY, or pass a "
+                "client with an api_key"
+            ) from None
         except ValueError as exc:  # a success status over a body that is not JSON (a proxy)
             raise ExtractionError(
                 f"Claude's answer could not be read as JSON ({type(exc).__name__}: "
@@ -222,6 +240,20 @@ class ClaudeExtractor:
             )
         return response
 
+    async def _accepts(self, request: dict[str, Any]) -> bool:
+        """Whether the API accepts ``request`` with a harmless message in place of the
+        batch's: asked once a batch is refused (HTTP 400 or 422), so that an account out of
+        credit, a usage limit or a setting the API refuses (the model, ``max_tokens``) is
+        not blamed on the batch's messages, which would be quarantined one by one. Any
+        failure of this probe counts as a refusal: the batch is retried later, not blamed."""
+        probe = {**request, "messages": [{"role": "user", "content": _PROBE_TEXT}]}
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.client.messages.create(**probe, timeout=self.timeout)
+        except (anthropic.AnthropicError, TimeoutError, TypeError, ValueError):
+            return False
+        return True
+
     def read_answer(
         self, batch: ExtractionBatch, response: Message, *, budget: int | None = None
     ) -> ExtractionResult:
@@ -239,6 +271,12 @@ class ClaudeExtractor:
             budget = budget or self.output_budget(batch)
             raise InvalidExtractionError(
                 f"Claude's answer was cut at max_tokens ({budget}); facts would be lost",
+                usage=usage,
+            )
+        if stop_reason == "model_context_window_exceeded":
+            raise InvalidExtractionError(
+                "Claude's answer was cut where the model's context window ended; facts "
+                "would be lost",
                 usage=usage,
             )
         calls = [
@@ -411,13 +449,23 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     return ExtractionError(_redact(text, secrets))
 
 
+def _shown_forms(secret: str) -> set[str]:
+    """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
+    read from a file keeps its newline, which a header refuses, and the error shows the
+    rest), and escaped as a repr shows it."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    return {form for form in forms if form}
+
+
 def _mentions(exc: BaseException, secret: str) -> bool:
     """Whether ``exc`` or an exception it chains to shows ``secret`` in its text."""
+    forms = _shown_forms(secret)
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if secret in str(current) or secret in repr(current.args):
+        shown = f"{current}\n{current.args!r}"
+        if any(form in shown for form in forms):
             return True
         current = current.__cause__ or current.__context__
     return False
@@ -425,5 +473,6 @@ def _mentions(exc: BaseException, secret: str) -> bool:
 
 def _redact(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
-        text = text.replace(secret, "[redacted]")
+        for form in sorted(_shown_forms(secret), key=len, reverse=True):
+            text = text.replace(form, "[redacted]")
     return text

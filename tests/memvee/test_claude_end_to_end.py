@@ -59,7 +59,9 @@ async def test_a_request_the_api_refuses_is_split_and_the_task_completes(
         assert await memory.process("bo") == 1
         assert await memory.buffer("bo") == [] and await memory.quarantined("bo") == []
     sizes = [len(r.messages) for r in messages_api_server.requests]
-    assert sizes == [2, 1, 1], "the refused batch of two was split in halves"
+    # The refused batch, the probe without its messages (accepted: the batch is at
+    # fault), then the halves.
+    assert sizes == [2, 0, 1, 1], "the refused batch of two was split in halves"
 
 
 async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(

@@ -272,6 +272,32 @@ CREDIT = (
 """What the API answers every request with (HTTP 400) once an account runs out of credit."""
 
 
+async def test_an_account_out_of_credit_blames_no_message_of_a_lone_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user, one message: every batch shares it, so no two refused batches are
+    disjoint. The request without the batch's messages, refused too, tells the account
+    from the message; it used to be quarantined within one run."""
+    refused = ScriptedResponse(400, error_body("invalid_request_error", CREDIT))
+    with MessagesAPIServer(responder=lambda r: refused) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-credit")
+        config = MemoryConfig(
+            db_path=str(tmp_path / "lone.db"), retry_delay=0.01, retry_delay_max=0.05
+        )
+        extractor = ClaudeExtractor(max_retries=0)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            for _ in range(4):
+                with pytest.raises(ProcessingError, match="not the batch"):
+                    await memory.process("ann")
+            assert await memory.quarantined("ann") == []
+            assert [m.content for m in await memory.buffer("ann")] == ["I live in Oslo."]
+            server.set_responder(default_answer)
+            await _run_until_settled(memory, "ann")
+            assert not checked_coverage(memory, "ann").buffered
+
+
 async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_once_it_accepts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,10 +325,10 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
             for user in users:
                 assert await memory.quarantined(user) == []
                 assert len(await memory.buffer(user)) == 2 * EXCHANGES
-            # The first run splits its first batch down to one message (of 4, 2, then 1)
-            # and sends the next, before the refusal is known for what it is; every run
-            # after that costs one request.
-            assert len(server.requests) == 4 + (3 * len(users) - 1)
+            # Each run sends its first batch and, refused, the same request without the
+            # batch's messages, which is refused too: no batch is split or blamed.
+            assert len(server.requests) == 2 * 3 * len(users)
+            assert sum(not request.messages for request in server.requests) == 3 * len(users)
             server.set_responder(default_answer)
             for user in users:
                 await _run_until_settled(memory, user)

@@ -693,7 +693,7 @@ async def test_plain_text_an_empty_answer_and_a_refusal_fail_the_batch_and_repea
 async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
     claude: Make, status: int, error_type: str, again: bool
 ) -> None:
-    api = FakeAPI(fail(status, error_type, "prompt is too long", **FAST_RETRY))
+    api = FakeAPI(fail(status, error_type, "prompt is too long", **FAST_RETRY), ok())
     with pytest.raises(ExtractionError) as caught:
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.repeats is again
@@ -701,6 +701,59 @@ async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
         assert isinstance(caught.value, RejectedBatchError)
         reason = f"HTTP {status} {error_type}: prompt is too long"
         assert caught.value.reason == (None if status == 413 else reason), "size: the batch's"
+
+
+CREDIT = "Your credit balance is too low to access the Anthropic API."
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_a_refusal_of_a_request_without_the_batch_too_blames_the_account_not_the_batch(
+    claude: Make, status: int
+) -> None:
+    """Asked once the batch is refused: the same request (model, system prompt, tools,
+    max_tokens) with a harmless message in place of the batch's. Refused too, the batch
+    is not at fault, so the failure may pass: its messages are retried, never blamed."""
+    api = FakeAPI(fail(status, "invalid_request_error", CREDIT))
+    with pytest.raises(ExtractionError, match="credit balance is too low") as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+
+    assert not caught.value.repeats and not isinstance(caught.value, RejectedBatchError)
+    assert "not the batch" in str(caught.value)
+    batch, probe = api.bodies
+    assert {k: v for k, v in probe.items() if k != "messages"} == {
+        k: v for k, v in batch.items() if k != "messages"
+    }
+    assert not any(m.content in json.dumps(probe["messages"]) for m in BATCH.messages)
+
+
+async def test_a_refusal_the_probe_does_not_share_is_the_batchs_own(claude: Make) -> None:
+    api = FakeAPI(fail(400, "invalid_request_error", "prompt is too long"), ok())
+    with pytest.raises(RejectedBatchError, match="prompt is too long") as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.repeats and len(api.requests) == 2
+
+
+async def test_a_client_without_credentials_fails_the_run_and_blames_no_batch(
+    clients: list[anthropic.AsyncAnthropic], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    api = FakeAPI(ok())
+    client = anthropic.AsyncAnthropic(
+        max_retries=0, http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(api))
+    )
+    clients.append(client)
+    with pytest.raises(ExtractionError, match="no credentials: set ANTHROPIC_API_KEY") as caught:
+        await ClaudeExtractor(client=client).extract(BATCH)
+    assert not caught.value.repeats and not api.requests
+
+
+async def test_an_answer_cut_where_the_context_window_ended_is_never_used(claude: Make) -> None:
+    body = tool_use_body(GOOD_FACTS)
+    body["stop_reason"] = "model_context_window_exceeded"
+    with pytest.raises(InvalidExtractionError, match="context window") as caught:
+        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    assert caught.value.repeats, "split: a smaller batch leaves room for the answer"
 
 
 @pytest.mark.parametrize(

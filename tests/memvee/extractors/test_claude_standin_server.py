@@ -7,6 +7,7 @@ ANTHROPIC_BASE_URL, exactly as a deployment would find a proxy or gateway.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
@@ -218,3 +219,21 @@ async def test_without_known_entries_the_prompt_lists_none(
     assert (await claude.extract(BATCH)).facts == EXPECTED
     (request,) = server.requests
     assert request.known == []
+
+
+@pytest.mark.parametrize("around", ["\n", " ", "\t"])
+async def test_a_key_with_whitespace_around_it_never_reaches_an_error(
+    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, around: str
+) -> None:
+    """A key read from a file keeps its newline, which no HTTP header may hold: the
+    transport's error shows the key without it, or escaped, and is not chained."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY + around)
+    extractor = ClaudeExtractor(timeout=5.0, max_retries=0)
+    try:
+        with pytest.raises(ExtractionError) as caught:
+            await extractor.extract(BATCH)
+    finally:
+        await extractor.aclose()
+    shown = "".join(traceback.format_exception(caught.value))
+    assert API_KEY not in shown and repr(API_KEY + around)[1:-1] not in shown
+    assert not server.requests
