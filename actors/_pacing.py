@@ -127,18 +127,19 @@ class CircuitBreaker:
             self.succeeded()
         return everything
 
-    def failed(self) -> None:
-        """A call failed in a way that may pass; open (or reopen) the breaker if it keeps on."""
+    def failed(self, at_least: float = 0.0) -> None:
+        """A call failed in a way that may pass; open (or reopen) the breaker if it keeps
+        on, for at least ``at_least`` seconds (what the API asked to wait, if it did)."""
         with self._lock:
             self._failures += 1
             self._failed_total += 1
             now = self._clock()
             if self._open_until is not None:
                 self._cooldown = min(self._cooldown * 2, self.max_cooldown)
-                self._open_until = now + self._cooldown
+                self._open_until = now + max(self._cooldown, at_least)
                 self._probe_until = 0.0
             elif self._failures >= self.threshold:
-                self._open_until = now + self._cooldown
+                self._open_until = now + max(self._cooldown, at_least)
                 self.opened += 1
 
     def blame(self, message_id: str) -> bool:
@@ -181,12 +182,13 @@ class UserBackoff:
         self._failures: dict[str, tuple[int, float]] = {}
         self._random = random.Random()
 
-    def failed(self, user_id: str) -> float:
-        """Count a failure of ``user_id``'s run; returns the seconds until the next may start."""
+    def failed(self, user_id: str, at_least: float = 0.0) -> float:
+        """Count a failure of ``user_id``'s run; returns the seconds until the next may
+        start: the backoff, or ``at_least`` (what the API asked to wait) if longer."""
         with self._lock:
             count = self._failures.get(user_id, (0, 0.0))[0] + 1
             delay = min(self.cap, self.base * 2.0 ** min(count - 1, 30))
-            delay *= self._random.uniform(0.8, 1.2)
+            delay = max(delay * self._random.uniform(0.8, 1.2), at_least)
             self._failures[user_id] = (count, self._clock() + delay)
             return delay
 

@@ -50,6 +50,11 @@ class EveryBatchRefused(ExtractionError):
         )
 
 
+def _asked_to_wait(error: BaseException) -> float:
+    """The seconds an extraction's failure asked to wait before calling again (0: none)."""
+    return (error.retry_after or 0.0) if isinstance(error, ExtractionError) else 0.0
+
+
 def repeats(error: BaseException) -> bool:
     """Whether sending the same batch again would fail the same way.
 
@@ -181,7 +186,7 @@ class ExtractionWorkers:
                 elif repeats(error):  # an answer, even a model's refusal: the API is up
                     self.breaker.succeeded()
                 else:
-                    self.breaker.failed()
+                    self.breaker.failed(_asked_to_wait(error))
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)

@@ -528,6 +528,7 @@ class UserActor(PooledActor):
         or (for a failure that may pass) end the task and back off."""
         again = repeats(error)
         text = _describe(error)
+        asked_to_wait = (error.retry_after if isinstance(error, ExtractionError) else None) or 0.0
         claimed = self._batch_messages
         breaker = self._services.breaker
         blamed = (  # never a failed store, nor an API that refuses every batch
@@ -580,7 +581,7 @@ class UserActor(PooledActor):
             self._batch_ended(task_id, "COMPLETED", None)
             return
         log.warning("user %r: task %s failed: %s", self.user_id, task_id, text)
-        delay = self._services.backoff.failed(self.user_id)
+        delay = self._services.backoff.failed(self.user_id, at_least=asked_to_wait)
         if self._services.settings.auto_process:
             self._wake_in(delay)
         self._batch_ended(task_id, "FAILED", text)

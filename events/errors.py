@@ -74,14 +74,23 @@ class ExtractionError(MemveeError):
     ``repeats`` tells the engine whether sending the same batch again would fail the same
     way: a batch that repeats its failure is split and, down to one message, quarantined;
     one that does not (the API was down, slow or busy) is retried later, backing off.
-    This base class does not repeat. ``usage`` holds the tokens the failed call spent.
+    This base class does not repeat. ``usage`` holds the tokens the failed call spent;
+    ``retry_after`` the seconds the API asked to wait before calling again (its
+    ``retry-after``), which the user's backoff and the breaker then wait at least.
     """
 
     repeats: bool = False
 
-    def __init__(self, message: str, *, usage: TokenUsage | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        usage: TokenUsage | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.usage = usage
+        self.retry_after = retry_after
 
 
 class InvalidExtractionError(ExtractionError):

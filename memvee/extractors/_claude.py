@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
+import math
 import os
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import anthropic
@@ -432,13 +435,16 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
             parts.append(f": {message[:_MAX_DETAIL_CHARS]}")
         if exc.request_id:
             parts.append(f" [request-id {exc.request_id}]")
+        wait = retry_after(exc.response.headers)
+        if wait is not None:
+            parts.append(f"; retry after {wait:g} s")
         text = _redact("".join(parts), secrets)
         if exc.status_code in _REJECTED_STATUSES:
             reason = None  # a request too large is the batch's own fault, by its nature
             if exc.status_code != 413:
                 reason = _redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
-        return ExtractionError(text)
+        return ExtractionError(text, retry_after=wait)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"
     elif isinstance(exc, anthropic.APIConnectionError):
@@ -447,6 +453,32 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     else:
         text = f"Claude API call failed ({kind}): {_redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
     return ExtractionError(_redact(text, secrets))
+
+
+_LONGEST_RETRY_AFTER = 3600.0
+"""The longest wait a ``retry-after`` is taken at (a larger one is read as this)."""
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The seconds a response's ``retry-after-ms`` or ``retry-after`` header asks to wait
+    (a number of seconds, or an HTTP date), at most an hour; ``None`` without one."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                continue
+            if when.tzinfo is None:
+                continue
+            seconds = (when - datetime.now(UTC)).total_seconds()
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), _LONGEST_RETRY_AFTER)
+    return None
 
 
 def _shown_forms(secret: str) -> set[str]:

@@ -127,3 +127,22 @@ def test_a_users_backoff_doubles_up_to_the_cap_and_ends_with_a_success() -> None
     assert backoff.remaining("ann") == 0
     backoff.succeeded("ann")
     assert 0.8 <= backoff.failed("ann") <= 1.2
+
+
+def test_the_wait_the_api_asked_for_holds_back_the_users_next_run_and_the_breaker() -> None:
+    """A 429's retry-after: the user's automatic run waits at least that long, and an
+    open breaker stays open at least that long, though the backoff alone is shorter."""
+    clock = Clock()
+    backoff = UserBackoff(base=1.0, cap=5.0, clock=clock)
+    assert backoff.failed("ann", at_least=30.0) == 30.0
+    assert backoff.remaining("ann") == 30.0
+    assert 0.8 <= backoff.failed("bob", at_least=0.5) <= 1.2, "a shorter wait changes nothing"
+    breaker = _breaker(clock)
+    breaker.failed()
+    breaker.failed()
+    breaker.failed(at_least=30.0)
+    assert breaker.admit() == 30.0
+    clock.now += 30.0
+    assert breaker.admit() == 0, "the probe"
+    breaker.failed(at_least=20.0)
+    assert breaker.admit() == 20.0, "reopened for the wait asked, longer than 4 s"

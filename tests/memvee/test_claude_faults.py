@@ -334,3 +334,32 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
                 await _run_until_settled(memory, user)
                 found = checked_coverage(memory, user)
                 assert len(found.covered) == 2 * EXCHANGES and not found.quarantined
+
+
+async def test_automatic_runs_wait_as_long_as_a_rate_limit_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 asking to retry after 30 s: the user's next automatic run waits for it,
+    though the backoff alone (10 ms, doubling) would have called a few times a second."""
+    limited = ScriptedResponse(
+        429, error_body("rate_limit_error", "rate limited"), headers={"retry-after": "30"}
+    )
+    with MessagesAPIServer(responder=lambda r: limited) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-limited")
+        config = MemoryConfig(
+            db_path=str(tmp_path / "limited.db"),
+            auto_process=True,
+            batch_threshold=2,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        )
+        extractor = ClaudeExtractor(max_retries=0)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+            await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
+            async with asyncio.timeout(30):
+                while not server.requests:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)
+            assert len(server.requests) == 1
+            assert len(await memory.buffer("ann")) == 2

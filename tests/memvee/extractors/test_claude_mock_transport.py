@@ -703,6 +703,30 @@ async def test_an_error_that_refuses_the_request_itself_repeats_others_may_pass(
         assert caught.value.reason == (None if status == 413 else reason), "size: the batch's"
 
 
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"retry-after": "30"}, 30.0),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),
+        ({"retry-after": "86400"}, 3600.0),
+        ({"retry-after": "soon"}, None),
+        ({}, None),
+    ],
+)
+async def test_the_wait_a_refusal_asks_for_is_carried_by_the_error(
+    claude: Make, headers: dict[str, str], wait: float | None
+) -> None:
+    """So that memvee's own retries (the user's backoff, the breaker) do not come back
+    sooner than the API asked, however the SDK's own retries are set."""
+    api = FakeAPI(fail(429, "rate_limit_error", "rate limited", **headers))
+    with pytest.raises(ExtractionError) as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.retry_after == wait and not caught.value.repeats
+    if wait:
+        assert f"retry after {wait:g} s" in str(caught.value)
+
+
 CREDIT = "Your credit balance is too low to access the Anthropic API."
 
 
