@@ -76,9 +76,18 @@ class TaskObserver(Protocol):
         taken on ``message_count`` distinct messages so far."""
 
     def task_finished(
-        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+        self,
+        user_id: str,
+        task_id: str,
+        status: str,
+        knowledge_count: int,
+        error: str | None,
+        covered: int | None = None,
     ) -> None:
-        """A task ended ``COMPLETED`` or ``FAILED`` and its outcome is committed (if any)."""
+        """A task ended ``COMPLETED`` or ``FAILED`` and its outcome is committed (if any):
+        its batches extracted ``knowledge_count`` entries and covered (extracted or
+        quarantined) ``covered`` messages, as the log counts them (``None``: the count of
+        messages it took on stands)."""
 
 
 @dataclass(frozen=True, slots=True)

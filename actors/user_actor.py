@@ -118,6 +118,7 @@ class UserActor(PooledActor):
         self._batch_reruns = 0
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
+        self._task_covered = 0
         self._wake_due: float | None = None
         self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
         self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
@@ -338,6 +339,7 @@ class UserActor(PooledActor):
                 shown = self._services.targets(self.user_id, result.facts, shown)
                 self._batch_known, self._batch_replaced = shown
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
+                self._task_covered += len(self._batch_messages)
             except _KnowledgeReplaced as replaced:
                 self._batch_reruns += 1
                 log.info(
@@ -576,6 +578,7 @@ class UserActor(PooledActor):
                 limits.max_attempts,
                 text,
             )
+        self._task_covered += len(quarantined)
         if again or quarantined:
             log.info("user %r: task %s: a batch failed, split: %s", self.user_id, task_id, text)
             self._batch_ended(task_id, "COMPLETED", None)
@@ -600,8 +603,9 @@ class UserActor(PooledActor):
         self._batch_messages = ()
         self._batch_known, self._batch_replaced = _NONE_KNOWN, ()
         self._task_messages = ()
-        count = self._task_knowledge if status == "COMPLETED" else 0
-        self._services.observer.task_finished(self.user_id, task_id, status, count, error)
+        self._services.observer.task_finished(
+            self.user_id, task_id, status, self._task_knowledge, error, self._task_covered
+        )
         self._advance()
 
     def _run(self, started: Started) -> None:
@@ -616,6 +620,7 @@ class UserActor(PooledActor):
         self._running = task_id
         self._task_messages = ()
         self._task_knowledge = 0
+        self._task_covered = 0
         self._batch_reruns = 0
         self._run_batch(task_id, claimed)
 

@@ -859,9 +859,15 @@ class _LoopObserver:
         self._post(self._memory._started, user_id, task_id, message_count)
 
     def task_finished(
-        self, user_id: str, task_id: str, status: str, knowledge_count: int, error: str | None
+        self,
+        user_id: str,
+        task_id: str,
+        status: str,
+        knowledge_count: int,
+        error: str | None,
+        covered: int | None = None,
     ) -> None:
-        self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error)
+        self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error, covered)
 
 
 def _task_states(

@@ -56,7 +56,7 @@ class ProcessTask:
 
     @property
     def knowledge_count(self) -> int:
-        """Entries extracted (after completion; 0 before)."""
+        """Entries its batches extracted (known once it ends, FAILED too; 0 before)."""
         return self._knowledge_count
 
     @property
@@ -66,7 +66,8 @@ class ProcessTask:
 
     @property
     def message_count(self) -> int:
-        """How many messages the task covers (known once it runs)."""
+        """How many messages the task takes on while it runs; once it ends, how many its
+        batches covered (extracted or quarantined), as the log counts them."""
         return self._message_count
 
     @property
@@ -109,7 +110,7 @@ class ProcessTask:
     ) -> None:
         if self.done:
             return
-        if message_count is not None:  # a task of another process, read from the log
+        if message_count is not None:  # the messages its batches covered, as the log has it
             self._message_count = message_count
         self._status = status
         self._knowledge_count = knowledge_count

@@ -92,3 +92,25 @@ async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(
     known = [r.known for r in messages_api_server.requests]
     assert known[0] == [] and [k["text"] for k in known[1]] == [oslo.text]
     assert [k["text"] for k in known[2]] == ["User said: I live in Oslo"]
+
+
+async def test_a_task_that_failed_after_a_batch_reads_the_same_through_every_call(
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    """Its first batch extracted an entry, its second failed: the handle, get_task and
+    tasks() all count the entry and the two messages it covered (the handle said 0 and 4)."""
+    messages_api_server.enqueue()
+    messages_api_server.enqueue_error(529, "overloaded_error", "Overloaded")
+    config = MemoryConfig(db_url=db_url, extraction_timeout=10, max_batch_messages=2)
+    async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        await memory.add_exchange("bo", "I love tea", "ok")
+        await memory.add_exchange("bo", "I love jazz", "ok")
+        task = memory.process_async("bo")
+        with pytest.raises(ProcessingError):
+            await task.wait()
+        fetched = await memory.get_task("bo", task.task_id)
+        (listed,) = [t for t in await memory.tasks("bo") if t.task_id == task.task_id]
+        cited = [e for e in await memory.knowledge("bo") if e.task_id == task.task_id]
+
+    seen = {(t.status, t.knowledge_count, t.message_count) for t in (task, fetched, listed)}
+    assert seen == {(ProcessStatus.FAILED, len(cited), 2)} and cited
