@@ -174,13 +174,13 @@ class ClaudeExtractor:
         request = self.request(batch)
         response = await self._call(request)
         spent = TokenUsage()
-        if response.stop_reason == "max_tokens" and request["max_tokens"] < self.max_tokens:
-            spent = _usage(response)
-            request["max_tokens"] = self.max_tokens
-            response = await self._call(request)
         try:
+            if response.stop_reason == "max_tokens" and request["max_tokens"] < self.max_tokens:
+                spent = _usage(response)
+                request["max_tokens"] = self.max_tokens
+                response = await self._call(request)
             result = self.read_answer(batch, response, budget=request["max_tokens"])
-        except ExtractionError as failed:
+        except ExtractionError as failed:  # the cut answer's tokens were spent all the same
             failed.usage = _added(failed.usage or TokenUsage(), spent)
             raise
         total = _added(result.usage, spent)

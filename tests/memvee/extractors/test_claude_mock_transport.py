@@ -646,6 +646,16 @@ async def test_an_answer_cut_at_the_batchs_budget_is_asked_again_with_all_of_max
     assert (result.input_tokens, result.output_tokens) == (100, 1912), "both calls counted"
 
 
+async def test_a_cut_answers_tokens_are_counted_when_asking_again_fails(claude: Make) -> None:
+    cut = tool_use_body(GOOD_FACTS[:1], input_tokens=1000, output_tokens=4000)
+    cut["stop_reason"] = "max_tokens"
+    api = FakeAPI(httpx2.Response(200, json=cut), fail(529, "overloaded_error", **FAST_RETRY))
+    with pytest.raises(ExtractionError, match="529") as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.usage is not None
+    assert (caught.value.usage.input_tokens, caught.value.usage.output_tokens) == (1000, 4000)
+
+
 async def test_a_long_dense_message_gets_a_budget_for_its_words(claude: Make) -> None:
     bio = " ".join(f"I have fact number {i} about me." for i in range(300))
     long_one = ExtractionBatch("u1", "t1", (BatchMessage("m", "user", bio, T0),))
