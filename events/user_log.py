@@ -351,12 +351,19 @@ class UserLog(Aggregate):
         or storage failed); its batch returns to the buffer, split for the next try.
 
         ``blamed`` says the batch (one message) failed while the API answered others, so
-        the failure counts against that message as well.
+        the failure counts against that message as well. The tokens are what the failed
+        calls spent, if any did (an answer cut at its budget, then a failed re-ask).
         """
 
         task_id: str
         error: str
         blamed: bool = False
+        extractor: str | None = None
+        model: str | None = None
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
 
         def apply(self, log: UserLog) -> None:
             log.note_failure(log.return_to_buffer(self.task_id), counted=self.blamed)
@@ -658,7 +665,10 @@ class UserLog(Aggregate):
             self.trigger_event(self.BatchFailed, task_id=task_id, error=error, **spent)
             self._start_batch(task_id, limits)
         else:
-            self.trigger_event(self.ProcessingFailed, task_id=task_id, error=error, blamed=blamed)
+            tokens = spent if any(_usage_fields(usage).values()) else {}
+            self.trigger_event(
+                self.ProcessingFailed, task_id=task_id, error=error, blamed=blamed, **tokens
+            )
         return []
 
     def requeue(self, message_ids: Iterable[str] | None = None) -> list[str]:

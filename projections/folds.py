@@ -197,6 +197,7 @@ _SPENDING: dict[type, str] = {
     UserLog.KnowledgeExtracted: "extracted",
     UserLog.KnowledgeReextracted: "reextracted",
     UserLog.BatchFailed: "failed",
+    UserLog.ProcessingFailed: "failed",
     UserLog.MessagesQuarantined: "quarantined",
 }
 """The events that may have spent tokens, with the kind of spending each records."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
+from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
-from tests.support.messages_api_server import MessagesAPIServer
+from tests.support.messages_api_server import MessagesAPIServer, truncated_tool_body
 
 
 @pytest.fixture
@@ -114,3 +115,22 @@ async def test_a_task_that_failed_after_a_batch_reads_the_same_through_every_cal
 
     seen = {(t.status, t.knowledge_count, t.message_count) for t in (task, fetched, listed)}
     assert seen == {(ProcessStatus.FAILED, len(cited), 2)} and cited
+
+
+async def test_the_tokens_of_a_task_that_failed_after_spending_some_are_counted(
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    """An answer cut at the batch's budget spent tokens; the re-ask with all of
+    max_tokens met a 529: the failure that may pass records what was spent."""
+    cut = truncated_tool_body({"facts": []}, input_tokens=1000, output_tokens=4000)
+    messages_api_server.enqueue(200, cut)
+    messages_api_server.enqueue_error(529, "overloaded_error", "Overloaded")
+    config = MemoryConfig(db_url=db_url, extraction_timeout=10)
+    async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:
+        await memory.add_exchange("bo", "I love tea", "ok")
+        with pytest.raises(ProcessingError, match="529"):
+            await memory.process("bo")
+        assert len(await memory.buffer("bo")) == 2
+    with Audit(db_url=db_url) as audit:
+        stats = audit.stats()
+    assert (stats["input_tokens"], stats["output_tokens"]) == (1000, 4000)
