@@ -438,6 +438,9 @@ class EventStore:
             )
             .order_by(events.c.originator_version)
         )
+        self._last_version = select(func.coalesce(func.max(events.c.originator_version), 0)).where(
+            events.c.originator_id == bindparam("log_id")
+        )
         self._max_id = select(func.coalesce(func.max(events.c.id), 0))
         self._count = select(func.count()).select_from(events)
         self._raw_ids_between = f"SELECT id FROM {events.name} WHERE id > ? AND id <= ? ORDER BY id"
@@ -1025,6 +1028,13 @@ class EventStore:
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount
         return events, snapshots
+
+    def last_version(self, user_id: str) -> int:
+        """The version of ``user_id``'s last event, as the log has it (0: no log here):
+        never a projection's, which a rebuild may be refilling."""
+        with self.engine.connect() as connection:
+            found = connection.execute(self._last_version, {"log_id": user_log_id(user_id)})
+            return int(found.scalar_one())
 
     def holds(self, connection: Connection, user_id: str, version: int) -> bool:
         """Whether ``user_id``'s log has an event at ``version`` (read in ``connection``)."""

@@ -63,6 +63,7 @@ from projections import (
     UserSummary,
     bring_up_to_date,
     index_messages,
+    refuse_while_rebuilding,
     replay_checkpoints,
     state_at,
 )
@@ -268,7 +269,7 @@ class Audit:
         version below 1, ``from_version`` after ``to_version`` or past the end of the log,
         an :class:`InvalidInputError`. A ``to_version`` past the end reads to the end.
         """
-        self._version_of(user_id)
+        self._logged_version(user_id)
         for name, bound in (("from_version", from_version), ("to_version", to_version)):
             if bound is not None:
                 check_count(bound, name)
@@ -301,7 +302,7 @@ class Audit:
                 return
             yield logged
         if not read and after > 0:
-            last = self._version_of(user_id)
+            last = self._logged_version(user_id)
             raise InvalidInputError(
                 f"user {user_id!r} has {last} events; version {from_version} is past the end"
             )
@@ -313,7 +314,7 @@ class Audit:
 
         A version past the end of the log is refused, not read as the last one.
         """
-        last = self._version_of(user_id)
+        last = self._logged_version(user_id)
         _check_aware(at, "at")
         if version is not None and check_count(version, "version") > last:
             raise InvalidInputError(
@@ -375,7 +376,7 @@ class Audit:
 
     def export(self, user_id: str) -> Iterator[str]:
         """The user's log as JSON Lines, one stored event a line, oldest first."""
-        self._version_of(user_id)
+        self._logged_version(user_id)
         for record in self._exported_records(user_id):
             yield json.dumps(record, separators=(",", ":"))
 
@@ -747,11 +748,23 @@ class Audit:
         with self.store.engine.connect() as connection:
             return self._reader.knowledge(connection, user_id, as_of=as_of, history=history)
 
+    def _logged_version(self, user_id: str) -> int:
+        """The version of ``user_id``'s log, read from the log itself (so a rebuild of the
+        projections, running or stopped midway, leaves it readable);
+        :class:`NotFoundError` if there is none here."""
+        check_user_id(user_id)
+        last = self.store.last_version(user_id)
+        if last == 0:
+            raise NotFoundError(f"no user {user_id!r} in this database")
+        return last
+
     def _version_of(self, user_id: str) -> int:
         """The version of ``user_id``'s log; :class:`NotFoundError` if there is none here."""
         check_user_id(user_id)
         with self.store.engine.connect() as connection:
             summary = self._reader.user(connection, user_id)
+            if summary is None:
+                refuse_while_rebuilding(Projector(ProjectionTables()), connection)
         if summary is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
         return summary.version
@@ -782,6 +795,7 @@ class Audit:
             if wanted:
                 found = self._reader.messages(connection, user_id, ids=list(wanted))
                 if len(found) < len(wanted):
+                    refuse_while_rebuilding(projector, connection)
                     raise NotFoundError(
                         f"the messages of user {user_id!r} this was drawn from were forgotten"
                     )

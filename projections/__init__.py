@@ -25,6 +25,7 @@ from projections.rebuild import (
     index_messages,
     rebuild,
     rebuild_user,
+    refuse_while_rebuilding,
     verify,
 )
 from projections.replay import UserState, replay_checkpoints, state_at, take_checkpoint
@@ -59,6 +60,7 @@ __all__ = [
     "index_messages",
     "rebuild",
     "rebuild_user",
+    "refuse_while_rebuilding",
     "replay_checkpoints",
     "search_terms",
     "state_at",

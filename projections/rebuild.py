@@ -35,6 +35,7 @@ __all__ = [
     "index_messages",
     "rebuild",
     "rebuild_user",
+    "refuse_while_rebuilding",
     "verify",
 ]
 
@@ -199,7 +200,7 @@ def rebuild_user(
     folded = 0
     with store.transaction() as connection:
         store.lock_writers(connection)
-        _refuse_while_rebuilding(projector, connection)
+        refuse_while_rebuilding(projector, connection)
         projector.forget(connection, str(user_log_id(user_id)))
         after = 0
         while page := store.events_of(user_id, after=after, upto=after + page_size):
@@ -212,7 +213,9 @@ def rebuild_user(
     return folded
 
 
-def _refuse_while_rebuilding(projector: Projector, connection: Connection) -> None:
+def refuse_while_rebuilding(projector: Projector, connection: Connection) -> None:
+    """Raise :class:`StorageError` while the projections are being rebuilt (or a rebuild
+    stopped midway): they hold part of the log, so what they lack says nothing."""
     if projector.state(connection).rebuilding:
         raise StorageError(
             "the projections are being rebuilt, or a rebuild stopped before the end of the "
@@ -379,7 +382,7 @@ def _at_one_point(
         with store.transaction() as connection:
             store.lock_writers(connection)
             turns.note(connection)
-            _refuse_while_rebuilding(current, connection)
+            refuse_while_rebuilding(current, connection)
             while page := store.notifications(
                 connection, after=rebuilt.state(connection).position, limit=PAGE_SIZE
             ):
@@ -432,7 +435,7 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     ``(log id, version, why)``, its first event that breaks it): such logs cannot load."""
     live = live or ProjectionTables(LIVE_PREFIX)
     with store.engine.connect() as connection:
-        _refuse_while_rebuilding(Projector(live), connection)
+        refuse_while_rebuilding(Projector(live), connection)
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
     found = [Difference("events", gap, None) for gap in store.gaps()]

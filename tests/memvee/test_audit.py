@@ -17,12 +17,19 @@ from typer.testing import CliRunner
 import memvee._held_run
 from actors.erasure import erase_user
 from events import ConflictError, EventStore, user_log_id
-from memvee import InvalidInputError, Memory, MemoryConfig, NotFoundError, ProcessingError
+from memvee import (
+    InvalidInputError,
+    Memory,
+    MemoryConfig,
+    NotFoundError,
+    ProcessingError,
+    StorageError,
+)
 from memvee._held_run import HeldRun
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
-from projections import ProjectionTables, Projector, verify
+from projections import ProjectionTables, Projector, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
@@ -626,3 +633,35 @@ def test_search_embeds_as_a_memorys_search_does_and_says_when_it_left_items(
         for bad in (-1, float("nan"), True, "1"):
             with pytest.raises(InvalidInputError, match="embed_seconds"):
                 audit.search("ann", "amber", embedder=embedder, embed_seconds=bad)  # type: ignore[arg-type]
+
+
+async def test_a_rebuild_stopped_midway_leaves_the_log_readable_and_no_user_missing(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str
+) -> None:
+    """The log is the source of truth: export, log and state read it whatever the
+    projections hold. What reads the projections says they are being rebuilt, never that
+    a user who is in the log does not exist (or was forgotten)."""
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        before = (list(audit.export("bob")), audit.log("bob"), audit.state("bob").version)
+        before = (before[0], list(before[1]), before[2])
+
+        def stop(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            rebuild(audit.store, progress=stop, page_size=2)
+        after = (list(audit.export("bob")), list(audit.log("bob")), audit.state("bob").version)
+        assert after == before
+        for read in (
+            lambda: audit.knowledge("bob"),
+            lambda: audit.reextract("ann", OfflineExtractor(), "again"),
+        ):
+            with pytest.raises(StorageError, match="being rebuilt"):
+                result = read()
+                if asyncio.iscoroutine(result):
+                    await result
+        with pytest.raises(NotFoundError, match="no user 'nobody'"):
+            list(audit.log("nobody"))
