@@ -16,7 +16,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, ClassVar, TypeVar, Union
 
-from events.checks import check_message, check_name
+from events.checks import MAX_SENT_AHEAD, check_message, check_name
 from events.errors import InvalidInputError
 from events.user_log import UserLog
 
@@ -38,6 +38,8 @@ class ImportReplay:
     def __init__(self, stored: UserLog | None) -> None:
         self._log = stored
         self._message_ids: set[str] = set()
+        self.stored = stored is not None
+        """Whether this database held a log of the user before the import."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
@@ -48,6 +50,7 @@ class ImportReplay:
         check_fields(event, what)
         if isinstance(event, UserLog.MessageAdded):
             _check_message(event, what)
+        _check_entries_began(event, what)
         known = 0 if self._log is None else self._log.version
         if event.originator_version != known + 1:
             return  # held already (compared), or past the stored log (refused as a gap)
@@ -68,11 +71,31 @@ class ImportReplay:
 
 
 def _check_message(event: Any, what: str) -> None:
+    """A message ``add_message`` would have taken when it was recorded: of any length (the
+    limit is a Memory's setting, and the log may come from one with a larger limit), and
+    sent no later than its recording, as that machine's clock allowed."""
     try:
         check_message(event.role, event.content, sys.maxsize)
         check_name(event.name)
     except InvalidInputError as error:
         raise InvalidInputError(f"{what}: {error}") from None
+    if event.sent_at > event.timestamp + MAX_SENT_AHEAD:
+        raise InvalidInputError(
+            f"{what}: the message was sent at {event.sent_at.isoformat()}, after it was "
+            f"recorded ({event.timestamp.isoformat()})"
+        )
+
+
+def _check_entries_began(event: Any, what: str) -> None:
+    """Refuse an entry that begins later than its extraction was recorded (and than its
+    messages could have been sent): it would end before it began."""
+    for entry in getattr(event, "entries", None) or ():
+        began = datetime.fromisoformat(entry["valid_from"])
+        if began.tzinfo is not None and began > event.timestamp + MAX_SENT_AHEAD:
+            raise InvalidInputError(
+                f"{what}: knowledge entry {entry['entry_id']!r} begins at {began.isoformat()}, "
+                f"after it was recorded ({event.timestamp.isoformat()})"
+            )
 
 
 def check_fields(event: Any, what: str) -> None:

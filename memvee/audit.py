@@ -439,7 +439,13 @@ class Audit:
                 if user_id not in replays:
                     replays[user_id] = ImportReplay(self.store.load(user_id))
                 event = self._checked_import(number, record, seen[user_id])
-                replays[user_id].check(event, f"line {number}")
+                try:
+                    replays[user_id].check(event, f"line {number}")
+                except InvalidInputError:
+                    if replays[user_id].stored:  # first the lines it holds: the same log?
+                        held.add(line, event)
+                        self._imported_before(held)
+                    raise
                 held.add(line, event)
             if held is not None:
                 counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(

@@ -348,6 +348,30 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
         assert target.state("ann").version == expected.version
 
 
+async def test_an_import_onto_a_shorter_other_log_of_the_user_names_the_first_line_it_differs(
+    make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
+) -> None:
+    """The log here is another, and ends before the file: the lines it holds are
+    compared before the file's next line is replayed on it, which would blame the file
+    (a message seq out of order). Resuming an import after the application wrote to the
+    user is the same case."""
+    memory: Memory = await make_memory()
+    await _history(memory, extractor)
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        assert target.import_lines(lines[:4]) == {"ann": 4}
+        async with Memory(
+            config=MemoryConfig(db_path=str(tmp_path / "copy.db")),
+            extractor=OfflineExtractor(),
+            embedder=False,
+        ) as writer:
+            await writer.add_message("ann", "user", "written since the import stopped")
+        with pytest.raises(ConflictError, match=r"'ann' already has another log .*\(line 5\)"):
+            target.import_lines(lines)
+        assert target.state("ann").version == 5
+
+
 async def test_an_import_that_another_import_of_the_log_overtook_says_so(
     make_memory: Any,
     extractor: RecordingExtractor,

@@ -574,6 +574,31 @@ def test_import_refuses_text_no_database_stores_before_storing_any_line(
     assert made == [], "the database the import made, with nothing in it"
 
 
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [("sent_at", "after it was recorded"), ("valid_from", "begins at 2099-01-01")],
+)
+def test_import_refuses_a_message_or_an_entry_from_after_it_was_recorded(
+    db: str, tmp_path: Path, field: str, says: str
+) -> None:
+    """``add_message`` refuses a time ahead of the clock; an edited export holding one
+    made an entry that ends before it begins."""
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    lines = exported.read_text().splitlines()
+    edited = next(i for i, line in enumerate(lines) if f'"{field}":"' in line)
+    record = json.loads(lines[edited])
+    if field == "sent_at":
+        record["state"]["sent_at"] = "2099-01-01T00:00:00+00:00"
+    else:
+        record["state"]["entries"][0]["valid_from"] = "2099-01-01T00:00:00+00:00"
+    lines[edited] = json.dumps(record)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    line = one_error_line(run("import", str(bad), "--db", str(tmp_path / "fresh.db"), code=2))
+    assert f"line {edited + 1}: " in line and says in line
+
+
 @pytest.mark.parametrize("text", ["", "\n\n"])
 def test_import_of_a_file_with_no_log_is_refused_and_makes_no_database(
     tmp_path: Path, text: str
