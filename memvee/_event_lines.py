@@ -64,7 +64,8 @@ def describe(event: Any) -> str:
         case UserLog.ProcessingFailed():
             return f"task {e.task_id[:8]} failed: {_flat(e.error)}"
         case UserLog.ProcessingInterrupted():
-            return f"task {e.task_id[:8]} interrupted: {_flat(e.reason)}"
+            reason = _flat(e.reason).removeprefix("interrupted: ")
+            return f"task {e.task_id[:8]} interrupted: {reason}"
     return type(e).__name__
 
 

@@ -907,15 +907,15 @@ def _text_lines(lines: Iterable[str]) -> Iterator[str]:
             yield line
             count += 1
     except UnicodeDecodeError as error:
-        raise InvalidInputError(
-            f"the lines are not UTF-8 text past line {count} ({error.reason})"
-        ) from error
+        raise InvalidInputError(f"line {count + 1} is not UTF-8 text ({error.reason})") from error
 
 
 def _exported_record(number: int, line: str) -> dict[str, Any]:
     """Line ``number`` of an export as a record naming a valid user id."""
     try:
         record = json.loads(line)
+        if not isinstance(record, dict):
+            raise TypeError(f"a JSON object was expected, not {type(record).__name__}")
         check_user_id(record["user_id"])
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InvalidInputError(f"line {number} is not an exported event: {error}") from None
@@ -924,7 +924,7 @@ def _exported_record(number: int, line: str) -> dict[str, Any]:
         raise InvalidInputError(f"line {number}: the version must be a whole number from 1")
     if not isinstance(topic, str) or not isinstance(state, dict):
         raise InvalidInputError(f"line {number}: the topic must be a string, the state an object")
-    return record  # type: ignore[no-any-return]  # a dict: only a dict has a "user_id" key
+    return record
 
 
 def _logged(event: Any) -> LoggedEvent:

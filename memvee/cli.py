@@ -56,7 +56,7 @@ from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
 
 if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
-from projections import ProjectionTables, rebuild_user
+from projections import ProjectionTables, Projector, rebuild_user
 from projections import rebuild as rebuild_projections
 from projections import verify as verify_projections
 
@@ -253,6 +253,12 @@ def _url(db: str, db_url: str | None, *, create: bool = False) -> str:
     return db_url
 
 
+def _rebuilding(store: EventStore) -> bool:
+    """Whether the projections are being rebuilt, or a rebuild stopped midway."""
+    with store.engine.connect() as connection:
+        return Projector(ProjectionTables()).state(connection).rebuilding
+
+
 def _store(db: str, db_url: str | None) -> EventStore:
     return EventStore(_url(db, db_url), create=False)
 
@@ -303,6 +309,9 @@ def rebuild(
                 raise NotFoundError(f"no user {user!r} in this database")
             folded = rebuild_user(store, user)
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
+            return
+        if resume and not _rebuilding(store):
+            console.print("no rebuild to resume: none was stopped midway")
             return
         with _bar("rebuilding") as bar:
             job = bar.add_task("rebuild", total=store.max_position())
@@ -696,7 +705,9 @@ def reextract(
     Exits 1 when some Message Batches requests failed (run it again to retry them).
     """
     if (user is None) == (not all_users):
-        raise InvalidInputError("name one USER or give --all")
+        raise InvalidInputError(
+            "give one USER or --all, not both" if all_users else "name one USER or give --all"
+        )
     if batch_api and extractor != "claude":
         raise InvalidInputError("--batch-api needs --extractor claude")
     if not poll > 0:

@@ -621,7 +621,13 @@ def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(b"\xff\xfe\x00 not text\n")
     refused = run("import", str(binary), "--db", str(tmp_path / "b.db"), code=2)
-    assert "the lines are not UTF-8 text past line 0" in one_error_line(refused)
+    assert "line 1 is not UTF-8 text" in one_error_line(refused)
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('["not", "an", "event"]\n')
+    refused = run("import", str(listed), "--db", str(tmp_path / "c.db"), code=2)
+    assert "line 1 is not an exported event: a JSON object was expected, not list" in (
+        one_error_line(refused)
+    )
 
 
 def _renamed(lines: list[str], user: str) -> list[str]:
@@ -916,6 +922,7 @@ def test_a_rebuild_that_would_stop_at_an_unreadable_event_drops_nothing(db: str)
         (["stats", "--db", "other.db", "--db-url", "sqlite:///x.db"], "not both"),
         (["rebuild", "--resume", "--user", "ann"], "drop --user"),
         (["reextract", "ann", "--as", "v2", "--model", "claude-x"], "--extractor claude"),
+        (["reextract", "ann", "--all"], "give one USER or --all, not both"),
     ],
 )
 def test_flags_that_would_be_passed_over_are_refused(db: str, flags: list[str], said: str) -> None:
@@ -932,3 +939,10 @@ def test_a_verify_while_another_runs_is_refused_not_broken(db: str) -> None:
     finally:
         running.release()
     assert "projections match the log" in run("verify", "--db", db).output
+
+
+def test_a_resume_with_no_rebuild_stopped_says_so_and_changes_nothing(db: str) -> None:
+    before = run("knowledge", "ann", "--json", "--db", db).output
+    said = run("rebuild", "--resume", "--db", db).output
+    assert said.strip() == "no rebuild to resume: none was stopped midway"
+    assert run("knowledge", "ann", "--json", "--db", db).output == before
