@@ -108,7 +108,11 @@ class ClaudeExtractor:
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         and ``ANTHROPIC_BASE_URL`` apply. It is built lazily so that it belongs to the
-        event loop that runs the extraction.
+        event loop that runs the extraction, and closed with it. A ``client`` passed in is
+        used on that loop too, and stays open: its pooled connections then belong to a
+        loop that ends when the Memory closes, so give each Memory a client of its own,
+        used nowhere else (with ``max_retries=0``, the first call of a Memory opened after
+        another used the client fails on a stale connection; the SDK's retries hide it).
         """
         if not timeout > 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
