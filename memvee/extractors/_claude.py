@@ -507,8 +507,35 @@ def _mentions(exc: BaseException, secret: str) -> bool:
     return False
 
 
+_SHOWN_PART = 12
+"""The shortest run of a secret's characters taken out of a text where it shows: an API
+or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
+
+
 def _redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
+    characters, replaced by ``[redacted]``."""
     for secret in secrets:
         for form in sorted(_shown_forms(secret), key=len, reverse=True):
             text = text.replace(form, "[redacted]")
+        text = _redact_parts(text, secret.strip())
     return text
+
+
+def _redact_parts(text: str, secret: str) -> str:
+    if len(secret) < _SHOWN_PART:
+        return text
+    starts = {secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1)}
+    kept: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i : i + _SHOWN_PART] not in starts:
+            kept.append(text[i])
+            i += 1
+            continue
+        end = i + _SHOWN_PART
+        while end < len(text) and text[i : end + 1] in secret:
+            end += 1
+        kept.append("[redacted]")
+        i = end
+    return "".join(kept)

@@ -395,6 +395,17 @@ async def test_the_api_key_never_reaches_errors_or_logs(
     assert all(API_KEY not in r.getMessage() for r in caplog.records)
 
 
+async def test_a_part_of_the_key_an_api_echoes_never_reaches_an_error(claude: Make) -> None:
+    """A gateway that says which key it refused ("sk-ant-...-Ab12...") shows enough of it."""
+    echoed = f"Incorrect API key provided: {API_KEY[:20]}...{API_KEY[-6:]}"
+    api = FakeAPI(fail(401, "authentication_error", echoed))
+    with pytest.raises(ExtractionError) as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert API_KEY[:20] not in str(caught.value) and "Incorrect API key provided" in str(
+        caught.value
+    )
+
+
 def test_model_comes_from_the_argument_then_the_env_then_the_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
