@@ -181,6 +181,10 @@ class Extractor(Protocol):
         ...
 
 
+_MAX_TOKENS = 2**53
+"""More tokens than any call spends: a larger count is a bad answer (a database's integer
+column holds at most 2**63 - 1, and a sum of counts must fit too)."""
+
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
@@ -220,7 +224,7 @@ def check_result(result: object, extractor: str) -> ExtractionResult:
     for name in _TOKEN_FIELDS:
         value = getattr(result, name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_TOKENS
         ):
             raise invalid(f"{name} = {value!r}, not a count of tokens or None")
     return result

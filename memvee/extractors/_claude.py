@@ -340,12 +340,21 @@ def _added(usage: TokenUsage, more: TokenUsage) -> TokenUsage:
 
 
 def _usage(response: object) -> TokenUsage:
+    """The tokens an answer says it spent; a count that is no count (text, negative, past
+    any call's) is unknown rather than a failure: the SDK builds its answer unchecked."""
     usage = getattr(response, "usage", None)
+
+    def count(name: str) -> int | None:
+        value = getattr(usage, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+            return value
+        return None
+
     return TokenUsage(
-        input_tokens=getattr(usage, "input_tokens", None),
-        output_tokens=getattr(usage, "output_tokens", None),
-        cache_read_tokens=getattr(usage, "cache_read_input_tokens", None),
-        cache_write_tokens=getattr(usage, "cache_creation_input_tokens", None),
+        input_tokens=count("input_tokens"),
+        output_tokens=count("output_tokens"),
+        cache_read_tokens=count("cache_read_input_tokens"),
+        cache_write_tokens=count("cache_creation_input_tokens"),
     )
 
 

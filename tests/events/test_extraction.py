@@ -56,6 +56,7 @@ def test_an_answer_of_the_recorded_types_passes_as_it_is() -> None:
         (_result(extractor=None), "an extractor name that is a NoneType, not a str"),
         (_result(model=3.5), "a model that is a float, not a str or None"),
         (_result(input_tokens=-1), "input_tokens = -1, not a count of tokens or None"),
+        (_result(input_tokens=2**63), f"input_tokens = {2**63}, not a count of tokens or None"),
         (_result(output_tokens="20"), "output_tokens = '20', not a count of tokens or None"),
         (_result(cache_read_tokens=True), "cache_read_tokens = True, not a count"),
     ],

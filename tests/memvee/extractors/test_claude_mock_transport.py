@@ -31,6 +31,7 @@ from events.extraction import (
     ExtractionBatch,
     Extractor,
     KnownEntry,
+    TokenUsage,
 )
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import (
@@ -665,6 +666,24 @@ async def test_a_cut_answers_tokens_are_counted_when_asking_again_fails(claude: 
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.usage is not None
     assert (caught.value.usage.input_tokens, caught.value.usage.output_tokens) == (1000, 4000)
+
+
+@pytest.mark.parametrize("count", [2**63, -5, "12", 1.5, None])
+async def test_a_token_count_that_is_no_count_is_unknown_not_a_failure(
+    claude: Make, count: object
+) -> None:
+    """The SDK builds its answer unchecked: a count no database column holds (or no
+    count at all) would fail every attempt to record the outcome."""
+    body = tool_use_body(GOOD_FACTS)
+    body["usage"] = {"input_tokens": count, "output_tokens": 7}
+    cut = tool_use_body(GOOD_FACTS[:1])
+    cut.update(stop_reason="max_tokens", usage={"input_tokens": count, "output_tokens": "x"})
+    result = await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+    assert (result.input_tokens, result.output_tokens) == (None, 7)
+    api = FakeAPI(httpx2.Response(200, json=cut), fail(529, "overloaded_error", **FAST_RETRY))
+    with pytest.raises(ExtractionError, match="529") as caught:
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.usage == TokenUsage(None, None, None, None)
 
 
 async def test_a_long_dense_message_gets_a_budget_for_its_words(claude: Make) -> None:
