@@ -15,6 +15,7 @@ from events.errors import InvalidExtractionError
 
 __all__ = [
     "FACT_ACTIONS",
+    "MAX_TOKENS",
     "BatchLimits",
     "BatchMessage",
     "ExtractedFact",
@@ -181,7 +182,7 @@ class Extractor(Protocol):
         ...
 
 
-_MAX_TOKENS = 2**53
+MAX_TOKENS = 2**53
 """More tokens than any call spends: a larger count is a bad answer (a database's integer
 column holds at most 2**63 - 1, and a sum of counts must fit too)."""
 
@@ -224,7 +225,7 @@ def check_result(result: object, extractor: str) -> ExtractionResult:
     for name in _TOKEN_FIELDS:
         value = getattr(result, name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_TOKENS
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS
         ):
             raise invalid(f"{name} = {value!r}, not a count of tokens or None")
     return result

@@ -9,8 +9,8 @@ An answer is read strictly for its shape and leniently for its meaning: anything
 tool's schema, cut (at ``max_tokens``, or where the context window ended) or missing fails
 the batch with :class:`events.errors.InvalidExtractionError`; what a schema-valid answer
 gets slightly wrong (a citation outside the batch, a target that is not known) is passed
-on for the engine to repair and record. Every failure says whether it would repeat: the engine
-splits a batch that fails the same way, and backs off from an API that is down.
+on for the engine to repair and record. Every failure says whether it would repeat: the
+engine splits a batch that fails the same way, and backs off from an API that is down.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from events.errors import (
 )
 from events.extraction import (
     FACT_ACTIONS,
+    MAX_TOKENS,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
@@ -346,7 +347,7 @@ def _usage(response: object) -> TokenUsage:
 
     def count(name: str) -> int | None:
         value = getattr(usage, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKENS:
             return value
         return None
 
