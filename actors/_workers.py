@@ -27,7 +27,7 @@ from events import (
     check_result,
 )
 
-__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "repeats"]
+__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "asked_to_wait", "repeats"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -50,7 +50,7 @@ class EveryBatchRefused(ExtractionError):
         )
 
 
-def _asked_to_wait(error: BaseException) -> float:
+def asked_to_wait(error: BaseException) -> float:
     """The seconds an extraction's failure asked to wait before calling again (0: none)."""
     return (error.retry_after or 0.0) if isinstance(error, ExtractionError) else 0.0
 
@@ -186,7 +186,7 @@ class ExtractionWorkers:
                 elif repeats(error):  # an answer, even a model's refusal: the API is up
                     self.breaker.succeeded()
                 else:
-                    self.breaker.failed(_asked_to_wait(error))
+                    self.breaker.failed(asked_to_wait(error))
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)

@@ -27,7 +27,7 @@ from actors._bridge import BridgedFuture
 from actors._committer import EarlierWriteFailed, Write
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
-from actors._workers import EveryBatchRefused, Outcome, repeats
+from actors._workers import EveryBatchRefused, Outcome, asked_to_wait, repeats
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
@@ -530,7 +530,7 @@ class UserActor(PooledActor):
         or (for a failure that may pass) end the task and back off."""
         again = repeats(error)
         text = _describe(error)
-        asked_to_wait = (error.retry_after if isinstance(error, ExtractionError) else None) or 0.0
+        wait = asked_to_wait(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
         blamed = (  # never a failed store, nor an API that refuses every batch
@@ -584,7 +584,7 @@ class UserActor(PooledActor):
             self._batch_ended(task_id, "COMPLETED", None)
             return
         log.warning("user %r: task %s failed: %s", self.user_id, task_id, text)
-        delay = self._services.backoff.failed(self.user_id, at_least=asked_to_wait)
+        delay = self._services.backoff.failed(self.user_id, at_least=wait)
         if self._services.settings.auto_process:
             self._wake_in(delay)
         self._batch_ended(task_id, "FAILED", text)
