@@ -204,15 +204,26 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
         assert runs == 1
 
 
+@contextlib.asynccontextmanager
+async def _memory_over(
+    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, path: Path, **config: Any
+) -> AsyncIterator[Memory]:
+    """A Memory on a SQLite file at ``path`` whose ClaudeExtractor (no SDK retries) finds
+    ``server`` as a deployment finds the API, through the environment."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
+    settings = MemoryConfig(db_path=str(path), **config)
+    extractor = ClaudeExtractor(max_retries=0)
+    async with Memory(config=settings, extractor=extractor, embedder=False) as memory:
+        yield memory
+
+
 async def test_a_backlog_goes_out_in_bounded_requests_to_a_server_that_refuses_big_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with MessagesAPIServer(max_request_bytes=60_000) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-backlog")
-        config = MemoryConfig(db_path=str(tmp_path / "backlog.db"), extraction_timeout=30)
-        extractor = ClaudeExtractor(max_retries=0)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        backlog = tmp_path / "backlog.db"
+        async with _memory_over(server, monkeypatch, backlog, extraction_timeout=30) as memory:
             for i in range(2_500):
                 await memory.add_exchange("ann", f"I visited city number {i} this year", "ok")
             assert await memory.process("ann") == 2_500
@@ -230,19 +241,17 @@ async def test_the_breaker_bounds_requests_from_many_users_while_the_api_is_down
 ) -> None:
     overloaded = ScriptedResponse(529, error_body("overloaded_error", "Overloaded"))
     with MessagesAPIServer(responder=lambda r: overloaded) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-breaker")
-        config = MemoryConfig(
-            db_path=str(tmp_path / "breaker.db"),
+        users = [f"user{i:03d}" for i in range(200)]
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "breaker.db",
             auto_process=True,
             batch_threshold=2,
             breaker_cooldown=0.2,
             retry_delay=0.1,
             retry_delay_max=1.0,
-        )
-        users = [f"user{i:03d}" for i in range(200)]
-        extractor = ClaudeExtractor(max_retries=0)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        ) as memory:
             for user in users:
                 await memory.add_exchange(user, f"I live in town {user}", "ok")
             await asyncio.sleep(1.5)
@@ -280,13 +289,9 @@ async def test_an_account_out_of_credit_blames_no_message_of_a_lone_user(
     from the message; it used to be quarantined within one run."""
     refused = ScriptedResponse(400, error_body("invalid_request_error", CREDIT))
     with MessagesAPIServer(responder=lambda r: refused) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-credit")
-        config = MemoryConfig(
-            db_path=str(tmp_path / "lone.db"), retry_delay=0.01, retry_delay_max=0.05
-        )
-        extractor = ClaudeExtractor(max_retries=0)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "lone.db", retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             for _ in range(4):
                 with pytest.raises(ProcessingError, match="not the batch"):
@@ -303,18 +308,16 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
 ) -> None:
     refused = ScriptedResponse(400, error_body("invalid_request_error", CREDIT))
     with MessagesAPIServer(responder=lambda r: refused) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-credit")
-        config = MemoryConfig(
-            db_path=str(tmp_path / "credit.db"),
+        users = ["ann", "bob", "cy"]
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "credit.db",
             max_batch_messages=4,
             breaker_cooldown=0.05,
             retry_delay=0.01,
             retry_delay_max=0.05,
-        )
-        users = ["ann", "bob", "cy"]
-        extractor = ClaudeExtractor(max_retries=0)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        ) as memory:
             for user in users:
                 for i in range(EXCHANGES):
                     await memory.add_exchange(user, f"I like thing {i}", f"ok {i}")
@@ -345,17 +348,15 @@ async def test_automatic_runs_wait_as_long_as_a_rate_limit_asks(
         429, error_body("rate_limit_error", "rate limited"), headers={"retry-after": "30"}
     )
     with MessagesAPIServer(responder=lambda r: limited) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-limited")
-        config = MemoryConfig(
-            db_path=str(tmp_path / "limited.db"),
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "limited.db",
             auto_process=True,
             batch_threshold=2,
             retry_delay=0.01,
             retry_delay_max=0.05,
-        )
-        extractor = ClaudeExtractor(max_retries=0)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        ) as memory:
             await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
             async with asyncio.timeout(30):
                 while not server.requests:
