@@ -59,8 +59,11 @@ INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finishe
 FORGOTTEN_REASON = "the user was forgotten"
 UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
 """Why a task is closed that this process ran but could not store the end of."""
-MAX_CONFLICT_RETRIES = 8
-"""Times a decision is taken again on a reloaded log when another process wrote first."""
+DECIDE_RETRY_SECONDS = 10.0
+"""How long a decision (a task's start, its outcome...) is taken again on a reloaded log
+when other processes keep writing the user first: after a random wait each time
+(:func:`conflict_delay`), as an append waits. Eight tries without a wait were lost to
+three processes writing one user, failing tasks whose extraction had been paid for."""
 
 APPEND_RETRY_SECONDS = 60.0
 """How long an append that lost a race is decided again: processes writing one user at
@@ -778,14 +781,23 @@ class UserActor(PooledActor):
     def _decide(self, decide: Callable[[UserLog | None], T]) -> T:
         """Run ``decide`` on the log and commit what it emitted, waiting for the commit.
 
-        On a version conflict (another process appended) reload the log and decide again.
+        On a version conflict (another process appended) reload the log and decide again,
+        after a random wait, for up to :data:`DECIDE_RETRY_SECONDS`.
         A decision that wrote nothing, or refused (a message not quarantined, a task not
         known), is made again too if the stored log went on meanwhile (a `memvee` command
         or another process appended): no conflict would tell, and "nothing to process"
         said of old state would leave what arrived in the buffer. A decision that raised
         leaves no event behind: the log is reloaded, whatever it had emitted dropped.
         """
-        for _ in range(MAX_CONFLICT_RETRIES):
+        give_up_at = time.monotonic() + DECIDE_RETRY_SECONDS
+        attempt = 0
+        while True:
+            if attempt and time.monotonic() > give_up_at:
+                raise ConflictError(
+                    f"user {self.user_id!r}: other writers kept writing first for "
+                    f"{DECIDE_RETRY_SECONDS:g} s ({attempt} attempts)"
+                )
+            attempt += 1
             try:
                 result = decide(self._user_log(create=False))
             except (InvalidInputError, NotFoundError):
@@ -802,11 +814,9 @@ class UserActor(PooledActor):
                     self._forget_log()
                     continue
             except ConflictError:
+                time.sleep(conflict_delay(attempt))
                 continue
             return result
-        raise ConflictError(
-            f"user {self.user_id!r}: still conflicting after {MAX_CONFLICT_RETRIES} attempts"
-        )
 
     def _behind_the_store(self) -> bool:
         """Whether the stored log has an event past the version of the one in memory, or
