@@ -122,6 +122,7 @@ class UserActor(PooledActor):
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._task_covered = 0
+        self._task_log: datetime | None = None  # when the running task's log began
         self._wake_due: float | None = None
         self._unended: tuple[str, ...] = ()  # tasks run here whose end could not be stored
         self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
@@ -621,6 +622,7 @@ class UserActor(PooledActor):
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
             return
         self._running = task_id
+        self._task_log = None if self._log is None else self._log.created_on
         self._task_messages = ()
         self._task_knowledge = 0
         self._task_covered = 0
@@ -651,8 +653,15 @@ class UserActor(PooledActor):
     def _record(self, user_log: UserLog | None, result: ExtractionResult) -> list[Any]:
         """Record the running batch's facts (the log goes on with the next batch, if any)."""
         task_id = self._running
-        if user_log is None or task_id is None or task_id not in user_log.open_tasks:
-            raise MemveeError(f"task {task_id}: the log is gone")
+        if user_log is None or user_log.created_on != self._task_log:
+            # Another process forgot the user while the batch was out (who may have begun
+            # again: another log).
+            raise MemveeError(f"task {task_id}: {FORGOTTEN_REASON}")
+        if task_id is None or task_id not in user_log.open_tasks:
+            raise MemveeError(
+                f"task {task_id} was closed while its batch was out: another process took "
+                "the user over"
+            )
         if self._batch_reruns < MAX_BATCH_RERUNS:
             shown = {k.entry_id for k in self._batch_known if k.valid_until is None}
             ended = {
