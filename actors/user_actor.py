@@ -729,6 +729,8 @@ class UserActor(PooledActor):
             leases = self._services.leases
             self._owner = True if leases is None else leases.try_acquire(self.user_id)
             self._took_over = self._owner and leases is not None
+            if self._took_over:  # close the last owner's tasks now, not at the next request
+                self._myself.start_queued()
         return self._owner
 
     def _lease_held(self) -> bool:

@@ -359,6 +359,41 @@ async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_ru
         await owner.close()
 
 
+async def test_a_process_that_takes_a_stalled_owners_user_by_appending_closes_its_task(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking the user over by writing to it, with no request of its own, the new owner
+    still closes the task the stalled owner left open: nobody waits on it for ever."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        stalled = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        assert owner._engine is not None and owner._engine.leases is not None
+        leases = owner._engine.leases
+
+        def unreachable(*args: Any) -> Any:
+            raise OperationalError("UPDATE", {}, Exception("the process is stopped"))
+
+        monkeypatch.setattr(leases, "renew", unreachable)
+        monkeypatch.setattr(leases, "try_acquire", unreachable)
+        await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        with pytest.raises(ProcessingError, match="interrupted"):
+            await asyncio.wait_for(stalled.wait(), 20)
+        await asyncio.wait_for(guest.wait_for_processing("u"), 20)
+        [task] = await guest.tasks("u")
+        assert (task.task_id, task.status.value) == (stalled.task_id, "FAILED")
+        assert "interrupted" in (task.error or "")
+        assert len(await guest.buffer("u")) == 4, "the stalled batch's messages wait again"
+    finally:
+        owner_extractor.gate.set()
+        await guest.close()
+        await owner.close()
+
+
 async def test_a_closing_owner_leaves_a_request_of_another_process_to_that_process(
     db_url: str,
 ) -> None:
