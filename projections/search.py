@@ -412,8 +412,30 @@ class SearchIndex:
                 f"SELECT id, content, name FROM {messages.name} WHERE id IN ({marks})", chunk
             )
             unindexed += [(i, owned_words(log_id, spoken(c, n))) for i, c, n in rows]
+        if len(unindexed) < len(found):
+            unindexed += self._orphans(cursor, log_id, set(found) - {i for i, _ in unindexed})
         cursor.executemany(f"INSERT INTO {m} ({m}, rowid, body) VALUES ('delete', ?, ?)", unindexed)
         return len(unindexed)
+
+    def _orphans(self, cursor: Any, log_id: str, rowids: set[int]) -> list[tuple[int, str]]:
+        """The indexed words of ``rowids``, whose message rows are gone (deleted by hand):
+        a contentless index unindexes a row only given its words, so they are read back
+        from the index itself, in their order (each term tokenizes as itself)."""
+        m = self.messages_fts.name
+        words = f"temp.{m}_words"
+        cursor.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING fts5vocab(main, {m}, instance)"
+        )
+        owner = owner_token(log_id)
+        found = cursor.execute(
+            f"SELECT doc, term FROM {words} WHERE term >= ? AND term < ? ORDER BY doc, offset",
+            (owner, owner[:-1] + chr(ord(owner[-1]) + 1)),  # the terms owner starts
+        )
+        return [
+            (doc, " ".join(term for _, term in terms))
+            for doc, terms in groupby(found, key=itemgetter(0))
+            if doc in rowids
+        ]
 
     def listings(self, connection: Connection) -> list[Listing]:
         """The index's rows in a stable order, for comparing a rebuild with the live index

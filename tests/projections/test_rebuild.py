@@ -304,6 +304,42 @@ async def test_one_users_rows_are_rebuilt_alone(
     store.close()
 
 
+async def test_a_message_row_deleted_by_hand_is_mended_by_rebuilding_its_user(
+    db_url: str, make_memory: Any
+) -> None:
+    """The row gone, its words stay in SQLite's contentless index, which unindexes a row
+    only given its words: they are read back from the index, so the user's rebuild
+    mends the index too, and forgetting the user leaves none of them."""
+    memory: Memory = await make_memory()
+    for text_said in ("I like green tea", "東京都に住んでいる", "café au lait"):
+        await memory.add_exchange("ann", text_said, "ok")
+    await memory.add_exchange("ben", "I like green tea too", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    with store.transaction() as connection:
+        connection.execute(
+            text("DELETE FROM mv_messages WHERE content IN ('I like green tea', 'café au lait')")
+        )
+    assert verify(store) != []
+    rebuild_user(store, "ann")
+    assert verify(store) == []
+    with store.transaction() as connection:
+        connection.execute(text("DELETE FROM mv_messages WHERE content = '東京都に住んでいる'"))
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as reopened:
+        await reopened.forget("ann")
+        assert (await reopened.messages("ben"))[0].content == "I like green tea too"
+    assert verify(store) == []
+    if store.engine.dialect.name == "sqlite":
+        with store.engine.connect() as connection:
+            connection.execute(
+                text("CREATE VIRTUAL TABLE temp.words USING fts5vocab(main, mv_messages_fts, row)")
+            )
+            terms = connection.execute(text("SELECT term FROM temp.words")).scalars().all()
+        owner = owner_token(str(user_log_id("ann")))
+        assert terms and not [t for t in terms if t.startswith(owner)]
+    store.close()
+
+
 def test_verify_reports_an_event_that_follows_no_stored_version_of_its_log(
     store: EventStore,
 ) -> None:
