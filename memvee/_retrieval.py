@@ -40,10 +40,19 @@ __all__ = [
 log = logging.getLogger("memvee.retrieval")
 
 
+MAX_QUERY_CHARS = 100_000
+"""The longest query taken: as long as a message may be by default (a longer one would
+hold the database for seconds, others' writes waiting)."""
+
+
 def check_query(query: object, top_k: object) -> None:
     """Refuse a retrieval's query or ``top_k`` before anything runs (InvalidInputError)."""
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInputError(
+            f"query is {len(query):,} characters long, over the limit of {MAX_QUERY_CHARS:,}"
+        )
     check_text(query, "query")
     check_visible(query, "query")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
@@ -107,6 +116,8 @@ class RetrievalResult:
         does not fit is cut short (marked with an ellipsis) when a useful part of it fits,
         and a heading never stands without a line under it.
         """
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 0:
+            raise InvalidInputError(f"max_chars must be an int of 0 or more, not {max_chars!r}")
         sections: list[tuple[str, list[str]]] = []
         if self.entries:
             facts = [

@@ -65,6 +65,7 @@ BAD_CALLS = [
     ("surrogate to process", lambda m: m.process("u\ud800"), "user_id contains a lone"),
     ("surrogate to flush", lambda m: m.flush("\ud800"), "user_id contains a lone"),
     ("surrogate query", lambda m: m.retrieve("u", "car\udfff"), "query contains a lone"),
+    ("query longer than a message", lambda m: m.retrieve("u", "tea " * 25_001), "over the limit"),
     ("sent_at before year 1 in UTC", lambda m: m.add_message("u", "user", "hi", EARLY), "range"),
     ("sent_at after 9999 in UTC", lambda m: m.add_exchange("u", "a", "b", LATE), "range"),
     ("sent_at hours ahead", lambda m: m.add_message("u", "user", "hi", SOON), "in the future"),

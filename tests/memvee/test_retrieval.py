@@ -552,6 +552,14 @@ def _message(content: str) -> RetrievedMessage:
     return RetrievedMessage(Message("m1", "ann", 1, "user", content, T0), 1.0, None)
 
 
+@pytest.mark.parametrize("max_chars", [None, "4000", -1, True, 4000.0])
+def test_to_prompt_refuses_a_room_that_is_no_count_of_characters(max_chars: Any) -> None:
+    result = RetrievalResult("ann", "q", None, [_entry("User likes tea.")])
+    with pytest.raises(InvalidInputError, match="max_chars must be an int of 0 or more"):
+        result.to_prompt(max_chars=max_chars)
+    assert result.to_prompt(max_chars=0) == ""
+
+
 def test_to_prompt_cuts_a_line_too_long_for_the_room_and_never_leaves_a_bare_heading() -> None:
     long_fact = _entry("User wrote a long essay: " + "words " * 2000)
     result = RetrievalResult("ann", "q", None, [long_fact, _entry("User likes tea.")])
