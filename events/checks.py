@@ -28,6 +28,7 @@ __all__ = [
     "check_listing",
     "check_message",
     "check_name",
+    "check_new_user_id",
     "check_page",
     "check_sent_at",
     "check_text",
@@ -117,6 +118,35 @@ def check_user_id(user_id: object) -> str:
     check_text(user_id, "user_id")
     check_visible(user_id, "user_id")
     _check_no_control(user_id, "user_id")
+    return user_id
+
+
+_LOOKALIKE = re.compile("[\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
+"""Characters that show nothing, not even a space: an id holding one reads as another's."""
+
+
+def check_new_user_id(user_id: object) -> str:
+    """Return ``user_id`` if a message may be written under it, else raise
+    :class:`InvalidInputError`: over :func:`check_user_id`, an id that would read the same
+    as another one is refused (spaces around it, a character that shows nothing, a form
+    other than Unicode NFC), so that two users never look like one. Reads take any id
+    :func:`check_user_id` does, so the users such ids name stay readable."""
+    user_id = check_user_id(user_id)
+    if user_id.strip() != user_id:
+        raise InvalidInputError("user_id must not begin or end with spaces")
+    if user_id.isascii():
+        return user_id
+    found = _LOOKALIKE.search(user_id)
+    if found is not None:
+        raise InvalidInputError(
+            f"user_id must not contain characters that show nothing "
+            f"(U+{ord(found.group()):04X} at index {found.start()})"
+        )
+    if not unicodedata.is_normalized("NFC", user_id):
+        raise InvalidInputError(
+            "user_id must be in Unicode NFC (composed) form, as "
+            "unicodedata.normalize('NFC', user_id) gives: another form reads the same"
+        )
     return user_id
 
 

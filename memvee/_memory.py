@@ -44,6 +44,7 @@ from events import (
     check_listing,
     check_message,
     check_name,
+    check_new_user_id,
     check_page,
     check_sent_at,
     check_text,
@@ -401,7 +402,7 @@ class Memory:
         agent talks to): it is kept in the log, searched with the words, and shown by
         :meth:`RetrievalResult.to_prompt`, so questions that name people find them.
         """
-        check_user_id(user_id)
+        check_new_user_id(user_id)
         check_message(role, content, self.config.max_content_chars)
         check_name(name)
         sent_at = check_sent_at(sent_at)
@@ -423,7 +424,7 @@ class Memory:
         ``user_name`` and ``assistant_name`` are the speakers' names, as for
         :meth:`add_message`.
         """
-        check_user_id(user_id)
+        check_new_user_id(user_id)
         check_message("user", user_message, self.config.max_content_chars)
         check_message("assistant", assistant_message, self.config.max_content_chars)
         check_name(user_name)

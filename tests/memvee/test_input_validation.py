@@ -58,6 +58,11 @@ BAD_CALLS = [
     ("override in user id", lambda m: m.add_message("u\u202egnp.exe", "user", "hi"), "U\\+202E"),
     ("isolate in name", lambda m: m.add_exchange("u", "a", "b", user_name="\u2067Eve"), "U\\+2067"),
     ("paragraph in user id", lambda m: m.add_message("a\u2029b", "user", "hi"), "U\\+2029 at"),
+    ("space after user id", lambda m: m.add_exchange("ann ", "a", "b"), "begin or end with"),
+    ("zero-width space in id", lambda m: m.add_exchange("a\u200bnn", "a", "b"), "U\\+200B at"),
+    ("BOM before user id", lambda m: m.add_message("\ufeffann", "user", "hi"), "U\\+FEFF at index"),
+    ("soft hyphen in user id", lambda m: m.add_exchange("an\u00adn", "a", "b"), "U\\+00AD"),
+    ("decomposed user id", lambda m: m.add_exchange("Jose\u0301", "a", "b"), "NFC"),
     ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
     ("NUL in content", lambda m: m.add_exchange("u", "a", "b\x00c"), "a NUL character"),
     ("surrogate user id", lambda m: m.add_exchange("u\udc00", "a", "b"), "U\\+DC00 at index 1"),
@@ -114,6 +119,17 @@ async def test_bad_input_raises_a_value_error_and_writes_nothing(
     assert isinstance(raised.value, InvalidInputError)
     after = (engine.store.max_position(), dump(engine.store.engine, ProjectionTables()))
     assert after == before
+
+
+async def test_an_id_no_message_may_be_written_under_still_reads(memory: Memory) -> None:
+    """Ids that read as another's are refused on writes only: a user one names, written
+    before the check, stays readable and can be forgotten."""
+    for lookalike in ("ann ", "a\u200bnn", "Jose\u0301"):
+        assert await memory.buffer(lookalike) == []
+        assert (await memory.retrieve(lookalike, "tea")).entries == []
+        await memory.forget(lookalike)
+    await memory.add_exchange("Jos\u00e9", "I drink tea", "ok")
+    assert len(await memory.buffer("Jos\u00e9")) == 2
 
 
 async def test_times_at_the_ends_of_the_range_are_kept_in_utc(memory: Memory) -> None:
