@@ -73,7 +73,12 @@ _CJK_RUN = re.compile(
 )
 """A run of Chinese, Japanese or Korean characters: written without spaces between words,
 so a run is indexed as its overlapping pairs of characters (see :func:`word_pieces`)."""
-_WORDS_LAYOUT = "nfc|cjk-bigrams"
+_STROKED = str.maketrans(
+    {"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ŧ": "t", "\u0131": "i", "ƀ": "b", "ɨ": "i", "ð": "d"}
+    | {"æ": "ae", "œ": "oe", "þ": "th"}
+)
+"""Case-folded letters with a stroke or ligatures, as their plain letters."""
+_WORDS_LAYOUT = "nfc|cjk-bigrams-and-singles|strokes"
 """How text is cut into words before stemming, in the search fingerprint: a change refolds
 the index, so that stored words and query words are cut alike."""
 _ASCII_WORDS = bytes(
@@ -117,11 +122,13 @@ def _index_words(words: list[str]) -> list[str]:
     return _stems([_plain(word.casefold()) for word in words])
 
 
-def word_pieces(text: str) -> list[str]:
+def word_pieces(text: str, *, singles: bool = False) -> list[str]:
     """The words of ``text`` as the index cuts them: composed (NFC) first, so that text
     typed with combining accents splits as the same text typed precomposed does, and each
     run of Chinese, Japanese or Korean characters as its overlapping pairs ("東京都" gives
-    "東京", "京都"), a run of one character as itself."""
+    "東京", "京都"), a run of one character as itself. With ``singles`` (stored text, not
+    a query) a run's characters follow its pairs, so that a one-character word ("猫") is
+    found in a sentence."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
     pieces: list[str] = []
@@ -134,6 +141,8 @@ def word_pieces(text: str) -> list[str]:
                 continue
             if len(part) > 1 and _CJK_RUN.fullmatch(part):
                 pieces.extend(part[i : i + 2] for i in range(len(part) - 1))
+                if singles:
+                    pieces.extend(part)
             else:
                 pieces.append(part)
     return pieces
@@ -158,10 +167,12 @@ def _stems(words: list[str]) -> list[str]:
 
 
 def _plain(word: str) -> str:
-    """``word`` without its diacritics."""
+    """``word`` (case-folded) without its diacritics, strokes included ("tromsø" and
+    "łódź" as "tromso" and "lodz"), which Unicode does not decompose."""
     if word.isascii():
         return word
-    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    bare = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return bare.translate(_STROKED)
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -176,7 +187,7 @@ def _owned(owner: str, text: str) -> str:
     if text.isascii():  # most text: fold it whole, the words come out the same
         stems = _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
     else:
-        stems = _index_words(word_pieces(text))
+        stems = _index_words(word_pieces(text, singles=True))
     if not stems:
         return ""
     return owner + f" {owner}".join(stems)

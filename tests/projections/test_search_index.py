@@ -97,6 +97,24 @@ def test_chinese_japanese_and_korean_runs_are_indexed_as_pairs_of_characters(
     assert word_pieces(text) == pieces
 
 
+def test_stored_text_also_indexes_each_character_of_a_run_so_one_character_words_are_found() -> (
+    None
+):
+    assert word_pieces("我有一只猫", singles=True) == [
+        *["我有", "有一", "一只", "只猫"],
+        *["我", "有", "一", "只", "猫"],
+    ]
+    assert word_pieces("猫", singles=True) == ["猫"]
+
+
+@pytest.mark.parametrize(
+    ("stroked", "plain"),
+    [("Tromsø", "tromso"), ("Łódź", "lodz"), ("Đakovo", "dakovo"), ("Æbleskiver", "aebleskiv")],
+)
+def test_letters_with_a_stroke_index_as_their_plain_letters(stroked: str, plain: str) -> None:
+    assert index_word(stroked) == index_word(plain) == plain
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=80))
 def test_ascii_text_indexes_as_word_by_word_stemming_would(text: str) -> None:
@@ -133,6 +151,8 @@ async def test_a_message_typed_with_combining_accents_or_in_japanese_is_found_by
     await memory.add_exchange("ann", unicodedata.normalize("NFD", "Ma naïveté me perd"), "Oh.")
     await memory.add_exchange("ann", "東京都に住んでいます", "いいですね")
     await memory.add_exchange("ann", "I like tea", "Nice.")
+    await memory.add_exchange("ann", "我有一只猫", "很好")
+    await memory.add_exchange("ann", "I grew up in Tromsø", "Cold!")
 
     async def found(query: str) -> list[str]:
         result = await memory.retrieve("ann", query, include_messages=True)
@@ -143,6 +163,8 @@ async def test_a_message_typed_with_combining_accents_or_in_japanese_is_found_by
     ]
     assert await found("東京") == ["東京都に住んでいます"]
     assert await found("京都に住む") == ["東京都に住んでいます"]
+    assert await found("猫") == ["我有一只猫"]
+    assert await found("Tromso") == ["I grew up in Tromsø"]
 
 
 async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_unindexes_them(
