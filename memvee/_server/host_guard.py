@@ -9,28 +9,40 @@ own route against both; this applies the SDK's same check to every route of the 
 
 from __future__ import annotations
 
+import ipaddress
+
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from memvee._server.auth import is_loopback
 from memvee._server.errors import error_response
 
-__all__ = ["LOOPBACK_HOSTS", "LoopbackOnly"]
+__all__ = ["LoopbackOnly", "loopback_names"]
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-"""The listening hosts the guard applies to (those the MCP SDK guards too)."""
 
-_LOOPBACK_ONLY = TransportSecuritySettings(
-    enable_dns_rebinding_protection=True,
-    allowed_hosts=["127.0.0.1", "localhost", "[::1]", "127.0.0.1:*", "localhost:*", "[::1]:*"],
-    allowed_origins=[
-        *(
-            f"http://{host}{port}"
-            for host in ("127.0.0.1", "localhost", "[::1]")
-            for port in ("", ":*")
-        )
-    ],
-)
+def loopback_names(host: str) -> list[str]:
+    """The ``Host`` names a request for a server listening on loopback ``host`` may carry:
+    the usual loopback names, and ``host`` itself as written and compressed (an IPv6
+    address in brackets)."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        written = {host, str(address)}
+        names |= {f"[{a}]" for a in written} if address.version == 6 else written
+    return sorted(names)
+
+
+def _loopback_only(host: str) -> TransportSecuritySettings:
+    names = loopback_names(host)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{name}{port}" for name in names for port in ("", ":*")],
+        allowed_origins=[f"http://{name}{port}" for name in names for port in ("", ":*")],
+    )
 
 
 class LoopbackOnly:
@@ -42,7 +54,7 @@ class LoopbackOnly:
     def __init__(self, app: ASGIApp, host: str) -> None:
         self.app = app
         self._check = (
-            TransportSecurityMiddleware(_LOOPBACK_ONLY) if host in LOOPBACK_HOSTS else None
+            TransportSecurityMiddleware(_loopback_only(host)) if is_loopback(host) else None
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
