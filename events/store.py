@@ -202,6 +202,23 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
+def refuse_hard_links(path: str) -> None:
+    """Raise :class:`StorageError` if the SQLite file at ``path`` has more than one name:
+    SQLite keeps its write-ahead log and lock beside the name a file is opened by, so two
+    connections through two names miss each other's writes and corrupt the file."""
+    try:
+        links = os.stat(Path(path).expanduser()).st_nlink
+    except OSError:
+        return  # no file yet (or none to read): opening it says why
+    if links > 1:
+        raise StorageError(
+            f"the SQLite file {path} has {links} names (hard links): SQLite keeps its "
+            "write-ahead log beside the name a file is opened by, so writes through two "
+            "names corrupt it; keep one name (find the others with `find / -samefile "
+            f"{path}`), or copy the file"
+        )
+
+
 def sqlite_file(parsed: URL) -> str | None:
     """The path of the file a SQLite URL names, an SQLite URI filename's
     (``sqlite:///file:path?mode=ro&uri=true``) included; ``None`` for another backend or an
@@ -353,6 +370,8 @@ class EventStore:
         self.safe_url = redacted_url(parsed)
         found: frozenset[str] | None = None  # the tables, where read without writing
         file = sqlite_file(parsed)
+        if file is not None:
+            refuse_hard_links(file)
         if file is not None and not create:
             if not Path(file).expanduser().exists():
                 raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")

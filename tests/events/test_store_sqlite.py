@@ -151,6 +151,19 @@ def test_a_read_only_open_of_a_missing_file_is_refused_and_makes_none(tmp_path: 
     assert not path.exists()
 
 
+def test_a_file_with_two_names_is_refused_by_either(tmp_path: Path) -> None:
+    """SQLite keeps its write-ahead log beside the name it opened: two Memories on two
+    hard links of one file would corrupt it, each lock file named after its own path."""
+    path = tmp_path / "memory.db"
+    EventStore(sqlite_url(path)).close()
+    (tmp_path / "alias.db").hardlink_to(path)
+    for name in ("memory.db", "alias.db"):
+        with pytest.raises(StorageError, match="has 2 names \\(hard links\\)"):
+            EventStore(sqlite_url(tmp_path / name))
+    (tmp_path / "alias.db").unlink()
+    EventStore(sqlite_url(path)).close()
+
+
 def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     """An app's own SQLite file, named by mistake: memvee adds no table to it and leaves
     its journal mode alone."""

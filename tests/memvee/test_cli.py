@@ -190,6 +190,14 @@ def test_reading_an_empty_file_is_an_error_and_leaves_it_empty(tmp_path: Path) -
     assert empty.stat().st_size == 0, "was made a 4 KB database"
 
 
+def test_a_database_file_with_two_names_is_one_error_line(tmp_path: Path, db: str) -> None:
+    alias = tmp_path / "alias.db"
+    alias.hardlink_to(db)
+    for name in (db, str(alias)):
+        result = run("users", "--db", name, code=2)
+        assert "has 2 names (hard links)" in one_error_line(result)
+
+
 @pytest.mark.parametrize("command", [["import", "{export}"], ["serve"], ["mcp"]])
 def test_a_command_that_may_create_its_database_adds_no_tables_to_another_programs(
     tmp_path: Path, db: str, command: list[str]
