@@ -202,6 +202,15 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` (``None``: no file there)."""
+    try:
+        found = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return None if found is None else (found.st_dev, found.st_ino)
+
+
 def refuse_hard_links(path: str) -> None:
     """Raise :class:`StorageError` if the SQLite file at ``path`` has more than one name:
     SQLite keeps its write-ahead log and lock beside the name a file is opened by, so two
@@ -502,6 +511,8 @@ class EventStore:
         )
         self._decoder = Decoder(self._app.mapper)
         self._encoder = Encoder(self._app.mapper)
+        self._file = None if file is None else Path(file).expanduser().absolute()
+        self._file_id = None if self._file is None else _file_id(self._file)
         self._data_version = -1
         self._outside_commits = 0
         self._origins_current: dict[UUID, int] = {}
@@ -718,6 +729,11 @@ class EventStore:
         if not events and not snapshots:
             return []
         stored = [self._encoder(e) for e in events]
+        if self._file_id is not None and _file_id(self._file) != self._file_id:
+            raise StorageError(
+                f"the database file {self._file} was deleted or replaced while open: "
+                f"{len(events)} events not stored (open the Memory again)"
+            )
         try:
             with self.transaction() as connection:
                 if origins and self._psycopg and 0 < len(stored) <= _EVENTS_PER_INSERT:

@@ -164,6 +164,29 @@ def test_a_file_with_two_names_is_refused_by_either(tmp_path: Path) -> None:
     EventStore(sqlite_url(path)).close()
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_write_after_the_file_was_deleted_or_replaced_is_refused_not_acknowledged(
+    tmp_path: Path, how: str
+) -> None:
+    """Its connections would write on into the unlinked file, or a new empty one, and the
+    next open would find none of it."""
+    path = tmp_path / "memory.db"
+    store = EventStore(sqlite_url(path))
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 100)
+    store.append([log.collect_events()])
+    if how == "deleted":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    else:
+        (tmp_path / "copy.db").write_bytes(path.read_bytes())
+        (tmp_path / "copy.db").replace(path)
+    log.add_message("user", "I work at Acme", None, 100)
+    with pytest.raises(StorageError, match="was deleted or replaced while open"):
+        store.append([log.collect_events()])
+    store.close()
+
+
 def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     """An app's own SQLite file, named by mistake: memvee adds no table to it and leaves
     its journal mode alone."""
