@@ -268,7 +268,8 @@ def _audit(db: str, db_url: str | None, *, create: bool = False) -> Audit:
 
 
 def _bar(label: str, unit: str = "") -> Progress:
-    """A transient progress bar that says how much of how many is done."""
+    """A transient progress bar that says how much of how many is done (on a terminal
+    only: elsewhere it would leave an empty line in the output)."""
     return Progress(
         TextColumn(label),
         BarColumn(),
@@ -276,6 +277,7 @@ def _bar(label: str, unit: str = "") -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,
     )
 
 

@@ -306,7 +306,8 @@ def test_a_log_without_projections_is_an_error_line_that_says_rebuild_and_rebuil
     for command in (["users"], ["stats"], ["log", "ann"], ["state", "ann"], ["verify"]):
         line = one_error_line(run(*command, "--db", str(bare), code=2))
         assert "no projections" in line and "memvee rebuild" in line, command
-    run("rebuild", "--db", str(bare))
+    rebuilt = run("rebuild", "--db", str(bare)).output
+    assert rebuilt == "rebuilt the projections from 2 events\n", "no progress bar off a terminal"
     assert "ann" in run("users", "--db", str(bare)).output
     assert "projections match the log" in run("verify", "--db", str(bare)).output
 
