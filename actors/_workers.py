@@ -170,9 +170,11 @@ class ExtractionWorkers:
                 self._resumed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._resumed.wait(), wait)
+            began = self._loop.time()
             try:
                 async with asyncio.timeout(self.timeout):
                     result = await self._answer(batch)
+                self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:
                 self.breaker.failed()
                 raise ExtractionError(
@@ -190,6 +192,20 @@ class ExtractionWorkers:
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
+
+    def _note_blocking(self, batch: ExtractionBatch, seconds: float) -> None:
+        """Warn of an answer that came past the timeout: the timeout could not cut it off,
+        so the extractor blocked this loop (and every other extraction with it)."""
+        if seconds > self.timeout:
+            log.warning(
+                "extractor %r answered task %s after %.1f s, past the %g s timeout, which "
+                "could not cut it off: it blocks the extraction loop (a blocking call in "
+                "`async def extract`?); run blocking work with asyncio.to_thread",
+                self.extractor.name,
+                batch.task_id,
+                seconds,
+                self.timeout,
+            )
 
     async def _answer(self, batch: ExtractionBatch) -> object:
         """The extractor's answer to ``batch``. What it raises that would stop this loop

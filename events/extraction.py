@@ -165,9 +165,11 @@ class ExtractionResult:
 class Extractor(Protocol):
     """Turns a batch of messages into knowledge entries.
 
-    ``extract`` runs on the engine's extraction loop (never on a user actor's thread);
-    it raises :class:`events.errors.ExtractionError` to fail the batch, which returns the
-    batch's messages to the buffer. Set the error's ``repeats`` (or raise
+    ``extract`` runs on the engine's extraction loop (never on a user actor's thread),
+    beside the other extractions: it must not block (a blocking call goes through
+    ``asyncio.to_thread``), or it holds them all and no timeout can cut it off. It raises
+    :class:`events.errors.ExtractionError` to fail the batch, which returns the batch's
+    messages to the buffer. Set the error's ``repeats`` (or raise
     :class:`~events.errors.InvalidExtractionError`) when the same batch would fail again:
     the engine then splits it rather than backing off. Any other exception counts as
     repeating, except ``OSError`` and ``TimeoutError``. An extractor that holds clients

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -378,6 +380,25 @@ async def test_extraction_runs_on_the_worker_pool_not_on_the_actor_thread(
     await _exchanges(memory, "pat", 1)
     await memory.process("pat")
     assert seen == ["memvee-extraction"]
+
+
+async def test_an_extractor_that_blocks_the_loop_past_the_timeout_is_named_in_a_warning(
+    make_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blocking call inside ``async def extract`` holds the extraction loop, so the
+    timeout cannot fire: the answer is kept, and the log says what went wrong."""
+
+    class Blocking(RecordingExtractor):
+        async def extract(self, batch: ExtractionBatch) -> Any:
+            time.sleep(0.5)  # noqa: ASYNC251 - the mistake under test
+            return await super().extract(batch)
+
+    memory: Memory = await make_memory(extractor=Blocking(), config={"extraction_timeout": 0.2})
+    await _exchanges(memory, "quin", 1)
+    with caplog.at_level(logging.WARNING, logger="memvee.actors"):
+        assert await memory.process("quin") == 1
+    assert "past the 0.2 s timeout" in caplog.text
+    assert "blocks the extraction loop" in caplog.text
 
 
 async def test_an_extraction_past_its_timeout_fails_the_task_and_keeps_the_messages(
