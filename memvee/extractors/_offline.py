@@ -3,7 +3,10 @@
 It recognises a small set of self-disclosures in the user's own messages ("I work at
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
-wrong one, so questions, negations, hypotheticals and anything it cannot parse are skipped.
+wrong one, so questions, negations, hypotheticals, what someone else is quoted saying and
+anything it cannot parse are skipped, and a workplace or home is taken only when it looks
+like a name ("I work at night" and "I live in a small apartment" name neither). In a group
+chat a named speaker's facts are about that speaker ("Ann lives in Oslo.").
 
 Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
 as are the batch's known entries that it can parse, so that a repeated fact is marked
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from events.extraction import (
@@ -69,6 +72,60 @@ _VAGUE_OBJECTS = frozenset(
     {"it", "that", "this", "them", "those", "these", "him", "her", "everything", "nothing"}
     | {"something", "anything", "stuff", "things", "so", "too", "myself"}
 )
+# Homes and workplaces: what "I live in ..." and "I work at ..." take as one.
+_TRAILING_WHEN = re.compile(
+    r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
+    r"|autumn|fall|winter)|january|february|march|april|may|june|july|august|september"
+    r"|october|november|december|\d{4})(?:\s+\d{4})?"
+    r"|(?:on|at|during|over)\s+(?:the\s+)?(?:(?:mon|tues|wednes|thurs|fri|satur|sun)days?"
+    r"|weekends?|weekdays|nights?|(?:spring|summer|autumn|fall|winter)(?:\s+break)?)"
+    r"|since\s+.+|for\s+(?:a|an|one|two|three|four|five|six|several|many|a\s+few|\d+)\s+"
+    r"(?:days?|weeks?|months?|years?|decades?)|(?:a|an|one|two|three|four|five|six|\d+)\s+"
+    r"(?:days?|weeks?|months?|years?)\s+ago|a\s+while\s+(?:ago|back)"
+    r"|last\s+(?:spring|summer|autumn|fall|winter|night|(?:mon|tues|wednes|thurs|fri|satur|sun)day)"
+    r"|earlier\s+this\s+(?:week|month|year)|(?:every|each)\s+\w+"
+    r"|for\s+(?:work|a\s+(?:new\s+)?job|school|university|college|my\s+\w+))$",
+    re.IGNORECASE,
+)
+"""A time phrase ending a home or workplace: when, not where."""
+_NUMBERED = re.compile(r"[a-z]+(?:\s+(?:number|no\.?|#))?\s+#?\w*\d\w*", re.IGNORECASE)
+"""A place known by its number ("city 3", "shop number 12")."""
+_ARTICLES = frozenset({"a", "an", "the"})
+_NOT_NAMES = frozenset(
+    {"a", "an", "my", "your", "his", "her", "our", "their", "its", "this", "that", "these"}
+    | {"those", "some", "any", "every", "each", "no", "one", "another", "such", "all", "both"}
+    | {"least", "most", "first", "last", "what", "which", "it", "there", "here", "times"}
+    | {"night", "nights", "day", "days", "weekends", "weekend", "weekdays", "noon", "midnight"}
+    | {"dawn", "dusk", "morning", "mornings", "evening", "evenings", "christmas", "easter"}
+    | {"mondays", "tuesdays", "wednesdays", "thursdays", "fridays", "saturdays", "sundays"}
+)
+"""Words that open no name: articles, possessives, times ("at night", "at Christmas")."""
+_COMMON_NOUNS = frozenset(
+    {"home", "fear", "hope", "peace", "denial", "poverty", "luxury", "comfort", "harmony"}
+    | {"misery", "squalor", "sin", "pain", "debt", "hiding", "exile", "silence", "style"}
+    | {"sync", "shifts", "speed", "pace", "random", "ease", "risk", "work", "school", "bed"}
+    | {"full", "part", "length", "large", "heart", "theory", "practice", "general", "place"}
+)
+"""Common nouns after "live in" or "work at" ("in fear", "at home"), for writers who do
+not capitalise: from them, any other word may be a name ("i live in oslo")."""
+_WORKPLACES = frozenset(
+    {"bakery", "bank", "bar", "cafe", "caf\u00e9", "restaurant", "pub", "diner", "shop", "store"}
+    | {"supermarket", "factory", "warehouse", "plant", "mill", "farm", "hospital", "clinic"}
+    | {"pharmacy", "school", "college", "university", "library", "museum", "office", "company"}
+    | {"firm", "startup", "start-up", "agency", "studio", "lab", "laboratory", "hotel"}
+    | {"garage", "salon", "gym", "church", "council", "city", "ministry", "government"}
+    | {"newspaper", "magazine", "airline", "airport", "docks", "port", "mine", "brewery"}
+    | {"nursery", "kindergarten", "daycare", "prison", "bookshop", "bookstore", "charity"}
+    | {"nonprofit", "consultancy", "theatre", "theater", "cinema", "zoo", "court", "embassy"}
+    | {"station", "centre", "center", "bakehouse", "butcher", "butcher's", "hairdresser's"}
+)
+"""Kinds of workplace: "I work at a bakery" names the user's employer, if not by name."""
+_PLACE_PREPOSITIONS = frozenset(
+    {"in", "on", "at", "near", "by", "with", "of", "for", "from", "downtown", "across"}
+    | {"outside", "inside", "next", "close", "around", "behind", "opposite", "where", "and"}
+)
+_LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
+"""The pronoun "i" written lower-case: its writer does not capitalise names either."""
 _NOUN_SYNONYMS = {"mom": "mother", "mum": "mother", "dad": "father"} | {
     "grandma": "grandmother",
     "grandpa": "grandfather",
@@ -96,6 +153,8 @@ _RELATIVES = (
 )
 _PETS = r"dog|cat|puppy|kitten|hamster|rabbit|bunny|parrot|bird|horse|fish|turtle|guinea\s+pig"
 _KIN_ADJECTIVE = r"(?:(?:little|big|older|younger|elder|eldest|oldest|youngest|twin|best|baby)\s+)?"
+_MOVED_TO = r"moved\s+(?:from\s+.+?\s+)?to\s+(?P<place>.+?)(?:\s+from\s+.+)?"
+"""Moved to a place, from another ("moved from Oslo to Bergen", "moved to Bergen from Oslo")."""
 _MY_KIN = (
     rf"my\s+(?P<noun>{_KIN_ADJECTIVE}(?:{_RELATIVES}|{_PETS}))"
     r"(?:\s+(?P<alias>(?-i:[A-Z][a-z]+(?:[-'][A-Za-z]+)?)))?"
@@ -106,27 +165,29 @@ _MY_KIN = (
 class _Rule:
     """One kind of disclosure: a clause pattern and the sentence it becomes.
 
-    Named groups feed the template: ``obj`` is cleaned into third person, ``name`` must
-    look like a name, ``noun``/``verb``/``prep`` are lower-cased. ``alias`` (a name right
-    after "my sister") adds a naming fact and stays in the subject.
+    Named groups feed the template: ``obj`` is cleaned into third person, ``name``,
+    ``place`` (a home) and ``employer`` must look like a name (see :func:`_names_a_place`),
+    ``noun``/``verb``/``prep`` are lower-cased. ``alias`` (a name right after "my sister")
+    adds a naming fact and stays in the subject.
     """
 
     pattern: re.Pattern[str]
     template: str
 
-    def facts(self, clause: str) -> Iterator[str] | None:
-        """The facts of ``clause``, or None when this rule does not describe it."""
+    def facts(self, clause: str, *, cased: bool) -> Iterator[str] | None:
+        """The facts of ``clause``, or None when this rule does not describe it. ``cased``
+        says whether its writer capitalises names (see :func:`_writes_in_case`)."""
         match = self.pattern.fullmatch(clause)
         if match is None:
             return None
-        return self._render(match)
+        return self._render(match, cased=cased)
 
-    def _render(self, match: re.Match[str]) -> Iterator[str]:
+    def _render(self, match: re.Match[str], *, cased: bool) -> Iterator[str]:
         values: dict[str, str] = {}
         for group, raw in match.groupdict().items():
             if raw is None:
                 continue
-            value = _clean(group, raw)
+            value = _clean(group, raw, cased=cased)
             if value is None:
                 return
             values[group] = value
@@ -147,16 +208,17 @@ def _rule(pattern: str, template: str) -> _Rule:
 _RULES: tuple[_Rule, ...] = (
     _rule(rf"i(?:\s+am|'m)\s+{_DEGREE}allergic\s+to\s+(?P<obj>.+)", "User is allergic to {obj}."),
     _rule(
-        rf"(?:{_I}work|{_I_AM}working)\s+(?P<prep>at|for)\s+(?P<obj>.+)", "User works {prep} {obj}."
+        rf"(?:{_I}work|{_I_AM}working)\s+(?P<prep>at|for)\s+(?P<employer>.+)",
+        "User works {prep} {employer}.",
     ),
-    _rule(rf"{_I_AM}employed\s+at\s+(?P<obj>.+)", "User works at {obj}."),
-    _rule(rf"{_I_AM}employed\s+by\s+(?P<obj>.+)", "User works for {obj}."),
+    _rule(rf"{_I_AM}employed\s+at\s+(?P<employer>.+)", "User works at {employer}."),
+    _rule(rf"{_I_AM}employed\s+by\s+(?P<employer>.+)", "User works for {employer}."),
     _rule(rf"(?:{_I}work|{_I_AM}working)\s+as\s+(?P<obj>{_ARTICLE}.+)", "User works as {obj}."),
     _rule(
-        rf"(?:{_I}live|{_I_AM}(?:living|based)|{_I_HAVE}been\s+living)\s+in\s+(?P<obj>.+)",
-        "User lives in {obj}.",
+        rf"(?:{_I}live|{_I_AM}(?:living|based)|{_I_HAVE}been\s+living)\s+in\s+(?P<place>.+)",
+        "User lives in {place}.",
     ),
-    _rule(rf"(?:{_I_HAVE}|i\s+){_ADVERBS}moved\s+to\s+(?P<obj>.+)", "User lives in {obj}."),
+    _rule(rf"(?:{_I_HAVE}|i\s+){_ADVERBS}{_MOVED_TO}", "User lives in {place}."),
     _rule(rf"{_I}(?P<verb>love|like|enjoy|adore)\s+(?P<obj>.+)", "User {verb}s {obj}."),
     _rule(
         rf"i(?:\s+have|'ve|\s+have\s+got|'ve\s+got)\s+{_ARTICLE}(?P<noun>{_PETS})"
@@ -170,16 +232,17 @@ _RULES: tuple[_Rule, ...] = (
         "User's {noun} is called {name}.",
     ),
     _rule(
-        rf"{_MY_KIN}\s+(?:currently\s+|still\s+|now\s+)?lives\s+in\s+(?P<obj>.+)",
-        "User's {noun} lives in {obj}.",
+        rf"{_MY_KIN}\s+(?:currently\s+|still\s+|now\s+)?lives\s+in\s+(?P<place>.+)",
+        "User's {noun} lives in {place}.",
     ),
     _rule(
-        rf"{_MY_KIN}\s+works\s+(?P<prep>at|for)\s+(?P<obj>.+)", "User's {noun} works {prep} {obj}."
+        rf"{_MY_KIN}\s+works\s+(?P<prep>at|for)\s+(?P<employer>.+)",
+        "User's {noun} works {prep} {employer}.",
     ),
     _rule(rf"{_MY_KIN}\s+works\s+as\s+(?P<obj>{_ARTICLE}.+)", "User's {noun} works as {obj}."),
     _rule(
-        rf"{_MY_KIN}\s+(?:(?:has|'s)\s+)?(?:just\s+|recently\s+)?moved\s+to\s+(?P<obj>.+)",
-        "User's {noun} lives in {obj}.",
+        rf"{_MY_KIN}\s+(?:(?:has|'s)\s+)?(?:just\s+|recently\s+)?{_MOVED_TO}",
+        "User's {noun} lives in {place}.",
     ),
     _rule(
         rf"{_MY_KIN}(?:\s+is|'s)\s+{_DEGREE}allergic\s+to\s+(?P<obj>.+)",
@@ -202,7 +265,8 @@ class _Retraction:
     It ends the user's (not a relative's) entries of the slots of ``kinds``: those whose
     value is ``value``, or all of them for no value. ``reason`` is the sentence recorded as
     why they ended. ``positive`` is the fact it retracts, as the rules would state it, to
-    end an entry no slot reads ("User is a vegan.").
+    end an entry no slot reads ("User is a vegan."). ``speaker`` is who said it (see
+    :class:`_Claim`): only their own entries end.
     """
 
     reason: str
@@ -210,6 +274,7 @@ class _Retraction:
     value: str | None
     positive: str | None = None
     exact: bool = False
+    speaker: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,10 +401,12 @@ _RETRACTIONS: tuple[_RetractionRule, ...] = (
 )
 
 
-def _clean(group: str, raw: str) -> str | None:
+def _clean(group: str, raw: str, *, cased: bool) -> str | None:
     """The value of one matched group as it goes into a fact, or None to drop the fact."""
     if group == "obj":
         return _clean_object(raw, max_words=_MAX_OBJECT_WORDS)
+    if group in ("place", "employer"):
+        return _clean_place(raw, cased=cased, workplace=group == "employer")
     if group == "name":
         name = _clean_object(raw, max_words=_MAX_NAME_WORDS)
         return name if name is not None and name[0].isalpha() else None
@@ -364,6 +431,55 @@ def _clean_object(raw: str, *, max_words: int) -> str | None:
     for pattern, replacement in _FIRST_TO_THIRD_PERSON:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _clean_place(raw: str, *, cased: bool, workplace: bool) -> str | None:
+    """A home or workplace as it goes into a fact, or None when it does not look like one:
+    when is not where ("in Bergen in May"), and "at night" or "in fear" name no place."""
+    text = " ".join(raw.split()).strip(_EDGE_JUNK)
+    while (shorter := _TRAILING_WHEN.sub("", _TRAILING_FILLER.sub("", text))) != text:
+        text = shorter.strip(_EDGE_JUNK)
+    if not text or not _names_a_place(text.split(), cased=cased, workplace=workplace):
+        return None
+    return _clean_object(text, max_words=_MAX_OBJECT_WORDS)
+
+
+def _names_a_place(words: Sequence[str], *, cased: bool, workplace: bool) -> bool:
+    """Whether ``words`` name a home or workplace: a name ("Oslo", "the BBC"; any word
+    but a common one from a writer who does not capitalise, or one opening on markup), a
+    numbered one ("city 3"), or for a workplace, a kind of one ("a bakery", "the docks").
+    A time ("9am") is none."""
+    head = words[0]
+    first = head.casefold()
+    if _NUMBERED.fullmatch(" ".join(words)):
+        return True
+    if workplace and first in _ARTICLES and _is_a_workplace(words[1:]):
+        return True
+    if first == "the" and len(words) > 1:
+        return cased and words[1][:1].isupper() and words[1].casefold() not in _NOT_NAMES
+    if first in _NOT_NAMES or (first in _COMMON_NOUNS and not cased) or head[0].isdigit():
+        return False
+    return head[0].isupper() or not cased or not head[0].isalpha()
+
+
+def _is_a_workplace(words: Sequence[str]) -> bool:
+    """Whether ``words`` (after an article) are a kind of workplace, before any place or
+    time they add ("small bakery near the river", "post office")."""
+    for word in words:
+        folded = word.casefold().strip(_EDGE_JUNK)
+        if folded in _WORKPLACES:
+            return True
+        if folded in _PLACE_PREPOSITIONS:
+            return False
+    return False
+
+
+def _writes_in_case(content: str) -> bool:
+    """Whether the writer of ``content`` capitalises, so that a lower-case word is no name:
+    not one who writes "i", all lower case or all upper case."""
+    if _LOWER_CASE_I.search(content):
+        return False
+    return any(c.isupper() for c in content) and any(c.islower() for c in content)
 
 
 def _ends_sentence(line: str, start: int, end: re.Match[str]) -> bool:
@@ -409,10 +525,45 @@ _CONDITIONAL = re.compile(
 my job", "When I was 20, I quit my job"): what it says is not the user's present."""
 
 
-def _message_facts(content: str) -> Iterator[str | _Retraction]:
+_QUOTED = re.compile(r"[\"\u201c]\s*(?=(?:i|my)\b)[^\"\u201c\u201d\n]*[\"\u201d]", re.IGNORECASE)
+"""Words in quotation marks that speak in the first person: someone's quoted words."""
+_REPORTED = re.compile(
+    r"\b(?P<speaker>[\w']+)\s+(?:(?:just|then|once|always|also)\s+)?(?:said|says|say|told"
+    r"|tells|asked|asks|wrote|writes|replied|replies|texted|texts|messaged|yelled|shouted"
+    r"|whispered|added|explained|claimed|claims|insisted|announced|answered|goes|went"
+    r"|was\s+like|is\s+like|'s\s+like)(?:\s+[\w']+){0,3}?\s*[:,]\s*(?=['\"\u201c]?(?:i|my)\b)",
+    re.IGNORECASE,
+)
+"""Someone reporting what was said ("She told me: I work at Google"): the words that
+follow are theirs, not the writer's own."""
+_THE_WRITER = frozenset({"i", "i'd", "i'll", "i've"})
+_TRAILING_CONJUNCTION = re.compile(r"(?:[\s,;:]+(?:and|but|so|then))?[\s,;:]*$", re.IGNORECASE)
+
+
+def _own_words(content: str) -> str:
+    """``content`` without what it quotes others saying in the first person. A message
+    that is one quotation is the writer's own words in quotation marks."""
+    if _QUOTED.fullmatch(content.strip()):
+        return content
+    return _QUOTED.sub(" ", content)
+
+
+def _unreported(sentence: str) -> str:
+    """``sentence`` up to where it reports someone else's words ("..., and she said: I
+    ..."); the writer's own report ("I told her: I live in Oslo") is theirs."""
+    for reported in _REPORTED.finditer(sentence):
+        if reported["speaker"].casefold() not in _THE_WRITER:
+            return _TRAILING_CONJUNCTION.sub("", sentence[: reported.start()])
+    return sentence
+
+
+def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _Retraction]:
     """The facts one user message discloses about its author, and what it says stopped
-    being true, in the order it states them."""
-    for sentence in _statements(content):
+    being true, in the order it states them: about "User", or about the named
+    ``speaker`` of a group chat."""
+    cased = _writes_in_case(content)
+    for sentence in _statements(_own_words(content)):
+        sentence = _unreported(sentence)
         if _CONDITIONAL.match(sentence.strip(_EDGE_JUNK)):
             continue
         for clause in _clauses(sentence):
@@ -420,13 +571,40 @@ def _message_facts(content: str) -> Iterator[str | _Retraction]:
                 continue  # "I'm not a nurse yet": not a change, nor a fact
             retraction = next(filter(None, (r.retraction(clause) for r in _RETRACTIONS)), None)
             if retraction is not None:
-                yield retraction
+                yield _retraction_by(retraction, speaker)
                 continue
             for rule in _RULES:
-                facts = rule.facts(clause)
+                facts = rule.facts(clause, cased=cased)
                 if facts is not None:
-                    yield from facts
+                    yield from (_said_by(fact, speaker) for fact in facts)
                     break
+
+
+def _said_by(fact: str, speaker: str | None) -> str:
+    """``fact`` (about "User") about ``speaker`` instead, when one is named."""
+    return fact if speaker is None else speaker + fact.removeprefix("User")
+
+
+def _retraction_by(retraction: _Retraction, speaker: str | None) -> _Retraction:
+    """``retraction`` said by ``speaker``: it ends only that speaker's entries."""
+    if speaker is None:
+        return retraction
+    positive = retraction.positive
+    return replace(
+        retraction,
+        reason=_said_by(retraction.reason, speaker),
+        positive=None if positive is None else _said_by(positive, speaker),
+        speaker=speaker.casefold(),
+    )
+
+
+def _speaker(name: str | None) -> str | None:
+    """The name a message's facts are about: None for the user ("User ..."), whom an
+    unnamed message, or one named "User", speaks for."""
+    if name is None:
+        return None
+    name = " ".join(name.split())
+    return None if not name or name.casefold() == "user" else name
 
 
 # Claims: a fact read back as the slot it fills and its value. The patterns parse the
@@ -496,12 +674,13 @@ _CLAIM_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 class _Claim:
     """What a fact says, in comparable form: the slot it fills and the value it gives.
 
-    ``slot`` is (kind, subject), the subject being "" for the user or the relative's or
-    pet's noun ("sister", "sister anna"). A ``single`` slot holds one current value, so a
+    ``slot`` is (kind, speaker, subject): the speaker is "" for the user or a group chat
+    speaker's case-folded name, the subject "" for the speaker or the relative's or pet's
+    noun ("sister", "sister anna"). A ``single`` slot holds one current value, so a
     different value supersedes the old one; other slots (likes, allergies) accumulate.
     """
 
-    slot: tuple[str, str]
+    slot: tuple[str, str, str]
     value: str
     single: bool
 
@@ -511,17 +690,24 @@ def _normalized(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _claim(text: str) -> _Claim | None:
-    """The claim of a sentence this extractor writes, or None for any other sentence."""
+def _claim(text: str, speakers: Sequence[str] = ()) -> _Claim | None:
+    """The claim of a sentence this extractor writes, or None for any other sentence.
+    One that opens on a name of ``speakers`` (longest first) is about that speaker."""
     text = " ".join(text.split())
+    speaker = ""
+    for name in speakers:
+        opening = text[: len(name)].casefold()
+        if opening == name.casefold() and text[len(name) :].startswith((" ", "'s ")):
+            speaker, text = opening, "User" + text[len(name) :]
+            break
     for pattern, kind in _CLAIM_PATTERNS:
         match = pattern.fullmatch(text)
         if match is not None:
-            return _claim_of(kind, match)
+            return _claim_of(kind, speaker, match)
     return None
 
 
-def _claim_of(kind: str, match: re.Match[str]) -> _Claim | None:
+def _claim_of(kind: str, speaker: str, match: re.Match[str]) -> _Claim | None:
     """The claim of one matched sentence; None when its value fills no clear slot."""
     value = _normalized(match["value"])
     words = value.split()
@@ -536,7 +722,8 @@ def _claim_of(kind: str, match: re.Match[str]) -> _Claim | None:
             return None
         kind = _ROLE
     subject, only_one = _subject(match)
-    return _Claim((kind, subject), " ".join(words), kind in _SINGLE_VALUED and only_one)
+    slot = (kind, speaker, subject)
+    return _Claim(slot, " ".join(words), kind in _SINGLE_VALUED and only_one)
 
 
 def _is_occupation(words: Sequence[str]) -> bool:
@@ -632,16 +819,17 @@ class _Batch:
     one that batches of one message each, in that order, would have given.
     """
 
-    def __init__(self, known: Iterable[KnownEntry]) -> None:
+    def __init__(self, known: Iterable[KnownEntry], speakers: Iterable[str] = ()) -> None:
+        self.speakers = sorted(set(speakers), key=len, reverse=True)
         self.known = [
-            _Known(entry, _normalized(entry.text), _claim(entry.text), position)
+            _Known(entry, _normalized(entry.text), _claim(entry.text, self.speakers), position)
             for position, entry in enumerate(known)
         ]
         self.items: list[_Draft | _Withdrawal] = []
         self._standing: dict[int, _Draft] = {}  # by id(), in the order they were said
         self._by_key: dict[str, _Draft] = {}
         self._by_claim: dict[_Claim, _Draft] = {}
-        self._adding: dict[tuple[str, str], list[_Draft]] = {}  # to each slot, oldest first
+        self._adding: dict[tuple[str, str, str], list[_Draft]] = {}  # to each slot, oldest first
 
     def _stand(self, draft: _Draft) -> None:
         """Add ``draft`` to the answer and to the indexes of what stands, so that each
@@ -670,7 +858,7 @@ class _Batch:
         """Fold one fact the user stated at ``said``. A repeat of a standing draft by a
         later message changes nothing, as it would in a later batch (a ``same``): the
         draft stays valid from, and cites, the message that first stated it."""
-        key, claim = _normalized(text), _claim(text)
+        key, claim = _normalized(text), _claim(text, self.speakers)
         draft = self._by_key.get(key)
         if draft is None and claim is not None:
             draft = self._by_claim.get(claim)
@@ -796,7 +984,9 @@ def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
     """Whether ``retraction`` ends the fact of ``claim`` (with normalized text ``key``)."""
     if retraction.positive is not None and _normalized(retraction.positive) == key:
         return True
-    if claim is None or claim.slot[1] or claim.slot[0] not in retraction.kinds:
+    if claim is None or claim.slot[2] or claim.slot[0] not in retraction.kinds:
+        return False
+    if claim.slot[1] != retraction.speaker:
         return False
     if retraction.value is None:
         return True
@@ -822,13 +1012,14 @@ def extract_facts(
     value updates the earlier one, and a retraction invalidates what it names, whether
     that was known or said earlier in the batch, so the history is the same however the
     messages were batched. Facts come in the order they were said. Assistant and system
-    messages are ignored, as they are not the user's word.
+    messages are ignored, as they are not the user's word. A named speaker of a group
+    chat states facts about themselves ("Ann lives in Oslo."), which replace only their own.
     """
-    batch = _Batch(known)
-    for message in sorted(messages, key=lambda m: m.sent_at):  # stable: log order on ties
-        if message.role != "user":
-            continue
-        for found in _message_facts(message.content):
+    said = [m for m in sorted(messages, key=lambda m: m.sent_at) if m.role == "user"]
+    speakers = {name for m in said if (name := _speaker(m.name)) is not None}
+    batch = _Batch(known, speakers)
+    for message in said:  # sorted stably: log order on ties
+        for found in _message_facts(message.content, _speaker(message.name)):
             if isinstance(found, _Retraction):
                 batch.retract(found, message.message_id, message.sent_at)
             else:

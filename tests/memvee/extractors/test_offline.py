@@ -57,12 +57,16 @@ async def texts_of(content: str) -> list[str]:
         ("I'm working at a bakery these days", "User works at a bakery."),
         ("I am employed by the city", "User works for the city."),
         ("I work as a nurse", "User works as a nurse."),
+        ("I work at the BBC", "User works at the BBC."),
+        ("I work at a small bakery near the river", "User works at a small bakery near the river."),
         # Home.
         ("I live in Oslo.", "User lives in Oslo."),
         ("I'm based in Berlin", "User lives in Berlin."),
         ("I've been living in Lisbon", "User lives in Lisbon."),
         ("I moved to Paris", "User lives in Paris."),
         ("I've just moved to St. Louis", "User lives in St. Louis."),
+        ("I live in the Netherlands", "User lives in the Netherlands."),
+        ("I moved to city number 3", "User lives in city number 3."),
         # Health.
         ("I am allergic to peanuts", "User is allergic to peanuts."),
         ("I'm severely allergic to bee stings!", "User is allergic to bee stings."),
@@ -97,6 +101,78 @@ async def test_each_pattern_becomes_a_third_person_sentence(content: str, expect
 async def test_case_and_trailing_punctuation_do_not_matter() -> None:
     assert await texts_of("i LIVE IN oslo!!!") == ["User lives in oslo."]
     assert await texts_of("I live in Oslo...") == ["User lives in Oslo."]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I work at night, so I sleep during the day.",
+        "I work at home on Fridays.",
+        "I work at my dad's shop.",
+        "I work at Christmas.",
+        "I live in a small apartment.",
+        "I live in fear of spiders.",
+        "I live in the moment.",
+        "i work at home",
+        "i live in fear",
+        "My sister lives in a tiny flat.",
+        "My brother works at night.",
+    ],
+)
+async def test_a_workplace_or_home_is_taken_only_when_it_looks_like_a_name(content: str) -> None:
+    """A time, a common noun or a description is no employer or home: read as one, it
+    would replace the true one."""
+    assert await texts_of(content) == []
+    assert await against((ACME, OSLO), content) == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("I moved from Oslo to Bergen.", "User lives in Bergen."),
+        ("I moved from Oslo to Bergen last month.", "User lives in Bergen."),
+        ("I moved to Bergen from Oslo.", "User lives in Bergen."),
+        ("I moved to Bergen in May.", "User lives in Bergen."),
+        ("I've moved to Bergen in early 2024", "User lives in Bergen."),
+        ("I've been living in Bergen since 2019", "User lives in Bergen."),
+        ("My sister moved from Oslo to Bergen", "User's sister lives in Bergen."),
+        ("I work at Acme on Fridays", "User works at Acme."),
+    ],
+)
+async def test_when_and_where_from_are_not_part_of_the_place(content: str, expected: str) -> None:
+    assert await texts_of(content) == [expected]
+
+
+async def test_moving_from_one_place_to_another_replaces_the_old_home() -> None:
+    assert await against((OSLO,), "I moved from Oslo to Bergen last month.") == (
+        update("User lives in Bergen.", "e-oslo"),
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "My sister called. She told me: I work at Google.",
+        "My boss says, I work at Google.",
+        '"I work at Google," she said.',
+        'He said "I live in Rome. I work at Google."',
+        "\u201cI live in Rome,\u201d he said.",
+    ],
+)
+async def test_what_someone_else_is_quoted_saying_is_not_the_users(content: str) -> None:
+    assert await against((ACME, OSLO), content) == ()
+
+
+async def test_the_users_own_words_beside_someone_elses_still_count() -> None:
+    facts = await against(
+        (ACME, OSLO),
+        "I work at Globex. She told me: I live in Rome.",
+        "I told her: I live in Bergen.",
+    )
+    assert facts == (
+        update("User works at Globex.", "e-acme", "m1"),
+        update("User lives in Bergen.", "e-oslo", "m2"),
+    )
 
 
 async def test_contractions_with_straight_or_curly_apostrophes() -> None:
@@ -643,3 +719,66 @@ async def test_an_entry_that_ended_before_a_statement_is_not_what_it_repeats_or_
 async def test_a_retraction_of_an_entry_that_ended_already_ends_nothing_more() -> None:
     oslo = (ended("e-oslo", "User lives in Oslo.", -5, 5),)
     assert await over_days(oslo, (0, "I don't live in Oslo any more")) == ()
+
+
+# Group chats: user messages from several named speakers.
+
+
+async def in_group_chat(
+    known: tuple[KnownEntry, ...], *said: tuple[str | None, str]
+) -> tuple[ExtractedFact, ...]:
+    """The facts of one user message per (speaker's name, content), m1, m2, ... in order."""
+    messages = [
+        BatchMessage(f"m{i}", "user", content, T0 + timedelta(seconds=i), name)
+        for i, (name, content) in enumerate(said, start=1)
+    ]
+    return (await OfflineExtractor().extract(batch(*messages, known=known))).facts
+
+
+async def test_a_named_speakers_facts_are_about_that_speaker() -> None:
+    facts = await in_group_chat(
+        (),
+        ("Ann", "I live in Oslo. My sister is called Eva."),
+        ("Bob", "I live in Rome."),
+        ("Ann", "I work at Acme."),
+        ("Bob", "I work at Globex."),
+    )
+    assert facts == (
+        new("Ann lives in Oslo.", "m1"),
+        new("Ann's sister is called Eva.", "m1"),
+        new("Bob lives in Rome.", "m2"),
+        new("Ann works at Acme.", "m3"),
+        new("Bob works at Globex.", "m4"),
+    )
+
+
+async def test_unnamed_messages_are_the_users_beside_named_speakers() -> None:
+    facts = await in_group_chat((), (None, "I live in Paris."), ("Ann", "I live in Oslo."))
+    assert facts == (new("User lives in Paris.", "m1"), new("Ann lives in Oslo.", "m2"))
+
+
+async def test_a_speakers_change_replaces_their_own_value_only() -> None:
+    known = (
+        entry("e-user", "User lives in Paris."),
+        entry("e-ann", "Ann lives in Oslo."),
+        entry("e-bob", "Bob lives in Rome."),
+        entry("e-bob-job", "Bob works at Globex."),
+    )
+    assert await in_group_chat(known, ("Bob", "I moved to Bergen")) == (
+        update("Bob lives in Bergen.", "e-bob"),
+    )
+    assert await in_group_chat(known, ("Ann", "I live in Oslo")) == (
+        same("Ann lives in Oslo.", "e-ann"),
+    )
+    assert await in_group_chat(known, ("Ann", "I don't live in Rome any more")) == ()
+    assert await in_group_chat(known, ("Ann", "I quit my job")) == ()
+    assert await in_group_chat(known, ("Bob", "I quit my job")) == (
+        invalidate("Bob left their job.", "e-bob-job"),
+    )
+    assert await in_group_chat(
+        (), ("Ann", "I live in Oslo"), ("Bob", "I live in Rome"), ("Ann", "I moved to Bergen")
+    ) == (
+        new("Ann lives in Oslo.", "m1"),
+        new("Bob lives in Rome.", "m2"),
+        update_of_fact("Ann lives in Bergen.", 0, "m3"),
+    )
