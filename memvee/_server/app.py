@@ -1,8 +1,8 @@
 """The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
 
 Requests pass the access log (request id), the body limit, the token check, the refusal
-of MCP requests whose id MCP does not take, and the user-path decoding, in that order,
-before FastAPI routes them; the MCP route comes from the official SDK's streamable HTTP
+of bodies that are no MCP message the SDK can take, and the user-path decoding, in that
+order, before FastAPI routes them; the MCP route comes from the official SDK's streamable HTTP
 app, whose session manager lives as long as the app.
 """
 
@@ -24,7 +24,7 @@ from memvee._server.http_api import api_router
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
 from memvee._server.mcp_tools import build_mcp
-from memvee._server.request_ids import RefuseUnusableIds
+from memvee._server.request_ids import RefuseInvalidMessages
 from memvee._server.user_paths import EncodedSlashes
 from memvee.audit import Audit
 
@@ -87,6 +87,6 @@ def create_app(
 
     api.include_router(api_router(memory, audit))
     api.router.routes.extend(mcp_app.routes)
-    routed = RefuseUnusableIds(EncodedSlashes(api), "/mcp")
+    routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp")
     guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
     return AccessLog(AnsweredOnShutdown(LoopbackOnly(guarded, host)))

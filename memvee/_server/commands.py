@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_BODY_BYTES", "register_commands"]
 
-MAX_BODY_BYTES = 1024 * 1024
-"""1 MiB by default: room for an exchange of two 100,000-character messages."""
+MAX_BODY_BYTES = 3 * 1024 * 1024
+"""3 MiB by default: room for an exchange of two 100,000-character messages however they
+are sent, even as JSON's ``\\u`` escapes (12 bytes for a character outside the BMP, so
+2.4 MB for the two) as ``json.dumps`` writes them by default."""
 
 DbOption = Annotated[str, typer.Option("--db", help="SQLite file of the memory.")]
 DbUrlOption = Annotated[

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from actors import FORGOTTEN_REASON
 from events import (
     ConflictError,
     InvalidInputError,
@@ -82,6 +83,9 @@ def classify(error: Exception) -> tuple[int, str]:
         return error.status, error.code
     if is_database_failure(error):  # one no library path turned into a StorageError
         return 503, "storage_unavailable"
+    if isinstance(error, ProcessingError) and error.error == FORGOTTEN_REASON:
+        # Nothing upstream failed, and trying again cannot help: the user is gone.
+        return 409, "user_forgotten"
     for kind, status, code in _STATUS:
         if isinstance(error, kind):
             return status, code

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from actors.erasure import ForgetReceipt
-from events import InvalidInputError, NotFoundError
+from events import NotFoundError
 from memvee._memory import Memory
 from memvee._retrieval import RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
@@ -36,7 +36,7 @@ from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
 
-__all__ = ["api_router", "explain_entry", "listing_response"]
+__all__ = ["api_router", "listing_response"]
 
 T = TypeVar("T")
 
@@ -207,7 +207,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
     @router.get("/users/{user_id:path}/knowledge/{entry_id}/explain", tags=["read"])
     async def explain(user_id: KnownUser, entry_id: str) -> Provenance:
         """Where a knowledge entry came from: its messages, task, extractor and fate."""
-        return await asyncio.to_thread(explain_entry, audit, user_id, entry_id)
+        return await asyncio.to_thread(audit.explain, user_id, entry_id)
 
     @router.get("/users/{user_id:path}/knowledge", tags=["read"], response_model=KnowledgeOut)
     async def knowledge(
@@ -291,13 +291,3 @@ def listing_response(field: str, adapter: TypeAdapter[list[T]], items: list[T]) 
         yield b"]" + tail
 
     return StreamingResponse(parts(), media_type="application/json")
-
-
-def explain_entry(audit: Audit, user_id: str, entry_id: str) -> Provenance:
-    """The provenance of a known user's entry; an entry it does not hold is not found."""
-    try:
-        return audit.explain(user_id, entry_id)
-    except NotFoundError:
-        raise
-    except InvalidInputError as error:  # the user id was checked: the entry is unknown
-        raise NotFoundError(str(error)) from error

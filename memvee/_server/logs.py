@@ -23,6 +23,9 @@ REQUEST_ID_KEY = "memvee.request_id"
 """Where a request's id is put in its ASGI scope."""
 
 REQUEST_ID_HEADER = b"x-request-id"
+CLIENT_CLOSED = 499
+"""The access log's status of a request whose client hung up before it was answered
+(nginx's "client closed request")."""
 _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -76,19 +79,27 @@ class AccessLog:
         request_id = _request_id(scope)
         scope[REQUEST_ID_KEY] = request_id
         started = time.perf_counter()
-        status = 500
+        status = 500  # raised before answering
+        answered = False
+
+        async def noting_disconnect() -> Message:
+            nonlocal status
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                status = CLIENT_CLOSED
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, noting_disconnect, send_with_id)
         finally:
             client = scope.get("client")
             access_log.info(

@@ -27,7 +27,6 @@ from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import DATABASE_FAILURES, ApiError, caller_message, classify
-from memvee._server.http_api import explain_entry
 from memvee.audit import Audit
 
 __all__ = ["build_mcp"]
@@ -185,7 +184,7 @@ def build_mcp(
         _check_scope(ctx, user_id)
         if await memory.user(user_id) is None:
             raise NotFoundError(f"no user {user_id!r} in this memory")
-        found = await asyncio.to_thread(explain_entry, audit, user_id, entry_id)
+        found = await asyncio.to_thread(audit.explain, user_id, entry_id)
         return Explanation(
             entry_id=found.entry_id,
             text=found.text,

@@ -1,22 +1,32 @@
-"""MCP requests whose id MCP does not take: refused, on both transports, not dropped.
+"""MCP messages the SDK cannot take: answered alike on both transports, not dropped.
 
-MCP ids are strings or integers. The SDK reads a request with any other id (a float,
-null, an object) as a notification, passes the id over and answers nothing, so the client
-waits for ever. :func:`has_unusable_id` finds such a message; the stdio drain answers it
-``-32600``, and :class:`RefuseUnusableIds` does over streamable HTTP (400).
+The SDK drops, unanswered, a stdio line it cannot read as a JSON-RPC message, and reads
+a request whose id is not a string or an integer (a float, null, an object) as a
+notification, which it answers with nothing: the client waits for ever. Over HTTP it
+answers an invalid request with a pydantic dump and no id. :func:`refusal` gives the
+one answer both transports send instead, JSON-RPC 2.0's parse error (``-32700``) or
+invalid request (``-32600``), with the request's id wherever one can be read: the stdio
+drain writes it, and :class:`RefuseInvalidMessages` does over streamable HTTP (400).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
+from typing import Any
 
-from mcp.types import INVALID_REQUEST, JSONRPCNotification, jsonrpc_message_adapter
+from mcp.types import INVALID_REQUEST, PARSE_ERROR, JSONRPCNotification, jsonrpc_message_adapter
 from pydantic import ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["NOT_MCP", "RefuseUnusableIds", "has_unusable_id"]
+__all__ = [
+    "NOT_MCP",
+    "RefuseInvalidMessages",
+    "json_objects",
+    "message_ids",
+    "refusal",
+]
 
 NOT_MCP = (
     'not a JSON-RPC 2.0 message of MCP (a request has "jsonrpc": "2.0", an id, a method '
@@ -25,29 +35,66 @@ NOT_MCP = (
 """What a refused message is not, as the refusal's ``data`` says."""
 
 
-def _has_id(body: bytes | str) -> bool:
-    """Whether ``body`` is one JSON object with an ``id`` member (of any value)."""
+def json_objects(body: bytes | str) -> list[dict[str, Any]]:
+    """The JSON objects of ``body``: the message, or each of a batch's (none if no JSON);
+    bytes that are not UTF-8 are replaced, so that a refusal can still name the id."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-        return False
-    return isinstance(message, dict) and "id" in message
+        return []
+    items = message if isinstance(message, list) else [message]
+    return [item for item in items if isinstance(item, dict)]
 
 
-def has_unusable_id(body: bytes | str) -> bool:
-    """Whether the SDK would read ``body`` as a notification though it carries an id: a
-    request whose id is not a string or an integer, which would never be answered."""
+def message_ids(body: bytes | str, *, requests: bool) -> list[Hashable]:
+    """The ids of the JSON-RPC requests (``requests``) or responses in ``body``."""
+    found: list[Hashable] = []
+    for item in json_objects(body):
+        if not isinstance(item.get("id"), int | str) or isinstance(item["id"], bool):
+            continue
+        is_response = "method" not in item and ("result" in item or "error" in item)
+        if is_response != requests:  # a request, or what only a request could be
+            found.append(item["id"])
+    return found
+
+
+def refusal(body: bytes) -> bytes | None:
+    """The JSON-RPC error answering ``body`` if it is no MCP message the SDK can take
+    (else ``None``): a parse error for what is not UTF-8 JSON to the SDK's parser, an
+    invalid request for JSON that is no MCP message; for each request id in ``body``
+    (in one array for a batch), else with a null id."""
     try:
         message = jsonrpc_message_adapter.validate_json(body, by_name=False)
-    except ValidationError:
-        return False  # the SDK answers what it cannot read
-    return isinstance(message, JSONRPCNotification) and _has_id(body)
+    except ValidationError as error:
+        unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
+    else:
+        # The SDK reads a request whose id is not a string or an integer as a
+        # notification, and would never answer it.
+        if not isinstance(message, JSONRPCNotification) or not any(
+            "id" in item for item in json_objects(body)
+        ):
+            return None
+        unreadable = []
+    code, text, data = (
+        (PARSE_ERROR, "Parse error", unreadable[0])
+        if unreadable
+        else (INVALID_REQUEST, "Invalid Request", NOT_MCP)
+    )
+    ids = message_ids(body, requests=True)
+    refused = {"code": code, "message": text, "data": data}
+    answers: list[dict[str, Any]] = [
+        {"jsonrpc": "2.0", "id": i, "error": refused} for i in ids or [None]
+    ]
+    batch = ids and body.lstrip().startswith(b"[")
+    return json.dumps(answers if batch else answers[0]).encode()
 
 
-class RefuseUnusableIds:
-    """ASGI middleware: a POST to the MCP ``path`` carrying a request with an unusable id
-    gets 400 and a JSON-RPC ``Invalid Request`` error, as the SDK answers other messages
-    it cannot take; every other request passes through with its body intact."""
+class RefuseInvalidMessages:
+    """ASGI middleware: a POST to the MCP ``path`` whose body is no MCP message the SDK
+    can take gets 400 and the :func:`refusal` the stdio server writes for the same line;
+    every other request passes through with its body intact."""
 
     def __init__(self, app: ASGIApp, path: str) -> None:
         self.app = app
@@ -57,19 +104,34 @@ class RefuseUnusableIds:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        body = await Request(scope, receive).body()
-        if has_unusable_id(body):
-            error = {"code": INVALID_REQUEST, "message": "Invalid Request", "data": NOT_MCP}
-            answer = JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, 400)
+        chunks: list[bytes] = []
+        message = await receive()
+        while message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+            message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # the client hung up mid-body: no one is left to answer
+        body = b"".join(chunks)
+        refused = refusal(body)
+        if refused is not None:
+            answer = Response(refused, 400, media_type="application/json")
             await answer(scope, receive, send)
             return
-        replayed = False
+        await self.app(scope, _replaying(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # a disconnect, once the app has the body
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app the ``body`` read already, then what comes next
+    (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

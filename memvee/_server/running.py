@@ -153,9 +153,11 @@ async def serve_stdio(
                 if not running.cancelled():
                     raise
             except BaseExceptionGroup as errors:
-                # Stopped with requests in flight, the SDK's task group fails on the streams
-                # the stop closed under it: the stop, not a failure.
-                if not stopping or errors.subgroup(_not_from_stopping) is not None:
+                # Stopped with requests in flight (a signal, or the client closing stdout),
+                # the SDK's task group fails on the streams the stop closed under it: the
+                # stop, not a failure.
+                gone = drained is not None and drained.client_gone
+                if not (stopping or gone) or errors.subgroup(_not_from_stopping) is not None:
                     raise
     finally:
         await memory.close()

@@ -14,15 +14,15 @@ on file descriptors, so the SDK's own guard of stdout (stray prints go to stderr
 
 The SDK also drops, with no answer, a line it cannot read as a JSON-RPC message (text
 that is not JSON to its parser, such as a lone surrogate escape, or JSON that is no MCP
-message): a client that sent such a request would wait for its answer forever. Such a
-line is answered here instead, as JSON-RPC 2.0 asks: a parse error or an invalid request,
-with the request's id wherever one can be read.
+message): a client that sent such a request would wait for its answer forever. And it
+reads a line that is not UTF-8 with the bad bytes replaced, so it would store text the
+client never sent. Such a line is answered here instead, as over HTTP and as JSON-RPC 2.0
+asks: a parse error or an invalid request, with the request's id wherever one can be read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import select
@@ -30,76 +30,31 @@ import threading
 from collections import Counter
 from collections.abc import Hashable
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
-from mcp.types import JSONRPCRequest, jsonrpc_message_adapter
-from pydantic import ValidationError
-
-from memvee._server.request_ids import NOT_MCP, has_unusable_id
+from memvee._server.request_ids import json_objects, message_ids, refusal
 
 __all__ = ["DrainedStdio"]
 
 log = logging.getLogger("memvee.server")
 
-PARSE_ERROR, INVALID_REQUEST = -32700, -32600
-
-
-def _objects(line: bytes) -> list[dict[str, Any]]:
-    """The JSON objects of one line: the message, or each of a batch's (none if no JSON)."""
-    try:
-        message = json.loads(line)
-    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
-        return []
-    items = message if isinstance(message, list) else [message]
-    return [item for item in items if isinstance(item, dict)]
-
-
-def _ids(line: bytes, *, requests: bool) -> list[Hashable]:
-    """The ids of the JSON-RPC requests (``requests``) or responses in one line."""
-    found: list[Hashable] = []
-    for item in _objects(line):
-        if not isinstance(item.get("id"), int | str):
-            continue
-        is_response = "method" not in item and ("result" in item or "error" in item)
-        if is_response != requests:  # a request, or what only a request could be
-            found.append(item["id"])
-    return found
-
 
 def _read_request(line: bytes) -> tuple[list[Hashable], bytes | None]:
-    """The ids of the requests in ``line``, read as the SDK reads it, and the JSON-RPC
-    error answering the line if the SDK would drop it unanswered (else ``None``): a parse
-    error for text its parser cannot read, an invalid request for JSON that is no MCP
-    message; for each request id in the line, else with a null id."""
-    text = line.decode("utf-8", errors="replace")  # as the SDK reads stdin
-    if not text.strip():
+    """The ids of the requests in ``line``, and the answer to it if it is no MCP message
+    the SDK can take (:func:`refusal`, as over HTTP), else ``None``: the SDK would drop
+    such a line unanswered, or read text that is not UTF-8 with its bytes replaced."""
+    if not line.strip():
         return [], None
-    try:
-        message = jsonrpc_message_adapter.validate_json(text, by_name=False)
-    except ValidationError as error:
-        unreadable = [e["msg"] for e in error.errors() if e["type"] == "json_invalid"]
-    else:
-        if not has_unusable_id(text):
-            return ([message.id] if isinstance(message, JSONRPCRequest) else []), None
-        unreadable = []
-    code, message_text, data = (
-        (PARSE_ERROR, "Parse error", unreadable[0])
-        if unreadable
-        else (INVALID_REQUEST, "Invalid Request", NOT_MCP)
-    )
-    ids = _ids(line, requests=True)
-    refusal = {"code": code, "message": message_text, "data": data}
-    answers: list[dict[str, Any]] = [
-        {"jsonrpc": "2.0", "id": i, "error": refusal} for i in ids or [None]
-    ]
-    batch = ids and text.lstrip().startswith("[")  # a batch's answers go in one array
-    return [], json.dumps(answers if batch else answers[0]).encode() + b"\n"
+    refused = refusal(line)
+    if refused is not None:
+        return [], refused + b"\n"
+    return message_ids(line, requests=True), None
 
 
 def _cancelled(line: bytes) -> list[Hashable]:
     """The ids of the requests a ``notifications/cancelled`` in ``line`` cancels."""
     found: list[Hashable] = []
-    for item in _objects(line):
+    for item in json_objects(line):
         if item.get("method") != "notifications/cancelled":
             continue
         params = item.get("params")
@@ -142,6 +97,8 @@ class DrainedStdio:
         self._stop = _Signal()
         self._real_in = self._real_out = -1
         self._pumps: list[threading.Thread] = []
+        self.client_gone = False
+        """Whether the client closed its end of stdout: it reads no more answers."""
 
     def __enter__(self) -> Self:
         self._real_in, self._real_out = os.dup(0), os.dup(1)
@@ -221,33 +178,45 @@ class DrainedStdio:
             os.close(into)
 
     def _pump_stdout(self, out: int) -> None:
-        """The SDK's pipe to the real stdout, noting each response written."""
+        """The SDK's pipe to the real stdout, noting each response written. Once the client
+        closes its end, the server stops as if stdin had ended, and what the SDK still
+        writes is dropped rather than failing it on a broken pipe."""
         lines = _Lines()
         try:
-            while True:
-                ready, _, _ = select.select([out, self._stop.fd], [], [])
-                if out not in ready:  # stopped, and the pipe holds nothing more
-                    return
-                chunk = os.read(out, 65536)
-                if not chunk:
-                    return
+            while (chunk := self._read_sdk(out)) is not None:
                 written = lines.feed(chunk)
                 if written:
                     self._write_out(b"".join(line + b"\n" for line in written))
-                answered = [i for line in written for i in _ids(line, requests=False)]
+                answered = [i for line in written for i in message_ids(line, requests=False)]
                 if answered:
                     with self._answered:
                         self._pending.subtract(answered)
                         self._pending = +self._pending  # keeps the ids still unanswered
                         self._answered.notify_all()
         except OSError as error:
-            log.warning("stdout closed: %s", error, extra={"event": "stdout_closed"})
+            log.warning(
+                "stdout closed by the client (%s); stopping",
+                error,
+                extra={"event": "stdout_closed"},
+            )
+            self.client_gone = True
+            self.end_input()
+            while self._read_sdk(out) is not None:
+                pass
         finally:
             rest = lines.end()
-            if rest:
+            if rest and not self.client_gone:
                 with contextlib.suppress(OSError):
                     self._write_out(rest[0])
             os.close(out)
+
+    def _read_sdk(self, out: int) -> bytes | None:
+        """The next bytes the SDK wrote, or ``None`` once it closed its end or the pumps
+        were stopped with nothing more in the pipe."""
+        ready, _, _ = select.select([out, self._stop.fd], [], [])
+        if out not in ready:
+            return None
+        return os.read(out, 65536) or None
 
     def _pass_on(self, into: int, lines: list[bytes]) -> None:
         """Pass ``lines`` on to the SDK, noting their requests first (before the SDK can

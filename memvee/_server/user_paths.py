@@ -67,7 +67,7 @@ def _unroutable(raw: str) -> str | None:
     try:
         path = unquote(raw, errors="strict")
     except UnicodeDecodeError:
-        return "user_id: its percent-escapes are not UTF-8"
+        return f"{_badly_escaped(raw)}: its percent-escapes are not UTF-8"
     user_part = path[len(_USERS) :]
     if "\n" in user_part:
         try:
@@ -75,6 +75,27 @@ def _unroutable(raw: str) -> str | None:
         except InvalidInputError as error:
             return str(error)
     return None
+
+
+_ID_SEGMENTS = (
+    (re.compile(r"/knowledge/([^/]*)/explain$"), "entry_id"),
+    (re.compile(r"/tasks/([^/]*)$"), "task_id"),
+)
+"""The routes whose last segments hold another id than the user's, matched as routing
+matches them (the user path takes all before)."""
+
+
+def _badly_escaped(raw: str) -> str:
+    """Which id of the user path ``raw`` has escapes that are not UTF-8."""
+    for route, name in _ID_SEGMENTS:
+        found = route.search(raw)
+        if found is not None:
+            try:
+                unquote(found.group(1), errors="strict")
+            except UnicodeDecodeError:
+                return name
+            break
+    return "user_id"
 
 
 def _decoded_but_kept(raw: str) -> str:

@@ -116,6 +116,44 @@ def test_a_user_id_whose_escapes_are_not_utf8_is_422_and_merges_no_users(
     assert http.get("/v1/users/x%EF%BF%BD").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("knowledge/a%00/explain", "entry_id contains a NUL character"),
+        ("knowledge/%FF/explain", "entry_id: its percent-escapes are not UTF-8"),
+        ("tasks/%FF", "task_id: its percent-escapes are not UTF-8"),
+    ],
+)
+def test_a_malformed_entry_or_task_id_is_422_naming_that_id_not_a_404(
+    http: httpx.Client, user: str, path: str, says: str
+) -> None:
+    """Such an id is bad input, not an id the user lacks, nor a fault of the user id."""
+    answer = http.get(f"/v1/users/{user}/{path}")
+
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "invalid_input"
+    assert answer.json()["message"].startswith(says)
+
+
+def test_the_explain_tool_answers_a_malformed_entry_id_as_invalid_input(
+    http: httpx.Client, user: str
+) -> None:
+    arguments = {"user_id": user, "entry_id": "a\u0000"}
+    params = {"name": "explain_memory", "arguments": arguments}
+    answer = http.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params},
+        headers={"accept": "application/json, text/event-stream"},
+    )
+
+    result = answer.json()["result"]
+    assert result["isError"]
+    assert result["content"][0]["text"].endswith(
+        "invalid_input: entry_id contains a NUL character (U+0000 at index 1), which cannot "
+        "be stored as text"
+    )
+
+
 def test_a_user_id_with_a_line_break_is_422_not_a_bare_404(http: httpx.Client) -> None:
     answer = http.post("/v1/users/x%0Ay/messages", json={"role": "user", "content": "hi"})
 

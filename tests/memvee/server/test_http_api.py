@@ -3,6 +3,7 @@ every call of the issue's list, its status code, and the library's answers in JS
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -37,6 +38,24 @@ def test_an_exchange_is_stored_and_answered_with_its_ids(http: httpx.Client, use
     assert [m["message_id"] for m in stored] == ids
     assert [m["role"] for m in stored] == ["user", "assistant"]
     assert stored[0]["content"] == SAID
+
+
+def test_the_default_body_limit_takes_two_messages_of_the_longest_content_sent_escaped(
+    http: httpx.Client, user: str
+) -> None:
+    """As ``json.dumps`` and ``requests``' ``json=`` send them: every character a ``\\u``
+    escape, an emoji two (12 bytes), and still within ``max_content_chars``."""
+    longest = "\N{GRINNING FACE}" * 100_000
+    body = json.dumps({"user_message": longest, "assistant_message": longest}).encode()
+    assert len(body) > 2_400_000
+
+    answer = http.post(
+        f"/v1/users/{user}/exchanges", content=body, headers={"content-type": "application/json"}
+    )
+
+    assert answer.status_code == 201, answer.text[:300]
+    stored = http.get(f"/v1/users/{user}/messages").json()["messages"]
+    assert [m["content"] for m in stored] == [longest, longest]
 
 
 def test_messages_are_listed_a_page_at_a_time(http: httpx.Client, user: str) -> None:

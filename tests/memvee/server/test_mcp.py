@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -23,7 +24,7 @@ from memvee.errors import NotFoundError
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
-from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
+from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env, wait_until
 
 SAID = "I live in Lisbon and my dog is called Rex."
 
@@ -260,6 +261,67 @@ def _read_answers(stdout: IO[bytes], count: int, *, within: float) -> list[dict[
     return answers
 
 
+MALFORMED = {
+    "JSON-RPC 1.0": b'{"jsonrpc": "1.0", "id": 4, "method": "tools/list"}',
+    "params not an object": b'{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": "x"}',
+    "a batch": b'[{"jsonrpc": "2.0", "id": 6, "method": "tools/list"}]',
+    "a lone surrogate": b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": '
+    b'{"name": "recall", "arguments": {"question": "\\ud800"}}}',
+    "text not UTF-8": b'{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": '
+    b'{"name": "remember", "arguments": {"user_message": "caf\xe9 au lait"}}}',
+    "an id MCP does not take": b'{"jsonrpc": "2.0", "id": 1.5, "method": "tools/list"}',
+}
+"""Lines no MCP server can take, each answered with an error rather than dropped."""
+
+
+def test_a_malformed_message_gets_the_same_answer_over_stdio_and_http(
+    tmp_path: Path, http: httpx.Client
+) -> None:
+    """Parse error or invalid request, with the request's id where it has a usable one,
+    and a short message: the same words over both transports, and nothing stored (a line
+    that is not UTF-8 was stored with U+FFFD in place of its bytes)."""
+    client = {"name": "script", "version": "1"}
+    params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
+    hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    session = [json.dumps(hello).encode(), json.dumps(initialized).encode(), *MALFORMED.values()]
+    db = tmp_path / "memvee.db"
+    done = subprocess.run(
+        [str(MEMVEE), "mcp", "--db", str(db), "--lexical", "--user", "eve"],
+        input=b"".join(line + b"\n" for line in session),
+        capture_output=True,
+        env=server_env(),
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    headers = {"content-type": "application/json", "accept": "application/json"}
+    over_http = [http.post("/mcp", content=body, headers=headers) for body in MALFORMED.values()]
+
+    def named(answer: Any) -> tuple[Any, Any]:
+        return (answer[0] if isinstance(answer, list) else answer)["id"], answer
+
+    over_stdio = dict(map(named, map(json.loads, done.stdout.splitlines())))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert [answer.status_code for answer in over_http] == [400] * len(MALFORMED)
+    assert dict(named(answer.json()) for answer in over_http) == {
+        i: a for i, a in over_stdio.items() if i != 0
+    }
+    refused = [answer.json() for answer in over_http]
+    firsts = [answer[0] if isinstance(answer, list) else answer for answer in refused]
+    assert [(a["id"], a["error"]["code"]) for a in firsts] == [
+        (4, -32600),
+        (5, -32600),
+        (6, -32600),
+        (7, -32700),
+        (8, -32700),
+        (None, -32600),
+    ]
+    assert not any("pydantic" in answer.text for answer in over_http)
+    with Audit(db_path=str(db)) as audit, pytest.raises(NotFoundError):
+        next(audit.log("eve"))
+
+
 def _initialized(tmp_path: Path, user: str, stderr: int) -> subprocess.Popen[bytes]:
     """``memvee mcp --user USER`` on a new database, its session initialized."""
     client = {"name": "script", "version": "1"}
@@ -314,6 +376,31 @@ def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: 
 
     assert server.returncode == 0, errors.decode()[-2000:]
     assert b"Traceback" not in errors, "was: exit 1 and the SDK task group's traceback"
+
+
+def test_a_client_that_closes_the_servers_stdout_stops_it_cleanly(tmp_path: Path) -> None:
+    """A client that stops reading (it died, or hung up) reads no more answers: the server
+    stops as if stdin had ended, though stdin stays open, with one line saying why."""
+    server = _initialized(tmp_path, "una", subprocess.PIPE)
+    try:
+        assert server.stdin is not None and server.stdout is not None and server.stderr
+        server.stdout.close()
+        lines = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
+        for number in range(1, 51):
+            arguments = {"user_message": f"I have {number} cats."}
+            params = {"name": "remember", "arguments": arguments}
+            lines.append({"jsonrpc": "2.0", "id": number, "method": "tools/call", "params": params})
+        server.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+        server.stdin.flush()
+        assert server.wait(timeout=60) == 0
+        errors = server.stderr.read().decode()
+    finally:
+        server.kill()
+        server.wait()
+
+    assert "Traceback" not in errors, "was: exit 1 and the SDK task group's traceback"
+    said = [json.loads(line) for line in errors.splitlines() if "stdout_closed" in line]
+    assert len(said) == 1 and said[0]["message"].startswith("stdout closed by the client")
 
 
 def test_a_stdio_server_started_with_stdin_closed_refuses_before_opening_anything(
@@ -384,6 +471,31 @@ def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     assert listed.status_code == 200 and listed.json()["id"] == 7
     assert {tool["name"] for tool in listed.json()["result"]["tools"]} >= {"remember", "recall"}
     assert notified.status_code == 202
+
+
+def test_a_client_hanging_up_mid_body_on_mcp_is_logged_as_closed_not_as_an_error(
+    server: ServerProcess,
+) -> None:
+    """As on the HTTP API's routes: no traceback, and the access line says the client
+    closed the request (499), not that the server failed (500)."""
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json\r\n"
+        f"X-Request-ID: hung-up-mid-body\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as hanging_up:
+        hanging_up.sendall(head.encode() + body[:10])
+        time.sleep(0.3)
+
+    def logged() -> list[dict[str, Any]]:
+        return [r for r in server.records() if r.get("request_id") == "hung-up-mid-body"]
+
+    (line,) = wait_until(logged, what="the access log line")
+    assert (line["path"], line["status"]) == ("/mcp", 499)
+    time.sleep(0.3)
+    assert not [r for r in server.records() if r.get("level") == "error"]
 
 
 async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
