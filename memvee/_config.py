@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_ALPHA", "DEFAULT_DB", "SEARCH_EMBED_SECONDS", "MemoryConfig"
 DEFAULT_DB = "memvee.db"
 """The SQLite file of a Memory (and of the command line) given no database."""
 
-DEFAULT_ALPHA = 0.4
+DEFAULT_ALPHA = 0.3
 """The lexical weight of hybrid retrieval (the semantic one is ``1 - alpha``); chosen by
 ``make eval`` on the evaluation sets (see README, "Retrieval evaluation")."""
 

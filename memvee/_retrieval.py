@@ -3,17 +3,20 @@
 Lexical ranking runs inside the database; with an :class:`~memvee.embedders.Embedder`
 (the default is a local model), a semantic ranking over the user's vectors is fused with
 it by a weighted sum of normalised scores: ``alpha`` times the lexical score divided by
-the best lexical score, plus ``1 - alpha`` times the cosine, min-max normalised over the
-candidates. With ``include_messages`` entries and raw messages are ranked together on
-that one score (a strong message beats a weak fact, and a fact scores at least as well
-as the messages it came from); a message that a returned entry cites is left out, and
-one whose facts were all replaced goes after the rest. An embedder that fails (an API
+the best lexical score, plus ``1 - alpha`` times the cosine above a noise floor divided
+by the best one's (nothing at all when no candidate is near the query; a fact about the
+user's relatives or things the query does not name keeps half). With
+``include_messages`` entries and raw messages are ranked together on that one score (a
+strong message beats a weak fact, and a fact scores at least as well as the messages it
+came from); a message that a returned entry cites is left out, and one whose facts were
+all replaced goes after the rest. An embedder that fails (an API
 down, a model that cannot load) leaves the ranking lexical: a search never fails for it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +29,7 @@ from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
+from projections.search import index_word
 from projections.tables import ProjectionTables
 from projections.vectors import VectorIndex
 
@@ -275,9 +279,10 @@ class Retriever:
                 }
             for key in unembedded.intersection(candidates):
                 candidates[key].unembedded = True
-            _fuse(list(candidates.values()), self.alpha if query_vector is not None else 1.0)
+            alpha = self.alpha if query_vector is not None else 1.0
+            _fuse(list(candidates.values()), alpha, query)
             _lift_entries(candidates)
-            return self._pick(connection, user_id, query, as_of, top_k, candidates)
+            return self._pick(connection, user_id, query, as_of, top_k, candidates, bool(terms))
 
     def _add_semantic(
         self,
@@ -328,16 +333,19 @@ class Retriever:
         as_of: datetime | None,
         top_k: int,
         candidates: dict[str, _Candidate],
+        searched: bool,
     ) -> RetrievalResult:
         """The best ``top_k`` on the fused score (none below :data:`RELEVANCE_FLOOR` of the
-        best), a message shown with the other half of its exchange: an exchange is shown
-        once, left out when a returned entry cites either half, and comes last when either
-        half is outdated."""
+        best, nor, when the query has words to search (``searched``), any that scores 0: a
+        query unrelated to everything finds nothing), a message shown with the other half
+        of its exchange: an exchange is shown once, left out when a returned entry cites
+        either half, and comes last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=lambda c: -c.score)
         if ranked:
-            ranked = [c for c in ranked if c.score >= RELEVANCE_FLOOR * ranked[0].score]
+            floor = RELEVANCE_FLOOR * ranked[0].score
+            ranked = [c for c in ranked if c.score >= floor and (c.score > 0 or not searched)]
         entries = [c for c in ranked if not c.is_message][:top_k]
         messages = [c for c in ranked if c.is_message]
         stale: set[str] = set()
@@ -504,25 +512,74 @@ def _merge_ranked(
     return sorted([*entries, *fresh], key=lambda c: -c.score) + old
 
 
-def _fuse(candidates: Sequence[_Candidate], alpha: float) -> None:
+def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
     """Set each candidate's score: ``alpha`` times its lexical score divided by the best
-    one, plus ``1 - alpha`` times its cosine min-max normalised over the candidates (a
-    candidate one ranking did not propose gets 0 from it). A candidate without a vector
-    (not embedded yet, or refused by the embedder) has no cosine to tell: its lexical
-    score stands for both (words shared with the query go with a near meaning), so its
-    good matches are not pushed below the embedded items' poor ones."""
+    one, plus ``1 - alpha`` times its semantic share (:func:`_semantic`; 0 for a candidate
+    the semantic ranking did not propose, and for all when none reaches
+    :data:`COSINE_MATCH`). The share starts at an absolute floor, not at the worst
+    candidate: a min-max scale made the least unrelated candidate a perfect match, and a
+    small gap in cosine a large one in score. A fact about someone or something of the
+    user's that ``query`` does not name keeps :data:`_OTHER_SUBJECT_SHARE` of its share. A
+    candidate without a vector (not embedded yet, or refused by the embedder) has no
+    cosine to tell: its lexical score stands for both (words shared with the query go
+    with a near meaning), so its good matches are not pushed below the embedded items'
+    poor ones."""
     best = max((c.lexical for c in candidates), default=0.0)
-    cosines = [c.cosine for c in candidates if c.cosine is not None]
-    low, high = (min(cosines), max(cosines)) if cosines else (0.0, 0.0)
-    spread = high - low
+    nearest = max((c.cosine for c in candidates if c.cosine is not None), default=0.0)
+    matched = nearest >= COSINE_MATCH
+    asked = _query_words(query)
     for c in candidates:
         lexical = c.lexical / best if best > 0 else 0.0
-        semantic = lexical if c.unembedded else _scaled(c.cosine, low, spread)
+        semantic = lexical if c.unembedded else _semantic(c.cosine, nearest) if matched else 0.0
+        if isinstance(c.item, KnowledgeEntry) and not _names_subject(c.item.text, asked):
+            semantic *= _OTHER_SUBJECT_SHARE
         c.score = alpha * lexical + (1 - alpha) * semantic
 
 
-def _scaled(cosine: float | None, low: float, spread: float) -> float:
-    """A cosine min-max normalised (0 for a candidate the semantic ranking did not propose)."""
-    if cosine is None:
+COSINE_MATCH = 0.2
+"""The cosine the query's nearest candidate must reach for the semantic ranking to count
+at all: below it, the default model (all-MiniLM-L6-v2) saw nothing the query is about
+("what is the capital of Australia?" is 0.19 from the message "I'm allergic to
+peanuts.", 0.11 from the fact "User is allergic to peanuts."; "what can't I eat?" is 0.37
+from the fact). It costs ``make eval`` the few questions the model puts that far from
+every text, the answer included, and that share no word with it (see README,
+"Retrieval evaluation")."""
+
+COSINE_FLOOR = 0.1
+"""The cosine at or below which a candidate's semantic share is 0: about what the default
+model gives two unrelated texts. Some answers of ``make eval`` sit barely above it (a
+question can be far from the statement that answers it), so it is not higher."""
+
+
+def _semantic(cosine: float | None, nearest: float) -> float:
+    """The semantic share of a cosine: 0 at :data:`COSINE_FLOOR` or below (or without a
+    cosine), growing linearly to 1 at the ``nearest`` candidate's cosine (a query and the
+    texts of one conversation can all be near, when they share a speaker's name)."""
+    if cosine is None or nearest <= COSINE_FLOOR:
         return 0.0
-    return (cosine - low) / spread if spread > 0 else 1.0
+    return max(0.0, (cosine - COSINE_FLOOR) / (nearest - COSINE_FLOOR))
+
+
+_OTHER_SUBJECT_SHARE = 0.5
+"""The part of its semantic share a fact about someone or something of the user's keeps
+when the query does not name it: "User's sister lives in Trondheim." reads as close to
+"Where does Ann live?" as "User lives in Bergen." does, or closer, yet the question is
+about the user."""
+
+_OWNED_SUBJECT = re.compile(r"User['\u2019]s\s+([^\W\d_]+(?:\s+[A-Z][^\W\d_]*)*)")
+"""The subject of a fact about someone or something of the user's, as the extractors
+write it ("User's sister ...", "User's friend Tom ..."): its noun and the names after it."""
+
+
+def _query_words(query: str) -> frozenset[str]:
+    """The query's words and those of the topics it touches, as the index compares them."""
+    return frozenset(index_word(term) for term in search_terms(query))
+
+
+def _names_subject(text: str, asked: frozenset[str]) -> bool:
+    """Whether a fact is about the user, or about someone or something of the user's that
+    the query (its words ``asked``) names."""
+    owned = _OWNED_SUBJECT.match(text)
+    if owned is None:
+        return True
+    return any(index_word(word) in asked for word in owned.group(1).split())

@@ -27,6 +27,7 @@ from memvee import (
     RetrievedMessage,
 )
 from memvee.audit import Audit
+from memvee.embedders._onnx import shared_default
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor
@@ -642,6 +643,60 @@ async def test_an_embedder_finds_what_shares_no_word_and_fuses_with_lexical_rank
     calls = embedder.calls
     await memory.retrieve("ann", "tunes", top_k=1)
     assert embedder.calls == calls + 1, "vectors are embedded once, then only the query"
+
+
+async def test_with_the_default_model_a_question_about_the_user_finds_the_users_own_fact_first(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A relative's "lives in" reads to the model as close to "where does Ann live?" as the
+    user's own does, or closer; the question is about the user all the same."""
+    memory = await _offline(make_memory, embedder=shared_default())
+    await _say(
+        memory,
+        "ann",
+        0,
+        "I live in Bergen.",
+        "My sister lives in Trondheim.",
+        "My mother lives in Rome.",
+        "My brother works at Google.",
+        "I work at Equinor.",
+        "My friend Tom lives in Paris.",
+    )
+    for question, own in [
+        ("Where does Ann live?", "User lives in Bergen."),
+        ("Where does she live?", "User lives in Bergen."),
+        ("Where does the user work?", "User works at Equinor."),
+    ]:
+        result = await memory.retrieve("ann", question, top_k=3)
+        assert result.entries[0].text == own, (question, [hit.text for hit in result.entries])
+    asked = await memory.retrieve("ann", "Where does my sister live?", top_k=3)
+    assert asked.entries[0].text == "User's sister lives in Trondheim.", "named, it comes first"
+    friend = await memory.retrieve("ann", "Which city is Tom in?", top_k=3)
+    assert friend.entries[0].text == "User's friend Tom lives in Paris."
+
+
+async def test_with_the_default_model_a_question_unrelated_to_anything_finds_nothing(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The least unrelated fact is no match: nothing fills the prompt for a question that
+    nothing the user said is about, as with lexical ranking; a paraphrase still finds its
+    fact without a word in common."""
+    memory = await _offline(make_memory, embedder=shared_default())
+    await _say(
+        memory,
+        "ann",
+        0,
+        "I live in Bergen.",
+        "I work at Equinor.",
+        "My dog is called Rex.",
+        "I'm allergic to peanuts.",
+    )
+    for question in ["What is the capital of Australia?", "Can you explain quantum tunnelling?"]:
+        result = await memory.retrieve("ann", question, top_k=5, include_messages=True)
+        assert len(result) == 0, (question, [hit.text for hit in result.entries])
+        assert result.to_prompt() == ""
+    food = await memory.retrieve("ann", "What can't she eat?", top_k=5)
+    assert [hit.text for hit in food.entries] == ["User is allergic to peanuts."]
 
 
 class _FailingEmbedder(ConceptEmbedder):
