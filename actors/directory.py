@@ -118,14 +118,20 @@ class _Outbox:
     def flush(self) -> None:
         """Send every queued call now."""
         while self._queue:
-            self._send(self._queue.popleft())
+            self._deliver(self._queue.popleft())
 
     def _turn(self) -> None:
         queue = self._queue
         for _ in range(min(SENDS_PER_TURN, len(queue))):
-            self._send(queue.popleft())
+            self._deliver(queue.popleft())
         if queue:
             self.loop.call_soon(self._turn)
+
+    def _deliver(self, call: _PendingCall) -> None:
+        """Send ``call``, unless its caller cancelled it while it waited here: then it
+        never reaches the actor (a cancelled write is not stored, and nobody awaits it)."""
+        if not call.target.cancelled():
+            self._send(call)
 
 
 @dataclass(slots=True)

@@ -421,6 +421,9 @@ class Memory:
     ) -> tuple[Message, Message]:
         """Append a user turn and the assistant's answer; returns both once committed.
 
+        Cancelled before it left the event loop, nothing is stored; cancelled later, it
+        may be (a write on its way is not called back).
+
         ``user_name`` and ``assistant_name`` are the speakers' names, as for
         :meth:`add_message`.
         """

@@ -81,6 +81,30 @@ async def test_a_call_sent_at_once_goes_after_the_paced_calls_queued_before_it(
     assert recording.received == list(range(51))
 
 
+async def test_a_paced_call_cancelled_before_it_was_sent_never_reaches_its_actor(
+    recording: _Recording,
+) -> None:
+    loop = asyncio.get_running_loop()
+    futures = [recording.directory.call_async(loop, "u", "note", n, paced=True) for n in range(6)]
+    futures[1].cancel()
+    futures[4].cancel()
+    assert await asyncio.gather(*futures[:1], *futures[2:4], futures[5]) == [0, 2, 3, 5]
+    assert recording.sent == recording.received == [0, 2, 3, 5]
+
+
+async def test_an_add_cancelled_before_it_left_the_loop_is_not_stored(tmp_path: Path) -> None:
+    """The caller saw it fail, and retries it: stored as well, it would be there twice."""
+    async with Memory(db_path=tmp_path / "m.db", extractor=RecordingExtractor()) as memory:
+        adds = [
+            asyncio.ensure_future(memory.add_exchange("u", f"said {n}", "ok")) for n in range(4)
+        ]
+        await asyncio.sleep(0)  # each runs to its first await: queued, not yet sent
+        adds[2].cancel()
+        await asyncio.gather(*adds, return_exceptions=True)
+        said = [m.content for m in await memory.messages("u") if m.role == "user"]
+        assert said == ["said 0", "said 1", "said 3"]
+
+
 async def test_closing_sends_the_queued_writes_and_they_are_kept(tmp_path: Path) -> None:
     config = MemoryConfig(db_path=str(tmp_path / "m.db"))
     memory = Memory(config=config, extractor=RecordingExtractor())
