@@ -316,6 +316,26 @@ async def test_open_tasks_end_failed_everywhere_when_another_process_forgets_the
         await owner.close()
 
 
+async def _stalled_mid_extraction(
+    owner: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> ProcessTask:
+    """The owner's task on 'u', held in its extraction while the owner can neither renew
+    nor take a lease (as a stopped process), once its lease on 'u' has expired."""
+    await owner.add_exchange("u", "I live in Oslo", "ok")
+    stalled = owner.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    assert owner._engine is not None and owner._engine.leases is not None
+    leases = owner._engine.leases
+
+    def unreachable(*args: Any) -> Any:
+        raise OperationalError("UPDATE", {}, Exception("the process is stopped"))
+
+    monkeypatch.setattr(leases, "renew", unreachable)
+    monkeypatch.setattr(leases, "try_acquire", unreachable)
+    await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+    return stalled
+
+
 async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_runs_its_own(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,18 +347,7 @@ async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_ru
     owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
     guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
     try:
-        await owner.add_exchange("u", "I live in Oslo", "ok")
-        stalled = owner.process_async("u")
-        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
-        assert owner._engine is not None and owner._engine.leases is not None
-        leases = owner._engine.leases
-
-        def unreachable(*args: Any) -> Any:
-            raise OperationalError("UPDATE", {}, Exception("the process is stopped"))
-
-        monkeypatch.setattr(leases, "renew", unreachable)
-        monkeypatch.setattr(leases, "try_acquire", unreachable)
-        await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+        stalled = await _stalled_mid_extraction(owner, owner_extractor, monkeypatch)
         await guest.add_exchange("u", "I work at Acme", "ok")
         assert await asyncio.wait_for(guest.process("u"), 30) == 2
         with pytest.raises(ProcessingError, match="interrupted"):
@@ -368,18 +377,7 @@ async def test_a_process_that_takes_a_stalled_owners_user_by_appending_closes_it
     owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
     guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     try:
-        await owner.add_exchange("u", "I live in Oslo", "ok")
-        stalled = owner.process_async("u")
-        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
-        assert owner._engine is not None and owner._engine.leases is not None
-        leases = owner._engine.leases
-
-        def unreachable(*args: Any) -> Any:
-            raise OperationalError("UPDATE", {}, Exception("the process is stopped"))
-
-        monkeypatch.setattr(leases, "renew", unreachable)
-        monkeypatch.setattr(leases, "try_acquire", unreachable)
-        await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
+        stalled = await _stalled_mid_extraction(owner, owner_extractor, monkeypatch)
         await guest.add_exchange("u", "I work at Acme", "ok")
         with pytest.raises(ProcessingError, match="interrupted"):
             await asyncio.wait_for(stalled.wait(), 20)
