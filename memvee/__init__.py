@@ -5,53 +5,120 @@ conversation in an event log, extracts knowledge from it with Claude (or offline
 in the background, and hands the knowledge back, each entry traceable to its messages.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from typing import TYPE_CHECKING
 
-from actors.erasure import ForgetReceipt
-from events.extraction import (
-    BatchLimits,
-    BatchMessage,
-    ExtractedFact,
-    ExtractionBatch,
-    ExtractionResult,
-    Extractor,
-    FactAction,
-    KnownEntry,
-    TokenUsage,
-)
-from memvee._config import MemoryConfig
-from memvee._memory import Memory
-from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
-from memvee._task import ProcessStatus, ProcessTask
-from memvee.embedders import Embedder
-from memvee.errors import (
-    ConflictError,
-    DatabaseInUseError,
-    ExtractionError,
-    InvalidExtractionError,
-    InvalidInputError,
-    MemoryClosedError,
-    MemveeError,
-    NotFoundError,
-    ProcessingError,
-    ProcessingTimeoutError,
-    RejectedBatchError,
-    StorageError,
-    UnknownTaskError,
-)
-from projections.models import (
-    BufferedMessage,
-    KnowledgeEntry,
-    Message,
-    QuarantinedMessage,
-    UserSummary,
-)
-
-try:
-    __version__: str = version("memvee")
+if TYPE_CHECKING:
+    __version__: str
     """The installed version of memvee (from the package metadata)."""
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+    from actors.erasure import ForgetReceipt
+    from events.extraction import (
+        BatchLimits,
+        BatchMessage,
+        ExtractedFact,
+        ExtractionBatch,
+        ExtractionResult,
+        Extractor,
+        FactAction,
+        KnownEntry,
+        TokenUsage,
+    )
+    from memvee._config import MemoryConfig
+    from memvee._memory import Memory
+    from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
+    from memvee._task import ProcessStatus, ProcessTask
+    from memvee.embedders import Embedder
+    from memvee.errors import (
+        ConflictError,
+        DatabaseInUseError,
+        ExtractionError,
+        InvalidExtractionError,
+        InvalidInputError,
+        MemoryClosedError,
+        MemveeError,
+        NotFoundError,
+        ProcessingError,
+        ProcessingTimeoutError,
+        RejectedBatchError,
+        StorageError,
+        UnknownTaskError,
+    )
+    from projections.models import (
+        BufferedMessage,
+        KnowledgeEntry,
+        Message,
+        QuarantinedMessage,
+        UserSummary,
+    )
+
+_HOMES = {
+    "BatchLimits": "events.extraction",
+    "BatchMessage": "events.extraction",
+    "BufferedMessage": "projections.models",
+    "ConflictError": "memvee.errors",
+    "DatabaseInUseError": "memvee.errors",
+    "Embedder": "memvee.embedders",
+    "ExtractedFact": "events.extraction",
+    "ExtractionBatch": "events.extraction",
+    "ExtractionError": "memvee.errors",
+    "ExtractionResult": "events.extraction",
+    "Extractor": "events.extraction",
+    "FactAction": "events.extraction",
+    "ForgetReceipt": "actors.erasure",
+    "InvalidExtractionError": "memvee.errors",
+    "InvalidInputError": "memvee.errors",
+    "KnowledgeEntry": "projections.models",
+    "KnownEntry": "events.extraction",
+    "Memory": "memvee._memory",
+    "MemoryClosedError": "memvee.errors",
+    "MemoryConfig": "memvee._config",
+    "MemveeError": "memvee.errors",
+    "Message": "projections.models",
+    "NotFoundError": "memvee.errors",
+    "ProcessStatus": "memvee._task",
+    "ProcessTask": "memvee._task",
+    "ProcessingError": "memvee.errors",
+    "ProcessingTimeoutError": "memvee.errors",
+    "QuarantinedMessage": "projections.models",
+    "RejectedBatchError": "memvee.errors",
+    "RetrievalResult": "memvee._retrieval",
+    "RetrievedEntry": "memvee._retrieval",
+    "RetrievedMessage": "memvee._retrieval",
+    "StorageError": "memvee.errors",
+    "TokenUsage": "events.extraction",
+    "UnknownTaskError": "memvee.errors",
+    "UserSummary": "projections.models",
+}
+"""Where each public name lives: imported on first use (PEP 562), so that ``import
+memvee`` costs little until a name is used, and the ``memvee`` command installs its
+Ctrl-C handling before the engine loads."""
+
+
+def __getattr__(name: str) -> object:
+    if name == "__version__":
+        globals()[name] = _version()
+        return globals()[name]
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'memvee' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memvee")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
 
 __all__ = [
     "BatchLimits",

@@ -1,5 +1,5 @@
 """``python -m memvee``: the ``memvee`` command, where its console script is not on PATH."""
 
-from memvee.cli import main
+from memvee._console import main
 
 main()

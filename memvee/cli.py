@@ -66,6 +66,10 @@ _SPOOL_BYTES = 16 * 1024 * 1024
 """How much of an export to stdout waits in memory before it goes to a temporary file."""
 
 
+_INTERRUPTED = 128 + signal.SIGINT
+"""The exit code typer gives a Ctrl-C outside a command's own run."""
+
+
 class _Commands(TyperGroup):
     """Runs the commands; a failure the user can fix ends one with an ``error:`` line and
     exit code 2 (memvee's typed errors, bad input among them, and files that cannot be
@@ -110,6 +114,10 @@ class _Commands(TyperGroup):
             sys.exit(_bad_input(InvalidInputError(told)).exit_code)
         except typer.Abort:
             sys.exit(_bad_input(InvalidInputError("aborted")).exit_code)
+        except KeyboardInterrupt:
+            code = _INTERRUPTED
+        if code == _INTERRUPTED:  # typer's answer to Ctrl-C while it parses or exits
+            sys.exit(_bad_input(InvalidInputError("interrupted")).exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 

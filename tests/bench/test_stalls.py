@@ -74,7 +74,8 @@ def test_a_collection_not_yet_added_to_the_total_still_counts_as_the_collectors(
     worst = max(meter.stalls, key=lambda s: s.late)
     assert worst.late >= 0.05 - meter.interval  # the ticker's own sleep overlaps the block
     assert worst.collecting >= 0.05 - 0.001
-    assert worst.outside_collections <= 0.002
+    # Nearly all of it is the collector's (a loaded machine wakes the ticker a little late).
+    assert worst.outside_collections <= 0.2 * worst.late
 
 
 def _spin(seconds: float) -> None:

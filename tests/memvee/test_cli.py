@@ -79,6 +79,49 @@ def test_version_and_help_are_plain() -> None:
     assert "--resume" in shown and "<bool>" not in shown and "--db PATH" in shown
 
 
+def test_importing_memvee_loads_no_engine_until_a_name_is_used() -> None:
+    """So the command's Ctrl-C handling is in place before the second the engine takes."""
+    probe = (
+        "import sys, memvee; before = 'sqlalchemy' in sys.modules or 'memvee._memory' in "
+        "sys.modules; memvee.Memory; print(before, 'memvee._memory' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_ctrl_c_while_the_command_loads_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    from memvee._console import main
+
+    load = builtins.__import__
+
+    def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "memvee.cli":
+            raise KeyboardInterrupt
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_ctrl_c_while_typer_reads_the_command_line_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memvee.cli._Commands, "make_context", interrupted)
+    assert one_error_line(run("users", code=2)) == "error: interrupted"
+
+
 def test_python_dash_m_memvee_is_the_memvee_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "memvee", "--version"],
