@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from events import DatabaseInUseError, StorageError, driver_url, redacted_url
+from events import DatabaseInUseError, StorageError, driver_url, redacted_url, sqlite_file
 from events.errors import first_line
 
 __all__ = [
@@ -125,10 +125,10 @@ class FileClaim:
         cannot share, :class:`StorageError` if the lock file cannot be opened; on a file
         system that cannot lock, warns and returns ``None``.
         """
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite" or not parsed.database or sys.platform == "win32":
+        file = sqlite_file(make_url(url))
+        if file is None or sys.platform == "win32":
             return None
-        database = Path(parsed.database).expanduser().resolve()  # a link: the file it names
+        database = Path(file).expanduser().resolve()  # a link: the file it names
         suffix = LOCK_SUFFIX if purpose is None else purpose.suffix
         lock_path = database.with_name(database.name + suffix)
         while True:

@@ -99,7 +99,11 @@ def test_the_same_file_by_another_path_is_the_same_claim(
     (tmp_path / "memory.db").touch()
     (tmp_path / "sub" / "link.db").symlink_to(tmp_path / "memory.db")
     _take(claims, sqlite_url(tmp_path / "memory.db"), shared=False)
-    for other in (f"{tmp_path}/sub/../memory.db", f"{tmp_path}/sub/link.db"):
+    for other in (
+        f"{tmp_path}/sub/../memory.db",
+        f"{tmp_path}/sub/link.db",
+        f"file:{tmp_path}/memory.db?mode=rwc&uri=true",  # an SQLite URI filename
+    ):
         with pytest.raises(DatabaseInUseError):
             FileClaim.take(f"sqlite:///{other}", shared=False)
 
