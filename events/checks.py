@@ -121,8 +121,13 @@ def check_user_id(user_id: object) -> str:
     return user_id
 
 
-_LOOKALIKE = re.compile("[\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
-"""Characters that show nothing, not even a space: an id holding one reads as another's."""
+_LOOKALIKE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u180b-\u180e\u200b\u200e\u200f\u2060-\u206f"
+    "\u3164\ufeff\uffa0\ufff9-\ufffb\U0001d173-\U0001d17a\U000e0000-\U000e007f]"
+    "|(?<=[!-~])[\u200c\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef]|[\u200c\u200d](?=[!-~])"
+)
+"""Characters that show nothing, not even a space: an id holding one reads as another's.
+Joiners and variation selectors count beside ASCII only: scripts and emoji need them."""
 
 
 def check_new_user_id(user_id: object) -> str:

@@ -15,6 +15,7 @@ from events.checks import (
     ROLES,
     check_message,
     check_name,
+    check_new_user_id,
     check_sent_at,
     check_text,
     check_time,
@@ -81,6 +82,44 @@ def test_a_user_id_is_one_visible_line_of_at_most_256_characters(
 ) -> None:
     with pytest.raises(InvalidInputError, match=fault):
         check_user_id(user_id)
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        "alice ",
+        "al\u200bice",
+        "al\u200cice",
+        "al\u200dice",
+        "al\u200eice",
+        "alice\ufe0f",
+        "alice\u3164",
+        "al\u034fice",
+        "alice\U000e0061",
+        "\ufeffalice",
+        "al\u00adice",
+        "Jose\u0301",
+    ],
+)
+def test_a_user_id_that_reads_as_another_is_refused_for_writes(lookalike: str) -> None:
+    assert check_user_id(lookalike) == lookalike, "reads take it"
+    with pytest.raises(InvalidInputError, match="user_id must"):
+        check_new_user_id(lookalike)
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        "ann smith",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # an emoji joined into one
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian with ZWNJ
+        "\u0915\u094d\u200d\u0937",  # Devanagari with ZWJ
+        "\u2764\ufe0f",  # an emoji with its presentation selector
+        "Jos\u00e9",
+    ],
+)
+def test_a_user_id_whose_joiners_a_script_or_emoji_needs_is_written(own: str) -> None:
+    assert check_new_user_id(own) == own
 
 
 def test_a_user_id_of_exactly_256_characters_passes() -> None:
