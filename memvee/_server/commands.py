@@ -18,7 +18,7 @@ import typer
 
 from events import (
     check_db_path,
-    check_user_id,
+    check_new_user_id,
     driver_url,
     refuse_foreign_database,
     refuse_foreign_sqlite,
@@ -215,8 +215,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def _check_user(user: str) -> None:
+    """Refuse a ``--user`` every write of the server would refuse (a pasted space)."""
     try:
-        check_user_id(user)
+        check_new_user_id(user)
     except ValueError as error:
         _fail(f"--user: {error}")
 

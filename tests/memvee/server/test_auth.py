@@ -133,6 +133,7 @@ def run_serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         (["--tokens-file", "/nonexistent/tokens"], None, "cannot read the tokens file"),
         ([], {"MEMVEE_API_TOKENS": f"{ACME}:acme:,{ACME}:globex:"}, "listed twice"),
         (["--user", "bad\x01user"], None, "--user: user_id"),
+        (["--user", " me"], None, "--user: user_id must not begin or end with spaces"),
         (["--db-url", "postgresql://me:s3cret@h:port/x"], None, "--db-url is not a database URL"),
         (["--db", "postgresql://me:s3cret@h/x"], None, "give it as --db-url"),
     ],
