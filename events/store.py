@@ -211,6 +211,26 @@ def _file_id(path: Path | None) -> tuple[int, int] | None:
     return None if found is None else (found.st_dev, found.st_ino)
 
 
+def _still_stored(path: Path | None, opened: tuple[int, int]) -> bool:
+    """Whether the database file opened as ``opened`` (device, inode) is still a file: at
+    ``path``, or moved elsewhere (its folder renamed), as this process's open descriptors
+    of it tell (Linux). Deleted, or replaced by another file, a write to it is lost."""
+    if _file_id(path) == opened:
+        return True
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            found = os.stat(f"/proc/self/fd/{descriptor}")
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == opened:
+            return found.st_nlink > 0
+    return False
+
+
 def refuse_hard_links(path: str) -> None:
     """Raise :class:`StorageError` if the SQLite file at ``path`` has more than one name:
     SQLite keeps its write-ahead log and lock beside the name a file is opened by, so two
@@ -729,7 +749,7 @@ class EventStore:
         if not events and not snapshots:
             return []
         stored = [self._encoder(e) for e in events]
-        if self._file_id is not None and _file_id(self._file) != self._file_id:
+        if self._file_id is not None and not _still_stored(self._file, self._file_id):
             raise StorageError(
                 f"the database file {self._file} was deleted or replaced while open: "
                 f"{len(events)} events not stored (open the Memory again)"

@@ -187,6 +187,25 @@ def test_a_write_after_the_file_was_deleted_or_replaced_is_refused_not_acknowled
     store.close()
 
 
+def test_a_write_after_the_files_folder_was_renamed_is_stored_in_the_file(
+    tmp_path: Path,
+) -> None:
+    """The file moved with its folder is still the database: nothing is lost by writing."""
+    (tmp_path / "a").mkdir()
+    store = EventStore(sqlite_url(tmp_path / "a" / "memory.db"))
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 100)
+    store.append([log.collect_events()])
+    (tmp_path / "a").rename(tmp_path / "b")
+    log.add_message("user", "I work at Acme", None, 100)
+    store.append([log.collect_events()])
+    store.close()
+    moved = EventStore(sqlite_url(tmp_path / "b" / "memory.db"), create=False)
+    assert moved.load_log("ann").log is not None
+    assert moved.load_log("ann").log.version == 3
+    moved.close()
+
+
 def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     """An app's own SQLite file, named by mistake: memvee adds no table to it and leaves
     its journal mode alone."""
