@@ -92,7 +92,9 @@ class AccessLog:
         async def send_with_id(message: Message) -> None:
             nonlocal status, answered
             if message["type"] == "http.response.start":
-                status, answered = message["status"], True
+                # An answer to a client already gone (a body cut short) was never sent.
+                status = status if status == CLIENT_CLOSED else message["status"]
+                answered = True
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = {**message, "headers": headers}

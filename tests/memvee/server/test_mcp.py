@@ -473,16 +473,19 @@ def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     assert notified.status_code == 202
 
 
-def test_a_client_hanging_up_mid_body_on_mcp_is_logged_as_closed_not_as_an_error(
-    server: ServerProcess,
+@pytest.mark.parametrize("path", ["/mcp", "/v1/users/hung-up/messages"])
+def test_a_client_hanging_up_mid_body_is_logged_as_closed_not_as_an_error(
+    server: ServerProcess, path: str
 ) -> None:
-    """As on the HTTP API's routes: no traceback, and the access line says the client
-    closed the request (499), not that the server failed (500)."""
+    """On MCP as on the HTTP API's routes: no traceback, and the access line says the
+    client closed the request (499), not that the server failed (500) or that the body
+    was bad (422: no answer was sent)."""
     body = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+    request_id = f"hung-up-mid-body-{path.count('/')}"
     head = (
-        f"POST /mcp HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
         "Content-Type: application/json\r\nAccept: application/json\r\n"
-        f"X-Request-ID: hung-up-mid-body\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as hanging_up:
@@ -490,10 +493,10 @@ def test_a_client_hanging_up_mid_body_on_mcp_is_logged_as_closed_not_as_an_error
         time.sleep(0.3)
 
     def logged() -> list[dict[str, Any]]:
-        return [r for r in server.records() if r.get("request_id") == "hung-up-mid-body"]
+        return [r for r in server.records() if r.get("request_id") == request_id]
 
     (line,) = wait_until(logged, what="the access log line")
-    assert (line["path"], line["status"]) == ("/mcp", 499)
+    assert (line["path"], line["status"]) == (path, 499)
     time.sleep(0.3)
     assert not [r for r in server.records() if r.get("level") == "error"]
 
