@@ -30,7 +30,8 @@ _STOP_WORDS_TEXT = """
     there these they this those through to too under until up very was wasn we were weren
     what when where which while who whom why will with won would wouldn you your yours
     yourself yourselves d ll m re s t ve also just still ever anything something tell know
-    remember user please anymore days currently right
+    remember user please anymore days currently right everything summarize summarise
+    summary recap recall
 """
 
 STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())

@@ -59,6 +59,28 @@ async def _say(memory: Memory, user: str, day: int, *lines: str) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize(
+    "overview",
+    [
+        "What do you know about me?",
+        "Tell me everything you remember about me.",
+        "Summarize what you know about me.",
+        "Recap everything about me, please.",
+    ],
+)
+async def test_a_question_about_the_user_in_general_gets_their_facts(
+    make_memory: Callable[..., Any], overview: str
+) -> None:
+    """Such a question names nothing to search for: the latest facts answer it."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Bergen.", "I work at Equinor.")
+    result = await memory.retrieve("ann", overview)
+    assert sorted(hit.text for hit in result.entries) == [
+        "User lives in Bergen.",
+        "User works at Equinor.",
+    ]
+
+
 async def test_a_natural_question_finds_the_fact_its_words_only_partly_share(
     make_memory: Callable[..., Any],
 ) -> None:
