@@ -566,14 +566,22 @@ when the query does not name it: "User's sister lives in Trondheim." reads as cl
 "Where does Ann live?" as "User lives in Bergen." does, or closer, yet the question is
 about the user."""
 
-_OWNED_SUBJECT = re.compile(r"User['\u2019]s\s+([^\W\d_]+(?:\s+[A-Z][^\W\d_]*)*)")
+_OWNED_SUBJECT = re.compile(
+    r"User['\u2019]s\s+(?:(?P<phrase>[^\W\d_]+(?:\s+[^\W\d_]+){0,3}?)\s+(?:lives|lived"
+    r"|works|worked|is|was|are|were|has|had|likes|loves|moved|studies|owns|goes|plays)\b"
+    r"|(?P<word>[^\W\d_]+))"
+)
 """The subject of a fact about someone or something of the user's, as the extractors
-write it ("User's sister ...", "User's friend Tom ..."): its noun and the names after it."""
+write it ("User's sister ...", "User's older brother ...", "User's friend Tom ..."): the
+words before its verb (or its first word)."""
+
+_KIN_WORDS = {"mom": "mother", "mum": "mother", "mommy": "mother", "dad": "father"}
+"""Words a question may use for the nouns the extractors write."""
 
 
 def _query_words(query: str) -> frozenset[str]:
     """The query's words and those of the topics it touches, as the index compares them."""
-    return frozenset(index_word(term) for term in search_terms(query))
+    return frozenset(index_word(_KIN_WORDS.get(term, term)) for term in search_terms(query))
 
 
 def _names_subject(text: str, asked: frozenset[str]) -> bool:
@@ -582,4 +590,5 @@ def _names_subject(text: str, asked: frozenset[str]) -> bool:
     owned = _OWNED_SUBJECT.match(text)
     if owned is None:
         return True
-    return any(index_word(word) in asked for word in owned.group(1).split())
+    subject = owned["phrase"] or owned["word"]
+    return any(index_word(word) in asked for word in subject.split())

@@ -697,6 +697,27 @@ async def test_with_the_default_model_a_question_about_the_user_finds_the_users_
     assert friend.entries[0].text == "User's friend Tom lives in Paris."
 
 
+@pytest.mark.parametrize(
+    ("fact", "question", "named"),
+    [
+        ("User's older brother lives in Oslo.", "Where does my brother live?", True),
+        ("User's mother lives in Lisbon.", "Where does my mom live?", True),
+        ("User's best friend is called Eva.", "Who is my friend?", True),
+        ("User's friend Tom lives in Paris.", "Which city is Tom in?", True),
+        ("User's sister lives in Trondheim.", "Where does Ann live?", False),
+        ("User lives in Bergen.", "Where does Ann live?", True),
+    ],
+)
+def test_a_fact_about_someone_of_the_users_is_named_by_any_word_of_its_subject(
+    fact: str, question: str, named: bool
+) -> None:
+    """A relative the question names keeps its whole semantic share, written with an
+    adjective before the noun or asked for by another word for it."""
+    from memvee._retrieval import _names_subject, _query_words
+
+    assert _names_subject(fact, _query_words(question)) is named
+
+
 async def test_with_the_default_model_a_question_unrelated_to_anything_finds_nothing(
     make_memory: Callable[..., Any],
 ) -> None:
