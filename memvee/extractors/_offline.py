@@ -4,9 +4,10 @@ It recognises a small set of self-disclosures in the user's own messages ("I wor
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
 wrong one, so questions, negations, hypotheticals, what someone else is quoted saying and
-anything it cannot parse are skipped, and a workplace or home is taken only when it looks
-like a name ("I work at night" and "I live in a small apartment" name neither). In a group
-chat a named speaker's facts are about that speaker ("Ann lives in Oslo.").
+anything it cannot parse are skipped, and a time or common noun is no workplace or home
+("I work at night" and "I live in a small apartment" name neither; "I work at google",
+"eBay", "3M" and "a small town near Oslo" do). In a group chat a named speaker's facts
+are about that speaker ("Ann lives in Oslo.").
 
 Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
 as are the batch's known entries that it can parse, so that a repeated fact is marked
@@ -23,6 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import pairwise
 
 from events.extraction import (
     BatchMessage,
@@ -63,7 +65,7 @@ _TRAILING_FILLER = re.compile(
 )
 _FIRST_TO_THIRD_PERSON = (
     (re.compile(r"\bmyself\b", re.IGNORECASE), "themselves"),
-    (re.compile(r"\bmine\b", re.IGNORECASE), "theirs"),
+    (re.compile(r"(?<!\ba )(?<!\bthe )\bmine\b", re.IGNORECASE), "theirs"),  # not "a mine"
     (re.compile(r"\bmy\b", re.IGNORECASE), "their"),
     (re.compile(r"\bme\b", re.IGNORECASE), "them"),
 )
@@ -77,8 +79,10 @@ _TRAILING_WHEN = re.compile(
     r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
     r"|autumn|fall|winter)|january|february|march|april|may|june|july|august|september"
     r"|october|november|december|\d{4})(?:\s+\d{4})?"
-    r"|(?:on|at|during|over)\s+(?:the\s+)?(?:(?:mon|tues|wednes|thurs|fri|satur|sun)days?"
-    r"|weekends?|weekdays|nights?|(?:spring|summer|autumn|fall|winter)(?:\s+break)?)"
+    r"|(?:on|at|during|over|for)\s+(?:the\s+)?(?:(?:mon|tues|wednes|thurs|fri|satur|sun)days?"
+    r"|weekends?|weekdays|nights?|(?:spring|summer|autumn|fall|winter)(?:\s+break)?|holidays?)"
+    r"|(?:this|next|that)\s+(?:spring|summer|autumn|fall|winter|weekend|week|month|year)"
+    r"|at\s+(?:christmas|easter|new\s+year|thanksgiving)|during\s+.+"
     r"|since\s+.+|for\s+(?:a|an|one|two|three|four|five|six|several|many|a\s+few|\d+)\s+"
     r"(?:days?|weeks?|months?|years?|decades?)|(?:a|an|one|two|three|four|five|six|\d+)\s+"
     r"(?:days?|weeks?|months?|years?)\s+ago|a\s+while\s+(?:ago|back)"
@@ -95,6 +99,7 @@ _NOT_NAMES = frozenset(
     {"a", "an", "my", "your", "his", "her", "our", "their", "its", "this", "that", "these"}
     | {"those", "some", "any", "every", "each", "no", "one", "another", "such", "all", "both"}
     | {"least", "most", "first", "last", "what", "which", "it", "there", "here", "times"}
+    | {"same", "other", "whatever", "wherever"}
     | {"night", "nights", "day", "days", "weekends", "weekend", "weekdays", "noon", "midnight"}
     | {"dawn", "dusk", "morning", "mornings", "evening", "evenings", "christmas", "easter"}
     | {"mondays", "tuesdays", "wednesdays", "thursdays", "fridays", "saturdays", "sundays"}
@@ -105,21 +110,24 @@ _COMMON_NOUNS = frozenset(
     | {"misery", "squalor", "sin", "pain", "debt", "hiding", "exile", "silence", "style"}
     | {"sync", "shifts", "speed", "pace", "random", "ease", "risk", "work", "school", "bed"}
     | {"full", "part", "length", "large", "heart", "theory", "practice", "general", "place"}
+    | {"moment", "past", "present", "future", "dark", "now", "denial", "limbo", "bliss"}
 )
-"""Common nouns after "live in" or "work at" ("in fear", "at home"), for writers who do
-not capitalise: from them, any other word may be a name ("i live in oslo")."""
-_WORKPLACES = frozenset(
-    {"bakery", "bank", "bar", "cafe", "caf\u00e9", "restaurant", "pub", "diner", "shop", "store"}
-    | {"supermarket", "factory", "warehouse", "plant", "mill", "farm", "hospital", "clinic"}
-    | {"pharmacy", "school", "college", "university", "library", "museum", "office", "company"}
-    | {"firm", "startup", "start-up", "agency", "studio", "lab", "laboratory", "hotel"}
-    | {"garage", "salon", "gym", "church", "council", "city", "ministry", "government"}
-    | {"newspaper", "magazine", "airline", "airport", "docks", "port", "mine", "brewery"}
-    | {"nursery", "kindergarten", "daycare", "prison", "bookshop", "bookstore", "charity"}
-    | {"nonprofit", "consultancy", "theatre", "theater", "cinema", "zoo", "court", "embassy"}
-    | {"station", "centre", "center", "bakehouse", "butcher", "butcher's", "hairdresser's"}
+"""Common nouns after "live in" or "work at" ("in fear", "at home"): any other word may
+open a name, capitalised or not ("I live in oslo", "eBay", "den Haag")."""
+_NOT_WORKPLACES = frozenset(
+    {"pace", "speed", "rate", "level", "loss", "distance", "desk", "computer", "laptop"}
+    | {"table", "minimum", "standstill", "time", "glance", "stretch", "go", "push"}
 )
-"""Kinds of workplace: "I work at a bakery" names the user's employer, if not by name."""
+"""What follows "work at a" without naming a workplace ("at a fast pace" ends on one)."""
+_CARE_HOMES = frozenset(
+    {"nursing home", "care home", "retirement home", "group home", "foster home"}
+    | {"children's home", "residential home", "retirement community", "assisted living"}
+)
+"""Homes known by their kind, not by a name ("my grandma lives in a nursing home")."""
+_TIME = re.compile(
+    r"\d{1,2}(?:[:.]\d{2})?\s*(?:[ap]\.?m\b\.?|o'?clock\b|h\b)?(?:\s|$)", re.IGNORECASE
+)
+"""A time of day opening a workplace ("at 9am", "at 5 pm", "at 9:30"), not "3M" or "7-Eleven"."""
 _PLACE_PREPOSITIONS = frozenset(
     {"in", "on", "at", "near", "by", "with", "of", "for", "from", "downtown", "across"}
     | {"outside", "inside", "next", "close", "around", "behind", "opposite", "where", "and"}
@@ -153,8 +161,12 @@ _RELATIVES = (
 )
 _PETS = r"dog|cat|puppy|kitten|hamster|rabbit|bunny|parrot|bird|horse|fish|turtle|guinea\s+pig"
 _KIN_ADJECTIVE = r"(?:(?:little|big|older|younger|elder|eldest|oldest|youngest|twin|best|baby)\s+)?"
-_MOVED_TO = r"moved\s+(?:from\s+.+?\s+)?to\s+(?P<place>.+?)(?:\s+from\s+.+)?"
-"""Moved to a place, from another ("moved from Oslo to Bergen", "moved to Bergen from Oslo")."""
+_MOVED_TO = (
+    r"moved\s+(?:from\s+.+?\s+)?to\s+(?:.+?(?:,?\s+and)?,?\s+(?:then|later|finally|eventually"
+    r"|afterwards|now)\s+(?:moved\s+|on\s+)?to\s+)*(?P<place>.+?)(?:\s+from\s+.+)?"
+)
+"""Moved to a place, from another ("moved from Oslo to Bergen", "moved to Bergen from
+Oslo"), or on from there ("to Paris and then to Berlin": the last one)."""
 _MY_KIN = (
     rf"my\s+(?P<noun>{_KIN_ADJECTIVE}(?:{_RELATIVES}|{_PETS}))"
     r"(?:\s+(?P<alias>(?-i:[A-Z][a-z]+(?:[-'][A-Za-z]+)?)))?"
@@ -437,7 +449,7 @@ def _clean_place(raw: str, *, cased: bool, workplace: bool) -> str | None:
     """A home or workplace as it goes into a fact, or None when it does not look like one:
     when is not where ("in Bergen in May"), and "at night" or "in fear" name no place."""
     text = " ".join(raw.split()).strip(_EDGE_JUNK)
-    while (shorter := _TRAILING_WHEN.sub("", _TRAILING_FILLER.sub("", text))) != text:
+    while (shorter := _TRAILING_FILLER.sub("", _TRAILING_WHEN.sub("", text))) != text:
         text = shorter.strip(_EDGE_JUNK)
     if not text or not _names_a_place(text.split(), cased=cased, workplace=workplace):
         return None
@@ -445,33 +457,50 @@ def _clean_place(raw: str, *, cased: bool, workplace: bool) -> str | None:
 
 
 def _names_a_place(words: Sequence[str], *, cased: bool, workplace: bool) -> bool:
-    """Whether ``words`` name a home or workplace: a name ("Oslo", "the BBC"; any word
-    but a common one from a writer who does not capitalise, or one opening on markup), a
-    numbered one ("city 3"), or for a workplace, a kind of one ("a bakery", "the docks").
-    A time ("9am") is none."""
-    head = words[0]
-    first = head.casefold()
-    if _NUMBERED.fullmatch(" ".join(words)):
+    """Whether ``words`` name a home or workplace. A time ("9am", "at night") or a common
+    noun ("in fear", "at home") is none, whatever the writer's case; any other word is
+    taken, as names may open lower-case or on a digit ("eBay", "den Haag", "3M"). After
+    an article, a workplace is taken unless a time or common noun follows it ("a nursing
+    home", "the BBC"), and a home only when it names a place ("the Netherlands", "a small
+    town near Oslo", not "a small apartment" or "the moment")."""
+    text = " ".join(words)
+    if _NUMBERED.fullmatch(text):
         return True
-    if workplace and first in _ARTICLES and _is_a_workplace(words[1:]):
-        return True
-    if first == "the" and len(words) > 1:
-        return cased and words[1][:1].isupper() and words[1].casefold() not in _NOT_NAMES
-    if first in _NOT_NAMES or (first in _COMMON_NOUNS and not cased) or head[0].isdigit():
+    if _TIME.match(text):
         return False
-    return head[0].isupper() or not cased or not head[0].isalpha()
-
-
-def _is_a_workplace(words: Sequence[str]) -> bool:
-    """Whether ``words`` (after an article) are a kind of workplace, before any place or
-    time they add ("small bakery near the river", "post office")."""
-    for word in words:
-        folded = word.casefold().strip(_EDGE_JUNK)
-        if folded in _WORKPLACES:
-            return True
-        if folded in _PLACE_PREPOSITIONS:
+    first = words[0].casefold()
+    if first in _ARTICLES:
+        rest = words[1:]
+        if not rest or not _may_be_a_name(rest[0]):
             return False
-    return False
+        if workplace:
+            head = next((w for w in rest if w.casefold() in _PLACE_PREPOSITIONS), None)
+            noun = rest[rest.index(head) - 1] if head is not None and head != rest[0] else rest[-1]
+            return noun.casefold().strip(_EDGE_JUNK) not in _NOT_WORKPLACES
+        if len(rest) == 2 and " ".join(rest).casefold() in _CARE_HOMES:
+            return True
+        return _names_in(rest, cased=cased, first=first == "the")
+    return _may_be_a_name(words[0])
+
+
+def _may_be_a_name(word: str) -> bool:
+    """Whether ``word`` may open a name: it is no time, article, possessive or common noun."""
+    folded = word.casefold().strip(_EDGE_JUNK)
+    return bool(folded) and folded not in _NOT_NAMES and folded not in _COMMON_NOUNS
+
+
+def _names_in(words: Sequence[str], *, cased: bool, first: bool) -> bool:
+    """Whether a home after an article (``words``) names a place: a capitalised word from
+    a writer who capitalises ("the Netherlands", "a flat in Leeds"); else, the word right
+    after "the" (``first``) or one after a place preposition ("a town near oslo")."""
+    if cased:
+        return any(word[:1].isupper() for word in words)
+    if first:
+        return True
+    return any(
+        word.casefold() in _PLACE_PREPOSITIONS and _may_be_a_name(after)
+        for word, after in pairwise(words)
+    )
 
 
 def _writes_in_case(content: str) -> bool:
@@ -528,15 +557,19 @@ my job", "When I was 20, I quit my job"): what it says is not the user's present
 _QUOTED = re.compile(r"[\"\u201c]\s*(?=(?:i|my)\b)[^\"\u201c\u201d\n]*[\"\u201d]", re.IGNORECASE)
 """Words in quotation marks that speak in the first person: someone's quoted words."""
 _REPORTED = re.compile(
-    r"\b(?P<speaker>[\w']+)\s+(?:(?:just|then|once|always|also)\s+)?(?:said|says|say|told"
+    r"\b(?P<speaker>[\w']+)\s+(?:(?:just|then|once|always|also)\s+)?(?P<verb>said|says|say|told"
     r"|tells|asked|asks|wrote|writes|replied|replies|texted|texts|messaged|yelled|shouted"
     r"|whispered|added|explained|claimed|claims|insisted|announced|answered|goes|went"
-    r"|was\s+like|is\s+like|'s\s+like)(?:\s+[\w']+){0,3}?\s*[:,]\s*(?=['\"\u201c]?(?:i|my)\b)",
+    r"|was\s+like|is\s+like|'s\s+like)(?P<more>(?:\s+[\w']+){0,3}?)\s*(?P<mark>[:,])\s*"
+    r"(?=['\"\u201c]?(?:i|my)\b)",
     re.IGNORECASE,
 )
-"""Someone reporting what was said ("She told me: I work at Google"): the words that
-follow are theirs, not the writer's own."""
-_THE_WRITER = frozenset({"i", "i'd", "i'll", "i've"})
+"""Someone reporting what was said ("She told me: I work at Google", "My boss says, I
+..."): the words that follow are theirs, not the writer's own (see :func:`_reports`)."""
+_THE_WRITER = frozenset({"i", "i'd", "i'll", "i've", "we", "you"})
+"""Speakers whose reported words are the writer's: the writer, and "you", the assistant
+the writer answers ("As you said, I'm allergic to peanuts")."""
+_QUOTATIVES = frozenset({"goes", "went"})
 _TRAILING_CONJUNCTION = re.compile(r"(?:[\s,;:]+(?:and|but|so|then))?[\s,;:]*$", re.IGNORECASE)
 
 
@@ -552,9 +585,21 @@ def _unreported(sentence: str) -> str:
     """``sentence`` up to where it reports someone else's words ("..., and she said: I
     ..."); the writer's own report ("I told her: I live in Oslo") is theirs."""
     for reported in _REPORTED.finditer(sentence):
-        if reported["speaker"].casefold() not in _THE_WRITER:
+        if _reports(reported):
             return _TRAILING_CONJUNCTION.sub("", sentence[: reported.start()])
     return sentence
+
+
+def _reports(reported: re.Match[str]) -> bool:
+    """Whether a match of :data:`_REPORTED` introduces someone else's words: a third
+    party's, after a colon, or after a comma right after the verb ("My boss says, I ...";
+    "My doctor told me, I'm allergic to penicillin" is the writer's report, "The
+    interview went well, I work at Google" no speech at all)."""
+    if reported["speaker"].casefold() in _THE_WRITER:
+        return False
+    if not reported["more"]:
+        return True
+    return reported["mark"] == ":" and reported["verb"].casefold() not in _QUOTATIVES
 
 
 def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _Retraction]:

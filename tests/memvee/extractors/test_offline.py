@@ -175,6 +175,140 @@ async def test_the_users_own_words_beside_someone_elses_still_count() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # A writer who capitalises "I" but not names.
+        ("Actually I moved to bergen last week.", "User lives in bergen."),
+        ("I work at google now.", "User works at google."),
+        ("I live in new york city.", "User lives in new york city."),
+        ("I work at deutsche bank.", "User works at deutsche bank."),
+        ("I work at mcdonalds.", "User works at mcdonalds."),
+        # Names that open on a digit or a lower-case letter, or are written in capitals.
+        ("I work at 3M.", "User works at 3M."),
+        ("I work at 7-Eleven.", "User works at 7-Eleven."),
+        ("I work at 23andMe.", "User works at 23andMe."),
+        ("I work at eBay.", "User works at eBay."),
+        ("I work at iHeartMedia.", "User works at iHeartMedia."),
+        ("I work at van der Berg Consulting.", "User works at van der Berg Consulting."),
+        ("I work at de Volkskrant.", "User works at de Volkskrant."),
+        ("I live in den Haag.", "User lives in den Haag."),
+        ("I live in el Paso.", "User lives in el Paso."),
+        ("I WORK AT 3M.", "User works at 3M."),
+        ("I WORK AT THE BBC.", "User works at THE BBC."),
+        ("i work at the bbc", "User works at the bbc."),
+        ("i live in the netherlands", "User lives in the netherlands."),
+        # A home described, near or in a named place.
+        ("I live in a small town near Oslo.", "User lives in a small town near Oslo."),
+        ("I live in an apartment in Madrid.", "User lives in an apartment in Madrid."),
+        ("I live in a flat in Leeds.", "User lives in a flat in Leeds."),
+        ("I live in downtown Seattle.", "User lives in downtown Seattle."),
+        ("I live in the suburbs of Chicago.", "User lives in the suburbs of Chicago."),
+        (
+            "My sister lives in a small town near Bergen.",
+            "User's sister lives in a small town near Bergen.",
+        ),
+        # A workplace after an article, of any kind.
+        ("I work at a nursing home.", "User works at a nursing home."),
+        ("I work at a care home.", "User works at a care home."),
+        ("I work at a car dealership.", "User works at a car dealership."),
+        ("I work at a hedge fund.", "User works at a hedge fund."),
+        ("I work at city hall.", "User works at city hall."),
+        ("I work at a Starbucks.", "User works at a Starbucks."),
+        ("I work at an NGO.", "User works at an NGO."),
+        ("I work at a research institute.", "User works at a research institute."),
+        ("I work at a vet.", "User works at a vet."),
+        ("I work at a vineyard.", "User works at a vineyard."),
+        ("I work at the co-op.", "User works at the co-op."),
+        ("I work at a mine.", "User works at a mine."),
+        ("My grandma lives in a nursing home.", "User's grandmother lives in a nursing home."),
+    ],
+)
+async def test_a_name_need_not_be_capitalised_nor_a_workplace_a_known_kind(
+    content: str, expected: str
+) -> None:
+    """Only a time or a common noun is no place: a name may open lower-case or on a digit,
+    and a described home or any workplace after an article is taken."""
+    assert await texts_of(content) == [expected]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I work at 9am.",
+        "I work at 5 pm.",
+        "I work at 9:30.",
+        "I work at a fast pace.",
+        "I work at the same company as my wife.",
+        "I work at the moment.",
+        "I LIVE IN A SMALL APARTMENT.",
+        "i live in the moment",
+    ],
+)
+async def test_a_time_or_a_description_is_still_no_workplace_or_home(content: str) -> None:
+    assert await texts_of(content) == []
+
+
+async def test_a_lower_case_correction_replaces_the_old_home_and_job() -> None:
+    facts = await against(
+        (ACME, OSLO), "Actually I moved to bergen last week.", "I work at google now."
+    )
+    assert facts == (
+        update("User lives in bergen.", "e-oslo", "m1"),
+        update("User works at google.", "e-acme", "m2"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("My doctor told me, I'm allergic to penicillin.", ["User is allergic to penicillin."]),
+        ("As you said, I'm allergic to peanuts.", ["User is allergic to peanuts."]),
+        ("You asked where I work: I work at Deutsche Bank.", ["User works at Deutsche Bank."]),
+        ("The interview went well, I work at Google now!", ["User works at Google."]),
+        ("Everything went fine, I live in Bergen now.", ["User lives in Bergen."]),
+        (
+            "Like you said, I live in Oslo and I work at Equinor.",
+            ["User lives in Oslo.", "User works at Equinor."],
+        ),
+        ("We went hiking, I love the mountains.", ["User loves the mountains."]),
+    ],
+)
+async def test_only_a_third_partys_words_after_a_colon_or_quote_are_not_the_users(
+    content: str, expected: list[str]
+) -> None:
+    """What the user was told about themselves, says to "you" (the assistant), or says
+    after a comma is the user's own word."""
+    assert await texts_of(content) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("I moved from London to Paris and then to Berlin.", "User lives in Berlin."),
+        ("I moved from Oslo to Bergen, and then to Trondheim.", "User lives in Trondheim."),
+        ("I moved to Paris and then to Berlin.", "User lives in Berlin."),
+        ("I work at Acme since last year.", "User works at Acme."),
+        ("I moved to Bergen this summer.", "User lives in Bergen."),
+        ("I moved to Bergen at Christmas.", "User lives in Bergen."),
+        ("I moved to Bergen during the pandemic.", "User lives in Bergen."),
+        ("I moved to Bergen for the summer.", "User lives in Bergen."),
+    ],
+)
+async def test_a_chain_of_moves_ends_in_the_last_place_and_when_is_cut(
+    content: str, expected: str
+) -> None:
+    assert await texts_of(content) == [expected]
+
+
+async def test_a_chain_of_moves_replaces_the_old_home_with_the_last() -> None:
+    facts = await against(
+        (entry("e-london", "User lives in London."),),
+        "I moved from London to Paris and then to Berlin.",
+    )
+    assert facts == (update("User lives in Berlin.", "e-london", "m1"),)
+
+
 async def test_contractions_with_straight_or_curly_apostrophes() -> None:
     assert await texts_of("I\u2019m allergic to shellfish") == ["User is allergic to shellfish."]
     assert await texts_of("I've moved to Berlin") == ["User lives in Berlin."]
