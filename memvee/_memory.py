@@ -459,16 +459,15 @@ class Memory:
         entries extracted over all of them.
 
         Tasks run one at a time: those already requested here (an automatic run, say) go
-        first and take the messages they find, so what they extract is counted too. Only
-        this call's own task failing raises: what an earlier one left, this one covers.
+        first and take the messages they find, so what they extract is counted too (those
+        ended by the time this call's own task ends). Only this call's own task failing
+        raises: what an earlier one left, this one covers.
         """
         check_user_id(user_id)
         self._running()
         ahead = list(self._inflight.get(user_id, {}).values())
         count = await self.process_async(user_id).wait()
-        if ahead:
-            await asyncio.wait([t._finished for t in ahead])
-        return count + sum(t.knowledge_count for t in ahead)
+        return count + sum(t.knowledge_count for t in ahead if t.done)
 
     def process_async(self, user_id: str) -> ProcessTask:
         """Schedule processing of the user's buffered messages and return at once."""
