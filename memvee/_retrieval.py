@@ -31,6 +31,7 @@ from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
 from projections.search import index_word
 from projections.tables import ProjectionTables
+from projections.terms import KIN_NOUNS
 from projections.vectors import VectorIndex
 
 __all__ = [
@@ -575,13 +576,10 @@ _OWNED_SUBJECT = re.compile(
 write it ("User's sister ...", "User's older brother ...", "User's friend Tom ..."): the
 words before its verb (or its first word)."""
 
-_KIN_WORDS = {"mom": "mother", "mum": "mother", "mommy": "mother", "dad": "father"}
-"""Words a question may use for the nouns the extractors write."""
-
 
 def _query_words(query: str) -> frozenset[str]:
     """The query's words and those of the topics it touches, as the index compares them."""
-    return frozenset(index_word(_KIN_WORDS.get(term, term)) for term in search_terms(query))
+    return frozenset(index_word(KIN_NOUNS.get(term, term)) for term in search_terms(query))
 
 
 def _names_subject(text: str, asked: frozenset[str]) -> bool:

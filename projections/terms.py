@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["STOP_WORDS", "search_terms"]
+__all__ = ["KIN_NOUNS", "STOP_WORDS", "search_terms"]
 
 MAX_TERMS = 32
 """At most this many distinct terms are searched: the query's own words before the words
@@ -36,6 +36,16 @@ _STOP_WORDS_TEXT = """
 
 STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 """English words too common to say what a question is about (and the parts of contractions)."""
+
+KIN_NOUNS: dict[str, str] = {
+    "mom": "mother",
+    "mum": "mother",
+    "dad": "father",
+    "grandma": "grandmother",
+    "grandpa": "grandfather",
+}
+"""Everyday words for relatives, and the noun facts name them by ("mom": "mother"): the
+offline extractor writes the noun, and a question's word finds it."""
 
 
 _CONCEPTS: tuple[frozenset[str], ...] = tuple(

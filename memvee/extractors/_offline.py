@@ -34,6 +34,7 @@ from events.extraction import (
     FactAction,
     KnownEntry,
 )
+from projections.terms import KIN_NOUNS
 
 __all__ = ["OfflineExtractor", "extract_facts"]
 
@@ -134,10 +135,6 @@ _PLACE_PREPOSITIONS = frozenset(
 )
 _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 """The pronoun "i" written lower-case: its writer does not capitalise names either."""
-_NOUN_SYNONYMS = {"mom": "mother", "mum": "mother", "dad": "father"} | {
-    "grandma": "grandmother",
-    "grandpa": "grandfather",
-}
 
 # Regex building blocks; every rule is matched case-insensitively against a whole clause.
 _LEAD_IN = (
@@ -424,7 +421,7 @@ def _clean(group: str, raw: str, *, cased: bool) -> str | None:
         return name if name is not None and name[0].isalpha() else None
     if group == "noun":
         words = raw.casefold().split()
-        words[-1] = _NOUN_SYNONYMS.get(words[-1], words[-1])
+        words[-1] = KIN_NOUNS.get(words[-1], words[-1])
         return " ".join(words)
     if group == "alias":
         return raw
@@ -789,7 +786,7 @@ def _subject(match: re.Match[str]) -> tuple[str, bool]:
     kin = match.groupdict().get("kin")
     if kin is None:
         return "", True
-    words = [_NOUN_SYNONYMS.get(word, word) for word in kin.casefold().split()]
+    words = [KIN_NOUNS.get(word, word) for word in kin.casefold().split()]
     alias = match["alias"]
     only_one = (
         alias is not None
