@@ -91,6 +91,18 @@ def test_importing_memvee_loads_no_engine_until_a_name_is_used() -> None:
     assert done.stdout.split() == ["False", "True"]
 
 
+def test_every_public_name_of_memvee_loads_from_the_module_it_lives_in() -> None:
+    """The lazily loaded names, the exported ones and the typed imports are one list."""
+    import importlib
+
+    assert sorted(memvee.__all__) == sorted(memvee._HOMES)
+    for name, home in memvee._HOMES.items():
+        assert getattr(memvee, name) is getattr(importlib.import_module(home), name)
+    assert "Memory" in dir(memvee)
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        memvee.Nothing  # noqa: B018
+
+
 def test_ctrl_c_while_the_command_loads_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
