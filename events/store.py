@@ -751,8 +751,8 @@ class EventStore:
         stored = [self._encoder(e) for e in events]
         if self._file_id is not None and not _still_stored(self._file, self._file_id):
             raise StorageError(
-                f"the database file {self._file} was deleted or replaced while open: "
-                f"{len(events)} events not stored (open the Memory again)"
+                f"the database file {self._file} was deleted or replaced while open: this "
+                "write is not stored (open the Memory again on the file now there)"
             )
         try:
             with self.transaction() as connection:
