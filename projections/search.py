@@ -432,11 +432,7 @@ class SearchIndex:
         """The indexed words of ``rowids``, whose message rows are gone (deleted by hand):
         a contentless index unindexes a row only given its words, so they are read back
         from the index itself, in their order (each term tokenizes as itself)."""
-        m = self.messages_fts.name
-        words = f"temp.{m}_words"
-        cursor.execute(
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING fts5vocab(main, {m}, instance)"
-        )
+        words = self._word_instances(cursor)
         owner = owner_token(log_id)
         found = cursor.execute(
             f"SELECT doc, term FROM {words} WHERE term >= ? AND term < ? ORDER BY doc, offset",
@@ -447,6 +443,16 @@ class SearchIndex:
             for doc, terms in groupby(found, key=itemgetter(0))
             if doc in rowids
         ]
+
+    def _word_instances(self, driver: Any) -> str:
+        """The name of a table of the messages index's words, one row per word of each
+        message (doc, term, offset), made on ``driver``'s connection if missing."""
+        m = self.messages_fts.name
+        words = f"temp.{m}_words"
+        driver.execute(
+            f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING fts5vocab(main, {m}, instance)"
+        )
+        return words
 
     def listings(self, connection: Connection) -> list[Listing]:
         """The index's rows in a stable order, for comparing a rebuild with the live index
@@ -459,9 +465,7 @@ class SearchIndex:
         driver = connection.connection.driver_connection
         assert driver is not None
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
-        words = f"temp.{m}_words"
-        vocabulary = f"fts5vocab(main, {m}, instance)"
-        driver.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {words} USING {vocabulary}")
+        words = self._word_instances(driver)
         knowledge = driver.execute(f"SELECT item_id, owner, body FROM {k} ORDER BY 1, rowid")
         instances = driver.execute(
             f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
