@@ -96,6 +96,7 @@ Ctrl-C handling before the engine loads."""
 
 
 def __getattr__(name: str) -> object:
+    """A public name (or ``__version__``), loaded from where it lives on first use."""
     if name == "__version__":
         globals()[name] = _version()
         return globals()[name]
@@ -108,6 +109,7 @@ def __getattr__(name: str) -> object:
 
 
 def _version() -> str:
+    """The installed version of memvee, from the package metadata."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -117,6 +119,7 @@ def _version() -> str:
 
 
 def __dir__() -> list[str]:
+    """The module's names, the ones not loaded yet included."""
     return sorted({*globals(), *_HOMES})
 
 
