@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 
 from events.errors import StorageError
 
@@ -19,14 +20,17 @@ __all__ = ["ThreadReaders"]
 
 class ThreadReaders:
     """Read-only connections to one SQLite file, one per calling thread, all closed at
-    :meth:`close`.
+    :meth:`close`; ``before_open`` runs before each is opened (and may refuse it).
 
     They hold no transaction between statements (each statement reads to its end), so
     they never keep a checkpoint or an erasure's truncation of the write-ahead log waiting.
     """
 
-    def __init__(self, path: str, busy_timeout_ms: int) -> None:
+    def __init__(
+        self, path: str, busy_timeout_ms: int, before_open: Callable[[], None] | None = None
+    ) -> None:
         self._path = path
+        self._before_open = before_open
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
@@ -40,6 +44,8 @@ class ThreadReaders:
             return connection
         if self._closed:
             raise StorageError("the event store is closed")
+        if self._before_open is not None:
+            self._before_open()
         connection = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         with self._lock:

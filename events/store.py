@@ -115,14 +115,16 @@ def _lost_a_creation_race(error: BaseException) -> bool:
     return "already exists" in text or "pg_type_typname_nsp_index" in text
 
 
-def _file_readers(engine: Engine, busy_timeout_ms: int) -> ThreadReaders | None:
+def _file_readers(
+    engine: Engine, busy_timeout_ms: int, before_open: Callable[[], None] | None = None
+) -> ThreadReaders | None:
     """Per-thread read connections to the engine's SQLite file; ``None`` for a database
     only the engine's own connections can reach (in memory, or opened with options)."""
     url = engine.url
     database = url.database
     if not database or database == ":memory:" or url.query or database.startswith("file:"):
         return None
-    return ThreadReaders(database, busy_timeout_ms)
+    return ThreadReaders(database, busy_timeout_ms, before_open)
 
 
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -217,18 +219,25 @@ def _still_stored(path: Path | None, opened: tuple[int, int]) -> bool:
     of it tell (Linux). Deleted, or replaced by another file, a write to it is lost."""
     if _file_id(path) == opened:
         return True
+    held = _held_open(opened)
+    return held is not None and held.st_nlink > 0
+
+
+def _held_open(ident: tuple[int, int]) -> os.stat_result | None:
+    """The status of the file ``ident`` (device, inode) if this process has it open
+    (read through ``/proc/self/fd``, Linux), else ``None``."""
     try:
         descriptors = os.listdir("/proc/self/fd")
     except OSError:
-        return False
+        return None
     for descriptor in descriptors:
         try:
             found = os.stat(f"/proc/self/fd/{descriptor}")
         except OSError:
             continue
-        if (found.st_dev, found.st_ino) == opened:
-            return found.st_nlink > 0
-    return False
+        if (found.st_dev, found.st_ino) == ident:
+            return found
+    return None
 
 
 def refuse_hard_links(path: str) -> None:
@@ -450,7 +459,15 @@ class EventStore:
 
             sa_event.listen(engine, "connect", _pragmas)
             engine.dispose()
-        self._readers = _file_readers(engine, busy_timeout_ms) if self.is_sqlite else None
+        self._file = None if file is None else Path(file).expanduser().absolute()
+        self._file_id = None if self._file is None else _file_id(self._file)
+        if self._file_id is not None:
+            sa_event.listen(engine, "do_connect", lambda *_: self._refuse_another_file())
+        self._readers = (
+            _file_readers(engine, busy_timeout_ms, self._refuse_another_file)
+            if self.is_sqlite
+            else None
+        )
         self.durability = durability
         self._writer: Connection | None = None
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
@@ -531,8 +548,6 @@ class EventStore:
         )
         self._decoder = Decoder(self._app.mapper)
         self._encoder = Encoder(self._app.mapper)
-        self._file = None if file is None else Path(file).expanduser().absolute()
-        self._file_id = None if self._file is None else _file_id(self._file)
         self._data_version = -1
         self._outside_commits = 0
         self._origins_current: dict[UUID, int] = {}
@@ -749,11 +764,7 @@ class EventStore:
         if not events and not snapshots:
             return []
         stored = [self._encoder(e) for e in events]
-        if self._file_id is not None and not _still_stored(self._file, self._file_id):
-            raise StorageError(
-                f"the database file {self._file} was deleted or replaced while open: this "
-                "write is not stored (open the Memory again on the file now there)"
-            )
+        self._refuse_another_file()
         try:
             with self.transaction() as connection:
                 if origins and self._psycopg and 0 < len(stored) <= _EVENTS_PER_INSERT:
@@ -1195,8 +1206,36 @@ class EventStore:
             with self.transaction() as connection:
                 self._insert_snapshots(connection, [snapshot])
 
+    def _refuse_another_file(self) -> None:
+        """Raise :class:`StorageError` once the SQLite file this store opened was deleted
+        or replaced: a write to it would be lost, and a connection opened by its path would
+        read the file now there beside the old one's write-ahead log, and corrupt it."""
+        if self._file_id is not None and not _still_stored(self._file, self._file_id):
+            raise StorageError(
+                f"the database file {self._file} was deleted or replaced while open: "
+                "nothing more is written to it, nor read from a file now at its path (open "
+                "the Memory again)"
+            )
+
+    def _stale_journals(self) -> list[tuple[Path, tuple[int, int]]]:
+        """The write-ahead log and shared-memory files at the path of a file deleted or
+        replaced under this store that this process holds open: its own, which SQLite's
+        close leaves there (the file was unlinked) for the next opener of the path to
+        read beside another file."""
+        if self._file_id is None or _still_stored(self._file, self._file_id):
+            return []
+        found = []
+        for suffix in ("-wal", "-shm"):
+            journal = Path(f"{self._file}{suffix}")
+            ident = _file_id(journal)
+            if ident is not None and _held_open(ident) is not None:
+                found.append((journal, ident))
+        return found
+
     def close(self) -> None:
-        """Release every database connection."""
+        """Release every database connection (and, if the file was deleted or replaced
+        meanwhile, remove the journals this store left at its path)."""
+        stale = self._stale_journals()
         if self._readers is not None:
             self._readers.close()
         lock = self._datastore.write_lock
@@ -1207,3 +1246,7 @@ class EventStore:
                     self._writer = None
         self._app.close()
         self.engine.dispose()
+        for journal, ident in stale:
+            if _file_id(journal) == ident:
+                journal.unlink(missing_ok=True)
+                log.warning("removed %s, left by a database file deleted or replaced", journal)

@@ -187,6 +187,29 @@ def test_a_write_after_the_file_was_deleted_or_replaced_is_refused_not_acknowled
     store.close()
 
 
+def test_a_file_replaced_under_an_open_store_is_left_intact_by_its_close(tmp_path: Path) -> None:
+    """A backup restored over the file: no connection opens the path again, and the old
+    file's write-ahead log is not left there for the next opener to read beside it."""
+    path = tmp_path / "memory.db"
+    store = EventStore(sqlite_url(path))
+    log = UserLog.register("ann")
+    for n in range(5):
+        log.add_message("user", f"message {n}", None, 100)
+        store.append([log.collect_events()])
+    with sqlite3.connect(path) as copying:
+        copying.execute(f"VACUUM INTO '{tmp_path / 'backup.db'}'")
+    copying.close()
+    (tmp_path / "backup.db").replace(path)
+    store.engine.dispose()  # the pool's next connection would be opened by the path
+    with pytest.raises(StorageError, match="was deleted or replaced while open"):
+        store.engine.connect().close()
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.db"]
+    with sqlite3.connect(path) as restored:
+        assert restored.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    restored.close()
+
+
 def test_a_write_after_the_files_folder_was_renamed_is_stored_in_the_file(
     tmp_path: Path,
 ) -> None:
