@@ -206,11 +206,13 @@ def refuse_foreign_sqlite(path: str) -> None:
 
 def _file_id(path: Path | None) -> tuple[int, int] | None:
     """The device and inode of the file at ``path`` (``None``: no file there)."""
+    if path is None:
+        return None
     try:
-        found = os.stat(path) if path is not None else None
+        found = os.stat(path)
     except OSError:
         return None
-    return None if found is None else (found.st_dev, found.st_ino)
+    return found.st_dev, found.st_ino
 
 
 def _still_stored(path: Path | None, opened: tuple[int, int]) -> bool:
