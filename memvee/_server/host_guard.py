@@ -10,6 +10,7 @@ own route against both; this applies the SDK's same check to every route of the 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
@@ -36,6 +37,43 @@ def loopback_names(host: str) -> list[str]:
     return sorted(names)
 
 
+_AUTHORITY = re.compile(r"(?P<name>\[[^\]]*\]|[^:]*)(?P<port>:[0-9]*)?")
+
+
+def _canonical_authority(authority: str) -> str:
+    """``authority`` as the guard compares it: host names are case-insensitive and
+    ``localhost.`` (the absolute form) names ``localhost``, so both are folded."""
+    found = _AUTHORITY.fullmatch(authority.lower())
+    if found is None:
+        return authority
+    name = found["name"]
+    if len(name) > 1 and name.endswith("."):
+        name = name[:-1]
+    return name + (found["port"] or "")
+
+
+def _canonical_origin(origin: str) -> str:
+    scheme, separator, authority = origin.partition("://")
+    if not separator:
+        return origin
+    return f"{scheme.lower()}://{_canonical_authority(authority)}"
+
+
+def _canonical_headers(scope: Scope) -> Scope:
+    """``scope`` with its ``Host`` and ``Origin`` folded, for the guard and every route
+    behind it (the MCP SDK checks them again, comparing exactly)."""
+    headers: list[tuple[bytes, bytes]] = []
+    changed = False
+    for key, value in scope["headers"]:
+        if key in (b"host", b"origin"):
+            text = value.decode("latin-1")
+            folded = _canonical_authority(text) if key == b"host" else _canonical_origin(text)
+            if folded != text:
+                value, changed = folded.encode("latin-1"), True
+        headers.append((key, value))
+    return {**scope, "headers": headers} if changed else scope
+
+
 def _loopback_only(host: str) -> TransportSecuritySettings:
     names = loopback_names(host)
     return TransportSecuritySettings(
@@ -48,7 +86,8 @@ def _loopback_only(host: str) -> TransportSecuritySettings:
 class LoopbackOnly:
     """ASGI middleware: on a server listening on loopback, a request whose ``Host`` is no
     loopback name (a rebound DNS name) gets 421, and one whose ``Origin`` is another site
-    gets 403, before any route runs. A server listening elsewhere is passed through:
+    gets 403, before any route runs; names are compared as DNS compares them (any case,
+    with or without the final dot). A server listening elsewhere is passed through:
     there, tokens guard it."""
 
     def __init__(self, app: ASGIApp, host: str) -> None:
@@ -59,6 +98,7 @@ class LoopbackOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._check is not None:
+            scope = _canonical_headers(scope)
             refused = await self._check.validate_request(Request(scope))
             if refused is not None:
                 misdirected = refused.status_code == 421

@@ -46,3 +46,24 @@ async def test_every_loopback_address_is_guarded_and_answers_its_own_name(
 async def test_a_server_listening_beyond_loopback_is_left_to_its_tokens() -> None:
     answer = await _ask("0.0.0.0", {"Host": "memory.example.com"})
     assert (answer.status_code, answer.text) == (200, "answered")
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("LOCALHOST:8000", "http://LocalHost:8000"),
+        ("localhost.:8000", "http://localhost.:8000"),
+        ("Localhost.", "HTTP://LOCALHOST."),
+    ],
+)
+async def test_a_loopback_name_in_any_case_or_with_its_final_dot_is_answered(
+    host: str, origin: str
+) -> None:
+    own = await _ask("127.0.0.1", {"Host": host, "Origin": origin})
+    assert (own.status_code, own.text) == (200, "answered")
+
+
+@pytest.mark.parametrize("host", ["ATTACKER.example:8000", "localhost.attacker.example.", "."])
+async def test_folding_the_case_and_final_dot_lets_no_other_host_in(host: str) -> None:
+    rebound = await _ask("127.0.0.1", {"Host": host})
+    assert rebound.status_code == 421

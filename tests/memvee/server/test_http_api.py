@@ -367,3 +367,10 @@ def test_a_loopback_server_answers_no_rebound_host_nor_another_site(
     )
     assert same_site.status_code in (200, 404), same_site.text
     assert http.get(f"http://localhost:{port}/healthz").status_code == 200
+    spelled = {"Host": f"LocalHost.:{port}", "Origin": f"http://LOCALHOST:{port}"}
+    listed = http.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={**spelled, "accept": "application/json, text/event-stream"},
+    )
+    assert listed.status_code == 200, listed.text
