@@ -48,7 +48,7 @@ from events import (
     UserLog,
     user_log_id,
 )
-from events.errors import first_line
+from events.errors import FORGOTTEN_REASON, first_line
 from events.user_log import LIVE_KNOWLEDGE
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -56,7 +56,6 @@ __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
-FORGOTTEN_REASON = "the user was forgotten"
 UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
 """Why a task is closed that this process ran but could not store the end of."""
 DECIDE_RETRY_SECONDS = 10.0
@@ -344,6 +343,15 @@ class UserActor(PooledActor):
                 self._batch_known, self._batch_replaced = shown
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
                 self._task_covered += len(self._batch_messages)
+            except _UserForgotten:
+                log.info(
+                    "user %r: task %s: the user was forgotten elsewhere while its batch was "
+                    "out; the answer is dropped",
+                    self.user_id,
+                    task_id,
+                )
+                self._batch_ended(task_id, "FAILED", FORGOTTEN_REASON, recorded=False)
+                return
             except _KnowledgeReplaced as replaced:
                 self._batch_reruns += 1
                 log.info(
@@ -654,9 +662,7 @@ class UserActor(PooledActor):
         """Record the running batch's facts (the log goes on with the next batch, if any)."""
         task_id = self._running
         if user_log is None or user_log.created_on != self._task_log:
-            # Another process forgot the user while the batch was out (who may have begun
-            # again: another log).
-            raise MemveeError(f"task {task_id}: {FORGOTTEN_REASON}")
+            raise _UserForgotten
         if task_id is None or task_id not in user_log.open_tasks:
             raise MemveeError(
                 f"task {task_id} was closed while its batch was out: another process took "
@@ -915,6 +921,12 @@ class UserActor(PooledActor):
 
 
 _NO_USAGE = TokenUsage()
+
+
+class _UserForgotten(Exception):
+    """Another process forgot the user while a batch was out (and the user may have begun
+    again: another log): the answer is of words that are gone, and the task ended with
+    the log it was in."""
 
 
 class _KnowledgeReplaced(Exception):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from events.extraction import TokenUsage
 
 __all__ = [
+    "FORGOTTEN_REASON",
     "ConflictError",
     "ExtractionError",
     "InvalidExtractionError",
@@ -28,9 +29,11 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "UserForgottenError",
     "database_refused",
     "first_line",
     "is_database_failure",
+    "processing_error",
 ]
 
 
@@ -126,6 +129,21 @@ class ProcessingError(MemveeError):
         self.user_id = user_id
         self.task_id = task_id
         self.error = error
+
+
+FORGOTTEN_REASON = "the user was forgotten"
+"""The ``error`` of a task that ended because its user was forgotten while it ran."""
+
+
+class UserForgottenError(ProcessingError):
+    """A processing task ended because its user was forgotten while it ran: nothing
+    failed, and running it again cannot help (the messages are gone)."""
+
+
+def processing_error(user_id: str, task_id: str, error: str) -> ProcessingError:
+    """The error a wait for a task that ended FAILED with ``error`` raises."""
+    kind = UserForgottenError if error == FORGOTTEN_REASON else ProcessingError
+    return kind(user_id, task_id, error)
 
 
 class ProcessingTimeoutError(MemveeError, TimeoutError):

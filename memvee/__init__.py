@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         RejectedBatchError,
         StorageError,
         UnknownTaskError,
+        UserForgottenError,
     )
     from projections.models import (
         BufferedMessage,
@@ -88,6 +89,7 @@ _HOMES = {
     "StorageError": "memvee.errors",
     "TokenUsage": "events.extraction",
     "UnknownTaskError": "memvee.errors",
+    "UserForgottenError": "memvee.errors",
     "UserSummary": "projections.models",
 }
 """Where each public name lives: imported on first use (PEP 562), so that ``import
@@ -159,5 +161,6 @@ __all__ = [
     "StorageError",
     "TokenUsage",
     "UnknownTaskError",
+    "UserForgottenError",
     "UserSummary",
 ]

@@ -34,7 +34,6 @@ from events import (
     Extractor,
     InvalidInputError,
     MemoryClosedError,
-    ProcessingError,
     ProcessingTimeoutError,
     StorageError,
     UnknownTaskError,
@@ -51,7 +50,7 @@ from events import (
     check_time,
     check_user_id,
 )
-from events.errors import first_line, is_database_failure
+from events.errors import first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
@@ -533,7 +532,7 @@ class Memory:
                     total += task.knowledge_count
         if failed:
             first = failed[0]
-            raise ProcessingError(user_id, first.task_id, first.error or "unknown error")
+            raise processing_error(user_id, first.task_id, first.error or "unknown error")
         return total
 
     # ------------------------------------------------------------------ reads

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import enum
 
-from events import MemoryClosedError, ProcessingError
+from events import MemoryClosedError
+from events.errors import processing_error
 
 __all__ = ["ProcessStatus", "ProcessTask"]
 
@@ -76,7 +77,8 @@ class ProcessTask:
         return self._status in (ProcessStatus.COMPLETED, ProcessStatus.FAILED)
 
     async def wait(self) -> int:
-        """Wait for the task to end; return its knowledge count or raise ProcessingError.
+        """Wait for the task to end; return its knowledge count or raise ProcessingError
+        (UserForgottenError when the user was forgotten meanwhile).
 
         Awaited in the event loop of the Memory that made the task.
         """
@@ -84,7 +86,7 @@ class ProcessTask:
             raise MemoryClosedError("this task's Memory is open on another event loop")
         await asyncio.shield(self._finished)
         if self._status is ProcessStatus.FAILED:
-            raise ProcessingError(self.user_id, self.task_id, self._error or "unknown error")
+            raise processing_error(self.user_id, self.task_id, self._error or "unknown error")
         return self._knowledge_count
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ from events.errors import (
     RejectedBatchError,
     StorageError,
     UnknownTaskError,
+    UserForgottenError,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "UserForgottenError",
 ]

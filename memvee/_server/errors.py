@@ -17,7 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from actors import FORGOTTEN_REASON
 from events import (
     ConflictError,
     InvalidInputError,
@@ -28,7 +27,7 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
 )
-from events.errors import is_database_failure
+from events.errors import UserForgottenError, is_database_failure
 from memvee._server.logs import REQUEST_ID_KEY
 
 __all__ = [
@@ -51,6 +50,7 @@ _STATUS: tuple[tuple[type[MemveeError], int, str], ...] = (
     (ConflictError, 409, "conflict"),
     (StorageError, 503, "storage_unavailable"),
     (ProcessingTimeoutError, 504, "processing_timeout"),
+    (UserForgottenError, 409, "user_forgotten"),  # nothing upstream failed
     (ProcessingError, 502, "processing_failed"),
 )
 
@@ -83,9 +83,6 @@ def classify(error: Exception) -> tuple[int, str]:
         return error.status, error.code
     if is_database_failure(error):  # one no library path turned into a StorageError
         return 503, "storage_unavailable"
-    if isinstance(error, ProcessingError) and error.error == FORGOTTEN_REASON:
-        # Nothing upstream failed, and trying again cannot help: the user is gone.
-        return 409, "user_forgotten"
     for kind, status, code in _STATUS:
         if isinstance(error, kind):
             return status, code

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from events import EventStore
-from memvee import Memory, ProcessingError, ProcessStatus, UnknownTaskError, UserSummary
+from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionTables, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
@@ -103,7 +103,7 @@ async def test_a_task_running_when_the_user_is_forgotten_fails_and_writes_nothin
     receipt = await memory.forget("ann")
     assert receipt.events > 0
     extractor.gate.set()
-    with pytest.raises(ProcessingError, match="forgotten"):
+    with pytest.raises(UserForgottenError, match=r"the user was forgotten$"):
         await task.wait()
     await asyncio.sleep(0.2)
     assert await memory.messages("ann") == [] and await memory.knowledge("ann") == []
@@ -318,7 +318,7 @@ async def test_a_task_running_elsewhere_when_its_user_is_forgotten_records_nothi
     extractor.gate.set()
     # Whichever tells first, the handle following the projection or the actor's record,
     # says why (the record said "the log is gone").
-    with pytest.raises(ProcessingError, match=r"the user was forgotten"):
+    with pytest.raises(UserForgottenError, match=r"the user was forgotten$"):
         await task.wait()
     assert await here.knowledge("ann", history=True) == []
     assert await other.process("ann") == 1
