@@ -86,7 +86,8 @@ class ClaudeExtractor:
     """Extracts knowledge entries with Claude, one forced tool call per batch.
 
     Each call is bounded by ``timeout`` seconds in total, SDK retries included, because
-    the SDK obeys a server's ``retry-after`` without a cap. ``max_tokens`` caps the output
+    the SDK obeys a server's ``retry-after`` without a cap; a failure whose ``retry-after``
+    would outlast the call is raised at once with that wait. ``max_tokens`` caps the output
     budget, which otherwise grows with the batch. ``cache_prefix`` marks the static prefix
     for prompt caching (by default when it is long enough for the model to cache it).
     Failures surface as :class:`events.errors.ExtractionError`, never with the API key or
@@ -203,7 +204,8 @@ class ClaudeExtractor:
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                response = await client.messages.create(**request, timeout=self.timeout)
+                bounded = client.with_middleware(_RetryWithin(deadline, client.max_retries))
+                response = await bounded.messages.create(**request, timeout=self.timeout)
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -467,6 +469,31 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     else:
         text = f"Claude API call failed ({kind}): {_redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
     return ExtractionError(_redact(text, secrets))
+
+
+class _RetryWithin(anthropic.Middleware):
+    """Stops the SDK's retries at a failed attempt whose ``retry-after`` would outlast
+    ``deadline``: the SDK obeys the header however long it is, so the call would end as a
+    timeout, having waited in vain, and the wait the API asked for would be lost. The
+    attempt's error is raised at once instead, with that wait, which the user's next run
+    then keeps (the SDK's own ``x-should-retry`` answer is how it is told)."""
+
+    def __init__(self, deadline: asyncio.Timeout, max_retries: int) -> None:
+        self._deadline = deadline
+        self._max_retries = max_retries
+
+    async def handle_async(
+        self, request: anthropic.APIRequest, call_next: anthropic.AsyncCallNext
+    ) -> Any:
+        response = await call_next(request)
+        answer = response.http_response
+        if answer.is_success or request.retries_taken >= self._max_retries:
+            return response
+        wait, ends = retry_after(answer.headers), self._deadline.when()
+        now = asyncio.get_running_loop().time()
+        if wait is not None and ends is not None and now + wait >= ends:
+            answer.headers["x-should-retry"] = "false"
+        return response
 
 
 _LONGEST_RETRY_AFTER = 3600.0

@@ -358,13 +358,27 @@ async def test_our_timeout_bounds_a_slow_answer(claude: Make) -> None:
     assert time.monotonic() - started < 5
 
 
-async def test_our_timeout_bounds_the_sdk_obeying_a_long_retry_after(claude: Make) -> None:
-    api = FakeAPI(fail(429, "rate_limit_error", **{"retry-after": "3600"}), ok())
+@pytest.mark.parametrize("wait", ["30", "3600"])
+async def test_a_retry_after_that_would_outlast_our_timeout_fails_at_once_with_its_wait(
+    claude: Make, wait: str
+) -> None:
+    """The SDK would sleep through the whole timeout (it obeys any retry-after) and the
+    call end as a timeout; the 429 is told at once, its wait kept for the next run."""
+    api = FakeAPI(fail(429, "rate_limit_error", **{"retry-after": wait}), ok())
     started = time.monotonic()
-    with pytest.raises(ExtractionError, match="timed out"):
-        await claude(api, timeout=0.3).extract(BATCH)
+    with pytest.raises(ExtractionError, match="HTTP 429") as caught:
+        await claude(api, timeout=10, max_retries=2).extract(BATCH)
     assert time.monotonic() - started < 5
+    assert caught.value.retry_after == float(wait) and not caught.value.repeats
     assert len(api.requests) == 1
+
+
+async def test_a_retry_after_within_our_timeout_is_waited_for_and_retried(claude: Make) -> None:
+    api = FakeAPI(fail(429, "rate_limit_error", **{"retry-after-ms": "300"}), ok())
+    started = time.monotonic()
+    result = await claude(api, timeout=10, max_retries=2).extract(BATCH)
+    assert len(result.facts) == 3 and len(api.requests) == 2
+    assert time.monotonic() - started >= 0.3
 
 
 async def test_the_api_key_never_reaches_errors_or_logs(
