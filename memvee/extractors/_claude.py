@@ -20,6 +20,7 @@ import dataclasses
 import email.utils
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -110,7 +111,8 @@ class ClaudeExtractor:
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         and ``ANTHROPIC_BASE_URL`` apply. It is built lazily so that it belongs to the
-        event loop that runs the extraction, and closed with it. A ``client`` passed in is
+        event loop that runs the extraction (one a loop: an extractor may serve several
+        Memories), and closed with it. A ``client`` passed in is
         used on that loop too, and stays open: its pooled connections then belong to a
         loop that ends when the Memory closes, so give each Memory a client of its own,
         used nowhere else (with ``max_retries=0``, the first call of a Memory opened after
@@ -129,15 +131,28 @@ class ClaudeExtractor:
         if cache_prefix is None:
             cache_prefix = prefix_tokens() >= cache_minimum(self.model)
         self.cache_prefix = cache_prefix
-        self._client = client
-        self._owns_client = client is None
+        self._given = client
+        self._built: dict[asyncio.AbstractEventLoop | None, anthropic.AsyncAnthropic] = {}
+        self._building = threading.Lock()  # Memories extract on loops of their own threads
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:
-        """The SDK client (built on first use, from the environment, unless one was given)."""
-        if self._client is None:
-            self._client = anthropic.AsyncAnthropic(max_retries=self.max_retries)
-        return self._client
+        """The SDK client: the one given, or one built from the environment for the running
+        event loop (an SDK client's connections belong to one loop, and an extractor may
+        serve several Memories, each extracting on a loop of its own)."""
+        if self._given is not None:
+            return self._given
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._building:
+            built = self._built.get(loop)
+            if built is None:
+                for closed in [k for k in self._built if k is not None and k.is_closed()]:
+                    del self._built[closed]
+                built = self._built[loop] = anthropic.AsyncAnthropic(max_retries=self.max_retries)
+            return built
 
     def request(self, batch: ExtractionBatch) -> dict[str, Any]:
         """The Messages API parameters for ``batch`` (also what a Message Batches request
@@ -216,13 +231,15 @@ class ClaudeExtractor:
             secrets = client_secrets(client)
             cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
             error = api_error(exc, secrets)
-            refused = isinstance(error, RejectedBatchError) and error.reason is not None
-            if refused and not await self._accepts(request):
-                raise ExtractionError(
-                    f"{error} (a request without the batch's messages is refused too: "
-                    "the account or the settings are, not the batch; retried later)",
-                    usage=error.usage,
-                ) from cause
+            if isinstance(error, RejectedBatchError) and error.reason is not None:
+                probe = await self._accepts(request)
+                if probe is None:
+                    raise ExtractionError(
+                        f"{error} (a request without the batch's messages is refused too: "
+                        "the account or the settings are, not the batch; retried later)",
+                        usage=error.usage,
+                    ) from cause
+                error.usage = _added(error.usage or TokenUsage(), probe)
             raise error from cause
         except TypeError as exc:
             if "authentication" not in str(exc):
@@ -250,19 +267,20 @@ class ClaudeExtractor:
             )
         return response
 
-    async def _accepts(self, request: dict[str, Any]) -> bool:
-        """Whether the API accepts ``request`` with a harmless message in place of the
-        batch's: asked once a batch is refused (HTTP 400 or 422), so that an account out of
-        credit, a usage limit or a setting the API refuses (the model, ``max_tokens``) is
-        not blamed on the batch's messages, which would be quarantined one by one. Any
-        failure of this probe counts as a refusal: the batch is retried later, not blamed."""
+    async def _accepts(self, request: dict[str, Any]) -> TokenUsage | None:
+        """The tokens the API spent accepting ``request`` with a harmless message in place
+        of the batch's (``None``: refused): asked once a batch is refused (HTTP 400 or 422),
+        so that an account out of credit, a usage limit or a setting the API refuses (the
+        model, ``max_tokens``) is not blamed on the batch's messages, which would be
+        quarantined one by one. Any failure of this probe counts as a refusal: the batch is
+        retried later, not blamed. An accepted probe's tokens are the batch's to count."""
         probe = {**request, "messages": [{"role": "user", "content": _PROBE_TEXT}]}
         try:
             async with asyncio.timeout(self.timeout):
-                await self.client.messages.create(**probe, timeout=self.timeout)
+                answer = await self.client.messages.create(**probe, timeout=self.timeout)
         except (anthropic.AnthropicError, TimeoutError, TypeError, ValueError):
-            return False
-        return True
+            return None
+        return _usage(answer)
 
     def read_answer(
         self, batch: ExtractionBatch, response: Message, *, budget: int | None = None
@@ -322,9 +340,15 @@ class ClaudeExtractor:
         )
 
     async def aclose(self) -> None:
-        """Close the client this extractor built; a client passed in stays open."""
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
+        """Close the client this extractor built for the running event loop; a client
+        passed in stays open."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._building:
+            client = self._built.pop(loop, None)
+        if client is not None:
             await client.close()
 
 

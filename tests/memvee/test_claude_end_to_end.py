@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
@@ -134,3 +136,22 @@ async def test_the_tokens_of_a_task_that_failed_after_spending_some_are_counted(
     with Audit(db_url=db_url) as audit:
         stats = audit.stats()
     assert (stats["input_tokens"], stats["output_tokens"]) == (1000, 4000)
+
+
+async def test_one_extractor_serves_two_memories_each_on_its_own_loop(
+    tmp_path: Path, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    """Each Memory extracts on an event loop of its own; an SDK client's connections belong
+    to one loop, so the extractor builds one a loop (the second Memory's calls failed)."""
+    extractor = ClaudeExtractor(max_retries=0, timeout=10)
+    first = Memory(db_path=str(tmp_path / "a.db"), extractor=extractor, embedder=False)
+    second = Memory(db_path=str(tmp_path / "b.db"), extractor=extractor, embedder=False)
+    async with first, second:
+        await first.add_exchange("ann", "I live in Oslo", "ok")
+        await second.add_exchange("bob", "I live in Rome", "ok")
+        assert await first.process("ann") == 1
+        assert await second.process("bob") == 1
+        await first.close()
+        await second.add_exchange("bob", "I like tea", "ok")
+        assert await second.process("bob") == 1
+    assert len(messages_api_server.requests) == 3

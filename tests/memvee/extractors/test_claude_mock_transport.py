@@ -805,10 +805,14 @@ async def test_a_refusal_of_a_request_without_the_batch_too_blames_the_account_n
 
 
 async def test_a_refusal_the_probe_does_not_share_is_the_batchs_own(claude: Make) -> None:
-    api = FakeAPI(fail(400, "invalid_request_error", "prompt is too long"), ok())
+    """The accepted probe was answered, so its tokens are spent: the failed batch counts
+    them, as ``memvee stats`` sums what each batch spent."""
+    probe = ok(input_tokens=5000, output_tokens=300)
+    api = FakeAPI(fail(400, "invalid_request_error", "prompt is too long"), probe)
     with pytest.raises(RejectedBatchError, match="prompt is too long") as caught:
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.repeats and len(api.requests) == 2
+    assert caught.value.usage == TokenUsage(5000, 300, 0, 0)
 
 
 async def test_a_client_without_credentials_fails_the_run_and_blames_no_batch(
