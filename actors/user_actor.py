@@ -48,7 +48,7 @@ from events import (
     UserLog,
     user_log_id,
 )
-from events.errors import FORGOTTEN_REASON, first_line
+from events.errors import FORGOTTEN_REASON, ExtractorOverloadedError, first_line
 from events.user_log import LIVE_KNOWLEDGE
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -545,9 +545,9 @@ class UserActor(PooledActor):
         wait = asked_to_wait(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
-        blamed = (  # never a failed store, nor an API that refuses every batch
+        blamed = (  # never a failed store, an overloaded API, nor one refusing every batch
             not again
-            and not isinstance(error, StorageError | EveryBatchRefused)
+            and not isinstance(error, StorageError | EveryBatchRefused | ExtractorOverloadedError)
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )

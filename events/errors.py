@@ -19,6 +19,7 @@ __all__ = [
     "FORGOTTEN_REASON",
     "ConflictError",
     "ExtractionError",
+    "ExtractorOverloadedError",
     "InvalidExtractionError",
     "InvalidInputError",
     "MemoryClosedError",
@@ -94,6 +95,13 @@ class ExtractionError(MemveeError):
         super().__init__(message)
         self.usage = usage
         self.retry_after = retry_after
+
+
+class ExtractorOverloadedError(ExtractionError):
+    """The extractor's service said it is overloaded (HTTP 529): a state of the service
+    that may pass, which the engine never blames on the messages of the batch it met,
+    however often a message meets it. (A rate limit, 429, may be a batch's own: a
+    request larger than a per-minute token limit is refused so each time.)"""
 
 
 class InvalidExtractionError(ExtractionError):

@@ -30,6 +30,7 @@ from anthropic.types import Message, MessageParam, TextBlockParam
 
 from events.errors import (
     ExtractionError,
+    ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
     RejectedBatchError,
@@ -70,6 +71,7 @@ _PROBE_TEXT = "Hello."
 """The harmless message of a probe (see :meth:`ClaudeExtractor._accepts`)."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
+_OVERLOADED_STATUSES = frozenset({529})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
 
 
@@ -484,6 +486,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
             if exc.status_code != 413:
                 reason = _redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
+        if exc.status_code in _OVERLOADED_STATUSES:
+            return ExtractorOverloadedError(text, retry_after=wait)
         return ExtractionError(text, retry_after=wait)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"

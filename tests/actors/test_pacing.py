@@ -78,6 +78,20 @@ def test_a_lone_message_is_blamed_only_on_evidence_that_the_api_works() -> None:
     assert not breaker.blame("m")
 
 
+def test_a_message_failing_among_others_failures_is_not_blamed() -> None:
+    """An API failing calls at random (a flaky gateway): other calls go through and fail
+    in between, so this message's failures say nothing about it."""
+    breaker = _breaker(Clock())
+    breaker.failed()
+    assert not breaker.blame("m")
+    for _ in range(5):
+        breaker.succeeded()
+        breaker.failed()  # another call failed too
+        breaker.succeeded()
+        breaker.failed()
+        assert not breaker.blame("m")
+
+
 def test_nothing_is_blamed_while_the_breaker_is_open() -> None:
     breaker = _breaker(Clock())
     breaker.failed()

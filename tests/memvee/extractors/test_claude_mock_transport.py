@@ -20,6 +20,7 @@ from anthropic._data import DEPRECATED_MODELS
 
 from events.errors import (
     ExtractionError,
+    ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
     RejectedBatchError,
@@ -321,6 +322,7 @@ async def test_retries_exhausted_is_an_extraction_error_with_the_status(claude: 
     with pytest.raises(ExtractionError, match="HTTP 529") as caught:
         await claude(api, max_retries=2).extract(BATCH)
     assert not isinstance(caught.value, InvalidExtractionError)
+    assert isinstance(caught.value, ExtractorOverloadedError), "never a message's fault"
     assert "OverloadedError" in str(caught.value)
     assert "overloaded_error" in str(caught.value)
     assert len(api.requests) == 3
@@ -370,6 +372,7 @@ async def test_a_retry_after_that_would_outlast_our_timeout_fails_at_once_with_i
         await claude(api, timeout=10, max_retries=2).extract(BATCH)
     assert time.monotonic() - started < 5
     assert caught.value.retry_after == float(wait) and not caught.value.repeats
+    assert not isinstance(caught.value, ExtractorOverloadedError), "it may be the batch's"
     assert len(api.requests) == 1
 
 
