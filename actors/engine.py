@@ -39,7 +39,7 @@ from events import (
     KnownEntry,
     ReplacedEntry,
 )
-from events.errors import MemveeError, StorageError, first_line
+from events.errors import DatabaseInUseError, MemveeError, StorageError, first_line
 from projections import (
     FoldState,
     LexicalRanker,
@@ -349,16 +349,24 @@ class Engine:
         """Check the database claim every :data:`CLAIM_CHECK_SECONDS` until the engine
         stops, taking it again when its session ended (a server restart): without it a
         second engine could take the database this one runs on."""
-        lost = False
+        lost: type[MemveeError] | None = None  # told once a kind of loss
         while not self._stopping.wait(CLAIM_CHECK_SECONDS):
             try:
                 claim.keep()
+            except DatabaseInUseError as error:
+                if lost is not DatabaseInUseError:
+                    log.error("the database claim is lost to another engine: %s", error)
+                lost = DatabaseInUseError
             except MemveeError as error:
-                if not lost:
-                    log.error("the database claim is lost and cannot be taken again: %s", error)
-                lost = True
+                if lost is None:
+                    log.warning(
+                        "the database claim cannot be taken again yet (tried every %g s): %s",
+                        CLAIM_CHECK_SECONDS,
+                        error,
+                    )
+                    lost = MemveeError
             else:
-                lost = False
+                lost = None
 
     def _tick(self) -> None:
         """Renew our leases, take over users whose owner died, follow logs written elsewhere.

@@ -381,6 +381,28 @@ class _MemveeApplication(Application[UUID]):
 _EVENTS_PER_INSERT = 1000
 """Events per insert statement on PostgreSQL (4 bind parameters each, of 65,535)."""
 
+STALLED_TRANSACTION_SECONDS = 30
+"""How long PostgreSQL keeps a memvee session idle inside a transaction before it ends
+the session: a process stopped there (paused, swapped out, cut off) would otherwise hold
+its locks, and a forget's or a rebuild's lock on the log stops every writer of every
+process until it resumes. memvee's own transactions never wait so long between
+statements. A server or role setting of its own is kept."""
+
+
+def _end_stalled_transactions(dbapi_connection: Any, _: Any) -> None:
+    """Set :data:`STALLED_TRANSACTION_SECONDS` on a new PostgreSQL session (committed, so
+    that the pool's rollback on return keeps it)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false) "
+            "WHERE current_setting('idle_in_transaction_session_timeout') = '0'",
+            (f"{STALLED_TRANSACTION_SECONDS * 1000:.0f}ms",),
+        )
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
 
 class EventStore:
     """Loads, appends and follows user logs in one database.
@@ -447,6 +469,7 @@ class EventStore:
             # failed statement is discarded, so the next transaction reconnects.
             engine.dispose()
             engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            sa_event.listen(engine, "connect", _end_stalled_transactions)
             self._datastore.engine = engine
             self._datastore.session_maker = sessionmaker(bind=engine)
         if self.is_sqlite:

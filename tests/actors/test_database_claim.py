@@ -411,3 +411,45 @@ def test_one_verify_at_a_time_holds_a_claim_of_its_own_beside_the_engines(
     again = claim_alone(url, VERIFY)
     assert again is not None
     claims.append(again)
+
+
+class _Checks:
+    """Stands for the engine's stop event: ``rounds`` checks, then the engine stops."""
+
+    def __init__(self, rounds: int) -> None:
+        self.left = rounds
+
+    def wait(self, _: float) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+class _FlakyClaim:
+    """A server claim whose checks fail as scripted (``None``: it holds)."""
+
+    def __init__(self, *outcomes: Exception | None) -> None:
+        self.outcomes = list(outcomes)
+
+    def keep(self) -> None:
+        outcome = self.outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+
+def test_a_claim_lost_to_a_server_restart_is_a_warning_and_another_engine_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the server is down the claim is taken again at each check (it said "cannot
+    be taken again" at ERROR, then was); another engine holding it is an error."""
+    down = StorageError("cannot claim the database: connection refused")
+    taken = DatabaseInUseError("another engine holds the database")
+    claim = _FlakyClaim(down, down, None, down, taken, taken)
+    engine = type("EngineStandIn", (), {"_stopping": _Checks(6)})()
+    with caplog.at_level("WARNING", logger="memvee.actors"):
+        Engine._keep_claim(engine, claim)  # type: ignore[arg-type]
+    told = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert told == [
+        ("WARNING", "the database claim cannot be taken again yet (tried every 2 s)"),
+        ("WARNING", "the database claim cannot be taken again yet (tried every 2 s)"),
+        ("ERROR", "the database claim is lost to another engine"),
+    ]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
+import sqlalchemy
 from sqlalchemy import make_url
 
+import events.store
 from events import EventStore, StorageError, UserLog
 from tests.events.store_contract import EventStoreContract
 from tests.support.backends import postgres_url
@@ -59,5 +63,47 @@ def test_a_read_on_a_connection_the_server_dropped_is_a_storage_error() -> None:
         loaded = store.load("kim")
         assert loaded is not None and loaded.message_count == 1
         assert len(store.events_of("kim")) == 2
+    finally:
+        store.close()
+
+
+def test_a_session_stalled_inside_a_transaction_stops_the_writers_only_so_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process stopped while it holds the writers' lock (a forget, a rebuild page) held
+    every writer of every process until it resumed; the server now ends its session."""
+    monkeypatch.setattr(events.store, "STALLED_TRANSACTION_SECONDS", 1)
+    url = postgres_url()
+    store = EventStore(url)
+    try:
+        stalled = store.engine.connect()
+        stalled.begin()
+        store.lock_writers(stalled)  # then nothing more: the process is stopped
+        log = UserLog.register("kim")
+        log.add_message("user", "hello", None, 100)
+        started = time.monotonic()
+        store.append([log.collect_events()])  # waits for the lock until the session ends
+        assert 0.5 < time.monotonic() - started < 20
+        with pytest.raises(sqlalchemy.exc.DBAPIError):
+            stalled.execute(sqlalchemy.text("SELECT 1"))  # its transaction is gone
+        stalled.invalidate()
+        loaded = store.load("kim")
+        assert loaded is not None and loaded.message_count == 1
+    finally:
+        store.close()
+
+
+def test_a_stalled_transaction_limit_of_the_server_or_role_is_kept() -> None:
+    url = postgres_url()
+    store = EventStore(url)
+    try:
+        with store.engine.connect() as connection:
+            setting = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+            assert setting.scalar_one() == "30s"
+            connection.exec_driver_sql("SET idle_in_transaction_session_timeout = '5min'")
+            connection.commit()
+            events.store._end_stalled_transactions(connection.connection.dbapi_connection, None)
+            setting = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout")
+            assert setting.scalar_one() == "5min"
     finally:
         store.close()
