@@ -39,6 +39,7 @@ from events import (
     check_key,
     check_keys,
     check_listing,
+    check_new_user_id,
     check_text,
     check_user_id,
     sqlite_url,
@@ -911,7 +912,9 @@ def _text_lines(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _exported_record(number: int, line: str) -> dict[str, Any]:
-    """Line ``number`` of an export as a record naming a valid user id."""
+    """Line ``number`` of an export as a record naming a user id that a write would take
+    (an id that reads as another's, such as one with a trailing space, is refused as
+    ``add_message`` refuses it: an import writes)."""
     try:
         record = json.loads(line)
         if not isinstance(record, dict):
@@ -919,6 +922,10 @@ def _exported_record(number: int, line: str) -> dict[str, Any]:
         check_user_id(record["user_id"])
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InvalidInputError(f"line {number} is not an exported event: {error}") from None
+    try:
+        check_new_user_id(record["user_id"])
+    except InvalidInputError as error:
+        raise InvalidInputError(f"line {number}: {error}") from None
     version, topic, state = record.get("version"), record.get("topic"), record.get("state")
     if type(version) is not int or version < 1:
         raise InvalidInputError(f"line {number}: the version must be a whole number from 1")

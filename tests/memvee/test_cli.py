@@ -619,6 +619,37 @@ def test_importing_a_users_export_under_another_name_says_so(db: str, tmp_path: 
 
 
 @pytest.mark.parametrize(
+    ("lookalike", "says"),
+    [
+        ("ann ", "must not begin or end with spaces"),
+        ("ann\u200b", "characters that show nothing"),
+        ("a\u0301nn", "Unicode NFC"),
+    ],
+)
+def test_import_refuses_a_user_id_that_reads_as_another_as_every_write_does(
+    db: str, tmp_path: Path, lookalike: str, says: str
+) -> None:
+    """A user who reads as "ann" but is not, made by an import where add_message refuses
+    the id: two users that look like one, and one no write could reach."""
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--out", str(exported), "--db", db)
+    renamed = []
+    for line in exported.read_text().splitlines():
+        record = json.loads(line)
+        record["user_id"] = lookalike
+        if record["state"].get("user_id") == "ann":
+            record["state"]["user_id"] = lookalike
+        renamed.append(json.dumps(record))
+    (tmp_path / "lookalike.jsonl").write_text("\n".join(renamed) + "\n")
+    fresh = tmp_path / "fresh.db"
+    line = one_error_line(
+        run("import", str(tmp_path / "lookalike.jsonl"), "--db", str(fresh), code=2)
+    )
+    assert line.startswith("error: line 1: user_id ") and says in line
+    assert not fresh.exists(), "the database the import made, with nothing in it"
+
+
+@pytest.mark.parametrize(
     ("escape", "says"), [("\\u0000", "a NUL character"), ("\\udc00", "a lone surrogate")]
 )
 def test_import_refuses_text_no_database_stores_before_storing_any_line(
