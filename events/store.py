@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -247,9 +248,12 @@ def refuse_hard_links(path: str) -> None:
     SQLite keeps its write-ahead log and lock beside the name a file is opened by, so two
     connections through two names miss each other's writes and corrupt the file."""
     try:
-        links = os.stat(Path(path).expanduser()).st_nlink
+        found = os.stat(Path(path).expanduser())
     except OSError:
         return  # no file yet (or none to read): opening it says why
+    if stat.S_ISDIR(found.st_mode):  # every folder has two names or more
+        raise StorageError(f"{path} is a folder, not a SQLite file")
+    links = found.st_nlink
     if links > 1:
         raise StorageError(
             f"the SQLite file {path} has {links} names (hard links): SQLite keeps its "

@@ -618,6 +618,18 @@ def test_importing_a_users_export_under_another_name_says_so(db: str, tmp_path: 
     assert "concurrently" not in line, "was: a user log was appended to concurrently"
 
 
+@pytest.mark.parametrize("command", [["import", "x.jsonl"], ["stats"], ["rebuild"]])
+def test_a_folder_given_as_the_database_is_said_to_be_one(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    argv = [str(tmp_path / a) if a.endswith(".jsonl") else a for a in command]
+    line = one_error_line(run(*argv, "--db", str(folder), code=2))
+    assert "hard links" not in line and ("folder" in line or "no memvee database" in line)
+
+
 @pytest.mark.parametrize(
     ("lookalike", "says"),
     [
