@@ -13,6 +13,7 @@ import dataclasses
 import io
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -1090,7 +1091,23 @@ register_commands(app)  # serve, mcp
 def main() -> None:
     """Entry point of the ``memvee`` console script."""
     _replace_what_cannot_print()
+    _log_warnings_but_not_interrupts()
     app()
+
+
+def _log_warnings_but_not_interrupts() -> None:
+    """Print warnings to stderr, as Python does for a program that configures no logging,
+    but not a library's report of a Ctrl-C that stopped its cleanup (SQLAlchemy's pool
+    logs one with its traceback): the command then ends with one ``error:`` line."""
+
+    def not_an_interrupt(record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return kind is None or not issubclass(kind, KeyboardInterrupt)
+
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(not_an_interrupt)
+    logging.getLogger().addHandler(handler)
 
 
 def _replace_what_cannot_print() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sqlite3
 import subprocess
@@ -122,6 +123,63 @@ def test_ctrl_c_while_the_command_loads_is_one_error_line(
         main()
     assert stopped.value.code == 2
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+_LATE_CTRL_C = """
+import os, signal, sys, threading, time
+import memvee.cli
+from memvee._console import main
+
+command = memvee.cli.main
+
+def exit_joins_a_thread_and_ctrl_c_comes():
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.3)
+
+def then_ctrl_c():
+    try:
+        command()
+    finally:
+        threading.Thread(target=exit_joins_a_thread_and_ctrl_c_comes).start()
+
+memvee.cli.main = then_ctrl_c
+sys.argv = ["memvee", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_once_the_command_ended_leaves_its_result_and_exit_code(db: str) -> None:
+    """The interpreter's exit joins the threads the command left (a pool's, an actor's):
+    a Ctrl-C then printed a traceback ("Exception ignored in threading._shutdown")."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LATE_CTRL_C, "verify", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.strip() == "projections match the log"
+
+
+def test_a_librarys_report_of_a_ctrl_c_in_its_cleanup_is_not_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLAlchemy's pool logs a Ctrl-C that stops it closing a connection, with its
+    traceback; the command says "error: interrupted" alone. Other warnings print."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        pool = logging.getLogger("sqlalchemy.pool.impl.QueuePool")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pool.error("Exception closing connection", exc_info=True)
+        logging.getLogger("memvee").warning("a warning the user should see")
+    finally:
+        root.handlers[:] = before
+    assert capsys.readouterr().err == "a warning the user should see\n"
 
 
 def test_ctrl_c_while_typer_reads_the_command_line_is_one_error_line(
