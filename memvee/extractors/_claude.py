@@ -71,8 +71,10 @@ _PROBE_TEXT = "Hello."
 """The harmless message of a probe (see :meth:`ClaudeExtractor._accepts`)."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
-_OVERLOADED_STATUSES = frozenset({529})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
+
+_OVERLOADED_STATUSES = frozenset({529})
+"""Statuses of an API too busy for any request: never the batch's fault."""
 
 
 def cache_minimum(model: str) -> int:
