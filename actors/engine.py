@@ -67,6 +67,10 @@ FOLLOW_SECONDS = 0.2
 """With leases, how often the live users' logs are looked at for writes of other
 processes (a task they ask of a user this process owns) between lease renewals."""
 
+LATE_COMMIT_SECONDS = 2.0
+"""How long after the last stored event changes the followers keep reading the requests
+anyway: a transaction holding an earlier id may still be committing."""
+
 CLAIM_CHECK_SECONDS = 2.0
 """How often a claim on a database server is checked, and taken again if its session
 ended (see :meth:`ServerClaim.keep`)."""
@@ -196,6 +200,7 @@ class Engine:
         )
         self._stopping = threading.Event()
         self._followed_position = -1  # the last event stored at the last look
+        self._followed_until = 0.0  # looks go on past an unchanged position until then
         self._ticker: threading.Thread | None = None
         if self.leases is not None:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
@@ -428,9 +433,14 @@ class Engine:
             return
         with self.store.engine.connect() as connection:
             position = self.store.max_position(connection)
-            if position == self._followed_position:
+            now = time.monotonic()
+            if position == self._followed_position and now >= self._followed_until:
                 return
             waiting = self.reader.versions_with_requests(connection, live)
+        if position != self._followed_position:
+            # On PostgreSQL a transaction may commit after one that took a later id, so the
+            # last id alone can hide it: keep looking a while after each change.
+            self._followed_until = now + LATE_COMMIT_SECONDS
         self._followed_position = position
         for user, version in waiting.items():
             try:

@@ -4,6 +4,7 @@ only the lease holder extracts; when the holder goes away, a guest takes the use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -11,6 +12,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+import actors.engine as engine_module
+from actors import Engine
+from actors.engine import FOLLOW_SECONDS, LATE_COMMIT_SECONDS
 from actors.lease import LeaseTable
 from events import user_log_id
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
@@ -417,3 +421,55 @@ async def test_a_closing_owner_leaves_a_request_of_another_process_to_that_proce
         owner_extractor.gate.set()
         await guest.close()
         await owner.close()
+
+
+class _FollowedLog:
+    """Stands for the engine's store, reader and directory: a log whose last id stays 5
+    while a request of user "u" at version 7 commits late (it took an earlier id)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.refreshed: list[tuple[str, int]] = []
+        self.looks = 0
+        self.store = self
+        self.engine = self
+        self.reader = self
+        self.directory = self
+        self._followed_position = -1
+        self._followed_until = 0.0
+
+    def connect(self) -> Any:
+        return contextlib.nullcontext(None)
+
+    def max_position(self, _: Any) -> int:
+        return 5
+
+    def live_users(self) -> list[str]:
+        return ["u"]
+
+    def versions_with_requests(self, _: Any, users: list[str]) -> dict[str, int]:
+        self.looks += 1
+        return dict(self.requests)
+
+    def call(self, user: str, method: str, version: int) -> None:
+        self.refreshed.append((user, version))
+
+
+def test_a_request_committed_after_a_later_id_is_still_followed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL a transaction may commit after one holding a later id: the last id
+    seen does not change, and the owner missed the request until its next renewal."""
+    clock = [100.0]
+    monkeypatch.setattr(engine_module.time, "monotonic", lambda: clock[0])
+    engine = _FollowedLog()
+    follow = Engine._follow_new_writes.__get__(engine)
+    follow()  # the id moved to 5: nothing requested yet
+    engine.requests["u"] = 7  # the late commit, below id 5
+    clock[0] += FOLLOW_SECONDS
+    follow()
+    assert engine.refreshed == [("u", 7)]
+    clock[0] += LATE_COMMIT_SECONDS
+    looks = engine.looks
+    follow()
+    assert engine.looks == looks, "long after the last change, one read of the last id"
