@@ -146,19 +146,21 @@ class CircuitBreaker:
         """Whether a lone message's failure (one that may pass, already counted by
         :meth:`failed`) is its own fault rather than the API's.
 
-        It is while the breaker is closed, no other call failed since the message last
-        failed, and either the API answered other calls meanwhile or that failure was
-        blamed too (the message is all that is being sent, and it keeps failing). The
-        first failure of a message is never blamed, nor one among others' failures: an
-        API that fails calls at random would get healthy messages blamed.
+        It is while the breaker is closed and either the API answered other calls since
+        the message last failed, or that failure was blamed too and nothing else failed
+        since (the message is all that is being sent, and it keeps failing). The first
+        failure of a message is never blamed. (Others failing meanwhile do not clear it:
+        two such messages would clear each other for ever.)
         """
         with self._lock:
             previous = self._last_failure.pop(message_id, None)
             blamed = (
                 previous is not None
                 and self._open_until is None
-                and self._failed_total == previous[1] + 1
-                and (self._successes > previous[0] or previous[2])
+                and (
+                    self._successes > previous[0]
+                    or (previous[2] and self._failed_total == previous[1] + 1)
+                )
             )
             self._last_failure[message_id] = (self._successes, self._failed_total, blamed)
             while len(self._last_failure) > _BLAME_MEMORY:

@@ -712,18 +712,14 @@ class Audit:
         return self._decide(user_id, promote)
 
     def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
-        """Knowledge versions ``a`` and ``b`` of the user side by side."""
+        """Knowledge versions ``a`` and ``b`` of the user side by side (a re-extracted
+        version with no entry too: promoting it would leave no live entry)."""
         self._version_of(user_id)
         check_key(a, "a")
         check_key(b, "b")
         with self.store.engine.connect() as connection:
-            held = {LIVE_KNOWLEDGE, *self._reader.knowledge_versions(connection, user_id)}
             for version in (a, b):
-                if version not in held:
-                    raise NotFoundError(
-                        f"user {user_id!r} has no knowledge version {version!r} "
-                        f"(it has {', '.join(map(repr, sorted(held)))})"
-                    )
+                self._require_version(connection, user_id, version)
             first = {e.text for e in self._reader.knowledge(connection, user_id, a)}
             second = {e.text for e in self._reader.knowledge(connection, user_id, b)}
         return Comparison(sorted(first - second), sorted(second - first), sorted(first & second))
@@ -745,15 +741,40 @@ class Audit:
             return self._reader.knowledge_versions(connection, user_id)
 
     def knowledge(
-        self, user_id: str, *, as_of: datetime | None = None, history: bool = False
+        self,
+        user_id: str,
+        *,
+        as_of: datetime | None = None,
+        history: bool = False,
+        version: str = LIVE_KNOWLEDGE,
     ) -> list[KnowledgeEntry]:
         """The user's live entries valid now (or at ``as_of``), or every one with ``history``
-        (ended ones too), oldest first: what :meth:`memvee.Memory.knowledge` returns."""
+        (ended ones too), oldest first: what :meth:`memvee.Memory.knowledge` returns; or
+        those of a re-extracted ``version``, to read before promoting it."""
         self._version_of(user_id)
         _check_aware(as_of, "as_of")
         check_listing(as_of, history)
+        check_key(version, "version")
         with self.store.engine.connect() as connection:
-            return self._reader.knowledge(connection, user_id, as_of=as_of, history=history)
+            if version != LIVE_KNOWLEDGE:
+                self._require_version(connection, user_id, version)
+            return self._reader.knowledge(
+                connection, user_id, version, as_of=as_of, history=history
+            )
+
+    def _require_version(self, connection: Connection, user_id: str, version: str) -> None:
+        """:class:`NotFoundError` unless the user holds knowledge ``version`` (a
+        re-extracted version with no entry too)."""
+        held = {
+            LIVE_KNOWLEDGE,
+            *self._reader.knowledge_versions(connection, user_id),
+            *self.unpromoted_versions(user_id),
+        }
+        if version not in held:
+            raise NotFoundError(
+                f"user {user_id!r} has no knowledge version {version!r} "
+                f"(it has {', '.join(map(repr, sorted(held)))})"
+            )
 
     def _logged_version(self, user_id: str) -> int:
         """The version of ``user_id``'s log, read from the log itself (so a rebuild of the

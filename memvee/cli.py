@@ -520,18 +520,22 @@ def knowledge(
     history: Annotated[
         bool, typer.Option("--history", help="Every entry, ended ones too.")
     ] = False,
+    version: Annotated[
+        str, typer.Option("--version", help="A re-extracted version's entries, not live's.")
+    ] = "live",
     limit: RowsOption = ROWS,
     as_json: JsonOption = False,
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
-    """The user's live knowledge: each entry with the id `explain` takes, oldest first."""
+    """The user's live knowledge (or a re-extracted version's): each entry with the id
+    `explain` takes, oldest first."""
     check_count(limit, "--limit")
     if history and as_of is not None:
         raise InvalidInputError("give --as-of or --history, not both")
     at = None if as_of is None else _parse_time(as_of)
     with _audit(db, db_url) as audit:
-        entries = audit.knowledge(user, as_of=at, history=history)
+        entries = audit.knowledge(user, as_of=at, history=history, version=version)
     if as_json:
         _print_json([dataclasses.asdict(e) for e in entries])
         return
@@ -740,7 +744,10 @@ def reextract(
                     console.print(f"{target}: nothing processed to re-extract; no {version!r}")
                     continue
                 returned = audit.promote(target, version) if promote else []
-                console.print(f"{target}: {count} entries in version {version!r}")
+                held = len(audit.knowledge(target, version="live" if promote else version))
+                console.print(
+                    f"{target}: {count} entries extracted; {held} current in version {version!r}"
+                )
                 _print_returned(target, version, returned)
 
 

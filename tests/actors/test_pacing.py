@@ -78,18 +78,19 @@ def test_a_lone_message_is_blamed_only_on_evidence_that_the_api_works() -> None:
     assert not breaker.blame("m")
 
 
-def test_a_message_failing_among_others_failures_is_not_blamed() -> None:
-    """An API failing calls at random (a flaky gateway): other calls go through and fail
-    in between, so this message's failures say nothing about it."""
+def test_two_messages_that_keep_failing_among_answered_calls_are_both_blamed() -> None:
+    """Two users' poison messages fail in turn while a third user's calls go through:
+    each other's failures must not clear the evidence against them."""
     breaker = _breaker(Clock())
-    breaker.failed()
-    assert not breaker.blame("m")
-    for _ in range(5):
-        breaker.succeeded()
-        breaker.failed()  # another call failed too
-        breaker.succeeded()
+    for message in ("a", "b"):
         breaker.failed()
-        assert not breaker.blame("m")
+        assert not breaker.blame(message)
+    breaker.succeeded()
+    for _ in range(3):
+        for message in ("a", "b"):
+            breaker.failed()
+            assert breaker.blame(message)
+        breaker.succeeded()
 
 
 def test_nothing_is_blamed_while_the_breaker_is_open() -> None:

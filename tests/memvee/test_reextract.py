@@ -4,6 +4,7 @@ knowledge version; the live knowledge stays until the version is promoted (an ev
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -53,6 +54,29 @@ async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
     ]
     assert await memory.process("eve") == 1
     assert len(await memory.knowledge("eve")) == 3
+
+
+class _FindsNothing:
+    name = "finds-nothing"
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        return ExtractionResult(facts=(), extractor=self.name)
+
+
+async def test_a_version_that_found_no_entry_is_compared_before_it_is_promoted(
+    make_memory: Any, db_url: str
+) -> None:
+    """Promoting it leaves no live entry: the preview matters most there (compare said
+    the version did not exist while promote took it)."""
+    memory = await _processed(make_memory)
+    live = sorted(e.text for e in await memory.knowledge("eve"))
+    with Audit(db_url=db_url) as audit:
+        assert await audit.reextract("eve", _FindsNothing(), "empty") == 0
+        assert audit.unpromoted_versions("eve") == ["empty"]
+        diff = audit.compare("eve", "live", "empty")
+        assert (diff.only_in_a, diff.only_in_b, diff.in_both) == (live, [], [])
+        with pytest.raises(NotFoundError, match="no knowledge version 'other'"):
+            audit.compare("eve", "live", "other")
 
 
 async def test_explain_names_the_re_extraction_that_recorded_an_entry(
@@ -213,7 +237,7 @@ async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url
         runner.invoke, app, ["reextract", "--all", "--as", "v2", "--db-url", db_url]
     )
     assert done.exit_code == 0, done.output
-    assert "eve: 2 entries in version 'v2'" in done.output
+    assert "eve: 2 entries extracted; 2 current in version 'v2'" in done.output
     compared = runner.invoke(app, ["compare", "eve", "live", "v2", "--json", "--db-url", db_url])
     assert compared.exit_code == 0 and "User lives in Oslo." in compared.output
     table = runner.invoke(app, ["compare", "eve", "live", "v2", "--limit", "1", "--db-url", db_url])
@@ -224,6 +248,27 @@ async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url
     assert again.exit_code == 2
     neither = runner.invoke(app, ["reextract", "--db-url", db_url])
     assert neither.exit_code == 2
+
+
+async def test_a_second_reextraction_says_what_the_version_holds_and_the_cli_lists_it(
+    make_memory: Any, db_url: str
+) -> None:
+    """Run again on a version that is up to date, it said "0 entries in version"."""
+    memory = await _processed(make_memory)
+    await memory.close()
+    runner = CliRunner()
+    args = ["reextract", "eve", "--as", "v2", "--db-url", db_url]
+    await asyncio.to_thread(runner.invoke, app, args)
+    again = await asyncio.to_thread(runner.invoke, app, args)
+    assert again.exit_code == 0, again.output
+    assert "eve: 0 entries extracted; 2 current in version 'v2'" in again.output
+    listed = runner.invoke(
+        app, ["knowledge", "eve", "--version", "v2", "--json", "--db-url", db_url]
+    )
+    texts = sorted(e["text"] for e in json.loads(listed.output))
+    assert texts == ["User lives in Oslo.", "User works at Acme."]
+    unknown = runner.invoke(app, ["knowledge", "eve", "--version", "v9", "--db-url", db_url])
+    assert unknown.exit_code == 2 and "no knowledge version 'v9'" in unknown.output
 
 
 async def test_the_cli_passes_over_a_user_with_nothing_processed_and_goes_on(
@@ -239,7 +284,7 @@ async def test_the_cli_passes_over_a_user_with_nothing_processed_and_goes_on(
     done = await asyncio.to_thread(runner.invoke, app, args)
     assert done.exit_code == 0, done.output
     assert "adam: nothing processed to re-extract; no 'v2'" in done.output
-    assert "eve: 2 entries in version 'v2'" in done.output
+    assert "eve: 2 entries extracted; 2 current in version 'v2'" in done.output
     with Audit(db_url=db_url) as audit:
         assert audit.unpromoted_versions("adam") == audit.unpromoted_versions("eve") == []
         assert audit.knowledge_versions("eve") == {"live": 2}
