@@ -26,6 +26,7 @@ from events import (
     RejectedBatchError,
     check_result,
 )
+from events.extraction import extraction_deadline
 
 __all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "asked_to_wait", "repeats"]
 
@@ -172,7 +173,8 @@ class ExtractionWorkers:
                     await asyncio.wait_for(self._resumed.wait(), wait)
             began = self._loop.time()
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(self.timeout) as cut:
+                    extraction_deadline.set(cut.when())
                     result = await self._answer(batch)
                 self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:

@@ -7,6 +7,7 @@ These are plain values so that extractors stay testable without the engine.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
@@ -27,6 +28,7 @@ __all__ = [
     "TokenUsage",
     "check_result",
     "estimate_tokens",
+    "extraction_deadline",
 ]
 
 FactAction = Literal["new", "same", "update", "invalidate"]
@@ -38,6 +40,11 @@ adds an entry that supersedes a known one (the user moved, changed jobs...);
 """
 
 FACT_ACTIONS: tuple[FactAction, ...] = ("new", "same", "update", "invalidate")
+
+extraction_deadline: ContextVar[float | None] = ContextVar("extraction_deadline", default=None)
+"""The event loop's time at which the engine cuts the running ``extract`` call (its
+``extraction_timeout``), ``None`` outside one: an extractor that would otherwise wait
+past it (a retry after the ``retry-after`` an API asked for) can stop at once instead."""
 
 
 _CHARS_PER_TOKEN = 4

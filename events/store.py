@@ -390,7 +390,7 @@ STALLED_TRANSACTION_SECONDS = 30
 the session: a process stopped there (paused, swapped out, cut off) would otherwise hold
 its locks, and a forget's or a rebuild's lock on the log stops every writer of every
 process until it resumes. memvee's own transactions never wait so long between
-statements. A server or role setting of its own is kept."""
+statements. A setting of the server, the role or the URL's options is kept (0 too)."""
 
 
 def _end_stalled_transactions(dbapi_connection: Any, _: Any) -> None:
@@ -399,8 +399,8 @@ def _end_stalled_transactions(dbapi_connection: Any, _: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(
-            "SELECT set_config('idle_in_transaction_session_timeout', %s, false) "
-            "WHERE current_setting('idle_in_transaction_session_timeout') = '0'",
+            "SELECT set_config(name, %s, false) FROM pg_settings "
+            "WHERE name = 'idle_in_transaction_session_timeout' AND source = 'default'",
             (f"{STALLED_TRANSACTION_SECONDS * 1000:.0f}ms",),
         )
     finally:

@@ -45,6 +45,7 @@ from events.extraction import (
     FactAction,
     TokenUsage,
     estimate_tokens,
+    extraction_deadline,
 )
 from memvee.extractors._claude_prompt import (
     SYSTEM_PROMPT,
@@ -223,7 +224,9 @@ class ClaudeExtractor:
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                bounded = client.with_middleware(_RetryWithin(deadline, client.max_retries))
+                ends = [t for t in (deadline.when(), extraction_deadline.get()) if t is not None]
+                retrying = _RetryWithin(min(ends, default=None), client.max_retries)
+                bounded = client.with_middleware(retrying)
                 response = await bounded.messages.create(**request, timeout=self.timeout)
         except TimeoutError as exc:
             if not deadline.expired():
@@ -503,13 +506,14 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
 
 class _RetryWithin(anthropic.Middleware):
     """Stops the SDK's retries at a failed attempt whose ``retry-after`` would outlast
-    ``deadline``: the SDK obeys the header however long it is, so the call would end as a
-    timeout, having waited in vain, and the wait the API asked for would be lost. The
-    attempt's error is raised at once instead, with that wait, which the user's next run
-    then keeps (the SDK's own ``x-should-retry`` answer is how it is told)."""
+    ``ends`` (the loop time at which this call or the engine's timeout cuts it): the SDK
+    obeys the header however long it is, so the call would end as a timeout, having
+    waited in vain, and the wait the API asked for would be lost. The attempt's error is
+    raised at once instead, with that wait, which the user's next run then keeps (the
+    SDK's own ``x-should-retry`` answer is how it is told)."""
 
-    def __init__(self, deadline: asyncio.Timeout, max_retries: int) -> None:
-        self._deadline = deadline
+    def __init__(self, ends: float | None, max_retries: int) -> None:
+        self._ends = ends
         self._max_retries = max_retries
 
     async def handle_async(
@@ -519,7 +523,7 @@ class _RetryWithin(anthropic.Middleware):
         answer = response.http_response
         if answer.is_success or request.retries_taken >= self._max_retries:
             return response
-        wait, ends = retry_after(answer.headers), self._deadline.when()
+        wait, ends = retry_after(answer.headers), self._ends
         now = asyncio.get_running_loop().time()
         if wait is not None and ends is not None and now + wait >= ends:
             answer.headers["x-should-retry"] = "false"

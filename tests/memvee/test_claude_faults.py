@@ -409,3 +409,25 @@ async def test_an_overloaded_api_never_gets_a_message_quarantined(
                 assert await memory.quarantined("ann") == []
             assert await memory.process("ann") == 1
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+
+
+async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine cuts a call at its extraction_timeout, shorter here than the
+    extractor's own: a 429 asking for 30 s is the task's failure at once, its wait kept,
+    not slept through to a timeout."""
+    limited = ScriptedResponse(
+        429, error_body("rate_limit_error", "slow down"), headers={"retry-after": "30"}
+    )
+    with MessagesAPIServer(responder=lambda r: limited) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
+        config = MemoryConfig(db_path=str(tmp_path / "cut.db"), extraction_timeout=5)
+        async with Memory(config=config, extractor=ClaudeExtractor(), embedder=False) as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(ProcessingError, match=r"HTTP 429 .*retry after 30 s"):
+                await memory.process("ann")
+            assert asyncio.get_running_loop().time() - started < 4
+        assert len(server.requests) == 1
