@@ -174,8 +174,11 @@ class ExtractionWorkers:
             began = self._loop.time()
             try:
                 async with asyncio.timeout(self.timeout) as cut:
-                    extraction_deadline.set(cut.when())
-                    result = await self._answer(batch)
+                    token = extraction_deadline.set(cut.when())
+                    try:
+                        result = await self._answer(batch)
+                    finally:
+                        extraction_deadline.reset(token)
                 self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:
                 self.breaker.failed()

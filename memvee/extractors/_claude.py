@@ -224,8 +224,7 @@ class ClaudeExtractor:
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                ends = [t for t in (deadline.when(), extraction_deadline.get()) if t is not None]
-                retrying = _RetryWithin(min(ends, default=None), client.max_retries)
+                retrying = _RetryWithin(_cut_at(deadline), client.max_retries)
                 bounded = client.with_middleware(retrying)
                 response = await bounded.messages.create(**request, timeout=self.timeout)
         except TimeoutError as exc:
@@ -505,12 +504,13 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
 
 
 class _RetryWithin(anthropic.Middleware):
-    """Stops the SDK's retries at a failed attempt whose ``retry-after`` would outlast
-    ``ends`` (the loop time at which this call or the engine's timeout cuts it): the SDK
-    obeys the header however long it is, so the call would end as a timeout, having
-    waited in vain, and the wait the API asked for would be lost. The attempt's error is
-    raised at once instead, with that wait, which the user's next run then keeps (the
-    SDK's own ``x-should-retry`` answer is how it is told)."""
+    """Stops the SDK's retries at a failed attempt whose wait (its ``retry-after``, or the
+    SDK's own backoff without one) would outlast ``ends`` (the loop time at which this
+    call or the engine's timeout cuts it): the call would end as a timeout, having waited
+    in vain, and what the API said would be lost (a 529 blamed on the batch as a
+    timeout, the wait a 429 asked for). The attempt's error is raised at once instead,
+    which the user's next run then keeps (the SDK's own ``x-should-retry`` answer is
+    how it is told)."""
 
     def __init__(self, ends: float | None, max_retries: int) -> None:
         self._ends = ends
@@ -523,11 +523,27 @@ class _RetryWithin(anthropic.Middleware):
         answer = response.http_response
         if answer.is_success or request.retries_taken >= self._max_retries:
             return response
-        wait, ends = retry_after(answer.headers), self._ends
-        now = asyncio.get_running_loop().time()
-        if wait is not None and ends is not None and now + wait >= ends:
+        wait = retry_after(answer.headers)
+        if wait is None:
+            wait = min(_SDK_FIRST_BACKOFF * 2**request.retries_taken, _SDK_LONGEST_BACKOFF)
+        ends = self._ends
+        if ends is not None and asyncio.get_running_loop().time() + wait >= ends:
             answer.headers["x-should-retry"] = "false"
         return response
+
+
+_SDK_FIRST_BACKOFF, _SDK_LONGEST_BACKOFF = 0.5, 8.0
+"""The SDK's backoff between retries without a ``retry-after``: doubling from the first,
+at most the longest (its jitter only shortens it)."""
+
+
+def _cut_at(deadline: asyncio.Timeout) -> float | None:
+    """The loop time at which this call is cut: by ``deadline`` or by the engine's
+    ``extraction_timeout``, whichever comes first. An engine deadline already past is
+    another call's, seen by a task an extractor started during it: not this one's."""
+    now = asyncio.get_running_loop().time()
+    cuts = [deadline.when(), extraction_deadline.get()]
+    return min((t for t in cuts if t is not None and t > now), default=None)
 
 
 _LONGEST_RETRY_AFTER = 3600.0

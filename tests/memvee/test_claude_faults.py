@@ -431,3 +431,94 @@ async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once
                 await memory.process("ann")
             assert asyncio.get_running_loop().time() - started < 4
         assert len(server.requests) == 1
+
+
+async def test_an_overloaded_api_that_backs_off_past_the_timeout_is_not_blamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """529s without a retry-after: the SDK's own backoff between retries ran past the
+    extraction_timeout, the 529 became a timeout, and the timeout was blamed."""
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if any("Oslo" in str(m.get("content")) for m in request.messages):
+            return ScriptedResponse(529, error_body("overloaded_error", "Overloaded"))
+        return default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
+        config = MemoryConfig(
+            db_path=str(tmp_path / "backoff.db"),
+            extraction_timeout=1.0,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        )
+        extractor = ClaudeExtractor(max_retries=4)
+        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            for run in range(4):
+                with pytest.raises(ProcessingError, match="HTTP 529"):
+                    await memory.process("ann")
+                await memory.add_message("bob", "user", f"I like thing {run}.")
+                assert await memory.process("bob") == 1
+            assert await memory.quarantined("ann") == []
+
+
+class _Paced:
+    """A custom extractor that sends every batch through one task it started during its
+    first batch (pacing its calls): that task keeps the first call's context."""
+
+    name = "paced"
+
+    def __init__(self) -> None:
+        self.inner = ClaudeExtractor()
+        self.queue: asyncio.Queue[Any] | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    async def _drain(self) -> None:
+        assert self.queue is not None
+        while True:
+            batch, answer = await self.queue.get()
+            try:
+                answer.set_result(await self.inner.extract(batch))
+            except Exception as error:
+                answer.set_exception(error)
+
+    async def extract(self, batch: Any) -> Any:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.create_task(self._drain())
+        answer = asyncio.get_running_loop().create_future()
+        await self.queue.put((batch, answer))
+        return await answer
+
+    async def aclose(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        await self.inner.aclose()
+
+
+async def test_an_earlier_batchs_deadline_does_not_stop_a_later_calls_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[RecordedRequest] = []
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        seen.append(request)
+        if len(seen) == 2:
+            return ScriptedResponse(
+                429, error_body("rate_limit_error", "slow down"), {"retry-after-ms": "200"}
+            )
+        return default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
+        config = MemoryConfig(db_path=str(tmp_path / "paced.db"), extraction_timeout=1.0)
+        async with Memory(config=config, extractor=_Paced(), embedder=False) as memory:
+            await memory.add_message("bob", "user", "I like tea.")
+            assert await memory.process("bob") == 1
+            await asyncio.sleep(1.2)  # the first batch's deadline is past
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            assert await memory.process("ann") == 1, "the SDK retried the 429"
+    assert len(seen) == 3
