@@ -36,7 +36,12 @@ from events.checks import (
     check_time,
     storable,
 )
-from events.errors import InvalidExtractionError, InvalidInputError, UnknownTaskError
+from events.errors import (
+    ConflictError,
+    InvalidExtractionError,
+    InvalidInputError,
+    UnknownTaskError,
+)
 from events.extraction import (
     FACT_ACTIONS,
     BatchLimits,
@@ -128,8 +133,9 @@ class UserLog(Aggregate):
     ``running`` (each running task's scope, trigger and batches so far); ``weights``
     (estimated prompt tokens of messages not yet covered), ``caps`` (the most messages a
     batch holding a message may have, after splits) and ``parked`` (messages that failed
-    alone, with the failures counted against them); ``quarantined`` messages; and the
-    ``valid_entries`` of each knowledge version.
+    alone, with the failures counted against them); ``quarantined`` messages; the
+    ``valid_entries`` of each knowledge version; and the ``reextraction_requests`` recorded
+    (each Message Batches request id with its knowledge version).
     """
 
     # ----------------------------------------------------------------- events (evolve)
@@ -286,6 +292,8 @@ class UserLog(Aggregate):
             log.knowledge_versions[self.knowledge_version] = count + len(self.entries)
             for entry in self.entries:
                 log.valid_entries[entry["entry_id"]] = self.knowledge_version
+            if self.request_id:
+                log.reextraction_requests[self.request_id] = self.knowledge_version
 
     class KnowledgeSuperseded(Aggregate.Event):
         """A newer entry replaced a known one; the old entry stopped being valid then."""
@@ -434,6 +442,7 @@ class UserLog(Aggregate):
         self.parked: dict[str, int] = {}
         self.quarantined: dict[str, int] = {}
         self.running: dict[str, dict[str, Any]] = {}
+        self.reextraction_requests: dict[str, str] = {}
         self.latest_end: datetime | None = None
 
     def upgrade(self) -> None:
@@ -443,8 +452,11 @@ class UserLog(Aggregate):
         update naming one is recorded as a new entry: nothing is lost, only not linked.
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
         When the latest end of an entry is not known, every batch may be backdated.
+        The Message Batches requests recorded before are not known: a bulk batch kept
+        across the upgrade is collected as if none of it were recorded.
         """
-        for name in ("valid_entries", "weights", "caps", "parked", "quarantined", "running"):
+        names = ("valid_entries", "weights", "caps", "parked", "quarantined", "running")
+        for name in (*names, "reextraction_requests"):
             if not hasattr(self, name):
                 setattr(self, name, {})
         if not hasattr(self, "latest_end"):
@@ -700,9 +712,12 @@ class UserLog(Aggregate):
         """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
 
         Updates and invalidations apply to that version's own entries, never the live ones;
-        ``known`` and ``replaced`` as for :meth:`record_knowledge`.
+        ``known`` and ``replaced`` as for :meth:`record_knowledge`. A ``request_id`` recorded
+        already is refused: its answer is in the log once.
         """
         check_new_knowledge_version(knowledge_version)
+        if self.recorded_request(request_id):
+            raise ConflictError(f"request {request_id!r} is recorded already")
         return self._record_facts(
             self.KnowledgeReextracted,
             knowledge_version,
@@ -717,6 +732,10 @@ class UserLog(Aggregate):
             replaced=replaced,
             **_usage_fields(usage),
         )
+
+    def recorded_request(self, request_id: str | None) -> bool:
+        """Whether a re-extraction naming ``request_id`` is in this log already."""
+        return request_id is not None and request_id in self.reextraction_requests
 
     def _record_facts(
         self,

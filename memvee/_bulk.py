@@ -23,6 +23,7 @@ from typing import Any, cast
 from uuid import uuid4
 
 import anthropic
+import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import select
@@ -41,8 +42,9 @@ from events import (
     UserLog,
     estimate_tokens,
 )
+from events.errors import first_line
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets
+from memvee.extractors._claude import api_error, client_secrets, redact
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.shown import with_targets
@@ -54,9 +56,17 @@ log = logging.getLogger("memvee.bulk")
 MAX_REQUESTS_PER_BATCH = 10_000
 """Requests per Message Batch (the API takes up to 100,000 or 256 MB)."""
 
+MAX_POLL_OUTAGE = 600.0
+"""Seconds of consecutive transient failures (overloaded, 5xx, no connection) that polling
+a Message Batch rides out before the run fails: it only reads, and may poll for hours."""
+
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
 with :class:`NotFoundError` once a message it was drawn from (the third argument) is gone."""
+
+Shown = Callable[[str, list[BatchMessage]], tuple[tuple[KnownEntry, ...], Any]]
+"""The version's entries a batch of a user's messages is shown, as live extraction and
+synchronous re-extraction show them (Audit's), and the chains of ended entries before."""
 
 Progress = Callable[[int, int], None]
 """Told (requests done, requests in all) while a Message Batch is processed."""
@@ -64,7 +74,9 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class BulkReport:
-    """What a bulk run did: requests submitted and recorded, entries, and what failed."""
+    """What a bulk run did: requests submitted and recorded, entries, what failed, and the
+    kept Message Batches the API no longer knows (``lost``: their requests are planned
+    again)."""
 
     submitted: int = 0
     recorded: int = 0
@@ -72,6 +84,7 @@ class BulkReport:
     entries: int = 0
     batches: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +103,9 @@ class _Planned:
 class BulkReextraction:
     """Re-extracts users' processed messages into ``version`` through Message Batches.
 
-    ``limits`` bounds each request as live extraction bounds its batches;
-    ``poll_interval`` is how often a running Message Batch is looked at.
+    ``limits`` bounds each request as live extraction bounds its batches, and ``shown``
+    picks the entries it is shown; ``poll_interval`` is how often a running Message Batch
+    is looked at.
     """
 
     def __init__(
@@ -101,6 +115,7 @@ class BulkReextraction:
         decide: Decide,
         extractor: ClaudeExtractor,
         version: str,
+        shown: Shown,
         *,
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
@@ -111,6 +126,7 @@ class BulkReextraction:
         self.decide = decide
         self.extractor = extractor
         self.version = version
+        self.shown = shown
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
@@ -155,10 +171,11 @@ class BulkReextraction:
                 and e.message_id in uncovered
                 and e.message_id not in pending
             ]
-            known = [e.entry_id for e in self._known(user_id)]
             for batch in _bounded(todo, self.limits):
-                custom_id = f"r{len(planned) + 1}"
-                planned.append(_Planned(custom_id, user_id, batch, known))
+                shown, _ = self.shown(user_id, batch)
+                known = [k.entry_id for k in shown]
+                ids = [m.message_id for m in batch]
+                planned.append(_Planned(f"r{len(planned) + 1}", user_id, ids, known))
         return planned
 
     async def _submit(
@@ -177,6 +194,7 @@ class BulkReextraction:
         for p in planned:
             batch = await asyncio.to_thread(self._batch, p.custom_id, p.to_json())
             params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
+            params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
             requests.append({"custom_id": p.custom_id, "params": params})
         created = await client.messages.batches.create(requests=requests)
         row["api_batch_id"] = created.id
@@ -195,19 +213,28 @@ class BulkReextraction:
             # Created or not, nobody kept its id: plan its messages again.
             await asyncio.to_thread(self._delete, row["local_id"])
             return
-        report.batches.append(batch_id)
         total = len(row["requests"])
-        while True:
-            found = await client.messages.batches.retrieve(batch_id)
-            counts = found.request_counts
-            done = counts.succeeded + counts.errored + counts.canceled + counts.expired
-            self.progress(done, total)
-            if found.processing_status == "ended":
-                break
-            await asyncio.sleep(self.poll_interval)
-        answers: dict[str, Any] = {}
-        async for result in await client.messages.batches.results(batch_id):
-            answers[result.custom_id] = result.result
+        try:
+            while True:
+                found = await self._retrieve(client, batch_id)
+                counts = found.request_counts
+                done = counts.succeeded + counts.errored + counts.canceled + counts.expired
+                self.progress(done, total)
+                if found.processing_status == "ended":
+                    break
+                await asyncio.sleep(self.poll_interval)
+            answers = await _results(client, batch_id)
+        except anthropic.NotFoundError:
+            log.warning(
+                "Message Batch %s is not known to the API (deleted, past its 29 days, or "
+                "another workspace's): its %d requests are planned again",
+                batch_id,
+                total,
+            )
+            report.lost.append(batch_id)
+            await asyncio.to_thread(self._delete, row["local_id"])
+            return
+        report.batches.append(batch_id)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((int(custom_id[1:]), custom_id))
@@ -222,33 +249,58 @@ class BulkReextraction:
                 entries = await asyncio.to_thread(
                     self._record, custom_id, row["requests"][custom_id], outcome, request_id
                 )
-                if isinstance(entries, str):
+                if entries is None:
+                    report.skipped += 1
+                elif isinstance(entries, str):
                     report.failed[request_id] = entries
                 else:
                     report.recorded += 1
                     report.entries += entries
         await asyncio.to_thread(self._delete, row["local_id"])
 
+    async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
+        """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
+        no connection) are ridden out, backing off, for up to :data:`MAX_POLL_OUTAGE` seconds."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        pause = self.poll_interval
+        while True:
+            try:
+                return await client.messages.batches.retrieve(batch_id)
+            except anthropic.AnthropicError as error:
+                if not _transient(error) or loop.time() - began >= MAX_POLL_OUTAGE:
+                    raise
+                shown = api_error(error, client_secrets(client))
+                log.warning("polling Message Batch %s failed (%s); trying again", batch_id, shown)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 60.0)
+
     def _record(
         self, custom_id: str, request: dict[str, Any], outcome: Any, request_id: str
-    ) -> int | str:
-        """Record one request's answer; returns the entries added, or why it failed."""
+    ) -> int | str | None:
+        """Record one request's answer; returns the entries added, why it failed, or
+        ``None`` when its user's log has it recorded already."""
         if outcome is None:
             return "no result"
         if outcome.type != "succeeded":
             detail = getattr(getattr(outcome, "error", None), "error", None)
-            return f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}"
+            text = f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}"
+            return redact(text, client_secrets(self.extractor.client))
         batch = self._batch(custom_id, request)
         try:
-            result = self.extractor.read_answer(batch, outcome.message)
+            result = self.extractor.read_answer(
+                batch, outcome.message, budget=self.extractor.max_tokens
+            )
         except ExtractionError as error:
             return str(error)
-        known = self._known(batch.user_id)
-        current = {e.text.casefold(): e.entry_id for e in known}
-        facts = [_same_if_known(f, current) for f in result.facts]
-        replaced = self._replaced(batch.user_id, facts)
+        current = self._known(batch.user_id)
+        texts = {e.text.casefold(): e.entry_id for e in current}
+        facts = [_same_if_known(f, texts) for f in result.facts]
+        known, replaced = self._placed(batch, current, facts)
 
-        def record(user_log: UserLog) -> int:
+        def record(user_log: UserLog) -> int | None:
+            if user_log.recorded_request(request_id):
+                return None  # recorded meanwhile, by another run collecting the same batch
             return len(
                 user_log.record_reextraction(
                     self.version,
@@ -265,7 +317,7 @@ class BulkReextraction:
             )
 
         try:
-            count: int = self.decide(batch.user_id, record, list(request["messages"]))
+            count: int | None = self.decide(batch.user_id, record, list(request["messages"]))
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
             return str(forgotten)
         return count
@@ -284,7 +336,7 @@ class BulkReextraction:
             tuple(
                 BatchMessage(m.message_id, m.role, m.content, m.sent_at, m.name) for m in messages
             ),
-            tuple(KnownEntry(e.entry_id, e.text, e.valid_from) for e in known),
+            tuple(KnownEntry(e.entry_id, e.text, e.valid_from, e.valid_until) for e in known),
         )
 
     def _known(self, user_id: str) -> list[Any]:
@@ -292,21 +344,37 @@ class BulkReextraction:
         with self.store.engine.connect() as connection:
             return self.reader.knowledge(connection, user_id, self.version)
 
-    def _replaced(self, user_id: str, facts: list[ExtractedFact]) -> tuple[ReplacedEntry, ...]:
-        """The whole chains of the version's ended entries before the targets of facts."""
+    def _placed(
+        self, batch: ExtractionBatch, current: list[Any], facts: list[ExtractedFact]
+    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+        """What the log needs to place ``facts`` in the version, as the synchronous path
+        gives it: the entries the request was shown, those it would be shown now (earlier
+        requests of the run may have ended some), the version's current ones (a request may
+        repeat one it was not shown), and the chains of ended entries before them and
+        before the targets of facts."""
+        # No messages: the user was forgotten meanwhile, which the decision is refused for.
+        now, chains = (
+            self.shown(batch.user_id, list(batch.messages)) if batch.messages else ((), ())
+        )
+        known = {k.entry_id: k for k in batch.known}
+        for k in now:
+            known.setdefault(k.entry_id, k)
+        for e in current:
+            known.setdefault(e.entry_id, KnownEntry(e.entry_id, e.text, e.valid_from))
         with self.store.engine.connect() as connection:
-            _, replaced = with_targets(
-                connection, self.reader, user_id, facts, ((), ()), self.version
+            return with_targets(
+                connection,
+                self.reader,
+                batch.user_id,
+                facts,
+                (tuple(known.values()), tuple(chains)),
+                self.version,
             )
-        return replaced
 
     def _recorded(self, user_id: str) -> set[str]:
         """The request ids already recorded in the user's log."""
-        return {
-            e.request_id
-            for e in self.store.events_of(user_id)
-            if isinstance(e, UserLog.KnowledgeReextracted) and e.request_id
-        }
+        user_log = self.store.load(user_id)
+        return set() if user_log is None else set(user_log.reextraction_requests)
 
     # ------------------------------------------------------------------ the table
 
@@ -345,16 +413,42 @@ def _message_ids(row: dict[str, Any]) -> Iterable[str]:
         yield from request["messages"]
 
 
-def _bounded(messages: Sequence[Any], limits: BatchLimits) -> Iterable[list[str]]:
+async def _results(client: anthropic.AsyncAnthropic, batch_id: str) -> dict[str, Any]:
+    """Each request's result of an ended Message Batch, by ``custom_id``; a download cut
+    short or a line that is not JSON is an ExtractionError (the batch stays kept)."""
+    answers: dict[str, Any] = {}
+    try:
+        async for result in await client.messages.batches.results(batch_id):
+            answers[result.custom_id] = result.result
+    except (httpx2.TransportError, ValueError) as error:  # the SDK's own httpx
+        problem = redact(f"{type(error).__name__}: {first_line(error)}", client_secrets(client))
+        raise ExtractionError(
+            f"the results of Message Batch {batch_id} could not be read ({problem}); the next "
+            "run collects them again"
+        ) from None
+    return answers
+
+
+def _transient(error: anthropic.AnthropicError) -> bool:
+    """Whether a failed API call may well succeed a moment later: overloaded, rate
+    limited, a server error or no connection."""
+    if isinstance(error, anthropic.APIStatusError):
+        return error.status_code == 429 or error.status_code >= 500
+    return isinstance(error, anthropic.APIConnectionError)
+
+
+def _bounded(messages: Sequence[Any], limits: BatchLimits) -> Iterable[list[BatchMessage]]:
     """``messages`` (MessageAdded events) cut into batches as live extraction cuts them."""
-    batch: list[str] = []
+    batch: list[BatchMessage] = []
     tokens = 0
     for event in messages:
         weight = estimate_tokens(event.content)
         if batch and (len(batch) >= limits.max_messages or tokens + weight > limits.max_tokens):
             yield batch
             batch, tokens = [], 0
-        batch.append(event.message_id)
+        batch.append(
+            BatchMessage(event.message_id, event.role, event.content, event.sent_at, event.name)
+        )
         tokens += weight
     if batch:
         yield batch

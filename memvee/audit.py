@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -634,6 +636,7 @@ class Audit:
             self._decide,
             extractor,
             version,
+            lambda user_id, batch: self._known(user_id, version, batch),
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,
@@ -810,7 +813,8 @@ class Audit:
     def _decide(
         self, user_id: str, decide: Callable[[UserLog], T], sources: Sequence[str] = ()
     ) -> T:
-        """Decide on a fresh load and append, folding projections; retried on conflicts.
+        """Decide on a fresh load and append, folding projections; retried on conflicts,
+        after a short pause that grows (with some jitter), up to 8 attempts.
 
         ``sources``, the messages the decision was drawn from, must all still be stored
         when the events are: the transaction that appends checks them, so nothing drawn
@@ -829,7 +833,9 @@ class Audit:
                     )
             projector.apply(connection, recorded)
 
-        for _ in range(8):
+        for attempt in range(8):
+            if attempt:  # two writers retrying at once would meet again: a growing pause
+                time.sleep(random.uniform(0.5, 1.0) * 0.01 * 2**attempt)
             user_log = self.store.load(user_id)
             if user_log is None:
                 raise NotFoundError(f"no user {user_id!r} in this database")

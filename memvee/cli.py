@@ -777,6 +777,14 @@ def _reextract_in_bulk(
     )
     for request_id, error in list(report.failed.items())[:20]:
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
+    for batch_id in report.lost:
+        console.print(
+            Text.assemble(
+                ("lost:", "yellow"),
+                f" Message Batch {batch_id} is not known to the API; its requests are "
+                "planned again",
+            )
+        )
     if promote and not report.failed:
         for target in targets:
             if version in audit.unpromoted_versions(target):

@@ -476,7 +476,7 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         if exc.type:
             parts.append(f", {exc.type}")
         parts.append(")")
-        message = _redact(exc.api_message or "", secrets)
+        message = redact(exc.api_message or "", secrets)
         if message:
             parts.append(f": {message[:_MAX_DETAIL_CHARS]}")
         if exc.request_id:
@@ -484,11 +484,11 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         wait = retry_after(exc.response.headers)
         if wait is not None:
             parts.append(f"; retry after {wait:g} s")
-        text = _redact("".join(parts), secrets)
+        text = redact("".join(parts), secrets)
         if exc.status_code in _REJECTED_STATUSES:
             reason = None  # a request too large is the batch's own fault, by its nature
             if exc.status_code != 413:
-                reason = _redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
+                reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
         if exc.status_code in _OVERLOADED_STATUSES:
             return ExtractorOverloadedError(text, retry_after=wait)
@@ -499,8 +499,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "unknown cause"
         text = f"could not reach the Claude API ({kind}: {cause}) after the SDK's retries"
     else:
-        text = f"Claude API call failed ({kind}): {_redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
-    return ExtractionError(_redact(text, secrets))
+        text = f"Claude API call failed ({kind}): {redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
+    return ExtractionError(redact(text, secrets))
 
 
 class _RetryWithin(anthropic.Middleware):
@@ -599,7 +599,7 @@ _SHOWN_PART = 12
 or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
 
 
-def _redact(text: str, secrets: Sequence[str]) -> str:
+def redact(text: str, secrets: Sequence[str]) -> str:
     """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
     characters, replaced by ``[redacted]``."""
     for secret in secrets:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 from eventsourcing.domain import Snapshot
 
-from events import BatchLimits, ExtractedFact, InvalidInputError, TokenUsage, UnknownTaskError
+from events import (
+    BatchLimits,
+    ConflictError,
+    ExtractedFact,
+    InvalidInputError,
+    TokenUsage,
+    UnknownTaskError,
+)
 from events.user_log import UserLog, short_message_id, user_log_id
 
 
@@ -340,3 +347,22 @@ def test_a_failed_batch_and_a_quarantine_record_the_cache_tokens_they_spent() ->
     assert failures and all(
         (e.cache_read_tokens, e.cache_write_tokens) == (900, 70) for e in failures
     )
+
+
+def test_a_reextraction_request_is_recorded_once_and_kept_by_the_state() -> None:
+    """Two runs collecting one Message Batch may both decide on a request: the state
+    folds each recorded request id, and a second record of it is refused."""
+    log, ids = _log_with(1)
+    facts = [ExtractedFact("User is x", (ids[0],))]
+    log.record_reextraction("v2", ids, facts, "offline", request_id="batch:r1")
+    assert log.recorded_request("batch:r1") and not log.recorded_request("batch:r2")
+    log.collect_events()
+    with pytest.raises(ConflictError, match="recorded already"):
+        log.record_reextraction("v2", ids, facts, "offline", request_id="batch:r1")
+    assert log.collect_events() == []
+    restored = Snapshot.take(log).mutate(None)
+    assert isinstance(restored, UserLog)
+    assert restored.reextraction_requests == {"batch:r1": "v2"}
+    del restored.__dict__["reextraction_requests"]  # a snapshot from before
+    restored.upgrade()
+    assert restored.reextraction_requests == {}

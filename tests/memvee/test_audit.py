@@ -15,8 +15,9 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 import memvee._held_run
+import memvee.audit
 from actors.erasure import erase_user
-from events import ConflictError, EventStore, user_log_id
+from events import ConflictError, EventStore, sqlite_url, user_log_id
 from memvee import (
     InvalidInputError,
     Memory,
@@ -686,3 +687,28 @@ async def test_a_rebuild_stopped_midway_leaves_the_log_readable_and_no_user_miss
             await audit.reextract("ann", OfflineExtractor(), "again")
         with pytest.raises(NotFoundError, match="no user 'nobody'"):
             list(audit.log("nobody"))
+
+
+async def test_a_decision_that_meets_a_conflict_is_retried_after_a_growing_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers retrying at once would meet again on every attempt: each retry waits a
+    little longer than the one before."""
+    url = sqlite_url(tmp_path / "conflict.db")
+    async with Memory(config=MemoryConfig(db_url=url), extractor=OfflineExtractor()) as memory:
+        await memory.add_message("ann", "user", "I live in Oslo")
+        await memory.flush("ann")
+    pauses: list[float] = []
+    monkeypatch.setattr(memvee.audit.time, "sleep", pauses.append)
+    with Audit(db_url=url) as audit:
+        real = audit.store.append
+        conflicts = iter(range(3))
+
+        def append(*args: Any, **kw: Any) -> Any:
+            if next(conflicts, None) is not None:
+                raise ConflictError("another writer")
+            return real(*args, **kw)
+
+        monkeypatch.setattr(audit.store, "append", append)
+        assert audit._decide("ann", lambda log: "decided") == "decided"
+    assert len(pauses) == 3 and pauses == sorted(pauses) and 0 < pauses[0] < 0.1

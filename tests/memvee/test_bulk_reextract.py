@@ -4,18 +4,23 @@ point, with nothing recorded twice."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+import memvee._bulk
+import projections.shown
 from actors.erasure import erase_user
-from events import BatchLimits, UserLog, sqlite_url
+from events import BatchLimits, ExtractionError, UserLog, sqlite_url
 from memvee import Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee.audit import Audit
@@ -30,6 +35,7 @@ from tests.support.messages_api_server import (
     ScriptedResponse,
     default_answer,
     error_body,
+    prompt_known_entries,
 )
 
 USERS = ("ann", "bob")
@@ -249,3 +255,179 @@ async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
         )
         assert (report.submitted, report.recorded, report.failed) == (0, 3, {})
         assert len(_reextracted(audit, "ann")) == 3
+
+
+async def test_a_kept_batch_the_api_no_longer_knows_is_reported_and_planned_again(
+    db: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A kept batch deleted at the API (or past its 29 days, or another workspace's) is
+    told of and its row dropped: its requests go in a new batch, not a failure forever."""
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+        (gone,) = server.batches
+        client = anthropic.Anthropic(max_retries=0)
+        client.messages.batches.cancel(gone["id"])
+        client.messages.batches.retrieve(gone["id"])  # the cancel ends it
+        client.messages.batches.delete(gone["id"])
+        with caplog.at_level(logging.WARNING, logger="memvee.bulk"):
+            report = await _run(audit)
+        assert report.lost == [gone["id"]] and "not known to the API" in caplog.text
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+        assert gone["id"] not in report.batches
+        again = await _run(audit)
+        assert (again.lost, again.submitted, again.recorded) == ([], 0, 0)
+
+
+async def test_a_bulk_request_asks_for_the_whole_output_budget(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The Batches API bills only the tokens generated: a dense request is not cut at a
+    guessed budget, and sent again with the same one by every later run."""
+
+    def dense(request: RecordedRequest) -> ScriptedResponse:
+        answer = default_answer(request)
+        if request.body["max_tokens"] < 8192:
+            return ScriptedResponse(body={**answer.body, "stop_reason": "max_tokens"})
+        return answer
+
+    server.set_responder(dense)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert (report.recorded, report.failed) == (6, {})
+    assert {r["params"]["max_tokens"] for r in server.batches[0]["requests"]} == {8192}
+
+
+async def test_a_catch_up_request_is_shown_the_entries_live_extraction_would_show(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that catches a version up shows each request the version's entries related
+    to it, most related first, within a quarter of the batch budget: not every entry (a
+    user of more than two entries here, of more than 100 in truth)."""
+    monkeypatch.setattr(projections.shown, "MAX_KNOWN_ENTRIES", 2)
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_message("bob", "user", "I live in Oslo")
+        await memory.add_message("bob", "user", "bob likes thing 3 the most")
+        await memory.flush("bob")
+    with Audit(db_url=db) as audit:
+        assert audit.knowledge_versions("bob")["v2"] == 5
+        report = await audit.reextract_in_bulk(
+            ["bob"], ClaudeExtractor(max_retries=0), "v2", poll_interval=0.01
+        )
+        assert (report.submitted, report.recorded) == (1, 1)
+        (request,) = server.batches[-1]["requests"]
+        listed = [e["text"] for e in prompt_known_entries(request["params"])]
+        assert len(listed) == 2, listed
+        assert listed[0] == "User said: bob likes thing 3", "the most related first"
+
+
+async def test_two_runs_collecting_one_kept_batch_record_each_request_once(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs resume one kept batch at once: the second read the log before the first
+    recorded, so the log itself refuses the requests recorded meanwhile."""
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+        with audit.store.engine.connect() as connection:
+            kept = dict(connection.execute(select(BULK_BATCHES)).mappings().one())
+        first = await _run(audit)
+        with audit.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.insert(), kept)
+        monkeypatch.setattr(BulkReextraction, "_recorded", lambda self, user_id: set())
+        second = await _run(audit)
+        assert (first.recorded, second.recorded, second.skipped) == (6, 0, 6)
+        for user in USERS:
+            ids = Counter(e.request_id for e in _reextracted(audit, user))
+            assert set(ids.values()) == {1} and len(ids) == 3, "nothing recorded twice"
+
+
+async def test_a_failed_requests_error_never_shows_the_api_key(
+    db: str, server: MessagesAPIServer
+) -> None:
+    def leaky(request: RecordedRequest) -> ScriptedResponse:
+        message = "the request echoed header x-api-key: sk-test-bulk"
+        return ScriptedResponse(400, error_body("invalid_request_error", message))
+
+    server.set_responder(leaky)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert len(report.failed) == 6
+    assert all("sk-test-bulk" not in r and "[redacted]" in r for r in report.failed.values())
+
+
+def _retrievals_overloaded(
+    looks: Iterator[int], overloaded: range
+) -> Callable[[RecordedRequest], ScriptedResponse | None]:
+    """A fault answering the looks at a batch numbered in ``overloaded`` with HTTP 529."""
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        retrieve = request.method == "GET" and request.path.count("/") == 4
+        if retrieve and next(looks) in overloaded:
+            return ScriptedResponse(529, error_body("overloaded_error", "Overloaded"))
+        return None
+
+    return fault
+
+
+async def test_a_short_outage_while_polling_is_ridden_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_batches_fault(_retrievals_overloaded(itertools.count(1), range(2, 5)))
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+
+
+async def test_an_outage_longer_than_the_bound_ends_the_run_and_keeps_the_batch(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memvee._bulk, "MAX_POLL_OUTAGE", 0.05)
+    server.set_batches_fault(_retrievals_overloaded(itertools.count(1), range(1, 10**6)))
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="529"):
+            await _run(audit)
+        server.set_batches_fault(None)
+        report = await _run(audit)
+        assert (report.submitted, report.recorded) == (0, 6), "the kept batch is collected"
+
+
+def _results_broken(how: str) -> Callable[[RecordedRequest], ScriptedResponse | None]:
+    """A fault serving a results file cut short, or holding a line that is not JSON."""
+    lines = b'{"custom_id": "r1", "result": {"type": "errored"}}\n' * 4
+    body, cut = (lines, 30) if how == "cut" else (b"{oops\n", None)
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        if not request.path.endswith("/results"):
+            return None
+        headers = {"content-type": "application/binary"}
+        return ScriptedResponse(body=body, headers=headers, truncate_at=cut)
+
+    return fault
+
+
+@pytest.mark.parametrize("how", ["cut", "not JSON"])
+async def test_results_that_cannot_be_read_are_an_extraction_error_and_the_batch_is_kept(
+    db: str, server: MessagesAPIServer, how: str
+) -> None:
+    server.set_batches_fault(_results_broken(how))
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="could not be read"):
+            await _run(audit)
+        server.set_batches_fault(None)
+        report = await _run(audit)
+        assert (report.submitted, report.recorded) == (0, 6), "the kept batch is collected"
+
+
+def test_the_command_line_tells_unreadable_results_in_one_error_line(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_batches_fault(_results_broken("cut"))
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and "could not be read" in result.output
+    assert "Traceback" not in result.output

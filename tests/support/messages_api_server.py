@@ -548,6 +548,7 @@ class MessagesAPIServer:
         self._cache_writes = 0
         self._cache_reads = 0
         self._batches: dict[str, _Batch] = {}
+        self._batches_fault: Callable[[RecordedRequest], ScriptedResponse | None] | None = None
         self._batch_ids = itertools.count(1)
         self._closing = threading.Event()
         self._ids = itertools.count(1)
@@ -611,6 +612,14 @@ class MessagesAPIServer:
         """Answer later unscripted requests with ``responder``; safe while serving."""
         with self._lock:
             self.responder = responder
+
+    def set_batches_fault(
+        self, fault: Callable[[RecordedRequest], ScriptedResponse | None] | None
+    ) -> None:
+        """Answer each later Message Batches call with what ``fault`` returns for it, or as
+        usual when that is None (an outage, a download cut short); safe while serving."""
+        with self._lock:
+            self._batches_fault = fault
 
     def expire_batch(self, batch_id: str) -> None:
         """End a batch that is still processing as the API does after 24 hours: every
@@ -790,6 +799,11 @@ class MessagesAPIServer:
     def _batches_call(self, request: RecordedRequest) -> ScriptedResponse:
         """Serve one Message Batches API call: create, list, retrieve, results, cancel,
         delete."""
+        with self._lock:
+            fault = self._batches_fault
+        answer = None if fault is None else fault(request)
+        if answer is not None:
+            return answer
         parts = request.path[len(BATCHES_PATH) :].strip("/").split("/")
         batch_id = parts[0]
         action = parts[1] if len(parts) > 1 else ""
