@@ -217,14 +217,19 @@ async def test_a_fault_loses_nothing_and_blocks_nothing(
 
 @contextlib.asynccontextmanager
 async def _memory_over(
-    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, path: Path, **config: Any
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    path: Path,
+    extractor: Any = None,
+    **config: Any,
 ) -> AsyncIterator[Memory]:
-    """A Memory on a SQLite file at ``path`` whose ClaudeExtractor (no SDK retries) finds
-    ``server`` as a deployment finds the API, through the environment."""
+    """A Memory on a SQLite file at ``path`` whose extractor (by default a ClaudeExtractor
+    with no SDK retries) finds ``server`` as a deployment finds the API, through the
+    environment."""
     monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
     settings = MemoryConfig(db_path=str(path), **config)
-    extractor = ClaudeExtractor(max_retries=0)
+    extractor = extractor or ClaudeExtractor(max_retries=0)
     async with Memory(config=settings, extractor=extractor, embedder=False) as memory:
         yield memory
 
@@ -421,10 +426,10 @@ async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once
         429, error_body("rate_limit_error", "slow down"), headers={"retry-after": "30"}
     )
     with MessagesAPIServer(responder=lambda r: limited) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
-        config = MemoryConfig(db_path=str(tmp_path / "cut.db"), extraction_timeout=5)
-        async with Memory(config=config, extractor=ClaudeExtractor(), embedder=False) as memory:
+        cut = tmp_path / "cut.db"
+        async with _memory_over(
+            server, monkeypatch, cut, ClaudeExtractor(), extraction_timeout=5
+        ) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             started = asyncio.get_running_loop().time()
             with pytest.raises(ProcessingError, match=r"HTTP 429 .*retry after 30 s"):
@@ -445,16 +450,15 @@ async def test_an_overloaded_api_that_backs_off_past_the_timeout_is_not_blamed(
         return default_answer(request)
 
     with MessagesAPIServer(responder=responder) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
-        config = MemoryConfig(
-            db_path=str(tmp_path / "backoff.db"),
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "backoff.db",
+            ClaudeExtractor(max_retries=4),
             extraction_timeout=1.0,
             retry_delay=0.01,
             retry_delay_max=0.05,
-        )
-        extractor = ClaudeExtractor(max_retries=4)
-        async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        ) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
             for run in range(4):
                 with pytest.raises(ProcessingError, match="HTTP 529"):
@@ -512,10 +516,10 @@ async def test_an_earlier_batchs_deadline_does_not_stop_a_later_calls_retries(
         return default_answer(request)
 
     with MessagesAPIServer(responder=responder) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-faults")
-        config = MemoryConfig(db_path=str(tmp_path / "paced.db"), extraction_timeout=1.0)
-        async with Memory(config=config, extractor=_Paced(), embedder=False) as memory:
+        paced = tmp_path / "paced.db"
+        async with _memory_over(
+            server, monkeypatch, paced, _Paced(), extraction_timeout=1.0
+        ) as memory:
             await memory.add_message("bob", "user", "I like tea.")
             assert await memory.process("bob") == 1
             await asyncio.sleep(1.2)  # the first batch's deadline is past
