@@ -174,11 +174,9 @@ class ExtractionWorkers:
             began = self._loop.time()
             try:
                 async with asyncio.timeout(self.timeout) as cut:
-                    token = extraction_deadline.set(cut.when())
-                    try:
-                        result = await self._answer(batch)
-                    finally:
-                        extraction_deadline.reset(token)
+                    # Each batch runs in a task of its own: the value ends with its context.
+                    extraction_deadline.set(cut.when())
+                    result = await self._answer(batch)
                 self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:
                 self.breaker.failed()
