@@ -767,12 +767,11 @@ class Audit:
 
     def _require_version(self, connection: Connection, user_id: str, version: str) -> None:
         """:class:`NotFoundError` unless the user holds knowledge ``version`` (a
-        re-extracted version with no entry too)."""
-        held = {
-            LIVE_KNOWLEDGE,
-            *self._reader.knowledge_versions(connection, user_id),
-            *self.unpromoted_versions(user_id),
-        }
+        re-extracted version with no entry too: only then is the log read)."""
+        held = {LIVE_KNOWLEDGE, *self._reader.knowledge_versions(connection, user_id)}
+        if version in held:
+            return
+        held.update(self.unpromoted_versions(user_id))
         if version not in held:
             raise NotFoundError(
                 f"user {user_id!r} has no knowledge version {version!r} "

@@ -147,10 +147,7 @@ class ClaudeExtractor:
         serve several Memories, each extracting on a loop of its own)."""
         if self._given is not None:
             return self._given
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = _running_loop()
         with self._building:
             built = self._built.get(loop)
             if built is None:
@@ -348,14 +345,18 @@ class ClaudeExtractor:
     async def aclose(self) -> None:
         """Close the client this extractor built for the running event loop; a client
         passed in stays open."""
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
         with self._building:
-            client = self._built.pop(loop, None)
+            client = self._built.pop(_running_loop(), None)
         if client is not None:
             await client.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running this call, ``None`` outside one."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _added(usage: TokenUsage, more: TokenUsage) -> TokenUsage:
