@@ -295,6 +295,28 @@ class UserLog(Aggregate):
             if self.request_id:
                 log.reextraction_requests[self.request_id] = self.knowledge_version
 
+    class ReextractionFailed(Aggregate.Event):
+        """A re-extraction call into a knowledge version spent tokens but gave nothing to
+        record (an answer cut short, unreadable or refused). Its messages stay uncovered,
+        for the next run; the event keeps what the call cost, for ``memvee stats``.
+        ``request_id`` as for :class:`KnowledgeReextracted`: a failure collected twice is
+        recorded once."""
+
+        knowledge_version: str
+        message_ids: list[str]
+        error: str
+        extractor: str | None = None
+        model: str | None = None
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
+        request_id: str | None = None
+
+        def apply(self, log: UserLog) -> None:
+            if self.request_id:
+                log.reextraction_requests[self.request_id] = self.knowledge_version
+
     class KnowledgeSuperseded(Aggregate.Event):
         """A newer entry replaced a known one; the old entry stopped being valid then."""
 
@@ -732,6 +754,36 @@ class UserLog(Aggregate):
             replaced=replaced,
             **_usage_fields(usage),
         )
+
+    def record_reextraction_failure(
+        self,
+        knowledge_version: str,
+        message_ids: Sequence[str],
+        error: str,
+        usage: TokenUsage,
+        *,
+        extractor: str | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> bool:
+        """Record what a failed re-extraction call of ``message_ids`` spent; returns whether
+        anything was recorded (nothing when it spent nothing, or ``request_id`` is recorded
+        already: re-extraction changes no state when it fails, only the bill)."""
+        check_new_knowledge_version(knowledge_version)
+        spent = _usage_fields(usage)
+        if not any(spent.values()) or self.recorded_request(request_id):
+            return False
+        self.trigger_event(
+            self.ReextractionFailed,
+            knowledge_version=knowledge_version,
+            message_ids=list(message_ids),
+            error=storable(error) if error else "unknown error",
+            extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
+            model=_label(model, MAX_MODEL_CHARS),
+            request_id=request_id,
+            **spent,
+        )
+        return True
 
     def recorded_request(self, request_id: str | None) -> bool:
         """Whether a re-extraction naming ``request_id`` is in this log already."""

@@ -37,6 +37,7 @@ from events import (
     ExtractionError,
     InvalidInputError,
     KnownEntry,
+    MemveeError,
     NotFoundError,
     ReplacedEntry,
     UserLog,
@@ -292,6 +293,8 @@ class BulkReextraction:
                 batch, outcome.message, budget=self.extractor.max_tokens
             )
         except ExtractionError as error:
+            if error.usage is not None:
+                self._record_spent(batch.user_id, request, request_id, error)
             return str(error)
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
@@ -321,6 +324,35 @@ class BulkReextraction:
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
             return str(forgotten)
         return count
+
+    def _record_spent(
+        self, user_id: str, request: dict[str, Any], request_id: str, error: ExtractionError
+    ) -> None:
+        """Keep what an answer that could not be recorded cost (billed all the same), once
+        however many runs collect it; its messages are planned again."""
+        assert error.usage is not None
+        usage = error.usage
+
+        def record(user_log: UserLog) -> bool:
+            return user_log.record_reextraction_failure(
+                self.version,
+                list(request["messages"]),
+                str(error),
+                usage,
+                extractor=self.extractor.name,
+                model=self.extractor.model,
+                request_id=request_id,
+            )
+
+        try:
+            self.decide(user_id, record, list(request["messages"]))
+        except MemveeError as failed:
+            log.warning(
+                "user %r: the tokens of request %s were not recorded (%s)",
+                user_id,
+                request_id,
+                first_line(failed),
+            )
 
     def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
         """The batch a request was made of, read back from the log and the projections."""

@@ -44,6 +44,8 @@ def describe(event: Any) -> str:
         case UserLog.KnowledgeReextracted():
             texts = "; ".join(entry["text"] for entry in e.entries) or "no entries"
             return f"version {e.knowledge_version!r} by {e.extractor}{tail}: {_flat(texts)}"
+        case UserLog.ReextractionFailed():
+            return f"version {e.knowledge_version!r} call failed{tail}: {_flat(e.error)}"
         case UserLog.KnowledgeSuperseded():
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
         case UserLog.KnowledgeEndMoved():

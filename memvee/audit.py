@@ -28,9 +28,11 @@ from events import (
     EventStore,
     ExtractedFact,
     ExtractionBatch,
+    ExtractionError,
     Extractor,
     InvalidInputError,
     KnownEntry,
+    MemveeError,
     NotFoundError,
     Recorded,
     ReplacedEntry,
@@ -586,11 +588,16 @@ class Audit:
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
         known, replaced = await asyncio.to_thread(self._known, user_id, version, batch)
-        result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
+        ids = [m.message_id for m in batch]
+        try:
+            result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
+        except ExtractionError as error:
+            if error.usage is not None:
+                await asyncio.to_thread(self._record_spent, user_id, version, ids, error, extractor)
+            raise
         known, replaced = await asyncio.to_thread(
             self._with_targets, user_id, version, result.facts, (known, replaced)
         )
-        ids = [m.message_id for m in batch]
 
         def record(user_log: UserLog) -> int:
             entries = user_log.record_reextraction(
@@ -607,6 +614,38 @@ class Audit:
             return len(entries)
 
         return await asyncio.to_thread(self._decide, user_id, record, ids)
+
+    def _record_spent(
+        self,
+        user_id: str,
+        version: str,
+        ids: list[str],
+        error: ExtractionError,
+        extractor: Extractor,
+    ) -> None:
+        """Keep what a failed re-extraction call of ``ids`` cost, for ``memvee stats``; the
+        failure itself goes on to the caller."""
+        assert error.usage is not None
+        usage = error.usage
+
+        def record(user_log: UserLog) -> bool:
+            return user_log.record_reextraction_failure(
+                version,
+                ids,
+                first_line(error),
+                usage,
+                extractor=getattr(extractor, "name", type(extractor).__name__),
+                model=getattr(extractor, "model", None),
+            )
+
+        try:
+            self._decide(user_id, record, ids)
+        except MemveeError as failed:
+            log.warning(
+                "user %r: the tokens of a failed re-extraction call were not recorded (%s)",
+                user_id,
+                first_line(failed),
+            )
 
     async def reextract_in_bulk(
         self,

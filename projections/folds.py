@@ -196,6 +196,7 @@ def _finished(e: Any) -> dict[str, Any]:
 _SPENDING: dict[type, str] = {
     UserLog.KnowledgeExtracted: "extracted",
     UserLog.KnowledgeReextracted: "reextracted",
+    UserLog.ReextractionFailed: "reextract failed",
     UserLog.BatchFailed: "failed",
     UserLog.ProcessingFailed: "failed",
     UserLog.MessagesQuarantined: "quarantined",

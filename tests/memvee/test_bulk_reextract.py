@@ -197,6 +197,36 @@ async def test_failed_requests_are_reported_and_the_next_run_sends_only_them(
         assert audit.knowledge_versions("bob")["v2"] == 5
 
 
+async def test_an_answer_billed_but_not_recordable_is_counted_once_and_sent_again(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A request that succeeded with an answer cut at its budget spent tokens: its user's
+    log keeps them (``memvee stats``), once however many runs collect the batch."""
+
+    def bob_cut(request: RecordedRequest) -> ScriptedResponse:
+        answer = default_answer(request)
+        if any("bob likes thing 4" in m["content"] for m in request.messages):
+            return ScriptedResponse(body={**answer.body, "stop_reason": "max_tokens"})
+        return answer
+
+    server.set_responder(bob_cut)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        (request_id,) = report.failed
+        failed = [
+            e for e in audit.store.events_of("bob") if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert [(f.request_id, len(f.message_ids)) for f in failed] == [(request_id, 2)]
+        assert failed[0].input_tokens and failed[0].output_tokens
+        spent = audit.spend()
+        assert sum(row["calls"] for row in spent) == 6, "5 recorded, 1 failed"
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (1, 1, {})
+        assert audit.knowledge_versions("bob")["v2"] == 5
+        assert sum(row["calls"] for row in audit.spend()) == 7
+
+
 def test_the_command_line_runs_a_bulk_reextraction(db: str, server: MessagesAPIServer) -> None:
     runner = CliRunner()
     args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]

@@ -10,8 +10,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from events import ExtractionBatch, ExtractionResult, UserLog
-from memvee import ExtractedFact, ExtractionError, InvalidInputError, Memory, NotFoundError
+from events import ExtractionBatch, ExtractionResult, TokenUsage, UserLog
+from memvee import (
+    ExtractedFact,
+    ExtractionError,
+    InvalidExtractionError,
+    InvalidInputError,
+    Memory,
+    NotFoundError,
+)
+from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -435,6 +443,56 @@ async def test_a_reextraction_cut_short_is_finished_by_running_it_again(
         ]
         assert len(covered) == len(set(covered)) == 60
         assert audit.knowledge_versions("eve") == {"live": 30, "v2": 30}
+
+
+class _CutShortOnce(OfflineExtractor):
+    """The offline rules, but the first call's answer was billed and cut short."""
+
+    name = "cut-short"
+    model = "model-x"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.calls += 1
+        if self.calls == 1:
+            spent = TokenUsage(input_tokens=700, output_tokens=4096)
+            raise InvalidExtractionError("the answer was cut at max_tokens", usage=spent)
+        return await super().extract(batch)
+
+
+async def test_what_a_failed_reextraction_call_spent_is_counted_and_its_messages_sent_again(
+    make_memory: Any, db_url: str
+) -> None:
+    """A call that spent tokens and gave nothing to record is in the log (``memvee
+    stats`` counts it); it covers nothing, so the run again sends its messages."""
+    memory: Memory = await _processed(make_memory)
+    await memory.process("eve")
+    with Audit(db_url=db_url) as audit:
+        extractor = _CutShortOnce()
+        with pytest.raises(InvalidExtractionError):
+            await audit.reextract("eve", extractor, "v2")
+        failed = [
+            e for e in audit.store.events_of("eve") if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert [(f.knowledge_version, len(f.message_ids), f.input_tokens) for f in failed] == [
+            ("v2", 6, 700)
+        ]
+        assert audit.spend() == [
+            {
+                "extractor": "cut-short",
+                "model": "model-x",
+                "calls": 1,
+                "input_tokens": 700,
+                "output_tokens": 4096,
+                "cache_read_tokens": 0,
+                "cache_write_tokens": 0,
+            }
+        ]
+        assert await audit.reextract("eve", extractor, "v2") == 3
+        assert "call failed (6 messages)" in describe(failed[0])
+        assert verify(audit.store) == []
 
 
 async def test_a_reextraction_shows_each_batch_the_entries_it_changes_as_live_processing_does(

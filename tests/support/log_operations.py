@@ -1,6 +1,7 @@
 """Drive a user's log through named operations, the way the engine would: add, process in
 bounded batches, extract, revise, backdate, fail in ways that repeat or pass, quarantine,
-requeue, crash, re-extract and promote. Used by the tests that need logs of every kind of event."""
+requeue, crash, re-extract (or fail to) and promote. Used by the tests that need logs of
+every kind of event."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from events import (
     FactAction,
     KnownEntry,
     ReplacedEntry,
+    TokenUsage,
     UserLog,
 )
 
@@ -24,7 +26,8 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 
 EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
-    *("reextract", "promote", "reject", "reject", "blamed", "requeue", "backdate"),
+    *("reextract", "reextract_failed", "promote", "reject", "reject", "blamed", "requeue"),
+    *("backdate",),
     *("repeat_earlier", "take_back_earlier"),
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
@@ -98,6 +101,11 @@ class LogDriver:
             if covered:
                 facts = [ExtractedFact(f"again {m}", (m,)) for m in covered]
                 log.record_reextraction(f"v{log.version}", covered, facts, "property")
+        elif op == "reextract_failed":
+            covered = self._covered()
+            if covered:
+                spent = TokenUsage(input_tokens=40, output_tokens=4)
+                log.record_reextraction_failure(f"v{log.version}", covered, "cut short", spent)
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
 
