@@ -293,7 +293,11 @@ class UserActor(PooledActor):
             return user_log.close_interrupted(reason, closing) if closing else []
 
         for task_id in self._decide(close):
-            self._services.observer.task_finished(self.user_id, task_id, "FAILED", 0, reason)
+            # The running task keeps what its recorded batches extracted and covered.
+            spent = (self._task_knowledge, self._task_covered) if task_id == running else (0, 0)
+            self._services.observer.task_finished(
+                self.user_id, task_id, "FAILED", spent[0], reason, spent[1]
+            )
 
     def forget(self) -> ForgetReceipt:
         """Erase the user once the writes already sent are committed; open tasks end FAILED.

@@ -80,11 +80,12 @@ class ProcessTask:
         """Wait for the task to end; return its knowledge count or raise ProcessingError
         (UserForgottenError when the user was forgotten meanwhile).
 
-        Awaited in the event loop of the Memory that made the task.
+        Awaited in the event loop of the Memory that made the task, unless it has ended.
         """
-        if asyncio.get_running_loop() is not self._finished.get_loop():
-            raise MemoryClosedError("this task's Memory is open on another event loop")
-        await asyncio.shield(self._finished)
+        if not self._finished.done():
+            if asyncio.get_running_loop() is not self._finished.get_loop():
+                raise MemoryClosedError("this task's Memory is open on another event loop")
+            await asyncio.shield(self._finished)
         if self._status is ProcessStatus.FAILED:
             raise processing_error(self.user_id, self.task_id, self._error or "unknown error")
         return self._knowledge_count

@@ -78,7 +78,8 @@ def running_loop() -> Iterator[asyncio.AbstractEventLoop]:
 def test_a_close_from_another_loop_runs_in_the_loop_that_opened_it(
     db_url: str, running_loop: asyncio.AbstractEventLoop
 ) -> None:
-    memory = _memory(db_url)
+    extractor = RecordingExtractor(gated=True)
+    memory = Memory(config=MemoryConfig(db_url=db_url), extractor=extractor, embedder=False)
 
     def there(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, running_loop).result(30)
@@ -89,11 +90,14 @@ def test_a_close_from_another_loop_runs_in_the_loop_that_opened_it(
 
     there(memory.open())
     task = there(write_and_process())
+    assert extractor.started.wait(10)
     with pytest.raises(MemoryClosedError, match="open on another event loop"):
         asyncio.run(task.wait())
+    extractor.gate.set()
     asyncio.run(memory.close())
     assert not memory.is_open
     assert task.done, "the close waited for the task, in the loop it runs in"
+    assert asyncio.run(task.wait()) == 1, "an ended task's result is read from any loop"
 
 
 _OPEN_ONE = """

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actors import Engine
+from events import ExtractionBatch, ExtractionResult
 from memvee import (
     Memory,
     MemoryConfig,
@@ -57,6 +58,43 @@ async def test_close_interrupts_a_task_past_the_grace_period_and_keeps_its_messa
             (ProcessStatus.FAILED, "interrupted by shutdown")
         ]
         assert await again.process("u") == 1
+
+
+class _HoldsTheSecondBatch(RecordingExtractor):
+    """Extracts the first batch, then holds the next until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if self.batches:
+            self.held.set()
+            await asyncio.to_thread(self.release.wait, 30)
+        return await super().extract(batch)
+
+
+async def test_a_task_interrupted_by_close_counts_what_its_recorded_batches_did(
+    db_url: str,
+) -> None:
+    """Its handle agrees with the log: the entries and messages of the batches recorded
+    before the close, not none (nor the messages of the batch cut short)."""
+    extractor = _HoldsTheSecondBatch()
+    config = MemoryConfig(db_url=db_url, shutdown_grace=0.2, max_batch_messages=2)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    await memory.open()
+    for city in ("Rome", "Oslo", "Lima"):
+        await memory.add_exchange("u", f"I live in {city}", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.held.wait, 10)
+    await memory.close()
+    extractor.release.set()
+    assert (task.status, task.error) == (ProcessStatus.FAILED, "interrupted by shutdown")
+    async with Memory(db_url=db_url, extractor=RecordingExtractor(), embedder=False) as again:
+        (stored,) = await again.tasks("u")
+    assert (task.knowledge_count, task.message_count) == (1, 2)
+    assert (stored.knowledge_count, stored.message_count) == (1, 2)
 
 
 async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
