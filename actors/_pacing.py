@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 
 __all__ = ["CircuitBreaker", "UserBackoff"]
@@ -20,6 +20,18 @@ Clock = Callable[[], float]
 
 _BLAME_MEMORY = 10_000
 """How many messages' last failures the breaker remembers (least recent forgotten)."""
+
+_OUTCOME_WINDOW = 200
+"""How many of the latest calls' outcomes tell how often the API fails by itself."""
+
+_MIN_EVIDENCE = 20
+"""The fewest calls of other messages in that window that give a failure rate to go by;
+with fewer, a lone message's failures are weighed without one."""
+
+BLAME_CHANCE = 1e-3
+"""A lone message is blamed only when failures at the API's own recent rate would fail
+it as often as it failed in a row with at most this chance: behind a gateway that drops
+three calls in ten, a message must fail six times in a row, not twice."""
 
 
 class CircuitBreaker:
@@ -55,7 +67,8 @@ class CircuitBreaker:
         self._probe_until = 0.0
         self._successes = 0
         self._failed_total = 0
-        self._last_failure: OrderedDict[str, tuple[int, int, bool]] = OrderedDict()
+        self._last_failure: OrderedDict[str, tuple[int, int, bool, int]] = OrderedDict()
+        self._outcomes: deque[bool] = deque(maxlen=_OUTCOME_WINDOW)  # True: a failure
         self._accepted = 0
         self._last_refusal: tuple[frozenset[str], str, int] | None = None
         self.opened = 0
@@ -88,6 +101,7 @@ class CircuitBreaker:
         """The API answered: close the breaker."""
         with self._lock:
             self._successes += 1
+            self._outcomes.append(False)
             self._failures = 0
             was_open = self._open_until is not None
             self._open_until = None
@@ -133,6 +147,7 @@ class CircuitBreaker:
         with self._lock:
             self._failures += 1
             self._failed_total += 1
+            self._outcomes.append(True)
             now = self._clock()
             if self._open_until is not None:
                 self._cooldown = min(self._cooldown * 2, self.max_cooldown)
@@ -150,10 +165,14 @@ class CircuitBreaker:
         the message last failed, or that failure was blamed too and nothing else failed
         since (the message is all that is being sent, and it keeps failing). The first
         failure of a message is never blamed. (Others failing meanwhile do not clear it:
-        two such messages would clear each other for ever.)
+        two such messages would clear each other for ever.) And when the API fails other
+        calls now and then, the message's failures in a row must be too many for that
+        rate to explain (:data:`BLAME_CHANCE`): a flaky gateway gets no healthy message
+        quarantined, while one that fails every time still is, a few tries later.
         """
         with self._lock:
             previous = self._last_failure.pop(message_id, None)
+            streak = 1 if previous is None else previous[3] + 1
             blamed = (
                 previous is not None
                 and self._open_until is None
@@ -161,11 +180,28 @@ class CircuitBreaker:
                     self._successes > previous[0]
                     or (previous[2] and self._failed_total == previous[1] + 1)
                 )
+                and self._unexplained(streak)
             )
-            self._last_failure[message_id] = (self._successes, self._failed_total, blamed)
+            self._last_failure[message_id] = (
+                self._successes,
+                self._failed_total,
+                blamed,
+                streak,
+            )
             while len(self._last_failure) > _BLAME_MEMORY:
                 self._last_failure.popitem(last=False)
             return blamed
+
+    def _unexplained(self, streak: int) -> bool:
+        """Whether ``streak`` failures in a row are unlikely at the failure rate of the
+        other calls among the latest (the streak's own are among them, at most all)."""
+        failures = sum(self._outcomes)
+        own = min(streak, failures)
+        others = len(self._outcomes) - own
+        if others < _MIN_EVIDENCE:
+            return True
+        rate: float = (failures - own) / others
+        return bool(rate**streak <= BLAME_CHANCE)
 
 
 class UserBackoff:

@@ -93,6 +93,38 @@ def test_two_messages_that_keep_failing_among_answered_calls_are_both_blamed() -
         breaker.succeeded()
 
 
+def _calls(breaker: CircuitBreaker, outcomes: str) -> None:
+    """Other messages' calls: ``.`` one answered, ``x`` one failed."""
+    for outcome in outcomes:
+        if outcome == "x":
+            breaker.failed()
+        else:
+            breaker.succeeded()
+
+
+def test_behind_a_gateway_that_fails_calls_at_random_a_lone_message_needs_a_long_streak() -> None:
+    """Three calls in ten fail whatever they carry: four failures in a row of one message
+    are what that rate gives now and then (it was quarantined), six are not."""
+    breaker = _breaker(Clock())
+    _calls(breaker, "..x...x..x" * 10)
+    blamed = []
+    for _ in range(8):
+        breaker.failed()
+        blamed.append(breaker.blame("m"))
+        _calls(breaker, "..x...x..x")
+    assert blamed == [False] * 5 + [True] * 3
+
+
+def test_with_the_api_answering_every_other_call_a_lone_message_is_blamed_at_once() -> None:
+    breaker = _breaker(Clock())
+    _calls(breaker, "." * 100)
+    breaker.failed()
+    assert not breaker.blame("m"), "the first failure is never blamed"
+    _calls(breaker, ".")
+    breaker.failed()
+    assert breaker.blame("m")
+
+
 def test_nothing_is_blamed_while_the_breaker_is_open() -> None:
     breaker = _breaker(Clock())
     breaker.failed()
