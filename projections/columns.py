@@ -153,3 +153,10 @@ class StoredTime(_CompactOnSqlite):
     def from_sqlite(value: int | None) -> datetime | None:
         """The aware UTC time."""
         return None if value is None else from_micros(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        """The aware UTC time on every backend: PostgreSQL gives its session's time zone
+        (the server's, or a URL's), which would show another day than the one stored."""
+        if dialect.name == "sqlite":
+            return self.from_sqlite(value)
+        return value.astimezone(UTC) if isinstance(value, datetime) else value

@@ -621,12 +621,13 @@ def _message_fields(user_id: str, r: Any) -> dict[str, Any]:
 
 
 def aware(stamp: datetime | int | str) -> datetime:
-    """A stored time as an aware UTC datetime (a raw SQLite row holds microseconds)."""
+    """A stored time as an aware UTC datetime (a raw SQLite row holds microseconds; a
+    PostgreSQL row, its session's time zone)."""
     if isinstance(stamp, int):
         return from_micros(stamp)
     if isinstance(stamp, str):
         stamp = datetime.fromisoformat(stamp)
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC) if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
 
 
 def _ids(value: list[str] | str) -> list[str]:

@@ -104,6 +104,27 @@ async def test_every_query_word_counts_more_matching_words_rank_higher(
     ]
 
 
+async def test_times_read_back_are_utc_whatever_the_servers_time_zone(db_url: str) -> None:
+    """A PostgreSQL session in another zone (the server's setting, or the URL's) reads its
+    times in that zone, which a prompt would show as another day: memvee gives UTC."""
+    if not db_url.startswith("sqlite"):
+        db_url += ("&" if "?" in db_url else "?") + "options=-c%20timezone%3DAmerica/Los_Angeles"
+    sent = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
+    async with Memory(db_url=db_url, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_exchange("u", "I live in Oslo", "ok", sent_at=sent)
+        await memory.process("u")
+        messages = await memory.messages("u")
+        entries = await memory.knowledge("u")
+        found = await memory.retrieve("u", "Oslo", include_messages=True)
+    times = [
+        *(m.sent_at for m in messages),
+        *(e.valid_from for e in entries),
+        *(hit.entry.valid_from for hit in found.entries),
+    ]
+    assert len(times) == 4 and all(t.tzinfo is UTC for t in times)
+    assert messages[0].sent_at == sent and "since 2026-12-05" in found.to_prompt()
+
+
 async def test_entries_carry_their_provenance(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     (said,) = await _say(memory, "ann", 0, "I'm allergic to peanuts.")
