@@ -46,9 +46,22 @@ _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
 
 
+MAX_QUERY_TOKENS = 128
+"""At most this many index tokens are searched for one query: a term is one token, but a
+run of Chinese, Japanese or Korean characters is a token per pair of them (100,000 such
+characters made a query of 100,000 tokens: seconds of SQLite, holding its writer). The
+first pairs of each term go first."""
+
+_LONGEST_TERM = 4 * MAX_QUERY_TOKENS
+"""The characters of a query term looked at: more cannot give tokens that are searched."""
+
+
 def fts_match(log_id: str, terms: list[str]) -> str:
-    """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only."""
-    owned = dict.fromkeys(token for term in terms for token in owned_terms(log_id, term))
+    """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only, at most
+    :data:`MAX_QUERY_TOKENS` tokens of them."""
+    pieces = [owned_terms(log_id, term[:_LONGEST_TERM])[:MAX_QUERY_TOKENS] for term in terms]
+    interleaved = (t for turn in itertools.zip_longest(*pieces) for t in turn if t is not None)
+    owned = dict.fromkeys(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
     ored = " OR ".join(f'"{term}"' for term in owned)
     return f"body : ({ored})"
 

@@ -10,6 +10,8 @@ import sqlite3
 
 from events import EventStore, UserLog
 from projections import LexicalRanker, ProjectionTables, Projector, index_messages
+from projections.ranking import MAX_QUERY_TOKENS, fts_match
+from projections.search import owned_terms
 
 RARE = tuple(f"theremin lesson {i}" for i in range(30))
 """What the search looks for: enough hits that SQLite's planner, left to itself, reads
@@ -68,3 +70,14 @@ def test_a_search_never_returns_another_users_message(store: EventStore) -> None
     ranker = LexicalRanker(projector.tables)
     assert _steps_of_search(events, ranker, "ann")[1] == [RARE[0]]
     assert _steps_of_search(events, ranker, "bob")[1] == sorted(RARE[1:])
+
+
+def test_a_query_searches_a_bounded_number_of_tokens_each_terms_first_pairs_first() -> None:
+    """A run of Chinese, Japanese or Korean characters is a token per pair of them: a
+    100,000-character query searched for each pair took seconds and held the writer."""
+    ideographs = "".join(chr(0x4E00 + i % 20_000) for i in range(100_000))
+    match = fts_match("a" * 32, [ideographs, "theremin"])
+    tokens = match.count('"') // 2
+    assert tokens == MAX_QUERY_TOKENS
+    assert owned_terms("a" * 32, "theremin")[0] in match, "the second term is not crowded out"
+    assert owned_terms("a" * 32, ideographs[:2])[0] in match
