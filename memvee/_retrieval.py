@@ -338,15 +338,21 @@ class Retriever:
     ) -> RetrievalResult:
         """The best ``top_k`` on the fused score (none below :data:`RELEVANCE_FLOOR` of the
         best, nor, when the query has words to search (``searched``), any that scores 0: a
-        query unrelated to everything finds nothing), a message shown with the other half
-        of its exchange: an exchange is shown once, left out when a returned entry cites
-        either half, and comes last when either half is outdated."""
+        query unrelated to everything finds nothing; one without such words, "who am I?",
+        gets the most recent facts, scored 0, beside what its meaning finds), a message
+        shown with the other half of its exchange: an exchange is shown once, left out when
+        a returned entry cites either half, and comes last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=lambda c: -c.score)
         if ranked:
             floor = RELEVANCE_FLOOR * ranked[0].score
-            ranked = [c for c in ranked if c.score >= floor and (c.score > 0 or not searched)]
+            ranked = [
+                c
+                for c in ranked
+                if (c.score >= floor and (c.score > 0 or not searched))
+                or not (searched or c.is_message)  # the recent facts a wordless query gets
+            ]
         entries = [c for c in ranked if not c.is_message][:top_k]
         messages = [c for c in ranked if c.is_message]
         stale: set[str] = set()

@@ -81,6 +81,21 @@ async def test_a_question_about_the_user_in_general_gets_their_facts(
     ]
 
 
+async def test_a_question_about_the_user_in_general_gets_their_facts_beside_messages(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A reply whose meaning is near the question does not push the facts out: they are
+    what the question asks for (their score is 0, under any floor taken from the reply's)."""
+    memory = await _offline(make_memory, embedder=ConceptEmbedder())
+    await _say(memory, "ann", 0, "I live in Bergen.")
+    await memory.add_exchange("ann", "Thanks!", "Good to know you: what else about you?")
+    for include_messages in (False, True):
+        result = await memory.retrieve(
+            "ann", "What do you know about me?", include_messages=include_messages
+        )
+        assert [hit.text for hit in result.entries] == ["User lives in Bergen."]
+
+
 async def test_a_natural_question_finds_the_fact_its_words_only_partly_share(
     make_memory: Callable[..., Any],
 ) -> None:
