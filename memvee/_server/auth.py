@@ -85,13 +85,19 @@ class TokenBook:
     @classmethod
     def parse(cls, text: str) -> TokenBook:
         """Tokens separated by commas or newlines, each ``TOKEN`` or ``TOKEN:PREFIX``;
-        blank lines and lines starting with ``#`` are skipped."""
+        blank lines and lines starting with ``#`` are skipped. ``TOKEN:`` is refused: an
+        empty prefix would grant every user, most likely by an unset variable."""
         entries = []
         for line in text.replace(",", "\n").splitlines():
             item = line.strip()
             if not item or item.startswith("#"):
                 continue
-            token, _, prefix = item.partition(":")
+            token, scoped, prefix = item.partition(":")
+            if scoped and not prefix.strip():
+                raise InvalidInputError(
+                    "an API token is followed by ':' and no user prefix (an unset variable?); "
+                    "list it alone to grant every user"
+                )
             entries.append((token.strip(), prefix.strip()))
         return cls(entries)
 

@@ -53,13 +53,14 @@ class BodyLimit:
                 await self._refuse(scope, receive, send)
                 return
         seen = 0
-        started = False
+        started = ended = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, ended
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
                 if seen > self.max_bytes:
                     raise _TooLarge(self.max_bytes)
             return message
@@ -74,10 +75,15 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                # A body that has ended has nothing left to drain: waiting for more would
+                # wait for the client to give up.
+                await self._refuse(scope, receive, send, drain=not ended)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._drain(receive)
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, *, drain: bool = True
+    ) -> None:
+        if drain:
+            await self._drain(receive)
         answer = error_response(
             scope,
             413,

@@ -178,6 +178,13 @@ def test_a_token_listed_twice_needs_the_same_prefix_each_time(tmp_path: Path) ->
         TokenBook.parse(f"{ACME}:acme:\n{ACME}")
 
 
+@pytest.mark.parametrize("listed", [f"{ACME}:", f"{ACME}:  ", f"{GLOBEX}\n{ACME}:\n"])
+def test_a_token_with_an_empty_prefix_is_refused_not_granted_every_user(listed: str) -> None:
+    """``TOKEN:$TENANT`` with the variable unset would silently end the tenant's bounds."""
+    with pytest.raises(InvalidInputError, match="no user prefix"):
+        TokenBook.parse(listed)
+
+
 @pytest.mark.parametrize("token", ["pässwörd-0123456789abc", "euro-€-0123456789abcdef"])
 def test_a_token_that_is_not_ascii_is_refused_as_it_could_never_match(token: str) -> None:
     with pytest.raises(InvalidInputError, match="must be ASCII"):
