@@ -27,6 +27,7 @@ from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import DATABASE_FAILURES, ApiError, caller_message, classify
+from memvee._server.logs import REQUEST_ID_KEY
 from memvee.audit import Audit
 
 __all__ = ["build_mcp"]
@@ -287,10 +288,28 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
         except TOOL_FAILURES as error:
             status, code = classify(error)
             if status >= 500:
-                log.warning("tool %s: %s: %s", fn.__name__, code, error)
+                log.warning(
+                    "tool %s: %s: %s",
+                    fn.__name__,
+                    code,
+                    error,
+                    extra=_request_ids([*args, *kwargs.values()]),
+                )
             raise ToolError(f"{code}: {caller_message(error)}") from error
 
     return tool
+
+
+def _request_ids(arguments: list[object]) -> dict[str, object]:
+    """The ids a tool's log lines carry: the HTTP request's (as every line of that request
+    has), and the JSON-RPC request's (the only one over stdio)."""
+    ctx = next((a for a in arguments if isinstance(a, Context)), None)
+    if ctx is None:
+        return {}
+    request = ctx.request_context.request
+    scope = getattr(request, "scope", None)
+    http_id = scope.get(REQUEST_ID_KEY) if isinstance(scope, dict) else None
+    return {"request_id": http_id, "rpc_id": ctx.request_id}
 
 
 def _for_user(fn: Callable[..., Awaitable[R]], user_id: str) -> Callable[..., Awaitable[R]]:

@@ -15,8 +15,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from actors.user_actor import UserActor
 from memvee import Memory, StorageError
 from memvee._retrieval import Retriever
+from memvee._server.app import create_app
 from memvee._server.errors import STORAGE_UNAVAILABLE
 from memvee._server.mcp_tools import _with_tool_errors
+from memvee.audit import Audit
+from tests.support.asgi_lifespan import running_lifespan
 from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
 
 
@@ -69,6 +72,33 @@ async def test_a_tool_says_the_database_is_unavailable_without_naming_it(
         await remember()
     assert str(refused.value) == f"storage_unavailable: {STORAGE_UNAVAILABLE}"
     assert any(address in r.getMessage() for r in caplog.records)
+
+
+async def test_a_tools_database_failure_is_logged_under_its_request_ids(
+    memory: Memory, db_url: str, outage: StoreOutage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As every line of an HTTP request is: an operator finds the failure of the call."""
+    call = {
+        "jsonrpc": "2.0",
+        "id": "rpc-7",
+        "method": "tools/call",
+        "params": {"name": "remember", "arguments": {"user_id": "ann", "user_message": "Hi"}},
+    }
+    headers = {"accept": "application/json, text/event-stream", "x-request-id": "http-7"}
+    app = create_app(memory, Audit(db_url=db_url), max_body_bytes=1 << 20)
+    transport = httpx.ASGITransport(app=app)
+    with caplog.at_level(logging.WARNING, logger="memvee.server"):
+        async with (
+            running_lifespan(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client,
+        ):
+            answer = await client.post("/mcp", json=call, headers=headers)
+    assert answer.status_code == 200, answer.text
+    (logged,) = [r for r in caplog.records if "tool remember" in r.getMessage()]
+    assert (getattr(logged, "request_id", None), getattr(logged, "rpc_id", None)) == (
+        "http-7",
+        "rpc-7",
+    )
 
 
 _STATEMENT = "INSERT INTO mv_leases (log_id, owner) VALUES (?, ?)"
