@@ -490,15 +490,20 @@ class Memory:
         return task
 
     async def flush(self, user_id: str) -> int:
-        """Process until nothing of the user is buffered, whatever was already running."""
+        """Process until nothing of the user is buffered, whatever was already running.
+
+        As for :meth:`process`, only this call's own tasks failing raises: what another
+        task left (one another Memory's close interrupted, say), the next of its own covers.
+        """
         check_user_id(user_id)
         self._running()
-        total = await self._wait_inflight(user_id)
+        total, _ = await self._settle(user_id)
         while True:
             task = self.process_async(user_id)
             total += await task.wait()
-            total += await self._wait_inflight(user_id)
-            if task.message_count == 0:
+            more, failed = await self._settle(user_id)
+            total += more
+            if task.message_count == 0 and not failed:
                 return total
 
     async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:  # noqa: ASYNC109 - the spec names it
@@ -521,6 +526,17 @@ class Memory:
             ) from None
 
     async def _wait_inflight(self, user_id: str) -> int:
+        """Wait for the user's in-flight tasks; the entries they extracted, or the first
+        failure raised."""
+        total, failed = await self._settle(user_id)
+        if failed:
+            first = failed[0]
+            raise processing_error(user_id, first.task_id, first.error or "unknown error")
+        return total
+
+    async def _settle(self, user_id: str) -> tuple[int, list[ProcessTask]]:
+        """Wait until the user has no task in flight; the entries of those that completed,
+        and those that failed."""
         total = 0
         failed: list[ProcessTask] = []
         while tasks := list(self._inflight.get(user_id, {}).values()):
@@ -530,10 +546,7 @@ class Memory:
                     failed.append(task)
                 else:
                     total += task.knowledge_count
-        if failed:
-            first = failed[0]
-            raise processing_error(user_id, first.task_id, first.error or "unknown error")
-        return total
+        return total, failed
 
     # ------------------------------------------------------------------ reads
 

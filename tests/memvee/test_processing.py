@@ -176,6 +176,30 @@ async def test_flush_leaves_nothing_buffered_even_when_a_task_was_running(
     assert len(await memory.knowledge("fay")) == 5
 
 
+async def test_flush_covers_what_a_task_already_running_failed_to_and_raises_only_its_own(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """As process does: the failure of a task flush did not start (one another Memory's
+    close interrupted, say) leaves messages its own run covers; wait_for_processing
+    still reports it."""
+    extractor.gate.clear()
+    extractor.fail_next = 1
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "fay", 2)
+    running = memory.process_async("fay")
+    await _until(lambda: running.status is ProcessStatus.RUNNING)
+    flushing = asyncio.ensure_future(memory.flush("fay"))
+    await asyncio.sleep(0.05)
+    extractor.gate.set()
+    assert await flushing == 2
+    assert running.status is ProcessStatus.FAILED
+    assert await memory.buffer("fay") == []
+    extractor.fail_next = 1
+    await _exchanges(memory, "fay", 1, start=10)
+    with pytest.raises(ProcessingError):
+        await memory.flush("fay")
+
+
 async def test_wait_for_processing_sees_process_async_tasks(
     make_memory: Any, extractor: RecordingExtractor
 ) -> None:
