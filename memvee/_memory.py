@@ -497,14 +497,22 @@ class Memory:
         """
         check_user_id(user_id)
         self._running()
-        total, _ = await self._settle(user_id)
+        total, failed = await self._settle(user_id)
         while True:
+            self._raise_uncovered(user_id, failed)
             task = self.process_async(user_id)
             total += await task.wait()
             more, failed = await self._settle(user_id)
             total += more
             if task.message_count == 0 and not failed:
                 return total
+
+    def _raise_uncovered(self, user_id: str, failed: list[ProcessTask]) -> None:
+        """Raise the failure among ``failed`` that no run of this Memory could cover: the
+        user was forgotten (the messages are gone), or the Memory closed meanwhile."""
+        for task in failed:
+            if task.error == FORGOTTEN_REASON or not self.is_open:
+                raise processing_error(user_id, task.task_id, task.error or "unknown error")
 
     async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:  # noqa: ASYNC109 - the spec names it
         """Wait for every in-flight task of the user; returns the entries they extracted.

@@ -31,7 +31,14 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
-from projections.search import PG_CONFIG, PG_VECTOR, SearchIndex, owned_terms, pg_owner_query
+from projections.search import (
+    PG_CONFIG,
+    PG_VECTOR,
+    SearchIndex,
+    owned_terms,
+    pg_owner_query,
+    word_pieces,
+)
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
@@ -52,14 +59,25 @@ run of Chinese, Japanese or Korean characters is a token per pair of them (100,0
 characters made a query of 100,000 tokens: seconds of SQLite, holding its writer). The
 first pairs of each term go first."""
 
-_LONGEST_TERM = 4 * MAX_QUERY_TOKENS
-"""The characters of a query term looked at: more cannot give tokens that are searched."""
+_LONGEST_RUN = 4 * MAX_QUERY_TOKENS
+"""The characters of a long query term written in Chinese, Japanese or Korean that are
+looked at: more cannot give pairs that are searched. Other words stay whole (the index
+keeps them whole, however long)."""
+
+
+def _bounded(term: str) -> str:
+    """``term``, cut to :data:`_LONGEST_RUN` characters if it is that long and holds runs
+    of Chinese, Japanese or Korean characters (it becomes their pairs)."""
+    if len(term) <= _LONGEST_RUN or term.isascii():
+        return term
+    head = term[:_LONGEST_RUN]
+    return term if word_pieces(head) == [head] else head
 
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only, at most
     :data:`MAX_QUERY_TOKENS` tokens of them."""
-    pieces = [owned_terms(log_id, term[:_LONGEST_TERM])[:MAX_QUERY_TOKENS] for term in terms]
+    pieces = [owned_terms(log_id, _bounded(term))[:MAX_QUERY_TOKENS] for term in terms]
     interleaved = (t for turn in itertools.zip_longest(*pieces) for t in turn if t is not None)
     owned = dict.fromkeys(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
     ored = " OR ".join(f'"{term}"' for term in owned)

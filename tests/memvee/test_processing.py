@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from events import ExtractedFact, ExtractionBatch, estimate_tokens
-from memvee import Memory, ProcessingError, ProcessingTimeoutError, ProcessStatus, ProcessTask
+from memvee import (
+    Memory,
+    ProcessingError,
+    ProcessingTimeoutError,
+    ProcessStatus,
+    ProcessTask,
+    UserForgottenError,
+)
 from memvee.extractors import OfflineExtractor
 from tests.support.extractors import RecordingExtractor
 
@@ -198,6 +205,24 @@ async def test_flush_covers_what_a_task_already_running_failed_to_and_raises_onl
     await _exchanges(memory, "fay", 1, start=10)
     with pytest.raises(ProcessingError):
         await memory.flush("fay")
+
+
+async def test_flush_of_a_user_forgotten_meanwhile_raises_user_forgotten(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """No run can cover what a forget erased: flush says so rather than count entries
+    that are gone."""
+    extractor.gate.clear()
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "fay", 2)
+    running = memory.process_async("fay")
+    await _until(lambda: running.status is ProcessStatus.RUNNING)
+    flushing = asyncio.ensure_future(memory.flush("fay"))
+    await asyncio.sleep(0.05)
+    await memory.forget("fay")
+    extractor.gate.set()
+    with pytest.raises(UserForgottenError):
+        await flushing
 
 
 async def test_wait_for_processing_sees_process_async_tasks(

@@ -81,3 +81,10 @@ def test_a_query_searches_a_bounded_number_of_tokens_each_terms_first_pairs_firs
     assert tokens == MAX_QUERY_TOKENS
     assert owned_terms("a" * 32, "theremin")[0] in match, "the second term is not crowded out"
     assert owned_terms("a" * 32, ideographs[:2])[0] in match
+
+
+def test_a_long_word_of_another_script_is_searched_whole() -> None:
+    """Only runs of Chinese, Japanese or Korean characters are cut: the index keeps any
+    other word whole, so a cut one would never match (a 601-character key, say)."""
+    word = "q" + "abcdefghij" * 60
+    assert owned_terms("a" * 32, word)[0] in fts_match("a" * 32, [word])
