@@ -171,6 +171,7 @@ class Memory:
         self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._observer: _LoopObserver | None = None
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
         self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
@@ -243,9 +244,10 @@ class Memory:
         )
         readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         embedder = chosen_embedder(self._embedder)
+        self._observer = _LoopObserver(self)
         started = asyncio.ensure_future(
             asyncio.to_thread(
-                _start_engine, options, extractor, _LoopObserver(self), embedder, cfg.gc_freeze
+                _start_engine, options, extractor, self._observer, embedder, cfg.gc_freeze
             )
         )
         try:
@@ -354,11 +356,15 @@ class Memory:
         can be awaited on it any more, so none is waited for; the engine stops as usual and
         the tasks' handles are marked failed unless their loop is closed."""
         self._closing = True
+        ended = self._observer.keep_ends() if self._observer is not None else {}
         await self._stop_engine(engine)
         if not loop.is_closed():
             for tasks in self._inflight.values():
                 for task in tasks.values():
-                    task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
+                    status, count, error, covered = ended.get(
+                        task.task_id, ("FAILED", 0, SHUTDOWN_REASON, None)
+                    )
+                    task._mark_finished(ProcessStatus(status), count, error, covered)
             if self._poller is not None:
                 self._poller.cancel()
         self._inflight.clear()
@@ -877,9 +883,17 @@ class _LoopObserver:
         assert memory._loop is not None
         # The same inbox as call results, so updates and results keep one order.
         self._inbox = inbox_of(memory._loop)
+        self._ended: dict[str, tuple[str, int, str | None, int | None]] | None = None
 
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
         self._inbox.post(fn, *args)
+
+    def keep_ends(self) -> dict[str, tuple[str, int, str | None, int | None]]:
+        """From now on, also keep how each task ended, by id: a close from another loop
+        reads it, as the loop that would have been told is stopped."""
+        ended: dict[str, tuple[str, int, str | None, int | None]] = {}
+        self._ended = ended
+        return ended
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
         self._post(self._memory._register, user_id, task_id, trigger)
@@ -901,6 +915,8 @@ class _LoopObserver:
         error: str | None,
         covered: int | None = None,
     ) -> None:
+        if self._ended is not None:
+            self._ended[task_id] = (status, knowledge_count, error, covered)
         self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error, covered)
 
 

@@ -97,6 +97,35 @@ async def test_a_task_interrupted_by_close_counts_what_its_recorded_batches_did(
     assert (stored.knowledge_count, stored.message_count) == (1, 2)
 
 
+def test_a_close_from_another_loop_counts_what_the_recorded_batches_did(db_url: str) -> None:
+    """The loop that opened the Memory is stopped, so it is never told how the task
+    ended: the close tells the handle itself."""
+    extractor = _HoldsTheSecondBatch()
+    config = MemoryConfig(db_url=db_url, shutdown_grace=0.2, max_batch_messages=2)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    opener = asyncio.new_event_loop()
+
+    async def start() -> ProcessTask:
+        await memory.open()
+        for city in ("Rome", "Oslo", "Lima"):
+            await memory.add_exchange("u", f"I live in {city}", "nice")
+        task = memory.process_async("u")
+        assert await asyncio.to_thread(extractor.held.wait, 10)
+        return task
+
+    try:
+        task = opener.run_until_complete(start())
+        asyncio.run(memory.close())
+    finally:
+        extractor.release.set()
+        opener.close()
+    assert (task.status, task.knowledge_count, task.message_count) == (
+        ProcessStatus.FAILED,
+        1,
+        2,
+    )
+
+
 async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
     memory: Memory = await make_memory()
     await memory.add_message("u", "user", "hello")
