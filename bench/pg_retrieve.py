@@ -33,7 +33,7 @@ from bench.postgres import reset, server_url
 from events import user_log_id
 from memvee import Memory, MemoryConfig
 from projections import LexicalRanker, ProjectionTables
-from projections.search import pg_owner_query
+from projections.search import pg_owner_query, pg_query
 from projections.terms import search_terms
 
 __all__ = ["ranker_query", "run"]
@@ -184,7 +184,7 @@ def ranker_query(user_id: str, question: str, limit: int) -> tuple[str, dict[str
         {
             "log_id": log_id,
             "limit": limit,
-            "query": " | ".join(search_terms(question)),
+            "query": pg_query(search_terms(question)),
             "owner": pg_owner_query(log_id),
         }
     )

@@ -29,7 +29,7 @@ from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
 from projections.rows import TableRows
 from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
-from projections.sink import Joined, TableSink, driver_cursor, is_psycopg
+from projections.sink import Derived, Joined, TableSink, driver_cursor, is_psycopg
 from projections.tables import ProjectionTables
 from projections.vectors import hold_off_vector_writes
 
@@ -352,8 +352,13 @@ class Projector:
         """The sink of every projection (by its table's role) on ``dialect``."""
         sinks = self._sinks.get(dialect.name)
         if sinks is None:
+            derived: dict[str, Derived] = (
+                self.search.pg_derived() if dialect.name == "postgresql" else {}
+            )
             sinks = {
-                p.table: TableSink(getattr(self.tables, p.table), p.key, dialect)
+                p.table: TableSink(
+                    getattr(self.tables, p.table), p.key, dialect, derived.get(p.table)
+                )
                 for p in PROJECTIONS
             }
             self._sinks[dialect.name] = sinks

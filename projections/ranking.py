@@ -19,12 +19,15 @@ from sqlalchemy import (
     Connection,
     Select,
     Table,
+    Text,
     bindparam,
+    cast,
     func,
     literal_column,
     or_,
     select,
 )
+from sqlalchemy.dialects.postgresql import TSQUERY
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
@@ -32,17 +35,18 @@ from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
 from projections.search import (
-    PG_CONFIG,
+    MAX_QUERY_TOKENS,
     PG_VECTOR,
     SearchIndex,
-    owned_terms,
+    owner_token,
     pg_owner_query,
-    word_pieces,
+    pg_query,
+    query_words,
 )
 from projections.tables import ProjectionTables
 from projections.terms import search_terms
 
-__all__ = ["LexicalRanker", "fts_match"]
+__all__ = ["MAX_QUERY_TOKENS", "LexicalRanker", "fts_match"]
 
 T = TypeVar("T")
 
@@ -53,34 +57,11 @@ _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
 
 
-MAX_QUERY_TOKENS = 128
-"""At most this many index tokens are searched for one query: a term is one token, but a
-run of Chinese, Japanese or Korean characters is a token per pair of them (100,000 such
-characters made a query of 100,000 tokens: seconds of SQLite, holding its writer). The
-first pairs of each term go first."""
-
-_LONGEST_RUN = 4 * MAX_QUERY_TOKENS
-"""The characters of a long query term written in Chinese, Japanese or Korean that are
-looked at: more cannot give pairs that are searched. Other words stay whole (the index
-keeps them whole, however long)."""
-
-
-def _bounded(term: str) -> str:
-    """``term``, cut to :data:`_LONGEST_RUN` characters if it is that long and holds runs
-    of Chinese, Japanese or Korean characters (it becomes their pairs)."""
-    if len(term) <= _LONGEST_RUN or term.isascii():
-        return term
-    head = term[:_LONGEST_RUN]
-    return term if word_pieces(head) == [head] else head
-
-
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only, at most
-    :data:`MAX_QUERY_TOKENS` tokens of them."""
-    pieces = [owned_terms(log_id, _bounded(term))[:MAX_QUERY_TOKENS] for term in terms]
-    interleaved = (t for turn in itertools.zip_longest(*pieces) for t in turn if t is not None)
-    owned = dict.fromkeys(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
-    ored = " OR ".join(f'"{term}"' for term in owned)
+    :data:`MAX_QUERY_TOKENS` tokens of them (see :func:`query_words`)."""
+    owner = owner_token(log_id)
+    ored = " OR ".join(f'"{owner}{word}"' for word in query_words(terms))
     return f"body : ({ored})"
 
 
@@ -182,7 +163,10 @@ class LexicalRanker:
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["valid_from"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
-        params.update(query=" | ".join(terms), owner=pg_owner_query(log_id))
+        query = pg_query(terms)
+        if not query:
+            return []
+        params.update(query=query, owner=pg_owner_query(log_id))
         rows = connection.execute(self._pg_entries[dated], params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
 
@@ -212,7 +196,10 @@ class LexicalRanker:
             )
             ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
             return [(model(row), -rank) for row, rank in ranked[:limit]]
-        params.update(query=" | ".join(terms), owner=pg_owner_query(log_id))
+        query = pg_query(terms)
+        if not query:
+            return []
+        params.update(query=query, owner=pg_owner_query(log_id))
         rows = connection.execute(self._pg_messages[dated], params).mappings()
         return [(model(r), float(r["score"])) for r in rows]
 
@@ -300,14 +287,14 @@ def _pg_select(
     where: tuple[ColumnElement[bool], ...],
     tiebreak: ColumnElement[Any],
 ) -> Select[Any]:
-    """``table``'s rows matching the ORed ``query`` terms, by ``ts_rank`` (PostgreSQL).
+    """``table``'s rows matching ``query``, a ``tsquery`` literal of ORed words
+    (:func:`~projections.search.pg_query`), by ``ts_rank`` (PostgreSQL).
 
     The owner's token (``owner``) is looked up in the same index as the terms, so the
     index finds only the user's matches; the ``WHERE`` on the user stays besides.
     """
-    config: ColumnClause[Any] = literal_column(f"'{PG_CONFIG}'::regconfig")
     vector: ColumnClause[Any] = literal_column(f"{table.name}.{PG_VECTOR}")
-    terms = func.to_tsquery(config, bindparam("query"))
+    terms = cast(bindparam("query", type_=Text()), TSQUERY)
     owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
     rank = func.ts_rank(vector, terms)
     return (

@@ -12,16 +12,19 @@ each user has posting lists of their own: a search is scoped to one user by the 
 it looks up, and costs what that user's matches cost, however many other users share the
 words. The stemming happens here, before the prefix, because a stemmer run on the prefixed
 token strips differently ("careful" and "career" would meet as ``car``).
-PostgreSQL needs no extra rows: the knowledge and message tables each get a stored,
-generated ``search_vector`` column (the text's lexemes, and the owner's token at weight A)
-under a GIN index, and the rankers query it directly. The owner's token scopes a search
-in the index itself, as the prefix does on SQLite, and the stored lexemes are ranked
-without parsing the text again: with the text parsed per row, a user of 10,000 messages
-took 60 ms a search.
+PostgreSQL needs no extra rows: the knowledge and message tables each get a stored
+``search_vector`` column under a GIN index, and the rankers query it directly. The
+projection writes fill it (:func:`pg_vector`) with the very words SQLite's index gets,
+cut, folded and stemmed here, not by PostgreSQL's parser, and the owner's token at weight
+A; queries are the same words (:func:`pg_query`), so both backends find the same rows.
+The owner's token scopes a search in the index itself, as the prefix does on SQLite, and
+the stored lexemes are ranked without parsing the text again: with the text parsed per
+row, a user of 10,000 messages took 60 ms a search.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import unicodedata
@@ -36,15 +39,18 @@ from uuid import UUID
 
 import Stemmer
 from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
+from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from events import UserLog
 from projections.columns import id_text, stored_id
 from projections.comparison import Listing, sortable
+from projections.rows import Row
+from projections.sink import Derived
 from projections.tables import ProjectionTables
 
 __all__ = [
+    "MAX_QUERY_TOKENS",
     "MESSAGES_INDEXED",
-    "PG_SPOKEN",
     "PG_VECTOR",
     "MessageBodies",
     "SearchIndex",
@@ -53,17 +59,38 @@ __all__ = [
     "owned_words",
     "owner_token",
     "pg_owner_query",
+    "pg_query",
+    "pg_vector",
+    "query_words",
     "search_fingerprint",
     "spoken",
     "word_pieces",
 ]
 
 _TOKENIZER = "unicode61 remove_diacritics 2"
-PG_CONFIG = "english"
-"""The PostgreSQL text-search configuration (stemming and stop words)."""
+
+MAX_QUERY_TOKENS = 128
+"""At most this many index tokens are searched for one query: a term is one token, but a
+run of Chinese, Japanese or Korean characters is a token per pair of them (100,000 such
+characters made a query of 100,000 tokens: seconds of SQLite, holding its writer). The
+first pairs of each term go first."""
+
+_LONGEST_RUN = 4 * MAX_QUERY_TOKENS
+"""The characters of a long query term written in Chinese, Japanese or Korean that are
+looked at: more cannot give pairs that are searched. Other words stay whole (the index
+keeps them whole, however long)."""
 
 PG_VECTOR = "search_vector"
 """The stored column of a row's lexemes on PostgreSQL (see :meth:`SearchIndex.create`)."""
+_PG_LEXEME_BYTES = 2046
+"""The longest lexeme PostgreSQL stores: a longer word is left out of vector and query."""
+_PG_VECTOR_BYTES = 1_000_000
+"""Lexemes past this many bytes of a row are left out (a tsvector holds under 1 MiB)."""
+_PG_SHORT = 511
+"""ASCII text of at most this many characters needs no look at its lexemes: none can be
+too long, and ASCII words hold no quote."""
+_PG_FILL_PAGE = 2000
+"""Rows whose vectors an older table's migration computes per statement."""
 
 
 _WORD = re.compile(r"[^\W_]+")
@@ -175,6 +202,13 @@ def _plain(word: str) -> str:
     return bare.translate(_STROKED)
 
 
+def _text_stems(text: str) -> list[str]:
+    """The stems of stored ``text``, in order: what both backends index."""
+    if text.isascii():  # most text: fold it whole, the words come out the same
+        return _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
+    return _index_words(word_pieces(text, singles=True))
+
+
 def owned_words(log_id: str, text: str) -> str:
     """``text`` as the index stores it: each word stemmed, then prefixed with its owner.
 
@@ -184,10 +218,7 @@ def owned_words(log_id: str, text: str) -> str:
 
 
 def _owned(owner: str, text: str) -> str:
-    if text.isascii():  # most text: fold it whole, the words come out the same
-        stems = _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
-    else:
-        stems = _index_words(word_pieces(text, singles=True))
+    stems = _text_stems(text)
     if not stems:
         return ""
     return owner + f" {owner}".join(stems)
@@ -198,6 +229,62 @@ def owned_terms(log_id: str, term: str) -> list[str]:
     of a run of Chinese, Japanese or Korean characters (:func:`word_pieces`)."""
     owner = owner_token(log_id)
     return [owner + stem for stem in _index_words(word_pieces(term))]
+
+
+def query_words(terms: Iterable[str]) -> list[str]:
+    """The distinct words query ``terms`` look up in either backend's index: each term as
+    :func:`owned_terms` cuts it, without the owner, at most :data:`MAX_QUERY_TOKENS` of
+    them, the terms taking turns (each one's first pairs first)."""
+    pieces = [_index_words(word_pieces(_bounded(term)))[:MAX_QUERY_TOKENS] for term in terms]
+    interleaved = (w for turn in itertools.zip_longest(*pieces) for w in turn if w is not None)
+    return list(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
+
+
+def _bounded(term: str) -> str:
+    """``term``, cut to :data:`_LONGEST_RUN` characters if it is that long and holds runs
+    of Chinese, Japanese or Korean characters (it becomes their pairs)."""
+    if len(term) <= _LONGEST_RUN or term.isascii():
+        return term
+    head = term[:_LONGEST_RUN]
+    return term if word_pieces(head) == [head] else head
+
+
+def pg_vector(log_id: str, text: str) -> str:
+    """A row's ``search_vector`` on PostgreSQL, as a ``tsvector`` literal: the owner's
+    token at weight A, then each stem of ``text`` that SQLite's index holds at its
+    position (``ts_rank`` counts them), as it is: PostgreSQL parses nothing again. The
+    server merges a stem's positions (keeping 256 of them, numbered to 16,383)."""
+    stems = _text_stems(text)
+    if len(text) > _PG_SHORT or not text.isascii():
+        stems = _pg_lexemes(stems)
+    owner = f"o{owner_token(log_id)}:1A"
+    return owner + "".join([f" '{stem}':{at}" for at, stem in enumerate(stems, 2)])
+
+
+def pg_query(terms: Iterable[str]) -> str:
+    """The ``tsquery`` literal of query ``terms`` ORed, as :func:`pg_vector` stores them
+    (``""``: no word to look up)."""
+    return " | ".join(f"'{word}'" for word in _pg_lexemes(query_words(terms)))
+
+
+def _pg_lexemes(words: list[str]) -> list[str]:
+    """``words`` as PostgreSQL can store them: quoted where need be, none too long, and
+    no more than a vector holds."""
+    joined = "".join(words)
+    if "'" in joined or "\\" in joined:
+        words = [w.replace("\\", "\\\\").replace("'", "''") for w in words]
+    if len(joined) * 4 <= _PG_LEXEME_BYTES:
+        return words
+    kept, size = [], 0
+    for word in words:
+        length = len(word) if word.isascii() else len(word.encode())
+        if length > _PG_LEXEME_BYTES:
+            continue
+        size += length
+        if size > _PG_VECTOR_BYTES:
+            break
+        kept.append(word)
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,19 +348,15 @@ class SearchIndex:
                 )
             )
         elif connection.dialect.name == "postgresql":
-            knowledge, messages = self.tables.knowledge, self.tables.messages
             catalog = inspect(connection)
-            for table, indexed in ((knowledge, "text"), (messages, PG_SPOKEN)):
-                columns = {c["name"] for c in catalog.get_columns(table.name)}
-                if PG_VECTOR not in columns:  # an ALTER locks the table, even to do nothing
-                    owner = "'o' || replace(log_id, '-', '')"
-                    connection.execute(
-                        text(
-                            f"ALTER TABLE {table.name} ADD COLUMN IF NOT EXISTS {PG_VECTOR} "
-                            f"tsvector GENERATED ALWAYS AS (setweight(to_tsvector('simple', "
-                            f"{owner}), 'A') || to_tsvector('{PG_CONFIG}', {indexed})) STORED"
-                        )
-                    )
+            for table in (self.tables.knowledge, self.tables.messages):
+                columns = {c["name"]: c for c in catalog.get_columns(table.name)}
+                found = columns.get(PG_VECTOR)
+                # Earlier layouts had no column, or one PostgreSQL parsed from the raw text
+                # (generated): a plain one takes its place, filled as the writes fill it.
+                # Only then: an ALTER locks the table, even to do nothing.
+                if found is None or found.get("computed"):
+                    self._pg_migrate(connection, table)
                 connection.execute(text(f"DROP INDEX IF EXISTS {table.name}_search"))
                 connection.execute(
                     text(
@@ -281,6 +364,43 @@ class SearchIndex:
                         f"USING gin ({PG_VECTOR})"
                     )
                 )
+
+    def pg_derived(self) -> dict[str, Derived]:
+        """The ``search_vector`` columns the projection writes fill on PostgreSQL, by
+        table role: each inserted entry's and message's :func:`pg_vector`."""
+        return {
+            "knowledge": Derived(PG_VECTOR, TSVECTOR(), _entry_vector),
+            "messages": Derived(PG_VECTOR, TSVECTOR(), _message_vector),
+        }
+
+    def _pg_migrate(self, connection: Connection, table: Table) -> None:
+        """Give ``table``, of an earlier layout, the plain ``search_vector`` column, each
+        row's filled as :func:`pg_vector` makes it, a page of rows per statement (the GIN
+        index is made once they are in)."""
+        name = table.name
+        connection.execute(text(f"DROP INDEX IF EXISTS {name}_{PG_VECTOR}"))
+        connection.execute(text(f"ALTER TABLE {name} DROP COLUMN IF EXISTS {PG_VECTOR}"))
+        connection.execute(text(f"ALTER TABLE {name} ADD COLUMN {PG_VECTOR} tsvector"))
+        if table is self.tables.knowledge:
+            key, read, key_type = "entry_id", "text, NULL", "text"
+        else:
+            key, read, key_type = "id", "content, name", "integer"
+        page = text(
+            f"SELECT {key}, log_id, {read} FROM {name} WHERE {key} > :after "
+            f"ORDER BY {key} LIMIT {_PG_FILL_PAGE}"
+        )
+        fill = text(
+            f"UPDATE {name} SET {PG_VECTOR} = v.vector::tsvector FROM unnest("
+            f"CAST(:keys AS {key_type}[]), CAST(:vectors AS text[])) AS v(key, vector) "
+            f"WHERE {name}.{key} = v.key"
+        )
+        after: Any = "" if key_type == "text" else 0
+        while rows := connection.execute(page, {"after": after}).all():
+            vectors = [
+                pg_vector(log_id, spoken(said, speaker)) for _, log_id, said, speaker in rows
+            ]
+            connection.execute(fill, {"keys": [row[0] for row in rows], "vectors": vectors})
+            after = rows[-1][0]
 
     def drop(self, connection: Connection) -> None:
         """Drop the index tables (PostgreSQL's indexes go with their tables)."""
@@ -459,9 +579,13 @@ class SearchIndex:
         (see :mod:`projections.comparison`): knowledge rows by entry, and each message's
         words with their positions, a row per message (row ids are not kept equal by a
         rebuild). Words whose message row is gone come first, as one row without an id.
+        On PostgreSQL, each row's ``search_vector`` by the row's id.
         """
         if not _is_sqlite(connection):
-            return []
+            return [
+                self._pg_listing(connection, self.tables.knowledge, "entry_id"),
+                self._pg_listing(connection, self.tables.messages, "message_id"),
+            ]
         driver = connection.connection.driver_connection
         assert driver is not None
         prefix, k, m = self.tables.prefix, self.knowledge_fts.name, self.messages_fts.name
@@ -482,6 +606,14 @@ class SearchIndex:
                 m.removeprefix(prefix), (((sortable(r[0]),), r) for r in by_message), _id_first
             ),
         ]
+
+    def _pg_listing(self, connection: Connection, table: Table, key: str) -> Listing:
+        """``table``'s stored vectors (as text) by the row's ``key``, in code point order."""
+        rows = connection.execution_options(yield_per=_INDEX_PAGE).execute(
+            text(f'SELECT {key}, {PG_VECTOR}::text FROM {table.name} ORDER BY {key} COLLATE "C"')
+        )
+        role = f"{table.name.removeprefix(self.tables.prefix)}_{PG_VECTOR}"
+        return Listing(role, (((sortable(row[0]),), tuple(row)) for row in rows))
 
 
 def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -516,9 +648,12 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
             )
 
 
-PG_SPOKEN = "coalesce(name || ': ', '') || content"
-"""A message row as PostgreSQL searches it: :func:`spoken`, in SQL (what its stored
-lexemes are made of)."""
+def _entry_vector(row: Row) -> str:
+    return pg_vector(row["log_id"], row["text"])
+
+
+def _message_vector(row: Row) -> str:
+    return pg_vector(row["log_id"], spoken(row["content"], row["name"]))
 
 
 def pg_owner_query(log_id: str) -> str:

@@ -8,7 +8,8 @@ directly, each value bound as SQLAlchemy would bind it (and, on PostgreSQL, cast
 column's type as SQLAlchemy renders it): the hot path pays no statement compilation,
 which on PostgreSQL cost more CPU than the driver itself. There, the single statements
 of a write's tables also go as one (:class:`Joined`). Other drivers go through
-SQLAlchemy Core.
+SQLAlchemy Core. A table may have a :class:`Derived` column besides, inserted with the
+folded ones (PostgreSQL's search vectors).
 """
 
 from __future__ import annotations
@@ -17,15 +18,25 @@ import functools
 import json
 import operator
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, and_, bindparam, select
+from sqlalchemy import Column, Connection, MetaData, Table, and_, bindparam, select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
 
 from projections.rows import Row
 from projections.tables import folded_columns
 
-__all__ = ["Joined", "TableSink", "driver_cursor", "is_psycopg", "matching", "stored_form"]
+__all__ = [
+    "Derived",
+    "Joined",
+    "TableSink",
+    "driver_cursor",
+    "is_psycopg",
+    "matching",
+    "stored_form",
+]
 
 Convert = Callable[[Any], Any]
 
@@ -80,12 +91,31 @@ class Joined:
         self._tables.clear()
 
 
-class TableSink:
-    """Reads and writes the rows of one table on one kind of database."""
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A column the database keeps beside a table's folded ones, its value computed from
+    each row as it is inserted: not folded, read or compared as one. The folds must set
+    what it is computed from at insert only (a message's words, an entry's text)."""
 
-    def __init__(self, table: Table, key: tuple[str, ...], dialect: Dialect) -> None:
+    column: str
+    type: TypeEngine[Any]
+    value: Callable[[Row], Any]
+
+
+class TableSink:
+    """Reads and writes the rows of one table on one kind of database (and its
+    ``derived`` column, if any, on inserts)."""
+
+    def __init__(
+        self,
+        table: Table,
+        key: tuple[str, ...],
+        dialect: Dialect,
+        derived: Derived | None = None,
+    ) -> None:
         self.table = table
         self.key = key
+        self.derived = derived
         folded = folded_columns(table)
         self.columns = tuple(c.name for c in folded)
         self.native = dialect.name == "sqlite" or is_psycopg(dialect)
@@ -108,6 +138,13 @@ class TableSink:
         self._where = " AND ".join(f"{self._q[k]} = {self._mark[k]}" for k in key)
         marks = ", ".join(self._mark[c] for c in self.columns)
         named = ", ".join(self._q[c] for c in self.columns)
+        self._core_insert = table.insert()
+        if derived is not None:
+            marks += f", %s::{derived.type.compile(dialect=dialect)}"
+            named += f", {quote(derived.column)}"
+            columns = [Column(c.name, c.type) for c in folded]
+            extended = Table(table.name, MetaData(), *columns, Column(derived.column, derived.type))
+            self._core_insert = extended.insert()
         self._insert_head = f"INSERT INTO {self._q_table} ({named}) VALUES "
         self._insert_row = f"({marks})"
         self._insert_sql = self._insert_head + self._insert_row
@@ -166,7 +203,10 @@ class TableSink:
                     ],
                 )
         if inserted:
-            connection.execute(t.insert(), inserted)
+            derived = self.derived
+            if derived is not None:
+                inserted = [{**r, derived.column: derived.value(r)} for r in inserted]
+            connection.execute(self._core_insert, inserted)
 
     def _key_params(self, key: Hashable) -> dict[str, Any]:
         values = key if isinstance(key, tuple) else (key,)
@@ -214,6 +254,10 @@ class TableSink:
         if inserted:
             order = self._insert_order
             values = [order.values(r) for r in inserted]
+            if self.derived is not None:
+                value = self.derived.value
+                for stored, row in zip(values, inserted, strict=True):
+                    stored.append(value(row))
             if self._sqlite or len(values) > _ROWS_IN_ONE_INSERT:
                 statements.append((self._insert_sql, values))
             else:

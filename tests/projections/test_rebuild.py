@@ -220,7 +220,7 @@ async def test_verify_sees_an_entry_indexed_twice(
     store = await _live(db_url, make_memory, extractor)
     if not store.is_sqlite:
         store.close()
-        pytest.skip("PostgreSQL's text index is the database's own")
+        pytest.skip("the full-text tables are SQLite's")
     with store.transaction() as connection:
         connection.execute(
             text(
@@ -652,7 +652,7 @@ async def test_the_messages_of_a_rebuild_wait_for_it_to_index_them(
     search's index pass would hold every writer off for as long), and a writer leaves
     them be; the rebuild indexes them a page at a time once it has folded the log."""
     if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's text index is the database's own")
+        pytest.skip("the full-text tables are SQLite's")
     memory = await make_memory()
     await _busy_history(memory, extractor)
     await memory.close()
@@ -690,7 +690,7 @@ def _indexed(store: EventStore, user: str, word: str) -> int:
 
 def _sqlite_only(db_url: str) -> None:
     if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's text index is the database's own")
+        pytest.skip("the full-text tables are SQLite's")
 
 
 async def test_a_page_of_words_built_ahead_is_stored_when_only_new_messages_came_meanwhile(

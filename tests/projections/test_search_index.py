@@ -4,12 +4,14 @@ it and go in in bulk, and a search indexes what waits before it looks."""
 from __future__ import annotations
 
 import asyncio
+import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,10 +19,19 @@ from hypothesis import strategies as st
 from events import EventStore, UserLog, sqlite_url, user_log_id
 from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
-from projections import LexicalRanker, ProjectionTables, Projector, index_messages
+from projections import LexicalRanker, ProjectionTables, Projector, index_messages, verify
 from projections.columns import id_text
+from projections.ranking import fts_match
 from projections.search import _WORD as _WORDS
-from projections.search import SearchIndex, index_word, owned_words, owner_token, word_pieces
+from projections.search import (
+    SearchIndex,
+    index_word,
+    owned_words,
+    owner_token,
+    pg_query,
+    pg_vector,
+    word_pieces,
+)
 
 KEPT_APART = [
     ("careful", "career"),
@@ -143,10 +154,8 @@ async def test_a_search_for_one_word_of_a_pair_does_not_find_the_other(
 
 
 async def test_a_message_typed_with_combining_accents_or_in_japanese_is_found_by_its_words(
-    make_memory: Callable[..., Any], db_url: str
+    make_memory: Callable[..., Any],
 ) -> None:
-    if not db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's text index cuts words with the database's own parser")
     memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
     await memory.add_exchange("ann", unicodedata.normalize("NFD", "Ma naïveté me perd"), "Oh.")
     await memory.add_exchange("ann", "東京都に住んでいます", "いいですね")
@@ -165,6 +174,55 @@ async def test_a_message_typed_with_combining_accents_or_in_japanese_is_found_by
     assert await found("京都に住む") == ["東京都に住んでいます"]
     assert await found("猫") == ["我有一只猫"]
     assert await found("Tromso") == ["I grew up in Tromsø"]
+
+
+SAID = [
+    "Ich wohne in der Hauptstraße 5",
+    "My e-mail is bob@example.com",
+    "東京都に住んでいます",
+    "\ufb01nancial planning is my job",
+    "I visited Malmö",
+]
+"""Messages whose words need more than lower-casing to meet a query (QA's cases)."""
+
+FOUND_AS_SAID = [
+    ("Hauptstraße", ["Ich wohne in der Hauptstraße 5"], []),
+    ("Hauptstrasse", ["Ich wohne in der Hauptstraße 5"], []),
+    ("bob@example.com", ["My e-mail is bob@example.com"], []),
+    ("東京", ["東京都に住んでいます"], []),
+    ("\ufb01nancial", ["\ufb01nancial planning is my job"], []),
+    ("financial", ["\ufb01nancial planning is my job"], []),
+    ("Malmo", ["I visited Malmö"], []),
+    ("Malmö", ["I visited Malmö"], []),
+    ("Groß", [], ["Jürgen Groß works at Großmann."]),
+    ("Großmann", [], ["Jürgen Groß works at Großmann."]),
+    ("Zoe", ["I live in Oslo"], []),
+    ("Zoë", ["I live in Oslo"], []),
+]
+"""Queries repeating a stored word, with the messages and the entries each finds."""
+
+
+async def test_a_query_repeating_a_stored_word_finds_the_same_rows_on_every_backend(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Both backends index and query the same normalised words (ß as "ss", ligatures
+    unfolded, accents typed or not, e-mail addresses by their parts, Chinese, Japanese
+    and Korean by pairs, speakers' names, entries' text): PostgreSQL once parsed the raw
+    text itself and missed every one."""
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    for line in SAID:
+        await memory.add_exchange("ann", line, "ok")
+    await memory.add_exchange("ann", "I work at Großmann", "ok", user_name="Jürgen Groß")
+    await memory.process("ann")
+    await memory.add_exchange("ann", "I live in Oslo", "ok", user_name="Zoë")
+    found = {}
+    for query, _, _ in FOUND_AS_SAID:
+        result = await memory.retrieve("ann", query, include_messages=True, top_k=3)
+        found[query] = (
+            [m.message.content for m in result.messages],
+            [e.text for e in result.entries],
+        )
+    assert found == {query: (messages, entries) for query, messages, entries in FOUND_AS_SAID}
 
 
 async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_unindexes_them(
@@ -286,6 +344,57 @@ def test_a_search_indexes_what_waits_before_it_looks(indexed_store: Any) -> None
     assert [hit.message.content for hit in found] == ["my parrot is called Kiwi"]
 
 
+STORED_ALIKE = [
+    "Careful DRIVERS, 3 cars_and trucks! Cars, cars.",
+    unicodedata.normalize("NFD", "Jürgen Groß: naïve résumé at the Café in Malmö"),
+    "\ufb01nancial planning, bob@example.com",
+    "我有一只猫, 東京都に住んでいます, 서울에 살아요",
+    "Æbleskiver in Tromsø and Łódź",
+    "x" * 3000 + " short",
+]
+"""Texts whose stored words take every step of the index's cutting and folding."""
+
+
+def test_postgresql_stores_the_words_sqlite_indexes_and_a_query_looks_up_the_same(
+    db_url: str,
+) -> None:
+    """One definition of a text's words for both backends: the lexemes PostgreSQL keeps
+    of :func:`pg_vector` are SQLite's indexed words without the owner prefix, each with
+    as many positions as it occurs (a word too long for PostgreSQL left out), and the
+    query of a text's words looks up on PostgreSQL what it looks up on SQLite."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the stored lexemes are PostgreSQL's")
+    log_id = "12345678-1234-5678-1234-567812345678"
+    owner = owner_token(log_id)
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            for said in STORED_ALIKE:
+                words = [w.removeprefix(owner) for w in owned_words(log_id, said).split()]
+                expected = {w: words.count(w) for w in words if len(w.encode()) <= 2046}
+                stored = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT lexeme, cardinality(positions), weights[1] "
+                        "FROM unnest(CAST(:v AS tsvector))"
+                    ),
+                    {"v": pg_vector(log_id, said)},
+                ).all()
+                assert {w: n for w, n, weight in stored if weight == "D"} == expected, said[:40]
+                assert [(w, weight) for w, _, weight in stored if weight != "D"] == [
+                    (f"o{owner}", "A")
+                ]
+                terms = said.split()
+                on_sqlite = re.findall(f'"{owner}([^"]*)"', fts_match(log_id, terms))
+                on_postgresql = connection.execute(
+                    sqlalchemy.text("SELECT querytree(CAST(:q AS tsquery))"),
+                    {"q": pg_query(terms)},
+                ).scalar()
+                storable = [w for w in on_sqlite if len(w.encode()) <= 2046]
+                assert on_postgresql.replace("'", "").split(" | ") == storable, said[:40]
+    finally:
+        engine.dispose()
+
+
 async def test_on_postgresql_a_text_naming_another_users_token_does_not_reach_their_search(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:
@@ -341,3 +450,51 @@ async def test_on_postgresql_tables_of_the_earlier_index_get_the_stored_lexemes(
         f"{tables.messages.name}_search_vector",
     } <= indexes
     assert not indexes & {f"{tables.knowledge.name}_search", f"{tables.messages.name}_search"}
+
+
+async def test_on_postgresql_lexemes_the_server_parsed_give_way_to_the_words_both_backends_index(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """The layout before kept lexemes PostgreSQL parsed from the raw text (a generated
+    column), which missed "Groß" and "Malmo": opening its tables makes the column plain
+    and fills it with the words SQLite indexes, as a rebuild fills it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the stored lexemes are PostgreSQL's")
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    await memory.add_exchange("ann", "I work at Großmann", "ok", user_name="Jürgen Groß")
+    await memory.process("ann")
+    await memory.add_exchange("ann", "I visited Malmö", "Nice!")
+    engine = memory._engine
+    assert engine is not None
+    tables, store = engine.tables, engine.store
+    with store.engine.begin() as connection:
+        for table, words in (
+            (tables.knowledge, "text"),
+            (tables.messages, "coalesce(name || ': ', '') || content"),
+        ):
+            connection.exec_driver_sql(f"ALTER TABLE {table.name} DROP COLUMN search_vector")
+            connection.exec_driver_sql(
+                f"ALTER TABLE {table.name} ADD COLUMN search_vector tsvector GENERATED ALWAYS AS "
+                "(setweight(to_tsvector('simple', 'o' || replace(log_id, '-', '')), 'A') || "
+                f"to_tsvector('english', {words})) STORED"
+            )
+            connection.exec_driver_sql(
+                f"CREATE INDEX {table.name}_search_vector ON {table.name} USING gin (search_vector)"
+            )
+    await memory.close()
+    reopened = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    found = await reopened.retrieve("ann", "Groß", include_messages=True)
+    assert [e.text for e in found.entries] == ["Jürgen Groß works at Großmann."]
+    found = await reopened.retrieve("ann", "Malmo", include_messages=True)
+    assert [m.message.content for m in found.messages] == ["I visited Malmö"]
+    with store.engine.connect() as connection:
+        generated = connection.exec_driver_sql(
+            "SELECT string_agg(attgenerated, '') FROM pg_attribute "
+            "WHERE attname = 'search_vector' AND attrelid IN (%s::regclass, %s::regclass)",
+            (tables.knowledge.name, tables.messages.name),
+        ).scalar()
+    assert generated == ""
+    assert verify(store) == []
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql(f"UPDATE {tables.messages.name} SET search_vector = 'malmo'")
+    assert {d.table for d in verify(store)} == {"messages_search_vector"}

@@ -14,6 +14,7 @@ from sqlalchemy import Table
 
 from events import EventStore, sqlite_url
 from projections import ProjectionTables, Projector
+from projections.search import SearchIndex, pg_vector, spoken
 from projections.sink import Joined, TableSink, _remembering, driver_cursor
 from tests.support.backends import postgres_url
 
@@ -185,6 +186,52 @@ def test_two_statements_on_one_table_never_join() -> None:
     joined.add("mv_users", "UPDATE mv_users SET version = %s", [1])
     with pytest.raises(ValueError, match="second statement on mv_users"):
         joined.add("mv_users", "UPDATE mv_users SET version = %s", [2])
+
+
+@pytest.mark.parametrize("count", [2, 40])
+def test_on_postgresql_inserted_messages_carry_their_search_vector(
+    sink_store: tuple[EventStore, bool], count: int
+) -> None:
+    """The sink writes a message's ``search_vector`` with its row, on either path and in
+    one ``VALUES`` or in bulk: the words of its speaker and text, as the index cuts them."""
+    store, core = sink_store
+    if store.is_sqlite:
+        pytest.skip("SQLite indexes messages apart, in bulk")
+    tables = ProjectionTables()
+    sink = TableSink(
+        tables.messages,
+        ("message_id",),
+        store.engine.dialect,
+        SearchIndex(tables).pg_derived()["messages"],
+    )
+    sink.native = not core
+    rows = [
+        {
+            "message_id": f"00000000-0000-7000-8000-{n:012d}",
+            "log_id": _LOG_ID,
+            "seq": n,
+            "version": n + 1,
+            "role": "user",
+            "content": f"Ich wohne in der Hauptstraße {n}",
+            "sent_at": _MOMENT,
+            "name": "Zoë" if n % 2 else None,
+            "buffered": 1,
+            "task_id": None,
+            "quarantined": 0,
+        }
+        for n in range(count)
+    ]
+    with store.transaction() as connection:
+        sink.write(connection, rows, [], [])
+        stored = connection.exec_driver_sql(
+            f"SELECT seq, search_vector::text FROM {tables.messages.name} ORDER BY seq"
+        ).all()
+        expected = connection.exec_driver_sql(
+            "SELECT v::tsvector::text FROM unnest(%s::text[]) AS v",
+            ([pg_vector(_LOG_ID, spoken(r["content"], r["name"])) for r in rows],),
+        ).all()
+    assert [vector for _, vector in stored] == [vector for (vector,) in expected]
+    assert "'zoe':2" in stored[1][1] and "'hauptstrass'" in stored[0][1]
 
 
 _MOMENT = datetime(2026, 5, 1, 12, 30, 0, 123456, tzinfo=UTC)
