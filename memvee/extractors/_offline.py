@@ -3,17 +3,20 @@
 It recognises a small set of self-disclosures in the user's own messages ("I work at
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
-wrong one, so questions, negations, hypotheticals, what someone else is quoted saying and
+wrong one, so questions, negations, hypotheticals, what someone else is quoted saying,
+pasted text (code, text to translate, another speaker's lines of a transcript) and
 anything it cannot parse are skipped, and a time or common noun is no workplace or home
-("I work at night" and "I live in a small apartment" name neither; "I work at google",
-"eBay", "3M" and "a small town near Oslo" do). In a group chat a named speaker's facts
-are about that speaker ("Ann lives in Oslo.").
+("I work at night", "I work for tips" and "I live in a small apartment" name neither;
+"I work at google", "eBay", "3M" and "a small town near Oslo" do), nor is a phrase a name
+unless written as one ("Call me tomorrow"). In a group chat a named speaker's facts are
+about that speaker ("Ann lives in Oslo.").
 
 Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
 as are the batch's known entries that it can parse, so that a repeated fact is marked
 ``same`` and a changed single-valued slot (a new job, a new city) is an ``update``. A
 retraction ("I quit my job", "I don't live in Oslo any more") ``invalidate``s the known
-entries of the slot it names, of the value it names if it names one. A batch is folded in
+entries of the slot it names, of the value it names if it names one; an entry listing
+that value among others is ``update``d to the others. A batch is folded in
 the order its messages were sent (:class:`_Batch`), a change inside it naming the earlier
 fact of the answer (``target_fact``), so the history is the same however it was batched.
 """
@@ -46,7 +49,9 @@ _SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)")
 _NEVER_FINAL = frozenset({"mr", "mrs", "ms", "dr", "st", "mt", "prof", "vs", "e.g", "i.e", "no"})
 _NAME_SUFFIXES = frozenset({"inc", "ltd", "co", "corp", "jr", "sr", "etc", "u.s", "u.k", "rd"})
 _CLAUSE_BREAK = re.compile(
-    r"\s*(?:[,;:]\s*(?:(?:and|but|so|plus)\s+)?|\s(?:and|but|so|plus)\s+|\s+-+\s+)(?=(?:i|my)\b)",
+    r"\s*(?:[,;:]\s*(?:(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+)?"
+    r"|\s(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+|\s+-+\s+)"
+    r"(?=(?:i|my)\b)",
     re.IGNORECASE,
 )
 _ELIDED_SUBJECT = re.compile(
@@ -59,7 +64,8 @@ _EDGE_JUNK = ' \t"\u201c\u201d.,;:!?\u2026'
 # Objects: what a disclosure is about.
 _TRAILING_FILLER = re.compile(
     r"\s+(?:too|as\s+well|also|now|right\s+now|currently|these\s+days|nowadays|any\s?more"
-    r"|at\s+the\s+moment|a\s+lot|so\s+much|very\s+much|lol|haha|recently|yesterday"
+    r"|at\s+the\s+moment|a\s+lot|so\s+much|very\s+much|lol|haha|lmao|btw|tho|though|ofc|idk"
+    r"|recently|yesterday|[^\w\s]+"
     r"|last\s+(?:week|month|year|weekend)|this\s+(?:week|month|year)"
     r"|a\s+(?:few|couple\s+of)\s+(?:days|weeks|months)\s+ago)$",
     re.IGNORECASE,
@@ -76,6 +82,10 @@ _VAGUE_OBJECTS = frozenset(
     | {"something", "anything", "stuff", "things", "so", "too", "myself"}
 )
 # Homes and workplaces: what "I live in ..." and "I work at ..." take as one.
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
 _TRAILING_WHEN = re.compile(
     r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
     r"|autumn|fall|winter)|january|february|march|april|may|june|july|august|september"
@@ -88,7 +98,13 @@ _TRAILING_WHEN = re.compile(
     r"(?:days?|weeks?|months?|years?|decades?)|(?:a|an|one|two|three|four|five|six|\d+)\s+"
     r"(?:days?|weeks?|months?|years?)\s+ago|a\s+while\s+(?:ago|back)"
     r"|last\s+(?:spring|summer|autumn|fall|winter|night|(?:mon|tues|wednes|thurs|fri|satur|sun)day)"
-    r"|earlier\s+this\s+(?:week|month|year)|(?:every|each)\s+\w+"
+    r"|earlier\s+this\s+(?:week|month|year)|(?:every|each)\s+\w+|(?:until|till|til)\s+.+"
+    r"|(?:on|by|as\s+of)\s+(?:the\s+)?(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}"
+    r"|\d{1,2}(?:st|nd|rd|th)?(?:\s+of)?\s+" + _MONTH + r"(?:,?\s+\d{4})?"
+    r"|" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?)"
+    r"|all\s+(?:day|night|week|year)(?:\s+long)?|for\s+(?:now|good|the\s+time\s+being)"
+    r"|at\s+(?:the\s+age\s+of\s+)?\d+|as\s+of\s+.+|again|for\s+[$\u20ac\u00a3]\S+.*"
+    r"|from\s+(?:\d{4}|tomorrow|next\s+\w+|(?:mon|tues|wednes|thurs|fri|satur|sun)day|now\s+on)"
     r"|for\s+(?:work|a\s+(?:new\s+)?job|school|university|college|my\s+\w+))$",
     re.IGNORECASE,
 )
@@ -96,11 +112,33 @@ _TRAILING_WHEN = re.compile(
 _NUMBERED = re.compile(r"[a-z]+(?:\s+(?:number|no\.?|#))?\s+#?\w*\d\w*", re.IGNORECASE)
 """A place known by its number ("city 3", "shop number 12")."""
 _ARTICLES = frozenset({"a", "an", "the"})
+_ASIDE = re.compile(r"\s*(?:[,;(]|\s-+\s|\s?[\u2013\u2014]\s?|\s+but\s+)")
+"""Where an aside begins: a comma, semicolon, bracket, dash or "but"."""
+_NEXT_CLAUSE = re.compile(r"\s+(?:and|so)\s+(?=[a-z])")
+"""Where a writer who capitalises goes on to say something else ("moved to Montreal and
+loves it"): a name joined by "and" is capitalised ("Procter and Gamble")."""
+_PLACEHOLDER = re.compile(r"[_<>{}\[\]|/]|\b(?:x{3,}|n/?a|tbd|or|either)\b", re.IGNORECASE)
+"""A template's blank ("<city>", "___", "XXX") or a choice ("Oslo or Bergen"): no one
+place."""
+_NAME_WORD = re.compile(r"[^\W\d_][\w'.-]*")
+_NAME_PARTICLES = frozenset(
+    {"van", "von", "de", "der", "den", "da", "di", "du", "del", "della", "la", "le", "bin"}
+    | {"ibn", "al", "el", "ter", "ten", "y", "dos", "das", "do"}
+)
+"""Lower-case words inside a name ("Ludwig van Beethoven")."""
+_NOT_NAME_WORDS = frozenset(
+    {"not", "no", "never", "nobody", "anything", "whatever", "back", "later", "tomorrow"}
+    | {"today", "tonight", "now", "soon", "anytime", "again", "sometime", "please", "about"}
+    | {"at", "to", "by", "for", "in", "on", "with", "from", "after", "before", "when", "if"}
+    | {"the", "a", "an", "and", "or", "but", "this", "that", "it", "what", "maybe", "once"}
+)
+"""Words no name is made of: negations, times and the words of a longer phrase."""
 _NOT_NAMES = frozenset(
     {"a", "an", "my", "your", "his", "her", "our", "their", "its", "this", "that", "these"}
     | {"those", "some", "any", "every", "each", "no", "one", "another", "such", "all", "both"}
     | {"least", "most", "first", "last", "what", "which", "it", "there", "here", "times"}
-    | {"same", "other", "whatever", "wherever"}
+    | {"same", "other", "whatever", "wherever", "someone", "somebody", "anyone", "everyone"}
+    | {"people", "others", "myself", "yourself", "age"}
     | {"night", "nights", "day", "days", "weekends", "weekend", "weekdays", "noon", "midnight"}
     | {"dawn", "dusk", "morning", "mornings", "evening", "evenings", "christmas", "easter"}
     | {"mondays", "tuesdays", "wednesdays", "thursdays", "fridays", "saturdays", "sundays"}
@@ -112,14 +150,32 @@ _COMMON_NOUNS = frozenset(
     | {"sync", "shifts", "speed", "pace", "random", "ease", "risk", "work", "school", "bed"}
     | {"full", "part", "length", "large", "heart", "theory", "practice", "general", "place"}
     | {"moment", "past", "present", "future", "dark", "now", "denial", "limbo", "bliss"}
+    | {"chaos", "hell", "heaven", "terror", "dread", "anxiety", "shame", "despair", "agony"}
+    | {"darkness", "isolation", "solitude", "fantasy", "scale", "will", "cost"}
+    | {"paradise", "capacity"}
 )
 """Common nouns after "live in" or "work at" ("in fear", "at home"): any other word may
 open a name, capitalised or not ("I live in oslo", "eBay", "den Haag")."""
 _NOT_WORKPLACES = frozenset(
     {"pace", "speed", "rate", "level", "loss", "distance", "desk", "computer", "laptop"}
     | {"table", "minimum", "standstill", "time", "glance", "stretch", "go", "push"}
+    | {"capacity", "job", "workplace", "company", "place"}
 )
 """What follows "work at a" without naming a workplace ("at a fast pace" ends on one)."""
+_TIME_NOUNS = frozenset(
+    {"hour", "hours", "minute", "minutes", "while", "lunch", "lunchtime", "breakfast"}
+    | {"dinner", "sunrise", "sunset", "dawn", "dusk", "noon", "midnight", "night", "nights"}
+    | {"day", "days", "week", "weeks", "month", "months", "year", "years", "weekend"}
+    | {"weekends", "shift", "shifts", "time", "times", "moment", "morning", "mornings"}
+    | {"evening", "evenings", "afternoon", "afternoons", "overtime", "ages", "bit"}
+)
+"""Nouns of time: a phrase they head ("at odd hours", "for a while") says when, or how
+long, not where."""
+_REWARDS = frozenset(
+    {"free", "tips", "money", "wage", "wages", "pay", "cash", "peanuts", "nothing", "food"}
+    | {"fun", "exposure", "experience", "commission", "living", "salary", "credit", "love"}
+)
+"""What one works for without it being an employer ("for tips", "for minimum wage")."""
 _CARE_HOMES = frozenset(
     {"nursing home", "care home", "retirement home", "group home", "foster home"}
     | {"children's home", "residential home", "retirement community", "assisted living"}
@@ -159,15 +215,19 @@ _RELATIVES = (
 _PETS = r"dog|cat|puppy|kitten|hamster|rabbit|bunny|parrot|bird|horse|fish|turtle|guinea\s+pig"
 _KIN_ADJECTIVE = r"(?:(?:little|big|older|younger|elder|eldest|oldest|youngest|twin|best|baby)\s+)?"
 _MOVED_TO = (
-    r"moved\s+(?:from\s+.+?\s+)?to\s+(?:.+?(?:,?\s+and)?,?\s+(?:then|later|finally|eventually"
+    r"moved\s+(?:back\s+|over\s+|home\s+)?(?:from\s+.+?\s+)?to\s+"
+    r"(?:.+?(?:,?\s+and)?,?\s+(?:then|later|finally|eventually"
     r"|afterwards|now)\s+(?:moved\s+|on\s+)?to\s+)*(?P<place>.+?)(?:\s+from\s+.+)?"
 )
 """Moved to a place, from another ("moved from Oslo to Bergen", "moved to Bergen from
-Oslo"), or on from there ("to Paris and then to Berlin": the last one)."""
+Oslo"), back ("moved back to Oslo") or on from there ("to Paris and then to Berlin":
+the last one)."""
 _MY_KIN = (
     rf"my\s+(?P<noun>{_KIN_ADJECTIVE}(?:{_RELATIVES}|{_PETS}))"
     r"(?:\s+(?P<alias>(?-i:[A-Z][a-z]+(?:[-'][A-Za-z]+)?)))?"
 )
+_MY_KIN_SUBJECT = _MY_KIN.replace("?P<noun>", "?P<kin>")
+"""A relative or pet as a retraction names them: its ``kin`` is read as a claim's is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +251,17 @@ class _Rule:
             return None
         return self._render(match, cased=cased)
 
+    def corrected(self, clause: str, value: str, *, cased: bool) -> list[str]:
+        """The facts of ``clause`` (which this rule describes) with its home, workplace or
+        name corrected to ``value`` ("I live in Oslo", "I meant Bergen"); none when it
+        names no such thing or ``value`` is no such thing."""
+        match = self.pattern.fullmatch(clause)
+        group = next((g for g in _CORRECTABLE if match and match.groupdict().get(g)), None)
+        if match is None or group is None:
+            return []
+        facts = self.facts(clause[: match.start(group)] + value, cased=cased)
+        return [] if facts is None else list(facts)
+
     def _render(self, match: re.Match[str], *, cased: bool) -> Iterator[str]:
         values: dict[str, str] = {}
         for group, raw in match.groupdict().items():
@@ -208,6 +279,18 @@ class _Rule:
             yield f"User's {values['noun']} is called {alias}."
         values["noun"] = f"{values['noun']} {alias}"
         yield self.template.format_map(values)
+
+
+_CORRECTABLE = ("place", "employer", "name", "nickname")
+"""The groups a correction may replace: one value of a single-valued slot."""
+_CORRECTION = re.compile(
+    r"(?:(?:sorry|oops|no|wait|correction|actually)\b[\s,:!-]*)+"
+    r"(?:i\s+meant?(?:\s+to\s+say)?|it(?:'s|\s+is|\s+was)|make\s+(?:it|that))?\s*"
+    r"(?P<value>(?-i:[A-Z0-9]).*)|i\s+meant?(?:\s+to\s+say)?\s+(?P<meant>(?-i:[A-Z0-9]).*)",
+    re.IGNORECASE,
+)
+"""A clause correcting what the writer just said to a name ("sorry, I meant Bergen",
+"Actually, it's Bergen"); "Actually I moved to Bergen" says something new."""
 
 
 def _rule(pattern: str, template: str) -> _Rule:
@@ -234,7 +317,8 @@ _RULES: tuple[_Rule, ...] = (
         r"\s+(?:called|named)\s+(?P<name>.+)",
         "User's {noun} is called {name}.",
     ),
-    _rule(r"(?:my\s+name\s+is|call\s+me|i\s+go\s+by)\s+(?P<name>.+)", "User's name is {name}."),
+    _rule(r"my\s+name\s+is\s+(?P<name>.+)", "User's name is {name}."),
+    _rule(r"(?:call\s+me|i\s+go\s+by)\s+(?P<nickname>.+)", "User's name is {nickname}."),
     _rule(rf"i(?:\s+am|'m)\s+(?P<obj>{_ARTICLE}{_NOT_A_ROLE}.+)", "User is {obj}."),
     _rule(
         rf"{_MY_KIN}(?:'s\s+name\s+is|\s+is\s+(?:called|named))\s+(?P<name>.+)",
@@ -271,11 +355,13 @@ _RULES: tuple[_Rule, ...] = (
 class _Retraction:
     """A clause saying that something the user disclosed stopped being true.
 
-    It ends the user's (not a relative's) entries of the slots of ``kinds``: those whose
-    value is ``value``, or all of them for no value. ``reason`` is the sentence recorded as
-    why they ended. ``positive`` is the fact it retracts, as the rules would state it, to
-    end an entry no slot reads ("User is a vegan."). ``speaker`` is who said it (see
-    :class:`_Claim`): only their own entries end.
+    It ends the entries of the slots of ``kinds`` of its ``subject`` (the user, "", or a
+    relative, "sister"): those whose value is ``value``, or all of them for no value; an
+    entry listing ``value`` among others keeps the others ("peanuts and shellfish").
+    ``reason`` is the sentence recorded as why they ended. ``positive`` is the fact it
+    retracts, as the rules would state it, to end an entry no slot reads ("User is a
+    vegan."). ``speaker`` is who said it (see :class:`_Claim`): only their own entries
+    end. A clause that ``states`` a fact besides ("I'm a former nurse") is also read as one.
     """
 
     reason: str
@@ -284,6 +370,8 @@ class _Retraction:
     positive: str | None = None
     exact: bool = False
     speaker: str = ""
+    subject: str = ""
+    states: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +382,7 @@ class _RetractionRule:
     ``bare``. ``positive`` is the retracted fact's template, when a slot may not read it.
     An ``exact`` rule ends only a value it names whole ("I left Acme", not "I left Acme at
     6pm"); others also end a longer value it begins ("I quit my job at Acme": "Acme Corp").
+    A ``kin`` group names the relative whose entries end; the reason takes ``{noun}``.
     """
 
     pattern: re.Pattern[str]
@@ -302,20 +391,31 @@ class _RetractionRule:
     kinds: frozenset[str]
     positive: str | None = None
     exact: bool = False
+    states: bool = False
 
     def retraction(self, clause: str) -> _Retraction | None:
         """The retraction ``clause`` states, or None when this rule does not describe it."""
         match = self.pattern.fullmatch(clause)
         if match is None:
             return None
+        subject, noun = "", ""
+        if match.groupdict().get("kin") is not None:
+            subject = _subject(match)[0]
+            noun = _clean("noun", match["kin"], cased=True) or ""
+            if match["alias"] is not None:
+                noun = f"{noun} {match['alias']}"
         raw = match.groupdict().get("obj")
         if raw is None:
-            return _Retraction(self.bare, self.kinds, None)
+            bare = self.bare.format(noun=noun)
+            return _Retraction(bare, self.kinds, None, subject=subject, states=self.states)
         obj = _clean_object(raw, max_words=_MAX_OBJECT_WORDS)
         if obj is None:
             return None
         positive = None if self.positive is None else self.positive.format(obj=obj)
-        return _Retraction(self.reason.format(obj=obj), self.kinds, obj, positive, self.exact)
+        reason = self.reason.format(obj=obj, noun=noun)
+        return _Retraction(
+            reason, self.kinds, obj, positive, self.exact, subject=subject, states=self.states
+        )
 
 
 def _retraction_rule(
@@ -326,9 +426,10 @@ def _retraction_rule(
     positive: str | None = None,
     *,
     exact: bool = False,
+    states: bool = False,
 ) -> _RetractionRule:
     compiled = re.compile(_LEAD_IN + pattern, re.IGNORECASE)
-    return _RetractionRule(compiled, reason, bare, frozenset(kinds), positive, exact)
+    return _RetractionRule(compiled, reason, bare, frozenset(kinds), positive, exact, states)
 
 
 _NO_LONGER = r"(?:no\s+longer|don't|do\s+not|never)\s+"
@@ -340,11 +441,13 @@ _NOW = (
 _I_DID = rf"(?:{_I}|i(?:\s+have|'ve)\s+(?:just\s+)?)"
 """I, or I have: "I quit", "I've quit"."""
 _EMPLOYER_SLOT, _HOME_SLOT, _ROLE_SLOT = ("employer",), ("home",), ("role",)
+_JOB_SLOTS = ("employer", "role")
+"""A job left ends where the user worked and as what."""
 _RETRACTIONS: tuple[_RetractionRule, ...] = (
     _retraction_rule(
         rf"{_I_DID}(?:quit|left|lost)\s+my\s+job(?:\s+(?:at|with)\s+(?P<obj>.+)|{_NOW})",
         "User left their job at {obj}.",
-        _EMPLOYER_SLOT,
+        _JOB_SLOTS,
         bare="User left their job.",
     ),
     _retraction_rule(
@@ -354,7 +457,8 @@ _RETRACTIONS: tuple[_RetractionRule, ...] = (
         exact=True,
     ),
     _retraction_rule(
-        rf"(?:i\s+{_NO_LONGER}work\s+(?:at|for)|{_I}stopped\s+working\s+(?:at|for))"
+        rf"(?:i\s+{_NO_LONGER}work\s+(?:at|for)|{_I}stopped\s+working\s+(?:at|for)"
+        r"|i(?:\s+am|'m)\s+(?:no\s+longer|not)\s+working\s+(?:at|for))"
         rf"\s+(?P<obj>.+?){_ANY_MORE}",
         "User no longer works at {obj}.",
         _EMPLOYER_SLOT,
@@ -369,7 +473,7 @@ _RETRACTIONS: tuple[_RetractionRule, ...] = (
         r"i(?:\s+got|\s+was|\s+have\s+been|'ve\s+been)\s+(?:fired|laid\s+off|let\s+go|sacked)"
         rf"(?:\s+(?:from|at|by)\s+(?P<obj>.+)|{_NOW})",
         "User was let go from {obj}.",
-        _EMPLOYER_SLOT,
+        _JOB_SLOTS,
         bare="User was let go from their job.",
     ),
     _retraction_rule(
@@ -402,10 +506,40 @@ _RETRACTIONS: tuple[_RetractionRule, ...] = (
         ("allergy",),
     ),
     _retraction_rule(
-        rf"i(?:\s+am|'m)\s+(?:no\s+longer|not)\s+(?P<obj>{_ARTICLE}.+?){_ANY_MORE}",
+        rf"i(?:\s+am|'m)\s+(?:no\s+longer|not)\s+(?P<obj>(?:{_ARTICLE})?.+?){_ANY_MORE}",
         "User is no longer {obj}.",
         _ROLE_SLOT,
         positive="User is {obj}.",
+    ),
+    _retraction_rule(
+        rf"{_I_AM}{_ARTICLE}(?:former|retired|ex-|ex\s+)(?P<obj>.+)",
+        "User is a former {obj}.",
+        _ROLE_SLOT,
+        states=True,
+    ),
+    _retraction_rule(
+        rf"{_MY_KIN_SUBJECT}\s+(?:no\s+longer\s+lives|(?:doesn't|does\s+not)\s+live)\s+in"
+        rf"\s+(?P<obj>.+?){_ANY_MORE}",
+        "User's {noun} no longer lives in {obj}.",
+        _HOME_SLOT,
+    ),
+    _retraction_rule(
+        rf"{_MY_KIN_SUBJECT}\s+(?:(?:has|'s)\s+)?moved\s+(?:away\s+from|out\s+of)\s+(?P<obj>.+?)",
+        "User's {noun} no longer lives in {obj}.",
+        _HOME_SLOT,
+    ),
+    _retraction_rule(
+        rf"{_MY_KIN_SUBJECT}\s+(?:no\s+longer\s+works|(?:doesn't|does\s+not)\s+work)"
+        rf"\s+(?:at|for)\s+(?P<obj>.+?){_ANY_MORE}",
+        "User's {noun} no longer works at {obj}.",
+        _EMPLOYER_SLOT,
+    ),
+    _retraction_rule(
+        rf"{_MY_KIN_SUBJECT}\s+(?:(?:has|'s)\s+)?(?:just\s+)?(?:quit|left|lost)\s+"
+        rf"(?:his|her|their|its)\s+job(?:\s+(?:at|with)\s+(?P<obj>.+)|{_NOW})",
+        "User's {noun} left their job at {obj}.",
+        _JOB_SLOTS,
+        bare="User's {noun} left their job.",
     ),
 )
 
@@ -416,9 +550,8 @@ def _clean(group: str, raw: str, *, cased: bool) -> str | None:
         return _clean_object(raw, max_words=_MAX_OBJECT_WORDS)
     if group in ("place", "employer"):
         return _clean_place(raw, cased=cased, workplace=group == "employer")
-    if group == "name":
-        name = _clean_object(raw, max_words=_MAX_NAME_WORDS)
-        return name if name is not None and name[0].isalpha() else None
+    if group in ("name", "nickname"):
+        return _clean_name(raw, cased=cased, nickname=group == "nickname")
     if group == "noun":
         words = raw.casefold().split()
         words[-1] = KIN_NOUNS.get(words[-1], words[-1])
@@ -442,15 +575,83 @@ def _clean_object(raw: str, *, max_words: int) -> str | None:
     return text
 
 
+def _clean_name(raw: str, *, cased: bool, nickname: bool) -> str | None:
+    """A name as it goes into a fact, or None when the words are no name: "Call me
+    tomorrow" and "I go by bus" name no one, nor does "My name is not Bob". What follows
+    a comma or dash is an aside ("Anna, nice to meet you"). A writer who capitalises
+    capitalises a name (or writes a handle, "user-0042"); one who does not cannot be told
+    apart from "call me back" after "call me" or "I go by", so a ``nickname`` is then not
+    taken."""
+    text = _ASIDE.split(raw, maxsplit=1)[0]
+    name = _clean_object(text, max_words=_MAX_NAME_WORDS)
+    if name is None or (nickname and not cased):
+        return None
+    words = name.split()
+    if not all(_NAME_WORD.fullmatch(word) for word in words):
+        return None
+    if any(word.casefold() in _NOT_NAME_WORDS for word in words):
+        return None
+    if cased and not all(_written_as_a_name(w) or w in _NAME_PARTICLES for w in words):
+        return None
+    return name if not cased or _written_as_a_name(words[-1]) else None
+
+
+def _written_as_a_name(word: str) -> bool:
+    """Whether ``word`` is written as a name: capitalised, or a handle with a digit
+    ("user-0042"), which no common word has."""
+    return word[0].isupper() or any(c.isdigit() for c in word)
+
+
 def _clean_place(raw: str, *, cased: bool, workplace: bool) -> str | None:
     """A home or workplace as it goes into a fact, or None when it does not look like one:
     when is not where ("in Bergen in May"), and "at night" or "in fear" name no place."""
-    text = " ".join(raw.split()).strip(_EDGE_JUNK)
+    text = _without_aside(" ".join(raw.split()).strip(_EDGE_JUNK), cased=cased)
+    if cased:
+        text = _NEXT_CLAUSE.split(text, maxsplit=1)[0]
     while (shorter := _TRAILING_FILLER.sub("", _TRAILING_WHEN.sub("", text))) != text:
         text = shorter.strip(_EDGE_JUNK)
-    if not text or not _names_a_place(text.split(), cased=cased, workplace=workplace):
+    if not text or _PLACEHOLDER.search(text):
+        return None
+    if not _names_a_place(text.split(), cased=cased, workplace=workplace):
+        return None
+    if _heads_no_place(text.split(), cased=cased, workplace=workplace):
         return None
     return _clean_object(text, max_words=_MAX_OBJECT_WORDS)
+
+
+def _without_aside(text: str, *, cased: bool) -> str:
+    """``text`` up to an aside ("Oslo - sorry", "Google, for now", "Oslo, right"). After
+    a comma, a name that places what comes before is kept ("Portland, Oregon")."""
+    kept = _ASIDE.split(text, maxsplit=1)[0]
+    while kept != text:
+        rest = text[len(kept) :]
+        part = _ASIDE.split(rest[2:], maxsplit=1)[0] if rest.startswith(", ") else ""
+        if not (cased and part[:1].isalpha() and _is_capitalised(part)):
+            break
+        kept += ", " + part
+    return kept
+
+
+def _heads_no_place(words: Sequence[str], *, cased: bool, workplace: bool) -> bool:
+    """Whether the noun heading ``words`` (the last before a place preposition) says when
+    or why, not where: a time ("at odd hours", "for a few hours"), a state with no
+    article ("in constant fear", not "a nursing home") or, for a workplace, a reward
+    ("for tips", "for the money"). A capitalised word of a writer who capitalises is a
+    name ("Sunrise Medical")."""
+    head: list[str] = []
+    for word in words:
+        if head and word.casefold() in _PLACE_PREPOSITIONS:
+            break
+        head.append(word.strip(_EDGE_JUNK))
+    noun = head[-1]
+    if cased and noun[:1].isupper():
+        return False
+    folded = noun.casefold()
+    if folded in _TIME_NOUNS:
+        return True
+    if folded in _COMMON_NOUNS and words[0].casefold() not in _ARTICLES:
+        return True
+    return workplace and folded in _REWARDS
 
 
 def _names_a_place(words: Sequence[str], *, cased: bool, workplace: bool) -> bool:
@@ -544,11 +745,18 @@ def _clauses(sentence: str) -> Iterator[str]:
 
 _CONDITIONAL = re.compile(
     _LEAD_IN + r"(?:if|when|whenever|once|unless|until|before|after|tomorrow|next|someday"
-    r"|one\s+day|maybe|perhaps|in\s+case)\b",
+    r"|one\s+day|maybe|perhaps|in\s+case|for\s+(?:example|instance)|e\.g|imagine|suppose"
+    r"|pretend|let's\s+say)\b",
     re.IGNORECASE,
 )
-"""A sentence that opens on a condition or another time ("If my boss yells again, I quit
-my job", "When I was 20, I quit my job"): what it says is not the user's present."""
+"""A sentence that opens on a condition, another time or an example ("If my boss yells
+again, I quit my job", "When I was 20, I quit my job", "For example, I live in Paris"):
+what it says is not the user's present."""
+_UNSURE = re.compile(
+    r"\b(?:jk|j/k|just\s+kidding|kidding|joking|probably|i\s+guess|i\s+think|not\s+sure)\b",
+    re.IGNORECASE,
+)
+"""A sentence its writer says is a joke or a guess: not a fact to replace another."""
 
 
 _QUOTED = re.compile(r"[\"\u201c]\s*(?=(?:i|my)\b)[^\"\u201c\u201d\n]*[\"\u201d]", re.IGNORECASE)
@@ -568,6 +776,74 @@ _THE_WRITER = frozenset({"i", "i'd", "i'll", "i've", "we", "you"})
 the writer answers ("As you said, I'm allergic to peanuts")."""
 _QUOTATIVES = frozenset({"goes", "went"})
 _TRAILING_CONJUNCTION = re.compile(r"(?:[\s,;:]+(?:and|but|so|then))?[\s,;:]*$", re.IGNORECASE)
+
+
+_FENCED = re.compile(r"^[ \t]*(```|~~~).*?(?:^[ \t]*\1[^\n]*$|\Z)", re.MULTILINE | re.DOTALL)
+"""A fenced code block (to its closing fence, or the end of an unclosed one)."""
+_INLINE_CODE = re.compile(r"`[^`\n]*`")
+_BLOCK_QUOTE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
+_LINE_MARKER = re.compile(r"^[ \t]*(?:[-*+\u2022]|#{1,6}|\d{1,3}[.)])[ \t]+", re.MULTILINE)
+"""A list item's bullet or number, or a heading's hashes, opening a line."""
+_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_LABEL = re.compile(
+    r"[ \t]*(?P<label>[A-Z][\w.'-]*(?:[ \t]+[A-Z0-9][\w.'-]*){0,2})[ \t]*:(?P<rest>.*)"
+)
+"""A line opening on a label: a speaker's name in a transcript ("Assistant: ..."), or
+a heading ("Note: ...")."""
+_OWN_LABELS = frozenset({"user", "me", "i", "human", "myself"})
+_HEADINGS = frozenset(
+    {"note", "notes", "nb", "update", "edit", "ps", "p.s", "p.s.", "fyi", "btw", "context"}
+    | {"background", "correction", "reminder", "info", "fact", "facts", "important", "also"}
+    | {"summary", "details", "profile", "bio", "tl;dr", "tldr", "re", "about", "ok", "okay"}
+    | {"yes", "no", "well", "so", "hi", "hello", "hey", "thanks", "sure", "actually", "anyway"}
+)
+"""Labels that head the writer's own words (or open them), not another speaker's."""
+_TEXT_TASK = re.compile(
+    r"(?:^|(?<=[.!?:]))[ \t]*"
+    + _LEAD_IN
+    + r"(?:(?:please|pls|kindly|can\s+you|could\s+you|would\s+you|will\s+you)\s+)?"
+    r"(?:translate|classify|categori[sz]e|rewrite|rephrase|paraphrase|reword|summari[sz]e"
+    r"|proofread|spell-?check|grammar-?check|edit|polish|simplify|transcribe|analy[sz]e|parse"
+    r"|correct\s+(?:this|these|the|my)|fix\s+(?:the|my)\s+(?:grammar|spelling)|repeat\s+after)"
+    r"(?=[ \t]+\S)",
+    re.IGNORECASE | re.MULTILINE,
+)
+"""An instruction to work on a text: what follows is the text, not the writer's facts."""
+_PASTED_TEXT = re.compile(
+    r"(?<!\bmy\s)(?<!\byour\s)\b(?:(?:th(?:is|ese)|the|following)\s+(?:\w+\s+)?)?"
+    r"(?:sentences?|text|paragraphs?"
+    r"|passages?|phrases?|lines?|examples?|excerpt|quote|snippet|transcript|message|e-?mail"
+    r"|letter|post|tweet|prompt|input|output|following)\s*:",
+    re.IGNORECASE,
+)
+"""A colon after naming a text ("this sentence:", "the following:"): a text follows,
+not the writer's own ("my bio:") nor one answering the assistant's ("your message:")."""
+
+
+def _written_by_the_user(content: str, speaker: str | None) -> str:
+    """The part of ``content`` its writer says in their own voice: without code, block
+    quotes, the lines another speaker says in a pasted transcript ("Assistant: ..."), or
+    a text pasted to be worked on ("Translate to French: I work at ..."). Markdown list
+    bullets and emphasis are dropped, as they only lay the words out."""
+    content = _FENCED.sub("", _BLOCK_QUOTE.sub("", content.replace("\r\n", "\n")))
+    content = _INLINE_CODE.sub(" ", content)
+    task = _TEXT_TASK.search(content) or _PASTED_TEXT.search(content)
+    if task is not None:
+        content = content[: task.start()]
+    lines, others = [], False
+    for line in _LINE_MARKER.sub("", content).splitlines():
+        label = _LABEL.fullmatch(line)
+        if label is not None:
+            name = label["label"].casefold().rstrip(".")
+            if name in _OWN_LABELS or (speaker is not None and name == speaker.casefold()):
+                others, line = False, label["rest"]
+            elif name in _HEADINGS:
+                line = label["rest"]
+            else:
+                others = True
+        if not others:
+            lines.append(_EMPHASIS.sub(r"\2", line))
+    return "\n".join(lines)
 
 
 def _own_words(content: str) -> str:
@@ -604,22 +880,52 @@ def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _
     being true, in the order it states them: about "User", or about the named
     ``speaker`` of a group chat."""
     cased = _writes_in_case(content)
-    for sentence in _statements(_own_words(content)):
+    found: list[str | _Retraction] = []
+    last: tuple[_Rule, str, int] | None = None  # the last fact's rule, clause and place
+    for sentence in _statements(_own_words(_written_by_the_user(content, speaker))):
         sentence = _unreported(sentence)
-        if _CONDITIONAL.match(sentence.strip(_EDGE_JUNK)):
+        if _CONDITIONAL.match(sentence.strip(_EDGE_JUNK)) or _UNSURE.search(sentence):
             continue
         for clause in _clauses(sentence):
             if clause.casefold().endswith(" yet"):
                 continue  # "I'm not a nurse yet": not a change, nor a fact
+            correction = _CORRECTION.fullmatch(clause)
+            if correction is not None:
+                value = (correction["value"] or correction["meant"]).strip(_EDGE_JUNK)
+                if _OPENS_A_CLAUSE.match(value):
+                    clause = value  # "No, I meant I work at Apple": a statement
+                else:
+                    if last is not None and cased and _is_capitalised(value):
+                        fixed = last[0].corrected(last[1], value, cased=cased)
+                        if fixed:
+                            del found[last[2] :]
+                            found.extend(_said_by(fact, speaker) for fact in fixed)
+                    last = None
+                    continue
             retraction = next(filter(None, (r.retraction(clause) for r in _RETRACTIONS)), None)
             if retraction is not None:
-                yield _retraction_by(retraction, speaker)
-                continue
+                found.append(_retraction_by(retraction, speaker))
+                last = None
+                if not retraction.states:
+                    continue
             for rule in _RULES:
                 facts = rule.facts(clause, cased=cased)
                 if facts is not None:
-                    yield from (_said_by(fact, speaker) for fact in facts)
+                    last = (rule, clause, len(found))
+                    found.extend(_said_by(fact, speaker) for fact in facts)
                     break
+    return iter(found)
+
+
+_OPENS_A_CLAUSE = re.compile(r"(?:i|i'm|i've|my)\b", re.IGNORECASE)
+
+
+def _is_capitalised(value: str) -> bool:
+    """Whether ``value`` is written as a name: each word capitalised but for particles."""
+    words = value.split()
+    return bool(words) and all(
+        w[0].isupper() or w[0].isdigit() or w in _NAME_PARTICLES for w in words
+    )
 
 
 def _said_by(fact: str, speaker: str | None) -> str:
@@ -982,15 +1288,39 @@ class _Batch:
         """Fold one retraction said at ``said``: end what stands that it names (a known
         entry that began later is not ended by it)."""
         for draft in list(self._standing.values()):
-            if draft.adds and _retracts(retraction, draft.claim, draft.key):
+            if not draft.adds:
+                continue
+            rest = _remaining(retraction, draft.claim, draft.text)
+            if rest is not None:
+                self._end(draft)
+                self._stand(self._rest(rest, message_id, replaces=draft))
+            elif _retracts(retraction, draft.claim, draft.key):
                 self._end(draft)
                 self.items.append(_Withdrawal(retraction.reason, message_id, draft))
         for k in list(self.known):
-            if k.entry.valid_until is not None:
-                continue  # ended already: a retraction ends nothing more
-            if k.entry.valid_from <= said and _retracts(retraction, k.claim, k.key):
+            if k.entry.valid_until is not None or k.entry.valid_from > said:
+                continue  # ended already, or begun later: a retraction ends nothing more
+            rest = _remaining(retraction, k.claim, k.entry.text)
+            if rest is not None:
+                self.known.remove(k)
+                self._stand(self._rest(rest, message_id, target=k.entry.entry_id))
+            elif _retracts(retraction, k.claim, k.key):
                 self.known.remove(k)
                 self.items.append(_Withdrawal(retraction.reason, message_id, k.entry.entry_id))
+
+    def _rest(
+        self,
+        text: str,
+        message_id: str,
+        *,
+        target: str | None = None,
+        replaces: _Draft | None = None,
+    ) -> _Draft:
+        """The draft updating a list that lost one item (``text``: what is left of it)."""
+        claim = _claim(text, self.speakers)
+        draft = _Draft(text, _normalized(text), claim, "update", target, replaces)
+        draft.sources.append(message_id)
+        return draft
 
     def facts(self) -> tuple[ExtractedFact, ...]:
         """The folded batch as the extractor's answer: each draft and ending where it was
@@ -1024,11 +1354,13 @@ def _at(entries: list[_Known], said: datetime) -> _Known:
 
 def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
     """Whether ``retraction`` ends the fact of ``claim`` (with normalized text ``key``)."""
-    if retraction.positive is not None and _normalized(retraction.positive) == key:
+    if retraction.positive is not None and _without_article(retraction.positive) == (
+        _without_article(key)
+    ):
         return True
-    if claim is None or claim.slot[2] or claim.slot[0] not in retraction.kinds:
+    if claim is None or claim.slot[0] not in retraction.kinds:
         return False
-    if claim.slot[1] != retraction.speaker:
+    if claim.slot[1:] != (retraction.speaker, retraction.subject):
         return False
     if retraction.value is None:
         return True
@@ -1036,6 +1368,39 @@ def _retracts(retraction: _Retraction, claim: _Claim | None, key: str) -> bool:
     if retraction.exact:
         return claim.value == value
     return claim.value == value or claim.value.startswith(value + " ")
+
+
+def _without_article(text: str) -> str:
+    """``text`` normalized, without the article of what someone is ("is a vegan": "is
+    vegan"), so that "I'm not vegan any more" takes back "User is a vegan."."""
+    return _IS_AN.sub(r"\1 ", _normalized(text))
+
+
+_IS_AN = re.compile(r"\b(is|as) an? ")
+_LIST_ITEMS = re.compile(r"\s*,\s*(?:(?:and|or)\s+)?|\s+(?:and|or|&)\s+")
+
+
+def _remaining(retraction: _Retraction, claim: _Claim | None, text: str) -> str | None:
+    """The fact ``text`` without the one item of its list that ``retraction`` takes back
+    ("User is allergic to shellfish." of "... to peanuts and shellfish."), or None when
+    its claim lists no such item among others: taking back one item keeps the rest."""
+    if claim is None or claim.single or retraction.value is None:
+        return None
+    if claim.slot[0] not in retraction.kinds:
+        return None
+    if claim.slot[1:] != (retraction.speaker, retraction.subject):
+        return None
+    text = " ".join(text.split()).removesuffix(".")
+    listed = text[len(text) - len(claim.value) :]
+    if _normalized(listed) != claim.value:
+        return None
+    items = _LIST_ITEMS.split(listed)
+    value = _claim_value(retraction.value)
+    kept = [item for item in items if _normalized(item) != value]
+    if len(items) < 2 or not kept or len(kept) == len(items):
+        return None
+    listing = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]
+    return text[: len(text) - len(listed)] + listing + "."
 
 
 def _claim_value(value: str) -> str:

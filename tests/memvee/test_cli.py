@@ -522,7 +522,7 @@ def test_knowledge_lists_entries_with_ids_that_explain_accepts(db: str) -> None:
 
 def test_text_that_looks_like_markup_is_shown_as_it_was_said(tmp_path: Path) -> None:
     """Brackets in a user id, a message or an entry are words, not styles to apply."""
-    db, user, said = str(tmp_path / "m.db"), "[/x]ann", "I live in [red]Oslo[/]."
+    db, user, said = str(tmp_path / "m.db"), "[/x]ann", "I love [red]jazz[/]."
 
     async def fill() -> None:
         config = MemoryConfig(db_path=db)
@@ -534,21 +534,21 @@ def test_text_that_looks_like_markup_is_shown_as_it_was_said(tmp_path: Path) -> 
 
     asyncio.run(fill())
     entries = json.loads(run("knowledge", user, "--json", "--db", db).output)
-    assert [e["text"] for e in entries] == ["User lives in [red]Oslo[/]."]
+    assert [e["text"] for e in entries] == ["User loves [red]jazz[/]."]
     entry = entries[0]["entry_id"][:8]
     shown = {
         "log": run("log", user, "--db", db).output,
         "state": run("state", user, "--db", db).output,
         "knowledge": run("knowledge", user, "--db", db).output,
         "explain": run("explain", user, entry, "--db", db).output,
-        "search": run("search", user, "Oslo", "--lexical", "--db", db).output,
+        "search": run("search", user, "jazz", "--lexical", "--db", db).output,
         "users": run("users", "--db", db).output,
     }
-    assert "[red]Oslo[/]" in shown["log"] and "[/bold]" in shown["log"]
+    assert "[red]jazz[/]" in shown["log"] and "[/bold]" in shown["log"]
     assert "[bold]more[/bold] [/]" in shown["state"]
     for command in ("knowledge", "explain", "search"):
-        assert "User lives in [red]Oslo[/]." in shown[command], command
-    assert "I live in [red]Oslo[/]." in shown["explain"]
+        assert "User loves [red]jazz[/]." in shown[command], command
+    assert "I love [red]jazz[/]." in shown["explain"]
     assert "[/x]ann" in shown["users"] and "[/x]ann" in shown["knowledge"]
     assert "more users follow: --after '[/x]ann'" in run("users", "--limit", "1", "--db", db).output
 
@@ -1056,13 +1056,13 @@ def test_escape_sequences_in_what_was_said_or_asked_reach_no_terminal(tmp_path: 
     async def fill() -> None:
         config = MemoryConfig(db_path=db)
         async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
-            await memory.add_exchange("eve", "my dog is called Rex \x1b[2J\x1b[31mred", "nice")
+            await memory.add_exchange("eve", "I love jazz \x1b[2J\x1b[31mred", "nice")
             await memory.process("eve")
 
     asyncio.run(fill())
     (entry,) = json.loads(run("knowledge", "eve", "--json", "--db", db).output)
     explained = run("explain", "eve", entry["entry_id"], "--db", db).output
-    searched = run("search", "eve", "Rex \x1b[31m", "--lexical", "--db", db).output
+    searched = run("search", "eve", "jazz \x1b[31m", "--lexical", "--db", db).output
     for output in (explained, searched):
         assert "\x1b" not in output and "\u241b[2J" in output
 

@@ -916,3 +916,350 @@ async def test_a_speakers_change_replaces_their_own_value_only() -> None:
         new("Bob lives in Rome.", "m2"),
         update_of_fact("Ann lives in Bergen.", 0, "m3"),
     )
+
+
+# What must not replace a true fact: a phrase read as a name or place, pasted text, asides.
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Call me tomorrow about the invoice.",
+        "I go by bus to work.",
+        "Call me back when you can.",
+        "Call me crazy, but I like rain.",
+        "call me max",  # a writer who does not capitalise: no telling a name from "back"
+        "My name is not Bob.",
+        "my name is not bob",
+        "My name is spelled wrong.",
+    ],
+)
+async def test_a_name_is_taken_only_when_it_is_written_as_one(content: str) -> None:
+    """A time, a means or a negation after "call me", "I go by" or "my name is" is no
+    name: read as one, it would replace the user's name."""
+    name = entry("e-name", "User's name is Bob.")
+    assert [f for f in await against((name,), content) if "name" in f.text] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("Call me Robert.", "User's name is Robert."),
+        ("I go by Bob", "User's name is Bob."),
+        ("My name is Anna, nice to meet you.", "User's name is Anna."),
+        ("My name is Ludwig van Beethoven.", "User's name is Ludwig van Beethoven."),
+        ("my name is bob", "User's name is bob."),
+        ("My name is user-0042.", "User's name is user-0042."),
+    ],
+)
+async def test_a_name_written_as_one_is_taken(content: str, expected: str) -> None:
+    assert await texts_of(content) == [expected]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I work for free.",
+        "I work at odd hours.",
+        "I work at lunch.",
+        "I work for a few hours.",
+        "I work for tips.",
+        "I work for a while",
+        "I work for an hour.",
+        "I work for the money.",
+        "I work for minimum wage.",
+        "I work at scale.",
+        "I work at sunrise.",
+        "I work at a desk all day.",
+        "I live in constant fear.",
+        "I live in chaos.",
+        "i live in hell",
+    ],
+)
+async def test_a_time_a_reward_or_a_state_is_no_workplace_or_home(content: str) -> None:
+    """What a phrase is headed by tells when, why or how, not where: "for a few hours",
+    "for minimum wage", "in constant fear"."""
+    assert await texts_of(content) == []
+    assert await against((ACME, OSLO), content) == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("I live in Oslo until next week.", "User lives in Oslo."),
+        ("I work at Google, for now.", "User works at Google."),
+        ("I moved to Bergen on 2024-05-01.", "User lives in Bergen."),
+        ("I moved to Bergen on 1 May 2024.", "User lives in Bergen."),
+        ("I live in Oslo, right", "User lives in Oslo."),
+        ("I live in Oslo - it's cold.", "User lives in Oslo."),
+        ("I live in Portland, Oregon.", "User lives in Portland, Oregon."),
+        ("I live in Oslo, Norway, with my wife.", "User lives in Oslo, Norway."),
+        ("I live in Oslo btw :)", "User lives in Oslo."),
+        ("I live in Oslo but not for long", "User lives in Oslo."),
+        ("I moved to Bergen at the age of 25.", "User lives in Bergen."),
+        ("I live in Oslo as of 2023.", "User lives in Oslo."),
+        ("I work at Google, 40h/week.", "User works at Google."),
+        ("My friend moved to Portland last year and loves it.", "User's friend lives in Portland."),
+        ("I work at Procter and Gamble.", "User works at Procter and Gamble."),
+        ("I work at Sunrise Medical.", "User works at Sunrise Medical."),
+    ],
+)
+async def test_an_aside_or_a_date_after_a_place_is_not_part_of_it(
+    content: str, expected: str
+) -> None:
+    assert await texts_of(content) == [expected]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I live in <city>.",
+        "Fill in: I live in ___",
+        "I work at [company name].",
+        "I live in XXX.",
+        "I live in Oslo or Bergen.",
+        "I am a doctor lol jk",
+        "I live in Bergen probably.",
+        "I think I work at Globex.",
+        "For example, I live in Paris.",
+        "Example sentence: I live in Paris.",
+        "Repeat after me: I am a doctor.",
+        "I work for someone else.",
+        "I'm working at capacity.",
+    ],
+)
+async def test_a_blank_a_choice_a_guess_or_an_example_is_no_fact(content: str) -> None:
+    known = (ACME, OSLO, entry("e-job", "User is a nurse."))
+    assert await against(known, content) == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("I live in Oslo - sorry, I meant Bergen.", ["User lives in Bergen."]),
+        ("I live in Oslo. Actually, it's Bergen.", ["User lives in Bergen."]),
+        ("I work at Acme. Sorry, I meant Globex.", ["User works at Globex."]),
+        ("My name is Sam. Sorry, I meant Max.", ["User's name is Max."]),
+        ("I live in Oslo. Actually, it's beautiful.", ["User lives in Oslo."]),
+        ("I live in Oslo. Sorry, I'm tired.", ["User lives in Oslo."]),
+        ("I love jazz. Sorry, I meant Blues.", ["User loves jazz."]),
+    ],
+)
+async def test_a_correction_in_the_same_message_replaces_the_name_it_corrects(
+    content: str, expected: list[str]
+) -> None:
+    """Only a home, workplace or name is corrected, and only to a capitalised name."""
+    assert await texts_of(content) == expected
+
+
+async def test_a_correction_with_nothing_before_it_in_the_message_gives_nothing() -> None:
+    assert await against((OSLO,), "Actually, it's Bergen.") == ()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Translate to French: I work at a bakery in Lyon.",
+        "Please translate this into German. I live in Springfield and I'm a pilot.",
+        "```\nI live in Springfield.\n```",
+        "Why does this fail?\n```python\nprint('I work at Globex')\n```",
+        "Please classify this sentence: I am a pilot.",
+        "Can you rewrite this to sound better? I work at Globex.",
+        "Here is the text: I am a pilot.",
+        "ChatGPT: I am a large language model.",
+        "Assistant: I live in the cloud, at Anthropic.",
+        "Bob: I live in Springfield.\nI work at Globex.",
+        "> I live in Springfield.",
+    ],
+)
+async def test_pasted_text_code_and_other_speakers_lines_are_not_the_users(content: str) -> None:
+    """Text to translate or classify, code and the lines of a pasted transcript that
+    another speaker says are not the user's facts, and would replace true ones."""
+    known = (ACME, OSLO, entry("e-job", "User is a nurse."))
+    assert await against(known, content) == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "User: I live in Bergen\nAssistant: I live in the cloud, at Anthropic.",
+            ["User lives in Bergen."],
+        ),
+        ("Me: I live in Bergen", ["User lives in Bergen."]),
+        ("Note: I live in Bergen.", ["User lives in Bergen."]),
+        ("Update: I moved to Bergen.", ["User lives in Bergen."]),
+        ("I live in Bergen. Translate 'hello' to Norwegian.", ["User lives in Bergen."]),
+        ("About your message: I live in Bergen.", ["User lives in Bergen."]),
+        (
+            "I work at Globex. Here is my bio: I am a pilot.",
+            ["User works at Globex.", "User is a pilot."],
+        ),
+    ],
+)
+async def test_the_users_own_lines_beside_pasted_text_still_count(
+    content: str, expected: list[str]
+) -> None:
+    assert await texts_of(content) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            "About me:\n- I live in Oslo\n- I work at Google\n- I love jazz",
+            ["User lives in Oslo.", "User works at Google.", "User loves jazz."],
+        ),
+        ("* I live in Oslo\n* I work at Google", ["User lives in Oslo.", "User works at Google."]),
+        ("**I live in Oslo.**", ["User lives in Oslo."]),
+        (
+            "I live in *Oslo*, and I work at __Google__.",
+            ["User lives in Oslo.", "User works at Google."],
+        ),
+        (
+            "## About me\n1. I live in Oslo\n2) I work at Google",
+            ["User lives in Oslo.", "User works at Google."],
+        ),
+    ],
+)
+async def test_markdown_lists_headings_and_emphasis_are_read_as_plain_text(
+    content: str, expected: list[str]
+) -> None:
+    assert await texts_of(content) == expected
+
+
+# Losses: what a retraction or a change leaves of what was true.
+
+
+@pytest.mark.parametrize(
+    ("known_text", "content", "rest"),
+    [
+        (
+            "User is allergic to peanuts and shellfish.",
+            "I'm not allergic to peanuts any more.",
+            "User is allergic to shellfish.",
+        ),
+        ("User likes jazz and blues.", "I don't like jazz any more.", "User likes blues."),
+        ("User likes jazz and blues.", "I don't like blues anymore", "User likes jazz."),
+        ("User loves jazz, blues and soul.", "I stopped loving blues", "User loves jazz and soul."),
+        (
+            "User's son is allergic to cats and dogs.",
+            "My son isn't allergic to cats any more.",
+            None,  # not a retraction this extractor reads: nothing ends
+        ),
+    ],
+)
+async def test_taking_back_one_item_of_a_list_keeps_the_others(
+    known_text: str, content: str, rest: str | None
+) -> None:
+    known = (entry("e1", known_text), entry("e-other", "User likes tea."))
+    expected = () if rest is None else (update(rest, "e1"),)
+    assert await against(known, content) == expected
+
+
+async def test_taking_back_one_item_of_a_list_said_in_the_batch_updates_it() -> None:
+    facts = await against(
+        (), "I'm allergic to peanuts and shellfish.", "I'm not allergic to peanuts any more."
+    )
+    assert facts == (
+        new("User is allergic to peanuts and shellfish.", "m1"),
+        ExtractedFact("User is allergic to shellfish.", ("m2",), "update", target_fact=0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("known_text", "content", "reason"),
+    [
+        ("User works as a nurse.", "I quit my job.", "User left their job."),
+        ("User is a nurse.", "I got laid off", "User was let go from their job."),
+        ("User is a vegan.", "I'm not vegan any more.", "User is no longer vegan."),
+        (
+            "User works at Acme.",
+            "I'm not working at Acme any more.",
+            "User no longer works at Acme.",
+        ),
+        (
+            "User's sister lives in Bergen.",
+            "My sister doesn't live in Bergen any more.",
+            "User's sister no longer lives in Bergen.",
+        ),
+        (
+            "User's sister lives in Bergen.",
+            "My sister moved out of Bergen.",
+            "User's sister no longer lives in Bergen.",
+        ),
+        (
+            "User's sister works at Acme.",
+            "My sister quit her job.",
+            "User's sister left their job.",
+        ),
+        (
+            "User's father works for the post office.",
+            "My dad no longer works for the post office.",
+            "User's father no longer works at the post office.",
+        ),
+    ],
+)
+async def test_a_job_left_ends_the_role_and_a_relatives_retraction_ends_theirs(
+    known_text: str, content: str, reason: str
+) -> None:
+    known = (entry("e1", known_text), entry("e-other", "User likes tea."))
+    assert await against(known, content) == (invalidate(reason, "e1"),)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["My sister doesn't live in Oslo any more.", "My brother quit his job."],
+)
+async def test_a_relatives_retraction_leaves_the_users_own_facts(content: str) -> None:
+    known = (ACME, OSLO, entry("e-sis", "User's sister lives in Bergen."))
+    assert await against(known, content) == ()
+
+
+@pytest.mark.parametrize(
+    ("known_text", "content", "reason", "fact"),
+    [
+        (
+            "User is a nurse.",
+            "I'm a former nurse.",
+            "User is a former nurse.",
+            "User is a former nurse.",
+        ),
+        (
+            "User works as a teacher.",
+            "I'm a retired teacher.",
+            "User is a former teacher.",
+            "User is a retired teacher.",
+        ),
+    ],
+)
+async def test_a_former_role_ends_the_current_one_and_is_kept(
+    known_text: str, content: str, reason: str, fact: str
+) -> None:
+    assert await against((entry("e1", known_text),), content) == (
+        invalidate(reason, "e1"),
+        new(fact),
+    )
+
+
+async def test_moving_back_replaces_the_home() -> None:
+    bergen = (entry("e-bergen", "User lives in Bergen."),)
+    assert await against(bergen, "I moved back to Oslo.") == (
+        update("User lives in Oslo.", "e-bergen"),
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I quit my job and now I work at Globex.",
+        "I quit my job, and then I work at Globex.",
+    ],
+)
+async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_new(
+    content: str,
+) -> None:
+    assert await against((ACME,), content) == (
+        invalidate("User left their job.", "e-acme"),
+        new("User works at Globex."),
+    )
