@@ -16,6 +16,7 @@ from actors.erasure import ForgetReceipt
 from actors.lease import LeaseTable
 from events import (
     BatchLimits,
+    BatchMessage,
     EventStore,
     ExtractedFact,
     KnownEntry,
@@ -36,10 +37,10 @@ Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
 KnownEntries = Callable[
-    [str, Sequence[str], int, tuple[datetime, datetime] | None],
+    [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None],
     tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
-"""Reads the entries an extractor is shown beside a batch's message texts (see
+"""Reads the entries an extractor is shown beside a batch's messages (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
 counts and, for a backdated batch, when its first and last messages were sent; and the chains of
 ended entries before those (for the log, which places a backdated fact among them)."""

@@ -32,6 +32,7 @@ from actors.lease import LeaseTable, new_owner_id
 from actors.rebuild_watch import RebuildWatch
 from actors.user_actor import UserActor
 from events import (
+    BatchMessage,
     Durability,
     EventStore,
     ExtractedFact,
@@ -52,7 +53,7 @@ from projections import (
     replay_checkpoints,
     take_checkpoint,
 )
-from projections.shown import shown_beside, targets_of, with_targets
+from projections.shown import ByMeaning, shown_beside, targets_of, with_targets
 from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
@@ -161,6 +162,7 @@ class Engine:
             if embedder is None
             else VectorIndex(self.tables, embedder.name, dimensions=embedder.dimensions)
         )
+        self.meaning = ByMeaning(self.store.engine, self.vectors, embedder)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
             undo.callback(self.vector_filler.stop)
@@ -215,7 +217,7 @@ class Engine:
     def _known_entries(
         self,
         user_id: str,
-        texts: Sequence[str],
+        messages: Sequence[BatchMessage],
         current: int,
         backdated: tuple[datetime, datetime] | None,
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
@@ -223,16 +225,18 @@ class Engine:
         :func:`projections.shown.shown_beside`)."""
         if current <= 0 and backdated is None:
             return (), ()
+        near = self.meaning.near(user_id, messages, current)
         with self.store.engine.connect() as connection:
             return shown_beside(
                 connection,
                 self.ranker,
                 self.reader,
                 user_id,
-                texts,
+                [m.content for m in messages],
                 current=current,
                 max_batch_tokens=self.options.settings.limits.max_tokens,
                 backdated=backdated,
+                near=near,
             )
 
     def _targets_placed(

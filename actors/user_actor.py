@@ -721,9 +721,8 @@ class UserActor(PooledActor):
         self._batch_messages = messages
         times = [m.sent_at for m in messages]
         backdated = (min(times), max(times)) if times and user_log.ends_after(min(times)) else None
-        texts = [m.content for m in messages]
         known, replaced = self._services.known(
-            self.user_id, texts, user_log.knowledge_count, backdated
+            self.user_id, messages, user_log.knowledge_count, backdated
         )
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)

@@ -73,7 +73,8 @@ from projections import (
     state_at,
 )
 from projections.ranking import LexicalRanker
-from projections.shown import shown_beside, targets_of, with_targets
+from projections.shown import ByMeaning, shown_beside, targets_of, with_targets
+from projections.vectors import VectorIndex
 
 if TYPE_CHECKING:
     from memvee._bulk import BulkReport
@@ -549,7 +550,13 @@ class Audit:
         return held
 
     async def reextract(
-        self, user_id: str, extractor: Extractor, version: str, *, batch_size: int = 50
+        self,
+        user_id: str,
+        extractor: Extractor,
+        version: str,
+        *,
+        batch_size: int = 50,
+        embedder: Embedder | Literal[False] | None = None,
     ) -> int:
         """Run the user's processed messages through ``extractor`` into knowledge ``version``.
 
@@ -557,10 +564,15 @@ class Audit:
         or quarantined are left to normal processing, and messages the version covers
         already are not sent again: a run cut short (a crash, the extractor failing) is
         finished by running it again. Returns the number of entries extracted.
+
+        ``embedder`` is a Memory's (the default local model unless given, ``False`` for
+        none): with it, the entries shown beside a batch are chosen as live processing
+        chooses them, by meaning as well as by words.
         """
         check_user_id(user_id)
         check_new_knowledge_version(version)
         check_count(batch_size, "batch_size")
+        meaning = self._by_meaning(embedder)
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
@@ -577,17 +589,24 @@ class Audit:
                     )
                 )
                 if len(batch) >= batch_size:
-                    extracted += await self._reextract_batch(user_id, extractor, version, batch)
+                    extracted += await self._reextract_batch(
+                        user_id, extractor, version, batch, meaning
+                    )
                     batch = []
         if batch:
-            extracted += await self._reextract_batch(user_id, extractor, version, batch)
+            extracted += await self._reextract_batch(user_id, extractor, version, batch, meaning)
         return extracted
 
     async def _reextract_batch(
-        self, user_id: str, extractor: Extractor, version: str, batch: list[BatchMessage]
+        self,
+        user_id: str,
+        extractor: Extractor,
+        version: str,
+        batch: list[BatchMessage],
+        meaning: ByMeaning,
     ) -> int:
         task = f"reextract:{version}:{batch[0].message_id}"
-        known, replaced = await asyncio.to_thread(self._known, user_id, version, batch)
+        known, replaced = await asyncio.to_thread(self._known, user_id, version, batch, meaning)
         ids = [m.message_id for m in batch]
         try:
             result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
@@ -656,49 +675,67 @@ class Audit:
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
         progress: Callable[[int, int], None] | None = None,
+        embedder: Embedder | Literal[False] | None = None,
     ) -> BulkReport:
         """Re-extract the users' processed messages into ``version`` through the Message
         Batches API (half the price; results within 24 hours, most within one).
 
         Only messages the version does not cover yet are sent, so running it again after
         a crash (or after requests failed) finishes the job without recording anything
-        twice. The live knowledge stays as it is until :meth:`promote`.
+        twice. The live knowledge stays as it is until :meth:`promote`. ``embedder``
+        chooses the entries each request is shown, as :meth:`reextract`'s does.
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
         for user_id in user_ids:
             check_user_id(user_id)
         check_new_knowledge_version(version)
+        meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(
             self.store,
             self._reader,
             self._decide,
             extractor,
             version,
-            lambda user_id, batch: self._known(user_id, version, batch),
+            lambda user_id, batch: self._known(user_id, version, batch, meaning),
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,
         )
         return await bulk.run(list(user_ids))
 
+    def _by_meaning(self, embedder: Embedder | Literal[False] | None) -> ByMeaning:
+        """What chooses the entries a re-extraction batch is shown by meaning, with
+        ``embedder`` (see :meth:`reextract`)."""
+        chosen = chosen_embedder(embedder)
+        index = (
+            None
+            if chosen is None
+            else VectorIndex(self._reader.tables, chosen.name, dimensions=chosen.dimensions)
+        )
+        return ByMeaning(self.store.engine, index, chosen, fills=True)
+
     def _known(
-        self, user_id: str, version: str, batch: list[BatchMessage]
+        self, user_id: str, version: str, batch: list[BatchMessage], meaning: ByMeaning
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """The version's entries a re-extraction batch is shown, as live processing shows
         them, and the chains of ended entries before those."""
+        texts = [m.content for m in batch]
         with self.store.engine.connect() as connection:
             current = len(self._reader.knowledge(connection, user_id, version))
+        near = meaning.near(user_id, batch, current, version)
+        with self.store.engine.connect() as connection:
             return shown_beside(
                 connection,
                 self._ranker,
                 self._reader,
                 user_id,
-                [m.content for m in batch],
+                texts,
                 current=current,
                 max_batch_tokens=DEFAULT_LIMITS.max_tokens,
                 backdated=(min(m.sent_at for m in batch), max(m.sent_at for m in batch)),
                 version=version,
+                near=near,
             )
 
     def _with_targets(

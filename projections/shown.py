@@ -4,25 +4,41 @@ the chains of ended entries before those.
 
 Live processing and re-extraction show entries the same way, so that a re-extracted
 version is decided as the live knowledge was: the entries related to the batch's texts
-(all of them for a user with few), within a share of the batch's token budget.
+(all of them for a user with few), within a share of the batch's token budget. For a
+user with more, "related" is by words and, with an embedder, by meaning: "I'm a nurse"
+shares no word with the "User is a doctor." it changes.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
-from events import ExtractedFact, KnownEntry, ReplacedEntry, estimate_tokens, storable
+from events import (
+    BatchMessage,
+    ExtractedFact,
+    KnownEntry,
+    ReplacedEntry,
+    estimate_tokens,
+    storable,
+)
+from events.errors import first_line
 from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
+from projections.vectors import NamedEmbedder, VectorIndex
 
 __all__ = [
     "KNOWN_SHARE",
     "MAX_ENDED_SHOWN",
     "MAX_KNOWN_ENTRIES",
+    "MEANING_TEXTS",
+    "ByMeaning",
+    "Near",
     "shown_beside",
     "targets_of",
     "with_targets",
@@ -39,6 +55,127 @@ KNOWN_SHARE = 4
 """The entries shown beside a batch take at most this fraction (one in ``KNOWN_SHARE``)
 of the batch's token budget on top of it, the most related first, at least one."""
 
+MEANING_TEXTS = 16
+"""At most this many of a batch's messages that have no vector yet (its first distinct
+ones) are embedded to find the entries near them by meaning, in one call of the
+embedder; the others are matched by their words only. A message the background has
+embedded already costs no embedding."""
+
+_NEAR_PER_TEXT = 4
+"""The fewest entries taken by meaning for each embedded text of a batch."""
+
+log = logging.getLogger("memvee.projections")
+
+
+class Near:
+    """The vectors of a batch's texts, ready to find the current entries nearest each."""
+
+    def __init__(
+        self, index: VectorIndex, user_id: str, vectors: list[list[float]], version: str
+    ) -> None:
+        self.index = index
+        self.user_id = user_id
+        self.vectors = vectors
+        self.version = version
+
+    def entries(
+        self, connection: Connection, reader: ProjectionReader, limit: int
+    ) -> list[tuple[str, str, datetime]]:
+        """(id, text, valid from) of at most ``limit`` current entries, the texts taking
+        turns: each one's nearest first, then each one's second, and so on."""
+        each = max(_NEAR_PER_TEXT, limit // max(1, len(self.vectors)))
+        found = self.index.entries_near_each(
+            connection, self.user_id, self.vectors, min(each, limit), self.version
+        )
+        order = list(dict.fromkeys(i for turn in itertools.zip_longest(*found) for i in turn))
+        read = {e.entry_id: e for e in reader.entries(connection, self.user_id, order[:limit])}
+        return [
+            (entry.entry_id, entry.text, entry.valid_from)
+            for item in order
+            if (entry := read.get(item)) is not None and entry.is_current
+        ]
+
+
+class ByMeaning:
+    """Embeds a batch's texts so that the entries shown beside it are chosen by meaning as
+    well as by words, once the user has more current entries than fit beside a batch.
+
+    Without an embedder (or ``index``) they are chosen by their words only: a warning
+    says so, once, when it first matters. ``fills`` is for a caller with no background
+    embedding its entries (re-extraction): it embeds those waiting for a vector first.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        index: VectorIndex | None,
+        embedder: NamedEmbedder | None,
+        *,
+        fills: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.index = index
+        self.embedder = embedder
+        self.fills = fills
+        self._warned = False
+
+    def near(
+        self,
+        user_id: str,
+        messages: Sequence[BatchMessage],
+        current: int,
+        version: str = LIVE_KNOWLEDGE,
+    ) -> Near | None:
+        """What :func:`shown_beside` needs to choose by meaning beside ``messages``:
+        nothing for a user with at most :data:`MAX_KNOWN_ENTRIES` current entries
+        (``current``, as the log counts them: all are shown). Else the vectors of the
+        messages' texts: those stored, and of the others at most :data:`MEANING_TEXTS`
+        embedded now. ``None`` with a warning when embedding fails: the entries are then
+        chosen by their words, and the batch is extracted all the same.
+
+        Entries still waiting for their vector (the background embeds them soon after
+        they are written) are found by their words only meanwhile, unless ``fills``.
+        """
+        if current <= MAX_KNOWN_ENTRIES or not messages:
+            return None
+        if self.index is None or self.embedder is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "user %r has more than %d current entries and there is no embedder: "
+                    "the entries shown beside a batch are chosen by their words only",
+                    user_id,
+                    MAX_KNOWN_ENTRIES,
+                )
+            return None
+        first: dict[str, str] = {}  # each text, with the first message that says it
+        for message in messages:
+            if message.content.strip():
+                first.setdefault(message.content, message.message_id)
+        try:
+            if self.fills:
+                self.index.fill(self.engine, user_id, self.embedder.embed, messages=False)
+            with self.engine.connect() as connection:
+                stored = self.index.message_vectors(connection, user_id, list(first.values()))
+            unstored = [text for text, item in first.items() if item not in stored]
+            unstored = unstored[:MEANING_TEXTS]
+            fresh = self.embedder.embed(unstored) if unstored else []
+            embedded = dict(zip(unstored, fresh, strict=True))
+        except Exception as error:
+            log.warning(
+                "user %r: the entries shown beside a batch are chosen by their words only, "
+                "the embedder failed (%s)",
+                user_id,
+                first_line(error),
+            )
+            return None
+        vectors = [
+            vector
+            for text, item in first.items()
+            if (vector := stored.get(item, embedded.get(text))) is not None
+        ]
+        return Near(self.index, user_id, vectors, version)
+
 
 def shown_beside(
     connection: Connection,
@@ -51,15 +188,18 @@ def shown_beside(
     max_batch_tokens: int,
     backdated: tuple[datetime, datetime] | None = None,
     version: str = LIVE_KNOWLEDGE,
+    near: Near | None = None,
 ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
     """The entries of ``version`` shown beside a batch of ``texts``, and the chains of
     ended entries before them.
 
     Those are the current entries, the most related first (``current`` is how many the
-    log counts). A batch older than some end the log recorded (``backdated``: when its
-    first and last messages were sent) is first shown the ended entries around it (at
-    most :data:`MAX_ENDED_SHOWN`, see :meth:`ProjectionReader.ended_around`): else it
-    could start a value beside one that held then, or after one that was taken back.
+    log counts): past :data:`MAX_KNOWN_ENTRIES`, those matching the texts' words take
+    turns with those ``near`` them by meaning (see :meth:`ByMeaning.near`). A batch older
+    than some end the log recorded (``backdated``: when its first and last messages were
+    sent) is first shown the ended entries around it (at most :data:`MAX_ENDED_SHOWN`,
+    see :meth:`ProjectionReader.ended_around`): else it could start a value beside one
+    that held then, or after one that was taken back.
     """
     ended = (
         reader.ended_around(connection, user_id, backdated, MAX_ENDED_SHOWN, version)
@@ -71,6 +211,16 @@ def shown_beside(
         if current > 0
         else []
     )
+    if near is not None and current > MAX_KNOWN_ENTRIES:
+        by_meaning = near.entries(connection, reader, MAX_KNOWN_ENTRIES)
+        related = list(
+            {
+                entry[0]: entry
+                for turn in itertools.zip_longest(related, by_meaning)
+                for entry in turn
+                if entry is not None
+            }.values()
+        )
     budget = max_batch_tokens // KNOWN_SHARE
     shown: list[KnownEntry] = []  # a list: see projections.rows
     for known in [*(k for k, _ in ended), *(KnownEntry(*entry) for entry in related)]:

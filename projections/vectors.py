@@ -142,15 +142,19 @@ class VectorIndex:
         self._message_vectors = select(v.c.item_id, v.c.vector).where(
             v.c.log_id == mine, v.c.model == model, v.c.kind == "message"
         )
-        live_entries = (
+        version_entries = (
             select(v.c.item_id, v.c.vector)
             .join(k, k.c.entry_id == v.c.item_id)
             .where(
                 v.c.log_id == bindparam("log_id"),
                 v.c.model == model,
                 v.c.kind == "entry",
-                k.c.knowledge_version == LIVE_KNOWLEDGE,
+                k.c.knowledge_version == bindparam("version"),
             )
+        )
+        # By key alone, owner checked on each row (as in _insert_kept).
+        self._messages_by_id = select(v.c.item_id, v.c.vector, v.c.log_id, v.c.kind).where(
+            v.c.item_id.in_(bindparam("ids", expanding=True)), v.c.model == model
         )
         self._messages_then = (
             select(v.c.item_id, v.c.vector)
@@ -162,9 +166,9 @@ class VectorIndex:
                 m.c.sent_at <= bindparam("at", type_=m.c.sent_at.type),
             )
         )
-        self._entries_now = live_entries.where(k.c.valid_until.is_(None))
+        self._entries_now = version_entries.where(k.c.valid_until.is_(None))
         at = bindparam("at", type_=k.c.valid_from.type)
-        self._entries_then = live_entries.where(
+        self._entries_then = version_entries.where(
             k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
         )
 
@@ -290,15 +294,51 @@ class VectorIndex:
         query: Sequence[float],
         limit: int,
         as_of: datetime | None = None,
+        version: str = LIVE_KNOWLEDGE,
     ) -> list[tuple[str, float]]:
-        """The ids of the user's live entries valid now (or at ``as_of``) nearest ``query``."""
+        """The ids of the user's entries (live, or of knowledge ``version``) valid now (or
+        at ``as_of``) nearest ``query``."""
         log_id = str(user_log_id(user_id))
+        binds = {"log_id": log_id, "version": version}
         if as_of is None:
-            found = connection.execute(self._entries_now, {"log_id": log_id})
+            found = connection.execute(self._entries_now, binds)
         else:
             at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
-            found = connection.execute(self._entries_then, {"log_id": log_id, "at": at})
+            found = connection.execute(self._entries_then, {**binds, "at": at})
         return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
+
+    def message_vectors(
+        self, connection: Connection, user_id: str, ids: Sequence[str]
+    ) -> dict[str, list[float]]:
+        """The stored vectors of the user's messages among ``ids`` (those embedded yet, of
+        the embedder's length)."""
+        if not ids:
+            return {}
+        log_id = str(user_log_id(user_id))
+        found = connection.execute(self._messages_by_id, {"ids": list(ids)})
+        return {
+            item: np.frombuffer(vector, dtype=np.float32).tolist()
+            for item, vector, owner, kind in found
+            if owner == log_id
+            and kind == "message"
+            and (self.dimensions is None or len(vector) == 4 * self.dimensions)
+        }
+
+    def entries_near_each(
+        self,
+        connection: Connection,
+        user_id: str,
+        queries: Sequence[Sequence[float]],
+        limit: int,
+        version: str = LIVE_KNOWLEDGE,
+    ) -> list[list[str]]:
+        """For each of ``queries``, the ids of the ``limit`` current entries of knowledge
+        ``version`` nearest it, the nearest first: the user's vectors are read once for
+        them all."""
+        log_id = str(user_log_id(user_id))
+        found = connection.execute(self._entries_now, {"log_id": log_id, "version": version})
+        vectors = _Vectors.of(self._of_its_length(connection, log_id, found.all()))
+        return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
 
     def messages(
         self,

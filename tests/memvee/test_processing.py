@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from memvee import (
     UserForgottenError,
 )
 from memvee.extractors import OfflineExtractor
+from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor
 
 
@@ -108,6 +110,50 @@ async def test_a_user_with_many_entries_is_shown_what_each_message_of_a_wordy_ba
     await memory.process("alice")
     homes = [e.text for e in await memory.knowledge("alice") if "lives in" in e.text]
     assert homes == ["User lives in Bergen."]
+
+
+async def test_a_user_with_many_entries_who_says_a_change_in_other_words_keeps_one_value(
+    make_memory: Any,
+) -> None:
+    """Past 100 current entries, "I'm a nurse." shares no word with "User is a doctor.":
+    the entry is found by meaning, so the occupation is updated, not doubled."""
+    memory: Memory = await make_memory(
+        extractor=OfflineExtractor(),
+        embedder=ConceptEmbedder(),
+        config={"search_embed_seconds": None},
+    )
+    await memory.add_message("alice", "user", "I'm a doctor.")
+    for i in range(110):
+        await memory.add_message("alice", "user", f"I like item{i} things")
+    await memory.flush("alice")
+    await memory.retrieve("alice", "job")  # as the background would: every entry embedded
+    await memory.add_message("alice", "user", "I'm a nurse.")
+    await memory.process("alice")
+    jobs = [e.text for e in await memory.knowledge("alice") if "item" not in e.text]
+    assert jobs == ["User is a nurse."]
+
+
+class _DownEmbedder(ConceptEmbedder):
+    """An embedder whose service is down: every call fails."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError("embedding service unavailable")
+
+
+@pytest.mark.parametrize("embedder", [False, _DownEmbedder()], ids=["none", "down"])
+async def test_without_a_working_embedder_a_user_with_many_entries_is_still_processed(
+    make_memory: Any, caplog: pytest.LogCaptureFixture, embedder: Any
+) -> None:
+    """Without an embedder, or with one that fails, the entries beside a batch are found
+    by their words only, a warning says so, and the batch is extracted all the same."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=embedder)
+    for i in range(110):
+        await memory.add_message("bob", "user", f"I like item{i} things")
+    await memory.flush("bob")
+    await memory.add_message("bob", "user", "I'm a nurse.")
+    with caplog.at_level(logging.WARNING, logger="memvee"):
+        assert await memory.process("bob") == 1
+    assert "chosen by their words only" in caplog.text
 
 
 async def test_process_with_nothing_buffered_returns_zero(memory: Memory) -> None:

@@ -25,6 +25,7 @@ from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
 from tests.support.coverage import checked_coverage
+from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
 
 
@@ -512,3 +513,20 @@ async def test_a_reextraction_shows_each_batch_the_entries_it_changes_as_live_pr
         audit.promote("eve", "v2")
     homes = [e.text for e in await memory.knowledge("eve") if "lives in" in e.text]
     assert homes == ["User lives in Bergen."]
+
+
+async def test_a_reextraction_finds_the_entry_a_batch_changes_in_other_words_by_meaning(
+    make_memory: Any, db_url: str
+) -> None:
+    """Past 100 entries of the version, "I'm a nurse." is shown the "User is a doctor." of
+    that version by meaning, as live processing is: one current occupation."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_message("eve", "user", "I'm a doctor.")
+    for i in range(150):
+        await memory.add_message("eve", "user", f"I like item{i} things")
+    await memory.add_message("eve", "user", "I'm a nurse.")
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "v2", embedder=ConceptEmbedder())
+        jobs = [e.text for e in audit.knowledge("eve", version="v2") if "item" not in e.text]
+    assert jobs == ["User is a nurse."]

@@ -13,7 +13,18 @@ import re
 from collections.abc import Sequence
 
 _CONCEPTS = {
-    "job": {"job", "work", "works", "working", "employer", "employed", "career", "living"},
+    "job": {
+        "job",
+        "work",
+        "works",
+        "working",
+        "employer",
+        "employed",
+        "career",
+        "living",
+        "doctor",
+        "nurse",
+    },
     "home": {"home", "live", "lives", "living", "reside", "resides", "moved", "city"},
     "pet": {"pet", "pets", "dog", "cat", "puppy", "kitten", "animal"},
     "food": {"food", "eat", "eats", "diet", "vegan", "vegetarian", "meal"},
