@@ -229,20 +229,28 @@ async def test_flush_leaves_nothing_buffered_even_when_a_task_was_running(
     assert len(await memory.knowledge("fay")) == 5
 
 
+async def _flush_behind_a_held_run(
+    memory: Memory, extractor: RecordingExtractor
+) -> tuple[ProcessTask, asyncio.Future[int]]:
+    """A run of fay's two exchanges held at the extractor, and a flush begun behind it."""
+    extractor.gate.clear()
+    await _exchanges(memory, "fay", 2)
+    running = memory.process_async("fay")
+    await _until(lambda: running.status is ProcessStatus.RUNNING)
+    flushing = asyncio.ensure_future(memory.flush("fay"))
+    await asyncio.sleep(0.05)
+    return running, flushing
+
+
 async def test_flush_covers_what_a_task_already_running_failed_to_and_raises_only_its_own(
     make_memory: Any, extractor: RecordingExtractor
 ) -> None:
     """As process does: the failure of a task flush did not start (one another Memory's
     close interrupted, say) leaves messages its own run covers; wait_for_processing
     still reports it."""
-    extractor.gate.clear()
     extractor.fail_next = 1
     memory: Memory = await make_memory()
-    await _exchanges(memory, "fay", 2)
-    running = memory.process_async("fay")
-    await _until(lambda: running.status is ProcessStatus.RUNNING)
-    flushing = asyncio.ensure_future(memory.flush("fay"))
-    await asyncio.sleep(0.05)
+    running, flushing = await _flush_behind_a_held_run(memory, extractor)
     extractor.gate.set()
     assert await flushing == 2
     assert running.status is ProcessStatus.FAILED
@@ -258,13 +266,8 @@ async def test_flush_of_a_user_forgotten_meanwhile_raises_user_forgotten(
 ) -> None:
     """No run can cover what a forget erased: flush says so rather than count entries
     that are gone."""
-    extractor.gate.clear()
     memory: Memory = await make_memory()
-    await _exchanges(memory, "fay", 2)
-    running = memory.process_async("fay")
-    await _until(lambda: running.status is ProcessStatus.RUNNING)
-    flushing = asyncio.ensure_future(memory.flush("fay"))
-    await asyncio.sleep(0.05)
+    _, flushing = await _flush_behind_a_held_run(memory, extractor)
     await memory.forget("fay")
     extractor.gate.set()
     with pytest.raises(UserForgottenError):

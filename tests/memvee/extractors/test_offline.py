@@ -689,6 +689,34 @@ async def test_deterministic_with_known_entries() -> None:
             "I left Oslo University Hospital",
             "User left Oslo University Hospital.",
         ),
+        ("User works as a nurse.", "I quit my job.", "User left their job."),
+        ("User is a nurse.", "I got laid off", "User was let go from their job."),
+        ("User is a vegan.", "I'm not vegan any more.", "User is no longer vegan."),
+        (
+            "User works at Acme.",
+            "I'm not working at Acme any more.",
+            "User no longer works at Acme.",
+        ),
+        (
+            "User's sister lives in Bergen.",
+            "My sister doesn't live in Bergen any more.",
+            "User's sister no longer lives in Bergen.",
+        ),
+        (
+            "User's sister lives in Bergen.",
+            "My sister moved out of Bergen.",
+            "User's sister no longer lives in Bergen.",
+        ),
+        (
+            "User's sister works at Acme.",
+            "My sister quit her job.",
+            "User's sister left their job.",
+        ),
+        (
+            "User's father works for the post office.",
+            "My dad no longer works for the post office.",
+            "User's father no longer works at the post office.",
+        ),
     ],
 )
 async def test_a_retraction_invalidates_the_known_entry_it_names(
@@ -1165,46 +1193,6 @@ async def test_taking_back_one_item_of_a_list_said_in_the_batch_updates_it() -> 
         new("User is allergic to peanuts and shellfish.", "m1"),
         ExtractedFact("User is allergic to shellfish.", ("m2",), "update", target_fact=0),
     )
-
-
-@pytest.mark.parametrize(
-    ("known_text", "content", "reason"),
-    [
-        ("User works as a nurse.", "I quit my job.", "User left their job."),
-        ("User is a nurse.", "I got laid off", "User was let go from their job."),
-        ("User is a vegan.", "I'm not vegan any more.", "User is no longer vegan."),
-        (
-            "User works at Acme.",
-            "I'm not working at Acme any more.",
-            "User no longer works at Acme.",
-        ),
-        (
-            "User's sister lives in Bergen.",
-            "My sister doesn't live in Bergen any more.",
-            "User's sister no longer lives in Bergen.",
-        ),
-        (
-            "User's sister lives in Bergen.",
-            "My sister moved out of Bergen.",
-            "User's sister no longer lives in Bergen.",
-        ),
-        (
-            "User's sister works at Acme.",
-            "My sister quit her job.",
-            "User's sister left their job.",
-        ),
-        (
-            "User's father works for the post office.",
-            "My dad no longer works for the post office.",
-            "User's father no longer works at the post office.",
-        ),
-    ],
-)
-async def test_a_job_left_ends_the_role_and_a_relatives_retraction_ends_theirs(
-    known_text: str, content: str, reason: str
-) -> None:
-    known = (entry("e1", known_text), entry("e-other", "User likes tea."))
-    assert await against(known, content) == (invalidate(reason, "e1"),)
 
 
 @pytest.mark.parametrize(
