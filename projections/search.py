@@ -236,7 +236,7 @@ def query_words(terms: Iterable[str]) -> list[str]:
     :func:`owned_terms` cuts it, without the owner, at most :data:`MAX_QUERY_TOKENS` of
     them, the terms taking turns (each one's first pairs first)."""
     pieces = [_index_words(word_pieces(_bounded(term)))[:MAX_QUERY_TOKENS] for term in terms]
-    interleaved = (w for turn in itertools.zip_longest(*pieces) for w in turn if w is not None)
+    interleaved = (w for turn in itertools.zip_longest(*pieces) for w in turn if w)
     return list(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
 
 
@@ -268,21 +268,37 @@ def pg_query(terms: Iterable[str]) -> str:
 
 
 def _pg_lexemes(words: list[str]) -> list[str]:
-    """``words`` as PostgreSQL can store them: quoted where need be, none too long, and
-    no more than a vector holds."""
+    """``words`` as PostgreSQL can store them: none empty (a lone halfwidth sound mark,
+    "ﾟ", folds to nothing, which a ``tsvector`` refuses), none too long, no more than a
+    vector holds, quoted where need be."""
+    words = [w for w in words if w]
     joined = "".join(words)
+    if len(joined) * 4 > _PG_LEXEME_BYTES:
+        words = _fitting(words)
     if "'" in joined or "\\" in joined:
         words = [w.replace("\\", "\\\\").replace("'", "''") for w in words]
-    if len(joined) * 4 <= _PG_LEXEME_BYTES:
-        return words
-    kept, size = [], 0
+    return words
+
+
+def _fitting(words: list[str]) -> list[str]:
+    """The first of ``words`` a ``tsvector`` holds, leaving out any too long for it.
+
+    Its size counts, for each distinct word, an entry of 4 bytes, the word, a byte of
+    alignment and 2 for its count of positions, and 2 bytes a position (256 at most);
+    counting the words' bytes alone let a long Chinese text (a pair and a single per
+    character) pass 1 MiB and fail its write."""
+    kept: list[str] = []
+    seen: dict[str, int] = {}
+    size = 0
     for word in words:
         length = len(word) if word.isascii() else len(word.encode())
         if length > _PG_LEXEME_BYTES:
             continue
-        size += length
+        times = seen.get(word, 0)
+        size += length + 9 if times == 0 else 2 if times < 256 else 0
         if size > _PG_VECTOR_BYTES:
             break
+        seen[word] = times + 1
         kept.append(word)
     return kept
 

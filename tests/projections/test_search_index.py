@@ -4,6 +4,7 @@ it and go in in bulk, and a search indexes what waits before it looks."""
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import unicodedata
 from collections.abc import Callable
@@ -182,8 +183,10 @@ SAID = [
     "東京都に住んでいます",
     "\ufb01nancial planning is my job",
     "I visited Malmö",
+    "Great day (ﾟ∀ﾟ) at the lake",
 ]
-"""Messages whose words need more than lower-casing to meet a query (QA's cases)."""
+"""Messages whose words need more than lower-casing to meet a query (QA's cases); a
+halfwidth sound mark alone ("ﾟ") folds to no word at all."""
 
 FOUND_AS_SAID = [
     ("Hauptstraße", ["Ich wohne in der Hauptstraße 5"], []),
@@ -198,6 +201,7 @@ FOUND_AS_SAID = [
     ("Großmann", [], ["Jürgen Groß works at Großmann."]),
     ("Zoe", ["I live in Oslo"], []),
     ("Zoë", ["I live in Oslo"], []),
+    ("lake (ﾟ∀ﾟ)", ["Great day (ﾟ∀ﾟ) at the lake"], []),
 ]
 """Queries repeating a stored word, with the messages and the entries each finds."""
 
@@ -223,6 +227,19 @@ async def test_a_query_repeating_a_stored_word_finds_the_same_rows_on_every_back
             [e.text for e in result.entries],
         )
     assert found == {query: (messages, entries) for query, messages, entries in FOUND_AS_SAID}
+
+
+async def test_a_message_of_the_longest_chinese_text_is_stored_and_found_on_every_backend(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A pair and a single a character: PostgreSQL's vector of 100,000 distinct
+    characters passed its 1 MiB and the write failed; it keeps what fits."""
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    draw = random.Random(7)
+    ideographs = "".join(chr(draw.randrange(0x4E00, 0x9FFF)) for _ in range(99_990))
+    await memory.add_exchange("ann", ideographs, "ok")
+    result = await memory.retrieve("ann", ideographs[:4], include_messages=True, top_k=1)
+    assert [m.message.content for m in result.messages] == [ideographs]
 
 
 async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_unindexes_them(
