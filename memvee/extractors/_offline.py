@@ -49,15 +49,18 @@ _SENTENCE_END = re.compile(r"[.!?\u2026]+(?=\s|$)")
 _NEVER_FINAL = frozenset({"mr", "mrs", "ms", "dr", "st", "mt", "prof", "vs", "e.g", "i.e", "no"})
 _NAME_SUFFIXES = frozenset({"inc", "ltd", "co", "corp", "jr", "sr", "etc", "u.s", "u.k", "rd"})
 _CLAUSE_BREAK = re.compile(
-    r"\s*(?:[,;:]\s*(?:(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+)?"
-    r"|\s(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+|\s+-+\s+)"
+    r"(?<!\s)(?:\s*[,;:]\s*(?:(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+)?"
+    r"|\s+(?:and|but|so|plus)\b(?:\s+(?:now|then|since\s+then|today))?,?\s+|\s+-+\s+)"
     r"(?=(?:i|my)\b)",
     re.IGNORECASE,
 )
 _ELIDED_SUBJECT = re.compile(
-    r"\s*,?\s+and\s+(?=(?:also\s+)?(?:work|live|love|like|enjoy|adore|moved)\b)",
+    r"(?<!\s)(?:\s*,)?\s+and\s+(?=(?:also\s+)?(?:work|live|love|like|enjoy|adore|moved)\b)",
     re.IGNORECASE,
 )
+_SPACES = re.compile(r"[^\S\n]+")
+"""A run of spaces within a line: read as one space, so no pattern reads it again and
+again (a long run made reading a message take minutes)."""
 _STARTS_WITH_I = re.compile(r"i\b", re.IGNORECASE)
 _EDGE_JUNK = ' \t"\u201c\u201d.,;:!?\u2026'
 
@@ -102,7 +105,7 @@ _TRAILING_WHEN = re.compile(
     r"|(?:on|by|as\s+of)\s+(?:the\s+)?(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}"
     r"|\d{1,2}(?:st|nd|rd|th)?(?:\s+of)?\s+" + _MONTH + r"(?:,?\s+\d{4})?"
     r"|" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?(?:,?\s+\d{4})?)"
-    r"|all\s+(?:day|night|week|year)(?:\s+long)?|for\s+(?:now|good|the\s+time\s+being)"
+    r"|all\s+(?:day|night|week|year)(?:\s+long)?|(?:part|full)[\s-]*time|for\s+(?:now|good|the\s+time\s+being)"
     r"|at\s+(?:the\s+age\s+of\s+)?\d+|as\s+of\s+.+|again|for\s+[$\u20ac\u00a3]\S+.*"
     r"|from\s+(?:\d{4}|tomorrow|next\s+\w+|(?:mon|tues|wednes|thurs|fri|satur|sun)day|now\s+on)"
     r"|for\s+(?:work|a\s+(?:new\s+)?job|school|university|college|my\s+\w+))$",
@@ -195,7 +198,7 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 # Regex building blocks; every rule is matched case-insensitively against a whole clause.
 _LEAD_IN = (
     r"(?:(?:and|but|so|also|plus|oh|well|actually|btw|anyway|ok|okay|yes|yeah|hi|hey|hello"
-    r"|fyi|honestly|by\s+the\s+way)\b[\s,!]*)*"
+    r"|fyi|honestly|by\s+the\s+way)\b[\s,!]*){0,5}"
 )
 _ADVERBS = (
     r"(?:(?:also|really|absolutely|currently|now|still|just|recently|totally|truly"
@@ -589,17 +592,28 @@ def _clean_name(raw: str, *, cased: bool, nickname: bool) -> str | None:
     words = name.split()
     if not all(_NAME_WORD.fullmatch(word) for word in words):
         return None
-    if any(word.casefold() in _NOT_NAME_WORDS for word in words):
+    if any(_no_name_word(word, first=i == 0, cased=cased) for i, word in enumerate(words)):
         return None
     if cased and not all(_written_as_a_name(w) or w in _NAME_PARTICLES for w in words):
         return None
     return name if not cased or _written_as_a_name(words[-1]) else None
 
 
+def _no_name_word(word: str, *, first: bool, cased: bool) -> bool:
+    """Whether ``word`` is one no name is made of; a capitalised word after the first is
+    part of a name ("Nguyen Van An"), unless a negation ("Sam Not")."""
+    folded = word.casefold()
+    if folded not in _NOT_NAME_WORDS:
+        return False
+    return first or not cased or not word[0].isupper() or folded in {"not", "no", "never"}
+
+
 def _written_as_a_name(word: str) -> bool:
-    """Whether ``word`` is written as a name: capitalised, or a handle with a digit
-    ("user-0042"), which no common word has."""
-    return word[0].isupper() or any(c.isdigit() for c in word)
+    """Whether ``word`` is written as a name: capitalised, in a script without case
+    ("李雷", "محمد"), or a handle with a digit ("user-0042"), which no common word has."""
+    initial = word[0]
+    caseless = initial.isalpha() and not initial.isupper() and not initial.islower()
+    return initial.isupper() or caseless or any(c.isdigit() for c in word)
 
 
 def _clean_place(raw: str, *, cased: bool, workplace: bool) -> str | None:
@@ -713,7 +727,7 @@ def _ends_sentence(line: str, start: int, end: re.Match[str]) -> bool:
     """Whether the punctuation ``end`` closes a sentence, not an abbreviation like "St."."""
     if end.group() != ".":
         return True
-    before = line[start : end.start()].split()
+    before = line[max(start, end.start() - 64) : end.start()].split()  # a word, not all
     last_word = before[-1].casefold().lstrip("(\"'") if before else ""
     if last_word in _NAME_SUFFIXES:
         return line[end.end() :].lstrip()[:1].isupper()
@@ -734,9 +748,30 @@ def _statements(text: str) -> Iterator[str]:
         yield line[start:]
 
 
+_MID_CORRECTION = re.compile(
+    r"(?<!\s)\s*[,;]\s*(?=(?:sorry|oops|wait|correction)\b[\s,:!-]*"
+    r"(?:i\s+mean(?:t)?\s+)?(?-i:[A-Z0-9]))",
+    re.IGNORECASE,
+)
+"""A correction after a comma ("I live in Denver, sorry, Boulder"): a clause of its own."""
+_INSTEAD = re.compile(r"[,;]\s*(?:it'?s|it\s+is|but|rather)\s+(?=(?-i:[A-Z0-9]))", re.IGNORECASE)
+
+
+def _instead(sentence: str) -> str:
+    """``sentence`` stating what a negation puts instead ("My name is not Sam, it's Tom"
+    says "My name is Tom"), or as it is."""
+    instead = _INSTEAD.search(sentence)
+    if instead is None:
+        return sentence
+    head, negation, _ = sentence[: instead.start()].rpartition(" not ")
+    return f"{head} {sentence[instead.end() :]}" if negation else sentence
+
+
 def _clauses(sentence: str) -> Iterator[str]:
-    """The clauses of a sentence that each have their own subject ("I ...", "my ...")."""
-    for clause in _CLAUSE_BREAK.split(sentence.strip(_EDGE_JUNK)):
+    """The clauses of a sentence that each have their own subject ("I ...", "my ..."),
+    and the corrections that follow one ("..., sorry, Boulder")."""
+    sentence = _instead(sentence.strip(_EDGE_JUNK))
+    for clause in (c for p in _MID_CORRECTION.split(sentence) for c in _CLAUSE_BREAK.split(p)):
         parts = _ELIDED_SUBJECT.split(clause) if _STARTS_WITH_I.match(clause) else [clause]
         yield parts[0].strip(_EDGE_JUNK)
         for part in parts[1:]:
@@ -759,10 +794,17 @@ _UNSURE = re.compile(
 """A sentence its writer says is a joke or a guess: not a fact to replace another."""
 
 
+_JOKE_FIRST = re.compile(
+    _LEAD_IN + r"(?:jk|j/k|(?:i'm\s+|i\s+was\s+)?(?:just\s+)?(?:kidding|joking))\b[\s,.!;:-]*",
+    re.IGNORECASE,
+)
+"""A sentence opening on a joke marker: it takes back what was said before it, and what
+follows is meant."""
+
 _QUOTED = re.compile(r"[\"\u201c]\s*(?=(?:i|my)\b)[^\"\u201c\u201d\n]*[\"\u201d]", re.IGNORECASE)
 """Words in quotation marks that speak in the first person: someone's quoted words."""
 _REPORTED = re.compile(
-    r"\b(?P<speaker>[\w']+)\s+(?:(?:just|then|once|always|also)\s+)?(?P<verb>said|says|say|told"
+    r"(?<![\w'])(?P<speaker>[\w']+)\s+(?:(?:just|then|once|always|also)\s+)?(?P<verb>said|says|say|told"
     r"|tells|asked|asks|wrote|writes|replied|replies|texted|texts|messaged|yelled|shouted"
     r"|whispered|added|explained|claimed|claims|insisted|announced|answered|goes|went"
     r"|was\s+like|is\s+like|'s\s+like)(?P<more>(?:\s+[\w']+){0,3}?)\s*(?P<mark>[:,])\s*"
@@ -784,7 +826,7 @@ _INLINE_CODE = re.compile(r"`[^`\n]*`")
 _BLOCK_QUOTE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
 _LINE_MARKER = re.compile(r"^[ \t]*(?:[-*+\u2022]|#{1,6}|\d{1,3}[.)])[ \t]+", re.MULTILINE)
 """A list item's bullet or number, or a heading's hashes, opening a line."""
-_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_EMPHASIS = re.compile(r"(?<![\w*])(\*\*|__|\*|_)(?=\S)(.{1,300}?)(?<=\S)\1(?![\w*])")
 _LABEL = re.compile(
     r"[ \t]*(?P<label>[A-Z][\w.'-]*(?:[ \t]+[A-Z0-9][\w.'-]*){0,2})[ \t]*:(?P<rest>.*)"
 )
@@ -820,6 +862,47 @@ _PASTED_TEXT = re.compile(
 not the writer's own ("my bio:") nor one answering the assistant's ("your message:")."""
 
 
+_TASK_END = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d|(?P<end>[.!?]+(?=\s|$)|:|\n)")
+"""Where an instruction to work on a text ends (quoted text is part of it)."""
+
+
+_BARE_OBJECT = re.compile(
+    r"[ \t]+(?:th(?:is|ese|at)|it|(?:the[ \t]+)?following)\b(?:[ \t]+(?P<next>[\w'-]+))?",
+    re.IGNORECASE,
+)
+_NOT_A_TEXT = frozenset({"into", "to", "for", "in", "from", "so", "as", "and", "please", "text"})
+_TEXT_NOUNS = frozenset({"sentence", "sentences", "paragraph", "passage", "phrase", "line"})
+
+
+def _follows(content: str, at: int) -> bool:
+    """Whether the instruction ending at ``at`` names a text that follows it: "this",
+    "the following" or "this sentence", not one given elsewhere ("this article", "my
+    diet")."""
+    bare = _BARE_OBJECT.match(content, at)
+    if bare is None:
+        return False
+    after = (bare["next"] or "").casefold()
+    return not after or after in _NOT_A_TEXT or after in _TEXT_NOUNS
+
+
+def _without_task_texts(content: str) -> str:
+    """``content`` without each instruction to work on a text and the text it names: the
+    text after its colon, or the lines after it when it ends its line ("Translate this:
+    ...", "Summarize this\n..."). The writer's own next sentences on its line stay
+    ("Can you analyze my diet? I'm vegan")."""
+    kept, start = [], 0
+    while (task := _TEXT_TASK.search(content, start)) is not None:
+        kept.append(content[start : task.start()])
+        end = next((m for m in _TASK_END.finditer(content, task.end()) if m["end"]), None)
+        if end is None or end["end"] in ":\n" or _follows(content, task.end()):
+            return "".join(kept)
+        if not content[end.end() :].split("\n", 1)[0].strip():
+            return "".join(kept)  # the text follows on the next lines
+        kept.append(" ")
+        start = end.end()
+    return "".join(kept) + content[start:]
+
+
 def _written_by_the_user(content: str, speaker: str | None) -> str:
     """The part of ``content`` its writer says in their own voice: without code, block
     quotes, the lines another speaker says in a pasted transcript ("Assistant: ..."), or
@@ -827,9 +910,10 @@ def _written_by_the_user(content: str, speaker: str | None) -> str:
     bullets and emphasis are dropped, as they only lay the words out."""
     content = _FENCED.sub("", _BLOCK_QUOTE.sub("", content.replace("\r\n", "\n")))
     content = _INLINE_CODE.sub(" ", content)
-    task = _TEXT_TASK.search(content) or _PASTED_TEXT.search(content)
-    if task is not None:
-        content = content[: task.start()]
+    content = _without_task_texts(content)
+    pasted = _PASTED_TEXT.search(content)
+    if pasted is not None:
+        content = content[: pasted.start()]
     lines, others = [], False
     for line in _LINE_MARKER.sub("", content).splitlines():
         label = _LABEL.fullmatch(line)
@@ -879,14 +963,25 @@ def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _
     """The facts one user message discloses about its author, and what it says stopped
     being true, in the order it states them: about "User", or about the named
     ``speaker`` of a group chat."""
+    content = _SPACES.sub(" ", content)
     cased = _writes_in_case(content)
     found: list[str | _Retraction] = []
     last: tuple[_Rule, str, int] | None = None  # the last fact's rule, clause and place
+    previous = 0  # where the facts of the previous sentence begin in ``found``
     for sentence in _statements(_own_words(_written_by_the_user(content, speaker))):
-        sentence = _unreported(sentence)
+        sentence = _unreported(sentence).strip(_EDGE_JUNK)
+        if not sentence:
+            continue
+        joke = _JOKE_FIRST.match(sentence)
+        if joke is not None:  # "Just kidding, I live in Boulder": the joke came before
+            del found[previous:]
+            last, sentence = None, sentence[joke.end() :]
+        previous = len(found)
         if _CONDITIONAL.match(sentence.strip(_EDGE_JUNK)) or _UNSURE.search(sentence):
             continue
         for clause in _clauses(sentence):
+            if " " not in clause:
+                continue  # one word or none states nothing: a quick skip of a long list
             if clause.casefold().endswith(" yet"):
                 continue  # "I'm not a nurse yet": not a change, nor a fact
             correction = _CORRECTION.fullmatch(clause)
@@ -1293,7 +1388,7 @@ class _Batch:
             rest = _remaining(retraction, draft.claim, draft.text)
             if rest is not None:
                 self._end(draft)
-                self._stand(self._rest(rest, message_id, replaces=draft))
+                self._stand(self._rest(rest, [*draft.sources, message_id], replaces=draft))
             elif _retracts(retraction, draft.claim, draft.key):
                 self._end(draft)
                 self.items.append(_Withdrawal(retraction.reason, message_id, draft))
@@ -1303,7 +1398,7 @@ class _Batch:
             rest = _remaining(retraction, k.claim, k.entry.text)
             if rest is not None:
                 self.known.remove(k)
-                self._stand(self._rest(rest, message_id, target=k.entry.entry_id))
+                self._stand(self._rest(rest, [message_id], target=k.entry.entry_id))
             elif _retracts(retraction, k.claim, k.key):
                 self.known.remove(k)
                 self.items.append(_Withdrawal(retraction.reason, message_id, k.entry.entry_id))
@@ -1311,15 +1406,16 @@ class _Batch:
     def _rest(
         self,
         text: str,
-        message_id: str,
+        sources: list[str],
         *,
         target: str | None = None,
         replaces: _Draft | None = None,
     ) -> _Draft:
-        """The draft updating a list that lost one item (``text``: what is left of it)."""
+        """The draft updating a list that lost one item (``text``: what is left of it),
+        citing the messages that said the list and the one that took the item back."""
         claim = _claim(text, self.speakers)
         draft = _Draft(text, _normalized(text), claim, "update", target, replaces)
-        draft.sources.append(message_id)
+        draft.sources.extend(dict.fromkeys(sources))
         return draft
 
     def facts(self) -> tuple[ExtractedFact, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -1110,6 +1111,31 @@ async def test_pasted_text_code_and_other_speakers_lines_are_not_the_users(conte
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
+        ("Can you analyze my diet? I'm vegan and I'm allergic to soy.", "User is allergic to soy."),
+        (
+            "Please summarize this article for me. By the way, I live in Leeds.",
+            "User lives in Leeds.",
+        ),
+        ("Can you simplify this recipe? I'm allergic to eggs.", "User is allergic to eggs."),
+        ("Can you proofread my essay? My name is Priya.", "User's name is Priya."),
+        ("Can you classify this email? Also, I work at Oracle.", "User works at Oracle."),
+        (
+            'Translate "I live in Oslo" to Spanish. I actually live in Madrid.',
+            "User lives in Madrid.",
+        ),
+    ],
+)
+async def test_a_request_to_work_on_a_text_keeps_the_users_next_sentences(
+    content: str, expected: str
+) -> None:
+    """Only the text an instruction works on is skipped (after its colon, in its quotes,
+    on the lines after it): the writer's own next sentences are theirs."""
+    assert [fact.text for fact in await against((), content)] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
         (
             "User: I live in Bergen\nAssistant: I live in the cloud, at Anthropic.",
             ["User lives in Bergen."],
@@ -1185,13 +1211,29 @@ async def test_taking_back_one_item_of_a_list_keeps_the_others(
     assert await against(known, content) == expected
 
 
-async def test_taking_back_one_item_of_a_list_said_in_the_batch_updates_it() -> None:
-    facts = await against(
-        (), "I'm allergic to peanuts and shellfish.", "I'm not allergic to peanuts any more."
-    )
+@pytest.mark.parametrize(
+    ("listed", "taken_back", "rest"),
+    [
+        (
+            "I'm allergic to peanuts and shellfish.",
+            "I'm not allergic to peanuts any more.",
+            "User is allergic to shellfish.",
+        ),
+        (
+            "I'm allergic to peanuts, eggs and milk.",
+            "I'm not allergic to eggs anymore.",
+            "User is allergic to peanuts and milk.",
+        ),
+    ],
+)
+async def test_taking_back_one_item_of_a_list_said_in_the_batch_updates_it(
+    listed: str, taken_back: str, rest: str
+) -> None:
+    """What is left of the list cites the message that said it, and the retraction."""
+    facts = await against((), listed, taken_back)
     assert facts == (
-        new("User is allergic to peanuts and shellfish.", "m1"),
-        ExtractedFact("User is allergic to shellfish.", ("m2",), "update", target_fact=0),
+        new(listed.replace("I'm", "User is"), "m1"),
+        ExtractedFact(rest, ("m1", "m2"), "update", target_fact=0),
     )
 
 
@@ -1251,3 +1293,106 @@ async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_
         invalidate("User left their job.", "e-acme"),
         new("User works at Globex."),
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        " " * 20_000,
+        "hello" + " " * 20_000 + "x",
+        "I" + " " * 20_000 + "live",
+        "St. " * 25_000,
+        "O'" * 50_000,
+        "and \n" * 20_000,
+        "!and " * 20_000,
+        "*x-" * 30_000,
+        "\n" * 100_000,
+    ],
+    ids=[
+        "spaces",
+        "word-spaces-word",
+        "i-spaces",
+        "st",
+        "o-apostrophe",
+        "and-lines",
+        "and-bang",
+        "emphasis",
+        "newlines",
+    ],
+)
+def test_a_long_message_is_read_in_linear_time(content: str) -> None:
+    """Any message of up to 100,000 characters is read at once: a pattern that read a
+    run of spaces, words or marks again from each of its characters took minutes (2,000
+    spaces 40 s); a bound of 5 s is far above linear time and far below that."""
+    done: list[tuple[ExtractedFact, ...]] = []
+    reader = threading.Thread(
+        target=lambda: done.append(extract_facts([message("m1", content)])), daemon=True
+    )
+    reader.start()
+    reader.join(timeout=5)
+    assert done == [()]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("My name is 李雷.", "User's name is 李雷."),
+        ("My name is محمد.", "User's name is محمد."),
+        ("My name is Nguyen Van An.", "User's name is Nguyen Van An."),
+        ("My name is Văn An.", "User's name is Văn An."),
+    ],
+)
+async def test_names_in_scripts_without_case_and_with_common_words_are_names(
+    content: str, expected: str
+) -> None:
+    """A name in a script without capitals is written as a name, as is a capitalised
+    word of a name that is also a common word ("An")."""
+    assert [fact.text for fact in await against((), content)] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("contents", "expected"),
+    [
+        (("I live in Denver.", "Just kidding, I live in Boulder"), ["User lives in Boulder."]),
+        (("I live in Denver. Just kidding, I live in Boulder.",), ["User lives in Boulder."]),
+        (("I work at Google.", "Just kidding, I work at Apple"), ["User works at Apple."]),
+        (("I'm a pilot. Jk. I'm a nurse.",), ["User is a nurse."]),
+    ],
+)
+async def test_a_joke_marker_takes_back_what_came_before_it(
+    contents: tuple[str, ...], expected: list[str]
+) -> None:
+    """ "Just kidding" opening a sentence takes back the sentence before it; what follows
+    is meant, and replaces the joke."""
+    facts = await against((), *contents)
+    assert [fact.text for fact in facts][-1:] == expected
+    assert facts[-1].action in ("new", "update")
+
+
+@pytest.mark.parametrize(
+    ("contents", "expected"),
+    [
+        (("My name is Sam.", "My name is not Sam, it's Tom."), "User's name is Tom."),
+        (("My name is not Sam, it's Tom.",), "User's name is Tom."),
+        (("I live in Denver, sorry, Boulder.",), "User lives in Boulder."),
+        (("I live in Oslo.", "I live in Denver, sorry, Boulder."), "User lives in Boulder."),
+        (("I work at IBM, sorry, Google.",), "User works at Google."),
+    ],
+)
+async def test_a_correction_inside_the_sentence_is_taken(
+    contents: tuple[str, ...], expected: str
+) -> None:
+    """A value corrected in the same sentence ("..., sorry, Boulder", "not Sam, it's
+    Tom") is the one meant."""
+    facts = await against((), *contents)
+    assert facts[-1].text == expected
+    assert [fact.text for fact in facts].count(expected) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["I work at Amazon part time.", "I work at Amazon full-time.", "I work at Amazon full time."],
+)
+async def test_part_or_full_time_is_no_part_of_a_workplace(content: str) -> None:
+    """How much someone works ("part time") is not where."""
+    assert [fact.text for fact in await against((), content)] == ["User works at Amazon."]
