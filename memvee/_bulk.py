@@ -37,7 +37,6 @@ from events import (
     ExtractionError,
     InvalidInputError,
     KnownEntry,
-    MemveeError,
     NotFoundError,
     ReplacedEntry,
     UserLog,
@@ -71,6 +70,11 @@ synchronous re-extraction show them (Audit's), and the chains of ended entries b
 
 Progress = Callable[[int, int], None]
 """Told (requests done, requests in all) while a Message Batch is processed."""
+
+RecordSpent = Callable[..., None]
+"""Keeps what a failed re-extraction call cost in its user's log (Audit's
+``_record_spent``: user, version, message ids, the error, the extractor, and the error's
+``text`` and the ``request_id`` by name)."""
 
 
 @dataclass
@@ -117,6 +121,7 @@ class BulkReextraction:
         extractor: ClaudeExtractor,
         version: str,
         shown: Shown,
+        record_spent: RecordSpent,
         *,
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
@@ -128,6 +133,7 @@ class BulkReextraction:
         self.extractor = extractor
         self.version = version
         self.shown = shown
+        self.record_spent = record_spent
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
@@ -294,7 +300,16 @@ class BulkReextraction:
             )
         except ExtractionError as error:
             if error.usage is not None:
-                self._record_spent(batch.user_id, request, request_id, error)
+                # Billed all the same: kept once however many runs collect it.
+                self.record_spent(
+                    batch.user_id,
+                    self.version,
+                    list(request["messages"]),
+                    error,
+                    self.extractor,
+                    text=str(error),
+                    request_id=request_id,
+                )
             return str(error)
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
@@ -324,35 +339,6 @@ class BulkReextraction:
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
             return str(forgotten)
         return count
-
-    def _record_spent(
-        self, user_id: str, request: dict[str, Any], request_id: str, error: ExtractionError
-    ) -> None:
-        """Keep what an answer that could not be recorded cost (billed all the same), once
-        however many runs collect it; its messages are planned again."""
-        assert error.usage is not None
-        usage = error.usage
-
-        def record(user_log: UserLog) -> bool:
-            return user_log.record_reextraction_failure(
-                self.version,
-                list(request["messages"]),
-                str(error),
-                usage,
-                extractor=self.extractor.name,
-                model=self.extractor.model,
-                request_id=request_id,
-            )
-
-        try:
-            self.decide(user_id, record, list(request["messages"]))
-        except MemveeError as failed:
-            log.warning(
-                "user %r: the tokens of request %s were not recorded (%s)",
-                user_id,
-                request_id,
-                first_line(failed),
-            )
 
     def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
         """The batch a request was made of, read back from the log and the projections."""

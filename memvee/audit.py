@@ -641,9 +641,13 @@ class Audit:
         ids: list[str],
         error: ExtractionError,
         extractor: Extractor,
+        *,
+        text: str | None = None,
+        request_id: str | None = None,
     ) -> None:
-        """Keep what a failed re-extraction call of ``ids`` cost, for ``memvee stats``; the
-        failure itself goes on to the caller."""
+        """Keep what a failed re-extraction call of ``ids`` cost, for ``memvee stats``, with
+        ``text`` (default: the error's first line) and the Message Batches ``request_id``
+        (recorded once); the failure itself goes on to the caller."""
         assert error.usage is not None
         usage = error.usage
 
@@ -651,18 +655,20 @@ class Audit:
             return user_log.record_reextraction_failure(
                 version,
                 ids,
-                first_line(error),
+                first_line(error) if text is None else text,
                 usage,
                 extractor=getattr(extractor, "name", type(extractor).__name__),
                 model=getattr(extractor, "model", None),
+                request_id=request_id,
             )
 
         try:
             self._decide(user_id, record, ids)
         except MemveeError as failed:
             log.warning(
-                "user %r: the tokens of a failed re-extraction call were not recorded (%s)",
+                "user %r: the tokens of a failed re-extraction call%s were not recorded (%s)",
                 user_id,
+                f" ({request_id})" if request_id else "",
                 first_line(failed),
             )
 
@@ -698,6 +704,7 @@ class Audit:
             extractor,
             version,
             lambda user_id, batch: self._known(user_id, version, batch, meaning),
+            self._record_spent,
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,
