@@ -21,9 +21,16 @@ from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
 from tests.support.extractors import RecordingExtractor, unreadable_when
 from tests.support.store_faults import queue_and_stop
 
+HOLDING_TTL = 3.0
+"""Long enough that a loaded machine never lets a renewal come late: an owner keeps the
+user until it closes (which frees the lease) unless a test stalls it on purpose."""
 
-def _config(db_url: str, **extra: Any) -> MemoryConfig:
-    return MemoryConfig(db_url=db_url, leases=True, lease_ttl=0.6, **extra)
+EXPIRING_TTL = 0.6
+"""For tests that stall an owner and wait for its lease to expire."""
+
+
+def _config(db_url: str, lease_ttl: float = HOLDING_TTL, **extra: Any) -> MemoryConfig:
+    return MemoryConfig(db_url=db_url, leases=True, lease_ttl=lease_ttl, **extra)
 
 
 async def test_only_the_lease_holder_extracts_and_a_guest_task_completes_through_it(
@@ -348,7 +355,7 @@ async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_ru
     owner's handle shows at once, and runs its own request. When the owner comes back it
     starts nothing more: its lease is gone."""
     owner_extractor, guest_extractor = RecordingExtractor(gated=True), RecordingExtractor()
-    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    owner = await Memory(config=_config(db_url, EXPIRING_TTL), extractor=owner_extractor).open()
     guest = await Memory(config=_config(db_url), extractor=guest_extractor).open()
     try:
         stalled = await _stalled_mid_extraction(owner, owner_extractor, monkeypatch)
@@ -378,7 +385,7 @@ async def test_a_process_that_takes_a_stalled_owners_user_by_appending_closes_it
     """Taking the user over by writing to it, with no request of its own, the new owner
     still closes the task the stalled owner left open: nobody waits on it for ever."""
     owner_extractor = RecordingExtractor(gated=True)
-    owner = await Memory(config=_config(db_url), extractor=owner_extractor).open()
+    owner = await Memory(config=_config(db_url, EXPIRING_TTL), extractor=owner_extractor).open()
     guest = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     try:
         stalled = await _stalled_mid_extraction(owner, owner_extractor, monkeypatch)
