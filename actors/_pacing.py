@@ -116,15 +116,24 @@ class CircuitBreaker:
             self._accepted += 1
         self.succeeded()
 
-    def refused(self, message_ids: Collection[str], reason: str) -> bool:
+    def refused(
+        self, message_ids: Collection[str], reason: str, *, probe_accepted: bool = False
+    ) -> bool:
         """The API refused a batch of ``message_ids`` for ``reason``; whether it refuses
         every request so (the account's credit, a usage limit, the configuration) rather
         than this batch: the batch refused before it shared none of its messages, was
         refused for the same reason, and no batch was accepted since.
 
         Such a refusal is a failure that may pass (:meth:`failed`); any other is an answer
-        that shows the API up (:meth:`succeeded`).
+        that shows the API up (:meth:`succeeded`). ``probe_accepted``: the API then
+        accepted the same request without the batch's messages, which settles it: the
+        batch is refused, and that probe is an accepted call, so no refusal before it is
+        taken with one after it for a refusal of every batch.
         """
+        if probe_accepted:
+            self.succeeded()
+            self.accepted()
+            return False
         batch = frozenset(message_ids)
         with self._lock:
             last = self._last_refusal

@@ -186,7 +186,8 @@ class ExtractionWorkers:
             except Exception as error:
                 if isinstance(error, RejectedBatchError) and error.reason is not None:
                     ids = [m.message_id for m in batch.messages]
-                    if self.breaker.refused(ids, error.reason):
+                    probed = error.probe_accepted
+                    if self.breaker.refused(ids, error.reason, probe_accepted=probed):
                         raise EveryBatchRefused(error) from error
                 elif repeats(error):  # an answer, even a model's refusal: the API is up
                     self.breaker.succeeded()

@@ -118,15 +118,25 @@ class RejectedBatchError(ExtractionError):
     share no message are refused for the same reason, with no batch accepted in between,
     the account or the configuration is refused, not the batches (a credit balance too
     low, a usage limit): the engine then retries later and blames no message.
+
+    ``probe_accepted`` says the extractor settled that itself: the API accepted the same
+    request with a harmless message in place of the batch's, so the batch is at fault
+    whatever other batches were refused for, and that accepted call counts as one.
     """
 
     repeats = True
 
     def __init__(
-        self, message: str, *, usage: TokenUsage | None = None, reason: str | None = None
+        self,
+        message: str,
+        *,
+        usage: TokenUsage | None = None,
+        reason: str | None = None,
+        probe_accepted: bool = False,
     ) -> None:
         super().__init__(message, usage=usage)
         self.reason = reason
+        self.probe_accepted = probe_accepted
 
 
 class ProcessingError(MemveeError):

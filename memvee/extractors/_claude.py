@@ -243,6 +243,7 @@ class ClaudeExtractor:
                         usage=error.usage,
                     ) from cause
                 error.usage = _added(error.usage or TokenUsage(), probe)
+                error.probe_accepted = True
             raise error from cause
         except TypeError as exc:
             if "authentication" not in str(exc):
@@ -276,7 +277,8 @@ class ClaudeExtractor:
         so that an account out of credit, a usage limit or a setting the API refuses (the
         model, ``max_tokens``) is not blamed on the batch's messages, which would be
         quarantined one by one. Any failure of this probe counts as a refusal: the batch is
-        retried later, not blamed. An accepted probe's tokens are the batch's to count."""
+        retried later, not blamed. An accepted probe's tokens are the batch's to count, and
+        its refusal says so (``probe_accepted``): the engine then blames the batch."""
         probe = {**request, "messages": [{"role": "user", "content": _PROBE_TEXT}]}
         try:
             async with asyncio.timeout(self.timeout):

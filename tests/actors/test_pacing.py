@@ -136,6 +136,7 @@ def test_nothing_is_blamed_while_the_breaker_is_open() -> None:
 
 
 CREDIT = "HTTP 400 invalid_request_error: Your credit balance is too low"
+BLOCKED = "HTTP 400 invalid_request_error: Output blocked by content filtering policy"
 
 
 def test_batches_sharing_no_message_refused_alike_are_a_refusal_of_every_batch() -> None:
@@ -161,6 +162,19 @@ def test_a_refusal_is_the_batchs_own_after_an_acceptance_or_for_another_reason()
     assert breaker.refused(["e"], CREDIT)
     breaker.accepted()
     assert not breaker.refused(["f"], CREDIT)
+
+
+def test_a_refusal_whose_probe_was_accepted_is_the_batchs_own_and_breaks_the_chain() -> None:
+    """Messages the API refuses for one fixed text (a content filter), each in a batch of
+    its own, while it accepts the same request without them: none is taken for a refusal
+    of every batch, and none lets the refusal after it be taken for one."""
+    breaker = _breaker(Clock())
+    for message in ["a", "b", "c", "d", "e"]:
+        assert not breaker.refused([message], BLOCKED, probe_accepted=True)
+    assert not breaker.refused(["f"], BLOCKED), "an accepted probe came just before"
+    assert breaker.refused(["g"], BLOCKED), "without probes, the same check as ever"
+    assert not breaker.refused(["h"], BLOCKED, probe_accepted=True)
+    assert not breaker.is_open
 
 
 def test_a_users_backoff_doubles_up_to_the_cap_and_ends_with_a_success() -> None:

@@ -29,6 +29,7 @@ from tests.support.messages_api_server import (
     default_answer,
     empty_body,
     error_body,
+    fault_when,
     refusal_body,
     text_body,
     tool_use_body,
@@ -353,6 +354,35 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
                 await _run_until_settled(memory, user)
                 found = checked_coverage(memory, user)
                 assert len(found.covered) == 2 * EXCHANGES and not found.quarantined
+
+
+BLOCKED = "Output blocked by content filtering policy"
+"""What the API answers (HTTP 400) a request whose messages its filter blocks."""
+
+
+async def test_messages_refused_alike_for_user_after_user_are_each_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Users processed in turn, each with one message the API refuses with the same text
+    while it accepts the request without it: each message is quarantined in its user's
+    run. Each refusal, following another user's with no batch accepted in between, used
+    to be taken for a refusal of every batch: only the first user's was ever blamed."""
+    refused = ScriptedResponse(400, error_body("invalid_request_error", BLOCKED))
+    with MessagesAPIServer(responder=fault_when(MARK, refused)) as server:
+        users = ["ann", "bob", "cy"]
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "blocked.db", max_attempts=1
+        ) as memory:
+            for user in users:
+                await memory.add_message(user, "user", f"{MARK} something {user} said")
+            for user in users:
+                await memory.process(user)
+                [quarantined] = await memory.quarantined(user)
+                assert BLOCKED in quarantined.error
+                assert not checked_coverage(memory, user).buffered
+            # Each user's batch, refused, and the same request without it, accepted.
+            assert len(server.requests) == 2 * len(users)
+            assert sum(not request.messages for request in server.requests) == len(users)
 
 
 async def test_automatic_runs_wait_as_long_as_a_rate_limit_asks(

@@ -809,12 +809,13 @@ async def test_a_refusal_of_a_request_without_the_batch_too_blames_the_account_n
 
 async def test_a_refusal_the_probe_does_not_share_is_the_batchs_own(claude: Make) -> None:
     """The accepted probe was answered, so its tokens are spent: the failed batch counts
-    them, as ``memvee stats`` sums what each batch spent."""
+    them, as ``memvee stats`` sums what each batch spent. The error says the probe was
+    accepted, so the engine blames the batch and counts an accepted call."""
     probe = ok(input_tokens=5000, output_tokens=300)
     api = FakeAPI(fail(400, "invalid_request_error", "prompt is too long"), probe)
     with pytest.raises(RejectedBatchError, match="prompt is too long") as caught:
         await claude(api, max_retries=0).extract(BATCH)
-    assert caught.value.repeats and len(api.requests) == 2
+    assert caught.value.repeats and caught.value.probe_accepted and len(api.requests) == 2
     assert caught.value.usage == TokenUsage(5000, 300, 0, 0)
 
 
