@@ -19,7 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
-from events.errors import StorageError, first_line
+from events.errors import UnreadableEventError, first_line
 from events.transcoding import (
     CompactMapper,
     compact_state,
@@ -65,14 +65,12 @@ class Decoder:
     def __call__(
         self, originator_id: UUID, version: int, topic: str, state: bytes
     ) -> DomainEventProtocol[Any]:
-        """The domain event of one stored row; :class:`StorageError` if it cannot be read
+        """The domain event of one stored row; :class:`UnreadableEventError` if it cannot be read
         (damaged, or of an event class this version does not know)."""
         try:
             return self._decoded(originator_id, version, topic, state)
         except Exception as error:
-            raise StorageError(
-                f"version {version} of log {originator_id} cannot be read: {first_line(error)}"
-            ) from error
+            raise UnreadableEventError(originator_id, version, first_line(error)) from error
 
     def timestamp(self, originator_id: UUID, version: int, topic: str, state: bytes) -> datetime:
         """When one stored event happened: read off its state where that is compact JSON

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from events.extraction import TokenUsage
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "UnreadableEventError",
     "UserForgottenError",
     "database_refused",
     "first_line",
@@ -61,6 +64,18 @@ class MemoryClosedError(MemveeError, RuntimeError):
 
 class StorageError(MemveeError):
     """The event store refused or failed a write; nothing of that write is acknowledged."""
+
+
+class UnreadableEventError(StorageError):
+    """A stored event cannot be read (a damaged file, or an event class this version does
+    not know): ``log_id`` and ``version`` name it, ``reason`` says what failed, so that a
+    tool can name the user whose log it is (a damaged log can always be forgotten)."""
+
+    def __init__(self, log_id: UUID, version: int, reason: str) -> None:
+        super().__init__(f"version {version} of log {log_id} cannot be read: {reason}")
+        self.log_id = log_id
+        self.version = version
+        self.reason = reason
 
 
 class ConflictError(StorageError):

@@ -29,7 +29,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as _RichTable
 from rich.text import Text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
 from actors.database_claim import LOCK_SUFFIX, VERIFY, claim_alone
@@ -50,7 +52,7 @@ from events import (
     sqlite_file,
     sqlite_url,
 )
-from events.errors import database_refused, is_database_failure
+from events.errors import UnreadableEventError, database_refused, is_database_failure
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
@@ -342,11 +344,32 @@ def _every_event_reads(store: EventStore) -> None:
         try:
             for page in store.follow(page_size=10_000):
                 bar.update(job, completed=page[-1].notification_id)
-        except StorageError as error:
-            raise StorageError(
-                f"{error}; nothing was dropped: restore the database, or forget the user of "
-                "that log (a damaged log can always be forgotten), then rebuild"
-            ) from error
+        except UnreadableEventError as error:
+            raise _damaged(store, error, "nothing was dropped", "rebuild") from error
+
+
+def _damaged(store: EventStore, error: UnreadableEventError, kept: str, then: str) -> StorageError:
+    """An unreadable event, told with the user whose log it is (from the users projection,
+    when it lists the log) and what to do about it: a damaged log can always be forgotten."""
+    users = ProjectionTables().users
+    try:
+        with store.engine.connect() as connection:
+            user = connection.execute(
+                select(users.c.user_id).where(users.c.log_id == str(error.log_id))
+            ).scalar()
+    except SQLAlchemyError:
+        user = None
+    if user is None:
+        return StorageError(
+            f"{error}; {kept}: restore the database, or forget the user of that log (a "
+            f"damaged log can always be forgotten), then {then}"
+        )
+    return StorageError(
+        f"version {error.version} of the log of {user!r} cannot be read: {error.reason}; "
+        f"{kept}: restore the database, or forget {user!r} (a damaged log can always be "
+        f"forgotten: Memory.forget, or DELETE /v1/users/{{user}} of `memvee serve`), then "
+        f"{then}"
+    )
 
 
 @app.command()
@@ -368,7 +391,10 @@ def verify(
         store = EventStore(url, create=False)
         try:
             require_projections(store, ProjectionTables())
-            differences = verify_projections(store)
+            try:
+                differences = verify_projections(store)
+            except UnreadableEventError as error:
+                raise _damaged(store, error, "nothing was compared", "verify") from error
         finally:
             store.close()
     finally:

@@ -15,6 +15,7 @@ from events.errors import (
     RejectedBatchError,
     StorageError,
     UnknownTaskError,
+    UnreadableEventError,
     UserForgottenError,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "RejectedBatchError",
     "StorageError",
     "UnknownTaskError",
+    "UnreadableEventError",
     "UserForgottenError",
 ]

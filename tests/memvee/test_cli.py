@@ -913,11 +913,19 @@ def test_import_checks_each_users_lines_before_storing_any(
 def test_a_damaged_event_is_one_error_line_and_a_failed_export_leaves_no_partial_log(
     db: str, tmp_path: Path
 ) -> None:
+    """verify and rebuild name the user whose log holds it, whom a forget would mend."""
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE memvee_events SET state = x'7b22' WHERE originator_version = 3")
     unreadable = "version 3 of "
     for command in (["log", "ann"], ["state", "ann"], ["verify"]):
         assert unreadable in one_error_line(run(*command, "--db", db, code=2)), command
+    for command, kept in (
+        (["verify"], "nothing was compared"),
+        (["rebuild"], "nothing was dropped"),
+    ):
+        line = one_error_line(run(*command, "--db", db, code=2))
+        assert "version 3 of the log of 'ann' cannot be read" in line, command
+        assert f"{kept}: restore the database, or forget 'ann'" in line, command
     assert unreadable in one_error_line(run("export", "ann", "--db", db, code=2))  # no line
     out = tmp_path / "ann.jsonl"
     out.write_text("an earlier export\n")
