@@ -22,13 +22,13 @@ from events import (
     ExtractionResult,
     Extractor,
     InvalidExtractionError,
-    MemveeError,
     RejectedBatchError,
     check_result,
 )
+from events.errors import repeats
 from events.extraction import extraction_deadline
 
-__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "asked_to_wait", "repeats"]
+__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "asked_to_wait"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -54,18 +54,6 @@ class EveryBatchRefused(ExtractionError):
 def asked_to_wait(error: BaseException) -> float:
     """The seconds an extraction's failure asked to wait before calling again (0: none)."""
     return (error.retry_after or 0.0) if isinstance(error, ExtractionError) else 0.0
-
-
-def repeats(error: BaseException) -> bool:
-    """Whether sending the same batch again would fail the same way.
-
-    An :class:`ExtractionError` says so itself; network errors, timeouts and memvee's own
-    errors (storage) may pass; any other exception (a bug of an extractor on this input)
-    is taken to repeat, so the batch is split rather than retried forever.
-    """
-    if isinstance(error, ExtractionError):
-        return error.repeats
-    return not isinstance(error, OSError | TimeoutError | MemveeError)
 
 
 class ExtractionWorkers:

@@ -27,7 +27,7 @@ from actors._bridge import BridgedFuture
 from actors._committer import EarlierWriteFailed, Write
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
-from actors._workers import EveryBatchRefused, Outcome, asked_to_wait, repeats
+from actors._workers import EveryBatchRefused, Outcome, asked_to_wait
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
@@ -48,7 +48,7 @@ from events import (
     UserLog,
     user_log_id,
 )
-from events.errors import FORGOTTEN_REASON, ExtractorOverloadedError, first_line
+from events.errors import FORGOTTEN_REASON, ExtractorOverloadedError, first_line, repeats
 from events.user_log import LIVE_KNOWLEDGE
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]

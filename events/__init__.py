@@ -50,6 +50,7 @@ from events.extraction import (
     FactAction,
     KnownEntry,
     TokenUsage,
+    bounded,
     check_result,
     estimate_tokens,
 )
@@ -106,6 +107,7 @@ __all__ = [
     "TokenUsage",
     "UnknownTaskError",
     "UserLog",
+    "bounded",
     "check_count",
     "check_db_path",
     "check_flag",

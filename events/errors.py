@@ -38,6 +38,7 @@ __all__ = [
     "first_line",
     "is_database_failure",
     "processing_error",
+    "repeats",
 ]
 
 
@@ -181,6 +182,18 @@ def processing_error(user_id: str, task_id: str, error: str) -> ProcessingError:
 
 class ProcessingTimeoutError(MemveeError, TimeoutError):
     """Waiting for processing took longer than the caller's timeout; the work goes on."""
+
+
+def repeats(error: BaseException) -> bool:
+    """Whether sending the same batch again would fail the same way.
+
+    An :class:`ExtractionError` says so itself; network errors, timeouts and memvee's own
+    errors (storage) may pass; any other exception (a bug of an extractor on this input)
+    is taken to repeat, so the batch is split rather than retried forever.
+    """
+    if isinstance(error, ExtractionError):
+        return error.repeats
+    return not isinstance(error, OSError | TimeoutError | MemveeError)
 
 
 def first_line(error: BaseException) -> str:

@@ -7,6 +7,7 @@ These are plain values so that extractors stay testable without the engine.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ __all__ = [
     "FactAction",
     "KnownEntry",
     "TokenUsage",
+    "bounded",
     "check_result",
     "estimate_tokens",
     "extraction_deadline",
@@ -74,6 +76,14 @@ class BatchLimits:
     max_tokens: int = 20_000
     max_attempts: int = 3
 
+    def full(self, count: int, tokens: int, weight: int, cap: int | None = None) -> bool:
+        """Whether a batch of ``count`` messages weighing ``tokens`` is full before a
+        message weighing ``weight``: the one rule every batch is cut by (live, re-extracted
+        or sent in bulk). ``cap`` lowers ``max_messages`` (after a split); an empty batch
+        always takes its first message, however long."""
+        most = self.max_messages if cap is None else min(cap, self.max_messages)
+        return count >= most or (count > 0 and tokens + weight > self.max_tokens)
+
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
@@ -95,6 +105,34 @@ class BatchMessage:
     content: str
     sent_at: datetime
     name: str | None = None
+
+
+def bounded(
+    messages: Iterable[BatchMessage],
+    limits: BatchLimits,
+    alone: Collection[str] = frozenset(),
+) -> Iterator[list[BatchMessage]]:
+    """``messages`` cut into batches as live extraction cuts them (:meth:`BatchLimits.full`),
+    in order; those of ``alone`` (whose batch failed the same way before) go one a batch
+    after the rest, as live extraction sends a message that failed alone, so that none
+    of them fails the others again."""
+    batch: list[BatchMessage] = []
+    tokens = 0
+    held: list[BatchMessage] = []
+    for message in messages:
+        if message.message_id in alone:
+            held.append(message)
+            continue
+        weight = estimate_tokens(message.content)
+        if limits.full(len(batch), tokens, weight):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(message)
+        tokens += weight
+    if batch:
+        yield batch
+    for message in held:
+        yield [message]
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,9 +296,11 @@ class UserLog(Aggregate):
                 log.reextraction_requests[self.request_id] = self.knowledge_version
 
     class ReextractionFailed(Aggregate.Event):
-        """A re-extraction call into a knowledge version spent tokens but gave nothing to
-        record (an answer cut short, unreadable or refused). Its messages stay uncovered,
-        for the next run; the event keeps what the call cost, for ``memvee stats``.
+        """A re-extraction call into a knowledge version gave nothing to record: it spent
+        tokens (an answer cut short, unreadable or refused), or it would fail the same way
+        again. Its messages stay uncovered; the next run sends them one a call (so one that
+        fails alone leaves the others be), and the event keeps what the call cost, for
+        ``memvee stats``.
         ``request_id`` as for :class:`KnowledgeReextracted`: a failure collected twice is
         recorded once."""
 
@@ -765,13 +767,15 @@ class UserLog(Aggregate):
         extractor: str | None = None,
         model: str | None = None,
         request_id: str | None = None,
+        repeats: bool = False,
     ) -> bool:
-        """Record what a failed re-extraction call of ``message_ids`` spent; returns whether
-        anything was recorded (nothing when it spent nothing, or ``request_id`` is recorded
-        already: re-extraction changes no state when it fails, only the bill)."""
+        """Record a failed re-extraction call of ``message_ids``: what it spent, and that it
+        ``repeats`` (would fail the same way again); returns whether anything was recorded
+        (nothing when it spent nothing and may pass, or ``request_id`` is recorded already:
+        re-extraction changes no state when it fails, only the bill and the next plan)."""
         check_new_knowledge_version(knowledge_version)
         spent = _usage_fields(usage)
-        if not any(spent.values()) or self.recorded_request(request_id):
+        if not (repeats or any(spent.values())) or self.recorded_request(request_id):
             return False
         self.trigger_event(
             self.ReextractionFailed,
@@ -1096,6 +1100,20 @@ class UserLog(Aggregate):
         unsettled = self.unsettled
         return {m: found for m, found in added.items() if m not in unsettled and m not in covered}
 
+    def failed_reextraction(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
+        """The messages of ``knowledge_version``'s failed re-extraction calls, read off
+        ``history`` (this log's events; since a version of the same name was promoted, if
+        one was): the next run sends each of them in a call of its own."""
+        failed: set[str] = set()
+        for e in history:
+            if getattr(e, "knowledge_version", None) != knowledge_version:
+                continue
+            if isinstance(e, self.ReextractionFailed):
+                failed.update(e.message_ids)
+            elif isinstance(e, self.KnowledgeVersionPromoted):
+                failed.clear()
+        return failed
+
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every running one) as FAILED with ``reason``.
 
@@ -1154,7 +1172,7 @@ class UserLog(Aggregate):
                 continue
             cap = min(cap, self.caps.get(message_id, cap))
             weight = self.weights.get(message_id, 0)
-            if len(batch) >= cap or (batch and tokens + weight > limits.max_tokens):
+            if limits.full(len(batch), tokens, weight, cap):
                 break
             batch.append(message_id)
             tokens += weight

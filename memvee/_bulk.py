@@ -38,9 +38,10 @@ from events import (
     InvalidInputError,
     KnownEntry,
     NotFoundError,
+    RejectedBatchError,
     ReplacedEntry,
     UserLog,
-    estimate_tokens,
+    bounded,
 )
 from events.errors import first_line
 from memvee.extractors import ClaudeExtractor
@@ -71,10 +72,10 @@ synchronous re-extraction show them (Audit's), and the chains of ended entries b
 Progress = Callable[[int, int], None]
 """Told (requests done, requests in all) while a Message Batch is processed."""
 
-RecordSpent = Callable[..., None]
-"""Keeps what a failed re-extraction call cost in its user's log (Audit's
-``_record_spent``: user, version, message ids, the error, the extractor, and the error's
-``text`` and the ``request_id`` by name)."""
+RecordFailure = Callable[..., None]
+"""Keeps a failed re-extraction call in its user's log, what it cost and whether it
+repeats (Audit's ``_record_failure``: user, version, message ids, the error, the
+extractor, and the error's ``text`` and the ``request_id`` by name)."""
 
 
 @dataclass
@@ -121,7 +122,7 @@ class BulkReextraction:
         extractor: ClaudeExtractor,
         version: str,
         shown: Shown,
-        record_spent: RecordSpent,
+        record_failure: RecordFailure,
         *,
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
@@ -133,7 +134,7 @@ class BulkReextraction:
         self.extractor = extractor
         self.version = version
         self.shown = shown
-        self.record_spent = record_spent
+        self.record_failure = record_failure
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
@@ -162,7 +163,9 @@ class BulkReextraction:
     # ------------------------------------------------------------------ plan and submit
 
     def _plan(self, user_ids: Sequence[str]) -> list[_Planned]:
-        """Every user's processed messages not yet in the version, in bounded batches."""
+        """Every user's processed messages not yet in the version, in bounded batches;
+        those of requests that failed before go one a request, after the rest (so one
+        that always fails keeps none of the others out of the version)."""
         pending = {m for row in self._unfinished() for m in _message_ids(row)}
         planned: list[_Planned] = []
         for user_id in user_ids:
@@ -172,13 +175,14 @@ class BulkReextraction:
             events = self.store.events_of(user_id, upto=user_log.version)
             uncovered = user_log.not_covered_by(self.version, events)
             todo = [
-                e
+                BatchMessage(e.message_id, e.role, e.content, e.sent_at, e.name)
                 for e in events
                 if isinstance(e, UserLog.MessageAdded)
                 and e.message_id in uncovered
                 and e.message_id not in pending
             ]
-            for batch in _bounded(todo, self.limits):
+            failed = user_log.failed_reextraction(self.version, events)
+            for batch in bounded(todo, self.limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
@@ -290,26 +294,16 @@ class BulkReextraction:
         if outcome is None:
             return "no result"
         if outcome.type != "succeeded":
-            detail = getattr(getattr(outcome, "error", None), "error", None)
-            text = f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}"
-            return redact(text, client_secrets(self.extractor.client))
+            failure = _failure(outcome, client_secrets(self.extractor.client))
+            self._record_failure(request, failure, request_id)
+            return str(failure)
         batch = self._batch(custom_id, request)
         try:
             result = self.extractor.read_answer(
                 batch, outcome.message, budget=self.extractor.max_tokens
             )
         except ExtractionError as error:
-            if error.usage is not None:
-                # Billed all the same: kept once however many runs collect it.
-                self.record_spent(
-                    batch.user_id,
-                    self.version,
-                    list(request["messages"]),
-                    error,
-                    self.extractor,
-                    text=str(error),
-                    request_id=request_id,
-                )
+            self._record_failure(request, error, request_id)
             return str(error)
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
@@ -339,6 +333,22 @@ class BulkReextraction:
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
             return str(forgotten)
         return count
+
+    def _record_failure(
+        self, request: dict[str, Any], error: ExtractionError, request_id: str
+    ) -> None:
+        """Keep a failed request in its user's log (what it was billed, and whether it
+        would fail the same way again: then the next run sends its messages one a
+        request); kept once however many runs collect it."""
+        self.record_failure(
+            request["user"],
+            self.version,
+            list(request["messages"]),
+            error,
+            self.extractor,
+            text=str(error),
+            request_id=request_id,
+        )
 
     def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
         """The batch a request was made of, read back from the log and the projections."""
@@ -455,21 +465,15 @@ def _transient(error: anthropic.AnthropicError) -> bool:
     return isinstance(error, anthropic.APIConnectionError)
 
 
-def _bounded(messages: Sequence[Any], limits: BatchLimits) -> Iterable[list[BatchMessage]]:
-    """``messages`` (MessageAdded events) cut into batches as live extraction cuts them."""
-    batch: list[BatchMessage] = []
-    tokens = 0
-    for event in messages:
-        weight = estimate_tokens(event.content)
-        if batch and (len(batch) >= limits.max_messages or tokens + weight > limits.max_tokens):
-            yield batch
-            batch, tokens = [], 0
-        batch.append(
-            BatchMessage(event.message_id, event.role, event.content, event.sent_at, event.name)
-        )
-        tokens += weight
-    if batch:
-        yield batch
+def _failure(outcome: Any, secrets: Sequence[str]) -> ExtractionError:
+    """The error of a request that did not succeed: one the API refused as invalid (too
+    long, malformed) repeats; an expired, canceled or errored one (overloaded, a server
+    error) may pass."""
+    detail = getattr(getattr(outcome, "error", None), "error", None)
+    text = redact(f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}", secrets)
+    if outcome.type == "errored" and getattr(detail, "type", None) == "invalid_request_error":
+        return RejectedBatchError(text)
+    return ExtractionError(text)
 
 
 def _same_if_known(fact: ExtractedFact, current: dict[str, str]) -> ExtractedFact:

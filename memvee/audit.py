@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
 
+from actors._pacing import CircuitBreaker
+from actors._workers import EveryBatchRefused
 from events import (
     BatchLimits,
     BatchMessage,
@@ -35,9 +37,12 @@ from events import (
     MemveeError,
     NotFoundError,
     Recorded,
+    RejectedBatchError,
     ReplacedEntry,
     StorageError,
+    TokenUsage,
     UserLog,
+    bounded,
     check_count,
     check_flag,
     check_key,
@@ -48,7 +53,7 @@ from events import (
     check_user_id,
     sqlite_url,
 )
-from events.errors import first_line
+from events.errors import first_line, repeats
 from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
@@ -86,6 +91,7 @@ __all__ = [
     "Comparison",
     "LoggedEvent",
     "Provenance",
+    "ReextractionReport",
     "SourceMessage",
 ]
 
@@ -163,6 +169,29 @@ class Comparison:
     only_in_a: list[str]
     only_in_b: list[str]
     in_both: list[str]
+
+
+@dataclass
+class ReextractionReport:
+    """What a re-extraction of one user did: the ``entries`` it extracted, and the
+    messages it ``left_out`` of the version (each failed alone, the same way every time),
+    with why. A message left out goes back to the buffer when the version is promoted."""
+
+    entries: int = 0
+    left_out: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Reextraction:
+    """One run of :meth:`Audit.reextract`: its user, extractor, version and report, and
+    what tells a refusal of every batch (the account's) from a refusal of one batch."""
+
+    user_id: str
+    extractor: Extractor
+    version: str
+    meaning: ByMeaning
+    report: ReextractionReport = field(default_factory=ReextractionReport)
+    refusals: CircuitBreaker = field(default_factory=CircuitBreaker)
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -555,15 +584,23 @@ class Audit:
         extractor: Extractor,
         version: str,
         *,
-        batch_size: int = 50,
+        batch_size: int = DEFAULT_LIMITS.max_messages,
+        max_batch_tokens: int = DEFAULT_LIMITS.max_tokens,
         embedder: Embedder | Literal[False] | None = None,
-    ) -> int:
+    ) -> ReextractionReport:
         """Run the user's processed messages through ``extractor`` into knowledge ``version``.
 
         The live knowledge stays as it is until :meth:`promote`. Messages still buffered
         or quarantined are left to normal processing, and messages the version covers
         already are not sent again: a run cut short (a crash, the extractor failing) is
-        finished by running it again. Returns the number of entries extracted.
+        finished by running it again. Batches are bounded as live extraction bounds them:
+        at most ``batch_size`` messages and about ``max_batch_tokens`` of prompt.
+
+        A batch that fails the same way every time (refused, unreadable) is split down to
+        the message that fails alone, which is left out of the version (its failure
+        recorded, and reported) while the rest goes in; a failure that may pass (the API
+        down, busy or refusing every batch) stops the run with its error, and running it
+        again goes on from there. Returns the entries extracted and the messages left out.
 
         ``embedder`` is a Memory's (the default local model unless given, ``False`` for
         none): with it, the entries shown beside a batch are chosen as live processing
@@ -571,7 +608,9 @@ class Audit:
         """
         check_user_id(user_id)
         check_new_knowledge_version(version)
-        check_count(batch_size, "batch_size")
+        limits = BatchLimits(
+            check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
+        )
         meaning = self._by_meaning(embedder)
         user_log = self.store.load(user_id)
         if user_log is None:
@@ -579,41 +618,75 @@ class Audit:
         # The log as loaded: a message added since is buffered, left to normal processing.
         history = list(self._events(user_id, upto=user_log.version))
         uncovered = user_log.not_covered_by(version, history)
-        batch: list[BatchMessage] = []
-        extracted = 0
-        for event in history:
-            if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered:
-                batch.append(
-                    BatchMessage(
-                        event.message_id, event.role, event.content, event.sent_at, event.name
-                    )
-                )
-                if len(batch) >= batch_size:
-                    extracted += await self._reextract_batch(
-                        user_id, extractor, version, batch, meaning
-                    )
-                    batch = []
-        if batch:
-            extracted += await self._reextract_batch(user_id, extractor, version, batch, meaning)
-        return extracted
+        todo = [
+            BatchMessage(event.message_id, event.role, event.content, event.sent_at, event.name)
+            for event in history
+            if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
+        ]
+        run = _Reextraction(user_id, extractor, version, meaning)
+        for batch in bounded(todo, limits, user_log.failed_reextraction(version, history)):
+            await self._reextract_split(run, batch)
+        return run.report
+
+    async def _reextract_split(self, run: _Reextraction, batch: list[BatchMessage]) -> None:
+        """Re-extract ``batch``, split in halves while it fails the same way, down to the
+        message that fails alone: that one is left out, as live extraction quarantines it.
+        A failure that may pass, or a refusal of every batch, stops the run."""
+        extracted = await self._reextract_batch(run, batch)
+        if isinstance(extracted, int):
+            run.report.entries += extracted
+            return
+        error = extracted
+        ids = [m.message_id for m in batch]
+        if not repeats(error):
+            raise error
+        if (
+            isinstance(error, RejectedBatchError)
+            and error.reason is not None
+            and run.refusals.refused(ids, error.reason)
+        ):
+            raise EveryBatchRefused(error) from error
+        if len(batch) > 1:
+            log.info(
+                "user %r: a re-extraction batch of %d messages failed (%s); split",
+                run.user_id,
+                len(batch),
+                first_line(error),
+            )
+            half = (len(batch) + 1) // 2
+            await self._reextract_split(run, batch[:half])
+            await self._reextract_split(run, batch[half:])
+            return
+        run.report.left_out[ids[0]] = first_line(error)
+        log.warning(
+            "user %r: message %s left out of version %r: it fails alone (%s)",
+            run.user_id,
+            ids[0],
+            run.version,
+            first_line(error),
+        )
 
     async def _reextract_batch(
-        self,
-        user_id: str,
-        extractor: Extractor,
-        version: str,
-        batch: list[BatchMessage],
-        meaning: ByMeaning,
-    ) -> int:
+        self, run: _Reextraction, batch: list[BatchMessage]
+    ) -> int | Exception:
+        """Extract one batch and record it in the version; returns the entries recorded,
+        or how the extractor failed (the failure recorded too, see
+        :meth:`_record_failure`). Failures of the log (the user forgotten meanwhile)
+        are raised."""
+        user_id, version = run.user_id, run.version
         task = f"reextract:{version}:{batch[0].message_id}"
-        known, replaced = await asyncio.to_thread(self._known, user_id, version, batch, meaning)
+        known, replaced = await asyncio.to_thread(self._known, user_id, version, batch, run.meaning)
         ids = [m.message_id for m in batch]
         try:
-            result = await extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
-        except ExtractionError as error:
-            if error.usage is not None:
-                await asyncio.to_thread(self._record_spent, user_id, version, ids, error, extractor)
-            raise
+            result = await run.extractor.extract(
+                ExtractionBatch(user_id, task, tuple(batch), known)
+            )
+        except Exception as error:  # the extractor's: the caller tells how it fails
+            await asyncio.to_thread(
+                self._record_failure, user_id, version, ids, error, run.extractor
+            )
+            return error
+        run.refusals.accepted()
         known, replaced = await asyncio.to_thread(
             self._with_targets, user_id, version, result.facts, (known, replaced)
         )
@@ -634,39 +707,41 @@ class Audit:
 
         return await asyncio.to_thread(self._decide, user_id, record, ids)
 
-    def _record_spent(
+    def _record_failure(
         self,
         user_id: str,
         version: str,
         ids: list[str],
-        error: ExtractionError,
+        error: Exception,
         extractor: Extractor,
         *,
         text: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        """Keep what a failed re-extraction call of ``ids`` cost, for ``memvee stats``, with
-        ``text`` (default: the error's first line) and the Message Batches ``request_id``
-        (recorded once); the failure itself goes on to the caller."""
-        assert error.usage is not None
-        usage = error.usage
+        """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
+        ``memvee stats``, and whether it would fail the same way again (then the next run
+        sends its messages one a call), with ``text`` (default: the error's first line)
+        and the Message Batches ``request_id`` (recorded once). A failure that spent
+        nothing and may pass is not kept; the failure itself goes on to the caller."""
+        usage = error.usage if isinstance(error, ExtractionError) else None
 
         def record(user_log: UserLog) -> bool:
             return user_log.record_reextraction_failure(
                 version,
                 ids,
                 first_line(error) if text is None else text,
-                usage,
+                usage or TokenUsage(),
                 extractor=getattr(extractor, "name", type(extractor).__name__),
                 model=getattr(extractor, "model", None),
                 request_id=request_id,
+                repeats=repeats(error),
             )
 
         try:
             self._decide(user_id, record, ids)
         except MemveeError as failed:
             log.warning(
-                "user %r: the tokens of a failed re-extraction call%s were not recorded (%s)",
+                "user %r: a failed re-extraction call%s was not recorded (%s)",
                 user_id,
                 f" ({request_id})" if request_id else "",
                 first_line(failed),
@@ -704,7 +779,7 @@ class Audit:
             extractor,
             version,
             lambda user_id, batch: self._known(user_id, version, batch, meaning),
-            self._record_spent,
+            self._record_failure,
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,

@@ -438,10 +438,15 @@ def _bad_input(error: Exception) -> typer.Exit:
     message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     if isinstance(error, OSError) and error.filename:
         message = f"{message}: {error.filename}"
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    line = _shown(line) or type(error).__name__  # one line, whatever the message held
-    errors.print(Text.assemble(("error:", "red"), f" {line}"), soft_wrap=True)
+    _print_error(message, type(error).__name__)
     return typer.Exit(code=2)
+
+
+def _print_error(message: str, fallback: str = "error") -> None:
+    """``message`` as one ``error:`` line on stderr, whatever lines it held (``fallback``
+    when it holds none)."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(Text.assemble(("error:", "red"), f" {_shown(line) or fallback}"), soft_wrap=True)
 
 
 @app.command("log")
@@ -743,7 +748,10 @@ def reextract(
 ) -> None:
     """Extract users' processed history again into a separate knowledge version.
 
-    Exits 1 when some Message Batches requests failed (run it again to retry them).
+    A message that fails alone the same way every time is left out of the version and
+    listed (exit code 1, as when some Message Batches requests failed: run it again to
+    retry them). A user whose re-extraction stops (the API down) is one error line and
+    the others go on; the exit code is then 2 (run it again to go on).
     """
     if (user is None) == (not all_users):
         raise InvalidInputError(
@@ -761,20 +769,51 @@ def reextract(
                 audit, targets, cast("ClaudeExtractor", chosen), version, poll, promote
             )
             return
+        failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
+        if failed or left_out:
+            raise typer.Exit(code=2 if failed else 1)
+
+
+async def _reextract_users(
+    audit: Audit, targets: list[str], extractor: Extractor, version: str, promote: bool
+) -> tuple[int, int]:
+    """``reextract`` without ``--batch-api``, user after user on one event loop (the
+    extractor's connections belong to it), with a progress bar. A user whose
+    re-extraction fails is one ``error:`` line and the others go on; returns how many
+    users failed and how many messages were left out."""
+    failed = left_out = 0
+    try:
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
-                count = asyncio.run(audit.reextract(target, chosen, version))
-                bar.advance(job)
+                try:
+                    report = await audit.reextract(target, extractor, version)
+                except MemveeError as error:  # this user's: reported, and the others go on
+                    failed += 1
+                    _print_error(f"user {target!r}: {error}")
+                    continue
+                finally:
+                    bar.advance(job)
+                left_out += len(report.left_out)
+                for message_id, why in list(report.left_out.items())[:20]:
+                    line = f" {target} {message_id}: {_shown(why)}"
+                    console.print(Text.assemble(("left out:", "yellow"), line))
                 if version not in audit.unpromoted_versions(target):
                     console.print(f"{target}: nothing processed to re-extract; no {version!r}")
                     continue
                 returned = audit.promote(target, version) if promote else []
                 held = len(audit.knowledge(target, version="live" if promote else version))
+                out = f", {len(report.left_out)} messages left out" if report.left_out else ""
                 console.print(
-                    f"{target}: {count} entries extracted; {held} current in version {version!r}"
+                    f"{target}: {report.entries} entries extracted{out}; {held} current "
+                    f"in version {version!r}"
                 )
                 _print_returned(target, version, returned)
+    finally:
+        aclose: Any = getattr(extractor, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return failed, left_out
 
 
 def _reextract_in_bulk(

@@ -4,11 +4,20 @@ repeats, never the write of its outcome at every retry."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from events import ExtractedFact, ExtractionResult, InvalidExtractionError, check_result
+from events import (
+    BatchLimits,
+    BatchMessage,
+    ExtractedFact,
+    ExtractionResult,
+    InvalidExtractionError,
+    bounded,
+    check_result,
+)
 
 
 def _result(**changes: Any) -> ExtractionResult:
@@ -67,3 +76,23 @@ def test_an_answer_of_another_shape_is_an_invalid_answer_that_says_what_is_wrong
     with pytest.raises(InvalidExtractionError, match=f"^extractor 'custom' returned {problem}"):
         check_result(answer, "custom")
     assert InvalidExtractionError.repeats, "its batch is split, not retried as it is"
+
+
+def _message(i: int, chars: int) -> BatchMessage:
+    return BatchMessage(f"m{i}", "user", "x" * chars, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_bounded_cuts_batches_by_messages_and_by_prompt_size_one_message_at_least() -> None:
+    limits = BatchLimits(max_messages=3, max_tokens=1_000)
+    small = [_message(i, 40) for i in range(7)]
+    assert [len(b) for b in bounded(small, limits)] == [3, 3, 1]
+    large = [_message(i, 1_800) for i in range(3)]  # 462 tokens each: two fit
+    assert [len(b) for b in bounded(large, limits)] == [2, 1]
+    huge = [_message(i, 100_000) for i in range(2)]
+    assert [len(b) for b in bounded(huge, limits)] == [1, 1]
+
+
+def test_bounded_sends_the_messages_of_failed_batches_alone_after_the_rest() -> None:
+    messages = [_message(i, 40) for i in range(5)]
+    batches = bounded(messages, BatchLimits(), alone={"m1", "m3"})
+    assert [[m.message_id for m in b] for b in batches] == [["m0", "m2", "m4"], ["m1"], ["m3"]]

@@ -35,7 +35,9 @@ from tests.support.messages_api_server import (
     ScriptedResponse,
     default_answer,
     error_body,
+    fault_when,
     prompt_known_entries,
+    refusal_body,
 )
 
 USERS = ("ann", "bob")
@@ -201,7 +203,8 @@ async def test_an_answer_billed_but_not_recordable_is_counted_once_and_sent_agai
     db: str, server: MessagesAPIServer
 ) -> None:
     """A request that succeeded with an answer cut at its budget spent tokens: its user's
-    log keeps them (``memvee stats``), once however many runs collect the batch."""
+    log keeps them (``memvee stats``), once however many runs collect the batch. Cut
+    again it would be: the next run sends its messages one a request."""
 
     def bob_cut(request: RecordedRequest) -> ScriptedResponse:
         answer = default_answer(request)
@@ -222,9 +225,9 @@ async def test_an_answer_billed_but_not_recordable_is_counted_once_and_sent_agai
         assert sum(row["calls"] for row in spent) == 6, "5 recorded, 1 failed"
         server.set_responder(default_answer)
         again = await _run(audit)
-        assert (again.submitted, again.recorded, again.failed) == (1, 1, {})
+        assert (again.submitted, again.recorded, again.failed) == (2, 2, {})
         assert audit.knowledge_versions("bob")["v2"] == 5
-        assert sum(row["calls"] for row in audit.spend()) == 7
+        assert sum(row["calls"] for row in audit.spend()) == 8
 
 
 def test_the_command_line_runs_a_bulk_reextraction(db: str, server: MessagesAPIServer) -> None:
@@ -461,3 +464,24 @@ def test_the_command_line_tells_unreadable_results_in_one_error_line(
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and "could not be read" in result.output
     assert "Traceback" not in result.output
+
+
+async def test_a_request_that_always_fails_is_sent_again_one_message_a_request(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A request refused every time is kept in its user's log; the next run sends each of
+    its messages in a request of its own, so only the one refused alone stays out of the
+    version."""
+    server.set_responder(fault_when("bob likes thing 4", ScriptedResponse(body=refusal_body())))
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, len(first.failed)) == (6, 1)
+        second = await _run(audit)
+        assert (second.submitted, second.recorded, len(second.failed)) == (2, 1, 1)
+        covered = {m for e in _reextracted(audit, "bob") for m in e.message_ids}
+        left_out = [
+            e.content
+            for e in audit.store.events_of("bob")
+            if isinstance(e, UserLog.MessageAdded) and e.message_id not in covered
+        ]
+        assert left_out == ["bob likes thing 4"]

@@ -17,10 +17,12 @@ from memvee import (
     InvalidExtractionError,
     InvalidInputError,
     Memory,
+    MemoryConfig,
     NotFoundError,
+    RejectedBatchError,
 )
 from memvee._event_lines import describe
-from memvee.audit import Audit
+from memvee.audit import Audit, ReextractionReport
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from projections import verify
@@ -44,7 +46,7 @@ async def test_reextract_builds_a_separate_version_and_promotion_replaces_live(
     memory = await _processed(make_memory)
     live_before = [e.text for e in await memory.knowledge("eve")]
     with Audit(db_url=db_url) as audit:
-        assert await audit.reextract("eve", OfflineExtractor(), "offline-v2") == 2
+        assert (await audit.reextract("eve", OfflineExtractor(), "offline-v2")).entries == 2
         assert audit.knowledge_versions("eve") == {"live": 2, "offline-v2": 2}
         assert [e.text for e in await memory.knowledge("eve")] == live_before
         diff = audit.compare("eve", "live", "offline-v2")
@@ -80,7 +82,7 @@ async def test_a_version_that_found_no_entry_is_compared_before_it_is_promoted(
     memory = await _processed(make_memory)
     live = sorted(e.text for e in await memory.knowledge("eve"))
     with Audit(db_url=db_url) as audit:
-        assert await audit.reextract("eve", _FindsNothing(), "empty") == 0
+        assert (await audit.reextract("eve", _FindsNothing(), "empty")).entries == 0
         assert audit.unpromoted_versions("eve") == ["empty"]
         diff = audit.compare("eve", "live", "empty")
         assert (diff.only_in_a, diff.only_in_b, diff.in_both) == (live, [], [])
@@ -127,7 +129,7 @@ async def test_messages_processed_while_a_version_was_extracted_return_to_the_bu
 ) -> None:
     memory = await _processed(make_memory)  # "I love jazz" waits in the buffer
     with Audit(db_url=db_url) as audit:
-        assert await audit.reextract("eve", OfflineExtractor(), "v2") == 2
+        assert (await audit.reextract("eve", OfflineExtractor(), "v2")).entries == 2
     # The re-extraction ran for hours: the application went on processing meanwhile.
     await memory.process("eve")
     await memory.add_exchange("eve", "I have a cat", "cute")
@@ -171,7 +173,7 @@ async def test_a_batch_whose_live_knowledge_was_promoted_away_is_extracted_again
     await memory.add_exchange("eve", "I live in Oslo", "ok")
     await memory.process("eve")
     with Audit(db_url=db_url) as audit:
-        assert await audit.reextract("eve", OfflineExtractor(), "v2") == 1
+        assert (await audit.reextract("eve", OfflineExtractor(), "v2")).entries == 1
     extractor.answer = lambda batch: (
         ExtractedFact(
             "User lives in Bergen.",
@@ -223,6 +225,7 @@ class _CountedExtractor(OfflineExtractor):
         ("v\ud800", {}, "contains a lone surrogate"),
         ("v" * 65, {}, "at most 64 characters, not 65"),
         ("v2", {"batch_size": 0}, "batch_size must be 1 or more"),
+        ("v2", {"max_batch_tokens": 0}, "max_batch_tokens must be 1 or more"),
     ],
 )
 async def test_a_bad_version_name_or_batch_size_is_refused_before_any_extraction(
@@ -432,9 +435,9 @@ async def test_a_reextraction_cut_short_is_finished_by_running_it_again(
         failing = _FailsOnThirdBatch()
         with pytest.raises(ExtractionError):
             await audit.reextract("eve", failing, "v2", batch_size=10)
-        assert await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=10) == 20
+        assert (await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=10)).entries == 20
         again = RecordingExtractor()
-        assert await audit.reextract("eve", again, "v2", batch_size=10) == 0
+        assert (await audit.reextract("eve", again, "v2", batch_size=10)).entries == 0
         assert again.batches == []
         covered = [
             m
@@ -467,13 +470,14 @@ async def test_what_a_failed_reextraction_call_spent_is_counted_and_its_messages
     make_memory: Any, db_url: str
 ) -> None:
     """A call that spent tokens and gave nothing to record is in the log (``memvee
-    stats`` counts it); it covers nothing, so the run again sends its messages."""
+    stats`` counts it); it covers nothing, and as an answer cut short would be cut again,
+    its messages are sent again at once, in halves."""
     memory: Memory = await _processed(make_memory)
     await memory.process("eve")
     with Audit(db_url=db_url) as audit:
         extractor = _CutShortOnce()
-        with pytest.raises(InvalidExtractionError):
-            await audit.reextract("eve", extractor, "v2")
+        report = await audit.reextract("eve", extractor, "v2")
+        assert (report.entries, report.left_out, extractor.calls) == (3, {}, 3)
         failed = [
             e for e in audit.store.events_of("eve") if isinstance(e, UserLog.ReextractionFailed)
         ]
@@ -491,7 +495,7 @@ async def test_what_a_failed_reextraction_call_spent_is_counted_and_its_messages
                 "cache_write_tokens": 0,
             }
         ]
-        assert await audit.reextract("eve", extractor, "v2") == 3
+        assert (await audit.reextract("eve", extractor, "v2")).entries == 0
         assert "call failed (6 messages)" in describe(failed[0])
         assert verify(audit.store) == []
 
@@ -530,3 +534,152 @@ async def test_a_reextraction_finds_the_entry_a_batch_changes_in_other_words_by_
         await audit.reextract("eve", OfflineExtractor(), "v2", embedder=ConceptEmbedder())
         jobs = [e.text for e in audit.knowledge("eve", version="v2") if "item" not in e.text]
     assert jobs == ["User is a nurse."]
+
+
+async def test_a_reextraction_bounds_each_batch_by_prompt_size_as_live_extraction_does(
+    make_memory: Any, db_url: str
+) -> None:
+    """Long messages go several a batch only while about ``max_batch_tokens`` of prompt
+    holds them (one message at least), never all in one request the API would refuse."""
+    memory: Memory = await make_memory()
+    for i in range(5):
+        await memory.add_message("eve", "user", f"Diary part {i}: " + "by the river " * 2500)
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        extractor = RecordingExtractor()
+        report = await audit.reextract("eve", extractor, "v2", embedder=False)
+        assert [len(b.messages) for b in extractor.batches] == [2, 2, 1]
+        assert report.entries == 5
+        lone = RecordingExtractor()
+        await audit.reextract("eve", lone, "v3", max_batch_tokens=1, embedder=False)
+        assert [len(b.messages) for b in lone.batches] == [1] * 5
+
+
+def _refused_when(word: str, reason: str | None = None) -> Any:
+    """A :attr:`RecordingExtractor.fault`: every batch holding ``word`` is refused, as a
+    model refuses (``reason`` ``None``) or as the API refuses an account (a reason)."""
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if any(word in m.content for m in batch.messages):
+            spent = TokenUsage(input_tokens=100, output_tokens=1)
+            return RejectedBatchError("Claude refused to answer", usage=spent, reason=reason)
+        return None
+
+    return fault
+
+
+async def test_a_message_that_always_fails_is_left_out_and_the_others_are_reextracted(
+    make_memory: Any, db_url: str
+) -> None:
+    """As live extraction does, a batch that fails the same way every time is split down
+    to the message that fails alone: that one is left out of the version (reported, its
+    failed calls in the log with the tokens they spent), the others go in; the run again
+    sends it alone."""
+    memory: Memory = await make_memory()
+    sent = [
+        await memory.add_message("eve", "user", f"I like thing {i}" + (" POISON" * (i == 4)))
+        for i in range(6)
+    ]
+    await memory.flush("eve")
+    poison = sent[4].message_id
+    with Audit(db_url=db_url) as audit:
+        extractor = RecordingExtractor()
+        extractor.fault = _refused_when("POISON")
+        report = await audit.reextract("eve", extractor, "v2", embedder=False)
+        assert (report.entries, report.left_out) == (5, {poison: "Claude refused to answer"})
+        assert audit.knowledge_versions("eve")["v2"] == 5
+        failed = [
+            e.message_ids
+            for e in audit.store.events_of("eve")
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert [len(ids) for ids in failed] == [6, 3, 2, 1] and failed[-1] == [poison]
+        assert sum(row["calls"] for row in audit.spend()) == 4
+        again = RecordingExtractor()
+        again.fault = _refused_when("POISON")
+        assert (await audit.reextract("eve", again, "v2", embedder=False)).left_out == {
+            poison: "Claude refused to answer"
+        }
+        assert again.sent_message_ids == [poison]
+        assert verify(audit.store) == []
+
+
+async def test_a_refusal_of_every_batch_stops_the_run_as_a_failure_that_may_pass(
+    make_memory: Any, db_url: str
+) -> None:
+    """Batches that share no message refused for one reason are the account refused (a
+    credit balance too low), not messages: the run stops with a typed error, none of the
+    messages is recorded as covered, and the run again sends them all."""
+    memory: Memory = await make_memory()
+    for i in range(4):
+        await memory.add_message("eve", "user", f"I like thing {i}")
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        extractor = RecordingExtractor()
+        extractor.fault = _refused_when("thing", reason="HTTP 400: credit balance too low")
+        with pytest.raises(ExtractionError, match="refuses every batch"):
+            await audit.reextract("eve", extractor, "v2", embedder=False)
+        # The batch, its first half, its first message, then a message it does not share.
+        assert len(extractor.batches) == 4
+        assert (await audit.reextract("eve", RecordingExtractor(), "v2", embedder=False)) == (
+            ReextractionReport(entries=4)
+        )
+
+
+class _LoopRecording(RecordingExtractor):
+    """Records the event loop of every call, and how often it was closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.closed = 0
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.loops.append(asyncio.get_running_loop())
+        return await super().extract(batch)
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One user's message left out is listed (exit 1); a user whose re-extraction stops
+    (the API down) is one ``error:`` line, the users after it are still re-extracted,
+    and the exit code is 2, never a traceback. Every user goes on one event loop (the
+    extractor's connections belong to it), and the extractor is closed at the end."""
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
+            for user in ("bob", "cat", "dan"):
+                for i in range(3):
+                    text = f"{user} likes thing {i}" + (" POISON" * (user == "bob" and i == 1))
+                    await m.add_message(user, "user", text)
+                await m.flush(user)
+
+    asyncio.run(fill())
+    extractor = _LoopRecording()
+    refused = _refused_when("POISON")
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if batch.user_id == "cat":
+            return ExtractionError("Claude API returned HTTP 500")
+        return refused(batch)
+
+    extractor.fault = fault
+    monkeypatch.setattr("memvee.cli._extractor", lambda name, model: extractor)
+    runner = CliRunner()
+    args = ["reextract", "--all", "--as", "v2", "--db-url", db_url]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 2, done.output
+    assert "bob: 2 entries extracted, 1 messages left out" in done.output
+    assert "left out: bob " in done.output
+    assert "error: user 'cat': Claude API returned HTTP 500" in done.output
+    assert "dan: 3 entries extracted" in done.output
+    assert "Traceback" not in done.output
+    assert len({id(loop) for loop in extractor.loops}) == 1 and extractor.closed == 1
+    extractor.fault = refused
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1, again.output
+    assert "cat: 3 entries extracted" in again.output and "left out: bob " in again.output
