@@ -174,7 +174,8 @@ class Memory:
         self._observer: _LoopObserver | None = None
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
-        self._recent: OrderedDict[str, ProcessTask] = OrderedDict()
+        # Ended tasks, and whether the log has them (another process may erase those).
+        self._recent: OrderedDict[str, tuple[ProcessTask, bool]] = OrderedDict()
         self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
         self._poller: asyncio.Future[None] | None = None
         self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
@@ -645,7 +646,7 @@ class Memory:
         receipt: ForgetReceipt = await engine.directory.call_async(loop, user_id, "forget")
         # The tasks it ended were finished before its answer came (one inbox, in order):
         # now no handle of the user's erased tasks is answered from memory either.
-        for task_id in [t for t, task in self._recent.items() if task.user_id == user_id]:
+        for task_id in [t for t, (task, _) in self._recent.items() if task.user_id == user_id]:
             del self._recent[task_id]
         log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
         return receipt
@@ -691,16 +692,32 @@ class Memory:
         return handles + pending
 
     async def get_task(self, user_id: str, task_id: str) -> ProcessTask:
-        """One task of the user; raises :class:`UnknownTaskError` if there is none."""
+        """One task of the user; raises :class:`UnknownTaskError` if there is none.
+
+        A task that ended here is answered from memory while the log still has it: another
+        process may have forgotten the user since.
+        """
         check_user_id(user_id)
         if not isinstance(task_id, str) or not task_id:
             raise UnknownTaskError(f"task id must be a non-empty str, not {task_id!r}")
         check_text(task_id, "task id")
-        self._running()  # a closed Memory answers no call, from its cache neither
-        known = self._inflight.get(user_id, {}).get(task_id) or self._recent.get(task_id)
-        if known is not None and known.user_id == user_id:
-            return known
-        record = await self._read(lambda c, r: r.task(c, user_id, task_id))
+        engine, _ = self._running()  # a closed Memory answers no call, from its cache neither
+        live = self._inflight.get(user_id, {}).get(task_id)
+        if live is not None:
+            return live
+        ended, logged = self._recent.get(task_id, (None, False))
+        if ended is not None and ended.user_id != user_id:
+            ended = None
+        if ended is not None and not logged:
+            return ended  # it never reached the log (nothing to process, say): only here
+        read = functools.partial(
+            _task_state, user_id=user_id, task_id=task_id, projector=engine.projector
+        )
+        record, rebuilding = await self._read(read)
+        if ended is not None:
+            if record is not None or rebuilding:
+                return ended
+            self._recent.pop(task_id, None)  # the user's log was erased since it ended
         if record is None:
             raise UnknownTaskError(f"user {user_id!r} has no task {task_id!r}")
         return self._handle_for(user_id, record)
@@ -838,7 +855,7 @@ class Memory:
         error: str | None,
         message_count: int | None = None,
     ) -> None:
-        self._followed.pop(task_id, None)
+        logged = self._followed.pop(task_id, None) is not None  # its request is in the log
         tasks = self._inflight.get(user_id, {})
         task = tasks.pop(task_id, None)
         if not tasks:
@@ -846,7 +863,7 @@ class Memory:
         if task is None:
             return
         task._mark_finished(ProcessStatus(status), knowledge_count, error, message_count)
-        self._recent[task_id] = task
+        self._recent[task_id] = (task, logged)
         while len(self._recent) > _DONE_TASKS_KEPT:
             self._recent.popitem(last=False)
 
@@ -927,6 +944,15 @@ def _task_states(
     (then a task missing from the projection may be only not yet folded)."""
     states: list[Any] = reader.task_states(connection, ids)
     return states, projector.state(connection).rebuilding
+
+
+def _task_state(
+    connection: Connection, reader: Any, *, user_id: str, task_id: str, projector: Projector
+) -> tuple[Any, bool]:
+    """The stored state of the user's task ``task_id`` (``None`` if the log has none), and
+    whether a rebuild is folding the log (then a missing task may be only not yet folded)."""
+    record = reader.task(connection, user_id, task_id)
+    return record, record is None and projector.state(connection).rebuilding
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:

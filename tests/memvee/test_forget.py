@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 
 from events import EventStore
 from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
@@ -139,6 +139,50 @@ async def test_no_task_of_a_forgotten_user_is_found_nor_one_it_ended(
     for task in (done, running):
         with pytest.raises(UnknownTaskError):
             await memory.get_task("ann", task.task_id)
+
+
+async def test_no_task_is_found_that_another_memory_erased_since_it_ended_here(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The Memory that ran a task remembers how it ended; once another Memory (another
+    process) forgets the user, get_task no longer answers it from there, as tasks() does
+    not. A task that never reached the log (nothing to process) is still answered."""
+    here: Memory = await make_memory(config=SHARED)
+    other: Memory = await make_memory(config=SHARED)
+    idle = here.process_async("bob")
+    assert await asyncio.wait_for(idle.wait(), 10) == 0
+    await here.add_exchange("ann", "I live in Oslo", "ok")
+    done = here.process_async("ann")
+    assert await asyncio.wait_for(done.wait(), 10) == 1
+    with pytest.raises(UnknownTaskError):
+        await here.get_task("bob", done.task_id)
+    assert await here.get_task("ann", done.task_id) is done
+    await other.forget("ann")
+    assert await here.tasks("ann") == []
+    with pytest.raises(UnknownTaskError):
+        await here.get_task("ann", done.task_id)
+    assert await here.get_task("bob", idle.task_id) is idle
+
+
+async def test_a_task_that_ended_here_is_answered_while_a_rebuild_has_not_folded_it_yet(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Missing from tables a rebuild is filling again, the task is not taken for erased."""
+    memory: Memory = await make_memory(config=SHARED)
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    done = memory.process_async("ann")
+    assert await asyncio.wait_for(done.wait(), 10) == 1
+    engine = memory._engine
+    assert engine is not None
+    tasks, position = engine.tables.tasks, engine.tables.position
+    with engine.store.transaction() as connection:
+        connection.execute(delete(tasks).where(tasks.c.task_id == done.task_id))
+        connection.execute(insert(position).values(name="rebuilding", position=0))
+    assert await memory.get_task("ann", done.task_id) is done
+    with engine.store.transaction() as connection:
+        connection.execute(delete(position).where(position.c.name == "rebuilding"))
+    with pytest.raises(UnknownTaskError):
+        await memory.get_task("ann", done.task_id)
 
 
 async def test_writing_to_a_forgotten_user_starts_a_new_empty_log(memory: Memory) -> None:
