@@ -16,6 +16,11 @@ database file itself: a process that closes any descriptor of a file loses its P
 locks on it, SQLite's included. On PostgreSQL it is a session advisory lock, keyed by the
 schema the engine's tables live in, on a connection the claim keeps open.
 
+The last holder of a SQLite claim removes the lock file: its release locks the file
+alone for a moment to learn that no one else holds it. So that an engine with leases
+opening meanwhile is not refused for it, a claim held alone marks the lock file (a
+release does not), and a shared claim waits out an unmarked lock held alone.
+
 A job that must run alone on a database (a verify, whose scratch tables another would
 drop) holds a claim of its own the same way, under another name (:class:`ClaimPurpose`).
 """
@@ -28,6 +33,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,6 +61,17 @@ log = logging.getLogger("memvee.actors")
 
 LOCK_SUFFIX = ".memvee-lock"
 """What the lock file's name adds to the database file's."""
+
+ALONE_MARK = b"held alone\n"
+"""What a SQLite claim held alone writes in its lock file: a lock held alone without it
+is the last holder's release, which removes the file at once."""
+
+RELEASE_WAIT_SECONDS = 1.0
+"""How long a shared SQLite claim waits out an unmarked lock held alone (a release takes
+microseconds; an engine of a memvee that did not mark its lock file holds it for good)."""
+
+RELEASE_POLL_SECONDS = 0.001
+"""How often a shared SQLite claim tries again while it waits out a release."""
 
 
 class DatabaseClaim(Protocol):
@@ -122,8 +139,9 @@ class FileClaim:
         server, or where the platform has no ``flock`` (Windows).
 
         Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
-        cannot share, :class:`StorageError` if the lock file cannot be opened; on a file
-        system that cannot lock, warns and returns ``None``.
+        cannot share (a shared claim first waits out the last holder's release, up to
+        :data:`RELEASE_WAIT_SECONDS`), :class:`StorageError` if the lock file cannot be
+        opened or marked; on a file system that cannot lock, warns and returns ``None``.
         """
         file = sqlite_file(make_url(url))
         if file is None or sys.platform == "win32":
@@ -131,6 +149,7 @@ class FileClaim:
         database = Path(file).expanduser().resolve()  # a link: the file it names
         suffix = LOCK_SUFFIX if purpose is None else purpose.suffix
         lock_path = database.with_name(database.name + suffix)
+        deadline: float | None = None
         while True:
             try:
                 descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -152,12 +171,37 @@ class FileClaim:
                 return None
             current = _same_file(descriptor, lock_path)
             if had and current:
-                return cls(lock_path, descriptor)
+                return cls._marked(lock_path, descriptor, shared=shared)
+            if current and shared and not _marked_alone(descriptor):
+                if deadline is None:
+                    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+                if time.monotonic() < deadline:  # the last holder's release: it ends at once
+                    os.close(descriptor)
+                    _wait_for_release()
+                    continue
             os.close(descriptor)
             if current:
                 told = _refusal(database, shared=shared) if purpose is None else purpose.refusal
                 raise DatabaseInUseError(told)
             # Its last holder removed it between our open and our lock: take the new one.
+
+    @classmethod
+    def _marked(cls, lock_path: Path, descriptor: int, *, shared: bool) -> FileClaim:
+        """The claim just locked on ``descriptor``, its lock file marked if it is held
+        alone, or cleared of the mark an engine that died holding it alone left."""
+        claim = cls(lock_path, descriptor)
+        try:
+            if not shared:
+                os.pwrite(descriptor, ALONE_MARK, 0)
+            elif _marked_alone(descriptor):
+                os.ftruncate(descriptor, 0)  # no one holds it alone while it is shared
+        except OSError as error:
+            claim.release()
+            raise StorageError(
+                f"cannot write the lock file {lock_path} beside the database: "
+                f"{error.strerror or error}"
+            ) from error
+        return claim
 
     @property
     def held(self) -> bool:
@@ -187,6 +231,17 @@ def _locked(descriptor: int, *, shared: bool) -> bool:
             return False
         raise
     return True
+
+
+def _marked_alone(descriptor: int) -> bool:
+    """Whether the lock file open on ``descriptor`` says a claim holds it alone (only
+    :data:`ALONE_MARK` is ever written to it)."""
+    return os.fstat(descriptor).st_size > 0
+
+
+def _wait_for_release() -> None:
+    """Let another engine's release of its claim end before the lock is tried again."""
+    time.sleep(RELEASE_POLL_SECONDS)
 
 
 def _same_file(descriptor: int, path: Path) -> bool:

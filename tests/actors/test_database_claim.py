@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from actors import Engine
+from actors import Engine, database_claim
 from actors.database_claim import (
     LOCK_SUFFIX,
     VERIFY,
@@ -92,6 +92,55 @@ def test_a_released_claim_can_be_taken_again_and_the_last_removes_the_lock_file(
     assert lock_file.exists()
 
 
+def test_a_shared_claim_waits_out_the_last_holders_release_instead_of_refusing(
+    tmp_path: Path, url: str, claims: list[DatabaseClaim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last holder's release locks the lock file alone for a moment, to learn it is
+    the last, then removes it: an engine with leases opening meanwhile (in another process)
+    is not refused for it."""
+    lock_file = tmp_path / ("memory.db" + LOCK_SUFFIX)
+    releasing = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(releasing, fcntl.LOCK_EX)
+    waits: list[int] = []
+
+    def release_ends() -> None:
+        waits.append(releasing)
+        lock_file.unlink()
+        os.close(releasing)
+
+    monkeypatch.setattr(database_claim, "_wait_for_release", release_ends, raising=False)
+    _take(claims, url, shared=True)
+    assert waits == [releasing]
+
+
+def test_a_shared_claim_is_refused_at_once_by_a_claim_held_alone(
+    tmp_path: Path, url: str, claims: list[DatabaseClaim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_wait() -> None:
+        pytest.fail("a claim held alone is no release to wait out")
+
+    lock_file = tmp_path / ("memory.db" + LOCK_SUFFIX)
+    monkeypatch.setattr(database_claim, "_wait_for_release", no_wait)
+    _take(claims, url, shared=False)
+    assert lock_file.read_bytes() == database_claim.ALONE_MARK
+    with pytest.raises(DatabaseInUseError, match="a Memory without leases"):
+        FileClaim.take(url, shared=True)
+
+
+def test_a_lock_held_alone_that_no_release_ends_is_refused_after_the_wait(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine of a memvee that did not mark its lock file holds it alone for good."""
+    monkeypatch.setattr(database_claim, "RELEASE_WAIT_SECONDS", 0.0)
+    holder = os.open(tmp_path / ("memory.db" + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(DatabaseInUseError, match="a Memory without leases"):
+            FileClaim.take(url, shared=True)
+    finally:
+        os.close(holder)
+
+
 def test_the_same_file_by_another_path_is_the_same_claim(
     tmp_path: Path, claims: list[DatabaseClaim]
 ) -> None:
@@ -146,6 +195,16 @@ def test_a_process_that_dies_leaves_the_file_free(url: str, claims: list[Databas
     with _held_in_another_process("FileClaim", url), pytest.raises(DatabaseInUseError):
         FileClaim.take(url, shared=True)
     _take(claims, url, shared=False)
+
+
+def test_a_shared_claim_clears_the_mark_of_a_claim_held_alone_by_a_process_that_died(
+    tmp_path: Path, url: str, claims: list[DatabaseClaim]
+) -> None:
+    """Else the next release's moment alone would be taken for a claim held alone."""
+    lock_file = tmp_path / ("memory.db" + LOCK_SUFFIX)
+    lock_file.write_bytes(database_claim.ALONE_MARK)  # and no lock: its holder is gone
+    _take(claims, url, shared=True)
+    assert lock_file.read_bytes() == b""
 
 
 def test_a_database_server_takes_no_file_claim() -> None:
