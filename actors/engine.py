@@ -424,14 +424,14 @@ class Engine:
             try:
                 self.directory.call(user, "renew_ownership", user not in lost)
                 if user in versions:
-                    self.directory.call(user, "refresh", versions[user])
+                    self.directory.call(user, "refresh", *versions[user])
             except RuntimeError:
                 return
 
     def _follow_new_writes(self) -> None:
         """Refresh the live users with a task requested and not yet started (by another
         process, say), if any event was stored since the last look; an actor that knows
-        its log to that version already does nothing."""
+        that log to that version already does nothing."""
         live = self.directory.live_users()
         if not live:
             return
@@ -446,9 +446,9 @@ class Engine:
             # last id alone can hide it: keep looking a while after each change.
             self._followed_until = now + LATE_COMMIT_SECONDS
         self._followed_position = position
-        for user, version in waiting.items():
+        for user, stored in waiting.items():
             try:
-                self.directory.call(user, "refresh", version)
+                self.directory.call(user, "refresh", *stored)
             except RuntimeError:
                 return
 

@@ -254,10 +254,13 @@ class UserActor(PooledActor):
             self._services.observer.task_scheduled(self.user_id, task_id, "recovery", stored=True)
         return closed
 
-    def refresh(self, version: int) -> None:
-        """The log reached ``version`` elsewhere: reload it and act on new requests."""
+    def refresh(self, version: int, began: datetime) -> None:
+        """The stored log, begun at ``began``, reached ``version`` elsewhere: reload it and
+        act on new requests, unless the copy here is of that log and as far along. A copy
+        of a log that was forgotten since may be longer than the new one: only when it
+        began tells them apart."""
         user_log = self._user_log(create=False)
-        if user_log is not None and user_log.version >= version:
+        if user_log is not None and user_log.version >= version and user_log.created_on == began:
             return
         self._await_last_write()
         self._forget_log()
@@ -785,9 +788,19 @@ class UserActor(PooledActor):
             self._checkpointed = self._intervals(0 if self._log is None else self._log.version)
             if self._checkpointed:  # a long log: make sure it has a recent checkpoint
                 self._services.checkpoint_due(self.user_id)
+            if claim and self._owner and self._running is None and self._log is not None:
+                self._start_found_requests(self._log)
         if self._log is None and create:
             self._log = UserLog.register(self.user_id)
         return self._log
+
+    def _start_found_requests(self, user_log: UserLog) -> None:
+        """As the owner, have the requests a (re)loaded log holds started once the command
+        that loaded it is done: another process may have stored one since the last load,
+        and a reload after a conflict (an append's, say) brings the copy here up to date,
+        so following other processes' writes would find nothing new to act on."""
+        if user_log.requested:
+            self._myself.start_queued()
 
     def _forget_log(self) -> None:
         """Drop the in-memory log so the next command reloads it from the store.

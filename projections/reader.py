@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -43,6 +43,7 @@ from projections.tables import ProjectionTables
 
 __all__ = [
     "ProjectionReader",
+    "StoredVersion",
     "aware",
     "buffered_from_row",
     "entry_from_row",
@@ -57,6 +58,15 @@ answer changes are then read on to their start (:func:`projections.shown.with_ta
 
 _OPEN_STATUSES = ("PENDING", "RUNNING")
 """The statuses of a task not yet ended: requested, or running."""
+
+
+class StoredVersion(NamedTuple):
+    """How far a user's stored log goes, and when it began: a copy of the log held in
+    memory is of another log (the user was forgotten and began again) when it began
+    otherwise, however its version compares."""
+
+    version: int
+    began: datetime
 
 
 class ProjectionReader:
@@ -458,27 +468,29 @@ class ProjectionReader:
         )
         return [r[0] for r in rows]
 
-    def versions(self, connection: Connection, user_ids: list[str]) -> dict[str, int]:
-        """The log version of each of ``user_ids`` that has a log."""
+    def versions(self, connection: Connection, user_ids: list[str]) -> dict[str, StoredVersion]:
+        """The log version (and beginning) of each of ``user_ids`` that has a log."""
         if not user_ids:
             return {}
         u = self.tables.users
         rows = connection.execute(
-            select(u.c.user_id, u.c.version).where(
+            select(u.c.user_id, u.c.version, u.c.created_at).where(
                 u.c.log_id.in_(bindparam("ids", expanding=True))
             ),
             {"ids": [_log(x) for x in user_ids]},
         )
-        return {r[0]: int(r[1]) for r in rows}
+        return {r[0]: StoredVersion(int(r[1]), aware(r[2])) for r in rows}
 
-    def versions_with_requests(self, connection: Connection, user_ids: list[str]) -> dict[str, int]:
-        """The log version of each of ``user_ids`` with a task requested and not yet
-        started."""
+    def versions_with_requests(
+        self, connection: Connection, user_ids: list[str]
+    ) -> dict[str, StoredVersion]:
+        """The log version (and beginning) of each of ``user_ids`` with a task requested
+        and not yet started."""
         if not user_ids:
             return {}
         t, u = self.tables.tasks, self.tables.users
         rows = connection.execute(
-            select(u.c.user_id, u.c.version).where(
+            select(u.c.user_id, u.c.version, u.c.created_at).where(
                 u.c.log_id.in_(
                     select(t.c.log_id).where(
                         t.c.status == "PENDING",
@@ -488,7 +500,7 @@ class ProjectionReader:
             ),
             {"ids": [_log(x) for x in user_ids]},
         )
-        return {r[0]: int(r[1]) for r in rows}
+        return {r[0]: StoredVersion(int(r[1]), aware(r[2])) for r in rows}
 
     def task_states(self, connection: Connection, task_ids: list[str]) -> list[TaskRecord]:
         """The tasks among ``task_ids`` that the log knows, in any user's log."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from actors.engine import FOLLOW_SECONDS, LATE_COMMIT_SECONDS
 from actors.lease import LeaseTable
 from events import user_log_id
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
+from projections.reader import StoredVersion
 from tests.support.extractors import RecordingExtractor, unreadable_when
 from tests.support.store_faults import queue_and_stop
 
@@ -112,6 +114,83 @@ async def test_a_guest_processes_the_new_log_of_a_user_the_owner_forgot(db_url: 
     finally:
         await guest.close()
         await owner.close()
+
+
+async def test_the_owner_runs_a_guests_request_its_own_write_reloaded_the_log_with(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner writes to the user just after a guest asked for processing: its write
+    conflicts, reloads the log (the request in it) and lands. The owner now knows the log
+    as far as it goes, so following other processes' writes finds nothing new: the reload
+    itself must start the request (it used to stay PENDING for good)."""
+    config = _config(db_url, lease_ttl=600)  # no renewal (and its refresh) during the test
+    owner = await Memory(config=config, extractor=RecordingExtractor()).open()
+    guest = await Memory(config=config, extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        assert await owner.process("u") == 1  # the owner holds the log, as it stands
+        following, looked = _pause_following(owner, monkeypatch)
+        assert await asyncio.to_thread(looked.wait, 10)
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        task = guest.process_async("u")
+        await guest.add_exchange("u", "I collect stamps", "ok")  # after the request landed
+        await owner.add_exchange("u", "I love tea", "ok")  # conflicts: the log is reloaded
+        following.set()
+        assert await asyncio.wait_for(task.wait(), 20) == 3
+        assert await guest.buffer("u") == []
+    finally:
+        await guest.close()
+        await owner.close()
+
+
+async def test_the_owner_runs_requests_on_the_new_log_of_a_user_another_process_forgot(
+    db_url: str,
+) -> None:
+    """A third process forgets a user the owner has processed, and the owner's lease
+    renewal takes the freed lease again; a guest then begins the user's new log, shorter
+    than the owner's copy of the erased one, and asks for processing. The owner must see
+    that its copy is of another log, not ahead of the stored one, and run the request."""
+    config = _config(db_url, lease_ttl=600)  # the test renews the owner's leases itself
+    owner = await Memory(config=config, extractor=RecordingExtractor()).open()
+    guest = await Memory(config=config, extractor=RecordingExtractor()).open()
+    third = await Memory(config=config, extractor=RecordingExtractor()).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await owner.add_exchange("u", "I work at Acme", "ok")
+        assert await owner.process("u") == 2
+        await third.forget("u")
+        await third.close()
+        engine = owner._engine
+        assert engine is not None and engine.leases is not None
+        await asyncio.to_thread(engine._renew_and_follow, engine.leases)
+        assert await asyncio.to_thread(_holder, engine.leases, "u") == engine.leases.owner
+        await guest.add_exchange("u", "I moved to Rome", "ok")  # a new log, 3 events long
+        task = guest.process_async("u")
+        assert await asyncio.wait_for(task.wait(), 20) == 1
+        assert [e.text for e in await guest.knowledge("u")] == ["User said: I moved to Rome"]
+    finally:
+        await third.close()
+        await guest.close()
+        await owner.close()
+
+
+def _pause_following(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Hold ``memory``'s following of other processes' writes until the first event is
+    set; the second is set once a look was skipped (none is under way any more)."""
+    engine = memory._engine
+    assert engine is not None
+    follow, following, looked = engine._follow_new_writes, threading.Event(), threading.Event()
+
+    def paused() -> None:
+        if following.is_set():
+            follow()
+        else:
+            looked.set()
+
+    monkeypatch.setattr(engine, "_follow_new_writes", paused)
+    return following, looked
 
 
 async def test_a_guest_takes_the_user_over_when_the_owner_leaves(db_url: str) -> None:
@@ -430,6 +509,9 @@ async def test_a_closing_owner_leaves_a_request_of_another_process_to_that_proce
         await owner.close()
 
 
+_BEGAN = datetime(2026, 1, 1, tzinfo=UTC)
+
+
 class _FollowedLog:
     """Stands for the engine's store, reader and directory: a log whose last id stays 5
     while a request of user "u" at version 7 commits late (it took an earlier id)."""
@@ -454,11 +536,11 @@ class _FollowedLog:
     def live_users(self) -> list[str]:
         return ["u"]
 
-    def versions_with_requests(self, _: Any, users: list[str]) -> dict[str, int]:
+    def versions_with_requests(self, _: Any, users: list[str]) -> dict[str, StoredVersion]:
         self.looks += 1
-        return dict(self.requests)
+        return {u: StoredVersion(v, _BEGAN) for u, v in self.requests.items()}
 
-    def call(self, user: str, method: str, version: int) -> None:
+    def call(self, user: str, method: str, version: int, began: datetime) -> None:
         self.refreshed.append((user, version))
 
 
