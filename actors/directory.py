@@ -190,6 +190,22 @@ class ActorDirectory:
                         self._forget_dead(user_id)
             self._spawn_entry(user_id)
 
+    def call_live(self, user_id: str, method: str, *args: Any) -> BridgedFuture[Any] | None:
+        """Call ``method(*args)`` on the user's actor if it is live (``None`` if not),
+        neither spawning one nor marking it used: the engine's own calls (lease renewals,
+        following other processes' writes) must not keep an idle actor from stopping."""
+        with self._lock:
+            if self._stopped.is_set():
+                raise MemoryClosedError(_STOPPED)
+            entry = self._actors.get(user_id)
+            if entry is None:
+                return None
+            try:
+                return ask(entry.ref, method, *args)
+            except pykka.ActorDeadError:
+                self._forget_dead(user_id)
+                return None
+
     def _touch(self, user_id: str) -> _Entry | None:
         """The user's live actor, marked as just used (lock held)."""
         if self._stopped.is_set():

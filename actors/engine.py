@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -203,6 +203,7 @@ class Engine:
         self._stopping = threading.Event()
         self._followed_position = -1  # the last event stored at the last look
         self._followed_until = 0.0  # looks go on past an unchanged position until then
+        self._followed_users: frozenset[str] = frozenset()  # see follow_owners
         self._ticker: threading.Thread | None = None
         if self.leases is not None:
             self._ticker = threading.Thread(target=self._tick, name="memvee-leases", daemon=True)
@@ -410,21 +411,42 @@ class Engine:
                     "renewing leases" if renewing else "following other processes' writes",
                 )
 
+    def follow_owners(self, users: Iterable[str]) -> None:
+        """The users with open tasks this process waits on (the Memory's followed tasks):
+        with leases, any of them whose lease nobody holds is taken over here, its actor
+        spawned if it was stopped, so those tasks end even where the owner is gone."""
+        self._followed_users = frozenset(users)
+
     def _renew_and_follow(self, leases: LeaseTable) -> None:
+        """Renew the live users' leases (taking those whose owner is gone), tell their
+        actors, and take over the followed users no live actor here stands for."""
         live = self.directory.live_users()
-        if not live:
-            return
+        if live:
+            self._renew(leases, live)
+        orphaned = self._followed_users.difference(live)
+        if orphaned:
+            for user in leases.vacant(orphaned):
+                log.info("user %r: the owner of a task followed here is gone", user)
+                try:
+                    self.directory.call(user, "start_queued")
+                except RuntimeError:
+                    return
+
+    def _renew(self, leases: LeaseTable, live: list[str]) -> None:
         lost = leases.renew(live)
-        for user in list(lost):
-            if leases.try_acquire(user):
-                lost.discard(user)
+        taken = {user for user in lost if leases.try_acquire(user)}
+        lost -= taken
         with self.store.engine.connect() as connection:
             versions = self.reader.versions(connection, [u for u in live if u not in lost])
         for user in live:
             try:
-                self.directory.call(user, "renew_ownership", user not in lost)
+                told = self.directory.call_live(user, "renew_ownership", user not in lost)
+                if told is None:
+                    if user in taken:  # its actor stopped meanwhile: nobody here owns it
+                        leases.release(user)
+                    continue
                 if user in versions:
-                    self.directory.call(user, "refresh", *versions[user])
+                    self.directory.call_live(user, "refresh", *versions[user])
             except RuntimeError:
                 return
 
@@ -448,7 +470,7 @@ class Engine:
         self._followed_position = position
         for user, stored in waiting.items():
             try:
-                self.directory.call(user, "refresh", *stored)
+                self.directory.call_live(user, "refresh", *stored)
             except RuntimeError:
                 return
 

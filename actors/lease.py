@@ -145,6 +145,27 @@ class LeaseTable:
                 lost.add(user)
         return lost
 
+    def vacant(self, user_ids: Iterable[str]) -> list[str]:
+        """Those of ``user_ids`` no other process holds: their lease is free, expired (by
+        the database's clock) or ours."""
+        wanted = {str(user_log_id(u)): u for u in user_ids}
+        if not wanted:
+            return []
+        t = self.table
+        with self.engine.connect() as connection:
+            now = self._now(connection)
+            held = set(
+                connection.execute(
+                    select(t.c.log_id).where(
+                        t.c.log_id.in_(bindparam("ids", expanding=True)),
+                        t.c.owner != self.owner,
+                        t.c.expires_at >= now,
+                    ),
+                    {"ids": list(wanted)},
+                ).scalars()
+            )
+        return [user for log_id, user in wanted.items() if log_id not in held]
+
     def release(self, user_id: str) -> None:
         """Give the user's lease up (if it is ours)."""
         t = self.table

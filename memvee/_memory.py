@@ -785,7 +785,7 @@ class Memory:
         unknown = [r for r in records if r.task_id not in known and r.task_id not in self._recent]
         for record in unknown:
             self._register(user_id, record.task_id, record.trigger, follow=True)
-        if unknown:
+        if records:  # those followed already too: their actor here may have been stopped
             engine.directory.call(user_id, "start_queued")
 
     def _follow(self, task: ProcessTask) -> None:
@@ -802,10 +802,22 @@ class Memory:
 
     async def _poll_followed(self) -> None:
         """Read the state of followed tasks from the log's projection until they end; while
-        the database fails, read again less often (up to every ``REMOTE_POLL_MAX`` s)."""
+        the database fails, read again less often (up to every ``REMOTE_POLL_MAX`` s).
+
+        Meanwhile the engine knows whose tasks are followed: with leases it takes over
+        those users when their owner is gone, though no actor here stands for them."""
+        try:
+            await self._poll_followed_tasks()
+        finally:
+            if self._engine is not None:
+                self._engine.follow_owners(())
+
+    async def _poll_followed_tasks(self) -> None:
+        """The loop of :meth:`_poll_followed`."""
         pause = REMOTE_POLL_SECONDS
         while self._followed and self.is_open and self._engine is not None:
             ids = list(self._followed)
+            self._engine.follow_owners({task.user_id for task in self._followed.values()})
             try:
                 read = functools.partial(_task_states, ids=ids, projector=self._engine.projector)
                 records, rebuilding = await self._read(read)

@@ -30,6 +30,25 @@ async def test_idle_actors_are_stopped_and_come_back_on_the_next_call(make_memor
     assert await memory.process("u") == 2
 
 
+async def test_the_engines_own_calls_neither_spawn_nor_keep_an_idle_actor(
+    make_memory: Any,
+) -> None:
+    """Lease renewals and followed writes reach live actors through ``call_live``: only
+    the application's commands count as use (with leases, idle actors never stopped)."""
+    memory: Memory = await make_memory(config={"idle_timeout": 0.2})
+    engine = memory._engine
+    assert engine is not None
+    directory = engine.directory
+    await memory.add_exchange("u", "I live in Oslo", "ok")
+    assert directory.call_live("nobody", "start_queued") is None
+    assert directory.live_users() == ["u"]
+    async with asyncio.timeout(10):
+        while (told := directory.call_live("u", "start_queued")) is not None:
+            await asyncio.to_thread(told.get, timeout=5)
+            await asyncio.sleep(0.02)
+    assert directory.live_count == 0
+
+
 async def test_touching_many_users_keeps_the_live_actor_count_bounded(make_memory: Any) -> None:
     memory: Memory = await make_memory(config={"max_live_actors": 20})
     await asyncio.gather(*(memory.add_message(f"user-{i}", "user", "hi") for i in range(200)))

@@ -414,6 +414,13 @@ async def _stalled_mid_extraction(
     await owner.add_exchange("u", "I live in Oslo", "ok")
     stalled = owner.process_async("u")
     assert await asyncio.to_thread(extractor.started.wait, 10)
+    await _stall(owner, monkeypatch)
+    return stalled
+
+
+async def _stall(owner: Memory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner can neither renew nor take a lease from now on (as a stopped process);
+    returns once its leases have expired."""
     assert owner._engine is not None and owner._engine.leases is not None
     leases = owner._engine.leases
 
@@ -423,7 +430,6 @@ async def _stalled_mid_extraction(
     monkeypatch.setattr(leases, "renew", unreachable)
     monkeypatch.setattr(leases, "try_acquire", unreachable)
     await asyncio.sleep(2 * leases.ttl)  # no renewal: the lease expires
-    return stalled
 
 
 async def test_a_process_that_takes_a_stalled_owners_user_closes_its_task_and_runs_its_own(
@@ -540,7 +546,7 @@ class _FollowedLog:
         self.looks += 1
         return {u: StoredVersion(v, _BEGAN) for u, v in self.requests.items()}
 
-    def call(self, user: str, method: str, version: int, began: datetime) -> None:
+    def call_live(self, user: str, method: str, version: int, began: datetime) -> None:
         self.refreshed.append((user, version))
 
 
@@ -562,3 +568,93 @@ def test_a_request_committed_after_a_later_id_is_still_followed(
     looks = engine.looks
     follow()
     assert engine.looks == looks, "long after the last change, one read of the last id"
+
+
+async def _until(condition: Any, seconds: float = 10.0) -> None:
+    """Wait until ``condition()`` (run off the loop) is true."""
+    async with asyncio.timeout(seconds):
+        while not await asyncio.to_thread(condition):
+            await asyncio.sleep(0.02)
+
+
+async def test_an_idle_owner_stops_and_frees_the_lease_for_another_process(db_url: str) -> None:
+    """The lease renewals (every 0.1 s here) are the engine's, not the application's: an
+    actor idle for ``idle_timeout`` stops all the same (it never did with leases), and
+    gives up its lease, so another process takes the user at once."""
+    owner_extractor, other_extractor = RecordingExtractor(), RecordingExtractor()
+    owner = await Memory(
+        config=_config(db_url, lease_ttl=0.3, idle_timeout=0.5), extractor=owner_extractor
+    ).open()
+    other = await Memory(config=_config(db_url), extractor=other_extractor).open()
+    try:
+        assert owner._engine is not None and owner._engine.leases is not None
+        leases = owner._engine.leases
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        assert await asyncio.to_thread(_holder, leases, "u") == leases.owner
+        await _until(lambda: owner.live_actor_count == 0 and _holder(leases, "u") is None)
+        assert await asyncio.wait_for(other.process("u"), 30) == 1
+        assert owner_extractor.batches == [] and len(other_extractor.batches) == 1
+    finally:
+        await other.close()
+        await owner.close()
+
+
+async def test_a_guest_whose_actor_was_stopped_takes_the_user_over_when_the_owner_closes(
+    db_url: str,
+) -> None:
+    """The guest's actor for the user is stopped (beyond ``max_live_actors``) while its
+    request waits behind the owner's task; the owner then closes. The guest follows the
+    task, so it takes the user over and runs it (it used to wait for ever: only a live
+    actor took a user over)."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(
+        config=_config(db_url, shutdown_grace=0.2), extractor=owner_extractor
+    ).open()
+    guest = await Memory(
+        config=_config(db_url, lease_ttl=0.6, max_live_actors=1), extractor=RecordingExtractor()
+    ).open()
+    try:
+        owners, guests = await _a_guest_waits_behind_the_owner(owner, owner_extractor, guest)
+        await guest.add_exchange("v", "I like tea", "ok")  # evicts the guest's actor of u
+        assert guest._engine is not None
+        directory = guest._engine.directory
+        await _until(lambda: "u" not in directory.live_users())
+        await owner.close()
+        with pytest.raises(ProcessingError, match="interrupted by shutdown"):
+            await owners.wait()
+        assert await asyncio.wait_for(guests.wait(), 10) == 2
+        assert await guest.buffer("u") == []
+    finally:
+        owner_extractor.gate.set()
+        await guest.close()
+        await owner.close()
+
+
+async def test_a_guest_whose_actor_was_stopped_takes_a_dead_owners_user_over(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the owner stalls (as a killed process) while it extracts the guest's
+    request, until its lease expires: the guest takes the user over and its task ends,
+    interrupted."""
+    owner_extractor = RecordingExtractor(gated=True)
+    owner = await Memory(config=_config(db_url, EXPIRING_TTL), extractor=owner_extractor).open()
+    guest = await Memory(
+        config=_config(db_url, lease_ttl=0.6, max_live_actors=1), extractor=RecordingExtractor()
+    ).open()
+    try:
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await guest.add_exchange("u", "I work at Acme", "ok")
+        guests = guest.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        await guest.add_exchange("v", "I like tea", "ok")  # evicts the guest's actor of u
+        assert guest._engine is not None
+        directory = guest._engine.directory
+        await _until(lambda: "u" not in directory.live_users())
+        await _stall(owner, monkeypatch)
+        with pytest.raises(ProcessingError, match="interrupted"):
+            await asyncio.wait_for(guests.wait(), 10)
+        assert len(await guest.buffer("u")) == 4, "the stalled batch's messages wait again"
+    finally:
+        owner_extractor.gate.set()
+        await guest.close()
+        await owner.close()
