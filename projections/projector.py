@@ -144,12 +144,9 @@ class Projector:
     def _create(self, connection: Connection, *, rebuilding: bool, drop: bool = False) -> bool:
         position = self.tables.position
         generation = 0
-        # A rebuild asked for makes the tables again in this layout, whatever theirs.
-        current = (
-            self._stored_layout(connection) == _layout()
-            if drop
-            else self.layout_current(connection)
-        )
+        # A rebuild asked for makes the tables again in this layout, whatever older one
+        # theirs is (a newer memvee's is refused).
+        current = self.layout_current(connection)
         if (drop or not current) and inspect(connection).has_table(position.name):
             generation = self.generation(connection) + 1
             self.drop(connection, keep_vectors=current)
@@ -206,12 +203,17 @@ class Projector:
             connection.execute(table.insert(), {"name": _GENERATION, "position": generation})
 
     def state(self, connection: Connection) -> FoldState:
-        """How far the tables have folded the log, and whether a rebuild is doing it."""
+        """How far the tables have folded the log, and whether a rebuild is doing it.
+
+        Tables of a newer memvee's layout are a :class:`StorageError` (see
+        :meth:`layout_current`): every fold, rebuild and check reads this first.
+        """
         table = self.tables.position
         query = select(table.c.name, table.c.position).where(
-            table.c.name.in_((_POSITION, _REBUILDING))
+            table.c.name.in_((_POSITION, _REBUILDING, _SCHEMA))
         )
         rows: dict[str, int] = {name: position for name, position in connection.execute(query)}
+        _refuse_newer(rows.get(_SCHEMA))
         if _REBUILDING in rows:
             return FoldState(int(rows[_REBUILDING]), rebuilding=True)
         return FoldState(int(rows.get(_POSITION) or 0), rebuilding=False)
@@ -222,22 +224,18 @@ class Projector:
         Tables of a newer memvee's layout are a :class:`StorageError`: made again in this
         older layout, they would be made again in theirs by the newer one, back and forth.
         """
-        layout = self._stored_layout(connection)
-        if layout is not None and layout >> 20 > SCHEMA_VERSION:
-            raise StorageError(
-                f"the projections are of a newer memvee's layout ({layout >> 20}; this "
-                f"memvee reads {SCHEMA_VERSION} and older): upgrade memvee to use this database"
-            )
-        return layout == _layout()
+        return self._stored_layout(connection) == _layout()
 
     def _stored_layout(self, connection: Connection) -> int | None:
-        """The layout the tables were made in; ``None`` when there are none."""
+        """The layout the tables were made in; ``None`` when there are none. A newer
+        memvee's is a :class:`StorageError`, even to a rebuild asked for."""
         table = self.tables.position
         if not inspect(connection).has_table(table.name):
             return None
         layout = connection.execute(
             select(table.c.position).where(table.c.name == _SCHEMA)
         ).scalar()
+        _refuse_newer(layout)
         return None if layout is None else int(layout)
 
     def generation(self, connection: Connection) -> int:
@@ -457,6 +455,15 @@ def _folds_read(index: Index, prefix: str) -> bool:
 
 def _name(index: Index) -> str:
     return str(index.name)
+
+
+def _refuse_newer(layout: int | None) -> None:
+    """Raise :class:`StorageError` if ``layout`` (a stored one) is a newer memvee's."""
+    if layout is not None and int(layout) >> 20 > SCHEMA_VERSION:
+        raise StorageError(
+            f"the projections are of a newer memvee's layout ({int(layout) >> 20}; this "
+            f"memvee reads {SCHEMA_VERSION} and older): upgrade memvee to use this database"
+        )
 
 
 def _layout() -> int:

@@ -392,19 +392,52 @@ def test_an_interrupted_command_is_one_error_line(db: str, monkeypatch: pytest.M
     assert one_error_line(run("verify", "--db", db, code=2)) == "error: interrupted"
 
 
-def test_a_database_a_newer_memvee_laid_out_is_refused_not_laid_out_again(db: str) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["users"],
+        ["verify"],
+        ["rebuild"],
+        ["rebuild", "--resume"],
+        ["rebuild", "--user", "ann"],
+        ["export", "ann"],
+    ],
+    ids=" ".join,
+)
+def test_a_database_a_newer_memvee_laid_out_is_refused_not_laid_out_again(
+    db: str, command: list[str]
+) -> None:
+    """Every command, a rebuild asked for too: made again in this older layout, the tables
+    would be made again in theirs by the newer memvee, back and forth."""
     from projections import SCHEMA_VERSION
 
     newer = (SCHEMA_VERSION + 1) << 20
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE mv_position SET position = ? WHERE name = 'schema'", (newer,))
-    line = one_error_line(run("users", "--db", db, code=2))
+    line = one_error_line(run(*command, "--db", db, code=2))
     assert (
         f"newer memvee's layout ({SCHEMA_VERSION + 1}; this memvee reads {SCHEMA_VERSION}" in line
     )
     with sqlite3.connect(db) as connection:
         (layout,) = connection.execute("SELECT position FROM mv_position WHERE name = 'schema'")
     assert layout == (newer,), "was laid out again in the older layout"
+
+
+def test_a_memory_the_servers_open_refuses_a_database_a_newer_memvee_laid_out(db: str) -> None:
+    from projections import SCHEMA_VERSION
+
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "UPDATE mv_position SET position = ? WHERE name = 'schema'",
+            ((SCHEMA_VERSION + 1) << 20,),
+        )
+
+    async def open_it() -> None:
+        async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False):
+            pass
+
+    with pytest.raises(memvee.StorageError, match="newer memvee's layout"):
+        asyncio.run(open_it())
 
 
 def test_a_log_without_projections_is_an_error_line_that_says_rebuild_and_rebuild_mends_it(
