@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
 import sqlalchemy.exc
@@ -153,6 +153,8 @@ def check_db_path(
 def redacted_url(url: str | URL) -> str:
     """``url`` as it may be shown: its password, and every query parameter that may hold
     one (libpq also takes ``?password=`` and ``?sslpassword=``), as ``***``."""
+    if _at_after_password(url):  # where the password ends is unknown: show none of it
+        return f"{make_url(url).drivername}://***"
     parsed = make_url(url)
     secret = [key for key in parsed.query if "password" in key.lower()]
     if not secret:
@@ -321,6 +323,11 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
         ) from None
     except ValueError:
         raise InvalidInputError(f"{name} is not a database URL: its port is no number") from None
+    if _at_after_password(url):
+        raise InvalidInputError(
+            f"{name} holds an '@' after the one that ends its password: write each '@' in "
+            "the password as %40, else part of the password is taken for the host"
+        )
     driver = _DEFAULT_DRIVERS.get(parsed.drivername)
     if driver is not None:
         parsed = parsed.set(drivername=driver)
@@ -330,6 +337,22 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
             "postgresql:// URL"
         )
     return url if driver is None else parsed.render_as_string(hide_password=False)
+
+
+def _at_after_password(url: str | URL) -> bool:
+    """Whether a URL with a password holds another '@' after the one that ends it, before
+    its query or in a query parameter's name: SQLAlchemy ends the password at its first
+    '@', so an unencoded one in it puts the rest of the password in the host (or the
+    database, or the query), for every message that names them to show."""
+    if isinstance(url, URL):
+        url = url.render_as_string(hide_password=False)
+    if make_url(url).password is None:
+        return False
+    rest = url.partition("://")[2]
+    after = rest[rest.index("@", rest.index(":")) + 1 :]  # a user name holds no ':'
+    before_query, _, query = after.partition("?")
+    names = (name for name, _ in parse_qsl(query, keep_blank_values=True))
+    return "@" in before_query or any("@" in name for name in names)
 
 
 def _check_not_in_memory(parsed: URL) -> None:

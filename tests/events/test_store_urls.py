@@ -144,6 +144,39 @@ def test_a_url_is_shown_with_its_passwords_hidden(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pa@Secr3tPart@127.0.0.1:1/db",  # the rest would be the host
+        "postgresql://app:pa@Secr3t/Part@127.0.0.1:1/db",  # the host and the database
+        "postgresql://app:pa@Secr3t?Part@127.0.0.1:1/db",  # the host and the query
+    ],
+)
+def test_a_password_with_an_unencoded_at_is_refused_and_shown_with_none_of_it(url: str) -> None:
+    """SQLAlchemy ends the password at its first '@': the rest of it would go to the
+    driver as the host, and every message naming the host would show it."""
+    for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+        with pytest.raises(
+            InvalidInputError, match=r"write each '@' in the password as %40"
+        ) as caught:
+            refuse(url)
+        assert "Secr3t" not in str(caught.value) and caught.value.__cause__ is None
+    assert redacted_url(url) == "postgresql://***"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app:pa%40Secr3tPart@h/db?application_name=me@work",
+        "postgresql+psycopg://me@team:s3cret@h/db",  # a user name's '@' ends at the ':'
+        "sqlite:////tmp/at@home/m.db",
+    ],
+)
+def test_an_encoded_at_or_one_outside_the_password_is_taken(url: str) -> None:
+    assert driver_url(url) == url
+    assert "Secr3t" not in redacted_url(url) and "s3cret" not in redacted_url(url)
+
+
 def test_a_store_that_cannot_open_names_its_url_without_the_password() -> None:
     url = "postgresql+psycopg://me:s3cret@127.0.0.1:1/mem?password=s3cret&connect_timeout=2"
 

@@ -277,6 +277,15 @@ def test_a_password_in_the_query_of_db_url_is_not_shown() -> None:
     assert "cannot open the event store at" in line and "s3cret" not in line
 
 
+def test_a_password_with_an_unencoded_at_is_refused_without_any_of_it() -> None:
+    """Else the driver is handed the rest of the password as the host, and says so."""
+    url = "postgresql://app:pa@Secr3tPart@127.0.0.1:1/db"
+
+    line = one_error_line(run("users", "--db-url", url, code=2))
+
+    assert "write each '@' in the password as %40" in line and "Secr3t" not in line
+
+
 @pytest.mark.parametrize(
     "command",
     [["users"], ["stats"], ["log", "ann"], ["state", "ann"], ["verify"], ["rebuild"]],
