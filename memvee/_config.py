@@ -144,7 +144,7 @@ class MemoryConfig:
         for name in ("db_url", "model"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidInputError(_wrong_type(self, name, "a str or None"))
-        if self.db_url:
+        if self.db_url is not None:  # "" too: an unset variable read with a default of ""
             driver_url(self.db_url, name="db_url")
         if self.durability not in ("full", "normal"):
             raise InvalidInputError(
@@ -157,7 +157,7 @@ class MemoryConfig:
 
         def shown(name: str) -> object:
             value = getattr(self, name)
-            return redacted_url(value) if name == "db_url" and value else value
+            return redacted_url(value) if name == "db_url" and value is not None else value
 
         return f"MemoryConfig({', '.join(f'{f.name}={shown(f.name)!r}' for f in fields(self))})"
 
@@ -176,7 +176,7 @@ class MemoryConfig:
     @property
     def url(self) -> str:
         """The SQLAlchemy URL this configuration opens."""
-        if self.db_url:
+        if self.db_url is not None:
             return self.db_url
         from events import sqlite_url
 

@@ -247,7 +247,7 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
 
     if db_url is not None and db != DEFAULT_DB:
         _fail("give --db or --db-url, not both")
-    if db_url:
+    if db_url is not None:
         refuse_foreign_database(driver_url(db_url, name="--db-url"))  # named as typed
     else:
         check_db_path(db, name="--db", url_name="--db-url")

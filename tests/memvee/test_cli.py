@@ -337,6 +337,18 @@ def test_a_command_that_may_create_its_database_adds_no_tables_to_another_progra
     assert names == ["notes"]
 
 
+@pytest.mark.parametrize("command", ["users", "mcp"])
+def test_an_empty_db_url_is_refused_not_taken_for_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The servers too (`serve` opens as `mcp` does): they took it for no URL, and
+    served ./memvee.db."""
+    monkeypatch.chdir(tmp_path)
+    result = run(command, "--db-url", "", code=2)
+    assert "--db-url is not a database URL" in one_error_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("beside", ["", "-wal", ".memvee-lock"])
 def test_an_export_is_never_written_over_the_database_it_reads(db: str, beside: str) -> None:
     before = run("log", "ann", "--json", "--db", db).output

@@ -285,6 +285,18 @@ def test_bad_configuration_is_refused() -> None:
     assert "s3cret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("url", ["", "   "])
+def test_an_empty_db_url_is_refused_not_taken_for_db_path(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset variable read with a default of "" is no database: None means db_path."""
+    monkeypatch.chdir(tmp_path)
+    for refuse in (lambda: MemoryConfig(db_url=url), lambda: Memory(db_url=url)):
+        with pytest.raises(InvalidInputError, match=r"^db_url is not a database URL"):
+            refuse()
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_db_path_folder_is_created(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "memory.db"
     async with Memory(db_path=str(target)) as memory:
