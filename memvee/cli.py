@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import io
 import itertools
 import json
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -54,6 +55,7 @@ from events import (
 )
 from events.errors import UnreadableEventError, database_refused, is_database_failure
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
+from memvee._console import handled_interrupt
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
 
@@ -96,7 +98,7 @@ class _Commands(TyperGroup):
             cause = getattr(error, "orig", None) or error
             raise _bad_input(database_refused(cause)) from None
         except KeyboardInterrupt:
-            raise _bad_input(InvalidInputError("interrupted")) from None
+            raise _interrupted() from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Run the command line; a usage error (an unknown option, a value of the wrong
@@ -117,11 +119,19 @@ class _Commands(TyperGroup):
             sys.exit(_bad_input(InvalidInputError(told)).exit_code)
         except typer.Abort:
             sys.exit(_bad_input(InvalidInputError("aborted")).exit_code)
+        except OSError as error:  # --version or --help could not be written
+            sys.exit(_bad_input(error).exit_code)
         except KeyboardInterrupt:
             code = _INTERRUPTED
         if code == _INTERRUPTED:  # typer's answer to Ctrl-C while it parses or exits
-            sys.exit(_bad_input(InvalidInputError("interrupted")).exit_code)
+            sys.exit(_interrupted().exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> typer.Exit:
+    """A Ctrl-C the command handled: one ``error:`` line and exit code 2."""
+    handled_interrupt()
+    return _bad_input(InvalidInputError("interrupted"))
 
 
 def _silence_stdout() -> None:
@@ -147,16 +157,30 @@ _PIPE_CHUNK = 16 * 1024
 class _StdoutInPieces:
     """``sys.stdout`` (whichever it is at the time), written a piece at a time: one write
     of megabytes to a pipe whose reader went away can end with no BrokenPipeError (the
-    kernel reports the part it took), so the command would go on and exit 0."""
+    kernel reports the part it took), so the command would go on and exit 0. Writing
+    fails as on a full disk when stdout was closed as the process started (``>&-``, a
+    cron job's or a daemon's), where Python leaves ``sys.stdout`` None."""
 
     def write(self, text: str) -> int:
-        out = sys.stdout
+        out = _open_stdout()
         for start in range(0, len(text), _PIPE_CHUNK):
             out.write(text[start : start + _PIPE_CHUNK])
         return len(text)
 
+    def flush(self) -> None:
+        if sys.stdout is not None:  # else nothing was written to flush
+            sys.stdout.flush()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(sys.stdout, name)
+
+
+def _open_stdout() -> TextIO:
+    """``sys.stdout``; an OSError, which the command reports in one line, if it was
+    closed as the process started."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "standard output is closed")
+    return sys.stdout
 
 
 class _ShownConsole(Console):
@@ -226,7 +250,8 @@ def _version(show: bool) -> None:
     if show:
         from memvee import __version__
 
-        typer.echo(f"memvee {__version__}")
+        _STDOUT.write(f"memvee {__version__}\n")
+        _STDOUT.flush()
         raise typer.Exit()
 
 
@@ -666,7 +691,7 @@ def _print_lines(lines: Iterator[str]) -> None:
         for line in lines:
             spool.write(line + "\n")
         spool.seek(0)
-        shutil.copyfileobj(spool, sys.stdout)
+        shutil.copyfileobj(spool, _STDOUT)
 
 
 def _write_lines(target: Path, lines: Iterator[str]) -> int:

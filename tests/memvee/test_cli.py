@@ -107,10 +107,16 @@ def test_every_public_name_of_memvee_loads_from_the_module_it_lives_in() -> None
 def test_ctrl_c_while_the_command_loads_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    import atexit
     import builtins
 
-    from memvee._console import main
+    import memvee._console
+    from memvee._console import _CtrlC, main
 
+    ctrl_c = _CtrlC()
+    monkeypatch.setattr(memvee._console, "_ctrl_c", ctrl_c)
+    at_exit: list[Callable[[], None]] = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)  # not this test run's exit
     load = builtins.__import__
 
     def interrupted(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -123,6 +129,7 @@ def test_ctrl_c_while_the_command_loads_is_one_error_line(
         main()
     assert stopped.value.code == 2
     assert capsys.readouterr().err == "error: interrupted\n"
+    assert at_exit == [ctrl_c.leave] and ctrl_c.exit_code == 2
 
 
 _LATE_CTRL_C = """
@@ -202,6 +209,27 @@ def test_python_dash_m_memvee_is_the_memvee_command() -> None:
         check=False,
     )
     assert (done.returncode, done.stdout.strip()) == (0, f"memvee {memvee.__version__}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["users"], ["users", "--json"], ["export", "ann"], ["state", "ann"], ["--version"]],
+    ids=" ".join,
+)
+def test_a_closed_stdout_is_one_error_line_not_a_traceback(
+    db: str,
+    command: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``memvee users >&-`` (a cron job's, a daemon's): Python leaves ``sys.stdout`` None,
+    and the command ended with an AttributeError traceback and exit code 1; it fails as
+    on a full disk instead."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(SystemExit) as ended:
+        app([*command, "--db", db] if command != ["--version"] else command)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "error: standard output is closed\n"
 
 
 def test_a_terminal_that_cannot_print_a_user_id_gets_it_escaped_not_a_traceback(
