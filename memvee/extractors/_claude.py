@@ -20,12 +20,14 @@ import dataclasses
 import email.utils
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import anthropic
+import httpx2
 from anthropic.types import Message, MessageParam, TextBlockParam
 
 from events.errors import (
@@ -33,6 +35,7 @@ from events.errors import (
     ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
+    MemveeError,
     RejectedBatchError,
     first_line,
 )
@@ -59,6 +62,9 @@ from memvee.extractors._claude_prompt import (
 from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
+
+BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
+"""The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
 
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512
@@ -115,13 +121,15 @@ class ClaudeExtractor:
         """Configure the extractor; without ``client`` one is built on first use.
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
-        and ``ANTHROPIC_BASE_URL`` apply. It is built lazily so that it belongs to the
-        event loop that runs the extraction (one a loop: an extractor may serve several
-        Memories), and closed with it. A ``client`` passed in is
-        used on that loop too, and stays open: its pooled connections then belong to a
-        loop that ends when the Memory closes, so give each Memory a client of its own,
-        used nowhere else (with ``max_retries=0``, the first call of a Memory opened after
-        another used the client fails on a stale connection; the SDK's retries hide it).
+        and ``ANTHROPIC_BASE_URL`` apply. A base URL (that one, or the given client's)
+        that is not an http(s) URL naming a host is refused here with InvalidInputError:
+        every call would fail, and no batch is at fault. It is built lazily so that it
+        belongs to the event loop that runs the extraction (one a loop: an extractor may
+        serve several Memories), and closed with it. A ``client`` passed in is used on that
+        loop too, and stays open: its pooled connections then belong to a loop that ends
+        when the Memory closes, so give each Memory a client of its own, used nowhere else
+        (with ``max_retries=0``, the first call of a Memory opened after another used the
+        client fails on a stale connection; the SDK's retries hide it).
         """
         if not timeout > 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
@@ -136,6 +144,10 @@ class ClaudeExtractor:
         if cache_prefix is None:
             cache_prefix = prefix_tokens() >= cache_minimum(self.model)
         self.cache_prefix = cache_prefix
+        if client is not None:
+            _check_base_url(str(client.base_url), "the client's base URL ", InvalidInputError)
+        elif (url := os.environ.get(BASE_URL_ENV_VAR)) is not None:
+            _check_base_url(url, f"{BASE_URL_ENV_VAR}=", InvalidInputError)
         self._given = client
         self._built: dict[asyncio.AbstractEventLoop | None, anthropic.AsyncAnthropic] = {}
         self._building = threading.Lock()  # Memories extract on loops of their own threads
@@ -144,7 +156,11 @@ class ClaudeExtractor:
     def client(self) -> anthropic.AsyncAnthropic:
         """The SDK client: the one given, or one built from the environment for the running
         event loop (an SDK client's connections belong to one loop, and an extractor may
-        serve several Memories, each extracting on a loop of its own)."""
+        serve several Memories, each extracting on a loop of its own).
+
+        Raises ExtractionError, a failure that may pass, when the environment cannot make
+        one (see :func:`_build_client`): the configuration is at fault, not a batch.
+        """
         if self._given is not None:
             return self._given
         loop = _running_loop()
@@ -153,7 +169,7 @@ class ClaudeExtractor:
             if built is None:
                 for closed in [k for k in self._built if k is not None and k.is_closed()]:
                     del self._built[closed]
-                built = self._built[loop] = anthropic.AsyncAnthropic(max_retries=self.max_retries)
+                built = self._built[loop] = _build_client(self.max_retries)
             return built
 
     def request(self, batch: ExtractionBatch) -> dict[str, Any]:
@@ -351,6 +367,83 @@ class ClaudeExtractor:
             client = self._built.pop(_running_loop(), None)
         if client is not None:
             await client.close()
+
+
+def _build_client(max_retries: int) -> anthropic.AsyncAnthropic:
+    """An SDK client built from the environment, as the SDK builds one by default.
+
+    Whatever the SDK's construction raises (a base URL it cannot parse, a profile named by
+    ``ANTHROPIC_PROFILE`` that is not there), and a base URL it takes but no call could
+    reach, is raised as an ExtractionError that may pass: every batch would fail alike, so
+    none is blamed, and the run fails saying what to fix. Its text shows no credential.
+    """
+    secrets = _configured_secrets()
+    try:
+        client = anthropic.AsyncAnthropic(max_retries=max_retries)
+    except Exception as exc:  # the SDK raises its parsers' errors (httpx2.InvalidURL) as they are
+        cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
+        problem = redact(f"{type(exc).__name__}: {first_line(exc)}", secrets)
+        raise ExtractionError(
+            f"the Claude API client cannot be built from its configuration ({problem}"
+            f"{_base_url_note()}); fix it and run again"
+        ) from cause
+    _check_base_url(str(client.base_url), "the Claude API client's base URL ", ExtractionError)
+    return client
+
+
+def _base_url_problem(url: str) -> str | None:
+    """What makes ``url`` no base URL for the Claude API (``None``: nothing).
+
+    The SDK takes a relative URL, another scheme or an empty host, and then every call
+    fails as if the API were unreachable; one it cannot parse fails every call before it
+    is sent.
+    """
+    if not url.strip():
+        return "it is empty (unset it to call the Anthropic API)"
+    if url != url.strip():
+        return "it has whitespace around it"
+    try:
+        parsed = httpx2.URL(url)
+    except (httpx2.InvalidURL, ValueError) as exc:
+        return f"it is not a URL ({first_line(exc)})"
+    if parsed.scheme not in ("http", "https"):
+        return "it is not an http:// or https:// URL"
+    if not parsed.host:
+        return "it names no host"
+    return None
+
+
+def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:
+    """Raise ``error`` saying why ``url`` (``named`` so in its text) is refused as the
+    API's base URL, if it is; a password the URL carries is never shown."""
+    problem = _base_url_problem(url)
+    if problem is not None:
+        raise error(f"{named}{redact(url, _userinfo(url))!r} is refused: {problem}")
+
+
+def _base_url_note() -> str:
+    """Where the SDK took its base URL from, when the environment set it: the likely culprit."""
+    url = os.environ.get(BASE_URL_ENV_VAR)
+    if url is None:
+        return ""
+    return f"; {BASE_URL_ENV_VAR}={redact(url, _userinfo(url))!r}"
+
+
+_USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
+
+
+def _userinfo(url: str) -> tuple[str, ...]:
+    """The user and password a URL carries before its host (a gateway's basic auth)."""
+    found = _USERINFO.match(url.strip())
+    return (found.group(1),) if found and found.group(1) else ()
+
+
+def _configured_secrets() -> tuple[str, ...]:
+    """The credentials the environment gives the SDK: never shown."""
+    found = [os.environ.get(name) for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")]
+    url = os.environ.get(BASE_URL_ENV_VAR)
+    secrets = [secret for secret in found if secret]
+    return (*secrets, *(_userinfo(url) if url else ()))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -1108,6 +1108,18 @@ def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.Mon
     assert "ANTHROPIC_API_KEY" in one_error_line(result)
 
 
+@pytest.mark.parametrize("url", ["http://[::1", "::"])
+def test_reextract_with_claude_refuses_a_malformed_base_url_in_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """A typo in ANTHROPIC_BASE_URL is the user's to fix: one line, exit 2, no message
+    left out for it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)
+    assert f"ANTHROPIC_BASE_URL={url!r} is refused" in one_error_line(result)
+
+
 def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k_or_query(
     db: str, tmp_path: Path
 ) -> None:

@@ -1,0 +1,127 @@
+"""ClaudeExtractor's own configuration (the base URL it calls, the SDK client it builds
+from the environment) is refused or failed as configuration, never blamed on a batch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from events.errors import ExtractionError, InvalidInputError
+from events.extraction import BatchMessage, ExtractionBatch
+from memvee import Memory, MemoryConfig, ProcessingError
+from memvee.extractors import ClaudeExtractor
+
+API_KEY = "sk-ant-test-DO-NOT-LEAK-0123456789abcdef"
+PASSWORD = "gateway-pass-DO-NOT-LEAK-42"
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+BATCH = ExtractionBatch("u1", "t1", (BatchMessage("m-1", "user", "I live in Oslo.", T0),))
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """No Anthropic setting but an API key, and a config directory of no profiles."""
+    for name in [name for name in os.environ if name.startswith("ANTHROPIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic"))
+    yield monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://[::1", "not a URL"),
+        ("::", "not a URL"),
+        ("ftp://gateway.example", "not an http:// or https:// URL"),
+        ("gateway.example", "not an http:// or https:// URL"),
+        ("http://", "names no host"),
+        ("", "empty"),
+        (" https://api.anthropic.com", "whitespace"),
+    ],
+)
+def test_a_base_url_no_call_could_reach_is_refused_up_front(
+    environment: pytest.MonkeyPatch, url: str, problem: str
+) -> None:
+    environment.setenv("ANTHROPIC_BASE_URL", url)
+    with pytest.raises(InvalidInputError, match=f"ANTHROPIC_BASE_URL=.* is refused: .*{problem}"):
+        ClaudeExtractor()
+
+
+@pytest.mark.parametrize("url", ["http://[::1]:8080", "https://gateway.example/anthropic/"])
+def test_a_base_url_of_a_proxy_or_gateway_is_taken(
+    environment: pytest.MonkeyPatch, url: str
+) -> None:
+    environment.setenv("ANTHROPIC_BASE_URL", url)
+    ClaudeExtractor()
+
+
+def test_the_refusal_never_shows_a_password_the_base_url_carries(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    environment.setenv("ANTHROPIC_BASE_URL", f"https://memvee:{PASSWORD}@[::1")
+    with pytest.raises(InvalidInputError) as caught:
+        ClaudeExtractor()
+    assert PASSWORD not in str(caught.value) and "[redacted]@" in str(caught.value)
+
+
+async def test_a_memory_whose_default_extractor_has_a_malformed_base_url_does_not_open(
+    environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A typo in ``ANTHROPIC_BASE_URL`` is told when the Memory opens, before any message
+    could be blamed for it."""
+    environment.setenv("ANTHROPIC_BASE_URL", "http://[::1")
+    with pytest.raises(InvalidInputError, match="ANTHROPIC_BASE_URL='http://\\[::1' is refused"):
+        async with Memory(db_path=str(tmp_path / "m.db"), embedder=False):
+            pass
+
+
+async def test_a_given_client_whose_base_url_no_call_could_reach_is_refused() -> None:
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url="ftp://gateway.example")
+    try:
+        with pytest.raises(InvalidInputError, match=r"client.s base URL .* not an http"):
+            ClaudeExtractor(client=client)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("ANTHROPIC_BASE_URL", f"http://memvee:{PASSWORD}@[::1", "cannot be built"),
+        ("ANTHROPIC_BASE_URL", "ftp://gateway.example", "base URL .* is refused"),
+    ],
+)
+async def test_a_client_the_environment_cannot_make_fails_the_run_and_blames_no_batch(
+    environment: pytest.MonkeyPatch, setting: str, value: str, said: str
+) -> None:
+    """The environment changed after the extractor was configured: the client built for
+    the extraction's loop fails every batch alike, so the failure may pass."""
+    claude = ClaudeExtractor()
+    environment.setenv(setting, value)
+    with pytest.raises(ExtractionError, match=said) as caught:
+        await claude.extract(BATCH)
+    assert not caught.value.repeats
+    assert "DO-NOT-LEAK" not in str(caught.value)
+
+
+async def test_a_profile_that_is_not_there_keeps_every_message_buffered(
+    environment: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a key the SDK reads ``ANTHROPIC_PROFILE``'s file, and fails to build the
+    client when it is missing: each process() fails saying so, and no message is
+    quarantined for it."""
+    environment.delenv("ANTHROPIC_API_KEY")
+    environment.setenv("ANTHROPIC_PROFILE", "absent")
+    config = MemoryConfig(db_path=str(tmp_path / "m.db"), retry_delay=0.01, retry_delay_max=0.01)
+    async with Memory(config=config, extractor=ClaudeExtractor(), embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo", "Nice city!")
+        for _ in range(3):
+            with pytest.raises(ProcessingError, match=r"cannot be built .*CredentialsError"):
+                await memory.process("ann")
+        assert len(await memory.buffer("ann")) == 2
+        assert await memory.quarantined("ann") == []
