@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,27 @@ from memvee import Memory, MemoryConfig
 from projections import ProjectionTables, Projector
 from tests.support.backends import BACKENDS, postgres_url
 from tests.support.extractors import RecordingExtractor
+
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Puts the logging set-up back after each test: a command run in-process (``serve``,
+    ``mcp``) sets the root handlers to the stream it was given, which a later test's
+    records would meet closed."""
+    root = logging.getLogger()
+    kept = [(root, root.handlers[:], root.level, root.propagate)]
+    kept += [
+        (lg, lg.handlers[:], lg.level, lg.propagate)
+        for lg in map(logging.getLogger, _SERVER_LOGGERS)
+    ]
+    yield
+    for logger, handlers, level, propagate in kept:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
 
 pytest_plugins = ("tests.support.fixtures",)
 
