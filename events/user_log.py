@@ -297,12 +297,13 @@ class UserLog(Aggregate):
 
     class ReextractionFailed(Aggregate.Event):
         """A re-extraction call into a knowledge version gave nothing to record: it spent
-        tokens (an answer cut short, unreadable or refused), or it would fail the same way
-        again. Its messages stay uncovered; the next run sends them one a call (so one that
-        fails alone leaves the others be), and the event keeps what the call cost, for
-        ``memvee stats``.
+        tokens (an answer cut short, unreadable or refused), or it failed of its own in a
+        way that would repeat. Its messages stay uncovered; when it ``repeats`` the next
+        run sends them one a call (so one that fails alone leaves the others be), and the
+        event keeps what the call cost, for ``memvee stats``.
         ``request_id`` as for :class:`KnowledgeReextracted`: a failure collected twice is
-        recorded once."""
+        recorded once. ``repeats`` defaults to ``False`` for the events stored before it
+        was kept (those were kept for their tokens alone)."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -314,6 +315,7 @@ class UserLog(Aggregate):
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
         request_id: str | None = None
+        repeats: bool = False
 
         def apply(self, log: UserLog) -> None:
             if self.request_id:
@@ -769,9 +771,10 @@ class UserLog(Aggregate):
         request_id: str | None = None,
         repeats: bool = False,
     ) -> bool:
-        """Record a failed re-extraction call of ``message_ids``: what it spent, and that it
-        ``repeats`` (would fail the same way again); returns whether anything was recorded
-        (nothing when it spent nothing and may pass, or ``request_id`` is recorded already:
+        """Record a failed re-extraction call of ``message_ids``: what it spent, and whether
+        it ``repeats`` (failed of its own, and would the same way again: the next run sends
+        its messages one a call); returns whether anything was recorded (nothing when it
+        spent nothing and does not repeat, or ``request_id`` is recorded already:
         re-extraction changes no state when it fails, only the bill and the next plan)."""
         check_new_knowledge_version(knowledge_version)
         spent = _usage_fields(usage)
@@ -785,6 +788,7 @@ class UserLog(Aggregate):
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
+            repeats=repeats,
             **spent,
         )
         return True
@@ -1101,15 +1105,17 @@ class UserLog(Aggregate):
         return {m: found for m, found in added.items() if m not in unsettled and m not in covered}
 
     def failed_reextraction(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
-        """The messages of ``knowledge_version``'s failed re-extraction calls, read off
-        ``history`` (this log's events; since a version of the same name was promoted, if
-        one was): the next run sends each of them in a call of its own."""
+        """The messages of ``knowledge_version``'s re-extraction calls that failed of their
+        own in a way that repeats, read off ``history`` (this log's events; since a version
+        of the same name was promoted, if one was): the next run sends each of them in a
+        call of its own. A failure that may pass pins none, whatever it spent."""
         failed: set[str] = set()
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
             if isinstance(e, self.ReextractionFailed):
-                failed.update(e.message_ids)
+                if e.repeats:
+                    failed.update(e.message_ids)
             elif isinstance(e, self.KnowledgeVersionPromoted):
                 failed.clear()
         return failed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,8 +75,9 @@ Progress = Callable[[int, int], None]
 
 RecordFailure = Callable[..., None]
 """Keeps a failed re-extraction call in its user's log, what it cost and whether it
-repeats (Audit's ``_record_failure``: user, version, message ids, the error, the
-extractor, and the error's ``text`` and the ``request_id`` by name)."""
+failed of its own in a way that repeats (Audit's ``_record_failure``: user, version,
+message ids, the error, the extractor, whether it failed alone, and the error's ``text``
+and the ``request_id`` by name)."""
 
 
 @dataclass
@@ -246,6 +248,7 @@ class BulkReextraction:
             await asyncio.to_thread(self._delete, row["local_id"])
             return
         report.batches.append(batch_id)
+        refused_all = _refused_all(answers.values())
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((int(custom_id[1:]), custom_id))
@@ -258,7 +261,12 @@ class BulkReextraction:
                     continue
                 outcome = answers.get(custom_id)
                 entries = await asyncio.to_thread(
-                    self._record, custom_id, row["requests"][custom_id], outcome, request_id
+                    self._record,
+                    custom_id,
+                    row["requests"][custom_id],
+                    outcome,
+                    request_id,
+                    refused_all,
                 )
                 if entries is None:
                     report.skipped += 1
@@ -287,14 +295,20 @@ class BulkReextraction:
             pause = min(pause * 2, 60.0)
 
     def _record(
-        self, custom_id: str, request: dict[str, Any], outcome: Any, request_id: str
+        self,
+        custom_id: str,
+        request: dict[str, Any],
+        outcome: Any,
+        request_id: str,
+        refused_all: frozenset[str] = frozenset(),
     ) -> int | str | None:
         """Record one request's answer; returns the entries added, why it failed, or
-        ``None`` when its user's log has it recorded already."""
+        ``None`` when its user's log has it recorded already. ``refused_all``: the reasons
+        the API refused every request of the Message Batch for (see :func:`_refused_all`)."""
         if outcome is None:
             return "no result"
         if outcome.type != "succeeded":
-            failure = _failure(outcome, client_secrets(self.extractor.client))
+            failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             self._record_failure(request, failure, request_id)
             return str(failure)
         batch = self._batch(custom_id, request)
@@ -338,14 +352,15 @@ class BulkReextraction:
         self, request: dict[str, Any], error: ExtractionError, request_id: str
     ) -> None:
         """Keep a failed request in its user's log (what it was billed, and whether it
-        would fail the same way again: then the next run sends its messages one a
-        request); kept once however many runs collect it."""
+        failed of its own in a way that repeats: then the next run sends its messages one
+        a request); kept once however many runs collect it."""
         self.record_failure(
             request["user"],
             self.version,
             list(request["messages"]),
             error,
             self.extractor,
+            error.repeats,
             text=str(error),
             request_id=request_id,
         )
@@ -465,14 +480,42 @@ def _transient(error: anthropic.AnthropicError) -> bool:
     return isinstance(error, anthropic.APIConnectionError)
 
 
-def _failure(outcome: Any, secrets: Sequence[str]) -> ExtractionError:
+def _refusal(outcome: Any) -> str | None:
+    """Why the API refused a request as invalid (``invalid_request_error``), if it did."""
+    if getattr(outcome, "type", None) != "errored":
+        return None
+    detail = getattr(getattr(outcome, "error", None), "error", None)
+    if getattr(detail, "type", None) != "invalid_request_error":
+        return None
+    return str(getattr(detail, "message", "") or "invalid_request_error")
+
+
+def _refused_all(outcomes: Iterable[Any]) -> frozenset[str]:
+    """The reasons a Message Batch's requests were refused for that are the account's or
+    the configuration's (a credit balance too low, a model mistyped), not a request's: no
+    request of the batch succeeded, and several (which share no message) were refused
+    for the same reason, as :meth:`CircuitBreaker.refused` tells it on the live path."""
+    outcomes = list(outcomes)
+    if any(getattr(o, "type", None) == "succeeded" for o in outcomes):
+        return frozenset()
+    counts = Counter(r for r in map(_refusal, outcomes) if r is not None)
+    return frozenset(reason for reason, count in counts.items() if count > 1)
+
+
+def _failure(
+    outcome: Any, secrets: Sequence[str], refused_all: frozenset[str] = frozenset()
+) -> ExtractionError:
     """The error of a request that did not succeed: one the API refused as invalid (too
-    long, malformed) repeats; an expired, canceled or errored one (overloaded, a server
-    error) may pass."""
+    long, malformed) repeats, unless its reason is one of ``refused_all`` (the API
+    refused every request so: retried later, no message blamed); an expired, canceled or
+    errored one (overloaded, a server error) may pass."""
     detail = getattr(getattr(outcome, "error", None), "error", None)
     text = redact(f"{outcome.type}: {getattr(detail, 'message', '') or outcome.type}", secrets)
-    if outcome.type == "errored" and getattr(detail, "type", None) == "invalid_request_error":
-        return RejectedBatchError(text)
+    reason = _refusal(outcome)
+    if reason is not None and reason not in refused_all:
+        return RejectedBatchError(text, reason=reason)
+    if reason is not None:
+        text += " (the API refused every request so; retried later, no message blamed)"
     return ExtractionError(text)
 
 

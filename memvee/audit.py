@@ -587,6 +587,7 @@ class Audit:
         batch_size: int = DEFAULT_LIMITS.max_messages,
         max_batch_tokens: int = DEFAULT_LIMITS.max_tokens,
         embedder: Embedder | Literal[False] | None = None,
+        report: ReextractionReport | None = None,
     ) -> ReextractionReport:
         """Run the user's processed messages through ``extractor`` into knowledge ``version``.
 
@@ -600,7 +601,9 @@ class Audit:
         the message that fails alone, which is left out of the version (its failure
         recorded, and reported) while the rest goes in; a failure that may pass (the API
         down, busy or refusing every batch) stops the run with its error, and running it
-        again goes on from there. Returns the entries extracted and the messages left out.
+        again goes on from there. Returns the entries extracted and the messages left out:
+        ``report``, when given, is filled in as the run goes, so that a caller knows what a
+        run that stopped left out before it stopped (the error's notes say it too).
 
         ``embedder`` is a Memory's (the default local model unless given, ``False`` for
         none): with it, the entries shown beside a batch are chosen as live processing
@@ -623,29 +626,42 @@ class Audit:
             for event in history
             if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
         ]
-        run = _Reextraction(user_id, extractor, version, meaning)
-        for batch in bounded(todo, limits, user_log.failed_reextraction(version, history)):
-            await self._reextract_split(run, batch)
+        run = _Reextraction(user_id, extractor, version, meaning, report or ReextractionReport())
+        try:
+            for batch in bounded(todo, limits, user_log.failed_reextraction(version, history)):
+                await self._reextract_split(run, batch)
+        except Exception as stopped:
+            if run.report.left_out:
+                left_out = ", ".join(run.report.left_out)
+                stopped.add_note(f"left out of {version!r} before the run stopped: {left_out}")
+            raise
         return run.report
 
     async def _reextract_split(self, run: _Reextraction, batch: list[BatchMessage]) -> None:
         """Re-extract ``batch``, split in halves while it fails the same way, down to the
-        message that fails alone: that one is left out, as live extraction quarantines it.
-        A failure that may pass, or a refusal of every batch, stops the run."""
+        message that fails alone: that one is left out, as live extraction quarantines it,
+        and recorded as failing alone (the next run sends it in a call of its own). A
+        failure that may pass, or a refusal of every batch, stops the run and pins no
+        message."""
         extracted = await self._reextract_batch(run, batch)
         if isinstance(extracted, int):
             run.report.entries += extracted
             return
         error = extracted
         ids = [m.message_id for m in batch]
-        if not repeats(error):
+        alone = repeats(error) and len(batch) == 1
+        stop: Exception | None = None if repeats(error) else error
+        if isinstance(error, RejectedBatchError) and error.reason is not None:
+            probed = error.probe_accepted
+            if run.refusals.refused(ids, error.reason, probe_accepted=probed):
+                alone, stop = False, EveryBatchRefused(error)
+        await asyncio.to_thread(
+            self._record_failure, run.user_id, run.version, ids, error, run.extractor, alone
+        )
+        if stop is error:
             raise error
-        if (
-            isinstance(error, RejectedBatchError)
-            and error.reason is not None
-            and run.refusals.refused(ids, error.reason)
-        ):
-            raise EveryBatchRefused(error) from error
+        if stop is not None:
+            raise stop from error
         if len(batch) > 1:
             log.info(
                 "user %r: a re-extraction batch of %d messages failed (%s); split",
@@ -670,7 +686,7 @@ class Audit:
         self, run: _Reextraction, batch: list[BatchMessage]
     ) -> int | Exception:
         """Extract one batch and record it in the version; returns the entries recorded,
-        or how the extractor failed (the failure recorded too, see
+        or how the extractor failed (for the caller to record, see
         :meth:`_record_failure`). Failures of the log (the user forgotten meanwhile)
         are raised."""
         user_id, version = run.user_id, run.version
@@ -682,9 +698,6 @@ class Audit:
                 ExtractionBatch(user_id, task, tuple(batch), known)
             )
         except Exception as error:  # the extractor's: the caller tells how it fails
-            await asyncio.to_thread(
-                self._record_failure, user_id, version, ids, error, run.extractor
-            )
             return error
         run.refusals.accepted()
         known, replaced = await asyncio.to_thread(
@@ -714,15 +727,17 @@ class Audit:
         ids: list[str],
         error: Exception,
         extractor: Extractor,
+        alone: bool,
         *,
         text: str | None = None,
         request_id: str | None = None,
     ) -> None:
         """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
-        ``memvee stats``, and whether it would fail the same way again (then the next run
-        sends its messages one a call), with ``text`` (default: the error's first line)
-        and the Message Batches ``request_id`` (recorded once). A failure that spent
-        nothing and may pass is not kept; the failure itself goes on to the caller."""
+        ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
+        repeat (then the next run sends its messages one a call), with ``text`` (default:
+        the error's first line) and the Message Batches ``request_id`` (recorded once). A
+        failure that spent nothing and is not its own is not kept; the failure itself
+        goes on to the caller."""
         usage = error.usage if isinstance(error, ExtractionError) else None
 
         def record(user_log: UserLog) -> bool:
@@ -734,7 +749,7 @@ class Audit:
                 extractor=getattr(extractor, "name", type(extractor).__name__),
                 model=getattr(extractor, "model", None),
                 request_id=request_id,
-                repeats=repeats(error),
+                repeats=alone,
             )
 
         try:

@@ -57,7 +57,7 @@ from events.errors import UnreadableEventError, database_refused, is_database_fa
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
 from memvee._server import register_commands
-from memvee.audit import MAX_USERS_PAGE, Audit, require_projections
+from memvee.audit import MAX_USERS_PAGE, Audit, ReextractionReport, require_projections
 
 if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
@@ -775,8 +775,9 @@ def reextract(
 
     A message that fails alone the same way every time is left out of the version and
     listed (exit code 1, as when some Message Batches requests failed: run it again to
-    retry them). A user whose re-extraction stops (the API down) is one error line and
-    the others go on; the exit code is then 2 (run it again to go on).
+    retry them). A user whose re-extraction stops (the API down) is one error line, after
+    what it left out before, and the others go on; the exit code is then 2 (run it again
+    to go on).
     """
     if (user is None) == (not all_users):
         raise InvalidInputError(
@@ -811,18 +812,17 @@ async def _reextract_users(
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
+                report = ReextractionReport()
                 try:
-                    report = await audit.reextract(target, extractor, version)
+                    await audit.reextract(target, extractor, version, report=report)
                 except MemveeError as error:  # this user's: reported, and the others go on
                     failed += 1
+                    left_out += _print_left_out(target, report)
                     _print_error(f"user {target!r}: {error}")
                     continue
                 finally:
                     bar.advance(job)
-                left_out += len(report.left_out)
-                for message_id, why in list(report.left_out.items())[:20]:
-                    line = f" {target} {message_id}: {_shown(why)}"
-                    console.print(Text.assemble(("left out:", "yellow"), line))
+                left_out += _print_left_out(target, report)
                 if version not in audit.unpromoted_versions(target):
                     console.print(f"{target}: nothing processed to re-extract; no {version!r}")
                     continue
@@ -839,6 +839,15 @@ async def _reextract_users(
         if aclose is not None:
             await aclose()
     return failed, left_out
+
+
+def _print_left_out(user_id: str, report: ReextractionReport) -> int:
+    """A line for each of the first 20 messages ``report`` left out; returns how many it
+    left out in all."""
+    for message_id, why in list(report.left_out.items())[:20]:
+        line = f" {user_id} {message_id}: {_shown(why)}"
+        console.print(Text.assemble(("left out:", "yellow"), line))
+    return len(report.left_out)
 
 
 def _reextract_in_bulk(

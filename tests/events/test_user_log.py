@@ -3,6 +3,8 @@ each event changes the small state."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from eventsourcing.domain import Snapshot
 
@@ -14,6 +16,7 @@ from events import (
     TokenUsage,
     UnknownTaskError,
 )
+from events.store import EventStore
 from events.user_log import UserLog, short_message_id, user_log_id
 
 
@@ -366,3 +369,44 @@ def test_a_reextraction_request_is_recorded_once_and_kept_by_the_state() -> None
     del restored.__dict__["reextraction_requests"]  # a snapshot from before
     restored.upgrade()
     assert restored.reextraction_requests == {}
+
+
+def test_only_a_reextraction_call_failing_of_its_own_pins_its_messages() -> None:
+    """The next run sends one a call only the messages of a failed re-extraction call that
+    repeats: one that may pass (the API busy after an answer cut short) is kept for the
+    tokens it spent, and pins none."""
+    log, ids = _log_with(3)
+    spent = TokenUsage(input_tokens=700, output_tokens=4096)
+    log.record_reextraction_failure("v2", ids, "HTTP 529 overloaded", spent)
+    assert log.record_reextraction_failure("v2", ids[:1], "refused", TokenUsage(), repeats=True)
+    events = log.collect_events()
+    assert [e.repeats for e in events if isinstance(e, UserLog.ReextractionFailed)] == [
+        False,
+        True,
+    ]
+    assert log.failed_reextraction("v2", events) == {ids[0]}
+
+
+def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that_may_pass(
+    store: EventStore,
+) -> None:
+    """Events of older logs have no ``repeats``: they load, and pin no message."""
+    log, ids = _log_with(2)
+    log.record_reextraction_failure("v2", ids, "cut short", TokenUsage(input_tokens=5))
+    store.append([log.collect_events()])
+    table = store._events.name
+    with store.engine.begin() as connection:
+        rows = connection.exec_driver_sql(f"SELECT rowid, state FROM {table}").all()
+        older = [(rowid, json.loads(state)) for rowid, state in rows]
+        stripped = [rowid for rowid, state in older if "repeats" in state]
+        assert len(stripped) == 1
+        for rowid, state in older:
+            if state.pop("repeats", None) is not None:
+                dumped = json.dumps(state, separators=(",", ":")).encode()
+                connection.exec_driver_sql(
+                    f"UPDATE {table} SET state = ? WHERE rowid = ?", (dumped, rowid)
+                )
+    events = store.events_of("alice")
+    (failed,) = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
+    assert failed.repeats is False and failed.input_tokens == 5
+    assert store.load("alice").failed_reextraction("v2", events) == set()  # type: ignore[union-attr]

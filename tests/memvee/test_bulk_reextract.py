@@ -485,3 +485,23 @@ async def test_a_request_that_always_fails_is_sent_again_one_message_a_request(
             if isinstance(e, UserLog.MessageAdded) and e.message_id not in covered
         ]
         assert left_out == ["bob likes thing 4"]
+
+
+async def test_requests_all_refused_for_one_reason_blame_no_message(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request of a Message Batch refused as invalid for one reason (a model
+    mistyped, a credit balance too low) is the account's or the settings' refusal: the
+    requests are reported failed, and once it is fixed the next run sends the same
+    bounded requests, not one a message."""
+    reason = "Your credit balance is too low to access the Anthropic API"
+    server.set_responder(
+        lambda r: ScriptedResponse(400, error_body("invalid_request_error", reason))
+    )
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded, len(first.failed)) == (6, 0, 6)
+        assert all("no message blamed" in why for why in first.failed.values())
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (6, 6, {})

@@ -14,6 +14,7 @@ from events import ExtractionBatch, ExtractionResult, TokenUsage, UserLog
 from memvee import (
     ExtractedFact,
     ExtractionError,
+    ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
     Memory,
@@ -626,6 +627,125 @@ async def test_a_refusal_of_every_batch_stops_the_run_as_a_failure_that_may_pass
         )
 
 
+def _refused_alone_when(word: str) -> Any:
+    """A :attr:`RecordingExtractor.fault`: every batch holding ``word`` is refused by the
+    API (a reason), and the same request without its messages was accepted: the batch's
+    own refusal, as ClaudeExtractor's probe settles it."""
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if any(word in m.content for m in batch.messages):
+            reason = "HTTP 400: Output blocked by content filtering policy"
+            return RejectedBatchError("blocked", reason=reason, probe_accepted=True)
+        return None
+
+    return fault
+
+
+@pytest.mark.parametrize("marked", [(1, 4), (4, 5)], ids=["apart", "adjacent"])
+async def test_messages_refused_though_the_probe_was_accepted_are_left_out_run_after_run(
+    make_memory: Any, db_url: str, marked: tuple[int, int]
+) -> None:
+    """Refusals whose probe the API accepted are the batches' own, however many share no
+    message: each refused message is left out and reported, every run, and never taken
+    for the API refusing every batch."""
+    memory: Memory = await make_memory()
+    sent = [
+        await memory.add_message("eve", "user", f"I like thing {i}" + (" MARK" * (i in marked)))
+        for i in range(6)
+    ]
+    await memory.flush("eve")
+    refused = {sent[i].message_id: "blocked" for i in marked}
+    with Audit(db_url=db_url) as audit:
+        for entries in (4, 0, 0):
+            extractor = RecordingExtractor()
+            extractor.fault = _refused_alone_when("MARK")
+            report = await audit.reextract("eve", extractor, "v2", embedder=False)
+            assert report == ReextractionReport(entries=entries, left_out=refused)
+
+
+async def test_a_run_that_stops_still_tells_what_it_left_out(make_memory: Any, db_url: str) -> None:
+    """A run stopped by a failure that may pass has left some messages out before: the
+    report given is filled in as the run goes, and the error's notes name them."""
+    memory: Memory = await make_memory()
+    sent = [
+        await memory.add_message("eve", "user", f"I like thing {i}" + (" MARK" * (i == 0)))
+        for i in range(4)
+    ]
+    await memory.flush("eve")
+    extractor = RecordingExtractor()
+    refused = _refused_alone_when("MARK")
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if len(batch.messages) == 1 and batch.messages[0].message_id == sent[3].message_id:
+            return ExtractorOverloadedError("HTTP 529 overloaded")
+        return refused(batch)
+
+    extractor.fault = fault
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit, pytest.raises(ExtractorOverloadedError) as stopped:
+        await audit.reextract("eve", extractor, "v2", batch_size=1, embedder=False, report=report)
+    assert report == ReextractionReport(entries=2, left_out={sent[0].message_id: "blocked"})
+    assert sent[0].message_id in " ".join(stopped.value.__notes__)
+
+
+class _CutThenBusy(RecordingExtractor):
+    """Its first call spends tokens on an answer cut short, then meets the API busy: a
+    failure that may pass."""
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if not self.batches:
+            self.batches.append(batch)
+            spent = TokenUsage(input_tokens=700, output_tokens=4096)
+            raise ExtractorOverloadedError("HTTP 529 overloaded", usage=spent)
+        return await super().extract(batch)
+
+
+async def test_a_failure_that_may_pass_is_counted_but_sends_no_message_alone_next_run(
+    make_memory: Any, db_url: str
+) -> None:
+    """A call that spent tokens and then met the API busy stops the run; the next run
+    sends the messages as bounded batches again, not one a call, and ``memvee stats``
+    counts what the failed call spent."""
+    memory: Memory = await make_memory()
+    for i in range(6):
+        await memory.add_message("eve", "user", f"I like thing {i}")
+    await memory.flush("eve")
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(ExtractorOverloadedError):
+            await audit.reextract("eve", _CutThenBusy(), "v2", embedder=False)
+        assert [row["input_tokens"] for row in audit.spend()] == [700]
+        again = RecordingExtractor()
+        assert (await audit.reextract("eve", again, "v2", embedder=False)).entries == 6
+        assert [len(b.messages) for b in again.batches] == [6]
+
+
+async def test_a_batch_split_then_stopped_sends_its_messages_together_next_run(
+    make_memory: Any, db_url: str
+) -> None:
+    """A batch refused the same way is split within the run; when the run stops on a
+    failure that may pass before any half fails alone, its messages were not shown to
+    fail alone: the next run sends them together again."""
+    memory: Memory = await make_memory()
+    for i in range(6):
+        await memory.add_message("eve", "user", f"I like thing {i}")
+    await memory.flush("eve")
+    extractor = RecordingExtractor()
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if len(batch.messages) == 6:
+            spent = TokenUsage(input_tokens=100, output_tokens=1)
+            return RejectedBatchError("Claude refused to answer", usage=spent)
+        return ExtractorOverloadedError("HTTP 529 overloaded")
+
+    extractor.fault = fault
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(ExtractorOverloadedError):
+            await audit.reextract("eve", extractor, "v2", embedder=False)
+        again = RecordingExtractor()
+        assert (await audit.reextract("eve", again, "v2", embedder=False)).entries == 6
+        assert [len(b.messages) for b in again.batches] == [6]
+
+
 class _LoopRecording(RecordingExtractor):
     """Records the event loop of every call, and how often it was closed."""
 
@@ -683,3 +803,32 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     again = runner.invoke(app, args)
     assert again.exit_code == 1, again.output
     assert "cat: 3 entries extracted" in again.output and "left out: bob " in again.output
+
+
+def test_the_cli_lists_what_a_stopped_user_left_out_before_its_error_line(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user whose run left a message out and then stopped (the API busy) gets both: the
+    ``left out:`` line, then the ``error:`` line (exit 2)."""
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
+            for text in ("bob likes MARK", "bob likes tea", "bob likes DOWN"):
+                await m.add_message("bob", "user", text)
+            await m.flush("bob")
+
+    asyncio.run(fill())
+    extractor = _LoopRecording()
+    refused = _refused_alone_when("MARK")
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if [m.content for m in batch.messages] == ["bob likes DOWN"]:
+            return ExtractorOverloadedError("HTTP 529 overloaded")
+        return refused(batch)
+
+    extractor.fault = fault
+    monkeypatch.setattr("memvee.cli._extractor", lambda name, model: extractor)
+    done = CliRunner().invoke(app, ["reextract", "bob", "--as", "v2", "--db-url", db_url])
+    assert done.exit_code == 2, done.output
+    left_out = done.output.index("left out: bob ")
+    assert left_out < done.output.index("error: user 'bob': HTTP 529 overloaded")

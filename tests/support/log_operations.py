@@ -105,7 +105,10 @@ class LogDriver:
             covered = self._covered()
             if covered:
                 spent = TokenUsage(input_tokens=40, output_tokens=4)
-                log.record_reextraction_failure(f"v{log.version}", covered, "cut short", spent)
+                repeats = len(covered) == 1  # a message failing alone; a batch may pass
+                log.record_reextraction_failure(
+                    f"v{log.version}", covered, "cut short", spent, repeats=repeats
+                )
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
 
