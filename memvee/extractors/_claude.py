@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import logging
 import math
 import os
 import re
@@ -42,6 +43,7 @@ from events.errors import (
 from events.extraction import (
     FACT_ACTIONS,
     MAX_TOKENS,
+    BatchMessage,
     ExtractedFact,
     ExtractionBatch,
     ExtractionResult,
@@ -66,6 +68,8 @@ __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "ca
 BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
 """The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
 
+_log = logging.getLogger("memvee.extractors")
+
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512
 _OUTPUT_PER_MESSAGE = 100
@@ -75,7 +79,7 @@ _ACTIONS: Final[Mapping[str, FactAction]] = {action: action for action in FACT_A
 """The valid ``action`` values, mapped to themselves with the :data:`FactAction` type."""
 
 _PROBE_TEXT = "Hello."
-"""The harmless message of a probe (see :meth:`ClaudeExtractor._accepts`)."""
+"""The harmless message of a probe (see :meth:`ClaudeExtractor._settle`)."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
@@ -203,32 +207,108 @@ class ClaudeExtractor:
 
         An empty batch is answered without a call. An answer cut at the batch's output
         budget is asked for once more with the whole of ``max_tokens``, so a dense batch
-        is not failed for a budget that was a guess (both calls' tokens are counted).
-        Raises ExtractionError when the call fails or times out (``repeats`` set when the
-        API refused the batch itself), and InvalidExtractionError when the answer cannot
-        be read.
+        is not failed for a budget that was a guess (both calls' tokens are counted). A
+        refusal that may be the rest of the request's fault (the account's, the known
+        entries') is told from the batch's own by probes (:meth:`_settle`). Raises
+        ExtractionError when the call fails or times out (``repeats`` set when the API
+        refused the batch itself), and InvalidExtractionError when the answer cannot be
+        read.
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
+        return await self._extract(batch, settle=True)
+
+    async def _extract(self, batch: ExtractionBatch, *, settle: bool) -> ExtractionResult:
+        """One extraction of ``batch`` (two calls for an answer cut at its budget). When
+        ``settle`` is set, a refusal that may not be the messages' fault is settled by
+        probes: the API's with a reason, and the model's when known entries are shown."""
         request = self.request(batch)
-        response = await self._call(request)
         spent = TokenUsage()
+        answered = False
         try:
+            response = await self._call(request)
             if response.stop_reason == "max_tokens" and request["max_tokens"] < self.max_tokens:
                 spent = _usage(response)
                 request["max_tokens"] = self.max_tokens
                 response = await self._call(request)
+            answered = True
             result = self.read_answer(batch, response, budget=request["max_tokens"])
         except ExtractionError as failed:  # the cut answer's tokens were spent all the same
             failed.usage = _added(failed.usage or TokenUsage(), spent)
+            if not (settle and isinstance(failed, RejectedBatchError)):
+                raise
+            if failed.reason is None and not (answered and batch.known):
+                raise  # too large (413), or the model refused a batch showing no entries
+            refused = failed
+        else:
+            return _with_usage(result, _added(result.usage, spent))
+        return await self._settle(batch, request, refused)
+
+    async def _settle(
+        self, batch: ExtractionBatch, request: dict[str, Any], refused: RejectedBatchError
+    ) -> ExtractionResult:
+        """Whose fault the refusal of ``batch`` is, told by at most two probes (a probe
+        the model refuses to answer counts as refused).
+
+        The first probe is ``request`` with a harmless message in place of the batch's,
+        all else kept (known entries included): accepted, the batch's messages are at
+        fault (``refused`` is raised with ``probe_accepted``, for the engine to split
+        the batch). Refused, and the batch shows no known entries, the account or the
+        settings are (a credit balance too low, a usage limit): a failure that may pass,
+        blaming no message. Otherwise a second probe leaves the known entries out too:
+        accepted, the user's known entries trip the refusal (an entry a content filter
+        blocks), and the batch is extracted once more without them, so no healthy
+        message is blamed for the user's stored state; refused, the API refuses every
+        request (a model's refusal is then the batch's own, as the API took them all).
+        Every call's tokens are the batch's to count.
+        """
+        spent = refused.usage or TokenUsage()
+        accepted, used = await self._accepts(_probe(request, batch))
+        spent = _added(spent, used)
+        if accepted:
+            refused.usage = spent
+            refused.probe_accepted = True
+            raise refused
+        if batch.known:
+            bare = dataclasses.replace(batch, known=())
+            accepted, used = await self._accepts(_probe(request, bare))
+            spent = _added(spent, used)
+            if accepted:
+                return await self._without_known(batch, refused, spent)
+        if refused.reason is None:  # the model's refusal: the API took the requests
+            refused.usage = spent
+            raise refused
+        raise ExtractionError(
+            f"{refused} (a request without the batch's messages is refused too: "
+            "the account or the settings are, not the batch; retried later)",
+            usage=spent,
+        ) from refused.__cause__
+
+    async def _without_known(
+        self, batch: ExtractionBatch, refused: RejectedBatchError, spent: TokenUsage
+    ) -> ExtractionResult:
+        """``batch`` extracted without the known entries that got its request refused
+        (its facts then relate to none of them: each is new), its tokens counted with
+        ``spent``. Refused again, the batch's messages are at fault too."""
+        left_out = [entry.entry_id for entry in batch.known]
+        _log.warning(
+            "the Claude API refuses requests for user %r that show their known entries "
+            "(%s), not without them: task %s is extracted without entries %s",
+            batch.user_id,
+            refused.reason or "the model refused to answer",
+            batch.task_id,
+            ", ".join(left_out),
+        )
+        try:
+            result = await self._extract(dataclasses.replace(batch, known=()), settle=False)
+        except ExtractionError as failed:
+            failed.usage = _added(spent, failed.usage or TokenUsage())
+            if isinstance(failed, RejectedBatchError):
+                failed.probe_accepted = True
             raise
-        total = _added(result.usage, spent)
+        result = _with_usage(result, _added(result.usage, spent))
         return dataclasses.replace(
-            result,
-            input_tokens=total.input_tokens,
-            output_tokens=total.output_tokens,
-            cache_read_tokens=total.cache_read_tokens,
-            cache_write_tokens=total.cache_write_tokens,
+            result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
         )
 
     async def _call(self, request: dict[str, Any]) -> Message:
@@ -250,16 +330,6 @@ class ClaudeExtractor:
             secrets = client_secrets(client)
             cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
             error = api_error(exc, secrets)
-            if isinstance(error, RejectedBatchError) and error.reason is not None:
-                probe = await self._accepts(request)
-                if probe is None:
-                    raise ExtractionError(
-                        f"{error} (a request without the batch's messages is refused too: "
-                        "the account or the settings are, not the batch; retried later)",
-                        usage=error.usage,
-                    ) from cause
-                error.usage = _added(error.usage or TokenUsage(), probe)
-                error.probe_accepted = True
             raise error from cause
         except TypeError as exc:
             if "authentication" not in str(exc):
@@ -287,21 +357,16 @@ class ClaudeExtractor:
             )
         return response
 
-    async def _accepts(self, request: dict[str, Any]) -> TokenUsage | None:
-        """The tokens the API spent accepting ``request`` with a harmless message in place
-        of the batch's (``None``: refused): asked once a batch is refused (HTTP 400 or 422),
-        so that an account out of credit, a usage limit or a setting the API refuses (the
-        model, ``max_tokens``) is not blamed on the batch's messages, which would be
-        quarantined one by one. Any failure of this probe counts as a refusal: the batch is
-        retried later, not blamed. An accepted probe's tokens are the batch's to count, and
-        its refusal says so (``probe_accepted``): the engine then blames the batch."""
-        probe = {**request, "messages": [{"role": "user", "content": _PROBE_TEXT}]}
+    async def _accepts(self, probe: dict[str, Any]) -> tuple[bool, TokenUsage]:
+        """Whether the API accepts ``probe`` (see :meth:`_settle`), and the tokens it
+        spent. Any failure counts as a refusal (a batch is then retried later rather than
+        blamed), and so does a model's refusal to answer it."""
         try:
             async with asyncio.timeout(self.timeout):
                 answer = await self.client.messages.create(**probe, timeout=self.timeout)
         except (anthropic.AnthropicError, TimeoutError, TypeError, ValueError):
-            return None
-        return _usage(answer)
+            return False, TokenUsage()
+        return getattr(answer, "stop_reason", None) != "refusal", _usage(answer)
 
     def read_answer(
         self, batch: ExtractionBatch, response: Message, *, budget: int | None = None
@@ -452,6 +517,26 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def _probe(request: dict[str, Any], batch: ExtractionBatch) -> dict[str, Any]:
+    """``request`` (model, system prompt, tools, ``max_tokens``) with a user turn that
+    shows ``batch``'s known entries and a harmless message in place of its messages."""
+    last = batch.messages[-1]
+    harmless = BatchMessage("probe", "user", _PROBE_TEXT, last.sent_at)
+    turn = user_turn(dataclasses.replace(batch, messages=(harmless,)))
+    return {**request, "messages": [{"role": "user", "content": turn}]}
+
+
+def _with_usage(result: ExtractionResult, usage: TokenUsage) -> ExtractionResult:
+    """``result`` counting ``usage`` as its tokens."""
+    return dataclasses.replace(
+        result,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
 
 
 def _added(usage: TokenUsage, more: TokenUsage) -> TokenUsage:

@@ -61,10 +61,12 @@ async def test_a_request_the_api_refuses_is_split_and_the_task_completes(
         await memory.add_exchange("bo", "I love tea", "ok")
         assert await memory.process("bo") == 1
         assert await memory.buffer("bo") == [] and await memory.quarantined("bo") == []
-    sizes = [len(r.messages) for r in messages_api_server.requests]
-    # The refused batch, the probe without its messages (accepted: the batch is at
-    # fault), then the halves.
-    assert sizes == [2, 0, 1, 1], "the refused batch of two was split in halves"
+    shown = [[m["content"] for m in r.messages] for r in messages_api_server.requests]
+    # The refused batch, the probe with a harmless message in place of its messages
+    # (accepted: the batch is at fault), then the halves.
+    assert shown == [["I love tea", "ok"], ["Hello."], ["I love tea"], ["ok"]], (
+        "the refused batch of two was split in halves"
+    )
 
 
 async def test_claude_sees_the_known_entries_and_its_updates_supersede_them(

@@ -163,6 +163,11 @@ async def claude_memory(
         yield memory
 
 
+def _is_probe(request: RecordedRequest) -> bool:
+    """Whether ``request`` is a probe: a harmless message in place of a batch's."""
+    return [m.get("content") for m in request.messages] == ["Hello."]
+
+
 async def _run_until_settled(memory: Memory, user: str) -> int:
     """Call ``process`` until nothing is buffered; returns how many runs it took."""
     for run in range(1, MAX_RUNS + 1):
@@ -348,7 +353,7 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
             # Each run sends its first batch and, refused, the same request without the
             # batch's messages, which is refused too: no batch is split or blamed.
             assert len(server.requests) == 2 * 3 * len(users)
-            assert sum(not request.messages for request in server.requests) == 3 * len(users)
+            assert sum(map(_is_probe, server.requests)) == 3 * len(users)
             server.set_responder(default_answer)
             for user in users:
                 await _run_until_settled(memory, user)
@@ -382,7 +387,41 @@ async def test_messages_refused_alike_for_user_after_user_are_each_quarantined(
                 assert not checked_coverage(memory, user).buffered
             # Each user's batch, refused, and the same request without it, accepted.
             assert len(server.requests) == 2 * len(users)
-            assert sum(not request.messages for request in server.requests) == len(users)
+            assert sum(map(_is_probe, server.requests)) == len(users)
+
+
+async def test_a_refusal_a_known_entry_causes_blames_no_message_and_memory_keeps_going(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API refuses every request whose prompt shows one of the user's entries (a
+    stored fact its filter blocks). The probe used to replace the known entries with the
+    batch's messages, was accepted, and each new, healthy message was quarantined; now
+    the batch is extracted without the entries and nothing is blamed."""
+    refused = ScriptedResponse(400, error_body("invalid_request_error", BLOCKED))
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        if any(MARK in str(entry.get("text")) for entry in request.known):
+            return refused
+        return default_answer(request)
+
+    with MessagesAPIServer() as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "known.db") as memory:
+            await memory.add_message("eve", "user", f"I once said {MARK} words")
+            await memory.process("eve")
+            server.set_responder(respond)
+            healthy = [f"I like healthy thing {i}" for i in range(4)]
+            for text in healthy:
+                await memory.add_message("eve", "user", text)
+            await memory.process("eve")
+
+            assert await memory.quarantined("eve") == []
+            found = checked_coverage(memory, "eve")
+            assert not found.buffered and not found.quarantined
+            known = [entry.text for entry in await memory.knowledge("eve")]
+            assert all(any(text in entry for entry in known) for text in healthy)
+            # The refused batch, the probe with its entries (refused), the probe
+            # without them (accepted), the batch without them.
+            assert len(server.requests) == 1 + 4 and sum(map(_is_probe, server.requests)) == 2
 
 
 async def test_automatic_runs_wait_as_long_as_a_rate_limit_asks(

@@ -39,6 +39,7 @@ from tests.support.messages_api_server import (
     error_body,
     prompt_known_entries,
     prompt_messages,
+    refusal_body,
     tool_use_body,
 )
 
@@ -817,6 +818,115 @@ async def test_a_refusal_the_probe_does_not_share_is_the_batchs_own(claude: Make
         await claude(api, max_retries=0).extract(BATCH)
     assert caught.value.repeats and caught.value.probe_accepted and len(api.requests) == 2
     assert caught.value.usage == TokenUsage(5000, 300, 0, 0)
+
+
+BLOCKED = "Output blocked by content filtering policy"
+
+
+def shown(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The texts of the known entries and of the messages a request's prompt shows."""
+    known = [e["text"] for e in prompt_known_entries(body)]
+    return known, [m["content"] for m in prompt_messages(body)]
+
+
+async def test_a_probe_keeps_all_of_the_request_but_the_batchs_messages(claude: Make) -> None:
+    """Known entries included: an accepted probe then proves the messages at fault."""
+    api = FakeAPI(fail(400, "invalid_request_error", BLOCKED), ok())
+    with pytest.raises(RejectedBatchError) as caught:
+        await claude(api, max_retries=0).extract(KNOWN_BATCH)
+    assert caught.value.probe_accepted and len(api.requests) == 2
+    batch, probe = api.bodies
+    assert {k: v for k, v in probe.items() if k != "messages"} == {
+        k: v for k, v in batch.items() if k != "messages"
+    }
+    known, messages = shown(probe)
+    assert known == [e.text for e in KNOWN] and messages == ["Hello."]
+
+
+def model_refusal(input_tokens: int = 0) -> httpx2.Response:
+    return httpx2.Response(200, json=refusal_body(input_tokens=input_tokens, output_tokens=0))
+
+
+@pytest.mark.parametrize(
+    ("refused", "spent"),
+    [
+        (lambda: fail(400, "invalid_request_error", BLOCKED), 0),
+        (lambda: model_refusal(input_tokens=7), 7),
+    ],
+    ids=["http-refusal", "model-refusal"],
+)
+async def test_a_refusal_the_known_entries_cause_extracts_the_batch_without_them(
+    claude: Make,
+    caplog: pytest.LogCaptureFixture,
+    refused: Callable[[], httpx2.Response],
+    spent: int,
+) -> None:
+    """The probe with the known entries is refused, the one without them accepted: the
+    user's stored state trips the API (an entry its filter blocks), not the messages, so
+    the batch is extracted again without the entries rather than blamed. Every call's
+    tokens count; the warning names the entries by id, never by their text."""
+    api = FakeAPI(
+        refused(),
+        refused(),
+        ok(facts=[], input_tokens=100, output_tokens=10),
+        ok(input_tokens=1000, output_tokens=200),
+    )
+    with caplog.at_level(logging.WARNING, logger="memvee.extractors"):
+        result = await claude(api, max_retries=0).extract(KNOWN_BATCH)
+
+    assert [f.text for f in result.facts] == [f["text"] for f in GOOD_FACTS]
+    assert all(f.action == "new" and f.target_entry_id is None for f in result.facts)
+    assert (result.input_tokens, result.output_tokens) == (1100 + 2 * spent, 210)
+    assert result.notes["known_entries_left_out"] == "e-city,e-job,e-pet"
+    batch, with_known, bare, again = (shown(body) for body in api.bodies)
+    assert with_known == ([e.text for e in KNOWN], ["Hello."]) and bare == ([], ["Hello."])
+    assert again == ([], batch[1])
+    [warning] = caplog.records
+    assert "e-city, e-job, e-pet" in warning.getMessage()
+    assert not any(e.text in caplog.text for e in KNOWN)
+
+
+async def test_a_batch_refused_with_and_without_the_known_entries_is_its_own(
+    claude: Make,
+) -> None:
+    """Its messages are refused on their own too, while the API took a request without
+    them: the batch is blamed (and split by the engine), its calls' tokens counted."""
+    api = FakeAPI(
+        fail(400, "invalid_request_error", BLOCKED),
+        fail(400, "invalid_request_error", BLOCKED),
+        ok(facts=[], input_tokens=100, output_tokens=10),
+        fail(400, "invalid_request_error", BLOCKED),
+    )
+    with pytest.raises(RejectedBatchError, match=BLOCKED) as caught:
+        await claude(api, max_retries=0).extract(KNOWN_BATCH)
+    assert caught.value.probe_accepted and len(api.requests) == 4
+    assert caught.value.usage == TokenUsage(100, 10, 0, 0)
+
+
+async def test_a_model_refusal_is_the_batchs_own_when_the_probes_do_not_clear_it(
+    claude: Make,
+) -> None:
+    """Without known entries the model's refusal is the batch's at once (one call); with
+    them, probes refused alike leave it the batch's (the API took every request)."""
+    api = FakeAPI(model_refusal())
+    with pytest.raises(RejectedBatchError):
+        await claude(api, max_retries=0).extract(BATCH)
+    assert len(api.requests) == 1
+    api = FakeAPI(model_refusal())
+    with pytest.raises(RejectedBatchError) as caught:
+        await claude(api, max_retries=0).extract(KNOWN_BATCH)
+    assert caught.value.reason is None and len(api.requests) == 3
+
+
+async def test_an_api_refusing_every_request_blames_no_batch_that_shows_known_entries(
+    claude: Make,
+) -> None:
+    """Both probes refused: the account is, whatever the batch shows; two probes at most."""
+    api = FakeAPI(fail(400, "invalid_request_error", CREDIT))
+    with pytest.raises(ExtractionError, match="not the batch") as caught:
+        await claude(api, max_retries=0).extract(KNOWN_BATCH)
+    assert not isinstance(caught.value, RejectedBatchError) and not caught.value.repeats
+    assert len(api.requests) == 3
 
 
 async def test_a_client_without_credentials_fails_the_run_and_blames_no_batch(
