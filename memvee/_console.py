@@ -13,6 +13,7 @@ import atexit
 import os
 import signal
 import sys
+from typing import NoReturn
 
 _FLUSH_FAILED = 120
 """The exit code Python gives when it cannot flush standard output or error at exit."""
@@ -63,14 +64,21 @@ def main() -> None:
         try:
             from memvee.cli import main as run
         except KeyboardInterrupt:
-            handled_interrupt()
-            if sys.stderr is not None:  # None when stderr was closed at start
-                sys.stderr.write("error: interrupted\n")
-            raise SystemExit(2) from None
+            _interrupted()
         try:
             run()
+        except KeyboardInterrupt:  # before the command's own handling (typer builds it)
+            _interrupted()
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     except SystemExit as stop:
         _ctrl_c.ended(stop.code)
         raise
+
+
+def _interrupted() -> NoReturn:
+    """End a Ctrl-C no command handled as one handles it: one line, exit code 2."""
+    handled_interrupt()
+    if sys.stderr is not None:  # None when stderr was closed at start
+        sys.stderr.write("error: interrupted\n")
+    raise SystemExit(2) from None

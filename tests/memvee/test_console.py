@@ -71,3 +71,36 @@ def test_a_ctrl_c_the_command_handles_is_noted_for_the_exit(
     result = CliRunner().invoke(app, ["users", "--db", str(tmp_path / "m.db")])
     assert (result.exit_code, result.output) == (2, "error: interrupted\n")
     assert ctrl_c.handled
+
+
+_CTRL_C_AS_TYPER_BUILDS_THE_COMMAND = """
+import sys
+import typer.main
+from memvee._console import main
+
+
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+typer.main.get_command = interrupted
+main()
+"""
+
+
+def test_a_ctrl_c_as_typer_builds_the_command_is_one_line_and_exit_code_2(
+    tmp_path: Path,
+) -> None:
+    """Before any command runs, typer reads every command's annotations: a Ctrl-C there
+    escaped every handler, a traceback and a death by SIGINT."""
+    (tmp_path / "ctrl_c_as_typer_builds.py").write_text(_CTRL_C_AS_TYPER_BUILDS_THE_COMMAND)
+    done = subprocess.run(
+        [sys.executable, "-m", "ctrl_c_as_typer_builds", "users"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=server_env(),
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (2, "error: interrupted\n")
