@@ -256,7 +256,8 @@ class Audit:
     def __init__(
         self, db_path: str = "memvee.db", db_url: str | None = None, *, create: bool = True
     ) -> None:
-        self.store = EventStore(db_url or sqlite_url(db_path), create=create)
+        url = db_url if db_url is not None else sqlite_url(db_path)  # "" is no URL: refused
+        self.store = EventStore(url, create=create)
         tables = ProjectionTables()
         try:
             if create and self.store.max_position() == 0:

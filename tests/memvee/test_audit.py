@@ -191,6 +191,18 @@ async def test_bad_input_to_the_audit_is_an_invalid_input_error_and_changes_noth
         assert (audit.stats(), list(audit.log("ann"))) == before
 
 
+@pytest.mark.parametrize("url", ["", "   "])
+def test_an_empty_database_url_is_refused_before_any_file_is_made(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an unset variable read with a default of "" gives: no database, not the
+    default file in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError, match="not a database URL"):
+        Audit(db_url=url)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_audit_of_a_database_not_made_yet_makes_it_empty(tmp_path: Path) -> None:
     with Audit(db_path=str(tmp_path / "new.db")) as audit:
         assert audit.users() == [] and audit.stats()["users"] == 0
