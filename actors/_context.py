@@ -137,6 +137,9 @@ class SharedServices:
     later: Later
     targets: TargetsPlaced
     leases: LeaseTable | None = None
+    release_lease: Callable[[str], None] | None = None
+    """Give the user's lease up unless an actor of the user is live here (see
+    :meth:`actors.directory.ActorDirectory.release`); set with ``leases``."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
     no request of another process, which that process runs once it takes the user over."""

@@ -2,7 +2,9 @@
 
 Every message to a user actor is sent while holding the directory's lock, and an actor
 retires only under that lock with an empty inbox, so a message can never reach an actor
-that is stopping: a caller racing a passivation simply gets a fresh actor.
+that is stopping: a caller racing a passivation simply gets a fresh actor. What only a
+live actor needs (the user's lease) is given up through :meth:`ActorDirectory.release`,
+ordered with the registration of a fresh actor, so the fresh actor never relies on it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +161,7 @@ class ActorDirectory:
         self._lock = threading.Lock()
         self._actors: OrderedDict[str, _Entry] = OrderedDict()
         self._spawning: dict[str, list[_PendingCall]] = {}
+        self._releasing: dict[str, threading.Event] = {}  # user -> set when the release ends
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
             weakref.WeakKeyDictionary()
         )
@@ -225,11 +228,46 @@ class ActorDirectory:
         """Start an actor for ``user_id`` and register it, unless another call won."""
         ref = self._spawn(user_id, self._retire)
         entry = _Entry(ref, time.monotonic())
-        with self._lock:
+        with self._unreleased(user_id):
             if user_id in self._actors or self._stopped.is_set():
                 ref.stop(block=False)
                 return
             self._register(user_id, entry)
+
+    @contextlib.contextmanager
+    def _unreleased(self, user_id: str) -> Iterator[None]:
+        """Hold the lock once no release of ``user_id`` is on its way (see :meth:`release`):
+        an actor registered under it then never takes something about to be given up."""
+        while True:
+            with self._lock:
+                releasing = self._releasing.get(user_id)
+                if releasing is None:
+                    yield
+                    return
+            releasing.wait()
+
+    def release(self, user_id: str, give_up: Callable[[str], None]) -> bool:
+        """Run ``give_up(user_id)`` (give up what only a live actor of the user needs: its
+        lease) unless the user has a live actor here; returns whether it ran.
+
+        A stopped actor and the engine release after the actor left the directory, while
+        a caller may already have spawned the next one, which takes the lease again (it
+        is still ours): a release then would delete the lease under it. So no release runs
+        while an actor is registered, and none is registered while a release runs.
+        """
+        done = threading.Event()
+        with self._lock:
+            if user_id in self._actors:
+                return False
+            self._releasing[user_id] = done
+        try:
+            give_up(user_id)
+        finally:
+            with self._lock:
+                if self._releasing.get(user_id) is done:
+                    del self._releasing[user_id]
+            done.set()
+        return True
 
     def _register(self, user_id: str, entry: _Entry) -> None:
         """Add a live actor (lock held); ask the least recently used beyond the cap to stop."""
@@ -321,7 +359,7 @@ class ActorDirectory:
             for call in failed:
                 call.fail(error)
             return
-        with self._lock:
+        with self._unreleased(user_id):
             waiting = self._spawning.pop(user_id, [])
             existing = self._actors.get(user_id)
             if existing is not None or self._stopped.is_set():

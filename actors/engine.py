@@ -196,6 +196,7 @@ class Engine:
             self.timers.call_later,
             self._targets_placed,
             self.leases,
+            None if self.leases is None else self._release_lease,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -443,12 +444,17 @@ class Engine:
                 told = self.directory.call_live(user, "renew_ownership", user not in lost)
                 if told is None:
                     if user in taken:  # its actor stopped meanwhile: nobody here owns it
-                        leases.release(user)
+                        self._release_lease(user)
                     continue
                 if user in versions:
                     self.directory.call_live(user, "refresh", *versions[user])
             except RuntimeError:
                 return
+
+    def _release_lease(self, user_id: str) -> None:
+        """Give the user's lease up, unless an actor of the user is live here again."""
+        assert self.leases is not None
+        self.directory.release(user_id, self.leases.release)
 
     def _follow_new_writes(self) -> None:
         """Refresh the live users with a task requested and not yet started (by another

@@ -137,13 +137,13 @@ class UserActor(PooledActor):
         return self._self_proxy
 
     def on_stop(self) -> None:
-        leases = self._services.leases
-        if leases is not None and self._owner:
+        release = self._services.release_lease
+        if release is not None and self._owner:
             # Not before this actor's last write landed: the process that takes the user
             # next could forget it, and the write would land on the erased log.
             self._services.committer.wait_for_log(user_log_id(self.user_id))
             try:
-                leases.release(self.user_id)
+                release(self.user_id)
             except Exception:
                 log.exception("user %r: could not release the lease", self.user_id)
 

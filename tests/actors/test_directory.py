@@ -49,6 +49,22 @@ async def test_the_engines_own_calls_neither_spawn_nor_keep_an_idle_actor(
     assert directory.live_count == 0
 
 
+async def test_a_users_lease_is_given_up_only_while_no_actor_of_the_user_is_live(
+    make_memory: Any,
+) -> None:
+    """A stopped actor, or the engine for an actor that stopped, releases after the actor
+    left the directory; an actor of the user spawned since relies on the lease (it took
+    it again: it was still ours), so the release is skipped for it."""
+    memory: Memory = await make_memory()
+    engine = memory._engine
+    assert engine is not None
+    directory, given_up = engine.directory, []
+    await memory.add_exchange("u", "I live in Oslo", "ok")
+    assert not directory.release("u", given_up.append)
+    assert directory.release("v", given_up.append)
+    assert given_up == ["v"]
+
+
 async def test_touching_many_users_keeps_the_live_actor_count_bounded(make_memory: Any) -> None:
     memory: Memory = await make_memory(config={"max_live_actors": 20})
     await asyncio.gather(*(memory.add_message(f"user-{i}", "user", "hi") for i in range(200)))

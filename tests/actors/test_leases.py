@@ -658,3 +658,50 @@ async def test_a_guest_whose_actor_was_stopped_takes_a_dead_owners_user_over(
         owner_extractor.gate.set()
         await guest.close()
         await owner.close()
+
+
+async def test_a_stopped_actors_release_never_takes_the_lease_from_the_users_next_actor(
+    db_url: str,
+) -> None:
+    """An idle actor stops and gives the lease up, the release held up (by a busy
+    database); the user writes again meanwhile. The next actor starts only once the
+    release ended and takes the lease anew, so this process stays the owner when
+    another process writes. The release used to delete the lease that actor had just
+    taken (still ours) from under it: the other process then took the user over while
+    this one extracted, and extracted the same messages again."""
+    owner = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    other = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
+    try:
+        assert owner._engine is not None and owner._engine.leases is not None
+        directory, leases = owner._engine.directory, owner._engine.leases
+        release, try_acquire = leases.release, leases.try_acquire
+        releasing, retaken, released = threading.Event(), threading.Event(), threading.Event()
+
+        def held_up_release(user_id: str) -> None:
+            releasing.set()
+            # Without the fix the next actor takes the lease well within this wait (then
+            # it handles what it sent itself before the lease goes); with the fix it waits
+            # for this release, so the wait runs out.
+            if retaken.wait(0.1):
+                directory.call_live(user_id, "start_queued").get(timeout=10)
+            release(user_id)
+            released.set()
+
+        def recorded_try_acquire(user_id: str) -> bool:
+            taken = try_acquire(user_id)
+            if taken and releasing.is_set():
+                retaken.set()
+            return taken
+
+        leases.release = held_up_release  # type: ignore[method-assign]
+        leases.try_acquire = recorded_try_acquire  # type: ignore[method-assign]
+        await owner.add_exchange("u", "I live in Oslo", "ok")
+        await asyncio.to_thread(directory.passivate_idle, 0.0)
+        assert await asyncio.to_thread(releasing.wait, 10)
+        await owner.add_exchange("u", "I work at Acme", "ok")
+        assert await asyncio.to_thread(released.wait, 10)
+        await other.add_exchange("u", "I like tea", "ok")
+        assert await asyncio.to_thread(_holder, leases, "u") == leases.owner
+    finally:
+        await other.close()
+        await owner.close()
