@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,21 +20,23 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 @pytest.fixture(autouse=True)
-def _logging_as_it_was() -> Iterator[None]:
-    """Puts the logging set-up back after each test: a command run in-process (``serve``,
-    ``mcp``) sets the root handlers to the stream it was given, which a later test's
-    records would meet closed."""
+def _process_set_up_as_it_was() -> Iterator[None]:
+    """Puts the logging set-up and the SIGINT/SIGTERM handlers back after each test: a
+    command run in-process (``serve``, ``mcp``) sets the root handlers to the stream it
+    was given, which a later test's records would meet closed, and ignores the signals
+    it stopped on, which every process a later test starts would then ignore too."""
     root = logging.getLogger()
-    kept = [(root, root.handlers[:], root.level, root.propagate)]
-    kept += [
-        (lg, lg.handlers[:], lg.level, lg.propagate)
-        for lg in map(logging.getLogger, _SERVER_LOGGERS)
-    ]
+    loggers = [root, *map(logging.getLogger, _SERVER_LOGGERS)]
+    kept = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     yield
-    for logger, handlers, level, propagate in kept:
-        logger.handlers[:] = handlers
+    for logger, kept_handlers, level, propagate in kept:
+        logger.handlers[:] = kept_handlers
         logger.setLevel(level)
         logger.propagate = propagate
+    for number, handler in handlers.items():
+        if signal.getsignal(number) is not handler and handler is not None:
+            signal.signal(number, handler)
 
 
 pytest_plugins = ("tests.support.fixtures",)

@@ -15,8 +15,11 @@ from memvee.cli import app
 from tests.support.server_process import server_env
 
 _CTRL_C_INSIDE_EXEC_AS_THE_CLI_LOADS = """
-import importlib.abc, importlib.util, sys
+import importlib.abc, importlib.util, signal, sys
 from memvee._console import main
+
+# Python leaves SIGINT ignored when it started so (a background job of a shell script).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CtrlCInsideExec(importlib.abc.MetaPathFinder, importlib.abc.Loader):
