@@ -40,22 +40,28 @@ main()
 """
 
 
+def _run_as_python_dash_m(folder: Path, source: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as ``python -m`` runs memvee (the way CPython's exit code differs),
+    with the command ``users``."""
+    (folder / "entry.py").write_text(source)
+    return subprocess.run(
+        [sys.executable, "-m", "entry", "users"],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        env=server_env(),
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_ctrl_c_handled_inside_exec_ends_python_dash_m_memvee_with_exit_code_2(
     tmp_path: Path,
 ) -> None:
     """CPython 3.11 marks a KeyboardInterrupt raised inside ``exec()`` (dataclasses builds
     methods so, as the engine loads) as never handled, though memvee handles it:
     ``python -m memvee`` printed "error: interrupted" and then died by SIGINT (130)."""
-    (tmp_path / "ctrl_c_inside_exec.py").write_text(_CTRL_C_INSIDE_EXEC_AS_THE_CLI_LOADS)
-    done = subprocess.run(
-        [sys.executable, "-m", "ctrl_c_inside_exec", "users"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=server_env(),
-        timeout=60,
-        check=False,
-    )
+    done = _run_as_python_dash_m(tmp_path, _CTRL_C_INSIDE_EXEC_AS_THE_CLI_LOADS)
     assert (done.returncode, done.stderr) == (2, "error: interrupted\n")
 
 
@@ -96,14 +102,5 @@ def test_a_ctrl_c_as_typer_builds_the_command_is_one_line_and_exit_code_2(
 ) -> None:
     """Before any command runs, typer reads every command's annotations: a Ctrl-C there
     escaped every handler, a traceback and a death by SIGINT."""
-    (tmp_path / "ctrl_c_as_typer_builds.py").write_text(_CTRL_C_AS_TYPER_BUILDS_THE_COMMAND)
-    done = subprocess.run(
-        [sys.executable, "-m", "ctrl_c_as_typer_builds", "users"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=server_env(),
-        timeout=60,
-        check=False,
-    )
+    done = _run_as_python_dash_m(tmp_path, _CTRL_C_AS_TYPER_BUILDS_THE_COMMAND)
     assert (done.returncode, done.stderr) == (2, "error: interrupted\n")
