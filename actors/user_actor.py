@@ -799,8 +799,8 @@ class UserActor(PooledActor):
         that loaded it is done: another process may have stored one since the last load,
         and a reload after a conflict (an append's, say) brings the copy here up to date,
         so following other processes' writes would find nothing new to act on."""
-        if user_log.requested:
-            self._myself.start_queued()
+        if user_log.requested and self._services.store_backoff.remaining(self.user_id) <= 0:
+            self._myself.start_queued()  # (a start the store refused waits its backoff)
 
     def _forget_log(self) -> None:
         """Drop the in-memory log so the next command reloads it from the store.

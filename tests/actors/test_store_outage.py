@@ -216,6 +216,32 @@ async def test_a_refused_task_start_is_retried_without_holding_back_the_users_ru
     assert len(await memory.knowledge("hal")) == 1
 
 
+async def test_a_task_start_the_store_refuses_waits_its_backoff_not_the_next_reload(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads work and the start's write is refused: each reload of the log used to ask
+    for the request to be started again at once, thousands of refused starts a second;
+    they wait the store's backoff (here 0.1 s, doubling)."""
+    memory: Memory = await make_memory(
+        auto_process=True, batch_threshold=2, config={"retry_delay": 0.1}
+    )
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, starts = store.append, []
+
+    def no_start(batches: Any, *rest: Any) -> Any:
+        if any(isinstance(e, UserLog.ProcessingStarted) for b in batches for e in b):
+            starts.append(1)
+            raise StorageError("the database is restarting")
+        return append(batches, *rest)
+
+    monkeypatch.setattr(store, "append", no_start)
+    await memory.add_exchange("hal", "I live in Lima", "ok")  # requests a run: it cannot start
+    await asyncio.sleep(1.0)
+    assert 1 <= len(starts) <= 20, f"{len(starts)} refused starts in a second"
+    monkeypatch.setattr(store, "append", append)
+
+
 async def test_a_database_failing_while_a_memory_opens_is_a_storage_error(
     make_memory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
