@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anthropic
 import httpx2
@@ -69,6 +69,9 @@ BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
 """The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
 
 _log = logging.getLogger("memvee.extractors")
+
+_Verdict = Literal["accepted", "refused", "failed"]
+"""How the API answered a probe (see :meth:`ClaudeExtractor._probed`)."""
 
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512
@@ -259,22 +262,29 @@ class ClaudeExtractor:
         accepted, the user's known entries trip the refusal (an entry a content filter
         blocks), and the batch is extracted once more without them, so no healthy
         message is blamed for the user's stored state; refused, the API refuses every
-        request (a model's refusal is then the batch's own, as the API took them all).
-        Every call's tokens are the batch's to count.
+        request (a model's refusal is then the batch's own, as the API took them all). A
+        probe that fails otherwise (the API busy, a timeout) tells nothing: a failure that
+        may pass, blaming no message and keeping every entry shown. Every call's tokens
+        are the batch's to count.
         """
         spent = refused.usage or TokenUsage()
-        accepted, used = await self._accepts(_probe(request, batch))
+        verdict, used = await self._probed(_probe(request, batch))
         spent = _added(spent, used)
-        if accepted:
+        if verdict == "accepted":
             refused.usage = spent
             refused.probe_accepted = True
             raise refused
-        if batch.known:
+        if verdict == "refused" and batch.known:
             bare = dataclasses.replace(batch, known=())
-            accepted, used = await self._accepts(_probe(request, bare))
+            verdict, used = await self._probed(_probe(request, bare))
             spent = _added(spent, used)
-            if accepted:
+            if verdict == "accepted":
                 return await self._without_known(batch, refused, spent)
+        if verdict == "failed":  # neither probe told whose fault it is: try again later
+            raise ExtractionError(
+                f"{refused} (a request probing whose fault it is failed too; retried later)",
+                usage=spent,
+            ) from refused.__cause__
         if refused.reason is None:  # the model's refusal: the API took the requests
             refused.usage = spent
             raise refused
@@ -357,16 +367,19 @@ class ClaudeExtractor:
             )
         return response
 
-    async def _accepts(self, probe: dict[str, Any]) -> tuple[bool, TokenUsage]:
-        """Whether the API accepts ``probe`` (see :meth:`_settle`), and the tokens it
-        spent. Any failure counts as a refusal (a batch is then retried later rather than
-        blamed), and so does a model's refusal to answer it."""
+    async def _probed(self, probe: dict[str, Any]) -> tuple[_Verdict, TokenUsage]:
+        """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
+        accepted; refused (a 400 or 422, or the model's refusal to answer); or failed
+        otherwise (busy, a timeout, no connection), which tells nothing of the batch."""
         try:
             async with asyncio.timeout(self.timeout):
                 answer = await self.client.messages.create(**probe, timeout=self.timeout)
+        except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
+            return "refused", TokenUsage()
         except (anthropic.AnthropicError, TimeoutError, TypeError, ValueError):
-            return False, TokenUsage()
-        return getattr(answer, "stop_reason", None) != "refusal", _usage(answer)
+            return "failed", TokenUsage()
+        refusal = getattr(answer, "stop_reason", None) == "refusal"
+        return ("refused" if refusal else "accepted"), _usage(answer)
 
     def read_answer(
         self, batch: ExtractionBatch, response: Message, *, budget: int | None = None

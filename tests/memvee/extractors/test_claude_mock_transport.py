@@ -929,6 +929,24 @@ async def test_an_api_refusing_every_request_blames_no_batch_that_shows_known_en
     assert len(api.requests) == 3
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["known-entries", "no-entries"])
+async def test_a_probe_that_fails_otherwise_tells_nothing_and_leaves_no_entry_out(
+    claude: Make, known: bool
+) -> None:
+    """The API busy when probed says nothing of whose fault the refusal is: no second
+    probe, no extraction without the entries (its facts would all count as new,
+    duplicating the user's), and a failure that may pass, blaming no message."""
+    api = FakeAPI(
+        fail(400, "invalid_request_error", BLOCKED),
+        fail(529, "overloaded_error", "Overloaded"),
+        ok(),
+    )
+    with pytest.raises(ExtractionError, match="failed too; retried later") as caught:
+        await claude(api, max_retries=0).extract(KNOWN_BATCH if known else BATCH)
+    assert not isinstance(caught.value, RejectedBatchError) and not caught.value.repeats
+    assert len(api.requests) == 2
+
+
 async def test_a_client_without_credentials_fails_the_run_and_blames_no_batch(
     clients: list[anthropic.AsyncAnthropic], monkeypatch: pytest.MonkeyPatch
 ) -> None:
