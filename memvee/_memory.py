@@ -777,7 +777,7 @@ class Memory:
         runs them, or was asked to) are followed too, and the user's actor is woken: where
         their owner is gone, this process takes the user over and runs them. (A flush
         needs none of this: the run it asks for waits behind them at their owner.)"""
-        engine, _ = self._running()
+        engine, loop = self._running()
         if engine.leases is None:
             return
         records = await self._read(lambda c, r: r.open_tasks(c, user_id))
@@ -786,7 +786,8 @@ class Memory:
         for record in unknown:
             self._register(user_id, record.task_id, record.trigger, follow=True)
         if records:  # those followed already too: their actor here may have been stopped
-            engine.directory.call(user_id, "start_queued")
+            # Spawning the actor may wait for its lease's release: never on the loop.
+            await engine.directory.call_async(loop, user_id, "start_queued")
 
     def _follow(self, task: ProcessTask) -> None:
         """Track a stored task through the tasks projection until it ends there.
