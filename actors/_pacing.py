@@ -131,8 +131,7 @@ class CircuitBreaker:
         taken with one after it for a refusal of every batch.
         """
         if probe_accepted:
-            self.succeeded()
-            self.accepted()
+            self.accepted()  # an answer too
             return False
         batch = frozenset(message_ids)
         with self._lock:

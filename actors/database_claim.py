@@ -27,6 +27,7 @@ drop) holds a claim of its own the same way, under another name (:class:`ClaimPu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -215,6 +216,10 @@ class FileClaim:
             return
         try:
             if _locked(descriptor, shared=False) and _same_file(descriptor, self.lock_path):
+                # Unmarked, the lock is a release's: an engine with leases opening now
+                # waits it out instead of taking it for a claim held alone.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(descriptor, 0)
                 self.lock_path.unlink(missing_ok=True)
         finally:
             os.close(descriptor)
