@@ -174,7 +174,8 @@ class Memory:
         self._observer: _LoopObserver | None = None
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
-        # Ended tasks, and whether the log has them (another process may erase those).
+        # Ended tasks, and whether they were followed through the projection (with
+        # leases: in the log, where another process may erase them).
         self._recent: OrderedDict[str, tuple[ProcessTask, bool]] = OrderedDict()
         self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
         self._poller: asyncio.Future[None] | None = None
@@ -705,11 +706,11 @@ class Memory:
         live = self._inflight.get(user_id, {}).get(task_id)
         if live is not None:
             return live
-        ended, logged = self._recent.get(task_id, (None, False))
+        ended, followed = self._recent.get(task_id, (None, False))
         if ended is not None and ended.user_id != user_id:
             ended = None
-        if ended is not None and not logged:
-            return ended  # it never reached the log (nothing to process, say): only here
+        if ended is not None and not followed:
+            return ended  # no other process can erase it, or it never reached the log
         read = functools.partial(
             _task_state, user_id=user_id, task_id=task_id, projector=engine.projector
         )
@@ -868,7 +869,7 @@ class Memory:
         error: str | None,
         message_count: int | None = None,
     ) -> None:
-        logged = self._followed.pop(task_id, None) is not None  # its request is in the log
+        followed = self._followed.pop(task_id, None) is not None
         tasks = self._inflight.get(user_id, {})
         task = tasks.pop(task_id, None)
         if not tasks:
@@ -876,7 +877,7 @@ class Memory:
         if task is None:
             return
         task._mark_finished(ProcessStatus(status), knowledge_count, error, message_count)
-        self._recent[task_id] = (task, logged)
+        self._recent[task_id] = (task, followed)
         while len(self._recent) > _DONE_TASKS_KEPT:
             self._recent.popitem(last=False)
 

@@ -57,7 +57,7 @@ def test_a_base_url_of_a_proxy_or_gateway_is_taken(
     environment: pytest.MonkeyPatch, url: str
 ) -> None:
     environment.setenv("ANTHROPIC_BASE_URL", url)
-    ClaudeExtractor()
+    assert str(ClaudeExtractor().client.base_url).rstrip("/") == url.rstrip("/")
 
 
 def test_the_refusal_never_shows_a_password_the_base_url_carries(
