@@ -4,6 +4,8 @@ the asyncio bridge."""
 
 from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
+from actors._pacing import CircuitBreaker
+from actors._workers import EveryBatchRefused
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
 from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
@@ -13,9 +15,11 @@ __all__ = [
     "INTERRUPTED_BY_CRASH",
     "ActorDirectory",
     "BridgedFuture",
+    "CircuitBreaker",
     "Engine",
     "EngineOptions",
     "EngineSettings",
+    "EveryBatchRefused",
     "TaskObserver",
     "UserActor",
     "inbox_of",

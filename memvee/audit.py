@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
 
-from actors._pacing import CircuitBreaker
-from actors._workers import EveryBatchRefused
+from actors import CircuitBreaker, EveryBatchRefused
 from events import (
     BatchLimits,
     BatchMessage,
