@@ -717,7 +717,7 @@ class UserActor(PooledActor):
         wanted = set(claimed)
         events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
         messages = tuple(
-            BatchMessage(e.message_id, e.role, e.content, e.sent_at, e.name)
+            BatchMessage.of(e)
             for e in events
             if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
         )

@@ -106,6 +106,26 @@ class BatchMessage:
     sent_at: datetime
     name: str | None = None
 
+    @classmethod
+    def of(cls, message: _Said) -> BatchMessage:
+        """The batch's copy of a stored message (a ``MessageAdded``, or a row of one)."""
+        return cls(message.message_id, message.role, message.content, message.sent_at, message.name)
+
+
+class _Said(Protocol):
+    """What a stored message gives a batch."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def sent_at(self) -> datetime: ...
+    @property
+    def name(self) -> str | None: ...
+
 
 def bounded(
     messages: Iterable[BatchMessage],

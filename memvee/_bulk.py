@@ -177,7 +177,7 @@ class BulkReextraction:
             events = self.store.events_of(user_id, upto=user_log.version)
             uncovered = user_log.not_covered_by(self.version, events)
             todo = [
-                BatchMessage(e.message_id, e.role, e.content, e.sent_at, e.name)
+                BatchMessage.of(e)
                 for e in events
                 if isinstance(e, UserLog.MessageAdded)
                 and e.message_id in uncovered
@@ -376,9 +376,7 @@ class BulkReextraction:
         return ExtractionBatch(
             user_id,
             f"bulk:{self.version}:{custom_id}",
-            tuple(
-                BatchMessage(m.message_id, m.role, m.content, m.sent_at, m.name) for m in messages
-            ),
+            tuple(BatchMessage.of(m) for m in messages),
             tuple(KnownEntry(e.entry_id, e.text, e.valid_from, e.valid_until) for e in known),
         )
 

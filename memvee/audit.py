@@ -622,7 +622,7 @@ class Audit:
         history = list(self._events(user_id, upto=user_log.version))
         uncovered = user_log.not_covered_by(version, history)
         todo = [
-            BatchMessage(event.message_id, event.role, event.content, event.sent_at, event.name)
+            BatchMessage.of(event)
             for event in history
             if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
         ]
