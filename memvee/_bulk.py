@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -248,7 +247,7 @@ class BulkReextraction:
             await asyncio.to_thread(self._delete, row["local_id"])
             return
         report.batches.append(batch_id)
-        refused_all = _refused_all(answers.values())
+        refused_all = await self._refused_all(row, answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((int(custom_id[1:]), custom_id))
@@ -276,6 +275,19 @@ class BulkReextraction:
                     report.recorded += 1
                     report.entries += entries
         await asyncio.to_thread(self._delete, row["local_id"])
+
+    async def _refused_all(self, row: Any, answers: Mapping[str, Any]) -> frozenset[str]:
+        """The reasons a Message Batch's requests were refused for that are the account's
+        or the settings' (a credit balance too low, a model mistyped), not the requests':
+        no request succeeded, and one refused so, sent again at once with a harmless
+        message in place of its messages, is not accepted either (as the live path's
+        probe tells it; accepted, the requests refused so are their messages' own)."""
+        refused_all = set()
+        for reason, custom_id in _refused_for(answers).items():
+            batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
+            if not batch.messages or await self.extractor.probe(batch) != "accepted":
+                refused_all.add(reason)
+        return frozenset(refused_all)
 
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
@@ -488,16 +500,18 @@ def _refusal(outcome: Any) -> str | None:
     return str(getattr(detail, "message", "") or "invalid_request_error")
 
 
-def _refused_all(outcomes: Iterable[Any]) -> frozenset[str]:
-    """The reasons a Message Batch's requests were refused for that are the account's or
-    the configuration's (a credit balance too low, a model mistyped), not a request's: no
-    request of the batch succeeded, and several (which share no message) were refused
-    for the same reason, as :meth:`CircuitBreaker.refused` tells it on the live path."""
-    outcomes = list(outcomes)
-    if any(getattr(o, "type", None) == "succeeded" for o in outcomes):
-        return frozenset()
-    counts = Counter(r for r in map(_refusal, outcomes) if r is not None)
-    return frozenset(reason for reason, count in counts.items() if count > 1)
+def _refused_for(outcomes: Mapping[str, Any]) -> dict[str, str]:
+    """When no request of a Message Batch succeeded: each reason its requests were
+    refused as invalid for, with one request refused so (the account's or the settings'
+    refusal, or each request's own, which a probe tells)."""
+    if any(getattr(o, "type", None) == "succeeded" for o in outcomes.values()):
+        return {}
+    refused: dict[str, str] = {}
+    for custom_id, outcome in outcomes.items():
+        reason = _refusal(outcome)
+        if reason is not None:
+            refused.setdefault(reason, custom_id)
+    return refused
 
 
 def _failure(

@@ -367,6 +367,14 @@ class ClaudeExtractor:
             )
         return response
 
+    async def probe(self, batch: ExtractionBatch) -> _Verdict:
+        """How the API answers ``batch``'s request with a harmless message in place of its
+        messages, all else kept: accepted, a refusal of the request was its messages'
+        own; refused, the account's or the settings'; failed, it tells nothing (see
+        :meth:`_settle`). For a refusal met elsewhere (a Message Batches request)."""
+        verdict, _ = await self._probed(_probe(self.request(batch), batch))
+        return verdict
+
     async def _probed(self, probe: dict[str, Any]) -> tuple[_Verdict, TokenUsage]:
         """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
         accepted; refused (a 400 or 422, or the model's refusal to answer); or failed

@@ -505,3 +505,28 @@ async def test_requests_all_refused_for_one_reason_blame_no_message(
         server.set_responder(default_answer)
         again = await _run(audit)
         assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
+
+
+async def test_requests_all_refused_alike_are_their_own_when_a_probe_is_accepted(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request of a Message Batch refused with the same text, while the same request
+    with a harmless message in place of its messages is accepted (a content filter's
+    refusal of each request's messages): the refusals are the requests' own, so the next
+    run sends their messages one a request (they used to be taken for the account's, and
+    the same requests were refused run after run, the version never made)."""
+    blocked = "Output blocked by content filtering policy"
+
+    def filtering(request: RecordedRequest) -> ScriptedResponse:
+        if [m.get("content") for m in request.messages] == ["Hello."]:
+            return default_answer(request)
+        return ScriptedResponse(400, error_body("invalid_request_error", blocked))
+
+    server.set_responder(filtering)
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded, len(first.failed)) == (6, 0, 6)
+        assert not any("no message blamed" in why for why in first.failed.values())
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (20, 20, {})
