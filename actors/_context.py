@@ -140,6 +140,9 @@ class SharedServices:
     release_lease: Callable[[str], None] | None = None
     """Give the user's lease up unless an actor of the user is live here (see
     :meth:`actors.directory.ActorDirectory.release`); set with ``leases``."""
+    call_user: Callable[..., object] | None = None
+    """Call ``(user_id, method, *args)`` on the user's actor, spawning one if none is live
+    (a write's retry whose actor stopped meanwhile)."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
     no request of another process, which that process runs once it takes the user over."""

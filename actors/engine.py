@@ -197,6 +197,7 @@ class Engine:
             self._targets_placed,
             self.leases,
             None if self.leases is None else self._release_lease,
+            self._call_user,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -289,6 +290,10 @@ class Engine:
     def _wake_later(self, user_id: str, delay: float) -> None:
         """Wake ``user_id``'s actor in ``delay`` seconds (a retry, or a pause that ends)."""
         self.timers.call_later(delay, lambda: self._wake(user_id))
+
+    def _call_user(self, user_id: str, method: str, *args: Any) -> object:
+        """Call ``method`` on the user's actor, spawning one if none is live."""
+        return self.directory.call(user_id, method, *args)
 
     def _wake(self, user_id: str) -> None:
         """Tell ``user_id``'s actor that its pause ended (spawning it if it was idle)."""

@@ -12,6 +12,7 @@ conflicts) and request processing, which the owner then runs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -471,10 +472,6 @@ class UserActor(PooledActor):
         self._maybe_checkpoint()
         if auto_task is not None and self._is_owner():
             self._myself.start_queued()
-
-    def drop_scheduled(self, task_id: str) -> None:
-        """An auto task whose request was never written (its write conflicted)."""
-        self._services.observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
 
     def write_failed(self, epoch: int) -> None:
         """A pipelined write of ``epoch`` failed: reload the log before the next command."""
@@ -1021,21 +1018,19 @@ class _Append(Write):
             self.acknowledged.set(self.events)
             services.touched(actor.user_id)
             return
-        try:
-            proxy = actor.actor_ref.proxy()
-            proxy.write_failed(self.epoch)
-            lost = not isinstance(error, EarlierWriteFailed)  # else one before it lost
-            now = time.monotonic()
-            if self.give_up_at is None:
-                self.give_up_at = now + APPEND_RETRY_SECONDS
-            if isinstance(error, ConflictError) and (not lost or now < self.give_up_at):
-                if self.auto_task is not None:
-                    proxy.drop_scheduled(self.auto_task)
-                self.attempt += lost
-                services.later(conflict_delay(self.attempt), self._retry, self._dropped)
-                return
-        except pykka.ActorDeadError:
-            pass
+        # An actor stopped meanwhile (idle, or evicted) is not told: its next one loads the log.
+        with contextlib.suppress(pykka.ActorDeadError):
+            actor.actor_ref.proxy().write_failed(self.epoch)
+        lost = not isinstance(error, EarlierWriteFailed)  # else one before it lost
+        now = time.monotonic()
+        if self.give_up_at is None:
+            self.give_up_at = now + APPEND_RETRY_SECONDS
+        if isinstance(error, ConflictError) and (not lost or now < self.give_up_at):
+            if self.auto_task is not None:
+                services.observer.task_finished(actor.user_id, self.auto_task, "COMPLETED", 0, None)
+            self.attempt += lost
+            services.later(conflict_delay(self.attempt), self._retry, self._dropped)
+            return
         if self.auto_task is not None:
             services.observer.task_finished(
                 actor.user_id, self.auto_task, "FAILED", 0, f"not requested: {first_line(error)}"
@@ -1043,12 +1038,20 @@ class _Append(Write):
         self.acknowledged.set_exception(error)
 
     def _retry(self) -> None:
-        """Decide the messages again on the reloaded log (a timer's callback)."""
+        """Decide the messages again on the reloaded log (a timer's callback), in the
+        user's actor, or in a new one if it stopped meanwhile."""
+        retry = (self.messages, self.acknowledged, self.attempt, self.give_up_at)
         try:
-            self.actor.actor_ref.proxy().retry_append(
-                self.messages, self.acknowledged, self.attempt, self.give_up_at
-            )
+            self.actor.actor_ref.proxy().retry_append(*retry)
+            return
         except pykka.ActorDeadError:
+            pass
+        call_user = self.actor._services.call_user
+        try:
+            if call_user is None:
+                raise RuntimeError("no directory to spawn the user's actor")
+            call_user(self.actor.user_id, "retry_append", *retry)
+        except (RuntimeError, MemveeError):  # the engine stopped meanwhile
             self._dropped()
 
     def _dropped(self) -> None:
