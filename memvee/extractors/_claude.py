@@ -152,7 +152,9 @@ class ClaudeExtractor:
             cache_prefix = prefix_tokens() >= cache_minimum(self.model)
         self.cache_prefix = cache_prefix
         if client is not None:
-            _check_base_url(str(client.base_url), "the client's base URL ", InvalidInputError)
+            base_url = getattr(client, "base_url", None)
+            if isinstance(base_url, str | httpx2.URL):  # a stand-in (a mock) has none to check
+                _check_base_url(str(base_url), "the client's base URL ", InvalidInputError)
         elif (url := os.environ.get(BASE_URL_ENV_VAR)) is not None:
             _check_base_url(url, f"{BASE_URL_ENV_VAR}=", InvalidInputError)
         self._given = client

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from unittest.mock import AsyncMock, MagicMock
 
 import anthropic
 import pytest
@@ -125,3 +127,15 @@ async def test_a_profile_that_is_not_there_keeps_every_message_buffered(
                 await memory.process("ann")
         assert len(await memory.buffer("ann")) == 2
         assert await memory.quarantined("ann") == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [MagicMock, AsyncMock, lambda: MagicMock(spec=anthropic.AsyncAnthropic)],
+    ids=["MagicMock", "AsyncMock", "spec"],
+)
+def test_a_stand_in_client_an_application_tests_with_is_taken(make: Any) -> None:
+    """A mock has no base URL to check: the extractor is made with it, as before the
+    check was added."""
+    client = make()
+    assert ClaudeExtractor(client=client).client is client
