@@ -531,32 +531,44 @@ class Memory:
         check_user_id(user_id)
         seconds = _check_timeout(timeout)
         self._running()
+        # In flight now: counted even if they end while the other processes' are looked up.
+        ahead = list(self._inflight.get(user_id, {}).values())
         await self._follow_tasks_elsewhere(user_id)
-        if seconds is None or user_id not in self._inflight:
-            return await self._wait_inflight(user_id)
+        if seconds is None or (user_id not in self._inflight and all(t.done for t in ahead)):
+            return await self._wait_inflight(user_id, ahead)
         try:
-            return await asyncio.wait_for(self._wait_inflight(user_id), seconds)
+            return await asyncio.wait_for(self._wait_inflight(user_id, ahead), seconds)
         except TimeoutError:
             raise ProcessingTimeoutError(
                 f"processing of user {user_id!r} still running after {timeout:g} s"
             ) from None
 
-    async def _wait_inflight(self, user_id: str) -> int:
-        """Wait for the user's in-flight tasks; the entries they extracted, or the first
-        failure raised."""
-        total, failed = await self._settle(user_id)
+    async def _wait_inflight(self, user_id: str, ahead: Sequence[ProcessTask] = ()) -> int:
+        """Wait for the user's in-flight tasks (and ``ahead``, in flight when the wait
+        began); the entries they extracted, or the first failure raised."""
+        total, failed = await self._settle(user_id, ahead)
         if failed:
             first = failed[0]
             raise processing_error(user_id, first.task_id, first.error or "unknown error")
         return total
 
-    async def _settle(self, user_id: str) -> tuple[int, list[ProcessTask]]:
-        """Wait until the user has no task in flight; the entries of those that completed,
-        and those that failed."""
+    async def _settle(
+        self, user_id: str, ahead: Sequence[ProcessTask] = ()
+    ) -> tuple[int, list[ProcessTask]]:
+        """Wait until the user has no task in flight; the entries of those that completed
+        (``ahead`` too, which may have ended already), and those that failed."""
         total = 0
         failed: list[ProcessTask] = []
-        while tasks := list(self._inflight.get(user_id, {}).values()):
+        counted: set[str] = set()
+        while tasks := [
+            t
+            for t in {
+                t.task_id: t for t in (*ahead, *self._inflight.get(user_id, {}).values())
+            }.values()
+            if t.task_id not in counted
+        ]:
             await asyncio.wait([t._finished for t in tasks])
+            counted.update(t.task_id for t in tasks)
             for task in tasks:
                 if task.status is ProcessStatus.FAILED:
                     failed.append(task)

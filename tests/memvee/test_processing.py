@@ -350,6 +350,26 @@ async def test_an_answer_citing_unknown_messages_is_repaired_and_the_repair_reco
     assert await memory.buffer("kim") == []
 
 
+async def test_a_task_that_ends_while_the_wait_begins_is_counted(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task ends while wait_for_processing looks for other processes' tasks of the
+    user: its entries are counted all the same (the wait returned 0, then)."""
+    extractor.gate.clear()
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=4)
+    await _exchanges(memory, "lee", 2)
+    [task] = memory._inflight["lee"].values()
+    follow = memory._follow_tasks_elsewhere
+
+    async def ending_meanwhile(user_id: str) -> None:
+        extractor.gate.set()
+        await task.wait()
+        await follow(user_id)
+
+    monkeypatch.setattr(memory, "_follow_tasks_elsewhere", ending_meanwhile)
+    assert await memory.wait_for_processing("lee", timeout=10) == 2
+
+
 async def test_auto_process_starts_in_the_background_when_the_threshold_is_crossed(
     make_memory: Any, extractor: RecordingExtractor
 ) -> None:
