@@ -312,7 +312,7 @@ class BulkReextraction:
         request: dict[str, Any],
         outcome: Any,
         request_id: str,
-        refused_all: frozenset[str] = frozenset(),
+        refused_all: frozenset[str],
     ) -> int | str | None:
         """Record one request's answer; returns the entries added, why it failed, or
         ``None`` when its user's log has it recorded already. ``refused_all``: the reasons
@@ -514,9 +514,7 @@ def _refused_for(outcomes: Mapping[str, Any]) -> dict[str, str]:
     return refused
 
 
-def _failure(
-    outcome: Any, secrets: Sequence[str], refused_all: frozenset[str] = frozenset()
-) -> ExtractionError:
+def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:
     """The error of a request that did not succeed: one the API refused as invalid (too
     long, malformed) repeats, unless its reason is one of ``refused_all`` (the API
     refused every request so: retried later, no message blamed); an expired, canceled or
