@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import uuid4
 
@@ -60,6 +60,17 @@ MAX_REQUESTS_PER_BATCH = 10_000
 MAX_POLL_OUTAGE = 600.0
 """Seconds of consecutive transient failures (overloaded, 5xx, no connection) that polling
 a Message Batch rides out before the run fails: it only reads, and may poll for hours."""
+
+CLOCK_SLACK = timedelta(hours=1)
+"""How much earlier than its kept row, by the API's clock, a batch may say it was created
+when a run looks for a batch whose creation was never confirmed (the two clocks differ)."""
+
+_CREATE_ATTEMPTS = 3
+"""Calls that create one Message Batch, at most, when the API refuses it for a while."""
+
+_CREATE_PAUSE = 1.0
+"""Seconds before the second call that creates a Message Batch (doubled for the third)."""
+
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
@@ -193,26 +204,70 @@ class BulkReextraction:
     async def _submit(
         self, client: anthropic.AsyncAnthropic, planned: list[_Planned]
     ) -> dict[str, Any]:
-        """Keep the requests, then create the Message Batch and keep its id."""
+        """Keep the requests, then create the Message Batch and keep its id.
+
+        Each custom id ends with the kept row's id, so a batch whose creation was never
+        confirmed (a crash, a connection lost mid-call) can be told among the account's
+        batches later (:meth:`_created_for`). The create call is never retried blindly:
+        the SDK would create a second batch, billed too, when the first one's answer was
+        lost; an answer that refused it is retried here, and a lost answer is looked for.
+        """
+        local_id = str(uuid4())
+        kept = {f"{p.custom_id}-{local_id}": p.to_json() for p in planned}
         row = {
-            "local_id": str(uuid4()),
+            "local_id": local_id,
             "knowledge_version": self.version,
             "api_batch_id": None,
-            "requests": {p.custom_id: p.to_json() for p in planned},
+            "requests": kept,
             "created_at": datetime.now(UTC),
         }
         await asyncio.to_thread(self._insert, row)
         requests: list[Request] = []
-        for p in planned:
-            batch = await asyncio.to_thread(self._batch, p.custom_id, p.to_json())
+        for custom_id, request in kept.items():
+            batch = await asyncio.to_thread(self._batch, custom_id, request)
             params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
             params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
-            requests.append({"custom_id": p.custom_id, "params": params})
-        created = await client.messages.batches.create(requests=requests)
-        row["api_batch_id"] = created.id
-        await asyncio.to_thread(self._set_batch_id, str(row["local_id"]), created.id)
-        log.info("submitted %d requests as Message Batch %s", len(planned), created.id)
+            requests.append({"custom_id": custom_id, "params": params})
+        created = await self._create(client, row, requests)
+        row["api_batch_id"] = created
+        await asyncio.to_thread(self._set_batch_id, local_id, created)
+        log.info("submitted %d requests as Message Batch %s", len(planned), created)
         return row
+
+    async def _create(
+        self, client: anthropic.AsyncAnthropic, row: dict[str, Any], requests: list[Request]
+    ) -> str:
+        """Create the Message Batch of ``row``; returns its id. A refusal that may pass
+        (rate limited, overloaded) is retried; a lost answer is looked for among the
+        account's batches before the batch is created again."""
+        once = client.with_options(max_retries=0)
+        pause = _CREATE_PAUSE
+        for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            try:
+                return (await once.messages.batches.create(requests=requests)).id
+            except anthropic.AnthropicError as error:
+                last = attempt == _CREATE_ATTEMPTS
+                shown = api_error(error, client_secrets(client))
+                if not _maybe_created(error):
+                    if last or not _transient(error):
+                        await asyncio.to_thread(self._delete, row["local_id"])
+                        raise
+                    log.warning("creating a Message Batch was refused (%s); trying again", shown)
+                else:
+                    log.warning(
+                        "creating a Message Batch got no clear answer (%s); looking whether "
+                        "it was made",
+                        shown,
+                    )
+                    await asyncio.sleep(pause)
+                    found = await self._created_for(client, row)
+                    if found is not None:
+                        return found
+                    if last:
+                        raise
+            await asyncio.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     # ------------------------------------------------------------------ poll and record
 
@@ -220,22 +275,17 @@ class BulkReextraction:
         self, client: anthropic.AsyncAnthropic, row: dict[str, Any], report: BulkReport
     ) -> None:
         """Wait for one Message Batch to end, then record its results in log order."""
-        batch_id = row["api_batch_id"]
+        batch_id = row["api_batch_id"] or await self._created_for(client, row)
         if batch_id is None:
-            # Created or not, nobody kept its id: plan its messages again.
+            # Never created, or made by an older memvee that cannot tell it: plan again.
             await asyncio.to_thread(self._delete, row["local_id"])
             return
+        if row["api_batch_id"] is None:
+            row["api_batch_id"] = batch_id
+            await asyncio.to_thread(self._set_batch_id, row["local_id"], batch_id)
         total = len(row["requests"])
         try:
-            while True:
-                found = await self._retrieve(client, batch_id)
-                counts = found.request_counts
-                done = counts.succeeded + counts.errored + counts.canceled + counts.expired
-                self.progress(done, total)
-                if found.processing_status == "ended":
-                    break
-                await asyncio.sleep(self.poll_interval)
-            answers = await _results(client, batch_id)
+            answers = await self._ended_results(client, batch_id, total)
         except anthropic.NotFoundError:
             log.warning(
                 "Message Batch %s is not known to the API (deleted, past its 29 days, or "
@@ -250,7 +300,7 @@ class BulkReextraction:
         refused_all = await self._refused_all(row, answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
-            by_user.setdefault(request["user"], []).append((int(custom_id[1:]), custom_id))
+            by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
         for user_id, requests in by_user.items():
             recorded = await asyncio.to_thread(self._recorded, user_id)
             for _, custom_id in sorted(requests):
@@ -275,6 +325,61 @@ class BulkReextraction:
                     report.recorded += 1
                     report.entries += entries
         await asyncio.to_thread(self._delete, row["local_id"])
+
+    async def _ended_results(
+        self, client: anthropic.AsyncAnthropic, batch_id: str, total: int
+    ) -> dict[str, Any]:
+        """Poll a Message Batch until it ends, telling progress; then its results."""
+        while True:
+            found = await self._retrieve(client, batch_id)
+            counts = found.request_counts
+            done = counts.succeeded + counts.errored + counts.canceled + counts.expired
+            self.progress(done, total)
+            if found.processing_status == "ended":
+                return await _results(client, batch_id)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _created_for(
+        self, client: anthropic.AsyncAnthropic, row: dict[str, Any]
+    ) -> str | None:
+        """The id of the Message Batch made of ``row``'s requests whose creation was never
+        confirmed, if the API has one; ``None`` if it has none (or the row is an older
+        memvee's, whose custom ids cannot tell its batch from another run's).
+
+        A batch tells its requests' custom ids only in its results, so each batch of the
+        same size created since the row (give or take :data:`CLOCK_SLACK`) and kept by no
+        other run is waited for, and taken if its results are the row's requests.
+        """
+        wanted = set(row["requests"])
+        if not all(custom_id.endswith(f"-{row['local_id']}") for custom_id in wanted):
+            return None
+        began = row["created_at"]
+        if began.tzinfo is None:  # SQLite keeps no zone: stored in UTC
+            began = began.replace(tzinfo=UTC)
+        kept = await asyncio.to_thread(self._kept_batch_ids)
+        candidates: list[str] = []
+        async for batch in client.messages.batches.list(limit=100):
+            if batch.created_at < began - CLOCK_SLACK:
+                break  # listed newest first
+            counts = batch.request_counts
+            size = (
+                counts.processing
+                + counts.succeeded
+                + counts.errored
+                + counts.canceled
+                + counts.expired
+            )
+            if size == len(wanted) and batch.id not in kept:
+                candidates.append(batch.id)
+        for batch_id in reversed(candidates):  # the oldest first: the row's own, most likely
+            try:
+                answers = await self._ended_results(client, batch_id, len(wanted))
+            except anthropic.NotFoundError:
+                continue
+            if set(answers) == wanted:
+                log.info("found Message Batch %s, made of a run's kept requests", batch_id)
+                return batch_id
+        return None
 
     async def _refused_all(self, row: Any, answers: Mapping[str, Any]) -> frozenset[str]:
         """The reasons a Message Batch's requests were refused for that are the account's
@@ -456,9 +561,22 @@ class BulkReextraction:
                 .values(api_batch_id=batch_id)
             )
 
+    def _kept_batch_ids(self) -> set[str]:
+        """The ids of the Message Batches every kept run (of any version) is waiting for."""
+        with self.store.engine.connect() as connection:
+            found = connection.execute(
+                select(BULK_BATCHES.c.api_batch_id).where(BULK_BATCHES.c.api_batch_id.is_not(None))
+            )
+            return {batch_id for (batch_id,) in found}
+
     def _delete(self, local_id: str) -> None:
         with self.store.transaction() as connection:
             connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id == local_id))
+
+
+def _order(custom_id: str) -> int:
+    """A request's place in its run: ``r12`` (an older memvee's) and ``r12-<run>`` are 12th."""
+    return int(custom_id[1:].split("-", 1)[0])
 
 
 def _message_ids(row: dict[str, Any]) -> Iterable[str]:
@@ -487,6 +605,15 @@ def _transient(error: anthropic.AnthropicError) -> bool:
     limited, a server error or no connection."""
     if isinstance(error, anthropic.APIStatusError):
         return error.status_code == 429 or error.status_code >= 500
+    return isinstance(error, anthropic.APIConnectionError)
+
+
+def _maybe_created(error: anthropic.AnthropicError) -> bool:
+    """Whether a failed create call may have made its Message Batch all the same: no
+    answer came (a connection lost, a timeout), or a server error other than overloaded
+    (529, which turns a call away before it does anything) came instead of it."""
+    if isinstance(error, anthropic.APIStatusError):
+        return error.status_code >= 500 and error.status_code != 529
     return isinstance(error, anthropic.APIConnectionError)
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector
-from projections.bulk_runs import BULK_BATCHES
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import (
     MessagesAPIServer,
@@ -153,6 +154,129 @@ async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
         assert (report.submitted, report.recorded) == (0, 6)
         assert len(server.batches) == 1, "the batch was collected, not submitted again"
         assert report.batches == [server.batches[0]["id"]]
+
+
+async def test_a_run_that_crashed_before_keeping_the_batch_id_is_finished_by_the_next_one(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch was created but its id never kept: the next run finds it among the
+    account's batches (another batch of the same size beside it) instead of paying for
+    the same requests again."""
+
+    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_set_batch_id", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        with audit.store.engine.connect() as connection:
+            (kept,) = connection.execute(select(BULK_BATCHES)).mappings().all()
+        assert kept["api_batch_id"] is None
+        other = anthropic.Anthropic(max_retries=0).messages.batches.create(
+            requests=[
+                {**r, "custom_id": f"other-{i}"}
+                for i, r in enumerate(server.batches[0]["requests"])
+            ]
+        )
+        report = await _run(audit)
+        assert (report.submitted, report.recorded) == (0, 6)
+        assert len(server.batches) == 2, "no batch created again"
+        assert report.batches == [server.batches[0]["id"]] != [other.id]
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+
+
+async def test_a_batch_made_but_whose_answer_was_lost_is_found_not_made_again(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The connection drops after the API made the batch: the run looks for it before
+    creating it again, and collects it."""
+    creates = itertools.count(1)
+
+    def lost_first_answer(request: RecordedRequest) -> ScriptedResponse | None:
+        if request.method == "POST" and request.path.endswith("/batches") and next(creates) == 1:
+            return server.made_then_reset(request)
+        return None
+
+    server.set_batches_fault(lost_first_answer)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+    assert len(server.batches) == 1, "found, not made again"
+
+
+async def test_a_create_turned_away_while_overloaded_is_made_once_it_passes(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memvee._bulk, "_CREATE_PAUSE", 0.0)
+    server.set_batches_fault(_creates_answered(529, "overloaded_error", times=2))
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert (report.submitted, report.recorded) == (6, 6)
+    assert len(server.batches) == 1
+
+
+async def test_a_refused_create_fails_the_run_and_keeps_nothing_for_the_next(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_batches_fault(_creates_answered(400, "invalid_request_error", times=1))
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="400"):
+            await _run(audit)
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+        report = await _run(audit)
+    assert (report.submitted, report.recorded) == (6, 6)
+    assert len(server.batches) == 1
+
+
+async def test_a_kept_run_of_an_older_memvee_without_its_batch_id_is_planned_again(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Its custom ids (``r1``...) cannot tell its batch from another run's: never taken."""
+    with Audit(db_url=db) as audit:
+        ann = [
+            e.message_id
+            for e in audit.store.events_of("ann")
+            if isinstance(e, UserLog.MessageAdded)
+        ]
+        create_bulk_table_in(audit)
+        with audit.store.transaction() as connection:
+            connection.execute(
+                BULK_BATCHES.insert(),
+                {
+                    "local_id": "old-run",
+                    "knowledge_version": "v2",
+                    "api_batch_id": None,
+                    "requests": {"r1": {"user": "ann", "messages": ann[:2], "known": []}},
+                    "created_at": datetime.now(UTC),
+                },
+            )
+        report = await _run(audit)
+    assert (report.submitted, report.recorded) == (6, 6)
+    assert len(server.batches) == 1
+
+
+def create_bulk_table_in(audit: Audit) -> None:
+    with audit.store.transaction() as connection:
+        create_bulk_table(connection)
+
+
+def _creates_answered(
+    status: int, kind: str, *, times: int
+) -> Callable[[RecordedRequest], ScriptedResponse | None]:
+    """A fault answering the first ``times`` create calls with an error of ``status``."""
+    answered = itertools.count(1)
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        create = request.method == "POST" and request.path.endswith("/batches")
+        if create and next(answered) <= times:
+            return ScriptedResponse(status, error_body(kind, f"create refused ({status})"))
+        return None
+
+    return fault
 
 
 async def test_a_run_that_crashed_while_recording_records_only_the_rest(

@@ -843,6 +843,12 @@ class MessagesAPIServer:
                     batch.end()
             return ScriptedResponse(body=batch.to_json(self.base_url))
 
+    def made_then_reset(self, request: RecordedRequest) -> ScriptedResponse:
+        """For a batches fault: create the batch ``request`` asks for, then drop the
+        connection instead of answering (the API made it; its caller never hears)."""
+        self._create_batch(request)
+        return ScriptedResponse(reset=True)
+
     def _create_batch(self, request: RecordedRequest) -> ScriptedResponse:
         """Check a batch, answer each of its requests now, and return it "in_progress"."""
         items = request.body.get("requests") if isinstance(request.body, Mapping) else None
