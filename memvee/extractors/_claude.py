@@ -48,6 +48,7 @@ from events.extraction import (
     ExtractionBatch,
     ExtractionResult,
     FactAction,
+    KnownEntry,
     TokenUsage,
     estimate_tokens,
     extraction_deadline,
@@ -83,6 +84,10 @@ _ACTIONS: Final[Mapping[str, FactAction]] = {action: action for action in FACT_A
 
 _PROBE_TEXT = "Hello."
 """The harmless message of a probe (see :meth:`ClaudeExtractor._settle`)."""
+
+_ENTRY_PROBES = 12
+"""Probes that look for the known entries a refusal is caused by, at most, per batch:
+enough to find one among thousands of entries, or a few among dozens."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
@@ -281,7 +286,8 @@ class ClaudeExtractor:
             verdict, used = await self._probed(_probe(request, bare))
             spent = _added(spent, used)
             if verdict == "accepted":
-                return await self._without_known(batch, refused, spent)
+                kept, used = await self._entries_accepted(request, batch)
+                return await self._without_known(batch, refused, _added(spent, used), kept)
         if verdict == "failed":  # neither probe told whose fault it is: try again later
             raise ExtractionError(
                 f"{refused} (a request probing whose fault it is failed too; retried later)",
@@ -296,13 +302,58 @@ class ClaudeExtractor:
             usage=spent,
         ) from refused.__cause__
 
+    async def _entries_accepted(
+        self, request: dict[str, Any], batch: ExtractionBatch
+    ) -> tuple[tuple[KnownEntry, ...], TokenUsage]:
+        """The known entries of ``batch`` that the API accepts shown together (with a
+        harmless message, as :meth:`_settle` probes), in their order, and the probes'
+        tokens: halves of the entries are probed until each refused one is found alone,
+        at most :data:`_ENTRY_PROBES` probes. Entries whose turn never came, or whose
+        probe failed otherwise than by a refusal, are left out too.
+
+        Facts extracted without an entry cannot update it (they come back new), so the
+        fewer left out, the fewer entries of the user are repeated."""
+        spent = TokenUsage()
+        kept: list[KnownEntry] = []
+        probes = 0
+        # Groups of entries to sort out; a refused group is one shown with ``kept`` in a
+        # request the API refused, so a refused entry is among them.
+        groups: list[tuple[tuple[KnownEntry, ...], bool]] = [(batch.known, True)]
+        while groups and probes < _ENTRY_PROBES:
+            group, refused = groups.pop()
+            if refused and len(group) == 1:
+                continue  # the entry the API refuses
+            first, rest = (
+                (group[: len(group) // 2], group[len(group) // 2 :]) if refused else (group, ())
+            )
+            probes += 1
+            shown = dataclasses.replace(batch, known=(*kept, *first))
+            verdict, used = await self._probed(_probe(request, shown))
+            spent = _added(spent, used)
+            if verdict == "failed":
+                break
+            if verdict == "accepted":
+                kept.extend(first)
+                if rest:
+                    groups.append((rest, True))  # the whole was refused: the rest is
+            else:
+                if rest:
+                    groups.append((rest, False))
+                groups.append((first, True))
+        return tuple(e for e in batch.known if e in kept), spent
+
     async def _without_known(
-        self, batch: ExtractionBatch, refused: RejectedBatchError, spent: TokenUsage
+        self,
+        batch: ExtractionBatch,
+        refused: RejectedBatchError,
+        spent: TokenUsage,
+        kept: tuple[KnownEntry, ...] = (),
     ) -> ExtractionResult:
-        """``batch`` extracted without the known entries that got its request refused
-        (its facts then relate to none of them: each is new), its tokens counted with
-        ``spent``. Refused again, the batch's messages are at fault too."""
-        left_out = [entry.entry_id for entry in batch.known]
+        """``batch`` extracted without the known entries that got its request refused,
+        showing only ``kept`` (facts about the others then relate to none of them: each
+        is new), its tokens counted with ``spent``. Refused again, the batch's messages
+        are at fault too."""
+        left_out = [entry.entry_id for entry in batch.known if entry not in kept]
         _log.warning(
             "the Claude API refuses requests for user %r that show their known entries "
             "(%s), not without them: task %s is extracted without entries %s",
@@ -312,7 +363,7 @@ class ClaudeExtractor:
             ", ".join(left_out),
         )
         try:
-            result = await self._extract(dataclasses.replace(batch, known=()), settle=False)
+            result = await self._extract(dataclasses.replace(batch, known=kept), settle=False)
         except ExtractionError as failed:
             failed.usage = _added(spent, failed.usage or TokenUsage())
             if isinstance(failed, RejectedBatchError):

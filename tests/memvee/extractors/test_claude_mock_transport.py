@@ -18,6 +18,7 @@ import httpx2
 import pytest
 from anthropic._data import DEPRECATED_MODELS
 
+import memvee.extractors._claude as claude_module
 from events.errors import (
     ExtractionError,
     ExtractorOverloadedError,
@@ -847,6 +848,26 @@ def model_refusal(input_tokens: int = 0) -> httpx2.Response:
     return httpx2.Response(200, json=refusal_body(input_tokens=input_tokens, output_tokens=0))
 
 
+class EntryFilter(FakeAPI):
+    """An API whose filter refuses every request showing a known entry or a message that
+    holds one of ``blocked``; a probe (the harmless message alone) is answered with no
+    facts."""
+
+    def __init__(self, refused: Callable[[], httpx2.Response], *blocked: str) -> None:
+        super().__init__(refused())
+        self.refused = refused
+        self.blocked = blocked
+
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(request)
+        known, messages = shown(json.loads(request.content))
+        if any(word in text for text in [*known, *messages] for word in self.blocked):
+            return self.refused()
+        if messages == ["Hello."]:
+            return ok(facts=[], input_tokens=100, output_tokens=10)
+        return ok(input_tokens=1000, output_tokens=200)
+
+
 @pytest.mark.parametrize(
     ("refused", "spent"),
     [
@@ -855,35 +876,63 @@ def model_refusal(input_tokens: int = 0) -> httpx2.Response:
     ],
     ids=["http-refusal", "model-refusal"],
 )
-async def test_a_refusal_the_known_entries_cause_extracts_the_batch_without_them(
+async def test_a_refusal_a_known_entry_causes_extracts_the_batch_without_that_entry(
     claude: Make,
     caplog: pytest.LogCaptureFixture,
     refused: Callable[[], httpx2.Response],
     spent: int,
 ) -> None:
     """The probe with the known entries is refused, the one without them accepted: the
-    user's stored state trips the API (an entry its filter blocks), not the messages, so
-    the batch is extracted again without the entries rather than blamed. Every call's
-    tokens count; the warning names the entries by id, never by their text."""
-    api = FakeAPI(
-        refused(),
-        refused(),
-        ok(facts=[], input_tokens=100, output_tokens=10),
-        ok(input_tokens=1000, output_tokens=200),
-    )
+    user's stored state trips the API (an entry its filter blocks), not the messages.
+    Halves of the entries are probed to find the one refused, and the batch is extracted
+    again showing the others (facts about them still update them) rather than blamed.
+    Every call's tokens count; the warning names the entry by id, never by its text."""
+    api = EntryFilter(refused, "cat named")
     with caplog.at_level(logging.WARNING, logger="memvee.extractors"):
         result = await claude(api, max_retries=0).extract(KNOWN_BATCH)
 
     assert [f.text for f in result.facts] == [f["text"] for f in GOOD_FACTS]
-    assert all(f.action == "new" and f.target_entry_id is None for f in result.facts)
-    assert (result.input_tokens, result.output_tokens) == (1100 + 2 * spent, 210)
-    assert result.notes["known_entries_left_out"] == "e-city,e-job,e-pet"
-    batch, with_known, bare, again = (shown(body) for body in api.bodies)
-    assert with_known == ([e.text for e in KNOWN], ["Hello."]) and bare == ([], ["Hello."])
-    assert again == ([], batch[1])
+    assert result.notes["known_entries_left_out"] == "e-pet"
+    assert (result.input_tokens, result.output_tokens) == (1300 + 2 * spent, 230)
+    bodies = [shown(body) for body in api.bodies]
+    city, job, pet = (e.text for e in KNOWN)
+    assert [known for known, _ in bodies] == [
+        [city, job, pet],  # the batch
+        [city, job, pet],  # the probe showing every entry
+        [],  # the probe showing none
+        [city],  # halving: the first half is accepted, so the other holds the refused
+        [city, job],  # e-pet is then the one, without a probe of its own
+        [city, job],  # the batch again
+    ]
+    assert bodies[-1][1] == bodies[0][1]
     [warning] = caplog.records
-    assert "e-city, e-job, e-pet" in warning.getMessage()
+    assert "e-pet" in warning.getMessage() and "e-city" not in warning.getMessage()
     assert not any(e.text in caplog.text for e in KNOWN)
+
+
+async def test_several_refused_entries_among_many_are_each_left_out_in_bounded_probes(
+    claude: Make,
+) -> None:
+    entries = tuple(KnownEntry(f"e-{i}", f"User fact number {i}.", T_KNOWN) for i in range(12))
+    batch = replace(KNOWN_BATCH, known=entries)
+    api = EntryFilter(lambda: fail(400, "invalid_request_error", BLOCKED), "number 2.", "number 9.")
+    result = await claude(api, max_retries=0).extract(batch)
+
+    assert result.notes["known_entries_left_out"] == "e-2,e-9"
+    final, _ = shown(api.bodies[-1])
+    assert final == [e.text for e in entries if e.entry_id not in {"e-2", "e-9"}]
+    assert len(api.requests) <= 3 + claude_module._ENTRY_PROBES + 1
+
+
+async def test_entries_whose_probes_ran_out_are_left_out(
+    claude: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claude_module, "_ENTRY_PROBES", 1)
+    api = EntryFilter(lambda: fail(400, "invalid_request_error", BLOCKED), "Acme Corp")
+    result = await claude(api, max_retries=0).extract(KNOWN_BATCH)
+
+    assert result.notes["known_entries_left_out"] == "e-job,e-pet"
+    assert shown(api.bodies[-1])[0] == [KNOWN[0].text]
 
 
 async def test_a_batch_refused_with_and_without_the_known_entries_is_its_own(
@@ -891,16 +940,11 @@ async def test_a_batch_refused_with_and_without_the_known_entries_is_its_own(
 ) -> None:
     """Its messages are refused on their own too, while the API took a request without
     them: the batch is blamed (and split by the engine), its calls' tokens counted."""
-    api = FakeAPI(
-        fail(400, "invalid_request_error", BLOCKED),
-        fail(400, "invalid_request_error", BLOCKED),
-        ok(facts=[], input_tokens=100, output_tokens=10),
-        fail(400, "invalid_request_error", BLOCKED),
-    )
+    api = EntryFilter(lambda: fail(400, "invalid_request_error", BLOCKED), "Miso")
     with pytest.raises(RejectedBatchError, match=BLOCKED) as caught:
         await claude(api, max_retries=0).extract(KNOWN_BATCH)
-    assert caught.value.probe_accepted and len(api.requests) == 4
-    assert caught.value.usage == TokenUsage(100, 10, 0, 0)
+    assert caught.value.probe_accepted and len(api.requests) == 6
+    assert caught.value.usage == TokenUsage(300, 30, 0, 0)
 
 
 async def test_a_model_refusal_is_the_batchs_own_when_the_probes_do_not_clear_it(
