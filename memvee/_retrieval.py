@@ -90,7 +90,10 @@ class RetrievedEntry:
 class RetrievedMessage:
     """A raw message ranked for a query, with the other half of its exchange.
 
-    ``outdated`` is true when every fact extracted from it has since been replaced or
+    An exchange is a user's message and the assistant's reply right after it;
+    ``neighbour`` is ``None`` for a message that has no such other half (one of two user
+    turns in a row, a system message): it stands alone. ``outdated`` is true when every
+    fact extracted from it, or from its ``neighbour``, has since been replaced or
     invalidated (by the ``as_of`` of the retrieval, when given): what it says was true
     once, not then.
     """
@@ -417,12 +420,15 @@ class Retriever:
         ]
         if not unread:
             return
-        wanted = {m.message_id: _partner_seq(m) for m in unread}
-        found = self._reader.messages(connection, user_id, seqs=sorted(set(wanted.values())))
+        seqs = {seq for m in unread if (seq := _partner_seq(m)) is not None}
+        found = self._reader.messages(connection, user_id, seqs=sorted(seqs))
         by_seq = {m.seq: m for m in found if as_of is None or m.sent_at <= as_of}
-        for message in unread:
-            exchanges.partner[message.message_id] = by_seq.get(wanted[message.message_id])
-        ids = [m.message_id for m in by_seq.values() if m.message_id not in exchanges.stale]
+        partners = [_other_half(m, by_seq) for m in unread]
+        for message, partner in zip(unread, partners, strict=True):
+            exchanges.partner[message.message_id] = partner
+        ids = [
+            p.message_id for p in partners if p is not None and p.message_id not in exchanges.stale
+        ]
         exchanges.stale |= self._reader.outdated(connection, user_id, ids, as_of)
 
     def _embed_query(
@@ -480,9 +486,26 @@ item that weak only fills a slot (and a fact that weak would be read first). Cho
 ``make eval``: it cost no recall@10, and took recall@1 from 0.39 back to 0.46."""
 
 
-def _partner_seq(message: Message) -> int:
-    """The seq of the other half of ``message``'s exchange (a user's turn, then the reply)."""
-    return message.seq + 1 if message.role == "user" else message.seq - 1
+def _partner_seq(message: Message) -> int | None:
+    """Where the other half of ``message``'s exchange would be: the reply right after a
+    user's turn, the user's turn right before a reply; nowhere for a system message."""
+    if message.role == "user":
+        return message.seq + 1
+    if message.role == "assistant":
+        return message.seq - 1
+    return None
+
+
+def _other_half(message: Message, by_seq: dict[int, Message]) -> Message | None:
+    """The other half of ``message``'s exchange among the messages read (``by_seq``): the
+    message at :func:`_partner_seq` if it has the other role of a user's turn and its
+    reply. Its neighbour of the same role (two user turns in a row, as in a group chat)
+    is no exchange of it, so the message stands alone."""
+    seq = _partner_seq(message)
+    other = None if seq is None else by_seq.get(seq)
+    if other is None or {message.role, other.role} != {"user", "assistant"}:
+        return None
+    return other
 
 
 @dataclass(slots=True)

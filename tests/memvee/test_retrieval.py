@@ -489,6 +489,64 @@ async def test_an_exchange_whose_either_half_a_returned_entry_cites_is_left_out(
     assert result.messages == [], "the reply was shown with the cited message beside it"
 
 
+async def test_a_message_is_paired_only_with_the_user_turn_or_reply_beside_it(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Two user turns in a row (a group chat), two replies in a row or a system message
+    are no exchange: the earlier turn, the later reply and the system message stand
+    alone; the turn and the reply between them pair."""
+    memory = await _offline(make_memory)
+    say = memory.add_message
+    physics = await say("ann", "user", "We had a long chat about quantum physics", name="Ann")
+    oslo = await say("ann", "user", "I live in Oslo", name="Bob")
+    lovely = await say("ann", "assistant", "Oslo is lovely")
+    tunnelling = await say("ann", "assistant", "And quantum tunnelling is fun")
+    rules = await say("ann", "system", "Keep quantum answers short")
+
+    def shown(result: RetrievalResult) -> set[tuple[str, str | None]]:
+        return {(m.message.content, m.neighbour and m.neighbour.content) for m in result.messages}
+
+    quantum = await memory.retrieve("ann", "quantum", top_k=5, include_messages=True)
+    assert shown(quantum) == {(m.content, None) for m in (physics, tunnelling, rules)}
+    lovely_oslo = await memory.retrieve("ann", "lovely", include_messages=True)
+    assert shown(lovely_oslo) == {(lovely.content, oslo.content)}
+    live = await memory.retrieve("ann", "live", include_messages=True)
+    assert shown(live) == {(oslo.content, lovely.content)}
+
+
+async def _physics_then_oslo(make_memory: Callable[..., Any]) -> tuple[Memory, Message]:
+    """Ann's lone turn about physics, then her turn "I live in Oslo" and its reply, as
+    three messages, processed; returns the physics message."""
+    memory = await _offline(make_memory)
+    physics = await memory.add_message("ann", "user", "We had a long chat about quantum physics")
+    await memory.add_message("ann", "user", "I live in Oslo")
+    await memory.add_message("ann", "assistant", "Oslo is lovely")
+    await memory.flush("ann")
+    return memory, physics
+
+
+async def test_a_lone_message_is_not_left_out_for_a_fact_of_the_turn_after_it(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory, physics = await _physics_then_oslo(make_memory)
+    result = await memory.retrieve(
+        "ann", "where do I live, and what physics chat did we have?", include_messages=True
+    )
+    assert [hit.text for hit in result.entries] == ["User lives in Oslo."]
+    assert [m.message.content for m in result.messages] == [physics.content]
+
+
+async def test_a_lone_message_is_not_outdated_by_a_fact_of_the_turn_after_it(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory, physics = await _physics_then_oslo(make_memory)
+    await memory.add_exchange("ann", "I moved to Bergen", "Nice!")
+    await memory.flush("ann")
+    result = await memory.retrieve("ann", "quantum physics", include_messages=True)
+    assert [(m.message.content, m.outdated) for m in result.messages] == [(physics.content, False)]
+    assert "(outdated" not in result.to_prompt()
+
+
 async def _oslo_then_lisbon(make_memory: Callable[..., Any]) -> Memory:
     """Ann lived in Oslo (a fjord in the reply), processed; nine days on she moved."""
     memory = await _offline(make_memory)
