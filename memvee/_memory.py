@@ -354,21 +354,21 @@ class Memory:
         await asyncio.to_thread(thread.join)
 
     async def _close_without(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
-        """Close from another loop, the one that opened the Memory being stopped: no task
-        can be awaited on it any more, so none is waited for; the engine stops as usual and
-        the tasks' handles are marked failed unless their loop is closed."""
+        """Close from another loop, the one that opened the Memory being stopped or closed:
+        no task can be awaited on it any more, so none is waited for; the engine stops as
+        usual and each handle ends as its task did (the loop would have told it), or FAILED
+        as interrupted."""
         self._closing = True
-        ended = self._observer.keep_ends() if self._observer is not None else {}
         await self._stop_engine(engine)
-        if not loop.is_closed():
-            for tasks in self._inflight.values():
-                for task in tasks.values():
-                    status, count, error, covered = ended.get(
-                        task.task_id, ("FAILED", 0, SHUTDOWN_REASON, None)
-                    )
-                    task._mark_finished(ProcessStatus(status), count, error, covered)
-            if self._poller is not None:
-                self._poller.cancel()
+        ended = self._observer.undelivered_ends() if self._observer is not None else {}
+        for tasks in self._inflight.values():
+            for task in tasks.values():
+                status, count, error, covered = ended.get(
+                    task.task_id, ("FAILED", 0, SHUTDOWN_REASON, None)
+                )
+                task._mark_finished(ProcessStatus(status), count, error, covered)
+        if self._poller is not None and not loop.is_closed():  # a closed loop runs it no more
+            self._poller.cancel()
         self._inflight.clear()
         self._followed.clear()
         self._poller = None
@@ -918,6 +918,10 @@ class Memory:
         )
 
 
+_TaskEnd = tuple[str, int, str | None, int | None]
+"""How a task ended: its status, knowledge count, error and the messages it covered."""
+
+
 class _LoopObserver:
     """Carries task moves from actor threads to the Memory's event loop, in order."""
 
@@ -926,17 +930,16 @@ class _LoopObserver:
         assert memory._loop is not None
         # The same inbox as call results, so updates and results keep one order.
         self._inbox = inbox_of(memory._loop)
-        self._ended: dict[str, tuple[str, int, str | None, int | None]] | None = None
+        self._ends_posted: dict[str, _TaskEnd] = {}
 
     def _post(self, fn: Callable[..., object], *args: Any) -> None:
         self._inbox.post(fn, *args)
 
-    def keep_ends(self) -> dict[str, tuple[str, int, str | None, int | None]]:
-        """From now on, also keep how each task ended, by id: a close from another loop
-        reads it, as the loop that would have been told is stopped."""
-        ended: dict[str, tuple[str, int, str | None, int | None]] = {}
-        self._ended = ended
-        return ended
+    def undelivered_ends(self) -> dict[str, _TaskEnd]:
+        """How each task ended whose end is posted to the loop but not yet run there, by
+        id: a close from another loop reads it, as that loop is stopped (or closed) and may
+        never run it."""
+        return dict(self._ends_posted)
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
         self._post(self._memory._register, user_id, task_id, trigger)
@@ -958,9 +961,15 @@ class _LoopObserver:
         error: str | None,
         covered: int | None = None,
     ) -> None:
-        if self._ended is not None:
-            self._ended[task_id] = (status, knowledge_count, error, covered)
-        self._post(self._memory._finish, user_id, task_id, status, knowledge_count, error, covered)
+        self._ends_posted[task_id] = (status, knowledge_count, error, covered)
+        self._post(self._deliver_end, user_id, task_id)
+
+    def _deliver_end(self, user_id: str, task_id: str) -> None:
+        """On the loop: the end has arrived, so the Memory ends the task's handle (a no-op
+        for one a close from another loop ended already)."""
+        end = self._ends_posted.pop(task_id, None)
+        if end is not None:
+            self._memory._finish(user_id, task_id, *end)
 
 
 def _task_states(

@@ -82,7 +82,7 @@ class ProcessTask:
 
         Awaited in the event loop of the Memory that made the task, unless it has ended.
         """
-        if not self._finished.done():
+        if not self.done:
             if asyncio.get_running_loop() is not self._finished.get_loop():
                 raise MemoryClosedError("this task's Memory is open on another event loop")
             await asyncio.shield(self._finished)
@@ -118,5 +118,6 @@ class ProcessTask:
         self._status = status
         self._knowledge_count = knowledge_count
         self._error = error
-        if not self._finished.done():
+        # A closed loop runs nothing that could await the future, and refuses its callbacks.
+        if not self._finished.done() and not self._finished.get_loop().is_closed():
             self._finished.set_result(None)

@@ -126,6 +126,71 @@ def test_a_close_from_another_loop_counts_what_the_recorded_batches_did(db_url: 
     )
 
 
+def test_a_close_after_the_opening_loop_ended_fails_the_running_task(db_url: str) -> None:
+    """The common script: one asyncio.run opens the Memory and starts a task, then ends
+    (its loop closed); a close from the next ends the handle FAILED, as the log has it,
+    and any loop reads that outcome from it."""
+    extractor = _HoldsTheSecondBatch()
+    config = MemoryConfig(db_url=db_url, shutdown_grace=0.2, max_batch_messages=2)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+
+    async def start() -> ProcessTask:
+        await memory.open()
+        for city in ("Rome", "Oslo", "Lima"):
+            await memory.add_exchange("u", f"I live in {city}", "nice")
+        task = memory.process_async("u")
+        assert await asyncio.to_thread(extractor.held.wait, 10)
+        return task
+
+    try:
+        task = asyncio.run(start())
+        asyncio.run(memory.close())
+    finally:
+        extractor.release.set()
+    assert (task.status, task.error, task.knowledge_count, task.message_count) == (
+        ProcessStatus.FAILED,
+        "interrupted by shutdown",
+        1,
+        2,
+    )
+    with pytest.raises(ProcessingError, match="interrupted by shutdown"):
+        asyncio.run(task.wait())
+
+
+def test_a_task_that_ends_after_its_loop_closed_is_told_so_by_the_close(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task completes once no loop is left to hear it: the close from another loop
+    ends its handle COMPLETED, with its count, not as interrupted."""
+    extractor = RecordingExtractor(gated=True)
+    memory = Memory(config=MemoryConfig(db_url=db_url), extractor=extractor, embedder=False)
+    recorded = threading.Event()
+
+    async def start() -> ProcessTask:
+        await memory.open()
+        await memory.add_exchange("u", "I live in Rome", "nice")
+        task = memory.process_async("u")
+        assert await asyncio.to_thread(extractor.started.wait, 10)
+        observer = memory._observer
+        told = observer.task_finished  # type: ignore[union-attr]
+
+        def finished(*args: Any, **kwargs: Any) -> None:
+            told(*args, **kwargs)
+            recorded.set()
+
+        monkeypatch.setattr(observer, "task_finished", finished)
+        return task
+
+    try:
+        task = asyncio.run(start())
+    finally:
+        extractor.gate.set()
+    assert recorded.wait(10)
+    asyncio.run(memory.close())
+    assert (task.status, task.knowledge_count) == (ProcessStatus.COMPLETED, 1)
+    assert asyncio.run(task.wait()) == 1
+
+
 async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
     memory: Memory = await make_memory()
     await memory.add_message("u", "user", "hello")
