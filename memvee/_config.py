@@ -187,6 +187,10 @@ MAX_ACTOR_THREADS = 1024
 """The most threads the user actors may run on: all are started when a Memory opens, and
 past a few thousand the platform refuses to start more."""
 
+MAX_WHOLE = 2**31 - 1
+"""The most a whole-number setting may be: what every database's integer column holds
+(settings such as ``batch_threshold`` reach SQL), and far past any real count."""
+
 _COUNTS = (
     "batch_threshold",
     "max_content_chars",
@@ -218,13 +222,16 @@ _INTERVALS = ("snapshot_interval", "checkpoint_interval")
 
 def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:
     """Refuse setting ``name`` unless it is a finite number (an int if ``whole``, never a
-    bool), more than 0 if ``positive``, else 0 or more."""
+    bool), more than 0 if ``positive``, else 0 or more, and at most ``MAX_WHOLE`` (whole)
+    or ``threading.TIMEOUT_MAX`` seconds."""
     value = getattr(config, name)
     kinds = int if whole else int | float
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise InvalidInputError(_wrong_type(config, name, "an int" if whole else "a number"))
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInputError(f"{name} must be a finite number, not {value!r}")
+    if whole and value > MAX_WHOLE:
+        raise InvalidInputError(f"{name} must be at most {MAX_WHOLE}, not {value!r}")
     if not whole and value > threading.TIMEOUT_MAX:  # what a thread's wait takes
         raise InvalidInputError(
             f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {value!r}"

@@ -214,6 +214,43 @@ def test_a_setting_of_the_wrong_kind_is_refused_by_name(
     assert "s3cret" not in str(refused.value)
 
 
+WHOLE_SETTINGS = [
+    "batch_threshold",
+    "max_content_chars",
+    "max_live_actors",
+    "extraction_concurrency",
+    "commit_batch_max",
+    "pool_size",
+    "max_batch_messages",
+    "max_batch_tokens",
+    "max_attempts",
+    "breaker_failures",
+    "snapshot_interval",
+    "checkpoint_interval",
+]
+"""The settings that are whole numbers, bounded by what a database's integer holds."""
+
+
+@pytest.mark.parametrize("setting", WHOLE_SETTINGS)
+def test_a_whole_number_setting_past_what_a_database_holds_is_refused(setting: str) -> None:
+    """2**63 went through and failed at open, untyped, in the SQL of batch_threshold."""
+    assert getattr(MemoryConfig(**{setting: 2**31 - 1}), setting) == 2**31 - 1
+    for value in (2**31, 2**63):
+        with pytest.raises(InvalidInputError, match=f"^{setting} must be at most 2147483647"):
+            MemoryConfig(**{setting: value})
+
+
+async def test_a_memory_with_the_largest_batch_threshold_opens_and_buffers(
+    make_memory: Any,
+) -> None:
+    """Its open asks the database which users have that many messages waiting."""
+    with pytest.raises(InvalidInputError, match="batch_threshold must be at most"):
+        Memory(embedder=False, auto_process=True, batch_threshold=2**63)
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=2**31 - 1)
+    await memory.add_exchange("u", "I live in Oslo", "ok")
+    assert len(await memory.buffer("u")) == 2
+
+
 def test_a_database_url_given_as_db_path_makes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
