@@ -25,9 +25,7 @@ row, a user of 10,000 messages took 60 ms a search.
 from __future__ import annotations
 
 import itertools
-import re
 import threading
-import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -47,6 +45,8 @@ from projections.comparison import Listing, sortable
 from projections.rows import Row
 from projections.sink import Derived
 from projections.tables import ProjectionTables
+from projections.words import LAYOUT as WORDS_LAYOUT
+from projections.words import UNSPACED_RUN, fold, word_pieces
 
 __all__ = [
     "MAX_QUERY_TOKENS",
@@ -76,7 +76,7 @@ characters made a query of 100,000 tokens: seconds of SQLite, holding its writer
 first pairs of each term go first."""
 
 _LONGEST_RUN = 4 * MAX_QUERY_TOKENS
-"""The characters of a long query term written in Chinese, Japanese or Korean that are
+"""The characters of a long query term written without spaces (Chinese, Thai) that are
 looked at: more cannot give pairs that are searched. Other words stay whole (the index
 keeps them whole, however long)."""
 
@@ -93,27 +93,6 @@ _PG_FILL_PAGE = 2000
 """Rows whose vectors an older table's migration computes per statement."""
 
 
-_WORD = re.compile(r"[^\W_]+")
-_CJK_RUN = re.compile(
-    "([\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf"
-    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+)"
-)
-"""A run of Chinese, Japanese or Korean characters: written without spaces between words,
-so a run is indexed as its overlapping pairs of characters (see :func:`word_pieces`)."""
-_STROKED = str.maketrans(
-    {"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ŧ": "t", "\u0131": "i", "ƀ": "b", "ɨ": "i", "ð": "d"}
-    | {"æ": "ae", "œ": "oe", "þ": "th"}
-)
-"""Case-folded letters with a stroke or ligatures, as their plain letters."""
-_WORDS_LAYOUT = "nfc|cjk-bigrams-and-singles|strokes"
-"""How text is cut into words before stemming, in the search fingerprint: a change refolds
-the index, so that stored words and query words are cut alike."""
-_ASCII_WORDS = bytes(
-    ord(chr(c).lower()) if c < 128 and chr(c).isalnum() else ord(" ") for c in range(256)
-)
-"""A translation of ASCII text that lowers its letters and blanks every byte that is no
-letter or digit: split on whitespace, it gives :data:`_WORD`'s words of the lowered text
-(faster than the regular expression)."""
 _STEMMED: dict[str, str] = {}
 """Stems of the words seen lately (a stem depends on the word alone): looked up, not
 stemmed again, for the words of a conversation keep coming back."""
@@ -136,43 +115,13 @@ _stemmers = threading.local()
 
 
 def index_word(word: str) -> str:
-    """One word as the index compares it: case-folded, without diacritics, stemmed.
+    """One word as the index compares it: folded as stored text is (:func:`fold`: case,
+    width, diacritics), stemmed.
 
     The Snowball English stemmer (PyStemmer) runs on the bare word, so the prefix added
     after it never changes what is stripped.
     """
-    return _index_words([word])[0]
-
-
-def _index_words(words: list[str]) -> list[str]:
-    """:func:`index_word` of each word, the stemming done in one call."""
-    return _stems([_plain(word.casefold()) for word in words])
-
-
-def word_pieces(text: str, *, singles: bool = False) -> list[str]:
-    """The words of ``text`` as the index cuts them: composed (NFC) first, so that text
-    typed with combining accents splits as the same text typed precomposed does, and each
-    run of Chinese, Japanese or Korean characters as its overlapping pairs ("東京都" gives
-    "東京", "京都"), a run of one character as itself. With ``singles`` (stored text, not
-    a query) a run's characters follow its pairs, so that a one-character word ("猫") is
-    found in a sentence."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFC", text)
-    pieces: list[str] = []
-    for word in _WORD.findall(text):
-        if word.isascii() or _CJK_RUN.search(word) is None:
-            pieces.append(word)
-            continue
-        for part in _CJK_RUN.split(word):
-            if not part:
-                continue
-            if len(part) > 1 and _CJK_RUN.fullmatch(part):
-                pieces.extend(part[i : i + 2] for i in range(len(part) - 1))
-                if singles:
-                    pieces.extend(part)
-            else:
-                pieces.append(part)
-    return pieces
+    return _stems([fold(word)])[0]
 
 
 def _stems(words: list[str]) -> list[str]:
@@ -193,20 +142,9 @@ def _stems(words: list[str]) -> list[str]:
     return stems
 
 
-def _plain(word: str) -> str:
-    """``word`` (case-folded) without its diacritics, strokes included ("tromsø" and
-    "łódź" as "tromso" and "lodz"), which Unicode does not decompose."""
-    if word.isascii():
-        return word
-    bare = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
-    return bare.translate(_STROKED)
-
-
 def _text_stems(text: str) -> list[str]:
     """The stems of stored ``text``, in order: what both backends index."""
-    if text.isascii():  # most text: fold it whole, the words come out the same
-        return _stems(text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split())
-    return _index_words(word_pieces(text, singles=True))
+    return _stems(word_pieces(text, singles=True))
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -226,27 +164,27 @@ def _owned(owner: str, text: str) -> str:
 
 def owned_terms(log_id: str, term: str) -> list[str]:
     """One query term as the index stores it for log ``log_id``: one token, or the pairs
-    of a run of Chinese, Japanese or Korean characters (:func:`word_pieces`)."""
+    of a run of a script written without spaces (:func:`word_pieces`)."""
     owner = owner_token(log_id)
-    return [owner + stem for stem in _index_words(word_pieces(term))]
+    return [owner + stem for stem in _stems(word_pieces(term))]
 
 
 def query_words(terms: Iterable[str]) -> list[str]:
     """The distinct words query ``terms`` look up in either backend's index: each term as
     :func:`owned_terms` cuts it, without the owner, at most :data:`MAX_QUERY_TOKENS` of
     them, the terms taking turns (each one's first pairs first)."""
-    pieces = [_index_words(word_pieces(_bounded(term)))[:MAX_QUERY_TOKENS] for term in terms]
+    pieces = [_stems(word_pieces(_bounded(term)))[:MAX_QUERY_TOKENS] for term in terms]
     interleaved = (w for turn in itertools.zip_longest(*pieces) for w in turn if w)
     return list(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
 
 
 def _bounded(term: str) -> str:
     """``term``, cut to :data:`_LONGEST_RUN` characters if it is that long and holds runs
-    of Chinese, Japanese or Korean characters (it becomes their pairs)."""
+    of a script written without spaces (it becomes their pairs)."""
     if len(term) <= _LONGEST_RUN or term.isascii():
         return term
     head = term[:_LONGEST_RUN]
-    return term if word_pieces(head) == [head] else head
+    return term if UNSPACED_RUN.search(fold(head)) is None else head
 
 
 def pg_vector(log_id: str, text: str) -> str:
@@ -640,7 +578,7 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def search_fingerprint() -> int:
     """A number that changes when indexed words would: the stemmer's version and the
     tokenizer (stored with the schema; a change refolds the projections)."""
-    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}|{_WORDS_LAYOUT}".encode())
+    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}|{WORDS_LAYOUT}".encode())
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:

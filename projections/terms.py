@@ -1,14 +1,16 @@
 """Query terms: a natural-language question turned into the words worth searching for.
 
 Agents ask questions ("where does she live now?"), not keyword queries. The words are
-lower-cased, stop words are dropped, and what is left is ORed by the rankers, so one
-matching word is enough and more matching words rank higher.
+cut and folded as the index cuts and folds stored text (:func:`projections.words.words`),
+stop words are dropped, and what is left is ORed by the rankers, so one matching word is
+enough and more matching words rank higher.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from projections.words import words as folded_words
 
 __all__ = ["KIN_NOUNS", "STOP_WORDS", "search_terms"]
 
@@ -18,7 +20,6 @@ its topics add and, of a query with more words than that (an agent passing the u
 whole turn), the words of a personal-fact topic ("moved", "job") and then the longest, as
 longer words are the rarer ones."""
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 _STOP_WORDS_TEXT = """
     a about above after again against all am an and any are aren as at be because been before
@@ -78,16 +79,14 @@ _PHRASES = ((re.compile(r"\bfor\s+a\s+living\b", re.IGNORECASE), " work "),)
 
 
 def search_terms(query: str, *, expand: bool = True) -> list[str]:
-    """The distinct content words of ``query``, lower-cased, in order of first use (at
-    most :data:`MAX_TERMS`).
+    """The distinct content words of ``query``, folded as the index folds them, in order
+    of first use (at most :data:`MAX_TERMS`).
 
     With ``expand``, the words of each personal-fact topic the query touches follow.
     """
     for phrase, replacement in _PHRASES:
         query = phrase.sub(replacement, query)
-    if not query.isascii():  # combining accents split words: compose them first
-        query = unicodedata.normalize("NFC", query)
-    words = [w.casefold() for w in _WORD.findall(query)]
+    words = folded_words(query)
     own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
     if len(own) > MAX_TERMS:
         # stable: of equals, the earlier first
