@@ -3,7 +3,8 @@
 Agents ask questions ("where does she live now?"), not keyword queries. The words are
 cut and folded as the index cuts and folds stored text (:func:`projections.words.words`),
 stop words are dropped, and what is left is ORed by the rankers, so one matching word is
-enough and more matching words rank higher.
+enough and more matching words rank higher. A stop word written as a name is kept ("What
+did Will say?", "Don"): people are called Will, Don or May.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ its topics add and, of a query with more words than that (an agent passing the u
 whole turn), the words of a personal-fact topic ("moved", "job") and then the longest, as
 longer words are the rarer ones."""
 
+_SENTENCE_END = re.compile(r"[.!?\u2026\n]+")
+_LETTERS = re.compile(r"[^\W\d_]+")
 
 _STOP_WORDS_TEXT = """
     a about above after again against all am an and any are aren as at be because been before
@@ -87,7 +90,8 @@ def search_terms(query: str, *, expand: bool = True) -> list[str]:
     for phrase, replacement in _PHRASES:
         query = phrase.sub(replacement, query)
     words = folded_words(query)
-    own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
+    named = _names(query, words) if any(w in STOP_WORDS for w in words) else frozenset()
+    own = list(dict.fromkeys(w for w in words if w not in STOP_WORDS or w in named))
     if len(own) > MAX_TERMS:
         # stable: of equals, the earlier first
         kept = set(sorted(own, key=lambda w: (w not in _TOPIC_WORDS, -len(w)))[:MAX_TERMS])
@@ -99,3 +103,16 @@ def search_terms(query: str, *, expand: bool = True) -> list[str]:
                 if word in group:
                     terms.update(dict.fromkeys(sorted(group)))
     return list(terms)[:MAX_TERMS]
+
+
+def _names(query: str, words: list[str]) -> frozenset[str]:
+    """The words ``query`` (its folded ``words``) writes as names: capitalised ("Will",
+    not "WILL" or "I") past the first word of a sentence, where English would not
+    capitalise a common word; or the one word of a query of a single capitalised word
+    ("Don")."""
+    named: set[str] = set()
+    for sentence in _SENTENCE_END.split(query):
+        for at, word in enumerate(_LETTERS.findall(sentence)):
+            if len(word) > 1 and word.istitle() and (at or len(words) == 1):
+                named.update(folded_words(word))
+    return frozenset(named)

@@ -1224,6 +1224,22 @@ async def test_speaker_names_are_kept_searched_and_shown(
     assert plain.name is None
 
 
+async def test_a_speaker_named_as_a_stop_word_is_found_by_name(
+    make_memory: Callable[..., Any],
+) -> None:
+    memory = await _offline(make_memory)
+    await memory.add_exchange("team", "Book the blue room", "Done.", user_name="Will")
+    await memory.add_exchange("team", "I bring the projector", "Great.", user_name="Don")
+    await memory.add_exchange("team", "Lunch is vegetarian", "Ok.", user_name="Sam")
+    for query, said in [
+        ("What did Don say?", "I bring the projector"),
+        ("What did Will say?", "Book the blue room"),
+        ("Don", "I bring the projector"),
+    ]:
+        result = await memory.retrieve("team", query, include_messages=True, top_k=1)
+        assert [m.message.content for m in result.messages][:1] == [said], query
+
+
 @pytest.mark.parametrize("name", ["", "   ", "two\nlines", "x" * 101, 7])
 async def test_a_bad_speaker_name_is_refused_before_anything_is_written(
     make_memory: Callable[..., Any], name: object

@@ -42,3 +42,19 @@ def test_a_query_of_more_words_than_searched_keeps_its_topic_words_first() -> No
     filler = " ".join(f"longerword{n}" for n in range(60))
     terms = search_terms(f"{filler} I moved", expand=False)
     assert len(terms) == MAX_TERMS and terms[-1] == "moved"
+
+
+def test_a_stop_word_written_as_a_name_is_kept() -> None:
+    """People are called Will, Don or May: capitalised past a sentence's first word, or
+    as the one word of a query, a stop word is a name."""
+    assert search_terms("What did Don say?", expand=False) == ["don", "say"]
+    assert search_terms("What did Will say? And Maria?", expand=False) == ["will", "say", "maria"]
+    assert search_terms("Don") == ["don"]
+    assert search_terms("Will") == ["will"]
+
+
+def test_a_stop_word_capitalised_as_english_does_is_still_dropped() -> None:
+    assert search_terms("Will you tell me what she did?", expand=False) == []
+    assert search_terms("What did I say? Where did we go?", expand=False) == ["say", "go"]
+    assert search_terms("WHAT DID DON SAY", expand=False) == ["say"]
+    assert search_terms("Who am I?") == []
