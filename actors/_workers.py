@@ -3,6 +3,8 @@
 Extraction is slow (an LLM call), so it never runs on a user actor's thread nor on the
 caller's asyncio loop: it runs here, at most ``concurrency`` at a time, each bounded by
 ``timeout`` seconds. Outcomes go back to whoever submitted them through a callback.
+A forgotten user's batches that wait here (for a free slot, or for the breaker) are
+dropped, never sent: the user's text goes to no API after ``forget`` returned.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from events import (
 from events.errors import repeats
 from events.extraction import extraction_deadline
 
-__all__ = ["EveryBatchRefused", "ExtractionWorkers", "Outcome", "asked_to_wait"]
+__all__ = [
+    "DroppedForForget",
+    "EveryBatchRefused",
+    "ExtractionWorkers",
+    "Outcome",
+    "asked_to_wait",
+]
 
 log = logging.getLogger("memvee.actors")
 
@@ -49,6 +57,22 @@ class EveryBatchRefused(ExtractionError):
             f"{refusal} (the API refuses every batch so; retried later, no message blamed)",
             usage=refusal.usage,
         )
+
+
+class DroppedForForget(ExtractionError):
+    """The batch's user was forgotten before the batch was sent: it never went to the API
+    (its task ended with the user; this outcome is dropped like a late answer)."""
+
+
+class _Held:
+    """One submitted batch: whether it was sent to the extractor, or dropped first (both
+    decided under the workers' lock, so a forget and a send never cross)."""
+
+    __slots__ = ("dropped", "sent")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.dropped = False
 
 
 def asked_to_wait(error: BaseException) -> float:
@@ -81,19 +105,28 @@ class ExtractionWorkers:
         self._semaphore: asyncio.Semaphore | None = None
         self._concurrency = concurrency
         self._pending: set[Future[ExtractionResult]] = set()
+        self._held: dict[str, set[_Held]] = {}  # per user, the batches submitted, not ended
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
         self._thread.start()
 
     def submit(self, batch: ExtractionBatch, done: Callable[[Outcome], None]) -> None:
         """Extract ``batch`` in the background and call ``done`` with the outcome."""
-        future = asyncio.run_coroutine_threadsafe(self._extract(batch), self._loop)
+        held = _Held()
+        with self._lock:
+            self._held.setdefault(batch.user_id, set()).add(held)
+        future = asyncio.run_coroutine_threadsafe(self._extract(batch, held), self._loop)
         with self._lock:
             self._pending.add(future)
 
         def _finished(f: Future[ExtractionResult]) -> None:
             with self._lock:
                 self._pending.discard(f)
+                mine = self._held.get(batch.user_id)
+                if mine is not None:
+                    mine.discard(held)
+                    if not mine:
+                        del self._held[batch.user_id]
             outcome: Outcome
             if f.cancelled():
                 outcome = ExtractionError("extraction cancelled by shutdown")
@@ -106,6 +139,24 @@ class ExtractionWorkers:
                 log.exception("delivering the outcome of task %s failed", batch.task_id)
 
         future.add_done_callback(_finished)
+
+    def drop(self, user_id: str) -> int:
+        """Drop every batch of ``user_id`` submitted and not yet sent (the user was
+        forgotten); returns how many. A call already out finishes (its answer is dropped
+        by the user's actor); a batch submitted afterwards, of the user's new log, goes.
+        """
+        with self._lock:
+            waiting = [h for h in self._held.get(user_id, ()) if not h.sent and not h.dropped]
+            for held in waiting:
+                held.dropped = True
+        if waiting:
+            log.info(
+                "user %r forgotten: %d batch(es) waiting for extraction dropped unsent",
+                user_id,
+                len(waiting),
+            )
+            self._resume()  # those the breaker holds end now, not when it closes
+        return len(waiting)
 
     def _resume(self) -> None:
         """The breaker closed: let the batches it held go (called from any thread)."""
@@ -149,16 +200,20 @@ class ExtractionWorkers:
                 )
         await self._aclose()
 
-    async def _extract(self, batch: ExtractionBatch) -> ExtractionResult:
+    async def _extract(self, batch: ExtractionBatch, held: _Held) -> ExtractionResult:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._concurrency)
+        if held.dropped:  # no need to queue for a slot
+            raise self._dropped(batch)
         async with self._semaphore:
             # Admitted only once a call may start: batches queued behind the semaphore
             # while the breaker opened must not go to the API when their turn comes.
-            while (wait := self.breaker.admit()) > 0:
+            while (wait := self._admit(held)) > 0:
                 self._resumed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._resumed.wait(), wait)
+            if held.dropped:
+                raise self._dropped(batch)
             began = self._loop.time()
             try:
                 async with asyncio.timeout(self.timeout) as cut:
@@ -184,6 +239,27 @@ class ExtractionWorkers:
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
+
+    def _admit(self, held: _Held) -> float:
+        """As :meth:`CircuitBreaker.admit`, for a batch that is marked sent when admitted;
+        0 without asking the breaker (no probe taken) once the batch is dropped."""
+        with self._lock:
+            if held.dropped:
+                return 0.0
+            wait = self.breaker.admit()
+            held.sent = wait <= 0
+            return wait
+
+    def _dropped(self, batch: ExtractionBatch) -> DroppedForForget:
+        """The outcome of a batch dropped unsent, its user forgotten."""
+        log.debug(
+            "user %r: task %s: the batch is not sent, the user was forgotten",
+            batch.user_id,
+            batch.task_id,
+        )
+        return DroppedForForget(
+            f"task {batch.task_id} not extracted: user {batch.user_id!r} was forgotten"
+        )
 
     def _note_blocking(self, batch: ExtractionBatch, seconds: float) -> None:
         """Warn of an answer that came past the timeout: the timeout could not cut it off,

@@ -305,7 +305,10 @@ class Engine:
             log.info("user %r: not woken, the engine is stopping", user_id)
 
     def _erase(self, user_id: str) -> ForgetReceipt:
+        """Erase the user, then stop what this process would still send of their texts:
+        the batches waiting for extraction and the embedding of their backlog."""
         receipt = erase_user(self.store, self.projector, self.leases, user_id)
+        self.workers.drop(user_id)
         if self.vectors is not None:
             self.vectors.forget(user_id)
         return receipt

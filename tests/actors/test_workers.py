@@ -13,8 +13,9 @@ import pytest
 
 import actors._workers as workers_module
 from actors._pacing import CircuitBreaker
-from actors._workers import ExtractionWorkers, Outcome
-from events import ExtractionBatch
+from actors._workers import DroppedForForget, ExtractionWorkers, Outcome
+from events import ExtractionBatch, ExtractionResult
+from tests.support.extractors import RecordingExtractor
 
 
 class _DownAPI:
@@ -141,3 +142,84 @@ def test_stop_gives_up_on_an_extraction_that_does_not_end_and_says_so(
     assert "1 extraction(s) of deaf did not end within 0.1 s" in caplog.text
     assert api.task is not None and not api.task.done()
     api.task._log_destroy_pending = False  # left on the closed loop, as the warning said
+
+
+class _Outcomes:
+    """The outcomes of submitted batches by task id, with an event per task."""
+
+    def __init__(self) -> None:
+        self.by_task: dict[str, Outcome] = {}
+        self._ended: dict[str, threading.Event] = {}
+
+    def done(self, task_id: str) -> Any:
+        ended = self._ended.setdefault(task_id, threading.Event())
+
+        def _done(outcome: Outcome) -> None:
+            self.by_task[task_id] = outcome
+            ended.set()
+
+        return _done
+
+    def of(self, task_id: str) -> Outcome:
+        assert self._ended[task_id].wait(10), f"{task_id} never ended"
+        return self.by_task[task_id]
+
+
+def test_a_forgotten_users_batches_waiting_for_a_slot_are_never_sent() -> None:
+    """Dropping a user drops their batches queued behind another extraction; the call
+    already out finishes, and a batch of the user submitted afterwards (their new log)
+    goes."""
+    extractor = RecordingExtractor(gated=True)
+    workers = ExtractionWorkers(extractor, concurrency=1)
+    outcomes = _Outcomes()
+    try:
+        workers.submit(ExtractionBatch("bob", "bob-1", ()), outcomes.done("bob-1"))
+        assert extractor.started.wait(10)
+        for task in ("ann-1", "ann-2"):
+            workers.submit(ExtractionBatch("ann", task, ()), outcomes.done(task))
+        assert workers.drop("ann") == 2
+        assert workers.drop("bob") == 0, "a call already out is not dropped"
+        workers.submit(ExtractionBatch("ann", "ann-new", ()), outcomes.done("ann-new"))
+        extractor.gate.set()
+        assert isinstance(outcomes.of("bob-1"), ExtractionResult)
+        assert isinstance(outcomes.of("ann-1"), DroppedForForget)
+        assert isinstance(outcomes.of("ann-2"), DroppedForForget)
+        assert isinstance(outcomes.of("ann-new"), ExtractionResult)
+        assert [b.task_id for b in extractor.batches] == ["bob-1", "ann-new"]
+    finally:
+        workers.stop()
+
+
+class _AskedBreaker(CircuitBreaker):
+    """A breaker that counts the batches it was asked to admit and says when it held one."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.asked = 0
+        self.holding = threading.Event()
+
+    def admit(self) -> float:
+        self.asked += 1
+        wait = super().admit()
+        if wait > 0:
+            self.holding.set()
+        return wait
+
+
+def test_a_forgotten_users_batch_the_breaker_holds_ends_unsent_at_once() -> None:
+    """A batch held back while the breaker is open ends as soon as its user is dropped,
+    not when the breaker closes, and asks the breaker nothing more (it could otherwise
+    take the probe a batch that will call needs)."""
+    extractor = RecordingExtractor()
+    breaker = _AskedBreaker(failures=1, cooldown=60.0)
+    breaker.failed()
+    workers = ExtractionWorkers(extractor, concurrency=2, breaker=breaker)
+    outcomes = _Outcomes()
+    try:
+        workers.submit(ExtractionBatch("ann", "ann-1", ()), outcomes.done("ann-1"))
+        assert breaker.holding.wait(10)
+        assert workers.drop("ann") == 1
+        assert isinstance(outcomes.of("ann-1"), DroppedForForget)
+        assert extractor.batches == [] and breaker.asked == 1 and breaker.is_open
+    finally:
+        workers.stop()

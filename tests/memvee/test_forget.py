@@ -118,6 +118,28 @@ async def test_a_task_running_when_the_user_is_forgotten_fails_and_writes_nothin
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+async def test_a_batch_waiting_for_extraction_is_not_sent_once_its_user_is_forgotten(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A forgotten user's batch queued behind another user's extraction never goes to the
+    extractor (an LLM API): after forget returns, none of their text is sent."""
+    extractor = RecordingExtractor(gated=True)
+    memory: Memory = await make_memory(extractor=extractor, config={"extraction_concurrency": 1})
+    await memory.add_exchange("bob", "I live in Oslo", "ok")
+    await memory.add_exchange("ann", SECRET, "noted")
+    bob = memory.process_async("bob")
+    await asyncio.to_thread(extractor.started.wait, 10)
+    ann = memory.process_async("ann")
+    await memory.forget("ann")
+    assert ann.status is ProcessStatus.FAILED
+    extractor.gate.set()
+    await bob.wait()
+    await memory.add_exchange("ann", "I live in Bergen", "ok")
+    await memory.process("ann")  # the batches of ann's new log go
+    sent = [m.content for batch in extractor.batches for m in batch.messages]
+    assert sent == ["I live in Oslo", "ok", "I live in Bergen", "ok"]
+
+
 async def test_no_task_of_a_forgotten_user_is_found_nor_one_it_ended(
     make_memory: Callable[..., Any],
 ) -> None:
