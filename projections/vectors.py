@@ -117,6 +117,8 @@ class VectorIndex:
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         """Per log, the (kind, id) of items whose text the embedder refuses while it
         embeds others: left out of later fills (in this process), ranked lexically."""
+        self._fills: dict[str, list[threading.Event]] = {}
+        """Per log, the events of the fills that run, set when the log is forgotten."""
         v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
@@ -199,60 +201,67 @@ class VectorIndex:
         a warning, so that one message no embedding API accepts never keeps the rest of
         its user from semantic ranking; an embedder that takes nothing at all fails the
         fill.
+
+        Once :meth:`forget` is called for the user, the fill sends no further batch to the
+        embedder (one already out finishes; its vectors are taken back as the erasure's).
         """
         log_id = str(user_log_id(user_id))
-        missing: list[tuple[str, str, str]] = []
-        with engine.connect() as connection:
-            version = connection.execute(self._version, {"log_id": log_id}).scalar()
-            with self._lock:
-                done = self._filled.get(log_id)
-            covered = done is not None and done[0] == version and (done[1] or not messages)
-            if version is not None and covered:
-                return frozenset()
-
-            rows = connection.execute(self._unembedded_entries, {"log_id": log_id})
-            missing += [(item, text, "entry") for item, text in rows]
-            if messages and not self._complete(connection, log_id):
-                rows = connection.execute(self._unembedded_messages, {"log_id": log_id})
-                missing += [(item, spoken(text, name), "message") for item, text, name in rows]
-        with self._lock:
-            refused = set(self._refused.get(log_id, ()))
-        missing = [m for m in missing if (m[2], m[0]) not in refused]
-        deadline = None if budget is None else time.monotonic() + budget
-        taken = 0
-        while taken < len(missing) and not stop():
-            if taken and deadline is not None and time.monotonic() >= deadline:
-                break
-            if background and not self._hold_off_for_searches(stop):
-                break
-            chunk = missing[taken : taken + _BATCH]
-            taken += len(chunk)
-            values = [
-                {
-                    "item_id": item,
-                    "model": self.model,
-                    "log_id": log_id,
-                    "kind": kind,
-                    "vector": np.asarray(vector, dtype=np.float32).tobytes(),
-                }
-                for (item, _, kind), vector in self._embedded(user_id, log_id, chunk, embed)
-            ]
-            if values:
-                with engine.begin() as connection:
-                    self._insert_kept(connection, log_id, values)
-        if messages:
+        with self._erasures_watched(log_id) as erased:
+            missing: list[tuple[str, str, str]] = []
             with engine.connect() as connection:
-                if not self._complete(connection, log_id):
-                    self._load(connection, log_id)
-        if taken < len(missing):  # not covered: the next fill takes up the rest
-            return frozenset(item for item, _, _ in missing[taken:])
-        if version is not None:
+                version = connection.execute(self._version, {"log_id": log_id}).scalar()
+                with self._lock:
+                    done = self._filled.get(log_id)
+                covered = done is not None and done[0] == version and (done[1] or not messages)
+                if version is not None and covered:
+                    return frozenset()
+
+                rows = connection.execute(self._unembedded_entries, {"log_id": log_id})
+                missing += [(item, text, "entry") for item, text in rows]
+                if messages and not self._complete(connection, log_id):
+                    rows = connection.execute(self._unembedded_messages, {"log_id": log_id})
+                    missing += [(item, spoken(text, name), "message") for item, text, name in rows]
             with self._lock:
-                self._filled[log_id] = (int(version), messages)
-                self._filled.move_to_end(log_id)
-                while len(self._filled) > _FILLED_KEPT:
-                    self._filled.popitem(last=False)
-        return frozenset()
+                refused = set(self._refused.get(log_id, ()))
+            missing = [m for m in missing if (m[2], m[0]) not in refused]
+            deadline = None if budget is None else time.monotonic() + budget
+            taken = 0
+            while taken < len(missing) and not stop():
+                if taken and deadline is not None and time.monotonic() >= deadline:
+                    break
+                if background and not self._hold_off_for_searches(stop):
+                    break
+                if erased.is_set():
+                    log.info("user %r was forgotten: the fill of their vectors ends", user_id)
+                    return frozenset(item for item, _, _ in missing[taken:])
+                chunk = missing[taken : taken + _BATCH]
+                taken += len(chunk)
+                values = [
+                    {
+                        "item_id": item,
+                        "model": self.model,
+                        "log_id": log_id,
+                        "kind": kind,
+                        "vector": np.asarray(vector, dtype=np.float32).tobytes(),
+                    }
+                    for (item, _, kind), vector in self._embedded(user_id, log_id, chunk, embed)
+                ]
+                if values:
+                    with engine.begin() as connection:
+                        self._insert_kept(connection, log_id, values)
+            if messages:
+                with engine.connect() as connection:
+                    if not self._complete(connection, log_id):
+                        self._load(connection, log_id, erased)
+            if taken < len(missing):  # not covered: the next fill takes up the rest
+                return frozenset(item for item, _, _ in missing[taken:])
+            with self._lock:  # a log erased meanwhile may reach this version anew
+                if version is not None and not erased.is_set():
+                    self._filled[log_id] = (int(version), messages)
+                    self._filled.move_to_end(log_id)
+                    while len(self._filled) > _FILLED_KEPT:
+                        self._filled.popitem(last=False)
+            return frozenset()
 
     def refused(self, user_id: str) -> frozenset[str]:
         """The ids of the user's items whose text the embedder refuses (as this process
@@ -364,12 +373,33 @@ class VectorIndex:
         return cached.nearest(query, limit)
 
     def forget(self, user_id: str) -> None:
-        """Drop the user's cached vectors (their rows were erased or rebuilt)."""
+        """Drop the user's cached vectors (their rows were erased or rebuilt) and stop the
+        fills of their log that run: the texts those read before the erasure are not sent
+        to the embedder any more."""
         log_id = str(user_log_id(user_id))
         with self._lock:
             self._cache.pop(log_id, None)
             self._filled.pop(log_id, None)
             self._refused.pop(log_id, None)
+            for erased in self._fills.get(log_id, ()):
+                erased.set()
+
+    @contextmanager
+    def _erasures_watched(self, log_id: str) -> Iterator[threading.Event]:
+        """An event :meth:`forget` sets if it erases the log while a fill runs. Watched
+        from before the fill reads what is missing: an erasure committed earlier leaves
+        nothing to read, one committed later sets the event."""
+        erased = threading.Event()
+        with self._lock:
+            self._fills.setdefault(log_id, []).append(erased)
+        try:
+            yield erased
+        finally:
+            with self._lock:
+                watching = self._fills[log_id]
+                watching.remove(erased)
+                if not watching:
+                    del self._fills[log_id]
 
     def _embedded(
         self, user_id: str, log_id: str, chunk: list[_Missing], embed: Embed
@@ -450,11 +480,16 @@ class VectorIndex:
         count = connection.execute(self._message_count, {"log_id": log_id}).scalar()
         return cached.count + refused == int(count or 0)
 
-    def _load(self, connection: Connection, log_id: str) -> _Vectors:
-        """Read the log's message vectors into the cache."""
+    def _load(
+        self, connection: Connection, log_id: str, erased: threading.Event | None = None
+    ) -> _Vectors:
+        """Read the log's message vectors into the cache (unless ``erased`` is set: the
+        vectors read may be the erased log's, which a new log's count could pass for)."""
         rows = connection.execute(self._message_vectors, {"log_id": log_id}).all()
         loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
         with self._lock:
+            if erased is not None and erased.is_set():
+                return loaded
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)
             total = sum(c.count for c in self._cache.values())

@@ -14,7 +14,7 @@ from projections import ProjectionTables
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
-from tests.support.stores import store_of_messages
+from tests.support.stores import store_of_messages, write_afresh
 
 
 @pytest.fixture
@@ -81,3 +81,52 @@ def test_a_search_with_a_budget_embeds_one_batch_at_least_newest_first(store: Ev
     assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
     assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
     assert embedder.calls == 3, "the last fill found the log covered"
+
+
+class _Gated(ConceptEmbedder):
+    """Holds its ``held``-th batch until ``gate`` opens, so a forget can come while that
+    batch is out."""
+
+    def __init__(self, held: int = 1) -> None:
+        super().__init__()
+        self.held = held
+        self.out = threading.Event()
+        self.gate = threading.Event()
+        self.texts: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts.append(list(texts))
+        if len(self.texts) == self.held:
+            self.out.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        return super().embed(texts)
+
+
+def test_a_fill_sends_no_batch_of_a_user_forgotten_while_it_runs(store: EventStore) -> None:
+    index, embedder = VectorIndex(ProjectionTables(), "test-concepts"), _Gated()
+    thread, left = _fill_in_background(index, store, embedder)
+    assert embedder.out.wait(10)
+    index.forget("ann")
+    embedder.gate.set()
+    thread.join(10)
+    assert len(embedder.texts) == 1, "only the batch already out went to the embedder"
+    assert len(left[0]) == 12, "the texts it read before the erasure are left"
+    again = index.fill(store.engine, "ann", embedder.embed, messages=True)
+    assert again == frozenset() and len(embedder.texts) == 3, "a fill after it runs whole"
+
+
+def test_a_fill_ending_as_its_user_is_forgotten_does_not_pass_the_new_log_for_covered(
+    store: EventStore,
+) -> None:
+    """A fill whose last batch was out when the user was forgotten does not remember the
+    erased log's version as covered: the new log, at that same version, is embedded."""
+    index, embedder = VectorIndex(ProjectionTables(), "test-concepts"), _Gated(held=3)
+    thread, left = _fill_in_background(index, store, embedder)
+    assert embedder.out.wait(10)
+    index.forget("ann")
+    embedder.gate.set()
+    thread.join(10)
+    assert left == [frozenset()] and len(embedder.texts) == 3
+    write_afresh(store, "ann", [f"new thing {n}" for n in range(20)])
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert len(embedder.texts) == 6, "the new log's 20 texts were embedded"

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, UserLog, sqlite_url, user_log_id
 from projections import ProjectionTables, Projector
 
-__all__ = ["store_of_messages"]
+__all__ = ["store_of_messages", "write_afresh"]
 
 
 def store_of_messages(path: Path, user_id: str, texts: Sequence[str]) -> EventStore:
@@ -23,3 +23,16 @@ def store_of_messages(path: Path, user_id: str, texts: Sequence[str]) -> EventSt
         log.add_message("user", text, None, 1000)
     store.append([list(log.collect_events())], projector.apply)
     return store
+
+
+def write_afresh(store: EventStore, user_id: str, texts: Sequence[str]) -> None:
+    """Erase ``user_id``'s log and its rows from ``store`` (as a forget does), then write
+    ``texts`` as the user's new log, in one append."""
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        store.forget(connection, user_id)
+        projector.forget(connection, str(user_log_id(user_id)))
+    log = UserLog.register(user_id)
+    for text in texts:
+        log.add_message("user", text, None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
