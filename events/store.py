@@ -1066,11 +1066,25 @@ class EventStore:
             ) from error
 
     def stored_events_of(self, user_id: str, page_size: int = 1000) -> Iterator[StoredEvent]:
-        """The user's events as stored (topic and serialized state), oldest first, in pages."""
+        """The user's events as stored (topic and serialized state), oldest first, in pages.
+
+        Each page is read in one snapshot with the log's first event, so that a log
+        forgotten (and maybe begun again) between pages is a :class:`StorageError`, never
+        one log cut short or two spliced together.
+        """
         log_id = user_log_id(user_id)
+        began: bytes | None = None
         after = 0
         while True:
-            with self.engine.connect() as connection:
+            with self._reading("read the events", user_id), self.reading() as connection:
+                origin = self.origin(connection, user_id)
+                if after == 0:
+                    began = origin
+                elif origin != began:
+                    raise StorageError(
+                        f"user {user_id!r} was forgotten while their log was read "
+                        f"(after {after} events): the events read are no longer their log"
+                    )
                 rows = self._select_events(connection, log_id, after, after + page_size)
             if not rows:
                 return

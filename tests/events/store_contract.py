@@ -366,6 +366,41 @@ class EventStoreContract:
         expected = [mapper.to_stored_event(e).state for e in events]
         assert [s.state for s in store.stored_events_of("ida")] == expected
 
+    def test_a_log_read_in_pages_is_read_whole_while_it_grows(self, store: EventStore) -> None:
+        log = UserLog.register("ivo")
+        for n in range(4):
+            log.add_message("user", f"m{n}", None, 100)
+        store.append([log.collect_events()])
+        pages = store.stored_events_of("ivo", page_size=2)
+        read = [next(pages).originator_version]
+        log.add_message("user", "meanwhile", None, 100)
+        store.append([log.collect_events()], origins={log.id: log.created_on})
+        read += [s.originator_version for s in pages]
+        assert read == [1, 2, 3, 4, 5, 6]
+
+    @pytest.mark.parametrize("begun_again", [False, True], ids=["erased", "begun again"])
+    def test_a_log_forgotten_while_it_is_read_in_pages_is_an_error_not_part_of_a_log(
+        self, store: EventStore, begun_again: bool
+    ) -> None:
+        """A log erased between two pages of a read is a StorageError, never a log cut
+        short nor one spliced with the log begun after it."""
+        log = UserLog.register("ivo")
+        for n in range(4):
+            log.add_message("user", f"old {n}", None, 100)
+        store.append([log.collect_events()])
+        pages = store.stored_events_of("ivo", page_size=2)
+        assert next(pages).originator_version == 1
+        with store.transaction() as connection:
+            store.forget(connection, "ivo")
+        if begun_again:
+            again = UserLog.register("ivo")
+            for n in range(4):
+                again.add_message("user", f"new {n}", None, 100)
+            store.append([again.collect_events()])
+        assert next(pages).originator_version == 2
+        with pytest.raises(StorageError, match="'ivo' was forgotten while their log was read"):
+            next(pages)
+
     def test_snapshots_are_encoded_as_eventsourcings_mapper_encodes_them(
         self, store: EventStore
     ) -> None:

@@ -1022,6 +1022,27 @@ def test_a_damaged_event_is_one_error_line_and_a_failed_export_leaves_no_partial
     ]
 
 
+def test_an_export_whose_user_is_forgotten_while_it_runs_fails_and_writes_no_file(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read a page of one event at a time, the user's log erased after the first: one
+    error line, exit 2, and neither the output file nor a partial one left behind."""
+    read = EventStore.stored_events_of
+
+    def erased_after_one(store: EventStore, user_id: str, page_size: int = 1000) -> Any:
+        pages = read(store, user_id, page_size=1)
+        yield next(pages)
+        with store.transaction() as connection:
+            store.forget(connection, user_id)
+        yield from pages
+
+    monkeypatch.setattr(EventStore, "stored_events_of", erased_after_one)
+    out = tmp_path / "ann.jsonl"
+    refused = run("export", "ann", "--out", str(out), "--db", db, code=2)
+    assert "'ann' was forgotten while their log was read" in one_error_line(refused)
+    assert not out.exists() and not (tmp_path / "ann.jsonl.partial").exists()
+
+
 def test_verify_reports_a_log_that_does_not_replay_and_forget_still_erases_it(
     db: str,
 ) -> None:
