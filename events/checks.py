@@ -13,6 +13,14 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
+from events._invisible import (
+    BLANK,
+    DEFAULT_IGNORABLE,
+    JOINERS,
+    VARIATION_SELECTORS,
+    char_class,
+    code_points,
+)
 from events.errors import InvalidInputError
 
 __all__ = [
@@ -49,7 +57,13 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069
 bidirectional embeddings, overrides and isolates, which make text that follows them on the
 same line show in another order (an id that reads as another's in a listing)."""
 _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Mn", "Me", "Zs", "Zl", "Zp"})
-_FILLERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+_SHOWS_NOTHING = code_points(DEFAULT_IGNORABLE, BLANK)
+"""Characters drawn as nothing whatever their category (the Hangul fillers are letters)."""
+_FILLERS = frozenset(
+    chr(c) for c in _SHOWS_NOTHING if unicodedata.category(chr(c)) not in {*_INVISIBLE, "Cn"}
+)
+"""The letters and symbols among them (unassigned ones are not counted: a user an older
+check let in stays readable)."""
 
 
 def check_text(value: str, what: str) -> None:
@@ -121,13 +135,16 @@ def check_user_id(user_id: object) -> str:
     return user_id
 
 
+_NEEDED = code_points(JOINERS, VARIATION_SELECTORS)
 _LOOKALIKE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u180b-\u180e\u200b\u200e\u200f\u2060-\u206f"
-    "\u3164\ufeff\uffa0\ufff9-\ufffb\U0001d173-\U0001d17a\U000e0000-\U000e007f]"
-    "|(?<=[!-~])[\u200c\u200d\ufe00-\ufe0f\U000e0100-\U000e01ef]|[\u200c\u200d](?=[!-~])"
+    char_class(_SHOWS_NOTHING - _NEEDED)
+    + rf"|(?:\A|(?<=[\x00-\x7f])){char_class(_NEEDED)}"
+    + rf"|{char_class(code_points(JOINERS))}(?=[\x00-\x7f]|\Z)"
 )
-"""Characters that show nothing, not even a space: an id holding one reads as another's.
-Joiners and variation selectors count beside ASCII only: scripts and emoji need them."""
+"""Characters that show nothing, not even a space (Unicode's default ignorable ones and the
+blank ones): an id holding one reads as another's. Joiners and variation selectors, which
+scripts and emoji need, count only where they join or vary nothing: first, after ASCII,
+and (joiners) last or before ASCII."""
 
 
 def check_new_user_id(user_id: object) -> str:

@@ -3,12 +3,14 @@ value and the fault, before anything is decided; everything storable and visible
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
 
 from events import InvalidInputError
+from events._invisible import BLANK, DEFAULT_IGNORABLE, JOINERS, VARIATION_SELECTORS, code_points
 from events.checks import (
     MAX_NAME_CHARS,
     MAX_SENT_AHEAD,
@@ -99,12 +101,59 @@ def test_a_user_id_is_one_visible_line_of_at_most_256_characters(
         "\ufeffalice",
         "al\u00adice",
         "Jose\u0301",
+        "alice\u17b4",  # Khmer inherent vowels: default ignorable
+        "alice\u17b5",
+        "alice\u2800",  # braille pattern blank
+        "alice\u115f",
+        "alice\uffa0",
+        "alice\u2065",  # unassigned, but reserved as ignorable
+        "\u200dalice",
+        "\u0645\u200d",  # a joiner joining nothing
+        "\ufe0f\u0645",  # a variation selector varying nothing
     ],
 )
 def test_a_user_id_that_reads_as_another_is_refused_for_writes(lookalike: str) -> None:
     assert check_user_id(lookalike) == lookalike, "reads take it"
     with pytest.raises(InvalidInputError, match="user_id must"):
         check_new_user_id(lookalike)
+
+
+def test_no_character_that_shows_nothing_is_written_at_the_end_of_a_user_id() -> None:
+    """Every default ignorable and blank character, after an ASCII id (where a joiner or
+    a variation selector joins or varies nothing either)."""
+    points = code_points(DEFAULT_IGNORABLE, BLANK)
+    assert [hex(c) for c in sorted(points) if _written(f"alice{chr(c)}")] == []
+
+
+def _written(user_id: str) -> bool:
+    try:
+        check_new_user_id(user_id)
+    except InvalidInputError:
+        return False
+    return True
+
+
+def test_the_default_ignorable_set_holds_every_format_character_and_variation_selector() -> None:
+    """Checked against this Python's Unicode data (its format characters and variation
+    selectors live in planes 0, 1 and 14): only the format characters Unicode itself keeps
+    out of the set are out of it, those that show (prepended concatenation marks) or that
+    shape the signs around them (Egyptian hieroglyph controls), and the interlinear
+    annotation controls, which the blank ones hold."""
+    held = code_points(DEFAULT_IGNORABLE)
+    shown = code_points(
+        ((0x0600, 0x0605), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891)),
+        ((0x08E2, 0x08E2), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x1343F)),
+    )
+    left_out = held | code_points(BLANK) | shown
+    planes = (*range(0x20000), *range(0xE0000, 0xE1000))
+    kinds = {c: unicodedata.category(chr(c)) for c in planes}
+    format_or_selector = [
+        c
+        for c, kind in kinds.items()
+        if kind == "Cf" or (kind == "Mn" and "VARIATION SELECTOR" in unicodedata.name(chr(c)))
+    ]
+    assert [hex(c) for c in format_or_selector if c not in left_out] == []
+    assert code_points(VARIATION_SELECTORS) <= held and code_points(JOINERS) <= held
 
 
 @pytest.mark.parametrize(

@@ -775,6 +775,8 @@ def test_a_folder_given_as_the_database_is_said_to_be_one(
     [
         ("ann ", "must not begin or end with spaces"),
         ("ann\u200b", "characters that show nothing"),
+        ("ann\u17b4", "characters that show nothing"),
+        ("ann\u2800", "characters that show nothing"),
         ("a\u0301nn", "Unicode NFC"),
     ],
 )

@@ -62,6 +62,8 @@ BAD_CALLS = [
     ("zero-width space in id", lambda m: m.add_exchange("a\u200bnn", "a", "b"), "U\\+200B at"),
     ("BOM before user id", lambda m: m.add_message("\ufeffann", "user", "hi"), "U\\+FEFF at index"),
     ("soft hyphen in user id", lambda m: m.add_exchange("an\u00adn", "a", "b"), "U\\+00AD"),
+    ("Khmer vowel in user id", lambda m: m.add_message("ann\u17b4", "user", "a"), "U\\+17B4"),
+    ("braille blank in user id", lambda m: m.add_message("ann\u2800", "user", "a"), "U\\+2800"),
     ("decomposed user id", lambda m: m.add_exchange("Jose\u0301", "a", "b"), "NFC"),
     ("surrogate content", lambda m: m.add_message("u", "user", "hi\ud800"), "content contains"),
     ("NUL in content", lambda m: m.add_exchange("u", "a", "b\x00c"), "a NUL character"),
