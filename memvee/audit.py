@@ -117,13 +117,15 @@ class LoggedEvent:
 
 @dataclass(frozen=True, slots=True)
 class SourceMessage:
-    """A message a knowledge entry came from, with its text."""
+    """A message a knowledge entry came from, with its text; ``name`` is its speaker's, if
+    given (who in a group said it, as ``memvee log`` shows)."""
 
     message_id: str
     seq: int
     role: str
     content: str
     sent_at: datetime
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +390,8 @@ class Audit:
             user_id=user_id,
             text=entry.text,
             messages=[
-                SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at) for m in sources
+                SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at, m.name)
+                for m in sources
             ],
             task_id=entry.task_id,
             trigger=_origin(event, task),

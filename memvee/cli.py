@@ -630,9 +630,10 @@ def explain(
             else ""
         )
     )
-    table = Table("#", "role", "message", "sent", title="from the messages")
+    table = Table("#", "speaker", "message", "sent", title="from the messages")
     for m in found.messages:
-        table.add_row(str(m.seq), m.role, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
+        speaker = m.role if not m.name else f"{m.name} ({m.role})"
+        table.add_row(str(m.seq), speaker, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
     console.print(table)
     until = "now" if found.valid_until is None else f"{found.valid_until:%Y-%m-%d %H:%M:%S}"
     console.print(f"valid from {found.valid_from:%Y-%m-%d %H:%M:%S} until {until}")

@@ -94,6 +94,7 @@ class Source(BaseModel):
     role: str
     content: str
     sent_at: datetime
+    name: str | None = Field(None, description="Who said it (in a group), when it was given.")
 
 
 class Explanation(BaseModel):
@@ -191,7 +192,13 @@ def build_mcp(
             text=found.text,
             current=found.valid_until is None,
             sources=[
-                Source(message_id=m.message_id, role=m.role, content=m.content, sent_at=m.sent_at)
+                Source(
+                    message_id=m.message_id,
+                    role=m.role,
+                    content=m.content,
+                    sent_at=m.sent_at,
+                    name=m.name,
+                )
                 for m in found.messages
             ],
             extracted_at=found.extracted_at,

@@ -274,6 +274,27 @@ async def test_explain_traces_an_entry_to_its_messages_task_and_extractor(
             audit.explain("dee", "missing")
 
 
+async def test_explain_names_who_said_each_source_message(make_memory: Any, db_url: str) -> None:
+    """In a group chat the provenance says who said it, as ``memvee log`` does."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_message("room", "user", "I live in Oslo.", name="Maria")
+    await memory.add_message("room", "user", "I live in Bergen.")
+    await memory.flush("room")
+    entries = {e.text: e for e in await memory.knowledge("room")}
+    with Audit(db_url=db_url) as audit:
+        named = audit.explain("room", entries["Maria lives in Oslo."].entry_id)
+        unnamed = audit.explain("room", entries["User lives in Bergen."].entry_id)
+    assert [(m.role, m.name) for m in named.messages] == [("user", "Maria")]
+    assert [(m.role, m.name) for m in unnamed.messages] == [("user", None)]
+    runner = CliRunner()
+    entry = entries["Maria lives in Oslo."].entry_id
+    shown = runner.invoke(app, ["explain", "room", entry, "--db-url", db_url])
+    assert shown.exit_code == 0, shown.output
+    assert "Maria (user)" in shown.output
+    as_json = runner.invoke(app, ["explain", "room", entry, "--json", "--db-url", db_url])
+    assert json.loads(as_json.output)["messages"][0]["name"] == "Maria"
+
+
 async def test_explain_follows_an_entry_through_its_replacements(
     make_memory: Any, db_url: str
 ) -> None:

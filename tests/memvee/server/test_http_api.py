@@ -187,7 +187,12 @@ def test_retrieve_answers_with_the_prompt_block_and_the_ranked_ids(
 
 
 def test_explain_traces_an_entry_to_its_messages(http: httpx.Client, user: str) -> None:
-    ids = add_exchange(http, user)
+    answer = http.post(
+        f"/v1/users/{user}/exchanges",
+        json={"user_message": SAID, "assistant_message": "Noted!", "user_name": "Maria"},
+    )
+    assert answer.status_code == 201, answer.text
+    ids = [m["message_id"] for m in answer.json()["messages"]]
     http.post(f"/v1/users/{user}/flush")
     entry = http.get(f"/v1/users/{user}/knowledge").json()["entries"][0]
 
@@ -198,6 +203,7 @@ def test_explain_traces_an_entry_to_its_messages(http: httpx.Client, user: str) 
     assert body["text"] == entry["text"]
     assert [m["message_id"] for m in body["messages"]] == [ids[0]]
     assert body["messages"][0]["content"] == SAID
+    assert (body["messages"][0]["role"], body["messages"][0]["name"]) == ("user", "Maria")
     assert body["extractor"] == "offline"
 
 

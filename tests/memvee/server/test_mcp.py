@@ -501,6 +501,23 @@ def test_a_client_hanging_up_mid_body_is_logged_as_closed_not_as_an_error(
     assert not [r for r in server.records() if r.get("level") == "error"]
 
 
+async def test_explain_memory_names_who_said_each_source(make_memory: Any, db_url: str) -> None:
+    memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_message("room", "user", "I live in Oslo.", name="Maria")
+    await memory.flush("room")
+    (entry,) = await memory.knowledge("room")
+    audit = Audit(db_url=db_url)
+    try:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client  # the in-process client answers as a session does
+            explained = await call(
+                session, "explain_memory", user_id="room", entry_id=entry.entry_id
+            )
+    finally:
+        audit.close()
+    assert [(s["role"], s["name"]) for s in explained["sources"]] == [("user", "Maria")]
+
+
 async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
     make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
