@@ -28,6 +28,7 @@ __all__ = [
     "MAX_MODEL_CHARS",
     "MAX_NAME_CHARS",
     "MAX_SENT_AHEAD",
+    "MAX_TOKENS",
     "ROLES",
     "check_count",
     "check_flag",
@@ -180,6 +181,9 @@ MAX_EXTRACTOR_CHARS = 64
 
 MAX_MODEL_CHARS = 128
 """The longest model name the log records beside an outcome."""
+
+MAX_TOKENS = 2**63 - 1
+"""The most tokens an event may say a call spent: what a 64-bit column holds."""
 
 MAX_FACT_CHARS = 1000
 """The longest fact text the log records: a fact is a sentence or two, and a longer answer

@@ -4,7 +4,9 @@ A log's own events are decided by the aggregate, so they are well formed. An exp
 file can be edited, cut or made by another program, and one bad event would leave its
 user's log unloadable for good (not even forgettable). So each imported event must have
 every field of the type its class declares, a message must be one ``add_message`` would
-have accepted, and the user's events must replay, one by one, as a load would replay them.
+have accepted, each event one the log's own commands could have emitted where it stands
+(an outcome covering its batch, entries citing it, ids given once), and the user's events
+must replay, one by one, as a load would replay them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import cache
 from typing import Any, ClassVar, TypeVar, Union
@@ -33,20 +36,26 @@ _ENTRY_FIELDS: dict[str, Any] = {
 
 class ImportReplay:
     """One user's imported events, replayed in memory after the log this database holds
-    (``stored``, ``None`` for none): :meth:`check` refuses an event the log could not hold."""
+    (``stored``, ``None`` for none, whose events ``history`` reads when first needed):
+    :meth:`check` refuses an event the log could not hold."""
 
-    def __init__(self, stored: UserLog | None) -> None:
+    def __init__(
+        self, stored: UserLog | None, history: Callable[[], Iterable[Any]] = tuple
+    ) -> None:
         self._log = stored
+        self._history: Callable[[], Iterable[Any]] | None = history
         self._message_ids: set[str] = set()
+        self._entry_ids: set[str] = set()
         self.stored = stored is not None
         """Whether this database held a log of the user before the import."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
-        ``event`` is well formed and goes on the log replayed so far. An event at a
-        version the stored log holds already is only type-checked: the import compares
-        it with the stored one, and one past the end of the stored log is left to the
-        import to refuse."""
+        ``event`` is well formed and goes on the log replayed so far, as one its commands
+        could have emitted there (:meth:`UserLog.check_recordable`), citing messages and
+        entries the log holds. An event at a version the stored log holds already is only
+        type-checked: the import compares it with the stored one, and one past the end of
+        the stored log is left to the import to refuse."""
         check_fields(event, what)
         if isinstance(event, UserLog.MessageAdded):
             _check_message(event, what)
@@ -54,20 +63,56 @@ class ImportReplay:
         known = 0 if self._log is None else self._log.version
         if event.originator_version != known + 1:
             return  # held already (compared), or past the stored log (refused as a gap)
-        if isinstance(event, UserLog.MessageAdded):
-            if event.message_id in self._message_ids:
-                raise InvalidInputError(f"{what}: message id {event.message_id!r} comes twice")
-            if self._log is not None and event.seq != self._log.message_count + 1:
-                raise InvalidInputError(
-                    f"{what}: message seq {event.seq} where {self._log.message_count + 1} was due"
-                )
-            self._message_ids.add(event.message_id)
+        self._read_history()
+        try:
+            if self._log is not None:
+                self._log.check_recordable(event)
+            self._check_ids(event)
+        except InvalidInputError as error:
+            raise InvalidInputError(f"{what}: {error}") from None
         try:
             self._log = event.mutate(self._log)
         except Exception as error:  # whatever a load would fail on, refused here
             raise InvalidInputError(
                 f"{what}: the log cannot replay it ({type(error).__name__}: {error})"
             ) from error
+        self._note_ids(event)
+
+    def _read_history(self) -> None:
+        """Note the messages and entries of the stored log, once, before the first event
+        that goes on it."""
+        if self._history is not None:
+            history, self._history = self._history, None
+            for event in history():
+                self._note_ids(event)
+
+    def _check_ids(self, event: Any) -> None:
+        """A message or entry id is given once; messages and entries cited are the log's."""
+        if isinstance(event, UserLog.MessageAdded) and event.message_id in self._message_ids:
+            raise InvalidInputError(f"message id {event.message_id!r} comes twice")
+        for entry in getattr(event, "entries", None) or ():
+            if entry["entry_id"] in self._entry_ids:
+                raise InvalidInputError(f"entry id {entry['entry_id']!r} is taken already")
+        cited = [
+            *(getattr(event, "message_ids", None) or ()),
+            *(getattr(event, "source_message_ids", None) or ()),
+        ]
+        unknown = [m for m in cited if m not in self._message_ids]
+        if unknown:
+            raise InvalidInputError(f"message {unknown[0]!r} is not in the log")
+        named = [
+            getattr(event, name) for name in ("entry_id", "superseded_by") if hasattr(event, name)
+        ]
+        strange = [e for e in named if e not in self._entry_ids]
+        if strange:
+            raise InvalidInputError(f"entry {strange[0]!r} is not in the log")
+
+    def _note_ids(self, event: Any) -> None:
+        """Remember the message or entries ``event`` adds."""
+        if isinstance(event, UserLog.MessageAdded):
+            self._message_ids.add(event.message_id)
+        for entry in getattr(event, "entries", None) or ():
+            self._entry_ids.add(entry["entry_id"])
 
 
 def _check_message(event: Any, what: str) -> None:

@@ -30,6 +30,7 @@ from events.checks import (
     MAX_EXTRACTOR_CHARS,
     MAX_FACT_CHARS,
     MAX_MODEL_CHARS,
+    MAX_TOKENS,
     check_message,
     check_name,
     check_text,
@@ -550,6 +551,117 @@ class UserLog(Aggregate):
         for part in (ordered[:half], ordered[half:]):
             for message_id in part:
                 self.caps[message_id] = min(self.caps.get(message_id, len(part)), len(part))
+
+    # ------------------------------------------------------- events from elsewhere
+
+    def check_recordable(self, event: Aggregate.Event) -> None:
+        """Raise :class:`InvalidInputError` unless this log's commands could have emitted
+        ``event`` next: for an event it did not decide (an import's), which its ``apply``
+        would otherwise fold in whatever it says.
+
+        What the commands guarantee is checked against the state: messages follow one
+        another; a task starts once, and each later batch follows its last; an outcome
+        covers exactly the batch its task claimed, ending the task when nothing of its
+        scope is left; new entries have ids of their own and each cites messages of its
+        batch; an entry ends in the version that holds it; a promotion counts the
+        version's entries; messages return only once settled; token counts are whole
+        numbers a column holds. Which messages and entries the log ever held the state
+        does not keep: the caller checks those.
+        """
+        for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+            spent = getattr(event, name, None)
+            if spent is not None and not 0 <= spent <= MAX_TOKENS:
+                raise InvalidInputError(f"{name} is {spent}, not a count of tokens")
+        if isinstance(event, self.MessageAdded):
+            if event.seq != self.message_count + 1:
+                raise InvalidInputError(
+                    f"message seq {event.seq} where {self.message_count + 1} was due"
+                )
+        elif isinstance(event, self.ProcessingRequested):
+            if event.task_id in self.requested or event.task_id in self.running:
+                raise InvalidInputError(f"task {event.task_id} is already known")
+        elif isinstance(event, self.ProcessingStarted):
+            self._check_started(event)
+        elif isinstance(event, self.KnowledgeExtracted | self.MessagesQuarantined):
+            self._check_outcome(event)
+        elif isinstance(event, self.BatchFailed | self.ProcessingFailed):
+            self._open_task(event.task_id)
+        elif isinstance(event, self.KnowledgeReextracted | self.ReextractionFailed):
+            check_new_knowledge_version(event.knowledge_version)
+            _check_distinct(event.message_ids, "message")
+            if self.recorded_request(event.request_id):
+                raise InvalidInputError(f"request {event.request_id!r} is recorded already")
+        elif isinstance(event, self.KnowledgeSuperseded | self.KnowledgeInvalidated):
+            holder = self.valid_entries.get(event.entry_id)
+            if holder != event.knowledge_version:
+                raise InvalidInputError(
+                    f"knowledge version {event.knowledge_version!r} has no valid entry "
+                    f"{event.entry_id!r}"
+                )
+        elif isinstance(event, self.KnowledgeVersionPromoted):
+            count = self.knowledge_versions.get(event.knowledge_version)
+            if count != event.knowledge_count:
+                raise InvalidInputError(
+                    f"knowledge version {event.knowledge_version!r} holds {count} entries, "
+                    f"not {event.knowledge_count}"
+                )
+        elif isinstance(event, self.MessagesReturned):
+            _check_distinct(event.message_ids, "message")
+            unsettled = self.unsettled.intersection(event.message_ids)
+            if unsettled:
+                raise InvalidInputError(f"message {min(unsettled)!r} is not processed")
+        if isinstance(event, self.KnowledgeExtracted | self.KnowledgeReextracted):
+            self._check_entries(event.entries, event.message_ids)
+
+    def _check_started(self, event: ProcessingStarted) -> None:
+        """A task's first batch starts it once; a later batch follows its last one. Each
+        claims buffered messages of the task's scope."""
+        _check_distinct(event.message_ids, "message")
+        if event.task_id in self.open_tasks:
+            raise InvalidInputError(f"task {event.task_id} has a batch running already")
+        task = self.running.get(event.task_id)
+        if event.batch == 1:  # a log of a memvee before requests starts tasks unrequested
+            if task is not None:
+                raise InvalidInputError(f"task {event.task_id} has started already")
+            scope = self.version + 1
+        elif task is None or event.batch != task["batches"] + 1:
+            raise InvalidInputError(f"task {event.task_id} has no batch {event.batch - 1} before")
+        else:
+            scope = task["scope"]
+        for message_id in event.message_ids:
+            if self.pending.get(message_id, scope) >= scope:
+                raise InvalidInputError(f"message {message_id!r} is not buffered for the task")
+
+    def _check_outcome(self, event: KnowledgeExtracted | MessagesQuarantined) -> None:
+        """An outcome covers the messages its task's running batch claimed, in their
+        order, and is final when nothing of the task's scope waits."""
+        claimed = list(self._open_task(event.task_id))
+        if event.message_ids != claimed:
+            raise InvalidInputError(
+                f"the outcome of task {event.task_id} does not cover the {len(claimed)} "
+                f"messages its batch claimed, in their order ({len(event.message_ids)} given)"
+            )
+        left = self._left_in_scope(event.task_id)
+        if event.final == left:
+            said = "final" if event.final else "not final"
+            scope = "messages of its scope wait" if left else "nothing of its scope waits"
+            raise InvalidInputError(f"the outcome of task {event.task_id} is {said}: {scope}")
+
+    def _check_entries(self, entries: list[dict[str, Any]], message_ids: list[str]) -> None:
+        """New entries have ids no valid entry has, and cite messages of their batch."""
+        _check_distinct([entry["entry_id"] for entry in entries], "entry")
+        batch = set(message_ids)
+        for entry in entries:
+            if entry["entry_id"] in self.valid_entries:
+                raise InvalidInputError(f"entry id {entry['entry_id']!r} is taken already")
+            sources = entry["source_message_ids"]
+            if not sources:
+                raise InvalidInputError(f"entry {entry['entry_id']!r} cites no message")
+            outside = [m for m in sources if m not in batch]
+            if outside:
+                raise InvalidInputError(
+                    f"entry {entry['entry_id']!r} cites {outside[0]!r}, a message not of its batch"
+                )
 
     # ----------------------------------------------------------------- commands (decide)
 
@@ -1258,6 +1370,15 @@ EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
     and name not in ("Event", "Created")
 )
 """Every kind of event a user's log can hold, in the order they are declared."""
+
+
+def _check_distinct(ids: list[str], kind: str) -> None:
+    """Raise :class:`InvalidInputError` if an id comes twice in ``ids`` (of ``kind``)."""
+    seen: set[str] = set()
+    for each in ids:
+        if each in seen:
+            raise InvalidInputError(f"{kind} id {each!r} comes twice")
+        seen.add(each)
 
 
 def _label(name: object, max_chars: int) -> str | None:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
@@ -475,7 +476,9 @@ class Audit:
                     held = HeldRun(user_id, number)
                 seen[user_id] = seen.get(user_id, 0) + 1
                 if user_id not in replays:
-                    replays[user_id] = ImportReplay(self.store.load(user_id))
+                    replays[user_id] = ImportReplay(
+                        self.store.load(user_id), partial(self.store.events_of, user_id)
+                    )
                 event = self._checked_import(number, record, seen[user_id])
                 try:
                     replays[user_id].check(event, f"line {number}")

@@ -4,6 +4,7 @@ each event changes the small state."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -410,3 +411,93 @@ def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that
     (failed,) = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
     assert failed.repeats is False and failed.input_tokens == 5
     assert store.load("alice").failed_reextraction("v2", events) == set()  # type: ignore[union-attr]
+
+
+def _decided_history() -> list[UserLog.Event]:
+    """Every kind of event the commands emit about tasks and knowledge: batches that
+    split and quarantine, an update that supersedes, an invalidation, a re-extraction
+    promoted with messages returned, an interrupted task."""
+    log, ids = _log_with(8)
+    _run_task(log, "t1", {ids[5]}, repeats=True)
+    log.requeue()
+    facts = [ExtractedFact("User lives in Oslo", (ids[0],)), ExtractedFact("User is x", (ids[1],))]
+    assert log.request_processing("t2", "manual") and log.start_next() is not None
+    first = log.record_knowledge("t2", facts, "x")
+    log.add_message("user", "moved", None, 100)
+    log.add_message("user", "quit", None, 100)
+    assert log.request_processing("t3", "manual") and log.start_next() is not None
+    moved, quit_ = log.open_tasks["t3"]
+    changes = [
+        ExtractedFact("User lives in Bergen", (moved,), "update", first[0]["entry_id"]),
+        ExtractedFact("User quit x", (quit_,), "invalidate", first[1]["entry_id"]),
+    ]
+    log.record_knowledge("t3", changes, "x", usage=TokenUsage(10, 2))
+    log.record_reextraction("v2", ids[:2], [ExtractedFact("User is y", (ids[1],))], "x")
+    log.record_reextraction_failure("v2", ids[2:3], "refused", TokenUsage(5, 0), repeats=True)
+    log.add_message("user", "waiting", None, 100)
+    log.promote("v2", [*log.pending_events])
+    _start(log, "t4")
+    log.close_interrupted("stopped")
+    return [*log.collect_events()]
+
+
+def test_every_event_the_commands_emit_is_recordable_where_they_emitted_it() -> None:
+    """An import replays what a log's own commands wrote: none of it is refused."""
+    history = _decided_history()
+    kinds = {type(e).__name__ for e in history}
+    assert {"MessagesQuarantined", "KnowledgeSuperseded", "KnowledgeInvalidated"} <= kinds
+    assert {"ReextractionFailed", "MessagesReturned", "ProcessingInterrupted"} <= kinds
+    log = None
+    for event in history:
+        if log is not None:
+            log.check_recordable(event)
+        log = event.mutate(log)
+
+
+def _recordable(history: list[UserLog.Event], index: int, **changed: object) -> None:
+    """Check ``history[index]``, changed by ``changed``, on the log replayed before it."""
+    log = None
+    for event in history[:index]:
+        log = event.mutate(log)
+    assert log is not None
+    log.check_recordable(replace(history[index], **changed))
+
+
+def _index(history: list[UserLog.Event], kind: type, nth: int = 0) -> int:
+    return [i for i, e in enumerate(history) if isinstance(e, kind)][nth]
+
+
+def test_an_event_the_commands_could_not_have_emitted_there_is_not_recordable() -> None:
+    """What an edited export says is refused before a replay would fold it in: an
+    outcome covering part of its batch (the rest would be in no state a run covers),
+    entries citing messages outside their batch or none, an entry id given twice, an
+    end in a version that does not hold the entry, a promotion miscounting, messages
+    returned while still buffered, tokens no count can be."""
+    history = _decided_history()
+    extracted = _index(history, UserLog.KnowledgeExtracted, -1)
+    entries = history[extracted].entries  # type: ignore[attr-defined]
+    cases: list[tuple[int, dict[str, object], str]] = [
+        (
+            extracted,
+            {"message_ids": history[extracted].message_ids[:1]},
+            "does not cover the 2 messages",
+        ),  # type: ignore[attr-defined]
+        (extracted, {"final": False}, "is not final: nothing of its scope waits"),
+        (extracted, {"input_tokens": -1}, "input_tokens is -1, not a count of tokens"),
+        (extracted, {"output_tokens": 2**63}, "not a count of tokens"),
+        (extracted, {"entries": [{**entries[0], "source_message_ids": []}]}, "cites no message"),
+        (extracted, {"entries": [{**entries[0], "source_message_ids": ["m"]}]}, "not of its batch"),
+        (extracted, {"entries": [entries[0], entries[0]]}, "comes twice"),
+        (_index(history, UserLog.ProcessingStarted, 1), {"batch": 5}, "no batch 4 before"),
+        (_index(history, UserLog.KnowledgeSuperseded), {"knowledge_version": "v2"}, "no valid"),
+        (_index(history, UserLog.KnowledgeVersionPromoted), {"knowledge_count": 9}, "holds 1"),
+        (_index(history, UserLog.KnowledgeReextracted), {"knowledge_version": "live"}, "live"),
+    ]
+    for index, changed, refusal in cases:
+        with pytest.raises(InvalidInputError, match=refusal):
+            _recordable(history, index, **changed)
+    returned = _index(history, UserLog.MessagesReturned)
+    waiting = [e for e in history if isinstance(e, UserLog.MessageAdded)][-1]
+    buffered = waiting.message_id  # added before the promotion, still buffered
+    with pytest.raises(InvalidInputError, match="is not processed"):
+        _recordable(history, returned, message_ids=[buffered], versions=[1], weights=[1])

@@ -903,6 +903,17 @@ def _edited(lines: list[str], kind: str, change: Callable[[dict[str, Any]], Any]
     return [json.dumps(r) for r in records]
 
 
+def _first_entry(**changed: Any) -> Callable[[dict[str, Any]], Any]:
+    """A change of an extraction's record: its first entry's fields."""
+    return lambda record: record["state"]["entries"][0].update(changed)
+
+
+def _one_id_twice(record: dict[str, Any]) -> None:
+    """An extraction's second entry given the first one's id."""
+    entries = record["state"]["entries"]
+    entries[1]["entry_id"] = entries[0]["entry_id"]
+
+
 def _twice(lines: list[str]) -> list[str]:
     """The second message given the first one's id."""
     records = [json.loads(line) for line in lines]
@@ -950,7 +961,36 @@ BROKEN_EXPORTS = [
         lambda a, b: _edited(
             a, "KnowledgeSuperseded", lambda r: r["state"].update(entry_id="no-such-entry")
         ),
-        "the log cannot replay it (KeyError: 'no-such-entry')",
+        "knowledge version 'live' has no valid entry 'no-such-entry'",
+    ),
+    (
+        "an entry citing a message the log never held",
+        lambda a, b: _edited(a, "KnowledgeExtracted", _first_entry(source_message_ids=["m-1"])),
+        "cites 'm-1', a message not of its batch",
+    ),
+    (
+        "an entry citing no message",
+        lambda a, b: _edited(a, "KnowledgeExtracted", _first_entry(source_message_ids=[])),
+        "cites no message",
+    ),
+    (
+        "two entries with one id",
+        lambda a, b: _edited(a, "KnowledgeExtracted", _one_id_twice),
+        "comes twice",
+    ),
+    (
+        "an extraction covering part of its batch",
+        lambda a, b: _edited(
+            a, "KnowledgeExtracted", lambda r: r["state"].update(message_ids=["m-1"])
+        ),
+        "does not cover the 8 messages its batch claimed",
+    ),
+    (
+        "a negative count of tokens",
+        lambda a, b: _edited(
+            a, "KnowledgeExtracted", lambda r: r["state"].update(input_tokens=-1_000_000)
+        ),
+        "input_tokens is -1000000, not a count of tokens",
     ),
     ("a line left out", lambda a, b: a[:3] + a[4:], "line 4: version 5 of 'ann' where 4 was due"),
     ("lines out of order", lambda a, b: [a[1], a[0], *a[2:]], "line 1: version 2 of 'ann'"),

@@ -1,0 +1,80 @@
+"""Events from outside (an import), checked before a log holds them: an edited export
+is refused where the log's own commands could not have written it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from events import ExtractedFact, InvalidInputError
+from events.imported import ImportReplay
+from events.user_log import UserLog
+
+
+def _history() -> list[Any]:
+    """A log whose first entry was superseded, then re-extracted into a version."""
+    log = UserLog.register("alice")
+    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "at Acme")]
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    facts = [
+        ExtractedFact("User lives in Oslo", (said[0],)),
+        ExtractedFact("User is at Acme", (said[1],)),
+    ]
+    first = log.record_knowledge("t1", facts, "x")
+    moved = log.add_message("user", "in Bergen", None, 100)
+    assert log.request_processing("t2", "manual") and log.start_next() is not None
+    update = ExtractedFact("User lives in Bergen", (moved,), "update", first[0]["entry_id"])
+    log.record_knowledge("t2", [update], "x")
+    log.record_reextraction("v2", [said[0]], [ExtractedFact("User was in Oslo", (said[0],))], "x")
+    return [*log.collect_events()]
+
+
+def _replay(events: list[Any], stored: int = 0) -> None:
+    """Check ``events`` as an import onto a log holding the first ``stored`` of them."""
+    log = None
+    for event in events[:stored]:
+        log = event.mutate(log)
+    replay = ImportReplay(log, lambda: events[:stored])
+    for number, event in enumerate(events[stored:], start=stored + 1):
+        replay.check(event, f"line {number}")
+
+
+def _kind(events: list[Any], kind: type) -> Any:
+    return next(e for e in events if isinstance(e, kind))
+
+
+def _changed(events: list[Any], kind: type, **fields: Any) -> list[Any]:
+    """``events`` with the first of ``kind`` changed as an edited export changes it."""
+    found = _kind(events, kind)
+    return [replace(e, **fields) if e is found else e for e in events]
+
+
+def test_a_log_its_commands_wrote_imports_whole_or_after_a_stored_start() -> None:
+    for stored in (0, 3, 11):
+        _replay(_history(), stored)
+
+
+def test_a_reextraction_of_messages_the_log_never_held_is_refused_with_its_line() -> None:
+    events = _history()
+    _kind(events, UserLog.KnowledgeReextracted).message_ids.append("m-1")
+    with pytest.raises(InvalidInputError, match=r"line 12: message 'm-1' is not in the log"):
+        _replay(events)
+
+
+def test_an_entry_id_an_ended_entry_had_is_not_given_again() -> None:
+    """The state keeps valid entries only: the replay remembers every id the log gave,
+    the stored log's among them."""
+    events = _history()
+    ended = _kind(events, UserLog.KnowledgeSuperseded).entry_id
+    _kind(events, UserLog.KnowledgeReextracted).entries[0]["entry_id"] = ended
+    for stored in (0, 11):
+        with pytest.raises(InvalidInputError, match=f"line 12: entry id '{ended}' is taken"):
+            _replay(events, stored)
+
+
+def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
+    events = _changed(_history(), UserLog.KnowledgeSuperseded, superseded_by="e-1")
+    with pytest.raises(InvalidInputError, match="entry 'e-1' is not in the log"):
+        _replay(events)
