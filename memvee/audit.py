@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import random
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -231,6 +232,16 @@ def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
         log.warning("projections were behind the log; folded %d events", folded)
 
 
+_WENT_ON = (
+    ": it holds the lines before that one, then goes on otherwise (the file was changed, "
+    "or the log was written to after an import of it stopped, such as by a Memory opened "
+    "meanwhile closing the task that import left open, as after a crash; `memvee forget "
+    "{0}` and import again)"
+)
+"""What a refused import adds when the log here began as the file's lines: how it may
+have come apart from them, and the way out."""
+
+
 def _check_storable(value: Any, where: str) -> None:
     """Raise :class:`InvalidInputError` if any text in ``value`` (an exported event's
     state, its lists and objects walked) is one no database can store: checked with the
@@ -446,8 +457,11 @@ class Audit:
         line); a user's lines may come in several runs. A user whose log is here already
         is completed when that log holds the same events at the same versions (an import
         stopped part way, or run twice; a log that goes on past the lines is left as it
-        is), and refused (:class:`ConflictError`) when one differs. The users before a
-        refused line stay imported, and the error names them.
+        is), and refused (:class:`ConflictError`) when one differs: a stopped import is
+        finished only while nothing else wrote to the user (a Memory opened meanwhile
+        closes a task it left open, as after a crash, and may process the user's
+        buffered messages); forgetting the user and importing again is the way out. The
+        users before a refused line stay imported, and the error names them.
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
@@ -571,9 +585,10 @@ class Audit:
             if wanted is None:
                 break  # the log here goes on past this run: written since, or a later run
             if record != wanted:
+                went_on = _WENT_ON.format(shlex.quote(user_id)) if held else ""
                 raise ConflictError(
                     f"user {user_id!r} already has another log in this database (line "
-                    f"{number + held}); that user's events were not imported"
+                    f"{number + held}){went_on}; that user's events were not imported"
                 )
             held += 1
             wanted = json.loads(following) if (following := next(lines, None)) else None

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import memvee._held_run
 import memvee.audit
 from actors.erasure import erase_user
+from actors.user_actor import INTERRUPTED_BY_CRASH
 from events import ConflictError, EventStore, sqlite_url, user_log_id
 from memvee import (
     InvalidInputError,
@@ -380,6 +381,37 @@ async def test_an_import_stopped_part_way_is_completed_by_the_next_and_another_l
             target.import_lines(other)
         assert target.import_lines(lines[:2]) == {"ann": 0}, "all it holds is here"
         assert target.state("ann").version == expected.version
+
+
+async def test_a_stopped_import_written_to_since_is_refused_saying_how_to_import_it_again(
+    make_memory: Any, db_url: str, tmp_path: Any
+) -> None:
+    """An import stopped after a task's start leaves that task open: a Memory opened
+    meanwhile closes it as after a crash, and the log no longer follows the file. The
+    import run again says so and how to get out (forget, then import); it then imports
+    whole."""
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.process("ann")
+    with Audit(db_url=db_url) as source:
+        lines = list(source.export("ann"))
+        expected = source.state("ann")
+    assert expected.knowledge
+    cut = next(i for i, line in enumerate(lines) if "ProcessingStarted" in line) + 1
+    with Audit(db_path=str(tmp_path / "copy.db")) as target:
+        target.import_lines(lines[:cut])
+        recovered = target.store.load("ann")
+        assert recovered is not None
+        assert recovered.close_interrupted(INTERRUPTED_BY_CRASH)
+        target.store.append([recovered.collect_events()], Projector(ProjectionTables()).apply)
+        with pytest.raises(
+            ConflictError, match=rf"\(line {cut + 1}\): it holds the lines before"
+        ) as refused:
+            target.import_lines(lines)
+        assert "`memvee forget ann` and import again" in str(refused.value)
+        erase_user(target.store, Projector(ProjectionTables()), None, "ann")
+        assert target.import_lines(lines) == {"ann": len(lines)}
+        assert target.state("ann").knowledge == expected.knowledge
 
 
 async def test_an_import_onto_a_shorter_other_log_of_the_user_names_the_first_line_it_differs(
