@@ -164,10 +164,12 @@ class AnsweredOnShutdown:
     began is answered 503 with ``Connection: close``, instead of the ASGI server's bare 500
     and a traceback in the log.
 
-    A request still sending its body was not acted on: ``not_ready``, try again. A change
-    whose body had arrived may have been carried out (a write handed to the Memory goes
-    on to its commit): ``outcome_unknown``, so that a client checks before sending it
-    again rather than storing it twice.
+    A read, or a request cut while the app waited for the rest of its body (a route acts
+    only on a whole body), was not acted on: ``not_ready``, try again. Any other change
+    may have been carried out (a write handed to the Memory goes on to its commit; a
+    route that takes no body, such as ``DELETE /v1/users/{user}``, never reads it):
+    ``outcome_unknown``, so that a client checks before sending it again rather than
+    acting twice.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -177,8 +179,7 @@ class AnsweredOnShutdown:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        answered = False
-        received = scope.get("method") in _SAFE_METHODS  # a read changes nothing
+        answered = received = awaiting_body = False
 
         async def noting(message: Message) -> None:
             nonlocal answered
@@ -186,8 +187,10 @@ class AnsweredOnShutdown:
             await send(message)
 
         async def receiving() -> Message:
-            nonlocal received
+            nonlocal received, awaiting_body
+            awaiting_body = not received  # stays set when the shutdown cancels the wait
             message = await receive()
+            awaiting_body = False
             if message["type"] == "http.request" and not message.get("more_body", False):
                 received = True
             return message
@@ -198,7 +201,7 @@ class AnsweredOnShutdown:
             if answered:
                 raise
             headers = {"Retry-After": RETRY_AFTER, "Connection": "close"}
-            if received and scope.get("method") not in _SAFE_METHODS:
+            if not awaiting_body and scope.get("method") not in _SAFE_METHODS:
                 unknown = (
                     "the server shut down before it could answer; the request may have been "
                     "carried out: check before sending it again"

@@ -123,23 +123,29 @@ def test_a_client_still_sending_its_body_when_the_drain_ends_gets_a_503_not_a_50
 
 
 @pytest.mark.parametrize(
-    ("method", "body_done", "error"),
+    ("method", "body_done", "reads_body", "error"),
     [
-        ("POST", True, "outcome_unknown"),
-        ("DELETE", True, "outcome_unknown"),
-        ("POST", False, "not_ready"),
-        ("GET", True, "not_ready"),
+        ("POST", True, True, "outcome_unknown"),
+        ("DELETE", True, True, "outcome_unknown"),
+        ("POST", False, True, "not_ready"),
+        ("GET", True, True, "not_ready"),
+        ("DELETE", True, False, "outcome_unknown"),
+        ("POST", True, False, "outcome_unknown"),
+        ("DELETE", False, False, "outcome_unknown"),
     ],
 )
 async def test_a_change_cut_short_by_the_drain_says_its_outcome_is_unknown_not_try_again(
-    method: str, body_done: bool, error: str
+    method: str, body_done: bool, reads_body: bool, error: str
 ) -> None:
     """A write handed to the Memory goes on to its commit: "try again" would store it twice.
-    Only a request whose body had not all arrived, or a read, is safe to send again."""
+    Only a read, or a request cut while waiting for the rest of its body, is safe to send
+    again; a route that takes no body (``DELETE /v1/users/{user}``, ``POST .../flush``)
+    acts without ever reading it, so its cut is a change that may have happened."""
     acting = asyncio.Event()
+    client_sending = asyncio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        while (await receive()).get("more_body", False):
+        while reads_body and (await receive()).get("more_body", False):
             pass
         acting.set()
         await asyncio.Event().wait()  # the write, until the drain cancels it
@@ -150,18 +156,20 @@ async def test_a_change_cut_short_by_the_drain_says_its_outcome_is_unknown_not_t
     async def receive() -> dict[str, Any]:
         if chunks:
             return chunks.pop(0)
+        client_sending.set()
         await asyncio.Event().wait()  # the client still sending
         raise AssertionError
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": "/v1/users/dup/messages", "headers": []}
+    scope = {"type": "http", "method": method, "path": "/v1/users/dup", "headers": []}
     request = asyncio.create_task(AnsweredOnShutdown(app)(scope, receive, send))
-    if body_done:
-        await acting.wait()
-    else:
-        await asyncio.sleep(0.05)
+    reached = asyncio.ensure_future(acting.wait())
+    waiting = asyncio.ensure_future(client_sending.wait())
+    await asyncio.wait([reached, waiting], return_when=asyncio.FIRST_COMPLETED)
+    reached.cancel()
+    waiting.cancel()
     request.cancel()
     await request
     assert sent[0]["status"] == 503
