@@ -174,11 +174,13 @@ class UserActor(PooledActor):
         ``give_up_at`` (``time.monotonic``) if it loses again."""
         self._append(messages, acknowledged, attempt, give_up_at)
 
-    def schedule(self, task_id: str, trigger: str) -> bool:
+    def schedule(self, task_id: str, trigger: str, keep_empty: bool = False) -> bool:
         """Request task ``task_id``; returns whether this process will run it.
 
         The owner runs requested tasks one at a time, oldest first; a guest's request is
-        run by the owning process. With nothing ever written, the task ends at once.
+        run by the owning process. With nothing to do the task ends at once, unstored,
+        unless ``keep_empty`` asks for its request to be stored all the same (every process
+        then finds it; a user never written is refused with :class:`NotFoundError`).
         """
         observer = self._services.observer
         owner = self._is_owner()
@@ -191,7 +193,11 @@ class UserActor(PooledActor):
         )
 
         def request(user_log: UserLog | None) -> tuple[bool, Started | None]:
-            if user_log is None or not user_log.request_processing(task_id, trigger):
+            if user_log is None and keep_empty:
+                raise NotFoundError(f"no user {self.user_id!r} in this memory")
+            if user_log is None or not user_log.request_processing(
+                task_id, trigger, keep_empty=keep_empty
+            ):
                 return False, None
             if not idle or self._pause(user_log) > 0:
                 return True, None

@@ -691,16 +691,18 @@ class UserLog(Aggregate):
         )
         return message_id
 
-    def request_processing(self, task_id: str, trigger: str) -> bool:
+    def request_processing(self, task_id: str, trigger: str, *, keep_empty: bool = False) -> bool:
         """Queue task ``task_id``; returns whether a request was recorded.
 
         Nothing is recorded when nothing is buffered and no task runs or waits (the task
-        has nothing to do), nor for an automatic request while another request waits.
-        Only ``manual`` requests always queue (the caller waits for that very task).
+        has nothing to do), unless ``keep_empty`` asks for it (the caller hands the task's
+        id to others, who look it up in the log: it starts and completes with no entries),
+        nor for an automatic request while another request waits. Only ``manual``
+        requests always queue (the caller waits for that very task).
         """
         if task_id in self.requested or task_id in self.open_tasks:
             raise InvalidInputError(f"task {task_id} is already known")
-        if not (self.pending or self.open_tasks or self.requested):
+        if not (keep_empty or self.pending or self.open_tasks or self.requested):
             return False
         if trigger != "manual" and self.requested:
             return False

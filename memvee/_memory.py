@@ -477,11 +477,40 @@ class Memory:
         return count + sum(t.knowledge_count for t in ahead if t.done)
 
     def process_async(self, user_id: str) -> ProcessTask:
-        """Schedule processing of the user's buffered messages and return at once."""
+        """Schedule processing of the user's buffered messages and return at once.
+
+        The task's request is stored a moment later (with nothing to do it is never
+        stored): until then only this Memory finds the task. See :meth:`request_processing`.
+        """
         check_user_id(user_id)
+        task, _ = self._schedule(user_id, keep_empty=False)
+        return task
+
+    async def request_processing(self, user_id: str) -> ProcessTask:
+        """Request processing of the user's buffered messages; return the task once its
+        request is stored, so that ``get_task`` and ``tasks`` of every Memory on the
+        database find it (a service hands its id to a client who may ask another process).
+
+        A request with nothing to do is stored too, and completes at once with no entries.
+        A user never written raises :class:`NotFoundError`; a request the database refuses
+        raises its error (the task ends FAILED). Cancelling the call does not withdraw the
+        request.
+        """
+        check_user_id(user_id)
+        task, sent = self._schedule(user_id, keep_empty=True)
+        await asyncio.shield(sent)
+        return task
+
+    def _schedule(
+        self, user_id: str, *, keep_empty: bool
+    ) -> tuple[ProcessTask, asyncio.Future[Any]]:
+        """Register a manual task of the user and send its request to the user's actor; the
+        handle, and the call that resolves once the request is stored (or refused)."""
         engine, loop = self._running()
         task = self._register(user_id, str(uuid4()), "manual")
-        sent = engine.directory.call_async(loop, user_id, "schedule", task.task_id, "manual")
+        sent = engine.directory.call_async(
+            loop, user_id, "schedule", task.task_id, "manual", keep_empty
+        )
 
         def _check_sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled():
@@ -495,7 +524,7 @@ class Memory:
                 self._stored(user_id, task.task_id)
 
         sent.add_done_callback(_check_sent)
-        return task
+        return task, sent
 
     async def flush(self, user_id: str) -> int:
         """Process until nothing of the user is buffered, whatever was already running.

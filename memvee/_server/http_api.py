@@ -187,8 +187,11 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
 
     @router.post("/users/{user_id:path}/process", status_code=202, tags=["processing"])
     async def process(user_id: KnownUser, request: Request, response: Response) -> TaskOut:
-        """Start extracting the user's buffered messages; poll the task it answers with."""
-        task = memory.process_async(user_id)
+        """Start extracting the user's buffered messages; poll the task it answers with.
+
+        Answered once the request is stored: its ``Location`` works on every server of the
+        database, also for a task that had nothing to do (it is stored COMPLETED)."""
+        task = await memory.request_processing(user_id)
         response.headers["location"] = str(
             request.url_for("get_task", user_id=quoted_user_id(user_id), task_id=task.task_id)
         )

@@ -140,7 +140,7 @@ def build_mcp(
             stored = [await memory.add_message(user_id, "user", user_message)]
         else:
             stored = list(await memory.add_exchange(user_id, user_message, assistant_message))
-        task = memory.process_async(user_id)
+        task = await memory.request_processing(user_id)  # its id is found by every server
         return Remembered(message_ids=[m.message_id for m in stored], task_id=task.task_id)
 
     async def recall(

@@ -82,6 +82,17 @@ def test_a_request_with_nothing_buffered_and_nothing_running_records_nothing() -
     assert log.collect_events() == [] and log.requested == {}
 
 
+def test_a_request_kept_though_empty_is_recorded_and_completes_at_once_when_started() -> None:
+    """For a caller who hands the task's id to others: they find it in the log."""
+    log, _ = _log_with(0)
+    log.collect_events()
+    assert log.request_processing("t1", "manual", keep_empty=True)
+    assert log.start_next() == ("t1", "manual", [])
+    names = [type(e).__name__ for e in log.collect_events()]
+    assert names == ["ProcessingRequested", "ProcessingStarted", "KnowledgeExtracted"]
+    assert log.requested == {} and log.open_tasks == {}
+
+
 def test_a_task_that_finds_nothing_left_when_it_starts_completes_at_once() -> None:
     log, _ = _log_with(1)
     _start(log, "t1")

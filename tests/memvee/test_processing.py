@@ -14,15 +14,18 @@ import pytest
 from events import ExtractedFact, ExtractionBatch, estimate_tokens
 from memvee import (
     Memory,
+    NotFoundError,
     ProcessingError,
     ProcessingTimeoutError,
     ProcessStatus,
     ProcessTask,
+    StorageError,
     UserForgottenError,
 )
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor
+from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
 
 
 async def _exchanges(memory: Memory, user: str, n: int, start: int = 0) -> list[str]:
@@ -463,6 +466,68 @@ async def test_get_task_finds_live_and_logged_tasks(memory: Memory) -> None:
         await memory.get_task("ned", "no-such-task")
     with pytest.raises(ValueError):
         await memory.get_task("someone-else", task.task_id)
+
+
+async def test_a_requested_task_is_found_by_every_memory_of_the_database_once_returned(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """A service hands the task id to a client who may ask another process at once."""
+    extractor.gate.clear()
+    here: Memory = await make_memory(config={"leases": True})
+    other: Memory = await make_memory(config={"leases": True})
+    await _exchanges(here, "ivy", 1)
+
+    task = await here.request_processing("ivy")
+
+    found = await other.get_task("ivy", task.task_id)
+    assert found.status in (ProcessStatus.PENDING, ProcessStatus.RUNNING)
+    assert task.task_id in [t.task_id for t in await other.tasks("ivy")]
+    extractor.gate.set()
+    assert await task.wait() == 1
+    assert await found.wait() == 1
+
+
+async def test_a_requested_task_with_nothing_to_do_is_stored_completed_for_every_memory(
+    make_memory: Any,
+) -> None:
+    here: Memory = await make_memory(config={"leases": True})
+    other: Memory = await make_memory(config={"leases": True})
+    await _exchanges(here, "ivy", 1)
+    await here.flush("ivy")
+
+    task = await here.request_processing("ivy")
+
+    assert task.status is ProcessStatus.COMPLETED and task.knowledge_count == 0
+    found = await other.get_task("ivy", task.task_id)
+    assert (found.status, found.knowledge_count, found.message_count) == (
+        ProcessStatus.COMPLETED,
+        0,
+        0,
+    )
+
+
+async def test_a_request_for_a_user_never_written_is_refused_and_nothing_is_written(
+    memory: Memory,
+) -> None:
+    with pytest.raises(NotFoundError, match="no user 'nobody'"):
+        await memory.request_processing("nobody")
+    assert await memory.user("nobody") is None
+
+
+async def test_a_request_the_database_refuses_raises_and_leaves_no_task_pending(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _exchanges(memory, "ivy", 1)
+    assert memory._engine is not None
+    outage = StoreOutage(memory._engine.store, monkeypatch)
+    outage.down.set()
+
+    with pytest.raises(StorageError, match=OUTAGE_ERROR):
+        await memory.request_processing("ivy")
+
+    assert await memory.tasks("ivy") == []  # none stored, none left pending
+    outage.down.clear()
+    assert await (await memory.request_processing("ivy")).wait() == 1
 
 
 async def test_a_task_scheduled_behind_a_running_one_stays_pending_until_it_starts(

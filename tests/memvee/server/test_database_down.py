@@ -56,6 +56,20 @@ async def test_the_http_api_answers_503_with_retry_after_and_the_log_keeps_the_d
     assert (await client.post("/v1/users/ann/exchanges", json=said)).status_code == 201
 
 
+async def test_a_process_request_the_database_refuses_is_a_503_not_a_location(
+    memory: Memory, outage: StoreOutage, client: httpx.AsyncClient
+) -> None:
+    """A 202 would hand out a Location that no server could ever find."""
+    outage.down.clear()
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    outage.down.set()
+
+    refused = await client.post("/v1/users/ann/process")
+
+    assert (refused.status_code, refused.json()["error"]) == (503, "storage_unavailable")
+    assert "location" not in refused.headers
+
+
 async def test_a_tool_says_the_database_is_unavailable_without_naming_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

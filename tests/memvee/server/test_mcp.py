@@ -18,11 +18,13 @@ import httpx
 import pytest
 from mcp import Client
 
+from memvee import ProcessStatus
 from memvee._server.mcp_tools import build_mcp
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader
+from tests.support.extractors import RecordingExtractor
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
 from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env, wait_until
 
@@ -554,3 +556,24 @@ async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
     assert {page["total"] for page in pages} == {len(current)}
     assert len(current) == 5 and len(pages) == 3
     assert read == [3, 3, 1], "each page read two facts and the one after them, no more"
+
+
+async def test_the_task_remember_answers_with_is_found_at_once_by_another_server(
+    make_memory: Any, db_url: str, extractor: RecordingExtractor
+) -> None:
+    """Its id is stored before the tool answers, so any server of the database finds it."""
+    extractor.gate.clear()
+    memory = await make_memory(config={"leases": True})
+    other = await make_memory(config={"leases": True})
+    audit = Audit(db_url=db_url)
+    try:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client
+            stored = await call(session, "remember", user_id="ann", user_message=SAID)
+    finally:
+        audit.close()
+
+    found = await other.get_task("ann", stored["task_id"])
+    assert found.status in (ProcessStatus.PENDING, ProcessStatus.RUNNING)
+    extractor.gate.set()
+    assert await found.wait() == 1

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ import httpx
 import pytest
 
 from events import EventStore
-from memvee import Memory, MemoryConfig
+from memvee import Memory, MemoryConfig, ProcessStatus
+from memvee._server.app import create_app
 from memvee._server.errors import AnsweredOnShutdown
+from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 from tests.support.backends import postgres_url
+from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import MessagesAPIServer, RecordedRequest, ScriptedResponse
 from tests.support.messages_api_server import default_answer as claude_answer
 from tests.support.server_process import MEMVEE, ServerProcess, server_env, wait_until
@@ -272,6 +276,59 @@ def test_two_servers_share_one_postgres_database(tmp_path: Path) -> None:
             what="a task started through the other server",
         )
         assert polled
+
+
+@pytest.fixture
+async def two_servers(
+    make_memory: Any, db_url: str
+) -> AsyncIterator[tuple[Memory, httpx.AsyncClient, Memory]]:
+    """Two servers on one database (behind one load balancer, say), in this process: the
+    first one's Memory and a client of its HTTP API, and the second one's Memory, which
+    its task route asks (``get_task``)."""
+    first, second = [await make_memory(config={"leases": True}) for _ in range(2)]
+    app = create_app(first, Audit(db_url=db_url), max_body_bytes=1 << 20)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+        yield first, client, second
+
+
+async def test_a_task_location_answered_by_one_server_is_found_at_once_by_another(
+    two_servers: tuple[Memory, httpx.AsyncClient, Memory], extractor: RecordingExtractor
+) -> None:
+    _, first, second = two_servers
+    extractor.gate.clear()
+    said = {"user_message": "I live in Oslo", "assistant_message": "ok"}
+    assert (await first.post("/v1/users/ann/exchanges", json=said)).status_code == 201
+
+    started = await first.post("/v1/users/ann/process")
+
+    assert started.status_code == 202
+    found = await second.get_task("ann", _task_of(started.headers["location"]))
+    assert found.status in (ProcessStatus.PENDING, ProcessStatus.RUNNING)
+    extractor.gate.set()
+    assert await found.wait() == 1
+
+
+async def test_a_task_with_nothing_to_process_is_found_completed_by_another_server(
+    two_servers: tuple[Memory, httpx.AsyncClient, Memory],
+) -> None:
+    _, first, second = two_servers
+    said = {"user_message": "I live in Oslo", "assistant_message": "ok"}
+    assert (await first.post("/v1/users/ann/exchanges", json=said)).status_code == 201
+    assert (await first.post("/v1/users/ann/flush")).status_code == 200
+
+    started = await first.post("/v1/users/ann/process")
+
+    assert (started.status_code, started.json()["status"]) == (202, "COMPLETED")
+    found = await second.get_task("ann", _task_of(started.headers["location"]))
+    assert (found.status, found.knowledge_count) == (ProcessStatus.COMPLETED, 0)
+
+
+def _task_of(location: str) -> str:
+    """The task id a ``Location`` names."""
+    path = httpx.URL(location).path
+    assert path.startswith("/v1/users/ann/tasks/")
+    return path.rsplit("/", 1)[1]
 
 
 async def test_a_server_refuses_a_sqlite_file_an_application_holds_alone(tmp_path: Path) -> None:
