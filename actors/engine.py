@@ -24,6 +24,7 @@ from actors._context import EngineSettings, SharedServices, TaskObserver
 from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
+from actors._traces import TraceScrubber
 from actors._workers import ExtractionWorkers
 from actors.database_claim import DatabaseClaim, ServerClaim, claim_database
 from actors.directory import ActorDirectory
@@ -147,6 +148,8 @@ class Engine:
         undo.callback(self.committer.stop)
         self.timers = Timers()
         undo.callback(self.timers.stop)
+        self.scrubber = TraceScrubber(self.store.engine)
+        undo.callback(self.scrubber.stop)
         self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild)
         undo.callback(self.rebuild_watch.stop)
         self.projector.on_rebuilding = self.rebuild_watch.seen
@@ -309,6 +312,8 @@ class Engine:
         the batches waiting for extraction and the embedding of their backlog."""
         receipt = erase_user(self.store, self.projector, self.leases, user_id)
         self.workers.drop(user_id)
+        if not receipt.scrubbed:
+            self.scrubber.later(user_id)
         if self.vectors is not None:
             self.vectors.forget(user_id)
         return receipt
@@ -515,6 +520,7 @@ class Engine:
         self.dispatcher.shutdown()
         self.workers.stop()
         self.committer.stop()
+        self.scrubber.stop()
         if self.leases is not None:
             try:
                 self.leases.release_all()

@@ -4,7 +4,9 @@ Right to be forgotten: one transaction deletes the user's events and snapshots a
 every projection row of their log, with every other writer held off, so afterwards no
 API, no replay and no rebuild can bring any of it back. On SQLite the freed pages are
 overwritten (``secure_delete``) and the write-ahead log is truncated after the commit,
-so the deleted words do not linger in the database files.
+so the deleted words do not linger in the database files; when other connections' older
+snapshots hold the truncation off, the receipt says so (``scrubbed=False``) and the
+engine has it retried in the background (:mod:`actors._traces`).
 """
 
 from __future__ import annotations
@@ -13,24 +15,33 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from actors._traces import truncate_wal
 from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
 from projections import Projector, forget_in_scratch
 from projections.bulk_runs import forget_bulk_requests
 
-__all__ = ["ForgetReceipt", "erase_user"]
+__all__ = ["TRUNCATE_WAIT_MS", "ForgetReceipt", "erase_user"]
 
 log = logging.getLogger("memvee.actors")
+
+TRUNCATE_WAIT_MS = 2_000
+"""How long an erasure waits for other connections' snapshots before it leaves the
+truncation of the write-ahead log to the background (writers are held off meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ForgetReceipt:
     """What forgetting one user erased: log events, snapshots and rows per table.
 
-    Handed back by :meth:`memvee.Memory.forget` as proof of the erasure.
+    Handed back by :meth:`memvee.Memory.forget` as proof of the erasure. ``scrubbed`` is
+    false when, on SQLite, the erased words may still be in the database files: other
+    connections were reading older snapshots, or the disk was full, so the write-ahead
+    log could not be truncated yet (it is retried in the background).
     """
 
     user_id: str
@@ -38,6 +49,7 @@ class ForgetReceipt:
     snapshots: int
     rows: dict[str, int] = field(default_factory=dict)
     erased_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    scrubbed: bool = True
 
     @property
     def total(self) -> int:
@@ -56,7 +68,7 @@ def erase_user(
         with store.transaction() as connection:
             store.lock_writers(connection)
             if store.is_sqlite:
-                connection.exec_driver_sql("PRAGMA secure_delete=ON")
+                _zero_freed_pages(connection)
             events, snapshots = store.forget(connection, user_id)
             rows = projector.forget(connection, str(user_log_id(user_id)))
             forget_in_scratch(connection, str(user_log_id(user_id)))
@@ -69,11 +81,26 @@ def erase_user(
         raise StorageError(
             f"could not forget user {user_id!r} in {store.safe_url}: {first_line(error)}"
         ) from error
+    scrubbed = True
     if store.is_sqlite:
         try:
-            with store.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        except SQLAlchemyError:
-            # Readers can hold the checkpoint back; the next checkpoint will do it.
-            log.info("user %r erased; the write-ahead log is truncated later", user_id)
-    return ForgetReceipt(user_id, events, snapshots, rows)
+            truncate_wal(store.engine, TRUNCATE_WAIT_MS)
+        except StorageError as error:
+            scrubbed = False
+            log.warning(
+                "user %r erased, but the erased words stay in the database files until "
+                "the write-ahead log is truncated, retried in the background (%s)",
+                user_id,
+                error,
+            )
+    return ForgetReceipt(user_id, events, snapshots, rows, scrubbed=scrubbed)
+
+
+def _zero_freed_pages(connection: Connection) -> None:
+    """Have SQLite overwrite the pages the erasure frees with zeros; a build that will
+    not is refused (:class:`StorageError`) before anything is deleted."""
+    mode = connection.exec_driver_sql("PRAGMA secure_delete=ON").scalar()
+    if mode != 1:
+        raise StorageError(
+            f"cannot erase securely: this SQLite build keeps secure_delete at {mode!r}"
+        )

@@ -682,6 +682,8 @@ class Memory:
         Messages already sent for the user are committed first and erased with the rest;
         running and requested tasks end FAILED. Afterwards nothing of the user can be read
         back, replayed or rebuilt; writing to the user again starts a new, empty log.
+        On SQLite, ``receipt.scrubbed`` is false while other connections' older snapshots
+        keep the erased words in the database files; they are scrubbed in the background.
         """
         check_user_id(user_id)
         engine, loop = self._running()

@@ -116,6 +116,10 @@ class Forgotten(BaseModel):
 
     erased_records: int
     erased_at: datetime
+    scrubbed: bool = Field(
+        description="False while the erased words may still be in the database files "
+        "(other readers hold older snapshots); they are removed in the background."
+    )
 
 
 def build_mcp(
@@ -213,7 +217,9 @@ def build_mcp(
         if await memory.user(user_id) is None:  # as the HTTP API's DELETE answers 404
             raise NotFoundError(f"no user {user_id!r} in this memory")
         receipt = await memory.forget(user_id)
-        return Forgotten(erased_records=receipt.total, erased_at=receipt.erased_at)
+        return Forgotten(
+            erased_records=receipt.total, erased_at=receipt.erased_at, scrubbed=receipt.scrubbed
+        )
 
     read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False)
     tools: list[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations]] = [

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, insert, select
 
+import actors.erasure
+from actors._traces import TraceScrubber
 from events import EventStore
 from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
 from memvee.extractors import OfflineExtractor
@@ -89,6 +93,63 @@ async def test_the_erased_words_do_not_linger_in_the_sqlite_files(
     assert files
     for file in files:
         assert b"zebra-4471" not in file.read_bytes(), file.name
+
+
+def _traces(db_path: Path) -> int:
+    """How often the secret's words are in the database files: the file, its write-ahead
+    log and shared memory, and the full-text index's terms (stored a word each)."""
+    files = [p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)]
+    return sum(f.read_bytes().count(word) for f in files for word in (b"zebra", b"4471"))
+
+
+async def test_words_a_reader_holds_in_the_files_are_reported_and_scrubbed_once_it_ends(
+    make_memory: Callable[..., Any],
+    db_url: str,
+    db_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    monkeypatch.setattr(actors.erasure, "TRUNCATE_WAIT_MS", 0)
+    caplog.set_level(logging.INFO, logger="memvee")
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    engine = memory._engine
+    assert engine is not None
+    engine.scrubber = TraceScrubber(engine.store.engine, retry_delay=0.01, retry_max=0.01)
+    await _history(memory, "ann")
+    reader = sqlite3.connect(db_path, isolation_level=None)  # a backup, say, mid-read
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM mv_users").fetchall()
+
+    receipt = await memory.forget("ann")
+
+    assert receipt.scrubbed is False and receipt.total > 0
+    assert _traces(db_path) > 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'ann' erased, but the erased words stay" in m for m in warned), warned
+    assert not any("zebra" in m for m in caplog.messages)
+
+    reader.execute("COMMIT")
+    reader.close()
+    deadline = time.monotonic() + 10
+    while engine.scrubber.remaining and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert engine.scrubber.remaining == frozenset()
+    assert _traces(db_path) == 0, "gone while the Memory is still open"
+
+
+async def test_an_erasure_no_reader_holds_off_is_scrubbed_when_it_returns(
+    make_memory: Callable[..., Any], db_url: str, db_path: Path
+) -> None:
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await _history(memory, "ann")
+
+    receipt = await memory.forget("ann")
+
+    assert receipt.scrubbed is True
+    if db_url.startswith("sqlite"):
+        assert _traces(db_path) == 0
 
 
 async def test_a_task_running_when_the_user_is_forgotten_fails_and_writes_nothing_back(

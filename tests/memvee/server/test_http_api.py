@@ -220,6 +220,7 @@ def test_forget_answers_with_the_receipt_and_the_user_is_gone(
     assert receipt["receipt"]["user_id"] == user
     assert receipt["receipt"]["events"] > 0
     assert receipt["total"] >= receipt["receipt"]["events"]
+    assert receipt["receipt"]["scrubbed"] is True
     assert http.get(f"/v1/users/{user}/knowledge").status_code == 404
 
 

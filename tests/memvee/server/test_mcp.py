@@ -90,7 +90,7 @@ async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
         (carols,) = await facts_of(session, 1, user_id="carol")
 
     assert bobs["text"] == "User lives in Oslo."
-    assert receipt["erased_records"] > 0
+    assert receipt["erased_records"] > 0 and receipt["scrubbed"] is True
     assert "not_found: no user 'nobody-ever'" in nobody, "was a receipt of 1 erased record"
     assert after["facts"] == []
     assert carols["text"] == "User lives in Rome."

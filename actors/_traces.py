@@ -1,0 +1,133 @@
+"""The traces an erasure leaves in SQLite's write-ahead log, and their removal.
+
+Deleted rows live on in the log's frames (and in the database pages those frames have
+not been copied back to yet) until a ``TRUNCATE`` checkpoint copies every frame into the
+database file and empties the log. A connection still reading an older snapshot (a
+backup, an export, another process) holds that checkpoint off, and SQLite answers "busy"
+in the checkpoint's row rather than raising; so the row is read, and an erasure whose
+truncation was held off has it retried in the background until one succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from actors._background import UserWorker
+from events import StorageError
+from events.errors import first_line
+
+__all__ = ["TraceScrubber", "truncate_wal"]
+
+log = logging.getLogger("memvee.actors")
+
+
+def truncate_wal(engine: Engine, wait_ms: int) -> None:
+    """Copy the write-ahead log into the database file and truncate it to nothing,
+    waiting at most ``wait_ms`` for other connections' snapshots (writers are held off
+    meanwhile, so the wait is short).
+
+    Raises :class:`StorageError` when it could not: readers still hold older snapshots,
+    or the database failed (a full disk, say).
+    """
+    try:
+        with engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            (kept_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()
+            driver.execute(f"PRAGMA busy_timeout={int(wait_ms)}")
+            try:
+                busy, frames, copied = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                driver.execute(f"PRAGMA busy_timeout={int(kept_ms)}")
+    except (SQLAlchemyError, sqlite3.Error) as error:
+        raise StorageError(f"the write-ahead log was not truncated: {first_line(error)}") from error
+    if busy:
+        raise StorageError(
+            "the write-ahead log was not truncated: other connections still read older "
+            f"snapshots ({copied} of {frames} frames copied back)"
+        )
+
+
+class TraceScrubber:
+    """Truncates the write-ahead log in the background for erasures that could not do it
+    themselves, trying again (1 s, doubling up to a minute) until it succeeds.
+
+    Its thread starts with the first erasure that needs it.
+    """
+
+    def __init__(
+        self, engine: Engine, *, retry_delay: float = 1.0, retry_max: float = 60.0
+    ) -> None:
+        self._engine = engine
+        self._retry = (retry_delay, retry_max)
+        self._worker: UserWorker | None = None
+        self._remaining: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def remaining(self) -> frozenset[str]:
+        """The users erased whose words may still be in the files."""
+        with self._lock:
+            return frozenset(self._remaining)
+
+    def later(self, user_id: str) -> None:
+        """Truncate the log for ``user_id``'s erasure in the background."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._remaining.add(user_id)
+            if self._worker is None:
+                delay, cap = self._retry
+                self._worker = UserWorker(
+                    self._scrub, name="scrubbing", delay=0, retry_delay=delay, retry_max=cap
+                )
+            worker = self._worker
+        worker.touch(user_id)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every erasure told about is scrubbed or waits for its next try."""
+        with self._lock:
+            worker = self._worker
+        return worker is None or worker.wait_idle(timeout)
+
+    def stop(self) -> None:
+        """Stop retrying after one last try; the users whose words stay are named in a
+        warning."""
+        with self._lock:
+            self._stopped = True
+            worker = self._worker
+        if worker is not None:
+            worker.stop()
+        remaining = self.remaining
+        if not remaining:
+            return
+        try:
+            truncate_wal(self._engine, 0)
+        except StorageError as error:
+            log.warning(
+                "users %s were erased, but their words stay in the database files until "
+                "the other connections finish reading and a checkpoint runs (%s)",
+                ", ".join(repr(u) for u in sorted(remaining)),
+                error,
+            )
+            return
+        self._scrubbed(remaining)
+
+    def _scrub(self, user_id: str, stopping: Callable[[], bool]) -> None:
+        if stopping():
+            return
+        truncate_wal(self._engine, 0)
+        self._scrubbed({user_id})
+
+    def _scrubbed(self, users: set[str] | frozenset[str]) -> None:
+        with self._lock:
+            self._remaining -= users
+        for user_id in sorted(users):
+            log.info("user %r: the erased words are gone from the database files", user_id)

@@ -1,0 +1,120 @@
+"""The write-ahead log is truncated after an erasure: at once, or in the background once
+the readers that held it off are done."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from actors._traces import TraceScrubber, truncate_wal
+from events import EventStore, StorageError
+
+
+@pytest.fixture
+def wal_store(tmp_path: Path) -> Iterator[EventStore]:
+    """A store whose write-ahead log holds a committed row."""
+    store = EventStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    with store.transaction() as connection:
+        connection.execute(text("CREATE TABLE notes (body TEXT)"))
+        connection.execute(text("INSERT INTO notes VALUES ('first')"))
+    yield store
+    store.close()
+
+
+def _wal_bytes(store: EventStore) -> int:
+    wal = Path(store.engine.url.database or "").with_name("traces.db-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def _snapshot_reader(store: EventStore) -> sqlite3.Connection:
+    """Another connection in the middle of a read, then a write it does not see."""
+    reader = sqlite3.connect(store.engine.url.database or "", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM notes").fetchall()
+    with store.transaction() as connection:
+        connection.execute(text("INSERT INTO notes VALUES ('second')"))
+    return reader
+
+
+def test_the_log_is_emptied_when_no_reader_holds_it(wal_store: EventStore) -> None:
+    assert _wal_bytes(wal_store) > 0
+
+    truncate_wal(wal_store.engine, 0)
+
+    assert _wal_bytes(wal_store) == 0
+
+
+def test_a_reader_holding_an_older_snapshot_is_an_error_not_a_silent_row(
+    wal_store: EventStore,
+) -> None:
+    reader = _snapshot_reader(wal_store)
+    try:
+        with pytest.raises(StorageError, match="still read older snapshots"):
+            truncate_wal(wal_store.engine, 0)
+        assert _wal_bytes(wal_store) > 0
+    finally:
+        reader.close()
+
+
+def test_the_connection_keeps_its_busy_timeout_after_a_truncation_without_waiting(
+    wal_store: EventStore,
+) -> None:
+    reader = _snapshot_reader(wal_store)
+    try:
+        with pytest.raises(StorageError):
+            truncate_wal(wal_store.engine, 0)
+    finally:
+        reader.close()
+    with wal_store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_a_held_off_truncation_is_retried_until_the_reader_is_done(
+    wal_store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memvee")
+    scrubber = TraceScrubber(wal_store.engine, retry_delay=0.01, retry_max=0.01)
+    reader = _snapshot_reader(wal_store)
+    try:
+        scrubber.later("ann")
+        assert scrubber.wait_idle(10)
+        assert scrubber.remaining == {"ann"}, "held off while the snapshot is read"
+    finally:
+        reader.close()
+    deadline = time.monotonic() + 10
+    while scrubber.remaining and time.monotonic() < deadline:
+        time.sleep(0.005)
+    scrubber.stop()
+
+    assert scrubber.remaining == frozenset() and _wal_bytes(wal_store) == 0
+    assert "user 'ann': the erased words are gone from the database files" in caplog.messages
+
+
+def test_closing_names_the_users_whose_words_a_reader_still_holds(
+    wal_store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    scrubber = TraceScrubber(wal_store.engine, retry_delay=60, retry_max=60)
+    reader = _snapshot_reader(wal_store)
+    try:
+        scrubber.later("ann")
+        assert scrubber.wait_idle(10)
+
+        scrubber.stop()
+    finally:
+        reader.close()
+
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("users 'ann' were erased, but their words stay") for m in warned)
+
+
+def test_no_thread_is_started_until_an_erasure_needs_one(wal_store: EventStore) -> None:
+    scrubber = TraceScrubber(wal_store.engine)
+
+    assert scrubber.wait_idle(0) and scrubber.remaining == frozenset()
+    scrubber.stop()
