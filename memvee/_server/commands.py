@@ -23,7 +23,7 @@ from events import (
     refuse_foreign_database,
     refuse_foreign_sqlite,
 )
-from memvee._config import DEFAULT_DB
+from memvee._config import DEFAULT_DB, MemoryConfig
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -35,6 +35,9 @@ MAX_BODY_BYTES = 3 * 1024 * 1024
 are sent, even as JSON's ``\\u`` escapes (12 bytes for a character outside the BMP, so
 2.4 MB for the two) as ``json.dumps`` writes them by default."""
 
+DEFAULT_BATCH_THRESHOLD = MemoryConfig().batch_threshold
+"""The library's own default: a server extracts as a Memory made without options does."""
+
 DbOption = Annotated[str, typer.Option("--db", help="SQLite file of the memory.")]
 DbUrlOption = Annotated[
     str | None, typer.Option("--db-url", help="SQLAlchemy URL instead of --db.")
@@ -44,6 +47,14 @@ AllowForget = Annotated[
 ]
 Lexical = Annotated[
     bool, typer.Option("--lexical", help="Rank by words only (no embedding model).")
+]
+BatchThreshold = Annotated[
+    int,
+    typer.Option(
+        "--batch-threshold",
+        min=1,
+        help="Buffered messages of a user that start a background extraction.",
+    ),
 ]
 
 
@@ -98,6 +109,7 @@ def serve(
     auto_process: Annotated[
         bool, typer.Option(help="Extract in the background once enough messages are buffered.")
     ] = True,
+    batch_threshold: BatchThreshold = DEFAULT_BATCH_THRESHOLD,
     lexical: Lexical = False,
     drain_timeout: Annotated[
         int, typer.Option(min=0, help="Seconds in-flight requests get after SIGTERM.")
@@ -130,7 +142,13 @@ def serve(
     _run(
         serve_http(
             listener,
-            _memory(db, db_url, lexical=lexical, auto_process=auto_process),
+            _memory(
+                db,
+                db_url,
+                lexical=lexical,
+                auto_process=auto_process,
+                batch_threshold=batch_threshold,
+            ),
             db,
             db_url,
             tokens=tokens,
@@ -151,6 +169,7 @@ def mcp(
         typer.Option("--user", help="The one user of this server (else each call names one)."),
     ] = None,
     allow_forget: AllowForget = False,
+    batch_threshold: BatchThreshold = DEFAULT_BATCH_THRESHOLD,
     lexical: Lexical = False,
     drain_timeout: Annotated[
         int,
@@ -176,7 +195,9 @@ def mcp(
 
     _run(
         serve_stdio(
-            _memory(db, db_url, lexical=lexical, auto_process=True),
+            _memory(
+                db, db_url, lexical=lexical, auto_process=True, batch_threshold=batch_threshold
+            ),
             db,
             db_url,
             user=user,
@@ -242,7 +263,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -> Memory:
+def _memory(
+    db: str, db_url: str | None, *, lexical: bool, auto_process: bool, batch_threshold: int
+) -> Memory:
     from memvee import Memory, MemoryConfig
 
     if db_url is not None and db != DEFAULT_DB:
@@ -254,5 +277,11 @@ def _memory(db: str, db_url: str | None, *, lexical: bool, auto_process: bool) -
         refuse_foreign_sqlite(db)
     # Leases on a SQLite file too: every Claude Code session spawns its own `memvee mcp`,
     # and those processes share the file.
-    config = MemoryConfig(db_path=db, db_url=db_url, auto_process=auto_process, leases=True)
+    config = MemoryConfig(
+        db_path=db,
+        db_url=db_url,
+        auto_process=auto_process,
+        batch_threshold=batch_threshold,
+        leases=True,
+    )
     return Memory(config=config, embedder=False if lexical else None)

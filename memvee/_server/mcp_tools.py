@@ -1,8 +1,9 @@
 """The MCP face: five tools a model can choose between from their names and descriptions.
 
-``remember`` stores a turn and starts extraction in the background, ``recall`` answers a
-question with a block ready for the prompt, ``list_memories`` and ``explain_memory`` show
-what is known and why, and ``forget_user`` (only when the server allows it) erases a user.
+``remember`` stores a turn (extraction follows the memory's own processing rules, as for
+a write over HTTP), ``recall`` answers a question with a block ready for the prompt,
+``list_memories`` and ``explain_memory`` show what is known and why, and ``forget_user``
+(only when the server allows it) erases a user.
 The user is the server's (``--user``) or a tool argument; over HTTP each call is checked
 against the caller's token scope, as the HTTP API's calls are.
 """
@@ -57,8 +58,10 @@ class Remembered(BaseModel):
     """What remember stored."""
 
     message_ids: list[str]
-    task_id: str = Field(description="The background extraction task.")
-    note: str = "Stored. Facts are extracted in the background; the words are searchable now."
+    note: str = (
+        "Stored; the words are searchable now. Facts are extracted from them later, in the "
+        "background, several turns at a time."
+    )
 
 
 class Recalled(BaseModel):
@@ -144,8 +147,7 @@ def build_mcp(
             stored = [await memory.add_message(user_id, "user", user_message)]
         else:
             stored = list(await memory.add_exchange(user_id, user_message, assistant_message))
-        task = await memory.request_processing(user_id)  # its id is found by every server
-        return Remembered(message_ids=[m.message_id for m in stored], task_id=task.task_id)
+        return Remembered(message_ids=[m.message_id for m in stored])
 
     async def recall(
         user_id: UserId,
@@ -243,8 +245,9 @@ REMEMBER = (
     "shares something worth keeping across conversations: facts about themselves, "
     "preferences, plans, people in their life, decisions, or a correction of something "
     "said before. Pass the user's words verbatim, and your reply if it adds context. "
-    "Returns at once: facts are extracted in the background and show up in recall "
-    "shortly; the words themselves are searchable right away."
+    "Returns at once: the words themselves are searchable right away; facts are extracted "
+    "from them later, in the background, several turns at a time, and then show up in "
+    "recall."
 )
 RECALL = (
     "Look up what long-term memory knows about the user that bears on a question or "

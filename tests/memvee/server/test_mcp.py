@@ -18,7 +18,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from memvee import ProcessStatus
+from memvee import Memory
 from memvee._server.mcp_tools import build_mcp
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
@@ -34,7 +34,7 @@ SAID = "I live in Lisbon and my dog is called Rex."
 async def test_a_single_user_stdio_server_remembers_recalls_and_explains_but_never_forgets(
     tmp_path: Path,
 ) -> None:
-    async with stdio_session(tmp_path, "--user", "alice") as session:
+    async with stdio_session(tmp_path, "--user", "alice", "--batch-threshold", "2") as session:
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
         assert set(tools) == {"remember", "recall", "list_memories", "explain_memory"}
         for tool in tools.values():
@@ -74,7 +74,7 @@ async def test_a_single_user_stdio_server_remembers_recalls_and_explains_but_nev
 async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
     tmp_path: Path,
 ) -> None:
-    async with stdio_session(tmp_path, "--allow-forget") as session:
+    async with stdio_session(tmp_path, "--allow-forget", "--batch-threshold", "1") as session:
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
         assert "forget_user" in tools
         assert tools["forget_user"].annotations is not None
@@ -99,8 +99,8 @@ async def test_a_multi_user_stdio_server_takes_the_user_per_call_and_may_forget(
 async def test_two_stdio_servers_share_one_database_file(tmp_path: Path) -> None:
     """Each Claude Code session spawns its own ``memvee mcp`` on the same file."""
     async with (
-        stdio_session(tmp_path, "--user", "erin") as first,
-        stdio_session(tmp_path, "--user", "erin") as second,
+        stdio_session(tmp_path, "--user", "erin", "--batch-threshold", "1") as first,
+        stdio_session(tmp_path, "--user", "erin", "--batch-threshold", "1") as second,
     ):
         await call(first, "remember", user_message="I live in Lisbon.")
         await call(second, "remember", user_message="My dog is called Rex.")
@@ -434,9 +434,14 @@ async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
     server: ServerProcess,
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:12]}"
-    async with http_session(server.url) as session:
+    async with (
+        http_session(server.url) as session,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
         names = {tool.name for tool in (await session.list_tools()).tools}
         stored = await call(session, "remember", user_id=user, user_message=SAID)
+        flushed = await http.post(f"/v1/users/{user}/flush")  # the server does not auto-process
+        assert flushed.status_code == 200, flushed.text
         facts = await facts_of(session, 2, user_id=user)
         recalled = await call(session, "recall", user_id=user, question="where does the user live")
 
@@ -558,22 +563,38 @@ async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
     assert read == [3, 3, 1], "each page read two facts and the one after them, no more"
 
 
-async def test_the_task_remember_answers_with_is_found_at_once_by_another_server(
-    make_memory: Any, db_url: str, extractor: RecordingExtractor
+async def test_remember_starts_no_extraction_on_a_memory_that_does_not_auto_process(
+    memory: Memory, db_url: str, extractor: RecordingExtractor
 ) -> None:
-    """Its id is stored before the tool answers, so any server of the database finds it."""
-    extractor.gate.clear()
-    memory = await make_memory(config={"leases": True})
-    other = await make_memory(config={"leases": True})
-    audit = Audit(db_url=db_url)
-    try:
+    """As a write over the HTTP API: ``memvee serve --no-auto-process`` leaves extraction
+    to process and flush, so turns remembered over MCP cost no API call (was a task each)."""
+    with Audit(db_url=db_url) as audit:
         async with Client(build_mcp(memory, audit)) as client:
             session: Any = client
-            stored = await call(session, "remember", user_id="ann", user_message=SAID)
-    finally:
-        audit.close()
+            for n in range(3):
+                stored = await call(session, "remember", user_id="ann", user_message=f"Cat {n}.")
+                assert "task_id" not in stored
+    await memory.wait_for_processing("ann")
 
-    found = await other.get_task("ann", stored["task_id"])
-    assert found.status in (ProcessStatus.PENDING, ProcessStatus.RUNNING)
-    extractor.gate.set()
-    assert await found.wait() == 1
+    assert extractor.batches == []
+    assert await memory.tasks("ann") == []
+    summary = await memory.user("ann")
+    assert summary is not None and summary.buffered_count == 3
+
+
+async def test_remember_extracts_once_the_batch_threshold_is_reached_not_every_turn(
+    make_memory: Any, db_url: str, extractor: RecordingExtractor
+) -> None:
+    """With auto-processing, turns are batched as the memory's ``batch_threshold`` says."""
+    memory = await make_memory(config={"auto_process": True, "batch_threshold": 4})
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit, user="ann")) as client:
+            session: Any = client
+            await call(session, "remember", user_message="I live in Oslo.", assistant_message="Ok")
+            await memory.wait_for_processing("ann")
+            before_threshold = len(extractor.batches)
+            await call(session, "remember", user_message="I have a dog.", assistant_message="Ok")
+            await memory.wait_for_processing("ann")
+
+    assert before_threshold == 0, "was a batch per remembered turn"
+    assert [len(batch.messages) for batch in extractor.batches] == [4]
