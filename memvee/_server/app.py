@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
-from memvee._server.host_guard import LoopbackOnly
+from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import api_router
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
@@ -54,7 +54,7 @@ def create_app(
         stateless_http=True,
         json_response=True,
         max_request_body_size=max_body_bytes,
-        host=host,
+        transport_security=transport_security(host),
     )
 
     @asynccontextmanager

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from memvee._server.auth import is_loopback
 from memvee._server.errors import error_response
 
-__all__ = ["LoopbackOnly", "loopback_names"]
+__all__ = ["LoopbackOnly", "loopback_names", "transport_security"]
 
 
 def loopback_names(host: str) -> list[str]:
@@ -74,7 +74,13 @@ def _canonical_headers(scope: Scope) -> Scope:
     return {**scope, "headers": headers} if changed else scope
 
 
-def _loopback_only(host: str) -> TransportSecuritySettings:
+def transport_security(host: str) -> TransportSecuritySettings:
+    """The one ``Host``/``Origin`` policy of a server listening on ``host``, for
+    :class:`LoopbackOnly` and for the MCP SDK's own check on ``/mcp`` alike: on loopback,
+    loopback names with or without a port (a server on port 80 is sent ``Host: localhost``);
+    elsewhere, none (tokens guard it)."""
+    if not is_loopback(host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     names = loopback_names(host)
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
@@ -93,7 +99,7 @@ class LoopbackOnly:
     def __init__(self, app: ASGIApp, host: str) -> None:
         self.app = app
         self._check = (
-            TransportSecurityMiddleware(_loopback_only(host)) if is_loopback(host) else None
+            TransportSecurityMiddleware(transport_security(host)) if is_loopback(host) else None
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,7 +8,11 @@ import pytest
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
+from memvee import Memory
+from memvee._server.app import create_app
 from memvee._server.host_guard import LoopbackOnly
+from memvee.audit import Audit
+from tests.support.asgi_lifespan import running_lifespan
 
 
 async def _route(scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,3 +71,30 @@ async def test_a_loopback_name_in_any_case_or_with_its_final_dot_is_answered(
 async def test_folding_the_case_and_final_dot_lets_no_other_host_in(host: str) -> None:
     rebound = await _ask("127.0.0.1", {"Host": host})
     assert rebound.status_code == 421
+
+
+async def test_mcp_answers_every_host_the_rest_of_the_server_answers(
+    memory: Memory, db_url: str
+) -> None:
+    """A server on port 80 is sent ``Host: localhost`` with no port: the MCP SDK's own
+    check refused it with a bare-text 421 while the HTTP API answered it."""
+    listed = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"accept": "application/json, text/event-stream"}
+    hosts = ["127.0.0.1", "localhost", "LocalHost.", "[::1]", "localhost:8000", "attacker.example"]
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20, host="127.0.0.1")
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            running_lifespan(app),
+            httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+        ):
+            answers = {
+                host: await client.post("/mcp", json=listed, headers={**accept, "host": host})
+                for host in hosts
+            }
+
+    rebound = answers.pop("attacker.example")
+    assert {host: a.status_code for host, a in answers.items()} == dict.fromkeys(answers, 200)
+    assert all(a.json()["result"]["tools"] for a in answers.values())
+    assert rebound.status_code == 421
+    assert set(rebound.json()) == {"error", "message", "request_id"}
