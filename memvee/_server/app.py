@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
+from memvee._server.drain import Drain, RefusedWhileDraining
 from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
 from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import api_router
@@ -40,13 +41,16 @@ def create_app(
     allow_forget: bool = False,
     mcp_user: str | None = None,
     host: str = "127.0.0.1",
+    drain: Drain | None = None,
 ) -> ASGIApp:
     """The whole server over an open ``memory``; the caller opens and closes it.
 
     ``tokens`` (none: no authentication, for loopback) guard everything but the probes
     and the API description; ``host`` is where the server listens: on loopback, every
     route answers only requests for a loopback host from no other site
-    (:class:`LoopbackOnly`), against DNS rebinding and cross-site requests.
+    (:class:`LoopbackOnly`), against DNS rebinding and cross-site requests. Once
+    ``drain`` (the server's) starts, requests that begin are refused and answers close
+    their connections (:class:`RefusedWhileDraining`).
     """
     mcp = build_mcp(memory, audit, user=mcp_user, allow_forget=allow_forget)
     mcp_app = mcp.streamable_http_app(
@@ -89,4 +93,5 @@ def create_app(
     api.router.routes.extend(mcp_app.routes)
     routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp")
     guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
-    return AccessLog(AnsweredOnShutdown(LoopbackOnly(guarded, host)))
+    answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
+    return AccessLog(RefusedWhileDraining(answered, drain or Drain()))

@@ -1,7 +1,8 @@
 """Running a server to its end: open the memory, serve, drain on SIGTERM, close.
 
 The HTTP server is uvicorn on a socket the command bound; on SIGTERM (or Ctrl-C) it
-stops accepting, lets in-flight requests finish within the drain timeout, and then the
+stops accepting, lets in-flight requests finish within the drain timeout (refusing, with
+a 503, the requests that arrive meanwhile on kept-alive connections), and then the
 memory closes with its own grace period for running extraction. The stdio server stops
 when its client closes stdin (once every request read is answered) or on a signal, and
 closes the memory the same way.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -25,6 +27,7 @@ from events import MemveeError
 from memvee._memory import Memory
 from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
+from memvee._server.drain import Drain
 from memvee._server.mcp_tools import build_mcp
 from memvee._server.stdio_drain import DrainedStdio
 from memvee.audit import Audit
@@ -39,7 +42,21 @@ class OpenFailedError(Exception):
 
 
 class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, saying in the log when a signal starts the drain."""
+    """uvicorn's server, saying in the log when a signal starts the drain, and keeping
+    kept-alive connections open through the drain.
+
+    uvicorn's own shutdown closes a connection with no request under way at once, and a
+    request its client sent on it just then met a reset. Here the listener closes, every
+    request that begins afterwards is answered 503 ``not_ready`` with ``Connection:
+    close`` (:class:`RefusedWhileDraining`), every answer still to come closes its
+    connection too, and a connection left idle closes when its client closes it or at
+    uvicorn's keep-alive timeout, as it would without a drain. Only once every connection
+    is closed, or the drain timeout has passed, does uvicorn's shutdown close what is left.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         log.info(
@@ -47,6 +64,30 @@ class _DrainingServer(uvicorn.Server):
             extra={"event": "draining", "signal": signal.Signals(sig).name},
         )
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain: refuse new requests and wait for every connection to close, then leave
+        what the drain timeout cut short to uvicorn's shutdown, with the time left."""
+        self.drain.start()
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        loop = asyncio.get_running_loop()
+        timeout = self.config.timeout_graceful_shutdown
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        connections = self.server_state.connections
+        # uvicorn tells no one when a connection closes; its own wait polls too.
+        while connections and not self.force_exit and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL)
+        if timeout is not None:
+            self.config.timeout_graceful_shutdown = max(0, int(deadline - loop.time()))
+        await super().shutdown(sockets)
+
+
+DRAIN_POLL = 0.01
+"""Seconds between two looks at the open connections during the drain (uvicorn's own
+wait looks every 0.1 s)."""
 
 
 async def _open(memory: Memory, db: str, db_url: str | None) -> Audit:
@@ -75,9 +116,11 @@ async def serve_http(
     """Serve the HTTP API and MCP on ``listener`` until a signal, then drain and close."""
     audit = await _open(memory, db, db_url)
     try:
+        drain = Drain()
         app = create_app(
             memory,
             audit,
+            drain=drain,
             tokens=tokens,
             max_body_bytes=max_body_bytes,
             allow_forget=allow_forget,
@@ -111,7 +154,7 @@ async def serve_http(
         # lets the memory close below and the process exit 0.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        await _DrainingServer(config).serve(sockets=[listener])
+        await _DrainingServer(config, drain).serve(sockets=[listener])
     finally:
         await memory.close()
         await asyncio.to_thread(audit.close)

@@ -126,6 +126,80 @@ def test_a_client_still_sending_its_body_when_the_drain_ends_gets_a_503_not_a_50
     assert "Traceback" not in server.log(), "was: uvicorn's 500 and a traceback per request"
 
 
+def test_a_request_sent_on_an_idle_kept_alive_connection_during_the_drain_gets_a_503(
+    tmp_path: Path,
+) -> None:
+    """uvicorn closed such a connection when its shutdown began, and a request its client
+    sent just then met a reset, the client unable to tell whether it was stored. It stays
+    open while the drain runs: the request is refused, and every answer closes its
+    connection."""
+    args = ["--db", str(tmp_path / "memvee.db"), "--lexical"]
+    server = ServerProcess(tmp_path / "server.log", args).start()
+    with server:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _answer_on(idle).startswith(b"HTTP/1.1 200")  # kept alive, idle
+        upload = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        body = json.dumps({"role": "user", "content": "I live in Oslo."}).encode()
+        head = (
+            "POST /v1/users/kim/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        upload.sendall(head.encode() + body[:5])  # a request in flight holds the drain
+        # Answered only once the server read what came before it on the other connections.
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: _refused(server.port), what="the listener closed by the drain")
+        late = json.dumps({"role": "user", "content": "I moved to Rome."}).encode()
+        idle.sendall(
+            b"POST /v1/users/kim/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(late), late)
+        )
+        refused = _all_of(idle)
+        upload.sendall(body[5:])
+        finished = _all_of(upload)
+        assert server.process is not None
+        exit_code = server.process.wait(60)
+
+    refused_head, _, refused_body = refused.partition(b"\r\n\r\n")
+    assert refused_head.startswith(b"HTTP/1.1 503"), f"was closed unanswered: {refused!r}"
+    assert b"connection: close" in refused_head.lower()
+    assert json.loads(refused_body)["error"] == "not_ready"
+    finished_head = finished.partition(b"\r\n\r\n")[0]
+    assert finished_head.startswith(b"HTTP/1.1 201")
+    assert b"connection: close" in finished_head.lower()
+    assert exit_code == 0
+
+    async def stored() -> list[str]:
+        async with Memory(str(tmp_path / "memvee.db"), embedder=False) as memory:
+            return [m.content for m in await memory.messages("kim")]
+
+    assert asyncio.run(stored()) == ["I live in Oslo."]
+
+
+def _answer_on(connection: socket.socket) -> bytes:
+    """One whole answer read from a kept-alive ``connection``, its body sized by
+    ``Content-Length``."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    sizes = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    size = int(sizes[0].partition(b":")[2])
+    while len(body) < size:
+        body += connection.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _refused(port: int) -> bool:
+    """Whether a new connection to ``port`` is refused (the listener is closed)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=30).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize(
     ("method", "body_done", "reads_body", "error"),
     [
