@@ -67,6 +67,7 @@ from events.store import (
     refuse_foreign_sqlite,
     sqlite_file,
     sqlite_url,
+    url_secrets,
 )
 from events.timeline import ReplacedEntry
 from events.user_log import EVENT_CLASSES, UserLog, short_message_id, user_log_id
@@ -133,5 +134,6 @@ __all__ = [
     "sqlite_file",
     "sqlite_url",
     "storable",
+    "url_secrets",
     "user_log_id",
 ]

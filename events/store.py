@@ -75,6 +75,7 @@ __all__ = [
     "refuse_foreign_sqlite",
     "sqlite_file",
     "sqlite_url",
+    "url_secrets",
 ]
 
 log = logging.getLogger("memvee.events")
@@ -161,6 +162,21 @@ def redacted_url(url: str | URL) -> str:
         return parsed.render_as_string(hide_password=True)
     masked = parsed.update_query_dict(dict.fromkeys(secret, "***"))
     return masked.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The passwords ``url`` carries (its own, and those of query parameters that may hold
+    one), for a log to keep out; none of a URL that does not parse, which is refused with
+    its reason where it is opened."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
+        return ()
+    found = [parsed.password or ""]
+    for key, value in parsed.query.items():
+        if "password" in key.lower():
+            found.extend([value] if isinstance(value, str) else value)
+    return tuple(secret for secret in found if secret)
 
 
 def sqlite_url(path: str | Path) -> str:

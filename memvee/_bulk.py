@@ -44,8 +44,9 @@ from events import (
     bounded,
 )
 from events.errors import first_line
+from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets, redact
+from memvee.extractors._claude import api_error, client_secrets
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.shown import with_targets

@@ -56,6 +56,7 @@ from events import (
 from events.errors import UnreadableEventError, database_refused, is_database_failure
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
+from memvee._log_redaction import RedactSecrets
 from memvee._server import register_commands
 from memvee.audit import MAX_USERS_PAGE, Audit, ReextractionReport, require_projections
 
@@ -1213,7 +1214,8 @@ def main() -> None:
 def _log_warnings_but_not_interrupts() -> None:
     """Print warnings to stderr, as Python does for a program that configures no logging,
     but not a library's report of a Ctrl-C that stopped its cleanup (SQLAlchemy's pool
-    logs one with its traceback): the command then ends with one ``error:`` line."""
+    logs one with its traceback): the command then ends with one ``error:`` line. No
+    credential is printed (see :class:`RedactSecrets`)."""
 
     def not_an_interrupt(record: logging.LogRecord) -> bool:
         kind = record.exc_info[0] if record.exc_info else None
@@ -1222,6 +1224,7 @@ def _log_warnings_but_not_interrupts() -> None:
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
     handler.addFilter(not_an_interrupt)
+    handler.addFilter(RedactSecrets())
     logging.getLogger().addHandler(handler)
 
 

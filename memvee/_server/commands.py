@@ -22,6 +22,7 @@ from events import (
     driver_url,
     refuse_foreign_database,
     refuse_foreign_sqlite,
+    url_secrets,
 )
 from memvee._config import DEFAULT_DB, MemoryConfig
 
@@ -136,7 +137,7 @@ def serve(
     if not tokens and not is_loopback(host):
         _fail(f"listening on {host} needs bearer tokens: set MEMVEE_API_TOKENS or --tokens-file")
     listener = _listen(host, port)
-    configure_logging(log_level.value)
+    configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
     from memvee._server.running import serve_http
 
     _run(
@@ -190,7 +191,7 @@ def mcp(
         _fail("stdin and stdout must be open: memvee mcp speaks MCP over them")
     if user is not None:
         _check_user(user)
-    configure_logging(log_level.value)
+    configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
     from memvee._server.running import serve_stdio
 
     _run(

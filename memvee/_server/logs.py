@@ -1,7 +1,8 @@
 """Structured logs: one JSON object a line on stderr, and an access log with request ids.
 
 JSON lines are what log shippers parse without configuration; stderr keeps stdout free
-for the MCP stdio protocol. Request headers are never logged, so neither are tokens.
+for the MCP stdio protocol. Request headers are never logged, so neither are tokens, and
+every record is cleaned of credentials before it is written.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from memvee._log_redaction import RedactSecrets
 
 __all__ = ["REQUEST_ID_KEY", "AccessLog", "JsonFormatter", "configure_logging"]
 
@@ -28,6 +32,9 @@ CLIENT_CLOSED = 499
 (nginx's "client closed request")."""
 _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+_REQUEST_LINE_LOGGERS = ("httpx", "httpx2")
+"""The loggers of the HTTP clients that log a line per request at info."""
 
 access_log = logging.getLogger("memvee.server.access")
 
@@ -46,20 +53,31 @@ class JsonFormatter(logging.Formatter):
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # exc_text is the traceback a filter already rendered (and cleaned of secrets).
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "info") -> None:
-    """Send every log record (memvee's, uvicorn's, the MCP SDK's) as JSON to stderr."""
+def configure_logging(level: str = "info", secrets: Sequence[str] = ()) -> None:
+    """Send every log record (memvee's, uvicorn's, the MCP SDK's) as JSON to stderr, with
+    no credential in it (see :class:`RedactSecrets`; ``secrets`` adds to those it knows).
+
+    An HTTP client's line per request (the Claude API's) shows at ``debug`` only: at
+    ``info`` the log is the server's own account of what it was asked.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in _REQUEST_LINE_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )
 
 
 class AccessLog:

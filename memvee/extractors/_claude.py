@@ -21,7 +21,6 @@ import email.utils
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -53,6 +52,8 @@ from events.extraction import (
     estimate_tokens,
     extraction_deadline,
 )
+from memvee._log_redaction import protect_loggers
+from memvee._secrets import BASE_URL_ENV_VAR, configured_secrets, mentions, redact, userinfo
 from memvee.extractors._claude_prompt import (
     SYSTEM_PROMPT,
     TOOL,
@@ -66,10 +67,10 @@ from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
 
-BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
-"""The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
-
 _log = logging.getLogger("memvee.extractors")
+
+_CLIENT_LOGGERS = ("anthropic", "httpx2", "httpcore2")
+"""The loggers of the SDK and of its HTTP client, which log each request's URL."""
 
 _Verdict = Literal["accepted", "refused", "failed"]
 """How the API answered a probe (see :meth:`ClaudeExtractor._probed`)."""
@@ -115,7 +116,9 @@ class ClaudeExtractor:
     budget, which otherwise grows with the batch. ``cache_prefix`` marks the static prefix
     for prompt caching (by default when it is long enough for the model to cache it).
     Failures surface as :class:`events.errors.ExtractionError`, never with the API key or
-    request headers.
+    request headers; the loggers of the SDK and its HTTP client are given a
+    :class:`memvee._log_redaction.RedactSecrets` filter, as they log request URLs (a
+    gateway's password included).
     """
 
     name = "claude"
@@ -156,6 +159,7 @@ class ClaudeExtractor:
         if cache_prefix is None:
             cache_prefix = prefix_tokens() >= cache_minimum(self.model)
         self.cache_prefix = cache_prefix
+        protect_loggers(_CLIENT_LOGGERS)
         if client is not None:
             base_url = getattr(client, "base_url", None)
             if isinstance(base_url, str | httpx2.URL):  # a stand-in (a mock) has none to check
@@ -391,7 +395,7 @@ class ClaudeExtractor:
             ) from exc
         except anthropic.AnthropicError as exc:
             secrets = client_secrets(client)
-            cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
+            cause = None if any(mentions(exc, secret) for secret in secrets) else exc
             error = api_error(exc, secrets)
             raise error from cause
         except TypeError as exc:
@@ -516,11 +520,11 @@ def _build_client(max_retries: int) -> anthropic.AsyncAnthropic:
     reach, is raised as an ExtractionError that may pass: every batch would fail alike, so
     none is blamed, and the run fails saying what to fix. Its text shows no credential.
     """
-    secrets = _configured_secrets()
+    secrets = configured_secrets()
     try:
         client = anthropic.AsyncAnthropic(max_retries=max_retries)
     except Exception as exc:  # the SDK raises its parsers' errors (httpx2.InvalidURL) as they are
-        cause = None if any(_mentions(exc, secret) for secret in secrets) else exc
+        cause = None if any(mentions(exc, secret) for secret in secrets) else exc
         problem = redact(f"{type(exc).__name__}: {first_line(exc)}", secrets)
         raise ExtractionError(
             f"the Claude API client cannot be built from its configuration ({problem}"
@@ -557,7 +561,7 @@ def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:
     API's base URL, if it is; a password the URL carries is never shown."""
     problem = _base_url_problem(url)
     if problem is not None:
-        raise error(f"{named}{redact(url, _userinfo(url))!r} is refused: {problem}")
+        raise error(f"{named}{redact(url, userinfo(url))!r} is refused: {problem}")
 
 
 def _base_url_note() -> str:
@@ -565,24 +569,7 @@ def _base_url_note() -> str:
     url = os.environ.get(BASE_URL_ENV_VAR)
     if url is None:
         return ""
-    return f"; {BASE_URL_ENV_VAR}={redact(url, _userinfo(url))!r}"
-
-
-_USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
-
-
-def _userinfo(url: str) -> tuple[str, ...]:
-    """The user and password a URL carries before its host (a gateway's basic auth)."""
-    found = _USERINFO.match(url.strip())
-    return (found.group(1),) if found and found.group(1) else ()
-
-
-def _configured_secrets() -> tuple[str, ...]:
-    """The credentials the environment gives the SDK: never shown."""
-    found = [os.environ.get(name) for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")]
-    url = os.environ.get(BASE_URL_ENV_VAR)
-    secrets = [secret for secret in found if secret]
-    return (*secrets, *(_userinfo(url) if url else ()))
+    return f"; {BASE_URL_ENV_VAR}={redact(url, userinfo(url))!r}"
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -825,59 +812,3 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         if math.isfinite(seconds):
             return min(max(seconds, 0.0), _LONGEST_RETRY_AFTER)
     return None
-
-
-def _shown_forms(secret: str) -> set[str]:
-    """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
-    read from a file keeps its newline, which a header refuses, and the error shows the
-    rest), and escaped as a repr shows it."""
-    forms = {secret, secret.strip(), repr(secret)[1:-1]}
-    return {form for form in forms if form}
-
-
-def _mentions(exc: BaseException, secret: str) -> bool:
-    """Whether ``exc`` or an exception it chains to shows ``secret`` in its text."""
-    forms = _shown_forms(secret)
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        shown = f"{current}\n{current.args!r}"
-        if any(form in shown for form in forms):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-_SHOWN_PART = 12
-"""The shortest run of a secret's characters taken out of a text where it shows: an API
-or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
-    characters, replaced by ``[redacted]``."""
-    for secret in secrets:
-        for form in sorted(_shown_forms(secret), key=len, reverse=True):
-            text = text.replace(form, "[redacted]")
-        text = _redact_parts(text, secret.strip())
-    return text
-
-
-def _redact_parts(text: str, secret: str) -> str:
-    if len(secret) < _SHOWN_PART:
-        return text
-    starts = {secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1)}
-    kept: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i : i + _SHOWN_PART] not in starts:
-            kept.append(text[i])
-            i += 1
-            continue
-        end = i + _SHOWN_PART
-        while end < len(text) and text[i : end + 1] in secret:
-            end += 1
-        kept.append("[redacted]")
-        i = end
-    return "".join(kept)

@@ -18,6 +18,7 @@ from events import (
     driver_url,
     redacted_url,
     sqlite_url,
+    url_secrets,
 )
 from memvee import MemoryConfig
 
@@ -142,6 +143,22 @@ def test_a_path_is_taken_as_a_path(path: str) -> None:
 )
 def test_a_url_is_shown_with_its_passwords_hidden(url: str, shown: str) -> None:
     assert redacted_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("postgresql+psycopg://me:s3cret@h:5432/mem", ("s3cret",)),
+        ("postgresql+psycopg://h/mem?password=s3cret&sslpassword=k3y", ("s3cret", "k3y")),
+        ("sqlite:////tmp/m.db", ()),
+        ("not a url", ()),
+        ("postgresql://me:s3cret@h:port/mem", ()),  # refused where it is opened
+    ],
+)
+def test_the_passwords_a_url_carries_are_known_to_keep_them_out_of_logs(
+    url: str, secrets: tuple[str, ...]
+) -> None:
+    assert url_secrets(url) == secrets
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,25 @@ def test_a_librarys_report_of_a_ctrl_c_in_its_cleanup_is_not_printed(
     assert capsys.readouterr().err == "a warning the user should see\n"
 
 
+def test_a_warning_prints_no_credential(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library's warning that shows a URL with its user info, or the API key, prints
+    them masked."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-cli-DO-NOT-LEAK-123456")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        logging.getLogger("httpx2").warning(
+            "retrying https://gwuser:pw-DO-NOT-LEAK@gateway.example/v1 with %s",
+            "sk-ant-cli-DO-NOT-LEAK-123456",
+        )
+    finally:
+        root.handlers[:] = before
+    assert capsys.readouterr().err == "retrying https://***@gateway.example/v1 with [redacted]\n"
+
+
 def test_ctrl_c_while_typer_reads_the_command_line_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -6,6 +6,7 @@ ANTHROPIC_BASE_URL, exactly as a deployment would find a proxy or gateway.
 
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
 
 API_KEY = "sk-ant-standin-DO-NOT-LEAK-9876543210"
+GATEWAY_PASSWORD = "S3cretProxyPw-DO-NOT-LEAK"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 BATCH = ExtractionBatch(
     user_id="u1",
@@ -125,6 +127,32 @@ async def test_an_auth_failure_names_the_status_but_not_the_key(
 
     assert API_KEY not in str(caught.value)
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "debug"])
+async def test_a_gateway_password_in_the_base_url_reaches_the_gateway_but_no_log_record(
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    level: int,
+) -> None:
+    """The SDK logs each request's URL (its HTTP client at info, itself at debug), user
+    info included: whatever handlers the application has, the records reach them with
+    the user info masked and the key left out."""
+    credentials = f"gwuser:{GATEWAY_PASSWORD}@"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url.replace("://", f"://{credentials}"))
+    caplog.set_level(level)
+    extractor = ClaudeExtractor(timeout=5.0, max_retries=0)
+    try:
+        await extractor.extract(BATCH)
+    finally:
+        await extractor.aclose()
+
+    (request,) = server.requests
+    assert request.headers["authorization"].startswith("Basic ")  # the gateway's
+    shown = caplog.text
+    assert f"POST http://***@{server.base_url.removeprefix('http://')}/v1/messages" in shown
+    assert GATEWAY_PASSWORD not in shown and "gwuser" not in shown and API_KEY not in shown
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])

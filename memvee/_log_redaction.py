@@ -1,0 +1,92 @@
+"""A logging filter that takes credentials out of log records before anything writes them.
+
+HTTP clients log the URL of every request, user info included (a gateway's
+``ANTHROPIC_BASE_URL=http://user:password@host``), and a library's text may show a key.
+:class:`RedactSecrets` cleans a record of both: memvee puts it on the handlers it sets
+up (``memvee serve``, ``memvee mcp``, the CLI) and on the loggers of the API clients it
+makes, so neither its own logs nor an application's handlers show a credential.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+
+from memvee._secrets import configured_secrets, mask_url_userinfo, redact
+
+__all__ = ["RedactSecrets", "protect_loggers"]
+
+_SHORTEST_SECRET = 8
+"""Secrets shorter than this are taken out of URLs only (as their user info): a password
+of two letters replaced wherever it shows would garble every line, and no API key is so
+short."""
+
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+_installing = threading.Lock()
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites a record's message, exception text, stack and string extras with the user
+    info of every URL masked and every known secret replaced by ``[redacted]``.
+
+    The known secrets are those the environment gives the Claude client (read at each
+    record, so a key set later is covered too) and ``secrets`` given here (a database
+    password). The record is changed in place, so every handler it reaches sees it clean.
+    """
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Clean ``record``; never drop it."""
+        secrets = [
+            secret
+            for secret in (*configured_secrets(), *self.secrets)
+            if len(secret.strip()) >= _SHORTEST_SECRET
+        ]
+        try:
+            message = record.getMessage()
+            unformatted = False
+        except (TypeError, ValueError):  # arguments that do not fit: show what was given
+            message, unformatted = f"{record.msg} % {record.args!r}", True
+        cleaned = self.clean(message, secrets)
+        if unformatted or cleaned != message:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.clean(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = self.clean(record.stack_info, secrets)
+        for key, value in list(vars(record).items()):
+            if key not in _RECORD_FIELDS and isinstance(value, str):
+                setattr(record, key, self.clean(value, secrets))
+        return True
+
+    @staticmethod
+    def clean(text: str, secrets: Sequence[str]) -> str:
+        """``text`` with URL user info masked and ``secrets`` redacted."""
+        return redact(mask_url_userinfo(text), secrets)
+
+
+def protect_loggers(prefixes: Iterable[str]) -> None:
+    """Put a :class:`RedactSecrets` on every logger named by, or under, one of
+    ``prefixes`` (a library's loggers, such as an HTTP client's), once each.
+
+    A logger's filters see only the records logged on it, not its children's, so each
+    one that exists is given its own; the application's handlers then get clean records.
+    """
+    names = tuple(prefixes)
+    with _installing:
+        existing = [
+            name
+            for name in logging.root.manager.loggerDict
+            if any(name == prefix or name.startswith(f"{prefix}.") for prefix in names)
+        ]
+        for name in {*names, *existing}:
+            logger = logging.getLogger(name)
+            if not any(isinstance(each, RedactSecrets) for each in logger.filters):
+                logger.addFilter(RedactSecrets())

@@ -1,0 +1,112 @@
+"""The credentials memvee's API clients carry, and text cleaned of them.
+
+An API key, a bearer token or a gateway's password in its URL must never show in an
+error or a log line; the functions here find them and take them out of any text. They
+import no client library, so the CLI's logging can use them without loading the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Final
+
+__all__ = [
+    "BASE_URL_ENV_VAR",
+    "configured_secrets",
+    "mask_url_userinfo",
+    "mentions",
+    "redact",
+    "userinfo",
+]
+
+BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
+"""The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
+
+SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+"""The environment variables the SDK takes its credentials from."""
+
+_USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]*@")
+"""A URL's scheme and the user info before its host, anywhere in a text (up to the last
+``@`` before the path, as a password may hold an ``@`` its writer did not escape)."""
+
+_SHOWN_PART = 12
+"""The shortest run of a secret's characters taken out of a text where it shows: an API
+or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
+
+
+def userinfo(url: str) -> tuple[str, ...]:
+    """The user and password a URL carries before its host (a gateway's basic auth), and
+    the password alone, which a text may show without the user."""
+    found = _USERINFO.match(url.strip())
+    if not found or not found.group(1):
+        return ()
+    _, colon, password = found.group(1).partition(":")
+    return (found.group(1), password) if colon and password else (found.group(1),)
+
+
+def configured_secrets() -> tuple[str, ...]:
+    """The credentials the environment gives the SDK: never shown."""
+    found = [os.environ.get(name) for name in SECRET_ENV_VARS]
+    url = os.environ.get(BASE_URL_ENV_VAR)
+    secrets = [secret for secret in found if secret]
+    return (*secrets, *(userinfo(url) if url else ()))
+
+
+def mask_url_userinfo(text: str) -> str:
+    """``text`` with the user info of every URL in it (``user:password@``) shown as
+    ``***@``: whoever logs a URL (an HTTP client's request line) shows no credential."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
+
+def mentions(exc: BaseException, secret: str) -> bool:
+    """Whether ``exc`` or an exception it chains to shows ``secret`` in its text."""
+    forms = _shown_forms(secret)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        shown = f"{current}\n{current.args!r}"
+        if any(form in shown for form in forms):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
+    characters, replaced by ``[redacted]``."""
+    for secret in secrets:
+        for form in sorted(_shown_forms(secret), key=len, reverse=True):
+            text = text.replace(form, "[redacted]")
+        text = _redact_parts(text, secret.strip())
+    return text
+
+
+def _shown_forms(secret: str) -> set[str]:
+    """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
+    read from a file keeps its newline, which a header refuses, and the error shows the
+    rest), and escaped as a repr shows it."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    return {form for form in forms if form}
+
+
+def _redact_parts(text: str, secret: str) -> str:
+    if len(secret) < _SHOWN_PART:
+        return text
+    starts = {secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1)}
+    kept: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i : i + _SHOWN_PART] not in starts:
+            kept.append(text[i])
+            i += 1
+            continue
+        end = i + _SHOWN_PART
+        while end < len(text) and text[i : end + 1] in secret:
+            end += 1
+        kept.append("[redacted]")
+        i = end
+    return "".join(kept)

@@ -1,0 +1,110 @@
+"""The server's JSON logs: what ``configure_logging`` lets through, and that no
+credential is ever in it, at any level."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from events.extraction import BatchMessage, ExtractionBatch
+from memvee._server.logs import configure_logging
+from memvee.extractors import ClaudeExtractor
+from tests.support.messages_api_server import MessagesAPIServer
+
+API_KEY = "sk-ant-logs-DO-NOT-LEAK-0123456789"
+GATEWAY_PASSWORD = "S3cretProxyPw-DO-NOT-LEAK"
+DB_PASSWORD = "hunter2-of-the-database"
+BATCH = ExtractionBatch(
+    "u1", "t1", (BatchMessage("m-1", "user", "I live in Oslo.", datetime(2025, 3, 1, tzinfo=UTC)),)
+)
+_TOUCHED_LOGGERS = ("", "httpx", "httpx2")
+
+
+@pytest.fixture
+def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """What the server's log handler writes to stderr, read once the test is done; the
+    process's logging is put back after."""
+    loggers = [logging.getLogger(name) for name in _TOUCHED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    handlers = logging.getLogger().handlers[:]
+    yield lambda: capsys.readouterr().err
+    logging.getLogger().handlers[:] = handlers
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPIServer]:
+    """The stand-in Messages API, reached through a base URL carrying a gateway's
+    credentials."""
+    with MessagesAPIServer() as running:
+        base_url = running.base_url.replace("://", f"://gwuser:{GATEWAY_PASSWORD}@")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+        yield running
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+async def _extract() -> None:
+    extractor = ClaudeExtractor(timeout=5.0, max_retries=0)
+    try:
+        await extractor.extract(BATCH)
+    finally:
+        await extractor.aclose()
+
+
+async def test_at_info_an_api_call_writes_no_request_line(
+    logs: Callable[[], str], gateway: MessagesAPIServer
+) -> None:
+    configure_logging("info")
+    await _extract()
+
+    text = logs()
+    assert len(gateway.requests) == 1
+    assert not [r for r in _records(text) if r["logger"] in ("httpx2", "httpx")]
+    assert GATEWAY_PASSWORD not in text and "gwuser" not in text
+
+
+async def test_at_debug_request_lines_show_the_url_without_its_credentials(
+    logs: Callable[[], str], gateway: MessagesAPIServer
+) -> None:
+    configure_logging("debug")
+    await _extract()
+
+    text = logs()
+    records = _records(text)
+    shown = f"POST http://***@{gateway.base_url.removeprefix('http://')}/v1/messages"
+    assert any(r["logger"] == "httpx2" and shown in r["message"] for r in records)
+    assert any(r["logger"] == "anthropic._base_client" and shown in r["message"] for r in records)
+    assert GATEWAY_PASSWORD not in text and "gwuser" not in text and API_KEY not in text
+
+
+def test_a_secret_in_a_message_an_extra_or_a_traceback_is_redacted(
+    logs: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    configure_logging("info", secrets=[DB_PASSWORD])
+    log = logging.getLogger("memvee.test")
+    try:
+        raise RuntimeError(f"refused key {API_KEY}")
+    except RuntimeError:
+        log.warning(
+            "connecting with %s", DB_PASSWORD, extra={"dsn": f"pw={DB_PASSWORD}"}, exc_info=True
+        )
+
+    text = logs()
+    (record,) = _records(text)
+    assert record["message"] == "connecting with [redacted]"
+    assert record["dsn"] == "pw=[redacted]"
+    assert "RuntimeError: refused key [redacted]" in record["exception"]
+    assert DB_PASSWORD not in text and API_KEY not in text

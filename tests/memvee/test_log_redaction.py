@@ -1,0 +1,82 @@
+"""RedactSecrets: a log record reaches its handlers with no credential in it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from memvee._log_redaction import RedactSecrets, protect_loggers
+from memvee._secrets import mask_url_userinfo
+
+API_KEY = "sk-ant-filter-DO-NOT-LEAK-42"
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def _cleaned(msg: str, *args: object, secrets: tuple[str, ...] = ()) -> str:
+    record = logging.makeLogRecord({"msg": msg, "args": args, "levelno": logging.INFO})
+    assert RedactSecrets(secrets).filter(record)
+    return record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "POST http://gw:pw@127.0.0.1:8080/v1/messages",
+            "POST http://***@127.0.0.1:8080/v1/messages",
+        ),
+        ("https://token@gateway.example", "https://***@gateway.example"),
+        ("postgresql+psycopg://u:p@ss@db/x?a=1", "postgresql+psycopg://***@db/x?a=1"),
+        ("'http://u:p@h' and 'http://v:q@k/'", "'http://***@h' and 'http://***@k/'"),
+        (
+            "mail bob@example.com at http://example.com/a@b",
+            "mail bob@example.com at http://example.com/a@b",
+        ),
+    ],
+)
+def test_the_user_info_of_every_url_is_masked(text: str, shown: str) -> None:
+    assert mask_url_userinfo(text) == shown
+    assert _cleaned("%s", text) == shown
+
+
+def test_the_environments_credentials_are_redacted_wherever_they_show(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://gw:gateway-password-7@gateway.example")
+    assert _cleaned("key %s, password %s", API_KEY, "gateway-password-7") == (
+        "key [redacted], password [redacted]"
+    )
+
+
+def test_a_short_secret_is_masked_in_urls_only() -> None:
+    """Replacing a two-letter password wherever it shows would garble every line."""
+    assert _cleaned("pw at http://u:pw@h/", secrets=("pw",)) == "pw at http://***@h/"
+
+
+def test_arguments_that_do_not_fit_the_message_still_log_cleaned() -> None:
+    assert _cleaned("%s and %s", "http://u:p@h/") == "%s and %s % ('http://***@h/',)"
+
+
+def test_protected_loggers_clean_records_for_any_handler(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logger's filters see only its own records, so each existing child gets one."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    child = logging.getLogger("memvee_test_client.transport")
+    protect_loggers(["memvee_test_client"])
+    protect_loggers(["memvee_test_client"])
+    caplog.set_level(logging.INFO)
+
+    child.info("GET http://u:p@h/ as %s", API_KEY)
+
+    assert caplog.messages == ["GET http://***@h/ as [redacted]"]
+    assert sum(isinstance(f, RedactSecrets) for f in child.filters) == 1
