@@ -9,6 +9,7 @@ those naming the dependencies built in :func:`api_router` must be live objects.
 """
 
 import asyncio
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -17,8 +18,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -26,7 +29,7 @@ from pydantic import (
 )
 
 from actors.erasure import ForgetReceipt
-from events import NotFoundError
+from events import ROLES, NotFoundError
 from memvee._memory import Memory
 from memvee._retrieval import RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
@@ -41,6 +44,28 @@ __all__ = ["api_router", "listing_response"]
 T = TypeVar("T")
 
 
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _not_a_number(value: object) -> object:
+    """Refuse a time given as a number (or a string of one), which pydantic would read as
+    seconds or, past about 2e10, milliseconds since 1970: which was meant cannot be told."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError(
+            "a time is an ISO 8601 string with its offset, such as 2025-03-01T12:00:00Z, "
+            "not a number"
+        )
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""A time the API takes: an ISO 8601 string, never a number of seconds or milliseconds."""
+
+_ROLE_NAMES: list[JsonValue] = [*sorted(ROLES)]
+_ROLES_TEXT = ", ".join(f"'{role}'" for role in sorted(ROLES))
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,9 +73,13 @@ class _Body(BaseModel):
 class MessageIn(_Body):
     """One message to append."""
 
-    role: StrictStr = Field(description="'user' or 'assistant'.")
+    role: StrictStr = Field(
+        description=f"One of {_ROLES_TEXT}.", json_schema_extra={"enum": _ROLE_NAMES}
+    )
     content: StrictStr
-    sent_at: datetime | None = Field(None, description="When it was said (timezone-aware).")
+    sent_at: IsoTime | None = Field(
+        None, description="When it was said: an ISO 8601 time with its offset."
+    )
     name: StrictStr | None = Field(None, description="The speaker's name, when known.")
 
 
@@ -59,7 +88,9 @@ class ExchangeIn(_Body):
 
     user_message: StrictStr
     assistant_message: StrictStr
-    sent_at: datetime | None = None
+    sent_at: IsoTime | None = Field(
+        None, description="When it was said: an ISO 8601 time with its offset."
+    )
     user_name: StrictStr | None = None
     assistant_name: StrictStr | None = None
 
@@ -70,7 +101,9 @@ class RetrieveIn(_Body):
     query: StrictStr
     top_k: StrictInt = Field(10, description="How many results, 1 to 1000.")
     include_messages: StrictBool = False
-    as_of: datetime | None = Field(None, description="Rank what was valid then instead of now.")
+    as_of: IsoTime | None = Field(
+        None, description="Rank what was valid then instead of now (an ISO 8601 time)."
+    )
 
 
 class MessageOut(BaseModel):
@@ -215,7 +248,9 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
     @router.get("/users/{user_id:path}/knowledge", tags=["read"], response_model=KnowledgeOut)
     async def knowledge(
         user_id: KnownUser,
-        as_of: Annotated[datetime | None, Query(description="Entries valid then.")] = None,
+        as_of: Annotated[
+            IsoTime | None, Query(description="Entries valid then (an ISO 8601 time).")
+        ] = None,
         history: Annotated[bool, Query(description="Every entry ever extracted.")] = False,
         offset: Annotated[int, Query(ge=0, description="Entries to pass over first.")] = 0,
         limit: Annotated[int | None, Query(ge=1, description="At most this many.")] = None,

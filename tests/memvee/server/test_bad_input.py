@@ -67,6 +67,27 @@ def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
     assert message_count(http, user) == 2
 
 
+@pytest.mark.parametrize("when", [-99999999999, 1740830400, 1740830400.5, "1740830400", "1e9"])
+def test_a_time_given_as_a_number_is_422_as_seconds_and_milliseconds_cannot_be_told_apart(
+    http: httpx.Client, user: str, when: object
+) -> None:
+    says = "an ISO 8601 string with its offset, such as 2025-03-01T12:00:00Z, not a number"
+    message = {"role": "user", "content": "hi", "sent_at": when}
+    exchange = {"user_message": "hi", "assistant_message": "hello", "sent_at": when}
+    question = {"query": "where?", "as_of": when}
+
+    answers = [
+        http.post(f"/v1/users/{user}/messages", json=message),
+        http.post(f"/v1/users/{user}/exchanges", json=exchange),
+        http.post(f"/v1/users/{user}/retrieve", json=question),
+        http.get(f"/v1/users/{user}/knowledge", params={"as_of": str(when)}),
+    ]
+
+    assert [a.status_code for a in answers] == [422] * 4
+    assert all(says in a.json()["message"] for a in answers)
+    assert message_count(http, user) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from events import ROLES
 from tests.support.server_process import ServerProcess, wait_until
 
 SAID = "I live in Lisbon and my dog is called Rex."
@@ -330,6 +331,15 @@ def test_probes_and_the_openapi_document(http: httpx.Client) -> None:
     assert "/v1/users/{user_id}/exchanges" in paths
     assert "/v1/users/{user_id}/retrieve" in paths
     assert "/v1/users/{user_id}/knowledge/{entry_id}/explain" in paths
+
+
+def test_the_openapi_document_lists_every_role_a_message_may_have(http: httpx.Client) -> None:
+    role = http.get("/openapi.json").json()["components"]["schemas"]["MessageIn"]["properties"][
+        "role"
+    ]
+
+    assert role["enum"] == sorted(ROLES)
+    assert all(f"'{name}'" in role["description"] for name in ROLES)
 
 
 def test_every_answer_carries_a_request_id_that_the_access_log_names(
