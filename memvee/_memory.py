@@ -181,6 +181,8 @@ class Memory:
         self._poller: asyncio.Future[None] | None = None
         self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._grace_ends = 0.0  # the loop time a close stops waiting for running tasks
+        self._grace_cut = asyncio.Event()  # set when a later close brings that forward
         self._stopped: tuple[concurrent.futures.Future[None], threading.Thread] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -282,26 +284,41 @@ class Memory:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
         return self
 
-    async def close(self) -> None:
-        """Let running tasks finish within ``shutdown_grace`` seconds, then stop.
+    async def close(self, *, grace: float | None = None) -> None:
+        """Let running tasks finish within ``grace`` seconds (by default
+        ``shutdown_grace``), then stop.
 
         Tasks still running then end FAILED ("interrupted by shutdown") and their
-        messages stay buffered for the next run. Every close returns once the Memory is
-        closed; a close that is cancelled goes on to its end in the background (its grace
-        cut short), and a later close waits for it.
+        messages stay buffered for the next run; writes already handed to the Memory are
+        committed first, whatever the grace. Every close returns once the Memory is
+        closed; a close that is cancelled goes on to its end in the background, and a
+        later close waits for it, or cuts its grace short when given a shorter one
+        (``grace=0``: a process told to stop now, while an earlier close waits).
         """
+        if grace is not None and (
+            isinstance(grace, bool)
+            or not isinstance(grace, int | float)
+            or not 0 <= grace <= threading.TIMEOUT_MAX
+        ):
+            raise InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:
             return
         if loop is not asyncio.get_running_loop():
             if loop.is_running():  # close where it runs: its tasks and futures live there
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.close(), loop))
+                closing = self.close(grace=grace)
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closing, loop))
             else:
                 await self._close_without(engine, loop)
             return
         self._closing = True
+        ends = loop.time() + (self.config.shutdown_grace if grace is None else grace)
         if self._closer is None or self._closer.done():
+            self._grace_ends, self._grace_cut = ends, asyncio.Event()
             self._closer = loop.create_task(self._close_here(engine, loop))
+        elif ends < self._grace_ends:
+            self._grace_ends = ends
+            self._grace_cut.set()
         await asyncio.shield(self._closer)
 
     async def _close_here(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
@@ -311,8 +328,7 @@ class Memory:
             engine.drain()
             engine.directory.flush_calls(loop)
             pending = [t._finished for tasks in self._inflight.values() for t in tasks.values()]
-            if pending:
-                await asyncio.wait(pending, timeout=self.config.shutdown_grace)
+            await self._give_grace(pending, loop)
         finally:
             await self._stop_engine(engine)
         await asyncio.sleep(0)
@@ -329,6 +345,23 @@ class Memory:
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
         self._engine = None
+
+    async def _give_grace(
+        self, pending: Sequence[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Wait until ``pending`` have all ended or the grace has, whose end a later close
+        may bring forward (it sets ``_grace_cut``)."""
+        waiting: set[asyncio.Future[Any]] = set(pending)
+        while waiting and (left := self._grace_ends - loop.time()) > 0:
+            self._grace_cut.clear()
+            cut = loop.create_task(self._grace_cut.wait())
+            try:
+                _, waiting = await asyncio.wait(
+                    {*waiting, cut}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                cut.cancel()
+            waiting.discard(cut)
 
     async def _stop_engine(self, engine: Engine) -> None:
         """Stop the engine, in a thread of its own begun once whoever asks (a close

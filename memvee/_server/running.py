@@ -4,8 +4,9 @@ The HTTP server is uvicorn on a socket the command bound; on SIGTERM (or Ctrl-C)
 stops accepting, lets in-flight requests finish within the drain timeout (refusing, with
 a 503, the requests that arrive meanwhile on kept-alive connections), and then the
 memory closes with its own grace period for running extraction. The stdio server stops
-when its client closes stdin (once every request read is answered) or on a signal, and
-closes the memory the same way.
+when its client closes stdin (once every request read is answered), closing the memory
+the same way, or at once on a signal, which interrupts running extraction (its messages
+stay buffered), as a client signals a stdio server it wants gone now.
 """
 
 from __future__ import annotations
@@ -173,12 +174,13 @@ async def serve_stdio(
     """Serve MCP over stdin/stdout until the client closes stdin (once every request
     read is answered, or after ``drain_timeout`` seconds) or a signal comes."""
     audit = await _open(memory, db, db_url)
+    stopping = False
+    hurried: list[asyncio.Task[None]] = []
     try:
         server = build_mcp(memory, audit, user=user, allow_forget=allow_forget)
         drained = None if sys.platform == "win32" else DrainedStdio(drain_timeout)
         with drained or nullcontext():
             running = asyncio.ensure_future(server.run_stdio_async())
-            stopping = False
 
             def stop() -> None:
                 nonlocal stopping
@@ -186,6 +188,8 @@ async def serve_stdio(
                 running.cancel()
                 if drained is not None:  # the SDK's cancel waits for its read of stdin
                     drained.end_input()
+                if running.done():  # stdin closed first and the memory is closing: now
+                    hurried.append(loop.create_task(memory.close(grace=0)))
 
             loop = asyncio.get_running_loop()
             for sent in (signal.SIGTERM, signal.SIGINT):
@@ -203,7 +207,10 @@ async def serve_stdio(
                 if not (stopping or gone) or errors.subgroup(_not_from_stopping) is not None:
                     raise
     finally:
-        await memory.close()
+        # A signal is the client's "stop now" (sent once its closing stdin was not enough):
+        # running extraction is interrupted at once, its messages left buffered.
+        await memory.close(grace=0 if stopping else None)
+        await asyncio.gather(*hurried)
         await asyncio.to_thread(audit.close)
         log.info("memory closed", extra={"event": "closed"})
 

@@ -12,6 +12,7 @@ import pytest
 from actors import Engine
 from events import ExtractionBatch, ExtractionResult
 from memvee import (
+    InvalidInputError,
     Memory,
     MemoryConfig,
     ProcessingError,
@@ -58,6 +59,59 @@ async def test_close_interrupts_a_task_past_the_grace_period_and_keeps_its_messa
             (ProcessStatus.FAILED, "interrupted by shutdown")
         ]
         assert await again.process("u") == 1
+
+
+async def _extracting(db_url: str) -> tuple[Memory, RecordingExtractor, ProcessTask, list[str]]:
+    """A Memory of a long grace whose task's extraction is held until its gate opens."""
+    extractor = RecordingExtractor(gated=True)
+    memory = Memory(config=MemoryConfig(db_url=db_url, shutdown_grace=30), extractor=extractor)
+    await memory.open()
+    written = await memory.add_exchange("u", "I live in Rome", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    return memory, extractor, task, [m.message_id for m in written]
+
+
+async def _interrupted_and_buffered(db_url: str, task: ProcessTask, written: list[str]) -> None:
+    assert (task.status, task.error) == (ProcessStatus.FAILED, "interrupted by shutdown")
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as again:
+        assert [m.message_id for m in await again.buffer("u")] == written
+
+
+async def test_close_with_no_grace_interrupts_running_tasks_at_once_keeping_their_messages(
+    db_url: str,
+) -> None:
+    """A process told to stop now (a stdio server's SIGTERM) gives no grace: the task ends
+    as if its grace had run out."""
+    memory, extractor, task, written = await _extracting(db_url)
+    try:
+        await memory.close(grace=0)
+    finally:
+        extractor.gate.set()
+    await _interrupted_and_buffered(db_url, task, written)
+
+
+async def test_a_close_with_no_grace_cuts_short_the_grace_a_close_under_way_gives(
+    db_url: str,
+) -> None:
+    memory, extractor, task, written = await _extracting(db_url)
+    try:
+        first = asyncio.ensure_future(memory.close())
+        await asyncio.sleep(0)  # the first close is giving the task its 30 s
+        assert not first.done()
+        await memory.close(grace=0)
+        await first
+    finally:
+        extractor.gate.set()
+    await _interrupted_and_buffered(db_url, task, written)
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan")])
+async def test_a_grace_that_is_no_number_of_seconds_is_refused(db_url: str, grace: Any) -> None:
+    async with Memory(db_url=db_url, extractor=RecordingExtractor()) as memory:
+        with pytest.raises(InvalidInputError, match="grace must be a number of seconds"):
+            await memory.close(grace=grace)
+        assert memory.is_open
 
 
 class _HoldsTheSecondBatch(RecordingExtractor):

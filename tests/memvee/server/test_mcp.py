@@ -3,6 +3,7 @@ Claude Desktop does, and over streamable HTTP at ``/mcp`` of a running ``memvee 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -26,6 +27,7 @@ from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader
 from tests.support.extractors import RecordingExtractor
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
+from tests.support.messages_api_server import MessagesAPIServer, ScriptedResponse
 from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env, wait_until
 
 SAID = "I live in Lisbon and my dog is called Rex."
@@ -324,8 +326,11 @@ def test_a_malformed_message_gets_the_same_answer_over_stdio_and_http(
         next(audit.log("eve"))
 
 
-def _initialized(tmp_path: Path, user: str, stderr: int) -> subprocess.Popen[bytes]:
-    """``memvee mcp --user USER`` on a new database, its session initialized."""
+def _initialized(
+    tmp_path: Path, user: str, stderr: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``memvee mcp --user USER`` on a new database, its session initialized; ``env``
+    adds to the test's environment."""
     client = {"name": "script", "version": "1"}
     params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
     hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
@@ -334,7 +339,7 @@ def _initialized(tmp_path: Path, user: str, stderr: int) -> subprocess.Popen[byt
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
-        env=server_env(),
+        env=server_env(env),
         cwd=ROOT,
     )
     assert server.stdin is not None and server.stdout is not None
@@ -342,16 +347,6 @@ def _initialized(tmp_path: Path, user: str, stderr: int) -> subprocess.Popen[byt
     server.stdin.flush()
     assert json.loads(server.stdout.readline())["id"] == 0
     return server
-
-
-def test_sigterm_stops_a_stdio_server_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
-    server = _initialized(tmp_path, "ida", subprocess.DEVNULL)
-    try:
-        server.send_signal(signal.SIGTERM)  # stdin stays open: the SDK is reading it
-        assert server.wait(timeout=30) == 0
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: Path) -> None:
@@ -378,6 +373,45 @@ def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: 
 
     assert server.returncode == 0, errors.decode()[-2000:]
     assert b"Traceback" not in errors, "was: exit 1 and the SDK task group's traceback"
+
+
+def test_sigterm_stops_a_stdio_server_at_once_keeping_what_extraction_was_given(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM is a client's "stop now" to a stdio server, stdin open or not: extraction
+    hanging on the API gets no grace, its task ends FAILED as interrupted and the turn
+    stays buffered."""
+    with MessagesAPIServer(lambda request: ScriptedResponse(delay=600.0)) as api:
+        env = {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": api.base_url}
+        server = _initialized(tmp_path, "una", subprocess.PIPE, env)
+        try:
+            assert server.stdin is not None and server.stdout is not None
+            remember = {"name": "remember", "arguments": {"user_message": "I live in Oslo"}}
+            lines = [
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": remember},
+            ]
+            server.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+            server.stdin.flush()
+            assert json.loads(server.stdout.readline())["id"] == 1
+            wait_until(lambda: api.requests, what="the extraction's call")
+            server.send_signal(signal.SIGTERM)  # stdin stays open: the SDK is reading it
+            _, errors = server.communicate(timeout=60)
+        finally:
+            server.kill()
+            server.wait()
+
+    assert server.returncode == 0, errors.decode()[-2000:]
+    buffered, tasks = asyncio.run(_stored(tmp_path / "memvee.db", "una"))
+    assert buffered == ["I live in Oslo"]
+    assert tasks == [("FAILED", "interrupted by shutdown")]
+
+
+async def _stored(db: Path, user: str) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """What ``user`` has buffered in ``db``, and how each of their tasks ended."""
+    async with Memory(db_path=str(db), extractor=OfflineExtractor(), embedder=False) as memory:
+        buffered = [m.content for m in await memory.buffer(user)]
+        return buffered, [(t.status.value, t.error) for t in await memory.tasks(user)]
 
 
 def test_a_client_that_closes_the_servers_stdout_stops_it_cleanly(tmp_path: Path) -> None:
