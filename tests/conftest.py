@@ -16,7 +16,7 @@ from projections import ProjectionTables, Projector
 from tests.support.backends import BACKENDS, postgres_url
 from tests.support.extractors import RecordingExtractor
 
-_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", "httpx2")
 
 
 @pytest.fixture(autouse=True)

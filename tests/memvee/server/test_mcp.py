@@ -327,15 +327,19 @@ def test_a_malformed_message_gets_the_same_answer_over_stdio_and_http(
 
 
 def _initialized(
-    tmp_path: Path, user: str, stderr: int, env: dict[str, str] | None = None
+    tmp_path: Path, user: str, stderr: int, env: dict[str, str] | None = None, *options: str
 ) -> subprocess.Popen[bytes]:
-    """``memvee mcp --user USER`` on a new database, its session initialized; ``env``
-    adds to the test's environment."""
+    """``memvee mcp --user USER`` (with ``options``) on a new database, its session
+    initialized; ``env`` adds to the test's environment."""
     client = {"name": "script", "version": "1"}
     params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
     hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
     server = subprocess.Popen(
-        [str(MEMVEE), "mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", user],
+        [
+            str(MEMVEE),
+            *("mcp", "--db", str(tmp_path / "memvee.db"), "--lexical", "--user", user),
+            *options,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -383,7 +387,7 @@ def test_sigterm_stops_a_stdio_server_at_once_keeping_what_extraction_was_given(
     stays buffered."""
     with MessagesAPIServer(lambda request: ScriptedResponse(delay=600.0)) as api:
         env = {"ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": api.base_url}
-        server = _initialized(tmp_path, "una", subprocess.PIPE, env)
+        server = _initialized(tmp_path, "una", subprocess.PIPE, env, "--batch-threshold", "1")
         try:
             assert server.stdin is not None and server.stdout is not None
             remember = {"name": "remember", "arguments": {"user_message": "I live in Oslo"}}
