@@ -52,6 +52,7 @@ from events.errors import (
     StorageError,
     first_line,
 )
+from events.file_hold import FileHold
 from events.transcoding import (
     CompactMapper,
     register_time_transcodings,
@@ -473,13 +474,35 @@ class EventStore:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.safe_url = redacted_url(parsed)
-        found: frozenset[str] | None = None  # the tables, where read without writing
         file = sqlite_file(parsed)
+        self._hold: FileHold | None = None
         if file is not None:
             refuse_hard_links(file)
-        if file is not None and not create:
-            if not Path(file).expanduser().exists():
+            if not create and not Path(file).expanduser().exists():
                 raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")
+            # Before anything reads the path: its journals may be another file's.
+            makes = create and parsed.query.get("mode") != "ro"
+            self._hold = FileHold.take(Path(file).expanduser().resolve(), create=makes)
+        try:
+            self._open(url, file, durability, busy_timeout_ms, pool_size, create)
+        except BaseException:
+            if self._hold is not None:
+                self._hold.release()
+            raise
+
+    def _open(
+        self,
+        url: str,
+        file: str | None,
+        durability: Durability,
+        busy_timeout_ms: int,
+        pool_size: int,
+        create: bool,
+    ) -> None:
+        """The rest of :meth:`__init__`, once the file is held: open the application and
+        its engine, check the log is there (or make it), and build the statements."""
+        found: frozenset[str] | None = None  # the tables, where read without writing
+        if file is not None and not create:
             found = _sqlite_tables(file)  # before any connection sets WAL on it
             if found is not None and EVENTS_TABLE not in found:
                 raise NotFoundError(
@@ -529,6 +552,8 @@ class EventStore:
             engine.dispose()
         self._file = None if file is None else Path(file).expanduser().absolute()
         self._file_id = None if self._file is None else _file_id(self._file)
+        if self._hold is not None and self._hold.ident is not None:
+            self._file_id = self._hold.ident  # the file checked, should another be there now
         if self._file_id is not None:
             sa_event.listen(engine, "do_connect", lambda *_: self._refuse_another_file())
         self._readers = (
@@ -1332,3 +1357,5 @@ class EventStore:
             if _file_id(journal) == ident:
                 journal.unlink(missing_ok=True)
                 log.warning("removed %s, left by a database file deleted or replaced", journal)
+        if self._hold is not None:
+            self._hold.release()  # only now may the path be opened again: its journals are gone

@@ -54,6 +54,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import UnreadableEventError, database_refused, is_database_failure
+from events.file_hold import HELD_SUFFIX
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
 from memvee._log_redaction import RedactSecrets
@@ -681,7 +682,7 @@ def _refuse_database_as_output(out: Path, url: str) -> None:
         raise InvalidInputError(f"--out {out} is the database itself; give another file")
 
 
-_BESIDE_DATABASE = ("-wal", "-shm", "-journal", LOCK_SUFFIX, VERIFY.suffix)
+_BESIDE_DATABASE = ("-wal", "-shm", "-journal", LOCK_SUFFIX, VERIFY.suffix, HELD_SUFFIX)
 """The files SQLite and memvee keep beside a database file."""
 
 

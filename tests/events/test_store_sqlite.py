@@ -240,3 +240,36 @@ def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path)
         EventStore(sqlite_url(path))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_an_open_of_a_file_replaced_under_an_open_store_is_refused_until_that_store_closes(
+    tmp_path: Path,
+) -> None:
+    """A backup restored over the file while a store (a Memory in another process, say)
+    still has the old one open: its write-ahead log is at the path, and a connection that
+    opened the path would read it beside the backup and corrupt it for good."""
+    path = tmp_path / "memory.db"
+    holder = EventStore(sqlite_url(path))
+    log = UserLog.register("ann")
+    log.add_message("user", "before the backup", None, 100)
+    holder.append([log.collect_events()])
+    with sqlite3.connect(path) as copying:
+        copying.execute(f"VACUUM INTO '{tmp_path / 'backup.db'}'")
+    copying.close()
+    log.add_message("user", "after the backup", None, 100)
+    holder.append([log.collect_events()])
+    (tmp_path / "backup.db").replace(path)
+
+    with pytest.raises(StorageError, match="was replaced \\(or deleted\\) while a Memory"):
+        EventStore(sqlite_url(path))
+    holder.close()
+    reopened = EventStore(sqlite_url(path))
+    try:
+        restored = reopened.load_log("ann").log
+        assert restored is not None
+        assert restored.version == 2, "the backup's log, none of the old file's later writes"
+    finally:
+        reopened.close()
+    with sqlite3.connect(path) as checking:
+        assert checking.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    checking.close()

@@ -1,0 +1,178 @@
+"""Which database file the open event stores of a SQLite path hold: a record beside it.
+
+SQLite keeps a database's write-ahead log and shared memory beside the name it opened,
+and nothing in them says which file they belong to: a file replaced at its path (a
+backup moved over it) while a store still has the old one open leaves the old file's log
+there, and a connection that opens the path reads that log beside the new file and
+corrupts it for good. So every store open on a SQLite file holds a shared ``flock`` on
+``<database>.memvee-held`` and that file names (device, inode) the database its holders
+opened. The first holder (none other holds the lock) writes it; an opener whose path now
+names another file while a holder lives is refused, before any connection opens the
+path. The last holder removes the record, and the kernel drops the lock of a process
+that dies, so a crash never leaves a file held.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
+from events.errors import StorageError
+
+__all__ = ["HELD_SUFFIX", "FileHold"]
+
+log = logging.getLogger("memvee.events")
+
+HELD_SUFFIX = ".memvee-held"
+"""What the record's name adds to the database file's."""
+
+FileIdent = tuple[int, int]
+"""A file's device and inode."""
+
+
+class FileHold:
+    """A store's hold on the SQLite file at a path, and the file (device, inode) it is."""
+
+    def __init__(self, record: Path, descriptor: int, ident: FileIdent | None) -> None:
+        self.record = record
+        self.ident = ident
+        self._descriptor: int | None = descriptor
+
+    @classmethod
+    def take(cls, database: Path, *, create: bool) -> FileHold | None:
+        """Hold the SQLite file at ``database`` (made empty first, with ``create``, if
+        missing, so that the record names the file SQLite then opens).
+
+        Raises :class:`StorageError` while a store (in this process or another) holds
+        another file that was at this path: its journals may be there. Returns ``None``
+        where nothing can be recorded (Windows, a folder that takes no new file), and
+        the caller's open goes on unguarded, as before there was a record.
+        """
+        if sys.platform == "win32":
+            return None
+        record = database.with_name(database.name + HELD_SUFFIX)
+        while True:
+            try:
+                descriptor = os.open(record, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:  # a read-only file system: no one writes there
+                log.log(
+                    logging.DEBUG if error.errno == errno.EROFS else logging.WARNING,
+                    "cannot open %s (%s): an open of %s after it was replaced under "
+                    "another store is not refused",
+                    record,
+                    error.strerror or error,
+                    database,
+                )
+                return None
+            try:
+                hold = cls._held(record, descriptor, database, create=create)
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if hold is not None:
+                return hold
+            os.close(descriptor)  # the last holder removed the record meanwhile: again
+
+    @classmethod
+    def _held(
+        cls, record: Path, descriptor: int, database: Path, *, create: bool
+    ) -> FileHold | None:
+        """The hold on ``descriptor`` (the record opened), or ``None`` when the record
+        was removed meanwhile and must be opened again."""
+        import fcntl  # not on Windows, where take() returns before
+
+        if _flocked(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB):  # no one holds it
+            if not _same_file(descriptor, record):
+                return None
+            ident = _ident(database)
+            if ident is None and create:
+                ident = _made_empty(database)
+            text = b"" if ident is None else f"{ident[0]} {ident[1]}\n".encode()
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, text, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_SH)  # only openers wait: they read it whole
+            return cls(record, descriptor, ident)
+        fcntl.flock(descriptor, fcntl.LOCK_SH)  # an opener's or a release's moment of EX
+        if not _same_file(descriptor, record):
+            return None
+        ident = _ident(database)
+        held = _recorded(os.pread(descriptor, 64, 0))
+        if held != ident:
+            raise StorageError(
+                f"the SQLite file {database} was replaced (or deleted) while a Memory, in "
+                "this process or another, still has the file that was there open: its "
+                "write-ahead log at that path would be read beside this file and corrupt "
+                "it. Close that Memory (its close removes the old log), then open again"
+            )
+        return cls(record, descriptor, ident)
+
+    @property
+    def held(self) -> bool:
+        """Whether the hold is still held."""
+        return self._descriptor is not None
+
+    def release(self) -> None:
+        """Give the hold up; the last holder removes the record. Idempotent."""
+        import fcntl
+
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is None:
+            return
+        try:
+            if _flocked(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB) and _same_file(
+                descriptor, self.record
+            ):
+                self.record.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot remove %s: %s", self.record, error.strerror or error)
+        finally:
+            os.close(descriptor)
+
+
+def _flocked(descriptor: int, how: int) -> bool:
+    """Take ``flock`` ``how`` (non-blocking) on ``descriptor``; whether it was had."""
+    import fcntl
+
+    try:
+        fcntl.flock(descriptor, how)
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _ident(path: Path) -> FileIdent | None:
+    """The device and inode of the file at ``path`` (``None``: no file there)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _made_empty(database: Path) -> FileIdent | None:
+    """Make an empty file at ``database`` (SQLite takes it for an empty database) and
+    return what it is; ``None`` if it cannot be made (SQLite's open then says why)."""
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o644))
+    except OSError:
+        return None
+    return _ident(database)
+
+
+def _recorded(text: bytes) -> FileIdent | None:
+    """The file a record names (``None``: none, or a record that cannot be read)."""
+    parts = text.split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open on ``descriptor``."""
+    held = os.fstat(descriptor)
+    return _ident(path) == (held.st_dev, held.st_ino)

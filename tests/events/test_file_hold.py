@@ -1,0 +1,71 @@
+"""The record of which database file the open stores of a SQLite path hold."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from events import StorageError
+from events.file_hold import HELD_SUFFIX, FileHold
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def test_holders_of_one_file_share_it_and_the_last_removes_the_record(tmp_path: Path) -> None:
+    database = tmp_path / "memory.db"
+    database.write_bytes(b"")
+    first = FileHold.take(database, create=True)
+    second = FileHold.take(database, create=True)
+    assert first is not None and second is not None
+    assert first.ident == second.ident == _ident(database)
+    first.release()
+    assert (tmp_path / f"memory.db{HELD_SUFFIX}").exists(), "the second still holds it"
+    second.release()
+    second.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.db"]
+
+
+def test_a_missing_file_is_made_empty_so_that_the_record_names_it(tmp_path: Path) -> None:
+    database = tmp_path / "memory.db"
+    hold = FileHold.take(database, create=True)
+    assert hold is not None
+    assert database.read_bytes() == b""
+    assert hold.ident == _ident(database)
+    hold.release()
+
+
+def test_another_file_at_the_path_is_refused_while_the_old_one_is_held(tmp_path: Path) -> None:
+    database = tmp_path / "memory.db"
+    database.write_bytes(b"")
+    old = FileHold.take(database, create=True)
+    assert old is not None
+    (tmp_path / "backup.db").write_bytes(b"")
+    (tmp_path / "backup.db").replace(database)
+    with pytest.raises(StorageError, match="still has the file that was there open"):
+        FileHold.take(database, create=True)
+    old.release()
+    new = FileHold.take(database, create=True)
+    assert new is not None
+    assert new.ident == _ident(database)
+    new.release()
+
+
+def test_a_holder_gone_without_a_release_holds_nothing(tmp_path: Path) -> None:
+    """A process that dies loses its lock: the record it left names a file no one holds."""
+    database = tmp_path / "memory.db"
+    database.write_bytes(b"")
+    dead = FileHold.take(database, create=True)
+    assert dead is not None
+    os.close(dead._descriptor)  # type: ignore[arg-type]  # what the kernel does at exit
+    dead._descriptor = None
+    (tmp_path / "backup.db").write_bytes(b"")
+    (tmp_path / "backup.db").replace(database)
+    hold = FileHold.take(database, create=True)
+    assert hold is not None
+    assert hold.ident == _ident(database)
+    hold.release()
