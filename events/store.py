@@ -224,7 +224,7 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
-def _file_id(path: Path | None) -> tuple[int, int] | None:
+def _file_id(path: str | Path | None) -> tuple[int, int] | None:
     """The device and inode of the file at ``path`` (``None``: no file there)."""
     if path is None:
         return None
@@ -554,6 +554,8 @@ class EventStore:
         self._file_id = None if self._file is None else _file_id(self._file)
         if self._hold is not None and self._hold.ident is not None:
             self._file_id = self._hold.ident  # the file checked, should another be there now
+        self._wal = None if file is None else f"{Path(file).expanduser().resolve()}-wal"
+        self._wal_id = _file_id(self._wal)
         if self._file_id is not None:
             sa_event.listen(engine, "do_connect", lambda *_: self._refuse_another_file())
         self._readers = (
@@ -1317,12 +1319,35 @@ class EventStore:
         """Raise :class:`StorageError` once the SQLite file this store opened was deleted
         or replaced: a write to it would be lost, and a connection opened by its path would
         read the file now there beside the old one's write-ahead log, and corrupt it."""
-        if self._file_id is not None and not _still_stored(self._file, self._file_id):
+        if self._file_id is None:
+            return
+        if not _still_stored(self._file, self._file_id):
             raise StorageError(
                 f"the database file {self._file} was deleted or replaced while open: "
                 "nothing more is written to it, nor read from a file now at its path (open "
                 "the Memory again)"
             )
+        wal = _file_id(self._wal)
+        if wal != self._wal_id:
+            self._note_wal(wal)
+
+    def _note_wal(self, found: tuple[int, int] | None) -> None:
+        """Take ``found`` for the file's write-ahead log, now at its path (``None``:
+        none), unless the one noted before was deleted while this process's connections
+        still write to it: raise :class:`StorageError`, as a write there is in no file.
+
+        SQLite itself deletes the log only when its last connection closes, so a log
+        this process still holds open that has no name was deleted by someone else."""
+        noted = self._wal_id
+        if noted is not None:
+            held = _held_open(noted)
+            if held is not None and held.st_nlink == 0:
+                raise StorageError(
+                    f"the write-ahead log {self._wal} of the database file was deleted or "
+                    "replaced while open: nothing more is written to it (open the Memory "
+                    "again; the writes it held since the last checkpoint are in no file)"
+                )
+        self._wal_id = found
 
     def _stale_journals(self) -> list[tuple[Path, tuple[int, int]]]:
         """The write-ahead log and shared-memory files at the path of a file deleted or

@@ -273,3 +273,20 @@ def test_an_open_of_a_file_replaced_under_an_open_store_is_refused_until_that_st
     with sqlite3.connect(path) as checking:
         assert checking.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     checking.close()
+
+
+def test_a_write_after_the_write_ahead_log_was_deleted_is_refused_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A cleanup's ``rm *.db-wal``: the connections would write on into the unlinked log,
+    which no one reads again, and a process killed then would lose what was acknowledged."""
+    path = tmp_path / "memory.db"
+    store = EventStore(sqlite_url(path))
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 100)
+    store.append([log.collect_events()])
+    Path(f"{path}-wal").unlink()
+    log.add_message("user", "I work at Acme", None, 100)
+    with pytest.raises(StorageError, match=r"write-ahead log .* was deleted or replaced"):
+        store.append([log.collect_events()])
+    store.close()
