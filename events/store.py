@@ -1297,6 +1297,27 @@ class EventStore:
             rows = connection.execute(found.order_by(e.c.id)).all()
         return [(str(UUID(bytes=i) if isinstance(i, bytes) else i), v) for i, v in rows]
 
+    def unreadable_snapshots(self) -> list[tuple[str, int, str]]:
+        """Each stored snapshot a load cannot take (damaged, or of a layout this version
+        cannot read), as (log id, version, why): a load passes over it and replays the
+        whole log. A snapshot table the database cannot read at all is a
+        :class:`StorageError`, as it is to every load of a log with a snapshot."""
+        s = self._snapshots
+        query = select(s.c.originator_id, s.c.originator_version, s.c.topic, s.c.state)
+        found = []
+        try:
+            with self.engine.connect() as connection:
+                for log_id, version, topic, state in connection.execute(query):
+                    try:
+                        self._decode(log_id, (version, topic, state)).mutate(None).upgrade()
+                    except Exception as error:  # the reason is the finding
+                        found.append((str(log_id), int(version), first_line(error)))
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StorageError(
+                f"could not read the snapshots in {self.safe_url}: {first_line(error)}"
+            ) from error
+        return found
+
     def snapshot_of(self, user_log: UserLog) -> StoredSnapshot | None:
         """A snapshot of ``user_log`` at its version, encoded now (the log moves on), for
         :meth:`append` to store with the events that reach that version; ``None`` when the

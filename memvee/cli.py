@@ -408,9 +408,10 @@ def verify(
     """Rebuild into scratch tables and report every difference from the live ones; one
     verify runs at a time on a database.
 
-    Exits 1 when any projection row differs from the log, or when a log cannot load (an
-    event follows no stored version of its log: table ``events``); an event that cannot
-    be read at all (a damaged file) is an error (exit 2).
+    Exits 1 when any projection row differs from the log, when a log cannot load (an
+    event follows no stored version of its log: table ``events``), or when a stored
+    snapshot cannot be taken by a load (table ``snapshots``); an event or a snapshot
+    table that cannot be read at all (a damaged file) is an error (exit 2).
     """
     url = _url(db, db_url)
     claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables

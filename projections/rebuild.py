@@ -432,7 +432,9 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     """Rebuild into scratch tables and list every difference from the live projections,
     after every event of the log that follows no stored version of its log (table
     ``events``, live ``(log id, version)``) and every log that does not replay (live
-    ``(log id, version, why)``, its first event that breaks it): such logs cannot load."""
+    ``(log id, version, why)``, its first event that breaks it): such logs cannot load.
+    A stored snapshot a load cannot take is listed too (table ``snapshots``, live ``(log
+    id, version, why)``); a snapshot table that cannot be read is a :class:`StorageError`."""
     live = live or ProjectionTables(LIVE_PREFIX)
     with store.engine.connect() as connection:
         refuse_while_rebuilding(Projector(live), connection)
@@ -440,6 +442,7 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     rebuild(store, scratch)
     found = [Difference("events", gap, None) for gap in store.gaps()]
     found += [Difference("events", broken, None) for broken in unreplayable(store)]
+    found += [Difference("snapshots", bad, None) for bad in store.unreadable_snapshots()]
     try:
         with _at_one_point(store, live, scratch) as connection:
             for expected, actual in zip(

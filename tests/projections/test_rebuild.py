@@ -356,6 +356,25 @@ def test_verify_reports_an_event_that_follows_no_stored_version_of_its_log(
     assert verify(store) == [Difference("events", (str(user_log_id("gus")), 3), None)]
 
 
+def test_verify_reports_a_snapshot_a_load_cannot_take(store: EventStore) -> None:
+    """A load passes over it and replays the whole log; a file damaged there would make
+    every load of that log fail, which verify, reading no snapshot, never saw."""
+    log = UserLog.register("gus")
+    log.add_message("user", "m0", None, 100)
+    snapshot = store.snapshot_of(log)
+    assert snapshot is not None
+    store.append([log.collect_events()], Projector(ProjectionTables()).apply, [snapshot])
+    assert verify(store) == []
+    with store.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE memvee_snapshots SET state = x'7b'")
+    [found] = verify(store)
+    assert (found.table, found.live[:2], found.rebuilt) == (  # type: ignore[index]
+        "snapshots",
+        (str(user_log_id("gus")), snapshot.originator_version),
+        None,
+    )
+
+
 async def test_writes_while_a_rebuild_runs_are_acknowledged_and_folded_once(
     db_url: str, make_memory: Any, extractor: Any
 ) -> None:
