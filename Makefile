@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	rm -f demo.db demo.db-wal demo.db-shm demo.db.memvee-lock
+	rm -f demo.db demo.db-wal demo.db-shm demo.db.memvee-lock demo.db.memvee-held
 	$(BIN)/python -m memvee.demo --db demo.db
 
 lint: install
