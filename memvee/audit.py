@@ -447,9 +447,17 @@ class Audit:
                 "state": state,
             }
 
-    def import_lines(self, lines: Iterable[str]) -> dict[str, int]:
+    def import_lines(
+        self, lines: Iterable[str], *, keep_lookalike_ids: bool = False
+    ) -> dict[str, int]:
         """Append exported events to this database, projections folded; returns the
         events appended per user.
+
+        A user id that reads as another's (spaces around it, a character that shows
+        nothing, a form other than NFC) is refused, as every write refuses it, unless
+        ``keep_lookalike_ids``: then such a user, which an older memvee with a narrower
+        check wrote, is imported as it is (with a warning), to be read, processed and
+        forgotten here; new messages under the id stay refused.
 
         Each user's run of lines is checked whole before any of it is stored: every line
         an exported event, the log beginning with the user's own ``Registered`` and its
@@ -477,7 +485,7 @@ class Audit:
                     raise InvalidInputError(f"line {number} is a {type(line).__name__}, not a str")
                 if not line.strip():
                     continue
-                record = _exported_record(number, line)
+                record = _exported_record(number, line, keep_lookalike_ids)
                 user_id = record["user_id"]
                 if held is not None and held.user_id != user_id:
                     counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
@@ -490,6 +498,8 @@ class Audit:
                     held = HeldRun(user_id, number)
                 seen[user_id] = seen.get(user_id, 0) + 1
                 if user_id not in replays:
+                    if keep_lookalike_ids:
+                        _warn_if_lookalike(user_id, number)
                     replays[user_id] = ImportReplay(
                         self.store.load(user_id), partial(self.store.events_of, user_id)
                     )
@@ -1131,10 +1141,11 @@ def _text_lines(lines: Iterable[str]) -> Iterator[str]:
         raise InvalidInputError(f"line {count + 1} is not UTF-8 text ({error.reason})") from error
 
 
-def _exported_record(number: int, line: str) -> dict[str, Any]:
+def _exported_record(number: int, line: str, keep_lookalike: bool = False) -> dict[str, Any]:
     """Line ``number`` of an export as a record naming a user id that a write would take
     (an id that reads as another's, such as one with a trailing space, is refused as
-    ``add_message`` refuses it: an import writes)."""
+    ``add_message`` refuses it: an import writes), or, with ``keep_lookalike``, any id
+    reads take."""
     try:
         record = json.loads(line)
         if not isinstance(record, dict):
@@ -1145,13 +1156,26 @@ def _exported_record(number: int, line: str) -> dict[str, Any]:
     try:
         check_new_user_id(record["user_id"])
     except InvalidInputError as error:
-        raise InvalidInputError(f"line {number}: {error}") from None
+        if not keep_lookalike:
+            raise InvalidInputError(
+                f"line {number}: {error} (a user an older memvee wrote so is imported as it "
+                "is with --keep-lookalike-ids)"
+            ) from None
     version, topic, state = record.get("version"), record.get("topic"), record.get("state")
     if type(version) is not int or version < 1:
         raise InvalidInputError(f"line {number}: the version must be a whole number from 1")
     if not isinstance(topic, str) or not isinstance(state, dict):
         raise InvalidInputError(f"line {number}: the topic must be a string, the state an object")
     return record
+
+
+def _warn_if_lookalike(user_id: str, number: int) -> None:
+    """Warn that ``user_id``, first met at line ``number``, is imported though a write
+    refuses it as reading like another id."""
+    try:
+        check_new_user_id(user_id)
+    except InvalidInputError as error:
+        log.warning("line %d: user %r is imported as it is (%s)", number, user_id, error)
 
 
 def _logged(event: Any) -> LoggedEvent:

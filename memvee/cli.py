@@ -721,6 +721,14 @@ def import_(
     file: Annotated[str, typer.Argument(help="A JSON Lines file written by `memvee export`.")],
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
+    keep_lookalike_ids: Annotated[
+        bool,
+        typer.Option(
+            "--keep-lookalike-ids",
+            help="Import users whose ids a write refuses as reading like another's "
+            "(written by an older memvee) as they are.",
+        ),
+    ] = False,
 ) -> None:
     """Append exported logs to this database. Run it again after it stopped: a log
     imported in part is completed, one imported whole is left; a user who has another
@@ -732,7 +740,7 @@ def import_(
         # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of line 1
         with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
             try:
-                counts = audit.import_lines(lines)
+                counts = audit.import_lines(lines, keep_lookalike_ids=keep_lookalike_ids)
                 if not counts:
                     raise InvalidInputError(f"{file} holds no exported log: nothing to import")
             except MemveeError:

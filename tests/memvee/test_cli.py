@@ -800,10 +800,12 @@ def test_a_folder_given_as_the_database_is_said_to_be_one(
     ],
 )
 def test_import_refuses_a_user_id_that_reads_as_another_as_every_write_does(
-    db: str, tmp_path: Path, lookalike: str, says: str
+    db: str, tmp_path: Path, lookalike: str, says: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A user who reads as "ann" but is not, made by an import where add_message refuses
-    the id: two users that look like one, and one no write could reach."""
+    the id: two users that look like one, and one no write could reach. Unless asked to:
+    an older memvee, whose check was narrower, may have written such a user, who must be
+    able to move with their log."""
     exported = tmp_path / "ann.jsonl"
     run("export", "ann", "--out", str(exported), "--db", db)
     renamed = []
@@ -819,7 +821,17 @@ def test_import_refuses_a_user_id_that_reads_as_another_as_every_write_does(
         run("import", str(tmp_path / "lookalike.jsonl"), "--db", str(fresh), code=2)
     )
     assert line.startswith("error: line 1: user_id ") and says in line
+    assert "--keep-lookalike-ids" in line
     assert not fresh.exists(), "the database the import made, with nothing in it"
+
+    kept = run(
+        "import", str(tmp_path / "lookalike.jsonl"), "--db", str(fresh), "--keep-lookalike-ids"
+    )
+    assert f"imported {len(renamed)} events of {lookalike!r}" in kept.stdout
+    assert "is imported as it is" in caplog.text and says in caplog.text
+    assert len(json.loads(run("log", lookalike, "--db", str(fresh), "--json").stdout)) == len(
+        renamed
+    )
 
 
 @pytest.mark.parametrize(
