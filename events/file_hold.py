@@ -58,17 +58,17 @@ class FileHold:
             try:
                 descriptor = os.open(record, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:  # a read-only file system: no one writes there
-                log.log(
-                    logging.DEBUG if error.errno == errno.EROFS else logging.WARNING,
-                    "cannot open %s (%s): an open of %s after it was replaced under "
-                    "another store is not refused",
-                    record,
-                    error.strerror or error,
-                    database,
-                )
+                _unguarded(record, database, error, quiet=error.errno in _QUIET or not create)
                 return None
             try:
                 hold = cls._held(record, descriptor, database, create=create)
+            except StorageError:
+                os.close(descriptor)
+                raise
+            except OSError as error:  # no flock here (some network file systems), a full disk
+                os.close(descriptor)
+                _unguarded(record, database, error, quiet=False)
+                return None
             except BaseException:
                 os.close(descriptor)
                 raise
@@ -176,3 +176,20 @@ def _same_file(descriptor: int, path: Path) -> bool:
     """Whether ``path`` still names the file open on ``descriptor``."""
     held = os.fstat(descriptor)
     return _ident(path) == (held.st_dev, held.st_ino)
+
+
+_QUIET = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""Why a record cannot be opened that says nothing is wrong: a read-only file system, or
+a folder this user may read but not write (a reader of another user's database)."""
+
+
+def _unguarded(record: Path, database: Path, error: OSError, *, quiet: bool) -> None:
+    """Say that ``database`` is opened without a hold (``record`` could not be used)."""
+    log.log(
+        logging.DEBUG if quiet else logging.WARNING,
+        "cannot hold %s (%s): an open of %s after it was replaced under another store is "
+        "not refused",
+        record,
+        error.strerror or error,
+        database,
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 from pathlib import Path
 
@@ -69,3 +72,19 @@ def test_a_holder_gone_without_a_release_holds_nothing(tmp_path: Path) -> None:
     assert hold is not None
     assert hold.ident == _ident(database)
     hold.release()
+
+
+def test_a_file_system_without_flock_opens_unguarded_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some network file systems refuse locks (ENOLCK): the store opens as it did before
+    there was a record, never failing with a raw OSError."""
+
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    database = tmp_path / "m.db"
+    with caplog.at_level(logging.WARNING, logger="memvee"):
+        assert FileHold.take(database, create=True) is None
+    assert "No locks available" in caplog.text
