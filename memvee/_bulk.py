@@ -328,14 +328,16 @@ class BulkReextraction:
         await asyncio.to_thread(self._delete, row["local_id"])
 
     async def _ended_results(
-        self, client: anthropic.AsyncAnthropic, batch_id: str, total: int
+        self, client: anthropic.AsyncAnthropic, batch_id: str, total: int, *, told: bool = True
     ) -> dict[str, Any]:
-        """Poll a Message Batch until it ends, telling progress; then its results."""
+        """Poll a Message Batch until it ends, telling progress (``told``); then its
+        results."""
         while True:
             found = await self._retrieve(client, batch_id)
             counts = found.request_counts
             done = counts.succeeded + counts.errored + counts.canceled + counts.expired
-            self.progress(done, total)
+            if told:
+                self.progress(done, total)
             if found.processing_status == "ended":
                 return await _results(client, batch_id)
             await asyncio.sleep(self.poll_interval)
@@ -349,7 +351,9 @@ class BulkReextraction:
 
         A batch tells its requests' custom ids only in its results, so each batch of the
         same size created since the row (give or take :data:`CLOCK_SLACK`) and kept by no
-        other run is waited for, and taken if its results are the row's requests.
+        other run is waited for, those created nearest the row first, and taken if its
+        results are the row's requests (another application's batch of the same size on
+        the account may be waited for before the run's own).
         """
         wanted = set(row["requests"])
         if not all(custom_id.endswith(f"-{row['local_id']}") for custom_id in wanted):
@@ -358,7 +362,7 @@ class BulkReextraction:
         if began.tzinfo is None:  # SQLite keeps no zone: stored in UTC
             began = began.replace(tzinfo=UTC)
         kept = await asyncio.to_thread(self._kept_batch_ids)
-        candidates: list[str] = []
+        candidates: list[tuple[float, str]] = []
         async for batch in client.messages.batches.list(limit=100):
             if batch.created_at < began - CLOCK_SLACK:
                 break  # listed newest first
@@ -371,10 +375,10 @@ class BulkReextraction:
                 + counts.expired
             )
             if size == len(wanted) and batch.id not in kept:
-                candidates.append(batch.id)
-        for batch_id in reversed(candidates):  # the oldest first: the row's own, most likely
+                candidates.append((abs((batch.created_at - began).total_seconds()), batch.id))
+        for _, batch_id in sorted(candidates):  # created nearest the row: its own, most likely
             try:
-                answers = await self._ended_results(client, batch_id, len(wanted))
+                answers = await self._ended_results(client, batch_id, len(wanted), told=False)
             except anthropic.NotFoundError:
                 continue
             if set(answers) == wanted:
