@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,7 +115,9 @@ def test_closing_names_the_users_whose_words_a_reader_still_holds(
 
 
 def test_no_thread_is_started_until_an_erasure_needs_one(wal_store: EventStore) -> None:
+    before = {t.ident for t in threading.enumerate()}
     scrubber = TraceScrubber(wal_store.engine)
 
     assert scrubber.wait_idle(0) and scrubber.remaining == frozenset()
+    assert {t.ident for t in threading.enumerate()} == before
     scrubber.stop()

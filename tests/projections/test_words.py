@@ -73,7 +73,7 @@ def test_thai_written_without_spaces_is_cut_into_pairs_of_characters() -> None:
     assert set(word_pieces("กรุงเทพ")) <= set(stored)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.text(max_size=40))
 def test_folded_words_fold_to_themselves(text: str) -> None:
     """A query's terms are folded words, folded again when looked up: nothing changes."""
