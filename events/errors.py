@@ -79,6 +79,12 @@ class UnreadableEventError(StorageError):
         self.reason = reason
 
 
+class OlderLayoutError(StorageError):
+    """The projections are of an older memvee's layout, not yet refolded into this one's:
+    what they hold cannot be compared or read as this memvee lays them out. The next open
+    of a Memory (or ``memvee rebuild``) refolds them from the log."""
+
+
 class ConflictError(StorageError):
     """Another writer appended to the same user log first (optimistic concurrency)."""
 

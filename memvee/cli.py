@@ -411,7 +411,9 @@ def verify(
     Exits 1 when any projection row differs from the log, when a log cannot load (an
     event follows no stored version of its log: table ``events``), or when a stored
     snapshot cannot be taken by a load (table ``snapshots``); an event or a snapshot
-    table that cannot be read at all (a damaged file) is an error (exit 2).
+    table that cannot be read at all (a damaged file) is an error (exit 2), as are
+    projections of an older memvee's layout: not drift, they are compared once an open or
+    ``memvee rebuild`` has refolded them.
     """
     url = _url(db, db_url)
     claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables

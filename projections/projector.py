@@ -226,6 +226,13 @@ class Projector:
         """
         return self._stored_layout(connection) == _layout()
 
+    def layout_older(self, connection: Connection) -> bool:
+        """Whether the tables exist in an older memvee's layout: the next open refolds
+        them, and until then no query of this version may run against them (a newer
+        memvee's is a :class:`StorageError`, as for :meth:`layout_current`)."""
+        layout = self._stored_layout(connection)
+        return layout is not None and layout != _layout()
+
     def _stored_layout(self, connection: Connection) -> int | None:
         """The layout the tables were made in; ``None`` when there are none. A newer
         memvee's is a :class:`StorageError`, even to a rebuild asked for."""

@@ -16,7 +16,14 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, inspect
 
-from events import EventStore, InvalidInputError, Recorded, StorageError, user_log_id
+from events import (
+    EventStore,
+    InvalidInputError,
+    OlderLayoutError,
+    Recorded,
+    StorageError,
+    user_log_id,
+)
 from events.imported import ImportReplay
 from projections.collector import collector_paused
 from projections.comparison import Difference, Listing, differences, table_listing
@@ -35,6 +42,7 @@ __all__ = [
     "index_messages",
     "rebuild",
     "rebuild_user",
+    "refuse_older_layout",
     "refuse_while_rebuilding",
     "verify",
 ]
@@ -213,6 +221,18 @@ def rebuild_user(
     return folded
 
 
+def refuse_older_layout(projector: Projector, connection: Connection) -> None:
+    """Raise :class:`OlderLayoutError` if the projections are of an older memvee's layout:
+    they are not drift but tables the next open refolds, and this version's queries
+    would misread them (another word cutting) or fail on them (other columns)."""
+    if projector.layout_older(connection):
+        raise OlderLayoutError(
+            "the projections are of an older memvee's layout: they are refolded when a "
+            "Memory next opens the database, or by `memvee rebuild`; verify compares them "
+            "after that"
+        )
+
+
 def refuse_while_rebuilding(projector: Projector, connection: Connection) -> None:
     """Raise :class:`StorageError` while the projections are being rebuilt (or a rebuild
     stopped midway): they hold part of the log, so what they lack says nothing."""
@@ -382,6 +402,7 @@ def _at_one_point(
         with store.transaction() as connection:
             store.lock_writers(connection)
             turns.note(connection)
+            refuse_older_layout(current, connection)
             refuse_while_rebuilding(current, connection)
             while page := store.notifications(
                 connection, after=rebuilt.state(connection).position, limit=PAGE_SIZE
@@ -434,9 +455,12 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     ``events``, live ``(log id, version)``) and every log that does not replay (live
     ``(log id, version, why)``, its first event that breaks it): such logs cannot load.
     A stored snapshot a load cannot take is listed too (table ``snapshots``, live ``(log
-    id, version, why)``); a snapshot table that cannot be read is a :class:`StorageError`."""
+    id, version, why)``); a snapshot table that cannot be read is a :class:`StorageError`.
+    Live projections of an older memvee's layout are an :class:`OlderLayoutError`, not
+    differences: they are compared once an open (or a rebuild) has refolded them."""
     live = live or ProjectionTables(LIVE_PREFIX)
     with store.engine.connect() as connection:
+        refuse_older_layout(Projector(live), connection)
         refuse_while_rebuilding(Projector(live), connection)
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)

@@ -491,6 +491,30 @@ def test_a_database_a_newer_memvee_laid_out_is_refused_not_laid_out_again(
     assert layout == (newer,), "was laid out again in the older layout"
 
 
+def test_verify_of_a_database_an_older_memvee_laid_out_says_so_without_querying_it(
+    db: str,
+) -> None:
+    """Tables of an older schema (here a column of another name) are not drift and cannot
+    be queried as this memvee lays them out: one line says what refolds them, exit 2."""
+    from projections import SCHEMA_VERSION
+
+    older = (SCHEMA_VERSION - 1) << 20
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE mv_position SET position = ? WHERE name = 'schema'", (older,))
+        connection.execute("ALTER TABLE mv_messages RENAME COLUMN id TO older_id")
+    line = one_error_line(run("verify", "--db", db, code=2))
+    assert line == (
+        "error: the projections are of an older memvee's layout: they are refolded when a "
+        "Memory next opens the database, or by `memvee rebuild`; verify compares them after "
+        "that"
+    )
+    with sqlite3.connect(db) as connection:
+        (layout,) = connection.execute("SELECT position FROM mv_position WHERE name = 'schema'")
+    assert layout == (older,), "verify refolded the live tables"
+    run("rebuild", "--db", db)
+    assert "projections match the log" in run("verify", "--db", db).output
+
+
 def test_a_memory_the_servers_open_refuses_a_database_a_newer_memvee_laid_out(db: str) -> None:
     from projections import SCHEMA_VERSION
 

@@ -17,7 +17,14 @@ import pytest
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
-from events import EventStore, ExtractedFact, StorageError, UserLog, user_log_id
+from events import (
+    EventStore,
+    ExtractedFact,
+    OlderLayoutError,
+    StorageError,
+    UserLog,
+    user_log_id,
+)
 from memvee import Memory, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -212,6 +219,40 @@ def test_verify_sees_every_word_of_a_message_in_the_index(store: EventStore) -> 
     owner = owner_token(str(user_log_id("ann")))  # each word is stored after its owner
     changed = set(live[1]) ^ set(rebuilt[1])
     assert {w.removeprefix(owner) for w, _ in changed} == {"lemon", "lime", "appl", "pear"}
+
+
+def test_verify_of_projections_an_older_memvee_laid_out_is_refused_not_drift(
+    store: EventStore,
+) -> None:
+    """An index of an older word cutting differs from a scratch one in every message, yet
+    nothing drifted: the next open refolds it. Verify says so and leaves the tables be."""
+    log = UserLog.register("ann")
+    log.add_message("user", "The ferry across İstanbul was late", None, 100)
+    projector = Projector(ProjectionTables())
+    store.append([log.collect_events()], projector.apply)
+    with store.transaction() as connection:
+        projector.index_messages(connection)
+        connection.execute(  # as an older memvee left them: another layout, other words
+            text("UPDATE mv_position SET position = position + 1 WHERE name = 'schema'")
+        )
+        connection.execute(
+            text("INSERT INTO mv_messages_fts(mv_messages_fts) VALUES ('delete-all')")
+        )
+        older = connection.execute(
+            text("SELECT position FROM mv_position WHERE name = 'schema'")
+        ).scalar_one()
+
+    with pytest.raises(OlderLayoutError, match=r"older memvee's layout.*`memvee rebuild`"):
+        verify(store)
+
+    with store.engine.connect() as connection:
+        assert not inspect(connection).has_table(f"{SCRATCH_PREFIX}position")
+        layout = connection.execute(
+            text("SELECT position FROM mv_position WHERE name = 'schema'")
+        ).scalar_one()
+    assert layout == older, "verify refolded the live tables"
+    rebuild(store, ProjectionTables())
+    assert verify(store) == []
 
 
 async def test_verify_sees_an_entry_indexed_twice(
