@@ -164,9 +164,9 @@ MEMORY_CALLS: dict[str, list[Any]] = {
     ],
     **{
         name: _user_only(name)
-        for name in ("process", "process_async", "flush", "messages", "forget", "buffer")
+        for name in ("process", "process_async", "request_processing", "flush", "messages")
     },
-    **{name: _user_only(name) for name in ("quarantined", "user", "tasks")},
+    **{name: _user_only(name) for name in ("forget", "buffer", "quarantined", "user", "tasks")},
 }
 
 AUDIT_CALLS: dict[str, list[Any]] = {
