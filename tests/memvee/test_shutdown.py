@@ -92,15 +92,24 @@ async def test_close_with_no_grace_interrupts_running_tasks_at_once_keeping_thei
 
 
 async def test_a_close_with_no_grace_cuts_short_the_grace_a_close_under_way_gives(
-    db_url: str,
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    giving = asyncio.Event()
+    real = Memory._give_grace
+
+    async def noted(self: Memory, *args: Any) -> None:
+        giving.set()
+        await real(self, *args)
+
+    monkeypatch.setattr(Memory, "_give_grace", noted)
     memory, extractor, task, written = await _extracting(db_url)
     try:
         first = asyncio.ensure_future(memory.close())
-        await asyncio.sleep(0)  # the first close is giving the task its 30 s
+        await giving.wait()  # the first close is giving the task its 30 s
         assert not first.done()
-        await memory.close(grace=0)
-        await first
+        async with asyncio.timeout(10):  # far less than the grace cut short
+            await memory.close(grace=0)
+            await first
     finally:
         extractor.gate.set()
     await _interrupted_and_buffered(db_url, task, written)
