@@ -174,13 +174,15 @@ class UserActor(PooledActor):
         ``give_up_at`` (``time.monotonic``) if it loses again."""
         self._append(messages, acknowledged, attempt, give_up_at)
 
-    def schedule(self, task_id: str, trigger: str, keep_empty: bool = False) -> bool:
+    def schedule(self, task_id: str, trigger: str, keep_empty: bool = False) -> bool | str:
         """Request task ``task_id``; returns whether this process will run it.
 
         The owner runs requested tasks one at a time, oldest first; a guest's request is
         run by the owning process. With nothing to do the task ends at once, unstored,
         unless ``keep_empty`` asks for its request to be stored all the same (every process
-        then finds it; a user never written is refused with :class:`NotFoundError`).
+        then finds it; a user never written is refused with :class:`NotFoundError`): then,
+        if the last task found nothing to do and nothing was written since, ``task_id``
+        ends at once and that task's id is returned instead (it stands for this request).
         """
         observer = self._services.observer
         owner = self._is_owner()
@@ -192,9 +194,15 @@ class UserActor(PooledActor):
             and (leases is None or leases.fresh(self.user_id))
         )
 
+        quiet: str | None = None
+
         def request(user_log: UserLog | None) -> tuple[bool, Started | None]:
+            nonlocal quiet
             if user_log is None and keep_empty:
                 raise NotFoundError(f"no user {self.user_id!r} in this memory")
+            quiet = user_log.quiet_since() if keep_empty and user_log is not None else None
+            if quiet is not None:
+                return False, None
             if user_log is None or not user_log.request_processing(
                 task_id, trigger, keep_empty=keep_empty
             ):
@@ -206,7 +214,7 @@ class UserActor(PooledActor):
         requested, started = self._decide(request)
         if not requested:
             observer.task_finished(self.user_id, task_id, "COMPLETED", 0, None)
-            return True
+            return True if quiet is None else quiet
         self._requested_here(task_id)
         if started is not None:
             self._run(started)

@@ -216,6 +216,8 @@ class UserLog(Aggregate):
                 log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
             if self.final:
                 log.running.pop(self.task_id, None)
+            if self.final and not self.message_ids:  # a task that found nothing to do
+                log.quiet_task, log.quiet_at = self.task_id, self.originator_version
 
     class BatchFailed(Aggregate.Event):
         """A batch failed in a way that would repeat (an unreadable or truncated answer, a
@@ -471,6 +473,8 @@ class UserLog(Aggregate):
         self.running: dict[str, dict[str, Any]] = {}
         self.reextraction_requests: dict[str, str] = {}
         self.latest_end: datetime | None = None
+        self.quiet_task: str | None = None
+        self.quiet_at = 0
 
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
@@ -488,6 +492,8 @@ class UserLog(Aggregate):
                 setattr(self, name, {})
         if not hasattr(self, "latest_end"):
             self.latest_end = UNKNOWN_END
+        if not hasattr(self, "quiet_task"):
+            self.quiet_task, self.quiet_at = None, 0
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -708,6 +714,16 @@ class UserLog(Aggregate):
             return False
         self.trigger_event(self.ProcessingRequested, task_id=task_id, trigger=trigger)
         return True
+
+    def quiet_since(self) -> str | None:
+        """The task that last ended with nothing to do, if nothing was recorded since:
+        a request kept with nothing to do (``keep_empty``) is that task again, so asking
+        an idle user over and over stores nothing more."""
+        if self.quiet_task is None or self.quiet_at != self.version:
+            return None
+        if self.pending or self.open_tasks or self.requested:
+            return None
+        return self.quiet_task
 
     def start_next(self, limits: BatchLimits = DEFAULT_LIMITS) -> tuple[str, str, list[str]] | None:
         """Start the oldest requested task with its first batch of the buffered messages.

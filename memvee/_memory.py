@@ -524,14 +524,19 @@ class Memory:
         request is stored, so that ``get_task`` and ``tasks`` of every Memory on the
         database find it (a service hands its id to a client who may ask another process).
 
-        A request with nothing to do is stored too, and completes at once with no entries.
+        A request with nothing to do is stored too, and completes at once with no entries;
+        asked again while nothing was written to the user since, the task returned is
+        that one (COMPLETED), so polling an idle user stores nothing more.
         A user never written raises :class:`NotFoundError`; a request the database refuses
         raises its error (the task ends FAILED). Cancelling the call does not withdraw the
         request.
         """
         check_user_id(user_id)
         task, sent = self._schedule(user_id, keep_empty=True)
-        await asyncio.shield(sent)
+        quiet = await asyncio.shield(sent)
+        if isinstance(quiet, str):  # the last task found nothing either; nothing came since
+            _, loop = self._running()
+            return ProcessTask(user_id, quiet, "manual", loop, status=ProcessStatus.COMPLETED)
         return task
 
     def _schedule(
@@ -553,7 +558,7 @@ class Memory:
                 self._finish(user_id, task.task_id, "FAILED", 0, first_line(failed))
             elif f.result() is False and not task.done:
                 self._follow(task)  # another process runs it
-            else:
+            elif not isinstance(f.result(), str):  # a str: a quiet task stands for it
                 self._stored(user_id, task.task_id)
 
         sent.add_done_callback(_check_sent)

@@ -93,6 +93,26 @@ def test_a_request_kept_though_empty_is_recorded_and_completes_at_once_when_star
     assert log.requested == {} and log.open_tasks == {}
 
 
+def test_a_task_that_found_nothing_to_do_stands_for_the_next_until_something_is_written() -> None:
+    """Asking an idle user again and again records nothing more: the quiet task is it."""
+    log, _ = _log_with(0)
+    assert log.quiet_since() is None
+    log.request_processing("t1", "manual", keep_empty=True)
+    log.start_next()
+    assert log.quiet_since() == "t1"
+    assert Snapshot.take(log).mutate(None).quiet_since() == "t1"
+    log.add_message("user", "I moved to Oslo.", None, 10_000)
+    assert log.quiet_since() is None
+
+
+def test_a_snapshot_from_before_quiet_tasks_is_upgraded() -> None:
+    log, _ = _log_with(0)
+    for name in ("quiet_task", "quiet_at"):
+        del log.__dict__[name]
+    log.upgrade()
+    assert log.quiet_since() is None
+
+
 def test_a_task_that_finds_nothing_left_when_it_starts_completes_at_once() -> None:
     log, _ = _log_with(1)
     _start(log, "t1")

@@ -506,6 +506,25 @@ async def test_a_requested_task_with_nothing_to_do_is_stored_completed_for_every
     )
 
 
+async def test_asking_an_idle_user_again_stores_nothing_more_and_returns_the_same_task(
+    memory: Memory,
+) -> None:
+    """A client polling ``process`` on a user with nothing new does not grow their log:
+    while nothing was written since, the task that found nothing to do is returned."""
+    await _exchanges(memory, "ivy", 1)
+    await memory.flush("ivy")
+    first = await memory.request_processing("ivy")
+    version = (await memory.user("ivy")).version  # type: ignore[union-attr]
+
+    again = [await memory.request_processing("ivy") for _ in range(3)]
+
+    assert {t.task_id for t in again} == {first.task_id}
+    assert all(t.status is ProcessStatus.COMPLETED for t in again)
+    assert (await memory.user("ivy")).version == version  # type: ignore[union-attr]
+    await _exchanges(memory, "ivy", 1)
+    assert (await memory.request_processing("ivy")).task_id != first.task_id
+
+
 async def test_a_request_for_a_user_never_written_is_refused_and_nothing_is_written(
     memory: Memory,
 ) -> None:
