@@ -138,6 +138,17 @@ class _HoldsTheSecondBatch(RecordingExtractor):
         return await super().extract(batch)
 
 
+async def _second_batch_held(memory: Memory, extractor: _HoldsTheSecondBatch) -> ProcessTask:
+    """Open ``memory``, write three exchanges and start a task, returned once the
+    extractor holds its second batch (the first recorded)."""
+    await memory.open()
+    for city in ("Rome", "Oslo", "Lima"):
+        await memory.add_exchange("u", f"I live in {city}", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.held.wait, 10)
+    return task
+
+
 async def test_a_task_interrupted_by_close_counts_what_its_recorded_batches_did(
     db_url: str,
 ) -> None:
@@ -168,16 +179,8 @@ def test_a_close_from_another_loop_counts_what_the_recorded_batches_did(db_url: 
     memory = Memory(config=config, extractor=extractor, embedder=False)
     opener = asyncio.new_event_loop()
 
-    async def start() -> ProcessTask:
-        await memory.open()
-        for city in ("Rome", "Oslo", "Lima"):
-            await memory.add_exchange("u", f"I live in {city}", "nice")
-        task = memory.process_async("u")
-        assert await asyncio.to_thread(extractor.held.wait, 10)
-        return task
-
     try:
-        task = opener.run_until_complete(start())
+        task = opener.run_until_complete(_second_batch_held(memory, extractor))
         asyncio.run(memory.close())
     finally:
         extractor.release.set()
@@ -197,16 +200,8 @@ def test_a_close_after_the_opening_loop_ended_fails_the_running_task(db_url: str
     config = MemoryConfig(db_url=db_url, shutdown_grace=0.2, max_batch_messages=2)
     memory = Memory(config=config, extractor=extractor, embedder=False)
 
-    async def start() -> ProcessTask:
-        await memory.open()
-        for city in ("Rome", "Oslo", "Lima"):
-            await memory.add_exchange("u", f"I live in {city}", "nice")
-        task = memory.process_async("u")
-        assert await asyncio.to_thread(extractor.held.wait, 10)
-        return task
-
     try:
-        task = asyncio.run(start())
+        task = asyncio.run(_second_batch_held(memory, extractor))
         asyncio.run(memory.close())
     finally:
         extractor.release.set()
