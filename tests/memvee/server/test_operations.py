@@ -79,6 +79,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_closes_the_memory(
             )
             gate.set()
             flushed = flushing.result(timeout=60)
+            http.close()  # a pooled connection left idle holds the drain to its keep-alive
             assert server.process is not None
             exit_code = server.process.wait(60)
 
