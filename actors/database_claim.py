@@ -28,7 +28,6 @@ drop) holds a claim of its own the same way, under another name (:class:`ClaimPu
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -46,6 +45,7 @@ from sqlalchemy.pool import NullPool
 
 from events import DatabaseInUseError, StorageError, driver_url, redacted_url, sqlite_file
 from events.errors import first_line
+from events.file_hold import same_file, try_flock
 
 __all__ = [
     "LOCK_SUFFIX",
@@ -160,7 +160,7 @@ class FileClaim:
                     f"{error.strerror or error}"
                 ) from error
             try:
-                had = _locked(descriptor, shared=shared)
+                had = try_flock(descriptor, shared=shared)
             except OSError as error:  # a file system without flock (some network ones)
                 os.close(descriptor)
                 log.warning(
@@ -170,7 +170,7 @@ class FileClaim:
                     error.strerror or error,
                 )
                 return None
-            current = _same_file(descriptor, lock_path)
+            current = same_file(descriptor, lock_path)
             if had and current:
                 return cls._marked(lock_path, descriptor, shared=shared)
             if current and shared and not _marked_alone(descriptor):
@@ -215,7 +215,7 @@ class FileClaim:
         if descriptor is None:
             return
         try:
-            if _locked(descriptor, shared=False) and _same_file(descriptor, self.lock_path):
+            if try_flock(descriptor, shared=False) and same_file(descriptor, self.lock_path):
                 # Unmarked, the lock is a release's: an engine with leases opening now
                 # waits it out instead of taking it for a claim held alone.
                 with contextlib.suppress(OSError):
@@ -223,19 +223,6 @@ class FileClaim:
                 self.lock_path.unlink(missing_ok=True)
         finally:
             os.close(descriptor)
-
-
-def _locked(descriptor: int, *, shared: bool) -> bool:
-    """Take ``flock`` on ``descriptor`` without waiting; whether it was had."""
-    import fcntl  # not on Windows, where take() returns before
-
-    try:
-        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
 
 
 def _marked_alone(descriptor: int) -> bool:
@@ -247,16 +234,6 @@ def _marked_alone(descriptor: int) -> bool:
 def _wait_for_release() -> None:
     """Let another engine's release of its claim end before the lock is tried again."""
     time.sleep(RELEASE_POLL_SECONDS)
-
-
-def _same_file(descriptor: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open on ``descriptor``."""
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    held = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _refusal(database: Path | str, *, shared: bool) -> str:

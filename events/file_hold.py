@@ -22,7 +22,7 @@ from pathlib import Path
 
 from events.errors import StorageError
 
-__all__ = ["HELD_SUFFIX", "FileHold"]
+__all__ = ["HELD_SUFFIX", "FileHold", "file_ident", "same_file", "try_flock"]
 
 log = logging.getLogger("memvee.events")
 
@@ -84,10 +84,10 @@ class FileHold:
         was removed meanwhile and must be opened again."""
         import fcntl  # not on Windows, where take() returns before
 
-        if _flocked(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB):  # no one holds it
-            if not _same_file(descriptor, record):
+        if try_flock(descriptor):  # no one holds it
+            if not same_file(descriptor, record):
                 return None
-            ident = _ident(database)
+            ident = file_ident(database)
             if ident is None and create:
                 ident = _made_empty(database)
             text = b"" if ident is None else f"{ident[0]} {ident[1]}\n".encode()
@@ -96,9 +96,9 @@ class FileHold:
             fcntl.flock(descriptor, fcntl.LOCK_SH)  # only openers wait: they read it whole
             return cls(record, descriptor, ident)
         fcntl.flock(descriptor, fcntl.LOCK_SH)  # an opener's or a release's moment of EX
-        if not _same_file(descriptor, record):
+        if not same_file(descriptor, record):
             return None
-        ident = _ident(database)
+        ident = file_ident(database)
         held = _recorded(os.pread(descriptor, 64, 0))
         if held != ident:
             raise StorageError(
@@ -116,15 +116,12 @@ class FileHold:
 
     def release(self) -> None:
         """Give the hold up; the last holder removes the record. Idempotent."""
-        import fcntl
 
         descriptor, self._descriptor = self._descriptor, None
         if descriptor is None:
             return
         try:
-            if _flocked(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB) and _same_file(
-                descriptor, self.record
-            ):
+            if try_flock(descriptor) and same_file(descriptor, self.record):
                 self.record.unlink(missing_ok=True)
         except OSError as error:
             log.warning("cannot remove %s: %s", self.record, error.strerror or error)
@@ -132,12 +129,14 @@ class FileHold:
             os.close(descriptor)
 
 
-def _flocked(descriptor: int, how: int) -> bool:
-    """Take ``flock`` ``how`` (non-blocking) on ``descriptor``; whether it was had."""
-    import fcntl
+def try_flock(descriptor: int, *, shared: bool = False) -> bool:
+    """Take ``flock`` on ``descriptor`` without waiting, shared or alone; whether it was
+    had (an error other than "held by another", such as no locks on this file system,
+    is raised)."""
+    import fcntl  # not on Windows, whose callers return before
 
     try:
-        fcntl.flock(descriptor, how)
+        fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError as error:
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
@@ -145,8 +144,10 @@ def _flocked(descriptor: int, how: int) -> bool:
     return True
 
 
-def _ident(path: Path) -> FileIdent | None:
+def file_ident(path: str | Path | None) -> FileIdent | None:
     """The device and inode of the file at ``path`` (``None``: no file there)."""
+    if path is None:
+        return None
     try:
         found = os.stat(path)
     except OSError:
@@ -161,7 +162,7 @@ def _made_empty(database: Path) -> FileIdent | None:
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o644))
     except OSError:
         return None
-    return _ident(database)
+    return file_ident(database)
 
 
 def _recorded(text: bytes) -> FileIdent | None:
@@ -172,10 +173,10 @@ def _recorded(text: bytes) -> FileIdent | None:
     return int(parts[0]), int(parts[1])
 
 
-def _same_file(descriptor: int, path: Path) -> bool:
+def same_file(descriptor: int, path: Path) -> bool:
     """Whether ``path`` still names the file open on ``descriptor``."""
     held = os.fstat(descriptor)
-    return _ident(path) == (held.st_dev, held.st_ino)
+    return file_ident(path) == (held.st_dev, held.st_ino)
 
 
 _QUIET = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})

@@ -52,7 +52,7 @@ from events.errors import (
     StorageError,
     first_line,
 )
-from events.file_hold import FileHold
+from events.file_hold import FileHold, file_ident
 from events.transcoding import (
     CompactMapper,
     register_time_transcodings,
@@ -224,22 +224,11 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
-def _file_id(path: str | Path | None) -> tuple[int, int] | None:
-    """The device and inode of the file at ``path`` (``None``: no file there)."""
-    if path is None:
-        return None
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
 def _still_stored(path: Path | None, opened: tuple[int, int]) -> bool:
     """Whether the database file opened as ``opened`` (device, inode) is still a file: at
     ``path``, or moved elsewhere (its folder renamed), as this process's open descriptors
     of it tell (Linux). Deleted, or replaced by another file, a write to it is lost."""
-    if _file_id(path) == opened:
+    if file_ident(path) == opened:
         return True
     held = _held_open(opened)
     return held is not None and held.st_nlink > 0
@@ -551,11 +540,11 @@ class EventStore:
             sa_event.listen(engine, "connect", _pragmas)
             engine.dispose()
         self._file = None if file is None else Path(file).expanduser().absolute()
-        self._file_id = None if self._file is None else _file_id(self._file)
+        self._file_id = None if self._file is None else file_ident(self._file)
         if self._hold is not None and self._hold.ident is not None:
             self._file_id = self._hold.ident  # the file checked, should another be there now
         self._wal = None if file is None else f"{Path(file).expanduser().resolve()}-wal"
-        self._wal_id = _file_id(self._wal)
+        self._wal_id = file_ident(self._wal)
         if self._file_id is not None:
             sa_event.listen(engine, "do_connect", lambda *_: self._refuse_another_file())
         self._readers = (
@@ -1348,7 +1337,7 @@ class EventStore:
                 "nothing more is written to it, nor read from a file now at its path (open "
                 "the Memory again)"
             )
-        wal = _file_id(self._wal)
+        wal = file_ident(self._wal)
         if wal != self._wal_id:
             self._note_wal(wal)
 
@@ -1380,7 +1369,7 @@ class EventStore:
         found = []
         for suffix in ("-wal", "-shm"):
             journal = Path(f"{self._file}{suffix}")
-            ident = _file_id(journal)
+            ident = file_ident(journal)
             if ident is not None and _held_open(ident) is not None:
                 found.append((journal, ident))
         return found
@@ -1400,7 +1389,7 @@ class EventStore:
         self._app.close()
         self.engine.dispose()
         for journal, ident in stale:
-            if _file_id(journal) == ident:
+            if file_ident(journal) == ident:
                 journal.unlink(missing_ok=True)
                 log.warning("removed %s, left by a database file deleted or replaced", journal)
         if self._hold is not None:
