@@ -12,6 +12,7 @@ Marks that stay (vowel signs of class 0, as Indic scripts write) belong to their
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -29,9 +30,12 @@ _IGNORABLE_MARKS = (0x034F, *range(0x180B, 0x180E), *range(0xFE00, 0xFE10))
 grapheme joiner and the variation selectors (those of plane 14 are listed apart)."""
 
 
-def _marks() -> tuple[dict[int, str | None], str]:
+@functools.cache
+def _marks() -> tuple[dict[int, str | None], re.Pattern[str]]:
     """The folding table (diacritics stripped, strokes and ligatures unfolded, ``_`` a
-    space) and a character class of the marks that stay in words."""
+    space) and the pattern of a word of folded text: letters, digits and the marks that
+    stay in words. Made on the first text that is not ASCII (a walk over every mark of
+    Unicode takes some 30 ms), not as the package is imported."""
     table: dict[int, str | None] = {ord(k): v for k, v in _STROKED.items()}
     table[ord("_")] = " "
     table.update(dict.fromkeys(range(0xE0100, 0xE01F0)))
@@ -53,12 +57,9 @@ def _marks() -> tuple[dict[int, str | None], str]:
     spans = "".join(
         re.escape(r[0]) + ("-" + re.escape(r[-1]) if len(r) > 1 else "") for r in ranges
     )
-    return table, spans
+    return table, re.compile(f"[\\w{spans}]+")
 
 
-_FOLDING, _KEPT_MARKS = _marks()
-_WORD = re.compile(f"[\\w{_KEPT_MARKS}]+")
-"""A word of folded text: letters, digits and the marks folding keeps (``_`` is a space)."""
 _ASCII_WORDS = bytes(
     ord(chr(c).lower()) if c < 128 and chr(c).isalnum() else ord(" ") for c in range(256)
 )
@@ -88,7 +89,7 @@ def fold(text: str) -> str:
     Korean stays in syllables)."""
     if text.isascii():
         return text.lower().replace("_", " ")
-    folded = unicodedata.normalize("NFKD", text).casefold().translate(_FOLDING)
+    folded = unicodedata.normalize("NFKD", text).casefold().translate(_marks()[0])
     return unicodedata.normalize("NFC", folded)
 
 
@@ -97,7 +98,7 @@ def words(text: str) -> list[str]:
     (:data:`UNSPACED_RUN`) whole."""
     if text.isascii():
         return text.encode("ascii").translate(_ASCII_WORDS).decode("ascii").split()
-    return _WORD.findall(fold(text))
+    return _marks()[1].findall(fold(text))
 
 
 def word_pieces(text: str, *, singles: bool = False) -> list[str]:
