@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -261,7 +263,7 @@ class Retriever:
         candidates: dict[str, _Candidate] = {}
         if include_messages and self._index_messages is not None:
             self._index_messages()
-        with self.engine.connect() as connection:
+        with self._erasures_watched(user_id) as erased, self.engine.connect() as connection:
             for entry, score in self._ranker.entries(connection, user_id, terms, pool, as_of):
                 candidates[entry.entry_id] = _Candidate(entry, lexical=score)
             if include_messages:
@@ -272,7 +274,7 @@ class Retriever:
                 self._add_semantic(connection, user_id, query_vector, pool, as_of, candidates)
                 if include_messages:
                     self._add_semantic_messages(
-                        connection, user_id, query_vector, pool, as_of, candidates
+                        connection, user_id, query_vector, pool, as_of, candidates, erased
                     )
             if as_of is not None:
                 self._read_messages(connection, user_id, list(candidates.values()))
@@ -306,6 +308,16 @@ class Retriever:
             if item in candidates:
                 candidates[item].cosine = cosine
 
+    @contextmanager
+    def _erasures_watched(self, user_id: str) -> Iterator[threading.Event | None]:
+        """What a search's connection reads of the user's vectors may be cached unless this
+        is set: the user was forgotten meanwhile (see :meth:`VectorIndex.watching`)."""
+        if self._vectors is None:
+            yield None
+            return
+        with self._vectors.watching(user_id) as erased:
+            yield erased
+
     def _add_semantic_messages(
         self,
         connection: Connection,
@@ -314,9 +326,10 @@ class Retriever:
         pool: int,
         as_of: datetime | None,
         candidates: dict[str, _Candidate],
+        erased: threading.Event | None,
     ) -> None:
         assert self._vectors is not None
-        nearest = self._vectors.messages(connection, user_id, query_vector, pool, as_of)
+        nearest = self._vectors.messages(connection, user_id, query_vector, pool, as_of, erased)
         for item, cosine in nearest:
             candidates.setdefault(item, _Candidate(None, key=item)).cosine = cosine
 

@@ -356,10 +356,16 @@ class VectorIndex:
         query: Sequence[float],
         limit: int,
         as_of: datetime | None = None,
+        erased: threading.Event | None = None,
     ) -> list[tuple[str, float]]:
         """The ids of the user's messages (sent by ``as_of``, when given) nearest
         ``query``. The user's vectors are cached for the present; a look into the past
-        reads those of the messages sent by then."""
+        reads those of the messages sent by then.
+
+        ``connection`` may see the log as it was before an erasure: the vectors it reads
+        are cached only with ``erased``, from :meth:`watching` entered before
+        ``connection`` first read, and only if it is not set (the log was not forgotten
+        since)."""
         log_id = str(user_log_id(user_id))
         if as_of is not None:
             found = connection.execute(self._messages_then, {"log_id": log_id, "at": as_of})
@@ -369,7 +375,7 @@ class VectorIndex:
             if cached is not None:
                 self._cache.move_to_end(log_id)
         if cached is None:
-            cached = self._load(connection, log_id)
+            cached = self._load(connection, log_id, erased, keep=erased is not None)
         return cached.nearest(query, limit)
 
     def forget(self, user_id: str) -> None:
@@ -385,10 +391,18 @@ class VectorIndex:
                 erased.set()
 
     @contextmanager
+    def watching(self, user_id: str) -> Iterator[threading.Event]:
+        """An event :meth:`forget` sets if it erases the user's log from now until the
+        block ends: a search enters it before it opens its connection, so that what that
+        connection reads of a log erased meanwhile is not cached (see :meth:`messages`)."""
+        with self._erasures_watched(str(user_log_id(user_id))) as erased:
+            yield erased
+
+    @contextmanager
     def _erasures_watched(self, log_id: str) -> Iterator[threading.Event]:
-        """An event :meth:`forget` sets if it erases the log while a fill runs. Watched
-        from before the fill reads what is missing: an erasure committed earlier leaves
-        nothing to read, one committed later sets the event."""
+        """An event :meth:`forget` sets if it erases the log while a fill or a search
+        runs. Watched from before they read: an erasure committed earlier leaves nothing
+        to read, one committed later sets the event."""
         erased = threading.Event()
         with self._lock:
             self._fills.setdefault(log_id, []).append(erased)
@@ -481,14 +495,20 @@ class VectorIndex:
         return cached.count + refused == int(count or 0)
 
     def _load(
-        self, connection: Connection, log_id: str, erased: threading.Event | None = None
+        self,
+        connection: Connection,
+        log_id: str,
+        erased: threading.Event | None = None,
+        *,
+        keep: bool = True,
     ) -> _Vectors:
-        """Read the log's message vectors into the cache (unless ``erased`` is set: the
-        vectors read may be the erased log's, which a new log's count could pass for)."""
+        """Read the log's message vectors, and keep them in the cache if ``keep`` and
+        ``erased`` is not set (the vectors read may be the erased log's, which a new
+        log's count could pass for)."""
         rows = connection.execute(self._message_vectors, {"log_id": log_id}).all()
         loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
         with self._lock:
-            if erased is not None and erased.is_set():
+            if not keep or (erased is not None and erased.is_set()):
                 return loaded
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)

@@ -130,3 +130,27 @@ def test_a_fill_ending_as_its_user_is_forgotten_does_not_pass_the_new_log_for_co
     write_afresh(store, "ann", [f"new thing {n}" for n in range(20)])
     assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
     assert len(embedder.texts) == 6, "the new log's 20 texts were embedded"
+
+
+def test_a_search_reading_as_its_user_is_forgotten_keeps_none_of_the_erased_vectors(
+    store: EventStore,
+) -> None:
+    """A search whose connection saw the log before it was erased reads the erased
+    vectors; it ranks by them, but does not cache them: the next search of the new log,
+    of the same length, ranks by the new log's own vectors."""
+    embedder = ConceptEmbedder()
+    VectorIndex(ProjectionTables(), embedder.name).fill(
+        store.engine, "ann", embedder.embed, messages=True
+    )
+    index = VectorIndex(ProjectionTables(), embedder.name)
+    query = embedder.embed(["thing"])[0]
+    with index.watching("ann") as erased, store.reading() as before:
+        erased_ids = {item for item, _ in index.messages(before, "ann", query, 50, erased=erased)}
+        write_afresh(store, "ann", [f"new thing {n}" for n in range(20)])
+        index.forget("ann")
+        seen = index.messages(before, "ann", query, 50, erased=erased)
+        assert {item for item, _ in seen} == erased_ids, "the old snapshot's own vectors"
+    index.fill(store.engine, "ann", embedder.embed, messages=True)
+    with store.reading() as now:
+        found = {item for item, _ in index.messages(now, "ann", query, 50)}
+    assert found and not found & erased_ids
