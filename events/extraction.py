@@ -53,14 +53,34 @@ _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 12
 """What a message costs in the prompt beyond its words: its id, role, time and JSON."""
 
+_BELOW_LEAD = bytes(range(0xC0))
+"""The bytes that start no multi-byte UTF-8 character (ASCII and continuation bytes)."""
+
+_BELOW_WIDE_LEAD = bytes(range(0xE0))
+"""The bytes that start no UTF-8 character of three or four bytes (U+0800 and up)."""
+
 
 def estimate_tokens(content: str) -> int:
     """About how many prompt tokens a message of ``content`` costs, with its envelope.
 
-    A rough count (four characters a token) is enough to bound batches; it never calls a
-    tokenizer, so it is cheap on every append.
+    Claude's tokenizer merges bytes by how common they are, so the cost per character
+    follows the script: four ASCII characters a token (English), two characters a token
+    for those of two UTF-8 bytes (accented Latin, Greek, Cyrillic, Hebrew, Arabic
+    letters), and one token for each character of three or four bytes (CJK ideographs,
+    kana, hangul, Indic and Thai letters, emoji), which seldom merge: Chinese costs about
+    a token a character, and four characters a token let a batch "of 20,000 tokens" hold
+    75,000 of them. Erring high costs at most an extra request; low, an oversized prompt.
+    No tokenizer is called, so it stays cheap on every append: ASCII text is counted by
+    its length alone, other text by its UTF-8 lead bytes.
     """
-    return len(content) // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE
+    if content.isascii():
+        return len(content) // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE
+    leads = content.encode("utf-8", "surrogatepass").translate(None, _BELOW_LEAD)
+    wide = len(leads.translate(None, _BELOW_WIDE_LEAD))
+    narrow = len(leads) - wide
+    plain = len(content) - len(leads)
+    quarters = plain + 2 * narrow + _CHARS_PER_TOKEN * wide
+    return quarters // _CHARS_PER_TOKEN + _TOKENS_PER_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,7 +132,9 @@ class UserLog(Aggregate):
     The state: counters; ``pending`` (buffered messages with their log versions, in log
     order), ``requested`` tasks, ``open_tasks`` (each running task's current batch) and
     ``running`` (each running task's scope, trigger and batches so far); ``weights``
-    (estimated prompt tokens of messages not yet covered), ``caps`` (the most messages a
+    (estimated prompt tokens of messages not yet covered, as the memvee that applied their
+    events estimated them: a snapshot keeps an older estimate, which only sizes batches
+    still to cut, since a started batch records its messages), ``caps`` (the most messages a
     batch holding a message may have, after splits) and ``parked`` (messages that failed
     alone, with the failures counted against them); ``quarantined`` messages; the
     ``valid_entries`` of each knowledge version; and the ``reextraction_requests`` recorded

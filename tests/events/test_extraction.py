@@ -17,6 +17,7 @@ from events import (
     InvalidExtractionError,
     bounded,
     check_result,
+    estimate_tokens,
 )
 
 
@@ -90,6 +91,33 @@ def test_bounded_cuts_batches_by_messages_and_by_prompt_size_one_message_at_leas
     assert [len(b) for b in bounded(large, limits)] == [2, 1]
     huge = [_message(i, 100_000) for i in range(2)]
     assert [len(b) for b in bounded(huge, limits)] == [1, 1]
+
+
+def test_ascii_text_is_estimated_at_four_characters_a_token_beside_its_envelope() -> None:
+    assert estimate_tokens("") == 12
+    assert estimate_tokens("I live in Oslo " * 20) == 300 // 4 + 12
+
+
+def test_text_of_other_scripts_is_estimated_by_what_its_characters_cost_claude() -> None:
+    """A CJK character, kana, hangul or emoji is about a token; a letter of Greek,
+    Cyrillic, Hebrew, Arabic or accented Latin about half of one; ASCII a quarter."""
+    assert estimate_tokens("我住在北京" * 100) == 500 + 12
+    assert estimate_tokens("東京に住んでいます서울" * 10) == 110 + 12
+    assert estimate_tokens("🙂" * 40) == 40 + 12
+    assert estimate_tokens("Москва" * 20) == 120 // 2 + 12
+    assert estimate_tokens("été à " * 20) == (60 + 2 * 60) // 4 + 12
+    assert estimate_tokens("\ud800" * 8) == 8 + 12, "a lone surrogate is weighed, not refused"
+
+
+def test_bounded_cuts_a_batch_of_chinese_text_near_its_token_bound() -> None:
+    limits = BatchLimits(max_messages=50, max_tokens=1_000)
+    chinese = [
+        BatchMessage(
+            f"m{i}", "user", "我住在北京而周末去爬山。" * 25, datetime(2026, 1, 1, tzinfo=UTC)
+        )
+        for i in range(5)
+    ]  # 300 characters, 312 tokens each: three fit
+    assert [len(b) for b in bounded(chinese, limits)] == [3, 2]
 
 
 def test_bounded_sends_the_messages_of_failed_batches_alone_after_the_rest() -> None:

@@ -249,6 +249,17 @@ def _run_task(log: UserLog, task_id: str, poison: set[str], **fail: bool) -> lis
     return batches
 
 
+def test_a_task_cuts_batches_of_chinese_text_near_max_tokens() -> None:
+    """A Chinese character costs Claude about a token: 300 of them weigh 312 tokens with
+    the envelope, so three such messages fill a batch of 1,000 tokens."""
+    log = UserLog.register("alice")
+    ids = [
+        log.add_message("user", f"{i}" + "我住在北京而周末去爬山。" * 25, None, 1_000)
+        for i in range(6)
+    ]
+    assert _run_task(log, "t1", set()) == [ids[0:3], ids[3:6]]
+
+
 def test_a_task_covers_what_was_buffered_in_batches_of_at_most_max_messages() -> None:
     log, ids = _log_with(10)
     log.collect_events()
