@@ -200,6 +200,26 @@ class CircuitBreaker:
                 self._last_failure.popitem(last=False)
             return blamed
 
+    def suspect(self, message_ids: Collection[str]) -> None:
+        """A batch of ``message_ids`` failed in a way that may pass (already counted by
+        :meth:`failed`): each message's failures in a row count it, unblamed, so that one
+        whose batches kept failing while other calls were answered is blamed by
+        :meth:`blame` when it fails alone after such an answer, as if it had failed alone.
+        (Re-extraction splits such batches at once: a sibling half answered between is
+        the evidence that the message, not the API, fails.)"""
+        with self._lock:
+            for message_id in message_ids:
+                previous = self._last_failure.pop(message_id, None)
+                streak = 1 if previous is None else previous[3] + 1
+                self._last_failure[message_id] = (
+                    self._successes,
+                    self._failed_total,
+                    False,
+                    streak,
+                )
+            while len(self._last_failure) > _BLAME_MEMORY:
+                self._last_failure.popitem(last=False)
+
     def _unexplained(self, streak: int) -> bool:
         """Whether ``streak`` failures in a row are unlikely at the failure rate of the
         other calls among the latest (the streak's own are among them, at most all)."""

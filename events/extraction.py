@@ -7,7 +7,7 @@ These are plain values so that extractors stay testable without the engine.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -151,24 +151,31 @@ def bounded(
     messages: Iterable[BatchMessage],
     limits: BatchLimits,
     alone: Collection[str] = frozenset(),
+    caps: Mapping[str, int] | None = None,
 ) -> Iterator[list[BatchMessage]]:
     """``messages`` cut into batches as live extraction cuts them (:meth:`BatchLimits.full`),
     in order; those of ``alone`` (whose batch failed the same way before) go one a batch
     after the rest, as live extraction sends a message that failed alone, so that none
-    of them fails the others again."""
+    of them fails the others again. A batch holding a message of ``caps`` takes at most
+    that many messages (a split kept from a failed batch)."""
+    caps = caps or {}
     batch: list[BatchMessage] = []
     tokens = 0
+    cap: int | None = None
     held: list[BatchMessage] = []
     for message in messages:
         if message.message_id in alone:
             held.append(message)
             continue
         weight = estimate_tokens(message.content)
-        if limits.full(len(batch), tokens, weight):
+        own = caps.get(message.message_id)
+        joined = own if cap is None else cap if own is None else min(cap, own)
+        if limits.full(len(batch), tokens, weight, joined):
             yield batch
-            batch, tokens = [], 0
+            batch, tokens, joined = [], 0, own
         batch.append(message)
         tokens += weight
+        cap = joined
     if batch:
         yield batch
     for message in held:

@@ -308,7 +308,10 @@ class UserLog(Aggregate):
         event keeps what the call cost, for ``memvee stats``.
         ``request_id`` as for :class:`KnowledgeReextracted`: a failure collected twice is
         recorded once. ``repeats`` defaults to ``False`` for the events stored before it
-        was kept (those were kept for their tokens alone)."""
+        was kept (those were kept for their tokens alone). ``may_pass``: the call failed in
+        a way that may pass (a 5xx, a timeout): kept as evidence, so that the next runs
+        split its batch and blame a message that keeps failing while others are answered
+        (``False`` for the events stored before it was kept)."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -321,6 +324,7 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
         request_id: str | None = None
         repeats: bool = False
+        may_pass: bool = False
 
         def apply(self, log: UserLog) -> None:
             if self.request_id:
@@ -902,15 +906,18 @@ class UserLog(Aggregate):
         model: str | None = None,
         request_id: str | None = None,
         repeats: bool = False,
+        may_pass: bool = False,
     ) -> bool:
-        """Record a failed re-extraction call of ``message_ids``: what it spent, and whether
+        """Record a failed re-extraction call of ``message_ids``: what it spent, whether
         it ``repeats`` (failed of its own, and would the same way again: the next run sends
-        its messages one a call); returns whether anything was recorded (nothing when it
-        spent nothing and does not repeat, or ``request_id`` is recorded already:
-        re-extraction changes no state when it fails, only the bill and the next plan)."""
+        its messages one a call) and whether its error ``may_pass`` (evidence for the next
+        runs, see :meth:`reextraction_calls`); returns whether anything was recorded
+        (nothing when it spent nothing, neither repeats nor may pass, or ``request_id`` is
+        recorded already: re-extraction changes no state when it fails, only the bill and
+        the next plan)."""
         check_new_knowledge_version(knowledge_version)
         spent = _usage_fields(usage)
-        if not (repeats or any(spent.values())) or self.recorded_request(request_id):
+        if not (repeats or may_pass or any(spent.values())) or self.recorded_request(request_id):
             return False
         self.trigger_event(
             self.ReextractionFailed,
@@ -921,6 +928,7 @@ class UserLog(Aggregate):
             model=_label(model, MAX_MODEL_CHARS),
             request_id=request_id,
             repeats=repeats,
+            may_pass=may_pass,
             **spent,
         )
         return True
@@ -1251,6 +1259,36 @@ class UserLog(Aggregate):
             elif isinstance(e, self.KnowledgeVersionPromoted):
                 failed.clear()
         return failed
+
+    def reextraction_calls(
+        self, knowledge_version: str, history: Iterable[Any]
+    ) -> list[tuple[tuple[str, ...], bool]]:
+        """``knowledge_version``'s re-extraction calls read off ``history`` (since a version
+        of the same name was promoted, if one was), in order: each call's messages, and
+        whether it failed in a way that may pass (else the API answered it). The evidence
+        a run weighs before blaming a message for failures that may pass."""
+        calls: list[tuple[tuple[str, ...], bool]] = []
+        for e in history:
+            if getattr(e, "knowledge_version", None) != knowledge_version:
+                continue
+            if isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
+                calls.append((tuple(e.message_ids), getattr(e, "may_pass", False)))
+            elif isinstance(e, self.KnowledgeVersionPromoted):
+                calls.clear()
+        return calls
+
+    def reextraction_caps(self, knowledge_version: str, history: Iterable[Any]) -> dict[str, int]:
+        """The most messages each message of ``knowledge_version``'s calls that failed in a
+        way that may pass is sent with (read as :meth:`reextraction_calls`): half its
+        failed batch, so that a run that stopped goes on splitting where it stopped, as
+        live extraction splits a failed batch for the next try; one for a lone message."""
+        caps: dict[str, int] = {}
+        for message_ids, failed in self.reextraction_calls(knowledge_version, history):
+            if failed:
+                half = (len(message_ids) + 1) // 2
+                for message_id in message_ids:
+                    caps[message_id] = min(caps.get(message_id, half), half)
+        return caps
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every running one) as FAILED with ``reason``.

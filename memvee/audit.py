@@ -14,6 +14,7 @@ import logging
 import random
 import shlex
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,7 +55,7 @@ from events import (
     check_user_id,
     sqlite_url,
 )
-from events.errors import first_line, repeats
+from events.errors import ExtractorOverloadedError, first_line, repeats
 from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
@@ -186,15 +187,40 @@ class ReextractionReport:
 
 @dataclass
 class _Reextraction:
-    """One run of :meth:`Audit.reextract`: its user, extractor, version and report, and
-    what tells a refusal of every batch (the account's) from a refusal of one batch."""
+    """One run of :meth:`Audit.reextract`: its user, extractor, version and report, the
+    batches still to send, and the ``breaker`` that weighs the evidence (the version's
+    calls before this run, then this run's): whether a message keeps failing while other
+    calls are answered, and whether a refusal is of every batch (the account's)."""
 
     user_id: str
     extractor: Extractor
     version: str
     meaning: ByMeaning
     report: ReextractionReport = field(default_factory=ReextractionReport)
-    refusals: CircuitBreaker = field(default_factory=CircuitBreaker)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    todo: deque[list[BatchMessage]] = field(default_factory=deque)
+    last_failed: bool = False
+    """Whether this run's last call failed in a way that may pass (and was not blamed)."""
+
+    def weigh(self, message_ids: Sequence[str], failed: bool) -> bool:
+        """Count a call of ``message_ids`` with the breaker: answered, or failed in a way
+        that may pass; returns whether such a failure of a lone message is its own (see
+        :meth:`CircuitBreaker.blame`). The same for this run's calls as for the log's."""
+        if not failed:
+            self.breaker.accepted()
+            return False
+        self.breaker.failed()
+        if len(message_ids) == 1:
+            return self.breaker.blame(message_ids[0])
+        self.breaker.suspect(message_ids)
+        return False
+
+    def later(self, *batches: list[BatchMessage]) -> None:
+        """Send ``batches`` after the next batch due (at once when none is): an answer to
+        another call between tells their failure from the API's."""
+        at = min(1, len(self.todo))
+        for batch in reversed(batches):
+            self.todo.insert(at, batch)
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -630,9 +656,13 @@ class Audit:
 
         A batch that fails the same way every time (refused, unreadable) is split down to
         the message that fails alone, which is left out of the version (its failure
-        recorded, and reported) while the rest goes in; a failure that may pass (the API
-        down, busy or refusing every batch) stops the run with its error, and running it
-        again goes on from there. Returns the entries extracted and the messages left out:
+        recorded, and reported) while the rest goes in. A failure that may pass (a 5xx, a
+        timeout) is weighed as live extraction weighs it, with the version's failed calls
+        kept in the log as evidence: the batch is split, and a lone message that keeps
+        failing while other calls are answered is left out too. The API failing whatever
+        it is sent (two such failures in a row), overloaded, or refusing every batch stops
+        the run with its error, blaming no message, and running it again goes on from
+        there. Returns the entries extracted and the messages left out:
         ``report``, when given, is filled in as the run goes, so that a caller knows what a
         run that stopped left out before it stopped (the error's notes say it too).
 
@@ -658,9 +688,14 @@ class Audit:
             if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
         ]
         run = _Reextraction(user_id, extractor, version, meaning, report or ReextractionReport())
+        for message_ids, failed in user_log.reextraction_calls(version, history):
+            run.weigh(message_ids, failed)
+        alone = user_log.failed_reextraction(version, history)
+        caps = user_log.reextraction_caps(version, history)
+        run.todo.extend(bounded(todo, limits, alone, caps))
         try:
-            for batch in bounded(todo, limits, user_log.failed_reextraction(version, history)):
-                await self._reextract_split(run, batch)
+            while run.todo:
+                await self._reextract_next(run)
         except Exception as stopped:
             if run.report.left_out:
                 left_out = ", ".join(run.report.left_out)
@@ -668,31 +703,38 @@ class Audit:
             raise
         return run.report
 
-    async def _reextract_split(self, run: _Reextraction, batch: list[BatchMessage]) -> None:
-        """Re-extract ``batch``, split in halves while it fails the same way, down to the
-        message that fails alone: that one is left out, as live extraction quarantines it,
-        and recorded as failing alone (the next run sends it in a call of its own). A
-        failure that may pass, or a refusal of every batch, stops the run and pins no
-        message."""
+    async def _reextract_next(self, run: _Reextraction) -> None:
+        """Re-extract the next batch due. One that fails the same way is split in halves at
+        once, down to the message that fails alone: that one is left out, as live
+        extraction quarantines it, and recorded as failing alone (the next run sends it in
+        a call of its own). A failure that may pass is kept as evidence (see
+        :meth:`_may_pass`). A refusal of every batch, or the API overloaded, stops the run
+        and pins no message."""
+        batch = run.todo.popleft()
         extracted = await self._reextract_batch(run, batch)
         if isinstance(extracted, int):
             run.report.entries += extracted
+            run.last_failed = False
             return
         error = extracted
         ids = [m.message_id for m in batch]
-        alone = repeats(error) and len(batch) == 1
-        stop: Exception | None = None if repeats(error) else error
+        if not repeats(error):
+            await self._may_pass(run, batch, error)
+            return
+        alone = len(batch) == 1
+        stop: Exception | None = None
         if isinstance(error, RejectedBatchError) and error.reason is not None:
             probed = error.probe_accepted
-            if run.refusals.refused(ids, error.reason, probe_accepted=probed):
+            if run.breaker.refused(ids, error.reason, probe_accepted=probed):
                 alone, stop = False, EveryBatchRefused(error)
+        else:
+            run.breaker.succeeded()  # an answer: the API is up
         await asyncio.to_thread(
             self._record_failure, run.user_id, run.version, ids, error, run.extractor, alone
         )
-        if stop is error:
-            raise error
         if stop is not None:
             raise stop from error
+        run.last_failed = False
         if len(batch) > 1:
             log.info(
                 "user %r: a re-extraction batch of %d messages failed (%s); split",
@@ -701,14 +743,67 @@ class Audit:
                 first_line(error),
             )
             half = (len(batch) + 1) // 2
-            await self._reextract_split(run, batch[:half])
-            await self._reextract_split(run, batch[half:])
+            run.todo.extendleft([batch[half:], batch[:half]])
             return
-        run.report.left_out[ids[0]] = first_line(error)
+        self._leave_out(run, ids[0], error)
+
+    async def _may_pass(
+        self, run: _Reextraction, batch: list[BatchMessage], error: Exception
+    ) -> None:
+        """A batch failed in a way that may pass (a 5xx, a timeout): the API down, or a
+        message that makes it fail every time. The failure is kept in the log as
+        evidence; the batch is split, its halves sent after the next batch due, and a lone
+        message that keeps failing while other calls are answered (see
+        :meth:`CircuitBreaker.blame`) is left out. Two such failures in a row (the API
+        failing whatever it is sent), a lone message failing with nothing else to send
+        between, or the API overloaded stop the run with the error, blaming no message:
+        the run again goes on splitting where this one stopped."""
+        ids = [m.message_id for m in batch]
+        if isinstance(error, ExtractorOverloadedError):  # the service's state, never a batch's
+            await asyncio.to_thread(
+                self._record_failure, run.user_id, run.version, ids, error, run.extractor, False
+            )
+            raise error
+        blamed = run.weigh(ids, failed=True)
+        stops = run.last_failed or (len(batch) == 1 and not blamed and not run.todo)
+        await asyncio.to_thread(
+            partial(
+                self._record_failure,
+                run.user_id,
+                run.version,
+                ids,
+                error,
+                run.extractor,
+                blamed and not stops,
+                may_pass=True,
+            )
+        )
+        if stops:
+            raise error
+        if blamed:
+            self._leave_out(run, ids[0], error)
+            return
+        run.last_failed = True
+        if len(batch) > 1:
+            log.info(
+                "user %r: a re-extraction batch of %d messages failed (%s); split, the "
+                "halves sent after the next batch",
+                run.user_id,
+                len(batch),
+                first_line(error),
+            )
+            half = (len(batch) + 1) // 2
+            run.later(batch[:half], batch[half:])
+        else:
+            run.later(batch)
+
+    def _leave_out(self, run: _Reextraction, message_id: str, error: Exception) -> None:
+        """Leave ``message_id`` out of the run's version: it fails alone."""
+        run.report.left_out[message_id] = first_line(error)
         log.warning(
             "user %r: message %s left out of version %r: it fails alone (%s)",
             run.user_id,
-            ids[0],
+            message_id,
             run.version,
             first_line(error),
         )
@@ -730,7 +825,7 @@ class Audit:
             )
         except Exception as error:  # the extractor's: the caller tells how it fails
             return error
-        run.refusals.accepted()
+        run.weigh(ids, failed=False)
         known, replaced = await asyncio.to_thread(
             self._with_targets, user_id, version, result.facts, (known, replaced)
         )
@@ -762,12 +857,14 @@ class Audit:
         *,
         text: str | None = None,
         request_id: str | None = None,
+        may_pass: bool = False,
     ) -> None:
         """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
         ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
         repeat (then the next run sends its messages one a call), with ``text`` (default:
-        the error's first line) and the Message Batches ``request_id`` (recorded once). A
-        failure that spent nothing and is not its own is not kept; the failure itself
+        the error's first line) and the Message Batches ``request_id`` (recorded once);
+        one whose error ``may_pass`` is kept as evidence for the next runs. A failure that
+        spent nothing, is not its own and is no evidence is not kept; the failure itself
         goes on to the caller."""
         usage = error.usage if isinstance(error, ExtractionError) else None
 
@@ -781,6 +878,7 @@ class Audit:
                 model=getattr(extractor, "model", None),
                 request_id=request_id,
                 repeats=alone,
+                may_pass=may_pass,
             )
 
         try:

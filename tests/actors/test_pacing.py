@@ -93,6 +93,20 @@ def test_two_messages_that_keep_failing_among_answered_calls_are_both_blamed() -
         breaker.succeeded()
 
 
+def test_a_message_whose_batch_failed_is_blamed_when_it_fails_alone_after_an_answer() -> None:
+    """A batch that failed counts against each of its messages, unblamed: once another
+    call was answered, the message failing alone is blamed; with no answer between (the
+    API down), it is not."""
+    breaker = _breaker(Clock())
+    breaker.failed()
+    breaker.suspect(["m", "n"])
+    breaker.failed()
+    assert not breaker.blame("n"), "nothing was answered since its batch failed"
+    breaker.succeeded()  # the other half of the batch went through
+    breaker.failed()
+    assert breaker.blame("m")
+
+
 def _calls(breaker: CircuitBreaker, outcomes: str) -> None:
     """Other messages' calls: ``.`` one answered, ``x`` one failed."""
     for outcome in outcomes:

@@ -430,6 +430,33 @@ def test_only_a_reextraction_call_failing_of_its_own_pins_its_messages() -> None
     assert log.failed_reextraction("v2", events) == {ids[0]}
 
 
+def test_a_reextraction_failure_that_may_pass_is_kept_as_evidence_and_splits_the_next_run() -> None:
+    """A call that failed in a way that may pass is recorded though it spent nothing: the
+    next run reads it among the version's calls, and sends its messages in halves (a
+    lone one alone); a promotion of the version's name clears what came before."""
+    log, ids = _log_with(5)
+    assert log.record_reextraction_failure("v2", ids, "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction("v2", ids[3:4], [], "x")
+    log.record_reextraction_failure("v2", ids[:2], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_failure("v2", ids[4:], "HTTP 500", TokenUsage(), may_pass=True)
+    events = log.collect_events()
+    assert log.reextraction_calls("v2", events) == [
+        (tuple(ids), True),
+        (tuple(ids[3:4]), False),
+        (tuple(ids[:2]), True),
+        (tuple(ids[4:]), True),
+    ]
+    assert log.reextraction_caps("v2", events) == {
+        ids[0]: 1,
+        ids[1]: 1,
+        ids[2]: 3,
+        ids[3]: 3,
+        ids[4]: 1,
+    }
+    assert log.failed_reextraction("v2", events) == set(), "none failed of its own"
+    assert log.reextraction_caps("v3", events) == {}
+
+
 def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that_may_pass(
     store: EventStore,
 ) -> None:

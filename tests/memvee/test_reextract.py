@@ -25,11 +25,20 @@ from memvee import (
 from memvee._event_lines import describe
 from memvee.audit import Audit, ReextractionReport
 from memvee.cli import app
-from memvee.extractors import OfflineExtractor
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from projections import verify
 from tests.support.coverage import checked_coverage
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
+from tests.support.messages_api_server import (
+    MessagesAPIServer,
+    ScriptedResponse,
+    default_answer,
+    error_body,
+    fault_when,
+)
+
+SERVER_ERROR = ScriptedResponse(500, error_body("api_error", "Internal server error"))
 
 
 async def _processed(make_memory: Any) -> Memory:
@@ -410,15 +419,15 @@ async def test_what_a_forgotten_users_messages_gave_is_not_recorded_in_their_new
     assert not any("Oslo" in text or "Acme" in text for text in texts)
 
 
-class _FailsOnThirdBatch(OfflineExtractor):
-    """The offline rules, but the third batch fails as an API that went down would."""
+class _FailsFromThirdBatch(OfflineExtractor):
+    """The offline rules, but from the third batch on every call fails: the API went down."""
 
     def __init__(self) -> None:
         self.calls = 0
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         self.calls += 1
-        if self.calls == 3:
+        if self.calls >= 3:
             raise ExtractionError("API down")
         return await super().extract(batch)
 
@@ -433,7 +442,7 @@ async def test_a_reextraction_cut_short_is_finished_by_running_it_again(
         await memory.add_exchange("eve", f"I like hobby{i} things", "ok")
     await memory.flush("eve")
     with Audit(db_url=db_url) as audit:
-        failing = _FailsOnThirdBatch()
+        failing = _FailsFromThirdBatch()
         with pytest.raises(ExtractionError):
             await audit.reextract("eve", failing, "v2", batch_size=10)
         assert (await audit.reextract("eve", OfflineExtractor(), "v2", batch_size=10)).entries == 20
@@ -744,6 +753,102 @@ async def test_a_batch_split_then_stopped_sends_its_messages_together_next_run(
         again = RecordingExtractor()
         assert (await audit.reextract("eve", again, "v2", embedder=False)).entries == 6
         assert [len(b.messages) for b in again.batches] == [6]
+
+
+async def _marked(make_memory: Any, count: int, marked: int) -> str:
+    """``count`` processed messages of eve's, the one at ``marked`` holding MARK; its id."""
+    memory: Memory = await make_memory()
+    sent = [
+        await memory.add_message("eve", "user", f"I like thing {i}" + (" MARK" * (i == marked)))
+        for i in range(count)
+    ]
+    await memory.flush("eve")
+    return sent[marked].message_id
+
+
+def _claude(server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch) -> ClaudeExtractor:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-reextract")
+    return ClaudeExtractor(max_retries=0)
+
+
+async def test_a_message_that_makes_the_api_fail_every_time_is_left_out_not_the_version_stalled(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message the API answers with a 500 every time fails its batch while the other
+    batches are answered: the batch is split, its innocent messages go in, and the
+    message that keeps failing alone is left out and reported, in one run; the run again
+    sends it alone and leaves it out again, never stopping on it."""
+    poison = await _marked(make_memory, 8, 1)
+    messages_api_server.set_responder(fault_when("MARK", SERVER_ERROR))
+    with Audit(db_url=db_url) as audit:
+        for entries in (7, 0):
+            report = await audit.reextract(
+                "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=4, embedder=False
+            )
+            assert (report.entries, list(report.left_out)) == (entries, [poison])
+            assert "HTTP 500" in report.left_out[poison]
+        assert [len(r.messages) for r in messages_api_server.requests][-1] == 1
+        assert verify(audit.store) == []
+
+
+async def test_a_lone_batch_failing_every_run_is_split_where_the_last_run_stopped(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user whose messages all fit one batch has no other call to tell a 500 that is
+    the batch's from an API down: the run stops, and its failures in the log make the
+    next run send the messages in the halves the last one reached, so the one that
+    keeps failing is left out while the others are answered."""
+    poison = await _marked(make_memory, 3, 1)
+    messages_api_server.set_responder(fault_when("MARK", SERVER_ERROR))
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(ExtractionError, match="HTTP 500"):
+            await audit.reextract(
+                "eve", _claude(messages_api_server, monkeypatch), "v2", embedder=False
+            )
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", embedder=False
+        )
+        assert (report.entries, list(report.left_out)) == (2, [poison])
+        assert [len(r.messages) for r in messages_api_server.requests] == [3, 2, 1, 1, 1]
+
+
+async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two calls in a row failing with a 500 are the API down: each run stops after
+    them with the error, leaving no message out, however often it is run; once the API
+    answers again, a run covers every message."""
+    await _marked(make_memory, 8, 1)
+    messages_api_server.set_responder(lambda request: SERVER_ERROR)
+    with Audit(db_url=db_url) as audit:
+        for _ in range(2):
+            report = ReextractionReport()
+            with pytest.raises(ExtractionError, match="HTTP 500"):
+                await audit.reextract(
+                    "eve",
+                    _claude(messages_api_server, monkeypatch),
+                    "v2",
+                    batch_size=4,
+                    embedder=False,
+                    report=report,
+                )
+            assert report == ReextractionReport()
+        assert len(messages_api_server.requests) == 4
+        messages_api_server.set_responder(default_answer)
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=4, embedder=False
+        )
+        assert report == ReextractionReport(entries=8)
 
 
 class _LoopRecording(RecordingExtractor):
