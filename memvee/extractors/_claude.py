@@ -6,11 +6,13 @@ the user's known entries related to the batch, so that each fact can say whether
 new, repeats a known entry, updates one or invalidates one.
 
 An answer is read strictly for its shape and leniently for its meaning: anything off the
-tool's schema, cut (at ``max_tokens``, or where the context window ended) or missing fails
-the batch with :class:`events.errors.InvalidExtractionError`; what a schema-valid answer
-gets slightly wrong (a citation outside the batch, a target that is not known) is passed
-on for the engine to repair and record. Every failure says whether it would repeat: the
-engine splits a batch that fails the same way, and backs off from an API that is down.
+tool's schema (but for a blank text or target), cut (at ``max_tokens``, or where the
+context window ended) or missing fails the batch with
+:class:`events.errors.InvalidExtractionError`; what an answer of that shape gets slightly
+wrong (a citation outside the batch, a target that is not known or blank, a fact with
+blank text) is passed on for the engine to repair and record. Every failure says whether
+it would repeat: the engine splits a batch that fails the same way, and backs off from an
+API that is down.
 """
 
 from __future__ import annotations
@@ -636,10 +638,12 @@ def _usage(response: object) -> TokenUsage:
 def _parse_facts(payload: object, aliases: Aliases, offset: int = 0) -> list[ExtractedFact]:
     """The facts of one ``record_knowledge`` input, or InvalidExtractionError.
 
-    Only the shape is checked here. A missing or null ``action`` means "new" and a null
-    ``target_entry_id`` means none, since models often spell an absent optional field as
-    null; what the values mean is for the engine to judge. A target ``f1``, ``f2``... names
-    an earlier fact of the input, which comes after ``offset`` facts of earlier inputs.
+    Only the shape is checked here. A missing or null ``action`` means "new" and a null or
+    blank ``target_entry_id`` means none, since models often spell an absent optional
+    field so; what the values mean is for the engine to judge (it records a "same", an
+    "update" or an "invalidate" without a target as new, and drops a fact whose text is
+    blank, noting each repair). A target ``f1``, ``f2``... names an earlier fact of the
+    input, which comes after ``offset`` facts of earlier inputs.
     """
 
     def invalid(problem: str) -> InvalidExtractionError:
@@ -655,8 +659,8 @@ def _parse_facts(payload: object, aliases: Aliases, offset: int = 0) -> list[Ext
         if not isinstance(item, Mapping):
             raise invalid(f"facts[{index}] must be an object, got {type(item).__name__}")
         text = item.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise invalid(f"facts[{index}].text must be a non-empty string")
+        if not isinstance(text, str):
+            raise invalid(f"facts[{index}].text must be a string")
         ids = item.get("source_message_ids")
         if not _is_string_list(ids) or not ids:
             raise invalid(f"facts[{index}].source_message_ids must be a non-empty list of strings")
@@ -669,8 +673,10 @@ def _parse_facts(payload: object, aliases: Aliases, offset: int = 0) -> list[Ext
             shown = repr(raw_action)[:_MAX_DETAIL_CHARS]
             raise invalid(f"facts[{index}].action must be one of {FACT_ACTIONS}, got {shown}")
         target = item.get("target_entry_id")
-        if target is not None and (not isinstance(target, str) or not target.strip()):
-            raise invalid(f"facts[{index}].target_entry_id must be a non-empty string")
+        if target is not None and not isinstance(target, str):
+            raise invalid(f"facts[{index}].target_entry_id must be a string")
+        if target is not None and not target.strip():
+            target = None
         sources = tuple(dict.fromkeys(aliases.message(i) for i in ids))
         place = None if target is None else aliases.fact(target, index)
         earlier = None if place is None else offset + place

@@ -94,6 +94,13 @@ the answer is
 If nothing is worth remembering, record an empty list. Always answer by calling the \
 {TOOL_NAME} tool, and nothing else."""
 
+_NOT_BLANK: Final = r"\S"
+"""The JSON Schema pattern of a string that is not blank: a fact's text and a target.
+
+Models tend to spell an absent target as an empty string, and a fact with nothing to say
+as a blank one; the parser still reads such an answer (see :func:`._claude._parse_facts`).
+"""
+
 TOOL: Final[ToolParam] = {
     "name": TOOL_NAME,
     "description": (
@@ -112,6 +119,7 @@ TOOL: Final[ToolParam] = {
                         "text": {
                             "type": "string",
                             "minLength": 1,
+                            "pattern": _NOT_BLANK,
                             "description": 'One third-person sentence starting with "User".',
                         },
                         "source_message_ids": {
@@ -132,6 +140,7 @@ TOOL: Final[ToolParam] = {
                         },
                         "target_entry_id": {
                             "type": "string",
+                            "pattern": _NOT_BLANK,
                             "description": (
                                 "The id (k1, k2, ...) of the known entry this fact repeats, "
                                 "updates or invalidates, or f1, f2, ... for an earlier fact "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from events import UserLog
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessStatus
 from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
@@ -157,3 +158,44 @@ async def test_one_extractor_serves_two_memories_each_on_its_own_loop(
         await second.add_exchange("bob", "I like tea", "ok")
         assert await second.process("bob") == 1
     assert len(messages_api_server.requests) == 3
+
+
+async def test_an_empty_target_and_a_blank_fact_are_repaired_and_none_quarantined(
+    db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
+) -> None:
+    """Guarantee 11: an answer valid against the tool's schema that spells an absent
+    target as "" and gives a fact blank text is used. The target counts as none (an
+    "update" of nothing is recorded as new) and the blank fact is dropped, each repair
+    recorded, where the batch used to fail until its messages were quarantined."""
+    messages_api_server.enqueue_facts(
+        [
+            {"text": "User loves tea.", "source_message_ids": ["m1"], "target_entry_id": ""},
+            {"text": " ", "source_message_ids": ["m1"], "action": "new"},
+            {
+                "text": "User lives in Oslo.",
+                "source_message_ids": ["m3"],
+                "action": "update",
+                "target_entry_id": "",
+            },
+        ]
+    )
+    config = MemoryConfig(db_url=db_url, extraction_timeout=10)
+    extractor = ClaudeExtractor(max_retries=0)
+    async with Memory(config=config, extractor=extractor, embedder=False) as memory:
+        await memory.add_exchange("di", "I love tea", "ok")
+        await memory.add_exchange("di", "I moved to Oslo", "Nice")
+        assert await memory.process("di") == 2
+        assert await memory.quarantined("di") == [] and await memory.buffer("di") == []
+        entries = {e.text: e.entry_id for e in await memory.knowledge("di")}
+        engine = memory._engine
+        assert engine is not None
+        events = engine.store.events_of("di")
+        extracted = [e for e in events if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert len(messages_api_server.requests) == 1, "the answer was used, not the batch split"
+    assert [e.repairs for e in extracted] == [["fact 1 had no text; it was dropped"]]
+    assert sorted(entries) == ["User lives in Oslo.", "User loves tea."]
+    with Audit(db_url=db_url) as audit:
+        assert audit.explain("di", entries["User loves tea."]).repairs == []
+        assert audit.explain("di", entries["User lives in Oslo."]).repairs == [
+            "was 'update' of no entry, not a current entry; recorded as new"
+        ]

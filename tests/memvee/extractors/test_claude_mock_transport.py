@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import traceback
 import warnings
@@ -263,7 +264,6 @@ async def test_what_an_answer_means_is_passed_on_for_the_engine_to_repair(claude
         (None, "'facts' must be a list"),
         (["User lives in Oslo."], r"facts\[0\] must be an object"),
         ([{"source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
-        ([{"text": "   ", "source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
         ([{"text": 42, "source_message_ids": ["msg-1"]}], r"facts\[0\].text"),
         ([{"text": "User is."}], r"facts\[0\].source_message_ids"),
         ([{"text": "User is.", "source_message_ids": []}], r"facts\[0\].source_message_ids"),
@@ -639,7 +639,6 @@ async def test_the_prompt_and_the_tool_say_how_to_name_an_earlier_fact(claude: M
         ({"action": 1}, r"facts\[0\]\.action"),
         ({"action": ["same"], "target_entry_id": "e-city"}, r"facts\[0\]\.action"),
         ({"action": "update", "target_entry_id": 7}, r"facts\[0\]\.target_entry_id"),
-        ({"action": "update", "target_entry_id": ""}, r"facts\[0\]\.target_entry_id"),
     ],
 )
 async def test_a_bad_action_or_target_is_invalid(
@@ -648,6 +647,60 @@ async def test_a_bad_action_or_target_is_invalid(
     facts = [{"text": "User lives in Oslo.", "source_message_ids": ["msg-2"], **extra}]
     with pytest.raises(InvalidExtractionError, match=problem):
         await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+
+
+@pytest.mark.parametrize("target", ["", "  "])
+@pytest.mark.parametrize("action", ["new", "update"])
+async def test_an_empty_or_blank_target_is_no_target(
+    claude: Make, action: str, target: str
+) -> None:
+    """Schema-valid, and how models spell an absent target: the fact is used as if it
+    named none (an "update" of nothing is then the engine's to record as new)."""
+    facts = [
+        {
+            "text": "User lives in Oslo.",
+            "source_message_ids": ["msg-2"],
+            "action": action,
+            "target_entry_id": target,
+        },
+        {"text": "User works at Acme Corp.", "source_message_ids": ["msg-1"]},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(KNOWN_BATCH)
+    assert result.facts == (
+        ExtractedFact("User lives in Oslo.", ("msg-2",), action, None),  # type: ignore[arg-type]
+        ExtractedFact("User works at Acme Corp.", ("msg-1",)),
+    )
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\t "])
+async def test_a_fact_with_blank_text_is_passed_on_for_the_engine_to_drop(
+    claude: Make, text: str
+) -> None:
+    """The rest of the answer is used; the engine drops the blank fact and records that
+    it did, where the whole batch used to fail and its messages end quarantined."""
+    facts = [
+        {"text": text, "source_message_ids": ["msg-1"]},
+        {"text": "User lives in Oslo.", "source_message_ids": ["msg-3"]},
+    ]
+    result = await claude(FakeAPI(ok(facts))).extract(BATCH)
+    assert result.facts == (
+        ExtractedFact("", ("msg-1",)),
+        ExtractedFact("User lives in Oslo.", ("msg-3",)),
+    )
+
+
+async def test_the_tool_schema_asks_for_text_and_targets_that_are_not_blank(
+    claude: Make,
+) -> None:
+    """The model is told what the parser repairs, so that the two agree."""
+    api = FakeAPI(ok())
+    await claude(api).extract(KNOWN_BATCH)
+    schema = api.bodies[0]["tools"][0]["input_schema"]
+    properties = schema["properties"]["facts"]["items"]["properties"]
+    for name in ("text", "target_entry_id"):
+        pattern = re.compile(properties[name]["pattern"])
+        assert pattern.search("User likes tea.") and pattern.search(" k1 ")
+        assert not pattern.search("") and not pattern.search(" \t\n")
 
 
 async def test_an_answer_cut_at_max_tokens_is_never_used_and_repeats(claude: Make) -> None:
