@@ -90,7 +90,8 @@ _PROBE_TEXT = "Hello."
 
 _ENTRY_PROBES = 12
 """Probes that look for the known entries a refusal is caused by, at most, per batch:
-enough to find one among thousands of entries, or a few among dozens."""
+enough to find one refused entry among 2,048 (a batch shows at most 100), or two among
+30 (see :meth:`ClaudeExtractor._entries_accepted`)."""
 
 _REJECTED_STATUSES = frozenset({400, 413, 422})
 """Statuses that refuse the request itself (too long, malformed): it would fail again."""
@@ -313,39 +314,41 @@ class ClaudeExtractor:
     ) -> tuple[tuple[KnownEntry, ...], TokenUsage]:
         """The known entries of ``batch`` that the API accepts shown together (with a
         harmless message, as :meth:`_settle` probes), in their order, and the probes'
-        tokens: halves of the entries are probed until each refused one is found alone,
-        at most :data:`_ENTRY_PROBES` probes. Entries whose turn never came, or whose
-        probe failed otherwise than by a refusal, are left out too.
+        tokens, in at most :data:`_ENTRY_PROBES` probes. Entries whose turn never came, or
+        whose probe failed otherwise than by a refusal, are left out too.
+
+        The suspects (refused when shown with the entries kept so far) are halved until
+        the one the API refuses is alone: an accepted half is kept whole, and the other
+        half of a refused one is set aside unprobed. Then everything set aside is probed
+        at once: accepted, it is all kept; refused, it holds another refused entry and
+        is searched the same way. One refused entry among N so costs at most
+        ceil(log2 N) + 1 probes (6 among 30, 8 among 100).
 
         Facts extracted without an entry cannot update it (they come back new), so the
         fewer left out, the fewer entries of the user are repeated."""
         spent = TokenUsage()
         kept: list[KnownEntry] = []
-        probes = 0
-        # Groups of entries to sort out; a refused group is one shown with ``kept`` in a
-        # request the API refused, so a refused entry is among them.
-        groups: list[tuple[tuple[KnownEntry, ...], bool]] = [(batch.known, True)]
-        while groups and probes < _ENTRY_PROBES:
-            group, refused = groups.pop()
-            if refused and len(group) == 1:
-                continue  # the entry the API refuses
-            first, rest = (
-                (group[: len(group) // 2], group[len(group) // 2 :]) if refused else (group, ())
-            )
-            probes += 1
-            shown = dataclasses.replace(batch, known=(*kept, *first))
-            verdict, used = await self._probed(_probe(request, shown))
+        suspects = batch.known  # shown with ``kept``, refused: a refused entry is among them
+        set_aside: list[KnownEntry] = []  # halves not probed since they were split off
+        for _ in range(_ENTRY_PROBES):
+            if len(suspects) > 1:
+                half = len(suspects) // 2
+                shown, rest = suspects[:half], suspects[half:]
+            elif set_aside:  # the refused suspect is found alone, and left out
+                shown, rest, set_aside = tuple(set_aside), (), []
+            else:
+                break
+            probe = _probe(request, dataclasses.replace(batch, known=(*kept, *shown)))
+            verdict, used = await self._probed(probe)
             spent = _added(spent, used)
             if verdict == "failed":
                 break
             if verdict == "accepted":
-                kept.extend(first)
-                if rest:
-                    groups.append((rest, True))  # the whole was refused: the rest is
+                kept.extend(shown)
+                suspects = rest
             else:
-                if rest:
-                    groups.append((rest, False))
-                groups.append((first, True))
+                set_aside.extend(rest)
+                suspects = shown
         return tuple(e for e in batch.known if e in kept), spent
 
     async def _without_known(

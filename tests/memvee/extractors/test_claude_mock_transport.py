@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 import traceback
@@ -975,6 +976,48 @@ async def test_several_refused_entries_among_many_are_each_left_out_in_bounded_p
     final, _ = shown(api.bodies[-1])
     assert final == [e.text for e in entries if e.entry_id not in {"e-2", "e-9"}]
     assert len(api.requests) <= 3 + claude_module._ENTRY_PROBES + 1
+
+
+def _entry_probes(api: FakeAPI) -> int:
+    """The probes that looked for the refused entries: those with the harmless message
+    but the first two (with every entry, then with none)."""
+    return sum(shown(body)[1] == ["Hello."] for body in api.bodies) - 2
+
+
+@pytest.mark.parametrize(
+    ("count", "refused"),
+    [(2, 0), (30, 5), (30, 29), (100, 50), (200, 10)],
+)
+async def test_one_refused_entry_among_n_is_found_in_at_most_log2_n_plus_one_probes(
+    claude: Make, count: int, refused: int
+) -> None:
+    """Only the refused entry is left out, however many are shown: an accepted half is
+    kept whole, and what was set aside while narrowing down is probed all at once. It
+    used to be probed a part at a time, last, so that 101 of 200 were left out when the
+    probes ran out (and facts about them came back new, repeating the user's entries)."""
+    entries = tuple(KnownEntry(f"e-{i}", f"User fact number {i}.", T_KNOWN) for i in range(count))
+    batch = replace(KNOWN_BATCH, known=entries)
+    blocked = f"number {refused}."
+    api = EntryFilter(lambda: fail(400, "invalid_request_error", BLOCKED), blocked)
+    result = await claude(api, max_retries=0).extract(batch)
+
+    assert result.notes["known_entries_left_out"] == f"e-{refused}"
+    assert shown(api.bodies[-1])[0] == [e.text for e in entries if e.entry_id != f"e-{refused}"]
+    assert _entry_probes(api) <= math.ceil(math.log2(count)) + 1
+
+
+async def test_the_probes_find_one_refused_entry_among_2048_or_two_among_30(
+    claude: Make,
+) -> None:
+    """What :data:`_ENTRY_PROBES` is said to be enough for, at the worst places."""
+    assert math.ceil(math.log2(2048)) + 1 == claude_module._ENTRY_PROBES
+    entries = tuple(KnownEntry(f"e-{i}", f"User fact number {i}.", T_KNOWN) for i in range(30))
+    api = EntryFilter(
+        lambda: fail(400, "invalid_request_error", BLOCKED), "number 1.", "number 12."
+    )
+    result = await claude(api, max_retries=0).extract(replace(KNOWN_BATCH, known=entries))
+    assert result.notes["known_entries_left_out"] == "e-1,e-12"
+    assert _entry_probes(api) <= claude_module._ENTRY_PROBES
 
 
 async def test_entries_whose_probes_ran_out_are_left_out(
