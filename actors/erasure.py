@@ -1,5 +1,8 @@
 """Erasure: every trace of one user (log, snapshots, projection rows, lease) in one go.
 
+A lease another live process holds is kept, blanked of the user's name: that process
+still owns the user, and deleting its row would let a third take her over under it.
+
 Right to be forgotten: one transaction deletes the user's events and snapshots and
 every projection row of their log, with every other writer held off, so afterwards no
 API, no replay and no rebuild can bring any of it back. On SQLite the freed pages are

@@ -99,7 +99,7 @@ class LeaseTable:
                 expires_at=now + self.ttl,
             ).on_conflict_do_update(
                 index_elements=["log_id"],
-                set_={"owner": self.owner, "expires_at": now + self.ttl},
+                set_={"user_id": user_id, "owner": self.owner, "expires_at": now + self.ttl},
                 where=(t.c.owner == self.owner) | (t.c.expires_at < now),
             )
             connection.execute(statement)
@@ -176,10 +176,24 @@ class LeaseTable:
             )
 
     def forget(self, connection: Connection, user_id: str) -> int:
-        """Delete the user's lease row, whoever holds it, in the caller's transaction."""
+        """Erase the user's lease row in the caller's transaction; returns the rows deleted.
+
+        Ours, or an expired one, is deleted. One another process holds (unexpired, by the
+        database's clock) stays, with the user's name blanked: that process is alive and
+        trusts its lease for ``ttl / 2`` without a read, so deleting the row would let a
+        third process take the user over under a task it starts on the new log.
+        """
         t = self.table
         self._renewed.pop(user_id, None)
-        return connection.execute(delete(t).where(t.c.log_id == str(user_log_id(user_id)))).rowcount
+        log_id = str(user_log_id(user_id))
+        now = self._now(connection)
+        deleted = connection.execute(
+            delete(t).where(
+                t.c.log_id == log_id, (t.c.owner == self.owner) | (t.c.expires_at < now)
+            )
+        ).rowcount
+        connection.execute(update(t).where(t.c.log_id == log_id).values(user_id=""))
+        return deleted
 
     def release_all(self) -> None:
         """Give every lease of ours up (on close)."""

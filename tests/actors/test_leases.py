@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 import actors.engine as engine_module
 from actors import Engine
 from actors.engine import FOLLOW_SECONDS, LATE_COMMIT_SECONDS
 from actors.lease import LeaseTable
-from events import user_log_id
+from events import EventStore, user_log_id
 from memvee import Memory, MemoryConfig, ProcessingError, ProcessTask
 from projections.reader import StoredVersion
 from tests.support.extractors import RecordingExtractor, unreadable_when
@@ -146,10 +146,11 @@ async def test_the_owner_runs_a_guests_request_its_own_write_reloaded_the_log_wi
 async def test_the_owner_runs_requests_on_the_new_log_of_a_user_another_process_forgot(
     db_url: str,
 ) -> None:
-    """A third process forgets a user the owner has processed, and the owner's lease
-    renewal takes the freed lease again; a guest then begins the user's new log, shorter
-    than the owner's copy of the erased one, and asks for processing. The owner must see
-    that its copy is of another log, not ahead of the stored one, and run the request."""
+    """A third process forgets a user the owner has processed, and the owner keeps its
+    lease through it (its renewal finds it still held); a guest then begins the user's
+    new log, shorter than the owner's copy of the erased one, and asks for processing.
+    The owner must see that its copy is of another log, not ahead of the stored one, and
+    run the request."""
     config = _config(db_url, lease_ttl=600)  # the test renews the owner's leases itself
     owner = await Memory(config=config, extractor=RecordingExtractor()).open()
     guest = await Memory(config=config, extractor=RecordingExtractor()).open()
@@ -172,6 +173,67 @@ async def test_the_owner_runs_requests_on_the_new_log_of_a_user_another_process_
         await third.close()
         await guest.close()
         await owner.close()
+
+
+async def test_the_owner_keeps_the_user_through_a_forget_in_another_process(
+    db_url: str,
+) -> None:
+    """Another process forgets a user the owner holds, then writes to her while the
+    owner extracts her new log. The owner is alive and trusts its lease between renewals:
+    the forget used to delete its lease row, so the other process's write took the user
+    over and closed the owner's task as if the owner had crashed, its extraction wasted."""
+    config = _config(db_url, lease_ttl=600)  # no renewal during the test
+    owner_extractor, other_extractor = RecordingExtractor(gated=True), RecordingExtractor()
+    owner = await Memory(config=config, extractor=owner_extractor).open()
+    other = await Memory(config=config, extractor=other_extractor).open()
+    try:
+        engine = owner._engine
+        assert engine is not None and engine.leases is not None
+        leases = engine.leases
+        await owner.add_exchange("u", "I work at Acme", "ok")
+        await other.forget("u")
+        await owner.add_exchange("u", "I live in Oslo", "ok")  # the new log
+        task = owner.process_async("u")
+        assert await asyncio.to_thread(owner_extractor.started.wait, 10)
+        await other.add_exchange("u", "I love tea", "ok")
+        assert await asyncio.to_thread(_holder, leases, "u") == leases.owner
+        owner_extractor.gate.set()
+        assert await asyncio.wait_for(task.wait(), 20) == 1
+        assert [b.messages[0].content for b in owner_extractor.batches] == ["I live in Oslo"]
+        assert other_extractor.batches == []
+        assert [m.content for m in await other.buffer("u")] == ["I love tea", "ok"]
+    finally:
+        owner_extractor.gate.set()
+        await other.close()
+        await owner.close()
+
+
+def test_forgetting_a_user_keeps_only_a_lease_another_live_process_holds_and_not_her_name(
+    db_url: str,
+) -> None:
+    """Our lease and an expired one go with the user; another process's live lease stays
+    its own (blanked of the user's name), so it is not taken over while it runs."""
+    store = EventStore(db_url)
+    try:
+        mine, theirs, gone = (LeaseTable(store.engine, name, ttl=600) for name in "abc")
+        with store.engine.begin() as connection:
+            mine.create(connection)
+        assert theirs.try_acquire("held") and mine.try_acquire("mine")
+        assert gone.try_acquire("expired")
+        t = mine.table
+        with store.engine.begin() as connection:
+            expired = t.c.log_id == str(user_log_id("expired"))
+            connection.execute(update(t).where(expired).values(expires_at=0.0))
+        with store.engine.begin() as connection:
+            deleted = [mine.forget(connection, user) for user in ("held", "mine", "expired")]
+        assert deleted == [0, 1, 1]
+        with store.engine.connect() as connection:
+            rows = connection.execute(select(t.c.log_id, t.c.user_id, t.c.owner)).all()
+        assert [tuple(row) for row in rows] == [(str(user_log_id("held")), "", "b")]
+        assert theirs.renew(["held"]) == set() and not mine.try_acquire("held")
+        assert mine.try_acquire("mine") and gone.try_acquire("expired")
+    finally:
+        store.close()
 
 
 def _pause_following(
