@@ -16,6 +16,7 @@ so that no message can block the ones after it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -311,7 +312,10 @@ class UserLog(Aggregate):
         was kept (those were kept for their tokens alone). ``may_pass``: the call failed in
         a way that may pass (a 5xx, a timeout): kept as evidence, so that the next runs
         split its batch and blame a message that keeps failing while others are answered
-        (``False`` for the events stored before it was kept)."""
+        (``False`` for the events stored before it was kept). ``blamed``: a Message Batches
+        request that failed so while the other requests it went with did not all fail so
+        (not the API's at large); a message blamed so twice is sent in a call of its own,
+        as one that ``repeats``."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -325,6 +329,7 @@ class UserLog(Aggregate):
         request_id: str | None = None
         repeats: bool = False
         may_pass: bool = False
+        blamed: bool = False
 
         def apply(self, log: UserLog) -> None:
             if self.request_id:
@@ -907,17 +912,22 @@ class UserLog(Aggregate):
         request_id: str | None = None,
         repeats: bool = False,
         may_pass: bool = False,
+        blamed: bool = False,
     ) -> bool:
         """Record a failed re-extraction call of ``message_ids``: what it spent, whether
         it ``repeats`` (failed of its own, and would the same way again: the next run sends
-        its messages one a call) and whether its error ``may_pass`` (evidence for the next
-        runs, see :meth:`reextraction_calls`); returns whether anything was recorded
-        (nothing when it spent nothing, neither repeats nor may pass, or ``request_id`` is
-        recorded already: re-extraction changes no state when it fails, only the bill and
-        the next plan)."""
+        its messages one a call), whether its error ``may_pass`` (evidence for the next
+        runs, see :meth:`reextraction_calls`) and whether it is ``blamed`` (a Message
+        Batches request failing so, but not as every request did: a second such failure of
+        a message turns into a call of its own); returns whether anything was recorded
+        (nothing when it spent nothing and is none of these, or ``request_id`` is recorded
+        already: re-extraction changes no state when it fails, only the bill and the next
+        plan)."""
         check_new_knowledge_version(knowledge_version)
         spent = _usage_fields(usage)
-        if not (repeats or may_pass or any(spent.values())) or self.recorded_request(request_id):
+        if not (repeats or may_pass or blamed or any(spent.values())) or self.recorded_request(
+            request_id
+        ):
             return False
         self.trigger_event(
             self.ReextractionFailed,
@@ -929,6 +939,7 @@ class UserLog(Aggregate):
             request_id=request_id,
             repeats=repeats,
             may_pass=may_pass,
+            blamed=blamed,
             **spent,
         )
         return True
@@ -1246,18 +1257,25 @@ class UserLog(Aggregate):
 
     def failed_reextraction(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
         """The messages of ``knowledge_version``'s re-extraction calls that failed of their
-        own in a way that repeats, read off ``history`` (this log's events; since a version
-        of the same name was promoted, if one was): the next run sends each of them in a
-        call of its own. A failure that may pass pins none, whatever it spent."""
+        own in a way that repeats, or were ``blamed`` for a failure that may pass twice
+        (the same request failing again while others were answered), read off ``history``
+        (this log's events; since a version of the same name was promoted, if one was): the
+        next run sends each of them in a call of its own. A failure that may pass once pins
+        none, whatever it spent."""
         failed: set[str] = set()
+        blamed: Counter[str] = Counter()
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
             if isinstance(e, self.ReextractionFailed):
                 if e.repeats:
                     failed.update(e.message_ids)
+                elif getattr(e, "blamed", False):
+                    blamed.update(e.message_ids)
+                    failed.update(m for m in e.message_ids if blamed[m] >= 2)
             elif isinstance(e, self.KnowledgeVersionPromoted):
                 failed.clear()
+                blamed.clear()
         return failed
 
     def reextraction_calls(

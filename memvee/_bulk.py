@@ -2,8 +2,9 @@
 
 A bulk run brings one knowledge version up to date: every processed message of the chosen
 users that the version does not cover yet is planned into bounded batches, submitted as
-one Message Batch (or a few, for very large runs), polled until it ends, and each result
-recorded as a KnowledgeReextracted event of its user.
+one Message Batch (or a few, for very large runs: each within the API's limits on requests
+and bytes), polled until it ends, and each result recorded as a KnowledgeReextracted event
+of its user.
 
 It survives a crash at any point. The requests of each submitted Message Batch are kept
 in a small table (:mod:`projections.bulk_runs`) before the batch is created; a later run
@@ -15,7 +16,9 @@ the user's log is never recorded again. Rows are deleted once their results are 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,7 +59,15 @@ __all__ = ["BulkReextraction", "BulkReport"]
 log = logging.getLogger("memvee.bulk")
 
 MAX_REQUESTS_PER_BATCH = 10_000
-"""Requests per Message Batch (the API takes up to 100,000 or 256 MB)."""
+"""Requests per Message Batch, at most (the API takes up to 100,000)."""
+
+MAX_BATCH_BYTES = 240_000_000
+"""Bytes of a Message Batch's create body, at most, as the SDK sends it: the API refuses a
+body over 256 MB (HTTP 413 ``request_too_large``), and this keeps a margin below that."""
+
+_REQUEST_OVERHEAD = 100
+"""Bytes a request takes in the create body beside its ``params``: its custom id and the
+JSON around it (a custom id is at most 64 characters)."""
 
 MAX_POLL_OUTAGE = 600.0
 """Seconds of consecutive transient failures (overloaded, 5xx, no connection) that polling
@@ -93,9 +104,10 @@ and the ``request_id`` by name)."""
 
 @dataclass
 class BulkReport:
-    """What a bulk run did: requests submitted and recorded, entries, what failed, and the
-    kept Message Batches the API no longer knows (``lost``: their requests are planned
-    again)."""
+    """What a bulk run did: requests submitted and recorded, entries, what failed, the
+    messages ``left_out`` of the version (by id, with why: each failed alone in a way that
+    repeats, or is too large for any Message Batch alone), and the kept Message Batches the
+    API no longer knows (``lost``: their requests are planned again)."""
 
     submitted: int = 0
     recorded: int = 0
@@ -103,6 +115,7 @@ class BulkReport:
     entries: int = 0
     batches: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
 
 
@@ -110,13 +123,21 @@ class BulkReport:
 class _Planned:
     """One request of a bulk run: a user's batch of messages and the entries it was shown."""
 
-    custom_id: str
     user_id: str
     message_ids: list[str]
     known: list[str]
 
     def to_json(self) -> dict[str, Any]:
         return {"user": self.user_id, "messages": self.message_ids, "known": self.known}
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A planned request with its ``params`` and the bytes it adds to a create body."""
+
+    planned: _Planned
+    params: MessageCreateParamsNonStreaming
+    size: int
 
 
 class BulkReextraction:
@@ -162,11 +183,7 @@ class BulkReextraction:
             for row in await asyncio.to_thread(self._unfinished):
                 await self._finish(client, row, report)
             planned = await asyncio.to_thread(self._plan, user_ids)
-            for start in range(0, len(planned), MAX_REQUESTS_PER_BATCH):
-                chunk = planned[start : start + MAX_REQUESTS_PER_BATCH]
-                row = await self._submit(client, chunk)
-                report.submitted += len(chunk)
-                await self._finish(client, row, report)
+            await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
             raise api_error(error, client_secrets(client)) from None
         finally:
@@ -199,11 +216,122 @@ class BulkReextraction:
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
-                planned.append(_Planned(f"r{len(planned) + 1}", user_id, ids, known))
+                planned.append(_Planned(user_id, ids, known))
         return planned
 
+    async def _submit_all(
+        self, client: anthropic.AsyncAnthropic, planned: list[_Planned], report: BulkReport
+    ) -> None:
+        """Submit ``planned`` in order as Message Batches, each collected before the next.
+
+        Each batch holds at most :data:`MAX_REQUESTS_PER_BATCH` requests and ``budget``
+        bytes of create body (:data:`MAX_BATCH_BYTES` at first). A batch the API refuses as
+        too large (413) was not made: its requests go again, in batches of at most half its
+        bytes from then on; a request refused so alone is split in its messages, down to the
+        message that is too large alone, which is left out of the version (:meth:`_split`).
+        """
+        todo = deque(planned)
+        budget = MAX_BATCH_BYTES
+        while todo:
+            chunk = await self._next_chunk(todo, budget, report)
+            if not chunk:
+                continue
+            try:
+                row = await self._submit(client, chunk)
+            except anthropic.APIStatusError as error:
+                if error.status_code != 413:
+                    raise
+                shown = api_error(error, client_secrets(client))
+                size = sum(b.size for b in chunk)
+                if len(chunk) > 1:
+                    budget = min(budget, size // 2)
+                    log.warning(
+                        "a Message Batch of %d requests (%d bytes) was refused as too large "
+                        "(%s); its requests go again in batches of at most %d bytes",
+                        len(chunk),
+                        size,
+                        shown,
+                        budget,
+                    )
+                    todo.extendleft(reversed([b.planned for b in chunk]))
+                else:
+                    await self._split(chunk[0].planned, todo, report, str(shown))
+                continue
+            report.submitted += len(chunk)
+            await self._finish(client, row, report)
+
+    async def _next_chunk(
+        self, todo: deque[_Planned], budget: int, report: BulkReport
+    ) -> list[_Built]:
+        """The next requests of ``todo`` that one Message Batch takes: within
+        :data:`MAX_REQUESTS_PER_BATCH` and ``budget`` bytes (a request over ``budget`` goes
+        alone); a request too large for any batch is split first (:meth:`_split`)."""
+        chunk: list[_Built] = []
+        size = 0
+        while todo and len(chunk) < MAX_REQUESTS_PER_BATCH:
+            built = await asyncio.to_thread(self._build, todo[0])
+            if built.size > MAX_BATCH_BYTES:
+                todo.popleft()
+                why = (
+                    f"request_too_large: its request is {built.size} bytes, over the "
+                    f"{MAX_BATCH_BYTES} a Message Batch may carry"
+                )
+                await self._split(built.planned, todo, report, why)
+                continue
+            if chunk and size + built.size > budget:
+                break
+            todo.popleft()
+            chunk.append(built)
+            size += built.size
+        return chunk
+
+    def _build(self, planned: _Planned) -> _Built:
+        """The Messages API ``params`` of a planned request, and the bytes it adds to the
+        create body, measured as the SDK encodes it (compact JSON, UTF-8)."""
+        batch = self._batch("planned", planned.to_json())
+        params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
+        params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
+        encoded = json.dumps(params, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _Built(planned, params, len(encoded.encode()) + _REQUEST_OVERHEAD)
+
+    async def _split(
+        self, planned: _Planned, todo: deque[_Planned], report: BulkReport, why: str
+    ) -> None:
+        """A request too large for a Message Batch alone: its messages go in two requests
+        at the front of ``todo``, or, one message, it is left out of the version as the
+        synchronous path leaves out one that fails alone (its failure kept in its user's
+        log as one that repeats, and reported)."""
+        batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
+        messages = list(batch.messages)
+        if len(messages) > 1:
+            half = (len(messages) + 1) // 2
+            for part in (messages[half:], messages[:half]):
+                shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
+                ids = [m.message_id for m in part]
+                todo.appendleft(_Planned(planned.user_id, ids, [k.entry_id for k in shown]))
+            log.info(
+                "user %r: a bulk request of %d messages is too large (%s); split",
+                planned.user_id,
+                len(messages),
+                why,
+            )
+            return
+        if not messages:  # forgotten meanwhile: nothing to send
+            return
+        message_id = messages[0].message_id
+        error = RejectedBatchError(why)
+        await asyncio.to_thread(self._record_failure, planned.to_json(), error, None)
+        report.left_out[message_id] = why
+        log.warning(
+            "user %r: message %s left out of version %r: its request is too large alone (%s)",
+            planned.user_id,
+            message_id,
+            self.version,
+            why,
+        )
+
     async def _submit(
-        self, client: anthropic.AsyncAnthropic, planned: list[_Planned]
+        self, client: anthropic.AsyncAnthropic, chunk: list[_Built]
     ) -> dict[str, Any]:
         """Keep the requests, then create the Message Batch and keep its id.
 
@@ -214,7 +342,8 @@ class BulkReextraction:
         lost; an answer that refused it is retried here, and a lost answer is looked for.
         """
         local_id = str(uuid4())
-        kept = {f"{p.custom_id}-{local_id}": p.to_json() for p in planned}
+        ids = [f"r{i}-{local_id}" for i in range(1, len(chunk) + 1)]
+        kept = {custom_id: b.planned.to_json() for custom_id, b in zip(ids, chunk, strict=True)}
         row = {
             "local_id": local_id,
             "knowledge_version": self.version,
@@ -223,16 +352,14 @@ class BulkReextraction:
             "created_at": datetime.now(UTC),
         }
         await asyncio.to_thread(self._insert, row)
-        requests: list[Request] = []
-        for custom_id, request in kept.items():
-            batch = await asyncio.to_thread(self._batch, custom_id, request)
-            params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
-            params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
-            requests.append({"custom_id": custom_id, "params": params})
+        requests: list[Request] = [
+            {"custom_id": custom_id, "params": b.params}
+            for custom_id, b in zip(ids, chunk, strict=True)
+        ]
         created = await self._create(client, row, requests)
         row["api_batch_id"] = created
         await asyncio.to_thread(self._set_batch_id, local_id, created)
-        log.info("submitted %d requests as Message Batch %s", len(planned), created)
+        log.info("submitted %d requests as Message Batch %s", len(chunk), created)
         return row
 
     async def _create(
@@ -240,7 +367,8 @@ class BulkReextraction:
     ) -> str:
         """Create the Message Batch of ``row``; returns its id. A refusal that may pass
         (rate limited, overloaded) is retried; a lost answer is looked for among the
-        account's batches before the batch is created again."""
+        account's batches before the batch is created again. Any other refusal (one as too
+        large, 413, which the caller splits for) made nothing: the row is deleted."""
         once = client.with_options(max_retries=0)
         pause = _CREATE_PAUSE
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
@@ -299,6 +427,7 @@ class BulkReextraction:
             return
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
+        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -310,18 +439,17 @@ class BulkReextraction:
                     report.skipped += 1
                     continue
                 outcome = answers.get(custom_id)
+                request = row["requests"][custom_id]
                 entries = await asyncio.to_thread(
-                    self._record,
-                    custom_id,
-                    row["requests"][custom_id],
-                    outcome,
-                    request_id,
-                    refused_all,
+                    self._record, custom_id, request, outcome, request_id, refused_all, blamable
                 )
                 if entries is None:
                     report.skipped += 1
-                elif isinstance(entries, str):
-                    report.failed[request_id] = entries
+                elif isinstance(entries, ExtractionError):
+                    report.failed[request_id] = str(entries)
+                    own = entries.repeats or (blamable and _server_error(outcome))
+                    if own and await asyncio.to_thread(self._fails_alone, request):
+                        report.left_out[request["messages"][0]] = str(entries)
                 else:
                     report.recorded += 1
                     report.entries += entries
@@ -423,16 +551,20 @@ class BulkReextraction:
         outcome: Any,
         request_id: str,
         refused_all: frozenset[str],
-    ) -> int | str | None:
-        """Record one request's answer; returns the entries added, why it failed, or
+        blamable: bool,
+    ) -> int | ExtractionError | None:
+        """Record one request's answer; returns the entries added, how it failed, or
         ``None`` when its user's log has it recorded already. ``refused_all``: the reasons
-        the API refused every request of the Message Batch for (see :func:`_refused_all`)."""
+        the API refused every request of the Message Batch for (see :func:`_refused_all`);
+        ``blamable``: whether a server error of a request is evidence against its messages
+        (see :func:`_blamable`)."""
         if outcome is None:
-            return "no result"
+            return ExtractionError("no result")
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
-            self._record_failure(request, failure, request_id)
-            return str(failure)
+            blamed = blamable and _server_error(outcome)
+            self._record_failure(request, failure, request_id, blamed=blamed)
+            return failure
         batch = self._batch(custom_id, request)
         try:
             result = self.extractor.read_answer(
@@ -440,7 +572,7 @@ class BulkReextraction:
             )
         except ExtractionError as error:
             self._record_failure(request, error, request_id)
-            return str(error)
+            return error
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
         facts = [_same_if_known(f, texts) for f in result.facts]
@@ -467,15 +599,21 @@ class BulkReextraction:
         try:
             count: int | None = self.decide(batch.user_id, record, list(request["messages"]))
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
-            return str(forgotten)
+            return ExtractionError(str(forgotten))
         return count
 
     def _record_failure(
-        self, request: dict[str, Any], error: ExtractionError, request_id: str
+        self,
+        request: dict[str, Any],
+        error: ExtractionError,
+        request_id: str | None,
+        *,
+        blamed: bool = False,
     ) -> None:
         """Keep a failed request in its user's log (what it was billed, and whether it
-        failed of its own in a way that repeats: then the next run sends its messages one
-        a request); kept once however many runs collect it."""
+        failed of its own in a way that repeats, or is ``blamed`` for a server error a
+        second time: then the next run sends its messages one a request); kept once however
+        many runs collect it."""
         self.record_failure(
             request["user"],
             self.version,
@@ -485,7 +623,20 @@ class BulkReextraction:
             error.repeats,
             text=str(error),
             request_id=request_id,
+            blamed=blamed,
         )
+
+    def _fails_alone(self, request: dict[str, Any]) -> bool:
+        """Whether the one message of a request that failed of its own is left out of the
+        version: its failures pin it to a request of its own (as its user's log tells,
+        :meth:`UserLog.failed_reextraction`: one that repeats, or a server error twice)."""
+        if len(request["messages"]) != 1:
+            return False
+        user_log = self.store.load(request["user"])
+        if user_log is None:
+            return False
+        events = self.store.events_of(request["user"], upto=user_log.version)
+        return request["messages"][0] in user_log.failed_reextraction(self.version, events)
 
     def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
         """The batch a request was made of, read back from the log and the projections."""
@@ -644,6 +795,22 @@ def _refused_for(outcomes: Mapping[str, Any]) -> dict[str, str]:
         if reason is not None:
             refused.setdefault(reason, custom_id)
     return refused
+
+
+def _server_error(outcome: Any) -> bool:
+    """Whether a request came back ``errored`` with a server error (``api_error``)."""
+    if getattr(outcome, "type", None) != "errored":
+        return False
+    detail = getattr(getattr(outcome, "error", None), "error", None)
+    return getattr(detail, "type", None) == "api_error"
+
+
+def _blamable(outcomes: Mapping[str, Any]) -> bool:
+    """Whether a server error of a request of a Message Batch is evidence against its
+    messages: not when every request of a batch of several came back so (the API's
+    outage, not theirs). A message blamed twice goes alone next run
+    (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
+    return len(outcomes) < 2 or not all(_server_error(o) for o in outcomes.values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:

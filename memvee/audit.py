@@ -858,14 +858,17 @@ class Audit:
         text: str | None = None,
         request_id: str | None = None,
         may_pass: bool = False,
+        blamed: bool = False,
     ) -> None:
         """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
         ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
         repeat (then the next run sends its messages one a call), with ``text`` (default:
         the error's first line) and the Message Batches ``request_id`` (recorded once);
-        one whose error ``may_pass`` is kept as evidence for the next runs. A failure that
-        spent nothing, is not its own and is no evidence is not kept; the failure itself
-        goes on to the caller."""
+        one whose error ``may_pass`` is kept as evidence for the next runs, and a Message
+        Batches request ``blamed`` for a failure that may pass but was not every
+        request's (twice, and its messages go one a call). A failure that spent nothing,
+        is not its own and is no evidence is not kept; the failure itself goes on to the
+        caller."""
         usage = error.usage if isinstance(error, ExtractionError) else None
 
         def record(user_log: UserLog) -> bool:
@@ -879,6 +882,7 @@ class Audit:
                 request_id=request_id,
                 repeats=alone,
                 may_pass=may_pass,
+                blamed=blamed,
             )
 
         try:

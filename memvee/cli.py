@@ -890,6 +890,8 @@ def _reextract_in_bulk(
     )
     for request_id, error in list(report.failed.items())[:20]:
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
+    for message_id, why in list(report.left_out.items())[:20]:
+        console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {_shown(why)}"))
     for batch_id in report.lost:
         console.print(
             Text.assemble(
@@ -902,7 +904,7 @@ def _reextract_in_bulk(
         for target in targets:
             if version in audit.unpromoted_versions(target):
                 _print_returned(target, version, audit.promote(target, version))
-    if report.failed:
+    if report.failed or report.left_out:
         raise typer.Exit(code=1)
 
 

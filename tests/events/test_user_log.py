@@ -457,6 +457,20 @@ def test_a_reextraction_failure_that_may_pass_is_kept_as_evidence_and_splits_the
     assert log.reextraction_caps("v3", events) == {}
 
 
+def test_a_message_blamed_for_a_failure_that_may_pass_twice_is_pinned_once_not_before() -> None:
+    """A server error blamed on a call is kept though it spent nothing; a message blamed so
+    a second time is sent in a call of its own, until a promotion of the version."""
+    log, ids = _log_with(3)
+    assert log.record_reextraction_failure("v2", ids, "errored", TokenUsage(), blamed=True)
+    assert log.failed_reextraction("v2", [*log.pending_events]) == set()
+    log.record_reextraction_failure("v2", ids[1:], "errored", TokenUsage(), blamed=True)
+    assert log.failed_reextraction("v2", [*log.pending_events]) == set(ids[1:])
+    log.record_reextraction("v2", ids[:1], [], "x")
+    log.promote("v2", [*log.pending_events])
+    log.record_reextraction_failure("v2", ids[1:2], "errored", TokenUsage(), blamed=True)
+    assert log.failed_reextraction("v2", [*log.pending_events]) == set()
+
+
 def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that_may_pass(
     store: EventStore,
 ) -> None:

@@ -21,7 +21,14 @@ from typer.testing import CliRunner
 import memvee._bulk
 import projections.shown
 from actors.erasure import erase_user
-from events import BatchLimits, ExtractionError, UserLog, sqlite_url
+from events import (
+    BatchLimits,
+    BatchMessage,
+    ExtractionBatch,
+    ExtractionError,
+    UserLog,
+    sqlite_url,
+)
 from memvee import Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee.audit import Audit
@@ -277,6 +284,146 @@ def _creates_answered(
         return None
 
     return fault
+
+
+def _request_bytes(*contents: str) -> int:
+    """About the bytes one bulk request of ``contents`` takes in a create body (mostly
+    the system prompt and the tool): the unit the tests' size limits are counted in."""
+    now = datetime.now(UTC)
+    messages = tuple(BatchMessage(f"m{i}", "user", c, now) for i, c in enumerate(contents))
+    params = ClaudeExtractor(max_retries=0).request(ExtractionBatch("ann", "t", messages, ()))
+    request = {"custom_id": f"r1-{'0' * 36}", "params": params}
+    return len(json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _create_bytes(server: MessagesAPIServer) -> list[tuple[int, int]]:
+    """Each create call, made or refused: its requests and its body's bytes."""
+    return [
+        (len(r.body["requests"]), len(json.dumps(r.body, separators=(",", ":")).encode()))
+        for r in server.all_requests
+        if r.method == "POST" and r.path == "/v1/messages/batches"
+    ]
+
+
+def _two_and_a_half() -> int:
+    """A body limit that takes two of the tests' bounded requests, never three."""
+    return _request_bytes("ann likes thing 0", "ok", "ann likes thing 1", "ok") * 5 // 2
+
+
+async def test_a_run_over_the_byte_bound_goes_as_several_message_batches_each_under_it(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are grouped by bytes of the create body (as the SDK encodes it) as well as
+    by count, so a large backlog is never one batch over the API's 256 MB (it used to
+    be, and every run was refused with the same 413)."""
+    limit = _two_and_a_half()
+    monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", limit)
+    server.max_batch_bytes = limit
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+    creates = _create_bytes(server)
+    assert [n for n, _ in creates] == [2, 2, 2], "none refused, none made twice"
+    assert all(size <= limit for _, size in creates)
+    assert len(server.batches) == 3
+
+
+async def test_a_create_refused_as_too_large_is_sent_again_in_smaller_batches(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The API refuses a Message Batch as too large (413): nothing was made, so its
+    requests go again in batches of at most half its bytes, each request in one batch
+    made (paid) once, and nothing is left kept for the next run."""
+    server.max_batch_bytes = _two_and_a_half()
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+    assert (report.submitted, report.recorded, report.failed, report.left_out) == (6, 6, {}, {})
+    made = [r["custom_id"] for b in server.batches for r in b["requests"]]
+    assert len(made) == 6 and len(server.batches) >= 3
+    assert _create_bytes(server)[0][0] == 6, "the first create held them all, refused"
+
+
+@pytest.mark.parametrize("refused_by", ["the API", "the byte bound"])
+async def test_a_request_too_large_alone_is_split_down_to_the_message_left_out(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, refused_by: str
+) -> None:
+    """A request too large for any Message Batch is split in its messages as live
+    extraction splits a batch; the one message too large alone is left out of the version
+    (reported, its failure kept as one that repeats) and the others go in, this run and
+    the next."""
+    limit = _two_and_a_half()
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_exchange("bob", "huge " * (limit // 5), "ok")
+        await memory.flush("bob")
+    if refused_by == "the API":
+        server.max_batch_bytes = limit
+    else:
+        monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", limit)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        added = [e for e in audit.store.events_of("bob") if isinstance(e, UserLog.MessageAdded)]
+        (huge,) = [e.message_id for e in added if e.content.startswith("huge")]
+        assert list(report.left_out) == [huge] and "request_too_large" in report.left_out[huge]
+        covered = {m for e in _reextracted(audit, "bob") for m in e.message_ids}
+        assert covered == {e.message_id for e in added} - {huge}
+        failed = [
+            e for e in audit.store.events_of("bob") if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert [(f.message_ids, f.repeats) for f in failed] == [([huge], True)]
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, list(again.left_out)) == (0, 0, [huge])
+
+
+async def test_a_request_erroring_on_successive_runs_goes_one_message_a_request(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """One message makes its request come back errored (a server error) every time: the
+    second time the same request errors, its messages go one a request next run, so the
+    innocent ones sharing it get in and only the message that fails alone is left out."""
+    server.set_responder(
+        fault_when("bob likes thing 4", ScriptedResponse(500, error_body("api_error", "boom")))
+    )
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded, first.left_out) == (6, 5, {})
+        second = await _run(audit)
+        assert (second.submitted, second.recorded, second.left_out) == (1, 0, {})
+        third = await _run(audit)
+        assert (third.submitted, third.recorded) == (2, 1)
+        added = [e for e in audit.store.events_of("bob") if isinstance(e, UserLog.MessageAdded)]
+        (poisoned,) = [e.message_id for e in added if e.content == "bob likes thing 4"]
+        assert list(third.left_out) == [poisoned] and "boom" in third.left_out[poisoned]
+        covered = {m for e in _reextracted(audit, "bob") for m in e.message_ids}
+        assert covered == {e.message_id for e in added} - {poisoned}
+
+
+async def test_server_errors_of_every_request_of_a_batch_pin_no_message(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request of a Message Batch errored (the API's outage, not theirs), run after
+    run: once it passes, the next run sends the same bounded requests, not one a message."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        for _ in range(2):
+            down = await _run(audit)
+            assert (down.recorded, len(down.failed), down.left_out) == (0, 6, {})
+        server.set_responder(default_answer)
+        again = await _run(audit)
+    assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
+
+
+def test_the_command_line_lists_what_a_bulk_run_left_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every create refused as too large (413): the run splits down to single messages
+    and lists them left out (exit 1), instead of failing the same way every run."""
+    server.set_batches_fault(_creates_answered(413, "request_too_large", times=1_000))
+    args = ["reextract", "ann", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("left out:") == 10 and "Traceback" not in result.output
 
 
 async def test_a_run_that_crashed_while_recording_records_only_the_rest(

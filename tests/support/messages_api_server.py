@@ -514,6 +514,8 @@ class MessagesAPIServer:
 
     - ``max_request_bytes``: a Messages API body larger than this gets HTTP 413,
       "request_too_large", like the real API's request size limit;
+    - ``max_batch_bytes``: a Message Batches create body larger than this gets HTTP 413,
+      "request_too_large", like the real API's 256 MB limit on a batch (nothing is made);
     - ``max_prompt_tokens``: a request whose :func:`estimate_tokens` exceeds this gets
       HTTP 400 "prompt is too long: N tokens > M maximum" (an errored batch result);
     - ``min_cache_tokens``: the smallest prefix that prompt caching caches;
@@ -528,6 +530,7 @@ class MessagesAPIServer:
         responder: Responder = default_answer,
         *,
         max_request_bytes: int | None = None,
+        max_batch_bytes: int | None = None,
         max_prompt_tokens: int | None = None,
         min_cache_tokens: int = 1024,
         batch_polls: int = 1,
@@ -536,6 +539,7 @@ class MessagesAPIServer:
         """Prepare a server; it listens once started (``with`` or :meth:`start`)."""
         self.responder = responder
         self.max_request_bytes = max_request_bytes
+        self.max_batch_bytes = max_batch_bytes
         self.max_prompt_tokens = max_prompt_tokens
         self.min_cache_tokens = min_cache_tokens
         self.batch_polls = batch_polls
@@ -796,9 +800,9 @@ class MessagesAPIServer:
             answer.truncate_at,
         )
 
-    def _batches_call(self, request: RecordedRequest) -> ScriptedResponse:
-        """Serve one Message Batches API call: create, list, retrieve, results, cancel,
-        delete."""
+    def _batches_call(self, request: RecordedRequest, size: int) -> ScriptedResponse:
+        """Serve one Message Batches API call of ``size`` body bytes: create, list,
+        retrieve, results, cancel, delete."""
         with self._lock:
             fault = self._batches_fault
         answer = None if fault is None else fault(request)
@@ -809,6 +813,10 @@ class MessagesAPIServer:
         action = parts[1] if len(parts) > 1 else ""
         route = (request.method, bool(batch_id), action)
         if route == ("POST", False, ""):
+            limit = self.max_batch_bytes
+            if limit is not None and size > limit:
+                message = f"Request exceeds the maximum allowed number of bytes ({size} > {limit})."
+                return ScriptedResponse(413, error_body("request_too_large", message))
             return self._create_batch(request)
         if route == ("GET", False, ""):
             return self._list_batches()
@@ -988,7 +996,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._deliver(answer, number)
         elif path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
             owner._log(request)
-            self._send(owner._batches_call(request), owner._next_id())
+            self._send(owner._batches_call(request, len(raw)), owner._next_id())
         else:
             self._send(_not_found(path), owner._next_id())
 

@@ -415,6 +415,19 @@ async def test_batch_requests_take_scripted_answers_and_prompt_limits() -> None:
     assert "prompt is too long" in results["r3"].error.error.message
 
 
+async def test_a_batch_body_over_max_batch_bytes_gets_413_and_is_not_made() -> None:
+    with MessagesAPIServer(max_batch_bytes=3000) as server:
+        async with anthropic.AsyncAnthropic(
+            api_key="sk-test", base_url=server.base_url, max_retries=0
+        ) as client:
+            with pytest.raises(anthropic.ContentTooLargeError) as caught:
+                await client.messages.batches.create(requests=batch_requests("x" * 3000))
+            created = await client.messages.batches.create(requests=batch_requests("short"))
+
+    assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert [b["id"] for b in server.batches] == [created.id]
+
+
 async def test_a_canceled_batch_ends_with_every_request_canceled(
     server: MessagesAPIServer, client: anthropic.AsyncAnthropic
 ) -> None:
