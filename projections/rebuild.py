@@ -422,7 +422,13 @@ def _at_one_point(
 
 def forget_in_scratch(connection: Connection, log_id: str) -> None:
     """Delete one log's rows from :func:`verify`'s scratch tables, if they exist (a verify
-    runs, or one was killed): a forgotten user leaves no row anywhere."""
+    runs, or one was killed): a forgotten user leaves no row anywhere.
+
+    The caller holds every other writer off (:meth:`EventStore.lock_writers`), as
+    everything that makes or drops the scratch tables does first (:func:`_drop_scratch`):
+    the tables cannot go between the look and the delete, nor a drop take their locks in
+    another order than the delete's.
+    """
     scratch = ProjectionTables(SCRATCH_PREFIX)
     if inspect(connection).has_table(scratch.position.name):
         Projector(scratch).forget(connection, log_id)
@@ -474,6 +480,15 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
             ):
                 found += differences(expected, actual)
     finally:
-        with store.transaction() as connection:
-            Projector(scratch).drop(connection)
+        _drop_scratch(store, scratch)
     return found
+
+
+def _drop_scratch(store: EventStore, scratch: ProjectionTables) -> None:
+    """Drop :func:`verify`'s scratch tables while every other writer is held off: an
+    erasure deletes from them holding writers off too (:func:`forget_in_scratch`), so on
+    PostgreSQL the two take the tables' locks one after the other, never crosswise (a
+    deadlock), and the tables never go while an erasure is about to delete from them."""
+    with store.transaction() as connection:
+        store.lock_writers(connection)
+        Projector(scratch).drop(connection)

@@ -9,14 +9,19 @@ import importlib
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from typer.testing import CliRunner
 
+from actors.erasure import erase_user
 from events import (
     EventStore,
     ExtractedFact,
@@ -41,6 +46,7 @@ from projections import (
 )
 from projections.rebuild import SCRATCH_PREFIX
 from projections.search import owned_terms, owned_words, owner_token
+from tests.support.backends import postgres_url
 from tests.support.extractors import RecordingExtractor
 
 
@@ -538,6 +544,67 @@ async def test_a_user_forgotten_while_verify_runs_leaves_no_row_in_its_scratch_t
     await memory.forget("cat")
     assert rows_of("cat") == 0 and rows_of("ann") == 1
     store.close()
+
+
+def test_on_postgresql_a_forget_and_verify_dropping_its_scratch_tables_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An erasure about to delete a user's rows from verify's scratch tables, and verify
+    dropping them just then: the drop waits for the erasure, and both succeed (neither
+    fails on a table gone between a look and a delete, nor in a deadlock)."""
+    store = EventStore(postgres_url())
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    for user in ("ann", "ben"):
+        log = UserLog.register(user)
+        log.add_message("user", "I live in Oslo", None, 1000)
+        store.append([list(log.collect_events())], projector.apply)
+    module = importlib.import_module("projections.rebuild")
+    at_one_point = module._at_one_point
+    compared, dropping = threading.Event(), threading.Event()
+
+    @contextmanager
+    def compared_then_held(*args: Any) -> Iterator[Any]:
+        with at_one_point(*args) as connection:
+            yield connection
+        compared.set()
+        dropping.wait(30)
+
+    class HeldBeforeScratchForget(Projector):
+        def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
+            if self.tables.prefix == SCRATCH_PREFIX:
+                dropping.set()
+                _until_waiting_on_a_lock_or_done(store, verifying)
+            return super().forget(connection, log_id)
+
+    monkeypatch.setattr(module, "_at_one_point", compared_then_held)
+    monkeypatch.setattr(module, "Projector", HeldBeforeScratchForget)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            verifying = pool.submit(verify, store)
+            assert compared.wait(30)
+            receipt = erase_user(store, projector, None, "ann")
+            assert verifying.result(30) == []
+        monkeypatch.undo()
+        assert receipt.events == 2 and receipt.rows["users"] == 1
+        with store.engine.connect() as connection:
+            assert not inspect(connection).has_table(f"{SCRATCH_PREFIX}position")
+    finally:
+        store.close()
+
+
+def _until_waiting_on_a_lock_or_done(store: EventStore, task: Future[Any]) -> None:
+    """Return once ``task`` has ended or a session of the PostgreSQL server waits for a
+    lock: the point past which it cannot go while the caller's transaction lasts."""
+    with store.engine.connect() as connection:
+        waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        for _ in range(3000):
+            if task.done() or connection.execute(waiting).scalar_one():
+                return
+            connection.rollback()
+            time.sleep(0.01)
+    raise AssertionError("the task neither ended nor waited for a lock")
 
 
 _KILLED_REBUILD = """
