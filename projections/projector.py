@@ -369,13 +369,22 @@ class Projector:
             self._sinks[dialect.name] = sinks
         return sinks
 
-    def forget(self, connection: Connection, log_id: str) -> dict[str, int]:
-        """Delete every row of one user's log from these tables; returns counts per table."""
+    def forget(
+        self, connection: Connection, log_id: str, *, keep_vectors: bool = False
+    ) -> dict[str, int]:
+        """Delete every row of one user's log from these tables; returns counts per table.
+
+        ``keep_vectors`` keeps the user's embeddings, as :meth:`drop` does for a rebuild
+        (one user's rebuild refolds the rest); an erasure deletes them too.
+        """
         hold_off_vector_writes(connection, self.tables)
         for memory in self._remembered.values():
             memory.clear()
         erased: dict[str, int] = {"search": self.search.forget(connection, log_id)}
+        vectors = self.tables.vectors
         for table in self.tables.data_tables:
+            if keep_vectors and table is vectors:
+                continue
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
             erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
         self.search.erased(connection)

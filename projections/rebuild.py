@@ -31,6 +31,7 @@ from projections.folds import PROJECTIONS
 from projections.projector import Folded, FoldState, Projector
 from projections.search import MessageBodies, SearchIndex
 from projections.tables import LIVE_PREFIX, ProjectionTables
+from projections.vectors import drop_vectors_of_gone_items
 from projections.writer_turns import WriterTurns
 
 __all__ = [
@@ -203,19 +204,25 @@ def rebuild_user(
     One transaction, with every other writer held off, so it is safe beside live writers
     and either fully done or not at all. Refused (:class:`StorageError`) while a rebuild
     of every projection runs or stopped before its end: that rebuild folds the user too.
+    As a full rebuild, it keeps the user's vectors (a process's cached ones stay right,
+    and nothing is embedded again), but those of items the refold does not give again,
+    and drops their checkpoints, as a full rebuild does (derived from the log, they may
+    be what the rebuild is to mend; a long log gets one again when its user next loads).
     """
     projector = Projector(tables or ProjectionTables(LIVE_PREFIX))
+    log_id = str(user_log_id(user_id))
     folded = 0
     with store.transaction() as connection:
         store.lock_writers(connection)
         refuse_while_rebuilding(projector, connection)
-        projector.forget(connection, str(user_log_id(user_id)))
+        projector.forget(connection, log_id, keep_vectors=True)
         after = 0
         while page := store.events_of(user_id, after=after, upto=after + page_size):
             recorded = [Recorded(e.originator_version, e) for e in page]
             projector.apply(connection, recorded, move_position=False)
             folded += len(page)
             after = page[-1].originator_version
+        drop_vectors_of_gone_items(connection, projector.tables, log_id)
         projector.index_messages(connection)
         projector.renew(connection)
     return folded

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Executable,
+    and_,
     bindparam,
     delete,
     func,
@@ -41,7 +42,13 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
 from projections.tables import ProjectionTables
 
-__all__ = ["Embed", "NamedEmbedder", "VectorIndex", "hold_off_vector_writes"]
+__all__ = [
+    "Embed",
+    "NamedEmbedder",
+    "VectorIndex",
+    "drop_vectors_of_gone_items",
+    "hold_off_vector_writes",
+]
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
 """Maps texts to unit vectors (an Embedder's ``embed``)."""
@@ -85,6 +92,23 @@ def hold_off_vector_writes(connection: Connection, tables: ProjectionTables) -> 
     """
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"LOCK TABLE {tables.vectors.name} IN EXCLUSIVE MODE"))
+
+
+def drop_vectors_of_gone_items(
+    connection: Connection, tables: ProjectionTables, log_id: str
+) -> int:
+    """Delete the log's vectors (of every model) whose entry or message ``tables`` no
+    longer hold; returns how many. One user's rebuild keeps their vectors, as a rebuild
+    does, but only those of the items its refold gives again: a vector of an item gone
+    ranks nothing and still tells what its text said."""
+    v, k, m = tables.vectors, tables.knowledge, tables.messages
+    entries = select(k.c.entry_id).where(k.c.log_id == log_id)
+    messages = select(m.c.message_id).where(m.c.log_id == log_id)
+    gone = or_(
+        and_(v.c.kind == "entry", v.c.item_id.not_in(entries)),
+        and_(v.c.kind == "message", v.c.item_id.not_in(messages)),
+    )
+    return int(connection.execute(delete(v).where(v.c.log_id == log_id, gone)).rowcount or 0)
 
 
 class VectorIndex:

@@ -1182,6 +1182,40 @@ async def test_vectors_outlive_a_rebuild_so_nothing_is_embedded_again(
     assert embedder.calls == calls + 1, "only the query was embedded"
 
 
+async def test_a_users_rebuild_keeps_their_vectors_and_a_running_memorys_search(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """As a full rebuild does: nothing is embedded again, and a Memory open the whole time
+    finds by meaning what it found before."""
+    from sqlalchemy import select
+
+    from events import EventStore
+    from projections import ProjectionTables, rebuild_user
+
+    embedder = ConceptEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    await _say(memory, "ann", 0, "I love jazz.", "I work at Acme.")
+    await _background_embedding_done(memory)
+    question = "what music is she into?"
+    before = await memory.retrieve("ann", question, top_k=2, include_messages=True)
+    vectors = ProjectionTables().vectors
+    store = EventStore(db_url)
+    try:
+        with store.engine.connect() as connection:
+            stored = set(connection.execute(select(vectors)).all())
+        assert stored
+        await asyncio.to_thread(rebuild_user, store, "ann")
+        with store.engine.connect() as connection:
+            assert set(connection.execute(select(vectors)).all()) == stored
+    finally:
+        store.close()
+    calls = embedder.calls
+    after = await memory.retrieve("ann", question, top_k=2, include_messages=True)
+    assert after == before
+    assert [h.text for h in after.entries] == ["User loves jazz."]
+    assert embedder.calls == calls + 1, "only the query was embedded"
+
+
 async def test_times_in_any_zone_are_the_same_instants(make_memory: Callable[..., Any]) -> None:
     memory = await _offline(make_memory)
     oslo = timezone(timedelta(hours=2))

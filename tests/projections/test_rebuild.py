@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, inspect, select, text
 from typer.testing import CliRunner
 
 from actors.erasure import erase_user
@@ -349,6 +349,40 @@ async def test_one_users_rows_are_rebuilt_alone(
         assert result.exit_code == 0, result.output
     assert dump(store.engine, ProjectionTables()) == live
     store.close()
+
+
+def test_a_users_rebuild_keeps_the_vectors_of_the_items_it_folds_again_and_no_other(
+    store: EventStore,
+) -> None:
+    """A vector of an item the log does not give (a row added by hand, say) goes with the
+    rebuild of its user; the vectors of their refolded messages, and other users', stay."""
+    projector = Projector(ProjectionTables())
+    for user in ("ann", "ben"):
+        log = UserLog.register(user)
+        log.add_message("user", f"{user} likes tea", None, 100)
+        store.append([log.collect_events()], projector.apply)
+    ann, ben = str(user_log_id("ann")), str(user_log_id("ben"))
+    vectors, messages = projector.tables.vectors, projector.tables.messages
+    with store.transaction() as connection:
+        held = dict(connection.execute(select(messages.c.log_id, messages.c.message_id)).all())
+        rows = [
+            (held[ann], ann, "message"),
+            ("no-such-message", ann, "message"),
+            ("no-such-entry", ann, "entry"),
+            (held[ben], ben, "message"),
+            ("no-such-message-of-ben", ben, "message"),
+        ]
+        connection.execute(
+            vectors.insert(),
+            [
+                {"item_id": i, "model": "m", "log_id": o, "kind": k, "vector": b"\0" * 4}
+                for i, o, k in rows
+            ],
+        )
+    rebuild_user(store, "ann")
+    with store.engine.connect() as connection:
+        kept = set(connection.execute(select(vectors.c.item_id)).scalars())
+    assert kept == {held[ann], held[ben], "no-such-message-of-ben"}
 
 
 async def test_a_message_row_deleted_by_hand_is_mended_by_rebuilding_its_user(
