@@ -165,11 +165,16 @@ class VectorIndex:
             .where(m.c.log_id == mine, m.c.message_id.not_in(embedded("message")))
             .order_by(m.c.seq.desc())
         )
-        self._message_vectors = select(v.c.item_id, v.c.vector).where(
-            v.c.log_id == mine, v.c.model == model, v.c.kind == "message"
+        # Each row read with the key that puts it newest first (see _newest_first): a
+        # stable ranking over them breaks ties as lexical ranking does, the same way
+        # before and after a rebuild, which stores the rows in another order.
+        self._message_vectors = (
+            select(v.c.item_id, v.c.vector, m.c.seq)
+            .join(m, m.c.message_id == v.c.item_id)
+            .where(v.c.log_id == mine, v.c.model == model, v.c.kind == "message")
         )
         version_entries = (
-            select(v.c.item_id, v.c.vector)
+            select(v.c.item_id, v.c.vector, k.c.valid_from, k.c.version, k.c.ordinal)
             .join(k, k.c.entry_id == v.c.item_id)
             .where(
                 v.c.log_id == bindparam("log_id"),
@@ -183,7 +188,7 @@ class VectorIndex:
             v.c.item_id.in_(bindparam("ids", expanding=True)), v.c.model == model
         )
         self._messages_then = (
-            select(v.c.item_id, v.c.vector)
+            select(v.c.item_id, v.c.vector, m.c.seq)
             .join(m, m.c.message_id == v.c.item_id)
             .where(
                 v.c.log_id == mine,
@@ -338,7 +343,8 @@ class VectorIndex:
         else:
             at = as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=UTC)
             found = connection.execute(self._entries_then, {**binds, "at": at})
-        return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
+        rows = _newest_first(found.all())
+        return _nearest(self._of_its_length(connection, log_id, rows), query, limit)
 
     def message_vectors(
         self, connection: Connection, user_id: str, ids: Sequence[str]
@@ -370,7 +376,7 @@ class VectorIndex:
         them all."""
         log_id = str(user_log_id(user_id))
         found = connection.execute(self._entries_now, {"log_id": log_id, "version": version})
-        vectors = _Vectors.of(self._of_its_length(connection, log_id, found.all()))
+        vectors = _Vectors.of(self._of_its_length(connection, log_id, _newest_first(found.all())))
         return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
 
     def messages(
@@ -393,7 +399,8 @@ class VectorIndex:
         log_id = str(user_log_id(user_id))
         if as_of is not None:
             found = connection.execute(self._messages_then, {"log_id": log_id, "at": as_of})
-            return _nearest(self._of_its_length(connection, log_id, found.all()), query, limit)
+            rows = _newest_first(found.all())
+            return _nearest(self._of_its_length(connection, log_id, rows), query, limit)
         with self._lock:
             cached = self._cache.get(log_id)
             if cached is not None:
@@ -529,7 +536,7 @@ class VectorIndex:
         """Read the log's message vectors, and keep them in the cache if ``keep`` and
         ``erased`` is not set (the vectors read may be the erased log's, which a new
         log's count could pass for)."""
-        rows = connection.execute(self._message_vectors, {"log_id": log_id}).all()
+        rows = _newest_first(connection.execute(self._message_vectors, {"log_id": log_id}).all())
         loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
         with self._lock:
             if not keep or (erased is not None and erased.is_set()):
@@ -596,15 +603,27 @@ class _Vectors:
         return len(self.ids)
 
     def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
+        """The ``limit`` ids with the highest cosine to ``query``; equal ones in row order
+        (the loaded rows are newest first), whichever of them the limit cuts."""
         if not self.ids or limit <= 0 or self.matrix.shape[1] != len(query):
             return []  # vectors of another model: none is near, till they are made again
         scores = self.matrix @ np.asarray(query, dtype=np.float32)
         if limit < len(self.ids):
-            top = np.argpartition(-scores, limit)[:limit]
-            top = top[np.argsort(-scores[top], kind="stable")]
+            # Every row at or above the limit's score (ties with it included), then a
+            # stable sort of those few: an unstable partition alone would pick any tie.
+            bound = -np.partition(-scores, limit - 1)[limit - 1]
+            top = np.flatnonzero(scores >= bound)
+            top = top[np.argsort(-scores[top], kind="stable")][:limit]
         else:
             top = np.argsort(-scores, kind="stable")
         return [(self.ids[i], float(scores[i])) for i in top]
+
+
+def _newest_first(rows: Sequence[Any]) -> list[Any]:
+    """``rows`` (id, vector bytes, then the keys that order the item: a message's sequence,
+    an entry's start, version and ordinal) newest first. Sorted here rather than by the
+    query, which would sort the vectors along in a temporary table."""
+    return sorted(rows, key=lambda row: tuple(row[2:]), reverse=True)
 
 
 def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list[tuple[str, float]]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, insert, select
 
 from events import EventStore
 from projections import ProjectionTables
@@ -154,3 +156,33 @@ def test_a_search_reading_as_its_user_is_forgotten_keeps_none_of_the_erased_vect
     with store.reading() as now:
         found = {item for item, _ in index.messages(now, "ann", query, 50)}
     assert found and not found & erased_ids
+
+
+def test_messages_equally_near_rank_newest_first_however_their_vectors_are_stored(
+    tmp_path: Path,
+) -> None:
+    """As lexical ranking breaks ties: the same messages come first before and after a
+    rebuild, which stores the vectors in another order, also where the limit cuts ties."""
+    said = ["I reside", "jazz band", "I reside", "I reside", "jazz band", "I reside"]
+    store = store_of_messages(tmp_path / "log.db", "ann", said)
+    embedder, tables = ConceptEmbedder(), ProjectionTables()
+    VectorIndex(tables, embedder.name).fill(store.engine, "ann", embedder.embed, messages=True)
+    v, m = tables.vectors, tables.messages
+    with store.reading() as connection:
+        by_seq = dict(connection.execute(select(m.c.seq, m.c.message_id)).all())
+        rows = [r._asdict() for r in connection.execute(select(v))]
+    newest = [by_seq[seq] for seq in sorted(by_seq, reverse=True) if said[seq - 1] == "I reside"]
+    query = embedder.embed(["home"])[0]
+    rows.sort(key=lambda row: row["item_id"])
+    for stored in (rows, rows[::-1]):
+        with store.engine.begin() as connection:
+            connection.execute(delete(v))
+            connection.execute(insert(v), stored)
+        index = VectorIndex(tables, embedder.name)
+        with store.reading() as connection:
+            for limit in (1, 2, 3):
+                found = [item for item, _ in index.messages(connection, "ann", query, limit)]
+                assert found == newest[:limit]
+            then = index.messages(connection, "ann", query, 2, as_of=datetime.now(UTC))
+            assert [item for item, _ in then] == newest[:2]
+    store.close()
