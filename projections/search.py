@@ -49,6 +49,7 @@ from projections.words import LAYOUT as WORDS_LAYOUT
 from projections.words import UNSPACED_RUN, fold, word_pieces
 
 __all__ = [
+    "LONGEST_WORD_BYTES",
     "MAX_QUERY_TOKENS",
     "MESSAGES_INDEXED",
     "PG_VECTOR",
@@ -82,13 +83,19 @@ keeps them whole, however long)."""
 
 PG_VECTOR = "search_vector"
 """The stored column of a row's lexemes on PostgreSQL (see :meth:`SearchIndex.create`)."""
-_PG_LEXEME_BYTES = 2046
-"""The longest lexeme PostgreSQL stores: a longer word is left out of vector and query."""
+LONGEST_WORD_BYTES = 2046
+"""The most UTF-8 bytes of a word either index holds, the longest lexeme PostgreSQL
+stores: a longer word (a pasted token, a hash) is cut to its longest start within them,
+whole characters, in stored text and in queries alike, on both backends. Left out of
+PostgreSQL's vector and query instead, SQLite found such a word and PostgreSQL never did."""
+_CUT_FREE_CHARS = LONGEST_WORD_BYTES // 4
+"""A word of at most this many characters fits in :data:`LONGEST_WORD_BYTES` whatever it
+spells (a character is at most 4 bytes): only a longer one is measured."""
 _PG_VECTOR_BYTES = 1_000_000
 """Lexemes past this many bytes of a row are left out (a tsvector holds under 1 MiB)."""
 _PG_SHORT = 511
-"""ASCII text of at most this many characters needs no look at its lexemes: none can be
-too long, and ASCII words hold no quote."""
+"""ASCII text of at most this many characters needs no look at its lexemes: none is
+empty, they fit a vector, and ASCII words hold no quote."""
 _PG_FILL_PAGE = 2000
 """Rows whose vectors an older table's migration computes per statement."""
 
@@ -136,10 +143,20 @@ def _stems(words: list[str]) -> list[str]:
     if stemmer is None:  # A Stemmer object is not safe to share between threads.
         stemmer = _stemmers.english = Stemmer.Stemmer("english")
     stems: list[str] = stemmer.stemWords(words)
+    if any(len(stem) > _CUT_FREE_CHARS for stem in stems):
+        stems = [_within_longest(stem) for stem in stems]
     if len(stemmed) > _STEMMED_MAX:
         stemmed.clear()
     stemmed.update(zip(words, stems, strict=True))
     return stems
+
+
+def _within_longest(stem: str) -> str:
+    """``stem`` cut to its longest start of at most :data:`LONGEST_WORD_BYTES` UTF-8 bytes
+    (a character cut through is left out whole)."""
+    if len(stem) <= _CUT_FREE_CHARS:
+        return stem
+    return stem.encode()[:LONGEST_WORD_BYTES].decode(errors="ignore")
 
 
 def _text_stems(text: str) -> list[str]:
@@ -207,11 +224,11 @@ def pg_query(terms: Iterable[str]) -> str:
 
 def _pg_lexemes(words: list[str]) -> list[str]:
     """``words`` as PostgreSQL can store them: none empty (a lone halfwidth sound mark,
-    "ﾟ", folds to nothing, which a ``tsvector`` refuses), none too long, no more than a
-    vector holds, quoted where need be."""
+    "ﾟ", folds to nothing, which a ``tsvector`` refuses), no more than a vector holds,
+    quoted where need be (none is too long: :func:`_stems` cuts them)."""
     words = [w for w in words if w]
     joined = "".join(words)
-    if len(joined) * 4 > _PG_LEXEME_BYTES:
+    if len(joined) * 4 + len(words) * 9 > _PG_VECTOR_BYTES:
         words = _fitting(words)
     if "'" in joined or "\\" in joined:
         words = [w.replace("\\", "\\\\").replace("'", "''") for w in words]
@@ -219,7 +236,7 @@ def _pg_lexemes(words: list[str]) -> list[str]:
 
 
 def _fitting(words: list[str]) -> list[str]:
-    """The first of ``words`` a ``tsvector`` holds, leaving out any too long for it.
+    """The first of ``words`` a ``tsvector`` holds.
 
     Its size counts, for each distinct word, an entry of 4 bytes, the word, a byte of
     alignment and 2 for its count of positions, and 2 bytes a position (256 at most);
@@ -230,8 +247,6 @@ def _fitting(words: list[str]) -> list[str]:
     size = 0
     for word in words:
         length = len(word) if word.isascii() else len(word.encode())
-        if length > _PG_LEXEME_BYTES:
-            continue
         times = seen.get(word, 0)
         size += length + 9 if times == 0 else 2 if times < 256 else 0
         if size > _PG_VECTOR_BYTES:
@@ -578,7 +593,8 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def search_fingerprint() -> int:
     """A number that changes when indexed words would: the stemmer's version and the
     tokenizer (stored with the schema; a change refolds the projections)."""
-    return zlib.crc32(f"{Stemmer.version()}|{_TOKENIZER}|{WORDS_LAYOUT}".encode())
+    layout = f"{Stemmer.version()}|{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes"
+    return zlib.crc32(layout.encode())
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:

@@ -33,6 +33,7 @@ from projections.columns import id_text
 from projections.ranking import fts_match
 from projections.search import (
     _TOKENIZER,
+    LONGEST_WORD_BYTES,
     PG_VECTOR,
     SearchIndex,
     index_word,
@@ -388,6 +389,7 @@ STORED_ALIKE = [
     "我有一只猫, 東京都に住んでいます, 서울에 살아요",
     "Æbleskiver in Tromsø and Łódź",
     "x" * 3000 + " short",
+    "ж" * 1100 + " " + "ა" * 700,
 ]
 """Texts whose stored words take every step of the index's cutting and folding."""
 
@@ -397,8 +399,8 @@ def test_postgresql_stores_the_words_sqlite_indexes_and_a_query_looks_up_the_sam
 ) -> None:
     """One definition of a text's words for both backends: the lexemes PostgreSQL keeps
     of :func:`pg_vector` are SQLite's indexed words without the owner prefix, each with
-    as many positions as it occurs (a word too long for PostgreSQL left out), and the
-    query of a text's words looks up on PostgreSQL what it looks up on SQLite."""
+    as many positions as it occurs (a word too long for PostgreSQL cut alike on both),
+    and the query of a text's words looks up on PostgreSQL what it looks up on SQLite."""
     if not db_url.startswith("postgresql"):
         pytest.skip("the stored lexemes are PostgreSQL's")
     log_id = "12345678-1234-5678-1234-567812345678"
@@ -408,7 +410,7 @@ def test_postgresql_stores_the_words_sqlite_indexes_and_a_query_looks_up_the_sam
         with engine.connect() as connection:
             for said in STORED_ALIKE:
                 words = [w.removeprefix(owner) for w in owned_words(log_id, said).split()]
-                expected = {w: words.count(w) for w in words if len(w.encode()) <= 2046}
+                expected = {w: words.count(w) for w in words}
                 stored = connection.execute(
                     sqlalchemy.text(
                         "SELECT lexeme, cardinality(positions), weights[1] "
@@ -426,10 +428,46 @@ def test_postgresql_stores_the_words_sqlite_indexes_and_a_query_looks_up_the_sam
                     sqlalchemy.text("SELECT querytree(CAST(:q AS tsquery))"),
                     {"q": pg_query(terms)},
                 ).scalar()
-                storable = [w for w in on_sqlite if len(w.encode()) <= 2046]
-                assert on_postgresql.replace("'", "").split(" | ") == storable, said[:40]
+                assert on_postgresql.replace("'", "").split(" | ") == on_sqlite, said[:40]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("word", "kept"),
+    [
+        ("abc" * 700 + "z", "abc" * 682),
+        ("ж" * 1100, "ж" * 1023),
+        ("a" + "ა" * 700, "a" + "ა" * 681),
+    ],
+)
+def test_a_word_longer_than_postgresql_stores_is_cut_alike_in_stored_text_and_queries(
+    word: str, kept: str
+) -> None:
+    """A word of more UTF-8 bytes than PostgreSQL's longest lexeme (a pasted token) is
+    indexed as its longest start within them, whole characters, on both backends, and a
+    query of the word looks that start up."""
+    log_id = "12345678-1234-5678-1234-567812345678"
+    owner = owner_token(log_id)
+    assert len(kept.encode()) <= LONGEST_WORD_BYTES < len(kept.encode()) + 3
+    assert owned_words(log_id, f"token {word}").split() == [owner + "token", owner + kept]
+    assert f"'{kept}'" in pg_vector(log_id, f"token {word}")
+    assert pg_query([word]) == f"'{kept}'"
+    assert fts_match(log_id, [word]) == fts_match(log_id, [kept])
+
+
+async def test_a_message_holding_a_word_longer_than_postgresql_stores_is_found_by_it(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Both backends find a message by a word of over 2,046 UTF-8 bytes (an API token,
+    a long Cyrillic word), as by any other."""
+    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
+    token, cyrillic = "abc" * 700 + "z", "ж" * 1100
+    await memory.add_exchange("ann", f"my api token is {token}", "noted")
+    await memory.add_exchange("ann", f"слово {cyrillic}", "ok")
+    for word, said in ((token, f"my api token is {token}"), (cyrillic, f"слово {cyrillic}")):
+        found = await memory.retrieve("ann", word, include_messages=True)
+        assert [hit.message.content for hit in found.messages] == [said]
 
 
 async def test_on_postgresql_a_text_naming_another_users_token_does_not_reach_their_search(
