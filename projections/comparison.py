@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Connection, String, Table, column, select
+from sqlalchemy import Connection, Table, column, select
 
 from events import StorageError
+from projections.collation import in_code_point_order
 from projections.tables import folded_columns
 
 __all__ = ["Difference", "Listing", "Row", "differences", "sortable", "table_listing"]
@@ -82,7 +83,7 @@ def table_listing(connection: Connection, table: Table, role: str, key: tuple[st
     at = [names.index(k) for k in key]
     dialect = connection.dialect
     read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
-    order = [_in_code_point_order(table.c[k], dialect.name) for k in key]
+    order = [in_code_point_order(table.c[k], dialect.name) for k in key]
     # Untyped columns: the values as stored, converted only for the rows shown.
     query = select(*(column(n) for n in names)).select_from(table).order_by(*order)
     rows = connection.execution_options(yield_per=_YIELD_PER).execute(query)
@@ -92,15 +93,6 @@ def table_listing(connection: Connection, table: Table, role: str, key: tuple[st
 
     keyed = ((tuple(sortable(row[i]) for i in at), tuple(row)) for row in rows)
     return Listing(role, keyed, shown)
-
-
-def _in_code_point_order(key: Column[Any], dialect: str) -> Any:
-    """Key column ``key`` to order by: PostgreSQL sorts text by its collation unless told
-    "C"."""
-    kind = getattr(key.type, "impl", key.type)
-    if dialect == "postgresql" and isinstance(kind, String):
-        return key.collate("C")
-    return key
 
 
 def differences(live: Listing, rebuilt: Listing) -> Iterator[Difference]:

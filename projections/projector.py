@@ -40,7 +40,7 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 """The layout of the projection tables; bump it when a table or fold changes."""
 
 

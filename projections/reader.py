@@ -30,6 +30,7 @@ from sqlalchemy import (
 from events import KnownEntry, ReplacedEntry, user_log_id
 from events.transcoding import from_micros
 from events.user_log import LIVE_KNOWLEDGE
+from projections.collation import in_code_point_order
 from projections.columns import StoredId, id_text, packed_range, stored_id
 from projections.models import (
     BufferedMessage,
@@ -290,8 +291,9 @@ class ProjectionReader:
                 in_range = and_(in_range, stored < literal(end, LargeBinary))
             queries.append(select(k.c.entry_id).where(mine, in_range))
         found: set[str] = set()
+        in_order = in_code_point_order(k.c.entry_id, connection.dialect.name)
         for query in queries:
-            found.update(connection.execute(query.order_by(k.c.entry_id).limit(limit)).scalars())
+            found.update(connection.execute(query.order_by(in_order).limit(limit)).scalars())
         return sorted(found)[:limit]
 
     def knowledge_versions(self, connection: Connection, user_id: str) -> dict[str, int]:
@@ -340,7 +342,7 @@ class ProjectionReader:
         rows = connection.execute(
             select(u.c.user_id, u.c.quarantined_count)
             .where(u.c.quarantined_count > 0)
-            .order_by(u.c.user_id)
+            .order_by(in_code_point_order(u.c.user_id, connection.dialect.name))
         )
         return {str(user): int(count) for user, count in rows}
 
@@ -450,7 +452,7 @@ class ProjectionReader:
         rows = connection.execute(
             select(u.c.user_id)
             .where(u.c.log_id.in_(select(t.c.log_id).where(t.c.status.in_(_OPEN_STATUSES))))
-            .order_by(u.c.user_id)
+            .order_by(in_code_point_order(u.c.user_id, connection.dialect.name))
         )
         return [r[0] for r in rows]
 
@@ -463,8 +465,9 @@ class ProjectionReader:
             .group_by(m.c.log_id)
             .having(func.count() >= at_least)
         )
+        in_order = in_code_point_order(u.c.user_id, connection.dialect.name)
         rows = connection.execute(
-            select(u.c.user_id).where(u.c.log_id.in_(pending)).order_by(u.c.user_id)
+            select(u.c.user_id).where(u.c.log_id.in_(pending)).order_by(in_order)
         )
         return [r[0] for r in rows]
 
@@ -518,10 +521,12 @@ class ProjectionReader:
     def users(
         self, connection: Connection, *, after: str = "", limit: int = 100
     ) -> list[UserSummary]:
-        """A page of users in user-id order, starting after ``after``."""
+        """A page of users in user-id order (code point order, on both backends), starting
+        after ``after``."""
         u = self.tables.users
+        user_id = in_code_point_order(u.c.user_id, connection.dialect.name)
         rows = connection.execute(
-            select(u).where(u.c.user_id > after).order_by(u.c.user_id).limit(limit)
+            select(u).where(user_id > after).order_by(user_id).limit(limit)
         ).mappings()
         return [_summary(r) for r in rows]
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 
 from events import MAX_EXTRACTOR_CHARS, MAX_MODEL_CHARS
+from projections.collation import code_point_text
 from projections.columns import StoredId, StoredTime
 
 __all__ = ["LIVE_PREFIX", "UNFOLDED", "ProjectionTables", "folded_columns"]
@@ -178,7 +179,7 @@ class ProjectionTables:
             f"{prefix}users",
             self.metadata,
             Column("log_id", StoredId(), primary_key=True),
-            Column("user_id", String(256), nullable=False, unique=True),
+            Column("user_id", code_point_text(256), nullable=False, unique=True),
             Column("version", Integer, nullable=False),
             Column("message_count", Integer, nullable=False),
             Column("buffered_count", Integer, nullable=False),

@@ -3,14 +3,19 @@ id prefix finds the ids that start with it, however they are stored."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
 from events import EventStore, user_log_id
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader, ProjectionTables, Projector
+from tests.support.backends import postgres_url
 
 
 def _reader_of(memory: Any) -> tuple[Any, ProjectionReader]:
@@ -151,3 +156,87 @@ async def test_knowledge_read_a_page_at_a_time_is_the_whole_listing_in_parts(
     assert summary is not None and summary.knowledge_count == len(current)
     assert len(await memory.knowledge("ann", history=True)) > len(current) > 0
     assert len(await memory.knowledge("ann", as_of=midway)) == len(said)
+
+
+USER_IDS = ["a", "B", "_x", "é", "Z", "a b", "ab", "a-c", "10", "9", "Ω"]
+"""User ids a language's collation orders otherwise than code points do (ICU "en-US":
+"_x", "10", "9", "a", "a b", "a-c", "ab", "B", "é", "Z", "Ω")."""
+
+
+@pytest.fixture
+def icu_engine() -> Iterator[sqlalchemy.Engine]:
+    """An engine on a fresh database of the PostgreSQL test server whose text collates
+    as ICU's "en-US" does; skips where the server has no ICU."""
+    server = make_url(postgres_url())
+    name = f"memvee_icu_{uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            try:
+                connection.execute(
+                    sqlalchemy.text(
+                        f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+                        "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                    )
+                )
+            except sqlalchemy.exc.DBAPIError as error:
+                pytest.skip(f"the PostgreSQL server makes no ICU database: {error.orig}")
+        engine = sqlalchemy.create_engine(server.set(database=name))
+        yield engine
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    finally:
+        admin.dispose()
+
+
+def _user(user_id: str) -> dict[str, Any]:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    return {
+        "log_id": str(user_log_id(user_id)),
+        "user_id": user_id,
+        "version": 1,
+        "message_count": 2,
+        "buffered_count": 2,
+        "quarantined_count": 1,
+        "knowledge_count": 0,
+        "tasks_completed": 0,
+        "tasks_failed": 0,
+        "created_at": moment,
+        "updated_at": moment,
+    }
+
+
+def test_users_are_listed_and_paged_in_code_point_order_whatever_the_collation(
+    icu_engine: sqlalchemy.Engine,
+) -> None:
+    """On a PostgreSQL database collated as a language, users come in code point order,
+    as on SQLite, and the page after a user id holds the users after it in that order,
+    read off the user id's index (no sort of every user)."""
+    tables = ProjectionTables()
+    with icu_engine.begin() as connection:
+        Projector(tables).create(connection)
+        connection.execute(tables.users.insert(), [_user(u) for u in USER_IDS])
+    reader = ProjectionReader(tables)
+    in_order = sorted(USER_IDS)
+    assert in_order[:3] == ["10", "9", "B"]
+    statements: list[tuple[str, Any]] = []
+
+    def traced(*args: Any) -> None:
+        statements.append((args[2], args[3]))
+
+    with icu_engine.connect() as connection:
+        assert [u.user_id for u in reader.users(connection)] == in_order
+        sqlalchemy.event.listen(connection, "before_cursor_execute", traced)
+        page = reader.users(connection, after="a", limit=3)
+        sqlalchemy.event.remove(connection, "before_cursor_execute", traced)
+        assert [u.user_id for u in page] == ["a b", "a-c", "ab"]
+        assert list(reader.users_with_quarantine(connection)) == in_order
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        connection.exec_driver_sql("SET enable_sort = off")
+        (statement, parameters), *_ = statements
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+        )
+        assert f"Index Scan using {tables.users.name}_user_id_key" in plan, plan
+        assert "Sort" not in plan, plan
