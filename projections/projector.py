@@ -149,7 +149,7 @@ class Projector:
         current = self.layout_current(connection)
         if (drop or not current) and inspect(connection).has_table(position.name):
             generation = self.generation(connection) + 1
-            self.drop(connection, keep_vectors=current)
+            self.drop(connection, keep_vectors=current or self._vectors_current(connection))
         existing = set(inspect(connection).get_table_names())
         for table in self.tables.metadata.sorted_tables:
             if table.name not in existing:
@@ -171,6 +171,17 @@ class Projector:
                 index.create(connection, checkfirst=True)
         self.search.create(connection)
         return fresh
+
+    def _vectors_current(self, connection: Connection) -> bool:
+        """Whether the stored embeddings' table has this layout's columns: then an older
+        layout's refold keeps it, as a rebuild does (its rows belong to item ids a refold
+        gives again, and embedding every user again costs minutes, or money)."""
+        vectors = self.tables.vectors
+        catalog = inspect(connection)
+        if not catalog.has_table(vectors.name):
+            return False
+        found = {column["name"] for column in catalog.get_columns(vectors.name)}
+        return found == {column.name for column in vectors.columns}
 
     def finish_rebuild(self, connection: Connection, position: int) -> None:
         """The rebuild has folded the log up to ``position``, its end (the caller holds

@@ -910,3 +910,40 @@ async def test_a_page_of_words_built_ahead_is_built_again_if_its_messages_change
     assert _indexed(store, "ann", "tea") == (0 if erasing else 1)
     assert _indexed(store, "ben", "tea") == 1
     store.close()
+
+
+def test_the_refold_of_an_older_layout_keeps_the_embeddings_if_their_table_is_unchanged(
+    store: EventStore,
+) -> None:
+    """Opening tables an older memvee laid out refolds them from the log; the embeddings
+    stay when their own table has today's columns (their items' ids come back), and go
+    when it does not."""
+    projector = Projector(ProjectionTables())
+    log = UserLog.register("ann")
+    log.add_message("user", "ann likes tea", None, 100)
+    store.append([log.collect_events()], projector.apply)
+    vectors, messages = projector.tables.vectors, projector.tables.messages
+    older_layout = "UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'"
+    with store.transaction() as connection:
+        message_id = connection.execute(select(messages.c.message_id)).scalar_one()
+        connection.execute(
+            vectors.insert(),
+            [
+                {
+                    "item_id": message_id,
+                    "model": "m",
+                    "log_id": str(user_log_id("ann")),
+                    "kind": "message",
+                    "vector": b"\0" * 4,
+                }
+            ],
+        )
+        connection.execute(text(older_layout))
+    with store.transaction() as connection:
+        assert projector.create(connection), "the older tables were dropped, to refold"
+        assert connection.execute(select(vectors.c.item_id)).scalars().all() == [message_id]
+        connection.execute(text(older_layout))
+        connection.execute(text("ALTER TABLE mv_vectors ADD COLUMN norm REAL"))
+    with store.transaction() as connection:
+        projector.create(connection)
+        assert connection.execute(select(vectors.c.item_id)).scalars().all() == []
