@@ -190,14 +190,7 @@ class CircuitBreaker:
                 )
                 and self._unexplained(streak)
             )
-            self._last_failure[message_id] = (
-                self._successes,
-                self._failed_total,
-                blamed,
-                streak,
-            )
-            while len(self._last_failure) > _BLAME_MEMORY:
-                self._last_failure.popitem(last=False)
+            self._note_failure(message_id, blamed, streak)
             return blamed
 
     def suspect(self, message_ids: Collection[str]) -> None:
@@ -210,15 +203,15 @@ class CircuitBreaker:
         with self._lock:
             for message_id in message_ids:
                 previous = self._last_failure.pop(message_id, None)
-                streak = 1 if previous is None else previous[3] + 1
-                self._last_failure[message_id] = (
-                    self._successes,
-                    self._failed_total,
-                    False,
-                    streak,
-                )
-            while len(self._last_failure) > _BLAME_MEMORY:
-                self._last_failure.popitem(last=False)
+                self._note_failure(message_id, False, 1 if previous is None else previous[3] + 1)
+
+    def _note_failure(self, message_id: str, blamed: bool, streak: int) -> None:
+        """Remember a message's latest failure (the calls answered and failed by then,
+        whether it was blamed, its failures in a row), the oldest forgotten past
+        :data:`_BLAME_MEMORY` messages. Called with the lock held."""
+        self._last_failure[message_id] = (self._successes, self._failed_total, blamed, streak)
+        while len(self._last_failure) > _BLAME_MEMORY:
+            self._last_failure.popitem(last=False)
 
     def _unexplained(self, streak: int) -> bool:
         """Whether ``streak`` failures in a row are unlikely at the failure rate of the
