@@ -5,6 +5,7 @@ the asyncio bridge."""
 from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors._pacing import CircuitBreaker
+from actors._traces import TraceScrubber
 from actors._workers import EveryBatchRefused
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
@@ -21,6 +22,7 @@ __all__ = [
     "EngineSettings",
     "EveryBatchRefused",
     "TaskObserver",
+    "TraceScrubber",
     "UserActor",
     "inbox_of",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "check_sent_at",
     "check_text",
     "check_time",
+    "check_unmistakable",
     "check_user_id",
     "check_visible",
     "storable",
@@ -155,22 +156,32 @@ def check_new_user_id(user_id: object) -> str:
     other than Unicode NFC), so that two users never look like one. Reads take any id
     :func:`check_user_id` does, so the users such ids name stay readable."""
     user_id = check_user_id(user_id)
-    if user_id.strip() != user_id:
-        raise InvalidInputError("user_id must not begin or end with spaces")
-    if user_id.isascii():
-        return user_id
-    found = _LOOKALIKE.search(user_id)
+    check_unmistakable(user_id, "user_id")
+    return user_id
+
+
+def check_unmistakable(name: str, what: str) -> None:
+    """Raise :class:`InvalidInputError` if ``name``, given to something new (a user id, a
+    knowledge version), would read the same as another name or show what it is not: none
+    of it visible, spaces around it, a control character, a character that shows nothing,
+    a form other than Unicode NFC. ``what`` names it in the error."""
+    check_visible(name, what)
+    if name.strip() != name:
+        raise InvalidInputError(f"{what} must not begin or end with spaces")
+    _check_no_control(name, what)
+    if name.isascii():
+        return
+    found = _LOOKALIKE.search(name)
     if found is not None:
         raise InvalidInputError(
-            f"user_id must not contain characters that show nothing "
+            f"{what} must not contain characters that show nothing "
             f"(U+{ord(found.group()):04X} at index {found.start()})"
         )
-    if not unicodedata.is_normalized("NFC", user_id):
+    if not unicodedata.is_normalized("NFC", name):
         raise InvalidInputError(
-            "user_id must be in Unicode NFC (composed) form, as "
-            "unicodedata.normalize('NFC', user_id) gives: another form reads the same"
+            f"{what} must be in Unicode NFC (composed) form, as "
+            f"unicodedata.normalize('NFC', ...) gives: another form reads the same"
         )
-    return user_id
 
 
 MAX_NAME_CHARS = 100

@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 FactAction = Literal["new", "same", "update", "invalidate"]
-"""What an extracted fact does to the user's knowledge.
+# On the alias itself: a bare string after it would be lost to help() and inspect.getdoc.
+FactAction.__doc__ = """What an extracted fact does to the user's knowledge.
 
 ``new`` adds an entry; ``same`` repeats a known entry (nothing is added); ``update``
 adds an entry that supersedes a known one (the user moved, changed jobs...);

@@ -36,6 +36,7 @@ from events.checks import (
     check_name,
     check_text,
     check_time,
+    check_unmistakable,
     storable,
 )
 from events.errors import (
@@ -62,6 +63,7 @@ __all__ = [
     "LIVE_KNOWLEDGE",
     "MAX_VERSION_CHARS",
     "UserLog",
+    "check_knowledge_version",
     "check_new_knowledge_version",
     "new_message_id",
     "short_message_id",
@@ -81,10 +83,12 @@ UNKNOWN_END = datetime.max.replace(tzinfo=UTC)
 may be backdated."""
 
 
-def check_new_knowledge_version(name: object) -> str:
-    """Return ``name`` if it can name a new (re-extracted) knowledge version, else raise
-    :class:`InvalidInputError`: a storable string, not blank, not ``live``, and at most
-    :data:`MAX_VERSION_CHARS` characters."""
+def check_knowledge_version(name: object) -> str:
+    """Return ``name`` if it can name a re-extracted knowledge version the log holds, else
+    raise :class:`InvalidInputError`: a storable string, not blank, not ``live``, and at
+    most :data:`MAX_VERSION_CHARS` characters. Looser than
+    :func:`check_new_knowledge_version`, so that a version an older memvee let in stays
+    readable and can be completed by its stored name."""
     if not isinstance(name, str):
         raise InvalidInputError(f"a knowledge version is named by a str, not {type(name).__name__}")
     check_text(name, "the knowledge version")
@@ -94,6 +98,16 @@ def check_new_knowledge_version(name: object) -> str:
         raise InvalidInputError(
             f"a knowledge version's name is at most {MAX_VERSION_CHARS} characters, not {len(name)}"
         )
+    return name
+
+
+def check_new_knowledge_version(name: object) -> str:
+    """Return ``name`` if it can name a new knowledge version, else raise
+    :class:`InvalidInputError`: over :func:`check_knowledge_version`, the rules of a new
+    user id (no spaces around it, no control character nor one that shows nothing, NFC),
+    so that no version reads as ``live`` or as another, nor sends escapes to a terminal."""
+    name = check_knowledge_version(name)
+    check_unmistakable(name, "the knowledge version")
     return name
 
 
@@ -604,7 +618,7 @@ class UserLog(Aggregate):
         elif isinstance(event, self.BatchFailed | self.ProcessingFailed):
             self._open_task(event.task_id)
         elif isinstance(event, self.KnowledgeReextracted | self.ReextractionFailed):
-            check_new_knowledge_version(event.knowledge_version)
+            check_knowledge_version(event.knowledge_version)
             _check_distinct(event.message_ids, "message")
             if self.recorded_request(event.request_id):
                 raise InvalidInputError(f"request {event.request_id!r} is recorded already")
@@ -882,7 +896,7 @@ class UserLog(Aggregate):
         ``known`` and ``replaced`` as for :meth:`record_knowledge`. A ``request_id`` recorded
         already is refused: its answer is in the log once.
         """
-        check_new_knowledge_version(knowledge_version)
+        self.check_version_name(knowledge_version)
         if self.recorded_request(request_id):
             raise ConflictError(f"request {request_id!r} is recorded already")
         return self._record_facts(
@@ -923,7 +937,7 @@ class UserLog(Aggregate):
         (nothing when it spent nothing and is none of these, or ``request_id`` is recorded
         already: re-extraction changes no state when it fails, only the bill and the next
         plan)."""
-        check_new_knowledge_version(knowledge_version)
+        self.check_version_name(knowledge_version)
         spent = _usage_fields(usage)
         if not (repeats or may_pass or blamed or any(spent.values())) or self.recorded_request(
             request_id
@@ -943,6 +957,16 @@ class UserLog(Aggregate):
             **spent,
         )
         return True
+
+    def check_version_name(self, name: object) -> str:
+        """Return ``name`` if re-extraction may record into it, else raise
+        :class:`InvalidInputError`: a version this log has recorded into goes on under its
+        stored name (:func:`check_knowledge_version`), a new one must be a name
+        :func:`check_new_knowledge_version` takes."""
+        name = check_knowledge_version(name)
+        if name not in self.knowledge_versions and name not in self.reextraction_requests.values():
+            check_new_knowledge_version(name)
+        return name
 
     def recorded_request(self, request_id: str | None) -> bool:
         """Whether a re-extraction naming ``request_id`` is in this log already."""

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
 
-from actors import CircuitBreaker, EveryBatchRefused
+from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
+from actors.erasure import ForgetReceipt, erase_user
+from actors.lease import LeaseTable, new_owner_id
 from events import (
     BatchLimits,
     BatchMessage,
@@ -59,7 +61,12 @@ from events.errors import ExtractorOverloadedError, first_line, repeats
 from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
-from events.user_log import DEFAULT_LIMITS, LIVE_KNOWLEDGE, check_new_knowledge_version
+from events.user_log import (
+    DEFAULT_LIMITS,
+    LIVE_KNOWLEDGE,
+    check_knowledge_version,
+    check_new_knowledge_version,
+)
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
@@ -311,10 +318,16 @@ class Audit:
         self._reader = ProjectionReader(tables)
         self._ranker = LexicalRanker(tables)
         self._checkpoints = replay_checkpoints(tables)
+        self._scrubber: TraceScrubber | None = None
 
     def close(self) -> None:
-        """Release the database connections."""
-        self.store.close()
+        """Release the database connections, after one last try at scrubbing what an
+        erasure left in SQLite's files (a warning names the users whose words stay)."""
+        try:
+            if self._scrubber is not None:
+                self._scrubber.stop()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -671,14 +684,15 @@ class Audit:
         chooses them, by meaning as well as by words.
         """
         check_user_id(user_id)
-        check_new_knowledge_version(version)
+        check_knowledge_version(version)
         limits = BatchLimits(
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
-        meaning = self._by_meaning(embedder)
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
+        user_log.check_version_name(version)
+        meaning = self._by_meaning(embedder)
         # The log as loaded: a message added since is buffered, left to normal processing.
         history = list(self._events(user_id, upto=user_log.version))
         uncovered = user_log.not_covered_by(version, history)
@@ -916,9 +930,7 @@ class Audit:
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
-        for user_id in user_ids:
-            check_user_id(user_id)
-        check_new_knowledge_version(version)
+        self.check_version_name(user_ids, version)
         meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(
             self.store,
@@ -933,6 +945,22 @@ class Audit:
             progress=progress,
         )
         return await bulk.run(list(user_ids))
+
+    def check_version_name(self, user_ids: Sequence[str], version: str) -> None:
+        """Refuse (:class:`InvalidInputError`) a ``version`` the users' re-extraction may
+        not record into, before any request is sent: a new name must be one
+        :func:`check_new_knowledge_version` takes; one an older memvee let in goes on only
+        for users whose logs hold it already."""
+        for user_id in user_ids:
+            check_user_id(user_id)
+        check_knowledge_version(version)
+        try:
+            check_new_knowledge_version(version)
+        except InvalidInputError:
+            for user_id in user_ids:
+                user_log = self.store.load(user_id)
+                if user_log is not None:
+                    user_log.check_version_name(version)
 
     def _by_meaning(self, embedder: Embedder | Literal[False] | None) -> ByMeaning:
         """What chooses the entries a re-extraction batch is shown by meaning, with
@@ -999,6 +1027,32 @@ class Audit:
         check_user_id(user_id)
         chosen = None if message_ids is None else check_keys(message_ids, "message_ids")
         return self._decide(user_id, lambda user_log: user_log.requeue(chosen))
+
+    def forget(self, user_id: str) -> ForgetReceipt:
+        """Erase the user as :meth:`memvee.Memory.forget` does: their events, snapshots,
+        every projection row, their lease and their requests of a bulk re-extraction, in
+        one transaction with other writers held off; the receipt counts what went.
+
+        A user with no log here erases nothing (a receipt of zeros), and a log that does
+        not load is erased all the same. A Memory running on the database learns it as it
+        learns another process's erasure: a write it decided on the old log is refused and
+        decided again on the new, empty one. On SQLite, words that other connections'
+        snapshots keep in the files (``scrubbed=False``) are scrubbed in the background
+        until :meth:`close`, which tries once more.
+        """
+        check_user_id(user_id)
+        leases = LeaseTable(self.store.engine, new_owner_id(), ttl=0.0)
+        with self.store.engine.connect() as connection:
+            shared = inspect(connection).has_table(leases.table.name)
+        receipt = erase_user(
+            self.store, Projector(ProjectionTables()), leases if shared else None, user_id
+        )
+        if not receipt.scrubbed:
+            if self._scrubber is None:
+                self._scrubber = TraceScrubber(self.store.engine)
+            self._scrubber.later(user_id)
+        log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
+        return receipt
 
     def spend(self) -> list[dict[str, Any]]:
         """Tokens spent by extraction, per extractor and model."""

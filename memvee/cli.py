@@ -1,4 +1,5 @@
-"""The ``memvee`` command line: read the log, replay state, rebuild and verify projections.
+"""The ``memvee`` command line: read the log, replay state, rebuild and verify projections,
+erase a user.
 
 Every command takes ``--db PATH`` or ``--db-url URL``; only ``import`` creates a missing
 database. The reading commands print tables for people and ``--json`` for scripts (times
@@ -394,8 +395,8 @@ def _damaged(store: EventStore, error: UnreadableEventError, kept: str, then: st
     return StorageError(
         f"version {error.version} of the log of {user!r} cannot be read: {error.reason}; "
         f"{kept}: restore the database, or forget {user!r} (a damaged log can always be "
-        f"forgotten: Memory.forget, or DELETE /v1/users/{{user}} of `memvee serve`), then "
-        f"{then}"
+        f"forgotten: `memvee forget USER`, Memory.forget, or DELETE /v1/users/{{user}} of "
+        f"`memvee serve`), then {then}"
     )
 
 
@@ -804,6 +805,7 @@ def reextract(
     chosen = _extractor(extractor, model)
     with _audit(db, db_url) as audit:
         targets = [user] if user is not None else _all_users(audit)
+        audit.check_version_name(targets, version)
         if batch_api:
             _reextract_in_bulk(
                 audit, targets, cast("ClaudeExtractor", chosen), version, poll, promote
@@ -1184,6 +1186,62 @@ def requeue(
             message = _whole_ids(message, [m.message_id for m in audit.quarantined(user)])
         returned = audit.requeue(user, message or None)
     console.print(f"requeued {len(returned)} messages of {user!r}")
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="The user to erase.")],
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Erase without asking (needed where stdin is no terminal)."),
+    ] = False,
+    as_json: JsonOption = False,
+    db: DbOption = DEFAULT_DB,
+    db_url: DbUrlOption = None,
+) -> None:
+    """Erase a user for good, as Memory.forget does: their events, snapshots and every
+    projection row, in one transaction; prints what was erased. Asks first unless --yes.
+
+    A damaged log is erased all the same. A Memory running on the database meanwhile
+    starts the user afresh where it writes next; what it already sent to an API for the
+    user is not kept."""
+    check_user_id(user)
+    if not yes and not _on_a_terminal():
+        raise InvalidInputError(
+            f"forget erases {user!r} for good: give --yes to confirm (no terminal to ask on)"
+        )
+    with _audit(db, db_url) as audit:
+        events = audit.store.last_version(user)
+        if events == 0:
+            raise NotFoundError(f"no user {user!r} in this database")
+        if not yes and not typer.confirm(
+            f"Erase {user!r} and all memvee holds of them ({events:,} events) for good?", err=True
+        ):
+            raise InvalidInputError(f"not confirmed: nothing of {user!r} was erased")
+        receipt = audit.forget(user)
+    if as_json:
+        _print_json({"receipt": dataclasses.asdict(receipt), "total": receipt.total})
+        return
+    table = Table("what", "erased", title=f"forgot {user!r}")
+    table.add_row("events", f"{receipt.events:,}")
+    table.add_row("snapshots", f"{receipt.snapshots:,}")
+    for name, count in receipt.rows.items():
+        table.add_row(f"{name.replace('_', ' ')} rows", f"{count:,}")
+    console.print(table)
+    console.print(
+        f"erased {receipt.total:,} records of {user!r} at {receipt.erased_at:%Y-%m-%d %H:%M:%S} UTC"
+        + (
+            ""
+            if receipt.scrubbed
+            else "; their words may stay in the database files until the other connections "
+            "reading it finish and a checkpoint runs (see the warning)"
+        )
+    )
+
+
+def _on_a_terminal() -> bool:
+    """Whether standard input is a terminal, where a person can be asked to confirm."""
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 def _whole_ids(given: list[str], ids: list[str]) -> list[str]:

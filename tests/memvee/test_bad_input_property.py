@@ -71,6 +71,15 @@ BAD_CONTENT = st.one_of(INVISIBLE, _with(SURROGATES), _with(st.just("\x00")), NO
 BAD_NAMES = st.one_of(
     INVISIBLE, _with(CONTROLS), _with(SURROGATES), NOT_TEXT.filter(lambda v: v is not None)
 )
+BAD_VERSIONS = st.one_of(
+    INVISIBLE,
+    _with(CONTROLS),
+    _with(SURROGATES),
+    _with(st.sampled_from("\u200b\u2060\ufeff")).map(lambda v: "v" + v),
+    st.text(max_size=4).map(lambda v: f" v{v}"),
+    st.just("live"),
+    NOT_TEXT,
+)
 BAD_TOP_K = st.one_of(
     st.integers(max_value=0), st.integers(min_value=1001), st.floats(), st.booleans(), st.text()
 )
@@ -191,9 +200,17 @@ AUDIT_CALLS: dict[str, list[Any]] = {
             ("compare", ()),
             ("knowledge_versions", ()),
             ("unpromoted_versions", ()),
-            ("reextract", (ok(None), ok("v2"))),
+            ("forget", ()),
         )
     },
+    "reextract": [
+        _call("reextract", BAD_USER_IDS, ok(None), ok("v2")),
+        _call("reextract", ok(USER), ok(None), BAD_VERSIONS),
+    ],
+    "check_version_name": [
+        _call("check_version_name", st.lists(BAD_USER_IDS, min_size=1, max_size=2), ok("v2")),
+        _call("check_version_name", ok([USER]), BAD_VERSIONS),
+    ],
     "reextract_in_bulk": [
         _call(
             "reextract_in_bulk", st.lists(BAD_USER_IDS, min_size=1, max_size=2), ok(None), ok("v2")

@@ -104,6 +104,15 @@ def test_every_public_name_of_memvee_loads_from_the_module_it_lives_in() -> None
         memvee.Nothing  # noqa: B018
 
 
+def test_every_public_name_of_memvee_says_what_it_is() -> None:
+    """``help(memvee.X)`` and an editor's hover show a docstring, type aliases too."""
+    import inspect
+
+    undocumented = [n for n in memvee.__all__ if not inspect.getdoc(getattr(memvee, n))]
+    assert undocumented == []
+    assert str(inspect.getdoc(memvee.FactAction)).startswith("What an extracted fact does")
+
+
 def test_ctrl_c_while_the_command_loads_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -754,6 +763,65 @@ def test_stats_counts_the_events_that_are_there_after_forget(db: str) -> None:
 
     asyncio.run(forget())
     assert json.loads(run("stats", "--json", "--db", db).output)["events"] == before - bob
+
+
+def test_forget_asks_first_on_a_terminal_then_erases_the_user_and_prints_the_receipt(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memvee.cli, "_on_a_terminal", lambda: True)
+    events = len(json.loads(run("log", "ann", "--json", "--db", db).output))
+
+    declined = runner.invoke(app, ["forget", "ann", "--db", db], input="n\n")
+    assert declined.exit_code == 2
+    assert f"Erase 'ann' and all memvee holds of them ({events} events) for good?" in (
+        declined.output
+    )
+    assert "error: not confirmed: nothing of 'ann' was erased" in declined.output
+
+    erased = runner.invoke(app, ["forget", "ann", "--db", db], input="y\n")
+    assert erased.exit_code == 0, erased.output
+    assert f"│ events             │ {events:<6} │" in erased.output, "the refusal erased none"
+    assert "│ messages rows      │ 10     │" in erased.output
+    assert re.search(r"erased \d+ records of 'ann' at \d{4}-\d\d-\d\d ", erased.output)
+    assert "may stay" not in erased.output
+    assert "no user 'ann'" in one_error_line(run("log", "ann", "--db", db, code=2))
+
+
+def test_forget_without_a_terminal_needs_yes_and_prints_the_receipt_as_json(db: str) -> None:
+    """Where no one can be asked (a script, a pipe), nothing is erased without --yes."""
+    refused = run("forget", "bob", "--db", db, code=2)
+    assert one_error_line(refused) == (
+        "error: forget erases 'bob' for good: give --yes to confirm (no terminal to ask on)"
+    )
+
+    answer = json.loads(run("forget", "bob", "--yes", "--json", "--db", db).output)
+
+    receipt = answer["receipt"]
+    assert (receipt["user_id"], receipt["scrubbed"]) == ("bob", True)
+    assert receipt["rows"]["messages"] == 2, "the refusal erased none"
+    assert receipt["rows"]["users"] == 1 and receipt["events"] > 2
+    assert answer["total"] == receipt["events"] + receipt["snapshots"] + sum(
+        receipt["rows"].values()
+    )
+    datetime.fromisoformat(receipt["erased_at"])
+    again = run("forget", "bob", "--yes", "--db", db, code=2)
+    assert one_error_line(again) == "error: no user 'bob' in this database"
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [
+        ("live ", "the knowledge version must not begin or end with spaces"),
+        ("v\tx\x1b[31m", "the knowledge version must not contain control characters (U+0009"),
+    ],
+)
+def test_reextract_refuses_a_new_version_name_that_reads_as_another_in_one_line(
+    db: str, version: str, said: str
+) -> None:
+    """As a new user id is: 'live ' would read as the live version in every table."""
+    refused = run("reextract", "--all", "--as", version, "--db", db, code=2)
+    assert one_error_line(refused).startswith(f"error: {said}")
+    assert "KnowledgeReextracted" not in run("log", "ann", "--db", db).output
 
 
 def test_import_refuses_a_missing_file_and_a_user_who_already_has_another_log(

@@ -18,6 +18,7 @@ import actors.erasure
 from actors._traces import TraceScrubber
 from events import EventStore
 from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
+from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionTables, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
@@ -349,6 +350,53 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
         assert verify(store) == []
     finally:
         store.close()
+
+
+async def test_an_audit_forgets_a_user_another_process_owns_as_a_memory_does(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """What `memvee forget` runs: the owner's lease goes with the log, and the owner
+    starts the user afresh where it writes next; other users are untouched."""
+    owner: Memory = await make_memory(config=SHARED)
+    await owner.add_exchange("ann", SECRET, "noted")
+    await owner.add_exchange("bob", "I live in Rome", "ok")
+    with Audit(db_url=db_url, create=False) as audit:
+        receipt = await asyncio.to_thread(audit.forget, "ann")
+        assert (await asyncio.to_thread(audit.forget, "nobody")).total == 0
+    assert receipt.user_id == "ann" and receipt.events > 0 and receipt.scrubbed
+    assert receipt.rows["leases"] == 1 and receipt.rows["messages"] == 2
+    assert await owner.user("ann") is None
+    stored = await owner.add_exchange("ann", "I live in Oslo", "ok")
+    assert [m.seq for m in stored] == [1, 2]
+    assert len(await owner.messages("bob")) == 2
+
+
+async def test_words_a_reader_kept_in_the_files_when_an_audit_forgot_go_by_its_close(
+    make_memory: Callable[..., Any],
+    db_url: str,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A one-shot command cannot scrub in the background for long: the receipt says
+    ``scrubbed=False`` and the audit's close tries once more, once the reader is done."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    monkeypatch.setattr(actors.erasure, "TRUNCATE_WAIT_MS", 0)
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await _history(memory, "ann", turns=1)
+    await memory.close()
+    audit = Audit(db_url=db_url, create=False)
+    reader = sqlite3.connect(db_path, isolation_level=None)  # a backup, say, mid-read
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM mv_users").fetchall()
+        receipt = audit.forget("ann")
+        assert receipt.scrubbed is False and _traces(db_path) > 0
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+        audit.close()
+    assert _traces(db_path) == 0
 
 
 async def _forgotten_and_begun_again(

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+import events.user_log
 from events import ExtractionBatch, ExtractionResult, TokenUsage, UserLog
+from events.user_log import check_knowledge_version
 from memvee import (
     ExtractedFact,
     ExtractionError,
@@ -234,6 +237,11 @@ class _CountedExtractor(OfflineExtractor):
         (None, {}, "named by a str, not NoneType"),
         ("v\ud800", {}, "contains a lone surrogate"),
         ("v" * 65, {}, "at most 64 characters, not 65"),
+        ("live ", {}, "the knowledge version must not begin or end with spaces"),
+        ("v\tx\x1b[31m", {}, "must not contain control characters \\(U\\+0009 at index 1\\)"),
+        ("v\u200b2", {}, "must not contain characters that show nothing"),
+        ("cafe\u0301", {}, "must be in Unicode NFC"),
+        ("\u0301", {}, "must not be empty, nor only spaces, control or zero-width"),
         ("v2", {"batch_size": 0}, "batch_size must be 1 or more"),
         ("v2", {"max_batch_tokens": 0}, "max_batch_tokens must be 1 or more"),
     ],
@@ -248,6 +256,33 @@ async def test_a_bad_version_name_or_batch_size_is_refused_before_any_extraction
             await audit.reextract("eve", extractor, version, **options)
         assert audit.knowledge_versions("eve") == {"live": 2}
     assert extractor.batches == 0
+
+
+async def test_a_version_an_older_memvee_named_like_live_is_read_and_goes_on_by_that_name(
+    make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only new names are held to the rules of a new user id: a version an older memvee
+    stored as 'live ' is listed, compared, exported and imported, re-extracted into again
+    and promoted by its stored name."""
+    await (await _processed(make_memory)).close()
+    with Audit(db_url=db_url) as audit:
+        with monkeypatch.context() as older:  # the check as it was
+            older.setattr(events.user_log, "check_new_knowledge_version", check_knowledge_version)
+            await audit.reextract("eve", OfflineExtractor(), "live ")
+        assert audit.knowledge_versions("eve") == {"live": 2, "live ": 2}
+        assert audit.compare("eve", "live", "live ").only_in_b == [
+            "User lives in Oslo.",
+            "User works at Acme.",
+        ]
+        assert (await audit.reextract("eve", OfflineExtractor(), "live ")).entries == 0
+        with pytest.raises(InvalidInputError, match="must not begin or end with spaces"):
+            await audit.reextract("eve", OfflineExtractor(), " live")
+        with Audit(db_path=str(tmp_path / "copy.db")) as copy:
+            assert copy.import_lines(audit.export("eve")) == {
+                "eve": audit.store.last_version("eve")
+            }
+        audit.promote("eve", "live ")
+        assert audit.knowledge_versions("eve") == {"live": 2}
 
 
 async def test_the_cli_reextracts_compares_and_promotes(make_memory: Any, db_url: str) -> None:
