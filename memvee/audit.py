@@ -1030,8 +1030,9 @@ class Audit:
 
     def forget(self, user_id: str) -> ForgetReceipt:
         """Erase the user as :meth:`memvee.Memory.forget` does: their events, snapshots,
-        every projection row, their lease and their requests of a bulk re-extraction, in
-        one transaction with other writers held off; the receipt counts what went.
+        every projection row, their lease (but one another live process holds, which stays
+        its own) and their requests of a bulk re-extraction, in one transaction with other
+        writers held off; the receipt counts what went.
 
         A user with no log here erases nothing (a receipt of zeros), and a log that does
         not load is erased all the same. A Memory running on the database learns it as it

@@ -355,8 +355,9 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
 async def test_an_audit_forgets_a_user_another_process_owns_as_a_memory_does(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:
-    """What `memvee forget` runs: the owner's lease goes with the log, and the owner
-    starts the user afresh where it writes next; other users are untouched."""
+    """What `memvee forget` runs: the log goes, the live owner keeps its lease (no
+    other process takes the user from it), and it starts the user afresh where it
+    writes next; other users are untouched."""
     owner: Memory = await make_memory(config=SHARED)
     await owner.add_exchange("ann", SECRET, "noted")
     await owner.add_exchange("bob", "I live in Rome", "ok")
@@ -364,7 +365,7 @@ async def test_an_audit_forgets_a_user_another_process_owns_as_a_memory_does(
         receipt = await asyncio.to_thread(audit.forget, "ann")
         assert (await asyncio.to_thread(audit.forget, "nobody")).total == 0
     assert receipt.user_id == "ann" and receipt.events > 0 and receipt.scrubbed
-    assert receipt.rows["leases"] == 1 and receipt.rows["messages"] == 2
+    assert receipt.rows["leases"] == 0 and receipt.rows["messages"] == 2
     assert await owner.user("ann") is None
     stored = await owner.add_exchange("ann", "I live in Oslo", "ok")
     assert [m.seq for m in stored] == [1, 2]
