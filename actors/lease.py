@@ -75,8 +75,17 @@ class LeaseTable:
         return self.fresh(user_id) or self.try_acquire(user_id)
 
     def create(self, connection: Connection) -> None:
-        """Create the lease table if it is missing (run it while writers are held off)."""
+        """Create the lease table if it is missing (run it while writers are held off),
+        and delete the expired rows of forgotten users (see :meth:`forget`)."""
         self.metadata.create_all(connection)
+        self._sweep_forgotten(connection, self._now(connection))
+
+    def _sweep_forgotten(self, connection: Connection, now: float) -> None:
+        """Delete the expired lease rows :meth:`forget` kept for a live owner (their user
+        blanked): an owner that died before letting the user go would leave the row, and
+        its ``log_id`` tells whoever knows a user id that the user was here."""
+        t = self.table
+        connection.execute(delete(t).where(t.c.user_id == "", t.c.expires_at < now))
 
     def _now(self, connection: Connection) -> float:
         if self._dialect == "postgresql":
@@ -127,6 +136,7 @@ class LeaseTable:
                 .values(expires_at=now + self.ttl),
                 {"ids": list(wanted)},
             )
+            self._sweep_forgotten(connection, now)
             held = set(
                 connection.execute(
                     select(t.c.log_id).where(
@@ -181,7 +191,9 @@ class LeaseTable:
         Ours, or an expired one, is deleted. One another process holds (unexpired, by the
         database's clock) stays, with the user's name blanked: that process is alive and
         trusts its lease for ``ttl / 2`` without a read, so deleting the row would let a
-        third process take the user over under a task it starts on the new log.
+        third process take the user over under a task it starts on the new log. The owner
+        deletes it when it lets the user go; if it dies first, the next renewal or open of
+        any process deletes it once it expired.
         """
         t = self.table
         self._renewed.pop(user_id, None)

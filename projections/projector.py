@@ -43,6 +43,11 @@ _SCHEMA = "schema"
 SCHEMA_VERSION = 13
 """The layout of the projection tables; bump it when a table or fold changes."""
 
+VECTORS_SINCE = 10
+"""The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,
+see :class:`projections.columns.StoredId`): a refold keeps embeddings of this one on.
+Raise it to :data:`SCHEMA_VERSION` when the vectors table's rows change form."""
+
 
 @dataclass(frozen=True, slots=True)
 class Folded:
@@ -173,12 +178,15 @@ class Projector:
         return fresh
 
     def _vectors_current(self, connection: Connection) -> bool:
-        """Whether the stored embeddings' table has this layout's columns: then an older
-        layout's refold keeps it, as a rebuild does (its rows belong to item ids a refold
-        gives again, and embedding every user again costs minutes, or money)."""
+        """Whether the stored embeddings are in this layout's form: their table has its
+        columns, and its ids are stored as they are now (since :data:`VECTORS_SINCE`).
+        Then an older layout's refold keeps them, as a rebuild does (they belong to item
+        ids a refold gives again, and embedding every user again costs minutes, or
+        money); ids stored otherwise would match no item, and no forget could erase them."""
         vectors = self.tables.vectors
         catalog = inspect(connection)
-        if not catalog.has_table(vectors.name):
+        layout = self._stored_layout(connection)
+        if layout is None or layout >> 20 < VECTORS_SINCE or not catalog.has_table(vectors.name):
             return False
         found = {column["name"] for column in catalog.get_columns(vectors.name)}
         return found == {column.name for column in vectors.columns}

@@ -236,6 +236,32 @@ def test_forgetting_a_user_keeps_only_a_lease_another_live_process_holds_and_not
         store.close()
 
 
+def test_a_forgotten_users_kept_lease_goes_once_it_expires_though_its_owner_died(
+    db_url: str,
+) -> None:
+    """The row kept for a live owner tells, by its key, that the user was here: if the
+    owner dies holding it, the next renewal of any process (or an open) deletes it once
+    it expired; a live one stays."""
+    store = EventStore(db_url)
+    try:
+        dead, live, forgetter = (LeaseTable(store.engine, name, ttl=600) for name in "abc")
+        with store.engine.begin() as connection:
+            forgetter.create(connection)
+        assert dead.try_acquire("ann") and live.try_acquire("bob") and live.try_acquire("cat")
+        with store.engine.begin() as connection:
+            assert [forgetter.forget(connection, u) for u in ("ann", "bob")] == [0, 0]
+        t = forgetter.table
+        with store.engine.begin() as connection:  # the dead owner's lease runs out
+            owned_by_dead = t.c.owner == "a"
+            connection.execute(update(t).where(owned_by_dead).values(expires_at=0.0))
+        assert live.renew(["bob", "cat"]) == set()
+        with store.engine.connect() as connection:
+            rows = connection.execute(select(t.c.user_id, t.c.owner).order_by(t.c.owner)).all()
+        assert [tuple(row) for row in rows] == [("", "b"), ("cat", "b")]
+    finally:
+        store.close()
+
+
 def _pause_following(
     memory: Memory, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[threading.Event, threading.Event]:

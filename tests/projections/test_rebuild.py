@@ -916,8 +916,8 @@ def test_the_refold_of_an_older_layout_keeps_the_embeddings_if_their_table_is_un
     store: EventStore,
 ) -> None:
     """Opening tables an older memvee laid out refolds them from the log; the embeddings
-    stay when their own table has today's columns (their items' ids come back), and go
-    when it does not."""
+    stay when their own table has today's columns and ids (their items' ids come back),
+    and go when it does not."""
     projector = Projector(ProjectionTables())
     log = UserLog.register("ann")
     log.add_message("user", "ann likes tea", None, 100)
@@ -926,24 +926,27 @@ def test_the_refold_of_an_older_layout_keeps_the_embeddings_if_their_table_is_un
     older_layout = "UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'"
     with store.transaction() as connection:
         message_id = connection.execute(select(messages.c.message_id)).scalar_one()
-        connection.execute(
-            vectors.insert(),
-            [
-                {
-                    "item_id": message_id,
-                    "model": "m",
-                    "log_id": str(user_log_id("ann")),
-                    "kind": "message",
-                    "vector": b"\0" * 4,
-                }
-            ],
-        )
+        kept = {
+            "item_id": message_id,
+            "model": "m",
+            "log_id": str(user_log_id("ann")),
+            "kind": "message",
+            "vector": b"\0" * 4,
+        }
+        connection.execute(vectors.insert(), [kept])
         connection.execute(text(older_layout))
     with store.transaction() as connection:
         assert projector.create(connection), "the older tables were dropped, to refold"
         assert connection.execute(select(vectors.c.item_id)).scalars().all() == [message_id]
         connection.execute(text(older_layout))
         connection.execute(text("ALTER TABLE mv_vectors ADD COLUMN norm REAL"))
+    with store.transaction() as connection:
+        projector.create(connection)
+        assert connection.execute(select(vectors.c.item_id)).scalars().all() == []
+        connection.execute(vectors.insert(), [kept])
+        connection.execute(  # schema 9's: ids stored as text on SQLite
+            text("UPDATE mv_position SET position = 9 << 20 WHERE name = 'schema'")
+        )
     with store.transaction() as connection:
         projector.create(connection)
         assert connection.execute(select(vectors.c.item_id)).scalars().all() == []
