@@ -241,7 +241,7 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
         )
 
 
-def _catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
+def catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     """Bring projections made by an older version of memvee (or short of the log) up to
     date, as a Memory's open does, before they are read or written: refolded whole from
     the log. Up-to-date ones are only read, so a read-only database stays readable. Ones
@@ -311,7 +311,7 @@ class Audit:
                     self.store.lock_writers(connection)
                     Projector(tables).create(connection)
             require_projections(self.store, tables)
-            _catch_up_if_behind(self.store, tables)
+            catch_up_if_behind(self.store, tables)
         except BaseException:
             self.store.close()
             raise

@@ -60,7 +60,13 @@ from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
 from memvee._log_redaction import RedactSecrets
 from memvee._server import register_commands
-from memvee.audit import MAX_USERS_PAGE, Audit, ReextractionReport, require_projections
+from memvee.audit import (
+    MAX_USERS_PAGE,
+    Audit,
+    ReextractionReport,
+    catch_up_if_behind,
+    require_projections,
+)
 
 if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
@@ -348,6 +354,9 @@ def rebuild(
             check_user_id(user)
             if not store.events_of(user, upto=1):
                 raise NotFoundError(f"no user {user!r} in this database")
+            tables = ProjectionTables()
+            require_projections(store, tables)
+            catch_up_if_behind(store, tables)  # an older layout is refolded whole first
             folded = rebuild_user(store, user)
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
             return

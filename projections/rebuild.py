@@ -208,6 +208,8 @@ def rebuild_user(
     and nothing is embedded again), but those of items the refold does not give again,
     and drops their checkpoints, as a full rebuild does (derived from the log, they may
     be what the rebuild is to mend; a long log gets one again when its user next loads).
+    Tables of an older memvee's layout are refused (:class:`OlderLayoutError`): an open,
+    or a full rebuild, refolds them first.
     """
     projector = Projector(tables or ProjectionTables(LIVE_PREFIX))
     log_id = str(user_log_id(user_id))
@@ -215,6 +217,7 @@ def rebuild_user(
     with store.transaction() as connection:
         store.lock_writers(connection)
         refuse_while_rebuilding(projector, connection)
+        refuse_older_layout(projector, connection)
         projector.forget(connection, log_id, keep_vectors=True)
         after = 0
         while page := store.events_of(user_id, after=after, upto=after + page_size):

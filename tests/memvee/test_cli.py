@@ -588,6 +588,18 @@ def test_an_unknown_user_is_an_error_not_empty_output(db: str, command: list[str
     assert "no user 'carol'" in one_error_line(result)
 
 
+def test_rebuilding_a_user_of_an_older_layout_refolds_the_whole_layout_first(db: str) -> None:
+    """Every command refolds tables an older memvee laid out before it writes them: a
+    user's rebuild too, so a verify right after finds nothing to refuse."""
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'"
+        )
+    assert "older memvee" in one_error_line(run("verify", "--db", db, code=2))
+    assert "from" in run("rebuild", "--user", "ann", "--db", db).output
+    assert run("verify", "--db", db).exit_code == 0
+
+
 def test_unknown_versions_event_types_and_points_past_the_end_are_errors(db: str) -> None:
     compared = run("compare", "ann", "live", "nope", "--db", db, code=2)
     assert "no knowledge version 'nope'" in one_error_line(compared)
