@@ -256,8 +256,8 @@ def test_a_forgotten_users_kept_lease_goes_once_it_expires_though_its_owner_died
             connection.execute(update(t).where(owned_by_dead).values(expires_at=0.0))
         assert live.renew(["bob", "cat"]) == set()
         with store.engine.connect() as connection:
-            rows = connection.execute(select(t.c.user_id, t.c.owner).order_by(t.c.owner)).all()
-        assert [tuple(row) for row in rows] == [("", "b"), ("cat", "b")]
+            rows = connection.execute(select(t.c.user_id, t.c.owner)).all()
+        assert sorted(tuple(row) for row in rows) == [("", "b"), ("cat", "b")]
     finally:
         store.close()
 
