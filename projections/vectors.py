@@ -406,7 +406,7 @@ class VectorIndex:
             if cached is not None:
                 self._cache.move_to_end(log_id)
         if cached is None:
-            cached = self._load(connection, log_id, erased, keep=erased is not None)
+            cached = self._load(connection, log_id, erased)
         return cached.nearest(query, limit)
 
     def forget(self, user_id: str) -> None:
@@ -526,20 +526,16 @@ class VectorIndex:
         return cached.count + refused == int(count or 0)
 
     def _load(
-        self,
-        connection: Connection,
-        log_id: str,
-        erased: threading.Event | None = None,
-        *,
-        keep: bool = True,
+        self, connection: Connection, log_id: str, erased: threading.Event | None
     ) -> _Vectors:
-        """Read the log's message vectors, and keep them in the cache if ``keep`` and
-        ``erased`` is not set (the vectors read may be the erased log's, which a new
-        log's count could pass for)."""
+        """Read the log's message vectors, and keep them in the cache if the log's
+        erasures were watched (``erased``, from before ``connection`` first read) and
+        none came: the vectors read may be the erased log's, which a new log's count
+        could pass for."""
         rows = _newest_first(connection.execute(self._message_vectors, {"log_id": log_id}).all())
         loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
         with self._lock:
-            if not keep or (erased is not None and erased.is_set()):
+            if erased is None or erased.is_set():
                 return loaded
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)
