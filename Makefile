@@ -26,8 +26,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# One pytest worker per core, at most four (each opens its own PostgreSQL database and
+# the server allows 200 connections in all).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 unit: install
-	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider
+	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 test: lint typecheck unit
 

@@ -4,7 +4,6 @@ MCP, and no token ever reaches the log. Off loopback, tokens are required."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,9 @@ from memvee._server.auth import Grant, TokenBook
 from tests.support.mcp_clients import call, failure, http_session
 from tests.support.server_process import MEMVEE, ServerProcess, server_env
 
-ACME = f"acme-{secrets.token_urlsafe(24)}"
-GLOBEX = f"globex-{secrets.token_urlsafe(24)}"
-ADMIN = f"admin-{secrets.token_urlsafe(24)}"
+ACME = "acme-kU3nR8vQ2wXe7LpZ5tYc9HbM4jDf6GsA"
+GLOBEX = "globex-Qm7Vx2Nc8Rb5Kt3Wz9Hp4Ly6Fd1Js0Ge"
+ADMIN = "admin-Tn5Bq8Xw2Mc7Rv4Kz9Lp3Hs6Yd1Gf0Ja"
 
 
 @pytest.fixture(scope="module")
