@@ -8,9 +8,10 @@ by the best one's (nothing at all when no candidate is near the query; a fact ab
 user's relatives or things the query does not name keeps half). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
-came from); a message that a returned entry cites is left out, and one whose facts were
-all replaced goes after the rest. An embedder that fails (an API
-down, a model that cannot load) leaves the ranking lexical: a search never fails for it.
+came from, keeping only its own part of their semantic share); a message that a returned
+entry cites is left out, and one whose facts were all replaced goes after the rest. An
+embedder that fails (an API down, a model that cannot load) leaves the ranking lexical: a
+search never fails for it.
 """
 
 from __future__ import annotations
@@ -207,6 +208,11 @@ class _Candidate:
     unembedded: bool = False
     """Whether it has no vector yet, or the embedder refuses its text (its cosine is
     unknown, not low)."""
+    parts: tuple[float, float] = (0.0, 0.0)
+    """Its weighted lexical and semantic shares, whole: what its score is made of."""
+    subject_share: float = 1.0
+    """The part of a semantic share it keeps: :data:`_OTHER_SUBJECT_SHARE` for a fact about
+    someone or something of the user's that the query does not name, 1 otherwise."""
 
     @property
     def is_message(self) -> bool:
@@ -485,11 +491,17 @@ class Retriever:
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:
     """An entry scores at least as well as the best of its source messages: it states what
-    they said, so a message that matches makes its fact match (and the fact comes first)."""
+    they said, so a message that matches makes its fact match (and the fact comes first).
+    The entry keeps only its own part of a message's semantic share: a fact about the
+    user's mother is no nearer "where do I live?" for the message that said it."""
     for candidate in candidates.values():
         item = candidate.item
         if isinstance(item, KnowledgeEntry):
-            sources = [candidates[m].score for m in item.source_message_ids if m in candidates]
+            sources = [
+                _weigh(candidates[m].parts, candidate.subject_share)
+                for m in item.source_message_ids
+                if m in candidates
+            ]
             candidate.score = max([candidate.score, *sources])
 
 
@@ -575,8 +587,16 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
         lexical = c.lexical / best if best > 0 else 0.0
         semantic = lexical if c.unembedded else _semantic(c.cosine, nearest) if matched else 0.0
         if isinstance(c.item, KnowledgeEntry) and not _names_subject(c.item.text, asked):
-            semantic *= _OTHER_SUBJECT_SHARE
-        c.score = alpha * lexical + (1 - alpha) * semantic
+            c.subject_share = _OTHER_SUBJECT_SHARE
+        c.parts = (alpha * lexical, (1 - alpha) * semantic)
+        c.score = _weigh(c.parts, c.subject_share)
+
+
+def _weigh(parts: tuple[float, float], subject_share: float) -> float:
+    """A fused score: the weighted lexical share, plus the part ``subject_share`` of the
+    weighted semantic one."""
+    lexical, semantic = parts
+    return lexical + subject_share * semantic
 
 
 COSINE_MATCH = 0.2
