@@ -246,8 +246,10 @@ class _SqliteSearch:
     """One ranked search on SQLite, in two plain statements on the DBAPI cursor.
 
     First BM25 inside FTS5 (computed once per match; only the best hits leave the
-    index), then the projection rows of those hits, filtered. Rows the filter drops
-    (ended entries, other knowledge versions) are made up for by fetching more hits,
+    index, hits scored alike by row number, newest first: a row's number follows the
+    order messages and entries were written, so a limit that cuts a tie keeps its newest,
+    as on PostgreSQL), then the projection rows of those hits, filtered. Rows the filter
+    drops (ended entries, other knowledge versions) are made up for by fetching more hits,
     until the index has no more to give. A search is a few hundred microseconds of
     SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
     builders read SQLite's raw row forms.
@@ -256,7 +258,7 @@ class _SqliteSearch:
     def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
         self.hits_sql = (
             f"SELECT rowid, bm25({fts}{weights}) AS score FROM {fts} "
-            f"WHERE {fts} MATCH ? ORDER BY score LIMIT ?"
+            f"WHERE {fts} MATCH ? ORDER BY score, rowid DESC LIMIT ?"
         )
         self.rows_sql = rows_sql
 

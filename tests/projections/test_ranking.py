@@ -7,11 +7,14 @@ connection), which do not depend on the machine's speed.
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime, timedelta
 
-from events import EventStore, UserLog
+from events import BatchMessage, EventStore, ExtractedFact, UserLog
 from projections import LexicalRanker, ProjectionTables, Projector, index_messages
 from projections.ranking import MAX_QUERY_TOKENS, fts_match
 from projections.search import owned_terms
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 RARE = tuple(f"theremin lesson {i}" for i in range(30))
 """What the search looks for: enough hits that SQLite's planner, left to itself, reads
@@ -88,3 +91,36 @@ def test_a_long_word_of_another_script_is_searched_whole() -> None:
     other word whole, so a cut one would never match (a 601-character key, say)."""
     word = "q" + "abcdefghij" * 60
     assert owned_terms("a" * 32, word)[0] in fts_match("a" * 32, [word])
+
+
+def _learn(store: EventStore, projector: Projector, user_id: str, facts: list[str]) -> None:
+    """``user_id`` says each of ``facts`` a day after the one before, and each is extracted
+    as it was said, valid from that day."""
+    log = UserLog.register(user_id)
+    for day, fact in enumerate(facts):
+        said = T0 + timedelta(days=day)
+        message = log.add_message("user", fact, said, 1000)
+        assert log.request_processing(f"t{day}", "manual")
+        log.start_next()
+        batch = [BatchMessage(message, "user", fact, said)]
+        log.record_knowledge(f"t{day}", [ExtractedFact(fact, (message,))], "x", batch=batch)
+    store.append([list(log.collect_events())], projector.apply)
+    index_messages(store, projector)
+
+
+def test_items_scored_alike_rank_newest_first_where_the_limit_cuts_them(
+    store: EventStore,
+) -> None:
+    """A user who said much the same thing thirty times is answered with what they said
+    last, not with what the index happens to hold first: the cut keeps a tie's newest."""
+    projector = Projector(ProjectionTables())
+    said = [f"User had coffee on day {day}." for day in range(30)]
+    _learn(store, projector, "ann", said)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        for limit in (1, 3):
+            newest = said[::-1][:limit]
+            entries = ranker.entries(connection, "ann", ["coffee"], limit)
+            assert [e.text for e, _ in entries] == newest
+            messages = ranker.messages(connection, "ann", ["coffee"], limit)
+            assert [m.content for m, _ in messages] == newest
