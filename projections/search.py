@@ -1,6 +1,7 @@
 """The full-text index: knowledge entries and messages, searchable per user.
 
-SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages).
+SQLite keeps two FTS5 tables beside the projections (one for entries, one for messages),
+whose tokenizer splits nothing memvee's own cutting keeps together.
 Entries are indexed by :func:`search_fold` in the transaction that adds them. Messages are
 indexed in bulk a little later (:meth:`SearchIndex.index_messages`): an FTS5 index writes
 a new segment at every commit, which cost more than the rest of a one-exchange commit, so
@@ -68,7 +69,11 @@ __all__ = [
     "word_pieces",
 ]
 
-_TOKENIZER = "unicode61 remove_diacritics 2"
+_TOKENIZER = "ascii"
+"""FTS5's tokenizer: it splits the stored words only where memvee's own cutting splits
+them (:func:`word_pieces`), at ASCII spaces, and keeps every other character in its token.
+``unicode61`` cut at the vowel signs memvee keeps in words (Indic, Khmer, Burmese), and a
+piece left without its owner's prefix matched other words, even of other scripts."""
 
 MAX_QUERY_TOKENS = 128
 """At most this many index tokens are searched for one query: a term is one token, but a

@@ -9,6 +9,8 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +250,99 @@ async def test_a_query_repeating_a_stored_word_finds_the_same_rows_on_every_back
             [e.text for e in result.entries],
         )
     assert found == {query: (messages, entries) for query, messages, entries in FOUND_AS_SAID}
+
+
+SAID_WITH_VOWEL_SIGNS = [
+    "मुझे किताब पसंद है",
+    "कि",
+    "मैं हिन्दी बोलता हूँ",
+    "ನಾನು ಕನ್ನಡ ಮಾತನಾಡುತ್ತೇನೆ",
+    "தமிழ் மொழி",
+    "ကျွန်တော် မြန်မာ",
+    "ខ្ញុំស្រលាញ់",
+]
+"""Messages whose words are spelled with vowel signs (Hindi, Kannada, Tamil, Burmese,
+Khmer): marks that stay in their words."""
+
+FOUND_BY_WHOLE_WORDS = [
+    ("किताब", ["मुझे किताब पसंद है"]),
+    ("कि", ["कि"]),
+    ("क", []),
+    ("हिन्दी", ["मैं हिन्दी बोलता हूँ"]),
+    ("ह", []),
+    ("ಕನ್ನಡ", ["ನಾನು ಕನ್ನಡ ಮಾತನಾಡುತ್ತೇನೆ"]),
+    ("ನ", []),
+    ("க", []),
+    ("မြန်မာ", ["ကျွန်တော် မြန်မာ"]),
+    ("ខ្ញុំ", ["ខ្ញុំស្រលាញ់"]),
+]
+"""Queries in those scripts and the messages each finds: a letter without its vowel sign
+is another word, and one script never finds another."""
+
+
+async def test_words_spelled_with_vowel_signs_find_the_same_rows_on_every_backend(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Messages and entries alike are found by their whole words only: SQLite's
+    tokenizer cut stored words at each vowel sign, so "क" found "किताब", "ह" found "है"
+    and a Khmer word found a Burmese message, where PostgreSQL found none."""
+    memory = await make_memory(embedder=False)
+    for line in SAID_WITH_VOWEL_SIGNS:
+        await memory.add_exchange("ann", line, "ok")
+
+    async def found() -> dict[str, tuple[list[str], list[str]]]:
+        hits = {}
+        for query, _ in FOUND_BY_WHOLE_WORDS:
+            result = await memory.retrieve("ann", query, include_messages=True, top_k=10)
+            hits[query] = (
+                sorted(m.message.content for m in result.messages),
+                sorted(e.text.removeprefix("User said: ") for e in result.entries),
+            )
+        return hits
+
+    assert await found() == {query: (said, []) for query, said in FOUND_BY_WHOLE_WORDS}
+    await memory.process("ann")  # an entry per message, found in its message's place
+    assert await found() == {query: ([], said) for query, said in FOUND_BY_WHOLE_WORDS}
+
+
+def test_the_sqlite_index_keeps_each_word_as_memvee_cuts_it(indexed_store: Any) -> None:
+    """FTS5 splits stored text only where memvee's cutting does: each indexed message
+    holds its owned words, whole, whatever the script (marks kept in words, letters
+    of scripts newer than SQLite's Unicode tables)."""
+    store, projector = indexed_store
+    ann = UserLog.register("ann")
+    said = [*SAID_WITH_VOWEL_SIGNS, "ශ්‍රී ලංකා", "བོད་ཡིག", "𞤀𞤣𞤤𞤢𞤥", "ᱚᱞ ᱪᱤᱠᱤ"]
+    _write(store, projector, *((ann, line) for line in said))
+    assert index_messages(store, projector) == len(said)
+    m = projector.search.messages_fts.name
+    with store.engine.connect() as connection:
+        vocabulary = f"fts5vocab(main, {m}, instance)"
+        connection.exec_driver_sql(f"CREATE VIRTUAL TABLE temp.words USING {vocabulary}")
+        indexed = connection.exec_driver_sql(
+            "SELECT doc, term FROM temp.words ORDER BY doc, offset"
+        ).all()
+    by_message = [[term for _, term in terms] for _, terms in groupby(indexed, itemgetter(0))]
+    assert by_message == [owned_words(str(ann.id), line).split() for line in said]
+
+
+async def test_an_index_cut_at_vowel_signs_is_made_again_when_the_memory_opens(
+    make_memory: Callable[..., Any], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database indexed by the earlier tokenizer, which cut words at vowel signs, has
+    its index tables made again with this one on first open, not only refilled."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("the tokenizer is SQLite's")
+    with monkeypatch.context() as earlier:
+        earlier.setattr("projections.search._TOKENIZER", "unicode61 remove_diacritics 2")
+        memory = await make_memory(embedder=False)
+        await memory.add_exchange("ann", "मुझे किताब पसंद है", "ok")
+        result = await memory.retrieve("ann", "क", include_messages=True)
+        assert [m.message.content for m in result.messages] == ["मुझे किताब पसंद है"]
+        await memory.close()
+    reopened = await make_memory(embedder=False)
+    for query, said in (("क", []), ("किताब", ["मुझे किताब पसंद है"])):
+        result = await reopened.retrieve("ann", query, include_messages=True)
+        assert [m.message.content for m in result.messages] == said, query
 
 
 async def test_a_message_of_the_longest_chinese_text_is_stored_and_found_on_every_backend(
