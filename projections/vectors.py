@@ -117,8 +117,10 @@ class VectorIndex:
     The message vectors of recently searched users are also kept in memory (at most
     ``cache_rows`` vectors in all, least recently used users dropped first): a search then
     costs one count query and one matrix product, not a read of every vector. The cache
-    is kept exact: it is filled from the table, extended by :meth:`fill`, and reloaded
-    whenever the user's message count says something was added elsewhere.
+    is kept exact: it is filled from the table, extended by :meth:`fill`, reloaded
+    whenever the user's message count says something was added elsewhere, and dropped
+    by the fill that begins each search once the log's beginning says another process
+    forgot the user (who may have written as many messages again since).
     """
 
     def __init__(
@@ -137,7 +139,8 @@ class VectorIndex:
         self._searches = 0
         self._searches_ended = threading.Condition()
         self._cache: OrderedDict[str, _Vectors] = OrderedDict()
-        self._filled: OrderedDict[str, tuple[int, bool]] = OrderedDict()
+        self._filled: OrderedDict[str, tuple[int, datetime, bool]] = OrderedDict()
+        """Per log, the version and beginning a fill covered, and whether with messages."""
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         """Per log, the (kind, id) of items whose text the embedder refuses while it
         embeds others: left out of later fills (in this process), ranked lexically."""
@@ -147,7 +150,8 @@ class VectorIndex:
         # What every search runs, built once (building a statement costs more than
         # running it on a user's rows).
         mine: BindParameter[Any] = bindparam("log_id")
-        self._version = select(u.c.version).where(u.c.log_id == mine)
+        self._version = select(u.c.version, u.c.created_at).where(u.c.log_id == mine)
+        self._began = select(u.c.created_at).where(u.c.log_id == mine)
         self._message_count = select(func.count()).where(m.c.log_id == mine)
 
         def embedded(kind: str) -> Any:
@@ -218,7 +222,10 @@ class VectorIndex:
         returns the ids of those it left without one (none when it took up every one).
 
         A fill remembers the log version it covered: while the log has not moved, the next
-        one is a single lookup. ``stop`` is asked between batches of texts; once it says
+        one is a single lookup. That lookup also reads when the log began: a log another
+        process erased and began again is another log, whatever its version and message
+        count, so what this index remembers of the erased one (its cached vectors among
+        it) is dropped first. ``stop`` is asked between batches of texts; once it says
         so, the fill ends early (what it embedded is kept). With ``budget`` (a search's),
         it ends after the batch during which ``budget`` seconds passed: a search embeds
         a short backlog whole and, of a long one (an import, a rebuild, a burst of
@@ -238,10 +245,14 @@ class VectorIndex:
         with self._erasures_watched(log_id) as erased:
             missing: list[tuple[str, str, str]] = []
             with engine.connect() as connection:
-                version = connection.execute(self._version, {"log_id": log_id}).scalar()
+                stored = connection.execute(self._version, {"log_id": log_id}).first()
+                version, began = (None, None) if stored is None else stored
+                self._drop_unless_began(log_id, began)
                 with self._lock:
                     done = self._filled.get(log_id)
-                covered = done is not None and done[0] == version and (done[1] or not messages)
+                covered = (
+                    done is not None and done[:2] == (version, began) and (done[2] or not messages)
+                )
                 if version is not None and covered:
                     return frozenset()
 
@@ -285,8 +296,8 @@ class VectorIndex:
             if taken < len(missing):  # not covered: the next fill takes up the rest
                 return frozenset(item for item, _, _ in missing[taken:])
             with self._lock:  # a log erased meanwhile may reach this version anew
-                if version is not None and not erased.is_set():
-                    self._filled[log_id] = (int(version), messages)
+                if version is not None and began is not None and not erased.is_set():
+                    self._filled[log_id] = (int(version), began, messages)
                     self._filled.move_to_end(log_id)
                     while len(self._filled) > _FILLED_KEPT:
                         self._filled.popitem(last=False)
@@ -390,7 +401,8 @@ class VectorIndex:
     ) -> list[tuple[str, float]]:
         """The ids of the user's messages (sent by ``as_of``, when given) nearest
         ``query``. The user's vectors are cached for the present; a look into the past
-        reads those of the messages sent by then.
+        reads those of the messages sent by then. The cache is checked against the log by
+        the :meth:`fill` each search begins with, not again here (no query more).
 
         ``connection`` may see the log as it was before an erasure: the vectors it reads
         are cached only with ``erased``, from :meth:`watching` entered before
@@ -415,11 +427,28 @@ class VectorIndex:
         to the embedder any more."""
         log_id = str(user_log_id(user_id))
         with self._lock:
-            self._cache.pop(log_id, None)
-            self._filled.pop(log_id, None)
-            self._refused.pop(log_id, None)
+            self._drop(log_id)
             for erased in self._fills.get(log_id, ()):
                 erased.set()
+
+    def _drop_unless_began(self, log_id: str, began: datetime | None) -> None:
+        """Drop what is remembered of the log unless it is of the log that began at
+        ``began`` (``None``: no log is stored): another process forgot the user since it
+        was read."""
+        with self._lock:
+            cached = self._cache.get(log_id)
+            done = self._filled.get(log_id)
+            if (cached is not None and cached.began != began) or (
+                done is not None and done[1] != began
+            ):
+                self._drop(log_id)
+
+    def _drop(self, log_id: str) -> None:
+        """Forget the log's cached vectors, covered version and refused texts (under the
+        lock)."""
+        self._cache.pop(log_id, None)
+        self._filled.pop(log_id, None)
+        self._refused.pop(log_id, None)
 
     @contextmanager
     def watching(self, user_id: str) -> Iterator[threading.Event]:
@@ -531,9 +560,11 @@ class VectorIndex:
         """Read the log's message vectors, and keep them in the cache if the log's
         erasures were watched (``erased``, from before ``connection`` first read) and
         none came: the vectors read may be the erased log's, which a new log's count
-        could pass for."""
+        could pass for. They are kept with when the log began, read before them: a log
+        erased and begun again between the two reads is then only reloaded once more."""
+        began = connection.execute(self._began, {"log_id": log_id}).scalar()
         rows = _newest_first(connection.execute(self._message_vectors, {"log_id": log_id}).all())
-        loaded = _Vectors.of(self._of_its_length(connection, log_id, rows))
+        loaded = _Vectors.of(self._of_its_length(connection, log_id, rows), began)
         with self._lock:
             if erased is None or erased.is_set():
                 return loaded
@@ -580,19 +611,26 @@ class VectorIndex:
 
 
 class _Vectors:
-    """One log's message vectors as a matrix, with their ids."""
+    """One log's message vectors as a matrix, with their ids and when the log began (to
+    tell them from a log of the same user erased and begun again)."""
 
-    def __init__(self, ids: list[str], matrix: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+    def __init__(
+        self,
+        ids: list[str],
+        matrix: np.ndarray[Any, np.dtype[np.float32]],
+        began: datetime | None = None,
+    ) -> None:
         self.ids = ids
         self.matrix = matrix
+        self.began = began
 
     @classmethod
-    def of(cls, rows: Sequence[Any]) -> _Vectors:
+    def of(cls, rows: Sequence[Any], began: datetime | None = None) -> _Vectors:
         ids = [row[0] for row in rows]
         if not ids:
-            return cls([], np.zeros((0, 0), dtype=np.float32))
+            return cls([], np.zeros((0, 0), dtype=np.float32), began)
         matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
-        return cls(ids, matrix.reshape(len(ids), -1))
+        return cls(ids, matrix.reshape(len(ids), -1), began)
 
     @property
     def count(self) -> int:

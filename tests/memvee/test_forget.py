@@ -352,6 +352,23 @@ async def test_a_user_forgotten_by_another_process_starts_afresh_where_this_one_
         store.close()
 
 
+async def test_a_search_here_finds_what_a_user_forgotten_elsewhere_wrote_since(
+    make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """This process searched the user's messages by meaning (their vectors cached); another
+    process forgets the user, who then writes as many messages here: their meaning finds
+    the new ones, as in a Memory opened afresh, and nothing of the erased ones."""
+    here: Memory = await make_memory(config=SHARED, embedder=ConceptEmbedder())
+    other: Memory = await make_memory(config=SHARED)
+    ask = "any animal?"
+    await here.add_exchange("ann", "Quantum chromodynamics lecture tomorrow", "Good luck")
+    assert (await here.retrieve("ann", ask, include_messages=True)).messages == []
+    await other.forget("ann")
+    await here.add_exchange("ann", "My cat Whiskers sleeps all day", "Cute kitten")
+    found = await here.retrieve("ann", ask, include_messages=True)
+    assert [m.message.content for m in found.messages] == ["Cute kitten"]
+
+
 async def test_an_audit_forgets_a_user_another_process_owns_as_a_memory_does(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, insert, select
 
 from events import EventStore
-from projections import ProjectionTables
+from projections import ProjectionReader, ProjectionTables
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
@@ -156,6 +156,36 @@ def test_a_search_reading_as_its_user_is_forgotten_keeps_none_of_the_erased_vect
     with store.reading() as now:
         found = {item for item, _ in index.messages(now, "ann", query, 50)}
     assert found and not found & erased_ids
+
+
+def test_a_log_another_process_forgot_and_began_again_is_searched_by_its_own_vectors(
+    db_url: str,
+) -> None:
+    """Another process forgets the user, who writes as many messages again: the log has
+    the version and message count this index cached, yet the fill a search begins with
+    drops the erased log's vectors and embeds the new ones; the search ranks by those."""
+    embedder = ConceptEmbedder()
+    store = store_of_messages(db_url, "ann", ["my cat sleeps", "a jazz band"])
+    other = EventStore(db_url)
+    try:
+        index = VectorIndex(ProjectionTables(), embedder.name)
+        query = embedder.embed(["tell me about my pet"])[0]
+
+        def search() -> set[str]:
+            index.fill(store.engine, "ann", embedder.embed, messages=True)
+            with store.reading() as connection:
+                return {item for item, _ in index.messages(connection, "ann", query, 50)}
+
+        erased = search()
+        write_afresh(other, "ann", ["my kitten purrs", "jazz tunes"])
+        with store.reading() as connection:
+            stored = ProjectionReader(ProjectionTables()).messages(connection, "ann")
+        new = {message.message_id for message in stored}
+        assert len(erased) == len(new) == 2 and not erased & new
+        assert search() == new
+    finally:
+        other.close()
+        store.close()
 
 
 def test_messages_equally_near_rank_newest_first_however_their_vectors_are_stored(

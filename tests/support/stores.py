@@ -12,9 +12,10 @@ from projections import ProjectionTables, Projector
 __all__ = ["store_of_messages", "write_afresh"]
 
 
-def store_of_messages(path: Path, user_id: str, texts: Sequence[str]) -> EventStore:
-    """A new SQLite event store at ``path`` where ``user_id`` said ``texts``, in one append."""
-    store = EventStore(sqlite_url(path))
+def store_of_messages(where: Path | str, user_id: str, texts: Sequence[str]) -> EventStore:
+    """A new event store where ``user_id`` said ``texts``, in one append: a SQLite file at
+    ``where``, or the empty database at the URL ``where``."""
+    store = EventStore(sqlite_url(where) if isinstance(where, Path) else where)
     projector = Projector(ProjectionTables())
     with store.transaction() as connection:
         projector.create(connection)
