@@ -49,7 +49,13 @@ from events import (
     UserLog,
     user_log_id,
 )
-from events.errors import FORGOTTEN_REASON, ExtractorOverloadedError, first_line, repeats
+from events.errors import (
+    FORGOTTEN_REASON,
+    ExtractorOverloadedError,
+    ProbeFailedError,
+    first_line,
+    repeats,
+)
 from events.user_log import LIVE_KNOWLEDGE
 
 __all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -563,9 +569,10 @@ class UserActor(PooledActor):
         wait = asked_to_wait(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
-        blamed = (  # never a failed store, an overloaded API, nor one refusing every batch
+        blamed = (  # never a failed store, an overloaded API, one refusing every batch, nor
+            # a refusal whose probe failed: none is evidence against the message
             not again
-            and not isinstance(error, StorageError | EveryBatchRefused | ExtractorOverloadedError)
+            and not isinstance(error, StorageError | EveryBatchRefused | _THE_APIS_STATE)
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )
@@ -948,6 +955,9 @@ class UserActor(PooledActor):
 
 
 _NO_USAGE = TokenUsage()
+
+_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError
+"""Failures that say how the API is, never how a batch's messages are: never blamed."""
 
 
 class _UserForgotten(Exception):

@@ -27,6 +27,7 @@ __all__ = [
     "MemoryClosedError",
     "MemveeError",
     "NotFoundError",
+    "ProbeFailedError",
     "ProcessingError",
     "ProcessingTimeoutError",
     "RejectedBatchError",
@@ -124,6 +125,14 @@ class ExtractorOverloadedError(ExtractionError):
     that may pass, which the engine never blames on the messages of the batch it met,
     however often a message meets it. (A rate limit, 429, may be a batch's own: a
     request larger than a per-minute token limit is refused so each time.)"""
+
+
+class ProbeFailedError(ExtractionError):
+    """The API refused a batch, and a request sent to tell whose fault that is failed
+    otherwise than by a refusal (a 429, a 5xx, a timeout, no connection): it tells nothing
+    of the batch, so this is a failure that may pass, which the engine never blames on the
+    batch's messages. ``retry_after`` is what that request was asked to wait. (One the API
+    met overloaded raises :class:`ExtractorOverloadedError` instead, never blamed either.)"""
 
 
 class InvalidExtractionError(ExtractionError):

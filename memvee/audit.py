@@ -57,7 +57,7 @@ from events import (
     check_user_id,
     sqlite_url,
 )
-from events.errors import ExtractorOverloadedError, first_line, repeats
+from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line, repeats
 from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
 from events.transcoding import full_topic
@@ -770,10 +770,11 @@ class Audit:
         message that keeps failing while other calls are answered (see
         :meth:`CircuitBreaker.blame`) is left out. Two such failures in a row (the API
         failing whatever it is sent), a lone message failing with nothing else to send
-        between, or the API overloaded stop the run with the error, blaming no message:
+        between, the API overloaded, or a refusal whose probe failed (which tells nothing
+        of the batch) stop the run with the error, blaming no message:
         the run again goes on splitting where this one stopped."""
         ids = [m.message_id for m in batch]
-        if isinstance(error, ExtractorOverloadedError):  # the service's state, never a batch's
+        if isinstance(error, ExtractorOverloadedError | ProbeFailedError):  # never a batch's
             await asyncio.to_thread(
                 self._record_failure, run.user_id, run.version, ids, error, run.extractor, False
             )

@@ -38,6 +38,7 @@ from events.errors import (
     InvalidExtractionError,
     InvalidInputError,
     MemveeError,
+    ProbeFailedError,
     RejectedBatchError,
     first_line,
 )
@@ -74,8 +75,12 @@ _log = logging.getLogger("memvee.extractors")
 _CLIENT_LOGGERS = ("anthropic", "httpx2", "httpcore2")
 """The loggers of the SDK and of its HTTP client, which log each request's URL."""
 
-_Verdict = Literal["accepted", "refused", "failed"]
-"""How the API answered a probe (see :meth:`ClaudeExtractor._probed`)."""
+_Answer = Literal["accepted", "refused"]
+"""How the API answered a probe (see :meth:`ClaudeExtractor._answered`)."""
+
+_Verdict = _Answer | Literal["failed"]
+"""How the API answered a probe, or that the probe failed otherwise (see
+:meth:`ClaudeExtractor.probe`)."""
 
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512
@@ -278,28 +283,21 @@ class ClaudeExtractor:
         message is blamed for the user's stored state; refused, the API refuses every
         request (a model's refusal is then the batch's own, as the API took them all). A
         probe that fails otherwise (the API busy, a timeout) tells nothing: a failure that
-        may pass, blaming no message and keeping every entry shown. Every call's tokens
-        are the batch's to count.
+        may pass, blaming no message and keeping every entry shown (see :func:`_unsettled`).
+        Every call's tokens are the batch's to count.
         """
         spent = refused.usage or TokenUsage()
-        verdict, used = await self._probed(_probe(request, batch))
-        spent = _added(spent, used)
+        verdict, spent = await self._probed(_probe(request, batch), refused, spent)
         if verdict == "accepted":
             refused.usage = spent
             refused.probe_accepted = True
             raise refused
-        if verdict == "refused" and batch.known:
+        if batch.known:
             bare = dataclasses.replace(batch, known=())
-            verdict, used = await self._probed(_probe(request, bare))
-            spent = _added(spent, used)
+            verdict, spent = await self._probed(_probe(request, bare), refused, spent)
             if verdict == "accepted":
-                kept, used = await self._entries_accepted(request, batch)
-                return await self._without_known(batch, refused, _added(spent, used), kept)
-        if verdict == "failed":  # neither probe told whose fault it is: try again later
-            raise ExtractionError(
-                f"{refused} (a request probing whose fault it is failed too; retried later)",
-                usage=spent,
-            ) from refused.__cause__
+                kept, spent = await self._entries_accepted(request, batch, refused, spent)
+                return await self._without_known(batch, refused, spent, kept)
         if refused.reason is None:  # the model's refusal: the API took the requests
             refused.usage = spent
             raise refused
@@ -310,11 +308,16 @@ class ClaudeExtractor:
         ) from refused.__cause__
 
     async def _entries_accepted(
-        self, request: dict[str, Any], batch: ExtractionBatch
+        self,
+        request: dict[str, Any],
+        batch: ExtractionBatch,
+        refused: RejectedBatchError,
+        spent: TokenUsage,
     ) -> tuple[tuple[KnownEntry, ...], TokenUsage]:
         """The known entries of ``batch`` that the API accepts shown together (with a
-        harmless message, as :meth:`_settle` probes), in their order, and the probes'
-        tokens, in at most :data:`_ENTRY_PROBES` probes. Entries whose turn never came, or
+        harmless message, as :meth:`_settle` probes), in their order, and ``spent`` with
+        the probes' tokens, in at most :data:`_ENTRY_PROBES` probes. Entries whose turn
+        never came, or
         whose probe failed otherwise than by a refusal, are left out too.
 
         The suspects (refused when shown with the entries kept so far) are halved until
@@ -326,7 +329,6 @@ class ClaudeExtractor:
 
         Facts extracted without an entry cannot update it (they come back new), so the
         fewer left out, the fewer entries of the user are repeated."""
-        spent = TokenUsage()
         kept: list[KnownEntry] = []
         suspects = batch.known  # shown with ``kept``, refused: a refused entry is among them
         set_aside: list[KnownEntry] = []  # halves not probed since they were split off
@@ -339,9 +341,9 @@ class ClaudeExtractor:
             else:
                 break
             probe = _probe(request, dataclasses.replace(batch, known=(*kept, *shown)))
-            verdict, used = await self._probed(probe)
-            spent = _added(spent, used)
-            if verdict == "failed":
+            try:
+                verdict, spent = await self._probed(probe, refused, spent)
+            except ExtractionError:
                 break
             if verdict == "accepted":
                 kept.extend(shown)
@@ -434,20 +436,38 @@ class ClaudeExtractor:
         messages, all else kept: accepted, a refusal of the request was its messages'
         own; refused, the account's or the settings'; failed, it tells nothing (see
         :meth:`_settle`). For a refusal met elsewhere (a Message Batches request)."""
-        verdict, _ = await self._probed(_probe(self.request(batch), batch))
+        try:
+            verdict, _ = await self._answered(_probe(self.request(batch), batch))
+        except ExtractionError:
+            return "failed"
         return verdict
 
-    async def _probed(self, probe: dict[str, Any]) -> tuple[_Verdict, TokenUsage]:
+    async def _probed(
+        self, probe: dict[str, Any], refused: RejectedBatchError, spent: TokenUsage
+    ) -> tuple[_Answer, TokenUsage]:
+        """How the API answers ``probe``, sent to tell whose fault ``refused`` is, and
+        ``spent`` with its tokens; a probe that fails otherwise than by a refusal raises
+        the failure that may pass of :func:`_unsettled`."""
+        try:
+            verdict, used = await self._answered(probe)
+        except ExtractionError as failed:
+            raise _unsettled(refused, failed, spent) from failed
+        return verdict, _added(spent, used)
+
+    async def _answered(self, probe: dict[str, Any]) -> tuple[_Answer, TokenUsage]:
         """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
-        accepted; refused (a 400 or 422, or the model's refusal to answer); or failed
-        otherwise (busy, a timeout, no connection), which tells nothing of the batch."""
+        accepted, or refused (a 400 or 422, or the model's refusal to answer). One that
+        fails otherwise (busy, a timeout, no connection) raises its ExtractionError."""
+        client = self.client
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await self.client.messages.create(**probe, timeout=self.timeout)
+                answer = await client.messages.create(**probe, timeout=self.timeout)
         except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
             return "refused", TokenUsage()
-        except (anthropic.AnthropicError, TimeoutError, TypeError, ValueError):
-            return "failed", TokenUsage()
+        except anthropic.AnthropicError as exc:
+            raise api_error(exc, client_secrets(client)) from None
+        except (TimeoutError, TypeError, ValueError) as exc:
+            raise ExtractionError(f"Claude API call failed ({type(exc).__name__})") from None
         refusal = getattr(answer, "stop_reason", None) == "refusal"
         return ("refused" if refusal else "accepted"), _usage(answer)
 
@@ -592,6 +612,25 @@ def _probe(request: dict[str, Any], batch: ExtractionBatch) -> dict[str, Any]:
     harmless = BatchMessage("probe", "user", _PROBE_TEXT, last.sent_at)
     turn = user_turn(dataclasses.replace(batch, messages=(harmless,)))
     return {**request, "messages": [{"role": "user", "content": turn}]}
+
+
+def _unsettled(
+    refused: RejectedBatchError, failed: ExtractionError, spent: TokenUsage
+) -> ExtractionError:
+    """The failure that may pass for ``refused`` when a probe asking whose fault it is
+    failed otherwise than by a refusal (``failed``): it tells nothing, so no message is
+    blamed (:class:`ProbeFailedError`, or the probe's own ExtractorOverloadedError) and
+    the batch is retried later, no sooner than the probe's ``retry-after`` asks."""
+    kind = (
+        ExtractorOverloadedError
+        if isinstance(failed, ExtractorOverloadedError)
+        else ProbeFailedError
+    )
+    return kind(
+        f"{refused} (a request probing whose fault it is failed too: {failed}; retried later)",
+        usage=spent,
+        retry_after=failed.retry_after,
+    )
 
 
 def _with_usage(result: ExtractionResult, usage: TokenUsage) -> ExtractionResult:

@@ -485,6 +485,42 @@ async def test_an_overloaded_api_never_gets_a_message_quarantined(
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
 
 
+async def test_a_refusal_whose_probe_fails_never_gets_a_healthy_message_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann has a stored entry the API's filter refuses whenever it is shown, so the batch
+    of her healthy new message is refused (400), and each probe sent to tell whose fault
+    that is fails (a 500; a 529 alike) while bob's calls are answered in between. A probe
+    that fails tells nothing of the message: it stays buffered (it was blamed and
+    quarantined by the fourth run) and is extracted once the probes are answered."""
+    busy = True
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if [m.get("content") for m in request.messages] == ["Hello."] and busy:
+            return ScriptedResponse(500, error_body("api_error", "busy"))
+        if any(MARK in str(k.get("text")) for k in request.known):
+            return ScriptedResponse(400, error_body("invalid_request_error", "Output blocked"))
+        return default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        db = tmp_path / "probe-busy.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            await memory.add_message("ann", "user", f"My cat is {MARK}.")
+            assert await memory.process("ann") == 1
+            await memory.add_message("ann", "user", "My cat is called Miso.")
+            for run in range(4):
+                with pytest.raises(ProcessingError, match="probing whose fault it is failed"):
+                    await memory.process("ann")
+                await memory.add_message("bob", "user", f"I like thing {run}.")
+                assert await memory.process("bob") == 1
+                assert await memory.quarantined("ann") == []
+            busy = False
+            assert await memory.process("ann") == 1
+            assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+
+
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

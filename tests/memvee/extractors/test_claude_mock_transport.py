@@ -26,6 +26,7 @@ from events.errors import (
     ExtractorOverloadedError,
     InvalidExtractionError,
     InvalidInputError,
+    ProbeFailedError,
     RejectedBatchError,
 )
 from events.extraction import (
@@ -1070,20 +1071,30 @@ async def test_an_api_refusing_every_request_blames_no_batch_that_shows_known_en
 
 
 @pytest.mark.parametrize("known", [True, False], ids=["known-entries", "no-entries"])
+@pytest.mark.parametrize(
+    ("status", "error_type", "raised"),
+    [
+        (529, "overloaded_error", ExtractorOverloadedError),
+        (500, "api_error", ProbeFailedError),
+        (429, "rate_limit_error", ProbeFailedError),
+    ],
+)
 async def test_a_probe_that_fails_otherwise_tells_nothing_and_leaves_no_entry_out(
-    claude: Make, known: bool
+    claude: Make, known: bool, status: int, error_type: str, raised: type[ExtractionError]
 ) -> None:
     """The API busy when probed says nothing of whose fault the refusal is: no second
     probe, no extraction without the entries (its facts would all count as new,
-    duplicating the user's), and a failure that may pass, blaming no message."""
+    duplicating the user's), and a failure that may pass of a type the engine never
+    blames on a message, saying what the probe met."""
     api = FakeAPI(
         fail(400, "invalid_request_error", BLOCKED),
-        fail(529, "overloaded_error", "Overloaded"),
+        fail(status, error_type, "busy"),
         ok(),
     )
-    with pytest.raises(ExtractionError, match="failed too; retried later") as caught:
+    with pytest.raises(raised, match="probing whose fault it is failed too") as caught:
         await claude(api, max_retries=0).extract(KNOWN_BATCH if known else BATCH)
     assert not isinstance(caught.value, RejectedBatchError) and not caught.value.repeats
+    assert f"HTTP {status}" in str(caught.value) and BLOCKED in str(caught.value)
     assert len(api.requests) == 2
 
 
