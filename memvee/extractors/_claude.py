@@ -317,8 +317,9 @@ class ClaudeExtractor:
         """The known entries of ``batch`` that the API accepts shown together (with a
         harmless message, as :meth:`_settle` probes), in their order, and ``spent`` with
         the probes' tokens, in at most :data:`_ENTRY_PROBES` probes. Entries whose turn
-        never came, or
-        whose probe failed otherwise than by a refusal, are left out too.
+        never came are left out too; a probe that fails otherwise than by a refusal raises
+        the failure that may pass of :func:`_unsettled`, so that no entry is left out on
+        a guess (the batch is retried later showing them all).
 
         The suspects (refused when shown with the entries kept so far) are halved until
         the one the API refuses is alone: an accepted half is kept whole, and the other
@@ -341,10 +342,7 @@ class ClaudeExtractor:
             else:
                 break
             probe = _probe(request, dataclasses.replace(batch, known=(*kept, *shown)))
-            try:
-                verdict, spent = await self._probed(probe, refused, spent)
-            except ExtractionError:
-                break
+            verdict, spent = await self._probed(probe, refused, spent)
             if verdict == "accepted":
                 kept.extend(shown)
                 suspects = rest

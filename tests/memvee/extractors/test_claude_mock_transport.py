@@ -1032,6 +1032,38 @@ async def test_entries_whose_probes_ran_out_are_left_out(
     assert shown(api.bodies[-1])[0] == [KNOWN[0].text]
 
 
+class BusyWhileSearching(EntryFilter):
+    """An :class:`EntryFilter` that is overloaded for ``burst`` requests right after the
+    probe showing no entries, as the search for the refused entry begins."""
+
+    def __init__(self, burst: int, *blocked: str) -> None:
+        super().__init__(lambda: fail(400, "invalid_request_error", BLOCKED), *blocked)
+        self.burst = burst
+
+    async def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        bare = [shown(body) for body in self.bodies].count(([], ["Hello."]))
+        if bare and self.burst > 0:
+            self.requests.append(request)
+            self.burst -= 1
+            return fail(529, "overloaded_error", "Overloaded", **FAST_RETRY)
+        return await super().__call__(request)
+
+
+async def test_a_search_probe_that_fails_otherwise_leaves_no_entry_out(claude: Make) -> None:
+    """A 529 burst longer than the SDK's retries while the refused entry is searched for
+    tells nothing: the batch is a failure that may pass, never extracted without every
+    known entry (facts about them would come back new, so that the user would keep both
+    "lives in Oslo" and "lives in Bergen"), and retried later showing them all."""
+    api = BusyWhileSearching(3, "cat named")
+    with pytest.raises(ExtractorOverloadedError, match="probing whose fault it is") as caught:
+        await claude(api, max_retries=2).extract(KNOWN_BATCH)
+    assert not caught.value.repeats and caught.value.retry_after == 0.001
+    assert [messages for _, messages in map(shown, api.bodies[1:])] == [["Hello."]] * 5
+
+    retried = await claude(BusyWhileSearching(0, "cat named"), max_retries=0).extract(KNOWN_BATCH)
+    assert retried.notes["known_entries_left_out"] == "e-pet"
+
+
 async def test_a_batch_refused_with_and_without_the_known_entries_is_its_own(
     claude: Make,
 ) -> None:
