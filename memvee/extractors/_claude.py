@@ -454,19 +454,17 @@ class ClaudeExtractor:
 
     async def _answered(self, probe: dict[str, Any]) -> tuple[_Answer, TokenUsage]:
         """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
-        accepted, or refused (a 400 or 422, or the model's refusal to answer). One that
-        fails otherwise (busy, a timeout, no connection) raises its ExtractionError."""
-        client = self.client
+        accepted, or refused (a 400 or 422, or the model's refusal to answer). It is sent
+        as a batch is (:meth:`_call`), so the SDK never sleeps on a ``retry-after`` past
+        the call's end; one that fails otherwise (busy, a timeout, no connection) raises
+        its ExtractionError, which keeps what the API said (a 529, the wait it asked)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                answer = await client.messages.create(**probe, timeout=self.timeout)
-        except (anthropic.BadRequestError, anthropic.UnprocessableEntityError):
+            answer = await self._call(probe)
+        except RejectedBatchError as rejected:
+            if rejected.reason is None:  # too large (413): no answer to what a probe asks
+                raise
             return "refused", TokenUsage()
-        except anthropic.AnthropicError as exc:
-            raise api_error(exc, client_secrets(client)) from None
-        except (TimeoutError, TypeError, ValueError) as exc:
-            raise ExtractionError(f"Claude API call failed ({type(exc).__name__})") from None
-        refusal = getattr(answer, "stop_reason", None) == "refusal"
+        refusal = answer.stop_reason == "refusal"
         return ("refused" if refusal else "accepted"), _usage(answer)
 
     def read_answer(

@@ -1032,6 +1032,29 @@ async def test_entries_whose_probes_ran_out_are_left_out(
     assert shown(api.bodies[-1])[0] == [KNOWN[0].text]
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type", "raised"),
+    [
+        (529, "overloaded_error", ExtractorOverloadedError),
+        (429, "rate_limit_error", ProbeFailedError),
+    ],
+)
+async def test_a_probe_is_sent_as_a_batch_is_and_keeps_the_wait_the_api_asked_for(
+    claude: Make, status: int, error_type: str, raised: type[ExtractionError]
+) -> None:
+    """A probe answered with a retry-after longer than the call may last is not retried
+    by the SDK (it would sleep it through to a timeout, the wait lost): its failure is
+    raised at once with that wait, which the user's next automatic run then keeps."""
+    api = FakeAPI(
+        fail(400, "invalid_request_error", BLOCKED),
+        fail(status, error_type, "busy", **{"retry-after": "30"}),
+    )
+    with pytest.raises(raised, match="retry after 30 s") as caught:
+        await claude(api, max_retries=2, timeout=1).extract(BATCH)
+    assert caught.value.retry_after == 30.0 and not caught.value.repeats
+    assert len(api.requests) == 2, "the probe was not retried"
+
+
 class BusyWhileSearching(EntryFilter):
     """An :class:`EntryFilter` that is overloaded for ``burst`` requests right after the
     probe showing no entries, as the search for the refused entry begins."""
