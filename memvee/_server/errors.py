@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +39,7 @@ __all__ = [
     "ApiError",
     "caller_message",
     "classify",
+    "described",
     "install_error_handlers",
 ]
 
@@ -97,6 +100,13 @@ def caller_message(error: Exception) -> str:
     return str(error)
 
 
+def described(problem: Mapping[str, Any], whole: str) -> str:
+    """One of pydantic's validation problems as ``place: what``, the place dotted (``whole``
+    when the problem is with the input as a whole), as every ``invalid_input`` names it."""
+    where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+    return f"{where or whole}: {problem.get('msg', 'invalid')}"
+
+
 def error_response(
     scope: Scope, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -140,8 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 why = problem.get("ctx", {}).get("error", "JSON decode error")
                 problems.append(f"body: not valid JSON: {why} at character {at}")
                 continue
-            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
-            problems.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
+            problems.append(described(problem, "body"))
         return _body(request, 422, "invalid_input", "; ".join(problems))
 
     async def on_http(request: Request, error: Exception) -> JSONResponse:

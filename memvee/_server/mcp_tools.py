@@ -21,13 +21,21 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, create_model
 
 from events import MemveeError, NotFoundError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
-from memvee._server.errors import DATABASE_FAILURES, ApiError, caller_message, classify
+from memvee._server.errors import (
+    DATABASE_FAILURES,
+    ApiError,
+    caller_message,
+    classify,
+    described,
+)
 from memvee._server.logs import REQUEST_ID_KEY
 from memvee.audit import Audit
 
@@ -129,10 +137,8 @@ def build_mcp(
     memory: Memory, audit: Audit, *, user: str | None = None, allow_forget: bool = False
 ) -> MCPServer[Any]:
     """An MCP server whose tools act on ``memory``: for ``user`` only when one is given
-    (the tools then take no user id), else for the user each call names."""
-    server: MCPServer[Any] = MCPServer(
-        "memvee", instructions=INSTRUCTIONS, version=importlib.metadata.version("memvee")
-    )
+    (the tools then take no user id), else for the user each call names. Each tool takes
+    exactly the arguments its input schema gives (:class:`_ExactTool`)."""
 
     async def remember(
         user_id: UserId,
@@ -232,12 +238,18 @@ def build_mcp(
     ]
     if allow_forget:
         tools.append((forget_user, FORGET_USER, ToolAnnotations(destructive_hint=True)))
+    exact: list[Tool] = []
     for fn, description, hints in tools:
         tool = _with_tool_errors(fn)
         if user is not None:
             tool = _for_user(tool, user)
-        server.add_tool(tool, name=fn.__name__, description=description, annotations=hints)
-    return server
+        exact.append(_exact_tool(tool, fn.__name__, description, hints))
+    return MCPServer(
+        "memvee",
+        instructions=INSTRUCTIONS,
+        version=importlib.metadata.version("memvee"),
+        tools=exact,
+    )
 
 
 REMEMBER = (
@@ -279,6 +291,63 @@ FORGET_USER = (
     "fact. This cannot be undone. Only call it when the user explicitly asks you to "
     "forget everything about them, after confirming with them."
 )
+
+
+class _ExactTool(Tool):
+    """A tool that takes its arguments exactly as its input schema gives them: an argument
+    it does not name (a misspelt one would be dropped) or a value not of the type named
+    (``true`` or ``"2"`` for an integer) is an ``invalid_input`` tool error, as the HTTP
+    API answers 422 to the same body."""
+
+    async def run(
+        self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
+    ) -> Any:
+        """Refuse ``arguments`` the schema does not allow, else run the tool with them."""
+        try:
+            self.fn_metadata.arg_model.model_validate(arguments)
+        except ValidationError as error:
+            problems = [self._problem(p) for p in error.errors()]
+            raise ToolError(f"invalid_input: {'; '.join(problems)}") from error
+        return await super().run(arguments, context, convert_result)
+
+    def _problem(self, problem: Any) -> str:
+        """What is wrong with one argument, naming the arguments the tool takes when the
+        caller gave one it does not."""
+        if problem["type"] != "extra_forbidden":
+            return described(problem, "arguments")
+        takes = ", ".join(self.fn_metadata.arg_model.model_fields)
+        return f"{self.name} takes no argument {problem['loc'][0]!r} (it takes {takes})"
+
+
+class _TakenAsSent(FuncMetadata):
+    """The SDK's argument handling but for its guess at JSON inside strings: a reply that
+    reads as a JSON array is kept as the text it is, not refused as a list."""
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` as sent."""
+        return data
+
+
+def _exact_tool(
+    fn: Callable[..., Awaitable[Any]], name: str, description: str, hints: ToolAnnotations
+) -> Tool:
+    """The tool ``fn`` as an :class:`_ExactTool`: its arguments model forbids other names
+    and converts no value, and its input schema says so (``additionalProperties: false``)."""
+    tool = _ExactTool.from_function(fn, name=name, description=description, annotations=hints)
+    loose = tool.fn_metadata
+    arguments = create_model(
+        loose.arg_model.__name__,
+        __base__=loose.arg_model,
+        __cls_kwargs__={"extra": "forbid", "strict": True},
+    )
+    metadata = _TakenAsSent(
+        arg_model=arguments,
+        output_schema=loose.output_schema,
+        output_model=loose.output_model,
+        wrap_output=loose.wrap_output,
+    )
+    schema = arguments.model_json_schema(by_alias=True)
+    return tool.model_copy(update={"fn_metadata": metadata, "parameters": schema})
 
 
 def _check_scope(ctx: Context[Any, Any], user_id: str) -> None:

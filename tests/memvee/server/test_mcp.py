@@ -636,3 +636,29 @@ async def test_remember_extracts_once_the_batch_threshold_is_reached_not_every_t
 
     assert before_threshold == 0, "was a batch per remembered turn"
     assert [len(batch.messages) for batch in extractor.batches] == [4]
+
+
+async def test_a_tool_takes_exactly_the_arguments_its_schema_allows(
+    memory: Memory, db_url: str
+) -> None:
+    """A misspelt argument is refused, not dropped (the reply would be lost without a
+    word), and an integer is an integer, not ``true`` or ``"2"``: ``invalid_input``, as the
+    HTTP API answers 422. Every input schema says so; a reply that reads as JSON is text."""
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit, user="ann")) as client:
+            session: Any = client
+            misspelt = await failure(
+                session, "remember", user_message="My sister is Ann.", assistant_reply="Noted."
+            )
+            flag = await failure(session, "recall", question="Ann", max_results=True)
+            text = await failure(session, "list_memories", limit="2")
+            await call(session, "remember", user_message="List them.", assistant_message='["a"]')
+            schemas = {t.name: t.input_schema for t in (await session.list_tools()).tools}
+
+    assert misspelt.startswith("invalid_input: remember takes no argument 'assistant_reply'")
+    assert flag.startswith("invalid_input: max_results:")
+    assert text.startswith("invalid_input: limit:")
+    assert [m.content for m in await memory.messages("ann")] == ["List them.", '["a"]']
+    assert {name: s.get("additionalProperties") for name, s in schemas.items()} == dict.fromkeys(
+        schemas, False
+    )
