@@ -24,7 +24,7 @@ from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import api_router
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
-from memvee._server.mcp_tools import build_mcp
+from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
 from memvee._server.request_ids import RefuseInvalidMessages
 from memvee._server.user_paths import EncodedSlashes
 from memvee.audit import Audit
@@ -91,7 +91,7 @@ def create_app(
 
     api.include_router(api_router(memory, audit))
     api.router.routes.extend(mcp_app.routes)
-    routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp")
+    routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     return AccessLog(RefusedWhileDraining(answered, drain or Drain()))

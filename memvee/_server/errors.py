@@ -34,6 +34,7 @@ from memvee._server.logs import REQUEST_ID_KEY
 
 __all__ = [
     "DATABASE_FAILURES",
+    "READS_ONLY_KEY",
     "STORAGE_UNAVAILABLE",
     "AnsweredOnShutdown",
     "ApiError",
@@ -41,6 +42,7 @@ __all__ = [
     "classify",
     "described",
     "install_error_handlers",
+    "mark_reads_only",
 ]
 
 log = logging.getLogger("memvee.server")
@@ -168,13 +170,34 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http)
 
 
+READS_ONLY_KEY = "memvee.reads_only"
+"""Where :class:`AnsweredOnShutdown` puts a request's :class:`ReadsOnly` in its scope."""
+
+
+class ReadsOnly:
+    """Whether a request sent by a method that may change things (a POST) is known to
+    only read: set once, by the route or middleware that can tell."""
+
+    def __init__(self) -> None:
+        self.known = False
+
+
+def mark_reads_only(scope: Scope) -> None:
+    """Note that the request of ``scope`` changes nothing, such as a retrieve or an MCP
+    call of read-only tools: cut short by the drain, it is answered ``not_ready``."""
+    reads_only = scope.get(READS_ONLY_KEY)
+    if isinstance(reads_only, ReadsOnly):
+        reads_only.known = True
+
+
 class AnsweredOnShutdown:
     """ASGI middleware: a request that the server's shutdown cancels before its answer
     began is answered 503 with ``Connection: close``, instead of the ASGI server's bare 500
     and a traceback in the log.
 
-    A read, or a request cut while the app waited for the rest of its body (a route acts
-    only on a whole body), was not acted on: ``not_ready``, try again. Any other change
+    A read (a safe method, or a request marked by :func:`mark_reads_only`), or a request
+    cut while the app waited for the rest of its body (a route acts only on a whole
+    body), was not acted on: ``not_ready``, try again. Any other change
     may have been carried out (a write handed to the Memory goes on to its commit; a
     route that takes no body, such as ``DELETE /v1/users/{user}``, never reads it):
     ``outcome_unknown``, so that a client checks before sending it again rather than
@@ -189,6 +212,7 @@ class AnsweredOnShutdown:
             await self.app(scope, receive, send)
             return
         answered = received = awaiting_body = False
+        reads_only = scope[READS_ONLY_KEY] = ReadsOnly()  # scopes are copied past here
 
         async def noting(message: Message) -> None:
             nonlocal answered
@@ -210,7 +234,8 @@ class AnsweredOnShutdown:
             if answered:
                 raise
             headers = {"Retry-After": RETRY_AFTER, "Connection": "close"}
-            if not awaiting_body and scope.get("method") not in _SAFE_METHODS:
+            read = reads_only.known or scope.get("method") in _SAFE_METHODS
+            if not awaiting_body and not read:
                 unknown = (
                     "the server shut down before it could answer; the request may have been "
                     "carried out: check before sending it again"

@@ -33,7 +33,7 @@ from events import ROLES, NotFoundError
 from memvee._memory import Memory
 from memvee._retrieval import RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
-from memvee._server.errors import ApiError
+from memvee._server.errors import ApiError, mark_reads_only
 from memvee._server.user_paths import quoted_user_id, user_id_of
 from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
@@ -273,7 +273,11 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         listed = await memory.messages(user_id, after=after, limit=limit)
         return listing_response("messages", _MESSAGES, listed)
 
-    @router.post("/users/{user_id:path}/retrieve", tags=["read"])
+    @router.post(
+        "/users/{user_id:path}/retrieve",
+        tags=["read"],
+        dependencies=[Depends(_reads_only)],
+    )
     async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:
         """The user's knowledge most relevant to a query, and a block for a prompt."""
         found = await memory.retrieve(
@@ -302,6 +306,11 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         return ForgetOut(receipt=receipt, total=receipt.total)
 
     return router
+
+
+def _reads_only(request: Request) -> None:
+    """Mark a read sent as POST: cut short by the drain, it is answered "try again"."""
+    mark_reads_only(request.scope)
 
 
 LISTED_PER_WRITE = 500

@@ -39,7 +39,7 @@ from memvee._server.errors import (
 from memvee._server.logs import REQUEST_ID_KEY
 from memvee.audit import Audit
 
-__all__ = ["build_mcp"]
+__all__ = ["READ_ONLY_TOOLS", "build_mcp"]
 
 log = logging.getLogger("memvee.server")
 
@@ -229,26 +229,38 @@ def build_mcp(
             erased_records=receipt.total, erased_at=receipt.erased_at, scrubbed=receipt.scrubbed
         )
 
-    read_only = ToolAnnotations(read_only_hint=True, destructive_hint=False)
-    tools: list[tuple[Callable[..., Awaitable[Any]], str, ToolAnnotations]] = [
-        (remember, REMEMBER, ToolAnnotations(read_only_hint=False, destructive_hint=False)),
-        (recall, RECALL, read_only),
-        (list_memories, LIST_MEMORIES, read_only),
-        (explain_memory, EXPLAIN_MEMORY, read_only),
+    tools: list[tuple[Callable[..., Awaitable[Any]], str]] = [
+        (remember, REMEMBER),
+        (recall, RECALL),
+        (list_memories, LIST_MEMORIES),
+        (explain_memory, EXPLAIN_MEMORY),
     ]
     if allow_forget:
-        tools.append((forget_user, FORGET_USER, ToolAnnotations(destructive_hint=True)))
+        tools.append((forget_user, FORGET_USER))
     exact: list[Tool] = []
-    for fn, description, hints in tools:
+    for fn, description in tools:
         tool = _with_tool_errors(fn)
         if user is not None:
             tool = _for_user(tool, user)
-        exact.append(_exact_tool(tool, fn.__name__, description, hints))
+        exact.append(_exact_tool(tool, fn.__name__, description, _hints(fn.__name__)))
     return MCPServer(
         "memvee",
         instructions=INSTRUCTIONS,
         version=importlib.metadata.version("memvee"),
         tools=exact,
+    )
+
+
+READ_ONLY_TOOLS = frozenset({"recall", "list_memories", "explain_memory"})
+"""The tools that change nothing: so their annotations say, and a call of them cut short
+by the drain is answered "try again"."""
+
+
+def _hints(name: str) -> ToolAnnotations:
+    """What the tool ``name`` does to memory, as a client is told: only reads, adds, or
+    erases."""
+    return ToolAnnotations(
+        read_only_hint=name in READ_ONLY_TOOLS, destructive_hint=name == "forget_user"
     )
 
 

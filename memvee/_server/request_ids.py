@@ -20,11 +20,14 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from memvee._server.errors import mark_reads_only
+
 __all__ = [
     "NOT_MCP",
     "RefuseInvalidMessages",
     "json_objects",
     "message_ids",
+    "only_reads",
     "refusal",
 ]
 
@@ -91,14 +94,27 @@ def refusal(body: bytes) -> bytes | None:
     return json.dumps(answers if batch else answers[0]).encode()
 
 
+def only_reads(body: bytes, read_only_tools: frozenset[str]) -> bool:
+    """Whether the MCP messages of ``body`` change nothing: none calls a tool outside
+    ``read_only_tools`` (listing tools, a notification or a ping change nothing either)."""
+    for item in json_objects(body):
+        params = item.get("params")
+        tool = params.get("name") if isinstance(params, dict) else None
+        if item.get("method") == "tools/call" and tool not in read_only_tools:
+            return False
+    return True
+
+
 class RefuseInvalidMessages:
     """ASGI middleware: a POST to the MCP ``path`` whose body is no MCP message the SDK
     can take gets 400 and the :func:`refusal` the stdio server writes for the same line;
-    every other request passes through with its body intact."""
+    every other request passes through with its body intact, marked as a read
+    (:func:`mark_reads_only`) when it calls no tool but ``read_only_tools``."""
 
-    def __init__(self, app: ASGIApp, path: str) -> None:
+    def __init__(self, app: ASGIApp, path: str, read_only_tools: frozenset[str]) -> None:
         self.app = app
         self.path = path
+        self.read_only_tools = read_only_tools
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -119,6 +135,8 @@ class RefuseInvalidMessages:
             answer = Response(refused, 400, media_type="application/json")
             await answer(scope, receive, send)
             return
+        if only_reads(body, self.read_only_tools):
+            mark_reads_only(scope)
         await self.app(scope, _replaying(body, receive), send)
 
 

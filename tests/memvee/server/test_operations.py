@@ -25,6 +25,8 @@ from events import EventStore
 from memvee import Memory, MemoryConfig, ProcessStatus
 from memvee._server.app import create_app
 from memvee._server.errors import AnsweredOnShutdown
+from memvee._server.mcp_tools import READ_ONLY_TOOLS
+from memvee._server.request_ids import RefuseInvalidMessages
 from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
 from tests.support.backends import postgres_url
@@ -427,3 +429,58 @@ async def test_a_server_refuses_a_sqlite_file_an_application_holds_alone(tmp_pat
     assert last.startswith("error: cannot open the memory: the SQLite file ")
     assert "open in a Memory without leases" in last
     assert "Traceback" not in done.stderr
+
+
+async def test_a_retrieve_cut_short_by_the_drain_says_try_again(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retrieve is a read sent as POST: cut short, nothing was changed, so it is
+    answered ``not_ready`` (try again) as a GET would be, not ``outcome_unknown``."""
+    retrieving = asyncio.Event()
+
+    async def retrieve(*args: Any, **kwargs: Any) -> Any:
+        retrieving.set()
+        await asyncio.Event().wait()  # the ranking, until the drain cancels it
+
+    monkeypatch.setattr(memory, "retrieve", retrieve)
+    with Audit(db_url=db_url) as audit:
+        app = create_app(memory, audit, max_body_bytes=1 << 20)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            request = asyncio.create_task(http.post("/v1/users/ann/retrieve", json={"query": "x"}))
+            await retrieving.wait()
+            request.cancel()  # as the server's shutdown cancels it
+            answer = await request
+
+    assert (answer.status_code, answer.json()["error"]) == (503, "not_ready")
+
+
+@pytest.mark.parametrize(
+    ("calls", "error"),
+    [
+        ({"method": "tools/call", "params": {"name": "recall", "arguments": {}}}, "not_ready"),
+        ({"method": "tools/list"}, "not_ready"),
+        ({"method": "tools/call", "params": {"name": "remember"}}, "outcome_unknown"),
+    ],
+)
+async def test_an_mcp_post_cut_short_by_the_drain_is_a_read_when_it_calls_only_reading_tools(
+    calls: dict[str, Any], error: str
+) -> None:
+    """Over streamable HTTP every MCP message is a POST: one that calls no tool but those
+    that only read (recall, list_memories, explain_memory) is answered "try again"."""
+    acting = asyncio.Event()
+
+    async def mcp(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        acting.set()
+        await asyncio.Event().wait()  # the tool, until the drain cancels it
+
+    app = AnsweredOnShutdown(RefuseInvalidMessages(mcp, "/mcp", READ_ONLY_TOOLS))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        message = {"jsonrpc": "2.0", "id": 1, **calls}
+        request = asyncio.create_task(http.post("http://127.0.0.1/mcp", json=message))
+        await acting.wait()
+        request.cancel()
+        answer = await request
+
+    assert (answer.status_code, answer.json()["error"]) == (503, error)
