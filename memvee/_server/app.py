@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.types import ASGIApp
 
 from memvee._memory import Memory
@@ -21,7 +22,7 @@ from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.drain import Drain, RefusedWhileDraining
 from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
 from memvee._server.host_guard import LoopbackOnly, transport_security
-from memvee._server.http_api import api_router
+from memvee._server.http_api import ANY_ROUTE_ERRORS, ErrorOut, api_router, error_responses
 from memvee._server.limits import BodyLimit
 from memvee._server.logs import AccessLog
 from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
@@ -30,6 +31,23 @@ from memvee._server.user_paths import EncodedSlashes
 from memvee.audit import Audit
 
 __all__ = ["create_app"]
+
+
+class Readiness(BaseModel):
+    """Whether the memory accepts calls: ``ready`` or ``not_ready``."""
+
+    status: str
+
+
+_READINESS: dict[int | str, dict[str, object]] = {
+    **error_responses(routes=ANY_ROUTE_ERRORS),
+    200: {"model": Readiness},
+    503: {
+        "model": Readiness | ErrorOut,
+        "description": "The memory is starting or closing ({status: not_ready}), or the "
+        "server is draining (an error answer, not_ready).",
+    },
+}
 
 
 def create_app(
@@ -76,12 +94,12 @@ def create_app(
     )
     install_error_handlers(api)
 
-    @api.get("/healthz", tags=["probes"])
+    @api.get("/healthz", tags=["probes"], responses=error_responses(routes=ANY_ROUTE_ERRORS))
     async def healthz() -> dict[str, str]:
         """The process is up and serving requests."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["probes"])
+    @api.get("/readyz", tags=["probes"], responses=_READINESS)
     async def readyz() -> JSONResponse:
         """The memory is open and accepts calls (503 while starting or shutting down)."""
         ready = memory.is_open

@@ -12,7 +12,7 @@ import asyncio
 import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -39,7 +39,7 @@ from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
 
-__all__ = ["api_router", "listing_response"]
+__all__ = ["ANY_ROUTE_ERRORS", "ErrorOut", "api_router", "error_responses", "listing_response"]
 
 T = TypeVar("T")
 
@@ -104,6 +104,53 @@ class RetrieveIn(_Body):
     as_of: IsoTime | None = Field(
         None, description="Rank what was valid then instead of now (an ISO 8601 time)."
     )
+
+
+class ErrorOut(BaseModel):
+    """Every error answer of the server, whatever its status."""
+
+    error: str = Field(description="A code word a program can act on, such as not_found.")
+    message: str = Field(description="What went wrong, for a person.")
+    request_id: str | None = Field(description="The request's id in the server's log.")
+
+
+_ERRORS: dict[int, str] = {
+    401: "No token, or a wrong one (unauthorized).",
+    403: "The token may not access this user (forbidden), or the request came from "
+    "another site to a loopback server (forbidden_origin).",
+    404: "No such user, task or entry (not_found).",
+    409: "Other writers kept writing first (conflict), or the user was forgotten "
+    "meanwhile (user_forgotten).",
+    413: "The body is over --max-body-bytes (payload_too_large).",
+    421: "A loopback server asked for another host (misdirected_request).",
+    422: "A body, parameter or user id the server cannot take (invalid_input).",
+    502: "Extraction failed (processing_failed).",
+    503: "Starting or shutting down (not_ready: try again; outcome_unknown: a change cut "
+    "short, check before sending it again), or the database is unavailable "
+    "(storage_unavailable); Retry-After says when to try again.",
+}
+"""The error statuses the server answers, and when: the OpenAPI document's words."""
+
+ANY_ROUTE_ERRORS = (403, 421, 503)
+"""Errors every route may answer, the probes too: the loopback guard's, and the drain's."""
+
+_ANY_USER_ROUTE = (*ANY_ROUTE_ERRORS, 401, 422)
+"""Errors every route of ``/v1`` may answer: a token's, and a user id's."""
+
+
+def error_responses(
+    *statuses: int, routes: tuple[int, ...] = _ANY_USER_ROUTE
+) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route's errors: ``statuses`` and those of all its
+    ``routes``, each an :class:`ErrorOut`."""
+    return {
+        status: {"model": ErrorOut, "description": _ERRORS[status]}
+        | ({"headers": {"Retry-After": _RETRY_AFTER}} if status == 503 else {})
+        for status in sorted({*routes, *statuses})
+    }
+
+
+_RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
 
 
 class MessageOut(BaseModel):
@@ -197,7 +244,12 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
     User = Annotated[str, Depends(scoped)]
     KnownUser = Annotated[str, Depends(known)]
 
-    @router.post("/users/{user_id:path}/messages", status_code=201, tags=["write"])
+    @router.post(
+        "/users/{user_id:path}/messages",
+        status_code=201,
+        tags=["write"],
+        responses=error_responses(409, 413),
+    )
     async def add_message(user_id: User, body: MessageIn) -> MessageOut:
         """Append one message; answered once it is durable."""
         stored = await memory.add_message(
@@ -205,7 +257,12 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         )
         return MessageOut(message=stored)
 
-    @router.post("/users/{user_id:path}/exchanges", status_code=201, tags=["write"])
+    @router.post(
+        "/users/{user_id:path}/exchanges",
+        status_code=201,
+        tags=["write"],
+        responses=error_responses(409, 413),
+    )
     async def add_exchange(user_id: User, body: ExchangeIn) -> ExchangeOut:
         """Append a user turn and the assistant's answer; answered once both are durable."""
         first, second = await memory.add_exchange(
@@ -218,7 +275,12 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         )
         return ExchangeOut(messages=[first, second])
 
-    @router.post("/users/{user_id:path}/process", status_code=202, tags=["processing"])
+    @router.post(
+        "/users/{user_id:path}/process",
+        status_code=202,
+        tags=["processing"],
+        responses={202: {"headers": {"Location": _TASK_LOCATION}}, **error_responses(404, 409)},
+    )
     async def process(user_id: KnownUser, request: Request, response: Response) -> TaskOut:
         """Start extracting the user's buffered messages; poll the task it answers with.
 
@@ -230,22 +292,39 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         )
         return TaskOut.of(task)
 
-    @router.get("/users/{user_id:path}/tasks/{task_id}", tags=["processing"])
+    @router.get(
+        "/users/{user_id:path}/tasks/{task_id}",
+        tags=["processing"],
+        responses=error_responses(404),
+    )
     async def get_task(user_id: KnownUser, task_id: str) -> TaskOut:
         """One processing task of the user: its status, and what it extracted."""
         return TaskOut.of(await memory.get_task(user_id, task_id))
 
-    @router.post("/users/{user_id:path}/flush", tags=["processing"])
+    @router.post(
+        "/users/{user_id:path}/flush",
+        tags=["processing"],
+        responses=error_responses(404, 409, 502),
+    )
     async def flush(user_id: KnownUser) -> FlushOut:
         """Process until nothing of the user is buffered; answers when done."""
         return FlushOut(knowledge_count=await memory.flush(user_id))
 
-    @router.get("/users/{user_id:path}/knowledge/{entry_id}/explain", tags=["read"])
+    @router.get(
+        "/users/{user_id:path}/knowledge/{entry_id}/explain",
+        tags=["read"],
+        responses=error_responses(404),
+    )
     async def explain(user_id: KnownUser, entry_id: str) -> Provenance:
         """Where a knowledge entry came from: its messages, task, extractor and fate."""
         return await asyncio.to_thread(audit.explain, user_id, entry_id)
 
-    @router.get("/users/{user_id:path}/knowledge", tags=["read"], response_model=KnowledgeOut)
+    @router.get(
+        "/users/{user_id:path}/knowledge",
+        tags=["read"],
+        response_model=KnowledgeOut,
+        responses=error_responses(404),
+    )
     async def knowledge(
         user_id: KnownUser,
         as_of: Annotated[
@@ -262,7 +341,12 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         )
         return listing_response("entries", _ENTRIES, entries)
 
-    @router.get("/users/{user_id:path}/messages", tags=["read"], response_model=MessagesOut)
+    @router.get(
+        "/users/{user_id:path}/messages",
+        tags=["read"],
+        response_model=MessagesOut,
+        responses=error_responses(404),
+    )
     async def messages(
         user_id: KnownUser,
         after: Annotated[int, Query(ge=0, description="Only messages past this seq.")] = 0,
@@ -277,6 +361,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         "/users/{user_id:path}/retrieve",
         tags=["read"],
         dependencies=[Depends(_reads_only)],
+        responses=error_responses(404, 413),
     )
     async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:
         """The user's knowledge most relevant to a query, and a block for a prompt."""
@@ -291,7 +376,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
             await known(user_id)
         return RetrieveOut(prompt=found.to_prompt(), entries=found.entries, messages=found.messages)
 
-    @router.get("/users/{user_id:path}", tags=["read"])
+    @router.get("/users/{user_id:path}", tags=["read"], responses=error_responses(404))
     async def user(user_id: User) -> UserSummary:
         """Counters of the user's log."""
         summary = await memory.user(user_id)
@@ -299,13 +384,19 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
             raise NotFoundError(f"no user {user_id!r} in this memory")
         return summary
 
-    @router.delete("/users/{user_id:path}", tags=["write"])
+    @router.delete("/users/{user_id:path}", tags=["write"], responses=error_responses(404, 409))
     async def forget(user_id: KnownUser) -> ForgetOut:
         """Erase the user: their log, snapshots and every row folded from it."""
         receipt = await memory.forget(user_id)
         return ForgetOut(receipt=receipt, total=receipt.total)
 
     return router
+
+
+_TASK_LOCATION = {
+    "description": "Where to poll the task (GET), on any server of the database.",
+    "schema": {"type": "string"},
+}
 
 
 def _reads_only(request: Request) -> None:

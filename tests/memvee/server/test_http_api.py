@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -340,6 +341,48 @@ def test_the_openapi_document_lists_every_role_a_message_may_have(http: httpx.Cl
 
     assert role["enum"] == sorted(ROLES)
     assert all(f"'{name}'" in role["description"] for name in ROLES)
+
+
+def test_the_openapi_document_describes_the_errors_the_server_sends(
+    http: httpx.Client, user: str
+) -> None:
+    """Every error a route can answer is listed with the one shape the server sends,
+    ``{error, message, request_id}``, never FastAPI's ``{detail: [...]}``; the 202 names
+    its Location, and /readyz its 503."""
+    document = http.get("/openapi.json").json()
+    refused = http.post(f"/v1/users/{user}/messages", json={"role": "robot", "content": "x"})
+    operations = {
+        (method.upper(), path): op
+        for path, ops in document["paths"].items()
+        for method, op in ops.items()
+    }
+
+    def statuses(method: str, path: str) -> list[str]:
+        return sorted(operations[method, path]["responses"])
+
+    def schema(response: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = response["content"]["application/json"]["schema"]
+        return found
+
+    error_out = {"$ref": "#/components/schemas/ErrorOut"}
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert set(document["components"]["schemas"]["ErrorOut"]["properties"]) == set(refused.json())
+    assert all(
+        schema(answer) == error_out
+        for (_, path), op in operations.items()
+        if path.startswith("/v1/")
+        for status, answer in op["responses"].items()
+        if int(status) >= 400
+    )
+    messages = "/v1/users/{user_id}/messages"
+    assert statuses("POST", messages) == ["201", "401", "403", "409", "413", "421", "422", "503"]
+    read = ["200", "401", "403", "404", "421", "422", "503"]
+    assert statuses("GET", "/v1/users/{user_id}") == read
+    assert statuses("POST", "/v1/users/{user_id}/flush")[-2:] == ["502", "503"]
+    process = operations["POST", "/v1/users/{user_id}/process"]["responses"]["202"]
+    assert "Location" in process["headers"]
+    assert schema(process) == {"$ref": "#/components/schemas/TaskOut"}
+    assert "503" in operations["GET", "/readyz"]["responses"]
 
 
 def test_every_answer_carries_a_request_id_that_the_access_log_names(
