@@ -31,7 +31,7 @@ from pydantic import (
 from actors.erasure import ForgetReceipt
 from events import ROLES, NotFoundError
 from memvee._memory import Memory
-from memvee._retrieval import RetrievedEntry, RetrievedMessage
+from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import ApiError, mark_reads_only
 from memvee._server.user_paths import quoted_user_id, user_id_of
@@ -39,7 +39,14 @@ from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
 
-__all__ = ["ANY_ROUTE_ERRORS", "ErrorOut", "api_router", "error_responses", "listing_response"]
+__all__ = [
+    "ANY_ROUTE_ERRORS",
+    "ErrorOut",
+    "api_router",
+    "error_responses",
+    "listing_response",
+    "retrieved_response",
+]
 
 T = TypeVar("T")
 
@@ -361,9 +368,10 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         "/users/{user_id:path}/retrieve",
         tags=["read"],
         dependencies=[Depends(_reads_only)],
+        response_model=RetrieveOut,
         responses=error_responses(404, 413),
     )
-    async def retrieve(user_id: User, body: RetrieveIn) -> RetrieveOut:
+    async def retrieve(user_id: User, body: RetrieveIn) -> Response:
         """The user's knowledge most relevant to a query, and a block for a prompt."""
         found = await memory.retrieve(
             user_id,
@@ -374,7 +382,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         )
         if not found:  # only then is it worth a read to tell an unknown user (404)
             await known(user_id)
-        return RetrieveOut(prompt=found.to_prompt(), entries=found.entries, messages=found.messages)
+        return await retrieved_response(found)
 
     @router.get("/users/{user_id:path}", tags=["read"], responses=error_responses(404))
     async def user(user_id: User) -> UserSummary:
@@ -422,10 +430,37 @@ def listing_response(field: str, adapter: TypeAdapter[list[T]], items: list[T]) 
         return Response(head + adapter.dump_json(items) + tail, media_type="application/json")
 
     def parts() -> Iterator[bytes]:
-        yield head + b"["
-        for start in range(0, len(items), LISTED_PER_WRITE):
-            part = adapter.dump_json(items[start : start + LISTED_PER_WRITE])
-            yield (b"," if start else b"") + part[1:-1]
-        yield b"]" + tail
+        yield head
+        yield from _written(adapter, items)
+        yield tail
 
     return StreamingResponse(parts(), media_type="application/json")
+
+
+_PROMPT = TypeAdapter(str)
+_RANKED_ENTRIES = TypeAdapter(list[RetrievedEntry])
+_RANKED_MESSAGES = TypeAdapter(list[RetrievedMessage])
+
+
+async def retrieved_response(found: RetrievalResult) -> Response:
+    """``found`` as :class:`RetrieveOut` in JSON, built in a thread a part at a time as a
+    long listing is written: with its messages, an answer can be tens of megabytes, which
+    built on the event loop would hold up every other request. It is built whole before
+    its answer begins, so that a drain that cuts it short still answers "try again"."""
+
+    def parts() -> list[bytes]:
+        prompt = _PROMPT.dump_json(found.to_prompt())
+        entries = list(_written(_RANKED_ENTRIES, found.entries))
+        messages = list(_written(_RANKED_MESSAGES, found.messages))
+        return [b'{"prompt":', prompt, b',"entries":', *entries, b',"messages":', *messages, b"}"]
+
+    return StreamingResponse(iter(await asyncio.to_thread(parts)), media_type="application/json")
+
+
+def _written(adapter: TypeAdapter[list[T]], items: list[T]) -> Iterator[bytes]:
+    """``items`` as one JSON array, written :data:`LISTED_PER_WRITE` items at a time."""
+    yield b"["
+    for start in range(0, len(items), LISTED_PER_WRITE):
+        part = adapter.dump_json(items[start : start + LISTED_PER_WRITE])
+        yield (b"," if start else b"") + part[1:-1]
+    yield b"]"

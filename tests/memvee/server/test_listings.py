@@ -1,6 +1,7 @@
 """A long listing (every message of a user can be megabytes) is written to JSON a part at a
 time in a worker thread, so that it never holds the event loop, or the GIL, for long; what
-the client reads is the same document as a listing written at once."""
+the client reads is the same document as a listing written at once. A retrieve's answer is
+built and written the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from memvee import Memory
+from memvee._retrieval import RetrievalResult
 from memvee._server import http_api
 
 
@@ -78,3 +80,39 @@ async def test_an_empty_listing_and_one_of_exactly_a_part(
     assert len((await client.get("/v1/users/cy/messages")).json()["messages"]) == 2
     await memory.add_exchange("cy", "I work as a nurse.", "Good.")
     assert len((await client.get("/v1/users/cy/messages")).json()["messages"]) == 4
+
+
+async def test_a_retrieved_answer_is_built_and_written_off_the_event_loop(
+    memory: Memory, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With its messages, a retrieve can answer tens of megabytes: its prompt block and its
+    JSON are made in a worker thread, the messages a part at a time as a listing's, and
+    the client reads the same document as one written at once."""
+    for n in range(4):
+        await memory.add_exchange("ann", f"My dog number {n} is called Rex.", f"Noted {n}.")
+    watched = Writes(http_api._RANKED_MESSAGES)
+    monkeypatch.setattr(http_api, "_RANKED_MESSAGES", watched)
+    monkeypatch.setattr(http_api, "LISTED_PER_WRITE", 3)
+    to_prompt = RetrievalResult.to_prompt
+    prompted: list[str] = []
+
+    def prompt(self: RetrievalResult, **kwargs: Any) -> str:
+        prompted.append(threading.current_thread().name)
+        return to_prompt(self, **kwargs)
+
+    monkeypatch.setattr(RetrievalResult, "to_prompt", prompt)
+    asked = {"query": "dog Rex", "include_messages": True}
+    found = await memory.retrieve("ann", "dog Rex", include_messages=True)
+
+    answer = await client.post("/v1/users/ann/retrieve", json=asked)
+
+    assert answer.status_code == 200
+    assert json.loads(answer.content) == {
+        "prompt": to_prompt(found),
+        "entries": [],
+        "messages": watched.adapter.dump_python(found.messages, mode="json"),
+    }
+    loop_thread = threading.current_thread().name
+    assert prompted and all(thread != loop_thread for thread in prompted)
+    assert len(found.messages) > 3 and len(watched.calls) > 1
+    assert all(thread != loop_thread for _, thread in watched.calls)
