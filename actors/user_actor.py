@@ -246,15 +246,16 @@ class UserActor(PooledActor):
 
     def _close_stale(self, auto_threshold: int | None) -> list[str]:
         """As the owner that just took the user (or opened after a crash): close the
-        tasks the last owner left open as FAILED, and request processing if
-        ``auto_threshold`` messages wait; returns the ids of the tasks closed."""
+        tasks the last owner left open as FAILED (and those a stopped import left between
+        two batches), and request processing if ``auto_threshold`` messages wait; returns
+        the ids of the tasks closed."""
         task_id = str(uuid4())
 
         def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
             # One transaction: nobody sees the crash closed but the recovery not requested.
             if user_log is None:
                 return [], False
-            stale = [t for t in user_log.open_tasks if t != self._running]
+            stale = [t for t in user_log.started_tasks if t != self._running]
             closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
             requested = (
                 auto_threshold is not None
@@ -335,7 +336,7 @@ class UserActor(PooledActor):
         except StorageError:
             log.warning("user %r: the log does not load; erasing it", self.user_id, exc_info=True)
             user_log = None
-        ended = [] if user_log is None else [*user_log.open_tasks, *user_log.requested]
+        ended = [] if user_log is None else [*user_log.started_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
         self._running = None
         self._unended = ()

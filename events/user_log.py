@@ -432,14 +432,17 @@ class UserLog(Aggregate):
             log.running.pop(self.task_id, None)
 
     class ProcessingInterrupted(Aggregate.Event):
-        """A task was cut short (crash or shutdown) and closed as FAILED; messages return."""
+        """A task was cut short (crash or shutdown) and closed as FAILED; the messages of
+        its batch out, if one was, return. A task cut between two batches (a log whose
+        import stopped there) holds none: what its scope had left is buffered already."""
 
         task_id: str
         reason: str
 
         def apply(self, log: UserLog) -> None:
             if log.requested.pop(self.task_id, None) is None:
-                log.return_to_buffer(self.task_id)
+                if self.task_id in log.open_tasks:
+                    log.return_to_buffer(self.task_id)
                 log.running.pop(self.task_id, None)
 
     class KnowledgeEndMoved(Aggregate.Event):
@@ -531,6 +534,13 @@ class UserLog(Aggregate):
         return cls._create(cls.Registered, id=user_log_id(user_id), user_id=user_id)
 
     @property
+    def started_tasks(self) -> list[str]:
+        """The tasks started and not ended, in the order they started: each with a batch
+        out (:attr:`open_tasks`) or, in a log cut between a batch's outcome and the next
+        batch's claim (which the log's owner writes together), with none."""
+        return list(dict.fromkeys([*self.running, *self.open_tasks]))
+
+    @property
     def unsettled(self) -> set[str]:
         """The messages not covered for good: buffered, held by a running task, or
         quarantined (what re-extraction leaves to normal processing)."""
@@ -593,11 +603,11 @@ class UserLog(Aggregate):
         What the commands guarantee is checked against the state: messages follow one
         another; a task starts once, and each later batch follows its last; an outcome
         covers exactly the batch its task claimed, ending the task when nothing of its
-        scope is left; new entries have ids of their own and each cites messages of its
-        batch; an entry ends in the version that holds it; a promotion counts the
-        version's entries; messages return only once settled; token counts are whole
-        numbers a column holds. Which messages and entries the log ever held the state
-        does not keep: the caller checks those.
+        scope is left; a task closed as interrupted was requested or started; new entries
+        have ids of their own and each cites messages of its batch; an entry ends in the
+        version that holds it; a promotion counts the version's entries; messages return
+        only once settled; token counts are whole numbers a column holds. Which messages
+        and entries the log ever held the state does not keep: the caller checks those.
         """
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             spent = getattr(event, name, None)
@@ -617,6 +627,9 @@ class UserLog(Aggregate):
             self._check_outcome(event)
         elif isinstance(event, self.BatchFailed | self.ProcessingFailed):
             self._open_task(event.task_id)
+        elif isinstance(event, self.ProcessingInterrupted):
+            if event.task_id not in self.requested:
+                self._started_task(event.task_id)
         elif isinstance(event, self.KnowledgeReextracted | self.ReextractionFailed):
             check_knowledge_version(event.knowledge_version)
             _check_distinct(event.message_ids, "message")
@@ -1333,16 +1346,23 @@ class UserLog(Aggregate):
         return caps
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
-        """Close tasks (by default every running one) as FAILED with ``reason``.
+        """Close tasks (by default every started one, see :attr:`started_tasks`) as FAILED
+        with ``reason``: a batch out returns to the buffer, as a task cut between two
+        batches left the rest of its scope.
 
         ``task_ids`` may also name requested tasks that never started.
         """
-        closing = list(self.open_tasks) if task_ids is None else list(task_ids)
+        closing = self.started_tasks if task_ids is None else list(task_ids)
         for task_id in closing:
             if task_id not in self.requested:
-                self._open_task(task_id)
+                self._started_task(task_id)
             self.trigger_event(self.ProcessingInterrupted, task_id=task_id, reason=reason)
         return closing
+
+    def _started_task(self, task_id: str) -> None:
+        """Raise :class:`UnknownTaskError` unless ``task_id`` is a started task not ended."""
+        if task_id not in self.running and task_id not in self.open_tasks:
+            raise UnknownTaskError(f"user {self.user_id!r} has no running task {task_id!r}")
 
     def _open_task(self, task_id: str) -> dict[str, int]:
         try:

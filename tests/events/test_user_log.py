@@ -350,6 +350,53 @@ def test_an_interrupted_batch_is_not_split() -> None:
     assert list(log.pending) == ids
 
 
+def _cut_between_batches(n: int) -> tuple[UserLog, list[str]]:
+    """A log of ``n`` messages whose one task's first batch was recorded, replayed
+    without the next batch's claim (written with it): where an import that stopped
+    there, or a file cut there, leaves the log."""
+    log, ids = _log_with(n)
+    log.request_processing("t1", "manual")
+    log.start_next(LIMITS)
+    log.record_knowledge("t1", [], "x", limits=LIMITS)
+    events = log.collect_events()
+    assert isinstance(events[-1], UserLog.ProcessingStarted) and events[-1].batch == 2
+    cut = None
+    for event in events[:-1]:
+        cut = event.mutate(cut)
+    assert isinstance(cut, UserLog)
+    return cut, ids
+
+
+def test_a_task_cut_between_two_batches_is_closed_as_interrupted_its_scope_left_buffered() -> None:
+    """No owner runs a task with no batch out (a batch's outcome and the next batch's
+    claim are written together): closing what a crash left closes it too, and the rest
+    of its scope, buffered already, goes to the next task."""
+    log, ids = _cut_between_batches(10)
+    assert log.open_tasks == {} and list(log.running) == ["t1"]
+    assert log.close_interrupted("crashed") == ["t1"]
+    interrupted = log.collect_events()[-1]
+    assert isinstance(interrupted, UserLog.ProcessingInterrupted)
+    assert log.running == {} and log.started_tasks == []
+    assert list(log.pending) == ids[4:]
+    assert _run_task(log, "t2", set()) == [ids[4:8], ids[8:10]]
+
+
+def test_a_task_cut_between_two_batches_can_be_closed_by_name_and_an_import_may_hold_that() -> None:
+    log, _ = _cut_between_batches(6)
+    log.check_recordable(
+        UserLog.ProcessingInterrupted(
+            originator_id=log.id,
+            originator_version=log.version + 1,
+            timestamp=UserLog.ProcessingInterrupted.create_timestamp(),
+            task_id="t1",
+            reason="crashed",
+        )
+    )
+    assert log.close_interrupted("crashed", ["t1"]) == ["t1"]
+    with pytest.raises(UnknownTaskError):
+        log.close_interrupted("crashed", ["t1"])
+
+
 def test_splits_and_quarantine_survive_a_snapshot() -> None:
     log, ids = _log_with(6)
     _run_task(log, "t1", {ids[1]}, repeats=True)
@@ -555,7 +602,7 @@ def test_an_event_the_commands_could_not_have_emitted_there_is_not_recordable() 
     outcome covering part of its batch (the rest would be in no state a run covers),
     entries citing messages outside their batch or none, an entry id given twice, an
     end in a version that does not hold the entry, a promotion miscounting, messages
-    returned while still buffered, tokens no count can be."""
+    returned while still buffered, tokens no count can be, a task closed that never ran."""
     history = _decided_history()
     extracted = _index(history, UserLog.KnowledgeExtracted, -1)
     entries = history[extracted].entries  # type: ignore[attr-defined]
@@ -575,6 +622,7 @@ def test_an_event_the_commands_could_not_have_emitted_there_is_not_recordable() 
         (_index(history, UserLog.KnowledgeSuperseded), {"knowledge_version": "v2"}, "no valid"),
         (_index(history, UserLog.KnowledgeVersionPromoted), {"knowledge_count": 9}, "holds 1"),
         (_index(history, UserLog.KnowledgeReextracted), {"knowledge_version": "live"}, "live"),
+        (_index(history, UserLog.ProcessingInterrupted), {"task_id": "t9"}, "no running task"),
     ]
     for index, changed, refusal in cases:
         with pytest.raises(InvalidInputError, match=refusal):

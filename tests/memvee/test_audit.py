@@ -414,6 +414,40 @@ async def test_a_stopped_import_written_to_since_is_refused_saying_how_to_import
         assert target.state("ann").knowledge == expected.knowledge
 
 
+async def test_an_import_cut_between_two_batches_of_a_task_leaves_a_user_a_memory_flushes(
+    make_memory: Any, db_url: str, tmp_path: Path
+) -> None:
+    """An import that stopped (killed between two of its transactions, or a file cut)
+    after a batch's outcome and before the next batch's claim leaves a task started with
+    no batch out. A Memory opened on the database closes it as after a crash, the rest of
+    its messages still buffered, and flushes the user."""
+    source_config = MemoryConfig(db_path=str(tmp_path / "source.db"), max_batch_messages=2)
+    async with Memory(
+        config=source_config, extractor=RecordingExtractor(), embedder=False
+    ) as source:
+        for city in ("Oslo", "Rome", "Lima"):
+            await source.add_exchange("ann", f"I live in {city}", "ok")
+        await source.process("ann")
+    with Audit(db_path=str(tmp_path / "source.db")) as audit:
+        lines = list(audit.export("ann"))
+    cut = next(i for i, line in enumerate(lines) if '"final":false' in line) + 1
+    with Audit(db_url=db_url) as target:
+        assert target.import_lines(lines[:cut]) == {"ann": cut}
+    memory: Memory = await make_memory()
+    (task,) = await memory.tasks("ann")
+    assert (task.status.value, task.error) == ("FAILED", INTERRUPTED_BY_CRASH)
+    assert len(await memory.buffer("ann")) == 4
+    async with asyncio.timeout(30):  # a guard: it hung for good
+        await memory.flush("ann")
+    assert await memory.buffer("ann") == []
+    await memory.close()
+    with Audit(db_url=db_url) as target:
+        assert verify(target.store) == []
+        at_close = target.state("ann", version=cut + 1)
+        assert [(t.status, t.error) for t in at_close.tasks] == [("FAILED", INTERRUPTED_BY_CRASH)]
+        assert len(at_close.buffer) == 4
+
+
 async def test_an_import_onto_a_shorter_other_log_of_the_user_names_the_first_line_it_differs(
     make_memory: Any, extractor: RecordingExtractor, db_url: str, tmp_path: Any
 ) -> None:
