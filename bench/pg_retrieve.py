@@ -33,8 +33,9 @@ from bench.postgres import reset, server_url
 from events import user_log_id
 from memvee import Memory, MemoryConfig
 from projections import LexicalRanker, ProjectionTables
-from projections.search import pg_owner_query, pg_query
-from projections.terms import search_terms
+from projections.ranking import pg_queries
+from projections.search import own_and_added_words, pg_owner_query
+from projections.terms import query_terms
 
 __all__ = ["ranker_query", "run"]
 
@@ -177,15 +178,13 @@ def _query_alone(url: str, asks: int) -> float:
 def ranker_query(user_id: str, question: str, limit: int) -> tuple[str, dict[str, Any]]:
     """The SQL and parameters of the ranked message query memvee's lexical ranker runs
     for ``question`` on PostgreSQL (its first column is the message row's ``id``)."""
-    statement = LexicalRanker(ProjectionTables())._pg_messages[False]  # not dated: as_of=None
+    terms = query_terms(question)
+    queries = pg_queries(*own_and_added_words(terms.own, terms.added))
+    # not dated (as_of=None); with the words the question's topics add, if any
+    statement = LexicalRanker(ProjectionTables())._pg_messages[False, "own" in queries]
     compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[attr-defined,no-untyped-call]
     log_id = str(user_log_id(user_id))
     params = compiled.construct_params(
-        {
-            "log_id": log_id,
-            "limit": limit,
-            "query": pg_query(search_terms(question)),
-            "owner": pg_owner_query(log_id),
-        }
+        {"log_id": log_id, "limit": limit, "owner": pg_owner_query(log_id), **queries}
     )
     return str(compiled), dict(params)

@@ -34,7 +34,7 @@ from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
 from projections.search import index_word
 from projections.tables import ProjectionTables
-from projections.terms import KIN_NOUNS
+from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import VectorIndex
 
 __all__ = [
@@ -263,17 +263,19 @@ class Retriever:
         include_messages: bool,
     ) -> RetrievalResult:
         """The user's best ``top_k`` entries (and messages) for ``query``, on one score."""
-        terms = search_terms(query)
+        terms = query_terms(query)
+        own, added = list(terms.own), terms.added
         query_vector, unembedded = self._embed_query(user_id, query, include_messages)
         pool = top_k * _CANDIDATES
         candidates: dict[str, _Candidate] = {}
         if include_messages and self._index_messages is not None:
             self._index_messages()
         with self._erasures_watched(user_id) as erased, self.engine.connect() as connection:
-            for entry, score in self._ranker.entries(connection, user_id, terms, pool, as_of):
+            ranked = self._ranker.entries(connection, user_id, own, pool, as_of, added=added)
+            for entry, score in ranked:
                 candidates[entry.entry_id] = _Candidate(entry, lexical=score)
             if include_messages:
-                found = self._ranker.messages(connection, user_id, terms, pool, as_of)
+                found = self._ranker.messages(connection, user_id, own, pool, as_of, added=added)
                 for message, score in found:
                     candidates[message.message_id] = _Candidate(message, lexical=score)
             if query_vector is not None and self._vectors is not None:
@@ -294,7 +296,7 @@ class Retriever:
             alpha = self.alpha if query_vector is not None else 1.0
             _fuse(list(candidates.values()), alpha, query)
             _lift_entries(candidates)
-            return self._pick(connection, user_id, query, as_of, top_k, candidates, bool(terms))
+            return self._pick(connection, user_id, query, as_of, top_k, candidates, bool(own))
 
     def _add_semantic(
         self,

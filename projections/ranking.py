@@ -3,6 +3,7 @@
 Every query names its user inside the ``WHERE`` (and, on SQLite, in every term of the
 ``MATCH`` itself), so another user's rows are never ranked, never returned and never
 crowd a user out. Terms are ORed: one matching word is enough, more matching words rank higher.
+The words a query's topics add count for less than its own (see :data:`ADDED_WEIGHT`).
 The statements are built once, with bound parameters, so a search pays for its SQL
 and little else.
 """
@@ -10,6 +11,7 @@ and little else.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -38,15 +40,16 @@ from projections.search import (
     MAX_QUERY_TOKENS,
     PG_VECTOR,
     SearchIndex,
+    own_and_added_words,
     owner_token,
     pg_owner_query,
-    pg_query,
+    pg_words,
     query_words,
 )
 from projections.tables import ProjectionTables
-from projections.terms import search_terms
+from projections.terms import query_terms
 
-__all__ = ["MAX_QUERY_TOKENS", "LexicalRanker", "fts_match"]
+__all__ = ["ADDED_WEIGHT", "MAX_QUERY_TOKENS", "LexicalRanker", "fts_match", "pg_queries"]
 
 T = TypeVar("T")
 
@@ -56,12 +59,24 @@ _SPARE_HITS = 4
 _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
 
+ADDED_WEIGHT = 0.75
+"""The share of its rank a row keeps when it matches only words a query's topics added
+("city" for "where do I live?"); a row matching the query's own words is lifted by the
+best such score, so it ranks above all of them (:func:`_tiered`). SQLite's BM25 counts a
+word found in more than half of a user's rows for almost nothing, and "User lives in
+Oslo." fell below "User loves the city of Rome." (and out, under the retrieval's
+relevance floor); ``ts_rank`` ranked them the same. Chosen on ``make eval``."""
+
 
 def fts_match(log_id: str, terms: list[str]) -> str:
     """The FTS5 query for ``terms`` (ORed) in the rows of log ``log_id`` only, at most
     :data:`MAX_QUERY_TOKENS` tokens of them (see :func:`query_words`)."""
-    owner = owner_token(log_id)
-    ored = " OR ".join(f'"{owner}{word}"' for word in query_words(terms))
+    return _fts_words(owner_token(log_id), query_words(terms))
+
+
+def _fts_words(owner: str, words: list[str]) -> str:
+    """The FTS5 query for the index ``words`` (ORed) of ``owner``'s rows."""
+    ored = " OR ".join(f'"{owner}{word}"' for word in words)
     return f"body : ({ored})"
 
 
@@ -115,16 +130,19 @@ class LexicalRanker:
             True: _SqliteSearch(mfts, hit_messages + " AND m.sent_at <= ?", weights=""),
         }
         self._pg_entries = {
-            dated: _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc())
+            (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
             for dated in (False, True)
+            for added in (False, True)
         }
         self._pg_messages = {
-            dated: _pg_select(
+            (dated, added): _pg_select(
                 m,
                 (m.c.log_id == bindparam("log_id"), *((m.c.sent_at <= at,) if dated else ())),
                 m.c.seq.desc(),
+                added,
             )
             for dated in (False, True)
+            for added in (False, True)
         }
 
     def entries(
@@ -135,9 +153,12 @@ class LexicalRanker:
         limit: int,
         as_of: datetime | None = None,
         version: str = LIVE_KNOWLEDGE,
+        *,
+        added: Sequence[str] = (),
     ) -> list[tuple[KnowledgeEntry, float]]:
         """The user's entries (live, or of knowledge ``version``) valid now (or at
-        ``as_of``) best matching ``terms``.
+        ``as_of``) best matching ``terms``, or the words their topics ``added``
+        (:data:`ADDED_WEIGHT`).
 
         With no terms, the most recent valid entries, each scored 0.
         """
@@ -156,19 +177,22 @@ class LexicalRanker:
         if not terms:
             rows = connection.execute(self._recent[dated], params).mappings()
             return [(model(r), 0.0) for r in rows]
+        own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
+            matches = _fts_matches(log_id, own, extra_words)
             found = self._sqlite_entries[dated].run(
-                connection, fts_match(log_id, terms), limit, (stored_id(log_id), version, *extra)
+                connection, matches, limit, (stored_id(log_id), version, *extra)
             )
-            ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["valid_from"]))
-            return [(model(row), -rank) for row, rank in ranked[:limit]]
-        query = pg_query(terms)
-        if not query:
+            ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["valid_from"]))
+            return [(model(row), score) for row, score in ranked[:limit]]
+        queries = pg_queries(own, extra_words)
+        if not queries:
             return []
-        params.update(query=query, owner=pg_owner_query(log_id))
-        rows = connection.execute(self._pg_entries[dated], params).mappings()
-        return [(model(r), float(r["score"])) for r in rows]
+        params.update(queries, owner=pg_owner_query(log_id))
+        statement = self._pg_entries[dated, "own" in queries]
+        rows = connection.execute(statement, params).mappings()
+        return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
 
     def messages(
         self,
@@ -177,9 +201,11 @@ class LexicalRanker:
         terms: list[str],
         limit: int,
         as_of: datetime | None = None,
+        *,
+        added: Sequence[str] = (),
     ) -> list[tuple[Message, float]]:
-        """The user's messages (sent by ``as_of``, when given) best matching ``terms``
-        (none without terms)."""
+        """The user's messages (sent by ``as_of``, when given) best matching ``terms``, or
+        the words their topics ``added`` (:data:`ADDED_WEIGHT`); none without terms."""
         if not terms:
             return []
         log_id = str(user_log_id(user_id))
@@ -189,19 +215,22 @@ class LexicalRanker:
         def model(r: Any) -> Message:
             return message_from_row(user_id, r)
 
+        own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),)
+            matches = _fts_matches(log_id, own, extra_words)
             found = self._sqlite_messages[dated].run(
-                connection, fts_match(log_id, terms), limit, (stored_id(log_id), *extra)
+                connection, matches, limit, (stored_id(log_id), *extra)
             )
-            ranked = sorted(found, key=lambda hit: (hit[1], -hit[0]["seq"]))
-            return [(model(row), -rank) for row, rank in ranked[:limit]]
-        query = pg_query(terms)
-        if not query:
+            ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["seq"]))
+            return [(model(row), score) for row, score in ranked[:limit]]
+        queries = pg_queries(own, extra_words)
+        if not queries:
             return []
-        params.update(query=query, owner=pg_owner_query(log_id))
-        rows = connection.execute(self._pg_messages[dated], params).mappings()
-        return [(model(r), float(r["score"])) for r in rows]
+        params.update(queries, owner=pg_owner_query(log_id))
+        statement = self._pg_messages[dated, "own" in queries]
+        rows = connection.execute(statement, params).mappings()
+        return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
 
     def related(
         self,
@@ -227,10 +256,12 @@ class LexicalRanker:
             binds = {"log_id": str(user_log_id(user_id)), "version": version}
             rows = connection.execute(self._current, binds)
             return [(entry_id, text, aware(valid_from)) for entry_id, text, valid_from in rows]
-        queries = list(dict.fromkeys(tuple(t) for text in texts if (t := search_terms(text))))
+        queries = list(dict.fromkeys(t for text in texts if (t := query_terms(text)).own))
         each = max(_RELATED_PER_TEXT, limit // max(1, len(queries)))
         found = [
-            self.entries(connection, user_id, list(q), min(each, limit), version=version)
+            self.entries(
+                connection, user_id, list(q.own), min(each, limit), version=version, added=q.added
+            )
             for q in queries
         ]
         shown: dict[str, tuple[str, str, datetime]] = {}
@@ -242,35 +273,83 @@ class LexicalRanker:
         return list(shown.values())
 
 
+def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
+    """Each hit with its score, from its rank (higher is better) and whether it matches
+    the query's own words: a hit matching only the words its topics added keeps
+    :data:`ADDED_WEIGHT` of its rank, and one matching its own words is lifted by the
+    best of those scores, so it always ranks above them."""
+    lift = ADDED_WEIGHT * max((rank for _, rank, own in hits if not own), default=0.0)
+    return [(hit, rank + lift if own else ADDED_WEIGHT * rank) for hit, rank, own in hits]
+
+
+def _fts_matches(log_id: str, own: list[str], added: list[str]) -> tuple[str, ...]:
+    """The FTS5 queries of a search: of the query's ``own`` index words and, if its
+    topics ``added`` any, of every word."""
+    owner = owner_token(log_id)
+    return (_fts_words(owner, own), *((_fts_words(owner, [*own, *added]),) if added else ()))
+
+
+def pg_queries(own: list[str], added: list[str]) -> dict[str, str]:
+    """The ``tsquery`` parameters of a search on PostgreSQL: ``query`` (every word) and,
+    if its topics ``added`` any, ``own`` (the query's own words); none without a word
+    to look up."""
+    query = pg_words([*own, *added])
+    if not query:
+        return {}
+    if not pg_words(added):
+        return {"query": query}
+    return {"query": query, "own": pg_words(own)}
+
+
+def _pg_hits(rows: Any) -> list[tuple[Any, float, bool]]:
+    """PostgreSQL's ranked rows as hits for :func:`_tiered` (``mine``: matching the
+    query's own words; every row does when its topics added none)."""
+    return [(r, float(r["score"]), bool(r.get("mine", True))) for r in rows]
+
+
 class _SqliteSearch:
     """One ranked search on SQLite, in two plain statements on the DBAPI cursor.
 
     First BM25 inside FTS5 (computed once per match; only the best hits leave the
     index, hits scored alike by row number, newest first: a row's number follows the
     order messages and entries were written, so a limit that cuts a tie keeps its newest,
-    as on PostgreSQL), then the projection rows of those hits, filtered. Rows the filter
-    drops (ended entries, other knowledge versions) are made up for by fetching more hits,
+    as on PostgreSQL), then the projection rows of those hits, filtered. A search with
+    words its topics added looks up the query's own words too, in the same statement,
+    and ranks the hits matching them first (see :func:`_tiered`). Rows the filter drops
+    (ended entries, other knowledge versions) are made up for by fetching more hits,
     until the index has no more to give. A search is a few hundred microseconds of
     SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
     builders read SQLite's raw row forms.
     """
 
     def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
+        hits = f"SELECT rowid, bm25({fts}{weights}) AS rank"
         self.hits_sql = (
-            f"SELECT rowid, bm25({fts}{weights}) AS score FROM {fts} "
-            f"WHERE {fts} MATCH ? ORDER BY score, rowid DESC LIMIT ?"
+            f"{hits}, 1 FROM {fts} WHERE {fts} MATCH ? ORDER BY rank, rowid DESC LIMIT ?"
+        )
+        self.tiered_hits_sql = (
+            f"{hits}, rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) AS mine "
+            f"FROM {fts} WHERE {fts} MATCH ? ORDER BY mine DESC, rank, rowid DESC LIMIT ?"
         )
         self.rows_sql = rows_sql
 
     def run(
-        self, connection: Connection, match: str, limit: int, filters: tuple[Any, ...]
-    ) -> list[tuple[dict[str, Any], float]]:
-        """The rows of the best hits of ``match`` that pass the filters, with their rank."""
+        self,
+        connection: Connection,
+        matches: tuple[str, ...],
+        limit: int,
+        filters: tuple[Any, ...],
+    ) -> list[tuple[dict[str, Any], float, bool]]:
+        """The rows of the best hits of ``matches`` (the query's own words, then, if its
+        topics added any, every word) that pass the filters, with their rank (higher is
+        better) and whether they match the query's own words."""
+        hits_sql = self.tiered_hits_sql if len(matches) > 1 else self.hits_sql
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             fetch = limit + _SPARE_HITS
             while True:
-                hits = dict(cursor.execute(self.hits_sql, (match, fetch)).fetchall())
+                found = cursor.execute(hits_sql, (*matches, fetch)).fetchall()
+                hits = {hit: (rank, mine) for hit, rank, mine in found}
                 if not hits:
                     return []
                 marks = ", ".join("?" * len(hits))
@@ -278,7 +357,7 @@ class _SqliteSearch:
                 names = [column[0] for column in cursor.description]
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 if len(rows) >= limit or len(hits) < fetch:
-                    return [(row, hits[row["hit"]]) for row in rows]
+                    return [(row, -hits[row["hit"]][0], bool(hits[row["hit"]][1])) for row in rows]
                 fetch *= 4
         finally:
             cursor.close()
@@ -288,20 +367,30 @@ def _pg_select(
     table: Table,
     where: tuple[ColumnElement[bool], ...],
     tiebreak: ColumnElement[Any],
+    added: bool,
 ) -> Select[Any]:
     """``table``'s rows matching ``query``, a ``tsquery`` literal of ORed words
-    (:func:`~projections.search.pg_query`), by ``ts_rank`` (PostgreSQL).
+    (:func:`~projections.search.pg_words`), by ``ts_rank`` (PostgreSQL); with ``added``
+    (words the query's topics added), those matching ``own``, the query's own words,
+    first (``mine``; see :func:`_tiered`).
 
     The owner's token (``owner``) is looked up in the same index as the terms, so the
     index finds only the user's matches; the ``WHERE`` on the user stays besides.
     """
     vector: ColumnClause[Any] = literal_column(f"{table.name}.{PG_VECTOR}")
-    terms = cast(bindparam("query", type_=Text()), TSQUERY)
+    terms = _pg_tsquery("query")
     owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
-    rank = func.ts_rank(vector, terms)
+    score = func.ts_rank(vector, terms).label("score")
+    mine = vector.op("@@")(_pg_tsquery("own")).label("mine")
+    order = (mine.desc(), score.desc()) if added else (score.desc(),)
     return (
-        select(table, rank.label("score"))
+        select(table, score, *((mine,) if added else ()))
         .where(vector.op("@@")(terms.op("&&")(owner)), *where)
-        .order_by(rank.desc(), tiebreak)
+        .order_by(*order, tiebreak)
         .limit(bindparam("limit"))
     )
+
+
+def _pg_tsquery(name: str) -> ColumnElement[Any]:
+    """The ``tsquery`` bound as parameter ``name``."""
+    return cast(bindparam(name, type_=Text()), TSQUERY)

@@ -57,12 +57,14 @@ __all__ = [
     "MessageBodies",
     "SearchIndex",
     "index_word",
+    "own_and_added_words",
     "owned_terms",
     "owned_words",
     "owner_token",
     "pg_owner_query",
     "pg_query",
     "pg_vector",
+    "pg_words",
     "query_words",
     "search_fingerprint",
     "spoken",
@@ -200,6 +202,16 @@ def query_words(terms: Iterable[str]) -> list[str]:
     return list(itertools.islice(dict.fromkeys(interleaved), MAX_QUERY_TOKENS))
 
 
+def own_and_added_words(own: Iterable[str], added: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The words a query's ``own`` terms look up (:func:`query_words`), and those the
+    terms its topics ``added`` look up besides, within :data:`MAX_QUERY_TOKENS` in all:
+    a word both look up ("live" of "lives") counts as the query's own."""
+    words = query_words(own)
+    mine = set(words)
+    extra = [word for word in query_words(added) if word not in mine]
+    return words, extra[: MAX_QUERY_TOKENS - len(words)]
+
+
 def _bounded(term: str) -> str:
     """``term``, cut to :data:`_LONGEST_RUN` characters if it is that long and holds runs
     of a script written without spaces (it becomes their pairs)."""
@@ -224,7 +236,12 @@ def pg_vector(log_id: str, text: str) -> str:
 def pg_query(terms: Iterable[str]) -> str:
     """The ``tsquery`` literal of query ``terms`` ORed, as :func:`pg_vector` stores them
     (``""``: no word to look up)."""
-    return " | ".join(f"'{word}'" for word in _pg_lexemes(query_words(terms)))
+    return pg_words(query_words(terms))
+
+
+def pg_words(words: list[str]) -> str:
+    """The ``tsquery`` literal of the index ``words`` (:func:`query_words`) ORed."""
+    return " | ".join(f"'{word}'" for word in _pg_lexemes(words))
 
 
 def _pg_lexemes(words: list[str]) -> list[str]:

@@ -3,17 +3,19 @@
 Agents ask questions ("where does she live now?"), not keyword queries. The words are
 cut and folded as the index cuts and folds stored text (:func:`projections.words.words`),
 stop words are dropped, and what is left is ORed by the rankers, so one matching word is
-enough and more matching words rank higher. A stop word written as a name is kept ("What
+enough and more matching words rank higher. The words a query's topics add
+(:class:`QueryTerms`) count for less than its own. A stop word written as a name is kept ("What
 did Will say?", "Don"): people are called Will, Don or May.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from projections.words import words as folded_words
 
-__all__ = ["KIN_NOUNS", "STOP_WORDS", "search_terms"]
+__all__ = ["KIN_NOUNS", "STOP_WORDS", "QueryTerms", "query_terms", "search_terms"]
 
 MAX_TERMS = 32
 """At most this many distinct terms are searched: the query's own words before the words
@@ -72,8 +74,9 @@ _CONCEPTS: tuple[frozenset[str], ...] = tuple(
 """Personal-fact topics whose words stand for each other in a question.
 
 Agents ask "what's her job?" of a memory that holds "I work as a nurse"; no stemmer links
-the two. A query word of a topic adds the topic's other words (ORed, so they only widen
-what matches; BM25 still ranks rows matching more of the query's own words higher).
+the two. A query word of a topic adds the topic's other words: they widen what matches,
+and a row matching the query's own words ranks above every row matching only added ones
+(see :class:`~projections.ranking.LexicalRanker`).
 """
 
 _TOPIC_WORDS: frozenset[str] = frozenset().union(*_CONCEPTS)
@@ -81,12 +84,19 @@ _TOPIC_WORDS: frozenset[str] = frozenset().union(*_CONCEPTS)
 _PHRASES = ((re.compile(r"\bfor\s+a\s+living\b", re.IGNORECASE), " work "),)
 
 
-def search_terms(query: str, *, expand: bool = True) -> list[str]:
-    """The distinct content words of ``query``, folded as the index folds them, in order
-    of first use (at most :data:`MAX_TERMS`).
+@dataclass(frozen=True, slots=True)
+class QueryTerms:
+    """A query's search terms: its ``own`` content words, and the words its topics
+    ``added`` (none of them its own), which the rankers weigh less."""
 
-    With ``expand``, the words of each personal-fact topic the query touches follow.
-    """
+    own: tuple[str, ...]
+    added: tuple[str, ...] = ()
+
+
+def query_terms(query: str, *, expand: bool = True) -> QueryTerms:
+    """The distinct content words of ``query``, folded as the index folds them, in order
+    of first use, and (with ``expand``) the other words of each personal-fact topic they
+    touch, at most :data:`MAX_TERMS` in all."""
     for phrase, replacement in _PHRASES:
         query = phrase.sub(replacement, query)
     words = folded_words(query)
@@ -96,13 +106,20 @@ def search_terms(query: str, *, expand: bool = True) -> list[str]:
         # stable: of equals, the earlier first
         kept = set(sorted(own, key=lambda w: (w not in _TOPIC_WORDS, -len(w)))[:MAX_TERMS])
         own = [w for w in own if w in kept]
-    terms = dict.fromkeys(own)
+    added: dict[str, None] = {}
     if expand:
         for word in own:
             for group in _CONCEPTS:
                 if word in group:
-                    terms.update(dict.fromkeys(sorted(group)))
-    return list(terms)[:MAX_TERMS]
+                    added.update(dict.fromkeys(w for w in sorted(group) if w not in own))
+    return QueryTerms(tuple(own), tuple(added)[: MAX_TERMS - len(own)])
+
+
+def search_terms(query: str, *, expand: bool = True) -> list[str]:
+    """The terms of :func:`query_terms` in one list: the query's own words, then those
+    its topics add."""
+    terms = query_terms(query, expand=expand)
+    return [*terms.own, *terms.added]
 
 
 def _names(query: str, words: list[str]) -> frozenset[str]:

@@ -13,7 +13,7 @@ from bench.common import BenchConfig, Workspace
 from bench.pg_retrieve import ranker_query, run
 from bench.pg_worker import psycopg_url
 from projections import LexicalRanker
-from projections.terms import search_terms
+from projections.terms import query_terms
 
 
 async def test_the_query_alone_finds_the_rankers_messages_in_its_order(
@@ -28,9 +28,10 @@ async def test_the_query_alone_finds_the_rankers_messages_in_its_order(
     engine = memory._engine
     assert engine is not None
     question = "how was work"
+    terms = query_terms(question)
     with engine.store.engine.connect() as connection:
         ranked = LexicalRanker(engine.tables).messages(
-            connection, "user", search_terms(question), 10
+            connection, "user", list(terms.own), 10, added=terms.added
         )
     sql, params = ranker_query("user", question, 10)
     with psycopg.connect(psycopg_url(db_url)) as connection:

@@ -119,6 +119,35 @@ async def test_every_query_word_counts_more_matching_words_rank_higher(
     ]
 
 
+async def test_a_fact_with_the_querys_own_word_ranks_above_one_with_a_word_its_topic_adds(
+    make_memory: Callable[..., Any],
+) -> None:
+    """ "where do I live?" searches "city", "home" or "moved" too, but a fact sharing only
+    such a word comes after every fact saying where someone lives, even when most facts
+    say "lives" (which SQLite's BM25 then counts for almost nothing)."""
+    memory = await _offline(make_memory)
+    await _say(
+        memory,
+        "ann",
+        0,
+        "I live in Oslo.",
+        "My sister lives in Bergen.",
+        "My brother lives in Paris.",
+        "I love the city of Rome.",
+    )
+    for include_messages in (False, True):
+        result = await memory.retrieve(
+            "ann", "where do I live?", top_k=4, include_messages=include_messages
+        )
+        texts = [hit.text for hit in result.entries]
+        assert sorted(texts[:3]) == [
+            "User lives in Oslo.",
+            "User's brother lives in Paris.",
+            "User's sister lives in Bergen.",
+        ]
+        assert texts[3:] in ([], ["User loves the city of Rome."])
+
+
 async def test_times_read_back_are_utc_whatever_the_servers_time_zone(db_url: str) -> None:
     """A PostgreSQL session in another zone (the server's setting, or the URL's) reads its
     times in that zone, which a prompt would show as another day: memvee gives UTC."""
