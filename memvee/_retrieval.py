@@ -208,11 +208,10 @@ class _Candidate:
     unembedded: bool = False
     """Whether it has no vector yet, or the embedder refuses its text (its cosine is
     unknown, not low)."""
-    parts: tuple[float, float] = (0.0, 0.0)
-    """Its weighted lexical and semantic shares, whole: what its score is made of."""
     subject_share: float = 1.0
-    """The part of a semantic share it keeps: :data:`_OTHER_SUBJECT_SHARE` for a fact about
-    someone or something of the user's that the query does not name, 1 otherwise."""
+    """The part of a semantic share (and of a source message's score) it keeps:
+    :data:`_OTHER_SUBJECT_SHARE` for a fact about someone or something of the user's that
+    the query does not name, 1 otherwise."""
 
     @property
     def is_message(self) -> bool:
@@ -494,13 +493,14 @@ class Retriever:
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:
     """An entry scores at least as well as the best of its source messages: it states what
     they said, so a message that matches makes its fact match (and the fact comes first).
-    The entry keeps only its own part of a message's semantic share: a fact about the
-    user's mother is no nearer "where do I live?" for the message that said it."""
+    A fact about someone of the user's the query does not name keeps only its share of
+    the message's score (:data:`_OTHER_SUBJECT_SHARE`): "My mother lives in Stavanger"
+    matches "where do I live?" by its words, but the question is about the user."""
     for candidate in candidates.values():
         item = candidate.item
         if isinstance(item, KnowledgeEntry):
             sources = [
-                _weigh(candidates[m].parts, candidate.subject_share)
+                candidate.subject_share * candidates[m].score
                 for m in item.source_message_ids
                 if m in candidates
             ]
@@ -590,15 +590,7 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
         semantic = lexical if c.unembedded else _semantic(c.cosine, nearest) if matched else 0.0
         if isinstance(c.item, KnowledgeEntry) and not _names_subject(c.item.text, asked):
             c.subject_share = _OTHER_SUBJECT_SHARE
-        c.parts = (alpha * lexical, (1 - alpha) * semantic)
-        c.score = _weigh(c.parts, c.subject_share)
-
-
-def _weigh(parts: tuple[float, float], subject_share: float) -> float:
-    """A fused score: the weighted lexical share, plus the part ``subject_share`` of the
-    weighted semantic one."""
-    lexical, semantic = parts
-    return lexical + subject_share * semantic
+        c.score = alpha * lexical + (1 - alpha) * c.subject_share * semantic
 
 
 COSINE_MATCH = 0.2
