@@ -54,17 +54,21 @@ from events.errors import (
     ExtractorOverloadedError,
     ProbeFailedError,
     first_line,
+    is_database_failure,
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE
 
-__all__ = ["FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
+__all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
 log = logging.getLogger("memvee.actors")
 
 INTERRUPTED_BY_CRASH = "interrupted: the process stopped before the task finished"
 UNSTORED_REASON = "interrupted: the store failed before the task's end was stored"
 """Why a task is closed that this process ran but could not store the end of."""
+FAULT_REASON = "interrupted: an unexpected error in memvee"
+"""Why the tasks a user's actor ran are closed when handling a message raised an error no
+rule of memvee raises (a defect); the error's type and first line follow."""
 DECIDE_RETRY_SECONDS = 10.0
 """How long a decision (a task's start, its outcome...) is taken again on a reloaded log
 when other processes keep writing the user first: after a random wait each time
@@ -153,6 +157,73 @@ class UserActor(PooledActor):
                 release(self.user_id)
             except Exception:
                 log.exception("user %r: could not release the lease", self.user_id)
+
+    def _handle_receive(self, message: Any) -> Any:
+        """Handle one message, as pykka does; an error no rule of memvee raises (a defect,
+        or a dependency failing where nothing was expected) leaves this actor's state in
+        doubt, so the actor starts afresh (:meth:`_start_afresh`) before the error goes
+        on to the caller, if any. memvee's own errors and the database's are answers."""
+        try:
+            return super()._handle_receive(message)
+        except Exception as error:
+            if not isinstance(error, MemveeError) and not is_database_failure(error):
+                self._start_afresh(error)
+            raise
+
+    def _start_afresh(self, error: Exception) -> None:
+        """After a fault: log it once, close the tasks this actor ran as FAILED (their
+        messages back in the buffer) and drop what it held in memory, so the next message
+        finds the user as a fresh actor would, loaded from the log.
+
+        Tasks that waited behind the closed ones are started now; with nothing closed (or
+        the store failing) the next start waits the user's store backoff, so a fault that
+        recurs never spins.
+        """
+        running, spent = self._running, (self._task_knowledge, self._task_covered)
+        log.error(
+            "user %r: an unexpected error in its actor (task running: %s); its tasks end "
+            "FAILED and the user is loaded again from the log",
+            self.user_id,
+            running,
+            exc_info=error,
+        )
+        reason = f"{FAULT_REASON} ({_describe(error)})"
+        ran = tuple(t for t in (running, *self._unended) if t is not None)
+        self._no_task()
+        self._forget_log()
+        self._wake_due = None  # a wake-up the fault met is past, and never ran
+        try:
+            ended, self._unended = self._close_started(reason), ()
+        except Exception as failed:  # closed by _advance once the store answers
+            log.warning(
+                "user %r: the tasks the error ended could not be closed: %s",
+                self.user_id,
+                _describe(failed),
+            )
+            ended, self._unended = list(ran), ran
+        for task_id in ended:
+            knowledge, covered = spent if task_id == running else (0, 0)
+            self._services.observer.task_finished(
+                self.user_id, task_id, "FAILED", knowledge, reason, covered
+            )
+        if ended and not self._unended:
+            self._myself.start_queued()
+        else:
+            self._wake_in(self._services.store_backoff.failed(self.user_id))
+
+    def _close_started(self, reason: str) -> list[str]:
+        """As the owner, close every started task of the reloaded log as FAILED with
+        ``reason`` (with no task running here, any such task is one this actor ran);
+        returns their ids."""
+        if not self._owner or not self._lease_held():
+            return []
+
+        def close(user_log: UserLog | None) -> list[str]:
+            if user_log is None or not user_log.started_tasks:
+                return []
+            return user_log.close_interrupted(reason)
+
+        return self._decide(close)
 
     # ------------------------------------------------------------------ commands
 
@@ -637,14 +708,18 @@ class UserActor(PooledActor):
         if recorded and user_log is not None and task_id in user_log.open_tasks:
             self._run_batch(task_id, list(user_log.open_tasks[task_id]))
             return
-        self._running = None
-        self._batch_messages = ()
-        self._batch_known, self._batch_replaced = _NONE_KNOWN, ()
-        self._task_messages = ()
+        self._no_task()
         self._services.observer.task_finished(
             self.user_id, task_id, status, self._task_knowledge, error, self._task_covered
         )
         self._advance()
+
+    def _no_task(self) -> None:
+        """Forget the running task and its batch: none runs here now."""
+        self._running = None
+        self._batch_messages = ()
+        self._batch_known, self._batch_replaced = _NONE_KNOWN, ()
+        self._task_messages = ()
 
     def _run(self, started: Started) -> None:
         """Hand a started task's first batch to the workers (or end it, if it claimed nothing)."""

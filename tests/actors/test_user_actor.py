@@ -1,0 +1,132 @@
+"""An unexpected error in a user's actor (a defect of memvee, or a dependency failing
+where nothing was expected) is logged once, ends the tasks the actor ran FAILED with
+their messages back in the buffer, and the user's memory goes on from the log; other
+users never notice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from actors.user_actor import FAULT_REASON, UserActor
+from events import ExtractionBatch, ExtractionError
+from memvee import Memory, ProcessingError, ProcessStatus
+from projections import verify
+from tests.support.extractors import RecordingExtractor
+
+DEFECT = RuntimeError("a defect met on purpose")
+
+
+def _fails_once(monkeypatch: pytest.MonkeyPatch, method: str, user: str) -> threading.Event:
+    """Make ``UserActor.<method>`` raise :data:`DEFECT` the first time ``user``'s actor
+    calls it; the event is set once a later call of ``user``'s has run the real method."""
+    real = getattr(UserActor, method)
+    calls = 0
+    ran_again = threading.Event()
+
+    def failing_once(self: UserActor, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        if self.user_id != user:
+            return real(self, *args, **kwargs)
+        calls += 1
+        if calls == 1:
+            raise DEFECT
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            ran_again.set()
+
+    monkeypatch.setattr(UserActor, method, failing_once)
+    return ran_again
+
+
+def _first_batch_fails(user: str) -> Callable[[ExtractionBatch], BaseException | None]:
+    """A :attr:`RecordingExtractor.fault` failing ``user``'s first batch (a failure that
+    may pass), and no other."""
+    seen: list[ExtractionBatch] = []
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if batch.user_id != user or seen:
+            return None
+        seen.append(batch)
+        return ExtractionError("the API is down for a moment")
+
+    return fault
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("method", "extraction_fails"), [("extraction_done", False), ("_batch_failed", True)]
+)
+async def test_a_defect_while_a_task_runs_fails_it_and_the_next_calls_cover_its_messages(
+    memory: Memory,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    extraction_fails: bool,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="memvee.actors")
+    await memory.add_exchange("alice", "I live in Oslo", "Nice city!")
+    await memory.add_exchange("bob", "I live in Rome", "Nice city!")
+    if extraction_fails:
+        extractor.fault = _first_batch_fails("alice")
+    _fails_once(monkeypatch, method, "alice")
+    async with asyncio.timeout(10):
+        task = memory.process_async("alice")
+        waiting = asyncio.ensure_future(memory.wait_for_processing("alice"))
+        flushed = asyncio.ensure_future(memory.flush("alice"))
+        assert await memory.process("bob") == 1
+        with pytest.raises(ProcessingError, match=FAULT_REASON):
+            await task.wait()
+        with pytest.raises(ProcessingError, match=FAULT_REASON):
+            await waiting
+        assert await flushed == 1
+    assert task.status is ProcessStatus.FAILED
+    assert task.error == f"{FAULT_REASON} (RuntimeError: a defect met on purpose)"
+    stored = await memory.get_task("alice", task.task_id)
+    assert (stored.status, stored.error) == (ProcessStatus.FAILED, task.error)
+    assert await memory.buffer("alice") == []
+    assert await memory.quarantined("alice") == []
+    assert [e.text for e in await memory.knowledge("alice")] == ["User said: I live in Oslo"]
+    (error,) = _errors(caplog)
+    assert error.name == "memvee.actors"
+    assert "'alice'" in error.getMessage() and task.task_id in error.getMessage()
+    assert error.exc_info is not None and error.exc_info[1] is DEFECT
+    assert memory._engine is not None
+    assert await asyncio.to_thread(verify, memory._engine.store) == []
+
+
+async def test_a_defect_with_no_task_running_leaves_the_next_wake_up_to_come(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An automatic run failed and backs off; the wake-up that retries it meets the defect,
+    yet a later wake-up (after the user's store backoff) retries it all the same."""
+    caplog.set_level(logging.ERROR, logger="memvee.actors")
+    memory: Memory = await make_memory(
+        auto_process=True, batch_threshold=2, config={"retry_delay": 0.01}
+    )
+    woken_again = _fails_once(monkeypatch, "wake", "ann")
+    extractor.fail_next = 1
+    await memory.add_exchange("ann", "I live in Oslo", "Nice city!")
+    async with asyncio.timeout(10):
+        assert await asyncio.to_thread(woken_again.wait, 10), "woken after the defect"
+        await memory.wait_for_processing("ann")
+    statuses = [t.status for t in await memory.tasks("ann")]
+    assert statuses == [ProcessStatus.FAILED, ProcessStatus.COMPLETED]
+    assert await memory.buffer("ann") == []
+    assert [e.text for e in await memory.knowledge("ann")] == ["User said: I live in Oslo"]
+    (error,) = _errors(caplog)
+    assert "'ann'" in error.getMessage() and "task running: None" in error.getMessage()
+    assert error.exc_info is not None and error.exc_info[1] is DEFECT
