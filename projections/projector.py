@@ -40,8 +40,10 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 13
-"""The layout of the projection tables; bump it when a table or fold changes."""
+SCHEMA_VERSION = 14
+"""The layout of the projection tables; bump it when a table, a fold or the search
+fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
+higher number, and would otherwise lay a newer database out again in its own layout."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,

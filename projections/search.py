@@ -57,6 +57,7 @@ __all__ = [
     "MessageBodies",
     "SearchIndex",
     "index_word",
+    "indexed_layout",
     "own_and_added_words",
     "owned_terms",
     "owned_words",
@@ -613,10 +614,16 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def search_fingerprint() -> int:
-    """A number that changes when indexed words would: the stemmer's version and the
-    tokenizer (stored with the schema; a change refolds the projections)."""
-    layout = f"{Stemmer.version()}|{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes"
-    return zlib.crc32(layout.encode())
+    """A number that changes when indexed words would: the stemmer's version and
+    :func:`indexed_layout` (stored with the schema; a change refolds the projections)."""
+    return zlib.crc32(f"{Stemmer.version()}|{indexed_layout()}".encode())
+
+
+def indexed_layout() -> str:
+    """How memvee cuts, folds and indexes words, named: a change to it comes with a new
+    schema version, so that an older memvee refuses the database rather than laying it
+    out again in its own way."""
+    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes"
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:

@@ -39,6 +39,7 @@ from projections.search import (
     PG_VECTOR,
     SearchIndex,
     index_word,
+    indexed_layout,
     owned_words,
     owner_token,
     pg_query,
@@ -668,6 +669,20 @@ async def test_on_postgresql_lexemes_the_server_parsed_give_way_to_the_words_bot
     with store.engine.begin() as connection:
         connection.exec_driver_sql(f"UPDATE {tables.messages.name} SET search_vector = 'malmo'")
     assert {d.table for d in verify(store)} == {"messages_search_vector"}
+
+
+SCHEMA_OF_INDEXED_LAYOUT = {
+    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
+    "|strokes|unicode 14.0.0|cut 2046 bytes": 14,
+}
+"""The schema version that came with each way of indexing words."""
+
+
+def test_a_new_way_of_indexing_words_comes_with_a_new_schema_version() -> None:
+    """An older memvee refuses a database only by a higher schema version: had the
+    tokenizer changed under the same number, it would take the newer index for its own
+    older one and lay the database out again, undoing the change for every process."""
+    assert SCHEMA_OF_INDEXED_LAYOUT.get(indexed_layout()) == SCHEMA_VERSION
 
 
 _EARLIER_WORDS_LAYOUT = "nfc|cjk-bigrams-and-singles|strokes"
