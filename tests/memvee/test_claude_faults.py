@@ -475,14 +475,21 @@ async def test_an_overloaded_api_never_gets_a_message_quarantined(
             server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
         ) as memory:
             await memory.add_message("ann", "user", "I live in Oslo.")
-            for run in range(busy_runs):
-                with pytest.raises(ProcessingError, match="HTTP 529"):
-                    await memory.process("ann")
-                await memory.add_message("bob", "user", f"I like thing {run}.")
-                assert await memory.process("bob") == 1
-                assert await memory.quarantined("ann") == []
+            await _ann_fails_while_bob_is_answered(memory, busy_runs, "HTTP 529")
             assert await memory.process("ann") == 1
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
+
+
+async def _ann_fails_while_bob_is_answered(memory: Memory, runs: int, error: str) -> None:
+    """Process ann ``runs`` times, each failing with ``error``, with one of bob's messages
+    answered after each run: evidence that the API works, and ann's message is still
+    never quarantined."""
+    for run in range(runs):
+        with pytest.raises(ProcessingError, match=error):
+            await memory.process("ann")
+        await memory.add_message("bob", "user", f"I like thing {run}.")
+        assert await memory.process("bob") == 1
+        assert await memory.quarantined("ann") == []
 
 
 async def test_a_refusal_whose_probe_fails_never_gets_a_healthy_message_quarantined(
@@ -510,12 +517,7 @@ async def test_a_refusal_whose_probe_fails_never_gets_a_healthy_message_quaranti
             await memory.add_message("ann", "user", f"My cat is {MARK}.")
             assert await memory.process("ann") == 1
             await memory.add_message("ann", "user", "My cat is called Miso.")
-            for run in range(4):
-                with pytest.raises(ProcessingError, match="probing whose fault it is failed"):
-                    await memory.process("ann")
-                await memory.add_message("bob", "user", f"I like thing {run}.")
-                assert await memory.process("bob") == 1
-                assert await memory.quarantined("ann") == []
+            await _ann_fails_while_bob_is_answered(memory, 4, "probing whose fault it is failed")
             busy = False
             assert await memory.process("ann") == 1
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
