@@ -4,8 +4,9 @@ It recognises a small set of self-disclosures in the user's own messages ("I wor
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
 wrong one, so questions, negations, hypotheticals, what someone else is quoted saying,
-pasted text (code, text to translate, another speaker's lines of a transcript) and
-anything it cannot parse are skipped, and a time or common noun is no workplace or home
+pasted text (code, text to translate, another speaker's lines of a transcript), what
+its writer takes back as they say it ("I work at Acme (not anymore)") and anything it
+cannot parse are skipped, and a time or common noun is no workplace or home
 ("I work at night", "I work for tips" and "I live in a small apartment" name neither;
 "I work at google", "eBay", "3M" and "a small town near Oslo" do), nor is a phrase a name
 unless written as one ("Call me tomorrow"). In a group chat a named speaker's facts are
@@ -498,6 +499,16 @@ _RETRACTIONS: tuple[_RetractionRule, ...] = (
         _HOME_SLOT,
     ),
     _retraction_rule(
+        rf"{_I}live\s+in\s+(?P<obj>.+?)\s+no\s+more",
+        "User no longer lives in {obj}.",
+        _HOME_SLOT,
+    ),
+    _retraction_rule(
+        rf"{_I}work\s+(?:at|for)\s+(?P<obj>.+?)\s+no\s+more",
+        "User no longer works at {obj}.",
+        _EMPLOYER_SLOT,
+    ),
+    _retraction_rule(
         rf"(?:i\s+{_NO_LONGER}(?:like|love|enjoy)|{_I}stopped\s+(?:liking|loving|enjoying))"
         rf"\s+(?P<obj>.+?){_ANY_MORE}",
         "User no longer likes {obj}.",
@@ -792,6 +803,13 @@ _UNSURE = re.compile(
     re.IGNORECASE,
 )
 """A sentence its writer says is a joke or a guess: not a fact to replace another."""
+_TAKEN_BACK = re.compile(
+    r"(?:[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?).*?\b(?:not\s+really|any\s?more|no\s+(?:more|longer)"
+    r"|until|till|til|used\s+to)\b|(?:[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?|\s)\s*(?:not|no)\W*$",
+    re.IGNORECASE,
+)
+"""A clause its writer takes back in an aside or at its end ("I work at Acme (not
+anymore)", "I live in Oslo, or did until March", "... haha no"): not a current fact."""
 
 
 _JOKE_FIRST = re.compile(
@@ -1003,6 +1021,8 @@ def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _
                 last = None
                 if not retraction.states:
                     continue
+            if _TAKEN_BACK.search(clause):
+                continue
             for rule in _RULES:
                 facts = rule.facts(clause, cased=cased)
                 if facts is not None:

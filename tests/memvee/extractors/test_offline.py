@@ -1396,3 +1396,34 @@ async def test_a_correction_inside_the_sentence_is_taken(
 async def test_part_or_full_time_is_no_part_of_a_workplace(content: str) -> None:
     """How much someone works ("part time") is not where."""
     assert [fact.text for fact in await against((), content)] == ["User works at Amazon."]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "I work at Google (not anymore).",
+        "I work at Google, well, not anymore.",
+        "I work at Google (until last month).",
+        "I work at Google - or did, until yesterday.",
+        "I live in Oslo, or at least I did until March.",
+        "I live in Oslo (well, used to).",
+        "I live in Oslo, not really, I'm just visiting.",
+        "I live in Oslo haha no.",
+        "I'm a doctor (not really).",
+    ],
+)
+async def test_a_statement_taken_back_in_an_aside_is_no_current_fact(content: str) -> None:
+    """What the writer takes back as they say it ("(not anymore)", ", until March", "haha
+    no") is not stated as true now, so it replaces nothing."""
+    assert await against((ACME, OSLO), content) == ()
+
+
+async def test_a_place_no_more_is_a_retraction_and_never_a_value() -> None:
+    """ "I live in Oslo no more" ends the home in Oslo; it is no home "in Oslo no more"."""
+    assert await against((OSLO,), "I live in Oslo no more.") == (
+        invalidate("User no longer lives in Oslo.", "e-oslo"),
+    )
+    assert await against((ACME,), "I work at Acme no more.") == (
+        invalidate("User no longer works at Acme.", "e-acme"),
+    )
+    assert await against((OSLO,), "I live in Bergen no more.") == ()
