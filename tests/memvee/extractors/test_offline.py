@@ -1427,3 +1427,19 @@ async def test_a_place_no_more_is_a_retraction_and_never_a_value() -> None:
         invalidate("User no longer works at Acme.", "e-acme"),
     )
     assert await against((OSLO,), "I live in Bergen no more.") == ()
+
+
+async def test_a_change_opening_on_a_past_time_is_a_change() -> None:
+    """When a change happened ("Yesterday", "Two weeks ago", "In March") may open the
+    sentence as well as close it: the job still ends, the home still moves."""
+    assert await against((ACME,), "Yesterday I quit my job.") == (
+        invalidate("User left their job.", "e-acme"),
+    )
+    for content in (
+        "Last month I moved to Bergen.",
+        "Two weeks ago I moved to Bergen.",
+        "In March I moved to Bergen.",
+        "This morning I moved to Bergen.",
+        "Recently I moved to Bergen.",
+    ):
+        assert await against((OSLO,), content) == (update("User lives in Bergen.", "e-oslo"),)
