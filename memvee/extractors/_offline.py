@@ -243,6 +243,14 @@ _MY_KIN_SUBJECT = _MY_KIN.replace("?P<noun>", "?P<kin>")
 
 
 @dataclass(frozen=True, slots=True)
+class _Naming:
+    """A relative's or pet's name given in passing ("my sister Kari lives in Bergen"): it
+    adds the name but ends no other, as it may be another sister's."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Rule:
     """One kind of disclosure: a clause pattern and the sentence it becomes.
 
@@ -255,7 +263,7 @@ class _Rule:
     pattern: re.Pattern[str]
     template: str
 
-    def facts(self, clause: str, *, cased: bool) -> Iterator[str] | None:
+    def facts(self, clause: str, *, cased: bool) -> Iterator[str | _Naming] | None:
         """The facts of ``clause``, or None when this rule does not describe it. ``cased``
         says whether its writer capitalises names (see :func:`_writes_in_case`)."""
         match = self.pattern.fullmatch(clause)
@@ -263,7 +271,7 @@ class _Rule:
             return None
         return self._render(match, cased=cased)
 
-    def corrected(self, clause: str, value: str, *, cased: bool) -> list[str]:
+    def corrected(self, clause: str, value: str, *, cased: bool) -> list[str | _Naming]:
         """The facts of ``clause`` (which this rule describes) with its home, workplace or
         name corrected to ``value`` ("I live in Oslo", "I meant Bergen"); none when it
         names no such thing or ``value`` is no such thing."""
@@ -274,7 +282,7 @@ class _Rule:
         facts = self.facts(clause[: match.start(group)] + value, cased=cased)
         return [] if facts is None else list(facts)
 
-    def _render(self, match: re.Match[str], *, cased: bool) -> Iterator[str]:
+    def _render(self, match: re.Match[str], *, cased: bool) -> Iterator[str | _Naming]:
         values: dict[str, str] = {}
         for group, raw in match.groupdict().items():
             if raw is None:
@@ -288,7 +296,7 @@ class _Rule:
             yield self.template.format_map(values)
             return
         if "name" not in values:
-            yield f"User's {values['noun']} is called {alias}."
+            yield _Naming(f"User's {values['noun']} is called {alias}.")
         values["noun"] = f"{values['noun']} {alias}"
         yield self.template.format_map(values)
 
@@ -985,13 +993,15 @@ def _reports(reported: re.Match[str]) -> bool:
     return reported["mark"] == ":" and reported["verb"].casefold() not in _QUOTATIVES
 
 
-def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _Retraction]:
+def _message_facts(
+    content: str, speaker: str | None = None
+) -> Iterator[str | _Naming | _Retraction]:
     """The facts one user message discloses about its author, and what it says stopped
     being true, in the order it states them: about "User", or about the named
     ``speaker`` of a group chat."""
     content = _SPACES.sub(" ", content)
     cased = _writes_in_case(content)
-    found: list[str | _Retraction] = []
+    found: list[str | _Naming | _Retraction] = []
     last: tuple[_Rule, str, int] | None = None  # the last fact's rule, clause and place
     previous = 0  # where the facts of the previous sentence begin in ``found``
     for sentence in _statements(_own_words(_written_by_the_user(content, speaker))):
@@ -1020,7 +1030,7 @@ def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _
                         fixed = last[0].corrected(last[1], value, cased=cased)
                         if fixed:
                             del found[last[2] :]
-                            found.extend(_said_by(fact, speaker) for fact in fixed)
+                            found.extend(_stated_by(fact, speaker) for fact in fixed)
                     last = None
                     continue
             retraction = next(filter(None, (r.retraction(clause) for r in _RETRACTIONS)), None)
@@ -1035,7 +1045,7 @@ def _message_facts(content: str, speaker: str | None = None) -> Iterator[str | _
                 facts = rule.facts(clause, cased=cased)
                 if facts is not None:
                     last = (rule, clause, len(found))
-                    found.extend(_said_by(fact, speaker) for fact in facts)
+                    found.extend(_stated_by(fact, speaker) for fact in facts)
                     break
     return iter(found)
 
@@ -1054,6 +1064,13 @@ def _is_capitalised(value: str) -> bool:
 def _said_by(fact: str, speaker: str | None) -> str:
     """``fact`` (about "User") about ``speaker`` instead, when one is named."""
     return fact if speaker is None else speaker + fact.removeprefix("User")
+
+
+def _stated_by(fact: str | _Naming, speaker: str | None) -> str | _Naming:
+    """``fact`` (see :func:`_said_by`) said by ``speaker``; a name given in passing stays one."""
+    if isinstance(fact, _Naming):
+        return _Naming(_said_by(fact.text, speaker))
+    return _said_by(fact, speaker)
 
 
 def _retraction_by(retraction: _Retraction, speaker: str | None) -> _Retraction:
@@ -1325,11 +1342,14 @@ class _Batch:
             if draft.adds:
                 self._adding[draft.claim.slot].remove(draft)
 
-    def state(self, text: str, message_id: str, said: datetime) -> None:
+    def state(self, text: str, message_id: str, said: datetime, *, supersedes: bool = True) -> None:
         """Fold one fact the user stated at ``said``. A repeat of a standing draft by a
         later message changes nothing, as it would in a later batch (a ``same``): the
-        draft stays valid from, and cites, the message that first stated it."""
+        draft stays valid from, and cites, the message that first stated it. A fact that
+        does not ``supersede`` (a :class:`_Naming`) ends no other value of its slot."""
         key, claim = _normalized(text), _claim(text, self.speakers)
+        if claim is not None and not supersedes:
+            claim = replace(claim, single=False)
         draft = self._by_key.get(key)
         if draft is None and claim is not None:
             draft = self._by_claim.get(claim)
@@ -1553,6 +1573,8 @@ def extract_facts(
         for found in _message_facts(message.content, _speaker(message.name)):
             if isinstance(found, _Retraction):
                 batch.retract(found, message.message_id, message.sent_at)
+            elif isinstance(found, _Naming):
+                batch.state(found.text, message.message_id, message.sent_at, supersedes=False)
             else:
                 batch.state(found, message.message_id, message.sent_at)
     return batch.facts()

@@ -1443,3 +1443,24 @@ async def test_a_change_opening_on_a_past_time_is_a_change() -> None:
         "Recently I moved to Bergen.",
     ):
         assert await against((OSLO,), content) == (update("User lives in Bergen.", "e-oslo"),)
+
+
+async def test_a_name_given_in_passing_adds_a_relative_and_ends_no_other_name() -> None:
+    """ "My sister Kari lives in Bergen" after "My sister is called Ann" may be a second
+    sister: Ann's name stays, Kari's is added, whether known or said in the batch."""
+    ann = entry("e-ann", "User's sister is called Ann.")
+    assert await against((ann,), "My sister Kari lives in Bergen.") == (
+        new("User's sister is called Kari."),
+        new("User's sister Kari lives in Bergen."),
+    )
+    assert await against((ann,), "My sister Ann lives in Oslo.") == (
+        same("User's sister is called Ann.", "e-ann"),
+        new("User's sister Ann lives in Oslo."),
+    )
+    facts = await against((), "My daughter Emma is a nurse.", "My daughter Lily is a student.")
+    assert [(fact.text, fact.action) for fact in facts] == [
+        ("User's daughter is called Emma.", "new"),
+        ("User's daughter Emma is a nurse.", "new"),
+        ("User's daughter is called Lily.", "new"),
+        ("User's daughter Lily is a student.", "new"),
+    ]
