@@ -25,8 +25,8 @@ __all__ = [
 BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
 """The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
 
-SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
-"""The environment variables the SDK takes its credentials from."""
+SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VOYAGE_API_KEY")
+"""The environment variables the SDKs (Anthropic's, Voyage AI's) take credentials from."""
 
 _USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]*@")
@@ -49,7 +49,7 @@ def userinfo(url: str) -> tuple[str, ...]:
 
 
 def configured_secrets() -> tuple[str, ...]:
-    """The credentials the environment gives the SDK: never shown."""
+    """The credentials the environment gives the SDKs: never shown."""
     found = [os.environ.get(name) for name in SECRET_ENV_VARS]
     url = os.environ.get(BASE_URL_ENV_VAR)
     secrets = [secret for secret in found if secret]

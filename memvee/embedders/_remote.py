@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from events.errors import MemveeError
+from memvee._secrets import redact
 
 __all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
 
@@ -71,6 +72,13 @@ class FastEmbedEmbedder:
         if len(vectors) != len(texts):
             raise MemveeError(f"fastembed returned {len(vectors)} vectors for {len(texts)} texts")
         return _unit(vectors)
+
+
+def _shown_without_key(error: Exception, client: Any) -> str:
+    """``error``'s type and text with the client's API key taken out in every form it may
+    show in (a key read from a file keeps its newline, which the error shows escaped)."""
+    keys = [str(getattr(client, "api_key", "") or ""), os.environ.get("VOYAGE_API_KEY", "")]
+    return redact(f"{type(error).__name__}: {error}", [key for key in keys if key])
 
 
 VOYAGE_DEFAULT_DIMENSIONS = 1024
@@ -130,11 +138,8 @@ class VoyageEmbedder:
             try:
                 result = client.embed(chunk, model=self.model, input_type="document", **shape)
             except Exception as error:
-                key = str(getattr(client, "api_key", "") or "")
-                text = f"{type(error).__name__}: {error}"
                 raise MemveeError(
-                    "Voyage AI embedding failed: "
-                    + (text.replace(key, "[redacted]") if key else text)
+                    f"Voyage AI embedding failed: {_shown_without_key(error, client)}"
                 ) from None
             out.extend(_unit(result.embeddings))
         if len(out) != len(texts):

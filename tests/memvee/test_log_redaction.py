@@ -57,6 +57,13 @@ def test_the_environments_credentials_are_redacted_wherever_they_show(
     )
 
 
+def test_the_voyage_api_key_is_redacted_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOYAGE_API_KEY", "pa-voyage-key-1234567890\n")
+    assert _cleaned("embedder failed: %r", "pa-voyage-key-1234567890\n") == (
+        "embedder failed: '[redacted]'"
+    )
+
+
 def test_a_short_secret_is_masked_in_urls_only() -> None:
     """Replacing a two-letter password wherever it shows would garble every line."""
     assert _cleaned("pw at http://u:pw@h/", secrets=("pw",)) == "pw at http://***@h/"

@@ -146,6 +146,18 @@ def test_a_voyage_failure_is_a_memvee_error_without_the_key(
     assert KEY not in str(caught.value) and KEY not in caplog.text
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_voyage_key_read_with_its_line_ending_shows_in_no_error(
+    voyage_api: VoyageAPI, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A key from a secret file or a CRLF .env keeps its line ending, which the HTTP
+    client refuses in a header, and its error shows the key escaped."""
+    monkeypatch.setenv("VOYAGE_API_KEY", KEY + ending)
+    with pytest.raises(MemveeError, match="Voyage AI embedding failed") as caught:
+        VoyageEmbedder(max_retries=0).embed(["hello"])
+    assert KEY[:12] not in str(caught.value)
+
+
 def test_voyage_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VOYAGE_API_KEY", raising=False)
     assert not VoyageEmbedder.configured()
