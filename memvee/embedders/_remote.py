@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from events.errors import MemveeError
+from events.errors import InvalidInputError, MemveeError
 from memvee._secrets import redact
 
 __all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
@@ -89,7 +89,8 @@ class VoyageEmbedder:
     """An Embedder over the Voyage AI embeddings API (default model ``voyage-3.5-lite``).
 
     The client is the ``voyageai`` SDK's, built from ``VOYAGE_API_KEY`` unless ``client``
-    is given; texts go as documents in batches of ``batch_size``. ``dimensions`` other than
+    is given; texts go as documents in batches of ``batch_size`` (a positive int, or an
+    :class:`~memvee.errors.InvalidInputError` when made). ``dimensions`` other than
     the model's default (1024) are asked of the API (``output_dimension``) and named in
     :attr:`name`, so vectors of two lengths are never taken for one embedder's.
     """
@@ -104,6 +105,8 @@ class VoyageEmbedder:
         max_retries: int = 2,
         timeout: float = 30.0,
     ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
         self.name = f"voyage:{model}"
         if dimensions != VOYAGE_DEFAULT_DIMENSIONS:
             self.name += f"/{dimensions}"

@@ -17,6 +17,7 @@ from requests.adapters import BaseAdapter
 
 from events import MemveeError
 from memvee.embedders import Embedder, FastEmbedEmbedder, VoyageEmbedder
+from memvee.errors import InvalidInputError
 
 KEY = "pa-test-voyage-key-DO-NOT-LEAK"
 
@@ -156,6 +157,12 @@ def test_a_voyage_key_read_with_its_line_ending_shows_in_no_error(
     with pytest.raises(MemveeError, match="Voyage AI embedding failed") as caught:
         VoyageEmbedder(max_retries=0).embed(["hello"])
     assert KEY[:12] not in str(caught.value)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, "8", 2.0, True])
+def test_voyage_refuses_a_batch_size_that_is_no_positive_int_when_made(batch_size: Any) -> None:
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        VoyageEmbedder(batch_size=batch_size)
 
 
 def test_voyage_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
