@@ -35,7 +35,7 @@ from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader
 from projections.search import index_word
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
-from projections.vectors import VectorIndex
+from projections.vectors import VectorIndex, unfit
 
 __all__ = [
     "RetrievalResult",
@@ -456,7 +456,8 @@ class Retriever:
     ) -> tuple[list[float] | None, frozenset[str]]:
         """The query's vector, once the user's items have theirs (or the budget is spent),
         with the ids of the items left without one; no vector (rank lexically) without an
-        embedder, or when it fails."""
+        embedder, when it fails, or when the query's vector is not ``dimensions`` finite
+        floats."""
         if self.embedder is None or self._vectors is None:
             return None, frozenset()
         try:
@@ -471,6 +472,16 @@ class Retriever:
                 vector = self.embedder.embed([query])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
+            problem = unfit(vector, self.embedder.dimensions)
+            if problem is not None:
+                log.warning(
+                    "user %r: the embedder %r gave the query a vector of %s; this search "
+                    "ranks lexically",
+                    user_id,
+                    self.embedder.name,
+                    problem,
+                )
+                return None, frozenset()
             return vector, left | self._vectors.refused(user_id)
         except (sqlalchemy.exc.OperationalError, StorageError) as error:
             # Storing the vectors failed (a read-only file, a lock), not the embedder.

@@ -48,6 +48,7 @@ __all__ = [
     "VectorIndex",
     "drop_vectors_of_gone_items",
     "hold_off_vector_writes",
+    "unfit",
 ]
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
@@ -82,6 +83,21 @@ too long for an embedding API, say) from an embedder that is down."""
 
 _Missing = tuple[str, str, str]
 """An item without a vector: its id, its text and its kind (``entry`` or ``message``)."""
+
+
+def unfit(vector: object, dimensions: int | None) -> str | None:
+    """What makes ``vector`` no vector of an embedder of ``dimensions`` floats (``None``:
+    nothing): one of another length ranks nothing beside the others, and one holding a
+    NaN or an infinity ranks nothing at all."""
+    try:
+        array = np.asarray(vector, dtype=np.float32)
+    except (TypeError, ValueError):
+        return "no sequence of floats"
+    if array.ndim != 1 or (dimensions is not None and array.size != dimensions):
+        return f"{array.size} dimensions, not {dimensions}"
+    if not np.isfinite(array).all():
+        return "values that are not finite numbers"
+    return None
 
 
 def hold_off_vector_writes(connection: Connection, tables: ProjectionTables) -> None:
@@ -667,6 +683,8 @@ def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list
     ids = [row[0] for row in rows]  # type: ignore[index]
     matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)  # type: ignore[index]
     matrix = matrix.reshape(len(ids), -1)
+    if matrix.shape[1] != len(query):
+        return []  # vectors of another model: none is near, till they are made again
     scores = matrix @ np.asarray(query, dtype=np.float32)
     top = np.argsort(-scores, kind="stable")[:limit]
     return [(ids[i], float(scores[i])) for i in top]

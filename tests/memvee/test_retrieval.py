@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -901,6 +902,50 @@ class _FailingEmbedder(ConceptEmbedder):
             self.calls += 1
             raise MemveeError("the embedding API answered 400: an input is too long")
         return super().embed(texts)
+
+
+class _BadQueryEmbedder(ConceptEmbedder):
+    """The concept embedder, giving the text ``query`` a vector spoilt by ``spoil`` (a
+    model swapped under the same name, an API answering garbage)."""
+
+    def __init__(self, spoil: Callable[[list[float]], list[float]]) -> None:
+        super().__init__()
+        self.spoil = spoil
+        self.query: str | None = None
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = super().embed(texts)
+        return [
+            self.spoil(v) if t == self.query else v for t, v in zip(texts, vectors, strict=True)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("spoil", "as_of"),
+    [
+        (lambda v: v[:32], None),
+        (lambda v: v[:32], T0 + timedelta(days=5)),
+        (lambda v: [math.nan] * len(v), None),
+    ],
+    ids=["shorter", "shorter-as-of", "nan"],
+)
+async def test_a_query_vector_not_of_the_embedders_length_and_finite_leaves_the_search_lexical(
+    make_memory: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+    spoil: Callable[[list[float]], list[float]],
+    as_of: datetime | None,
+) -> None:
+    embedder = _BadQueryEmbedder(spoil)
+    memory = await _offline(make_memory, embedder=embedder)
+    await _say(memory, "ann", 0, "I work at Acme.")
+    embedder.query = "where does she work? Acme?"
+    with caplog.at_level(logging.WARNING, logger="memvee.retrieval"):
+        found = await memory.retrieve(
+            "ann", embedder.query, top_k=1, as_of=as_of, include_messages=True
+        )
+    assert [hit.text for hit in found.entries] == ["User works at Acme."]
+    assert "the embedder 'test-concepts' gave the query a vector of" in caplog.text
+    assert "this search ranks lexically" in caplog.text
 
 
 async def test_vectors_of_another_length_under_the_same_name_are_made_again_not_a_failure(

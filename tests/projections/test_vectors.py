@@ -216,3 +216,13 @@ def test_messages_equally_near_rank_newest_first_however_their_vectors_are_store
             then = index.messages(connection, "ann", query, 2, as_of=datetime.now(UTC))
             assert [item for item, _ in then] == newest[:2]
     store.close()
+
+
+def test_a_query_of_another_length_than_the_stored_vectors_is_near_none(store: EventStore) -> None:
+    embedder = ConceptEmbedder()
+    index = VectorIndex(ProjectionTables(), embedder.name, dimensions=embedder.dimensions)
+    index.fill(store.engine, "ann", embedder.embed, messages=True)
+    shorter = embedder.embed(["thing"])[0][:32]
+    with store.reading() as connection:
+        assert index.messages(connection, "ann", shorter, 5, as_of=datetime.now(UTC)) == []
+        assert index.entries(connection, "ann", shorter, 5) == []
