@@ -38,6 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
+from events.errors import MemveeError
 from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
 from projections.tables import ProjectionTables
@@ -251,8 +252,8 @@ class VectorIndex:
 
         A text the embedder refuses while it takes others is left without a vector, with
         a warning, so that one message no embedding API accepts never keeps the rest of
-        its user from semantic ranking; an embedder that takes nothing at all fails the
-        fill.
+        its user from semantic ranking; an embedder that takes nothing at all, or gives
+        vectors of another length than its ``dimensions``, fails the fill.
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
@@ -292,6 +293,8 @@ class VectorIndex:
                     return frozenset(item for item, _, _ in missing[taken:])
                 chunk = missing[taken : taken + _BATCH]
                 taken += len(chunk)
+                embedded = self._embedded(user_id, log_id, chunk, embed)
+                self._check_lengths(embedded)
                 values = [
                     {
                         "item_id": item,
@@ -300,7 +303,7 @@ class VectorIndex:
                         "kind": kind,
                         "vector": np.asarray(vector, dtype=np.float32).tobytes(),
                     }
-                    for (item, _, kind), vector in self._embedded(user_id, log_id, chunk, embed)
+                    for (item, _, kind), vector in embedded
                 ]
                 if values:
                     with engine.begin() as connection:
@@ -521,6 +524,19 @@ class VectorIndex:
                 *self._embedded(user_id, log_id, chunk[:half], embed),
                 *self._embedded(user_id, log_id, chunk[half:], embed),
             ]
+
+    def _check_lengths(self, embedded: list[tuple[_Missing, list[float]]]) -> None:
+        """Fail as a failing embedder does when it gives vectors of another length than
+        it declares: stored, they would be dropped as another model's on reading, and
+        every later fill would send the user's whole history again."""
+        if self.dimensions is None:
+            return
+        wrong = next((n for _, v in embedded if (n := len(v)) != self.dimensions), None)
+        if wrong is not None:
+            raise MemveeError(
+                f"the embedder {self.model!r} gives vectors of {wrong} dimensions, not the "
+                f"{self.dimensions} it declares: give it the dimensions its model gives"
+            )
 
     @staticmethod
     def _check_alive(embed: Embed, error: Exception) -> None:

@@ -47,6 +47,8 @@ class FastEmbedEmbedder:
 
     The model is built on the first text to embed (that is when fastembed downloads it);
     ``model`` may be given instead, any object with fastembed's ``embed(texts)``.
+    ``dimensions`` must be the length of the model's vectors (384 for the default; 768
+    for ``BAAI/bge-base-en-v1.5``): vectors of another length fail ``embed``.
     """
 
     def __init__(
@@ -71,7 +73,14 @@ class FastEmbedEmbedder:
             vectors = list(self._model.embed(list(texts)))
         if len(vectors) != len(texts):
             raise MemveeError(f"fastembed returned {len(vectors)} vectors for {len(texts)} texts")
-        return _unit(vectors)
+        out = _unit(vectors)
+        wrong = next((len(v) for v in out if len(v) != self.dimensions), None)
+        if wrong is not None:
+            raise MemveeError(
+                f"fastembed's {self.model_name!r} gives vectors of {wrong} dimensions, not "
+                f"{self.dimensions}: give FastEmbedEmbedder dimensions={wrong}"
+            )
+        return out
 
 
 def _shown_without_key(error: Exception, client: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, select
 
-from events import EventStore
+from events import EventStore, MemveeError
 from projections import ProjectionReader, ProjectionTables
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
@@ -226,3 +226,25 @@ def test_a_query_of_another_length_than_the_stored_vectors_is_near_none(store: E
     with store.reading() as connection:
         assert index.messages(connection, "ann", shorter, 5, as_of=datetime.now(UTC)) == []
         assert index.entries(connection, "ann", shorter, 5) == []
+
+
+class _Mislabelled(_Recording):
+    """Declares 64 dimensions and gives 32, as a model other than the one named would."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [vector[:32] for vector in super().embed(texts)]
+
+
+def test_an_embedder_giving_vectors_of_another_length_than_it_declares_fails_the_fill(
+    store: EventStore,
+) -> None:
+    """As a failing embedder does: stored, its vectors would be dropped on reading and the
+    whole history sent again by every fill."""
+    embedder = _Mislabelled()
+    index = VectorIndex(ProjectionTables(), embedder.name, dimensions=embedder.dimensions)
+    for _ in range(2):
+        with pytest.raises(MemveeError, match="gives vectors of 32 dimensions, not the 64"):
+            index.fill(store.engine, "ann", embedder.embed, messages=True)
+    assert [len(texts) for texts in embedder.texts] == [8, 8], "one batch a fill, no more"
+    with store.reading() as connection:
+        assert connection.execute(select(ProjectionTables().vectors)).all() == []

@@ -38,6 +38,12 @@ def test_fastembed_vectors_come_back_as_unit_vectors_in_order() -> None:
     assert vectors[0] != vectors[1]
 
 
+def test_fastembed_vectors_of_another_length_than_it_was_given_are_an_error() -> None:
+    embedder = FastEmbedEmbedder("BAAI/bge-base-en-v1.5", model=FakeFastEmbedModel())
+    with pytest.raises(MemveeError, match="4 dimensions, not 384: give FastEmbedEmbedder"):
+        embedder.embed(["hello"])
+
+
 def test_fastembed_without_the_package_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
