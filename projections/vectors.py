@@ -253,7 +253,8 @@ class VectorIndex:
         A text the embedder refuses while it takes others is left without a vector, with
         a warning, so that one message no embedding API accepts never keeps the rest of
         its user from semantic ranking; an embedder that takes nothing at all, or gives
-        vectors of another length than its ``dimensions``, fails the fill.
+        vectors of another length than its ``dimensions``, fails the fill. A vector that
+        holds a NaN or an infinity is not stored: its item is left to a later fill.
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
@@ -283,6 +284,7 @@ class VectorIndex:
             missing = [m for m in missing if (m[2], m[0]) not in refused]
             deadline = None if budget is None else time.monotonic() + budget
             taken = 0
+            unstored: list[_Missing] = []
             while taken < len(missing) and not stop():
                 if taken and deadline is not None and time.monotonic() >= deadline:
                     break
@@ -295,6 +297,9 @@ class VectorIndex:
                 taken += len(chunk)
                 embedded = self._embedded(user_id, log_id, chunk, embed)
                 self._check_lengths(embedded)
+                embedded = self._finite(user_id, embedded)
+                vectored = {item for (item, _, _), _ in embedded}
+                unstored += [m for m in chunk if m[0] not in vectored]
                 values = [
                     {
                         "item_id": item,
@@ -312,8 +317,9 @@ class VectorIndex:
                 with engine.connect() as connection:
                     if not self._complete(connection, log_id):
                         self._load(connection, log_id, erased)
-            if taken < len(missing):  # not covered: the next fill takes up the rest
-                return frozenset(item for item, _, _ in missing[taken:])
+            left = [*self._to_retry(log_id, unstored), *missing[taken:]]
+            if left:  # not covered: the next fill takes up the rest
+                return frozenset(item for item, _, _ in left)
             with self._lock:  # a log erased meanwhile may reach this version anew
                 if version is not None and began is not None and not erased.is_set():
                     self._filled[log_id] = (int(version), began, messages)
@@ -524,6 +530,33 @@ class VectorIndex:
                 *self._embedded(user_id, log_id, chunk[:half], embed),
                 *self._embedded(user_id, log_id, chunk[half:], embed),
             ]
+
+    def _finite(
+        self, user_id: str, embedded: list[tuple[_Missing, list[float]]]
+    ) -> list[tuple[_Missing, list[float]]]:
+        """``embedded`` without the vectors holding a NaN or an infinity (a glitch of the
+        model or its API), with a warning: stored, one would leave its item unfindable by
+        meaning for good; left out, a later fill embeds the item again."""
+        kept = []
+        for pair in embedded:
+            (item, _, kind), vector = pair
+            if unfit(vector, self.dimensions) is None:
+                kept.append(pair)
+            else:
+                log.warning(
+                    "user %r: the embedder gave %s %s a vector that is not finite; it is "
+                    "embedded again later",
+                    user_id,
+                    kind,
+                    item,
+                )
+        return kept
+
+    def _to_retry(self, log_id: str, unstored: list[_Missing]) -> list[_Missing]:
+        """The items of ``unstored`` a later fill embeds again: all but those refused."""
+        with self._lock:
+            refused = self._refused.get(log_id, set())
+            return [m for m in unstored if (m[2], m[0]) not in refused]
 
     def _check_lengths(self, embedded: list[tuple[_Missing, list[float]]]) -> None:
         """Fail as a failing embedder does when it gives vectors of another length than

@@ -25,9 +25,13 @@ __all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
 
 
 def _unit(vectors: Iterable[Any]) -> list[list[float]]:
+    """``vectors`` scaled to unit length; a vector holding a NaN or an infinity is an
+    error, as it ranks nothing and, stored, would keep its text unfindable."""
     out: list[list[float]] = []
     for vector in vectors:
         array = np.asarray(vector, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise MemveeError("the embedding model gave a vector that is not finite")
         norm = float(np.linalg.norm(array))
         out.append((array / norm if norm > 0 else array).tolist())
     return out

@@ -248,3 +248,33 @@ def test_an_embedder_giving_vectors_of_another_length_than_it_declares_fails_the
     assert [len(texts) for texts in embedder.texts] == [8, 8], "one batch a fill, no more"
     with store.reading() as connection:
         assert connection.execute(select(ProjectionTables().vectors)).all() == []
+
+
+class _Glitching(ConceptEmbedder):
+    """Gives the text ``glitch`` a vector of NaNs, while ``glitching``."""
+
+    glitch = "thing number 19"
+    glitching = True
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = super().embed(texts)
+        nan = [float("nan")] * self.dimensions
+        pairs = zip(texts, vectors, strict=True)
+        return [nan if self.glitching and t == self.glitch else v for t, v in pairs]
+
+
+def test_a_vector_that_is_not_finite_is_not_stored_and_its_item_is_embedded_again_later(
+    store: EventStore,
+) -> None:
+    embedder, tables = _Glitching(), ProjectionTables()
+    index = VectorIndex(tables, embedder.name, dimensions=embedder.dimensions)
+    left = index.fill(store.engine, "ann", embedder.embed, messages=True)
+    assert len(left) == 1, "the glitched message is left for a later fill"
+    with store.reading() as connection:
+        assert len(connection.execute(select(tables.vectors)).all()) == 19
+    embedder.glitching = False
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    query = embedder.embed([embedder.glitch])[0]
+    with store.reading() as connection:
+        assert len(connection.execute(select(tables.vectors)).all()) == 20
+        assert index.messages(connection, "ann", query, 1)[0][0] in left

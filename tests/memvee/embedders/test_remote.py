@@ -136,11 +136,19 @@ def test_vectors_of_another_length_than_voyage_was_given_are_an_error(
         VoyageEmbedder("voyage-3.5-lite", dimensions=256, client=_DefaultShape()).embed(["a"])
 
 
+def test_a_vector_that_is_not_finite_is_an_error(voyage_api: VoyageAPI) -> None:
+    with pytest.raises(MemveeError, match="not finite"):
+        VoyageEmbedder(client=_DefaultShape(float("nan"))).embed(["a"])
+
+
 class _DefaultShape:
     """A Voyage client whose model ignores ``output_dimension`` (an older model)."""
 
+    def __init__(self, first: float = 1.0) -> None:
+        self.first = first
+
     def embed(self, texts: list[str], **options: Any) -> Any:
-        vectors = [[1.0] + [0.0] * 1023 for _ in texts]
+        vectors = [[self.first] + [0.0] * 1023 for _ in texts]
         return type("Result", (), {"embeddings": vectors})()
 
 
