@@ -31,6 +31,7 @@ __all__ = [
     "ProcessingError",
     "ProcessingTimeoutError",
     "RejectedBatchError",
+    "RejectedTextError",
     "StorageError",
     "UnknownTaskError",
     "UnreadableEventError",
@@ -168,6 +169,12 @@ class RejectedBatchError(ExtractionError):
         super().__init__(message, usage=usage)
         self.reason = reason
         self.probe_accepted = probe_accepted
+
+
+class RejectedTextError(MemveeError):
+    """An embedder refused a text itself (an input over an embedding API's limit, an HTTP
+    400): sending it again would fail the same way, so it is left to lexical ranking at
+    once. Any other error of an embedder (a timeout, a busy or failing API) is retried."""
 
 
 class ProcessingError(MemveeError):

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
-from events.errors import MemveeError
+from events.errors import MemveeError, RejectedTextError
 from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
 from projections.tables import ProjectionTables
@@ -81,6 +81,18 @@ _FILLED_KEPT = 100_000
 _CANARY = "memvee"
 """A text every embedder takes: whether it does tells a text the embedder refuses (one
 too long for an embedding API, say) from an embedder that is down."""
+
+_STRIKES = 3
+"""The fills, :data:`_STRIKE_GAP` apart at least, a text must fail alone in (while the
+embedder takes others) before it is taken for one the embedder refuses, unless the
+embedder says so at once."""
+_STRIKE_GAP = 60.0
+"""The seconds between two failures of a text that both count: the fills of a burst of
+timeouts or of 429s (a search's, the background's after each write) count as one."""
+_REJECTED_STATUSES = frozenset({400, 413, 422})
+"""The HTTP statuses by which an embedding API refuses the input itself."""
+
+_T = TypeVar("_T")
 
 _Missing = tuple[str, str, str]
 """An item without a vector: its id, its text and its kind (``entry`` or ``message``)."""
@@ -161,6 +173,9 @@ class VectorIndex:
         self._refused: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
         """Per log, the (kind, id) of items whose text the embedder refuses while it
         embeds others: left out of later fills (in this process), ranked lexically."""
+        self._strikes: OrderedDict[str, dict[tuple[str, str], tuple[int, float]]] = OrderedDict()
+        """Per log, how many fills each (kind, id) failed alone in, and when the last one
+        that counted did (see :data:`_STRIKES`)."""
         self._fills: dict[str, list[threading.Event]] = {}
         """Per log, the events of the fills that run, set when the log is forgotten."""
         v, k, m, u = tables.vectors, tables.knowledge, tables.messages, tables.users
@@ -252,9 +267,11 @@ class VectorIndex:
 
         A text the embedder refuses while it takes others is left without a vector, with
         a warning, so that one message no embedding API accepts never keeps the rest of
-        its user from semantic ranking; an embedder that takes nothing at all, or gives
-        vectors of another length than its ``dimensions``, fails the fill. A vector that
-        holds a NaN or an infinity is not stored: its item is left to a later fill.
+        its user from semantic ranking (one that fails alone otherwise, as in a burst of
+        timeouts, is embedded again by later fills: see :meth:`_strike`); an embedder
+        that takes nothing at all, or gives vectors of another length than its
+        ``dimensions``, fails the fill. A vector that holds a NaN or an infinity is not
+        stored: its item is left to a later fill.
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
@@ -474,6 +491,7 @@ class VectorIndex:
         self._cache.pop(log_id, None)
         self._filled.pop(log_id, None)
         self._refused.pop(log_id, None)
+        self._strikes.pop(log_id, None)
 
     @contextmanager
     def watching(self, user_id: str) -> Iterator[threading.Event]:
@@ -510,26 +528,49 @@ class VectorIndex:
         except Exception as error:
             self._check_alive(embed, error)
             if len(chunk) == 1:
-                (item, _, kind), *_ = chunk
-                log.warning(
-                    "user %r: the embedder refuses the text of %s %s (%s); it is ranked "
-                    "lexically only",
-                    user_id,
-                    kind,
-                    item,
-                    error,
-                )
-                with self._lock:
-                    self._refused.setdefault(log_id, set()).add((kind, item))
-                    self._refused.move_to_end(log_id)
-                    while len(self._refused) > _FILLED_KEPT:
-                        self._refused.popitem(last=False)
+                self._strike(user_id, log_id, chunk[0], error)
                 return []
             half = len(chunk) // 2
             return [
                 *self._embedded(user_id, log_id, chunk[:half], embed),
                 *self._embedded(user_id, log_id, chunk[half:], embed),
             ]
+
+    def _strike(self, user_id: str, log_id: str, missing: _Missing, error: Exception) -> None:
+        """Count a fill in which the item's text failed alone while the embedder took
+        others. It is refused (left out of this process's later fills) once the error
+        says the text itself is rejected, or after :data:`_STRIKES` fills far enough
+        apart; until then a later fill embeds it again."""
+        item, _, kind = missing
+        key, now = (kind, item), time.monotonic()
+        with self._lock:
+            strikes = _remembered(self._strikes, log_id, dict)
+            count, last = strikes.get(key, (0, now - _STRIKE_GAP))
+            if _rejects_text(error):
+                count = _STRIKES
+            elif now - last >= _STRIKE_GAP:
+                count, last = count + 1, now
+            strikes[key] = (count, last)
+            refused = count >= _STRIKES
+            if refused:
+                _remembered(self._refused, log_id, set).add(key)
+        if refused:
+            log.warning(
+                "user %r: the embedder refuses the text of %s %s (%s); it is ranked lexically only",
+                user_id,
+                kind,
+                item,
+                error,
+            )
+        else:
+            log.warning(
+                "user %r: the embedder failed on the text of %s %s (%s); a later fill "
+                "embeds it again",
+                user_id,
+                kind,
+                item,
+                error,
+            )
 
     def _finite(
         self, user_id: str, embedded: list[tuple[_Missing, list[float]]]
@@ -716,6 +757,33 @@ class _Vectors:
         else:
             top = np.argsort(-scores, kind="stable")
         return [(self.ids[i], float(scores[i])) for i in top]
+
+
+def _remembered(kept: OrderedDict[str, _T], log_id: str, new: Callable[[], _T]) -> _T:
+    """The log's value in ``kept``, made by ``new`` if missing, now the most recent one
+    (the least recent are forgotten past :data:`_FILLED_KEPT` logs)."""
+    value = kept.setdefault(log_id, new())
+    kept.move_to_end(log_id)
+    while len(kept) > _FILLED_KEPT:
+        kept.popitem(last=False)
+    return value
+
+
+def _rejects_text(error: BaseException) -> bool:
+    """Whether ``error``, or one it chains to, says the input itself is refused: a
+    :class:`RejectedTextError`, or an HTTP client's error of a status in
+    :data:`_REJECTED_STATUSES`."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RejectedTextError):
+            return True
+        statuses = (getattr(current, name, None) for name in ("status_code", "http_status"))
+        if any(status in _REJECTED_STATUSES for status in statuses):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _newest_first(rows: Sequence[Any]) -> list[Any]:

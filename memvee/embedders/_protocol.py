@@ -12,7 +12,10 @@ __all__ = ["Embedder"]
 class Embedder(Protocol):
     """Maps texts to unit-length vectors of ``dimensions`` floats; called off the event loop.
 
-    Must be deterministic (the vectors are a projection that a rebuild recomputes).
+    Must be deterministic (the vectors are a projection that a rebuild recomputes). A
+    text the model or its API refuses itself (one over its length limit) should raise
+    :class:`~memvee.errors.RejectedTextError`: it is left to lexical ranking at once,
+    where any other error (a timeout, an API that is busy) is tried again later.
     """
 
     name: str

@@ -5,7 +5,8 @@ fastembed downloads its model on first use, so it suits machines with network ac
 (``pip install 'memvee[fastembed]'``). :class:`VoyageEmbedder` calls the Voyage AI API
 (``pip install 'memvee[voyage]'``, ``VOYAGE_API_KEY`` set). Both return unit vectors, as
 the :class:`~memvee.embedders.Embedder` protocol asks, and fail with a
-:class:`~events.errors.MemveeError` that never shows an API key.
+:class:`~events.errors.MemveeError` that never shows an API key (a
+:class:`~events.errors.RejectedTextError` when the API refuses the input itself).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from events.errors import InvalidInputError, MemveeError
+from events.errors import InvalidInputError, MemveeError, RejectedTextError
 from memvee._secrets import redact
 
 __all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
@@ -94,6 +95,9 @@ def _shown_without_key(error: Exception, client: Any) -> str:
     return redact(f"{type(error).__name__}: {error}", [key for key in keys if key])
 
 
+_REJECTED_STATUSES = frozenset({400, 413, 422})
+"""The HTTP statuses by which Voyage AI refuses the input itself (a text too long)."""
+
 VOYAGE_DEFAULT_DIMENSIONS = 1024
 """The length of the vectors Voyage AI's current models give unless asked for another."""
 
@@ -154,7 +158,8 @@ class VoyageEmbedder:
             try:
                 result = client.embed(chunk, model=self.model, input_type="document", **shape)
             except Exception as error:
-                raise MemveeError(
+                rejected = getattr(error, "http_status", None) in _REJECTED_STATUSES
+                raise (RejectedTextError if rejected else MemveeError)(
                     f"Voyage AI embedding failed: {_shown_without_key(error, client)}"
                 ) from None
             out.extend(_unit(result.embeddings))

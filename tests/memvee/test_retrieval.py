@@ -29,6 +29,7 @@ from memvee import (
 )
 from memvee.audit import Audit
 from memvee.embedders._onnx import shared_default
+from memvee.errors import RejectedTextError
 from memvee.extractors import OfflineExtractor
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor
@@ -900,7 +901,7 @@ class _FailingEmbedder(ConceptEmbedder):
             raise MemveeError("the embedding API answered 503")
         if self.limit is not None and any(len(text) > self.limit for text in texts):
             self.calls += 1
-            raise MemveeError("the embedding API answered 400: an input is too long")
+            raise RejectedTextError("the embedding API answered 400: an input is too long")
         return super().embed(texts)
 
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import delete, insert, select
 
 from events import EventStore, MemveeError
+from events.errors import RejectedTextError
 from projections import ProjectionReader, ProjectionTables
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
@@ -278,3 +279,56 @@ def test_a_vector_that_is_not_finite_is_not_stored_and_its_item_is_embedded_agai
     with store.reading() as connection:
         assert len(connection.execute(select(tables.vectors)).all()) == 20
         assert index.messages(connection, "ann", query, 1)[0][0] in left
+
+
+class _Failing(_Recording):
+    """Fails every batch holding the text ``failing`` with ``error``, while it is set;
+    takes every other batch (the canary's among them)."""
+
+    failing = "thing number 19"
+
+    def __init__(self, error: Exception | None) -> None:
+        super().__init__()
+        self.error = error
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.error is not None and self.failing in texts:
+            raise self.error
+        return super().embed(texts)
+
+
+def test_a_text_failing_alone_in_a_burst_of_timeouts_is_embedded_again_once_they_end(
+    store: EventStore,
+) -> None:
+    embedder, tables = _Failing(TimeoutError("the embedding API timed out")), ProjectionTables()
+    index = VectorIndex(tables, embedder.name, dimensions=embedder.dimensions)
+    for _ in range(4):  # a search's fill, the background's after each write...
+        assert len(index.fill(store.engine, "ann", embedder.embed, messages=True)) == 1
+    assert index.refused("ann") == frozenset(), "a burst of timeouts says nothing of the text"
+    embedder.error = None
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert [embedder.failing] in embedder.texts[-1:], "sent again, and embedded"
+    with store.reading() as connection:
+        assert len(connection.execute(select(tables.vectors)).all()) == 20
+
+
+def test_a_text_is_refused_when_the_embedder_says_so_or_after_failing_alone_in_three_fills(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three fills far enough apart (see ``_STRIKE_GAP``; here any are)."""
+    monkeypatch.setattr(vectors_module, "_STRIKE_GAP", 0.0)
+    rejected = _Failing(RejectedTextError("the embedding API answered 400: too long"))
+    index = VectorIndex(ProjectionTables(), rejected.name, dimensions=rejected.dimensions)
+    assert index.fill(store.engine, "ann", rejected.embed, messages=True) == frozenset()
+    (left,) = index.refused("ann")
+    calls = rejected.calls
+    assert index.fill(store.engine, "ann", rejected.embed, messages=True) == frozenset()
+    assert rejected.calls == calls, "not sent again"
+
+    failing = _Failing(MemveeError("the embedding API answered 503"))
+    index = VectorIndex(ProjectionTables(), failing.name, dimensions=failing.dimensions)
+    for _ in range(2):
+        assert index.fill(store.engine, "ann", failing.embed, messages=True) == {left}
+        assert index.refused("ann") == frozenset()
+    index.fill(store.engine, "ann", failing.embed, messages=True)
+    assert index.refused("ann") == {left}

@@ -17,7 +17,7 @@ from requests.adapters import BaseAdapter
 
 from events import MemveeError
 from memvee.embedders import Embedder, FastEmbedEmbedder, VoyageEmbedder
-from memvee.errors import InvalidInputError
+from memvee.errors import InvalidInputError, RejectedTextError
 
 KEY = "pa-test-voyage-key-DO-NOT-LEAK"
 
@@ -177,6 +177,17 @@ def test_a_voyage_key_read_with_its_line_ending_shows_in_no_error(
 def test_voyage_refuses_a_batch_size_that_is_no_positive_int_when_made(batch_size: Any) -> None:
     with pytest.raises(InvalidInputError, match="batch_size"):
         VoyageEmbedder(batch_size=batch_size)
+
+
+@pytest.mark.parametrize(("status", "rejected"), [(400, True), (429, False), (500, False)])
+def test_voyage_says_when_it_refuses_the_text_itself(
+    voyage_api: VoyageAPI, status: int, rejected: bool
+) -> None:
+    """So that only such a text is left out for good, not one a busy API failed."""
+    voyage_api.status = status
+    with pytest.raises(MemveeError, match="Voyage AI embedding failed") as caught:
+        VoyageEmbedder(max_retries=0).embed(["hello"])
+    assert isinstance(caught.value, RejectedTextError) is rejected
 
 
 def test_voyage_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
