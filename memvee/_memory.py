@@ -305,10 +305,7 @@ class Memory:
         if engine is None or loop is None:
             return
         if loop is not asyncio.get_running_loop():
-            if loop.is_running():  # close where it runs: its tasks and futures live there
-                closing = self.close(grace=grace)
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(closing, loop))
-            else:
+            if not await self._closed_where_opened(loop, grace):
                 await self._close_without(engine, loop)
             return
         self._closing = True
@@ -320,6 +317,28 @@ class Memory:
             self._grace_ends = ends
             self._grace_cut.set()
         await asyncio.shield(self._closer)
+
+    async def _closed_where_opened(
+        self, loop: asyncio.AbstractEventLoop, grace: float | None
+    ) -> bool:
+        """Close in ``loop``, the running loop that opened the Memory (its tasks and futures
+        live there); whether that close ended. One that loop's end cuts short (its
+        ``asyncio.run`` returning cancels the close, or closes the loop before it runs, or
+        shuts the executor it needs) returns False: the caller then closes without it."""
+        if not loop.is_running():
+            return False
+        closing = self.close(grace=grace)
+        try:
+            sent = asyncio.run_coroutine_threadsafe(closing, loop)
+        except RuntimeError:  # the loop closed meanwhile
+            closing.close()
+            return False
+        waited = asyncio.wrap_future(sent)
+        idle = 0  # polls that found the loop stopped: asyncio.run stops it between steps
+        while not waited.done() and idle < 2 and not loop.is_closed():
+            await asyncio.wait({waited}, timeout=REMOTE_POLL_SECONDS)
+            idle = 0 if loop.is_running() else idle + 1
+        return waited.done() and not waited.cancelled() and waited.exception() is None
 
     async def _close_here(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         """Close on the Memory's own loop: the grace for running tasks, then the engine's
@@ -387,21 +406,22 @@ class Memory:
         await asyncio.to_thread(thread.join)
 
     async def _close_without(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
-        """Close from another loop, the one that opened the Memory being stopped or closed:
-        no task can be awaited on it any more, so none is waited for; the engine stops as
-        usual and each handle ends as its task did (the loop would have told it), or FAILED
-        as interrupted."""
+        """Close from another loop, the one that opened the Memory being stopped, closed or
+        at its end (its own close cut short): no task can be awaited on it any more, so none
+        is waited for; the engine stops as usual and each handle ends as its task did (the
+        loop would have told it), or FAILED as interrupted."""
         self._closing = True
         await self._stop_engine(engine)
         ended = self._observer.undelivered_ends() if self._observer is not None else {}
-        for tasks in self._inflight.values():
-            for task in tasks.values():
+        for tasks in list(self._inflight.values()):  # the loop's own close may end too
+            for task in list(tasks.values()):
                 status, count, error, covered = ended.get(
                     task.task_id, ("FAILED", 0, SHUTDOWN_REASON, None)
                 )
                 task._mark_finished(ProcessStatus(status), count, error, covered)
-        if self._poller is not None and not loop.is_closed():  # a closed loop runs it no more
-            self._poller.cancel()
+        if self._poller is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop runs it no more
+                loop.call_soon_threadsafe(self._poller.cancel)
         self._inflight.clear()
         self._followed.clear()
         self._poller = None

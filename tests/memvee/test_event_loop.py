@@ -63,6 +63,44 @@ def test_a_memory_is_used_in_the_loop_that_opened_it_and_closed_from_any(db_url:
     assert asyncio.run(reopened()) == 0, "the refused write wrote nothing"
 
 
+def test_a_close_from_another_loop_as_the_opening_loop_ends_closes_the_memory(
+    db_url: str,
+) -> None:
+    """The close reaches the loop that opened the Memory just as its ``asyncio.run``
+    returns, which cancels it there: the close stops the engine from its own loop, and
+    the Memory is closed, its threads ended, and open again anywhere."""
+    memory = _memory(db_url)
+    opened, sent = threading.Event(), threading.Event()
+
+    async def owner() -> None:
+        await memory.open()
+        await memory.add_exchange("u", "I live in Lisbon.", "ok")
+        opened.set()
+        sent.wait(10)  # busy when the close arrives; then its asyncio.run ends
+
+    thread = threading.Thread(target=asyncio.run, args=(owner(),))
+    thread.start()
+    assert opened.wait(10)
+
+    async def close() -> None:
+        closing = asyncio.ensure_future(memory.close())
+        await asyncio.sleep(0)  # the close is sent to the opening loop
+        sent.set()
+        await closing
+
+    asyncio.run(close())
+    thread.join(10)
+    assert not memory.is_open and memory._engine is None
+    assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-")] == []
+    asyncio.run(memory.close())
+
+    async def reopened() -> int:
+        async with memory:
+            return len(await memory.messages("u"))
+
+    assert asyncio.run(reopened()) == 2
+
+
 @pytest.fixture
 def running_loop() -> Iterator[asyncio.AbstractEventLoop]:
     """An event loop running in a thread of its own, as a web server's may be."""
