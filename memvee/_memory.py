@@ -179,7 +179,7 @@ class Memory:
         self._recent: OrderedDict[str, tuple[ProcessTask, bool]] = OrderedDict()
         self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
         self._poller: asyncio.Future[None] | None = None
-        self._opening: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._opening: _Opening | None = None
         self._closer: asyncio.Task[None] | None = None
         self._grace_ends = 0.0  # the loop time a close stops waiting for running tasks
         self._grace_cut = asyncio.Event()  # set when a later close brings that forward
@@ -193,13 +193,40 @@ class Memory:
         The Memory then belongs to the running event loop: it is used, and closed, there.
         Opens at once (``if not memory.is_open: await memory.open()`` in handlers that
         run together) share one: the later ones wait for it. An open during a close waits
-        for the close to end, then opens again.
+        for the close to end, then opens again; a close during an open waits for the open
+        to end, then closes what it started.
         """
-        loop = asyncio.get_running_loop()
-        if self._opening is None or self._opening[0] is not loop:
-            self._opening = (loop, asyncio.Lock())
-        async with self._opening[1]:
-            return await self._open()
+        opening = self._join_opening(asyncio.get_running_loop())
+        try:
+            async with opening.lock:
+                return await self._open()
+        finally:
+            self._leave_opening(opening)
+
+    def _join_opening(self, loop: asyncio.AbstractEventLoop) -> _Opening:
+        """The opens under way in ``loop``, this one counted among them."""
+        if self._opening is None or self._opening.loop is not loop:
+            self._opening = _Opening(loop)
+        self._opening.count += 1
+        return self._opening
+
+    def _leave_opening(self, opening: _Opening) -> None:
+        """An open has returned; the last of those under way tells the closes waiting."""
+        opening.count -= 1
+        if opening.count == 0:
+            if self._opening is opening:
+                self._opening = None
+            opening.ended.set_result(None)
+
+    async def _opened(self) -> None:
+        """Wait until the opens under way (if any) have returned, however they ended: a
+        close then closes what they started."""
+        opening = self._opening
+        if opening is None:
+            return
+        ended = asyncio.wrap_future(opening.ended)
+        while not ended.done() and not opening.loop.is_closed():  # a closed loop opens no more
+            await asyncio.wait({ended}, timeout=REMOTE_POLL_SECONDS)
 
     async def _open(self) -> Self:
         closer = self._closer
@@ -291,9 +318,10 @@ class Memory:
         Tasks still running then end FAILED ("interrupted by shutdown") and their
         messages stay buffered for the next run; writes already handed to the Memory are
         committed first, whatever the grace. Every close returns once the Memory is
-        closed; a close that is cancelled goes on to its end in the background, and a
-        later close waits for it, or cuts its grace short when given a shorter one
-        (``grace=0``: a process told to stop now, while an earlier close waits).
+        closed (one called while an open is under way waits for it); a close that is
+        cancelled goes on to its end in the background, and a later close waits for it, or
+        cuts its grace short when given a shorter one (``grace=0``: a process told to stop
+        now, while an earlier close waits).
         """
         if grace is not None and (
             isinstance(grace, bool)
@@ -301,6 +329,7 @@ class Memory:
             or not 0 <= grace <= threading.TIMEOUT_MAX
         ):
             raise InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        await self._opened()
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:
             return
@@ -1005,6 +1034,17 @@ class Memory:
             error=record.error,
             message_count=record.message_count,
         )
+
+
+class _Opening:
+    """The opens under way in one loop: they run one after the other (the later ones find
+    the Memory open), and ``ended`` resolves once the last has returned."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = asyncio.Lock()
+        self.count = 0
+        self.ended: concurrent.futures.Future[None] = concurrent.futures.Future()
 
 
 _TaskEnd = tuple[str, int, str | None, int | None]

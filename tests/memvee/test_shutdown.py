@@ -14,6 +14,7 @@ from events import ExtractionBatch, ExtractionResult
 from memvee import (
     InvalidInputError,
     Memory,
+    MemoryClosedError,
     MemoryConfig,
     ProcessingError,
     ProcessStatus,
@@ -356,6 +357,36 @@ async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_f
         await other.add_exchange("ann", "I live in Oslo", "ok")
     async with memory:
         assert len(await memory.messages("ann")) == 2
+
+
+async def test_a_close_during_an_open_waits_for_it_then_closes_the_memory(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service told to stop while its Memory still opens: the close returns once the
+    Memory that open started is closed, and a write after it is refused."""
+    starting, release = threading.Event(), threading.Event()
+    make = Engine.__init__
+
+    def slow(engine: Engine, *args: Any, **kwargs: Any) -> None:
+        make(engine, *args, **kwargs)
+        starting.set()
+        release.wait(10)
+
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
+    memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(Engine, "__init__", slow)
+        opening = asyncio.ensure_future(memory.open())
+        assert await asyncio.to_thread(starting.wait, 10)
+        closing = asyncio.ensure_future(memory.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done(), "the close returned while the open went on"
+        release.set()
+        await closing
+    assert await opening is memory
+    assert not memory.is_open and _memvee_threads() == []
+    with pytest.raises(MemoryClosedError, match="not open"):
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
 
 
 async def _closing_in_the_background(
