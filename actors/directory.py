@@ -416,12 +416,17 @@ class ActorDirectory:
             for entry in candidates:
                 entry.ask_to_stop()
 
+    def end_spawns(self) -> None:
+        """Start no actor from now on, and return once those starting are live with the
+        calls that waited for them sent: a shutdown then finds them in :meth:`live_users`."""
+        with self._lock:
+            self._closing = True
+        self._spawner.shutdown(wait=True)
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every actor after it has handled the messages already sent to it, those
         that wait for their actor's spawn included."""
-        with self._lock:
-            self._closing = True  # no spawn from now on; those under way deliver their calls
-        self._spawner.shutdown(wait=True)
+        self.end_spawns()
         with self._lock:
             self._stopped.set()
             entries = list(self._actors.values())

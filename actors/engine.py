@@ -498,13 +498,15 @@ class Engine:
         self.services.closing.set()
 
     def shutdown(self, reason: str) -> None:
-        """End the remaining tasks as FAILED with ``reason``, then stop every thread."""
+        """End the remaining tasks as FAILED with ``reason`` (those of actors still starting
+        too: they start first), then stop every thread."""
         self.drain()
         self._stopping.set()
         if self._ticker is not None:
             self._ticker.join(timeout=10)
         if self._claim_keeper is not None:
             self._claim_keeper.join(timeout=10)
+        self.directory.end_spawns()  # an actor still starting ends its tasks too
         futures = [self.directory.call(u, "shutdown", reason) for u in self.directory.live_users()]
         for future in futures:
             try:

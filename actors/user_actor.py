@@ -138,6 +138,7 @@ class UserActor(PooledActor):
         self._requests: tuple[str, ...] = ()  # tasks requested here, maybe not yet started
         self._owner: bool | None = None
         self._took_over = False  # the lease was just taken: close the last owner's tasks
+        self._shut_down = False  # the engine stops: no task starts or is requested here
         self._self_proxy: Any = None
 
     @property
@@ -373,6 +374,7 @@ class UserActor(PooledActor):
         """As the owner, end the running task and the tasks requested in this process as
         FAILED with ``reason``; those another process requested are left to the next
         owner."""
+        self._shut_down = True
         if not self._owner:
             return
         running, self._running = self._running, None
@@ -572,8 +574,8 @@ class UserActor(PooledActor):
             self._forget_log()
 
     def _advance(self, *, retry: bool = False) -> None:
-        """Start requested tasks while this process owns the user, none runs, and the
-        user's backoff does not ask to wait (then a wake-up is set).
+        """Start requested tasks while this process owns the user, none runs, the engine
+        does not stop, and the user's backoff does not ask to wait (then a wake-up is set).
 
         A task this actor ran but could not store the end of is closed first, its
         messages back in the buffer. With ``retry`` (or after such a close, with
@@ -581,7 +583,7 @@ class UserActor(PooledActor):
         is tried again after the user's backoff.
         """
         observer = self._services.observer
-        while self._running is None and self._is_owner():
+        while self._running is None and not self._shut_down and self._is_owner():
             step = _Step(self, retry=retry)
             try:
                 if self._took_over:

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from memvee import Memory, MemoryClosedError
+from memvee import Memory, MemoryClosedError, ProcessStatus
+from memvee._memory import SHUTDOWN_REASON
 from tests.support.store_faults import queue_and_stop
 
 
@@ -157,6 +158,37 @@ async def test_a_write_waiting_for_its_actors_spawn_when_the_memory_closes_is_ke
         await refused
     async with Memory(db_url=db_url, embedder=False) as again:
         assert [m.content for m in await again.buffer("late")] == ["I live in Oslo", "ok"]
+
+
+async def test_a_task_of_an_actor_still_starting_when_the_memory_closes_is_ended_by_the_close(
+    make_memory: Any, db_url: str
+) -> None:
+    """The write that waited for its actor's spawn requests an automatic task: the close
+    ends it as interrupted by shutdown, so the next open finds no task a crash left open."""
+    memory: Memory = await make_memory(auto_process=True, batch_threshold=2)
+    engine = memory._engine
+    assert engine is not None
+    directory = engine.directory
+    spawn, gate = directory._spawn, threading.Event()
+
+    def slow_spawn(user_id: str, retire: Any) -> Any:
+        gate.wait(10)
+        return spawn(user_id, retire)
+
+    directory._spawn = slow_spawn  # type: ignore[method-assign]
+    write = asyncio.ensure_future(memory.add_exchange("late", "I live in Oslo", "ok"))
+    await _until(lambda: "late" in directory._spawning)
+    closing = asyncio.ensure_future(memory.close(grace=0))
+    await _until(lambda: directory._closing)
+    gate.set()
+    await closing
+    await write
+    async with Memory(db_url=db_url, embedder=False) as again:
+        ended = [(t.status, t.error) for t in await again.tasks("late")]
+    assert ended, "the write requested a task"
+    assert all(
+        status is ProcessStatus.COMPLETED or error == SHUTDOWN_REASON for status, error in ended
+    ), ended
 
 
 def _tracked() -> int:
