@@ -180,6 +180,7 @@ class Memory:
         self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
         self._poller: asyncio.Future[None] | None = None
         self._opening: _Opening | None = None
+        self._open_guard = threading.Lock()  # opens may start in several loops at once
         self._closer: asyncio.Task[None] | None = None
         self._grace_ends = 0.0  # the loop time a close stops waiting for running tasks
         self._grace_cut = asyncio.Event()  # set when a later close brings that forward
@@ -194,7 +195,8 @@ class Memory:
         Opens at once (``if not memory.is_open: await memory.open()`` in handlers that
         run together) share one: the later ones wait for it. An open during a close waits
         for the close to end, then opens again; a close during an open waits for the open
-        to end, then closes what it started.
+        to end, then closes what it started. An open in another loop, while this one opens
+        the Memory or after, raises :class:`MemoryClosedError`.
         """
         opening = self._join_opening(asyncio.get_running_loop())
         try:
@@ -204,19 +206,29 @@ class Memory:
             self._leave_opening(opening)
 
     def _join_opening(self, loop: asyncio.AbstractEventLoop) -> _Opening:
-        """The opens under way in ``loop``, this one counted among them."""
-        if self._opening is None or self._opening.loop is not loop:
-            self._opening = _Opening(loop)
-        self._opening.count += 1
-        return self._opening
+        """The opens under way in ``loop``, this one counted among them; an open while
+        another loop opens the Memory raises :class:`MemoryClosedError`, starting nothing."""
+        with self._open_guard:
+            opening = self._opening
+            if opening is None or opening.loop.is_closed():  # a closed loop opens no more
+                opening = self._opening = _Opening(loop)
+            elif opening.loop is not loop:
+                raise MemoryClosedError(
+                    "this Memory is open on another event loop (it is being opened there); "
+                    "use it in the loop that opened it, or close it and open it in this one"
+                )
+            opening.count += 1
+            return opening
 
     def _leave_opening(self, opening: _Opening) -> None:
         """An open has returned; the last of those under way tells the closes waiting."""
-        opening.count -= 1
-        if opening.count == 0:
+        with self._open_guard:
+            opening.count -= 1
+            if opening.count > 0:
+                return
             if self._opening is opening:
                 self._opening = None
-            opening.ended.set_result(None)
+        opening.ended.set_result(None)
 
     async def _opened(self) -> None:
         """Wait until the opens under way (if any) have returned, however they ended: a
