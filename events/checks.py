@@ -233,6 +233,14 @@ def check_message(role: object, content: object, max_chars: int) -> None:
     check_visible(content, what)
 
 
+def _zone_name(zone: object) -> str:
+    """How a refusal names a time zone: its repr, or its class's name if even that fails."""
+    try:
+        return repr(zone)
+    except Exception:
+        return type(zone).__name__
+
+
 def check_time(moment: object, what: str) -> datetime | None:
     """Return ``moment`` in UTC (``None`` stays ``None``), else raise
     :class:`InvalidInputError`: times are kept in UTC, so a time must say its offset and
@@ -243,9 +251,10 @@ def check_time(moment: object, what: str) -> datetime | None:
         raise InvalidInputError(f"{what} must be a datetime or None, not {type(moment).__name__}")
     try:
         offset = moment.utcoffset()
-    except (ValueError, TypeError) as error:  # a tzinfo whose offset is no offset
+    except Exception as error:  # a tzinfo whose offset is no offset, or that gives none
         raise InvalidInputError(
-            f"{what} has a time zone that gives no valid offset: {error}"
+            f"{what} has a time zone {_zone_name(moment.tzinfo)} that gives no valid offset: "
+            f"{type(error).__name__}: {error}"
         ) from None
     if offset is None:
         raise InvalidInputError(

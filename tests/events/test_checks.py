@@ -255,9 +255,25 @@ class _SecondsNotTimedelta(tzinfo):
         return None
 
 
-@pytest.mark.parametrize("zone", [_ThirtyHoursAhead(), _SecondsNotTimedelta()])
-def test_a_time_zone_that_gives_no_valid_offset_is_a_typed_refusal(zone: tzinfo) -> None:
-    with pytest.raises(InvalidInputError, match="as_of has a time zone that gives no valid"):
+class _WithoutOffset(tzinfo):
+    """A time zone that never implemented ``utcoffset`` (tzinfo's own raises)."""
+
+
+class _LookupFails(tzinfo):
+    """A time zone whose offset comes from a lookup that fails."""
+
+    def utcoffset(self, moment: datetime | None) -> timedelta:
+        raise LookupError("no rules for this zone")
+
+
+@pytest.mark.parametrize(
+    "zone", [_ThirtyHoursAhead(), _SecondsNotTimedelta(), _WithoutOffset(), _LookupFails()]
+)
+def test_a_time_zone_that_gives_no_valid_offset_is_a_typed_refusal_naming_it(
+    zone: tzinfo,
+) -> None:
+    name = type(zone).__name__
+    with pytest.raises(InvalidInputError, match=f"as_of has a time zone .*{name}.* no valid"):
         check_time(datetime(2026, 1, 1, tzinfo=zone), "as_of")
 
 
