@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from events.checks import MAX_SENT_AHEAD, check_message, check_name
 from events.errors import InvalidInputError
-from events.user_log import UserLog
+from events.user_log import UserLog, continues_decision
 
 __all__ = ["ImportReplay", "check_fields"]
 
@@ -48,6 +48,11 @@ class ImportReplay:
         self._entry_ids: set[str] = set()
         self.stored = stored is not None
         """Whether this database held a log of the user before the import."""
+        self._due: int | None = None
+        """The events the decision under way wrote after those replayed, still to come
+        (``None``: not counted, as in a log an older memvee wrote)."""
+        self._began = ""
+        """What began the decision under way (the line of its first event, and its kind)."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
@@ -65,6 +70,7 @@ class ImportReplay:
             return  # held already (compared), or past the stored log (refused as a gap)
         self._read_history()
         try:
+            self._check_decision(event)
             if self._log is not None:
                 self._log.check_recordable(event)
             self._check_ids(event)
@@ -77,6 +83,41 @@ class ImportReplay:
                 f"{what}: the log cannot replay it ({type(error).__name__}: {error})"
             ) from error
         self._note_ids(event)
+        self._note_decision(event, what)
+
+    def check_finished(self) -> None:
+        """Raise :class:`InvalidInputError` if the events replayed stop inside a decision:
+        the log's commands wrote more events with the last one, all committed together,
+        so a log without them was cut short (an extraction's entries current beside the
+        ones they replaced, say)."""
+        if self._due:
+            raise InvalidInputError(
+                f"the lines stop inside a decision: {self._began}, and {self._missing()}"
+            )
+
+    def _check_decision(self, event: Any) -> None:
+        """The events a decision counted come next, and no more of them."""
+        continues = continues_decision(event)
+        if self._due and not continues:
+            raise InvalidInputError(f"{self._began}, and {self._missing()} before this line")
+        if continues and self._due == 0:
+            raise InvalidInputError(
+                f"a {type(event).__name__} only follows an event of its decision: {self._began}"
+            )
+
+    def _missing(self) -> str:
+        return "1 of them is missing" if self._due == 1 else f"{self._due} of them are missing"
+
+    def _note_decision(self, event: Any, what: str) -> None:
+        """Count the events the decision of ``event`` (replayed, at ``what``) still owes."""
+        if not continues_decision(event):
+            self._due = getattr(event, "followed_by", None)
+            more = "1 event" if self._due == 1 else f"{self._due} events"
+            self._began = (
+                f"{what}, a {type(event).__name__}, was written in one commit with {more} after it"
+            )
+        elif self._due:
+            self._due -= 1
 
     def _read_history(self) -> None:
         """Note the messages and entries of the stored log, once, before the first event

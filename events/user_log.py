@@ -65,6 +65,7 @@ __all__ = [
     "UserLog",
     "check_knowledge_version",
     "check_new_knowledge_version",
+    "continues_decision",
     "new_message_id",
     "short_message_id",
     "user_log_id",
@@ -211,7 +212,9 @@ class UserLog(Aggregate):
 
         ``final`` says that it was the task's last batch: the task ended COMPLETED.
         ``repairs`` lists what the engine fixed in the extractor's answer beyond the
-        entries (each entry lists its own).
+        entries (each entry lists its own). ``followed_by`` counts the events its decision
+        wrote after it (see :func:`continues_decision`), so that a log cut before them is
+        known to be cut; ``None`` in a log an older memvee wrote.
         """
 
         task_id: str
@@ -225,6 +228,7 @@ class UserLog(Aggregate):
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
+        followed_by: int | None = None
 
         def apply(self, log: UserLog) -> None:
             log.settle(log.open_tasks.pop(self.task_id))
@@ -293,6 +297,7 @@ class UserLog(Aggregate):
 
         ``request_id`` names the request that extracted it (a Message Batches
         ``custom_id``), so that collecting the same results twice records them once.
+        ``followed_by`` as for :class:`KnowledgeExtracted`.
         """
 
         knowledge_version: str
@@ -306,6 +311,7 @@ class UserLog(Aggregate):
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
+        followed_by: int | None = None
 
         def apply(self, log: UserLog) -> None:
             count = log.knowledge_versions.get(self.knowledge_version, 0)
@@ -373,10 +379,12 @@ class UserLog(Aggregate):
             log.end_entry(self.entry_id, self.valid_until)
 
     class KnowledgeVersionPromoted(Aggregate.Event):
-        """A re-extracted knowledge version replaced the live knowledge."""
+        """A re-extracted knowledge version replaced the live knowledge. ``followed_by``
+        as for :class:`KnowledgeExtracted` (the messages it returned)."""
 
         knowledge_version: str
         knowledge_count: int
+        followed_by: int | None = None
 
         def apply(self, log: UserLog) -> None:
             del log.knowledge_versions[self.knowledge_version]
@@ -613,6 +621,9 @@ class UserLog(Aggregate):
             spent = getattr(event, name, None)
             if spent is not None and not 0 <= spent <= MAX_TOKENS:
                 raise InvalidInputError(f"{name} is {spent}, not a count of tokens")
+        following = getattr(event, "followed_by", None)
+        if following is not None and following < 0:
+            raise InvalidInputError(f"followed_by is {following}, not a count of events")
         if isinstance(event, self.MessageAdded):
             if event.seq != self.message_count + 1:
                 raise InvalidInputError(
@@ -817,7 +828,8 @@ class UserLog(Aggregate):
             final=final,
             known=known,
             replaced=replaced,
-            **_usage_fields(usage),
+            after=0 if final else 1,
+            usage=usage,
         )
         if not final:
             self._start_batch(task_id, limits)
@@ -924,7 +936,7 @@ class UserLog(Aggregate):
             request_id=request_id,
             known=known,
             replaced=replaced,
-            **_usage_fields(usage),
+            usage=usage,
         )
 
     def record_reextraction_failure(
@@ -993,11 +1005,14 @@ class UserLog(Aggregate):
         batch: Sequence[BatchMessage],
         known: Sequence[KnownEntry] = (),
         replaced: Sequence[ReplacedEntry] = (),
+        after: int = 0,
+        usage: TokenUsage = _NO_USAGE,
         **fields: Any,
     ) -> list[dict[str, Any]]:
         """Repair ``facts`` against the batch (``fields["message_ids"]``), decide their
         lifecycle in ``version``, and emit ``event`` with the new entries, then the ends of
-        the entries they replaced."""
+        the entries they replaced; ``event`` counts those and the ``after`` events the
+        caller emits next (its task's next batch), and records what ``usage`` spent."""
         message_ids: list[str] = fields["message_ids"]
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
@@ -1005,14 +1020,23 @@ class UserLog(Aggregate):
         around = Around(known, replaced, valid, _same_words)
         plan = self._plan(facts, frozenset(message_ids), fallback, known, said_at, around)
         entries = _entries(plan, said_at)
-        self.trigger_event(event, entries=entries, repairs=plan.repairs or None, **fields)
         placed = {link.entry_id for link in replaced}
         heads = [  # ended entries shown with no link given: the last values of their chains
             ReplacedEntry(k.entry_id, k.valid_from, k.valid_until, None)
             for k in known
             if k.valid_until is not None and k.entry_id not in placed
         ]
-        self._end_replaced(plan, entries, version, said_at, around.began, [*replaced, *heads])
+        changes = _changes(plan, entries, version, said_at, around.began, [*replaced, *heads])
+        self.trigger_event(
+            event,
+            entries=entries,
+            repairs=plan.repairs or None,
+            followed_by=len(changes) + after,
+            **_usage_fields(usage),
+            **fields,
+        )
+        for kind, change in changes:
+            self.trigger_event(kind, **change)
         return entries
 
     def _plan(
@@ -1154,83 +1178,6 @@ class UserLog(Aggregate):
                 plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
         return plan
 
-    def _end_replaced(
-        self,
-        plan: _Plan,
-        entries: list[dict[str, Any]],
-        version: str,
-        said_at: dict[str, datetime],
-        began: dict[str, datetime],
-        replaced: Sequence[ReplacedEntry],
-    ) -> None:
-        """Emit the ends of the entries that the new ones replaced or the batch invalidated,
-        the moved ends of the ended entries a backdated one now follows, and the earlier
-        starts of known entries said again before they began.
-
-        Time decides, not the order of arrival: each step places an entry (or moves a
-        known one's start) in a :class:`~events.timeline.Timeline` of the batch's entries,
-        the known ones it names (``began``, when known) and the chains of ended entries
-        before those (``replaced``). An invalidation said before an entry began, or after
-        it ended, ends nothing.
-        """
-        timeline = Timeline(
-            {
-                **began,
-                **{e["entry_id"]: datetime.fromisoformat(e["valid_from"]) for e in entries},
-            },
-            replaced,
-        )
-
-        def entry_id(target: str | int) -> str:
-            return entries[target]["entry_id"] if isinstance(target, int) else target
-
-        for kind, index in plan.steps:
-            if kind == "replace":
-                replaced_entry = plan.replaces[index]
-                assert replaced_entry is not None
-                timeline.replace(entries[index]["entry_id"], entry_id(replaced_entry))
-            elif kind == "earlier":
-                known_entry, said, _ = plan.earlier[index]
-                timeline.begin_earlier(known_entry, said)
-            elif kind == "joins":
-                timeline.replace(*plan.joins[index])
-            else:
-                target, fact = plan.invalidated[index]
-                sources = list(fact.source_message_ids)
-                timeline.invalidate(entry_id(target), _said(sources, said_at), fact.text, sources)
-        moved = dict(timeline.moved())
-        for entry, ending in [*timeline.ended(), *moved.items()]:
-            if ending.successor is None:
-                self.trigger_event(
-                    self.KnowledgeInvalidatedEarlier
-                    if entry in moved
-                    else self.KnowledgeInvalidated,
-                    entry_id=entry,
-                    knowledge_version=version,
-                    reason=ending.reason,
-                    source_message_ids=ending.sources,
-                    valid_until=ending.at,
-                )
-                continue
-            self.trigger_event(
-                self.KnowledgeEndMoved if entry in moved else self.KnowledgeSuperseded,
-                entry_id=entry,
-                knowledge_version=version,
-                superseded_by=ending.successor,
-                valid_until=ending.at,
-            )
-        cited: dict[str, list[str]] = {}
-        for target, _, sources in plan.earlier:
-            cited.setdefault(target, []).extend(sources)
-        for entry, start in timeline.begun_earlier():
-            self.trigger_event(
-                self.KnowledgeBeganEarlier,
-                entry_id=entry,
-                knowledge_version=version,
-                valid_from=start,
-                source_message_ids=list(dict.fromkeys(cited[entry])),
-            )
-
     def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
         """Make a re-extracted knowledge version the live knowledge; returns the ids of
         the processed messages it does not cover, which go back to the buffer.
@@ -1250,6 +1197,7 @@ class UserLog(Aggregate):
             self.KnowledgeVersionPromoted,
             knowledge_version=knowledge_version,
             knowledge_count=self.knowledge_versions[knowledge_version],
+            followed_by=1 if returned else 0,
         )
         if returned:
             self.trigger_event(
@@ -1491,6 +1439,26 @@ EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
 )
 """Every kind of event a user's log can hold, in the order they are declared."""
 
+_FOLLOWERS: tuple[type[UserLog.Event], ...] = (
+    UserLog.KnowledgeSuperseded,
+    UserLog.KnowledgeInvalidated,
+    UserLog.KnowledgeEndMoved,
+    UserLog.KnowledgeInvalidatedEarlier,
+    UserLog.KnowledgeBeganEarlier,
+    UserLog.MessagesReturned,
+)
+
+
+def continues_decision(event: object) -> bool:
+    """Whether the log's commands write ``event`` only right after another event of the
+    same decision (and commit the two together): the ends, moved ends and earlier starts
+    of known entries after an extraction, a task's next batch after the outcome of its
+    last, the messages a promotion returned. A decision is its first event and those
+    that continue it, so a log cut before one of them holds half a decision."""
+    if isinstance(event, UserLog.ProcessingStarted):
+        return event.batch > 1
+    return isinstance(event, _FOLLOWERS)
+
 
 def _check_distinct(ids: list[str], kind: str) -> None:
     """Raise :class:`InvalidInputError` if an id comes twice in ``ids`` (of ``kind``)."""
@@ -1548,6 +1516,81 @@ def _against_ended(
 def _same_words(text: str) -> str:
     """``text`` as facts are compared for repeats: case-folded, spacing collapsed."""
     return " ".join(text.casefold().split())
+
+
+def _changes(
+    plan: _Plan,
+    entries: list[dict[str, Any]],
+    version: str,
+    said_at: dict[str, datetime],
+    began: dict[str, datetime],
+    replaced: Sequence[ReplacedEntry],
+) -> list[tuple[type[UserLog.Event], dict[str, Any]]]:
+    """The events (each kind with its fields) that end the entries the new ones replaced
+    or the batch invalidated, move the ends of the ended entries a backdated one now
+    follows, and begin earlier the known entries said again before they began.
+
+    Time decides, not the order of arrival: each step places an entry (or moves a
+    known one's start) in a :class:`~events.timeline.Timeline` of the batch's entries,
+    the known ones it names (``began``, when known) and the chains of ended entries
+    before those (``replaced``). An invalidation said before an entry began, or after
+    it ended, ends nothing.
+    """
+    timeline = Timeline(
+        {
+            **began,
+            **{e["entry_id"]: datetime.fromisoformat(e["valid_from"]) for e in entries},
+        },
+        replaced,
+    )
+
+    def entry_id(target: str | int) -> str:
+        return entries[target]["entry_id"] if isinstance(target, int) else target
+
+    for kind, index in plan.steps:
+        if kind == "replace":
+            replaced_entry = plan.replaces[index]
+            assert replaced_entry is not None
+            timeline.replace(entries[index]["entry_id"], entry_id(replaced_entry))
+        elif kind == "earlier":
+            known_entry, said, _ = plan.earlier[index]
+            timeline.begin_earlier(known_entry, said)
+        elif kind == "joins":
+            timeline.replace(*plan.joins[index])
+        else:
+            target, fact = plan.invalidated[index]
+            sources = list(fact.source_message_ids)
+            timeline.invalidate(entry_id(target), _said(sources, said_at), fact.text, sources)
+    moved = dict(timeline.moved())
+    changes: list[tuple[type[UserLog.Event], dict[str, Any]]] = []
+    for entry, ending in [*timeline.ended(), *moved.items()]:
+        fields: dict[str, Any] = {"entry_id": entry, "knowledge_version": version}
+        ended: type[UserLog.Event]
+        if ending.successor is None:
+            ended = UserLog.KnowledgeInvalidated
+            if entry in moved:
+                ended = UserLog.KnowledgeInvalidatedEarlier
+            fields |= {"reason": ending.reason, "source_message_ids": ending.sources}
+        else:
+            ended = UserLog.KnowledgeEndMoved if entry in moved else UserLog.KnowledgeSuperseded
+            fields |= {"superseded_by": ending.successor}
+        changes.append((ended, {**fields, "valid_until": ending.at}))
+    cited: dict[str, list[str]] = {}
+    for target, _, sources in plan.earlier:
+        cited.setdefault(target, []).extend(sources)
+    for entry, start in timeline.begun_earlier():
+        changes.append(
+            (
+                UserLog.KnowledgeBeganEarlier,
+                {
+                    "entry_id": entry,
+                    "knowledge_version": version,
+                    "valid_from": start,
+                    "source_message_ids": list(dict.fromkeys(cited[entry])),
+                },
+            )
+        )
+    return changes
 
 
 def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ database no Memory has open, or beside one.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import random
@@ -66,6 +65,7 @@ from events.user_log import (
     LIVE_KNOWLEDGE,
     check_knowledge_version,
     check_new_knowledge_version,
+    continues_decision,
 )
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
@@ -110,6 +110,10 @@ T = TypeVar("T")
 
 MAX_USERS_PAGE = 10_000
 """The most users :meth:`Audit.users` returns in one page."""
+
+IMPORTED_PER_COMMIT = 1000
+"""The events an import appends a transaction (run on to the end of a decision), so that
+the application's writes are not held off for a whole log."""
 
 _HIDDEN = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -501,14 +505,17 @@ class Audit:
         Each user's run of lines is checked whole before any of it is stored: every line
         an exported event, the log beginning with the user's own ``Registered`` and its
         versions following one another (else :class:`InvalidInputError`, naming the
-        line); a user's lines may come in several runs. A user whose log is here already
+        line); a user's lines may come in several runs, each ending where a decision of
+        the log ends (a file cut inside one is refused). A user whose log is here already
         is completed when that log holds the same events at the same versions (an import
         stopped part way, or run twice; a log that goes on past the lines is left as it
         is), and refused (:class:`ConflictError`) when one differs: a stopped import is
         finished only while nothing else wrote to the user (a Memory opened meanwhile
         closes a task it left open, as after a crash, and may process the user's
         buffered messages); forgetting the user and importing again is the way out. The
-        users before a refused line stay imported, and the error names them.
+        users before a refused line stay imported, and the error names them. Events are
+        appended a thousand a transaction, run on to the end of a decision, so a stopped
+        import leaves only whole decisions.
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
@@ -527,6 +534,7 @@ class Audit:
                 record = _exported_record(number, line, keep_lookalike_ids)
                 user_id = record["user_id"]
                 if held is not None and held.user_id != user_id:
+                    _check_finished(replays[held.user_id], held)
                     counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
                         held, projector
                     )
@@ -552,6 +560,7 @@ class Audit:
                     raise
                 held.add(line, event)
             if held is not None:
+                _check_finished(replays[held.user_id], held)
                 counts[held.user_id] = counts.get(held.user_id, 0) + self._append_imported(
                     held, projector
                 )
@@ -594,11 +603,12 @@ class Audit:
         )
 
     def _append_imported(self, run: HeldRun, projector: Projector) -> int:
-        """Append one user's checked ``run`` of lines, a thousand events a transaction,
-        after those of them this database holds already; returns how many were appended."""
+        """Append one user's checked ``run`` of lines, a thousand events a transaction
+        (whole decisions, see :func:`_in_decisions`), after those of them this database
+        holds already; returns how many were appended."""
         start = self._imported_before(run)
         events = run.events(start, lambda line: self._decoded(json.loads(line)))
-        while chunk := list(itertools.islice(events, 1000)):
+        for chunk in _in_decisions(events, IMPORTED_PER_COMMIT):
             try:
                 self.store.append([chunk], projector.apply)
             except ConflictError as error:
@@ -1285,6 +1295,35 @@ class Audit:
         with self.store.engine.connect() as connection:
             totals = self._reader.totals(connection)
         return {"events": self.store.count(), **totals}
+
+
+def _check_finished(replay: ImportReplay, run: HeldRun) -> None:
+    """Refuse a user's ``run`` of lines that stops inside a decision: storing it would
+    leave a log its commands never wrote (an extraction's entries current beside those
+    they replaced), which an import run again could complete only while nothing else
+    wrote to the user."""
+    try:
+        replay.check_finished()
+    except InvalidInputError as error:
+        raise InvalidInputError(
+            f"{error} (a file cut short?); none of {run.user_id!r}'s lines from line "
+            f"{run.first_line} on were imported"
+        ) from None
+
+
+def _in_decisions(events: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``events`` in chunks of ``size``, each run on past it to the end of the decision
+    under way (the events that :func:`continues_decision` says follow it): a chunk is a
+    transaction, and an import stopped after one must leave whole decisions only, never
+    an extraction's new entries without the ends of those they replaced."""
+    chunk: list[Any] = []
+    for event in events:
+        if len(chunk) >= size and not continues_decision(event):
+            yield chunk
+            chunk = []
+        chunk.append(event)
+    if chunk:
+        yield chunk
 
 
 def _text_lines(lines: Iterable[str]) -> Iterator[str]:

@@ -78,3 +78,39 @@ def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
     events = _changed(_history(), UserLog.KnowledgeSuperseded, superseded_by="e-1")
     with pytest.raises(InvalidInputError, match="entry 'e-1' is not in the log"):
         _replay(events)
+
+
+def test_a_log_cut_inside_a_decision_is_refused_where_it_stops_or_goes_on() -> None:
+    """An extraction and the end of the entry it replaced are committed together: a log
+    holding the one without the other (an export cut short, a line taken out) is none
+    the log's commands wrote, and would keep both homes current."""
+    events = _history()
+    ended = events.index(_kind(events, UserLog.KnowledgeSuperseded))
+    replay = ImportReplay(None)
+    for number, event in enumerate(events[:ended], start=1):
+        replay.check(event, f"line {number}")
+    decision = rf"line {ended}, a KnowledgeExtracted, was written in one commit with 1 event"
+    with pytest.raises(InvalidInputError, match=rf"stop inside a decision: {decision}"):
+        replay.check_finished()
+    after = events[ended + 1]
+    left_out = [*events[:ended], replace(after, originator_version=after.originator_version - 1)]
+    with pytest.raises(InvalidInputError, match=rf"line {ended + 1}: {decision} .* is missing"):
+        _replay(left_out)
+    twice = [*events[: ended + 1], replace(events[ended], originator_version=ended + 2)]
+    with pytest.raises(InvalidInputError, match=rf"Superseded only follows .*: {decision}"):
+        _replay(twice)
+
+
+def test_an_older_memvees_log_which_counts_no_decision_is_taken_as_it_comes() -> None:
+    """Before extractions counted the events written after them, a cut there cannot be
+    told from a decision that wrote nothing more."""
+    older = [
+        replace(e, followed_by=None) if isinstance(e, UserLog.KnowledgeExtracted) else e
+        for e in _history()
+    ]
+    ended = older.index(_kind(older, UserLog.KnowledgeSuperseded))
+    replay = ImportReplay(None)
+    for number, event in enumerate(older[:ended], start=1):
+        replay.check(event, f"line {number}")
+    replay.check_finished()
+    _replay(older)

@@ -18,7 +18,7 @@ from events import (
     UnknownTaskError,
 )
 from events.store import EventStore
-from events.user_log import UserLog, short_message_id, user_log_id
+from events.user_log import UserLog, continues_decision, short_message_id, user_log_id
 
 
 def _log_with(n: int) -> tuple[UserLog, list[str]]:
@@ -569,6 +569,41 @@ def _decided_history() -> list[UserLog.Event]:
     _start(log, "t4")
     log.close_interrupted("stopped")
     return [*log.collect_events()]
+
+
+def test_a_decision_counts_the_events_it_writes_after_its_first_and_only_those_continue_it() -> (
+    None
+):
+    """A decision's events are committed together. An extraction counts those it writes
+    after it (the ends of the entries it replaced, its task's next batch), a promotion
+    the messages it returned; only such events continue a decision, so a log cut before
+    them is known to be cut, and an import never commits half of one."""
+    log, ids = _log_with(6)
+    log.request_processing("t1", "manual")
+    log.start_next(LIMITS)
+    opening = log.collect_events()
+    oslo = log.record_knowledge(
+        "t1", [ExtractedFact("User lives in Oslo", (ids[0],))], "x", limits=LIMITS
+    )
+    decisions = [log.collect_events()]
+    bergen = ExtractedFact("User lives in Bergen", (ids[4],), "update", oslo[0]["entry_id"])
+    log.record_knowledge("t1", [bergen], "x", limits=LIMITS)
+    decisions.append(log.collect_events())
+    log.record_reextraction("v2", ids[:1], [ExtractedFact("User was in Oslo", (ids[0],))], "x")
+    decisions.append(log.collect_events())
+    log.promote("v2", [*opening, *(e for decision in decisions for e in decision)])
+    decisions.append(log.collect_events())
+    kinds = [[type(e).__name__ for e in decision] for decision in decisions]
+    assert kinds == [
+        ["KnowledgeExtracted", "ProcessingStarted"],
+        ["KnowledgeExtracted", "KnowledgeSuperseded"],
+        ["KnowledgeReextracted"],
+        ["KnowledgeVersionPromoted", "MessagesReturned"],
+    ]
+    for first, *after in decisions:
+        assert first.followed_by == len(after)  # type: ignore[attr-defined]
+        assert not continues_decision(first) and all(map(continues_decision, after))
+    assert not any(map(continues_decision, opening))
 
 
 def test_every_event_the_commands_emit_is_recordable_where_they_emitted_it() -> None:

@@ -4,8 +4,9 @@ replaying the log, equals what the live projections held at that version."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import memvee._held_run
 import memvee.audit
 from actors.erasure import erase_user
 from actors.user_actor import INTERRUPTED_BY_CRASH
-from events import ConflictError, EventStore, sqlite_url, user_log_id
+from events import (
+    BatchLimits,
+    ConflictError,
+    EventStore,
+    ExtractedFact,
+    UserLog,
+    sqlite_url,
+    user_log_id,
+)
 from memvee import (
     InvalidInputError,
     Memory,
@@ -417,9 +426,10 @@ async def test_a_stopped_import_written_to_since_is_refused_saying_how_to_import
 async def test_an_import_cut_between_two_batches_of_a_task_leaves_a_user_a_memory_flushes(
     make_memory: Any, db_url: str, tmp_path: Path
 ) -> None:
-    """An import that stopped (killed between two of its transactions, or a file cut)
-    after a batch's outcome and before the next batch's claim leaves a task started with
-    no batch out. A Memory opened on the database closes it as after a crash, the rest of
+    """An import by an older memvee that stopped (killed between two of its
+    transactions, which ended anywhere) after a batch's outcome and before the next
+    batch's claim, or an older memvee's export cut there, leaves a task started with no
+    batch out. A Memory opened on the database closes it as after a crash, the rest of
     its messages still buffered, and flushes the user."""
     source_config = MemoryConfig(db_path=str(tmp_path / "source.db"), max_batch_messages=2)
     async with Memory(
@@ -429,7 +439,7 @@ async def test_an_import_cut_between_two_batches_of_a_task_leaves_a_user_a_memor
             await source.add_exchange("ann", f"I live in {city}", "ok")
         await source.process("ann")
     with Audit(db_path=str(tmp_path / "source.db")) as audit:
-        lines = list(audit.export("ann"))
+        lines = _as_an_older_memvee_wrote(audit.export("ann"))
     cut = next(i for i, line in enumerate(lines) if '"final":false' in line) + 1
     with Audit(db_url=db_url) as target:
         assert target.import_lines(lines[:cut]) == {"ann": cut}
@@ -446,6 +456,91 @@ async def test_an_import_cut_between_two_batches_of_a_task_leaves_a_user_a_memor
         at_close = target.state("ann", version=cut + 1)
         assert [(t.status, t.error) for t in at_close.tasks] == [("FAILED", INTERRUPTED_BY_CRASH)]
         assert len(at_close.buffer) == 4
+
+
+def _moved_home(path: Path, messages_before: int) -> list[str]:
+    """The export of a log (stored at ``path``) of ``messages_before`` messages, then
+    "I live in Oslo." extracted, then "I moved to Bergen." extracted as an update: the
+    end of the Oslo entry is its last line, written in one decision with the line before
+    (line ``messages_before + 9``, the Bergen extraction)."""
+    limits = BatchLimits(max_messages=10_000, max_tokens=10**9)
+    log = UserLog.register("eve")
+    for i in range(messages_before):
+        log.add_message("user", f"hello {i}", None, 100)
+    homes: list[dict[str, Any]] = []
+    for task, said_text in (("t1", "I live in Oslo."), ("t2", "I moved to Bergen.")):
+        said = log.add_message("user", said_text, None, 100)
+        assert log.request_processing(task, "manual") and log.start_next(limits)
+        home = f"User lives in {said_text.split()[-1]}"
+        fact = ExtractedFact(home, (said,), *(("update", homes[0]["entry_id"]) if homes else ()))
+        homes += log.record_knowledge(task, [fact], "rules", limits=limits)
+    with Audit(db_path=str(path)) as source:
+        source.store.append([log.collect_events()], Projector(ProjectionTables()).apply)
+        lines = list(source.export("eve"))
+    assert (
+        '"KnowledgeSuperseded"' in lines[-1].replace(":UserLog.", '"') or "Superseded" in lines[-1]
+    )
+    return lines
+
+
+async def test_an_import_stopped_after_a_transaction_never_leaves_half_a_decision(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import commits a thousand events a transaction, each run on to the end of the
+    decision under way: one stopped after its first (killed, the disk full) where the
+    thousandth event is an extraction that updated a fact holds the end of the fact it
+    replaced too, never both homes current, and a run again completes it."""
+    lines = _moved_home(tmp_path / "source.db", 991)
+    assert len(lines) == 1001 and "KnowledgeExtracted" in lines[999]
+    with Audit(db_url=db_url) as target:
+        append = target.store.append
+        transactions: list[int] = []
+
+        def disk_full_after_one(batches: Any, *args: Any, **kwargs: Any) -> Any:
+            if transactions:
+                raise StorageError("could not store the events: disk full")
+            transactions.append(sum(map(len, batches)))
+            return append(batches, *args, **kwargs)
+
+        monkeypatch.setattr(target.store, "append", disk_full_after_one)
+        with contextlib.suppress(StorageError):
+            target.import_lines(lines)
+        homes = [entry.text for entry in target.knowledge("eve")]
+        assert homes == ["User lives in Bergen."], "the stopped import left half a decision"
+        monkeypatch.setattr(target.store, "append", append)
+        assert target.import_lines(lines) == {"eve": len(lines) - transactions[0]}
+        assert verify(target.store) == []
+
+
+async def test_a_file_cut_inside_a_decision_is_refused_before_any_of_its_user_is_stored(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An export cut between an extraction that updated a fact and the end of the fact it
+    replaced (written together) is no log memvee wrote: imported, it would hold both
+    homes as current, and `verify` would find nothing amiss. It is refused, one error
+    naming the line, and nothing of the user is stored; the whole file imports."""
+    lines = _moved_home(tmp_path / "source.db", 0)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    with Audit(db_url=db_url) as target:
+        with pytest.raises(InvalidInputError, match=r"stop inside a decision: line 9, a Know"):
+            target.import_lines(lines[:-1])
+        assert target.users() == []
+    refused = CliRunner().invoke(app, ["import", str(cut), "--db-url", db_url])
+    assert refused.exit_code == 2, refused.output
+    assert "none of 'eve''s lines from line 1 on were imported" in " ".join(refused.output.split())
+    with Audit(db_url=db_url) as target:
+        assert target.users() == []
+        assert target.import_lines(lines) == {"eve": len(lines)}
+        assert [entry.text for entry in target.knowledge("eve")] == ["User lives in Bergen."]
+
+
+def _as_an_older_memvee_wrote(lines: Iterable[str]) -> list[str]:
+    """Exported ``lines`` as a memvee that did not count a decision's events wrote them."""
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        record["state"].pop("followed_by", None)
+    return [json.dumps(record, separators=(",", ":")) for record in records]
 
 
 async def test_an_import_onto_a_shorter_other_log_of_the_user_names_the_first_line_it_differs(
