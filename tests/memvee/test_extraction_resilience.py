@@ -238,14 +238,16 @@ async def test_a_decision_that_fails_half_way_commits_none_of_what_it_emitted(
     make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory: Memory = await make_memory(config={"max_batch_messages": 4})
-    end_replaced = UserLog._end_replaced
+    trigger = UserLog.trigger_event
 
-    def flawed(log: UserLog, plan: Any, entries: list[dict[str, Any]], *args: Any) -> None:
-        if any(POISON in entry["text"] for entry in entries):  # after KnowledgeExtracted
+    def flawed(log: UserLog, kind: Any, *args: Any, **fields: Any) -> None:
+        trigger(log, kind, *args, **fields)
+        if kind is UserLog.KnowledgeExtracted and any(
+            POISON in entry["text"] for entry in fields["entries"]
+        ):
             raise RuntimeError("a defect met after the entries were emitted")
-        end_replaced(log, plan, entries, *args)
 
-    monkeypatch.setattr(UserLog, "_end_replaced", flawed)
+    monkeypatch.setattr(UserLog, "trigger_event", flawed)
     for i in range(4):
         said = f"{POISON} I like poison" if i == 1 else f"I like thing {i}"
         await memory.add_exchange("ann", said, "ok")
