@@ -176,9 +176,10 @@ class UserActor(PooledActor):
         messages back in the buffer) and drop what it held in memory, so the next message
         finds the user as a fresh actor would, loaded from the log.
 
-        Tasks that waited behind the closed ones are started now; with nothing closed (or
-        the store failing) the next start waits the user's store backoff, so a fault that
-        recurs never spins.
+        Tasks that waited behind the closed ones are started now and, with auto-processing,
+        the closed tasks' messages are retried after the user's backoff, as after a failure
+        that may pass; with nothing closed (or the store failing) the next start waits the
+        user's store backoff. Either backoff grows, so a fault that recurs never spins.
         """
         running, spent = self._running, (self._task_knowledge, self._task_covered)
         log.error(
@@ -209,6 +210,8 @@ class UserActor(PooledActor):
             )
         if ended and not self._unended:
             self._myself.start_queued()
+            if self._services.settings.auto_process:
+                self._wake_in(self._services.backoff.failed(self.user_id))
         else:
             self._wake_in(self._services.store_backoff.failed(self.user_id))
 

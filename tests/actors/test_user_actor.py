@@ -130,3 +130,31 @@ async def test_a_defect_with_no_task_running_leaves_the_next_wake_up_to_come(
     (error,) = _errors(caplog)
     assert "'ann'" in error.getMessage() and "task running: None" in error.getMessage()
     assert error.exc_info is not None and error.exc_info[1] is DEFECT
+
+
+async def test_a_defect_while_an_automatic_task_runs_has_its_messages_retried_after_the_backoff(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With auto-processing, the messages a fault put back in the buffer are extracted
+    again after the user's backoff, as after a failure that may pass: nobody has to write
+    to the user again."""
+    caplog.set_level(logging.ERROR, logger="memvee.actors")
+    memory: Memory = await make_memory(
+        auto_process=True, batch_threshold=2, config={"retry_delay": 0.01}
+    )
+    retried = _fails_once(monkeypatch, "extraction_done", "ann")
+    await memory.add_exchange("ann", "I live in Oslo", "Nice city!")
+    async with asyncio.timeout(10):
+        assert await asyncio.to_thread(retried.wait, 5), "the buffer was retried"
+        await memory.wait_for_processing("ann")
+    tasks = await memory.tasks("ann")
+    assert [t.status for t in tasks] == [ProcessStatus.FAILED, ProcessStatus.COMPLETED]
+    assert tasks[0].error == f"{FAULT_REASON} (RuntimeError: a defect met on purpose)"
+    assert await memory.buffer("ann") == []
+    assert [e.text for e in await memory.knowledge("ann")] == ["User said: I live in Oslo"]
+    assert len(extractor.batches) == 2
+    (error,) = _errors(caplog)
+    assert "'ann'" in error.getMessage() and tasks[0].task_id in error.getMessage()
