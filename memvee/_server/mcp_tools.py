@@ -308,13 +308,14 @@ FORGET_USER = (
 class _ExactTool(Tool):
     """A tool that takes its arguments exactly as its input schema gives them: an argument
     it does not name (a misspelt one would be dropped) or a value not of the type named
-    (``true`` or ``"2"`` for an integer) is an ``invalid_input`` tool error, as the HTTP
-    API answers 422 to the same body."""
+    (``true``, ``"2"`` or ``2.5`` for an integer; ``2.0`` is one, as in JSON Schema) is an
+    ``invalid_input`` tool error, as the HTTP API answers 422 to the same body."""
 
     async def run(
         self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
     ) -> Any:
         """Refuse ``arguments`` the schema does not allow, else run the tool with them."""
+        arguments = _whole_numbers_as_integers(arguments, self.fn_metadata.arg_model)
         try:
             self.fn_metadata.arg_model.model_validate(arguments)
         except ValidationError as error:
@@ -338,6 +339,19 @@ class _TakenAsSent(FuncMetadata):
     def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
         """``data`` as sent."""
         return data
+
+
+def _whole_numbers_as_integers(arguments: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``arguments`` with each number of no fraction given for an integer argument (``8.0``)
+    as that integer: JSON Schema's ``integer`` is any such number, and a client's JSON
+    encoder may write one so. A bool, a string or ``8.5`` is left for the model to refuse."""
+    integers = {name for name, field in model.model_fields.items() if field.annotation is int}
+    return {
+        name: int(value)
+        if name in integers and type(value) is float and value.is_integer()
+        else value
+        for name, value in arguments.items()
+    }
 
 
 def _exact_tool(

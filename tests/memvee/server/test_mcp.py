@@ -662,3 +662,26 @@ async def test_a_tool_takes_exactly_the_arguments_its_schema_allows(
     assert {name: s.get("additionalProperties") for name, s in schemas.items()} == dict.fromkeys(
         schemas, False
     )
+
+
+async def test_an_integer_argument_may_be_written_as_a_number_with_no_fraction(
+    make_memory: Any, db_url: str
+) -> None:
+    """JSON Schema's ``integer`` is any number with no fraction, so ``2.0`` is taken as
+    ``2``; ``2.5`` is no integer: ``invalid_input``."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    for text in ("I live in Oslo.", "I work at Acme.", "My dog is called Rex."):
+        await memory.add_exchange("ann", text, "Noted.")
+    await memory.flush("ann")
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit, user="ann")) as client:
+            session: Any = client
+            page = await call(session, "list_memories", limit=1.0, offset=1.0)
+            recalled = await call(session, "recall", question="Oslo", max_results=1.0)
+            fraction = await failure(session, "recall", question="Oslo", max_results=1.5)
+
+    current = [e.entry_id for e in await memory.knowledge("ann")]
+    assert [f["entry_id"] for f in page["facts"]] == current[1:2]
+    assert page["next_offset"] == 2
+    assert len(recalled["entry_ids"]) == 1
+    assert fraction.startswith("invalid_input: max_results:")
