@@ -15,7 +15,14 @@ import json
 from collections.abc import Hashable
 from typing import Any
 
-from mcp.types import INVALID_REQUEST, PARSE_ERROR, JSONRPCNotification, jsonrpc_message_adapter
+from mcp.types import (
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    JSONRPCMessage,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    jsonrpc_message_adapter,
+)
 from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +36,7 @@ __all__ = [
     "message_ids",
     "only_reads",
     "refusal",
+    "screened",
 ]
 
 NOT_MCP = (
@@ -65,9 +73,17 @@ def message_ids(body: bytes | str, *, requests: bool) -> list[Hashable]:
 
 def refusal(body: bytes) -> bytes | None:
     """The JSON-RPC error answering ``body`` if it is no MCP message the SDK can take
-    (else ``None``): a parse error for what is not UTF-8 JSON to the SDK's parser, an
+    (else ``None``), as :func:`screened` tells."""
+    screening = screened(body)
+    return screening if isinstance(screening, bytes) else None
+
+
+def screened(body: bytes) -> JSONRPCMessage | bytes:
+    """The MCP message of ``body``, or the JSON-RPC error answering it if it is none the
+    SDK can take: a parse error for what is not UTF-8 JSON to the SDK's parser, an
     invalid request for JSON that is no MCP message; for each request id in ``body``
-    (in one array for a batch), else with a null id."""
+    (in one array for a batch), else with a null id. The body is parsed once (a
+    notification twice: the SDK's reading drops the id it is checked for)."""
     try:
         message = jsonrpc_message_adapter.validate_json(body, by_name=False)
     except ValidationError as error:
@@ -78,7 +94,7 @@ def refusal(body: bytes) -> bytes | None:
         if not isinstance(message, JSONRPCNotification) or not any(
             "id" in item for item in json_objects(body)
         ):
-            return None
+            return message
         unreadable = []
     code, text, data = (
         (PARSE_ERROR, "Parse error", unreadable[0])
@@ -94,15 +110,15 @@ def refusal(body: bytes) -> bytes | None:
     return json.dumps(answers if batch else answers[0]).encode()
 
 
-def only_reads(body: bytes, read_only_tools: frozenset[str]) -> bool:
-    """Whether the MCP messages of ``body`` change nothing: none calls a tool outside
-    ``read_only_tools`` (listing tools, a notification or a ping change nothing either)."""
-    for item in json_objects(body):
-        params = item.get("params")
-        tool = params.get("name") if isinstance(params, dict) else None
-        if item.get("method") == "tools/call" and tool not in read_only_tools:
-            return False
-    return True
+def only_reads(message: JSONRPCMessage, read_only_tools: frozenset[str]) -> bool:
+    """Whether ``message`` changes nothing: it calls no tool outside ``read_only_tools``
+    (listing tools, a notification, a ping or a response change nothing either)."""
+    if not isinstance(message, JSONRPCRequest | JSONRPCNotification):
+        return True
+    if message.method != "tools/call":
+        return True
+    tool = (message.params or {}).get("name")
+    return isinstance(tool, str) and tool in read_only_tools
 
 
 class RefuseInvalidMessages:
@@ -130,12 +146,12 @@ class RefuseInvalidMessages:
         if message["type"] == "http.disconnect":
             return  # the client hung up mid-body: no one is left to answer
         body = b"".join(chunks)
-        refused = refusal(body)
-        if refused is not None:
-            answer = Response(refused, 400, media_type="application/json")
+        screening = screened(body)
+        if isinstance(screening, bytes):
+            answer = Response(screening, 400, media_type="application/json")
             await answer(scope, receive, send)
             return
-        if only_reads(body, self.read_only_tools):
+        if only_reads(screening, self.read_only_tools):
             mark_reads_only(scope)
         await self.app(scope, _replaying(body, receive), send)
 

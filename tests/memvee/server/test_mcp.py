@@ -20,7 +20,10 @@ import pytest
 from mcp import Client
 
 from memvee import Memory
-from memvee._server.mcp_tools import build_mcp
+from memvee._server import request_ids
+from memvee._server.errors import READS_ONLY_KEY, ReadsOnly
+from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
+from memvee._server.request_ids import RefuseInvalidMessages
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
 from memvee.extractors import OfflineExtractor
@@ -685,3 +688,47 @@ async def test_an_integer_argument_may_be_written_as_a_number_with_no_fraction(
     assert page["next_offset"] == 2
     assert len(recalled["entry_ids"]) == 1
     assert fraction.startswith("invalid_input: max_results:")
+
+
+async def test_an_mcp_post_is_parsed_once_to_screen_it_and_tell_whether_it_only_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The body of a call, up to a megabyte of a remembered message, is parsed on the
+    event loop once: the message the refusal check read also tells whether the call only
+    reads (answered "try again" when a shutdown cuts it short) or changes something."""
+    parses: list[bytes] = []
+    json_objects = request_ids.json_objects
+    adapter = request_ids.jsonrpc_message_adapter
+
+    class CountingAdapter:
+        def validate_json(self, body: bytes, **options: Any) -> Any:
+            parses.append(body)
+            return adapter.validate_json(body, **options)
+
+    def counted(body: bytes | str) -> list[dict[str, Any]]:
+        parses.append(body if isinstance(body, bytes) else body.encode())
+        return json_objects(body)
+
+    monkeypatch.setattr(request_ids, "jsonrpc_message_adapter", CountingAdapter())
+    monkeypatch.setattr(request_ids, "json_objects", counted)
+    passed: list[tuple[bytes, bool]] = []
+
+    async def mcp(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(((await receive())["body"], scope[READS_ONLY_KEY].known))
+
+    screening = RefuseInvalidMessages(mcp, "/mcp", READ_ONLY_TOOLS)
+    sent = []
+    for tool in ("recall", "remember"):
+        arguments = {"user_id": "ann", "user_message": "I live in Oslo. " * 1000}
+        call = {"name": tool, "arguments": arguments}
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
+        sent.append(body.encode())
+
+        async def receive(body: bytes = sent[-1]) -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/mcp", READS_ONLY_KEY: ReadsOnly()}
+        await screening(scope, receive, None)
+
+    assert passed == [(sent[0], True), (sent[1], False)], "recall only reads, remember writes"
+    assert parses == sent, "each body parsed once"
