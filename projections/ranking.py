@@ -308,14 +308,16 @@ def _pg_hits(rows: Any) -> list[tuple[Any, float, bool]]:
 
 
 class _SqliteSearch:
-    """One ranked search on SQLite, in two plain statements on the DBAPI cursor.
+    """One ranked search on SQLite, in plain statements on the DBAPI cursor.
 
     First BM25 inside FTS5 (computed once per match; only the best hits leave the
     index, hits scored alike by row number, newest first: a row's number follows the
     order messages and entries were written, so a limit that cuts a tie keeps its newest,
     as on PostgreSQL), then the projection rows of those hits, filtered. A search with
-    words its topics added looks up the query's own words too, in the same statement,
-    and ranks the hits matching them first (see :func:`_tiered`). Rows the filter drops
+    words its topics added ranks the rows with the query's own words first, and the
+    others only when those leave room (see :meth:`_hits`, :func:`_tiered`): ranking
+    every row and matching the own words again cost up to twice as much where many
+    rows match. Rows the filter drops
     (ended entries, other knowledge versions) are made up for by fetching more hits,
     until the index has no more to give. A search is a few hundred microseconds of
     SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
@@ -323,13 +325,14 @@ class _SqliteSearch:
     """
 
     def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
-        hits = f"SELECT rowid, bm25({fts}{weights}) AS rank"
-        self.hits_sql = (
-            f"{hits}, 1 FROM {fts} WHERE {fts} MATCH ? ORDER BY rank, rowid DESC LIMIT ?"
-        )
-        self.tiered_hits_sql = (
-            f"{hits}, rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) AS mine "
-            f"FROM {fts} WHERE {fts} MATCH ? ORDER BY mine DESC, rank, rowid DESC LIMIT ?"
+        hits = f"SELECT rowid, bm25({fts}{weights}) AS rank FROM {fts} WHERE {fts} MATCH ?"
+        order = "ORDER BY rank, rowid DESC LIMIT ?"
+        self.hits_sql = f"{hits} {order}"
+        # The unary + keeps the rowids from FTS5, which looked each one up in every
+        # word's list again (a hundred times slower); walked once, the index ranks only
+        # the rows kept.
+        self.own_hits_sql = (
+            f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) {order}"
         )
         self.rows_sql = rows_sql
 
@@ -343,13 +346,11 @@ class _SqliteSearch:
         """The rows of the best hits of ``matches`` (the query's own words, then, if its
         topics added any, every word) that pass the filters, with their rank (higher is
         better) and whether they match the query's own words."""
-        hits_sql = self.tiered_hits_sql if len(matches) > 1 else self.hits_sql
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             fetch = limit + _SPARE_HITS
             while True:
-                found = cursor.execute(hits_sql, (*matches, fetch)).fetchall()
-                hits = {hit: (rank, mine) for hit, rank, mine in found}
+                hits = self._hits(cursor, matches, fetch)
                 if not hits:
                     return []
                 marks = ", ".join("?" * len(hits))
@@ -357,10 +358,31 @@ class _SqliteSearch:
                 names = [column[0] for column in cursor.description]
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 if len(rows) >= limit or len(hits) < fetch:
-                    return [(row, -hits[row["hit"]][0], bool(hits[row["hit"]][1])) for row in rows]
+                    return [(row, -hits[row["hit"]][0], hits[row["hit"]][1]) for row in rows]
                 fetch *= 4
         finally:
             cursor.close()
+
+    def _hits(
+        self, cursor: Any, matches: tuple[str, ...], fetch: int
+    ) -> dict[int, tuple[float, bool]]:
+        """The best ``fetch`` hits of ``matches``: rowid to (BM25 of every word, whether
+        the row has one of the query's own words), those that have first.
+
+        The rows with own words are ranked first, and alone (BM25 is most of a search's
+        work); the rows with only added words are ranked only when those leave room.
+        """
+        if len(matches) == 1:
+            found = cursor.execute(self.hits_sql, (matches[0], fetch)).fetchall()
+            return {hit: (rank, True) for hit, rank in found}
+        own, every = matches
+        mine = cursor.execute(self.own_hits_sql, (every, own, fetch)).fetchall()
+        hits = {hit: (rank, True) for hit, rank in mine}
+        if len(hits) < fetch:
+            for hit, rank in cursor.execute(self.hits_sql, (every, fetch)).fetchall():
+                if len(hits) < fetch:
+                    hits.setdefault(hit, (rank, False))
+        return hits
 
 
 def _pg_select(
