@@ -75,8 +75,9 @@ _CONCEPTS: tuple[frozenset[str], ...] = tuple(
 
 Agents ask "what's her job?" of a memory that holds "I work as a nurse"; no stemmer links
 the two. A query word of a topic adds the topic's other words: they widen what matches,
-and a row matching the query's own words ranks above every row matching only added ones
-(see :class:`~projections.ranking.LexicalRanker`).
+and an entry (or a message) matching the query's own words ranks above every entry (or
+message) matching only added ones (see :class:`~projections.ranking.LexicalRanker`); the
+two kinds are ranked apart, so a message with added words only can outscore an entry.
 """
 
 _TOPIC_WORDS: frozenset[str] = frozenset().union(*_CONCEPTS)

@@ -155,6 +155,31 @@ async def test_a_fact_with_the_querys_own_word_ranks_above_one_with_a_word_its_t
     assert all(any(place in line for line in said) for place in ("Bergen", "Paris"))
 
 
+async def test_with_messages_own_words_rank_first_among_facts_and_among_messages(
+    make_memory: Callable[..., Any],
+) -> None:
+    """ "where do I live?" also searches "city" and "home": the fact with the question's
+    own word comes first among facts, and among messages those with only such words come
+    by how well they match. Facts and messages are ranked apart before they share one
+    score (README), so a message repeating them may still score above the fact."""
+    memory = await _offline(make_memory)
+    await _say(
+        memory,
+        "ann",
+        0,
+        "I moved to Bergen last year",
+        "The city city city lights at home home home",
+        "Home sweet home, the city at night",
+        "I love the city of Rome",
+    )
+    result = await memory.retrieve("ann", "where do I live?", top_k=5, include_messages=True)
+    assert result.entries[0].text == "User lives in Bergen."
+    assert [hit.message.content for hit in result.messages][:2] == [
+        "The city city city lights at home home home",
+        "Home sweet home, the city at night",
+    ]
+
+
 async def test_times_read_back_are_utc_whatever_the_servers_time_zone(db_url: str) -> None:
     """A PostgreSQL session in another zone (the server's setting, or the URL's) reads its
     times in that zone, which a prompt would show as another day: memvee gives UTC."""
