@@ -8,7 +8,7 @@ by the best one's (nothing at all when no candidate is near the query; a fact ab
 user's relatives or things the query does not name keeps half). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
-came from, keeping only its own part of their semantic share); a message that a returned
+came from, or half their score for a relative's fact); a message that a returned
 entry cites is left out, and one whose facts were all replaced goes after the rest. An
 embedder that fails (an API down, a model that cannot load) leaves the ranking lexical: a
 search never fails for it.
@@ -629,10 +629,10 @@ def _semantic(cosine: float | None, nearest: float) -> float:
 
 
 _OTHER_SUBJECT_SHARE = 0.5
-"""The part of its semantic share a fact about someone or something of the user's keeps
-when the query does not name it: "User's sister lives in Trondheim." reads as close to
-"Where does Ann live?" as "User lives in Bergen." does, or closer, yet the question is
-about the user."""
+"""The part of its semantic share, and of its source message's whole score, a fact about
+someone or something of the user's keeps when the query does not name it: "User's sister
+lives in Trondheim." reads as close to "Where does Ann live?" as "User lives in Bergen."
+does, or closer, yet the question is about the user."""
 
 _OWNED_SUBJECT = re.compile(
     r"User['\u2019]s\s+(?:(?P<phrase>[^\W\d_]+(?:\s+[^\W\d_]+){0,3}?)\s+(?:lives|lived"

@@ -863,9 +863,10 @@ async def test_with_the_default_model_a_question_about_the_user_finds_the_users_
 async def test_with_messages_a_relatives_fact_lifted_by_its_message_stays_below_the_users_own(
     make_memory: Callable[..., Any],
 ) -> None:
-    """A fact scores at least as well as the message it came from, less the half of that
-    message's semantic share it would not keep of its own: "My mother lives in Stavanger"
-    is as near "where do I live?" as the user's home, the question is about the user."""
+    """A fact scores at least as well as the message it came from, but a relative's fact
+    keeps only half of that message's whole score, as of its own semantic share: "My
+    mother lives in Stavanger" is as near "where do I live?" as the user's home, the
+    question is about the user."""
     memory = await _offline(make_memory, embedder=shared_default())
     await _say(memory, "ann", 0, "I moved to Bergen last year", "My mother lives in Stavanger")
     for include_messages in (False, True):
