@@ -78,14 +78,26 @@ class FastEmbedEmbedder:
             vectors = list(self._model.embed(list(texts)))
         if len(vectors) != len(texts):
             raise MemveeError(f"fastembed returned {len(vectors)} vectors for {len(texts)} texts")
-        out = _unit(vectors)
-        wrong = next((len(v) for v in out if len(v) != self.dimensions), None)
-        if wrong is not None:
-            raise MemveeError(
-                f"fastembed's {self.model_name!r} gives vectors of {wrong} dimensions, not "
-                f"{self.dimensions}: give FastEmbedEmbedder dimensions={wrong}"
-            )
-        return out
+        return _of_length(
+            _unit(vectors),
+            self.dimensions,
+            f"fastembed's {self.model_name!r}",
+            "give FastEmbedEmbedder dimensions={wrong}",
+        )
+
+
+def _of_length(
+    vectors: list[list[float]], dimensions: int, who: str, remedy: str
+) -> list[list[float]]:
+    """``vectors``, each ``dimensions`` long; else an error naming the length ``who``
+    gives and the ``remedy`` (``{wrong}`` in it: that length)."""
+    wrong = next((len(v) for v in vectors if len(v) != dimensions), None)
+    if wrong is not None:
+        raise MemveeError(
+            f"{who} gives vectors of {wrong} dimensions, not {dimensions}: "
+            + remedy.format(wrong=wrong)
+        )
+    return vectors
 
 
 def _shown_without_key(error: Exception, client: Any) -> str:
@@ -165,10 +177,9 @@ class VoyageEmbedder:
             out.extend(_unit(result.embeddings))
         if len(out) != len(texts):
             raise MemveeError(f"Voyage AI returned {len(out)} vectors for {len(texts)} texts")
-        wrong = next((len(v) for v in out if len(v) != self.dimensions), None)
-        if wrong is not None:
-            raise MemveeError(
-                f"Voyage AI returned vectors of {wrong} dimensions, not {self.dimensions}: "
-                f"give VoyageEmbedder the dimensions {self.model!r} gives"
-            )
-        return out
+        return _of_length(
+            out,
+            self.dimensions,
+            "Voyage AI",
+            f"give VoyageEmbedder the dimensions {self.model!r} gives",
+        )

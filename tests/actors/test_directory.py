@@ -130,12 +130,8 @@ async def test_a_write_still_queued_when_its_actor_stops_is_seen_by_the_next_one
     assert await asyncio.to_thread(engine.store.load, "ann") is None
 
 
-async def test_a_write_waiting_for_its_actors_spawn_when_the_memory_closes_is_kept(
-    make_memory: Any, db_url: str
-) -> None:
-    """Closing lets the spawns under way finish and deliver the calls that wait for them
-    (it failed them with an untyped RuntimeError when the spawn ended after the stop)."""
-    memory: Memory = await make_memory()
+def _spawns_held(memory: Memory) -> tuple[Any, threading.Event]:
+    """The Memory's directory, whose actors' spawns wait until the event returned is set."""
     engine = memory._engine
     assert engine is not None
     directory = engine.directory
@@ -146,6 +142,16 @@ async def test_a_write_waiting_for_its_actors_spawn_when_the_memory_closes_is_ke
         return spawn(user_id, retire)
 
     directory._spawn = slow_spawn  # type: ignore[method-assign]
+    return directory, gate
+
+
+async def test_a_write_waiting_for_its_actors_spawn_when_the_memory_closes_is_kept(
+    make_memory: Any, db_url: str
+) -> None:
+    """Closing lets the spawns under way finish and deliver the calls that wait for them
+    (it failed them with an untyped RuntimeError when the spawn ended after the stop)."""
+    memory: Memory = await make_memory()
+    directory, gate = _spawns_held(memory)
     write = asyncio.ensure_future(memory.add_exchange("late", "I live in Oslo", "ok"))
     await _until(lambda: "late" in directory._spawning)
     closing = asyncio.ensure_future(memory.close())
@@ -166,16 +172,7 @@ async def test_a_task_of_an_actor_still_starting_when_the_memory_closes_is_ended
     """The write that waited for its actor's spawn requests an automatic task: the close
     ends it as interrupted by shutdown, so the next open finds no task a crash left open."""
     memory: Memory = await make_memory(auto_process=True, batch_threshold=2)
-    engine = memory._engine
-    assert engine is not None
-    directory = engine.directory
-    spawn, gate = directory._spawn, threading.Event()
-
-    def slow_spawn(user_id: str, retire: Any) -> Any:
-        gate.wait(10)
-        return spawn(user_id, retire)
-
-    directory._spawn = slow_spawn  # type: ignore[method-assign]
+    directory, gate = _spawns_held(memory)
     write = asyncio.ensure_future(memory.add_exchange("late", "I live in Oslo", "ok"))
     await _until(lambda: "late" in directory._spawning)
     closing = asyncio.ensure_future(memory.close(grace=0))

@@ -327,12 +327,9 @@ def _memvee_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("memvee-")]
 
 
-async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_file(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A startup deadline (``wait_for(memory.open(), …)``) runs out while the engine
-    starts in its thread: the open is cancelled, the engine stopped once started, and the
-    same or another Memory opens the file."""
+def _engine_start_held(patch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make engines wait, once built, until the second event returned is set; the first is
+    set when one is built."""
     starting, release = threading.Event(), threading.Event()
     make = Engine.__init__
 
@@ -341,10 +338,20 @@ async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_f
         starting.set()
         release.wait(10)
 
+    patch.setattr(Engine, "__init__", slow)
+    return starting, release
+
+
+async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_file(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A startup deadline (``wait_for(memory.open(), …)``) runs out while the engine
+    starts in its thread: the open is cancelled, the engine stopped once started, and the
+    same or another Memory opens the file."""
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        patch.setattr(Engine, "__init__", slow)
+        starting, release = _engine_start_held(patch)
         opening = asyncio.ensure_future(memory.open())
         assert await asyncio.to_thread(starting.wait, 10)
         opening.cancel()
@@ -364,18 +371,10 @@ async def test_a_close_during_an_open_waits_for_it_then_closes_the_memory(
 ) -> None:
     """A service told to stop while its Memory still opens: the close returns once the
     Memory that open started is closed, and a write after it is refused."""
-    starting, release = threading.Event(), threading.Event()
-    make = Engine.__init__
-
-    def slow(engine: Engine, *args: Any, **kwargs: Any) -> None:
-        make(engine, *args, **kwargs)
-        starting.set()
-        release.wait(10)
-
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        patch.setattr(Engine, "__init__", slow)
+        starting, release = _engine_start_held(patch)
         opening = asyncio.ensure_future(memory.open())
         assert await asyncio.to_thread(starting.wait, 10)
         closing = asyncio.ensure_future(memory.close())
