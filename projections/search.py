@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -614,13 +615,16 @@ def _id_first(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def search_fingerprint() -> int:
-    """A number that changes when indexed words would: the stemmer's version and
-    :func:`indexed_layout` (stored with the schema; a change refolds the projections)."""
-    return zlib.crc32(f"{Stemmer.version()}|{indexed_layout()}".encode())
+    """A number that changes when indexed words would: the stemmer's version, the Unicode
+    version folding follows (both the installation's) and :func:`indexed_layout` (stored
+    with the schema; a change refolds the projections)."""
+    unicode = unicodedata.unidata_version
+    return zlib.crc32(f"{Stemmer.version()}|unicode {unicode}|{indexed_layout()}".encode())
 
 
 def indexed_layout() -> str:
-    """How memvee cuts, folds and indexes words, named: a change to it comes with a new
+    """How memvee cuts, folds and indexes words, named (the stemmer's and Unicode's
+    versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
     out again in its own way."""
     return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes"

@@ -75,12 +75,9 @@ Japanese (half-width katakana are full-width once folded), Korean, Thai, Lao, Bu
 Khmer. A run is indexed as its overlapping pairs of characters (see :func:`word_pieces`):
 cut at its marks instead, a Thai sentence gave pieces no query word shared."""
 
-LAYOUT = (
-    "nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles|strokes"
-    f"|unicode {unicodedata.unidata_version}"
-)
-"""How text is folded and cut, and the Unicode version folding follows, in the search
-fingerprint: a change refolds the index, so that stored words and query words meet."""
+LAYOUT = "nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles|strokes"
+"""How text is folded and cut, in the search fingerprint (beside the Unicode version that
+folding follows): a change refolds the index, so that stored words and query words meet."""
 
 
 def fold(text: str) -> str:

@@ -309,7 +309,8 @@ class _ExactTool(Tool):
     """A tool that takes its arguments exactly as its input schema gives them: an argument
     it does not name (a misspelt one would be dropped) or a value not of the type named
     (``true``, ``"2"`` or ``2.5`` for an integer; ``2.0`` is one, as in JSON Schema) is an
-    ``invalid_input`` tool error, as the HTTP API answers 422 to the same body."""
+    ``invalid_input`` tool error, as the HTTP API answers 422 to the same mistakes (it
+    refuses ``2.0`` too: its routes are not JSON Schema tools a model writes for)."""
 
     async def run(
         self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
