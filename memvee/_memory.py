@@ -230,6 +230,11 @@ class Memory:
                 self._opening = None
         opening.ended.set_result(None)
 
+    def _close_under_way(self) -> bool:
+        """Whether a close is still closing the Memory: the opens under way then wait for
+        it and start nothing, so a later close joins (or cuts short) that close instead."""
+        return self._closer is not None and not self._closer.done()
+
     async def _opened(self) -> None:
         """Wait until the opens under way (if any) have returned, however they ended: a
         close then closes what they started."""
@@ -333,7 +338,8 @@ class Memory:
         closed (one called while an open is under way waits for it); a close that is
         cancelled goes on to its end in the background, and a later close waits for it, or
         cuts its grace short when given a shorter one (``grace=0``: a process told to stop
-        now, while an earlier close waits).
+        now, while an earlier close waits). Opens made during a close wait for it to end
+        before opening again; a later close does not wait for them, only for that close.
         """
         if grace is not None and (
             isinstance(grace, bool)
@@ -341,7 +347,8 @@ class Memory:
             or not 0 <= grace <= threading.TIMEOUT_MAX
         ):
             raise InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        await self._opened()
+        if not self._close_under_way():
+            await self._opened()
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:
             return

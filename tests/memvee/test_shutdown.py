@@ -116,6 +116,30 @@ async def test_a_close_with_no_grace_cuts_short_the_grace_a_close_under_way_give
     await _interrupted_and_buffered(db_url, task, written)
 
 
+async def test_a_close_with_no_grace_cuts_a_close_short_though_an_open_waits_for_it(
+    db_url: str,
+) -> None:
+    """A handler's ``if not memory.is_open: await memory.open()`` waits for a close giving a
+    task its grace; a process then told to stop now still cuts that grace short (it had
+    waited for the open, so for the whole grace), and the open then opens again."""
+    memory, extractor, task, written = await _extracting(db_url)
+    try:
+        first = asyncio.ensure_future(memory.close())
+        await asyncio.sleep(0.05)
+        reopening = asyncio.ensure_future(memory.open())
+        await asyncio.sleep(0.05)
+        assert not first.done() and not reopening.done()
+        async with asyncio.timeout(10):  # far less than the grace cut short
+            await memory.close(grace=0)
+            await first
+    finally:
+        extractor.gate.set()
+    assert (task.status, task.error) == (ProcessStatus.FAILED, "interrupted by shutdown")
+    assert await reopening is memory and memory.is_open
+    await memory.close()
+    await _interrupted_and_buffered(db_url, task, written)
+
+
 @pytest.mark.parametrize("grace", [-1, float("nan")])
 async def test_a_grace_that_is_no_number_of_seconds_is_refused(db_url: str, grace: Any) -> None:
     async with Memory(db_url=db_url, extractor=RecordingExtractor()) as memory:
