@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from actors import Engine
 from memvee import Memory, MemoryClosedError, MemoryConfig, ProcessStatus
+from tests.support.engines import engine_start_held
 from tests.support.extractors import RecordingExtractor
 
 
@@ -119,18 +119,9 @@ def test_an_open_while_another_loop_opens_the_memory_is_refused_and_starts_nothi
 ) -> None:
     """Two loops open one Memory at once: the one that began first opens it, the other
     is told the Memory is open on another loop, and one close stops every thread."""
-    starting, release = threading.Event(), threading.Event()
-    make = Engine.__init__
-
-    def slow_once(engine: Engine, *args: Any, **kwargs: Any) -> None:
-        make(engine, *args, **kwargs)
-        if not starting.is_set():
-            starting.set()
-            release.wait(10)
-
     config = MemoryConfig(db_url=db_url, leases=True)  # two engines could share the file
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
-    monkeypatch.setattr(Engine, "__init__", slow_once)
+    starting, release = engine_start_held(monkeypatch)
     opening = asyncio.run_coroutine_threadsafe(memory.open(), running_loop)
     assert starting.wait(10)
     with pytest.raises(MemoryClosedError, match="open on another event loop"):

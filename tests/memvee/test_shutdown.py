@@ -21,6 +21,7 @@ from memvee import (
     ProcessTask,
     StorageError,
 )
+from tests.support.engines import engine_start_held
 from tests.support.extractors import RecordingExtractor
 
 
@@ -351,21 +352,6 @@ def _memvee_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("memvee-")]
 
 
-def _engine_start_held(patch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Make engines wait, once built, until the second event returned is set; the first is
-    set when one is built."""
-    starting, release = threading.Event(), threading.Event()
-    make = Engine.__init__
-
-    def slow(engine: Engine, *args: Any, **kwargs: Any) -> None:
-        make(engine, *args, **kwargs)
-        starting.set()
-        release.wait(10)
-
-    patch.setattr(Engine, "__init__", slow)
-    return starting, release
-
-
 async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_file(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -375,7 +361,7 @@ async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_f
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        starting, release = _engine_start_held(patch)
+        starting, release = engine_start_held(patch)
         opening = asyncio.ensure_future(memory.open())
         assert await asyncio.to_thread(starting.wait, 10)
         opening.cancel()
@@ -398,7 +384,7 @@ async def test_a_close_during_an_open_waits_for_it_then_closes_the_memory(
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        starting, release = _engine_start_held(patch)
+        starting, release = engine_start_held(patch)
         opening = asyncio.ensure_future(memory.open())
         assert await asyncio.to_thread(starting.wait, 10)
         closing = asyncio.ensure_future(memory.close())
