@@ -271,7 +271,7 @@ class VectorIndex:
         timeouts, is embedded again by later fills: see :meth:`_strike`); an embedder
         that takes nothing at all, or gives vectors of another length than its
         ``dimensions``, fails the fill. A vector that holds a NaN or an infinity is not
-        stored: its item is left to a later fill.
+        stored: it counts as a failure of its text, which is left to a later fill.
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
@@ -314,7 +314,7 @@ class VectorIndex:
                 taken += len(chunk)
                 embedded = self._embedded(user_id, log_id, chunk, embed)
                 self._check_lengths(embedded)
-                embedded = self._finite(user_id, embedded)
+                embedded = self._finite(user_id, log_id, embedded)
                 vectored = {item for (item, _, _), _ in embedded}
                 unstored += [m for m in chunk if m[0] not in vectored]
                 values = [
@@ -573,24 +573,20 @@ class VectorIndex:
             )
 
     def _finite(
-        self, user_id: str, embedded: list[tuple[_Missing, list[float]]]
+        self, user_id: str, log_id: str, embedded: list[tuple[_Missing, list[float]]]
     ) -> list[tuple[_Missing, list[float]]]:
         """``embedded`` without the vectors holding a NaN or an infinity (a glitch of the
-        model or its API), with a warning: stored, one would leave its item unfindable by
-        meaning for good; left out, a later fill embeds the item again."""
+        model or its API): stored, one would leave its item unfindable by meaning for good;
+        left out, it is a strike of its text (see :meth:`_strike`), so a later fill embeds
+        it again, and a text the embedder never gives a finite vector is at last refused."""
         kept = []
         for pair in embedded:
-            (item, _, kind), vector = pair
-            if unfit(vector, self.dimensions) is None:
+            missing, vector = pair
+            problem = unfit(vector, self.dimensions)
+            if problem is None:
                 kept.append(pair)
             else:
-                log.warning(
-                    "user %r: the embedder gave %s %s a vector that is not finite; it is "
-                    "embedded again later",
-                    user_id,
-                    kind,
-                    item,
-                )
+                self._strike(user_id, log_id, missing, MemveeError(f"a vector of {problem}"))
         return kept
 
     def _to_retry(self, log_id: str, unstored: list[_Missing]) -> list[_Missing]:

@@ -281,6 +281,24 @@ def test_a_vector_that_is_not_finite_is_not_stored_and_its_item_is_embedded_agai
         assert index.messages(connection, "ann", query, 1)[0][0] in left
 
 
+def test_a_text_the_embedder_always_gives_a_vector_that_is_not_finite_is_refused_after_three_fills(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three fills far enough apart (see ``_STRIKE_GAP``; here any are), as any text
+    that fails alone."""
+    monkeypatch.setattr(vectors_module, "_STRIKE_GAP", 0.0)
+    embedder = _Glitching()
+    index = VectorIndex(ProjectionTables(), embedder.name, dimensions=embedder.dimensions)
+    for _ in range(2):
+        (left,) = index.fill(store.engine, "ann", embedder.embed, messages=True)
+        assert index.refused("ann") == frozenset()
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert index.refused("ann") == {left}
+    calls = embedder.calls
+    assert index.fill(store.engine, "ann", embedder.embed, messages=True) == frozenset()
+    assert embedder.calls == calls, "not sent again"
+
+
 class _Failing(_Recording):
     """Fails every batch holding the text ``failing`` with ``error``, while it is set;
     takes every other batch (the canary's among them)."""
