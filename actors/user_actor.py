@@ -176,10 +176,14 @@ class UserActor(PooledActor):
         messages back in the buffer) and drop what it held in memory, so the next message
         finds the user as a fresh actor would, loaded from the log.
 
+        The fault counts as a failed attempt of the running task's batch, as any failure
+        of it blamed on its messages does (see :meth:`UserLog.record_failure`): the batch
+        is split, and a message that meets it alone ``max_attempts`` times is quarantined.
         Tasks that waited behind the closed ones are started now and, with auto-processing,
         the closed tasks' messages are retried after the user's backoff, as after a failure
         that may pass; with nothing closed (or the store failing) the next start waits the
-        user's store backoff. Either backoff grows, so a fault that recurs never spins.
+        user's store backoff. Either backoff grows, so a fault that recurs never spins, and
+        never sends the same batch to the extractor for ever.
         """
         running, spent = self._running, (self._task_knowledge, self._task_covered)
         log.error(
@@ -195,18 +199,25 @@ class UserActor(PooledActor):
         self._forget_log()
         self._wake_due = None  # a wake-up the fault met is past, and never ran
         try:
-            ended, self._unended = self._close_started(reason), ()
+            (ended, quarantined), self._unended = self._close_started(reason, running), ()
         except Exception as failed:  # closed by _advance once the store answers
             log.warning(
                 "user %r: the tasks the error ended could not be closed: %s",
                 self.user_id,
                 _describe(failed),
             )
-            ended, self._unended = list(ran), ran
-        for task_id in ended:
+            (ended, quarantined), self._unended = (dict.fromkeys(ran, "FAILED"), []), ran
+        self._log_quarantined(quarantined, reason)
+        for task_id, status in ended.items():
             knowledge, covered = spent if task_id == running else (0, 0)
+            covered += len(quarantined) if task_id == running else 0
             self._services.observer.task_finished(
-                self.user_id, task_id, "FAILED", knowledge, reason, covered
+                self.user_id,
+                task_id,
+                status,
+                knowledge,
+                reason if status == "FAILED" else None,
+                covered,
             )
         if ended and not self._unended:
             self._myself.start_queued()
@@ -215,19 +226,39 @@ class UserActor(PooledActor):
         else:
             self._wake_in(self._services.store_backoff.failed(self.user_id))
 
-    def _close_started(self, reason: str) -> list[str]:
+    def _close_started(self, reason: str, faulted: str | None) -> tuple[dict[str, str], list[str]]:
         """As the owner, close every started task of the reloaded log as FAILED with
-        ``reason`` (with no task running here, any such task is one this actor ran);
-        returns their ids."""
+        ``reason`` (with no task running here, any such task is one this actor ran), the
+        batch out of ``faulted`` (the task running at the fault) as a failure blamed on
+        it; returns each task's status by id (COMPLETED: its last message quarantined)
+        and the messages quarantined."""
         if not self._owner or not self._lease_held():
-            return []
+            return {}, []
+        limits = self._services.settings.limits
 
-        def close(user_log: UserLog | None) -> list[str]:
+        def close(user_log: UserLog | None) -> tuple[dict[str, str], list[str]]:
             if user_log is None or not user_log.started_tasks:
-                return []
-            return user_log.close_interrupted(reason)
+                return {}, []
+            ended, quarantined = dict.fromkeys(user_log.started_tasks, "FAILED"), []
+            if faulted in user_log.open_tasks:
+                quarantined = user_log.record_failure(faulted, reason, blamed=True, limits=limits)
+                if faulted not in user_log.started_tasks:
+                    ended[faulted] = "COMPLETED" if quarantined else "FAILED"
+            user_log.close_interrupted(reason)
+            return ended, quarantined
 
         return self._decide(close)
+
+    def _log_quarantined(self, quarantined: list[str], error: str) -> None:
+        """Warn of each message quarantined after failing alone ``max_attempts`` times."""
+        for message_id in quarantined:
+            log.warning(
+                "user %r: message %s quarantined after failing alone %d times: %s",
+                self.user_id,
+                message_id,
+                self._services.settings.limits.max_attempts,
+                error,
+            )
 
     # ------------------------------------------------------------------ commands
 
@@ -684,14 +715,7 @@ class UserActor(PooledActor):
             self._unended = (*self._unended, task_id)
             self._batch_ended(task_id, "FAILED", text, recorded=False)
             return
-        for message_id in quarantined:
-            log.warning(
-                "user %r: message %s quarantined after failing alone %d times: %s",
-                self.user_id,
-                message_id,
-                limits.max_attempts,
-                text,
-            )
+        self._log_quarantined(quarantined, text)
         self._task_covered += len(quarantined)
         if again or quarantined:
             log.info("user %r: task %s: a batch failed, split: %s", self.user_id, task_id, text)

@@ -418,11 +418,13 @@ class UserLog(Aggregate):
 
     class ProcessingFailed(Aggregate.Event):
         """A task ended FAILED on an error that may pass (the API was down, slow or busy,
-        or storage failed); its batch returns to the buffer, split for the next try.
+        or storage failed) or on a fault in memvee; its batch returns to the buffer, split
+        for the next try.
 
-        ``blamed`` says the batch (one message) failed while the API answered others, so
-        the failure counts against that message as well. The tokens are what the failed
-        calls spent, if any did (an answer cut at its budget, then a failed re-ask).
+        ``blamed`` says the batch (one message) failed while the API answered others, or
+        met a fault, so the failure counts against that message as well. The tokens are
+        what the failed calls spent, if any did (an answer cut at its budget, then a failed
+        re-ask).
         """
 
         task_id: str

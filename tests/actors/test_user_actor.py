@@ -1,7 +1,7 @@
 """An unexpected error in a user's actor (a defect of memvee, or a dependency failing
 where nothing was expected) is logged once, ends the tasks the actor ran FAILED with
-their messages back in the buffer, and the user's memory goes on from the log; other
-users never notice."""
+their messages back in the buffer (the fault counted as a failed attempt of them), and
+the user's memory goes on from the log; other users never notice."""
 
 from __future__ import annotations
 
@@ -155,6 +155,45 @@ async def test_a_defect_while_an_automatic_task_runs_has_its_messages_retried_af
     assert tasks[0].error == f"{FAULT_REASON} (RuntimeError: a defect met on purpose)"
     assert await memory.buffer("ann") == []
     assert [e.text for e in await memory.knowledge("ann")] == ["User said: I live in Oslo"]
-    assert len(extractor.batches) == 2
+    sizes = [len(b.messages) for b in extractor.batches]
+    assert sizes == [2, 1, 1], "split, as after any failure of the batch"
     (error,) = _errors(caplog)
     assert "'ann'" in error.getMessage() and tasks[0].task_id in error.getMessage()
+
+
+async def test_a_defect_that_recurs_in_an_automatic_task_quarantines_its_message_after_max_attempts(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each fault counts as a failed attempt of the batch out, as any failure blamed on
+    it does: a message that meets it alone ``max_attempts`` times is quarantined with the
+    fault's error, instead of being sent to the extractor again after every backoff."""
+    memory: Memory = await make_memory(
+        auto_process=True,
+        batch_threshold=1,
+        config={"retry_delay": 0.001, "retry_delay_max": 0.001, "max_attempts": 3},
+    )
+    real = UserActor.extraction_done
+
+    def always_failing(self: UserActor, *args: Any, **kwargs: Any) -> Any:
+        if self.user_id == "ann":
+            raise DEFECT
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UserActor, "extraction_done", always_failing)
+    await memory.add_message("ann", "user", "I live in Oslo")
+    async with asyncio.timeout(10):
+        while not await memory.quarantined("ann") and len(extractor.batches) <= 3:
+            await asyncio.sleep(0.01)
+        assert await memory.quarantined("ann"), "quarantined, not sent again and again"
+        await memory.wait_for_processing("ann")
+    (quarantined,) = await memory.quarantined("ann")
+    assert FAULT_REASON in quarantined.error and "a defect met on purpose" in quarantined.error
+    assert await memory.buffer("ann") == []
+    assert len(extractor.batches) == 3, "max_attempts calls, then no more"
+    tasks = await memory.tasks("ann")
+    statuses = [t.status for t in tasks]
+    assert statuses == [ProcessStatus.FAILED, ProcessStatus.FAILED, ProcessStatus.COMPLETED]
+    last = await memory.get_task("ann", tasks[-1].task_id)
+    assert last.status is ProcessStatus.COMPLETED, "as any task whose last message is quarantined"
