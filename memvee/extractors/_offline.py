@@ -819,13 +819,26 @@ _UNSURE = re.compile(
     re.IGNORECASE,
 )
 """A sentence its writer says is a joke or a guess: not a fact to replace another."""
-_TAKEN_BACK = re.compile(
-    r"(?:[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?).*?\b(?:not\s+really|any\s?more|no\s+(?:more|longer)"
-    r"|until|till|til|used\s+to)\b|(?:[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?|\s)\s*(?:not|no)\W*$",
+_ASIDE_OPENS = re.compile(r"[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?")
+"""What opens an aside within a clause: a comma, semicolon, bracket or dash."""
+_TAKES_BACK = re.compile(
+    r"\b(?:not\s+really|any\s?more|no\s+(?:more|longer)|until|till|til|used\s+to)\b",
     re.IGNORECASE,
 )
-"""A clause its writer takes back in an aside or at its end ("I work at Acme (not
-anymore)", "I live in Oslo, or did until March", "... haha no"): not a current fact."""
+"""Words that take a statement back when an aside says them ("not anymore", "until March")."""
+_TAKEN_BACK_AT_END = re.compile(r"(?<![\w'])(?:not|no)\W*$", re.IGNORECASE)
+"""A clause that ends on a bare "no" or "not" ("I live in Oslo haha no")."""
+
+
+def _taken_back(clause: str) -> bool:
+    """Whether the writer takes ``clause`` back in an aside or at its end ("I work at Acme
+    (not anymore)", "I live in Oslo, or did until March", "... haha no"): not a current
+    fact. Only the first aside is looked for and each character read once, so a clause
+    of many commas takes linear time, not a scan to its end from each of them."""
+    aside = _ASIDE_OPENS.search(clause)
+    if aside is not None and _TAKES_BACK.search(clause, aside.end()) is not None:
+        return True
+    return _TAKEN_BACK_AT_END.search(clause) is not None
 
 
 _JOKE_FIRST = re.compile(
@@ -1039,7 +1052,7 @@ def _message_facts(
                 last = None
                 if not retraction.states:
                     continue
-            if _TAKEN_BACK.search(clause):
+            if _taken_back(clause):
                 continue
             for rule in _RULES:
                 facts = rule.facts(clause, cased=cased)
