@@ -199,12 +199,13 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 # Regex building blocks; every rule is matched case-insensitively against a whole clause.
 _PAST_TIME = (
     r"(?:yesterday|recently|lately|last\s+(?:night|week|weekend|month|year)"
-    r"|this\s+(?:morning|afternoon|evening|week|month|year)|earlier\s+(?:today|this\s+\w+)"
+    r"|this\s+morning|earlier\s+(?:today|this\s+\w+)"
     r"|(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|a\s+few|a\s+couple\s+of"
-    r"|several|\d+)\s+(?:days?|weeks?|months?)\s+ago|in\s+" + _MONTH + r")"
+    r"|several|\d+)\s+(?:days?|weeks?|months?)\s+ago)"
 )
 """A time in the recent past opening a clause ("Yesterday I quit my job", "Two weeks ago
-I moved to Bergen"): when the change happened, so what follows is still the user's now."""
+I moved to Bergen"): when the change happened, so what follows is still the user's now.
+A time that may lie ahead ("In December", "This year") is none: it opens plans too."""
 _LEAD_IN = (
     r"(?:(?:and|but|so|also|plus|oh|well|actually|btw|anyway|ok|okay|yes|yeah|hi|hey|hello"
     r"|fyi|honestly|by\s+the\s+way|" + _PAST_TIME + r")\b[\s,!]*){0,5}"

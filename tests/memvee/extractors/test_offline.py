@@ -1439,7 +1439,7 @@ async def test_a_place_no_more_is_a_retraction_and_never_a_value() -> None:
 
 
 async def test_a_change_opening_on_a_past_time_is_a_change() -> None:
-    """When a change happened ("Yesterday", "Two weeks ago", "In March") may open the
+    """When a change happened ("Yesterday", "Two weeks ago", "This morning") may open the
     sentence as well as close it: the job still ends, the home still moves."""
     assert await against((ACME,), "Yesterday I quit my job.") == (
         invalidate("User left their job.", "e-acme"),
@@ -1447,11 +1447,26 @@ async def test_a_change_opening_on_a_past_time_is_a_change() -> None:
     for content in (
         "Last month I moved to Bergen.",
         "Two weeks ago I moved to Bergen.",
-        "In March I moved to Bergen.",
         "This morning I moved to Bergen.",
         "Recently I moved to Bergen.",
     ):
         assert await against((OSLO,), content) == (update("User lives in Bergen.", "e-oslo"),)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "In December I live in Bergen.",
+        "In September I work at Globex.",
+        "In June I work at Globex, in July at Initech.",
+        "This year I work at Globex.",
+        "This week I live in Bergen.",
+    ],
+)
+async def test_a_sentence_opening_on_a_month_or_this_period_is_no_change(content: str) -> None:
+    """ "In December" or "This year" may be ahead as well as past: what follows may be a
+    plan or a habit, so it replaces neither the known home nor the known job."""
+    assert await against((OSLO, ACME), content) == ()
 
 
 async def test_a_name_given_in_passing_adds_a_relative_and_ends_no_other_name() -> None:
