@@ -820,24 +820,28 @@ _UNSURE = re.compile(
     re.IGNORECASE,
 )
 """A sentence its writer says is a joke or a guess: not a fact to replace another."""
-_ASIDE_OPENS = re.compile(r"[,;(\[]|\s-+\s|\s?[\u2013\u2014]\s?")
-"""What opens an aside within a clause: a comma, semicolon, bracket or dash."""
+_ASIDE_BREAK = re.compile(r"[,;()\[\]]|\s-+\s|\s?[\u2013\u2014]\s?")
+"""What opens or closes an aside within a clause: a comma, semicolon, bracket or dash."""
+_UNTIL = r"(?:until|till|til)\s+"
 _TAKES_BACK = re.compile(
-    r"\b(?:not\s+really|any\s?more|no\s+(?:more|longer)|until|till|til|used\s+to)\b",
+    r"(?:(?:or|well|haha|lol|oh|ok|okay|actually|at\s+least)\W+)*"
+    r"(?:not\s+really|not\s+any\s?more|any\s?more|no\s+(?:more|longer)|not|no"
+    r"|(?:i\s+)?(?:did|used\s+to)(?:\s+" + _UNTIL + r".+)?|" + _UNTIL + _PAST_TIME + r")",
     re.IGNORECASE,
 )
-"""Words that take a statement back when an aside says them ("not anymore", "until March")."""
-_TAKEN_BACK_AT_END = re.compile(r"(?<![\w'])(?:not|no)\W*$", re.IGNORECASE)
-"""A clause that ends on a bare "no" or "not" ("I live in Oslo haha no")."""
+"""A whole aside that takes its clause back ("not anymore", "well, used to", "or at least
+I did until March", "until last month"), not one that merely holds such a word ("usually
+until 6pm", "at least until the summer", "she used to live in Oslo")."""
+_TAKEN_BACK_AT_END = re.compile(r"(?<![\w'])(?:not|no(?:\s+(?:more|longer))?)\W*$", re.IGNORECASE)
+"""A clause that ends on a bare "no", "not" or "no more" ("I live in Oslo haha no")."""
 
 
 def _taken_back(clause: str) -> bool:
     """Whether the writer takes ``clause`` back in an aside or at its end ("I work at Acme
     (not anymore)", "I live in Oslo, or did until March", "... haha no"): not a current
-    fact. Only the first aside is looked for and each character read once, so a clause
-    of many commas takes linear time, not a scan to its end from each of them."""
-    aside = _ASIDE_OPENS.search(clause)
-    if aside is not None and _TAKES_BACK.search(clause, aside.end()) is not None:
+    fact. Each aside is tested once, whole, so a clause of many commas takes linear time."""
+    asides = _ASIDE_BREAK.split(clause)[1:]
+    if any(_TAKES_BACK.fullmatch(aside.strip(_EDGE_JUNK)) for aside in asides):
         return True
     return _TAKEN_BACK_AT_END.search(clause) is not None
 

@@ -1419,12 +1419,33 @@ async def test_part_or_full_time_is_no_part_of_a_workplace(content: str) -> None
         "I live in Oslo, not really, I'm just visiting.",
         "I live in Oslo haha no.",
         "I'm a doctor (not really).",
+        "I work at Google (until recently).",
+        "I work at Google, not anymore.",
+        "My sister lives in Bergen no more.",
     ],
 )
 async def test_a_statement_taken_back_in_an_aside_is_no_current_fact(content: str) -> None:
     """What the writer takes back as they say it ("(not anymore)", ", until March", "haha
     no") is not stated as true now, so it replaces nothing."""
     assert await against((ACME, OSLO), content) == ()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("I work at Acme, usually until 6pm.", "User works at Acme."),
+        ("I work at Acme, from nine till five.", "User works at Acme."),
+        ("I live in Oslo, at least until the summer.", "User lives in Oslo."),
+        ("My sister lives in Bergen, she used to live in Oslo.", "User's sister lives in Bergen."),
+    ],
+)
+async def test_an_aside_that_only_holds_until_or_used_to_keeps_the_fact(
+    content: str, expected: str
+) -> None:
+    """Only an aside that is wholly a taking back ("(not anymore)", ", until last month")
+    takes the statement back: "usually until 6pm" says when, and "she used to live in
+    Oslo" says something else, so the fact still holds."""
+    assert [fact.text for fact in await against((), content)] == [expected]
 
 
 async def test_a_place_no_more_is_a_retraction_and_never_a_value() -> None:
