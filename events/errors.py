@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORGOTTEN_REASON",
+    "INPUT_REFUSED_STATUSES",
     "ConflictError",
     "ExtractionError",
     "ExtractorOverloadedError",
@@ -169,6 +170,11 @@ class RejectedBatchError(ExtractionError):
         super().__init__(message, usage=usage)
         self.reason = reason
         self.probe_accepted = probe_accepted
+
+
+INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})
+"""The HTTP statuses by which an API (Claude's, an embedding API) refuses the request's
+input itself (too long, malformed): sent again, it would fail the same way."""
 
 
 class RejectedTextError(MemveeError):

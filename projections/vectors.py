@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
-from events.errors import MemveeError, RejectedTextError
+from events.errors import INPUT_REFUSED_STATUSES, MemveeError, RejectedTextError
 from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
 from projections.tables import ProjectionTables
@@ -89,8 +89,6 @@ embedder says so at once."""
 _STRIKE_GAP = 60.0
 """The seconds between two failures of a text that both count: the fills of a burst of
 timeouts or of 429s (a search's, the background's after each write) count as one."""
-_REJECTED_STATUSES = frozenset({400, 413, 422})
-"""The HTTP statuses by which an embedding API refuses the input itself."""
 
 _T = TypeVar("_T")
 
@@ -768,7 +766,7 @@ def _remembered(kept: OrderedDict[str, _T], log_id: str, new: Callable[[], _T]) 
 def _rejects_text(error: BaseException) -> bool:
     """Whether ``error``, or one it chains to, says the input itself is refused: a
     :class:`RejectedTextError`, or an HTTP client's error of a status in
-    :data:`_REJECTED_STATUSES`."""
+    :data:`INPUT_REFUSED_STATUSES`."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -776,7 +774,7 @@ def _rejects_text(error: BaseException) -> bool:
         if isinstance(current, RejectedTextError):
             return True
         statuses = (getattr(current, name, None) for name in ("status_code", "http_status"))
-        if any(status in _REJECTED_STATUSES for status in statuses):
+        if any(status in INPUT_REFUSED_STATUSES for status in statuses):
             return True
         current = current.__cause__ or current.__context__
     return False

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from events.errors import InvalidInputError, MemveeError, RejectedTextError
+from events.errors import INPUT_REFUSED_STATUSES, InvalidInputError, MemveeError, RejectedTextError
 from memvee._secrets import redact
 
 __all__ = ["FastEmbedEmbedder", "VoyageEmbedder"]
@@ -107,9 +107,6 @@ def _shown_without_key(error: Exception, client: Any) -> str:
     return redact(f"{type(error).__name__}: {error}", [key for key in keys if key])
 
 
-_REJECTED_STATUSES = frozenset({400, 413, 422})
-"""The HTTP statuses by which Voyage AI refuses the input itself (a text too long)."""
-
 VOYAGE_DEFAULT_DIMENSIONS = 1024
 """The length of the vectors Voyage AI's current models give unless asked for another."""
 
@@ -170,7 +167,7 @@ class VoyageEmbedder:
             try:
                 result = client.embed(chunk, model=self.model, input_type="document", **shape)
             except Exception as error:
-                rejected = getattr(error, "http_status", None) in _REJECTED_STATUSES
+                rejected = getattr(error, "http_status", None) in INPUT_REFUSED_STATUSES
                 raise (RejectedTextError if rejected else MemveeError)(
                     f"Voyage AI embedding failed: {_shown_without_key(error, client)}"
                 ) from None

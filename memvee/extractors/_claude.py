@@ -33,6 +33,7 @@ import httpx2
 from anthropic.types import Message, MessageParam, TextBlockParam
 
 from events.errors import (
+    INPUT_REFUSED_STATUSES,
     ExtractionError,
     ExtractorOverloadedError,
     InvalidExtractionError,
@@ -97,9 +98,6 @@ _ENTRY_PROBES = 12
 """Probes that look for the known entries a refusal is caused by, at most, per batch:
 enough to find one refused entry among 2,048 (a batch shows at most 100), or two among
 30 (see :meth:`ClaudeExtractor._entries_accepted`)."""
-
-_REJECTED_STATUSES = frozenset({400, 413, 422})
-"""Statuses that refuse the request itself (too long, malformed): it would fail again."""
 
 _OVERLOADED_STATUSES = frozenset({529})
 """Statuses of an API too busy for any request: never the batch's fault."""
@@ -771,7 +769,7 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         if wait is not None:
             parts.append(f"; retry after {wait:g} s")
         text = redact("".join(parts), secrets)
-        if exc.status_code in _REJECTED_STATUSES:
+        if exc.status_code in INPUT_REFUSED_STATUSES:
             reason = None  # a request too large is the batch's own fault, by its nature
             if exc.status_code != 413:
                 reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
