@@ -23,7 +23,6 @@ from pydantic import (
     Field,
     JsonValue,
     StrictBool,
-    StrictInt,
     StrictStr,
     TypeAdapter,
 )
@@ -35,6 +34,7 @@ from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import ApiError, mark_reads_only
 from memvee._server.user_paths import quoted_user_id, user_id_of
+from memvee._server.whole_numbers import WholeNumber
 from memvee._task import ProcessTask
 from memvee.audit import Audit, Provenance
 from projections import KnowledgeEntry, Message, UserSummary
@@ -106,7 +106,7 @@ class RetrieveIn(_Body):
     """A question to rank the user's knowledge (and optionally raw messages) for."""
 
     query: StrictStr
-    top_k: StrictInt = Field(10, description="How many results, 1 to 1000.")
+    top_k: WholeNumber = Field(10, description="How many results, 1 to 1000.")
     include_messages: StrictBool = False
     as_of: IsoTime | None = Field(
         None, description="Rank what was valid then instead of now (an ISO 8601 time)."

@@ -37,6 +37,7 @@ from memvee._server.errors import (
     described,
 )
 from memvee._server.logs import REQUEST_ID_KEY
+from memvee._server.whole_numbers import whole_number
 from memvee.audit import Audit
 
 __all__ = ["READ_ONLY_TOOLS", "build_mcp"]
@@ -309,8 +310,7 @@ class _ExactTool(Tool):
     """A tool that takes its arguments exactly as its input schema gives them: an argument
     it does not name (a misspelt one would be dropped) or a value not of the type named
     (``true``, ``"2"`` or ``2.5`` for an integer; ``2.0`` is one, as in JSON Schema) is an
-    ``invalid_input`` tool error, as the HTTP API answers 422 to the same mistakes (it
-    refuses ``2.0`` too: its routes are not JSON Schema tools a model writes for)."""
+    ``invalid_input`` tool error, as the HTTP API answers 422 to the same mistakes."""
 
     async def run(
         self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
@@ -343,14 +343,11 @@ class _TakenAsSent(FuncMetadata):
 
 
 def _whole_numbers_as_integers(arguments: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
-    """``arguments`` with each number of no fraction given for an integer argument (``8.0``)
-    as that integer: JSON Schema's ``integer`` is any such number, and a client's JSON
-    encoder may write one so. A bool, a string or ``8.5`` is left for the model to refuse."""
+    """``arguments`` with each integer argument given as a number of no fraction (``8.0``)
+    as that integer, leaving the rest for the model to judge."""
     integers = {name for name, field in model.model_fields.items() if field.annotation is int}
     return {
-        name: int(value)
-        if name in integers and type(value) is float and value.is_integer()
-        else value
+        name: whole_number(value) if name in integers else value
         for name, value in arguments.items()
     }
 

@@ -187,6 +187,8 @@ def test_a_user_id_with_a_line_break_is_422_not_a_bare_404(http: httpx.Client) -
     [
         {"query": "x", "top_k": 0},
         {"query": "x", "top_k": "3"},
+        {"query": "x", "top_k": 2.5},
+        {"query": "x", "top_k": True},
         {"query": 7},
         {"top_k": 3},
         {"query": ""},
@@ -197,6 +199,16 @@ def test_bad_retrieve_arguments_are_422(
     http: httpx.Client, user: str, body: dict[str, Any]
 ) -> None:
     assert http.post(f"/v1/users/{user}/retrieve", json=body).status_code == 422
+
+
+def test_a_top_k_with_a_fraction_of_zero_is_that_integer_as_in_json_schema(
+    http: httpx.Client, user: str
+) -> None:
+    body = {"query": "hello hi", "top_k": 1.0, "include_messages": True}
+    answer = http.post(f"/v1/users/{user}/retrieve", json=body)
+
+    assert answer.status_code == 200
+    assert len(answer.json()["messages"]) == 1
 
 
 def test_writes_for_an_unknown_user_of_a_read_are_404_and_create_nobody(
