@@ -114,6 +114,16 @@ class FileHold:
         """Whether the hold is still held."""
         return self._descriptor is not None
 
+    def alone(self) -> bool:
+        """Whether no other store, in this process or another, holds the file: if so, the
+        hold is held alone from now on, so that none opens the file until it is released.
+        If not, the hold may be left shared with nothing (as ``flock`` converts), so ask
+        only on the way to :meth:`release`."""
+        descriptor = self._descriptor
+        return (
+            descriptor is not None and try_flock(descriptor) and same_file(descriptor, self.record)
+        )
+
     def release(self) -> None:
         """Give the hold up; the last holder removes the record. Idempotent."""
 

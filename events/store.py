@@ -1359,6 +1359,20 @@ class EventStore:
                 )
         self._wal_id = found
 
+    def _unused_and_empty(self) -> bool:
+        """Whether this store's SQLite file holds no event and no other store has it open,
+        the file then held alone until :meth:`close` releases it."""
+        hold = self._hold
+        if hold is None or hold.ident is None or not hold.alone():
+            return False
+        if self._file is None or file_ident(self._file) != hold.ident:
+            return False
+        try:
+            return self.count() == 0
+        except MemveeError as error:
+            log.warning("cannot tell whether %s holds events (%s): it is kept", self._file, error)
+            return False
+
     def _stale_journals(self) -> list[tuple[Path, tuple[int, int]]]:
         """The write-ahead log and shared-memory files at the path of a file deleted or
         replaced under this store that this process holds open: its own, which SQLite's
@@ -1374,9 +1388,13 @@ class EventStore:
                 found.append((journal, ident))
         return found
 
-    def close(self) -> None:
+    def close(self, *, discard_if_empty: bool = False) -> None:
         """Release every database connection (and, if the file was deleted or replaced
-        meanwhile, remove the journals this store left at its path)."""
+        meanwhile, remove the journals this store left at its path). With
+        ``discard_if_empty``, a SQLite file that holds no event and that no other store,
+        in this process or another, has open is removed too, with its journals: what an
+        import that made the file and stored nothing leaves."""
+        discard = discard_if_empty and self._unused_and_empty()
         stale = self._stale_journals()
         if self._readers is not None:
             self._readers.close()
@@ -1392,5 +1410,8 @@ class EventStore:
             if file_ident(journal) == ident:
                 journal.unlink(missing_ok=True)
                 log.warning("removed %s, left by a database file deleted or replaced", journal)
+        if discard:  # held alone until the release: no store opens the file meanwhile
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{Path(str(self._file)).resolve()}{suffix}").unlink(missing_ok=True)
         if self._hold is not None:
             self._hold.release()  # only now may the path be opened again: its journals are gone

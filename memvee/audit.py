@@ -324,14 +324,16 @@ class Audit:
         self._checkpoints = replay_checkpoints(tables)
         self._scrubber: TraceScrubber | None = None
 
-    def close(self) -> None:
+    def close(self, *, discard_if_empty: bool = False) -> None:
         """Release the database connections, after one last try at scrubbing what an
-        erasure left in SQLite's files (a warning names the users whose words stay)."""
+        erasure left in SQLite's files (a warning names the users whose words stay).
+        With ``discard_if_empty``, remove a SQLite file that holds no event and that no
+        other store has open (see :meth:`EventStore.close`)."""
         try:
             if self._scrubber is not None:
                 self._scrubber.stop()
         finally:
-            self.store.close()
+            self.store.close(discard_if_empty=discard_if_empty)
 
     def __enter__(self) -> Self:
         return self

@@ -10,6 +10,7 @@ in ISO 8601). Exit codes: 0 ok, 1 drift found (``verify``) or failed batch reque
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import io
@@ -486,7 +487,9 @@ def _print_error(message: str, fallback: str = "error") -> None:
     """``message`` as one ``error:`` line on stderr, whatever lines it held (``fallback``
     when it holds none)."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    errors.print(Text.assemble(("error:", "red"), f" {_shown(line) or fallback}"), soft_wrap=True)
+    shown = Text.assemble(("error:", "red"), f" {_shown(line) or fallback}")
+    with contextlib.suppress(OSError, ValueError):  # stderr full or closed: the exit code tells
+        errors.print(shown, soft_wrap=True)
 
 
 @app.command("log")
@@ -717,9 +720,12 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8") as file:
             return sum(file.write(line + "\n") > 0 for line in lines)
-    partial = target.with_name(target.name + ".partial")
+    descriptor, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+    )
+    partial = Path(name)  # a new file of its own: never one that was there, a database
     try:
-        with partial.open("w", encoding="utf-8") as file:
+        with open(descriptor, "w", encoding="utf-8") as file:
             count = sum(file.write(line + "\n") > 0 for line in lines)
         partial.replace(target)
     except BaseException:
@@ -746,26 +752,18 @@ def import_(
     imported in part is completed, one imported whole is left; a user who has another
     log here is refused. A database file the import made and stored nothing in is
     removed again."""
-    made = db_url is None and not Path(db).expanduser().exists()
-    empty = False
-    try:
-        # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of line 1
-        with open(file, encoding="utf-8-sig") as lines, _audit(db, db_url, create=True) as audit:
-            try:
-                counts = audit.import_lines(lines, keep_lookalike_ids=keep_lookalike_ids)
-                if not counts:
-                    raise InvalidInputError(f"{file} holds no exported log: nothing to import")
-            except MemveeError:
-                empty = made and audit.store.count() == 0
-                raise
-    finally:
-        if empty:
-            database = Path(db).expanduser()
-            for path in (
-                database,
-                *(database.with_name(database.name + s) for s in _BESIDE_DATABASE),
-            ):
-                path.unlink(missing_ok=True)
+    url = _url(db, db_url, create=True)
+    path = sqlite_file(make_url(driver_url(url)))
+    made = path is not None and not Path(path).expanduser().exists()
+    # utf-8-sig: a byte order mark (an editor's, on Windows) is not part of line 1
+    with open(file, encoding="utf-8-sig") as lines:
+        audit = Audit(db_url=url, create=True)
+        try:
+            counts = audit.import_lines(lines, keep_lookalike_ids=keep_lookalike_ids)
+            if not counts:
+                raise InvalidInputError(f"{file} holds no exported log: nothing to import")
+        finally:
+            audit.close(discard_if_empty=made)
     for user, count in counts.items():
         if count:
             console.print(f"imported {count} events of {user!r}")
@@ -834,7 +832,7 @@ async def _reextract_users(
     users failed and how many messages were left out."""
     failed = left_out = 0
     try:
-        with Progress(console=console, transient=True) as bar:
+        with _bar("re-extracting", "users") as bar:
             job = bar.add_task("re-extracting", total=len(targets))
             for target in targets:
                 report = ReextractionReport()

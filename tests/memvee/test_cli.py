@@ -414,6 +414,31 @@ def test_an_export_is_never_written_over_the_database_it_reads(db: str, beside: 
     assert run("log", "ann", "--json", "--db", db).output == before, "was replaced by JSONL"
 
 
+def test_an_export_never_writes_its_file_in_progress_over_a_database(
+    db: str, tmp_path: Path
+) -> None:
+    """An export to ``snap`` of a database named ``snap.partial`` used to write over it."""
+    database = tmp_path / "snap.partial"
+    Path(db).rename(database)
+    before = run("log", "ann", "--json", "--db", str(database)).output
+
+    run("export", "ann", "--out", str(tmp_path / "snap"), "--db", str(database))
+
+    assert run("log", "ann", "--json", "--db", str(database)).output == before
+    assert (tmp_path / "snap").read_text().count("\n") == before.count('"version"')
+
+
+def test_an_error_that_cannot_be_printed_still_exits_2(db: str) -> None:
+    with open("/dev/full", "w") as full:
+        ended = subprocess.run(
+            [sys.executable, "-m", "memvee", "log", "nobody", "--db", db],
+            stderr=full,
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
+    assert ended.returncode == 2
+
+
 def test_control_characters_in_stored_text_are_shown_not_sent_to_the_terminal(
     tmp_path: Path,
 ) -> None:
@@ -993,6 +1018,39 @@ def test_import_of_a_file_with_no_log_is_refused_and_makes_no_database(
     line = one_error_line(run("import", str(empty), "--db", str(tmp_path / "new.db"), code=2))
     assert "holds no exported log" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
+
+def test_a_failed_import_into_a_new_database_url_removes_it_too(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+
+    run("import", str(empty), "--db-url", url, code=2)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
+
+def test_a_failed_import_keeps_the_new_database_another_store_opened_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application that opened the file the import made must not lose it under it."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    database = tmp_path / "new.db"
+    opened: list[EventStore] = []
+    import_lines = Audit.import_lines
+
+    def an_application_opens_it_meanwhile(audit: Audit, *args: Any, **kwargs: Any) -> Any:
+        opened.append(EventStore(sqlite_url(str(database))))
+        return import_lines(audit, *args, **kwargs)
+
+    monkeypatch.setattr(Audit, "import_lines", an_application_opens_it_meanwhile)
+    try:
+        run("import", str(empty), "--db", str(database), code=2)
+        assert database.exists()
+        opened[0].count()  # still its file: no "deleted or replaced while open"
+    finally:
+        opened[0].close()
 
 
 def test_import_takes_a_byte_order_mark_and_refuses_what_is_not_text(
