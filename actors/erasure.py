@@ -5,9 +5,11 @@ still owns the user, and deleting its row would let a third take her over under 
 
 Right to be forgotten: one transaction deletes the user's events and snapshots and
 every projection row of their log, with every other writer held off, so afterwards no
-API, no replay and no rebuild can bring any of it back. On SQLite the freed pages are
-overwritten (``secure_delete``) and the write-ahead log is truncated after the commit,
-so the deleted words do not linger in the database files; when other connections' older
+API, no replay and no rebuild can bring any of it back. On SQLite every connection the
+store opens overwrites what it deletes (``secure_delete``, never turned off), so neither
+the erasure nor an earlier write leaves the user's words in free space, and the
+write-ahead log is truncated after the commit, so the deleted words do not linger in
+the database files; when other connections' older
 snapshots hold the truncation off, the receipt says so (``scrubbed=False``) and the
 engine has it retried in the background (:mod:`actors._traces`).
 """
@@ -71,15 +73,13 @@ def erase_user(
         with store.transaction() as connection:
             store.lock_writers(connection)
             if store.is_sqlite:
-                _zero_freed_pages(connection)
+                _require_secure_delete(connection)
             events, snapshots = store.forget(connection, user_id)
             rows = projector.forget(connection, str(user_log_id(user_id)))
             forget_in_scratch(connection, str(user_log_id(user_id)))
             rows["bulk_requests"] = forget_bulk_requests(connection, user_id)
             if leases is not None:
                 rows["leases"] = leases.forget(connection, user_id)
-            if store.is_sqlite:
-                connection.exec_driver_sql("PRAGMA secure_delete=OFF")
     except SQLAlchemyError as error:
         raise StorageError(
             f"could not forget user {user_id!r} in {store.safe_url}: {first_line(error)}"
@@ -99,9 +99,10 @@ def erase_user(
     return ForgetReceipt(user_id, events, snapshots, rows, scrubbed=scrubbed)
 
 
-def _zero_freed_pages(connection: Connection) -> None:
-    """Have SQLite overwrite the pages the erasure frees with zeros; a build that will
-    not is refused (:class:`StorageError`) before anything is deleted."""
+def _require_secure_delete(connection: Connection) -> None:
+    """Make sure SQLite overwrites what the erasure deletes with zeros (as the store has
+    every connection do); a build that will not is refused (:class:`StorageError`)
+    before anything is deleted."""
     mode = connection.exec_driver_sql("PRAGMA secure_delete=ON").scalar()
     if mode != 1:
         raise StorageError(

@@ -535,6 +535,7 @@ class EventStore:
                 cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute(f"PRAGMA synchronous={synchronous}")
+                cursor.execute("PRAGMA secure_delete=ON")  # deleted words zeroed: actors.erasure
                 cursor.close()
 
             sa_event.listen(engine, "connect", _pragmas)

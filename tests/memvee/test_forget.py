@@ -7,12 +7,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Engine
 
 import actors.erasure
 from actors._traces import TraceScrubber
@@ -94,6 +96,63 @@ async def test_the_erased_words_do_not_linger_in_the_sqlite_files(
     assert files
     for file in files:
         assert b"zebra-4471" not in file.read_bytes(), file.name
+
+
+async def _erase_after_others_wrote(memory: Memory, db_path: Path) -> None:
+    """Write ann's secret among another user's words, forget ann, close, and check the
+    database files hold none of the secret (pages ordinary writes freed among them)."""
+    await _history(memory, "ann", turns=10)
+    for i in range(10):
+        await memory.add_exchange("bob", f"I live in Rome. Note {i}", f"ok {i}")
+    await memory.flush("bob")
+    receipt = await memory.forget("ann")
+    await memory.close()
+    assert receipt.scrubbed
+    for file in (p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)):
+        assert b"zebra-4471" not in file.read_bytes(), file.name
+
+
+async def test_the_erased_words_do_not_linger_in_the_sqlite_files_after_an_earlier_forget(
+    make_memory: Callable[..., Any], db_url: str, db_path: Path
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    memory: Memory = await make_memory(
+        extractor=OfflineExtractor(), config={"snapshot_interval": 2, "checkpoint_interval": 2}
+    )
+    await memory.add_exchange("zed", "hello", "hi")
+    await memory.forget("zed")
+
+    await _erase_after_others_wrote(memory, db_path)
+
+
+@pytest.fixture
+def secure_delete_off_by_default() -> Iterator[None]:
+    """Every new SQLite connection starts with ``secure_delete`` off, as on SQLite builds
+    compiled without ``SQLITE_SECURE_DELETE`` (SQLite's own default)."""
+
+    def _off(dbapi_connection: Any, _: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.execute("PRAGMA secure_delete=OFF")
+
+    sa_event.listen(Engine, "connect", _off)
+    yield
+    sa_event.remove(Engine, "connect", _off)
+
+
+async def test_the_erased_words_do_not_linger_where_sqlite_keeps_deleted_content_by_default(
+    secure_delete_off_by_default: None,
+    make_memory: Callable[..., Any],
+    db_url: str,
+    db_path: Path,
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    memory: Memory = await make_memory(
+        extractor=OfflineExtractor(), config={"snapshot_interval": 2, "checkpoint_interval": 2}
+    )
+
+    await _erase_after_others_wrote(memory, db_path)
 
 
 def _traces(db_path: Path) -> int:
