@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,10 +32,11 @@ from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
-from projections.search import index_word
+from projections.search import index_word, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import VectorIndex, unfit
+from projections.words import fold
 
 __all__ = [
     "RetrievalResult",
@@ -137,12 +138,14 @@ class RetrievalResult:
             ]
             sections.append(("Known facts about the user (most relevant first):", facts))
         if self.messages:
+            terms = query_terms(self.query)
+            asked = [_stems_of(terms.own), _stems_of(terms.added)]
             quoted = []
             for m in self.messages:
                 note = " (outdated: no longer true)" if m.outdated else ""
-                quoted.append(f"- {_quote(m.message)}{note}")
+                quoted.append(f"- {_quote(m.message, asked)}{note}")
                 if m.neighbour is not None:
-                    quoted.append(f"  {_quote(m.neighbour)}")
+                    quoted.append(f"  {_quote(m.neighbour, asked)}")
             sections.append(("Earlier messages that may be relevant:", quoted))
         out: list[str] = []
         room = max_chars + 1  # every line takes its length and a newline; the last has none
@@ -177,6 +180,10 @@ def _fit(lines: list[str], room: int) -> tuple[list[str], int, bool]:
 _LONGEST_LINE = 300
 """The most characters of one fact or message ``to_prompt`` shows (the rest is cut)."""
 
+_BEFORE_MATCH = 80
+"""About how many characters a long message's shown part keeps before the word it was
+found by."""
+
 
 def _one_line(text: str) -> str:
     """``text`` on one line and at most :data:`_LONGEST_LINE` characters: a line break in
@@ -185,11 +192,57 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _LONGEST_LINE else text[: _LONGEST_LINE - 1] + "\u2026"
 
 
-def _quote(message: Message) -> str:
+def _quote(message: Message, asked: list[frozenset[str]]) -> str:
+    """``message`` as a prompt line: its day, its speaker and its text, a long text shown
+    around the first of its words the query asked for (see :func:`_around`)."""
     day = message.sent_at.date().isoformat()
-    text = _one_line(message.content)
+    text = _around(" ".join(message.content.split()), asked)
     speaker = message.role if not message.name else f"{_one_line(message.name)} ({message.role})"
     return f"[{day}] {speaker}: {text}"
+
+
+def _stems_of(terms: Iterable[str]) -> frozenset[str]:
+    """The index's stems of a query's folded ``terms``."""
+    return frozenset(index_word(term) for term in terms)
+
+
+def _around(text: str, asked: list[frozenset[str]]) -> str:
+    """``text`` (on one line) as at most :data:`_LONGEST_LINE` characters: its start, or,
+    when the first word it holds of the first set of ``asked`` stems that it holds any of
+    lies past that, the part around that word, each end cut marked with an ellipsis. A
+    long message found by its last sentence then shows that sentence to the agent."""
+    if len(text) <= _LONGEST_LINE:
+        return text
+    at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
+    if at + _BEFORE_MATCH < _LONGEST_LINE:
+        return text[: _LONGEST_LINE - 1] + "\u2026"
+    start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 1)
+    space = text.find(" ", start, at)
+    start = space + 1 if space >= 0 else start  # a whole word first, where one can be
+    shown = text[start : start + _LONGEST_LINE - 2]
+    return "\u2026" + shown + ("\u2026" if start + len(shown) < len(text) else "")
+
+
+def _first_word(text: str, stems: frozenset[str]) -> int | None:
+    """Where the first word of ``text`` that the index stems to one of ``stems`` begins
+    (``None``: it holds none). Only the words holding a stem's start (case- and
+    accent-blind) are stemmed, so a long message costs a scan, not a stemming."""
+    if not stems:
+        return None
+    starts = sorted({stem[: max(1, len(stem) - 1)] for stem in stems}, key=len, reverse=True)
+    folded = fold(text)
+    haystack, flags = (folded, 0) if len(folded) == len(text) else (text, re.IGNORECASE)
+    for hit in re.finditer("|".join(map(re.escape, starts)), haystack, flags):
+        begin = haystack.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start()) + 1
+        end = haystack.find(" ", hit.end(), hit.end() + _LONGEST_WORD)
+        word = haystack[begin : end if end >= 0 else hit.end() + _LONGEST_WORD]
+        if stems.intersection(text_stems(word)):
+            return begin
+    return None
+
+
+_LONGEST_WORD = 64
+"""How far around a hit :func:`_first_word` looks for the ends of its word."""
 
 
 @dataclass

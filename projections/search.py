@@ -70,6 +70,7 @@ __all__ = [
     "query_words",
     "search_fingerprint",
     "spoken",
+    "text_stems",
     "word_pieces",
 ]
 
@@ -168,7 +169,7 @@ def _within_longest(stem: str) -> str:
     return stem.encode()[:LONGEST_WORD_BYTES].decode(errors="ignore")
 
 
-def _text_stems(text: str) -> list[str]:
+def text_stems(text: str) -> list[str]:
     """The stems of stored ``text``, in order: what both backends index."""
     return _stems(word_pieces(text, singles=True))
 
@@ -182,7 +183,7 @@ def owned_words(log_id: str, text: str) -> str:
 
 
 def _owned(owner: str, text: str) -> str:
-    stems = _text_stems(text)
+    stems = text_stems(text)
     if not stems:
         return ""
     return owner + f" {owner}".join(stems)
@@ -228,7 +229,7 @@ def pg_vector(log_id: str, text: str) -> str:
     token at weight A, then each stem of ``text`` that SQLite's index holds at its
     position (``ts_rank`` counts them), as it is: PostgreSQL parses nothing again. The
     server merges a stem's positions (keeping 256 of them, numbered to 16,383)."""
-    stems = _text_stems(text)
+    stems = text_stems(text)
     if len(text) > _PG_SHORT or not text.isascii():
         stems = _pg_lexemes(stems)
     owner = f"o{owner_token(log_id)}:1A"

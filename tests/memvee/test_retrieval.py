@@ -781,6 +781,40 @@ def test_to_prompt_shows_each_fact_and_message_on_one_line_of_bounded_length() -
     ], "a name stored before names were refused line breaks is shown on its line too"
 
 
+LONG_DAY = (
+    "Today was a long day. I started with a run along the river, then spent the morning in "
+    "meetings about the quarterly roadmap, which dragged on because nobody could agree on the "
+    "priorities for the mobile app. Lunch was a sad sandwich at my desk. In the afternoon I "
+    "finally fixed the flaky integration test that has been bothering the team for weeks. "
+)
+
+
+@pytest.mark.parametrize(
+    ("said", "query", "shown"),
+    [
+        (LONG_DAY + "The cabin's wifi password is Fjord-7731-blue.", "cabin wifi?", "Fjord-7731"),
+        (LONG_DAY + "The Café Müller opens at nine. " + "More. " * 50, "cafe muller", "nine"),
+        (LONG_DAY + "My brother lives in Tromsø now.", "where does my sibling live", "Tromsø"),
+    ],
+)
+def test_a_long_message_is_shown_around_the_word_it_was_found_by(
+    said: str, query: str, shown: str
+) -> None:
+    """The prompt showed a long message's first 300 characters, not the part that matched."""
+    line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
+
+    assert shown in line
+    assert line.startswith("- [2026-01-05] user: \u2026") and len(line) < 340
+
+
+def test_a_long_message_found_by_meaning_alone_is_shown_from_its_start() -> None:
+    line = RetrievalResult("ann", "nothing alike", None, [], [_message(LONG_DAY * 2)])
+    shown = line.to_prompt().split("\n")[1]
+
+    assert shown.startswith("- [2026-01-05] user: Today was a long day.")
+    assert shown.endswith("\u2026") and len(shown) < 340
+
+
 async def test_a_question_of_stop_words_only_returns_the_latest_entries(
     make_memory: Callable[..., Any],
 ) -> None:
