@@ -71,6 +71,12 @@ def check_query(query: object, top_k: object) -> None:
 _CANDIDATES = 4
 """Each ranking proposes ``top_k`` times this many candidates to the fusion."""
 
+_LEAST_CANDIDATES = 50
+"""The fewest candidates each ranking proposes, whatever ``top_k`` is: the fusion then
+sees the same candidates for any small ``top_k``, so a retrieval's best ``k`` are the
+first ``k`` of its best ``k + 1`` (with ``top_k * 4`` alone, the best item of
+``top_k=1`` was not always first at ``top_k=3``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RetrievedEntry:
@@ -318,7 +324,7 @@ class Retriever:
         terms = query_terms(query)
         own, added = list(terms.own), terms.added
         query_vector, unembedded = self._embed_query(user_id, query, include_messages)
-        pool = top_k * _CANDIDATES
+        pool = max(top_k * _CANDIDATES, _LEAST_CANDIDATES)
         candidates: dict[str, _Candidate] = {}
         if include_messages and self._index_messages is not None:
             self._index_messages()

@@ -44,6 +44,11 @@ async def _offline(make_memory: Callable[..., Any], **options: Any) -> Memory:
     return memory
 
 
+_EVERY_VECTOR = {"search_embed_seconds": None}
+"""A search embeds everything its user lacks first: no item ranks on its words alone
+because the machine was slow, so ranks and ties are the same on every run."""
+
+
 async def _background_embedding_done(memory: Memory) -> None:
     """Wait for the background filler, so that a count of embedder calls is only the search's."""
     engine = memory._engine
@@ -1247,6 +1252,39 @@ async def test_as_of_ranks_the_messages_sent_by_then_however_many_later_ones_mat
             "ann", "sushi", top_k=top_k, include_messages=True, as_of=T0 + timedelta(days=1)
         )
         assert [m.message.content for m in result.messages] == ["We had sushi near the harbour"]
+
+
+async def _paris_trip(make_memory: Callable[..., Any]) -> Memory:
+    """A user who booked a trip to Paris, then asked the same question six times."""
+    memory = await _offline(make_memory, embedder=shared_default(), config=_EVERY_VECTOR)
+    said = [
+        ("My flight to Paris leaves Friday at 9", "Have a good trip!"),
+        ("I booked a hotel in Paris near the Louvre", "Sounds lovely."),
+        *[("What is the weather in Paris?", "I can't check live weather.")] * 6,
+    ]
+    for hour, (question, answer) in enumerate(said):
+        await memory.add_exchange("bob", question, answer, sent_at=T0 + timedelta(hours=hour))
+    await memory.flush("bob")
+    return memory
+
+
+async def test_a_smaller_top_k_returns_the_first_items_of_a_larger_one(
+    make_memory: Callable[..., Any],
+) -> None:
+    """``top_k`` only cuts the ranking short: the best item is the same at every ``top_k``,
+    and each retrieval's entries and messages begin with those of the one before."""
+    memory = await _paris_trip(make_memory)
+    found = [
+        await memory.retrieve("bob", "my Paris trip", top_k=top_k, include_messages=True)
+        for top_k in range(1, 7)
+    ]
+    for smaller, larger in itertools.pairwise(found):
+        entries = [hit.entry.entry_id for hit in larger.entries]
+        messages = [hit.message.message_id for hit in larger.messages]
+        assert [hit.entry.entry_id for hit in smaller.entries] == entries[: len(smaller.entries)]
+        assert [hit.message.message_id for hit in smaller.messages] == messages[
+            : len(smaller.messages)
+        ], (smaller.to_prompt(), larger.to_prompt())
 
 
 async def test_the_cli_search_shows_what_an_agent_would_get(
