@@ -421,9 +421,10 @@ class Retriever:
         """The best ``top_k`` on the fused score (none below :data:`RELEVANCE_FLOOR` of the
         best, nor, when the query has words to search (``searched``), any that scores 0: a
         query unrelated to everything finds nothing; one without such words, "who am I?",
-        gets the most recent facts, scored 0, beside what its meaning finds), a message
-        shown with the other half of its exchange: an exchange is shown once, left out when
-        a returned entry cites either half, and comes last when either half is outdated."""
+        gets the most recent facts, scored 0, beside what its meaning finds, and before any
+        message), a message shown with the other half of its exchange: an exchange is shown
+        once, left out when a returned entry cites either half, and comes last when either
+        half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=lambda c: -c.score)
@@ -442,7 +443,7 @@ class Retriever:
             # A message whose facts were all replaced states something no longer true.
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
-        order = _merge_ranked(entries, messages, stale)
+        order = _merge_ranked(entries, messages, stale, facts_first=not searched)
         exchanges = _Exchanges(stale)
         chosen: list[_Candidate] = []
         cited: set[str] = set()
@@ -631,11 +632,16 @@ class _Exchanges:
 
 
 def _merge_ranked(
-    entries: list[_Candidate], messages: list[_Candidate], stale: set[str]
+    entries: list[_Candidate], messages: list[_Candidate], stale: set[str], *, facts_first: bool
 ) -> list[_Candidate]:
-    """Entries and fresh messages by score, then the outdated messages."""
+    """Entries and fresh messages by score, then the outdated messages; with
+    ``facts_first`` (a query without a word to search: "who am I?" asks for the user's
+    facts) every entry before any message, whose meaning may be near such a query however
+    little it says ("Am I boring?")."""
     fresh = [c for c in messages if c.key not in stale]
     old = [c for c in messages if c.key in stale]
+    if facts_first:
+        return [*entries, *fresh, *old]
     return sorted([*entries, *fresh], key=lambda c: -c.score) + old
 
 

@@ -103,6 +103,25 @@ async def test_a_question_about_the_user_in_general_gets_their_facts_beside_mess
         assert [hit.text for hit in result.entries] == ["User lives in Bergen."]
 
 
+async def test_a_question_about_the_user_in_general_gets_their_facts_before_any_message(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Chit-chat near the question in meaning ("I am ...") only fills what the facts
+    leave of ``top_k``, however many such messages there are and however large ``top_k``."""
+    memory = await _offline(make_memory, embedder=ConceptEmbedder(), config=_EVERY_VECTOR)
+    await _say(memory, "ann", 0, "I live in Bergen.", "I work at Equinor.")
+    for i in range(8):
+        at = T0 + timedelta(days=1, minutes=i)
+        await memory.add_exchange("ann", f"Am I boring? Take {i}", "Not at all!", sent_at=at)
+    for top_k in (3, 10):
+        result = await memory.retrieve("ann", "who am I?", top_k=top_k, include_messages=True)
+        assert sorted(hit.text for hit in result.entries) == [
+            "User lives in Bergen.",
+            "User works at Equinor.",
+        ], top_k
+        assert len(result.messages) == top_k - 2
+
+
 async def test_a_natural_question_finds_the_fact_its_words_only_partly_share(
     make_memory: Callable[..., Any],
 ) -> None:
