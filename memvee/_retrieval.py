@@ -263,6 +263,9 @@ class _Candidate:
     lexical: float = 0.0
     cosine: float | None = None
     score: float = 0.0
+    own: float = 0.0
+    """Its fused score before :func:`_lift_entries`: how well it matches the query itself,
+    which orders the facts a message lifts alike."""
     key: str = ""
     unembedded: bool = False
     """Whether it has no vector yet, or the embedder refuses its text (its cosine is
@@ -427,7 +430,7 @@ class Retriever:
         half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
-        ranked = sorted(candidates.values(), key=lambda c: -c.score)
+        ranked = sorted(candidates.values(), key=_ranking)
         if ranked:
             floor = RELEVANCE_FLOOR * ranked[0].score
             ranked = [
@@ -563,7 +566,8 @@ class Retriever:
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:
     """An entry scores at least as well as the best of its source messages: it states what
-    they said, so a message that matches makes its fact match (and the fact comes first).
+    they said, so a message that matches makes its fact match (and the fact comes first),
+    while the facts it lifts alike keep the order of their own scores (:func:`_ranking`).
     A fact about someone of the user's the query does not name keeps only its share of
     the message's score (:data:`_OTHER_SUBJECT_SHARE`): "My mother lives in Stavanger"
     matches "where do I live?" by its words, but the question is about the user."""
@@ -642,7 +646,19 @@ def _merge_ranked(
     old = [c for c in messages if c.key in stale]
     if facts_first:
         return [*entries, *fresh, *old]
-    return sorted([*entries, *fresh], key=lambda c: -c.score) + old
+    return sorted([*entries, *fresh], key=_ranking) + old
+
+
+def _ranking(candidate: _Candidate) -> tuple[float, bool, float, float, str]:
+    """Best first: by score, then an entry before a message (a fact its message lifts
+    comes first), then by its own score (the facts one message lifts alike come in the
+    order of what each says), the newest entry first, and by id; messages tied so keep
+    the rankings' order (newest first). No tie is left to the order rows are read in."""
+    item = candidate.item
+    if isinstance(item, KnowledgeEntry):
+        newest = -item.valid_from.timestamp()
+        return (-candidate.score, False, -candidate.own, newest, item.entry_id)
+    return (-candidate.score, True, -candidate.own, 0.0, "")
 
 
 def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
@@ -666,7 +682,7 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
         semantic = lexical if c.unembedded else _semantic(c.cosine, nearest) if matched else 0.0
         if isinstance(c.item, KnowledgeEntry) and not _names_subject(c.item.text, asked):
             c.subject_share = _OTHER_SUBJECT_SHARE
-        c.score = alpha * lexical + (1 - alpha) * c.subject_share * semantic
+        c.score = c.own = alpha * lexical + (1 - alpha) * c.subject_share * semantic
 
 
 COSINE_MATCH = 0.2

@@ -935,6 +935,27 @@ async def test_with_messages_a_relatives_fact_lifted_by_its_message_stays_below_
         )
 
 
+async def test_with_messages_the_facts_one_message_lifts_keep_their_own_order(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A message that matches lifts every fact it gave to its score, but among them the
+    facts the question asks about come first, whatever order the rows come in: "I am a
+    nurse" answers "what is my job?", "I like jazz" only shares its message."""
+    memory = await _offline(make_memory, embedder=shared_default(), config=_EVERY_VECTOR)
+    said = (
+        "I work at Acme. I live in Oslo. I like jazz. I have a dog. I love hiking. "
+        "I play chess. I am a nurse."
+    )
+    for user in ("ann", "bob"):  # each draws its entries' ids, so their row order, anew
+        await memory.add_exchange(user, said, "Nice to meet you!", sent_at=T0)
+        await memory.flush(user)
+        result = await memory.retrieve(user, "what is my job?", top_k=2, include_messages=True)
+        assert [hit.text for hit in result.entries] == [
+            "User works at Acme.",
+            "User is a nurse.",
+        ], _by_score(result)
+
+
 @pytest.mark.parametrize(
     ("fact", "question", "named"),
     [
