@@ -426,8 +426,8 @@ class Retriever:
         query unrelated to everything finds nothing; one without such words, "who am I?",
         gets the most recent facts, scored 0, beside what its meaning finds, and before any
         message), a message shown with the other half of its exchange: an exchange is shown
-        once, left out when a returned entry cites either half, and comes last when either
-        half is outdated."""
+        once (as is one said again word for word), left out when a returned entry cites
+        either half, and comes last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -464,7 +464,7 @@ class Retriever:
             if isinstance(item, KnowledgeEntry):
                 cited.update(item.source_message_ids)
                 chosen = [c for c in chosen if not exchanges.cited(c.key, cited)]
-            elif exchanges.cited(candidate.key, cited) or exchanges.shown(candidate.key, chosen):
+            elif exchanges.cited(candidate.key, cited) or exchanges.shown(item, chosen):
                 continue
             elif exchanges.outdated(candidate.key) and candidate.key not in stale:
                 stale.add(candidate.key)
@@ -613,10 +613,12 @@ def _other_half(message: Message, by_seq: dict[int, Message]) -> Message | None:
 @dataclass(slots=True)
 class _Exchanges:
     """The exchanges of the messages a retrieval looked at: the other half of each (by
-    message id), and the outdated messages among both halves."""
+    message id), the outdated messages among both halves, and what each shows (its
+    ``words``, to tell an exchange said again word for word)."""
 
     stale: set[str]
     partner: dict[str, Message | None] = field(default_factory=dict)
+    words: dict[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
 
     def _halves(self, key: str) -> tuple[str, ...]:
         partner = self.partner.get(key)
@@ -630,9 +632,30 @@ class _Exchanges:
         """Whether either half of ``key``'s exchange is outdated."""
         return any(half in self.stale for half in self._halves(key))
 
-    def shown(self, key: str, chosen: list[_Candidate]) -> bool:
-        """Whether a chosen message already shows ``key`` (as itself or as its partner)."""
-        return any(key in self._halves(c.key) for c in chosen if c.is_message)
+    def shown(self, message: Message, chosen: list[_Candidate]) -> bool:
+        """Whether a chosen message already shows ``message``: as itself, as its partner,
+        or word for word (the same question asked again and answered alike says nothing
+        new; items scored alike rank newest first, so the newest is the one shown)."""
+        said = self._said(message)
+        return any(
+            message.message_id in self._halves(c.key) or self._said(c.item) == said
+            for c in chosen
+            if isinstance(c.item, Message)
+        )
+
+    def _said(self, message: Message) -> tuple[tuple[str, str, str], ...]:
+        """What ``message``'s exchange shows, each half by speaker and its text casefolded
+        with its white space collapsed, in the order they were said (read once a message)."""
+        said = self.words.get(message.message_id)
+        if said is None:
+            partner = self.partner.get(message.message_id)
+            halves = [message] if partner is None else [message, partner]
+            said = tuple(
+                (m.role, m.name or "", " ".join(m.content.casefold().split()))
+                for m in sorted(halves, key=lambda m: m.seq)
+            )
+            self.words[message.message_id] = said
+        return said
 
 
 def _merge_ranked(

@@ -1327,6 +1327,29 @@ async def test_a_smaller_top_k_returns_the_first_items_of_a_larger_one(
         ], (smaller.to_prompt(), larger.to_prompt())
 
 
+async def test_an_exchange_said_again_word_for_word_takes_one_slot_the_newest(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Asking the same question seven times (and getting the same answer), whatever its
+    case or spacing, says it once, as last asked: the other slots go to what else the
+    user said, the trip's flight and hotel."""
+    memory = await _paris_trip(make_memory)
+    again = T0 + timedelta(hours=8)
+    await memory.add_exchange(
+        "bob", "what is  the WEATHER in paris?", "I can't check live weather.", sent_at=again
+    )
+    result = await memory.retrieve("bob", "my Paris trip", top_k=8, include_messages=True)
+    shown = [half for m in result.messages for half in (m.message, m.neighbour) if half]
+    assert sorted(m.content for m in shown if m.role == "user")[:2] == [
+        "I booked a hotel in Paris near the Louvre",
+        "My flight to Paris leaves Friday at 9",
+    ]
+    weather = [m for m in shown if m.role == "user" and "weather" in m.content.casefold()]
+    assert [(m.content, m.sent_at) for m in weather] == [
+        ("what is  the WEATHER in paris?", again)
+    ], result.to_prompt()
+
+
 async def test_the_cli_search_shows_what_an_agent_would_get(
     make_memory: Callable[..., Any], db_url: str
 ) -> None:
