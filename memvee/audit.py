@@ -359,6 +359,8 @@ class Audit:
     ) -> Iterator[LoggedEvent]:
         """The user's events in order, filtered by type, version and time, read in pages.
 
+        ``since`` and ``until`` filter each event by its own stamp: writers whose clocks
+        differ may stamp an event earlier than the one before it, and it is kept all the same.
         An unknown user is a :class:`NotFoundError`; an unknown event type in ``types``, a
         version below 1, ``from_version`` after ``to_version`` or past the end of the log,
         an :class:`InvalidInputError`. A ``to_version`` past the end reads to the end.
@@ -393,7 +395,7 @@ class Audit:
             if since is not None and logged.recorded_at < since:
                 continue
             if until is not None and logged.recorded_at > until:
-                return
+                continue
             yield logged
         if not read and after > 0:
             last = self._logged_version(user_id)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import eventsourcing.domain
 import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -162,6 +163,27 @@ async def test_the_log_reads_in_order_with_filters_and_pages(
         assert [e.version for e in audit.log("ann", from_version=last)] == [last]
         assert list(audit.log("ann", to_version=past_the_end)) == everything
         assert audit.users(after="ann", limit=1) == audit.users()[1:2]
+
+
+def test_a_log_read_until_a_time_keeps_each_event_stamped_by_then_wherever_it_stands(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers whose clocks differ (another host, an NTP step) stamp an event earlier
+    than the one before it: ``since`` and ``until`` filter each event by its own stamp, and
+    reading stops at no event stamped past ``until``."""
+    right = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    clock = [right]
+    monkeypatch.setattr(eventsourcing.domain, "datetime_now_with_tzinfo", lambda: clock[0])
+    with Audit(db_url=db_url) as audit:
+        log = UserLog.register("ann")
+        log.add_message("user", "written on a host whose clock is right", None, 100)
+        clock[0] = right - timedelta(seconds=2)
+        log.add_message("user", "written on a host whose clock is 2 s behind", None, 100)
+        audit.store.append([log.collect_events()], Projector(ProjectionTables()).apply)
+        assert [e.recorded_at for e in audit.log("ann")] == [right, right, clock[0]]
+        between = right - timedelta(seconds=1)
+        assert [e.version for e in audit.log("ann", until=between)] == [3]
+        assert [e.version for e in audit.log("ann", since=between)] == [1, 2]
 
 
 BAD_AUDIT_CALLS = [
