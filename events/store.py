@@ -1099,31 +1099,53 @@ class EventStore:
             ) from error
 
     def stored_events_of(self, user_id: str, page_size: int = 1000) -> Iterator[StoredEvent]:
-        """The user's events as stored (topic and serialized state), oldest first, in pages.
+        """The user's events as stored (topic and serialized state), oldest first, in pages:
+        a log forgotten (and maybe begun again) between pages is a :class:`StorageError`."""
+        log_id = user_log_id(user_id)
+        for page in self._pages_of(user_id, page_size):
+            for version, topic, state in page:
+                state = bytes(state) if isinstance(state, memoryview) else state
+                yield StoredEvent(log_id, version, topic, state)
+
+    def events_in_pages(
+        self, user_id: str, page_size: int = 1000, *, after: int = 0, upto: int | None = None
+    ) -> Iterator[DomainEventProtocol[Any]]:
+        """The events of ``user_id``'s log with ``after < version <= upto``, in order, read
+        in pages: a log forgotten (and maybe begun again) between pages is a
+        :class:`StorageError`, never one log cut short or two spliced together."""
+        log_id = user_log_id(user_id)
+        for page in self._pages_of(user_id, page_size, after, upto):
+            for row in page:
+                yield self._decode(log_id, row)
+
+    def _pages_of(
+        self, user_id: str, page_size: int, after: int = 0, upto: int | None = None
+    ) -> Iterator[list[Any]]:
+        """The rows (version, topic, state) of ``user_id``'s log past ``after`` (up to
+        ``upto``), a page at a time.
 
         Each page is read in one snapshot with the log's first event, so that a log
         forgotten (and maybe begun again) between pages is a :class:`StorageError`, never
         one log cut short or two spliced together.
         """
         log_id = user_log_id(user_id)
+        end = PAST_ANY_VERSION if upto is None else upto
         began: bytes | None = None
-        after = 0
-        while True:
+        first = True
+        while after < end:
             with self._reading("read the events", user_id), self.reading() as connection:
                 origin = self.origin(connection, user_id)
-                if after == 0:
-                    began = origin
+                if first:
+                    began, first = origin, False
                 elif origin != began:
                     raise StorageError(
                         f"user {user_id!r} was forgotten while their log was read "
                         f"(after {after} events): the events read are no longer their log"
                     )
-                rows = self._select_events(connection, log_id, after, after + page_size)
+                rows = self._select_events(connection, log_id, after, min(after + page_size, end))
             if not rows:
                 return
-            for row in rows:
-                state = bytes(row[2]) if isinstance(row[2], memoryview) else row[2]
-                yield StoredEvent(log_id, row[0], row[1], state)
+            yield rows
             after = rows[-1][0]
 
     def decode_exported(

@@ -363,7 +363,9 @@ class Audit:
         differ may stamp an event earlier than the one before it, and it is kept all the same.
         An unknown user is a :class:`NotFoundError`; an unknown event type in ``types``, a
         version below 1, ``from_version`` after ``to_version`` or past the end of the log,
-        an :class:`InvalidInputError`. A ``to_version`` past the end reads to the end.
+        an :class:`InvalidInputError`. A ``to_version`` past the end reads to the end. A
+        user forgotten while the pages are read (and maybe written again) is a
+        :class:`StorageError`, never a trail cut short or two logs spliced.
         """
         self._logged_version(user_id)
         for name, bound in (("from_version", from_version), ("to_version", to_version)):
@@ -387,7 +389,7 @@ class Audit:
         after = min(from_version or 1, PAST_ANY_VERSION) - 1
         end = PAST_ANY_VERSION if to_version is None else min(to_version, PAST_ANY_VERSION)
         read = False
-        for event in self._events(user_id, page_size, after=after, upto=end):
+        for event in self.store.events_in_pages(user_id, page_size, after=after, upto=end):
             read = True
             logged = _logged(event)
             if types and logged.type not in types:
@@ -708,7 +710,7 @@ class Audit:
         user_log.check_version_name(version)
         meaning = self._by_meaning(embedder)
         # The log as loaded: a message added since is buffered, left to normal processing.
-        history = list(self._events(user_id, upto=user_log.version))
+        history = list(self.store.events_in_pages(user_id, upto=user_log.version))
         uncovered = user_log.not_covered_by(version, history)
         todo = [
             BatchMessage.of(event)
@@ -1086,7 +1088,9 @@ class Audit:
         check_key(version, "version")
 
         def promote(user_log: UserLog) -> list[str]:
-            return user_log.promote(version, self._events(user_id, upto=user_log.version))
+            return user_log.promote(
+                version, self.store.events_in_pages(user_id, upto=user_log.version)
+            )
 
         return self._decide(user_id, promote)
 
@@ -1223,19 +1227,6 @@ class Audit:
                 continue
             return result
         raise ConflictError(f"user {user_id!r} kept changing; try again")
-
-    def _events(
-        self, user_id: str, page_size: int = 1000, *, after: int = 0, upto: int | None = None
-    ) -> Iterator[Any]:
-        """The user's events in order, a page at a time (after version ``after``, up to
-        ``upto``)."""
-        while upto is None or after < upto:
-            last = after + page_size if upto is None else min(after + page_size, upto)
-            page = self.store.events_of(user_id, after=after, upto=last)
-            if not page:
-                return
-            yield from page
-            after = page[-1].originator_version
 
     def search(
         self,

@@ -378,17 +378,30 @@ class EventStoreContract:
         read += [s.originator_version for s in pages]
         assert read == [1, 2, 3, 4, 5, 6]
 
-    @pytest.mark.parametrize("begun_again", [False, True], ids=["erased", "begun again"])
-    def test_a_log_forgotten_while_it_is_read_in_pages_is_an_error_not_part_of_a_log(
-        self, store: EventStore, begun_again: bool
+    def test_a_window_of_a_log_read_in_pages_is_its_events_between_two_versions(
+        self, store: EventStore
     ) -> None:
-        """A log erased between two pages of a read is a StorageError, never a log cut
-        short nor one spliced with the log begun after it."""
+        log = UserLog.register("ivo")
+        for n in range(6):
+            log.add_message("user", f"m{n}", None, 100)
+        store.append([log.collect_events()])
+        window = store.events_in_pages("ivo", page_size=2, after=2, upto=6)
+        assert [e.originator_version for e in window] == [3, 4, 5, 6]
+        assert list(store.events_in_pages("ivo", after=7)) == []
+        assert list(store.events_in_pages("nobody")) == []
+
+    @pytest.mark.parametrize("begun_again", [False, True], ids=["erased", "begun again"])
+    @pytest.mark.parametrize("read", ["stored_events_of", "events_in_pages"])
+    def test_a_log_forgotten_while_it_is_read_in_pages_is_an_error_not_part_of_a_log(
+        self, store: EventStore, begun_again: bool, read: str
+    ) -> None:
+        """A log erased between two pages of a read, stored or decoded, is a StorageError,
+        never a log cut short nor one spliced with the log begun after it."""
         log = UserLog.register("ivo")
         for n in range(4):
             log.add_message("user", f"old {n}", None, 100)
         store.append([log.collect_events()])
-        pages = store.stored_events_of("ivo", page_size=2)
+        pages = getattr(store, read)("ivo", page_size=2)
         assert next(pages).originator_version == 1
         with store.transaction() as connection:
             store.forget(connection, "ivo")

@@ -186,6 +186,30 @@ def test_a_log_read_until_a_time_keeps_each_event_stamped_by_then_wherever_it_st
         assert [e.version for e in audit.log("ann", since=between)] == [1, 2]
 
 
+@pytest.mark.parametrize("begun_again", [False, True], ids=["erased", "begun again"])
+def test_a_log_forgotten_while_it_is_read_in_pages_is_an_error_not_part_of_a_log(
+    db_url: str, begun_again: bool
+) -> None:
+    """A user forgotten between two pages of ``log`` (and maybe written again) fails the
+    read with a StorageError: the trail is never cut short nor spliced with the new log."""
+
+    def written(*contents: str) -> None:
+        log = UserLog.register("ann")
+        for content in contents:
+            log.add_message("user", content, None, 100)
+        audit.store.append([log.collect_events()], Projector(ProjectionTables()).apply)
+
+    with Audit(db_url=db_url) as audit:
+        written("old 1", "old 2", "old 3", "old 4")
+        trail = audit.log("ann", page_size=2)
+        assert [next(trail).version, next(trail).version] == [1, 2]
+        audit.forget("ann")
+        if begun_again:
+            written("new 1", "new 2", "new 3", "new 4")
+        with pytest.raises(StorageError, match="'ann' was forgotten while their log was read"):
+            next(trail)
+
+
 BAD_AUDIT_CALLS = [
     ("version 0", lambda a: list(a.log("ann", from_version=0)), "from_version must be 1 or more"),
     ("text version", lambda a: list(a.log("ann", to_version="5")), "to_version must be an int"),

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import events.user_log
-from events import ExtractionBatch, ExtractionResult, TokenUsage, UserLog
+from events import EventStore, ExtractionBatch, ExtractionResult, TokenUsage, UserLog
 from events.user_log import check_knowledge_version
 from memvee import (
     ExtractedFact,
@@ -421,9 +421,11 @@ async def test_messages_written_while_a_reextraction_runs_are_left_to_normal_pro
     make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory = await _processed(make_memory)
-    reading = Audit._events
+    reading = EventStore.events_in_pages
     monkeypatch.setattr(  # pages of two events: the walk reads most of the log later
-        Audit, "_events", lambda self, user, page_size=2, **bounds: reading(self, user, 2, **bounds)
+        EventStore,
+        "events_in_pages",
+        lambda self, user, page_size=2, **bounds: reading(self, user, 2, **bounds),
     )
     with Audit(db_url=db_url) as audit:
         await audit.reextract("eve", _WritingOnFirstCall(memory, "eve"), "v2", batch_size=1)
