@@ -1161,8 +1161,9 @@ class UserLog(Aggregate):
             if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
                 added, first = new_texts[same]
                 added_by[index] = added
-                plan.merge(added, sources)
-                plan.repairs.append(f"fact {index} repeated fact {first}; merged into it")
+                merged = f"fact {index} repeated fact {first}; merged into it"
+                plan.merge(added, sources, [merged, *(f"fact {index}: {n}" for n in notes)])
+                plan.repairs.append(merged)
             elif action == "new":
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
@@ -1424,12 +1425,13 @@ class _Plan:
         self.replaces.append(replaces)
         self.notes.append(notes)
 
-    def merge(self, index: int, sources: list[str]) -> None:
-        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged): it
-        stays valid from when it was first stated."""
+    def merge(self, index: int, sources: list[str], notes: list[str]) -> None:
+        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged), its
+        entry noting the merge in ``notes``: it stays valid from when it was first stated."""
         fact = self.added[index]
         cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
+        self.notes[index] = [*self.notes[index], *notes]
 
 
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(

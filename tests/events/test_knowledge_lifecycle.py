@@ -375,6 +375,23 @@ def test_a_new_fact_repeated_in_one_answer_is_one_entry_citing_both_sources() ->
     assert log.knowledge_count == 2
 
 
+def test_a_repeat_merged_into_an_entry_is_noted_on_that_entry() -> None:
+    """Each repair is noted on the entry it shaped: the merged entry says which fact of
+    the answer repeated it, and what was repaired in that repeat."""
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I'm a nurse", "I work as a nurse, yes")
+    facts = [
+        ExtractedFact("User is a nurse.", (ids[0],)),
+        ExtractedFact("User is a nurse.", (ids[1], "m-elsewhere")),
+    ]
+    (entry,) = log.record_knowledge("t1", facts, "x")
+    assert entry["source_message_ids"] == ids
+    assert entry["repairs"] == [
+        "fact 1 repeated fact 0; merged into it",
+        "fact 1: dropped citations outside the batch: m-elsewhere",
+    ]
+
+
 def _two_said(log: UserLog, first_day: int, second_day: int) -> list[BatchMessage]:
     ids = _batch(log, "t1", "I live in Oslo", "I moved to Bergen")
     return [*_said(ids[:1], first_day), *_said(ids[1:], second_day)]
