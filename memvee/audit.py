@@ -367,7 +367,7 @@ class Audit:
         user forgotten while the pages are read (and maybe written again) is a
         :class:`StorageError`, never a trail cut short or two logs spliced.
         """
-        self._logged_version(user_id)
+        self.logged_version(user_id)
         for name, bound in (("from_version", from_version), ("to_version", to_version)):
             if bound is not None:
                 check_count(bound, name)
@@ -400,7 +400,7 @@ class Audit:
                 continue
             yield logged
         if not read and after > 0:
-            last = self._logged_version(user_id)
+            last = self.logged_version(user_id)
             raise InvalidInputError(
                 f"user {user_id!r} has {last} events; version {from_version} is past the end"
             )
@@ -412,7 +412,7 @@ class Audit:
 
         A version past the end of the log is refused, not read as the last one.
         """
-        last = self._logged_version(user_id)
+        last = self.logged_version(user_id)
         _check_aware(at, "at")
         if version is not None and check_count(version, "version") > last:
             raise InvalidInputError(
@@ -475,7 +475,7 @@ class Audit:
 
     def export(self, user_id: str) -> Iterator[str]:
         """The user's log as JSON Lines, one stored event a line, oldest first."""
-        self._logged_version(user_id)
+        self.logged_version(user_id)
         for record in self._exported_records(user_id):
             yield json.dumps(record, separators=(",", ":"))
 
@@ -1158,10 +1158,10 @@ class Audit:
                 f"(it has {', '.join(map(repr, sorted(held)))})"
             )
 
-    def _logged_version(self, user_id: str) -> int:
-        """The version of ``user_id``'s log, read from the log itself (so a rebuild of the
-        projections, running or stopped midway, leaves it readable);
-        :class:`NotFoundError` if there is none here."""
+    def logged_version(self, user_id: str) -> int:
+        """The version of ``user_id``'s log, read from the log itself; :class:`NotFoundError`
+        if there is none here. Whether a user exists is a question for the log, never for
+        the projections, which a rebuild (running, or stopped midway) drops and refills."""
         check_user_id(user_id)
         last = self.store.last_version(user_id)
         if last == 0:

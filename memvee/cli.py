@@ -1218,9 +1218,7 @@ def forget(
             f"forget erases {user!r} for good: give --yes to confirm (no terminal to ask on)"
         )
     with _audit(db, db_url) as audit:
-        events = audit.store.last_version(user)
-        if events == 0:
-            raise NotFoundError(f"no user {user!r} in this database")
+        events = audit.logged_version(user)
         if not yes and not typer.confirm(
             f"Erase {user!r} and all memvee holds of them ({events:,} events) for good?", err=True
         ):

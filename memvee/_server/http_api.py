@@ -28,11 +28,12 @@ from pydantic import (
 )
 
 from actors.erasure import ForgetReceipt
-from events import ROLES, NotFoundError
+from events import ROLES
 from memvee._memory import Memory
 from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import ApiError, mark_reads_only
+from memvee._server.known_users import known_summary, require_known
 from memvee._server.user_paths import quoted_user_id, user_id_of
 from memvee._server.whole_numbers import WholeNumber
 from memvee._task import ProcessTask
@@ -132,7 +133,8 @@ _ERRORS: dict[int, str] = {
     421: "A loopback server asked for another host (misdirected_request).",
     422: "A body, parameter or user id the server cannot take (invalid_input).",
     502: "Extraction failed (processing_failed).",
-    503: "Starting or shutting down (not_ready: try again; outcome_unknown: a change cut "
+    503: "Starting, shutting down or rebuilding a user's counters (not_ready: try again; "
+    "outcome_unknown: a change cut "
     "short, check before sending it again), or the database is unavailable "
     "(storage_unavailable); Retry-After says when to try again.",
 }
@@ -244,8 +246,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         return user_id
 
     async def known(user_id: Annotated[str, Depends(scoped)]) -> str:
-        if await memory.user(user_id) is None:
-            raise NotFoundError(f"no user {user_id!r} in this memory")
+        await require_known(memory, audit, user_id)
         return user_id
 
     User = Annotated[str, Depends(scoped)]
@@ -386,10 +387,13 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
 
     @router.get("/users/{user_id:path}", tags=["read"], responses=error_responses(404))
     async def user(user_id: User) -> UserSummary:
-        """Counters of the user's log."""
-        summary = await memory.user(user_id)
+        """Counters of the user's log; while a rebuild has not refolded them yet, 503
+        ``not_ready``."""
+        summary = await known_summary(memory, audit, user_id)
         if summary is None:
-            raise NotFoundError(f"no user {user_id!r} in this memory")
+            raise ApiError(
+                503, "not_ready", f"the counters of user {user_id!r} are being rebuilt; try again"
+            )
         return summary
 
     @router.delete("/users/{user_id:path}", tags=["write"], responses=error_responses(404, 409))

@@ -26,7 +26,7 @@ from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from events import MemveeError, NotFoundError
+from events import MemveeError
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import (
@@ -36,6 +36,7 @@ from memvee._server.errors import (
     classify,
     described,
 )
+from memvee._server.known_users import require_known
 from memvee._server.logs import REQUEST_ID_KEY
 from memvee._server.whole_numbers import whole_number
 from memvee.audit import Audit
@@ -197,8 +198,7 @@ def build_mcp(
         ctx: Context[Any, Any],
     ) -> Explanation:
         _check_scope(ctx, user_id)
-        if await memory.user(user_id) is None:
-            raise NotFoundError(f"no user {user_id!r} in this memory")
+        await require_known(memory, audit, user_id)
         found = await asyncio.to_thread(audit.explain, user_id, entry_id)
         return Explanation(
             entry_id=found.entry_id,
@@ -223,8 +223,7 @@ def build_mcp(
 
     async def forget_user(user_id: UserId, ctx: Context[Any, Any]) -> Forgotten:
         _check_scope(ctx, user_id)
-        if await memory.user(user_id) is None:  # as the HTTP API's DELETE answers 404
-            raise NotFoundError(f"no user {user_id!r} in this memory")
+        await require_known(memory, audit, user_id)  # as the HTTP API's DELETE answers 404
         receipt = await memory.forget(user_id)
         return Forgotten(
             erased_records=receipt.total, erased_at=receipt.erased_at, scrubbed=receipt.scrubbed

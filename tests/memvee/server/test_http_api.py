@@ -12,7 +12,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from events import ROLES
+from events import ROLES, EventStore
+from memvee import Memory
+from projections import ProjectionTables, Projector
 from tests.support.server_process import ServerProcess, wait_until
 
 SAID = "I live in Lisbon and my dog is called Rex."
@@ -248,6 +250,31 @@ def test_an_unknown_user_is_404_and_stays_unknown(
     assert answer.json()["error"] == "not_found"
     assert user in answer.json()["message"]
     assert http.get(f"/v1/users/{user}").status_code == 404
+
+
+async def test_a_user_a_rebuild_has_not_refolded_yet_is_known_and_forgotten_over_http(
+    memory: Memory, client: httpx.AsyncClient, db_url: str
+) -> None:
+    """Who exists is the log's to say, not the projections' a rebuild drops and refills:
+    while one runs (or after it stopped before its end) a stored user is no 404. Her
+    counters are not ready yet, and DELETE erases her log."""
+    await memory.add_exchange("ann", "My passport number is X1234567", "ok")
+    store = EventStore(db_url)
+    try:
+        with store.transaction() as connection:  # a rebuild's first step
+            store.lock_writers(connection)
+            Projector(ProjectionTables()).begin_rebuild(connection)
+
+        summary = await client.get("/v1/users/ann")
+        assert (summary.status_code, summary.json()["error"]) == (503, "not_ready")
+        assert (await client.get("/v1/users/ann/messages")).status_code == 200
+        forgotten = await client.delete("/v1/users/ann")
+        assert forgotten.status_code == 200, forgotten.text
+        assert forgotten.json()["receipt"]["events"] == 3
+        assert store.last_version("ann") == 0
+        assert (await client.delete("/v1/users/ann")).status_code == 404
+    finally:
+        store.close()
 
 
 def test_retrieve_for_an_unknown_user_is_404(http: httpx.Client, user: str) -> None:

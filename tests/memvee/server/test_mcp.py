@@ -27,7 +27,7 @@ from memvee._server.request_ids import RefuseInvalidMessages
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
 from memvee.extractors import OfflineExtractor
-from projections import ProjectionReader
+from projections import ProjectionReader, ProjectionTables, Projector
 from tests.support.extractors import RecordingExtractor
 from tests.support.mcp_clients import call, facts_of, failure, http_session, stdio_session
 from tests.support.messages_api_server import MessagesAPIServer, ScriptedResponse
@@ -564,6 +564,24 @@ async def test_explain_memory_names_who_said_each_source(make_memory: Any, db_ur
     finally:
         audit.close()
     assert [(s["role"], s["name"]) for s in explained["sources"]] == [("user", "Maria")]
+
+
+async def test_forget_user_erases_a_user_a_rebuild_has_not_refolded_yet(
+    memory: Memory, db_url: str
+) -> None:
+    """As the HTTP API's DELETE: the log says whether the user exists, so a rebuild that
+    dropped her rows (running, or stopped before its end) leaves her erasable."""
+    await memory.add_exchange("ann", "My passport number is X1234567", "ok")
+    with Audit(db_url=db_url) as audit:
+        with audit.store.transaction() as connection:  # a rebuild's first step
+            audit.store.lock_writers(connection)
+            Projector(ProjectionTables()).begin_rebuild(connection)
+        async with Client(build_mcp(memory, audit, allow_forget=True)) as client:
+            session: Any = client  # the in-process client answers as a session does
+            forgotten = await call(session, "forget_user", user_id="ann")
+            again = await failure(session, "forget_user", user_id="ann")
+        assert forgotten["erased_records"] >= 3 and audit.store.last_version("ann") == 0
+    assert "not_found: no user 'ann'" in again
 
 
 async def test_a_page_of_list_memories_reads_that_page_and_no_other_fact(
