@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import inspect
 import logging
 import math
 import threading
@@ -1151,11 +1152,21 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
     if config is not None and not isinstance(config, MemoryConfig):
         raise InvalidInputError(f"config must be a MemoryConfig, not {type(config).__name__}")
     if extractor is not None:
+        if isinstance(extractor, type):
+            raise InvalidInputError(
+                f"extractor must be an Extractor instance, not the class {extractor.__name__}: "
+                f"give {extractor.__name__}()"
+            )
         name = getattr(extractor, "name", None)
         if not (isinstance(name, str) and callable(getattr(extractor, "extract", None))):
             raise InvalidInputError(
                 "extractor must be an Extractor (a name and an async extract(batch)), "
                 f"not {type(extractor).__name__}"
+            )
+        if not _is_async(extractor.extract):  # type: ignore[attr-defined]
+            raise InvalidInputError(
+                f"{type(extractor).__name__}.extract must be async (async def extract(batch)): "
+                "every batch would fail on a plain function"
             )
         if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
             raise InvalidInputError(  # the log records it beside every outcome
@@ -1168,6 +1179,18 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
             "embedder must be an Embedder (a name, dimensions and embed(texts)), False or "
             f"None, not {type(embedder).__name__}"
         )
+
+
+def _is_async(function: object) -> bool:
+    """Whether calling ``function`` gives a coroutine: an ``async def`` function or method,
+    a partial of one, or an object whose ``__call__`` is one."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    if inspect.iscoroutinefunction(function):
+        return True
+    if inspect.isroutine(function) or isinstance(function, type):
+        return False
+    return callable(function) and inspect.iscoroutinefunction(type(function).__call__)
 
 
 def _check_timeout(timeout: object) -> float | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest.mock import AsyncMock
 
 import pytest
 
@@ -300,6 +302,48 @@ def test_a_part_of_the_wrong_kind_is_refused_when_the_memory_is_made(
 ) -> None:
     with pytest.raises(InvalidInputError, match=re.escape(says)):
         Memory(**part)
+
+
+class _SyncExtractor:
+    """An extractor whose extract is a plain function: every batch would fail on it."""
+
+    name = "sync"
+
+    def extract(self, batch: Any) -> Any:
+        raise AssertionError("never called")
+
+
+class _AsyncCall:
+    """An object whose call is async: it can be an extractor's extract."""
+
+    async def __call__(self, batch: Any) -> Any:
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize(
+    ("extractor", "says"),
+    [
+        (_Named, "extractor must be an Extractor instance, not the class _Named: give _Named()"),
+        (_SyncExtractor(), "_SyncExtractor.extract must be async (async def extract(batch))"),
+    ],
+)
+def test_an_extractor_that_could_never_extract_is_refused_when_the_memory_is_made(
+    extractor: Any, says: str
+) -> None:
+    """Accepted, it failed every batch, and every message of every user ended quarantined."""
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        Memory(extractor=extractor, embedder=False)
+
+
+@pytest.mark.parametrize(
+    "extract",
+    [functools.partial(_Named("x").extract), _AsyncCall(), AsyncMock()],
+    ids=["partial", "async __call__", "AsyncMock"],
+)
+def test_an_extract_that_is_async_another_way_is_accepted(extract: Any) -> None:
+    extractor = _Named("x")
+    extractor.extract = extract  # type: ignore[method-assign]
+    assert Memory(extractor=extractor, embedder=False).config.batch_threshold == 10
 
 
 def test_bad_configuration_is_refused() -> None:
