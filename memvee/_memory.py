@@ -1174,10 +1174,30 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
                 f"not {len(name)}: {name[:MAX_EXTRACTOR_CHARS]!r}"
             )
         check_text(name, "the extractor's name")
-    if embedder is not None and embedder is not False and not isinstance(embedder, Embedder):
+    if embedder is not None and embedder is not False:
+        _check_embedder(embedder)
+
+
+def _check_embedder(embedder: object) -> None:
+    """Refuse an embedder every search would fail on, falling back to words alone: one that
+    is not an :class:`Embedder`, or whose name, dimensions or embed are of the wrong kind."""
+    if isinstance(embedder, type) or not isinstance(embedder, Embedder):
         raise InvalidInputError(
             "embedder must be an Embedder (a name, dimensions and embed(texts)), False or "
             f"None, not {type(embedder).__name__}"
+        )
+    name, dimensions = embedder.name, embedder.dimensions
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"an embedder's name must be a non-blank str, not {name!r}")
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        raise InvalidInputError(
+            f"the embedder {name!r} must give dimensions as a positive int (the length of "
+            f"its vectors), not {dimensions!r}"
+        )
+    if _is_async(embedder.embed):
+        raise InvalidInputError(
+            f"the embedder {name!r} must have a plain embed(texts), not an async one: "
+            "it is called on a thread, off the event loop"
         )
 
 

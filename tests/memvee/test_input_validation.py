@@ -320,6 +320,18 @@ class _AsyncCall:
         raise AssertionError("never called")
 
 
+class _Embedder:
+    """An embedder with the given name, dimensions and embed."""
+
+    def __init__(self, name: Any = "e", dimensions: Any = 3, embed: Any = None) -> None:
+        self.name, self.dimensions = name, dimensions
+        self.embed = embed or (lambda texts: [[1.0, 0.0, 0.0] for _ in texts])
+
+
+async def _async_embed(texts: Any) -> Any:
+    raise AssertionError("never called")
+
+
 @pytest.mark.parametrize(
     ("extractor", "says"),
     [
@@ -344,6 +356,29 @@ def test_an_extract_that_is_async_another_way_is_accepted(extract: Any) -> None:
     extractor = _Named("x")
     extractor.extract = extract  # type: ignore[method-assign]
     assert Memory(extractor=extractor, embedder=False).config.batch_threshold == 10
+
+
+@pytest.mark.parametrize(
+    ("embedder", "says"),
+    [
+        (_Embedder(dimensions="3"), "the embedder 'e' must give dimensions as a positive int"),
+        (_Embedder(dimensions=-3), "as a positive int (the length of its vectors), not -3"),
+        (_Embedder(dimensions=0), "as a positive int (the length of its vectors), not 0"),
+        (_Embedder(dimensions=True), "as a positive int (the length of its vectors), not True"),
+        (_Embedder(name=""), "an embedder's name must be a non-blank str, not ''"),
+        (_Embedder(name=" "), "an embedder's name must be a non-blank str, not ' '"),
+        (_Embedder(name=5), "an embedder's name must be a non-blank str, not 5"),
+        (_Embedder(embed=_async_embed), "must have a plain embed(texts), not an async one"),
+        (_Embedder, "embedder must be an Embedder"),
+    ],
+)
+def test_an_embedder_every_search_would_fail_on_is_refused_when_the_memory_is_made(
+    embedder: Any, says: str
+) -> None:
+    """Accepted, every search ranked by words alone and logged a traceback."""
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        Memory(embedder=embedder)
+    assert Memory(embedder=_Embedder()).config.batch_threshold == 10
 
 
 def test_bad_configuration_is_refused() -> None:
