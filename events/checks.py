@@ -36,6 +36,7 @@ __all__ = [
     "check_keys",
     "check_listing",
     "check_message",
+    "check_model",
     "check_name",
     "check_new_user_id",
     "check_page",
@@ -192,6 +193,15 @@ MAX_EXTRACTOR_CHARS = 64
 
 MAX_MODEL_CHARS = 128
 """The longest model name the log records beside an outcome."""
+
+
+def check_model(model: str, what: str) -> None:
+    """Raise :class:`InvalidInputError` unless ``model`` can name a model: the API is sent
+    it as it is, so spaces around it, a control character or nothing visible would fail
+    every call, and an empty one would silently stand for the default."""
+    check_text(model, what)
+    check_unmistakable(model, what)
+
 
 MAX_TOKENS = 2**63 - 1
 """The most tokens an event may say a call spent: what a 64-bit column holds."""

@@ -12,6 +12,7 @@ from events import (
     Durability,
     InvalidInputError,
     check_db_path,
+    check_model,
     driver_url,
     redacted_url,
 )
@@ -146,6 +147,8 @@ class MemoryConfig:
                 raise InvalidInputError(_wrong_type(self, name, "a str or None"))
         if self.db_url is not None:  # "" too: an unset variable read with a default of ""
             driver_url(self.db_url, name="db_url")
+        if self.model is not None:  # "" too: it is no model, not the default
+            check_model(self.model, "model")
         if self.durability not in ("full", "normal"):
             raise InvalidInputError(
                 f"durability must be 'full' or 'normal', not {self.durability!r}"

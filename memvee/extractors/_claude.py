@@ -32,6 +32,7 @@ import anthropic
 import httpx2
 from anthropic.types import Message, MessageParam, TextBlockParam
 
+from events.checks import check_model
 from events.errors import (
     INPUT_REFUSED_STATUSES,
     ExtractionError,
@@ -139,7 +140,9 @@ class ClaudeExtractor:
         max_tokens: int = 8192,
         cache_prefix: bool | None = None,
     ) -> None:
-        """Configure the extractor; without ``client`` one is built on first use.
+        """Configure the extractor; without ``client`` one is built on first use. A
+        ``model`` given is sent as it is: an empty one, or one with spaces around it or a
+        control character, is refused with InvalidInputError.
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         and ``ANTHROPIC_BASE_URL`` apply. A base URL (that one, or the given client's)
@@ -158,6 +161,8 @@ class ClaudeExtractor:
             raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}")
         if max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        if model is not None:
+            check_model(model, "model")
         self.model: str = model or os.environ.get(MODEL_ENV_VAR, "").strip() or DEFAULT_MODEL
         self.timeout = timeout
         self.max_retries = max_retries

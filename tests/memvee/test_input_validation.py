@@ -208,6 +208,10 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         ("db_path", "postgresql://me:s3cret@h/mem", "db_path takes the path of a SQLite file"),
         ("db_path", "sqlite:///mem.db", "this one is a database URL: give it as db_url"),
         ("model", 4, "model must be a str or None, not int"),
+        ("model", "", "model must not be empty"),
+        ("model", "   ", "model must not be empty"),
+        ("model", "claude-sonnet-5-5\n", "model must not begin or end with spaces"),
+        ("model", "claude\x1b", "model must not contain control characters (U+001B at index 6)"),
     ],
 )
 def test_a_setting_of_the_wrong_kind_is_refused_by_name(

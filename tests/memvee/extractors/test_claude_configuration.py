@@ -4,6 +4,7 @@ from the environment) is refused or failed as configuration, never blamed on a b
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +61,24 @@ def test_a_base_url_of_a_proxy_or_gateway_is_taken(
 ) -> None:
     environment.setenv("ANTHROPIC_BASE_URL", url)
     assert str(ClaudeExtractor().client.base_url).rstrip("/") == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("", "model must not be empty"),
+        ("   ", "model must not be empty"),
+        ("claude-sonnet-5-5\n", "model must not begin or end with spaces"),
+        ("claude\tsonnet", "model must not contain control characters (U+0009 at index 6)"),
+    ],
+)
+def test_a_model_the_api_would_be_sent_as_no_model_is_refused(
+    environment: pytest.MonkeyPatch, model: str, says: str
+) -> None:
+    """ "" silently meant the default, and the others went to the API as they were."""
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        ClaudeExtractor(model=model)
+    assert ClaudeExtractor(model="claude-sonnet-5-5").model == "claude-sonnet-5-5"
 
 
 def test_the_refusal_never_shows_a_password_the_base_url_carries(
