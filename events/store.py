@@ -317,8 +317,9 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
     """``url`` with the PostgreSQL driver of memvee's ``postgres`` extra (psycopg 3) when it
     names no driver; any other URL as it is.
 
-    Text that is no database URL is refused with :class:`InvalidInputError`, called
-    ``name``; the refusal never repeats the URL, which may hold a password.
+    Text that is no database URL, or names an in-memory SQLite database, is refused with
+    :class:`InvalidInputError`, called ``name``; the refusal never repeats the URL, which
+    may hold a password.
     """
     # SQLAlchemy's own errors quote the whole URL, so they are not chained.
     try:
@@ -342,6 +343,7 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
             f"memvee cannot use a {parsed.drivername!r} database: give a sqlite:/// or "
             "postgresql:// URL"
         )
+    _check_not_in_memory(parsed)
     return url if driver is None else parsed.render_as_string(hide_password=False)
 
 
@@ -458,7 +460,6 @@ class EventStore:
     ) -> None:
         url = driver_url(url)
         parsed = make_url(url)
-        _check_not_in_memory(parsed)
         _check_driver(parsed)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")

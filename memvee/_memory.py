@@ -137,7 +137,8 @@ class Memory:
     :class:`MemoryClosedError` at once. A Memory belongs to the event loop that opened it.
 
     ``config`` supplies every setting; the keyword arguments before it override the
-    matching fields of ``config`` when they differ from their defaults. ``embedder``
+    matching fields of ``config`` when they differ from their defaults, in value or type
+    (``batch_threshold=10.0`` is refused as ``MemoryConfig`` refuses it). ``embedder``
     adds semantic ranking to retrieval: by default the local
     :class:`~memvee.embedders.OnnxMiniLMEmbedder` (loaded on the first search), or the
     :class:`~memvee.embedders.Embedder` given; ``False`` keeps retrieval lexical only.
@@ -163,7 +164,8 @@ class Memory:
             ("auto_process", auto_process),
             ("batch_threshold", batch_threshold),
         ):
-            if value != getattr(defaults, name):
+            default = getattr(defaults, name)
+            if type(value) is not type(default) or value != default:  # 10.0 == 10, 0 == False
                 overrides[name] = value
         self.config = replace(base, **overrides)
         self._extractor = extractor

@@ -73,8 +73,10 @@ def test_text_that_is_no_database_url_is_refused_without_repeating_it(
     "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:mem?mode=memory&uri=true"]
 )
 def test_an_in_memory_sqlite_database_is_refused_before_anything_opens(url: str) -> None:
-    with pytest.raises(InvalidInputError, match="needs a SQLite file"):
-        EventStore(url)
+    """MemoryConfig took one, and only the open refused it."""
+    for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+        with pytest.raises(InvalidInputError, match="needs a SQLite file"):
+            refuse(url)
 
 
 @pytest.mark.parametrize(

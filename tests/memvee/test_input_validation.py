@@ -419,6 +419,25 @@ def test_an_empty_db_url_is_refused_not_taken_for_db_path(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("batch_threshold", 10.0, "batch_threshold must be an int, not float"),
+        ("auto_process", 0, "auto_process must be a bool, not int"),
+        ("db_url", "sqlite:///:memory:", "memvee needs a SQLite file, not an in-memory database"),
+        ("db_url", "sqlite://", "memvee needs a SQLite file, not an in-memory database"),
+    ],
+)
+def test_a_memory_refuses_what_its_configuration_refuses_when_it_is_made(
+    setting: str, value: Any, says: str
+) -> None:
+    """Memory dropped 10.0 and 0 as equal to their defaults, and took an in-memory
+    database until its open."""
+    for make in (MemoryConfig, Memory):
+        with pytest.raises(InvalidInputError, match=re.escape(says)):
+            make(**{setting: value})
+
+
 async def test_db_path_folder_is_created(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "memory.db"
     async with Memory(db_path=str(target)) as memory:
