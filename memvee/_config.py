@@ -35,7 +35,8 @@ before it ranks the rest by their words (see ``MemoryConfig.search_embed_seconds
 class MemoryConfig:
     """How a :class:`memvee.Memory` stores, processes and shuts down.
 
-    ``db_path`` is the SQLite file (made with its folder if missing); ``db_url``, when
+    ``db_path`` is the SQLite file (made with its folder if missing; a path object is kept
+    as its ``str``); ``db_url``, when
     given, is a SQLAlchemy URL instead, such as ``postgresql://user:password@host/db``
     (a URL that names no driver uses psycopg 3). An in-memory SQLite database is refused:
     memvee's threads each open their own connection.
@@ -142,6 +143,7 @@ class MemoryConfig:
         if not os.fspath(self.db_path).strip():
             raise InvalidInputError("db_path must name a file, not be empty")
         check_db_path(self.db_path, name="db_path", url_name="db_url")
+        object.__setattr__(self, "db_path", os.fspath(self.db_path))  # a Path is kept as str
         for name in ("db_url", "model"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidInputError(_wrong_type(self, name, "a str or None"))

@@ -16,6 +16,7 @@ import gc
 import inspect
 import logging
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -146,7 +147,7 @@ class Memory:
 
     def __init__(
         self,
-        db_path: str = "memvee.db",
+        db_path: str | os.PathLike[str] = "memvee.db",
         db_url: str | None = None,
         auto_process: bool = False,
         batch_threshold: int = 10,

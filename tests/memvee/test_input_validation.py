@@ -438,6 +438,19 @@ def test_a_memory_refuses_what_its_configuration_refuses_when_it_is_made(
             make(**{setting: value})
 
 
+def test_a_db_path_given_as_a_path_is_kept_as_a_str(tmp_path: Path) -> None:
+    """db_path is typed str: it held the Path it was given (and mypy refused a Path for
+    Memory's db_path, which takes one)."""
+    memory = Memory(db_path=tmp_path / "m.db", embedder=False)
+    config = MemoryConfig(db_path=tmp_path / "c.db")  # type: ignore[arg-type]
+
+    assert (memory.config.db_path, config.db_path) == (
+        str(tmp_path / "m.db"),
+        str(tmp_path / "c.db"),
+    )
+    assert type(memory.config.db_path) is str and type(config.db_path) is str
+
+
 async def test_db_path_folder_is_created(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "memory.db"
     async with Memory(db_path=str(target)) as memory:
