@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import ipaddress
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -577,7 +579,27 @@ def _base_url_problem(url: str) -> str | None:
         return "it is not an http:// or https:// URL"
     if not parsed.host:
         return "it names no host"
+    if not _is_host(parsed.raw_host.decode("ascii", "replace")):
+        return f"its host {parsed.host!r} is no host name (letters, digits, '-' and '.')"
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        return f"its port {parsed.port} is not from 1 to 65535"
     return None
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+"""The characters of a host name as sent (an IDNA name is sent in its xn-- form)."""
+
+
+def _is_host(host: str) -> bool:
+    """Whether ``host``, as the URL sends it, is a host name or an IP address (httpx takes
+    a space in a host and sends it percent-encoded, so no call could reach it)."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
 
 
 def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:

@@ -45,6 +45,10 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pyt
         ("http://", "names no host"),
         ("", "empty"),
         (" https://api.anthropic.com", "whitespace"),
+        ("http://exa mple.com", "its host 'exa%20mple.com' is no host name"),
+        ("http://exa%41mple.com", "its host 'exa%41mple.com' is no host name"),
+        ("http://127.0.0.1:99999", "its port 99999 is not from 1 to 65535"),
+        ("http://127.0.0.1:0", "its port 0 is not from 1 to 65535"),
     ],
 )
 def test_a_base_url_no_call_could_reach_is_refused_up_front(
@@ -55,12 +59,26 @@ def test_a_base_url_no_call_could_reach_is_refused_up_front(
         ClaudeExtractor()
 
 
-@pytest.mark.parametrize("url", ["http://[::1]:8080", "https://gateway.example/anthropic/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]:8080",
+        "https://gateway.example/anthropic/",
+        "http://claude_gateway:1",
+    ],
+)
 def test_a_base_url_of_a_proxy_or_gateway_is_taken(
     environment: pytest.MonkeyPatch, url: str
 ) -> None:
     environment.setenv("ANTHROPIC_BASE_URL", url)
     assert str(ClaudeExtractor().client.base_url).rstrip("/") == url.rstrip("/")
+
+
+def test_a_base_url_of_an_international_host_name_is_taken(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    environment.setenv("ANTHROPIC_BASE_URL", "https://bücher.example:65535")
+    assert str(ClaudeExtractor().client.base_url) == "https://xn--bcher-kva.example:65535"
 
 
 @pytest.mark.parametrize(
