@@ -14,7 +14,13 @@ on an open file cannot be lost).
 On a SQLite file the claim is a ``flock`` on ``<database>.memvee-lock``, never on the
 database file itself: a process that closes any descriptor of a file loses its POSIX
 locks on it, SQLite's included. On PostgreSQL it is a session advisory lock, keyed by the
-schema the engine's tables live in, on a connection the claim keeps open.
+schema the engine's tables live in, on a connection the claim keeps open, which the
+server is told never to end for idling (``idle_session_timeout``). A session can still
+end (a server restart, a failover, ``pg_terminate_backend``), and until :meth:`keep`
+notices, an engine with leases runs without its claim; so an engine without leases is
+also refused while the schema's lease table holds an unexpired lease: a running task's
+user is always leased, and its task is not closed as left by a crash. An engine with
+leases that died stops holding them after its ``lease_ttl``.
 
 The last holder of a SQLite claim removes the lock file: its release locks the file
 alone for a moment to learn that no one else holds it. So that an engine with leases
@@ -43,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from actors.lease import unexpired_leases
 from events import DatabaseInUseError, StorageError, driver_url, redacted_url, sqlite_file
 from events.errors import first_line
 from events.file_hold import same_file, try_flock
@@ -257,7 +264,9 @@ class ServerClaim:
 
     The server drops the lock with the session, so a process that dies holds it no
     longer. A session that ends while the claim is held (a server restart, a broken
-    connection) loses it too: :meth:`keep`, called now and then, takes it again.
+    connection) loses it too: :meth:`keep`, called now and then, takes it again. A claim
+    held alone is refused while unexpired user leases show an engine with leases may be
+    running on the schema meanwhile.
     """
 
     def __init__(
@@ -282,7 +291,8 @@ class ServerClaim:
         """Claim the PostgreSQL database ``url`` names, shared or alone.
 
         Raises :class:`DatabaseInUseError` if another engine holds a claim that this one
-        cannot share, :class:`StorageError` if the server cannot be reached.
+        cannot share, or (an engine's claim alone) while a user lease has not expired;
+        :class:`StorageError` if the server cannot be reached.
         """
         engine = create_engine(driver_url(url), poolclass=NullPool)
         try:
@@ -348,12 +358,18 @@ def _locked_session(
     try:
         # Autocommit: an idle session left in a transaction would hold back vacuum.
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        _never_idle_out(connection)
         schema = connection.execute(text("SELECT current_schema()")).scalar_one()
         lock = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
         name = "memvee database claim" if purpose is None else purpose.name
         had = connection.execute(text(f"SELECT {lock}(:key)"), {"key": _lock_key(name, schema)})
+        leased = 0
         if had.scalar_one():
-            return connection
+            if shared or purpose is not None:
+                return connection
+            leased = unexpired_leases(connection)
+            if not leased:
+                return connection
     except SQLAlchemyError as error:
         if connection is not None:
             _close_quietly(connection)
@@ -363,7 +379,27 @@ def _locked_session(
     _close_quietly(connection)
     if purpose is not None:
         raise DatabaseInUseError(purpose.refusal)
-    raise DatabaseInUseError(_refusal(f"{redacted_url(url)} (schema {schema})", shared=shared))
+    where = f"{redacted_url(url)} (schema {schema})"
+    if leased:
+        raise DatabaseInUseError(_leased_refusal(where, leased))
+    raise DatabaseInUseError(_refusal(where, shared=shared))
+
+
+def _never_idle_out(connection: Connection) -> None:
+    """Keep the server from ending the claim's session for idling between checks (its
+    ``idle_session_timeout``, PostgreSQL 14 on): the lock would go with it."""
+    version = connection.dialect.server_version_info or ()
+    if version >= (14,):
+        connection.execute(text("SET idle_session_timeout = 0"))
+
+
+def _leased_refusal(database: str, leased: int) -> str:
+    return (
+        f"the database {database} is in use by a Memory with leases ({leased} user "
+        "lease(s) not expired): Memories that share a database must all use leases (the "
+        "default on PostgreSQL: leave MemoryConfig.leases unset or True); a Memory that "
+        "stopped without closing holds its leases until their lease_ttl runs out"
+    )
 
 
 def _lock_key(name: str, schema: str) -> int:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
+    inspect,
     select,
     text,
     update,
@@ -33,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from events import user_log_id
 
-__all__ = ["LeaseTable", "new_owner_id"]
+__all__ = ["LeaseTable", "database_now", "new_owner_id", "unexpired_leases"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -41,6 +42,26 @@ log = logging.getLogger("memvee.actors")
 def new_owner_id() -> str:
     """A name for this process that no other process shares."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
+
+
+def database_now(connection: Connection) -> float:
+    """The database's clock, in seconds since the epoch: what a lease's expiry is read by."""
+    if connection.dialect.name == "postgresql":
+        query = "SELECT extract(epoch FROM clock_timestamp())"
+    else:
+        query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    return float(connection.execute(text(query)).scalar_one())
+
+
+def unexpired_leases(connection: Connection, prefix: str = "mv_") -> int:
+    """How many lease rows have not expired (none where the table is missing): while one
+    has not, its owner may be running."""
+    table = f"{prefix}leases"
+    if not inspect(connection).has_table(table):
+        return 0
+    now = database_now(connection)
+    count = text(f"SELECT count(*) FROM {table} WHERE expires_at > :now")
+    return int(connection.execute(count, {"now": now}).scalar_one())
 
 
 class LeaseTable:
@@ -78,7 +99,7 @@ class LeaseTable:
         """Create the lease table if it is missing (run it while writers are held off),
         and delete the expired rows of forgotten users (see :meth:`forget`)."""
         self.metadata.create_all(connection)
-        self._sweep_forgotten(connection, self._now(connection))
+        self._sweep_forgotten(connection, database_now(connection))
 
     def _sweep_forgotten(self, connection: Connection, now: float) -> None:
         """Delete the expired lease rows :meth:`forget` kept for a live owner (their user
@@ -87,20 +108,13 @@ class LeaseTable:
         t = self.table
         connection.execute(delete(t).where(t.c.user_id == "", t.c.expires_at < now))
 
-    def _now(self, connection: Connection) -> float:
-        if self._dialect == "postgresql":
-            query = "SELECT extract(epoch FROM clock_timestamp())"
-        else:
-            query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-        return float(connection.execute(text(query)).scalar_one())
-
     def try_acquire(self, user_id: str) -> bool:
         """Take the user's lease if it is free, expired or already ours."""
         t = self.table
         began = time.monotonic()
         insert = postgresql.insert(t) if self._dialect == "postgresql" else sqlite.insert(t)
         with self.engine.begin() as connection:
-            now = self._now(connection)
+            now = database_now(connection)
             statement = insert.values(
                 log_id=str(user_log_id(user_id)),
                 user_id=user_id,
@@ -129,7 +143,7 @@ class LeaseTable:
         t = self.table
         began = time.monotonic()
         with self.engine.begin() as connection:
-            now = self._now(connection)
+            now = database_now(connection)
             connection.execute(
                 update(t)
                 .where(t.c.owner == self.owner, t.c.log_id.in_(bindparam("ids", expanding=True)))
@@ -163,7 +177,7 @@ class LeaseTable:
             return []
         t = self.table
         with self.engine.connect() as connection:
-            now = self._now(connection)
+            now = database_now(connection)
             held = set(
                 connection.execute(
                     select(t.c.log_id).where(
@@ -198,7 +212,7 @@ class LeaseTable:
         t = self.table
         self._renewed.pop(user_id, None)
         log_id = str(user_log_id(user_id))
-        now = self._now(connection)
+        now = database_now(connection)
         deleted = connection.execute(
             delete(t).where(
                 t.c.log_id == log_id, (t.c.owner == self.owner) | (t.c.expires_at < now)

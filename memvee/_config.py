@@ -44,7 +44,8 @@ class MemoryConfig:
     ``leases`` gives each user one owning process through lease rows in the database (on
     by default for server databases, off for SQLite files); without them a Memory holds
     its database alone (its SQLite file, or its PostgreSQL schema), and a second one on it
-    is refused with :class:`~memvee.errors.DatabaseInUseError`. ``lease_ttl`` is how long
+    is refused with :class:`~memvee.errors.DatabaseInUseError` (on PostgreSQL, also while a
+    user lease there has not expired). ``lease_ttl`` is how long
     a dead owner keeps its users before another process takes them over. ``pool_size``
     bounds the connections to a database server (twice that with overflow);
     ``actor_threads`` is how many threads run the user actors (each actor runs on one of

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from actors import Engine, database_claim
 from actors.database_claim import (
@@ -29,6 +30,7 @@ from actors.database_claim import (
     claim_alone,
     claim_database,
 )
+from actors.lease import LeaseTable
 from events import DatabaseInUseError, StorageError, sqlite_url
 from memvee import Memory, MemoryConfig
 from tests.support.backends import postgres_url
@@ -392,6 +394,72 @@ def test_on_postgresql_a_claim_whose_session_ended_is_taken_again(
     alone.keep()
     assert not alone.held, "a released claim is not taken again"
     _take(claims, pg_url, shared=False)
+
+
+async def test_on_postgresql_no_memory_without_leases_opens_while_one_with_leases_lost_its_claim(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the engine with leases takes its lost claim again, its running task's lease
+    keeps out a Memory that would close that task as left by a crash."""
+    monkeypatch.setattr("actors.engine.CLAIM_CHECK_SECONDS", 3600.0)  # not taken again
+    extractor = RecordingExtractor(gated=True)
+    shared = MemoryConfig(db_url=pg_url, leases=True)
+    async with Memory(config=shared, extractor=extractor, embedder=False) as running:
+        await running.add_exchange("u", "I live in Oslo", "ok")
+        task = running.process_async("u")
+        await asyncio.to_thread(extractor.started.wait, 10)
+        assert _end_claim_sessions(pg_url) == 1
+        alone = Memory(config=MemoryConfig(db_url=pg_url, leases=False), embedder=False)
+        with pytest.raises(DatabaseInUseError, match=r"in use by a Memory with leases"):
+            await alone.open()
+        extractor.gate.set()
+        assert await task.wait() == 1
+    async with Memory(config=MemoryConfig(db_url=pg_url, leases=False), embedder=False):
+        pass  # the leases were given up at close
+
+
+def test_on_postgresql_a_claim_held_alone_is_refused_while_a_user_lease_lives(
+    pg_url: str, claims: list[DatabaseClaim]
+) -> None:
+    store = create_engine(pg_url)
+    try:
+        leases = LeaseTable(store, "a live engine", ttl=600)
+        with store.begin() as connection:
+            leases.create(connection)
+        assert leases.try_acquire("u")
+        with pytest.raises(DatabaseInUseError, match=r"\(1 user lease\(s\) not expired\)"):
+            ServerClaim.take(pg_url, shared=False)
+        _take(claims, pg_url, shared=True).release()
+        verify = claim_alone(pg_url, VERIFY)  # a claim of its own, beside the engines
+        assert verify is not None
+        verify.release()
+        leases.release_all()
+    finally:
+        store.dispose()
+    _take(claims, pg_url, shared=False)
+
+
+def test_on_postgresql_the_claim_session_outlives_the_servers_idle_session_timeout(
+    pg_url: str, claims: list[DatabaseClaim]
+) -> None:
+    database = make_url(pg_url).database
+    _alter(pg_url, f'ALTER DATABASE "{database}" SET idle_session_timeout = 50')
+    try:
+        claim = _take(claims, pg_url, shared=True)
+        time.sleep(0.3)  # six times the server's limit on an idle session
+    finally:
+        _alter(pg_url, f'ALTER DATABASE "{database}" RESET idle_session_timeout')
+    assert claim.held
+    assert _end_claim_sessions(pg_url) == 1, "the server ended the claim's session for idling"
+
+
+def _alter(pg_url: str, statement: str) -> None:
+    engine = create_engine(pg_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 async def test_on_postgresql_a_memory_without_leases_takes_its_lost_claim_again(
