@@ -80,6 +80,14 @@ class CircuitBreaker:
         with self._lock:
             return self._open_until is not None
 
+    def paused_for(self) -> float:
+        """Seconds until the breaker's current pause ends and a probe may go (0: none, or
+        it is already probing)."""
+        with self._lock:
+            if self._open_until is None:
+                return 0.0
+            return max(0.0, self._open_until - self._clock())
+
     def admit(self) -> float:
         """0 if a call may go to the API now, else the seconds to wait before asking again.
 

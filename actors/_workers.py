@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,7 +28,7 @@ from events import (
     RejectedBatchError,
     check_result,
 )
-from events.errors import repeats
+from events.errors import ExtractionPausedError, repeats
 from events.extraction import extraction_deadline
 
 __all__ = [
@@ -85,7 +86,9 @@ class ExtractionWorkers:
 
     Every outcome is reported to ``breaker``: an answer (even one that fails the batch for
     good) shows that the API is up, a failure that may pass counts towards pausing. While
-    the breaker is open, batches wait here (their tasks stay RUNNING) instead of calling.
+    the breaker is open, batches wait here (their tasks stay RUNNING) instead of calling;
+    while it pauses for longer than ``timeout``, they fail at once instead
+    (:class:`ExtractionPausedError`).
     """
 
     def __init__(
@@ -205,10 +208,12 @@ class ExtractionWorkers:
             self._semaphore = asyncio.Semaphore(self._concurrency)
         if held.dropped:  # no need to queue for a slot
             raise self._dropped(batch)
+        self._refuse_long_pause()
         async with self._semaphore:
             # Admitted only once a call may start: batches queued behind the semaphore
             # while the breaker opened must not go to the API when their turn comes.
             while (wait := self._admit(held)) > 0:
+                self._refuse_long_pause()
                 self._resumed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._resumed.wait(), wait)
@@ -249,6 +254,20 @@ class ExtractionWorkers:
             wait = self.breaker.admit()
             held.sent = wait <= 0
             return wait
+
+    def _refuse_long_pause(self) -> None:
+        """Fail the batch at once if the breaker pauses for longer than a batch may take
+        (``timeout``), as after a long ``retry-after``: waiting would hold its task (and a
+        slot) far past the timeout, so it fails as the API asked, to be retried later."""
+        pause = self.breaker.paused_for()
+        if pause <= self.timeout:
+            return
+        wait = float(math.ceil(pause))
+        raise ExtractionPausedError(
+            "extraction paused for every user: the API kept failing (the circuit breaker "
+            f"is open); the batch was not sent; retry after {wait:g} s",
+            retry_after=wait,
+        )
 
     def _dropped(self, batch: ExtractionBatch) -> DroppedForForget:
         """The outcome of a batch dropped unsent, its user forgotten."""

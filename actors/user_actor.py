@@ -51,6 +51,7 @@ from events import (
 )
 from events.errors import (
     FORGOTTEN_REASON,
+    ExtractionPausedError,
     ExtractorOverloadedError,
     ProbeFailedError,
     first_line,
@@ -1061,7 +1062,7 @@ class UserActor(PooledActor):
 
 _NO_USAGE = TokenUsage()
 
-_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError
+_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | ExtractionPausedError
 """Failures that say how the API is, never how a batch's messages are: never blamed."""
 
 

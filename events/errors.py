@@ -22,6 +22,7 @@ __all__ = [
     "INPUT_REFUSED_STATUSES",
     "ConflictError",
     "ExtractionError",
+    "ExtractionPausedError",
     "ExtractorOverloadedError",
     "InvalidExtractionError",
     "InvalidInputError",
@@ -135,6 +136,12 @@ class ProbeFailedError(ExtractionError):
     of the batch, so this is a failure that may pass, which the engine never blames on the
     batch's messages. ``retry_after`` is what that request was asked to wait. (One the API
     met overloaded raises :class:`ExtractorOverloadedError` instead, never blamed either.)"""
+
+
+class ExtractionPausedError(ExtractionError):
+    """The breaker shared by every user is open (the API kept failing) for longer than a
+    batch may wait: the batch fails at once, sent to no API, a failure that may pass that
+    is never blamed on its messages. ``retry_after`` is the breaker's remaining pause."""
 
 
 class InvalidExtractionError(ExtractionError):

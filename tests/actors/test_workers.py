@@ -15,6 +15,7 @@ import actors._workers as workers_module
 from actors._pacing import CircuitBreaker
 from actors._workers import DroppedForForget, ExtractionWorkers, Outcome
 from events import ExtractionBatch, ExtractionResult
+from events.errors import ExtractionPausedError
 from tests.support.extractors import RecordingExtractor
 
 
@@ -221,5 +222,26 @@ def test_a_forgotten_users_batch_the_breaker_holds_ends_unsent_at_once() -> None
         assert workers.drop("ann") == 1
         assert isinstance(outcomes.of("ann-1"), DroppedForForget)
         assert extractor.batches == [] and breaker.asked == 1 and breaker.is_open
+    finally:
+        workers.stop()
+
+
+def test_a_batch_the_breaker_would_hold_past_the_timeout_fails_at_once_unsent() -> None:
+    """A breaker paused longer than a batch may take (a 600 s ``retry-after`` against a
+    5 s timeout) fails the batches at once, sent nowhere and holding no slot, carrying the
+    remaining pause as ``retry_after``; they used to wait out the whole pause RUNNING."""
+    extractor = RecordingExtractor()
+    breaker = CircuitBreaker(failures=1, cooldown=2.0)
+    breaker.failed(at_least=600.0)
+    workers = ExtractionWorkers(extractor, concurrency=1, timeout=5.0, breaker=breaker)
+    outcomes = _Outcomes()
+    try:
+        for task in ("ann-1", "bob-1"):
+            workers.submit(ExtractionBatch(task[:3], task, ()), outcomes.done(task))
+        for task in ("ann-1", "bob-1"):
+            failure = outcomes.of(task)
+            assert isinstance(failure, ExtractionPausedError)
+            assert failure.retry_after == 600.0 and "retry after 600 s" in str(failure)
+        assert extractor.batches == [] and breaker.is_open
     finally:
         workers.stop()

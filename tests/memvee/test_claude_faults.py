@@ -296,6 +296,38 @@ async def test_the_breaker_bounds_requests_from_many_users_while_the_api_is_down
                 assert not found.buffered and not found.quarantined
 
 
+async def test_a_pause_longer_than_a_batch_may_wait_fails_the_run_at_once_saying_when(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 asking to wait 600 s opens the breaker for that long: another user's explicit
+    run then fails at once, sending nothing and blaming nothing, and says when to retry,
+    where it used to hang RUNNING for the whole pause, far past ``extraction_timeout``."""
+    limited = ScriptedResponse(
+        429, error_body("rate_limit_error", "Rate limited"), {"retry-after": "600"}
+    )
+    with MessagesAPIServer(responder=lambda r: limited) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "paused.db",
+            breaker_failures=1,
+            extraction_timeout=2,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            await memory.add_message("ann", "user", "I like tea.")
+            with pytest.raises(ProcessingError, match="retry after 600 s"):
+                await memory.process("ann")
+            server.set_responder(default_answer)
+            await memory.add_message("bob", "user", "I like coffee.")
+            async with asyncio.timeout(5):
+                with pytest.raises(ProcessingError, match=r"breaker is open.*retry after 600 s"):
+                    await memory.process("bob")
+            assert len(server.requests) == 1
+            assert await memory.quarantined("bob") == []
+            assert [m.content for m in await memory.buffer("bob")] == ["I like coffee."]
+
+
 CREDIT = (
     "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
     "Billing to upgrade or purchase credits."
