@@ -154,10 +154,12 @@ class RejectedBatchError(ExtractionError):
     """The API refused the batch itself (a 400 such as "prompt is too long", or a refusal).
 
     ``reason`` is what the API answered an HTTP refusal with (``None`` for a model's
-    refusal, and for a request too large, which only its batch can be). When batches that
-    share no message are refused for the same reason, with no batch accepted in between,
-    the account or the configuration is refused, not the batches (a credit balance too
-    low, a usage limit): the engine then retries later and blames no message.
+    refusal, and for a request too large, which a batch split in halves makes smaller).
+    When batches that share no message are refused for the same reason, with no batch
+    accepted in between, the account or the configuration is refused, not the batches (a
+    credit balance too low, a usage limit): the engine then retries later and blames no
+    message. ``too_large``: the refusal was an HTTP 413 (a request too large, for the API
+    or for a gateway in front of it).
 
     ``probe_accepted`` says the extractor settled that itself: the API accepted the same
     request with a harmless message in place of the batch's, so the batch is at fault
@@ -173,10 +175,12 @@ class RejectedBatchError(ExtractionError):
         usage: TokenUsage | None = None,
         reason: str | None = None,
         probe_accepted: bool = False,
+        too_large: bool = False,
     ) -> None:
         super().__init__(message, usage=usage)
         self.reason = reason
         self.probe_accepted = probe_accepted
+        self.too_large = too_large
 
 
 INPUT_REFUSED_STATUSES = frozenset({400, 413, 422})

@@ -46,7 +46,7 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import first_line
+from events.errors import ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets
@@ -255,7 +255,7 @@ class BulkReextraction:
                     )
                     todo.extendleft(reversed([b.planned for b in chunk]))
                 else:
-                    await self._split(chunk[0].planned, todo, report, str(shown))
+                    await self._split(chunk[0].planned, todo, report, str(shown), probe=True)
                 continue
             report.submitted += len(chunk)
             await self._finish(client, row, report)
@@ -295,12 +295,21 @@ class BulkReextraction:
         return _Built(planned, params, len(encoded.encode()) + _REQUEST_OVERHEAD)
 
     async def _split(
-        self, planned: _Planned, todo: deque[_Planned], report: BulkReport, why: str
+        self,
+        planned: _Planned,
+        todo: deque[_Planned],
+        report: BulkReport,
+        why: str,
+        *,
+        probe: bool = False,
     ) -> None:
         """A request too large for a Message Batch alone: its messages go in two requests
         at the front of ``todo``, or, one message, it is left out of the version as the
         synchronous path leaves out one that fails alone (its failure kept in its user's
-        log as one that repeats, and reported)."""
+        log as one that repeats, and reported). When the API refused it (``probe``), that
+        is only once the same request with a harmless message in its place is accepted:
+        refused too, the API (or a gateway in front of it) refuses requests of any size,
+        and the run stops, leaving none out."""
         batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
         messages = list(batch.messages)
         if len(messages) > 1:
@@ -318,6 +327,9 @@ class BulkReextraction:
             return
         if not messages:  # forgotten meanwhile: nothing to send
             return
+        verdict = await self.extractor.probe(batch) if probe else "accepted"
+        if verdict != "accepted":
+            raise _refused_whatever_size(why, verdict)
         message_id = messages[0].message_id
         error = RejectedBatchError(why)
         await asyncio.to_thread(self._record_failure, planned.to_json(), error, None)
@@ -826,6 +838,22 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
     if reason is not None:
         text += " (the API refused every request so; retried later, no message blamed)"
     return ExtractionError(text)
+
+
+def _refused_whatever_size(why: str, verdict: str) -> ExtractionError:
+    """The error that stops a run whose lone message was refused as too large (``why``)
+    while the probe without it was not accepted either (``verdict``): the message is not
+    blamed, and the run may be made again later."""
+    if verdict == "refused":
+        return ExtractionError(
+            f"{why} (a request without the message is refused too: the API or a gateway "
+            "in front of it refuses requests of any size, not the message; nothing is "
+            "left out, run again later)"
+        )
+    return ProbeFailedError(
+        f"{why} (a request probing whose fault it is failed too; nothing is left out, "
+        "run again later)"
+    )
 
 
 def _same_if_known(fact: ExtractedFact, current: dict[str, str]) -> ExtractedFact:

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import email.utils
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -264,8 +265,8 @@ class ClaudeExtractor:
             failed.usage = _added(failed.usage or TokenUsage(), spent)
             if not (settle and isinstance(failed, RejectedBatchError)):
                 raise
-            if failed.reason is None and not (answered and batch.known):
-                raise  # too large (413), or the model refused a batch showing no entries
+            if not _may_be_elsewhere(failed, request, batch, answered=answered):
+                raise
             refused = failed
         else:
             return _with_usage(result, _added(result.usage, spent))
@@ -281,8 +282,9 @@ class ClaudeExtractor:
         all else kept (known entries included): accepted, the batch's messages are at
         fault (``refused`` is raised with ``probe_accepted``, for the engine to split
         the batch). Refused, and the batch shows no known entries, the account or the
-        settings are (a credit balance too low, a usage limit): a failure that may pass,
-        blaming no message. Otherwise a second probe leaves the known entries out too:
+        settings are (a credit balance too low, a usage limit, a gateway's body limit below
+        the fixed prompt for a 413): a failure that may pass, blaming no message.
+        Otherwise a second probe leaves the known entries out too:
         accepted, the user's known entries trip the refusal (an entry a content filter
         blocks), and the batch is extracted once more without them, so no healthy
         message is blamed for the user's stored state; refused, the API refuses every
@@ -303,12 +305,17 @@ class ClaudeExtractor:
             if verdict == "accepted":
                 kept, spent = await self._entries_accepted(request, batch, refused, spent)
                 return await self._without_known(batch, refused, spent, kept)
-        if refused.reason is None:  # the model's refusal: the API took the requests
+        if refused.reason is None and not refused.too_large:  # the model's: the API took them
             refused.usage = spent
             raise refused
+        whose = (
+            "the API or a gateway in front of it refuses requests of any size, not the batch"
+            if refused.too_large
+            else "the account or the settings are, not the batch"
+        )
         raise ExtractionError(
-            f"{refused} (a request without the batch's messages is refused too: "
-            "the account or the settings are, not the batch; retried later)",
+            f"{refused} (a request without the batch's messages is refused too: {whose}; "
+            "retried later)",
             usage=spent,
         ) from refused.__cause__
 
@@ -459,15 +466,13 @@ class ClaudeExtractor:
 
     async def _answered(self, probe: dict[str, Any]) -> tuple[_Answer, TokenUsage]:
         """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
-        accepted, or refused (a 400 or 422, or the model's refusal to answer). It is sent
+        accepted, or refused (a 400, 413 or 422, or the model's refusal to answer). It is sent
         as a batch is (:meth:`_call`), so the SDK never sleeps on a ``retry-after`` past
         the call's end; one that fails otherwise (busy, a timeout, no connection) raises
         its ExtractionError, which keeps what the API said (a 529, the wait it asked)."""
         try:
             answer = await self._call(probe)
-        except RejectedBatchError as rejected:
-            if rejected.reason is None:  # too large (413): no answer to what a probe asks
-                raise
+        except RejectedBatchError:  # 400, 413 or 422: refused however small the request
             return "refused", TokenUsage()
         refusal = answer.stop_reason == "refusal"
         return ("refused" if refusal else "accepted"), _usage(answer)
@@ -635,6 +640,24 @@ def _probe(request: dict[str, Any], batch: ExtractionBatch) -> dict[str, Any]:
     return {**request, "messages": [{"role": "user", "content": turn}]}
 
 
+def _may_be_elsewhere(
+    refused: RejectedBatchError, request: dict[str, Any], batch: ExtractionBatch, *, answered: bool
+) -> bool:
+    """Whether the refusal of ``batch`` may be the rest of the request's fault, for probes
+    to settle: the API's refusal with a reason (the account's, the settings'); a model's
+    refusal of a batch showing known entries; and a 413 of a lone message or of a request
+    whose messages weigh no more than the rest of it, as a body limit below the fixed
+    prompt refuses every request (a larger one is split, smaller, by the engine)."""
+    if refused.too_large:
+        return len(batch.messages) == 1 or _size(request) <= 2 * _size(_probe(request, batch))
+    return refused.reason is not None or (answered and bool(batch.known))
+
+
+def _size(request: dict[str, Any]) -> int:
+    """About the bytes of ``request``'s body."""
+    return len(json.dumps(request, ensure_ascii=False, default=str).encode())
+
+
 def _unsettled(
     refused: RejectedBatchError, failed: ExtractionError, spent: TokenUsage
 ) -> ExtractionError:
@@ -796,10 +819,10 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
         if wait is not None:
             parts.append(f"; retry after {wait:g} s")
         text = redact("".join(parts), secrets)
+        if exc.status_code == 413:  # split, the batch is smaller; small, it is probed
+            return RejectedBatchError(text, too_large=True)
         if exc.status_code in INPUT_REFUSED_STATUSES:
-            reason = None  # a request too large is the batch's own fault, by its nature
-            if exc.status_code != 413:
-                reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
+            reason = redact(f"HTTP {exc.status_code} {exc.type}: {message}", secrets)
             return RejectedBatchError(text, reason=reason)
         if exc.status_code in _OVERLOADED_STATUSES:
             return ExtractorOverloadedError(text, retry_after=wait)

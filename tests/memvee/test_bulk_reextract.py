@@ -426,6 +426,33 @@ def test_the_command_line_lists_what_a_bulk_run_left_out(
     assert result.output.count("left out:") == 10 and "Traceback" not in result.output
 
 
+async def test_a_gateway_refusing_every_request_as_too_large_leaves_no_message_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every create refused as too large (413), and the request of a lone message with a
+    harmless message in its place too: the API or a gateway refuses requests of any
+    size, so the run stops saying so and leaves no message out, where each used to be
+    left out of the version; the next run, once requests go through, records them all."""
+    server.set_batches_fault(_creates_answered(413, "request_too_large", times=1_000))
+    server.set_responder(
+        lambda r: ScriptedResponse(413, error_body("request_too_large", "body too large"))
+    )
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="refuses requests of any size"):
+            await _run(audit)
+        failed = [
+            e
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert failed == []
+        server.set_batches_fault(None)
+        server.set_responder(default_answer)
+        report = await _run(audit)
+    assert (report.recorded, report.failed, report.left_out) == (6, {}, {})
+
+
 async def test_a_run_that_crashed_while_recording_records_only_the_rest(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

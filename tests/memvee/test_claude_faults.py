@@ -393,6 +393,59 @@ async def test_an_api_that_refuses_every_batch_blames_no_message_and_is_retried_
                 assert len(found.covered) == 2 * EXCHANGES and not found.quarantined
 
 
+TOO_LARGE = ScriptedResponse(
+    413,
+    error_body("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+)
+"""What a gateway whose body limit is below memvee's fixed prompt answers every request."""
+
+
+async def test_a_gateway_refusing_every_request_as_too_large_blames_no_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 413 to every request, however small: the request without the batch's messages is
+    refused too, so the gateway (or the API) refuses everything, not the batch. No message
+    is blamed and all stay buffered, to be extracted once requests go through; every
+    message of every user used to be quarantined while ``process`` returned 0."""
+    users = ["ann", "bob"]
+    with MessagesAPIServer(responder=lambda r: TOO_LARGE) as server:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "gateway.db", retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            for user in users:
+                for i in range(3):
+                    await memory.add_exchange(user, f"I like thing {i}", f"ok {i}")
+            for user in users:
+                for _ in range(3):
+                    with pytest.raises(ProcessingError, match="refuses requests of any size"):
+                        await memory.process(user)
+                assert await memory.quarantined(user) == []
+                assert len(await memory.buffer(user)) == 6
+            # Each run sends its batch and, refused, the same request without its messages.
+            assert len(server.requests) == 2 * 3 * len(users)
+            assert sum(map(_is_probe, server.requests)) == 3 * len(users)
+            server.set_responder(default_answer)
+            for user in users:
+                await _run_until_settled(memory, user)
+                found = checked_coverage(memory, user)
+                assert len(found.covered) == 6 and not found.quarantined
+
+
+async def test_a_lone_message_too_large_for_the_gateway_is_still_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same request without the message is accepted: the message's own size is at
+    fault, and it is quarantined as before, the others extracted."""
+    with MessagesAPIServer(responder=fault_when(MARK, TOO_LARGE)) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "big.db", max_attempts=1) as memory:
+            await memory.add_message("ann", "user", f"{MARK} a very long story")
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            await _run_until_settled(memory, "ann")
+            [quarantined] = await memory.quarantined("ann")
+            assert "413" in quarantined.error
+            assert len(checked_coverage(memory, "ann").covered) == 1
+
+
 BLOCKED = "Output blocked by content filtering policy"
 """What the API answers (HTTP 400) a request whose messages its filter blocks."""
 
