@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from typing import Final
+from urllib.parse import unquote
 
 __all__ = [
     "BASE_URL_ENV_VAR",
@@ -38,14 +39,26 @@ _SHOWN_PART = 12
 or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
 
 
+_SECRET_USER = 8
+"""The shortest user, given with a password, taken out of texts on its own (a token
+given as the user): a shorter one ("admin") is a name, and taking it out would garble
+every text that holds it."""
+
+
 def userinfo(url: str) -> tuple[str, ...]:
-    """The user and password a URL carries before its host (a gateway's basic auth), and
-    the password alone, which a text may show without the user."""
+    """The user and password a URL carries before its host (a gateway's basic auth), the
+    password alone, which a text may show without the user, and the user alone if it may
+    be a token; each as written and percent-decoded, as a client sends it."""
     found = _USERINFO.match(url.strip())
     if not found or not found.group(1):
         return ()
-    _, colon, password = found.group(1).partition(":")
-    return (found.group(1), password) if colon and password else (found.group(1),)
+    user, colon, password = found.group(1).partition(":")
+    parts = [found.group(1)]
+    if colon and password:
+        parts.append(password)
+    if colon and len(unquote(user)) >= _SECRET_USER:
+        parts.append(user)
+    return tuple(dict.fromkeys(form for part in parts for form in (part, unquote(part)) if form))
 
 
 def configured_secrets() -> tuple[str, ...]:

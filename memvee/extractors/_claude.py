@@ -795,9 +795,12 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
 
 
 def client_secrets(client: object) -> tuple[str, ...]:
-    """The credentials ``client`` sends (an API key, a bearer token): never shown."""
+    """The credentials ``client`` sends (an API key, a bearer token, the user info of its
+    base URL: a gateway's password): never shown."""
     found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
-    return tuple(secret for secret in found if isinstance(secret, str) and secret)
+    secrets = tuple(secret for secret in found if isinstance(secret, str) and secret)
+    base_url = getattr(client, "base_url", None)
+    return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
 
 
 def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> ExtractionError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -444,6 +445,28 @@ async def test_a_lone_message_too_large_for_the_gateway_is_still_quarantined(
             [quarantined] = await memory.quarantined("ann")
             assert "413" in quarantined.error
             assert len(checked_coverage(memory, "ann").covered) == 1
+
+
+async def test_a_gateways_password_in_the_base_url_never_shows_in_errors_or_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ANTHROPIC_BASE_URL=http://admin:password@gateway``: a gateway that echoes the
+    password (as written in the URL, or decoded) gets it redacted from the quarantine
+    error stored in the log and from the warnings, as an API key is; it used to show."""
+    password = "hunter2 pass@word"
+    echoed = f"upstream auth admin:hunter2%20pass%40word failed ({password})"
+    refused = ScriptedResponse(400, error_body("invalid_request_error", echoed))
+    with MessagesAPIServer(responder=fault_when(MARK, refused)) as server:
+        async with _memory_over(server, monkeypatch, tmp_path / "pw.db", max_attempts=1) as memory:
+            gateway = server.base_url.replace("://", "://admin:hunter2%20pass%40word@")
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", gateway)
+            await memory.add_message("ann", "user", f"{MARK} something")
+            with caplog.at_level(logging.WARNING):
+                await memory.process("ann")
+            [quarantined] = await memory.quarantined("ann")
+    assert "upstream auth [redacted] failed ([redacted])" in quarantined.error
+    shown = quarantined.error + caplog.text
+    assert "hunter2" not in shown and "pass%40word" not in shown
 
 
 BLOCKED = "Output blocked by content filtering policy"
