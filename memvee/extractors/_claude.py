@@ -71,6 +71,7 @@ from memvee.extractors._claude_prompt import (
     prefix_tokens,
     user_turn,
 )
+from memvee.extractors._default import API_KEY_ENV_VAR
 from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
@@ -148,9 +149,12 @@ class ClaudeExtractor:
         control character, is refused with InvalidInputError.
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
-        and ``ANTHROPIC_BASE_URL`` apply. A base URL (that one, or the given client's)
-        that is not an http(s) URL naming a host is refused here with InvalidInputError:
-        every call would fail, and no batch is at fault. It is built lazily so that it
+        (without the whitespace around it: a key read from a file keeps its newline) and
+        ``ANTHROPIC_BASE_URL`` apply. A base URL (that one, or the given client's) that is
+        not an http(s) URL naming a host, and an API key (that one, or the given client's)
+        that is blank or holds whitespace, a control character or a character outside
+        ASCII, are refused here with InvalidInputError (never showing the key): every call
+        would fail, and no batch is at fault. It is built lazily so that it
         belongs to the event loop that runs the extraction (one a loop: an extractor may
         serve several Memories), and closed with it. A ``client`` passed in is used on that
         loop too, and stays open: its pooled connections then belong to a loop that ends
@@ -178,8 +182,13 @@ class ClaudeExtractor:
             base_url = getattr(client, "base_url", None)
             if isinstance(base_url, str | httpx2.URL):  # a stand-in (a mock) has none to check
                 _check_base_url(str(base_url), "the client's base URL ", InvalidInputError)
-        elif (url := os.environ.get(BASE_URL_ENV_VAR)) is not None:
-            _check_base_url(url, f"{BASE_URL_ENV_VAR}=", InvalidInputError)
+            if isinstance(key := getattr(client, "api_key", None), str) and key:
+                _check_api_key(key, "the client's API key", InvalidInputError)
+        else:
+            if (url := os.environ.get(BASE_URL_ENV_VAR)) is not None:
+                _check_base_url(url, f"{BASE_URL_ENV_VAR}=", InvalidInputError)
+            if key := os.environ.get(API_KEY_ENV_VAR, ""):
+                _check_api_key(key.strip(), API_KEY_ENV_VAR, InvalidInputError)
         self._given = client
         self._built: dict[asyncio.AbstractEventLoop | None, anthropic.AsyncAnthropic] = {}
         self._building = threading.Lock()  # Memories extract on loops of their own threads
@@ -552,8 +561,12 @@ def _build_client(max_retries: int) -> anthropic.AsyncAnthropic:
     none is blamed, and the run fails saying what to fix. Its text shows no credential.
     """
     secrets = configured_secrets()
+    options: dict[str, Any] = {}
+    if key := os.environ.get(API_KEY_ENV_VAR, "").strip():
+        _check_api_key(key, API_KEY_ENV_VAR, ExtractionError)
+        options["api_key"] = key  # a key read from a file keeps its newline: not sent so
     try:
-        client = anthropic.AsyncAnthropic(max_retries=max_retries)
+        client = anthropic.AsyncAnthropic(max_retries=max_retries, **options)
     except Exception as exc:  # the SDK raises its parsers' errors (httpx2.InvalidURL) as they are
         cause = None if any(mentions(exc, secret) for secret in secrets) else exc
         problem = redact(f"{type(exc).__name__}: {first_line(exc)}", secrets)
@@ -613,6 +626,20 @@ def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:
     problem = _base_url_problem(url)
     if problem is not None:
         raise error(f"{named}{redact(url, userinfo(url))!r} is refused: {problem}")
+
+
+def _check_api_key(key: str, named: str, error: type[MemveeError]) -> None:
+    """Raise ``error`` if ``key`` (``named`` so in its text) cannot be an API key: a blank
+    one, or one holding whitespace, a control character or a character outside printable
+    ASCII, which no request header can carry (every call would fail as if the API were
+    unreachable). The key itself is never shown."""
+    if not key:
+        problem = "it is blank"
+    elif any(not "!" <= char <= "~" for char in key):
+        problem = "it holds whitespace, a control character or a character that is not ASCII"
+    else:
+        return
+    raise error(f"{named} is refused: {problem}; fix it and run again")
 
 
 def _base_url_note() -> str:

@@ -128,6 +128,46 @@ async def test_a_given_client_whose_base_url_no_call_could_reach_is_refused() ->
         await client.close()
 
 
+def test_a_key_read_from_a_file_with_its_newline_is_sent_without_it(
+    environment: pytest.MonkeyPatch,
+) -> None:
+    """As ``MEMVEE_MODEL`` is, the key is taken without the whitespace around it; with its
+    newline every call failed as "could not reach the Claude API", nothing saying why."""
+    environment.setenv("ANTHROPIC_API_KEY", f" {API_KEY}\n")
+    assert ClaudeExtractor().client.api_key == API_KEY
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        f"{API_KEY[:10]} {API_KEY[10:]}",
+        f"{API_KEY}\x7f",
+        f"{API_KEY}\u2019",
+        f"{API_KEY}\r\nx",
+        " \n",
+    ],
+    ids=["a space", "a control character", "a curly quote", "a line break", "blank"],
+)
+async def test_a_key_no_request_header_can_carry_is_refused_up_front(
+    environment: pytest.MonkeyPatch, key: str
+) -> None:
+    """A key with whitespace, a control character or a character outside ASCII inside
+    (or one that is only whitespace) is refused when the extractor is made (a Memory's
+    default one, when it opens), never shown, where every run failed as if the API were
+    unreachable; a given client's key is checked so too."""
+    environment.setenv("ANTHROPIC_API_KEY", key)
+    with pytest.raises(InvalidInputError, match="ANTHROPIC_API_KEY is refused") as caught:
+        ClaudeExtractor()
+    assert "DO-NOT-LEAK" not in str(caught.value)
+    client = anthropic.AsyncAnthropic(api_key=f"{API_KEY}\n")
+    try:
+        with pytest.raises(InvalidInputError, match="client's API key is refused") as caught:
+            ClaudeExtractor(client=client)
+        assert "DO-NOT-LEAK" not in str(caught.value)
+    finally:
+        await client.close()
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "said"),
     [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 
@@ -251,18 +250,18 @@ async def test_without_known_entries_the_prompt_lists_none(
 
 
 @pytest.mark.parametrize("around", ["\n", " ", "\t"])
-async def test_a_key_with_whitespace_around_it_never_reaches_an_error(
+async def test_a_key_with_whitespace_around_it_is_sent_without_it(
     server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, around: str
 ) -> None:
-    """A key read from a file keeps its newline, which no HTTP header may hold: the
-    transport's error shows the key without it, or escaped, and is not chained."""
+    """A key read from a file keeps its newline, which no HTTP header may hold: it is sent
+    without the whitespace around it, where every call failed as if the API were
+    unreachable ("APIConnectionError: LocalProtocolError"), nothing saying to fix the key."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY + around)
     extractor = ClaudeExtractor(timeout=5.0, max_retries=0)
     try:
-        with pytest.raises(ExtractionError) as caught:
-            await extractor.extract(BATCH)
+        assert (await extractor.extract(BATCH)).facts == EXPECTED
     finally:
         await extractor.aclose()
-    shown = "".join(traceback.format_exception(caught.value))
-    assert API_KEY not in shown and repr(API_KEY + around)[1:-1] not in shown
-    assert not server.requests
+    (request,) = server.requests
+    sent = {k.lower(): v for k, v in request.headers.items()}
+    assert sent.get("x-api-key", sent.get("authorization", "")).removeprefix("Bearer ") == API_KEY
