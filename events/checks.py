@@ -46,6 +46,7 @@ __all__ = [
     "check_unmistakable",
     "check_user_id",
     "check_visible",
+    "shows_something",
     "storable",
 ]
 
@@ -102,13 +103,20 @@ _PLAINLY_VISIBLE = re.compile("[!-~]")
 """ASCII letters, digits and signs: one is enough to show, and most text has one early."""
 
 
+def shows_something(value: str) -> bool:
+    """Whether ``value`` shows at least one character: not only spaces, control characters,
+    combining marks alone or characters that show nothing (a zero-width space, a braille
+    blank, a Hangul filler)."""
+    if _PLAINLY_VISIBLE.search(value) is not None:
+        return True
+    return any(
+        unicodedata.category(char) not in _INVISIBLE and char not in _FILLERS for char in value
+    )
+
+
 def check_visible(value: str, what: str, hint: str = "") -> None:
     """Raise :class:`InvalidInputError` unless ``value`` shows at least one character."""
-    if _PLAINLY_VISIBLE.search(value) is not None:
-        return
-    if not any(
-        unicodedata.category(char) not in _INVISIBLE and char not in _FILLERS for char in value
-    ):
+    if not shows_something(value):
         raise InvalidInputError(
             f"{what} must not be empty, nor only spaces, control or zero-width characters{hint}"
         )

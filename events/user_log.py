@@ -37,6 +37,7 @@ from events.checks import (
     check_text,
     check_time,
     check_unmistakable,
+    shows_something,
     storable,
 )
 from events.errors import (
@@ -1065,7 +1066,8 @@ class UserLog(Aggregate):
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
         ends nothing, unless it was said while an entry later taken back held: that entry
-        is then taken back earlier. Only a fact with no text is dropped.
+        is then taken back earlier. Only a fact with no text, or none that shows (spaces,
+        zero-width and blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
         plan = _Plan()
@@ -1079,6 +1081,12 @@ class UserLog(Aggregate):
             text = storable(fact.text).strip()
             if not text:
                 plan.repairs.append(f"fact {index} had no text; it was dropped")
+                continue
+            if not shows_something(text):
+                plan.repairs.append(
+                    f"fact {index} showed no text (only characters that show nothing); "
+                    "it was dropped"
+                )
                 continue
             notes: list[str] = []
             if text != fact.text.strip():

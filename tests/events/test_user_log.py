@@ -667,3 +667,23 @@ def test_an_event_the_commands_could_not_have_emitted_there_is_not_recordable() 
     buffered = waiting.message_id  # added before the promotion, still buffered
     with pytest.raises(InvalidInputError, match="is not processed"):
         _recordable(history, returned, message_ids=[buffered], versions=[1], weights=[1])
+
+
+def test_a_fact_that_shows_nothing_is_dropped_as_a_blank_one_is() -> None:
+    """Zero-width spaces and a braille blank read as no text at all: the fact is dropped
+    and the repair noted, where it used to become an entry that shows nothing."""
+    log, ids = _log_with(1)
+    _start(log, "t1")
+    facts = [
+        ExtractedFact("\u200b\u2800\u200b", (ids[0],)),
+        ExtractedFact(" \u3164\ufeff\u00ad ", (ids[0],)),
+        ExtractedFact("User likes tea.\u200b", (ids[0],)),
+    ]
+    (kept,) = log.record_knowledge("t1", facts, "offline")
+    assert kept["text"] == "User likes tea.\u200b"
+    (extracted,) = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted.repairs == [
+        "fact 0 showed no text (only characters that show nothing); it was dropped",
+        "fact 1 showed no text (only characters that show nothing); it was dropped",
+    ]
+    assert log.knowledge_count == 1
