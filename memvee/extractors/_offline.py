@@ -226,7 +226,12 @@ _RELATIVES = (
     r"|uncle|cousin|niece|nephew|roommate|boss|colleague"
 )
 _PETS = r"dog|cat|puppy|kitten|hamster|rabbit|bunny|parrot|bird|horse|fish|turtle|guinea\s+pig"
-_KIN_ADJECTIVE = r"(?:(?:little|big|older|younger|elder|eldest|oldest|youngest|twin|best|baby)\s+)?"
+_KIN_ADJECTIVE = (
+    r"(?:(?:other|second|third|fourth)\s+)?"
+    r"(?:(?:little|big|older|younger|elder|eldest|oldest|youngest|middle|twin|best|baby)\s+)?"
+)
+"""How a relative is told from another of their kind: "my other sister" and "my second
+sister" are not "my sister", so their facts are their own and end none of hers."""
 _MOVED_TO = (
     r"moved\s+(?:back\s+|over\s+|home\s+)?(?:from\s+.+?\s+)?to\s+"
     r"(?:.+?(?:,?\s+and)?,?\s+(?:then|later|finally|eventually"

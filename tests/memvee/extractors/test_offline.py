@@ -1509,3 +1509,22 @@ async def test_a_name_given_in_passing_adds_a_relative_and_ends_no_other_name() 
         ("User's daughter is called Lily.", "new"),
         ("User's daughter Lily is a student.", "new"),
     ]
+
+
+async def test_another_sister_or_brother_is_added_beside_the_first() -> None:
+    """ "My other sister" or "my second sister" is not the sister already named: her name
+    and home are added, and the first sister's stay current."""
+    anna = entry("e-anna", "User's sister is called Anna.")
+    assert await against((anna,), "My other sister is called Maja.") == (
+        new("User's other sister is called Maja."),
+    )
+    assert await against((anna,), "My second sister's name is Maja.") == (
+        new("User's second sister is called Maja."),
+    )
+    assert await against((anna,), "My other brother lives in Oslo.") == (
+        new("User's other brother lives in Oslo."),
+    )
+    assert await against((), "My sister is called Anna.", "My other sister is called Maja.") == (
+        new("User's sister is called Anna.", "m1"),
+        new("User's other sister is called Maja.", "m2"),
+    )
