@@ -90,6 +90,12 @@ _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
 )
+_COUNT = (
+    r"(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty"
+    r"|thirty|forty|fifty|a\s+few|a\s+couple(?:\s+of)?|couple\s+of|several|many|\d+)"
+)
+_AGO = _COUNT + r"\s+(?:days?|weeks?|months?|years?|decades?)\s+ago"
+"""A time some days or years past, in words or digits ("five years ago", "10 days ago")."""
 _TRAILING_WHEN = re.compile(
     r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
     r"|autumn|fall|winter)|january|february|march|april|may|june|july|august|september"
@@ -99,8 +105,7 @@ _TRAILING_WHEN = re.compile(
     r"|(?:this|next|that)\s+(?:spring|summer|autumn|fall|winter|weekend|week|month|year)"
     r"|at\s+(?:christmas|easter|new\s+year|thanksgiving)|during\s+.+"
     r"|since\s+.+|for\s+(?:a|an|one|two|three|four|five|six|several|many|a\s+few|\d+)\s+"
-    r"(?:days?|weeks?|months?|years?|decades?)|(?:a|an|one|two|three|four|five|six|\d+)\s+"
-    r"(?:days?|weeks?|months?|years?)\s+ago|a\s+while\s+(?:ago|back)"
+    r"(?:days?|weeks?|months?|years?|decades?)|" + _AGO + r"|a\s+while\s+(?:ago|back)"
     r"|last\s+(?:spring|summer|autumn|fall|winter|night|(?:mon|tues|wednes|thurs|fri|satur|sun)day)"
     r"|earlier\s+this\s+(?:week|month|year)|(?:every|each)\s+\w+|(?:until|till|til)\s+.+"
     r"|(?:on|by|as\s+of)\s+(?:the\s+)?(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}"
@@ -199,13 +204,12 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 # Regex building blocks; every rule is matched case-insensitively against a whole clause.
 _PAST_TIME = (
     r"(?:yesterday|recently|lately|last\s+(?:night|week|weekend|month|year)"
-    r"|this\s+morning|earlier\s+(?:today|this\s+\w+)"
-    r"|(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|a\s+few|a\s+couple\s+of"
-    r"|several|\d+)\s+(?:days?|weeks?|months?)\s+ago)"
+    r"|this\s+morning|earlier\s+(?:today|this\s+\w+)|" + _AGO + ")"
 )
-"""A time in the recent past opening a clause ("Yesterday I quit my job", "Two weeks ago
-I moved to Bergen"): when the change happened, so what follows is still the user's now.
-A time that may lie ahead ("In December", "This year") is none: it opens plans too."""
+"""A time in the past opening a clause ("Yesterday I quit my job", "Two weeks ago I moved
+to Bergen", "5 years ago I quit my job"): when the change happened, so what follows is
+still the user's now. A time that may lie ahead ("In December", "This year") is none: it
+opens plans too."""
 _LEAD_IN = (
     r"(?:(?:and|but|so|also|plus|oh|well|actually|btw|anyway|ok|okay|yes|yeah|hi|hey|hello"
     r"|fyi|honestly|by\s+the\s+way|" + _PAST_TIME + r")\b[\s,!]*){0,5}"

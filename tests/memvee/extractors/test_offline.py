@@ -1528,3 +1528,19 @@ async def test_another_sister_or_brother_is_added_beside_the_first() -> None:
         new("User's sister is called Anna.", "m1"),
         new("User's other sister is called Maja.", "m2"),
     )
+
+
+@pytest.mark.parametrize(
+    "opening", ["Five years ago", "Two years ago", "5 years ago", "A couple of years ago"]
+)
+async def test_a_change_opening_on_years_ago_is_a_change(opening: str) -> None:
+    """Years ago, in words or digits, is a time past like "Two weeks ago": the job left
+    then has ended and the home moved to then is the home, while a habit given up ends
+    neither."""
+    assert await against((ACME,), f"{opening} I quit my job.") == (
+        invalidate("User left their job.", "e-acme"),
+    )
+    assert await against((OSLO,), f"{opening} I moved to Bergen.") == (
+        update("User lives in Bergen.", "e-oslo"),
+    )
+    assert await against((ACME, OSLO), f"{opening} I quit smoking.") == ()
