@@ -3,14 +3,14 @@
 It recognises a small set of self-disclosures in the user's own messages ("I work at
 Acme", "my sister lives in Bergen", "I'm allergic to peanuts") and restates each as a
 third-person sentence. It is deliberately conservative: a missed fact costs less than a
-wrong one, so questions, negations, hypotheticals, what someone else is quoted saying,
-pasted text (code, text to translate, another speaker's lines of a transcript), what
-its writer takes back as they say it ("I work at Acme (not anymore)") and anything it
-cannot parse are skipped, and a time or common noun is no workplace or home
-("I work at night", "I work for tips" and "I live in a small apartment" name neither;
-"I work at google", "eBay", "3M" and "a small town near Oslo" do), nor is a phrase a name
-unless written as one ("Call me tomorrow"). In a group chat a named speaker's facts are
-about that speaker ("Ann lives in Oslo.").
+wrong one, so questions, negations, hypotheticals, dreams and wishes ("In my dreams, I
+live in Paris"), what someone else is quoted saying, pasted text (code, text to
+translate, another speaker's lines of a transcript), what its writer takes back as they
+say it ("I work at Acme (not anymore)") and anything it cannot parse are skipped, and a
+time or common noun is no workplace or home ("I work at night", "I work for tips" and "I
+live in a small apartment" name neither; "I work at google", "eBay", "3M" and "a small
+town near Oslo" do), nor is a phrase a name unless written as one ("Call me tomorrow").
+In a group chat a named speaker's facts are about that speaker ("Ann lives in Oslo.").
 
 Each fact is also read back as a claim (a slot such as "the user's employer" and a value),
 as are the batch's known entries that it can parse, so that a repeated fact is marked
@@ -824,6 +824,19 @@ _CONDITIONAL = re.compile(
 """A sentence that opens on a condition, another time or an example ("If my boss yells
 again, I quit my job", "When I was 20, I quit my job", "For example, I live in Paris"):
 what it says is not the user's present."""
+_IMAGINED = re.compile(
+    r"\b(?:(?:in\s+(?:my|our)\s+(?:wildest\s+|own\s+)?(?:day)?(?:dreams?|fantas(?:y|ies)"
+    r"|imagination|head|mind)|in\s+(?:another|a\s+(?:perfect|ideal|parallel|different|better)"
+    r"|an\s+(?:ideal|alternate|alternative))\s+(?:life|world|universe|reality)"
+    r"|hypothetically|ideally)(?=\s*(?:[^\w\s]|$)|\s+(?:i|my)\b)"
+    r"|i\s+(?:(?:often|sometimes|always|still|really|just|secretly|only|do)\s+){0,3}"
+    r"(?:wish(?:ed)?|dream(?:s|t|ed)?|day-?dream(?:s|t|ed)?|fantasi[sz]ed?|imagined?)\b"
+    r"|(?:if\s+only|as\s+if)\b)",
+    re.IGNORECASE,
+)
+"""Where a sentence turns to what is dreamt or wished ("In my dreams, I live in Paris",
+"I wish I lived in Paris", "I dream of living in Paris"): from there on, nothing is the
+user's present."""
 _UNSURE = re.compile(
     r"\b(?:jk|j/k|just\s+kidding|kidding|joking|probably|i\s+guess|i\s+think|not\s+sure)\b",
     re.IGNORECASE,
@@ -1008,6 +1021,15 @@ def _unreported(sentence: str) -> str:
     return sentence
 
 
+def _unimagined(sentence: str) -> str:
+    """``sentence`` up to where it turns to a dream or a wish (see :data:`_IMAGINED`): "I
+    live in Oslo, but in my dreams, I live in Paris" says only where the user lives."""
+    imagined = _IMAGINED.search(sentence)
+    if imagined is None:
+        return sentence
+    return _TRAILING_CONJUNCTION.sub("", sentence[: imagined.start()])
+
+
 def _reports(reported: re.Match[str]) -> bool:
     """Whether a match of :data:`_REPORTED` introduces someone else's words: a third
     party's, after a colon, or after a comma right after the verb ("My boss says, I ...";
@@ -1032,7 +1054,7 @@ def _message_facts(
     last: tuple[_Rule, str, int] | None = None  # the last fact's rule, clause and place
     previous = 0  # where the facts of the previous sentence begin in ``found``
     for sentence in _statements(_own_words(_written_by_the_user(content, speaker))):
-        sentence = _unreported(sentence).strip(_EDGE_JUNK)
+        sentence = _unimagined(_unreported(sentence)).strip(_EDGE_JUNK)
         if not sentence:
             continue
         joke = _JOKE_FIRST.match(sentence)

@@ -1311,6 +1311,8 @@ async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_
         "x" + " - x" * 25_000,
         "x" + " (x" * 33_000,
         "x" + " \u2014 x" * 25_000,
+        "in my dreams x " * 6_500,
+        "i just " * 14_000,
     ],
     ids=[
         "spaces",
@@ -1326,6 +1328,8 @@ async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_
         "dashes",
         "brackets",
         "em-dashes",
+        "dreams",
+        "i-just",
     ],
 )
 def test_a_long_message_is_read_in_linear_time(content: str) -> None:
@@ -1544,3 +1548,31 @@ async def test_a_change_opening_on_years_ago_is_a_change(opening: str) -> None:
         update("User lives in Bergen.", "e-oslo"),
     )
     assert await against((ACME, OSLO), f"{opening} I quit smoking.") == ()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "In my dreams I live in Paris.",
+        "In my dreams, I live in Paris.",
+        "In my dreams I live in Paris and I work at Google.",
+        "In another life, I'm a pilot.",
+        "I dream of living in Paris, and I work at Google.",
+        "I wish I lived in Paris.",
+        "If I lived in Paris, I would work at Google.",
+    ],
+)
+async def test_a_dream_or_a_wish_is_no_current_fact(content: str) -> None:
+    """What the user dreams of or wishes for is not their life now: it neither adds a
+    home or job nor replaces the known ones."""
+    assert await against((OSLO, ACME), content) == ()
+
+
+async def test_what_comes_before_a_dream_or_a_wish_still_counts() -> None:
+    """A sentence that turns to a dream after saying something keeps what it said first."""
+    assert await against((), "I live in Oslo, but in my dreams, I live in Paris.") == (
+        new("User lives in Oslo."),
+    )
+    assert await against((), "I work at Acme and I wish I worked at Google.") == (
+        new("User works at Acme."),
+    )
