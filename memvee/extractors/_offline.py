@@ -351,7 +351,8 @@ _RULES: tuple[_Rule, ...] = (
     _rule(r"(?:call\s+me|i\s+go\s+by)\s+(?P<nickname>.+)", "User's name is {nickname}."),
     _rule(rf"i(?:\s+am|'m)\s+(?P<obj>{_ARTICLE}{_NOT_A_ROLE}.+)", "User is {obj}."),
     _rule(
-        rf"{_MY_KIN}(?:'s\s+name\s+is|\s+is\s+(?:called|named))\s+(?P<name>.+)",
+        rf"{_MY_KIN}(?:'s\s+name\s+is(?:\s+now)?|\s+is\s+(?:now\s+)?(?:called|named))"
+        r"\s+(?P<name>.+)",
         "User's {noun} is called {name}.",
     ),
     _rule(

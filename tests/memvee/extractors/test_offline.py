@@ -1576,3 +1576,16 @@ async def test_what_comes_before_a_dream_or_a_wish_still_counts() -> None:
     assert await against((), "I work at Acme and I wish I worked at Google.") == (
         new("User works at Acme."),
     )
+
+
+async def test_a_relative_or_pet_now_called_another_name_replaces_the_old_one() -> None:
+    """ "Now" says the name changed ("My dog is now called Max"): the new name replaces
+    the known one, as a plain statement of another name does."""
+    rex = entry("e-rex", "User's dog is called Rex.")
+    assert await against((rex,), "My dog is now called Max.") == (
+        update("User's dog is called Max.", "e-rex"),
+    )
+    anna = entry("e-anna", "User's sister is called Anna.")
+    assert await against((anna,), "My sister's name is now Maja.") == (
+        update("User's sister is called Maja.", "e-anna"),
+    )
