@@ -204,12 +204,14 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 # Regex building blocks; every rule is matched case-insensitively against a whole clause.
 _PAST_TIME = (
     r"(?:yesterday|recently|lately|last\s+(?:night|week|weekend|month|year)"
-    r"|this\s+morning|earlier\s+(?:today|this\s+\w+)|" + _AGO + ")"
+    r"|this\s+morning|earlier\s+(?:today|this\s+\w+)"
+    r"|" + _COUNT + r"\s+(?:days?|weeks?|months?)\s+ago)"
 )
-"""A time in the past opening a clause ("Yesterday I quit my job", "Two weeks ago I moved
-to Bergen", "5 years ago I quit my job"): when the change happened, so what follows is
-still the user's now. A time that may lie ahead ("In December", "This year") is none: it
-opens plans too."""
+"""A time in the recent past opening a clause ("Yesterday I quit my job", "Two weeks ago
+I moved to Bergen", "5 months ago I quit my job"): when the change happened, so what
+follows is still the user's now. Years ago is none: a job left then may not be the one
+known now, and a wrong end costs more than a missed one. Nor is a time that may lie ahead
+("In December", "This year"): it opens plans too."""
 _LEAD_IN = (
     r"(?:(?:and|but|so|also|plus|oh|well|actually|btw|anyway|ok|okay|yes|yeah|hi|hey|hello"
     r"|fyi|honestly|by\s+the\s+way|" + _PAST_TIME + r")\b[\s,!]*){0,5}"
