@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import compress
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -39,6 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
 from events.errors import INPUT_REFUSED_STATUSES, MemveeError, RejectedTextError
+from events.transcoding import micros_of
 from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
 from projections.tables import ProjectionTables
@@ -141,13 +143,14 @@ def drop_vectors_of_gone_items(
 class VectorIndex:
     """Reads and fills one set of projection tables' vectors for one model.
 
-    The message vectors of recently searched users are also kept in memory (at most
-    ``cache_rows`` vectors in all, least recently used users dropped first): a search then
-    costs one count query and one matrix product, not a read of every vector. The cache
-    is kept exact: it is filled from the table, extended by :meth:`fill`, reloaded
-    whenever the user's message count says something was added elsewhere, and dropped
-    by the fill that begins each search once the log's beginning says another process
-    forgot the user (who may have written as many messages again since).
+    The message vectors of recently searched users are also kept in memory, each with
+    when its message was sent (at most ``cache_rows`` vectors in all, least recently used
+    users dropped first): a search then costs one count query and one matrix product, not
+    a read of every vector, a look into the past as well. The cache is kept exact: it is
+    filled from the table, extended by :meth:`fill`, reloaded whenever the user's message
+    count says something was added elsewhere, and dropped by the fill that begins each
+    search once the log's beginning says another process forgot the user (who may have
+    written as many messages again since).
     """
 
     def __init__(
@@ -201,9 +204,10 @@ class VectorIndex:
         )
         # Each row read with the key that puts it newest first (see _newest_first): a
         # stable ranking over them breaks ties as lexical ranking does, the same way
-        # before and after a rebuild, which stores the rows in another order.
+        # before and after a rebuild, which stores the rows in another order. No two
+        # messages of a log share a seq: the sending time after it breaks no tie.
         self._message_vectors = (
-            select(v.c.item_id, v.c.vector, m.c.seq)
+            select(v.c.item_id, v.c.vector, m.c.seq, m.c.sent_at)
             .join(m, m.c.message_id == v.c.item_id)
             .where(v.c.log_id == mine, v.c.model == model, v.c.kind == "message")
         )
@@ -220,16 +224,6 @@ class VectorIndex:
         # By key alone, owner checked on each row (as in _insert_kept).
         self._messages_by_id = select(v.c.item_id, v.c.vector, v.c.log_id, v.c.kind).where(
             v.c.item_id.in_(bindparam("ids", expanding=True)), v.c.model == model
-        )
-        self._messages_then = (
-            select(v.c.item_id, v.c.vector, m.c.seq)
-            .join(m, m.c.message_id == v.c.item_id)
-            .where(
-                v.c.log_id == mine,
-                v.c.model == model,
-                v.c.kind == "message",
-                m.c.sent_at <= bindparam("at", type_=m.c.sent_at.type),
-            )
         )
         self._entries_now = version_entries.where(k.c.valid_until.is_(None))
         at = bindparam("at", type_=k.c.valid_from.type)
@@ -440,25 +434,24 @@ class VectorIndex:
         erased: threading.Event | None = None,
     ) -> list[tuple[str, float]]:
         """The ids of the user's messages (sent by ``as_of``, when given) nearest
-        ``query``. The user's vectors are cached for the present; a look into the past
-        reads those of the messages sent by then. The cache is checked against the log by
-        the :meth:`fill` each search begins with, not again here (no query more).
+        ``query``. The user's vectors are cached with when each message was sent, so a
+        look into the past ranks those of the messages sent by then without reading them
+        again. The cache is checked against the log by the :meth:`fill` each search begins
+        with, not again here (no query more).
 
         ``connection`` may see the log as it was before an erasure: the vectors it reads
         are cached only with ``erased``, from :meth:`watching` entered before
         ``connection`` first read, and only if it is not set (the log was not forgotten
         since)."""
         log_id = str(user_log_id(user_id))
-        if as_of is not None:
-            found = connection.execute(self._messages_then, {"log_id": log_id, "at": as_of})
-            rows = _newest_first(found.all())
-            return _nearest(self._of_its_length(connection, log_id, rows), query, limit)
         with self._lock:
             cached = self._cache.get(log_id)
             if cached is not None:
                 self._cache.move_to_end(log_id)
         if cached is None:
             cached = self._load(connection, log_id, erased)
+        if as_of is not None:
+            cached = cached.sent_by(as_of)
         return cached.nearest(query, limit)
 
     def forget(self, user_id: str) -> None:
@@ -664,7 +657,7 @@ class VectorIndex:
         erased and begun again between the two reads is then only reloaded once more."""
         began = connection.execute(self._began, {"log_id": log_id}).scalar()
         rows = _newest_first(connection.execute(self._message_vectors, {"log_id": log_id}).all())
-        loaded = _Vectors.of(self._of_its_length(connection, log_id, rows), began)
+        loaded = _Vectors.of_messages(self._of_its_length(connection, log_id, rows), began)
         with self._lock:
             if erased is None or erased.is_set():
                 return loaded
@@ -711,30 +704,54 @@ class VectorIndex:
 
 
 class _Vectors:
-    """One log's message vectors as a matrix, with their ids and when the log began (to
-    tell them from a log of the same user erased and begun again)."""
+    """One log's vectors as a matrix, with their ids, when the log began (to tell them
+    from a log of the same user erased and begun again) and, for messages, when each was
+    sent (microseconds since 1970, as SQLite stores it)."""
 
     def __init__(
         self,
         ids: list[str],
         matrix: np.ndarray[Any, np.dtype[np.float32]],
         began: datetime | None = None,
+        sent: np.ndarray[Any, np.dtype[np.int64]] | None = None,
     ) -> None:
         self.ids = ids
         self.matrix = matrix
         self.began = began
+        self.sent = sent
 
     @classmethod
     def of(cls, rows: Sequence[Any], began: datetime | None = None) -> _Vectors:
+        """The rows (id, vector bytes, ...) in their order."""
         ids = [row[0] for row in rows]
         if not ids:
             return cls([], np.zeros((0, 0), dtype=np.float32), began)
         matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
         return cls(ids, matrix.reshape(len(ids), -1), began)
 
+    @classmethod
+    def of_messages(cls, rows: Sequence[Any], began: datetime | None) -> _Vectors:
+        """Message rows (id, vector bytes, sequence, when sent) in their order, each with
+        when it was sent: a look into the past then needs no read of them."""
+        vectors = cls.of(rows, began)
+        sent = np.fromiter((micros_of(row[3]) for row in rows), dtype=np.int64, count=len(rows))
+        return cls(vectors.ids, vectors.matrix, began, sent)
+
     @property
     def count(self) -> int:
         return len(self.ids)
+
+    def sent_by(self, moment: datetime) -> _Vectors:
+        """Those of the messages sent by ``moment`` (a time without an offset is UTC), in
+        the same order: the very rows a read of those alone gives, so they rank as such a
+        read would, ties and all. Itself when every message was sent by then."""
+        assert self.sent is not None, "vectors of messages, loaded with when each was sent"
+        at = micros_of(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+        kept = self.sent <= at
+        if kept.all():
+            return self
+        ids = list(compress(self.ids, kept))
+        return _Vectors(ids, self.matrix[kept], self.began, self.sent[kept])
 
     def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
         """The ``limit`` ids with the highest cosine to ``query``; equal ones in row order

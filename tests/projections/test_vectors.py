@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import product
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, event, insert, select
 
 from events import EventStore, MemveeError
 from events.errors import RejectedTextError
-from projections import ProjectionReader, ProjectionTables
+from projections import ProjectionReader, ProjectionTables, rebuild_user
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
@@ -217,6 +219,71 @@ def test_messages_equally_near_rank_newest_first_however_their_vectors_are_store
             then = index.messages(connection, "ann", query, 2, as_of=datetime.now(UTC))
             assert [item for item, _ in then] == newest[:2]
     store.close()
+
+
+def _stored_then(
+    connection: Connection,
+    tables: ProjectionTables,
+    query: Sequence[float],
+    limit: int,
+    at: datetime,
+) -> list[tuple[str, float]]:
+    """The ranking a read of the stored vectors of the messages sent by ``at`` gives (the
+    store holds one user): what the cache must give, to the last tie and bit."""
+    v, m = tables.vectors, tables.messages
+    found = connection.execute(
+        select(v.c.item_id, v.c.vector, m.c.seq)
+        .join(m, m.c.message_id == v.c.item_id)
+        .where(v.c.kind == "message", m.c.sent_at <= at)
+    )
+    return vectors_module._nearest(vectors_module._newest_first(found.all()), query, limit)
+
+
+def test_a_look_into_the_past_ranks_the_cached_vectors_as_a_read_of_those_sent_by_then(
+    db_url: str,
+) -> None:
+    """Once a user's message vectors are cached, a search as of a past time reads none of
+    them again, and ranks the very messages (scores and order of ties included) that a
+    read of the stored vectors of those sent by then ranks: before the first, at a
+    message's own sending time, between, after the last; with messages imported out of
+    the order they were sent in, some at the same time; after the user's rebuild and
+    after a forget and a new log. The cache is left whole for the present."""
+    start = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+    said = ["I reside in Oslo", "my cat", "I reside in Oslo", "jazz band", "my dog"]
+    minutes = [30, 0, 10, 50, 10]  # imported: seq and sending time disagree
+    store = store_of_messages(
+        db_url, "ann", said, sent_at=[start + timedelta(minutes=n) for n in minutes]
+    )
+    embedder, tables = ConceptEmbedder(), ProjectionTables()
+    index = VectorIndex(tables, embedder.name, dimensions=embedder.dimensions)
+    queries = [embedder.embed([text])[0] for text in ("where do I live", "my pet", "music")]
+    at = [start + timedelta(minutes=n) for n in (-1, 0, 10, 30, 50, 60 * 24 * 400)]
+
+    def agrees(count: int) -> None:
+        index.fill(store.engine, "ann", embedder.embed, messages=True)
+        looks = list(product(at, queries, (1, 2, 10)))
+        read: list[Any] = []
+        with store.reading() as connection:
+            expected = [_stored_then(connection, tables, q, lim, w) for w, q, lim in looks]
+            event.listen(connection, "before_cursor_execute", lambda *args: read.append(args[2]))
+            found = [index.messages(connection, "ann", q, limit, as_of=w) for w, q, limit in looks]
+            present = index.messages(connection, "ann", queries[0], 10)
+        assert read == [], "no vector read again"
+        assert found == expected
+        assert len(present) == count, "the cache holds every message still"
+
+    try:
+        agrees(5)
+        rebuild_user(store, "ann", tables)
+        index.forget("ann")
+        agrees(5)
+        moved = ["my home city", "a jazz tune", "my kitten", "I live in Bergen"]
+        later = [start + timedelta(minutes=n) for n in (40, 5, 40, 20)]
+        write_afresh(store, "ann", moved, sent_at=later)
+        index.forget("ann")
+        agrees(4)
+    finally:
+        store.close()
 
 
 def test_a_query_of_another_length_than_the_stored_vectors_is_near_none(store: EventStore) -> None:
