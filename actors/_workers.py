@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import threading
@@ -47,6 +48,12 @@ Outcome = ExtractionResult | BaseException
 
 _UNWIND_SECONDS = 5.0
 """How long stopping waits for cancelled extractions to end before it closes the loop."""
+
+
+class ExtractorNotAsync(ExtractionError):
+    """The extractor's ``extract(batch)`` gave no awaitable (a plain ``def``): every batch
+    fails so until the code is fixed, so the batch is retried later, whole, and none of its
+    messages is blamed."""
 
 
 class EveryBatchRefused(ExtractionError):
@@ -301,7 +308,13 @@ class ExtractionWorkers:
         instead, as an answer that repeats: retried as it is, it would fail again."""
         name = self.extractor.name
         try:
-            return await self.extractor.extract(batch)
+            answer = self.extractor.extract(batch)
+            if not inspect.isawaitable(answer):
+                raise ExtractorNotAsync(
+                    f"extractor {name!r}: extract(batch) gave {type(answer).__name__}, not an "
+                    "awaitable: it must be async (async def extract); retried later"
+                )
+            return await answer
         except asyncio.CancelledError as error:
             task = asyncio.current_task()
             if task is None or task.cancelling():  # a shutdown, or the timeout's own

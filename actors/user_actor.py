@@ -28,7 +28,7 @@ from actors._bridge import BridgedFuture
 from actors._committer import EarlierWriteFailed, Write
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
-from actors._workers import EveryBatchRefused, Outcome, asked_to_wait
+from actors._workers import EveryBatchRefused, ExtractorNotAsync, Outcome, asked_to_wait
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
@@ -681,7 +681,9 @@ class UserActor(PooledActor):
         blamed = (  # never a failed store, an overloaded API, one refusing every batch, nor
             # a refusal whose probe failed: none is evidence against the message
             not again
-            and not isinstance(error, StorageError | EveryBatchRefused | _THE_APIS_STATE)
+            and not isinstance(
+                error, StorageError | EveryBatchRefused | ExtractorNotAsync | _THE_APIS_STATE
+            )
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )

@@ -206,7 +206,7 @@ MAX_MODEL_CHARS = 128
 def check_model(model: str, what: str) -> None:
     """Raise :class:`InvalidInputError` unless ``model`` can name a model: the API is sent
     it as it is, so spaces around it, a control character or nothing visible would fail
-    every call, and an empty one would silently stand for the default."""
+    every call."""
     check_text(model, what)
     check_unmistakable(model, what)
 

@@ -150,7 +150,7 @@ class MemoryConfig:
                 raise InvalidInputError(_wrong_type(self, name, "a str or None"))
         if self.db_url is not None:  # "" too: an unset variable read with a default of ""
             driver_url(self.db_url, name="db_url")
-        if self.model is not None:  # "" too: it is no model, not the default
+        if self.model:  # "" stands for the default, as an unset variable read with "" does
             check_model(self.model, "model")
         if self.durability not in ("full", "normal"):
             raise InvalidInputError(

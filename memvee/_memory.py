@@ -1166,11 +1166,6 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
                 "extractor must be an Extractor (a name and an async extract(batch)), "
                 f"not {type(extractor).__name__}"
             )
-        if not _is_async(extractor.extract):  # type: ignore[attr-defined]
-            raise InvalidInputError(
-                f"{type(extractor).__name__}.extract must be async (async def extract(batch)): "
-                "every batch would fail on a plain function"
-            )
         if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
             raise InvalidInputError(  # the log records it beside every outcome
                 f"an extractor's name must be 1 to {MAX_EXTRACTOR_CHARS} characters, "

@@ -231,24 +231,51 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
 
 def _first_word(text: str, stems: frozenset[str]) -> int | None:
     """Where the first word of ``text`` that the index stems to one of ``stems`` begins
-    (``None``: it holds none). Only the words holding a stem's start (case- and
-    accent-blind) are stemmed, so a long message costs a scan, not a stemming."""
+    (``None``: it holds none, or it holds too many words like them to tell soon). Only the
+    distinct words holding a stem's start (case- and accent-blind) are stemmed, at most
+    :data:`_MOST_STEMMED` of them, so a long message costs about a scan."""
     if not stems:
         return None
-    starts = sorted({stem[: max(1, len(stem) - 1)] for stem in stems}, key=len, reverse=True)
-    folded = fold(text)
-    haystack, flags = (folded, 0) if len(folded) == len(text) else (text, re.IGNORECASE)
-    for hit in re.finditer("|".join(map(re.escape, starts)), haystack, flags):
-        begin = haystack.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start()) + 1
-        end = haystack.find(" ", hit.end(), hit.end() + _LONGEST_WORD)
-        word = haystack[begin : end if end >= 0 else hit.end() + _LONGEST_WORD]
-        if stems.intersection(text_stems(word)):
-            return begin
+    starts = sorted({_start_of(stem) for stem in stems}, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, starts)))
+    seen: dict[str, bool] = {}
+    for offset, folded in _folded_parts(text):
+        for hit in pattern.finditer(folded):
+            begin = folded.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start()) + 1
+            end = folded.find(" ", hit.end(), hit.end() + _LONGEST_WORD)
+            word = folded[begin : end if end >= 0 else hit.end() + _LONGEST_WORD]
+            if word not in seen:
+                if len(seen) == _MOST_STEMMED:
+                    return None
+                seen[word] = not stems.isdisjoint(text_stems(word))
+            if seen[word]:
+                return offset + begin
     return None
+
+
+def _start_of(stem: str) -> str:
+    """What every word stemmed to ``stem`` begins with, folded: the stem itself but for a
+    last "i" (the stemmer writes "happy" as "happi")."""
+    return stem[:-1] if len(stem) > 1 and stem.endswith("i") else stem
+
+
+def _folded_parts(text: str) -> Iterator[tuple[int, str]]:
+    """``text`` folded as the index folds it, in parts with where each begins in ``text``:
+    one part, unless folding changes the length of some character ("ß", "ﬁ"); then a
+    part per run of non-spaces, so that each word still begins where it stood."""
+    folded = fold(text)
+    if len(folded) == len(text):
+        yield 0, folded
+        return
+    for part in re.finditer(r"\S+", text):
+        yield part.start(), fold(part.group())
 
 
 _LONGEST_WORD = 64
 """How far around a hit :func:`_first_word` looks for the ends of its word."""
+
+_MOST_STEMMED = 256
+"""The most distinct words :func:`_first_word` stems in one message."""
 
 
 @dataclass

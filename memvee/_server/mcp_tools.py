@@ -165,8 +165,9 @@ def build_mcp(
     ) -> Recalled:
         _check_scope(ctx, user_id)
         found = await memory.retrieve(user_id, question, top_k=max_results, include_messages=True)
+        prompt = await asyncio.to_thread(found.to_prompt)  # long messages: off the loop
         return Recalled(
-            prompt=found.to_prompt() or "Nothing relevant is known about this user yet.",
+            prompt=prompt or "Nothing relevant is known about this user yet.",
             entry_ids=[hit.entry.entry_id for hit in found.entries],
             message_ids=[hit.message.message_id for hit in found.messages],
         )

@@ -168,7 +168,7 @@ class ClaudeExtractor:
             raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}")
         if max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {max_tokens!r}")
-        if model is not None:
+        if model:  # "" stands for the default, as an unset variable read with "" does
             check_model(model, "model")
         self.model: str = model or os.environ.get(MODEL_ENV_VAR, "").strip() or DEFAULT_MODEL
         self.timeout = timeout

@@ -23,6 +23,7 @@ from memvee import (
     Memory,
     MemoryClosedError,
     MemoryConfig,
+    ProcessingError,
     UnknownTaskError,
 )
 from projections import dump
@@ -208,7 +209,6 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         ("db_path", "postgresql://me:s3cret@h/mem", "db_path takes the path of a SQLite file"),
         ("db_path", "sqlite:///mem.db", "this one is a database URL: give it as db_url"),
         ("model", 4, "model must be a str or None, not int"),
-        ("model", "", "model must not be empty"),
         ("model", "   ", "model must not be empty"),
         ("model", "claude-sonnet-5-5\n", "model must not begin or end with spaces"),
         ("model", "claude\x1b", "model must not contain control characters (U+001B at index 6)"),
@@ -308,15 +308,6 @@ def test_a_part_of_the_wrong_kind_is_refused_when_the_memory_is_made(
         Memory(**part)
 
 
-class _SyncExtractor:
-    """An extractor whose extract is a plain function: every batch would fail on it."""
-
-    name = "sync"
-
-    def extract(self, batch: Any) -> Any:
-        raise AssertionError("never called")
-
-
 class _AsyncCall:
     """An object whose call is async: it can be an extractor's extract."""
 
@@ -336,19 +327,50 @@ async def _async_embed(texts: Any) -> Any:
     raise AssertionError("never called")
 
 
-@pytest.mark.parametrize(
-    ("extractor", "says"),
-    [
-        (_Named, "extractor must be an Extractor instance, not the class _Named: give _Named()"),
-        (_SyncExtractor(), "_SyncExtractor.extract must be async (async def extract(batch))"),
-    ],
-)
-def test_an_extractor_that_could_never_extract_is_refused_when_the_memory_is_made(
-    extractor: Any, says: str
-) -> None:
+def test_an_extractor_class_given_for_an_extractor_is_refused_when_the_memory_is_made() -> None:
     """Accepted, it failed every batch, and every message of every user ended quarantined."""
+    says = "extractor must be an Extractor instance, not the class _Named: give _Named()"
     with pytest.raises(InvalidInputError, match=re.escape(says)):
-        Memory(extractor=extractor, embedder=False)
+        Memory(extractor=_Named, embedder=False)
+
+
+class _SyncExtractor:
+    """An extractor whose extract is a plain function answering at once: never awaitable."""
+
+    name = "sync"
+
+    def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        return ExtractionResult((), self.name)
+
+
+class _Delegating:
+    """An extractor whose plain ``extract`` hands back another's coroutine, as wrappers do."""
+
+    name = "delegating"
+
+    def extract(self, batch: ExtractionBatch) -> Any:
+        return _BareExtractor().extract(batch)
+
+
+async def test_a_plain_extract_fails_each_run_saying_so_and_blames_no_message(
+    tmp_path: Path,
+) -> None:
+    """It quarantined every message of every user, its runs reporting success."""
+    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=_SyncExtractor(), embedder=False)
+    async with memory:
+        await memory.add_message("u", "user", "hi")
+        for _ in range(memory.config.max_attempts + 1):
+            with pytest.raises(ProcessingError, match="must be async"):
+                await memory.process("u")
+        assert await memory.quarantined("u") == []
+        assert [m.content for m in await memory.buffer("u")] == ["hi"]
+
+
+async def test_a_plain_extract_that_gives_a_coroutine_extracts(tmp_path: Path) -> None:
+    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=_Delegating(), embedder=False)
+    async with memory:
+        await memory.add_message("u", "user", "hi")
+        assert await memory.process("u") == 1
 
 
 @pytest.mark.parametrize(

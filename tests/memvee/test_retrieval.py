@@ -819,6 +819,7 @@ LONG_DAY = (
         (LONG_DAY + "The cabin's wifi password is Fjord-7731-blue.", "cabin wifi?", "Fjord-7731"),
         (LONG_DAY + "The Café Müller opens at nine. " + "More. " * 50, "cafe muller", "nine"),
         (LONG_DAY + "My brother lives in Tromsø now.", "where does my sibling live", "Tromsø"),
+        (LONG_DAY + "Straße. The Café Müller opens at nine. " + "More. " * 50, "muller", "nine"),
     ],
 )
 def test_a_long_message_is_shown_around_the_word_it_was_found_by(

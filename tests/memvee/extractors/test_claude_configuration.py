@@ -84,7 +84,6 @@ def test_a_base_url_of_an_international_host_name_is_taken(
 @pytest.mark.parametrize(
     ("model", "says"),
     [
-        ("", "model must not be empty"),
         ("   ", "model must not be empty"),
         ("claude-sonnet-5-5\n", "model must not begin or end with spaces"),
         ("claude\tsonnet", "model must not contain control characters (U+0009 at index 6)"),
@@ -93,10 +92,11 @@ def test_a_base_url_of_an_international_host_name_is_taken(
 def test_a_model_the_api_would_be_sent_as_no_model_is_refused(
     environment: pytest.MonkeyPatch, model: str, says: str
 ) -> None:
-    """ "" silently meant the default, and the others went to the API as they were."""
+    """They went to the API as they were; "" stands for the default, as it always did."""
     with pytest.raises(InvalidInputError, match=re.escape(says)):
         ClaudeExtractor(model=model)
     assert ClaudeExtractor(model="claude-sonnet-5-5").model == "claude-sonnet-5-5"
+    assert ClaudeExtractor(model="").model == ClaudeExtractor().model
 
 
 def test_the_refusal_never_shows_a_password_the_base_url_carries(
