@@ -146,3 +146,6 @@ class SharedServices:
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
     no request of another process, which that process runs once it takes the user over."""
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the engine stops (after the close's grace): a decision waiting for the store
+    to answer again gives up, so that a database that is down never holds the close up."""

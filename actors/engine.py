@@ -181,6 +181,7 @@ class Engine:
         undo.callback(self.workers.stop)
         self.dispatcher = Dispatcher(options.actor_threads)
         undo.callback(self.dispatcher.shutdown)
+        self._stopping = threading.Event()
         self.services = SharedServices(
             self.store,
             self.committer,
@@ -201,11 +202,11 @@ class Engine:
             self.leases,
             None if self.leases is None else self._release_lease,
             self._call_user,
+            stopping=self._stopping,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
         )
-        self._stopping = threading.Event()
         self._followed_position = -1  # the last event stored at the last look
         self._followed_until = 0.0  # looks go on past an unchanged position until then
         self._followed_users: frozenset[str] = frozenset()  # see follow_owners

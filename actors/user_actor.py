@@ -56,6 +56,7 @@ from events.errors import (
     ProbeFailedError,
     first_line,
     is_database_failure,
+    may_pass,
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE
@@ -84,6 +85,10 @@ tries was not enough: on PostgreSQL a writer once lost 40 in a row to a steady s
 
 CONFLICT_DELAY_MAX = 0.05
 """The longest wait, in seconds, before an append is decided again after a conflict."""
+
+STORE_DELAY_MAX = 1.0
+"""The longest wait, in seconds, before a decision is tried again on a store that failed
+in a way that may pass (a connection lost, a statement timeout)."""
 
 MAX_BATCH_RERUNS = 3
 """Times a batch is extracted again because the live knowledge it was shown was replaced
@@ -947,17 +952,27 @@ class UserActor(PooledActor):
         or another process appended): no conflict would tell, and "nothing to process"
         said of old state would leave what arrived in the buffer. A decision that raised
         leaves no event behind: the log is reloaded, whatever it had emitted dropped.
+        A store failure that may pass (a connection lost, a statement timeout) is retried
+        in the same window, backing off (see :meth:`_wait_for_the_store`); a commit it cut
+        short that was stored all the same is found in the log, not made twice.
         """
         give_up_at = time.monotonic() + DECIDE_RETRY_SECONDS
-        attempt = 0
+        attempt = failures = 0
+        failed: StorageError | None = None  # the store's last failure, if it was the last
+        unsettled: tuple[Any, T] | None = None  # a cut-short commit's first event, result
         while True:
             if attempt and time.monotonic() > give_up_at:
-                raise ConflictError(
+                raise failed or ConflictError(
                     f"user {self.user_id!r}: other writers kept writing first for "
                     f"{DECIDE_RETRY_SECONDS:g} s ({attempt} attempts)"
                 )
             attempt += 1
             try:
+                if unsettled is not None:
+                    if self._stored(unsettled[0]):
+                        self._user_log(create=False)  # the log as the commit left it
+                        return unsettled[1]
+                    unsettled = None
                 result = decide(self._user_log(create=False))
             except (InvalidInputError, NotFoundError):
                 behind = self._behind_the_store()
@@ -965,17 +980,60 @@ class UserActor(PooledActor):
                 if not behind:
                     raise
                 continue
+            except StorageError as error:
+                self._forget_log()
+                failures += 1
+                failed = self._wait_for_the_store(error, failures, give_up_at)
+                continue
             except BaseException:
                 self._forget_log()  # never commit what a decision cut short emitted
                 raise
+            first = next(iter(self._log.pending_events), None) if self._log else None
             try:
                 if not self._commit() and self._behind_the_store():
                     self._forget_log()
                     continue
             except ConflictError:
+                failed = None
                 time.sleep(conflict_delay(attempt))
                 continue
+            except StorageError as error:
+                failures += 1
+                failed = self._wait_for_the_store(error, failures, give_up_at)
+                unsettled = None if first is None else (first, result)
+                continue
             return result
+
+    def _wait_for_the_store(
+        self, error: StorageError, failures: int, give_up_at: float
+    ) -> StorageError:
+        """Wait before the store is tried again after ``error``, its ``failures``-th failure,
+        and return it; raise it instead if it would fail again the same way
+        (:func:`~events.errors.may_pass`), if the wait would end past ``give_up_at``, or once
+        the engine stops (a database that is down never holds a close up past its grace)."""
+        delay = store_delay(failures)
+        stopping = self._services.stopping
+        if not may_pass(error) or time.monotonic() + delay > give_up_at or stopping.is_set():
+            raise error
+        log.info(
+            "user %r: the store failed (%s); trying again in %.2f s",
+            self.user_id,
+            first_line(error),
+            delay,
+        )
+        if stopping.wait(delay):
+            raise error
+        return error
+
+    def _stored(self, first: Any) -> bool:
+        """Whether ``first``, the first event of a commit the store failed, was stored all
+        the same (the connection was lost after the commit was sent): the stored log holds
+        that very event at its version."""
+        version = first.originator_version
+        found: list[Any] = self._services.store.events_of(
+            self.user_id, after=version - 1, upto=version
+        )
+        return any(type(e) is type(first) and e.timestamp == first.timestamp for e in found)
 
     def _behind_the_store(self) -> bool:
         """Whether the stored log has an event past the version of the one in memory, or
@@ -1191,6 +1249,12 @@ class _Append(Write):
         self.acknowledged.set_exception(
             ConflictError("the write was not retried after a conflict: memvee was stopping")
         )
+
+
+def store_delay(failures: int) -> float:
+    """The wait before the store is tried again after its ``failures``-th failure that may
+    pass: 50 ms at first, doubling to :data:`STORE_DELAY_MAX`."""
+    return min(STORE_DELAY_MAX, 0.05 * 2.0 ** (failures - 1))
 
 
 def conflict_delay(attempt: int) -> float:

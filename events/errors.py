@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -41,6 +41,7 @@ __all__ = [
     "database_refused",
     "first_line",
     "is_database_failure",
+    "may_pass",
     "processing_error",
     "repeats",
 ]
@@ -257,3 +258,24 @@ def database_refused(error: BaseException) -> StorageError:
     refused = StorageError(f"the database refused: {first_line(error)}")
     refused.__cause__ = error
     return refused
+
+
+def may_pass(error: BaseException) -> bool:
+    """Whether the database failure behind ``error`` (a :class:`StorageError`, say) may pass
+    if the work is done again: a connection lost, a statement cancelled by a timeout, a
+    serialization failure or a deadlock, a SQLite lock held too long. A constraint
+    violation, a malformed statement or a failure memvee names itself would repeat."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, DBAPIError):
+            if cause.connection_invalidated:
+                return True
+            cause = cause.orig
+            continue
+        if isinstance(cause, sqlite3.OperationalError):
+            return any(word in str(cause) for word in ("locked", "busy"))
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is not None and isinstance(cause, psycopg.OperationalError):
+            return True
+        cause = cause.__cause__
+    return False

@@ -9,6 +9,7 @@ import asyncio
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -256,3 +257,70 @@ async def test_a_database_failing_while_a_memory_opens_is_a_storage_error(
     monkeypatch.setattr(actors.engine, "bring_up_to_date", locked)
     with pytest.raises(StorageError, match=r"cannot bring the projections of .* up to date"):
         await make_memory()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_a_paid_answer_whose_recording_meets_a_statement_timeout_is_recorded_on_a_retry(
+    memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the store that may pass (here PostgreSQL's statement timeout, as a lost
+    connection) while the answer of an extraction is recorded: the answer is kept and
+    recorded again, so the task completes and the extractor is not asked a second time."""
+    for i in range(3):
+        await memory.add_exchange("cai", f"I grow tomatoes number {i}", "ok")
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, timed_out = store.append, threading.Event()
+
+    def append_timing_out_once(batches: Any, in_transaction: Any = None, *args: Any) -> Any:
+        answers = any(isinstance(e, UserLog.KnowledgeExtracted) for b in batches for e in b)
+        if not answers or timed_out.is_set():
+            return append(batches, in_transaction, *args)
+
+        def cancelled(connection: Any, _: Any) -> None:
+            timed_out.set()
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 1")
+            connection.exec_driver_sql("SELECT pg_sleep(1)")
+
+        return append(batches, cancelled, *args)
+
+    monkeypatch.setattr(store, "append", append_timing_out_once)
+    assert await asyncio.wait_for(memory.process("cai"), 30) == 3
+    assert timed_out.is_set()
+    assert len(extractor.batches) == 1
+    assert [t.status for t in await memory.tasks("cai")] == [ProcessStatus.COMPLETED]
+    assert len(await memory.knowledge("cai")) == 3
+    assert await asyncio.to_thread(verify, store) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_an_answer_stored_though_its_commit_was_not_acknowledged_is_not_recorded_twice(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection lost once the commit was sent: the answer may be stored or not. The
+    retry finds it in the log and records nothing again (nor the next batch's messages
+    with this batch's facts)."""
+    memory: Memory = await make_memory(config={"max_batch_messages": 4})
+    for i in range(4):
+        await memory.add_exchange("dag", f"I knit scarves number {i}", "ok")
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, lost = store.append, threading.Event()
+
+    def append_losing_the_acknowledgement(batches: Any, *args: Any) -> Any:
+        recorded = append(batches, *args)
+        answers = any(isinstance(e, UserLog.KnowledgeExtracted) for b in batches for e in b)
+        if answers and not lost.is_set():
+            lost.set()
+            raise StorageError("could not store the events") from psycopg.OperationalError(
+                "consuming input failed: server closed the connection unexpectedly"
+            )
+        return recorded
+
+    monkeypatch.setattr(store, "append", append_losing_the_acknowledgement)
+    assert await asyncio.wait_for(memory.process("dag"), 30) == 4
+    assert lost.is_set()
+    assert len(extractor.batches) == 2
+    assert [t.status for t in await memory.tasks("dag")] == [ProcessStatus.COMPLETED]
+    assert len(await memory.knowledge("dag")) == 4
+    assert await asyncio.to_thread(verify, store) == []

@@ -1,0 +1,41 @@
+"""Which failures of the database may pass if the work is done again."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from events.errors import ConflictError, StorageError, may_pass
+
+
+def _stored(cause: BaseException) -> StorageError:
+    """A StorageError as the store raises it: SQLAlchemy's error, the driver's inside."""
+    refused = StorageError("could not store 1 events")
+    refused.__cause__ = OperationalError("INSERT", {}, cause)
+    return refused
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+        psycopg.OperationalError("consuming input failed: server closed the connection"),
+        psycopg.errors.SerializationFailure("could not serialize access"),
+        sqlite3.OperationalError("database is locked"),
+    ],
+)
+def test_a_lost_connection_a_timeout_or_a_lock_may_pass(cause: BaseException) -> None:
+    assert may_pass(_stored(cause))
+
+
+def test_a_constraint_violation_or_a_missing_table_would_fail_the_same_way() -> None:
+    unique = psycopg.errors.UniqueViolation("duplicate key value")
+    violated = StorageError("could not store 1 events")
+    violated.__cause__ = IntegrityError("INSERT", {}, unique)
+    assert not may_pass(violated)
+    assert not may_pass(ConflictError("a user log was appended to concurrently"))
+    assert not may_pass(_stored(sqlite3.OperationalError("no such table: memvee_events")))
+    assert not may_pass(StorageError("the event store is closed"))
