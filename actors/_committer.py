@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from events import ConflictError, EventStore, Recorded, StoredSnapshot
-from events.errors import first_line
+from events.errors import ConnectionLostError, first_line
 from projections import Projector, index_messages
 
 __all__ = ["GroupCommitter", "Settled", "Write"]
@@ -280,14 +280,8 @@ class GroupCommitter:
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
-        origins = {r.log_id: r.origin for r in batch if r.origin is not None}
         try:
-            recorded = self._store.append(
-                [r.events for r in batch],
-                functools.partial(self._fold, origins=origins),
-                [r.snapshot for r in batch if r.snapshot is not None],
-                origins,
-            )
+            recorded = self._append(batch)
         except Exception as error:
             self._projector.discard()
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
@@ -310,6 +304,21 @@ class GroupCommitter:
             end = start + len(request.events)
             self._settle(request, recorded[start:end], None)
             start = end
+
+    def _append(self, batch: list[Write]) -> list[Recorded]:
+        """Store ``batch`` in one transaction, sent again once on a fresh connection when
+        the one it ran on was lost before its COMMIT was sent (nothing of it was stored):
+        the first write after the server ended idle sessions is not refused for that."""
+        origins = {r.log_id: r.origin for r in batch if r.origin is not None}
+        events = [r.events for r in batch]
+        snapshots = [r.snapshot for r in batch if r.snapshot is not None]
+        fold = functools.partial(self._fold, origins=origins)
+        try:
+            return self._store.append(events, fold, snapshots, origins)
+        except ConnectionLostError as lost:
+            log.info("a write's connection was lost (%s); sending it again", first_line(lost))
+            self._projector.discard()
+            return self._store.append(events, fold, snapshots, origins)
 
     def _admissible(self, request: Write) -> bool:
         """Refuse a request decided on top of a write that failed (same epoch)."""

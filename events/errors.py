@@ -21,6 +21,7 @@ __all__ = [
     "FORGOTTEN_REASON",
     "INPUT_REFUSED_STATUSES",
     "ConflictError",
+    "ConnectionLostError",
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorOverloadedError",
@@ -92,6 +93,12 @@ class OlderLayoutError(StorageError):
 
 class ConflictError(StorageError):
     """Another writer appended to the same user log first (optimistic concurrency)."""
+
+
+class ConnectionLostError(StorageError):
+    """The connection a write ran on was lost (the server ended the session: a failover,
+    an idle-session timeout, a proxy) before the write's COMMIT was sent: nothing of it
+    was stored, so it may be sent again at once on a fresh connection."""
 
 
 class DatabaseInUseError(StorageError):

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import select as io_select
 import sqlite3
 import stat
 import time
@@ -46,6 +47,7 @@ from events._readers import ThreadReaders
 from events._sequence import guard_sequence
 from events.errors import (
     ConflictError,
+    ConnectionLostError,
     InvalidInputError,
     MemveeError,
     NotFoundError,
@@ -111,6 +113,18 @@ class Recorded:
 
     notification_id: int
     event: DomainEventProtocol[Any]
+
+
+def _connection_lost(connection: Connection, error: BaseException) -> bool:
+    """Whether ``error`` is the loss of ``connection``: the server ended its session (a
+    failover, an idle-session timeout, a proxy), as SQLAlchemy tells, or as psycopg does
+    for a statement sent on its own cursor."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if connection.invalidated or connection.closed:
+        return connection.invalidated
+    driver = connection.connection.driver_connection
+    return bool(getattr(driver, "broken", False))
 
 
 def _lost_a_creation_race(error: BaseException) -> bool:
@@ -439,6 +453,25 @@ def _end_stalled_transactions(dbapi_connection: Any, _: Any) -> None:
     dbapi_connection.commit()
 
 
+def _refuse_ended_session(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Have the pool replace a connection whose session the server ended while it sat in
+    the pool (an idle-session timeout, a restart, ``pg_terminate_backend``): with no
+    statement out, its socket has something to read (the server's farewell). A poll tells
+    without the round trip a pre-ping would add to every transaction."""
+    try:
+        socket = dbapi_connection.fileno()
+    except Exception as error:
+        raise sqlalchemy.exc.DisconnectionError(first_line(error)) from error
+    if hasattr(io_select, "poll"):
+        poll = io_select.poll()
+        poll.register(socket, io_select.POLLIN)
+        ended = bool(poll.poll(0))
+    else:
+        ended = bool(io_select.select([socket], [], [], 0)[0])
+    if ended:
+        raise sqlalchemy.exc.DisconnectionError("the server ended the session")
+
+
 class EventStore:
     """Loads, appends and follows user logs in one database.
 
@@ -521,11 +554,15 @@ class EventStore:
         self._datastore: Any = getattr(self._app.recorder, "datastore")  # noqa: B009
         engine: Engine = self._datastore.engine
         if not self.is_sqlite:
-            # A bounded pool, shared with eventsourcing. A connection found dead by a
-            # failed statement is discarded, so the next transaction reconnects.
+            # A bounded pool, shared with eventsourcing. No ping at checkout (a round trip
+            # per transaction): a session the server ended is seen by a poll of its socket;
+            # one lost later fails its statement and is discarded with the pool's others,
+            # and a write it failed before COMMIT was sent raises ConnectionLostError, which
+            # the group committer sends again at once.
             engine.dispose()
             engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
             sa_event.listen(engine, "connect", _end_stalled_transactions)
+            sa_event.listen(engine, "checkout", _refuse_ended_session)
             self._datastore.engine = engine
             self._datastore.session_maker = sessionmaker(bind=engine)
         if self.is_sqlite:
@@ -851,19 +888,18 @@ class EventStore:
             return []
         stored = [self._encoder(e) for e in events]
         self._refuse_another_file()
+        lost = False  # the connection, before COMMIT was sent
         try:
             with self.transaction() as connection:
-                if origins and self._psycopg and 0 < len(stored) <= _EVENTS_PER_INSERT:
-                    ids = self._insert_checking_psycopg(connection, stored, origins)
-                else:
-                    ids = self._insert(connection, stored) if stored else []
-                    if origins:  # after the insert: the write lock is held
-                        self._check_origins(connection, origins)
-                recorded = [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
-                if in_transaction is not None and recorded:
-                    in_transaction(connection, recorded)
-                if snapshots:
-                    self._insert_snapshots(connection, snapshots)
+                try:
+                    recorded = self._write(connection, events, stored, origins)
+                    if in_transaction is not None and recorded:
+                        in_transaction(connection, recorded)
+                    if snapshots:
+                        self._insert_snapshots(connection, snapshots)
+                except Exception as error:
+                    lost = _connection_lost(connection, error)
+                    raise
         except self._conflicts as error:
             raise ConflictError(
                 f"a user log was appended to concurrently: {first_line(error)}"
@@ -871,10 +907,27 @@ class EventStore:
         except MemveeError:
             raise  # ``in_transaction`` refused the write, and said why
         except Exception as error:
-            raise StorageError(
+            kind = ConnectionLostError if lost else StorageError
+            raise kind(
                 f"could not store {len(events)} events in {self.safe_url}: {first_line(error)}"
             ) from error
         return recorded
+
+    def _write(
+        self,
+        connection: Connection,
+        events: list[DomainEventProtocol[Any]],
+        stored: list[Stored],
+        origins: Mapping[UUID, datetime] | None,
+    ) -> list[Recorded]:
+        """Insert ``events`` (``stored``, encoded) and check ``origins`` (see :meth:`append`)."""
+        if origins and self._psycopg and 0 < len(stored) <= _EVENTS_PER_INSERT:
+            ids = self._insert_checking_psycopg(connection, stored, origins)
+        else:
+            ids = self._insert(connection, stored) if stored else []
+            if origins:  # after the insert: the write lock is held
+                self._check_origins(connection, origins)
+        return [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
 
     def _check_origins(self, connection: Connection, origins: Mapping[UUID, datetime]) -> None:
         """Refuse the write unless every log of ``origins`` still begins when it says: one

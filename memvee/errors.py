@@ -2,6 +2,7 @@
 
 from events.errors import (
     ConflictError,
+    ConnectionLostError,
     DatabaseInUseError,
     ExtractionError,
     ExtractionPausedError,
@@ -25,6 +26,7 @@ from events.errors import (
 
 __all__ = [
     "ConflictError",
+    "ConnectionLostError",
     "DatabaseInUseError",
     "ExtractionError",
     "ExtractionPausedError",

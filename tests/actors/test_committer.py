@@ -395,3 +395,40 @@ def test_an_exchange_of_a_user_alone_is_three_statements_on_postgresql(
         assert store.max_position() == 4
     finally:
         store.close()
+
+
+def test_a_write_whose_connection_was_lost_before_its_commit_is_sent_again_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server ended the session a write ran on before its COMMIT was sent (nothing of
+    it stored): the write goes again on a fresh connection, so its caller is not refused,
+    and it is stored once, its rows as a rebuild would fold them."""
+    store = EventStore(postgres_url())
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    committer = GroupCommitter(store, projector)
+    append, attempts = store.append, []
+
+    def losing_the_first_session(batches: Any, fold: Any, *rest: Any) -> Any:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) > 1:
+            return append(batches, fold, *rest)
+
+        def session_ended(connection: Any, recorded: Any) -> None:
+            fold(connection, recorded)
+            connection.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+
+        return append(batches, session_ended, *rest)
+
+    monkeypatch.setattr(store, "append", losing_the_first_session)
+    try:
+        recorded = committer.commit(_log_with_messages("ann", 2)[1], 1)
+        assert attempts == [1, 2]
+        assert len(recorded) == 3
+        loaded = store.load("ann")
+        assert loaded is not None and loaded.message_count == 2
+        assert verify(store) == []
+    finally:
+        committer.stop()
+        store.close()
