@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -357,8 +358,9 @@ class Memory:
         if engine is None or loop is None:
             return
         if loop is not asyncio.get_running_loop():
+            ends = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
             if not await self._closed_where_opened(loop, grace):
-                await self._close_without(engine, loop)
+                await self._close_without(engine, loop, ends)
             return
         self._closing = True
         ends = loop.time() + (self.config.shutdown_grace if grace is None else grace)
@@ -457,12 +459,17 @@ class Memory:
         await asyncio.shield(asyncio.wrap_future(stopped))
         await asyncio.to_thread(thread.join)
 
-    async def _close_without(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+    async def _close_without(
+        self, engine: Engine, loop: asyncio.AbstractEventLoop, grace_ends: float
+    ) -> None:
         """Close from another loop, the one that opened the Memory being stopped, closed or
-        at its end (its own close cut short): no task can be awaited on it any more, so none
-        is waited for; the engine stops as usual and each handle ends as its task did (the
-        loop would have told it), or FAILED as interrupted."""
+        at its end (its own close cut short): no task can be awaited on it any more, so the
+        grace (until ``grace_ends``, by ``time.monotonic``) watches the engine instead; then
+        the engine stops as usual and each handle ends as its task did (the loop would have
+        told it), or FAILED as interrupted."""
         self._closing = True
+        engine.drain()
+        await self._give_grace_elsewhere(engine, grace_ends)
         await self._stop_engine(engine)
         ended = self._observer.undelivered_ends() if self._observer is not None else {}
         for tasks in list(self._inflight.values()):  # the loop's own close may end too
@@ -480,6 +487,25 @@ class Memory:
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
         self._engine = None
+
+    async def _give_grace_elsewhere(self, engine: Engine, ends: float) -> None:
+        """Wait, polling, until the engine runs no task of this Memory and no extraction,
+        or until ``ends`` (``time.monotonic``), or until another close stops the engine (a
+        shorter grace): what the opening loop's own close waits for, seen from the engine
+        side, as that loop can no longer be told."""
+        while self._stopped is None and self._engine_busy(engine):
+            left = ends - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(REMOTE_POLL_SECONDS, left))
+
+    def _engine_busy(self, engine: Engine) -> bool:
+        """Whether a task of this Memory has not ended on the engine side (its end is not
+        yet posted to the loop), or a batch is still out for extraction."""
+        ended = self._observer.undelivered_ends() if self._observer is not None else {}
+        handles = [t for tasks in list(self._inflight.values()) for t in list(tasks.values())]
+        unended = any(not t.done and t.task_id not in ended for t in handles)
+        return unended or engine.workers.in_flight > 0
 
     async def __aenter__(self) -> Self:
         return await self.open()

@@ -275,6 +275,46 @@ def test_a_task_that_ends_after_its_loop_closed_is_told_so_by_the_close(
     assert asyncio.run(task.wait()) == 1
 
 
+def test_a_close_from_another_loop_gives_a_running_task_its_grace(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script's first ``asyncio.run`` starts a task and ends; its extraction, still
+    out, answers once the close from the next loop has begun: the task completes within
+    the grace, its entries stored, not interrupted."""
+    extractor = RecordingExtractor(gated=True)
+    config = MemoryConfig(db_url=db_url, shutdown_grace=30)
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+
+    async def start() -> ProcessTask:
+        await memory.open()
+        await memory.add_exchange("u", "I live in Rome", "nice")
+        task = memory.process_async("u")
+        assert await asyncio.to_thread(extractor.started.wait, 10)
+        observer = memory._observer
+        looked = observer.undelivered_ends  # type: ignore[union-attr]
+
+        def released(*args: Any) -> Any:
+            extractor.gate.set()  # the close looks for running tasks: the answer comes
+            return looked(*args)
+
+        monkeypatch.setattr(observer, "undelivered_ends", released)
+        return task
+
+    try:
+        task = asyncio.run(start())
+        asyncio.run(memory.close())
+    finally:
+        extractor.gate.set()
+    assert (task.status, task.error, task.knowledge_count) == (ProcessStatus.COMPLETED, None, 1)
+
+    async def stored() -> int:
+        async with Memory(db_url=db_url, extractor=RecordingExtractor(), embedder=False) as again:
+            assert await again.buffer("u") == []
+            return len(await again.knowledge("u"))
+
+    assert asyncio.run(stored()) == 1
+
+
 async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
     memory: Memory = await make_memory()
     await memory.add_message("u", "user", "hello")
