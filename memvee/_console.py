@@ -1,7 +1,9 @@
 """The ``memvee`` console script's entry: it loads the command line under Ctrl-C handling,
 so an interrupt during the second it takes to load is one ``error:`` line and exit 2, as
 it is once a command runs, never a traceback; once the command has ended, a Ctrl-C is
-ignored (it would interrupt the interpreter's exit as it joins threads).
+ignored (it would interrupt the interpreter's exit as it joins threads). A SIGTERM to
+``memvee serve`` or ``memvee mcp`` while it loads is noted, not fatal: the server stops
+once up and exits 0, as for one that comes later.
 
 A Ctrl-C that lands while Python runs code given to ``exec()`` (``dataclasses`` builds
 its methods so, as the engine loads) is marked by CPython 3.11 as never handled, even
@@ -57,9 +59,28 @@ def handled_interrupt() -> None:
     _ctrl_c.handled = True
 
 
+_SERVERS = ("serve", "mcp")
+"""The commands that SIGTERM stops with exit 0, however early it comes."""
+
+_terminated = False
+
+
+def terminated_while_loading() -> bool:
+    """Whether a SIGTERM came while the command line of a server command loaded: the
+    server takes it as its stop once up."""
+    return _terminated
+
+
+def _note_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+
+
 def main() -> None:
     """Load :mod:`memvee.cli` and run the command."""
     atexit.register(_ctrl_c.leave)  # the first registered runs last
+    if sys.argv[1:2] and sys.argv[1] in _SERVERS:  # its own handler takes over once it runs
+        signal.signal(signal.SIGTERM, _note_sigterm)
     try:
         try:
             from memvee.cli import main as run

@@ -7,12 +7,13 @@ install) without the ``server`` extra; the server's libraries load when a comman
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Self
 
 import typer
 
@@ -25,11 +26,12 @@ from events import (
     url_secrets,
 )
 from memvee._config import DEFAULT_DB, MemoryConfig
+from memvee._console import terminated_while_loading
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
 
-__all__ = ["MAX_BODY_BYTES", "register_commands"]
+__all__ = ["MAX_BODY_BYTES", "StopSignals", "register_commands"]
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 """3 MiB by default: room for an exchange of two 100,000-character messages however they
@@ -72,6 +74,42 @@ LogLevel = Annotated[
     LogLevelName,
     typer.Option("--log-level", case_sensitive=False, help="debug, info, warning or error."),
 ]
+
+
+class StopSignals:
+    """SIGTERM and SIGINT taken as "stop", from a server command's first line on: one that
+    comes while the server starts up (imports, the open, the bind) is kept, not the
+    default action that kills the process, and the server stops as soon as it is up."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._then: Callable[[], None] | None = None
+        self._before: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> Self:
+        """Take both signals (in the main thread) until the server takes them, and the
+        SIGTERM the console noted while the command line loaded."""
+        for sent in (signal.SIGTERM, signal.SIGINT):
+            self._before[sent] = signal.signal(sent, self._handle)
+        self.requested = self.requested or terminated_while_loading()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Give the signals back to the handlers they had (the command has ended)."""
+        for sent, before in self._before.items():
+            signal.signal(sent, before)
+
+    def then(self, act: Callable[[], None] | None) -> None:
+        """Call ``act`` (safe to run in a signal handler) on a stop, now if one came;
+        ``None``: only note the stops from now on."""
+        self._then = act
+        if self.requested and act is not None:
+            act()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        if self._then is not None:
+            self._then()
 
 
 def _fail(message: str) -> NoReturn:
@@ -124,42 +162,46 @@ def serve(
     required to listen on anything but loopback. SIGTERM lets in-flight requests finish,
     then closes the memory.
     """
-    _check_installed()
-    from memvee._server.auth import TokenBook, is_loopback
-    from memvee._server.logs import configure_logging
+    with StopSignals() as stops:
+        _check_installed()
+        from memvee._server.auth import TokenBook, is_loopback
+        from memvee._server.logs import configure_logging
 
-    if user is not None:
-        _check_user(user)
-    try:
-        tokens = TokenBook.load(tokens_file)
-    except ValueError as error:
-        _fail(str(error))
-    if not tokens and not is_loopback(host):
-        _fail(f"listening on {host} needs bearer tokens: set MEMVEE_API_TOKENS or --tokens-file")
-    listener = _listen(host, port)
-    configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
-    from memvee._server.running import serve_http
+        if user is not None:
+            _check_user(user)
+        try:
+            tokens = TokenBook.load(tokens_file)
+        except ValueError as error:
+            _fail(str(error))
+        if not tokens and not is_loopback(host):
+            _fail(
+                f"listening on {host} needs bearer tokens: set MEMVEE_API_TOKENS or --tokens-file"
+            )
+        listener = _listen(host, port)
+        configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
+        from memvee._server.running import serve_http
 
-    _run(
-        serve_http(
-            listener,
-            _memory(
+        _run(
+            serve_http(
+                listener,
+                _memory(
+                    db,
+                    db_url,
+                    lexical=lexical,
+                    auto_process=auto_process,
+                    batch_threshold=batch_threshold,
+                ),
                 db,
                 db_url,
-                lexical=lexical,
-                auto_process=auto_process,
-                batch_threshold=batch_threshold,
-            ),
-            db,
-            db_url,
-            tokens=tokens,
-            max_body_bytes=max_body_bytes,
-            allow_forget=allow_forget,
-            mcp_user=user,
-            host=host,
-            drain_timeout=drain_timeout,
+                tokens=tokens,
+                max_body_bytes=max_body_bytes,
+                allow_forget=allow_forget,
+                mcp_user=user,
+                host=host,
+                drain_timeout=drain_timeout,
+                stops=stops,
+            )
         )
-    )
 
 
 def mcp(
@@ -183,29 +225,31 @@ def mcp(
     Extraction runs in the background, in this process; logs go to stderr. When the
     client closes stdin, every request it sent is answered before the server stops.
     """
-    _check_installed()
-    from memvee._server.logs import configure_logging
+    with StopSignals() as stops:
+        _check_installed()
+        from memvee._server.logs import configure_logging
 
-    if sys.stdin is None or sys.stdout is None:  # closed when the process started
-        # Their descriptors would go to the next files opened, the database's among them.
-        _fail("stdin and stdout must be open: memvee mcp speaks MCP over them")
-    if user is not None:
-        _check_user(user)
-    configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
-    from memvee._server.running import serve_stdio
+        if sys.stdin is None or sys.stdout is None:  # closed when the process started
+            # Their descriptors would go to the next files opened, the database's among them.
+            _fail("stdin and stdout must be open: memvee mcp speaks MCP over them")
+        if user is not None:
+            _check_user(user)
+        configure_logging(log_level.value, url_secrets(db_url) if db_url else ())
+        from memvee._server.running import serve_stdio
 
-    _run(
-        serve_stdio(
-            _memory(
-                db, db_url, lexical=lexical, auto_process=True, batch_threshold=batch_threshold
-            ),
-            db,
-            db_url,
-            user=user,
-            allow_forget=allow_forget,
-            drain_timeout=drain_timeout,
+        _run(
+            serve_stdio(
+                _memory(
+                    db, db_url, lexical=lexical, auto_process=True, batch_threshold=batch_threshold
+                ),
+                db,
+                db_url,
+                user=user,
+                allow_forget=allow_forget,
+                drain_timeout=drain_timeout,
+                stops=stops,
+            )
         )
-    )
 
 
 def register_commands(app: typer.Typer) -> None:

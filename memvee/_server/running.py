@@ -20,6 +20,7 @@ import sys
 from contextlib import nullcontext
 from importlib.util import find_spec
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import anyio
 import uvicorn
@@ -32,6 +33,9 @@ from memvee._server.drain import Drain
 from memvee._server.mcp_tools import build_mcp
 from memvee._server.stdio_drain import DrainedStdio
 from memvee.audit import Audit
+
+if TYPE_CHECKING:
+    from memvee._server.commands import StopSignals
 
 __all__ = ["OpenFailedError", "serve_http", "serve_stdio"]
 
@@ -65,6 +69,12 @@ class _DrainingServer(uvicorn.Server):
             extra={"event": "draining", "signal": signal.Signals(sig).name},
         )
         super().handle_exit(sig, frame)
+
+    def stop_once(self) -> None:
+        """Stop as a SIGTERM would, unless stopping already (uvicorn re-raising its
+        signal at the end is no second stop)."""
+        if not self.should_exit:
+            self.handle_exit(signal.SIGTERM, None)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Drain: refuse new requests and wait for every connection to close, then leave
@@ -113,8 +123,10 @@ async def serve_http(
     mcp_user: str | None,
     host: str,
     drain_timeout: int,
+    stops: StopSignals,
 ) -> None:
-    """Serve the HTTP API and MCP on ``listener`` until a signal, then drain and close."""
+    """Serve the HTTP API and MCP on ``listener`` until a signal, then drain and close;
+    one that came during the start-up stops the server as soon as it is up."""
     audit = await _open(memory, db, db_url)
     try:
         drain = Drain()
@@ -151,11 +163,15 @@ async def serve_http(
                 "http": http,
             },
         )
-        # uvicorn re-raises the signal that stopped it once it is done; ignoring it then
-        # lets the memory close below and the process exit 0.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        await _DrainingServer(config, drain).serve(sockets=[listener])
+        # uvicorn takes the signals while it serves, then gives them back to ``stops``
+        # and re-raises the one that stopped it: only noted, so the memory closes below
+        # and the process exits 0.
+        server = _DrainingServer(config, drain)
+        stops.then(server.stop_once)
+        try:
+            await server.serve(sockets=[listener])
+        finally:
+            stops.then(None)
     finally:
         await memory.close()
         await asyncio.to_thread(audit.close)
@@ -170,9 +186,11 @@ async def serve_stdio(
     user: str | None,
     allow_forget: bool,
     drain_timeout: int,
+    stops: StopSignals,
 ) -> None:
     """Serve MCP over stdin/stdout until the client closes stdin (once every request
-    read is answered, or after ``drain_timeout`` seconds) or a signal comes."""
+    read is answered, or after ``drain_timeout`` seconds) or a signal comes, during the
+    start-up too."""
     audit = await _open(memory, db, db_url)
     stopping = False
     hurried: list[asyncio.Task[None]] = []
@@ -194,6 +212,8 @@ async def serve_stdio(
             loop = asyncio.get_running_loop()
             for sent in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sent, stop)
+            if stops.requested:  # during the start-up
+                stop()
             try:
                 await running
             except asyncio.CancelledError:

@@ -1,11 +1,37 @@
-"""The socket ``memvee serve`` listens on, before uvicorn takes it."""
+"""The server commands: the socket ``memvee serve`` listens on, before uvicorn takes it,
+and their stop on a signal during the start-up."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
-from memvee._server.commands import _listen
+import pytest
+
+from memvee import Memory, _console
+from memvee._server.commands import StopSignals, _listen
+from memvee.extractors import OfflineExtractor
+from tests.support.server_process import ROOT, server_env
+
+_HELD_OPEN = """
+import asyncio, os, sys
+from memvee._memory import Memory
+opened, gate = Memory.open, int(sys.argv.pop(1))
+async def held(self):
+    sys.stderr.write("opening\\n"); sys.stderr.flush()
+    await asyncio.to_thread(os.read, gate, 1)
+    return await opened(self)
+Memory.open = held
+from memvee._console import main
+main()
+"""
+"""``memvee ARGS`` whose Memory's open says "opening" on stderr, then waits for a byte on
+the descriptor given first."""
 
 
 async def test_connections_it_accepts_send_small_answers_at_once() -> None:
@@ -29,3 +55,53 @@ async def test_connections_it_accepts_send_small_answers_at_once() -> None:
         writer.close()
 
     assert nodelay[0] != 0
+
+
+@pytest.mark.parametrize("command", [["mcp"], ["serve", "--port", "0"]])
+def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """The start-up takes seconds on a loaded machine: a SIGTERM then is kept, and the
+    server stops once the memory is open, closing it, as it would once serving."""
+    db = tmp_path / "memvee.db"
+    held, release = os.pipe()
+    args = [sys.executable, "-c", _HELD_OPEN, str(held), *command, "--db", str(db), "--lexical"]
+    server = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,  # kept open: a stdio server's client is still there
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=server_env(),
+        cwd=ROOT,
+        pass_fds=(held,),
+    )
+    try:
+        assert server.stderr is not None
+        assert server.stderr.readline() == b"opening\n"
+        server.send_signal(signal.SIGTERM)
+        os.write(release, b"x")
+        _, errors = server.communicate(timeout=60)
+    finally:
+        os.close(held)
+        os.close(release)
+        server.kill()
+        server.wait()
+    assert server.returncode == 0, errors.decode()[-2000:]
+
+    async def reopened() -> list[object]:
+        async with Memory(db_path=str(db), extractor=OfflineExtractor(), embedder=False) as m:
+            return list(await m.buffer("u"))
+
+    assert asyncio.run(reopened()) == []
+
+
+def test_a_sigterm_while_the_command_line_loaded_is_taken_as_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The console notes a SIGTERM to ``serve`` or ``mcp`` before the command runs (its
+    load takes a second or more): the command's signals hand it on to the server."""
+    monkeypatch.setattr(_console, "_terminated", True)
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stops:
+        assert stops.requested
+    assert signal.getsignal(signal.SIGTERM) == before
