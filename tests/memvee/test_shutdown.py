@@ -241,6 +241,16 @@ def test_a_close_after_the_opening_loop_ended_fails_the_running_task(db_url: str
         asyncio.run(task.wait())
 
 
+async def _held_task(memory: Memory, extractor: RecordingExtractor) -> ProcessTask:
+    """Open ``memory`` and start processing one exchange of u's: the task is out, its
+    extraction held at ``extractor``'s gate."""
+    await memory.open()
+    await memory.add_exchange("u", "I live in Rome", "nice")
+    task = memory.process_async("u")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    return task
+
+
 def test_a_task_that_ends_after_its_loop_closed_is_told_so_by_the_close(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -251,10 +261,7 @@ def test_a_task_that_ends_after_its_loop_closed_is_told_so_by_the_close(
     recorded = threading.Event()
 
     async def start() -> ProcessTask:
-        await memory.open()
-        await memory.add_exchange("u", "I live in Rome", "nice")
-        task = memory.process_async("u")
-        assert await asyncio.to_thread(extractor.started.wait, 10)
+        task = await _held_task(memory, extractor)
         observer = memory._observer
         told = observer.task_finished  # type: ignore[union-attr]
 
@@ -286,10 +293,7 @@ def test_a_close_from_another_loop_gives_a_running_task_its_grace(
     memory = Memory(config=config, extractor=extractor, embedder=False)
 
     async def start() -> ProcessTask:
-        await memory.open()
-        await memory.add_exchange("u", "I live in Rome", "nice")
-        task = memory.process_async("u")
-        assert await asyncio.to_thread(extractor.started.wait, 10)
+        task = await _held_task(memory, extractor)
         observer = memory._observer
         looked = observer.undelivered_ends  # type: ignore[union-attr]
 
