@@ -1060,8 +1060,10 @@ class UserLog(Aggregate):
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it,
-        and one that repeats an entry of ``known`` not ended when it was said (``said_at``
-        gives the messages' times) is the same as it. A repeat said before the entry began,
+        a change naming an earlier fact of the answer (``target_fact``) ends what that
+        fact added or the known entry it repeats, and one that repeats an entry of
+        ``known`` not ended when it was said (``said_at`` gives the messages' times) is
+        the same as it. A repeat said before the entry began,
         and an update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
@@ -1075,6 +1077,7 @@ class UserLog(Aggregate):
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
+        repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
         for index, fact in enumerate(facts):
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
@@ -1119,7 +1122,14 @@ class UserLog(Aggregate):
                         plan.end_within(within, in_answer)
                         plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                     continue
-                notes.append(f"named fact {earlier} of its answer, which it cannot replace")
+                if ends and earlier in repeats:
+                    target = repeats[earlier]
+                    notes.append(
+                        f"named fact {earlier} of its answer, which repeats {target}; "
+                        f"{action}s {target}"
+                    )
+                else:
+                    notes.append(f"named fact {earlier} of its answer, which it cannot replace")
             if action == "new" and target is not None:
                 notes.append(f"was new with a target ({storable(target)}); the target was ignored")
             elif action != "new" and target not in valid and target not in ended:
@@ -1159,6 +1169,7 @@ class UserLog(Aggregate):
                         plan.begin_earlier(target, said, sources)
                     else:
                         notes.append(f"said before {target} began, while another ended entry held")
+                    repeats[index] = target
                     plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
                     continue
             if action == "update" and (joined := around.joined(target, text, said)) is not None:
@@ -1186,6 +1197,8 @@ class UserLog(Aggregate):
                 plan.end_within(target, repaired)
                 plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
             else:
+                assert target is not None
+                repeats[index] = target
                 plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
         return plan
 

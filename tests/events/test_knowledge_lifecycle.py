@@ -509,6 +509,35 @@ def test_a_new_fact_that_repeats_an_update_of_the_answer_is_merged_into_it() -> 
     assert _known(log) == [bergen["entry_id"]]
 
 
+@pytest.mark.parametrize("repeat", ["new", "same"])
+@pytest.mark.parametrize("change", ["update", "invalidate"])
+def test_a_change_naming_an_earlier_fact_that_repeats_a_known_entry_ends_that_entry(
+    repeat: FactAction, change: FactAction
+) -> None:
+    """ "Still in Oslo", then "I moved to Bergen" in one answer, the move naming the
+    repeat (``target_fact``): the repeat added nothing, so the move ends the known entry
+    it repeats, and the user has one home, not two."""
+    log = UserLog.register("ann")
+    oslo, shown = _oslo_known(log)
+    log.collect_events()
+    ids = _batch(log, "t2", "Still in Oslo", "I moved to Bergen")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],), repeat, oslo if repeat == "same" else None),
+        ExtractedFact("User lives in Bergen.", (ids[1],), change, target_fact=0),
+    ]
+    added = log.record_knowledge("t2", facts, "x", batch=_said(ids, 5), known=[shown])
+    ended = log.collect_events()[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded | UserLog.KnowledgeInvalidated)
+    assert (ended.entry_id, ended.valid_until) == (oslo, T0 + timedelta(days=5))
+    note = f"named fact 0 of its answer, which repeats {oslo}; {change}s {oslo}"
+    if change == "update":
+        (bergen,) = added
+        assert bergen["repairs"] == [note]
+        assert _known(log) == [bergen["entry_id"]]
+    else:
+        assert added == [] and _known(log) == []
+
+
 def _imported_under(newer: str, day: int, *older: str) -> tuple[UserLog, str, list[str]]:
     """A log whose entry ``newer`` began on ``day``, then a running batch of ``older``
     messages said on days 0, 1, ... (history imported late)."""
