@@ -1059,11 +1059,11 @@ class UserLog(Aggregate):
         was shown (``known`` with an end) turns the fact into a new entry, so a confused
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
-        is cut; a new fact that repeats an earlier fact of the answer is merged into it,
-        a change naming an earlier fact of the answer (``target_fact``) ends what that
-        fact added or the known entry it repeats, and one that repeats an entry of
-        ``known`` not ended when it was said (``said_at`` gives the messages' times) is
-        the same as it. A repeat said before the entry began,
+        is cut; a new fact that repeats an earlier fact of the answer is merged into it
+        (valid from the earlier statement), a change naming an earlier fact of the answer
+        (``target_fact``) ends what that fact added or the known entry it repeats, and
+        one that repeats an entry of ``known`` not ended when it was said (``said_at``
+        gives the messages' times) is the same as it. A repeat said before the entry began,
         and an update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
@@ -1181,7 +1181,9 @@ class UserLog(Aggregate):
                 added, first = new_texts[same]
                 added_by[index] = added
                 merged = f"fact {index} repeated fact {first}; merged into it"
-                plan.merge(added, sources, [merged, *(f"fact {index}: {n}" for n in notes)])
+                plan.merge(
+                    added, sources, said_at, [merged, *(f"fact {index}: {n}" for n in notes)]
+                )
                 plan.repairs.append(merged)
             elif action == "new":
                 new_texts[same] = (len(plan.added), index)
@@ -1446,13 +1448,25 @@ class _Plan:
         self.replaces.append(replaces)
         self.notes.append(notes)
 
-    def merge(self, index: int, sources: list[str], notes: list[str]) -> None:
+    def merge(
+        self,
+        index: int,
+        sources: list[str],
+        said_at: dict[str, datetime],
+        notes: list[str],
+    ) -> None:
         """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged), its
-        entry noting the merge in ``notes``: it stays valid from when it was first stated."""
+        entry noting the merge in ``notes``: it is valid from when it was first stated,
+        which is when ``sources`` said it if they were sent earlier (``said_at``), as it
+        would be had the repeat come in a later batch. An entry that replaces another keeps
+        its start, so an early repeat cannot put it before the value it replaced."""
         fact = self.added[index]
         cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
         self.notes[index] = [*self.notes[index], *notes]
+        replaces_none = self.replaces[index] is None
+        if replaces_none and _said(sources, said_at) < _said(self.said_by[index], said_at):
+            self.said_by[index] = tuple(sources)
 
 
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(

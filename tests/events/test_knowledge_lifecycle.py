@@ -538,6 +538,37 @@ def test_a_change_naming_an_earlier_fact_that_repeats_a_known_entry_ends_that_en
         assert added == [] and _known(log) == []
 
 
+def test_a_repeat_in_one_answer_said_earlier_moves_the_entry_to_the_earlier_time() -> None:
+    """The entry is valid from when the fact was first stated, as it would be had the
+    backdated repeat come in a later batch."""
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "I have lived in Oslo for years")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],)),
+        ExtractedFact("User lives in Oslo.", (ids[1],)),
+    ]
+    said = [*_said(ids[:1], 10), *_said(ids[1:], 0)]
+    (entry,) = log.record_knowledge("t1", facts, "x", batch=said)
+    assert entry["valid_from"] == T0.isoformat()
+    assert entry["source_message_ids"] == ids
+
+
+def test_a_change_repeated_in_one_answer_before_it_was_said_still_begins_when_said() -> None:
+    """Only an entry that replaces nothing moves to an earlier repeat: "Bergen" said
+    before the move from Oslo cannot put Bergen before Oslo, leaving Oslo current."""
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", "I live in Oslo", "I moved to Bergen", "Bergen, yes")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (ids[0],)),
+        ExtractedFact("User lives in Bergen.", (ids[1],), "update", target_fact=0),
+        ExtractedFact("User lives in Bergen.", (ids[2],)),
+    ]
+    said = [*_said(ids[:1], 1), *_said(ids[1:2], 5), *_said(ids[2:], 0)]
+    _, bergen = log.record_knowledge("t1", facts, "x", batch=said)
+    assert bergen["valid_from"] == (T0 + timedelta(days=5)).isoformat()
+    assert _known(log) == [bergen["entry_id"]]
+
+
 def _imported_under(newer: str, day: int, *older: str) -> tuple[UserLog, str, list[str]]:
     """A log whose entry ``newer`` began on ``day``, then a running batch of ``older``
     messages said on days 0, 1, ... (history imported late)."""
