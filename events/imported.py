@@ -31,7 +31,10 @@ _ENTRY_FIELDS: dict[str, Any] = {
     "source_message_ids": list[str],
     "valid_from": str,
 }
-"""The fields every knowledge entry of an extraction holds (``repairs`` is optional)."""
+"""The fields every knowledge entry of an extraction holds."""
+
+_OPTIONAL_ENTRY_FIELDS: dict[str, Any] = {"repairs": list[str]}
+"""The fields a knowledge entry holds only when there is something in them."""
 
 
 class ImportReplay:
@@ -199,14 +202,25 @@ def check_fields(event: Any, what: str) -> None:
                 f"{value!r:.80}"
             )
     for entry in getattr(event, "entries", None) or ():
-        if not isinstance(entry, dict) or not all(
-            _fits(entry.get(key), hint) for key, hint in _ENTRY_FIELDS.items()
-        ):
+        if not _entry_fits(entry):
             raise InvalidInputError(f"{what}: a knowledge entry is not well formed: {entry!r:.80}")
+        if not entry["text"].strip():
+            raise InvalidInputError(f"{what}: knowledge entry {entry['entry_id']!r} has no text")
         try:
             datetime.fromisoformat(entry["valid_from"])
         except ValueError as error:
             raise InvalidInputError(f"{what}: a knowledge entry's valid_from: {error}") from None
+
+
+def _entry_fits(entry: object) -> bool:
+    """Whether ``entry`` is a dict holding each field of a knowledge entry, of its type."""
+    return (
+        isinstance(entry, dict)
+        and all(_fits(entry.get(key), hint) for key, hint in _ENTRY_FIELDS.items())
+        and all(
+            _fits(entry[key], hint) for key, hint in _OPTIONAL_ENTRY_FIELDS.items() if key in entry
+        )
+    )
 
 
 @cache

@@ -74,6 +74,35 @@ def test_an_entry_id_an_ended_entry_had_is_not_given_again() -> None:
             _replay(events, stored)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "refusal"),
+    [
+        ("repairs", "a note", "a knowledge entry is not well formed"),
+        ("repairs", [1, 2], "a knowledge entry is not well formed"),
+        ("repairs", None, "a knowledge entry is not well formed"),
+        ("text", "", "has no text"),
+        ("text", " \n", "has no text"),
+    ],
+)
+def test_an_entry_with_repairs_not_a_list_of_notes_or_no_text_is_refused_with_its_line(
+    field: str, value: object, refusal: str
+) -> None:
+    """``explain`` lists an entry's repairs one note a line, and the log never adds an
+    entry without text: such an entry is refused before the import writes anything."""
+    events = _history()
+    extracted = _kind(events, UserLog.KnowledgeExtracted)
+    extracted.entries[0][field] = value
+    line = events.index(extracted) + 1
+    with pytest.raises(InvalidInputError, match=f"line {line}: .*{refusal}"):
+        _replay(events)
+
+
+def test_an_entry_may_hold_its_repairs_as_a_list_of_notes() -> None:
+    events = _history()
+    _kind(events, UserLog.KnowledgeExtracted).entries[0]["repairs"] = ["was 1,200 characters"]
+    _replay(events)
+
+
 def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
     events = _changed(_history(), UserLog.KnowledgeSuperseded, superseded_by="e-1")
     with pytest.raises(InvalidInputError, match="entry 'e-1' is not in the log"):
