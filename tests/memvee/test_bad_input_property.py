@@ -201,6 +201,7 @@ AUDIT_CALLS: dict[str, list[Any]] = {
             ("knowledge_versions", ()),
             ("unpromoted_versions", ()),
             ("forget", ()),
+            ("logged_version", ()),
         )
     },
     "reextract": [
