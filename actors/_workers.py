@@ -108,6 +108,7 @@ class ExtractionWorkers:
     ):
         self.extractor = extractor
         self.timeout = timeout
+        self._not_async: str | None = None  # why extract cannot be called, once it showed
         self.breaker = breaker or CircuitBreaker()
         self._resumed = asyncio.Event()
         self.breaker.on_close = self._resume
@@ -307,13 +308,17 @@ class ExtractionWorkers:
         ``CancelledError`` nobody asked for, as some HTTP stacks leak) fails the batch
         instead, as an answer that repeats: retried as it is, it would fail again."""
         name = self.extractor.name
+        if self._not_async is not None:  # called again, it would block and be paid again
+            raise ExtractorNotAsync(self._not_async)
         try:
             answer = self.extractor.extract(batch)
             if not inspect.isawaitable(answer):
-                raise ExtractorNotAsync(
+                self._not_async = (
                     f"extractor {name!r}: extract(batch) gave {type(answer).__name__}, not an "
-                    "awaitable: it must be async (async def extract); retried later"
+                    "awaitable: it must be async (async def extract); it is called no more "
+                    "until the Memory opens again"
                 )
+                raise ExtractorNotAsync(self._not_async)
             return await answer
         except asyncio.CancelledError as error:
             task = asyncio.current_task()

@@ -86,9 +86,10 @@ tries was not enough: on PostgreSQL a writer once lost 40 in a row to a steady s
 CONFLICT_DELAY_MAX = 0.05
 """The longest wait, in seconds, before an append is decided again after a conflict."""
 
-STORE_DELAY_MAX = 1.0
-"""The longest wait, in seconds, before a decision is tried again on a store that failed
-in a way that may pass (a connection lost, a statement timeout)."""
+STORE_ATTEMPTS = 3
+"""How many times a decision meets a store failure that may pass (a connection lost, a
+statement timeout) before it fails: a few, 50 then 100 ms apart, since the actor's thread
+waits meanwhile and other users' actors share the pool's threads."""
 
 MAX_BATCH_RERUNS = 3
 """Times a batch is extracted again because the live knowledge it was shown was replaced
@@ -953,8 +954,8 @@ class UserActor(PooledActor):
         said of old state would leave what arrived in the buffer. A decision that raised
         leaves no event behind: the log is reloaded, whatever it had emitted dropped.
         A store failure that may pass (a connection lost, a statement timeout) is retried
-        in the same window, backing off (see :meth:`_wait_for_the_store`); a commit it cut
-        short that was stored all the same is found in the log, not made twice.
+        a few times (see :meth:`_wait_for_the_store`); a commit it cut short that was
+        stored all the same is found in the log, not made twice.
         """
         give_up_at = time.monotonic() + DECIDE_RETRY_SECONDS
         attempt = failures = 0
@@ -1009,11 +1010,17 @@ class UserActor(PooledActor):
     ) -> StorageError:
         """Wait before the store is tried again after ``error``, its ``failures``-th failure,
         and return it; raise it instead if it would fail again the same way
-        (:func:`~events.errors.may_pass`), if the wait would end past ``give_up_at``, or once
-        the engine stops (a database that is down never holds a close up past its grace)."""
+        (:func:`~events.errors.may_pass`), after :data:`STORE_ATTEMPTS` failures, if the wait
+        would end past ``give_up_at``, or once the engine stops (a database that is down never
+        holds a close up past its grace)."""
         delay = store_delay(failures)
         stopping = self._services.stopping
-        if not may_pass(error) or time.monotonic() + delay > give_up_at or stopping.is_set():
+        if (
+            not may_pass(error)
+            or failures >= STORE_ATTEMPTS
+            or time.monotonic() + delay > give_up_at
+            or stopping.is_set()
+        ):
             raise error
         log.info(
             "user %r: the store failed (%s); trying again in %.2f s",
@@ -1253,8 +1260,8 @@ class _Append(Write):
 
 def store_delay(failures: int) -> float:
     """The wait before the store is tried again after its ``failures``-th failure that may
-    pass: 50 ms at first, doubling to :data:`STORE_DELAY_MAX`."""
-    return min(STORE_DELAY_MAX, 0.05 * 2.0 ** (failures - 1))
+    pass: 50 ms at first, doubling."""
+    return 0.05 * 2.0 ** (failures - 1)
 
 
 def conflict_delay(attempt: int) -> float:

@@ -267,11 +267,18 @@ def database_refused(error: BaseException) -> StorageError:
     return refused
 
 
+_PASSING_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+"""PostgreSQL's states of a failure that may pass, beside its connection failures (class
+08): a serialization failure, a deadlock, a lock not had, a statement cancelled (a timeout),
+a server shutting down or restarting."""
+
+
 def may_pass(error: BaseException) -> bool:
     """Whether the database failure behind ``error`` (a :class:`StorageError`, say) may pass
     if the work is done again: a connection lost, a statement cancelled by a timeout, a
-    serialization failure or a deadlock, a SQLite lock held too long. A constraint
-    violation, a malformed statement or a failure memvee names itself would repeat."""
+    serialization failure or a deadlock, a SQLite file locked by another connection too
+    long. A constraint violation, a malformed statement, a refused login, a table locked by
+    the same connection or a failure memvee names itself would repeat."""
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, DBAPIError):
@@ -280,9 +287,15 @@ def may_pass(error: BaseException) -> bool:
             cause = cause.orig
             continue
         if isinstance(cause, sqlite3.OperationalError):
-            return any(word in str(cause) for word in ("locked", "busy"))
+            code = getattr(cause, "sqlite_errorcode", None)
+            return (
+                code == sqlite3.SQLITE_BUSY
+                if code is not None
+                else (str(cause).startswith("database is locked"))
+            )
         psycopg = sys.modules.get("psycopg")
         if psycopg is not None and isinstance(cause, psycopg.OperationalError):
-            return True
+            state = getattr(cause, "sqlstate", None)
+            return state is None or state.startswith("08") or state in _PASSING_STATES
         cause = cause.__cause__
     return False

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from actors.user_actor import UNSTORED_REASON
+from actors.user_actor import STORE_ATTEMPTS, UNSTORED_REASON
 from events import ConflictError, ExtractionError, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError, ProcessStatus
 from projections import verify
@@ -324,3 +324,29 @@ async def test_an_answer_stored_though_its_commit_was_not_acknowledged_is_not_re
     assert [t.status for t in await memory.tasks("dag")] == [ProcessStatus.COMPLETED]
     assert len(await memory.knowledge("dag")) == 4
     assert await asyncio.to_thread(verify, store) == []
+
+
+async def test_a_recording_that_keeps_timing_out_fails_after_a_few_tries_holding_no_one_up(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retried for 10 s on the actor's thread, it held every user sharing the pool's
+    threads up, and the user's own writes and forget, as long."""
+    assert memory._engine is not None
+    store = memory._engine.store
+    append = store.append
+    tries = 0
+
+    def timing_out(batches: Any, *rest: Any) -> Any:
+        nonlocal tries
+        if any(isinstance(e, UserLog.KnowledgeExtracted) for batch in batches for e in batch):
+            tries += 1
+            raise StorageError("could not store the events") from psycopg.errors.QueryCanceled(
+                "canceling statement due to statement timeout"
+            )
+        return append(batches, *rest)
+
+    monkeypatch.setattr(store, "append", timing_out)
+    await memory.add_exchange("ana", "I grow tomatoes", "ok")
+    with pytest.raises(ProcessingError, match="could not record the outcome"):
+        await asyncio.wait_for(memory.process("ana"), 30)
+    assert tries == STORE_ATTEMPTS

@@ -39,3 +39,18 @@ def test_a_constraint_violation_or_a_missing_table_would_fail_the_same_way() -> 
     assert not may_pass(ConflictError("a user log was appended to concurrently"))
     assert not may_pass(_stored(sqlite3.OperationalError("no such table: memvee_events")))
     assert not may_pass(StorageError("the event store is closed"))
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        sqlite3.OperationalError("database table is locked"),
+        sqlite3.OperationalError("database schema is locked: main"),
+        psycopg.errors.InvalidPassword("password authentication failed for user memvee"),
+    ],
+)
+def test_a_lock_of_the_same_connection_or_a_refused_login_would_fail_the_same_way(
+    cause: BaseException,
+) -> None:
+    """Each got some 10 s of retries on an actor's thread, which other users share."""
+    assert not may_pass(_stored(cause))

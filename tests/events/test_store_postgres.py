@@ -36,13 +36,21 @@ def test_a_plain_postgresql_url_opens_the_store() -> None:
 
 
 def _drop_other_connections(url: str) -> int:
-    """Have the server end every other connection to the database, as a restart does."""
+    """Have the server end every other connection to the database, as a restart does, and
+    wait until their processes are gone: ``pg_terminate_backend`` only signals them, and a
+    checkout before the server's farewell reached the socket could not tell."""
     with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False)) as c:
-        row = c.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    return 0 if row is None else int(row[0])
+        others = (
+            "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        ended = [pid for (pid,) in c.execute(f"SELECT pid {others}").fetchall()]
+        c.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [ended])
+        for _ in range(1000):
+            row = c.execute(f"SELECT count(*) {others} AND pid = ANY(%s)", [ended]).fetchone()
+            if row is None or row[0] == 0:
+                break
+            time.sleep(0.01)
+    return len(ended)
 
 
 def test_reads_and_writes_after_the_server_ended_the_pools_sessions_use_new_connections() -> None:

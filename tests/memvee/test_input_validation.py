@@ -338,8 +338,10 @@ class _SyncExtractor:
     """An extractor whose extract is a plain function answering at once: never awaitable."""
 
     name = "sync"
+    calls = 0
 
     def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.calls += 1  # a paid call whose answer is dropped, that blocks the loop
         return ExtractionResult((), self.name)
 
 
@@ -355,8 +357,10 @@ class _Delegating:
 async def test_a_plain_extract_fails_each_run_saying_so_and_blames_no_message(
     tmp_path: Path,
 ) -> None:
-    """It quarantined every message of every user, its runs reporting success."""
-    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=_SyncExtractor(), embedder=False)
+    """It quarantined every message of every user, its runs reporting success. It is
+    called once: again, it would block the extraction loop and be paid for again."""
+    extractor = _SyncExtractor()
+    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=extractor, embedder=False)
     async with memory:
         await memory.add_message("u", "user", "hi")
         for _ in range(memory.config.max_attempts + 1):
@@ -364,6 +368,7 @@ async def test_a_plain_extract_fails_each_run_saying_so_and_blames_no_message(
                 await memory.process("u")
         assert await memory.quarantined("u") == []
         assert [m.content for m in await memory.buffer("u")] == ["hi"]
+        assert extractor.calls == 1
 
 
 async def test_a_plain_extract_that_gives_a_coroutine_extracts(tmp_path: Path) -> None:
