@@ -46,6 +46,7 @@ from projections.search import spoken
 from projections.tables import ProjectionTables
 
 __all__ = [
+    "CACHE_BYTES",
     "Embed",
     "NamedEmbedder",
     "VectorIndex",
@@ -140,17 +141,24 @@ def drop_vectors_of_gone_items(
     return int(connection.execute(delete(v).where(v.c.log_id == log_id, gone)).rowcount or 0)
 
 
+CACHE_BYTES = 320 * 2**20
+"""The most memory the cached message vectors take: some 200,000 of the default embedder's
+384 floats, 50,000 of an embedding API's 1,536 (it counted vectors, so a longer embedder
+could hold GBs)."""
+
+
 class VectorIndex:
     """Reads and fills one set of projection tables' vectors for one model.
 
     The message vectors of recently searched users are also kept in memory, each with
-    when its message was sent (at most ``cache_rows`` vectors in all, least recently used
-    users dropped first): a search then costs one count query and one matrix product, not
-    a read of every vector, a look into the past as well. The cache is kept exact: it is
-    filled from the table, extended by :meth:`fill`, reloaded whenever the user's message
-    count says something was added elsewhere, and dropped by the fill that begins each
-    search once the log's beginning says another process forgot the user (who may have
-    written as many messages again since).
+    when its message was sent (at most ``cache_bytes`` of vectors in all, whatever their
+    length, least recently used users dropped first): a search then costs one count
+    query and one matrix product, not a read of every vector, a look into the past as
+    well. The cache is kept exact: it is filled from the table, extended by
+    :meth:`fill`, reloaded whenever the user's message count says something was added
+    elsewhere, and dropped by the fill that begins each search once the log's beginning
+    says another process forgot the user (who may have written as many messages again
+    since).
     """
 
     def __init__(
@@ -159,12 +167,12 @@ class VectorIndex:
         model: str,
         *,
         dimensions: int | None = None,
-        cache_rows: int = 200_000,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.tables = tables
         self.model = model
         self.dimensions = dimensions
-        self.cache_rows = cache_rows
+        self.cache_bytes = cache_bytes
         self._lock = threading.Lock()
         self._searches = 0
         self._searches_ended = threading.Condition()
@@ -663,10 +671,10 @@ class VectorIndex:
                 return loaded
             self._cache[log_id] = loaded
             self._cache.move_to_end(log_id)
-            total = sum(c.count for c in self._cache.values())
-            while total > self.cache_rows and len(self._cache) > 1:
+            total = sum(c.nbytes for c in self._cache.values())
+            while total > self.cache_bytes and len(self._cache) > 1:
                 _, dropped = self._cache.popitem(last=False)
-                total -= dropped.count
+                total -= dropped.nbytes
         return loaded
 
     def _insert_kept(self, connection: Connection, log_id: str, values: list[Any]) -> None:
@@ -740,6 +748,11 @@ class _Vectors:
     @property
     def count(self) -> int:
         return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its vectors and sending times take (ids aside)."""
+        return self.matrix.nbytes + (0 if self.sent is None else self.sent.nbytes)
 
     def sent_by(self, moment: datetime) -> _Vectors:
         """Those of the messages sent by ``moment`` (a time without an offset is UTC), in
