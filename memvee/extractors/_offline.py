@@ -95,6 +95,12 @@ _COUNT = (
     r"|thirty|forty|fifty|a\s+few|a\s+couple(?:\s+of)?|couple\s+of|several|many|\d+)"
 )
 _AGO = _COUNT + r"\s+(?:days?|weeks?|months?|years?|decades?)\s+ago"
+_WITHIN_A_YEAR = (
+    r"(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|a\s+few"
+    r"|a\s+couple(?:\s+of)?|couple\s+of|several|[1-9]|1[0-2])"
+)
+"""A count of days, weeks or months that keeps within about a year: "12 months ago" is a
+recent past, "thirty months ago" or "many weeks ago" is not."""
 """A time some days or years past, in words or digits ("five years ago", "10 days ago")."""
 _TRAILING_WHEN = re.compile(
     r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
@@ -205,7 +211,7 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 _PAST_TIME = (
     r"(?:yesterday|recently|lately|last\s+(?:night|week|weekend|month|year)"
     r"|this\s+morning|earlier\s+(?:today|this\s+\w+)"
-    r"|" + _COUNT + r"\s+(?:days?|weeks?|months?)\s+ago)"
+    r"|" + _WITHIN_A_YEAR + r"\s+(?:days?|weeks?|months?)\s+ago)"
 )
 """A time in the recent past opening a clause ("Yesterday I quit my job", "Two weeks ago
 I moved to Bergen", "5 months ago I quit my job"): when the change happened, so what
