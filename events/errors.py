@@ -267,10 +267,12 @@ def database_refused(error: BaseException) -> StorageError:
     return refused
 
 
-_PASSING_STATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+_PASSING_STATES = frozenset(
+    {"40001", "40P01", "53300", "55P03", "57014", "57P01", "57P02", "57P03", "57P05"}
+)
 """PostgreSQL's states of a failure that may pass, beside its connection failures (class
-08): a serialization failure, a deadlock, a lock not had, a statement cancelled (a timeout),
-a server shutting down or restarting."""
+08): a serialization failure, a deadlock, too many connections, a lock not had, a statement
+cancelled (a timeout), a server shutting down or restarting, an idle session ended."""
 
 
 def may_pass(error: BaseException) -> bool:
@@ -288,11 +290,9 @@ def may_pass(error: BaseException) -> bool:
             continue
         if isinstance(cause, sqlite3.OperationalError):
             code = getattr(cause, "sqlite_errorcode", None)
-            return (
-                code == sqlite3.SQLITE_BUSY
-                if code is not None
-                else (str(cause).startswith("database is locked"))
-            )
+            if code is None:
+                return str(cause).startswith("database is locked")
+            return int(code) & 0xFF == sqlite3.SQLITE_BUSY  # BUSY_SNAPSHOT, _RECOVERY, _TIMEOUT
         psycopg = sys.modules.get("psycopg")
         if psycopg is not None and isinstance(cause, psycopg.OperationalError):
             state = getattr(cause, "sqlstate", None)

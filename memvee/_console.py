@@ -92,6 +92,8 @@ def main() -> None:
             _interrupted()
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if sys.argv[1:2] and sys.argv[1] in _SERVERS:  # exiting: SIGTERM kills again
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except SystemExit as stop:
         _ctrl_c.ended(stop.code)
         raise

@@ -7,6 +7,7 @@ install) without the ``server`` extra; the server's libraries load when a comman
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -107,6 +108,12 @@ class StopSignals:
             act()
 
     def _handle(self, signum: int, frame: object) -> None:
+        """Stop once up; a second signal before then (an open that hangs) ends the process
+        as the signal's default action does."""
+        if self.requested and self._then is None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self.requested = True
         if self._then is not None:
             self._then()

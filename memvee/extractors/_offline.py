@@ -95,13 +95,18 @@ _COUNT = (
     r"|thirty|forty|fifty|a\s+few|a\s+couple(?:\s+of)?|couple\s+of|several|many|\d+)"
 )
 _AGO = _COUNT + r"\s+(?:days?|weeks?|months?|years?|decades?)\s+ago"
-_WITHIN_A_YEAR = (
-    r"(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|a\s+few"
-    r"|a\s+couple(?:\s+of)?|couple\s+of|several|[1-9]|1[0-2])"
-)
-"""A count of days, weeks or months that keeps within about a year: "12 months ago" is a
-recent past, "thirty months ago" or "many weeks ago" is not."""
 """A time some days or years past, in words or digits ("five years ago", "10 days ago")."""
+_FEW = (
+    r"(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|a\s+few"
+    r"|a\s+couple(?:\s+of)?|couple\s+of|several"
+)
+_WITHIN_A_YEAR = (
+    _FEW + r"|fifteen|twenty|thirty|forty|fifty|[1-9]\d?|[1-2]\d\d|3[0-5]\d|36[0-5])\s+days?"
+    r"|" + _FEW + r"|fifteen|twenty|thirty|forty|fifty|[1-9]|[1-4]\d|5[0-2])\s+weeks?"
+    r"|" + _FEW + r"|[1-9]|1[0-2])\s+months?"
+)
+"""Days, weeks or months ago within about a year: "twenty days", "12 months" are a recent
+past; "thirty months" or "many weeks" is not."""
 _TRAILING_WHEN = re.compile(
     r"\s+(?:(?:back\s+)?in\s+(?:(?:early|late|mid)[\s-]+)?(?:(?:the\s+)?(?:spring|summer"
     r"|autumn|fall|winter)|january|february|march|april|may|june|july|august|september"
@@ -211,7 +216,7 @@ _LOWER_CASE_I = re.compile(r"(?<![\w'])i(?:'(?:m|ve|d|ll))?(?![\w']|\.e\.)")
 _PAST_TIME = (
     r"(?:yesterday|recently|lately|last\s+(?:night|week|weekend|month|year)"
     r"|this\s+morning|earlier\s+(?:today|this\s+\w+)"
-    r"|" + _WITHIN_A_YEAR + r"\s+(?:days?|weeks?|months?)\s+ago)"
+    r"|(?:" + _WITHIN_A_YEAR + r")\s+ago)"
 )
 """A time in the recent past opening a clause ("Yesterday I quit my job", "Two weeks ago
 I moved to Bergen", "5 months ago I quit my job"): when the change happened, so what

@@ -18,13 +18,23 @@ def _stored(cause: BaseException) -> StorageError:
     return refused
 
 
+def _busy_snapshot() -> sqlite3.OperationalError:
+    """SQLITE_BUSY_SNAPSHOT, as SQLite raises it: a WAL write whose read snapshot went stale."""
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = 517  # type: ignore[attr-defined]
+    return error
+
+
 @pytest.mark.parametrize(
     "cause",
     [
         psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
         psycopg.OperationalError("consuming input failed: server closed the connection"),
         psycopg.errors.SerializationFailure("could not serialize access"),
+        psycopg.errors.TooManyConnections("sorry, too many clients already"),
+        psycopg.errors.IdleSessionTimeout("terminating connection due to idle-session timeout"),
         sqlite3.OperationalError("database is locked"),
+        _busy_snapshot(),
     ],
 )
 def test_a_lost_connection_a_timeout_or_a_lock_may_pass(cause: BaseException) -> None:

@@ -1535,7 +1535,17 @@ async def test_another_sister_or_brother_is_added_beside_the_first() -> None:
 
 
 @pytest.mark.parametrize(
-    "opening", ["Five months ago", "Two weeks ago", "5 months ago", "A couple of days ago"]
+    "opening",
+    [
+        "Five months ago",
+        "Two weeks ago",
+        "5 months ago",
+        "A couple of days ago",
+        "Twenty days ago",
+        "30 days ago",
+        "40 weeks ago",
+        "12 months ago",
+    ],
 )
 async def test_a_change_opening_on_a_recent_past_is_a_change(opening: str) -> None:
     """Months, weeks or days ago, in words or digits, is when the change happened: the
@@ -1557,7 +1567,7 @@ async def test_a_change_opening_on_a_recent_past_is_a_change(opening: str) -> No
         "20 years ago",
         "A couple of decades ago",
         "Thirty months ago",
-        "40 weeks ago",
+        "60 weeks ago",
     ],
 )
 async def test_a_job_left_years_ago_ends_no_job_known_now(opening: str) -> None:
