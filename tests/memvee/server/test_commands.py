@@ -4,6 +4,7 @@ and their stop on a signal during the start-up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -93,6 +94,36 @@ def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
             return list(await m.buffer("u"))
 
     assert asyncio.run(reopened()) == []
+
+
+def test_a_second_sigterm_during_an_open_that_hangs_ends_the_server(tmp_path: Path) -> None:
+    """A database that never answers held the open: the first SIGTERM was kept for once
+    the server is up, and every later one with it, so only SIGKILL ended the process."""
+    held, release = os.pipe()
+    args = [sys.executable, "-c", _HELD_OPEN, str(held), "mcp", "--db", str(tmp_path / "m.db")]
+    server = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=server_env(),
+        cwd=ROOT,
+        pass_fds=(held,),
+    )
+    try:
+        assert server.stderr is not None
+        assert server.stderr.readline() == b"opening\n"
+        for _ in range(300):  # signals sent at once may arrive as one: again until it ends
+            server.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=0.2)
+                break
+        assert server.returncode == -signal.SIGTERM
+    finally:
+        os.close(held)
+        os.close(release)
+        server.kill()
+        server.wait()
 
 
 def test_a_sigterm_while_the_command_line_loaded_is_taken_as_a_stop(
