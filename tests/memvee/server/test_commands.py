@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,17 +59,13 @@ async def test_connections_it_accepts_send_small_answers_at_once() -> None:
     assert nodelay[0] != 0
 
 
-@pytest.mark.parametrize("command", [["mcp"], ["serve", "--port", "0"]])
-def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
-    tmp_path: Path, command: list[str]
-) -> None:
-    """The start-up takes seconds on a loaded machine: a SIGTERM then is kept, and the
-    server stops once the memory is open, closing it, as it would once serving."""
-    db = tmp_path / "memvee.db"
+@contextlib.contextmanager
+def _held_open(command: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``memvee COMMAND`` in a child whose open waits, once it said "opening", for a byte
+    on a pipe: the child, and the pipe's end to write that byte to."""
     held, release = os.pipe()
-    args = [sys.executable, "-c", _HELD_OPEN, str(held), *command, "--db", str(db), "--lexical"]
     server = subprocess.Popen(
-        args,
+        [sys.executable, "-c", _HELD_OPEN, str(held), *command],
         stdin=subprocess.PIPE,  # kept open: a stdio server's client is still there
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -79,14 +76,25 @@ def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
     try:
         assert server.stderr is not None
         assert server.stderr.readline() == b"opening\n"
-        server.send_signal(signal.SIGTERM)
-        os.write(release, b"x")
-        _, errors = server.communicate(timeout=60)
+        yield server, release
     finally:
         os.close(held)
         os.close(release)
         server.kill()
         server.wait()
+
+
+@pytest.mark.parametrize("command", [["mcp"], ["serve", "--port", "0"]])
+def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """The start-up takes seconds on a loaded machine: a SIGTERM then is kept, and the
+    server stops once the memory is open, closing it, as it would once serving."""
+    db = tmp_path / "memvee.db"
+    with _held_open([*command, "--db", str(db), "--lexical"]) as (server, release):
+        server.send_signal(signal.SIGTERM)
+        os.write(release, b"x")
+        _, errors = server.communicate(timeout=60)
     assert server.returncode == 0, errors.decode()[-2000:]
 
     async def reopened() -> list[object]:
@@ -99,31 +107,13 @@ def test_a_sigterm_during_the_open_stops_the_server_cleanly_with_exit_0(
 def test_a_second_sigterm_during_an_open_that_hangs_ends_the_server(tmp_path: Path) -> None:
     """A database that never answers held the open: the first SIGTERM was kept for once
     the server is up, and every later one with it, so only SIGKILL ended the process."""
-    held, release = os.pipe()
-    args = [sys.executable, "-c", _HELD_OPEN, str(held), "mcp", "--db", str(tmp_path / "m.db")]
-    server = subprocess.Popen(
-        args,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env=server_env(),
-        cwd=ROOT,
-        pass_fds=(held,),
-    )
-    try:
-        assert server.stderr is not None
-        assert server.stderr.readline() == b"opening\n"
+    with _held_open(["mcp", "--db", str(tmp_path / "m.db")]) as (server, _):
         for _ in range(300):  # signals sent at once may arrive as one: again until it ends
             server.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.2)
                 break
-        assert server.returncode == -signal.SIGTERM
-    finally:
-        os.close(held)
-        os.close(release)
-        server.kill()
-        server.wait()
+    assert server.returncode == -signal.SIGTERM
 
 
 def test_a_sigterm_while_the_command_line_loaded_is_taken_as_a_stop(
