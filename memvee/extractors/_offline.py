@@ -850,7 +850,11 @@ _IMAGINED = re.compile(
 )
 """Where a sentence turns to what is dreamt or wished ("In my dreams, I live in Paris",
 "I wish I lived in Paris", "I dream of living in Paris"): from there on, nothing is the
-user's present."""
+user's present, up to a :data:`_BACK_TO_WHAT_IS`."""
+_BACK_TO_WHAT_IS = re.compile(
+    r"[\s,;]+but\s+(?:(?:in\s+fact|really|actually)[\s,]+)?(?=(?:i|my)\b)", re.IGNORECASE
+)
+"""Where a sentence turns back from a dream or a wish to what is: "..., but I live in Oslo"."""
 _UNSURE = re.compile(
     r"\b(?:jk|j/k|just\s+kidding|kidding|joking|probably|i\s+guess|i\s+think|not\s+sure)\b",
     re.IGNORECASE,
@@ -1036,12 +1040,19 @@ def _unreported(sentence: str) -> str:
 
 
 def _unimagined(sentence: str) -> str:
-    """``sentence`` up to where it turns to a dream or a wish (see :data:`_IMAGINED`): "I
-    live in Oslo, but in my dreams, I live in Paris" says only where the user lives."""
-    imagined = _IMAGINED.search(sentence)
-    if imagined is None:
-        return sentence
-    return _TRAILING_CONJUNCTION.sub("", sentence[: imagined.start()])
+    """``sentence`` without what it dreams or wishes (see :data:`_IMAGINED`), up to a
+    "but I ..." that turns back to what is: "I live in Oslo, but in my dreams, I live in
+    Paris" and "I wish I lived in Paris, but I live in Oslo" say only where the user lives."""
+    kept, at = [], 0
+    while (imagined := _IMAGINED.search(sentence, at)) is not None:
+        kept.append(_TRAILING_CONJUNCTION.sub("", sentence[at : imagined.start()]))
+        back = _BACK_TO_WHAT_IS.search(sentence, imagined.end())
+        if back is None:
+            break
+        at = back.end()
+    else:
+        kept.append(sentence[at:])
+    return "; ".join(part for part in kept if part.strip(_EDGE_JUNK))
 
 
 def _reports(reported: re.Match[str]) -> bool:

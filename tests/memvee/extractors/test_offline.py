@@ -1313,6 +1313,7 @@ async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_
         "x" + " \u2014 x" * 25_000,
         "in my dreams x " * 6_500,
         "i just " * 14_000,
+        "I wish x, but I " * 6_000,
     ],
     ids=[
         "spaces",
@@ -1330,6 +1331,7 @@ async def test_a_job_left_and_a_new_one_in_one_sentence_end_the_old_and_add_the_
         "em-dashes",
         "dreams",
         "i-just",
+        "wishes-and-buts",
     ],
 )
 def test_a_long_message_is_read_in_linear_time(content: str) -> None:
@@ -1573,3 +1575,59 @@ async def test_a_change_opening_on_a_recent_past_is_a_change(opening: str) -> No
 async def test_a_job_left_years_ago_ends_no_job_known_now(opening: str) -> None:
     """The job known now may be a later one: a wrong end costs more than a missed one."""
     assert await against((ACME,), f"{opening} I quit my job.") == ()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "In my dreams I live in Paris.",
+        "In my dreams, I live in Paris.",
+        "In my dreams I live in Paris and I work at Google.",
+        "In another life, I'm a pilot.",
+        "I dream of living in Paris, and I work at Google.",
+        "I wish I lived in Paris.",
+        "If I lived in Paris, I would work at Google.",
+    ],
+)
+async def test_a_dream_or_a_wish_is_no_current_fact(content: str) -> None:
+    """What the user dreams of or wishes for is not their life now: it neither adds a
+    home or job nor replaces the known ones."""
+    assert await against((OSLO, ACME), content) == ()
+
+
+async def test_what_comes_before_a_dream_or_a_wish_still_counts() -> None:
+    """A sentence that turns to a dream after saying something keeps what it said first."""
+    assert await against((), "I live in Oslo, but in my dreams, I live in Paris.") == (
+        new("User lives in Oslo."),
+    )
+    assert await against((), "I work at Acme and I wish I worked at Google.") == (
+        new("User works at Acme."),
+    )
+
+
+async def test_a_relative_or_pet_now_called_another_name_replaces_the_old_one() -> None:
+    """ "Now" says the name changed ("My dog is now called Max"): the new name replaces
+    the known one, as a plain statement of another name does."""
+    rex = entry("e-rex", "User's dog is called Rex.")
+    assert await against((rex,), "My dog is now called Max.") == (
+        update("User's dog is called Max.", "e-rex"),
+    )
+    anna = entry("e-anna", "User's sister is called Anna.")
+    assert await against((anna,), "My sister's name is now Maja.") == (
+        update("User's sister is called Maja.", "e-anna"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "fact"),
+    [
+        ("I wish I lived in Paris, but I live in Oslo.", "User lives in Oslo."),
+        ("I imagined I'd hate it, but I work at Acme now.", "User works at Acme."),
+        ("In my dreams I'm a pilot, but actually I work at Acme.", "User works at Acme."),
+    ],
+)
+async def test_what_a_sentence_says_once_it_turns_back_from_a_wish_counts(
+    content: str, fact: str
+) -> None:
+    """It was cut with the wish: "..., but I live in Oslo" said nothing."""
+    assert await against((), content) == (new(fact),)
