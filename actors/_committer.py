@@ -6,6 +6,8 @@ throughput grows with the number of concurrent users. An actor may queue a secon
 append before the first is committed (pipelining); every request carries the *write
 epoch* of the in-memory log it was decided on, and once a write of a log fails, every
 later request of that epoch is refused, so a failed write can never leave a version gap.
+A group's write that fails is sent again request by request, but for the requests its
+commit stored all the same (the acknowledgement was lost): those are settled as committed.
 
 A write that finds the committer idle (every earlier write settled, none running) is
 written at once on the submitting thread: a lone writer pays no hand-over to the
@@ -287,14 +289,9 @@ class GroupCommitter:
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
             if len(batch) == 1:
-                failed = batch[0]
-                self._failed_epochs[failed.log_id] = failed.epoch
-                self._settle(failed, None, error)
-                return
-            level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
-            log.log(level, "a group commit of %d logs failed (%s); one by one", len(batch), error)
-            for request in batch:
-                self._write([request])
+                self._fail(batch[0], error)
+            else:
+                self._write_again(batch, error)
             return
         self._projector.committed()
         self.transactions += 1
@@ -304,6 +301,62 @@ class GroupCommitter:
             end = start + len(request.events)
             self._settle(request, recorded[start:end], None)
             start = end
+
+    def _write_again(self, batch: list[Write], error: Exception) -> None:
+        """After a group's write failed with ``error``: settle the requests its commit
+        stored all the same (the acknowledgement was lost) as committed, and write the
+        others again one by one, so each fails, if it does, on its own.
+
+        Sent again, a stored request would conflict with its own events, and its caller
+        decide it again (an exchange stored twice). When whether the commit landed cannot
+        be told, every request fails with ``error``, as a single write's would.
+        """
+        try:
+            found = self._stored(batch, error)
+        except Exception as unknown:
+            log.warning(
+                "a group commit of %d logs failed (%s), and whether it was stored cannot be "
+                "told (%s)",
+                len(batch),
+                error,
+                first_line(unknown),
+            )
+            for request in batch:
+                self._fail(request, error)
+            return
+        stored = sum(recorded is not None for recorded in found)
+        level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
+        log.log(
+            level,
+            "a group commit of %d logs failed (%s); %d were stored all the same, %d are "
+            "sent again one by one",
+            len(batch),
+            error,
+            stored,
+            len(batch) - stored,
+        )
+        if stored:
+            self.transactions += 1
+        for request, recorded in zip(batch, found, strict=True):
+            if recorded is None:
+                self._write([request])
+            else:
+                self.commits += 1
+                self._settle(request, recorded, None)
+
+    def _stored(self, batch: list[Write], error: Exception) -> list[list[Recorded] | None]:
+        """For each request of ``batch``, whose write failed with ``error``, its events'
+        positions if the write stored them all the same, else ``None``. A conflict, or a
+        connection lost before COMMIT was sent, stored nothing: no need to look."""
+        if isinstance(error, ConflictError | ConnectionLostError):
+            return [None] * len(batch)
+        return self._store.find_recorded([request.events for request in batch])
+
+    def _fail(self, request: Write, error: BaseException) -> None:
+        """Settle ``request`` as failed with ``error``: the later writes decided on the
+        same state are refused (see :meth:`_admissible`)."""
+        self._failed_epochs[request.log_id] = request.epoch
+        self._settle(request, None, error)
 
     def _append(self, batch: list[Write]) -> list[Recorded]:
         """Store ``batch`` in one transaction, sent again once on a fresh connection when

@@ -1035,12 +1035,8 @@ class UserActor(PooledActor):
     def _stored(self, first: Any) -> bool:
         """Whether ``first``, the first event of a commit the store failed, was stored all
         the same (the connection was lost after the commit was sent): the stored log holds
-        that very event at its version."""
-        version = first.originator_version
-        found: list[Any] = self._services.store.events_of(
-            self.user_id, after=version - 1, upto=version
-        )
-        return any(type(e) is type(first) and e.timestamp == first.timestamp for e in found)
+        that very event at its version (see :meth:`EventStore.find_recorded`)."""
+        return self._services.store.find_recorded([[first]])[0] is not None
 
     def _behind_the_store(self) -> bool:
         """Whether the stored log has an event past the version of the one in memory, or

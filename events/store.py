@@ -36,7 +36,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.utils import resolve_topic
-from sqlalchemy import bindparam, func, inspect, select, text
+from sqlalchemy import and_, bindparam, func, inspect, or_, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
@@ -430,6 +430,10 @@ class _MemveeApplication(Application[UUID]):
 _EVENTS_PER_INSERT = 1000
 """Events per insert statement on PostgreSQL (4 bind parameters each, of 65,535)."""
 
+_BATCHES_PER_LOOKUP = 256
+"""Batches looked for per query by :meth:`EventStore.find_recorded` (3 bind parameters
+each, of the 999 an old SQLite takes)."""
+
 STALLED_TRANSACTION_SECONDS = 30
 """How long PostgreSQL keeps a memvee session idle inside a transaction before it ends
 the session: a process stopped there (paused, swapped out, cut off) would otherwise hold
@@ -625,6 +629,13 @@ class EventStore:
                 events.c.originator_version <= bindparam("upto"),
             )
             .order_by(events.c.originator_version)
+        )
+        self._found_events = select(
+            events.c.id,
+            events.c.originator_id,
+            events.c.originator_version,
+            events.c.topic,
+            events.c.state,
         )
         self._last_version = select(func.coalesce(func.max(events.c.originator_version), 0)).where(
             events.c.originator_id == bindparam("log_id")
@@ -1125,6 +1136,56 @@ class EventStore:
                 raw = connection.exec_driver_sql(self._raw_log_events, bounds).fetchall()
         decode = self._decoder
         return [decode(log_id, version, topic, state) for version, topic, state in raw]
+
+    def find_recorded(
+        self, batches: Sequence[Sequence[DomainEventProtocol[Any]]]
+    ) -> list[list[Recorded] | None]:
+        """For each batch (one log's events, at consecutive versions), its events with
+        their positions if that very batch is stored, else ``None``: a write whose
+        acknowledgement was lost (its connection dropped after COMMIT was sent) is found
+        in the log, not written twice.
+
+        A batch is stored when its log holds an event at each of its versions, the first
+        of the same type and time as the batch's (another writer's would be of another
+        time). One query per :data:`_BATCHES_PER_LOOKUP` batches.
+        """
+        rows: dict[tuple[Any, int], Any] = {}
+        events = self._events
+        try:
+            with self.engine.connect() as connection:
+                for start in range(0, len(batches), _BATCHES_PER_LOOKUP):
+                    ranges = [
+                        and_(
+                            events.c.originator_id == batch[0].originator_id,
+                            events.c.originator_version.between(
+                                batch[0].originator_version, batch[-1].originator_version
+                            ),
+                        )
+                        for batch in batches[start : start + _BATCHES_PER_LOOKUP]
+                    ]
+                    for row in connection.execute(self._found_events.where(or_(*ranges))):
+                        rows[row[1], row[2]] = row
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            raise StorageError(
+                f"could not look for {len(batches)} written batches of events in "
+                f"{self.safe_url}: {first_line(error)}"
+            ) from error
+        return [self._stored_as(batch, rows) for batch in batches]
+
+    def _stored_as(
+        self, batch: Sequence[DomainEventProtocol[Any]], rows: Mapping[tuple[Any, int], Any]
+    ) -> list[Recorded] | None:
+        """``batch`` with its positions if ``rows`` (by log and version) hold it (see
+        :meth:`find_recorded`), else ``None``."""
+        keys = [(e.originator_id, e.originator_version) for e in batch]
+        found = [rows[key] for key in keys if key in rows]
+        if not batch or len(found) < len(batch):
+            return None
+        first: Any = batch[0]
+        stored: Any = self._decode(first.originator_id, found[0][2:])
+        if type(stored) is not type(first) or stored.timestamp != first.timestamp:
+            return None
+        return [Recorded(row[0], event) for row, event in zip(found, batch, strict=True)]
 
     @contextmanager
     def _reading(self, doing: str, user_id: str) -> Iterator[None]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from actors._committer import GroupCommitter, Write
-from events import EventStore, StorageError, UserLog, user_log_id
+from events import EventStore, Recorded, StorageError, UserLog, user_log_id
 from projections import ProjectionTables, Projector, SearchIndex, rebuild, verify
 from tests.support.backends import postgres_url
 
@@ -55,6 +55,32 @@ def _held(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> threading.Event
 
     monkeypatch.setattr(store, "append", held)
     return gate
+
+
+class _Kept(Write):
+    """A write that keeps how it was settled: the events' positions, or the error."""
+
+    __slots__ = ("outcome",)
+
+    def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
+        self.outcome = (recorded, error)
+
+
+@pytest.fixture
+def any_store(db_url: str) -> Iterator[EventStore]:
+    """An event store with the projection tables created, on each backend."""
+    store = EventStore(db_url)
+    with store.transaction() as connection:
+        Projector(ProjectionTables()).create(connection)
+    yield store
+    store.close()
+
+
+def _positions(store: EventStore) -> dict[tuple[Any, int], int]:
+    """Every stored event's position, by its log and version."""
+    with store.engine.connect() as connection:
+        stored = store.notifications(connection, after=0, limit=1000)
+    return {(r.event.originator_id, r.event.originator_version): r.notification_id for r in stored}
 
 
 @dataclass
@@ -432,3 +458,95 @@ def test_a_write_whose_connection_was_lost_before_its_commit_is_sent_again_once(
     finally:
         committer.stop()
         store.close()
+
+
+def _group_behind_u0(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, fail: Any
+) -> tuple[list[_Kept], list[int]]:
+    """Write u1's and u2's events in one group (queued behind u0's write), made by
+    ``fail(append)`` (``append`` stores the group): the writes, settled, and the number of
+    logs of every write sent after u0's."""
+    sent: list[int] = []
+    with _behind_u0(store, monkeypatch) as held:
+        append = store.append
+
+        def failing(batches: Any, *rest: Any) -> Any:
+            sent.append(len(batches))
+            if len(sent) == 1:
+                return fail(lambda: append(batches, *rest))
+            return append(batches, *rest)
+
+        monkeypatch.setattr(store, "append", failing)
+        writes = [_Kept(_log_with_messages(f"u{i}", 2)[1], 1) for i in (1, 2)]
+        tickets = [held.committer.submit(write) for write in writes]
+        held.gate.set()
+        held.committer.wait_for(tickets[-1])
+        assert held.settled.calls == [("u0", None)]
+    return writes, sent
+
+
+def _disconnected() -> StorageError:
+    """The store's error for a connection the server closed."""
+    return StorageError("could not store 6 events: server closed the connection unexpectedly")
+
+
+def _acknowledgement_lost(append: Any) -> Any:
+    """Store the group, then fail as if the connection dropped after COMMIT was sent."""
+    append()
+    raise _disconnected()
+
+
+def test_a_group_whose_commit_landed_but_was_not_acknowledged_is_settled_committed_once(
+    any_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dropped after COMMIT was sent (or an error came after the commit):
+    the group's writes are in the log. Sent again, each would conflict with its own events
+    and its caller decide it again (an exchange stored twice, a task left running); each is
+    found in the log instead and acknowledged with its events' positions, stored once."""
+    store = any_store
+    writes, sent = _group_behind_u0(store, monkeypatch, _acknowledgement_lost)
+    assert [write.outcome[1] for write in writes] == [None, None]
+    assert sent == [2], "the group was written once, and nothing of it sent again"
+    positions = _positions(store)
+    for write in writes:
+        recorded, _ = write.outcome
+        assert recorded is not None and [r.event for r in recorded] == list(write.events)
+        assert [r.notification_id for r in recorded] == [
+            positions[e.originator_id, e.originator_version] for e in write.events
+        ]
+    for user in ("u1", "u2"):
+        loaded = store.load(user)
+        assert loaded is not None and loaded.message_count == 2 and loaded.version == 3
+    assert verify(store) == []
+
+
+def test_a_group_whose_write_failed_before_its_commit_is_sent_again_one_by_one(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing of the group was stored: each write goes again on its own, and lands."""
+
+    def refused(append: Any) -> Any:
+        raise _disconnected()
+
+    writes, sent = _group_behind_u0(store, monkeypatch, refused)
+    assert sent == [2, 1, 1]
+    assert [write.outcome[1] for write in writes] == [None, None]
+    assert all(store.last_version(user) == 3 for user in ("u1", "u2"))
+    assert verify(store) == []
+
+
+def test_a_group_not_known_to_be_stored_or_not_fails_each_write_and_sends_none_again(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent again, a write the failed commit stored would conflict with itself: with the
+    database not answering whether it did, each write fails with the group's error, as a
+    write alone would (a decision's caller looks for it in the log, an append's is told
+    that the store failed)."""
+
+    def unanswered(batches: Any) -> Any:
+        raise _disconnected()
+
+    monkeypatch.setattr(store, "find_recorded", unanswered)
+    writes, sent = _group_behind_u0(store, monkeypatch, _acknowledgement_lost)
+    assert sent == [2]
+    assert [type(write.outcome[1]) for write in writes] == [StorageError, StorageError]

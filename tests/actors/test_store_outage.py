@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from actors._committer import GroupCommitter
 from actors.user_actor import STORE_ATTEMPTS, UNSTORED_REASON
 from events import ConflictError, ExtractionError, StorageError, UserLog, user_log_id
 from memvee import Memory, ProcessingError, ProcessStatus
@@ -350,3 +351,48 @@ async def test_a_recording_that_keeps_timing_out_fails_after_a_few_tries_holding
     with pytest.raises(ProcessingError, match="could not record the outcome"):
         await asyncio.wait_for(memory.process("ana"), 30)
     assert tries == STORE_ATTEMPTS
+
+
+async def test_exchanges_committed_in_a_group_whose_acknowledgement_was_lost_are_stored_once(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users' exchanges share a group commit whose COMMIT landed but whose answer was
+    lost: each exchange is acknowledged and stored once (sent again, each conflicted with
+    itself and was added a second time)."""
+    assert memory._engine is not None
+    store, committer = memory._engine.store, memory._engine.committer
+    append, holding, gate, lost = store.append, threading.Event(), threading.Event(), []
+
+    def ann_held_then_the_group_unacknowledged(batches: Any, *rest: Any) -> Any:
+        if not holding.is_set():
+            holding.set()
+            assert gate.wait(10)
+        recorded = append(batches, *rest)
+        if len(batches) > 1 and not lost:
+            lost.append(len(batches))
+            raise StorageError("could not store the events") from psycopg.OperationalError(
+                "consuming input failed: server closed the connection unexpectedly"
+            )
+        return recorded
+
+    monkeypatch.setattr(store, "append", ann_held_then_the_group_unacknowledged)
+    ann = asyncio.ensure_future(memory.add_exchange("ann", "I live in Oslo", "ok"))
+    assert await asyncio.to_thread(holding.wait, 10), "ann's write is on the disk"
+    queued = _issued(committer) + 2
+    group = [asyncio.ensure_future(memory.add_exchange(u, "I live in Rome", "ok")) for u in "bc"]
+    deadline = asyncio.get_running_loop().time() + 10
+    while _issued(committer) < queued:  # b's and c's writes wait behind ann's, together
+        assert asyncio.get_running_loop().time() < deadline, "b's and c's writes were queued"
+        await asyncio.sleep(0.001)
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(ann, *group), 30)
+    assert lost == [2]
+    for user in ("b", "c"):
+        assert [m.content for m in await memory.buffer(user)] == ["I live in Rome", "ok"]
+    assert await asyncio.to_thread(verify, store) == []
+
+
+def _issued(committer: GroupCommitter) -> int:
+    """How many writes ``committer`` was given (each one queued, unless written at once)."""
+    with committer._issuing:
+        return committer._issued

@@ -153,6 +153,25 @@ class EventStoreContract:
             store.append([other.collect_events(), again.collect_events()])
         assert store.load("dee") is None
 
+    def test_batches_whose_write_was_not_acknowledged_are_found_if_they_are_stored(
+        self, store: EventStore
+    ) -> None:
+        """A write whose acknowledgement was lost is found, with its events' positions;
+        one not stored, or whose versions hold another writer's events, is not."""
+        ann = UserLog.register("ann")
+        batches, recorded = [], []
+        for text in ("one", "two", "never stored"):
+            ann.add_message("user", text, None, 100)
+            batches.append(ann.collect_events())
+            if text != "never stored":
+                recorded.append(store.append([batches[-1]]))
+        bo, rival = UserLog.register("bo"), UserLog.register("bo")
+        while rival.created_on == bo.created_on:  # begun by another writer, at another time
+            rival = UserLog.register("bo")
+        store.append([rival.collect_events()])
+        found = store.find_recorded([*batches, bo.collect_events()])
+        assert found == [*recorded, None, None]
+
     @staticmethod
     def _snapshotted(store: EventStore, user: str) -> UserLog:
         """A stored log of 32 events: a snapshot at version 31, one event after it."""
