@@ -289,7 +289,7 @@ class GroupCommitter:
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
             if len(batch) == 1:
-                self._fail(batch[0], error)
+                self._settle_alone(batch[0], error)
             else:
                 self._write_again(batch, error)
             return
@@ -343,6 +343,23 @@ class GroupCommitter:
             else:
                 self.commits += 1
                 self._settle(request, recorded, None)
+
+    def _settle_alone(self, request: Write, error: Exception) -> None:
+        """After a write alone failed with ``error``: settle it as committed if its commit
+        stored it all the same (the acknowledgement was lost), else as failed. It is never
+        sent again here: its caller decides what to do with a store that failed."""
+        try:
+            (recorded,) = self._stored([request], error)
+        except Exception as unknown:
+            log.info("whether a failed write was stored cannot be told (%s)", first_line(unknown))
+            recorded = None
+        if recorded is None:
+            self._fail(request, error)
+            return
+        log.warning("a write failed (%s) but was stored all the same", first_line(error))
+        self.transactions += 1
+        self.commits += 1
+        self._settle(request, recorded, None)
 
     def _stored(self, batch: list[Write], error: Exception) -> list[list[Recorded] | None]:
         """For each request of ``batch``, whose write failed with ``error``, its events'

@@ -520,6 +520,28 @@ def test_a_group_whose_commit_landed_but_was_not_acknowledged_is_settled_committ
     assert verify(store) == []
 
 
+def test_a_write_alone_whose_commit_landed_but_was_not_acknowledged_is_settled_committed(
+    any_store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It failed with a StorageError though stored: an add_exchange its caller retried was
+    stored twice."""
+    store = any_store
+    committer = GroupCommitter(store, Projector(ProjectionTables()))
+    append = store.append
+    monkeypatch.setattr(store, "append", lambda *args: _acknowledgement_lost(lambda: append(*args)))
+    write = _Kept(_log_with_messages("ann", 2)[1], 1)
+    try:
+        committer.wait_for(committer.submit(write))
+    finally:
+        committer.stop()
+    recorded, error = write.outcome
+    assert error is None
+    assert recorded is not None and [r.event for r in recorded] == list(write.events)
+    loaded = store.load("ann")
+    assert loaded is not None and loaded.message_count == 2
+    assert verify(store) == []
+
+
 def test_a_group_whose_write_failed_before_its_commit_is_sent_again_one_by_one(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
