@@ -396,6 +396,17 @@ def _memvee_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("memvee-")]
 
 
+async def _opening_held(
+    memory: Memory, patch: pytest.MonkeyPatch
+) -> tuple[asyncio.Future[Memory], threading.Event]:
+    """``memory``'s open, started and held while its engine starts in its thread, and the
+    event that lets the engine go on."""
+    starting, release = engine_start_held(patch)
+    opening = asyncio.ensure_future(memory.open())
+    assert await asyncio.to_thread(starting.wait, 10)
+    return opening, release
+
+
 async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_file(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -405,9 +416,7 @@ async def test_a_cancelled_open_stops_the_engine_it_was_starting_and_frees_the_f
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        starting, release = engine_start_held(patch)
-        opening = asyncio.ensure_future(memory.open())
-        assert await asyncio.to_thread(starting.wait, 10)
+        opening, release = await _opening_held(memory, patch)
         opening.cancel()
         release.set()
         with pytest.raises(asyncio.CancelledError):
@@ -428,9 +437,7 @@ async def test_a_close_during_an_open_waits_for_it_then_closes_the_memory(
     config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
     memory = Memory(config=config, extractor=RecordingExtractor(), embedder=False)
     with monkeypatch.context() as patch:
-        starting, release = engine_start_held(patch)
-        opening = asyncio.ensure_future(memory.open())
-        assert await asyncio.to_thread(starting.wait, 10)
+        opening, release = await _opening_held(memory, patch)
         closing = asyncio.ensure_future(memory.close())
         await asyncio.sleep(0.05)
         assert not closing.done(), "the close returned while the open went on"
