@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     literal_column,
+    text,
 )
 
 from events import MAX_EXTRACTOR_CHARS, MAX_MODEL_CHARS
@@ -125,6 +126,16 @@ class ProjectionTables:
             # A user's listing, in order: a page is read off it, with no sort of them all.
             Index(
                 f"{prefix}knowledge_listing", "log_id", "knowledge_version", "version", "ordinal"
+            ),
+            # A chain of replaced entries is walked back one link at a time: without it each
+            # link scans the user's rows, and a batch of a long chain costs its length squared.
+            Index(
+                f"{prefix}knowledge_replaced",
+                "log_id",
+                "knowledge_version",
+                "superseded_by",
+                sqlite_where=text("superseded_by IS NOT NULL"),
+                postgresql_where=text("superseded_by IS NOT NULL"),
             ),
         )
         self.messages = Table(
