@@ -5,16 +5,24 @@ The user's messages are the evaluation conversations' turns, numbered so that no
 alike, processed by the offline extractor. Vectors are embedded before timing (as the
 background filler does after writes); each timed ``retrieve`` includes embedding the
 query, both rankings over entries and messages, the fusion and the neighbours.
+
+The event loop's largest stall during a process's first search is measured in fresh
+interpreters (``python -m bench.hybrid FOLDER PAUSE``), where nothing of the model is loaded
+yet and no write has had a message embedded (a restarted service's first question): the
+search ``PAUSE`` seconds after the Memory opened, beside the five after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench.common import (
+    PROJECT_ROOT,
     BenchConfig,
     Section,
     Workspace,
@@ -25,6 +33,7 @@ from bench.common import (
     percentile,
     progress,
 )
+from bench.stalls import LoopStallMeter
 from events import sqlite_url
 from memvee import Memory, MemoryConfig
 from memvee.extractors import OfflineExtractor
@@ -104,6 +113,44 @@ def _embedder_figures(section: Section, rounds: int) -> None:
         )
 
 
+async def _first_search(folder: Path, pause: float) -> dict[str, float]:
+    """The loop's largest stall (ms) during the first search of this process, ``pause``
+    seconds after its Memory opened with the default embedder, and during the five after."""
+    config = MemoryConfig(db_url=sqlite_url(folder / "first.db"), durability="normal")
+    stalls: dict[str, float] = {}
+    async with Memory(config=config, extractor=OfflineExtractor()) as memory:
+        await asyncio.sleep(pause)
+        meter = LoopStallMeter()
+        meter.start()
+        await asyncio.sleep(0.01)
+        for i, query in enumerate(QUERIES):
+            meter.reset()
+            await memory.retrieve("bench", query, include_messages=True)
+            await asyncio.sleep(0.002)
+            name = "first" if i == 0 else "later"
+            stalls[name] = max(stalls.get(name, 0.0), meter.reset() * 1000)
+        await meter.stop()
+    return stalls
+
+
+def _first_search_figures(section: Section, workspace: Workspace, rounds: int) -> None:
+    """The first search's loop stall beside the later ones', each round in a fresh
+    interpreter, the search at once after the open and one second after it."""
+    for pause in (0.0, 1.0):
+        for _ in range(rounds):
+            with workspace.scratch("first-search") as folder:
+                done = subprocess.run(
+                    [sys.executable, "-m", "bench.hybrid", str(folder), str(pause)],
+                    cwd=PROJECT_ROOT,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+            stalls = json.loads(done.stdout.splitlines()[-1])
+            for name, stall in stalls.items():
+                section.stat(f"first_search.{pause:g}.{name}", "ms").add(stall)
+
+
 def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     """Two tables: the default embedder's own figures, then retrieve p50/p99 hybrid and
     lexical at each size."""
@@ -113,6 +160,8 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
     )
     progress("default embedder: query latency and indexing rate")
     _embedder_figures(model, cfg.rounds)
+    progress("default embedder: the first search's loop stall, in fresh processes")
+    _first_search_figures(model, workspace, cfg.rounds)
     model.rows += [
         ["query embedding p50 ms", cell(model.stats["embedder.query_p50"], fmt_ms)],
         [
@@ -120,6 +169,14 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
             cell(model.stats["embedder.index_rate"], fmt_num),
         ],
     ]
+    for pause, when in ((0.0, "at once after the open"), (1.0, "1 s after the open")):
+        for name, which in (("first", "first search"), ("later", "five later searches")):
+            model.rows.append(
+                [
+                    f"{which}, {when}: loop stall, ms",
+                    cell(model.stats[f"first_search.{pause:g}.{name}"], fmt_ms),
+                ]
+            )
     sizes = [1_000, 10_000] if cfg.quick else [1_000, 10_000, 100_000]
     section = Section(
         "retrieve with hybrid ranking (default embedder) beside lexical only: one user, "
@@ -161,3 +218,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> list[Section]:
         "ranking over the user's cached message vectors; entry vectors are read per query."
     )
     return [model, section]
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(_first_search(Path(sys.argv[1]), float(sys.argv[2])))))

@@ -57,7 +57,7 @@ from events.errors import first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
-from memvee.embedders import Embedder, chosen_embedder
+from memvee.embedders import Embedder, LocalDefaultEmbedder, chosen_embedder
 from projections import (
     BufferedMessage,
     KnowledgeEntry,
@@ -142,7 +142,8 @@ class Memory:
     matching fields of ``config`` when they differ from their defaults, in value or type
     (``batch_threshold=10.0`` is refused as ``MemoryConfig`` refuses it). ``embedder``
     adds semantic ranking to retrieval: by default the local
-    :class:`~memvee.embedders.OnnxMiniLMEmbedder` (loaded on the first search), or the
+    :class:`~memvee.embedders.OnnxMiniLMEmbedder` (loaded in the background from the open
+    on, so that its first search finds it ready), or the
     :class:`~memvee.embedders.Embedder` given; ``False`` keeps retrieval lexical only.
     """
 
@@ -176,6 +177,7 @@ class Memory:
         self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._loading: threading.Thread | None = None  # the default embedder's load
         self._observer: _LoopObserver | None = None
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
@@ -328,6 +330,8 @@ class Memory:
         )
         self._closer, self._stopped = None, None
         self._engine = engine
+        if isinstance(embedder, LocalDefaultEmbedder):
+            self._loading = embedder.load_in_background()
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
@@ -415,9 +419,17 @@ class Memory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        await self._end_threads()
+        self._engine = None
+
+    async def _end_threads(self) -> None:
+        """Wait, off the loop, for the search threads and a load of the default embedder
+        begun at open (neither can be cut short): a closed Memory leaves no thread behind."""
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
-        self._engine = None
+        if self._loading is not None:
+            await asyncio.to_thread(self._loading.join)
+            self._loading = None
 
     async def _give_grace(
         self, pending: Sequence[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
@@ -484,8 +496,7 @@ class Memory:
         self._inflight.clear()
         self._followed.clear()
         self._poller = None
-        if self._readers is not None:
-            await asyncio.to_thread(self._readers.shutdown, wait=True)
+        await self._end_threads()
         self._engine = None
 
     async def _give_grace_elsewhere(self, engine: Engine, ends: float) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,14 @@ import numpy as np
 
 from events.errors import MemveeError
 
-__all__ = ["MAX_TOKENS", "LocalDefaultEmbedder", "OnnxMiniLMEmbedder", "shared_default"]
+__all__ = [
+    "MAX_TOKENS",
+    "LocalDefaultEmbedder",
+    "OnnxMiniLMEmbedder",
+    "shared_default",
+]
+
+log = logging.getLogger("memvee")
 
 MAX_TOKENS = 256
 """Word pieces embedded per text; longer texts are cut to their first 256."""
@@ -148,6 +156,8 @@ def _runs(order: list[int], lengths: list[int]) -> list[list[int]]:
 
 _shared: OnnxMiniLMEmbedder | None = None
 _shared_lock = threading.Lock()
+_loader: threading.Thread | None = None
+_loader_lock = threading.Lock()
 
 
 def shared_default() -> OnnxMiniLMEmbedder:
@@ -160,9 +170,19 @@ def shared_default() -> OnnxMiniLMEmbedder:
         return _shared
 
 
+def _load_quietly() -> None:
+    """Load the shared default; a failure is left to the first text to embed, which loads
+    it again and reports it where it is used."""
+    try:
+        shared_default().embed(["warm up"])
+    except Exception:
+        log.debug("the default embedder did not load in the background", exc_info=True)
+
+
 class LocalDefaultEmbedder:
-    """The default embedder of a Memory: :class:`OnnxMiniLMEmbedder`, loaded on the first
-    text to embed (so that opening a Memory costs nothing) and shared by the process."""
+    """The default embedder of a Memory: :class:`OnnxMiniLMEmbedder`, shared by the process
+    and loaded on the first text to embed, or before it by :meth:`load_in_background`
+    (which a Memory calls when it opens, without waiting for it)."""
 
     name = OnnxMiniLMEmbedder.name
     dimensions = OnnxMiniLMEmbedder.dimensions
@@ -180,3 +200,22 @@ class LocalDefaultEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order."""
         return shared_default().embed(texts)
+
+    @staticmethod
+    def load_in_background() -> threading.Thread | None:
+        """Start loading :func:`shared_default` on a thread of its own, unless it is loaded
+        or already loading; returns that thread (``None`` when loaded).
+
+        Importing onnxruntime and reading the tokenizer each hold the GIL for tens of
+        milliseconds in one C call, whichever thread runs them: an event loop waits that
+        long. Begun when a Memory opens, they are over before its first search, which
+        otherwise stalled the loop for 35 to 70 ms.
+        """
+        global _loader
+        with _loader_lock:
+            if _shared is not None:
+                return None
+            if _loader is None or not _loader.is_alive():
+                _loader = threading.Thread(target=_load_quietly, name="memvee-embedder-load")
+                _loader.start()
+            return _loader

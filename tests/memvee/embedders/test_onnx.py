@@ -5,7 +5,8 @@ background."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 
 from events import MemveeError, user_log_id
 from memvee import Memory
-from memvee.embedders import Embedder, LocalDefaultEmbedder, OnnxMiniLMEmbedder
+from memvee.embedders import Embedder, LocalDefaultEmbedder, OnnxMiniLMEmbedder, _onnx
 from memvee.embedders._onnx import (
     _BATCH,
     _BATCH_TOKENS,
@@ -129,3 +130,55 @@ async def test_messages_are_embedded_in_the_background_not_on_the_write(
     assert engine is not None and engine.vector_filler is None
     await lexical.retrieve("bob", "tea", include_messages=True)
     assert await _vector_count(lexical, "bob") == 0
+
+
+class _RecordedModel:
+    """Stands in for the model: records the thread that builds it, after ``release``."""
+
+    built_on: list[threading.Thread] = []
+    release = threading.Event()
+
+    def __init__(self) -> None:
+        self.release.wait()
+        self.built_on.append(threading.current_thread())
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [[1.0] + [0.0] * 383 for _ in texts]
+
+
+@pytest.fixture
+def recorded_model(monkeypatch: pytest.MonkeyPatch) -> type[_RecordedModel]:
+    """A process whose default embedder is not loaded yet, and loads as a _RecordedModel."""
+    monkeypatch.setattr(_onnx, "_shared", None)
+    monkeypatch.setattr(_onnx, "_loader", None, raising=False)
+    monkeypatch.setattr(_onnx, "OnnxMiniLMEmbedder", _RecordedModel)
+    monkeypatch.setattr(_RecordedModel, "built_on", [])
+    monkeypatch.setattr(_RecordedModel, "release", threading.Event())
+    return _RecordedModel
+
+
+async def test_the_default_model_loads_from_the_open_on_a_thread_of_its_own(
+    make_memory: Callable[..., Any], recorded_model: type[_RecordedModel]
+) -> None:
+    # Its import and tokenizer hold the GIL for tens of ms: not on the loop, nor in a search.
+    memory: Memory = await make_memory(embedder=None)
+    assert recorded_model.built_on == [], "the open does not wait for the model"
+    recorded_model.release.set()
+    await memory.close()
+    assert len(recorded_model.built_on) == 1, "loaded once, from the open, before any search"
+    (loader,) = recorded_model.built_on
+    assert loader is not threading.current_thread()
+    assert loader.name == "memvee-embedder-load" and not loader.is_alive()
+
+
+async def test_a_close_during_the_load_waits_for_it_and_leaves_no_thread(
+    make_memory: Callable[..., Any], recorded_model: type[_RecordedModel]
+) -> None:
+    memory: Memory = await make_memory(embedder=None)
+    closing = asyncio.ensure_future(memory.close())
+    await asyncio.sleep(0.01)
+    recorded_model.release.set()
+    await closing
+    assert [t.name for t in recorded_model.built_on] == ["memvee-embedder-load"]
+    assert "memvee-embedder-load" not in {t.name for t in threading.enumerate()}
+    assert shared_default() is _onnx._shared, "loaded once, and kept for the searches"
