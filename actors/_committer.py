@@ -8,6 +8,9 @@ epoch* of the in-memory log it was decided on, and once a write of a log fails, 
 later request of that epoch is refused, so a failed write can never leave a version gap.
 A group's write that fails is sent again request by request, but for the requests its
 commit stored all the same (the acknowledgement was lost): those are settled as committed.
+A write that fails in a way that may pass (a statement timeout, a deadlock, a lock held
+too long) is looked for in the log and, not stored, sent again after a short pause, as
+many times as it asks (:attr:`Write.attempts`).
 
 A write that finds the committer idle (every earlier write settled, none running) is
 written at once on the submitting thread: a lone writer pays no hand-over to the
@@ -29,12 +32,23 @@ from typing import Any
 from sqlalchemy import Connection
 
 from events import ConflictError, EventStore, Recorded, StoredSnapshot
-from events.errors import ConnectionLostError, first_line
+from events.errors import ConnectionLostError, TransientStorageError, first_line, may_pass
 from projections import Projector, index_messages
 
-__all__ = ["GroupCommitter", "Settled", "Write"]
+__all__ = ["STORE_ATTEMPTS", "GroupCommitter", "Settled", "Write", "store_delay"]
 
 log = logging.getLogger("memvee.actors")
+
+STORE_ATTEMPTS = 3
+"""How many times a write (or a decision) meets a store failure that may pass (a
+connection lost, a statement timeout) before it fails: a few, 50 then 100 ms apart
+(:func:`store_delay`), since the thread that waits meanwhile is shared with other users."""
+
+
+def store_delay(failures: int) -> float:
+    """The wait before the store is tried again after its ``failures``-th failure that may
+    pass: 50 ms at first, doubling."""
+    return 0.05 * 2.0 ** (failures - 1)
 
 
 Settled = Callable[[BaseException | None], None]
@@ -58,6 +72,10 @@ class Write:
     """
 
     __slots__ = ("epoch", "events", "origin", "snapshot", "then", "ticket")
+
+    attempts = 1
+    """How many times the committer tries the write while it fails in a way that may pass;
+    a caller that decides again itself after a failure (a user actor's decision) needs one."""
 
     def __init__(
         self,
@@ -278,7 +296,8 @@ class GroupCommitter:
             )
             log.debug("indexing messages for search failed", exc_info=True)
 
-    def _write(self, batch: list[Write]) -> None:
+    def _write(self, batch: list[Write], tries: int = 1) -> None:
+        """Write ``batch`` together, its ``tries``-th try, and settle its requests."""
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
@@ -288,10 +307,7 @@ class GroupCommitter:
             self._projector.discard()
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
-            if len(batch) == 1:
-                self._settle_alone(batch[0], error)
-            else:
-                self._write_again(batch, error)
+            self._write_failed(batch, error, tries)
             return
         self._projector.committed()
         self.transactions += 1
@@ -302,64 +318,70 @@ class GroupCommitter:
             self._settle(request, recorded[start:end], None)
             start = end
 
-    def _write_again(self, batch: list[Write], error: Exception) -> None:
-        """After a group's write failed with ``error``: settle the requests its commit
-        stored all the same (the acknowledgement was lost) as committed, and write the
-        others again one by one, so each fails, if it does, on its own.
+    def _write_failed(self, batch: list[Write], error: Exception, tries: int) -> None:
+        """After the ``tries``-th write of ``batch`` failed with ``error``: settle the
+        requests its commit stored all the same (the acknowledgement was lost) as
+        committed, and send the others again, or fail them.
+
+        A failure that may pass (:func:`~events.errors.may_pass`) sends them again together
+        after a short pause (:func:`store_delay`) while each has tries left
+        (:attr:`Write.attempts`); out of tries, a request fails with
+        :class:`~events.errors.TransientStorageError`. After any other failure a group's
+        requests are sent again one by one, so each fails, if it does, on its own.
 
         Sent again, a stored request would conflict with its own events, and its caller
-        decide it again (an exchange stored twice). When whether the commit landed cannot
-        be told, every request fails with ``error``, as a single write's would.
+        decide it again (an exchange stored twice). While whether the commit landed cannot
+        be told, nothing is sent again: the lookup is, after the pause, and at last every
+        request fails with ``error``, as it would alone.
         """
+        passing = not isinstance(error, ConflictError) and may_pass(error)
+        retry = passing and all(tries < request.attempts for request in batch)
         try:
             found = self._stored(batch, error)
         except Exception as unknown:
             log.warning(
-                "a group commit of %d logs failed (%s), and whether it was stored cannot be "
-                "told (%s)",
+                "a write of %d logs failed (%s), and whether it was stored cannot be told (%s)",
                 len(batch),
-                error,
+                first_line(error),
                 first_line(unknown),
             )
+            if retry:
+                self._pause(tries)
+                self._write_failed(batch, error, tries + 1)
+                return
             for request in batch:
                 self._fail(request, error)
             return
         stored = sum(recorded is not None for recorded in found)
-        level = logging.DEBUG if isinstance(error, ConflictError) else logging.WARNING
+        level = logging.WARNING if stored else logging.INFO
         log.log(
-            level,
-            "a group commit of %d logs failed (%s); %d were stored all the same, %d are "
-            "sent again one by one",
+            logging.DEBUG if isinstance(error, ConflictError) else level,
+            "a write of %d logs failed (%s, try %d); %d were stored all the same",
             len(batch),
-            error,
+            first_line(error),
+            tries,
             stored,
-            len(batch) - stored,
         )
+        if retry and not stored:
+            self._pause(tries)
+            self._write(batch, tries + 1)
+            return
         if stored:
             self.transactions += 1
         for request, recorded in zip(batch, found, strict=True):
-            if recorded is None:
-                self._write([request])
-            else:
+            if recorded is not None:
                 self.commits += 1
                 self._settle(request, recorded, None)
+            elif passing and tries >= request.attempts:
+                self._fail(request, _refused(error, tries))
+            elif len(batch) > 1:
+                self._write([request], tries)
+            else:
+                self._fail(request, error)
 
-    def _settle_alone(self, request: Write, error: Exception) -> None:
-        """After a write alone failed with ``error``: settle it as committed if its commit
-        stored it all the same (the acknowledgement was lost), else as failed. It is never
-        sent again here: its caller decides what to do with a store that failed."""
-        try:
-            (recorded,) = self._stored([request], error)
-        except Exception as unknown:
-            log.info("whether a failed write was stored cannot be told (%s)", first_line(unknown))
-            recorded = None
-        if recorded is None:
-            self._fail(request, error)
-            return
-        log.warning("a write failed (%s) but was stored all the same", first_line(error))
-        self.transactions += 1
-        self.commits += 1
-        self._settle(request, recorded, None)
+    def _pause(self, tries: int) -> None:
+        """Wait a little before the ``tries + 1``-th try of a write: the failure may pass."""
+        time.sleep(store_delay(tries))
 
     def _stored(self, batch: list[Write], error: Exception) -> list[list[Recorded] | None]:
         """For each request of ``batch``, whose write failed with ``error``, its events'
@@ -423,3 +445,15 @@ class GroupCommitter:
         if self._unindexed >= self._index_every or len(recorded) >= self._index_with:
             self._projector.index_messages(connection)
             self._unindexed = 0
+
+
+def _refused(error: Exception, tries: int) -> TransientStorageError:
+    """The error a write fails with, found not stored after ``tries`` tries that each
+    failed in a way that may pass, the last with ``error``: its caller may send it again."""
+    times = "once" if tries == 1 else f"{tries} times"
+    refused = TransientStorageError(
+        f"{first_line(error)} (tried {times} and not stored: this may pass, and the write "
+        "may be sent again)"
+    )
+    refused.__cause__ = error
+    return refused

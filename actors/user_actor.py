@@ -25,7 +25,7 @@ from uuid import uuid4
 import pykka
 
 from actors._bridge import BridgedFuture
-from actors._committer import EarlierWriteFailed, Write
+from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
 from actors._context import SharedServices
 from actors._dispatcher import PooledActor
 from actors._workers import EveryBatchRefused, ExtractorNotAsync, Outcome, asked_to_wait
@@ -85,11 +85,6 @@ tries was not enough: on PostgreSQL a writer once lost 40 in a row to a steady s
 
 CONFLICT_DELAY_MAX = 0.05
 """The longest wait, in seconds, before an append is decided again after a conflict."""
-
-STORE_ATTEMPTS = 3
-"""How many times a decision meets a store failure that may pass (a connection lost, a
-statement timeout) before it fails: a few, 50 then 100 ms apart, since the actor's thread
-waits meanwhile and other users' actors share the pool's threads."""
 
 MAX_BATCH_RERUNS = 3
 """Times a batch is extracted again because the live knowledge it was shown was replaced
@@ -1187,6 +1182,11 @@ class _Append(Write):
 
     __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "give_up_at", "messages")
 
+    attempts = STORE_ATTEMPTS
+    """An append's caller learns of a failure only once it is settled, and cannot tell a
+    statement timeout from data loss: the committer tries it again first (the store's
+    failure may pass), looking for it in the log before each try, so it is stored once."""
+
     def __init__(
         self,
         events: Sequence[Any],
@@ -1252,12 +1252,6 @@ class _Append(Write):
         self.acknowledged.set_exception(
             ConflictError("the write was not retried after a conflict: memvee was stopping")
         )
-
-
-def store_delay(failures: int) -> float:
-    """The wait before the store is tried again after its ``failures``-th failure that may
-    pass: 50 ms at first, doubling."""
-    return 0.05 * 2.0 ** (failures - 1)
 
 
 def conflict_delay(attempt: int) -> float:

@@ -36,6 +36,7 @@ __all__ = [
     "RejectedBatchError",
     "RejectedTextError",
     "StorageError",
+    "TransientStorageError",
     "UnknownTaskError",
     "UnreadableEventError",
     "UserForgottenError",
@@ -99,6 +100,13 @@ class ConnectionLostError(StorageError):
     """The connection a write ran on was lost (the server ended the session: a failover,
     an idle-session timeout, a proxy) before the write's COMMIT was sent: nothing of it
     was stored, so it may be sent again at once on a fresh connection."""
+
+
+class TransientStorageError(StorageError):
+    """A write failed each time it was tried on a failure of the database that may pass
+    (a statement timeout, a serialization failure or a deadlock, a SQLite file locked by
+    another connection too long, a lost connection), and was found not stored: nothing of
+    it is in the log, so the caller may send it again, at once or a little later."""
 
 
 class DatabaseInUseError(StorageError):

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         ProcessingTimeoutError,
         RejectedBatchError,
         StorageError,
+        TransientStorageError,
         UnknownTaskError,
         UserForgottenError,
     )
@@ -96,6 +97,7 @@ _HOMES = {
     "RetrievedMessage": "memvee._retrieval",
     "StorageError": "memvee.errors",
     "TokenUsage": "events.extraction",
+    "TransientStorageError": "memvee.errors",
     "UnknownTaskError": "memvee.errors",
     "UserForgottenError": "memvee.errors",
     "UserSummary": "projections.models",
@@ -172,6 +174,7 @@ __all__ = [
     "RetrievedMessage",
     "StorageError",
     "TokenUsage",
+    "TransientStorageError",
     "UnknownTaskError",
     "UserForgottenError",
     "UserSummary",

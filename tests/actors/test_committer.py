@@ -6,6 +6,7 @@ full-text index in bulk, soon after."""
 from __future__ import annotations
 
 import gc
+import sqlite3
 import threading
 import time
 import weakref
@@ -14,10 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 
-from actors._committer import GroupCommitter, Write
-from events import EventStore, Recorded, StorageError, UserLog, user_log_id
+from actors._committer import STORE_ATTEMPTS, GroupCommitter, Write
+from events import EventStore, Recorded, StorageError, UserLog, sqlite_url, user_log_id
+from events.errors import TransientStorageError, may_pass
 from projections import ProjectionTables, Projector, SearchIndex, rebuild, verify
 from tests.support.backends import postgres_url
 
@@ -461,11 +464,11 @@ def test_a_write_whose_connection_was_lost_before_its_commit_is_sent_again_once(
 
 
 def _group_behind_u0(
-    store: EventStore, monkeypatch: pytest.MonkeyPatch, fail: Any
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, fail: Any, kind: type[_Kept] = _Kept
 ) -> tuple[list[_Kept], list[int]]:
     """Write u1's and u2's events in one group (queued behind u0's write), made by
-    ``fail(append)`` (``append`` stores the group): the writes, settled, and the number of
-    logs of every write sent after u0's."""
+    ``fail(append)`` (``append`` stores the group), as writes of ``kind``: the writes,
+    settled, and the number of logs of every write sent after u0's."""
     sent: list[int] = []
     with _behind_u0(store, monkeypatch) as held:
         append = store.append
@@ -477,7 +480,7 @@ def _group_behind_u0(
             return append(batches, *rest)
 
         monkeypatch.setattr(store, "append", failing)
-        writes = [_Kept(_log_with_messages(f"u{i}", 2)[1], 1) for i in (1, 2)]
+        writes = [kind(_log_with_messages(f"u{i}", 2)[1], 1) for i in (1, 2)]
         tickets = [held.committer.submit(write) for write in writes]
         held.gate.set()
         held.committer.wait_for(tickets[-1])
@@ -572,3 +575,101 @@ def test_a_group_not_known_to_be_stored_or_not_fails_each_write_and_sends_none_a
     writes, sent = _group_behind_u0(store, monkeypatch, _acknowledgement_lost)
     assert sent == [2]
     assert [type(write.outcome[1]) for write in writes] == [StorageError, StorageError]
+
+
+class _Retried(_Kept):
+    """A kept write the committer tries :data:`STORE_ATTEMPTS` times, as an append."""
+
+    __slots__ = ()
+    attempts = STORE_ATTEMPTS
+
+
+@contextmanager
+def _locked_by_another_connection(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, *, released_after: int | None
+) -> Iterator[tuple[EventStore, GroupCommitter, list[StorageError]]]:
+    """A SQLite store whose write lock another connection (another process) holds, until
+    ``released_after`` of its writes failed for it (never, with ``None``); its writes
+    wait 10 ms for the lock. Yields the store, its committer and the failures."""
+    path = tmp_path / "locked.db"
+    store = EventStore(sqlite_url(path), busy_timeout_ms=10)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    append, failures = store.append, []
+
+    def released_once_failed(*args: Any) -> Any:
+        try:
+            return append(*args)
+        except StorageError as error:
+            failures.append(error)
+            if other.in_transaction and len(failures) == released_after:
+                other.execute("COMMIT")
+            raise
+
+    monkeypatch.setattr(store, "append", released_once_failed)
+    committer = GroupCommitter(store, projector)
+    try:
+        yield store, committer, failures
+    finally:
+        committer.stop()
+        other.close()
+        store.close()
+
+
+def test_a_write_that_finds_the_file_locked_too_long_is_sent_again_once_it_is_free(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLITE_BUSY past the busy timeout (another process writing a while): the write is
+    looked for in the log, not found, sent again after a short pause, and stored once (its
+    caller was refused, and an exchange it sent again could be stored twice)."""
+    with _locked_by_another_connection(tmp_path, monkeypatch, released_after=1) as held:
+        store, committer, failures = held
+        write = _Retried(_log_with_messages("ann", 2)[1], 1)
+        committer.wait_for(committer.submit(write))
+        assert len(failures) == 1 and may_pass(failures[0])
+        recorded, error = write.outcome
+        assert error is None
+        assert recorded is not None and [r.event for r in recorded] == list(write.events)
+        loaded = store.load("ann")
+        assert loaded is not None and loaded.message_count == 2
+        assert verify(store) == []
+
+
+def test_a_write_the_lock_outlasts_fails_after_its_last_try_saying_it_may_pass(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Still locked at its last try: the write fails with TransientStorageError, nothing of
+    it stored, and the writes after it are told, not written past the gap."""
+    with _locked_by_another_connection(tmp_path, monkeypatch, released_after=None) as held:
+        store, committer, failures = held
+        events = _log_with_messages("ann", 2)[1]
+        first, after = _Retried(events[:2], 1), _Retried(events[2:], 1)
+        committer.wait_for(committer.submit(first))
+        committer.wait_for(committer.submit(after))
+        assert len(failures) == STORE_ATTEMPTS
+        assert isinstance(first.outcome[1], TransientStorageError)
+        assert "database is locked" in str(first.outcome[1])
+        assert isinstance(after.outcome[1], StorageError), "refused, never written"
+        assert store.load("ann") is None
+
+
+def test_a_group_whose_write_timed_out_is_sent_again_whole_after_a_pause(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that may pass is none of its writes' own: the group, found not stored,
+    goes again together (one by one, each write would wait its own pauses), and each
+    write is stored once."""
+
+    def timed_out(append: Any) -> Any:
+        raise StorageError("could not store 6 events: statement timeout") from (
+            psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+        )
+
+    writes, sent = _group_behind_u0(store, monkeypatch, timed_out, _Retried)
+    assert sent == [2, 2]
+    assert [write.outcome[1] for write in writes] == [None, None]
+    assert all(store.last_version(user) == 3 for user in ("u1", "u2"))
+    assert verify(store) == []

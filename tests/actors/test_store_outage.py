@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from actors._committer import GroupCommitter
 from actors.user_actor import STORE_ATTEMPTS, UNSTORED_REASON
 from events import ConflictError, ExtractionError, StorageError, UserLog, user_log_id
-from memvee import Memory, ProcessingError, ProcessStatus
+from memvee import Memory, ProcessingError, ProcessStatus, TransientStorageError
 from projections import verify
 from tests.support.extractors import RecordingExtractor
 from tests.support.store_faults import OUTAGE_ERROR, StoreOutage
@@ -396,3 +396,90 @@ def _issued(committer: GroupCommitter) -> int:
     """How many writes ``committer`` was given (each one queued, unless written at once)."""
     with committer._issuing:
         return committer._issued
+
+
+_PASSING_FAILURES = {
+    "statement timeout": ("SET LOCAL statement_timeout = 1", "SELECT pg_sleep(1)"),
+    "serialization failure": (
+        "DO $$ BEGIN RAISE EXCEPTION 'could not serialize access due to concurrent update' "
+        "USING ERRCODE = 'serialization_failure'; END $$",
+    ),
+    "deadlock": (
+        "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected'; "
+        "END $$",
+    ),
+}
+"""PostgreSQL's failures of a write that may pass, each provoked in the write's own
+transaction by the statements it runs there."""
+
+
+def _adds(batches: Any, user: str) -> bool:
+    """Whether a write of ``batches`` adds messages of ``user``."""
+    log_id = user_log_id(user)
+    return any(
+        isinstance(e, UserLog.MessageAdded) and e.originator_id == log_id
+        for batch in batches
+        for e in batch
+    )
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("failure", list(_PASSING_FAILURES))
+async def test_an_exchange_whose_write_meets_a_failure_that_may_pass_is_stored_once(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """A statement timeout, a serialization failure or a deadlock in the write of an
+    exchange, on every try but the last: the write is looked for in the log and sent again
+    after a short pause, so the exchange is acknowledged and stored once. (The caller was
+    told StorageError, and could not tell whether to send it again.)"""
+    await memory.add_exchange("ida", "I live in Oslo", "ok")
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, failed = store.append, []
+
+    def failing_but_the_last_try(batches: Any, fold: Any = None, *rest: Any) -> Any:
+        if not _adds(batches, "ida") or len(failed) == STORE_ATTEMPTS - 1:
+            return append(batches, fold, *rest)
+
+        def refused(connection: Any, _: Any) -> None:
+            failed.append(failure)
+            for statement in _PASSING_FAILURES[failure]:
+                connection.exec_driver_sql(statement)
+
+        return append(batches, refused, *rest)
+
+    monkeypatch.setattr(store, "append", failing_but_the_last_try)
+    await asyncio.wait_for(memory.add_exchange("ida", "I moved to Rome", "ok"), 30)
+    assert len(failed) == STORE_ATTEMPTS - 1
+    contents = [m.content for m in await memory.messages("ida")]
+    assert contents == ["I live in Oslo", "ok", "I moved to Rome", "ok"]
+    assert await asyncio.to_thread(verify, store) == []
+
+
+async def test_an_exchange_whose_write_keeps_failing_so_is_refused_as_one_that_may_pass(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its last try the caller is told with TransientStorageError: nothing of the
+    exchange was stored, so sending it again stores it once."""
+    await memory.add_exchange("jo", "I live in Oslo", "ok")
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, tries = store.append, []
+
+    def timing_out(batches: Any, *rest: Any) -> Any:
+        if _adds(batches, "jo") and len(tries) < STORE_ATTEMPTS:
+            tries.append(1)
+            raise StorageError("could not store the events") from psycopg.errors.QueryCanceled(
+                "canceling statement due to statement timeout"
+            )
+        return append(batches, *rest)
+
+    monkeypatch.setattr(store, "append", timing_out)
+    with pytest.raises(TransientStorageError, match=f"tried {STORE_ATTEMPTS} times and not"):
+        await asyncio.wait_for(memory.add_exchange("jo", "I moved to Rome", "ok"), 30)
+    assert len(tries) == STORE_ATTEMPTS
+    assert [m.content for m in await memory.messages("jo")] == ["I live in Oslo", "ok"]
+    await asyncio.wait_for(memory.add_exchange("jo", "I moved to Rome", "ok"), 30)
+    contents = [m.content for m in await memory.messages("jo")]
+    assert contents == ["I live in Oslo", "ok", "I moved to Rome", "ok"]
+    assert await asyncio.to_thread(verify, store) == []
