@@ -517,6 +517,8 @@ class UserActor(PooledActor):
                 self._services.touched(self.user_id)
                 self._batch_ended(task_id, "COMPLETED", None)
                 return
+            self._batch_failed(task_id, outcome, result.usage)
+            return
         self._batch_failed(task_id, outcome)
 
     def wake(self) -> None:
@@ -671,9 +673,15 @@ class UserActor(PooledActor):
         self._wake_due = due
         self._services.wake(self.user_id, delay)
 
-    def _batch_failed(self, task_id: str, error: BaseException) -> None:
+    def _batch_failed(
+        self, task_id: str, error: BaseException, spent: TokenUsage | None = None
+    ) -> None:
         """Record a failed batch: split it, quarantine a message that keeps failing alone,
-        or (for a failure that may pass) end the task and back off."""
+        or (for a failure that may pass) end the task and back off.
+
+        ``spent`` is what an answer that could not be recorded cost (the store failed): the
+        failure records it, or ``memvee stats`` would never count that paid call.
+        """
         again = repeats(error)
         text = _describe(error)
         wait = asked_to_wait(error)
@@ -688,7 +696,8 @@ class UserActor(PooledActor):
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )
-        usage = error.usage if isinstance(error, ExtractionError) and error.usage else _NO_USAGE
+        usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
+        usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
         limits = self._services.settings.limits
 

@@ -6,6 +6,7 @@ messages, and every caller is told with a StorageError."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from typing import Any
 
@@ -15,7 +16,15 @@ from sqlalchemy.exc import OperationalError
 
 from actors._committer import GroupCommitter
 from actors.user_actor import STORE_ATTEMPTS, UNSTORED_REASON
-from events import ConflictError, ExtractionError, StorageError, UserLog, user_log_id
+from events import (
+    ConflictError,
+    ExtractionBatch,
+    ExtractionError,
+    ExtractionResult,
+    StorageError,
+    UserLog,
+    user_log_id,
+)
 from memvee import Memory, ProcessingError, ProcessStatus, TransientStorageError
 from projections import verify
 from tests.support.extractors import RecordingExtractor
@@ -413,6 +422,10 @@ _PASSING_FAILURES = {
 transaction by the statements it runs there."""
 
 
+_OUTCOMES = (UserLog.KnowledgeExtracted, UserLog.ProcessingFailed)
+"""The events that record how a batch's extraction ended."""
+
+
 def _adds(batches: Any, user: str) -> bool:
     """Whether a write of ``batches`` adds messages of ``user``."""
     log_id = user_log_id(user)
@@ -483,3 +496,60 @@ async def test_an_exchange_whose_write_keeps_failing_so_is_refused_as_one_that_m
     contents = [m.content for m in await memory.messages("jo")]
     assert contents == ["I live in Oslo", "ok", "I moved to Rome", "ok"]
     assert await asyncio.to_thread(verify, store) == []
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize(
+    ("refused", "spent"),
+    [((UserLog.KnowledgeExtracted,), [700]), (_OUTCOMES, [])],
+    ids=["answer", "outcomes"],
+)
+async def test_an_answer_a_statement_timeout_kept_out_of_the_log_is_extracted_again_later(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: tuple[type, ...],
+    spent: list[int],
+) -> None:
+    """Its recording timed out at every try (and, with ``outcomes``, so did the batch's
+    failure): nothing is blamed on the message, even one allowed a single failure, and
+    the batch is extracted again once the store answers, its answer recorded once. The
+    failure, where stored, counts the tokens the lost answer cost (they went uncounted)."""
+    memory: Memory = await make_memory(
+        auto_process=True, batch_threshold=2, config={"retry_delay": 0.05, "max_attempts": 1}
+    )
+    assert memory._engine is not None
+    store = memory._engine.store
+    append, timed_out, answer = store.append, [], extractor.extract
+
+    async def paid(batch: ExtractionBatch) -> ExtractionResult:
+        return dataclasses.replace(await answer(batch), input_tokens=700, output_tokens=40)
+
+    monkeypatch.setattr(extractor, "extract", paid)
+
+    def timing_out(batches: Any, fold: Any = None, *rest: Any) -> Any:
+        kinds = {type(e) for batch in batches for e in batch}
+        if not kinds & set(refused) or len(timed_out) >= STORE_ATTEMPTS * len(refused):
+            return append(batches, fold, *rest)
+
+        def cancelled(connection: Any, _: Any) -> None:
+            timed_out.append(kinds)
+            for statement in _PASSING_FAILURES["statement timeout"]:
+                connection.exec_driver_sql(statement)
+
+        return append(batches, cancelled, *rest)
+
+    monkeypatch.setattr(store, "append", timing_out)
+    await memory.add_exchange("kim", "I keep bees", "ok")
+    async with asyncio.timeout(30):
+        while await memory.buffer("kim") or not await memory.knowledge("kim"):
+            await asyncio.sleep(0.02)
+        await memory.wait_for_processing("kim")
+    assert len(timed_out) == STORE_ATTEMPTS * len(refused)
+    assert await memory.quarantined("kim") == []
+    first = [m.message_id for m in extractor.batches[0].messages]
+    assert sorted(extractor.sent_message_ids) == sorted(first * 2), "extracted once more"
+    assert [e.text for e in await memory.knowledge("kim")] == ["User said: I keep bees"]
+    assert await asyncio.to_thread(verify, store) == []
+    failures = [e for e in store.events_of("kim") if isinstance(e, UserLog.ProcessingFailed)]
+    assert [f.input_tokens for f in failures] == spent
