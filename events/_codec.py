@@ -9,6 +9,7 @@ compressor, a value orjson would write its own way) to the mapper itself.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
@@ -23,7 +24,9 @@ from events.errors import UnreadableEventError, first_line
 from events.transcoding import (
     CompactMapper,
     compact_state,
+    drop_unknown,
     from_micros,
+    known_fields,
     restore_times,
     stored_topic,
     time_fields,
@@ -34,7 +37,8 @@ __all__ = ["Decoder", "Encoder", "Stored"]
 Stored = tuple[Any, int, str, bytes]
 """An event as stored: its log, its version, its topic and its serialized state."""
 
-_EventClass = tuple[type, Callable[[Any], Any], frozenset[str]]
+_EventClass = tuple[type, Callable[[Any], Any], frozenset[str], frozenset[str], int]
+_NOT_STORED = frozenset({"originator_id", "originator_version"})
 _UNSEEN: Any = object()
 
 
@@ -45,7 +49,8 @@ class Decoder:
     scanner parses it plainly and only the ``{"_type_", "_data_"}`` values (the events'
     datetimes, and those inside a snapshot's state) go through the registered
     transcodings, as the hook would; bare microseconds in a time field become times, as
-    :class:`CompactMapper` makes them. When a state holds a marker of no registered
+    :class:`CompactMapper` makes them, and fields a newer memvee added are left out
+    (:func:`~events.transcoding.drop_unknown`). When a state holds a marker of no registered
     transcoding, a class version, or text the marker count cannot tell from a marker, or
     the mapper has a cipher or a compressor, the event goes through the mapper itself.
     """
@@ -94,7 +99,9 @@ class Decoder:
         if found is not None:
             event_state = self._parse(state)
             if event_state is not None:
-                cls, convert, times = found
+                cls, convert, times, known, most = found
+                if len(event_state) > most and not known.issuperset(event_state):
+                    drop_unknown(cls, known, event_state)
                 restore_times(times, event_state)
                 event_state["originator_id"] = convert(originator_id)
                 event_state["originator_version"] = version
@@ -110,7 +117,7 @@ class Decoder:
         try:
             cls = resolve_topic(topic)
             if self._enabled and getattr(cls, "class_version", 1) == 1:
-                found = (cls, find_id_convertor(cls, id_type), time_fields(cls))
+                found = (cls, find_id_convertor(cls, id_type), time_fields(cls), *_fields(cls))
         except Exception:  # the mapper raises its own error for this event
             found = None
         self._classes[(topic, id_type)] = found
@@ -159,6 +166,15 @@ class Decoder:
                 if type(item) is dict or type(item) is list:
                     value[index] = self._restore(item, left)
         return value
+
+
+def _fields(cls: type) -> tuple[frozenset[str], int]:
+    """The fields of ``cls`` and the most a stored state of it holds: a state holding more
+    has fields a newer memvee added (a class of no known fields is taken as it is)."""
+    known = known_fields(cls)
+    if known is None:
+        return frozenset(), sys.maxsize
+    return known, len(known - _NOT_STORED)
 
 
 class _Unsure(Exception):

@@ -12,7 +12,9 @@ back exactly as it was given. Events stored in either older form (full topics, I
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -35,8 +37,10 @@ __all__ = [
     "CompactMapper",
     "UtcMicroseconds",
     "compact_state",
+    "drop_unknown",
     "from_micros",
     "full_topic",
+    "known_fields",
     "micros_of",
     "register_time_transcodings",
     "restore_times",
@@ -44,6 +48,8 @@ __all__ = [
     "time_fields",
     "time_from_stored",
 ]
+
+log = logging.getLogger("memvee.events")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -76,6 +82,34 @@ def time_fields(cls: type) -> frozenset[str]:
         for name, hint in hints.items()
         if hint is datetime or datetime in typing.get_args(hint)
     )
+
+
+@functools.cache
+def known_fields(cls: type) -> frozenset[str] | None:
+    """The fields a user-log event class declares (its base's id, version and time too);
+    ``None`` for any other class, whose stored state is taken as it is (snapshots)."""
+    if cls not in _SHORT_TOPICS:
+        return None
+    return frozenset(field.name for field in dataclasses.fields(cls))
+
+
+_NOTED: set[tuple[str, str]] = set()
+
+
+def drop_unknown(cls: type, known: frozenset[str], state: dict[str, Any]) -> None:
+    """Remove from ``state`` the fields ``cls`` does not declare: a newer memvee wrote them,
+    and this one reads the event as it knows it (forward compatibility). Each event type and
+    field is logged once, by name: never its value, which may be what a user said."""
+    for name in [name for name in state if name not in known]:
+        del state[name]
+        if (cls.__name__, name) not in _NOTED:
+            _NOTED.add((cls.__name__, name))
+            log.warning(
+                "a %s event holds field %r, which this memvee does not know (a newer memvee "
+                "wrote it): read without it",
+                cls.__name__,
+                name,
+            )
 
 
 def micros_of(moment: datetime) -> int:
@@ -124,9 +158,14 @@ class CompactMapper(Mapper[UUID]):
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
-        """The domain event of any stored form, compact or older."""
+        """The domain event of any stored form, compact or older, without the fields a
+        newer memvee added to its class (:func:`drop_unknown`)."""
         event = super().to_domain_event(stored_event)
-        restore_times(time_fields(type(event)), vars(event))
+        cls, state = type(event), vars(event)
+        known = known_fields(cls)
+        if known is not None and not known.issuperset(state):
+            drop_unknown(cls, known, state)
+        restore_times(time_fields(cls), state)
         return event
 
 

@@ -1469,3 +1469,62 @@ def test_a_resume_with_no_rebuild_stopped_says_so_and_changes_nothing(db: str) -
     said = run("rebuild", "--resume", "--db", db).output
     assert said.strip() == "no rebuild to resume: none was stopped midway"
     assert run("knowledge", "ann", "--json", "--db", db).output == before
+
+
+def _as_a_newer_memvee_writes(db: str, user_log: bytes | None = None) -> None:
+    """Give each message and extraction (of the log ``user_log``, else of every log) a
+    field this memvee does not know, and each knowledge entry a key of its own, as a newer
+    memvee sharing the database would store them."""
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT id, originator_id, state FROM memvee_events "
+            "WHERE topic IN ('MessageAdded', 'KnowledgeExtracted')"
+        ).fetchall()
+        for rowid, log_id, state in rows:
+            if user_log is not None and log_id != user_log:
+                continue
+            newer = json.loads(state)
+            newer["mood"] = "a secret mood"
+            for entry in newer.get("entries", ()):
+                entry["confidence"] = 0.9
+            connection.execute(
+                "UPDATE memvee_events SET state = ? WHERE id = ?",
+                (json.dumps(newer).encode(), rowid),
+            )
+
+
+def test_fields_a_newer_memvee_added_are_passed_over_by_every_read_and_kept_by_export(
+    db: str, tmp_path: Path
+) -> None:
+    """A rolling upgrade: what this memvee shows of a log is the same with or without the
+    newer fields (its audit log shows no field it does not know); an export keeps them
+    (nothing is lost), an import of it reads past them, and the next exchange folds on."""
+    reads = (
+        ["state", "ann"],
+        ["state", "ann", "--at", "5"],
+        ["knowledge", "ann", "--json"],
+        ["search", "ann", "Oslo", "--lexical"],
+    )
+    before = [run(*command, "--db", db).output for command in reads]
+    _as_a_newer_memvee_writes(db)
+    assert [run(*command, "--db", db).output for command in reads] == before
+    logged = json.loads(run("log", "ann", "--json", "--limit", "1000", "--db", db).output)
+    assert all("mood" not in event["payload"] for event in logged)
+    exported = run("export", "ann", "--db", db).output
+    assert '"mood": "a secret mood"' in exported.replace('":"', '": "')
+    assert "confidence" in exported
+    assert "from" in run("rebuild", "--db", db).output
+    assert run("verify", "--db", db).exit_code == 0
+    (tmp_path / "ann.jsonl").write_text(exported)
+    copy = str(tmp_path / "copy.db")
+    assert "imported" in run("import", str(tmp_path / "ann.jsonl"), "--db", copy).output
+    assert run("knowledge", "ann", "--json", "--db", copy).output == before[2]
+
+    async def go_on() -> list[str]:
+        config = MemoryConfig(db_path=db)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange("ann", "I love jazz.", "Nice.")
+            await memory.flush("ann")
+            return [entry.text for entry in await memory.knowledge("ann")]
+
+    assert "User loves jazz." in asyncio.run(go_on())
