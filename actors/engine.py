@@ -41,7 +41,13 @@ from events import (
     KnownEntry,
     ReplacedEntry,
 )
-from events.errors import DatabaseInUseError, MemveeError, StorageError, first_line
+from events.errors import (
+    DatabaseInUseError,
+    MemveeError,
+    NewerEventError,
+    StorageError,
+    first_line,
+)
 from projections import (
     FoldState,
     LexicalRanker,
@@ -512,6 +518,8 @@ class Engine:
         for future in futures:
             try:
                 future.get(timeout=30)
+            except NewerEventError as error:  # no task of it ran here: nothing to close
+                log.warning("closing a user's tasks at shutdown: %s", error)
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")
         self.timers.stop()

@@ -20,13 +20,14 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, find_id_convertor
 from eventsourcing.utils import resolve_topic
 
-from events.errors import UnreadableEventError, first_line
+from events.errors import NewerEventError, UnreadableEventError, first_line
 from events.transcoding import (
     CompactMapper,
     compact_state,
     drop_unknown,
     from_micros,
     known_fields,
+    known_topic,
     restore_times,
     stored_topic,
     time_fields,
@@ -71,10 +72,12 @@ class Decoder:
         self, originator_id: UUID, version: int, topic: str, state: bytes
     ) -> DomainEventProtocol[Any]:
         """The domain event of one stored row; :class:`UnreadableEventError` if it cannot be read
-        (damaged, or of an event class this version does not know)."""
+        (damaged), :class:`NewerEventError` if its type is one this version does not know."""
         try:
             return self._decoded(originator_id, version, topic, state)
         except Exception as error:
+            if not known_topic(topic):
+                raise NewerEventError(originator_id, version, topic) from error
             raise UnreadableEventError(originator_id, version, first_line(error)) from error
 
     def timestamp(self, originator_id: UUID, version: int, topic: str, state: bytes) -> datetime:

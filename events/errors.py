@@ -29,6 +29,7 @@ __all__ = [
     "InvalidInputError",
     "MemoryClosedError",
     "MemveeError",
+    "NewerEventError",
     "NotFoundError",
     "ProbeFailedError",
     "ProcessingError",
@@ -84,6 +85,21 @@ class UnreadableEventError(StorageError):
         self.log_id = log_id
         self.version = version
         self.reason = reason
+
+
+class NewerEventError(UnreadableEventError):
+    """A stored event of a type this memvee does not know: a newer memvee wrote it (a
+    rolling upgrade, or a file a newer one wrote). Nothing is damaged and nothing is lost:
+    this user's log reads again once memvee is upgraded; other users' logs read on.
+    ``topic`` names the event type."""
+
+    def __init__(self, log_id: UUID, version: int, topic: str) -> None:
+        super().__init__(
+            log_id,
+            version,
+            f"its event type {topic!r} was written by a newer memvee; upgrade memvee to read it",
+        )
+        self.topic = topic
 
 
 class OlderLayoutError(StorageError):

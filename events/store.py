@@ -50,6 +50,7 @@ from events.errors import (
     ConnectionLostError,
     InvalidInputError,
     MemveeError,
+    NewerEventError,
     NotFoundError,
     StorageError,
     first_line,
@@ -822,6 +823,8 @@ class EventStore:
                 )
             try:
                 aggregate = self._decode(log_id, row).mutate(aggregate)
+            except NewerEventError:
+                raise  # nothing is broken: a newer memvee reads it
             except Exception as error:
                 raise StorageError(
                     f"the log of {user_id!r} is broken, in {self.safe_url}: {first_line(error)}"
@@ -1274,7 +1277,10 @@ class EventStore:
         try:
             cls = resolve_topic(topic)
         except Exception as error:
-            raise ValueError(f"unknown event topic {topic!r}") from error
+            raise ValueError(
+                f"unknown event topic {topic!r} (a newer memvee wrote it? upgrade memvee to "
+                "import it)"
+            ) from error
         if cls not in EVENT_CLASSES:
             raise ValueError(f"unknown event topic {topic!r}")
         state = dict(state)

@@ -41,6 +41,7 @@ __all__ = [
     "from_micros",
     "full_topic",
     "known_fields",
+    "known_topic",
     "micros_of",
     "register_time_transcodings",
     "restore_times",
@@ -82,6 +83,16 @@ def time_fields(cls: type) -> frozenset[str]:
         for name, hint in hints.items()
         if hint is datetime or datetime in typing.get_args(hint)
     )
+
+
+def known_topic(topic: str) -> bool:
+    """Whether ``topic`` names an event class of this memvee: one it does not know was
+    written by a newer memvee."""
+    try:
+        resolve_topic(topic)
+    except Exception:  # eventsourcing's TopicError, or the import's own error
+        return False
+    return True
 
 
 @functools.cache

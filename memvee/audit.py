@@ -56,16 +56,23 @@ from events import (
     check_user_id,
     sqlite_url,
 )
-from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line, repeats
+from events.errors import (
+    ExtractorOverloadedError,
+    NewerEventError,
+    ProbeFailedError,
+    first_line,
+    repeats,
+)
 from events.imported import ImportReplay, check_fields
 from events.store import PAST_ANY_VERSION, exported_state
-from events.transcoding import full_topic
+from events.transcoding import full_topic, known_topic
 from events.user_log import (
     DEFAULT_LIMITS,
     LIVE_KNOWLEDGE,
     check_knowledge_version,
     check_new_knowledge_version,
     continues_decision,
+    user_log_id,
 )
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
@@ -485,6 +492,10 @@ class Audit:
             try:
                 state = exported_state(stored.topic, stored.state)
             except Exception as error:
+                if not known_topic(stored.topic):
+                    raise NewerEventError(
+                        user_log_id(user_id), stored.originator_version, stored.topic
+                    ) from error
                 raise StorageError(
                     f"version {stored.originator_version} of the log of {user_id!r} cannot be "
                     f"read: {first_line(error)}"

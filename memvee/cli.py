@@ -55,7 +55,12 @@ from events import (
     sqlite_file,
     sqlite_url,
 )
-from events.errors import UnreadableEventError, database_refused, is_database_failure
+from events.errors import (
+    NewerEventError,
+    UnreadableEventError,
+    database_refused,
+    is_database_failure,
+)
 from events.file_hold import HELD_SUFFIX
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
@@ -388,7 +393,8 @@ def _every_event_reads(store: EventStore) -> None:
 
 def _damaged(store: EventStore, error: UnreadableEventError, kept: str, then: str) -> StorageError:
     """An unreadable event, told with the user whose log it is (from the users projection,
-    when it lists the log) and what to do about it: a damaged log can always be forgotten."""
+    when it lists the log) and what to do about it: a damaged log can always be forgotten;
+    one a newer memvee wrote is read by upgrading (forgetting it would lose it)."""
     users = ProjectionTables().users
     try:
         with store.engine.connect() as connection:
@@ -397,6 +403,12 @@ def _damaged(store: EventStore, error: UnreadableEventError, kept: str, then: st
             ).scalar()
     except SQLAlchemyError:
         user = None
+    if isinstance(error, NewerEventError):
+        whose = f"of log {error.log_id}" if user is None else f"of the log of {user!r}"
+        return StorageError(
+            f"version {error.version} {whose} was written by a newer memvee (event type "
+            f"{error.topic!r}); {kept}: nothing is damaged, upgrade memvee, then {then}"
+        )
     if user is None:
         return StorageError(
             f"{error}; {kept}: restore the database, or forget the user of that log (a "

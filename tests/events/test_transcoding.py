@@ -12,7 +12,7 @@ from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import JSONTranscoder
 
-from events import EventStore, ExtractedFact, UserLog, sqlite_url
+from events import EventStore, ExtractedFact, UserLog, errors, sqlite_url
 from events._codec import Decoder
 from events.store import exported_state
 from events.transcoding import (
@@ -224,5 +224,37 @@ def test_fields_a_newer_memvee_added_to_an_event_are_read_past_and_logged_once_b
         noted = [r.getMessage() for r in caplog.records if "'tone'" in r.getMessage()]
         assert len(noted) == 1 and "MessageAdded" in noted[0]
         assert "secret" not in caplog.text
+    finally:
+        store.close()
+
+
+def test_an_event_of_a_type_only_a_newer_memvee_knows_is_a_typed_error_for_its_log_alone(
+    tmp_path: Path,
+) -> None:
+    """A newer memvee stored an event of a type this one does not know: reading that log
+    says so (upgrade, nothing is damaged), by every decoder; the other logs read on, and
+    the event stays stored."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        for user in ("ann", "bob"):
+            log = UserLog.register(user)
+            log.add_message("user", f"{user} here", None, 1000)
+            store.append([log.collect_events()])
+        (registered, _) = store.stored_events_of("ann")
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO memvee_events (originator_id, originator_version, topic, state) "
+                "VALUES (?, 3, 'MessageEdited', ?)",
+                (registered.originator_id.bytes, b'{"timestamp":1767603600000000}'),
+            )
+        for read in (lambda: store.events_of("ann"), lambda: list(store.follow())):
+            with pytest.raises(errors.UnreadableEventError) as raised:
+                read()
+            assert "'MessageEdited' was written by a newer memvee" in str(raised.value)
+            assert "upgrade memvee" in str(raised.value)
+            assert isinstance(raised.value, errors.NewerEventError)
+            assert (raised.value.version, raised.value.topic) == (3, "MessageEdited")
+        assert [e.content for e in store.events_of("bob")[1:]] == ["bob here"]  # type: ignore[attr-defined]
+        assert [s.topic for s in store.stored_events_of("ann")][-1] == "MessageEdited"
     finally:
         store.close()

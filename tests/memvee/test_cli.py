@@ -1528,3 +1528,75 @@ def test_fields_a_newer_memvee_added_are_passed_over_by_every_read_and_kept_by_e
             return [entry.text for entry in await memory.knowledge("ann")]
 
     assert "User loves jazz." in asyncio.run(go_on())
+
+
+def test_an_event_type_only_a_newer_memvee_knows_stops_that_users_log_alone_and_loses_nothing(
+    db: str,
+) -> None:
+    """A newer memvee sharing the database stored an event of a new type in ann's log (and
+    folded it into the projections, as every write does). What reads ann's log says to
+    upgrade, never to forget ann; rebuild and verify refuse whole, dropping nothing; bob is
+    read and written as before, and ann's event stays stored. An export holding such an
+    event is refused by import the same way, before storing any line."""
+    exported = run("export", "ann", "--db", db).output.splitlines()
+    edited = {"user_id": "ann", "version": len(exported) + 1, "state": {}}
+    edited["topic"] = "events.user_log:UserLog.MessageEdited"
+    newer_file = Path(db).parent / "newer.jsonl"
+    newer_file.write_text("\n".join([*exported, json.dumps(edited)]) + "\n")
+    copy = Path(db).parent / "copy.db"
+    refused = one_error_line(run("import", str(newer_file), "--db", str(copy), code=2))
+    assert "a newer memvee wrote it? upgrade memvee" in refused and not copy.exists()
+    with sqlite3.connect(db) as connection:
+        log_id, version = connection.execute(
+            "SELECT originator_id, max(originator_version) FROM memvee_events "
+            "WHERE originator_id = (SELECT originator_id FROM memvee_events WHERE id = 1)"
+        ).fetchone()
+        connection.execute(
+            "INSERT INTO memvee_events (originator_id, originator_version, topic, state) "
+            "VALUES (?, ?, 'MessageEdited', ?)",
+            (log_id, version + 1, b'{"timestamp":1767603600000000}'),
+        )
+        connection.execute(
+            "UPDATE mv_position SET position = position + 1 WHERE name = 'projections'"
+        )
+    newer = "'MessageEdited' was written by a newer memvee"
+    for command in (
+        ["log", "ann"],
+        ["state", "ann"],
+        ["export", "ann"],
+        ["rebuild", "--user", "ann"],
+    ):
+        line = one_error_line(run(*command, "--db", db, code=2))
+        assert newer in line and "upgrade memvee" in line, command
+    assert "I live in Oslo." in run("state", "ann", "--at", "3", "--db", db).output
+    assert "User lives in Bergen." in run("search", "ann", "Bergen", "--db", db).output
+    bob = run("knowledge", "bob", "--json", "--db", db).output
+    ann = run("knowledge", "ann", "--json", "--db", db).output
+    for command, kept in (
+        (["verify"], "nothing was compared"),
+        (["rebuild"], "nothing was dropped"),
+    ):
+        line = one_error_line(run(*command, "--db", db, code=2))
+        assert f"version {version + 1} of the log of 'ann' was written by a newer memvee" in line
+        assert "MessageEdited" in line, command
+        assert f"{kept}: nothing is damaged, upgrade memvee" in line and "forget" not in line
+    assert run("knowledge", "ann", "--json", "--db", db).output == ann
+    assert run("knowledge", "bob", "--json", "--db", db).output == bob
+
+    async def write() -> list[str]:
+        config = MemoryConfig(db_path=db)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange("bob", "I love jazz.", "Nice.")
+            await memory.flush("bob")
+            with pytest.raises(memvee.errors.NewerEventError, match="upgrade memvee"):
+                await memory.add_exchange("ann", "I love jazz.", "Nice.")
+            return [entry.text for entry in await memory.knowledge("bob")]
+
+    assert "User loves jazz." in asyncio.run(write())
+    with sqlite3.connect(db) as connection:
+        (last,) = connection.execute(
+            "SELECT topic FROM memvee_events WHERE originator_id = ? "
+            "ORDER BY originator_version DESC LIMIT 1",
+            (log_id,),
+        ).fetchone()
+    assert last == "MessageEdited"
