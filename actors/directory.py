@@ -27,7 +27,7 @@ from pykka.messages import ProxyCall
 
 from actors._bridge import BridgedFuture, LoopInbox, inbox_of, settle_future
 from events import MemoryClosedError
-from events.errors import database_refused, is_database_failure
+from events.errors import ActorStoppedError, database_refused, is_database_failure
 
 __all__ = ["ActorDirectory"]
 
@@ -40,11 +40,15 @@ Spawn = Callable[[str, Callable[[str, "pykka.ActorRef[Any]", bool], bool]], "pyk
 
 def ask(ref: pykka.ActorRef[Any], method: str, *args: Any) -> BridgedFuture[Any]:
     """Call ``method(*args)`` on the actor of ``ref``; a future of what it returns.
+    Raises ``pykka.ActorDeadError`` if the actor stopped (pykka would only fail the
+    future), so that the directory replaces it at once.
 
     The message a proxy would send, without the proxy: building one introspects the
     actor's attributes (26 tracked objects per actor, for the collector to walk on every
     full collection) and each call through it builds a callable.
     """
+    if not ref.is_alive():
+        raise pykka.ActorDeadError(f"{ref} not found")
     future: BridgedFuture[Any] = ref.ask(
         ProxyCall(attr_path=(method,), args=args, kwargs={}), block=False
     )  # type: ignore[assignment]
@@ -55,7 +59,7 @@ class _PendingCall:
     """A call from an event loop to a user's actor, answered on that loop when the actor
     replies (one per call in flight, so slotted: the collector walks each)."""
 
-    __slots__ = ("args", "inbox", "method", "target", "user_id")
+    __slots__ = ("args", "inbox", "method", "resend", "target", "user_id")
 
     def __init__(
         self,
@@ -64,9 +68,10 @@ class _PendingCall:
         args: tuple[Any, ...],
         inbox: LoopInbox,
         target: asyncio.Future[Any],
+        resend: Callable[[_PendingCall], None] | None,
     ) -> None:
         self.user_id, self.method, self.args = user_id, method, args
-        self.inbox, self.target = inbox, target
+        self.inbox, self.target, self.resend = inbox, target, resend
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
         ask(ref, self.method, *self.args).add_done_callback(self)
@@ -81,13 +86,19 @@ class _PendingCall:
         ok, value = future.outcome()
         if ok and isinstance(value, BridgedFuture):
             value.add_done_callback(self)
+        elif not ok and isinstance(value, pykka.ActorDeadError) and self.resend is not None:
+            resend, self.resend = self.resend, None  # the actor stopped before handling it
+            resend(self)
         else:
             self.inbox.post(settle_future, self.target, ok, value if ok else _typed(value))
 
 
 def _typed(error: BaseException) -> BaseException:
     """What a caller is raised for ``error``: a failure of the database (a lock held too
-    long, a damaged file) as a :class:`StorageError`, as every other path raises it."""
+    long, a damaged file) as a :class:`StorageError`, as every other path raises it; an
+    actor that stopped before handling the call as an :class:`ActorStoppedError`."""
+    if isinstance(error, pykka.ActorDeadError):
+        return ActorStoppedError(f"the user's actor stopped before handling the call: {error}")
     return database_refused(error) if is_database_failure(error) else error
 
 
@@ -297,7 +308,7 @@ class ActorDirectory:
         if outbox is None or outbox.loop is not loop:
             outbox = self._outbox_of(loop)
         target: asyncio.Future[Any] = loop.create_future()
-        call = _PendingCall(user_id, method, args, outbox.inbox, target)
+        call = _PendingCall(user_id, method, args, outbox.inbox, target, self._send)
         if paced:
             outbox.put(call)
         else:

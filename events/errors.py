@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 __all__ = [
     "FORGOTTEN_REASON",
     "INPUT_REFUSED_STATUSES",
+    "ActorStoppedError",
     "ConflictError",
     "ConnectionLostError",
+    "EmbedderError",
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorOverloadedError",
@@ -128,6 +130,17 @@ class TransientStorageError(StorageError):
 class DatabaseInUseError(StorageError):
     """A Memory's open was refused: another Memory has its database (SQLite file or
     PostgreSQL schema) open, and they cannot share it (only Memories with leases can)."""
+
+
+class EmbedderError(MemveeError):
+    """A user's embedder raised what is no ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``): on a memvee thread that is an embedder failure like any other (what
+    it embeds is found by its words meanwhile), never the end of the thread."""
+
+
+class ActorStoppedError(MemveeError):
+    """A user's actor stopped before it handled a call, and the fresh actor the call was
+    sent to again stopped too: nothing of the call was done; calling again starts anew."""
 
 
 class ExtractionError(MemveeError):

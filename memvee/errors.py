@@ -1,9 +1,11 @@
 """memvee's typed errors; bad input errors are also ``ValueError``s."""
 
 from events.errors import (
+    ActorStoppedError,
     ConflictError,
     ConnectionLostError,
     DatabaseInUseError,
+    EmbedderError,
     ExtractionError,
     ExtractionPausedError,
     ExtractorOverloadedError,
@@ -27,9 +29,11 @@ from events.errors import (
 )
 
 __all__ = [
+    "ActorStoppedError",
     "ConflictError",
     "ConnectionLostError",
     "DatabaseInUseError",
+    "EmbedderError",
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorOverloadedError",

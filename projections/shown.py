@@ -30,7 +30,7 @@ from events.errors import first_line
 from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
-from projections.vectors import NamedEmbedder, VectorIndex
+from projections.vectors import NamedEmbedder, VectorIndex, contained
 
 __all__ = [
     "KNOWN_SHARE",
@@ -152,14 +152,15 @@ class ByMeaning:
         for message in messages:
             if message.content.strip():
                 first.setdefault(message.content, message.message_id)
+        embed = contained(self.embedder.embed)  # whatever it raises: words only
         try:
             if self.fills:
-                self.index.fill(self.engine, user_id, self.embedder.embed, messages=False)
+                self.index.fill(self.engine, user_id, embed, messages=False)
             with self.engine.connect() as connection:
                 stored = self.index.message_vectors(connection, user_id, list(first.values()))
             unstored = [text for text, item in first.items() if item not in stored]
             unstored = unstored[:MEANING_TEXTS]
-            fresh = self.embedder.embed(unstored) if unstored else []
+            fresh = embed(unstored) if unstored else []
             embedded = dict(zip(unstored, fresh, strict=True))
         except Exception as error:
             log.warning(

@@ -39,7 +39,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
-from events.errors import INPUT_REFUSED_STATUSES, MemveeError, RejectedTextError
+from events.errors import (
+    INPUT_REFUSED_STATUSES,
+    EmbedderError,
+    MemveeError,
+    RejectedTextError,
+    first_line,
+)
 from events.transcoding import micros_of
 from events.user_log import LIVE_KNOWLEDGE
 from projections.search import spoken
@@ -50,6 +56,7 @@ __all__ = [
     "Embed",
     "NamedEmbedder",
     "VectorIndex",
+    "contained",
     "drop_vectors_of_gone_items",
     "hold_off_vector_writes",
     "unfit",
@@ -57,6 +64,24 @@ __all__ = [
 
 Embed = Callable[[Sequence[str]], list[list[float]]]
 """Maps texts to unit vectors (an Embedder's ``embed``)."""
+
+
+def contained(embed: Embed) -> Embed:
+    """``embed``, raising :class:`EmbedderError` for what it raises that is no ``Exception``
+    (``KeyboardInterrupt``, ``SystemExit``): a user's embedder failing so on a memvee
+    thread fails that call, as any embedder failure, instead of ending the thread (on an
+    actor's thread, pykka would stop every actor)."""
+
+    def call(texts: Sequence[str]) -> list[list[float]]:
+        try:
+            return embed(texts)
+        except Exception:
+            raise
+        except BaseException as error:
+            said = f": {first_line(error)}" if str(error).strip() else ""
+            raise EmbedderError(f"the embedder raised {type(error).__name__}{said}") from error
+
+    return call
 
 
 class NamedEmbedder(Protocol):

@@ -31,6 +31,21 @@ async def test_idle_actors_are_stopped_and_come_back_on_the_next_call(make_memor
     assert await memory.process("u") == 2
 
 
+async def test_an_actor_that_stopped_on_its_own_is_replaced_by_the_users_next_call(
+    make_memory: Any,
+) -> None:
+    """pykka stops every actor when one lets what is no ``Exception`` escape: each user's
+    next call starts a fresh actor instead of failing until the Memory opens again."""
+    memory: Memory = await make_memory()
+    await memory.add_exchange("u", "I live in Oslo", "ok")
+    engine = memory._engine
+    assert engine is not None
+    engine.directory._actors["u"].ref.stop()
+    await memory.add_exchange("u", "I work at Acme", "ok")
+    assert [m.seq for m in await memory.buffer("u")] == [1, 2, 3, 4]
+    assert await memory.process("u") == 2
+
+
 async def test_the_engines_own_calls_neither_spawn_nor_keep_an_idle_actor(
     make_memory: Any,
 ) -> None:

@@ -143,20 +143,36 @@ class _DownEmbedder(ConceptEmbedder):
         raise RuntimeError("embedding service unavailable")
 
 
-@pytest.mark.parametrize("embedder", [False, _DownEmbedder()], ids=["none", "down"])
+class _InterruptedEmbedder(ConceptEmbedder):
+    """An embedder that raises what is no ``Exception`` (as a library caught by a Ctrl-C
+    may, or one that calls ``sys.exit``)."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "embedder",
+    [False, _DownEmbedder(), _InterruptedEmbedder()],
+    ids=["none", "down", "interrupted"],
+)
 async def test_without_a_working_embedder_a_user_with_many_entries_is_still_processed(
     make_memory: Any, caplog: pytest.LogCaptureFixture, embedder: Any
 ) -> None:
-    """Without an embedder, or with one that fails, the entries beside a batch are found
-    by their words only, a warning says so, and the batch is extracted all the same."""
+    """Without an embedder, or with one that fails (even by raising ``KeyboardInterrupt``),
+    the entries beside a batch are found by their words only, a warning says so, the batch
+    is extracted all the same, and every user goes on."""
     memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=embedder)
+    await memory.add_message("ann", "user", "I live in Oslo")
     for i in range(110):
         await memory.add_message("bob", "user", f"I like item{i} things")
     await memory.flush("bob")
     await memory.add_message("bob", "user", "I'm a nurse.")
     with caplog.at_level(logging.WARNING, logger="memvee"):
-        assert await memory.process("bob") == 1
+        assert await asyncio.wait_for(memory.process("bob"), 10) == 1
     assert "chosen by their words only" in caplog.text
+    await memory.add_message("ann", "user", "I work at Acme")
+    assert await memory.process("ann") == 2
 
 
 async def test_process_with_nothing_buffered_returns_zero(memory: Memory) -> None:
