@@ -35,7 +35,7 @@ from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader
 from projections.search import index_word, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
-from projections.vectors import VectorIndex, unfit
+from projections.vectors import VectorIndex, contained, unfit
 from projections.words import fold
 
 __all__ = [
@@ -559,7 +559,7 @@ class Retriever:
                     messages=include_messages,
                     budget=self._embed_budget,
                 )
-                vector = self.embedder.embed([query])[0]
+                vector = contained(self.embedder.embed)([query])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
             problem = unfit(vector, self.embedder.dimensions)

@@ -300,7 +300,10 @@ class VectorIndex:
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
+        What ``embed`` raises that is no ``Exception`` fails it as any embedder failure
+        (see :func:`contained`).
         """
+        embed = contained(embed)
         log_id = str(user_log_id(user_id))
         with self._erasures_watched(log_id) as erased:
             missing: list[tuple[str, str, str]] = []

@@ -1009,8 +1009,14 @@ class _FailingEmbedder(ConceptEmbedder):
 
     down = False
     limit: int | None = None
+    raising: BaseException | None = None
+    """Raised by every call while set (what is no ``Exception`` too)."""
+    threads: list[str]
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.threads = [*getattr(self, "threads", []), threading.current_thread().name]
+        if self.raising is not None:
+            raise self.raising
         if self.down:
             raise MemveeError("the embedding API answered 503")
         if self.limit is not None and any(len(text) > self.limit for text in texts):
@@ -1131,6 +1137,29 @@ async def test_an_embedder_that_fails_leaves_the_search_lexical_until_it_answers
     embedder.down = False
     semantic = await memory.retrieve("ann", "what music is she into?", top_k=1)
     assert [hit.text for hit in semantic.entries] == ["User loves jazz."]
+
+
+async def test_an_embedder_raising_system_exit_leaves_the_search_lexical_and_embedding_alive(
+    make_memory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An embedder that raises what is no ``Exception`` (``SystemExit``, ``KeyboardInterrupt``)
+    fails as any other: the search ranks lexically, and the background embedding goes on
+    once it answers again, instead of ending the search's caller or the embedding thread."""
+    embedder = _FailingEmbedder()
+    memory = await _offline(make_memory, embedder=embedder)
+    embedder.raising = SystemExit(4)
+    await _say(memory, "ann", 0, "I work at Acme.")
+    with caplog.at_level(logging.WARNING, logger="memvee.retrieval"):
+        lexical = await asyncio.wait_for(memory.retrieve("ann", "Acme?", top_k=1), 10)
+    assert [hit.text for hit in lexical.entries] == ["User works at Acme."]
+    assert "this search ranks lexically" in caplog.text
+    engine = memory._engine
+    assert engine is not None and engine.vector_filler is not None
+    assert await asyncio.to_thread(engine.vector_filler.wait_idle, 5)
+    embedder.raising, embedder.threads = None, []
+    await _say(memory, "bob", 0, "I love jazz.")
+    assert await asyncio.to_thread(engine.vector_filler.wait_idle, 5)
+    assert "memvee-embedding" in embedder.threads
 
 
 async def test_a_text_the_embedder_refuses_leaves_the_rest_of_its_user_semantic(
