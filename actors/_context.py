@@ -24,26 +24,42 @@ from events import (
 )
 
 __all__ = [
+    "EmbedAside",
     "EngineSettings",
     "Erase",
     "KnownEntries",
     "SharedServices",
     "TargetsPlaced",
     "TaskObserver",
+    "ToEmbed",
+    "Vectors",
     "Wake",
 ]
 
 Erase = Callable[[str], ForgetReceipt]
 """Deletes every trace of a user in one transaction (see :mod:`actors.erasure`)."""
 
+Vectors = dict[str, list[float]]
+"""Vectors of texts, by text."""
+
 KnownEntries = Callable[
-    [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None],
+    [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None, Vectors],
     tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
 """Reads the entries an extractor is shown beside a batch's messages (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
-counts and, for a backdated batch, when its first and last messages were sent; and the chains of
-ended entries before those (for the log, which places a backdated fact among them)."""
+counts, for a backdated batch when its first and last messages were sent, and the vectors
+of the batch's texts embedded aside (see :data:`EmbedAside`); and the chains of ended
+entries before those (for the log, which places a backdated fact among them). Calls no
+embedder."""
+
+ToEmbed = Callable[[str, Sequence[BatchMessage], int], list[str]]
+"""The texts of a batch to embed before its entries are read, given how many current
+entries the user's log counts (see :meth:`projections.shown.ByMeaning.to_embed`)."""
+
+EmbedAside = Callable[[str, list[str], Callable[[Vectors | None], None]], None]
+"""Embeds a user's texts on another thread than the caller's, then calls back with their
+vectors (``None``: the embedder failed), so that no actor waits on an embedder."""
 
 TargetsPlaced = Callable[
     [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],
@@ -143,6 +159,10 @@ class SharedServices:
     call_user: Callable[..., object] | None = None
     """Call ``(user_id, method, *args)`` on the user's actor, spawning one if none is live
     (a write's retry whose actor stopped meanwhile)."""
+    to_embed: ToEmbed | None = None
+    embed_aside: EmbedAside | None = None
+    """With ``to_embed``: embeds a batch's texts off the actor before its entries are read
+    (without, its entries are read with the vectors stored)."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
     no request of another process, which that process runs once it takes the user over."""

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
 from actors._committer import GroupCommitter
-from actors._context import EngineSettings, SharedServices, TaskObserver
+from actors._context import EngineSettings, SharedServices, TaskObserver, Vectors
 from actors._dispatcher import Dispatcher
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
@@ -172,6 +173,8 @@ class Engine:
             else VectorIndex(self.tables, embedder.name, dimensions=embedder.dimensions)
         )
         self.meaning = ByMeaning(self.store.engine, self.vectors, embedder)
+        self._meaning_pool = ThreadPoolExecutor(1, thread_name_prefix="memvee-meaning")
+        undo.callback(self._meaning_pool.shutdown, cancel_futures=True)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
             undo.callback(self.vector_filler.stop)
@@ -208,6 +211,8 @@ class Engine:
             self.leases,
             None if self.leases is None else self._release_lease,
             self._call_user,
+            to_embed=self.meaning.to_embed,
+            embed_aside=None if embedder is None else self._embed_aside,
             stopping=self._stopping,
         )
         self.directory = ActorDirectory(
@@ -233,12 +238,14 @@ class Engine:
         messages: Sequence[BatchMessage],
         current: int,
         backdated: tuple[datetime, datetime] | None,
+        embedded: Vectors,
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What an extractor sees beside a batch, and the chains before it (see
-        :func:`projections.shown.shown_beside`)."""
+        :func:`projections.shown.shown_beside`), by the vectors stored and ``embedded``
+        (no embedder is called: this runs on the user's actor)."""
         if current <= 0 and backdated is None:
             return (), ()
-        near = self.meaning.near(user_id, messages, current)
+        near = self.meaning.near(user_id, messages, current, embedded=embedded)
         with self.store.engine.connect() as connection:
             return shown_beside(
                 connection,
@@ -251,6 +258,16 @@ class Engine:
                 backdated=backdated,
                 near=near,
             )
+
+    def _embed_aside(
+        self, user_id: str, texts: list[str], ready: Callable[[Vectors | None], None]
+    ) -> None:
+        """Embed a batch's ``texts`` on the meaning thread, then call ``ready`` with their
+        vectors (``None`` when the embedder failed, or the engine stops)."""
+        try:
+            self._meaning_pool.submit(lambda: ready(self.meaning.embed(user_id, texts)))
+        except RuntimeError:  # the pool is shut down: the engine stops
+            ready(None)
 
     def _targets_placed(
         self,
@@ -527,6 +544,7 @@ class Engine:
         if self.vector_filler is not None:
             self.vector_filler.stop()
         self.checkpointer.stop()
+        self._meaning_pool.shutdown(wait=False, cancel_futures=True)
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

@@ -26,7 +26,7 @@ import pykka
 
 from actors._bridge import BridgedFuture
 from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
-from actors._context import SharedServices
+from actors._context import SharedServices, Vectors
 from actors._dispatcher import PooledActor
 from actors._workers import EveryBatchRefused, ExtractorNotAsync, Outcome, asked_to_wait
 from actors.erasure import ForgetReceipt
@@ -131,6 +131,7 @@ class UserActor(PooledActor):
         self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
         self._batch_replaced: tuple[ReplacedEntry, ...] = ()  # the ended ones before those
         self._batch_reruns = 0
+        self._meaning_round = 0  # batches whose texts went to be embedded aside
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._task_covered = 0
@@ -785,8 +786,27 @@ class UserActor(PooledActor):
         self._services.observer.task_running(
             self.user_id, task_id, len({*self._task_messages, *claimed})
         )
+        self._hand_over(task_id, claimed, None)
+
+    def meaning_ready(
+        self, task_id: str, round_: int, claimed: list[str], vectors: Vectors | None
+    ) -> None:
+        """Go on with the batch whose texts were embedded aside (``vectors`` ``None``: the
+        embedder failed, and the vectors stored choose with the words), unless its task
+        ended meanwhile (forgotten, interrupted, shut down)."""
+        if task_id != self._running or round_ != self._meaning_round:
+            log.info(
+                "user %r: task %s had ended when its texts were embedded", self.user_id, task_id
+            )
+            return
+        self._hand_over(task_id, claimed, vectors or {})
+
+    def _hand_over(self, task_id: str, claimed: list[str], embedded: Vectors | None) -> None:
+        """Read the batch and hand it to the workers; first, while its texts are to be
+        embedded (``embedded`` ``None``: not yet), have them embedded off this thread, so
+        that a slow embedder never holds the user's writes (see :meth:`meaning_ready`)."""
         try:
-            batch = self._batch(task_id, claimed)
+            batch = self._batch(task_id, claimed, embedded)
         except Exception as error:
             self._batch_messages = ()
             if not isinstance(error, MemveeError):  # a failed read never splits a batch
@@ -799,7 +819,18 @@ class UserActor(PooledActor):
                 error = StorageError(f"could not read the batch: {_describe(error)}")
             self.extraction_done(task_id, error)
             return
-        self._services.workers.submit(batch, self._deliver_to_self(task_id))
+        if isinstance(batch, ExtractionBatch):
+            self._services.workers.submit(batch, self._deliver_to_self(task_id))
+            return
+        self._meaning_round += 1
+        round_, myself = self._meaning_round, self._myself
+
+        def _ready(vectors: Vectors | None) -> None:
+            myself.meaning_ready(task_id, round_, claimed, vectors)
+
+        embed_aside = self._services.embed_aside
+        assert embed_aside is not None
+        embed_aside(self.user_id, batch, _ready)
 
     def _record(self, user_log: UserLog | None, result: ExtractionResult) -> list[Any]:
         """Record the running batch's facts (the log goes on with the next batch, if any)."""
@@ -844,8 +875,11 @@ class UserActor(PooledActor):
 
         return _deliver
 
-    def _batch(self, task_id: str, claimed: list[str]) -> ExtractionBatch:
-        """Read the claimed messages back from the log (the state keeps no bodies)."""
+    def _batch(
+        self, task_id: str, claimed: list[str], embedded: Vectors | None
+    ) -> ExtractionBatch | list[str]:
+        """Read the claimed messages back from the log (the state keeps no bodies), or,
+        before ``embedded`` is given, the texts to embed aside first (if any)."""
         user_log = self._user_log(create=False)  # reloaded, after a decision that raised
         assert user_log is not None
         versions = user_log.open_tasks[task_id]
@@ -860,8 +894,13 @@ class UserActor(PooledActor):
         self._batch_messages = messages
         times = [m.sent_at for m in messages]
         backdated = (min(times), max(times)) if times and user_log.ends_after(min(times)) else None
+        current, to_embed = user_log.knowledge_count, self._services.to_embed
+        if embedded is None and self._services.embed_aside is not None and to_embed is not None:
+            texts = to_embed(self.user_id, messages, current)
+            if texts:
+                return texts
         known, replaced = self._services.known(
-            self.user_id, messages, user_log.knowledge_count, backdated
+            self.user_id, messages, current, backdated, embedded or {}
         )
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)

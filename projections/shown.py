@@ -103,6 +103,10 @@ class ByMeaning:
     Without an embedder (or ``index``) they are chosen by their words only: a warning
     says so, once, when it first matters. ``fills`` is for a caller with no background
     embedding its entries (re-extraction): it embeds those waiting for a vector first.
+
+    Live processing calls the embedder off the user's actor: :meth:`to_embed` says which
+    texts lack a vector, :meth:`embed` embeds them on another thread, and :meth:`near`
+    takes them as ``embedded`` (a slow embedder must not hold the user's writes).
     """
 
     def __init__(
@@ -119,25 +123,79 @@ class ByMeaning:
         self.fills = fills
         self._warned = False
 
+    def to_embed(self, user_id: str, messages: Sequence[BatchMessage], current: int) -> list[str]:
+        """The texts of ``messages`` :meth:`near` wants embedded: at most
+        :data:`MEANING_TEXTS` of those with no stored vector, and none when it chooses
+        nothing by meaning (see :meth:`near`) or the vectors cannot be read (their words
+        then choose). Calls no embedder."""
+        if not self._by_meaning(user_id, messages, current):
+            return []
+        first = _first_texts(messages)
+        try:
+            stored = self._stored(user_id, first)
+        except Exception as error:
+            self._words_only(user_id, error)
+            return []
+        return [text for text, item in first.items() if item not in stored][:MEANING_TEXTS]
+
+    def embed(self, user_id: str, texts: Sequence[str]) -> dict[str, list[float]] | None:
+        """The vectors of ``texts`` by text; ``None`` with a warning when the embedder fails
+        (whatever it raises): the entries are then chosen by their words."""
+        if self.embedder is None or not texts:
+            return {}
+        try:
+            return dict(zip(texts, contained(self.embedder.embed)(texts), strict=True))
+        except Exception as error:
+            self._words_only(user_id, error)
+            return None
+
     def near(
         self,
         user_id: str,
         messages: Sequence[BatchMessage],
         current: int,
         version: str = LIVE_KNOWLEDGE,
+        embedded: dict[str, list[float]] | None = None,
     ) -> Near | None:
         """What :func:`shown_beside` needs to choose by meaning beside ``messages``:
         nothing for a user with at most :data:`MAX_KNOWN_ENTRIES` current entries
         (``current``, as the log counts them: all are shown). Else the vectors of the
-        messages' texts: those stored, and of the others at most :data:`MEANING_TEXTS`
-        embedded now. ``None`` with a warning when embedding fails: the entries are then
-        chosen by their words, and the batch is extracted all the same.
+        messages' texts: those stored, and of the others those in ``embedded`` (given, no
+        embedder is called here) or else at most :data:`MEANING_TEXTS` embedded now.
+        ``None`` with a warning when embedding fails: the entries are then chosen by their
+        words, and the batch is extracted all the same.
 
         Entries still waiting for their vector (the background embeds them soon after
         they are written) are found by their words only meanwhile, unless ``fills``.
         """
-        if current <= MAX_KNOWN_ENTRIES or not messages:
+        if not self._by_meaning(user_id, messages, current):
             return None
+        assert self.index is not None and self.embedder is not None
+        first = _first_texts(messages)
+        try:
+            if self.fills:
+                self.index.fill(self.engine, user_id, self.embedder.embed, messages=False)
+            stored = self._stored(user_id, first)
+        except Exception as error:
+            self._words_only(user_id, error)
+            return None
+        if embedded is None:
+            unstored = [text for text, item in first.items() if item not in stored]
+            embedded = self.embed(user_id, unstored[:MEANING_TEXTS])
+            if embedded is None:
+                return None
+        vectors = [
+            vector
+            for text, item in first.items()
+            if (vector := stored.get(item, embedded.get(text))) is not None
+        ]
+        return Near(self.index, user_id, vectors, version)
+
+    def _by_meaning(self, user_id: str, messages: Sequence[BatchMessage], current: int) -> bool:
+        """Whether the entries shown beside ``messages`` are chosen by meaning too: past
+        :data:`MAX_KNOWN_ENTRIES` current entries, with an embedder (else a warning, once)."""
+        if current <= MAX_KNOWN_ENTRIES or not messages:
+            return False
         if self.index is None or self.embedder is None:
             if not self._warned:
                 self._warned = True
@@ -147,35 +205,32 @@ class ByMeaning:
                     user_id,
                     MAX_KNOWN_ENTRIES,
                 )
-            return None
-        first: dict[str, str] = {}  # each text, with the first message that says it
-        for message in messages:
-            if message.content.strip():
-                first.setdefault(message.content, message.message_id)
-        embed = contained(self.embedder.embed)  # whatever it raises: words only
-        try:
-            if self.fills:
-                self.index.fill(self.engine, user_id, embed, messages=False)
-            with self.engine.connect() as connection:
-                stored = self.index.message_vectors(connection, user_id, list(first.values()))
-            unstored = [text for text, item in first.items() if item not in stored]
-            unstored = unstored[:MEANING_TEXTS]
-            fresh = embed(unstored) if unstored else []
-            embedded = dict(zip(unstored, fresh, strict=True))
-        except Exception as error:
-            log.warning(
-                "user %r: the entries shown beside a batch are chosen by their words only, "
-                "the embedder failed (%s)",
-                user_id,
-                first_line(error),
-            )
-            return None
-        vectors = [
-            vector
-            for text, item in first.items()
-            if (vector := stored.get(item, embedded.get(text))) is not None
-        ]
-        return Near(self.index, user_id, vectors, version)
+            return False
+        return True
+
+    def _stored(self, user_id: str, first: dict[str, str]) -> dict[str, list[float]]:
+        """The stored vectors of the messages of ``first`` (text -> message id), by id."""
+        assert self.index is not None
+        with self.engine.connect() as connection:
+            return self.index.message_vectors(connection, user_id, list(first.values()))
+
+    @staticmethod
+    def _words_only(user_id: str, error: BaseException) -> None:
+        log.warning(
+            "user %r: the entries shown beside a batch are chosen by their words only, "
+            "the embedder failed (%s)",
+            user_id,
+            first_line(error),
+        )
+
+
+def _first_texts(messages: Sequence[BatchMessage]) -> dict[str, str]:
+    """Each non-blank text of ``messages``, with the first message that says it."""
+    first: dict[str, str] = {}
+    for message in messages:
+        if message.content.strip():
+            first.setdefault(message.content, message.message_id)
+    return first
 
 
 def shown_beside(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -134,6 +135,44 @@ async def test_a_user_with_many_entries_who_says_a_change_in_other_words_keeps_o
     await memory.process("alice")
     jobs = [e.text for e in await memory.knowledge("alice") if "item" not in e.text]
     assert jobs == ["User is a nurse."]
+
+
+class _HeldEmbedder(ConceptEmbedder):
+    """The concept embedder, held until ``gate`` is set (a remote embedding API taking its
+    time); ``held`` is set once a call other than the background's waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.held = threading.Event(), threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if threading.current_thread().name != "memvee-embedding":
+            self.held.set()
+        self.gate.wait(10)
+        return super().embed(texts)
+
+
+async def test_a_slow_embedder_never_holds_the_users_writes_while_its_batch_is_prepared(
+    make_memory: Any,
+) -> None:
+    """Past 100 current entries a batch's texts are embedded to choose the entries shown
+    beside it: off the user's actor, so that ``add_exchange`` stays fast meanwhile."""
+    embedder = _HeldEmbedder()
+    embedder.gate.set()
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=embedder)
+    for i in range(110):
+        await memory.add_message("alice", "user", f"I like item{i} things")
+    await memory.flush("alice")
+    embedder.gate.clear()
+    await memory.add_message("alice", "user", "I'm a nurse.")
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(embedder.held.wait, 10)
+    try:
+        await asyncio.wait_for(memory.add_exchange("alice", "I live in Oslo", "ok"), 5)
+    finally:
+        embedder.gate.set()
+    assert await task.wait() == 1
+    assert [m.content for m in await memory.buffer("alice")] == ["I live in Oslo", "ok"]
 
 
 class _DownEmbedder(ConceptEmbedder):
