@@ -699,7 +699,10 @@ class Memory:
                 raise processing_error(user_id, task.task_id, task.error or "unknown error")
 
     async def wait_for_processing(self, user_id: str, timeout: float | None = None) -> int:  # noqa: ASYNC109 - the spec names it
-        """Wait for every in-flight task of the user; returns the entries they extracted.
+        """Wait for the user's tasks in flight when called (with leases, those another
+        process runs too); returns the entries they extracted. Runs started meanwhile (a
+        user who keeps writing with ``auto_process``) are not waited for: :meth:`flush`
+        waits until nothing is buffered.
 
         On ``timeout`` (seconds) raises :class:`ProcessingTimeoutError` (a ``TimeoutError``)
         and leaves the tasks running.
@@ -710,46 +713,39 @@ class Memory:
         # In flight now: counted even if they end while the other processes' are looked up.
         ahead = list(self._inflight.get(user_id, {}).values())
         await self._follow_tasks_elsewhere(user_id)
-        if seconds is None or (user_id not in self._inflight and all(t.done for t in ahead)):
-            return await self._wait_inflight(user_id, ahead)
+        tasks = list({t.task_id: t for t in (*ahead, *self._inflight_of(user_id))}.values())
+        if seconds is None or all(t.done for t in tasks):
+            return await self._wait_inflight(user_id, tasks)
         try:
-            return await asyncio.wait_for(self._wait_inflight(user_id, ahead), seconds)
+            return await asyncio.wait_for(self._wait_inflight(user_id, tasks), seconds)
         except TimeoutError:
             raise ProcessingTimeoutError(
                 f"processing of user {user_id!r} still running after {timeout:g} s"
             ) from None
 
-    async def _wait_inflight(self, user_id: str, ahead: Sequence[ProcessTask] = ()) -> int:
-        """Wait for the user's in-flight tasks (and ``ahead``, in flight when the wait
-        began); the entries they extracted, or the first failure raised."""
-        total, failed = await self._settle(user_id, ahead)
+    def _inflight_of(self, user_id: str) -> list[ProcessTask]:
+        """The user's tasks in flight now."""
+        return list(self._inflight.get(user_id, {}).values())
+
+    async def _wait_inflight(self, user_id: str, tasks: Sequence[ProcessTask]) -> int:
+        """Wait for ``tasks``; the entries they extracted, or the first failure raised."""
+        total, failed = await _ended(tasks)
         if failed:
             first = failed[0]
             raise processing_error(user_id, first.task_id, first.error or "unknown error")
         return total
 
-    async def _settle(
-        self, user_id: str, ahead: Sequence[ProcessTask] = ()
-    ) -> tuple[int, list[ProcessTask]]:
-        """Wait until the user has no task in flight; the entries of those that completed
-        (``ahead`` too, which may have ended already), and those that failed."""
+    async def _settle(self, user_id: str) -> tuple[int, list[ProcessTask]]:
+        """Wait until the user has no task in flight, those started meanwhile too; the
+        entries of those that completed, and those that failed."""
         total = 0
         failed: list[ProcessTask] = []
         counted: set[str] = set()
-        while tasks := [
-            t
-            for t in {
-                t.task_id: t for t in (*ahead, *self._inflight.get(user_id, {}).values())
-            }.values()
-            if t.task_id not in counted
-        ]:
-            await asyncio.wait([t._finished for t in tasks])
+        while tasks := [t for t in self._inflight_of(user_id) if t.task_id not in counted]:
+            more, failures = await _ended(tasks)
             counted.update(t.task_id for t in tasks)
-            for task in tasks:
-                if task.status is ProcessStatus.FAILED:
-                    failed.append(task)
-                else:
-                    total += task.knowledge_count
+            total += more
+            failed += failures
         return total, failed
 
     # ------------------------------------------------------------------ reads
@@ -1246,6 +1242,16 @@ def _is_async(function: object) -> bool:
     if inspect.isroutine(function) or isinstance(function, type):
         return False
     return callable(function) and inspect.iscoroutinefunction(type(function).__call__)
+
+
+async def _ended(tasks: Sequence[ProcessTask]) -> tuple[int, list[ProcessTask]]:
+    """Wait for ``tasks`` to end (some may have ended already); the entries of those that
+    completed, and those that failed."""
+    if tasks:
+        await asyncio.wait([t._finished for t in tasks])
+    failed = [t for t in tasks if t.status is ProcessStatus.FAILED]
+    completed = [t for t in tasks if t.status is not ProcessStatus.FAILED]
+    return sum(t.knowledge_count for t in completed), failed
 
 
 def _check_timeout(timeout: object) -> float | None:

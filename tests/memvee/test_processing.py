@@ -343,6 +343,38 @@ async def test_wait_for_processing_sees_process_async_tasks(
     assert task.done and task.status is ProcessStatus.COMPLETED
 
 
+async def test_wait_for_processing_waits_for_the_runs_in_flight_when_called_not_later_ones(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """A user who keeps writing keeps starting runs: the wait ends with the runs in flight
+    when it was called (``flush`` is the call that waits until nothing is buffered)."""
+    extractor.gate.clear()
+    later = threading.Event()
+
+    def held_if_later(batch: ExtractionBatch) -> None:
+        if any("later" in m.content for m in batch.messages):
+            later.wait(10)
+
+    extractor.fault = held_if_later
+    memory: Memory = await make_memory()
+    await _exchanges(memory, "wes", 2)
+    first = memory.process_async("wes")
+    assert await asyncio.to_thread(extractor.started.wait, 5)
+    waiting = asyncio.ensure_future(memory.wait_for_processing("wes"))
+    async with asyncio.timeout(10):
+        while not _awaits(waiting, "_wait_inflight"):  # it has taken the runs in
+            await asyncio.sleep(0.01)
+    await memory.add_exchange("wes", "written later", "ok")
+    second = memory.process_async("wes")
+    extractor.gate.set()
+    try:
+        assert await asyncio.wait_for(waiting, 5) == 2
+        assert first.status is ProcessStatus.COMPLETED and not second.done
+    finally:
+        later.set()
+    assert await second.wait() == 1
+
+
 async def test_wait_for_processing_with_nothing_in_flight_returns_zero(memory: Memory) -> None:
     assert await memory.wait_for_processing("idle", timeout=1) == 0
 
