@@ -223,7 +223,9 @@ def mcp(
     lexical: Lexical = False,
     drain_timeout: Annotated[
         int,
-        typer.Option(min=0, help="Seconds the requests still running get once stdin closes."),
+        typer.Option(
+            min=0, help="Seconds the requests still running get once stdin closes or on SIGTERM."
+        ),
     ] = 30,
     log_level: LogLevel = LogLevelName.WARNING,
 ) -> None:

@@ -41,7 +41,7 @@ from memvee._server.logs import REQUEST_ID_KEY
 from memvee._server.whole_numbers import whole_number
 from memvee.audit import Audit
 
-__all__ = ["READ_ONLY_TOOLS", "build_mcp"]
+__all__ = ["READ_ONLY_TOOLS", "Cutoff", "build_mcp"]
 
 log = logging.getLogger("memvee.server")
 
@@ -135,12 +135,75 @@ class Forgotten(BaseModel):
     )
 
 
+class Cutoff:
+    """The end of a stopping server's grace: once :meth:`cut`, a tool call still running
+    is answered at once, saying whether it may have been carried out, instead of being
+    cancelled by the SDK with a bare "Connection closed" (after which a client would
+    send a stored ``remember`` again)."""
+
+    def __init__(self) -> None:
+        self._cut = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def is_cut(self) -> bool:
+        """The grace is over: tool calls are answered without waiting for their work."""
+        return self._cut.is_set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take :meth:`cut` calls from other threads to ``loop``, the tools' loop."""
+        self._loop = loop
+
+    def cut(self) -> None:
+        """End the grace (from any thread once bound)."""
+        if self._loop is None:
+            self._cut.set()
+        else:
+            self._loop.call_soon_threadsafe(self._cut.set)
+
+    async def run(self, work: Callable[[], Awaitable[R]], *, reads_only: bool) -> R:
+        """The result of ``work()``, or, when the grace ends first, a tool error as the
+        HTTP drain answers: ``not_ready`` if it only reads or never began, else
+        ``outcome_unknown`` (a write handed to the memory goes on to its commit)."""
+        if self.is_cut:
+            raise ToolError(f"not_ready: {_NOT_STARTED}")
+        running = asyncio.ensure_future(work())
+        ended = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({running, ended}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the client cancelled the call, or the SDK stopped
+            running.cancel()
+            raise
+        finally:
+            ended.cancel()
+        if running.done():
+            return running.result()
+        running.cancel()
+        raise ToolError(
+            f"not_ready: {_CUT_SHORT}" if reads_only else f"outcome_unknown: {_UNKNOWN}"
+        )
+
+
+_NOT_STARTED = "the server is shutting down; nothing was done, try again shortly"
+_CUT_SHORT = "the server is shutting down; try again shortly"
+_UNKNOWN = (
+    "the server shut down before it could answer; the request may have been carried out: "
+    "check before sending it again"
+)
+
+
 def build_mcp(
-    memory: Memory, audit: Audit, *, user: str | None = None, allow_forget: bool = False
+    memory: Memory,
+    audit: Audit,
+    *,
+    user: str | None = None,
+    allow_forget: bool = False,
+    cutoff: Cutoff | None = None,
 ) -> MCPServer[Any]:
     """An MCP server whose tools act on ``memory``: for ``user`` only when one is given
     (the tools then take no user id), else for the user each call names. Each tool takes
-    exactly the arguments its input schema gives (:class:`_ExactTool`)."""
+    exactly the arguments its input schema gives (:class:`_ExactTool`), and once
+    ``cutoff`` is cut a call still running is answered at once (:meth:`Cutoff.run`)."""
 
     async def remember(
         user_id: UserId,
@@ -241,6 +304,8 @@ def build_mcp(
     exact: list[Tool] = []
     for fn, description in tools:
         tool = _with_tool_errors(fn)
+        if cutoff is not None:
+            tool = _until_cut(tool, cutoff, reads_only=fn.__name__ in READ_ONLY_TOOLS)
         if user is not None:
             tool = _for_user(tool, user)
         exact.append(_exact_tool(tool, fn.__name__, description, _hints(fn.__name__)))
@@ -405,6 +470,18 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
                     extra=_request_ids([*args, *kwargs.values()]),
                 )
             raise ToolError(f"{code}: {caller_message(error)}") from error
+
+    return tool
+
+
+def _until_cut(
+    fn: Callable[P, Awaitable[R]], cutoff: Cutoff, *, reads_only: bool
+) -> Callable[P, Awaitable[R]]:
+    """The tool ``fn``, answered at once when ``cutoff`` is cut (:meth:`Cutoff.run`)."""
+
+    @functools.wraps(fn)
+    async def tool(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await cutoff.run(functools.partial(fn, *args, **kwargs), reads_only=reads_only)
 
     return tool
 

@@ -5,8 +5,10 @@ stops accepting, lets in-flight requests finish within the drain timeout (refusi
 a 503, the requests that arrive meanwhile on kept-alive connections), and then the
 memory closes with its own grace period for running extraction. The stdio server stops
 when its client closes stdin (once every request read is answered), closing the memory
-the same way, or at once on a signal, which interrupts running extraction (its messages
-stay buffered), as a client signals a stdio server it wants gone now.
+the same way, or on a signal, which reads no more requests, answers those read (a call
+still running after the drain timeout answers that its outcome is unknown) and then
+interrupts running extraction (its messages stay buffered), as a client signals a stdio
+server it wants gone now; a second signal ends the process at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -30,7 +33,7 @@ from memvee._memory import Memory
 from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
 from memvee._server.drain import Drain
-from memvee._server.mcp_tools import build_mcp
+from memvee._server.mcp_tools import Cutoff, build_mcp
 from memvee._server.stdio_drain import DrainedStdio
 from memvee.audit import Audit
 
@@ -188,30 +191,35 @@ async def serve_stdio(
     drain_timeout: int,
     stops: StopSignals,
 ) -> None:
-    """Serve MCP over stdin/stdout until the client closes stdin (once every request
-    read is answered, or after ``drain_timeout`` seconds) or a signal comes, during the
-    start-up too."""
+    """Serve MCP over stdin/stdout until the client closes stdin or a signal comes (during
+    the start-up too), once every request read is answered; a call still running after
+    ``drain_timeout`` seconds is answered at once (:class:`Cutoff`)."""
     audit = await _open(memory, db, db_url)
     stopping = False
     hurried: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
     try:
-        server = build_mcp(memory, audit, user=user, allow_forget=allow_forget)
-        drained = None if sys.platform == "win32" else DrainedStdio(drain_timeout)
+        cutoff = Cutoff()
+        cutoff.bind(loop)
+        server = build_mcp(memory, audit, user=user, allow_forget=allow_forget, cutoff=cutoff)
+        drained = None if sys.platform == "win32" else DrainedStdio(drain_timeout, cutoff.cut)
         with drained or nullcontext():
             running = asyncio.ensure_future(server.run_stdio_async())
 
-            def stop() -> None:
+            def stop(sent: signal.Signals | None = None) -> None:
                 nonlocal stopping
+                if stopping and sent is not None:  # a second signal: stop now
+                    _die_of(loop, sent)
                 stopping = True
-                running.cancel()
-                if drained is not None:  # the SDK's cancel waits for its read of stdin
-                    drained.end_input()
+                if drained is None:
+                    running.cancel()
+                else:  # the requests read are answered first, within the drain timeout
+                    drained.stop_reading()
                 if running.done():  # stdin closed first and the memory is closing: now
                     hurried.append(loop.create_task(memory.close(grace=0)))
 
-            loop = asyncio.get_running_loop()
             for sent in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sent, stop)
+                loop.add_signal_handler(sent, stop, sent)
             if stops.requested:  # during the start-up
                 stop()
             try:
@@ -233,6 +241,13 @@ async def serve_stdio(
         await asyncio.gather(*hurried)
         await asyncio.to_thread(audit.close)
         log.info("memory closed", extra={"event": "closed"})
+
+
+def _die_of(loop: asyncio.AbstractEventLoop, sent: signal.Signals) -> None:
+    """End the process as ``sent`` does by default, as a second signal asks."""
+    loop.remove_signal_handler(sent)
+    signal.signal(sent, signal.SIG_DFL)
+    os.kill(os.getpid(), sent)
 
 
 def _not_from_stopping(error: BaseException) -> bool:

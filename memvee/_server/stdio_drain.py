@@ -9,8 +9,12 @@ thread that a cancellation waits for, so a signal could not stop a server whose 
 sends nothing more. :class:`DrainedStdio` stands between the process's standard streams
 and the SDK, on pipes: it passes every line through, notes the JSON-RPC requests read
 and the responses written, and shows the SDK the end of stdin once every request has
-its response (or ``timeout`` seconds have passed), or at once when told to end. It works
-on file descriptors, so the SDK's own guard of stdout (stray prints go to stderr) stays.
+its response, or at once when told to end. A signal stops the reading the same way, so
+that no call already read is cancelled with the SDK's bare "Connection closed" (a
+``remember`` that was stored, which its client would send again); calls still running
+after ``timeout`` seconds are cut short, to answer whether they may have been carried
+out. It works on file descriptors, so the SDK's own guard of stdout (stray prints go to
+stderr) stays.
 
 The SDK also drops, with no answer, a line it cannot read as a JSON-RPC message (text
 that is not JSON to its parser, such as a lone surrogate escape, or JSON that is no MCP
@@ -28,7 +32,7 @@ import os
 import select
 import threading
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from types import TracebackType
 from typing import Self
 
@@ -83,16 +87,20 @@ class _Lines:
 
 class DrainedStdio:
     """While entered, fds 0 and 1 are pipes that two threads pump to and from the real
-    stdin and stdout. The end of stdin reaches the SDK once every request read has been
-    answered (or after ``timeout`` seconds), or at once after :meth:`end_input`. Leaving
-    restores both descriptors."""
+    stdin and stdout. The end of stdin, or :meth:`stop_reading`, reaches the SDK once
+    every request read has been answered; after ``timeout`` seconds ``cut`` is called,
+    so that the calls still running answer at once (:class:`~memvee._server.mcp_tools.
+    Cutoff`), and the SDK is shown the end soon after. :meth:`end_input` shows it at
+    once. Leaving restores both descriptors."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, cut: Callable[[], None] = lambda: None) -> None:
         self.timeout = timeout
+        self._cut = cut
         self._pending: Counter[Hashable] = Counter()
         self._answered = threading.Condition()
         self._writing = threading.Lock()
         self._ending = False
+        self._stopped = False
         self._end_input = _Signal()
         self._stop = _Signal()
         self._real_in = self._real_out = -1
@@ -118,6 +126,12 @@ class DrainedStdio:
             pump.daemon = True
             pump.start()
         return self
+
+    def stop_reading(self) -> None:
+        """Pass on no more of stdin, and show the SDK its end once the requests already
+        read are answered, as when stdin ends (a signal came)."""
+        self._stopped = True
+        self._end_input.set()
 
     def end_input(self) -> None:
         """Show the SDK the end of stdin now, answered or not (a signal came)."""
@@ -154,28 +168,42 @@ class DrainedStdio:
             while True:
                 ready, _, _ = select.select([self._real_in, self._end_input.fd], [], [])
                 if self._end_input.fd in ready:
-                    return
+                    if self._ending:
+                        return
+                    break
                 chunk = os.read(self._real_in, 65536)
                 if not chunk:
                     self._pass_on(into, lines.end())
                     break
                 self._pass_on(into, lines.feed(chunk))
-            with self._answered:
-                drained = self._answered.wait_for(
-                    lambda: self._ending or not self._pending, self.timeout
-                )
-                unanswered = sum(self._pending.values())
-            if not drained:
-                log.warning(
-                    "stdin closed; %d requests still unanswered after %.0f s, stopping",
-                    unanswered,
-                    self.timeout,
-                    extra={"event": "stdin_closed"},
-                )
+            self._await_answers()
         except OSError as error:  # the SDK is gone (its pipe closed), or stdin failed
             log.info("stdin is no longer passed on: %s", error, extra={"event": "stdin_closed"})
         finally:
             os.close(into)
+
+    def _await_answers(self) -> None:
+        """Wait until every request read is answered, or ``timeout`` seconds; then cut the
+        calls still running short and give them :data:`CUT_ANSWERS` seconds to answer."""
+        with self._answered:
+            drained = self._answered.wait_for(self._drained, self.timeout)
+            unanswered = sum(self._pending.values())
+        if drained:
+            return
+        log.warning(
+            "%s; %d requests still unanswered after %.0f s, answering them now",
+            "stopping on a signal" if self._stopped else "stdin closed",
+            unanswered,
+            self.timeout,
+            extra={"event": "stdin_closed"},
+        )
+        self._cut()
+        with self._answered:
+            self._answered.wait_for(self._drained, CUT_ANSWERS)
+
+    def _drained(self) -> bool:
+        """Nothing is left to wait for: every request is answered, or the end is now."""
+        return self._ending or not self._pending
 
     def _pump_stdout(self, out: int) -> None:
         """The SDK's pipe to the real stdout, noting each response written. Once the client
@@ -251,6 +279,11 @@ class DrainedStdio:
         """Write whole lines to the real stdout, never inside another writer's line."""
         with self._writing:
             _write_all(self._real_out, data)
+
+
+CUT_ANSWERS = 5.0
+"""Seconds the calls cut short get to write their answers before the SDK sees the end of
+stdin (and cancels what is left)."""
 
 
 class _Signal:

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from mcp import Client
 
-from memvee import Memory
+from memvee import Memory, Message
 from memvee._server import request_ids
 from memvee._server.errors import READS_ONLY_KEY, ReadsOnly
-from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
+from memvee._server.mcp_tools import READ_ONLY_TOOLS, Cutoff, build_mcp
 from memvee._server.request_ids import RefuseInvalidMessages
 from memvee.audit import Audit
 from memvee.errors import NotFoundError
@@ -356,7 +356,12 @@ def _initialized(
     return server
 
 
-def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: Path) -> None:
+def test_sigterm_with_calls_in_flight_answers_each_call_read_truthfully_then_stops(
+    tmp_path: Path,
+) -> None:
+    """A signal reads no more requests but lets the calls read finish before the server
+    stops: no remember is answered "Connection closed" though it was stored, which a
+    client would send again and so store twice."""
     server = _initialized(tmp_path, "ivy", subprocess.PIPE)
     try:
         assert server.stdin is not None and server.stdout is not None
@@ -371,15 +376,22 @@ def test_sigterm_with_requests_in_flight_stops_a_stdio_server_cleanly(tmp_path: 
             )
         server.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
         server.stdin.flush()
-        assert json.loads(server.stdout.readline())["id"] == 1  # the calls are under way
+        first = server.stdout.readline()  # the calls are under way
         server.send_signal(signal.SIGTERM)
-        _, errors = server.communicate(timeout=60)
+        rest, errors = server.communicate(timeout=60)
     finally:
         server.kill()
         server.wait()
 
     assert server.returncode == 0, errors.decode()[-2000:]
     assert b"Traceback" not in errors, "was: exit 1 and the SDK task group's traceback"
+    answers = [json.loads(line) for line in [first, *rest.splitlines()]]
+    assert [a for a in answers if "error" in a] == [], "was: -32000 Connection closed"
+    stored = {m.message_id for m in asyncio.run(_messages(tmp_path / "memvee.db", "ivy"))}
+    for answer in answers:
+        assert not answer["result"].get("isError"), answer
+        said = json.loads(answer["result"]["content"][0]["text"])["message_ids"]
+        assert set(said) <= stored
 
 
 def test_sigterm_stops_a_stdio_server_at_once_keeping_what_extraction_was_given(
@@ -419,6 +431,12 @@ async def _stored(db: Path, user: str) -> tuple[list[str], list[tuple[str, str |
     async with Memory(db_path=str(db), extractor=OfflineExtractor(), embedder=False) as memory:
         buffered = [m.content for m in await memory.buffer(user)]
         return buffered, [(t.status.value, t.error) for t in await memory.tasks(user)]
+
+
+async def _messages(db: Path, user: str) -> list[Message]:
+    """The messages ``user`` has in ``db``."""
+    async with Memory(db_path=str(db), extractor=OfflineExtractor(), embedder=False) as memory:
+        return await memory.messages(user)
 
 
 def test_a_client_that_closes_the_servers_stdout_stops_it_cleanly(tmp_path: Path) -> None:
@@ -750,3 +768,40 @@ async def test_an_mcp_post_is_parsed_once_to_screen_it_and_tell_whether_it_only_
 
     assert passed == [(sent[0], True), (sent[1], False)], "recall only reads, remember writes"
     assert parses == sent, "each body parsed once"
+
+
+async def test_a_call_still_running_when_the_drain_ends_answers_whether_it_was_done(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a stopping stdio server's drain timeout is over, the calls still running are
+    answered at once, as the HTTP drain answers: a write may have been carried out
+    (``outcome_unknown``: check before sending it again), a read is simply sent again
+    (``not_ready``), and a call that begins after the cut did nothing."""
+    running: list[str] = []
+
+    async def hanging(user_id: str, *args: Any, **kwargs: Any) -> Any:
+        running.append(user_id)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(memory, "add_message", hanging)
+    monkeypatch.setattr(memory, "retrieve", hanging)
+    cutoff = Cutoff()
+
+    async def cut_once_both_run() -> None:
+        while len(running) < 2:
+            await asyncio.sleep(0)
+        cutoff.cut()
+
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit, user="ann", cutoff=cutoff)) as client:
+            session: Any = client
+            write, read, _ = await asyncio.gather(
+                failure(session, "remember", user_message="I live in Oslo."),
+                failure(session, "recall", question="Oslo"),
+                cut_once_both_run(),
+            )
+            late = await failure(session, "list_memories")
+
+    assert "outcome_unknown: the server shut down before it could answer" in write
+    assert "not_ready: the server is shutting down; try again" in read
+    assert "not_ready: the server is shutting down; nothing was done" in late
