@@ -5,7 +5,8 @@ a request whose id is not a string or an integer (a float, null, an object) as a
 notification, which it answers with nothing: the client waits for ever. Over HTTP it
 answers an invalid request with a pydantic dump and no id. :func:`refusal` gives the
 one answer both transports send instead, JSON-RPC 2.0's parse error (``-32700``) or
-invalid request (``-32600``), with the request's id wherever one can be read: the stdio
+invalid request (``-32600``), with the request's id wherever one can be read (a number
+exactly as sent, a fraction or one of any length too): the stdio
 drain writes it, and :class:`RefuseInvalidMessages` does over streamable HTTP (400).
 """
 
@@ -46,13 +47,27 @@ NOT_MCP = (
 """What a refused message is not, as the refusal's ``data`` says."""
 
 
+class RawNumber(str):
+    """A JSON number kept as the text it was sent as: one Python would read otherwise (a
+    fraction, as a float) or not at all (an integer past its digit limit), so that a
+    refusal echoes such an id exactly and a long number elsewhere hides no id."""
+
+
+def _integer(text: str) -> int | RawNumber:
+    """A JSON integer as an ``int``, or as its text past Python's digit limit."""
+    try:
+        return int(text)
+    except ValueError:
+        return RawNumber(text)
+
+
 def json_objects(body: bytes | str) -> list[dict[str, Any]]:
     """The JSON objects of ``body``: the message, or each of a batch's (none if no JSON);
     bytes that are not UTF-8 are replaced, so that a refusal can still name the id."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", errors="replace")
     try:
-        message = json.loads(body)
+        message = json.loads(body, parse_int=_integer, parse_float=RawNumber)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return []
     items = message if isinstance(message, list) else [message]
@@ -60,7 +75,8 @@ def json_objects(body: bytes | str) -> list[dict[str, Any]]:
 
 
 def message_ids(body: bytes | str, *, requests: bool) -> list[Hashable]:
-    """The ids of the JSON-RPC requests (``requests``) or responses in ``body``."""
+    """The ids of the JSON-RPC requests (``requests``) or responses in ``body``: strings
+    and numbers (a number Python would change as a :class:`RawNumber`)."""
     found: list[Hashable] = []
     for item in json_objects(body):
         if not isinstance(item.get("id"), int | str) or isinstance(item["id"], bool):
@@ -101,13 +117,16 @@ def screened(body: bytes) -> JSONRPCMessage | bytes:
         if unreadable
         else (INVALID_REQUEST, "Invalid Request", NOT_MCP)
     )
-    ids = message_ids(body, requests=True)
-    refused = {"code": code, "message": text, "data": data}
-    answers: list[dict[str, Any]] = [
-        {"jsonrpc": "2.0", "id": i, "error": refused} for i in ids or [None]
-    ]
-    batch = ids and body.lstrip().startswith(b"[")
-    return json.dumps(answers if batch else answers[0]).encode()
+    ids: list[Hashable | None] = [*message_ids(body, requests=True)] or [None]
+    refused = json.dumps({"code": code, "message": text, "data": data})
+    answers = [f'{{"jsonrpc": "2.0", "id": {_id_json(i)}, "error": {refused}}}' for i in ids]
+    batch = ids != [None] and body.lstrip().startswith(b"[")
+    return (f"[{', '.join(answers)}]" if batch else answers[0]).encode()
+
+
+def _id_json(request_id: Hashable | None) -> str:
+    """``request_id`` as JSON, a number exactly as it was sent."""
+    return request_id if isinstance(request_id, RawNumber) else json.dumps(request_id)
 
 
 def only_reads(message: JSONRPCMessage, read_only_tools: frozenset[str]) -> bool:

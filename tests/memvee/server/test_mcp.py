@@ -250,8 +250,9 @@ def test_a_line_the_sdk_cannot_read_is_answered_while_the_client_waits(tmp_path:
     assert errors[2]["code"] == -32600 and errors[2]["message"] == "Invalid Request"
     assert errors["s"]["code"] == -32700 and "hex escape" in errors["s"]["data"]
     assert errors[4]["code"] == -32600, "its id is echoed (was null)"
+    assert errors[1.5]["code"] == -32600, "a number is echoed as sent (was null)"
     unnamed = [a["error"]["code"] for a in answers if a["id"] is None]
-    assert sorted(unnamed) == [-32700, -32700, -32600, -32600, -32600], "ids no request has"
+    assert sorted(unnamed) == [-32700, -32700, -32600, -32600], "ids no request has"
     assert {a["id"] for a in answers if "result" in a} == {1, 5}
     with Audit(db_path=str(db)) as audit, pytest.raises(NotFoundError):
         next(audit.log("eve"))  # the refused remember stored nothing
@@ -277,6 +278,11 @@ MALFORMED = {
     "text not UTF-8": b'{"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": '
     b'{"name": "remember", "arguments": {"user_message": "caf\xe9 au lait"}}}',
     "an id MCP does not take": b'{"jsonrpc": "2.0", "id": 1.5, "method": "tools/list"}',
+    "a number past Python's digits": b'{"jsonrpc": "2.0", "id": 9, "method": "tools/call", '
+    b'"params": {"name": "recall", "arguments": {"question": "x", "max_results": 1'
+    + b"0" * 5000
+    + b"}}}",
+    "no usable id": b'{"jsonrpc": "2.0", "id": null, "method": "tools/list"}',
 }
 """Lines no MCP server can take, each answered with an error rather than dropped."""
 
@@ -284,9 +290,11 @@ MALFORMED = {
 def test_a_malformed_message_gets_the_same_answer_over_stdio_and_http(
     tmp_path: Path, http: httpx.Client
 ) -> None:
-    """Parse error or invalid request, with the request's id where it has a usable one,
-    and a short message: the same words over both transports, and nothing stored (a line
-    that is not UTF-8 was stored with U+FFFD in place of its bytes)."""
+    """Parse error or invalid request, with the request's id where it has a usable one
+    (a number as it was sent, though MCP takes no fraction and Python reads no integer of
+    over 4,300 digits), and a short message: the same words over both transports, and
+    nothing stored (a line that is not UTF-8 was stored with U+FFFD in place of its
+    bytes)."""
     client = {"name": "script", "version": "1"}
     params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client}
     hello = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
@@ -322,6 +330,8 @@ def test_a_malformed_message_gets_the_same_answer_over_stdio_and_http(
         (6, -32600),
         (7, -32700),
         (8, -32700),
+        (1.5, -32600),
+        (9, -32700),
         (None, -32600),
     ]
     assert not any("pydantic" in answer.text for answer in over_http)
@@ -533,7 +543,7 @@ def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     for answer in answers:
         assert answer.status_code == 400, answer.text
         assert answer.json()["error"]["code"] == -32600
-        assert answer.json()["id"] is None
+    assert [answer.json()["id"] for answer in answers] == [None, 1.5, None, None, None]
     assert listed.status_code == 200 and listed.json()["id"] == 7
     assert {tool["name"] for tool in listed.json()["result"]["tools"]} >= {"remember", "recall"}
     assert notified.status_code == 202
