@@ -25,12 +25,14 @@ from mcp.types import (
     jsonrpc_message_adapter,
 )
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memvee._server.errors import mark_reads_only
 
 __all__ = [
+    "NOT_JSON_TYPED",
     "NOT_MCP",
     "RefuseInvalidMessages",
     "json_objects",
@@ -45,6 +47,9 @@ NOT_MCP = (
     "and, if any, object params; batches are not taken)"
 )
 """What a refused message is not, as the refusal's ``data`` says."""
+
+NOT_JSON_TYPED = "a POST to /mcp has Content-Type: application/json"
+"""Why a POST whose Content-Type is not JSON is refused, as the refusal's ``data`` says."""
 
 
 class RawNumber(str):
@@ -112,11 +117,30 @@ def screened(body: bytes) -> JSONRPCMessage | bytes:
         ):
             return message
         unreadable = []
-    code, text, data = (
-        (PARSE_ERROR, "Parse error", unreadable[0])
-        if unreadable
-        else (INVALID_REQUEST, "Invalid Request", NOT_MCP)
-    )
+    if unreadable:
+        return _refused(body, PARSE_ERROR, "Parse error", unreadable[0])
+    return _refused(body, INVALID_REQUEST, "Invalid Request", NOT_MCP)
+
+
+def _typed_as_json(content_type: str | None) -> bool:
+    """Whether a POST with ``content_type`` says its body is JSON as the SDK takes it:
+    both its checks pass (its security check's refusal is plain text, its transport's
+    names no id, and the transport's is case-sensitive)."""
+    if content_type is None or not content_type.lower().startswith("application/json"):
+        return False
+    media = content_type.split(";")[0]
+    return any(part.strip() == "application/json" for part in media.split(","))
+
+
+def _refusal_of_type(body: bytes) -> bytes:
+    """The JSON-RPC invalid request answering a POST of ``body`` whose Content-Type is
+    not JSON, with each request id ``body`` holds, as :func:`screened` answers."""
+    return _refused(body, INVALID_REQUEST, "Invalid Request", NOT_JSON_TYPED)
+
+
+def _refused(body: bytes, code: int, text: str, data: str) -> bytes:
+    """The JSON-RPC error ``code`` answering ``body``: for each request id in it (in one
+    array for a batch), else with a null id."""
     ids: list[Hashable | None] = [*message_ids(body, requests=True)] or [None]
     refused = json.dumps({"code": code, "message": text, "data": data})
     answers = [f'{{"jsonrpc": "2.0", "id": {_id_json(i)}, "error": {refused}}}' for i in ids]
@@ -142,7 +166,9 @@ def only_reads(message: JSONRPCMessage, read_only_tools: frozenset[str]) -> bool
 
 class RefuseInvalidMessages:
     """ASGI middleware: a POST to the MCP ``path`` whose body is no MCP message the SDK
-    can take gets 400 and the :func:`refusal` the stdio server writes for the same line;
+    can take gets 400 and the :func:`refusal` the stdio server writes for the same line,
+    and one whose Content-Type is not JSON gets 415 and the same kind of answer
+    (:func:`_refusal_of_type`, not the SDK's plain text);
     every other request passes through with its body intact, marked as a read
     (:func:`mark_reads_only`) when it calls no tool but ``read_only_tools``."""
 
@@ -165,9 +191,11 @@ class RefuseInvalidMessages:
         if message["type"] == "http.disconnect":
             return  # the client hung up mid-body: no one is left to answer
         body = b"".join(chunks)
-        screening = screened(body)
+        typed = _typed_as_json(Headers(scope=scope).get("content-type"))
+        screening = screened(body) if typed else _refusal_of_type(body)
         if isinstance(screening, bytes):
-            answer = Response(screening, 400, media_type="application/json")
+            status = 400 if typed else 415
+            answer = Response(screening, status, media_type="application/json")
             await answer(scope, receive, send)
             return
         if only_reads(screening, self.read_only_tools):

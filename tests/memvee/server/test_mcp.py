@@ -549,6 +549,34 @@ def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     assert notified.status_code == 202
 
 
+def test_a_post_not_typed_as_json_is_refused_as_json_rpc_naming_its_request(
+    http: httpx.Client,
+) -> None:
+    """MCP takes a POST only as ``application/json``; one typed otherwise, or not at all,
+    (the SDK's media type is case-sensitive) is refused as every other message MCP cannot
+    take, with its id, so that its client can match the answer (was the SDK's plain-text
+    400 "Invalid Content-Type header", or a 415 with a null id)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+    accept = "application/json, text/event-stream"
+    answers = [
+        http.post("/mcp", content=body, headers={"accept": accept, "content-type": typed})
+        for typed in ("text/plain", "", "application/x-www-form-urlencoded", "Application/JSON")
+    ]
+    typed_json = http.post(
+        "/mcp",
+        content=body,
+        headers={"accept": accept, "content-type": "application/json; charset=utf-8"},
+    )
+
+    for answer in answers:
+        assert answer.status_code == 415, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["id"] == 7, answer.text
+        assert answer.json()["error"]["code"] == -32600
+        assert "Content-Type: application/json" in answer.json()["error"]["data"]
+    assert typed_json.status_code == 200 and typed_json.json()["id"] == 7
+
+
 @pytest.mark.parametrize("path", ["/mcp", "/v1/users/hung-up/messages"])
 def test_a_client_hanging_up_mid_body_is_logged_as_closed_not_as_an_error(
     server: ServerProcess, path: str
@@ -773,7 +801,13 @@ async def test_an_mcp_post_is_parsed_once_to_screen_it_and_tell_whether_it_only_
         async def receive(body: bytes = sent[-1]) -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
-        scope = {"type": "http", "method": "POST", "path": "/mcp", READS_ONLY_KEY: ReadsOnly()}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/mcp",
+            "headers": [(b"content-type", b"application/json")],
+            READS_ONLY_KEY: ReadsOnly(),
+        }
         await screening(scope, receive, None)
 
     assert passed == [(sent[0], True), (sent[1], False)], "recall only reads, remember writes"
