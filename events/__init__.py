@@ -26,6 +26,7 @@ from events.checks import (
     storable,
 )
 from events.errors import (
+    AlreadyReextractedError,
     ConflictError,
     DatabaseInUseError,
     ExtractionError,
@@ -81,6 +82,7 @@ __all__ = [
     "MAX_MODEL_CHARS",
     "MAX_SENT_AHEAD",
     "ROLES",
+    "AlreadyReextractedError",
     "BatchLimits",
     "BatchMessage",
     "ConflictError",

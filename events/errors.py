@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from uuid import UUID
 
     from events.extraction import TokenUsage
@@ -21,6 +22,7 @@ __all__ = [
     "FORGOTTEN_REASON",
     "INPUT_REFUSED_STATUSES",
     "ActorStoppedError",
+    "AlreadyReextractedError",
     "ConflictError",
     "ConnectionLostError",
     "EmbedderError",
@@ -112,6 +114,16 @@ class OlderLayoutError(StorageError):
 
 class ConflictError(StorageError):
     """Another writer appended to the same user log first (optimistic concurrency)."""
+
+
+class AlreadyReextractedError(ConflictError):
+    """Another run recorded a re-extraction of some of a batch's messages into the
+    version first (two runs of one user and version at once): the batch's answer is not
+    recorded, so no fact is in the version twice. ``message_ids`` are those covered."""
+
+    def __init__(self, message: str, message_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message_ids = tuple(message_ids)
 
 
 class ConnectionLostError(StorageError):

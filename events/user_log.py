@@ -41,6 +41,7 @@ from events.checks import (
     storable,
 )
 from events.errors import (
+    AlreadyReextractedError,
     ConflictError,
     InvalidExtractionError,
     InvalidInputError,
@@ -917,16 +918,27 @@ class UserLog(Aggregate):
         request_id: str | None = None,
         known: Sequence[KnownEntry] = (),
         replaced: Sequence[ReplacedEntry] = (),
+        since: Iterable[Any] = (),
     ) -> list[dict[str, Any]]:
         """Add re-extracted ``facts`` of the messages ``message_ids`` to a knowledge version.
 
         Updates and invalidations apply to that version's own entries, never the live ones;
         ``known`` and ``replaced`` as for :meth:`record_knowledge`. A ``request_id`` recorded
-        already is refused: its answer is in the log once.
+        already is refused: its answer is in the log once. ``since`` is this log's events
+        after the messages were planned (when the version did not cover them): a message
+        the version has come to cover since, another run having recorded it meanwhile,
+        refuses the batch (:class:`AlreadyReextractedError`), so no fact is in it twice.
         """
         self.check_version_name(knowledge_version)
         if self.recorded_request(request_id):
             raise ConflictError(f"request {request_id!r} is recorded already")
+        covered = self.reextracted(knowledge_version, since) & set(message_ids)
+        if covered:
+            raise AlreadyReextractedError(
+                f"{len(covered)} of the batch's {len(message_ids)} messages were recorded "
+                f"into {knowledge_version!r} meanwhile by another run",
+                [m for m in message_ids if m in covered],
+            )
         return self._record_facts(
             self.KnowledgeReextracted,
             knowledge_version,
@@ -1252,12 +1264,8 @@ class UserLog(Aggregate):
             last = e.originator_version
             if isinstance(e, self.MessageAdded):
                 added[e.message_id] = (e.originator_version, estimate_tokens(e.content))
-            elif getattr(e, "knowledge_version", None) != knowledge_version:
-                continue
-            elif isinstance(e, self.KnowledgeReextracted):
-                covered.update(e.message_ids)
-            elif isinstance(e, self.KnowledgeVersionPromoted):
-                covered.clear()  # a version of the same name, promoted before
+            else:
+                _fold_covered(covered, e, knowledge_version)
         if last != self.version:
             raise InvalidInputError(
                 f"the history given ends at version {last}, the log of {self.user_id!r} "
@@ -1265,6 +1273,17 @@ class UserLog(Aggregate):
             )
         unsettled = self.unsettled
         return {m: found for m, found in added.items() if m not in unsettled and m not in covered}
+
+    def reextracted(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
+        """The messages ``knowledge_version`` has a re-extraction of in ``history`` (this
+        log's events, from any point: a promotion of the version's name clears what came
+        before it), as :meth:`not_covered_by` counts them."""
+        covered: set[str] = set()
+        for e in history:
+            if e.originator_id != self.id:
+                raise InvalidInputError(f"the history given is not the log of {self.user_id!r}")
+            _fold_covered(covered, e, knowledge_version)
+        return covered
 
     def failed_reextraction(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
         """The messages of ``knowledge_version``'s re-extraction calls that failed of their
@@ -1497,6 +1516,17 @@ def continues_decision(event: object) -> bool:
     if isinstance(event, UserLog.ProcessingStarted):
         return event.batch > 1
     return isinstance(event, _FOLLOWERS)
+
+
+def _fold_covered(covered: set[str], event: object, knowledge_version: str) -> None:
+    """Fold one event into the messages ``knowledge_version`` covers: a re-extraction into
+    it adds its messages, a promotion of a version of that name clears them."""
+    if getattr(event, "knowledge_version", None) != knowledge_version:
+        return
+    if isinstance(event, UserLog.KnowledgeReextracted):
+        covered.update(event.message_ids)
+    elif isinstance(event, UserLog.KnowledgeVersionPromoted):
+        covered.clear()
 
 
 def _check_distinct(ids: list[str], kind: str) -> None:

@@ -23,15 +23,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-from uuid import uuid4
+from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import anthropic
 import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import select
+from sqlalchemy import Connection, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import (
+    AlreadyReextractedError,
     BatchLimits,
     BatchMessage,
     EventStore,
@@ -77,6 +79,13 @@ CLOCK_SLACK = timedelta(hours=1)
 """How much earlier than its kept row, by the API's clock, a batch may say it was created
 when a run looks for a batch whose creation was never confirmed (the two clocks differ)."""
 
+CLAIM_TTL = timedelta(minutes=2)
+"""How long a run's claim on a user's plan holds unrenewed: an older claim is a stopped
+run's, and the next run takes the user over."""
+
+CLAIM_RENEW = 30.0
+"""Seconds between renewals of a running bulk run's claims."""
+
 _CREATE_ATTEMPTS = 3
 """Calls that create one Message Batch, at most, when the API refuses it for a while."""
 
@@ -107,7 +116,8 @@ class BulkReport:
     """What a bulk run did: requests submitted and recorded, entries, what failed, the
     messages ``left_out`` of the version (by id, with why: each failed alone in a way that
     repeats, or is too large for any Message Batch alone), and the kept Message Batches the
-    API no longer knows (``lost``: their requests are planned again)."""
+    API no longer knows (``lost``: their requests are planned again), and the users
+    another run held (``claimed``)."""
 
     submitted: int = 0
     recorded: int = 0
@@ -117,18 +127,29 @@ class BulkReport:
     failed: dict[str, str] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
+    claimed: list[str] = field(default_factory=list)
+    """Users another run under way re-extracts into the version: nothing was submitted
+    for them (a run stopped in the last :data:`CLAIM_TTL` still holds its users)."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Planned:
-    """One request of a bulk run: a user's batch of messages and the entries it was shown."""
+    """One request of a bulk run: a user's batch of messages, the entries it was shown,
+    and the version of the user's log it was planned at (the version covered none of its
+    messages then)."""
 
     user_id: str
     message_ids: list[str]
     known: list[str]
+    planned_at: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"user": self.user_id, "messages": self.message_ids, "known": self.known}
+        return {
+            "user": self.user_id,
+            "messages": self.message_ids,
+            "known": self.known,
+            "at": self.planned_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,33 +193,51 @@ class BulkReextraction:
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
+        self.owner = str(uuid4())
+        self.claims: list[str] = []
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
-        messages of ``user_ids`` that the version does not cover yet."""
+        messages of ``user_ids`` that the version does not cover yet. Each user's plan is
+        claimed before anything is submitted, so a second run at once submits nothing for
+        the users this one holds (``BulkReport.claimed``)."""
         report = BulkReport()
         await asyncio.to_thread(self._create_table)
         client = self.extractor.client
+        renewing = asyncio.create_task(self._keep_claims())
         try:
             for row in await asyncio.to_thread(self._unfinished):
-                await self._finish(client, row, report)
-            planned = await asyncio.to_thread(self._plan, user_ids)
+                if not await asyncio.to_thread(self._held_elsewhere, row):
+                    await self._finish(client, row, report)
+            planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
             raise api_error(error, client_secrets(client)) from None
         finally:
+            renewing.cancel()
+            await asyncio.to_thread(self._release_claims)
             await self.extractor.aclose()
         return report
 
     # ------------------------------------------------------------------ plan and submit
 
-    def _plan(self, user_ids: Sequence[str]) -> list[_Planned]:
+    def _plan(self, user_ids: Sequence[str], report: BulkReport) -> list[_Planned]:
         """Every user's processed messages not yet in the version, in bounded batches;
         those of requests that failed before go one a request, after the rest (so one
-        that always fails keeps none of the others out of the version)."""
-        pending = {m for row in self._unfinished() for m in _message_ids(row)}
+        that always fails keeps none of the others out of the version). A user another
+        run holds is passed over (``report.claimed``)."""
         planned: list[_Planned] = []
         for user_id in user_ids:
+            pending = self._claim(user_id)
+            if pending is None:
+                log.warning(
+                    "user %r is being re-extracted into %r by another run; nothing submitted "
+                    "for it",
+                    user_id,
+                    self.version,
+                )
+                report.claimed.append(user_id)
+                continue
             user_log = self.store.load(user_id)
             if user_log is None:
                 raise InvalidInputError(f"user {user_id!r} has no log")
@@ -216,7 +255,7 @@ class BulkReextraction:
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
-                planned.append(_Planned(user_id, ids, known))
+                planned.append(_Planned(user_id, ids, known, user_log.version))
         return planned
 
     async def _submit_all(
@@ -317,7 +356,8 @@ class BulkReextraction:
             for part in (messages[half:], messages[:half]):
                 shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
                 ids = [m.message_id for m in part]
-                todo.appendleft(_Planned(planned.user_id, ids, [k.entry_id for k in shown]))
+                known = [k.entry_id for k in shown]
+                todo.appendleft(_Planned(planned.user_id, ids, known, planned.planned_at))
             log.info(
                 "user %r: a bulk request of %d messages is too large (%s); split",
                 planned.user_id,
@@ -605,6 +645,7 @@ class BulkReextraction:
                     request_id=request_id,
                     known=known,
                     replaced=replaced,
+                    since=self._since(batch.user_id, request.get("at"), user_log.version),
                 )
             )
 
@@ -612,7 +653,17 @@ class BulkReextraction:
             count: int | None = self.decide(batch.user_id, record, list(request["messages"]))
         except NotFoundError as forgotten:  # the user was forgotten while the batch ran
             return ExtractionError(str(forgotten))
+        except AlreadyReextractedError as meanwhile:  # another run recorded them first
+            log.warning("request %s not recorded: %s", request_id, meanwhile)
+            return None
         return count
+
+    def _since(self, user_id: str, planned_at: int | None, upto: int) -> list[Any]:
+        """The user's events since a request was planned (none known for an older
+        memvee's request: only its request id is checked)."""
+        if planned_at is None:
+            return []
+        return list(self.store.events_of(user_id, after=planned_at, upto=upto))
 
     def _record_failure(
         self,
@@ -705,17 +756,110 @@ class BulkReextraction:
     # ------------------------------------------------------------------ the table
 
     def _create_table(self) -> None:
-        with self.store.transaction() as connection:
-            create_bulk_table(connection)
+        """Create the table unless it is there; another run creating it at once is fine."""
+        try:
+            with self.store.transaction() as connection:
+                create_bulk_table(connection)
+        except DBAPIError:
+            with self.store.engine.connect() as connection:
+                if not inspect(connection).has_table(BULK_BATCHES.name):
+                    raise
 
     def _unfinished(self) -> list[dict[str, Any]]:
+        """The version's kept Message Batches, oldest first (claims left aside)."""
         with self.store.engine.connect() as connection:
-            rows = connection.execute(
-                select(BULK_BATCHES)
-                .where(BULK_BATCHES.c.knowledge_version == self.version)
-                .order_by(BULK_BATCHES.c.created_at)
-            ).mappings()
-            return [dict(r) for r in rows]
+            return [r for r in self._rows(connection) if _CLAIM not in r["requests"]]
+
+    def _rows(self, connection: Connection) -> list[dict[str, Any]]:
+        rows = connection.execute(
+            select(BULK_BATCHES)
+            .where(BULK_BATCHES.c.knowledge_version == self.version)
+            .order_by(BULK_BATCHES.c.created_at)
+        ).mappings()
+        return [dict(r) for r in rows]
+
+    def _claim(self, user_id: str) -> set[str] | None:
+        """Claim the user's plan for this run, in the transaction that reads the kept
+        Message Batches; returns the messages they hold (not to plan again), or ``None``
+        when another run holds the user (its claim renewed within :data:`CLAIM_TTL`)."""
+        claim_id = _claim_id(self.version, user_id)
+        now = datetime.now(UTC)
+        try:
+            with self.store.transaction() as connection:
+                rows = self._rows(connection)
+                held = next((r for r in rows if r["local_id"] == claim_id), None)
+                mine = {"user": user_id, "owner": self.owner, "messages": [], "known": []}
+                if held is None:
+                    connection.execute(
+                        BULK_BATCHES.insert(),
+                        {
+                            "local_id": claim_id,
+                            "knowledge_version": self.version,
+                            "api_batch_id": None,
+                            "requests": {_CLAIM: mine},
+                            "created_at": now,
+                        },
+                    )
+                elif held["requests"][_CLAIM].get("owner") != self.owner:
+                    if not _stale(held["created_at"], now):
+                        return None
+                    taken = connection.execute(
+                        BULK_BATCHES.update()
+                        .where(BULK_BATCHES.c.local_id == claim_id)
+                        .where(BULK_BATCHES.c.created_at == held["created_at"])
+                        .values(requests={_CLAIM: mine}, created_at=now)
+                    )
+                    if taken.rowcount != 1:
+                        return None
+                pending = {m for r in rows if _CLAIM not in r["requests"] for m in _message_ids(r)}
+        except IntegrityError:  # another run inserted the same claim first
+            return None
+        self.claims.append(claim_id)
+        return pending
+
+    def _held_elsewhere(self, row: dict[str, Any]) -> bool:
+        """Whether a kept row not yet given its Message Batch's id is another run's under
+        way (one of its users claimed by it), to be left to that run: looking for its
+        batch now would find none yet, and plan its requests again."""
+        if row["api_batch_id"] is not None:
+            return False
+        users = {r["user"] for r in row["requests"].values()}
+        now = datetime.now(UTC)
+        with self.store.engine.connect() as connection:
+            claims = [r for r in self._rows(connection) if _CLAIM in r["requests"]]
+        return any(
+            c["requests"][_CLAIM]["user"] in users
+            and c["requests"][_CLAIM].get("owner") != self.owner
+            and not _stale(c["created_at"], now)
+            for c in claims
+        )
+
+    async def _keep_claims(self) -> None:
+        """Renew this run's claims every :data:`CLAIM_RENEW` seconds while it runs."""
+        while True:
+            await asyncio.sleep(CLAIM_RENEW)
+            try:
+                await asyncio.to_thread(self._renew_claims)
+            except Exception as error:  # the run itself meets a lasting failure
+                log.warning("renewing the bulk run's claims failed (%s)", first_line(error))
+
+    def _renew_claims(self) -> None:
+        with self.store.transaction() as connection:
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(*self._own_claims())
+                .values(created_at=datetime.now(UTC))
+            )
+
+    def _release_claims(self) -> None:
+        with self.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.delete().where(*self._own_claims()))
+
+    def _own_claims(self) -> tuple[Any, ...]:
+        """Which rows are this run's claims still its own (not taken over after they went
+        stale)."""
+        owner = BULK_BATCHES.c.requests[(_CLAIM, "owner")].as_string()
+        return (BULK_BATCHES.c.local_id.in_(self.claims), owner == self.owner)
 
     def _insert(self, row: dict[str, Any]) -> None:
         with self.store.transaction() as connection:
@@ -740,6 +884,22 @@ class BulkReextraction:
     def _delete(self, local_id: str) -> None:
         with self.store.transaction() as connection:
             connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id == local_id))
+
+
+_CLAIM = "claim"
+"""The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
+
+
+def _claim_id(version: str, user_id: str) -> str:
+    """The row id of the claim on ``user_id``'s plan for ``version``: one per pair."""
+    return str(uuid5(NAMESPACE_URL, f"memvee-bulk-claim:{version}\0{user_id}"))
+
+
+def _stale(claimed_at: datetime, now: datetime) -> bool:
+    """Whether a claim unrenewed since ``claimed_at`` is a stopped run's."""
+    if claimed_at.tzinfo is None:  # SQLite keeps no zone: stored in UTC
+        claimed_at = claimed_at.replace(tzinfo=UTC)
+    return now - claimed_at > CLAIM_TTL
 
 
 def _order(custom_id: str) -> int:

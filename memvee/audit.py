@@ -27,6 +27,7 @@ from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from events import (
+    AlreadyReextractedError,
     BatchLimits,
     BatchMessage,
     ConflictError,
@@ -195,12 +196,16 @@ class Comparison:
 
 @dataclass
 class ReextractionReport:
-    """What a re-extraction of one user did: the ``entries`` it extracted, and the
-    messages it ``left_out`` of the version (each failed alone, the same way every time),
-    with why. A message left out goes back to the buffer when the version is promoted."""
+    """What a re-extraction of one user did: the ``entries`` it extracted, the messages
+    it ``left_out`` of the version (each failed alone, the same way every time), with
+    why, and those ``recorded_elsewhere`` (by another run at once). A message left out
+    goes back to the buffer when the version is promoted."""
 
     entries: int = 0
     left_out: dict[str, str] = field(default_factory=dict)
+    recorded_elsewhere: list[str] = field(default_factory=list)
+    """Messages another run recorded into the version while this one extracted them (two
+    runs of the user at once): this run's answer for them was not recorded."""
 
 
 @dataclass
@@ -215,6 +220,8 @@ class _Reextraction:
     version: str
     meaning: ByMeaning
     report: ReextractionReport = field(default_factory=ReextractionReport)
+    planned_at: int = 0
+    """The log's version the run was planned at, when the version covered none of it."""
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     todo: deque[list[BatchMessage]] = field(default_factory=deque)
     last_failed: bool = False
@@ -728,7 +735,14 @@ class Audit:
             for event in history
             if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
         ]
-        run = _Reextraction(user_id, extractor, version, meaning, report or ReextractionReport())
+        run = _Reextraction(
+            user_id,
+            extractor,
+            version,
+            meaning,
+            report or ReextractionReport(),
+            user_log.version,
+        )
         for message_ids, failed in user_log.reextraction_calls(version, history):
             run.weigh(message_ids, failed)
         alone = user_log.failed_reextraction(version, history)
@@ -883,10 +897,32 @@ class Audit:
                 batch=batch,
                 known=known,
                 replaced=replaced,
+                since=self.store.events_of(user_id, after=run.planned_at, upto=user_log.version),
             )
             return len(entries)
 
-        return await asyncio.to_thread(self._decide, user_id, record, ids)
+        try:
+            return await asyncio.to_thread(self._decide, user_id, record, ids)
+        except AlreadyReextractedError as meanwhile:
+            self._recorded_elsewhere(run, batch, meanwhile.message_ids)
+            return 0
+
+    def _recorded_elsewhere(
+        self, run: _Reextraction, batch: list[BatchMessage], covered: Sequence[str]
+    ) -> None:
+        """Another run recorded ``covered`` into the version first: this run's answer for
+        the batch is dropped, and the batch's other messages are sent again."""
+        run.report.recorded_elsewhere.extend(covered)
+        rest = [m for m in batch if m.message_id not in set(covered)]
+        if rest:
+            run.todo.appendleft(rest)
+        log.warning(
+            "user %r: %d messages were recorded into version %r by another run meanwhile; "
+            "this run's answer for them is not recorded",
+            run.user_id,
+            len(covered),
+            run.version,
+        )
 
     def _record_failure(
         self,

@@ -864,6 +864,11 @@ async def _reextract_users(
                 returned = audit.promote(target, version) if promote else []
                 held = len(audit.knowledge(target, version="live" if promote else version))
                 out = f", {len(report.left_out)} messages left out" if report.left_out else ""
+                if report.recorded_elsewhere:
+                    out += (
+                        f", {len(report.recorded_elsewhere)} recorded meanwhile by another "
+                        "run (not recorded again)"
+                    )
                 console.print(
                     f"{target}: {report.entries} entries extracted{out}; {held} current "
                     f"in version {version!r}"
@@ -921,9 +926,17 @@ def _reextract_in_bulk(
                 "planned again",
             )
         )
+    for user_id in report.claimed:
+        console.print(
+            Text.assemble(
+                ("claimed:", "yellow"),
+                f" {user_id} is being re-extracted into {version!r} by another run; nothing "
+                "submitted for it",
+            )
+        )
     if promote and not report.failed:
         for target in targets:
-            if version in audit.unpromoted_versions(target):
+            if target not in report.claimed and version in audit.unpromoted_versions(target):
                 _print_returned(target, version, audit.promote(target, version))
     if report.failed or report.left_out:
         raise typer.Exit(code=1)

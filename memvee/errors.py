@@ -2,6 +2,7 @@
 
 from events.errors import (
     ActorStoppedError,
+    AlreadyReextractedError,
     ConflictError,
     ConnectionLostError,
     DatabaseInUseError,
@@ -30,6 +31,7 @@ from events.errors import (
 
 __all__ = [
     "ActorStoppedError",
+    "AlreadyReextractedError",
     "ConflictError",
     "ConnectionLostError",
     "DatabaseInUseError",

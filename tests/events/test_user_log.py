@@ -10,6 +10,7 @@ import pytest
 from eventsourcing.domain import Snapshot
 
 from events import (
+    AlreadyReextractedError,
     BatchLimits,
     ConflictError,
     ExtractedFact,
@@ -459,6 +460,25 @@ def test_a_reextraction_request_is_recorded_once_and_kept_by_the_state() -> None
     del restored.__dict__["reextraction_requests"]  # a snapshot from before
     restored.upgrade()
     assert restored.reextraction_requests == {}
+
+
+def test_a_reextraction_of_messages_the_version_came_to_cover_since_its_plan_is_refused() -> None:
+    """Two runs of one user into one version at once: the one recording second is refused
+    for the messages the first recorded after both planned, so no fact is there twice; a
+    promotion of the version's name since leaves them uncovered again."""
+    log, ids = _log_with(3)
+    facts = [ExtractedFact("User is x", (ids[0],))]
+    log.record_reextraction("v2", ids[:2], facts, "offline")
+    since = log.collect_events()
+    with pytest.raises(AlreadyReextractedError, match="2 of the batch's 3 messages") as refused:
+        log.record_reextraction("v2", ids, facts, "offline", since=since)
+    assert refused.value.message_ids == tuple(ids[:2])
+    assert log.collect_events() == []
+    log.record_reextraction("v3", ids, facts, "offline", since=since)
+    since += log.collect_events()
+    log.promote("v2", since)
+    later = [*since, *log.collect_events()]
+    assert log.record_reextraction("v2", ids, facts, "offline", since=later)
 
 
 def test_only_a_reextraction_call_failing_of_its_own_pins_its_messages() -> None:

@@ -4,9 +4,11 @@ point, with nothing recorded twice."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -828,3 +830,66 @@ async def test_requests_all_refused_alike_are_their_own_when_a_probe_is_accepted
         server.set_responder(default_answer)
         again = await _run(audit)
         assert (again.submitted, again.recorded, again.failed) == (20, 20, {})
+
+
+@pytest.fixture
+async def both_backends(db_url: str) -> str:
+    """Two users with two processed exchanges each, on SQLite and on PostgreSQL."""
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in USERS:
+            for i in range(2):
+                await memory.add_exchange(user, f"{user} likes thing {i}", "ok")
+            await memory.flush(user)
+    return db_url
+
+
+async def test_two_bulk_runs_at_once_submit_and_record_each_users_messages_once(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs plan before either submits: each user's plan is claimed by one of them,
+    so the other submits nothing for it and no request is paid for twice."""
+    planned = threading.Barrier(2, timeout=10)
+    plan = BulkReextraction._plan
+
+    def plan_then_meet(self: BulkReextraction, *args: Any) -> Any:
+        found = plan(self, *args)
+        planned.wait()
+        return found
+
+    monkeypatch.setattr(BulkReextraction, "_plan", plan_then_meet)
+    with Audit(db_url=both_backends) as a, Audit(db_url=both_backends) as b:
+        first, second = await asyncio.gather(_run(a), _run(b))
+        assert sum(len(batch["requests"]) for batch in server.batches) == 2
+        assert first.submitted + second.submitted == 2
+        assert sorted(first.claimed + second.claimed) == sorted(USERS)
+        for user in USERS:
+            assert [len(e.message_ids) for e in _reextracted(a, user)] == [4]
+        with a.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == [], "claims released"
+
+
+async def test_a_user_a_running_bulk_run_holds_is_passed_over_and_a_stopped_runs_taken_over(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """A claim renewed lately is a run under way: nothing is submitted for its user. One
+    unrenewed past ``CLAIM_TTL`` is a stopped run's, and the user is planned as usual."""
+    now = datetime.now(UTC)
+    with Audit(db_url=both_backends) as audit:
+        with audit.store.transaction() as connection:
+            create_bulk_table(connection)
+            for user, claimed_at in (("ann", now), ("bob", now - 2 * memvee._bulk.CLAIM_TTL)):
+                held = {"user": user, "owner": "another run", "messages": [], "known": []}
+                row = {
+                    "local_id": memvee._bulk._claim_id("v2", user),
+                    "knowledge_version": "v2",
+                    "api_batch_id": None,
+                    "requests": {"claim": held},
+                    "created_at": claimed_at,
+                }
+                connection.execute(BULK_BATCHES.insert(), row)
+        report = await _run(audit)
+        assert report.claimed == ["ann"] and report.submitted == 1
+        assert _reextracted(audit, "ann") == [] and len(_reextracted(audit, "bob")) == 1
+        with audit.store.engine.connect() as connection:
+            (left,) = connection.execute(select(BULK_BATCHES)).mappings().all()
+        assert left["requests"]["claim"]["owner"] == "another run", "its claim is not ours"

@@ -456,6 +456,41 @@ async def test_what_a_forgotten_users_messages_gave_is_not_recorded_in_their_new
     assert not any("Oslo" in text or "Acme" in text for text in texts)
 
 
+class _AnswersOnceBothAsked(OfflineExtractor):
+    """The offline rules, but the first two calls are answered only once both were made:
+    two runs extracting the same batch at once."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.both = asyncio.Event()
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.asked += 1
+        if self.asked == 2:
+            self.both.set()
+        await self.both.wait()
+        return await super().extract(batch)
+
+
+async def test_two_reextractions_of_one_user_into_one_version_at_once_record_each_fact_once(
+    make_memory: Any, db_url: str
+) -> None:
+    """Both runs planned the same batch; the one recording second records nothing for it
+    and says so in its report, and the version holds each entry once."""
+    await _processed(make_memory)
+    extractor = _AnswersOnceBothAsked()
+    with Audit(db_url=db_url) as a, Audit(db_url=db_url) as b:
+        first, second = await asyncio.gather(
+            a.reextract("eve", extractor, "v2"), b.reextract("eve", extractor, "v2")
+        )
+        reports = sorted([first, second], key=lambda r: r.entries)
+        assert [r.entries for r in reports] == [0, 2]
+        assert len(reports[0].recorded_elsewhere) == 4 and reports[1].recorded_elsewhere == []
+        texts = [e.text for e in a.knowledge("eve", version="v2")]
+        assert sorted(texts) == ["User lives in Oslo.", "User works at Acme."]
+        assert verify(a.store) == []
+
+
 class _FailsFromThirdBatch(OfflineExtractor):
     """The offline rules, but from the third batch on every call fails: the API went down."""
 
