@@ -105,6 +105,12 @@ class BatchLimits:
         most = self.max_messages if cap is None else min(cap, self.max_messages)
         return count >= most or (count > 0 and tokens + weight > self.max_tokens)
 
+    def gives_up(self, attempts: int) -> bool:
+        """Whether a lone message is set aside after ``attempts`` failures of its own:
+        quarantined by live extraction, left out of a re-extracted version. The one rule
+        both go by, so a flaky API costs neither path a healthy message."""
+        return attempts >= self.max_attempts
+
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:

@@ -869,7 +869,7 @@ class UserLog(Aggregate):
         if len(claimed) == 1 and (repeats or blamed):
             (message_id,) = claimed
             attempts = self.parked.get(message_id, 0) + 1
-            if attempts >= limits.max_attempts:
+            if limits.gives_up(attempts):
                 final = not self._left_in_scope(task_id)
                 self.trigger_event(
                     self.MessagesQuarantined,

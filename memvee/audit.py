@@ -13,7 +13,7 @@ import logging
 import random
 import shlex
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -222,6 +222,9 @@ class _Reextraction:
     report: ReextractionReport = field(default_factory=ReextractionReport)
     planned_at: int = 0
     """The log's version the run was planned at, when the version covered none of it."""
+    limits: BatchLimits = DEFAULT_LIMITS
+    blamed: Counter[str] = field(default_factory=Counter)
+    """Each message's lone failures that may pass blamed on it (the log's, then this run's)."""
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     todo: deque[list[BatchMessage]] = field(default_factory=deque)
     last_failed: bool = False
@@ -236,9 +239,16 @@ class _Reextraction:
             return False
         self.breaker.failed()
         if len(message_ids) == 1:
-            return self.breaker.blame(message_ids[0])
+            blamed = self.breaker.blame(message_ids[0])
+            self.blamed[message_ids[0]] += blamed
+            return blamed
         self.breaker.suspect(message_ids)
         return False
+
+    def gives_up(self, message_id: str) -> bool:
+        """Whether ``message_id`` failed alone of its own as often as live extraction
+        lets a message fail before quarantining it (:meth:`BatchLimits.gives_up`)."""
+        return self.limits.gives_up(self.blamed[message_id])
 
     def later(self, *batches: list[BatchMessage]) -> None:
         """Send ``batches`` after the next batch due (at once when none is): an answer to
@@ -742,6 +752,7 @@ class Audit:
             meaning,
             report or ReextractionReport(),
             user_log.version,
+            limits,
         )
         for message_ids, failed in user_log.reextraction_calls(version, history):
             run.weigh(message_ids, failed)
@@ -809,7 +820,9 @@ class Audit:
         message that makes it fail every time. The failure is kept in the log as
         evidence; the batch is split, its halves sent after the next batch due, and a lone
         message that keeps failing while other calls are answered (see
-        :meth:`CircuitBreaker.blame`) is left out. Two such failures in a row (the API
+        :meth:`CircuitBreaker.blame`) is left out once blamed as often as live extraction
+        blames one before quarantining it (:meth:`BatchLimits.gives_up`), and sent again
+        after the next batch before that. Two such failures in a row (the API
         failing whatever it is sent), a lone message failing with nothing else to send
         between, the API overloaded, or a refusal whose probe failed (which tells nothing
         of the batch) stop the run with the error, blaming no message:
@@ -822,6 +835,7 @@ class Audit:
             raise error
         blamed = run.weigh(ids, failed=True)
         stops = run.last_failed or (len(batch) == 1 and not blamed and not run.todo)
+        left_out = blamed and not stops and run.gives_up(ids[0])
         await asyncio.to_thread(
             partial(
                 self._record_failure,
@@ -830,16 +844,16 @@ class Audit:
                 ids,
                 error,
                 run.extractor,
-                blamed and not stops,
+                left_out,
                 may_pass=True,
             )
         )
         if stops:
             raise error
-        if blamed:
+        if left_out:
             self._leave_out(run, ids[0], error)
             return
-        run.last_failed = True
+        run.last_failed = not blamed
         if len(batch) > 1:
             log.info(
                 "user %r: a re-extraction batch of %d messages failed (%s); split, the "

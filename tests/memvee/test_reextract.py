@@ -867,6 +867,31 @@ async def test_a_message_that_makes_the_api_fail_every_time_is_left_out_not_the_
         assert verify(audit.store) == []
 
 
+async def test_a_message_that_fails_alone_fewer_times_than_live_quarantines_is_not_left_out(
+    make_memory: Any, db_url: str
+) -> None:
+    """Behind a flaky gateway a healthy message may meet a 5xx alone once or twice: as
+    live extraction quarantines a message only after ``max_attempts`` such failures,
+    re-extraction sends it again before that, and it goes in."""
+    marked = await _marked(make_memory, 8, 1)
+    extractor = RecordingExtractor()
+    met = [0]
+
+    def flaky(batch: ExtractionBatch) -> BaseException | None:
+        if not any("MARK" in m.content for m in batch.messages):
+            return None
+        met[0] += 1
+        return ExtractionError("HTTP 502 bad gateway") if met[0] <= 4 else None
+
+    extractor.fault = flaky
+    with Audit(db_url=db_url) as audit:
+        report = await audit.reextract("eve", extractor, "v2", batch_size=4, embedder=False)
+        assert report.left_out == {} and report.entries == 8
+        assert [len(b.messages) for b in extractor.batches if b.messages[0].message_id == marked][
+            -3:
+        ] == [1, 1, 1], "two lone failures of its own, then answered"
+
+
 async def test_a_lone_batch_failing_every_run_is_split_where_the_last_run_stopped(
     make_memory: Any,
     db_url: str,
@@ -888,7 +913,8 @@ async def test_a_lone_batch_failing_every_run_is_split_where_the_last_run_stoppe
             "eve", _claude(messages_api_server, monkeypatch), "v2", embedder=False
         )
         assert (report.entries, list(report.left_out)) == (2, [poison])
-        assert [len(r.messages) for r in messages_api_server.requests] == [3, 2, 1, 1, 1]
+        sent = [len(r.messages) for r in messages_api_server.requests]
+        assert sent == [3, 2, 1, 1, 1, 1, 1], "the poison alone three times, as live tries it"
 
 
 async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
