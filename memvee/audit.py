@@ -187,11 +187,33 @@ class Provenance:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """Two knowledge versions of a user side by side, by entry text."""
+    """Two knowledge versions of a user side by side, by entry text, copies counted: the
+    texts only one holds, those both hold, and each copy of a text one version holds
+    beyond the other's count (or beyond one, where the other holds none), so a version
+    holding each entry twice never compares equal to one holding it once."""
 
     only_in_a: list[str]
     only_in_b: list[str]
     in_both: list[str]
+    extra_in_a: list[str] = field(default_factory=list)
+    extra_in_b: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, a: Iterable[str], b: Iterable[str]) -> Comparison:
+        """Compare the entry texts of two versions as multisets."""
+        first, second = Counter(a), Counter(b)
+        return cls(
+            sorted(first.keys() - second.keys()),
+            sorted(second.keys() - first.keys()),
+            sorted(first.keys() & second.keys()),
+            _surplus(first, second),
+            _surplus(second, first),
+        )
+
+
+def _surplus(held: Counter[str], other: Counter[str]) -> list[str]:
+    """Each copy of a text ``held`` more times than ``other`` holds it (at least once)."""
+    return sorted((held - Counter({t: max(other[t], 1) for t in held})).elements())
 
 
 @dataclass
@@ -1156,17 +1178,17 @@ class Audit:
         return self._decide(user_id, promote)
 
     def compare(self, user_id: str, a: str = LIVE_KNOWLEDGE, b: str = LIVE_KNOWLEDGE) -> Comparison:
-        """Knowledge versions ``a`` and ``b`` of the user side by side (a re-extracted
-        version with no entry too: promoting it would leave no live entry)."""
+        """Knowledge versions ``a`` and ``b`` of the user side by side, copies counted (a
+        re-extracted version with no entry too: promoting it would leave no live entry)."""
         self._version_of(user_id)
         check_key(a, "a")
         check_key(b, "b")
         with self.store.engine.connect() as connection:
             for version in (a, b):
                 self._require_version(connection, user_id, version)
-            first = {e.text for e in self._reader.knowledge(connection, user_id, a)}
-            second = {e.text for e in self._reader.knowledge(connection, user_id, b)}
-        return Comparison(sorted(first - second), sorted(second - first), sorted(first & second))
+            first = [e.text for e in self._reader.knowledge(connection, user_id, a)]
+            second = [e.text for e in self._reader.knowledge(connection, user_id, b)]
+        return Comparison.of(first, second)
 
     def unpromoted_versions(self, user_id: str) -> list[str]:
         """The user's re-extracted knowledge versions that :meth:`promote` can make live,

@@ -975,17 +975,26 @@ def compare(
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
-    """Two knowledge versions of a user side by side."""
+    """Two knowledge versions of a user side by side; copies of an entry one holds more
+    often than the other are listed as extra copies."""
     check_count(limit, "--limit")
     with _audit(db, db_url) as audit:
         found = audit.compare(user, a, b)
     if as_json:
         _print_json(dataclasses.asdict(found))
         return
-    table = Table(f"only in {a}", f"only in {b}", "in both")
-    rows = max(len(found.only_in_a), len(found.only_in_b), len(found.in_both))
+    columns = {
+        f"only in {a}": found.only_in_a,
+        f"only in {b}": found.only_in_b,
+        "in both": found.in_both,
+    }
+    if found.extra_in_a or found.extra_in_b:
+        columns[f"extra copies in {a}"] = found.extra_in_a
+        columns[f"extra copies in {b}"] = found.extra_in_b
+    table = Table(*columns)
+    rows = max(map(len, columns.values()))
     for i in range(min(rows, limit)):
-        table.add_row(*(col[i] if i < len(col) else "" for col in dataclasses.astuple(found)))
+        table.add_row(*(col[i] if i < len(col) else "" for col in columns.values()))
     console.print(table)
     _say_more(rows, limit, "rows")
 

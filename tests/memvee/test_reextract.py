@@ -103,6 +103,37 @@ async def test_a_version_that_found_no_entry_is_compared_before_it_is_promoted(
             audit.compare("eve", "live", "other")
 
 
+async def test_compare_counts_copies_so_a_version_holding_each_entry_twice_differs(
+    make_memory: Any, db_url: str
+) -> None:
+    """A version filled twice at once (each entry twice, as two runs at once stored it
+    before their batches were checked) never compares equal to one holding each once:
+    the surplus copies are listed, by the API, the CLI's table and its JSON."""
+    memory = await _processed(make_memory)
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "once", embedder=False)
+        added = audit.store.events_of("eve")
+        ids = [e.message_id for e in added if isinstance(e, UserLog.MessageAdded)][:4]
+
+        def record(user_log: UserLog) -> None:
+            facts = [ExtractedFact("User lives in Oslo.", (ids[0],))]
+            user_log.record_reextraction("twice", ids, facts, "offline")
+
+        for _ in range(2):
+            audit._decide("eve", record, ids)
+        diff = audit.compare("eve", "once", "twice")
+        assert diff.in_both == ["User lives in Oslo."] and diff.only_in_a == ["User works at Acme."]
+        assert (diff.extra_in_a, diff.extra_in_b) == ([], ["User lives in Oslo."])
+        assert audit.compare("eve", "twice", "once").extra_in_a == ["User lives in Oslo."]
+    runner = CliRunner()
+    table = runner.invoke(app, ["compare", "eve", "once", "twice", "--db-url", db_url])
+    assert table.exit_code == 0 and "extra" in table.output
+    assert table.output.splitlines()[0].count("┳") == 4, "two columns of extra copies"
+    listed = runner.invoke(app, ["compare", "eve", "once", "twice", "--json", "--db-url", db_url])
+    assert json.loads(listed.output)["extra_in_b"] == ["User lives in Oslo."]
+
+
 async def test_explain_names_the_re_extraction_that_recorded_an_entry(
     make_memory: Any, db_url: str
 ) -> None:
