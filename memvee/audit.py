@@ -754,6 +754,32 @@ class Audit:
         limits = BatchLimits(
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
+        run = await asyncio.to_thread(
+            self._planned, user_id, extractor, version, limits, embedder, report
+        )
+        try:
+            while run.todo:
+                await self._reextract_next(run)
+        except Exception as stopped:
+            if run.report.left_out:
+                left_out = ", ".join(run.report.left_out)
+                stopped.add_note(f"left out of {version!r} before the run stopped: {left_out}")
+            raise
+        return run.report
+
+    def _planned(
+        self,
+        user_id: str,
+        extractor: Extractor,
+        version: str,
+        limits: BatchLimits,
+        embedder: Embedder | Literal[False] | None,
+        report: ReextractionReport | None,
+    ) -> _Reextraction:
+        """The user's re-extraction run, planned (on a worker thread: a long log takes a
+        while to read and weigh, and the asyncio loop must not wait for it): the messages
+        the version does not cover in bounded batches, the evidence of its failed calls
+        weighed."""
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
@@ -781,15 +807,7 @@ class Audit:
         alone = user_log.failed_reextraction(version, history)
         caps = user_log.reextraction_caps(version, history)
         run.todo.extend(bounded(todo, limits, alone, caps))
-        try:
-            while run.todo:
-                await self._reextract_next(run)
-        except Exception as stopped:
-            if run.report.left_out:
-                left_out = ", ".join(run.report.left_out)
-                stopped.add_note(f"left out of {version!r} before the run stopped: {left_out}")
-            raise
-        return run.report
+        return run
 
     async def _reextract_next(self, run: _Reextraction) -> None:
         """Re-extract the next batch due. One that fails the same way is split in halves at

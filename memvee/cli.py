@@ -869,10 +869,10 @@ async def _reextract_users(
                         f", {len(report.recorded_elsewhere)} recorded meanwhile by another "
                         "run (not recorded again)"
                     )
-                console.print(
-                    f"{target}: {report.entries} entries extracted{out}; {held} current "
-                    f"in version {version!r}"
-                )
+                where = f"{version!r} promoted: {held} current in the live knowledge"
+                if not promote:
+                    where = f"{held} current in version {version!r}"
+                console.print(f"{target}: {report.entries} entries extracted{out}; {where}")
                 _print_returned(target, version, returned)
     finally:
         aclose: Any = getattr(extractor, "aclose", None)

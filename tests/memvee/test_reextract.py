@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -372,7 +373,9 @@ async def test_the_cli_passes_over_a_user_with_nothing_processed_and_goes_on(
     done = await asyncio.to_thread(runner.invoke, app, args)
     assert done.exit_code == 0, done.output
     assert "adam: nothing processed to re-extract; no 'v2'" in done.output
-    assert "eve: 2 entries extracted; 2 current in version 'v2'" in done.output
+    assert "eve: 2 entries extracted; 'v2' promoted: 2 current in the live knowledge" in (
+        done.output
+    )
     with Audit(db_url=db_url) as audit:
         assert audit.unpromoted_versions("adam") == audit.unpromoted_versions("eve") == []
         assert audit.knowledge_versions("eve") == {"live": 2}
@@ -520,6 +523,47 @@ async def test_two_reextractions_of_one_user_into_one_version_at_once_record_eac
         texts = [e.text for e in a.knowledge("eve", version="v2")]
         assert sorted(texts) == ["User lives in Oslo.", "User works at Acme."]
         assert verify(a.store) == []
+
+
+async def test_a_reextraction_loads_and_plans_its_user_off_the_event_loop(
+    make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a long log and weighing its history takes a while: every step of the plan
+    runs on a worker thread, so the application's other coroutines go on meanwhile."""
+    await _processed(make_memory)
+    threads: dict[str, threading.Thread] = {}
+    steps = (
+        "not_covered_by",
+        "reextraction_calls",
+        "failed_reextraction",
+        "reextraction_caps",
+        "check_version_name",
+    )
+    for name in steps:
+        step = getattr(UserLog, name)
+
+        def noted(self: UserLog, *args: Any, _name: str = name, _step: Any = step) -> Any:
+            threads[_name] = threading.current_thread()
+            return _step(self, *args)
+
+        monkeypatch.setattr(UserLog, name, noted)
+    load, pages = EventStore.load, EventStore.events_in_pages
+
+    def loaded(self: EventStore, user_id: str) -> Any:
+        threads.setdefault("load", threading.current_thread())
+        return load(self, user_id)
+
+    def paged(self: EventStore, *args: Any, **kw: Any) -> Any:
+        threads["events_in_pages"] = threading.current_thread()
+        return pages(self, *args, **kw)
+
+    monkeypatch.setattr(EventStore, "load", loaded)
+    monkeypatch.setattr(EventStore, "events_in_pages", paged)
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", OfflineExtractor(), "v2", embedder=False)
+    assert set(threads) == {*steps, "load", "events_in_pages"}
+    on_loop = [name for name, thread in threads.items() if thread is threading.current_thread()]
+    assert on_loop == [], "planned on the event loop's thread"
 
 
 class _FailsFromThirdBatch(OfflineExtractor):
