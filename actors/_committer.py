@@ -45,6 +45,12 @@ connection lost, a statement timeout) before it fails: a few, 50 then 100 ms apa
 (:func:`store_delay`), since the thread that waits meanwhile is shared with other users."""
 
 
+RETRY_WITHIN = 1.0
+"""Seconds from a write's first try within which a failure that may pass sends it again:
+a failure that came after a long wait (SQLite's busy timeout, a statement timeout) would
+only make every writer behind it wait as long again."""
+
+
 def store_delay(failures: int) -> float:
     """The wait before the store is tried again after its ``failures``-th failure that may
     pass: 50 ms at first, doubling."""
@@ -296,18 +302,20 @@ class GroupCommitter:
             )
             log.debug("indexing messages for search failed", exc_info=True)
 
-    def _write(self, batch: list[Write], tries: int = 1) -> None:
-        """Write ``batch`` together, its ``tries``-th try, and settle its requests."""
+    def _write(self, batch: list[Write], tries: int = 1, began: float | None = None) -> None:
+        """Write ``batch`` together, its ``tries``-th try (the first began at ``began``, by
+        ``time.monotonic``), and settle its requests."""
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
+        began = time.monotonic() if began is None else began
         try:
             recorded = self._append(batch)
         except Exception as error:
             self._projector.discard()
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
-            self._write_failed(batch, error, tries)
+            self._write_failed(batch, error, tries, began)
             return
         self._projector.committed()
         self.transactions += 1
@@ -318,16 +326,24 @@ class GroupCommitter:
             self._settle(request, recorded[start:end], None)
             start = end
 
-    def _write_failed(self, batch: list[Write], error: Exception, tries: int) -> None:
+    def _write_failed(
+        self,
+        batch: list[Write],
+        error: Exception,
+        tries: int,
+        began: float,
+        lookups: int = 1,
+    ) -> None:
         """After the ``tries``-th write of ``batch`` failed with ``error``: settle the
         requests its commit stored all the same (the acknowledgement was lost) as
         committed, and send the others again, or fail them.
 
         A failure that may pass (:func:`~events.errors.may_pass`) sends them again together
         after a short pause (:func:`store_delay`) while each has tries left
-        (:attr:`Write.attempts`); out of tries, a request fails with
-        :class:`~events.errors.TransientStorageError`. After any other failure a group's
-        requests are sent again one by one, so each fails, if it does, on its own.
+        (:attr:`Write.attempts`) and the first try began less than :data:`RETRY_WITHIN` ago;
+        past that, a request fails with :class:`~events.errors.TransientStorageError`.
+        After any other failure a group's requests are sent again one by one, so each
+        fails, if it does, on its own.
 
         Sent again, a stored request would conflict with its own events, and its caller
         decide it again (an exchange stored twice). While whether the commit landed cannot
@@ -335,7 +351,9 @@ class GroupCommitter:
         request fails with ``error``, as it would alone.
         """
         passing = not isinstance(error, ConflictError) and may_pass(error)
-        retry = passing and all(tries < request.attempts for request in batch)
+        in_time = time.monotonic() - began < RETRY_WITHIN
+        retry = passing and in_time and all(tries < r.attempts for r in batch)
+        looked_again = lookups < max(r.attempts for r in batch) and in_time
         try:
             found = self._stored(batch, error)
         except Exception as unknown:
@@ -345,9 +363,9 @@ class GroupCommitter:
                 first_line(error),
                 first_line(unknown),
             )
-            if retry:
-                self._pause(tries)
-                self._write_failed(batch, error, tries + 1)
+            if passing and looked_again:
+                self._pause(lookups)
+                self._write_failed(batch, error, tries, began, lookups + 1)
                 return
             for request in batch:
                 self._fail(request, error)
@@ -364,7 +382,7 @@ class GroupCommitter:
         )
         if retry and not stored:
             self._pause(tries)
-            self._write(batch, tries + 1)
+            self._write(batch, tries + 1, began)
             return
         if stored:
             self.transactions += 1
@@ -372,10 +390,10 @@ class GroupCommitter:
             if recorded is not None:
                 self.commits += 1
                 self._settle(request, recorded, None)
-            elif passing and tries >= request.attempts:
+            elif passing and (tries >= request.attempts or not in_time):
                 self._fail(request, _refused(error, tries))
             elif len(batch) > 1:
-                self._write([request], tries)
+                self._write([request], tries, began)
             else:
                 self._fail(request, error)
 

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+import actors._committer as committer_module
 from actors._committer import STORE_ATTEMPTS, GroupCommitter, Write
 from events import EventStore, Recorded, StorageError, UserLog, sqlite_url, user_log_id
 from events.errors import TransientStorageError, may_pass
@@ -537,12 +538,7 @@ def test_a_write_alone_whose_commit_landed_but_was_not_acknowledged_is_settled_c
         committer.wait_for(committer.submit(write))
     finally:
         committer.stop()
-    recorded, error = write.outcome
-    assert error is None
-    assert recorded is not None and [r.event for r in recorded] == list(write.events)
-    loaded = store.load("ann")
-    assert loaded is not None and loaded.message_count == 2
-    assert verify(store) == []
+    _assert_stored_once(store, write)
 
 
 def test_a_group_whose_write_failed_before_its_commit_is_sent_again_one_by_one(
@@ -630,12 +626,7 @@ def test_a_write_that_finds_the_file_locked_too_long_is_sent_again_once_it_is_fr
         write = _Retried(_log_with_messages("ann", 2)[1], 1)
         committer.wait_for(committer.submit(write))
         assert len(failures) == 1 and may_pass(failures[0])
-        recorded, error = write.outcome
-        assert error is None
-        assert recorded is not None and [r.event for r in recorded] == list(write.events)
-        loaded = store.load("ann")
-        assert loaded is not None and loaded.message_count == 2
-        assert verify(store) == []
+        _assert_stored_once(store, write)
 
 
 def test_a_write_the_lock_outlasts_fails_after_its_last_try_saying_it_may_pass(
@@ -656,6 +647,24 @@ def test_a_write_the_lock_outlasts_fails_after_its_last_try_saying_it_may_pass(
         assert store.load("ann") is None
 
 
+def test_a_write_that_failed_after_a_long_wait_is_not_sent_again_to_wait_as_long(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock SQLite already waited its busy timeout for (30 s by default), or a statement
+    timeout, failed after a long wait: sent again, every writer behind it would wait as long
+    twice more. Past :data:`RETRY_WITHIN` from its first try the write fails at once, with
+    TransientStorageError saying it may be sent again."""
+    monkeypatch.setattr(committer_module, "RETRY_WITHIN", 0.0)
+    with _locked_by_another_connection(tmp_path, monkeypatch, released_after=None) as held:
+        store, committer, failures = held
+        write = _Retried(_log_with_messages("ann", 1)[1], 1)
+        committer.wait_for(committer.submit(write))
+        assert len(failures) == 1
+        assert isinstance(write.outcome[1], TransientStorageError)
+        assert "tried once" in str(write.outcome[1])
+        assert store.load("ann") is None
+
+
 def test_a_group_whose_write_timed_out_is_sent_again_whole_after_a_pause(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -672,4 +681,14 @@ def test_a_group_whose_write_timed_out_is_sent_again_whole_after_a_pause(
     assert sent == [2, 2]
     assert [write.outcome[1] for write in writes] == [None, None]
     assert all(store.last_version(user) == 3 for user in ("u1", "u2"))
+    assert verify(store) == []
+
+
+def _assert_stored_once(store: EventStore, write: Any) -> None:
+    """``write`` (of ann's two messages) was acknowledged with its own events, stored once."""
+    recorded, error = write.outcome
+    assert error is None
+    assert recorded is not None and [r.event for r in recorded] == list(write.events)
+    loaded = store.load("ann")
+    assert loaded is not None and loaded.message_count == 2
     assert verify(store) == []
