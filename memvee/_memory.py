@@ -177,7 +177,6 @@ class Memory:
         self._engine: Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: ThreadPoolExecutor | None = None
-        self._loading: threading.Thread | None = None  # the default embedder's load
         self._observer: _LoopObserver | None = None
         self._closing = False
         self._inflight: dict[str, dict[str, ProcessTask]] = {}
@@ -331,7 +330,7 @@ class Memory:
         self._closer, self._stopped = None, None
         self._engine = engine
         if isinstance(embedder, LocalDefaultEmbedder):
-            self._loading = embedder.load_in_background()
+            embedder.load_in_background()
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
@@ -423,13 +422,11 @@ class Memory:
         self._engine = None
 
     async def _end_threads(self) -> None:
-        """Wait, off the loop, for the search threads and a load of the default embedder
-        begun at open (neither can be cut short): a closed Memory leaves no thread behind."""
+        """Wait, off the loop, for the search threads. A load of the default embedder begun
+        at open is not waited for: the model is the process's, not this Memory's, and a
+        script that only writes would close up to a second later for it."""
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, wait=True)
-        if self._loading is not None:
-            await asyncio.to_thread(self._loading.join)
-            self._loading = None
 
     async def _give_grace(
         self, pending: Sequence[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
