@@ -173,7 +173,10 @@ class Engine:
             else VectorIndex(self.tables, embedder.name, dimensions=embedder.dimensions)
         )
         self.meaning = ByMeaning(self.store.engine, self.vectors, embedder)
-        self._meaning_pool = ThreadPoolExecutor(1, thread_name_prefix="memvee-meaning")
+        # As many as the actors': a slow embedder (a remote API) holds one user's batch, not all.
+        self._meaning_pool = ThreadPoolExecutor(
+            options.actor_threads, thread_name_prefix="memvee-meaning"
+        )
         undo.callback(self._meaning_pool.shutdown, cancel_futures=True)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:

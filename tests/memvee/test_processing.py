@@ -175,6 +175,51 @@ async def test_a_slow_embedder_never_holds_the_users_writes_while_its_batch_is_p
     assert [m.content for m in await memory.buffer("alice")] == ["I live in Oslo", "ok"]
 
 
+class _CountedHeldEmbedder(_HeldEmbedder):
+    """:class:`_HeldEmbedder` that sets ``together`` once two calls other than the
+    background's wait at the same time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.together, self._waiting, self._lock = threading.Event(), 0, threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        counted = threading.current_thread().name != "memvee-embedding"
+        if counted:
+            with self._lock:
+                self._waiting += 1
+                if self._waiting >= 2:
+                    self.together.set()
+        try:
+            return super().embed(texts)
+        finally:
+            if counted:
+                with self._lock:
+                    self._waiting -= 1
+
+
+async def test_a_slow_embedder_holds_one_users_batch_not_every_users(make_memory: Any) -> None:
+    """Batches of two users past 100 current entries embed their texts at the same time:
+    a remote embedder's slow answer to one user is not every user's wait."""
+    embedder = _CountedHeldEmbedder()
+    embedder.gate.set()
+    memory: Memory = await make_memory(extractor=OfflineExtractor(), embedder=embedder)
+    for user in ("alice", "bob"):
+        for i in range(110):
+            await memory.add_message(user, "user", f"I like item{i} things")
+        await memory.flush(user)
+    embedder.gate.clear()
+    tasks = []
+    for user in ("alice", "bob"):
+        await memory.add_message(user, "user", "I'm a nurse.")
+        tasks.append(memory.process_async(user))
+    try:
+        assert await asyncio.to_thread(embedder.together.wait, 10), "one batch at a time"
+    finally:
+        embedder.gate.set()
+    assert [await task.wait() for task in tasks] == [1, 1]
+
+
 class _DownEmbedder(ConceptEmbedder):
     """An embedder whose service is down: every call fails."""
 
