@@ -826,7 +826,10 @@ class UserActor(PooledActor):
         round_, myself = self._meaning_round, self._myself
 
         def _ready(vectors: Vectors | None) -> None:
-            myself.meaning_ready(task_id, round_, claimed, vectors)
+            try:
+                myself.meaning_ready(task_id, round_, claimed, vectors)
+            except pykka.ActorDeadError:
+                log.info("task %s ended after its actor stopped (shutdown)", task_id)
 
         embed_aside = self._services.embed_aside
         assert embed_aside is not None
