@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import pykka
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,12 +42,14 @@ from events import (
     Extractor,
     KnownEntry,
     ReplacedEntry,
+    user_log_id,
 )
 from events.errors import (
     DatabaseInUseError,
     MemveeError,
     NewerEventError,
     StorageError,
+    UnreadableEventError,
     first_line,
 )
 from projections import (
@@ -60,6 +63,7 @@ from projections import (
     index_messages,
     replay_checkpoints,
     take_checkpoint,
+    warn_unfolded,
 )
 from projections.shown import ByMeaning, shown_beside, targets_of, with_targets
 from projections.vectors import NamedEmbedder, VectorIndex
@@ -150,6 +154,8 @@ class Engine:
             if options.leases
             else None
         )
+        self.unfolded: dict[UUID, UnreadableEventError] = {}
+        """The logs the open's fold left unfolded, by log id (see :meth:`refuse_unfolded`)."""
         self._catch_up()
         self.committer = GroupCommitter(self.store, self.projector, options.commit_batch_max)
         undo.callback(self.committer.stop)
@@ -217,6 +223,7 @@ class Engine:
             to_embed=self.meaning.to_embed,
             embed_aside=None if embedder is None else self._embed_aside,
             stopping=self._stopping,
+            refuse_unfolded=self.refuse_unfolded,
         )
         self.directory = ActorDirectory(
             self._spawn, idle_timeout=options.idle_timeout, max_live=options.max_live_actors
@@ -338,6 +345,7 @@ class Engine:
         """Erase the user, then stop what this process would still send of their texts:
         the batches waiting for extraction and the embedding of their backlog."""
         receipt = erase_user(self.store, self.projector, self.leases, user_id)
+        self.unfolded.pop(user_log_id(user_id), None)
         self.workers.drop(user_id)
         if not receipt.scrubbed:
             self.scrubber.later(user_id)
@@ -355,7 +363,11 @@ class Engine:
         # Under the writers' lock, so processes opening a new database at once do not race.
         leases = None if self.leases is None else self.leases.create
         try:
+            with self.store.engine.connect() as connection:
+                known = self.projector.unreadable(connection)
             folded = bring_up_to_date(self.store, self.tables, leases)
+            with self.store.engine.connect() as connection:
+                self.unfolded = self.projector.unreadable(connection)
         except SQLAlchemyError as error:  # a lock timeout, a server restarting
             raise StorageError(
                 f"cannot bring the projections of {self.store.safe_url} up to date: "
@@ -363,13 +375,30 @@ class Engine:
             ) from error
         if folded:
             log.warning("projections were behind the log; folded %d events", folded)
+        for log_id, unread in self.unfolded.items():
+            if log_id in known:  # left by an earlier open: this one's fold did not warn
+                warn_unfolded(unread)
+
+    def refuse_unfolded(self, user_id: str) -> None:
+        """Raise the :class:`UnreadableEventError` (naming the user) for which the open's
+        fold left ``user_id``'s log unfolded, if it did: their rows are not there, and no
+        write may be folded onto them; every other user is served."""
+        if self.unfolded:
+            error = self.unfolded.get(user_log_id(user_id))
+            if error is not None:
+                raise error.of_user(user_id)
 
     def _fold_state(self) -> FoldState:
         with self.store.engine.connect() as connection:
             return self.projector.state(connection)
 
     def _finish_rebuild(self, stopping: Callable[[], bool]) -> int:
-        return catch_up(self.store, self.tables, stopping=stopping)
+        """Carry a rebuild that stopped to its end; the logs it left unfolded are then
+        refused here too (:meth:`refuse_unfolded`)."""
+        folded = catch_up(self.store, self.tables, stopping=stopping)
+        with self.store.engine.connect() as connection:
+            self.unfolded = self.projector.unreadable(connection)
+        return folded
 
     def index_messages(self) -> int:
         """Index the messages that wait for the full-text index (a search calls it first);

@@ -952,6 +952,7 @@ class UserActor(PooledActor):
         if self._owner is None and claim:
             self._is_owner()  # the first actor to touch a user claims it
         if not self._loaded:
+            self._services.refuse_unfolded(self.user_id)
             self._services.committer.wait_for_log(user_log_id(self.user_id))
             loaded = self._services.store.load_log(self.user_id)
             self._log = loaded.log

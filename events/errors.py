@@ -82,13 +82,20 @@ class StorageError(MemveeError):
 class UnreadableEventError(StorageError):
     """A stored event cannot be read (a damaged file, or an event class this version does
     not know): ``log_id`` and ``version`` name it, ``reason`` says what failed, so that a
-    tool can name the user whose log it is (a damaged log can always be forgotten)."""
+    tool can name the user whose log it is (a damaged log can always be forgotten).
+    ``user_id`` is that user, where the code that met it knows them: the text names them."""
 
-    def __init__(self, log_id: UUID, version: int, reason: str) -> None:
-        super().__init__(f"version {version} of log {log_id} cannot be read: {reason}")
+    def __init__(self, log_id: UUID, version: int, reason: str, user_id: str | None = None) -> None:
+        whose = f"log {log_id}" if user_id is None else f"the log of {user_id!r}"
+        super().__init__(f"version {version} of {whose} cannot be read: {reason}")
         self.log_id = log_id
         self.version = version
         self.reason = reason
+        self.user_id = user_id
+
+    def of_user(self, user_id: str) -> UnreadableEventError:
+        """This error, told of the log of ``user_id``."""
+        return UnreadableEventError(self.log_id, self.version, self.reason, user_id)
 
 
 class NewerEventError(UnreadableEventError):
@@ -97,13 +104,18 @@ class NewerEventError(UnreadableEventError):
     this user's log reads again once memvee is upgraded; other users' logs read on.
     ``topic`` names the event type."""
 
-    def __init__(self, log_id: UUID, version: int, topic: str) -> None:
+    def __init__(self, log_id: UUID, version: int, topic: str, user_id: str | None = None) -> None:
         super().__init__(
             log_id,
             version,
             f"its event type {topic!r} was written by a newer memvee; upgrade memvee to read it",
+            user_id,
         )
         self.topic = topic
+
+    def of_user(self, user_id: str) -> NewerEventError:
+        """This error, told of the log of ``user_id``."""
+        return NewerEventError(self.log_id, self.version, self.topic, user_id)
 
 
 class OlderLayoutError(StorageError):

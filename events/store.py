@@ -53,6 +53,7 @@ from events.errors import (
     NewerEventError,
     NotFoundError,
     StorageError,
+    UnreadableEventError,
     first_line,
 )
 from events.file_hold import FileHold, file_ident
@@ -71,6 +72,7 @@ __all__ = [
     "LoadedLog",
     "Recorded",
     "StoredSnapshot",
+    "Unread",
     "check_db_path",
     "driver_url",
     "exported_state",
@@ -114,6 +116,41 @@ class Recorded:
 
     notification_id: int
     event: DomainEventProtocol[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """An event of the notification log that cannot be read, passed over by a read that
+    asked to go on (:meth:`EventStore.notifications`): one damaged log stops no other."""
+
+    notification_id: int
+    error: UnreadableEventError
+
+
+@contextmanager
+def _of_user(user_id: str) -> Iterator[None]:
+    """An :class:`UnreadableEventError` raised within, told of ``user_id``'s log."""
+    try:
+        yield
+    except UnreadableEventError as error:
+        raise error.of_user(user_id) from error
+
+
+def _take(
+    page: list[Recorded],
+    unread: list[Unread] | None,
+    notification_id: int,
+    decode: Callable[..., Any],
+    *row: Any,
+) -> None:
+    """Add the event ``decode`` makes of ``row`` to ``page``; one that cannot be read is
+    added to ``unread`` instead, if given, else raised."""
+    try:
+        page.append(Recorded(notification_id, decode(*row)))
+    except UnreadableEventError as error:
+        if unread is None:
+            raise
+        unread.append(Unread(notification_id, error))
 
 
 def _connection_lost(connection: Connection, error: BaseException) -> bool:
@@ -823,8 +860,8 @@ class EventStore:
                 )
             try:
                 aggregate = self._decode(log_id, row).mutate(aggregate)
-            except NewerEventError:
-                raise  # nothing is broken: a newer memvee reads it
+            except NewerEventError as error:  # nothing is broken: a newer memvee reads it
+                raise error.of_user(user_id) from error
             except Exception as error:
                 raise StorageError(
                     f"the log of {user_id!r} is broken, in {self.safe_url}: {first_line(error)}"
@@ -1128,7 +1165,8 @@ class EventStore:
         if not self.is_sqlite:
             with self._reading("read the events", user_id), self.engine.connect() as connection:
                 rows = self._select_events(connection, log_id, after, upto)
-            return [self._decode(log_id, row) for row in rows]
+            with _of_user(user_id):
+                return [self._decode(log_id, row) for row in rows]
         # Raw rows, fetched at once: SQLite stores the id as its 16 bytes.
         bounds = (log_id.bytes, after or 0, upto or PAST_ANY_VERSION)
         raw: Sequence[Any]
@@ -1138,7 +1176,8 @@ class EventStore:
             with self._reading("read the events", user_id), self.engine.connect() as connection:
                 raw = connection.exec_driver_sql(self._raw_log_events, bounds).fetchall()
         decode = self._decoder
-        return [decode(log_id, version, topic, state) for version, topic, state in raw]
+        with _of_user(user_id):
+            return [decode(log_id, version, topic, state) for version, topic, state in raw]
 
     def find_recorded(
         self, batches: Sequence[Sequence[DomainEventProtocol[Any]]]
@@ -1233,8 +1272,9 @@ class EventStore:
         :class:`StorageError`, never one log cut short or two spliced together."""
         log_id = user_log_id(user_id)
         for page in self._pages_of(user_id, page_size, after, upto):
-            for row in page:
-                yield self._decode(log_id, row)
+            with _of_user(user_id):
+                events = [self._decode(log_id, row) for row in page]
+            yield from events
 
     def _pages_of(
         self, user_id: str, page_size: int, after: int = 0, upto: int | None = None
@@ -1292,22 +1332,51 @@ class EventStore:
         )
         return self._app.mapper.to_domain_event(stored)
 
-    def follow(self, after: int = 0, page_size: int = 1000) -> Iterator[list[Recorded]]:
-        """Every event of every log after notification ``after``, in pages, in commit order."""
+    def follow(
+        self, after: int = 0, page_size: int = 1000, unread: list[Unread] | None = None
+    ) -> Iterator[list[Recorded]]:
+        """Every event of every log after notification ``after``, in pages, in commit order;
+        with ``unread``, one that cannot be read is added to it and passed over (see
+        :meth:`notifications`)."""
         position = after
         while True:
+            passed: list[Unread] = []
             with self.engine.connect() as connection:
-                page = self.notifications(connection, after=position, limit=page_size)
-            if not page:
+                page = self.notifications(
+                    connection, after=position, limit=page_size, unread=passed
+                )
+            if unread is None and passed:
+                raise passed[0].error
+            if unread is not None:
+                unread += passed
+            ids = [r.notification_id for r in page] + [u.notification_id for u in passed]
+            if not ids:
                 return
-            yield page
-            position = page[-1].notification_id
+            if page:
+                yield page
+            position = max(ids)
 
-    def notifications(self, connection: Connection, *, after: int, limit: int) -> list[Recorded]:
-        """Up to ``limit`` events of every log after notification ``after``, in order."""
+    def notifications(
+        self,
+        connection: Connection,
+        *,
+        after: int,
+        limit: int,
+        unread: list[Unread] | None = None,
+    ) -> list[Recorded]:
+        """Up to ``limit`` events of every log after notification ``after``, in order.
+
+        An event that cannot be read is an :class:`UnreadableEventError`; with ``unread``
+        it is added to that list instead and left out, so that a fold of the whole log
+        goes on past one damaged log (the page then holds fewer than ``limit`` events
+        though the log goes on: the rows read are the page and ``unread`` together).
+        """
         if not self.is_sqlite:
             rows = connection.execute(self._notifications, {"after": after, "limit": limit})
-            return [Recorded(row[0], self._decode(row[1], row[2:])) for row in rows]
+            taken: list[Recorded] = []
+            for row in rows:
+                _take(taken, unread, row[0], self._decode, row[1], row[2:])
+            return taken
         # Raw rows: SQLite gives each id as 16 bytes, made into one UUID per log here.
         decode = self._decoder
         ids: dict[bytes, UUID] = {}
@@ -1320,7 +1389,12 @@ class EventStore:
             log_id = ids.get(raw_id)
             if log_id is None:
                 log_id = ids[raw_id] = UUID(bytes=raw_id)
-            page.append(Recorded(n, decode(log_id, version, topic, state)))
+            try:
+                page.append(Recorded(n, decode(log_id, version, topic, state)))
+            except UnreadableEventError as error:
+                if unread is None:
+                    raise
+                unread.append(Unread(n, error))
         return page
 
     def forget(self, connection: Connection, user_id: str) -> tuple[int, int]:

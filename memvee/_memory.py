@@ -771,7 +771,8 @@ class Memory:
         return await self._read(
             lambda c, r: r.knowledge(
                 c, user_id, as_of=as_of, history=history, offset=offset, limit=limit
-            )
+            ),
+            user_id,
         )
 
     async def messages(
@@ -784,7 +785,9 @@ class Memory:
         """
         check_user_id(user_id)
         check_page(after, limit)
-        return await self._read(lambda c, r: r.messages(c, user_id, after=after, limit=limit))
+        return await self._read(
+            lambda c, r: r.messages(c, user_id, after=after, limit=limit), user_id
+        )
 
     async def retrieve(
         self,
@@ -807,6 +810,7 @@ class Memory:
         as_of = check_time(as_of, "as_of")
         check_flag(include_messages, "include_messages")
         engine, loop = self._running()
+        engine.refuse_unfolded(user_id)
         retriever = self._retriever
         assert retriever is not None
 
@@ -838,7 +842,7 @@ class Memory:
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge (nor quarantined), in order."""
         check_user_id(user_id)
-        return await self._read(lambda c, r: r.buffer(c, user_id))
+        return await self._read(lambda c, r: r.buffer(c, user_id), user_id)
 
     async def quarantined(self, user_id: str) -> list[QuarantinedMessage]:
         """The user's messages that kept failing extraction, each with its last error.
@@ -847,7 +851,7 @@ class Memory:
         is covered by knowledge or still buffered. :meth:`requeue` puts them back.
         """
         check_user_id(user_id)
-        return await self._read(lambda c, r: r.quarantined(c, user_id))
+        return await self._read(lambda c, r: r.quarantined(c, user_id), user_id)
 
     async def requeue(self, user_id: str, message_ids: list[str] | None = None) -> int:
         """Put the user's quarantined messages (or those of ``message_ids``) back in the
@@ -864,12 +868,12 @@ class Memory:
     async def user(self, user_id: str) -> UserSummary | None:
         """Counters of the user's log, or ``None`` if nothing was ever written for them."""
         check_user_id(user_id)
-        return await self._read(lambda c, r: r.user(c, user_id))
+        return await self._read(lambda c, r: r.user(c, user_id), user_id)
 
     async def tasks(self, user_id: str) -> list[ProcessTask]:
         """Every task of the user: those in the log, then those still pending."""
         check_user_id(user_id)
-        records = await self._read(lambda c, r: r.tasks(c, user_id))
+        records = await self._read(lambda c, r: r.tasks(c, user_id), user_id)
         handles = [self._handle_for(user_id, rec) for rec in records]
         seen = {h.task_id for h in handles}
         pending = [t for t in self._inflight.get(user_id, {}).values() if t.task_id not in seen]
@@ -897,7 +901,7 @@ class Memory:
         read = functools.partial(
             _task_state, user_id=user_id, task_id=task_id, projector=engine.projector
         )
-        record, rebuilding = await self._read(read)
+        record, rebuilding = await self._read(read, user_id)
         if ended is not None:
             if record is not None or rebuilding:
                 return ended
@@ -911,8 +915,13 @@ class Memory:
         """How many user actors are live (idle ones are stopped after ``idle_timeout``)."""
         return 0 if self._engine is None else self._engine.directory.live_count
 
-    async def _read(self, query: Callable[[Connection, Any], T]) -> T:
+    async def _read(self, query: Callable[[Connection, Any], T], user_id: str | None = None) -> T:
+        """What ``query`` reads of the projections, on a reader thread; a read of
+        ``user_id``'s rows is refused if their log was left unfolded (see
+        :meth:`actors.engine.Engine.refuse_unfolded`)."""
         engine, loop = self._running()
+        if user_id is not None:
+            engine.refuse_unfolded(user_id)
 
         def _run() -> T:
             with _reading(engine), engine.store.engine.connect() as connection:

@@ -90,6 +90,7 @@ from projections import (
     UserSummary,
     bring_up_to_date,
     index_messages,
+    refuse_unfolded,
     refuse_while_rebuilding,
     replay_checkpoints,
     state_at,
@@ -1276,6 +1277,7 @@ class Audit:
             summary = self._reader.user(connection, user_id)
             if summary is None:
                 refuse_while_rebuilding(Projector(ProjectionTables()), connection)
+                refuse_unfolded(Projector(ProjectionTables()), connection, user_id)
         if summary is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
         return summary.version

@@ -396,13 +396,17 @@ def _damaged(store: EventStore, error: UnreadableEventError, kept: str, then: st
     when it lists the log) and what to do about it: a damaged log can always be forgotten;
     one a newer memvee wrote is read by upgrading (forgetting it would lose it)."""
     users = ProjectionTables().users
+    user = error.user_id
     try:
         with store.engine.connect() as connection:
-            user = connection.execute(
-                select(users.c.user_id).where(users.c.log_id == str(error.log_id))
-            ).scalar()
+            user = (
+                user
+                or connection.execute(
+                    select(users.c.user_id).where(users.c.log_id == str(error.log_id))
+                ).scalar()
+            )
     except SQLAlchemyError:
-        user = None
+        pass
     if isinstance(error, NewerEventError):
         whose = f"of log {error.log_id}" if user is None else f"of the log of {user!r}"
         return StorageError(

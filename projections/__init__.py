@@ -25,8 +25,10 @@ from projections.rebuild import (
     index_messages,
     rebuild,
     rebuild_user,
+    refuse_unfolded,
     refuse_while_rebuilding,
     verify,
+    warn_unfolded,
 )
 from projections.replay import UserState, replay_checkpoints, state_at, take_checkpoint
 from projections.search import SearchIndex
@@ -60,10 +62,12 @@ __all__ = [
     "index_messages",
     "rebuild",
     "rebuild_user",
+    "refuse_unfolded",
     "refuse_while_rebuilding",
     "replay_checkpoints",
     "search_terms",
     "state_at",
     "take_checkpoint",
     "verify",
+    "warn_unfolded",
 ]

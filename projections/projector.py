@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import Connection, Index, bindparam, inspect, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateTable
 
 from events import Recorded, StorageError
+from events.errors import NewerEventError, UnreadableEventError
 from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
 from projections.rows import TableRows
@@ -402,14 +404,66 @@ class Projector:
         for memory in self._remembered.values():
             memory.clear()
         erased: dict[str, int] = {"search": self.search.forget(connection, log_id)}
-        vectors = self.tables.vectors
+        vectors, unreadable = self.tables.vectors, self.tables.unreadable
         for table in self.tables.data_tables:
             if keep_vectors and table is vectors:
                 continue
+            if table is unreadable and not inspect(connection).has_table(table.name):
+                continue  # tables made before it: an open makes it
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
             erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
         self.search.erased(connection)
         return erased
+
+    def unreadable(self, connection: Connection) -> dict[UUID, UnreadableEventError]:
+        """Each log a fold left unfolded, by log id, with the error of its first event
+        that cannot be read (naming its user where the fold knew them)."""
+        table = self.tables.unreadable
+        if not inspect(connection).has_table(table.name):
+            return {}
+        return {
+            UUID(row.log_id): _unreadable_error(row) for row in connection.execute(select(table))
+        }
+
+    def leave_unfolded(
+        self, connection: Connection, errors: Sequence[UnreadableEventError]
+    ) -> list[UnreadableEventError]:
+        """Leave the logs of ``errors`` unfolded: their rows deleted (but the embeddings,
+        as a rebuild keeps them) and each recorded with its error, named with its user
+        where the users table knows them, so that a fold goes on past them and their
+        user's reads and writes are refused. Returns the errors of the logs newly left."""
+        left = self.unreadable(connection)
+        users = self.tables.users
+        newly: dict[UUID, UnreadableEventError] = {}
+        for error in sorted(errors, key=lambda e: e.version):
+            if error.log_id in left or error.log_id in newly:
+                continue
+            log_id = str(error.log_id)
+            user = connection.execute(
+                select(users.c.user_id).where(users.c.log_id == log_id)
+            ).scalar()
+            newly[error.log_id] = error if user is None else error.of_user(user)
+            self.forget(connection, log_id, keep_vectors=True)
+        if newly:
+            connection.execute(
+                self.tables.unreadable.insert(),
+                [
+                    {
+                        "log_id": str(e.log_id),
+                        "user_id": e.user_id,
+                        "version": e.version,
+                        "reason": e.reason,
+                        "topic": e.topic if isinstance(e, NewerEventError) else None,
+                    }
+                    for e in newly.values()
+                ],
+            )
+        return list(newly.values())
+
+    def pass_over(self, connection: Connection, position: int) -> None:
+        """Move the stored position on to ``position`` (never back), past events a
+        catch-up left unfolded."""
+        connection.execute(self._move_position, {"b_position": position})
 
     def index_messages(self, connection: Connection, limit: int | None = None) -> int:
         """Index the messages that wait for the full-text index (see
@@ -488,6 +542,14 @@ def _folds_read(index: Index, prefix: str) -> bool:
     role = table.name.removeprefix(prefix)
     leading = next(iter(index.columns)).name
     return leading in _LOOKED_UP.get(role, set())
+
+
+def _unreadable_error(row: Any) -> UnreadableEventError:
+    """The error a row of the unreadable table records."""
+    log_id = UUID(row.log_id)
+    if row.topic is not None:
+        return NewerEventError(log_id, row.version, row.topic, row.user_id)
+    return UnreadableEventError(log_id, row.version, row.reason, row.user_id)
 
 
 def _name(index: Index) -> str:

@@ -8,11 +8,14 @@ the same transaction as the rows, so an interrupted rebuild resumes where it sto
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+import logging
+import shlex
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any, TypeVar
+from uuid import UUID
 
 from sqlalchemy import Connection, Engine, inspect
 
@@ -22,9 +25,12 @@ from events import (
     OlderLayoutError,
     Recorded,
     StorageError,
+    Unread,
     user_log_id,
 )
+from events.errors import NewerEventError, UnreadableEventError
 from events.imported import ImportReplay
+from events.transcoding import known_topic
 from projections.collector import collector_paused
 from projections.comparison import Difference, Listing, differences, table_listing
 from projections.folds import PROJECTIONS
@@ -44,9 +50,13 @@ __all__ = [
     "rebuild",
     "rebuild_user",
     "refuse_older_layout",
+    "refuse_unfolded",
     "refuse_while_rebuilding",
     "verify",
+    "warn_unfolded",
 ]
+
+log = logging.getLogger("memvee.projections")
 
 _T = TypeVar("_T")
 
@@ -119,12 +129,94 @@ def _fold_to_end(
         read = functools.partial(_fold_ahead, store, projector, page_size)
         with _ahead_then_locked(store, turns, read) as (ahead, connection):
             page = _write_page(store, projector, connection, page_size, ahead)
-        folded += len(page)
-        if page and progress is not None:
-            progress(page[-1].notification_id, max(last, page[-1].notification_id))
-        if len(page) < page_size or stopping():
+        folded += len(page.recorded)
+        if page.ids and progress is not None:
+            progress(page.ids[-1], max(last, page.ids[-1]))
+        if len(page.ids) < page_size or stopping():
             return folded
         turns.between()
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page of the log as a fold reads it: the events that read, and those that cannot
+    be read (:class:`Unread`), which leave their logs unfolded."""
+
+    recorded: list[Recorded]
+    unread: list[Unread]
+
+    @property
+    def ids(self) -> list[int]:
+        """The notification ids of the rows read, in order (read or not)."""
+        ids = [r.notification_id for r in self.recorded]
+        if self.unread:
+            ids = sorted(ids + [u.notification_id for u in self.unread])
+        return ids
+
+    def foldable(self, unfolded: Collection[UUID]) -> list[Recorded]:
+        """The page's events but those of logs left ``unfolded``, and those of a log from
+        its event in this page that cannot be read on: a log is never folded around a hole."""
+        if not unfolded and not self.unread:
+            return self.recorded
+        stops: dict[UUID, int] = {}
+        for u in self.unread:
+            stops[u.error.log_id] = min(u.error.version, stops.get(u.error.log_id, u.error.version))
+        return [
+            r
+            for r in self.recorded
+            if r.event.originator_id not in unfolded
+            and r.event.originator_version
+            < stops.get(r.event.originator_id, r.event.originator_version + 1)
+        ]
+
+
+def _read_page(store: EventStore, connection: Connection, after: int, limit: int) -> _Page:
+    """The next ``limit`` rows of the log after ``after``, those that cannot be read set
+    apart rather than raised."""
+    unread: list[Unread] = []
+    recorded = store.notifications(connection, after=after, limit=limit, unread=unread)
+    return _Page(recorded, unread)
+
+
+def _apply_page(
+    projector: Projector, connection: Connection, page: _Page, *, move_position: bool
+) -> None:
+    """Fold ``page`` (:meth:`_Page.foldable`) in ``connection``, then leave the logs of its
+    events that cannot be read unfolded (:func:`_leave_unfolded`); with ``move_position``
+    the stored position moves past the whole page, the events passed over too."""
+    foldable = page.foldable(projector.unreadable(connection).keys())
+    projector.apply(connection, foldable, move_position=move_position)
+    _leave_unfolded(projector, connection, page)
+    if move_position and len(foldable) < len(page.ids):
+        projector.pass_over(connection, page.ids[-1])
+
+
+def _leave_unfolded(projector: Projector, connection: Connection, page: _Page) -> None:
+    """Leave the logs of ``page``'s events that cannot be read unfolded, warning of each
+    newly left in the live tables (a verify's scratch ones serve no one)."""
+    if page.unread:
+        for error in projector.leave_unfolded(connection, [u.error for u in page.unread]):
+            if projector.tables.prefix == LIVE_PREFIX:
+                warn_unfolded(error)
+
+
+def warn_unfolded(error: UnreadableEventError) -> None:
+    """Log, as a WARNING, that a log is left unfolded for ``error``, and the way out."""
+    user = "USER" if error.user_id is None else shlex.quote(error.user_id)
+    whose = f"log {error.log_id}" if error.user_id is None else f"user {error.user_id!r}"
+    if isinstance(error, NewerEventError):
+        way_out = f"upgrade memvee (or `memvee rebuild --user {user}` once it is): nothing is lost"
+    else:
+        way_out = (
+            f"`memvee verify` lists it; restore the database, or `memvee forget {user}` "
+            "(a damaged log can always be forgotten)"
+        )
+    log.warning(
+        "%s; %s is not served (their reads and writes fail), every other user is: %s",
+        error,
+        whose,
+        way_out,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +226,7 @@ class _Ahead:
 
     state: FoldState
     generation: int
-    page: list[Recorded]
+    page: _Page
     folded: Folded
 
     def holds(self, store: EventStore, projector: Projector, connection: Connection) -> bool:
@@ -147,7 +239,7 @@ class _Ahead:
             return False
         if projector.generation(connection) != self.generation:
             return False
-        ids = [r.notification_id for r in self.page]
+        ids = self.page.ids
         return store.ids_between(connection, self.state.position, ids[-1]) == ids
 
 
@@ -160,11 +252,12 @@ def _fold_ahead(store: EventStore, projector: Projector, page_size: int) -> _Ahe
         state = projector.state(connection)
         if not state.rebuilding or store.max_position(connection) - state.position < page_size:
             return None
-        page = store.notifications(connection, after=state.position, limit=page_size)
-        if len(page) < page_size:
+        page = _read_page(store, connection, state.position, page_size)
+        if len(page.ids) < page_size:
             return None
         generation = projector.generation(connection)
-        return _Ahead(state, generation, page, projector.fold(connection, page))
+        foldable = page.foldable(projector.unreadable(connection).keys())
+        return _Ahead(state, generation, page, projector.fold(connection, foldable))
 
 
 def _write_page(
@@ -173,19 +266,20 @@ def _write_page(
     connection: Connection,
     page_size: int,
     ahead: _Ahead | None,
-) -> list[Recorded]:
+) -> _Page:
     """Write the next page in ``connection``, whose transaction holds writers off: the
     page folded ahead if it still holds, else one read and folded now. Returns it."""
     if ahead is not None and ahead.holds(store, projector, connection):
         projector.write(connection, ahead.folded)
         state, page = ahead.state, ahead.page
+        _leave_unfolded(projector, connection, page)
     else:
         state = projector.state(connection)
-        page = store.notifications(connection, after=state.position, limit=page_size)
-        projector.apply(connection, page, move_position=not state.rebuilding)
+        page = _read_page(store, connection, state.position, page_size)
+        _apply_page(projector, connection, page, move_position=not state.rebuilding)
     if state.rebuilding:
-        reached = page[-1].notification_id if page else state.position
-        if len(page) < page_size:
+        reached = page.ids[-1] if page.ids else state.position
+        if len(page.ids) < page_size:
             projector.finish_rebuild(connection, reached)
         else:
             projector.rebuilt_upto(connection, reached)
@@ -243,6 +337,14 @@ def refuse_older_layout(projector: Projector, connection: Connection) -> None:
         )
 
 
+def refuse_unfolded(projector: Projector, connection: Connection, user_id: str) -> None:
+    """Raise the :class:`UnreadableEventError` (naming the user) for which a fold left
+    ``user_id``'s log unfolded, if one did: none of their rows is there to read."""
+    unfolded = projector.unreadable(connection).get(user_log_id(user_id))
+    if unfolded is not None:
+        raise unfolded.of_user(user_id)
+
+
 def refuse_while_rebuilding(projector: Projector, connection: Connection) -> None:
     """Raise :class:`StorageError` while the projections are being rebuilt (or a rebuild
     stopped midway): they hold part of the log, so what they lack says nothing."""
@@ -260,14 +362,36 @@ def bring_up_to_date(
 ) -> int:
     """What an open of the database does: create the tables that are missing (new ones
     marked as being rebuilt, so refolded from the whole log) while every other writer is
-    held off, ``prepare`` in the same transaction, then :func:`catch_up`; returns the
-    events folded."""
+    held off, ``prepare`` in the same transaction, then :func:`catch_up`, then refold the
+    logs left unfolded for an event type this memvee now knows; returns the events folded.
+
+    A log with an event that cannot be read is left unfolded, its user's reads and writes
+    refused (:meth:`Projector.leave_unfolded`): it never stops the open for everyone.
+    """
     with store.transaction() as connection:
         store.lock_writers(connection)
         Projector(tables).create(connection, rebuilding=True)
         if prepare is not None:
             prepare(connection)
-    return catch_up(store, tables)
+    folded = catch_up(store, tables)
+    return folded + _refold_now_readable(store, tables)
+
+
+def _refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:
+    """Refold each log left unfolded for an event type an older memvee did not know, if
+    this one knows it (it was upgraded): its user is served again. Returns events folded."""
+    with store.engine.connect() as connection:
+        left = Projector(tables).unreadable(connection)
+    folded = 0
+    for error in left.values():
+        if not isinstance(error, NewerEventError) or not known_topic(error.topic):
+            continue
+        if error.user_id is not None:
+            try:
+                folded += rebuild_user(store, error.user_id, tables)
+            except UnreadableEventError as still:
+                warn_unfolded(still)
+    return folded
 
 
 def catch_up(
@@ -414,10 +538,10 @@ def _at_one_point(
             turns.note(connection)
             refuse_older_layout(current, connection)
             refuse_while_rebuilding(current, connection)
-            while page := store.notifications(
-                connection, after=rebuilt.state(connection).position, limit=PAGE_SIZE
-            ):
-                rebuilt.apply(connection, page)
+            while (
+                page := _read_page(store, connection, rebuilt.state(connection).position, PAGE_SIZE)
+            ).ids:
+                _apply_page(rebuilt, connection, page, move_position=True)
             for projector in (current, rebuilt):
                 projector.index_messages(connection)
             folded = (store.max_position(connection), store.count(connection))
@@ -444,13 +568,19 @@ def forget_in_scratch(connection: Connection, log_id: str) -> None:
         Projector(scratch).forget(connection, log_id)
 
 
-def unreplayable(store: EventStore) -> list[tuple[str, int, str]]:
+def unreplayable(
+    store: EventStore, unfolded: Mapping[UUID, UnreadableEventError]
+) -> list[tuple[str, int, str]]:
     """Each log one of whose events is not well formed or does not replay (as a load
-    would replay it), as (log id, version of that event, why); a gap is left to
-    :meth:`EventStore.gaps`."""
+    would replay it), or cannot be read and was left ``unfolded`` by the live tables'
+    fold, as (log id, version of that event, why, naming the user where the fold knew
+    them); a gap is left to :meth:`EventStore.gaps`. An event that cannot be read in a log
+    the live tables hold is raised (:class:`UnreadableEventError`): their rows of it are
+    what was folded before it was damaged, and there is nothing to compare them with."""
     replays: dict[Any, ImportReplay] = {}
     broken: dict[Any, tuple[str, int, str]] = {}
-    for page in store.follow():
+    unread: list[Unread] = []
+    for page in store.follow(unread=unread):
         for recorded in page:
             event = recorded.event
             log_id = event.originator_id
@@ -462,14 +592,25 @@ def unreplayable(store: EventStore) -> list[tuple[str, int, str]]:
             except InvalidInputError as error:
                 broken[log_id] = (str(log_id), event.originator_version, str(error))
                 del replays[log_id]
+    for u in unread:
+        left = unfolded.get(u.error.log_id)
+        if left is None or isinstance(u.error, NewerEventError):
+            raise u.error  # (a newer memvee's event: nothing is damaged, upgrade to read it)
+        found = broken.get(left.log_id)
+        if found is None or found[1] > left.version:
+            broken[left.log_id] = (str(left.log_id), left.version, str(left))
     return list(broken.values())
 
 
 def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Difference]:
     """Rebuild into scratch tables and list every difference from the live projections,
     after every event of the log that follows no stored version of its log (table
-    ``events``, live ``(log id, version)``) and every log that does not replay (live
-    ``(log id, version, why)``, its first event that breaks it): such logs cannot load.
+    ``events``, live ``(log id, version)``) and every log that does not replay or holds an
+    event that cannot be read (live ``(log id, version, why)``, its first event that breaks
+    it, the why naming its user): such logs cannot load. An event that cannot be read is
+    listed so when a fold left its log unfolded in the live tables, and raised as an
+    :class:`UnreadableEventError` otherwise (see :func:`unreplayable`); one of a type only
+    a newer memvee knows is a :class:`NewerEventError`: nothing is damaged.
     A stored snapshot a load cannot take is listed too (table ``snapshots``, live ``(log
     id, version, why)``); a snapshot table that cannot be read is a :class:`StorageError`.
     Live projections of an older memvee's layout are an :class:`OlderLayoutError`, not
@@ -478,10 +619,12 @@ def verify(store: EventStore, live: ProjectionTables | None = None) -> list[Diff
     with store.engine.connect() as connection:
         refuse_older_layout(Projector(live), connection)
         refuse_while_rebuilding(Projector(live), connection)
+        unfolded = Projector(live).unreadable(connection)
+    broken = unreplayable(store, unfolded)
     scratch = ProjectionTables(SCRATCH_PREFIX)
     rebuild(store, scratch)
     found = [Difference("events", gap, None) for gap in store.gaps()]
-    found += [Difference("events", broken, None) for broken in unreplayable(store)]
+    found += [Difference("events", log, None) for log in broken]
     found += [Difference("snapshots", bad, None) for bad in store.unreadable_snapshots()]
     try:
         with _at_one_point(store, live, scratch) as connection:

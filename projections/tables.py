@@ -54,7 +54,9 @@ class ProjectionTables:
     or the user says it stopped being true. Usage rows are the tokens each extraction
     spent, one row per event that spent any. A message's ``id`` numbers it for the
     full-text index (SQLite gives it at insert). Checkpoints hold a user's replayed state
-    every so many events (see :mod:`projections.checkpoints`).
+    every so many events (see :mod:`projections.checkpoints`). Unreadable holds each log
+    a fold met an event of that cannot be read: that log is left unfolded (no row of it
+    elsewhere), its user's reads and writes refused, every other log folded on.
     """
 
     def __init__(self, prefix: str = LIVE_PREFIX) -> None:
@@ -209,6 +211,15 @@ class ProjectionTables:
             Column("latest", StoredTime(), nullable=False),
             Column("state", LargeBinary, nullable=False),
         )
+        self.unreadable = Table(
+            f"{prefix}unreadable",
+            self.metadata,
+            Column("log_id", StoredId(), primary_key=True),
+            Column("user_id", code_point_text(256)),
+            Column("version", Integer, nullable=False),
+            Column("reason", Text, nullable=False),
+            Column("topic", Text),
+        )
         self.position = Table(
             f"{prefix}position",
             self.metadata,
@@ -219,7 +230,7 @@ class ProjectionTables:
     @property
     def data_tables(self) -> tuple[Table, ...]:
         """The tables that hold a user's rows (everything but the position)."""
-        return (*self.folded_tables, self.vectors, self.checkpoints)
+        return (*self.folded_tables, self.vectors, self.checkpoints, self.unreadable)
 
     @property
     def folded_tables(self) -> tuple[Table, ...]:

@@ -30,6 +30,7 @@ from events import (
     UserLog,
     user_log_id,
 )
+from events.errors import NewerEventError, UnreadableEventError
 from memvee import Memory, ProcessingError
 from memvee.audit import Audit
 from memvee.cli import app
@@ -770,7 +771,9 @@ async def test_a_page_folded_ahead_is_folded_again_if_its_log_or_tables_changed_
     erasing = meanwhile == "an erasure of its events"
     if erasing:
         held = _fold_ahead_then(
-            monkeypatch, lambda page: any(r.event.originator_id == ben for r in page), erase_ben
+            monkeypatch,
+            lambda page: any(r.event.originator_id == ben for r in page.recorded),
+            erase_ben,
         )
     else:
         held = _fold_ahead_then(monkeypatch, lambda page: True, fold_elsewhere)
@@ -797,7 +800,10 @@ async def test_a_page_folded_ahead_does_not_hold_if_an_event_came_in_a_gap_of_it
         projector.begin_rebuild(connection)
     ahead = rebuilding._fold_ahead(store, projector, 10)
     assert ahead is not None
-    gap = dataclasses.replace(ahead, page=ahead.page[:4] + ahead.page[5:])
+    recorded = ahead.page.recorded
+    gap = dataclasses.replace(
+        ahead, page=dataclasses.replace(ahead.page, recorded=recorded[:4] + recorded[5:])
+    )
     with store.transaction() as connection:
         store.lock_writers(connection)
         assert ahead.holds(store, projector, connection)
@@ -950,3 +956,119 @@ def test_the_refold_of_an_older_layout_keeps_the_embeddings_if_their_table_is_un
     with store.transaction() as connection:
         projector.create(connection)
         assert connection.execute(select(vectors.c.item_id)).scalars().all() == []
+
+
+def _behind_with_one_unreadable_event(
+    store: EventStore, user: str, layout: str = "current", *, newer: bool = False
+) -> tuple[int, bytes]:
+    """Store one more event of ``user``'s log that no projection folds (the projections are
+    behind the log), then damage it (``newer``: make it of a type only a newer memvee
+    knows); with ``layout="older"`` the projections are also of an older memvee's layout,
+    so the next open refolds the whole log. Returns its version and its state as stored."""
+    log = store.load(user)
+    assert log is not None
+    log.add_message("user", f"{user} says more", None, 100)
+    store.append([log.collect_events()])
+    last = "(SELECT max(id) FROM memvee_events)"
+    with store.transaction() as connection:
+        state = connection.execute(text(f"SELECT state FROM memvee_events WHERE id = {last}"))
+        stored = bytes(state.scalar_one())
+        connection.execute(
+            text(f"UPDATE memvee_events SET state = :state, topic = :topic WHERE id = {last}"),
+            {
+                "state": b'{"timestamp": 1}' if newer else b'{"timestamp": 1, "garbage',
+                "topic": "MessageEdited" if newer else "MessageAdded",
+            },
+        )
+        if layout == "older":
+            connection.execute(
+                text("UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'")
+            )
+    return log.version, stored
+
+
+@pytest.mark.parametrize("layout", ["current", "older"])
+async def test_an_unreadable_event_in_one_users_log_stops_that_user_alone_never_the_database(
+    db_url: str, make_memory: Any, layout: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The open's fold leaves that log unfolded and says so; every other user is served,
+    that user's reads and writes fail naming them, verify lists the log, and once the
+    user is forgotten everything is clean again."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+        await memory.process(user)
+    await memory.close()
+    store = EventStore(db_url)
+    damaged, _ = _behind_with_one_unreadable_event(store, "bob", layout)
+
+    with caplog.at_level(logging.WARNING, logger="memvee.projections"):
+        memory = await make_memory()
+    assert "the log of 'bob' cannot be read" in caplog.text and "`memvee forget bob`" in caplog.text
+    assert len(await memory.knowledge("ann")) == 1
+    await memory.add_exchange("ann", "I moved to Rome", "ok")
+    await memory.process("ann")
+    assert len(await memory.knowledge("ann", history=True)) == 2
+    for refused in (
+        memory.knowledge("bob"),
+        memory.messages("bob"),
+        memory.add_exchange("bob", "hello again", "hi"),
+    ):
+        with pytest.raises(UnreadableEventError, match=f"version {damaged} of the log of 'bob'"):
+            await refused
+
+    (listed,) = await asyncio.to_thread(verify, store)
+    assert listed.table == "events" and listed.live[:2] == (str(user_log_id("bob")), damaged)
+    assert "the log of 'bob' cannot be read" in listed.live[2]
+    await memory.forget("bob")
+    await memory.add_exchange("bob", "I start again", "ok")
+    assert [m.content for m in await memory.messages("bob")] == ["I start again", "ok"]
+    await memory.close()
+    assert verify(store) == []
+    store.close()
+
+
+async def test_a_newer_memvees_event_in_a_log_the_projections_lag_stops_that_user_alone(
+    db_url: str,
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The open folds every other log and serves its users; that user's reads and writes
+    say to upgrade memvee, naming them, and the event stays stored. Once memvee is
+    upgraded, the next open refolds that log and serves the user again."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    newer, stored = _behind_with_one_unreadable_event(store, "bob", newer=True)
+
+    with caplog.at_level(logging.WARNING, logger="memvee.projections"):
+        memory = await make_memory()
+    assert "of the log of 'bob' cannot be read" in caplog.text
+    assert "upgrade memvee" in caplog.text
+    await memory.add_exchange("ann", "I moved to Rome", "ok")
+    assert len(await memory.messages("ann")) == 4
+    for refused in (memory.buffer("bob"), memory.add_exchange("bob", "hello again", "hi")):
+        with pytest.raises(NewerEventError, match=f"version {newer} of the log of 'bob'"):
+            await refused
+    await memory.close()
+    assert store.last_version("bob") == newer
+
+    with store.transaction() as connection:  # upgraded: this memvee reads that event now
+        connection.execute(
+            text(
+                "UPDATE memvee_events SET state = :state, topic = 'MessageAdded' WHERE id = "
+                "(SELECT max(id) FROM memvee_events WHERE topic = 'MessageEdited')"
+            ),
+            {"state": stored},
+        )
+    monkeypatch.setattr(
+        importlib.import_module("projections.rebuild"), "known_topic", lambda _: True
+    )
+    memory = await make_memory()
+    assert [m.content for m in await memory.messages("bob")][-1] == "bob says more"
+    await memory.close()
+    assert verify(store) == []
+    store.close()
