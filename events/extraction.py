@@ -319,6 +319,9 @@ def check_result(result: object, extractor: str) -> ExtractionResult:
             raise invalid(f"facts[{index}].source_message_ids that are not a tuple of str")
         if fact.target_entry_id is not None and not isinstance(fact.target_entry_id, str):
             raise invalid(f"facts[{index}].target_entry_id as a {named(fact.target_entry_id)}")
+        earlier = fact.target_fact
+        if earlier is not None and (isinstance(earlier, bool) or not isinstance(earlier, int)):
+            raise invalid(f"facts[{index}].target_fact = {earlier!r}, not an index or None")
     if not isinstance(result.extractor, str):
         raise invalid(f"an extractor name that is a {named(result.extractor)}, not a str")
     if result.model is not None and not isinstance(result.model, str):

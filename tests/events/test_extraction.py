@@ -63,6 +63,22 @@ def test_an_answer_of_the_recorded_types_passes_as_it_is() -> None:
             _result(facts=(ExtractedFact("tea", ("m1",), "update", 7),)),  # type: ignore[arg-type]
             r"facts\[0\]\.target_entry_id as a int",
         ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), "update", target_fact="0"),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.target_fact = '0', not an index or None",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), "update", target_fact=[0]),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.target_fact = \[0\], not an index or None",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), "update", target_fact={}),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.target_fact = \{\}, not an index or None",
+        ),
+        (
+            _result(facts=(ExtractedFact("tea", ("m1",), "update", target_fact=True),)),  # type: ignore[arg-type]
+            r"facts\[0\]\.target_fact = True, not an index or None",
+        ),
         (_result(extractor=None), "an extractor name that is a NoneType, not a str"),
         (_result(model=3.5), "a model that is a float, not a str or None"),
         (_result(input_tokens=-1), "input_tokens = -1, not a count of tokens or None"),
