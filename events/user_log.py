@@ -1067,20 +1067,21 @@ class UserLog(Aggregate):
         made for, repairing what the extractor got slightly wrong (each repair is noted)
         rather than losing the batch.
 
-        A target that is neither a valid entry of the version nor an ended one the batch
-        was shown (``known`` with an end) turns the fact into a new entry, so a confused
+        A target that is neither a valid entry of the version nor an ended one the batch was
+        shown (``known`` with an end) turns the fact into a new entry, so a confused
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it
-        (valid from the earlier statement), a change naming an earlier fact of the answer
-        (``target_fact``) ends what that fact added or the known entry it repeats, and
-        one that repeats an entry of ``known`` not ended when it was said (``said_at``
-        gives the messages' times) is the same as it. A repeat said before the entry began,
-        and an update to a value known to begin later, are placed by
+        (valid from the earlier statement); a repeat of a known entry said after another
+        fact of the answer ended it is that value again. A change naming an earlier fact of
+        the answer (``target_fact``) ends what that fact added or the known entry it
+        repeats, and one that repeats an entry of ``known`` not ended when it was said
+        (``said_at`` gives the messages' times) is the same as it. A repeat said before the
+        entry began, and an update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
-        ends nothing, unless it was said while an entry later taken back held: that entry
-        is then taken back earlier. Only a fact with no text, or none that shows (spaces,
+        ends nothing, unless it was said while an entry later taken back held: that entry is
+        then taken back earlier. Only a fact with no text, or none that shows (spaces,
         zero-width and blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
@@ -1162,9 +1163,12 @@ class UserLog(Aggregate):
             ):
                 target, action = match[0].entry_id, "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
+            if action == "same" and target and (end := plan.ended_at(target, said)):
+                action = _against_ended(target, end[0], action, said, notes, end[1])
+                target = None if action == "new" else target
             if target in ended:
                 action = _against_ended(
-                    *ended[target], action, said, notes, target in around.succeeded
+                    target, ended[target][1], action, said, notes, target in around.succeeded
                 )
                 if action == "new":
                     target = None
@@ -1203,11 +1207,15 @@ class UserLog(Aggregate):
                 plan.add(repaired, None, notes)
             elif action == "update":
                 assert target is not None
+                if not around.began_later(target, said):
+                    plan.ended_by(target, said, action, said_at)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
                 plan.add(repaired, target, notes)
             elif action == "invalidate":
                 assert target is not None
+                if not around.began_later(target, said):
+                    plan.ended_by(target, said, action, said_at)
                 plan.end_within(target, repaired)
                 plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
             else:
@@ -1434,10 +1442,33 @@ class _Plan:
     replaced_within: set[int] = field(default_factory=set)
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
     joins: list[tuple[str, str]] = field(default_factory=list)
+    ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
+
+    def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
+        """When the entry added at ``place`` begins (its first statement)."""
+        return _said(self.said_by[place], said_at)
+
+    def ended_by(
+        self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
+    ) -> None:
+        """Note that a fact of the answer said at ``at`` ends ``target`` (a known entry,
+        or an added entry's place, unless it was said before that began) by ``action``:
+        a repeat of ``target`` said later is that value again, not the same entry."""
+        if isinstance(target, int) and at < self.start(target, said_at):
+            return
+        end = self.ends.get(target)
+        if end is None or at < end[0]:
+            self.ends[target] = (at, action == "update")
 
     def current(self, place: int | None) -> bool:
         """Whether ``place`` in :attr:`added` holds an entry no later fact ends."""
         return place is not None and place not in self.replaced_within
+
+    def ended_at(self, target: str | int | None, said: datetime) -> tuple[datetime, bool] | None:
+        """When an earlier fact of the answer ended ``target``, if it did by ``said``, and
+        whether it replaced it (else it was taken back)."""
+        end = None if target is None else self.ends.get(target)
+        return end if end is not None and end[0] <= said else None
 
     def begin_earlier(
         self, target: str, said: datetime, sources: list[str], replacing: str | None = None
@@ -1484,7 +1515,7 @@ class _Plan:
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
         self.notes[index] = [*self.notes[index], *notes]
         replaces_none = self.replaces[index] is None
-        if replaces_none and _said(sources, said_at) < _said(self.said_by[index], said_at):
+        if replaces_none and _said(sources, said_at) < self.start(index, said_at):
             self.said_by[index] = tuple(sources)
 
 
@@ -1566,19 +1597,20 @@ def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
 
 
 def _against_ended(
-    entry: KnownEntry,
+    entry_id: str,
     until: datetime,
     action: FactAction,
     said: datetime,
     notes: list[str],
     replaced: bool,
 ) -> FactAction:
-    """What a fact said at ``said`` that repeats or changes ``entry`` (ended at ``until``)
-    does. A repeat said after the entry ended is that value again (noted in ``notes``):
-    an update, placed after what ``replaced`` the entry, or a new entry when nothing did."""
+    """What a fact said at ``said`` that repeats or changes ``entry_id`` (ended at
+    ``until``, before the batch or by an earlier fact of it) does. A repeat said after
+    the entry ended is that value again (noted in ``notes``): an update, placed after
+    what ``replaced`` the entry, or a new entry when nothing did."""
     if action != "same" or said < until:
         return action
-    notes.append(f"repeats {entry.entry_id}, which had ended when it was said: that value again")
+    notes.append(f"repeats {entry_id}, which had ended when it was said: that value again")
     return "update" if replaced else "new"
 
 

@@ -912,3 +912,87 @@ def test_the_log_knows_when_a_batch_is_older_than_an_end_it_recorded() -> None:
     del log.__dict__["latest_end"]
     log.upgrade()
     assert log.ends_after(T0 + timedelta(days=10_000))
+
+
+OSLO, BERGEN = "User lives in Oslo.", "User lives in Bergen."
+_ENDS = (
+    UserLog.KnowledgeSuperseded,
+    UserLog.KnowledgeInvalidated,
+    UserLog.KnowledgeEndMoved,
+    UserLog.KnowledgeInvalidatedEarlier,
+)
+
+
+def _history(log: UserLog) -> list[tuple[str, datetime, datetime | None]]:
+    """Each entry of ``log`` (its events not yet collected) as its text and validity,
+    in time order: what two batchings of the same messages must agree on."""
+    held: dict[str, list[Any]] = {}
+    for event in log.collect_events():
+        if isinstance(event, UserLog.KnowledgeExtracted):
+            for e in event.entries:
+                held[e["entry_id"]] = [e["text"], datetime.fromisoformat(e["valid_from"]), None]
+        elif isinstance(event, _ENDS):
+            held[event.entry_id][2] = event.valid_until
+        elif isinstance(event, UserLog.KnowledgeBeganEarlier):
+            held[event.entry_id][1] = event.valid_from
+    return sorted((tuple(h) for h in held.values()), key=lambda h: (h[1], h[0]))
+
+
+def _process(
+    log: UserLog, task_id: str, days: list[int], facts: list[ExtractedFact], known: list[KnownEntry]
+) -> list[dict[str, Any]]:
+    """Record ``facts`` for a batch of the messages said on ``days`` (the facts cite them
+    as ``"0"``, ``"1"``... for their place in the batch), shown ``known``."""
+    ids = _batch(log, task_id, *(f"message {d}" for d in days))
+    said = [
+        BatchMessage(m, "user", "", T0 + timedelta(days=d)) for m, d in zip(ids, days, strict=True)
+    ]
+    cited = [
+        ExtractedFact(
+            f.text,
+            tuple(ids[int(m)] for m in f.source_message_ids),
+            f.action,
+            f.target_entry_id,
+            f.target_fact,
+        )
+        for f in facts
+    ]
+    return log.record_knowledge(task_id, cited, "x", batch=said, known=known)
+
+
+def _shown(entry: dict[str, Any]) -> KnownEntry:
+    return KnownEntry(entry["entry_id"], entry["text"], datetime.fromisoformat(entry["valid_from"]))
+
+
+def _lives_in_oslo(log: UserLog) -> tuple[str, KnownEntry]:
+    """``log`` with "User lives in Oslo." said on day 1, and that entry as shown next."""
+    (oslo,) = _process(log, "t1", [1], [ExtractedFact(OSLO, ("0",))], [])
+    return oslo["entry_id"], _shown(oslo)
+
+
+@pytest.mark.parametrize("repeat", ["same", "new"])
+@pytest.mark.parametrize(("change", "text"), [("update", BERGEN), ("invalidate", "Not Oslo.")])
+def test_a_fact_said_again_after_its_batch_ended_it_is_that_value_again(
+    change: FactAction, text: str, repeat: FactAction
+) -> None:
+    """Oslo known; "I moved to Bergen" (or "I don't live in Oslo any more") on day 5 and
+    "I'm back in Oslo" on day 9, in one batch: Oslo holds again from day 9, as when each
+    message is its own batch."""
+    one = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(one)
+    again = ExtractedFact(OSLO, ("1",), repeat, oslo if repeat == "same" else None)
+    _process(one, "t2", [5, 9], [ExtractedFact(text, ("0",), change, oslo), again], [shown])
+
+    each = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(each)
+    ended = _process(each, "t2", [5], [ExtractedFact(text, ("0",), change, oslo)], [shown])
+    if change == "update":
+        (bergen,) = ended
+        back = ExtractedFact(OSLO, ("0",), "update", bergen["entry_id"])
+        _process(each, "t3", [9], [back], [_shown(bergen)])
+    else:
+        _process(each, "t3", [9], [ExtractedFact(OSLO, ("0",))], [])
+
+    history = _history(one)
+    assert history == _history(each)
+    assert history[-1] == (OSLO, T0 + timedelta(days=9), None)
