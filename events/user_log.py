@@ -1072,12 +1072,13 @@ class UserLog(Aggregate):
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it
-        (valid from the earlier statement); a repeat of a known entry said after another
-        fact of the answer ended it is that value again. A change naming an earlier fact of
-        the answer (``target_fact``) ends what that fact added or the known entry it
-        repeats, and one that repeats an entry of ``known`` not ended when it was said
-        (``said_at`` gives the messages' times) is the same as it. A repeat said before the
-        entry began, and an update to a value known to begin later, are placed by
+        (valid from the earlier statement) unless another fact of the answer ended that one
+        before it was said: it is then that value again, as is a repeat of a known entry
+        said after such an end. A change naming an earlier fact of the answer
+        (``target_fact``) ends what that fact added or the known entry it repeats, and one
+        that repeats an entry of ``known`` not ended when it was said (``said_at`` gives the
+        messages' times) is the same as it. A repeat said before the entry began, and an
+        update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
         ends nothing, unless it was said while an entry later taken back held: that entry is
@@ -1127,6 +1128,7 @@ class UserLog(Aggregate):
                 ends = action in ("update", "invalidate") and target is None
                 if ends and within is not None:
                     in_answer = ExtractedFact(text, tuple(sources), action)
+                    plan.ended_by(within, _said(sources, said_at), action, said_at)
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
@@ -1192,9 +1194,20 @@ class UserLog(Aggregate):
                 plan.begin_earlier(joined[0], said, sources, replacing=joined[1])
                 plan.repairs.extend(f"update of {target}: {note}" for note in notes)
                 continue
+            again = new_texts.get(same) if action == "new" else None
+            if again is not None and (end := plan.ended_at(again[0], said)) is not None:
+                notes.append(f"repeats fact {again[1]}, which had ended when it was said")
+                if end[1]:
+                    action, target = "update", None
+                    notes[-1] += ": that value again, after what replaced it"
+                    new_texts[same] = (len(plan.added), index)
+                    added_by[index] = len(plan.added)
+                    plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes)
+                    continue
+                again = None
             repaired = ExtractedFact(text, tuple(sources), action, target)
-            if action == "new" and plan.current(new_texts.get(same, (None, 0))[0]):
-                added, first = new_texts[same]
+            if again is not None:
+                added, first = again
                 added_by[index] = added
                 merged = f"fact {index} repeated fact {first}; merged into it"
                 plan.merge(
@@ -1439,7 +1452,6 @@ class _Plan:
     invalidated: list[tuple[str | int, ExtractedFact]] = field(default_factory=list)
     steps: list[tuple[str, int]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
-    replaced_within: set[int] = field(default_factory=set)
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
     joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
@@ -1459,10 +1471,6 @@ class _Plan:
         end = self.ends.get(target)
         if end is None or at < end[0]:
             self.ends[target] = (at, action == "update")
-
-    def current(self, place: int | None) -> bool:
-        """Whether ``place`` in :attr:`added` holds an entry no later fact ends."""
-        return place is not None and place not in self.replaced_within
 
     def ended_at(self, target: str | int | None, said: datetime) -> tuple[datetime, bool] | None:
         """When an earlier fact of the answer ended ``target``, if it did by ``said``, and
@@ -1485,14 +1493,10 @@ class _Plan:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
         self.steps.append(("invalidate", len(self.invalidated)))
         self.invalidated.append((target, fact))
-        if isinstance(target, int):
-            self.replaced_within.add(target)
 
     def add(self, fact: ExtractedFact, replaces: str | int | None, notes: list[str]) -> None:
         if replaces is not None:
             self.steps.append(("replace", len(self.added)))
-        if isinstance(replaces, int):
-            self.replaced_within.add(replaces)
         self.added.append(fact)
         self.said_by.append(fact.source_message_ids)
         self.replaces.append(replaces)

@@ -466,15 +466,15 @@ def test_facts_replacing_one_earlier_fact_follow_each_other_in_time() -> None:
         "User lives in Tromso.",
         "User lives in Oslo.",
     ]
-    assert all("repairs" not in e for e in entries)
+    assert all("repairs" not in e for e in entries[:3])
     ends = [
         (e.entry_id, e.superseded_by)
         for e in log.collect_events()
         if isinstance(e, UserLog.KnowledgeSuperseded)
     ]
     oslo, bergen, tromso, again = (e["entry_id"] for e in entries)
-    assert ends == [(oslo, bergen), (bergen, tromso)]
-    assert sorted(_known(log)) == sorted([tromso, again]), "a repeat said as new is new"
+    assert ends == [(oslo, bergen), (bergen, tromso), (tromso, again)]
+    assert _known(log) == [again], "Oslo said again after it was replaced is that value again"
 
 
 def _oslo_known(log: UserLog) -> tuple[str, KnownEntry]:
@@ -996,3 +996,32 @@ def test_a_fact_said_again_after_its_batch_ended_it_is_that_value_again(
     history = _history(one)
     assert history == _history(each)
     assert history[-1] == (OSLO, T0 + timedelta(days=9), None)
+
+
+def test_a_repeat_said_before_its_answer_replaced_the_fact_cites_it_and_adds_nothing() -> None:
+    """ "I live in Oslo" (day 1), "Oslo is lovely" (day 3), "I moved to Bergen" (day 5),
+    the move naming the first fact, in one answer: one home at a time, as when each
+    message is its own batch."""
+    one = UserLog.register("ann")
+    facts = [
+        ExtractedFact(OSLO, ("0",)),
+        ExtractedFact(BERGEN, ("2",), "update", target_fact=0),
+        ExtractedFact(OSLO, ("1",)),
+    ]
+    added = _process(one, "t1", [1, 3, 5], facts, [])
+
+    each = UserLog.register("ann")
+    first, shown = _lives_in_oslo(each)
+    (bergen,) = _process(each, "t2", [5], [ExtractedFact(BERGEN, ("0",), "update", first)], [shown])
+    ended = KnownEntry(first, OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5))
+    _process(each, "t3", [3], [ExtractedFact(OSLO, ("0",))], [ended, _shown(bergen)])
+
+    assert (
+        _history(one)
+        == _history(each)
+        == [
+            (OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5)),
+            (BERGEN, T0 + timedelta(days=5), None),
+        ]
+    )
+    assert len(added[0]["source_message_ids"]) == 2, "the repeat is a citation of the first"
