@@ -1072,13 +1072,13 @@ class UserLog(Aggregate):
         extractor cannot lose facts; citations outside the batch are dropped; a fact left
         citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
         is cut; a new fact that repeats an earlier fact of the answer is merged into it
-        (valid from the earlier statement) unless another fact of the answer ended that one
-        before it was said: it is then that value again, as is a repeat of a known entry
-        said after such an end. A change naming an earlier fact of the answer
-        (``target_fact``) ends what that fact added or the known entry it repeats, and one
-        that repeats an entry of ``known`` not ended when it was said (``said_at`` gives the
-        messages' times) is the same as it. A repeat said before the entry began, and an
-        update to a value known to begin later, are placed by
+        (valid from the earlier statement, yet after the value it replaced began) unless
+        another fact of the answer ended that one before it was said: it is then that value
+        again, as is a repeat of a known entry said after such an end. A change naming an
+        earlier fact of the answer (``target_fact``) ends what that fact added or the known
+        entry it repeats, and one that repeats an entry of ``known`` not ended when it was
+        said (``said_at`` gives the messages' times) is the same as it. A repeat said before
+        the entry began, and an update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
         ends nothing, unless it was said while an entry later taken back held: that entry is
@@ -1210,8 +1210,9 @@ class UserLog(Aggregate):
                 added, first = again
                 added_by[index] = added
                 merged = f"fact {index} repeated fact {first}; merged into it"
+                after = _replaced_start(plan, added, around, said_at)
                 plan.merge(
-                    added, sources, said_at, [merged, *(f"fact {index}: {n}" for n in notes)]
+                    added, sources, said_at, after, [merged, *(f"fact {index}: {n}" for n in notes)]
                 )
                 plan.repairs.append(merged)
             elif action == "new":
@@ -1507,19 +1508,23 @@ class _Plan:
         index: int,
         sources: list[str],
         said_at: dict[str, datetime],
+        after: datetime | None,
         notes: list[str],
     ) -> None:
         """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged), its
         entry noting the merge in ``notes``: it is valid from when it was first stated,
         which is when ``sources`` said it if they were sent earlier (``said_at``), as it
-        would be had the repeat come in a later batch. An entry that replaces another keeps
-        its start, so an early repeat cannot put it before the value it replaced."""
+        would be had the repeat come in a later batch. An entry that replaces another
+        begins earlier only while it stays ``after`` the start of the value it replaced
+        (``None``: it keeps its start), so a repeat cannot put it before that value."""
         fact = self.added[index]
         cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
         self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
         self.notes[index] = [*self.notes[index], *notes]
-        replaces_none = self.replaces[index] is None
-        if replaces_none and _said(sources, said_at) < self.start(index, said_at):
+        said = _said(sources, said_at)
+        if self.replaces[index] is not None and (after is None or said <= after):
+            return
+        if said < self.start(index, said_at):
             self.said_by[index] = tuple(sources)
 
 
@@ -1616,6 +1621,22 @@ def _against_ended(
         return action
     notes.append(f"repeats {entry_id}, which had ended when it was said: that value again")
     return "update" if replaced else "new"
+
+
+def _replaced_start(
+    plan: _Plan, place: int, around: Around, said_at: dict[str, datetime]
+) -> datetime | None:
+    """When the value that the entry added at ``place`` replaces began (for a known one
+    that had ended, when it ended: the new entry follows what came after it); ``None``
+    when it replaces nothing, or a known entry whose start is not known."""
+    replaced = plan.replaces[place]
+    if replaced is None:
+        return None
+    if isinstance(replaced, int):
+        return plan.start(replaced, said_at)
+    if replaced in around.ended:
+        return around.ended[replaced][1]
+    return around.began.get(replaced)
 
 
 def _same_words(text: str) -> str:

@@ -1025,3 +1025,28 @@ def test_a_repeat_said_before_its_answer_replaced_the_fact_cites_it_and_adds_not
         ]
     )
     assert len(added[0]["source_message_ids"]) == 2, "the repeat is a citation of the first"
+
+
+def test_an_update_repeated_earlier_in_one_answer_begins_at_the_earlier_statement() -> None:
+    """Oslo known; "I moved to Bergen today" (day 5) and "Settling in in Bergen" (day 8),
+    the update citing the later message and the earlier one a repeat: Oslo ends on day 5,
+    as when each message is its own batch."""
+    one = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(one)
+    facts = [ExtractedFact(BERGEN, ("1",), "update", oslo), ExtractedFact(BERGEN, ("0",))]
+    _process(one, "t2", [5, 8], facts, [shown])
+
+    each = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(each)
+    (bergen,) = _process(each, "t2", [5], [ExtractedFact(BERGEN, ("0",), "update", oslo)], [shown])
+    same = ExtractedFact(BERGEN, ("0",), "same", bergen["entry_id"])
+    _process(each, "t3", [8], [same], [_shown(bergen)])
+
+    assert (
+        _history(one)
+        == _history(each)
+        == [
+            (OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5)),
+            (BERGEN, T0 + timedelta(days=5), None),
+        ]
+    )
