@@ -1050,3 +1050,58 @@ def test_an_update_repeated_earlier_in_one_answer_begins_at_the_earlier_statemen
             (BERGEN, T0 + timedelta(days=5), None),
         ]
     )
+
+
+BERLIN, NOT_BERGEN = "User lives in Berlin.", "User no longer lives in Bergen."
+
+
+def _in_time_order(change: FactAction) -> UserLog:
+    """ "I live in Bergen" (day 5), "I moved to Berlin" or "I left Bergen" (day 10) and
+    "I live in Bergen again" (day 20), each message its own batch, in time order."""
+    log = UserLog.register("ann")
+    (bergen,) = _process(log, "t1", [5], [ExtractedFact(BERGEN, ("0",))], [])
+    text = BERLIN if change == "update" else NOT_BERGEN
+    fact = ExtractedFact(text, ("0",), change, bergen["entry_id"])
+    ended = _process(log, "t2", [10], [fact], [_shown(bergen)])
+    again = [ExtractedFact(BERGEN, ("0",), "update", e["entry_id"]) for e in ended]
+    _process(log, "t3", [20], again or [ExtractedFact(BERGEN, ("0",))], [_shown(e) for e in ended])
+    return log
+
+
+@pytest.mark.parametrize(("change", "text"), [("update", BERLIN), ("invalidate", NOT_BERGEN)])
+def test_a_change_between_two_merged_statements_ends_only_the_earlier_one(
+    change: FactAction, text: str
+) -> None:
+    """Bergen said on days 5 and 20 (one fact merged from the two), and a change on day
+    10, in one answer: Bergen holds again from day 20, as in time order one a batch."""
+    one = UserLog.register("ann")
+    facts = [
+        ExtractedFact(BERGEN, ("0",)),
+        ExtractedFact(BERGEN, ("2",)),
+        ExtractedFact(text, ("1",), change, target_fact=0),
+    ]
+    _process(one, "t1", [5, 10, 20], facts, [])
+    history = _history(one)
+    assert history == _history(_in_time_order(change))
+    assert history[-1] == (BERGEN, T0 + timedelta(days=20), None)
+
+
+@pytest.mark.parametrize(("change", "text"), [("update", BERLIN), ("invalidate", NOT_BERGEN)])
+def test_a_change_said_between_an_earlier_repeat_and_the_entry_ends_only_the_repeat(
+    change: FactAction, text: str
+) -> None:
+    """Bergen known from day 20; old history imported: "I live in Bergen" (day 5) and a
+    change (day 10). Bergen holds from day 5 to the change and again from day 20, as in
+    time order one a batch; the entry known keeps its start."""
+    one = UserLog.register("ann")
+    (bergen,) = _process(one, "t1", [20], [ExtractedFact(BERGEN, ("0",))], [])
+    known = bergen["entry_id"]
+    facts = [
+        ExtractedFact(BERGEN, ("0",), "same", known),
+        ExtractedFact(text, ("1",), change, known),
+    ]
+    _process(one, "t2", [5, 10], facts, [_shown(bergen)])
+    history = _history(one)
+    assert history == _history(_in_time_order(change))
+    assert history[-1] == (BERGEN, T0 + timedelta(days=20), None)
+    assert _known(one) == [known]
