@@ -766,13 +766,17 @@ lives in Trondheim." reads as close to "Where does Ann live?" as "User lives in 
 does, or closer, yet the question is about the user."""
 
 _OWNED_SUBJECT = re.compile(
-    r"User['\u2019]s\s+(?:(?P<phrase>[^\W\d_]+(?:\s+[^\W\d_]+){0,3}?)\s+(?:lives|lived"
+    r"(?!(?:It|He|She|That|There|Here|What|Who|Where|Let)['\u2019]s\b)"
+    r"(?:User|[^\W\d_]+(?:[-\s][^\W\d_]+)?)['\u2019]s\s+"
+    r"(?:(?P<phrase>[^\W\d_]+(?:\s+[^\W\d_]+){0,3}?)\s+(?:lives|lived"
     r"|works|worked|is|was|are|were|has|had|likes|loves|moved|studies|owns|goes|plays)\b"
     r"|(?P<word>[^\W\d_]+))"
 )
 """The subject of a fact about someone or something of the user's, as the extractors
-write it ("User's sister ...", "User's older brother ...", "User's friend Tom ..."): the
-words before its verb (or its first word)."""
+write it ("User's sister ...", "User's older brother ...", "User's friend Tom ...", or
+with the speaker's name for "User" where the conversation names them: "Maria's friend
+Joana ..."): the words before its verb (or its first word). A contraction ("It's",
+"She's") owns nothing."""
 
 
 def _query_words(query: str) -> frozenset[str]:
@@ -783,7 +787,8 @@ def _query_words(query: str) -> frozenset[str]:
 def _names_subject(text: str, asked: frozenset[str]) -> bool:
     """Whether a fact is about the user, or about someone or something of the user's that
     the query (its words ``asked``) names."""
-    owned = _OWNED_SUBJECT.match(text)
+    possessive = "'s" in text or "\u2019s" in text  # a quick test first: most facts have none
+    owned = _OWNED_SUBJECT.match(text) if possessive else None
     if owned is None:
         return True
     subject = owned["phrase"] or owned["word"]

@@ -966,13 +966,20 @@ async def test_with_messages_the_facts_one_message_lifts_keep_their_own_order(
         ("User's friend Tom lives in Paris.", "Which city is Tom in?", True),
         ("User's sister lives in Trondheim.", "Where does Ann live?", False),
         ("User lives in Bergen.", "Where does Ann live?", True),
+        ("Maria's friend Joana lives in Zurich.", "Which city is Inês moving to?", False),
+        ("Maria's friend is called Joana.", "Who is Maria's flatmate now?", False),
+        ("Maria's friend Joana lives in Zurich.", "Where does Joana live?", True),
+        ("Maria lives in Porto.", "Where does Maria live?", True),
+        ("She's a nurse.", "What does she do?", True),
     ],
 )
 def test_a_fact_about_someone_of_the_users_is_named_by_any_word_of_its_subject(
     fact: str, question: str, named: bool
 ) -> None:
     """A relative the question names keeps its whole semantic share, written with an
-    adjective before the noun or asked for by another word for it."""
+    adjective before the noun or asked for by another word for it; a fact written with
+    the speaker's name for "User" (as a named conversation's are) is read alike, so
+    "Maria's friend" is someone of Maria's, not Maria."""
     from memvee._retrieval import _names_subject, _query_words
 
     assert _names_subject(fact, _query_words(question)) is named
