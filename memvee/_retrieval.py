@@ -5,7 +5,8 @@ Lexical ranking runs inside the database; with an :class:`~memvee.embedders.Embe
 it by a weighted sum of normalised scores: ``alpha`` times the lexical score divided by
 the best lexical score, plus ``1 - alpha`` times the cosine above a noise floor divided
 by the best one's (nothing at all when no candidate is near the query; a fact about the
-user's relatives or things the query does not name keeps half). With
+user's relatives or things the query does not name keeps half; the user's own name in
+the query is embedded as "the user", see :meth:`Retriever._as_embedded`). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
 came from, or half their score for a relative's fact); a message that a returned
@@ -546,10 +547,10 @@ class Retriever:
     def _embed_query(
         self, user_id: str, query: str, include_messages: bool
     ) -> tuple[list[float] | None, frozenset[str]]:
-        """The query's vector, once the user's items have theirs (or the budget is spent),
-        with the ids of the items left without one; no vector (rank lexically) without an
-        embedder, when it fails, or when the query's vector is not ``dimensions`` finite
-        floats."""
+        """The query's vector (of :meth:`_as_embedded`), once the user's items have theirs
+        (or the budget is spent), with the ids of the items left without one; no vector
+        (rank lexically) without an embedder, when it fails, or when the query's vector is
+        not ``dimensions`` finite floats."""
         if self.embedder is None or self._vectors is None:
             return None, frozenset()
         try:
@@ -561,7 +562,7 @@ class Retriever:
                     messages=include_messages,
                     budget=self._embed_budget,
                 )
-                vector = contained(self.embedder.embed)([query])[0]
+                vector = contained(self.embedder.embed)([self._as_embedded(user_id, query)])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
             problem = unfit(vector, self.embedder.dimensions)
@@ -591,6 +592,23 @@ class Retriever:
                 exc_info=True,
             )
             return None, frozenset()
+
+    def _as_embedded(self, user_id: str, query: str) -> str:
+        """``query`` as it is embedded: "the user" where it calls the user by the name
+        their own messages carry (:meth:`ProjectionReader.speaker`). Every fact and message
+        is about the user, so that name tells none apart; embedded, it drew the query to
+        the short messages it is spoken in ("Maria: Not really.") above the one that
+        answers a question about Maria."""
+        with self.engine.connect() as connection:
+            name = self._reader.speaker(connection, user_id)
+        return query if name is None else _named_as_user(query, name)
+
+
+def _named_as_user(query: str, name: str) -> str:
+    """``query`` with ``name`` read as "the user" where it stands as a whole word written
+    as the name is (so the verb in "where will Will go?" stays)."""
+    pattern = rf"(?<!\w){re.escape(name)}(?!\w)"
+    return re.sub(pattern, "the user", query)
 
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:

@@ -128,6 +128,10 @@ class ProjectionReader:
             of_user.where(m.c.seq > bindparam("after")).order_by(m.c.seq).limit(bindparam("limit"))
         )
         self._messages_of_user_by_seqs = of_user.where(in_seqs).order_by(m.c.seq)
+        users_turn = select(m.c.name).where(m.c.log_id == bindparam("log_id"), m.c.role == "user")
+        self._names_of_turns = [
+            users_turn.order_by(order).limit(1) for order in (m.c.seq, m.c.seq.desc())
+        ]
         self._sqlite = _SqliteReads(tables)
         citing = (
             select(c.c.message_id, c.c.log_id)
@@ -391,6 +395,16 @@ class ProjectionReader:
                 break
             chain.append(current)
         return chain
+
+    def speaker(self, connection: Connection, user_id: str) -> str | None:
+        """The name the user's own turns are written under: that of their first and their
+        latest user message, when both carry the same one (``None`` otherwise: no name
+        given, or a group chat's speakers)."""
+        names = {
+            connection.execute(query, {"log_id": _log(user_id)}).scalar()
+            for query in self._names_of_turns
+        }
+        return names.pop() if len(names) == 1 else None
 
     def outdated(
         self,

@@ -235,6 +235,40 @@ async def test_a_fact_far_weaker_than_a_message_is_not_put_before_it(
     assert [hit.text for hit in result.entries] == ["User works at Acme."]
 
 
+async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_short_replies(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Messages are embedded after their speaker's name, so a question naming the user
+    ("Maria") read as near to "Maria: Not really." as to what answers it; her name is
+    read as "the user" in the question's meaning (she is who every message is about),
+    so the answer comes first. A group chat's speakers keep their names."""
+    from memvee._retrieval import _named_as_user
+
+    memory = await _offline(make_memory, embedder=shared_default(), config=_EVERY_VECTOR)
+    said = [
+        "Not really.",
+        "Probably the cake.",
+        "I adopted a retired greyhound last week, she sleeps all day.",
+        "Two weeks, if they let me.",
+    ]
+    for i, line in enumerate(said):
+        at = T0 + timedelta(minutes=i)
+        await memory.add_exchange("maria", line, "I see.", sent_at=at, user_name="Maria")
+    result = await memory.retrieve(
+        "maria", "What pet does Maria have now?", top_k=3, include_messages=True
+    )
+    assert result.messages[0].message.content == said[2], _by_score(result)
+    assert _named_as_user("Where will Will go?", "Will") == "Where will the user go?"
+    for i, speaker in enumerate(["Ann", "Bob"]):
+        await memory.add_message("group", "user", said[i], name=speaker, sent_at=T0)
+    engine = memory._engine
+    assert engine is not None
+    with engine.store.engine.connect() as connection:
+        reader = projections.reader.ProjectionReader(engine.tables)
+        assert reader.speaker(connection, "maria") == "Maria"
+        assert reader.speaker(connection, "group") is None
+
+
 async def test_times_read_back_are_utc_whatever_the_servers_time_zone(db_url: str) -> None:
     """A PostgreSQL session in another zone (the server's setting, or the URL's) reads its
     times in that zone, which a prompt would show as another day: memvee gives UTC."""
