@@ -84,7 +84,9 @@ def _log_id(e: Any) -> str:
 
 def utc(moment: datetime) -> datetime:
     """Times are stored in UTC: SQLite keeps no offset, and reads assume UTC."""
-    return moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    if moment.tzinfo is UTC or moment.tzinfo is None:  # a decoded event's times are UTC
+        return moment
+    return moment.astimezone(UTC)
 
 
 # ---------------------------------------------------------------------- quarantine
@@ -339,6 +341,8 @@ def messages_touches(e: Any) -> Sequence[Lookup]:
     """Buffered messages an event claims, moves, requeues or returns; or those its task
     holds."""
     match e:
+        case UserLog.MessageAdded():  # most events of a log: a new row, nothing to look up
+            return NOTHING
         case (
             UserLog.ProcessingStarted()
             | UserLog.MessagesQuarantined()
