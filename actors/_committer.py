@@ -45,10 +45,11 @@ connection lost, a statement timeout) before it fails: a few, 50 then 100 ms apa
 (:func:`store_delay`), since the thread that waits meanwhile is shared with other users."""
 
 
-RETRY_WITHIN = 1.0
-"""Seconds from a write's first try within which a failure that may pass sends it again:
-a failure that came after a long wait (SQLite's busy timeout, a statement timeout) would
-only make every writer behind it wait as long again."""
+LONG_WAIT = 5.0
+"""Seconds a try may have taken before a failure that may pass and still be sent again: a
+failure that came after a longer wait (SQLite's busy timeout, 30 s; a statement timeout)
+would only make every writer behind it wait as long again. A deadlock (found after
+PostgreSQL's deadlock_timeout, 1 s) is sent again."""
 
 
 def store_delay(failures: int) -> float:
@@ -302,20 +303,20 @@ class GroupCommitter:
             )
             log.debug("indexing messages for search failed", exc_info=True)
 
-    def _write(self, batch: list[Write], tries: int = 1, began: float | None = None) -> None:
-        """Write ``batch`` together, its ``tries``-th try (the first began at ``began``, by
-        ``time.monotonic``), and settle its requests."""
+    def _write(self, batch: list[Write], tries: int = 1) -> None:
+        """Write ``batch`` together, its ``tries``-th try, and settle its requests."""
         batch = [r for r in batch if self._admissible(r)]
         if not batch:
             return
-        began = time.monotonic() if began is None else began
+        began = time.monotonic()
         try:
             recorded = self._append(batch)
         except Exception as error:
             self._projector.discard()
             if self._store.is_sqlite:  # an index pass rolled back with it: try again later
                 self._unindexed = max(self._unindexed, 1)
-            self._write_failed(batch, error, tries, began)
+            waited = time.monotonic() - began
+            self._write_failed(batch, error, tries, waited)
             return
         self._projector.committed()
         self.transactions += 1
@@ -331,7 +332,7 @@ class GroupCommitter:
         batch: list[Write],
         error: Exception,
         tries: int,
-        began: float,
+        waited: float,
         lookups: int = 1,
     ) -> None:
         """After the ``tries``-th write of ``batch`` failed with ``error``: settle the
@@ -340,8 +341,8 @@ class GroupCommitter:
 
         A failure that may pass (:func:`~events.errors.may_pass`) sends them again together
         after a short pause (:func:`store_delay`) while each has tries left
-        (:attr:`Write.attempts`) and the first try began less than :data:`RETRY_WITHIN` ago;
-        past that, a request fails with :class:`~events.errors.TransientStorageError`.
+        (:attr:`Write.attempts`) and the failed try took at most :data:`LONG_WAIT`
+        (``waited``); else a request fails with :class:`~events.errors.TransientStorageError`.
         After any other failure a group's requests are sent again one by one, so each
         fails, if it does, on its own.
 
@@ -351,7 +352,7 @@ class GroupCommitter:
         request fails with ``error``, as it would alone.
         """
         passing = not isinstance(error, ConflictError) and may_pass(error)
-        in_time = time.monotonic() - began < RETRY_WITHIN
+        in_time = waited <= LONG_WAIT
         retry = passing and in_time and all(tries < r.attempts for r in batch)
         looked_again = lookups < max(r.attempts for r in batch) and in_time
         try:
@@ -365,7 +366,7 @@ class GroupCommitter:
             )
             if passing and looked_again:
                 self._pause(lookups)
-                self._write_failed(batch, error, tries, began, lookups + 1)
+                self._write_failed(batch, error, tries, waited, lookups + 1)
                 return
             for request in batch:
                 self._fail(request, error)
@@ -382,7 +383,7 @@ class GroupCommitter:
         )
         if retry and not stored:
             self._pause(tries)
-            self._write(batch, tries + 1, began)
+            self._write(batch, tries + 1)
             return
         if stored:
             self.transactions += 1
@@ -393,7 +394,7 @@ class GroupCommitter:
             elif passing and (tries >= request.attempts or not in_time):
                 self._fail(request, _refused(error, tries))
             elif len(batch) > 1:
-                self._write([request], tries, began)
+                self._write([request], tries)
             else:
                 self._fail(request, error)
 

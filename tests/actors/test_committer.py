@@ -652,9 +652,9 @@ def test_a_write_that_failed_after_a_long_wait_is_not_sent_again_to_wait_as_long
 ) -> None:
     """A lock SQLite already waited its busy timeout for (30 s by default), or a statement
     timeout, failed after a long wait: sent again, every writer behind it would wait as long
-    twice more. Past :data:`RETRY_WITHIN` from its first try the write fails at once, with
+    twice more. A try that took over :data:`LONG_WAIT` fails at once, with
     TransientStorageError saying it may be sent again."""
-    monkeypatch.setattr(committer_module, "RETRY_WITHIN", 0.0)
+    monkeypatch.setattr(committer_module, "LONG_WAIT", 0.0)
     with _locked_by_another_connection(tmp_path, monkeypatch, released_after=None) as held:
         store, committer, failures = held
         write = _Retried(_log_with_messages("ann", 1)[1], 1)
@@ -663,6 +663,25 @@ def test_a_write_that_failed_after_a_long_wait_is_not_sent_again_to_wait_as_long
         assert isinstance(write.outcome[1], TransientStorageError)
         assert "tried once" in str(write.outcome[1])
         assert store.load("ann") is None
+
+
+def test_a_deadlock_found_after_a_short_wait_is_sent_again(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL finds a deadlock after its deadlock_timeout (1 s): a wait far shorter than
+    SQLite's busy timeout, so the group goes again and is stored, once."""
+    monkeypatch.setattr(committer_module, "LONG_WAIT", 0.5)
+
+    def deadlocked(append: Any) -> Any:
+        time.sleep(0.1)
+        raise StorageError("could not store 6 events: deadlock detected") from (
+            psycopg.errors.DeadlockDetected("deadlock detected")
+        )
+
+    writes, sent = _group_behind_u0(store, monkeypatch, deadlocked, _Retried)
+    assert sent == [2, 2]
+    assert [write.outcome[1] for write in writes] == [None, None]
+    assert all(store.last_version(user) == 3 for user in ("u1", "u2"))
 
 
 def test_a_group_whose_write_timed_out_is_sent_again_whole_after_a_pause(
