@@ -145,6 +145,7 @@ class ProjectionReader:
         self.replaced_depth = MAX_REPLACED_DEPTH
         """How many links back one call of :meth:`replaced` follows a chain."""
         self._replaced = _replaced_chains(k, self.replaced_depth)
+        self._successors = _successor_links(k)
         self._outdated = citing.having(func.count(k.c.valid_until) == func.count())
         ended_then = case((k.c.valid_until <= at, 1), else_=0)
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
@@ -381,19 +382,20 @@ class ProjectionReader:
         return None if row is None else dict(row)
 
     def successors(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
-        """The chain of entries that replaced ``entry_id``, nearest first."""
-        k = self.tables.knowledge
+        """The chain of entries that replaced ``entry_id``, nearest first: one recursive
+        walk forward along ``superseded_by`` (each step a primary key lookup), ordered
+        here, however long the chain."""
+        binds = {"log_id": _log(user_id), "id": entry_id}
+        links: dict[str, str | None] = {
+            entry: after for entry, after in connection.execute(self._successors, binds)
+        }
         chain: list[str] = []
-        current: str | None = entry_id
-        while current is not None:
-            current = connection.execute(
-                select(k.c.superseded_by).where(
-                    k.c.log_id == _log(user_id), k.c.entry_id == current
-                )
-            ).scalar()
-            if current is None or current in chain or current == entry_id:
-                break
+        seen = {entry_id}
+        current = links.get(entry_id)
+        while current is not None and current not in seen:
             chain.append(current)
+            seen.add(current)
+            current = links.get(current)
         return chain
 
     def speaker(self, connection: Connection, user_id: str) -> str | None:
@@ -616,6 +618,25 @@ def _replaced_chains(k: Table, depth: int) -> Select[Any]:
     )
     chain = first.union_all(step)
     return select(chain.c.entry_id, chain.c.valid_from, chain.c.valid_until, chain.c.superseded_by)
+
+
+def _successor_links(k: Table) -> Select[Any]:
+    """The statement of :meth:`ProjectionReader.successors`: every (entry, successor) link
+    reachable forward from entry ``id`` of one user. ``UNION`` (not ``ALL``) keeps each
+    link once, so a cycle ends the walk."""
+    fields = (k.c.entry_id, k.c.superseded_by)
+    first = (
+        select(*fields)
+        .where(k.c.log_id == bindparam("log_id"), k.c.entry_id == bindparam("id"))
+        .cte("ahead", recursive=True)
+    )
+    step = (
+        select(*fields)
+        .join(first, k.c.entry_id == first.c.superseded_by)
+        .where(k.c.log_id == bindparam("log_id"))
+    )
+    ahead = first.union(step)
+    return select(ahead.c.entry_id, ahead.c.superseded_by)
 
 
 def _buffered(m: Table) -> ColumnElement[bool]:

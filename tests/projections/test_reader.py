@@ -240,3 +240,34 @@ def test_users_are_listed_and_paged_in_code_point_order_whatever_the_collation(
         )
         assert f"Index Scan using {tables.users.name}_user_id_key" in plan, plan
         assert "Sort" not in plan, plan
+
+
+async def test_the_successors_of_an_entry_are_read_in_one_statement_however_long_the_chain(
+    make_memory: Callable[..., Any],
+) -> None:
+    """``explain`` reads what replaced an entry, nearest first, in one walk forward: not a
+    lookup per link, which grew with every change of the fact."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    for town in ("Oslo", "Bergen", "Tromsø", "Bodø", "Molde"):
+        verb = "live in" if town == "Oslo" else "moved to"
+        await memory.add_exchange("ann", f"I {verb} {town}.", "Noted.")
+        await memory.flush("ann")
+    await memory.add_exchange("bob", "I live in Oslo.", "Noted.")
+    await memory.flush("bob")
+    engine, reader = _reader_of(memory)
+    history = await memory.knowledge("ann", history=True)
+    assert len(history) == 5
+    ids = [e.entry_id for e in sorted(history, key=lambda e: e.valid_from)]
+    statements: list[str] = []
+
+    def traced(*args: Any) -> None:
+        statements.append(args[2])
+
+    with engine.store.engine.connect() as connection:
+        sqlalchemy.event.listen(connection, "before_cursor_execute", traced)
+        assert reader.successors(connection, "ann", ids[0]) == ids[1:]
+        sqlalchemy.event.remove(connection, "before_cursor_execute", traced)
+        assert reader.successors(connection, "ann", ids[2]) == ids[3:]
+        assert reader.successors(connection, "ann", ids[-1]) == []
+        assert reader.successors(connection, "bob", ids[0]) == []
+    assert len(statements) == 1, statements
