@@ -15,7 +15,7 @@ the tables' generation on, so a process that remembers rows from before reads th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from events import Recorded, StorageError
 from events.errors import NewerEventError, UnreadableEventError
 from projections.folds import PROJECTIONS, Projection
 from projections.remembered import RememberedRows
-from projections.rows import TableRows
+from projections.rows import Row, TableRows
 from projections.search import MESSAGES_INDEXED, SearchIndex, search_fingerprint
 from projections.sink import Derived, Joined, TableSink, driver_cursor, is_psycopg
 from projections.tables import ProjectionTables
@@ -42,7 +42,7 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 14
+SCHEMA_VERSION = 15
 """The layout of the projection tables; bump it when a table, a fold or the search
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
 higher number, and would otherwise lay a newer database out again in its own layout."""
@@ -358,13 +358,17 @@ class Projector:
         be sent by the caller: nothing else in the write may depend on their rows.
         """
         sinks = self._sinks_for(connection.dialect)
+        knowledge: tuple[list[Row], list[Row], list[Hashable]] = ([], [], [])
         for projection, rows in folded.tables:
-            sinks[projection.table].write(connection, *rows.changes(), joined)
+            changes = rows.changes()
+            sinks[projection.table].write(connection, *changes, joined)
+            if projection.table == "knowledge":
+                knowledge = changes
             memory = self._remembered.get(projection.table)
             if memory is not None:
                 memory.stage(rows)
         if connection.dialect.name == "sqlite":
-            self.search.write(connection, folded.events)
+            self.search.write(connection, folded.events, knowledge)
 
     def committed(self) -> None:
         """The transaction of the last :meth:`apply` committed: remember its rows."""

@@ -40,6 +40,7 @@ from projections.search import (
     MAX_QUERY_TOKENS,
     PG_VECTOR,
     SearchIndex,
+    current_token,
     own_and_added_words,
     owner_token,
     pg_owner_query,
@@ -180,7 +181,7 @@ class LexicalRanker:
         own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
-            matches = _fts_matches(log_id, own, extra_words)
+            matches = _fts_matches(log_id, own, extra_words, current=not dated)
             found = self._sqlite_entries[dated].run(
                 connection, matches, limit, (stored_id(log_id), version, *extra)
             )
@@ -282,11 +283,17 @@ def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
     return [(hit, rank + lift if own else ADDED_WEIGHT * rank) for hit, rank, own in hits]
 
 
-def _fts_matches(log_id: str, own: list[str], added: list[str]) -> tuple[str, ...]:
+def _fts_matches(
+    log_id: str, own: list[str], added: list[str], *, current: bool = False
+) -> tuple[str, ...]:
     """The FTS5 queries of a search: of the query's ``own`` index words and, if its
-    topics ``added`` any, of every word."""
+    topics ``added`` any, of every word; with ``current``, of the entries marked current
+    only (:func:`~projections.search.current_token`): the ended ones, every past value
+    of a fact, are never scored. The owner column weighs 0, so the ranks are the same."""
     owner = owner_token(log_id)
-    return (_fts_words(owner, own), *((_fts_words(owner, [*own, *added]),) if added else ()))
+    only = f' AND owner : "{current_token(owner)}"' if current else ""
+    queries = (own, *(([*own, *added],) if added else ()))
+    return tuple(f"({_fts_words(owner, words)}){only}" for words in queries)
 
 
 def pg_queries(own: list[str], added: list[str]) -> dict[str, str]:

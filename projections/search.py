@@ -29,7 +29,7 @@ import itertools
 import threading
 import unicodedata
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import groupby
@@ -57,6 +57,7 @@ __all__ = [
     "PG_VECTOR",
     "MessageBodies",
     "SearchIndex",
+    "current_token",
     "index_word",
     "indexed_layout",
     "own_and_added_words",
@@ -172,6 +173,14 @@ def _within_longest(stem: str) -> str:
 def text_stems(text: str) -> list[str]:
     """The stems of stored ``text``, in order: what both backends index."""
     return _stems(word_pieces(text, singles=True))
+
+
+def current_token(owner: str) -> str:
+    """The token in the ``owner`` column of an indexed entry that is current (no
+    ``valid_until``), in place of the bare owner token: a search of current entries
+    matches it, so it never meets the ended ones, however many changes a fact had. One
+    token either way, so BM25 (which counts a row's tokens) ranks alike."""
+    return f"{owner}now"
 
 
 def owned_words(log_id: str, text: str) -> str:
@@ -335,6 +344,8 @@ class SearchIndex:
                     f"owner, body, item_id UNINDEXED, tokenize='{_TOKENIZER}')"
                 )
             )
+            # An entry's row by its id, for marking it again when it ends (see write).
+            connection.execute(text(f"CREATE INDEX IF NOT EXISTS {k}_item ON {k}_content (c2)"))
             connection.execute(
                 text(
                     f"CREATE VIRTUAL TABLE IF NOT EXISTS {m} USING fts5("
@@ -403,20 +414,43 @@ class SearchIndex:
             for name in (self.knowledge_fts.name, self.messages_fts.name, *legacy):
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
-    def write(self, connection: Connection, events: Iterable[Any]) -> None:
-        """Index the entries ``events`` extract (SQLite); their messages wait for
-        :meth:`index_messages`."""
+    def write(
+        self,
+        connection: Connection,
+        events: Iterable[Any],
+        knowledge: tuple[list[Row], list[Row], list[Hashable]] = ([], [], []),
+    ) -> None:
+        """Index the entries ``events`` extract (SQLite), marking those current by the
+        net ``knowledge`` rows written with them (inserted, updated, deleted), and mark
+        again the stored entries whose ``valid_until`` those rows changed; their messages
+        wait for :meth:`index_messages`."""
+        inserted, updated, deleted = knowledge
+        current = {row["entry_id"] for row in inserted if row["valid_until"] is None}
         entries = [
-            (row["owner"], row["body"], stored_id(row["item_id"]))
+            (_marked(row["owner"], row["item_id"] in current), row["body"], row["item_id"])
             for e in events
             if isinstance(e, _EXTRACTED)
             for _, row in search_fold(self, e)
         ]
-        if entries:
-            cursor = connection.connection.driver_connection
-            assert cursor is not None
-            k = self.knowledge_fts.name
-            cursor.executemany(f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)", entries)
+        marks = [
+            (row["valid_until"] is None, row["entry_id"]) for row in updated if "valid_until" in row
+        ] + [(False, key) for key in deleted]
+        if not (entries or marks):
+            return
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        k = self.knowledge_fts.name
+        cursor.executemany(
+            f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)",
+            [(owner, body, stored_id(item)) for owner, body, item in entries],
+        )
+        if marks:
+            # The owner column holds its owner's token whether marked or not.
+            cursor.executemany(
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || ? "
+                f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
+                [("now" if now else "", stored_id(str(key))) for now, key in marks],
+            )
 
     def unindexed(self, connection: Connection) -> bool:
         """Whether some message waits to be indexed (SQLite; a quick look, no lock)."""
@@ -510,7 +544,7 @@ class SearchIndex:
         k = self.knowledge_fts.name
         erased = connection.execute(
             text(f"DELETE FROM {k} WHERE rowid IN (SELECT rowid FROM {k} WHERE {k} MATCH :q)"),
-            {"q": f'owner : "{owner}"'},
+            {"q": f'owner : ("{owner}" OR "{current_token(owner)}")'},
         ).rowcount
         erased += self._forget_messages(connection, log_id)
         for name in (k, self.messages_fts.name):
@@ -628,7 +662,7 @@ def indexed_layout() -> str:
     versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
     out again in its own way."""
-    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes"
+    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked"
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
@@ -636,7 +670,8 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
     not). Messages are indexed from their rows instead (:meth:`SearchIndex.index_messages`).
 
     Entries are never removed when they end or a version is promoted: the rankers join
-    the knowledge rows, which say what is valid, so the index only has to grow.
+    the knowledge rows, which say what is valid. The owner column is the bare owner's
+    token here; :meth:`SearchIndex.write` marks the current ones (:func:`current_token`).
     """
     if isinstance(e, _EXTRACTED):
         log_id = str(e.originator_id)
@@ -650,6 +685,11 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
                     "item_id": entry["entry_id"],
                 },
             )
+
+
+def _marked(owner: str, current: bool) -> str:
+    """The owner column of an indexed entry: ``owner``, or its current token."""
+    return current_token(owner) if current else owner
 
 
 def _entry_vector(row: Row) -> str:

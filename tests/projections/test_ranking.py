@@ -160,3 +160,49 @@ def test_items_scored_alike_rank_newest_first_where_the_limit_cuts_them(
             assert [e.text for e, _ in entries] == newest
             messages = ranker.messages(connection, "ann", ["coffee"], limit)
             assert [m.content for m, _ in messages] == newest
+
+
+def _change(
+    store: EventStore, projector: Projector, user_id: str, besides: str, values: list[str]
+) -> None:
+    """``user_id`` says ``besides``, then each of ``values`` a day after the one before,
+    each extracted (in a write of its own) as a change of the value before."""
+    log = UserLog.register(user_id)
+    last: str | None = None
+    for day, value in enumerate([besides, *values]):
+        said = T0 + timedelta(days=day)
+        message = log.add_message("user", value, said, 1000)
+        assert log.request_processing(f"t{day}", "manual")
+        log.start_next()
+        batch = [BatchMessage(message, "user", value, said)]
+        action = "new" if day < 2 else "update"
+        fact = ExtractedFact(value, (message,), action, target_entry_id=last if day > 1 else None)
+        last = log.record_knowledge(f"t{day}", [fact], "x", batch=batch)[0]["entry_id"]
+        store.append([list(log.collect_events())], projector.apply)
+
+
+def test_a_search_of_current_entries_never_scores_a_facts_past_values(
+    store: EventStore,
+) -> None:
+    """A fact changed forty times is found with one ranking in the index, of the current
+    entries alone: the ended ones are not scored and dropped, fetching more each round,
+    until the whole history was ranked. A search as of a past day still finds that day's."""
+    projector = Projector(ProjectionTables())
+    towns = [f"User lives in Town{day}." for day in range(40)]
+    _change(store, projector, "ann", "User lives near the sea.", towns)
+    ranker = LexicalRanker(projector.tables)
+    ranked: list[str] = []
+    with store.engine.connect() as connection:
+        driver = connection.connection.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.set_trace_callback(ranked.append)
+        try:
+            found = ranker.entries(connection, "ann", ["lives"], 2)
+        finally:
+            driver.set_trace_callback(None)
+        then = ranker.entries(
+            connection, "ann", ["lives"], 2, as_of=T0 + timedelta(days=6, hours=1)
+        )
+    assert sorted(e.text for e, _ in found) == ["User lives in Town39.", "User lives near the sea."]
+    assert sorted(e.text for e, _ in then) == ["User lives in Town5.", "User lives near the sea."]
+    assert len([sql for sql in ranked if "bm25(" in sql]) == 1, ranked

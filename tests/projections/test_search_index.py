@@ -674,6 +674,8 @@ async def test_on_postgresql_lexemes_the_server_parsed_give_way_to_the_words_bot
 SCHEMA_OF_INDEXED_LAYOUT = {
     "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
     "|strokes|cut 2046 bytes": 14,
+    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
+    "|strokes|cut 2046 bytes|current marked": 15,
 }
 """The schema version that came with each way of indexing words."""
 
