@@ -62,12 +62,17 @@ EmbedAside = Callable[[str, list[str], Callable[[Vectors | None], None]], None]
 vectors (``None``: the embedder failed), so that no actor waits on an embedder."""
 
 TargetsPlaced = Callable[
-    [str, Sequence[ExtractedFact], tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]],
+    [
+        str,
+        Sequence[ExtractedFact],
+        tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+        datetime | None,
+    ],
     tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
 ]
 """Adds to what a batch was shown what the log needs to place the facts of its answer
-that change entries (see :func:`projections.shown.with_targets`); a failed read is a
-StorageError."""
+that change entries, back to when the batch's first message was sent (see
+:func:`projections.shown.with_targets`); a failed read is a StorageError."""
 
 Wake = Callable[[str, float], None]
 """Asks for a user's actor to be woken (its ``wake`` method) in some seconds."""

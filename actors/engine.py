@@ -284,14 +284,15 @@ class Engine:
         user_id: str,
         facts: Sequence[ExtractedFact],
         shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+        since: datetime | None,
     ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
         """What a batch was shown, with what the log needs to place its facts that
-        change entries (see :func:`projections.shown.with_targets`)."""
+        change entries, none before ``since`` (see :func:`projections.shown.with_targets`)."""
         if not targets_of(facts):  # most answers: no connection taken
             return shown
         try:
             with self.store.engine.connect() as connection:
-                return with_targets(connection, self.reader, user_id, facts, shown)
+                return with_targets(connection, self.reader, user_id, facts, shown, since=since)
         except SQLAlchemyError as error:
             raise StorageError(
                 f"could not read the entries a batch changes: {first_line(error)}"

@@ -478,7 +478,8 @@ class UserActor(PooledActor):
             result = outcome
             try:
                 shown = (self._batch_known, self._batch_replaced)
-                shown = self._services.targets(self.user_id, result.facts, shown)
+                since = min((m.sent_at for m in self._batch_messages), default=None)
+                shown = self._services.targets(self.user_id, result.facts, shown, since)
                 self._batch_known, self._batch_replaced = shown
                 self._task_knowledge += self._decide(lambda ul: len(self._record(ul, result)))
                 self._task_covered += len(self._batch_messages)

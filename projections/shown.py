@@ -299,28 +299,41 @@ def with_targets(
     facts: Sequence[ExtractedFact],
     shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
     version: str = LIVE_KNOWLEDGE,
+    *,
+    since: datetime | None = None,
 ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
     """``shown`` (what :func:`shown_beside` gave) with what the log needs to place the
     ``facts`` that change entries: the current entries they change without having been
-    shown them (a custom extractor may name any), and the whole chain of ended entries
-    before every entry they change (one read stops :data:`MAX_REPLACED_DEPTH` links
-    back). A backdated fact is placed by when its target and those before it began: else
-    it could end an entry before it began, or overlap the start of a long chain."""
+    shown them (a custom extractor may name any), and the chain of ended entries before
+    every entry they change (one read stops :data:`MAX_REPLACED_DEPTH` links back). A
+    backdated fact is placed by when its target and those before it began: else it could
+    end an entry before it began, or overlap the start of a long chain.
+
+    ``since`` is when the batch's first message was sent: no fact of it begins earlier,
+    so a chain is read back only to its first link that began before then (or before a
+    target did), where the log's placing stops (see :meth:`Timeline.replace`); without
+    it, every chain is read whole.
+    """
     known, replaced = shown
     seen = {k.entry_id for k in known}
     targets = targets_of(facts)
     unshown = [t for t in targets if t not in seen]
+    began = {k.entry_id: k.valid_from for k in known}
     if unshown:
-        current = [e for e in reader.entries(connection, user_id, unshown) if e.is_current]
+        read = reader.entries(connection, user_id, unshown)
+        began.update((e.entry_id, e.valid_from) for e in read)
+        current = [e for e in read if e.is_current]
         if current:
             known = (*known, *(KnownEntry(e.entry_id, e.text, e.valid_from) for e in current))
             replaced = (
                 *replaced,
                 *reader.replaced(connection, user_id, [e.entry_id for e in current], version),
             )
+    starts = [began[t] for t in targets if t in began]
+    floor = None if since is None else min([since, *starts])
     return known, (
         *replaced,
-        *_rest_of_chains(connection, reader, user_id, targets, replaced, version),
+        *_rest_of_chains(connection, reader, user_id, targets, replaced, version, floor),
     )
 
 
@@ -331,20 +344,24 @@ def _rest_of_chains(
     targets: Sequence[str],
     replaced: Sequence[ReplacedEntry],
     version: str,
+    since: datetime | None,
 ) -> list[ReplacedEntry]:
     """The links of the chains before ``targets`` that ``replaced`` stops short of: a
-    walk back that ends on a link as deep as one read goes reads on from it."""
+    walk back that ends on a link as deep as one read goes reads on from it, unless that
+    link began before ``since`` (nothing placed at ``since`` or later looks further)."""
     before: dict[str | None, list[ReplacedEntry]] = {}
     for link in replaced:
         before.setdefault(link.superseded_by, []).append(link)
     more: list[ReplacedEntry] = []
-    walking = [(target, 0) for target in targets]
+    walking: list[tuple[str, int, datetime | None]] = [(target, 0, None) for target in targets]
     seen: set[str] = set()
     while walking:
-        entry, depth = walking.pop()
+        entry, depth, began = walking.pop()
         if entry in seen:
             continue
         seen.add(entry)
+        if since is not None and began is not None and began < since:
+            continue
         links = before.get(entry)
         if links is None and depth >= reader.replaced_depth:
             read = reader.replaced(connection, user_id, [entry], version)
@@ -352,7 +369,7 @@ def _rest_of_chains(
                 before.setdefault(link.superseded_by, []).append(link)
             more.extend(read)
             links, depth = before.get(entry), 0
-        walking.extend((link.entry_id, depth + 1) for link in links or ())
+        walking.extend((link.entry_id, depth + 1, link.valid_from) for link in links or ())
     return more
 
 
