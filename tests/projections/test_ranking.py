@@ -206,3 +206,40 @@ def test_a_search_of_current_entries_never_scores_a_facts_past_values(
     assert sorted(e.text for e, _ in found) == ["User lives in Town39.", "User lives near the sea."]
     assert sorted(e.text for e, _ in then) == ["User lives in Town5.", "User lives near the sea."]
     assert len([sql for sql in ranked if "bm25(" in sql]) == 1, ranked
+
+
+def test_entries_shown_beside_a_batch_are_ranked_by_the_words_that_tell_them_apart(
+    store: EventStore,
+) -> None:
+    """Every entry of a user says "User likes ...": a batch of "I like ..." texts is shown
+    the entry of each text's topic, and ranks no entry for "like", found in all of them.
+    Ranked, it made each text score every entry: a batch cost as many steps again for
+    every entry the user had."""
+    projector = Projector(ProjectionTables())
+    for user_id, count in (("few", 100), ("many", 400)):
+        likes = [f"User likes topic{i} and city{i % 7}." for i in range(count)]
+        _learn(store, projector, user_id, likes)
+    ranker = LexicalRanker(projector.tables)
+    texts = [f"I like topic{i}" for i in range(20)]
+    steps: dict[str, int] = {}
+    for user_id, count in (("few", 100), ("many", 400)):
+        taken = 0
+
+        def step() -> int:
+            nonlocal taken
+            taken += 1
+            return 0
+
+        with store.engine.connect() as connection:
+            driver = connection.connection.dbapi_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.set_progress_handler(step, 1)
+            try:
+                shown = ranker.related(connection, user_id, texts, 10, count)
+            finally:
+                driver.set_progress_handler(None, 1)
+        steps[user_id] = taken
+        assert [text for _, text, _ in shown] == [
+            f"User likes topic{i} and city{i % 7}." for i in range(10)
+        ]
+    assert steps["many"] < 1.5 * steps["few"], steps
