@@ -1074,14 +1074,11 @@ class UserLog(Aggregate):
         is cut; a new fact that repeats an earlier fact of the answer is merged into it
         (valid from the earlier statement, yet after the value it replaced began) unless
         another fact of the answer ended that one before it was said: it is then that value
-        again, as is a repeat of a known entry said after such an end. An entry never ends
-        before its newest statement: a change said between two statements of one fact ends
-        the earlier ones (the repeats of a known entry said before it began become a value
-        of their own) and the value holds again from the later. A change naming an earlier
-        fact of the answer (``target_fact``) ends what that fact added or the known entry it
-        repeats, and one that repeats an entry of ``known`` not ended when it was said
-        (``said_at`` gives the messages' times) is the same as it. A repeat said before the
-        entry began, and an update to a value known to begin later, are placed by
+        again, as is a repeat of a known entry said after such an end. A change naming an
+        earlier fact of the answer (``target_fact``) ends what that fact added or the known
+        entry it repeats, and one that repeats an entry of ``known`` not ended when it was
+        said (``said_at`` gives the messages' times) is the same as it. A repeat said before
+        the entry began, and an update to a value known to begin later, are placed by
         :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
         again, after what replaced it (if anything did). An invalidation of an ended entry
         ends nothing, unless it was said while an entry later taken back held: that entry is
@@ -1091,7 +1088,6 @@ class UserLog(Aggregate):
         valid, ended = around.valid, around.ended
         plan = _Plan()
         shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
-        texts = {k.entry_id: k.text for k in known if k.entry_id in valid}
         ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
@@ -1132,8 +1128,7 @@ class UserLog(Aggregate):
                 ends = action in ("update", "invalidate") and target is None
                 if ends and within is not None:
                     in_answer = ExtractedFact(text, tuple(sources), action)
-                    at = _said(sources, said_at)
-                    plan.ended_by(within, at, action, said_at)
+                    plan.ended_by(within, _said(sources, said_at), action, said_at)
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
@@ -1141,10 +1136,6 @@ class UserLog(Aggregate):
                     else:
                         plan.end_within(within, in_answer)
                         plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
-                    note = f"said again after fact {index} changed it: that value again"
-                    change = added_by[index] if action == "update" else None
-                    if (resumed := plan.resume(within, at, said_at, change, note)) is not None:
-                        new_texts[_same_words(plan.added[within].text)] = (resumed, earlier)
                     continue
                 if ends and earlier in repeats:
                     target = repeats[earlier]
@@ -1215,26 +1206,6 @@ class UserLog(Aggregate):
                     continue
                 again = None
             repaired = ExtractedFact(text, tuple(sources), action, target)
-            if (
-                action in ("update", "invalidate")
-                and target in texts
-                and around.began_later(target, said)
-                and target not in around.prior_began
-                and (before := plan.take_earlier(target, said))
-            ):
-                held = len(plan.added)
-                earlier_value = f"repeats {target} before it began and fact {index} changed it"
-                plan.add(ExtractedFact(texts[target], tuple(before)), None, [earlier_value])
-                repaired = ExtractedFact(text, tuple(sources), action)
-                if action == "update":
-                    added_by[index] = len(plan.added)
-                    new_texts[same] = (added_by[index], index)
-                    plan.add(repaired, held, notes)
-                    plan.join(target, added_by[index])
-                else:
-                    plan.end_within(held, repaired)
-                    plan.repairs.extend(f"invalidation of {target}: {n}" for n in notes)
-                continue
             if again is not None:
                 added, first = again
                 added_by[index] = added
@@ -1472,9 +1443,8 @@ class _Plan:
     ``("invalidate", i)`` for :attr:`invalidated` ``[i]``, ``("earlier", i)`` for a known
     entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
     messages that said it), and ``("joins", i)`` for such an entry that now replaces
-    another known one, or a known entry that replaces a value the batch said before it
-    began (:attr:`joins` ``[i]``: the two, the second a known id or an added place).
-    Repairs of facts that added no entry are in :attr:`repairs`."""
+    another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
+    entry are in :attr:`repairs`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -1484,7 +1454,7 @@ class _Plan:
     steps: list[tuple[str, int]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
-    joins: list[tuple[str, str | int]] = field(default_factory=list)
+    joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
@@ -1519,48 +1489,6 @@ class _Plan:
         if replacing is not None:
             self.steps.append(("joins", len(self.joins)))
             self.joins.append((target, replacing))
-
-    def join(self, later: str, place: int) -> None:
-        """Have the known entry ``later`` replace the entry added at ``place``: a value
-        said before ``later`` began, after the repeats of it that came earlier still."""
-        self.steps.append(("joins", len(self.joins)))
-        self.joins.append((later, place))
-
-    def take_earlier(self, target: str, at: datetime) -> list[str]:
-        """Withdraw the repeats of the known ``target`` said by ``at`` that made it begin
-        earlier (unless one joined it to another entry), returning their messages: a
-        change said at ``at``, before ``target`` began, ends the value they stated."""
-        if any(entry == target for entry, _ in self.joins):
-            return []
-        taken: list[str] = []
-        for i, (entry, said, sources) in enumerate(self.earlier):
-            if entry == target and said <= at and ("earlier", i) in self.steps:
-                self.steps.remove(("earlier", i))
-                self.earlier[i] = (entry, said, [])
-                taken.extend(sources)
-        return list(dict.fromkeys(taken))
-
-    def resume(
-        self,
-        place: int,
-        at: datetime,
-        said_at: dict[str, datetime],
-        change: int | None,
-        note: str,
-    ) -> int | None:
-        """A change said at ``at`` (the entry added at ``change``, or an invalidation)
-        ended the entry added at ``place``: its statements said after then leave it and
-        state the value again, as a new entry after ``change`` (noting ``note``). Returns
-        that entry's place, if any: an entry never ends before its newest statement."""
-        fact = self.added[place]
-        later = tuple(m for m in fact.source_message_ids if at < said_at.get(m, at))
-        if not later or at < self.start(place, said_at):
-            return None
-        kept = tuple(m for m in fact.source_message_ids if m not in later)
-        self.added[place] = ExtractedFact(fact.text, kept, fact.action, fact.target_entry_id)
-        resumed = len(self.added)
-        self.add(ExtractedFact(fact.text, later), change, [note])
-        return resumed
 
     def end_within(self, target: str | int, fact: ExtractedFact) -> None:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
@@ -1754,8 +1682,7 @@ def _changes(
             known_entry, said, _ = plan.earlier[index]
             timeline.begin_earlier(known_entry, said)
         elif kind == "joins":
-            joined, replacing = plan.joins[index]
-            timeline.replace(joined, entry_id(replacing))
+            timeline.replace(*plan.joins[index])
         else:
             target, fact = plan.invalidated[index]
             sources = list(fact.source_message_ids)
