@@ -29,7 +29,7 @@ import anthropic
 import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from events import (
@@ -195,6 +195,7 @@ class BulkReextraction:
         self.progress = progress or (lambda done, total: None)
         self.owner = str(uuid4())
         self.claims: list[str] = []
+        self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -215,7 +216,14 @@ class BulkReextraction:
             raise api_error(error, client_secrets(client)) from None
         finally:
             renewing.cancel()
-            await asyncio.to_thread(self._release_claims)
+            try:
+                await asyncio.to_thread(self._release_claims)
+            except Exception as error:  # the run's own outcome is what its caller gets
+                log.warning(
+                    "releasing the bulk run's claims failed (%s); they lapse after %g s",
+                    first_line(error),
+                    CLAIM_TTL.total_seconds(),
+                )
             await self.extractor.aclose()
         return report
 
@@ -786,8 +794,13 @@ class BulkReextraction:
         now = datetime.now(UTC)
         try:
             with self.store.transaction() as connection:
-                rows = self._rows(connection)
-                held = next((r for r in rows if r["local_id"] == claim_id), None)
+                held = (
+                    connection.execute(
+                        select(BULK_BATCHES).where(BULK_BATCHES.c.local_id == claim_id)
+                    )
+                    .mappings()
+                    .first()
+                )
                 mine = {"user": user_id, "owner": self.owner, "messages": [], "known": []}
                 if held is None:
                     connection.execute(
@@ -811,7 +824,10 @@ class BulkReextraction:
                     )
                     if taken.rowcount != 1:
                         return None
-                pending = {m for r in rows if _CLAIM not in r["requests"] for m in _message_ids(r)}
+                    self._kept = None  # the stale run may have kept batches since: read again
+                if self._kept is None:
+                    self._kept = _kept_by_user(self._rows(connection))
+                pending = self._kept.get(user_id, set())
         except IntegrityError:  # another run inserted the same claim first
             return None
         self.claims.append(claim_id)
@@ -825,8 +841,18 @@ class BulkReextraction:
             return False
         users = {r["user"] for r in row["requests"].values()}
         now = datetime.now(UTC)
+        ids = [_claim_id(self.version, user) for user in users]
         with self.store.engine.connect() as connection:
-            claims = [r for r in self._rows(connection) if _CLAIM in r["requests"]]
+            claims = (
+                connection.execute(
+                    select(BULK_BATCHES).where(
+                        BULK_BATCHES.c.local_id.in_(bindparam("ids", expanding=True))
+                    ),
+                    {"ids": ids},
+                )
+                .mappings()
+                .all()
+            )
         return any(
             c["requests"][_CLAIM]["user"] in users
             and c["requests"][_CLAIM].get("owner") != self.owner
@@ -907,9 +933,16 @@ def _order(custom_id: str) -> int:
     return int(custom_id[1:].split("-", 1)[0])
 
 
-def _message_ids(row: dict[str, Any]) -> Iterable[str]:
-    for request in row["requests"].values():
-        yield from request["messages"]
+def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """The messages the kept Message Batches among ``rows`` hold (claims left aside), by
+    user: read once a run, not once a user (a run of thousands of users read them all for
+    each)."""
+    kept: dict[str, set[str]] = {}
+    for row in rows:
+        if _CLAIM not in row["requests"]:
+            for request in row["requests"].values():
+                kept.setdefault(request["user"], set()).update(request["messages"])
+    return kept
 
 
 async def _results(client: anthropic.AsyncAnthropic, batch_id: str) -> dict[str, Any]:

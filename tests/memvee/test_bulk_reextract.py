@@ -18,6 +18,7 @@ from typing import Any
 import anthropic
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 import memvee._bulk
@@ -110,6 +111,40 @@ async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
         again = await _run(audit)
         assert (again.submitted, again.recorded) == (0, 0), "the version is up to date"
     assert server.requests == [], "nothing went through the live Messages API"
+
+
+async def test_a_run_reads_the_kept_batches_once_however_many_users_it_claims(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each user's claim is one row by its key: the kept batches are read once a run, not
+    once a user (a run of 1,600 users spent 60 s claiming, each claim slower than the last)."""
+    reads: list[int] = []
+    rows = BulkReextraction._rows
+
+    def counted(self: BulkReextraction, connection: Any) -> list[dict[str, Any]]:
+        reads.append(1)
+        return rows(self, connection)
+
+    monkeypatch.setattr(BulkReextraction, "_rows", counted)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert report.recorded == 6
+    assert len(reads) <= 2, "the unfinished batches, then the kept ones: once each"
+
+
+async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database went away as the run ended: its claims lapse on their own, and the
+    caller gets the run's report (or its typed error), not the release's driver error."""
+
+    def refused(self: BulkReextraction) -> None:
+        raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(BulkReextraction, "_release_claims", refused)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    assert report.recorded == 6
 
 
 async def test_a_bulk_request_gives_each_speakers_name(
