@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ from actors._background import UserWorker
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver, Vectors
 from actors._dispatcher import Dispatcher
+from actors._meaning import MeaningThreads
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._traces import TraceScrubber
@@ -180,10 +180,8 @@ class Engine:
         )
         self.meaning = ByMeaning(self.store.engine, self.vectors, embedder)
         # As many as the actors': a slow embedder (a remote API) holds one user's batch, not all.
-        self._meaning_pool = ThreadPoolExecutor(
-            options.actor_threads, thread_name_prefix="memvee-meaning"
-        )
-        undo.callback(self._meaning_pool.shutdown, cancel_futures=True)
+        self._meaning_threads = MeaningThreads(options.actor_threads)
+        undo.callback(self._meaning_threads.stop)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
             undo.callback(self.vector_filler.stop)
@@ -272,12 +270,10 @@ class Engine:
     def _embed_aside(
         self, user_id: str, texts: list[str], ready: Callable[[Vectors | None], None]
     ) -> None:
-        """Embed a batch's ``texts`` on the meaning thread, then call ``ready`` with their
+        """Embed a batch's ``texts`` on a meaning thread, then call ``ready`` with their
         vectors (``None`` when the embedder failed, or the engine stops)."""
-        try:
-            self._meaning_pool.submit(lambda: ready(self.meaning.embed(user_id, texts)))
-        except RuntimeError:  # the pool is shut down: the engine stops
-            ready(None)
+        if not self._meaning_threads.submit(lambda: ready(self.meaning.embed(user_id, texts))):
+            ready(None)  # the engine stops
 
     def _targets_placed(
         self,
@@ -577,7 +573,7 @@ class Engine:
         if self.vector_filler is not None:
             self.vector_filler.stop()
         self.checkpointer.stop()
-        self._meaning_pool.shutdown(wait=False, cancel_futures=True)
+        self._meaning_threads.stop()
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

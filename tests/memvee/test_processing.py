@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,6 +221,56 @@ async def test_a_slow_embedder_holds_one_users_batch_not_every_users(make_memory
     finally:
         embedder.gate.set()
     assert [await task.wait() for task in tasks] == [1, 1]
+
+
+_HUNG_AT_CLOSE = """
+import asyncio, sys, threading
+from memvee import Memory, MemoryConfig
+from memvee.extractors import OfflineExtractor
+from tests.support.embedders import ConceptEmbedder
+
+class Hung(ConceptEmbedder):
+    held, hold = threading.Event(), False
+    def embed(self, texts):
+        if self.hold and threading.current_thread().name.startswith("memvee-meaning"):
+            self.held.set()
+            threading.Event().wait()  # never answers
+        return super().embed(texts)
+
+async def main():
+    embedder = Hung()
+    config = MemoryConfig(db_path=sys.argv[1])
+    memory = Memory(config=config, extractor=OfflineExtractor(), embedder=embedder)
+    await memory.open()
+    for i in range(110):
+        await memory.add_message("alice", "user", f"I like item{i} things")
+    await memory.flush("alice")
+    embedder.hold = True
+    await memory.add_message("alice", "user", "I'm a nurse.")
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(embedder.held.wait, 10)
+    await memory.close(grace=0)
+    print(task.status.name)
+
+asyncio.run(main())
+"""
+
+
+def test_an_embedder_that_hangs_at_close_never_keeps_the_process_alive(tmp_path: Path) -> None:
+    """The threads that embed a batch's texts are memvee's daemons: one that an embedder
+    holds past ``close`` is abandoned, and the process exits as soon as its work is done."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _HUNG_AT_CLOSE, str(tmp_path / "m.db")],
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process never exited after close returned")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["FAILED"]
 
 
 class _DownEmbedder(ConceptEmbedder):

@@ -1,0 +1,60 @@
+"""The threads a batch's texts are embedded on, past 100 current entries (see
+:meth:`actors.engine.Engine._embed_aside`).
+
+They are daemon threads of memvee's own, not a ``ThreadPoolExecutor``'s: the interpreter
+joins every executor thread at exit, so an embedder that never answers (a remote API
+with no timeout) would keep the process alive after ``close`` returned. Stopping
+abandons a call that hangs instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+__all__ = ["MeaningThreads"]
+
+log = logging.getLogger("memvee.actors")
+
+
+class MeaningThreads:
+    """Runs jobs on ``count`` daemon threads (``memvee-meaning_<n>``), in the order given,
+    so a slow job holds one of them, not every one."""
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"memvee-meaning_{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], object]) -> bool:
+        """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._jobs.put(job)
+            return True
+
+    def stop(self) -> None:
+        """Drop the jobs that wait and end each thread once its job is done, without
+        waiting for a job that hangs (its thread, a daemon, dies with the process)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for _ in self._threads:
+                self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None and not self._stopped:
+            try:
+                job()
+            except BaseException:  # an embedder may raise anything; the thread goes on
+                log.exception("embedding a batch's texts failed")
