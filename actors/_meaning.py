@@ -13,10 +13,35 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-__all__ = ["MeaningThreads"]
+__all__ = ["BATCH_EMBED_SECONDS", "MeaningThreads", "Once"]
 
 log = logging.getLogger("memvee.actors")
+
+T = TypeVar("T")
+
+BATCH_EMBED_SECONDS = 10.0
+"""How long a batch waits for its texts' vectors before it goes on by words (see
+``MemoryConfig.batch_embed_seconds``)."""
+
+
+class Once(Generic[T]):
+    """Calls ``callback`` with the first value given only: of an answer and a deadline,
+    whichever comes first is told; the other is dropped."""
+
+    def __init__(self, callback: Callable[[T], object]) -> None:
+        self._callback: Callable[[T], object] | None = callback
+        self._lock = threading.Lock()
+
+    def __call__(self, value: T) -> bool:
+        """Tell ``value`` unless another was told first; ``True``: it was told."""
+        with self._lock:
+            callback, self._callback = self._callback, None
+        if callback is None:
+            return False
+        callback(value)
+        return True
 
 
 class MeaningThreads:

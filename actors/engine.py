@@ -23,7 +23,7 @@ from actors._background import UserWorker
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, TaskObserver, Vectors
 from actors._dispatcher import Dispatcher
-from actors._meaning import MeaningThreads
+from actors._meaning import BATCH_EMBED_SECONDS, MeaningThreads, Once
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._traces import TraceScrubber
@@ -109,6 +109,7 @@ class EngineOptions:
     retry_delay_max: float = 300.0
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
+    batch_embed_seconds: float = BATCH_EMBED_SECONDS
 
 
 class Engine:
@@ -270,10 +271,28 @@ class Engine:
     def _embed_aside(
         self, user_id: str, texts: list[str], ready: Callable[[Vectors | None], None]
     ) -> None:
-        """Embed a batch's ``texts`` on a meaning thread, then call ``ready`` with their
-        vectors (``None`` when the embedder failed, or the engine stops)."""
-        if not self._meaning_threads.submit(lambda: ready(self.meaning.embed(user_id, texts))):
-            ready(None)  # the engine stops
+        """Embed a batch's ``texts`` on a meaning thread, then call ``ready`` once with
+        their vectors: ``None`` when the embedder failed, did not answer within
+        ``batch_embed_seconds`` (the batch goes on by words; a late answer is dropped), or
+        the engine stops."""
+        once = Once(ready)
+        if not self._meaning_threads.submit(lambda: once(self.meaning.embed(user_id, texts))):
+            once(None)  # the engine stops
+            return
+        self.timers.call_later(
+            self.options.batch_embed_seconds, lambda: self._embed_late(user_id, once)
+        )
+
+    def _embed_late(self, user_id: str, once: Once[Vectors | None]) -> None:
+        """The deadline of a batch's embedding passed: unless the vectors came first, the
+        batch goes on with the entries beside it chosen by words (and a warning says so)."""
+        if once(None):
+            log.warning(
+                "user %r: the embedder did not answer a batch's texts within %s s; the "
+                "entries shown beside it are chosen by their words only",
+                user_id,
+                self.options.batch_embed_seconds,
+            )
 
     def _targets_placed(
         self,

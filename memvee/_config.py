@@ -7,6 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, fields
 
+from actors._meaning import BATCH_EMBED_SECONDS
 from events import (
     BatchLimits,
     Durability,
@@ -76,7 +77,9 @@ class MemoryConfig:
     messages are embedded in the background as they come; a search embeds those still
     waiting itself, for at most ``search_embed_seconds`` past a first small batch, and
     ranks the rest lexically until the background has embedded them (``None``: a search
-    embeds all of them first, however long that takes).
+    embeds all of them first, however long that takes). Past 100 current entries, a
+    batch's texts are embedded to choose the entries shown beside it: for at most
+    ``batch_embed_seconds``, after which the batch goes on with them chosen by words.
 
     ``gc_freeze`` (on by default): when the process's first Memory opens, after one full
     collection, ``gc.freeze()`` moves every object then alive (the imported libraries,
@@ -115,6 +118,7 @@ class MemoryConfig:
     breaker_cooldown: float = 2.0
     hybrid_alpha: float = DEFAULT_ALPHA
     search_embed_seconds: float | None = SEARCH_EMBED_SECONDS
+    batch_embed_seconds: float = BATCH_EMBED_SECONDS
     gc_freeze: bool = True
 
     def __post_init__(self) -> None:
@@ -219,6 +223,7 @@ _SECONDS = (
     "retry_delay",
     "retry_delay_max",
     "breaker_cooldown",
+    "batch_embed_seconds",
 )
 """Settings that are durations: finite numbers of seconds, more than 0."""
 

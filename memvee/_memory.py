@@ -295,6 +295,7 @@ class Memory:
             retry_delay_max=cfg.retry_delay_max,
             breaker_failures=cfg.breaker_failures,
             breaker_cooldown=cfg.breaker_cooldown,
+            batch_embed_seconds=cfg.batch_embed_seconds,
         )
         readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
         embedder = chosen_embedder(self._embedder)

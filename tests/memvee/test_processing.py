@@ -223,6 +223,39 @@ async def test_a_slow_embedder_holds_one_users_batch_not_every_users(make_memory
     assert [await task.wait() for task in tasks] == [1, 1]
 
 
+async def _held_batch(make_memory: Any, embedder: _HeldEmbedder, **config: Any) -> Memory:
+    """A Memory whose user ``alice`` has 110 current entries and one message more,
+    processed in the background while ``embedder`` holds the batch's texts."""
+    embedder.gate.set()
+    memory: Memory = await make_memory(
+        extractor=OfflineExtractor(), embedder=embedder, config=config
+    )
+    for i in range(110):
+        await memory.add_message("alice", "user", f"I like item{i} things")
+    await memory.flush("alice")
+    embedder.gate.clear()
+    await memory.add_message("alice", "user", "I'm a nurse.")
+    return memory
+
+
+async def test_a_batch_whose_embedder_does_not_answer_goes_on_by_words(
+    make_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An embedder that has not answered a batch's texts within ``batch_embed_seconds``
+    leaves the entries beside the batch to words: the task completes meanwhile."""
+    embedder = _HeldEmbedder()
+    memory = await _held_batch(make_memory, embedder, batch_embed_seconds=0.01)
+    task = memory.process_async("alice")
+    try:
+        assert await asyncio.to_thread(embedder.held.wait, 10)
+        with caplog.at_level(logging.WARNING, logger="memvee"):
+            assert await asyncio.wait_for(task.wait(), 5) == 1
+        assert await memory.buffer("alice") == []
+        assert "did not answer a batch's texts within 0.01 s" in caplog.text
+    finally:
+        embedder.gate.set()
+
+
 _HUNG_AT_CLOSE = """
 import asyncio, sys, threading
 from memvee import Memory, MemoryConfig
@@ -239,7 +272,7 @@ class Hung(ConceptEmbedder):
 
 async def main():
     embedder = Hung()
-    config = MemoryConfig(db_path=sys.argv[1])
+    config = MemoryConfig(db_path=sys.argv[1], batch_embed_seconds=3600)
     memory = Memory(config=config, extractor=OfflineExtractor(), embedder=embedder)
     await memory.open()
     for i in range(110):
