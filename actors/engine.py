@@ -47,7 +47,6 @@ from events import (
 from events.errors import (
     DatabaseInUseError,
     MemveeError,
-    NewerEventError,
     StorageError,
     UnreadableEventError,
     first_line,
@@ -398,11 +397,20 @@ class Engine:
     def refuse_unfolded(self, user_id: str) -> None:
         """Raise the :class:`UnreadableEventError` (naming the user) for which the open's
         fold left ``user_id``'s log unfolded, if it did: their rows are not there, and no
-        write may be folded onto them; every other user is served."""
-        if self.unfolded:
-            error = self.unfolded.get(user_log_id(user_id))
-            if error is not None:
-                raise error.of_user(user_id)
+        write may be folded onto them; every other user is served. A log found unfolded
+        is looked up again first: a forget or a refold in another process may have ended
+        that, and the user is then served (the common path, any other user, reads nothing)."""
+        if not self.unfolded:
+            return
+        log_id = user_log_id(user_id)
+        error = self.unfolded.get(log_id)
+        if error is None:
+            return
+        with self.store.engine.connect() as connection:
+            if not self.projector.still_unfolded(connection, log_id):
+                self.unfolded.pop(log_id, None)
+                return
+        raise error.of_user(user_id)
 
     def _fold_state(self) -> FoldState:
         with self.store.engine.connect() as connection:
@@ -583,7 +591,7 @@ class Engine:
         for future in futures:
             try:
                 future.get(timeout=30)
-            except NewerEventError as error:  # no task of it ran here: nothing to close
+            except UnreadableEventError as error:  # refused, or a newer memvee's: no task ran
                 log.warning("closing a user's tasks at shutdown: %s", error)
             except Exception:
                 log.exception("closing a user's tasks at shutdown failed")

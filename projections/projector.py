@@ -429,6 +429,13 @@ class Projector:
             UUID(row.log_id): _unreadable_error(row) for row in connection.execute(select(table))
         }
 
+    def still_unfolded(self, connection: Connection, log_id: UUID) -> bool:
+        """Whether the log ``log_id`` is still left unfolded (one row, by its key): a
+        ``memvee forget`` or ``rebuild --user`` in another process may have ended that."""
+        table = self.tables.unreadable
+        found = connection.execute(select(table.c.log_id).where(table.c.log_id == str(log_id)))
+        return found.first() is not None
+
     def leave_unfolded(
         self, connection: Connection, errors: Sequence[UnreadableEventError]
     ) -> list[UnreadableEventError]:

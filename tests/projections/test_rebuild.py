@@ -1072,3 +1072,33 @@ async def test_a_newer_memvees_event_in_a_log_the_projections_lag_stops_that_use
     await memory.close()
     assert verify(store) == []
     store.close()
+
+
+async def test_a_user_forgotten_by_another_process_is_served_again_by_a_running_memory(
+    db_url: str, make_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused user's actor closes quietly (a WARNING, no traceback); and the WARNING's
+    way out, `memvee forget bob`, taken in another process while a Memory serves: that
+    Memory serves bob again at once."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    _behind_with_one_unreadable_event(store, "bob")
+    memory = await make_memory()
+    with pytest.raises(UnreadableEventError, match="the log of 'bob'"):
+        await memory.add_exchange("bob", "hello again", "hi")
+    with caplog.at_level(logging.WARNING, logger="memvee.actors"):
+        await memory.close()
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+    memory = await make_memory()
+    with pytest.raises(UnreadableEventError, match="the log of 'bob'"):
+        await memory.add_exchange("bob", "hello again", "hi")
+    with Audit(db_url=db_url) as audit:
+        audit.forget("bob")
+    await memory.add_exchange("bob", "I start again", "ok")
+    assert [m.content for m in await memory.messages("bob")] == ["I start again", "ok"]
+    await memory.close()
+    store.close()
