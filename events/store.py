@@ -1423,6 +1423,17 @@ class EventStore:
         found = self._select_events(connection, user_log_id(user_id), version - 1, version)
         return bool(found)
 
+    def user_of_log(self, log_id: UUID) -> str | None:
+        """The user whose log ``log_id`` is, read from its first event (``None`` with no
+        such log): a log known by its id alone is named once that event reads. Raises
+        :class:`UnreadableEventError` if it cannot be read."""
+        with self.engine.connect() as connection:
+            found = self._select_events(connection, log_id, 0, 1)
+        if not found:
+            return None
+        first = self._decode(log_id, found[0])
+        return first.user_id if isinstance(first, UserLog.Registered) else None
+
     def origin(self, connection: Connection, user_id: str) -> bytes | None:
         """The stored first event of ``user_id``'s log, ``None`` with no log (read in
         ``connection``): a log forgotten and begun again has another, so a reader of many

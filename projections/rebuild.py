@@ -205,14 +205,24 @@ def _leave_unfolded(projector: Projector, connection: Connection, page: _Page) -
 
 def warn_unfolded(error: UnreadableEventError) -> None:
     """Log, as a WARNING, that a log is left unfolded for ``error``, and the way out."""
-    user = "USER" if error.user_id is None else shlex.quote(error.user_id)
     whose = f"log {error.log_id}" if error.user_id is None else f"user {error.user_id!r}"
     if isinstance(error, NewerEventError):
-        way_out = f"upgrade memvee (or `memvee rebuild --user {user}` once it is): nothing is lost"
+        again = (
+            "the next open refolds it"
+            if error.user_id is None
+            else (f"or `memvee rebuild --user {shlex.quote(error.user_id)}` once it is")
+        )
+        way_out = f"upgrade memvee ({again}): nothing is lost"
+    elif error.user_id is None:
+        way_out = (
+            "`memvee verify` lists it by that log id; restore the database, or forget the "
+            "user whose log it is (a damaged log can always be forgotten; a user's log id "
+            "is uuid5 of their id, see `events.user_log_id`)"
+        )
     else:
         way_out = (
-            f"`memvee verify` lists it; restore the database, or `memvee forget {user}` "
-            "(a damaged log can always be forgotten)"
+            "`memvee verify` lists it; restore the database, or "
+            f"`memvee forget {shlex.quote(error.user_id)}` (a damaged log can always be forgotten)"
         )
     log.warning(
         "%s; %s is not served (their reads and writes fail), every other user is: %s",
@@ -382,18 +392,20 @@ def bring_up_to_date(
 
 def _refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:
     """Refold each log left unfolded for an event type an older memvee did not know, if
-    this one knows it (it was upgraded): its user is served again. Returns events folded."""
+    this one knows it (it was upgraded): its user is served again, their id read from the
+    log where the fold that left it knew none. Returns events folded."""
     with store.engine.connect() as connection:
         left = Projector(tables).unreadable(connection)
     folded = 0
-    for error in left.values():
+    for log_id, error in left.items():
         if not isinstance(error, NewerEventError) or not known_topic(error.topic):
             continue
-        if error.user_id is not None:
-            try:
-                folded += rebuild_user(store, error.user_id, tables)
-            except UnreadableEventError as still:
-                warn_unfolded(still)
+        try:
+            user_id = error.user_id or store.user_of_log(log_id)
+            if user_id is not None:
+                folded += rebuild_user(store, user_id, tables)
+        except UnreadableEventError as still:
+            warn_unfolded(still)
     return folded
 
 

@@ -1102,3 +1102,50 @@ async def test_a_user_forgotten_by_another_process_is_served_again_by_a_running_
     assert [m.content for m in await memory.messages("bob")] == ["I start again", "ok"]
     await memory.close()
     store.close()
+
+
+async def test_a_log_whose_first_event_a_newer_memvee_wrote_is_refolded_once_upgraded(
+    db_url: str,
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No fold knew whose log it was: the WARNING names the log id (no placeholder user to
+    forget), and once memvee is upgraded the next open reads the user from the log and
+    serves them."""
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I am ann", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    log = UserLog.register("carl")
+    log.add_message("user", "carl says hi", None, 100)
+    store.append([log.collect_events()])  # the projections lag: carl is not folded
+    first = "(SELECT max(id) FROM memvee_events WHERE topic LIKE '%Registered')"  # carl's
+    with store.transaction() as connection:
+        row = connection.execute(text(f"SELECT topic, state FROM memvee_events WHERE id = {first}"))
+        topic, state = row.one()
+        connection.execute(
+            text(
+                f"UPDATE memvee_events SET state = :s, topic = 'MessageEdited' WHERE id = {first}"
+            ),
+            {"s": b'{"timestamp": 1}'},
+        )
+    with caplog.at_level(logging.WARNING, logger="memvee.projections"):
+        memory = await make_memory()
+    assert f"log {user_log_id('carl')}" in caplog.text and "USER" not in caplog.text
+    with pytest.raises(NewerEventError):
+        await memory.messages("carl")
+    await memory.close()
+
+    with store.transaction() as connection:  # upgraded: this memvee reads that event now
+        connection.execute(
+            text("UPDATE memvee_events SET state = :s, topic = :t WHERE topic = 'MessageEdited'"),
+            {"s": bytes(state), "t": topic},
+        )
+    monkeypatch.setattr(
+        importlib.import_module("projections.rebuild"), "known_topic", lambda _: True
+    )
+    memory = await make_memory()
+    assert [m.content for m in await memory.messages("carl")] == ["carl says hi"]
+    await memory.close()
+    store.close()
