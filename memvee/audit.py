@@ -90,6 +90,7 @@ from projections import (
     UserSummary,
     bring_up_to_date,
     index_messages,
+    refold_now_readable,
     refuse_unfolded,
     refuse_while_rebuilding,
     replay_checkpoints,
@@ -295,8 +296,10 @@ def require_projections(store: EventStore, tables: ProjectionTables) -> None:
 def catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     """Bring projections made by an older version of memvee (or short of the log) up to
     date, as a Memory's open does, before they are read or written: refolded whole from
-    the log. Up-to-date ones are only read, so a read-only database stays readable. Ones
-    being rebuilt are left to the rebuild, with a warning that they hold part of the log."""
+    the log. Up-to-date ones are only read, so a read-only database stays readable, but
+    for a log left unfolded for an event type this memvee now knows (it was upgraded),
+    refolded so that its user is served. Ones being rebuilt are left to the rebuild, with
+    a warning that they hold part of the log."""
     projector = Projector(tables)
     with store.engine.connect() as connection:
         log_end = store.max_position(connection)
@@ -314,6 +317,8 @@ def catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
     if behind:
         folded = bring_up_to_date(store, tables)
         log.warning("projections were behind the log; folded %d events", folded)
+    elif not state.rebuilding:
+        refold_now_readable(store, tables)  # a log left for a newer event, now upgraded
 
 
 _WENT_ON = (

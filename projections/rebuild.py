@@ -49,6 +49,7 @@ __all__ = [
     "index_messages",
     "rebuild",
     "rebuild_user",
+    "refold_now_readable",
     "refuse_older_layout",
     "refuse_unfolded",
     "refuse_while_rebuilding",
@@ -387,13 +388,14 @@ def bring_up_to_date(
         if prepare is not None:
             prepare(connection)
     folded = catch_up(store, tables)
-    return folded + _refold_now_readable(store, tables)
+    return folded + refold_now_readable(store, tables)
 
 
-def _refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:
+def refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:
     """Refold each log left unfolded for an event type an older memvee did not know, if
     this one knows it (it was upgraded): its user is served again, their id read from the
-    log where the fold that left it knew none. Returns events folded."""
+    log where the fold that left it knew none. Returns events folded. Writes nothing when
+    no such log is left (a read of that small table), so a command may call it each time."""
     with store.engine.connect() as connection:
         left = Projector(tables).unreadable(connection)
     folded = 0

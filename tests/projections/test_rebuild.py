@@ -1149,3 +1149,34 @@ async def test_a_log_whose_first_event_a_newer_memvee_wrote_is_refolded_once_upg
     assert [m.content for m in await memory.messages("carl")] == ["carl says hi"]
     await memory.close()
     store.close()
+
+
+async def test_a_command_after_an_upgrade_serves_a_user_left_for_a_newer_event(
+    db_url: str, make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Projections up to date, one log left unfolded for a newer memvee's event: once memvee
+    is upgraded, the first command refolds it and serves that user, as an open would."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    _, stored = _behind_with_one_unreadable_event(store, "bob", newer=True)
+    memory = await make_memory()  # leaves bob's log unfolded
+    await memory.close()
+    with store.transaction() as connection:  # upgraded: this memvee reads that event now
+        connection.execute(
+            text(
+                "UPDATE memvee_events SET state = :s, topic = 'MessageAdded' "
+                "WHERE topic = 'MessageEdited'"
+            ),
+            {"s": stored},
+        )
+    monkeypatch.setattr(
+        importlib.import_module("projections.rebuild"), "known_topic", lambda _: True
+    )
+    result = CliRunner().invoke(app, ["knowledge", "bob", "--json", "--db-url", db_url])
+    assert result.exit_code == 0, result.output
+    with store.engine.connect() as connection:
+        assert not connection.execute(text("SELECT * FROM mv_unreadable")).all()
+    store.close()
