@@ -435,12 +435,15 @@ def verify(
     """Rebuild into scratch tables and report every difference from the live ones; one
     verify runs at a time on a database.
 
-    Exits 1 when any projection row differs from the log, when a log cannot load (an
-    event follows no stored version of its log: table ``events``), or when a stored
-    snapshot cannot be taken by a load (table ``snapshots``); an event or a snapshot
-    table that cannot be read at all (a damaged file) is an error (exit 2), as are
-    projections of an older memvee's layout: not drift, they are compared once an open or
-    ``memvee rebuild`` has refolded them.
+    Exits 1 when any projection row differs from the log, when a log cannot load (an event
+    follows no stored version of its log, or one that cannot be read is in a log a fold
+    left unfolded: table ``events``, naming the user), or when a stored snapshot cannot
+    be taken by a load (table ``snapshots``). An event that cannot be read in a log the
+    projections still hold (damaged after it was folded: nothing to compare its rows
+    with), or of a type only a newer memvee knows, is an error naming the user (exit 2),
+    as are a snapshot table that cannot be read and projections of an older memvee's
+    layout: not drift, they are compared once an open or ``memvee rebuild`` has refolded
+    them.
     """
     url = _url(db, db_url)
     claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables

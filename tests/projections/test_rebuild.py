@@ -1180,3 +1180,29 @@ async def test_a_command_after_an_upgrade_serves_a_user_left_for_a_newer_event(
     with store.engine.connect() as connection:
         assert not connection.execute(text("SELECT * FROM mv_unreadable")).all()
     store.close()
+
+
+async def test_verify_lists_a_log_an_open_left_unfolded_and_refuses_one_damaged_after_its_fold(
+    db_url: str, make_memory: Any
+) -> None:
+    """As `memvee verify --help` and the README say: exit 1 listing the log of a user an
+    open left unfolded; exit 2 naming the user whose folded log was damaged since."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+    await memory.close()
+    store = EventStore(db_url)
+    _behind_with_one_unreadable_event(store, "bob")
+    await (await make_memory()).close()  # leaves bob's log unfolded
+    listed = CliRunner().invoke(app, ["verify", "--json", "--db-url", db_url])
+    assert listed.exit_code == 1 and "the log of 'bob' cannot be read" in listed.output
+
+    first_of_ann = "(SELECT min(id) FROM memvee_events WHERE topic LIKE '%MessageAdded')"
+    with store.transaction() as connection:
+        connection.execute(
+            text(f"UPDATE memvee_events SET state = :s WHERE id = {first_of_ann}"),
+            {"s": b'{"timestamp": 1, "garbage'},
+        )
+    refused = CliRunner().invoke(app, ["verify", "--db-url", db_url])
+    assert refused.exit_code == 2 and "the log of 'ann' cannot be read" in refused.output
+    store.close()
