@@ -45,7 +45,13 @@ _SCHEMA = "schema"
 SCHEMA_VERSION = 15
 """The layout of the projection tables; bump it when a table, a fold or the search
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
-higher number, and would otherwise lay a newer database out again in its own layout."""
+higher number, and would otherwise lay a newer database out again in its own layout.
+
+Not raised for the ``unreadable`` table: a new table an open makes where it is missing,
+which changes no fold of a readable log, so an upgrade costs no refold of every database.
+The price: a memvee of this layout from before that table ignores it, and serves a user
+whose log was left unfolded as one with no rows (their writes still fail, as its load of
+that log does)."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,
