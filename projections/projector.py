@@ -47,11 +47,9 @@ SCHEMA_VERSION = 15
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
 higher number, and would otherwise lay a newer database out again in its own layout.
 
-Not raised for the ``unreadable`` table: a new table an open makes where it is missing,
-which changes no fold of a readable log, so an upgrade costs no refold of every database.
-The price: a memvee of this layout from before that table ignores it, and serves a user
-whose log was left unfolded as one with no rows (their writes still fail, as its load of
-that log does)."""
+15 marks current entries in the knowledge index; the ``unreadable`` table came with it, so
+a memvee from before that table (14 or lower) refuses a database laid out with it, rather
+than serving a user whose log was left unfolded as one with no rows."""
 
 VECTORS_SINCE = 10
 """The first schema version whose embeddings' ids are stored as now (16 bytes on SQLite,
