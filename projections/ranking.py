@@ -48,7 +48,7 @@ from projections.search import (
     query_words,
 )
 from projections.tables import ProjectionTables
-from projections.terms import QueryTerms, query_terms
+from projections.terms import query_terms
 
 __all__ = ["ADDED_WEIGHT", "MAX_QUERY_TOKENS", "LexicalRanker", "fts_match", "pg_queries"]
 
@@ -114,7 +114,6 @@ class LexicalRanker:
             f"ON k.entry_id = f.c2 WHERE f.id IN ({{ids}}) AND k.log_id = ? "
             "AND k.knowledge_version = ? AND "
         )
-        self._count_sql = f"SELECT count(*) FROM {kfts} WHERE {kfts} MATCH ?"
         self._sqlite_entries = {
             False: _SqliteSearch(kfts, hit_entries + "k.valid_until IS NULL"),
             True: _SqliteSearch(
@@ -234,27 +233,6 @@ class LexicalRanker:
         rows = connection.execute(statement, params).mappings()
         return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
 
-    def _common(
-        self, connection: Connection, user_id: str, queries: list[QueryTerms], current: int
-    ) -> set[str]:
-        """The index words of ``queries`` found in more than half of the user's
-        ``current`` live entries (SQLite), each counted once, in the index of current
-        entries (no ranking)."""
-        owner = owner_token(str(user_log_id(user_id)))
-        words = dict.fromkeys(w for q in queries for w in query_words([*q.own, *q.added]) if w)
-        only = f' AND owner : "{current_token(owner)}"'
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            return {
-                word
-                for word in words
-                if 2
-                * cursor.execute(self._count_sql, (_fts_words(owner, [word]) + only,)).fetchone()[0]
-                > current
-            }
-        finally:
-            cursor.close()
-
     def related(
         self,
         connection: Connection,
@@ -271,10 +249,7 @@ class LexicalRanker:
 
         Each text is searched on its own and the texts take turns, each one's best match
         first, then each one's second, and so on: a short statement ("I moved to Bergen")
-        finds the entry it changes however many words the rest of the batch has. On
-        SQLite, a word found in most of the live current entries ("User likes ...") is
-        left out (:meth:`_common`): it tells no entry from another, and ranking every
-        entry it matches, once a text, cost seconds a batch.
+        finds the entry it changes however many words the rest of the batch has.
         """
         if current <= 0:
             return []
@@ -283,8 +258,6 @@ class LexicalRanker:
             rows = connection.execute(self._current, binds)
             return [(entry_id, text, aware(valid_from)) for entry_id, text, valid_from in rows]
         queries = list(dict.fromkeys(t for text in texts if (t := query_terms(text)).own))
-        if connection.dialect.name == "sqlite" and version == LIVE_KNOWLEDGE:
-            queries = _without(queries, self._common(connection, user_id, queries, current))
         each = max(_RELATED_PER_TEXT, limit // max(1, len(queries)))
         found = [
             self.entries(
@@ -299,19 +272,6 @@ class LexicalRanker:
                     entry = hit[0]
                     shown.setdefault(entry.entry_id, (entry.entry_id, entry.text, entry.valid_from))
         return list(shown.values())
-
-
-def _without(queries: list[QueryTerms], common: set[str]) -> list[QueryTerms]:
-    """``queries`` without their terms whose every index word is ``common``; a query left
-    without a term of its own goes."""
-
-    def kept(terms: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(t for t in terms if not set(query_words([t])) <= common)
-
-    if not common:
-        return queries
-    found = (QueryTerms(kept(q.own), kept(q.added)) for q in queries)
-    return list(dict.fromkeys(q for q in found if q.own))
 
 
 def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
