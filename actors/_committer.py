@@ -45,11 +45,12 @@ connection lost, a statement timeout) before it fails: a few, 50 then 100 ms apa
 (:func:`store_delay`), since the thread that waits meanwhile is shared with other users."""
 
 
-LONG_WAIT = 5.0
+LONG_WAIT = 2.0
 """Seconds a try may have taken before a failure that may pass and still be sent again: a
 failure that came after a longer wait (SQLite's busy timeout, 30 s; a statement timeout)
 would only make every writer behind it wait as long again. A deadlock (found after
-PostgreSQL's deadlock_timeout, 1 s) is sent again."""
+PostgreSQL's deadlock_timeout, 1 s) is sent again. Three tries hold the committer (every
+user's writes) at most about 6 s."""
 
 
 def store_delay(failures: int) -> float:

@@ -606,9 +606,15 @@ class Retriever:
 
 def _named_as_user(query: str, name: str) -> str:
     """``query`` with ``name`` read as "the user" where it stands as a whole word written
-    as the name is (so the verb in "where will Will go?" stays)."""
-    pattern = rf"(?<!\w){re.escape(name)}(?!\w)"
+    as the name is (so the verb in "where will Will go?" stays), but for a name followed by
+    a pronoun: "Will I ever move back?" asks with the verb a user named Will shares."""
+    pattern = rf"(?<!\w){re.escape(name)}(?!\w)(?!\s+(?:{_PRONOUNS})\b)"
     return re.sub(pattern, "the user", query)
+
+
+_PRONOUNS = "I|you|he|she|it|we|they|my|your|his|her|its|our|their|me|us|them|there|this|that"
+"""Words that follow a name used as a verb or a helper ("May I", "Will you"), never one
+that names the user."""
 
 
 def _lift_entries(candidates: dict[str, _Candidate]) -> None:

@@ -259,6 +259,8 @@ async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_s
     )
     assert result.messages[0].message.content == said[2], _by_score(result)
     assert _named_as_user("Where will Will go?", "Will") == "Where will the user go?"
+    assert _named_as_user("Will I ever move back?", "Will") == "Will I ever move back?"
+    assert _named_as_user("May I know what May likes?", "May") == "May I know what the user likes?"
     for i, speaker in enumerate(["Ann", "Bob"]):
         await memory.add_message("group", "user", said[i], name=speaker, sent_at=T0)
     engine = memory._engine
