@@ -453,8 +453,7 @@ class Retriever:
         best, nor, when the query has words to search (``searched``), any that scores 0: a
         query unrelated to everything finds nothing; one without such words, "who am I?",
         gets the most recent facts, scored 0, beside what its meaning finds, and before any
-        message; a fact under :data:`ENTRY_FLOOR` of the best message is left out, as facts
-        are read first), a message shown with the other half of its exchange: an exchange is shown
+        message), a message shown with the other half of its exchange: an exchange is shown
         once (as is one said again word for word), left out when a returned entry cites
         either half, and comes last when either half is outdated."""
         for key, candidate in candidates.items():
@@ -468,14 +467,13 @@ class Retriever:
                 if (c.score >= floor and (c.score > 0 or not searched))
                 or not (searched or c.is_message)  # the recent facts a wordless query gets
             ]
+        entries = [c for c in ranked if not c.is_message][:top_k]
         messages = [c for c in ranked if c.is_message]
         stale: set[str] = set()
         if messages:
             # A message whose facts were all replaced states something no longer true.
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
-        least = _least_entry_score(messages, stale) if searched else 0.0
-        entries = [c for c in ranked if not c.is_message and c.score >= least][:top_k]
         order = _merge_ranked(entries, messages, stale, facts_first=not searched)
         exchanges = _Exchanges(stale)
         chosen: list[_Candidate] = []
@@ -639,23 +637,6 @@ RELEVANCE_FLOOR = 0.2
 """The share of the best candidate's score below which a candidate is not returned: an
 item that weak only fills a slot (and a fact that weak would be read first). Chosen on
 ``make eval``: it cost no recall@10, and took recall@1 from 0.39 back to 0.46."""
-
-
-ENTRY_FLOOR = 0.5
-"""The share of the best message's score (of those still current) a fact must reach to
-be returned beside messages. Facts come before every message, in the result and in its
-prompt, so a fact scoring under half of one would be read before a message twice as
-relevant: "User works at Acme." ahead of the message that answers "where is Kari moving
-for the hospital job?". Chosen on ``make eval``: recall@1 rose on both sets, recall@5
-held."""
-
-
-def _least_entry_score(messages: Sequence[_Candidate], stale: set[str]) -> float:
-    """The score an entry needs to be returned: :data:`ENTRY_FLOOR` of the best message's
-    that is not outdated (0 without one: a replaced statement never hides the current
-    fact)."""
-    fresh = (c.score for c in messages if c.key not in stale)
-    return ENTRY_FLOOR * max(fresh, default=0.0)
 
 
 def _partner_seq(message: Message) -> int | None:

@@ -212,29 +212,6 @@ async def test_with_messages_own_words_rank_first_among_facts_and_among_messages
     ]
 
 
-async def test_a_fact_far_weaker_than_a_message_is_not_put_before_it(
-    make_memory: Callable[..., Any],
-) -> None:
-    """Facts come before messages, so a fact that matches a question by one common word
-    ("job") is left out when a message answers it twice as well: the answer is read
-    first, and a fact as strong as the answer's half still comes with it."""
-    memory = await _offline(make_memory)
-    await _say(
-        memory,
-        "ann",
-        0,
-        "I live in Oslo.",
-        "I work at Acme.",
-        "Kari got the hospital job! She is moving to Geneva in April.",
-    )
-    question = "Where is Kari moving in April for the hospital job?"
-    result = await memory.retrieve("ann", question, top_k=3, include_messages=True)
-    assert result.entries == [], _by_score(result)
-    assert result.messages[0].message.content.startswith("Kari got the hospital job!")
-    result = await memory.retrieve("ann", "Where do I work?", top_k=3, include_messages=True)
-    assert [hit.text for hit in result.entries] == ["User works at Acme."]
-
-
 async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_short_replies(
     make_memory: Callable[..., Any],
 ) -> None:
