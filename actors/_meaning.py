@@ -34,6 +34,11 @@ class Once(Generic[T]):
         self._callback: Callable[[T], object] | None = callback
         self._lock = threading.Lock()
 
+    @property
+    def told(self) -> bool:
+        """Whether a value was told already (a job whose deadline passed need not run)."""
+        return self._callback is None
+
     def __call__(self, value: T) -> bool:
         """Tell ``value`` unless another was told first; ``True``: it was told."""
         with self._lock:
@@ -46,24 +51,28 @@ class Once(Generic[T]):
 
 class MeaningThreads:
     """Runs jobs on ``count`` daemon threads (``memvee-meaning_<n>``), in the order given,
-    so a slow job holds one of them, not every one."""
+    so a slow job holds one of them, not every one; the threads start with the first job
+    (a Memory without an embedder, or whose users have few entries, starts none)."""
 
     def __init__(self, count: int) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._run, name=f"memvee-meaning_{n}", daemon=True)
-            for n in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._count = count
+        self._threads: list[threading.Thread] = []
 
     def submit(self, job: Callable[[], object]) -> bool:
         """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs."""
         with self._lock:
             if self._stopped:
                 return False
+            if not self._threads:
+                self._threads = [
+                    threading.Thread(target=self._run, name=f"memvee-meaning_{n}", daemon=True)
+                    for n in range(self._count)
+                ]
+                for thread in self._threads:
+                    thread.start()
             self._jobs.put(job)
             return True
 

@@ -275,7 +275,12 @@ class Engine:
         ``batch_embed_seconds`` (the batch goes on by words; a late answer is dropped), or
         the engine stops."""
         once = Once(ready)
-        if not self._meaning_threads.submit(lambda: once(self.meaning.embed(user_id, texts))):
+
+        def _job() -> None:
+            if not once.told:  # a job whose batch went on by words need not embed
+                once(self.meaning.embed(user_id, texts))
+
+        if not self._meaning_threads.submit(_job):
             once(None)  # the engine stops
             return
         self.timers.call_later(
@@ -406,10 +411,13 @@ class Engine:
         error = self.unfolded.get(log_id)
         if error is None:
             return
-        with self.store.engine.connect() as connection:
-            if not self.projector.still_unfolded(connection, log_id):
-                self.unfolded.pop(log_id, None)
-                return
+        try:
+            with self.store.engine.connect() as connection:
+                if not self.projector.still_unfolded(connection, log_id):
+                    self.unfolded.pop(log_id, None)
+                    return
+        except SQLAlchemyError as failure:  # cannot tell: the refusal stands
+            log.debug("looking an unfolded log up again failed (%s)", first_line(failure))
         raise error.of_user(user_id)
 
     def _fold_state(self) -> FoldState:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,7 @@ class BulkReextraction:
         self.owner = str(uuid4())
         self.claims: list[str] = []
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
+        self._kept_read = 0.0  # time.monotonic() of that read
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -825,8 +827,9 @@ class BulkReextraction:
                     if taken.rowcount != 1:
                         return None
                     self._kept = None  # the stale run may have kept batches since: read again
-                if self._kept is None:
+                if self._kept is None or time.monotonic() - self._kept_read > KEPT_FRESH:
                     self._kept = _kept_by_user(self._rows(connection))
+                    self._kept_read = time.monotonic()
                 pending = self._kept.get(user_id, set())
         except IntegrityError:  # another run inserted the same claim first
             return None
@@ -931,6 +934,12 @@ def _stale(claimed_at: datetime, now: datetime) -> bool:
 def _order(custom_id: str) -> int:
     """A request's place in its run: ``r12`` (an older memvee's) and ``r12-<run>`` are 12th."""
     return int(custom_id[1:].split("-", 1)[0])
+
+
+KEPT_FRESH = 2.0
+"""Seconds the kept batches read by a run's claims stay fresh: a run that ended since
+(its claims released, its batch kept for later) is seen by the next claim after that, and
+a run of thousands of users reads them a few times, not once a user."""
 
 
 def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:

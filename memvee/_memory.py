@@ -811,11 +811,11 @@ class Memory:
         as_of = check_time(as_of, "as_of")
         check_flag(include_messages, "include_messages")
         engine, loop = self._running()
-        engine.refuse_unfolded(user_id)
         retriever = self._retriever
         assert retriever is not None
 
         def _run() -> RetrievalResult:
+            engine.refuse_unfolded(user_id)  # may read the database: off the loop
             with _reading(engine):
                 return retriever.retrieve(user_id, query, top_k, as_of, include_messages)
 
@@ -921,10 +921,10 @@ class Memory:
         ``user_id``'s rows is refused if their log was left unfolded (see
         :meth:`actors.engine.Engine.refuse_unfolded`)."""
         engine, loop = self._running()
-        if user_id is not None:
-            engine.refuse_unfolded(user_id)
 
         def _run() -> T:
+            if user_id is not None:
+                engine.refuse_unfolded(user_id)  # may read the database: off the loop
             with _reading(engine), engine.store.engine.connect() as connection:
                 return query(connection, engine.reader)
 

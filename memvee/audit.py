@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
+from sqlalchemy.exc import DBAPIError
 
 from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
 from actors.erasure import ForgetReceipt, erase_user
@@ -318,7 +319,13 @@ def catch_up_if_behind(store: EventStore, tables: ProjectionTables) -> None:
         folded = bring_up_to_date(store, tables)
         log.warning("projections were behind the log; folded %d events", folded)
     elif not state.rebuilding:
-        refold_now_readable(store, tables)  # a log left for a newer event, now upgraded
+        try:
+            refold_now_readable(store, tables)  # a log left for a newer event, now upgraded
+        except (DBAPIError, StorageError) as error:  # a read-only file: served as it is
+            log.warning(
+                "a log left unfolded could not be refolded now (%s); its user stays refused",
+                first_line(error),
+            )
 
 
 _WENT_ON = (

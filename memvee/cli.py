@@ -440,7 +440,8 @@ def verify(
     left unfolded: table ``events``, naming the user), or when a stored snapshot cannot
     be taken by a load (table ``snapshots``). An event that cannot be read in a log the
     projections still hold (damaged after it was folded: nothing to compare its rows
-    with), or of a type only a newer memvee knows, is an error naming the user (exit 2),
+    with), or of a type only a newer memvee knows, is an error naming the user or the log
+    (exit 2),
     as are a snapshot table that cannot be read and projections of an older memvee's
     layout: not drift, they are compared once an open or ``memvee rebuild`` has refolded
     them.

@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 import memvee._bulk
+import memvee._bulk as bulk_module
 import projections.shown
 from actors.erasure import erase_user
 from events import (
@@ -130,6 +131,40 @@ async def test_a_run_reads_the_kept_batches_once_however_many_users_it_claims(
         report = await _run(audit)
     assert report.recorded == 6
     assert len(reads) <= 2, "the unfinished batches, then the kept ones: once each"
+
+
+def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_claims(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run B kept a Message Batch for bob and ended (its claims released) after run A
+    read the kept batches: A's claim of bob, once they are no longer fresh, reads them
+    again and plans none of the messages B's batch holds (paid for once)."""
+    monkeypatch.setattr(bulk_module, "KEPT_FRESH", 0.0)
+    with Audit(db_url=db) as audit:
+        run = BulkReextraction(
+            audit.store,
+            audit._reader,
+            audit._decide,
+            ClaudeExtractor(),
+            "v2",
+            lambda user_id, batch: ((), ()),
+            audit._record_failure,
+        )
+        run._create_table()
+        assert run._claim("ann") == set()
+        with audit.store.transaction() as connection:
+            connection.execute(
+                BULK_BATCHES.insert(),
+                {
+                    "local_id": "kept-by-b",
+                    "knowledge_version": "v2",
+                    "api_batch_id": "msgbatch_b",
+                    "requests": {"r1": {"user": "bob", "messages": ["m1", "m2"]}},
+                    "created_at": datetime.now(UTC),
+                },
+            )
+        assert run._claim("bob") == {"m1", "m2"}
+        run._release_claims()
 
 
 async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(

@@ -832,3 +832,15 @@ async def test_an_extraction_past_its_timeout_fails_the_task_and_keeps_the_messa
     assert len(await memory.buffer("quin")) == 2
     extractor.delay = 0
     assert await memory.process("quin") == 1
+
+
+async def test_a_memory_whose_batches_embed_nothing_starts_no_meaning_thread(
+    make_memory: Any,
+) -> None:
+    """The threads a batch's texts are embedded on start with the first batch that needs
+    them: a lexical Memory, or one whose users have few entries, starts none."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    assert await memory.flush("ann") >= 1
+    engine = memory._engine
+    assert engine is not None and engine._meaning_threads._threads == []

@@ -1175,6 +1175,10 @@ async def test_a_command_after_an_upgrade_serves_a_user_left_for_a_newer_event(
     monkeypatch.setattr(
         importlib.import_module("projections.rebuild"), "known_topic", lambda _: True
     )
+    if db_url.startswith("sqlite"):  # a read-only file: served as it is, bob still refused
+        read_only = f"sqlite:///file:{db_url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+        result = CliRunner().invoke(app, ["knowledge", "ann", "--db-url", read_only])
+        assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["knowledge", "bob", "--json", "--db-url", db_url])
     assert result.exit_code == 0, result.output
     with store.engine.connect() as connection:
