@@ -1016,14 +1016,7 @@ def test_a_repeat_said_before_its_answer_replaced_the_fact_cites_it_and_adds_not
     ended = KnownEntry(first, OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5))
     _process(each, "t3", [3], [ExtractedFact(OSLO, ("0",))], [ended, _shown(bergen)])
 
-    assert (
-        _history(one)
-        == _history(each)
-        == [
-            (OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5)),
-            (BERGEN, T0 + timedelta(days=5), None),
-        ]
-    )
+    assert _history(one) == _history(each) == _OSLO_THEN_BERGEN_ON_DAY_5
     assert len(added[0]["source_message_ids"]) == 2, "the repeat is a citation of the first"
 
 
@@ -1042,11 +1035,11 @@ def test_an_update_repeated_earlier_in_one_answer_begins_at_the_earlier_statemen
     same = ExtractedFact(BERGEN, ("0",), "same", bergen["entry_id"])
     _process(each, "t3", [8], [same], [_shown(bergen)])
 
-    assert (
-        _history(one)
-        == _history(each)
-        == [
-            (OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5)),
-            (BERGEN, T0 + timedelta(days=5), None),
-        ]
-    )
+    assert _history(one) == _history(each) == _OSLO_THEN_BERGEN_ON_DAY_5
+
+
+_OSLO_THEN_BERGEN_ON_DAY_5 = [
+    (OSLO, T0 + timedelta(days=1), T0 + timedelta(days=5)),
+    (BERGEN, T0 + timedelta(days=5), None),
+]
+"""The history of a user known in Oslo from day 1 who moved to Bergen on day 5."""

@@ -1037,10 +1037,7 @@ async def test_a_newer_memvees_event_in_a_log_the_projections_lag_stops_that_use
     """The open folds every other log and serves its users; that user's reads and writes
     say to upgrade memvee, naming them, and the event stays stored. Once memvee is
     upgraded, the next open refolds that log and serves the user again."""
-    memory: Memory = await make_memory()
-    for user in ("ann", "bob"):
-        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
-    await memory.close()
+    await _ann_and_bob_written(make_memory)
     store = EventStore(db_url)
     newer, stored = _behind_with_one_unreadable_event(store, "bob", newer=True)
 
@@ -1080,10 +1077,7 @@ async def test_a_user_forgotten_by_another_process_is_served_again_by_a_running_
     """A refused user's actor closes quietly (a WARNING, no traceback); and the WARNING's
     way out, `memvee forget bob`, taken in another process while a Memory serves: that
     Memory serves bob again at once."""
-    memory: Memory = await make_memory()
-    for user in ("ann", "bob"):
-        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
-    await memory.close()
+    await _ann_and_bob_written(make_memory)
     store = EventStore(db_url)
     _behind_with_one_unreadable_event(store, "bob")
     memory = await make_memory()
@@ -1156,10 +1150,7 @@ async def test_a_command_after_an_upgrade_serves_a_user_left_for_a_newer_event(
 ) -> None:
     """Projections up to date, one log left unfolded for a newer memvee's event: once memvee
     is upgraded, the first command refolds it and serves that user, as an open would."""
-    memory: Memory = await make_memory()
-    for user in ("ann", "bob"):
-        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
-    await memory.close()
+    await _ann_and_bob_written(make_memory)
     store = EventStore(db_url)
     _, stored = _behind_with_one_unreadable_event(store, "bob", newer=True)
     memory = await make_memory()  # leaves bob's log unfolded
@@ -1191,10 +1182,7 @@ async def test_verify_lists_a_log_an_open_left_unfolded_and_refuses_one_damaged_
 ) -> None:
     """As `memvee verify --help` and the README say: exit 1 listing the log of a user an
     open left unfolded; exit 2 naming the user whose folded log was damaged since."""
-    memory: Memory = await make_memory()
-    for user in ("ann", "bob"):
-        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
-    await memory.close()
+    await _ann_and_bob_written(make_memory)
     store = EventStore(db_url)
     _behind_with_one_unreadable_event(store, "bob")
     await (await make_memory()).close()  # leaves bob's log unfolded
@@ -1210,3 +1198,11 @@ async def test_verify_lists_a_log_an_open_left_unfolded_and_refuses_one_damaged_
     refused = CliRunner().invoke(app, ["verify", "--db-url", db_url])
     assert refused.exit_code == 2 and "the log of 'ann' cannot be read" in refused.output
     store.close()
+
+
+async def _ann_and_bob_written(make_memory: Any) -> None:
+    """A Memory where ann and bob each said where they live, closed."""
+    memory: Memory = await make_memory()
+    for user in ("ann", "bob"):
+        await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
+    await memory.close()
