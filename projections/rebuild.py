@@ -17,7 +17,7 @@ from time import monotonic
 from typing import Any, TypeVar
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, delete, inspect
 
 from events import (
     EventStore,
@@ -408,7 +408,20 @@ def refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:
                 folded += rebuild_user(store, user_id, tables)
         except UnreadableEventError as still:
             warn_unfolded(still)
+            _left_again(store, tables, log_id, still)
     return folded
+
+
+def _left_again(
+    store: EventStore, tables: ProjectionTables, log_id: UUID, error: UnreadableEventError
+) -> None:
+    """Record ``error`` as what keeps the log ``log_id`` unfolded now, in place of the
+    event type an upgrade made known: the next command does not refold it again (under
+    the writers' hold) only to meet the same error."""
+    table = tables.unreadable
+    with store.transaction() as connection:
+        connection.execute(delete(table).where(table.c.log_id == str(log_id)))
+        Projector(tables).leave_unfolded(connection, [error])
 
 
 def catch_up(

@@ -1177,6 +1177,46 @@ async def test_a_command_after_an_upgrade_serves_a_user_left_for_a_newer_event(
     store.close()
 
 
+async def test_a_refold_after_an_upgrade_that_still_fails_is_not_tried_by_every_command(
+    db_url: str, make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgraded, memvee knows the event type that left bob's log unfolded, but the log
+    still cannot be read (that event is damaged too): the first command refolds it, meets
+    the damage and records it as what keeps the log unfolded, so the next one does not
+    refold it again under the writers' hold."""
+    await _ann_and_bob_written(make_memory)
+    store = EventStore(db_url)
+    _behind_with_one_unreadable_event(store, "bob", newer=True)
+    memory = await make_memory()  # leaves bob's log unfolded for a newer event type
+    await memory.close()
+    with store.transaction() as connection:  # upgraded, but the event is damaged as well
+        connection.execute(
+            text(
+                "UPDATE memvee_events SET state = :s, topic = 'MessageAdded' "
+                "WHERE topic = 'MessageEdited'"
+            ),
+            {"s": b'{"timestamp": 1, "garbage'},
+        )
+    rebuild_module = importlib.import_module("projections.rebuild")
+    monkeypatch.setattr(rebuild_module, "known_topic", lambda _: True)
+    refolded: list[str] = []
+    rebuild_user = rebuild_module.rebuild_user
+
+    def counted(store: EventStore, user_id: str, *rest: Any) -> int:
+        refolded.append(user_id)
+        return rebuild_user(store, user_id, *rest)
+
+    monkeypatch.setattr(rebuild_module, "rebuild_user", counted)
+    for _ in range(3):
+        result = CliRunner().invoke(app, ["knowledge", "ann", "--db-url", db_url])
+        assert result.exit_code == 0, result.output
+    assert refolded == ["bob"]
+    with store.engine.connect() as connection:
+        (row,) = connection.execute(text("SELECT topic FROM mv_unreadable")).all()
+    assert row.topic != "MessageEdited"
+    store.close()
+
+
 async def test_verify_lists_a_log_an_open_left_unfolded_and_refuses_one_damaged_after_its_fold(
     db_url: str, make_memory: Any
 ) -> None:
