@@ -55,6 +55,7 @@ from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.reader import aware
 from projections.shown import with_targets
 
 __all__ = ["BulkReextraction", "BulkReport"]
@@ -548,9 +549,7 @@ class BulkReextraction:
         wanted = set(row["requests"])
         if not all(custom_id.endswith(f"-{row['local_id']}") for custom_id in wanted):
             return None
-        began = row["created_at"]
-        if began.tzinfo is None:  # SQLite keeps no zone: stored in UTC
-            began = began.replace(tzinfo=UTC)
+        began = aware(row["created_at"])
         kept = await asyncio.to_thread(self._kept_batch_ids)
         candidates: list[tuple[float, str]] = []
         async for batch in client.messages.batches.list(limit=100):
@@ -926,9 +925,7 @@ def _claim_id(version: str, user_id: str) -> str:
 
 def _stale(claimed_at: datetime, now: datetime) -> bool:
     """Whether a claim unrenewed since ``claimed_at`` is a stopped run's."""
-    if claimed_at.tzinfo is None:  # SQLite keeps no zone: stored in UTC
-        claimed_at = claimed_at.replace(tzinfo=UTC)
-    return now - claimed_at > CLAIM_TTL
+    return now - aware(claimed_at) > CLAIM_TTL
 
 
 def _order(custom_id: str) -> int:
