@@ -111,12 +111,17 @@ class StopSignals:
         """Stop once up; a second signal before then (an open that hangs) ends the process
         as the signal's default action does."""
         if self.requested and self._then is None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            die_of(signum)
             return
         self.requested = True
         if self._then is not None:
             self._then()
+
+
+def die_of(signum: int) -> None:
+    """End the process as ``signum`` does by default (a second stop signal asks it)."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _fail(message: str) -> NoReturn:

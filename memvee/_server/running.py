@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import signal
 import socket
 import sys
@@ -32,6 +31,7 @@ from events import MemveeError
 from memvee._memory import Memory
 from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
+from memvee._server.commands import die_of
 from memvee._server.drain import Drain
 from memvee._server.mcp_tools import Cutoff, build_mcp
 from memvee._server.stdio_drain import DrainedStdio
@@ -246,8 +246,7 @@ async def serve_stdio(
 def _die_of(loop: asyncio.AbstractEventLoop, sent: signal.Signals) -> None:
     """End the process as ``sent`` does by default, as a second signal asks."""
     loop.remove_signal_handler(sent)
-    signal.signal(sent, signal.SIG_DFL)
-    os.kill(os.getpid(), sent)
+    die_of(sent)
 
 
 def _not_from_stopping(error: BaseException) -> bool:
