@@ -79,7 +79,8 @@ def _note_sigterm(signum: int, frame: object) -> None:
 def main() -> None:
     """Load :mod:`memvee.cli` and run the command."""
     atexit.register(_ctrl_c.leave)  # the first registered runs last
-    if sys.argv[1:2] and sys.argv[1] in _SERVERS:  # its own handler takes over once it runs
+    server = len(sys.argv) > 1 and sys.argv[1] in _SERVERS
+    if server:  # its own handler takes over once it runs
         signal.signal(signal.SIGTERM, _note_sigterm)
     try:
         try:
@@ -92,7 +93,7 @@ def main() -> None:
             _interrupted()
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if sys.argv[1:2] and sys.argv[1] in _SERVERS:  # exiting: SIGTERM kills again
+            if server:  # exiting: SIGTERM kills again
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except SystemExit as stop:
         _ctrl_c.ended(stop.code)
