@@ -980,7 +980,8 @@ class Audit:
         """Another run recorded ``covered`` into the version first: this run's answer for
         the batch is dropped, and the batch's other messages are sent again."""
         run.report.recorded_elsewhere.extend(covered)
-        rest = [m for m in batch if m.message_id not in set(covered)]
+        done = set(covered)
+        rest = [m for m in batch if m.message_id not in done]
         if rest:
             run.todo.appendleft(rest)
         log.warning(
