@@ -790,24 +790,36 @@ class UserActor(PooledActor):
         self._hand_over(task_id, claimed, None)
 
     def meaning_ready(
-        self, task_id: str, round_: int, claimed: list[str], vectors: Vectors | None
+        self,
+        task_id: str,
+        round_: int,
+        claimed: list[str],
+        messages: tuple[BatchMessage, ...],
+        vectors: Vectors | None,
     ) -> None:
-        """Go on with the batch whose texts were embedded aside (``vectors`` ``None``: the
-        embedder failed, and the vectors stored choose with the words), unless its task
-        ended meanwhile (forgotten, interrupted, shut down)."""
+        """Go on with the batch of ``messages`` (read already) whose texts were embedded
+        aside (``vectors`` ``None``: the embedder failed, and the vectors stored choose with
+        the words), unless its task ended meanwhile (forgotten, interrupted, shut down)."""
         if task_id != self._running or round_ != self._meaning_round:
             log.info(
                 "user %r: task %s had ended when its texts were embedded", self.user_id, task_id
             )
             return
-        self._hand_over(task_id, claimed, vectors or {})
+        self._hand_over(task_id, claimed, vectors or {}, messages)
 
-    def _hand_over(self, task_id: str, claimed: list[str], embedded: Vectors | None) -> None:
-        """Read the batch and hand it to the workers; first, while its texts are to be
-        embedded (``embedded`` ``None``: not yet), have them embedded off this thread, so
-        that a slow embedder never holds the user's writes (see :meth:`meaning_ready`)."""
+    def _hand_over(
+        self,
+        task_id: str,
+        claimed: list[str],
+        embedded: Vectors | None,
+        messages: tuple[BatchMessage, ...] | None = None,
+    ) -> None:
+        """Read the batch (unless its ``messages`` were read already) and hand it to the
+        workers; first, while its texts are to be embedded (``embedded`` ``None``: not yet),
+        have them embedded off this thread, so that a slow embedder never holds the user's
+        writes (see :meth:`meaning_ready`)."""
         try:
-            batch = self._batch(task_id, claimed, embedded)
+            batch = self._batch(task_id, claimed, embedded, messages)
         except Exception as error:
             self._batch_messages = ()
             if not isinstance(error, MemveeError):  # a failed read never splits a batch
@@ -824,11 +836,11 @@ class UserActor(PooledActor):
             self._services.workers.submit(batch, self._deliver_to_self(task_id))
             return
         self._meaning_round += 1
-        round_, myself = self._meaning_round, self._myself
+        round_, myself, read = self._meaning_round, self._myself, self._batch_messages
 
         def _ready(vectors: Vectors | None) -> None:
             try:
-                myself.meaning_ready(task_id, round_, claimed, vectors)
+                myself.meaning_ready(task_id, round_, claimed, read, vectors)
             except pykka.ActorDeadError:
                 log.info("task %s ended after its actor stopped (shutdown)", task_id)
 
@@ -880,21 +892,27 @@ class UserActor(PooledActor):
         return _deliver
 
     def _batch(
-        self, task_id: str, claimed: list[str], embedded: Vectors | None
+        self,
+        task_id: str,
+        claimed: list[str],
+        embedded: Vectors | None,
+        messages: tuple[BatchMessage, ...] | None = None,
     ) -> ExtractionBatch | list[str]:
-        """Read the claimed messages back from the log (the state keeps no bodies), or,
-        before ``embedded`` is given, the texts to embed aside first (if any)."""
+        """Read the claimed messages back from the log (the state keeps no bodies), unless
+        given as ``messages`` (read before their texts were embedded aside), or, before
+        ``embedded`` is given, the texts to embed aside first (if any)."""
         user_log = self._user_log(create=False)  # reloaded, after a decision that raised
         assert user_log is not None
-        versions = user_log.open_tasks[task_id]
-        first, last = min(versions.values()), max(versions.values())
-        wanted = set(claimed)
-        events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
-        messages = tuple(
-            BatchMessage.of(e)
-            for e in events
-            if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
-        )
+        if messages is None:
+            versions = user_log.open_tasks[task_id]
+            first, last = min(versions.values()), max(versions.values())
+            wanted = set(claimed)
+            events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
+            messages = tuple(
+                BatchMessage.of(e)
+                for e in events
+                if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
+            )
         self._batch_messages = messages
         times = [m.sent_at for m in messages]
         backdated = (min(times), max(times)) if times and user_log.ends_after(min(times)) else None
