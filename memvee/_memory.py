@@ -612,7 +612,7 @@ class Memory:
         """
         check_user_id(user_id)
         self._running()
-        ahead = list(self._inflight.get(user_id, {}).values())
+        ahead = self._inflight_of(user_id)
         count = await self.process_async(user_id).wait()
         return count + sum(t.knowledge_count for t in ahead if t.done)
 
@@ -709,7 +709,7 @@ class Memory:
         seconds = _check_timeout(timeout)
         self._running()
         # In flight now: counted even if they end while the other processes' are looked up.
-        ahead = list(self._inflight.get(user_id, {}).values())
+        ahead = self._inflight_of(user_id)
         await self._follow_tasks_elsewhere(user_id)
         tasks = list({t.task_id: t for t in (*ahead, *self._inflight_of(user_id))}.values())
         if seconds is None or all(t.done for t in tasks):
@@ -877,7 +877,7 @@ class Memory:
         records = await self._read(lambda c, r: r.tasks(c, user_id), user_id)
         handles = [self._handle_for(user_id, rec) for rec in records]
         seen = {h.task_id for h in handles}
-        pending = [t for t in self._inflight.get(user_id, {}).values() if t.task_id not in seen]
+        pending = [t for t in self._inflight_of(user_id) if t.task_id not in seen]
         return handles + pending
 
     async def get_task(self, user_id: str, task_id: str) -> ProcessTask:
