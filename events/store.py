@@ -136,23 +136,6 @@ def _of_user(user_id: str) -> Iterator[None]:
         raise error.of_user(user_id) from error
 
 
-def _take(
-    page: list[Recorded],
-    unread: list[Unread] | None,
-    notification_id: int,
-    decode: Callable[..., Any],
-    *row: Any,
-) -> None:
-    """Add the event ``decode`` makes of ``row`` to ``page``; one that cannot be read is
-    added to ``unread`` instead, if given, else raised."""
-    try:
-        page.append(Recorded(notification_id, decode(*row)))
-    except UnreadableEventError as error:
-        if unread is None:
-            raise
-        unread.append(Unread(notification_id, error))
-
-
 def _connection_lost(connection: Connection, error: BaseException) -> bool:
     """Whether ``error`` is the loss of ``connection``: the server ended its session (a
     failover, an idle-session timeout, a proxy), as SQLAlchemy tells, or as psycopg does
@@ -1371,16 +1354,20 @@ class EventStore:
         goes on past one damaged log (the page then holds fewer than ``limit`` events
         though the log goes on: the rows read are the page and ``unread`` together).
         """
+        page: list[Recorded] = []
         if not self.is_sqlite:
             rows = connection.execute(self._notifications, {"after": after, "limit": limit})
-            taken: list[Recorded] = []
             for row in rows:
-                _take(taken, unread, row[0], self._decode, row[1], row[2:])
-            return taken
+                try:
+                    page.append(Recorded(row[0], self._decode(row[1], row[2:])))
+                except UnreadableEventError as error:
+                    if unread is None:
+                        raise
+                    unread.append(Unread(row[0], error))
+            return page
         # Raw rows: SQLite gives each id as 16 bytes, made into one UUID per log here.
         decode = self._decoder
         ids: dict[bytes, UUID] = {}
-        page = []
         driver = connection.connection.driver_connection
         assert driver is not None
         for n, raw_id, version, topic, state in driver.execute(
