@@ -361,13 +361,14 @@ class Memory:
         engine, loop = self._engine, self._loop
         if engine is None or loop is None:
             return
+        seconds = self.config.shutdown_grace if grace is None else grace
         if loop is not asyncio.get_running_loop():
-            ends = time.monotonic() + (self.config.shutdown_grace if grace is None else grace)
+            ends = time.monotonic() + seconds
             if not await self._closed_where_opened(loop, grace):
                 await self._close_without(engine, loop, ends)
             return
         self._closing = True
-        ends = loop.time() + (self.config.shutdown_grace if grace is None else grace)
+        ends = loop.time() + seconds
         if self._closer is None or self._closer.done():
             self._grace_ends, self._grace_cut = ends, asyncio.Event()
             self._closer = loop.create_task(self._close_here(engine, loop))
