@@ -386,8 +386,7 @@ class Engine:
             with self.store.engine.connect() as connection:
                 known = self.projector.unreadable(connection)
             folded = bring_up_to_date(self.store, self.tables, leases)
-            with self.store.engine.connect() as connection:
-                self.unfolded = self.projector.unreadable(connection)
+            self._read_unfolded()
         except SQLAlchemyError as error:  # a lock timeout, a server restarting
             raise StorageError(
                 f"cannot bring the projections of {self.store.safe_url} up to date: "
@@ -398,6 +397,11 @@ class Engine:
         for log_id, unread in self.unfolded.items():
             if log_id in known:  # left by an earlier open: this one's fold did not warn
                 warn_unfolded(unread)
+
+    def _read_unfolded(self) -> None:
+        """Read which logs a fold left unfolded (see :meth:`refuse_unfolded`)."""
+        with self.store.engine.connect() as connection:
+            self.unfolded = self.projector.unreadable(connection)
 
     def refuse_unfolded(self, user_id: str) -> None:
         """Raise the :class:`UnreadableEventError` (naming the user) for which the open's
@@ -428,8 +432,7 @@ class Engine:
         """Carry a rebuild that stopped to its end; the logs it left unfolded are then
         refused here too (:meth:`refuse_unfolded`)."""
         folded = catch_up(self.store, self.tables, stopping=stopping)
-        with self.store.engine.connect() as connection:
-            self.unfolded = self.projector.unreadable(connection)
+        self._read_unfolded()
         return folded
 
     def index_messages(self) -> int:
