@@ -354,12 +354,14 @@ class Retriever:
         """The user's best ``top_k`` entries (and messages) for ``query``, on one score."""
         terms = query_terms(query)
         own, added = list(terms.own), terms.added
-        query_vector, unembedded = self._embed_query(user_id, query, include_messages)
         pool = max(top_k * _CANDIDATES, _LEAST_CANDIDATES)
         candidates: dict[str, _Candidate] = {}
-        if include_messages and self._index_messages is not None:
-            self._index_messages()
         with self._erasures_watched(user_id) as erased, self.engine.connect() as connection:
+            query_vector, unembedded = self._embed_query(
+                connection, user_id, query, include_messages
+            )
+            if include_messages and self._index_messages is not None:
+                self._index_messages()
             ranked = self._ranker.entries(connection, user_id, own, pool, as_of, added=added)
             for entry, score in ranked:
                 candidates[entry.entry_id] = _Candidate(entry, lexical=score)
@@ -543,12 +545,12 @@ class Retriever:
         exchanges.stale |= self._reader.outdated(connection, user_id, ids, as_of)
 
     def _embed_query(
-        self, user_id: str, query: str, include_messages: bool
+        self, connection: Connection, user_id: str, query: str, include_messages: bool
     ) -> tuple[list[float] | None, frozenset[str]]:
-        """The query's vector (of :meth:`_as_embedded`), once the user's items have theirs
-        (or the budget is spent), with the ids of the items left without one; no vector
-        (rank lexically) without an embedder, when it fails, or when the query's vector is
-        not ``dimensions`` finite floats."""
+        """The query's vector (of :meth:`_as_embedded`, read in the search's ``connection``),
+        once the user's items have theirs (or the budget is spent), with the ids of the
+        items left without one; no vector (rank lexically) without an embedder, when it
+        fails, or when the query's vector is not ``dimensions`` finite floats."""
         if self.embedder is None or self._vectors is None:
             return None, frozenset()
         try:
@@ -560,7 +562,8 @@ class Retriever:
                     messages=include_messages,
                     budget=self._embed_budget,
                 )
-                vector = contained(self.embedder.embed)([self._as_embedded(user_id, query)])[0]
+                as_embedded = self._as_embedded(connection, user_id, query)
+                vector = contained(self.embedder.embed)([as_embedded])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
             problem = unfit(vector, self.embedder.dimensions)
@@ -591,14 +594,21 @@ class Retriever:
             )
             return None, frozenset()
 
-    def _as_embedded(self, user_id: str, query: str) -> str:
+    def _as_embedded(self, connection: Connection, user_id: str, query: str) -> str:
         """``query`` as it is embedded: "the user" where it calls the user by the name
         their own messages carry (:meth:`ProjectionReader.speaker`). Every fact and message
         is about the user, so that name tells none apart; embedded, it drew the query to
         the short messages it is spoken in ("Maria: Not really.") above the one that
-        answers a question about Maria."""
-        with self.engine.connect() as connection:
+        answers a question about Maria.
+
+        The name is read in the search's ``connection``, whose transaction then ends, the
+        read failed or not: no transaction waits on the embedder (on PostgreSQL it would
+        keep a rebuild from dropping the tables it read), and a failed read leaves the
+        search its connection."""
+        try:
             name = self._reader.speaker(connection, user_id)
+        finally:
+            connection.rollback()
         return query if name is None else _named_as_user(query, name)
 
 

@@ -248,6 +248,48 @@ async def test_a_question_calling_the_user_by_name_finds_what_she_said_not_her_s
         assert reader.speaker(connection, "group") is None
 
 
+class _QueryRecorder(ConceptEmbedder):
+    """The concept embedder, keeping the last text it was given alone (a search's query)."""
+
+    query: str | None = None
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if len(texts) == 1:
+            self.query = texts[0]
+        return super().embed(texts)
+
+
+async def test_a_search_reads_the_users_name_in_its_own_connection(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The user's name, read as "the user" in the query's meaning, is read in the search's
+    own connection: a search whose user's items all have vectors takes two, the look-up
+    of what is left to embed and the search's, not a third for the name."""
+    from sqlalchemy import event
+
+    embedder = _QueryRecorder()
+    memory = await _offline(make_memory, embedder=embedder)
+    await memory.add_exchange("ann", "I work at Acme.", "Lovely!", sent_at=T0, user_name="Ann")
+    await memory.flush("ann")
+    await _background_embedding_done(memory)
+    await memory.retrieve("ann", "Where does Ann work?")
+    engine = memory._engine
+    assert engine is not None
+    taken: list[str] = []
+
+    def checked_out(*_: Any) -> None:
+        taken.append(threading.current_thread().name)
+
+    event.listen(engine.store.engine, "checkout", checked_out)
+    try:
+        found = await memory.retrieve("ann", "Where does Ann work?")
+    finally:
+        event.remove(engine.store.engine, "checkout", checked_out)
+    assert embedder.query == "Where does the user work?"
+    assert [hit.text for hit in found.entries] == ["Ann works at Acme."]
+    assert len([t for t in taken if t.startswith("memvee-reader")]) == 2, taken
+
+
 async def test_times_read_back_are_utc_whatever_the_servers_time_zone(db_url: str) -> None:
     """A PostgreSQL session in another zone (the server's setting, or the URL's) reads its
     times in that zone, which a prompt would show as another day: memvee gives UTC."""
