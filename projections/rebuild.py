@@ -12,7 +12,7 @@ import logging
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, TypeVar
 from uuid import UUID
@@ -148,14 +148,15 @@ class _Page:
 
     recorded: list[Recorded]
     unread: list[Unread]
+    ids: list[int] = field(init=False)
+    """The notification ids of the rows read, in order (read or not): worked out once, as
+    each step of writing a page asks for them."""
 
-    @property
-    def ids(self) -> list[int]:
-        """The notification ids of the rows read, in order (read or not)."""
+    def __post_init__(self) -> None:
         ids = [r.notification_id for r in self.recorded]
         if self.unread:
             ids = sorted(ids + [u.notification_id for u in self.unread])
-        return ids
+        object.__setattr__(self, "ids", ids)
 
     def foldable(self, unfolded: Collection[UUID]) -> list[Recorded]:
         """The page's events but those of logs left ``unfolded``, and those of a log from

@@ -723,6 +723,20 @@ def _fold_ahead_then(
     return _ahead_then(monkeypatch, "_fold_ahead", "_Ahead", lambda a: when(a.page), meanwhile)
 
 
+def test_a_pages_ids_are_its_rows_in_log_order_read_or_not_worked_out_once() -> None:
+    """A page's notification ids, asked for at each step of writing it, are those of its
+    events and of those that cannot be read, in log order, one list built once."""
+    from uuid import uuid4
+
+    from events.store import Recorded, Unread
+    from projections.rebuild import _Page
+
+    unread = Unread(2, UnreadableEventError(uuid4(), 2, "damaged"))
+    page = _Page([Recorded(1, object()), Recorded(3, object())], [unread])  # type: ignore[arg-type]
+    assert page.ids == [1, 2, 3]
+    assert page.ids is page.ids
+
+
 async def test_a_page_folded_ahead_is_written_when_only_later_events_came_meanwhile(
     db_url: str, make_memory: Any, extractor: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
