@@ -65,7 +65,7 @@ from projections import (
     warn_unfolded,
 )
 from projections.shown import ByMeaning, shown_beside, targets_of, with_targets
-from projections.vectors import NamedEmbedder, VectorIndex
+from projections.vectors import ContainedEmbedder, VectorIndex
 
 __all__ = ["Engine", "EngineOptions"]
 
@@ -119,7 +119,7 @@ class Engine:
         options: EngineOptions,
         extractor: Extractor,
         observer: TaskObserver,
-        embedder: NamedEmbedder | None = None,
+        embedder: ContainedEmbedder | None = None,
     ):
         self.options = options
         with ExitStack() as undo:  # what a start that fails gives back
@@ -139,7 +139,7 @@ class Engine:
         options: EngineOptions,
         extractor: Extractor,
         observer: TaskObserver,
-        embedder: NamedEmbedder | None,
+        embedder: ContainedEmbedder | None,
         undo: ExitStack,
     ) -> None:
         """Build the engine's parts and start their threads; ``undo`` stops each started
@@ -317,7 +317,7 @@ class Engine:
                 f"could not read the entries a batch changes: {first_line(error)}"
             ) from error
 
-    def _filler(self, embedder: NamedEmbedder) -> UserWorker:
+    def _filler(self, embedder: ContainedEmbedder) -> UserWorker:
         """The background thread that embeds what users add, as the vector projection."""
         index = self.vectors
         assert index is not None

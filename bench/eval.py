@@ -34,6 +34,7 @@ from memvee import Extractor, Memory, MemoryConfig, RetrievalResult
 from memvee._config import DEFAULT_ALPHA
 from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from memvee.extractors._default import API_KEY_ENV_VAR
+from projections.vectors import ContainedEmbedder
 
 __all__ = [
     "DATASET",
@@ -504,9 +505,10 @@ async def evaluate_modes(
         engine = memory._engine
         assert engine is not None
         results: dict[float, Ranked] = {}
+        contained = ContainedEmbedder(embedder)
         for alpha in ALPHAS:
             retriever = Retriever(
-                engine.store.engine, engine.tables, None if alpha == 1.0 else embedder, alpha=alpha
+                engine.store.engine, engine.tables, None if alpha == 1.0 else contained, alpha=alpha
             )
             ranked: Ranked = []
             for conversation, written in zip(conversations, replayed, strict=True):

@@ -66,6 +66,7 @@ from projections import (
     QuarantinedMessage,
     UserSummary,
 )
+from projections.vectors import ContainedEmbedder
 
 __all__ = ["SHUTDOWN_REASON", "Memory"]
 
@@ -86,7 +87,7 @@ def _start_engine(
     options: EngineOptions,
     extractor: Extractor,
     observer: _LoopObserver,
-    embedder: Embedder | None,
+    embedder: ContainedEmbedder | None,
     gc_freeze: bool,
 ) -> tuple[Engine, list[tuple[str, list[str]]]]:
     """Make the engine and recover the tasks a stop interrupted (on a worker thread); an
@@ -330,8 +331,8 @@ class Memory:
         )
         self._closer, self._stopped = None, None
         self._engine = engine
-        if isinstance(embedder, LocalDefaultEmbedder):
-            embedder.load_in_background()
+        if embedder is not None and isinstance(embedder.wrapped, LocalDefaultEmbedder):
+            embedder.wrapped.load_in_background()
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)

@@ -31,12 +31,11 @@ from sqlalchemy import Connection, Engine
 from events import InvalidInputError, StorageError, check_text, check_visible
 from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
-from memvee.embedders import Embedder
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
 from projections.search import index_word, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
-from projections.vectors import VectorIndex, contained, unfit
+from projections.vectors import ContainedEmbedder, VectorIndex, unfit
 from projections.words import fold
 
 __all__ = [
@@ -323,7 +322,7 @@ class Retriever:
         self,
         engine: Engine,
         tables: ProjectionTables,
-        embedder: Embedder | None,
+        embedder: ContainedEmbedder | None,
         *,
         alpha: float = DEFAULT_ALPHA,
         vectors: VectorIndex | None = None,
@@ -563,7 +562,7 @@ class Retriever:
                     budget=self._embed_budget,
                 )
                 as_embedded = self._as_embedded(connection, user_id, query)
-                vector = contained(self.embedder.embed)([as_embedded])[0]
+                vector = self.embedder.embed([as_embedded])[0]
             if left and self._embed_later is not None:
                 self._embed_later(user_id)
             problem = unfit(vector, self.embedder.dimensions)

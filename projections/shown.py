@@ -30,7 +30,7 @@ from events.errors import first_line
 from events.user_log import LIVE_KNOWLEDGE
 from projections.ranking import LexicalRanker
 from projections.reader import ProjectionReader
-from projections.vectors import NamedEmbedder, VectorIndex, contained
+from projections.vectors import ContainedEmbedder, VectorIndex
 
 __all__ = [
     "KNOWN_SHARE",
@@ -113,7 +113,7 @@ class ByMeaning:
         self,
         engine: Engine,
         index: VectorIndex | None,
-        embedder: NamedEmbedder | None,
+        embedder: ContainedEmbedder | None,
         *,
         fills: bool = False,
     ) -> None:
@@ -144,7 +144,7 @@ class ByMeaning:
         if self.embedder is None or not texts:
             return {}
         try:
-            return dict(zip(texts, contained(self.embedder.embed)(texts), strict=True))
+            return dict(zip(texts, self.embedder.embed(texts), strict=True))
         except Exception as error:
             self._words_only(user_id, error)
             return None

@@ -53,6 +53,7 @@ from projections.tables import ProjectionTables
 
 __all__ = [
     "CACHE_BYTES",
+    "ContainedEmbedder",
     "Embed",
     "NamedEmbedder",
     "VectorIndex",
@@ -94,6 +95,18 @@ class NamedEmbedder(Protocol):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order."""
         ...
+
+
+class ContainedEmbedder:
+    """A user's ``embedder`` with its ``embed`` :func:`contained`: wrapped once where the
+    embedder enters memvee, so that every path that embeds (a search, the background
+    fill, the entries shown beside a batch) fails alike on what is no ``Exception``."""
+
+    def __init__(self, embedder: NamedEmbedder) -> None:
+        self.wrapped = embedder
+        self.name = embedder.name
+        self.dimensions = embedder.dimensions
+        self.embed = contained(embedder.embed)
 
 
 log = logging.getLogger("memvee.projections")
@@ -300,10 +313,9 @@ class VectorIndex:
 
         Once :meth:`forget` is called for the user, the fill sends no further batch to the
         embedder (one already out finishes; its vectors are taken back as the erasure's).
-        What ``embed`` raises that is no ``Exception`` fails it as any embedder failure
-        (see :func:`contained`).
+        ``embed`` is a :class:`ContainedEmbedder`'s: what a user's embedder raises that is
+        no ``Exception`` then fails it as any embedder failure.
         """
-        embed = contained(embed)
         log_id = str(user_log_id(user_id))
         with self._erasures_watched(log_id) as erased:
             missing: list[tuple[str, str, str]] = []
