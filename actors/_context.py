@@ -21,17 +21,18 @@ from events import (
     ExtractedFact,
     KnownEntry,
     ReplacedEntry,
+    StorageError,
 )
 
 __all__ = [
-    "EmbedAside",
     "EngineSettings",
     "Erase",
     "KnownEntries",
     "SharedServices",
+    "Shown",
+    "ShownAside",
     "TargetsPlaced",
     "TaskObserver",
-    "ToEmbed",
     "Vectors",
     "Wake",
 ]
@@ -42,34 +43,36 @@ Erase = Callable[[str], ForgetReceipt]
 Vectors = dict[str, list[float]]
 """Vectors of texts, by text."""
 
+Shown = tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
+"""The entries a batch is shown, and the chains of ended entries before those."""
+
 KnownEntries = Callable[
     [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None, Vectors],
-    tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+    Shown,
 ]
 """Reads the entries an extractor is shown beside a batch's messages (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
 counts, for a backdated batch when its first and last messages were sent, and the vectors
-of the batch's texts embedded aside (see :data:`EmbedAside`); and the chains of ended
-entries before those (for the log, which places a backdated fact among them). Calls no
-embedder."""
+of the batch's texts embedded already; and the chains of ended entries before those (for
+the log, which places a backdated fact among them). Calls no embedder."""
 
-ToEmbed = Callable[[str, Sequence[BatchMessage], int], list[str]]
-"""The texts of a batch to embed before its entries are read, given how many current
-entries the user's log counts (see :meth:`projections.shown.ByMeaning.to_embed`)."""
-
-EmbedAside = Callable[[str, list[str], Callable[[Vectors | None], None]], None]
-"""Embeds a user's texts on another thread than the caller's, then calls back with their
-vectors (``None``: the embedder failed), so that no actor waits on an embedder."""
-
-TargetsPlaced = Callable[
+ShownAside = Callable[
     [
         str,
-        Sequence[ExtractedFact],
-        tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
-        datetime | None,
+        Sequence[BatchMessage],
+        int,
+        tuple[datetime, datetime] | None,
+        Callable[[Shown | StorageError], None],
     ],
-    tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+    None,
 ]
+"""Prepares what a batch is shown (as :data:`KnownEntries` reads it) on other threads
+than the caller's, its texts embedded first where meaning chooses too; then calls back
+once with it, or with the :class:`StorageError` a failed read raised. A user with
+thousands of entries is one ranked search per text of the batch: no actor waits on
+those, nor on an embedder."""
+
+TargetsPlaced = Callable[[str, Sequence[ExtractedFact], Shown, datetime | None], Shown]
 """Adds to what a batch was shown what the log needs to place the facts of its answer
 that change entries, back to when the batch's first message was sent (see
 :func:`projections.shown.with_targets`); a failed read is a StorageError."""
@@ -164,10 +167,9 @@ class SharedServices:
     call_user: Callable[..., object] | None = None
     """Call ``(user_id, method, *args)`` on the user's actor, spawning one if none is live
     (a write's retry whose actor stopped meanwhile)."""
-    to_embed: ToEmbed | None = None
-    embed_aside: EmbedAside | None = None
-    """With ``to_embed``: embeds a batch's texts off the actor before its entries are read
-    (without, its entries are read with the vectors stored)."""
+    shown_aside: ShownAside | None = None
+    """Prepares what a batch of a user past ``MAX_KNOWN_ENTRIES`` current entries is
+    shown off the actor (without, it is read on the actor, by the vectors stored)."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
     no request of another process, which that process runs once it takes the user over."""

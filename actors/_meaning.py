@@ -1,5 +1,6 @@
-"""The threads a batch's texts are embedded on, past 100 current entries (see
-:meth:`actors.engine.Engine._embed_aside`).
+"""The threads a batch is prepared on past 100 current entries: its texts embedded
+(see :meth:`actors.engine.Engine._embed_aside`), and the entries shown beside it read
+(see :meth:`actors.engine.Engine._shown_aside`), each kind on threads of its own.
 
 They are daemon threads of memvee's own, not a ``ThreadPoolExecutor``'s: the interpreter
 joins every executor thread at exit, so an embedder that never answers (a remote API
@@ -50,11 +51,12 @@ class Once(Generic[T]):
 
 
 class MeaningThreads:
-    """Runs jobs on ``count`` daemon threads (``memvee-meaning_<n>``), in the order given,
+    """Runs jobs on ``count`` daemon threads (``memvee-<name>_<n>``), in the order given,
     so a slow job holds one of them, not every one; the threads start with the first job
-    (a Memory without an embedder, or whose users have few entries, starts none)."""
+    (a Memory whose users have few entries starts none)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, name: str = "meaning") -> None:
+        self._name = name
         self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
@@ -68,7 +70,7 @@ class MeaningThreads:
                 return False
             if not self._threads:
                 self._threads = [
-                    threading.Thread(target=self._run, name=f"memvee-meaning_{n}", daemon=True)
+                    threading.Thread(target=self._run, name=f"memvee-{self._name}_{n}", daemon=True)
                     for n in range(self._count)
                 ]
                 for thread in self._threads:
@@ -91,4 +93,4 @@ class MeaningThreads:
             try:
                 job()
             except BaseException:  # an embedder may raise anything; the thread goes on
-                log.exception("embedding a batch's texts failed")
+                log.exception("a job of the memvee-%s threads failed", self._name)

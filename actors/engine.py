@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
 from actors._committer import GroupCommitter
-from actors._context import EngineSettings, SharedServices, TaskObserver, Vectors
+from actors._context import EngineSettings, SharedServices, Shown, TaskObserver, Vectors
 from actors._dispatcher import Dispatcher
 from actors._meaning import BATCH_EMBED_SECONDS, MeaningThreads, Once
 from actors._pacing import CircuitBreaker, UserBackoff
@@ -182,6 +182,9 @@ class Engine:
         # As many as the actors': a slow embedder (a remote API) holds one user's batch, not all.
         self._meaning_threads = MeaningThreads(options.actor_threads)
         undo.callback(self._meaning_threads.stop)
+        # Apart from those: a hung embedder never holds the reads of the batches that gave up on it.
+        self._shown_threads = MeaningThreads(options.actor_threads, name="shown")
+        undo.callback(self._shown_threads.stop)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
             undo.callback(self.vector_filler.stop)
@@ -218,8 +221,7 @@ class Engine:
             self.leases,
             None if self.leases is None else self._release_lease,
             self._call_user,
-            to_embed=self.meaning.to_embed,
-            embed_aside=None if embedder is None else self._embed_aside,
+            shown_aside=self._shown_aside,
             stopping=self._stopping,
             refuse_unfolded=self.refuse_unfolded,
         )
@@ -247,10 +249,11 @@ class Engine:
         current: int,
         backdated: tuple[datetime, datetime] | None,
         embedded: Vectors,
-    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+    ) -> Shown:
         """What an extractor sees beside a batch, and the chains before it (see
         :func:`projections.shown.shown_beside`), by the vectors stored and ``embedded``
-        (no embedder is called: this runs on the user's actor)."""
+        (no embedder is called: this runs on the user's actor for a user with few
+        entries, else on a shown thread, see :meth:`_shown_aside`)."""
         if current <= 0 and backdated is None:
             return (), ()
         near = self.meaning.near(user_id, messages, current, embedded=embedded)
@@ -266,6 +269,57 @@ class Engine:
                 backdated=backdated,
                 near=near,
             )
+
+    def _shown_aside(
+        self,
+        user_id: str,
+        messages: Sequence[BatchMessage],
+        current: int,
+        backdated: tuple[datetime, datetime] | None,
+        ready: Callable[[Shown | StorageError], None],
+    ) -> None:
+        """Prepare what a batch of ``messages`` is shown on the shown threads, then call
+        ``ready`` once with it (or the StorageError a failed read raised): the texts
+        lacking a vector are embedded first on a meaning thread (see :meth:`_embed_aside`),
+        and the entries are read once the vectors came or their deadline passed. The
+        ranked searches of a user with thousands of entries take a while: the user's
+        actor goes on with its writes meanwhile."""
+        once: Once[Shown | StorageError] = Once(ready)
+
+        def _read(embedded: Vectors | None) -> None:
+            self._aside(
+                user_id,
+                once,
+                lambda: self._known_entries(user_id, messages, current, backdated, embedded or {}),
+            )
+
+        def _prepare() -> Shown | None:
+            texts = self.meaning.to_embed(user_id, messages, current)
+            if not texts:
+                return self._known_entries(user_id, messages, current, backdated, {})
+            self._embed_aside(user_id, texts, _read)
+            return None
+
+        self._aside(user_id, once, _prepare)
+
+    def _aside(
+        self, user_id: str, once: Once[Shown | StorageError], read: Callable[[], Shown | None]
+    ) -> None:
+        """Run ``read`` on a shown thread and tell ``once`` what it read (``None``: it
+        tells later), or the StorageError it raised; a read the stopped threads never run
+        tells that the engine stops."""
+
+        def _job() -> None:
+            try:
+                shown = read()
+            except Exception as error:
+                once(_read_failed(user_id, error))
+                return
+            if shown is not None:
+                once(shown)
+
+        if not self._shown_threads.submit(_job):
+            once(StorageError("could not read the entries shown beside a batch: the engine stops"))
 
     def _embed_aside(
         self, user_id: str, texts: list[str], ready: Callable[[Vectors | None], None]
@@ -612,6 +666,7 @@ class Engine:
             self.vector_filler.stop()
         self.checkpointer.stop()
         self._meaning_threads.stop()
+        self._shown_threads.stop()
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()
@@ -625,3 +680,15 @@ class Engine:
         self.store.close()
         if self.claim is not None:
             self.claim.release()
+
+
+def _read_failed(user_id: str, error: Exception) -> StorageError:
+    """The StorageError a batch's task ends with when the entries shown beside it could
+    not be read (an unexpected error is logged with its trace first)."""
+    if isinstance(error, StorageError):
+        return error
+    if not isinstance(error, SQLAlchemyError):
+        log.warning(
+            "user %r: reading the entries shown beside a batch failed", user_id, exc_info=True
+        )
+    return StorageError(f"could not read the entries shown beside a batch: {first_line(error)}")

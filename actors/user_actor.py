@@ -26,7 +26,7 @@ import pykka
 
 from actors._bridge import BridgedFuture
 from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
-from actors._context import SharedServices, Vectors
+from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
 from actors._workers import EveryBatchRefused, ExtractorNotAsync, Outcome, asked_to_wait
 from actors.erasure import ForgetReceipt
@@ -60,6 +60,7 @@ from events.errors import (
     repeats,
 )
 from events.user_log import LIVE_KNOWLEDGE
+from projections.shown import MAX_KNOWN_ENTRIES
 
 __all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
 
@@ -131,7 +132,7 @@ class UserActor(PooledActor):
         self._batch_known = _NONE_KNOWN  # the live entries the batch was shown
         self._batch_replaced: tuple[ReplacedEntry, ...] = ()  # the ended ones before those
         self._batch_reruns = 0
-        self._meaning_round = 0  # batches whose texts went to be embedded aside
+        self._shown_round = 0  # batches whose shown entries went to be prepared aside
         self._task_messages: Collection[str] = ()  # no set per idle user
         self._task_knowledge = 0
         self._task_covered = 0
@@ -787,66 +788,82 @@ class UserActor(PooledActor):
         self._services.observer.task_running(
             self.user_id, task_id, len({*self._task_messages, *claimed})
         )
-        self._hand_over(task_id, claimed, None)
+        self._hand_over(task_id, claimed)
 
-    def meaning_ready(
+    def shown_ready(
         self,
         task_id: str,
         round_: int,
-        claimed: list[str],
         messages: tuple[BatchMessage, ...],
-        vectors: Vectors | None,
+        shown: Shown | StorageError,
     ) -> None:
-        """Go on with the batch of ``messages`` (read already) whose texts were embedded
-        aside (``vectors`` ``None``: the embedder failed, and the vectors stored choose with
-        the words), unless its task ended meanwhile (forgotten, interrupted, shut down)."""
-        if task_id != self._running or round_ != self._meaning_round:
+        """Hand the batch of ``messages`` to the workers with the entries ``shown`` beside
+        it, read aside (see :meth:`_hand_over`), or end it as a failed read; unless its
+        task ended meanwhile (forgotten, interrupted, shut down): then it is dropped."""
+        if task_id != self._running or round_ != self._shown_round:
             log.info(
-                "user %r: task %s had ended when its texts were embedded", self.user_id, task_id
+                "user %r: task %s had ended when the entries shown beside its batch were read",
+                self.user_id,
+                task_id,
             )
             return
-        self._hand_over(task_id, claimed, vectors or {}, messages)
+        if isinstance(shown, StorageError):
+            self._unread(task_id, shown)
+            return
+        self._batch_messages = messages
+        self._batch_known, self._batch_replaced = shown
+        batch = ExtractionBatch(self.user_id, task_id, messages, shown[0])
+        self._services.workers.submit(batch, self._deliver_to_self(task_id))
 
-    def _hand_over(
+    def _hand_over(self, task_id: str, claimed: list[str]) -> None:
+        """Read the batch and hand it to the workers; for a user past
+        :data:`MAX_KNOWN_ENTRIES` current entries, what it is shown is prepared off this
+        thread (its texts embedded, its related entries searched), so that neither a slow
+        embedder nor the searches hold the user's writes (see :meth:`shown_ready`)."""
+        try:
+            batch = self._batch(task_id, claimed)
+        except Exception as error:
+            self._unread(task_id, error)
+            return
+        if batch is not None:
+            self._services.workers.submit(batch, self._deliver_to_self(task_id))
+
+    def _unread(self, task_id: str, error: Exception) -> None:
+        """End the running batch, which could not be read, as a failed store (a failed read
+        never splits a batch)."""
+        self._batch_messages = ()
+        if not isinstance(error, MemveeError):
+            log.warning(
+                "user %r: task %s: reading its batch failed", self.user_id, task_id, exc_info=True
+            )
+            error = StorageError(f"could not read the batch: {_describe(error)}")
+        self.extraction_done(task_id, error)
+
+    def _prepare_aside(
         self,
         task_id: str,
-        claimed: list[str],
-        embedded: Vectors | None,
-        messages: tuple[BatchMessage, ...] | None = None,
+        messages: tuple[BatchMessage, ...],
+        current: int,
+        backdated: tuple[datetime, datetime] | None,
+        aside: ShownAside,
     ) -> None:
-        """Read the batch (unless its ``messages`` were read already) and hand it to the
-        workers; first, while its texts are to be embedded (``embedded`` ``None``: not yet),
-        have them embedded off this thread, so that a slow embedder never holds the user's
-        writes (see :meth:`meaning_ready`)."""
-        try:
-            batch = self._batch(task_id, claimed, embedded, messages)
-        except Exception as error:
-            self._batch_messages = ()
-            if not isinstance(error, MemveeError):  # a failed read never splits a batch
-                log.warning(
-                    "user %r: task %s: reading its batch failed",
-                    self.user_id,
+        """Have what the batch of ``messages`` is shown prepared off this thread; it comes
+        back as :meth:`shown_ready`."""
+        self._shown_round += 1
+        round_, myself, user_id = self._shown_round, self._myself, self.user_id
+
+        def _ready(shown: Shown | StorageError) -> None:
+            if not myself.actor_ref.is_alive():  # a message to it would be dropped unsaid
+                log.info(
+                    "user %r: task %s ended after its actor stopped (shutdown); the entries "
+                    "read for its batch are dropped",
+                    user_id,
                     task_id,
-                    exc_info=True,
                 )
-                error = StorageError(f"could not read the batch: {_describe(error)}")
-            self.extraction_done(task_id, error)
-            return
-        if isinstance(batch, ExtractionBatch):
-            self._services.workers.submit(batch, self._deliver_to_self(task_id))
-            return
-        self._meaning_round += 1
-        round_, myself, read = self._meaning_round, self._myself, self._batch_messages
+                return
+            myself.shown_ready(task_id, round_, messages, shown)
 
-        def _ready(vectors: Vectors | None) -> None:
-            try:
-                myself.meaning_ready(task_id, round_, claimed, read, vectors)
-            except pykka.ActorDeadError:
-                log.info("task %s ended after its actor stopped (shutdown)", task_id)
-
-        embed_aside = self._services.embed_aside
-        assert embed_aside is not None
-        embed_aside(self.user_id, batch, _ready)
+        aside(self.user_id, messages, current, backdated, _ready)
 
     def _record(self, user_log: UserLog | None, result: ExtractionResult) -> list[Any]:
         """Record the running batch's facts (the log goes on with the next batch, if any)."""
@@ -891,39 +908,29 @@ class UserActor(PooledActor):
 
         return _deliver
 
-    def _batch(
-        self,
-        task_id: str,
-        claimed: list[str],
-        embedded: Vectors | None,
-        messages: tuple[BatchMessage, ...] | None = None,
-    ) -> ExtractionBatch | list[str]:
-        """Read the claimed messages back from the log (the state keeps no bodies), unless
-        given as ``messages`` (read before their texts were embedded aside), or, before
-        ``embedded`` is given, the texts to embed aside first (if any)."""
+    def _batch(self, task_id: str, claimed: list[str]) -> ExtractionBatch | None:
+        """Read the claimed messages back from the log (the state keeps no bodies) and what
+        they are shown; ``None``: what they are shown is prepared aside (see
+        :meth:`_prepare_aside`)."""
         user_log = self._user_log(create=False)  # reloaded, after a decision that raised
         assert user_log is not None
-        if messages is None:
-            versions = user_log.open_tasks[task_id]
-            first, last = min(versions.values()), max(versions.values())
-            wanted = set(claimed)
-            events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
-            messages = tuple(
-                BatchMessage.of(e)
-                for e in events
-                if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
-            )
+        versions = user_log.open_tasks[task_id]
+        first, last = min(versions.values()), max(versions.values())
+        wanted = set(claimed)
+        events = self._services.store.events_of(self.user_id, after=first - 1, upto=last)
+        messages = tuple(
+            BatchMessage.of(e)
+            for e in events
+            if isinstance(e, UserLog.MessageAdded) and e.message_id in wanted
+        )
         self._batch_messages = messages
         times = [m.sent_at for m in messages]
         backdated = (min(times), max(times)) if times and user_log.ends_after(min(times)) else None
-        current, to_embed = user_log.knowledge_count, self._services.to_embed
-        if embedded is None and self._services.embed_aside is not None and to_embed is not None:
-            texts = to_embed(self.user_id, messages, current)
-            if texts:
-                return texts
-        known, replaced = self._services.known(
-            self.user_id, messages, current, backdated, embedded or {}
-        )
+        current, aside = user_log.knowledge_count, self._services.shown_aside
+        if aside is not None and current > MAX_KNOWN_ENTRIES:
+            self._prepare_aside(task_id, messages, current, backdated, aside)
+            return None
+        known, replaced = self._services.known(self.user_id, messages, current, backdated, {})
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)
 

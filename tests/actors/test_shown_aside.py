@@ -1,0 +1,185 @@
+"""Past 100 current entries, what a batch is shown (the entries related to its texts by
+words, and by meaning with an embedder) is prepared off the user's actor: a user whose
+thousands of entries share a word waits on no ranked search to add an exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from events import ExtractedFact, ExtractionBatch
+from events.errors import FORGOTTEN_REASON
+from memvee import Memory, ProcessStatus
+from memvee.audit import Audit
+from projections import LexicalRanker
+from tests.support.extractors import RecordingExtractor
+
+ENTRIES = 101
+"""One past the entries every batch is shown whole."""
+
+
+class _HeldSearch:
+    """Holds :meth:`LexicalRanker.related` until ``gate`` is set; ``held`` is set once a
+    search waits."""
+
+    def __init__(self) -> None:
+        self.gate, self.held = threading.Event(), threading.Event()
+
+
+@pytest.fixture
+def search(monkeypatch: pytest.MonkeyPatch) -> Iterator[_HeldSearch]:
+    """The user's searches beside a batch, held until the test opens the gate."""
+    held = _HeldSearch()
+    related = LexicalRanker.related
+
+    def waiting(self: LexicalRanker, *args: Any, **kwargs: Any) -> Any:
+        held.held.set()
+        held.gate.wait(10)
+        return related(self, *args, **kwargs)
+
+    monkeypatch.setattr(LexicalRanker, "related", waiting)
+    yield held
+    held.gate.set()
+
+
+def _oslo_facts(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+    """More than :data:`ENTRIES` facts, every one naming Oslo, of a batch's first message."""
+    said = batch.messages[0].message_id
+    return (
+        ExtractedFact("User lives in Oslo.", (said,)),
+        *(ExtractedFact(f"User likes place {i} in Oslo.", (said,)) for i in range(ENTRIES)),
+    )
+
+
+async def _oslo_user(memory: Memory, extractor: RecordingExtractor) -> None:
+    """``alice`` with more than :data:`ENTRIES` current entries, every one naming Oslo."""
+    extractor.answer = _oslo_facts
+    await memory.add_message("alice", "user", "Tell me about Oslo")
+    await memory.process("alice")
+    extractor.answer = None
+
+
+async def test_a_users_writes_go_on_while_the_entries_shown_beside_their_batch_are_searched(
+    memory: Memory, extractor: RecordingExtractor, search: _HeldSearch
+) -> None:
+    await _oslo_user(memory, extractor)
+    search.gate.clear()
+    search.held.clear()
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(search.held.wait, 10)
+    try:
+        await asyncio.wait_for(memory.add_exchange("alice", "I love Oslo", "ok"), 5)
+    finally:
+        search.gate.set()
+    assert await task.wait() == 1
+    assert "User lives in Oslo." in [k.text for k in extractor.batches[-1].known]
+    assert [m.content for m in await memory.buffer("alice")] == ["I love Oslo", "ok"]
+
+
+async def test_a_user_forgotten_while_their_batch_is_prepared_drops_it(
+    memory: Memory,
+    extractor: RecordingExtractor,
+    search: _HeldSearch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await _oslo_user(memory, extractor)
+    search.gate.clear()
+    search.held.clear()
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    batches = len(extractor.batches)
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(search.held.wait, 10)
+    caplog.set_level(logging.INFO, logger="memvee.actors")
+    await asyncio.wait_for(memory.forget("alice"), 5)
+    search.gate.set()
+    with pytest.raises(Exception, match="forgotten"):
+        await task.wait()
+    assert task.error == FORGOTTEN_REASON
+    async with asyncio.timeout(5):
+        while "had ended when the entries shown beside its batch were read" not in caplog.text:
+            await asyncio.sleep(0.005)
+    assert len(extractor.batches) == batches, "nothing of a forgotten user is extracted"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_failed_search_beside_a_batch_ends_its_task_as_a_storage_failure(
+    memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _oslo_user(memory, extractor)
+
+    def failing(*_: Any, **__: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(LexicalRanker, "related", failing)
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    task = memory.process_async("alice")
+    with pytest.raises(Exception, match="database is locked"):
+        await task.wait()
+    assert task.status is ProcessStatus.FAILED and task.error is not None
+    assert task.error.startswith("could not read the entries shown beside a batch")
+    assert [m.content for m in await memory.buffer("alice")] == ["I left Oslo for good"]
+
+
+async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_late_read(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    search: _HeldSearch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    memory: Memory = await make_memory()
+    await _oslo_user(memory, extractor)
+    search.gate.clear()
+    search.held.clear()
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    batches = len(extractor.batches)
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(search.held.wait, 10)
+    caplog.set_level(logging.INFO, logger="memvee.actors")
+    await asyncio.wait_for(memory.close(grace=0), 5)
+    assert task.status is ProcessStatus.FAILED
+    search.gate.set()
+    async with asyncio.timeout(5):
+        while "after its actor stopped" not in caplog.text:
+            await asyncio.sleep(0.005)
+    assert len(extractor.batches) == batches
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again(
+    make_memory: Any, db_url: str, extractor: RecordingExtractor
+) -> None:
+    """The entries read aside are checked when the answer is recorded, as those read on
+    the actor were: an update of one no longer current has its batch extracted again."""
+    memory: Memory = await make_memory()
+    await _oslo_user(memory, extractor)
+    with Audit(db_url=db_url) as audit:
+        again = RecordingExtractor()
+        again.answer = _oslo_facts
+        assert (await audit.reextract("alice", again, "v2")).entries == ENTRIES + 1
+
+    def moves(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        (home,) = [k for k in batch.known if k.text == "User lives in Oslo."]
+        said = (batch.messages[0].message_id,)
+        return (ExtractedFact("User lives in Bergen.", said, "update", home.entry_id),)
+
+    extractor.answer = moves
+    extractor.gate.clear()
+    extractor.started.clear()
+    await memory.add_message("alice", "user", "I left Oslo for Bergen")
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(extractor.started.wait, 10)
+    with Audit(db_url=db_url) as audit:
+        assert audit.promote("alice", "v2") == []
+    extractor.gate.set()
+    assert await task.wait() == 1
+    first, second = ({k.entry_id for k in b.known} for b in extractor.batches[-2:])
+    assert first.isdisjoint(second), "the second batch is shown the promoted entries"
+    homes = [e.text for e in await memory.knowledge("alice") if "lives in" in e.text]
+    assert homes == ["User lives in Bergen."]
