@@ -19,7 +19,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, ClassVar, TypeVar, Union
 
-from events.checks import MAX_SENT_AHEAD, check_message, check_name
+from events.checks import MAX_SENT_AHEAD, check_message, check_name, check_time
 from events.errors import InvalidInputError
 from events.user_log import UserLog, continues_decision
 
@@ -168,7 +168,7 @@ def _check_message(event: Any, what: str) -> None:
         check_name(event.name)
     except InvalidInputError as error:
         raise InvalidInputError(f"{what}: {error}") from None
-    if event.sent_at > event.timestamp + MAX_SENT_AHEAD:
+    if event.sent_at - event.timestamp > MAX_SENT_AHEAD:
         raise InvalidInputError(
             f"{what}: the message was sent at {event.sent_at.isoformat()}, after it was "
             f"recorded ({event.timestamp.isoformat()})"
@@ -180,7 +180,7 @@ def _check_entries_began(event: Any, what: str) -> None:
     messages could have been sent): it would end before it began."""
     for entry in getattr(event, "entries", None) or ():
         began = datetime.fromisoformat(entry["valid_from"])
-        if began.tzinfo is not None and began > event.timestamp + MAX_SENT_AHEAD:
+        if began.tzinfo is not None and began - event.timestamp > MAX_SENT_AHEAD:
             raise InvalidInputError(
                 f"{what}: knowledge entry {entry['entry_id']!r} begins at {began.isoformat()}, "
                 f"after it was recorded ({event.timestamp.isoformat()})"
@@ -190,7 +190,8 @@ def _check_entries_began(event: Any, what: str) -> None:
 def check_fields(event: Any, what: str) -> None:
     """Raise :class:`InvalidInputError` (naming ``what``) unless each field of
     ``event``'s class (and its base's version and time) is there, of its declared type,
-    and each knowledge entry holds its fields."""
+    and each knowledge entry holds its fields; each time must also fall within
+    years 1 to 9999 once in UTC (:func:`check_time`), or its log could not be read back."""
     kind: type = type(event)
     for name, hint in _field_types(kind).items():
         if not hasattr(event, name):
@@ -201,15 +202,19 @@ def check_fields(event: Any, what: str) -> None:
                 f"{what}: {name!r} of the {type(event).__name__} is not a {_named(hint)}: "
                 f"{value!r:.80}"
             )
+        if isinstance(value, datetime):
+            check_time(value, f"{what}: {name!r} of the {kind.__name__}")
     for entry in getattr(event, "entries", None) or ():
         if not _entry_fits(entry):
             raise InvalidInputError(f"{what}: a knowledge entry is not well formed: {entry!r:.80}")
         if not entry["text"].strip():
             raise InvalidInputError(f"{what}: knowledge entry {entry['entry_id']!r} has no text")
         try:
-            datetime.fromisoformat(entry["valid_from"])
+            began = datetime.fromisoformat(entry["valid_from"])
         except ValueError as error:
             raise InvalidInputError(f"{what}: a knowledge entry's valid_from: {error}") from None
+        if began.tzinfo is not None:
+            check_time(began, f"{what}: the valid_from of knowledge entry {entry['entry_id']!r}")
 
 
 def _entry_fits(entry: object) -> bool:

@@ -4,6 +4,7 @@ is refused where the log's own commands could not have written it."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -143,3 +144,53 @@ def test_an_older_memvees_log_which_counts_no_decision_is_taken_as_it_comes() ->
         replay.check(event, f"line {number}")
     replay.check_finished()
     _replay(older)
+
+
+LATE = datetime.fromisoformat("9999-12-31T23:59:59-14:00")
+"""A time with an offset that, once in UTC, falls after year 9999."""
+EARLY = datetime.fromisoformat("0001-01-01T00:00:00+14:00")
+"""A time with an offset that, once in UTC, falls before year 1."""
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "moment"),
+    [
+        (UserLog.Registered, "timestamp", LATE),
+        (UserLog.MessageAdded, "timestamp", LATE),
+        (UserLog.MessageAdded, "sent_at", EARLY),
+    ],
+)
+def test_a_time_that_falls_outside_years_1_to_9999_in_utc_is_refused_with_its_line(
+    kind: type, field: str, moment: datetime
+) -> None:
+    """Times are kept in UTC, and ``add_message`` refuses one that has no UTC form:
+    imported, it stopped its user's log from loading for good."""
+    events = _changed(_history(), kind, **{field: moment})
+    line = events.index(_kind(events, kind)) + 1
+    with pytest.raises(InvalidInputError, match=f"line {line}: '{field}' .* is out of range"):
+        _replay(events)
+
+
+def test_an_entry_that_begins_outside_years_1_to_9999_in_utc_is_refused_with_its_line() -> None:
+    events = _history()
+    extracted = _kind(events, UserLog.KnowledgeExtracted)
+    extracted.entries[0]["valid_from"] = EARLY.isoformat()
+    line = events.index(extracted) + 1
+    with pytest.raises(InvalidInputError, match=f"line {line}: the valid_from .* is out of range"):
+        _replay(events)
+
+
+def test_a_log_recorded_in_the_last_minutes_of_year_9999_is_checked_without_overflow() -> None:
+    """A message may be sent, and an entry begin, a little after it was recorded (clocks
+    disagree): the comparison adds nothing to a time that could run past year 9999."""
+    end = datetime(9999, 12, 31, 23, 58, tzinfo=UTC)
+    log = UserLog.register("bob")
+    said = log.add_message("user", "I live in Oslo", None, 100)
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    log.record_knowledge("t1", [ExtractedFact("User lives in Oslo", (said,))], "x")
+    events = [
+        replace(e, sent_at=end) if isinstance(e, UserLog.MessageAdded) else e
+        for e in log.collect_events()
+    ]
+    _kind(events, UserLog.KnowledgeExtracted).entries[0]["valid_from"] = end.isoformat()
+    _replay([replace(e, timestamp=end) for e in events])

@@ -1008,6 +1008,30 @@ def test_import_refuses_a_message_or_an_entry_from_after_it_was_recorded(
     assert f"line {edited + 1}: " in line and says in line
 
 
+def test_import_refuses_a_time_outside_years_1_to_9999_in_utc_and_makes_no_database(
+    tmp_path: Path,
+) -> None:
+    """Such a time was imported (exit 0), then ``users`` and every write for the user
+    failed on it for good."""
+    log = "events.user_log:UserLog"
+    registered = {
+        "user_id": "alice",
+        "version": 1,
+        "topic": f"{log}.Registered",
+        "state": {
+            "timestamp": "9999-12-31T23:59:59-14:00",
+            "originator_topic": log,
+            "user_id": "alice",
+        },
+    }
+    late = tmp_path / "late.jsonl"
+    late.write_text(json.dumps(registered) + "\n")
+    result = run("import", str(late), "--db", str(tmp_path / "new.db"), code=2)
+    assert "line 1: 'timestamp' of the Registered" in one_error_line(result)
+    assert "outside years 1 to 9999" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.jsonl"]
+
+
 @pytest.mark.parametrize("text", ["", "\n\n"])
 def test_import_of_a_file_with_no_log_is_refused_and_makes_no_database(
     tmp_path: Path, text: str
