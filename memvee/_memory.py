@@ -333,6 +333,8 @@ class Memory:
         self._engine = engine
         if embedder is not None and isinstance(embedder.wrapped, LocalDefaultEmbedder):
             embedder.wrapped.load_in_background()
+        if self._extractor is None:
+            _warn_if_offline(extractor)
         for user_id, task_ids in recovered:
             for task_id in task_ids:
                 log.warning("recovered user %r: task %s closed as interrupted", user_id, task_id)
@@ -1185,10 +1187,19 @@ def _task_state(
 
 
 def _default_extractor(model: str | None, timeout: float) -> Extractor:
-    """Built on a thread: importing the anthropic SDK alone takes about a second."""
-    from memvee.extractors import default_extractor
+    """Built on a thread: importing the anthropic SDK alone takes about a second. Its
+    warning of running offline waits for the open to succeed (:func:`_warn_if_offline`)."""
+    from memvee.extractors._default import quiet_default_extractor
 
-    return default_extractor(model=model, timeout=timeout)
+    return quiet_default_extractor(model=model, timeout=timeout)
+
+
+def _warn_if_offline(extractor: Extractor) -> None:
+    """Warn that the default extractor runs offline, once the Memory has opened: a
+    database that cannot be opened is then told alone, on one line."""
+    from memvee.extractors._default import warn_if_offline
+
+    warn_if_offline(extractor)
 
 
 def _check_parts(config: object, extractor: object, embedder: object) -> None:

@@ -27,12 +27,25 @@ def default_extractor(*, model: str | None = None, timeout: float = 60.0) -> Ext
     Running offline is logged once per process as a warning, so that a deployment that
     lost its key does not silently settle for the much weaker rule-based extraction.
     """
+    extractor = quiet_default_extractor(model=model, timeout=timeout)
+    warn_if_offline(extractor)
+    return extractor
+
+
+def quiet_default_extractor(*, model: str | None, timeout: float) -> Extractor:
+    """:func:`default_extractor` without its warning: a Memory warns once it has opened
+    (:func:`warn_if_offline`), so a database it cannot open is the one thing it says."""
     if os.environ.get(API_KEY_ENV_VAR, "").strip():
         from memvee.extractors._claude import ClaudeExtractor  # the SDK: only when used
 
         return ClaudeExtractor(model=model, timeout=timeout)
-    _warn_offline_once()
     return OfflineExtractor()
+
+
+def warn_if_offline(extractor: Extractor) -> None:
+    """Warn, once per process, that ``extractor`` (one the environment chose) runs offline."""
+    if isinstance(extractor, OfflineExtractor):
+        _warn_offline_once()
 
 
 def _warn_offline_once() -> None:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner, Result
 
 import memvee
 import memvee.cli
+import memvee.extractors._default
 from actors.database_claim import VERIFY, claim_alone
 from events import EventStore, UserLog, sqlite_url
 from memvee import InvalidInputError, Memory, MemoryConfig
@@ -391,6 +392,20 @@ def test_a_command_that_may_create_its_database_adds_no_tables_to_another_progra
     with sqlite3.connect(other) as connection:
         names = [row[0] for row in connection.execute("SELECT name FROM sqlite_schema")]
     assert names == ["notes"]
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["mcp", "--user", "me"]])
+def test_a_server_without_an_api_key_that_cannot_open_its_database_prints_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Running offline is warned once the memory has opened: before, the warning came
+    first, and the error was not the one line a failure prints."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setattr(memvee.extractors._default, "_offline_warned", False)
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    result = run(*command, "--db", str(folder), code=2)
+    assert "is a folder, not a SQLite file" in one_error_line(result)
 
 
 @pytest.mark.parametrize("command", ["users", "mcp"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from memvee import Memory, StorageError
 from memvee.extractors import (
     DEFAULT_MODEL,
     MODEL_ENV_VAR,
@@ -74,6 +75,23 @@ def test_running_offline_is_warned_once_per_process(
     (warning,) = offline_warnings(caplog)
     assert "offline" in warning.getMessage()
     assert "ANTHROPIC_API_KEY" in warning.getMessage()
+
+
+async def test_a_memory_without_a_key_warns_of_running_offline_once_it_has_opened(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A database that cannot be opened is the one thing an open that fails says."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    caplog.set_level(logging.WARNING, logger="memvee.extractors")
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    with pytest.raises(StorageError, match="is a folder"):
+        async with Memory(db_path=str(folder), embedder=False):
+            pass
+    assert offline_warnings(caplog) == []
+    async with Memory(db_path=str(tmp_path / "m.db"), embedder=False):
+        (warning,) = offline_warnings(caplog)
+    assert "running offline" in warning.getMessage()
 
 
 def test_a_memory_extracting_offline_never_loads_the_anthropic_sdk(tmp_path: Path) -> None:
