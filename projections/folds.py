@@ -8,6 +8,9 @@ Each projection has two small functions over one event:
 - ``touches``: the stored rows it may change (by primary key, or by an indexed column),
   which are loaded before the events of a commit or page are folded;
 - ``evolve``: the change itself, on the rows held in a :class:`TableRows`;
+- optionally ``adds``: the key of the row an event puts without looking it up (its
+  ``touches`` name none), so that a later event of the same commit or page that touches
+  that row finds it folded already and needs no stored row read for it;
 - optionally ``current``: whether a row the live fold committed is still the stored one
   when the next event of its key comes, so the live path may remember it instead of
   reading it back (see :mod:`projections.remembered`), with ``began``, the column that
@@ -58,6 +61,7 @@ class Projection:
     touches: Callable[[Any], Sequence[Lookup]]
     evolve: Callable[[TableRows, Any], None]
     indexed: tuple[str, ...] = ()
+    adds: Callable[[Any], Any] | None = None
     current: Callable[[Row, Any], bool] | None = None
     began: str | None = None
 
@@ -135,6 +139,11 @@ def tasks_touches(e: Any) -> Sequence[Lookup]:
         ):
             return [("task_id", e.task_id)]
     return NOTHING
+
+
+def task_requested(e: Any) -> str | None:
+    """The task a :class:`UserLog.ProcessingRequested` puts (``None`` for any other event)."""
+    return e.task_id if type(e) is UserLog.ProcessingRequested else None
 
 
 def evolve_tasks(rows: TableRows, e: Any) -> None:
@@ -360,6 +369,12 @@ def messages_touches(e: Any) -> Sequence[Lookup]:
     return NOTHING
 
 
+def message_added(e: Any) -> str | None:
+    """The message a :class:`UserLog.MessageAdded` puts (``None`` for any other event):
+    a page of the log claims and covers mostly messages it added itself."""
+    return e.message_id if type(e) is UserLog.MessageAdded else None
+
+
 def evolve_messages(rows: TableRows, e: Any) -> None:
     """Every message ever added, for recall, provenance and neighbours; and the buffer:
     whether knowledge has yet to cover it, and the task (if any) that holds it."""
@@ -500,6 +515,7 @@ PROJECTIONS: tuple[Projection, ...] = (
         ),
         tasks_touches,
         evolve_tasks,
+        adds=task_requested,
     ),
     Projection("usage", ("usage_id",), frozenset(_SPENDING), _none, evolve_usage),
     Projection(
@@ -553,6 +569,7 @@ PROJECTIONS: tuple[Projection, ...] = (
         messages_touches,
         evolve_messages,
         ("task_id",),
+        adds=message_added,
     ),
     Projection(
         "users",

@@ -523,13 +523,20 @@ def _folded(
 ) -> TableRows:
     """``events`` folded by ``projection`` over the stored rows they touch, loaded first
     (or, with ``memory``, recalled where still current: such a projection touches rows
-    by its key only)."""
+    by its key only). A row an earlier event of ``events`` adds (``Projection.adds``) is
+    not looked up: that event puts it, whatever was stored, before any later one reads it."""
     rows = projection.new_rows()
     wanted: dict[str, dict[Any, None]] = {}
     first: dict[Any, Any] = {}
-    touches = projection.touches
+    touches, adds = projection.touches, projection.adds
+    added: set[Any] = set()
+    key = projection.key[0]
     for e in events:
+        if adds is not None and (new := adds(e)) is not None:
+            added.add(new)
         for column, value in touches(e):
+            if column == key and value in added:
+                continue  # put by an earlier event of these: folded before it is touched
             wanted.setdefault(column, {})[value] = None
             if memory is not None and value not in first:
                 first[value] = e
