@@ -529,14 +529,20 @@ def _folded(
     wanted: dict[str, dict[Any, None]] = {}
     first: dict[Any, Any] = {}
     touches, adds = projection.touches, projection.adds
-    added: set[Any] = set()
     key = projection.key[0]
-    for e in events:
-        if adds is not None and (new := adds(e)) is not None:
-            added.add(new)
+    added: set[Any] = set()
+    seen = 0  # the events before this one whose added rows are in ``added``
+    for at, e in enumerate(events):
         for column, value in touches(e):
-            if column == key and value in added:
-                continue  # put by an earlier event of these: folded before it is touched
+            if adds is not None and column == key:
+                # Asked only once a key is touched: a live commit of messages alone,
+                # which touches nothing, asks nothing.
+                for earlier in events[seen:at]:
+                    if (new := adds(earlier)) is not None:
+                        added.add(new)
+                seen = at
+                if value in added:
+                    continue  # put by an earlier event of these, before this one reads it
             wanted.setdefault(column, {})[value] = None
             if memory is not None and value not in first:
                 first[value] = e
