@@ -231,9 +231,11 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
 
 def _first_word(text: str, stems: frozenset[str]) -> int | None:
     """Where the first word of ``text`` that the index stems to one of ``stems`` begins
-    (``None``: it holds none, or it holds too many words like them to tell soon). Only the
-    distinct words holding a stem's start (case- and accent-blind) are stemmed, at most
-    :data:`_MOST_STEMMED` of them, so a long message costs about a scan."""
+    (``None``: it holds none, or it holds too many words like them to tell soon); where
+    no space comes shortly before it (Japanese, a comma-separated line), where the part
+    that matched begins, never the text's start. Only the distinct words holding a stem's
+    start (case- and accent-blind) are stemmed, at most :data:`_MOST_STEMMED` of them, so
+    a long message costs about a scan."""
     if not stems:
         return None
     starts = sorted({_start_of(stem) for stem in stems}, key=len, reverse=True)
@@ -241,7 +243,8 @@ def _first_word(text: str, stems: frozenset[str]) -> int | None:
     seen: dict[str, bool] = {}
     for offset, folded in _folded_parts(text):
         for hit in pattern.finditer(folded):
-            begin = folded.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start()) + 1
+            space = folded.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start())
+            begin = space + 1 if space >= 0 else hit.start()  # text without spaces: the hit
             end = folded.find(" ", hit.end(), hit.end() + _LONGEST_WORD)
             word = folded[begin : end if end >= 0 else hit.end() + _LONGEST_WORD]
             if word not in seen:

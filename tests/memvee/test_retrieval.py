@@ -898,12 +898,19 @@ LONG_DAY = (
         (LONG_DAY + "The Café Müller opens at nine. " + "More. " * 50, "cafe muller", "nine"),
         (LONG_DAY + "My brother lives in Tromsø now.", "where does my sibling live", "Tromsø"),
         (LONG_DAY + "Straße. The Café Müller opens at nine. " + "More. " * 50, "muller", "nine"),
+        ("今日はとても良い天気でした。" * 60 + "私は東京都に住んでいます。", "東京", "東京都"),
+        (
+            ",".join(["apple", "pear", "plum", "fig"] * 60) + ",Trondheim,end",
+            "Trondheim",
+            "Trondheim",
+        ),
     ],
 )
 def test_a_long_message_is_shown_around_the_word_it_was_found_by(
     said: str, query: str, shown: str
 ) -> None:
-    """The prompt showed a long message's first 300 characters, not the part that matched."""
+    """The prompt showed a long message's first 300 characters, not the part that matched,
+    and did still for a text without spaces (Japanese, a comma-separated line)."""
     line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
 
     assert shown in line
