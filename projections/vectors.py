@@ -807,20 +807,41 @@ class _Vectors:
         return _Vectors(ids, self.matrix[kept], self.began, self.sent[kept])
 
     def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
-        """The ``limit`` ids with the highest cosine to ``query``; equal ones in row order
-        (the loaded rows are newest first), whichever of them the limit cuts."""
+        """The ``limit`` ids with the highest cosine to ``query``; equal ones (to within
+        :data:`COSINE_TIE`, see :func:`_tied`) in row order (the loaded rows are newest
+        first), whichever of them the limit cuts."""
         if not self.ids or limit <= 0 or self.matrix.shape[1] != len(query):
             return []  # vectors of another model: none is near, till they are made again
         scores = self.matrix @ np.asarray(query, dtype=np.float32)
         if limit < len(self.ids):
-            # Every row at or above the limit's score (ties with it included), then a
+            # Every row at or near the limit's score (ties with it included), then a
             # stable sort of those few: an unstable partition alone would pick any tie.
             bound = -np.partition(-scores, limit - 1)[limit - 1]
-            top = np.flatnonzero(scores >= bound)
-            top = top[np.argsort(-scores[top], kind="stable")][:limit]
+            top = np.flatnonzero(scores >= bound - COSINE_TIE)
         else:
-            top = np.argsort(-scores, kind="stable")
-        return [(self.ids[i], float(scores[i])) for i in top]
+            top = np.arange(len(self.ids))
+        cosines = _tied(scores[top])
+        best = np.argsort(-cosines, kind="stable")[:limit]
+        return [(self.ids[top[i]], float(cosines[i])) for i in best]
+
+
+COSINE_TIE = 1e-6
+"""How far apart two cosines may be and still tie: one text embedded twice (in batches of
+other sizes), or one vector multiplied among other rows, gives cosines a few float32 bits
+apart; texts that differ in meaning are further apart than that."""
+
+
+def _tied(scores: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """``scores`` with each within :data:`COSINE_TIE` of the next higher one given that
+    one's value: the copies of an exchange said again tie, so that the newest ranks first
+    (on both backends) rather than whichever the last bits favour."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    leads = np.concatenate(([True], ranked[:-1] - ranked[1:] > COSINE_TIE))
+    leader = np.maximum.accumulate(np.where(leads, np.arange(len(ranked)), 0))
+    tied = np.empty_like(scores)
+    tied[order] = ranked[leader]
+    return tied
 
 
 def _remembered(kept: OrderedDict[str, _T], log_id: str, new: Callable[[], _T]) -> _T:
@@ -858,14 +879,6 @@ def _newest_first(rows: Sequence[Any]) -> list[Any]:
 
 
 def _nearest(rows: Sequence[object], query: Sequence[float], limit: int) -> list[tuple[str, float]]:
-    """The ``limit`` rows (id, vector bytes) with the highest cosine to the unit ``query``."""
-    if not rows or limit <= 0:
-        return []
-    ids = [row[0] for row in rows]  # type: ignore[index]
-    matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)  # type: ignore[index]
-    matrix = matrix.reshape(len(ids), -1)
-    if matrix.shape[1] != len(query):
-        return []  # vectors of another model: none is near, till they are made again
-    scores = matrix @ np.asarray(query, dtype=np.float32)
-    top = np.argsort(-scores, kind="stable")[:limit]
-    return [(ids[i], float(scores[i])) for i in top]
+    """The ``limit`` rows (id, vector bytes) with the highest cosine to the unit ``query``,
+    ranked as cached vectors are (:meth:`_Vectors.nearest`)."""
+    return _Vectors.of(rows).nearest(query, limit)

@@ -10,8 +10,9 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from sqlalchemy import Connection, delete, event, insert, select
+from sqlalchemy import Connection, delete, event, insert, select, update
 
 from events import EventStore, MemveeError, user_log_id
 from events.errors import RejectedTextError
@@ -219,6 +220,40 @@ def test_messages_equally_near_rank_newest_first_however_their_vectors_are_store
             then = index.messages(connection, "ann", query, 2, as_of=datetime.now(UTC))
             assert [item for item, _ in then] == newest[:2]
     store.close()
+
+
+def test_copies_of_a_message_rank_newest_first_though_their_cosines_differ_in_the_last_bits(
+    db_url: str,
+) -> None:
+    """One text embedded in batches of other sizes gets vectors a bit or two apart, and the
+    oldest copy of a question asked again came first; the copies tie and the newest comes
+    first, from the cache and from the rows alike."""
+    said = ["my favourite colour", "jazz band", "my favourite colour", "my favourite colour"]
+    store = store_of_messages(db_url, "ann", said)
+    embedder, tables = ConceptEmbedder(), ProjectionTables()
+    VectorIndex(tables, embedder.name).fill(store.engine, "ann", embedder.embed, messages=True)
+    v, m = tables.vectors, tables.messages
+    with store.reading() as connection:
+        by_seq = dict(connection.execute(select(m.c.seq, m.c.message_id)).all())
+        oldest = connection.execute(select(v.c.vector).where(v.c.item_id == by_seq[1])).one()[0]
+    vector = np.frombuffer(oldest, dtype=np.float32)
+    nudged = np.nextafter(vector, 2 * vector).astype(np.float32)  # one bit further out
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(v).where(v.c.item_id == by_seq[1]).values(vector=nudged.tobytes())
+        )
+    index, query = VectorIndex(tables, embedder.name), embedder.embed(["favourite colour"])[0]
+    newest = [by_seq[4], by_seq[3], by_seq[1]]
+    try:
+        with store.reading() as connection:
+            for limit in (1, 2, 3):
+                cached = index.messages(connection, "ann", query, limit)
+                read = _stored_then(connection, tables, query, limit, datetime.now(UTC))
+                assert [item for item, _ in cached] == newest[:limit]
+                assert read == cached
+            assert len({cosine for _, cosine in index.messages(connection, "ann", query, 3)}) == 1
+    finally:
+        store.close()
 
 
 def _stored_then(
