@@ -1,11 +1,14 @@
-"""The traces an erasure leaves in SQLite's write-ahead log, and their removal.
+"""The traces an erasure leaves in SQLite's files, and their removal.
 
-Deleted rows live on in the log's frames (and in the database pages those frames have
-not been copied back to yet) until a ``TRUNCATE`` checkpoint copies every frame into the
+Deleted rows live on in two places ``secure_delete`` does not reach. Pages SQLite
+rebuilt while rows moved between them (a row that grew, say) keep the rows' former bytes
+in their unused middle, until the file is rewritten (:meth:`events.EventStore.rewrite`).
+And the write-ahead log's frames (and the database pages those frames have not been
+copied back to yet) keep them until a ``TRUNCATE`` checkpoint copies every frame into the
 database file and empties the log. A connection still reading an older snapshot (a
 backup, an export, another process) holds that checkpoint off, and SQLite answers "busy"
 in the checkpoint's row rather than raising; so the row is read, and an erasure whose
-truncation was held off has it retried in the background until one succeeds.
+scrubbing failed or was held off has it retried in the background until it succeeds.
 """
 
 from __future__ import annotations
@@ -19,12 +22,24 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
-from events import StorageError
+from events import EventStore, StorageError
 from events.errors import first_line
 
-__all__ = ["TraceScrubber", "truncate_wal"]
+__all__ = ["TraceScrubber", "scrub_files", "truncate_wal"]
 
 log = logging.getLogger("memvee.actors")
+
+
+def scrub_files(store: EventStore, wait_ms: int) -> None:
+    """Leave none of the erased rows' bytes in the SQLite files: rewrite the file if an
+    erasure owes it a rewrite, then truncate the write-ahead log (see
+    :func:`truncate_wal` for ``wait_ms``).
+
+    Raises :class:`StorageError` when either could not be done.
+    """
+    if store.rewrite_owed:
+        store.rewrite()
+    truncate_wal(store.engine, wait_ms)
 
 
 def truncate_wal(engine: Engine, wait_ms: int) -> None:
@@ -55,16 +70,16 @@ def truncate_wal(engine: Engine, wait_ms: int) -> None:
 
 
 class TraceScrubber:
-    """Truncates the write-ahead log in the background for erasures that could not do it
-    themselves, trying again (1 s, doubling up to a minute) until it succeeds.
+    """Scrubs the files (:func:`scrub_files`) in the background for erasures that could
+    not do it themselves, trying again (1 s, doubling up to a minute) until it succeeds.
 
     Its thread starts with the first erasure that needs it.
     """
 
     def __init__(
-        self, engine: Engine, *, retry_delay: float = 1.0, retry_max: float = 60.0
+        self, store: EventStore, *, retry_delay: float = 1.0, retry_max: float = 60.0
     ) -> None:
-        self._engine = engine
+        self._store = store
         self._retry = (retry_delay, retry_max)
         self._worker: UserWorker | None = None
         self._remaining: set[str] = set()
@@ -78,7 +93,7 @@ class TraceScrubber:
             return frozenset(self._remaining)
 
     def later(self, user_id: str) -> None:
-        """Truncate the log for ``user_id``'s erasure in the background."""
+        """Scrub the files of ``user_id``'s erasure in the background."""
         with self._lock:
             if self._stopped:
                 return
@@ -109,11 +124,12 @@ class TraceScrubber:
         if not remaining:
             return
         try:
-            truncate_wal(self._engine, 0)
+            scrub_files(self._store, 0)
         except StorageError as error:
             log.warning(
                 "users %s were erased, but their words stay in the database files until "
-                "the other connections finish reading and a checkpoint runs (%s)",
+                "they are scrubbed: the other connections finish reading and a checkpoint "
+                "runs, after a rewrite of the file where one failed (%s)",
                 ", ".join(repr(u) for u in sorted(remaining)),
                 error,
             )
@@ -123,7 +139,7 @@ class TraceScrubber:
     def _scrub(self, user_id: str, stopping: Callable[[], bool]) -> None:
         if stopping():
             return
-        truncate_wal(self._engine, 0)
+        scrub_files(self._store, 0)
         self._scrubbed({user_id})
 
     def _scrubbed(self, users: set[str] | frozenset[str]) -> None:

@@ -161,7 +161,7 @@ class Engine:
         undo.callback(self.committer.stop)
         self.timers = Timers()
         undo.callback(self.timers.stop)
-        self.scrubber = TraceScrubber(self.store.engine)
+        self.scrubber = TraceScrubber(self.store)
         undo.callback(self.scrubber.stop)
         self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild)
         undo.callback(self.rebuild_watch.stop)

@@ -7,11 +7,13 @@ Right to be forgotten: one transaction deletes the user's events and snapshots a
 every projection row of their log, with every other writer held off, so afterwards no
 API, no replay and no rebuild can bring any of it back. On SQLite every connection the
 store opens overwrites what it deletes (``secure_delete``, never turned off), so neither
-the erasure nor an earlier write leaves the user's words in free space, and the
-write-ahead log is truncated after the commit, so the deleted words do not linger in
-the database files; when other connections' older
-snapshots hold the truncation off, the receipt says so (``scrubbed=False``) and the
-engine has it retried in the background (:mod:`actors._traces`).
+the erasure nor an earlier write leaves the user's words in free space; after the commit
+the file is rewritten from its live rows (``VACUUM``: pages SQLite rebuilt keep copies of
+moved rows that no deletion reaches) and the write-ahead log is truncated, so the
+deleted words do not linger in the database files. When the rewrite fails (a full disk)
+or other connections' older snapshots hold the truncation off, the receipt says so
+(``scrubbed=False``) and the engine has it retried in the background
+(:mod:`actors._traces`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from actors._traces import truncate_wal
+from actors._traces import scrub_files
 from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
@@ -44,9 +46,10 @@ class ForgetReceipt:
     """What forgetting one user erased: log events, snapshots and rows per table.
 
     Handed back by :meth:`memvee.Memory.forget` as proof of the erasure. ``scrubbed`` is
-    false when, on SQLite, the erased words may still be in the database files: other
-    connections were reading older snapshots, or the disk was full, so the write-ahead
-    log could not be truncated yet (it is retried in the background).
+    false when, on SQLite, the erased words may still be in the database files: the file
+    could not be rewritten (a full disk), or other connections were reading older
+    snapshots so the write-ahead log could not be truncated yet (both are retried in the
+    background).
     """
 
     user_id: str
@@ -87,12 +90,12 @@ def erase_user(
     scrubbed = True
     if store.is_sqlite:
         try:
-            truncate_wal(store.engine, TRUNCATE_WAIT_MS)
+            scrub_files(store, TRUNCATE_WAIT_MS)
         except StorageError as error:
             scrubbed = False
             log.warning(
                 "user %r erased, but the erased words stay in the database files until "
-                "the write-ahead log is truncated, retried in the background (%s)",
+                "they are scrubbed, retried in the background (%s)",
                 user_id,
                 error,
             )

@@ -621,6 +621,9 @@ class EventStore:
         )
         self.durability = durability
         self._writer: Connection | None = None
+        self.rewrite_owed = False
+        """Whether an erasure's words may be left in the unused space of live pages
+        (SQLite), until :meth:`rewrite` succeeds."""
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         if not create:
             if found is None:  # the log not seen without writing yet: another backend, say
@@ -1390,8 +1393,10 @@ class EventStore:
     def forget(self, connection: Connection, user_id: str) -> tuple[int, int]:
         """Delete every event and snapshot of ``user_id``'s log, in the caller's transaction.
 
-        Returns (events, snapshots) deleted.
+        Returns (events, snapshots) deleted. On SQLite the file is owed a :meth:`rewrite`
+        from then on.
         """
+        self.rewrite_owed = self.is_sqlite
         log_id = user_log_id(user_id)
         events = connection.execute(
             self._events.delete().where(self._events.c.originator_id == log_id)
@@ -1437,6 +1442,32 @@ class EventStore:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
+
+    def rewrite(self) -> None:
+        """Rewrite the SQLite file from its live rows alone (``VACUUM``), with every other
+        writer held off meanwhile (no-op elsewhere).
+
+        ``secure_delete`` zeroes deleted rows and freed pages, but a page SQLite rebuilt
+        while rows moved between pages keeps their former bytes in its unused middle, out of
+        reach of a later deletion: only rewriting every page leaves no erased words there.
+        Raises :class:`StorageError` (a full disk, say); the rewrite stays owed until one
+        succeeds.
+        """
+        lock = self._datastore.write_lock
+        if not self.is_sqlite or lock is None:
+            return
+        with lock:
+            self.rewrite_owed = False
+            try:
+                with self.engine.connect() as connection:
+                    driver = connection.connection.driver_connection
+                    assert driver is not None
+                    driver.execute("VACUUM")
+            except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
+                self.rewrite_owed = True
+                raise StorageError(
+                    f"the database file was not rewritten: {first_line(error)}"
+                ) from error
 
     def max_position(self, connection: Connection | None = None) -> int:
         """The id of the last committed notification (0 for an empty database), read in

@@ -831,8 +831,10 @@ class Memory:
         Messages already sent for the user are committed first and erased with the rest;
         running and requested tasks end FAILED. Afterwards nothing of the user can be read
         back, replayed or rebuilt; writing to the user again starts a new, empty log.
-        On SQLite, ``receipt.scrubbed`` is false while other connections' older snapshots
-        keep the erased words in the database files; they are scrubbed in the background.
+        On SQLite the file is then rewritten (``VACUUM``, with writers held off: its time
+        grows with the file) so no copy of the words stays in it; ``receipt.scrubbed`` is
+        false when that failed or other connections' older snapshots keep the erased words
+        in the database files; they are scrubbed in the background.
         """
         check_user_id(user_id)
         engine, loop = self._running()

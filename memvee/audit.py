@@ -1169,9 +1169,10 @@ class Audit:
         A user with no log here erases nothing (a receipt of zeros), and a log that does
         not load is erased all the same. A Memory running on the database learns it as it
         learns another process's erasure: a write it decided on the old log is refused and
-        decided again on the new, empty one. On SQLite, words that other connections'
-        snapshots keep in the files (``scrubbed=False``) are scrubbed in the background
-        until :meth:`close`, which tries once more.
+        decided again on the new, empty one. On SQLite the file is rewritten (``VACUUM``);
+        words a failed rewrite or other connections' snapshots keep in the files
+        (``scrubbed=False``) are scrubbed in the background until :meth:`close`, which
+        tries once more.
         """
         check_user_id(user_id)
         leases = LeaseTable(self.store.engine, new_owner_id(), ttl=0.0)
@@ -1182,7 +1183,7 @@ class Audit:
         )
         if not receipt.scrubbed:
             if self._scrubber is None:
-                self._scrubber = TraceScrubber(self.store.engine)
+                self._scrubber = TraceScrubber(self.store)
             self._scrubber.later(user_id)
         log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
         return receipt

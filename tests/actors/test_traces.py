@@ -1,5 +1,5 @@
-"""The write-ahead log is truncated after an erasure: at once, or in the background once
-the readers that held it off are done."""
+"""The files are scrubbed after an erasure (the file rewritten, the write-ahead log
+truncated): at once, or in the background once what held it off is done."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from actors._traces import TraceScrubber, truncate_wal
+from actors._traces import TraceScrubber, scrub_files, truncate_wal
 from events import EventStore, StorageError
 
 
@@ -80,7 +80,7 @@ def test_a_held_off_truncation_is_retried_until_the_reader_is_done(
     wal_store: EventStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="memvee")
-    scrubber = TraceScrubber(wal_store.engine, retry_delay=0.01, retry_max=0.01)
+    scrubber = TraceScrubber(wal_store, retry_delay=0.01, retry_max=0.01)
     reader = _snapshot_reader(wal_store)
     try:
         scrubber.later("ann")
@@ -100,7 +100,7 @@ def test_a_held_off_truncation_is_retried_until_the_reader_is_done(
 def test_closing_names_the_users_whose_words_a_reader_still_holds(
     wal_store: EventStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scrubber = TraceScrubber(wal_store.engine, retry_delay=60, retry_max=60)
+    scrubber = TraceScrubber(wal_store, retry_delay=60, retry_max=60)
     reader = _snapshot_reader(wal_store)
     try:
         scrubber.later("ann")
@@ -116,8 +116,39 @@ def test_closing_names_the_users_whose_words_a_reader_still_holds(
 
 def test_no_thread_is_started_until_an_erasure_needs_one(wal_store: EventStore) -> None:
     before = {t.ident for t in threading.enumerate()}
-    scrubber = TraceScrubber(wal_store.engine)
+    scrubber = TraceScrubber(wal_store)
 
     assert scrubber.wait_idle(0) and scrubber.remaining == frozenset()
     assert {t.ident for t in threading.enumerate()} == before
     scrubber.stop()
+
+
+def test_a_rewrite_that_fails_stays_owed_and_the_scrubber_does_it_once_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memvee")
+    path = tmp_path / "traces.db"
+    store = EventStore(f"sqlite:///{path}", busy_timeout_ms=1)
+    scrubber = TraceScrubber(store, retry_delay=0.01, retry_max=0.01)
+    with store.transaction() as connection:
+        store.forget(connection, "ann")
+    writer = sqlite3.connect(path, isolation_level=None)  # another process mid-write
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="the database file was not rewritten"):
+            scrub_files(store, 0)
+        assert store.rewrite_owed
+        scrubber.later("ann")
+        assert scrubber.wait_idle(10)
+        assert scrubber.remaining == {"ann"}, "no rewrite while the other writer holds on"
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    deadline = time.monotonic() + 10
+    while scrubber.remaining and time.monotonic() < deadline:
+        time.sleep(0.005)
+    scrubber.stop()
+    store.close()
+
+    assert scrubber.remaining == frozenset() and not store.rewrite_owed
+    assert "user 'ann': the erased words are gone from the database files" in caplog.messages

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 import actors.erasure
 from actors._traces import TraceScrubber
-from events import EventStore
+from events import EventStore, StorageError
 from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
 from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
@@ -162,6 +162,62 @@ def _traces(db_path: Path) -> int:
     return sum(f.read_bytes().count(word) for f in files for word in (b"zebra", b"4471"))
 
 
+def _grow_rows_last_to_first(db_path: Path) -> None:
+    """Lengthen every stored message row, the last first (as batches that end out of
+    order mark their messages): SQLite moves rows between pages to make room."""
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA secure_delete=ON")
+        rows = connection.execute("SELECT id FROM mv_messages ORDER BY id DESC").fetchall()
+        for (row,) in rows:
+            connection.execute("UPDATE mv_messages SET task_id = ? WHERE id = ?", ("t" * 12, row))
+    finally:
+        connection.close()
+
+
+async def test_no_copy_of_the_erased_words_stays_in_pages_sqlite_rebuilt_around_them(
+    make_memory: Callable[..., Any], db_url: str, db_path: Path
+) -> None:
+    """A page SQLite rebuilds keeps the bytes of the rows it moved away in its unused
+    middle, where ``secure_delete`` never reaches: the words must go all the same."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for i in range(20):
+        await memory.add_exchange("ann", f"My locker code is zebra-{i}", f"ok {i}")
+        await memory.add_exchange("bob", f"I live in Rome. Note {i}", f"ok {i}")
+    _grow_rows_last_to_first(db_path)
+
+    receipt = await memory.forget("ann")
+
+    assert receipt.scrubbed is True
+    assert _traces(db_path) == 0
+    assert len(await memory.messages("bob")) == 40
+
+
+async def test_an_erasure_whose_file_could_not_be_rewritten_is_not_said_scrubbed(
+    make_memory: Callable[..., Any],
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+
+    def full_disk(store: EventStore) -> None:
+        raise StorageError("the database file was not rewritten: database or disk is full")
+
+    monkeypatch.setattr(EventStore, "rewrite", full_disk)
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await _history(memory, "ann", turns=1)
+
+    receipt = await memory.forget("ann")
+
+    assert receipt.scrubbed is False and receipt.total > 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'ann' erased, but" in m and "disk is full" in m for m in warned), warned
+
+
 async def test_words_a_reader_holds_in_the_files_are_reported_and_scrubbed_once_it_ends(
     make_memory: Callable[..., Any],
     db_url: str,
@@ -176,7 +232,7 @@ async def test_words_a_reader_holds_in_the_files_are_reported_and_scrubbed_once_
     memory: Memory = await make_memory(extractor=OfflineExtractor())
     engine = memory._engine
     assert engine is not None
-    engine.scrubber = TraceScrubber(engine.store.engine, retry_delay=0.01, retry_max=0.01)
+    engine.scrubber = TraceScrubber(engine.store, retry_delay=0.01, retry_max=0.01)
     await _history(memory, "ann")
     reader = sqlite3.connect(db_path, isolation_level=None)  # a backup, say, mid-read
     reader.execute("BEGIN")
