@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -33,6 +36,7 @@ from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from actors.lease import database_now
 from events import (
     AlreadyReextractedError,
     BatchLimits,
@@ -81,12 +85,17 @@ CLOCK_SLACK = timedelta(hours=1)
 """How much earlier than its kept row, by the API's clock, a batch may say it was created
 when a run looks for a batch whose creation was never confirmed (the two clocks differ)."""
 
-CLAIM_TTL = timedelta(minutes=2)
-"""How long a run's claim on a user's plan holds unrenewed: an older claim is a stopped
-run's, and the next run takes the user over."""
+CLAIM_RENEW = 10.0
+"""Seconds between renewals of a running bulk run's claims (by the database's clock)."""
 
-CLAIM_RENEW = 30.0
-"""Seconds between renewals of a running bulk run's claims."""
+CLAIM_TTL = timedelta(seconds=3 * CLAIM_RENEW)
+"""How long a run's claim on a user's plan holds unrenewed: an older claim is a stopped
+run's, and the next run takes the user over. A claim whose run was on this host and has
+ended (its process gone) is taken over at once, whatever its age (:func:`_abandoned`)."""
+
+OLD_CLAIM_TTL = timedelta(minutes=2)
+"""How long a claim of an older memvee (which names no process, and renews every 30 s)
+holds unrenewed."""
 
 _CREATE_ATTEMPTS = 3
 """Calls that create one Message Batch, at most, when the API refuses it for a while."""
@@ -130,8 +139,11 @@ class BulkReport:
     left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
     claimed: list[str] = field(default_factory=list)
-    """Users another run under way re-extracts into the version: nothing was submitted
-    for them (a run stopped in the last :data:`CLAIM_TTL` still holds its users)."""
+    """Users another run under way re-extracts into the version: nothing new was submitted
+    for them (a run of another host stopped in the last :data:`CLAIM_TTL` still holds its
+    users; one of this host that has ended holds none)."""
+    collected: list[str] = field(default_factory=list)
+    """Users some of whose requests kept by an earlier run this run recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +208,7 @@ class BulkReextraction:
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
         self.owner = str(uuid4())
+        self.process = _this_process()  # named by its claims, to tell when it ended
         self.claims: list[str] = []
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
         self._kept_read = 0.0  # time.monotonic() of that read
@@ -242,8 +255,8 @@ class BulkReextraction:
             pending = self._claim(user_id)
             if pending is None:
                 log.warning(
-                    "user %r is being re-extracted into %r by another run; nothing submitted "
-                    "for it",
+                    "user %r is being re-extracted into %r by another run; nothing new "
+                    "submitted for it",
                     user_id,
                     self.version,
                 )
@@ -516,6 +529,8 @@ class BulkReextraction:
                 else:
                     report.recorded += 1
                     report.entries += entries
+                    if user_id not in report.collected:
+                        report.collected.append(user_id)
         await asyncio.to_thread(self._delete, row["local_id"])
 
     async def _ended_results(
@@ -790,11 +805,11 @@ class BulkReextraction:
     def _claim(self, user_id: str) -> set[str] | None:
         """Claim the user's plan for this run, in the transaction that reads the kept
         Message Batches; returns the messages they hold (not to plan again), or ``None``
-        when another run holds the user (its claim renewed within :data:`CLAIM_TTL`)."""
+        when another run holds the user (its claim not :func:`_abandoned`)."""
         claim_id = _claim_id(self.version, user_id)
-        now = datetime.now(UTC)
         try:
             with self.store.transaction() as connection:
+                now = _database_time(connection)
                 held = (
                     connection.execute(
                         select(BULK_BATCHES).where(BULK_BATCHES.c.local_id == claim_id)
@@ -802,7 +817,13 @@ class BulkReextraction:
                     .mappings()
                     .first()
                 )
-                mine = {"user": user_id, "owner": self.owner, "messages": [], "known": []}
+                mine = {
+                    "user": user_id,
+                    "owner": self.owner,
+                    "messages": [],
+                    "known": [],
+                    **self.process,
+                }
                 if held is None:
                     connection.execute(
                         BULK_BATCHES.insert(),
@@ -815,7 +836,7 @@ class BulkReextraction:
                         },
                     )
                 elif held["requests"][_CLAIM].get("owner") != self.owner:
-                    if not _stale(held["created_at"], now):
+                    if not _abandoned(held["requests"][_CLAIM], held["created_at"], now):
                         return None
                     taken = connection.execute(
                         BULK_BATCHES.update()
@@ -825,7 +846,7 @@ class BulkReextraction:
                     )
                     if taken.rowcount != 1:
                         return None
-                    self._kept = None  # the stale run may have kept batches since: read again
+                    self._kept = None  # the stopped run may have kept batches since: read again
                 if self._kept is None or time.monotonic() - self._kept_read > KEPT_FRESH:
                     self._kept = _kept_by_user(self._rows(connection))
                     self._kept_read = time.monotonic()
@@ -842,9 +863,9 @@ class BulkReextraction:
         if row["api_batch_id"] is not None:
             return False
         users = {r["user"] for r in row["requests"].values()}
-        now = datetime.now(UTC)
         ids = [_claim_id(self.version, user) for user in users]
         with self.store.engine.connect() as connection:
+            now = _database_time(connection)
             claims = (
                 connection.execute(
                     select(BULK_BATCHES).where(
@@ -858,7 +879,7 @@ class BulkReextraction:
         return any(
             c["requests"][_CLAIM]["user"] in users
             and c["requests"][_CLAIM].get("owner") != self.owner
-            and not _stale(c["created_at"], now)
+            and not _abandoned(c["requests"][_CLAIM], c["created_at"], now)
             for c in claims
         )
 
@@ -876,7 +897,7 @@ class BulkReextraction:
             connection.execute(
                 BULK_BATCHES.update()
                 .where(*self._own_claims())
-                .values(created_at=datetime.now(UTC))
+                .values(created_at=_database_time(connection))
             )
 
     def _release_claims(self) -> None:
@@ -923,9 +944,75 @@ def _claim_id(version: str, user_id: str) -> str:
     return str(uuid5(NAMESPACE_URL, f"memvee-bulk-claim:{version}\0{user_id}"))
 
 
-def _stale(claimed_at: datetime, now: datetime) -> bool:
-    """Whether a claim unrenewed since ``claimed_at`` is a stopped run's."""
-    return now - aware(claimed_at) > CLAIM_TTL
+def _database_time(connection: Connection) -> datetime:
+    """The database's clock: what claims are renewed and judged by, so that the clocks of
+    two hosts running bulk runs may differ."""
+    return datetime.fromtimestamp(database_now(connection), UTC)
+
+
+def _abandoned(claim: Mapping[str, Any], renewed: datetime, now: datetime) -> bool:
+    """Whether a claim last renewed at ``renewed`` is a stopped run's, to take over: its
+    process, on this host, has ended (:func:`_ended`), or it went unrenewed past
+    :data:`CLAIM_TTL` (a run of another host), past :data:`OLD_CLAIM_TTL` for an older
+    memvee's claim."""
+    if _ended(claim):
+        return True
+    ttl = CLAIM_TTL if "host" in claim else OLD_CLAIM_TTL
+    return now - aware(renewed) > ttl
+
+
+def _this_process() -> dict[str, Any]:
+    """What a claim names its run's process by: its host, pid and start time."""
+    pid = os.getpid()
+    return {"host": _host(), "pid": pid, "started": _started(pid)}
+
+
+def _ended(claim: Mapping[str, Any]) -> bool:
+    """Whether the process a claim names is known to have ended: it ran on this host, and
+    its pid is gone, a zombie, or another process's now (a start time other than the
+    claim's). Another host's process (or one that cannot be looked at) is not known to."""
+    pid = claim.get("pid")
+    if os.name != "posix" or claim.get("host") != _host() or type(pid) is not int or pid < 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it is there
+        pass
+    stat = _stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    return state == "Z" or claim.get("started") not in (None, started)
+
+
+@cache
+def _host() -> str:
+    """This host's name, with its pid namespace where the platform tells it (Linux): two
+    containers of one name do not see each other's processes."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} {namespace}"
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, as the kernel tells it (Linux), or ``None``."""
+    stat = _stat(pid)
+    return None if stat is None else stat[1]
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """Process ``pid``'s state and start time (clock ticks since boot) from
+    ``/proc/<pid>/stat``, or ``None`` where that cannot be read (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()  # after the command's name
+        return fields[0].decode(), fields[19].decode()
+    except (OSError, IndexError):
+        return None
 
 
 def _order(custom_id: str) -> int:

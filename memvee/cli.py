@@ -819,7 +819,7 @@ def reextract(
     listed (exit code 1, as when some Message Batches requests failed: run it again to
     retry them). A user whose re-extraction stops (the API down) is one error line, after
     what it left out before, and the others go on; the exit code is then 2 (run it again
-    to go on).
+    to go on), as when ``--promote`` left users unpromoted that another bulk run holds.
     """
     if (user is None) == (not all_users):
         raise InvalidInputError(
@@ -935,10 +935,13 @@ def _reextract_in_bulk(
             )
         )
     for user_id in report.claimed:
+        done = (
+            "its kept requests recorded, nothing new" if user_id in report.collected else "nothing"
+        )
         console.print(
             Text.assemble(
                 ("claimed:", "yellow"),
-                f" {user_id} is being re-extracted into {version!r} by another run; nothing "
+                f" {user_id} is being re-extracted into {version!r} by another run; {done} "
                 "submitted for it",
             )
         )
@@ -946,6 +949,13 @@ def _reextract_in_bulk(
         for target in targets:
             if target not in report.claimed and version in audit.unpromoted_versions(target):
                 _print_returned(target, version, audit.promote(target, version))
+        if report.claimed:
+            _print_error(
+                f"{version!r} not promoted for {len(report.claimed)} of {len(targets)} users: "
+                "another run holds them (claimed: above); once it ends, run this again, or "
+                f"`memvee promote USER {version}`"
+            )
+            raise typer.Exit(code=2)
     if report.failed or report.left_out:
         raise typer.Exit(code=1)
 

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import logging
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -612,6 +613,31 @@ def test_the_command_line_runs_a_bulk_reextraction(db: str, server: MessagesAPIS
     assert refused.exit_code == 2 and "--batch-api needs --extractor claude" in refused.output
 
 
+def test_promoting_users_another_run_holds_is_refused_after_their_kept_requests_are_recorded(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed once it submitted, then one of another host holding ann: running the
+    command again with ``--promote`` records the kept batch for both users, tells ann's
+    requests recorded though nothing new is submitted for her, promotes bob, and exits 2
+    with one line saying how to promote ann once the other run ends."""
+    with Audit(db_url=db) as audit:
+        asyncio.run(_killed_once_submitted(audit, monkeypatch))
+        _claimed(audit, "ann", ANOTHER_HOST, datetime.now(UTC))
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--promote", "--db-url", db])
+    assert result.exit_code == 2, result.output
+    assert "6 requests recorded" in result.output
+    assert "ann is being re-extracted into 'v2' by another run; its kept requests " in (
+        " ".join(result.output.split())
+    )
+    error = " ".join(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert "'v2' not promoted for 1 of 2 users" in error and "memvee promote" in error
+    with Audit(db_url=db) as audit:
+        assert "v2" in audit.knowledge_versions("ann") and audit.knowledge_versions("bob") == {
+            "live": 5
+        }
+
+
 async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -938,28 +964,62 @@ async def test_two_bulk_runs_at_once_submit_and_record_each_users_messages_once(
             assert connection.execute(select(BULK_BATCHES)).all() == [], "claims released"
 
 
+def _claimed(audit: Audit, user: str, owner: dict[str, Any], at: datetime) -> None:
+    """Keep a claim on ``user``'s plan for v2 as another run makes it (``owner`` names
+    its process, or is empty, as an older memvee's), renewed last ``at``."""
+    held = {"user": user, "owner": "another run", "messages": [], "known": [], **owner}
+    with audit.store.transaction() as connection:
+        create_bulk_table(connection)
+        row = {
+            "local_id": memvee._bulk._claim_id("v2", user),
+            "knowledge_version": "v2",
+            "api_batch_id": None,
+            "requests": {"claim": held},
+            "created_at": at,
+        }
+        connection.execute(BULK_BATCHES.insert(), row)
+
+
+ANOTHER_HOST = {"host": "another host", "pid": 1, "started": "1"}
+
+
 async def test_a_user_a_running_bulk_run_holds_is_passed_over_and_a_stopped_runs_taken_over(
     both_backends: str, server: MessagesAPIServer
 ) -> None:
     """A claim renewed lately is a run under way: nothing is submitted for its user. One
-    unrenewed past ``CLAIM_TTL`` is a stopped run's, and the user is planned as usual."""
+    of another host unrenewed past ``CLAIM_TTL`` is a stopped run's, and the user is
+    planned as usual; an older memvee's (which names no process, and renews less often)
+    holds for ``OLD_CLAIM_TTL``."""
     now = datetime.now(UTC)
     with Audit(db_url=both_backends) as audit:
-        with audit.store.transaction() as connection:
-            create_bulk_table(connection)
-            for user, claimed_at in (("ann", now), ("bob", now - 2 * memvee._bulk.CLAIM_TTL)):
-                held = {"user": user, "owner": "another run", "messages": [], "known": []}
-                row = {
-                    "local_id": memvee._bulk._claim_id("v2", user),
-                    "knowledge_version": "v2",
-                    "api_batch_id": None,
-                    "requests": {"claim": held},
-                    "created_at": claimed_at,
-                }
-                connection.execute(BULK_BATCHES.insert(), row)
+        _claimed(audit, "ann", {}, now - 2 * bulk_module.CLAIM_TTL)
+        _claimed(audit, "bob", ANOTHER_HOST, now - 2 * bulk_module.CLAIM_TTL)
         report = await _run(audit)
         assert report.claimed == ["ann"] and report.submitted == 1
         assert _reextracted(audit, "ann") == [] and len(_reextracted(audit, "bob")) == 1
         with audit.store.engine.connect() as connection:
             (left,) = connection.execute(select(BULK_BATCHES)).mappings().all()
         assert left["requests"]["claim"]["owner"] == "another run", "its claim is not ours"
+
+
+def _ended_pid() -> int:
+    """The pid of a process of this host that has ended."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    return ended.pid
+
+
+async def test_a_claim_whose_process_on_this_host_ended_is_taken_over_at_once(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """A run killed on this host leaves claims renewed a moment ago, but its process is
+    gone (ann's), or its pid is another process's now (bob's: a start time other than the
+    claim's): the next run takes both users over at once, not after ``CLAIM_TTL``."""
+    now = datetime.now(UTC)
+    here = bulk_module._this_process()
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "ann", {**here, "pid": _ended_pid()}, now)
+        _claimed(audit, "bob", {**here, "started": "0"}, now)
+        report = await _run(audit)
+        assert report.claimed == [] and report.submitted == 2
+        assert all(len(_reextracted(audit, user)) == 1 for user in USERS)
