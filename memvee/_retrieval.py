@@ -9,11 +9,10 @@ user's relatives or things the query does not name keeps half; the user's own na
 the query is embedded as "the user", see :meth:`Retriever._as_embedded`). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
-came from, or half their score for a relative's fact); a message is left out when the
-returned entries citing it state the query's words it holds (an entry whose messages are
-all shown before it is left out instead), and one whose facts were all replaced goes
-after the rest. An embedder that fails (an API down, a model that
-cannot load) leaves the ranking lexical: a search never fails for it.
+came from, or half their score for a relative's fact); a message that a returned
+entry cites is left out, and one whose facts were all replaced goes after the rest. An
+embedder that fails (an API down, a model that cannot load) leaves the ranking lexical: a
+search never fails for it.
 """
 
 from __future__ import annotations
@@ -459,10 +458,8 @@ class Retriever:
         query unrelated to everything finds nothing; one without such words, "who am I?",
         gets the most recent facts, scored 0, beside what its meaning finds, and before any
         message), a message shown with the other half of its exchange: an exchange is shown
-        once (as is one said again word for word), left out when the returned entries
-        citing either half state what it matched (see :meth:`_Exchanges.cited`; an entry
-        ranked after the messages it came from, all shown, is left out instead), and comes
-        last when either half is outdated."""
+        once (as is one said again word for word), left out when a returned entry cites
+        either half, and comes last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -482,9 +479,9 @@ class Retriever:
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
         order = _merge_ranked(entries, messages, stale, facts_first=not searched)
-        exchanges = _Exchanges(stale, _stems_of(query_terms(query).own))
+        exchanges = _Exchanges(stale)
         chosen: list[_Candidate] = []
-        cited: dict[str, frozenset[str]] = {}
+        cited: set[str] = set()
         at = 0
         while at < len(order) and len(chosen) < top_k:
             candidate = order[at]
@@ -497,16 +494,9 @@ class Retriever:
             if item is None:
                 continue  # erased since it was embedded
             if isinstance(item, KnowledgeEntry):
-                citing = exchanges.cite(item, cited)
-                left = [
-                    c
-                    for c in chosen
-                    if not (isinstance(c.item, Message) and exchanges.cited(c.item, citing))
-                ]
-                if exchanges.all_shown(item, left):
-                    continue  # the messages it came from, shown, say it and what matched
-                cited, chosen = citing, left
-            elif exchanges.cited(item, cited) or exchanges.shown(item, chosen):
+                cited.update(item.source_message_ids)
+                chosen = [c for c in chosen if not exchanges.cited(c.key, cited)]
+            elif exchanges.cited(candidate.key, cited) or exchanges.shown(item, chosen):
                 continue
             elif exchanges.outdated(candidate.key) and candidate.key not in stale:
                 stale.add(candidate.key)
@@ -686,60 +676,20 @@ def _other_half(message: Message, by_seq: dict[int, Message]) -> Message | None:
 @dataclass(slots=True)
 class _Exchanges:
     """The exchanges of the messages a retrieval looked at: the other half of each (by
-    message id), the outdated messages among both halves, what each shows (its ``words``,
-    to tell an exchange said again word for word), and the query's words (the index's
-    stems of them, ``asked``) each message and entry holds."""
+    message id), the outdated messages among both halves, and what each shows (its
+    ``words``, to tell an exchange said again word for word)."""
 
     stale: set[str]
-    asked: frozenset[str] = frozenset()
     partner: dict[str, Message | None] = field(default_factory=dict)
     words: dict[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
-    holds: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def _halves(self, key: str) -> tuple[str, ...]:
         partner = self.partner.get(key)
         return (key,) if partner is None else (key, partner.message_id)
 
-    def cite(
-        self, entry: KnowledgeEntry, cited: dict[str, frozenset[str]]
-    ) -> dict[str, frozenset[str]]:
-        """``cited`` (each message the returned entries cite, with the query's words they
-        state) with ``entry`` returned too."""
-        stated = self._asked_in(entry.entry_id, entry.text)
-        sources = entry.source_message_ids
-        return {**cited, **{m: cited.get(m, frozenset()) | stated for m in sources}}
-
-    def all_shown(self, entry: KnowledgeEntry, chosen: list[_Candidate]) -> bool:
-        """Whether every message ``entry`` came from is shown among the ``chosen`` (as
-        itself or as the other half of one): they say what it says, and what they were
-        found by that it leaves out, so it would only take a place."""
-        shown = {
-            half for c in chosen if isinstance(c.item, Message) for half in self._halves(c.key)
-        }
-        return bool(entry.source_message_ids) and shown.issuperset(entry.source_message_ids)
-
-    def cited(self, message: Message, cited: dict[str, frozenset[str]]) -> bool:
-        """Whether the returned entries citing either half of ``message``'s exchange state
-        every word of the query that half holds: they say what it was found by. A message
-        whose matching part no fact states ("I live in Lima and the door code of my flat
-        is 4411" beside "User lives in Lima.", for "what is my door code?") stays shown,
-        though the fact is returned too, lifted by it (:func:`_lift_entries`)."""
-        partner = self.partner.get(message.message_id)
-        halves = [message] if partner is None else [message, partner]
-        return any(
-            half.message_id in cited
-            and self._asked_in(half.message_id, half.content) <= cited[half.message_id]
-            for half in halves
-        )
-
-    def _asked_in(self, key: str, text: str) -> frozenset[str]:
-        """The query's words that ``text`` (of the message or entry ``key``) holds (found
-        once an item)."""
-        held = self.holds.get(key)
-        if held is None:
-            held = self.asked.intersection(text_stems(text)) if self.asked else frozenset()
-            self.holds[key] = held
-        return held
+    def cited(self, key: str, cited: set[str]) -> bool:
+        """Whether a returned entry cites either half of ``key``'s exchange."""
+        return any(half in cited for half in self._halves(key))
 
     def outdated(self, key: str) -> bool:
         """Whether either half of ``key``'s exchange is outdated."""

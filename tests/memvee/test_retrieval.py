@@ -631,45 +631,6 @@ async def test_messages_cited_by_returned_entries_are_not_repeated(
     assert result.messages == []
 
 
-async def test_a_message_is_shown_beside_its_fact_when_the_fact_leaves_out_what_matched(
-    make_memory: Callable[..., Any],
-) -> None:
-    """The door code went from the prompt once processed: "User lives in Lima." cites the
-    message, so the message was left out, though only it answers. A fact that states what
-    its message was found by still stands for it."""
-    memory = await _offline(make_memory)
-    lima = "I live in Lima and the door code of my flat is 4411"
-    said, _ = await memory.add_exchange("ann", lima, "Noted!", sent_at=T0)
-    await memory.flush("ann")
-
-    door = await memory.retrieve("ann", "what is the door code of my flat?", include_messages=True)
-    assert [hit.text for hit in door.entries] == ["User lives in Lima."]
-    assert [m.message.message_id for m in door.messages] == [said.message_id]
-    assert "4411" in door.to_prompt()
-    for query in ("Lima", "where do I live?"):
-        home = await memory.retrieve("ann", query, include_messages=True)
-        assert [hit.text for hit in home.entries] == ["User lives in Lima."]
-        assert home.messages == [], query
-
-
-async def test_a_fact_whose_message_is_shown_already_takes_no_place_of_its_own(
-    make_memory: Callable[..., Any],
-) -> None:
-    """The mother's fact, lifted to half its message's score, ranks after the message and
-    says nothing the message does not: the message is shown, not the fact in its place."""
-    memory = await _offline(make_memory)
-    stavanger = "My mother lives in Stavanger and the door code of her flat is 1234"
-    said, _ = await memory.add_exchange("ann", stavanger, "Noted!", sent_at=T0)
-    await memory.flush("ann")
-
-    door = await memory.retrieve("ann", "what is the door code of her flat?", include_messages=True)
-    assert door.entries == []
-    assert [m.message.message_id for m in door.messages] == [said.message_id]
-    home = await memory.retrieve("ann", "where does my mother live?", include_messages=True)
-    assert [hit.text for hit in home.entries] == ["User's mother lives in Stavanger."]
-    assert home.messages == []
-
-
 async def test_an_exchange_is_shown_once_whichever_half_matched(
     make_memory: Callable[..., Any],
 ) -> None:
