@@ -4,6 +4,8 @@ advises; the log decides."""
 
 from __future__ import annotations
 
+import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1063,3 +1065,140 @@ _OSLO_THEN_BERGEN_ON_DAY_5 = [
     (BERGEN, T0 + timedelta(days=5), None),
 ]
 """The history of a user known in Oslo from day 1 who moved to Bergen on day 5."""
+
+
+BERLIN = "User lives in Berlin."
+_MAY, _JUNE, _AUGUST = 5, 6, 8
+
+
+@pytest.mark.parametrize(
+    "listed", [["may", "june", "august"], ["may", "august", "june"], ["august", "may", "june"]]
+)
+def test_a_change_between_two_statements_of_a_fact_in_one_batch_ends_only_the_earlier(
+    listed: list[str],
+) -> None:
+    """ "I live in Bergen" in May, "I moved to Berlin" in June and "Back in Bergen" in
+    August, in one batch, the answer listing them in any order (the move naming May's
+    fact): one home at a time, Bergen again from August, as when each message is its own
+    batch."""
+    facts = {
+        "may": ExtractedFact(BERGEN, ("0",)),
+        "june": ExtractedFact(BERLIN, ("1",), "update", target_fact=listed.index("may")),
+        "august": ExtractedFact(BERGEN, ("2",)),
+    }
+    log = UserLog.register("ann")
+    _process(log, "t1", [_MAY, _JUNE, _AUGUST], [facts[said] for said in listed], [])
+
+    assert _history(log) == [
+        (BERGEN, T0 + timedelta(days=_MAY), T0 + timedelta(days=_JUNE)),
+        (BERLIN, T0 + timedelta(days=_JUNE), T0 + timedelta(days=_AUGUST)),
+        (BERGEN, T0 + timedelta(days=_AUGUST), None),
+    ]
+
+
+_GONE = "User does not live there any more."
+"""A statement taking the home back ("I don't live in Bergen any more")."""
+
+
+def _story(rng: random.Random) -> tuple[list[str], list[int], bool]:
+    """A random batch of statements of one fact, the home: what each message says (a
+    home, or :data:`_GONE`), the day each was sent (some on the same day), and whether
+    Oslo was known from day 1 before it."""
+    homes = [rng.choice((OSLO, BERGEN) if rng.random() < 0.6 else (OSLO, BERGEN, BERLIN))]
+    for _ in range(rng.randint(1, 6)):
+        gone = homes[-1] != _GONE and rng.random() < 0.1
+        homes.append(_GONE if gone else rng.choice((OSLO, BERGEN, BERLIN)))
+    if rng.random() < 0.2:
+        days = sorted(rng.randint(2, 6) for _ in homes)
+    else:
+        days = list(range(2, len(homes) + 2))
+    return homes, days, rng.random() < 0.4
+
+
+def _answer(rng: random.Random, homes: list[str], known: str | None) -> list[ExtractedFact]:
+    """An answer stating ``homes`` (a fact per message, citing it by its place), listed
+    in a random order in which a change comes after a statement of the value it ends,
+    which it names: a repeat is new (or the same as the ``known`` Oslo entry), a change
+    an update (or invalidation) of the value before, a return to a value said earlier
+    sometimes a repeat of it, a value after one taken back new."""
+    before = [OSLO if known else None, *homes[:-1]]
+    changes = [b not in (None, _GONE, home) for b, home in zip(before, homes, strict=True)]
+    new_value = (b != home for b, home in zip(before, homes, strict=True))
+    values = [*itertools.accumulate(new_value, initial=0 if known else -1)][1:]
+    """For each message, the value (a run of equal statements) it states: the known one 0."""
+    listed: list[int] = []
+    left = list(range(len(homes)))
+    while left:
+        ready = [
+            i
+            for i in left
+            if not changes[i]
+            or (values[i] == 1 and known)
+            or any(values[j] == values[i] - 1 for j in listed)
+        ]
+        listed.append(rng.choice(ready))
+        left.remove(listed[-1])
+    answer: list[ExtractedFact] = []
+    for i in listed:
+        home, cites = homes[i], (str(i),)
+        ended = [p for p, j in enumerate(listed[: len(answer)]) if values[j] == values[i] - 1]
+        said_before = home in homes[:i] and _GONE not in homes[:i]
+        if not changes[i] or (said_before and rng.random() < 0.3):
+            same = values[i] == 0 and known and rng.random() < 0.7
+            answer.append(
+                ExtractedFact(home, cites, "same", known) if same else ExtractedFact(home, cites)
+            )
+        else:
+            action: FactAction = "invalidate" if home == _GONE else "update"
+            if values[i] == 1 and known:
+                answer.append(ExtractedFact(home, cites, action, known))
+            else:
+                answer.append(ExtractedFact(home, cites, action, target_fact=rng.choice(ended)))
+    return answer
+
+
+def _broken(seed: int) -> set[str]:
+    """The rules that one batch of :func:`_story` (``seed``), answered as by
+    :func:`_answer`, breaks in the history of the home."""
+    rng = random.Random(seed)
+    homes, days, knows_oslo = _story(rng)
+    log = UserLog.register("ann")
+    known: list[KnownEntry] = []
+    oslo = None
+    if knows_oslo:
+        oslo, shown = _lives_in_oslo(log)
+        known = [shown]
+    _process(log, "t2", days, _answer(rng, homes, oslo), known)
+    history = sorted(_history(log), key=lambda h: (h[1], h[2] or datetime.max.replace(tzinfo=UTC)))
+    starts = [(OSLO, T0 + timedelta(days=1))] if knows_oslo else []
+    for i, home in enumerate(homes):
+        if not starts or home != starts[-1][0]:
+            starts.append((home, T0 + timedelta(days=days[i])))
+    said = [
+        (home, at, starts[k + 1][1] if k + 1 < len(starts) else None)
+        for k, (home, at) in enumerate(starts)
+        if home != _GONE
+    ]
+    broken = set()
+    if any(a[2] is None or a[2] > b[1] for a, b in itertools.pairwise(history)):
+        broken.add("two values at once")
+    if sum(h[2] is None for h in history) > 1:
+        broken.add("more than one current value")
+    if any((h[0], h[1]) not in starts for h in history):
+        broken.add("a value not begun at the statement that said it")
+    if sorted(history, key=str) != sorted(said, key=str):
+        broken.add("not the history of the statements in time order")
+    return broken
+
+
+def test_one_batch_keeps_one_value_of_a_fact_at_a_time_whatever_order_its_answer_lists() -> None:
+    """A fuzzer: random statements of one fact in one batch (changes, repeats, returns to
+    an earlier value, take-backs, messages sent at once, a known value before them),
+    answered in any order an extractor may list them. The history holds one value at a
+    time, each begun at the statement that said it, and is the one the statements give
+    in time order: a repeat is a citation, not a value of its own."""
+    first_broken: dict[str, int] = {}
+    for seed in range(300):
+        for rule in _broken(seed):
+            first_broken.setdefault(rule, seed)
+    assert first_broken == {}, "each rule broken, with the first seed that breaks it"
