@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import pykka
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
@@ -86,6 +87,9 @@ anyway: a transaction holding an earlier id may still be committing."""
 CLAIM_CHECK_SECONDS = 2.0
 """How often a claim on a database server is checked, and taken again if its session
 ended (see :meth:`ServerClaim.keep`)."""
+
+STOPPING_READ = "could not read the entries shown beside a batch: the engine stops"
+"""What a batch's read aside ends with when the engine stops before it is done."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,10 +258,24 @@ class Engine:
         :func:`projections.shown.shown_beside`), by the vectors stored and ``embedded``
         (no embedder is called: this runs on the user's actor for a user with few
         entries, else on a shown thread, see :meth:`_shown_aside`)."""
+        return self._read_shown(
+            user_id, messages, current, backdated, embedded, self.store.engine.connect
+        )
+
+    def _read_shown(
+        self,
+        user_id: str,
+        messages: Sequence[BatchMessage],
+        current: int,
+        backdated: tuple[datetime, datetime] | None,
+        embedded: Vectors,
+        connect: Callable[[], Connection],
+    ) -> Shown:
+        """What :meth:`_known_entries` reads, on a connection ``connect`` opens."""
         if current <= 0 and backdated is None:
             return (), ()
         near = self.meaning.near(user_id, messages, current, embedded=embedded)
-        with self.store.engine.connect() as connection:
+        with connect() as connection:
             return shown_beside(
                 connection,
                 self.ranker,
@@ -290,13 +308,17 @@ class Engine:
             self._aside(
                 user_id,
                 once,
-                lambda: self._known_entries(user_id, messages, current, backdated, embedded or {}),
+                lambda: self._read_shown(
+                    user_id, messages, current, backdated, embedded or {}, self._connect_aside
+                ),
             )
 
         def _prepare() -> Shown | None:
             texts = self.meaning.to_embed(user_id, messages, current)
             if not texts:
-                return self._known_entries(user_id, messages, current, backdated, {})
+                return self._read_shown(
+                    user_id, messages, current, backdated, {}, self._connect_aside
+                )
             self._embed_aside(user_id, texts, _read)
             return None
 
@@ -311,6 +333,7 @@ class Engine:
 
         def _job() -> None:
             try:
+                self._refuse_once_stopping()
                 shown = read()
             except Exception as error:
                 once(_read_failed(user_id, error))
@@ -319,7 +342,18 @@ class Engine:
                 once(shown)
 
         if not self._shown_threads.submit(_job):
-            once(StorageError("could not read the entries shown beside a batch: the engine stops"))
+            once(StorageError(STOPPING_READ))
+
+    def _connect_aside(self) -> Connection:
+        """A connection for a read on a shown thread, refused once the engine stops: a
+        read that outlived ``close`` would open a pool on the closed store."""
+        self._refuse_once_stopping()
+        return self.store.engine.connect()
+
+    def _refuse_once_stopping(self) -> None:
+        """Raise the StorageError a read aside ends with once the engine stops."""
+        if self._stopping.is_set():
+            raise StorageError(STOPPING_READ)
 
     def _embed_aside(
         self, user_id: str, texts: list[str], ready: Callable[[Vectors | None], None]

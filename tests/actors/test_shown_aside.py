@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from events import ExtractedFact, ExtractionBatch
@@ -18,6 +19,7 @@ from events.errors import FORGOTTEN_REASON
 from memvee import Memory, ProcessStatus
 from memvee.audit import Audit
 from projections import LexicalRanker
+from projections.shown import ByMeaning
 from tests.support.extractors import RecordingExtractor
 
 ENTRIES = 101
@@ -150,6 +152,45 @@ async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_lat
             await asyncio.sleep(0.005)
     assert len(extractor.batches) == batches
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_read_aside_still_running_at_close_opens_no_connection_once_the_engine_stops(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's read aside, between its steps when the Memory closes, ends without a
+    connection: none is opened on the store once it is closing, none left after."""
+    memory: Memory = await make_memory()
+    await _oslo_user(memory, extractor)
+    engine = memory._engine
+    assert engine is not None
+    gate, held = threading.Event(), threading.Event()
+    near = ByMeaning.near
+
+    def waiting(self: ByMeaning, *args: Any, **kwargs: Any) -> Any:
+        held.set()
+        gate.wait(10)
+        return near(self, *args, **kwargs)
+
+    late: list[str] = []
+
+    def checkout(*_: Any) -> None:
+        if engine._stopping.is_set():
+            late.append(threading.current_thread().name)
+
+    monkeypatch.setattr(ByMeaning, "near", waiting)
+    event.listen(engine.store.engine, "checkout", checkout)
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    task = memory.process_async("alice")
+    assert await asyncio.to_thread(held.wait, 10)
+    closing = asyncio.ensure_future(memory.close(grace=0))
+    assert await asyncio.to_thread(engine._stopping.wait, 10)
+    gate.set()
+    await asyncio.wait_for(closing, 10)
+    for thread in threading.enumerate():
+        if thread.name.startswith("memvee-shown"):
+            await asyncio.to_thread(thread.join, 10)
+    assert task.status is ProcessStatus.FAILED
+    assert [name for name in late if name.startswith("memvee-shown")] == []
 
 
 async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again(
