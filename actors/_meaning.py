@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -78,15 +79,20 @@ class MeaningThreads:
             self._jobs.put(job)
             return True
 
-    def stop(self) -> None:
-        """Drop the jobs that wait and end each thread once its job is done, without
-        waiting for a job that hangs (its thread, a daemon, dies with the process)."""
+    def stop(self, wait: float = 0.0) -> None:
+        """Drop the jobs that wait and end each thread once its job is done, waiting up
+        to ``wait`` seconds for those running: a job that hangs longer is abandoned (its
+        thread, a daemon, dies with the process)."""
         with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            for _ in self._threads:
-                self._jobs.put(None)
+            if not self._stopped:
+                self._stopped = True
+                for _ in self._threads:
+                    self._jobs.put(None)
+            threads = list(self._threads)
+        deadline = time.monotonic() + wait
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None and not self._stopped:

@@ -91,6 +91,10 @@ ended (see :meth:`ServerClaim.keep`)."""
 STOPPING_READ = "could not read the entries shown beside a batch: the engine stops"
 """What a batch's read aside ends with when the engine stops before it is done."""
 
+SHOWN_STOP_SECONDS = 10.0
+"""How long a close waits for the reads aside still running (they call no embedder, so
+only a database that stopped answering holds one that long)."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
@@ -700,7 +704,7 @@ class Engine:
             self.vector_filler.stop()
         self.checkpointer.stop()
         self._meaning_threads.stop()
-        self._shown_threads.stop()
+        self._shown_threads.stop(wait=SHOWN_STOP_SECONDS)  # their reads end before the store
         self.directory.stop()
         self.dispatcher.shutdown()
         self.workers.stop()

@@ -144,12 +144,15 @@ async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_lat
     task = memory.process_async("alice")
     assert await asyncio.to_thread(search.held.wait, 10)
     caplog.set_level(logging.INFO, logger="memvee.actors")
-    await asyncio.wait_for(memory.close(grace=0), 5)
-    assert task.status is ProcessStatus.FAILED
-    search.gate.set()
+    closing = asyncio.ensure_future(memory.close(grace=0))
     async with asyncio.timeout(5):
-        while "after its actor stopped" not in caplog.text:
+        while task.status is not ProcessStatus.FAILED:
             await asyncio.sleep(0.005)
+    assert not closing.done(), "close waits for the read still running"
+    search.gate.set()
+    await asyncio.wait_for(closing, 5)
+    assert "had ended when the entries shown beside its batch were read" in caplog.text
+    assert not [t for t in threading.enumerate() if t.name.startswith("memvee-shown")]
     assert len(extractor.batches) == batches
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from actors import Engine
-from events import ExtractionBatch, ExtractionResult
+from events import ExtractedFact, ExtractionBatch, ExtractionResult
 from memvee import (
     InvalidInputError,
     Memory,
@@ -516,3 +516,28 @@ async def test_a_second_close_returns_only_once_the_memory_is_closed(tmp_path: A
     await second
     assert memory._engine is None and _memvee_threads() == []
     await first
+
+
+async def test_a_memory_whose_batches_were_read_aside_leaves_no_thread_after_close(
+    tmp_path: Any,
+) -> None:
+    """Past 100 current entries a batch's entries are read on threads of their own, also
+    with no embedder: close returns once those ended too."""
+    extractor = RecordingExtractor()
+    config = MemoryConfig(db_path=str(tmp_path / "memory.db"))
+    memory = Memory(config=config, extractor=extractor, embedder=False)
+    await memory.open()
+    try:
+        extractor.answer = lambda batch: tuple(
+            ExtractedFact(f"User likes place {i} in Oslo.", (batch.messages[0].message_id,))
+            for i in range(102)
+        )
+        await memory.add_message("ann", "user", "Tell me about Oslo")
+        await memory.process("ann")
+        extractor.answer = None
+        await memory.add_message("ann", "user", "I left Oslo")
+        assert await memory.process("ann") == 1
+        assert any(t.name.startswith("memvee-shown") for t in threading.enumerate())
+    finally:
+        await memory.close()
+    assert _memvee_threads() == []

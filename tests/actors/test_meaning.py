@@ -1,0 +1,29 @@
+"""The daemon threads a batch is prepared on past 100 current entries."""
+
+from __future__ import annotations
+
+import threading
+
+from actors._meaning import MeaningThreads
+
+
+def test_no_thread_is_left_once_stop_returns_after_the_running_jobs_ended() -> None:
+    threads = MeaningThreads(2, name="test")
+    release = threading.Event()
+    assert threads.submit(release.wait)
+    release.set()
+    threads.stop(wait=10)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("memvee-test")] == []
+
+
+def test_a_job_that_outlasts_the_wait_is_abandoned_and_a_later_one_never_runs() -> None:
+    threads = MeaningThreads(1, name="test")
+    release, ran = threading.Event(), threading.Event()
+    assert threads.submit(release.wait)
+    assert threads.submit(ran.set)
+    threads.stop(wait=0.01)
+    assert not threads.submit(ran.set)
+    release.set()
+    (held,) = threads._threads
+    held.join(10)
+    assert not held.is_alive() and not ran.is_set()
