@@ -57,7 +57,8 @@ from events.errors import first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
-from memvee.embedders import Embedder, LocalDefaultEmbedder, chosen_embedder
+from memvee.embedders import Embedder, LocalDefaultEmbedder
+from memvee.embedders._choice import contained_embedder
 from projections import (
     BufferedMessage,
     KnowledgeEntry,
@@ -299,7 +300,7 @@ class Memory:
             batch_embed_seconds=cfg.batch_embed_seconds,
         )
         readers = ThreadPoolExecutor(4, thread_name_prefix="memvee-reader")
-        embedder = chosen_embedder(self._embedder)
+        embedder = contained_embedder(self._embedder)
         self._observer = _LoopObserver(self)
         started = asyncio.ensure_future(
             asyncio.to_thread(

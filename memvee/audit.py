@@ -80,7 +80,8 @@ from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
-from memvee.embedders import Embedder, chosen_embedder
+from memvee.embedders import Embedder
+from memvee.embedders._choice import contained_embedder
 from projections import (
     KnowledgeEntry,
     ProjectionReader,
@@ -1097,7 +1098,7 @@ class Audit:
     def _by_meaning(self, embedder: Embedder | Literal[False] | None) -> ByMeaning:
         """What chooses the entries a re-extraction batch is shown by meaning, with
         ``embedder`` (see :meth:`reextract`)."""
-        chosen = chosen_embedder(embedder)
+        chosen = contained_embedder(embedder)
         index = (
             None
             if chosen is None
@@ -1383,7 +1384,7 @@ class Audit:
         retriever = Retriever(
             self.store.engine,
             tables,
-            chosen_embedder(embedder),
+            contained_embedder(embedder),
             alpha=alpha,
             index_messages=lambda: index_messages(self.store, Projector(tables)),
             embed_budget=embed_seconds,

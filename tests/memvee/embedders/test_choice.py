@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from memvee import Memory
-from memvee.embedders import chosen_embedder
+from memvee.embedders import LocalDefaultEmbedder, chosen_embedder
+from memvee.embedders._choice import contained_embedder
 from memvee.errors import EmbedderError
 from tests.support.embedders import ConceptEmbedder
 
@@ -24,11 +25,19 @@ class _Raising(ConceptEmbedder):
         raise self.raised
 
 
+def test_chosen_embedder_hands_back_the_embedder_chosen_itself() -> None:
+    mine = ConceptEmbedder()
+    assert chosen_embedder(mine) is mine
+    assert chosen_embedder(False) is None
+    if LocalDefaultEmbedder.available():
+        assert isinstance(chosen_embedder(None), LocalDefaultEmbedder)
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
 def test_the_embedder_chosen_fails_with_an_embedder_error_for_what_is_no_exception(
     raised: type[BaseException],
 ) -> None:
-    chosen = chosen_embedder(_Raising(raised))
+    chosen = contained_embedder(_Raising(raised))
     assert chosen is not None
     assert (chosen.name, chosen.dimensions) == ("test-concepts", 64)
     with pytest.raises(BaseException) as failed:
