@@ -799,13 +799,24 @@ class UserActor(PooledActor):
     ) -> None:
         """Hand the batch of ``messages`` to the workers with the entries ``shown`` beside
         it, read aside (see :meth:`_hand_over`), or end it as a failed read; unless its
-        task ended meanwhile (forgotten, interrupted, shut down): then it is dropped."""
+        task ended meanwhile (forgotten, interrupted, shut down), or this process lost the
+        user's lease: then it is dropped, and no extractor is paid for an answer the log
+        would refuse (the next owner closes the task)."""
         if task_id != self._running or round_ != self._shown_round:
             log.info(
                 "user %r: task %s had ended when the entries shown beside its batch were read",
                 self.user_id,
                 task_id,
             )
+            return
+        if self._owner is False:
+            log.info(
+                "user %r: task %s: the lease was lost while the entries shown beside its "
+                "batch were read; the batch is dropped",
+                self.user_id,
+                task_id,
+            )
+            self._running = None
             return
         if isinstance(shown, StorageError):
             self._unread(task_id, shown)

@@ -111,6 +111,36 @@ async def test_a_user_forgotten_while_their_batch_is_prepared_drops_it(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_batch_whose_user_lease_was_lost_while_it_was_prepared_is_not_extracted(
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    search: _HeldSearch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The new owner closes the task: an answer would be refused at recording."""
+    memory: Memory = await make_memory()
+    await _oslo_user(memory, extractor)
+    engine = memory._engine
+    assert engine is not None
+    search.gate.clear()
+    search.held.clear()
+    await memory.add_message("alice", "user", "I left Oslo for good")
+    batches = len(extractor.batches)
+    memory.process_async("alice")
+    assert await asyncio.to_thread(search.held.wait, 10)
+    caplog.set_level(logging.INFO, logger="memvee.actors")
+    lost = engine.directory.call("alice", "renew_ownership", False)
+    await asyncio.to_thread(lambda: lost.get(timeout=10))
+    search.gate.set()
+    async with asyncio.timeout(5):
+        while "the lease was lost while the entries shown beside" not in caplog.text:
+            if len(extractor.batches) > batches:
+                break
+            await asyncio.sleep(0.005)
+    assert len(extractor.batches) == batches, "no extractor is paid for a refused answer"
+    await memory.close(grace=0)
+
+
 async def test_a_failed_search_beside_a_batch_ends_its_task_as_a_storage_failure(
     memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
