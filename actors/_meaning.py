@@ -52,9 +52,9 @@ class Once(Generic[T]):
 
 
 class MeaningThreads:
-    """Runs jobs on ``count`` daemon threads (``memvee-<name>_<n>``), in the order given,
-    so a slow job holds one of them, not every one; the threads start with the first job
-    (a Memory whose users have few entries starts none)."""
+    """Runs jobs on up to ``count`` daemon threads (``memvee-<name>_<n>``), in the order
+    given, so a slow job holds one of them, not every one; a thread starts only when a
+    job finds none free (a Memory whose users have few entries starts none)."""
 
     def __init__(self, count: int, name: str = "meaning") -> None:
         self._name = name
@@ -63,19 +63,22 @@ class MeaningThreads:
         self._stopped = False
         self._count = count
         self._threads: list[threading.Thread] = []
+        self._free = 0  # threads started and not running a job
+        self._queued = 0  # jobs given and not yet taken by a thread
 
     def submit(self, job: Callable[[], object]) -> bool:
         """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs."""
         with self._lock:
             if self._stopped:
                 return False
-            if not self._threads:
-                self._threads = [
-                    threading.Thread(target=self._run, name=f"memvee-{self._name}_{n}", daemon=True)
-                    for n in range(self._count)
-                ]
-                for thread in self._threads:
-                    thread.start()
+            if self._queued >= self._free and len(self._threads) < self._count:
+                thread = threading.Thread(
+                    target=self._run, name=f"memvee-{self._name}_{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+                self._free += 1
+            self._queued += 1
             self._jobs.put(job)
             return True
 
@@ -96,7 +99,12 @@ class MeaningThreads:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None and not self._stopped:
+            with self._lock:
+                self._free -= 1
+                self._queued -= 1
             try:
                 job()
             except BaseException:  # an embedder may raise anything; the thread goes on
                 log.exception("a job of the memvee-%s threads failed", self._name)
+            with self._lock:
+                self._free += 1

@@ -27,3 +27,18 @@ def test_a_job_that_outlasts_the_wait_is_abandoned_and_a_later_one_never_runs() 
     (held,) = threads._threads
     held.join(10)
     assert not held.is_alive() and not ran.is_set()
+
+
+def test_a_thread_starts_only_when_a_job_finds_none_free() -> None:
+    threads = MeaningThreads(64, name="test")
+    release = threading.Event()
+    started = [threading.Event() for _ in range(3)]
+    try:
+        assert threads._threads == [], "no job, no thread"
+        for count, each in enumerate(started, start=1):
+            assert threads.submit(lambda each=each: (each.set(), release.wait(10)))
+            assert len(threads._threads) == count
+        assert all(each.wait(10) for each in started), "jobs given together run together"
+    finally:
+        release.set()
+        threads.stop(wait=10)
