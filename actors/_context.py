@@ -68,7 +68,8 @@ ShownAside = Callable[
 ]
 """Prepares what a batch is shown (as :data:`KnownEntries` reads it) on other threads
 than the caller's, its texts embedded first where meaning chooses too; then calls back
-once with it, or with the :class:`StorageError` a failed read raised. A user with
+once with it, or with a :class:`StorageError`: the one a failed read raised, or one
+saying that the engine stops (a read dropped or refused at close). A user with
 thousands of entries is one ranked search per text of the batch: no actor waits on
 those, nor on an embedder."""
 

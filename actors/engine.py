@@ -23,8 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from actors._background import UserWorker
 from actors._committer import GroupCommitter
 from actors._context import EngineSettings, SharedServices, Shown, TaskObserver, Vectors
+from actors._daemon_threads import BATCH_EMBED_SECONDS, DaemonThreads, Once
 from actors._dispatcher import Dispatcher
-from actors._meaning import BATCH_EMBED_SECONDS, MeaningThreads, Once
 from actors._pacing import CircuitBreaker, UserBackoff
 from actors._timers import Timers
 from actors._traces import TraceScrubber
@@ -188,10 +188,10 @@ class Engine:
         )
         self.meaning = ByMeaning(self.store.engine, self.vectors, embedder)
         # As many as the actors': a slow embedder (a remote API) holds one user's batch, not all.
-        self._meaning_threads = MeaningThreads(options.actor_threads)
+        self._meaning_threads = DaemonThreads(options.actor_threads, name="meaning")
         undo.callback(self._meaning_threads.stop)
         # Apart from those: a hung embedder never holds the reads of the batches that gave up on it.
-        self._shown_threads = MeaningThreads(options.actor_threads, name="shown")
+        self._shown_threads = DaemonThreads(options.actor_threads, name="shown")
         undo.callback(self._shown_threads.stop)
         self.vector_filler = None if embedder is None else self._filler(embedder)
         if self.vector_filler is not None:
@@ -301,7 +301,8 @@ class Engine:
         ready: Callable[[Shown | StorageError], None],
     ) -> None:
         """Prepare what a batch of ``messages`` is shown on the shown threads, then call
-        ``ready`` once with it (or the StorageError a failed read raised): the texts
+        ``ready`` once with it, or with a StorageError (a failed read's, or one saying
+        that the engine stops before the read ran): the texts
         lacking a vector are embedded first on a meaning thread (see :meth:`_embed_aside`),
         and the entries are read once the vectors came or their deadline passed. The
         ranked searches of a user with thousands of entries take a while: the user's
@@ -332,8 +333,8 @@ class Engine:
         self, user_id: str, once: Once[Shown | StorageError], read: Callable[[], Shown | None]
     ) -> None:
         """Run ``read`` on a shown thread and tell ``once`` what it read (``None``: it
-        tells later), or the StorageError it raised; a read the stopped threads never run
-        tells that the engine stops."""
+        tells later), or the StorageError it raised; a read the threads never run, as
+        they stopped first, tells that the engine stops."""
 
         def _job() -> None:
             try:
@@ -345,8 +346,11 @@ class Engine:
             if shown is not None:
                 once(shown)
 
-        if not self._shown_threads.submit(_job):
+        def _stopped() -> None:
             once(StorageError(STOPPING_READ))
+
+        if not self._shown_threads.submit(_job, dropped=_stopped):
+            _stopped()
 
     def _connect_aside(self) -> Connection:
         """A connection for a read on a shown thread, refused once the engine stops: a
@@ -372,8 +376,11 @@ class Engine:
             if not once.told:  # a job whose batch went on by words need not embed
                 once(self.meaning.embed(user_id, texts))
 
-        if not self._meaning_threads.submit(_job):
-            once(None)  # the engine stops
+        def _stopped() -> None:
+            once(None)
+
+        if not self._meaning_threads.submit(_job, dropped=_stopped):
+            _stopped()
             return
         self.timers.call_later(
             self.options.batch_embed_seconds, lambda: self._embed_late(user_id, once)

@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, fields
 
-from actors._meaning import BATCH_EMBED_SECONDS
+from actors._daemon_threads import BATCH_EMBED_SECONDS
 from events import (
     BatchLimits,
     Durability,

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
+from actors.engine import STOPPING_READ
 from events import ExtractedFact, ExtractionBatch
 from events.errors import FORGOTTEN_REASON
 from memvee import Memory, ProcessStatus
@@ -224,6 +225,23 @@ async def test_a_read_aside_still_running_at_close_opens_no_connection_once_the_
             await asyncio.to_thread(thread.join, 10)
     assert task.status is ProcessStatus.FAILED
     assert [name for name in late if name.startswith("memvee-shown")] == []
+
+
+async def test_a_read_aside_still_queued_when_the_engine_stops_tells_that_it_stops(
+    memory: Memory,
+) -> None:
+    engine = memory._engine
+    assert engine is not None
+    release = threading.Event()
+    try:
+        for _ in range(engine.options.actor_threads):  # every shown thread busy
+            assert engine._shown_threads.submit(lambda: release.wait(10))
+        told: list[object] = []
+        engine._shown_aside("alice", (), 0, None, told.append)
+        engine._shown_threads.stop()
+    finally:
+        release.set()
+    assert [str(error) for error in told] == [STOPPING_READ]
 
 
 async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from actors._meaning import MeaningThreads
+from actors._daemon_threads import DaemonThreads
 
 
 def test_no_thread_is_left_once_stop_returns_after_the_running_jobs_ended() -> None:
-    threads = MeaningThreads(2, name="test")
+    threads = DaemonThreads(2, name="test")
     release = threading.Event()
     assert threads.submit(release.wait)
     release.set()
@@ -17,7 +17,7 @@ def test_no_thread_is_left_once_stop_returns_after_the_running_jobs_ended() -> N
 
 
 def test_a_job_that_outlasts_the_wait_is_abandoned_and_a_later_one_never_runs() -> None:
-    threads = MeaningThreads(1, name="test")
+    threads = DaemonThreads(1, name="test")
     release, ran = threading.Event(), threading.Event()
     assert threads.submit(release.wait)
     assert threads.submit(ran.set)
@@ -30,7 +30,7 @@ def test_a_job_that_outlasts_the_wait_is_abandoned_and_a_later_one_never_runs() 
 
 
 def test_a_thread_starts_only_when_a_job_finds_none_free() -> None:
-    threads = MeaningThreads(64, name="test")
+    threads = DaemonThreads(64, name="test")
     release = threading.Event()
     started = [threading.Event() for _ in range(3)]
     try:
@@ -42,3 +42,16 @@ def test_a_thread_starts_only_when_a_job_finds_none_free() -> None:
     finally:
         release.set()
         threads.stop(wait=10)
+
+
+def test_a_job_still_waiting_when_the_threads_stop_calls_its_dropped_instead() -> None:
+    threads = DaemonThreads(1, name="test")
+    release, ran, dropped = threading.Event(), threading.Event(), threading.Event()
+    assert threads.submit(lambda: release.wait(10))
+    assert threads.submit(ran.set, dropped=dropped.set)
+    try:
+        threads.stop()
+    finally:
+        release.set()
+    threads.stop(wait=10)
+    assert dropped.is_set() and not ran.is_set()

@@ -1,6 +1,7 @@
-"""The threads a batch is prepared on past 100 current entries: its texts embedded
-(see :meth:`actors.engine.Engine._embed_aside`), and the entries shown beside it read
-(see :meth:`actors.engine.Engine._shown_aside`), each kind on threads of its own.
+"""Daemon threads that run jobs given to them; the engine prepares a batch on two pools
+of them past 100 current entries: its texts embedded (see
+:meth:`actors.engine.Engine._embed_aside`), and the entries shown beside it read (see
+:meth:`actors.engine.Engine._shown_aside`).
 
 They are daemon threads of memvee's own, not a ``ThreadPoolExecutor``'s: the interpreter
 joins every executor thread at exit, so an embedder that never answers (a remote API
@@ -15,9 +16,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
-__all__ = ["BATCH_EMBED_SECONDS", "MeaningThreads", "Once"]
+__all__ = ["BATCH_EMBED_SECONDS", "DaemonThreads", "Once"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -51,14 +52,25 @@ class Once(Generic[T]):
         return True
 
 
-class MeaningThreads:
+class _Job(NamedTuple):
+    """A job given to :class:`DaemonThreads`, and what is called instead if it is dropped."""
+
+    run: Callable[[], object]
+    dropped: Callable[[], object]
+
+
+def _nothing() -> None:
+    """What a job dropped unannounced calls."""
+
+
+class DaemonThreads:
     """Runs jobs on up to ``count`` daemon threads (``memvee-<name>_<n>``), in the order
     given, so a slow job holds one of them, not every one; a thread starts only when a
     job finds none free (a Memory whose users have few entries starts none)."""
 
-    def __init__(self, count: int, name: str = "meaning") -> None:
+    def __init__(self, count: int, name: str) -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
         self._count = count
@@ -66,8 +78,9 @@ class MeaningThreads:
         self._free = 0  # threads started and not running a job
         self._queued = 0  # jobs given and not yet taken by a thread
 
-    def submit(self, job: Callable[[], object]) -> bool:
-        """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs."""
+    def submit(self, job: Callable[[], object], dropped: Callable[[], object] = _nothing) -> bool:
+        """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs.
+        A job still waiting when they stop calls ``dropped`` instead."""
         with self._lock:
             if self._stopped:
                 return False
@@ -79,32 +92,45 @@ class MeaningThreads:
                 self._threads.append(thread)
                 self._free += 1
             self._queued += 1
-            self._jobs.put(job)
+            self._jobs.put(_Job(job, dropped))
             return True
 
     def stop(self, wait: float = 0.0) -> None:
-        """Drop the jobs that wait and end each thread once its job is done, waiting up
-        to ``wait`` seconds for those running: a job that hangs longer is abandoned (its
-        thread, a daemon, dies with the process)."""
+        """Drop the jobs that wait (each calls its ``dropped``) and end each thread once its
+        job is done, waiting up to ``wait`` seconds for those running: a job that hangs
+        longer is abandoned (its thread, a daemon, dies with the process)."""
+        dropped: list[_Job] = []
         with self._lock:
             if not self._stopped:
                 self._stopped = True
+                while not self._jobs.empty():
+                    if (job := self._jobs.get_nowait()) is not None:
+                        dropped.append(job)
                 for _ in self._threads:
                     self._jobs.put(None)
             threads = list(self._threads)
+        for job in dropped:
+            self._call(job.dropped)
         deadline = time.monotonic() + wait
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
-        while (job := self._jobs.get()) is not None and not self._stopped:
+        while (job := self._jobs.get()) is not None:
             with self._lock:
                 self._free -= 1
                 self._queued -= 1
-            try:
-                job()
-            except BaseException:  # an embedder may raise anything; the thread goes on
-                log.exception("a job of the memvee-%s threads failed", self._name)
+                stopped = self._stopped
+            if stopped:  # taken as the threads stopped: dropped as those waiting are
+                self._call(job.dropped)
+                return
+            self._call(job.run)
             with self._lock:
                 self._free += 1
+
+    def _call(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException:  # an embedder may raise anything; the thread goes on
+            log.exception("a job of the memvee-%s threads failed", self._name)
