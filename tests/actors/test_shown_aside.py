@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -60,18 +60,21 @@ def _oslo_facts(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
     )
 
 
-async def _oslo_user(memory: Memory, extractor: RecordingExtractor) -> None:
-    """``alice`` with more than :data:`ENTRIES` current entries, every one naming Oslo."""
+@pytest.fixture
+async def memory(make_memory: Callable[..., Any], extractor: RecordingExtractor) -> Memory:
+    """An open Memory whose user ``alice`` has more than :data:`ENTRIES` current entries,
+    every one naming Oslo: each of her batches is prepared aside."""
+    opened: Memory = await make_memory()
     extractor.answer = _oslo_facts
-    await memory.add_message("alice", "user", "Tell me about Oslo")
-    await memory.process("alice")
+    await opened.add_message("alice", "user", "Tell me about Oslo")
+    await opened.process("alice")
     extractor.answer = None
+    return opened
 
 
 async def test_a_users_writes_go_on_while_the_entries_shown_beside_their_batch_are_searched(
     memory: Memory, extractor: RecordingExtractor, search: _HeldSearch
 ) -> None:
-    await _oslo_user(memory, extractor)
     search.gate.clear()
     search.held.clear()
     await memory.add_message("alice", "user", "I left Oslo for good")
@@ -92,7 +95,6 @@ async def test_a_user_forgotten_while_their_batch_is_prepared_drops_it(
     search: _HeldSearch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await _oslo_user(memory, extractor)
     search.gate.clear()
     search.held.clear()
     await memory.add_message("alice", "user", "I left Oslo for good")
@@ -113,14 +115,12 @@ async def test_a_user_forgotten_while_their_batch_is_prepared_drops_it(
 
 
 async def test_a_batch_whose_user_lease_was_lost_while_it_was_prepared_is_not_extracted(
-    make_memory: Any,
+    memory: Memory,
     extractor: RecordingExtractor,
     search: _HeldSearch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The new owner closes the task: an answer would be refused at recording."""
-    memory: Memory = await make_memory()
-    await _oslo_user(memory, extractor)
     engine = memory._engine
     assert engine is not None
     search.gate.clear()
@@ -145,7 +145,6 @@ async def test_a_batch_whose_user_lease_was_lost_while_it_was_prepared_is_not_ex
 async def test_a_failed_search_beside_a_batch_ends_its_task_as_a_storage_failure(
     memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _oslo_user(memory, extractor)
 
     def failing(*_: Any, **__: Any) -> Any:
         raise OperationalError("SELECT", {}, Exception("database is locked"))
@@ -161,13 +160,11 @@ async def test_a_failed_search_beside_a_batch_ends_its_task_as_a_storage_failure
 
 
 async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_late_read(
-    make_memory: Any,
+    memory: Memory,
     extractor: RecordingExtractor,
     search: _HeldSearch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    memory: Memory = await make_memory()
-    await _oslo_user(memory, extractor)
     search.gate.clear()
     search.held.clear()
     await memory.add_message("alice", "user", "I left Oslo for good")
@@ -189,12 +186,10 @@ async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_lat
 
 
 async def test_a_read_aside_still_running_at_close_opens_no_connection_once_the_engine_stops(
-    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+    memory: Memory, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A batch's read aside, between its steps when the Memory closes, ends without a
     connection: none is opened on the store once it is closing, none left after."""
-    memory: Memory = await make_memory()
-    await _oslo_user(memory, extractor)
     engine = memory._engine
     assert engine is not None
     gate, held = threading.Event(), threading.Event()
@@ -245,12 +240,14 @@ async def test_a_read_aside_still_queued_when_the_engine_stops_tells_that_it_sto
 
 
 async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again(
-    make_memory: Any, db_url: str, extractor: RecordingExtractor
+    memory: Memory,
+    db_url: str,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The entries read aside are checked when the answer is recorded, as those read on
-    the actor were: an update of one no longer current has its batch extracted again."""
-    memory: Memory = await make_memory()
-    await _oslo_user(memory, extractor)
+    the actor were: a promotion while they are read, the read shows what it replaced,
+    and an update of one no longer current has its batch extracted again."""
     with Audit(db_url=db_url) as audit:
         again = RecordingExtractor()
         again.answer = _oslo_facts
@@ -261,15 +258,25 @@ async def test_a_batch_whose_shown_entries_were_promoted_away_is_extracted_again
         said = (batch.messages[0].message_id,)
         return (ExtractedFact("User lives in Bergen.", said, "update", home.entry_id),)
 
+    gate, held = threading.Event(), threading.Event()
+    related = LexicalRanker.related
+
+    def held_once_read(self: LexicalRanker, *args: Any, **kwargs: Any) -> Any:
+        found = related(self, *args, **kwargs)
+        held.set()
+        gate.wait(10)
+        return found
+
+    monkeypatch.setattr(LexicalRanker, "related", held_once_read)
     extractor.answer = moves
-    extractor.gate.clear()
-    extractor.started.clear()
     await memory.add_message("alice", "user", "I left Oslo for Bergen")
     task = memory.process_async("alice")
-    assert await asyncio.to_thread(extractor.started.wait, 10)
-    with Audit(db_url=db_url) as audit:
-        assert audit.promote("alice", "v2") == []
-    extractor.gate.set()
+    assert await asyncio.to_thread(held.wait, 10)
+    try:
+        with Audit(db_url=db_url) as audit:
+            assert audit.promote("alice", "v2") == []
+    finally:
+        gate.set()
     assert await task.wait() == 1
     first, second = ({k.entry_id for k in b.known} for b in extractor.batches[-2:])
     assert first.isdisjoint(second), "the second batch is shown the promoted entries"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
+from events import ExtractedFact
 from memvee import Memory
 from memvee.embedders import LocalDefaultEmbedder, chosen_embedder
 from memvee.embedders._choice import contained_embedder
 from memvee.errors import EmbedderError
 from tests.support.embedders import ConceptEmbedder
+from tests.support.extractors import RecordingExtractor
 
 
 class _Raising(ConceptEmbedder):
@@ -48,13 +52,30 @@ def test_the_embedder_chosen_fails_with_an_embedder_error_for_what_is_no_excepti
 
 async def test_a_memorys_search_fill_and_batches_call_one_contained_embedder(
     make_memory: Callable[..., Any],
+    extractor: RecordingExtractor,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Contained once where it enters, the embedder every path calls is the same one: a
-    search's (and its fill's), and the one choosing the entries shown beside a batch."""
-    memory: Memory = await make_memory(embedder=_Raising(SystemExit))
+    search (and its fill) and a batch past 100 entries whose embedder raises SystemExit
+    go on by words, and nothing it raised escapes."""
+    memory: Memory = await make_memory(
+        embedder=_Raising(SystemExit), config={"batch_embed_seconds": 60}
+    )
     engine, retriever = memory._engine, memory._retriever
-    assert engine is not None and retriever is not None and retriever.embedder is not None
+    assert engine is not None and retriever is not None
     assert engine.meaning.embedder is retriever.embedder
-    with pytest.raises(BaseException) as failed:
-        retriever.embedder.embed(["I work at Acme."])
-    assert isinstance(failed.value, EmbedderError), failed.value
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(f"User likes place {i} in Oslo.", (batch.messages[0].message_id,))
+        for i in range(102)
+    )
+    await memory.add_message("ann", "user", "Tell me about Oslo")
+    assert await memory.process("ann") == 102
+    extractor.answer = None
+    found = (await memory.retrieve("ann", "places in Oslo")).entries
+    assert found and all("Oslo" in entry.text for entry in found)
+    assert "the embedder 'test-concepts' failed; this search ranks lexically" in caplog.text
+    await memory.add_message("ann", "user", "I left Oslo")
+    assert await asyncio.wait_for(memory.process("ann"), 10) == 1
+    assert extractor.batches[-1].known, "the batch is shown its entries chosen by words"
+    assert "the embedder failed (the embedder raised SystemExit)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
