@@ -216,10 +216,7 @@ class UserLog(Aggregate):
         ``repairs`` lists what the engine fixed in the extractor's answer beyond the
         entries (each entry lists its own). ``followed_by`` counts the events its decision
         wrote after it (see :func:`continues_decision`), so that a log cut before them is
-        known to be cut; ``None`` in a log an older memvee wrote. ``repeated`` maps each
-        known entry the batch said again while it held to the messages that said it, which
-        that entry cites from then on; ``None`` when there were none, and in a log an
-        older memvee wrote (its repeats cite nothing).
+        known to be cut; ``None`` in a log an older memvee wrote.
         """
 
         task_id: str
@@ -234,7 +231,6 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
         followed_by: int | None = None
-        repeated: dict[str, list[str]] | None = None
 
         def apply(self, log: UserLog) -> None:
             log.settle(log.open_tasks.pop(self.task_id))
@@ -303,8 +299,7 @@ class UserLog(Aggregate):
 
         ``request_id`` names the request that extracted it (a Message Batches
         ``custom_id``), so that collecting the same results twice records them once.
-        ``followed_by`` and ``repeated`` (entries of the version said again) as for
-        :class:`KnowledgeExtracted`.
+        ``followed_by`` as for :class:`KnowledgeExtracted`.
         """
 
         knowledge_version: str
@@ -319,7 +314,6 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
         followed_by: int | None = None
-        repeated: dict[str, list[str]] | None = None
 
         def apply(self, log: UserLog) -> None:
             count = log.knowledge_versions.get(self.knowledge_version, 0)
@@ -622,11 +616,10 @@ class UserLog(Aggregate):
         another; a task starts once, and each later batch follows its last; an outcome
         covers exactly the batch its task claimed, ending the task when nothing of its
         scope is left; a task closed as interrupted was requested or started; new entries
-        have ids of their own and each cites messages of its batch, as each repeat of a
-        known entry does; an entry ends in the version that holds it; a promotion counts
-        the version's entries; messages return only once settled; token counts are whole
-        numbers a column holds. Which messages and entries the log ever held the state
-        does not keep: the caller checks those.
+        have ids of their own and each cites messages of its batch; an entry ends in the
+        version that holds it; a promotion counts the version's entries; messages return
+        only once settled; token counts are whole numbers a column holds. Which messages
+        and entries the log ever held the state does not keep: the caller checks those.
         """
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             spent = getattr(event, name, None)
@@ -678,7 +671,6 @@ class UserLog(Aggregate):
                 raise InvalidInputError(f"message {min(unsettled)!r} is not processed")
         if isinstance(event, self.KnowledgeExtracted | self.KnowledgeReextracted):
             self._check_entries(event.entries, event.message_ids)
-            _check_repeated(event.repeated or {}, event.message_ids)
 
     def _check_started(self, event: ProcessingStarted) -> None:
         """A task's first batch starts it once; a later batch follows its last one. Each
@@ -1055,7 +1047,6 @@ class UserLog(Aggregate):
             event,
             entries=entries,
             repairs=plan.repairs or None,
-            repeated=plan.repeated or None,
             followed_by=len(changes) + after,
             **_usage_fields(usage),
             **fields,
@@ -1094,12 +1085,11 @@ class UserLog(Aggregate):
         entry it repeats, and one that repeats an entry of ``known`` not ended when it was
         said (``said_at`` gives the messages' times) is the same as it. A repeat said before
         the entry began, and an update to a value known to begin later, are placed by
-        :class:`~events.timeline.Around`. A repeat said while the entry held adds nothing
-        but its messages to what the entry cites. A repeat said after the entry ended is
-        that value again, after what replaced it (if anything did). An invalidation of an
-        ended entry ends nothing, unless it was said while an entry later taken back held:
-        that entry is then taken back earlier. Only a fact with no text, or none that
-        shows (spaces, zero-width and blank characters), is dropped.
+        :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
+        again, after what replaced it (if anything did). An invalidation of an ended entry
+        ends nothing, unless it was said while an entry later taken back held: that entry is
+        then taken back earlier. Only a fact with no text, or none that shows (spaces,
+        zero-width and blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
         plan = _Plan()
@@ -1280,7 +1270,6 @@ class UserLog(Aggregate):
             else:
                 assert target is not None
                 repeats[index] = target
-                plan.cite(target, sources)
                 plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
         return plan
 
@@ -1490,8 +1479,7 @@ class _Plan:
     entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
     messages that said it), and ``("joins", i)`` for such an entry that now replaces
     another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
-    entry are in :attr:`repairs`; the known entries said again while they held, with the
-    messages that said them, in :attr:`repeated`."""
+    entry are in :attr:`repairs`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -1503,7 +1491,6 @@ class _Plan:
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
     joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
-    repeated: dict[str, list[str]] = field(default_factory=dict)
     cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
     followed: dict[str | int, int] = field(default_factory=dict)
 
@@ -1539,13 +1526,6 @@ class _Plan:
         if replacing is not None:
             self.steps.append(("joins", len(self.joins)))
             self.joins.append((target, replacing))
-
-    def cite(self, target: str, sources: list[str]) -> None:
-        """Have the known entry ``target``, said again by ``sources`` while it held, cite
-        them too: every fact traces to the words it came from, and a message is outdated
-        only once each entry citing it has ended."""
-        cited = self.repeated.setdefault(target, [])
-        cited.extend(m for m in sources if m not in cited)
 
     def end_within(self, target: str | int, fact: ExtractedFact) -> None:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
@@ -1689,20 +1669,6 @@ def _check_distinct(ids: list[str], kind: str) -> None:
         if each in seen:
             raise InvalidInputError(f"{kind} id {each!r} comes twice")
         seen.add(each)
-
-
-def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> None:
-    """Raise :class:`InvalidInputError` unless each entry said again cites messages of its
-    batch (whether it is an entry of the log, the state does not know: the caller checks)."""
-    batch = set(message_ids)
-    for entry_id, cited in repeated.items():
-        if not cited:
-            raise InvalidInputError(f"the repeat of entry {entry_id!r} cites no message")
-        outside = [m for m in cited if m not in batch]
-        if outside:
-            raise InvalidInputError(
-                f"the repeat of entry {entry_id!r} cites {outside[0]!r}, a message not of its batch"
-            )
 
 
 def _label(name: object, max_chars: int) -> str | None:

@@ -245,8 +245,8 @@ def evolve_usage(rows: TableRows, e: Any) -> None:
 
 
 def knowledge_touches(e: Any) -> Sequence[Lookup]:
-    """The entry an event ends or moves; the known entries an extraction said again;
-    every entry of the user when a version is promoted."""
+    """The entry an event ends or moves; every entry of the user when a version is
+    promoted."""
     match e:
         case (
             UserLog.KnowledgeSuperseded()
@@ -256,26 +256,9 @@ def knowledge_touches(e: Any) -> Sequence[Lookup]:
             | UserLog.KnowledgeBeganEarlier()
         ):
             return [("entry_id", e.entry_id)]
-        case UserLog.KnowledgeExtracted() | UserLog.KnowledgeReextracted() if e.repeated:
-            return [("entry_id", entry_id) for entry_id in e.repeated]
         case UserLog.KnowledgeVersionPromoted():
             return [("log_id", _log_id(e))]
     return NOTHING
-
-
-def _cited_by(e: Any) -> dict[str, list[str]]:
-    """The messages each entry cites from event ``e`` on: an extraction's new entries
-    their sources, the known entries it said again (``repeated``, absent from an older
-    memvee's events) the messages that said them; an earlier start, its messages. The
-    citations fold records them all; the knowledge fold adds those of known entries to
-    their rows' sources (a new entry's row holds its own)."""
-    match e:
-        case UserLog.KnowledgeExtracted() | UserLog.KnowledgeReextracted():
-            cited = {entry["entry_id"]: entry["source_message_ids"] for entry in e.entries}
-            return cited | (e.repeated or {})
-        case UserLog.KnowledgeBeganEarlier():
-            return {e.entry_id: e.source_message_ids}
-    return {}
 
 
 def evolve_knowledge(rows: TableRows, e: Any) -> None:
@@ -283,10 +266,8 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
     match e:
         case UserLog.KnowledgeExtracted():
             _add_entries(rows, e, e.task_id, LIVE_KNOWLEDGE)
-            _cite(rows, e.repeated or {})
         case UserLog.KnowledgeReextracted():
             _add_entries(rows, e, "", e.knowledge_version)
-            _cite(rows, e.repeated or {})
         case UserLog.KnowledgeSuperseded():
             _end_entry(rows, e, superseded_by=e.superseded_by, ended_reason=None)
         case UserLog.KnowledgeInvalidated() | UserLog.KnowledgeInvalidatedEarlier():
@@ -299,8 +280,13 @@ def evolve_knowledge(rows: TableRows, e: Any) -> None:
                 ended_reason=None,
             )
         case UserLog.KnowledgeBeganEarlier():  # said before it began: valid from then
-            rows.update(e.entry_id, valid_from=utc(e.valid_from))
-            _cite(rows, _cited_by(e))
+            if (row := rows.rows.get(e.entry_id)) is not None:
+                cited = [*row["source_message_ids"], *e.source_message_ids]
+                rows.update(
+                    e.entry_id,
+                    valid_from=utc(e.valid_from),
+                    source_message_ids=list(dict.fromkeys(cited)),
+                )
         case UserLog.KnowledgeVersionPromoted():
             for entry_id in rows.find("log_id", _log_id(e)):
                 version = rows.rows[entry_id]["knowledge_version"]
@@ -335,15 +321,6 @@ def _add_entries(rows: TableRows, e: Any, task_id: str, knowledge_version: str) 
         )
 
 
-def _cite(rows: TableRows, cited: dict[str, list[str]]) -> None:
-    """Have each known entry of ``cited`` that a row holds cite those messages too, after
-    its own sources, each message once."""
-    for entry_id, message_ids in cited.items():
-        if (row := rows.get(entry_id)) is not None:
-            sources = list(dict.fromkeys([*row["source_message_ids"], *message_ids]))
-            rows.update(entry_id, source_message_ids=sources)
-
-
 def _end_entry(rows: TableRows, e: Any, **why: Any) -> None:
     rows.update(
         e.entry_id, valid_until=utc(e.valid_until), ended_version=e.originator_version, **why
@@ -355,9 +332,15 @@ def _end_entry(rows: TableRows, e: Any, **why: Any) -> None:
 
 def evolve_citations(rows: TableRows, e: Any) -> None:
     """Which entries each message was cited by: provenance read from the message's side."""
-    for entry_id, message_ids in _cited_by(e).items():
-        for message_id in message_ids:
-            rows.put({"message_id": message_id, "entry_id": entry_id, "log_id": _log_id(e)})
+    if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+        for entry in e.entries:
+            for message_id in entry["source_message_ids"]:
+                rows.put(
+                    {"message_id": message_id, "entry_id": entry["entry_id"], "log_id": _log_id(e)}
+                )
+    elif isinstance(e, UserLog.KnowledgeBeganEarlier):
+        for message_id in e.source_message_ids:
+            rows.put({"message_id": message_id, "entry_id": e.entry_id, "log_id": _log_id(e)})
 
 
 # ---------------------------------------------------------------------- messages

@@ -82,26 +82,6 @@ def test_the_same_fact_again_adds_nothing() -> None:
     assert _known(log) == [jazz["entry_id"]] and log.knowledge_count == 1
 
 
-def test_a_fact_said_again_while_it_holds_is_cited_by_its_entry_live_or_reextracted() -> None:
-    """ "As I said, I live in Oslo" adds no entry, yet its extraction records that the
-    message says Oslo again, in the live knowledge as in a re-extracted version: the entry
-    traces to those words too, and they are outdated once it ends."""
-    log = UserLog.register("ann")
-    first = _batch(log, "t1", "I live in Oslo")
-    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
-    said = _batch(log, "t2", "Lovely weather", "As I said, I live in Oslo")
-    repeat = ExtractedFact("User lives in Oslo.", (said[1],), "same", oslo["entry_id"])
-    assert log.record_knowledge("t2", [repeat], "x") == []
-    (again,) = log.record_reextraction("v2", first, [ExtractedFact("Oslo.", tuple(first))], "y")
-    in_version = ExtractedFact("Oslo.", (said[1],), "same", again["entry_id"])
-    assert log.record_reextraction("v2", said, [in_version], "y") == []
-    extracted, _, reextracted = [e for e in log.collect_events() if hasattr(e, "entries")][-3:]
-    assert isinstance(extracted, UserLog.KnowledgeExtracted)
-    assert extracted.repeated == {oslo["entry_id"]: [said[1]]}
-    assert isinstance(reextracted, UserLog.KnowledgeReextracted)
-    assert reextracted.repeated == {again["entry_id"]: [said[1]]}
-
-
 def test_a_backdated_update_ends_itself_when_the_newer_entry_began() -> None:
     """Time decides, not arrival: the fact said before the entry it updates is the older
     one, so it ends (replaced by that entry) and the newer entry stays valid."""

@@ -351,22 +351,6 @@ async def test_explain_names_who_said_each_source_message(make_memory: Any, db_u
     assert json.loads(as_json.output)["messages"][0]["name"] == "Maria"
 
 
-async def test_explain_lists_every_message_that_stated_the_entry_its_repeats_too(
-    make_memory: Any, db_url: str
-) -> None:
-    """Every fact traces to the words it came from: "As I said, I live in Oslo" added no
-    entry, and is one of the messages the Oslo entry came from."""
-    memory: Memory = await make_memory(extractor=OfflineExtractor())
-    for said in ("I live in Oslo.", "As I said, I live in Oslo."):
-        await memory.add_exchange("eve", said, "ok")
-        await memory.flush("eve")
-    (oslo,) = await memory.knowledge("eve")
-    with Audit(db_url=db_url) as audit:
-        found = audit.explain("eve", oslo.entry_id)
-    assert [m.content for m in found.messages] == ["I live in Oslo.", "As I said, I live in Oslo."]
-    assert len(oslo.source_message_ids) == 2
-
-
 async def test_explain_follows_an_entry_through_its_replacements(
     make_memory: Any, db_url: str
 ) -> None:

@@ -744,32 +744,6 @@ async def test_an_exchange_whose_other_half_is_outdated_comes_last_and_says_so(
     assert "Nice city, lovely fjord! (outdated: no longer true)" in result.to_prompt()
 
 
-async def test_a_fact_said_twice_is_left_out_behind_its_entry_then_outdated_once_it_changed(
-    make_memory: Callable[..., Any],
-) -> None:
-    """ "As I said, I live in Oslo" says the entry again: while Oslo answers, neither
-    message is shown beside it; once Ann moved to Bergen, both are marked outdated beside
-    the fact that replaced them (as of any time after the move, and not before it)."""
-    memory = await _offline(make_memory)
-    await _say(memory, "ann", 0, "I live in Oslo")
-    await _say(memory, "ann", 10, "As I said, I live in Oslo")
-    before = await memory.retrieve("ann", "where do I live?", include_messages=True)
-    assert [hit.text for hit in before.entries] == ["User lives in Oslo."]
-    assert before.messages == []
-    await _say(memory, "ann", 30, "I moved to Bergen")
-
-    async def home(**as_of: datetime) -> tuple[list[str], dict[str, bool]]:
-        found = await memory.retrieve("ann", "where do I live?", include_messages=True, **as_of)
-        return [hit.text for hit in found.entries], {
-            m.message.content: m.outdated for m in found.messages
-        }
-
-    said_twice = {"I live in Oslo": True, "As I said, I live in Oslo": True}
-    assert await home() == (["User lives in Bergen."], said_twice)
-    assert await home(as_of=T0 + timedelta(days=40)) == (["User lives in Bergen."], said_twice)
-    assert await home(as_of=T0 + timedelta(days=20)) == (["User lives in Oslo."], {})
-
-
 async def test_a_message_is_outdated_as_of_a_time_when_its_facts_had_been_replaced(
     make_memory: Callable[..., Any],
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import EVENT_CLASSES, ExtractedFact, UserLog
+from events import EVENT_CLASSES, UserLog
 from projections.folds import PROJECTIONS, Projection
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
@@ -73,29 +73,3 @@ def test_an_earlier_start_of_an_entry_no_row_holds_changes_nothing() -> None:
     rows = knowledge.new_rows()
     knowledge.evolve(rows, began)
     assert rows.rows == {} and not rows.written
-
-
-def _extracted(log: UserLog, task_id: str, fact: ExtractedFact) -> list[dict[str, Any]]:
-    """Run task ``task_id`` over what ``log`` buffered, answering ``fact``."""
-    log.request_processing(task_id, "manual")
-    log.start_next()
-    return log.record_knowledge(task_id, [fact], "x")
-
-
-def test_an_entry_said_again_cites_the_repeat_in_its_row_and_in_the_citations() -> None:
-    """A repeat's message joins the sources of the entry it says again (what ``explain``
-    lists, and what leaves the message out behind the entry) and the citations that make
-    it outdated once that entry ends: a fact said twice is no more current than once."""
-    log = UserLog.register("ann")
-    first = log.add_message("user", "I live in Oslo", None, 100)
-    (oslo,) = _extracted(log, "t1", ExtractedFact("User lives in Oslo.", (first,)))
-    again = log.add_message("user", "As I said, I live in Oslo", None, 100)
-    repeat = ExtractedFact("User lives in Oslo.", (again,), "same", oslo["entry_id"])
-    assert _extracted(log, "t2", repeat) == []
-    knowledge, citations = (p for p in PROJECTIONS if p.table in ("knowledge", "citations"))
-    rows = {p.table: p.new_rows() for p in (knowledge, citations)}
-    for event in log.collect_events():
-        for projection in (knowledge, citations):
-            projection.evolve(rows[projection.table], event)
-    assert rows["knowledge"].rows[oslo["entry_id"]]["source_message_ids"] == [first, again]
-    assert set(rows["citations"].rows) == {(first, oslo["entry_id"]), (again, oslo["entry_id"])}
