@@ -9,10 +9,11 @@ user's relatives or things the query does not name keeps half; the user's own na
 the query is embedded as "the user", see :meth:`Retriever._as_embedded`). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
-came from, or half their score for a relative's fact); a message that a returned
-entry cites is left out, and one whose facts were all replaced goes after the rest. An
-embedder that fails (an API down, a model that cannot load) leaves the ranking lexical: a
-search never fails for it.
+came from, or half their score for a relative's fact); a message is left out when the
+returned entries citing its exchange state the query's words it holds, goes after the
+remaining entries when they leave some out, and goes after the rest when its facts were
+all replaced. An embedder that fails (an API down, a model that cannot load) leaves the
+ranking lexical: a search never fails for it.
 """
 
 from __future__ import annotations
@@ -458,8 +459,10 @@ class Retriever:
         query unrelated to everything finds nothing; one without such words, "who am I?",
         gets the most recent facts, scored 0, beside what its meaning finds, and before any
         message), a message shown with the other half of its exchange: an exchange is shown
-        once (as is one said again word for word), left out when a returned entry cites
-        either half, and comes last when either half is outdated."""
+        once (as is one said again word for word), left out when the returned entries say
+        it (:meth:`_Exchanges.hidden`), kept beside them when they leave out some of the
+        query's words it holds, but only in a slot no remaining entry takes, and comes
+        last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -479,9 +482,9 @@ class Retriever:
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
         order = _merge_ranked(entries, messages, stale, facts_first=not searched)
-        exchanges = _Exchanges(stale)
+        exchanges = _Exchanges(stale, _stems_of(query_terms(query).own))
         chosen: list[_Candidate] = []
-        cited: set[str] = set()
+        beside: set[str] = set()
         at = 0
         while at < len(order) and len(chosen) < top_k:
             candidate = order[at]
@@ -494,9 +497,17 @@ class Retriever:
             if item is None:
                 continue  # erased since it was embedded
             if isinstance(item, KnowledgeEntry):
-                cited.update(item.source_message_ids)
-                chosen = [c for c in chosen if not exchanges.cited(c.key, cited)]
-            elif exchanges.cited(candidate.key, cited) or exchanges.shown(item, chosen):
+                exchanges.cite(item)
+                told = {c.key for c in chosen if exchanges.hidden(c.item)}
+                moved = [c for c in chosen if c.key not in told and exchanges.cited(c.item)]
+                beside.update(c.key for c in moved)
+                chosen = [c for c in chosen if c.key not in told and c.key not in beside]
+                order.extend(moved)  # shown beside its fact: after the remaining entries
+            elif exchanges.hidden(item) or exchanges.shown(item, chosen):
+                continue
+            elif exchanges.cited(item) and candidate.key not in beside:
+                beside.add(candidate.key)
+                order.append(candidate)  # what its fact leaves out, once slots are left
                 continue
             elif exchanges.outdated(candidate.key) and candidate.key not in stale:
                 stale.add(candidate.key)
@@ -676,20 +687,57 @@ def _other_half(message: Message, by_seq: dict[int, Message]) -> Message | None:
 @dataclass(slots=True)
 class _Exchanges:
     """The exchanges of the messages a retrieval looked at: the other half of each (by
-    message id), the outdated messages among both halves, and what each shows (its
-    ``words``, to tell an exchange said again word for word)."""
+    message id), the outdated messages among both halves, what each shows (its ``words``,
+    to tell an exchange said again word for word), and the messages the returned entries
+    cite, each with the query's words (the index's stems of them, of ``asked``) those
+    entries state (``stated``)."""
 
     stale: set[str]
+    asked: frozenset[str] = frozenset()
     partner: dict[str, Message | None] = field(default_factory=dict)
     words: dict[str, tuple[tuple[str, str, str], ...]] = field(default_factory=dict)
+    stated: dict[str, frozenset[str]] = field(default_factory=dict)
+    holds: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def _halves(self, key: str) -> tuple[str, ...]:
         partner = self.partner.get(key)
         return (key,) if partner is None else (key, partner.message_id)
 
-    def cited(self, key: str, cited: set[str]) -> bool:
-        """Whether a returned entry cites either half of ``key``'s exchange."""
-        return any(half in cited for half in self._halves(key))
+    def cite(self, entry: KnowledgeEntry) -> None:
+        """Count ``entry`` as returned: each message it came from is cited, by what it states."""
+        states = self._asked_in(entry.entry_id, entry.text)
+        for key in entry.source_message_ids:
+            self.stated[key] = self.stated.get(key, frozenset()) | states
+
+    def cited(self, item: KnowledgeEntry | Message | None) -> bool:
+        """Whether ``item`` is a message a returned entry cites either half of the exchange of."""
+        return isinstance(item, Message) and any(
+            half in self.stated for half in self._halves(item.message_id)
+        )
+
+    def hidden(self, item: KnowledgeEntry | Message | None) -> bool:
+        """Whether ``item`` is a message whose exchange the returned entries say: one cites
+        either half, and those citing either half state every word of the query the two
+        halves hold. Judged by the exchange, not a half: a fact citing only the reply
+        ("Noted!", none of the query's words) states nothing of what the user's half was
+        found by, and "User lives in Lima." leaves the door code of "I live in Lima and the
+        door code of my flat is 4411" out, so that message stays for "what is my door code?"."""
+        if not isinstance(item, Message) or not self.cited(item):
+            return False
+        partner = self.partner.get(item.message_id)
+        halves = [item] if partner is None else [item, partner]
+        held = frozenset().union(*(self._asked_in(h.message_id, h.content) for h in halves))
+        said = frozenset().union(*(self.stated.get(h.message_id, frozenset()) for h in halves))
+        return held <= said
+
+    def _asked_in(self, key: str, text: str) -> frozenset[str]:
+        """The query's words that ``text``, of the message or entry ``key``, holds (found
+        once an item)."""
+        held = self.holds.get(key)
+        if held is None:
+            held = self.asked.intersection(text_stems(text)) if self.asked else frozenset()
+            self.holds[key] = held
+        return held
 
     def outdated(self, key: str) -> bool:
         """Whether either half of ``key``'s exchange is outdated."""

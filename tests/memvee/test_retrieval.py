@@ -631,6 +631,127 @@ async def test_messages_cited_by_returned_entries_are_not_repeated(
     assert result.messages == []
 
 
+_HALVES = {"user": ("user",), "reply": ("assistant",), "both": ("user", "assistant")}
+"""Which halves of an exchange a fact of :func:`_citing` cites, by name."""
+
+
+def _citing(*facts: tuple[str, str]) -> RecordingExtractor:
+    """An extractor answering each exchange with ``facts``, each a text and which of the
+    exchange's halves it cites (:data:`_HALVES`; "user id": those the user's id names)."""
+    extractor = RecordingExtractor()
+
+    def answer(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        by_role = {m.role: m.message_id for m in batch.messages}
+        return tuple(
+            ExtractedFact(
+                text,
+                tuple(
+                    by_role[role]
+                    for role in _HALVES[batch.user_id if which == "user id" else which]
+                ),
+            )
+            for text, which in facts
+        )
+
+    extractor.answer = answer
+    return extractor
+
+
+async def test_a_message_is_shown_beside_its_fact_when_the_fact_leaves_out_what_matched(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The door code went from the prompt once processed: "User lives in Lima." cites the
+    message, so the message was left out, though only it answers. A fact that states what
+    its message was found by still stands for it."""
+    memory = await _offline(make_memory)
+    lima = "I live in Lima and the door code of my flat is 4411"
+    said, _ = await memory.add_exchange("ann", lima, "Noted!", sent_at=T0)
+    await memory.flush("ann")
+
+    door = await memory.retrieve("ann", "what is the door code of my flat?", include_messages=True)
+    assert [hit.text for hit in door.entries] == ["User lives in Lima."]
+    assert [m.message.message_id for m in door.messages] == [said.message_id]
+    assert "4411" in door.to_prompt()
+    for query in ("Lima", "where do I live?"):
+        home = await memory.retrieve("ann", query, include_messages=True)
+        assert [hit.text for hit in home.entries] == ["User lives in Lima."]
+        assert home.messages == [], query
+
+
+async def test_a_fact_citing_the_reply_too_leaves_the_message_its_question_matched(
+    make_memory: Callable[..., Any],
+) -> None:
+    """An exchange is judged whole: a fact citing the assistant's reply ("Noted!", none of
+    the question's words) as well as the user's message states nothing of the door code,
+    so the exchange stays (and is left out where the fact says all the question asks);
+    one citing the reply alone neither hides it."""
+    memory = await make_memory(extractor=_citing(("User lives in Lima.", "user id")))
+    for which in ("both", "reply"):
+        lima = "I live in Lima and the door code of my flat is 4411"
+        said, _ = await memory.add_exchange(which, lima, "Noted!", sent_at=T0)
+        await memory.flush(which)
+
+        door = await memory.retrieve(
+            which, "what is the door code of my flat?", include_messages=True
+        )
+        assert [m.message.message_id for m in door.messages] == [said.message_id], which
+    home = await memory.retrieve("both", "where do I live in Lima?", include_messages=True)
+    assert [hit.text for hit in home.entries] == ["User lives in Lima."]
+    assert home.messages == []
+
+
+async def test_a_fact_below_its_message_and_the_message_both_stay_when_another_cites_the_reply(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The mother's fact ranks below its message (half its score: the question does not
+    name her); a fact about the flat citing the reply comes after. Neither the message nor
+    the mother's fact is lost: the message holds the door code, which no fact states."""
+    memory = await make_memory(
+        extractor=_citing(
+            ("User's mother lives in Stavanger.", "user"),
+            ("User will look after the flat in May.", "reply"),
+        )
+    )
+    stavanger = "My mother lives in Stavanger and the door code of her flat is 1234"
+    said, _ = await memory.add_exchange("ann", stavanger, "Noted! I will remind you in May.")
+    await memory.flush("ann")
+
+    for query in ("what is the door code of her flat?", "door code of the flat in Stavanger"):
+        door = await memory.retrieve("ann", query, include_messages=True)
+        assert "User's mother lives in Stavanger." in [hit.text for hit in door.entries]
+        assert [m.message.message_id for m in door.messages] == [said.message_id], query
+
+
+async def test_a_message_kept_beside_its_fact_takes_no_other_facts_place(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Facts in English never state the words of messages in Norwegian, so each message
+    stays beside its fact; but only in a slot left over, after every entry that made the
+    cut: at ``top_k=2`` both facts, at 4 both facts and both messages."""
+    extractor = RecordingExtractor()
+    english = {
+        "Jeg bor i Oslo.": "User lives in Oslo.",
+        "Jeg jobber på Equinor.": "User works at Equinor.",
+    }
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(english[m.content], (m.message_id,))
+        for m in batch.messages
+        if m.content in english
+    )
+    memory = await make_memory(extractor=extractor)
+    for at, said in enumerate(english):
+        await memory.add_exchange("ann", said, "Notert!", sent_at=T0 + timedelta(minutes=at))
+    await memory.flush("ann")
+
+    query = "bor jeg i Oslo og jobber jeg på Equinor?"
+    two = await memory.retrieve("ann", query, include_messages=True, top_k=2)
+    assert sorted(hit.text for hit in two.entries) == sorted(english.values())
+    assert two.messages == []
+    four = await memory.retrieve("ann", query, include_messages=True, top_k=4)
+    assert sorted(hit.text for hit in four.entries) == sorted(english.values())
+    assert sorted(m.message.content for m in four.messages) == sorted(english)
+
+
 async def test_an_exchange_is_shown_once_whichever_half_matched(
     make_memory: Callable[..., Any],
 ) -> None:
@@ -652,12 +773,25 @@ async def test_an_exchange_is_shown_once_whichever_half_matched(
 async def test_an_exchange_whose_either_half_a_returned_entry_cites_is_left_out(
     make_memory: Callable[..., Any],
 ) -> None:
+    """The reply matched too, but the fact citing the user's half states all the query
+    asks: the exchange is left out. Where the reply holds a word of the query no fact
+    states ("city"), the exchange stays, after the entries, taking none's place."""
     memory = await _offline(make_memory)
-    await memory.add_exchange("ann", "I live in Oslo", "Nice city!", sent_at=T0)
+    said, _ = await memory.add_exchange("ann", "I live in Oslo", "Oslo is a nice city!", sent_at=T0)
     await memory.flush("ann")
-    result = await memory.retrieve("ann", "Oslo city", include_messages=True)
+    result = await memory.retrieve("ann", "Oslo", include_messages=True)
     assert [hit.text for hit in result.entries] == ["User lives in Oslo."]
     assert result.messages == [], "the reply was shown with the cited message beside it"
+    city = await memory.retrieve("ann", "Oslo city", include_messages=True)
+    assert [hit.text for hit in city.entries] == ["User lives in Oslo."]
+    [shown] = city.messages  # either half, with the other beside it
+    assert said.message_id in {
+        shown.message.message_id,
+        shown.neighbour and shown.neighbour.message_id,
+    }
+    first = await memory.retrieve("ann", "Oslo city", include_messages=True, top_k=1)
+    assert [hit.text for hit in first.entries] == ["User lives in Oslo."]
+    assert first.messages == []
 
 
 async def test_a_message_is_paired_only_with_the_user_turn_or_reply_beside_it(
