@@ -808,19 +808,20 @@ class _Vectors:
 
     def nearest(self, query: Sequence[float], limit: int) -> list[tuple[str, float]]:
         """The ``limit`` ids with the highest cosine to ``query``; equal ones (to within
-        :data:`COSINE_TIE`, see :func:`_tied`) in row order (the loaded rows are newest
-        first), whichever of them the limit cuts."""
+        :data:`COSINE_TIE` of their group's best, see :func:`_tied`) in row order (the
+        loaded rows are newest first), whichever of them the limit cuts."""
         if not self.ids or limit <= 0 or self.matrix.shape[1] != len(query):
             return []  # vectors of another model: none is near, till they are made again
         scores = self.matrix @ np.asarray(query, dtype=np.float32)
         if limit < len(self.ids):
-            # Every row at or near the limit's score (ties with it included), then a
-            # stable sort of those few: an unstable partition alone would pick any tie.
+            # Every row within COSINE_TIE of the limit's score: the leader of its group is
+            # at or above it, so the whole group is among them (ties with it included);
+            # then a stable sort of those few: an unstable partition alone picks any tie.
             bound = -np.partition(-scores, limit - 1)[limit - 1]
             top = np.flatnonzero(scores >= bound - COSINE_TIE)
         else:
             top = np.arange(len(self.ids))
-        cosines = _tied(scores[top])
+        cosines = _tied(scores[top], limit)
         best = np.argsort(-cosines, kind="stable")[:limit]
         return [(self.ids[top[i]], float(cosines[i])) for i in best]
 
@@ -831,17 +832,27 @@ other sizes), or one vector multiplied among other rows, gives cosines a few flo
 apart; texts that differ in meaning are further apart than that."""
 
 
-def _tied(scores: np.ndarray[Any, np.dtype[np.float32]]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """``scores`` with each within :data:`COSINE_TIE` of the next higher one given that
-    one's value: the copies of an exchange said again tie, so that the newest ranks first
-    (on both backends) rather than whichever the last bits favour."""
+def _tied(
+    scores: np.ndarray[Any, np.dtype[np.float32]], limit: int
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """``scores`` with each within :data:`COSINE_TIE` of its group's leader given the
+    leader's value, groups taken best first (a leader is the best score not in a higher
+    group), as far as the group of the ``limit``-th best: the copies of an exchange said
+    again tie, so that the newest ranks first (on both backends) rather than whichever the
+    last bits favour. Tied to the leader, never to the next higher score, close scores do
+    not chain into one tie, and the best ``k`` are the first ``k`` of the best ``k + 1``."""
     order = np.argsort(-scores, kind="stable")
     ranked = scores[order]
-    leads = np.concatenate(([True], ranked[:-1] - ranked[1:] > COSINE_TIE))
-    leader = np.maximum.accumulate(np.where(leads, np.arange(len(ranked)), 0))
-    tied = np.empty_like(scores)
-    tied[order] = ranked[leader]
-    return tied
+    negated = -ranked.astype(np.float64)  # ascending, as a search needs
+    tied = ranked.copy()
+    start = 0
+    while start < min(limit, len(ranked)):
+        end = int(np.searchsorted(negated, negated[start] + COSINE_TIE, side="right"))
+        tied[start:end] = ranked[start]
+        start = end
+    out = np.empty_like(scores)
+    out[order] = tied
+    return out
 
 
 def _remembered(kept: OrderedDict[str, _T], log_id: str, new: Callable[[], _T]) -> _T:

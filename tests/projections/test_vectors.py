@@ -3,6 +3,7 @@ gives way to searches without ever being held off for good."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -254,6 +255,24 @@ def test_copies_of_a_message_rank_newest_first_though_their_cosines_differ_in_th
             assert len({cosine for _, cosine in index.messages(connection, "ann", query, 3)}) == 1
     finally:
         store.close()
+
+
+def test_close_cosines_tie_with_their_groups_best_so_the_best_k_lead_the_best_k_plus_one() -> None:
+    """Cosines a hair apart (0.4e-6, under :data:`COSINE_TIE`) tie only with the best of
+    their group, not each with the next: chained, 40 of them spanning 16e-6 were one tie,
+    ranked newest first, so ``nearest(1)`` was not the first of ``nearest(40)``."""
+    count = 40
+    cosines = 0.5 + np.arange(count) * 0.4e-6  # rows newest first: the newest the least near
+    rows = [
+        (f"m{n}", np.array([c, math.sqrt(1 - c * c)], dtype=np.float32).tobytes())
+        for n, c in enumerate(cosines)
+    ]
+    nearest = [vectors_module._nearest(rows, [1.0, 0.0], k) for k in range(1, count + 1)]
+    for k, best in enumerate(nearest, start=1):
+        assert best == nearest[-1][:k], k
+    exact = dict(zip((item for item, _ in rows), cosines, strict=True))
+    for item, score in nearest[-1]:
+        assert -1e-7 <= score - exact[item] <= vectors_module.COSINE_TIE + 1e-7, item  # float32
 
 
 def _stored_then(
