@@ -15,29 +15,59 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from actors._pacing import UserBackoff
 
-__all__ = ["UserWorker"]
+__all__ = ["StopFlag", "UserWorker"]
 
 log = logging.getLogger("memvee.actors")
+
+
+class StopFlag:
+    """Whether a worker was told to stop; callable, so a job asks it between steps.
+
+    A job that writes what a slow call gave does so inside :meth:`unless_set`: :meth:`set`
+    waits for such a write under way, so once it returned nothing more is written (the
+    store may be closed next), and a call that answers later has its result dropped.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+
+    def __call__(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Tell the job to stop, once any write it has under way is done."""
+        with self._lock:
+            self._set = True
+
+    @contextmanager
+    def unless_set(self) -> Iterator[bool]:
+        """Hold off :meth:`set` meanwhile; yields ``False`` if it was set already (do not
+        write)."""
+        with self._lock:
+            yield not self._set
 
 
 class UserWorker:
     """Does one kind of work for the users it is told about, one at a time, on its own thread.
 
     ``work(user_id, stopping)`` does it for one user, asking ``stopping()`` between steps
-    so that :meth:`stop` never waits for a long job. Users told about while one is worked
-    on wait ``delay`` seconds more, so a burst of writes is handled in a few jobs. A user
-    whose job failed is worked on again ``retry_delay`` seconds later, doubling while its
-    jobs keep failing, up to ``retry_max`` (a :class:`UserBackoff`, with its jitter).
+    (a :class:`StopFlag`) so that :meth:`stop` never waits for a long job. Users told
+    about while one is worked on wait ``delay`` seconds more, so a burst of writes is
+    handled in a few jobs. A user whose job failed is worked on again ``retry_delay``
+    seconds later, doubling while its jobs keep failing, up to ``retry_max`` (a
+    :class:`UserBackoff`, with its jitter).
     ``name`` names the thread (``memvee-<name>``) and the work in logs.
     """
 
     def __init__(
         self,
-        work: Callable[[str, Callable[[], bool]], object],
+        work: Callable[[str, StopFlag], object],
         *,
         name: str,
         delay: float = 0.2,
@@ -52,6 +82,7 @@ class UserWorker:
         self._pending: dict[str, None] = {}
         self._changed = threading.Condition()
         self._stopped = False
+        self._stop = StopFlag()
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name=f"memvee-{name}", daemon=True)
@@ -72,18 +103,20 @@ class UserWorker:
         retry (for tests and shutdown)."""
         return self._idle.wait(timeout)
 
-    def stop(self) -> None:
-        """Drop what waits and stop the thread (what was left is done by whoever needs it:
-        a search embeds what is missing, a replay folds from an older checkpoint)."""
+    def stop(self, wait: float = 30.0) -> None:
+        """Drop what waits and stop the thread, waiting up to ``wait`` seconds for it to end
+        (what was left is done by whoever needs it: a search embeds what is missing, a
+        replay folds from an older checkpoint). A job whose writes are all made within
+        its flag's :meth:`StopFlag.unless_set` may be given no wait: a thread held in a
+        call (an embedding API that stalls) is a daemon, abandoned, and writes nothing
+        once this returned."""
         with self._changed:
             self._stopped = True
             self._pending.clear()
             self._later.clear()
             self._changed.notify()
-        self._thread.join(timeout=30)
-
-    def _stopping(self) -> bool:
-        return self._stopped
+        self._stop.set()
+        self._thread.join(timeout=wait)
 
     def _run(self) -> None:
         while True:
@@ -106,7 +139,7 @@ class UserWorker:
                 if self._stopped:
                     break
                 try:
-                    self._work(user_id, self._stopping)
+                    self._work(user_id, self._stop)
                 except Exception:
                     self._failed(user_id)
                 else:

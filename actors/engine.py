@@ -95,6 +95,11 @@ SHOWN_STOP_SECONDS = 10.0
 """How long a close waits for the reads aside still running (they call no embedder, so
 only a database that stopped answering holds one that long)."""
 
+_FILLER_STOP_WAIT = 0.5
+"""How long a close waits for the background embedding thread to end, whatever its grace:
+one between batches ends at once; one held in an embedding call (an API that stalls) is
+abandoned, a daemon whose late vectors are dropped."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
@@ -417,13 +422,21 @@ class Engine:
             ) from error
 
     def _filler(self, embedder: ContainedEmbedder) -> UserWorker:
-        """The background thread that embeds what users add, as the vector projection."""
+        """The background thread that embeds what users add, as the vector projection
+        (stored only while it is not stopped: what an embedder answers after close is
+        dropped)."""
         index = self.vectors
         assert index is not None
         engine = self.store.engine
         return UserWorker(
             lambda user, stop: index.fill(
-                engine, user, embedder.embed, messages=True, stop=stop, background=True
+                engine,
+                user,
+                embedder.embed,
+                messages=True,
+                stop=stop,
+                background=True,
+                writing=stop.unless_set,
             ),
             name="embedding",
         )
@@ -707,8 +720,8 @@ class Engine:
                 log.exception("closing a user's tasks at shutdown failed")
         self.timers.stop()
         self.rebuild_watch.stop()
-        if self.vector_filler is not None:
-            self.vector_filler.stop()
+        if self.vector_filler is not None:  # one held in an embedding call is abandoned
+            self.vector_filler.stop(wait=_FILLER_STOP_WAIT)
         self.checkpointer.stop()
         self._meaning_threads.stop()
         self._shown_threads.stop(wait=SHOWN_STOP_SECONDS)  # their reads end before the store

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from itertools import compress
 from typing import Any, Protocol, TypeVar
@@ -287,6 +287,7 @@ class VectorIndex:
         stop: Callable[[], bool] = lambda: False,
         budget: float | None = None,
         background: bool = False,
+        writing: Callable[[], AbstractContextManager[bool]] = lambda: nullcontext(True),
     ) -> frozenset[str]:
         """Embed the user's entries (and messages) that have no vector yet, newest first;
         returns the ids of those it left without one (none when it took up every one).
@@ -301,7 +302,10 @@ class VectorIndex:
         a short backlog whole and, of a long one (an import, a rebuild, a burst of
         writes), what fits, leaving the rest to the background filler and to lexical
         ranking meanwhile. A ``background`` fill holds off between batches while a
-        search runs (see :meth:`searching`), half a second at most each time.
+        search runs (see :meth:`searching`), half a second at most each time. Each batch's
+        vectors are stored within ``writing()``, and only if it yields ``True``: the
+        background filler's says no once it was stopped, so a batch an embedder answers
+        after ``close`` is dropped, never written.
 
         A text the embedder refuses while it takes others is left without a vector, with
         a warning, so that one message no embedding API accepts never keeps the rest of
@@ -367,9 +371,14 @@ class VectorIndex:
                     }
                     for (item, _, kind), vector in embedded
                 ]
-                if values:
-                    with engine.begin() as connection:
-                        self._insert_kept(connection, log_id, values)
+                with writing() as allowed:
+                    if not allowed:
+                        return frozenset(item for item, _, _ in missing[taken - len(chunk) :])
+                    if values:
+                        with engine.begin() as connection:
+                            self._insert_kept(connection, log_id, values)
+            if stop():
+                return frozenset(item for item, _, _ in missing[taken:])
             if messages:
                 with engine.connect() as connection:
                     if not self._complete(connection, log_id):

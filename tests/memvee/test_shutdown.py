@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, func, select
 
 from actors import Engine
 from events import ExtractedFact, ExtractionBatch, ExtractionResult
@@ -21,6 +22,8 @@ from memvee import (
     ProcessTask,
     StorageError,
 )
+from projections.tables import ProjectionTables
+from tests.support.embedders import ConceptEmbedder
 from tests.support.engines import engine_start_held
 from tests.support.extractors import RecordingExtractor
 
@@ -317,6 +320,60 @@ def test_a_close_from_another_loop_gives_a_running_task_its_grace(
             return len(await again.knowledge("u"))
 
     assert asyncio.run(stored()) == 1
+
+
+class _StalledEmbedder(ConceptEmbedder):
+    """Once ``hold`` is set, a call on the background embedding thread waits for
+    ``release`` (an embedding API that stalls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def embed(self, texts: Any) -> list[list[float]]:
+        if self.hold and threading.current_thread().name == "memvee-embedding":
+            self.held.set()
+            self.release.wait()
+        return super().embed(texts)
+
+
+def _stored_vectors(db_url: str) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            vectors = ProjectionTables().vectors
+            return int(connection.execute(select(func.count()).select_from(vectors)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def test_a_close_with_no_grace_abandons_a_stalled_background_embedding(
+    db_url: str,
+) -> None:
+    """The background embedding thread is held in a call that does not answer: close(grace=0)
+    returns without waiting for it, and the vectors it gets after the close are dropped,
+    never written (the thread, a daemon, ends once the call does)."""
+    embedder = _StalledEmbedder()
+    memory = Memory(config=MemoryConfig(db_url=db_url), embedder=embedder)
+    await memory.open()
+    try:
+        await memory.add_exchange("ann", "hello there", "hi")
+        assert memory._engine is not None and memory._engine.vector_filler is not None
+        assert await asyncio.to_thread(memory._engine.vector_filler.wait_idle, 10)
+        embedder.hold = True
+        await memory.add_exchange("ann", "I live in Oslo", "nice")
+        assert await asyncio.to_thread(embedder.held.wait, 10)
+        before = _stored_vectors(db_url)
+        await asyncio.wait_for(memory.close(grace=0), 10)  # a safety net: it must not wait
+    finally:
+        embedder.release.set()
+        await memory.close()
+    for thread in threading.enumerate():
+        if thread.name == "memvee-embedding":
+            thread.join(10)
+    assert _stored_vectors(db_url) == before
 
 
 async def test_close_is_idempotent_and_reopen_works(make_memory: Any) -> None:
