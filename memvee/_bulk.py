@@ -136,6 +136,9 @@ class BulkReport:
     entries: int = 0
     batches: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    forgotten: dict[str, str] = field(default_factory=dict)
+    """Requests whose user was forgotten while their Message Batch ran: dropped, not
+    failed (nothing is left to record them in, nor to send again)."""
     left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
     claimed: list[str] = field(default_factory=list)
@@ -516,9 +519,13 @@ class BulkReextraction:
                     continue
                 outcome = answers.get(custom_id)
                 request = row["requests"][custom_id]
-                entries = await asyncio.to_thread(
-                    self._record, custom_id, request, outcome, request_id, refused_all, blamable
-                )
+                try:
+                    entries = await asyncio.to_thread(
+                        self._record, custom_id, request, outcome, request_id, refused_all, blamable
+                    )
+                except NotFoundError as gone:  # the user was forgotten while the batch ran
+                    report.forgotten[request_id] = str(gone)
+                    continue
                 if entries is None:
                     report.skipped += 1
                 elif isinstance(entries, ExtractionError):
@@ -630,7 +637,8 @@ class BulkReextraction:
         blamable: bool,
     ) -> int | ExtractionError | None:
         """Record one request's answer; returns the entries added, how it failed, or
-        ``None`` when its user's log has it recorded already. ``refused_all``: the reasons
+        ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
+        the user was forgotten while the batch ran. ``refused_all``: the reasons
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`)."""
@@ -675,8 +683,6 @@ class BulkReextraction:
 
         try:
             count: int | None = self.decide(batch.user_id, record, list(request["messages"]))
-        except NotFoundError as forgotten:  # the user was forgotten while the batch ran
-            return ExtractionError(str(forgotten))
         except AlreadyReextractedError as meanwhile:  # another run recorded them first
             log.warning("request %s not recorded: %s", request_id, meanwhile)
             return None

@@ -817,9 +817,11 @@ def reextract(
 
     A message that fails alone the same way every time is left out of the version and
     listed (exit code 1, as when some Message Batches requests failed: run it again to
-    retry them). A user whose re-extraction stops (the API down) is one error line, after
-    what it left out before, and the others go on; the exit code is then 2 (run it again
-    to go on), as when ``--promote`` left users unpromoted that another bulk run holds.
+    retry them; those of a user forgotten while the batch ran are listed as dropped, and
+    leave the exit code alone). A user whose re-extraction stops (the API down) is one
+    error line, after what it left out before, and the others go on; the exit code is
+    then 2 (run it again to go on), as when ``--promote`` left users unpromoted that
+    another bulk run holds.
     """
     if (user is None) == (not all_users):
         raise InvalidInputError(
@@ -926,6 +928,13 @@ def _reextract_in_bulk(
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     for message_id, why in list(report.left_out.items())[:20]:
         console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {_shown(why)}"))
+    for request_id in list(report.forgotten)[:20]:
+        console.print(
+            Text.assemble(
+                ("forgotten meanwhile, dropped:", "yellow"),
+                f" {request_id}: its user was forgotten while the batch ran",
+            )
+        )
     for batch_id in report.lost:
         console.print(
             Text.assemble(

@@ -638,11 +638,9 @@ def test_promoting_users_another_run_holds_is_refused_after_their_kept_requests_
         }
 
 
-async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """bob is forgotten, and writes again, before the answers come back: what his old
-    messages gave is reported as failed, not recorded in his new log; ann's is recorded."""
+def _forget_bob_before_his_answers(patch: pytest.MonkeyPatch, *, afresh: bool) -> None:
+    """bob is forgotten between the submit and the collect (and, ``afresh``, writes
+    again): just before the first of his answers is recorded."""
     real = BulkReextraction._record
     forgotten: list[str] = []
 
@@ -651,19 +649,42 @@ async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
             forgotten.append("bob")
             projector = Projector(ProjectionTables())
             erase_user(self.store, projector, None, "bob")
-            log = UserLog.register("bob")
-            log.add_message("user", "I start afresh", None, 100)
-            self.store.append([log.collect_events()], projector.apply)
+            if afresh:
+                log = UserLog.register("bob")
+                log.add_message("user", "I start afresh", None, 100)
+                self.store.append([log.collect_events()], projector.apply)
         return real(self, custom_id, request, *rest)
 
-    monkeypatch.setattr(BulkReextraction, "_record", forget_bob_first)
+    patch.setattr(BulkReextraction, "_record", forget_bob_first)
+
+
+async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten, and writes again, before the answers come back: what his old
+    messages gave is reported as forgotten meanwhile (dropped, not failed: there is
+    nothing to retry), not recorded in his new log; ann's is recorded."""
+    _forget_bob_before_his_answers(monkeypatch, afresh=True)
     with Audit(db_url=db) as audit:
         report = await _run(audit)
-        assert (report.submitted, report.recorded) == (6, 3)
-        reasons = list(report.failed.values())
+        assert (report.submitted, report.recorded, report.failed) == (6, 3, {})
+        reasons = list(report.forgotten.values())
         assert len(reasons) == 3 and all("forgotten" in r for r in reasons), reasons
         assert _reextracted(audit, "bob") == [] and len(_reextracted(audit, "ann")) == 3
         assert audit.knowledge_versions("bob") == {}
+
+
+def test_the_command_line_drops_the_requests_of_a_user_forgotten_meanwhile(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten while the batch runs: his request is listed as dropped, and
+    the run exits 0 (exit 1 would ask for a run again, which has no bob to retry)."""
+    _forget_bob_before_his_answers(monkeypatch, afresh=False)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("forgotten meanwhile, dropped:") == 1, result.output
+    assert "0 failed" in result.output
 
 
 async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
