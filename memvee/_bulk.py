@@ -19,13 +19,11 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -968,7 +966,8 @@ def _abandoned(claim: Mapping[str, Any], renewed: datetime, now: datetime) -> bo
 
 
 def _this_process() -> dict[str, Any]:
-    """What a claim names its run's process by: its host, pid and start time."""
+    """What a claim names its run's process by: its host (:func:`_host`), pid and start
+    time."""
     pid = os.getpid()
     return {"host": _host(), "pid": pid, "started": _started(pid)}
 
@@ -978,7 +977,10 @@ def _ended(claim: Mapping[str, Any]) -> bool:
     its pid is gone, a zombie, or another process's now (a start time other than the
     claim's). Another host's process (or one that cannot be looked at) is not known to."""
     pid = claim.get("pid")
-    if os.name != "posix" or claim.get("host") != _host() or type(pid) is not int or pid < 1:
+    host = _host()
+    if os.name != "posix" or host is None or claim.get("host") != host:
+        return False
+    if type(pid) is not int or pid < 1:
         return False
     try:
         os.kill(pid, 0)
@@ -993,15 +995,32 @@ def _ended(claim: Mapping[str, Any]) -> bool:
     return state == "Z" or claim.get("started") not in (None, started)
 
 
-@cache
-def _host() -> str:
-    """This host's name, with its pid namespace where the platform tells it (Linux): two
-    containers of one name do not see each other's processes."""
+def _host() -> str | None:
+    """This machine's boot and pid namespace, where the platform tells them (Linux): two
+    machines, or two containers, never share both, whatever their hostnames. ``None``
+    elsewhere: no process of another run is then judged here."""
+    boot = _boot_id()
+    namespace = _pid_namespace()
+    if boot is None or namespace is None:
+        return None
+    return f"{boot} {namespace}"
+
+
+def _boot_id() -> str | None:
+    """The kernel's id of this boot of this machine (Linux), random at each boot."""
     try:
-        namespace = os.readlink("/proc/self/ns/pid")
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return boot.read().strip() or None
     except OSError:
-        return socket.gethostname()
-    return f"{socket.gethostname()} {namespace}"
+        return None
+
+
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (Linux): processes of another one are not seen here."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _started(pid: int) -> str | None:

@@ -1044,3 +1044,31 @@ async def test_a_claim_whose_process_on_this_host_ended_is_taken_over_at_once(
         report = await _run(audit)
         assert report.claimed == [] and report.submitted == 2
         assert all(len(_reextracted(audit, user)) == 1 for user in USERS)
+
+
+async def test_a_live_claim_of_another_machine_of_the_same_hostname_is_not_taken_over(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines may share a hostname and the initial pid namespace (cloned VMs,
+    ``localhost``, CI runners): a claim is told this host's by the machine's boot id, so
+    another machine's run renewed a moment ago holds its user, whatever pid it names."""
+    with monkeypatch.context() as patch:
+        patch.setattr(bulk_module, "_boot_id", lambda: "another machine's boot", raising=False)
+        there = bulk_module._this_process()
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "ann", {**there, "pid": _ended_pid()}, datetime.now(UTC))
+        report = await _run(audit)
+        assert report.claimed == ["ann"] and _reextracted(audit, "ann") == []
+
+
+async def test_without_a_boot_id_a_claim_is_taken_over_only_once_unrenewed(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the platform tells no boot id, no claim can be told this machine's: one
+    renewed a moment ago holds its user even when a process of its pid has ended here."""
+    monkeypatch.setattr(bulk_module, "_boot_id", lambda: None, raising=False)
+    here = bulk_module._this_process()
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "ann", {**here, "pid": _ended_pid()}, datetime.now(UTC))
+        report = await _run(audit)
+        assert report.claimed == ["ann"] and _reextracted(audit, "ann") == []
