@@ -88,8 +88,9 @@ CLAIM_RENEW = 10.0
 
 CLAIM_TTL = timedelta(seconds=3 * CLAIM_RENEW)
 """How long a run's claim on a user's plan holds unrenewed: an older claim is a stopped
-run's, and the next run takes the user over. A claim whose run was on this host and has
-ended (its process gone) is taken over at once, whatever its age (:func:`_abandoned`)."""
+run's, and the next run takes the user over. A claim whose run is on this host is judged
+by its process instead, whatever its age: taken over at once once it ended, held while it
+is alive (:func:`_abandoned`)."""
 
 OLD_CLAIM_TTL = timedelta(minutes=2)
 """How long a claim of an older memvee (which names no process, and renews every 30 s)
@@ -142,7 +143,8 @@ class BulkReport:
     claimed: list[str] = field(default_factory=list)
     """Users another run under way re-extracts into the version: nothing new was submitted
     for them (a run of another host stopped in the last :data:`CLAIM_TTL` still holds its
-    users; one of this host that has ended holds none)."""
+    users; one of this host holds them while its process is alive), or nothing more once
+    another run took them over while this one was stopped."""
     collected: list[str] = field(default_factory=list)
     """Users some of whose requests kept by an earlier run this run recorded."""
 
@@ -211,6 +213,8 @@ class BulkReextraction:
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
         self.claims: list[str] = []
+        self.claimed_by: dict[str, str] = {}  # the user of each claim, by its id
+        self.lost: set[str] = set()  # claims another run took over while this one was stopped
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
         self._kept_read = 0.0  # time.monotonic() of that read
 
@@ -222,6 +226,7 @@ class BulkReextraction:
         report = BulkReport()
         await asyncio.to_thread(self._create_table)
         client = self.extractor.client
+        _RUNNING.add(self.owner)
         renewing = asyncio.create_task(self._keep_claims())
         try:
             for row in await asyncio.to_thread(self._unfinished):
@@ -233,6 +238,7 @@ class BulkReextraction:
             raise api_error(error, client_secrets(client)) from None
         finally:
             renewing.cancel()
+            _RUNNING.discard(self.owner)
             try:
                 await asyncio.to_thread(self._release_claims)
             except Exception as error:  # the run's own outcome is what its caller gets
@@ -301,7 +307,7 @@ class BulkReextraction:
             if not chunk:
                 continue
             try:
-                row = await self._submit(client, chunk)
+                row = await self._submit(client, chunk, report)
             except anthropic.APIStatusError as error:
                 if error.status_code != 413:
                     raise
@@ -321,7 +327,9 @@ class BulkReextraction:
                 else:
                     await self._split(chunk[0].planned, todo, report, str(shown), probe=True)
                 continue
-            report.submitted += len(chunk)
+            if row is None:
+                continue
+            report.submitted += len(row["requests"])
             await self._finish(client, row, report)
 
     async def _next_chunk(
@@ -408,9 +416,14 @@ class BulkReextraction:
         )
 
     async def _submit(
-        self, client: anthropic.AsyncAnthropic, chunk: list[_Built]
-    ) -> dict[str, Any]:
-        """Keep the requests, then create the Message Batch and keep its id.
+        self, client: anthropic.AsyncAnthropic, chunk: list[_Built], report: BulkReport
+    ) -> dict[str, Any] | None:
+        """Keep the requests, then create the Message Batch and keep its id; ``None`` when
+        nothing is left to submit.
+
+        Only the requests of users this run still holds are kept and sent, checked as they
+        are kept (:meth:`_insert_held`): a user another run took over while this one was
+        stopped is its (``report.claimed``).
 
         Each custom id ends with the kept row's id, so a batch whose creation was never
         confirmed (a crash, a connection lost mid-call) can be told among the account's
@@ -418,26 +431,43 @@ class BulkReextraction:
         the SDK would create a second batch, billed too, when the first one's answer was
         lost; an answer that refused it is retried here, and a lost answer is looked for.
         """
+        chunk = [b for b in chunk if _claim_id(self.version, b.planned.user_id) not in self.lost]
         local_id = str(uuid4())
         ids = [f"r{i}-{local_id}" for i in range(1, len(chunk) + 1)]
-        kept = {custom_id: b.planned.to_json() for custom_id, b in zip(ids, chunk, strict=True)}
-        row = {
+        built = dict(zip(ids, chunk, strict=True))
+        kept = {custom_id: b.planned.to_json() for custom_id, b in built.items()}
+        row: dict[str, Any] = {
             "local_id": local_id,
             "knowledge_version": self.version,
             "api_batch_id": None,
             "requests": kept,
             "created_at": datetime.now(UTC),
         }
-        await asyncio.to_thread(self._insert, row)
+        if kept:
+            await asyncio.to_thread(self._insert_held, row)
+        self._report_lost(report)
+        if not row["requests"]:
+            return None
         requests: list[Request] = [
-            {"custom_id": custom_id, "params": b.params}
-            for custom_id, b in zip(ids, chunk, strict=True)
+            {"custom_id": custom_id, "params": built[custom_id].params}
+            for custom_id in row["requests"]
         ]
         created = await self._create(client, row, requests)
         row["api_batch_id"] = created
         await asyncio.to_thread(self._set_batch_id, local_id, created)
-        log.info("submitted %d requests as Message Batch %s", len(chunk), created)
+        log.info("submitted %d requests as Message Batch %s", len(requests), created)
         return row
+
+    def _report_lost(self, report: BulkReport) -> None:
+        """Report each user whose claim another run took over (``report.claimed``)."""
+        for user_id in sorted(self.claimed_by[c] for c in self.lost):
+            if user_id not in report.claimed:
+                log.warning(
+                    "user %r was taken over by another run while this one was stopped; "
+                    "nothing more submitted for it",
+                    user_id,
+                )
+                report.claimed.append(user_id)
 
     async def _create(
         self, client: anthropic.AsyncAnthropic, row: dict[str, Any], requests: list[Request]
@@ -857,6 +887,7 @@ class BulkReextraction:
                 pending = self._kept.get(user_id, set())
         except IntegrityError:  # another run inserted the same claim first
             return None
+        self.claimed_by[claim_id] = user_id
         self.claims.append(claim_id)
         return pending
 
@@ -897,26 +928,64 @@ class BulkReextraction:
                 log.warning("renewing the bulk run's claims failed (%s)", first_line(error))
 
     def _renew_claims(self) -> None:
+        """Renew this run's claims; those another run took over meanwhile (this run was
+        stopped past :data:`CLAIM_TTL`) are dropped: nothing more is submitted for their
+        users."""
+        claims = list(self.claims)
+        with self.store.transaction() as connection:
+            renewed = connection.execute(
+                BULK_BATCHES.update()
+                .where(*self._own_claims(claims))
+                .values(created_at=_database_time(connection))
+            )
+            if renewed.rowcount < len(claims):
+                self._drop(set(claims) - self._held(connection, claims))
+
+    def _held(self, connection: Connection, claims: Sequence[str]) -> set[str]:
+        """Which of ``claims`` are still this run's."""
+        found = connection.execute(select(BULK_BATCHES.c.local_id).where(*self._own_claims(claims)))
+        return {local_id for (local_id,) in found}
+
+    def _drop(self, claims: Iterable[str]) -> None:
+        """Forget ``claims`` another run took over: their users get nothing more here."""
+        for claim_id in claims:
+            self.lost.add(claim_id)
+            if claim_id in self.claims:
+                self.claims.remove(claim_id)
+
+    def _insert_held(self, row: dict[str, Any]) -> None:
+        """Keep ``row``'s requests of the users this run still holds, renewing their
+        claims in the same transaction (a compare-and-set against a run taking them over);
+        the requests of the users it no longer holds are taken out of ``row``."""
+        users = {request["user"] for request in row["requests"].values()}
+        claims = {_claim_id(self.version, user): user for user in users}
         with self.store.transaction() as connection:
             connection.execute(
                 BULK_BATCHES.update()
-                .where(*self._own_claims())
+                .where(*self._own_claims(list(claims)))
                 .values(created_at=_database_time(connection))
             )
+            lost = set(claims) - self._held(connection, list(claims))
+            self._drop(lost)
+            gone = {claims[claim_id] for claim_id in lost}
+            row["requests"] = {
+                custom_id: request
+                for custom_id, request in row["requests"].items()
+                if request["user"] not in gone
+            }
+            if row["requests"]:
+                connection.execute(BULK_BATCHES.insert(), row)
 
     def _release_claims(self) -> None:
         with self.store.transaction() as connection:
             connection.execute(BULK_BATCHES.delete().where(*self._own_claims()))
 
-    def _own_claims(self) -> tuple[Any, ...]:
-        """Which rows are this run's claims still its own (not taken over after they went
-        stale)."""
+    def _own_claims(self, claims: Sequence[str] | None = None) -> tuple[Any, ...]:
+        """Which rows are this run's claims (``claims``, or all) still its own (not taken
+        over after they went stale)."""
         owner = BULK_BATCHES.c.requests[(_CLAIM, "owner")].as_string()
-        return (BULK_BATCHES.c.local_id.in_(self.claims), owner == self.owner)
-
-    def _insert(self, row: dict[str, Any]) -> None:
-        with self.store.transaction() as connection:
-            connection.execute(BULK_BATCHES.insert(), row)
+        ids = list(self.claims if claims is None else claims)
+        return (BULK_BATCHES.c.local_id.in_(ids), owner == self.owner)
 
     def _set_batch_id(self, local_id: str, batch_id: str) -> None:
         with self.store.transaction() as connection:
@@ -939,6 +1008,10 @@ class BulkReextraction:
             connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id == local_id))
 
 
+_RUNNING: set[str] = set()
+"""The owners of the bulk runs under way in this process: a claim this process made is
+held only while its run is (one whose release failed is not held by the process alone)."""
+
 _CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
@@ -955,12 +1028,13 @@ def _database_time(connection: Connection) -> datetime:
 
 
 def _abandoned(claim: Mapping[str, Any], renewed: datetime, now: datetime) -> bool:
-    """Whether a claim last renewed at ``renewed`` is a stopped run's, to take over: its
-    process, on this host, has ended (:func:`_ended`), or it went unrenewed past
-    :data:`CLAIM_TTL` (a run of another host), past :data:`OLD_CLAIM_TTL` for an older
-    memvee's claim."""
-    if _ended(claim):
-        return True
+    """Whether a claim last renewed at ``renewed`` is a stopped run's, to take over. One
+    of this host is while its process has ended and never while it is alive (stopped or
+    blocked too, whatever the claim's age: :func:`_alive`); another's once unrenewed past
+    :data:`CLAIM_TTL`, past :data:`OLD_CLAIM_TTL` for an older memvee's claim."""
+    alive = _alive(claim)
+    if alive is not None:
+        return not alive
     ttl = CLAIM_TTL if "host" in claim else OLD_CLAIM_TTL
     return now - aware(renewed) > ttl
 
@@ -972,27 +1046,30 @@ def _this_process() -> dict[str, Any]:
     return {"host": _host(), "pid": pid, "started": _started(pid)}
 
 
-def _ended(claim: Mapping[str, Any]) -> bool:
-    """Whether the process a claim names is known to have ended: it ran on this host, and
-    its pid is gone, a zombie, or another process's now (a start time other than the
-    claim's). Another host's process (or one that cannot be looked at) is not known to."""
+def _alive(claim: Mapping[str, Any]) -> bool | None:
+    """Whether the process a claim names is alive, running or stopped: not once its pid
+    is gone, a zombie, or another process's (a start time other than the claim's), nor,
+    this process, once the run that made the claim is over (:data:`_RUNNING`).
+    ``None`` where that cannot be told: another host's process, or one not looked at."""
     pid = claim.get("pid")
     host = _host()
     if os.name != "posix" or host is None or claim.get("host") != host:
-        return False
+        return None
     if type(pid) is not int or pid < 1:
-        return False
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return False
     except PermissionError:  # another user's process: it is there
         pass
     stat = _stat(pid)
     if stat is None:
-        return False
+        return None
     state, started = stat
-    return state == "Z" or claim.get("started") not in (None, started)
+    if state == "Z" or claim.get("started") not in (None, started):
+        return False
+    return pid != os.getpid() or claim.get("owner") in _RUNNING
 
 
 def _host() -> str | None:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import logging
+import signal
 import subprocess
 import threading
 from collections import Counter
@@ -29,6 +30,7 @@ from actors.erasure import erase_user
 from events import (
     BatchLimits,
     BatchMessage,
+    EventStore,
     ExtractionBatch,
     ExtractionError,
     UserLog,
@@ -1072,3 +1074,96 @@ async def test_without_a_boot_id_a_claim_is_taken_over_only_once_unrenewed(
         _claimed(audit, "ann", {**here, "pid": _ended_pid()}, datetime.now(UTC))
         report = await _run(audit)
         assert report.claimed == ["ann"] and _reextracted(audit, "ann") == []
+
+
+@pytest.fixture
+def stopped_pid() -> Iterator[int]:
+    """The pid of a process of this host that is alive but stopped (SIGSTOP)."""
+    stopped = subprocess.Popen(["sleep", "60"])
+    stopped.send_signal(signal.SIGSTOP)
+    yield stopped.pid
+    stopped.kill()
+    stopped.wait()
+
+
+async def test_a_claim_of_a_stopped_run_on_this_host_holds_while_its_process_lives(
+    both_backends: str, server: MessagesAPIServer, stopped_pid: int
+) -> None:
+    """A run of this host stopped (Ctrl-Z, SIGSTOP) or blocked renews nothing, yet its
+    process is alive: its claim holds whatever its age, and the next run submits nothing
+    for its user."""
+    there = {"pid": stopped_pid, "started": bulk_module._started(stopped_pid)}
+    claim = {**bulk_module._this_process(), **there}
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "ann", claim, datetime.now(UTC) - 2 * bulk_module.CLAIM_TTL)
+        report = await _run(audit)
+        assert report.claimed == ["ann"] and _reextracted(audit, "ann") == []
+
+
+async def test_a_claim_left_by_an_ended_run_of_this_very_process_is_taken_over_at_once(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """A run whose claims could not be released leaves them behind in a process that
+    goes on (an application's): its process alive holds them no longer than its run."""
+    here = {**bulk_module._this_process(), "owner": "an ended run of this process"}
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "ann", here, datetime.now(UTC))
+        report = await _run(audit)
+        assert report.claimed == [] and len(_reextracted(audit, "ann")) == 1
+
+
+def _taken_over(store: EventStore, user: str) -> None:
+    """Another run takes ``user``'s claim over, as one does once this run went unrenewed."""
+    with store.transaction() as connection:
+        connection.execute(
+            BULK_BATCHES.update()
+            .where(BULK_BATCHES.c.local_id == memvee._bulk._claim_id("v2", user))
+            .values(requests={"claim": {"user": user, "owner": "another run", **ANOTHER_HOST}})
+        )
+
+
+async def test_a_run_whose_claim_was_taken_over_while_stopped_submits_nothing_more_for_it(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped past ``CLAIM_TTL`` (another host's view) may find, once it goes on,
+    that another run took a user over: it checks its claim as it keeps each batch, sends
+    nothing for that user and reports it claimed; the other run's claim is left alone."""
+    plan = BulkReextraction._plan
+
+    def plan_then_lose_bob(self: BulkReextraction, *args: Any) -> Any:
+        found = plan(self, *args)
+        _taken_over(self.store, "bob")
+        return found
+
+    monkeypatch.setattr(BulkReextraction, "_plan", plan_then_lose_bob)
+    with Audit(db_url=both_backends) as audit:
+        report = await _run(audit)
+        assert report.claimed == ["bob"] and report.submitted == 1
+        assert sum(len(batch["requests"]) for batch in server.batches) == 1
+        assert len(_reextracted(audit, "ann")) == 1
+        assert _reextracted(audit, "bob") == []
+        with audit.store.engine.connect() as connection:
+            (left,) = connection.execute(select(BULK_BATCHES)).mappings().all()
+        assert left["requests"]["claim"]["owner"] == "another run"
+
+
+def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
+    """Renewal notices a claim this run no longer holds: the run drops its user."""
+    with Audit(db_url=db) as audit:
+        run = BulkReextraction(
+            audit.store,
+            audit._reader,
+            audit._decide,
+            ClaudeExtractor(),
+            "v2",
+            lambda user_id, batch: ((), ()),
+            audit._record_failure,
+        )
+        run._create_table()
+        run._claim("ann")
+        run._claim("bob")
+        _taken_over(audit.store, "bob")
+        run._renew_claims()
+        assert run.claims == [memvee._bulk._claim_id("v2", "ann")]
+        assert run.lost == {memvee._bulk._claim_id("v2", "bob")}
+        run._release_claims()
