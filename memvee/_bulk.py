@@ -146,7 +146,8 @@ class BulkReport:
     users; one of this host holds them while its process is alive), or nothing more once
     another run took them over while this one was stopped."""
     collected: list[str] = field(default_factory=list)
-    """Users some of whose requests kept by an earlier run this run recorded."""
+    """Users some of whose requests kept by an earlier run this run recorded (its own
+    submissions left aside)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +232,7 @@ class BulkReextraction:
         try:
             for row in await asyncio.to_thread(self._unfinished):
                 if not await asyncio.to_thread(self._held_elsewhere, row):
-                    await self._finish(client, row, report)
+                    await self._finish(client, row, report, earlier=True)
             planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
@@ -508,9 +509,15 @@ class BulkReextraction:
     # ------------------------------------------------------------------ poll and record
 
     async def _finish(
-        self, client: anthropic.AsyncAnthropic, row: dict[str, Any], report: BulkReport
+        self,
+        client: anthropic.AsyncAnthropic,
+        row: dict[str, Any],
+        report: BulkReport,
+        *,
+        earlier: bool = False,
     ) -> None:
-        """Wait for one Message Batch to end, then record its results in log order."""
+        """Wait for one Message Batch to end, then record its results in log order; the
+        users of one an ``earlier`` run kept are told as collected (``report.collected``)."""
         batch_id = row["api_batch_id"] or await self._created_for(client, row)
         if batch_id is None:
             # Never created, or made by an older memvee that cannot tell it: plan again.
@@ -564,7 +571,7 @@ class BulkReextraction:
                 else:
                     report.recorded += 1
                     report.entries += entries
-                    if user_id not in report.collected:
+                    if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
         await asyncio.to_thread(self._delete, row["local_id"])
 

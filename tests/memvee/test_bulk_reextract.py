@@ -236,6 +236,7 @@ async def test_a_run_that_crashed_after_submitting_is_finished_by_the_next_one(
         assert (report.submitted, report.recorded) == (0, 6)
         assert len(server.batches) == 1, "the batch was collected, not submitted again"
         assert report.batches == [server.batches[0]["id"]]
+        assert sorted(report.collected) == sorted(USERS)
 
 
 async def test_a_run_that_crashed_before_keeping_the_batch_id_is_finished_by_the_next_one(
@@ -1167,3 +1168,14 @@ def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
         assert run.claims == [memvee._bulk._claim_id("v2", "ann")]
         assert run.lost == {memvee._bulk._claim_id("v2", "bob")}
         run._release_claims()
+
+
+async def test_collected_names_no_user_whose_requests_only_this_run_submitted(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """``BulkReport.collected`` tells the users whose requests kept by an earlier run
+    this run recorded (a crashed run's, collected first): its own submissions are not."""
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+        assert report.submitted == report.recorded == 6
+        assert report.collected == []
