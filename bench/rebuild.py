@@ -140,10 +140,8 @@ def _rebuilt_rows(path: Path) -> tuple[list[str], list[tuple[str, list[tuple[Any
             marks = ", ".join("?" for _ in table.columns)
             rows.append((f"INSERT INTO {table.name} ({names}) VALUES ({marks})", found))
         k = search.knowledge_fts.name
-        entries = connection.execute(f"SELECT owner, body, item_id, log_id FROM {k}").fetchall()
-        rows.append(
-            (f"INSERT INTO {k} (owner, body, item_id, log_id) VALUES (?, ?, ?, ?)", entries)
-        )
+        entries = connection.execute(f"SELECT owner, body, item_id FROM {k}").fetchall()
+        rows.append((f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)", entries))
         bodies = [
             (number, owned_words(id_text(log_id), spoken(content, name)))
             for number, log_id, content, name in connection.execute(

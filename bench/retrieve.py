@@ -65,7 +65,7 @@ _ASSISTANT_REPLY = "Noted, thanks."
 _TOKENIZER = "porter unicode61 remove_diacritics 2"
 
 _RAW_QUERY = (
-    "SELECT rowid, bm25(mv_knowledge_fts, 0.0, 1.0, 0.0, 0.0) FROM mv_knowledge_fts"
+    "SELECT rowid, bm25(mv_knowledge_fts, 0.0, 1.0, 0.0) FROM mv_knowledge_fts"
     " WHERE mv_knowledge_fts MATCH ? ORDER BY 2 LIMIT ?"
 )
 _COUNT_QUERY = "SELECT count(*) FROM mv_knowledge_fts WHERE mv_knowledge_fts MATCH ?"

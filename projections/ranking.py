@@ -331,7 +331,7 @@ class _SqliteSearch:
     builders read SQLite's raw row forms.
     """
 
-    def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0, 0.0") -> None:
+    def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
         hits = f"SELECT rowid, bm25({fts}{weights}) AS rank FROM {fts} WHERE {fts} MATCH ?"
         order = "ORDER BY rank, rowid DESC LIMIT ?"
         self.hits_sql = f"{hits} {order}"

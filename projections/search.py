@@ -8,13 +8,11 @@ a new segment at every commit, which cost more than the rest of a one-exchange c
 the write path leaves it to a later transaction that indexes many at once. Every message
 with a row number above the stored ``messages_indexed`` position waits to be indexed, and
 every search of messages indexes what waits first, so a search never misses one. Every
-indexed word is stemmed, then prefixed with its owner (a 13-character hash of the log id,
-:func:`token_of`), so each user has posting lists of their own: a search is scoped to one
-user by the very terms it looks up, and costs what that user's matches cost, however many
-other users share the words. Two logs could share a token: the rankers keep the rows of
-the log searched (by their ``log_id``) besides, so that would cost only speed. The
-stemming happens here, before the prefix, because a stemmer run on the prefixed token
-strips differently ("careful" and "career" would meet as ``car``).
+indexed word is stemmed, then prefixed with its owner (the log id as 32 hex digits), so
+each user has posting lists of their own: a search is scoped to one user by the very terms
+it looks up, and costs what that user's matches cost, however many other users share the
+words. The stemming happens here, before the prefix, because a stemmer run on the prefixed
+token strips differently ("careful" and "career" would meet as ``car``).
 PostgreSQL needs no extra rows: the knowledge and message tables each get a stored
 ``search_vector`` column under a GIN index, and the rankers query it directly. The
 projection writes fill it (:func:`pg_vector`) with the very words SQLite's index gets,
@@ -27,8 +25,6 @@ row, a user of 10,000 messages took 60 ms a search.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
 import threading
 import unicodedata
@@ -58,7 +54,6 @@ __all__ = [
     "LONGEST_WORD_BYTES",
     "MAX_QUERY_TOKENS",
     "MESSAGES_INDEXED",
-    "OWNER_LENGTH",
     "PG_VECTOR",
     "MessageBodies",
     "SearchIndex",
@@ -77,7 +72,6 @@ __all__ = [
     "search_fingerprint",
     "spoken",
     "text_stems",
-    "token_of",
     "word_pieces",
 ]
 
@@ -129,30 +123,10 @@ _EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
 """The events whose entries go in the index."""
 
 
-OWNER_LENGTH = 13
-"""The characters of an owner's token (:func:`token_of`): 64 bits in base 32."""
-
-
 @lru_cache(maxsize=4096)
-def token_of(log_id: bytes) -> str:
-    """The search token naming the log of id ``log_id`` (its 16 bytes) in SQLite's index:
-    a 64-bit hash of the id in lowercase base 32, :data:`OWNER_LENGTH` characters. It
-    prefixes every indexed word, so it is kept short (the whole id in hex was 32
-    characters a word). Two logs may share a token: every search and erasure also keeps
-    to the log's own rows by their ``log_id``, so a shared token costs only speed."""
-    digest = hashlib.blake2b(log_id, digest_size=8).digest()
-    return base64.b32encode(digest)[:OWNER_LENGTH].decode().lower()
-
-
 def owner_token(log_id: str) -> str:
-    """The search token naming log ``log_id`` in SQLite's index (:func:`token_of`)."""
-    return token_of(UUID(log_id).bytes)
-
-
-@lru_cache(maxsize=4096)
-def _pg_owner(log_id: str) -> str:
-    """The owner's lexeme on PostgreSQL: the log id without hyphens, after an ``o``."""
-    return f"o{UUID(log_id).hex}"
+    """The single search token naming a log: its id without hyphens."""
+    return UUID(log_id).hex
 
 
 _stemmers = threading.local()
@@ -267,7 +241,7 @@ def pg_vector(log_id: str, text: str) -> str:
     stems = text_stems(text)
     if len(text) > _PG_SHORT or not text.isascii():
         stems = _pg_lexemes(stems)
-    owner = f"{_pg_owner(log_id)}:1A"
+    owner = f"o{owner_token(log_id)}:1A"
     return owner + "".join([f" '{stem}':{at}" for at, stem in enumerate(stems, 2)])
 
 
@@ -367,8 +341,7 @@ class SearchIndex:
             connection.execute(
                 text(
                     f"CREATE VIRTUAL TABLE IF NOT EXISTS {k} USING fts5("
-                    f"owner, body, item_id UNINDEXED, log_id UNINDEXED, "
-                    f"tokenize='{_TOKENIZER}')"
+                    f"owner, body, item_id UNINDEXED, tokenize='{_TOKENIZER}')"
                 )
             )
             # An entry's row by its id, for marking it again when it ends (see write).
@@ -454,12 +427,7 @@ class SearchIndex:
         inserted, updated, deleted = knowledge
         current = {row["entry_id"] for row in inserted if row["valid_until"] is None}
         entries = [
-            (
-                _marked(row["owner"], row["item_id"] in current),
-                row["body"],
-                row["item_id"],
-                row["log_id"],
-            )
+            (_marked(row["owner"], row["item_id"] in current), row["body"], row["item_id"])
             for e in events
             if isinstance(e, _EXTRACTED)
             for _, row in search_fold(self, e)
@@ -473,13 +441,13 @@ class SearchIndex:
         assert cursor is not None
         k = self.knowledge_fts.name
         cursor.executemany(
-            f"INSERT INTO {k} (owner, body, item_id, log_id) VALUES (?, ?, ?, ?)",
-            [(owner, body, stored_id(item), stored_id(log)) for owner, body, item, log in entries],
+            f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)",
+            [(owner, body, stored_id(item)) for owner, body, item in entries],
         )
         if marks:
             # The owner column holds its owner's token whether marked or not.
             cursor.executemany(
-                f"UPDATE {k} SET owner = substr(owner, 1, {OWNER_LENGTH}) || ? "
+                f"UPDATE {k} SET owner = substr(owner, 1, 32) || ? "
                 f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
                 [("now" if now else "", stored_id(str(key))) for now, key in marks],
             )
@@ -574,13 +542,9 @@ class SearchIndex:
             return 0
         owner = owner_token(log_id)
         k = self.knowledge_fts.name
-        # Another log may share the token: only rows of this log id go.
         erased = connection.execute(
-            text(
-                f"DELETE FROM {k} WHERE rowid IN (SELECT f.id FROM {k}_content AS f "
-                f"WHERE f.id IN (SELECT rowid FROM {k} WHERE {k} MATCH :q) AND f.c3 = :log)"
-            ),
-            {"q": f'owner : ("{owner}" OR "{current_token(owner)}")', "log": stored_id(log_id)},
+            text(f"DELETE FROM {k} WHERE rowid IN (SELECT rowid FROM {k} WHERE {k} MATCH :q)"),
+            {"q": f'owner : ("{owner}" OR "{current_token(owner)}")'},
         ).rowcount
         erased += self._forget_messages(connection, log_id)
         for name in (k, self.messages_fts.name):
@@ -600,23 +564,15 @@ class SearchIndex:
             )
         ]
         unindexed: list[tuple[int, str]] = []
-        others: set[int] = set()  # rows of another log that shares the owner's token
-        own = stored_id(log_id)
         for start in range(0, len(found), 500):
             chunk = found[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             rows = cursor.execute(
-                f"SELECT id, log_id, content, name FROM {messages.name} WHERE id IN ({marks})",
-                chunk,
+                f"SELECT id, content, name FROM {messages.name} WHERE id IN ({marks})", chunk
             )
-            for i, log, c, n in rows:
-                if log == own:
-                    unindexed.append((i, owned_words(log_id, spoken(c, n))))
-                else:
-                    others.add(i)
-        if len(unindexed) + len(others) < len(found):
-            rowids = set(found) - others - {i for i, _ in unindexed}
-            unindexed += self._orphans(cursor, log_id, rowids)
+            unindexed += [(i, owned_words(log_id, spoken(c, n))) for i, c, n in rows]
+        if len(unindexed) < len(found):
+            unindexed += self._orphans(cursor, log_id, set(found) - {i for i, _ in unindexed})
         cursor.executemany(f"INSERT INTO {m} ({m}, rowid, body) VALUES ('delete', ?, ?)", unindexed)
         return len(unindexed)
 
@@ -706,10 +662,7 @@ def indexed_layout() -> str:
     versions, which the installation brings, aside): a change to it comes with a new
     schema version, so that an older memvee refuses the database rather than laying it
     out again in its own way."""
-    return (
-        f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked"
-        f"|owner blake2b-64 base32"
-    )
+    return f"{_TOKENIZER}|{WORDS_LAYOUT}|cut {LONGEST_WORD_BYTES} bytes|current marked"
 
 
 def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, Any]]]:
@@ -730,7 +683,6 @@ def search_fold(index: SearchIndex, e: Any) -> Iterator[tuple[Table, dict[str, A
                     "owner": owner,
                     "body": owned_words(log_id, entry["text"]),
                     "item_id": entry["entry_id"],
-                    "log_id": log_id,
                 },
             )
 
@@ -751,7 +703,7 @@ def _message_vector(row: Row) -> str:
 def pg_owner_query(log_id: str) -> str:
     """The PostgreSQL ``simple`` text query of the owner's token of ``log_id``, at weight A
     (no word of a text is stored at that weight, so no text can pass for an owner)."""
-    return f"{_pg_owner(log_id)}:A"
+    return f"o{owner_token(log_id)}:A"
 
 
 def spoken(content: str, name: str | None) -> str:
@@ -761,17 +713,12 @@ def spoken(content: str, name: str | None) -> str:
 
 def _owner_of(log_id: bytes | str) -> str:
     """The owner token of a log id as a row stores it (see ``stored_id``)."""
-    return token_of(log_id) if isinstance(log_id, bytes) else owner_token(log_id)
+    return log_id.hex() if isinstance(log_id, bytes) else owner_token(log_id)
 
 
 def _fts_table(name: str, metadata: MetaData) -> Table:
     return Table(
-        name,
-        metadata,
-        Column("owner", Text),
-        Column("body", Text),
-        Column("item_id", Text),
-        Column("log_id", Text),
+        name, metadata, Column("owner", Text), Column("body", Text), Column("item_id", Text)
     )
 
 

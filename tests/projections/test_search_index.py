@@ -36,7 +36,6 @@ from projections.ranking import fts_match
 from projections.search import (
     _TOKENIZER,
     LONGEST_WORD_BYTES,
-    OWNER_LENGTH,
     PG_VECTOR,
     SearchIndex,
     index_word,
@@ -45,7 +44,6 @@ from projections.search import (
     owner_token,
     pg_query,
     pg_vector,
-    token_of,
     word_pieces,
 )
 
@@ -85,17 +83,6 @@ def test_the_owner_prefix_goes_on_after_the_stem() -> None:
     log_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
     owner = owner_token(log_id)
     assert owned_words(log_id, "Careful drivers") == f"{owner}care {owner}driver"
-
-
-def test_an_owner_token_is_one_short_lowercase_index_token() -> None:
-    """Thirteen characters of base 32 (64 bits): FTS5's ``ascii`` tokenizer keeps it and
-    the stem after it as one token, and every token has the same length, so no owner's
-    token followed by a stem spells another owner's."""
-    tokens = {owner_token(str(user_log_id(f"user-{i}"))) for i in range(1000)}
-    assert len(tokens) == 1000
-    assert all(len(t) == OWNER_LENGTH == 13 and re.fullmatch(r"[a-z2-7]+", t) for t in tokens)
-    log_id = str(user_log_id("ann"))
-    assert owner_token(log_id) == token_of(user_log_id("ann").bytes)
 
 
 def test_plain_ascii_text_and_text_with_accents_index_each_word_the_same_way() -> None:
@@ -413,48 +400,6 @@ async def test_messages_are_indexed_without_a_copy_of_their_words_and_forget_uni
     ]
 
 
-async def test_users_whose_owner_tokens_collide_never_see_each_others_rows(
-    make_memory: Callable[..., Any], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every log is given the same owner's token, so the index mixes their words: each
-    search still keeps to the user's own messages and entries (the rows' log ids), even
-    when the other's rows fill every place the index ranks first, and erasing one user
-    leaves the other's index rows alone."""
-    monkeypatch.setattr("projections.search.token_of", lambda log_id: "a" * OWNER_LENGTH)
-    memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
-    await memory.add_exchange("ann", "My parrot is called Kiwi.", "Cute!")
-    for n in range(20):  # bob's rows rank first for "parrot", far past the limit
-        await memory.add_exchange("bob", f"Parrot parrot parrot number {n}.", f"Dog {n}.")
-        await memory.add_exchange("bob", f"Cats sleep {n}.", "Fish swim.")
-    await memory.process("ann")
-    await memory.process("bob")
-
-    engine = memory._engine
-    assert engine is not None
-    ranker = LexicalRanker(engine.tables)
-
-    async def finds(user: str, word: str) -> tuple[list[str], list[str]]:
-        await asyncio.to_thread(engine.index_messages)
-        found = await memory.retrieve(user, word)
-        with engine.store.engine.connect() as connection:
-            said = ranker.messages(connection, user, [word], 5)
-        return [e.text for e in found.entries], [message.content for message, _ in said]
-
-    entries, messages = await finds("ann", "parrot")
-    assert messages == ["My parrot is called Kiwi."]
-    assert entries and all("Kiwi" in text for text in entries)
-    assert await finds("bob", "Kiwi") == ([], [])
-    await memory.forget("bob")
-    assert await finds("ann", "parrot") == (entries, messages)
-    if db_url.startswith("sqlite"):
-        index = SearchIndex(engine.tables)
-        with engine.store.engine.connect() as connection:
-            for name in (index.messages_fts.name, index.knowledge_fts.name):
-                connection.exec_driver_sql(
-                    f"INSERT INTO {name}({name}, rank) VALUES ('integrity-check', 1)"
-                )
-
-
 def _indexed_docs(store: EventStore, index: SearchIndex) -> int:
     m = index.messages_fts.name
     with store.engine.connect() as connection:
@@ -571,7 +516,7 @@ def test_postgresql_stores_the_words_sqlite_indexes_and_a_query_looks_up_the_sam
                 ).all()
                 assert {w: n for w, n, weight in stored if weight == "D"} == expected, said[:40]
                 assert [(w, weight) for w, _, weight in stored if weight != "D"] == [
-                    (f"o{log_id.replace('-', '')}", "A")  # the whole id, unlike SQLite's
+                    (f"o{owner}", "A")
                 ]
                 terms = said.split()
                 on_sqlite = re.findall(f'"{owner}([^"]*)"', fts_match(log_id, terms))
@@ -630,7 +575,7 @@ async def test_on_postgresql_a_text_naming_another_users_token_does_not_reach_th
     if not db_url.startswith("postgresql"):
         pytest.skip("the stored lexemes are PostgreSQL's")
     memory = await make_memory(extractor=OfflineExtractor(), embedder=False)
-    ann_token = "o" + user_log_id("ann").hex
+    ann_token = "o" + owner_token(str(user_log_id("ann")))
     await memory.add_exchange("ann", "My parrot is called Kiwi.", "Cute!")
     await memory.add_exchange("bob", f"{ann_token} parrot parrot parrot", "Hm.")
     found = await memory.retrieve("ann", "parrot", include_messages=True)
@@ -731,8 +676,6 @@ SCHEMA_OF_INDEXED_LAYOUT = {
     "|strokes|cut 2046 bytes": 14,
     "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
     "|strokes|cut 2046 bytes|current marked": 15,
-    "ascii|nfkd-casefold-unmarked-nfc|then-cut|marks-in-words|unspaced-bigrams-and-singles"
-    "|strokes|cut 2046 bytes|current marked|owner blake2b-64 base32": 16,
 }
 """The schema version that came with each way of indexing words."""
 
