@@ -29,17 +29,24 @@ __all__ = ["TraceScrubber", "scrub_files", "truncate_wal"]
 
 log = logging.getLogger("memvee.actors")
 
+EARLIER = ""
+"""What :class:`TraceScrubber` scrubs for in place of a user: the erasures of an earlier
+process whose rewrite did not finish (no user id is empty)."""
 
-def scrub_files(store: EventStore, wait_ms: int) -> None:
-    """Leave none of the erased rows' bytes in the SQLite files: rewrite the file if an
-    erasure owes it a rewrite, then truncate the write-ahead log (see
-    :func:`truncate_wal` for ``wait_ms``).
+
+def scrub_files(store: EventStore, wait_ms: int, erasure: int | None = None) -> None:
+    """Leave none of the erased rows' bytes in the SQLite files: rewrite the file unless
+    a rewrite that succeeded covered ``erasure`` (:meth:`EventStore.owed_rewrite`; every
+    erasure owed by default), then truncate the write-ahead log (see
+    :func:`truncate_wal` for ``wait_ms``) and record the rewritten erasures finished.
 
     Raises :class:`StorageError` when either could not be done.
     """
-    if store.rewrite_owed:
-        store.rewrite()
+    if erasure is None or erasure:
+        store.rewrite(erasure)
     truncate_wal(store.engine, wait_ms)
+    if store.settle_rewrites():
+        truncate_wal(store.engine, wait_ms)  # the log held only the record just settled
 
 
 def truncate_wal(engine: Engine, wait_ms: int) -> None:
@@ -106,6 +113,18 @@ class TraceScrubber:
             worker = self._worker
         worker.touch(user_id)
 
+    def resume(self) -> None:
+        """Finish in the background the rewrite an earlier erasure left owed (a process
+        stopped during it, say), logging it, so no words of a user already forgotten stay
+        in the files for want of another erasure."""
+        if not self._store.rewrite_owed:
+            return
+        log.warning(
+            "an earlier erasure's rewrite of the database file did not finish: "
+            "finishing it in the background"
+        )
+        self.later(EARLIER)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every erasure told about is scrubbed or waits for its next try."""
         with self._lock:
@@ -146,4 +165,7 @@ class TraceScrubber:
         with self._lock:
             self._remaining -= users
         for user_id in sorted(users):
-            log.info("user %r: the erased words are gone from the database files", user_id)
+            if user_id == EARLIER:
+                log.info("the earlier erasure's words are gone from the database files")
+            else:
+                log.info("user %r: the erased words are gone from the database files", user_id)

@@ -176,6 +176,7 @@ class Engine:
         undo.callback(self.timers.stop)
         self.scrubber = TraceScrubber(self.store)
         undo.callback(self.scrubber.stop)
+        self.scrubber.resume()
         self.rebuild_watch = RebuildWatch(self._fold_state, self._finish_rebuild)
         undo.callback(self.rebuild_watch.stop)
         self.projector.on_rebuilding = self.rebuild_watch.seen

@@ -78,6 +78,7 @@ def erase_user(
             if store.is_sqlite:
                 _require_secure_delete(connection)
             events, snapshots = store.forget(connection, user_id)
+            erasure = store.owed_rewrite(connection)
             rows = projector.forget(connection, str(user_log_id(user_id)))
             forget_in_scratch(connection, str(user_log_id(user_id)))
             rows["bulk_requests"] = forget_bulk_requests(connection, user_id)
@@ -90,7 +91,7 @@ def erase_user(
     scrubbed = True
     if store.is_sqlite:
         try:
-            scrub_files(store, TRUNCATE_WAIT_MS)
+            scrub_files(store, TRUNCATE_WAIT_MS, erasure)
         except StorageError as error:
             scrubbed = False
             log.warning(

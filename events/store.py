@@ -227,6 +227,9 @@ def sqlite_url(path: str | Path) -> str:
 
 
 EVENTS_TABLE = "memvee_events"
+OWED_REWRITES_TABLE = "memvee_owed_rewrites"
+"""On SQLite, one row per erasure whose rewrite of the file (:meth:`EventStore.rewrite`)
+has not finished yet, numbered in order: it outlives a process killed mid-rewrite."""
 """The event log's table (eventsourcing names it after the application, ``memvee``)."""
 
 
@@ -621,9 +624,8 @@ class EventStore:
         )
         self.durability = durability
         self._writer: Connection | None = None
-        self.rewrite_owed = False
-        """Whether an erasure's words may be left in the unused space of live pages
-        (SQLite), until :meth:`rewrite` succeeds."""
+        self._rewritten = 0
+        """The last erasure (:data:`OWED_REWRITES_TABLE`) a successful rewrite covered."""
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         if not create:
             if found is None:  # the log not seen without writing yet: another backend, say
@@ -1393,10 +1395,10 @@ class EventStore:
     def forget(self, connection: Connection, user_id: str) -> tuple[int, int]:
         """Delete every event and snapshot of ``user_id``'s log, in the caller's transaction.
 
-        Returns (events, snapshots) deleted. On SQLite the file is owed a :meth:`rewrite`
-        from then on.
+        Returns (events, snapshots) deleted. On SQLite the erasure owes the file a
+        :meth:`rewrite`, recorded in the same transaction so a process killed
+        before the rewrite finishes leaves it owed to the next open.
         """
-        self.rewrite_owed = self.is_sqlite
         log_id = user_log_id(user_id)
         events = connection.execute(
             self._events.delete().where(self._events.c.originator_id == log_id)
@@ -1404,7 +1406,32 @@ class EventStore:
         snapshots = connection.execute(
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount
+        if self.is_sqlite:
+            connection.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {OWED_REWRITES_TABLE} "
+                "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
+            )
+            connection.exec_driver_sql(f"INSERT INTO {OWED_REWRITES_TABLE} DEFAULT VALUES")
         return events, snapshots
+
+    def owed_rewrite(self, connection: Connection | None = None) -> int:
+        """The last erasure whose rewrite has not finished (0: none is owed), read in
+        ``connection`` if given: an erasure reads its own in its transaction."""
+        if not self.is_sqlite:
+            return 0
+        if connection is None:
+            with self.engine.connect() as connection:
+                return self.owed_rewrite(connection)
+        if not inspect(connection).has_table(OWED_REWRITES_TABLE):
+            return 0
+        found = connection.exec_driver_sql(f"SELECT max(erasure) FROM {OWED_REWRITES_TABLE}")
+        return int(found.scalar() or 0)
+
+    @property
+    def rewrite_owed(self) -> bool:
+        """Whether an erasure's words may be left in the unused space of live pages
+        (SQLite): an erasure's rewrite, of this process or an earlier one, not finished."""
+        return self.owed_rewrite() > self._rewritten
 
     def last_version(self, user_id: str) -> int:
         """The version of ``user_id``'s last event, as the log has it (0: no log here):
@@ -1443,31 +1470,62 @@ class EventStore:
         else:
             connection.execute(text(f"LOCK TABLE {self._events.name} IN EXCLUSIVE MODE"))
 
-    def rewrite(self) -> None:
+    def rewrite(self, through: int | None = None) -> None:
         """Rewrite the SQLite file from its live rows alone (``VACUUM``), with every other
-        writer held off meanwhile (no-op elsewhere).
+        writer held off meanwhile (no-op elsewhere), unless a rewrite that succeeded
+        already covered erasure ``through`` (:meth:`owed_rewrite`; every one by default).
 
         ``secure_delete`` zeroes deleted rows and freed pages, but a page SQLite rebuilt
         while rows moved between pages keeps their former bytes in its unused middle, out of
         reach of a later deletion: only rewriting every page leaves no erased words there.
-        Raises :class:`StorageError` (a full disk, say); the rewrite stays owed until one
-        succeeds.
+        A rewrite covers the erasures committed before it starts, so one running when
+        another erasure commits does not count for it. Raises :class:`StorageError` (a full
+        disk, say); the rewrite stays owed until one succeeds.
         """
         lock = self._datastore.write_lock
         if not self.is_sqlite or lock is None:
             return
         with lock:
-            self.rewrite_owed = False
             try:
                 with self.engine.connect() as connection:
+                    covers = self.owed_rewrite(connection)
+                    if covers <= self._rewritten or (
+                        through is not None and through <= self._rewritten
+                    ):
+                        return
+                    connection.commit()  # VACUUM runs outside a transaction
                     driver = connection.connection.driver_connection
                     assert driver is not None
                     driver.execute("VACUUM")
             except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
-                self.rewrite_owed = True
                 raise StorageError(
                     f"the database file was not rewritten: {first_line(error)}"
                 ) from error
+            self._rewritten = max(self._rewritten, covers)
+
+    def settle_rewrites(self) -> bool:
+        """Record as finished the erasures a successful rewrite covered, once the
+        write-ahead log holding its pages was truncated too: whether any was. A failure
+        leaves them owed (the next open rewrites the file once more) and is logged."""
+        if not self.is_sqlite or not self._rewritten:
+            return False
+        try:
+            with self.transaction() as connection:
+                if not inspect(connection).has_table(OWED_REWRITES_TABLE):
+                    return False
+                return bool(
+                    connection.exec_driver_sql(
+                        f"DELETE FROM {OWED_REWRITES_TABLE} WHERE erasure <= ?",
+                        (self._rewritten,),
+                    ).rowcount
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
+            log.warning(
+                "the erasures rewritten away stay marked owed in %s: %s",
+                self.safe_url,
+                first_line(error),
+            )
+            return False
 
     def max_position(self, connection: Connection | None = None) -> int:
         """The id of the last committed notification (0 for an empty database), read in

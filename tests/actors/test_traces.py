@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from actors._traces import TraceScrubber, scrub_files, truncate_wal
-from events import EventStore, StorageError
+from events import EventStore, StorageError, UserLog
 
 
 @pytest.fixture
@@ -41,6 +41,31 @@ def _snapshot_reader(store: EventStore) -> sqlite3.Connection:
     with store.transaction() as connection:
         connection.execute(text("INSERT INTO notes VALUES ('second')"))
     return reader
+
+
+def _forget_stored(store: EventStore, user_id: str) -> int:
+    """Store ``user_id``'s log, then erase it: the erasure's number, owing a rewrite."""
+    store.append([UserLog.register(user_id).collect_events()])
+    with store.transaction() as connection:
+        assert store.forget(connection, user_id) == (1, 0)
+        return store.owed_rewrite(connection)
+
+
+def _signal_writers_lock(store: EventStore) -> threading.Event:
+    """An event set once anything holds the store's writers' lock."""
+    lock = store._datastore.write_lock
+    taken = threading.Event()
+
+    class Signalling:
+        def __enter__(self) -> None:
+            lock.__enter__()
+            taken.set()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+    store._datastore.write_lock = Signalling()
+    return taken
 
 
 def test_the_log_is_emptied_when_no_reader_holds_it(wal_store: EventStore) -> None:
@@ -130,8 +155,7 @@ def test_a_rewrite_that_fails_stays_owed_and_the_scrubber_does_it_once_it_can(
     path = tmp_path / "traces.db"
     store = EventStore(f"sqlite:///{path}", busy_timeout_ms=1)
     scrubber = TraceScrubber(store, retry_delay=0.01, retry_max=0.01)
-    with store.transaction() as connection:
-        store.forget(connection, "ann")
+    _forget_stored(store, "ann")
     writer = sqlite3.connect(path, isolation_level=None)  # another process mid-write
     try:
         writer.execute("BEGIN IMMEDIATE")
@@ -152,3 +176,60 @@ def test_a_rewrite_that_fails_stays_owed_and_the_scrubber_does_it_once_it_can(
 
     assert scrubber.remaining == frozenset() and not store.rewrite_owed
     assert "user 'ann': the erased words are gone from the database files" in caplog.messages
+
+
+def test_an_erasure_whose_scrub_meets_another_rewrite_running_has_the_file_rewritten_too(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "traces.db"
+    store = EventStore(f"sqlite:///{path}", busy_timeout_ms=100)
+    first = _forget_stored(store, "ann")
+    second = _forget_stored(store, "bob")
+    writer = sqlite3.connect(path, isolation_level=None)  # another process mid-write
+    writer.execute("BEGIN IMMEDIATE")
+    failed: list[StorageError] = []
+
+    def scrub_first() -> None:
+        try:
+            scrub_files(store, 0, first)
+        except StorageError as error:
+            failed.append(error)
+
+    running = threading.Thread(target=scrub_first)
+    begun = _signal_writers_lock(store)
+    try:
+        running.start()
+        assert begun.wait(10)  # the first rewrite holds the writers off
+        with pytest.raises(StorageError, match="the database file was not rewritten"):
+            scrub_files(store, 0, second)  # not merely the log truncated: a rewrite failed
+        running.join()
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    assert len(failed) == 1 and store.rewrite_owed
+
+    scrub_files(store, 0, second)
+
+    assert not store.rewrite_owed
+    store.close()
+
+
+def test_a_rewrite_an_earlier_process_left_unfinished_is_finished_when_it_is_opened_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memvee")
+    url = f"sqlite:///{tmp_path / 'traces.db'}"
+    stopped = EventStore(url)
+    _forget_stored(stopped, "ann")
+    stopped.close()  # stopped before its rewrite, as a process killed would be
+    store = EventStore(url)
+    assert store.rewrite_owed
+    scrubber = TraceScrubber(store, retry_delay=0.01, retry_max=0.01)
+
+    scrubber.resume()
+
+    assert scrubber.wait_idle(10) and scrubber.remaining == frozenset()
+    assert not store.rewrite_owed and store.owed_rewrite() == 0
+    assert any("rewrite of the database file did not finish" in m for m in caplog.messages)
+    scrubber.stop()
+    store.close()

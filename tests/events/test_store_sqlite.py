@@ -28,6 +28,49 @@ class TestSQLiteEventStore(EventStoreContract):
         return sqlite_url(tmp_path / "events.db")
 
 
+def _erase(store: EventStore, user_id: str) -> int:
+    """Store ``user_id``'s log and forget it: the erasure's number."""
+    store.append([UserLog.register(user_id).collect_events()])
+    with store.transaction() as connection:
+        store.forget(connection, user_id)
+        return store.owed_rewrite(connection)
+
+
+def test_a_rewrite_covers_the_erasures_before_it_and_is_owed_again_by_a_later_one(
+    tmp_path: Path,
+) -> None:
+    store = EventStore(sqlite_url(tmp_path / "events.db"))
+    first = _erase(store, "ann")
+    assert first > 0 and store.rewrite_owed
+
+    store.rewrite(first)
+    assert not store.rewrite_owed
+    second = _erase(store, "bob")
+
+    assert second > first and store.rewrite_owed
+    store.rewrite(second)
+    assert not store.rewrite_owed
+    store.close()
+
+
+def test_an_erasure_owed_a_rewrite_stays_owed_in_the_file_until_it_is_settled(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "events.db")
+    store = EventStore(url)
+    _erase(store, "ann")
+    store.close()
+    reopened = EventStore(url)
+    assert reopened.rewrite_owed, "an open after a process stopped mid-rewrite owes it"
+
+    reopened.rewrite()
+    assert reopened.settle_rewrites()
+
+    assert reopened.owed_rewrite() == 0
+    reopened.close()
+    assert not EventStore(url).rewrite_owed
+
+
 @pytest.mark.parametrize(("durability", "expected"), [("full", 2), ("normal", 1)])
 def test_durability_sets_wal_and_synchronous(
     tmp_path: Path, durability: str, expected: int

@@ -220,7 +220,7 @@ async def test_an_erasure_whose_file_could_not_be_rewritten_is_not_said_scrubbed
     if not db_url.startswith("sqlite"):
         pytest.skip("file contents are a SQLite matter")
 
-    def full_disk(store: EventStore) -> None:
+    def full_disk(store: EventStore, through: int | None = None) -> None:
         raise StorageError("the database file was not rewritten: database or disk is full")
 
     monkeypatch.setattr(EventStore, "rewrite", full_disk)
@@ -232,6 +232,36 @@ async def test_an_erasure_whose_file_could_not_be_rewritten_is_not_said_scrubbed
     assert receipt.scrubbed is False and receipt.total > 0
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("'ann' erased, but" in m and "disk is full" in m for m in warned), warned
+
+
+async def test_a_rewrite_left_owed_when_the_memory_closed_is_finished_at_its_next_open(
+    make_memory: Callable[..., Any],
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once erased, a user cannot be forgotten again (the HTTP and MCP calls answer 404),
+    so the rewrite her erasure owed is the next open's to finish."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("file contents are a SQLite matter")
+
+    def full_disk(store: EventStore, through: int | None = None) -> None:
+        raise StorageError("the database file was not rewritten: database or disk is full")
+
+    monkeypatch.setattr(EventStore, "rewrite", full_disk)
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    await _history(memory, "ann", turns=1)
+    assert (await memory.forget("ann")).scrubbed is False
+    await memory.close()
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO, logger="memvee")
+
+    reopened: Memory = await make_memory(extractor=OfflineExtractor())
+
+    engine = reopened._engine
+    assert engine is not None and engine.scrubber.wait_idle(10)
+    assert engine.store.owed_rewrite() == 0 and not engine.store.rewrite_owed
+    assert any("rewrite of the database file did not finish" in m for m in caplog.messages)
 
 
 async def test_words_a_reader_holds_in_the_files_are_reported_and_scrubbed_once_it_ends(
