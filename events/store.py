@@ -1395,8 +1395,8 @@ class EventStore:
     def forget(self, connection: Connection, user_id: str) -> tuple[int, int]:
         """Delete every event and snapshot of ``user_id``'s log, in the caller's transaction.
 
-        Returns (events, snapshots) deleted. On SQLite the erasure owes the file a
-        :meth:`rewrite`, recorded in the same transaction so a process killed
+        Returns (events, snapshots) deleted. On SQLite an erasure that deleted any owes
+        the file a :meth:`rewrite`, recorded in the same transaction so a process killed
         before the rewrite finishes leaves it owed to the next open.
         """
         log_id = user_log_id(user_id)
@@ -1406,7 +1406,7 @@ class EventStore:
         snapshots = connection.execute(
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount
-        if self.is_sqlite:
+        if self.is_sqlite and events + snapshots:
             connection.exec_driver_sql(
                 f"CREATE TABLE IF NOT EXISTS {OWED_REWRITES_TABLE} "
                 "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"

@@ -35,6 +35,15 @@ class EventStoreContract:
     def test_an_unknown_user_has_no_log(self, store: EventStore) -> None:
         assert store.load("ghost") is None
 
+    def test_a_forget_that_erases_nothing_owes_the_file_no_rewrite(self, store: EventStore) -> None:
+        """Forgetting a user never stored (or already forgotten) leaves no words to
+        scrub, so it costs no rewrite of the whole file."""
+        with store.transaction() as connection:
+            assert store.forget(connection, "nobody") == (0, 0)
+            assert store.owed_rewrite(connection) == 0
+
+        assert not store.rewrite_owed
+
     def test_appended_events_load_back(self, store: EventStore) -> None:
         log = UserLog.register("ann")
         ids = [log.add_message("user", f"m{i}", None, 100) for i in range(3)]
