@@ -461,8 +461,8 @@ class Retriever:
         message), a message shown with the other half of its exchange: an exchange is shown
         once (as is one said again word for word), left out when the returned entries say
         it (:meth:`_Exchanges.hidden`), kept beside them when they leave out some of the
-        query's words it holds, but only in a slot no remaining entry takes, and comes
-        last when either half is outdated."""
+        query's words it holds, but only in a slot no remaining entry takes (:func:`_defer`),
+        and comes last when either half is outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -502,12 +502,13 @@ class Retriever:
                 moved = [c for c in chosen if c.key not in told and exchanges.cited(c.item)]
                 beside.update(c.key for c in moved)
                 chosen = [c for c in chosen if c.key not in told and c.key not in beside]
-                order.extend(moved)  # shown beside its fact: after the remaining entries
+                for moved_candidate in moved:
+                    _defer(order, at, moved_candidate, stale)
             elif exchanges.hidden(item) or exchanges.shown(item, chosen):
                 continue
             elif exchanges.cited(item) and candidate.key not in beside:
                 beside.add(candidate.key)
-                order.append(candidate)  # what its fact leaves out, once slots are left
+                _defer(order, at, candidate, stale)
                 continue
             elif exchanges.outdated(candidate.key) and candidate.key not in stale:
                 stale.add(candidate.key)
@@ -781,6 +782,19 @@ def _merge_ranked(
     if facts_first:
         return [*entries, *fresh, *old]
     return sorted([*entries, *fresh], key=_ranking) + old
+
+
+def _defer(order: list[_Candidate], at: int, candidate: _Candidate, stale: set[str]) -> None:
+    """Put ``candidate``, a message kept beside its facts, back in ``order`` past ``at``:
+    after the entries still ahead of it, which take the slots first, but among the
+    messages by its score and before any outdated one, so a weaker or outdated message
+    never takes its slot."""
+    ahead = [i for i in range(at, len(order)) if not order[i].is_message]
+    place = ahead[-1] + 1 if ahead else at
+    rank = _ranking(candidate)
+    while place < len(order) and order[place].key not in stale and _ranking(order[place]) <= rank:
+        place += 1
+    order.insert(place, candidate)
 
 
 def _ranking(candidate: _Candidate) -> tuple[float, bool, float, float, str]:

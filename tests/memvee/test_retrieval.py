@@ -752,6 +752,67 @@ async def test_a_message_kept_beside_its_fact_takes_no_other_facts_place(
     assert sorted(m.message.content for m in four.messages) == sorted(english)
 
 
+async def test_a_message_kept_beside_its_fact_comes_before_an_outdated_message(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The current door code is in the message "User lives in Lima." leaves it out of; the
+    old one in an outdated message. At ``top_k=2`` the current code is shown, the old one
+    only in a slot left after it: an outdated message comes last."""
+    old = "I live in Oslo and the door code of my flat is 1111"
+    new = "I moved to Lima and the door code of my flat is 4411"
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact("User lives in Oslo.", (m.message_id,))
+        if m.content == old
+        else ExtractedFact("User lives in Lima.", (m.message_id,), "update", None, 0)
+        for m in batch.messages
+        if m.content in (old, new)
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", old, "Got it.", sent_at=T0)
+    await memory.add_exchange("ann", new, "Got it.", sent_at=T0 + timedelta(days=10))
+    await memory.flush("ann")
+
+    query = "what is the door code of my flat?"
+    two = await memory.retrieve("ann", query, include_messages=True, top_k=2)
+    assert [hit.text for hit in two.entries] == ["User lives in Lima."]
+    assert [(m.message.content, m.outdated) for m in two.messages] == [(new, False)]
+    three = await memory.retrieve("ann", query, include_messages=True, top_k=3)
+    assert [(m.message.content, m.outdated) for m in three.messages] == [
+        (new, False),
+        (old, True),
+    ]
+
+
+async def test_a_message_kept_beside_its_fact_keeps_its_place_among_the_messages(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A message kept beside its fact waits only for the entries still ahead of it, not for
+    every weaker message: at ``top_k=2`` the message holding the door code is shown, not
+    one that shares fewer of the query's words (the others only make those words rare)."""
+    lima = "I live in Lima and the door code of my flat is 4411"
+    weaker = "My flat has a new door, do I need a code?"
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact("User lives in Lima.", (m.message_id,))
+        for m in batch.messages
+        if m.content == lima
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", lima, "Noted!", sent_at=T0)
+    await memory.add_exchange("ann", weaker, "Ask the landlord.", sent_at=T0 + timedelta(days=1))
+    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
+        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
+    await memory.flush("ann")
+
+    query = "what is the door code of my flat?"
+    two = await memory.retrieve("ann", query, include_messages=True, top_k=2)
+    assert [hit.text for hit in two.entries] == ["User lives in Lima."]
+    assert [m.message.content for m in two.messages] == [lima]
+    three = await memory.retrieve("ann", query, include_messages=True, top_k=3)
+    assert [m.message.content for m in three.messages] == [lima, weaker]
+
+
 async def test_an_exchange_is_shown_once_whichever_half_matched(
     make_memory: Callable[..., Any],
 ) -> None:
