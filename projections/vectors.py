@@ -853,15 +853,39 @@ def _tied(
     order = np.argsort(-scores, kind="stable")
     ranked = scores[order]
     negated = -ranked.astype(np.float64)  # ascending, as a search needs
+    starts = _leaders(negated, min(limit, len(ranked)))
     tied = ranked.copy()
-    start = 0
-    while start < min(limit, len(ranked)):
-        end = int(np.searchsorted(negated, negated[start] + COSINE_TIE, side="right"))
-        tied[start:end] = ranked[start]
-        start = end
+    if len(starts):
+        ends = np.append(starts[1:], _group_end(negated, int(starts[-1])))
+        tied[: ends[-1]] = np.repeat(ranked[starts], ends - starts)
     out = np.empty_like(scores)
     out[order] = tied
     return out
+
+
+def _leaders(negated: np.ndarray[Any, np.dtype[np.float64]], cut: int) -> np.ndarray[Any, Any]:
+    """The positions before ``cut`` of the groups' leaders in ``negated`` (ascending): each
+    the first past its predecessor's group. A score more than :data:`COSINE_TIE` from the
+    one before leads for sure; only runs of closer scores are walked, group by group, over
+    ends found at once, so no leader costs a search of its own."""
+    near = negated[1:cut] <= negated[: max(cut - 1, 0)] + COSINE_TIE  # ties the one before
+    sure = np.flatnonzero(np.concatenate(([cut > 0], ~near)))
+    if not near.any():
+        return sure
+    ends = np.searchsorted(negated, negated[:cut] + COSINE_TIE, side="right").tolist()
+    inside = [False, *near.tolist()]
+    walked: list[int] = []
+    for run in np.flatnonzero(np.concatenate(([False], near[:-1])) < near).tolist():
+        start = ends[run]
+        while start < cut and inside[start]:
+            walked.append(start)
+            start = ends[start]
+    return np.sort(np.concatenate((sure, np.asarray(walked, dtype=sure.dtype))))
+
+
+def _group_end(negated: np.ndarray[Any, np.dtype[np.float64]], start: int) -> int:
+    """The position past the group ``start`` leads: the scores within :data:`COSINE_TIE` of it."""
+    return int(np.searchsorted(negated, negated[start] + COSINE_TIE, side="right"))
 
 
 def _remembered(kept: OrderedDict[str, _T], log_id: str, new: Callable[[], _T]) -> _T:

@@ -275,6 +275,29 @@ def test_close_cosines_tie_with_their_groups_best_so_the_best_k_lead_the_best_k_
         assert -1e-7 <= score - exact[item] <= vectors_module.COSINE_TIE + 1e-7, item  # float32
 
 
+def test_ties_over_a_long_cut_take_a_few_array_searches_not_one_per_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search as large as the user's items ties a whole cut: 3000 cosines, pairs 0.6e-6
+    apart (one tie each) with 5e-6 between pairs, each given its pair's best. Its groups
+    are found with a couple of array searches; a search per group took 200 ms for 100k."""
+    pairs = 1500
+    best = 0.9 - np.arange(pairs) * 5e-6
+    scores = np.stack((best, best - 0.6e-6), axis=1).ravel().astype(np.float32)
+    searches = 0
+    search = np.searchsorted
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal searches
+        searches += 1
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(np, "searchsorted", counted)
+    tied = vectors_module._tied(scores, len(scores))
+    assert np.array_equal(tied, np.repeat(scores[::2], 2))
+    assert searches <= 2
+
+
 def _stored_then(
     connection: Connection,
     tables: ProjectionTables,
