@@ -227,10 +227,11 @@ def sqlite_url(path: str | Path) -> str:
 
 
 EVENTS_TABLE = "memvee_events"
+"""The event log's table (eventsourcing names it after the application, ``memvee``)."""
+
 OWED_REWRITES_TABLE = "memvee_owed_rewrites"
 """On SQLite, one row per erasure whose rewrite of the file (:meth:`EventStore.rewrite`)
 has not finished yet, numbered in order: it outlives a process killed mid-rewrite."""
-"""The event log's table (eventsourcing names it after the application, ``memvee``)."""
 
 
 def _sqlite_tables(path: str) -> frozenset[str] | None:
