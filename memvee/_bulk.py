@@ -16,6 +16,7 @@ the user's log is never recorded again. Rows are deleted once their results are 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -1090,6 +1091,7 @@ def _host() -> str | None:
     return f"{boot} {namespace}"
 
 
+@functools.cache
 def _boot_id() -> str | None:
     """The kernel's id of this boot of this machine (Linux), random at each boot."""
     try:
@@ -1099,6 +1101,7 @@ def _boot_id() -> str | None:
         return None
 
 
+@functools.cache
 def _pid_namespace() -> str | None:
     """This process's pid namespace (Linux): processes of another one are not seen here."""
     try:
