@@ -41,8 +41,6 @@ from events import (
     EventStore,
     ExtractedFact,
     Extractor,
-    KnownEntry,
-    ReplacedEntry,
     user_log_id,
 )
 from events.errors import (
@@ -407,9 +405,9 @@ class Engine:
         self,
         user_id: str,
         facts: Sequence[ExtractedFact],
-        shown: tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]],
+        shown: Shown,
         since: datetime | None,
-    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
+    ) -> Shown:
         """What a batch was shown, with what the log needs to place its facts that
         change entries, none before ``since`` (see :func:`projections.shown.with_targets`)."""
         if not targets_of(facts):  # most answers: no connection taken
