@@ -390,7 +390,16 @@ class Retriever:
             alpha = self.alpha if query_vector is not None else 1.0
             _fuse(list(candidates.values()), alpha, query)
             _lift_entries(candidates)
-            return self._pick(connection, user_id, query, as_of, top_k, candidates, bool(own))
+            return self._pick(
+                connection,
+                user_id,
+                query,
+                as_of,
+                top_k,
+                candidates,
+                bool(own),
+                _stems_of(own),
+            )
 
     def _add_semantic(
         self,
@@ -453,6 +462,7 @@ class Retriever:
         top_k: int,
         candidates: dict[str, _Candidate],
         searched: bool,
+        asked: frozenset[str],
     ) -> RetrievalResult:
         """The best ``top_k`` on the fused score (none below :data:`RELEVANCE_FLOOR` of the
         best, nor, when the query has words to search (``searched``), any that scores 0: a
@@ -460,9 +470,10 @@ class Retriever:
         gets the most recent facts, scored 0, beside what its meaning finds, and before any
         message), a message shown with the other half of its exchange: an exchange is shown
         once (as is one said again word for word), left out when the returned entries say
-        it (:meth:`_Exchanges.hidden`), kept beside them when they leave out some of the
-        query's words it holds, but only in a slot no remaining entry takes (:func:`_defer`),
-        and comes last when either half is outdated."""
+        it (:meth:`_Exchanges.hidden`, by the stems of the query's own words, ``asked``),
+        kept beside them when they leave out some of the query's words it holds, but only in
+        a slot no remaining entry takes (:func:`_defer`), and comes last when either half is
+        outdated."""
         for key, candidate in candidates.items():
             candidate.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -482,7 +493,7 @@ class Retriever:
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
         order = _merge_ranked(entries, messages, stale, facts_first=not searched)
-        exchanges = _Exchanges(stale, _stems_of(query_terms(query).own))
+        exchanges = _Exchanges(stale, asked)
         chosen: list[_Candidate] = []
         beside: set[str] = set()
         at = 0
