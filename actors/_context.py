@@ -47,14 +47,15 @@ Shown = tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]
 """The entries a batch is shown, and the chains of ended entries before those."""
 
 KnownEntries = Callable[
-    [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None, Vectors],
+    [str, Sequence[BatchMessage], int, tuple[datetime, datetime] | None],
     Shown,
 ]
 """Reads the entries an extractor is shown beside a batch's messages (see
 :func:`projections.shown.shown_beside`), given how many current entries the user's log
-counts, for a backdated batch when its first and last messages were sent, and the vectors
-of the batch's texts embedded already; and the chains of ended entries before those (for
-the log, which places a backdated fact among them). Calls no embedder."""
+counts and, for a backdated batch, when its first and last messages were sent; and the
+chains of ended entries before those (for the log, which places a backdated fact among
+them). Calls no embedder: it serves users with few entries, whose batches are not
+embedded (see :data:`ShownAside`)."""
 
 ShownAside = Callable[
     [

@@ -260,14 +260,12 @@ class Engine:
         messages: Sequence[BatchMessage],
         current: int,
         backdated: tuple[datetime, datetime] | None,
-        embedded: Vectors,
     ) -> Shown:
-        """What an extractor sees beside a batch, and the chains before it (see
-        :func:`projections.shown.shown_beside`), by the vectors stored and ``embedded``
-        (no embedder is called: this runs on the user's actor for a user with few
-        entries, else on a shown thread, see :meth:`_shown_aside`)."""
+        """What an extractor sees beside a batch of a user with few entries, and the chains
+        before it (see :func:`projections.shown.shown_beside`), read on the user's actor
+        (no embedder is called; a user with more is read aside, see :meth:`_shown_aside`)."""
         return self._read_shown(
-            user_id, messages, current, backdated, embedded, self.store.engine.connect
+            user_id, messages, current, backdated, {}, self.store.engine.connect
         )
 
     def _read_shown(

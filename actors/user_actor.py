@@ -941,7 +941,7 @@ class UserActor(PooledActor):
         if aside is not None and current > MAX_KNOWN_ENTRIES:
             self._prepare_aside(task_id, messages, current, backdated, aside)
             return None
-        known, replaced = self._services.known(self.user_id, messages, current, backdated, {})
+        known, replaced = self._services.known(self.user_id, messages, current, backdated)
         self._batch_known, self._batch_replaced = known, replaced
         return ExtractionBatch(self.user_id, task_id, messages, known)
 
