@@ -796,15 +796,20 @@ def _merge_ranked(
 
 
 def _defer(order: list[_Candidate], at: int, candidate: _Candidate, stale: set[str]) -> None:
-    """Put ``candidate``, a message kept beside its facts, back in ``order`` past ``at``:
-    after the entries still ahead of it, which take the slots first, but among the
-    messages by its score and before any outdated one, so a weaker or outdated message
-    never takes its slot."""
+    """Put ``candidate``, a message kept beside its facts, back in ``order`` past ``at``,
+    in the place of the first message ranked below it (which moves one on), or before the
+    outdated ones after the entries still ahead of it: the entries keep the slots they
+    had, and a weaker or outdated message never takes its slot."""
     ahead = [i for i in range(at, len(order)) if not order[i].is_message]
-    place = ahead[-1] + 1 if ahead else at
+    last = ahead[-1] + 1 if ahead else at
     rank = _ranking(candidate)
-    while place < len(order) and order[place].key not in stale and _ranking(order[place]) <= rank:
-        place += 1
+    for place in range(at, len(order)):
+        other = order[place]
+        outdated = other.key in stale
+        if other.is_message and (place >= last if outdated else _ranking(other) > rank):
+            break
+    else:
+        place = len(order)
     order.insert(place, candidate)
 
 

@@ -813,6 +813,35 @@ async def test_a_message_kept_beside_its_fact_keeps_its_place_among_the_messages
     assert [m.message.content for m in three.messages] == [lima, weaker]
 
 
+async def test_a_message_kept_beside_its_fact_goes_before_a_weaker_one_an_entry_follows(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A weaker message ranked above a remaining entry gives its place to the message kept
+    beside its fact: the entry keeps its slot, and the answer is shown at ``top_k`` 2 and 3."""
+    lima = "I live in Lima and the door code of my flat is 4411"
+    weaker = "My flat has a new door, do I need a code?"
+    small = "My flat is small"
+    facts = {lima: "User lives in Lima.", small: "User's flat is small."}
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(facts[m.content], (m.message_id,))
+        for m in batch.messages
+        if m.content in facts
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", lima, "Noted!", sent_at=T0)
+    await memory.add_exchange("ann", weaker, "Ask the landlord.", sent_at=T0 + timedelta(days=1))
+    await memory.add_exchange("ann", small, "Ok.", sent_at=T0 + timedelta(days=2))
+    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
+        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=3 + day))
+    await memory.flush("ann")
+
+    query = "what is the door code of my flat?"
+    for top_k in (2, 3):
+        result = await memory.retrieve("ann", query, include_messages=True, top_k=top_k)
+        assert [m.message.content for m in result.messages][:1] == [lima], top_k
+
+
 async def test_an_exchange_is_shown_once_whichever_half_matched(
     make_memory: Callable[..., Any],
 ) -> None:
