@@ -233,3 +233,52 @@ def test_a_rewrite_an_earlier_process_left_unfinished_is_finished_when_it_is_ope
     assert any("rewrite of the database file did not finish" in m for m in caplog.messages)
     scrubber.stop()
     store.close()
+
+
+def test_a_scrub_whose_log_holds_only_its_settled_record_is_done_though_a_reader_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the file is rewritten and the log truncated, the record of the rewrite settled
+    is all the log holds: a reader that holds it off then leaves no erased word behind, so
+    the scrub is done (the receipt says scrubbed)."""
+    store = EventStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    erasure = _forget_stored(store, "ann")
+    truncations: list[int] = []
+
+    def held_off_after_the_first(engine: object, wait_ms: int) -> None:
+        truncations.append(wait_ms)
+        if len(truncations) > 1:
+            raise StorageError("the write-ahead log was not truncated: a reader came")
+        truncate_wal(store.engine, wait_ms)
+
+    monkeypatch.setattr("actors._traces.truncate_wal", held_off_after_the_first)
+
+    scrub_files(store, 0, erasure)
+
+    assert len(truncations) == 2 and not store.rewrite_owed
+    store.close()
+
+
+def test_closing_names_an_earlier_process_erasures_not_an_empty_user(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "traces.db"
+    url = f"sqlite:///{path}"
+    stopped = EventStore(url)
+    _forget_stored(stopped, "ann")
+    stopped.close()
+    store = EventStore(url, busy_timeout_ms=1)
+    scrubber = TraceScrubber(store, retry_delay=60, retry_max=60)
+    writer = sqlite3.connect(path, isolation_level=None)  # holds every rewrite off
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        scrubber.resume()
+        scrubber.wait_idle(10)
+        scrubber.stop()
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+    warned = [m for m in caplog.messages if "their words stay" in m]
+    assert warned and "those an earlier process erased" in warned[-1]
+    assert "''" not in warned[-1]
+    store.close()
