@@ -1407,13 +1407,20 @@ class EventStore:
         snapshots = connection.execute(
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount
-        if self.is_sqlite and events + snapshots:
-            connection.exec_driver_sql(
-                f"CREATE TABLE IF NOT EXISTS {OWED_REWRITES_TABLE} "
-                "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
-            )
-            connection.exec_driver_sql(f"INSERT INTO {OWED_REWRITES_TABLE} DEFAULT VALUES")
+        if events + snapshots:
+            self.owe_rewrite(connection)
         return events, snapshots
+
+    def owe_rewrite(self, connection: Connection) -> None:
+        """Record, in the caller's erasure transaction, that the SQLite file is owed a
+        :meth:`rewrite` (nothing on PostgreSQL, whose files are not scrubbed)."""
+        if not self.is_sqlite:
+            return
+        connection.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {OWED_REWRITES_TABLE} "
+            "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
+        )
+        connection.exec_driver_sql(f"INSERT INTO {OWED_REWRITES_TABLE} DEFAULT VALUES")
 
     def owed_rewrite(self, connection: Connection | None = None) -> int:
         """The last erasure whose rewrite has not finished (0: none is owed), read in

@@ -14,7 +14,10 @@ import pytest
 from sqlalchemy import text
 
 from actors._traces import TraceScrubber, scrub_files, truncate_wal
+from actors.erasure import erase_user
+from actors.lease import LeaseTable, new_owner_id
 from events import EventStore, StorageError, UserLog
+from projections import ProjectionTables, Projector
 
 
 @pytest.fixture
@@ -281,4 +284,31 @@ def test_closing_names_an_earlier_process_erasures_not_an_empty_user(
     warned = [m for m in caplog.messages if "their words stay" in m]
     assert warned and "those an earlier process erased" in warned[-1]
     assert "''" not in warned[-1]
+    store.close()
+
+
+def test_an_erasure_of_rows_naming_a_user_with_no_log_left_owes_the_file_a_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease is all that names the user: its bytes may sit in pages SQLite rebuilt as
+    well as any message's, so erasing it rewrites the file too."""
+    store = EventStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    leases = LeaseTable(store.engine, new_owner_id(), ttl=30.0)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        leases.create(connection)
+        projector.create(connection)
+    leases.try_acquire("alice")
+    rewrites: list[int | None] = []
+    rewrite = EventStore.rewrite
+    monkeypatch.setattr(
+        EventStore,
+        "rewrite",
+        lambda self, through=None: (rewrites.append(through), rewrite(self, through))[1],
+    )
+
+    receipt = erase_user(store, projector, leases, "alice")
+
+    assert receipt.rows["leases"] == 1 and receipt.scrubbed
+    assert rewrites and rewrites[0], "the file was rewritten for the erased lease"
     store.close()
