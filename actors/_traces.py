@@ -42,8 +42,7 @@ def scrub_files(store: EventStore, wait_ms: int, erasure: int | None = None) -> 
 
     Raises :class:`StorageError` when either could not be done.
     """
-    if erasure is None or erasure:
-        store.rewrite(erasure)
+    store.rewrite(erasure)
     truncate_wal(store.engine, wait_ms)
     if store.settle_rewrites():
         try:  # the log holds only the record just settled: none of the erased words

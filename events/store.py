@@ -627,6 +627,8 @@ class EventStore:
         self._writer: Connection | None = None
         self._rewritten = 0
         """The last erasure (:data:`OWED_REWRITES_TABLE`) a successful rewrite covered."""
+        self._settled = 0
+        """The last erasure this process recorded finished (:meth:`settle_rewrites`)."""
         self._events = getattr(self._app.recorder, "events_record_cls").__table__  # noqa: B009
         if not create:
             if found is None:  # the log not seen without writing yet: another backend, say
@@ -1491,7 +1493,11 @@ class EventStore:
         disk, say); the rewrite stays owed until one succeeds.
         """
         lock = self._datastore.write_lock
-        if not self.is_sqlite or lock is None:
+        if (
+            not self.is_sqlite
+            or lock is None
+            or (through is not None and through <= self._rewritten)
+        ):
             return
         with lock:
             try:
@@ -1515,18 +1521,18 @@ class EventStore:
         """Record as finished the erasures a successful rewrite covered, once the
         write-ahead log holding its pages was truncated too: whether any was. A failure
         leaves them owed (the next open rewrites the file once more) and is logged."""
-        if not self.is_sqlite or not self._rewritten:
+        rewritten = self._rewritten
+        if not self.is_sqlite or rewritten <= self._settled:
             return False
         try:
             with self.transaction() as connection:
-                if not inspect(connection).has_table(OWED_REWRITES_TABLE):
-                    return False
-                return bool(
+                settled = inspect(connection).has_table(OWED_REWRITES_TABLE) and bool(
                     connection.exec_driver_sql(
-                        f"DELETE FROM {OWED_REWRITES_TABLE} WHERE erasure <= ?",
-                        (self._rewritten,),
+                        f"DELETE FROM {OWED_REWRITES_TABLE} WHERE erasure <= ?", (rewritten,)
                     ).rowcount
                 )
+            self._settled = max(self._settled, rewritten)
+            return settled
         except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
             log.warning(
                 "the erasures rewritten away stay marked owed in %s: %s",
