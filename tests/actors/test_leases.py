@@ -450,7 +450,7 @@ async def _a_guest_waits_behind_the_owner(
     owners = owner.process_async("u")
     assert await asyncio.to_thread(owner_extractor.started.wait, 10)
     await guest.add_exchange("u", "I work at Acme", "ok")
-    return owners, guest.process_async("u")
+    return owners, await guest.request_processing("u")  # stored, so a forget finds it
 
 
 def _holder(leases: LeaseTable, user_id: str) -> str | None:
@@ -473,7 +473,7 @@ async def test_open_tasks_end_failed_everywhere_when_another_process_forgets_the
     third = await Memory(config=_config(db_url), extractor=RecordingExtractor()).open()
     try:
         running, guests = await _a_guest_waits_behind_the_owner(owner, owner_extractor, guest)
-        queued = owner.process_async("u")
+        queued = await owner.request_processing("u")
         waiting = asyncio.ensure_future(guest.wait_for_processing("u", timeout=30))
         await asyncio.sleep(0.2)
         assert not guests.done and not queued.done
