@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from actors.engine import STOPPING_READ
 from events import ExtractedFact, ExtractionBatch
 from events.errors import FORGOTTEN_REASON
-from memvee import Memory, ProcessStatus
+from memvee import Memory, ProcessStatus, ProcessTask
 from memvee.audit import Audit
 from projections import LexicalRanker
 from projections.shown import ByMeaning
@@ -72,14 +72,21 @@ async def memory(make_memory: Callable[..., Any], extractor: RecordingExtractor)
     return opened
 
 
-async def test_a_users_writes_go_on_while_the_entries_shown_beside_their_batch_are_searched(
-    memory: Memory, extractor: RecordingExtractor, search: _HeldSearch
-) -> None:
+async def _a_batch_held_mid_read(memory: Memory, search: _HeldSearch) -> ProcessTask:
+    """Alice's "I left Oslo for good" asked to be processed, its task held while the
+    entries shown beside its batch are searched aside."""
     search.gate.clear()
     search.held.clear()
     await memory.add_message("alice", "user", "I left Oslo for good")
     task = memory.process_async("alice")
     assert await asyncio.to_thread(search.held.wait, 10)
+    return task
+
+
+async def test_a_users_writes_go_on_while_the_entries_shown_beside_their_batch_are_searched(
+    memory: Memory, extractor: RecordingExtractor, search: _HeldSearch
+) -> None:
+    task = await _a_batch_held_mid_read(memory, search)
     try:
         await asyncio.wait_for(memory.add_exchange("alice", "I love Oslo", "ok"), 5)
     finally:
@@ -95,12 +102,8 @@ async def test_a_user_forgotten_while_their_batch_is_prepared_drops_it(
     search: _HeldSearch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    search.gate.clear()
-    search.held.clear()
-    await memory.add_message("alice", "user", "I left Oslo for good")
     batches = len(extractor.batches)
-    task = memory.process_async("alice")
-    assert await asyncio.to_thread(search.held.wait, 10)
+    task = await _a_batch_held_mid_read(memory, search)
     caplog.set_level(logging.INFO, logger="memvee.actors")
     await asyncio.wait_for(memory.forget("alice"), 5)
     search.gate.set()
@@ -123,12 +126,8 @@ async def test_a_batch_whose_user_lease_was_lost_while_it_was_prepared_is_not_ex
     """The new owner closes the task: an answer would be refused at recording."""
     engine = memory._engine
     assert engine is not None
-    search.gate.clear()
-    search.held.clear()
-    await memory.add_message("alice", "user", "I left Oslo for good")
     batches = len(extractor.batches)
-    memory.process_async("alice")
-    assert await asyncio.to_thread(search.held.wait, 10)
+    await _a_batch_held_mid_read(memory, search)
     caplog.set_level(logging.INFO, logger="memvee.actors")
     lost = engine.directory.call("alice", "renew_ownership", False)
     await asyncio.to_thread(lambda: lost.get(timeout=10))
@@ -165,12 +164,8 @@ async def test_a_close_while_a_batch_is_prepared_ends_its_task_and_drops_the_lat
     search: _HeldSearch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    search.gate.clear()
-    search.held.clear()
-    await memory.add_message("alice", "user", "I left Oslo for good")
     batches = len(extractor.batches)
-    task = memory.process_async("alice")
-    assert await asyncio.to_thread(search.held.wait, 10)
+    task = await _a_batch_held_mid_read(memory, search)
     caplog.set_level(logging.INFO, logger="memvee.actors")
     closing = asyncio.ensure_future(memory.close(grace=0))
     async with asyncio.timeout(5):

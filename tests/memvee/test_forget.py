@@ -211,6 +211,11 @@ async def test_no_copy_of_the_erased_words_stays_in_pages_sqlite_rebuilt_around_
     assert len(await memory.messages("bob")) == 40
 
 
+def _full_disk(store: EventStore, through: int | None = None) -> None:
+    """A rewrite of the file that fails as a full disk does."""
+    raise StorageError("the database file was not rewritten: database or disk is full")
+
+
 async def test_an_erasure_whose_file_could_not_be_rewritten_is_not_said_scrubbed(
     make_memory: Callable[..., Any],
     db_url: str,
@@ -220,10 +225,7 @@ async def test_an_erasure_whose_file_could_not_be_rewritten_is_not_said_scrubbed
     if not db_url.startswith("sqlite"):
         pytest.skip("file contents are a SQLite matter")
 
-    def full_disk(store: EventStore, through: int | None = None) -> None:
-        raise StorageError("the database file was not rewritten: database or disk is full")
-
-    monkeypatch.setattr(EventStore, "rewrite", full_disk)
+    monkeypatch.setattr(EventStore, "rewrite", _full_disk)
     memory: Memory = await make_memory(extractor=OfflineExtractor())
     await _history(memory, "ann", turns=1)
 
@@ -245,10 +247,7 @@ async def test_a_rewrite_left_owed_when_the_memory_closed_is_finished_at_its_nex
     if not db_url.startswith("sqlite"):
         pytest.skip("file contents are a SQLite matter")
 
-    def full_disk(store: EventStore, through: int | None = None) -> None:
-        raise StorageError("the database file was not rewritten: database or disk is full")
-
-    monkeypatch.setattr(EventStore, "rewrite", full_disk)
+    monkeypatch.setattr(EventStore, "rewrite", _full_disk)
     memory: Memory = await make_memory(extractor=OfflineExtractor())
     await _history(memory, "ann", turns=1)
     assert (await memory.forget("ann")).scrubbed is False
