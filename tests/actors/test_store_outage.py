@@ -66,7 +66,10 @@ async def test_a_task_whose_end_the_store_refused_is_closed_when_it_answers(
 
 
 async def test_with_auto_processing_the_buffer_is_processed_once_the_store_answers(
-    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+    make_memory: Any,
+    extractor: RecordingExtractor,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     memory: Memory = await make_memory(
         auto_process=True, batch_threshold=4, config={"retry_delay": 0.05}
@@ -75,7 +78,9 @@ async def test_with_auto_processing_the_buffer_is_processed_once_the_store_answe
     for i in range(2):
         await memory.add_exchange("bea", f"I collect shells number {i}", "ok")
     outage, _ = await _outage_while_extracting(memory, extractor, monkeypatch, "bea")
-    await asyncio.sleep(0.3)  # retries of the failed store meet the outage, back off
+    async with asyncio.timeout(30):  # the answer and then the failure meet the outage
+        while not any("could not be stored" in r.getMessage() for r in caplog.records):
+            await asyncio.sleep(0.02)
     outage.down.clear()
     async with asyncio.timeout(30):
         while await memory.buffer("bea") or await memory.user("bea") is None:
