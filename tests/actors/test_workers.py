@@ -119,7 +119,7 @@ class _DeafToCancel:
         self.started.set()
         for _ in range(2):
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(5)
+                await asyncio.sleep(30)
         raise AssertionError("never reached")
 
     async def aclose(self) -> None:
@@ -139,7 +139,7 @@ def test_stop_gives_up_on_an_extraction_that_does_not_end_and_says_so(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="memvee.actors"):
         workers.stop()
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 20, "stop did not wait for the 30 s extraction"
     assert "1 extraction(s) of deaf did not end within 0.1 s" in caplog.text
     assert api.task is not None and not api.task.done()
     api.task._log_destroy_pending = False  # left on the closed loop, as the warning said

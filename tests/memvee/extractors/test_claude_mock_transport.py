@@ -361,7 +361,7 @@ async def test_our_timeout_bounds_a_slow_answer(claude: Make) -> None:
     started = time.monotonic()
     with pytest.raises(ExtractionError, match=r"timed out after 0\.2s"):
         await claude(FakeAPI(slow), timeout=0.2).extract(BATCH)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20, "the 30 s answer was not waited for"
 
 
 @pytest.mark.parametrize("wait", ["30", "3600"])
@@ -373,8 +373,8 @@ async def test_a_retry_after_that_would_outlast_our_timeout_fails_at_once_with_i
     api = FakeAPI(fail(429, "rate_limit_error", **{"retry-after": wait}), ok())
     started = time.monotonic()
     with pytest.raises(ExtractionError, match="HTTP 429") as caught:
-        await claude(api, timeout=10, max_retries=2).extract(BATCH)
-    assert time.monotonic() - started < 5
+        await claude(api, timeout=30, max_retries=2).extract(BATCH)
+    assert time.monotonic() - started < 20, "neither the wait nor our timeout was slept"
     assert caught.value.retry_after == float(wait) and not caught.value.repeats
     assert not isinstance(caught.value, ExtractorOverloadedError), "it may be the batch's"
     assert len(api.requests) == 1
@@ -1050,7 +1050,7 @@ async def test_a_probe_is_sent_as_a_batch_is_and_keeps_the_wait_the_api_asked_fo
         fail(status, error_type, "busy", **{"retry-after": "30"}),
     )
     with pytest.raises(raised, match="retry after 30 s") as caught:
-        await claude(api, max_retries=2, timeout=1).extract(BATCH)
+        await claude(api, max_retries=2, timeout=10).extract(BATCH)
     assert caught.value.retry_after == 30.0 and not caught.value.repeats
     assert len(api.requests) == 2, "the probe was not retried"
 
