@@ -22,11 +22,16 @@ async def _until(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def test_idle_actors_are_stopped_and_come_back_on_the_next_call(make_memory: Any) -> None:
+    """Counted by spawns: on a loaded machine the actor may already be idle for 0.2 s
+    by the time the test looks at the live ones."""
     memory: Memory = await make_memory(config={"idle_timeout": 0.2})
+    engine = memory._engine
+    assert engine is not None
     await memory.add_exchange("u", "I live in Oslo", "ok")
-    assert memory.live_actor_count == 1
+    assert engine.directory.spawned == 1
     await _until(lambda: memory.live_actor_count == 0)
     await memory.add_exchange("u", "I work at Acme", "ok")
+    assert engine.directory.spawned == 2
     assert [m.seq for m in await memory.buffer("u")] == [1, 2, 3, 4]
     assert await memory.process("u") == 2
 
@@ -57,12 +62,12 @@ async def test_the_engines_own_calls_neither_spawn_nor_keep_an_idle_actor(
     directory = engine.directory
     await memory.add_exchange("u", "I live in Oslo", "ok")
     assert directory.call_live("nobody", "start_queued") is None
-    assert directory.live_users() == ["u"]
-    async with asyncio.timeout(10):
+    assert "nobody" not in directory.live_users()
+    async with asyncio.timeout(30):
         while (told := directory.call_live("u", "start_queued")) is not None:
-            await asyncio.to_thread(told.get, timeout=5)
+            await asyncio.to_thread(told.get, timeout=30)
             await asyncio.sleep(0.02)
-    assert directory.live_count == 0
+    assert directory.live_count == 0 and directory.spawned == 1
 
 
 async def test_a_users_lease_is_given_up_only_while_no_actor_of_the_user_is_live(

@@ -334,9 +334,14 @@ async def test_the_breaker_pauses_everyone_while_the_api_is_down_and_resumes_by_
     users = [f"user{i}" for i in range(60)]
     for user in users:
         await memory.add_exchange(user, f"I live in city {user}", "ok")
-    await asyncio.sleep(1.0)
     engine = memory._engine
     assert engine is not None
+
+    async def opened() -> bool:
+        return engine.breaker.opened > 0
+
+    await _until(opened, timeout=30)
+    await asyncio.sleep(1.0)  # cooldowns pass, and the probes after them meet the outage
     assert engine.breaker.is_open
     calls_while_down = len(extractor.batches)
     assert calls_while_down < 25, "60 users must not each hammer an API that is down"
