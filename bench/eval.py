@@ -48,6 +48,7 @@ __all__ = [
     "Summary",
     "bm25_ranked",
     "bm25_scores",
+    "details_section",
     "evaluate",
     "load_dataset",
     "main",
@@ -588,6 +589,23 @@ def modes_section(
     return section
 
 
+def details_section(name: str, conversations: Sequence[Conversation], ranked: Ranked) -> Section:
+    """Each question of ``conversations`` with the rank of its answer in ``ranked`` (their
+    questions in dataset order, as :func:`evaluate_modes` gives them): run at two commits,
+    the rows tell which question a change of recall gained or lost."""
+    section = Section(
+        title=f"Each question of {name} at memvee's default weight (alpha {DEFAULT_ALPHA:.1f})",
+        columns=["question", "conversation", "kinds", f"rank (top {MODE_TOP_K})"],
+    )
+    questions = [(c.id, q) for c in conversations for q in c.questions]
+    for (conversation, question), (kinds, rank) in zip(questions, ranked, strict=True):
+        section.rows.append(
+            [question.text, conversation, ",".join(kinds), "-" if rank is None else str(rank)]
+        )
+    section.notes.append("-: the answer is not among the items returned.")
+    return section
+
+
 def choose_alpha(per_set: Sequence[dict[float, Ranked]]) -> float:
     """The hybrid weight with the best recall@10 averaged over the sets (then recall@5)."""
     hybrid = [a for a in ALPHAS if 0.0 < a < 1.0]
@@ -605,6 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m bench.eval", description=__doc__)
     parser.add_argument("--dataset", type=Path, default=DATASET, help="the eval set (JSON)")
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="also print the rank of each question's answer at the default weight, per set",
+    )
     args = parser.parse_args(argv)
     conversations = load_dataset(args.dataset)
     total = sum(len(c.questions) for c in conversations)
@@ -631,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print()
     reference = summarize([score for c in conversations for score in bm25_scores(c, TOP_K)])
     print_section(console, report_section(runs, total, with_stale, reference))
-    _print_modes(console, [args.dataset, *(p for p in EXTRA_DATASETS if p != args.dataset)])
+    paths = [args.dataset, *(p for p in EXTRA_DATASETS if p != args.dataset)]
+    _print_modes(console, paths, details=args.details)
     return 0
 
 
@@ -639,8 +663,9 @@ EXTRA_DATASETS = (PROJECT_ROOT / "tests" / "data" / "eval" / "people.json",)
 """More labelled sets for the ranking modes: long two-person conversations."""
 
 
-def _print_modes(console: Any, paths: Sequence[Path]) -> None:
-    """Lexical, semantic and hybrid ranking on each set, and the weight they point to."""
+def _print_modes(console: Any, paths: Sequence[Path], *, details: bool = False) -> None:
+    """Lexical, semantic and hybrid ranking on each set, and the weight they point to; with
+    ``details``, each question's rank at the default weight too."""
     from memvee.embedders import OnnxMiniLMEmbedder
 
     embedder = OnnxMiniLMEmbedder()
@@ -654,6 +679,10 @@ def _print_modes(console: Any, paths: Sequence[Path]) -> None:
             results = asyncio.run(evaluate_modes(conversations, Path(folder), embedder))
         per_set.append(results)
         print_section(console, modes_section(path.name, results, bm25_ranked(conversations)))
+        if details and DEFAULT_ALPHA in results:
+            print_section(
+                console, details_section(path.name, conversations, results[DEFAULT_ALPHA])
+            )
     if per_set:
         best = choose_alpha(per_set)
         console.print(

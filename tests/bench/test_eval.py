@@ -20,6 +20,7 @@ from bench.eval import (
     Summary,
     bm25_ranked,
     bm25_scores,
+    details_section,
     evaluate,
     load_dataset,
     modes_section,
@@ -247,6 +248,16 @@ def test_the_reports_put_the_reference_first_and_set_memvee_against_it() -> None
         ["lexical only", "1.0", "2", "0.50", "0.50", "0.50"],
     ]
     assert any("recall@1 -, recall@5 1.00x, recall@10 1.00x" in n for n in modes.notes)
+
+
+def test_the_details_name_each_question_with_the_rank_of_its_answer(tmp_path: Path) -> None:
+    conversations = load_dataset(_write_tiny(tmp_path))
+    section = details_section("set", conversations, [((), 4), (("plain",), 1), ((), None)])
+    assert section.rows == [
+        ["where do I live now?", "t01", "", "4"],
+        ["theremin", "t01", "plain", "1"],
+        ["what is the user's job", "t02", "", "-"],
+    ]
 
 
 # ---------------------------------------------------------------------------- end to end
