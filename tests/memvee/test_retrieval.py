@@ -842,6 +842,39 @@ async def test_a_message_kept_beside_its_fact_goes_before_a_weaker_one_an_entry_
         assert [m.message.content for m in result.messages][:1] == [lima], top_k
 
 
+async def test_a_message_its_facts_follow_still_goes_before_a_weaker_message_after_them(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The sister's facts rank below their message (half its score: the question does not
+    name her) and state none of the question's words, so the message is kept beside them.
+    Moved behind them, it still goes before a weaker message: at ``top_k=3`` the two facts
+    and the message that matched, the weaker message only at 4. The exchange takes three
+    slots; a message that scores below its facts takes none of theirs."""
+    sister = "My sister brings the wedding dress and the cake"
+    weaker = "After the wedding we fly to Zanzibar"
+    facts = ("User's sister bakes the cake.", "User's sister sews the dress.")
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(fact, (m.message_id,))
+        for m in batch.messages
+        if m.content == sister
+        for fact in facts
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", sister, "Lovely!", sent_at=T0)
+    await memory.add_exchange("ann", weaker, "Sounds perfect.", sent_at=T0 + timedelta(days=1))
+    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
+        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
+    await memory.flush("ann")
+
+    query = "what about the wedding dress and the cake?"
+    three = await memory.retrieve("ann", query, include_messages=True, top_k=3)
+    assert sorted(hit.text for hit in three.entries) == sorted(facts)
+    assert [m.message.content for m in three.messages] == [sister]
+    four = await memory.retrieve("ann", query, include_messages=True, top_k=4)
+    assert [m.message.content for m in four.messages] == [sister, weaker]
+
+
 async def test_an_exchange_is_shown_once_whichever_half_matched(
     make_memory: Callable[..., Any],
 ) -> None:
