@@ -147,6 +147,7 @@ class ImportReplay:
         named = [
             getattr(event, name) for name in ("entry_id", "superseded_by") if hasattr(event, name)
         ]
+        named += getattr(event, "repeated", None) or ()
         strange = [e for e in named if e not in self._entry_ids]
         if strange:
             raise InvalidInputError(f"entry {strange[0]!r} is not in the log")

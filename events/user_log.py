@@ -216,7 +216,10 @@ class UserLog(Aggregate):
         ``repairs`` lists what the engine fixed in the extractor's answer beyond the
         entries (each entry lists its own). ``followed_by`` counts the events its decision
         wrote after it (see :func:`continues_decision`), so that a log cut before them is
-        known to be cut; ``None`` in a log an older memvee wrote.
+        known to be cut; ``None`` in a log an older memvee wrote. ``repeated`` maps each
+        known entry the batch said again while it held to the messages that said it: they
+        are outdated with it, not sources of it; ``None`` when there were none, and in a
+        log an older memvee wrote.
         """
 
         task_id: str
@@ -231,6 +234,7 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
         followed_by: int | None = None
+        repeated: dict[str, list[str]] | None = None
 
         def apply(self, log: UserLog) -> None:
             log.settle(log.open_tasks.pop(self.task_id))
@@ -299,7 +303,8 @@ class UserLog(Aggregate):
 
         ``request_id`` names the request that extracted it (a Message Batches
         ``custom_id``), so that collecting the same results twice records them once.
-        ``followed_by`` as for :class:`KnowledgeExtracted`.
+        ``followed_by`` and ``repeated`` (entries of the version said again) as for
+        :class:`KnowledgeExtracted`.
         """
 
         knowledge_version: str
@@ -314,6 +319,7 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
         repairs: list[str] | None = None
         followed_by: int | None = None
+        repeated: dict[str, list[str]] | None = None
 
         def apply(self, log: UserLog) -> None:
             count = log.knowledge_versions.get(self.knowledge_version, 0)
@@ -616,10 +622,11 @@ class UserLog(Aggregate):
         another; a task starts once, and each later batch follows its last; an outcome
         covers exactly the batch its task claimed, ending the task when nothing of its
         scope is left; a task closed as interrupted was requested or started; new entries
-        have ids of their own and each cites messages of its batch; an entry ends in the
-        version that holds it; a promotion counts the version's entries; messages return
-        only once settled; token counts are whole numbers a column holds. Which messages
-        and entries the log ever held the state does not keep: the caller checks those.
+        have ids of their own and each cites messages of its batch, as each repeat of a
+        known entry does; an entry ends in the version that holds it; a promotion counts
+        the version's entries; messages return only once settled; token counts are whole
+        numbers a column holds. Which messages and entries the log ever held the state
+        does not keep: the caller checks those.
         """
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             spent = getattr(event, name, None)
@@ -671,6 +678,7 @@ class UserLog(Aggregate):
                 raise InvalidInputError(f"message {min(unsettled)!r} is not processed")
         if isinstance(event, self.KnowledgeExtracted | self.KnowledgeReextracted):
             self._check_entries(event.entries, event.message_ids)
+            _check_repeated(event.repeated or {}, event.message_ids)
 
     def _check_started(self, event: ProcessingStarted) -> None:
         """A task's first batch starts it once; a later batch follows its last one. Each
@@ -1046,6 +1054,7 @@ class UserLog(Aggregate):
             event,
             entries=entries,
             repairs=plan.repairs or None,
+            repeated=plan.said_again_apart() or None,
             followed_by=len(changes) + after,
             **_usage_fields(usage),
             **fields,
@@ -1079,11 +1088,13 @@ class UserLog(Aggregate):
         entry it repeats, and one that repeats an entry of ``known`` not ended when it was
         said (``said_at`` gives the messages' times) is the same as it. A repeat said before
         the entry began, and an update to a value known to begin later, are placed by
-        :class:`~events.timeline.Around`. A repeat said after the entry ended is that value
-        again, after what replaced it (if anything did). An invalidation of an ended entry
-        ends nothing, unless it was said while an entry later taken back held: that entry is
-        then taken back earlier. Only a fact with no text, or none that shows (spaces,
-        zero-width and blank characters), is dropped.
+        :class:`~events.timeline.Around`. A repeat said while the entry held adds only the
+        messages it cited itself to :attr:`_Plan.repeated` (none when it fell back on the
+        batch's). A repeat said after the entry ended is that value again, after what
+        replaced it (if anything did). An invalidation of an ended entry ends nothing,
+        unless it was said while an entry later taken back held: that entry is then taken
+        back earlier. Only a fact with no text, or none that shows (spaces, zero-width and
+        blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
         plan = _Plan()
@@ -1117,6 +1128,7 @@ class UserLog(Aggregate):
                 sources = [m for m in sources if m in allowed]
                 dropped = storable(", ".join(outside))
                 notes.append(f"dropped citations outside the batch: {dropped}")
+            own = tuple(sources)
             if not sources:
                 sources = list(fallback)
                 notes.append("cited no message of its batch; cites the batch's user messages")
@@ -1235,6 +1247,7 @@ class UserLog(Aggregate):
             else:
                 assert target is not None
                 repeats[index] = target
+                plan.said_again(target, own)
                 plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
         return plan
 
@@ -1444,7 +1457,8 @@ class _Plan:
     entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
     messages that said it), and ``("joins", i)`` for such an entry that now replaces
     another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
-    entry are in :attr:`repairs`."""
+    entry are in :attr:`repairs`; the known entries said again while they held, with the
+    messages that cited them so, in :attr:`repeated`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -1456,6 +1470,7 @@ class _Plan:
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
     joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
+    repeated: dict[str, list[str]] = field(default_factory=dict)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
         """When the entry added at ``place`` begins (its first statement)."""
@@ -1489,6 +1504,24 @@ class _Plan:
         if replacing is not None:
             self.steps.append(("joins", len(self.joins)))
             self.joins.append((target, replacing))
+
+    def said_again(self, target: str, messages: Sequence[str]) -> None:
+        """Note that ``messages`` said the known entry ``target`` again while it held: they
+        are outdated once it ends after them. A repeat citing no message of its own (the
+        batch stood in for it) notes nothing."""
+        if messages:
+            noted = self.repeated.setdefault(target, [])
+            noted.extend(m for m in messages if m not in noted)
+
+    def said_again_apart(self) -> dict[str, list[str]]:
+        """:attr:`repeated`, less the messages that the same answer has the entry begin
+        with (:attr:`earlier`): those are its sources, not words said again."""
+        begun = {(target, m) for target, _, sources in self.earlier for m in sources}
+        apart = {
+            target: [m for m in messages if (target, m) not in begun]
+            for target, messages in self.repeated.items()
+        }
+        return {target: messages for target, messages in apart.items() if messages}
 
     def end_within(self, target: str | int, fact: ExtractedFact) -> None:
         """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
@@ -1597,6 +1630,22 @@ def _usage_fields(usage: TokenUsage) -> dict[str, int | None]:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
     }
+
+
+def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> None:
+    """Raise :class:`InvalidInputError` unless each entry said again names messages of its
+    batch, each once (whether it is an entry of the log the state does not know: the
+    caller checks)."""
+    batch = set(message_ids)
+    for entry_id, said in repeated.items():
+        if not said:
+            raise InvalidInputError(f"the repeat of entry {entry_id!r} names no message")
+        _check_distinct(said, "message")
+        outside = [m for m in said if m not in batch]
+        if outside:
+            raise InvalidInputError(
+                f"the repeat of entry {entry_id!r} names {outside[0]!r}, a message not of its batch"
+            )
 
 
 def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:

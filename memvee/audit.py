@@ -84,6 +84,7 @@ from memvee.embedders import Embedder
 from memvee.embedders._choice import contained_embedder
 from projections import (
     KnowledgeEntry,
+    Message,
     ProjectionReader,
     ProjectionTables,
     Projector,
@@ -163,7 +164,8 @@ class Provenance:
     of entries that superseded it (nearest first), ``supersedes`` the entries it replaced;
     ``valid_until`` and ``ended_reason`` say when and why it stopped being valid.
     ``trigger`` says what asked for its task, or for an entry of a re-extraction (no
-    task), which re-extraction recorded it.
+    task), which re-extraction recorded it. ``repeated_by`` lists the later messages that
+    said it again while it held: no sources of it, but outdated once it ends after them.
     """
 
     entry_id: str
@@ -187,6 +189,7 @@ class Provenance:
     repairs: list[str] = field(default_factory=list)
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
+    repeated_by: list[SourceMessage] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,6 +501,9 @@ class Audit:
                 reader.task_details(connection, user_id, entry.task_id) if entry.task_id else None
             )
             sources = reader.messages(connection, user_id, ids=list(entry.source_message_ids))
+            repeats = reader.messages(
+                connection, user_id, ids=reader.repeats(connection, user_id, entry_id)
+            )
             replaced_by = reader.successors(connection, user_id, entry_id)
             supersedes = reader.predecessors(connection, user_id, entry_id)
             version = reader.entry_version(connection, user_id, entry_id)
@@ -510,10 +516,7 @@ class Audit:
             entry_id=entry_id,
             user_id=user_id,
             text=entry.text,
-            messages=[
-                SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at, m.name)
-                for m in sources
-            ],
+            messages=_source_messages(sources),
             task_id=entry.task_id,
             trigger=_origin(event, task),
             batch=list(getattr(event, "message_ids", ())),
@@ -531,6 +534,7 @@ class Audit:
             repairs=list(stored.get("repairs", ())),
             cache_read_tokens=getattr(event, "cache_read_tokens", None),
             cache_write_tokens=getattr(event, "cache_write_tokens", None),
+            repeated_by=_source_messages(repeats),
         )
 
     def export(self, user_id: str) -> Iterator[str]:
@@ -1497,6 +1501,13 @@ def _logged(event: Any) -> LoggedEvent:
         payload={k: v for k, v in data.items() if k not in _HIDDEN},
         summary=describe(event),
     )
+
+
+def _source_messages(messages: Iterable[Message]) -> list[SourceMessage]:
+    """``messages`` as :class:`Provenance` lists them."""
+    return [
+        SourceMessage(m.message_id, m.seq, m.role, m.content, m.sent_at, m.name) for m in messages
+    ]
 
 
 def _origin(event: Any, task: dict[str, Any]) -> str:

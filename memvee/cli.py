@@ -70,6 +70,7 @@ from memvee.audit import (
     MAX_USERS_PAGE,
     Audit,
     ReextractionReport,
+    SourceMessage,
     catch_up_if_behind,
     require_projections,
 )
@@ -668,11 +669,9 @@ def explain(
             else ""
         )
     )
-    table = Table("#", "speaker", "message", "sent", title="from the messages")
-    for m in found.messages:
-        speaker = m.role if not m.name else f"{m.name} ({m.role})"
-        table.add_row(str(m.seq), speaker, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
-    console.print(table)
+    console.print(_messages_table("from the messages", found.messages))
+    if found.repeated_by:
+        console.print(_messages_table("said again by", found.repeated_by))
     until = "now" if found.valid_until is None else f"{found.valid_until:%Y-%m-%d %H:%M:%S}"
     console.print(f"valid from {found.valid_from:%Y-%m-%d %H:%M:%S} until {until}")
     if found.ended_reason:
@@ -684,6 +683,15 @@ def explain(
         f"replaced by: {', '.join(found.replaced_by) or 'none'}; "
         f"replaces: {', '.join(found.supersedes) or 'none'}"
     )
+
+
+def _messages_table(title: str, messages: list[SourceMessage]) -> Table:
+    """The messages ``explain`` lists under ``title``, one a row."""
+    table = Table("#", "speaker", "message", "sent", title=title)
+    for m in messages:
+        speaker = m.role if not m.name else f"{m.name} ({m.role})"
+        table.add_row(str(m.seq), speaker, m.content, f"{m.sent_at:%Y-%m-%d %H:%M:%S}")
+    return table
 
 
 @app.command()

@@ -331,16 +331,33 @@ def _end_entry(rows: TableRows, e: Any, **why: Any) -> None:
 
 
 def evolve_citations(rows: TableRows, e: Any) -> None:
-    """Which entries each message was cited by: provenance read from the message's side."""
+    """Which entries each message was cited by: provenance read from the message's side.
+
+    A message that said a known entry again while it held (``repeated``, absent from an
+    older memvee's events) is marked so: it is outdated with the entry, unless the entry
+    ended before it was said, but it is no source of it (the knowledge rows, which decide
+    what a returned entry stands for, leave it out)."""
     if isinstance(e, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
         for entry in e.entries:
-            for message_id in entry["source_message_ids"]:
-                rows.put(
-                    {"message_id": message_id, "entry_id": entry["entry_id"], "log_id": _log_id(e)}
-                )
+            _cite(rows, e, entry["entry_id"], entry["source_message_ids"], repeated=0)
+        for entry_id, message_ids in (e.repeated or {}).items():
+            _cite(rows, e, entry_id, message_ids, repeated=1)
     elif isinstance(e, UserLog.KnowledgeBeganEarlier):
-        for message_id in e.source_message_ids:
-            rows.put({"message_id": message_id, "entry_id": e.entry_id, "log_id": _log_id(e)})
+        _cite(rows, e, e.entry_id, e.source_message_ids, repeated=0)
+
+
+def _cite(rows: TableRows, e: Any, entry_id: str, message_ids: list[str], repeated: int) -> None:
+    """Have ``message_ids`` cite ``entry_id``: as its sources, or as words that said it
+    again (``repeated``)."""
+    for message_id in message_ids:
+        rows.put(
+            {
+                "message_id": message_id,
+                "entry_id": entry_id,
+                "log_id": _log_id(e),
+                "repeated": repeated,
+            }
+        )
 
 
 # ---------------------------------------------------------------------- messages

@@ -146,10 +146,22 @@ class ProjectionReader:
         """How many links back one call of :meth:`replaced` follows a chain."""
         self._replaced = _replaced_chains(k, self.replaced_depth)
         self._successors = _successor_links(k)
-        self._outdated = citing.having(func.count(k.c.valid_until) == func.count())
-        ended_then = case((k.c.valid_until <= at, 1), else_=0)
+        # A message that said an entry again is outdated by its end only if the entry
+        # ended after the message was said: a change dated earlier leaves later words
+        # current. The message's time is read for such citations alone.
+        said_again = select(m.c.sent_at).where(m.c.message_id == c.c.message_id)
+        ended_after = case((k.c.valid_until > said_again.scalar_subquery(), 1), else_=0)
+        ended = case((c.c.repeated == 0, 1), else_=ended_after)
+        ended_now = case((k.c.valid_until.is_(None), 0), else_=ended)
+        self._outdated = citing.having(func.sum(ended_now) == func.count())
+        ended_then = case((k.c.valid_until <= at, ended), else_=0)
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
             func.sum(ended_then) == func.count()
+        )
+        self._repeats = select(c.c.message_id).where(
+            c.c.log_id == bindparam("log_id"),
+            c.c.entry_id == bindparam("entry_id"),
+            c.c.repeated == 1,
         )
 
     def knowledge(
@@ -416,7 +428,9 @@ class ProjectionReader:
         as_of: datetime | None = None,
     ) -> set[str]:
         """Those of ``message_ids`` whose every live entry has ended (what they say is old);
-        with ``as_of``, whose every live entry known then had ended by then."""
+        with ``as_of``, whose every live entry known then had ended by then. An entry a
+        message said again (see :meth:`repeats`) counts as ended for it only if it ended
+        after the message was sent."""
         if not message_ids:
             return set()
         if as_of is not None:
@@ -427,6 +441,12 @@ class ProjectionReader:
             return self._sqlite.outdated(connection, _log(user_id), message_ids)
         rows = connection.execute(self._outdated, {"ids": message_ids}).mappings()
         return {r["message_id"] for r in _owned_by(rows, user_id)}
+
+    def repeats(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
+        """The ids of the messages that said ``entry_id`` again while it held, in no set
+        order: no sources of it, yet outdated with it (see :meth:`outdated`)."""
+        binds = {"log_id": _log(user_id), "entry_id": entry_id}
+        return [id_text(r) for r in connection.execute(self._repeats, binds).scalars()]
 
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
         """The log version of the event that recorded ``entry_id`` (0 if unknown)."""
@@ -740,7 +760,9 @@ class _SqliteReads:
             f"SELECT c.message_id, c.log_id FROM {c} AS c JOIN {k} AS k "
             f"ON k.entry_id = c.entry_id WHERE c.message_id IN ({{marks}}) "
             "AND k.knowledge_version = ? GROUP BY c.message_id, c.log_id "
-            "HAVING count(k.valid_until) = count(*)"
+            "HAVING sum(CASE WHEN k.valid_until IS NULL THEN 0 WHEN c.repeated = 0 THEN 1 "
+            f"WHEN k.valid_until > (SELECT sent_at FROM {m} WHERE message_id = c.message_id) "
+            "THEN 1 ELSE 0 END) = count(*)"
         )
         self._by_seqs = f"SELECT * FROM {m} WHERE log_id = ? AND seq IN ({{marks}}) ORDER BY seq"
 

@@ -177,6 +177,7 @@ class ProjectionTables:
             Column("message_id", StoredId(), primary_key=True),
             Column("entry_id", StoredId(), primary_key=True),
             Column("log_id", StoredId(), nullable=False, index=True),
+            Column("repeated", Integer, nullable=False),
         )
         self.vectors = Table(
             f"{prefix}vectors",

@@ -110,6 +110,20 @@ def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
         _replay(events)
 
 
+def test_a_repeat_of_an_entry_the_log_never_had_is_refused() -> None:
+    """A repeat notes messages that said an entry of the log again: one naming an entry
+    the log never gave would have them outdated by nothing."""
+    events = _history()
+    oslo = _kind(events, UserLog.KnowledgeExtracted).entries[0]["entry_id"]
+    extracted = [e for e in events if isinstance(e, UserLog.KnowledgeExtracted)][-1]
+    index, said = events.index(extracted), list(extracted.message_ids)
+    events[index] = replace(extracted, repeated={"e-1": said})
+    with pytest.raises(InvalidInputError, match=f"line {index + 1}: entry 'e-1' is not in the log"):
+        _replay(events)
+    events[index] = replace(extracted, repeated={oslo: said})
+    _replay(events)
+
+
 def test_a_log_cut_inside_a_decision_is_refused_where_it_stops_or_goes_on() -> None:
     """An extraction and the end of the entry it replaced are committed together: a log
     holding the one without the other (an export cut short, a line taken out) is none

@@ -80,6 +80,44 @@ def test_the_same_fact_again_adds_nothing() -> None:
     assert _known(log) == [jazz["entry_id"]] and log.knowledge_count == 1
 
 
+def test_a_fact_said_again_while_it_holds_is_noted_beside_its_entry_not_as_its_source() -> None:
+    """ "As I said, I live in Oslo" adds no entry; its extraction notes the message as one
+    that said the Oslo entry again (in the live knowledge as in a re-extracted version),
+    so that it is outdated with the entry, while the entry's sources stay its own."""
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
+    said = _batch(log, "t2", "Lovely weather", "As I said, I live in Oslo")
+    repeat = ExtractedFact("User lives in Oslo.", (said[1],), "same", oslo["entry_id"])
+    assert log.record_knowledge("t2", [repeat], "x") == []
+    (again,) = log.record_reextraction("v2", first, [ExtractedFact("Oslo.", tuple(first))], "y")
+    in_version = ExtractedFact("Oslo.", (said[1],), "same", again["entry_id"])
+    assert log.record_reextraction("v2", said, [in_version], "y") == []
+    extracted, _, reextracted = [e for e in log.collect_events() if hasattr(e, "entries")][-3:]
+    assert isinstance(extracted, UserLog.KnowledgeExtracted)
+    assert extracted.repeated == {oslo["entry_id"]: [said[1]]} and extracted.entries == []
+    assert isinstance(reextracted, UserLog.KnowledgeReextracted)
+    assert reextracted.repeated == {again["entry_id"]: [said[1]]}
+    assert oslo["source_message_ids"] == first
+
+
+def test_a_repeat_citing_no_message_of_its_own_notes_none() -> None:
+    """A repeat that cites nothing of its batch (no message, or only others') is known
+    to be said by no message in particular: it notes none, where a new fact would fall
+    back on the batch's user messages."""
+    log = UserLog.register("ann")
+    first = _batch(log, "t1", "I live in Oslo")
+    (oslo,) = log.record_knowledge("t1", [ExtractedFact("User lives in Oslo.", tuple(first))], "x")
+    _batch(log, "t2", "Lovely weather", "Still in Oslo, by the way")
+    facts = [
+        ExtractedFact("User lives in Oslo.", (), "same", oslo["entry_id"]),
+        ExtractedFact("User lives in Oslo.", (first[0],), "same", oslo["entry_id"]),
+    ]
+    assert log.record_knowledge("t2", facts, "x") == []
+    extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    assert extracted[-1].repeated is None
+
+
 def test_a_backdated_update_ends_itself_when_the_newer_entry_began() -> None:
     """Time decides, not arrival: the fact said before the entry it updates is the older
     one, so it ends (replaced by that entry) and the newer entry stays valid."""

@@ -563,6 +563,32 @@ def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that
     assert store.load("alice").failed_reextraction("v2", events) == set()  # type: ignore[union-attr]
 
 
+def test_an_extraction_stored_before_repeats_were_noted_loads_as_one_that_repeated_nothing(
+    store: EventStore,
+) -> None:
+    """Events of older logs have no ``repeated``: they load, their repeats noting none."""
+    log, ids = _log_with(1)
+    _start(log, "t1")
+    log.record_knowledge("t1", [ExtractedFact("User is m0.", (ids[0],))], "x")
+    store.append([log.collect_events()])
+    table = store._events.name
+    with store.engine.begin() as connection:
+        rows = connection.exec_driver_sql(f"SELECT rowid, state FROM {table}").all()
+        older = [(rowid, json.loads(state)) for rowid, state in rows]
+        assert len([rowid for rowid, state in older if "repeated" in state]) == 1
+        for rowid, state in older:
+            if state.pop("repeated", "absent") != "absent":
+                dumped = json.dumps(state, separators=(",", ":")).encode()
+                connection.exec_driver_sql(
+                    f"UPDATE {table} SET state = ? WHERE rowid = ?", (dumped, rowid)
+                )
+    (extracted,) = [
+        e for e in store.events_of("alice") if isinstance(e, UserLog.KnowledgeExtracted)
+    ]
+    assert "repeated" not in vars(extracted) and extracted.repeated is None
+    assert store.load("alice").knowledge_count == 1  # type: ignore[union-attr]
+
+
 def _decided_history() -> list[UserLog.Event]:
     """Every kind of event the commands emit about tasks and knowledge: batches that
     split and quarantine, an update that supersedes, an invalidation, a re-extraction
@@ -673,6 +699,8 @@ def test_an_event_the_commands_could_not_have_emitted_there_is_not_recordable() 
         (extracted, {"entries": [{**entries[0], "source_message_ids": []}]}, "cites no message"),
         (extracted, {"entries": [{**entries[0], "source_message_ids": ["m"]}]}, "not of its batch"),
         (extracted, {"entries": [entries[0], entries[0]]}, "comes twice"),
+        (extracted, {"repeated": {"e": ["m"]}}, "repeat of entry 'e' names 'm', a message not"),
+        (extracted, {"repeated": {"e": []}}, "repeat of entry 'e' names no message"),
         (_index(history, UserLog.ProcessingStarted, 1), {"batch": 5}, "no batch 4 before"),
         (_index(history, UserLog.KnowledgeSuperseded), {"knowledge_version": "v2"}, "no valid"),
         (_index(history, UserLog.KnowledgeVersionPromoted), {"knowledge_count": 9}, "holds 1"),

@@ -330,6 +330,30 @@ async def test_explain_traces_an_entry_to_its_messages_task_and_extractor(
             audit.explain("dee", "missing")
 
 
+async def test_explain_lists_the_messages_that_said_an_entry_again_apart_from_its_sources(
+    make_memory: Any, db_url: str
+) -> None:
+    """ "As I said, I live in Oslo" added no entry and is no source of the Oslo entry, yet
+    it traces to it: ``explain`` lists it as said again, in its JSON and its table."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for said in ("I live in Oslo.", "As I said, I live in Oslo."):
+        await memory.add_exchange("eve", said, "ok")
+        await memory.flush("eve")
+    (oslo,) = await memory.knowledge("eve")
+    with Audit(db_url=db_url) as audit:
+        found = audit.explain("eve", oslo.entry_id)
+    assert [m.content for m in found.messages] == ["I live in Oslo."]
+    assert [m.content for m in found.repeated_by] == ["As I said, I live in Oslo."]
+    shown = CliRunner().invoke(app, ["explain", "eve", oslo.entry_id, "--db-url", db_url])
+    assert shown.exit_code == 0, shown.output
+    assert "said again by" in shown.output and "As I said, I live in Oslo." in shown.output
+    as_json = CliRunner().invoke(
+        app, ["explain", "eve", oslo.entry_id, "--json", "--db-url", db_url]
+    )
+    repeats = json.loads(as_json.output)["repeated_by"]
+    assert [m["content"] for m in repeats] == ["As I said, I live in Oslo."]
+
+
 async def test_explain_names_who_said_each_source_message(make_memory: Any, db_url: str) -> None:
     """In a group chat the provenance says who said it, as ``memvee log`` does."""
     memory: Memory = await make_memory(extractor=OfflineExtractor())

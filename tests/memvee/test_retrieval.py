@@ -1016,6 +1016,88 @@ async def test_a_message_is_outdated_as_of_a_time_when_its_facts_had_been_replac
     assert await fjord(datetime.now(UTC)) == [("Nice city, lovely fjord!", True)]
 
 
+async def _home(memory: Memory, **as_of: datetime) -> tuple[list[str], dict[str, bool]]:
+    """What ``retrieve`` answers Ann's "where do I live?" with: the entries' texts, and
+    whether each message it adds is outdated."""
+    found = await memory.retrieve("ann", "where do I live?", include_messages=True, **as_of)
+    return [hit.text for hit in found.entries], {
+        m.message.content: m.outdated for m in found.messages
+    }
+
+
+async def test_a_fact_said_again_in_passing_is_outdated_once_the_fact_changed(
+    make_memory: Callable[..., Any],
+) -> None:
+    """ "As I said, I live in Oslo" adds no entry, yet says what the Oslo entry says: once
+    Ann moved to Bergen it is as outdated as the first statement (as of any time after the
+    move, and current before it)."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo")
+    await _say(memory, "ann", 10, "As I said, I live in Oslo")
+    await _say(memory, "ann", 30, "I moved to Bergen")
+    said_twice = {"I live in Oslo": True, "As I said, I live in Oslo": True}
+    assert await _home(memory) == (["User lives in Bergen."], said_twice)
+    assert await _home(memory, as_of=T0 + timedelta(days=40)) == (
+        ["User lives in Bergen."],
+        said_twice,
+    )
+    before_the_move = await _home(memory, as_of=T0 + timedelta(days=20))
+    assert before_the_move[0] == ["User lives in Oslo."]
+    assert not any(before_the_move[1].values())
+
+
+async def test_a_fact_said_again_in_passing_leaves_its_exchange_shown_and_other_queries_alone(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A repeat is no source of the entry it says again: the exchange it came in (the
+    assistant's answer too) is found for what else it says, and the entry is not lifted
+    for a query only that exchange matches."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo")
+    at = T0 + timedelta(days=10)
+    await memory.add_exchange(
+        "ann",
+        "As I said, I live in Oslo. Which pasta sauce suits gnocchi?",
+        "Sage butter suits gnocchi well.",
+        sent_at=at,
+    )
+    await memory.flush("ann")
+    (oslo,) = await memory.knowledge("ann")
+    found = await memory.retrieve("ann", "sauce for gnocchi", include_messages=True)
+    assert [hit.text for hit in found.entries] == []
+    shown = [
+        (m.message.content, m.neighbour and m.neighbour.content, m.outdated) for m in found.messages
+    ]
+    assert shown == [
+        (
+            "As I said, I live in Oslo. Which pasta sauce suits gnocchi?",
+            "Sage butter suits gnocchi well.",
+            False,
+        )
+    ]
+    assert len(oslo.source_message_ids) == 1
+
+
+async def test_a_change_dated_before_a_fact_was_said_again_leaves_the_later_words_current(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Ann said Oslo on day 0 and again on day 10; a message of day 5, processed last,
+    says she moved to Bergen. The Oslo entry ends on day 5: the first statement is
+    outdated, the repeat is later words and stays current."""
+    memory = await _offline(make_memory)
+    await _say(memory, "ann", 0, "I live in Oslo")
+    await _say(memory, "ann", 10, "As I said, I live in Oslo")
+    await _say(memory, "ann", 5, "I moved to Bergen")
+    (oslo,) = [e for e in await memory.knowledge("ann", history=True) if e.valid_until]
+    assert oslo.valid_until == T0 + timedelta(days=5)
+    outdated = (await _home(memory))[1]
+    assert outdated["I live in Oslo"] is True
+    assert outdated["As I said, I live in Oslo"] is False
+    assert (await _home(memory, as_of=T0 + timedelta(days=20)))[1][
+        "As I said, I live in Oslo"
+    ] is False
+
+
 async def test_a_job_the_user_quit_is_no_longer_known_and_its_message_is_outdated(
     make_memory: Callable[..., Any],
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import EVENT_CLASSES, UserLog
+from events import EVENT_CLASSES, ExtractedFact, UserLog
 from projections.folds import PROJECTIONS, Projection
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
@@ -73,3 +73,30 @@ def test_an_earlier_start_of_an_entry_no_row_holds_changes_nothing() -> None:
     rows = knowledge.new_rows()
     knowledge.evolve(rows, began)
     assert rows.rows == {} and not rows.written
+
+
+def _extracted(log: UserLog, task_id: str, fact: ExtractedFact) -> list[dict[str, Any]]:
+    """Run task ``task_id`` over what ``log`` buffered, answering ``fact``."""
+    log.request_processing(task_id, "manual")
+    log.start_next()
+    return log.record_knowledge(task_id, [fact], "x")
+
+
+def test_a_fact_said_again_is_cited_as_a_repeat_and_is_no_source_of_its_entry() -> None:
+    """A repeat's message cites the entry it says again, marked as a repeat (what makes it
+    outdated with the entry, and what ``explain`` lists apart), while the entry's row keeps
+    its own sources: the repeat's exchange is not hidden behind the entry nor lifts it."""
+    log = UserLog.register("ann")
+    first = log.add_message("user", "I live in Oslo", None, 100)
+    (oslo,) = _extracted(log, "t1", ExtractedFact("User lives in Oslo.", (first,)))
+    again = log.add_message("user", "As I said, I live in Oslo", None, 100)
+    repeat = ExtractedFact("User lives in Oslo.", (again,), "same", oslo["entry_id"])
+    assert _extracted(log, "t2", repeat) == []
+    knowledge, citations = (p for p in PROJECTIONS if p.table in ("knowledge", "citations"))
+    rows = {p.table: p.new_rows() for p in (knowledge, citations)}
+    for event in log.collect_events():
+        for projection in (knowledge, citations):
+            projection.evolve(rows[projection.table], event)
+    assert rows["knowledge"].rows[oslo["entry_id"]]["source_message_ids"] == [first]
+    repeated = {key: row["repeated"] for key, row in rows["citations"].rows.items()}
+    assert repeated == {(first, oslo["entry_id"]): 0, (again, oslo["entry_id"]): 1}

@@ -132,6 +132,7 @@ def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
             "message_id": f"00000000-0000-7000-8000-{message:012d}",
             "entry_id": f"00000000-0000-4000-8000-{entry:012d}",
             "log_id": log_id,
+            "repeated": 0,
         }
 
     rows = [citation(m, e) for m in range(10) for e in range(3)]

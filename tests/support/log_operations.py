@@ -1,5 +1,5 @@
 """Drive a user's log through named operations, the way the engine would: add, process in
-bounded batches, extract, revise, backdate, fail in ways that repeat or pass, quarantine,
+bounded batches, extract, revise, repeat, backdate, fail in ways that repeat or pass, quarantine,
 requeue, crash, re-extract (or fail to) and promote. Used by the tests that need logs of
 every kind of event."""
 
@@ -28,7 +28,7 @@ EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
     *("reextract", "reextract_failed", "promote", "reject", "reject", "blamed", "requeue"),
     *("backdate",),
-    *("repeat_earlier", "take_back_earlier"),
+    *("repeat_earlier", "take_back_earlier", "repeat"),
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
 
@@ -75,6 +75,8 @@ class LogDriver:
             log.start_next(LIMITS)
         elif op == "take_back_earlier" and log.open_tasks:
             self._take_back_earlier(next(iter(log.open_tasks)))
+        elif op == "repeat" and log.open_tasks:
+            self._repeat(next(iter(log.open_tasks)))
         elif op in ("backdate", "repeat_earlier") and log.open_tasks:
             self._backdate(next(iter(log.open_tasks)), "update" if op == "backdate" else "same")
         elif op in ("extract", "revise", "fail", "reject", "blamed") and log.open_tasks:
@@ -111,6 +113,19 @@ class LogDriver:
                 )
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
+
+    def _repeat(self, task: str) -> None:
+        """Record the task's batch as saying the newest live entry again while it holds,
+        its first message citing it so and a second fact citing nothing (which notes no
+        message). Nothing happens if no entry is live."""
+        live = [e for e, v in self.log.valid_entries.items() if v == "live"]
+        if live:
+            first = next(iter(self.log.open_tasks[task]))
+            facts = [
+                ExtractedFact("said again", (first,), "same", live[-1]),
+                ExtractedFact("said again, citing nothing", (), "same", live[0]),
+            ]
+            self.log.record_knowledge(task, facts, "property", limits=LIMITS)
 
     def _backdate(self, task: str, action: FactAction) -> None:
         """Record the task's batch as said between a live entry and the one it replaced,
