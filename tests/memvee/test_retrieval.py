@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import projections.reader
+from events.extraction import FactAction
 from memvee import (
     ExtractedFact,
     ExtractionBatch,
@@ -1076,6 +1077,37 @@ async def test_a_fact_said_again_in_passing_leaves_its_exchange_shown_and_other_
         )
     ]
     assert len(oslo.source_message_ids) == 1
+
+
+async def test_a_repeat_citing_no_message_leaves_its_batch_current_once_the_fact_changed(
+    make_memory: Callable[..., Any],
+) -> None:
+    """An extractor that says Oslo was repeated without naming the message that said it
+    ties no message to the entry: "Lovely weather today" stays current after the move,
+    where taking the batch's messages for the repeat's would have marked it outdated."""
+    extractor = RecordingExtractor()
+    memory: Memory = await make_memory(extractor=extractor)
+
+    def stating(text: str, action: FactAction = "new", cited: bool = True) -> None:
+        def answer(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+            said = tuple(m.message_id for m in batch.messages if m.role == "user")
+            known = [k.entry_id for k in batch.known if k.valid_until is None]
+            aimed = known[0] if action != "new" else None
+            return (ExtractedFact(text, said if cited else (), action, aimed),)
+
+        extractor.answer = answer
+
+    stating("User lives in Oslo.")
+    await _say(memory, "ann", 0, "I live in Oslo")
+    stating("User lives in Oslo.", "same", cited=False)
+    await _say(memory, "ann", 10, "Lovely weather today, as ever in Oslo")
+    stating("User lives in Bergen.", "update")
+    await _say(memory, "ann", 30, "I moved away from Oslo to Bergen")
+    assert [e.text for e in await memory.knowledge("ann")] == ["User lives in Bergen."]
+    found = await memory.retrieve("ann", "lovely weather today", include_messages=True)
+    assert {m.message.content: m.outdated for m in found.messages} == {
+        "Lovely weather today, as ever in Oslo": False
+    }
 
 
 async def test_a_change_dated_before_a_fact_was_said_again_leaves_the_later_words_current(
