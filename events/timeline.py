@@ -63,18 +63,29 @@ class Timeline:
         self._earlier: dict[str, datetime] = {}
 
     def replace(self, new: str, old: str) -> None:
-        """Place entry ``new``, which replaces ``old``."""
+        """Place entry ``new``, which replaces ``old``. The walks along the chain stop
+        at an entry met before, so no chain, however linked, holds them up; an entry
+        never replaces itself."""
+        if new == old:
+            return
         ends, start, old_start = self.ends, self.began[new], self.began.get(old)
         if old_start is not None and start < old_start:  # the new fact is the older one
-            later = old
+            later, seen = old, {old, new}
             while (prior := self._latest_before(later)) is not None and start < self.began[prior]:
+                if prior in seen:
+                    prior = None  # a link back into the walk: fit in before ``later``
+                    break
+                seen.add(prior)
                 later = prior
             if prior is not None:
                 ends[prior] = Ending(start, successor=new)
             ends[new] = Ending(self.began[later], successor=later)
             return
-        current = old
+        current, seen = old, {old, new}
         while (ending := ends.get(current)) and ending.successor and ending.at <= start:
+            if ending.successor in seen:
+                break  # a link back into the walk: stop at the last entry not yet seen
+            seen.add(ending.successor)
             current = ending.successor  # ended before the new one began: look at what followed
         ending = ends.get(current)
         if ending is not None and ending.at <= start:

@@ -1050,6 +1050,7 @@ class UserLog(Aggregate):
             if k.valid_until is not None and k.entry_id not in placed
         ]
         changes = _changes(plan, entries, version, said_at, around.began, [*replaced, *heads])
+        entries = plan.in_answer_order(entries)
         self.trigger_event(
             event,
             entries=entries,
@@ -1074,7 +1075,9 @@ class UserLog(Aggregate):
     ) -> _Plan:
         """Decide what each fact does to the valid entries of the version ``around`` was
         made for, repairing what the extractor got slightly wrong (each repair is noted)
-        rather than losing the batch.
+        rather than losing the batch. The facts are decided in the order they were said
+        (:func:`_in_time_order`), not the order the answer lists them in, as batches of one
+        message each would decide them.
 
         A target that is neither a valid entry of the version nor an ended one the batch was
         shown (``known`` with an end) turns the fact into a new entry, so a confused
@@ -1083,7 +1086,10 @@ class UserLog(Aggregate):
         is cut; a new fact that repeats an earlier fact of the answer is merged into it
         (valid from the earlier statement, yet after the value it replaced began) unless
         another fact of the answer ended that one before it was said: it is then that value
-        again, as is a repeat of a known entry said after such an end. A change naming an
+        again, as is a repeat of a known entry said after such an end (unless the answer
+        stated that value again already: it cites that). An update that repeats a new fact
+        said before it, which nothing ended, is that fact's entry, begun at the earlier of
+        the two statements said after the value it replaces began. A change naming an
         earlier fact of the answer (``target_fact``) ends what that fact added or the known
         entry it repeats, and one that repeats an entry of ``known`` not ended when it was
         said (``said_at`` gives the messages' times) is the same as it. A repeat said before
@@ -1103,7 +1109,8 @@ class UserLog(Aggregate):
         new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
         added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
         repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
-        for index, fact in enumerate(facts):
+        for index in _in_time_order(facts, said_at):
+            fact = facts[index]
             if fact.action not in FACT_ACTIONS:
                 raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
             text = storable(fact.text).strip()
@@ -1136,20 +1143,44 @@ class UserLog(Aggregate):
             action = fact.action
             earlier = fact.target_fact
             if earlier is not None:
-                within = added_by.get(earlier)
+                within = added_by.get(earlier) if earlier < index else None
                 ends = action in ("update", "invalidate") and target is None
                 if ends and within is not None:
                     in_answer = ExtractedFact(text, tuple(sources), action)
-                    plan.ended_by(within, _said(sources, said_at), action, said_at)
+                    said = _said(sources, said_at)
+                    same = _same_words(text)
+                    if (
+                        action == "update"
+                        and same == _same_words(plan.added[within].text)
+                        and plan.ended_at(within, said) is None
+                    ):
+                        added_by[index] = within
+                        merged = f"fact {index} changed fact {earlier} to its own value; merged"
+                        notes = [merged, *(f"fact {index}: {n}" for n in notes)]
+                        after = _replaced_start(plan, within, around, said_at)
+                        plan.merge(within, sources, said_at, after, notes, index)
+                        plan.repairs.append(merged)
+                        continue
+                    stated = new_texts.get(same) if action == "update" else None
+                    if stated is not None and plan.adoptable(stated[0], within):
+                        began = plan.start(within, said_at)
+                        if began < plan.start(stated[0], said_at):
+                            added_by[index] = stated[0]
+                            plan.adopt(stated[0], within, began, sources, said_at, index, notes)
+                            plan.ended_by(within, plan.start(stated[0], said_at), action, said_at)
+                            continue
+                        if plan.start(stated[0], said_at) < began:
+                            plan.precede(stated[0], within, began, stated[1])
+                    plan.ended_by(within, said, action, said_at)
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
-                        plan.add(in_answer, within, notes)
+                        plan.add(in_answer, within, notes, index)
                     else:
                         plan.end_within(within, in_answer)
                         plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                     continue
-                if ends and earlier in repeats:
+                if ends and earlier < index and earlier in repeats:
                     target = repeats[earlier]
                     notes.append(
                         f"named fact {earlier} of its answer, which repeats {target}; "
@@ -1178,8 +1209,15 @@ class UserLog(Aggregate):
                 target, action = match[0].entry_id, "same"
                 plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
             if action == "same" and target and (end := plan.ended_at(target, said)):
-                action = _against_ended(target, end[0], action, said, notes, end[1])
-                target = None if action == "new" else target
+                live = new_texts.get(same)
+                if live is not None and plan.ended_at(live[0], said) is None:
+                    notes.append(f"repeats {target}, ended when it was said, as fact {live[1]} did")
+                    action, target = "new", None
+                else:
+                    action = _against_ended(target, end[0], action, said, notes, end[1])
+                    target = None if action == "new" else target
+                    if action == "update" and target is not None:
+                        plan.ended_by(plan.latest(target), said, action, said_at)
             if target in ended:
                 action = _against_ended(
                     target, ended[target][1], action, said, notes, target in around.succeeded
@@ -1212,9 +1250,10 @@ class UserLog(Aggregate):
                 if end[1]:
                     action, target = "update", None
                     notes[-1] += ": that value again, after what replaced it"
+                    plan.ended_by(plan.latest(again[0]), said, action, said_at)
                     new_texts[same] = (len(plan.added), index)
                     added_by[index] = len(plan.added)
-                    plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes)
+                    plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes, index)
                     continue
                 again = None
             repaired = ExtractedFact(text, tuple(sources), action, target)
@@ -1223,21 +1262,37 @@ class UserLog(Aggregate):
                 added_by[index] = added
                 merged = f"fact {index} repeated fact {first}; merged into it"
                 after = _replaced_start(plan, added, around, said_at)
-                plan.merge(
-                    added, sources, said_at, after, [merged, *(f"fact {index}: {n}" for n in notes)]
-                )
+                notes = [merged, *(f"fact {index}: {n}" for n in notes)]
+                plan.merge(added, sources, said_at, after, notes, index)
                 plan.repairs.append(merged)
             elif action == "new":
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
-                plan.add(repaired, None, notes)
+                plan.add(repaired, None, notes, index)
             elif action == "update":
                 assert target is not None
+                known_from = around.began.get(target)
+                stated = new_texts.get(same)
+                if (
+                    stated is not None
+                    and plan.adoptable(stated[0], target)
+                    and target in valid
+                    and known_from is not None
+                    and known_from < said
+                ):
+                    first_said = plan.start(stated[0], said_at)
+                    if known_from < first_said:
+                        added_by[index] = stated[0]
+                        plan.adopt(stated[0], target, known_from, sources, said_at, index, notes)
+                        plan.ended_by(target, first_said, action, said_at)
+                        continue
+                    if first_said < known_from:
+                        plan.precede(stated[0], target, known_from, stated[1])
                 if not around.began_later(target, said):
                     plan.ended_by(target, said, action, said_at)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
-                plan.add(repaired, target, notes)
+                plan.add(repaired, target, notes, index)
             elif action == "invalidate":
                 assert target is not None
                 if not around.began_later(target, said):
@@ -1471,6 +1526,8 @@ class _Plan:
     joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
     repeated: dict[str, list[str]] = field(default_factory=dict)
+    cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
+    followed: dict[str | int, int] = field(default_factory=dict)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
         """When the entry added at ``place`` begins (its first statement)."""
@@ -1528,37 +1585,112 @@ class _Plan:
         self.steps.append(("invalidate", len(self.invalidated)))
         self.invalidated.append((target, fact))
 
-    def add(self, fact: ExtractedFact, replaces: str | int | None, notes: list[str]) -> None:
+    def add(
+        self, fact: ExtractedFact, replaces: str | int | None, notes: list[str], index: int
+    ) -> None:
+        """Add an entry for ``fact``, fact ``index`` of the answer, replacing ``replaces``."""
         if replaces is not None:
             self.steps.append(("replace", len(self.added)))
+            self.followed[self.latest(replaces)] = len(self.added)
         self.added.append(fact)
         self.said_by.append(fact.source_message_ids)
         self.replaces.append(replaces)
         self.notes.append(notes)
+        self.cited.append({index: fact.source_message_ids})
+
+    def in_answer_order(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``entries`` (one for each added fact) in the order the answer first listed
+        them, though the plan folds the facts in the order they were said."""
+        places = sorted(range(len(entries)), key=lambda place: min(self.cited[place]))
+        return [entries[place] for place in places]
+
+    def _cite(self, place: int, index: int, sources: list[str]) -> None:
+        """Have the entry at ``place`` cite ``sources`` too (fact ``index`` said it),
+        its citations in the order the answer listed its facts."""
+        cited = self.cited[place]
+        cited[index] = (*cited.get(index, ()), *sources)
+        ids = dict.fromkeys(m for each in sorted(cited) for m in cited[each])
+        fact = self.added[place]
+        self.added[place] = ExtractedFact(fact.text, tuple(ids), fact.action, fact.target_entry_id)
+
+    def latest(self, value: str | int) -> str | int:
+        """The last value of the plan's chain through ``value`` (a known entry, or an
+        added entry's place): the entry that followed it, and so on; ``value`` if none."""
+        seen = {value}
+        while (following := self.followed.get(value)) is not None and following not in seen:
+            seen.add(following)
+            value = following
+        return value
+
+    def adoptable(self, place: int, named: str | int) -> bool:
+        """Whether the entry added at ``place`` may be the first statement of an update
+        of ``named`` said after it, or the value before ``named``: it is not ``named``,
+        and no link of the plan touches it (it replaces nothing, nothing follows it,
+        nothing ended it), so linking it to ``named`` cannot close a cycle."""
+        return (
+            place != named
+            and self.replaces[place] is None
+            and place not in self.followed
+            and place not in self.ends
+        )
+
+    def precede(self, place: int, follower: str | int, began: datetime, index: int) -> None:
+        """Have the entry added at ``place`` (fact ``index`` of the answer), said before
+        ``follower`` began at ``began``, be the value ``follower`` replaced: it keeps its
+        start and ends at ``began``, as a backdated fact would (see :class:`Timeline`)."""
+        self.steps.append(("replace", place))
+        self.replaces[place] = follower
+        self.ends[place] = (began, True)
+        self.repairs.append(
+            f"fact {index} is the value before {follower}, which a change to it named"
+        )
+
+    def adopt(
+        self,
+        place: int,
+        replaces: str | int,
+        after: datetime,
+        sources: list[str],
+        said_at: dict[str, datetime],
+        index: int,
+        notes: list[str],
+    ) -> None:
+        """Have the entry added at ``place`` be fact ``index`` of the answer, a change
+        of ``replaces`` (which began at ``after``) to it, said by ``sources``: one value,
+        as the repeat would be in a later batch. It keeps its start, which the caller
+        sees is after ``after``: a value said before the one it replaces precedes it
+        instead (:meth:`precede`)."""
+        merged = f"fact {index} changed to this value, said before; merged into it"
+        self.steps.append(("replace", place))
+        self.replaces[place] = replaces
+        self.followed[self.latest(replaces)] = place
+        notes = [merged, *(f"fact {index}: {n}" for n in notes)]
+        self.merge(place, sources, said_at, after, notes, index)
+        self.repairs.append(merged)
 
     def merge(
         self,
-        index: int,
+        place: int,
         sources: list[str],
         said_at: dict[str, datetime],
         after: datetime | None,
         notes: list[str],
+        index: int,
     ) -> None:
-        """Have added fact ``index`` cite ``sources`` too (a repeat of it was merged), its
-        entry noting the merge in ``notes``: it is valid from when it was first stated,
-        which is when ``sources`` said it if they were sent earlier (``said_at``), as it
-        would be had the repeat come in a later batch. An entry that replaces another
-        begins earlier only while it stays ``after`` the start of the value it replaced
-        (``None``: it keeps its start), so a repeat cannot put it before that value."""
-        fact = self.added[index]
-        cited = tuple(dict.fromkeys([*fact.source_message_ids, *sources]))
-        self.added[index] = ExtractedFact(fact.text, cited, fact.action, fact.target_entry_id)
-        self.notes[index] = [*self.notes[index], *notes]
+        """Have the entry added at ``place`` cite ``sources`` too (fact ``index`` of the
+        answer, a repeat of it, was merged), noting the merge in ``notes``: it is valid
+        from when it was first stated, which is when ``sources`` said it if they were sent
+        earlier (``said_at``), as it would be had the repeat come in a later batch. An
+        entry that replaces another begins earlier only while it stays ``after`` the start
+        of the value it replaced (``None``: it keeps its start), so a repeat cannot put it
+        before that value."""
+        self._cite(place, index, sources)
+        self.notes[place] = [*self.notes[place], *notes]
         said = _said(sources, said_at)
-        if self.replaces[index] is not None and (after is None or said <= after):
+        if self.replaces[place] is not None and (after is None or said <= after):
             return
-        if said < self.start(index, said_at):
-            self.said_by[index] = tuple(sources)
+        if said < self.start(place, said_at):
+            self.said_by[place] = tuple(sources)
 
 
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
@@ -1646,6 +1778,24 @@ def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> N
             raise InvalidInputError(
                 f"the repeat of entry {entry_id!r} names {outside[0]!r}, a message not of its batch"
             )
+
+
+def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime]) -> list[int]:
+    """The places of ``facts`` in the order they were said (``said_at``, in the batch's
+    order: messages sent at once in the order they were written), a change never before
+    the earlier fact of the answer it names, and in the answer's order when they cite the
+    same message: the batch is folded as batches of one message each would be, whatever
+    order the answer lists its facts in."""
+    said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
+    unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
+    keys: list[tuple[datetime, int]] = []
+    for index, fact in enumerate(facts):
+        key = max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
+        earlier = fact.target_fact
+        if earlier is not None and 0 <= earlier < index:
+            key = max(key, keys[earlier])
+        keys.append(key)
+    return sorted(range(len(facts)), key=keys.__getitem__)
 
 
 def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:

@@ -4,10 +4,14 @@ advises; the log decides."""
 
 from __future__ import annotations
 
+import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events import (
     BatchMessage,
@@ -19,6 +23,7 @@ from events import (
 from events.checks import MAX_FACT_CHARS
 from events.extraction import FactAction
 from events.user_log import LIVE_KNOWLEDGE, UserLog
+from tests.support.garbage_answers import entries_of, garbage_answer, garbage_times
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -592,8 +597,9 @@ def test_a_repeat_in_one_answer_said_earlier_moves_the_entry_to_the_earlier_time
 
 
 def test_a_change_repeated_in_one_answer_before_it_was_said_still_begins_when_said() -> None:
-    """Only an entry that replaces nothing moves to an earlier repeat: "Bergen" said
-    before the move from Oslo cannot put Bergen before Oslo, leaving Oslo current."""
+    """ "Bergen" said before Oslo began cannot put the move from Oslo before Oslo,
+    leaving Oslo current: the move begins when said, and that earlier "Bergen" is a value
+    before Oslo, which Oslo replaced (it keeps its start)."""
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I live in Oslo", "I moved to Bergen", "Bergen, yes")
     facts = [
@@ -602,9 +608,16 @@ def test_a_change_repeated_in_one_answer_before_it_was_said_still_begins_when_sa
         ExtractedFact("User lives in Bergen.", (ids[2],)),
     ]
     said = [*_said(ids[:1], 1), *_said(ids[1:2], 5), *_said(ids[2:], 0)]
-    _, bergen = log.record_knowledge("t1", facts, "x", batch=said)
+    _, bergen, before_oslo = log.record_knowledge("t1", facts, "x", batch=said)
     assert bergen["valid_from"] == (T0 + timedelta(days=5)).isoformat()
     assert _known(log) == [bergen["entry_id"]]
+    assert before_oslo["source_message_ids"] == ids[2:]
+    day = timedelta(days=1)
+    assert _history(log) == [
+        (BERGEN, T0, T0 + day),
+        (OSLO, T0 + day, T0 + 5 * day),
+        (BERGEN, T0 + 5 * day, None),
+    ]
 
 
 def _imported_under(newer: str, day: int, *older: str) -> tuple[UserLog, str, list[str]]:
@@ -1081,3 +1094,294 @@ _OSLO_THEN_BERGEN_ON_DAY_5 = [
     (BERGEN, T0 + timedelta(days=5), None),
 ]
 """The history of a user known in Oslo from day 1 who moved to Bergen on day 5."""
+
+
+BERLIN = "User lives in Berlin."
+_MAY, _JUNE, _AUGUST = 5, 6, 8
+
+
+@pytest.mark.parametrize(
+    "listed", [["may", "june", "august"], ["may", "august", "june"], ["august", "may", "june"]]
+)
+def test_a_change_between_two_statements_of_a_fact_in_one_batch_ends_only_the_earlier(
+    listed: list[str],
+) -> None:
+    """ "I live in Bergen" in May, "I moved to Berlin" in June and "Back in Bergen" in
+    August, in one batch, the answer listing them in any order (the move naming May's
+    fact): one home at a time, Bergen again from August, as when each message is its own
+    batch."""
+    facts = {
+        "may": ExtractedFact(BERGEN, ("0",)),
+        "june": ExtractedFact(BERLIN, ("1",), "update", target_fact=listed.index("may")),
+        "august": ExtractedFact(BERGEN, ("2",)),
+    }
+    log = UserLog.register("ann")
+    _process(log, "t1", [_MAY, _JUNE, _AUGUST], [facts[said] for said in listed], [])
+
+    assert _history(log) == [
+        (BERGEN, T0 + timedelta(days=_MAY), T0 + timedelta(days=_JUNE)),
+        (BERLIN, T0 + timedelta(days=_JUNE), T0 + timedelta(days=_AUGUST)),
+        (BERGEN, T0 + timedelta(days=_AUGUST), None),
+    ]
+
+
+_GONE = "User does not live there any more."
+"""A statement taking the home back ("I don't live in Bergen any more")."""
+
+
+def _story(rng: random.Random) -> tuple[list[str], list[int], bool]:
+    """A random batch of statements of one fact, the home: what each message says (a
+    home, or :data:`_GONE`), the day each was sent (some on the same day), and whether
+    Oslo was known from day 1 before it."""
+    homes = [rng.choice((OSLO, BERGEN) if rng.random() < 0.6 else (OSLO, BERGEN, BERLIN))]
+    for _ in range(rng.randint(1, 6)):
+        gone = homes[-1] != _GONE and rng.random() < 0.1
+        homes.append(_GONE if gone else rng.choice((OSLO, BERGEN, BERLIN)))
+    if rng.random() < 0.2:
+        days = sorted(rng.randint(2, 6) for _ in homes)
+    else:
+        days = list(range(2, len(homes) + 2))
+    return homes, days, rng.random() < 0.4
+
+
+def _answer(rng: random.Random, homes: list[str], known: str | None) -> list[ExtractedFact]:
+    """An answer stating ``homes`` (a fact per message, citing it by its place), listed
+    in a random order in which a change comes after a statement of the value it ends,
+    which it names: a repeat is new (or the same as the ``known`` Oslo entry), a change
+    an update (or invalidation) of the value before, a return to a value said earlier
+    sometimes a repeat of it, a value after one taken back new."""
+    before = [OSLO if known else None, *homes[:-1]]
+    changes = [b not in (None, _GONE, home) for b, home in zip(before, homes, strict=True)]
+    new_value = (b != home for b, home in zip(before, homes, strict=True))
+    values = [*itertools.accumulate(new_value, initial=0 if known else -1)][1:]
+    """For each message, the value (a run of equal statements) it states: the known one 0."""
+    listed: list[int] = []
+    left = list(range(len(homes)))
+    while left:
+        ready = [
+            i
+            for i in left
+            if not changes[i]
+            or (values[i] == 1 and known)
+            or any(values[j] == values[i] - 1 for j in listed)
+        ]
+        listed.append(rng.choice(ready))
+        left.remove(listed[-1])
+    answer: list[ExtractedFact] = []
+    for i in listed:
+        home, cites = homes[i], (str(i),)
+        ended = [p for p, j in enumerate(listed[: len(answer)]) if values[j] == values[i] - 1]
+        said_before = home in homes[:i] and _GONE not in homes[:i]
+        if not changes[i] or (said_before and rng.random() < 0.3):
+            same = values[i] == 0 and known and rng.random() < 0.7
+            answer.append(
+                ExtractedFact(home, cites, "same", known) if same else ExtractedFact(home, cites)
+            )
+        else:
+            action: FactAction = "invalidate" if home == _GONE else "update"
+            if values[i] == 1 and known:
+                answer.append(ExtractedFact(home, cites, action, known))
+            else:
+                answer.append(ExtractedFact(home, cites, action, target_fact=rng.choice(ended)))
+    return answer
+
+
+def _broken(seed: int) -> set[str]:
+    """The rules that one batch of :func:`_story` (``seed``), answered as by
+    :func:`_answer`, breaks in the history of the home."""
+    rng = random.Random(seed)
+    homes, days, knows_oslo = _story(rng)
+    log = UserLog.register("ann")
+    known: list[KnownEntry] = []
+    oslo = None
+    if knows_oslo:
+        oslo, shown = _lives_in_oslo(log)
+        known = [shown]
+    _process(log, "t2", days, _answer(rng, homes, oslo), known)
+    history = sorted(_history(log), key=lambda h: (h[1], h[2] or datetime.max.replace(tzinfo=UTC)))
+    starts = [(OSLO, T0 + timedelta(days=1))] if knows_oslo else []
+    for i, home in enumerate(homes):
+        if not starts or home != starts[-1][0]:
+            starts.append((home, T0 + timedelta(days=days[i])))
+    said = [
+        (home, at, starts[k + 1][1] if k + 1 < len(starts) else None)
+        for k, (home, at) in enumerate(starts)
+        if home != _GONE
+    ]
+    broken = set()
+    if any(a[2] is None or a[2] > b[1] for a, b in itertools.pairwise(history)):
+        broken.add("two values at once")
+    if sum(h[2] is None for h in history) > 1:
+        broken.add("more than one current value")
+    if any((h[0], h[1]) not in starts for h in history):
+        broken.add("a value not begun at the statement that said it")
+    if sorted(history, key=str) != sorted(said, key=str):
+        broken.add("not the history of the statements in time order")
+    return broken
+
+
+def test_one_batch_keeps_one_value_of_a_fact_at_a_time_whatever_order_its_answer_lists() -> None:
+    """A fuzzer: random statements of one fact in one batch (changes, repeats, returns to
+    an earlier value, take-backs, messages sent at once, a known value before them),
+    answered in any order an extractor may list them. The history holds one value at a
+    time, each begun at the statement that said it, and is the one the statements give
+    in time order: a repeat is a citation, not a value of its own."""
+    first_broken: dict[str, int] = {}
+    for seed in range(300):
+        for rule in _broken(seed):
+            first_broken.setdefault(rule, seed)
+    assert first_broken == {}, "each rule broken, with the first seed that breaks it"
+
+
+def _successors(history: list[Any]) -> dict[str, str | None]:
+    """Each entry of ``history`` with the last entry recorded as replacing it, if any."""
+    successor: dict[str, str | None] = {}
+    for event in history:
+        if isinstance(event, UserLog.KnowledgeExtracted):
+            successor.update((e["entry_id"], None) for e in event.entries)
+        elif isinstance(event, UserLog.KnowledgeSuperseded | UserLog.KnowledgeEndMoved):
+            successor[event.entry_id] = event.superseded_by
+    return successor
+
+
+def _chains(successor: dict[str, str | None]) -> dict[str, str]:
+    """Each entry with the first entry of its chain: the entries linked by ``successor``
+    (a chain is the values of one fact)."""
+    linked = {entry: {entry} for entry in successor}
+    for entry, after in successor.items():
+        if after is not None and linked[entry] is not linked[after]:
+            merged = linked[entry] | linked[after]
+            for each in merged:
+                linked[each] = merged
+    return {entry: min(chain) for entry, chain in linked.items()}
+
+
+def _record_garbage(log: UserLog, rng: random.Random, task_id: str, history: list[Any]) -> None:
+    """Record one garbage answer (:func:`garbage_answer`) for a new batch of ``log``,
+    shown the entries ``history`` recorded, then check what an answer may never do: leave
+    a chain with two current values, drop an entry, or drop a fact that states something
+    (each is an entry, or cites one of the batch or of those shown, by its words)."""
+    ids = _batch(log, task_id, *["m"] * rng.randint(1, 4))
+    recorded = entries_of(history)
+    known = [k for k in recorded.values() if k.entry_id in _known(log) or rng.random() < 0.3]
+    facts = garbage_answer(rng, ids, known)
+    new = log.record_knowledge(task_id, facts, "x", batch=garbage_times(rng, ids), known=known)
+    history += log.collect_events()
+    current = _known(log)
+    assert set(recorded) | {e["entry_id"] for e in new} == set(entries_of(history))
+    successor = _successors(history)
+    chains = _chains(successor)
+    assert len({chains[e] for e in current}) == len(current), "a chain with two current values"
+    ended = {e.entry_id for e in history if hasattr(e, "valid_until") and hasattr(e, "entry_id")}
+    assert set(chains) == set(current) | ended, "an entry neither current nor ended"
+    for entry in successor:
+        seen = {entry}
+        while (entry := successor[entry]) is not None:  # type: ignore[assignment]
+            assert entry not in seen, "a chain that replaces itself, with no last value"
+            seen.add(entry)
+    stated = {_words(e.text) for e in known} | {_words(e["text"]) for e in new}
+    for fact in facts:
+        if fact.action in ("new", "update") and fact.text.strip("\u200b "):
+            assert _words(fact.text) in stated, f"fact {fact.text[:20]!r} was lost"
+
+
+def _words(text: str) -> str:
+    return " ".join(text.casefold().split())[:200]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(rng=st.randoms(use_true_random=False), batches=st.integers(1, 4))
+def test_any_answer_is_recorded_keeping_one_current_value_a_chain_and_every_entry(
+    rng: random.Random, batches: int
+) -> None:
+    """A fuzzer of answers no extractor should give (updates naming unknown entries,
+    their own fact, their own text, each other in cycles; duplicates, empty texts,
+    citations outside the batch, messages sent at once or in reverse), batch after batch
+    of one log: each is recorded and returns, and no chain of values ends up with two
+    current ones, no entry is lost and no fact that states something."""
+    log = UserLog.register("ann")
+    history: list[Any] = log.collect_events()
+    for task in range(batches):
+        _record_garbage(log, rng, f"t{task}", history)
+
+
+def _one_batch(days: list[int], facts: list[ExtractedFact]) -> UserLog:
+    """Ann's log after one batch of messages sent on ``days`` (``m0``, ``m1``, ... in
+    the facts' citations stand for them), answered with ``facts``."""
+    log = UserLog.register("ann")
+    ids = _batch(log, "t1", *(f"day {day}" for day in days))
+    said = [
+        BatchMessage(m, "user", "", T0 + timedelta(days=d)) for m, d in zip(ids, days, strict=True)
+    ]
+    cited = {f"m{place}": m for place, m in enumerate(ids)}
+    log.record_knowledge(
+        "t1",
+        [
+            ExtractedFact(
+                f.text,
+                tuple(cited[m] for m in f.source_message_ids),
+                f.action,
+                f.target_entry_id,
+                f.target_fact,
+            )
+            for f in facts
+        ],
+        "x",
+        batch=said,
+    )
+    return log
+
+
+def _days(*history: tuple[str, int, int | None]) -> list[tuple[str, datetime, datetime | None]]:
+    return [
+        (text, T0 + timedelta(days=start), None if end is None else T0 + timedelta(days=end))
+        for text, start, end in history
+    ]
+
+
+def test_an_update_to_the_very_value_of_the_fact_it_names_is_a_repeat_of_that_fact() -> None:
+    """ "Oslo" on day 2, then "Oslo" listed as a change of that fact on day 6: one value,
+    current from day 2 and citing both, not one that ends itself and leaves none."""
+    log = _one_batch([2, 6], [ExtractedFact(OSLO, ("m0",)), _update(OSLO, "m1", 0)])
+    assert _history(log) == _days((OSLO, 2, None))
+
+
+def test_a_change_of_an_update_to_its_own_value_ends_that_value_and_returns() -> None:
+    """The same, then a move to Bergen naming the repeat: Oslo ends at the move."""
+    log = _one_batch(
+        [2, 6],
+        [ExtractedFact(OSLO, ("m0",)), _update(OSLO, "m1", 0), _update(BERGEN, "m1", 1)],
+    )
+    assert _history(log) == _days((OSLO, 2, 6), (BERGEN, 6, None))
+
+
+def test_a_value_said_before_the_one_a_change_names_keeps_its_start() -> None:
+    """Bergen on day 1, Oslo (listed new) on day 2, back to Bergen on day 3 naming Oslo:
+    the first Bergen is the value Oslo replaced, from day 1, not a start moved to day 3."""
+    log = _one_batch(
+        [1, 2, 3],
+        [ExtractedFact(BERGEN, ("m0",)), ExtractedFact(OSLO, ("m1",)), _update(BERGEN, "m2", 1)],
+    )
+    assert _history(log) == _days((BERGEN, 1, 2), (OSLO, 2, 3), (BERGEN, 3, None))
+
+
+def test_changes_naming_each_other_back_to_the_first_value_return_with_one_current() -> None:
+    """Bergen on day 5, Oslo on day 3 naming it (the older one), Bergen again on day 7
+    naming Oslo, Berlin that day naming that: the links could close a loop; they are
+    placed once each, and only Berlin holds at the end."""
+    log = _one_batch(
+        [5, 3, 7],
+        [
+            ExtractedFact(BERGEN, ("m0",)),
+            _update(OSLO, "m1", 0),
+            _update(BERGEN, "m2", 1),
+            _update("User lives in Berlin.", "m2", 2),
+        ],
+    )
+    history = _history(log)
+    assert [h for h in history if h[2] is None] == _days(("User lives in Berlin.", 7, None))
+    assert history[:2] == _days((OSLO, 3, 5), (BERGEN, 5, 7))
+
+
+def _update(text: str, message: str, named: int) -> ExtractedFact:
+    return ExtractedFact(text, (message,), "update", target_fact=named)

@@ -5,6 +5,7 @@ every kind of event."""
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from events import (
     TokenUsage,
     UserLog,
 )
+from tests.support.garbage_answers import entries_of, garbage_answer, garbage_times
 
 __all__ = ["EVERY_OPERATION", "LIMITS", "LogDriver"]
 
@@ -55,6 +57,8 @@ class LogDriver:
         self.history: list[Any] = [*self.log.pending_events]
         self.messages: list[str] = []
         self.tasks = 0
+        self.answers: random.Random | None = None
+        """Draws the answers of the ``garbage`` operation (which does nothing without it)."""
 
     def perform(self, op: str) -> None:
         """Apply one operation; one that does not apply now (no open task) does nothing.
@@ -94,6 +98,8 @@ class LogDriver:
                     blamed=op == "blamed",
                     limits=LIMITS,
                 )
+        elif op == "garbage" and log.open_tasks and self.answers is not None:
+            self._answer_garbage(next(iter(log.open_tasks)), self.answers)
         elif op == "requeue":
             log.requeue()
         elif op == "crash":
@@ -169,6 +175,21 @@ class LogDriver:
             limits=LIMITS,
             known=[KnownEntry(current, "", began[current])],
             replaced=replaced,
+        )
+
+    def _answer_garbage(self, task: str, answers: random.Random) -> None:
+        """Record the task's batch with an answer drawn from ``answers`` (see
+        :func:`garbage_answer`), shown the live entries."""
+        batch = list(self.log.open_tasks[task])
+        live = self.log.valid_entries
+        shown = [k for k in entries_of(self.history).values() if live.get(k.entry_id) == "live"]
+        self.log.record_knowledge(
+            task,
+            garbage_answer(answers, batch, shown),
+            "property",
+            batch=garbage_times(answers, batch),
+            limits=LIMITS,
+            known=shown,
         )
 
     def _take_back_earlier(self, task: str) -> None:
