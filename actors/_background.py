@@ -62,7 +62,8 @@ class UserWorker:
     handled in a few jobs. A user whose job failed is worked on again ``retry_delay``
     seconds later, doubling while its jobs keep failing, up to ``retry_max`` (a
     :class:`UserBackoff`, with its jitter).
-    ``name`` names the thread (``memvee-<name>``) and the work in logs.
+    ``name`` names the thread (``memvee-<name>``) and the work in logs; ``named`` says
+    whom a job was for in them (a key that is no user id says what it stands for).
     """
 
     def __init__(
@@ -73,9 +74,11 @@ class UserWorker:
         delay: float = 0.2,
         retry_delay: float = 1.0,
         retry_max: float = 60.0,
+        named: Callable[[str], str] = lambda user_id: f"user {user_id!r}",
     ) -> None:
         self._work = work
         self.name = name
+        self._named = named
         self._delay = delay
         self._backoff = UserBackoff(base=retry_delay, cap=retry_max)
         self._later: dict[str, float] = {}  # users whose job failed, and when to retry
@@ -162,8 +165,8 @@ class UserWorker:
     def _failed(self, user_id: str) -> None:
         delay = self._backoff.failed(user_id)
         log.warning(
-            "user %r: %s in the background failed; trying again in %.1f s",
-            user_id,
+            "%s: %s in the background failed; trying again in %.1f s",
+            self._named(user_id),
             self.name,
             delay,
             exc_info=True,

@@ -34,6 +34,11 @@ EARLIER = ""
 process whose rewrite did not finish (no user id is empty)."""
 
 
+def _erased(user_id: str) -> str:
+    """Whose erasure ``user_id`` stands for, in a log line."""
+    return "the erasures of an earlier process" if user_id == EARLIER else f"user {user_id!r}"
+
+
 def scrub_files(store: EventStore, wait_ms: int, erasure: int | None = None) -> None:
     """Leave none of the erased rows' bytes in the SQLite files: rewrite the file unless
     a rewrite that succeeded covered ``erasure`` (:meth:`EventStore.owed_rewrite`; every
@@ -110,7 +115,12 @@ class TraceScrubber:
             if self._worker is None:
                 delay, cap = self._retry
                 self._worker = UserWorker(
-                    self._scrub, name="scrubbing", delay=0, retry_delay=delay, retry_max=cap
+                    self._scrub,
+                    name="scrubbing",
+                    delay=0,
+                    retry_delay=delay,
+                    retry_max=cap,
+                    named=_erased,
                 )
             worker = self._worker
         worker.touch(user_id)
