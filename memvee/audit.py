@@ -1398,14 +1398,24 @@ class Audit:
 
     def users(self, *, after: str = "", limit: int = 100) -> list[UserSummary]:
         """A page of at most ``limit`` users (1 to :data:`MAX_USERS_PAGE`), in user-id
-        order, after user id ``after``."""
+        order, after user id ``after``. A user whose row holds a time outside years 1 to
+        9999 in UTC (a log an older memvee imported) is left out, named in a warning."""
         check_key(after, "after")
         if check_count(limit, "limit") > MAX_USERS_PAGE:
             raise InvalidInputError(
                 f"limit must be at most {MAX_USERS_PAGE:,} users a page, not {limit}"
             )
         with self.store.engine.connect() as connection:
-            return self._reader.users(connection, after=after, limit=limit)
+            page = self._reader.users(connection, after=after, limit=limit)
+        for user_id, log_id in page.out_of_range.items():
+            log.warning(
+                "user %r is not listed: the log %s holds a time outside years 1 to 9999 in "
+                "UTC (an older memvee imported it); `memvee verify` lists the log, and "
+                "forgetting the user erases it",
+                user_id,
+                log_id,
+            )
+        return page.listed
 
     def stats(self) -> dict[str, int]:
         """Totals across the database: events, users, messages, knowledge, tasks by status."""

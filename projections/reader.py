@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.types import NullType
 
 from events import KnownEntry, ReplacedEntry, user_log_id
 from events.transcoding import from_micros
@@ -554,17 +555,36 @@ class ProjectionReader:
         ).mappings()
         return [task_from_row(r["user_id"], r) for r in rows]
 
-    def users(
-        self, connection: Connection, *, after: str = "", limit: int = 100
-    ) -> list[UserSummary]:
-        """A page of users in user-id order (code point order, on both backends), starting
-        after ``after``."""
+    def users(self, connection: Connection, *, after: str = "", limit: int = 100) -> UsersPage:
+        """A page of at most ``limit`` users in user-id order (code point order, on both
+        backends), starting after ``after``. A row whose time has no datetime (outside years
+        1 to 9999 in UTC: folded from a log an older memvee imported) is left out of the
+        page and named in it, so one such log hides nobody else."""
         u = self.tables.users
         user_id = in_code_point_order(u.c.user_id, connection.dialect.name)
-        rows = connection.execute(
-            select(u).where(user_id > after).order_by(user_id).limit(limit)
-        ).mappings()
-        return [_summary(r) for r in rows]
+        raw_time = type_coerce(u.c.updated_at, NullType()).label("updated_at")
+        columns = [c for c in u.c if c.name not in ("created_at", "updated_at")]
+        page = UsersPage([], {})
+        while (wanted := limit - len(page.listed)) > 0:
+            rows = (
+                connection.execute(
+                    select(*columns, raw_time)
+                    .where(user_id > after)
+                    .order_by(user_id)
+                    .limit(wanted)
+                )
+                .mappings()
+                .all()
+            )
+            for r in rows:
+                try:
+                    page.listed.append(_summary(r))
+                except (OverflowError, ValueError):
+                    page.out_of_range[r["user_id"]] = r["log_id"]
+            if len(rows) < wanted:
+                break
+            after = rows[-1]["user_id"]
+        return page
 
     def totals(self, connection: Connection) -> dict[str, int]:
         """Counts across every user: users, messages, buffered, knowledge, tasks by status."""
@@ -731,6 +751,14 @@ def task_from_row(user_id: str, r: Any) -> TaskRecord:
         finished_at=_maybe_aware(r["finished_at"]),
         batches=r["batches"],
     )
+
+
+class UsersPage(NamedTuple):
+    """A page of users, and the users left out of it because a time of their row has no
+    datetime (user id to log id)."""
+
+    listed: list[UserSummary]
+    out_of_range: dict[str, str]
 
 
 def _summary(r: Any) -> UserSummary:

@@ -21,7 +21,7 @@ import memvee
 import memvee.cli
 import memvee.extractors._default
 from actors.database_claim import VERIFY, claim_alone
-from events import EventStore, UserLog, sqlite_url
+from events import EventStore, UserLog, sqlite_url, user_log_id
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee.audit import Audit
 from memvee.cli import app
@@ -1639,3 +1639,32 @@ def test_an_event_type_only_a_newer_memvee_knows_stops_that_users_log_alone_and_
             (log_id,),
         ).fetchone()
     assert last == "MessageEdited"
+
+
+def test_users_lists_everyone_else_and_names_a_log_holding_a_time_outside_years_1_to_9999(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older memvee imported alice's log opened at 9999-12-31T23:59:59-14:00 (10000 in
+    UTC) and folded it; ``users`` then crashed with a traceback for everyone."""
+    alice = user_log_id("alice")
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "INSERT INTO memvee_events (originator_id, originator_version, topic, state) "
+            "VALUES (?, 1, 'Registered', ?)",
+            (
+                alice.bytes,
+                b'{"timestamp":{"_type_":"utc_us","_data_":"9999-12-31T23:59:59-14:00"},'
+                b'"originator_topic":"events.user_log:UserLog","user_id":"alice"}',
+            ),
+        )
+    run("stats", "--db", db)  # folds it, as the older memvee did
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    listed = run("users", "--db", db).output
+    assert "ann" in listed and "bob" in listed and "alice" not in listed
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "'alice'" in warned[0] and str(alice) in warned[0]
+    assert "outside years 1 to 9999" in warned[0] and "memvee verify" in warned[0]
+    first = json.loads(run("users", "--limit", "1", "--json", "--db", db).stdout)
+    assert [u["user_id"] for u in first] == ["ann"]
+    assert "events" in run("verify", "--db", db, code=1).output
