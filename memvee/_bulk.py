@@ -262,8 +262,8 @@ class BulkReextraction:
         planned: list[_Planned] = []
         for user_id in user_ids:
             pending = self._claim(user_id)
-            if pending is None:
-                log.warning(
+            if pending is None:  # the report names it; its reader says so once
+                log.info(
                     "user %r is being re-extracted into %r by another run; nothing new "
                     "submitted for it",
                     user_id,
@@ -464,7 +464,7 @@ class BulkReextraction:
         """Report each user whose claim another run took over (``report.claimed``)."""
         for user_id in sorted(self.claimed_by[c] for c in self.lost):
             if user_id not in report.claimed:
-                log.warning(
+                log.info(
                     "user %r was taken over by another run while this one was stopped; "
                     "nothing more submitted for it",
                     user_id,

@@ -641,6 +641,20 @@ def test_promoting_users_another_run_holds_is_refused_after_their_kept_requests_
         }
 
 
+def test_the_command_line_tells_once_of_a_user_another_run_holds(
+    db: str, server: MessagesAPIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run's warning and the command's ``claimed:`` line both told it, on stderr."""
+    with Audit(db_url=db) as audit:
+        _claimed(audit, "ann", ANOTHER_HOST, datetime.now(UTC))
+    caplog.set_level(logging.WARNING)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    told = [" ".join(result.output.split()), *(r.getMessage() for r in caplog.records)]
+    assert sum(line.count("by another run") for line in told) == 1, told
+
+
 def _forget_bob_before_his_answers(patch: pytest.MonkeyPatch, *, afresh: bool) -> None:
     """bob is forgotten between the submit and the collect (and, ``afresh``, writes
     again): just before the first of his answers is recorded."""
