@@ -79,21 +79,33 @@ class DaemonThreads:
         self._queued = 0  # jobs given and not yet taken by a thread
 
     def submit(self, job: Callable[[], object], dropped: Callable[[], object] = _nothing) -> bool:
-        """Run ``job`` on a free thread; ``False``: the threads are stopped, it never runs.
-        A job still waiting when they stop calls ``dropped`` instead."""
+        """Run ``job`` on a free thread. A job that never runs calls ``dropped`` instead:
+        one still waiting when the threads stop, and one given once they stopped or when
+        no thread runs and none can be started (logged), for which this returns ``False``."""
         with self._lock:
-            if self._stopped:
-                return False
-            if self._queued >= self._free and len(self._threads) < self._count:
-                thread = threading.Thread(
-                    target=self._run, name=f"memvee-{self._name}_{len(self._threads)}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
-                self._free += 1
-            self._queued += 1
-            self._jobs.put(_Job(job, dropped))
+            taken = not self._stopped and self._thread_for_job()
+            if taken:
+                self._queued += 1
+                self._jobs.put(_Job(job, dropped))
+        if not taken:
+            self._call(dropped)
+        return taken
+
+    def _thread_for_job(self) -> bool:
+        """Start a thread if a job given now finds none free and fewer than ``count`` run
+        (lock held); whether any thread will take the job."""
+        if self._queued < self._free or len(self._threads) >= self._count:
             return True
+        name = f"memvee-{self._name}_{len(self._threads)}"
+        thread = threading.Thread(target=self._run, name=name, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as error:  # the process may start no more threads
+            log.warning("thread %s could not be started: %s", name, error)
+            return bool(self._threads)
+        self._threads.append(thread)
+        self._free += 1
+        return True
 
     def stop(self, wait: float = 0.0) -> None:
         """Drop the jobs that wait (each calls its ``dropped``) and end each thread once its

@@ -351,8 +351,7 @@ class Engine:
         def _stopped() -> None:
             once(StorageError(STOPPING_READ))
 
-        if not self._shown_threads.submit(_job, dropped=_stopped):
-            _stopped()
+        self._shown_threads.submit(_job, dropped=_stopped)
 
     def _connect_aside(self) -> Connection:
         """A connection for a read on a shown thread, refused once the engine stops: a
@@ -382,7 +381,6 @@ class Engine:
             once(None)
 
         if not self._meaning_threads.submit(_job, dropped=_stopped):
-            _stopped()
             return
         self.timers.call_later(
             self.options.batch_embed_seconds, lambda: self._embed_late(user_id, once)

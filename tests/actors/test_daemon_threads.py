@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from actors._daemon_threads import DaemonThreads
 
 
@@ -55,3 +57,26 @@ def test_a_job_still_waiting_when_the_threads_stop_calls_its_dropped_instead() -
         release.set()
     threads.stop(wait=10)
     assert dropped.is_set() and not ran.is_set()
+
+
+def test_a_job_given_once_the_threads_stopped_calls_its_dropped() -> None:
+    """Its caller had to remember to call it on ``False``, or its batch waited for ever."""
+    threads = DaemonThreads(1, name="test")
+    threads.stop()
+    ran, dropped = threading.Event(), threading.Event()
+    assert not threads.submit(ran.set, dropped=dropped.set)
+    assert dropped.is_set() and not ran.is_set()
+
+
+def test_a_job_no_thread_can_be_started_for_calls_its_dropped_and_the_failure_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    threads = DaemonThreads(1, name="test")
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    dropped = threading.Event()
+    assert not threads.submit(lambda: None, dropped=dropped.set)
+    assert dropped.is_set()
+    assert any("memvee-test" in m and "can't start" in m for m in caplog.messages)
