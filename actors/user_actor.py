@@ -821,10 +821,7 @@ class UserActor(PooledActor):
         if isinstance(shown, StorageError):
             self._unread(task_id, shown)
             return
-        self._batch_messages = messages
-        self._batch_known, self._batch_replaced = shown
-        batch = ExtractionBatch(self.user_id, task_id, messages, shown[0])
-        self._services.workers.submit(batch, self._deliver_to_self(task_id))
+        self._to_workers(task_id, messages, shown)
 
     def _hand_over(self, task_id: str, claimed: list[str]) -> None:
         """Read the batch and hand it to the workers; for a user past
@@ -837,7 +834,15 @@ class UserActor(PooledActor):
             self._unread(task_id, error)
             return
         if batch is not None:
-            self._services.workers.submit(batch, self._deliver_to_self(task_id))
+            self._to_workers(task_id, *batch)
+
+    def _to_workers(self, task_id: str, messages: tuple[BatchMessage, ...], shown: Shown) -> None:
+        """Hand the batch of ``messages`` to the workers with the entries ``shown`` beside
+        it, kept for deciding on its answer."""
+        self._batch_messages = messages
+        self._batch_known, self._batch_replaced = shown
+        batch = ExtractionBatch(self.user_id, task_id, messages, shown[0])
+        self._services.workers.submit(batch, self._deliver_to_self(task_id))
 
     def _unread(self, task_id: str, error: Exception) -> None:
         """End the running batch, which could not be read, as a failed store (a failed read
@@ -919,7 +924,9 @@ class UserActor(PooledActor):
 
         return _deliver
 
-    def _batch(self, task_id: str, claimed: list[str]) -> ExtractionBatch | None:
+    def _batch(
+        self, task_id: str, claimed: list[str]
+    ) -> tuple[tuple[BatchMessage, ...], Shown] | None:
         """Read the claimed messages back from the log (the state keeps no bodies) and what
         they are shown; ``None``: what they are shown is prepared aside (see
         :meth:`_prepare_aside`)."""
@@ -941,9 +948,7 @@ class UserActor(PooledActor):
         if aside is not None and current > MAX_KNOWN_ENTRIES:
             self._prepare_aside(task_id, messages, current, backdated, aside)
             return None
-        known, replaced = self._services.known(self.user_id, messages, current, backdated)
-        self._batch_known, self._batch_replaced = known, replaced
-        return ExtractionBatch(self.user_id, task_id, messages, known)
+        return messages, self._services.known(self.user_id, messages, current, backdated)
 
     def _requested_here(self, task_id: str) -> None:
         """Note a task this process requested (the log keeps no requester); those that

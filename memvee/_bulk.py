@@ -939,15 +939,23 @@ class BulkReextraction:
         """Renew this run's claims; those another run took over meanwhile (this run was
         stopped past :data:`CLAIM_TTL`) are dropped: nothing more is submitted for their
         users."""
-        claims = list(self.claims)
         with self.store.transaction() as connection:
-            renewed = connection.execute(
-                BULK_BATCHES.update()
-                .where(*self._own_claims(claims))
-                .values(created_at=_database_time(connection))
-            )
-            if renewed.rowcount < len(claims):
-                self._drop(set(claims) - self._held(connection, claims))
+            self._renew(connection, list(self.claims))
+
+    def _renew(self, connection: Connection, claims: Sequence[str]) -> set[str]:
+        """Renew ``claims`` in ``connection``'s transaction (a compare-and-set against a run
+        taking them over); those another run took over are dropped (:meth:`_drop`) and
+        returned."""
+        renewed = connection.execute(
+            BULK_BATCHES.update()
+            .where(*self._own_claims(claims))
+            .values(created_at=_database_time(connection))
+        )
+        if renewed.rowcount == len(claims):
+            return set()
+        lost = set(claims) - self._held(connection, claims)
+        self._drop(lost)
+        return lost
 
     def _held(self, connection: Connection, claims: Sequence[str]) -> set[str]:
         """Which of ``claims`` are still this run's."""
@@ -968,14 +976,7 @@ class BulkReextraction:
         users = {request["user"] for request in row["requests"].values()}
         claims = {_claim_id(self.version, user): user for user in users}
         with self.store.transaction() as connection:
-            connection.execute(
-                BULK_BATCHES.update()
-                .where(*self._own_claims(list(claims)))
-                .values(created_at=_database_time(connection))
-            )
-            lost = set(claims) - self._held(connection, list(claims))
-            self._drop(lost)
-            gone = {claims[claim_id] for claim_id in lost}
+            gone = {claims[claim_id] for claim_id in self._renew(connection, list(claims))}
             row["requests"] = {
                 custom_id: request
                 for custom_id, request in row["requests"].items()

@@ -44,12 +44,9 @@ def quiet_default_extractor(*, model: str | None, timeout: float) -> Extractor:
 
 def warn_if_offline(extractor: Extractor) -> None:
     """Warn, once per process, that ``extractor`` (one the environment chose) runs offline."""
-    if isinstance(extractor, OfflineExtractor):
-        _warn_offline_once()
-
-
-def _warn_offline_once() -> None:
     global _offline_warned
+    if not isinstance(extractor, OfflineExtractor):
+        return
     with _offline_warning_lock:
         if _offline_warned:
             return
