@@ -3,8 +3,11 @@ value and the fault, before anything is decided; everything storable and visible
 
 from __future__ import annotations
 
+import sys
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -173,6 +176,46 @@ def test_a_user_id_whose_joiners_a_script_or_emoji_needs_is_written(own: str) ->
 
 def test_a_user_id_of_exactly_256_characters_passes() -> None:
     assert check_user_id("u" * 256) == "u" * 256
+
+
+@pytest.mark.parametrize("check", [check_user_id, check_new_user_id])
+def test_a_printable_ascii_user_id_is_checked_without_a_regular_expression(
+    check: Callable[[object], str],
+) -> None:
+    """Every write checks its user id on the caller's event loop, a thousand at once when
+    a thousand users write: most ids, printable ASCII, pass on string methods alone."""
+    searches: list[str] = []
+
+    def watch(frame: FrameType, event: str, arg: object) -> None:
+        if event == "c_call" and getattr(arg, "__name__", "") in {"search", "match"}:
+            searches.append(repr(arg))
+
+    sys.setprofile(watch)
+    try:
+        accepted = check("user-00042@example.org")
+    finally:
+        sys.setprofile(None)
+    assert accepted == "user-00042@example.org"
+    assert searches == []
+
+
+@pytest.mark.parametrize(
+    ("user_id", "fault"),
+    [
+        (" alice", "spaces"),
+        ("alice ", "spaces"),
+        ("   ", "must not be empty"),
+        ("al\tice", "control characters"),
+        ("alice\x7f", "control characters"),
+        ("alice\x1f", "control characters"),
+        (" " * 257, "257 characters long"),
+    ],
+)
+def test_an_ascii_user_id_with_spaces_around_or_a_control_character_is_refused_for_writes(
+    user_id: str, fault: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=fault):
+        check_new_user_id(user_id)
 
 
 def test_no_name_passes_and_a_name_is_a_short_visible_line() -> None:
