@@ -5,7 +5,8 @@ A stall of the loop is either code holding the GIL (a long callback on the loop,
 thread) or the garbage collector, which holds the GIL while it walks every tracked object of
 the process, memvee's and the load generator's alike. :class:`LoopStallMeter` splits each
 stall into the collector's time inside it, code on the loop (the loop thread's own CPU
-time) and the loop waiting for the GIL; :func:`objects_held` counts the
+time, the load generator's own told apart) and the loop waiting for the GIL;
+:func:`objects_held` counts the
 tracked objects a Memory keeps alive, so the collector's time can be shared out between
 memvee and everything else in the process by the objects each makes it walk.
 """
@@ -18,7 +19,8 @@ import sys
 import threading
 import time
 import types
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +90,15 @@ class GcPauseMeter:
 @dataclass(frozen=True, slots=True)
 class Stall:
     """One late wake-up of the loop: how late, how much of it the collector ran (on any
-    thread, and on the loop's own), and how much CPU the loop's thread used in it."""
+    thread, and on the loop's own), how much CPU the loop's thread used in it, and how
+    much of that CPU was the load generator's own code (see
+    :meth:`LoopStallMeter.load_generator`)."""
 
     late: float
     collecting: float
     loop_cpu: float = 0.0
     collecting_on_loop: float = 0.0
+    generator: float = 0.0
 
     @property
     def outside_collections(self) -> float:
@@ -109,9 +114,9 @@ class Stall:
         return max(0.0, self.outside_collections - code_on_loop)
 
     def charged(self, share: float) -> float:
-        """The part charged to whoever holds ``share`` of the tracked objects: all of the
-        code part (an upper bound) and that share of the collector's part."""
-        return self.outside_collections + self.collecting * share
+        """The part charged to whoever holds ``share`` of the tracked objects: the code part
+        but the load generator's own (an upper bound) and that share of the collector's."""
+        return max(0.0, self.outside_collections - self.generator) + self.collecting * share
 
 
 class LoopStallMeter:
@@ -128,6 +133,7 @@ class LoopStallMeter:
         self.interval = interval
         self.max_stall = 0.0
         self.stalls: list[Stall] = []
+        self.generator_total = 0.0
         self._collections = collections
         self._task: asyncio.Task[None] | None = None
 
@@ -149,6 +155,20 @@ class LoopStallMeter:
             self._task = None
         return self.max_stall
 
+    @contextmanager
+    def load_generator(self) -> Iterator[None]:
+        """Mark code on the loop as the load generator's (starting a thousand users' tasks,
+        say): its CPU time there, less the collector's, is not charged to the code measured.
+        """
+        me = threading.get_ident()
+        collections = self._collections or GcPauseMeter()
+        used, collected = time.thread_time(), collections.total_on(me)
+        try:
+            yield
+        finally:
+            spent = time.thread_time() - used - (collections.total_on(me) - collected)
+            self.generator_total += max(0.0, spent)
+
     def worst_charged(self, share: float) -> float:
         """The largest stall charged to a holder of ``share`` of the tracked objects."""
         return max((s.charged(share) for s in self.stalls), default=0.0)
@@ -159,6 +179,7 @@ class LoopStallMeter:
         while True:
             before, used = clock(), cpu()
             collected, on_loop = collections.total, collections.total_on(me)
+            generated = self.generator_total
             await asyncio.sleep(self.interval)
             late = clock() - before - self.interval
             if late > self.max_stall:
@@ -167,7 +188,8 @@ class LoopStallMeter:
                 unaccounted = collections.running_since(before)
                 spent = min(collections.total - collected + unaccounted, late)
                 spent_on_loop = min(collections.total_on(me) - on_loop, spent)
-                self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop))
+                generator = min(self.generator_total - generated, late - spent)
+                self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop, generator))
 
 
 _STATIC = (type, types.ModuleType, types.FunctionType, types.CodeType)

@@ -118,6 +118,32 @@ def test_a_stall_is_charged_its_code_and_a_share_of_the_collector() -> None:
     assert abs(on_the_loop.waiting - 0.015) < 1e-12
 
 
+def test_the_load_generators_own_code_on_the_loop_is_not_charged() -> None:
+    """Code the load generator marks as its own (starting its users' tasks) stalls the loop
+    as much as any, but is left out of the stall charged to the code measured."""
+
+    async def scenario() -> Stall:
+        meter = LoopStallMeter(GcPauseMeter())
+        meter.start()
+        await asyncio.sleep(0.005)
+        with meter.load_generator():
+            _spin(0.05)
+        await asyncio.sleep(0.005)
+        await meter.stop()
+        return max(meter.stalls, key=lambda s: s.late)
+
+    worst = asyncio.run(scenario())
+    assert worst.late >= 0.045
+    assert worst.generator >= 0.045
+    assert worst.charged(1.0) <= worst.late - 0.045
+
+
+def test_a_stall_is_charged_its_code_but_the_load_generators() -> None:
+    stall = Stall(late=0.100, collecting=0.040, loop_cpu=0.050, generator=0.030)
+    assert abs(stall.charged(0.5) - (0.030 + 0.020)) < 1e-12
+    assert Stall(late=0.010, collecting=0.0, generator=0.010).charged(1.0) == 0.0
+
+
 class _Holder:
     def __init__(self) -> None:
         self.items = [[n] for n in range(100)]  # tracked, as the collector sees them
