@@ -134,6 +134,7 @@ class LoopStallMeter:
         self.max_stall = 0.0
         self.stalls: list[Stall] = []
         self.generator_total = 0.0
+        self._generator_ended = 0.0
         self._collections = collections
         self._task: asyncio.Task[None] | None = None
 
@@ -168,6 +169,7 @@ class LoopStallMeter:
         finally:
             spent = time.thread_time() - used - (collections.total_on(me) - collected)
             self.generator_total += max(0.0, spent)
+            self._generator_ended = time.perf_counter()
 
     def worst_charged(self, share: float) -> float:
         """The largest stall charged to a holder of ``share`` of the tracked objects."""
@@ -188,7 +190,13 @@ class LoopStallMeter:
                 unaccounted = collections.running_since(before)
                 spent = min(collections.total - collected + unaccounted, late)
                 spent_on_loop = min(collections.total_on(me) - on_loop, spent)
-                generator = min(self.generator_total - generated, late - spent)
+                # only what ran once the tick was due made it late, not what ran while it slept
+                due = before + self.interval
+                generator = min(
+                    self.generator_total - generated,
+                    late - spent,
+                    max(0.0, self._generator_ended - due),
+                )
                 self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop, generator))
 
 

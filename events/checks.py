@@ -146,6 +146,7 @@ def _is_plain_id(value: str) -> bool:
 
     Most ids are such, and every write checks its id on the caller's event loop, a
     thousand of them at once in a burst of users: the full checks cost several times more.
+    Only a plain ``str`` is trusted with it: a subclass may answer these methods its own way.
     """
     return (
         0 < len(value) <= MAX_USER_ID_CHARS
@@ -160,7 +161,7 @@ def check_user_id(user_id: object) -> str:
     """Return ``user_id`` if it names a user, else raise :class:`InvalidInputError`."""
     if not isinstance(user_id, str):
         raise InvalidInputError(f"user_id must be a str, not {type(user_id).__name__}")
-    if _is_plain_id(user_id):
+    if type(user_id) is str and _is_plain_id(user_id):
         return user_id
     if len(user_id) > MAX_USER_ID_CHARS:
         raise InvalidInputError(
@@ -190,7 +191,7 @@ def check_new_user_id(user_id: object) -> str:
     as another one is refused (spaces around it, a character that shows nothing, a form
     other than Unicode NFC), so that two users never look like one. Reads take any id
     :func:`check_user_id` does, so the users such ids name stay readable."""
-    if isinstance(user_id, str) and _is_plain_id(user_id):
+    if type(user_id) is str and _is_plain_id(user_id):
         return user_id
     user_id = check_user_id(user_id)
     check_unmistakable(user_id, "user_id")

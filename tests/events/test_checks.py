@@ -324,3 +324,18 @@ def test_a_time_that_leaves_the_calendar_once_in_utc_is_refused() -> None:
     edge = datetime(9999, 12, 31, 23, 30, tzinfo=timezone(timedelta(hours=-1)))
     with pytest.raises(InvalidInputError, match="outside years 1 to 9999"):
         check_time(edge, "valid_from")
+
+
+class _ClaimsPrintable(str):
+    """A str whose methods say it is printable whatever it holds."""
+
+    def isprintable(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("check", [check_user_id, check_new_user_id])
+def test_a_str_subclass_is_checked_by_its_characters_not_by_its_own_methods(
+    check: Callable[[object], str],
+) -> None:
+    with pytest.raises(InvalidInputError, match="NUL"):
+        check(_ClaimsPrintable("a\x00b"))
