@@ -540,6 +540,7 @@ class BulkReextraction:
             report.lost.append(batch_id)
             await asyncio.to_thread(self._delete, row["local_id"])
             return
+        _check_complete(answers, row["requests"], batch_id, total)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
         blamable = _blamable(answers)
@@ -553,7 +554,7 @@ class BulkReextraction:
                 if request_id in recorded:
                     report.skipped += 1
                     continue
-                outcome = answers.get(custom_id)
+                outcome = answers[custom_id]
                 request = row["requests"][custom_id]
                 try:
                     entries = await asyncio.to_thread(
@@ -678,8 +679,6 @@ class BulkReextraction:
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`)."""
-        if outcome is None:
-            return ExtractionError("no result")
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
@@ -1165,6 +1164,21 @@ async def _results(client: anthropic.AsyncAnthropic, batch_id: str) -> dict[str,
             "run collects them again"
         ) from None
     return answers
+
+
+def _check_complete(
+    answers: Mapping[str, Any], requests: Mapping[str, Any], batch_id: str, total: int
+) -> None:
+    """Refuse the results of an ended Message Batch that do not name each of its
+    ``requests``: the API gives every request a result, so a download that lacks some (an
+    empty body, a file cut at a line's end) was read short, and the batch, paid for, stays
+    kept for the next run to collect instead of its requests failing with no result."""
+    missing = len(set(requests) - set(answers))
+    if missing:
+        raise ExtractionError(
+            f"the results of Message Batch {batch_id} could not be read ({missing} of its "
+            f"{total} requests have none in the download); the next run collects them again"
+        )
 
 
 def _transient(error: anthropic.AnthropicError) -> bool:

@@ -889,6 +889,40 @@ async def test_results_that_cannot_be_read_are_an_extraction_error_and_the_batch
         assert (report.submitted, report.recorded) == (0, 6), "the kept batch is collected"
 
 
+def _results_short(server: MessagesAPIServer, how: str) -> Callable[..., ScriptedResponse | None]:
+    """A fault serving an empty results file, or one that ends at a line's end with the
+    last request's line missing (both read as JSON lines without a complaint)."""
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        if not request.path.endswith("/results"):
+            return None
+        (batch,) = server.batches
+        named = [] if how == "empty" else [r["custom_id"] for r in batch["requests"]][:-1]
+        errored = {"type": "errored", "error": error_body("api_error", "boom")}
+        lines = [json.dumps({"custom_id": c, "result": errored}) + "\n" for c in named]
+        headers = {"content-type": "application/binary"}
+        return ScriptedResponse(body="".join(lines).encode(), headers=headers)
+
+    return fault
+
+
+@pytest.mark.parametrize("how", ["empty", "a line short"])
+async def test_results_that_name_not_every_request_are_not_read_and_the_paid_batch_is_kept(
+    db: str, server: MessagesAPIServer, how: str
+) -> None:
+    """A results download read short without a broken line fails the run as one that
+    cannot be read, where each request missing used to fail with "no result" and the
+    batch (paid for) was dropped, for the next run to pay for a new one."""
+    server.set_batches_fault(_results_short(server, how))
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="could not be read"):
+            await _run(audit)
+        server.set_batches_fault(None)
+        report = await _run(audit)
+    assert (report.submitted, report.recorded, report.failed) == (0, 6, {})
+    assert len(server.batches) == 1, "the kept batch is collected, not paid for again"
+
+
 def test_the_command_line_tells_unreadable_results_in_one_error_line(
     db: str, server: MessagesAPIServer
 ) -> None:
