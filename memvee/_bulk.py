@@ -55,7 +55,7 @@ from events import (
 from events.errors import ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets
+from memvee.extractors._claude import api_error, client_secrets, outweighed
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.reader import aware
@@ -381,9 +381,11 @@ class BulkReextraction:
         at the front of ``todo``, or, one message, it is left out of the version as the
         synchronous path leaves out one that fails alone (its failure kept in its user's
         log as one that repeats, and reported). When the API refused it (``probe``), that
-        is only once the same request with a harmless message in its place is accepted:
-        refused too, the API (or a gateway in front of it) refuses requests of any size,
-        and the run stops, leaving none out."""
+        is only for a message that weighs more than the fixed prompt around it, once the
+        same request with a harmless message in its place is accepted: otherwise the API
+        (or a gateway in front of it) refuses requests of any size, and the run stops,
+        leaving none out (a Message Batch's body limit is not the Messages API's, which
+        the probe meets, so a light message refused is never taken for a heavy one)."""
         batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
         messages = list(batch.messages)
         if len(messages) > 1:
@@ -402,6 +404,8 @@ class BulkReextraction:
             return
         if not messages:  # forgotten meanwhile: nothing to send
             return
+        if probe and outweighed(self.extractor.request(batch), batch):
+            raise _refused_whatever_size(why, "outweighed")
         verdict = await self.extractor.probe(batch) if probe else "accepted"
         if verdict != "accepted":
             raise _refused_whatever_size(why, verdict)
@@ -1255,8 +1259,16 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
 
 def _refused_whatever_size(why: str, verdict: str) -> ExtractionError:
     """The error that stops a run whose lone message was refused as too large (``why``)
-    while the probe without it was not accepted either (``verdict``): the message is not
-    blamed, and the run may be made again later."""
+    while it weighs no more than the fixed prompt around it (``verdict`` "outweighed": a
+    Message Batch is refused by a limit of its own, which a Messages API probe does not
+    meet), or the probe without it was not accepted either: the message is not blamed,
+    and the run may be made again later."""
+    if verdict == "outweighed":
+        return ExtractionError(
+            f"{why} (the message weighs no more than the fixed prompt of its request: the "
+            "API or a gateway in front of it refuses requests of any size, not the message; "
+            "nothing is left out, run again later)"
+        )
     if verdict == "refused":
         return ExtractionError(
             f"{why} (a request without the message is refused too: the API or a gateway "

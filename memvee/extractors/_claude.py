@@ -676,8 +676,16 @@ def _may_be_elsewhere(
     whose messages weigh no more than the rest of it, as a body limit below the fixed
     prompt refuses every request (a larger one is split, smaller, by the engine)."""
     if refused.too_large:
-        return len(batch.messages) == 1 or _size(request) <= 2 * _size(_probe(request, batch))
+        return len(batch.messages) == 1 or outweighed(request, batch)
     return refused.reason is not None or (answered and bool(batch.known))
+
+
+def outweighed(request: dict[str, Any], batch: ExtractionBatch) -> bool:
+    """Whether ``batch``'s messages weigh no more than the rest of ``request`` (the fixed
+    prompt, the tool, the known entries): a body limit that refuses such a request as
+    too large refuses the request without them about as surely, so the messages are not
+    what makes it too large."""
+    return _size(request) <= 2 * _size(_probe(request, batch))
 
 
 def _size(request: dict[str, Any]) -> int:

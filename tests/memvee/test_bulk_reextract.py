@@ -490,16 +490,44 @@ async def test_server_errors_of_every_request_of_a_batch_pin_no_message(
     assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
 
 
-def test_the_command_line_lists_what_a_bulk_run_left_out(
+async def test_the_command_line_lists_what_a_bulk_run_left_out(
     db: str, server: MessagesAPIServer
 ) -> None:
-    """Every create refused as too large (413): the run splits down to single messages
-    and lists them left out (exit 1), instead of failing the same way every run."""
-    server.set_batches_fault(_creates_answered(413, "request_too_large", times=1_000))
-    args = ["reextract", "ann", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
-    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    """A message too large for any Message Batch alone: the run splits down to it and
+    lists it left out (exit 1), instead of failing the same way every run."""
+    limit = _two_and_a_half()
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_exchange("bob", "huge " * (limit // 5), "ok")
+        await memory.flush("bob")
+    server.max_batch_bytes = limit
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--as", "v2", "--db-url", db])
     assert result.exit_code == 1, result.output
-    assert result.output.count("left out:") == 10 and "Traceback" not in result.output
+    assert result.output.count("left out:") == 1 and "Traceback" not in result.output
+
+
+async def test_a_batch_body_limit_below_the_fixed_prompt_leaves_no_message_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Message Batches refused as too large whatever their size (a body limit below the
+    fixed prompt), while the Messages API takes requests: each message weighs less than
+    the prompt around it, so the run stops leaving none out, where each used to be left
+    out of the version (a probe through the Messages API, whose limit differs, was
+    accepted) and kept as failing for good."""
+    server.max_batch_bytes = _request_bytes("x") // 2
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="refuses requests of any size"):
+            await _run(audit)
+        failed = [
+            e
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert failed == []
+        server.max_batch_bytes = None
+        report = await _run(audit)
+    assert (report.recorded, report.failed, report.left_out) == (6, {}, {})
 
 
 async def test_a_gateway_refusing_every_request_as_too_large_leaves_no_message_out(
