@@ -480,33 +480,46 @@ class BulkReextraction:
     ) -> str:
         """Create the Message Batch of ``row``; returns its id. A refusal that may pass
         (rate limited, overloaded) is retried; a lost answer is looked for among the
-        account's batches before the batch is created again. Any other refusal (one as too
+        account's batches before the batch is created again, as is an answer that names no
+        batch (a gateway's ``200 {}``: the batch may have been made). Any other refusal (one as too
         large, 413, which the caller splits for) made nothing: the row is deleted."""
         once = client.with_options(max_retries=0)
         pause = _CREATE_PAUSE
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
+            last = attempt == _CREATE_ATTEMPTS
+            unclear: Exception
             try:
-                return (await once.messages.batches.create(requests=requests)).id
+                created = await once.messages.batches.create(requests=requests)
             except anthropic.AnthropicError as error:
-                last = attempt == _CREATE_ATTEMPTS
                 shown = api_error(error, client_secrets(client))
                 if not _maybe_created(error):
                     if last or not _transient(error):
                         await asyncio.to_thread(self._delete, row["local_id"])
                         raise
                     log.warning("creating a Message Batch was refused (%s); trying again", shown)
-                else:
-                    log.warning(
-                        "creating a Message Batch got no clear answer (%s); looking whether "
-                        "it was made",
-                        shown,
-                    )
                     await asyncio.sleep(pause)
-                    found = await self._created_for(client, row)
-                    if found is not None:
-                        return found
-                    if last:
-                        raise
+                    pause *= 2
+                    continue
+                unclear = error
+            else:
+                batch_id = getattr(created, "id", None)
+                if isinstance(batch_id, str) and batch_id:
+                    return batch_id
+                shown = ExtractionError(
+                    "creating a Message Batch got an answer naming no batch (a gateway may "
+                    "have answered in the API's place)"
+                )
+                unclear = shown
+            log.warning(
+                "creating a Message Batch got no clear answer (%s); looking whether it was made",
+                shown,
+            )
+            await asyncio.sleep(pause)
+            found = await self._created_for(client, row)
+            if found is not None:
+                return found
+            if last:
+                raise unclear
             await asyncio.sleep(pause)
             pause *= 2
         raise AssertionError("unreachable")  # the last attempt returns or raises

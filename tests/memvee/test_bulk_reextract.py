@@ -271,23 +271,32 @@ async def test_a_run_that_crashed_before_keeping_the_batch_id_is_finished_by_the
             assert connection.execute(select(BULK_BATCHES)).all() == []
 
 
+@pytest.mark.parametrize("lost", ["a dropped connection", "an answer naming no batch"])
 async def test_a_batch_made_but_whose_answer_was_lost_is_found_not_made_again(
-    db: str, server: MessagesAPIServer
+    db: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    lost: str,
 ) -> None:
-    """The connection drops after the API made the batch: the run looks for it before
-    creating it again, and collects it."""
+    """The connection drops after the API made the batch, or a gateway answers ``{}`` in
+    the API's place: the run looks for it among the account's batches before creating it
+    again, and collects it (an answer without an id used to be taken as the batch's)."""
+    monkeypatch.setattr(memvee._bulk, "_CREATE_PAUSE", 0.0)
     creates = itertools.count(1)
 
     def lost_first_answer(request: RecordedRequest) -> ScriptedResponse | None:
         if request.method == "POST" and request.path.endswith("/batches") and next(creates) == 1:
-            return server.made_then_reset(request)
+            dropped = server.made_then_reset(request)
+            return dropped if lost == "a dropped connection" else ScriptedResponse(body={})
         return None
 
     server.set_batches_fault(lost_first_answer)
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=db) as audit, caplog.at_level(logging.WARNING, "memvee.bulk"):
         report = await _run(audit)
     assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
     assert len(server.batches) == 1, "found, not made again"
+    assert "got no clear answer" in caplog.text, "looked for as it was created"
 
 
 async def test_a_create_turned_away_while_overloaded_is_made_once_it_passes(

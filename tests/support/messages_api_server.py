@@ -996,7 +996,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._deliver(answer, number)
         elif path == BATCHES_PATH or path.startswith(BATCHES_PATH + "/"):
             owner._log(request)
-            self._send(owner._batches_call(request, len(raw)), owner._next_id())
+            self._deliver(owner._batches_call(request, len(raw)), owner._next_id())
         else:
             self._send(_not_found(path), owner._next_id())
 
