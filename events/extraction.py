@@ -272,8 +272,10 @@ class Extractor(Protocol):
     :class:`~events.errors.InvalidExtractionError`) when the same batch would fail again:
     the engine then splits it rather than backing off. Any other exception counts as
     repeating, except ``OSError`` and ``TimeoutError``. An extractor that holds clients
-    may also have an ``async aclose()``: the engine awaits it when it stops (one without
-    is as welcome, so it is not part of the protocol).
+    may also have an ``async aclose()``: the engine awaits it when it stops, and an
+    ``async prepare()``: the engine awaits it before each batch's timeout starts, to build
+    what a call needs off the loop once (one without either is as welcome, so neither is
+    part of the protocol).
     """
 
     name: str

@@ -227,6 +227,7 @@ class BulkReextraction:
         the users this one holds (``BulkReport.claimed``)."""
         report = BulkReport()
         await asyncio.to_thread(self._create_table)
+        await self.extractor.prepare()
         client = self.extractor.client
         _RUNNING.add(self.owner)
         renewing = asyncio.create_task(self._keep_claims())

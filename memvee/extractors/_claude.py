@@ -204,7 +204,17 @@ class ClaudeExtractor:
         """
         if self._given is not None:
             return self._given
-        loop = _running_loop()
+        return self._client_for(_running_loop())
+
+    async def prepare(self) -> None:
+        """Build the SDK client of the running loop, unless it is built, in a thread: it
+        takes a TLS context (hundreds of milliseconds), which would block the loop and
+        every extraction on it, and be charged against the first batch's deadline."""
+        if self._given is None and _running_loop() not in self._built:
+            await asyncio.to_thread(self._client_for, _running_loop())
+
+    def _client_for(self, loop: asyncio.AbstractEventLoop | None) -> anthropic.AsyncAnthropic:
+        """The SDK client of ``loop``, built from the environment the first time."""
         with self._building:
             built = self._built.get(loop)
             if built is None:
@@ -253,6 +263,7 @@ class ClaudeExtractor:
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
+        await self.prepare()
         return await self._extract(batch, settle=True)
 
     async def _extract(self, batch: ExtractionBatch, *, settle: bool) -> ExtractionResult:

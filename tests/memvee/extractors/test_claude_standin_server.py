@@ -7,14 +7,25 @@ ANTHROPIC_BASE_URL, exactly as a deployment would find a proxy or gateway.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+import memvee.extractors._claude as claude_module
 from events.errors import ExtractionError
-from events.extraction import BatchMessage, ExtractedFact, ExtractionBatch, KnownEntry
+from events.extraction import (
+    BatchMessage,
+    ExtractedFact,
+    ExtractionBatch,
+    KnownEntry,
+    extraction_deadline,
+)
+from memvee import Memory, MemoryConfig
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
 
@@ -268,3 +279,28 @@ async def test_a_key_with_whitespace_around_it_is_sent_without_it(
     (request,) = server.requests
     sent = {k.lower(): v for k, v in request.headers.items()}
     assert sent.get("x-api-key", sent.get("authorization", "")).removeprefix("Bearer ") == API_KEY
+
+
+async def test_the_client_is_built_off_the_extraction_loop_before_a_batchs_deadline(
+    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Building the SDK client (a TLS context, hundreds of milliseconds) happens in a
+    thread before the first batch's timeout starts: it used to run on the extraction
+    loop, blocking it and charged against that batch's deadline, so a short
+    ``extraction_timeout`` failed a healthy batch that had sent nothing."""
+    built: list[tuple[str, float | None]] = []
+    real = claude_module._build_client
+
+    def recording(max_retries: int) -> Any:
+        built.append((threading.current_thread().name, extraction_deadline.get()))
+        return real(max_retries)
+
+    monkeypatch.setattr(claude_module, "_build_client", recording)
+    config = MemoryConfig(db_path=str(tmp_path / "m.db"))
+    async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0), embedder=False) as m:
+        await m.add_exchange("ann", "I live in Oslo.", "ok")
+        await m.process("ann")
+    assert len(built) == 1
+    (thread, deadline), *_ = built
+    assert thread != "memvee-extraction" and deadline is None
+    assert len(server.requests) == 1
