@@ -512,11 +512,7 @@ class Retriever:
                 told = {c.key for c in chosen if exchanges.hidden(c.item)}
                 moved = [c for c in chosen if c.key not in told and exchanges.cited(c.item)]
                 beside.update(c.key for c in moved)
-                chosen = [c for c in chosen if c.key not in told]
-                weaker = _chosen_after(chosen, moved, stale)
-                requeued = {c.key for c in weaker}
-                chosen = [c for c in chosen if c.key not in beside and c.key not in requeued]
-                order[at:at] = weaker
+                chosen = [c for c in chosen if c.key not in told and c.key not in beside]
                 for moved_candidate in moved:
                     _defer(order, at, moved_candidate, stale)
             elif exchanges.hidden(item) or exchanges.shown(item, chosen):
@@ -797,26 +793,6 @@ def _merge_ranked(
     if facts_first:
         return [*entries, *fresh, *old]
     return sorted([*entries, *fresh], key=_ranking) + old
-
-
-def _chosen_after(
-    chosen: list[_Candidate], moved: list[_Candidate], stale: set[str]
-) -> list[_Candidate]:
-    """The messages in ``chosen`` after one of ``moved`` that rank below it or are
-    outdated, in their order: they go back in the queue with it, so that :func:`_defer`
-    gives it back the slot one of them took while it waited for its facts."""
-    keys = {c.key for c in moved}
-    weaker: list[_Candidate] = []
-    for place, candidate in enumerate(chosen):
-        if not candidate.is_message or candidate.key in keys:
-            continue
-        if any(
-            candidate.key in stale or _ranking(candidate) > _ranking(earlier)
-            for earlier in chosen[:place]
-            if earlier.key in keys
-        ):
-            weaker.append(candidate)
-    return weaker
 
 
 def _defer(order: list[_Candidate], at: int, candidate: _Candidate, stale: set[str]) -> None:
