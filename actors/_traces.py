@@ -16,15 +16,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
-from actors.database_claim import REWRITE, FileClaim
-from events import DatabaseInUseError, EventStore, StorageError
+from events import EventStore, StorageError
 from events.errors import first_line
 
 __all__ = ["TraceScrubber", "scrub_files", "truncate_wal"]
@@ -34,11 +32,6 @@ log = logging.getLogger("memvee.actors")
 EARLIER = ""
 """What :class:`TraceScrubber` scrubs for in place of a user: the erasures of an earlier
 process whose rewrite did not finish (no user id is empty)."""
-
-_LEFT_TO_ANOTHER = (
-    "another process is rewriting the database file for its erasure: the rewrite an "
-    "earlier erasure left owed is left to it"
-)
 
 
 def _erased(user_id: str) -> str:
@@ -61,27 +54,6 @@ def scrub_files(store: EventStore, wait_ms: int, erasure: int | None = None) -> 
             truncate_wal(store.engine, wait_ms)
         except StorageError as error:
             log.debug("the log of a settled rewrite was left for a later checkpoint: %s", error)
-
-
-@contextmanager
-def rewriting_alone(store: EventStore) -> Iterator[bool]:
-    """Hold, meanwhile, the claim of a process that rewrites the SQLite file for an
-    erasure; yields whether it was had: ``False`` while another process holds it (its
-    erasure's rewrite is under way, and covers what an earlier one left owed). Where no
-    claim can be taken (a file system without locks), it counts as had."""
-    try:
-        claim = FileClaim.take(store.url, shared=False, purpose=REWRITE)
-    except DatabaseInUseError:
-        yield False
-        return
-    except StorageError as error:
-        log.debug("the rewrite runs without its claim: %s", error)
-        claim = None
-    try:
-        yield True
-    finally:
-        if claim is not None:
-            claim.release()
 
 
 def truncate_wal(engine: Engine, wait_ms: int) -> None:
@@ -159,10 +131,6 @@ class TraceScrubber:
         in the files for want of another erasure."""
         if not self._store.rewrite_owed:
             return
-        with rewriting_alone(self._store) as alone:
-            if not alone:
-                log.info(_LEFT_TO_ANOTHER)
-                return
         log.warning(
             "an earlier erasure's rewrite of the database file did not finish: "
             "finishing it in the background"
@@ -187,7 +155,7 @@ class TraceScrubber:
         if not remaining:
             return
         try:
-            self._scrub_now(remaining)
+            scrub_files(self._store, 0)
         except StorageError as error:
             log.warning(
                 "users %s were erased, but their words stay in the database files until "
@@ -199,28 +167,14 @@ class TraceScrubber:
                 ),
                 error,
             )
+            return
+        self._scrubbed(remaining)
 
     def _scrub(self, user_id: str, stopping: Callable[[], bool]) -> None:
         if stopping():
             return
-        self._scrub_now(frozenset({user_id}))
-
-    def _scrub_now(self, users: frozenset[str]) -> None:
-        """Scrub the files for ``users`` now (:class:`StorageError` when it could not),
-        but leave the earlier erasures alone to a process that rewrites the file for its
-        own erasure meanwhile: its rewrite covers them."""
-        if users != {EARLIER}:
-            scrub_files(self._store, 0)
-        else:
-            with rewriting_alone(self._store) as alone:
-                if alone:
-                    scrub_files(self._store, 0)
-            if not alone:
-                with self._lock:
-                    self._remaining.discard(EARLIER)
-                log.info(_LEFT_TO_ANOTHER)
-                return
-        self._scrubbed(users)
+        scrub_files(self._store, 0)
+        self._scrubbed({user_id})
 
     def _scrubbed(self, users: set[str] | frozenset[str]) -> None:
         with self._lock:

@@ -56,7 +56,6 @@ from events.file_hold import same_file, try_flock
 
 __all__ = [
     "LOCK_SUFFIX",
-    "REWRITE",
     "VERIFY",
     "ClaimPurpose",
     "DatabaseClaim",
@@ -114,14 +113,6 @@ VERIFY = ClaimPurpose(
     "let it end, then verify again",
 )
 """The claim of a verify: one at a time per database."""
-
-REWRITE = ClaimPurpose(
-    ".memvee-rewrite-lock",
-    "memvee rewrite claim",
-    "another process is rewriting the database file for its erasure",
-)
-"""The claim a process holds while it rewrites a SQLite file for an erasure, so that
-another one opening meanwhile leaves the rewrite to it instead of doing it again."""
 
 
 def claim_alone(url: str, purpose: ClaimPurpose) -> DatabaseClaim | None:

@@ -19,14 +19,13 @@ or other connections' older snapshots hold the truncation off, the receipt says 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from actors._traces import rewriting_alone, scrub_files
+from actors._traces import scrub_files
 from actors.lease import LeaseTable
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
@@ -73,14 +72,6 @@ def erase_user(
 
     A database that fails it is a :class:`StorageError`, and nothing is erased.
     """
-    with rewriting_alone(store) if store.is_sqlite else nullcontext(True):
-        return _erase(store, projector, leases, user_id)
-
-
-def _erase(
-    store: EventStore, projector: Projector, leases: LeaseTable | None, user_id: str
-) -> ForgetReceipt:
-    """:func:`erase_user`, with the claim of a rewrite held where there is one."""
     try:
         with store.transaction() as connection:
             store.lock_writers(connection)

@@ -372,9 +372,7 @@ class Audit:
         url = db_url if db_url is not None else sqlite_url(db_path)  # "" is no URL: refused
         self.store = EventStore(url, create=create)
         tables = ProjectionTables()
-        self._scrubber = TraceScrubber(self.store)
         try:
-            self._scrubber.resume()  # an open can write, so it finishes an owed rewrite
             if create and self.store.max_position() == 0:
                 with self.store.transaction() as connection:
                     self.store.lock_writers(connection)
@@ -382,12 +380,12 @@ class Audit:
             require_projections(self.store, tables)
             catch_up_if_behind(self.store, tables)
         except BaseException:
-            self._scrubber.stop()
             self.store.close()
             raise
         self._reader = ProjectionReader(tables)
         self._ranker = LexicalRanker(tables)
         self._checkpoints = replay_checkpoints(tables)
+        self._scrubber: TraceScrubber | None = None
 
     def close(self, *, discard_if_empty: bool = False) -> None:
         """Release the database connections, after one last try at scrubbing what an
@@ -395,7 +393,8 @@ class Audit:
         With ``discard_if_empty``, remove a SQLite file that holds no event and that no
         other store has open (see :meth:`EventStore.close`)."""
         try:
-            self._scrubber.stop()
+            if self._scrubber is not None:
+                self._scrubber.stop()
         finally:
             self.store.close(discard_if_empty=discard_if_empty)
 
@@ -1188,6 +1187,8 @@ class Audit:
             self.store, Projector(ProjectionTables()), leases if shared else None, user_id
         )
         if not receipt.scrubbed:
+            if self._scrubber is None:
+                self._scrubber = TraceScrubber(self.store)
             self._scrubber.later(user_id)
         log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
         return receipt

@@ -37,7 +37,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
-from actors._traces import TraceScrubber
 from actors.database_claim import LOCK_SUFFIX, VERIFY, claim_alone
 from events import (
     EventStore,
@@ -312,21 +311,8 @@ def _rebuilding(store: EventStore) -> bool:
         return Projector(ProjectionTables()).state(connection).rebuilding
 
 
-@contextlib.contextmanager
-def _store(url: str) -> Iterator[EventStore]:
-    """The event store at ``url``, closed after use. A command writes through it (a
-    rebuild its projections, a verify its scratch tables), so it finishes a rewrite an
-    earlier erasure left owed, as every open that can write does."""
-    store = EventStore(url, create=False)
-    scrubber = TraceScrubber(store)
-    try:
-        scrubber.resume()
-        yield store
-    finally:
-        try:
-            scrubber.stop()
-        finally:
-            store.close()
+def _store(db: str, db_url: str | None) -> EventStore:
+    return EventStore(_url(db, db_url), create=False)
 
 
 def _audit(db: str, db_url: str | None, *, create: bool = False) -> Audit:
@@ -367,7 +353,8 @@ def rebuild(
     """
     if user is not None and resume:
         raise InvalidInputError("--resume finishes a rebuild of every projection; drop --user")
-    with _store(_url(db, db_url)) as store:
+    store = _store(db, db_url)
+    try:
         if user is None and not resume:
             _every_event_reads(store)
         if user is not None:
@@ -389,6 +376,8 @@ def rebuild(
                 store, resume=resume, progress=lambda done, total: bar.update(job, completed=done)
             )
         console.print(f"rebuilt the projections from {folded} events")
+    finally:
+        store.close()
 
 
 def _every_event_reads(store: EventStore) -> None:
@@ -461,12 +450,15 @@ def verify(
     url = _url(db, db_url)
     claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables
     try:
-        with _store(url) as store:
+        store = EventStore(url, create=False)
+        try:
             require_projections(store, ProjectionTables())
             try:
                 differences = verify_projections(store)
             except UnreadableEventError as error:
                 raise _damaged(store, error, "nothing was compared", "verify") from error
+        finally:
+            store.close()
     finally:
         if claim is not None:
             claim.release()

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from actors._traces import TraceScrubber, rewriting_alone, scrub_files, truncate_wal
-from actors.database_claim import REWRITE, claim_alone
+from actors._traces import TraceScrubber, scrub_files, truncate_wal
 from actors.erasure import erase_user
 from actors.lease import LeaseTable, new_owner_id
-from events import DatabaseInUseError, EventStore, StorageError, UserLog
+from events import EventStore, StorageError, UserLog
 from projections import ProjectionTables, Projector
 
 
@@ -260,55 +259,6 @@ def test_a_scrub_whose_log_holds_only_its_settled_record_is_done_though_a_reader
     scrub_files(store, 0, erasure)
 
     assert len(truncations) == 2 and not store.rewrite_owed
-    store.close()
-
-
-def test_an_open_during_another_process_erasure_leaves_the_rewrite_to_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Seeing the erasure's record owed, the open rewrote the file a second time (holding
-    writers off for seconds on a large file); the erasing process's rewrite covers it."""
-    caplog.set_level(logging.INFO, logger="memvee")
-    url = f"sqlite:///{tmp_path / 'traces.db'}"
-    erasing = EventStore(url)
-    _forget_stored(erasing, "ann")
-    rewrites: list[object] = []
-    monkeypatch.setattr(EventStore, "rewrite", lambda store, through=None: rewrites.append(store))
-    opened = EventStore(url)
-    scrubber = TraceScrubber(opened, retry_delay=0.01, retry_max=0.01)
-    with rewriting_alone(erasing) as alone:  # as erase_user holds it until it scrubbed
-        assert alone
-        scrubber.resume()
-        assert scrubber.wait_idle(10)
-        scrubber.stop()
-    assert rewrites == [] and opened.rewrite_owed, "left to the erasing process"
-    assert not any("did not finish" in m for m in caplog.messages)
-    assert any("left to it" in m for m in caplog.messages)
-    opened.close()
-    erasing.close()
-
-
-def test_an_erasure_holds_the_rewrite_claim_until_it_scrubbed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = EventStore(f"sqlite:///{tmp_path / 'traces.db'}")
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    store.append([UserLog.register("ann").collect_events()], projector.apply)
-    held: list[bool] = []
-    real = EventStore.rewrite
-
-    def rewrite(self: EventStore, through: int | None = None) -> None:
-        try:
-            claim_alone(self.url, REWRITE)
-        except DatabaseInUseError:
-            held.append(True)
-        real(self, through)
-
-    monkeypatch.setattr(EventStore, "rewrite", rewrite)
-    assert erase_user(store, projector, None, "ann").scrubbed
-    assert held == [True] and not store.rewrite_owed
     store.close()
 
 

@@ -1668,19 +1668,3 @@ def test_users_lists_everyone_else_and_names_a_log_holding_a_time_outside_years_
     first = json.loads(run("users", "--limit", "1", "--json", "--db", db).stdout)
     assert [u["user_id"] for u in first] == ["ann"]
     assert "events" in run("verify", "--db", db, code=1).output
-
-
-@pytest.mark.parametrize("command", [["users"], ["requeue", "ann"], ["rebuild"], ["verify"]])
-def test_a_command_finishes_the_rewrite_an_earlier_erasure_left_owed(
-    db: str, command: list[str]
-) -> None:
-    """A process stopped between a forget's commit and its rewrite leaves the file owed
-    one; only the next open of a Memory used to finish it."""
-    with sqlite3.connect(db) as connection:
-        connection.execute(
-            "CREATE TABLE memvee_owed_rewrites (erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
-        )
-        connection.execute("INSERT INTO memvee_owed_rewrites DEFAULT VALUES")
-    run(*command, "--db", db)
-    with sqlite3.connect(db) as connection:
-        assert connection.execute("SELECT count(*) FROM memvee_owed_rewrites").fetchone() == (0,)
