@@ -118,8 +118,8 @@ Progress = Callable[[int, int], None]
 RecordFailure = Callable[..., None]
 """Keeps a failed re-extraction call in its user's log, what it cost and whether it
 failed of its own in a way that repeats (Audit's ``_record_failure``: user, version,
-message ids, the error, the extractor, whether it failed alone, and the error's ``text``,
-the ``request_id``, whether it was ``blamed`` and whether it ``may_pass`` by name)."""
+message ids, the error, the extractor, whether it failed alone, and the error's ``text``
+and the ``request_id`` by name)."""
 
 
 @dataclass
@@ -333,7 +333,7 @@ class BulkReextraction:
             if row is None:
                 continue
             report.submitted += len(row["requests"])
-            todo.extendleft(reversed(await self._finish(client, row, report)))
+            await self._finish(client, row, report)
 
     async def _next_chunk(
         self, todo: deque[_Planned], budget: int, report: BulkReport
@@ -390,7 +390,12 @@ class BulkReextraction:
         batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
         messages = list(batch.messages)
         if len(messages) > 1:
-            todo.extendleft(reversed(await self._halves(planned, batch)))
+            half = (len(messages) + 1) // 2
+            for part in (messages[half:], messages[:half]):
+                shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
+                ids = [m.message_id for m in part]
+                known = [k.entry_id for k in shown]
+                todo.appendleft(_Planned(planned.user_id, ids, known, planned.planned_at))
             log.info(
                 "user %r: a bulk request of %d messages is too large (%s); split",
                 planned.user_id,
@@ -416,19 +421,6 @@ class BulkReextraction:
             self.version,
             why,
         )
-
-    async def _halves(self, planned: _Planned, batch: ExtractionBatch) -> list[_Planned]:
-        """``planned`` (of ``batch``'s messages, two or more) as two requests of half its
-        messages each, in order, each shown the entries live extraction would show it."""
-        messages = list(batch.messages)
-        half = (len(messages) + 1) // 2
-        halves = []
-        for part in (messages[:half], messages[half:]):
-            shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
-            ids = [m.message_id for m in part]
-            known = [k.entry_id for k in shown]
-            halves.append(_Planned(planned.user_id, ids, known, planned.planned_at))
-        return halves
 
     async def _submit(
         self, client: anthropic.AsyncAnthropic, chunk: list[_Built], report: BulkReport
@@ -542,22 +534,14 @@ class BulkReextraction:
         report: BulkReport,
         *,
         earlier: bool = False,
-    ) -> list[_Planned]:
+    ) -> None:
         """Wait for one Message Batch to end, then record its results in log order; the
-        users of one an ``earlier`` run kept are told as collected (``report.collected``).
-
-        Returns the requests to send again at once: when every request came back with a
-        server error a second time (each of its messages failed so in an earlier batch),
-        an outage and a message that makes its request fail every time look alike, so
-        the requests are split in halves, as live extraction splits a failing batch. A
-        split whose halves then fail while others are answered blames them (the next
-        runs pin the message that fails alone, as :meth:`UserLog.failed_reextraction`
-        tells); an outage splits them down to lone messages and blames none."""
+        users of one an ``earlier`` run kept are told as collected (``report.collected``)."""
         batch_id = row["api_batch_id"] or await self._created_for(client, row)
         if batch_id is None:
             # Never created, or made by an older memvee that cannot tell it: plan again.
             await asyncio.to_thread(self._delete, row["local_id"])
-            return []
+            return
         if row["api_batch_id"] is None:
             row["api_batch_id"] = batch_id
             await asyncio.to_thread(self._set_batch_id, row["local_id"], batch_id)
@@ -573,12 +557,10 @@ class BulkReextraction:
             )
             report.lost.append(batch_id)
             await asyncio.to_thread(self._delete, row["local_id"])
-            return []
-        _check_complete(answers, row["requests"], batch_id, total)
+            return
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
         blamable = _blamable(answers)
-        again = not blamable and await asyncio.to_thread(self._failed_before, row)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -589,7 +571,7 @@ class BulkReextraction:
                 if request_id in recorded:
                     report.skipped += 1
                     continue
-                outcome = answers[custom_id]
+                outcome = answers.get(custom_id)
                 request = row["requests"][custom_id]
                 try:
                     entries = await asyncio.to_thread(
@@ -611,47 +593,6 @@ class BulkReextraction:
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
         await asyncio.to_thread(self._delete, row["local_id"])
-        return await self._split_again(row) if again else []
-
-    def _failed_before(self, row: dict[str, Any]) -> bool:
-        """Whether every message of ``row``'s requests failed in a way that may pass (a
-        server error) in an earlier re-extraction call into the version."""
-        failed: dict[str, set[str]] = {}
-        for request in row["requests"].values():
-            user_id = request["user"]
-            if user_id not in failed:
-                user_log = self.store.load(user_id)
-                events = [] if user_log is None else self.store.events_of(user_id)
-                calls = (
-                    [] if user_log is None else user_log.reextraction_calls(self.version, events)
-                )
-                failed[user_id] = {m for ids, may_pass in calls if may_pass for m in ids}
-            if not set(request["messages"]) <= failed[user_id]:
-                return False
-        return True
-
-    async def _split_again(self, row: dict[str, Any]) -> list[_Planned]:
-        """The halves of ``row``'s requests of several messages, in order (see
-        :meth:`_finish`)."""
-        again: list[_Planned] = []
-        for custom_id in sorted(row["requests"], key=_order):
-            request = row["requests"][custom_id]
-            planned = _Planned(
-                request["user"],
-                list(request["messages"]),
-                list(request["known"]),
-                request.get("at", 0),
-            )
-            batch = await asyncio.to_thread(self._batch, custom_id, request)
-            if len(batch.messages) > 1:
-                again.extend(await self._halves(planned, batch))
-        if again:
-            log.warning(
-                "every request of a Message Batch failed with a server error again; %d of "
-                "them go again at once in halves, to tell an outage from a message at fault",
-                len(again),
-            )
-        return again
 
     async def _ended_results(
         self, client: anthropic.AsyncAnthropic, batch_id: str, total: int, *, told: bool = True
@@ -755,12 +696,12 @@ class BulkReextraction:
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`)."""
+        if outcome is None:
+            return ExtractionError("no result")
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
-            self._record_failure(
-                request, failure, request_id, blamed=blamed, may_pass=_server_error(outcome)
-            )
+            self._record_failure(request, failure, request_id, blamed=blamed)
             return failure
         batch = self._batch(custom_id, request)
         try:
@@ -815,7 +756,6 @@ class BulkReextraction:
         request_id: str | None,
         *,
         blamed: bool = False,
-        may_pass: bool = False,
     ) -> None:
         """Keep a failed request in its user's log (what it was billed, and whether it
         failed of its own in a way that repeats, or is ``blamed`` for a server error a
@@ -831,7 +771,6 @@ class BulkReextraction:
             text=str(error),
             request_id=request_id,
             blamed=blamed,
-            may_pass=may_pass,
         )
 
     def _fails_alone(self, request: dict[str, Any]) -> bool:
@@ -1244,21 +1183,6 @@ async def _results(client: anthropic.AsyncAnthropic, batch_id: str) -> dict[str,
             "run collects them again"
         ) from None
     return answers
-
-
-def _check_complete(
-    answers: Mapping[str, Any], requests: Mapping[str, Any], batch_id: str, total: int
-) -> None:
-    """Refuse the results of an ended Message Batch that do not name each of its
-    ``requests``: the API gives every request a result, so a download that lacks some (an
-    empty body, a file cut at a line's end) was read short, and the batch, paid for, stays
-    kept for the next run to collect instead of its requests failing with no result."""
-    missing = len(set(requests) - set(answers))
-    if missing:
-        raise ExtractionError(
-            f"the results of Message Batch {batch_id} could not be read ({missing} of its "
-            f"{total} requests have none in the download); the next run collects them again"
-        )
 
 
 def _transient(error: anthropic.AnthropicError) -> bool:
