@@ -228,7 +228,8 @@ class ExtractionWorkers:
             if held.dropped:
                 raise self._dropped(batch)
             try:
-                await self._prepare()
+                async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
+                    await self._prepare()
                 began = self._loop.time()
                 async with asyncio.timeout(self.timeout) as cut:
                     # Each batch runs in a task of its own: the value ends with its context.

@@ -835,6 +835,23 @@ async def test_an_extraction_past_its_timeout_fails_the_task_and_keeps_the_messa
     assert await memory.process("quin") == 1
 
 
+class _NeverReady(RecordingExtractor):
+    """An extractor whose prepare() never returns (a token fetch that hangs)."""
+
+    async def prepare(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_an_extractor_that_never_gets_ready_fails_the_task_at_its_timeout(
+    make_memory: Any,
+) -> None:
+    memory: Memory = await make_memory(extractor=_NeverReady(), config={"extraction_timeout": 1})
+    await _exchanges(memory, "rita", 1)
+    with pytest.raises(ProcessingError, match=r"timed out after 1 s"):
+        await asyncio.wait_for(memory.process("rita"), 30)
+    assert len(await memory.buffer("rita")) == 2
+
+
 async def test_a_memory_whose_batches_embed_nothing_starts_no_meaning_thread(
     make_memory: Any,
 ) -> None:
