@@ -1077,7 +1077,8 @@ class UserLog(Aggregate):
         made for, repairing what the extractor got slightly wrong (each repair is noted)
         rather than losing the batch. The facts are decided in the order they were said
         (:func:`_in_time_order`), not the order the answer lists them in, as batches of one
-        message each would decide them.
+        message each would decide them, but for an update to a value stated earlier in
+        the batch, which joins that statement (:meth:`_Plan.adopt`).
 
         A target that is neither a valid entry of the version nor an ended one the batch was
         shown (``known`` with an end) turns the fact into a new entry, so a confused
@@ -1164,12 +1165,13 @@ class UserLog(Aggregate):
                     stated = new_texts.get(same) if action == "update" else None
                     if stated is not None and plan.adoptable(stated[0], within):
                         began = plan.start(within, said_at)
-                        if began < plan.start(stated[0], said_at):
+                        first_said = plan.start(stated[0], said_at)
+                        if began < first_said and plan.said_before(within, first_said, said_at):
                             added_by[index] = stated[0]
                             plan.adopt(stated[0], within, began, sources, said_at, index, notes)
                             plan.ended_by(within, plan.start(stated[0], said_at), action, said_at)
                             continue
-                        if plan.start(stated[0], said_at) < began:
+                        if first_said < began and plan.said_before(stated[0], began, said_at):
                             plan.precede(stated[0], within, began, stated[1])
                     plan.ended_by(within, said, action, said_at)
                     if action == "update":
@@ -1281,12 +1283,12 @@ class UserLog(Aggregate):
                     and known_from < said
                 ):
                     first_said = plan.start(stated[0], said_at)
-                    if known_from < first_said:
+                    if known_from < first_said and plan.said_before(target, first_said, said_at):
                         added_by[index] = stated[0]
                         plan.adopt(stated[0], target, known_from, sources, said_at, index, notes)
                         plan.ended_by(target, first_said, action, said_at)
                         continue
-                    if first_said < known_from:
+                    if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
                         plan.precede(stated[0], target, known_from, stated[1])
                 if not around.began_later(target, said):
                     plan.ended_by(target, said, action, said_at)
@@ -1533,6 +1535,17 @@ class _Plan:
         """When the entry added at ``place`` begins (its first statement)."""
         return _said(self.said_by[place], said_at)
 
+    def said_before(self, value: str | int, at: datetime, said_at: dict[str, datetime]) -> bool:
+        """Whether every message of the answer that states ``value`` (an added entry's
+        place: the messages it cites; a known entry: those that said it again) was sent
+        before ``at``, so ``value`` may end then without ending before its own words."""
+        stated = (
+            self.repeated.get(value, [])
+            if isinstance(value, str)
+            else self.added[value].source_message_ids
+        )
+        return all(said_at[m] < at for m in stated if m in said_at)
+
     def ended_by(
         self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
     ) -> None:
@@ -1656,10 +1669,11 @@ class _Plan:
         notes: list[str],
     ) -> None:
         """Have the entry added at ``place`` be fact ``index`` of the answer, a change
-        of ``replaces`` (which began at ``after``) to it, said by ``sources``: one value,
-        as the repeat would be in a later batch. It keeps its start, which the caller
-        sees is after ``after``: a value said before the one it replaces precedes it
-        instead (:meth:`precede`)."""
+        of ``replaces`` (which began at ``after``) to it, said by ``sources``: one value
+        from the earlier statement, where batches of one message each would record the
+        change as a second entry of it. It keeps its start, which the caller sees is after
+        ``after`` and after every statement of ``replaces`` (:meth:`said_before`): a value
+        said before the one it replaces precedes it instead (:meth:`precede`)."""
         merged = f"fact {index} changed to this value, said before; merged into it"
         self.steps.append(("replace", place))
         self.replaces[place] = replaces
@@ -1784,7 +1798,7 @@ def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime])
     """The places of ``facts`` in the order they were said (``said_at``, in the batch's
     order: messages sent at once in the order they were written), a change never before
     the earlier fact of the answer it names, and in the answer's order when they cite the
-    same message: the batch is folded as batches of one message each would be, whatever
+    same message: the order batches of one message each would fold them in, whatever
     order the answer lists its facts in."""
     said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
     unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))

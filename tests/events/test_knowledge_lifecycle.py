@@ -1385,3 +1385,49 @@ def test_changes_naming_each_other_back_to_the_first_value_return_with_one_curre
 
 def _update(text: str, message: str, named: int) -> ExtractedFact:
     return ExtractedFact(text, (message,), "update", target_fact=named)
+
+
+def test_a_change_to_a_value_said_before_ends_the_named_value_after_its_repeat() -> None:
+    """Oslo on day 1, Bergen (listed new) on day 2, Oslo again on day 3, a move from
+    that first Oslo to Bergen on day 4: Oslo holds until the move, not until day 2
+    before its own repeat, as when each message is its own batch."""
+    log = _one_batch(
+        [1, 2, 3, 4],
+        [
+            ExtractedFact(OSLO, ("m0",)),
+            ExtractedFact(BERGEN, ("m1",)),
+            ExtractedFact(OSLO, ("m2",)),
+            _update(BERGEN, "m3", 0),
+        ],
+    )
+    assert _history(log) == _days((OSLO, 1, 4), (BERGEN, 2, None), (BERGEN, 4, None))
+
+
+def test_a_change_of_a_known_value_said_again_after_the_new_one_ends_it_at_the_change() -> None:
+    """Oslo known from day 1; one batch: Bergen (new) on day 2, Oslo said again on day 3,
+    a move from Oslo to Bergen on day 4: Oslo held while it was said again, until the
+    move, as when each message is its own batch."""
+    log = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(log)
+    facts = [
+        ExtractedFact(BERGEN, ("0",)),
+        ExtractedFact(OSLO, ("1",), "same", oslo),
+        ExtractedFact(BERGEN, ("2",), "update", oslo),
+    ]
+    _process(log, "t2", [2, 3, 4], facts, [shown])
+    assert _history(log) == _days((OSLO, 1, 4), (BERGEN, 2, None), (BERGEN, 4, None))
+
+
+def test_a_value_said_again_after_the_one_a_change_names_began_is_not_the_value_before_it() -> None:
+    """Bergen on day 1, Oslo on day 2, Bergen again on day 3, back to Bergen on day 4
+    naming Oslo: Bergen, said on day 3, does not end on day 2 as the value Oslo replaced."""
+    log = _one_batch(
+        [1, 2, 3, 4],
+        [
+            ExtractedFact(BERGEN, ("m0",)),
+            ExtractedFact(OSLO, ("m1",)),
+            ExtractedFact(BERGEN, ("m2",)),
+            _update(BERGEN, "m3", 1),
+        ],
+    )
+    assert _history(log) == _days((BERGEN, 1, None), (OSLO, 2, 4), (BERGEN, 4, None))
