@@ -515,6 +515,20 @@ async def test_the_command_line_lists_what_a_bulk_run_left_out(
     assert result.output.count("left out:") == 1 and "Traceback" not in result.output
 
 
+async def _stopped_leaving_no_message_out(audit: Audit) -> None:
+    """Run a bulk re-extraction that must stop as refused whatever the size, and check
+    that it recorded no message as failing."""
+    with pytest.raises(ExtractionError, match="refuses requests of any size"):
+        await _run(audit)
+    failed = [
+        e
+        for user in USERS
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.ReextractionFailed)
+    ]
+    assert failed == []
+
+
 async def test_a_batch_body_limit_below_the_fixed_prompt_leaves_no_message_out(
     db: str, server: MessagesAPIServer
 ) -> None:
@@ -525,15 +539,7 @@ async def test_a_batch_body_limit_below_the_fixed_prompt_leaves_no_message_out(
     accepted) and kept as failing for good."""
     server.max_batch_bytes = _request_bytes("x") // 2
     with Audit(db_url=db) as audit:
-        with pytest.raises(ExtractionError, match="refuses requests of any size"):
-            await _run(audit)
-        failed = [
-            e
-            for user in USERS
-            for e in audit.store.events_of(user)
-            if isinstance(e, UserLog.ReextractionFailed)
-        ]
-        assert failed == []
+        await _stopped_leaving_no_message_out(audit)
         server.max_batch_bytes = None
         report = await _run(audit)
     assert (report.recorded, report.failed, report.left_out) == (6, {}, {})
@@ -551,15 +557,7 @@ async def test_a_gateway_refusing_every_request_as_too_large_leaves_no_message_o
         lambda r: ScriptedResponse(413, error_body("request_too_large", "body too large"))
     )
     with Audit(db_url=db) as audit:
-        with pytest.raises(ExtractionError, match="refuses requests of any size"):
-            await _run(audit)
-        failed = [
-            e
-            for user in USERS
-            for e in audit.store.events_of(user)
-            if isinstance(e, UserLog.ReextractionFailed)
-        ]
-        assert failed == []
+        await _stopped_leaving_no_message_out(audit)
         server.set_batches_fault(None)
         server.set_responder(default_answer)
         report = await _run(audit)
