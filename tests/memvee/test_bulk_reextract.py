@@ -136,6 +136,22 @@ async def test_a_run_reads_the_kept_batches_once_however_many_users_it_claims(
     assert len(reads) <= 2, "the unfinished batches, then the kept ones: once each"
 
 
+def _bare_run(audit: Audit) -> BulkReextraction:
+    """A bulk run into version ``v2`` of ``audit``'s store, its table made, that shows the
+    extractor no entries: for driving its claims by hand."""
+    run = BulkReextraction(
+        audit.store,
+        audit._reader,
+        audit._decide,
+        ClaudeExtractor(),
+        "v2",
+        lambda user_id, batch: ((), ()),
+        audit._record_failure,
+    )
+    run._create_table()
+    return run
+
+
 def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_claims(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -144,16 +160,7 @@ def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_clai
     again and plans none of the messages B's batch holds (paid for once)."""
     monkeypatch.setattr(bulk_module, "KEPT_FRESH", 0.0)
     with Audit(db_url=db) as audit:
-        run = BulkReextraction(
-            audit.store,
-            audit._reader,
-            audit._decide,
-            ClaudeExtractor(),
-            "v2",
-            lambda user_id, batch: ((), ()),
-            audit._record_failure,
-        )
-        run._create_table()
+        run = _bare_run(audit)
         assert run._claim("ann") == set()
         with audit.store.transaction() as connection:
             connection.execute(
@@ -1200,16 +1207,7 @@ async def test_a_run_whose_claim_was_taken_over_while_stopped_submits_nothing_mo
 def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
     """Renewal notices a claim this run no longer holds: the run drops its user."""
     with Audit(db_url=db) as audit:
-        run = BulkReextraction(
-            audit.store,
-            audit._reader,
-            audit._decide,
-            ClaudeExtractor(),
-            "v2",
-            lambda user_id, batch: ((), ()),
-            audit._record_failure,
-        )
-        run._create_table()
+        run = _bare_run(audit)
         run._claim("ann")
         run._claim("bob")
         _taken_over(audit.store, "bob")
