@@ -506,6 +506,88 @@ async def test_server_errors_of_every_request_of_a_batch_pin_no_message(
     assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
 
 
+def _failures(audit: Audit) -> list[Any]:
+    return [
+        e
+        for user in USERS
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.ReextractionFailed)
+    ]
+
+
+async def test_requests_failing_every_time_that_are_all_that_is_left_get_past_the_stall(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A message of ann's and one of bob's make their requests come back with a server
+    error every time: once those two requests are all that is left, both fail in every
+    batch, which used to be read as an outage run after run, so neither user's other
+    messages in them were ever re-extracted. Blamed before while others were answered,
+    and a probe without their messages accepted, they are blamed again: the next run
+    sends their messages one a request, and only the two poisoned ones stay out."""
+    boom = ScriptedResponse(500, error_body("api_error", "boom"))
+    server.set_responder(
+        fault_when("ann likes thing 1", boom, fault_when("bob likes thing 4", boom))
+    )
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded) == (6, 4)
+        second = await _run(audit)
+        assert (second.submitted, second.recorded, second.left_out) == (2, 0, {})
+        third = await _run(audit)
+        assert (third.submitted, third.recorded) == (6, 4)
+        poisoned = {
+            e.message_id
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.MessageAdded)
+            and e.content in ("ann likes thing 1", "bob likes thing 4")
+        }
+        assert set(third.left_out) == poisoned
+        for user in USERS:
+            covered = {m for e in _reextracted(audit, user) for m in e.message_ids}
+            assert len(covered) == 9 and not covered & poisoned, f"{user}: all but one"
+        again = await _run(audit)
+        assert (again.submitted, set(again.left_out)) == (2, poisoned), "sent again alone"
+
+
+async def test_an_outage_costs_no_more_requests_and_blames_no_message(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request fails with a server error, run after run: each run sends the same
+    six bounded requests as the first, probes nothing and keeps no failure in the logs
+    (one per message used to cap later runs to a message a call)."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        for _ in range(3):
+            down = await _run(audit)
+            assert (down.submitted, down.recorded, down.left_out) == (6, 0, {})
+        assert [len(b["requests"]) for b in server.batches] == [6, 6, 6]
+        assert server.requests == [], "no probe through the Messages API"
+        assert _failures(audit) == []
+
+
+async def test_an_outage_after_a_request_was_blamed_once_splits_nothing(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """bob's request failed once while the others were answered; the next run meets an
+    outage (the probe fails too): the request is not blamed again, so once the API is
+    back it goes whole, where it used to be split in a request a message."""
+    server.set_responder(
+        fault_when("bob likes thing 4", ScriptedResponse(500, error_body("api_error", "boom")))
+    )
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded) == (6, 5)
+        server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+        down = await _run(audit)
+        assert (down.submitted, down.recorded) == (1, 0)
+        assert len(server.requests) == 1, "one probe"
+        assert [f.blamed for f in _failures(audit)] == [True], "blamed once, in the first run"
+        server.set_responder(default_answer)
+        back = await _run(audit)
+    assert (back.submitted, back.recorded, back.failed) == (1, 1, {})
+
+
 async def test_the_command_line_lists_what_a_bulk_run_left_out(
     db: str, server: MessagesAPIServer
 ) -> None:
