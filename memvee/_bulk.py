@@ -97,6 +97,11 @@ OLD_CLAIM_TTL = timedelta(minutes=2)
 """How long a claim of an older memvee (which names no process, and renews every 30 s)
 holds unrenewed."""
 
+MAX_SHORT_READS = 3
+"""Times a kept Message Batch's results may be read short (a download cut, an empty file,
+a line missing or broken) before its row is dropped: a gateway that cuts every download
+would otherwise hold the batch, and the messages it holds, until the API forgets it."""
+
 _CREATE_ATTEMPTS = 3
 """Calls that create one Message Batch, at most, when the API refuses it for a while."""
 
@@ -141,6 +146,10 @@ class BulkReport:
     failed (nothing is left to record them in, nor to send again)."""
     left_out: dict[str, str] = field(default_factory=dict)
     lost: list[str] = field(default_factory=list)
+    unread: list[str] = field(default_factory=list)
+    """Kept Message Batches dropped because their results were read short
+    :data:`MAX_SHORT_READS` times: what was read is recorded, and the requests whose
+    results were not are planned again (by this run, which collects kept batches first)."""
     claimed: list[str] = field(default_factory=list)
     """Users another run under way re-extracts into the version: nothing new was submitted
     for them (a run of another host stopped in the last :data:`CLAIM_TTL` still holds its
@@ -547,7 +556,7 @@ class BulkReextraction:
             await asyncio.to_thread(self._set_batch_id, row["local_id"], batch_id)
         total = len(row["requests"])
         try:
-            answers = await self._ended_results(client, batch_id, total)
+            answers, short = await self._ended_results(client, batch_id, total)
         except anthropic.NotFoundError:
             log.warning(
                 "Message Batch %s is not known to the API (deleted, past its 29 days, or "
@@ -558,6 +567,9 @@ class BulkReextraction:
             report.lost.append(batch_id)
             await asyncio.to_thread(self._delete, row["local_id"])
             return
+        short = short or _short_read(answers, row["requests"], total)
+        if short is not None:
+            await self._read_short(row, batch_id, short, report)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
         blamable = await self._blamable(row, answers)
@@ -571,7 +583,9 @@ class BulkReextraction:
                 if request_id in recorded:
                     report.skipped += 1
                     continue
-                outcome = answers.get(custom_id)
+                if custom_id not in answers:  # read short run after run: planned again
+                    continue
+                outcome = answers[custom_id]
                 request = row["requests"][custom_id]
                 try:
                     entries = await asyncio.to_thread(
@@ -594,11 +608,54 @@ class BulkReextraction:
                         report.collected.append(user_id)
         await asyncio.to_thread(self._delete, row["local_id"])
 
+    async def _read_short(
+        self, row: dict[str, Any], batch_id: str, short: str, report: BulkReport
+    ) -> None:
+        """Count a short read of ``row``'s results (``short`` says how) and raise the
+        :class:`ExtractionError` that keeps the batch for the next run; at the
+        :data:`MAX_SHORT_READS`-th, return instead: the caller records what was read and
+        drops the row, so the requests not read go back to the plan (``report.unread``)."""
+        reads = await asyncio.to_thread(self._count_short_read, row["local_id"])
+        if reads < MAX_SHORT_READS:
+            raise ExtractionError(
+                f"the results of Message Batch {batch_id} could not be read ({short}); the "
+                f"next run collects them again (read short {reads} of {MAX_SHORT_READS} "
+                "times before the batch is dropped)"
+            )
+        log.warning(
+            "the results of Message Batch %s were read short %d times (%s): what was read "
+            "is recorded, and the requests not read are planned again",
+            batch_id,
+            reads,
+            short,
+        )
+        report.unread.append(batch_id)
+
+    def _count_short_read(self, local_id: str) -> int:
+        """Count one more short read of the kept row ``local_id``'s results, kept in each
+        of its requests (older memvees ignore the key; no column to add); returns how many
+        reads were short so far (1 when the row is gone: another run collected it)."""
+        with self.store.transaction() as connection:
+            requests = connection.execute(
+                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == local_id)
+            ).scalar()
+            if not requests:
+                return 1
+            reads = max(int(r.get(_SHORT_READS, 0)) for r in requests.values()) + 1
+            counted = {k: {**r, _SHORT_READS: reads} for k, r in requests.items()}
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(BULK_BATCHES.c.local_id == local_id)
+                .values(requests=counted)
+            )
+        return reads
+
     async def _ended_results(
         self, client: anthropic.AsyncAnthropic, batch_id: str, total: int, *, told: bool = True
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], str | None]:
         """Poll a Message Batch until it ends, telling progress (``told``); then its
-        results."""
+        results, and why they could not be read whole, if they could not (see
+        :func:`_results`)."""
         while True:
             found = await self._retrieve(client, batch_id)
             counts = found.request_counts
@@ -643,10 +700,15 @@ class BulkReextraction:
                 candidates.append((abs((batch.created_at - began).total_seconds()), batch.id))
         for _, batch_id in sorted(candidates):  # created nearest the row: its own, most likely
             try:
-                answers = await self._ended_results(client, batch_id, len(wanted), told=False)
+                answers, cut = await self._ended_results(client, batch_id, len(wanted), told=False)
             except anthropic.NotFoundError:
                 continue
-            if set(answers) == wanted:
+            if cut is not None and not answers:
+                raise ExtractionError(
+                    f"the results of Message Batch {batch_id} could not be read ({cut}), to "
+                    "tell whether it holds a run's kept requests; the next run looks again"
+                )
+            if set(answers) & wanted:  # each custom id names the kept row: read short too
                 log.info("found Message Batch %s, made of a run's kept requests", batch_id)
                 return batch_id
         return None
@@ -746,8 +808,6 @@ class BulkReextraction:
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :meth:`_blamable`)."""
-        if outcome is None:
-            return ExtractionError("no result")
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
@@ -1089,6 +1149,9 @@ _RUNNING: set[str] = set()
 """The owners of the bulk runs under way in this process: a claim this process made is
 held only while its run is (one whose release failed is not held by the process alone)."""
 
+_SHORT_READS = "short_reads"
+"""The key of a kept request that counts its batch's short reads (see :data:`MAX_SHORT_READS`)."""
+
 _CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
@@ -1219,20 +1282,30 @@ def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
     return kept
 
 
-async def _results(client: anthropic.AsyncAnthropic, batch_id: str) -> dict[str, Any]:
-    """Each request's result of an ended Message Batch, by ``custom_id``; a download cut
-    short or a line that is not JSON is an ExtractionError (the batch stays kept)."""
+async def _results(
+    client: anthropic.AsyncAnthropic, batch_id: str
+) -> tuple[dict[str, Any], str | None]:
+    """Each request's result of an ended Message Batch, by ``custom_id``, and what cut the
+    download short (a connection cut, a line that is not JSON), if anything did: the lines
+    read before it are kept."""
     answers: dict[str, Any] = {}
     try:
         async for result in await client.messages.batches.results(batch_id):
             answers[result.custom_id] = result.result
     except (httpx2.TransportError, ValueError) as error:  # the SDK's own httpx
-        problem = redact(f"{type(error).__name__}: {first_line(error)}", client_secrets(client))
-        raise ExtractionError(
-            f"the results of Message Batch {batch_id} could not be read ({problem}); the next "
-            "run collects them again"
-        ) from None
-    return answers
+        return answers, redact(
+            f"{type(error).__name__}: {first_line(error)}", client_secrets(client)
+        )
+    return answers, None
+
+
+def _short_read(answers: Mapping[str, Any], requests: Mapping[str, Any], total: int) -> str | None:
+    """Why ``answers`` read whole are short of the kept ``requests`` (an empty file, one cut
+    at a line's end), or ``None``: the API gives every request of a batch a result."""
+    missing = len(set(requests) - set(answers))
+    if not missing:
+        return None
+    return f"{missing} of its {total} requests have no result in the download"
 
 
 def _transient(error: anthropic.AnthropicError) -> bool:

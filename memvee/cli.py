@@ -951,6 +951,14 @@ def _reextract_in_bulk(
                 "planned again",
             )
         )
+    for batch_id in report.unread:
+        console.print(
+            Text.assemble(
+                ("dropped:", "yellow"),
+                f" the results of Message Batch {batch_id} were read short run after run; "
+                "what was read is recorded, the rest is planned again",
+            )
+        )
     for user_id in report.claimed:
         done = (
             "its kept requests recorded, nothing new" if user_id in report.collected else "nothing"

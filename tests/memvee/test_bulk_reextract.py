@@ -1013,6 +1013,66 @@ async def test_results_that_cannot_be_read_are_an_extraction_error_and_the_batch
         assert (report.submitted, report.recorded) == (0, 6), "the kept batch is collected"
 
 
+def _results_short(
+    server: MessagesAPIServer, how: str, *, batch: int = 0
+) -> Callable[[RecordedRequest], ScriptedResponse | None]:
+    """A fault serving the ``batch``-th Message Batch's results as an empty file, as one
+    that ends at a line's end with the last request's line missing (both read as JSON
+    lines without a complaint), or cut inside a line; other calls go as usual."""
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        batches = server.batches
+        if len(batches) <= batch or not request.path.endswith(f"{batches[batch]['id']}/results"):
+            return None
+        if how == "cut":
+            return _results_broken("cut")(request)
+        named = [] if how == "empty" else [r["custom_id"] for r in batches[batch]["requests"]][:-1]
+        errored = {"type": "errored", "error": error_body("api_error", "boom")}
+        lines = [json.dumps({"custom_id": c, "result": errored}) + "\n" for c in named]
+        headers = {"content-type": "application/binary"}
+        return ScriptedResponse(body="".join(lines).encode(), headers=headers)
+
+    return fault
+
+
+@pytest.mark.parametrize("how", ["empty", "a line short", "cut"])
+async def test_results_read_short_keep_the_paid_batch_for_the_next_run(
+    db: str, server: MessagesAPIServer, how: str
+) -> None:
+    """A results download read short without a broken line (a gateway cutting the JSONL
+    at a line's end) fails the run as one that cannot be read, where each request missing
+    used to fail with "no result" and the batch, paid for, was dropped and paid again."""
+    server.set_batches_fault(_results_short(server, how))
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="could not be read"):
+            await _run(audit)
+        server.set_batches_fault(None)
+        report = await _run(audit)
+    assert (report.submitted, report.recorded, report.failed, report.unread) == (0, 6, {}, [])
+    assert len(server.batches) == 1, "the kept batch is collected, not paid for again"
+
+
+@pytest.mark.parametrize("how", ["empty", "cut"])
+async def test_a_batch_whose_results_are_read_short_three_times_is_dropped_and_planned_again(
+    db: str, server: MessagesAPIServer, how: str
+) -> None:
+    """A gateway cuts every download of a batch's results: the third run that reads them
+    short drops the kept batch and plans its messages again, where it used to be kept,
+    and every run blocked, until the API forgot the batch 29 days later."""
+    server.set_batches_fault(_results_short(server, how))
+    with Audit(db_url=db) as audit:
+        for reads in (1, 2):
+            with pytest.raises(ExtractionError, match=f"read short {reads} of 3 times"):
+                await _run(audit)
+        (first,) = [b["id"] for b in server.batches]
+        report = await _run(audit)
+        assert report.unread == [first]
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+        assert _failures(audit) == [], "a short read blames no message"
+
+
 def test_the_command_line_tells_unreadable_results_in_one_error_line(
     db: str, server: MessagesAPIServer
 ) -> None:
@@ -1308,3 +1368,20 @@ async def test_collected_names_no_user_whose_requests_only_this_run_submitted(
         report = await _run(audit)
         assert report.submitted == report.recorded == 6
         assert report.collected == []
+
+
+async def test_short_reads_are_counted_in_the_kept_batch_on_each_backend(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """The count of a kept batch's short reads lives in its kept requests (no column an
+    older database lacks): on SQLite and PostgreSQL the third short read drops it."""
+    server.set_batches_fault(_results_short(server, "empty"))
+    with Audit(db_url=both_backends) as audit:
+        for _ in range(2):
+            with pytest.raises(ExtractionError, match="could not be read"):
+                await _run(audit)
+        with audit.store.engine.connect() as connection:
+            (kept,) = connection.execute(select(BULK_BATCHES)).mappings().all()
+        assert {r["short_reads"] for r in kept["requests"].values()} == {2}
+        report = await _run(audit)
+    assert (report.unread, report.submitted, report.recorded) == ([kept["api_batch_id"]], 2, 2)
