@@ -33,6 +33,7 @@ __all__ = [
     "InvalidInputError",
     "MemoryClosedError",
     "MemveeError",
+    "MissingCredentialsError",
     "NewerEventError",
     "NotFoundError",
     "ProbeFailedError",
@@ -60,6 +61,13 @@ class MemveeError(Exception):
 
 class InvalidInputError(MemveeError, ValueError):
     """Bad input from the caller; raised before anything is written."""
+
+
+class MissingCredentialsError(InvalidInputError):
+    """The Claude extractor has no credentials to call the API with (no
+    ``ANTHROPIC_API_KEY`` nor other credentials the SDK finds, or a client given without
+    any): raised when a Memory opens or a re-extraction starts, before anything is written,
+    instead of every call failing. Its text names what to set, never a secret."""
 
 
 class NotFoundError(InvalidInputError):

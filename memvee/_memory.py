@@ -272,6 +272,7 @@ class Memory:
             extractor = await asyncio.to_thread(
                 _default_extractor, self.config.model, self.config.extraction_timeout
             )
+        await _check_credentials(extractor)
         cfg = self.config
         options = EngineOptions(
             url=cfg.url,
@@ -1203,6 +1204,15 @@ def _warn_if_offline(extractor: Extractor) -> None:
     from memvee.extractors._default import warn_if_offline
 
     warn_if_offline(extractor)
+
+
+async def _check_credentials(extractor: Extractor) -> None:
+    """Run the extractor's optional ``check_credentials()`` (the Claude extractor's raises
+    :class:`MissingCredentialsError` without an API key) in a thread, before the database
+    is opened: a Memory that could extract nothing is refused before it writes."""
+    check: Any = getattr(extractor, "check_credentials", None)
+    if check is not None:
+        await asyncio.to_thread(check)
 
 
 def _check_parts(config: object, extractor: object, embedder: object) -> None:

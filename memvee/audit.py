@@ -772,6 +772,9 @@ class Audit:
         limits = BatchLimits(
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
+        check: Any = getattr(extractor, "check_credentials", None)  # the Claude extractor's
+        if check is not None:
+            await asyncio.to_thread(check)
         run = await asyncio.to_thread(
             self._planned, user_id, extractor, version, limits, embedder, report
         )
@@ -1068,6 +1071,7 @@ class Audit:
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
         self.check_version_name(user_ids, version)
+        await asyncio.to_thread(extractor.check_credentials)
         meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(
             self.store,

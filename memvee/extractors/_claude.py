@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 
 import anthropic
 import httpx2
+from anthropic.lib.credentials import default_credentials
 from anthropic.types import Message, MessageParam, TextBlockParam
 
 from events.checks import check_model
@@ -43,6 +44,7 @@ from events.errors import (
     InvalidExtractionError,
     InvalidInputError,
     MemveeError,
+    MissingCredentialsError,
     ProbeFailedError,
     RejectedBatchError,
     first_line,
@@ -77,6 +79,9 @@ from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 __all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
 
 _log = logging.getLogger("memvee.extractors")
+
+_CUSTOM_HEADERS_ENV_VAR = "ANTHROPIC_CUSTOM_HEADERS"
+"""Headers the SDK adds to every call, a ``Name: value`` a line (a gateway's key, say)."""
 
 _CLIENT_LOGGERS = ("anthropic", "httpx2", "httpcore2")
 """The loggers of the SDK and of its HTTP client, which log each request's URL."""
@@ -205,6 +210,30 @@ class ClaudeExtractor:
         if self._given is not None:
             return self._given
         return self._client_for(_running_loop())
+
+    def check_credentials(self) -> None:
+        """Raise :class:`MissingCredentialsError` when no call could authenticate: the
+        client given carries no credentials, or, without one, the environment gives the
+        SDK none (``ANTHROPIC_API_KEY``, ``ANTHROPIC_AUTH_TOKEN``, a profile, an
+        ``Authorization`` or ``X-Api-Key`` among ``ANTHROPIC_CUSTOM_HEADERS``). A Memory
+        and a re-extraction call it before writing anything, in a thread (a profile is
+        read from disk), where every call would otherwise fail alike deep inside the SDK.
+        """
+        if self._given is not None:
+            if isinstance(self._given, anthropic.AsyncAnthropic) and not _client_has_credentials(
+                self._given
+            ):
+                raise MissingCredentialsError(
+                    "the Claude API client given has no credentials: build it with an "
+                    "api_key (or auth_token, or credentials)"
+                )
+            return
+        if not _environment_has_credentials():
+            raise MissingCredentialsError(
+                f"Claude extraction has no credentials: set {API_KEY_ENV_VAR} (or "
+                "ANTHROPIC_AUTH_TOKEN, or an Anthropic profile), or give ClaudeExtractor a "
+                "client built with an api_key"
+            )
 
     async def prepare(self) -> None:
         """Build the SDK client of the running loop, unless it is built, in a thread: it
@@ -587,6 +616,35 @@ def _build_client(max_retries: int) -> anthropic.AsyncAnthropic:
         ) from cause
     _check_base_url(str(client.base_url), "the Claude API client's base URL ", ExtractionError)
     return client
+
+
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key"})
+"""The request headers that carry a credential, lower-cased."""
+
+
+def _client_has_credentials(client: anthropic.AsyncAnthropic) -> bool:
+    """Whether ``client`` sends a credential with its calls: a header its key, token or
+    custom headers make, or a credentials provider that makes one at each call."""
+    headers = client.default_headers
+    sent = any(k.lower() in _AUTH_HEADERS and isinstance(v, str) and v for k, v in headers.items())
+    return sent or getattr(client, "credentials", None) is not None
+
+
+def _environment_has_credentials() -> bool:
+    """Whether a client built from the environment (:func:`_build_client`) would send a
+    credential, as the SDK resolves one: an API key, then its credentials chain (a token,
+    a profile, workload identity), or a custom header carrying one. A chain that fails
+    (a profile named but broken) is left to the build, which says what to fix."""
+    if os.environ.get(API_KEY_ENV_VAR, "").strip():
+        return True
+    custom = os.environ.get(_CUSTOM_HEADERS_ENV_VAR, "")
+    named = {line.partition(":")[0].strip().lower() for line in custom.split("\n")}
+    if named & _AUTH_HEADERS:
+        return True
+    try:
+        return default_credentials() is not None
+    except Exception:  # raised again, and told, where the client is built
+        return True
 
 
 def _base_url_problem(url: str) -> str | None:

@@ -13,11 +13,16 @@ from unittest.mock import AsyncMock, MagicMock
 
 import anthropic
 import pytest
+from sqlalchemy import inspect
 
+from events import UserLog
 from events.errors import ExtractionError, InvalidInputError
 from events.extraction import BatchMessage, ExtractionBatch
 from memvee import Memory, MemoryConfig, ProcessingError
-from memvee.extractors import ClaudeExtractor
+from memvee.audit import Audit
+from memvee.errors import MissingCredentialsError
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
+from projections.bulk_runs import BULK_BATCHES
 
 API_KEY = "sk-ant-test-DO-NOT-LEAK-0123456789abcdef"
 PASSWORD = "gateway-pass-DO-NOT-LEAK-42"
@@ -216,3 +221,72 @@ def test_a_stand_in_client_an_application_tests_with_is_taken(make: Any) -> None
     check was added."""
     client = make()
     assert ClaudeExtractor(client=client).client is client
+
+
+@pytest.fixture
+def no_credentials(environment: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No API key, token, profile or custom header anywhere the SDK looks."""
+    environment.delenv("ANTHROPIC_API_KEY")
+    environment.delenv("ANTHROPIC_CONFIG_DIR")
+    environment.setenv("HOME", str(tmp_path / "home"))
+    environment.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    return environment
+
+
+async def test_a_memory_with_the_claude_extractor_and_no_credentials_refuses_to_open(
+    no_credentials: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No ANTHROPIC_API_KEY: the Memory says so when it opens, as a typed error, before
+    the database is made, where it used to open and fail every task it ran."""
+    db = tmp_path / "m.db"
+    memory = Memory(config=MemoryConfig(db_path=str(db)), extractor=ClaudeExtractor())
+    with pytest.raises(MissingCredentialsError, match="set ANTHROPIC_API_KEY"):
+        await memory.open()
+    assert not db.exists(), "nothing written"
+    assert not memory.is_open
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("ANTHROPIC_API_KEY", API_KEY),
+        ("ANTHROPIC_AUTH_TOKEN", API_KEY),
+        ("ANTHROPIC_CUSTOM_HEADERS", f"X-Api-Key: {API_KEY}"),
+    ],
+)
+def test_any_credential_the_sdk_would_send_is_taken(
+    no_credentials: pytest.MonkeyPatch, setting: str, value: str
+) -> None:
+    no_credentials.setenv(setting, value)
+    ClaudeExtractor().check_credentials()
+
+
+def test_a_client_given_without_credentials_is_refused_and_one_with_a_key_taken(
+    no_credentials: pytest.MonkeyPatch,
+) -> None:
+    bare = anthropic.AsyncAnthropic(base_url="http://127.0.0.1:9")
+    with pytest.raises(MissingCredentialsError, match="client given has no credentials"):
+        ClaudeExtractor(client=bare).check_credentials()
+    keyed = anthropic.AsyncAnthropic(api_key=API_KEY, base_url="http://127.0.0.1:9")
+    ClaudeExtractor(client=keyed).check_credentials()
+
+
+async def test_a_bulk_reextraction_without_credentials_is_refused_before_anything_is_kept(
+    no_credentials: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Message Batches path called the SDK directly: its TypeError ("Could not resolve
+    authentication method") came out of the run after the batch's requests were kept."""
+    url = f"sqlite:///{tmp_path / 'bulk.db'}"
+    async with Memory(config=MemoryConfig(db_url=url), extractor=OfflineExtractor()) as memory:
+        await memory.add_exchange("ann", "I live in Oslo", "ok")
+        await memory.flush("ann")
+    with Audit(db_url=url) as audit:
+        with pytest.raises(MissingCredentialsError):
+            await audit.reextract_in_bulk(["ann"], ClaudeExtractor(max_retries=0), "v2")
+        with pytest.raises(MissingCredentialsError):
+            await audit.reextract("ann", ClaudeExtractor(max_retries=0), "v2")
+        with audit.store.engine.connect() as connection:
+            assert not inspect(connection).has_table(BULK_BATCHES.name)
+        assert not any(
+            isinstance(e, UserLog.ReextractionFailed) for e in audit.store.events_of("ann")
+        )
