@@ -1073,6 +1073,21 @@ async def test_a_batch_whose_results_are_read_short_three_times_is_dropped_and_p
         assert _failures(audit) == [], "a short read blames no message"
 
 
+def test_the_command_line_lists_a_batch_dropped_after_short_reads(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The third short read drops the batch: a `dropped:` line names it, and the run,
+    which plans its requests again and records them, exits 0."""
+    server.set_batches_fault(_results_short(server, "empty"))
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    for _ in range(2):
+        failed = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+        assert failed.exit_code == 2 and "read short" in failed.output, failed.output
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("dropped:") == 1 and server.batches[0]["id"] in result.output
+
+
 def test_the_command_line_tells_unreadable_results_in_one_error_line(
     db: str, server: MessagesAPIServer
 ) -> None:
