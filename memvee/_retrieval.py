@@ -18,9 +18,12 @@ ranking lexical: a search never fails for it.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -472,10 +475,10 @@ class Retriever:
         once (as is one said again word for word), left out when the returned entries say
         it (:meth:`_Exchanges.hidden`, by the stems of the query's own words, ``asked``),
         kept beside them when they leave out some of the query's words it holds, but only in
-        a slot no remaining entry takes (:func:`_defer`), and comes last when either half is
+        a slot no remaining entry takes (:class:`_Queue`), and comes last when either half is
         outdated."""
-        for key, candidate in candidates.items():
-            candidate.key = key
+        for key, proposed in candidates.items():
+            proposed.key = key
         ranked = sorted(candidates.values(), key=_ranking)
         if ranked:
             floor = RELEVANCE_FLOOR * ranked[0].score
@@ -492,16 +495,13 @@ class Retriever:
             # A message whose facts were all replaced states something no longer true.
             keys = [c.key for c in messages]
             stale = self._reader.outdated(connection, user_id, keys, as_of)
-        order = _merge_ranked(entries, messages, stale, facts_first=not searched)
+        queue = _Queue(entries, messages, stale, facts_first=not searched)
         exchanges = _Exchanges(stale, asked)
-        chosen: list[_Candidate] = []
+        chosen = _Chosen(exchanges)
         beside: set[str] = set()
-        at = 0
-        while at < len(order) and len(chosen) < top_k:
-            candidate = order[at]
-            at += 1
+        while len(chosen) < top_k and (candidate := queue.pop()) is not None:
             if candidate.is_message and candidate.key not in exchanges.partner:
-                window = order[at - 1 : at - 1 + 2 * top_k]
+                window = [candidate, *queue.upcoming_messages(2 * top_k - 1)]
                 self._read_messages(connection, user_id, window)
                 self._read_partners(connection, user_id, as_of, window, exchanges)
             item = candidate.item
@@ -509,34 +509,35 @@ class Retriever:
                 continue  # erased since it was embedded
             if isinstance(item, KnowledgeEntry):
                 exchanges.cite(item)
-                told = {c.key for c in chosen if exchanges.hidden(c.item)}
-                moved = [c for c in chosen if c.key not in told and exchanges.cited(c.item)]
-                beside.update(c.key for c in moved)
-                chosen = [c for c in chosen if c.key not in told and c.key not in beside]
-                for moved_candidate in moved:
-                    _defer(order, at, moved_candidate, stale)
-            elif exchanges.hidden(item) or exchanges.shown(item, chosen):
+                chosen.drop_told_by(item)
+                for waiting in chosen.waiting_for_facts():
+                    beside.add(waiting.key)
+                    queue.put_back(waiting)
+                chosen.add(candidate)
+            elif exchanges.hidden(item) or chosen.shows(item):
                 continue
             elif exchanges.cited(item) and candidate.key not in beside:
                 beside.add(candidate.key)
-                _defer(order, at, candidate, stale)
-                continue
+                queue.put_back(candidate)
             elif exchanges.outdated(candidate.key) and candidate.key not in stale:
                 stale.add(candidate.key)
-                order.append(candidate)  # fresh itself, but its exchange is not: last
-                continue
-            chosen.append(candidate)
-        kept = [c for c in chosen if isinstance(c.item, KnowledgeEntry)]
+                queue.outdate(candidate)  # fresh itself, but its exchange is not: last
+            else:
+                chosen.add(candidate)
         return RetrievalResult(
             user_id,
             query,
             as_of,
-            [RetrievedEntry(c.item, c.score) for c in kept if isinstance(c.item, KnowledgeEntry)],
+            [
+                RetrievedEntry(c.item, c.score)
+                for c in chosen.entries
+                if isinstance(c.item, KnowledgeEntry)
+            ],
             [
                 RetrievedMessage(
                     c.item, c.score, exchanges.partner[c.key], exchanges.outdated(c.key)
                 )
-                for c in chosen
+                for c in chosen.messages.values()
                 if isinstance(c.item, Message)
             ],
         )
@@ -711,7 +712,7 @@ class _Exchanges:
     stated: dict[str, frozenset[str]] = field(default_factory=dict)
     holds: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def _halves(self, key: str) -> tuple[str, ...]:
+    def halves(self, key: str) -> tuple[str, ...]:
         partner = self.partner.get(key)
         return (key,) if partner is None else (key, partner.message_id)
 
@@ -724,7 +725,7 @@ class _Exchanges:
     def cited(self, item: KnowledgeEntry | Message | None) -> bool:
         """Whether ``item`` is a message a returned entry cites either half of the exchange of."""
         return isinstance(item, Message) and any(
-            half in self.stated for half in self._halves(item.message_id)
+            half in self.stated for half in self.halves(item.message_id)
         )
 
     def hidden(self, item: KnowledgeEntry | Message | None) -> bool:
@@ -753,20 +754,9 @@ class _Exchanges:
 
     def outdated(self, key: str) -> bool:
         """Whether either half of ``key``'s exchange is outdated."""
-        return any(half in self.stale for half in self._halves(key))
+        return any(half in self.stale for half in self.halves(key))
 
-    def shown(self, message: Message, chosen: list[_Candidate]) -> bool:
-        """Whether a chosen message already shows ``message``: as itself, as its partner,
-        or word for word (the same question asked again and answered alike says nothing
-        new; items scored alike rank newest first, so the newest is the one shown)."""
-        said = self._said(message)
-        return any(
-            message.message_id in self._halves(c.key) or self._said(c.item) == said
-            for c in chosen
-            if isinstance(c.item, Message)
-        )
-
-    def _said(self, message: Message) -> tuple[tuple[str, str, str], ...]:
+    def said(self, message: Message) -> tuple[tuple[str, str, str], ...]:
         """What ``message``'s exchange shows, each half by speaker and its text casefolded
         with its white space collapsed, in the order they were said (read once a message)."""
         said = self.words.get(message.message_id)
@@ -781,36 +771,124 @@ class _Exchanges:
         return said
 
 
-def _merge_ranked(
-    entries: list[_Candidate], messages: list[_Candidate], stale: set[str], *, facts_first: bool
-) -> list[_Candidate]:
-    """Entries and fresh messages by score, then the outdated messages; with
-    ``facts_first`` (a query without a word to search: "who am I?" asks for the user's
-    facts) every entry before any message, whose meaning may be near such a query however
-    little it says ("Am I boring?")."""
-    fresh = [c for c in messages if c.key not in stale]
-    old = [c for c in messages if c.key in stale]
-    if facts_first:
-        return [*entries, *fresh, *old]
-    return sorted([*entries, *fresh], key=_ranking) + old
+_Rank = tuple[float, bool, float, float, str]
+
+_AFTER_THE_ENTRIES: _Rank = (math.inf, True, 0.0, 0.0, "")
+"""The turn of a message put back with no fresh message left behind it: after every entry."""
 
 
-def _defer(order: list[_Candidate], at: int, candidate: _Candidate, stale: set[str]) -> None:
-    """Put ``candidate``, a message kept beside its facts, back in ``order`` past ``at``,
-    in the place of the first message ranked below it (which moves one on), or before the
-    outdated ones after the entries still ahead of it: the entries keep the slots they
-    had, and a weaker or outdated message never takes its slot."""
-    ahead = [i for i in range(at, len(order)) if not order[i].is_message]
-    last = ahead[-1] + 1 if ahead else at
-    rank = _ranking(candidate)
-    for place in range(at, len(order)):
-        other = order[place]
-        outdated = other.key in stale
-        if other.is_message and (place >= last if outdated else _ranking(other) > rank):
-            break
-    else:
-        place = len(order)
-    order.insert(place, candidate)
+class _Queue:
+    """The candidates :meth:`Retriever._pick` has yet to look at, in turn: the entries and
+    the fresh messages merged by rank (with ``facts_first``, a query without a word to
+    search, every entry first: "who am I?" asks for the user's facts), then the outdated
+    messages (``stale``).
+
+    A message put back (kept beside its facts) ranks above every message still waiting, so
+    it goes before them all, in the turn of the first of them: the entries ranked above that
+    one still come first, and no weaker message takes its slot. Each step costs O(1)."""
+
+    def __init__(
+        self,
+        entries: Sequence[_Candidate],
+        messages: Sequence[_Candidate],
+        stale: set[str],
+        *,
+        facts_first: bool,
+    ) -> None:
+        self._entries = deque((_ranking(c), c) for c in entries)
+        self._fresh = deque((_ranking(c), c) for c in messages if c.key not in stale)
+        self._old = deque(c for c in messages if c.key in stale)
+        self._stale = stale
+        self._facts_first = facts_first
+
+    def pop(self) -> _Candidate | None:
+        """The next candidate to look at, or ``None`` when none is left."""
+        if self._entries and (
+            self._facts_first or not self._fresh or self._entries[0][0] < self._fresh[0][0]
+        ):
+            return self._entries.popleft()[1]
+        if self._fresh:
+            return self._fresh.popleft()[1]
+        return self._old.popleft() if self._old else None
+
+    def put_back(self, message: _Candidate) -> None:
+        """Look at ``message``, taken earlier, again before every message still waiting."""
+        if message.key in self._stale:
+            self._old.appendleft(message)
+        else:
+            turn = self._fresh[0][0] if self._fresh else _AFTER_THE_ENTRIES
+            self._fresh.appendleft((turn, message))
+
+    def outdate(self, message: _Candidate) -> None:
+        """Look at ``message`` again after every other candidate."""
+        self._old.append(message)
+
+    def upcoming_messages(self, count: int) -> list[_Candidate]:
+        """The next ``count`` messages waiting (whose rows are read together)."""
+        waiting = itertools.chain((c for _, c in self._fresh), self._old)
+        return list(itertools.islice(waiting, count))
+
+
+class _Chosen:
+    """The entries and messages picked so far, in the order picked. The messages are
+    indexed by each half of their exchange and by what they say, so that telling whether
+    one already shows a message, or which ones an entry may now tell, reads no other."""
+
+    def __init__(self, exchanges: _Exchanges) -> None:
+        self.entries: list[_Candidate] = []
+        self.messages: dict[str, _Candidate] = {}
+        self._exchanges = exchanges
+        self._by_half: dict[str, str] = {}
+        self._by_said: dict[tuple[tuple[str, str, str], ...], str] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.messages)
+
+    def add(self, candidate: _Candidate) -> None:
+        if not isinstance(candidate.item, Message):
+            self.entries.append(candidate)
+            return
+        self.messages[candidate.key] = candidate
+        for half in self._exchanges.halves(candidate.key):
+            self._by_half[half] = candidate.key
+        self._by_said[self._exchanges.said(candidate.item)] = candidate.key
+
+    def shows(self, message: Message) -> bool:
+        """Whether a picked message shows ``message``: as itself, as its partner, or word
+        for word (the same question asked again and answered alike says nothing new; items
+        scored alike rank newest first, so the newest is the one shown)."""
+        return message.message_id in self._by_half or self._exchanges.said(message) in self._by_said
+
+    def drop_told_by(self, entry: KnowledgeEntry) -> None:
+        """Drop the messages whose exchange the entries, ``entry`` now among them, say
+        (:meth:`_Exchanges.hidden`): only the messages ``entry`` cites can have become so."""
+        cited = {self._by_half[m] for m in entry.source_message_ids if m in self._by_half}
+        for key in cited:
+            if self._exchanges.hidden(self.messages[key].item):
+                self._drop(key)
+
+    def waiting_for_facts(self) -> list[_Candidate]:
+        """Drop, and return weakest first, the last messages picked that an entry cites:
+        they give their slots to the entries still to come, while a message picked after
+        one of them (all rank below it) keeps the place it has behind it."""
+        waiting: list[_Candidate] = []
+        while self.messages:
+            last = self.messages[next(reversed(self.messages))]
+            if not self._exchanges.cited(last.item):
+                break
+            waiting.append(self._drop(last.key))
+        return waiting
+
+    def _drop(self, key: str) -> _Candidate:
+        candidate = self.messages.pop(key)
+        for half in self._exchanges.halves(key):
+            if self._by_half.get(half) == key:
+                del self._by_half[half]
+        if isinstance(candidate.item, Message):
+            said = self._exchanges.said(candidate.item)
+            if self._by_said.get(said) == key:
+                del self._by_said[said]
+        return candidate
 
 
 def _ranking(candidate: _Candidate) -> tuple[float, bool, float, float, str]:

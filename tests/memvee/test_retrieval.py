@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import random
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -874,6 +875,79 @@ async def test_a_message_its_facts_follow_still_goes_before_a_weaker_message_aft
     assert [m.message.content for m in three.messages] == [sister]
     four = await memory.retrieve("ann", query, include_messages=True, top_k=4)
     assert [m.message.content for m in four.messages] == [sister, weaker]
+
+
+async def test_a_message_moved_behind_its_facts_takes_its_slot_back_from_a_weaker_one(
+    make_memory: Callable[..., Any],
+) -> None:
+    """The message that matched is chosen first, then a weaker one, then its facts (half its
+    score, above neither): moved behind them, it goes before the weaker message again. A
+    message shown at ``top_k=2`` is never lost at 3 to one that scores below it."""
+    sister = "My sister brings the wedding dress and the cake"
+    weaker = "The wedding dress is ivory"
+    facts = ("User's sister bakes a cake.", "User's sister sews a dress.")
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(fact, (m.message_id,))
+        for m in batch.messages
+        if m.content == sister
+        for fact in facts
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", sister, "Lovely!", sent_at=T0)
+    await memory.add_exchange("ann", weaker, "Sounds perfect.", sent_at=T0 + timedelta(days=1))
+    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
+        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
+    await memory.flush("ann")
+
+    query = "what about the wedding dress and the cake?"
+    for top_k in (1, 2, 3):
+        result = await memory.retrieve("ann", query, include_messages=True, top_k=top_k)
+        assert [m.message.content for m in result.messages][:1] == [sister], top_k
+    four = await memory.retrieve("ann", query, include_messages=True, top_k=4)
+    assert sorted(hit.text for hit in four.entries) == sorted(facts)
+    assert [m.message.content for m in four.messages] == [sister, weaker]
+
+
+async def test_a_message_shown_at_one_top_k_is_shown_at_the_next_while_a_weaker_one_is(
+    make_memory: Callable[..., Any],
+) -> None:
+    """Over seeded random small histories (messages holding some of the question's words,
+    some lifting facts about the user's sister that state only the first of them, so each
+    such message is kept beside its facts), a message returned at ``top_k=k`` is returned at
+    ``k + 1`` too whenever a message scoring below it is."""
+    words = ("wedding", "dress", "cake", "ring", "flowers")
+    query = "what about the " + " and the ".join(words) + "?"
+    fillers = ("tea", "chess", "rain", "cats", "bikes", "soup")
+    lifting: set[str] = set()
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(f"User's sister {fact} the {m.content.split()[0]}.", (m.message_id,))
+        for m in batch.messages
+        if m.content in lifting
+        for fact in ("sews", "bakes")
+    )
+    memory = await make_memory(extractor=extractor)
+    for seed in range(40):
+        chance = random.Random(seed)
+        lines = [
+            " ".join(chance.sample(words, chance.randint(2, 4)) + chance.sample(fillers, 2))
+            for _ in range(6)
+        ]
+        lifting.clear()
+        lifting.update(line for line in lines if chance.random() < 0.5)
+        user = f"seed{seed}"
+        for day, line in enumerate(lines):
+            await memory.add_exchange(user, line, "Ok.", sent_at=T0 + timedelta(days=day))
+        await memory.flush(user)
+        shown = []
+        for top_k in range(1, 9):
+            result = await memory.retrieve(user, query, include_messages=True, top_k=top_k)
+            shown.append({m.message.message_id: m.score for m in result.messages})
+        for top_k, (fewer, more) in enumerate(itertools.pairwise(shown), start=1):
+            for lost, score in fewer.items():
+                if lost not in more:
+                    assert all(other >= score for other in more.values()), (seed, top_k, lines)
 
 
 async def test_an_exchange_is_shown_once_whichever_half_matched(
