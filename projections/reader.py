@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import NullType
 
 from events import KnownEntry, ReplacedEntry, user_log_id
@@ -133,7 +134,6 @@ class ProjectionReader:
         self._names_of_turns = [
             users_turn.order_by(order).limit(1) for order in (m.c.seq, m.c.seq.desc())
         ]
-        self._sqlite = _SqliteReads(tables)
         citing = (
             select(c.c.message_id, c.c.log_id)
             .join(k, k.c.entry_id == c.c.entry_id)
@@ -155,6 +155,7 @@ class ProjectionReader:
         ended = case((c.c.repeated == 0, 1), else_=ended_after)
         ended_now = case((k.c.valid_until.is_(None), 0), else_=ended)
         self._outdated = citing.having(func.sum(ended_now) == func.count())
+        self._sqlite = _SqliteReads(tables, self._outdated)
         ended_then = case((k.c.valid_until <= at, ended), else_=0)
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
             func.sum(ended_then) == func.count()
@@ -778,31 +779,23 @@ def _summary(r: Any) -> UserSummary:
 class _SqliteReads:
     """Two reads every retrieval with messages runs, as plain statements on SQLite's
     DBAPI cursor: SQLAlchemy renders a statement with an expanding ``IN`` anew at every
-    call, which cost 200-370 µs around a 60 µs statement. They read what
-    :attr:`ProjectionReader._outdated` and ``_messages_of_user_by_seqs`` read elsewhere.
+    call, which cost 200-370 µs around a 60 µs statement. The outdated messages are read
+    by :attr:`ProjectionReader._outdated` itself, rendered once (:class:`_RenderedOnce`);
+    the messages by seqs, as ``_messages_of_user_by_seqs`` reads them elsewhere.
     """
 
-    def __init__(self, tables: ProjectionTables) -> None:
-        m, c, k = tables.messages.name, tables.citations.name, tables.knowledge.name
-        self._outdated = (
-            f"SELECT c.message_id, c.log_id FROM {c} AS c JOIN {k} AS k "
-            f"ON k.entry_id = c.entry_id WHERE c.message_id IN ({{marks}}) "
-            "AND k.knowledge_version = ? GROUP BY c.message_id, c.log_id "
-            "HAVING sum(CASE WHEN k.valid_until IS NULL THEN 0 WHEN c.repeated = 0 THEN 1 "
-            f"WHEN k.valid_until > (SELECT sent_at FROM {m} WHERE message_id = c.message_id) "
-            "THEN 1 ELSE 0 END) = count(*)"
+    def __init__(self, tables: ProjectionTables, outdated: Select[Any]) -> None:
+        self._outdated = _RenderedOnce(outdated, "ids")
+        self._by_seqs = (
+            f"SELECT * FROM {tables.messages.name} WHERE log_id = ? AND seq IN ({{marks}}) "
+            "ORDER BY seq"
         )
-        self._by_seqs = f"SELECT * FROM {m} WHERE log_id = ? AND seq IN ({{marks}}) ORDER BY seq"
 
     def outdated(self, connection: Connection, log_id: str, message_ids: list[str]) -> set[str]:
         """Those of ``message_ids`` of log ``log_id`` whose every live entry has ended
         (looked up by key, the owner checked on each row, as :func:`_owned_by` does)."""
         owner = stored_id(log_id)
-        rows = _driver_rows(
-            connection,
-            self._outdated.format(marks=", ".join("?" * len(message_ids))),
-            [*map(stored_id, message_ids), LIVE_KNOWLEDGE],
-        )
+        rows = self._outdated.rows(connection, message_ids)
         return {id_text(r["message_id"]) for r in rows if r["log_id"] == owner}
 
     def messages_by_seqs(
@@ -811,6 +804,34 @@ class _SqliteReads:
         """The raw rows of log ``log_id``'s messages at ``seqs``, in log order."""
         sql = self._by_seqs.format(marks=", ".join("?" * len(seqs)))
         return _driver_rows(connection, sql, [stored_id(log_id), *seqs])
+
+
+class _RenderedOnce:
+    """``statement`` rendered once as SQLite's SQL, its expanding ``IN`` list (the bound
+    parameter ``expanding``) left open: run on the DBAPI cursor with the list's values,
+    it reads what the statement reads, the one definition of what it asks."""
+
+    def __init__(self, statement: Select[Any], expanding: str) -> None:
+        dialect = sqlite.dialect()
+        compiled = statement.compile(dialect=dialect)
+        self._head, self._tail = compiled.string.split(f"__[POSTCOMPILE_{expanding}]")
+        processors = {n: b.type.bind_processor(dialect) for n, b in compiled.binds.items()}
+        self._store = processors[expanding] or (lambda value: value)
+        names = list(compiled.positiontup or ())
+        at = names.index(expanding)
+        fixed = [_bound(processors[n], compiled.params[n]) for n in names]
+        self._before, self._after = fixed[:at], fixed[at + 1 :]
+
+    def rows(self, connection: Connection, values: list[Any]) -> list[dict[str, Any]]:
+        """The rows the statement reads with its ``IN`` list holding ``values``."""
+        params = [*self._before, *map(self._store, values), *self._after]
+        sql = self._head + ", ".join("?" * len(values)) + self._tail
+        return _driver_rows(connection, sql, params)
+
+
+def _bound(process: Callable[[Any], Any] | None, value: Any) -> Any:
+    """``value`` as the driver is given it."""
+    return value if process is None else process(value)
 
 
 def _driver_rows(connection: Connection, sql: str, params: list[Any]) -> list[dict[str, Any]]:

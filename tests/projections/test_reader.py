@@ -4,7 +4,7 @@ id prefix finds the ids that start with it, however they are stored."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -271,3 +271,32 @@ async def test_the_successors_of_an_entry_are_read_in_one_statement_however_long
         assert reader.successors(connection, "ann", ids[-1]) == []
         assert reader.successors(connection, "bob", ids[0]) == []
     assert len(statements) == 1, statements
+
+
+async def test_the_sqlite_fast_path_finds_the_outdated_messages_the_statement_finds(
+    make_memory: Callable[..., Any],
+) -> None:
+    """SQLite reads the outdated messages on its DBAPI cursor; what it finds is what the
+    statement PostgreSQL runs finds: a message whose fact ended, a repeat said before the
+    end (outdated) and one said after it (current), and a message whose fact holds."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    for day, said in (
+        (0, "I live in Oslo."),
+        (0, "I love jazz."),
+        (2, "As I said, I live in Oslo."),
+        (9, "Like I said, I live in Oslo."),
+        (5, "I moved to Bergen."),
+    ):
+        await memory.add_exchange("ann", said, "Nice.", sent_at=start + timedelta(days=day))
+        await memory.flush("ann")
+    engine, reader = _reader_of(memory)
+    ids = [m.message_id for m in await memory.messages("ann")]
+    owner = str(user_log_id("ann"))
+    with engine.store.engine.connect() as connection:
+        fast = reader.outdated(connection, "ann", ids)
+        rows = connection.execute(reader._outdated, {"ids": ids}).mappings()
+        stated = {r["message_id"] for r in rows if r["log_id"] == owner}
+    assert fast == stated
+    contents = {m.message_id: m.content for m in await memory.messages("ann")}
+    assert sorted(contents[i] for i in fast) == ["As I said, I live in Oslo.", "I live in Oslo."]
