@@ -785,7 +785,8 @@ class _Queue:
 
     A message put back (kept beside its facts) ranks above every message still waiting, so
     it goes before them all, in the turn of the first of them: the entries ranked above that
-    one still come first, and no weaker message takes its slot. Each step costs O(1)."""
+    one still come first, and no weaker message takes its slot. Taking a candidate and
+    putting one back cost O(1)."""
 
     def __init__(
         self,
