@@ -16,6 +16,7 @@ so that no message can block the ones after it.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -1815,17 +1816,30 @@ def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime])
     order: messages sent at once in the order they were written), a change never before
     the earlier fact of the answer it names, and in the answer's order when they cite the
     same message: the order batches of one message each would fold them in, whatever
-    order the answer lists its facts in."""
+    order the answer lists its facts in. A change said before the fact it names waits for
+    it, then takes its turn by its own time among the facts still to fold, so where the
+    answer lists it decides nothing."""
     said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
     unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
-    keys: list[tuple[datetime, int]] = []
+    own = [
+        max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
+        for fact in facts
+    ]
+    waiting: dict[int, list[int]] = {}  # fact -> the later facts of the answer naming it
     for index, fact in enumerate(facts):
-        key = max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
         earlier = fact.target_fact
         if earlier is not None and 0 <= earlier < index:
-            key = max(key, keys[earlier])
-        keys.append(key)
-    return sorted(range(len(facts)), key=keys.__getitem__)
+            waiting.setdefault(earlier, []).append(index)
+    named = {index for changes in waiting.values() for index in changes}
+    ready = [(own[index], index) for index in range(len(facts)) if index not in named]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, index = heapq.heappop(ready)
+        order.append(index)
+        for change in waiting.get(index, ()):
+            heapq.heappush(ready, (own[change], change))
+    return order
 
 
 def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:

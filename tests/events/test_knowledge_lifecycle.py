@@ -4,6 +4,7 @@ advises; the log decides."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 import threading
@@ -25,7 +26,7 @@ from events import (
 from events.checks import MAX_FACT_CHARS
 from events.extraction import FactAction
 from events.user_log import LIVE_KNOWLEDGE, UserLog
-from tests.support.garbage_answers import entries_of, garbage_answer, garbage_times
+from tests.support.garbage_answers import entries_of, garbage_answer, garbage_times, relisted
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -1406,6 +1407,67 @@ def test_no_entry_of_any_answer_ends_before_a_message_that_cites_it_was_sent(
         assert _late_citations(answered, sent) == []
 
 
+def _decided(answered: list[Any]) -> list[tuple[Any, ...]]:
+    """What a batch's events ``answered`` decide, whatever the entries' ids: each entry
+    (by its text and sources) with its start, its end, what replaced it, and the messages
+    that said it again."""
+    named: dict[str, tuple[str, tuple[str, ...]]] = {}
+    decided: dict[str, dict[str, Any]] = {}
+    for event in answered:
+        if isinstance(event, UserLog.KnowledgeExtracted):
+            for e in event.entries:
+                named[e["entry_id"]] = (e["text"], tuple(sorted(e["source_message_ids"])))
+                decided[e["entry_id"]] = {"from": datetime.fromisoformat(e["valid_from"])}
+            for entry_id, messages in (event.repeated or {}).items():
+                decided.setdefault(entry_id, {})["again"] = tuple(sorted(messages))
+        elif isinstance(event, UserLog.KnowledgeBeganEarlier):
+            decided.setdefault(event.entry_id, {})["from"] = event.valid_from
+        elif hasattr(event, "valid_until") and hasattr(event, "entry_id"):
+            ending = decided.setdefault(event.entry_id, {})
+            ending["until"] = event.valid_until
+            successor = getattr(event, "superseded_by", None)
+            ending["by"] = named.get(successor, successor) if successor else None
+    return sorted(
+        (
+            (
+                named.get(entry_id, entry_id),
+                *sorted(d.items()),
+            )
+            for entry_id, d in decided.items()
+        ),
+        key=repr,
+    )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(rng=st.randoms(use_true_random=False), batches=st.integers(1, 3))
+def test_the_same_answer_listed_in_any_order_decides_the_same_history(
+    rng: random.Random, batches: int
+) -> None:
+    """The garbage answers again, the last batch's listed in other orders that say the
+    same (each change still after the fact of the answer it names, facts said by one
+    message in their order): the batch decides the same entries, starts, ends and
+    repeats, as the order facts were said decides, not the order they are listed in."""
+    log = UserLog.register("ann")
+    history: list[Any] = log.collect_events()
+    sent: dict[str, datetime] = {}
+    for task in range(batches - 1):
+        _record_garbage(log, rng, f"t{task}", history, sent)
+    task_id = f"t{batches - 1}"
+    ids = _batch(log, task_id, *["m"] * rng.randint(1, 4))
+    known = [
+        k for k in entries_of(history).values() if k.entry_id in _known(log) or rng.random() < 0.3
+    ]
+    facts = garbage_answer(rng, ids, known)
+    batch = garbage_times(rng, ids)
+    decided = []
+    for answer in [facts, *(relisted(rng, facts, batch) for _ in range(3))]:
+        relisting = copy.deepcopy(log)
+        relisting.record_knowledge(task_id, answer, "x", batch=batch, known=known)
+        decided.append(_decided(relisting.collect_events()))
+    assert decided[1:] == [decided[0]] * 3
+
+
 def _one_batch(days: list[int], facts: list[ExtractedFact]) -> UserLog:
     """Ann's log after one batch of messages sent on ``days`` (``m0``, ``m1``, ... in
     the facts' citations stand for them), answered with ``facts``."""
@@ -1532,3 +1594,16 @@ def test_a_value_said_again_after_the_one_a_change_names_began_is_not_the_value_
         ],
     )
     assert _history(log) == _days((BERGEN, 1, None), (OSLO, 2, 4), (BERGEN, 4, None))
+
+
+@pytest.mark.parametrize("change_listed", [1, 2])
+def test_a_change_cited_before_the_fact_it_names_is_decided_wherever_the_answer_lists_it(
+    change_listed: int,
+) -> None:
+    """Oslo and Bergen both cited on day 5, and a move from that Oslo to Bergen cited on
+    day 3 (a change said before the fact it names), listed before or after the other
+    Bergen: the same history either way, the move folded after Oslo by its own time."""
+    facts = [ExtractedFact(OSLO, ("m1",)), ExtractedFact(BERGEN, ("m1",))]
+    facts.insert(change_listed, _update(BERGEN, "m0", 0))
+    log = _one_batch([3, 5], facts)
+    assert _history(log) == _days((BERGEN, 3, 5), (OSLO, 5, None))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import FACT_ACTIONS, BatchMessage, ExtractedFact, KnownEntry, UserLog
 
-__all__ = ["GARBAGE_TEXTS", "entries_of", "garbage_answer", "garbage_times"]
+__all__ = ["GARBAGE_TEXTS", "entries_of", "garbage_answer", "garbage_times", "relisted"]
 
 GARBAGE_TEXTS = (
     "User lives in Oslo.",
@@ -69,6 +70,38 @@ def garbage_answer(
                 text, fact.source_message_ids, fact.action, fact.target_entry_id, named
             )
     return facts
+
+
+def relisted(
+    rng: random.Random, facts: Sequence[ExtractedFact], batch: Sequence[BatchMessage]
+) -> list[ExtractedFact]:
+    """``facts`` listed in another random order that says the same: a fact still after
+    the earlier fact of the answer it names (and before a later one it names), facts
+    said by the same newest message of ``batch`` in their order, and each
+    ``target_fact`` renumbered to name the same fact."""
+    said = {m.message_id: (m.sent_at, place) for place, m in enumerate(batch)}
+    last = max(said.values())
+    own = [max((said[m] for m in f.source_message_ids if m in said), default=last) for f in facts]
+    count = len(facts)
+    after: dict[int, set[int]] = {index: set() for index in range(count)}
+    for index, fact in enumerate(facts):
+        named = fact.target_fact
+        if named is not None and 0 <= named < count and named != index:
+            after[max(index, named)].add(min(index, named))
+        after[index].update(e for e in range(index) if own[e] == own[index])
+    order: list[int] = []
+    while len(order) < count:
+        placed = set(order)
+        order.append(
+            rng.choice([i for i in range(count) if i not in placed and after[i] <= placed])
+        )
+    place = {old: new for new, old in enumerate(order)}
+    return [
+        facts[old]
+        if (named := facts[old].target_fact) is None
+        else replace(facts[old], target_fact=place.get(named, named))
+        for old in order
+    ]
 
 
 def entries_of(history: Iterable[Any]) -> dict[str, KnownEntry]:
