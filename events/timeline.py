@@ -81,12 +81,7 @@ class Timeline:
                 ends[prior] = Ending(start, successor=new)
             ends[new] = Ending(self.began[later], successor=later)
             return
-        current, seen = old, {old, new}
-        while (ending := ends.get(current)) and ending.successor and ending.at <= start:
-            if ending.successor in seen:
-                break  # a link back into the walk: stop at the last entry not yet seen
-            seen.add(ending.successor)
-            current = ending.successor  # ended before the new one began: look at what followed
+        current = self._held_at(old, start, besides=new)
         ending = ends.get(current)
         if ending is not None and ending.at <= start:
             return  # invalidated before the new one began: nothing of it is left to end
@@ -110,11 +105,18 @@ class Timeline:
         self._earlier[entry] = at
 
     def invalidate(self, target: str, at: datetime, reason: str, sources: list[str]) -> None:
-        """End ``target`` at ``at``, unless it had not begun or had already ended by then.
-        An entry that another replaced before the batch keeps its recorded end; one taken
-        back then is taken back earlier."""
-        start, ending = self.began.get(target), self.ends.get(target)
-        if (start is not None and at < start) or (ending is not None and ending.at <= at):
+        """End ``target`` at ``at``, unless it had not begun or had been taken back by
+        then; when the batch had replaced it by then, end the value of its chain that
+        held then instead, as an update naming it would (:meth:`replace`). An entry that
+        another replaced before the batch keeps its recorded end; one taken back then is
+        taken back earlier."""
+        start = self.began.get(target)
+        if start is not None and at < start:
+            return
+        if target not in self._recorded:
+            target = self._held_at(target, at)
+        ending = self.ends.get(target)
+        if ending is not None and ending.at <= at:
             return
         recorded = self._recorded.get(target)
         if recorded is not None and recorded.successor is not None:
@@ -136,6 +138,18 @@ class Timeline:
             for e, end in self.ends.items()
             if e in self._recorded and end is not self._recorded[e]
         )
+
+    def _held_at(self, entry: str, at: datetime, besides: str | None = None) -> str:
+        """The value of ``entry``'s chain that held at ``at``: ``entry``, or, when it was
+        replaced by then, what followed it, and so on. The walk stops at an entry met
+        before (or ``besides``), so no chain, however linked, holds it up."""
+        current, seen = entry, {entry, besides}
+        while (ending := self.ends.get(current)) and ending.successor and ending.at <= at:
+            if ending.successor in seen:
+                break  # a link back into the walk: stop at the last entry not yet seen
+            seen.add(ending.successor)
+            current = ending.successor
+        return current
 
     def _latest_before(self, entry: str) -> str | None:
         """The latest begun of the entries that ``entry`` replaced, if any."""

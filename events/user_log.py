@@ -1099,10 +1099,12 @@ class UserLog(Aggregate):
         :class:`~events.timeline.Around`. A repeat said while the entry held adds only the
         messages it cited itself to :attr:`_Plan.repeated` (none when it fell back on the
         batch's). A repeat said after the entry ended is that value again, after what
-        replaced it (if anything did). An invalidation of an ended entry ends nothing,
-        unless it was said while an entry later taken back held: that entry is then taken
-        back earlier. Only a fact with no text, or none that shows (spaces, zero-width and
-        blank characters), is dropped.
+        replaced it (if anything did). A change naming an entry that the answer replaced
+        before it was said ends the value of the chain that held then, an invalidation as
+        an update (:meth:`_Plan.changed`). An invalidation of an entry ended before the
+        batch ends nothing, unless it was said while an entry later taken back held: that
+        entry is then taken back earlier. Only a fact with no text, or none that shows
+        (spaces, zero-width and blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
         plan = _Plan()
@@ -1174,7 +1176,7 @@ class UserLog(Aggregate):
                             continue
                         if first_said < began and plan.said_before(stated[0], began, said_at):
                             plan.precede(stated[0], within, began, stated[1])
-                    plan.ended_by(within, said, action, said_at)
+                    plan.changed(within, said, action, said_at)
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
@@ -1292,14 +1294,14 @@ class UserLog(Aggregate):
                     if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
                         plan.precede(stated[0], target, known_from, stated[1])
                 if not around.began_later(target, said):
-                    plan.ended_by(target, said, action, said_at)
+                    plan.changed(target, said, action, said_at)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
                 plan.add(repaired, target, notes, index)
             elif action == "invalidate":
                 assert target is not None
                 if not around.began_later(target, said):
-                    plan.ended_by(target, said, action, said_at)
+                    plan.changed(target, said, action, said_at)
                 plan.end_within(target, repaired)
                 plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
             else:
@@ -1574,6 +1576,17 @@ class _Plan:
         end = self.ends.get(target)
         if end is None or at < end[0]:
             self.ends[target] = (at, action == "update")
+
+    def changed(
+        self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
+    ) -> None:
+        """Note that a change said at ``at`` ends ``target`` (:meth:`ended_by`) or, when
+        the answer had replaced it by then, the last value of its chain, which the
+        timeline ends in its place (:meth:`Timeline.replace`, :meth:`Timeline.invalidate`)."""
+        end = self.ended_at(target, at)
+        if end is not None and end[1]:
+            self.ended_by(self.latest(target), at, action, said_at)
+        self.ended_by(target, at, action, said_at)
 
     def ended_at(self, target: str | int | None, said: datetime) -> tuple[datetime, bool] | None:
         """When an earlier fact of the answer ended ``target``, if it did by ``said``, and

@@ -1607,3 +1607,50 @@ def test_a_change_cited_before_the_fact_it_names_is_decided_wherever_the_answer_
     facts.insert(change_listed, _update(BERGEN, "m0", 0))
     log = _one_batch([3, 5], facts)
     assert _history(log) == _days((BERGEN, 3, 5), (OSLO, 5, None))
+
+
+_PARIS = "User lives in Paris."
+_LEFT_OSLO = "User does not live in Oslo any more."
+
+
+@pytest.mark.parametrize("change", ["update", "invalidate"])
+def test_a_change_naming_a_fact_its_answer_replaced_already_changes_the_value_after_it(
+    change: FactAction,
+) -> None:
+    """Oslo on day 1, a move to Bergen naming it on day 2, then on day 3 a change naming
+    Oslo again: an update (to Paris) and an invalidation alike follow the chain to
+    Bergen, the value then, and end it on day 3, rather than one ending it and the other
+    nothing."""
+    text = _PARIS if change == "update" else _LEFT_OSLO
+    log = _one_batch(
+        [1, 2, 3],
+        [
+            ExtractedFact(OSLO, ("m0",)),
+            _update(BERGEN, "m1", 0),
+            ExtractedFact(text, ("m2",), change, target_fact=0),
+        ],
+    )
+    later = [(_PARIS, 3, None)] if change == "update" else []
+    assert _history(log) == _days((OSLO, 1, 2), (BERGEN, 2, 3), *later)
+
+
+@pytest.mark.parametrize("change", ["update", "invalidate"])
+def test_a_value_said_after_a_change_that_followed_its_chain_ended_it_is_that_value_again(
+    change: FactAction,
+) -> None:
+    """The same, then Bergen said again on day 4: the change ended Bergen on day 3, so
+    that statement is Bergen again from day 4, not a citation of the Bergen that ended
+    before it was said."""
+    text = _PARIS if change == "update" else _LEFT_OSLO
+    log = _one_batch(
+        [1, 2, 3, 4],
+        [
+            ExtractedFact(OSLO, ("m0",)),
+            _update(BERGEN, "m1", 0),
+            ExtractedFact(text, ("m2",), change, target_fact=0),
+            ExtractedFact(BERGEN, ("m3",)),
+        ],
+    )
+    history = _history(log)
+    assert history[:2] == _days((OSLO, 1, 2), (BERGEN, 2, 3))
+    assert (BERGEN, T0 + timedelta(days=4)) in [(text, start) for text, start, _ in history]
