@@ -1100,11 +1100,13 @@ class UserLog(Aggregate):
         messages it cited itself to :attr:`_Plan.repeated` (none when it fell back on the
         batch's). A repeat said after the entry ended is that value again, after what
         replaced it (if anything did). A change naming an entry that the answer replaced
-        before it was said ends the value of the chain that held then, an invalidation as
-        an update (:meth:`_Plan.changed`). An invalidation of an entry ended before the
-        batch ends nothing, unless it was said while an entry later taken back held: that
-        entry is then taken back earlier. Only a fact with no text, or none that shows
-        (spaces, zero-width and blank characters), is dropped.
+        before it was said ends the value of the chain that held then, an invalidation as an
+        update (:meth:`_Plan.changed`). A change is dated no earlier than the answer's
+        latest statement of the value it ends (:meth:`_Plan.dated`); one said before that
+        value began is the older value (an invalidation then ends nothing). An invalidation
+        of an entry ended before the batch ends nothing, unless it was said while an entry
+        later taken back held: that entry is then taken back earlier. Only a fact with no
+        text, or none that shows (spaces, zero-width and blank characters), is dropped.
         """
         valid, ended = around.valid, around.ended
         plan = _Plan()
@@ -1151,7 +1153,7 @@ class UserLog(Aggregate):
                 ends = action in ("update", "invalidate") and target is None
                 if ends and within is not None:
                     in_answer = ExtractedFact(text, tuple(sources), action)
-                    said = _said(sources, said_at)
+                    said = plan.dated(within, _said(sources, said_at), said_at)
                     same = _same_words(text)
                     if (
                         action == "update"
@@ -1180,9 +1182,15 @@ class UserLog(Aggregate):
                     if action == "update":
                         new_texts[_same_words(text)] = (len(plan.added), index)
                         added_by[index] = len(plan.added)
-                        plan.add(in_answer, within, notes, index)
+                        within_began = plan.start(within, said_at)
+                        older_than = within_began if said < within_began else None
+                        plan.add(in_answer, within, notes, index, said, older_than)
+                    elif said < plan.start(within, said_at):
+                        plan.repairs.append(
+                            f"invalidation of fact {earlier}, said before it began: ends nothing"
+                        )
                     else:
-                        plan.end_within(within, in_answer)
+                        plan.end_within(within, in_answer, said)
                         plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                     continue
                 if ends and earlier < index and earlier in repeats:
@@ -1202,6 +1210,9 @@ class UserLog(Aggregate):
                 )
                 action = "new"
             said = _said(sources, said_at)
+            if action in ("update", "invalidate") and target in valid:
+                assert target is not None
+                said = plan.dated(target, said, said_at, plan.began(target, around))
             same = _same_words(text)
             if action == "new" and shown.get(same) in valid:
                 target, action = shown[same], "same"
@@ -1293,16 +1304,22 @@ class UserLog(Aggregate):
                         continue
                     if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
                         plan.precede(stated[0], target, known_from, stated[1])
-                if not around.began_later(target, said):
+                target_began = plan.began(target, around)
+                older = target_began is not None and said < target_began
+                if not older:
                     plan.changed(target, said, action, said_at)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
-                plan.add(repaired, target, notes, index)
+                plan.add(repaired, target, notes, index, said, target_began if older else None)
             elif action == "invalidate":
                 assert target is not None
-                if not around.began_later(target, said):
-                    plan.changed(target, said, action, said_at)
-                plan.end_within(target, repaired)
+                if plan.begins_after(target, said, around):
+                    plan.repairs.append(
+                        f"invalidation of {target}, said before it began: ends nothing"
+                    )
+                    continue
+                plan.changed(target, said, action, said_at)
+                plan.end_within(target, repaired, said)
                 plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
             else:
                 assert target is not None
@@ -1540,7 +1557,7 @@ class _Plan:
     said_by: list[tuple[str, ...]] = field(default_factory=list)
     replaces: list[str | int | None] = field(default_factory=list)
     notes: list[list[str]] = field(default_factory=list)
-    invalidated: list[tuple[str | int, ExtractedFact]] = field(default_factory=list)
+    invalidated: list[tuple[str | int, ExtractedFact, datetime]] = field(default_factory=list)
     steps: list[tuple[str, int]] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
@@ -1548,11 +1565,44 @@ class _Plan:
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
     repeated: dict[str, list[str]] = field(default_factory=dict)
     cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
-    followed: dict[str | int, int] = field(default_factory=dict)
+    followed: dict[str | int, str | int] = field(default_factory=dict)
+    dated_at: dict[int, datetime] = field(default_factory=dict)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
-        """When the entry added at ``place`` begins (its first statement)."""
-        return _said(self.said_by[place], said_at)
+        """When the entry added at ``place`` begins: its first statement, or, for a change
+        dated later (:meth:`dated`), then."""
+        first = _said(self.said_by[place], said_at)
+        return max(first, self.dated_at.get(place, first))
+
+    def dated(
+        self,
+        value: str | int,
+        said: datetime,
+        said_at: dict[str, datetime],
+        began: datetime | None = None,
+    ) -> datetime:
+        """When a change said at ``said`` ends ``value`` (a known entry that ``began``
+        then, or an added entry's place): no earlier than the latest message of the
+        answer stating ``value`` (:meth:`said_before`), so an entry never ends before a
+        message of its batch that states it, however late the answer had the change
+        follow the fact it names; when the answer replaced ``value`` by then, the same
+        for the value that followed it, which the change ends (:meth:`changed`). A change
+        said before ``value`` began is placed by time as it is (the older value)."""
+        at, seen = said, set()
+        while value not in seen:
+            seen.add(value)
+            if isinstance(value, int):
+                began, stated = self.start(value, said_at), self.added[value].source_message_ids
+            else:
+                stated = tuple(self.repeated.get(value, ()))
+            if began is not None and at < began:
+                return at
+            at = max([at, *(said_at[m] for m in stated if m in said_at)])
+            end = self.ended_at(value, at)
+            if end is None or not end[1]:
+                return at
+            value, began = self.latest(value), None
+        return at
 
     def said_before(self, value: str | int, at: datetime, said_at: dict[str, datetime]) -> bool:
         """Whether every message of the answer that states ``value`` (an added entry's
@@ -1623,23 +1673,54 @@ class _Plan:
         }
         return {target: messages for target, messages in apart.items() if messages}
 
-    def end_within(self, target: str | int, fact: ExtractedFact) -> None:
-        """Have ``fact`` invalidate ``target`` (a known entry, or an added entry's place)."""
+    def began(self, target: str, around: Around) -> datetime | None:
+        """When the known entry ``target`` begins: as ``around`` knew it, or earlier
+        when a statement of the answer said before it moved its start
+        (:meth:`begin_earlier`)."""
+        known = around.began.get(target)
+        moved = [at for entry, at, _ in self.earlier if entry == target]
+        return min(moved, default=known) if known is None else min([known, *moved])
+
+    def begins_after(self, target: str, said: datetime, around: Around) -> bool:
+        """Whether the known entry ``target`` (:meth:`began`) begins after ``said``."""
+        began = self.began(target, around)
+        return began is not None and said < began
+
+    def end_within(self, target: str | int, fact: ExtractedFact, at: datetime) -> None:
+        """Have ``fact``, dated ``at``, invalidate ``target`` (a known entry, or an added
+        entry's place)."""
         self.steps.append(("invalidate", len(self.invalidated)))
-        self.invalidated.append((target, fact))
+        self.invalidated.append((target, fact, at))
 
     def add(
-        self, fact: ExtractedFact, replaces: str | int | None, notes: list[str], index: int
+        self,
+        fact: ExtractedFact,
+        replaces: str | int | None,
+        notes: list[str],
+        index: int,
+        dated: datetime | None = None,
+        older_than: datetime | None = None,
     ) -> None:
-        """Add an entry for ``fact``, fact ``index`` of the answer, replacing ``replaces``."""
+        """Add an entry for ``fact``, fact ``index`` of the answer, replacing ``replaces``,
+        begun when it was said or, for a change :meth:`dated` later, at ``dated``. A
+        change said before ``replaces`` began (then ``older_than``) is the older value:
+        it ends then and ``replaces`` follows it, as the timeline places it."""
+        place = len(self.added)
+        if dated is not None:
+            self.dated_at[place] = dated
         if replaces is not None:
-            self.steps.append(("replace", len(self.added)))
-            self.followed[self.latest(replaces)] = len(self.added)
+            self.steps.append(("replace", place))
+            if older_than is None:
+                self.followed[self.latest(replaces)] = place
+            else:
+                self.followed[place] = replaces
         self.added.append(fact)
         self.said_by.append(fact.source_message_ids)
         self.replaces.append(replaces)
         self.notes.append(notes)
         self.cited.append({index: fact.source_message_ids})
+        if older_than is not None:
+            self.ends[place] = (older_than, True)
 
     def in_answer_order(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``entries`` (one for each added fact) in the order the answer first listed
@@ -1940,9 +2021,9 @@ def _changes(
         elif kind == "joins":
             timeline.replace(*plan.joins[index])
         else:
-            target, fact = plan.invalidated[index]
+            target, fact, at = plan.invalidated[index]
             sources = list(fact.source_message_ids)
-            timeline.invalidate(entry_id(target), _said(sources, said_at), fact.text, sources)
+            timeline.invalidate(entry_id(target), at, fact.text, sources)
     moved = dict(timeline.moved())
     changes: list[tuple[type[UserLog.Event], dict[str, Any]]] = []
     for entry, ending in [*timeline.ended(), *moved.items()]:
@@ -1979,12 +2060,12 @@ def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
     """Knowledge entries for the facts ``plan`` adds, each with a new id, the time it
     became valid and (when there were any) the repairs made to it."""
     entries = []
-    for fact, first, notes in zip(plan.added, plan.said_by, plan.notes, strict=True):
+    for place, (fact, notes) in enumerate(zip(plan.added, plan.notes, strict=True)):
         entry: dict[str, Any] = {
             "entry_id": str(uuid4()),
             "text": fact.text,
             "source_message_ids": list(fact.source_message_ids),
-            "valid_from": _said(first, said_at).isoformat(),
+            "valid_from": plan.start(place, said_at).isoformat(),
         }
         if notes:
             entry["repairs"] = notes

@@ -1385,13 +1385,6 @@ def test_any_answer_is_recorded_keeping_one_current_value_a_chain_and_every_entr
         _record_garbage(log, rng, f"t{task}", history, sent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fact citing messages sent on different days can still end before the newest "
-    "of them: an invalidation or change naming it, citing an older message, ends it then; "
-    "so can a change's entry that a later statement joined, when another change names the "
-    "value it replaced (Oslo 1, Bergen for Oslo 4, Paris for Oslo 8, Bergen 11)",
-)
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(rng=st.randoms(use_true_random=False), batches=st.integers(1, 4))
 def test_no_entry_of_any_answer_ends_before_a_message_that_cites_it_was_sent(
@@ -1602,11 +1595,13 @@ def test_a_change_cited_before_the_fact_it_names_is_decided_wherever_the_answer_
 ) -> None:
     """Oslo and Bergen both cited on day 5, and a move from that Oslo to Bergen cited on
     day 3 (a change said before the fact it names), listed before or after the other
-    Bergen: the same history either way, the move folded after Oslo by its own time."""
+    Bergen: the same history either way, the move folded after Oslo by its own time. It
+    is the older value, Bergen until Oslo began; the Bergen said after Oslo on day 5 is
+    Bergen again."""
     facts = [ExtractedFact(OSLO, ("m1",)), ExtractedFact(BERGEN, ("m1",))]
     facts.insert(change_listed, _update(BERGEN, "m0", 0))
     log = _one_batch([3, 5], facts)
-    assert _history(log) == _days((BERGEN, 3, 5), (OSLO, 5, None))
+    assert _history(log) == _days((BERGEN, 3, 5), (BERGEN, 5, None), (OSLO, 5, 5))
 
 
 _PARIS = "User lives in Paris."
@@ -1654,3 +1649,18 @@ def test_a_value_said_after_a_change_that_followed_its_chain_ended_it_is_that_va
     history = _history(log)
     assert history[:2] == _days((OSLO, 1, 2), (BERGEN, 2, 3))
     assert (BERGEN, T0 + timedelta(days=4)) in [(text, start) for text, start, _ in history]
+
+
+def test_a_change_said_before_the_statement_it_names_ends_the_value_after_that_statement() -> None:
+    """Oslo known from day 1; one batch: Oslo said again in messages of days 2 and 10
+    (one fact citing both), and "I don't live in Oslo any more" said on day 2 naming that
+    fact: the change is dated at the statement it names, so Oslo ends on day 10, not on
+    day 2 before a message that states it."""
+    log = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(log)
+    facts = [
+        ExtractedFact(OSLO, ("0", "1"), "same", oslo),
+        ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", target_fact=0),
+    ]
+    _process(log, "t2", [2, 10], facts, [shown])
+    assert _history(log) == _days((OSLO, 1, 10))
