@@ -16,10 +16,8 @@ so that no message can block the ones after it.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -28,9 +26,9 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate
 from uuid_utils import uuid7
 
+from events.batch_plan import Plan, plan_facts, same_words
 from events.checks import (
     MAX_EXTRACTOR_CHARS,
-    MAX_FACT_CHARS,
     MAX_MODEL_CHARS,
     MAX_TOKENS,
     check_message,
@@ -38,22 +36,18 @@ from events.checks import (
     check_text,
     check_time,
     check_unmistakable,
-    shows_something,
     storable,
 )
 from events.errors import (
     AlreadyReextractedError,
     ConflictError,
-    InvalidExtractionError,
     InvalidInputError,
     UnknownTaskError,
 )
 from events.extraction import (
-    FACT_ACTIONS,
     BatchLimits,
     BatchMessage,
     ExtractedFact,
-    FactAction,
     KnownEntry,
     TokenUsage,
     estimate_tokens,
@@ -1041,8 +1035,8 @@ class UserLog(Aggregate):
         said_at = {m.message_id: m.sent_at for m in batch}
         fallback = [m.message_id for m in batch if m.role == "user"] or message_ids
         valid = {e for e, v in self.valid_entries.items() if v == version}
-        around = Around(known, replaced, valid, _same_words)
-        plan = self._plan(facts, frozenset(message_ids), fallback, known, said_at, around)
+        around = Around(known, replaced, valid, same_words)
+        plan = plan_facts(facts, frozenset(message_ids), fallback, known, said_at, around)
         entries = _entries(plan, said_at)
         placed = {link.entry_id for link in replaced}
         heads = [  # ended entries shown with no link given: the last values of their chains
@@ -1064,269 +1058,6 @@ class UserLog(Aggregate):
         for kind, change in changes:
             self.trigger_event(kind, **change)
         return entries
-
-    def _plan(
-        self,
-        facts: Sequence[ExtractedFact],
-        allowed: frozenset[str],
-        fallback: list[str],
-        known: Sequence[KnownEntry],
-        said_at: dict[str, datetime],
-        around: Around,
-    ) -> _Plan:
-        """Decide what each fact does to the valid entries of the version ``around`` was
-        made for, repairing what the extractor got slightly wrong (each repair is noted)
-        rather than losing the batch. The facts are decided in the order they were said
-        (:func:`_in_time_order`), not the order the answer lists them in, as batches of one
-        message each would decide them, but for an update to a value stated earlier in
-        the batch, which joins that statement (:meth:`_Plan.adopt`).
-
-        A target that is neither a valid entry of the version nor an ended one the batch was
-        shown (``known`` with an end) turns the fact into a new entry, so a confused
-        extractor cannot lose facts; citations outside the batch are dropped; a fact left
-        citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
-        is cut; a new fact that repeats an earlier fact of the answer is merged into it
-        (valid from the earlier statement, yet after the value it replaced began) unless
-        another fact of the answer ended that one before it was said: it is then that value
-        again, as is a repeat of a known entry said after such an end (unless the answer
-        stated that value again already: it cites that). An update that repeats a new fact
-        said before it, which nothing ended, is that fact's entry, begun at the earlier of
-        the two statements said after the value it replaces began. A change naming an
-        earlier fact of the answer (``target_fact``) ends what that fact added or the known
-        entry it repeats, and one that repeats an entry of ``known`` not ended when it was
-        said (``said_at`` gives the messages' times) is the same as it. A repeat said before
-        the entry began, and an update to a value known to begin later, are placed by
-        :class:`~events.timeline.Around`. A repeat said while the entry held adds only the
-        messages it cited itself to :attr:`_Plan.repeated` (none when it fell back on the
-        batch's). A repeat said after the entry ended is that value again, after what
-        replaced it (if anything did). A change naming an entry that the answer replaced
-        before it was said ends the value of the chain that held then, an invalidation as an
-        update (:meth:`_Plan.changed`). A change is dated no earlier than the answer's
-        latest statement of the value it ends (:meth:`_Plan.dated`); one said before that
-        value began is the older value (an invalidation then ends nothing). An invalidation
-        of an entry ended before the batch ends nothing, unless it was said while an entry
-        later taken back held: that entry is then taken back earlier. Only a fact with no
-        text, or none that shows (spaces, zero-width and blank characters), is dropped.
-        """
-        valid, ended = around.valid, around.ended
-        plan = _Plan()
-        shown = {_same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
-        ended_shown = {_same_words(k.text): (k, until) for k, until in ended.values()}
-        new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
-        added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
-        repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
-        for index in _in_time_order(facts, said_at):
-            fact = facts[index]
-            if fact.action not in FACT_ACTIONS:
-                raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
-            text = storable(fact.text).strip()
-            if not text:
-                plan.repairs.append(f"fact {index} had no text; it was dropped")
-                continue
-            if not shows_something(text):
-                plan.repairs.append(
-                    f"fact {index} showed no text (only characters that show nothing); "
-                    "it was dropped"
-                )
-                continue
-            notes: list[str] = []
-            if text != fact.text.strip():
-                notes.append("characters no database stores as text were dropped (NUL) or replaced")
-            if len(text) > MAX_FACT_CHARS:
-                notes.append(f"was {len(text)} characters long; cut to {MAX_FACT_CHARS}")
-                text = text[: MAX_FACT_CHARS - 1].rstrip() + "\u2026"
-            sources = list(dict.fromkeys(fact.source_message_ids))
-            outside = [m for m in sources if m not in allowed]
-            if outside:
-                sources = [m for m in sources if m in allowed]
-                dropped = storable(", ".join(outside))
-                notes.append(f"dropped citations outside the batch: {dropped}")
-            own = tuple(sources)
-            if not sources:
-                sources = list(fallback)
-                notes.append("cited no message of its batch; cites the batch's user messages")
-            target = fact.target_entry_id
-            action = fact.action
-            earlier = fact.target_fact
-            if earlier is not None:
-                within = added_by.get(earlier) if earlier < index else None
-                ends = action in ("update", "invalidate") and target is None
-                if ends and within is not None:
-                    in_answer = ExtractedFact(text, tuple(sources), action)
-                    said = plan.dated(within, _said(sources, said_at), said_at)
-                    same = _same_words(text)
-                    if (
-                        action == "update"
-                        and same == _same_words(plan.added[within].text)
-                        and plan.ended_at(within, said) is None
-                    ):
-                        added_by[index] = within
-                        merged = f"fact {index} changed fact {earlier} to its own value; merged"
-                        notes = [merged, *(f"fact {index}: {n}" for n in notes)]
-                        after = _replaced_start(plan, within, around, said_at)
-                        plan.merge(within, sources, said_at, after, notes, index)
-                        plan.repairs.append(merged)
-                        continue
-                    stated = new_texts.get(same) if action == "update" else None
-                    if stated is not None and plan.adoptable(stated[0], within):
-                        began = plan.start(within, said_at)
-                        first_said = plan.start(stated[0], said_at)
-                        if began < first_said and plan.said_before(within, first_said, said_at):
-                            added_by[index] = stated[0]
-                            plan.adopt(stated[0], within, began, sources, said_at, index, notes)
-                            plan.ended_by(within, plan.start(stated[0], said_at), action, said_at)
-                            continue
-                        if first_said < began and plan.said_before(stated[0], began, said_at):
-                            plan.precede(stated[0], within, began, stated[1])
-                    plan.changed(within, said, action, said_at)
-                    if action == "update":
-                        new_texts[_same_words(text)] = (len(plan.added), index)
-                        added_by[index] = len(plan.added)
-                        within_began = plan.start(within, said_at)
-                        older_than = within_began if said < within_began else None
-                        plan.add(in_answer, within, notes, index, said, older_than)
-                    elif said < plan.start(within, said_at):
-                        plan.repairs.append(
-                            f"invalidation of fact {earlier}, said before it began: ends nothing"
-                        )
-                    else:
-                        plan.end_within(within, in_answer, said)
-                        plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
-                    continue
-                if ends and earlier < index and earlier in repeats:
-                    target = repeats[earlier]
-                    notes.append(
-                        f"named fact {earlier} of its answer, which repeats {target}; "
-                        f"{action}s {target}"
-                    )
-                else:
-                    notes.append(f"named fact {earlier} of its answer, which it cannot replace")
-            if action == "new" and target is not None:
-                notes.append(f"was new with a target ({storable(target)}); the target was ignored")
-            elif action != "new" and target not in valid and target not in ended:
-                notes.append(
-                    f"was {action!r} of {storable(target or 'no entry')}, not a current entry; "
-                    "recorded as new"
-                )
-                action = "new"
-            said = _said(sources, said_at)
-            if action in ("update", "invalidate") and target in valid:
-                assert target is not None
-                said = plan.dated(target, said, said_at, plan.began(target, around))
-            same = _same_words(text)
-            if action == "new" and shown.get(same) in valid:
-                target, action = shown[same], "same"
-                plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
-            elif (
-                action == "new"
-                and (match := ended_shown.get(same))
-                and (said < match[1] or match[0].entry_id in around.succeeded)
-            ):
-                target, action = match[0].entry_id, "same"
-                plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
-            if action == "same" and target and (end := plan.ended_at(target, said)):
-                live = new_texts.get(same)
-                if live is not None and plan.ended_at(live[0], said) is None:
-                    notes.append(f"repeats {target}, ended when it was said, as fact {live[1]} did")
-                    action, target = "new", None
-                else:
-                    action = _against_ended(target, end[0], action, said, notes, end[1])
-                    target = None if action == "new" else target
-                    if action == "update" and target is not None:
-                        plan.ended_by(plan.latest(target), said, action, said_at)
-            if target in ended:
-                action = _against_ended(
-                    target, ended[target][1], action, said, notes, target in around.succeeded
-                )
-                if action == "new":
-                    target = None
-                elif action == "invalidate" and not around.taken_back_after(target, said):
-                    plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
-                    continue
-            if action == "same" and target is not None and around.began_later(target, said):
-                placing = around.repeat_before(target, said)
-                if placing == "older":
-                    notes.append(f"repeats {target}, said before the value it replaced began")
-                    action = "update"
-                else:
-                    if placing == "earlier":
-                        plan.begin_earlier(target, said, sources)
-                    else:
-                        notes.append(f"said before {target} began, while another ended entry held")
-                    repeats[index] = target
-                    plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
-                    continue
-            if action == "update" and (joined := around.joined(target, text, said)) is not None:
-                plan.begin_earlier(joined[0], said, sources, replacing=joined[1])
-                plan.repairs.extend(f"update of {target}: {note}" for note in notes)
-                continue
-            again = new_texts.get(same) if action == "new" else None
-            if again is not None and (end := plan.ended_at(again[0], said)) is not None:
-                notes.append(f"repeats fact {again[1]}, which had ended when it was said")
-                if end[1]:
-                    action, target = "update", None
-                    notes[-1] += ": that value again, after what replaced it"
-                    plan.ended_by(plan.latest(again[0]), said, action, said_at)
-                    new_texts[same] = (len(plan.added), index)
-                    added_by[index] = len(plan.added)
-                    plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes, index)
-                    continue
-                again = None
-            repaired = ExtractedFact(text, tuple(sources), action, target)
-            if again is not None:
-                added, first = again
-                added_by[index] = added
-                merged = f"fact {index} repeated fact {first}; merged into it"
-                after = _replaced_start(plan, added, around, said_at)
-                notes = [merged, *(f"fact {index}: {n}" for n in notes)]
-                plan.merge(added, sources, said_at, after, notes, index)
-                plan.repairs.append(merged)
-            elif action == "new":
-                new_texts[same] = (len(plan.added), index)
-                added_by[index] = len(plan.added)
-                plan.add(repaired, None, notes, index)
-            elif action == "update":
-                assert target is not None
-                known_from = around.began.get(target)
-                stated = new_texts.get(same)
-                if (
-                    stated is not None
-                    and plan.adoptable(stated[0], target)
-                    and target in valid
-                    and known_from is not None
-                    and known_from < said
-                ):
-                    first_said = plan.start(stated[0], said_at)
-                    if known_from < first_said and plan.said_before(target, first_said, said_at):
-                        added_by[index] = stated[0]
-                        plan.adopt(stated[0], target, known_from, sources, said_at, index, notes)
-                        plan.ended_by(target, first_said, action, said_at)
-                        continue
-                    if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
-                        plan.precede(stated[0], target, known_from, stated[1])
-                target_began = plan.began(target, around)
-                older = target_began is not None and said < target_began
-                if not older:
-                    plan.changed(target, said, action, said_at)
-                new_texts[same] = (len(plan.added), index)
-                added_by[index] = len(plan.added)
-                plan.add(repaired, target, notes, index, said, target_began if older else None)
-            elif action == "invalidate":
-                assert target is not None
-                if plan.begins_after(target, said, around):
-                    plan.repairs.append(
-                        f"invalidation of {target}, said before it began: ends nothing"
-                    )
-                    continue
-                plan.changed(target, said, action, said_at)
-                plan.end_within(target, repaired, said)
-                plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
-            else:
-                assert target is not None
-                repeats[index] = target
-                plan.said_again(target, own)
-                plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
-        return plan
 
     def promote(self, knowledge_version: str, history: Iterable[Any]) -> list[str]:
         """Make a re-extracted knowledge version the live knowledge; returns the ids of
@@ -1540,284 +1271,6 @@ class UserLog(Aggregate):
         return batch
 
 
-@dataclass
-class _Plan:
-    """What a batch's facts do, in the answer's order: entries to add (each with the
-    repairs made to it and the messages that first stated it), and ``steps`` that end
-    entries: ``("replace", place)`` for the added entry at ``place`` replacing its
-    :attr:`replaces` (a known entry's id, or an earlier added entry's place), and
-    ``("invalidate", i)`` for :attr:`invalidated` ``[i]``, ``("earlier", i)`` for a known
-    entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
-    messages that said it), and ``("joins", i)`` for such an entry that now replaces
-    another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
-    entry are in :attr:`repairs`; the known entries said again while they held, with the
-    messages that cited them so, in :attr:`repeated`."""
-
-    added: list[ExtractedFact] = field(default_factory=list)
-    said_by: list[tuple[str, ...]] = field(default_factory=list)
-    replaces: list[str | int | None] = field(default_factory=list)
-    notes: list[list[str]] = field(default_factory=list)
-    invalidated: list[tuple[str | int, ExtractedFact, datetime]] = field(default_factory=list)
-    steps: list[tuple[str, int]] = field(default_factory=list)
-    repairs: list[str] = field(default_factory=list)
-    earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
-    joins: list[tuple[str, str]] = field(default_factory=list)
-    ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
-    repeated: dict[str, list[str]] = field(default_factory=dict)
-    cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
-    followed: dict[str | int, str | int] = field(default_factory=dict)
-    dated_at: dict[int, datetime] = field(default_factory=dict)
-
-    def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
-        """When the entry added at ``place`` begins: its first statement, or, for a change
-        dated later (:meth:`dated`), then."""
-        first = _said(self.said_by[place], said_at)
-        return max(first, self.dated_at.get(place, first))
-
-    def dated(
-        self,
-        value: str | int,
-        said: datetime,
-        said_at: dict[str, datetime],
-        began: datetime | None = None,
-    ) -> datetime:
-        """When a change said at ``said`` ends ``value`` (a known entry that ``began``
-        then, or an added entry's place): no earlier than the latest message of the
-        answer stating ``value`` (:meth:`said_before`), so an entry never ends before a
-        message of its batch that states it, however late the answer had the change
-        follow the fact it names; when the answer replaced ``value`` by then, the same
-        for the value that followed it, which the change ends (:meth:`changed`). A change
-        said before ``value`` began is placed by time as it is (the older value)."""
-        at, seen = said, set()
-        while value not in seen:
-            seen.add(value)
-            if isinstance(value, int):
-                began, stated = self.start(value, said_at), self.added[value].source_message_ids
-            else:
-                stated = tuple(self.repeated.get(value, ()))
-            if began is not None and at < began:
-                return at
-            at = max([at, *(said_at[m] for m in stated if m in said_at)])
-            end = self.ended_at(value, at)
-            if end is None or not end[1]:
-                return at
-            value, began = self.latest(value), None
-        return at
-
-    def said_before(self, value: str | int, at: datetime, said_at: dict[str, datetime]) -> bool:
-        """Whether every message of the answer that states ``value`` (an added entry's
-        place: the messages it cites; a known entry: those that said it again) was sent
-        before ``at``, so ``value`` may end then without ending before its own words."""
-        stated = (
-            self.repeated.get(value, [])
-            if isinstance(value, str)
-            else self.added[value].source_message_ids
-        )
-        return all(said_at[m] < at for m in stated if m in said_at)
-
-    def ended_by(
-        self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
-    ) -> None:
-        """Note that a fact of the answer said at ``at`` ends ``target`` (a known entry,
-        or an added entry's place, unless it was said before that began) by ``action``:
-        a repeat of ``target`` said later is that value again, not the same entry."""
-        if isinstance(target, int) and at < self.start(target, said_at):
-            return
-        end = self.ends.get(target)
-        if end is None or at < end[0]:
-            self.ends[target] = (at, action == "update")
-
-    def changed(
-        self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
-    ) -> None:
-        """Note that a change said at ``at`` ends ``target`` (:meth:`ended_by`) or, when
-        the answer had replaced it by then, the last value of its chain, which the
-        timeline ends in its place (:meth:`Timeline.replace`, :meth:`Timeline.invalidate`)."""
-        end = self.ended_at(target, at)
-        if end is not None and end[1]:
-            self.ended_by(self.latest(target), at, action, said_at)
-        self.ended_by(target, at, action, said_at)
-
-    def ended_at(self, target: str | int | None, said: datetime) -> tuple[datetime, bool] | None:
-        """When an earlier fact of the answer ended ``target``, if it did by ``said``, and
-        whether it replaced it (else it was taken back)."""
-        end = None if target is None else self.ends.get(target)
-        return end if end is not None and end[0] <= said else None
-
-    def begin_earlier(
-        self, target: str, said: datetime, sources: list[str], replacing: str | None = None
-    ) -> None:
-        """Have the known entry ``target`` begin at ``said``, when ``sources`` said it,
-        and replace the known entry ``replacing`` then, if any."""
-        self.steps.append(("earlier", len(self.earlier)))
-        self.earlier.append((target, said, sources))
-        if replacing is not None:
-            self.steps.append(("joins", len(self.joins)))
-            self.joins.append((target, replacing))
-
-    def said_again(self, target: str, messages: Sequence[str]) -> None:
-        """Note that ``messages`` said the known entry ``target`` again while it held: they
-        are outdated once it ends after them. A repeat citing no message of its own (the
-        batch stood in for it) notes nothing."""
-        if messages:
-            noted = self.repeated.setdefault(target, [])
-            noted.extend(m for m in messages if m not in noted)
-
-    def said_again_apart(self) -> dict[str, list[str]]:
-        """:attr:`repeated`, less the messages that the same answer has the entry begin
-        with (:attr:`earlier`): those are its sources, not words said again."""
-        begun = {(target, m) for target, _, sources in self.earlier for m in sources}
-        apart = {
-            target: [m for m in messages if (target, m) not in begun]
-            for target, messages in self.repeated.items()
-        }
-        return {target: messages for target, messages in apart.items() if messages}
-
-    def began(self, target: str, around: Around) -> datetime | None:
-        """When the known entry ``target`` begins: as ``around`` knew it, or earlier
-        when a statement of the answer said before it moved its start
-        (:meth:`begin_earlier`)."""
-        known = around.began.get(target)
-        moved = [at for entry, at, _ in self.earlier if entry == target]
-        return min(moved, default=known) if known is None else min([known, *moved])
-
-    def begins_after(self, target: str, said: datetime, around: Around) -> bool:
-        """Whether the known entry ``target`` (:meth:`began`) begins after ``said``."""
-        began = self.began(target, around)
-        return began is not None and said < began
-
-    def end_within(self, target: str | int, fact: ExtractedFact, at: datetime) -> None:
-        """Have ``fact``, dated ``at``, invalidate ``target`` (a known entry, or an added
-        entry's place)."""
-        self.steps.append(("invalidate", len(self.invalidated)))
-        self.invalidated.append((target, fact, at))
-
-    def add(
-        self,
-        fact: ExtractedFact,
-        replaces: str | int | None,
-        notes: list[str],
-        index: int,
-        dated: datetime | None = None,
-        older_than: datetime | None = None,
-    ) -> None:
-        """Add an entry for ``fact``, fact ``index`` of the answer, replacing ``replaces``,
-        begun when it was said or, for a change :meth:`dated` later, at ``dated``. A
-        change said before ``replaces`` began (then ``older_than``) is the older value:
-        it ends then and ``replaces`` follows it, as the timeline places it."""
-        place = len(self.added)
-        if dated is not None:
-            self.dated_at[place] = dated
-        if replaces is not None:
-            self.steps.append(("replace", place))
-            if older_than is None:
-                self.followed[self.latest(replaces)] = place
-            else:
-                self.followed[place] = replaces
-        self.added.append(fact)
-        self.said_by.append(fact.source_message_ids)
-        self.replaces.append(replaces)
-        self.notes.append(notes)
-        self.cited.append({index: fact.source_message_ids})
-        if older_than is not None:
-            self.ends[place] = (older_than, True)
-
-    def in_answer_order(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``entries`` (one for each added fact) in the order the answer first listed
-        them, though the plan folds the facts in the order they were said."""
-        places = sorted(range(len(entries)), key=lambda place: min(self.cited[place]))
-        return [entries[place] for place in places]
-
-    def _cite(self, place: int, index: int, sources: list[str]) -> None:
-        """Have the entry at ``place`` cite ``sources`` too (fact ``index`` said it),
-        its citations in the order the answer listed its facts."""
-        cited = self.cited[place]
-        cited[index] = (*cited.get(index, ()), *sources)
-        ids = dict.fromkeys(m for each in sorted(cited) for m in cited[each])
-        fact = self.added[place]
-        self.added[place] = ExtractedFact(fact.text, tuple(ids), fact.action, fact.target_entry_id)
-
-    def latest(self, value: str | int) -> str | int:
-        """The last value of the plan's chain through ``value`` (a known entry, or an
-        added entry's place): the entry that followed it, and so on; ``value`` if none."""
-        seen = {value}
-        while (following := self.followed.get(value)) is not None and following not in seen:
-            seen.add(following)
-            value = following
-        return value
-
-    def adoptable(self, place: int, named: str | int) -> bool:
-        """Whether the entry added at ``place`` may be the first statement of an update
-        of ``named`` said after it, or the value before ``named``: it is not ``named``,
-        and no link of the plan touches it (it replaces nothing, nothing follows it,
-        nothing ended it), so linking it to ``named`` cannot close a cycle."""
-        return (
-            place != named
-            and self.replaces[place] is None
-            and place not in self.followed
-            and place not in self.ends
-        )
-
-    def precede(self, place: int, follower: str | int, began: datetime, index: int) -> None:
-        """Have the entry added at ``place`` (fact ``index`` of the answer), said before
-        ``follower`` began at ``began``, be the value ``follower`` replaced: it keeps its
-        start and ends at ``began``, as a backdated fact would (see :class:`Timeline`)."""
-        self.steps.append(("replace", place))
-        self.replaces[place] = follower
-        self.ends[place] = (began, True)
-        self.repairs.append(
-            f"fact {index} is the value before {follower}, which a change to it named"
-        )
-
-    def adopt(
-        self,
-        place: int,
-        replaces: str | int,
-        after: datetime,
-        sources: list[str],
-        said_at: dict[str, datetime],
-        index: int,
-        notes: list[str],
-    ) -> None:
-        """Have the entry added at ``place`` be fact ``index`` of the answer, a change
-        of ``replaces`` (which began at ``after``) to it, said by ``sources``: one value
-        from the earlier statement, where batches of one message each would record the
-        change as a second entry of it. It keeps its start, which the caller sees is after
-        ``after`` and after every statement of ``replaces`` (:meth:`said_before`): a value
-        said before the one it replaces precedes it instead (:meth:`precede`)."""
-        merged = f"fact {index} changed to this value, said before; merged into it"
-        self.steps.append(("replace", place))
-        self.replaces[place] = replaces
-        self.followed[self.latest(replaces)] = place
-        notes = [merged, *(f"fact {index}: {n}" for n in notes)]
-        self.merge(place, sources, said_at, after, notes, index)
-        self.repairs.append(merged)
-
-    def merge(
-        self,
-        place: int,
-        sources: list[str],
-        said_at: dict[str, datetime],
-        after: datetime | None,
-        notes: list[str],
-        index: int,
-    ) -> None:
-        """Have the entry added at ``place`` cite ``sources`` too (fact ``index`` of the
-        answer, a repeat of it, was merged), noting the merge in ``notes``: it is valid
-        from when it was first stated, which is when ``sources`` said it if they were sent
-        earlier (``said_at``), as it would be had the repeat come in a later batch. An
-        entry that replaces another begins earlier only while it stays ``after`` the start
-        of the value it replaced (``None``: it keeps its start), so a repeat cannot put it
-        before that value."""
-        self._cite(place, index, sources)
-        self.notes[place] = [*self.notes[place], *notes]
-        said = _said(sources, said_at)
-        if self.replaces[place] is not None and (after is None or said <= after):
-            return
-        if said < self.start(place, said_at):
-            self.said_by[place] = tuple(sources)
-
-
 EVENT_CLASSES: tuple[type[UserLog.Event], ...] = tuple(
     value
     for name, value in vars(UserLog).items()
@@ -1905,84 +1358,8 @@ def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> N
             )
 
 
-def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime]) -> list[int]:
-    """The places of ``facts`` in the order they were said (``said_at``, in the batch's
-    order: messages sent at once in the order they were written), a change never before
-    the earlier fact of the answer it names, and in the answer's order when they cite the
-    same message: the order batches of one message each would fold them in, whatever
-    order the answer lists its facts in. A change said before the fact it names waits for
-    it, then takes its turn by its own time among the facts still to fold, so where the
-    answer lists it decides nothing."""
-    said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
-    unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
-    own = [
-        max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
-        for fact in facts
-    ]
-    waiting: dict[int, list[int]] = {}  # fact -> the later facts of the answer naming it
-    for index, fact in enumerate(facts):
-        earlier = fact.target_fact
-        if earlier is not None and 0 <= earlier < index:
-            waiting.setdefault(earlier, []).append(index)
-    named = {index for changes in waiting.values() for index in changes}
-    ready = [(own[index], index) for index in range(len(facts)) if index not in named]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        _, index = heapq.heappop(ready)
-        order.append(index)
-        for change in waiting.get(index, ()):
-            heapq.heappush(ready, (own[change], change))
-    return order
-
-
-def _said(sources: Sequence[str], said_at: dict[str, datetime]) -> datetime:
-    """When the newest of ``sources`` was sent (now, if the times are not known)."""
-    times = [said_at[m] for m in sources if m in said_at]
-    return max(times) if times else datetime.now(UTC)
-
-
-def _against_ended(
-    entry_id: str,
-    until: datetime,
-    action: FactAction,
-    said: datetime,
-    notes: list[str],
-    replaced: bool,
-) -> FactAction:
-    """What a fact said at ``said`` that repeats or changes ``entry_id`` (ended at
-    ``until``, before the batch or by an earlier fact of it) does. A repeat said after
-    the entry ended is that value again (noted in ``notes``): an update, placed after
-    what ``replaced`` the entry, or a new entry when nothing did."""
-    if action != "same" or said < until:
-        return action
-    notes.append(f"repeats {entry_id}, which had ended when it was said: that value again")
-    return "update" if replaced else "new"
-
-
-def _replaced_start(
-    plan: _Plan, place: int, around: Around, said_at: dict[str, datetime]
-) -> datetime | None:
-    """When the value that the entry added at ``place`` replaces began (for a known one
-    that had ended, when it ended: the new entry follows what came after it); ``None``
-    when it replaces nothing, or a known entry whose start is not known."""
-    replaced = plan.replaces[place]
-    if replaced is None:
-        return None
-    if isinstance(replaced, int):
-        return plan.start(replaced, said_at)
-    if replaced in around.ended:
-        return around.ended[replaced][1]
-    return around.began.get(replaced)
-
-
-def _same_words(text: str) -> str:
-    """``text`` as facts are compared for repeats: case-folded, spacing collapsed."""
-    return " ".join(text.casefold().split())
-
-
 def _changes(
-    plan: _Plan,
+    plan: Plan,
     entries: list[dict[str, Any]],
     version: str,
     said_at: dict[str, datetime],
@@ -2056,7 +1433,7 @@ def _changes(
     return changes
 
 
-def _entries(plan: _Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
+def _entries(plan: Plan, said_at: dict[str, datetime]) -> list[dict[str, Any]]:
     """Knowledge entries for the facts ``plan`` adds, each with a new id, the time it
     became valid and (when there were any) the repairs made to it."""
     entries = []
