@@ -1151,22 +1151,6 @@ class UserLog(Aggregate):
                 blamed.clear()
         return failed
 
-    def blamed_in_reextraction(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
-        """The messages of ``knowledge_version``'s Message Batches requests ``blamed`` at
-        least once (failed with a server error while the other requests they went with did
-        not all fail so), read off ``history`` as :meth:`failed_reextraction` reads it: the
-        evidence that a later request of them failing with every other one is theirs, not
-        an outage's."""
-        blamed: set[str] = set()
-        for e in history:
-            if getattr(e, "knowledge_version", None) != knowledge_version:
-                continue
-            if isinstance(e, self.ReextractionFailed) and getattr(e, "blamed", False):
-                blamed.update(e.message_ids)
-            elif isinstance(e, self.KnowledgeVersionPromoted):
-                blamed.clear()
-        return blamed
-
     def reextraction_calls(
         self, knowledge_version: str, history: Iterable[Any]
     ) -> list[tuple[tuple[str, ...], bool]]:

@@ -572,7 +572,7 @@ class BulkReextraction:
             await self._read_short(row, batch_id, short, report)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
-        blamable = await self._blamable(row, answers)
+        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -726,56 +726,6 @@ class BulkReextraction:
                 refused_all.add(reason)
         return frozenset(refused_all)
 
-    async def _blamable(self, row: Any, answers: Mapping[str, Any]) -> bool:
-        """Whether a server error of a request of a Message Batch is evidence against its
-        messages (a message blamed twice goes alone next run,
-        :meth:`UserLog.failed_reextraction`, so one such error on first sight pins nothing).
-
-        It is when some request was answered, or for a lone request. When every request of
-        a batch came back so, it is an outage, not theirs, unless one of them was blamed
-        before (it failed while others were answered) and the same request with a harmless
-        message in place of its messages is accepted: then the API answers, and requests
-        that fail every time, all that is left to send, are told from an outage instead of
-        being sent again for good. A plain outage blames none and sends no probe."""
-        if not all(_server_error(o) for o in answers.values()):
-            return True
-        suspect = await asyncio.to_thread(self._blamed_before, row, answers)
-        if suspect is None:
-            return len(answers) < 2
-        batch = await asyncio.to_thread(self._batch, suspect, row["requests"][suspect])
-        verdict = await self.extractor.probe(batch) if batch.messages else "failed"
-        log.warning(
-            "every request of a Message Batch failed with a server error, one of them blamed "
-            "so before; a probe without its messages was %s: %s",
-            verdict,
-            "the failures are the requests' own"
-            if verdict == "accepted"
-            else "an outage, no message blamed",
-        )
-        return verdict == "accepted"
-
-    def _blamed_before(self, row: Any, answers: Mapping[str, Any]) -> str | None:
-        """The custom id of a request among ``answers`` with a message blamed before for a
-        server error (:meth:`UserLog.blamed_in_reextraction`), or ``None``."""
-        blamed: dict[str, set[str]] = {}
-        for custom_id in sorted(answers, key=_order):
-            request = row["requests"].get(custom_id)
-            if request is None:
-                continue
-            user_id = request["user"]
-            if user_id not in blamed:
-                user_log = self.store.load(user_id)
-                blamed[user_id] = (
-                    set()
-                    if user_log is None
-                    else user_log.blamed_in_reextraction(
-                        self.version, self.store.events_of(user_id, upto=user_log.version)
-                    )
-                )
-            if blamed[user_id].intersection(request["messages"]):
-                return custom_id
-        return None
-
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
         no connection) are ridden out, backing off, for up to :data:`MAX_POLL_OUTAGE` seconds."""
@@ -807,7 +757,7 @@ class BulkReextraction:
         the user was forgotten while the batch ran. ``refused_all``: the reasons
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
-        (see :meth:`_blamable`)."""
+        (see :func:`_blamable`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
@@ -1355,6 +1305,14 @@ def _server_error(outcome: Any) -> bool:
         return False
     detail = getattr(getattr(outcome, "error", None), "error", None)
     return getattr(detail, "type", None) == "api_error"
+
+
+def _blamable(outcomes: Mapping[str, Any]) -> bool:
+    """Whether a server error of a request of a Message Batch is evidence against its
+    messages: not when every request of a batch of several came back so (the API's
+    outage, not theirs). A message blamed twice goes alone next run
+    (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
+    return len(outcomes) < 2 or not all(_server_error(o) for o in outcomes.values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:
