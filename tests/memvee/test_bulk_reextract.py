@@ -931,6 +931,15 @@ async def test_results_that_cannot_be_read_are_an_extraction_error_and_the_batch
         assert (report.submitted, report.recorded) == (0, 6), "the kept batch is collected"
 
 
+def _failures(audit: Audit) -> list[Any]:
+    return [
+        e
+        for user in USERS
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.ReextractionFailed)
+    ]
+
+
 def _results_short(
     server: MessagesAPIServer, how: str, *, batch: int = 0
 ) -> Callable[[RecordedRequest], ScriptedResponse | None]:
