@@ -458,6 +458,11 @@ class _MemveeApplication(Application[UUID]):
 _EVENTS_PER_INSERT = 1000
 """Events per insert statement on PostgreSQL (4 bind parameters each, of 65,535)."""
 
+_SQLITE_ROWS_IN_ONE_INSERT = 8
+"""Most events inserted with one multi-row ``VALUES`` on SQLite, whose cursor then tells
+the last id (a lone exchange's write needs no statement to ask for it); more go by
+executemany, one statement each count would cost SQLite's statement cache."""
+
 _BATCHES_PER_LOOKUP = 256
 """Batches looked for per query by :meth:`EventStore.find_recorded` (3 bind parameters
 each, of the 999 an old SQLite takes)."""
@@ -721,6 +726,7 @@ class EventStore:
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
             "VALUES (?, ?, ?, ?)"
         )
+        self._sqlite_inserts: dict[int, str] = {}
         self._insert_snapshot_sql = (
             f"INSERT OR IGNORE INTO {snapshots.name} "
             "(originator_id, originator_version, topic, state) VALUES (?, ?, ?, ?)"
@@ -1044,9 +1050,13 @@ class EventStore:
             # ending at last_insert_rowid().
             driver = connection.connection.driver_connection
             assert driver is not None
-            driver.executemany(self._insert_sql, [(i.bytes, v, t, s) for i, v, t, s in stored])
-            last = int(driver.execute("SELECT last_insert_rowid()").fetchone()[0])
-            return list(range(last - len(stored) + 1, last + 1))
+            if len(stored) <= _SQLITE_ROWS_IN_ONE_INSERT:  # its cursor tells the last id
+                params = [v for i, version, t, s in stored for v in (i.bytes, version, t, s)]
+                last = driver.execute(self._sqlite_insert_sql(len(stored)), params).lastrowid
+            else:
+                driver.executemany(self._insert_sql, [(i.bytes, v, t, s) for i, v, t, s in stored])
+                last = driver.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return list(range(int(last) - len(stored) + 1, int(last) + 1))
         # No table lock: every writer folds its own events in its own transaction, so
         # the projections never need commit order to equal id order.
         if self._psycopg:
@@ -1069,6 +1079,14 @@ class EventStore:
             found = cursor.execute(sql, [v for row in chunk for v in row]).fetchall()
             ids.update({(row[1], row[2]): row[0] for row in found})
         return [ids[i, v] for i, v, _, _ in stored]
+
+    def _sqlite_insert_sql(self, count: int) -> str:
+        """The insert of ``count`` events in one multi-row ``VALUES`` (SQLite)."""
+        sql = self._sqlite_inserts.get(count)
+        if sql is None:
+            head, _, row = self._insert_sql.partition(" VALUES ")
+            sql = self._sqlite_inserts[count] = f"{head} VALUES {', '.join([row] * count)}"
+        return sql
 
     def _pg_insert_sql(self, count: int) -> str:
         """The insert of ``count`` events in one multi-row ``VALUES`` (psycopg), returning

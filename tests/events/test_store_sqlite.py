@@ -111,6 +111,37 @@ def test_writes_keep_one_connection_and_a_failed_one_leaves_nothing_behind(
     assert after.closed, "closing the store releases the writer connection"
 
 
+@pytest.mark.parametrize("messages", [1, 2, 12])
+def test_an_append_inserts_a_few_events_in_one_statement_and_returns_their_stored_ids(
+    tmp_path: Path, messages: int
+) -> None:
+    """A lone exchange's events go to SQLite as one statement, whose cursor tells their
+    ids (no statement asks for them); a larger batch goes by executemany and asks. Either
+    way the positions returned are the ids the rows were stored under."""
+    store = EventStore(sqlite_url(tmp_path / "a.db"))
+    try:
+        user_log = UserLog.register("ann")
+        store.append([user_log.collect_events()])
+        with store.transaction() as connection:
+            writer = connection.connection.driver_connection
+        assert isinstance(writer, sqlite3.Connection)
+        statements: list[str] = []
+        writer.set_trace_callback(statements.append)
+        for n in range(messages):
+            user_log.add_message("user", f"message {n}", None, 1000)
+        recorded = store.append([user_log.collect_events()])
+        writer.set_trace_callback(None)
+        asked = [s for s in statements if "last_insert_rowid" in s]
+        assert len(asked) == (0 if messages <= 8 else 1)
+        with sqlite3.connect(tmp_path / "a.db") as reader:
+            stored = reader.execute(
+                "SELECT id, originator_version FROM memvee_events ORDER BY id"
+            ).fetchall()
+        assert [(r.notification_id, r.event.originator_version) for r in recorded] == stored[1:]
+    finally:
+        store.close()
+
+
 def test_logs_load_on_a_connection_of_the_loading_thread(tmp_path: Path) -> None:
     """Each thread reads logs (and ranges of their events) on a connection of its own,
     kept between reads; a read that fails is a StorageError, and the thread's next read
