@@ -474,9 +474,9 @@ class Retriever:
         message), a message shown with the other half of its exchange: an exchange is shown
         once (as is one said again word for word), left out when the returned entries say
         it (:meth:`_Exchanges.hidden`, by the stems of the query's own words, ``asked``),
-        kept beside them when they leave out some of the query's words it holds, but only in
-        a slot no remaining entry takes (:class:`_Queue`), and comes last when either half is
-        outdated."""
+        kept beside them when they leave out some of the query's words it holds, yielding
+        its slot to each entry ranked above the next message still to be placed
+        (:class:`_Queue`), and comes last when either half is outdated."""
         for key, proposed in candidates.items():
             proposed.key = key
         ranked = sorted(candidates.values(), key=_ranking)
@@ -510,7 +510,7 @@ class Retriever:
             if isinstance(item, KnowledgeEntry):
                 exchanges.cite(item)
                 chosen.drop_told_by(item)
-                for waiting in chosen.waiting_for_facts():
+                if (waiting := chosen.waiting_for_fact()) is not None:
                     beside.add(waiting.key)
                     queue.put_back(waiting)
                 chosen.add(candidate)
@@ -868,17 +868,14 @@ class _Chosen:
             if self._exchanges.hidden(self.messages[key].item):
                 self._drop(key)
 
-    def waiting_for_facts(self) -> list[_Candidate]:
-        """Drop, and return weakest first, the last messages picked that an entry cites:
-        they give their slots to the entries still to come, while a message picked after
-        one of them (all rank below it) keeps the place it has behind it."""
-        waiting: list[_Candidate] = []
-        while self.messages:
-            last = self.messages[next(reversed(self.messages))]
-            if not self._exchanges.cited(last.item):
-                break
-            waiting.append(self._drop(last.key))
-        return waiting
+    def waiting_for_fact(self) -> _Candidate | None:
+        """Drop, and return, the last message picked when an entry cites it: it gives its
+        slot to the entry now picked (one slot each, so one message for each entry), while
+        a message picked after it (ranked below it) keeps its place."""
+        if not self.messages:
+            return None
+        last = self.messages[next(reversed(self.messages))]
+        return self._drop(last.key) if self._exchanges.cited(last.item) else None
 
     def _drop(self, key: str) -> _Candidate:
         candidate = self.messages.pop(key)

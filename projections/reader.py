@@ -815,7 +815,10 @@ class _RenderedOnce:
         dialect = sqlite.dialect()
         compiled = statement.compile(dialect=dialect)
         self._head, self._tail = compiled.string.split(f"__[POSTCOMPILE_{expanding}]")
-        processors = {n: b.type.bind_processor(dialect) for n, b in compiled.binds.items()}
+        processors = {
+            n: b.type.dialect_impl(dialect).bind_processor(dialect)
+            for n, b in compiled.binds.items()
+        }
         self._store = processors[expanding] or (lambda value: value)
         names = list(compiled.positiontup or ())
         at = names.index(expanding)

@@ -844,6 +844,30 @@ async def test_a_message_kept_beside_its_fact_goes_before_a_weaker_one_an_entry_
         assert [m.message.content for m in result.messages][:1] == [lima], top_k
 
 
+_SISTER = "My sister brings the wedding dress and the cake"
+
+
+async def _sister_and_a_weaker_message(
+    make_memory: Callable[..., Any], facts: tuple[str, ...], weaker: str
+) -> Any:
+    """Ann's memory: the sister's message (the ``facts`` cite it), the ``weaker`` one a day
+    later, then four unrelated exchanges."""
+    extractor = RecordingExtractor()
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(fact, (m.message_id,))
+        for m in batch.messages
+        if m.content == _SISTER
+        for fact in facts
+    )
+    memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", _SISTER, "Lovely!", sent_at=T0)
+    await memory.add_exchange("ann", weaker, "Sounds perfect.", sent_at=T0 + timedelta(days=1))
+    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
+        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
+    await memory.flush("ann")
+    return memory
+
+
 async def test_a_message_its_facts_follow_still_goes_before_a_weaker_message_after_them(
     make_memory: Callable[..., Any],
 ) -> None:
@@ -852,22 +876,9 @@ async def test_a_message_its_facts_follow_still_goes_before_a_weaker_message_aft
     Moved behind them, it still goes before a weaker message: at ``top_k=3`` the two facts
     and the message that matched, the weaker message only at 4. The exchange takes three
     slots; a message that scores below its facts takes none of theirs."""
-    sister = "My sister brings the wedding dress and the cake"
-    weaker = "After the wedding we fly to Zanzibar"
+    sister, weaker = _SISTER, "After the wedding we fly to Zanzibar"
     facts = ("User's sister bakes the cake.", "User's sister sews the dress.")
-    extractor = RecordingExtractor()
-    extractor.answer = lambda batch: tuple(
-        ExtractedFact(fact, (m.message_id,))
-        for m in batch.messages
-        if m.content == sister
-        for fact in facts
-    )
-    memory = await make_memory(extractor=extractor)
-    await memory.add_exchange("ann", sister, "Lovely!", sent_at=T0)
-    await memory.add_exchange("ann", weaker, "Sounds perfect.", sent_at=T0 + timedelta(days=1))
-    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
-        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
-    await memory.flush("ann")
+    memory = await _sister_and_a_weaker_message(make_memory, facts, weaker)
 
     query = "what about the wedding dress and the cake?"
     three = await memory.retrieve("ann", query, include_messages=True, top_k=3)
@@ -883,22 +894,9 @@ async def test_a_message_moved_behind_its_facts_takes_its_slot_back_from_a_weake
     """The message that matched is chosen first, then a weaker one, then its facts (half its
     score, above neither): moved behind them, it goes before the weaker message again. A
     message shown at ``top_k=2`` is never lost at 3 to one that scores below it."""
-    sister = "My sister brings the wedding dress and the cake"
-    weaker = "The wedding dress is ivory"
+    sister, weaker = _SISTER, "The wedding dress is ivory"
     facts = ("User's sister bakes a cake.", "User's sister sews a dress.")
-    extractor = RecordingExtractor()
-    extractor.answer = lambda batch: tuple(
-        ExtractedFact(fact, (m.message_id,))
-        for m in batch.messages
-        if m.content == sister
-        for fact in facts
-    )
-    memory = await make_memory(extractor=extractor)
-    await memory.add_exchange("ann", sister, "Lovely!", sent_at=T0)
-    await memory.add_exchange("ann", weaker, "Sounds perfect.", sent_at=T0 + timedelta(days=1))
-    for day, said in enumerate(("I like tea", "My cat is grey", "Rain again", "I play chess")):
-        await memory.add_exchange("ann", said, "Ok.", sent_at=T0 + timedelta(days=2 + day))
-    await memory.flush("ann")
+    memory = await _sister_and_a_weaker_message(make_memory, facts, weaker)
 
     query = "what about the wedding dress and the cake?"
     for top_k in (1, 2, 3):
