@@ -16,7 +16,6 @@ the user's log is never recorded again. Rows are deleted once their results are 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -36,6 +35,9 @@ from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from actors.lease import database_now
+from actors.process_identity import boot_id as _boot_id
+from actors.process_identity import pid_namespace as _pid_namespace
+from actors.process_identity import process_stat as _stat
 from events import (
     AlreadyReextractedError,
     BatchLimits,
@@ -1173,40 +1175,10 @@ def _host() -> str | None:
     return f"{boot} {namespace}"
 
 
-@functools.cache
-def _boot_id() -> str | None:
-    """The kernel's id of this boot of this machine (Linux), random at each boot."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            return boot.read().strip() or None
-    except OSError:
-        return None
-
-
-@functools.cache
-def _pid_namespace() -> str | None:
-    """This process's pid namespace (Linux): processes of another one are not seen here."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
 def _started(pid: int) -> str | None:
     """When process ``pid`` started, as the kernel tells it (Linux), or ``None``."""
     stat = _stat(pid)
     return None if stat is None else stat[1]
-
-
-def _stat(pid: int) -> tuple[str, str] | None:
-    """Process ``pid``'s state and start time (clock ticks since boot) from
-    ``/proc/<pid>/stat``, or ``None`` where that cannot be read (not Linux, gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()  # after the command's name
-        return fields[0].decode(), fields[19].decode()
-    except (OSError, IndexError):
-        return None
 
 
 def _order(custom_id: str) -> int:
