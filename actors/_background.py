@@ -20,9 +20,14 @@ from contextlib import contextmanager
 
 from actors._pacing import UserBackoff
 
-__all__ = ["StopFlag", "UserWorker"]
+__all__ = ["RetryLater", "StopFlag", "UserWorker"]
 
 log = logging.getLogger("memvee.actors")
+
+
+class RetryLater(Exception):
+    """Raised by a job that cannot be done yet for a reason that is no failure (another
+    process is doing it): tried again later, as a failed job is, logged at DEBUG only."""
 
 
 class StopFlag:
@@ -143,6 +148,8 @@ class UserWorker:
                     break
                 try:
                     self._work(user_id, self._stop)
+                except RetryLater as waiting:
+                    self._failed(user_id, waiting)
                 except Exception:
                     self._failed(user_id)
                 else:
@@ -162,15 +169,18 @@ class UserWorker:
             return None
         return max(0.0, min(self._later.values()) - time.monotonic())
 
-    def _failed(self, user_id: str) -> None:
+    def _failed(self, user_id: str, waiting: RetryLater | None = None) -> None:
         delay = self._backoff.failed(user_id)
-        log.warning(
-            "%s: %s in the background failed; trying again in %.1f s",
-            self._named(user_id),
-            self.name,
-            delay,
-            exc_info=True,
-        )
+        if waiting is not None:
+            log.debug("%s: %s waits %.1f s: %s", self._named(user_id), self.name, delay, waiting)
+        else:
+            log.warning(
+                "%s: %s in the background failed; trying again in %.1f s",
+                self._named(user_id),
+                self.name,
+                delay,
+                exc_info=True,
+            )
         with self._changed:
             if not self._stopped and user_id not in self._pending:
                 self._later[user_id] = time.monotonic() + delay

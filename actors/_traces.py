@@ -22,6 +22,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from actors._background import UserWorker
+from actors.rewrite_claim import (
+    ReadOnlyDatabaseError,
+    RewriteLeftToAnother,
+    claim_owed_rewrite,
+    release_rewrite_claim,
+)
 from events import EventStore, StorageError
 from events.errors import first_line
 
@@ -99,6 +105,7 @@ class TraceScrubber:
         self._remaining: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
+        self._announced = False
 
     @property
     def remaining(self) -> frozenset[str]:
@@ -127,15 +134,20 @@ class TraceScrubber:
 
     def resume(self) -> None:
         """Finish in the background the rewrite an earlier erasure left owed (a process
-        stopped during it, say), logging it, so no words of a user already forgotten stay
-        in the files for want of another erasure."""
-        if not self._store.rewrite_owed:
-            return
-        log.warning(
-            "an earlier erasure's rewrite of the database file did not finish: "
-            "finishing it in the background"
-        )
-        self.later(EARLIER)
+        stopped during it, say), so no words of a user already forgotten stay in the
+        files for want of another erasure. Only an open that writes calls it: the rewrite
+        holds every writer off. One another process's erasure is doing is left to it and
+        tried again after; on a database this process cannot write it stays owed."""
+        if self._store.rewrite_owed:
+            self.later(EARLIER)
+
+    def finish_owed(self) -> None:
+        """Finish now, then stop as :meth:`stop` does, the rewrite an earlier erasure left
+        owed: what a short-lived open that wrote (a command) does as it ends."""
+        if self._store.rewrite_owed:
+            with self._lock:
+                self._remaining.add(EARLIER)
+        self.stop()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until every erasure told about is scrubbed or waits for its next try."""
@@ -155,7 +167,12 @@ class TraceScrubber:
         if not remaining:
             return
         try:
-            scrub_files(self._store, 0)
+            self._scrub_now()
+        except RewriteLeftToAnother as waiting:
+            log.info("the rewrite the database file owes is left to another process: %s", waiting)
+            return
+        except ReadOnlyDatabaseError:
+            return  # said when it was found
         except StorageError as error:
             log.warning(
                 "users %s were erased, but their words stay in the database files until "
@@ -173,8 +190,43 @@ class TraceScrubber:
     def _scrub(self, user_id: str, stopping: Callable[[], bool]) -> None:
         if stopping():
             return
-        scrub_files(self._store, 0)
+        try:
+            self._scrub_now()
+        except ReadOnlyDatabaseError:
+            return
         self._scrubbed({user_id})
+
+    def _scrub_now(self) -> None:
+        """Scrub the files, under the rewrite's claim where one is owed: raises
+        :class:`RewriteLeftToAnother` while another process's erasure is rewriting the
+        file, :class:`ReadOnlyDatabaseError` (said once, in a WARNING) where the database
+        cannot be written, and :class:`StorageError` when the scrubbing failed."""
+        try:
+            claim = claim_owed_rewrite(self._store)
+        except ReadOnlyDatabaseError as error:
+            with self._lock:
+                self._remaining.clear()
+            log.warning(
+                "the rewrite of the database file an erasure left owed is left to an open "
+                "that can write it: %s",
+                error,
+            )
+            raise
+        if claim is None:
+            scrub_files(self._store, 0)
+            return
+        try:
+            with self._lock:
+                announce = EARLIER in self._remaining and not self._announced
+                self._announced = self._announced or announce
+            if announce:
+                log.warning(
+                    "an earlier erasure's rewrite of the database file did not finish: "
+                    "finishing it now"
+                )
+            scrub_files(self._store, 0)
+        finally:
+            release_rewrite_claim(self._store, claim)
 
     def _scrubbed(self, users: set[str] | frozenset[str]) -> None:
         with self._lock:

@@ -13,7 +13,9 @@ moved rows that no deletion reaches) and the write-ahead log is truncated, so th
 deleted words do not linger in the database files. When the rewrite fails (a full disk)
 or other connections' older snapshots hold the truncation off, the receipt says so
 (``scrubbed=False``) and the engine has it retried in the background
-(:mod:`actors._traces`).
+(:mod:`actors._traces`). From its commit until its try ended, the erasure's process holds
+the rewrite's claim (:mod:`actors.rewrite_claim`), so that another process opening
+meanwhile does not rewrite the file a second time.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from actors._traces import scrub_files
 from actors.lease import LeaseTable
+from actors.rewrite_claim import claim_rewrite, release_rewrite_claim
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
 from projections import Projector, forget_in_scratch
@@ -86,6 +89,7 @@ def erase_user(
             if not events + snapshots and any(rows.values()):
                 store.owe_rewrite(connection)  # rows naming the user, with no log left
             erasure = store.owed_rewrite(connection)
+            claim = claim_rewrite(connection, erasure) if erasure else None
     except SQLAlchemyError as error:
         raise StorageError(
             f"could not forget user {user_id!r} in {store.safe_url}: {first_line(error)}"
@@ -102,6 +106,9 @@ def erase_user(
                 user_id,
                 error,
             )
+        finally:
+            if claim is not None:
+                release_rewrite_claim(store, claim)
     return ForgetReceipt(user_id, events, snapshots, rows, scrubbed=scrubbed)
 
 

@@ -364,6 +364,10 @@ class Audit:
     With ``create`` (the default) a database that does not exist yet is made, empty;
     without it, a database that holds no memvee log is a :class:`NotFoundError`. A log
     whose projections were never made is one either way: ``memvee rebuild`` makes them.
+
+    On SQLite its first write (an import, a re-extraction, a requeue, a promotion) also
+    finishes the rewrite of the file an earlier erasure left owed; reads never do, since
+    the rewrite holds every other writer off for as long as it takes.
     """
 
     def __init__(
@@ -385,7 +389,16 @@ class Audit:
         self._reader = ProjectionReader(tables)
         self._ranker = LexicalRanker(tables)
         self._checkpoints = replay_checkpoints(tables)
-        self._scrubber: TraceScrubber | None = None
+        self._scrubber = TraceScrubber(self.store)
+        self._writes = False
+
+    def _writing(self) -> None:
+        """Begin finishing, in the background, the rewrite an earlier erasure left the
+        SQLite file owing, at this Audit's first write: only an open that writes holds
+        other writers off for it (:meth:`close` tries once more)."""
+        if not self._writes:
+            self._writes = True
+            self._scrubber.resume()
 
     def close(self, *, discard_if_empty: bool = False) -> None:
         """Release the database connections, after one last try at scrubbing what an
@@ -393,8 +406,7 @@ class Audit:
         With ``discard_if_empty``, remove a SQLite file that holds no event and that no
         other store has open (see :meth:`EventStore.close`)."""
         try:
-            if self._scrubber is not None:
-                self._scrubber.stop()
+            self._scrubber.stop()
         finally:
             self.store.close(discard_if_empty=discard_if_empty)
 
@@ -593,6 +605,7 @@ class Audit:
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
+        self._writing()
         projector = Projector(ProjectionTables())
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
@@ -775,6 +788,7 @@ class Audit:
         check: Any = getattr(extractor, "check_credentials", None)  # the Claude extractor's
         if check is not None:
             await asyncio.to_thread(check)
+        await asyncio.to_thread(self._writing)
         run = await asyncio.to_thread(
             self._planned, user_id, extractor, version, limits, embedder, report
         )
@@ -1072,6 +1086,7 @@ class Audit:
 
         self.check_version_name(user_ids, version)
         await asyncio.to_thread(extractor.check_credentials)
+        await asyncio.to_thread(self._writing)
         meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(
             self.store,
@@ -1191,8 +1206,6 @@ class Audit:
             self.store, Projector(ProjectionTables()), leases if shared else None, user_id
         )
         if not receipt.scrubbed:
-            if self._scrubber is None:
-                self._scrubber = TraceScrubber(self.store)
             self._scrubber.later(user_id)
         log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
         return receipt
@@ -1351,6 +1364,7 @@ class Audit:
                 )
             except ConflictError:
                 continue
+            self._writing()
             return result
         raise ConflictError(f"user {user_id!r} kept changing; try again")
 

@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperGroup
 
+from actors import TraceScrubber
 from actors.database_claim import LOCK_SUFFIX, VERIFY, claim_alone
 from events import (
     EventStore,
@@ -349,7 +350,8 @@ def rebuild(
     Safe while the application writes: its writes are kept, and folded by the rebuild.
     The whole log is read first: an event that cannot be read (a damaged file) stops the
     rebuild before anything is dropped, since every user's rows would be gone until it
-    is mended.
+    is mended. On SQLite it then finishes the rewrite of the file an earlier erasure left
+    owed, as every command that writes does.
     """
     if user is not None and resume:
         raise InvalidInputError("--resume finishes a rebuild of every projection; drop --user")
@@ -365,6 +367,7 @@ def rebuild(
             require_projections(store, tables)
             catch_up_if_behind(store, tables)  # an older layout is refolded whole first
             folded = rebuild_user(store, user)
+            TraceScrubber(store).finish_owed()
             console.print(f"rebuilt the projections of {user!r} from {folded} events")
             return
         if resume and not _rebuilding(store):
@@ -375,6 +378,7 @@ def rebuild(
             folded = rebuild_projections(
                 store, resume=resume, progress=lambda done, total: bar.update(job, completed=done)
             )
+        TraceScrubber(store).finish_owed()
         console.print(f"rebuilt the projections from {folded} events")
     finally:
         store.close()

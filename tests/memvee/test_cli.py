@@ -1668,3 +1668,84 @@ def test_users_lists_everyone_else_and_names_a_log_holding_a_time_outside_years_
     first = json.loads(run("users", "--limit", "1", "--json", "--db", db).stdout)
     assert [u["user_id"] for u in first] == ["ann"]
     assert "events" in run("verify", "--db", db, code=1).output
+
+
+def _owe_a_rewrite(db: str) -> None:
+    """Leave the file owing a rewrite, as a process stopped between a forget's commit and
+    its rewrite does."""
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS memvee_owed_rewrites "
+            "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
+        )
+        connection.execute("INSERT INTO memvee_owed_rewrites DEFAULT VALUES")
+    connection.close()
+
+
+def _rewrites_owed(db: str) -> int:
+    with sqlite3.connect(db) as connection:
+        (owed,) = connection.execute("SELECT count(*) FROM memvee_owed_rewrites").fetchone()
+    connection.close()
+    return int(owed)
+
+
+@pytest.mark.parametrize("command", ["import", "requeue", "reextract", "rebuild"])
+def test_a_writing_command_finishes_the_rewrite_an_earlier_erasure_left_owed(
+    db: str, tmp_path: Path, command: str
+) -> None:
+    """Only the next Memory's open used to finish it, so a file used from the command line
+    alone kept the erased words in its pages for good."""
+    exported = tmp_path / "bob.jsonl"
+    run("export", "bob", "--out", str(exported), "--db", db)
+    _owe_a_rewrite(db)
+    args = {
+        "import": ["import", str(exported)],
+        "requeue": ["requeue", "ann"],
+        "reextract": ["reextract", "ann", "--as", "v2"],
+        "rebuild": ["rebuild"],
+    }[command]
+
+    run(*args, "--db", db)
+
+    assert _rewrites_owed(db) == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["users"],
+        ["stats"],
+        ["log", "ann"],
+        ["knowledge", "ann"],
+        ["search", "ann", "Oslo"],
+        ["export", "ann"],
+        ["quarantine"],
+    ],
+)
+def test_a_read_command_leaves_the_rewrite_an_earlier_erasure_left_owed(
+    db: str, args: list[str]
+) -> None:
+    """The rewrite holds every other process's writes off for as long as it takes (seconds
+    on a file of a few hundred MB): a read is no time to run it."""
+    _owe_a_rewrite(db)
+
+    run(*args, "--db", db)
+
+    assert _rewrites_owed(db) == 1
+
+
+def test_on_a_read_only_database_an_owed_rewrite_is_one_warning_and_no_traceback(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _owe_a_rewrite(db)
+    caplog.set_level(logging.DEBUG, logger="memvee")
+    read_only = f"sqlite:///file:{db}?mode=ro&uri=true"
+
+    read = run("users", "--db-url", read_only)
+    wrote = runner.invoke(app, ["requeue", "ann", "--db-url", read_only])
+
+    assert "Traceback" not in read.output + wrote.output
+    assert not any(r.exc_info for r in caplog.records), "no traceback logged"
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) <= 1 and all("left to an open that can write" in m for m in warned)
+    assert _rewrites_owed(db) == 1
