@@ -59,6 +59,7 @@ from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder, LocalDefaultEmbedder
 from memvee.embedders._choice import contained_embedder
+from memvee.extractors._credentials import check_credentials
 from projections import (
     BufferedMessage,
     KnowledgeEntry,
@@ -272,7 +273,7 @@ class Memory:
             extractor = await asyncio.to_thread(
                 _default_extractor, self.config.model, self.config.extraction_timeout
             )
-        await _check_credentials(extractor)
+        await check_credentials(extractor)
         cfg = self.config
         options = EngineOptions(
             url=cfg.url,
@@ -1204,15 +1205,6 @@ def _warn_if_offline(extractor: Extractor) -> None:
     from memvee.extractors._default import warn_if_offline
 
     warn_if_offline(extractor)
-
-
-async def _check_credentials(extractor: Extractor) -> None:
-    """Run the extractor's optional ``check_credentials()`` (the Claude extractor's raises
-    :class:`MissingCredentialsError` without an API key) in a thread, before the database
-    is opened: a Memory that could extract nothing is refused before it writes."""
-    check: Any = getattr(extractor, "check_credentials", None)
-    if check is not None:
-        await asyncio.to_thread(check)
 
 
 def _check_parts(config: object, extractor: object, embedder: object) -> None:

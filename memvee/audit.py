@@ -82,6 +82,7 @@ from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee.embedders import Embedder
 from memvee.embedders._choice import contained_embedder
+from memvee.extractors._credentials import check_credentials
 from projections import (
     KnowledgeEntry,
     Message,
@@ -785,9 +786,7 @@ class Audit:
         limits = BatchLimits(
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
-        check: Any = getattr(extractor, "check_credentials", None)  # the Claude extractor's
-        if check is not None:
-            await asyncio.to_thread(check)
+        await check_credentials(extractor)
         await asyncio.to_thread(self._writing)
         run = await asyncio.to_thread(
             self._planned, user_id, extractor, version, limits, embedder, report
@@ -1085,7 +1084,7 @@ class Audit:
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
         self.check_version_name(user_ids, version)
-        await asyncio.to_thread(extractor.check_credentials)
+        await check_credentials(extractor)
         await asyncio.to_thread(self._writing)
         meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(

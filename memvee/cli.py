@@ -1127,7 +1127,6 @@ def _parse_time(value: str) -> datetime:
 
 def _extractor(name: str, model: str | None) -> Extractor:
     from memvee.extractors import ClaudeExtractor, OfflineExtractor
-    from memvee.extractors._default import API_KEY_ENV_VAR
 
     if name == "offline":
         if model is not None:
@@ -1136,9 +1135,9 @@ def _extractor(name: str, model: str | None) -> Extractor:
             )
         return OfflineExtractor()
     if name == "claude":
-        if not os.environ.get(API_KEY_ENV_VAR, "").strip():
-            raise InvalidInputError(f"--extractor claude needs {API_KEY_ENV_VAR} to be set")
-        return ClaudeExtractor(model=model)
+        claude = ClaudeExtractor(model=model)
+        claude.check_credentials()  # the library's own check: a key, a token or a profile
+        return claude
     raise InvalidInputError(f"unknown extractor {name!r}; use offline or claude")
 
 

@@ -220,8 +220,8 @@ class ClaudeExtractor:
         read from disk), where every call would otherwise fail alike deep inside the SDK.
         """
         if self._given is not None:
-            if isinstance(self._given, anthropic.AsyncAnthropic) and not _client_has_credentials(
-                self._given
+            if issubclass(type(self._given), anthropic.AsyncAnthropic) and not (
+                _client_has_credentials(self._given)
             ):
                 raise MissingCredentialsError(
                     "the Claude API client given has no credentials: build it with an "
@@ -623,10 +623,14 @@ _AUTH_HEADERS = frozenset({"authorization", "x-api-key"})
 
 
 def _client_has_credentials(client: anthropic.AsyncAnthropic) -> bool:
-    """Whether ``client`` sends a credential with its calls: a header its key, token or
-    custom headers make, or a credentials provider that makes one at each call."""
+    """Whether ``client`` may authenticate its calls: a header its key, token or custom
+    headers make, a credentials provider that makes one at each call, or an auth header
+    set to ``anthropic.Omit()`` (the SDK's way to call a gateway that needs no key)."""
     headers = client.default_headers
-    sent = any(k.lower() in _AUTH_HEADERS and isinstance(v, str) and v for k, v in headers.items())
+    sent = any(
+        k.lower() in _AUTH_HEADERS and (isinstance(v, anthropic.Omit) or (isinstance(v, str) and v))
+        for k, v in headers.items()
+    )
     return sent or getattr(client, "credentials", None) is not None
 
 

@@ -1403,6 +1403,19 @@ def test_reextract_with_claude_needs_an_api_key(db: str, monkeypatch: pytest.Mon
     assert "ANTHROPIC_API_KEY" in one_error_line(result)
 
 
+def test_reextract_with_claude_takes_an_auth_token_as_the_library_does(
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CLI asked for ANTHROPIC_API_KEY alone; the library takes a token or a profile
+    too. Past the credential check, the malformed base URL is what is refused."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path / "anthropic"))
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "::")
+    result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)
+    assert "ANTHROPIC_BASE_URL='::' is refused" in one_error_line(result)
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "::"])
 def test_reextract_with_claude_refuses_a_malformed_base_url_in_one_line(
     db: str, monkeypatch: pytest.MonkeyPatch, url: str

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from unittest.mock import AsyncMock, MagicMock
+from unittest.mock import AsyncMock, MagicMock, create_autospec
 
 import anthropic
 import pytest
@@ -269,6 +269,31 @@ def test_a_client_given_without_credentials_is_refused_and_one_with_a_key_taken(
         ClaudeExtractor(client=bare).check_credentials()
     keyed = anthropic.AsyncAnthropic(api_key=API_KEY, base_url="http://127.0.0.1:9")
     ClaudeExtractor(client=keyed).check_credentials()
+
+
+def test_a_client_for_a_gateway_that_needs_no_key_is_taken(
+    no_credentials: pytest.MonkeyPatch,
+) -> None:
+    """The SDK's route to a keyless gateway is an auth header set to ``Omit``: no
+    credential is sent, and none is wanted."""
+    keyless = anthropic.AsyncAnthropic(
+        base_url="http://127.0.0.1:9", default_headers={"Authorization": anthropic.Omit()}
+    )
+    ClaudeExtractor(client=keyless).check_credentials()
+
+
+@pytest.mark.parametrize(
+    "stand_in",
+    [
+        lambda: MagicMock(spec=anthropic.AsyncAnthropic),
+        lambda: create_autospec(anthropic.AsyncAnthropic, instance=True),
+    ],
+    ids=["magicmock-spec", "create-autospec"],
+)
+def test_a_stand_in_client_with_the_sdk_client_spec_passes_the_credentials_check(
+    no_credentials: pytest.MonkeyPatch, stand_in: Any
+) -> None:
+    ClaudeExtractor(client=stand_in()).check_credentials()
 
 
 async def test_a_bulk_reextraction_without_credentials_is_refused_before_anything_is_kept(
