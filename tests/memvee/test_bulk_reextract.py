@@ -1327,3 +1327,210 @@ async def test_short_reads_are_counted_in_the_kept_batch_on_each_backend(
         assert {r["short_reads"] for r in kept["requests"].values()} == {2}
         report = await _run(audit)
     assert (report.unread, report.submitted, report.recorded) == ([kept["api_batch_id"]], 2, 2)
+
+
+def _poisoned(*markers: str, batches_only: bool = False) -> Callable[[RecordedRequest], Any]:
+    """A responder failing with a server error every request (of a Message Batch only,
+    with ``batches_only``) whose prompt holds one of ``markers``; others are answered."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        said = " ".join(str(m.get("content", "")) for m in request.messages)
+        if (request.custom_id is not None or not batches_only) and any(m in said for m in markers):
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        return default_answer(request)
+
+    return respond
+
+
+def _messages(audit: Audit, user: str, *contents: str) -> set[str]:
+    """The ids of ``user``'s processed messages, those saying one of ``contents`` (all
+    without): ann's last exchange, still buffered, left aside."""
+    found: set[str] = set()
+    for e in audit.store.events_of(user):
+        if isinstance(e, UserLog.MessageAdded):
+            if e.content == "I am still buffered":
+                break
+            if not contents or e.content in contents:
+                found.add(e.message_id)
+    return found
+
+
+def _covered(audit: Audit, user: str) -> set[str]:
+    return {m for e in _reextracted(audit, user) for m in e.message_ids}
+
+
+async def test_a_message_batches_outage_alone_is_ridden_through_the_messages_api_blaming_none(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every Message Batches request fails with a server error while the Messages API
+    answers: from the second run in a row, the stuck requests go through the Messages API
+    after one harmless probe and are recorded; no message is blamed (the reverted probe
+    blamed every request of such a batch and sent one message a request from then on)."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded, len(server.requests)) == (6, 0, 0)
+        second = await _run(audit)
+        assert (second.submitted, second.recorded, second.failed) == (6, 6, {})
+        assert len(server.requests) == 1 + 6, "one probe, then each stuck request"
+        third = await _run(audit)
+        assert (third.submitted, third.recorded) == (0, 0)
+        assert _failures(audit) == []
+        for user in USERS:
+            assert _covered(audit, user) == _messages(audit, user)
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+
+
+@pytest.mark.parametrize(
+    ("users", "per_request", "poisoned"),
+    [
+        (("ann", "bob"), 10, {"ann": "ann likes thing 2", "bob": "bob likes thing 2"}),
+        (("bob",), 5, {"bob": "bob likes thing 0", "bob ": "bob likes thing 4"}),
+    ],
+    ids=["two users one poisoned request each", "one user two poisoned requests"],
+)
+async def test_requests_poisoned_from_the_first_run_no_longer_stall_it(
+    db: str,
+    server: MessagesAPIServer,
+    users: tuple[str, ...],
+    per_request: int,
+    poisoned: dict[str, str],
+) -> None:
+    """Every request of the batch fails with a server error from the first run, so none
+    was ever blamed and each run sent them again for good. The second run sends them
+    through the Messages API, where they fail too while a probe is accepted: blamed, their
+    messages go one a request, and the third run leaves out only the poisoned ones."""
+    server.set_responder(_poisoned(*poisoned.values()))
+    limits = BatchLimits(max_messages=per_request)
+    with Audit(db_url=db) as audit:
+        reports = [
+            await audit.reextract_in_bulk(
+                list(users), ClaudeExtractor(max_retries=0), "v2", limits=limits, poll_interval=0.01
+            )
+            for _ in range(3)
+        ]
+        bad = {m for u in users for m in _messages(audit, u, *poisoned.values())}
+        assert [r.recorded for r in reports[:2]] == [0, 0]
+        assert set(reports[2].left_out) == bad
+        for user in users:
+            assert _covered(audit, user) == _messages(audit, user) - bad
+
+
+async def test_a_lone_request_failing_every_time_is_blamed_without_a_probe(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A Message Batch of one request that fails with a server error is blamed by the
+    lone-request rule: no probe, no Messages API call, run after run."""
+    server.set_responder(_poisoned("bob likes thing 4"))
+    with Audit(db_url=db) as audit:
+        reports = [
+            await audit.reextract_in_bulk(
+                ["bob"],
+                ClaudeExtractor(max_retries=0),
+                "v2",
+                limits=BatchLimits(max_messages=10),
+                poll_interval=0.01,
+            )
+            for _ in range(3)
+        ]
+        assert server.requests == []
+        assert list(reports[2].left_out) == list(_messages(audit, "bob", "bob likes thing 4"))
+
+
+async def test_an_outage_of_both_apis_costs_one_probe_a_run_and_records_no_failure(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """Both APIs answer every call with a server error: from the second run on, a run
+    sends its batch and one harmless probe, records no failure, and counts the stuck
+    requests in the bulk table only; once the outage passes, the run records them all."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=both_backends) as audit:
+        calls = []
+        for _ in range(3):
+            before = len(server.requests)
+            down = await _run(audit)
+            assert (down.submitted, down.recorded, down.left_out) == (2, 0, {})
+            calls.append(len(server.requests) - before)
+        assert calls == [0, 1, 1]
+        assert _failures(audit) == []
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (2, 2, {})
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+
+
+def _one_line_then_cut(server: MessagesAPIServer) -> Callable[[RecordedRequest], Any]:
+    """A fault serving the first Message Batch's results as its first request's line
+    alone, errored with a server error."""
+
+    def fault(request: RecordedRequest) -> ScriptedResponse | None:
+        batches = server.batches
+        if not batches or not request.path.endswith(f"{batches[0]['id']}/results"):
+            return None
+        first = batches[0]["requests"][0]["custom_id"]
+        errored = {"type": "errored", "error": error_body("api_error", "down")}
+        line = json.dumps({"custom_id": first, "result": errored}) + "\n"
+        return ScriptedResponse(body=line.encode(), headers={"content-type": "application/binary"})
+
+    return fault
+
+
+async def test_a_short_read_during_an_outage_blames_no_message(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request fails with a server error and the download holds one line: the third
+    short read records that line as one of a batch of six, an outage, not as a lone
+    request's failure (which blamed its messages)."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    server.set_batches_fault(_one_line_then_cut(server))
+    with Audit(db_url=db) as audit:
+        for _ in range(2):
+            with pytest.raises(ExtractionError, match="could not be read"):
+                await _run(audit)
+        report = await _run(audit)
+        assert report.unread == [server.batches[0]["id"]]
+        assert _failures(audit) == []
+
+
+async def test_a_batch_whose_id_was_never_kept_and_whose_results_are_always_cut_is_dropped(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash before the batch's id was kept, then every download of its results cut
+    before the first line: the third run drops the kept requests and plans them again,
+    where each run used to fail for good."""
+
+    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
+        raise RuntimeError("killed")
+
+    server.set_batches_fault(_results_short(server, "cut"))
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_set_batch_id", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        for reads in (1, 2):
+            with pytest.raises(ExtractionError, match=f"read short {reads} of 3 times"):
+                await _run(audit)
+        report = await _run(audit)
+        assert report.unread == [server.batches[0]["id"]]
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+
+
+async def test_a_run_for_one_user_plans_again_every_user_of_a_batch_it_drops(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """`--user ann` drops a batch read short three times that held bob's requests too:
+    the run plans bob's unread requests again, as its report says, not only ann's."""
+    server.set_batches_fault(_results_short(server, "empty"))
+    with Audit(db_url=db) as audit:
+        for _ in range(2):
+            with pytest.raises(ExtractionError, match="could not be read"):
+                await _run(audit)
+        report = await audit.reextract_in_bulk(
+            ["ann"], ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01
+        )
+        assert report.unread == [server.batches[0]["id"]]
+        assert (report.submitted, report.recorded) == (6, 6)
+        assert _covered(audit, "bob") == _messages(audit, "bob")
