@@ -11,9 +11,6 @@ in a small table (:mod:`projections.bulk_runs`) before the batch is created; a l
 for the same version collects the batches left unfinished before planning anything new.
 Each recorded event names its request (``request_id``), and a request already recorded in
 the user's log is never recorded again. Rows are deleted once their results are recorded.
-Requests that fail with a server error with every other request of their batch, runs in a
-row, are counted in a row of their own and sent through the Messages API from the second
-run (:meth:`BulkReextraction._send_stuck`), so that they never stall a run.
 """
 
 from __future__ import annotations

@@ -2,11 +2,8 @@
 
 Not a projection: the table says where a run is, not what a log says. Each row is one
 submitted Message Batch, with what each of its requests holds (its user, its messages,
-the known entries its prompt listed), a run's claim on a user's plan, or a version's
-count of requests that failed with a server error with every other request of their
-batch, runs in a row (kept here, not in the logs, which an outage must not grow). It
-names users, so forgetting a user removes that user's requests from it
-(:func:`forget_bulk_requests`).
+the known entries its prompt listed). It names users, so forgetting a user removes that
+user's requests from it (:func:`forget_bulk_requests`).
 """
 
 from __future__ import annotations

@@ -1534,16 +1534,3 @@ async def test_a_run_for_one_user_plans_again_every_user_of_a_batch_it_drops(
         assert report.unread == [server.batches[0]["id"]]
         assert (report.submitted, report.recorded) == (6, 6)
         assert _covered(audit, "bob") == _messages(audit, "bob")
-
-
-async def test_forget_removes_the_users_stuck_counts(db: str, server: MessagesAPIServer) -> None:
-    """The count of requests stuck in an outage names users and messages: forgetting bob
-    removes his, and keeps ann's."""
-    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
-    with Audit(db_url=db) as audit:
-        await _run(audit)
-        receipt = erase_user(audit.store, Projector(ProjectionTables()), None, "bob")
-        assert receipt.rows["bulk_requests"] == 3
-        with audit.store.engine.connect() as connection:
-            (counts,) = connection.execute(select(BULK_BATCHES.c.requests)).scalars()
-        assert {c["user"] for c in counts.values()} == {"ann"}
