@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -58,7 +57,7 @@ from events import (
 from events.errors import ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets, outweighed, server_failure
+from memvee.extractors._claude import api_error, client_secrets, outweighed
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.reader import aware
@@ -231,8 +230,6 @@ class BulkReextraction:
         self.lost: set[str] = set()  # claims another run took over while this one was stopped
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
         self._kept_read = 0.0  # time.monotonic() of that read
-        self._stuck_id = str(uuid5(NAMESPACE_URL, f"memvee-bulk-stuck:{version}"))
-        self._dropped_users: set[str] = set()  # users of kept batches dropped unrecorded
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -249,8 +246,7 @@ class BulkReextraction:
             for row in await asyncio.to_thread(self._unfinished):
                 if not await asyncio.to_thread(self._held_elsewhere, row):
                     await self._finish(client, row, report, earlier=True)
-            dropped = sorted(self._dropped_users - set(user_ids))
-            planned = await asyncio.to_thread(self._plan, [*user_ids, *dropped], report)
+            planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
             raise api_error(error, client_secrets(client)) from None
@@ -274,8 +270,7 @@ class BulkReextraction:
         """Every user's processed messages not yet in the version, in bounded batches;
         those of requests that failed before go one a request, after the rest (so one
         that always fails keeps none of the others out of the version). A user another
-        run holds is passed over (``report.claimed``), as is one forgotten since a kept
-        batch that held its requests was dropped."""
+        run holds is passed over (``report.claimed``)."""
         planned: list[_Planned] = []
         for user_id in user_ids:
             pending = self._claim(user_id)
@@ -289,8 +284,6 @@ class BulkReextraction:
                 report.claimed.append(user_id)
                 continue
             user_log = self.store.load(user_id)
-            if user_log is None and user_id in self._dropped_users:
-                continue
             if user_log is None:
                 raise InvalidInputError(f"user {user_id!r} has no log")
             events = self.store.events_of(user_id, upto=user_log.version)
@@ -555,7 +548,7 @@ class BulkReextraction:
     ) -> None:
         """Wait for one Message Batch to end, then record its results in log order; the
         users of one an ``earlier`` run kept are told as collected (``report.collected``)."""
-        batch_id = row["api_batch_id"] or await self._created_for(client, row, report)
+        batch_id = row["api_batch_id"] or await self._created_for(client, row)
         if batch_id is None:
             # Never created, or made by an older memvee that cannot tell it: plan again.
             await asyncio.to_thread(self._delete, row["local_id"])
@@ -574,19 +567,14 @@ class BulkReextraction:
                 total,
             )
             report.lost.append(batch_id)
-            self._dropped_users.update(r["user"] for r in row["requests"].values())
             await asyncio.to_thread(self._delete, row["local_id"])
             return
         short = short or _short_read(answers, row["requests"], total)
         if short is not None:
             await self._read_short(row, batch_id, short, report)
-            self._dropped_users.update(
-                r["user"] for c, r in row["requests"].items() if c not in answers
-            )
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
-        blamable = _blamable(row["requests"], answers)
-        stuck = await asyncio.to_thread(self._count_stuck, row, answers, outage=not blamable)
+        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -620,176 +608,7 @@ class BulkReextraction:
                     report.entries += entries
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
-        if stuck:
-            await self._send_stuck(row, batch_id, stuck, report)
         await asyncio.to_thread(self._delete, row["local_id"])
-
-    def _count_stuck(
-        self, row: dict[str, Any], answers: Mapping[str, Any], *, outage: bool
-    ) -> list[str]:
-        """Count, per request, the consecutive runs in which every request of its Message
-        Batch failed with a server error (``outage``: no request is blamed for it), kept in
-        the version's stuck row of the table, not in the logs, which an outage must not
-        grow; a request answered otherwise has its count dropped. Returns the custom ids of
-        ``row``'s requests stuck so in a second run or more (see :meth:`_send_stuck`); a
-        batch collected twice (a crash before its row was deleted) counts once."""
-        batch_id = row["api_batch_id"]
-        stuck: list[str] = []
-        with self.store.transaction() as connection:
-            found = connection.execute(
-                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == self._stuck_id)
-            ).scalar()
-            counts: dict[str, Any] = dict(found or {})
-            for custom_id, request in row["requests"].items():
-                if custom_id not in answers:
-                    continue
-                key = _stuck_key(request)
-                if not (outage and _server_error(answers[custom_id])):
-                    counts.pop(key, None)
-                    continue
-                counted = counts.get(key, {})
-                runs = int(counted.get(_STUCK_RUNS, 0)) + (counted.get("batch") != batch_id)
-                counts[key] = {
-                    "user": request["user"],
-                    "messages": request["messages"],
-                    "known": [],
-                    _STUCK_RUNS: runs,
-                    "batch": batch_id,
-                }
-                if runs >= 2:
-                    stuck.append(custom_id)
-            self._keep_stuck(connection, found, counts)
-        return stuck
-
-    def _keep_stuck(
-        self, connection: Connection, found: dict[str, Any] | None, counts: dict[str, Any]
-    ) -> None:
-        """Write the version's stuck row as ``counts`` (``found``: what it held), removing
-        it once empty."""
-        where = BULK_BATCHES.c.local_id == self._stuck_id
-        if not counts:
-            if found is not None:
-                connection.execute(BULK_BATCHES.delete().where(where))
-        elif found is None:
-            connection.execute(
-                BULK_BATCHES.insert(),
-                {
-                    "local_id": self._stuck_id,
-                    "knowledge_version": self.version,
-                    "api_batch_id": None,
-                    "requests": counts,
-                    "created_at": _database_time(connection),
-                },
-            )
-        elif counts != found:
-            connection.execute(BULK_BATCHES.update().where(where).values(requests=counts))
-
-    def _unstick(self, requests: Iterable[dict[str, Any]]) -> None:
-        """Drop the stuck counts of ``requests``: answered, or blamed."""
-        keys = {_stuck_key(request) for request in requests}
-        with self.store.transaction() as connection:
-            found = connection.execute(
-                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == self._stuck_id)
-            ).scalar()
-            if found is not None:
-                counts = {k: v for k, v in found.items() if k not in keys}
-                self._keep_stuck(connection, found, counts)
-
-    async def _send_stuck(
-        self, row: dict[str, Any], batch_id: str, stuck: list[str], report: BulkReport
-    ) -> None:
-        """Send through the Messages API the requests of ``row`` that failed with a server
-        error, with every other request of their Message Batch, a second run in a row: a
-        request the API fails every time would otherwise be sent again for good once it
-        is all that is left. A harmless probe goes first: not accepted, the API is down
-        and nothing more is sent (an outage of both APIs costs one small call a run, and
-        blames nothing). Accepted, each request goes with its messages: answered, it is
-        recorded like any answer; failed with a server error, it is its own, and its
-        messages go one a request next run (left out, one alone); failed otherwise, it
-        tells nothing."""
-        first = await asyncio.to_thread(self._batch, stuck[0], row["requests"][stuck[0]])
-        if not first.messages:  # forgotten meanwhile
-            return
-        verdict = await self.extractor.probe(first)
-        if verdict != "accepted":
-            log.warning(
-                "requests of Message Batch %s failed with a server error with every other "
-                "request, a second run in a row, and a probe without their messages was %s: "
-                "the API is down; none is blamed, the next run sends them again",
-                batch_id,
-                verdict,
-            )
-            return
-        settled: list[dict[str, Any]] = []
-        for custom_id in stuck:
-            request = row["requests"][custom_id]
-            request_id = f"{batch_id}:{custom_id}"
-            batch = await asyncio.to_thread(self._batch, custom_id, request)
-            if not batch.messages:
-                continue
-            try:
-                message = await self.extractor.answer(batch)
-            except ExtractionError as error:
-                if server_failure(error):
-                    await asyncio.to_thread(self._blame_stuck, request, request_id, error, report)
-                    settled.append(request)
-                continue
-            outcome = SimpleNamespace(type="succeeded", message=message)
-            await asyncio.to_thread(
-                self._record_stuck, custom_id, request, outcome, request_id, report
-            )
-            settled.append(request)
-        if settled:
-            await asyncio.to_thread(self._unstick, settled)
-
-    def _blame_stuck(
-        self, request: dict[str, Any], request_id: str, error: ExtractionError, report: BulkReport
-    ) -> None:
-        """Keep a stuck request's server error through the Messages API, met while a
-        harmless probe was accepted, as its own failure that repeats: its messages go one
-        a request next run, and one that fails alone is left out."""
-        self.record_failure(
-            request["user"],
-            self.version,
-            list(request["messages"]),
-            error,
-            self.extractor,
-            True,
-            text=str(error),
-            request_id=request_id,
-        )
-        report.failed[request_id] = str(error)
-        if self._fails_alone(request):
-            report.left_out[request["messages"][0]] = str(error)
-        log.warning(
-            "request %s failed with a server error through the Messages API too, while a "
-            "probe without its messages was accepted: its messages go one a request next run",
-            request_id,
-        )
-
-    def _record_stuck(
-        self,
-        custom_id: str,
-        request: dict[str, Any],
-        outcome: Any,
-        request_id: str,
-        report: BulkReport,
-    ) -> None:
-        """Record a stuck request's answer through the Messages API as its Message Batch
-        answer would have been (no longer one of ``report.failed``)."""
-        report.failed.pop(request_id, None)
-        try:
-            entries = self._record(custom_id, request, outcome, request_id, frozenset(), True)
-        except NotFoundError as gone:
-            report.forgotten[request_id] = str(gone)
-            return
-        if isinstance(entries, ExtractionError):
-            report.failed[request_id] = str(entries)
-        elif entries is None:
-            report.skipped += 1
-        else:
-            report.recorded += 1
-            report.entries += entries
 
     async def _read_short(
         self, row: dict[str, Any], batch_id: str, short: str, report: BulkReport
@@ -850,10 +669,7 @@ class BulkReextraction:
             await asyncio.sleep(self.poll_interval)
 
     async def _created_for(
-        self,
-        client: anthropic.AsyncAnthropic,
-        row: dict[str, Any],
-        report: BulkReport | None = None,
+        self, client: anthropic.AsyncAnthropic, row: dict[str, Any]
     ) -> str | None:
         """The id of the Message Batch made of ``row``'s requests whose creation was never
         confirmed, if the API has one; ``None`` if it has none (or the row is an older
@@ -863,10 +679,7 @@ class BulkReextraction:
         same size created since the row (give or take :data:`CLOCK_SLACK`) and kept by no
         other run is waited for, those created nearest the row first, and taken if its
         results are the row's requests (another application's batch of the same size on
-        the account may be waited for before the run's own). A candidate whose results are
-        cut before their first line counts a short read of the row, which the
-        :data:`MAX_SHORT_READS`-th drops (``None``, listed in ``report.unread``): its
-        requests are planned again.
+        the account may be waited for before the run's own).
         """
         wanted = set(row["requests"])
         if not all(custom_id.endswith(f"-{row['local_id']}") for custom_id in wanted):
@@ -893,25 +706,10 @@ class BulkReextraction:
             except anthropic.NotFoundError:
                 continue
             if cut is not None and not answers:
-                reads = await asyncio.to_thread(self._count_short_read, row["local_id"])
-                if reads < MAX_SHORT_READS:
-                    raise ExtractionError(
-                        f"the results of Message Batch {batch_id} could not be read ({cut}), "
-                        "to tell whether it holds a run's kept requests; the next run looks "
-                        f"again (read short {reads} of {MAX_SHORT_READS} times before the "
-                        "kept requests are dropped)"
-                    )
-                log.warning(
-                    "the results of Message Batch %s were read short %d times (%s), never "
-                    "telling whether it holds a run's kept requests: they are planned again",
-                    batch_id,
-                    reads,
-                    cut,
+                raise ExtractionError(
+                    f"the results of Message Batch {batch_id} could not be read ({cut}), to "
+                    "tell whether it holds a run's kept requests; the next run looks again"
                 )
-                if report is not None:
-                    report.unread.append(batch_id)
-                self._dropped_users.update(r["user"] for r in row["requests"].values())
-                return None
             if set(answers) & wanted:  # each custom id names the kept row: read short too
                 log.info("found Message Batch %s, made of a run's kept requests", batch_id)
                 return batch_id
@@ -1122,7 +920,6 @@ class BulkReextraction:
         rows = connection.execute(
             select(BULK_BATCHES)
             .where(BULK_BATCHES.c.knowledge_version == self.version)
-            .where(BULK_BATCHES.c.local_id != self._stuck_id)
             .order_by(BULK_BATCHES.c.created_at)
         ).mappings()
         return [dict(r) for r in rows]
@@ -1307,10 +1104,6 @@ held only while its run is (one whose release failed is not held by the process 
 _SHORT_READS = "short_reads"
 """The key of a kept request that counts its batch's short reads (see :data:`MAX_SHORT_READS`)."""
 
-_STUCK_RUNS = "stuck_runs"
-"""The key of a stuck count: the runs in a row a request failed with a server error with
-every other request of its Message Batch."""
-
 _CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
@@ -1486,19 +1279,12 @@ def _server_error(outcome: Any) -> bool:
     return getattr(detail, "type", None) == "api_error"
 
 
-def _blamable(requests: Mapping[str, Any], outcomes: Mapping[str, Any]) -> bool:
+def _blamable(outcomes: Mapping[str, Any]) -> bool:
     """Whether a server error of a request of a Message Batch is evidence against its
-    messages: not when every request read (``outcomes``) of a batch of several
-    (``requests``, the whole batch, however much of its results was read) came back so
-    (the API's outage, not theirs). A message blamed twice goes alone next run
+    messages: not when every request of a batch of several came back so (the API's
+    outage, not theirs). A message blamed twice goes alone next run
     (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
-    return len(requests) < 2 or not all(_server_error(o) for o in outcomes.values())
-
-
-def _stuck_key(request: Mapping[str, Any]) -> str:
-    """The key of a request's stuck count (:meth:`BulkReextraction._count_stuck`): its user
-    and messages, which the next run plans alike."""
-    return str(uuid5(NAMESPACE_URL, "\0".join([request["user"], *request["messages"]])))
+    return len(outcomes) < 2 or not all(_server_error(o) for o in outcomes.values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:
