@@ -34,8 +34,8 @@ class Plan:
     entry said again before it began (:attr:`earlier` ``[i]``: the entry, when, and the
     messages that said it), and ``("joins", i)`` for such an entry that now replaces
     another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
-    entry are in :attr:`repairs`; the known entries said again while they held, with the
-    messages that cited them so, in :attr:`repeated`."""
+    entry are in :attr:`repairs`; the entries (known ones, and added ones by place) said
+    again while they held, with the messages that cited them so, in :attr:`repeated`."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -47,7 +47,7 @@ class Plan:
     earlier: list[tuple[str, datetime, list[str]]] = field(default_factory=list)
     joins: list[tuple[str, str]] = field(default_factory=list)
     ends: dict[str | int, tuple[datetime, bool]] = field(default_factory=dict)
-    repeated: dict[str, list[str]] = field(default_factory=dict)
+    repeated: dict[str | int, list[str]] = field(default_factory=dict)
     cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
     followed: dict[str | int, str | int] = field(default_factory=dict)
     dated_at: dict[int, datetime] = field(default_factory=dict)
@@ -76,9 +76,8 @@ class Plan:
         while value not in seen:
             seen.add(value)
             if isinstance(value, int):
-                began, stated = self.start(value, said_at), self.added[value].source_message_ids
-            else:
-                stated = tuple(self.repeated.get(value, ()))
+                began = self.start(value, said_at)
+            stated = self.statements(value)
             if began is not None and at < began:
                 return at
             at = max([at, *(said_at[m] for m in stated if m in said_at)])
@@ -88,16 +87,17 @@ class Plan:
             value, began = self.latest(value), None
         return at
 
+    def statements(self, value: str | int) -> list[str]:
+        """The messages of the answer that state ``value``: those that said it again and,
+        for an added entry's place, the messages it cites."""
+        cited = () if isinstance(value, str) else self.added[value].source_message_ids
+        return [*cited, *self.repeated.get(value, ())]
+
     def said_before(self, value: str | int, at: datetime, said_at: dict[str, datetime]) -> bool:
-        """Whether every message of the answer that states ``value`` (an added entry's
-        place: the messages it cites; a known entry: those that said it again) was sent
-        before ``at``, so ``value`` may end then without ending before its own words."""
-        stated = (
-            self.repeated.get(value, [])
-            if isinstance(value, str)
-            else self.added[value].source_message_ids
-        )
-        return all(said_at[m] < at for m in stated if m in said_at)
+        """Whether every message of the answer that states ``value`` (:meth:`statements`)
+        was sent before ``at``, so ``value`` may end then without ending before its own
+        words."""
+        return all(said_at[m] < at for m in self.statements(value) if m in said_at)
 
     def ended_by(
         self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
@@ -139,22 +139,40 @@ class Plan:
             self.steps.append(("joins", len(self.joins)))
             self.joins.append((target, replacing))
 
-    def said_again(self, target: str, messages: Sequence[str]) -> None:
-        """Note that ``messages`` said the known entry ``target`` again while it held: they
-        are outdated once it ends after them. A repeat citing no message of its own (the
-        batch stood in for it) notes nothing."""
+    def said_again(self, target: str | int, messages: Sequence[str]) -> None:
+        """Note that ``messages`` said ``target`` (a known entry, or an added entry's
+        place) again while it held: they are outdated once it ends after them. A repeat
+        citing no message of its own (the batch stood in for it) notes nothing."""
         if messages:
             noted = self.repeated.setdefault(target, [])
             noted.extend(m for m in messages if m not in noted)
 
-    def said_again_apart(self) -> dict[str, list[str]]:
-        """:attr:`repeated`, less the messages that the same answer has the entry begin
-        with (:attr:`earlier`): those are its sources, not words said again."""
+    def begun_before(
+        self, place: int, messages: Sequence[str], said_at: dict[str, datetime]
+    ) -> bool:
+        """Whether ``messages`` (some, each of known time) were all sent after the entry
+        added at ``place`` began: saying it again then, they repeat it, as they would in
+        a later batch, rather than being its sources."""
+        start = self.start(place, said_at)
+        return bool(messages) and all(m in said_at and start < said_at[m] for m in messages)
+
+    def said_again_apart(self, entries: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+        """:attr:`repeated` by entry id (``entries``: one for each added fact, in the
+        plan's order), less the messages that the same answer has the entry begin with
+        (:attr:`earlier`) or cite: those are its sources, not words said again."""
         begun = {(target, m) for target, _, sources in self.earlier for m in sources}
-        apart = {
-            target: [m for m in messages if (target, m) not in begun]
-            for target, messages in self.repeated.items()
-        }
+        ids = {place: entry["entry_id"] for place, entry in enumerate(entries)}
+        cites = {entry["entry_id"]: set(entry["source_message_ids"]) for entry in entries}
+        apart: dict[str, list[str]] = {}
+        for target, messages in self.repeated.items():
+            entry_id = ids[target] if isinstance(target, int) else target
+            own = cites.get(entry_id, set())
+            noted = apart.setdefault(entry_id, [])
+            noted.extend(
+                m
+                for m in messages
+                if (entry_id, m) not in begun and m not in own and m not in noted
+            )
         return {target: messages for target, messages in apart.items() if messages}
 
     def began(self, target: str, around: Around) -> datetime | None:
@@ -321,9 +339,11 @@ def plan_facts(
     shown (``known`` with an end) turns the fact into a new entry, so a confused
     extractor cannot lose facts; citations outside the batch are dropped; a fact left
     citing nothing cites the batch's user messages. A text over :data:`MAX_FACT_CHARS`
-    is cut; a new fact that repeats an earlier fact of the answer is merged into it
-    (valid from the earlier statement, yet after the value it replaced began) unless
-    another fact of the answer ended that one before it was said: it is then that value
+    is cut; a new fact that repeats an earlier fact of the answer, which nothing of the
+    answer ended before it was said, said it again when all its own messages were sent
+    after that entry began (:attr:`Plan.repeated`, as a later batch notes it), else is
+    merged into it (valid from the earlier statement, yet after the value it replaced
+    began); said after another fact of the answer ended that one, it is that value
     again, as is a repeat of a known entry said after such an end (unless the answer
     stated that value again already: it cites that). An update that repeats a new fact
     said before it, which nothing ended, is that fact's entry, begun at the earlier of
@@ -508,7 +528,11 @@ def plan_facts(
                 continue
             again = None
         repaired = ExtractedFact(text, tuple(sources), action, target)
-        if again is not None:
+        if again is not None and plan.begun_before(again[0], own, said_at):
+            added_by[index] = again[0]
+            plan.said_again(again[0], own)
+            plan.repairs.extend(f"repeat of fact {again[1]}: {note}" for note in notes)
+        elif again is not None:
             added, first = again
             added_by[index] = added
             merged = f"fact {index} repeated fact {first}; merged into it"

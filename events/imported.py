@@ -147,7 +147,8 @@ class ImportReplay:
         named = [
             getattr(event, name) for name in ("entry_id", "superseded_by") if hasattr(event, name)
         ]
-        named += getattr(event, "repeated", None) or ()
+        added = {entry["entry_id"] for entry in getattr(event, "entries", None) or ()}
+        named += [e for e in getattr(event, "repeated", None) or () if e not in added]
         strange = [e for e in named if e not in self._entry_ids]
         if strange:
             raise InvalidInputError(f"entry {strange[0]!r} is not in the log")

@@ -1045,12 +1045,13 @@ class UserLog(Aggregate):
             if k.valid_until is not None and k.entry_id not in placed
         ]
         changes = _changes(plan, entries, version, said_at, around.began, [*replaced, *heads])
+        repeated = plan.said_again_apart(entries)
         entries = plan.in_answer_order(entries)
         self.trigger_event(
             event,
             entries=entries,
             repairs=plan.repairs or None,
-            repeated=plan.said_again_apart() or None,
+            repeated=repeated or None,
             followed_by=len(changes) + after,
             **_usage_fields(usage),
             **fields,

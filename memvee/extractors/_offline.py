@@ -1332,6 +1332,7 @@ class _Draft:
     target: str | None = None
     replaces: _Draft | None = None
     sources: list[str] = field(default_factory=list)
+    restated_by: list[str] = field(default_factory=list)
     ended: bool = False
 
     @property
@@ -1373,8 +1374,8 @@ class _Batch:
 
     What stands (the known entries not yet ended, or ended only after the statement, and
     the drafts not yet replaced) is what a new statement is compared with: a repeat of a
-    standing draft cites its message there; a statement of a standing known entry is
-    ``same``; a new value of a single-valued slot updates the slot's standing draft
+    standing draft is reported beside it, as said again; a statement of a standing known
+    entry is ``same``; a new value of a single-valued slot updates the slot's standing draft
     (``target_fact``), else the known entry that held when it was said (or the first
     after it); a retraction ends the standing drafts and current known entries it names.
     Statements are folded in the order they were said (``sent_at``), so the answer is the
@@ -1418,16 +1419,20 @@ class _Batch:
 
     def state(self, text: str, message_id: str, said: datetime, *, supersedes: bool = True) -> None:
         """Fold one fact the user stated at ``said``. A repeat of a standing draft by a
-        later message changes nothing, as it would in a later batch (a ``same``): the
-        draft stays valid from, and cites, the message that first stated it. A fact that
-        does not ``supersede`` (a :class:`_Naming`) ends no other value of its slot."""
+        later message is reported as said again by it, as it would be in a later batch (a
+        ``same``): the draft stays valid from the message that first stated it, and the
+        repeat is outdated with it. A fact that does not ``supersede`` (a
+        :class:`_Naming`) ends no other value of its slot."""
         key, claim = _normalized(text), _claim(text, self.speakers)
         if claim is not None and not supersedes:
             claim = replace(claim, single=False)
         draft = self._by_key.get(key)
         if draft is None and claim is not None:
             draft = self._by_claim.get(claim)
-        if draft is None:
+        if draft is not None:
+            if message_id not in draft.sources and message_id not in draft.restated_by:
+                draft.restated_by.append(message_id)
+        else:
             draft, taken_back = self._new_draft(text, key, claim, said)
             draft.sources.append(message_id)
             self._stand(draft)
@@ -1558,7 +1563,19 @@ class _Batch:
                 facts.append(
                     ExtractedFact(item.text, tuple(item.sources), item.action, item.target, within)
                 )
+        for item in self.items:
+            if isinstance(item, _Draft):
+                facts.extend(_restatement(item, message) for message in item.restated_by)
         return tuple(facts)
+
+
+def _restatement(draft: _Draft, message_id: str) -> ExtractedFact:
+    """The fact ``message_id`` stated by saying ``draft`` again: the same as the known
+    entry it confirms, or else its text anew, which the engine notes as said again of the
+    entry the draft adds (it was sent after that began)."""
+    if draft.action == "same":
+        return ExtractedFact(draft.text, (message_id,), "same", draft.target)
+    return ExtractedFact(draft.text, (message_id,), "new")
 
 
 def _at(entries: list[_Known], said: datetime) -> _Known:

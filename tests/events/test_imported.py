@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import ExtractedFact, InvalidInputError
+from events import BatchMessage, ExtractedFact, InvalidInputError
 from events.imported import ImportReplay
 from events.user_log import UserLog
 
@@ -121,6 +121,23 @@ def test_a_repeat_of_an_entry_the_log_never_had_is_refused() -> None:
     with pytest.raises(InvalidInputError, match=f"line {index + 1}: entry 'e-1' is not in the log"):
         _replay(events)
     events[index] = replace(extracted, repeated={oslo: said})
+    _replay(events)
+
+
+def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
+    """A fact said again later in the batch that first stated it is noted as a repeat of
+    the entry that batch adds, which the log holds once that extraction is in it."""
+    log = UserLog.register("alice")
+    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "still Oslo")]
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    facts = [ExtractedFact("User lives in Oslo", (m,)) for m in said]
+    sent = [
+        BatchMessage(m, "user", "", datetime(2025, 1, day, tzinfo=UTC))
+        for day, m in [(1, said[0]), (2, said[1])]
+    ]
+    (oslo,) = log.record_knowledge("t1", facts, "x", batch=sent)
+    events = [*log.collect_events()]
+    assert _kind(events, UserLog.KnowledgeExtracted).repeated == {oslo["entry_id"]: said[1:]}
     _replay(events)
 
 

@@ -585,8 +585,8 @@ def test_a_change_naming_an_earlier_fact_that_repeats_a_known_entry_ends_that_en
 
 
 def test_a_repeat_in_one_answer_said_earlier_moves_the_entry_to_the_earlier_time() -> None:
-    """The entry is valid from when the fact was first stated, as it would be had the
-    backdated repeat come in a later batch."""
+    """The entry is valid from when the fact was first stated, and cites that message,
+    as it would had each message been its own batch: the later statement said it again."""
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I live in Oslo", "I have lived in Oslo for years")
     facts = [
@@ -596,7 +596,8 @@ def test_a_repeat_in_one_answer_said_earlier_moves_the_entry_to_the_earlier_time
     said = [*_said(ids[:1], 10), *_said(ids[1:], 0)]
     (entry,) = log.record_knowledge("t1", facts, "x", batch=said)
     assert entry["valid_from"] == T0.isoformat()
-    assert entry["source_message_ids"] == ids
+    assert entry["source_message_ids"] == ids[1:]
+    assert _repeated(log) == {entry["entry_id"]: ids[:1]}
 
 
 def test_a_change_repeated_in_one_answer_before_it_was_said_still_begins_when_said() -> None:
@@ -854,7 +855,9 @@ def test_an_ended_entry_the_batch_was_not_shown_is_no_target() -> None:
     assert bergen["repairs"] and _ends(log) == [] and _known(log) == [bergen["entry_id"]]
 
 
-def test_a_repeat_merged_into_a_fact_keeps_it_valid_from_when_it_was_first_said() -> None:
+def test_a_fact_said_again_later_in_its_answer_is_noted_as_a_repeat_not_a_source() -> None:
+    """The entry is valid from, and cites, the message that first said it; the later one
+    said it again, as it would be in a later batch, whatever the answer's order."""
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "I like jazz", "I like jazz, really")
     said = [BatchMessage(m, "user", "", T0 + timedelta(days=3 * i)) for i, m in enumerate(ids)]
@@ -863,7 +866,24 @@ def test_a_repeat_merged_into_a_fact_keeps_it_valid_from_when_it_was_first_said(
         ExtractedFact("User likes jazz.", (ids[1],)),
     ]
     (jazz,) = log.record_knowledge("t1", facts, "x", batch=said)
-    assert jazz["source_message_ids"] == ids and jazz["valid_from"] == T0.isoformat()
+    assert jazz["source_message_ids"] == ids[:1] and jazz["valid_from"] == T0.isoformat()
+    assert _repeated(log) == {jazz["entry_id"]: ids[1:]}
+    again = UserLog.register("ann")
+    ids = _batch(again, "t1", "I like jazz", "I like jazz, really")
+    said = [BatchMessage(m, "user", "", T0 + timedelta(days=3 * i)) for i, m in enumerate(ids)]
+    facts = [
+        ExtractedFact("User likes jazz.", (ids[1],)),
+        ExtractedFact("User likes jazz.", (ids[0],)),
+    ]
+    (jazz,) = again.record_knowledge("t1", facts, "x", batch=said)
+    assert jazz["source_message_ids"] == ids[:1]
+    assert _repeated(again) == {jazz["entry_id"]: ids[1:]}
+
+
+def _repeated(log: UserLog) -> dict[str, list[str]] | None:
+    """What the log's last extraction noted as said again."""
+    extracted = [e for e in log.collect_events() if isinstance(e, UserLog.KnowledgeExtracted)]
+    return extracted[-1].repeated
 
 
 def test_a_fact_longer_than_the_limit_is_cut_and_the_cut_noted() -> None:
@@ -1052,7 +1072,7 @@ def test_a_fact_said_again_after_its_batch_ended_it_is_that_value_again(
     assert history[-1] == (OSLO, T0 + timedelta(days=9), None)
 
 
-def test_a_repeat_said_before_its_answer_replaced_the_fact_cites_it_and_adds_nothing() -> None:
+def test_a_repeat_said_before_its_answer_replaced_the_fact_is_noted_and_adds_nothing() -> None:
     """ "I live in Oslo" (day 1), "Oslo is lovely" (day 3), "I moved to Bergen" (day 5),
     the move naming the first fact, in one answer: one home at a time, as when each
     message is its own batch."""
@@ -1071,7 +1091,7 @@ def test_a_repeat_said_before_its_answer_replaced_the_fact_cites_it_and_adds_not
     _process(each, "t3", [3], [ExtractedFact(OSLO, ("0",))], [ended, _shown(bergen)])
 
     assert _history(one) == _history(each) == _OSLO_THEN_BERGEN_ON_DAY_5
-    assert len(added[0]["source_message_ids"]) == 2, "the repeat is a citation of the first"
+    assert len(added[0]["source_message_ids"]) == 1, "the repeat is no source of the first"
 
 
 def test_an_update_repeated_earlier_in_one_answer_begins_at_the_earlier_statement() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 import actors.erasure
 from actors._traces import TraceScrubber
-from events import EventStore, StorageError
+from events import EventStore, StorageError, user_log_id
 from memvee import Memory, ProcessStatus, UnknownTaskError, UserForgottenError, UserSummary
 from memvee.audit import Audit
 from memvee.extractors import OfflineExtractor
@@ -54,6 +54,8 @@ async def test_forget_erases_the_log_and_every_projection_and_says_how_much(
     await memory.retrieve("ann", "Oslo", include_messages=True)
     before = await memory.user("ann")
     assert before is not None
+    held = await asyncio.to_thread(_rows_of, engine.store, "ann")
+    assert held[ProjectionTables().citations.name] == 6
 
     receipt = await memory.forget("ann")
 
@@ -61,7 +63,7 @@ async def test_forget_erases_the_log_and_every_projection_and_says_how_much(
     assert receipt.snapshots >= 1
     assert receipt.rows["messages"] == 12 and receipt.rows["knowledge"] == 1
     assert receipt.rows["tasks"] >= 1 and receipt.rows["users"] == 1
-    assert receipt.rows["citations"] == 1  # "I live in Oslo", first said in the first
+    assert receipt.rows["citations"] == 6, "Oslo's first statement, and the five said again"
     assert receipt.rows["vectors"] >= 1 and receipt.rows["checkpoints"] >= 1
     assert receipt.total > receipt.events
     assert await memory.messages("ann") == [] and await memory.knowledge("ann", history=True) == []
@@ -75,12 +77,27 @@ async def test_forget_erases_the_log_and_every_projection_and_says_how_much(
     store = EventStore(db_url)
     try:
         assert store.events_of("ann") == [] and store.load("ann") is None
+        assert _rows_of(store, "ann") == {}, "no row of hers is left, repeats' citations included"
         assert verify(store) == []
         rebuild(store, ProjectionTables())
     finally:
         store.close()
     reopened: Memory = await make_memory()
     assert await reopened.messages("ann") == [] and await reopened.user("ann") is None
+
+
+def _rows_of(store: EventStore, user_id: str) -> dict[str, int]:
+    """How many rows each projection table holds of ``user_id``'s log, those holding any."""
+    tables = ProjectionTables()
+    log_id = str(user_log_id(user_id))
+    with store.engine.connect() as connection:
+        counts = {
+            table.name: connection.execute(
+                select(func.count()).select_from(table).where(table.c.log_id == log_id)
+            ).scalar_one()
+            for table in (*tables.folded_tables, tables.vectors, tables.checkpoints)
+        }
+    return {name: count for name, count in counts.items() if count}
 
 
 async def test_the_erased_words_do_not_linger_in_the_sqlite_files(

@@ -2116,3 +2116,109 @@ async def test_a_bad_speaker_name_is_refused_before_anything_is_written(
     with pytest.raises(InvalidInputError, match="name"):
         await memory.add_exchange("ann", "hello", "hi", assistant_name=name)  # type: ignore[arg-type]
     assert await memory.user("ann") is None
+
+
+@pytest.mark.parametrize("one_batch", [True, False])
+async def test_a_fact_said_again_has_the_same_history_however_its_messages_were_batched(
+    make_memory: Callable[..., Any], db_url: str, one_batch: bool
+) -> None:
+    """Oslo said on day 0 and again on days 10 and 12, then Bergen on day 30: whether the
+    Oslo messages came in one batch or one by one, the Oslo entry cites the first and is
+    said again by the two later ones, and all three are outdated by the move."""
+    memory = await _offline(make_memory)
+    lines = [
+        (0, "I live in Oslo"),
+        (10, "As I said, I live in Oslo"),
+        (12, "As I told you, I live in Oslo"),
+    ]
+    ids = []
+    for day, line in lines:
+        said, _ = await memory.add_exchange(
+            "ann", line, "Got it.", sent_at=T0 + timedelta(days=day)
+        )
+        ids.append(said.message_id)
+        if not one_batch:
+            await memory.flush("ann")
+    await memory.flush("ann")
+    await _say(memory, "ann", 30, "I moved to Bergen")
+    oslo = next(e for e in await memory.knowledge("ann", history=True) if "Oslo" in e.text)
+    assert list(oslo.source_message_ids) == [ids[0]]
+    assert oslo.valid_from == T0
+    assert await _home(memory) == (
+        ["User lives in Bergen."],
+        {line: True for _, line in lines},
+    )
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        said_again = audit.explain("ann", oslo.entry_id).repeated_by
+    assert sorted(m.message_id for m in said_again) == sorted(ids[1:])
+
+
+_SAID_OF_HOME_AND_TASTE = (
+    "I live in Oslo",
+    "As I said, I live in Oslo",
+    "I moved to Bergen",
+    "As I told you, I live in Bergen",
+    "I moved to Oslo",
+    "I like jazz",
+    "As I said, I like jazz",
+)
+
+
+def _conversation(seed: int) -> list[tuple[int, str]]:
+    """Two to eight lines about Ann's home and taste, each a day or more after the last."""
+    rng = random.Random(seed)
+    days = itertools.accumulate(rng.randint(1, 5) for _ in range(rng.randint(2, 8)))
+    return [(day, rng.choice(_SAID_OF_HOME_AND_TASTE)) for day in days]
+
+
+async def _told(
+    memory: Memory, user: str, conversation: list[tuple[int, str]], flushed_after: set[int]
+) -> tuple[list[tuple[str, datetime, datetime | None]], list[int]]:
+    """Tell ``user`` the ``conversation``, processing it after the lines ``flushed_after``
+    names and at its end: the knowledge history, and which lines are outdated now."""
+    ids = []
+    for line, (day, said) in enumerate(conversation):
+        sent, _ = await memory.add_exchange(user, said, "Got it.", sent_at=T0 + timedelta(days=day))
+        ids.append(sent.message_id)
+        if line in flushed_after:
+            await memory.flush(user)
+    await memory.flush(user)
+    history = [
+        (e.text, e.valid_from, e.valid_until) for e in await memory.knowledge(user, history=True)
+    ]
+    engine = memory._engine
+    assert engine is not None
+
+    def outdated() -> set[str]:
+        with engine.store.engine.connect() as connection:
+            return engine.reader.outdated(connection, user, ids)
+
+    stale = await asyncio.to_thread(outdated)
+    return sorted(history, key=str), [line for line, m in enumerate(ids) if m in stale]
+
+
+async def test_the_same_messages_give_the_same_history_and_outdated_messages_however_batched(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A fuzzer: random lines about Ann's home and taste, restatements among them, told in
+    one batch, one batch a line, and batches cut at random: the same entries, from and
+    until the same times, and the same lines outdated (a restatement is outdated with
+    the fact it said again, in one batch as in its own)."""
+    memory = await _offline(make_memory)
+    first_differing: dict[str, int] = {}
+    for seed in range(24):
+        conversation = _conversation(seed)
+        lines = range(len(conversation))
+        coin = random.Random(-seed - 1)
+        cuts = {line for line in lines if coin.random() < 0.5}
+        told = {
+            batching: await _told(memory, f"ann-{seed}-{batching}", conversation, flushed)
+            for batching, flushed in (("one", set()), ("each", set(lines)), ("cut", cuts))
+        }
+        for batching in ("each", "cut"):
+            if told[batching][0] != told["one"][0]:
+                first_differing.setdefault(f"history, one batch or {batching}", seed)
+            if told[batching][1] != told["one"][1]:
+                first_differing.setdefault(f"outdated lines, one batch or {batching}", seed)
+    assert first_differing == {}, "each difference, with the first seed that shows it"
