@@ -156,6 +156,11 @@ class SourceMessage:
     name: str | None = None
 
 
+LISTED_REPEATS = 50
+"""How many of the messages that said an entry again ``explain`` lists (the newest): an
+entry said thousands of times stays a few lookups, under any database's parameter limit."""
+
+
 @dataclass(frozen=True, slots=True)
 class Provenance:
     """How a knowledge entry came to be: its words, its task and batch, its extractor.
@@ -166,7 +171,8 @@ class Provenance:
     ``valid_until`` and ``ended_reason`` say when and why it stopped being valid.
     ``trigger`` says what asked for its task, or for an entry of a re-extraction (no
     task), which re-extraction recorded it. ``repeated_by`` lists the later messages that
-    said it again while it held: no sources of it, but outdated once it ends after them.
+    said it again while it held (the newest :data:`LISTED_REPEATS` of them, of
+    ``repeated_count`` in all): no sources of it, but outdated once it ends after them.
     """
 
     entry_id: str
@@ -191,6 +197,7 @@ class Provenance:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     repeated_by: list[SourceMessage] = field(default_factory=list)
+    repeated_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,9 +521,10 @@ class Audit:
                 reader.task_details(connection, user_id, entry.task_id) if entry.task_id else None
             )
             sources = reader.messages(connection, user_id, ids=list(entry.source_message_ids))
-            repeats = reader.messages(
-                connection, user_id, ids=reader.repeats(connection, user_id, entry_id)
+            repeat_ids, repeat_count = reader.repeats(
+                connection, user_id, entry_id, newest=LISTED_REPEATS
             )
+            repeats = reader.messages(connection, user_id, ids=repeat_ids)
             replaced_by = reader.successors(connection, user_id, entry_id)
             supersedes = reader.predecessors(connection, user_id, entry_id)
             version = reader.entry_version(connection, user_id, entry_id)
@@ -548,6 +556,7 @@ class Audit:
             cache_read_tokens=getattr(event, "cache_read_tokens", None),
             cache_write_tokens=getattr(event, "cache_write_tokens", None),
             repeated_by=_source_messages(repeats),
+            repeated_count=repeat_count,
         )
 
     def export(self, user_id: str) -> Iterator[str]:

@@ -676,6 +676,12 @@ def explain(
     console.print(_messages_table("from the messages", found.messages))
     if found.repeated_by:
         console.print(_messages_table("said again by", found.repeated_by))
+        left_out = found.repeated_count - len(found.repeated_by)
+        if left_out > 0:
+            errors.print(
+                f"{left_out:,} more messages said it again: the newest "
+                f"{len(found.repeated_by):,} are listed"
+            )
     until = "now" if found.valid_until is None else f"{found.valid_until:%Y-%m-%d %H:%M:%S}"
     console.print(f"valid from {found.valid_from:%Y-%m-%d %H:%M:%S} until {until}")
     if found.ended_reason:

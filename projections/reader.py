@@ -160,11 +160,6 @@ class ProjectionReader:
         self._outdated_then = citing.where(k.c.valid_from <= at).having(
             func.sum(ended_then) == func.count()
         )
-        self._repeats = select(c.c.message_id).where(
-            c.c.log_id == bindparam("log_id"),
-            c.c.entry_id == bindparam("entry_id"),
-            c.c.repeated == 1,
-        )
 
     def knowledge(
         self,
@@ -444,11 +439,24 @@ class ProjectionReader:
         rows = connection.execute(self._outdated, {"ids": message_ids}).mappings()
         return {r["message_id"] for r in _owned_by(rows, user_id)}
 
-    def repeats(self, connection: Connection, user_id: str, entry_id: str) -> list[str]:
-        """The ids of the messages that said ``entry_id`` again while it held, in no set
-        order: no sources of it, yet outdated with it (see :meth:`outdated`)."""
-        binds = {"log_id": _log(user_id), "entry_id": entry_id}
-        return [id_text(r) for r in connection.execute(self._repeats, binds).scalars()]
+    def repeats(
+        self, connection: Connection, user_id: str, entry_id: str, *, newest: int
+    ) -> tuple[list[str], int]:
+        """The ids of the ``newest`` messages that said ``entry_id`` again while it held
+        (newest first), and how many did: no sources of it, yet outdated with it (see
+        :meth:`outdated`). An entry said again thousands of times is read a page only."""
+        c, m = self.tables.citations, self.tables.messages
+        log_id = _log(user_id)
+        said_again = (c.c.log_id == log_id, c.c.entry_id == entry_id, c.c.repeated == 1)
+        page = (
+            select(c.c.message_id)
+            .join(m, m.c.message_id == c.c.message_id)
+            .where(*said_again)
+            .order_by(m.c.sent_at.desc(), m.c.seq.desc())
+            .limit(newest)
+        )
+        total = connection.execute(select(func.count()).select_from(c).where(*said_again))
+        return [id_text(r) for r in connection.execute(page).scalars()], int(total.scalar() or 0)
 
     def entry_version(self, connection: Connection, user_id: str, entry_id: str) -> int:
         """The log version of the event that recorded ``entry_id`` (0 if unknown)."""

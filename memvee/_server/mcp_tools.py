@@ -39,7 +39,7 @@ from memvee._server.errors import (
 from memvee._server.known_users import require_known
 from memvee._server.logs import REQUEST_ID_KEY
 from memvee._server.whole_numbers import whole_number
-from memvee.audit import Audit
+from memvee.audit import Audit, SourceMessage
 
 __all__ = ["READ_ONLY_TOOLS", "Cutoff", "build_mcp"]
 
@@ -122,6 +122,14 @@ class Explanation(BaseModel):
     model: str | None
     replaced_by: list[str]
     ended_reason: str | None
+    said_again_by: list[Source] = Field(
+        default_factory=list,
+        description="Later messages that said it again while it held (the newest, up to 50): "
+        "not its sources, but outdated with it.",
+    )
+    said_again_count: int = Field(
+        0, description="How many messages said it again in all, those not listed included."
+    )
 
 
 class Forgotten(BaseModel):
@@ -268,21 +276,14 @@ def build_mcp(
             entry_id=found.entry_id,
             text=found.text,
             current=found.valid_until is None,
-            sources=[
-                Source(
-                    message_id=m.message_id,
-                    role=m.role,
-                    content=m.content,
-                    sent_at=m.sent_at,
-                    name=m.name,
-                )
-                for m in found.messages
-            ],
+            sources=[_source(m) for m in found.messages],
             extracted_at=found.extracted_at,
             extractor=found.extractor,
             model=found.model,
             replaced_by=found.replaced_by,
             ended_reason=found.ended_reason,
+            said_again_by=[_source(m) for m in found.repeated_by],
+            said_again_count=found.repeated_count,
         )
 
     async def forget_user(user_id: UserId, ctx: Context[Any, Any]) -> Forgotten:
@@ -511,3 +512,14 @@ def _for_user(fn: Callable[..., Awaitable[R]], user_id: str) -> Callable[..., Aw
     tool.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     tool.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "user_id"}
     return tool
+
+
+def _source(message: SourceMessage) -> Source:
+    """``message`` as the tools show a message a fact came from."""
+    return Source(
+        message_id=message.message_id,
+        role=message.role,
+        content=message.content,
+        sent_at=message.sent_at,
+        name=message.name,
+    )

@@ -354,6 +354,32 @@ async def test_explain_lists_the_messages_that_said_an_entry_again_apart_from_it
     assert [m["content"] for m in repeats] == ["As I said, I live in Oslo."]
 
 
+async def test_explain_lists_only_the_newest_messages_that_said_an_entry_again_with_their_count(
+    make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry said again thousands of times keeps ``explain`` to a page of them: the
+    newest, and how many there were in all."""
+    monkeypatch.setattr(memvee.audit, "LISTED_REPEATS", 2)
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    await memory.add_exchange("eve", "I live in Oslo.", "ok", sent_at=start)
+    await memory.flush("eve")
+    for day in range(1, 5):
+        said = f"As I said on day {day}, I live in Oslo."
+        await memory.add_exchange("eve", said, "ok", sent_at=start + timedelta(days=day))
+    await memory.flush("eve")
+    (oslo,) = await memory.knowledge("eve")
+    with Audit(db_url=db_url) as audit:
+        found = audit.explain("eve", oslo.entry_id)
+    assert sorted(m.content for m in found.repeated_by) == [
+        "As I said on day 3, I live in Oslo.",
+        "As I said on day 4, I live in Oslo.",
+    ]
+    assert found.repeated_count == 4
+    shown = CliRunner().invoke(app, ["explain", "eve", oslo.entry_id, "--db-url", db_url])
+    assert "2 more messages said it again: the newest 2 are listed" in shown.output
+
+
 async def test_explain_names_who_said_each_source_message(make_memory: Any, db_url: str) -> None:
     """In a group chat the provenance says who said it, as ``memvee log`` does."""
     memory: Memory = await make_memory(extractor=OfflineExtractor())

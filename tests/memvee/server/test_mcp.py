@@ -622,6 +622,27 @@ async def test_explain_memory_names_who_said_each_source(make_memory: Any, db_ur
     assert [(s["role"], s["name"]) for s in explained["sources"]] == [("user", "Maria")]
 
 
+async def test_explain_memory_lists_the_messages_that_said_a_fact_again(
+    make_memory: Any, db_url: str
+) -> None:
+    """As the CLI and the HTTP API: a later "As I said" is no source, yet is listed."""
+    memory = await make_memory(extractor=OfflineExtractor())
+    for said in ("I live in Oslo.", "As I said, I live in Oslo."):
+        await memory.add_exchange("eve", said, "ok")
+        await memory.flush("eve")
+    (oslo,) = await memory.knowledge("eve")
+    audit = Audit(db_url=db_url)
+    try:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client
+            explained = await call(session, "explain_memory", user_id="eve", entry_id=oslo.entry_id)
+    finally:
+        audit.close()
+    assert [s["content"] for s in explained["sources"]] == ["I live in Oslo."]
+    assert [s["content"] for s in explained["said_again_by"]] == ["As I said, I live in Oslo."]
+    assert explained["said_again_count"] == 1
+
+
 async def test_forget_user_erases_a_user_a_rebuild_has_not_refolded_yet(
     memory: Memory, db_url: str
 ) -> None:
