@@ -63,15 +63,17 @@ class Plan:
         value: str | int,
         said: datetime,
         said_at: dict[str, datetime],
+        action: FactAction,
         began: datetime | None = None,
     ) -> datetime:
         """When a change said at ``said`` ends ``value`` (a known entry that ``began``
         then, or an added entry's place): no earlier than the latest message of the
         answer stating ``value`` (:meth:`said_before`), so an entry never ends before a
         message of its batch that states it, however late the answer had the change
-        follow the fact it names; when the answer replaced ``value`` by then, the same
-        for the value that followed it, which the change ends (:meth:`changed`). A change
-        said before ``value`` began is placed by time as it is (the older value)."""
+        follow the fact it names; for an update, when the answer replaced ``value`` by
+        then, the same for the value that followed it, which the update ends
+        (:meth:`changed`). A change said before ``value`` began is placed by time as it
+        is (the older value)."""
         at, seen = said, set()
         while value not in seen:
             seen.add(value)
@@ -82,7 +84,7 @@ class Plan:
                 return at
             at = max([at, *(said_at[m] for m in stated if m in said_at)])
             end = self.ended_at(value, at)
-            if end is None or not end[1]:
+            if action != "update" or end is None or not end[1]:
                 return at
             value, began = self.latest(value), None
         return at
@@ -114,11 +116,13 @@ class Plan:
     def changed(
         self, target: str | int, at: datetime, action: FactAction, said_at: dict[str, datetime]
     ) -> None:
-        """Note that a change said at ``at`` ends ``target`` (:meth:`ended_by`) or, when
-        the answer had replaced it by then, the last value of its chain, which the
-        timeline ends in its place (:meth:`Timeline.replace`, :meth:`Timeline.invalidate`)."""
+        """Note that a change said at ``at`` ends ``target`` (:meth:`ended_by`) or, for an
+        update when the answer had replaced ``target`` by then, the last value of its
+        chain, which the timeline ends in its place (:meth:`Timeline.replace`). An
+        invalidation of a replaced value ends nothing, as it would in a batch of its own:
+        its words deny only that value, which no longer held."""
         end = self.ended_at(target, at)
-        if end is not None and end[1]:
+        if action == "update" and end is not None and end[1]:
             self.ended_by(self.latest(target), at, action, said_at)
         self.ended_by(target, at, action, said_at)
 
@@ -355,14 +359,15 @@ def plan_facts(
     :class:`~events.timeline.Around`. A repeat said while the entry held adds only the
     messages it cited itself to :attr:`Plan.repeated` (none when it fell back on the
     batch's). A repeat said after the entry ended is that value again, after what
-    replaced it (if anything did). A change naming an entry that the answer replaced
-    before it was said ends the value of the chain that held then, an invalidation as an
-    update (:meth:`Plan.changed`). A change is dated no earlier than the answer's
-    latest statement of the value it ends (:meth:`Plan.dated`); one said before that
-    value began is the older value (an invalidation then ends nothing). An invalidation
-    of an entry ended before the batch ends nothing, unless it was said while an entry
-    later taken back held: that entry is then taken back earlier. Only a fact with no
-    text, or none that shows (spaces, zero-width and blank characters), is dropped.
+    replaced it (if anything did). An update naming an entry that the answer replaced
+    before it was said ends the value of the chain that held then (:meth:`Plan.changed`);
+    an invalidation of such an entry ends nothing, as across batches. A change is dated
+    no earlier than the answer's latest statement of the value it ends
+    (:meth:`Plan.dated`); one said before that value began is the older value (an
+    invalidation then ends nothing). An invalidation of an entry ended before the batch
+    ends nothing, unless it was said while an entry later taken back held: that entry is
+    then taken back earlier. Only a fact with no text, or none that shows (spaces,
+    zero-width and blank characters), is dropped.
     """
     valid, ended = around.valid, around.ended
     plan = Plan()
@@ -408,7 +413,7 @@ def plan_facts(
             ends = action in ("update", "invalidate") and target is None
             if ends and within is not None:
                 in_answer = ExtractedFact(text, tuple(sources), action)
-                said = plan.dated(within, _said(sources, said_at), said_at)
+                said = plan.dated(within, _said(sources, said_at), said_at, action)
                 same = same_words(text)
                 if (
                     action == "update"
@@ -467,7 +472,7 @@ def plan_facts(
         said = _said(sources, said_at)
         if action in ("update", "invalidate") and target in valid:
             assert target is not None
-            said = plan.dated(target, said, said_at, plan.began(target, around))
+            said = plan.dated(target, said, said_at, action, plan.began(target, around))
         same = same_words(text)
         if action == "new" and shown.get(same) in valid:
             target, action = shown[same], "same"

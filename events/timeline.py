@@ -105,18 +105,12 @@ class Timeline:
         self._earlier[entry] = at
 
     def invalidate(self, target: str, at: datetime, reason: str, sources: list[str]) -> None:
-        """End ``target`` at ``at``, unless it had not begun or had been taken back by
-        then; when the batch had replaced it by then, end the value of its chain that
-        held then instead, as an update naming it would (:meth:`replace`). An entry that
-        another replaced before the batch keeps its recorded end; one taken back then is
-        taken back earlier."""
-        start = self.began.get(target)
-        if start is not None and at < start:
-            return
-        if target not in self._recorded:
-            target = self._held_at(target, at)
-        ending = self.ends.get(target)
-        if ending is not None and ending.at <= at:
+        """End ``target`` at ``at``, unless it had not begun or had already ended by then:
+        words that take back a value another replaced already end nothing, not the value
+        that followed it. An entry that another replaced before the batch keeps its
+        recorded end; one taken back then is taken back earlier."""
+        start, ending = self.began.get(target), self.ends.get(target)
+        if (start is not None and at < start) or (ending is not None and ending.at <= at):
             return
         recorded = self._recorded.get(target)
         if recorded is not None and recorded.successor is not None:
