@@ -11,7 +11,7 @@ holds the decisions (entries to add, steps that end entries) that
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -376,7 +376,8 @@ def plan_facts(
     new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
     added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
     repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
-    for index in _in_time_order(facts, said_at):
+    listed_repeats = _listed_repeats(facts, valid, ended, shown)
+    for index in _in_time_order(facts, said_at, listed_repeats):
         fact = facts[index]
         if fact.action not in FACT_ACTIONS:
             raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
@@ -394,7 +395,7 @@ def plan_facts(
             notes.append("characters no database stores as text were dropped (NUL) or replaced")
         if len(text) > MAX_FACT_CHARS:
             notes.append(f"was {len(text)} characters long; cut to {MAX_FACT_CHARS}")
-            text = text[: MAX_FACT_CHARS - 1].rstrip() + "\u2026"
+            text = _cut(text)
         sources = list(dict.fromkeys(fact.source_message_ids))
         outside = [m for m in sources if m not in allowed]
         if outside:
@@ -453,8 +454,9 @@ def plan_facts(
                     plan.end_within(within, in_answer, said)
                     plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                 continue
-            if ends and earlier < index and earlier in repeats:
-                target = repeats[earlier]
+            named = listed_repeats.get(earlier, repeats.get(earlier))
+            if ends and earlier < index and named is not None:
+                target = named
                 notes.append(
                     f"named fact {earlier} of its answer, which repeats {target}; "
                     f"{action}s {target}"
@@ -591,14 +593,53 @@ def plan_facts(
     return plan
 
 
-def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime]) -> list[int]:
+def _listed_repeats(
+    facts: Sequence[ExtractedFact],
+    valid: Collection[str],
+    ended: Collection[str],
+    shown: dict[str, str],
+) -> dict[int, str]:
+    """The facts of the answer that repeat a valid known entry (listed as the same as
+    it, or new with its words, ``shown``, as is a repeat of an entry not known), each
+    with that entry: a change naming such a fact (``target_fact``) names that entry, as
+    batches of one message each would have it, and is placed by its own time, so a
+    repeat said after it is that value again."""
+    repeated: dict[int, str] = {}
+    for index, fact in enumerate(facts):
+        text = storable(fact.text).strip()
+        if not shows_something(text):
+            continue
+        if fact.action == "same" and fact.target_entry_id in valid:
+            entry = fact.target_entry_id
+        elif fact.action == "new" or (fact.action == "same" and fact.target_entry_id not in ended):
+            entry = shown.get(same_words(_cut(text)))
+        else:
+            continue
+        if entry is not None and entry in valid:
+            repeated[index] = entry
+    return repeated
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_FACT_CHARS`, an ellipsis marking the cut."""
+    if len(text) <= MAX_FACT_CHARS:
+        return text
+    return text[: MAX_FACT_CHARS - 1].rstrip() + "\u2026"
+
+
+def _in_time_order(
+    facts: Sequence[ExtractedFact],
+    said_at: dict[str, datetime],
+    repeats: Collection[int] = (),
+) -> list[int]:
     """The places of ``facts`` in the order they were said (``said_at``, in the batch's
     order: messages sent at once in the order they were written), a change never before
     the earlier fact of the answer it names, and in the answer's order when they cite the
     same message: the order batches of one message each would fold them in, whatever
     order the answer lists its facts in. A change said before the fact it names waits for
     it, then takes its turn by its own time among the facts still to fold, so where the
-    answer lists it decides nothing."""
+    answer lists it decides nothing; one naming a repeat of a known entry (``repeats``)
+    names that entry and waits for nothing."""
     said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
     unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
     own = [
@@ -608,7 +649,7 @@ def _in_time_order(facts: Sequence[ExtractedFact], said_at: dict[str, datetime])
     waiting: dict[int, list[int]] = {}  # fact -> the later facts of the answer naming it
     for index, fact in enumerate(facts):
         earlier = fact.target_fact
-        if earlier is not None and 0 <= earlier < index:
+        if earlier is not None and 0 <= earlier < index and earlier not in repeats:
             waiting.setdefault(earlier, []).append(index)
     named = {index for changes in waiting.values() for index in changes}
     ready = [(own[index], index) for index in range(len(facts)) if index not in named]

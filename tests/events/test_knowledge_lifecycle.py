@@ -1701,16 +1701,38 @@ def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_v
     assert (BERGEN, T0 + timedelta(days=4)) in [(text, start) for text, start, _ in history]
 
 
-def test_a_change_said_before_the_statement_it_names_ends_the_value_after_that_statement() -> None:
-    """Oslo known from day 1; one batch: Oslo said again in messages of days 2 and 10
-    (one fact citing both), and "I don't live in Oslo any more" said on day 2 naming that
-    fact: the change is dated at the statement it names, so Oslo ends on day 10, not on
-    day 2 before a message that states it."""
-    log = UserLog.register("ann")
-    oslo, shown = _lives_in_oslo(log)
+@pytest.mark.parametrize("repeat", ["same", "new"])
+@pytest.mark.parametrize("named_by", ["fact", "entry"])
+@pytest.mark.parametrize(("change", "text"), [("update", BERGEN), ("invalidate", _LEFT_OSLO)])
+def test_a_change_naming_a_repeat_of_a_known_entry_is_placed_by_its_own_time(
+    change: FactAction, text: str, named_by: str, repeat: FactAction
+) -> None:
+    """Oslo known from day 1; one batch: "I moved to Bergen" (or "I don't live in Oslo any
+    more") on day 2 and "I live in Oslo" on day 10, one fact citing both that repeats the
+    known Oslo (listed as the same as it, or as new in its words), the change naming that
+    fact or Oslo's entry: the change ends Oslo on
+    day 2, when it was said, and the Oslo said on day 10 is that value again, as when
+    each message is its own batch."""
+    one = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(one)
+    named: dict[str, Any] = {"target_fact": 0} if named_by == "fact" else {"target_entry_id": oslo}
     facts = [
-        ExtractedFact(OSLO, ("0", "1"), "same", oslo),
-        ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", target_fact=0),
+        ExtractedFact(OSLO, ("0", "1"), repeat, oslo if repeat == "same" else None),
+        ExtractedFact(text, ("0",), change, **named),
     ]
-    _process(log, "t2", [2, 10], facts, [shown])
-    assert _history(log) == _days((OSLO, 1, 10))
+    _process(one, "t2", [2, 10], facts, [shown])
+
+    each = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(each)
+    ended = _process(each, "t2", [2], [ExtractedFact(text, ("0",), change, oslo)], [shown])
+    if change == "update":
+        (bergen,) = ended
+        back = ExtractedFact(OSLO, ("0",), "update", bergen["entry_id"])
+        _process(each, "t3", [10], [back], [_shown(bergen)])
+    else:
+        _process(each, "t3", [10], [ExtractedFact(OSLO, ("0",))], [])
+
+    history = _history(one)
+    assert history == _history(each)
+    between = [(BERGEN, 2, 10)] if change == "update" else []
+    assert sorted(history) == sorted(_days((OSLO, 1, 2), *between, (OSLO, 10, None)))
