@@ -111,10 +111,11 @@ class UserWorker:
         retry (for tests and shutdown)."""
         return self._idle.wait(timeout)
 
-    def stop(self, wait: float = 30.0) -> None:
+    def stop(self, wait: float | None = 30.0) -> bool:
         """Drop what waits and stop the thread, waiting up to ``wait`` seconds for it to end
-        (what was left is done by whoever needs it: a search embeds what is missing, a
-        replay folds from an older checkpoint). A job whose writes are all made within
+        (``None``: until it ended); whether it did (what was left is done by whoever
+        needs it: a search embeds what is missing, a replay folds from an older
+        checkpoint). A job whose writes are all made within
         its flag's :meth:`StopFlag.unless_set` may be given no wait: a thread held in a
         call (an embedding API that stalls) is a daemon, abandoned, and writes nothing
         once this returned."""
@@ -125,6 +126,7 @@ class UserWorker:
             self._changed.notify()
         self._stop.set()
         self._thread.join(timeout=wait)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:

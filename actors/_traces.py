@@ -25,6 +25,7 @@ from actors._background import UserWorker
 from actors.rewrite_claim import (
     ReadOnlyDatabaseError,
     RewriteLeftToAnother,
+    RewriteUnderWayHere,
     claim_owed_rewrite,
     release_rewrite_claim,
 )
@@ -136,15 +137,17 @@ class TraceScrubber:
         """Finish in the background the rewrite an earlier erasure left owed (a process
         stopped during it, say), so no words of a user already forgotten stay in the
         files for want of another erasure. Only an open that writes calls it: the rewrite
-        holds every writer off. One another process's erasure is doing is left to it and
-        tried again after; on a database this process cannot write it stays owed."""
-        if self._store.rewrite_owed:
+        holds every writer off; one whose rewrite is done and only the write-ahead log's
+        truncation is left is only truncated. One another process's erasure is doing is
+        left to it and tried again after; on a database this process cannot write it
+        stays owed."""
+        if self._store.scrub_owed:
             self.later(EARLIER)
 
     def finish_owed(self) -> None:
         """Finish now, then stop as :meth:`stop` does, the rewrite an earlier erasure left
         owed: what a short-lived open that wrote (a command) does as it ends."""
-        if self._store.rewrite_owed:
+        if self._store.scrub_owed:
             with self._lock:
                 self._remaining.add(EARLIER)
         self.stop()
@@ -157,12 +160,14 @@ class TraceScrubber:
 
     def stop(self) -> None:
         """Stop retrying after one last try; the users whose words stay are named in a
-        warning."""
+        warning. A try of the background thread still running past the worker's wait
+        (a long rewrite) is waited for: the store is closed next."""
         with self._lock:
             self._stopped = True
             worker = self._worker
-        if worker is not None:
-            worker.stop()
+        if worker is not None and not worker.stop():
+            log.info("waiting for this process's rewrite of the database file to finish")
+            worker.stop(wait=None)
         remaining = self.remaining
         if not remaining:
             return
@@ -170,6 +175,12 @@ class TraceScrubber:
             self._scrub_now()
         except RewriteLeftToAnother as waiting:
             log.info("the rewrite the database file owes is left to another process: %s", waiting)
+            return
+        except RewriteUnderWayHere as waiting:
+            log.info(
+                "the rewrite the database file owes is left to this process's other open: %s",
+                waiting,
+            )
             return
         except ReadOnlyDatabaseError:
             return  # said when it was found
@@ -199,7 +210,8 @@ class TraceScrubber:
     def _scrub_now(self) -> None:
         """Scrub the files, under the rewrite's claim where one is owed: raises
         :class:`RewriteLeftToAnother` while another process's erasure is rewriting the
-        file, :class:`ReadOnlyDatabaseError` (said once, in a WARNING) where the database
+        file (:class:`RewriteUnderWayHere`: another thread of this process),
+        :class:`ReadOnlyDatabaseError` (said once, in a WARNING) where the database
         cannot be written, and :class:`StorageError` when the scrubbing failed."""
         try:
             claim = claim_owed_rewrite(self._store)

@@ -8,9 +8,11 @@ that transaction, that its process is rewriting the file (a row of
 ``memvee_rewrite_claim``: its machine, pid and start time), and removes the row once its
 try ended, failed or not; another process leaves the rewrite to a claim whose process
 still runs, and takes it over once the claim is gone or its process is. A rewrite that
-failed so stays owed, for the next open that writes. Where a process cannot be told
-alive (a platform without ``/proc``), its claim counts for nothing: the file may then be
-rewritten twice, never left unrewritten.
+failed so stays owed, for the next open that writes; one that succeeded is recorded in
+the file (:meth:`events.EventStore.rewrite`), so when only the write-ahead log's
+truncation is left the next open truncates it without rewriting the file again. Where
+a process cannot be told alive (a platform without ``/proc``), its claim counts for
+nothing: the file may then be rewritten twice, never left unrewritten.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "REWRITE_CLAIM_TABLE",
     "ReadOnlyDatabaseError",
     "RewriteLeftToAnother",
+    "RewriteUnderWayHere",
     "claim_owed_rewrite",
     "claim_rewrite",
     "release_rewrite_claim",
@@ -49,6 +52,11 @@ failed, and counts for nothing."""
 
 class RewriteLeftToAnother(RetryLater):
     """Another process that still runs is rewriting the file for every erasure owed."""
+
+
+class RewriteUnderWayHere(RetryLater):
+    """This very process is rewriting the file already: another thread of it (a store of
+    the same file opened twice, or a scrubber's background try still running)."""
 
 
 class ReadOnlyDatabaseError(StorageError):
@@ -79,7 +87,8 @@ def claim_rewrite(connection: Connection, through: int) -> str:
 def claim_owed_rewrite(store: EventStore) -> str | None:
     """Claim the rewrite the file owes for this process: ``None`` when none is owed;
     :class:`RewriteLeftToAnother` while another running process's claim covers every
-    erasure owed; :class:`ReadOnlyDatabaseError` where the database cannot be written,
+    erasure owed, :class:`RewriteUnderWayHere` while one of this process does;
+    :class:`ReadOnlyDatabaseError` where the database cannot be written,
     :class:`StorageError` when the database failed."""
     if not store.rewrite_owed:
         return None
@@ -121,8 +130,8 @@ def release_rewrite_claim(store: EventStore, owner: str) -> None:
 
 
 def _refuse_if_claimed(connection: Connection, owed: int) -> None:
-    """Raise :class:`RewriteLeftToAnother` if a claim of a running process covers erasure
-    ``owed``."""
+    """Raise :class:`RewriteLeftToAnother` if a claim of another running process covers
+    erasure ``owed``, :class:`RewriteUnderWayHere` if one this process holds does."""
     if not inspect(connection).has_table(REWRITE_CLAIM_TABLE):
         return
     claim = connection.exec_driver_sql(
@@ -131,10 +140,10 @@ def _refuse_if_claimed(connection: Connection, owed: int) -> None:
     if claim is None or claim.through < owed:
         return
     if claim.pid == os.getpid() and claim.machine == this_machine():
-        held = claim.owner in _HELD
-    else:
-        held = process_alive(claim.machine, claim.pid, claim.started) is True
-    if held:
+        if claim.owner in _HELD:
+            raise RewriteUnderWayHere("this process is rewriting the database file already")
+        return
+    if process_alive(claim.machine, claim.pid, claim.started) is True:
         raise RewriteLeftToAnother(
             f"process {claim.pid} is rewriting the database file for its erasure"
         )

@@ -230,8 +230,11 @@ EVENTS_TABLE = "memvee_events"
 """The event log's table (eventsourcing names it after the application, ``memvee``)."""
 
 OWED_REWRITES_TABLE = "memvee_owed_rewrites"
-"""On SQLite, one row per erasure whose rewrite of the file (:meth:`EventStore.rewrite`)
-has not finished yet, numbered in order: it outlives a process killed mid-rewrite."""
+"""On SQLite, one row per erasure whose scrubbing of the files has not finished yet,
+numbered in order: it outlives a process killed mid-rewrite. Its ``rewritten`` is set
+once a rewrite of the file (:meth:`EventStore.rewrite`) covered it, so that only the
+write-ahead log's truncation is left, which any process does without rewriting the file
+again (a table of an earlier memvee gets the column at the first such rewrite)."""
 
 
 def _sqlite_tables(path: str) -> frozenset[str] | None:
@@ -1438,22 +1441,44 @@ class EventStore:
             return
         connection.exec_driver_sql(
             f"CREATE TABLE IF NOT EXISTS {OWED_REWRITES_TABLE} "
-            "(erasure INTEGER PRIMARY KEY AUTOINCREMENT)"
+            "(erasure INTEGER PRIMARY KEY AUTOINCREMENT, rewritten INTEGER)"
         )
         connection.exec_driver_sql(f"INSERT INTO {OWED_REWRITES_TABLE} DEFAULT VALUES")
 
     def owed_rewrite(self, connection: Connection | None = None) -> int:
-        """The last erasure whose rewrite has not finished (0: none is owed), read in
+        """The last erasure no rewrite of the file covered yet (0: none is owed), read in
         ``connection`` if given: an erasure reads its own in its transaction."""
+        last, rewritten = self._owed_erasures(connection)
+        return last if last > rewritten else 0
+
+    def _owed_erasures(self, connection: Connection | None = None) -> tuple[int, int]:
+        """The last erasure not yet scrubbed, and the last one a rewrite recorded in the
+        file covered (:data:`OWED_REWRITES_TABLE`); zeros when none is owed."""
         if not self.is_sqlite:
-            return 0
+            return 0, 0
         if connection is None:
             with self.engine.connect() as connection:
-                return self.owed_rewrite(connection)
-        if not inspect(connection).has_table(OWED_REWRITES_TABLE):
-            return 0
-        found = connection.exec_driver_sql(f"SELECT max(erasure) FROM {OWED_REWRITES_TABLE}")
-        return int(found.scalar() or 0)
+                return self._owed_erasures(connection)
+        found = inspect(connection)
+        if not found.has_table(OWED_REWRITES_TABLE):
+            return 0, 0
+        columns = {column["name"] for column in found.get_columns(OWED_REWRITES_TABLE)}
+        rewritten = (
+            "max(CASE WHEN rewritten IS NOT NULL THEN erasure END)"
+            if "rewritten" in columns
+            else "0"
+        )
+        last, through = connection.exec_driver_sql(
+            f"SELECT max(erasure), {rewritten} FROM {OWED_REWRITES_TABLE}"
+        ).one()
+        return int(last or 0), int(through or 0)
+
+    @property
+    def scrub_owed(self) -> bool:
+        """Whether an erasure's scrubbing of the SQLite files has not finished: its
+        rewrite (:attr:`rewrite_owed`), or the write-ahead log's truncation after it."""
+        last, _ = self._owed_erasures()
+        return last > 0
 
     @property
     def rewrite_owed(self) -> bool:
@@ -1501,7 +1526,8 @@ class EventStore:
     def rewrite(self, through: int | None = None) -> None:
         """Rewrite the SQLite file from its live rows alone (``VACUUM``), with every other
         writer held off meanwhile (no-op elsewhere), unless a rewrite that succeeded
-        already covered erasure ``through`` (:meth:`owed_rewrite`; every one by default).
+        already covered erasure ``through`` (:meth:`owed_rewrite`; every one by default),
+        this process's or another's: each records it in the file, for :meth:`settle_rewrites`.
 
         ``secure_delete`` zeroes deleted rows and freed pages, but a page SQLite rebuilt
         while rows moved between pages keeps their former bytes in its unused middle, out of
@@ -1511,16 +1537,13 @@ class EventStore:
         disk, say); the rewrite stays owed until one succeeds.
         """
         lock = self._datastore.write_lock
-        if (
-            not self.is_sqlite
-            or lock is None
-            or (through is not None and through <= self._rewritten)
-        ):
+        if not self.is_sqlite or lock is None:
             return
         with lock:
             try:
                 with self.engine.connect() as connection:
-                    covers = self.owed_rewrite(connection)
+                    covers, rewritten = self._owed_erasures(connection)
+                    self._rewritten = max(self._rewritten, rewritten)
                     if covers <= self._rewritten or (
                         through is not None and through <= self._rewritten
                     ):
@@ -1534,6 +1557,31 @@ class EventStore:
                     f"the database file was not rewritten: {first_line(error)}"
                 ) from error
             self._rewritten = max(self._rewritten, covers)
+        self._record_rewritten(covers)
+
+    def _record_rewritten(self, through: int) -> None:
+        """Record in the file that a rewrite covered the erasures up to ``through``, so
+        another process only truncates the write-ahead log for them. A failure is logged:
+        another process then rewrites the file once more, which scrubs no less."""
+        try:
+            with self.transaction() as connection:
+                self.lock_writers(connection)
+                columns = inspect(connection).get_columns(OWED_REWRITES_TABLE)
+                if "rewritten" not in {column["name"] for column in columns}:
+                    connection.exec_driver_sql(
+                        f"ALTER TABLE {OWED_REWRITES_TABLE} ADD COLUMN rewritten INTEGER"
+                    )
+                connection.exec_driver_sql(
+                    f"UPDATE {OWED_REWRITES_TABLE} SET rewritten = 1 "
+                    "WHERE erasure <= ? AND rewritten IS NULL",
+                    (through,),
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as error:
+            log.warning(
+                "the rewrite of %s is not recorded in it; another process may rewrite it again: %s",
+                self.safe_url,
+                first_line(error),
+            )
 
     def settle_rewrites(self) -> bool:
         """Record as finished the erasures a successful rewrite covered, once the

@@ -5,20 +5,25 @@ without it."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from actors import erasure
+from actors._background import UserWorker
 from actors._traces import TraceScrubber
 from actors.erasure import erase_user
 from actors.process_identity import process_stat
 from actors.rewrite_claim import (
     REWRITE_CLAIM_TABLE,
     RewriteLeftToAnother,
+    RewriteUnderWayHere,
     claim_owed_rewrite,
     claim_rewrite,
     release_rewrite_claim,
@@ -71,6 +76,31 @@ def _claimed_by(store: EventStore, child: subprocess.Popen[bytes], through: int)
             text(f"UPDATE {REWRITE_CLAIM_TABLE} SET pid = :pid, started = :started"),
             {"pid": child.pid, "started": stat[1]},
         )
+
+
+def _stored_with_projections(url: str, user_id: str) -> tuple[EventStore, Projector]:
+    """A store of ``url`` with its projections and ``user_id``'s log, and its projector."""
+    store = EventStore(url)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    store.append([UserLog.register(user_id).collect_events()], projector.apply)
+    return store, projector
+
+
+def _vacuums(store: EventStore) -> list[str]:
+    """The ``VACUUM`` statements ``store``'s connections run from now on."""
+    run: list[str] = []
+
+    def trace(statement: str) -> None:
+        if statement.strip().upper() == "VACUUM":
+            run.append(statement)
+
+    def traced(driver: sqlite3.Connection, *_: object) -> None:
+        driver.set_trace_callback(trace)
+
+    event.listen(store.engine, "checkout", traced)
+    return run
 
 
 def _claims(store: EventStore) -> int:
@@ -141,11 +171,7 @@ def test_a_rewrite_left_to_a_process_that_ended_without_it_is_done_by_the_next_o
 def test_an_erasure_holds_the_rewrite_claim_from_its_commit_until_its_try_ended(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = EventStore(url)
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    store.append([UserLog.register("ann").collect_events()], projector.apply)
+    store, projector = _stored_with_projections(url, "ann")
     other = EventStore(url)
     left: list[str] = []
     real = EventStore.rewrite
@@ -153,7 +179,7 @@ def test_an_erasure_holds_the_rewrite_claim_from_its_commit_until_its_try_ended(
     def rewrite(self: EventStore, through: int | None = None) -> None:
         try:
             claim_owed_rewrite(other)
-        except RewriteLeftToAnother as error:
+        except RewriteUnderWayHere as error:  # another open of this very process
             left.append(str(error))
         real(self, through)
 
@@ -169,11 +195,7 @@ def test_an_erasure_holds_the_rewrite_claim_from_its_commit_until_its_try_ended(
 def test_an_erasure_whose_rewrite_failed_leaves_it_owed_to_the_next_open_unclaimed(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = EventStore(url)
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    store.append([UserLog.register("ann").collect_events()], projector.apply)
+    store, projector = _stored_with_projections(url, "ann")
 
     def full_disk(self: EventStore, through: int | None = None) -> None:
         raise StorageError("the database file was not rewritten: database or disk is full")
@@ -188,4 +210,65 @@ def test_an_erasure_whose_rewrite_failed_leaves_it_owed_to_the_next_open_unclaim
     assert claim is not None, "the next open takes the rewrite up"
     release_rewrite_claim(opened, claim)
     opened.close()
+    store.close()
+
+
+def test_a_rewrite_done_whose_truncation_a_reader_held_off_is_only_truncated_elsewhere(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasing process released its claim with the rewrite still recorded owed, so the
+    next writing open in another process rewrote the whole file again, though only the
+    write-ahead log's truncation was left."""
+    monkeypatch.setattr(erasure, "TRUNCATE_WAIT_MS", 0)
+    store, projector = _stored_with_projections(url, "ann")
+    reader = sqlite3.connect(url.removeprefix("sqlite:///"))
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # an older snapshot
+    assert not erase_user(store, projector, None, "ann").scrubbed
+    reader.rollback()
+    reader.close()
+    opened = EventStore(url)
+    vacuums = _vacuums(opened)
+
+    assert not opened.rewrite_owed and opened.scrub_owed
+    TraceScrubber(opened).finish_owed()
+
+    assert vacuums == [] and not opened.scrub_owed and _claims(opened) == 0
+    opened.close()
+    store.close()
+
+
+def test_closing_waits_for_this_process_own_rewrite_still_running_in_the_background(
+    url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past the worker's wait, closing took its own rewrite for another process's, and
+    returned with the rewrite still running on the store about to be closed."""
+    caplog.set_level(logging.INFO, logger="memvee")
+    store = EventStore(url)
+    _forget_stored(store, "ann")
+    rewriting, finish = threading.Event(), threading.Event()
+    real_rewrite, real_stop = EventStore.rewrite, UserWorker.stop
+
+    def slow_rewrite(self: EventStore, through: int | None = None) -> None:
+        rewriting.set()
+        finish.wait()
+        real_rewrite(self, through)
+
+    def impatient_stop(self: UserWorker, wait: float | None = 30.0) -> bool:
+        if wait is None:  # closing waits for the try: let the rewrite end
+            finish.set()
+        return real_stop(self, None if wait is None else 0)
+
+    monkeypatch.setattr(EventStore, "rewrite", slow_rewrite)
+    monkeypatch.setattr(UserWorker, "stop", impatient_stop)
+    scrubber = TraceScrubber(store, retry_delay=60, retry_max=60)
+    scrubber.resume()
+    assert rewriting.wait(30)
+
+    try:
+        scrubber.stop()
+        assert not store.rewrite_owed and _claims(store) == 0
+    finally:
+        finish.set()
+    assert not any("another process" in m for m in caplog.messages)
     store.close()
