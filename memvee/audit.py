@@ -402,8 +402,9 @@ class Audit:
 
     def _writing(self) -> None:
         """Begin finishing, in the background, the rewrite an earlier erasure left the
-        SQLite file owing, at this Audit's first write: only an open that writes holds
-        other writers off for it (:meth:`close` tries once more)."""
+        SQLite file owing, once this Audit first committed a write: only an open that
+        writes holds other writers off for it (:meth:`close` tries once more); one that
+        wrote nothing (an import of lines all present) leaves it owed."""
         if not self._writes:
             self._writes = True
             self._scrubber.resume()
@@ -615,7 +616,6 @@ class Audit:
         """
         if isinstance(lines, str | bytes) or not isinstance(lines, Iterable):
             raise InvalidInputError(f"lines must be an iterable of str, not {type(lines).__name__}")
-        self._writing()
         projector = Projector(ProjectionTables())
         counts: dict[str, int] = {}
         imported: list[str] = []  # the users of the runs of lines stored
@@ -723,6 +723,7 @@ class Audit:
                     "ids another user of this database holds (was it imported under another "
                     f"name?): {first_line(error.__cause__ or error)}"
                 ) from error
+            self._writing()
         return len(run) - start
 
     def _imported_before(self, run: HeldRun) -> int:
@@ -1367,12 +1368,13 @@ class Audit:
                 raise NotFoundError(f"no user {user_id!r} in this database")
             result = decide(user_log)
             try:
-                self.store.append(
+                appended = self.store.append(
                     [user_log.collect_events()], fold, origins={user_log.id: user_log.created_on}
                 )
             except ConflictError:
                 continue
-            self._writing()
+            if appended:
+                self._writing()
             return result
         raise ConflictError(f"user {user_id!r} kept changing; try again")
 
