@@ -35,9 +35,7 @@ from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from actors.lease import database_now
-from actors.process_identity import boot_id as _boot_id
-from actors.process_identity import pid_namespace as _pid_namespace
-from actors.process_identity import process_stat as _stat
+from actors.process_identity import process_alive, process_stat, this_machine
 from events import (
     AlreadyReextractedError,
     BatchLimits,
@@ -1132,52 +1130,26 @@ def _abandoned(claim: Mapping[str, Any], renewed: datetime, now: datetime) -> bo
 
 
 def _this_process() -> dict[str, Any]:
-    """What a claim names its run's process by: its host (:func:`_host`), pid and start
-    time."""
+    """What a claim names its run's process by: its machine
+    (:func:`actors.process_identity.this_machine`, kept as ``host``), pid and start time."""
     pid = os.getpid()
-    return {"host": _host(), "pid": pid, "started": _started(pid)}
+    return {"host": this_machine(), "pid": pid, "started": _started(pid)}
 
 
 def _alive(claim: Mapping[str, Any]) -> bool | None:
-    """Whether the process a claim names is alive, running or stopped: not once its pid
-    is gone, a zombie, or another process's (a start time other than the claim's), nor,
-    this process, once the run that made the claim is over (:data:`_RUNNING`).
-    ``None`` where that cannot be told: another host's process, or one not looked at."""
-    pid = claim.get("pid")
-    host = _host()
-    if os.name != "posix" or host is None or claim.get("host") != host:
-        return None
-    if type(pid) is not int or pid < 1:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it is there
-        pass
-    stat = _stat(pid)
-    if stat is None:
-        return None
-    state, started = stat
-    if state == "Z" or claim.get("started") not in (None, started):
-        return False
-    return pid != os.getpid() or claim.get("owner") in _RUNNING
-
-
-def _host() -> str | None:
-    """This machine's boot and pid namespace, where the platform tells them (Linux): two
-    machines, or two containers, never share both, whatever their hostnames. ``None``
-    elsewhere: no process of another run is then judged here."""
-    boot = _boot_id()
-    namespace = _pid_namespace()
-    if boot is None or namespace is None:
-        return None
-    return f"{boot} {namespace}"
+    """Whether the process a claim names is alive, running or stopped
+    (:func:`actors.process_identity.process_alive`), and, this process, only while the run
+    that made the claim goes on (:data:`_RUNNING`). ``None`` where that cannot be told:
+    another host's process, or one not looked at."""
+    alive = process_alive(claim.get("host"), claim.get("pid"), claim.get("started"))
+    if alive and claim.get("pid") == os.getpid():
+        return claim.get("owner") in _RUNNING
+    return alive
 
 
 def _started(pid: int) -> str | None:
     """When process ``pid`` started, as the kernel tells it (Linux), or ``None``."""
-    stat = _stat(pid)
+    stat = process_stat(pid)
     return None if stat is None else stat[1]
 
 

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 import memvee._bulk
 import memvee._bulk as bulk_module
 import projections.shown
+from actors import process_identity
 from actors.erasure import erase_user
 from events import (
     BatchLimits,
@@ -1196,7 +1197,7 @@ async def test_a_live_claim_of_another_machine_of_the_same_hostname_is_not_taken
     ``localhost``, CI runners): a claim is told this host's by the machine's boot id, so
     another machine's run renewed a moment ago holds its user, whatever pid it names."""
     with monkeypatch.context() as patch:
-        patch.setattr(bulk_module, "_boot_id", lambda: "another machine's boot", raising=False)
+        patch.setattr(process_identity, "boot_id", lambda: "another machine's boot")
         there = bulk_module._this_process()
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", {**there, "pid": _ended_pid()}, datetime.now(UTC))
@@ -1209,7 +1210,7 @@ async def test_without_a_boot_id_a_claim_is_taken_over_only_once_unrenewed(
 ) -> None:
     """Where the platform tells no boot id, no claim can be told this machine's: one
     renewed a moment ago holds its user even when a process of its pid has ended here."""
-    monkeypatch.setattr(bulk_module, "_boot_id", lambda: None, raising=False)
+    monkeypatch.setattr(process_identity, "boot_id", lambda: None)
     here = bulk_module._this_process()
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", {**here, "pid": _ended_pid()}, datetime.now(UTC))
