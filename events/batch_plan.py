@@ -154,11 +154,15 @@ class Plan:
     def begun_before(
         self, place: int, messages: Sequence[str], said_at: dict[str, datetime]
     ) -> bool:
-        """Whether ``messages`` (some, each of known time) were all sent after the entry
-        added at ``place`` began: saying it again then, they repeat it, as they would in
-        a later batch, rather than being its sources."""
+        """Whether ``messages`` (some, each of known time, none the entry's own sources)
+        were all sent once the entry added at ``place`` began, at that instant included:
+        saying it again then, they repeat it, as they would in a later batch, rather than
+        being its sources."""
         start = self.start(place, said_at)
-        return bool(messages) and all(m in said_at and start < said_at[m] for m in messages)
+        own = set(self.added[place].source_message_ids)
+        return bool(messages) and all(
+            m in said_at and m not in own and start <= said_at[m] for m in messages
+        )
 
     def said_again_apart(self, entries: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
         """:attr:`repeated` by entry id (``entries``: one for each added fact, in the

@@ -673,7 +673,7 @@ class UserLog(Aggregate):
                 raise InvalidInputError(f"message {min(unsettled)!r} is not processed")
         if isinstance(event, self.KnowledgeExtracted | self.KnowledgeReextracted):
             self._check_entries(event.entries, event.message_ids)
-            _check_repeated(event.repeated or {}, event.message_ids)
+            _check_repeated(event.repeated or {}, event.message_ids, event.entries)
 
     def _check_started(self, event: ProcessingStarted) -> None:
         """A task's first batch starts it once; a later batch follows its last one. Each
@@ -1327,11 +1327,15 @@ def _usage_fields(usage: TokenUsage) -> dict[str, int | None]:
     }
 
 
-def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> None:
+def _check_repeated(
+    repeated: dict[str, list[str]], message_ids: list[str], entries: Sequence[dict[str, Any]]
+) -> None:
     """Raise :class:`InvalidInputError` unless each entry said again names messages of its
-    batch, each once (whether it is an entry of the log the state does not know: the
-    caller checks)."""
+    batch, each once, none a source of that entry when the same event adds it (a source
+    is not words said again; whether it is an entry of the log the state does not know:
+    the caller checks)."""
     batch = set(message_ids)
+    sources = {entry["entry_id"]: set(entry["source_message_ids"]) for entry in entries}
     for entry_id, said in repeated.items():
         if not said:
             raise InvalidInputError(f"the repeat of entry {entry_id!r} names no message")
@@ -1340,6 +1344,11 @@ def _check_repeated(repeated: dict[str, list[str]], message_ids: list[str]) -> N
         if outside:
             raise InvalidInputError(
                 f"the repeat of entry {entry_id!r} names {outside[0]!r}, a message not of its batch"
+            )
+        own = [m for m in said if m in sources.get(entry_id, ())]
+        if own:
+            raise InvalidInputError(
+                f"the repeat of entry {entry_id!r} names {own[0]!r}, one of its own sources"
             )
 
 

@@ -171,7 +171,7 @@ class Provenance:
     ``valid_until`` and ``ended_reason`` say when and why it stopped being valid.
     ``trigger`` says what asked for its task, or for an entry of a re-extraction (no
     task), which re-extraction recorded it. ``repeated_by`` lists the later messages that
-    said it again while it held (the newest :data:`LISTED_REPEATS` of them, of
+    said it again while it held (the newest :data:`LISTED_REPEATS` of them, oldest first, of
     ``repeated_count`` in all): no sources of it, but outdated once it ends after them.
     """
 

@@ -124,8 +124,8 @@ class Explanation(BaseModel):
     ended_reason: str | None
     said_again_by: list[Source] = Field(
         default_factory=list,
-        description="Later messages that said it again while it held (the newest, up to 50): "
-        "not its sources, but outdated with it.",
+        description="Later messages that said it again while it held (the newest 50 at most, "
+        "listed oldest first): not its sources, but outdated with it.",
     )
     said_again_count: int = Field(
         0, description="How many messages said it again in all, those not listed included."

@@ -141,6 +141,26 @@ def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
     _replay(events)
 
 
+def test_a_repeat_naming_a_source_of_the_entry_its_own_extraction_added_is_refused() -> None:
+    """A message is a source of the entry or words said again of it, never both: an edited
+    log whose extraction notes its entry's own source as said again is refused."""
+    log = UserLog.register("alice")
+    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "still Oslo")]
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    facts = [ExtractedFact("User lives in Oslo", (m,)) for m in said]
+    sent = [
+        BatchMessage(m, "user", "", datetime(2025, 1, day, tzinfo=UTC))
+        for day, m in [(1, said[0]), (2, said[1])]
+    ]
+    (oslo,) = log.record_knowledge("t1", facts, "x", batch=sent)
+    events = [*log.collect_events()]
+    extracted = _kind(events, UserLog.KnowledgeExtracted)
+    edited = replace(extracted, repeated={oslo["entry_id"]: said})
+    events[events.index(extracted)] = edited
+    with pytest.raises(InvalidInputError, match="one of its own sources"):
+        _replay(events)
+
+
 def test_a_log_cut_inside_a_decision_is_refused_where_it_stops_or_goes_on() -> None:
     """An extraction and the end of the entry it replaced are committed together: a log
     holding the one without the other (an export cut short, a line taken out) is none

@@ -2154,6 +2154,38 @@ async def test_a_fact_said_again_has_the_same_history_however_its_messages_were_
     assert sorted(m.message_id for m in said_again) == sorted(ids[1:])
 
 
+@pytest.mark.parametrize("one_batch", [True, False])
+async def test_a_fact_said_again_at_the_instant_it_was_first_said_is_a_repeat_however_batched(
+    make_memory: Callable[..., Any], db_url: str, one_batch: bool
+) -> None:
+    """ "I work at Acme" said twice at one instant, then "I quit my job" at that instant too:
+    the second saying is a repeat, not a second source, in one batch as one by one, and the
+    same messages are outdated either way."""
+    memory = await _offline(make_memory)
+    ids = []
+    for line in ("I work at Acme, as I said", "I work at Acme, as I said", "I quit my job"):
+        said = await memory.add_message("ann", "user", line, sent_at=T0)
+        ids.append(said.message_id)
+        if not one_batch:
+            await memory.flush("ann")
+    await memory.flush("ann")
+    acme = next(e for e in await memory.knowledge("ann", history=True) if "Acme" in e.text)
+    assert list(acme.source_message_ids) == [ids[0]]
+    engine = memory._engine
+    assert engine is not None
+
+    def outdated() -> set[str]:
+        with engine.store.engine.connect() as connection:
+            return set(engine.reader.outdated(connection, "ann", ids))
+
+    stale = await asyncio.to_thread(outdated)
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        said_again = audit.explain("ann", acme.entry_id).repeated_by
+    assert [m.message_id for m in said_again] == [ids[1]]
+    assert stale == {ids[0]}
+
+
 _SAID_OF_HOME_AND_TASTE = (
     "I live in Oslo",
     "As I said, I live in Oslo",
