@@ -35,7 +35,9 @@ class Plan:
     messages that said it), and ``("joins", i)`` for such an entry that now replaces
     another known one (:attr:`joins` ``[i]``: the two). Repairs of facts that added no
     entry are in :attr:`repairs`; the entries (known ones, and added ones by place) said
-    again while they held, with the messages that cited them so, in :attr:`repeated`."""
+    again while they held, with the messages that cited them so, in :attr:`repeated`;
+    the added entries that are a value said again after it ended, with that value, in
+    :attr:`again` (known entries' words, by id, are in :attr:`known_words`)."""
 
     added: list[ExtractedFact] = field(default_factory=list)
     said_by: list[tuple[str, ...]] = field(default_factory=list)
@@ -51,6 +53,8 @@ class Plan:
     cited: list[dict[int, tuple[str, ...]]] = field(default_factory=list)
     followed: dict[str | int, str | int] = field(default_factory=dict)
     dated_at: dict[int, datetime] = field(default_factory=dict)
+    known_words: dict[str, str] = field(default_factory=dict)
+    again: dict[int, str | int] = field(default_factory=dict)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
         """When the entry added at ``place`` begins: its first statement, or, for a change
@@ -125,6 +129,32 @@ class Plan:
         if action == "update" and end is not None and end[1]:
             self.ended_by(self.latest(target), at, action, said_at)
         self.ended_by(target, at, action, said_at)
+
+    def taken_back(self, target: str | int, at: datetime) -> str | int:
+        """What an invalidation naming ``target``, said at ``at``, ends: when the answer
+        had replaced ``target`` by then, the value of its chain that held then if that
+        is ``target`` said again (its words, or added as that value again), since the
+        words deny that value; otherwise ``target``, which then ends nothing
+        (:meth:`changed`)."""
+        held, seen = target, {target}
+        while (end := self.ended_at(held, at)) is not None and end[1]:
+            following = self.followed.get(held)
+            if following is None or following in seen:
+                return target
+            seen.add(following)
+            held = following
+        if held == target or self.ended_at(held, at) is not None:
+            return target
+        restated = self.again.get(held) if isinstance(held, int) else None
+        named = self._words(target)
+        return held if restated == target or named == self._words(held) else target
+
+    def _words(self, value: str | int) -> str | None:
+        """The form in which ``value`` (a known entry, or an added entry's place) states
+        its fact (:func:`same_words`); ``None`` for a known entry not shown."""
+        if isinstance(value, int):
+            return same_words(self.added[value].text)
+        return self.known_words.get(value)
 
     def ended_at(self, target: str | int | None, said: datetime) -> tuple[datetime, bool] | None:
         """When an earlier fact of the answer ended ``target``, if it did by ``said``, and
@@ -365,8 +395,9 @@ def plan_facts(
     batch's). A repeat said after the entry ended is that value again, after what
     replaced it (if anything did). An update naming an entry that the answer replaced
     before it was said ends the value of the chain that held then (:meth:`Plan.changed`);
-    an invalidation of such an entry ends nothing, as across batches. A change is dated
-    no earlier than the answer's latest statement of the value it ends
+    an invalidation of such an entry ends nothing, as across batches, unless the value
+    that held then is that entry said again, which it ends (:meth:`Plan.taken_back`). A
+    change is dated no earlier than the answer's latest statement of the value it ends
     (:meth:`Plan.dated`); one said before that value began is the older value (an
     invalidation then ends nothing). An invalidation of an entry ended before the batch
     ends nothing, unless it was said while an entry later taken back held: that entry is
@@ -374,7 +405,7 @@ def plan_facts(
     zero-width and blank characters), is dropped.
     """
     valid, ended = around.valid, around.ended
-    plan = Plan()
+    plan = Plan(known_words={k.entry_id: same_words(k.text) for k in known})
     shown = {same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
     ended_shown = {same_words(k.text): (k, until) for k, until in ended.values()}
     new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
@@ -443,7 +474,8 @@ def plan_facts(
                         continue
                     if first_said < began and plan.said_before(stated[0], began, said_at):
                         plan.precede(stated[0], within, began, stated[1])
-                plan.changed(within, said, action, said_at)
+                ending = plan.taken_back(within, said) if action == "invalidate" else within
+                plan.changed(ending, said, action, said_at)
                 if action == "update":
                     new_texts[same_words(text)] = (len(plan.added), index)
                     added_by[index] = len(plan.added)
@@ -455,7 +487,7 @@ def plan_facts(
                         f"invalidation of fact {earlier}, said before it began: ends nothing"
                     )
                 else:
-                    plan.end_within(within, in_answer, said)
+                    plan.end_within(ending, in_answer, said)
                     plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                 continue
             named = listed_repeats.get(earlier, repeats.get(earlier))
@@ -480,6 +512,7 @@ def plan_facts(
             assert target is not None
             said = plan.dated(target, said, said_at, action, plan.began(target, around))
         same = same_words(text)
+        restates: str | int | None = None
         if action == "new" and shown.get(same) in valid:
             target, action = shown[same], "same"
             plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
@@ -498,9 +531,12 @@ def plan_facts(
             else:
                 action = _against_ended(target, end[0], action, said, notes, end[1])
                 target = None if action == "new" else target
+                restates = target
                 if action == "update" and target is not None:
                     plan.ended_by(plan.latest(target), said, action, said_at)
         if target in ended:
+            if action == "same":
+                restates = target
             action = _against_ended(
                 target, ended[target][1], action, said, notes, target in around.succeeded
             )
@@ -535,6 +571,7 @@ def plan_facts(
                 plan.ended_by(plan.latest(again[0]), said, action, said_at)
                 new_texts[same] = (len(plan.added), index)
                 added_by[index] = len(plan.added)
+                plan.again[len(plan.added)] = again[0]
                 plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes, index)
                 continue
             again = None
@@ -580,14 +617,17 @@ def plan_facts(
                 plan.changed(target, said, action, said_at)
             new_texts[same] = (len(plan.added), index)
             added_by[index] = len(plan.added)
+            if restates is not None and action == "update":
+                plan.again[len(plan.added)] = restates
             plan.add(repaired, target, notes, index, said, target_began if older else None)
         elif action == "invalidate":
             assert target is not None
             if plan.begins_after(target, said, around):
                 plan.repairs.append(f"invalidation of {target}, said before it began: ends nothing")
                 continue
-            plan.changed(target, said, action, said_at)
-            plan.end_within(target, repaired, said)
+            ending = plan.taken_back(target, said)
+            plan.changed(ending, said, action, said_at)
+            plan.end_within(ending, repaired, said)
             plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
         else:
             assert target is not None

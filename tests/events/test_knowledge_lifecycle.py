@@ -1743,41 +1743,77 @@ def test_an_update_naming_a_fact_its_answer_replaced_already_changes_the_value_a
     assert _history(log) == _days((OSLO, 1, 2), (BERGEN, 2, 3), (_PARIS, 3, None))
 
 
-@pytest.mark.parametrize("oslo_known", [False, True])
+_OSLO_AGAIN = "User lives in Oslo again."
+
+
+def _back_in_oslo(back: str, message: str, oslo: str | None, bergen: int) -> ExtractedFact:
+    """ "I'm back in Oslo", said by ``message``, as an answer may list it: the same as
+    Oslo's entry ``oslo`` (in its words, or other ones), new, or an update of the Bergen
+    fact (fact ``bergen``)."""
+    if back in ("same", "same in other words"):
+        return ExtractedFact(OSLO if back == "same" else _OSLO_AGAIN, (message,), "same", oslo)
+    if back == "update":
+        return ExtractedFact(OSLO, (message,), "update", target_fact=bergen)
+    return ExtractedFact(OSLO, (message,))
+
+
+@pytest.mark.parametrize(
+    ("oslo_known", "back"),
+    [
+        (False, None),
+        (True, None),
+        (False, "new"),
+        (False, "update"),
+        (True, "same"),
+        (True, "same in other words"),
+        (True, "new"),
+        (True, "update"),
+    ],
+)
 def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_across_batches(
-    oslo_known: bool,
+    oslo_known: bool, back: str | None
 ) -> None:
     """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I don't live in Oslo any
     more" (day 3), the move and the taking-back both naming Oslo (its fact in the batch,
     or its entry when Oslo was known before): the words deny only Oslo, which had ended,
-    so Bergen stays current, as when each message is its own batch."""
+    so Bergen stays current, as when each message is its own batch. When "I'm back in
+    Oslo" (day 5) came between, the taking-back (day 8, still naming the first Oslo)
+    ends that Oslo said again, which held when it was said."""
+    days = [2, 3] if back is None else [2, 5, 8]
     if oslo_known:
         one = UserLog.register("ann")
         oslo, shown = _lives_in_oslo(one)
-        facts = [
-            ExtractedFact(BERGEN, ("0",), "update", oslo),
-            ExtractedFact(_LEFT_OSLO, ("1",), "invalidate", oslo),
-        ]
-        _process(one, "t2", [2, 3], facts, [shown])
+        facts = [ExtractedFact(BERGEN, ("0",), "update", oslo)]
+        if back is not None:
+            facts.append(_back_in_oslo(back, "1", oslo, 0))
+        facts.append(ExtractedFact(_LEFT_OSLO, (str(len(facts)),), "invalidate", oslo))
+        _process(one, "t2", days, facts, [shown])
     else:
-        one = _one_batch(
-            [1, 2, 3],
-            [
-                ExtractedFact(OSLO, ("m0",)),
-                _update(BERGEN, "m1", 0),
-                ExtractedFact(_LEFT_OSLO, ("m2",), "invalidate", target_fact=0),
-            ],
-        )
+        facts = [ExtractedFact(OSLO, ("m0",)), _update(BERGEN, "m1", 0)]
+        if back is not None:
+            facts.append(_back_in_oslo(back, "m2", None, 1))
+        facts.append(ExtractedFact(_LEFT_OSLO, (f"m{len(facts)}",), "invalidate", target_fact=0))
+        one = _one_batch([1, *days], facts)
 
     each = UserLog.register("ann")
     oslo, shown = _lives_in_oslo(each)
-    _process(each, "t2", [2], [ExtractedFact(BERGEN, ("0",), "update", oslo)], [shown])
-    replaced = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=2))
-    _process(each, "t3", [3], [ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)], [replaced])
+    (bergen,) = _process(each, "t2", [2], [ExtractedFact(BERGEN, ("0",), "update", oslo)], [shown])
+    if back is None:
+        replaced = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=2))
+        taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
+        _process(each, "t3", [3], [taking_back], [replaced])
+        expected = _days((OSLO, 1, 2), (BERGEN, 2, None))
+    else:
+        back_words = _OSLO_AGAIN if back == "same in other words" else OSLO
+        moved_back = ExtractedFact(back_words, ("0",), "update", bergen["entry_id"])
+        (again,) = _process(each, "t3", [5], [moved_back], [_shown(bergen)])
+        taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
+        _process(each, "t4", [8], [taking_back], [_shown(again)])
+        expected = _days((OSLO, 1, 2), (BERGEN, 2, 5), (back_words, 5, 8))
 
     history = _history(one)
     assert history == _history(each)
-    assert history == _days((OSLO, 1, 2), (BERGEN, 2, None))
+    assert history == expected
 
 
 def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_value_again() -> (
