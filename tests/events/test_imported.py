@@ -124,9 +124,9 @@ def test_a_repeat_of_an_entry_the_log_never_had_is_refused() -> None:
     _replay(events)
 
 
-def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
-    """A fact said again later in the batch that first stated it is noted as a repeat of
-    the entry that batch adds, which the log holds once that extraction is in it."""
+def _oslo_said_twice_in_one_batch() -> tuple[list[Any], dict[str, Any], list[str]]:
+    """A log whose one extraction adds Oslo from the first message and notes the second,
+    a day later, as said again: its events, the entry and the two messages."""
     log = UserLog.register("alice")
     said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "still Oslo")]
     assert log.request_processing("t1", "manual") and log.start_next() is not None
@@ -136,7 +136,13 @@ def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
         for day, m in [(1, said[0]), (2, said[1])]
     ]
     (oslo,) = log.record_knowledge("t1", facts, "x", batch=sent)
-    events = [*log.collect_events()]
+    return [*log.collect_events()], oslo, said
+
+
+def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
+    """A fact said again later in the batch that first stated it is noted as a repeat of
+    the entry that batch adds, which the log holds once that extraction is in it."""
+    events, oslo, said = _oslo_said_twice_in_one_batch()
     assert _kind(events, UserLog.KnowledgeExtracted).repeated == {oslo["entry_id"]: said[1:]}
     _replay(events)
 
@@ -144,16 +150,7 @@ def test_a_repeat_of_an_entry_its_own_extraction_added_imports() -> None:
 def test_a_repeat_naming_a_source_of_the_entry_its_own_extraction_added_is_refused() -> None:
     """A message is a source of the entry or words said again of it, never both: an edited
     log whose extraction notes its entry's own source as said again is refused."""
-    log = UserLog.register("alice")
-    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "still Oslo")]
-    assert log.request_processing("t1", "manual") and log.start_next() is not None
-    facts = [ExtractedFact("User lives in Oslo", (m,)) for m in said]
-    sent = [
-        BatchMessage(m, "user", "", datetime(2025, 1, day, tzinfo=UTC))
-        for day, m in [(1, said[0]), (2, said[1])]
-    ]
-    (oslo,) = log.record_knowledge("t1", facts, "x", batch=sent)
-    events = [*log.collect_events()]
+    events, oslo, said = _oslo_said_twice_in_one_batch()
     extracted = _kind(events, UserLog.KnowledgeExtracted)
     edited = replace(extracted, repeated={oslo["entry_id"]: said})
     events[events.index(extracted)] = edited
