@@ -5,6 +5,7 @@ point, with nothing recorded twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -43,7 +44,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector
-from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.bulk_runs import BULK_BATCHES, BULK_STUCK, create_bulk_table
 from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import (
     MessagesAPIServer,
@@ -1328,3 +1329,444 @@ async def test_short_reads_are_counted_in_the_kept_batch_on_each_backend(
         assert {r["short_reads"] for r in kept["requests"].values()} == {2}
         report = await _run(audit)
     assert (report.unread, report.submitted, report.recorded) == ([kept["api_batch_id"]], 2, 2)
+
+
+# ---------------------------------------------------------------- requests stuck in an outage
+
+
+def _poisoned(*markers: str, batches_only: bool = False) -> Callable[[RecordedRequest], Any]:
+    """A responder failing with a server error every request (of a Message Batch only,
+    with ``batches_only``) whose prompt holds one of ``markers``; others are answered."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        said = " ".join(str(m.get("content", "")) for m in request.messages)
+        if (request.custom_id is not None or not batches_only) and any(m in said for m in markers):
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        return default_answer(request)
+
+    return respond
+
+
+def _messages(audit: Audit, user: str, *contents: str) -> set[str]:
+    """The ids of ``user``'s processed messages, those saying one of ``contents`` (all
+    without): ann's last exchange, still buffered, left aside."""
+    found: set[str] = set()
+    for e in audit.store.events_of(user):
+        if isinstance(e, UserLog.MessageAdded):
+            if e.content == "I am still buffered":
+                break
+            if not contents or e.content in contents:
+                found.add(e.message_id)
+    return found
+
+
+def _covered(audit: Audit, user: str) -> set[str]:
+    return {m for e in _reextracted(audit, user) for m in e.message_ids}
+
+
+def _direct_calls(server: MessagesAPIServer) -> list[RecordedRequest]:
+    """The Messages API calls carrying a whole request (its output budget), probes aside."""
+    budget = ClaudeExtractor().max_tokens
+    return [r for r in server.requests if r.body.get("max_tokens") == budget]
+
+
+def _stuck_rows(audit: Audit) -> list[Any]:
+    with audit.store.engine.connect() as connection:
+        return list(connection.execute(select(BULK_STUCK)).mappings())
+
+
+def _kept_rows(audit: Audit) -> list[Any]:
+    with audit.store.engine.connect() as connection:
+        return list(connection.execute(select(BULK_BATCHES)).mappings())
+
+
+async def test_a_message_batches_outage_alone_is_ridden_through_the_messages_api_blaming_none(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every Message Batches request fails with a server error while the Messages API
+    answers: the second run in a row sends one harmless probe, then each stuck request
+    through the Messages API, records them and reports what they cost; none is blamed."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as audit:
+        first = await _run(audit)
+        assert (first.submitted, first.recorded, len(server.requests)) == (6, 0, 0)
+        second = await _run(audit)
+        assert (second.submitted, second.recorded, second.failed) == (6, 6, {})
+        assert (second.probes, second.direct, len(server.requests)) == (1, 6, 7)
+        assert second.direct_input_tokens > 0 and second.direct_output_tokens > 0
+        third = await _run(audit)
+        assert (third.submitted, third.recorded, third.probes, third.direct) == (0, 0, 0, 0)
+        assert _failures(audit) == []
+        for user in USERS:
+            assert _covered(audit, user) == _messages(audit, user)
+        assert _kept_rows(audit) == [] and _stuck_rows(audit) == []
+
+
+@pytest.mark.parametrize(
+    ("users", "per_request", "poisoned", "runs"),
+    [
+        (("ann", "bob"), 10, {"ann": "ann likes thing 2", "bob": "bob likes thing 2"}, 4),
+        (("bob",), 5, {"bob": "bob likes thing 0", "bob ": "bob likes thing 4"}, 4),
+    ],
+    ids=["two users one poisoned request each", "one user two poisoned requests"],
+)
+async def test_requests_poisoned_from_the_first_run_no_longer_stall_it(
+    db: str,
+    server: MessagesAPIServer,
+    users: tuple[str, ...],
+    per_request: int,
+    poisoned: dict[str, str],
+    runs: int,
+) -> None:
+    """Every request of the batch fails with a server error from the first run, so none
+    was ever blamed and each run sent them again for good. From the second run they go
+    through the Messages API, fail there too while a probe is accepted, and are blamed
+    once a run; blamed twice, their messages go one a request, and only the poisoned ones
+    are left out of the version, within a bounded number of runs."""
+    server.set_responder(_poisoned(*poisoned.values()))
+    limits = BatchLimits(max_messages=per_request)
+    with Audit(db_url=db) as audit:
+        reports = [
+            await audit.reextract_in_bulk(
+                list(users), ClaudeExtractor(max_retries=0), "v2", limits=limits, poll_interval=0.01
+            )
+            for _ in range(runs)
+        ]
+        bad = {m for u in users for m in _messages(audit, u, *poisoned.values())}
+        assert set(reports[-1].left_out) == bad
+        assert not any(r.left_out for r in reports[:-1])
+        for user in users:
+            assert _covered(audit, user) == _messages(audit, user) - bad
+
+
+async def test_a_lone_request_failing_every_time_is_blamed_without_a_probe(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A Message Batch of one request that fails with a server error is blamed by the
+    lone-request rule: no probe, no Messages API call, run after run."""
+    server.set_responder(_poisoned("bob likes thing 4"))
+    with Audit(db_url=db) as audit:
+        reports = [
+            await audit.reextract_in_bulk(
+                ["bob"],
+                ClaudeExtractor(max_retries=0),
+                "v2",
+                limits=BatchLimits(max_messages=10),
+                poll_interval=0.01,
+            )
+            for _ in range(3)
+        ]
+        assert server.requests == []
+        assert list(reports[2].left_out) == list(_messages(audit, "bob", "bob likes thing 4"))
+
+
+async def test_an_outage_of_both_apis_costs_one_probe_a_run_and_records_no_failure(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """Both APIs answer every call with a server error: from the second run on, a run
+    sends its batch and one harmless probe, records no failure, and counts the stuck
+    requests in a table of their own (none among the kept batches, which an older memvee
+    reads); once the outage passes, the run records them all and drops the counts."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=both_backends) as audit:
+        calls = []
+        for _ in range(3):
+            before = len(server.requests)
+            down = await _run(audit)
+            assert (down.submitted, down.recorded, down.left_out, down.direct) == (2, 0, {}, 0)
+            calls.append(len(server.requests) - before)
+        assert calls == [0, 1, 1]
+        assert _failures(audit) == []
+        assert _kept_rows(audit) == []
+        assert sorted((r["user_id"], r["runs"]) for r in _stuck_rows(audit)) == [
+            ("ann", 3),
+            ("bob", 3),
+        ]
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.submitted, again.recorded, again.failed) == (2, 2, {})
+        assert _kept_rows(audit) == [] and _stuck_rows(audit) == []
+
+
+async def test_the_direct_fallback_turned_off_sends_nothing_at_full_price(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """``direct=False``: requests stuck in a Message Batches outage are sent again as
+    Message Batches requests, run after run, and nothing goes through the Messages API."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as audit:
+        reports = [await _run(audit, direct=False) for _ in range(3)]
+        assert server.requests == []
+        assert [(r.submitted, r.recorded, r.probes, r.direct) for r in reports] == [
+            (6, 0, 0, 0)
+        ] * 3
+        assert _failures(audit) == []
+
+
+async def test_two_runs_counting_stuck_requests_at_once_count_each_and_keep_no_batch(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs at once (ann's, bob's) in an outage both count their stuck requests at
+    the same moment: no IntegrityError, no kept batch left behind, every count kept, and
+    a second pair of runs counts each again (no increment lost)."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    met = threading.Barrier(2, timeout=10)
+    count = BulkReextraction._count_stuck
+
+    def meet_then_count(self: BulkReextraction, *args: Any, **kw: Any) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            met.wait()
+        return count(self, *args, **kw)
+
+    monkeypatch.setattr(BulkReextraction, "_count_stuck", meet_then_count)
+    limits = BatchLimits(max_messages=1)
+
+    async def one(audit: Audit, user: str) -> Any:
+        return await audit.reextract_in_bulk(
+            [user], ClaudeExtractor(max_retries=0), "v2", limits=limits, poll_interval=0.01
+        )
+
+    with Audit(db_url=both_backends) as a, Audit(db_url=both_backends) as b:
+        for runs in (1, 2):
+            met.reset()
+            got = await asyncio.gather(one(a, "ann"), one(b, "bob"), return_exceptions=True)
+            assert not [g for g in got if isinstance(g, BaseException)]
+            assert _kept_rows(a) == []
+            counted = sorted((r["user_id"], r["runs"]) for r in _stuck_rows(a))
+            assert counted == [("ann", runs)] * 4 + [("bob", runs)] * 4
+
+
+async def test_a_user_forgotten_while_the_batch_ran_is_counted_nowhere(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """bob is forgotten while his batch is at the API during an outage: the requests
+    counted as stuck are ann's alone, and no table names bob afterwards."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        forgot: list[Any] = []
+
+        def progress(done: int, total: int) -> None:
+            if not forgot:
+                forgot.append(erase_user(audit.store, Projector(ProjectionTables()), None, "bob"))
+
+        await audit.reextract_in_bulk(
+            list(USERS),
+            ClaudeExtractor(max_retries=0),
+            "v2",
+            limits=LIMITS,
+            poll_interval=0.01,
+            progress=progress,
+        )
+        assert forgot
+        assert {r["user_id"] for r in _stuck_rows(audit)} == {"ann"}
+        assert _kept_rows(audit) == []
+
+
+async def test_forgetting_a_user_removes_the_requests_of_theirs_counted_as_stuck(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        counted = Counter(r["user_id"] for r in _stuck_rows(audit))
+        assert set(counted) == {"ann", "bob"}
+        receipt = erase_user(audit.store, Projector(ProjectionTables()), None, "bob")
+        assert receipt.rows["bulk_requests"] == counted["bob"]
+        assert {r["user_id"] for r in _stuck_rows(audit)} == {"ann"}
+
+
+async def test_a_crash_after_direct_answers_were_recorded_pays_none_of_them_again(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed after recording a stuck request's answer through the Messages API,
+    before dropping its count: the next run collects the same kept batch and sends only
+    the requests not yet recorded; each request is paid for at full price once."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_uncount", _raise_killed)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        assert len(_direct_calls(server)) == 1
+        third = await _run(audit)
+        assert (third.direct, third.skipped) == (5, 1)
+        assert len(_direct_calls(server)) == 6
+        for user in USERS:
+            assert _covered(audit, user) == _messages(audit, user)
+        assert _kept_rows(audit) == [] and _stuck_rows(audit) == []
+
+
+def _raise_killed(*args: Any, **kw: Any) -> None:
+    raise RuntimeError("killed")
+
+
+async def test_two_runs_collecting_one_kept_batch_of_stuck_requests_pay_each_once(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept batch of stuck requests is collected by two runs at once: each stuck
+    request goes through the Messages API once, sent by the run holding its user."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as a, Audit(db_url=db) as b:
+        await _run(a)
+        with monkeypatch.context() as patch:  # the second run stops before its direct calls
+            patch.setattr(BulkReextraction, "_send_stuck", _killed_async)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(a)
+        met = threading.Barrier(2, timeout=10)
+        count = BulkReextraction._count_stuck
+
+        def meet(self: BulkReextraction, *args: Any, **kw: Any) -> Any:
+            found = count(self, *args, **kw)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                met.wait()
+            return found
+
+        monkeypatch.setattr(BulkReextraction, "_count_stuck", meet)
+        got = await asyncio.gather(
+            a.reextract_in_bulk(
+                ["ann"], ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01
+            ),
+            b.reextract_in_bulk(
+                ["bob"], ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01
+            ),
+        )
+        assert sum(r.direct for r in got) == 6
+        assert len(_direct_calls(server)) == 6
+        for user in USERS:
+            assert _covered(a, user) == _messages(a, user)
+
+
+async def _killed_async(*args: Any, **kw: Any) -> None:
+    raise RuntimeError("killed")
+
+
+async def test_counts_of_requests_the_version_now_covers_are_dropped(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Counts made in an outage outlive nothing: once other limits (or another run)
+    cover their messages, the next run drops them."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        assert _stuck_rows(audit)
+        server.set_responder(default_answer)
+        wider = await audit.reextract_in_bulk(
+            list(USERS),
+            ClaudeExtractor(max_retries=0),
+            "v2",
+            limits=BatchLimits(max_messages=10),
+            poll_interval=0.01,
+        )
+        assert wider.recorded == 2
+        again = await _run(audit)
+        assert (again.submitted, again.recorded) == (0, 0)
+        assert _stuck_rows(audit) == [] and _kept_rows(audit) == []
+
+
+async def test_one_brief_messages_api_error_on_a_direct_call_leaves_no_message_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Message Batches down: the second run's direct call for one message meets a server
+    error for the length of the SDK's retries (a blip), which blames it once only; the
+    third run sends it, alone and still counted as stuck, through the Messages API
+    again, where it is answered: no innocent message is left out."""
+    direct: list[int] = []
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        said = " ".join(str(m.get("content", "")) for m in request.messages)
+        if "ann likes thing 0" in said:
+            direct.append(1)
+            if len(direct) <= 3:  # the first call and the SDK's 2 retries
+                return ScriptedResponse(500, error_body("api_error", "blip"))
+        return default_answer(request)
+
+    server.set_responder(respond)
+    limits = BatchLimits(max_messages=1)
+    with Audit(db_url=db) as audit:
+        reports = [
+            await audit.reextract_in_bulk(
+                ["ann"], ClaudeExtractor(), "v2", limits=limits, poll_interval=0.01
+            )
+            for _ in range(3)
+        ]
+        assert not any(r.left_out for r in reports)
+        assert _covered(audit, "ann") == _messages(audit, "ann")
+        assert [e.blamed for e in _failures(audit)] == [True]
+
+
+def test_the_command_line_tells_the_requests_sent_at_full_price(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--as", "v2"]
+    args += ["--poll", "0.01", "--db-url", db]
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, args)
+    assert "full price: 2 requests stuck in a Message Batches outage" in result.output
+    assert result.exit_code == 0
+
+
+def test_the_command_line_without_the_direct_fallback_sends_nothing_at_full_price(
+    db: str, server: MessagesAPIServer
+) -> None:
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--as", "v2"]
+    args += ["--poll", "0.01", "--db-url", db, "--no-direct-fallback"]
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, args)
+    assert server.requests == []
+    assert "full price" not in result.output
+    assert result.exit_code == 1
+
+
+async def test_a_direct_call_refused_otherwise_reports_its_own_error_and_blames_none(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Message Batches down; the Messages API refuses ann's stuck requests as invalid: the
+    report gives that refusal, not the batch's old server error, and nothing is blamed
+    (the requests stay counted, sent again next run)."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        said = " ".join(str(m.get("content", "")) for m in request.messages)
+        if "ann likes thing" in said:
+            return ScriptedResponse(400, error_body("invalid_request_error", "not this one"))
+        return default_answer(request)
+
+    server.set_responder(respond)
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        second = await _run(audit)
+        assert second.failed and all("not this one" in e for e in second.failed.values())
+        assert (second.recorded, second.left_out) == (3, {})
+        assert not any(e.blamed for e in _failures(audit))
+        assert {r["user_id"] for r in _stuck_rows(audit)} == {"ann"}
+
+
+async def test_a_user_forgotten_before_the_stuck_requests_go_keeps_none_of_the_others_back(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann, whose request is the first stuck one, is forgotten after the second run
+    counted the stuck requests: bob's still go through the Messages API and are recorded."""
+    server.set_responder(_poisoned("likes thing", "ok", batches_only=True))
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        count = BulkReextraction._count_stuck
+
+        def count_then_forget_ann(self: BulkReextraction, *args: Any, **kw: Any) -> Any:
+            found = count(self, *args, **kw)
+            erase_user(audit.store, Projector(ProjectionTables()), None, "ann")
+            return found
+
+        monkeypatch.setattr(BulkReextraction, "_count_stuck", count_then_forget_ann)
+        second = await audit.reextract_in_bulk(
+            ["bob"], ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01
+        )
+        assert (second.probes, second.direct, second.recorded) == (1, 3, 3)
+        assert _covered(audit, "bob") == _messages(audit, "bob")
