@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -32,8 +31,7 @@ import anthropic
 import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import Connection, bindparam, case, inspect, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from actors.lease import database_now
@@ -57,9 +55,9 @@ from events import (
 from events.errors import ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets, outweighed, server_failure
+from memvee.extractors._claude import api_error, client_secrets, outweighed
 from projections import ProjectionReader
-from projections.bulk_runs import BULK_BATCHES, BULK_STUCK
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.reader import aware
 from projections.shown import with_targets
 
@@ -160,16 +158,6 @@ class BulkReport:
     collected: list[str] = field(default_factory=list)
     """Users some of whose requests kept by an earlier run this run recorded (its own
     submissions left aside)."""
-    probes: int = 0
-    """Harmless probes sent through the Messages API to tell whether it answers while the
-    Message Batches API fails every request of a batch (at most one a run, plus the SDK's
-    retries of it)."""
-    direct: int = 0
-    """Requests stuck in a Message Batches outage sent through the Messages API, at full
-    price (see :meth:`BulkReextraction._send_stuck`), with the tokens they spent
-    (``direct_input_tokens``, ``direct_output_tokens``; probes left aside)."""
-    direct_input_tokens: int = 0
-    direct_output_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +210,6 @@ class BulkReextraction:
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
         progress: Progress | None = None,
-        direct: bool = True,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -241,9 +228,6 @@ class BulkReextraction:
         self.lost: set[str] = set()  # claims another run took over while this one was stopped
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
         self._kept_read = 0.0  # time.monotonic() of that read
-        self.direct = direct  # whether stuck requests may go through the Messages API
-        self._probed: str | None = None  # this run's probe's verdict, once sent
-        self._counted: set[str] | None = None  # users with requests counted as stuck
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -302,7 +286,6 @@ class BulkReextraction:
                 raise InvalidInputError(f"user {user_id!r} has no log")
             events = self.store.events_of(user_id, upto=user_log.version)
             uncovered = user_log.not_covered_by(self.version, events)
-            self._drop_covered_counts(user_id, uncovered)
             todo = [
                 BatchMessage.of(e)
                 for e in events
@@ -589,8 +572,7 @@ class BulkReextraction:
             await self._read_short(row, batch_id, short, report)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
-        excused = await asyncio.to_thread(self._excused, row, answers)
-        stuck = await asyncio.to_thread(self._count_stuck, row, answers, excused)
+        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -605,7 +587,6 @@ class BulkReextraction:
                     continue
                 outcome = answers[custom_id]
                 request = row["requests"][custom_id]
-                blamable = custom_id not in excused
                 try:
                     entries = await asyncio.to_thread(
                         self._record, custom_id, request, outcome, request_id, refused_all, blamable
@@ -625,289 +606,7 @@ class BulkReextraction:
                     report.entries += entries
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
-        if stuck:
-            await self._send_stuck(row, batch_id, stuck, report)
         await asyncio.to_thread(self._delete, row["local_id"])
-
-    # ------------------------------------------------------------------ stuck requests
-
-    def _excused(self, row: dict[str, Any], answers: Mapping[str, Any]) -> set[str]:
-        """The requests of ``row`` whose server error is the API's outage, not evidence
-        against their messages: when every request read came back so, those of at least
-        two requests whose message is not pinned already (one that failed alone before,
-        :meth:`UserLog.failed_reextraction`, is its own); or a lone one counted as stuck
-        already (others of its batch were answered meanwhile), which the lone-request rule
-        would blame otherwise. A message blamed twice goes alone next run, so a server error
-        of a lone request on first sight pins nothing."""
-        if not answers or not all(_server_error(o) for o in answers.values()):
-            return set()
-        requests = row["requests"]
-        pinned = self._pinned([requests[c] for c in answers if len(requests[c]["messages"]) == 1])
-        unpinned = {c for c in answers if tuple(requests[c]["messages"]) not in pinned}
-        if len(unpinned) >= 2 or (unpinned and self._all_counted(requests, unpinned)):
-            return unpinned
-        return set()
-
-    def _pinned(self, requests: list[dict[str, Any]]) -> set[tuple[str, ...]]:
-        """The one-message ``requests`` whose message fails alone in the version already."""
-        failed: dict[str, set[str]] = {}
-        for request in requests:
-            user_id = request["user"]
-            if user_id not in failed:
-                user_log = self.store.load(user_id)
-                events = () if user_log is None else self.store.events_of(user_id)
-                failed[user_id] = (
-                    set()
-                    if user_log is None
-                    else user_log.failed_reextraction(self.version, events)
-                )
-        return {tuple(r["messages"]) for r in requests if r["messages"][0] in failed[r["user"]]}
-
-    def _count_stuck(
-        self, row: dict[str, Any], answers: Mapping[str, Any], excused: set[str]
-    ) -> list[str]:
-        """Count the requests of ``row`` whose server error is the API's outage
-        (``excused``, :meth:`_excused`: none is blamed for it, and the logs do not grow),
-        one run more each, in :data:`BULK_STUCK`; a request answered otherwise has its
-        count dropped. Only the requests still kept in ``row``'s table row, read
-        again in the same transaction, are counted: a user forgotten while the batch ran
-        is not (forgetting removes both). Returns the custom ids of ``row``'s requests
-        stuck so a second run in a row or more, in order (see :meth:`_send_stuck`); a batch
-        collected twice, or by two runs at once, counts once."""
-        batch_id = row["api_batch_id"]
-        keys: dict[str, str] = {}
-        answered: list[str] = []
-        with self.store.transaction() as connection:
-            kept: Mapping[str, Any] = {}
-            if excused:
-                kept = (
-                    connection.execute(
-                        select(BULK_BATCHES.c.requests)
-                        .where(BULK_BATCHES.c.local_id == row["local_id"])
-                        .with_for_update()
-                    ).scalar()
-                    or {}
-                )
-            for custom_id, request in row["requests"].items():
-                if custom_id not in answers:
-                    continue
-                key = _stuck_key(request)
-                if custom_id in excused and custom_id in kept:
-                    self._count_run(connection, request, key, batch_id)
-                    keys[key] = custom_id
-                else:
-                    answered.append(key)
-            if answered and self._any_counted(connection):
-                connection.execute(
-                    BULK_STUCK.delete().where(
-                        BULK_STUCK.c.knowledge_version == self.version,
-                        BULK_STUCK.c.request_key.in_(bindparam("keys", expanding=True)),
-                    ),
-                    {"keys": answered},
-                )
-            if not keys:
-                return []
-            found = connection.execute(
-                select(BULK_STUCK.c.request_key).where(
-                    BULK_STUCK.c.knowledge_version == self.version,
-                    BULK_STUCK.c.request_key.in_(bindparam("keys", expanding=True)),
-                    BULK_STUCK.c.runs >= 2,
-                ),
-                {"keys": list(keys)},
-            )
-            stuck = {keys[key] for (key,) in found}
-        self._counted = None
-        return [c for c in row["requests"] if c in stuck]
-
-    def _all_counted(self, requests: Mapping[str, Any], custom_ids: set[str]) -> bool:
-        """Whether each of ``custom_ids`` is counted as stuck already."""
-        keys = [_stuck_key(requests[custom_id]) for custom_id in custom_ids]
-        with self.store.engine.connect() as connection:
-            found = connection.execute(
-                select(BULK_STUCK.c.request_key).where(
-                    BULK_STUCK.c.knowledge_version == self.version,
-                    BULK_STUCK.c.request_key.in_(bindparam("keys", expanding=True)),
-                ),
-                {"keys": keys},
-            )
-            return {key for (key,) in found} == set(keys)
-
-    def _any_counted(self, connection: Connection) -> bool:
-        """Whether any request is counted as stuck in the version (most runs: none)."""
-        version = BULK_STUCK.c.knowledge_version == self.version
-        return (
-            connection.execute(select(BULK_STUCK.c.runs).where(version).limit(1)).first()
-            is not None
-        )
-
-    def _count_run(
-        self, connection: Connection, request: dict[str, Any], key: str, batch_id: str
-    ) -> None:
-        """One more run in a row for a stuck request, unless its count was made by the same
-        Message Batch (collected again): an atomic insert-or-increment, so runs at once
-        count every request."""
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(BULK_STUCK).values(
-            knowledge_version=self.version,
-            user_id=request["user"],
-            request_key=key,
-            messages=list(request["messages"]),
-            runs=1,
-            last_batch=batch_id,
-        )
-        again = case((BULK_STUCK.c.last_batch != batch_id, 1), else_=0)
-        connection.execute(
-            insert.on_conflict_do_update(
-                index_elements=[
-                    BULK_STUCK.c.knowledge_version,
-                    BULK_STUCK.c.user_id,
-                    BULK_STUCK.c.request_key,
-                ],
-                set_={"runs": BULK_STUCK.c.runs + again, "last_batch": batch_id},
-            )
-        )
-
-    def _stuck_row(self, user_id: str, key: str) -> tuple[Any, ...]:
-        return (
-            BULK_STUCK.c.knowledge_version == self.version,
-            BULK_STUCK.c.user_id == user_id,
-            BULK_STUCK.c.request_key == key,
-        )
-
-    def _uncount(self, request: dict[str, Any]) -> None:
-        """Drop a stuck request's count: it was answered, or its user forgotten."""
-        with self.store.transaction() as connection:
-            where = self._stuck_row(request["user"], _stuck_key(request))
-            connection.execute(BULK_STUCK.delete().where(*where))
-
-    def _drop_covered_counts(self, user_id: str, uncovered: Mapping[str, Any]) -> None:
-        """Drop the user's stuck counts of requests some of whose messages the version now
-        covers (another run, other limits, a synchronous re-extraction): the request they
-        counted will not be planned again."""
-        if self._counted is None:
-            with self.store.engine.connect() as connection:
-                self._counted = set(
-                    connection.execute(
-                        select(BULK_STUCK.c.user_id)
-                        .where(BULK_STUCK.c.knowledge_version == self.version)
-                        .distinct()
-                    ).scalars()
-                )
-        if user_id not in self._counted:
-            return
-        with self.store.transaction() as connection:
-            counted = connection.execute(
-                select(BULK_STUCK.c.request_key, BULK_STUCK.c.messages).where(
-                    BULK_STUCK.c.knowledge_version == self.version,
-                    BULK_STUCK.c.user_id == user_id,
-                )
-            ).all()
-            for key, messages in counted:
-                if not all(m in uncovered for m in messages):
-                    connection.execute(BULK_STUCK.delete().where(*self._stuck_row(user_id, key)))
-
-    async def _send_stuck(
-        self, row: dict[str, Any], batch_id: str, stuck: list[str], report: BulkReport
-    ) -> None:
-        """Send through the Messages API, at full price, the requests of ``row`` stuck in a
-        Message Batches outage a second run in a row or more (:meth:`_count_stuck`): a
-        request the API fails every time would otherwise be sent again for good once it
-        is all that is left. The run's first such batch sends one harmless probe first
-        (:meth:`ClaudeExtractor.probe`, with the SDK's retries): not accepted, both APIs
-        are down, and nothing is sent this run, nothing blamed. Accepted, each request goes
-        alone (:meth:`_send_directly`). Nothing is sent when the run was made without the
-        direct fallback (``direct=False``): the requests wait for the outage to pass."""
-        if not self.direct:
-            log.warning(
-                "%d requests of Message Batch %s failed with a server error with every other "
-                "request, a second run in a row or more; the direct fallback is off, so they "
-                "are sent again as Message Batches requests next run",
-                len(stuck),
-                batch_id,
-            )
-            return
-        if self._probed is None:
-            for custom_id in stuck:
-                batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
-                if batch.messages:  # else forgotten meanwhile: the next one tells
-                    report.probes += 1
-                    self._probed = await self.extractor.probe(batch)
-                    break
-        if self._probed != "accepted":
-            if self._probed is not None:
-                log.warning(
-                    "requests of Message Batch %s failed with a server error with every other "
-                    "request, a second run in a row, and a probe without their messages was "
-                    "%s: the API is down; none is blamed, the next run sends them again",
-                    batch_id,
-                    self._probed,
-                )
-            return
-        for custom_id in stuck:
-            request = row["requests"][custom_id]
-            await self._send_directly(custom_id, request, f"{batch_id}:{custom_id}", report)
-
-    async def _send_directly(
-        self, custom_id: str, request: dict[str, Any], request_id: str, report: BulkReport
-    ) -> None:
-        """Send one stuck request through the Messages API, holding its user's claim (a run
-        that holds it, or one collecting the same batch, sends it instead) and only when
-        its user's log does not name ``request_id`` already (a crash after its answer was
-        recorded): each is paid for once. Answered, it is recorded like its Message Batch
-        answer, and its count dropped; failed with a server error while the probe was
-        accepted, it is blamed once (twice and its messages go one a request, as the
-        Message Batches rule does), its count kept; failed otherwise, it tells nothing."""
-        user_id = request["user"]
-        if not await asyncio.to_thread(self._hold, user_id):
-            log.info("request %s is left to the run that holds user %r", request_id, user_id)
-            return
-        if request_id in await asyncio.to_thread(self._recorded, user_id):
-            report.failed.pop(request_id, None)
-            return
-        batch = await asyncio.to_thread(self._batch, custom_id, request)
-        if not batch.messages:  # the user was forgotten meanwhile
-            report.failed.pop(request_id, None)
-            await asyncio.to_thread(self._uncount, request)
-            return
-        try:
-            message = await self.extractor.answer(batch)
-        except ExtractionError as error:
-            report.direct += 1
-            report.failed[request_id] = str(error)
-            if server_failure(error):
-                await asyncio.to_thread(
-                    self._record_failure, request, error, request_id, blamed=True
-                )
-                if await asyncio.to_thread(self._fails_alone, request):
-                    report.left_out[request["messages"][0]] = str(error)
-            return
-        report.direct += 1
-        report.direct_input_tokens += message.usage.input_tokens
-        report.direct_output_tokens += message.usage.output_tokens
-        report.failed.pop(request_id, None)
-        outcome = SimpleNamespace(type="succeeded", message=message)
-        try:
-            entries = await asyncio.to_thread(
-                self._record, custom_id, request, outcome, request_id, frozenset(), True
-            )
-        except NotFoundError as gone:
-            report.forgotten[request_id] = str(gone)
-            return
-        if isinstance(entries, ExtractionError):
-            report.failed[request_id] = str(entries)
-            return
-        if entries is None:
-            report.skipped += 1
-        else:
-            report.recorded += 1
-            report.entries += entries
-        await asyncio.to_thread(self._uncount, request)
-
-    def _hold(self, user_id: str) -> bool:
-        """Whether this run holds ``user_id``'s claim, taking it unless another run does."""
-        if _claim_id(self.version, user_id) in self.claims:
-            return True
-        return self._claim(user_id) is not None
 
     async def _read_short(
         self, row: dict[str, Any], batch_id: str, short: str, report: BulkReport
@@ -1058,7 +757,7 @@ class BulkReextraction:
         the user was forgotten while the batch ran. ``refused_all``: the reasons
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
-        (see :meth:`_excused`)."""
+        (see :func:`_blamable`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
@@ -1201,16 +900,14 @@ class BulkReextraction:
     # ------------------------------------------------------------------ the table
 
     def _create_table(self) -> None:
-        """Create the tables unless they are there, one at a time; another run creating
-        them at once is fine (SQLite commits each CREATE TABLE apart)."""
-        for table in (BULK_BATCHES, BULK_STUCK):
-            try:
-                with self.store.transaction() as connection:
-                    table.create(connection, checkfirst=True)
-            except DBAPIError:
-                with self.store.engine.connect() as connection:
-                    if not inspect(connection).has_table(table.name):
-                        raise
+        """Create the table unless it is there; another run creating it at once is fine."""
+        try:
+            with self.store.transaction() as connection:
+                create_bulk_table(connection)
+        except DBAPIError:
+            with self.store.engine.connect() as connection:
+                if not inspect(connection).has_table(BULK_BATCHES.name):
+                    raise
 
     def _unfinished(self) -> list[dict[str, Any]]:
         """The version's kept Message Batches, oldest first (claims left aside)."""
@@ -1277,8 +974,7 @@ class BulkReextraction:
         except IntegrityError:  # another run inserted the same claim first
             return None
         self.claimed_by[claim_id] = user_id
-        if claim_id not in self.claims:
-            self.claims.append(claim_id)
+        self.claims.append(claim_id)
         return pending
 
     def _held_elsewhere(self, row: dict[str, Any]) -> bool:
@@ -1555,10 +1251,12 @@ def _server_error(outcome: Any) -> bool:
     return getattr(detail, "type", None) == "api_error"
 
 
-def _stuck_key(request: Mapping[str, Any]) -> str:
-    """The key of a request's stuck count (:data:`BULK_STUCK`): its user and messages,
-    which the next run plans alike."""
-    return str(uuid5(NAMESPACE_URL, "\0".join([request["user"], *request["messages"]])))
+def _blamable(outcomes: Mapping[str, Any]) -> bool:
+    """Whether a server error of a request of a Message Batch is evidence against its
+    messages: not when every request of a batch of several came back so (the API's
+    outage, not theirs). A message blamed twice goes alone next run
+    (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
+    return len(outcomes) < 2 or not all(_server_error(o) for o in outcomes.values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:

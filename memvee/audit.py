@@ -1082,7 +1082,6 @@ class Audit:
         poll_interval: float = 30.0,
         progress: Callable[[int, int], None] | None = None,
         embedder: Embedder | Literal[False] | None = None,
-        direct: bool = True,
     ) -> BulkReport:
         """Re-extract the users' processed messages into ``version`` through the Message
         Batches API (half the price; results within 24 hours, most within one).
@@ -1091,12 +1090,6 @@ class Audit:
         a crash (or after requests failed) finishes the job without recording anything
         twice. The live knowledge stays as it is until :meth:`promote`. ``embedder``
         chooses the entries each request is shown, as :meth:`reextract`'s does.
-
-        A request failing with a server error with every other request of its Message
-        Batch, a second run in a row, goes through the Messages API at full price once a
-        harmless probe shows that API answering (``BulkReport.direct`` counts them);
-        ``direct=False`` keeps every request in Message Batches, at the cost of a request
-        the Message Batches API always fails never being recorded.
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
@@ -1115,7 +1108,6 @@ class Audit:
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,
-            direct=direct,
         )
         return await bulk.run(list(user_ids))
 

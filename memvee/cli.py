@@ -822,21 +822,9 @@ def reextract(
         typer.Option(
             "--batch-api",
             help="Go through the Message Batches API (Claude only): half the price, "
-            "results within 24 h; run it again to resume after a crash. A request stuck in "
-            "a Message Batches outage (a server error for every request of its batch) two "
-            "runs in a row goes through the Messages API at full price "
-            "(see --no-direct-fallback).",
+            "results within 24 h; run it again to resume after a crash.",
         ),
     ] = False,
-    direct_fallback: Annotated[
-        bool,
-        typer.Option(
-            "--direct-fallback/--no-direct-fallback",
-            help="With --batch-api: send requests stuck in a Message Batches outage two "
-            "runs in a row through the Messages API at full price (on by default: else a "
-            "request the Message Batches API always fails is never recorded).",
-        ),
-    ] = True,
     poll: Annotated[
         float, typer.Option(help="Seconds between looks at a running Message Batch.")
     ] = 30.0,
@@ -867,13 +855,7 @@ def reextract(
         audit.check_version_name(targets, version)
         if batch_api:
             _reextract_in_bulk(
-                audit,
-                targets,
-                cast("ClaudeExtractor", chosen),
-                version,
-                poll,
-                promote,
-                direct=direct_fallback,
+                audit, targets, cast("ClaudeExtractor", chosen), version, poll, promote
             )
             return
         failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
@@ -943,8 +925,6 @@ def _reextract_in_bulk(
     version: str,
     poll: float,
     promote: bool,
-    *,
-    direct: bool = True,
 ) -> None:
     """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
     with _bar("Message Batch", "requests") as bar:
@@ -956,23 +936,12 @@ def _reextract_in_bulk(
                 version,
                 poll_interval=poll,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
-                direct=direct,
             )
         )
     console.print(
         f"{report.recorded} requests recorded ({report.entries} entries in version "
         f"{version!r}), {report.skipped} already recorded, {len(report.failed)} failed"
     )
-    if report.direct or report.probes:
-        console.print(
-            Text.assemble(
-                ("full price:", "yellow"),
-                f" {report.direct} requests stuck in a Message Batches outage went through "
-                f"the Messages API ({report.direct_input_tokens:,} input, "
-                f"{report.direct_output_tokens:,} output tokens), after {report.probes} "
-                "probe",
-            )
-        )
     for request_id, error in list(report.failed.items())[:20]:
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     for message_id, why in list(report.left_out.items())[:20]:

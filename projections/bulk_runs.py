@@ -10,20 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    Connection,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    inspect,
-    select,
-)
+from sqlalchemy import JSON, Column, Connection, DateTime, MetaData, String, Table, inspect, select
 
-__all__ = ["BULK_BATCHES", "BULK_STUCK", "create_bulk_table", "forget_bulk_requests"]
+__all__ = ["BULK_BATCHES", "create_bulk_table", "forget_bulk_requests"]
 
 _METADATA = MetaData()
 
@@ -39,22 +28,6 @@ BULK_BATCHES = Table(
 """Submitted Message Batches whose results are not recorded yet, with what each request
 holds: its user, its messages and the known entries its prompt listed."""
 
-BULK_STUCK = Table(
-    "memvee_bulk_stuck",
-    _METADATA,
-    Column("knowledge_version", String(64), primary_key=True),
-    Column("user_id", String, primary_key=True),
-    Column("request_key", String(36), primary_key=True),
-    Column("messages", JSON, nullable=False),
-    Column("runs", Integer, nullable=False),
-    Column("last_batch", String(128), nullable=False),
-)
-"""Requests stuck in a Message Batches outage: one row per version, user and request (its
-messages), with how many runs in a row every request of its Message Batch failed with a
-server error (``runs``, counted once per Message Batch, ``last_batch``). A table of its own,
-so that runs at once increment their own rows and an older memvee, which reads only
-:data:`BULK_BATCHES`, never mistakes one for a kept batch."""
-
 
 def create_bulk_table(connection: Connection) -> None:
     """Create the table, unless it is there (a bulk run creates it on first use)."""
@@ -62,17 +35,13 @@ def create_bulk_table(connection: Connection) -> None:
 
 
 def forget_bulk_requests(connection: Connection, user_id: str) -> int:
-    """Remove ``user_id``'s requests from every kept run, and their counts as stuck, in the
-    caller's transaction; a run left with none is removed. Returns how many requests were
-    removed. (A run still at the API leaves the user's answers there: a later collection
-    finds no request for them, and records nothing, nor counts any as stuck.)"""
-    tables = inspect(connection)
+    """Remove ``user_id``'s requests from every kept run, in the caller's transaction; a
+    run left with none is removed. Returns how many requests were removed. (A run still
+    at the API leaves the user's answers there: a later collection finds no request for
+    them, and records nothing.)"""
+    if not inspect(connection).has_table(BULK_BATCHES.name):
+        return 0
     removed = 0
-    if tables.has_table(BULK_STUCK.name):
-        gone = connection.execute(BULK_STUCK.delete().where(BULK_STUCK.c.user_id == user_id))
-        removed += gone.rowcount
-    if not tables.has_table(BULK_BATCHES.name):
-        return removed
     for local_id, requests in connection.execute(
         select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
     ).all():

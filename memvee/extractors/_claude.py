@@ -501,17 +501,6 @@ class ClaudeExtractor:
             return "failed"
         return verdict
 
-    async def answer(self, batch: ExtractionBatch) -> Message:
-        """The Messages API's answer to ``batch``'s request as a Message Batches request
-        carries it (the whole output budget), at full price, with the SDK's retries: for a
-        bulk request that the Message Batches API keeps failing with a server error while
-        the Messages API answers (:meth:`BulkReextraction`). Raises the call's
-        ExtractionError (:func:`server_failure` tells a server error)."""
-        await self.prepare()
-        request = self.request(batch)
-        request["max_tokens"] = self.max_tokens
-        return await self._call(request)
-
     async def _probed(
         self, probe: dict[str, Any], refused: RejectedBatchError, spent: TokenUsage
     ) -> tuple[_Answer, TokenUsage]:
@@ -957,18 +946,6 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
     else:
         text = f"Claude API call failed ({kind}): {redact(str(exc), secrets)[:_MAX_DETAIL_CHARS]}"
     return ExtractionError(redact(text, secrets))
-
-
-def server_failure(error: ExtractionError) -> bool:
-    """Whether a call failed with the API's server error (a 5xx other than overloaded,
-    529, which turns a call away before it looks at it): the answer a request that
-    poisons the API gets. One whose cause was taken out (it named a secret) tells nothing."""
-    cause = error.__cause__
-    return (
-        isinstance(cause, anthropic.APIStatusError)
-        and cause.status_code >= 500
-        and cause.status_code not in _OVERLOADED_STATUSES
-    )
 
 
 class _RetryWithin(anthropic.Middleware):
