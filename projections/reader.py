@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -793,11 +794,17 @@ class _SqliteReads:
     """
 
     def __init__(self, tables: ProjectionTables, outdated: Select[Any]) -> None:
-        self._outdated = _RenderedOnce(outdated, "ids")
+        self._statement = outdated
         self._by_seqs = (
             f"SELECT * FROM {tables.messages.name} WHERE log_id = ? AND seq IN ({{marks}}) "
             "ORDER BY seq"
         )
+
+    @functools.cached_property
+    def _outdated(self) -> _RenderedOnce:
+        """The outdated rule rendered for SQLite, at its first use (a PostgreSQL reader
+        never renders it)."""
+        return _RenderedOnce(self._statement, "ids")
 
     def outdated(self, connection: Connection, log_id: str, message_ids: list[str]) -> set[str]:
         """Those of ``message_ids`` of log ``log_id`` whose every live entry has ended
