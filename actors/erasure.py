@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from actors._traces import scrub_files
 from actors.lease import LeaseTable
-from actors.rewrite_claim import claim_rewrite, release_rewrite_claim
+from actors.rewrite_claim import claim_rewrite, release_rewrite_claim, rewrite_held
 from events import EventStore, StorageError, user_log_id
 from events.errors import first_line
 from projections import Projector, forget_in_scratch
@@ -80,6 +80,7 @@ def erase_user(
             store.lock_writers(connection)
             if store.is_sqlite:
                 _require_secure_delete(connection)
+            owed_before = store.owed_rewrite(connection)
             events, snapshots = store.forget(connection, user_id)
             rows = projector.forget(connection, str(user_log_id(user_id)))
             forget_in_scratch(connection, str(user_log_id(user_id)))
@@ -89,13 +90,16 @@ def erase_user(
             if not events + snapshots and any(rows.values()):
                 store.owe_rewrite(connection)  # rows naming the user, with no log left
             erasure = store.owed_rewrite(connection)
-            claim = claim_rewrite(connection, erasure) if erasure else None
+            held = rewrite_held(connection, erasure) if erasure == owed_before > 0 else None
+            claim = claim_rewrite(connection, erasure) if erasure and held is None else None
     except SQLAlchemyError as error:
         raise StorageError(
             f"could not forget user {user_id!r} in {store.safe_url}: {first_line(error)}"
         ) from error
     scrubbed = True
-    if store.is_sqlite:
+    if held is not None:
+        log.info("user %r erased nothing; the rewrite owed is left as it is: %s", user_id, held)
+    elif store.is_sqlite:
         try:
             scrub_files(store, TRUNCATE_WAIT_MS, erasure)
         except StorageError as error:

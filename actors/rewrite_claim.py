@@ -38,6 +38,7 @@ __all__ = [
     "claim_owed_rewrite",
     "claim_rewrite",
     "release_rewrite_claim",
+    "rewrite_held",
 ]
 
 log = logging.getLogger("memvee.actors")
@@ -129,24 +130,33 @@ def release_rewrite_claim(store: EventStore, owner: str) -> None:
         )
 
 
-def _refuse_if_claimed(connection: Connection, owed: int) -> None:
-    """Raise :class:`RewriteLeftToAnother` if a claim of another running process covers
-    erasure ``owed``, :class:`RewriteUnderWayHere` if one this process holds does."""
+def rewrite_held(connection: Connection, owed: int) -> RetryLater | None:
+    """Who rewrites the file for erasure ``owed`` already, read in ``connection``:
+    :class:`RewriteLeftToAnother` for a claim of another running process,
+    :class:`RewriteUnderWayHere` for one this process holds, ``None`` for nobody."""
     if not inspect(connection).has_table(REWRITE_CLAIM_TABLE):
-        return
+        return None
     claim = connection.exec_driver_sql(
         f"SELECT owner, machine, pid, started, through FROM {REWRITE_CLAIM_TABLE}"
     ).first()
     if claim is None or claim.through < owed:
-        return
+        return None
     if claim.pid == os.getpid() and claim.machine == this_machine():
         if claim.owner in _HELD:
-            raise RewriteUnderWayHere("this process is rewriting the database file already")
-        return
+            return RewriteUnderWayHere("this process is rewriting the database file already")
+        return None
     if process_alive(claim.machine, claim.pid, claim.started) is True:
-        raise RewriteLeftToAnother(
+        return RewriteLeftToAnother(
             f"process {claim.pid} is rewriting the database file for its erasure"
         )
+    return None
+
+
+def _refuse_if_claimed(connection: Connection, owed: int) -> None:
+    """Raise what :func:`rewrite_held` finds holding the rewrite of erasure ``owed``."""
+    held = rewrite_held(connection, owed)
+    if held is not None:
+        raise held
 
 
 def _read_only(error: SQLAlchemyError) -> bool:

@@ -168,6 +168,35 @@ def test_a_rewrite_left_to_a_process_that_ended_without_it_is_done_by_the_next_o
     erasing.close()
 
 
+def test_an_erasure_of_an_unknown_user_leaves_the_rewrite_to_the_running_process_claiming_it(
+    url: str, other_process: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It replaced that process's claim and rewrote the file a second time, though it
+    erased nothing of its own."""
+    store, projector = _stored_with_projections(url, "bob")
+    _claimed_by(store, other_process, _forget_stored(store, "ann"))
+    rewrites = _counting_rewrites(monkeypatch)
+
+    receipt = erase_user(store, projector, None, "nobody")
+
+    assert receipt.total == 0 and receipt.scrubbed
+    assert rewrites == [] and store.rewrite_owed
+    with store.engine.connect() as connection:
+        pid = connection.execute(text(f"SELECT pid FROM {REWRITE_CLAIM_TABLE}")).scalar_one()
+    assert pid == other_process.pid, "the running process's claim stays"
+    store.close()
+
+
+def test_an_erasure_of_an_unknown_user_finishes_a_rewrite_nobody_claims(url: str) -> None:
+    store, projector = _stored_with_projections(url, "bob")
+    _forget_stored(store, "ann")
+
+    erase_user(store, projector, None, "nobody")
+
+    assert not store.rewrite_owed and _claims(store) == 0
+    store.close()
+
+
 def test_an_erasure_holds_the_rewrite_claim_from_its_commit_until_its_try_ended(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
