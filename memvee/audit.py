@@ -797,7 +797,6 @@ class Audit:
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
         await check_credentials(extractor)
-        await asyncio.to_thread(self._writing)
         run = await asyncio.to_thread(
             self._planned, user_id, extractor, version, limits, embedder, report
         )
@@ -1095,7 +1094,6 @@ class Audit:
 
         self.check_version_name(user_ids, version)
         await check_credentials(extractor)
-        await asyncio.to_thread(self._writing)
         meaning = self._by_meaning(embedder)
         bulk = BulkReextraction(
             self.store,

@@ -118,6 +118,24 @@ async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
     assert server.requests == [], "nothing went through the live Messages API"
 
 
+async def test_a_run_that_records_nothing_leaves_the_rewrite_an_earlier_erasure_left_owed(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """It started the rewrite before it committed anything, holding every other writer off
+    for a run that had nothing to record."""
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        with audit.store.transaction() as connection:
+            audit.store.owe_rewrite(connection)
+
+    with Audit(db_url=db) as audit:
+        again = await _run(audit)
+    assert (again.submitted, again.recorded) == (0, 0)
+    store = EventStore(db, create=False)
+    assert store.rewrite_owed
+    store.close()
+
+
 async def test_a_run_reads_the_kept_batches_once_however_many_users_it_claims(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1723,16 +1723,22 @@ def test_a_writing_command_finishes_the_rewrite_an_earlier_erasure_left_owed(
     assert _rewrites_owed(db) == 0
 
 
-@pytest.mark.parametrize("command", ["import", "requeue"])
+@pytest.mark.parametrize("command", ["import", "requeue", "reextract"])
 def test_a_writing_command_that_writes_nothing_leaves_the_rewrite_owed(
     db: str, tmp_path: Path, command: str
 ) -> None:
-    """An import of a log all present, or a requeue of no message, held every other
-    writer off for a rewrite though it committed nothing."""
+    """An import of a log all present, a requeue of no message, or a re-extraction into a
+    version covering every message already, held every other writer off for a rewrite
+    though it committed nothing."""
     exported = tmp_path / "bob.jsonl"
     run("export", "bob", "--out", str(exported), "--db", db)
+    run("reextract", "ann", "--as", "v2", "--db", db)
     _owe_a_rewrite(db)
-    args = {"import": ["import", str(exported)], "requeue": ["requeue", "ann"]}[command]
+    args = {
+        "import": ["import", str(exported)],
+        "requeue": ["requeue", "ann"],
+        "reextract": ["reextract", "ann", "--as", "v2"],
+    }[command]
 
     run(*args, "--db", db)
 
