@@ -449,7 +449,8 @@ def verify(
     (exit 2),
     as are a snapshot table that cannot be read and projections of an older memvee's
     layout: not drift, they are compared once an open or ``memvee rebuild`` has refolded
-    them.
+    them. On SQLite it then finishes the rewrite of the file an earlier erasure left owed,
+    as every command that writes does (it writes its scratch tables).
     """
     url = _url(db, db_url)
     claim = claim_alone(url, VERIFY)  # one verify at a time: each drops the scratch tables
@@ -461,6 +462,7 @@ def verify(
                 differences = verify_projections(store)
             except UnreadableEventError as error:
                 raise _damaged(store, error, "nothing was compared", "verify") from error
+            TraceScrubber(store).finish_owed()  # it wrote its scratch tables
         finally:
             store.close()
     finally:

@@ -1702,7 +1702,7 @@ def _rewrites_owed(db: str) -> int:
     return int(owed)
 
 
-@pytest.mark.parametrize("command", ["import", "reextract", "rebuild"])
+@pytest.mark.parametrize("command", ["import", "reextract", "rebuild", "verify"])
 def test_a_writing_command_finishes_the_rewrite_an_earlier_erasure_left_owed(
     db: str, tmp_path: Path, command: str
 ) -> None:
@@ -1716,6 +1716,7 @@ def test_a_writing_command_finishes_the_rewrite_an_earlier_erasure_left_owed(
         "import": ["import", str(exported)],
         "reextract": ["reextract", "ann", "--as", "v2"],
         "rebuild": ["rebuild"],
+        "verify": ["verify"],
     }[command]
 
     run(*args, "--db", db)
