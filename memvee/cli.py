@@ -1380,7 +1380,7 @@ def _log_warnings_but_not_interrupts() -> None:
     """Print warnings to stderr, as Python does for a program that configures no logging,
     but not a library's report of a Ctrl-C that stopped its cleanup (SQLAlchemy's pool
     logs one with its traceback): the command then ends with one ``error:`` line. No
-    credential is printed (see :class:`RedactSecrets`)."""
+    credential is printed (see :class:`RedactSecrets`), nor a control character sent."""
 
     def not_an_interrupt(record: logging.LogRecord) -> bool:
         kind = record.exc_info[0] if record.exc_info else None
@@ -1390,7 +1390,16 @@ def _log_warnings_but_not_interrupts() -> None:
     handler.setLevel(logging.WARNING)
     handler.addFilter(not_an_interrupt)
     handler.addFilter(RedactSecrets())
+    handler.setFormatter(_ShownFormatter())
     logging.getLogger().addHandler(handler)
+
+
+class _ShownFormatter(logging.Formatter):
+    """Shows the control characters of a warning (as :func:`_shown` does) instead of sending them
+    to the terminal: a warning may quote stored text (an extractor's error, a message)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(_SHOWN)
 
 
 def _replace_what_cannot_print() -> None:

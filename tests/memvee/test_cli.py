@@ -218,6 +218,26 @@ def test_a_warning_prints_no_credential(
     assert capsys.readouterr().err == "retrying https://***@gateway.example/v1 with [redacted]\n"
 
 
+def test_a_warning_quoting_stored_text_shows_its_escape_sequences_instead_of_sending_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A warning quoting an extractor's error (which may echo a message) sent the
+    message's escape sequences to the operator's terminal, which obeyed them."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        logging.getLogger("memvee").warning(
+            "message m1 left out (%s)", "refused: \x1b]0;owned\x07\x1b[2J\x9b31m"
+        )
+    finally:
+        root.handlers[:] = before
+    assert (
+        capsys.readouterr().err
+        == "message m1 left out (refused: \u241b]0;owned\u2407\u241b[2J\ufffd31m)\n"
+    )
+
+
 def test_ctrl_c_while_typer_reads_the_command_line_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
