@@ -572,7 +572,7 @@ class ProjectionReader:
         page and named in it, so one such log hides nobody else."""
         u = self.tables.users
         user_id = in_code_point_order(u.c.user_id, connection.dialect.name)
-        raw_time = type_coerce(u.c.updated_at, NullType()).label("updated_at")
+        raw_time = _raw_time(u.c.updated_at, connection.dialect.name).label("updated_at")
         columns = [c for c in u.c if c.name not in ("created_at", "updated_at")]
         page = UsersPage([], {})
         while (wanted := limit - len(page.listed)) > 0:
@@ -769,6 +769,15 @@ class UsersPage(NamedTuple):
 
     listed: list[UserSummary]
     out_of_range: dict[str, str]
+
+
+def _raw_time(column: Any, dialect: str) -> Any:
+    """``column`` as the database holds it, for :func:`aware` to read or refuse: SQLite's
+    microseconds; on PostgreSQL the UTC time as ISO text, since the driver itself fails on
+    a time past year 9999, before any row of the page reaches memvee."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+    return type_coerce(column, NullType())
 
 
 def _summary(r: Any) -> UserSummary:

@@ -242,6 +242,34 @@ def test_users_are_listed_and_paged_in_code_point_order_whatever_the_collation(
         assert "Sort" not in plan, plan
 
 
+def test_a_user_whose_time_falls_past_year_9999_is_named_apart_and_hides_nobody_else(
+    db_url: str,
+) -> None:
+    """On PostgreSQL the driver failed to read such a row's time, so listing anyone failed;
+    SQLite listed everyone else and named the log."""
+    store = EventStore(db_url)
+    tables = ProjectionTables()
+    with store.transaction() as connection:
+        Projector(tables).create(connection)
+        connection.execute(tables.users.insert(), [_user(u) for u in ("alice", "ann", "bob")])
+        past_9999 = (
+            "'9999-12-31T23:59:59-14:00'"
+            if store.engine.dialect.name == "postgresql"
+            else str(253_402_300_800_000_000 + 14 * 3_600_000_000)
+        )
+        connection.exec_driver_sql(
+            f"UPDATE {tables.users.name} SET updated_at = {past_9999} WHERE user_id = 'alice'"
+        )
+
+    with store.engine.connect() as connection:
+        page = ProjectionReader(tables).users(connection)
+
+    assert [u.user_id for u in page.listed] == ["ann", "bob"]
+    assert page.listed[0].updated_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert page.out_of_range == {"alice": str(user_log_id("alice"))}
+    store.close()
+
+
 async def test_the_successors_of_an_entry_are_read_in_one_statement_however_long_the_chain(
     make_memory: Callable[..., Any],
 ) -> None:
