@@ -52,20 +52,25 @@ class FastEmbedEmbedder:
 
     The model is built on the first text to embed (that is when fastembed downloads it);
     ``model`` may be given instead, any object with fastembed's ``embed(texts)``.
-    ``dimensions`` must be the length of the model's vectors (384 for the default; 768
-    for ``BAAI/bge-base-en-v1.5``): vectors of another length fail ``embed``.
+    ``dimensions``, the length of the model's vectors, is the model's own unless given:
+    a given ``model``'s ``embedding_size``, else what fastembed lists for ``model_name``
+    (read without downloading anything). A name fastembed does not list needs it given
+    (:class:`~memvee.errors.InvalidInputError` otherwise); vectors of another length fail
+    ``embed``.
     """
 
     def __init__(
         self,
         model_name: str = "BAAI/bge-small-en-v1.5",
-        dimensions: int = 384,
+        dimensions: int | None = None,
         *,
         model: Any = None,
     ) -> None:
         self.name = f"fastembed:{model_name}"
         self.model_name = model_name
-        self.dimensions = dimensions
+        self.dimensions = (
+            _fastembed_dimensions(model_name, model) if dimensions is None else dimensions
+        )
         self._model = model
         self._lock = threading.Lock()
 
@@ -84,6 +89,23 @@ class FastEmbedEmbedder:
             f"fastembed's {self.model_name!r}",
             "give FastEmbedEmbedder dimensions={wrong}",
         )
+
+
+def _fastembed_dimensions(model_name: str, model: Any) -> int:
+    """The length of the vectors of fastembed's ``model_name``: the ``embedding_size`` of
+    ``model`` when it has one (fastembed's own models do), else the one fastembed lists."""
+    size = getattr(model, "embedding_size", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    listed = _optional("fastembed", "fastembed").TextEmbedding.list_supported_models()
+    wanted = model_name.lower()
+    for description in listed:
+        if str(description.get("model", "")).lower() == wanted:
+            return int(description["dim"])
+    raise InvalidInputError(
+        f"fastembed lists no model {model_name!r}, so the length of its vectors is not "
+        "known: give FastEmbedEmbedder dimensions="
+    )
 
 
 def _of_length(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ KEY = "pa-test-voyage-key-DO-NOT-LEAK"
 class FakeFastEmbedModel:
     """What ``fastembed.TextEmbedding`` gives: ``embed`` yields one array per text."""
 
+    embedding_size: int | None = None
+
     def embed(self, texts: list[str]) -> Iterator[np.ndarray[Any, Any]]:
         for text in texts:
             yield np.array([len(text), 1.0, 0.0, 2.0])
@@ -39,9 +42,55 @@ def test_fastembed_vectors_come_back_as_unit_vectors_in_order() -> None:
 
 
 def test_fastembed_vectors_of_another_length_than_it_was_given_are_an_error() -> None:
-    embedder = FastEmbedEmbedder("BAAI/bge-base-en-v1.5", model=FakeFastEmbedModel())
+    embedder = FastEmbedEmbedder("BAAI/bge-base-en-v1.5", 384, model=FakeFastEmbedModel())
     with pytest.raises(MemveeError, match="4 dimensions, not 384: give FastEmbedEmbedder"):
         embedder.embed(["hello"])
+
+
+class ListedModels:
+    """What ``fastembed.TextEmbedding`` lists of its models (no download)."""
+
+    @staticmethod
+    def list_supported_models() -> list[dict[str, Any]]:
+        return [
+            {"model": "BAAI/bge-small-en-v1.5", "dim": 384, "size_in_GB": 0.067},
+            {"model": "BAAI/bge-base-en-v1.5", "dim": 768, "size_in_GB": 0.21},
+        ]
+
+
+@pytest.fixture
+def listed_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastembed's list of models, as the package gives it, whether installed or not."""
+    monkeypatch.setitem(sys.modules, "fastembed", SimpleNamespace(TextEmbedding=ListedModels))
+
+
+@pytest.mark.usefixtures("listed_models")
+def test_fastembed_vectors_are_as_long_as_fastembed_lists_for_the_model_unless_given() -> None:
+    """Every model was taken for 384 dimensions, so a Memory with BAAI/bge-base-en-v1.5
+    failed its first embedding until told dimensions=768."""
+    assert FastEmbedEmbedder("BAAI/bge-base-en-v1.5").dimensions == 768
+    assert FastEmbedEmbedder("baai/BGE-base-en-v1.5").dimensions == 768
+    assert FastEmbedEmbedder().dimensions == 384
+    assert FastEmbedEmbedder("BAAI/bge-base-en-v1.5", 512).dimensions == 512
+
+
+@pytest.mark.usefixtures("listed_models")
+def test_fastembed_vectors_of_a_model_fastembed_does_not_list_need_their_length_given() -> None:
+    with pytest.raises(InvalidInputError, match=r"lists no model 'my/model'.*dimensions="):
+        FastEmbedEmbedder("my/model")
+    assert FastEmbedEmbedder("my/model", 128).dimensions == 128
+
+
+def test_fastembed_vectors_are_as_long_as_the_given_model_says() -> None:
+    model = FakeFastEmbedModel()
+    model.embedding_size = 4
+    embedder = FastEmbedEmbedder("my/model", model=model)
+    assert embedder.dimensions == 4 and len(embedder.embed(["hi"])[0]) == 4
+
+
+def test_with_fastembed_installed_the_length_comes_from_its_own_list_of_models() -> None:
+    pytest.importorskip("fastembed")
+    assert FastEmbedEmbedder("BAAI/bge-base-en-v1.5").dimensions == 768
 
 
 def test_fastembed_without_the_package_says_how_to_install_it(
