@@ -55,7 +55,7 @@ from events import (
 from events.errors import ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets, outweighed
+from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.reader import aware
@@ -101,6 +101,9 @@ MAX_SHORT_READS = 3
 """Times a kept Message Batch's results may be read short (a download cut, an empty file,
 a line missing or broken) before its row is dropped: a gateway that cuts every download
 would otherwise hold the batch, and the messages it holds, until the API forgets it."""
+
+_REFUSED = frozenset({400, 413, 422})
+"""HTTP statuses that refuse a request for what it is, however often it is sent."""
 
 _CREATE_ATTEMPTS = 3
 """Calls that create one Message Batch, at most, when the API refuses it for a while."""
@@ -392,10 +395,9 @@ class BulkReextraction:
         synchronous path leaves out one that fails alone (its failure kept in its user's
         log as one that repeats, and reported). When the API refused it (``probe``), that
         is only for a message that weighs more than the fixed prompt around it, once the
-        same request with a harmless message in its place is accepted: otherwise the API
-        (or a gateway in front of it) refuses requests of any size, and the run stops,
-        leaving none out (a Message Batch's body limit is not the Messages API's, which
-        the probe meets, so a light message refused is never taken for a heavy one)."""
+        same request with a harmless message in its place is accepted as a Message Batch
+        (:meth:`_probe_batches`): otherwise the API (or a gateway in front of it) refuses
+        requests of any size, and the run stops, leaving none out."""
         batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
         messages = list(batch.messages)
         if len(messages) > 1:
@@ -416,7 +418,7 @@ class BulkReextraction:
             return
         if probe and outweighed(self.extractor.request(batch), batch):
             raise _refused_whatever_size(why, "outweighed")
-        verdict = await self.extractor.probe(batch) if probe else "accepted"
+        verdict = await self._probe_batches(batch) if probe else "accepted"
         if verdict != "accepted":
             raise _refused_whatever_size(why, verdict)
         message_id = messages[0].message_id
@@ -430,6 +432,32 @@ class BulkReextraction:
             self.version,
             why,
         )
+
+    async def _probe_batches(self, batch: ExtractionBatch) -> str:
+        """How the Message Batches API answers a Message Batch of ``batch``'s request with
+        a harmless message in place of its messages (asking for one token): "accepted",
+        the batch made is canceled at once and the refusal was the message's size;
+        "refused", the API or a gateway in front of it refuses requests of any size;
+        "failed", it tells nothing. A probe through the Messages API does not meet a body
+        limit of Message Batches' own, so it took a heavy message for the one to blame."""
+        client = self.extractor.client.with_options(max_retries=0)
+        params = cast(
+            MessageCreateParamsNonStreaming, probe_request(self.extractor.request(batch), batch)
+        )
+        params["max_tokens"] = 1
+        probe: Request = {"custom_id": f"probe-{uuid4()}", "params": params}
+        try:
+            made = await client.messages.batches.create(requests=[probe])
+        except anthropic.APIStatusError as error:
+            return "refused" if error.status_code in _REFUSED else "failed"
+        except anthropic.AnthropicError:
+            return "failed"
+        try:
+            await client.messages.batches.cancel(made.id)
+        except anthropic.AnthropicError as error:  # one request of one token: it may run
+            shown = api_error(error, client_secrets(client))
+            log.warning("canceling probe Message Batch %s failed (%s)", made.id, shown)
+        return "accepted"
 
     async def _submit(
         self, client: anthropic.AsyncAnthropic, chunk: list[_Built], report: BulkReport
@@ -1277,8 +1305,8 @@ def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) 
 def _refused_whatever_size(why: str, verdict: str) -> ExtractionError:
     """The error that stops a run whose lone message was refused as too large (``why``)
     while it weighs no more than the fixed prompt around it (``verdict`` "outweighed": a
-    Message Batch is refused by a limit of its own, which a Messages API probe does not
-    meet), or the probe without it was not accepted either: the message is not blamed,
+    Message Batch is refused by a limit of its own), or a Message Batch of the request
+    without it was not accepted either: the message is not blamed,
     and the run may be made again later."""
     if verdict == "outweighed":
         return ExtractionError(

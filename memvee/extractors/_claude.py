@@ -343,14 +343,14 @@ class ClaudeExtractor:
         Every call's tokens are the batch's to count.
         """
         spent = refused.usage or TokenUsage()
-        verdict, spent = await self._probed(_probe(request, batch), refused, spent)
+        verdict, spent = await self._probed(probe_request(request, batch), refused, spent)
         if verdict == "accepted":
             refused.usage = spent
             refused.probe_accepted = True
             raise refused
         if batch.known:
             bare = dataclasses.replace(batch, known=())
-            verdict, spent = await self._probed(_probe(request, bare), refused, spent)
+            verdict, spent = await self._probed(probe_request(request, bare), refused, spent)
             if verdict == "accepted":
                 kept, spent = await self._entries_accepted(request, batch, refused, spent)
                 return await self._without_known(batch, refused, spent, kept)
@@ -402,7 +402,7 @@ class ClaudeExtractor:
                 shown, rest, set_aside = tuple(set_aside), (), []
             else:
                 break
-            probe = _probe(request, dataclasses.replace(batch, known=(*kept, *shown)))
+            probe = probe_request(request, dataclasses.replace(batch, known=(*kept, *shown)))
             verdict, spent = await self._probed(probe, refused, spent)
             if verdict == "accepted":
                 kept.extend(shown)
@@ -496,7 +496,7 @@ class ClaudeExtractor:
         own; refused, the account's or the settings'; failed, it tells nothing (see
         :meth:`_settle`). For a refusal met elsewhere (a Message Batches request)."""
         try:
-            verdict, _ = await self._answered(_probe(self.request(batch), batch))
+            verdict, _ = await self._answered(probe_request(self.request(batch), batch))
         except ExtractionError:
             return "failed"
         return verdict
@@ -731,7 +731,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def _probe(request: dict[str, Any], batch: ExtractionBatch) -> dict[str, Any]:
+def probe_request(request: dict[str, Any], batch: ExtractionBatch) -> dict[str, Any]:
     """``request`` (model, system prompt, tools, ``max_tokens``) with a user turn that
     shows ``batch``'s known entries and a harmless message in place of its messages."""
     last = batch.messages[-1]
@@ -758,7 +758,7 @@ def outweighed(request: dict[str, Any], batch: ExtractionBatch) -> bool:
     prompt, the tool, the known entries): a body limit that refuses such a request as
     too large refuses the request without them about as surely, so the messages are not
     what makes it too large."""
-    return _size(request) <= 2 * _size(_probe(request, batch))
+    return _size(request) <= 2 * _size(probe_request(request, batch))
 
 
 def _size(request: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,9 +89,9 @@ def _reextracted(audit: Audit, user: str) -> list[Any]:
     ]
 
 
-async def _run(audit: Audit, **kw: Any) -> Any:
+async def _run(audit: Audit, *, users: Sequence[str] = USERS, **kw: Any) -> Any:
     return await audit.reextract_in_bulk(
-        list(USERS), ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01, **kw
+        list(users), ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01, **kw
     )
 
 
@@ -1346,3 +1346,29 @@ async def test_short_reads_are_counted_in_the_kept_batch_on_each_backend(
         assert {r["short_reads"] for r in kept["requests"].values()} == {2}
         report = await _run(audit)
     assert (report.unread, report.submitted, report.recorded) == ([kept["api_batch_id"]], 2, 2)
+
+
+async def test_a_heavy_message_split_off_before_a_refusal_of_any_size_is_not_left_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Message Batches refused as too large whatever their size, while the Messages API
+    takes requests: a message heavier than the fixed prompt, split off first, is refused
+    alone, and so is a Message Batch of its request with a harmless message in its place,
+    so it is not left out (it used to be: a Messages API probe was accepted) and the
+    next run, once batches go through, records it."""
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_exchange("hal", "heavy " * (_request_bytes("x") // 3), "ok")
+        await memory.flush("hal")
+    server.max_batch_bytes = _request_bytes("x") // 2
+    users = ["hal", *USERS]
+    with Audit(db_url=db) as audit:
+        with pytest.raises(ExtractionError, match="refuses requests of any size"):
+            await _run(audit, users=users)
+        failed = [
+            e for e in audit.store.events_of("hal") if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert failed == [], "no message blamed"
+        server.max_batch_bytes = None
+        report = await _run(audit, users=users)
+        assert (report.failed, report.left_out) == ({}, {})
+        assert len({m for e in _reextracted(audit, "hal") for m in e.message_ids}) == 2
