@@ -56,6 +56,7 @@ from events.extraction import (
     bounded,
     check_result,
     estimate_tokens,
+    halved_caps,
 )
 from events.store import (
     Durability,
@@ -135,6 +136,7 @@ __all__ = [
     "check_visible",
     "driver_url",
     "estimate_tokens",
+    "halved_caps",
     "redacted_url",
     "refuse_foreign_database",
     "refuse_foreign_sqlite",

@@ -7,7 +7,7 @@ These are plain values so that extractors stay testable without the engine.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -187,6 +187,18 @@ def bounded(
         yield batch
     for message in held:
         yield [message]
+
+
+def halved_caps(failed_calls: Iterable[Sequence[str]]) -> dict[str, int]:
+    """The most messages each message of ``failed_calls`` (each a call's messages) is sent
+    with next: half its failed call, the smallest half where it failed more than once,
+    one for a lone message (see :func:`bounded`)."""
+    caps: dict[str, int] = {}
+    for message_ids in failed_calls:
+        half = (len(message_ids) + 1) // 2
+        for message_id in message_ids:
+            caps[message_id] = min(caps.get(message_id, half), half)
+    return caps
 
 
 @dataclass(frozen=True, slots=True)

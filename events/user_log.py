@@ -51,6 +51,7 @@ from events.extraction import (
     KnownEntry,
     TokenUsage,
     estimate_tokens,
+    halved_caps,
 )
 from events.timeline import Around, ReplacedEntry, Timeline
 
@@ -1174,13 +1175,8 @@ class UserLog(Aggregate):
         way that may pass is sent with (read as :meth:`reextraction_calls`): half its
         failed batch, so that a run that stopped goes on splitting where it stopped, as
         live extraction splits a failed batch for the next try; one for a lone message."""
-        caps: dict[str, int] = {}
-        for message_ids, failed in self.reextraction_calls(knowledge_version, history):
-            if failed:
-                half = (len(message_ids) + 1) // 2
-                for message_id in message_ids:
-                    caps[message_id] = min(caps.get(message_id, half), half)
-        return caps
+        calls = self.reextraction_calls(knowledge_version, history)
+        return halved_caps(message_ids for message_ids, failed in calls if failed)
 
     def close_interrupted(self, reason: str, task_ids: Iterable[str] | None = None) -> list[str]:
         """Close tasks (by default every started one, see :attr:`started_tasks`) as FAILED

@@ -56,6 +56,7 @@ from events import (
     check_new_user_id,
     check_text,
     check_user_id,
+    halved_caps,
     sqlite_url,
 )
 from events.errors import (
@@ -266,6 +267,13 @@ class _Reextraction:
     todo: deque[list[BatchMessage]] = field(default_factory=deque)
     last_failed: bool = False
     """Whether this run's last call failed in a way that may pass (and was not blamed)."""
+    alone: set[str] = field(default_factory=set)
+    """The messages sent one a call, after the rest: each failed of its own before."""
+    failed_before: list[frozenset[str]] = field(default_factory=list)
+    """The version's calls before this run that failed in a way that may pass, each its
+    messages, while the batches due are bounded by the caps they left (:meth:`recover`)."""
+    failed_here: list[list[str]] = field(default_factory=list)
+    """This run's failed calls, each its messages: their halves stay apart."""
 
     def weigh(self, message_ids: Sequence[str], failed: bool) -> bool:
         """Count a call of ``message_ids`` with the breaker: answered, or failed in a way
@@ -281,6 +289,21 @@ class _Reextraction:
             return blamed
         self.breaker.suspect(message_ids)
         return False
+
+    def answered_again(self, message_ids: Sequence[str]) -> bool:
+        """Whether an answered call of ``message_ids`` holds every message of a call of the
+        version that failed before in a way that may pass: that failure was the API's."""
+        answered = set(message_ids)
+        return any(failed <= answered for failed in self.failed_before)
+
+    def recover(self) -> None:
+        """The API answers what it failed before: the batches due are bounded again without
+        the caps the version's earlier failed calls left, only with those of this run's.
+        An outage splits every batch it fails, run after run; kept, those halves made the
+        requests after it smaller, and dearer, until each of their messages was covered."""
+        self.failed_before = []
+        due = [m for batch in self.todo for m in batch]  # log order, as planned
+        self.todo = deque(bounded(due, self.limits, self.alone, halved_caps(self.failed_here)))
 
     def gives_up(self, message_id: str) -> bool:
         """Whether ``message_id`` failed alone of its own as often as live extraction
@@ -845,11 +868,13 @@ class Audit:
             user_log.version,
             limits,
         )
-        for message_ids, failed in user_log.reextraction_calls(version, history):
+        calls = user_log.reextraction_calls(version, history)
+        for message_ids, failed in calls:
             run.weigh(message_ids, failed)
-        alone = user_log.failed_reextraction(version, history)
+        run.alone = user_log.failed_reextraction(version, history)
         caps = user_log.reextraction_caps(version, history)
-        run.todo.extend(bounded(todo, limits, alone, caps))
+        run.failed_before = [frozenset(ids) for ids, failed in calls if failed]
+        run.todo.extend(bounded(todo, limits, run.alone, caps))
         return run
 
     async def _reextract_next(self, run: _Reextraction) -> None:
@@ -864,9 +889,12 @@ class Audit:
         if isinstance(extracted, int):
             run.report.entries += extracted
             run.last_failed = False
+            if run.answered_again([m.message_id for m in batch]):
+                run.recover()
             return
         error = extracted
         ids = [m.message_id for m in batch]
+        run.failed_here.append(ids)
         if not repeats(error):
             await self._may_pass(run, batch, error)
             return

@@ -1110,3 +1110,42 @@ def test_the_cli_lists_what_a_stopped_user_left_out_before_its_error_line(
     assert done.exit_code == 2, done.output
     left_out = done.output.index("left out: bob ")
     assert left_out < done.output.index("error: user 'bob': HTTP 529 overloaded")
+
+
+class _Outage(OfflineExtractor):
+    """The offline rules while ``down`` is false; a server error for every call while it
+    is true. Counts the messages of each call."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.sizes: list[int] = []
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.sizes.append(len(batch.messages))
+        if self.down:
+            raise ExtractionError("HTTP 500 api_error")
+        return await super().extract(batch)
+
+
+async def test_the_first_answer_after_an_outage_lifts_the_caps_its_failed_calls_left(
+    make_memory: Any, db_url: str
+) -> None:
+    """Six runs during an outage each split the batches they sent, down to one message a
+    call; once the API answers a call it failed before, the rest goes in full batches,
+    where the halves of every failed call used to stay small (15 calls for 80 messages in
+    batches of 10 instead of 9)."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for i in range(40):
+        await memory.add_exchange("eve", f"I like hobby{i} things", "ok")
+    await memory.flush("eve")
+    extractor = _Outage()
+    with Audit(db_url=db_url) as audit:
+        for _ in range(6):
+            with pytest.raises(ExtractionError):
+                await audit.reextract("eve", extractor, "v2", batch_size=10)
+        assert extractor.sizes[-2:] == [1, 1], "the outage split down to one message a call"
+        extractor.sizes.clear()
+        extractor.down = False
+        report = await audit.reextract("eve", extractor, "v2", batch_size=10)
+    assert extractor.sizes == [1, *[10] * 7, 9]
+    assert report.left_out == {} and report.entries == 40
