@@ -574,8 +574,12 @@ class BulkReextraction:
     ) -> None:
         """Wait for one Message Batch to end, then record its results in log order; the
         users of one an ``earlier`` run kept are told as collected (``report.collected``)."""
-        batch_id = row["api_batch_id"] or await self._created_for(client, row)
+        unread: list[str] = []
+        batch_id = row["api_batch_id"] or await self._created_for(client, row, unread)
         if batch_id is None:
+            if unread:  # may be the row's batch: counted as a short read of it
+                why = "its results were cut before their first line"
+                await self._read_short(row, unread[0], why, report)
             # Never created, or made by an older memvee that cannot tell it: plan again.
             await asyncio.to_thread(self._delete, row["local_id"])
             return
@@ -695,11 +699,17 @@ class BulkReextraction:
             await asyncio.sleep(self.poll_interval)
 
     async def _created_for(
-        self, client: anthropic.AsyncAnthropic, row: dict[str, Any]
+        self,
+        client: anthropic.AsyncAnthropic,
+        row: dict[str, Any],
+        unread: list[str] | None = None,
     ) -> str | None:
         """The id of the Message Batch made of ``row``'s requests whose creation was never
         confirmed, if the API has one; ``None`` if it has none (or the row is an older
-        memvee's, whose custom ids cannot tell its batch from another run's).
+        memvee's, whose custom ids cannot tell its batch from another run's). A batch whose
+        results are cut before their first line cannot be told: an ExtractionError, or,
+        given ``unread``, it is passed over and listed there (for the caller to count as a
+        short read of the row: :data:`MAX_SHORT_READS`).
 
         A batch tells its requests' custom ids only in its results, so each batch of the
         same size created since the row (give or take :data:`CLOCK_SLACK`) and kept by no
@@ -730,6 +740,9 @@ class BulkReextraction:
             try:
                 answers, cut = await self._ended_results(client, batch_id, len(wanted), told=False)
             except anthropic.NotFoundError:
+                continue
+            if cut is not None and not answers and unread is not None:
+                unread.append(batch_id)
                 continue
             if cut is not None and not answers:
                 raise ExtractionError(

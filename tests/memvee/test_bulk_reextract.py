@@ -1372,3 +1372,31 @@ async def test_a_heavy_message_split_off_before_a_refusal_of_any_size_is_not_lef
         report = await _run(audit, users=users)
         assert (report.failed, report.left_out) == ({}, {})
         assert len({m for e in _reextracted(audit, "hal") for m in e.message_ids}) == 2
+
+
+async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always_cut_is_dropped(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped before keeping its batch's id, and a gateway cuts every download of
+    its results before the first line: the third run that cannot tell whether the batch
+    is the kept one drops it and plans its requests again, where every run used to fail
+    the same way until the API forgot the batch."""
+
+    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
+        raise RuntimeError("killed")
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_set_batch_id", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        server.set_batches_fault(_results_short(server, "cut"))
+        for reads in (1, 2):
+            with pytest.raises(ExtractionError, match=f"read short {reads} of 3 times"):
+                await _run(audit)
+        report = await _run(audit)
+        assert report.unread == [server.batches[0]["id"]]
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES)).all() == []
+        assert _failures(audit) == [], "a short read blames no message"
