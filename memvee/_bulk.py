@@ -604,7 +604,7 @@ class BulkReextraction:
             await self._read_short(row, batch_id, short, report)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
-        blamable = _blamable(answers)
+        blamable = _blamable(answers, len(row["requests"]))
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -1292,12 +1292,13 @@ def _server_error(outcome: Any) -> bool:
     return getattr(detail, "type", None) == "api_error"
 
 
-def _blamable(outcomes: Mapping[str, Any]) -> bool:
-    """Whether a server error of a request of a Message Batch is evidence against its
-    messages: not when every request of a batch of several came back so (the API's
-    outage, not theirs). A message blamed twice goes alone next run
+def _blamable(outcomes: Mapping[str, Any], requests: int) -> bool:
+    """Whether a server error of a request of a Message Batch of ``requests`` requests is
+    evidence against its messages: not when every request of a batch of several that was
+    read came back so (the API's outage, not theirs; one read short is judged on the
+    lines read, never as a batch of one). A message blamed twice goes alone next run
     (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
-    return len(outcomes) < 2 or not all(_server_error(o) for o in outcomes.values())
+    return requests < 2 or not all(_server_error(o) for o in outcomes.values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:

@@ -962,9 +962,10 @@ def _failures(audit: Audit) -> list[Any]:
 def _results_short(
     server: MessagesAPIServer, how: str, *, batch: int = 0
 ) -> Callable[[RecordedRequest], ScriptedResponse | None]:
-    """A fault serving the ``batch``-th Message Batch's results as an empty file, as one
-    that ends at a line's end with the last request's line missing (both read as JSON
-    lines without a complaint), or cut inside a line; other calls go as usual."""
+    """A fault serving the ``batch``-th Message Batch's results, each request errored with
+    a server error, as an empty file, as one that ends at a line's end with the last
+    request's line missing or after the first line (read as JSON lines without a
+    complaint), or cut inside a line; other calls go as usual."""
 
     def fault(request: RecordedRequest) -> ScriptedResponse | None:
         batches = server.batches
@@ -972,7 +973,8 @@ def _results_short(
             return None
         if how == "cut":
             return _results_broken("cut")(request)
-        named = [] if how == "empty" else [r["custom_id"] for r in batches[batch]["requests"]][:-1]
+        named = [r["custom_id"] for r in batches[batch]["requests"]]
+        named = {"empty": [], "one line": named[:1]}.get(how, named[:-1])
         errored = {"type": "errored", "error": error_body("api_error", "boom")}
         lines = [json.dumps({"custom_id": c, "result": errored}) + "\n" for c in named]
         headers = {"content-type": "application/binary"}
@@ -1400,3 +1402,20 @@ async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always
         with audit.store.engine.connect() as connection:
             assert connection.execute(select(BULK_BATCHES)).all() == []
         assert _failures(audit) == [], "a short read blames no message"
+
+
+async def test_a_batch_read_short_in_an_outage_blames_not_the_one_request_read(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Every request of a batch errored with a server error (an outage), and its results
+    are read short, one line each time: the third read drops the batch, and the request
+    read is reported failed but not blamed, where it used to be blamed as a batch of one
+    request is (the others, unread, may have errored alike)."""
+    server.set_batches_fault(_results_short(server, "one line"))
+    with Audit(db_url=db) as audit:
+        for _ in range(2):
+            with pytest.raises(ExtractionError, match="could not be read"):
+                await _run(audit)
+        report = await _run(audit)
+        assert report.unread == [server.batches[0]["id"]] and len(report.failed) == 1
+        assert _failures(audit) == [], "no message blamed"
