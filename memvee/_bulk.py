@@ -229,6 +229,7 @@ class BulkReextraction:
         self.claims: list[str] = []
         self.claimed_by: dict[str, str] = {}  # the user of each claim, by its id
         self.lost: set[str] = set()  # claims another run took over while this one was stopped
+        self.dropped: dict[str, set[str]] = {}  # messages of kept batches dropped, by user
         self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
         self._kept_read = 0.0  # time.monotonic() of that read
 
@@ -271,9 +272,12 @@ class BulkReextraction:
         """Every user's processed messages not yet in the version, in bounded batches;
         those of requests that failed before go one a request, after the rest (so one
         that always fails keeps none of the others out of the version). A user another
-        run holds is passed over (``report.claimed``)."""
+        run holds is passed over (``report.claimed``). A user not named, whose requests
+        were in a kept batch this run dropped, gets those messages planned again only
+        (:attr:`dropped`): no run naming them may come."""
         planned: list[_Planned] = []
-        for user_id in user_ids:
+        others = [user_id for user_id in self.dropped if user_id not in user_ids]
+        for user_id in [*user_ids, *others]:
             pending = self._claim(user_id)
             if pending is None:  # the report names it; its reader says so once
                 log.info(
@@ -285,10 +289,14 @@ class BulkReextraction:
                 report.claimed.append(user_id)
                 continue
             user_log = self.store.load(user_id)
+            if user_log is None and user_id in others:  # forgotten since: nothing to plan
+                continue
             if user_log is None:
                 raise InvalidInputError(f"user {user_id!r} has no log")
             events = self.store.events_of(user_id, upto=user_log.version)
             uncovered = user_log.not_covered_by(self.version, events)
+            if user_id in others:
+                pending = pending | (set(uncovered) - self.dropped[user_id])
             todo = [
                 BatchMessage.of(e)
                 for e in events
@@ -581,6 +589,7 @@ class BulkReextraction:
                 why = "its results were cut before their first line"
                 await self._read_short(row, unread[0], why, report)
             # Never created, or made by an older memvee that cannot tell it: plan again.
+            self._drop_row(row)
             await asyncio.to_thread(self._delete, row["local_id"])
             return
         if row["api_batch_id"] is None:
@@ -597,11 +606,13 @@ class BulkReextraction:
                 total,
             )
             report.lost.append(batch_id)
+            self._drop_row(row)
             await asyncio.to_thread(self._delete, row["local_id"])
             return
         short = short or _short_read(answers, row["requests"], total)
         if short is not None:
             await self._read_short(row, batch_id, short, report)
+            self._drop_row(row)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
         blamable = _blamable(answers, len(row["requests"]))
@@ -639,6 +650,12 @@ class BulkReextraction:
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
         await asyncio.to_thread(self._delete, row["local_id"])
+
+    def _drop_row(self, row: dict[str, Any]) -> None:
+        """Note the messages of a kept row dropped before all were recorded, for
+        :meth:`_plan` to plan again, whichever users the run was given."""
+        for request in row["requests"].values():
+            self.dropped.setdefault(request["user"], set()).update(request["messages"])
 
     async def _read_short(
         self, row: dict[str, Any], batch_id: str, short: str, report: BulkReport

@@ -1419,3 +1419,30 @@ async def test_a_batch_read_short_in_an_outage_blames_not_the_one_request_read(
         report = await _run(audit)
         assert report.unread == [server.batches[0]["id"]] and len(report.failed) == 1
         assert _failures(audit) == [], "no message blamed"
+
+
+@pytest.mark.parametrize("dropped", ["lost", "read short"])
+async def test_a_run_for_one_user_plans_again_the_other_users_of_a_batch_it_drops(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, dropped: str
+) -> None:
+    """A run for ann collects the batch an earlier run kept for ann and bob and drops it
+    (the API no longer knows it, or its results were read short a third time): bob's
+    requests in it are planned again by that run too, so his messages are submitted now,
+    where they used to wait, unplanned, for a run naming bob."""
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+        (kept,) = server.batches
+        if dropped == "lost":
+            client = anthropic.Anthropic(max_retries=0)
+            client.messages.batches.cancel(kept["id"])
+            client.messages.batches.retrieve(kept["id"])  # the cancel ends it
+            client.messages.batches.delete(kept["id"])
+        else:
+            server.set_batches_fault(_results_short(server, "empty"))
+            for _ in range(2):
+                with pytest.raises(ExtractionError, match="could not be read"):
+                    await _run(audit, users=["ann"])
+        report = await _run(audit, users=["ann"])
+        assert kept["id"] in [*report.lost, *report.unread]
+        assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
+        assert len({m for e in _reextracted(audit, "bob") for m in e.message_ids}) == 10
