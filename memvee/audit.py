@@ -270,8 +270,9 @@ class _Reextraction:
     alone: set[str] = field(default_factory=set)
     """The messages sent one a call, after the rest: each failed of its own before."""
     failed_before: list[frozenset[str]] = field(default_factory=list)
-    """The version's calls before this run that failed in a way that may pass, each its
-    messages, while the batches due are bounded by the caps they left (:meth:`recover`)."""
+    """The version's calls that failed in a way that may pass since it last answered one,
+    each its messages, while the batches due are bounded by the caps they left
+    (:meth:`recover`)."""
     failed_here: list[list[str]] = field(default_factory=list)
     """This run's failed calls, each its messages: their halves stay apart."""
 
@@ -291,10 +292,19 @@ class _Reextraction:
         return False
 
     def answered_again(self, message_ids: Sequence[str]) -> bool:
-        """Whether an answered call of ``message_ids`` holds every message of a call of the
-        version that failed before in a way that may pass: that failure was the API's."""
+        """Whether an answer to a call of ``message_ids``, after the version's calls that
+        failed since it last answered one, shows those failures were the API's: the call
+        holds every message of one of them, or two of them share no message (one message
+        failing every call cannot explain both; a message that does fails again, and is
+        split again, with this run's answers between)."""
         answered = set(message_ids)
-        return any(failed <= answered for failed in self.failed_before)
+        if any(failed <= answered for failed in self.failed_before):
+            return True
+        return any(
+            a.isdisjoint(b)
+            for i, a in enumerate(self.failed_before)
+            for b in self.failed_before[:i]
+        )
 
     def recover(self) -> None:
         """The API answers what it failed before: the batches due are bounded again without
@@ -873,7 +883,8 @@ class Audit:
             run.weigh(message_ids, failed)
         run.alone = user_log.failed_reextraction(version, history)
         caps = user_log.reextraction_caps(version, history)
-        run.failed_before = [frozenset(ids) for ids, failed in calls if failed]
+        answered = max((i for i, (_, failed) in enumerate(calls) if not failed), default=-1)
+        run.failed_before = [frozenset(ids) for ids, _ in calls[answered + 1 :]]
         run.todo.extend(bounded(todo, limits, run.alone, caps))
         return run
 
