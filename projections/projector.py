@@ -528,8 +528,10 @@ class Projector:
             stored = rows.get(_POSITION)
             claimed = _FOLLOWING in rows or (_REBUILDING not in rows and stored is not None)
             if claimed and stored is not None:
-                end = driver.execute(self._end_before_sql, (first,)).fetchone() if first else None
-                if end is not None and end[0] == stored:
+                before = None
+                if first is not None:
+                    (before,) = driver.execute(self._end_before_sql, (first,)).fetchone()
+                if before == stored:
                     driver.execute(self._follow_sql, (position,))
                 else:
                     driver.execute(self._claim_sql, (position,))
