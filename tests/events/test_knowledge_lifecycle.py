@@ -1749,36 +1749,23 @@ _OSLO_AGAIN = "User lives in Oslo again."
 def _back_in_oslo(back: str, message: str, oslo: str | None, bergen: int) -> ExtractedFact:
     """ "I'm back in Oslo", said by ``message``, as an answer may list it: the same as
     Oslo's entry ``oslo`` (in its words, or other ones), new, or an update of the Bergen
-    fact (fact ``bergen``)."""
-    if back in ("same", "same in other words"):
-        return ExtractedFact(OSLO if back == "same" else _OSLO_AGAIN, (message,), "same", oslo)
-    if back == "update":
-        return ExtractedFact(OSLO, (message,), "update", target_fact=bergen)
-    return ExtractedFact(OSLO, (message,))
+    fact (fact ``bergen``; in Oslo's words, or other ones)."""
+    words = _OSLO_AGAIN if back.endswith("in other words") else OSLO
+    if back.startswith("same"):
+        return ExtractedFact(words, (message,), "same", oslo)
+    if back.startswith("update"):
+        return ExtractedFact(words, (message,), "update", target_fact=bergen)
+    return ExtractedFact(words, (message,))
 
 
-@pytest.mark.parametrize(
-    ("oslo_known", "back"),
-    [
-        (False, None),
-        (True, None),
-        (False, "new"),
-        (False, "update"),
-        (True, "same"),
-        (True, "same in other words"),
-        (True, "new"),
-        (True, "update"),
-    ],
-)
-def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_across_batches(
+def _taken_back_in_one_batch_and_in_batches_of_one(
     oslo_known: bool, back: str | None
-) -> None:
-    """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I don't live in Oslo any
-    more" (day 3), the move and the taking-back both naming Oslo (its fact in the batch,
-    or its entry when Oslo was known before): the words deny only Oslo, which had ended,
-    so Bergen stays current, as when each message is its own batch. When "I'm back in
-    Oslo" (day 5) came between, the taking-back (day 8, still naming the first Oslo)
-    ends that Oslo said again, which held when it was said."""
+) -> tuple[UserLog, UserLog]:
+    """Ann's log after "I live in Oslo" (day 1, known before the batch or in it), "I moved
+    to Bergen" (day 2), maybe "I'm back in Oslo" (day 5, listed as ``back`` says), and "I
+    don't live in Oslo any more" (day 3, or 8 after a return), the move and the taking-back
+    naming the first Oslo (its fact, or its entry when known): in one batch, and with each
+    message a batch of its own, the taking-back naming the value shown then."""
     days = [2, 3] if back is None else [2, 5, 8]
     if oslo_known:
         one = UserLog.register("ann")
@@ -1802,18 +1789,54 @@ def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_acr
         replaced = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=2))
         taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
         _process(each, "t3", [3], [taking_back], [replaced])
-        expected = _days((OSLO, 1, 2), (BERGEN, 2, None))
     else:
-        back_words = _OSLO_AGAIN if back == "same in other words" else OSLO
-        moved_back = ExtractedFact(back_words, ("0",), "update", bergen["entry_id"])
+        moved_back = _back_in_oslo(back, "0", None, 0)
+        moved_back = ExtractedFact(moved_back.text, ("0",), "update", bergen["entry_id"])
         (again,) = _process(each, "t3", [5], [moved_back], [_shown(bergen)])
         taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
         _process(each, "t4", [8], [taking_back], [_shown(again)])
-        expected = _days((OSLO, 1, 2), (BERGEN, 2, 5), (back_words, 5, 8))
+    return one, each
 
+
+@pytest.mark.parametrize("oslo_known", [False, True], ids=["oslo in the batch", "oslo known"])
+def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_across_batches(
+    oslo_known: bool,
+) -> None:
+    """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I don't live in Oslo any
+    more" (day 3), the move and the taking-back both naming Oslo (its fact in the batch,
+    or its entry when Oslo was known before): the words deny only Oslo, which had ended,
+    so Bergen stays current, as when each message is its own batch."""
+    one, each = _taken_back_in_one_batch_and_in_batches_of_one(oslo_known, None)
     history = _history(one)
     assert history == _history(each)
-    assert history == expected
+    assert history == _days((OSLO, 1, 2), (BERGEN, 2, None))
+
+
+@pytest.mark.parametrize(
+    ("oslo_known", "back"),
+    [
+        pytest.param(False, "new", id="return listed new"),
+        pytest.param(False, "update", id="return listed as a change of Bergen"),
+        pytest.param(True, "same", id="known oslo, return listed the same as it"),
+        pytest.param(
+            True, "same in other words", id="known oslo, return in other words the same as it"
+        ),
+        pytest.param(True, "new", id="known oslo, return listed new"),
+        pytest.param(True, "update", id="known oslo, return listed as a change of Bergen"),
+    ],
+)
+def test_words_taking_back_a_value_said_again_after_its_batch_replaced_it_end_the_return(
+    oslo_known: bool, back: str
+) -> None:
+    """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I'm back in Oslo" (day 5,
+    however the answer lists it), "I don't live in Oslo any more" (day 8), the taking-back
+    naming the first Oslo: Oslo said again held when it was said, so the words end that
+    value, as when each message is its own batch."""
+    one, each = _taken_back_in_one_batch_and_in_batches_of_one(oslo_known, back)
+    history = _history(one)
+    assert history == _history(each)
+    back_words = _OSLO_AGAIN if back.endswith("in other words") else OSLO
+    assert history == _days((OSLO, 1, 2), (BERGEN, 2, 5), (back_words, 5, 8))
 
 
 def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_value_again() -> (
