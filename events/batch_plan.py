@@ -11,6 +11,7 @@ holds the decisions (entries to add, steps that end entries) that
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from events.extraction import FACT_ACTIONS, ExtractedFact, FactAction, KnownEntr
 from events.timeline import Around
 
 __all__ = ["Plan", "plan_facts", "same_words"]
+
+_WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -130,24 +133,36 @@ class Plan:
             self.ended_by(self.latest(target), at, action, said_at)
         self.ended_by(target, at, action, said_at)
 
-    def taken_back(self, target: str | int, at: datetime) -> str | int:
-        """What an invalidation naming ``target``, said at ``at``, ends: when the answer
-        had replaced ``target`` by then, the value of its chain that held then if that
-        is ``target`` said again (its words, or added as that value again), since the
-        words deny that value; otherwise ``target``, which then ends nothing
+    def taken_back(self, target: str | int, at: datetime, around: Around) -> str | int:
+        """What an invalidation naming ``target``, said at ``at``, ends: when ``target``
+        had been replaced by then (by the answer, or before the batch, as ``around``
+        knew it), the value of its chain that held then if that is ``target`` said again
+        (added as that value again, or in words that say all ``target``'s words say),
+        since the words deny that value; otherwise ``target``, which then ends nothing
         (:meth:`changed`)."""
         held, seen = target, {target}
-        while (end := self.ended_at(held, at)) is not None and end[1]:
-            following = self.followed.get(held)
-            if following is None or following in seen:
+        while (following := self._replaced_by(held, at, around)) is not None:
+            if following in seen:
                 return target
             seen.add(following)
             held = following
         if held == target or self.ended_at(held, at) is not None:
             return target
         restated = self.again.get(held) if isinstance(held, int) else None
-        named = self._words(target)
-        return held if restated == target or named == self._words(held) else target
+        said_again = restated == target or _says(self._words(held), self._words(target))
+        return held if said_again else target
+
+    def _replaced_by(self, value: str | int, at: datetime, around: Around) -> str | int | None:
+        """The value that replaced ``value`` by ``at``: in the answer, or, for a known
+        entry that ended before the batch, the one that followed it then."""
+        end = self.ended_at(value, at)
+        if end is not None:
+            return self.followed.get(value) if end[1] else None
+        if isinstance(value, str) and value in around.successor:
+            known_end = around.ended.get(value)
+            if known_end is not None and known_end[1] <= at:
+                return around.successor[value]
+        return None
 
     def _words(self, value: str | int) -> str | None:
         """The form in which ``value`` (a known entry, or an added entry's place) states
@@ -400,8 +415,9 @@ def plan_facts(
     change is dated no earlier than the answer's latest statement of the value it ends
     (:meth:`Plan.dated`); one said before that value began is the older value (an
     invalidation then ends nothing). An invalidation of an entry ended before the batch
-    ends nothing, unless it was said while an entry later taken back held: that entry is
-    then taken back earlier. Only a fact with no text, or none that shows (spaces,
+    ends nothing, unless it was said while an entry later taken back held (that entry is
+    then taken back earlier) or while that entry said again held, after what replaced it
+    (:meth:`Plan.taken_back`). Only a fact with no text, or none that shows (spaces,
     zero-width and blank characters), is dropped.
     """
     valid, ended = around.valid, around.ended
@@ -474,7 +490,7 @@ def plan_facts(
                         continue
                     if first_said < began and plan.said_before(stated[0], began, said_at):
                         plan.precede(stated[0], within, began, stated[1])
-                ending = plan.taken_back(within, said) if action == "invalidate" else within
+                ending = plan.taken_back(within, said, around) if action == "invalidate" else within
                 plan.changed(ending, said, action, said_at)
                 if action == "update":
                     new_texts[same_words(text)] = (len(plan.added), index)
@@ -542,7 +558,11 @@ def plan_facts(
             )
             if action == "new":
                 target = None
-            elif action == "invalidate" and not around.taken_back_after(target, said):
+            elif (
+                action == "invalidate"
+                and not around.taken_back_after(target, said)
+                and plan.taken_back(target, said, around) == target
+            ):
                 plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
                 continue
         if action == "same" and target is not None and around.began_later(target, said):
@@ -625,7 +645,7 @@ def plan_facts(
             if plan.begins_after(target, said, around):
                 plan.repairs.append(f"invalidation of {target}, said before it began: ends nothing")
                 continue
-            ending = plan.taken_back(target, said)
+            ending = plan.taken_back(target, said, around)
             plan.changed(ending, said, action, said_at)
             plan.end_within(ending, repaired, said)
             plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
@@ -745,6 +765,15 @@ def _replaced_start(
     if replaced in around.ended:
         return around.ended[replaced][1]
     return around.began.get(replaced)
+
+
+def _says(words: str | None, named: str | None) -> bool:
+    """Whether a fact in ``words`` says all that one in ``named`` says (both as
+    :func:`same_words` gives them): each word of ``named`` is among its words, as in
+    "User lives in Oslo again." for "User lives in Oslo."."""
+    if words is None or named is None:
+        return False
+    return set(_WORD.findall(named)) <= set(_WORD.findall(words))
 
 
 def same_words(text: str) -> str:

@@ -1817,12 +1817,20 @@ def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_acr
     [
         pytest.param(False, "new", id="return listed new"),
         pytest.param(False, "update", id="return listed as a change of Bergen"),
+        pytest.param(
+            False, "update in other words", id="return in other words, a change of Bergen"
+        ),
         pytest.param(True, "same", id="known oslo, return listed the same as it"),
         pytest.param(
             True, "same in other words", id="known oslo, return in other words the same as it"
         ),
         pytest.param(True, "new", id="known oslo, return listed new"),
         pytest.param(True, "update", id="known oslo, return listed as a change of Bergen"),
+        pytest.param(
+            True,
+            "update in other words",
+            id="known oslo, return in other words, a change of Bergen",
+        ),
     ],
 )
 def test_words_taking_back_a_value_said_again_after_its_batch_replaced_it_end_the_return(
@@ -1837,6 +1845,79 @@ def test_words_taking_back_a_value_said_again_after_its_batch_replaced_it_end_th
     assert history == _history(each)
     back_words = _OSLO_AGAIN if back.endswith("in other words") else OSLO
     assert history == _days((OSLO, 1, 2), (BERGEN, 2, 5), (back_words, 5, 8))
+
+
+@pytest.mark.parametrize(
+    "back",
+    [
+        "same",
+        "same in other words",
+        "new",
+        pytest.param("update", id="update of bergen"),
+        pytest.param("update in other words", id="update of bergen in other words"),
+    ],
+)
+def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_end_its_return(
+    back: str,
+) -> None:
+    """Oslo known from day 1, Bergen known from day 3 replacing it; a batch older than
+    that end (its first message, day 2, about jazz) is shown both: "I'm back in Oslo"
+    (day 5, however the answer lists it) and "I don't live in Oslo any more" (day 8)
+    naming the known Oslo. The taking-back follows Oslo's chain past Bergen to Oslo said
+    again and ends it on day 8, as when each message is its own batch."""
+    jazz = "User loves jazz."
+
+    def oslo_then_bergen(log: UserLog) -> tuple[str, KnownEntry, dict[str, Any]]:
+        oslo, shown = _lives_in_oslo(log)
+        moved = ExtractedFact(BERGEN, ("0",), "update", oslo)
+        (bergen,) = _process(log, "t2", [3], [moved], [shown])
+        return oslo, shown, bergen
+
+    one = UserLog.register("ann")
+    oslo, shown, bergen = oslo_then_bergen(one)
+    ended = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=3))
+    link = ReplacedEntry(oslo, shown.valid_from, T0 + timedelta(days=3), bergen["entry_id"])
+    returned = _back_in_oslo(back, "1", oslo, 0)
+    if back.startswith("update"):
+        returned = ExtractedFact(returned.text, ("1",), "update", bergen["entry_id"])
+    facts = [
+        ExtractedFact(jazz, ("0",)),
+        returned,
+        ExtractedFact(_LEFT_OSLO, ("2",), "invalidate", oslo),
+    ]
+    ids = _batch(one, "t3", "jazz", "back", "gone")
+    one.record_knowledge(
+        "t3",
+        [
+            ExtractedFact(
+                f.text,
+                tuple(ids[int(m)] for m in f.source_message_ids),
+                f.action,
+                f.target_entry_id,
+            )
+            for f in facts
+        ],
+        "x",
+        batch=[
+            BatchMessage(m, "user", "", T0 + timedelta(days=d))
+            for m, d in zip(ids, [2, 5, 8], strict=True)
+        ],
+        known=[_shown(bergen), ended],
+        replaced=[link],
+    )
+
+    each = UserLog.register("ann")
+    oslo, shown, bergen = oslo_then_bergen(each)
+    ended = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=3))
+    _process(each, "t3", [2], [ExtractedFact(jazz, ("0",))], [_shown(bergen), ended])
+    moved_back = ExtractedFact(returned.text, ("0",), "update", bergen["entry_id"])
+    (again,) = _process(each, "t4", [5], [moved_back], [_shown(bergen)])
+    taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
+    _process(each, "t5", [8], [taking_back], [_shown(again)])
+
+    history = _history(one)
+    assert history == _history(each)
+    assert history == _days((OSLO, 1, 3), (jazz, 2, None), (BERGEN, 3, 5), (returned.text, 5, 8))
 
 
 def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_value_again() -> (
