@@ -402,8 +402,10 @@ def plan_facts(
     said before it, which nothing ended, is that fact's entry, begun at the earlier of
     the two statements said after the value it replaces began. A change naming an
     earlier fact of the answer (``target_fact``) ends what that fact added or the known
-    entry it repeats, and one that repeats an entry of ``known`` not ended when it was
-    said (``said_at`` gives the messages' times) is the same as it. A repeat said before
+    entry it repeats (naming a statement said after it of a value the answer stated
+    before it too, it names that earlier statement: :func:`_statements_named`), and one
+    that repeats an entry of ``known`` not ended when it was said (``said_at`` gives the
+    messages' times) is the same as it. A repeat said before
     the entry began, and an update to a value known to begin later, are placed by
     :class:`~events.timeline.Around`. A repeat said while the entry held adds only the
     messages it cited itself to :attr:`Plan.repeated` (none when it fell back on the
@@ -428,7 +430,8 @@ def plan_facts(
     added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
     repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
     listed_repeats = _listed_repeats(facts, valid, ended, shown)
-    for index in _in_time_order(facts, said_at, listed_repeats):
+    renamed = _statements_named(facts, said_at, listed_repeats)
+    for index in _in_time_order(facts, said_at, listed_repeats, renamed):
         fact = facts[index]
         if fact.action not in FACT_ACTIONS:
             raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
@@ -459,9 +462,10 @@ def plan_facts(
             notes.append("cited no message of its batch; cites the batch's user messages")
         target = fact.target_entry_id
         action = fact.action
-        earlier = fact.target_fact
+        earlier = renamed.get(index, fact.target_fact)
         if earlier is not None:
-            within = added_by.get(earlier) if earlier < index else None
+            names_back = earlier < index or index in renamed
+            within = added_by.get(earlier) if names_back else None
             ends = action in ("update", "invalidate") and target is None
             if ends and within is not None:
                 in_answer = ExtractedFact(text, tuple(sources), action)
@@ -507,7 +511,7 @@ def plan_facts(
                     plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
                 continue
             named = listed_repeats.get(earlier, repeats.get(earlier))
-            if ends and earlier < index and named is not None:
+            if ends and names_back and named is not None:
                 target = named
                 notes.append(
                     f"named fact {earlier} of its answer, which repeats {target}; "
@@ -691,10 +695,64 @@ def _cut(text: str) -> str:
     return text[: MAX_FACT_CHARS - 1].rstrip() + "\u2026"
 
 
+def _said_order(
+    facts: Sequence[ExtractedFact], said_at: dict[str, datetime]
+) -> list[tuple[datetime, int]]:
+    """For each of ``facts``, when its newest cited message was sent and that message's
+    place in the batch (the batch's last message when it cites none of known time): the
+    key that orders facts as they were said."""
+    said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
+    unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
+    return [
+        max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
+        for fact in facts
+    ]
+
+
+def _statements_named(
+    facts: Sequence[ExtractedFact], said_at: dict[str, datetime], repeats: Collection[int]
+) -> dict[int, int]:
+    """The changes of the answer naming a statement of a value said after them (Oslo on
+    day 3, named by a move on day 2) when the answer stated that value before them too
+    (Oslo on day 1), each with the latest such earlier statement: the value the change
+    ended when it was said, as batches of one message each have it, whichever of the
+    two statements the answer named. Statements are facts listed new or the same as an
+    entry, compared in :func:`same_words`; a change naming a repeat of a known entry
+    (``repeats``) names that entry already."""
+    own = _said_order(facts, said_at)
+    order = [(own[index], index) for index in range(len(facts))]
+    words = [same_words(_cut(storable(fact.text).strip())) for fact in facts]
+    stated = [
+        fact.action in ("new", "same") and shows_something(words[i]) for i, fact in enumerate(facts)
+    ]
+    renamed: dict[int, int] = {}
+    for index, fact in enumerate(facts):
+        named = fact.target_fact
+        if (
+            fact.action not in ("update", "invalidate")
+            or fact.target_entry_id is not None
+            or named is None
+            or not 0 <= named < index
+            or named in repeats
+            or not stated[named]
+            or order[named] < order[index]
+        ):
+            continue
+        before = [
+            other
+            for other in range(len(facts))
+            if stated[other] and words[other] == words[named] and order[other] < order[index]
+        ]
+        if before:
+            renamed[index] = max(before, key=order.__getitem__)
+    return renamed
+
+
 def _in_time_order(
     facts: Sequence[ExtractedFact],
     said_at: dict[str, datetime],
     repeats: Collection[int] = (),
+    renamed: dict[int, int] | None = None,
 ) -> list[int]:
     """The places of ``facts`` in the order they were said (``said_at``, in the batch's
     order: messages sent at once in the order they were written), a change never before
@@ -703,16 +761,13 @@ def _in_time_order(
     order the answer lists its facts in. A change said before the fact it names waits for
     it, then takes its turn by its own time among the facts still to fold, so where the
     answer lists it decides nothing; one naming a repeat of a known entry (``repeats``)
-    names that entry and waits for nothing."""
-    said = {m: (at, place) for place, (m, at) in enumerate(said_at.items())}
-    unknown = max(said.values(), default=(datetime.min.replace(tzinfo=UTC), 0))
-    own = [
-        max((said[m] for m in fact.source_message_ids if m in said), default=unknown)
-        for fact in facts
-    ]
+    names that entry and waits for nothing, and one given another statement of the value
+    it names (``renamed``, see :func:`_statements_named`) names that one."""
+    own = _said_order(facts, said_at)
+    renamed = renamed or {}
     waiting: dict[int, list[int]] = {}  # fact -> the later facts of the answer naming it
     for index, fact in enumerate(facts):
-        earlier = fact.target_fact
+        earlier = renamed.get(index, fact.target_fact)
         if earlier is not None and 0 <= earlier < index and earlier not in repeats:
             waiting.setdefault(earlier, []).append(index)
     named = {index for changes in waiting.values() for index in changes}
