@@ -429,7 +429,7 @@ def plan_facts(
     new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
     added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
     repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
-    listed_repeats = _listed_repeats(facts, valid, ended, shown)
+    listed_repeats = _listed_repeats(facts, around, shown, said_at)
     renamed = _statements_named(facts, said_at, listed_repeats)
     for index in _in_time_order(facts, said_at, listed_repeats, renamed):
         fact = facts[index]
@@ -539,7 +539,11 @@ def plan_facts(
         elif (
             action == "new"
             and (match := ended_shown.get(same))
-            and (said < match[1] or match[0].entry_id in around.succeeded)
+            and (
+                said < match[1]
+                or match[0].entry_id in around.succeeded
+                or plan.ended_at(match[0].entry_id, said) is not None
+            )
         ):
             target, action = match[0].entry_id, "same"
             plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
@@ -663,28 +667,48 @@ def plan_facts(
 
 def _listed_repeats(
     facts: Sequence[ExtractedFact],
-    valid: Collection[str],
-    ended: Collection[str],
+    around: Around,
     shown: dict[str, str],
+    said_at: dict[str, datetime],
 ) -> dict[int, str]:
-    """The facts of the answer that repeat a valid known entry (listed as the same as
-    it, or new with its words, ``shown``, as is a repeat of an entry not known), each
-    with that entry: a change naming such a fact (``target_fact``) names that entry, as
-    batches of one message each would have it, and is placed by its own time, so a
-    repeat said after it is that value again."""
+    """The facts of the answer that repeat a known entry (listed as the same as it, or
+    new with its words, ``shown``, as is a repeat of an entry not known), each with that
+    entry: a change naming such a fact (``target_fact``) names that entry, as batches of
+    one message each would have it, and is placed by its own time, so a repeat said after
+    it is that value again. An entry that had ended (``around``) counts only when every
+    change naming its repeat was said while it held."""
+    valid, ended = around.valid, around.ended
+    ended_words = {same_words(k.text): k.entry_id for k, _ in ended.values()}
+    own = _said_order(facts, said_at)
     repeated: dict[int, str] = {}
     for index, fact in enumerate(facts):
         text = storable(fact.text).strip()
         if not shows_something(text):
             continue
-        if fact.action == "same" and fact.target_entry_id in valid:
+        words = same_words(_cut(text))
+        if fact.action == "same" and (
+            fact.target_entry_id in valid or fact.target_entry_id in ended
+        ):
             entry = fact.target_entry_id
-        elif fact.action == "new" or (fact.action == "same" and fact.target_entry_id not in ended):
-            entry = shown.get(same_words(_cut(text)))
+        elif fact.action in ("new", "same"):
+            entry = shown.get(words, ended_words.get(words))
         else:
             continue
-        if entry is not None and entry in valid:
+        if entry is None:
+            continue
+        if entry in valid:
             repeated[index] = entry
+        elif entry in ended:
+            changes = [
+                own[change][0]
+                for change, named in enumerate(facts)
+                if index < change
+                and named.target_fact == index
+                and named.action in ("update", "invalidate")
+                and named.target_entry_id is None
+            ]
+            if changes and max(changes) < ended[entry][1]:
+                repeated[index] = entry
     return repeated
 
 
