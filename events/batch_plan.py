@@ -25,6 +25,7 @@ from events.timeline import Around
 __all__ = ["Plan", "plan_facts", "same_words"]
 
 _WORD = re.compile(r"\w+")
+_NOT_YET = datetime.min.replace(tzinfo=UTC)  # a fact not yet dated
 
 
 @dataclass
@@ -422,247 +423,383 @@ def plan_facts(
     (:meth:`Plan.taken_back`). Only a fact with no text, or none that shows (spaces,
     zero-width and blank characters), is dropped.
     """
-    valid, ended = around.valid, around.ended
-    plan = Plan(known_words={k.entry_id: same_words(k.text) for k in known})
-    shown = {same_words(k.text): k.entry_id for k in known if k.entry_id in valid}
-    ended_shown = {same_words(k.text): (k, until) for k, until in ended.values()}
-    new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
-    added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
-    repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
-    listed_repeats = _listed_repeats(facts, around, shown, said_at)
-    renamed = _statements_named(facts, said_at, listed_repeats)
-    for index in _in_time_order(facts, said_at, listed_repeats, renamed):
-        fact = facts[index]
-        if fact.action not in FACT_ACTIONS:
-            raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
-        text = storable(fact.text).strip()
-        if not text:
-            plan.repairs.append(f"fact {index} had no text; it was dropped")
-            continue
-        if not shows_something(text):
-            plan.repairs.append(
-                f"fact {index} showed no text (only characters that show nothing); it was dropped"
-            )
-            continue
-        notes: list[str] = []
-        if text != fact.text.strip():
-            notes.append("characters no database stores as text were dropped (NUL) or replaced")
-        if len(text) > MAX_FACT_CHARS:
-            notes.append(f"was {len(text)} characters long; cut to {MAX_FACT_CHARS}")
-            text = _cut(text)
-        sources = list(dict.fromkeys(fact.source_message_ids))
-        outside = [m for m in sources if m not in allowed]
-        if outside:
-            sources = [m for m in sources if m in allowed]
-            dropped = storable(", ".join(outside))
-            notes.append(f"dropped citations outside the batch: {dropped}")
-        own = tuple(sources)
-        if not sources:
-            sources = list(fallback)
-            notes.append("cited no message of its batch; cites the batch's user messages")
-        target = fact.target_entry_id
-        action = fact.action
-        earlier = renamed.get(index, fact.target_fact)
-        if earlier is not None:
-            names_back = earlier < index or index in renamed
-            within = added_by.get(earlier) if names_back else None
-            ends = action in ("update", "invalidate") and target is None
-            if ends and within is not None:
-                in_answer = ExtractedFact(text, tuple(sources), action)
-                said = plan.dated(within, _said(sources, said_at), said_at, action)
-                same = same_words(text)
-                if (
-                    action == "update"
-                    and same == same_words(plan.added[within].text)
-                    and plan.ended_at(within, said) is None
-                ):
-                    added_by[index] = within
-                    merged = f"fact {index} changed fact {earlier} to its own value; merged"
-                    notes = [merged, *(f"fact {index}: {n}" for n in notes)]
-                    after = _replaced_start(plan, within, around, said_at)
-                    plan.merge(within, sources, said_at, after, notes, index)
-                    plan.repairs.append(merged)
-                    continue
-                stated = new_texts.get(same) if action == "update" else None
-                if stated is not None and plan.adoptable(stated[0], within):
-                    began = plan.start(within, said_at)
-                    first_said = plan.start(stated[0], said_at)
-                    if began < first_said and plan.said_before(within, first_said, said_at):
-                        added_by[index] = stated[0]
-                        plan.adopt(stated[0], within, began, sources, said_at, index, notes)
-                        plan.ended_by(within, plan.start(stated[0], said_at), action, said_at)
-                        continue
-                    if first_said < began and plan.said_before(stated[0], began, said_at):
-                        plan.precede(stated[0], within, began, stated[1])
-                ending = plan.taken_back(within, said, around) if action == "invalidate" else within
-                plan.changed(ending, said, action, said_at)
-                if action == "update":
-                    new_texts[same_words(text)] = (len(plan.added), index)
-                    added_by[index] = len(plan.added)
-                    within_began = plan.start(within, said_at)
-                    older_than = within_began if said < within_began else None
-                    plan.add(in_answer, within, notes, index, said, older_than)
-                elif said < plan.start(within, said_at):
-                    plan.repairs.append(
-                        f"invalidation of fact {earlier}, said before it began: ends nothing"
-                    )
-                else:
-                    plan.end_within(ending, in_answer, said)
-                    plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
-                continue
-            named = listed_repeats.get(earlier, repeats.get(earlier))
-            if ends and names_back and named is not None:
-                target = named
-                notes.append(
-                    f"named fact {earlier} of its answer, which repeats {target}; "
-                    f"{action}s {target}"
-                )
-            else:
-                notes.append(f"named fact {earlier} of its answer, which it cannot replace")
-        if action == "new" and target is not None:
-            notes.append(f"was new with a target ({storable(target)}); the target was ignored")
-        elif action != "new" and target not in valid and target not in ended:
-            notes.append(
-                f"was {action!r} of {storable(target or 'no entry')}, not a current entry; "
-                "recorded as new"
-            )
-            action = "new"
-        said = _said(sources, said_at)
-        if action in ("update", "invalidate") and target in valid:
-            assert target is not None
-            said = plan.dated(target, said, said_at, action, plan.began(target, around))
-        same = same_words(text)
-        restates: str | int | None = None
-        if action == "new" and shown.get(same) in valid:
-            target, action = shown[same], "same"
-            plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
-        elif (
-            action == "new"
-            and (match := ended_shown.get(same))
-            and (
-                said < match[1]
-                or match[0].entry_id in around.succeeded
-                or plan.ended_at(match[0].entry_id, said) is not None
-            )
-        ):
-            target, action = match[0].entry_id, "same"
-            plan.repairs.append(f"fact {index} was new but repeats {target}; the same as it")
-        if action == "same" and target and (end := plan.ended_at(target, said)):
-            live = new_texts.get(same)
-            if live is not None and plan.ended_at(live[0], said) is None:
-                notes.append(f"repeats {target}, ended when it was said, as fact {live[1]} did")
-                action, target = "new", None
-            else:
-                action = _against_ended(target, end[0], action, said, notes, end[1])
-                target = None if action == "new" else target
-                restates = target
-                if action == "update" and target is not None:
-                    plan.ended_by(plan.latest(target), said, action, said_at)
-        if target in ended:
-            if action == "same":
-                restates = target
-            action = _against_ended(
-                target, ended[target][1], action, said, notes, target in around.succeeded
-            )
-            if action == "new":
-                target = None
-            elif (
-                action == "invalidate"
-                and not around.taken_back_after(target, said)
-                and plan.taken_back(target, said, around) == target
-            ):
-                plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
-                continue
-        if action == "same" and target is not None and around.began_later(target, said):
-            placing = around.repeat_before(target, said)
-            if placing == "older":
-                notes.append(f"repeats {target}, said before the value it replaced began")
-                action = "update"
-            else:
-                if placing == "earlier":
-                    plan.begin_earlier(target, said, sources)
-                else:
-                    notes.append(f"said before {target} began, while another ended entry held")
-                repeats[index] = target
-                plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
-                continue
-        if action == "update" and (joined := around.joined(target, text, said)) is not None:
-            plan.begin_earlier(joined[0], said, sources, replacing=joined[1])
-            plan.repairs.extend(f"update of {target}: {note}" for note in notes)
-            continue
-        again = new_texts.get(same) if action == "new" else None
-        if again is not None and (end := plan.ended_at(again[0], said)) is not None:
-            notes.append(f"repeats fact {again[1]}, which had ended when it was said")
-            if end[1]:
-                action, target = "update", None
-                notes[-1] += ": that value again, after what replaced it"
-                plan.ended_by(plan.latest(again[0]), said, action, said_at)
-                new_texts[same] = (len(plan.added), index)
-                added_by[index] = len(plan.added)
-                plan.again[len(plan.added)] = again[0]
-                plan.add(ExtractedFact(text, tuple(sources), action), again[0], notes, index)
-                continue
-            again = None
-        repaired = ExtractedFact(text, tuple(sources), action, target)
-        if again is not None and plan.begun_before(again[0], own, said_at):
-            added_by[index] = again[0]
-            plan.said_again(again[0], own)
-            plan.repairs.extend(f"repeat of fact {again[1]}: {note}" for note in notes)
-        elif again is not None:
-            added, first = again
-            added_by[index] = added
-            merged = f"fact {index} repeated fact {first}; merged into it"
-            after = _replaced_start(plan, added, around, said_at)
-            notes = [merged, *(f"fact {index}: {n}" for n in notes)]
-            plan.merge(added, sources, said_at, after, notes, index)
-            plan.repairs.append(merged)
-        elif action == "new":
-            new_texts[same] = (len(plan.added), index)
-            added_by[index] = len(plan.added)
-            plan.add(repaired, None, notes, index)
-        elif action == "update":
-            assert target is not None
-            known_from = around.began.get(target)
-            stated = new_texts.get(same)
-            if (
-                stated is not None
-                and plan.adoptable(stated[0], target)
-                and target in valid
-                and known_from is not None
-                and known_from < said
-            ):
-                first_said = plan.start(stated[0], said_at)
-                if known_from < first_said and plan.said_before(target, first_said, said_at):
-                    added_by[index] = stated[0]
-                    plan.adopt(stated[0], target, known_from, sources, said_at, index, notes)
-                    plan.ended_by(target, first_said, action, said_at)
-                    continue
-                if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
-                    plan.precede(stated[0], target, known_from, stated[1])
-            target_began = plan.began(target, around)
-            older = target_began is not None and said < target_began
-            if not older:
-                plan.changed(target, said, action, said_at)
-            new_texts[same] = (len(plan.added), index)
-            added_by[index] = len(plan.added)
-            if restates is not None and action == "update":
-                plan.again[len(plan.added)] = restates
-            plan.add(repaired, target, notes, index, said, target_began if older else None)
-        elif action == "invalidate":
-            assert target is not None
-            if plan.begins_after(target, said, around):
-                plan.repairs.append(f"invalidation of {target}, said before it began: ends nothing")
-                continue
-            ending = plan.taken_back(target, said, around)
-            plan.changed(ending, said, action, said_at)
-            plan.end_within(ending, repaired, said)
-            plan.repairs.extend(f"invalidation of {target}: {note}" for note in notes)
+    deciding = _Deciding(facts, allowed, fallback, known, said_at, around)
+    for index in _in_time_order(facts, said_at, deciding.listed_repeats, deciding.renamed):
+        fact = _read(deciding, index)
+        if fact is not None:
+            _decide(deciding, fact)
+    return deciding.plan
+
+
+class _Deciding:
+    """One answer being decided into :attr:`plan`: what its facts are checked against
+    (the batch's messages, their times, the entries ``around`` it) and what the facts
+    decided so far leave for the next ones."""
+
+    def __init__(
+        self,
+        facts: Sequence[ExtractedFact],
+        allowed: frozenset[str],
+        fallback: list[str],
+        known: Sequence[KnownEntry],
+        said_at: dict[str, datetime],
+        around: Around,
+    ) -> None:
+        self.facts, self.allowed, self.fallback = facts, allowed, fallback
+        self.said_at, self.around = said_at, around
+        self.plan = Plan(known_words={k.entry_id: same_words(k.text) for k in known})
+        self.shown = {same_words(k.text): k.entry_id for k in known if k.entry_id in around.valid}
+        self.ended_shown = {same_words(k.text): (k, until) for k, until in around.ended.values()}
+        self.new_texts: dict[str, tuple[int, int]] = {}  # text -> (entry in the plan, fact)
+        self.added_by: dict[int, int] = {}  # fact -> the entry in the plan it added
+        self.repeats: dict[int, str] = {}  # fact -> the known entry it was found to repeat
+        self.listed_repeats = _listed_repeats(facts, around, self.shown, said_at)
+        self.renamed = _statements_named(facts, said_at, self.listed_repeats)
+
+    def adds(self, index: int, text: str) -> None:
+        """Note that fact ``index`` adds the plan's next entry, in ``text``."""
+        self.new_texts[same_words(text)] = (len(self.plan.added), index)
+        self.added_by[index] = len(self.plan.added)
+
+
+@dataclass
+class _Fact:
+    """One fact of the answer as it is being decided: its place in the answer, its text
+    and citations as repaired (``own``: the batch's messages it cited itself), what it
+    does to which entry, the repairs noted so far, when it was said and, for one found
+    to be a known value said again, that value (``restates``)."""
+
+    index: int
+    text: str
+    sources: list[str]
+    own: tuple[str, ...]
+    action: FactAction
+    target: str | None
+    notes: list[str]
+    said: datetime = _NOT_YET
+    restates: str | int | None = None
+
+    def repaired(self) -> ExtractedFact:
+        """The fact as it is recorded."""
+        return ExtractedFact(self.text, tuple(self.sources), self.action, self.target)
+
+
+def _read(deciding: _Deciding, index: int) -> _Fact | None:
+    """Fact ``index`` of the answer with its text and citations repaired (each repair
+    noted), or ``None`` when it has no text that shows (noted in the plan's repairs)."""
+    fact, plan = deciding.facts[index], deciding.plan
+    if fact.action not in FACT_ACTIONS:
+        raise InvalidExtractionError(f"fact {fact.text!r}: unknown action {fact.action!r}")
+    text = storable(fact.text).strip()
+    if not text:
+        plan.repairs.append(f"fact {index} had no text; it was dropped")
+        return None
+    if not shows_something(text):
+        plan.repairs.append(
+            f"fact {index} showed no text (only characters that show nothing); it was dropped"
+        )
+        return None
+    notes: list[str] = []
+    if text != fact.text.strip():
+        notes.append("characters no database stores as text were dropped (NUL) or replaced")
+    if len(text) > MAX_FACT_CHARS:
+        notes.append(f"was {len(text)} characters long; cut to {MAX_FACT_CHARS}")
+        text = _cut(text)
+    sources = list(dict.fromkeys(fact.source_message_ids))
+    outside = [m for m in sources if m not in deciding.allowed]
+    if outside:
+        sources = [m for m in sources if m in deciding.allowed]
+        dropped = storable(", ".join(outside))
+        notes.append(f"dropped citations outside the batch: {dropped}")
+    own = tuple(sources)
+    if not sources:
+        sources = list(deciding.fallback)
+        notes.append("cited no message of its batch; cites the batch's user messages")
+    return _Fact(index, text, sources, own, fact.action, fact.target_entry_id, notes)
+
+
+def _decide(deciding: _Deciding, fact: _Fact) -> None:
+    """Decide what ``fact`` does, in the order of :func:`plan_facts`' rules: a change of
+    an earlier fact of the answer; a target repaired; a value that had ended or not yet
+    begun; a repeat of a fact of the answer; then by its action."""
+    earlier = deciding.renamed.get(fact.index, deciding.facts[fact.index].target_fact)
+    if earlier is not None and _names_fact(deciding, fact, earlier):
+        return
+    _check_target(deciding, fact)
+    if _after_an_end(deciding, fact) or _before_a_start(deciding, fact):
+        return
+    if _repeats_answer(deciding, fact):
+        return
+    if fact.action == "new":
+        deciding.adds(fact.index, fact.text)
+        deciding.plan.add(fact.repaired(), None, fact.notes, fact.index)
+    elif fact.action == "update":
+        _update(deciding, fact)
+    elif fact.action == "invalidate":
+        _invalidate(deciding, fact)
+    else:
+        assert fact.target is not None
+        deciding.repeats[fact.index] = fact.target
+        deciding.plan.said_again(fact.target, fact.own)
+        deciding.plan.repairs.extend(f"repeat of {fact.target}: {note}" for note in fact.notes)
+
+
+def _names_fact(deciding: _Deciding, fact: _Fact, earlier: int) -> bool:
+    """Have ``fact``, naming fact ``earlier`` of the answer, change what that added
+    (:func:`_change_within`; then ``True``: decided), or the known entry it repeats;
+    otherwise note that it cannot."""
+    index, action, target = fact.index, fact.action, fact.target
+    names_back = earlier < index or index in deciding.renamed
+    within = deciding.added_by.get(earlier) if names_back else None
+    ends = action in ("update", "invalidate") and target is None
+    if ends and within is not None:
+        _change_within(deciding, fact, earlier, within)
+        return True
+    named = deciding.listed_repeats.get(earlier, deciding.repeats.get(earlier))
+    if ends and names_back and named is not None:
+        fact.target = named
+        fact.notes.append(
+            f"named fact {earlier} of its answer, which repeats {named}; {action}s {named}"
+        )
+    else:
+        fact.notes.append(f"named fact {earlier} of its answer, which it cannot replace")
+    return False
+
+
+def _change_within(deciding: _Deciding, fact: _Fact, earlier: int, within: int) -> None:
+    """Have ``fact`` update or invalidate the entry added at ``within`` (by fact
+    ``earlier``): a change to its own value merges into it; one to a value the answer
+    stated before joins that statement (:meth:`Plan.adopt`) or precedes it."""
+    plan, said_at, index = deciding.plan, deciding.said_at, fact.index
+    action, sources, notes, text = fact.action, fact.sources, fact.notes, fact.text
+    in_answer = ExtractedFact(text, tuple(sources), action)
+    said = plan.dated(within, _said(sources, said_at), said_at, action)
+    same = same_words(text)
+    if (
+        action == "update"
+        and same == same_words(plan.added[within].text)
+        and plan.ended_at(within, said) is None
+    ):
+        deciding.added_by[index] = within
+        merged = f"fact {index} changed fact {earlier} to its own value; merged"
+        notes = [merged, *(f"fact {index}: {n}" for n in notes)]
+        after = _replaced_start(plan, within, deciding.around, said_at)
+        plan.merge(within, sources, said_at, after, notes, index)
+        plan.repairs.append(merged)
+        return
+    stated = deciding.new_texts.get(same) if action == "update" else None
+    if stated is not None and plan.adoptable(stated[0], within):
+        began = plan.start(within, said_at)
+        first_said = plan.start(stated[0], said_at)
+        if began < first_said and plan.said_before(within, first_said, said_at):
+            deciding.added_by[index] = stated[0]
+            plan.adopt(stated[0], within, began, sources, said_at, index, notes)
+            plan.ended_by(within, plan.start(stated[0], said_at), action, said_at)
+            return
+        if first_said < began and plan.said_before(stated[0], began, said_at):
+            plan.precede(stated[0], within, began, stated[1])
+    ending = plan.taken_back(within, said, deciding.around) if action == "invalidate" else within
+    plan.changed(ending, said, action, said_at)
+    if action == "update":
+        deciding.adds(index, text)
+        within_began = plan.start(within, said_at)
+        older_than = within_began if said < within_began else None
+        plan.add(in_answer, within, notes, index, said, older_than)
+    elif said < plan.start(within, said_at):
+        plan.repairs.append(f"invalidation of fact {earlier}, said before it began: ends nothing")
+    else:
+        plan.end_within(ending, in_answer, said)
+        plan.repairs.extend(f"invalidation of fact {earlier}: {n}" for n in notes)
+
+
+def _check_target(deciding: _Deciding, fact: _Fact) -> None:
+    """Repair ``fact``'s target: a new fact's target is ignored, a change of an entry
+    that is neither valid nor an ended one shown is new, and a new fact in the words of
+    a valid entry, or of an ended one it was said before the end of (or after what
+    replaced it), is the same as it. Date it (:attr:`_Fact.said`) as :meth:`Plan.dated`
+    says."""
+    plan, around, notes, index = deciding.plan, deciding.around, fact.notes, fact.index
+    if fact.action == "new" and fact.target is not None:
+        notes.append(f"was new with a target ({storable(fact.target)}); the target was ignored")
+    elif (
+        fact.action != "new" and fact.target not in around.valid and fact.target not in around.ended
+    ):
+        notes.append(
+            f"was {fact.action!r} of {storable(fact.target or 'no entry')}, not a current entry; "
+            "recorded as new"
+        )
+        fact.action = "new"
+    fact.said = _said(fact.sources, deciding.said_at)
+    target = fact.target
+    if fact.action in ("update", "invalidate") and target in around.valid:
+        assert target is not None
+        began = plan.began(target, around)
+        fact.said = plan.dated(target, fact.said, deciding.said_at, fact.action, began)
+    same = same_words(fact.text)
+    if fact.action == "new" and deciding.shown.get(same) in around.valid:
+        fact.target, fact.action = deciding.shown[same], "same"
+        plan.repairs.append(f"fact {index} was new but repeats {fact.target}; the same as it")
+    elif (
+        fact.action == "new"
+        and (match := deciding.ended_shown.get(same))
+        and (
+            fact.said < match[1]
+            or match[0].entry_id in around.succeeded
+            or plan.ended_at(match[0].entry_id, fact.said) is not None
+        )
+    ):
+        fact.target, fact.action = match[0].entry_id, "same"
+        plan.repairs.append(f"fact {index} was new but repeats {fact.target}; the same as it")
+
+
+def _after_an_end(deciding: _Deciding, fact: _Fact) -> bool:
+    """Have ``fact``, naming an entry ended by an earlier fact of the answer or before
+    the batch, do what it does then (:func:`_against_ended`): a repeat said after the end
+    is that value again; an invalidation of an ended entry ends nothing (then ``True``:
+    decided) unless it takes back an entry earlier or that value said again."""
+    plan, around, said, notes = deciding.plan, deciding.around, fact.said, fact.notes
+    target = fact.target
+    if fact.action == "same" and target and (end := plan.ended_at(target, said)):
+        live = deciding.new_texts.get(same_words(fact.text))
+        if live is not None and plan.ended_at(live[0], said) is None:
+            notes.append(f"repeats {target}, ended when it was said, as fact {live[1]} did")
+            fact.action, fact.target = "new", None
         else:
-            assert target is not None
-            repeats[index] = target
-            plan.said_again(target, own)
+            fact.action = _against_ended(target, end[0], fact.action, said, notes, end[1])
+            fact.target = None if fact.action == "new" else target
+            fact.restates = fact.target
+            if fact.action == "update" and fact.target is not None:
+                plan.ended_by(plan.latest(fact.target), said, fact.action, deciding.said_at)
+    target = fact.target
+    if target in around.ended:
+        assert target is not None
+        if fact.action == "same":
+            fact.restates = target
+        replaced = target in around.succeeded
+        ended_at = around.ended[target][1]
+        fact.action = _against_ended(target, ended_at, fact.action, said, notes, replaced)
+        if fact.action == "new":
+            fact.target = None
+        elif (
+            fact.action == "invalidate"
+            and not around.taken_back_after(target, said)
+            and plan.taken_back(target, said, around) == target
+        ):
+            plan.repairs.append(f"invalidation of {target}, which had ended: ends nothing")
+            return True
+    return False
+
+
+def _before_a_start(deciding: _Deciding, fact: _Fact) -> bool:
+    """Place ``fact``, a repeat or an update of a known entry said before it began, as
+    :class:`~events.timeline.Around` says: an entry said again earlier begins then (or
+    keeps its start when another ended entry held between), an update may state a known
+    entry before it began (each then ``True``: decided); a repeat said before the value
+    it replaced began is an update."""
+    plan, around, said, notes = deciding.plan, deciding.around, fact.said, fact.notes
+    target = fact.target
+    if fact.action == "same" and target is not None and around.began_later(target, said):
+        placing = around.repeat_before(target, said)
+        if placing == "older":
+            notes.append(f"repeats {target}, said before the value it replaced began")
+            fact.action = "update"
+        else:
+            if placing == "earlier":
+                plan.begin_earlier(target, said, fact.sources)
+            else:
+                notes.append(f"said before {target} began, while another ended entry held")
+            deciding.repeats[fact.index] = target
             plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
-    return plan
+            return True
+    if fact.action == "update" and (joined := around.joined(target, fact.text, said)) is not None:
+        plan.begin_earlier(joined[0], said, fact.sources, replacing=joined[1])
+        plan.repairs.extend(f"update of {target}: {note}" for note in notes)
+        return True
+    return False
+
+
+def _repeats_answer(deciding: _Deciding, fact: _Fact) -> bool:
+    """Have ``fact``, new in the words of an earlier fact of the answer, say that again
+    (its messages sent once that entry began), merge into it, or, said after a change
+    of the answer replaced it, be that value again (each ``True``: decided); said after
+    the answer took it back, it stays new."""
+    plan, said_at, index, notes = deciding.plan, deciding.said_at, fact.index, fact.notes
+    again = deciding.new_texts.get(same_words(fact.text)) if fact.action == "new" else None
+    if again is None:
+        return False
+    if (end := plan.ended_at(again[0], fact.said)) is not None:
+        notes.append(f"repeats fact {again[1]}, which had ended when it was said")
+        if not end[1]:
+            return False
+        fact.action, fact.target = "update", None
+        notes[-1] += ": that value again, after what replaced it"
+        plan.ended_by(plan.latest(again[0]), fact.said, fact.action, said_at)
+        deciding.adds(index, fact.text)
+        plan.again[len(plan.added)] = again[0]
+        plan.add(ExtractedFact(fact.text, tuple(fact.sources), "update"), again[0], notes, index)
+        return True
+    added, first = again
+    deciding.added_by[index] = added
+    if plan.begun_before(added, fact.own, said_at):
+        plan.said_again(added, fact.own)
+        plan.repairs.extend(f"repeat of fact {first}: {note}" for note in notes)
+        return True
+    merged = f"fact {index} repeated fact {first}; merged into it"
+    after = _replaced_start(plan, added, deciding.around, said_at)
+    notes = [merged, *(f"fact {index}: {n}" for n in notes)]
+    plan.merge(added, fact.sources, said_at, after, notes, index)
+    plan.repairs.append(merged)
+    return True
+
+
+def _update(deciding: _Deciding, fact: _Fact) -> None:
+    """Add ``fact``'s entry replacing its target: joining a statement of the same value
+    earlier in the answer said after the target began (:meth:`Plan.adopt`), or before
+    that statement the target follows (:meth:`Plan.precede`); said before the target
+    began, it is the older value."""
+    plan, said_at, around, index = deciding.plan, deciding.said_at, deciding.around, fact.index
+    target, said = fact.target, fact.said
+    assert target is not None
+    known_from = around.began.get(target)
+    stated = deciding.new_texts.get(same_words(fact.text))
+    if (
+        stated is not None
+        and plan.adoptable(stated[0], target)
+        and target in around.valid
+        and known_from is not None
+        and known_from < said
+    ):
+        first_said = plan.start(stated[0], said_at)
+        if known_from < first_said and plan.said_before(target, first_said, said_at):
+            deciding.added_by[index] = stated[0]
+            plan.adopt(stated[0], target, known_from, fact.sources, said_at, index, fact.notes)
+            plan.ended_by(target, first_said, fact.action, said_at)
+            return
+        if first_said < known_from and plan.said_before(stated[0], known_from, said_at):
+            plan.precede(stated[0], target, known_from, stated[1])
+    target_began = plan.began(target, around)
+    older = target_began is not None and said < target_began
+    if not older:
+        plan.changed(target, said, fact.action, said_at)
+    deciding.adds(index, fact.text)
+    if fact.restates is not None:
+        plan.again[len(plan.added)] = fact.restates
+    repaired = fact.repaired()
+    plan.add(repaired, target, fact.notes, index, said, target_began if older else None)
+
+
+def _invalidate(deciding: _Deciding, fact: _Fact) -> None:
+    """End ``fact``'s target when it was said, or what :meth:`Plan.taken_back` says it
+    takes back; said before the target began, it ends nothing."""
+    plan, target, said = deciding.plan, fact.target, fact.said
+    assert target is not None
+    if plan.begins_after(target, said, deciding.around):
+        plan.repairs.append(f"invalidation of {target}, said before it began: ends nothing")
+        return
+    ending = plan.taken_back(target, said, deciding.around)
+    plan.changed(ending, said, fact.action, deciding.said_at)
+    plan.end_within(ending, fact.repaired(), said)
+    plan.repairs.extend(f"invalidation of {target}: {note}" for note in fact.notes)
 
 
 def _listed_repeats(
