@@ -1962,20 +1962,33 @@ def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_v
     assert (BERGEN, T0 + timedelta(days=4)) in [(text, start) for text, start, _ in history]
 
 
+def _oslo_from_day_1(log: UserLog, taken_back: bool) -> tuple[str, KnownEntry]:
+    """``log`` with "User lives in Oslo." said on day 1, maybe taken back on day 6, and
+    that entry as a batch sent before day 6 is shown it."""
+    oslo, shown = _lives_in_oslo(log)
+    if not taken_back:
+        return oslo, shown
+    gone = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
+    _process(log, "t1", [6], [gone], [shown])
+    return oslo, KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=6))
+
+
 @pytest.mark.parametrize("repeat", ["same", "new"])
 @pytest.mark.parametrize("named_by", ["fact", "entry"])
 @pytest.mark.parametrize(("change", "text"), [("update", BERGEN), ("invalidate", _LEFT_OSLO)])
+@pytest.mark.parametrize("taken_back", [False, True], ids=["oslo current", "oslo ended later"])
 def test_a_change_naming_a_repeat_of_a_known_entry_is_placed_by_its_own_time(
-    change: FactAction, text: str, named_by: str, repeat: FactAction
+    taken_back: bool, change: FactAction, text: str, named_by: str, repeat: FactAction
 ) -> None:
-    """Oslo known from day 1; one batch: "I moved to Bergen" (or "I don't live in Oslo any
-    more") on day 2 and "I live in Oslo" on day 10, one fact citing both that repeats the
-    known Oslo (listed as the same as it, or as new in its words), the change naming that
-    fact or Oslo's entry: the change ends Oslo on
-    day 2, when it was said, and the Oslo said on day 10 is that value again, as when
-    each message is its own batch."""
+    """Oslo known from day 1 (current, or taken back on day 6, after the batch's first
+    message); one batch: "I moved to Bergen" (or "I don't live in Oslo any more") on day
+    2 and "I live in Oslo" on day 10, one fact citing both that repeats the known Oslo
+    (listed as the same as it, or as new in its words), the change naming that fact or
+    Oslo's entry: the change ends Oslo on day 2, when it was said, without waiting for
+    the repeat, and the Oslo said on day 10 is that value again, as when each message is
+    its own batch."""
     one = UserLog.register("ann")
-    oslo, shown = _lives_in_oslo(one)
+    oslo, shown = _oslo_from_day_1(one, taken_back)
     named: dict[str, Any] = {"target_fact": 0} if named_by == "fact" else {"target_entry_id": oslo}
     facts = [
         ExtractedFact(OSLO, ("0", "1"), repeat, oslo if repeat == "same" else None),
@@ -1984,54 +1997,10 @@ def test_a_change_naming_a_repeat_of_a_known_entry_is_placed_by_its_own_time(
     _process(one, "t2", [2, 10], facts, [shown])
 
     each = UserLog.register("ann")
-    oslo, shown = _lives_in_oslo(each)
+    oslo, shown = _oslo_from_day_1(each, taken_back)
     ended = _process(each, "t2", [2], [ExtractedFact(text, ("0",), change, oslo)], [shown])
     if change == "update":
         (bergen,) = ended
-        back = ExtractedFact(OSLO, ("0",), "update", bergen["entry_id"])
-        _process(each, "t3", [10], [back], [_shown(bergen)])
-    else:
-        _process(each, "t3", [10], [ExtractedFact(OSLO, ("0",))], [])
-
-    history = _history(one)
-    assert history == _history(each)
-    between = [(BERGEN, 2, 10)] if change == "update" else []
-    assert sorted(history) == sorted(_days((OSLO, 1, 2), *between, (OSLO, 10, None)))
-
-
-@pytest.mark.parametrize("repeat", ["same", "new"])
-@pytest.mark.parametrize("named_by", ["fact", "entry"])
-@pytest.mark.parametrize(("change", "text"), [("update", BERGEN), ("invalidate", _LEFT_OSLO)])
-def test_a_change_naming_a_repeat_of_a_known_entry_taken_back_later_is_placed_by_its_own_time(
-    change: FactAction, text: str, named_by: str, repeat: FactAction
-) -> None:
-    """Oslo known from day 1 and taken back on day 6; a batch older than that end: "I
-    moved to Bergen" (or "I don't live in Oslo any more") on day 2 and "I live in Oslo"
-    on day 10, one fact citing both that repeats the ended Oslo (listed as the same as
-    it, or as new in its words), the change naming that fact or Oslo's entry: the change
-    ends Oslo on day 2, while it held, without waiting for the repeat, and the Oslo said
-    on day 10 is that value again, after Bergen, as when each message is its own batch."""
-
-    def oslo_taken_back(log: UserLog) -> tuple[str, KnownEntry]:
-        oslo, shown = _lives_in_oslo(log)
-        gone = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
-        _process(log, "t1", [6], [gone], [shown])
-        return oslo, KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=6))
-
-    one = UserLog.register("ann")
-    oslo, ended = oslo_taken_back(one)
-    named: dict[str, Any] = {"target_fact": 0} if named_by == "fact" else {"target_entry_id": oslo}
-    facts = [
-        ExtractedFact(OSLO, ("0", "1"), repeat, oslo if repeat == "same" else None),
-        ExtractedFact(text, ("0",), change, **named),
-    ]
-    _process(one, "t2", [2, 10], facts, [ended])
-
-    each = UserLog.register("ann")
-    oslo, ended = oslo_taken_back(each)
-    changed = _process(each, "t2", [2], [ExtractedFact(text, ("0",), change, oslo)], [ended])
-    if change == "update":
-        (bergen,) = changed
         back = ExtractedFact(OSLO, ("0",), "update", bergen["entry_id"])
         _process(each, "t3", [10], [back], [_shown(bergen)])
     else:
