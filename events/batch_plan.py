@@ -873,13 +873,14 @@ def _said_order(
 def _statements_named(
     facts: Sequence[ExtractedFact], said_at: dict[str, datetime], repeats: Collection[int]
 ) -> dict[int, int]:
-    """The changes of the answer naming a statement of a value said after them (Oslo on
-    day 3, named by a move on day 2) when the answer stated that value before them too
-    (Oslo on day 1), each with the latest such earlier statement: the value the change
-    ended when it was said, as batches of one message each have it, whichever of the
-    two statements the answer named. Statements are facts listed new or the same as an
-    entry, compared in :func:`same_words`; a change naming a repeat of a known entry
-    (``repeats``) names that entry already."""
+    """The changes of the answer naming a statement of a value that is not the latest
+    said before them, each with that latest statement: the value the change ended when
+    it was said, as batches of one message each have it, whichever statement the answer
+    named. So a move on day 2 naming Oslo said on day 3 names Oslo of day 1, and one on
+    day 4 naming Oslo of day 1, taken back on day 2, names Oslo said again on day 3.
+    Statements are facts listed new or the same as an entry, compared in
+    :func:`same_words`; a change naming a repeat of a known entry (``repeats``) names that
+    entry already."""
     own = _said_order(facts, said_at)
     order = [(own[index], index) for index in range(len(facts))]
     words = [same_words(_cut(storable(fact.text).strip())) for fact in facts]
@@ -896,7 +897,6 @@ def _statements_named(
             or not 0 <= named < index
             or named in repeats
             or not stated[named]
-            or order[named] < order[index]
         ):
             continue
         before = [
@@ -904,8 +904,9 @@ def _statements_named(
             for other in range(len(facts))
             if stated[other] and words[other] == words[named] and order[other] < order[index]
         ]
-        if before:
-            renamed[index] = max(before, key=order.__getitem__)
+        latest = max(before, key=order.__getitem__, default=named)
+        if latest != named:
+            renamed[index] = latest
     return renamed
 
 

@@ -1941,6 +1941,42 @@ def test_a_change_naming_either_statement_of_a_value_said_twice_in_its_batch_end
     assert sorted(history) == sorted(_days((OSLO, 1, 2), *between, (OSLO, 3, None)))
 
 
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [("update", _PARIS), ("invalidate", _LEFT_OSLO)],
+    ids=["move", "taking back"],
+)
+def test_a_change_naming_a_value_taken_back_and_said_again_ends_the_value_said_again(
+    change: FactAction, text: str
+) -> None:
+    """ "I live in Oslo" (day 1), "I don't live in Oslo any more" (day 2), "I live in Oslo"
+    (day 3, listed new), then "I moved to Paris" (or "I don't live in Oslo any more"
+    again, day 4) naming the first Oslo: it ends the Oslo said on day 3, which held when
+    it was said, as when each message is its own batch."""
+    one = _one_batch(
+        [1, 2, 3, 4],
+        [
+            ExtractedFact(OSLO, ("m0",)),
+            ExtractedFact(_LEFT_OSLO, ("m1",), "invalidate", target_fact=0),
+            ExtractedFact(OSLO, ("m2",)),
+            ExtractedFact(text, ("m3",), change, target_fact=0),
+        ],
+    )
+
+    each = UserLog.register("ann")
+    oslo, shown = _lives_in_oslo(each)
+    _process(each, "t2", [2], [ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)], [shown])
+    (again,) = _process(each, "t3", [3], [ExtractedFact(OSLO, ("0",))], [])
+    _process(
+        each, "t4", [4], [ExtractedFact(text, ("0",), change, again["entry_id"])], [_shown(again)]
+    )
+
+    history = _history(one)
+    assert history == _history(each)
+    after = [(_PARIS, 4, None)] if change == "update" else []
+    assert history == _days((OSLO, 1, 2), (OSLO, 3, 4), *after)
+
+
 def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_value_again() -> (
     None
 ):
