@@ -742,17 +742,31 @@ class UserLog(Aggregate):
         check_name(name)
         sent_at = check_time(sent_at, "sent_at")
         message_id = new_message_id()
-        named = {} if name is None else {"name": name.strip()}
-        self.trigger_event(
+        self._record(
             self.MessageAdded,
             message_id=message_id,
             seq=self.message_count + 1,
             role=role,
             content=content,
             sent_at=datetime.now(UTC) if sent_at is None else sent_at,
-            **named,
+            name=None if name is None else name.strip(),
         )
         return message_id
+
+    def _record(self, event_class: type[Aggregate.Event], **state: Any) -> None:
+        """:meth:`trigger_event` for an event whose every field is in ``state``, without
+        its generic steps (copying and checking the arguments, the dataclass's keyword
+        ``__init__``): the fields set one by one, as that frozen ``__init__`` sets them,
+        so the event keeps no attribute dict for the collector to walk while it waits."""
+        event = object.__new__(event_class)
+        set_field = object.__setattr__
+        set_field(event, "originator_id", self.id)
+        set_field(event, "originator_version", self.version + 1)
+        set_field(event, "timestamp", event_class.create_timestamp())
+        for name, value in state.items():
+            set_field(event, name, value)
+        event.mutate(self)
+        self._pending_events.append(event)
 
     def request_processing(self, task_id: str, trigger: str, *, keep_empty: bool = False) -> bool:
         """Queue task ``task_id``; returns whether a request was recorded.

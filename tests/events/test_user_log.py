@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -39,6 +40,35 @@ def test_add_message_emits_message_added_and_buffers_it() -> None:
     assert [type(e).__name__ for e in events] == ["Registered", "MessageAdded", "MessageAdded"]
     assert [e.seq for e in events[1:]] == [1, 2]  # type: ignore[attr-defined]
     assert list(log.pending) == ids and log.message_count == 2
+
+
+def test_a_message_added_skips_the_dataclass_init_and_equals_what_trigger_event_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = UserLog.register("alice")
+    log.collect_events()
+    sent_at = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+    with monkeypatch.context() as patched:
+
+        def refused(*_: object, **__: object) -> None:
+            raise AssertionError("the event went through its dataclass __init__")
+
+        patched.setattr(UserLog.MessageAdded, "__init__", refused)
+        log.add_message("user", "I live in Lisbon.", sent_at, 100, " Ana ")
+        log.add_message("assistant", "Nice.", None, 100)
+    lean, unnamed = log.collect_events()
+
+    other = UserLog.register("alice")
+    other.collect_events()
+    state = {
+        k: v for k, v in vars(lean).items() if k not in ("originator_id", "originator_version")
+    }
+    other.trigger_event(UserLog.MessageAdded, **state)
+    (built,) = other.collect_events()
+    assert lean == built and list(vars(lean)) == list(vars(built))  # the same stored form
+    assert lean.name == "Ana" and vars(unnamed)["name"] is None  # type: ignore[attr-defined]
+    assert log.version == 3 and log.modified_on == unnamed.timestamp
+    assert list(log.pending) == [lean.message_id, unnamed.message_id]  # type: ignore[attr-defined]
 
 
 def test_add_message_refuses_bad_input_and_emits_nothing() -> None:
