@@ -1681,11 +1681,6 @@ def test_users_lists_everyone_else_and_names_a_log_holding_a_time_outside_years_
     UTC) and folded it; ``users`` then crashed with a traceback for everyone."""
     alice = user_log_id("alice")
     with sqlite3.connect(db) as connection:
-        # The older memvee's tables stored their position; they did not follow the log.
-        connection.execute(
-            "UPDATE mv_position SET name = 'projections', "
-            "position = (SELECT max(id) FROM memvee_events) WHERE name = 'following'"
-        )
         connection.execute(
             "INSERT INTO memvee_events (originator_id, originator_version, topic, state) "
             "VALUES (?, 1, 'Registered', ?)",
