@@ -528,10 +528,8 @@ class Projector:
             stored = rows.get(_POSITION)
             claimed = _FOLLOWING in rows or (_REBUILDING not in rows and stored is not None)
             if claimed and stored is not None:
-                before = None
-                if first is not None:
-                    (before,) = driver.execute(self._end_before_sql, (first,)).fetchone()
-                if before == stored:
+                end = driver.execute(self._end_before_sql, (first,)).fetchone() if first else None
+                if end is not None and end[0] == stored:
                     driver.execute(self._follow_sql, (position,))
                 else:
                     driver.execute(self._claim_sql, (position,))
