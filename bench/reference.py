@@ -61,15 +61,16 @@ _PROJECTION_DDL = (
     " log_id VARCHAR(36) NOT NULL, user_id VARCHAR(256) NOT NULL, version INTEGER NOT NULL,"
     " message_count INTEGER NOT NULL, buffered_count INTEGER NOT NULL,"
     " updated_at BIGINT NOT NULL, PRIMARY KEY (log_id), UNIQUE (user_id))",
+    "CREATE TABLE IF NOT EXISTS mv_position ("
+    " name VARCHAR(32) NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (name))",
 )
 """The projection tables an appended message touches, shaped like the engine's (on
 SQLite its ids are 16 bytes and its times integers, see :mod:`projections.columns`)."""
 
 Shape = Literal["events", "engine"]
 """``events``: only the stored-event rows. ``engine``: also the projection rows the engine
-writes in the same transaction (a message row per message, the user's counters; no
-projection position, as the engine's SQLite tables follow the log), i.e. the engine's own
-transaction in raw sqlite3."""
+writes in the same transaction (a message row per message, the user's counters, the
+projection position), i.e. the engine's own transaction in raw sqlite3."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ def raw_commits(
                 "INSERT INTO mv_users VALUES (?, 'raw-user', 0, 0, 0, 0)",
                 (originator,),
             )
+            connection.execute("INSERT INTO mv_position VALUES ('projections', 0)")
         state = os.urandom(_STORED_EVENT_BYTES)
         insert = (
             "INSERT INTO memvee_events (originator_id, originator_version, topic, state)"
@@ -145,6 +147,7 @@ def raw_commits(
             "UPDATE mv_users SET version = ?, message_count = message_count + ?,"
             " buffered_count = buffered_count + ?, updated_at = ? WHERE log_id = ?"
         )
+        position = "UPDATE mv_position SET position = ? WHERE name = 'projections'"
         content = "I live in Lisbon and I work at a small bakery near the river."
         version = 0
         latencies: list[float] = []
@@ -173,6 +176,7 @@ def raw_commits(
                         ),
                     )
                 connection.execute(users, (version, rows, rows, now, originator))
+                connection.execute(position, (version,))
             connection.execute("COMMIT")
             if i >= warmup:
                 latencies.append(clock() - before)
