@@ -458,7 +458,7 @@ class GroupCommitter:
     def _fold(
         self, connection: Connection, recorded: list[Recorded], origins: dict[Any, datetime]
     ) -> None:
-        if not self._projector.apply(connection, recorded, origins=origins, appended=True):
+        if not self._projector.apply(connection, recorded, origins=origins):
             return  # a rebuild folds the events, and indexes their messages at its end
         if not self._store.is_sqlite:
             return  # PostgreSQL's text index is kept by the database, in every write

@@ -8,7 +8,6 @@ database no Memory has open, or beside one.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import random
@@ -741,7 +740,7 @@ class Audit:
         events = run.events(start, lambda line: self._decoded(json.loads(line)))
         for chunk in _in_decisions(events, IMPORTED_PER_COMMIT):
             try:
-                self.store.append([chunk], functools.partial(projector.apply, appended=True))
+                self.store.append([chunk], projector.apply)
             except ConflictError as error:
                 version = chunk[0].originator_version
                 if self.store.events_of(run.user_id, after=version - 1, upto=version):
@@ -1396,7 +1395,7 @@ class Audit:
                     raise NotFoundError(
                         f"the messages of user {user_id!r} this was drawn from were forgotten"
                     )
-            projector.apply(connection, recorded, appended=True)
+            projector.apply(connection, recorded)
 
         for attempt in range(8):
             if attempt:  # two writers retrying at once would meet again: a growing pause

@@ -975,24 +975,6 @@ def test_the_refold_of_an_older_layout_keeps_the_embeddings_if_their_table_is_un
         assert connection.execute(select(vectors.c.item_id)).scalars().all() == []
 
 
-def _append_unfolded(store: EventStore, log: UserLog) -> None:
-    """Append ``log``'s pending events and fold none of them: the projections lag the log.
-
-    SQLite's tables that follow the log count every event as folded (every write folds
-    its own), so they are given back the position they had, as a write that did not fold
-    would have to."""
-    folded = store.max_position()
-    store.append([log.collect_events()])
-    with store.transaction() as connection:
-        connection.execute(
-            text(
-                "UPDATE mv_position SET name = 'projections', position = :folded "
-                "WHERE name = 'following'"
-            ),
-            {"folded": folded},
-        )
-
-
 def _behind_with_one_unreadable_event(
     store: EventStore, user: str, layout: str = "current", *, newer: bool = False
 ) -> tuple[int, bytes]:
@@ -1003,7 +985,7 @@ def _behind_with_one_unreadable_event(
     log = store.load(user)
     assert log is not None
     log.add_message("user", f"{user} says more", None, 100)
-    _append_unfolded(store, log)
+    store.append([log.collect_events()])
     last = "(SELECT max(id) FROM memvee_events)"
     with store.transaction() as connection:
         state = connection.execute(text(f"SELECT state FROM memvee_events WHERE id = {last}"))
@@ -1148,7 +1130,7 @@ async def test_a_log_whose_first_event_a_newer_memvee_wrote_is_refolded_once_upg
     store = EventStore(db_url)
     log = UserLog.register("carl")
     log.add_message("user", "carl says hi", None, 100)
-    _append_unfolded(store, log)  # the projections lag: carl is not folded
+    store.append([log.collect_events()])  # the projections lag: carl is not folded
     first = "(SELECT max(id) FROM memvee_events WHERE topic LIKE '%Registered')"  # carl's
     with store.transaction() as connection:
         row = connection.execute(text(f"SELECT topic, state FROM memvee_events WHERE id = {first}"))
