@@ -141,17 +141,16 @@ class GroupCommitter:
         max_batch: int = 256,
         *,
         index_every: int = 512,
-        index_with: int = 512,
+        index_with: int = 64,
         index_idle: float = 0.2,
     ) -> None:
         self._store = store
         self._projector = projector
         self._max_batch = max_batch
         # Messages go into the full-text index in bulk: inside a write once index_every
-        # events were committed since the last time, or of index_with events or more, or
-        # on their own after index_idle seconds without a write. Under load too: a pass
-        # per group commit (FTS5 writes a segment at every commit that indexes) cost
-        # about 16 µs of CPU per exchange more than one per 512 events. A count of this
+        # events were committed since the last time, or of index_with events or more (a
+        # group commit under load: an even share of the work in every commit, no spikes),
+        # or on their own after index_idle seconds without a write. A count of this
         # process's events, a hint only: a search indexes whatever still waits.
         self._index_every = index_every
         self._index_with = index_with

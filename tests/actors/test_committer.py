@@ -357,21 +357,6 @@ def test_stopping_indexes_the_messages_that_wait(store: EventStore) -> None:
     assert not _waiting(store)
 
 
-def test_group_commits_under_load_leave_their_messages_waiting_until_512_events_wait(
-    store: EventStore,
-) -> None:
-    """A pass per group commit wrote an index segment at every commit: one per 512
-    events costs far less CPU per exchange."""
-    committer = GroupCommitter(store, Projector(ProjectionTables()), index_idle=3600)
-    try:
-        committer.commit(_log_with_messages("ann", 99)[1], 0)
-        assert _waiting(store), "a group commit of 100 events leaves its messages waiting"
-        committer.commit(_log_with_messages("bob", 411)[1], 0)
-        assert not _waiting(store), "512 events wait: the write indexes them"
-    finally:
-        committer.stop()
-
-
 def test_a_write_of_many_events_indexes_its_messages_itself(store: EventStore) -> None:
     """Under load every group commit carries its share of the index work: no spikes."""
     committer = GroupCommitter(
