@@ -742,8 +742,7 @@ class UserLog(Aggregate):
         check_name(name)
         sent_at = check_time(sent_at, "sent_at")
         message_id = new_message_id()
-        self._record(
-            self.MessageAdded,
+        self._record_message_added(
             message_id=message_id,
             seq=self.message_count + 1,
             role=role,
@@ -753,11 +752,13 @@ class UserLog(Aggregate):
         )
         return message_id
 
-    def _record(self, event_class: type[Aggregate.Event], **state: Any) -> None:
-        """:meth:`trigger_event` for an event whose every field is in ``state``, without
+    def _record_message_added(self, **state: Any) -> None:
+        """:meth:`trigger_event` for :class:`MessageAdded`, the event of every write, without
         its generic steps (copying and checking the arguments, the dataclass's keyword
-        ``__init__``): the fields set one by one, as that frozen ``__init__`` sets them,
-        so the event keeps no attribute dict for the collector to walk while it waits."""
+        ``__init__``): the fields are set one by one, as that frozen ``__init__`` sets them,
+        which saves about a fifth of deciding an exchange. ``state`` must hold every field
+        but the three set here (a test compares the event with ``trigger_event``'s)."""
+        event_class = self.MessageAdded
         event = object.__new__(event_class)
         set_field = object.__setattr__
         set_field(event, "originator_id", self.id)
