@@ -29,18 +29,6 @@ log = logging.getLogger("memvee.actors")
 _TURN = 64
 """Messages an actor handles before it lets the other actors have the thread."""
 
-RUNNING_TURNS = 2
-"""Turns that run at once while they make progress. Every thread running Python competes
-with the event loop for the GIL, and the loop waits about one switch interval (5 ms) per
-competitor: with eight busy threads, a burst of a thousand users' writes held the loop for
-tens of milliseconds. More threads only help while turns wait (a database read, a lease),
-and those run anyway (see :data:`STUCK_AFTER`)."""
-
-STUCK_AFTER = 0.005
-"""Seconds a thread with a turn waits for one of the :data:`RUNNING_TURNS` without any
-turn ending meanwhile before it runs its turn anyway: the running turns are then waiting
-on something (I/O, another actor), and must not hold up the others."""
-
 
 class Dispatcher:
     """The threads that run pooled actors, fed by one queue of turns.
@@ -48,21 +36,11 @@ class Dispatcher:
     Not a ``ThreadPoolExecutor``: its ``submit`` builds a future, with a condition
     variable, for every call, and the write path schedules a turn per exchange. A turn
     reports its own errors, so nobody needs the future.
-
-    At most ``running`` turns run at once while turns keep ending; a thread whose turn
-    waited :data:`STUCK_AFTER` with none ending runs it anyway, so a turn that blocks
-    never holds up the others for longer.
     """
 
-    def __init__(self, threads: int, running: int = RUNNING_TURNS) -> None:
+    def __init__(self, threads: int) -> None:
         """Start ``threads`` threads; if the platform refuses one, stop those started."""
         self._turns: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
-        # A semaphore of tokens: SimpleQueue is in C, threading's Semaphore is not (5 µs
-        # a turn against 0.5).
-        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(max(1, running)):
-            self._slots.put(None)
-        self._ended = 0  # turns ended so far: a hint of progress, read without a lock
         self._threads: list[threading.Thread] = []
         for i in range(threads):
             thread = threading.Thread(target=self._work, name=f"memvee-actor_{i}", daemon=True)
@@ -86,29 +64,10 @@ class Dispatcher:
 
     def _work(self) -> None:
         while (turn := self._turns.get()) is not None:
-            slotted = self._admit()
             try:
                 turn()
             except Exception:
                 log.exception("an actor's turn failed")
-            finally:
-                self._ended += 1
-                if slotted:
-                    self._slots.put(None)
-
-    def _admit(self) -> bool:
-        """Wait for a running slot (``True``), or ``False`` once the running turns ended
-        none for :data:`STUCK_AFTER`: they wait on something, so this turn runs anyway."""
-        ended = self._ended
-        while True:
-            try:
-                self._slots.get(timeout=STUCK_AFTER)
-            except queue.Empty:
-                if self._ended == ended:
-                    return False
-                ended = self._ended
-            else:
-                return True
 
 
 class _Inbox:

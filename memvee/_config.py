@@ -50,8 +50,7 @@ class MemoryConfig:
     a dead owner keeps its users before another process takes them over. ``pool_size``
     bounds the connections to a database server (twice that with overflow);
     ``actor_threads`` is how many threads run the user actors (each actor runs on one of
-    them only while it has messages, one message at a time); two of them run at once while
-    their turns keep ending, so the event loop waits for the GIL behind few threads.
+    them only while it has messages, one message at a time).
 
     ``durability="full"`` (the default) keeps every acknowledged message across a process
     kill and a power loss (SQLite WAL with synchronous=FULL); ``"normal"`` survives a

@@ -1,15 +1,11 @@
 """Pooled actors keep pykka's contract: a stopped actor is no longer alive, and whoever
 waits on its stopped flag wakes, whether the wait began before or after the stop; and
-messages run one at a time, in the order they were sent; and no more turns run at once
-than the dispatcher allows while they make progress."""
+messages run one at a time, in the order they were sent."""
 
 from __future__ import annotations
 
 import threading
 
-import pytest
-
-from actors import _dispatcher
 from actors._dispatcher import Dispatcher, PooledActor
 
 
@@ -56,59 +52,3 @@ def test_messages_queued_behind_a_busy_actor_run_in_order_and_an_idle_inbox_is_e
     assert futures[-1].get(timeout=5) == [0, 1, 2, 3, 4]
     assert ref.actor_inbox.empty()
     ref.stop()
-
-
-def _waiting_turns(
-    dispatcher: Dispatcher, count: int, gate: threading.Event
-) -> tuple[list[threading.Event], threading.Event]:
-    """Schedule ``count`` turns that each mark their start, then wait for ``gate``; the
-    events that say each began, and one set once every turn ended."""
-    began = [threading.Event() for _ in range(count)]
-    ended: list[int] = []
-    all_ended = threading.Event()
-
-    def turn(n: int) -> None:
-        began[n].set()
-        gate.wait(10)
-        ended.append(n)
-        if len(ended) == count:
-            all_ended.set()
-
-    for n in range(count):
-        dispatcher.schedule(lambda n=n: turn(n))
-    return began, all_ended
-
-
-def test_while_running_turns_make_progress_no_more_than_the_limit_run_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Each thread running Python competes with the event loop for the GIL: idle threads
-    of the pool do not start turns beside the running ones unless those are stuck."""
-    monkeypatch.setattr(_dispatcher, "STUCK_AFTER", 60.0)  # never stuck in this test
-    dispatcher = Dispatcher(4, running=2)
-    gate = threading.Event()
-    try:
-        began, all_ended = _waiting_turns(dispatcher, 3, gate)
-        assert began[0].wait(10) and began[1].wait(10)
-        assert not began[2].wait(0.5), "a third turn started beside two running ones"
-        gate.set()
-        assert all_ended.wait(10)
-    finally:
-        gate.set()
-        dispatcher.shutdown()
-
-
-def test_a_turn_runs_anyway_once_the_running_turns_end_none_for_a_while() -> None:
-    """A running turn that waits (a database read, another actor) holds up the others
-    for no longer than the dispatcher's patience."""
-    dispatcher = Dispatcher(2, running=1)
-    gate = threading.Event()
-    try:
-        began, all_ended = _waiting_turns(dispatcher, 2, gate)
-        assert began[0].wait(10)
-        assert began[1].wait(10), "the second turn waited for the stuck one to end"
-        gate.set()
-        assert all_ended.wait(10)
-    finally:
-        gate.set()
-        dispatcher.shutdown()
