@@ -65,15 +65,11 @@ class GcPauseMeter:
     and the collector's running total (what :class:`LoopStallMeter` subtracts).
 
     The collector holds the GIL while it runs, so an event loop waits at least that long.
-    It never waits by choice, so the part of a collection its thread spent off the CPU
-    (:attr:`off_cpu_total`) is the operating system running other processes.
     """
 
     def __init__(self) -> None:
         self.longest = 0.0
         self.total = 0.0
-        self.off_cpu_total = 0.0
-        self._began_cpu = 0.0
         self._by_thread: dict[int, float] = {}
         self._began = 0.0
         self._running = False
@@ -110,14 +106,13 @@ class GcPauseMeter:
         return max(0.0, time.perf_counter() - max(self._began, moment))
 
     def _timed(self, phase: str, info: dict[str, int]) -> None:
-        now, cpu = time.perf_counter(), time.thread_time()
+        now = time.perf_counter()
         if phase == "start":
-            self._began, self._began_cpu = now, cpu
+            self._began = now
             self._running = True
             return
         took = now - self._began
         self.total += took
-        self.off_cpu_total += max(0.0, took - (cpu - self._began_cpu))
         thread = threading.get_ident()
         self._by_thread[thread] = self._by_thread.get(thread, 0.0) + took
         if took > self.longest:
@@ -131,9 +126,8 @@ class Stall:
     thread, and on the loop's own), how much CPU the loop's thread used in it, how much
     of that CPU was the load generator's own code (see
     :meth:`LoopStallMeter.load_generator`), how long the loop's thread sat in the
-    operating system's run queue (:class:`RunQueueClock`), the CPU the process's other
-    threads used meanwhile, and how much of the collector's time its thread spent off
-    the CPU (:attr:`GcPauseMeter.off_cpu_total`)."""
+    operating system's run queue (:class:`RunQueueClock`), and the CPU the process's
+    other threads used meanwhile."""
 
     late: float
     collecting: float
@@ -142,7 +136,6 @@ class Stall:
     generator: float = 0.0
     queued: float = 0.0
     others_cpu: float = 0.0
-    collecting_off_cpu: float = 0.0
 
     @property
     def outside_collections(self) -> float:
@@ -158,30 +151,20 @@ class Stall:
         return max(0.0, self.outside_collections - code_on_loop)
 
     @property
-    def loop_queued_by_machine(self) -> float:
-        """The loop ready to run (in the run queue) beyond the CPU this process's other
-        threads used meanwhile. Only that excess: every CPU second of the process's own
-        threads may be what kept the loop off a core, so it stays charged."""
-        return max(0.0, min(self.queued, self.late) - self.others_cpu)
-
-    @property
     def machines(self) -> float:
-        """The part the machine's other processes took: the loop kept in the run queue
-        (:attr:`loop_queued_by_machine`) or the collector's thread kept off the CPU while
-        it held the GIL."""
-        return min(self.late, self.loop_queued_by_machine + self.collecting_off_cpu)
+        """The part the machine's other processes took: the loop ready to run (in the run
+        queue) beyond the CPU this process's other threads used meanwhile. Only that
+        excess: every CPU second of the process's own threads may be what kept the loop
+        off a core, so it stays charged."""
+        return max(0.0, min(self.queued, self.late) - self.others_cpu)
 
     def charged(self, share: float, *, with_machines: bool = False) -> float:
         """The part charged to whoever holds ``share`` of the tracked objects: the code part
         but the load generator's own and the machine's (an upper bound), and that share of
-        the collector's time on the CPU. ``with_machines`` charges the machine's part too,
-        as earlier runs did."""
-        if with_machines:
-            code = self.outside_collections - self.generator
-            return max(0.0, code) + self.collecting * share
-        code = self.outside_collections - self.generator - self.loop_queued_by_machine
-        collecting = self.collecting - self.collecting_off_cpu
-        return max(0.0, code) + max(0.0, collecting) * share
+        the collector's. ``with_machines`` charges the machine's part too, as earlier
+        runs did."""
+        excused = self.generator + (0.0 if with_machines else self.machines)
+        return max(0.0, self.outside_collections - excused) + self.collecting * share
 
 
 class LoopStallMeter:
@@ -257,7 +240,6 @@ class LoopStallMeter:
         while True:
             before, used, used_by_all, queued = clock(), cpu(), process_cpu(), queue_clock()
             collected, on_loop = collections.total, collections.total_on(me)
-            collected_off_cpu = collections.off_cpu_total
             generated = self.generator_total
             await asyncio.sleep(self.interval)
             late = clock() - before - self.interval
@@ -284,7 +266,6 @@ class LoopStallMeter:
                         generator,
                         queue_clock() - queued,
                         max(0.0, all_cpu - loop_cpu),
-                        min(collections.off_cpu_total - collected_off_cpu, spent),
                     )
                 )
 

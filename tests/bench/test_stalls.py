@@ -170,29 +170,6 @@ def test_the_machines_part_is_never_more_than_the_stall() -> None:
     assert stall.charged(1.0) == 0.0
 
 
-def test_the_collectors_time_off_the_cpu_is_the_machines_not_memvees() -> None:
-    # an 80 ms collection whose thread was on the CPU for 20 ms of it, and 20 ms of code
-    stall = Stall(late=0.100, collecting=0.080, collecting_off_cpu=0.060)
-    assert abs(stall.machines - 0.060) < 1e-12
-    assert abs(stall.charged(1.0) - (0.020 + 0.020)) < 1e-12
-    assert abs(stall.charged(0.5) - (0.020 + 0.010)) < 1e-12
-    assert abs(stall.charged(1.0, with_machines=True) - 0.100) < 1e-12
-
-
-def test_a_collection_whose_thread_was_off_the_cpu_is_timed_off_the_cpu() -> None:
-    collections = GcPauseMeter()
-    collections._timed("start", {})
-    time.sleep(0.02)  # as a collector preempted by the OS: time passes, no CPU is used
-    collections._timed("stop", {})
-    assert collections.total >= 0.02
-    assert collections.off_cpu_total >= 0.9 * collections.total
-    busy = GcPauseMeter()
-    busy._timed("start", {})
-    _spin(0.02)
-    busy._timed("stop", {})
-    assert busy.off_cpu_total <= busy.total - 0.02
-
-
 def test_the_run_queue_clock_of_a_thread_never_goes_back() -> None:
     clock = RunQueueClock()
     try:
