@@ -98,10 +98,8 @@ class ScenarioRun:
     code_stall: float
     waiting_stall: float
     generator_stall: float
-    machine_stall: float
     memvee_share: float
     charged_stall: float
-    charged_with_machines: float
     share_with_callers: float
     charged_with_callers: float
 
@@ -206,10 +204,8 @@ async def run_scenario(folder: Path, scenario: Scenario) -> ScenarioRun:
         code_stall=max((s.outside_collections for s in meter.stalls), default=0.0),
         waiting_stall=max((s.waiting for s in meter.stalls), default=0.0),
         generator_stall=max((s.generator for s in meter.stalls), default=0.0),
-        machine_stall=max((s.machines for s in meter.stalls), default=0.0),
         memvee_share=share,
         charged_stall=meter.worst_charged(share),
-        charged_with_machines=meter.worst_charged(share, with_machines=True),
         share_with_callers=share_with_callers,
         charged_with_callers=meter.worst_charged(share_with_callers),
     )
@@ -359,10 +355,8 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
             "largest stall\noutside GC ms",
             "largest wait\nfor the GIL ms",
             "load generator's\nstarts ms",
-            "other processes'\nshare ms",
             "memvee's share of\ntracked objects",
             "largest stall\ncharged to memvee ms",
-            "charged, other\nprocesses' counted ms",
             "share, callers'\ntasks counted",
             "charged, callers'\ntasks counted ms",
         ],
@@ -378,10 +372,8 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
                 cell(stats[f"{key}.code_stall"], fmt_ms),
                 cell(stats[f"{key}.waiting_stall"], fmt_ms),
                 cell(stats[f"{key}.generator_stall"], fmt_ms),
-                cell(stats[f"{key}.machine_stall"], fmt_ms),
                 f"{stats[f'{key}.memvee_share'].median:.0f}%",
                 cell(stats[f"{key}.charged_stall"], fmt_ms),
-                cell(stats[f"{key}.charged_with_machines"], fmt_ms),
                 f"{stats[f'{key}.share_with_callers'].median:.0f}%",
                 cell(stats[f"{key}.charged_with_callers"], fmt_ms),
             ]
@@ -395,13 +387,7 @@ def _stalls(section: Section, plan: list[Scenario]) -> Section:
         "loop's CPU clock less the collector's time there: 'load generator's starts'; the rest "
         "of its code is a few lines per exchange). Of the rest, the time the loop's thread "
         "was off the CPU (its CPU clock) is the loop waiting for the GIL held by other "
-        "threads, memvee's (the load generator runs none), or kept off a core by other "
-        "processes: 'largest wait for the GIL'. The loop's own run-queue delay (Linux "
-        "schedstat: ready to run, the OS running something else), less the CPU this "
-        "process's other threads used meanwhile (each of their CPU seconds may be what "
-        "kept the loop off a core, so it stays charged), is the machine's: 'other "
-        "processes' share', not charged to memvee; the column after the charged one "
-        "charges it too, as earlier runs did. "
+        "threads, memvee's (the load generator runs none): 'largest wait for the GIL'. "
         "The collector walks "
         "every tracked object of the process, so its time is charged to memvee by the share "
         "of tracked objects the Memory keeps alive: those reachable from it, not through "
@@ -440,8 +426,6 @@ def _record(
     section.stat(f"{key}.code_stall", "ms").add(result.code_stall * 1000)
     section.stat(f"{key}.waiting_stall", "ms").add(result.waiting_stall * 1000)
     section.stat(f"{key}.generator_stall", "ms").add(result.generator_stall * 1000)
-    section.stat(f"{key}.machine_stall", "ms").add(result.machine_stall * 1000)
-    section.stat(f"{key}.charged_with_machines", "ms").add(result.charged_with_machines * 1000)
     section.stat(f"{key}.memvee_share", "%").add(result.memvee_share * 100)
     section.stat(f"{key}.charged_stall", "ms").add(result.charged_stall * 1000)
     section.stat(f"{key}.share_with_callers", "%").add(result.share_with_callers * 100)

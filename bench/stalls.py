@@ -1,13 +1,12 @@
-"""Who stalls the event loop: the collector, code, or the machine; and how much of the heap
-the collector walks is memvee's.
+"""Who stalls the event loop: the collector, or code; and how much of the heap the
+collector walks is memvee's.
 
-A stall of the loop is code holding the GIL (a long callback on the loop, or another
-thread), the garbage collector, which holds the GIL while it walks every tracked object of
-the process, memvee's and the load generator's alike, or other processes holding the CPUs.
-:class:`LoopStallMeter` splits each stall into the collector's time inside it, code on the
-loop (the loop thread's own CPU time, the load generator's own told apart), the loop kept
-off the CPU by other processes (its run-queue delay, beyond what this process's threads ran
-meanwhile) and the loop waiting for the GIL; :func:`objects_held` counts the
+A stall of the loop is either code holding the GIL (a long callback on the loop, or another
+thread) or the garbage collector, which holds the GIL while it walks every tracked object of
+the process, memvee's and the load generator's alike. :class:`LoopStallMeter` splits each
+stall into the collector's time inside it, code on the loop (the loop thread's own CPU
+time, the load generator's own told apart) and the loop waiting for the GIL;
+:func:`objects_held` counts the
 tracked objects a Memory keeps alive, so the collector's time can be shared out between
 memvee and everything else in the process by the objects each makes it walk.
 """
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 import threading
 import time
@@ -26,38 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GcPauseMeter", "LoopStallMeter", "RunQueueClock", "Stall", "objects_held"]
-
-
-class RunQueueClock:
-    """The calling thread's run-queue delay: how long it was ready to run while the
-    operating system ran something else (Linux ``schedstat``; zero where there is none).
-
-    A thread waiting for the GIL sleeps, so it is not in the run queue: this is the time
-    the machine, not the process, kept the thread waiting.
-    """
-
-    def __init__(self) -> None:
-        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
-        try:
-            self._fd: int | None = os.open(path, os.O_RDONLY)
-        except OSError:
-            self._fd = None
-
-    def __call__(self) -> float:
-        """Seconds spent in the run queue so far."""
-        if self._fd is None:
-            return 0.0
-        try:
-            return int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            return 0.0
-
-    def close(self) -> None:
-        """Release the file."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+__all__ = ["GcPauseMeter", "LoopStallMeter", "Stall", "objects_held"]
 
 
 class GcPauseMeter:
@@ -123,19 +90,15 @@ class GcPauseMeter:
 @dataclass(frozen=True, slots=True)
 class Stall:
     """One late wake-up of the loop: how late, how much of it the collector ran (on any
-    thread, and on the loop's own), how much CPU the loop's thread used in it, how much
-    of that CPU was the load generator's own code (see
-    :meth:`LoopStallMeter.load_generator`), how long the loop's thread sat in the
-    operating system's run queue (:class:`RunQueueClock`), and the CPU the process's
-    other threads used meanwhile."""
+    thread, and on the loop's own), how much CPU the loop's thread used in it, and how
+    much of that CPU was the load generator's own code (see
+    :meth:`LoopStallMeter.load_generator`)."""
 
     late: float
     collecting: float
     loop_cpu: float = 0.0
     collecting_on_loop: float = 0.0
     generator: float = 0.0
-    queued: float = 0.0
-    others_cpu: float = 0.0
 
     @property
     def outside_collections(self) -> float:
@@ -150,21 +113,10 @@ class Stall:
         code_on_loop = max(0.0, self.loop_cpu - self.collecting_on_loop)
         return max(0.0, self.outside_collections - code_on_loop)
 
-    @property
-    def machines(self) -> float:
-        """The part the machine's other processes took: the loop ready to run (in the run
-        queue) beyond the CPU this process's other threads used meanwhile. Only that
-        excess: every CPU second of the process's own threads may be what kept the loop
-        off a core, so it stays charged."""
-        return max(0.0, min(self.queued, self.late) - self.others_cpu)
-
-    def charged(self, share: float, *, with_machines: bool = False) -> float:
+    def charged(self, share: float) -> float:
         """The part charged to whoever holds ``share`` of the tracked objects: the code part
-        but the load generator's own and the machine's (an upper bound), and that share of
-        the collector's. ``with_machines`` charges the machine's part too, as earlier
-        runs did."""
-        excused = self.generator + (0.0 if with_machines else self.machines)
-        return max(0.0, self.outside_collections - excused) + self.collecting * share
+        but the load generator's own (an upper bound) and that share of the collector's."""
+        return max(0.0, self.outside_collections - self.generator) + self.collecting * share
 
 
 class LoopStallMeter:
@@ -219,26 +171,15 @@ class LoopStallMeter:
             self.generator_total += max(0.0, spent)
             self._generator_ended = time.perf_counter()
 
-    def worst_charged(self, share: float, *, with_machines: bool = False) -> float:
-        """The largest stall charged to a holder of ``share`` of the tracked objects (with
-        the machine's part, see :meth:`Stall.charged`, when ``with_machines``)."""
-        return max(
-            (s.charged(share, with_machines=with_machines) for s in self.stalls), default=0.0
-        )
+    def worst_charged(self, share: float) -> float:
+        """The largest stall charged to a holder of ``share`` of the tracked objects."""
+        return max((s.charged(share) for s in self.stalls), default=0.0)
 
     async def _tick(self) -> None:
-        queue_clock = RunQueueClock()
-        try:
-            await self._ticks(queue_clock)
-        finally:
-            queue_clock.close()
-
-    async def _ticks(self, queue_clock: RunQueueClock) -> None:
         clock, cpu, me = time.perf_counter, time.thread_time, threading.get_ident()
-        process_cpu = time.process_time
         collections = self._collections or GcPauseMeter()
         while True:
-            before, used, used_by_all, queued = clock(), cpu(), process_cpu(), queue_clock()
+            before, used = clock(), cpu()
             collected, on_loop = collections.total, collections.total_on(me)
             generated = self.generator_total
             await asyncio.sleep(self.interval)
@@ -246,7 +187,6 @@ class LoopStallMeter:
             if late > self.max_stall:
                 self.max_stall = late
             if late > 0.001:
-                loop_cpu, all_cpu = cpu() - used, process_cpu() - used_by_all
                 unaccounted = collections.running_since(before)
                 spent = min(collections.total - collected + unaccounted, late)
                 spent_on_loop = min(collections.total_on(me) - on_loop, spent)
@@ -257,17 +197,7 @@ class LoopStallMeter:
                     late - spent,
                     max(0.0, self._generator_ended - due),
                 )
-                self.stalls.append(
-                    Stall(
-                        late,
-                        spent,
-                        loop_cpu,
-                        spent_on_loop,
-                        generator,
-                        queue_clock() - queued,
-                        max(0.0, all_cpu - loop_cpu),
-                    )
-                )
+                self.stalls.append(Stall(late, spent, cpu() - used, spent_on_loop, generator))
 
 
 _STATIC = (type, types.ModuleType, types.FunctionType, types.CodeType)

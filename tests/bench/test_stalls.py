@@ -13,10 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from bench import stalls
-from bench.stalls import GcPauseMeter, LoopStallMeter, RunQueueClock, Stall, objects_held
+from bench.stalls import GcPauseMeter, LoopStallMeter, Stall, objects_held
 
 
 def test_a_collection_inside_the_window_is_timed_and_the_callback_goes_at_stop() -> None:
@@ -57,9 +54,7 @@ def test_a_stall_is_split_into_the_collectors_time_and_the_codes() -> None:
     assert worst.late >= 0.05 - meter.interval  # the ticker's own sleep overlaps the block
     assert 0.0 < worst.collecting <= collections.total
     assert worst.outside_collections >= 0.05 - 0.001
-    assert meter.worst_charged(0.0, with_machines=True) == max(
-        s.outside_collections for s in meter.stalls
-    )
+    assert meter.worst_charged(0.0) == max(s.outside_collections for s in meter.stalls)
 
 
 def test_a_collection_not_yet_added_to_the_total_still_counts_as_the_collectors() -> None:
@@ -147,47 +142,6 @@ def test_a_stall_is_charged_its_code_but_the_load_generators() -> None:
     stall = Stall(late=0.100, collecting=0.040, loop_cpu=0.050, generator=0.030)
     assert abs(stall.charged(0.5) - (0.030 + 0.020)) < 1e-12
     assert Stall(late=0.010, collecting=0.0, generator=0.010).charged(1.0) == 0.0
-
-
-def test_the_loop_kept_in_the_run_queue_by_other_processes_is_not_charged_to_memvee() -> None:
-    # 100 ms late: 80 ms ready to run while the OS ran other processes, 10 of them while
-    # this process's other threads ran (which may have kept the loop off a core)
-    stall = Stall(late=0.100, collecting=0.0, loop_cpu=0.001, queued=0.080, others_cpu=0.010)
-    assert abs(stall.machines - 0.070) < 1e-12
-    assert abs(stall.charged(1.0) - 0.030) < 1e-12
-    assert abs(stall.charged(1.0, with_machines=True) - 0.100) < 1e-12
-
-
-def test_a_run_queue_wait_no_longer_than_the_processs_own_threads_ran_stays_charged() -> None:
-    stall = Stall(late=0.050, collecting=0.010, queued=0.030, others_cpu=0.040)
-    assert stall.machines == 0.0
-    assert abs(stall.charged(0.5) - (0.040 + 0.005)) < 1e-12
-
-
-def test_the_machines_part_is_never_more_than_the_stall() -> None:
-    stall = Stall(late=0.020, collecting=0.0, queued=0.500)
-    assert stall.machines == 0.020
-    assert stall.charged(1.0) == 0.0
-
-
-def test_the_run_queue_clock_of_a_thread_never_goes_back() -> None:
-    clock = RunQueueClock()
-    try:
-        readings = [clock() for _ in range(50)]
-    finally:
-        clock.close()
-    assert readings[0] >= 0.0
-    assert readings == sorted(readings)
-
-
-def test_without_schedstat_the_run_queue_clock_reads_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refused(*args: Any) -> int:
-        raise FileNotFoundError("no schedstat here")
-
-    monkeypatch.setattr(stalls.os, "open", refused)
-    clock = RunQueueClock()
-    assert clock() == 0.0
-    clock.close()
 
 
 class _Holder:
