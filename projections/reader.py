@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Connection,
     Integer,
@@ -20,6 +21,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    cast,
+    extract,
     func,
     literal,
     literal_column,
@@ -772,11 +775,12 @@ class UsersPage(NamedTuple):
 
 
 def _raw_time(column: Any, dialect: str) -> Any:
-    """``column`` as the database holds it, for :func:`aware` to read or refuse: SQLite's
-    microseconds; on PostgreSQL the UTC time as ISO text, since the driver itself fails on
-    a time past year 9999, before any row of the page reaches memvee."""
+    """``column`` as microseconds since 1970, for :func:`aware` to read or refuse: what
+    SQLite holds, and on PostgreSQL its epoch, since the driver itself fails on a time past
+    year 9999 before any row of the page reaches memvee (and text of a time before year 1
+    in UTC would name the year without its era)."""
     if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US')
+        return cast(extract("epoch", column) * 1_000_000, BigInteger)
     return type_coerce(column, NullType())
 
 
