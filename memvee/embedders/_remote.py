@@ -47,32 +47,51 @@ def _optional(module: str, extra: str) -> Any:
         ) from exc
 
 
+FASTEMBED_DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
+FASTEMBED_DEFAULT_DIMENSIONS = 384
+"""The length of the vectors of :data:`FASTEMBED_DEFAULT_MODEL`."""
+
+
 class FastEmbedEmbedder:
     """An Embedder over ``fastembed.TextEmbedding`` (default: BAAI/bge-small-en-v1.5).
 
     The model is built on the first text to embed (that is when fastembed downloads it);
     ``model`` may be given instead, any object with fastembed's ``embed(texts)``.
-    ``dimensions``, the length of the model's vectors, is the model's own unless given:
-    a given ``model``'s ``embedding_size``, else what fastembed lists for ``model_name``
-    (read without downloading anything). A name fastembed does not list needs it given
-    (:class:`~memvee.errors.InvalidInputError` otherwise); vectors of another length fail
-    ``embed``.
+    ``dimensions``, the length of the model's vectors, is the model's own unless given.
+    A given ``model`` never needs fastembed: its ``embedding_size``, else 384 (a Memory
+    reads ``dimensions`` when it is built, before any vector could tell the length, so
+    give it for a model of another length). Without one, what fastembed lists for
+    ``model_name``, read (without downloading anything) when ``dimensions`` is first
+    read, so that building the embedder imports nothing; a name fastembed does not list
+    needs it given (:class:`~memvee.errors.InvalidInputError` otherwise). Vectors of
+    another length fail ``embed``.
     """
 
     def __init__(
         self,
-        model_name: str = "BAAI/bge-small-en-v1.5",
+        model_name: str = FASTEMBED_DEFAULT_MODEL,
         dimensions: int | None = None,
         *,
         model: Any = None,
     ) -> None:
         self.name = f"fastembed:{model_name}"
         self.model_name = model_name
-        self.dimensions = (
-            _fastembed_dimensions(model_name, model) if dimensions is None else dimensions
-        )
+        if dimensions is None and model is not None:
+            dimensions = _given_model_dimensions(model)
+        self._dimensions = dimensions
         self._model = model
         self._lock = threading.Lock()
+
+    @property
+    def dimensions(self) -> int:
+        """The length of the model's vectors (see the class)."""
+        if self._dimensions is None:
+            self._dimensions = _listed_dimensions(self.model_name)
+        return self._dimensions
+
+    @dimensions.setter
+    def dimensions(self, dimensions: int) -> None:
+        self._dimensions = dimensions
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One unit vector per text, in order."""
@@ -91,12 +110,17 @@ class FastEmbedEmbedder:
         )
 
 
-def _fastembed_dimensions(model_name: str, model: Any) -> int:
-    """The length of the vectors of fastembed's ``model_name``: the ``embedding_size`` of
-    ``model`` when it has one (fastembed's own models do), else the one fastembed lists."""
+def _given_model_dimensions(model: Any) -> int:
+    """The ``embedding_size`` of ``model`` when it has one (fastembed's own models do),
+    else the length of the default model's vectors, as before lengths were looked up."""
     size = getattr(model, "embedding_size", None)
     if isinstance(size, int) and not isinstance(size, bool):
         return size
+    return FASTEMBED_DEFAULT_DIMENSIONS
+
+
+def _listed_dimensions(model_name: str) -> int:
+    """The length of the vectors fastembed lists for ``model_name``."""
     listed = _optional("fastembed", "fastembed").TextEmbedding.list_supported_models()
     wanted = model_name.lower()
     for description in listed:

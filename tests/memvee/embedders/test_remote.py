@@ -17,6 +17,7 @@ import voyageai
 from requests.adapters import BaseAdapter
 
 from events import MemveeError
+from memvee import Memory
 from memvee.embedders import Embedder, FastEmbedEmbedder, VoyageEmbedder
 from memvee.errors import InvalidInputError, RejectedTextError
 
@@ -77,7 +78,7 @@ def test_fastembed_vectors_are_as_long_as_fastembed_lists_for_the_model_unless_g
 @pytest.mark.usefixtures("listed_models")
 def test_fastembed_vectors_of_a_model_fastembed_does_not_list_need_their_length_given() -> None:
     with pytest.raises(InvalidInputError, match=r"lists no model 'my/model'.*dimensions="):
-        FastEmbedEmbedder("my/model")
+        Memory(embedder=FastEmbedEmbedder("my/model"))
     assert FastEmbedEmbedder("my/model", 128).dimensions == 128
 
 
@@ -88,6 +89,23 @@ def test_fastembed_vectors_are_as_long_as_the_given_model_says() -> None:
     assert embedder.dimensions == 4 and len(embedder.embed(["hi"])[0]) == 4
 
 
+def test_a_given_model_without_its_length_needs_neither_fastembed_nor_a_listed_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A given model (a wrapped fine-tune) is all the embedder needs: it took the length
+    from fastembed's list of models, so it failed without fastembed or for an unlisted
+    name. Its vectors are taken for the default model's length, as before lengths were
+    looked up: a Memory reads the length before any vector could tell it."""
+    monkeypatch.setitem(sys.modules, "fastembed", None)  # as if it were not installed
+
+    class FineTune:
+        def embed(self, texts: list[str]) -> Iterator[np.ndarray[Any, Any]]:
+            return (np.ones(384) for _ in texts)
+
+    embedder = FastEmbedEmbedder("acme/support-minilm", model=FineTune())
+    assert embedder.dimensions == 384 and len(embedder.embed(["hi"])[0]) == 384
+
+
 def test_with_fastembed_installed_the_length_comes_from_its_own_list_of_models() -> None:
     pytest.importorskip("fastembed")
     assert FastEmbedEmbedder("BAAI/bge-base-en-v1.5").dimensions == 768
@@ -96,9 +114,15 @@ def test_with_fastembed_installed_the_length_comes_from_its_own_list_of_models()
 def test_fastembed_without_the_package_says_how_to_install_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Building the embedder imports nothing (fastembed's import takes a third of a
+    second); a Memory reading its length off fastembed's list of models, or embedding,
+    says how to install the package."""
     monkeypatch.setitem(sys.modules, "fastembed", None)  # as if it were not installed
+    embedder = FastEmbedEmbedder("BAAI/bge-base-en-v1.5")
     with pytest.raises(MemveeError, match=r"memvee\[fastembed\]"):
-        FastEmbedEmbedder().embed(["hello"])
+        Memory(embedder=embedder)
+    with pytest.raises(MemveeError, match=r"memvee\[fastembed\]"):
+        embedder.embed(["hello"])
 
 
 class VoyageAPI(BaseAdapter):
