@@ -85,11 +85,12 @@ class LeaseTable:
         forgotten = self.table.c.user_id == literal_column("''")
         self._forgotten = forgotten
         self._forgotten_index = Index(
-            f"{prefix}leases_forgotten",
-            self.table.c.expires_at,
+            f"{prefix}leases_forgotten_users",
+            self.table.c.user_id,
             postgresql_where=forgotten,
             sqlite_where=forgotten,
         )
+        self._expiry_index_name = f"{prefix}leases_forgotten"
         self._dialect = engine.dialect.name
         self._renewed: dict[str, float] = {}  # user -> time.monotonic() a renewal began
 
@@ -108,8 +109,11 @@ class LeaseTable:
     def create(self, connection: Connection) -> None:
         """Create the lease table and its index of forgotten users' rows if missing (run
         it while writers are held off), and delete the expired rows of forgotten users
-        (see :meth:`forget`)."""
+        (see :meth:`forget`). The index keys a column no renewal changes, so a renewal
+        stays an in-place (HOT) update on PostgreSQL; the index of those rows on
+        ``expires_at`` that an earlier memvee made is dropped for that reason."""
         self.metadata.create_all(connection)
+        connection.execute(text(f"DROP INDEX IF EXISTS {self._expiry_index_name}"))
         self._forgotten_index.create(connection, checkfirst=True)  # a table of an older memvee
         self._sweep_forgotten(connection, database_now(connection))
 
