@@ -774,13 +774,20 @@ class UsersPage(NamedTuple):
     out_of_range: dict[str, str]
 
 
+_FAR_MICROS = 10**18
+"""About 31,700 years: far outside the years 1 to 9999 a datetime holds."""
+
+
 def _raw_time(column: Any, dialect: str) -> Any:
     """``column`` as microseconds since 1970, for :func:`aware` to read or refuse: what
     SQLite holds, and on PostgreSQL its epoch, since the driver itself fails on a time past
     year 9999 before any row of the page reaches memvee (and text of a time before year 1
-    in UTC would name the year without its era)."""
+    in UTC would name the year without its era). PostgreSQL's is held within
+    :data:`_FAR_MICROS` of 1970, so a time past what a bigint holds (``infinity``) is
+    refused like any other instead of failing the page."""
     if dialect == "postgresql":
-        return cast(extract("epoch", column) * 1_000_000, BigInteger)
+        micros = extract("epoch", column) * 1_000_000
+        return cast(func.least(func.greatest(micros, -_FAR_MICROS), _FAR_MICROS), BigInteger)
     return type_coerce(column, NullType())
 
 

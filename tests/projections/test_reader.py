@@ -270,11 +270,12 @@ def test_a_user_whose_time_falls_past_year_9999_is_named_apart_and_hides_nobody_
     store.close()
 
 
-def test_a_user_whose_time_falls_before_year_1_in_utc_is_named_apart_and_hides_nobody_else(
+def test_a_user_whose_time_is_before_year_1_or_infinite_is_named_apart_and_hides_nobody_else(
     db_url: str,
 ) -> None:
     """PostgreSQL read the time as text, which names a year before 1 without its era: a
-    time stored as 1 BC (year 1 at +14:00) or 44 BC was listed as year 1 or 44 AD."""
+    time stored as 1 BC (year 1 at +14:00) or 44 BC was listed as year 1 or 44 AD. A time
+    past any microseconds a bigint holds is named apart as well."""
     store = EventStore(db_url)
     tables = ProjectionTables()
     year_1 = -62_135_596_800_000_000  # 0001-01-01T00:00Z, in microseconds since 1970
@@ -282,11 +283,13 @@ def test_a_user_whose_time_falls_before_year_1_in_utc_is_named_apart_and_hides_n
         "ann": ("'0001-01-01T00:00:00+14:00'", year_1 - 14 * 3_600_000_000),
         "cy": ("'0001-01-01T00:00:00.000007-03:30'", year_1 + 12_600_000_007),
         "dee": ("'0044-03-15 12:00:00+00 BC'", -63_517_780_800_000_000),
+        "eve": ("'infinity'", 2**63 - 1),
     }
     postgresql = store.engine.dialect.name == "postgresql"
     with store.transaction() as connection:
         Projector(tables).create(connection)
-        connection.execute(tables.users.insert(), [_user(u) for u in ("ann", "bob", "cy", "dee")])
+        users = ("ann", "bob", "cy", "dee", "eve")
+        connection.execute(tables.users.insert(), [_user(u) for u in users])
         for user, (text, micros) in times.items():
             connection.exec_driver_sql(
                 f"UPDATE {tables.users.name} SET updated_at = {text if postgresql else micros}"
@@ -300,7 +303,7 @@ def test_a_user_whose_time_falls_before_year_1_in_utc_is_named_apart_and_hides_n
         ("bob", datetime(2026, 1, 1, tzinfo=UTC)),
         ("cy", datetime(1, 1, 1, 3, 30, 0, 7, tzinfo=UTC)),
     ]
-    assert page.out_of_range == {u: str(user_log_id(u)) for u in ("ann", "dee")}
+    assert page.out_of_range == {u: str(user_log_id(u)) for u in ("ann", "dee", "eve")}
     store.close()
 
 
