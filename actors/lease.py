@@ -90,7 +90,6 @@ class LeaseTable:
             postgresql_where=forgotten,
             sqlite_where=forgotten,
         )
-        self._expiry_index_name = f"{prefix}leases_forgotten"
         self._dialect = engine.dialect.name
         self._renewed: dict[str, float] = {}  # user -> time.monotonic() a renewal began
 
@@ -110,10 +109,8 @@ class LeaseTable:
         """Create the lease table and its index of forgotten users' rows if missing (run
         it while writers are held off), and delete the expired rows of forgotten users
         (see :meth:`forget`). The index keys a column no renewal changes, so a renewal
-        stays an in-place (HOT) update on PostgreSQL; the index of those rows on
-        ``expires_at`` that an earlier memvee made is dropped for that reason."""
+        stays an in-place (HOT) update on PostgreSQL."""
         self.metadata.create_all(connection)
-        connection.execute(text(f"DROP INDEX IF EXISTS {self._expiry_index_name}"))
         self._forgotten_index.create(connection, checkfirst=True)  # a table of an older memvee
         self._sweep_forgotten(connection, database_now(connection))
 

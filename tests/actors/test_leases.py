@@ -302,24 +302,6 @@ def test_a_renewal_deletes_forgotten_users_expired_leases_off_an_index_not_a_sca
         store.close()
 
 
-def test_the_index_an_earlier_memvee_made_on_lease_expiry_is_dropped_at_open(db_url: str) -> None:
-    """That index (forgotten users' rows, on ``expires_at``) made every renewal, which
-    writes ``expires_at``, a new row version in each of the table's indexes."""
-    store = EventStore(db_url)
-    try:
-        leases = LeaseTable(store.engine, "a", ttl=600)
-        with store.engine.begin() as connection:
-            leases.create(connection)
-            connection.exec_driver_sql(
-                "CREATE INDEX mv_leases_forgotten ON mv_leases (expires_at) WHERE user_id = ''"
-            )
-            leases.create(connection)
-            indexes = sqlalchemy.inspect(connection).get_indexes("mv_leases")
-        assert [index["name"] for index in indexes] == ["mv_leases_forgotten_users"]
-    finally:
-        store.close()
-
-
 def test_a_renewal_writes_its_lease_row_in_place_on_postgresql(db_url: str) -> None:
     """A heap-only (HOT) update: no index keys the column a renewal writes, so the row's
     new version needs no new entry in the table's indexes (its primary key grew at every
