@@ -11,7 +11,6 @@ holds the decisions (entries to add, steps that end entries) that
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,6 @@ from events.timeline import Around
 
 __all__ = ["Plan", "plan_facts", "same_words"]
 
-_WORD = re.compile(r"\w+")
 _NOT_YET = datetime.min.replace(tzinfo=UTC)  # a fact not yet dated
 
 
@@ -138,9 +136,8 @@ class Plan:
         """What an invalidation naming ``target``, said at ``at``, ends: when ``target``
         had been replaced by then (by the answer, or before the batch, as ``around``
         knew it), the value of its chain that held then if that is ``target`` said again
-        (added as that value again, or in words that say all ``target``'s words say),
-        since the words deny that value; otherwise ``target``, which then ends nothing
-        (:meth:`changed`)."""
+        (:meth:`restates`), since the words deny that value; otherwise ``target``, which
+        then ends nothing (:meth:`changed`)."""
         held, seen = target, {target}
         while (following := self._replaced_by(held, at, around)) is not None:
             if following in seen:
@@ -149,9 +146,18 @@ class Plan:
             held = following
         if held == target or self.ended_at(held, at) is not None:
             return target
-        restated = self.again.get(held) if isinstance(held, int) else None
-        said_again = restated == target or _says(self._words(held), self._words(target))
-        return held if said_again else target
+        return held if self.restates(held, target) else target
+
+    def restates(self, value: str | int, named: str | int) -> bool:
+        """Whether ``value`` is ``named`` said again: the answer listed it as that value
+        again (the same as it, after it ended), or it is in ``named``'s words
+        (:func:`same_words`). A value whose words merely include ``named``'s ("User lives
+        in Bergen, not in Oslo.") is another one, as is a return in other words listed
+        as a change of what replaced ``named``: the answer does not say it is ``named``."""
+        if isinstance(value, int) and self.again.get(value) == named:
+            return True
+        words = self._words(named)
+        return words is not None and self._words(value) == words
 
     def _replaced_by(self, value: str | int, at: datetime, around: Around) -> str | int | None:
         """The value that replaced ``value`` by ``at``: in the answer, or, for a known
@@ -982,15 +988,6 @@ def _replaced_start(
     if replaced in around.ended:
         return around.ended[replaced][1]
     return around.began.get(replaced)
-
-
-def _says(words: str | None, named: str | None) -> bool:
-    """Whether a fact in ``words`` says all that one in ``named`` says (both as
-    :func:`same_words` gives them): each word of ``named`` is among its words, as in
-    "User lives in Oslo again." for "User lives in Oslo."."""
-    if words is None or named is None:
-        return False
-    return set(_WORD.findall(named)) <= set(_WORD.findall(words))
 
 
 def same_words(text: str) -> str:

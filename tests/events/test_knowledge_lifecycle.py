@@ -1019,10 +1019,16 @@ def _history(log: UserLog) -> list[tuple[str, datetime, datetime | None]]:
 
 
 def _process(
-    log: UserLog, task_id: str, days: list[int], facts: list[ExtractedFact], known: list[KnownEntry]
+    log: UserLog,
+    task_id: str,
+    days: list[int],
+    facts: list[ExtractedFact],
+    known: list[KnownEntry],
+    replaced: tuple[ReplacedEntry, ...] = (),
 ) -> list[dict[str, Any]]:
     """Record ``facts`` for a batch of the messages said on ``days`` (the facts cite them
-    as ``"0"``, ``"1"``... for their place in the batch), shown ``known``."""
+    as ``"0"``, ``"1"``... for their place in the batch), shown ``known`` and the chains
+    of ended entries ``replaced``."""
     ids = _batch(log, task_id, *(f"message {d}" for d in days))
     said = [
         BatchMessage(m, "user", "", T0 + timedelta(days=d)) for m, d in zip(ids, days, strict=True)
@@ -1037,7 +1043,7 @@ def _process(
         )
         for f in facts
     ]
-    return log.record_knowledge(task_id, cited, "x", batch=said, known=known)
+    return log.record_knowledge(task_id, cited, "x", batch=said, known=known, replaced=replaced)
 
 
 def _shown(entry: dict[str, Any]) -> KnownEntry:
@@ -1733,13 +1739,14 @@ def _back_in_oslo(back: str, message: str, oslo: str | None, bergen: int) -> Ext
 
 
 def _taken_back_in_one_batch_and_in_batches_of_one(
-    oslo_known: bool, back: str | None
+    oslo_known: bool, back: str | None, each_names_first: bool = False
 ) -> tuple[UserLog, UserLog]:
     """Ann's log after "I live in Oslo" (day 1, known before the batch or in it), "I moved
     to Bergen" (day 2), maybe "I'm back in Oslo" (day 5, listed as ``back`` says), and "I
     don't live in Oslo any more" (day 3, or 8 after a return), the move and the taking-back
     naming the first Oslo (its fact, or its entry when known): in one batch, and with each
-    message a batch of its own, the taking-back naming the value shown then."""
+    message a batch of its own, the taking-back naming the value shown then or, with
+    ``each_names_first``, the first Oslo, shown ended with the chain of values after it."""
     days = [2, 3] if back is None else [2, 5, 8]
     if oslo_known:
         one = UserLog.register("ann")
@@ -1767,8 +1774,22 @@ def _taken_back_in_one_batch_and_in_batches_of_one(
         moved_back = _back_in_oslo(back, "0", None, 0)
         moved_back = ExtractedFact(moved_back.text, ("0",), "update", bergen["entry_id"])
         (again,) = _process(each, "t3", [5], [moved_back], [_shown(bergen)])
-        taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
-        _process(each, "t4", [8], [taking_back], [_shown(again)])
+        if each_names_first:
+            ended = [KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=2))]
+            chain = (
+                ReplacedEntry(oslo, shown.valid_from, T0 + timedelta(days=2), bergen["entry_id"]),
+                ReplacedEntry(
+                    bergen["entry_id"],
+                    T0 + timedelta(days=2),
+                    T0 + timedelta(days=5),
+                    again["entry_id"],
+                ),
+            )
+            taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
+            _process(each, "t4", [8], [taking_back], [_shown(again), *ended], chain)
+        else:
+            taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
+            _process(each, "t4", [8], [taking_back], [_shown(again)])
     return one, each
 
 
@@ -1791,29 +1812,21 @@ def test_words_taking_back_a_value_its_batch_replaced_already_end_nothing_as_acr
     [
         pytest.param(False, "new", id="return listed new"),
         pytest.param(False, "update", id="return listed as a change of Bergen"),
-        pytest.param(
-            False, "update in other words", id="return in other words, a change of Bergen"
-        ),
         pytest.param(True, "same", id="known oslo, return listed the same as it"),
         pytest.param(
             True, "same in other words", id="known oslo, return in other words the same as it"
         ),
         pytest.param(True, "new", id="known oslo, return listed new"),
         pytest.param(True, "update", id="known oslo, return listed as a change of Bergen"),
-        pytest.param(
-            True,
-            "update in other words",
-            id="known oslo, return in other words, a change of Bergen",
-        ),
     ],
 )
 def test_words_taking_back_a_value_said_again_after_its_batch_replaced_it_end_the_return(
     oslo_known: bool, back: str
 ) -> None:
     """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I'm back in Oslo" (day 5,
-    however the answer lists it), "I don't live in Oslo any more" (day 8), the taking-back
-    naming the first Oslo: Oslo said again held when it was said, so the words end that
-    value, as when each message is its own batch."""
+    in Oslo's words or listed the same as Oslo), "I don't live in Oslo any more" (day 8),
+    the taking-back naming the first Oslo: Oslo said again held when it was said, so the
+    words end that value, as when each message is its own batch."""
     one, each = _taken_back_in_one_batch_and_in_batches_of_one(oslo_known, back)
     history = _history(one)
     assert history == _history(each)
@@ -1821,25 +1834,118 @@ def test_words_taking_back_a_value_said_again_after_its_batch_replaced_it_end_th
     assert history == _days((OSLO, 1, 2), (BERGEN, 2, 5), (back_words, 5, 8))
 
 
+@pytest.mark.parametrize("oslo_known", [False, True], ids=["oslo in the batch", "oslo known"])
+def test_words_taking_back_the_first_value_end_nothing_when_only_other_words_return_to_it(
+    oslo_known: bool,
+) -> None:
+    """ "I live in Oslo" (day 1), "I moved to Bergen" (day 2), "I'm back in Oslo" (day 5)
+    listed as a change of Bergen in other words ("User lives in Oslo again."), "I don't
+    live in Oslo any more" (day 8) naming the first Oslo: the answer does not say the
+    return is Oslo again, so the words deny only the Oslo that ended on day 2 and the
+    return stays current, as when each message is its own batch and the taking-back
+    names that first Oslo."""
+    one, each = _taken_back_in_one_batch_and_in_batches_of_one(
+        oslo_known, "update in other words", each_names_first=True
+    )
+    history = _history(one)
+    assert history == _history(each)
+    assert history == _days((OSLO, 1, 2), (BERGEN, 2, 5), (_OSLO_AGAIN, 5, None))
+
+
+_JAZZ = "User loves jazz."
+
+
 @pytest.mark.parametrize(
-    "back",
+    ("first", "moved", "gone"),
     [
-        "same",
-        "same in other words",
-        "new",
-        pytest.param("update", id="update of bergen"),
-        pytest.param("update in other words", id="update of bergen in other words"),
+        pytest.param(OSLO, "User lives in Baerum, near Oslo.", _LEFT_OSLO, id="near oslo"),
+        pytest.param(OSLO, "User lives in Bergen, not in Oslo.", _LEFT_OSLO, id="not in oslo"),
+        pytest.param(
+            OSLO, "User lives in Bergen and works in Oslo.", _LEFT_OSLO, id="works in oslo"
+        ),
+        pytest.param(
+            OSLO, "User moved from Oslo and lives in Bergen.", _LEFT_OSLO, id="moved from oslo"
+        ),
+        pytest.param("🏠🇳🇴", BERGEN, "Not 🏠🇳🇴 any more.", id="a value of no word"),
     ],
 )
-def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_end_its_return(
-    back: str,
+def test_words_taking_back_a_replaced_value_keep_what_replaced_it_though_it_has_its_words(
+    first: str, moved: str, gone: str
 ) -> None:
-    """Oslo known from day 1, Bergen known from day 3 replacing it; a batch older than
-    that end (its first message, day 2, about jazz) is shown both: "I'm back in Oslo"
-    (day 5, however the answer lists it) and "I don't live in Oslo any more" (day 8)
-    naming the known Oslo. The taking-back follows Oslo's chain past Bergen to Oslo said
-    again and ends it on day 8, as when each message is its own batch."""
-    jazz = "User loves jazz."
+    """A value (day 1), a move naming it to one whose words include all of its words, or
+    to any value when it has no word (day 2), then words taking the first value back
+    naming it (day 3): what replaced it is another value, not that one said again, so it
+    stays current, as when each message is its own batch."""
+    one = _one_batch(
+        [1, 2, 3],
+        [
+            ExtractedFact(first, ("m0",)),
+            _update(moved, "m1", 0),
+            ExtractedFact(gone, ("m2",), "invalidate", target_fact=0),
+        ],
+    )
+
+    each = UserLog.register("ann")
+    (said,) = _process(each, "t1", [1], [ExtractedFact(first, ("0",))], [])
+    first_id, began = said["entry_id"], datetime.fromisoformat(said["valid_from"])
+    moving = ExtractedFact(moved, ("0",), "update", first_id)
+    (replacing,) = _process(each, "t2", [2], [moving], [_shown(said)])
+    ended = KnownEntry(first_id, first, began, T0 + timedelta(days=2))
+    link = ReplacedEntry(first_id, began, T0 + timedelta(days=2), replacing["entry_id"])
+    taking_back = ExtractedFact(gone, ("0",), "invalidate", first_id)
+    _process(each, "t3", [3], [taking_back], [_shown(replacing), ended], (link,))
+
+    history = _history(one)
+    assert history == _history(each)
+    assert history == _days((first, 1, 2), (moved, 2, None))
+
+
+@pytest.mark.parametrize(
+    "bergen", [BERGEN, "User lives in Bergen, not in Oslo."], ids=["bergen", "not in oslo"]
+)
+def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_keep_its_successor(
+    bergen: str,
+) -> None:
+    """Oslo known from day 1, replaced on day 3 by a known Bergen (whose words may include
+    all of Oslo's); a batch older than that end (day 2, about jazz) says "I don't live in
+    Oslo any more" on day 8 naming the known Oslo: Bergen is not Oslo said again, so it
+    stays current, as when each message is its own batch."""
+
+    def oslo_then_bergen(log: UserLog) -> tuple[KnownEntry, dict[str, Any], ReplacedEntry]:
+        oslo, shown = _lives_in_oslo(log)
+        moved = ExtractedFact(bergen, ("0",), "update", oslo)
+        (replacing,) = _process(log, "t2", [3], [moved], [shown])
+        ended = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=3))
+        link = ReplacedEntry(oslo, shown.valid_from, ended.valid_until, replacing["entry_id"])
+        return ended, replacing, link
+
+    one = UserLog.register("ann")
+    ended, replacing, link = oslo_then_bergen(one)
+    facts = [
+        ExtractedFact(_JAZZ, ("0",)),
+        ExtractedFact(_LEFT_OSLO, ("1",), "invalidate", ended.entry_id),
+    ]
+    _process(one, "t3", [2, 8], facts, [_shown(replacing), ended], (link,))
+
+    each = UserLog.register("ann")
+    ended, replacing, link = oslo_then_bergen(each)
+    shown = [_shown(replacing), ended]
+    _process(each, "t3", [2], [ExtractedFact(_JAZZ, ("0",))], shown, (link,))
+    taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", ended.entry_id)
+    _process(each, "t4", [8], [taking_back], shown, (link,))
+
+    history = _history(one)
+    assert history == _history(each)
+    assert history == _days((OSLO, 1, 3), (_JAZZ, 2, None), (bergen, 3, None))
+
+
+def _backdated_taking_back(back: str, each_names_first: bool = False) -> tuple[UserLog, UserLog]:
+    """Ann's log after Oslo, known from day 1, and Bergen, known from day 3 replacing it,
+    then a batch older than that end (its first message, day 2, about jazz) shown both:
+    "I'm back in Oslo" (day 5, listed as ``back`` says) and "I don't live in Oslo any
+    more" (day 8) naming the known Oslo; and with each message a batch of its own, the
+    taking-back naming the value shown then or, with ``each_names_first``, the first
+    Oslo, shown ended with the chain of values after it."""
 
     def oslo_then_bergen(log: UserLog) -> tuple[str, KnownEntry, dict[str, Any]]:
         oslo, shown = _lives_in_oslo(log)
@@ -1855,43 +1961,62 @@ def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_end_i
     if back.startswith("update"):
         returned = ExtractedFact(returned.text, ("1",), "update", bergen["entry_id"])
     facts = [
-        ExtractedFact(jazz, ("0",)),
+        ExtractedFact(_JAZZ, ("0",)),
         returned,
         ExtractedFact(_LEFT_OSLO, ("2",), "invalidate", oslo),
     ]
-    ids = _batch(one, "t3", "jazz", "back", "gone")
-    one.record_knowledge(
-        "t3",
-        [
-            ExtractedFact(
-                f.text,
-                tuple(ids[int(m)] for m in f.source_message_ids),
-                f.action,
-                f.target_entry_id,
-            )
-            for f in facts
-        ],
-        "x",
-        batch=[
-            BatchMessage(m, "user", "", T0 + timedelta(days=d))
-            for m, d in zip(ids, [2, 5, 8], strict=True)
-        ],
-        known=[_shown(bergen), ended],
-        replaced=[link],
-    )
+    _process(one, "t3", [2, 5, 8], facts, [_shown(bergen), ended], (link,))
 
     each = UserLog.register("ann")
     oslo, shown, bergen = oslo_then_bergen(each)
     ended = KnownEntry(oslo, OSLO, shown.valid_from, T0 + timedelta(days=3))
-    _process(each, "t3", [2], [ExtractedFact(jazz, ("0",))], [_shown(bergen), ended])
+    _process(each, "t3", [2], [ExtractedFact(_JAZZ, ("0",))], [_shown(bergen), ended])
     moved_back = ExtractedFact(returned.text, ("0",), "update", bergen["entry_id"])
     (again,) = _process(each, "t4", [5], [moved_back], [_shown(bergen)])
-    taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
-    _process(each, "t5", [8], [taking_back], [_shown(again)])
+    if each_names_first:
+        day_3, day_5 = T0 + timedelta(days=3), T0 + timedelta(days=5)
+        chain = (
+            ReplacedEntry(oslo, shown.valid_from, day_3, bergen["entry_id"]),
+            ReplacedEntry(bergen["entry_id"], day_3, day_5, again["entry_id"]),
+        )
+        taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
+        _process(each, "t5", [8], [taking_back], [_shown(again), ended], chain)
+    else:
+        taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", again["entry_id"])
+        _process(each, "t5", [8], [taking_back], [_shown(again)])
+    return one, each
 
+
+@pytest.mark.parametrize(
+    "back",
+    ["same", "same in other words", "new", pytest.param("update", id="update of bergen")],
+)
+def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_end_its_return(
+    back: str,
+) -> None:
+    """Oslo known from day 1, Bergen known from day 3 replacing it; a batch older than
+    that end (its first message, day 2, about jazz) is shown both: "I'm back in Oslo"
+    (day 5, in Oslo's words or listed the same as Oslo) and "I don't live in Oslo any
+    more" (day 8) naming the known Oslo. The taking-back follows Oslo's chain past Bergen
+    to Oslo said again and ends it on day 8, as when each message is its own batch."""
+    one, each = _backdated_taking_back(back)
     history = _history(one)
     assert history == _history(each)
-    assert history == _days((OSLO, 1, 3), (jazz, 2, None), (BERGEN, 3, 5), (returned.text, 5, 8))
+    returned = _OSLO_AGAIN if back.endswith("in other words") else OSLO
+    assert history == _days((OSLO, 1, 3), (_JAZZ, 2, None), (BERGEN, 3, 5), (returned, 5, 8))
+
+
+def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_keep_other_words() -> (
+    None
+):
+    """The same, "I'm back in Oslo" listed as a change of Bergen in other words ("User
+    lives in Oslo again."): the answer does not say the return is Oslo again, so the
+    taking-back denies only the Oslo that ended on day 3 and the return stays current, as
+    when each message is its own batch and the taking-back names that first Oslo."""
+    one, each = _backdated_taking_back("update in other words", each_names_first=True)
+    history = _history(one)
+    assert history == _history(each)
+    assert history == _days((OSLO, 1, 3), (_JAZZ, 2, None), (BERGEN, 3, 5), (_OSLO_AGAIN, 5, None))
 
 
 @pytest.mark.parametrize(
