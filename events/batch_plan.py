@@ -884,14 +884,15 @@ def _statements_named(
     it was said, as batches of one message each have it, whichever statement the answer
     named. So a move on day 2 naming Oslo said on day 3 names Oslo of day 1, and one on
     day 4 naming Oslo of day 1, taken back on day 2, names Oslo said again on day 3.
-    Statements are facts listed new or the same as an entry, compared in
-    :func:`same_words`; a change naming a repeat of a known entry (``repeats``) names that
-    entry already."""
+    Statements are facts listed new, the same as an entry or as a change to the value
+    (Oslo as a move from Bergen), compared in :func:`same_words`; a change naming a
+    repeat of a known entry (``repeats``) names that entry already."""
     own = _said_order(facts, said_at)
     order = [(own[index], index) for index in range(len(facts))]
     words = [same_words(_cut(storable(fact.text).strip())) for fact in facts]
     stated = [
-        fact.action in ("new", "same") and shows_something(words[i]) for i, fact in enumerate(facts)
+        fact.action in ("new", "same", "update") and shows_something(words[i])
+        for i, fact in enumerate(facts)
     ]
     renamed: dict[int, int] = {}
     for index, fact in enumerate(facts):

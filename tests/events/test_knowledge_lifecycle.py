@@ -2066,40 +2066,51 @@ def test_a_change_naming_either_statement_of_a_value_said_twice_in_its_batch_end
     assert sorted(history) == sorted(_days((OSLO, 1, 2), *between, (OSLO, 3, None)))
 
 
+@pytest.mark.parametrize("first", ["new", "update"], ids=["oslo new", "oslo a move from bergen"])
 @pytest.mark.parametrize(
     ("change", "text"),
     [("update", _PARIS), ("invalidate", _LEFT_OSLO)],
     ids=["move", "taking back"],
 )
 def test_a_change_naming_a_value_taken_back_and_said_again_ends_the_value_said_again(
-    change: FactAction, text: str
+    change: FactAction, text: str, first: FactAction
 ) -> None:
-    """ "I live in Oslo" (day 1), "I don't live in Oslo any more" (day 2), "I live in Oslo"
-    (day 3, listed new), then "I moved to Paris" (or "I don't live in Oslo any more"
-    again, day 4) naming the first Oslo: it ends the Oslo said on day 3, which held when
-    it was said, as when each message is its own batch."""
-    one = _one_batch(
-        [1, 2, 3, 4],
-        [
-            ExtractedFact(OSLO, ("m0",)),
-            ExtractedFact(_LEFT_OSLO, ("m1",), "invalidate", target_fact=0),
-            ExtractedFact(OSLO, ("m2",)),
-            ExtractedFact(text, ("m3",), change, target_fact=0),
-        ],
-    )
+    """ "I live in Oslo" (day 1, or day 2 as a move from Bergen of day 1), "I don't live in
+    Oslo any more" (the next day), "I live in Oslo" (the day after, listed new), then "I
+    moved to Paris" (or "I don't live in Oslo any more" again, a day later) naming the
+    first Oslo: it ends the Oslo said again, which held when it was said, as when each
+    message is its own batch, however the answer listed the first Oslo."""
+    at = 0 if first == "new" else 1  # the first Oslo's place in the answer and batch
+    facts = [
+        *([] if first == "new" else [ExtractedFact(BERGEN, ("m0",))]),
+        ExtractedFact(OSLO, ("m0",)) if first == "new" else _update(OSLO, "m1", 0),
+        ExtractedFact(_LEFT_OSLO, (f"m{at + 1}",), "invalidate", target_fact=at),
+        ExtractedFact(OSLO, (f"m{at + 2}",)),
+        ExtractedFact(text, (f"m{at + 3}",), change, target_fact=at),
+    ]
+    one = _one_batch(list(range(1, len(facts) + 1)), facts)
 
     each = UserLog.register("ann")
-    oslo, shown = _lives_in_oslo(each)
-    _process(each, "t2", [2], [ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)], [shown])
-    (again,) = _process(each, "t3", [3], [ExtractedFact(OSLO, ("0",))], [])
-    _process(
-        each, "t4", [4], [ExtractedFact(text, ("0",), change, again["entry_id"])], [_shown(again)]
-    )
+    if first == "new":
+        oslo, shown = _lives_in_oslo(each)
+    else:
+        (bergen,) = _process(each, "t0", [1], [ExtractedFact(BERGEN, ("0",))], [])
+        moved = ExtractedFact(OSLO, ("0",), "update", bergen["entry_id"])
+        (said,) = _process(each, "t1", [2], [moved], [_shown(bergen)])
+        oslo, shown = said["entry_id"], _shown(said)
+    day = at + 1
+    taking_back = ExtractedFact(_LEFT_OSLO, ("0",), "invalidate", oslo)
+    _process(each, "t2", [day + 1], [taking_back], [shown])
+    (again,) = _process(each, "t3", [day + 2], [ExtractedFact(OSLO, ("0",))], [])
+    changing = ExtractedFact(text, ("0",), change, again["entry_id"])
+    _process(each, "t4", [day + 3], [changing], [_shown(again)])
 
     history = _history(one)
     assert history == _history(each)
-    after = [(_PARIS, 4, None)] if change == "update" else []
-    assert history == _days((OSLO, 1, 2), (OSLO, 3, 4), *after)
+    before = [] if first == "new" else [(BERGEN, 1, 2)]
+    after = [(_PARIS, day + 3, None)] if change == "update" else []
+    expected = [*before, (OSLO, day, day + 1), (OSLO, day + 2, day + 3), *after]
+    assert history == _days(*expected)
 
 
 def test_a_value_said_after_an_update_that_followed_its_chain_ended_it_is_that_value_again() -> (
