@@ -11,6 +11,7 @@ holds the decisions (entries to add, steps that end entries) that
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -823,6 +824,18 @@ def _listed_repeats(
     valid, ended = around.valid, around.ended
     ended_words = {same_words(k.text): k.entry_id for k, _ in ended.values()}
     own = _said_order(facts, said_at)
+    changes_said: dict[
+        int, list[datetime]
+    ] = {}  # fact -> when the later changes naming it were said
+    for change, named in enumerate(facts):
+        earlier = named.target_fact
+        if (
+            earlier is not None
+            and 0 <= earlier < change
+            and named.action in ("update", "invalidate")
+            and named.target_entry_id is None
+        ):
+            changes_said.setdefault(earlier, []).append(own[change][0])
     repeated: dict[int, str] = {}
     for index, fact in enumerate(facts):
         text = storable(fact.text).strip()
@@ -842,14 +855,7 @@ def _listed_repeats(
         if entry in valid:
             repeated[index] = entry
         elif entry in ended:
-            changes = [
-                own[change][0]
-                for change, named in enumerate(facts)
-                if index < change
-                and named.target_fact == index
-                and named.action in ("update", "invalidate")
-                and named.target_entry_id is None
-            ]
+            changes = changes_said.get(index)
             if changes and max(changes) < ended[entry][1]:
                 repeated[index] = entry
     return repeated
@@ -894,6 +900,10 @@ def _statements_named(
         fact.action in ("new", "same", "update") and shows_something(words[i])
         for i, fact in enumerate(facts)
     ]
+    statements: dict[str, list[tuple[tuple[datetime, int], int]]] = {}  # words -> in order
+    for said in sorted(order):
+        if stated[said[1]]:
+            statements.setdefault(words[said[1]], []).append(said)
     renamed: dict[int, int] = {}
     for index, fact in enumerate(facts):
         named = fact.target_fact
@@ -906,12 +916,9 @@ def _statements_named(
             or not stated[named]
         ):
             continue
-        before = [
-            other
-            for other in range(len(facts))
-            if stated[other] and words[other] == words[named] and order[other] < order[index]
-        ]
-        latest = max(before, key=order.__getitem__, default=named)
+        in_order = statements[words[named]]
+        said_before = bisect_left(in_order, order[index])
+        latest = in_order[said_before - 1][1] if said_before else named
         if latest != named:
             renamed[index] = latest
     return renamed
