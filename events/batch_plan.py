@@ -824,9 +824,7 @@ def _listed_repeats(
     valid, ended = around.valid, around.ended
     ended_words = {same_words(k.text): k.entry_id for k, _ in ended.values()}
     own = _said_order(facts, said_at)
-    changes_said: dict[
-        int, list[datetime]
-    ] = {}  # fact -> when the later changes naming it were said
+    changes_said: dict[int, list[datetime]] = {}  # fact -> when the changes naming it were said
     for change, named in enumerate(facts):
         earlier = named.target_fact
         if (
