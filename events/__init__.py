@@ -56,7 +56,6 @@ from events.extraction import (
     bounded,
     check_result,
     estimate_tokens,
-    halved_caps,
 )
 from events.store import (
     Durability,
@@ -136,7 +135,6 @@ __all__ = [
     "check_visible",
     "driver_url",
     "estimate_tokens",
-    "halved_caps",
     "redacted_url",
     "refuse_foreign_database",
     "refuse_foreign_sqlite",

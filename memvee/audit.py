@@ -56,7 +56,6 @@ from events import (
     check_new_user_id,
     check_text,
     check_user_id,
-    halved_caps,
     sqlite_url,
 )
 from events.errors import (
@@ -267,14 +266,6 @@ class _Reextraction:
     todo: deque[list[BatchMessage]] = field(default_factory=deque)
     last_failed: bool = False
     """Whether this run's last call failed in a way that may pass (and was not blamed)."""
-    alone: set[str] = field(default_factory=set)
-    """The messages sent one a call, after the rest: each failed of its own before."""
-    failed_before: list[frozenset[str]] = field(default_factory=list)
-    """The version's calls that failed in a way that may pass since it last answered one,
-    each its messages, while the batches due are bounded by the caps they left
-    (:meth:`recover`)."""
-    failed_here: list[list[str]] = field(default_factory=list)
-    """This run's failed calls, each its messages: their halves stay apart."""
 
     def weigh(self, message_ids: Sequence[str], failed: bool) -> bool:
         """Count a call of ``message_ids`` with the breaker: answered, or failed in a way
@@ -290,30 +281,6 @@ class _Reextraction:
             return blamed
         self.breaker.suspect(message_ids)
         return False
-
-    def answered_again(self, message_ids: Sequence[str]) -> bool:
-        """Whether an answer to a call of ``message_ids``, after the version's calls that
-        failed since it last answered one, shows those failures were the API's: the call
-        holds every message of one of them, or two of them share no message (one message
-        failing every call cannot explain both; a message that does fails again, and is
-        split again, with this run's answers between)."""
-        answered = set(message_ids)
-        if any(failed <= answered for failed in self.failed_before):
-            return True
-        return any(
-            a.isdisjoint(b)
-            for i, a in enumerate(self.failed_before)
-            for b in self.failed_before[:i]
-        )
-
-    def recover(self) -> None:
-        """The API answers what it failed before: the batches due are bounded again without
-        the caps the version's earlier failed calls left, only with those of this run's.
-        An outage splits every batch it fails, run after run; kept, those halves made the
-        requests after it smaller, and dearer, until each of their messages was covered."""
-        self.failed_before = []
-        due = [m for batch in self.todo for m in batch]  # log order, as planned
-        self.todo = deque(bounded(due, self.limits, self.alone, halved_caps(self.failed_here)))
 
     def gives_up(self, message_id: str) -> bool:
         """Whether ``message_id`` failed alone of its own as often as live extraction
@@ -878,14 +845,11 @@ class Audit:
             user_log.version,
             limits,
         )
-        calls = user_log.reextraction_calls(version, history)
-        for message_ids, failed in calls:
+        for message_ids, failed in user_log.reextraction_calls(version, history):
             run.weigh(message_ids, failed)
-        run.alone = user_log.failed_reextraction(version, history)
+        alone = user_log.failed_reextraction(version, history)
         caps = user_log.reextraction_caps(version, history)
-        answered = max((i for i, (_, failed) in enumerate(calls) if not failed), default=-1)
-        run.failed_before = [frozenset(ids) for ids, _ in calls[answered + 1 :]]
-        run.todo.extend(bounded(todo, limits, run.alone, caps))
+        run.todo.extend(bounded(todo, limits, alone, caps))
         return run
 
     async def _reextract_next(self, run: _Reextraction) -> None:
@@ -900,12 +864,9 @@ class Audit:
         if isinstance(extracted, int):
             run.report.entries += extracted
             run.last_failed = False
-            if run.answered_again([m.message_id for m in batch]):
-                run.recover()
             return
         error = extracted
         ids = [m.message_id for m in batch]
-        run.failed_here.append(ids)
         if not repeats(error):
             await self._may_pass(run, batch, error)
             return

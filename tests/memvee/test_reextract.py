@@ -4,6 +4,7 @@ knowledge version; the live knowledge stays until the version is promoted (an ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -1113,35 +1114,52 @@ def test_the_cli_lists_what_a_stopped_user_left_out_before_its_error_line(
 
 
 class _Outage(OfflineExtractor):
-    """The offline rules while ``down`` is false; a server error for every call while it
-    is true. Counts the messages of each call."""
+    """The offline rules, but a server error for every call while ``down`` is true, and
+    for every call holding a message that names one of ``poison`` (words ending in a
+    space, as "hobby4 "). Counts the messages of each call, and keeps each call that
+    held a poison message."""
 
-    def __init__(self) -> None:
-        self.down = True
+    def __init__(self, *poison: str, down: bool = True) -> None:
+        self.down = down
+        self.poison = poison
         self.sizes: list[int] = []
+        self.poisoned: list[tuple[str, int]] = []
+        """Each call holding a poison message: the word, and the call's messages."""
+        self.answered: set[str] = set()
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         self.sizes.append(len(batch.messages))
-        if self.down:
+        held = [word for word in self.poison if any(word in m.content for m in batch.messages)]
+        self.poisoned.extend((word, len(batch.messages)) for word in held)
+        if self.down or held:
             raise ExtractionError("HTTP 500 api_error")
-        return await super().extract(batch)
+        result = await super().extract(batch)
+        self.answered.update(m.message_id for m in batch.messages)
+        return result
+
+
+async def _hobbies(make_memory: Any, first: int, last: int) -> Memory:
+    """A Memory whose user eve said she likes hobbies ``first`` to ``last`` (exclusive),
+    one exchange each, all processed."""
+    memory: Memory = await make_memory(extractor=OfflineExtractor())
+    for i in range(first, last):
+        await memory.add_exchange("eve", f"I like hobby{i} things", "ok")
+    await memory.flush("eve")
+    return memory
 
 
 @pytest.mark.parametrize(
     ("outage_runs", "sent_after"),
-    [(2, [3, *[10] * 7, 7]), (6, [1, *[10] * 7, 9])],
+    [(2, [3, 3, 3, 3, 5, 5, *[10] * 5, 8]), (6, [1, 1, 1, 1, 2, 3, 3, 5, 5, *[10] * 5, 8])],
 )
-async def test_the_first_answer_after_an_outage_lifts_the_caps_its_failed_calls_left(
+async def test_the_run_after_an_outage_goes_on_splitting_where_the_outage_left_off(
     make_memory: Any, db_url: str, outage_runs: int, sent_after: list[int]
 ) -> None:
-    """Runs during an outage each split the batches they sent (six runs: down to one
-    message a call); once the API answers again, the rest goes in full batches, where
-    the halves of every failed call used to stay small: 80 messages in batches of 10
-    took 12 calls after two such runs and 15 after six, 9 now in both cases."""
-    memory: Memory = await make_memory(extractor=OfflineExtractor())
-    for i in range(40):
-        await memory.add_exchange("eve", f"I like hobby{i} things", "ok")
-    await memory.flush("eve")
+    """Runs during an outage each split the batches they sent; the run after it cannot
+    tell those failures from a message's that fails every call, so it goes on splitting
+    where they stopped: 80 messages in batches of 10 take 12 calls after two such runs,
+    15 after six."""
+    await _hobbies(make_memory, 0, 40)
     extractor = _Outage()
     with Audit(db_url=db_url) as audit:
         for _ in range(outage_runs):
@@ -1152,3 +1170,22 @@ async def test_the_first_answer_after_an_outage_lifts_the_caps_its_failed_calls_
         report = await audit.reextract("eve", extractor, "v2", batch_size=10)
     assert extractor.sizes == sent_after
     assert report.left_out == {} and report.entries == 40
+
+
+async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_again(
+    make_memory: Any, db_url: str
+) -> None:
+    """Two messages fail every call holding one with a server error: their failed calls
+    share no message, as an outage's do, yet no answer clears either of them. Each goes
+    on in ever smaller calls, run after run, never back in a batch of ten, while every
+    other message is answered."""
+    await _hobbies(make_memory, 0, 40)
+    extractor = _Outage("hobby4 ", "hobby14 ", down=False)
+    with Audit(db_url=db_url) as audit:
+        for _ in range(6):
+            with contextlib.suppress(ExtractionError):
+                await audit.reextract("eve", extractor, "v2", batch_size=10)
+    for word in extractor.poison:
+        sizes = [size for held, size in extractor.poisoned if held == word]
+        assert sizes == sorted(sizes, reverse=True), (word, sizes)
+    assert len(extractor.answered) == 78
