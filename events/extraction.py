@@ -164,18 +164,20 @@ def bounded(
     in order; those of ``alone`` (whose batch failed the same way before) go one a batch
     after the rest, as live extraction sends a message that failed alone, so that none
     of them fails the others again. A batch holding a message of ``caps`` takes at most
-    that many messages (a split kept from a failed batch)."""
+    that many messages (a split kept from a failed batch); one capped at one (a suspect
+    of failures that may pass) goes after the rest too, so that the messages nobody
+    suspects are answered first and never wait behind it."""
     caps = caps or {}
     batch: list[BatchMessage] = []
     tokens = 0
     cap: int | None = None
     held: list[BatchMessage] = []
     for message in messages:
-        if message.message_id in alone:
+        own = caps.get(message.message_id)
+        if message.message_id in alone or own == 1:
             held.append(message)
             continue
         weight = estimate_tokens(message.content)
-        own = caps.get(message.message_id)
         joined = own if cap is None else cap if own is None else min(cap, own)
         if limits.full(len(batch), tokens, weight, joined):
             yield batch

@@ -144,12 +144,13 @@ def test_bounded_sends_the_messages_of_failed_batches_alone_after_the_rest() -> 
 
 def test_bounded_keeps_the_split_of_batches_that_failed_in_a_way_that_may_pass() -> None:
     """A message capped by a split goes in a batch of at most that many messages, as
-    live extraction cuts a batch split for its next try; the others fill batches as usual."""
+    live extraction cuts a batch split for its next try, and one capped at one after the
+    rest; the others fill batches as usual."""
     messages = [_message(i, 40) for i in range(7)]
     batches = bounded(messages, BatchLimits(max_messages=4), caps={"m1": 2, "m2": 2, "m3": 1})
     assert [[m.message_id for m in b] for b in batches] == [
         ["m0", "m1"],
-        ["m2"],
+        ["m2", "m4"],
+        ["m5", "m6"],
         ["m3"],
-        ["m4", "m5", "m6"],
     ]

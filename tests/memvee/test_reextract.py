@@ -1150,15 +1150,15 @@ async def _hobbies(make_memory: Any, first: int, last: int) -> Memory:
 
 @pytest.mark.parametrize(
     ("outage_runs", "sent_after"),
-    [(2, [3, 3, 3, 3, 5, 5, *[10] * 5, 8]), (6, [1, 1, 1, 1, 2, 3, 3, 5, 5, *[10] * 5, 8])],
+    [(2, [3, 3, 3, 3, 5, 5, *[10] * 5, 8]), (6, [5, 5, *[10] * 6, *[1] * 10])],
 )
 async def test_the_run_after_an_outage_goes_on_splitting_where_the_outage_left_off(
     make_memory: Any, db_url: str, outage_runs: int, sent_after: list[int]
 ) -> None:
     """Runs during an outage each split the batches they sent; the run after it cannot
     tell those failures from a message's that fails every call, so it goes on splitting
-    where they stopped: 80 messages in batches of 10 take 12 calls after two such runs,
-    15 after six."""
+    where they stopped, the messages split down to one a call sent after the rest: 80
+    messages in batches of 10 take 12 calls after two such runs, 18 after six."""
     await _hobbies(make_memory, 0, 40)
     extractor = _Outage()
     with Audit(db_url=db_url) as audit:
@@ -1189,3 +1189,27 @@ async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_a
         sizes = [size for held, size in extractor.poisoned if held == word]
         assert sizes == sorted(sizes, reverse=True), (word, sizes)
     assert len(extractor.answered) == 78
+
+
+async def test_messages_said_after_two_messages_failing_every_call_are_answered_first(
+    make_memory: Any, db_url: str
+) -> None:
+    """Two messages failing every call holding one, split down to a call each, no longer
+    keep the messages said after them out of the version: those go first, in full
+    batches, and the suspects after them, where the API's answers between tell whether
+    they fail of their own."""
+    memory = await _hobbies(make_memory, 0, 10)
+    extractor = _Outage("hobby4 ", "hobby5 ", down=False)
+    with Audit(db_url=db_url) as audit:
+        for _ in range(4):
+            with contextlib.suppress(ExtractionError):
+                await audit.reextract("eve", extractor, "v2", batch_size=10)
+        assert extractor.poisoned[-2:] == [("hobby4 ", 1), ("hobby5 ", 1)]
+        for i in range(10, 20):
+            await memory.add_exchange("eve", f"I like sport{i} things", "ok")
+        await memory.flush("eve")
+        extractor.sizes.clear()
+        with contextlib.suppress(ExtractionError):
+            await audit.reextract("eve", extractor, "v2", batch_size=10)
+    assert extractor.sizes[:2] == [10, 10]
+    assert len(extractor.answered) == 38
