@@ -275,9 +275,9 @@ class BulkReextraction:
         request when it failed of its own, else bounded among themselves when a server
         error failed it (:meth:`UserLog.reextraction_calls`), never with a message not
         sent before. A user another
-        run holds is passed over (``report.claimed``). A user not named, whose requests
-        were in a kept batch this run dropped, gets those messages planned again only
-        (:attr:`dropped`): no run naming them may come."""
+        run holds is passed over (``report.claimed``; one not named, only logged). A user
+        not named, whose requests were in a kept batch this run dropped, gets those
+        messages planned again only (:attr:`dropped`): no run naming them may come."""
         planned: list[_Planned] = []
         others = [user_id for user_id in self.dropped if user_id not in user_ids]
         for user_id in [*user_ids, *others]:
@@ -289,7 +289,8 @@ class BulkReextraction:
                     user_id,
                     self.version,
                 )
-                report.claimed.append(user_id)
+                if user_id not in others:  # one not named is that run's, not this one's
+                    report.claimed.append(user_id)
                 continue
             user_log = self.store.load(user_id)
             if user_log is None and user_id in others:  # forgotten since: nothing to plan

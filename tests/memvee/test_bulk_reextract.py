@@ -1470,3 +1470,27 @@ async def test_a_run_for_one_user_plans_again_the_other_users_of_a_batch_it_drop
         assert kept["id"] in [*report.lost, *report.unread]
         assert (report.submitted, report.recorded, report.failed) == (6, 6, {})
         assert len({m for e in _reextracted(audit, "bob") for m in e.message_ids}) == 10
+
+
+async def test_a_promoting_run_for_one_user_leaves_another_run_the_user_of_a_batch_it_drops(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run for ann with --promote drops a kept batch of ann and bob while another run
+    holds bob: bob is that run's and was not named, so ann is promoted and the run ends
+    well, where it used to report bob claimed and refuse, "not promoted for 1 of 1"."""
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+    (kept,) = server.batches
+    client = anthropic.AsyncAnthropic(max_retries=0)
+    await client.messages.batches.cancel(kept["id"])
+    await client.messages.batches.retrieve(kept["id"])  # the cancel ends it
+    await client.messages.batches.delete(kept["id"])
+    with Audit(db_url=db) as audit:
+        _claimed(audit, "bob", ANOTHER_HOST, datetime.now(UTC))
+    args = ["reextract", "ann", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    args += ["--as", "v2", "--promote", "--db-url", db]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert "claimed:" not in result.output
+    with Audit(db_url=db) as audit:
+        assert "v2" not in audit.unpromoted_versions("ann")
