@@ -111,6 +111,12 @@ _CREATE_ATTEMPTS = 3
 _CREATE_PAUSE = 1.0
 """Seconds before the second call that creates a Message Batch (doubled for the third)."""
 
+_CANCEL_ATTEMPTS = 3
+"""Calls that cancel one probe Message Batch, at most, when the API fails for a while."""
+
+_CANCEL_PAUSE = 1.0
+"""Seconds before the second call that cancels a probe Message Batch (doubled for the third)."""
+
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
@@ -161,6 +167,12 @@ class BulkReport:
     collected: list[str] = field(default_factory=list)
     """Users some of whose requests kept by an earlier run this run recorded (its own
     submissions left aside)."""
+    probes: list[str] = field(default_factory=list)
+    """Probe Message Batches (one request of one token each, made to tell whether a
+    request refused as too large alone is refused for its size) this run canceled: its
+    own, and those an earlier run left running."""
+    probes_running: list[str] = field(default_factory=list)
+    """Probe Message Batches this run could not cancel: kept, the next run cancels them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +257,8 @@ class BulkReextraction:
         _RUNNING.add(self.owner)
         renewing = asyncio.create_task(self._keep_claims())
         try:
+            for batch_id in await asyncio.to_thread(self._kept_probes):
+                await self._cancel_probe(client, batch_id, report)
             for row in await asyncio.to_thread(self._unfinished):
                 if not await asyncio.to_thread(self._held_elsewhere, row):
                     await self._finish(client, row, report, earlier=True)
@@ -437,7 +451,7 @@ class BulkReextraction:
             return
         if probe and outweighed(self.extractor.request(batch), batch):
             raise _refused_whatever_size(why, "outweighed")
-        verdict = await self._probe_batches(batch) if probe else "accepted"
+        verdict = await self._probe_batches(batch, report) if probe else "accepted"
         if verdict != "accepted":
             raise _refused_whatever_size(why, verdict)
         message_id = messages[0].message_id
@@ -452,13 +466,15 @@ class BulkReextraction:
             why,
         )
 
-    async def _probe_batches(self, batch: ExtractionBatch) -> str:
+    async def _probe_batches(self, batch: ExtractionBatch, report: BulkReport) -> str:
         """How the Message Batches API answers a Message Batch of ``batch``'s request with
         a harmless message in place of its messages (asking for one token): "accepted",
         the batch made is canceled at once and the refusal was the message's size;
         "refused", the API or a gateway in front of it refuses requests of any size;
         "failed", it tells nothing. A probe through the Messages API does not meet a body
-        limit of Message Batches' own, so it took a heavy message for the one to blame."""
+        limit of Message Batches' own, so it took a heavy message for the one to blame.
+        The probe batch is kept (its id) until it is canceled, so that one this run could
+        not cancel, stopped or refused, is canceled by the next (:meth:`_cancel_probe`)."""
         client = self.extractor.client.with_options(max_retries=0)
         params = cast(
             MessageCreateParamsNonStreaming, probe_request(self.extractor.request(batch), batch)
@@ -472,11 +488,41 @@ class BulkReextraction:
         except anthropic.AnthropicError:
             return "failed"
         try:
-            await client.messages.batches.cancel(made.id)
-        except anthropic.AnthropicError as error:  # one request of one token: it may run
-            shown = api_error(error, client_secrets(client))
-            log.warning("canceling probe Message Batch %s failed (%s)", made.id, shown)
+            await asyncio.to_thread(self._keep_probe, made.id)
+        finally:
+            await self._cancel_probe(client, made.id, report)
         return "accepted"
+
+    async def _cancel_probe(
+        self, client: anthropic.AsyncAnthropic, batch_id: str, report: BulkReport
+    ) -> None:
+        """Cancel the probe Message Batch ``batch_id`` and forget it (``report.probes``),
+        calling again while the API fails for a while; one still not canceled stays kept
+        for the next run to cancel (``report.probes_running``). A probe the API no longer
+        knows, or will not cancel as ended, is forgotten: it runs no more."""
+        once = client.with_options(max_retries=0)
+        pause = _CANCEL_PAUSE
+        for attempt in range(1, _CANCEL_ATTEMPTS + 1):
+            try:
+                await once.messages.batches.cancel(batch_id)
+            except anthropic.AnthropicError as error:
+                if _transient(error) and attempt < _CANCEL_ATTEMPTS:
+                    await asyncio.sleep(pause)
+                    pause *= 2
+                    continue
+                shown = api_error(error, client_secrets(client))
+                if _transient(error):  # one request of one token: it may run, billed
+                    log.warning(
+                        "canceling probe Message Batch %s failed (%s); the next run cancels it",
+                        batch_id,
+                        shown,
+                    )
+                    report.probes_running.append(batch_id)
+                    return
+                log.info("probe Message Batch %s is not canceled (%s): it is over", batch_id, shown)
+            break
+        await asyncio.to_thread(self._forget_probe, batch_id)
+        report.probes.append(batch_id)
 
     async def _submit(
         self, client: anthropic.AsyncAnthropic, chunk: list[_Built], report: BulkReport
@@ -983,9 +1029,40 @@ class BulkReextraction:
                     raise
 
     def _unfinished(self) -> list[dict[str, Any]]:
-        """The version's kept Message Batches, oldest first (claims left aside)."""
+        """The version's kept Message Batches, oldest first (claims and probes left aside)."""
         with self.store.engine.connect() as connection:
-            return [r for r in self._rows(connection) if _CLAIM not in r["requests"]]
+            return [r for r in self._rows(connection) if _requests(r)]
+
+    def _keep_probe(self, batch_id: str) -> None:
+        """Keep the id of a probe Message Batch until it is canceled."""
+        row = {
+            "local_id": str(uuid4()),
+            "knowledge_version": self.version,
+            "api_batch_id": batch_id,
+            "requests": {_PROBE: {}},
+            "created_at": datetime.now(UTC),
+        }
+        with self.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.insert(), row)
+
+    def _kept_probes(self) -> list[str]:
+        """The ids of the probe Message Batches kept by runs of any version, not canceled."""
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(BULK_BATCHES.c.api_batch_id, BULK_BATCHES.c.requests)
+            ).all()
+        return [batch_id for batch_id, requests in rows if _PROBE in requests and batch_id]
+
+    def _forget_probe(self, batch_id: str) -> None:
+        """Forget the kept probe Message Batch ``batch_id`` (canceled, or over)."""
+        with self.store.transaction() as connection:
+            rows = connection.execute(
+                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).where(
+                    BULK_BATCHES.c.api_batch_id == batch_id
+                )
+            ).all()
+            probes = [local_id for local_id, requests in rows if _PROBE in requests]
+            connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id.in_(probes)))
 
     def _rows(self, connection: Connection) -> list[dict[str, Any]]:
         rows = connection.execute(
@@ -1178,6 +1255,15 @@ _SHORT_READS = "short_reads"
 _CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
+_PROBE = "probe"
+"""The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
+request (:meth:`BulkReextraction._probe_batches`)."""
+
+
+def _requests(row: Mapping[str, Any]) -> bool:
+    """Whether a kept row holds requests of a Message Batch (not a claim, nor a probe)."""
+    return _CLAIM not in row["requests"] and _PROBE not in row["requests"]
+
 
 def _claim_id(version: str, user_id: str) -> str:
     """The row id of the claim on ``user_id``'s plan for ``version``: one per pair."""
@@ -1243,7 +1329,7 @@ def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
     each)."""
     kept: dict[str, set[str]] = {}
     for row in rows:
-        if _CLAIM not in row["requests"]:
+        if _requests(row):
             for request in row["requests"].values():
                 kept.setdefault(request["user"], set()).update(request["messages"])
     return kept

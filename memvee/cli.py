@@ -971,6 +971,16 @@ def _reextract_in_bulk(
                 "what was read is recorded, the rest is planned again",
             )
         )
+    for batch_id in report.probes_running:
+        console.print(
+            Text.assemble(
+                ("probe:", "yellow"),
+                f" Message Batch {batch_id} (one request of one token, made to tell why a "
+                "request was refused) could not be canceled; the next run cancels it",
+            )
+        )
+    if report.probes:
+        console.print(f"{len(report.probes)} probe Message Batches canceled")
     for user_id in report.claimed:
         done = (
             "its kept requests recorded, nothing new" if user_id in report.collected else "nothing"

@@ -1399,6 +1399,69 @@ async def test_a_heavy_message_split_off_before_a_refusal_of_any_size_is_not_lef
         assert len({m for e in _reextracted(audit, "hal") for m in e.message_ids}) == 2
 
 
+async def _heavy_refused_alone(db: str, server: MessagesAPIServer) -> list[str]:
+    """Give hal a message whose request alone is refused as too large by Message Batches,
+    while a request with a harmless message in its place is taken: its probe is accepted.
+    Returns the users to run."""
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_exchange("hal", "heavy " * (_request_bytes("x") // 3), "ok")
+        await memory.flush("hal")
+    server.max_batch_bytes = int(_request_bytes("x") * 1.5)
+    return ["hal", *USERS]
+
+
+def _probes(server: MessagesAPIServer) -> list[dict[str, Any]]:
+    """The probe Message Batches the stand-in API was sent, each as it is now."""
+    return [b for b in server.batches if b["requests"][0]["custom_id"].startswith("probe-")]
+
+
+async def test_a_probe_batch_the_api_would_not_cancel_is_canceled_by_the_next_run(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call canceling the probe Message Batch of a heavy message fails with a server
+    error: the run reports the probe still running and keeps its id, and the next run
+    cancels it, where it used to be left running (billed) with a warning."""
+    monkeypatch.setattr(bulk_module, "_CANCEL_PAUSE", 0.0)
+    users = await _heavy_refused_alone(db, server)
+
+    def cancel_fails(request: RecordedRequest) -> ScriptedResponse | None:
+        if request.method == "POST" and request.path.endswith("/cancel"):
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        return None
+
+    server.set_batches_fault(cancel_fails)
+    with Audit(db_url=db) as audit:
+        first = await _run(audit, users=users)
+        (probe,) = _probes(server)
+        assert (first.probes, first.probes_running) == ([], [probe["id"]])
+        assert probe["processing_status"] == "in_progress"
+        server.set_batches_fault(None)
+        second = await _run(audit, users=users)
+    assert probe["id"] in second.probes and second.probes_running == []
+    assert all(p["processing_status"] != "in_progress" for p in _probes(server))
+
+
+async def test_a_probe_batch_of_a_run_stopped_before_canceling_it_is_canceled_by_the_next_run(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped (its task canceled) while canceling its probe Message Batch keeps the
+    probe's id, and the next run cancels it, where it used to stay in progress."""
+    users = await _heavy_refused_alone(db, server)
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError
+
+    with monkeypatch.context() as patch, Audit(db_url=db) as audit:
+        patch.setattr(anthropic.resources.messages.batches.AsyncBatches, "cancel", stopped)
+        with pytest.raises(asyncio.CancelledError):
+            await _run(audit, users=users)
+    (probe,) = _probes(server)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit, users=users)
+    assert probe["id"] in report.probes
+    assert all(p["processing_status"] != "in_progress" for p in _probes(server))
+
+
 async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always_cut_is_dropped(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
