@@ -241,6 +241,20 @@ async def test_a_version_name_promoted_before_covers_nothing_of_a_new_run(
         assert len(covered) == 10, "the new v2 covers every processed message again"
 
 
+async def _killed_before_keeping_its_batch_id(
+    audit: Audit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed once it created its batch, before it kept the batch's id."""
+
+    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BulkReextraction, "_set_batch_id", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            await _run(audit)
+
+
 async def _killed_once_submitted(audit: Audit, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed once it submitted its batch: its requests are kept for the next run."""
 
@@ -271,15 +285,8 @@ async def test_a_run_that_crashed_before_keeping_the_batch_id_is_finished_by_the
     """The batch was created but its id never kept: the next run finds it among the
     account's batches (another batch of the same size beside it) instead of paying for
     the same requests again."""
-
-    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
-        raise RuntimeError("killed")
-
     with Audit(db_url=db) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_set_batch_id", crash)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _killed_before_keeping_its_batch_id(audit, monkeypatch)
         with audit.store.engine.connect() as connection:
             (kept,) = connection.execute(select(BULK_BATCHES)).mappings().all()
         assert kept["api_batch_id"] is None
@@ -1469,15 +1476,8 @@ async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always
     its results before the first line: the third run that cannot tell whether the batch
     is the kept one drops it and plans its requests again, where every run used to fail
     the same way until the API forgot the batch."""
-
-    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
-        raise RuntimeError("killed")
-
     with Audit(db_url=db) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_set_batch_id", crash)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _killed_before_keeping_its_batch_id(audit, monkeypatch)
         server.set_batches_fault(_results_short(server, "cut"))
         for reads in (1, 2):
             with pytest.raises(ExtractionError, match=f"read short {reads} of 3 times"):
