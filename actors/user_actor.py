@@ -585,8 +585,8 @@ class UserActor(PooledActor):
         try:  # failures reach the caller through `acknowledged` (a retry has no other way)
             user_log = self._user_log(create=True)
             assert user_log is not None
-            for role, content, sent_at, name in messages:
-                user_log.add_message(role, content, sent_at, settings.max_content_chars, name)
+            for role, content, sent_at, name in messages:  # checked by the Memory
+                user_log.add_checked_message(role, content, sent_at, name)
             auto_task = None
             if settings.auto_process and len(user_log.pending) >= settings.batch_threshold:
                 auto_task = str(uuid4())

@@ -71,6 +71,18 @@ def test_a_message_added_skips_the_dataclass_init_and_equals_what_trigger_event_
     assert list(log.pending) == [lean.message_id, unnamed.message_id]  # type: ignore[attr-defined]
 
 
+def test_a_checked_message_is_recorded_as_add_message_records_it_sent_when_added() -> None:
+    log, _ = _log_with(0)
+    log.collect_events()
+    log.add_checked_message("user", "hello", None, " Ana ")
+    log.add_message("user", "hello", None, 100, " Ana ")
+    checked, unchecked = log.collect_events()
+    assert vars(checked).keys() == vars(unchecked).keys()
+    assert (checked.content, checked.name) == ("hello", "Ana")  # type: ignore[attr-defined]
+    assert checked.sent_at == checked.timestamp and checked.sent_at.tzinfo is UTC  # type: ignore[attr-defined]
+    assert log.version == 3 and log.modified_on == unchecked.timestamp
+
+
 def test_add_message_refuses_bad_input_and_emits_nothing() -> None:
     log, _ = _log_with(0)
     log.collect_events()

@@ -541,3 +541,20 @@ async def test_an_extractor_without_aclose_is_an_extractor(tmp_path: Path) -> No
         await memory.add_message("u", "user", "hi")
         assert await memory.process("u") == 1
     assert not memory.is_open
+
+
+async def test_a_write_is_checked_once_on_the_callers_loop_not_again_in_the_users_actor(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import events.user_log
+
+    checked_in_the_actor: list[object] = []
+    monkeypatch.setattr(events.user_log, "check_message", checked_in_the_actor.append)
+    user, assistant = await memory.add_exchange("u", "hello", "hi there", user_name="Ana")
+    assert checked_in_the_actor == []
+    assert (user.content, user.name, assistant.content) == ("hello", "Ana", "hi there")
+    with pytest.raises(InvalidInputError, match="name must"):
+        await memory.add_exchange("u", "hello", "hi", assistant_name="\ufeff")
+    with pytest.raises(InvalidInputError, match="aware"):
+        await memory.add_exchange("u", "hello", "hi", datetime(2026, 1, 1))
+    assert [m.content for m in await memory.buffer("u")] == ["hello", "hi there"]
