@@ -916,10 +916,25 @@ def _statements_named(
             continue
         in_order = statements[words[named]]
         said_before = bisect_left(in_order, order[index])
-        latest = in_order[said_before - 1][1] if said_before else named
+        latest = next(
+            (
+                i
+                for _, i in reversed(in_order[:said_before])
+                if _waits_for_none_after(facts, i, index)
+            ),
+            named,
+        )
         if latest != named:
             renamed[index] = latest
     return renamed
+
+
+def _waits_for_none_after(facts: Sequence[ExtractedFact], statement: int, change: int) -> bool:
+    """Whether a change listed at ``change`` can be given ``statement`` to name: a change
+    waits only for facts listed before it (:func:`_in_time_order`), so a statement listed
+    after it must not wait for a fact of its own (a move said before the fact it moves
+    from is decided after that fact, too late for the change)."""
+    return statement < change or facts[statement].action != "update"
 
 
 def _in_time_order(

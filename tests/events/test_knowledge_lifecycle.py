@@ -2068,6 +2068,26 @@ def test_words_taking_back_a_known_value_replaced_before_a_backdated_batch_keep_
     assert history == _days((OSLO, 1, 3), (_JAZZ, 2, None), (BERGEN, 3, 5), (_OSLO_AGAIN, 5, None))
 
 
+def test_a_change_is_never_given_a_later_listed_move_to_name_that_waits_for_a_later_fact() -> None:
+    """Oslo on day 1, "I don't live in Oslo any more" on day 3 naming it, Bergen on day 4,
+    and Oslo listed last as a move from Bergen said on day 2: that move is decided only
+    after Bergen, so the taking-back names the first Oslo and ends it on day 3, as one
+    message a batch does, instead of naming the later-decided move, finding nothing to end
+    and being kept as a current fact of its own."""
+    log = _one_batch(
+        [1, 2, 3, 4],
+        [
+            ExtractedFact(OSLO, ("m0",)),
+            ExtractedFact(_LEFT_OSLO, ("m2",), "invalidate", target_fact=0),
+            ExtractedFact(BERGEN, ("m3",)),
+            _update(OSLO, "m1", 2),
+        ],
+    )
+    history = _history(log)
+    assert _LEFT_OSLO not in [text for text, _, _ in history]
+    assert history[0] == _days((OSLO, 1, 3))[0]
+
+
 @pytest.mark.parametrize(
     ("listed", "named"),
     [
