@@ -267,7 +267,8 @@ class UserActor(PooledActor):
     # ------------------------------------------------------------------ commands
 
     def add_messages(self, messages: NewMessages, attempt: int = 0) -> BridgedFuture[Appended]:
-        """Append ``(role, content, sent_at, name)`` messages.
+        """Append ``(role, content, sent_at, name)`` messages, each checked first as
+        :meth:`UserLog.add_message` checks it (bad input fails the future, nothing written).
 
         Returns a future that resolves with the committed events once they are committed
         (their ``MessageAdded`` events are the messages, in order);
@@ -279,16 +280,25 @@ class UserActor(PooledActor):
         self._append(messages, acknowledged, attempt)
         return acknowledged
 
+    def add_checked_messages(self, messages: NewMessages) -> BridgedFuture[Appended]:
+        """:meth:`add_messages` for messages the caller checked already, as the Memory
+        checks every write on its loop (``sent_at`` in UTC, or ``None``): they are not
+        checked twice on the write path. Unchecked input must go to :meth:`add_messages`."""
+        acknowledged: BridgedFuture[Appended] = BridgedFuture()
+        self._append(messages, acknowledged, 0, checked=True)
+        return acknowledged
+
     def retry_append(
         self,
         messages: NewMessages,
         acknowledged: BridgedFuture[Appended],
         attempt: int,
         give_up_at: float | None,
+        checked: bool = False,
     ) -> None:
         """Decide ``messages`` again on a reloaded log after a conflict, retrying until
         ``give_up_at`` (``time.monotonic``) if it loses again."""
-        self._append(messages, acknowledged, attempt, give_up_at)
+        self._append(messages, acknowledged, attempt, give_up_at, checked=checked)
 
     def schedule(self, task_id: str, trigger: str, keep_empty: bool = False) -> bool | str:
         """Request task ``task_id``; returns whether this process will run it.
@@ -580,13 +590,18 @@ class UserActor(PooledActor):
         acknowledged: BridgedFuture[Appended],
         attempt: int,
         give_up_at: float | None = None,
+        *,
+        checked: bool = False,
     ) -> None:
         settings = self._services.settings
         try:  # failures reach the caller through `acknowledged` (a retry has no other way)
             user_log = self._user_log(create=True)
             assert user_log is not None
-            for role, content, sent_at, name in messages:  # checked by the Memory
-                user_log.add_checked_message(role, content, sent_at, name)
+            for role, content, sent_at, name in messages:
+                if checked:
+                    user_log.add_checked_message(role, content, sent_at, name)
+                else:
+                    user_log.add_message(role, content, sent_at, settings.max_content_chars, name)
             auto_task = None
             if settings.auto_process and len(user_log.pending) >= settings.batch_threshold:
                 auto_task = str(uuid4())
@@ -601,7 +616,7 @@ class UserActor(PooledActor):
             self._requested_here(auto_task)
             self._services.observer.task_scheduled(self.user_id, auto_task, "auto", stored=False)
         write = _Append(events, self, _began(user_log, events), messages, acknowledged, attempt)
-        write.give_up_at = give_up_at
+        write.give_up_at, write.checked = give_up_at, checked
         write.snapshot, write.auto_task = self._due_snapshot(user_log), auto_task
         self._last_write = self._services.committer.submit(write)
         self._maybe_checkpoint()
@@ -1274,7 +1289,15 @@ class _Append(Write):
     burst of writes leaves the collector fewer objects to walk.
     """
 
-    __slots__ = ("acknowledged", "actor", "attempt", "auto_task", "give_up_at", "messages")
+    __slots__ = (
+        "acknowledged",
+        "actor",
+        "attempt",
+        "auto_task",
+        "checked",
+        "give_up_at",
+        "messages",
+    )
 
     attempts = STORE_ATTEMPTS
     """An append's caller learns of a failure only once it is settled, and cannot tell a
@@ -1296,6 +1319,8 @@ class _Append(Write):
         self.auto_task: str | None = None
         self.give_up_at: float | None = None
         """When (``time.monotonic``) to stop retrying; set at the first lost race."""
+        self.checked = False
+        """Whether the caller checked the messages (see ``UserActor.add_checked_messages``)."""
 
     def settled(self, recorded: list[Recorded] | None, error: BaseException | None) -> None:
         actor, services = self.actor, self.actor._services
@@ -1327,7 +1352,7 @@ class _Append(Write):
     def _retry(self) -> None:
         """Decide the messages again on the reloaded log (a timer's callback), in the
         user's actor, or in a new one if it stopped meanwhile."""
-        retry = (self.messages, self.acknowledged, self.attempt, self.give_up_at)
+        retry = (self.messages, self.acknowledged, self.attempt, self.give_up_at, self.checked)
         try:
             self.actor.actor_ref.proxy().retry_append(*retry)
             return

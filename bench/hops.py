@@ -47,7 +47,7 @@ __all__ = ["HOPS", "ORDER", "main", "stamped"]
 HOPS: tuple[tuple[str, type, str, str | None], ...] = (
     ("loop: outbox sends", _Outbox, "_turn", None),
     ("actor thread takes it", PooledActor, "_handle_envelope", None),
-    ("actor: decide", UserActor, "add_messages", None),
+    ("actor: decide", UserActor, "add_checked_messages", None),
     ("committer: write", GroupCommitter, "_write", "committer: settled"),
     ("store: append", EventStore, "append", "store: appended"),
     ("store: insert events", EventStore, "_write", "store: events inserted"),

@@ -604,7 +604,9 @@ class Memory:
         collector stops tracking): fewer objects per write in flight.
         """
         engine, loop = self._running()
-        return engine.directory.call_async(loop, user_id, "add_messages", messages, paced=True)
+        return engine.directory.call_async(
+            loop, user_id, "add_checked_messages", messages, paced=True
+        )
 
     # ------------------------------------------------------------------ processing
 

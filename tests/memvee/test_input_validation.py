@@ -548,8 +548,10 @@ async def test_a_write_is_checked_once_on_the_callers_loop_not_again_in_the_user
 ) -> None:
     import events.user_log
 
-    checked_in_the_actor: list[object] = []
-    monkeypatch.setattr(events.user_log, "check_message", checked_in_the_actor.append)
+    checked_in_the_actor: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        events.user_log, "check_message", lambda *args: checked_in_the_actor.append(args)
+    )
     user, assistant = await memory.add_exchange("u", "hello", "hi there", user_name="Ana")
     assert checked_in_the_actor == []
     assert (user.content, user.name, assistant.content) == ("hello", "Ana", "hi there")
@@ -558,3 +560,25 @@ async def test_a_write_is_checked_once_on_the_callers_loop_not_again_in_the_user
     with pytest.raises(InvalidInputError, match="aware"):
         await memory.add_exchange("u", "hello", "hi", datetime(2026, 1, 1))
     assert [m.content for m in await memory.buffer("u")] == ["hello", "hi there"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ("robot", "hi", None, None),
+        ("user", "", None, None),
+        ("user", "naive", datetime(2026, 1, 1), None),
+        ("user", "a\x00b", None, None),
+        ("user", "named", None, "\ufeff"),
+    ],
+    ids=["unknown role", "empty", "naive sent_at", "control character", "invisible name"],
+)
+async def test_the_users_actor_asked_directly_checks_what_it_appends(
+    memory: Memory, message: tuple[object, ...]
+) -> None:
+    """Only the Memory's own write skips the actor's checks (it checked on its loop): the
+    actors package used directly refuses bad input and writes nothing."""
+    engine, loop = memory._running()
+    with pytest.raises(InvalidInputError):
+        await engine.directory.call_async(loop, "u", "add_messages", (message,), paced=True)
+    assert await memory.buffer("u") == []
