@@ -284,11 +284,8 @@ class BulkReextraction:
 
     def _plan(self, user_ids: Sequence[str], report: BulkReport) -> list[_Planned]:
         """Every user's processed messages not yet in the version, in bounded batches;
-        those of requests that failed before go after the rest, in requests of their own
-        (so one that always fails keeps none of the others out of the version): one a
-        request when it failed of its own, else bounded among themselves when a server
-        error failed it (:meth:`UserLog.reextraction_calls`), never with a message not
-        sent before. A user another
+        those of requests that failed before go one a request, after the rest (so one
+        that always fails keeps none of the others out of the version). A user another
         run holds is passed over (``report.claimed``; one not named, only logged). A user
         not named, whose requests were in a kept batch this run dropped, gets those
         messages planned again only (:attr:`dropped`): no run naming them may come."""
@@ -323,14 +320,7 @@ class BulkReextraction:
                 and e.message_id not in pending
             ]
             failed = user_log.failed_reextraction(self.version, events)
-            suspected = user_log.reextraction_caps(self.version, events).keys()
-            fresh = [m for m in todo if m.message_id not in suspected]
-            suspects = [m for m in todo if m.message_id in suspected]
-            batches = [
-                *bounded(fresh, self.limits, failed),
-                *bounded(suspects, self.limits, failed),
-            ]
-            for batch in batches:
+            for batch in bounded(todo, self.limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
@@ -875,9 +865,8 @@ class BulkReextraction:
         (see :func:`_blamable`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
-            suspect = _server_error(outcome)
-            blamed = blamable and suspect
-            self._record_failure(request, failure, request_id, may_pass=suspect, blamed=blamed)
+            blamed = blamable and _server_error(outcome)
+            self._record_failure(request, failure, request_id, blamed=blamed)
             return failure
         batch = self._batch(custom_id, request)
         try:
@@ -931,14 +920,12 @@ class BulkReextraction:
         error: ExtractionError,
         request_id: str | None,
         *,
-        may_pass: bool = False,
         blamed: bool = False,
     ) -> None:
         """Keep a failed request in its user's log (what it was billed, and whether it
         failed of its own in a way that repeats, or is ``blamed`` for a server error a
-        second time: then the next run sends its messages one a request); a server error
-        ``may_pass`` (the next run plans its messages apart from the others); kept once
-        however many runs collect it."""
+        second time: then the next run sends its messages one a request); kept once however
+        many runs collect it."""
         self.record_failure(
             request["user"],
             self.version,
@@ -948,7 +935,6 @@ class BulkReextraction:
             error.repeats,
             text=str(error),
             request_id=request_id,
-            may_pass=may_pass,
             blamed=blamed,
         )
 
@@ -1037,7 +1023,7 @@ class BulkReextraction:
         """Keep the id of a probe Message Batch until it is canceled."""
         row = {
             "local_id": str(uuid4()),
-            "knowledge_version": self.version,
+            "knowledge_version": _PROBES,
             "api_batch_id": batch_id,
             "requests": {_PROBE: {}},
             "created_at": datetime.now(UTC),
@@ -1049,7 +1035,9 @@ class BulkReextraction:
         """The ids of the probe Message Batches kept by runs of any version, not canceled."""
         with self.store.engine.connect() as connection:
             rows = connection.execute(
-                select(BULK_BATCHES.c.api_batch_id, BULK_BATCHES.c.requests)
+                select(BULK_BATCHES.c.api_batch_id, BULK_BATCHES.c.requests).where(
+                    BULK_BATCHES.c.knowledge_version == _PROBES
+                )
             ).all()
         return [batch_id for batch_id, requests in rows if _PROBE in requests and batch_id]
 
@@ -1258,6 +1246,10 @@ _CLAIM = "claim"
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
 request (:meth:`BulkReextraction._probe_batches`)."""
+
+_PROBES = " probe Message Batches "
+"""The ``knowledge_version`` of probe rows: no version can be named so (spaces around),
+so a run of any version, an older memvee's too, never takes one for its kept batches."""
 
 
 def _requests(row: Mapping[str, Any]) -> bool:
