@@ -980,7 +980,8 @@ def _reextract_in_bulk(
             )
         )
     if report.probes:
-        console.print(f"{len(report.probes)} probe Message Batches canceled")
+        count = len(report.probes)
+        console.print(f"{count} probe Message Batch{'' if count == 1 else 'es'} canceled")
     for user_id in report.claimed:
         done = (
             "its kept requests recorded, nothing new" if user_id in report.collected else "nothing"
