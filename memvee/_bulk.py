@@ -114,9 +114,6 @@ _CREATE_PAUSE = 1.0
 _CANCEL_ATTEMPTS = 3
 """Calls that cancel one probe Message Batch, at most, when the API fails for a while."""
 
-_CANCEL_PAUSE = 1.0
-"""Seconds before the second call that cancels a probe Message Batch (doubled for the third)."""
-
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
@@ -490,27 +487,21 @@ class BulkReextraction:
         calling again while the API fails for a while; one still not canceled stays kept
         for the next run to cancel (``report.probes_running``). A probe the API no longer
         knows, or will not cancel as ended, is forgotten: it runs no more."""
-        once = client.with_options(max_retries=0)
-        pause = _CANCEL_PAUSE
-        for attempt in range(1, _CANCEL_ATTEMPTS + 1):
-            try:
-                await once.messages.batches.cancel(batch_id)
-            except anthropic.AnthropicError as error:
-                if _transient(error) and attempt < _CANCEL_ATTEMPTS:
-                    await asyncio.sleep(pause)
-                    pause *= 2
-                    continue
-                shown = api_error(error, client_secrets(client))
-                if _transient(error):  # one request of one token: it may run, billed
-                    log.warning(
-                        "canceling probe Message Batch %s failed (%s); the next run cancels it",
-                        batch_id,
-                        shown,
-                    )
-                    report.probes_running.append(batch_id)
-                    return
-                log.info("probe Message Batch %s is not canceled (%s): it is over", batch_id, shown)
-            break
+        # The SDK's own retries (backoff, Retry-After): a cancel may be sent again safely.
+        retrying = client.with_options(max_retries=_CANCEL_ATTEMPTS - 1)
+        try:
+            await retrying.messages.batches.cancel(batch_id)
+        except anthropic.AnthropicError as error:
+            shown = api_error(error, client_secrets(client))
+            if _transient(error):  # one request of one token: it may run, billed
+                log.warning(
+                    "canceling probe Message Batch %s failed (%s); the next run cancels it",
+                    batch_id,
+                    shown,
+                )
+                report.probes_running.append(batch_id)
+                return
+            log.info("probe Message Batch %s is not canceled (%s): it is over", batch_id, shown)
         await asyncio.to_thread(self._forget_probe, batch_id)
         report.probes.append(batch_id)
 

@@ -1400,12 +1400,11 @@ def _probes(server: MessagesAPIServer) -> list[dict[str, Any]]:
 
 
 async def test_a_probe_batch_the_api_would_not_cancel_is_canceled_by_the_next_run(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+    db: str, server: MessagesAPIServer
 ) -> None:
     """Every call canceling the probe Message Batch of a heavy message fails with a server
     error: the run reports the probe still running and keeps its id, and the next run
     cancels it, where it used to be left running (billed) with a warning."""
-    monkeypatch.setattr(bulk_module, "_CANCEL_PAUSE", 0.0)
     users = await _heavy_refused_alone(db, server)
 
     def cancel_fails(request: RecordedRequest) -> ScriptedResponse | None:
