@@ -1407,7 +1407,13 @@ def _log_warnings_but_not_interrupts() -> None:
 
 class _ShownFormatter(logging.Formatter):
     """Shows the control characters of a warning (as :func:`_shown` does) instead of sending them
-    to the terminal: a warning may quote stored text (an extractor's error, a message)."""
+    to the terminal: a warning may quote stored text (an extractor's error, a message). The
+    warning's own text stays on one line (a line break shown as ``␤``), so a quoted text cannot
+    print a line of its own that reads like the command's ``error:`` line; a traceback after
+    it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).replace("\n", "\u2424")
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).translate(_SHOWN)

@@ -238,6 +238,46 @@ def test_a_warning_quoting_stored_text_shows_its_escape_sequences_instead_of_sen
     )
 
 
+def test_a_warning_quoting_a_line_break_stays_one_line_so_it_cannot_forge_an_error_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A warning quoting stored text with a line break printed a second line of the text's
+    choosing, such as one reading like the command's own ``error:`` line."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        logging.getLogger("memvee").warning(
+            "message m1 left out (%s)", "refused\nerror: database is corrupt"
+        )
+    finally:
+        root.handlers[:] = before
+    assert capsys.readouterr().err.splitlines() == [
+        "message m1 left out (refused\u2424error: database is corrupt)"
+    ]
+
+
+def test_a_warning_with_a_traceback_keeps_the_tracebacks_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only the warning's own text is kept on one line: the traceback a warning carries is
+    still printed line by line."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("memvee").warning("cleanup failed", exc_info=True)
+    finally:
+        root.handlers[:] = before
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "cleanup failed"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
+
+
 def test_ctrl_c_while_typer_reads_the_command_line_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
