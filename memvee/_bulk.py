@@ -21,10 +21,10 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import anthropic
@@ -46,6 +46,7 @@ from events import (
     ExtractionError,
     InvalidInputError,
     KnownEntry,
+    MemveeError,
     NotFoundError,
     RejectedBatchError,
     ReplacedEntry,
@@ -60,6 +61,9 @@ from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
 from projections.reader import aware
 from projections.shown import with_targets
+
+if TYPE_CHECKING:
+    from memvee.audit import ReextractionReport
 
 __all__ = ["BulkReextraction", "BulkReport"]
 
@@ -126,6 +130,11 @@ synchronous re-extraction show them (Audit's), and the chains of ended entries b
 Progress = Callable[[int, int], None]
 """Told (requests done, requests in all) while a Message Batch is processed."""
 
+Direct = Callable[[str, Collection[str], "ReextractionReport"], Awaitable[None]]
+"""Re-extracts the given messages of a user through the Messages API, by the live
+re-extraction's rules (Audit's ``reextract``), filling in the report as it goes: the
+fallback for a Message Batch that failed whole with server errors a second time."""
+
 RecordFailure = Callable[..., None]
 """Keeps a failed re-extraction call in its user's log, what it cost and whether it
 failed of its own in a way that repeats (Audit's ``_record_failure``: user, version,
@@ -170,6 +179,11 @@ class BulkReport:
     own, and those an earlier run left running."""
     probes_running: list[str] = field(default_factory=list)
     """Probe Message Batches this run could not cancel: kept, the next run cancels them."""
+    direct: dict[str, int] = field(default_factory=dict)
+    """Users whose messages this run sent through the Messages API at full price, and how
+    many: their Message Batch failed whole with server errors, as one of the same requests
+    had before. What that path could not extract is in ``failed`` (``direct:USER``) and
+    ``left_out``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +196,18 @@ class _Planned:
     message_ids: list[str]
     known: list[str]
     planned_at: int
+    failing: int = 0
+    """How many Message Batches of these messages failed whole with server errors in a
+    row before this one (kept as :data:`_FAILING`)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        kept = {
             "user": self.user_id,
             "messages": self.message_ids,
             "known": self.known,
             "at": self.planned_at,
         }
+        return {**kept, _FAILING: self.failing} if self.failing else kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +240,7 @@ class BulkReextraction:
         limits: BatchLimits | None = None,
         poll_interval: float = 30.0,
         progress: Progress | None = None,
+        direct: Direct | None = None,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -233,6 +252,9 @@ class BulkReextraction:
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
+        self.direct = direct
+        self.direct_stopped = False  # the Messages API failed too: no more direct calls
+        self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
         self.claims: list[str] = []
@@ -257,7 +279,9 @@ class BulkReextraction:
             for batch_id in await asyncio.to_thread(self._kept_probes):
                 await self._cancel_probe(client, batch_id, report)
             for row in await asyncio.to_thread(self._unfinished):
-                if not await asyncio.to_thread(self._held_elsewhere, row):
+                if _failed_whole(row):
+                    await asyncio.to_thread(self._plan_again, row)
+                elif not await asyncio.to_thread(self._held_elsewhere, row):
                     await self._finish(client, row, report, earlier=True)
             planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
@@ -317,12 +341,25 @@ class BulkReextraction:
                 and e.message_id not in pending
             ]
             failed = user_log.failed_reextraction(self.version, events)
+            failing = self.failing.get(user_id, {})
             for batch in bounded(todo, self.limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
-                planned.append(_Planned(user_id, ids, known, user_log.version))
+                count = min(failing.get(m, 0) for m in ids)
+                planned.append(_Planned(user_id, ids, known, user_log.version, count))
         return planned
+
+    def _plan_again(self, row: dict[str, Any]) -> None:
+        """Take a kept row whose Message Batch failed whole with server errors: its
+        messages are planned again by this run, whichever users it was given, each request
+        carrying how many batches of its messages failed so (:attr:`failing`)."""
+        for request in row["requests"].values():
+            counts = self.failing.setdefault(request["user"], {})
+            for message_id in request["messages"]:
+                counts[message_id] = max(counts.get(message_id, 0), int(request[_FAILING]))
+        self._drop_row(row)
+        self._delete(row["local_id"])
 
     async def _submit_all(
         self, client: anthropic.AsyncAnthropic, planned: list[_Planned], report: BulkReport
@@ -653,7 +690,7 @@ class BulkReextraction:
             self._drop_row(row)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
-        blamable = _blamable(answers, len(row["requests"]))
+        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
@@ -687,7 +724,74 @@ class BulkReextraction:
                     report.entries += entries
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
+        if short is None and not blamable:
+            before = min(int(r.get(_FAILING, 0)) for r in row["requests"].values())
+            if before and not earlier:
+                await self._send_directly(row, report)
+            await asyncio.to_thread(self._keep_failed_whole, row, before + 1)
+            return
         await asyncio.to_thread(self._delete, row["local_id"])
+
+    async def _send_directly(self, row: dict[str, Any], report: BulkReport) -> None:
+        """Send the messages of ``row``'s requests through the Messages API, user after
+        user, by the live re-extraction's rules (:data:`Direct`): its Message Batch failed
+        whole with server errors, as one of the same requests had before. That path
+        blames only what its rules blame and stops at two failures in a row; a user's run
+        stopped so ends the fallback for the rest of this run (the API is down, not only
+        Message Batches). Users another run took over, or forgotten, are passed over."""
+        from memvee.audit import ReextractionReport  # the audit imports this module lazily
+
+        if self.direct is None:
+            return
+        by_user: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        for custom_id, request in row["requests"].items():
+            by_user.setdefault(request["user"], []).extend(request["messages"])
+            failed.setdefault(request["user"], []).append(f"{row['api_batch_id']}:{custom_id}")
+        for user_id, message_ids in by_user.items():
+            if self.direct_stopped:
+                return
+            if _claim_id(self.version, user_id) not in self.claims:
+                continue
+            live = ReextractionReport()
+            report.direct[user_id] = report.direct.get(user_id, 0) + len(message_ids)
+            log.warning(
+                "user %r: %d messages go through the Messages API at full price: their "
+                "Message Batch failed whole with server errors twice",
+                user_id,
+                len(message_ids),
+            )
+            try:
+                await self.direct(user_id, message_ids, live)
+            except NotFoundError:  # forgotten meanwhile: nothing to send
+                del report.direct[user_id]
+            except MemveeError as stopped:
+                self.direct_stopped = True
+                shown = redact(first_line(stopped), client_secrets(self.extractor.client))
+                report.failed[f"direct:{user_id}"] = shown
+            else:  # what failed in the batch is extracted or left out now
+                for request_id in failed[user_id]:
+                    report.failed.pop(request_id, None)
+            report.entries += live.entries
+            report.left_out.update(live.left_out)
+
+    def _keep_failed_whole(self, row: dict[str, Any], count: int) -> None:
+        """Keep ``row``, whose Message Batch failed whole with server errors, for the next
+        run to plan its messages again, noting ``count``: how many batches of the same
+        requests failed so in a row (read back by :meth:`_plan_again`). Its requests of a
+        user forgotten meanwhile are gone already: the row is updated only if it is there."""
+        with self.store.transaction() as connection:
+            requests = connection.execute(
+                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == row["local_id"])
+            ).scalar()
+            if not requests:
+                return
+            counted = {k: {**r, _FAILING: count, _FAILED_WHOLE: True} for k, r in requests.items()}
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(BULK_BATCHES.c.local_id == row["local_id"])
+                .values(requests=counted)
+            )
 
     def _drop_row(self, row: dict[str, Any]) -> None:
         """Note the messages of a kept row dropped before all were recorded, for
@@ -1231,6 +1335,16 @@ held only while its run is (one whose release failed is not held by the process 
 _SHORT_READS = "short_reads"
 """The key of a kept request that counts its batch's short reads (see :data:`MAX_SHORT_READS`)."""
 
+_FAILING = "failing"
+"""The key of a kept request that counts the Message Batches of its messages that failed
+whole with server errors in a row before (:attr:`_Planned.failing`); older memvees ignore
+it."""
+
+_FAILED_WHOLE = "failed_whole"
+"""The key of a kept request whose Message Batch failed whole with server errors: the next
+run plans its messages again instead of collecting it (an older memvee collects it again,
+blames nothing and plans them again too)."""
+
 _CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
@@ -1393,13 +1507,20 @@ def _server_error(outcome: Any) -> bool:
     return getattr(detail, "type", None) == "api_error"
 
 
-def _blamable(outcomes: Mapping[str, Any], requests: int) -> bool:
-    """Whether a server error of a request of a Message Batch of ``requests`` requests is
-    evidence against its messages: not when every request of a batch of several that was
-    read came back so (the API's outage, not theirs; one read short is judged on the
-    lines read, never as a batch of one). A message blamed twice goes alone next run
-    (:meth:`UserLog.failed_reextraction`), so one such error on first sight pins nothing."""
-    return requests < 2 or not all(_server_error(o) for o in outcomes.values())
+def _blamable(outcomes: Mapping[str, Any]) -> bool:
+    """Whether a server error of a request of a Message Batch is evidence against its
+    messages: not when every request read came back so, however few (an outage of the API,
+    or of Message Batches alone, cannot be told from requests that fail every time: the
+    second time, their messages go through the Messages API, whose rules tell). A message
+    blamed twice goes alone next run (:meth:`UserLog.failed_reextraction`), so one such
+    error on first sight pins nothing."""
+    return not all(_server_error(o) for o in outcomes.values())
+
+
+def _failed_whole(row: Mapping[str, Any]) -> bool:
+    """Whether a kept row's Message Batch failed whole with server errors (see
+    :data:`_FAILED_WHOLE`)."""
+    return any(r.get(_FAILED_WHOLE) for r in row["requests"].values())
 
 
 def _failure(outcome: Any, secrets: Sequence[str], refused_all: frozenset[str]) -> ExtractionError:

@@ -14,7 +14,7 @@ import random
 import shlex
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -797,8 +797,23 @@ class Audit:
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
         await check_credentials(extractor)
+        return await self._reextract_run(user_id, extractor, version, limits, embedder, report)
+
+    async def _reextract_run(
+        self,
+        user_id: str,
+        extractor: Extractor,
+        version: str,
+        limits: BatchLimits,
+        embedder: Embedder | Literal[False] | None,
+        report: ReextractionReport | None,
+        only: Collection[str] | None = None,
+    ) -> ReextractionReport:
+        """Plan and run :meth:`reextract`'s calls, of ``only`` those messages if given (the
+        bulk run's fallback through the Messages API sends no message another of its
+        Message Batches holds)."""
         run = await asyncio.to_thread(
-            self._planned, user_id, extractor, version, limits, embedder, report
+            self._planned, user_id, extractor, version, limits, embedder, report, only
         )
         try:
             while run.todo:
@@ -818,11 +833,12 @@ class Audit:
         limits: BatchLimits,
         embedder: Embedder | Literal[False] | None,
         report: ReextractionReport | None,
+        only: Collection[str] | None = None,
     ) -> _Reextraction:
         """The user's re-extraction run, planned (on a worker thread: a long log takes a
         while to read and weigh, and the asyncio loop must not wait for it): the messages
-        the version does not cover in bounded batches, the evidence of its failed calls
-        weighed."""
+        the version does not cover (of ``only``, if given) in bounded batches, the evidence
+        of its failed calls weighed."""
         user_log = self.store.load(user_id)
         if user_log is None:
             raise NotFoundError(f"no user {user_id!r} in this database")
@@ -834,7 +850,9 @@ class Audit:
         todo = [
             BatchMessage.of(event)
             for event in history
-            if isinstance(event, UserLog.MessageAdded) and event.message_id in uncovered
+            if isinstance(event, UserLog.MessageAdded)
+            and event.message_id in uncovered
+            and (only is None or event.message_id in only)
         ]
         run = _Reextraction(
             user_id,
@@ -1081,6 +1099,7 @@ class Audit:
         poll_interval: float = 30.0,
         progress: Callable[[int, int], None] | None = None,
         embedder: Embedder | Literal[False] | None = None,
+        direct_fallback: bool = True,
     ) -> BulkReport:
         """Re-extract the users' processed messages into ``version`` through the Message
         Batches API (half the price; results within 24 hours, most within one).
@@ -1088,13 +1107,25 @@ class Audit:
         Only messages the version does not cover yet are sent, so running it again after
         a crash (or after requests failed) finishes the job without recording anything
         twice. The live knowledge stays as it is until :meth:`promote`. ``embedder``
-        chooses the entries each request is shown, as :meth:`reextract`'s does.
+        chooses the entries each request is shown, as :meth:`reextract`'s does. With
+        ``direct_fallback``, the messages of a Message Batch that failed whole with server
+        errors a second time go through the Messages API, by :meth:`reextract`'s rules,
+        at full price (``BulkReport.direct``).
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
         self.check_version_name(user_ids, version)
         await check_credentials(extractor)
         meaning = self._by_meaning(embedder)
+        live_limits = limits or DEFAULT_LIMITS
+
+        async def direct(
+            user_id: str, message_ids: Collection[str], report: ReextractionReport
+        ) -> None:
+            await self._reextract_run(
+                user_id, extractor, version, live_limits, embedder, report, message_ids
+            )
+
         bulk = BulkReextraction(
             self.store,
             self._reader,
@@ -1106,6 +1137,7 @@ class Audit:
             limits=limits,
             poll_interval=poll_interval,
             progress=progress,
+            direct=direct if direct_fallback else None,
         )
         return await bulk.run(list(user_ids))
 

@@ -830,6 +830,14 @@ def reextract(
     poll: Annotated[
         float, typer.Option(help="Seconds between looks at a running Message Batch.")
     ] = 30.0,
+    direct_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--direct-fallback/--no-direct-fallback",
+            help="With --batch-api: send the messages of a Message Batch that failed whole "
+            "with server errors a second time through the Messages API, at full price.",
+        ),
+    ] = True,
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
@@ -857,7 +865,13 @@ def reextract(
         audit.check_version_name(targets, version)
         if batch_api:
             _reextract_in_bulk(
-                audit, targets, cast("ClaudeExtractor", chosen), version, poll, promote
+                audit,
+                targets,
+                cast("ClaudeExtractor", chosen),
+                version,
+                poll,
+                promote,
+                direct_fallback=direct_fallback,
             )
             return
         failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
@@ -927,6 +941,8 @@ def _reextract_in_bulk(
     version: str,
     poll: float,
     promote: bool,
+    *,
+    direct_fallback: bool,
 ) -> None:
     """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
     with _bar("Message Batch", "requests") as bar:
@@ -938,6 +954,7 @@ def _reextract_in_bulk(
                 version,
                 poll_interval=poll,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
+                direct_fallback=direct_fallback,
             )
         )
     console.print(
@@ -948,6 +965,14 @@ def _reextract_in_bulk(
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     for message_id, why in list(report.left_out.items())[:20]:
         console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {_shown(why)}"))
+    for user_id, sent in report.direct.items():
+        console.print(
+            Text.assemble(
+                ("direct:", "yellow"),
+                f" {user_id}: {sent} messages sent through the Messages API at full price "
+                "(their Message Batch failed whole with server errors twice)",
+            )
+        )
     for request_id in list(report.forgotten)[:20]:
         console.print(
             Text.assemble(

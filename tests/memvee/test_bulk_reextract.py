@@ -90,8 +90,9 @@ def _reextracted(audit: Audit, user: str) -> list[Any]:
 
 
 async def _run(audit: Audit, *, users: Sequence[str] = USERS, **kw: Any) -> Any:
+    kw.setdefault("limits", LIMITS)
     return await audit.reextract_in_bulk(
-        list(users), ClaudeExtractor(max_retries=0), "v2", limits=LIMITS, poll_interval=0.01, **kw
+        list(users), ClaudeExtractor(max_retries=0), "v2", poll_interval=0.01, **kw
     )
 
 
@@ -494,12 +495,14 @@ async def test_a_request_too_large_alone_is_split_down_to_the_message_left_out(
         assert (again.submitted, again.recorded, list(again.left_out)) == (0, 0, [huge])
 
 
-async def test_a_request_erroring_on_successive_runs_goes_one_message_a_request(
+async def test_a_request_erroring_every_time_alone_goes_through_the_messages_api(
     db: str, server: MessagesAPIServer
 ) -> None:
-    """One message makes its request come back errored (a server error) every time: the
-    second time the same request errors, its messages go one a request next run, so the
-    innocent ones sharing it get in and only the message that fails alone is left out."""
+    """One message makes its request come back errored (a server error) every time: once
+    that request is all that is left, its Message Batch fails whole, as in an outage; the
+    second time it does, its messages go through the Messages API by the live
+    re-extraction's rules, so the innocent one sharing it gets in and only the message
+    that fails alone is left out."""
     server.set_responder(
         fault_when("bob likes thing 4", ScriptedResponse(500, error_body("api_error", "boom")))
     )
@@ -507,14 +510,13 @@ async def test_a_request_erroring_on_successive_runs_goes_one_message_a_request(
         first = await _run(audit)
         assert (first.submitted, first.recorded, first.left_out) == (6, 5, {})
         second = await _run(audit)
-        assert (second.submitted, second.recorded, second.left_out) == (1, 0, {})
-        third = await _run(audit)
-        assert (third.submitted, third.recorded) == (2, 1)
+        assert (second.submitted, second.recorded, second.direct) == (1, 0, {})
+        later = [await _run(audit) for _ in range(2)]
+        assert [r.direct for r in later] == [{"bob": 2}, {"bob": 2}]
         added = [e for e in audit.store.events_of("bob") if isinstance(e, UserLog.MessageAdded)]
         (poisoned,) = [e.message_id for e in added if e.content == "bob likes thing 4"]
-        assert list(third.left_out) == [poisoned] and "boom" in third.left_out[poisoned]
-        covered = {m for e in _reextracted(audit, "bob") for m in e.message_ids}
-        assert covered == {e.message_id for e in added} - {poisoned}
+        assert list(later[-1].left_out) == [poisoned] and "boom" in later[-1].left_out[poisoned]
+        assert _covered(audit, "bob") == {e.message_id for e in added} - {poisoned}
 
 
 async def test_server_errors_of_every_request_of_a_batch_pin_no_message(
@@ -526,7 +528,7 @@ async def test_server_errors_of_every_request_of_a_batch_pin_no_message(
     with Audit(db_url=db) as audit:
         for _ in range(2):
             down = await _run(audit)
-            assert (down.recorded, len(down.failed), down.left_out) == (0, 6, {})
+            assert (down.recorded, down.left_out) == (0, {}) and len(down.failed) >= 6
         server.set_responder(default_answer)
         again = await _run(audit)
     assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
@@ -1536,3 +1538,169 @@ async def test_a_promoting_run_for_one_user_leaves_another_run_the_user_of_a_bat
     assert "claimed:" not in result.output
     with Audit(db_url=db) as audit:
         assert "v2" not in audit.unpromoted_versions("ann")
+
+
+def _batch_requests_fail(request: RecordedRequest) -> ScriptedResponse:
+    """A Message Batches outage: every request of a batch errors with a server error, while
+    the Messages API answers."""
+    if request.custom_id is not None:
+        return ScriptedResponse(500, error_body("api_error", "batches down"))
+    return default_answer(request)
+
+
+def _covered(audit: Audit, user: str) -> set[str]:
+    return {m for e in _reextracted(audit, user) for m in e.message_ids}
+
+
+def _said(audit: Audit, user: str) -> dict[str, str]:
+    """The user's messages: their text by id."""
+    return {
+        e.message_id: e.content
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.MessageAdded)
+    }
+
+
+def _processed(audit: Audit, user: str) -> set[str]:
+    """The user's messages but ann's last exchange, which waits buffered."""
+    said = list(_said(audit, user))
+    return set(said[:10])
+
+
+def _pinned(audit: Audit) -> set[str]:
+    """The messages the logs pin to a request of their own in v2."""
+    return {
+        m
+        for user in USERS
+        for m in audit.store.load(user).failed_reextraction("v2", audit.store.events_of(user))
+    }
+
+
+async def test_two_requests_failing_every_time_left_alone_in_the_last_batch_do_not_stall(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's and bob's last requests make the API fail every time: once they are all that
+    is left, their Message Batch fails whole, as in an outage, run after run; it used to
+    stay so for good. The second time it does, their messages go through the Messages API
+    by the live re-extraction's rules: the innocent ones get in, and only the message
+    that fails alone is left out."""
+    server.set_responder(
+        fault_when("likes thing 4", ScriptedResponse(500, error_body("api_error", "boom")))
+    )
+    left_out: dict[str, str] = {}
+    with Audit(db_url=db) as audit:
+        for _ in range(5):
+            report = await _run(audit)
+            left_out.update(report.left_out)
+        for user in USERS:
+            said = _said(audit, user)
+            (poisoned,) = [m for m, text in said.items() if text == f"{user} likes thing 4"]
+            assert _covered(audit, user) == _processed(audit, user) - {poisoned}
+            assert poisoned in left_out and "boom" in left_out[poisoned]
+
+
+@pytest.mark.parametrize("requests", ["several requests", "one request"])
+async def test_a_message_batches_outage_extracts_through_the_messages_api_blaming_nothing(
+    db: str, server: MessagesAPIServer, requests: str
+) -> None:
+    """Every Message Batch fails with server errors while the Messages API answers: the
+    first time may pass, the second time the users' messages go through the Messages API
+    at full price, and the memory keeps going. No message is blamed (a lone request used
+    to be blamed twice, its messages then sent one a request)."""
+    server.set_responder(_batch_requests_fail)
+    limits = LIMITS if requests == "several requests" else BatchLimits(max_messages=50)
+    with Audit(db_url=db) as audit:
+        first = await _run(audit, users=["ann"], limits=limits)
+        assert (first.recorded, first.direct) == (0, {})
+        assert server.requests == [], "no full-price call at the first failure"
+        second = await _run(audit, users=["ann"], limits=limits)
+        assert second.direct == {"ann": 10}
+        assert _covered(audit, "ann") == _processed(audit, "ann")
+        assert _pinned(audit) == set() and second.left_out == {}
+
+
+@pytest.mark.parametrize("requests", ["several requests", "one request"])
+async def test_a_full_outage_blames_nothing_and_calls_the_messages_api_twice_at_most(
+    db: str, server: MessagesAPIServer, requests: str
+) -> None:
+    """The Message Batches and the Messages API both fail: the direct path stops at its
+    two failures in a row, for every user of the run; nothing is blamed, and once the
+    outage passes the next run sends the same bounded requests."""
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    limits = LIMITS if requests == "several requests" else BatchLimits(max_messages=50)
+    with Audit(db_url=db) as audit:
+        before = await _run(audit, limits=limits)
+        calls = [len(server.requests)]
+        for _ in range(3):
+            down = await _run(audit, limits=limits)
+            assert (down.recorded, down.left_out, len(down.direct)) == (0, {}, 1)
+            calls.append(len(server.requests))
+        assert [b - a for a, b in itertools.pairwise(calls)] == [2, 2, 2]
+        assert _pinned(audit) == set()
+        server.set_responder(default_answer)
+        again = await _run(audit, limits=limits)
+    assert again.submitted == before.submitted and again.recorded == before.submitted
+    sent = [len(r["params"]["messages"]) for r in server.batches[0]["requests"]]
+    assert [len(r["params"]["messages"]) for r in server.batches[-1]["requests"]] == sent
+
+
+async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs meet after a Message Batches outage failed the users' batch once: each
+    user goes through the Messages API in one run only, and each message is recorded
+    once."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=both_backends) as audit:
+        await _run(audit)
+    planned = threading.Barrier(2, timeout=10)
+    plan = BulkReextraction._plan
+
+    def plan_then_meet(self: BulkReextraction, *args: Any) -> Any:
+        found = plan(self, *args)
+        planned.wait()
+        return found
+
+    monkeypatch.setattr(BulkReextraction, "_plan", plan_then_meet)
+    with Audit(db_url=both_backends) as a, Audit(db_url=both_backends) as b:
+        first, second = await asyncio.gather(_run(a), _run(b))
+        assert sorted([*first.direct, *second.direct]) == sorted(USERS)
+        assert len(server.requests) == 2, "one full-price call a user"
+        for user in USERS:
+            assert [len(e.message_ids) for e in _reextracted(a, user)] == [4]
+
+
+async def test_a_user_forgotten_while_a_failing_batch_ran_is_not_sent_directly(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten while the second failing Message Batch runs: his messages are
+    dropped, not sent through the Messages API, and ann's go."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        _forget_bob_before_his_answers(monkeypatch, afresh=False)
+        report = await _run(audit)
+        assert report.direct == {"ann": 10}
+        assert len(server.requests) == 3, "ann's three requests, at full price"
+        assert not any("bob" in m["content"] for r in server.requests for m in r.messages)
+        assert _covered(audit, "ann") == _processed(audit, "ann")
+        with audit.store.engine.connect() as connection:
+            kept = connection.execute(select(BULK_BATCHES.c.requests)).scalars().all()
+        assert all(r["user"] != "bob" for requests in kept for r in requests.values())
+
+
+def test_the_command_line_tells_what_went_through_the_messages_api_and_can_refuse_it(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A `direct:` line says how many messages went at full price; with
+    `--no-direct-fallback` none does."""
+    server.set_responder(_batch_requests_fail)
+    args = ["reextract", "ann", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    args += ["--as", "v2", "--db-url", db]
+    for _ in range(2):
+        refused = CliRunner().invoke(app, [*args, "--no-direct-fallback"])
+        assert refused.exit_code == 1, refused.output
+    assert server.requests == [] and "direct:" not in refused.output
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "direct: ann: 10 messages" in result.output, result.output
