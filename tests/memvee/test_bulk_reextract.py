@@ -1704,3 +1704,20 @@ def test_the_command_line_tells_what_went_through_the_messages_api_and_can_refus
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "direct: ann: 10 messages" in result.output, result.output
+
+
+async def test_a_batch_failing_whole_is_kept_in_the_shape_an_older_memvee_collects(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The count of whole failures rides in the batch's own kept requests (no column, no
+    row of its own): an older memvee collects the kept batch again, blames nothing and
+    plans its requests again, as it did before."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        with audit.store.engine.connect() as connection:
+            (row,) = connection.execute(select(BULK_BATCHES)).mappings().all()
+    assert row["knowledge_version"] == "v2" and row["api_batch_id"] == server.batches[0]["id"]
+    for request in row["requests"].values():
+        assert {"user", "messages", "known", "at"} <= set(request)
+        assert (request["failing"], request["failed_whole"]) == (1, True)
