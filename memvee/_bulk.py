@@ -10,7 +10,10 @@ It survives a crash at any point. The requests of each submitted Message Batch a
 in a small table (:mod:`projections.bulk_runs`) before the batch is created; a later run
 for the same version collects the batches left unfinished before planning anything new.
 Each recorded event names its request (``request_id``), and a request already recorded in
-the user's log is never recorded again. Rows are deleted once their results are recorded.
+the user's log is never recorded again. Rows are deleted once their results are recorded,
+but that of a batch that failed whole with server errors: the next run plans its messages
+again, and a second such failure in a row sends them through the Messages API by the live
+re-extraction's rules (:meth:`BulkReextraction._send_directly`).
 """
 
 from __future__ import annotations
