@@ -701,8 +701,9 @@ def _before_a_start(deciding: _Deciding, fact: _Fact) -> bool:
     """Place ``fact``, a repeat or an update of a known entry said before it began, as
     :class:`~events.timeline.Around` says: an entry said again earlier begins then (or
     keeps its start when another ended entry held between), an update may state a known
-    entry before it began (each then ``True``: decided); a repeat said before the value
-    it replaced began is an update."""
+    entry before it began, ending then the entry it updates, so that a repeat of that
+    one said later is that value again (each then ``True``: decided); a repeat said
+    before the value it replaced began is an update."""
     plan, around, said, notes = deciding.plan, deciding.around, fact.said, fact.notes
     target = fact.target
     if fact.action == "same" and target is not None and around.began_later(target, said):
@@ -719,7 +720,10 @@ def _before_a_start(deciding: _Deciding, fact: _Fact) -> bool:
             plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
             return True
     if fact.action == "update" and (joined := around.joined(target, fact.text, said)) is not None:
+        assert target is not None
         plan.begin_earlier(joined[0], said, fact.sources, replacing=joined[1])
+        plan.followed.setdefault(target, joined[0])
+        plan.ended_by(target, said, fact.action, deciding.said_at)
         plan.repairs.extend(f"update of {target}: {note}" for note in notes)
         return True
     return False
@@ -763,11 +767,11 @@ def _update(deciding: _Deciding, fact: _Fact) -> None:
     """Add ``fact``'s entry replacing its target: joining a statement of the same value
     earlier in the answer said after the target began (:meth:`Plan.adopt`), or before
     that statement the target follows (:meth:`Plan.precede`); said before the target
-    began, it is the older value."""
+    began (as the answer moved its start: :meth:`Plan.began`), it is the older value."""
     plan, said_at, around, index = deciding.plan, deciding.said_at, deciding.around, fact.index
     target, said = fact.target, fact.said
     assert target is not None
-    known_from = around.began.get(target)
+    known_from = plan.began(target, around)
     stated = deciding.new_texts.get(same_words(fact.text))
     if (
         stated is not None
