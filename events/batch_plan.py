@@ -552,9 +552,10 @@ def _decide(deciding: _Deciding, fact: _Fact) -> None:
 
 
 def _names_fact(deciding: _Deciding, fact: _Fact, earlier: int) -> bool:
-    """Have ``fact``, naming fact ``earlier`` of the answer, change what that added
+    """Have ``fact``, naming fact ``earlier`` of the answer (the one it names, or the
+    statement it was given: :func:`_statements_named`), change what that added
     (:func:`_change_within`; then ``True``: decided), or the known entry it repeats;
-    otherwise note that it cannot."""
+    otherwise note that it cannot replace the fact the answer named."""
     index, action, target = fact.index, fact.action, fact.target
     names_back = earlier < index or index in deciding.renamed
     within = deciding.added_by.get(earlier) if names_back else None
@@ -569,7 +570,8 @@ def _names_fact(deciding: _Deciding, fact: _Fact, earlier: int) -> bool:
             f"named fact {earlier} of its answer, which repeats {named}; {action}s {named}"
         )
     else:
-        fact.notes.append(f"named fact {earlier} of its answer, which it cannot replace")
+        listed = deciding.facts[index].target_fact
+        fact.notes.append(f"named fact {listed} of its answer, which it cannot replace")
     return False
 
 

@@ -501,6 +501,26 @@ def test_a_fact_naming_no_earlier_fact_it_can_replace_is_recorded_as_new(
         assert bergen["repairs"][0] == note
 
 
+def test_a_change_given_a_later_statement_it_cannot_replace_notes_the_fact_the_answer_named() -> (
+    None
+):
+    """A move to Tromso on day 3 names fact 0, Bergen said on day 10; it is given Bergen
+    said on day 2 (fact 1, which has the known Bergen begin earlier and adds nothing), so
+    it replaces nothing, and its note names fact 0, as the answer did."""
+    log = UserLog.register("ann")
+    known = _oslo_replaced_by_bergen_on_day_9(log)
+    oslo = known[0].entry_id
+    log.collect_events()
+    facts = [
+        ExtractedFact(BERGEN, ("2",), "update", oslo),
+        ExtractedFact(BERGEN, ("0",), "update", oslo),
+        ExtractedFact("User lives in Tromso.", ("1",), "update", None, 0),
+    ]
+    added = _process(log, "t2", [2, 3, 10], facts, known)
+    (tromso,) = [e for e in added if e["text"] == facts[2].text]
+    assert tromso["repairs"][0] == "named fact 0 of its answer, which it cannot replace"
+
+
 def test_facts_replacing_one_earlier_fact_follow_each_other_in_time() -> None:
     log = UserLog.register("ann")
     ids = _batch(log, "t1", "Oslo", "Bergen", "Tromso", "Oslo again")
