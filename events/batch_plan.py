@@ -58,6 +58,8 @@ class Plan:
     dated_at: dict[int, datetime] = field(default_factory=dict)
     known_words: dict[str, str] = field(default_factory=dict)
     again: dict[int, str | int] = field(default_factory=dict)
+    _towards: dict[str | int, str | int] = field(default_factory=dict, init=False, repr=False)
+    _walks_chains: bool = field(default=False, init=False, repr=False)
 
     def start(self, place: int, said_at: dict[str, datetime]) -> datetime:
         """When the entry added at ``place`` begins: its first statement, or, for a change
@@ -274,9 +276,9 @@ class Plan:
         if replaces is not None:
             self.steps.append(("replace", place))
             if older_than is None:
-                self.followed[self.latest(replaces)] = place
+                self.follow(self.latest(replaces), place)
             else:
-                self.followed[place] = replaces
+                self.follow(place, replaces)
         self.added.append(fact)
         self.said_by.append(fact.source_message_ids)
         self.replaces.append(replaces)
@@ -302,12 +304,31 @@ class Plan:
 
     def latest(self, value: str | int) -> str | int:
         """The last value of the plan's chain through ``value`` (a known entry, or an
-        added entry's place): the entry that followed it, and so on; ``value`` if none."""
-        seen = {value}
-        while (following := self.followed.get(value)) is not None and following not in seen:
-            seen.add(following)
-            value = following
-        return value
+        added entry's place): the entry that followed it, and so on; ``value`` if none.
+        Each value found keeps a shortcut to it (:meth:`follow`), so that asking for every
+        change of a long chain does not walk the chain each time."""
+        if self._walks_chains:
+            seen = {value}
+            while (following := self.followed.get(value)) is not None and following not in seen:
+                seen.add(following)
+                value = following
+            return value
+        last = value
+        while (ahead := self._towards.get(last)) is not None:
+            last = ahead
+        while value != last:
+            self._towards[value], value = last, self._towards[value]
+        return last
+
+    def follow(self, value: str | int, follower: str | int) -> None:
+        """Note that ``follower`` replaced ``value`` in the plan's chains. A chain only
+        grows at its last value, so a shortcut to that value (:meth:`latest`) leads on to
+        ``follower``; a link that breaks that (``value`` followed already, or a cycle) has
+        every later lookup walk the chain, stopping at a value met before."""
+        if not self._walks_chains and (value in self.followed or self.latest(follower) == value):
+            self._walks_chains = True
+        self.followed[value] = follower
+        self._towards[value] = follower
 
     def adoptable(self, place: int, named: str | int) -> bool:
         """Whether the entry added at ``place`` may be the first statement of an update
@@ -351,7 +372,7 @@ class Plan:
         merged = f"fact {index} changed to this value, said before; merged into it"
         self.steps.append(("replace", place))
         self.replaces[place] = replaces
-        self.followed[self.latest(replaces)] = place
+        self.follow(self.latest(replaces), place)
         notes = [merged, *(f"fact {index}: {n}" for n in notes)]
         self.merge(place, sources, said_at, after, notes, index)
         self.repairs.append(merged)
@@ -724,7 +745,8 @@ def _before_a_start(deciding: _Deciding, fact: _Fact) -> bool:
     if fact.action == "update" and (joined := around.joined(target, fact.text, said)) is not None:
         assert target is not None
         plan.begin_earlier(joined[0], said, fact.sources, replacing=joined[1])
-        plan.followed.setdefault(target, joined[0])
+        if target not in plan.followed:
+            plan.follow(target, joined[0])
         plan.ended_by(target, said, fact.action, deciding.said_at)
         plan.repairs.extend(f"update of {target}: {note}" for note in notes)
         return True
