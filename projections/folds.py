@@ -413,14 +413,17 @@ def evolve_messages(rows: TableRows, e: Any) -> None:
                 }
             )
         case UserLog.ProcessingStarted():
+            held = {"task_id": e.task_id}
             for message_id in e.message_ids:
-                rows.update(message_id, task_id=e.task_id)
+                rows.change(message_id, held)
         case UserLog.KnowledgeExtracted():
-            for covered in rows.find("task_id", e.task_id):
-                rows.update(covered, buffered=0, task_id=None)
+            covered = {"buffered": 0, "task_id": None}
+            for key in rows.find("task_id", e.task_id):
+                rows.change(key, covered)
         case UserLog.BatchFailed() | UserLog.ProcessingFailed() | UserLog.ProcessingInterrupted():
-            for released in rows.find("task_id", e.task_id):
-                rows.update(released, task_id=None)
+            released = {"task_id": None}
+            for key in rows.find("task_id", e.task_id):
+                rows.change(key, released)
         case UserLog.MessagesQuarantined():
             for message_id in e.message_ids:
                 rows.update(message_id, task_id=None, quarantined=1)
@@ -465,37 +468,49 @@ def evolve_users(rows: TableRows, e: Any) -> None:
     user = rows.get(log_id)
     if user is None:
         return
-    changes: dict[str, Any] = {"version": e.originator_version, "updated_at": e.timestamp}
     match e:
-        case UserLog.MessageAdded():
-            changes.update(message_count=e.seq, buffered_count=user["buffered_count"] + 1)
+        case UserLog.MessageAdded():  # most events: no other case is tried
+            rows.change(
+                log_id,
+                {
+                    "version": e.originator_version,
+                    "updated_at": e.timestamp,
+                    "message_count": e.seq,
+                    "buffered_count": user["buffered_count"] + 1,
+                },
+            )
+            return
         case UserLog.KnowledgeExtracted():
-            changes.update(
-                buffered_count=user["buffered_count"] - len(e.message_ids),
-                knowledge_count=user["knowledge_count"] + len(e.entries),
-                tasks_completed=user["tasks_completed"] + int(e.final),
-            )
+            changes: dict[str, Any] = {
+                "buffered_count": user["buffered_count"] - len(e.message_ids),
+                "knowledge_count": user["knowledge_count"] + len(e.entries),
+                "tasks_completed": user["tasks_completed"] + int(e.final),
+            }
         case UserLog.MessagesQuarantined():
-            changes.update(
-                buffered_count=user["buffered_count"] - len(e.message_ids),
-                quarantined_count=user["quarantined_count"] + len(e.message_ids),
-                tasks_completed=user["tasks_completed"] + int(e.final),
-            )
+            changes = {
+                "buffered_count": user["buffered_count"] - len(e.message_ids),
+                "quarantined_count": user["quarantined_count"] + len(e.message_ids),
+                "tasks_completed": user["tasks_completed"] + int(e.final),
+            }
         case UserLog.MessagesRequeued():
-            changes.update(
-                buffered_count=user["buffered_count"] + len(e.message_ids),
-                quarantined_count=user["quarantined_count"] - len(e.message_ids),
-            )
+            changes = {
+                "buffered_count": user["buffered_count"] + len(e.message_ids),
+                "quarantined_count": user["quarantined_count"] - len(e.message_ids),
+            }
         case UserLog.ProcessingFailed() | UserLog.ProcessingInterrupted():
-            changes.update(tasks_failed=user["tasks_failed"] + 1)
+            changes = {"tasks_failed": user["tasks_failed"] + 1}
         case UserLog.KnowledgeVersionPromoted():
-            changes.update(knowledge_count=e.knowledge_count)
+            changes = {"knowledge_count": e.knowledge_count}
         case UserLog.MessagesReturned():
-            changes.update(buffered_count=user["buffered_count"] + len(e.message_ids))
+            changes = {"buffered_count": user["buffered_count"] + len(e.message_ids)}
         case UserLog.KnowledgeSuperseded() | UserLog.KnowledgeInvalidated():
             live = 1 if e.knowledge_version == LIVE_KNOWLEDGE else 0
-            changes.update(knowledge_count=user["knowledge_count"] - live)
-    rows.update(log_id, **changes)
+            changes = {"knowledge_count": user["knowledge_count"] - live}
+        case _:
+            changes = {}
+    changes["version"] = e.originator_version
+    changes["updated_at"] = e.timestamp
+    rows.change(log_id, changes)
 
 
 def user_row_current(row: Row, e: Any) -> bool:

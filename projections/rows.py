@@ -75,17 +75,24 @@ class TableRows:
 
     def update(self, key: Hashable, **changes: Any) -> None:
         """Change some columns of the row ``key``, if there is one."""
+        self.change(key, changes)
+
+    def change(self, key: Hashable, changes: Row) -> None:
+        """:meth:`update` with the changes as a dict: the folds that change a row on
+        every event build it once, not again as keyword arguments."""
         row = self.rows.get(key)
         if row is None:
             return
-        for column in self._indexes:
-            if column in changes and changes[column] != row[column]:
-                self._unindex(key, row)
-                row.update(changes)
-                self._index(key, row)
-                break
-        else:
-            row.update(changes)
+        for column, index in self._indexes.items():
+            if column in changes and (new := changes[column]) != (old := row[column]):
+                if old is not None:
+                    keys = index[old]
+                    del keys[key]
+                    if not keys:
+                        del index[old]
+                if new is not None:
+                    index.setdefault(new, {})[key] = None
+        row.update(changes)
         self.written[key] = None
 
     def delete(self, key: Hashable) -> None:

@@ -85,3 +85,25 @@ def test_a_change_names_only_the_columns_whose_value_differs() -> None:
     users.put({**stored, "version": 4})
     users.update("k", version=5, count=2)
     assert users.changes() == ([], [{"log_id": "l", "version": 4}], [])
+
+
+def test_one_change_given_to_many_rows_changes_each_and_is_left_as_it_was() -> None:
+    rows = _buffer()
+    rows.load([{"message_id": m, "task_id": None} for m in ("m1", "m2", "m3")])
+    held = {"task_id": "t1"}
+    for key in ("m1", "m3"):
+        rows.change(key, held)
+    assert held == {"task_id": "t1"}
+    assert rows.find("task_id", "t1") == ["m1", "m3"]
+    assert rows.changes()[1] == [
+        {"message_id": "m1", "task_id": "t1"},
+        {"message_id": "m3", "task_id": "t1"},
+    ]
+
+
+def test_a_row_keeps_its_place_in_an_index_whose_column_a_change_leaves_alone() -> None:
+    rows = TableRows(("message_id",), indexed=("task_id", "log_id"))
+    rows.load([{"message_id": m, "task_id": None, "log_id": "a"} for m in ("m1", "m2")])
+    rows.change("m1", {"task_id": "t1"})
+    assert rows.find("log_id", "a") == ["m1", "m2"]
+    assert rows.find("task_id", "t1") == ["m1"]
