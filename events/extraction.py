@@ -122,6 +122,19 @@ class TokenUsage:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
 
+    def plus(self, more: TokenUsage) -> TokenUsage:
+        """The tokens of two calls together (unknown counts stay unknown when both are)."""
+
+        def total(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else (a or 0) + (b or 0)
+
+        return TokenUsage(
+            total(self.input_tokens, more.input_tokens),
+            total(self.output_tokens, more.output_tokens),
+            total(self.cache_read_tokens, more.cache_read_tokens),
+            total(self.cache_write_tokens, more.cache_write_tokens),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BatchMessage:

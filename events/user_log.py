@@ -339,7 +339,10 @@ class UserLog(Aggregate):
         (``False`` for the events stored before it was kept). ``blamed``: a Message Batches
         request that failed so while the other requests it went with did not all fail so
         (not the API's at large); a message blamed so twice is sent in a call of its own,
-        as one that ``repeats``."""
+        as one that ``repeats``. ``outage``: the call was the second in a row to fail so,
+        which stopped its run, and a harmless request of one message sent right after failed
+        too: the API was down, so neither this call nor the version's failed call before it
+        is evidence against their messages (see :meth:`UserLog.reextraction_calls`)."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -354,6 +357,7 @@ class UserLog(Aggregate):
         repeats: bool = False
         may_pass: bool = False
         blamed: bool = False
+        outage: bool = False
 
         def apply(self, log: UserLog) -> None:
             if self.request_id:
@@ -996,16 +1000,18 @@ class UserLog(Aggregate):
         repeats: bool = False,
         may_pass: bool = False,
         blamed: bool = False,
+        outage: bool = False,
     ) -> bool:
         """Record a failed re-extraction call of ``message_ids``: what it spent, whether
         it ``repeats`` (failed of its own, and would the same way again: the next run sends
         its messages one a call), whether its error ``may_pass`` (evidence for the next
-        runs, see :meth:`reextraction_calls`) and whether it is ``blamed`` (a Message
+        runs, see :meth:`reextraction_calls`), whether it is ``blamed`` (a Message
         Batches request failing so, but not as every request did: a second such failure of
-        a message turns into a call of its own); returns whether anything was recorded
-        (nothing when it spent nothing and is none of these, or ``request_id`` is recorded
-        already: re-extraction changes no state when it fails, only the bill and the next
-        plan)."""
+        a message turns into a call of its own) and whether it was met in an ``outage``
+        (it and the version's failed call before it are then no evidence); returns whether
+        anything was recorded (nothing when it spent nothing and is none of these, or
+        ``request_id`` is recorded already: re-extraction changes no state when it fails,
+        only the bill and the next plan)."""
         self.check_version_name(knowledge_version)
         spent = _usage_fields(usage)
         if not (repeats or may_pass or blamed or any(spent.values())) or self.recorded_request(
@@ -1023,6 +1029,7 @@ class UserLog(Aggregate):
             repeats=repeats,
             may_pass=may_pass,
             blamed=blamed,
+            outage=outage,
             **spent,
         )
         return True
@@ -1184,12 +1191,18 @@ class UserLog(Aggregate):
         """``knowledge_version``'s re-extraction calls read off ``history`` (since a version
         of the same name was promoted, if one was), in order: each call's messages, and
         whether it failed in a way that may pass (else the API answered it). The evidence
-        a run weighs before blaming a message for failures that may pass."""
+        a run weighs before blaming a message for failures that may pass. The two failed
+        calls of an ``outage`` (the API failed a harmless request after them) are left
+        out: they tell nothing of their messages, and split no batch of them for good."""
         calls: list[tuple[tuple[str, ...], bool]] = []
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
-            if isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
+            if isinstance(e, self.ReextractionFailed) and getattr(e, "outage", False):
+                failed = [i for i, (_, may_pass) in enumerate(calls) if may_pass]
+                if failed:
+                    del calls[failed[-1]]
+            elif isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
                 calls.append((tuple(e.message_ids), getattr(e, "may_pass", False)))
             elif isinstance(e, self.KnowledgeVersionPromoted):
                 calls.clear()

@@ -243,6 +243,13 @@ class ReextractionReport:
     recorded_elsewhere: list[str] = field(default_factory=list)
     """Messages another run recorded into the version while this one extracted them (two
     runs of the user at once): this run's answer for them was not recorded."""
+    probe: TokenUsage | None = None
+    """What the harmless request cost that a run sends once two calls in a row failed in
+    a way that may pass, before it stops (``None``: none was sent); counted in ``memvee
+    stats`` with the second failed call."""
+    outage: bool = False
+    """Whether that request failed too (the API was down): the two failed calls split no
+    batch of their messages for the runs after."""
 
 
 @dataclass
@@ -293,6 +300,25 @@ class _Reextraction:
         at = min(1, len(self.todo))
         for batch in reversed(batches):
             self.todo.insert(at, batch)
+
+
+_HARMLESS_TEXT = "Hello."
+"""The one message of the harmless request a stopped run probes the API with."""
+
+
+def _probe_note(report: ReextractionReport) -> str:
+    """What the harmless request sent before a run stopped showed, for the error's notes."""
+    spent = report.probe or TokenUsage()
+    tokens = (spent.input_tokens or 0) + (spent.output_tokens or 0)
+    if report.outage:
+        return (
+            f"a harmless request failed too ({tokens} tokens): the API is down, and the "
+            "failed calls split no batch for the runs after"
+        )
+    return (
+        f"a harmless request was answered ({tokens} tokens): the failed calls are their "
+        "messages', whose batches the next run splits"
+    )
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -783,9 +809,12 @@ class Audit:
         failing while other calls are answered is left out too. The API failing whatever
         it is sent (two such failures in a row), overloaded, or refusing every batch stops
         the run with its error, blaming no message, and running it again goes on from
-        there. Returns the entries extracted and the messages left out:
-        ``report``, when given, is filled in as the run goes, so that a caller knows what a
-        run that stopped left out before it stopped (the error's notes say it too).
+        there; after two failures in a row one harmless request tells an outage (it fails
+        too, and the two failures split no batch for the next runs) from messages that
+        fail every call (it is answered, and their batches go on splitting). Returns the
+        entries extracted and the messages left out: ``report``, when given, is filled in
+        as the run goes, so that a caller knows what a run that stopped left out before it
+        stopped (the error's notes say it too).
 
         ``embedder`` is a Memory's (the default local model unless given, ``False`` for
         none): with it, the entries shown beside a batch are chosen as live processing
@@ -927,7 +956,8 @@ class Audit:
         failing whatever it is sent), a lone message failing with nothing else to send
         between, the API overloaded, or a refusal whose probe failed (which tells nothing
         of the batch) stop the run with the error, blaming no message:
-        the run again goes on splitting where this one stopped."""
+        the run again goes on splitting where this one stopped, unless the harmless
+        request sent after two failures in a row failed too (:meth:`_probe`)."""
         ids = [m.message_id for m in batch]
         if isinstance(error, ExtractorOverloadedError | ProbeFailedError):  # never a batch's
             await asyncio.to_thread(
@@ -937,6 +967,8 @@ class Audit:
         blamed = run.weigh(ids, failed=True)
         stops = run.last_failed or (len(batch) == 1 and not blamed and not run.todo)
         left_out = blamed and not stops and run.gives_up(ids[0])
+        if run.last_failed:
+            await self._probe(run, batch)
         await asyncio.to_thread(
             partial(
                 self._record_failure,
@@ -947,9 +979,13 @@ class Audit:
                 run.extractor,
                 left_out,
                 may_pass=True,
+                outage=run.report.outage,
+                probe=run.report.probe,
             )
         )
         if stops:
+            if run.report.probe is not None:
+                error.add_note(_probe_note(run.report))
             raise error
         if left_out:
             self._leave_out(run, ids[0], error)
@@ -967,6 +1003,36 @@ class Audit:
             run.later(batch[:half], batch[half:])
         else:
             run.later(batch)
+
+    async def _probe(self, run: _Reextraction, batch: list[BatchMessage]) -> None:
+        """Send one harmless request, of one message and no known entries, through the
+        run's extractor after two calls in a row failed in a way that may pass (the run
+        stops): an outage fails it too (a server error, a timeout, no connection, the API
+        overloaded), while calls failing for their messages' sake leave it answered.
+        Within one run the two cannot be told apart otherwise. A Claude extractor asks
+        for one output token (:meth:`ClaudeExtractor.ping`); another extracts the
+        message. What it cost and what it showed go into ``run.report``."""
+        harmless = ExtractionBatch(
+            run.user_id,
+            f"probe:{run.version}",
+            (BatchMessage("probe", "user", _HARMLESS_TEXT, batch[-1].sent_at),),
+        )
+        ping = getattr(run.extractor, "ping", None)
+        try:
+            if ping is not None:
+                run.report.probe = await ping(harmless)
+            else:
+                run.report.probe = (await run.extractor.extract(harmless)).usage
+        except Exception as failed:  # the probe's verdict: its failure is the finding
+            usage = failed.usage if isinstance(failed, ExtractionError) else None
+            run.report.probe = usage or TokenUsage()
+            run.report.outage = not repeats(failed)
+            log.warning(
+                "user %r: a harmless request failed too (%s)%s",
+                run.user_id,
+                first_line(failed),
+                ": the API is down; no batch is split for it" if run.report.outage else "",
+            )
 
     def _leave_out(self, run: _Reextraction, message_id: str, error: Exception) -> None:
         """Leave ``message_id`` out of the run's version: it fails alone."""
@@ -1053,17 +1119,22 @@ class Audit:
         request_id: str | None = None,
         may_pass: bool = False,
         blamed: bool = False,
+        outage: bool = False,
+        probe: TokenUsage | None = None,
     ) -> None:
-        """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
-        ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
-        repeat (then the next run sends its messages one a call), with ``text`` (default:
-        the error's first line) and the Message Batches ``request_id`` (recorded once);
-        one whose error ``may_pass`` is kept as evidence for the next runs, and a Message
-        Batches request ``blamed`` for a failure that may pass but was not every
-        request's (twice, and its messages go one a call). A failure that spent nothing,
-        is not its own and is no evidence is not kept; the failure itself goes on to the
-        caller."""
+        """Keep a failed re-extraction call of ``ids`` in the log: what it cost (with the
+        ``probe`` sent after it, if one was), for ``memvee stats``, and whether it failed
+        ``alone``, of its own, in a way that would repeat (then the next run sends its
+        messages one a call), with ``text`` (default: the error's first line) and the
+        Message Batches ``request_id`` (recorded once); one whose error ``may_pass`` is
+        kept as evidence for the next runs unless met in an ``outage`` (the probe failed
+        too), and a Message Batches request ``blamed`` for a failure that may pass but was
+        not every request's (twice, and its messages go one a call). A failure that spent
+        nothing, is not its own and is no evidence is not kept; the failure itself goes on
+        to the caller."""
         usage = error.usage if isinstance(error, ExtractionError) else None
+        if probe is not None:
+            usage = (usage or TokenUsage()).plus(probe)
 
         def record(user_log: UserLog) -> bool:
             return user_log.record_reextraction_failure(
@@ -1077,6 +1148,7 @@ class Audit:
                 repeats=alone,
                 may_pass=may_pass,
                 blamed=blamed,
+                outage=outage,
             )
 
         try:

@@ -311,14 +311,14 @@ class ClaudeExtractor:
             answered = True
             result = self.read_answer(batch, response, budget=request["max_tokens"])
         except ExtractionError as failed:  # the cut answer's tokens were spent all the same
-            failed.usage = _added(failed.usage or TokenUsage(), spent)
+            failed.usage = (failed.usage or TokenUsage()).plus(spent)
             if not (settle and isinstance(failed, RejectedBatchError)):
                 raise
             if not _may_be_elsewhere(failed, request, batch, answered=answered):
                 raise
             refused = failed
         else:
-            return _with_usage(result, _added(result.usage, spent))
+            return _with_usage(result, result.usage.plus(spent))
         return await self._settle(batch, request, refused)
 
     async def _settle(
@@ -435,11 +435,11 @@ class ClaudeExtractor:
         try:
             result = await self._extract(dataclasses.replace(batch, known=kept), settle=False)
         except ExtractionError as failed:
-            failed.usage = _added(spent, failed.usage or TokenUsage())
+            failed.usage = spent.plus(failed.usage or TokenUsage())
             if isinstance(failed, RejectedBatchError):
                 failed.probe_accepted = True
             raise
-        result = _with_usage(result, _added(result.usage, spent))
+        result = _with_usage(result, result.usage.plus(spent))
         return dataclasses.replace(
             result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
         )
@@ -501,6 +501,15 @@ class ClaudeExtractor:
             return "failed"
         return verdict
 
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        """Send ``batch``'s request asking for one output token, its answer not read, to
+        tell whether the API answers at all (``batch`` a harmless message, after calls
+        that failed): returns what it spent, or raises the ExtractionError of the call."""
+        await self.prepare()
+        request = self.request(batch)
+        request["max_tokens"] = 1
+        return _usage(await self._call(request))
+
     async def _probed(
         self, probe: dict[str, Any], refused: RejectedBatchError, spent: TokenUsage
     ) -> tuple[_Answer, TokenUsage]:
@@ -511,7 +520,7 @@ class ClaudeExtractor:
             verdict, used = await self._answered(probe)
         except ExtractionError as failed:
             raise _unsettled(refused, failed, spent) from failed
-        return verdict, _added(spent, used)
+        return verdict, spent.plus(used)
 
     async def _answered(self, probe: dict[str, Any]) -> tuple[_Answer, TokenUsage]:
         """How the API answers ``probe`` (see :meth:`_settle`), and the tokens it spent:
@@ -793,20 +802,6 @@ def _with_usage(result: ExtractionResult, usage: TokenUsage) -> ExtractionResult
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
-    )
-
-
-def _added(usage: TokenUsage, more: TokenUsage) -> TokenUsage:
-    """The tokens of two calls together (unknown counts stay unknown when both are)."""
-
-    def total(a: int | None, b: int | None) -> int | None:
-        return None if a is None and b is None else (a or 0) + (b or 0)
-
-    return TokenUsage(
-        total(usage.input_tokens, more.input_tokens),
-        total(usage.output_tokens, more.output_tokens),
-        total(usage.cache_read_tokens, more.cache_read_tokens),
-        total(usage.cache_write_tokens, more.cache_write_tokens),
     )
 
 

@@ -566,6 +566,24 @@ def test_a_reextraction_failure_that_may_pass_is_kept_as_evidence_and_splits_the
     assert log.reextraction_caps("v3", events) == {}
 
 
+def test_the_two_failed_calls_of_an_outage_are_kept_but_are_no_evidence_for_the_next_run() -> None:
+    """The failed call that stopped a run in an outage (a harmless request failed after
+    it too) is recorded, with the call before it: neither is read among the version's
+    calls, so neither halves a batch; a failed call before those still does."""
+    log, ids = _log_with(6)
+    log.record_reextraction_failure("v2", ids[:2], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction("v2", ids[5:], [], "x")
+    log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
+    assert log.record_reextraction_failure(
+        "v2", ids[4:5], "HTTP 500", TokenUsage(), may_pass=True, outage=True
+    )
+    events = log.collect_events()
+    failed = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
+    assert [e.outage for e in failed] == [False, False, True]
+    assert log.reextraction_calls("v2", events) == [(tuple(ids[:2]), True), (tuple(ids[5:]), False)]
+    assert log.reextraction_caps("v2", events) == {ids[0]: 1, ids[1]: 1}
+
+
 def test_a_message_blamed_for_a_failure_that_may_pass_twice_is_pinned_once_not_before() -> None:
     """A server error blamed on a call is kept though it spent nothing; a message blamed so
     a second time is sent in a call of its own, until a promotion of the version."""

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
 from tests.support.messages_api_server import (
     MessagesAPIServer,
+    RecordedRequest,
     ScriptedResponse,
     default_answer,
     error_body,
@@ -914,6 +916,16 @@ async def _marked(make_memory: Any, count: int, marked: int) -> str:
     return sent[marked].message_id
 
 
+def _pings(server: MessagesAPIServer) -> list[RecordedRequest]:
+    """The harmless requests of one output token the server received."""
+    return [r for r in server.requests if r.body.get("max_tokens") == 1]
+
+
+def _extractions(server: MessagesAPIServer) -> list[RecordedRequest]:
+    """The extraction calls the server received (every request but the pings)."""
+    return [r for r in server.requests if r.body.get("max_tokens") != 1]
+
+
 def _claude(server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch) -> ClaudeExtractor:
     monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-reextract")
@@ -989,8 +1001,9 @@ async def test_a_lone_batch_failing_every_run_is_split_where_the_last_run_stoppe
             "eve", _claude(messages_api_server, monkeypatch), "v2", embedder=False
         )
         assert (report.entries, list(report.left_out)) == (2, [poison])
-        sent = [len(r.messages) for r in messages_api_server.requests]
+        sent = [len(r.messages) for r in _extractions(messages_api_server)]
         assert sent == [3, 2, 1, 1, 1, 1, 1], "the poison alone three times, as live tries it"
+        assert len(_pings(messages_api_server)) == 1, "answered: the failures were the batch's"
 
 
 async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
@@ -999,9 +1012,10 @@ async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
     messages_api_server: MessagesAPIServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Two calls in a row failing with a 500 are the API down: each run stops after
-    them with the error, leaving no message out, however often it is run; once the API
-    answers again, a run covers every message."""
+    """Two calls in a row failing with a 500 are the API down, as a harmless request
+    failing too then shows: each run stops after them with the error, leaving no message
+    out, however often it is run; once the API answers again, a run covers every
+    message."""
     await _marked(make_memory, 8, 1)
     messages_api_server.set_responder(lambda request: SERVER_ERROR)
     with Audit(db_url=db_url) as audit:
@@ -1016,8 +1030,9 @@ async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
                     embedder=False,
                     report=report,
                 )
-            assert report == ReextractionReport()
-        assert len(messages_api_server.requests) == 4
+            assert report == ReextractionReport(probe=TokenUsage(), outage=True)
+        assert len(_extractions(messages_api_server)) == 4
+        assert len(_pings(messages_api_server)) == 2, "one harmless request a stopped run"
         messages_api_server.set_responder(default_answer)
         report = await audit.reextract(
             "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=4, embedder=False
@@ -1117,7 +1132,7 @@ class _Outage(OfflineExtractor):
     """The offline rules, but a server error for every call while ``down`` is true, and
     for every call holding a message that names one of ``poison`` (words ending in a
     space, as "hobby4 "). Counts the messages of each call, and keeps each call that
-    held a poison message."""
+    held a poison message; a ping (a harmless request) fails while ``down``."""
 
     def __init__(self, *poison: str, down: bool = True) -> None:
         self.down = down
@@ -1126,6 +1141,13 @@ class _Outage(OfflineExtractor):
         self.poisoned: list[tuple[str, int]] = []
         """Each call holding a poison message: the word, and the call's messages."""
         self.answered: set[str] = set()
+        self.pings = 0
+
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        self.pings += 1
+        if self.down:
+            raise ExtractionError("HTTP 500 api_error")
+        return TokenUsage(input_tokens=20, output_tokens=1)
 
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         self.sizes.append(len(batch.messages))
@@ -1148,27 +1170,27 @@ async def _hobbies(make_memory: Any, first: int, last: int) -> Memory:
     return memory
 
 
-@pytest.mark.parametrize(
-    ("outage_runs", "sent_after"),
-    [(2, [3, 3, 3, 3, 5, 5, *[10] * 5, 8]), (6, [5, 5, *[10] * 6, *[1] * 10])],
-)
-async def test_the_run_after_an_outage_goes_on_splitting_where_the_outage_left_off(
-    make_memory: Any, db_url: str, outage_runs: int, sent_after: list[int]
+@pytest.mark.parametrize("outage_runs", [2, 6])
+async def test_the_run_after_an_outage_sends_the_batches_it_would_have_sent_before_it(
+    make_memory: Any, db_url: str, outage_runs: int
 ) -> None:
-    """Runs during an outage each split the batches they sent; the run after it cannot
-    tell those failures from a message's that fails every call, so it goes on splitting
-    where they stopped, the messages split down to one a call sent after the rest: 80
-    messages in batches of 10 take 12 calls after two such runs, 18 after six."""
+    """Each run during an outage stops after two failed calls and one harmless request
+    that fails too: the API is down, so those failures split no batch, and the run after
+    the outage sends 80 messages in 8 batches of 10, however long the outage lasted (12
+    and 18 calls once each such run split what it sent)."""
     await _hobbies(make_memory, 0, 40)
     extractor = _Outage()
     with Audit(db_url=db_url) as audit:
         for _ in range(outage_runs):
-            with pytest.raises(ExtractionError):
-                await audit.reextract("eve", extractor, "v2", batch_size=10)
+            report = ReextractionReport()
+            with pytest.raises(ExtractionError) as stopped:
+                await audit.reextract("eve", extractor, "v2", batch_size=10, report=report)
+            assert report.outage and "the API is down" in " ".join(stopped.value.__notes__)
+        assert extractor.pings == outage_runs
         extractor.sizes.clear()
         extractor.down = False
         report = await audit.reextract("eve", extractor, "v2", batch_size=10)
-    assert extractor.sizes == sent_after
+    assert extractor.sizes == [10] * 8
     assert report.left_out == {} and report.entries == 40
 
 
@@ -1213,3 +1235,127 @@ async def test_messages_said_after_two_messages_failing_every_call_are_answered_
             await audit.reextract("eve", extractor, "v2", batch_size=10)
     assert extractor.sizes[:2] == [10, 10]
     assert len(extractor.answered) == 38
+
+
+def _failing_when(*words: str, down: Callable[[], bool] = lambda: False) -> Any:
+    """A responder that answers a server error to every request while ``down()`` says so,
+    and to every request listing a message that names one of ``words``; else the default
+    answer."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        contents = [str(m.get("content", "")) for m in request.messages]
+        if down() or any(word in c for word in words for c in contents):
+            return SERVER_ERROR
+        return default_answer(request)
+
+    return respond
+
+
+async def test_a_six_run_outage_of_the_api_leaves_the_batches_after_it_whole(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the Claude client: six runs while the API answers everything with a 500
+    each stop after two failed calls and one harmless request of one output token that
+    fails too; the run after the outage sends 80 messages in 8 calls of 10, not 18, and
+    the failed calls are still in the log, for the audit trail and ``memvee stats``."""
+    await _hobbies(make_memory, 0, 40)
+    outage = [True]
+    messages_api_server.set_responder(_failing_when(down=lambda: outage[0]))
+    with Audit(db_url=db_url) as audit:
+        for _ in range(6):
+            with pytest.raises(ExtractionError, match="HTTP 500"):
+                await audit.reextract(
+                    "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10
+                )
+        assert len(_pings(messages_api_server)) == 6
+        failed = [
+            e
+            for e in audit.store.events_in_pages("eve")
+            if isinstance(e, UserLog.ReextractionFailed)
+        ]
+        assert (len(failed), sum(e.outage for e in failed)) == (12, 6)
+        outage[0] = False
+        before = len(messages_api_server.requests)
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10
+        )
+        after = messages_api_server.requests[before:]
+    assert [len(r.messages) for r in after] == [10] * 8
+    assert report.entries == 40 and report.probe is None
+
+
+async def test_two_messages_failing_every_call_through_the_client_still_split_down(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the Claude client: two messages whose calls the API fails every time stop
+    runs as an outage does (two failed calls in a row sharing no message), but the
+    harmless request sent then is answered, so their calls are split as before: each goes
+    on in ever smaller calls, run after run, while every other message is answered."""
+    await _hobbies(make_memory, 0, 40)
+    messages_api_server.set_responder(_failing_when("hobby4 ", "hobby14 "))
+    with Audit(db_url=db_url) as audit:
+        for _ in range(6):
+            report = ReextractionReport()
+            with contextlib.suppress(ExtractionError):
+                await audit.reextract(
+                    "eve",
+                    _claude(messages_api_server, monkeypatch),
+                    "v2",
+                    batch_size=10,
+                    report=report,
+                )
+            assert not report.outage
+    calls = _extractions(messages_api_server)
+    for word in ("hobby4 ", "hobby14 "):
+        sizes = [len(r.messages) for r in calls if any(word in m["content"] for m in r.messages)]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1, (word, sizes)
+    answered = {
+        m["content"]
+        for r in calls
+        if not any(w in m["content"] for w in ("hobby4 ", "hobby14 ") for m in r.messages)
+        for m in r.messages
+        if m["role"] == "user"
+    }
+    assert len(answered) == 38
+
+
+async def test_calls_failing_only_at_full_size_while_a_ping_is_answered_are_split_as_before(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the Claude client: a gateway failing every request of more than five
+    messages with a 500 answers the harmless request, so the failed calls split their
+    batches as they did without it: the runs cover all 80 messages in the calls they took
+    before (5 runs, 24 calls), plus one harmless request a stopped run."""
+    await _hobbies(make_memory, 0, 40)
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        return SERVER_ERROR if len(request.messages) > 5 else default_answer(request)
+
+    messages_api_server.set_responder(respond)
+    runs = entries = 0
+    with Audit(db_url=db_url) as audit:
+        while entries < 40 and runs < 10:
+            runs += 1
+            report = ReextractionReport()
+            with contextlib.suppress(ExtractionError):
+                await audit.reextract(
+                    "eve",
+                    _claude(messages_api_server, monkeypatch),
+                    "v2",
+                    batch_size=10,
+                    report=report,
+                )
+            entries += report.entries
+            assert not report.outage
+    sizes = [len(r.messages) for r in _extractions(messages_api_server)]
+    assert (entries, runs, len(sizes)) == (40, 5, 24), sizes
+    assert len(_pings(messages_api_server)) == runs - 1
