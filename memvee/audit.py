@@ -251,6 +251,22 @@ class ReextractionReport:
     """Whether that request failed too (the API was down): the two failed calls split no
     batch of their messages for the runs after."""
 
+    def probe_finding(self) -> str | None:
+        """What the harmless request sent before the run stopped showed, and cost, in a
+        sentence (``None``: none was sent)."""
+        if self.probe is None:
+            return None
+        tokens = (self.probe.input_tokens or 0) + (self.probe.output_tokens or 0)
+        if self.outage:
+            return (
+                f"a harmless request failed too ({tokens} tokens): the API is down, and the "
+                "failed calls split no batch for the runs after"
+            )
+        return (
+            f"a harmless request was answered ({tokens} tokens): the failed calls are their "
+            "messages', whose batches the next run splits"
+        )
+
 
 @dataclass
 class _Reextraction:
@@ -304,21 +320,6 @@ class _Reextraction:
 
 _HARMLESS_TEXT = "Hello."
 """The one message of the harmless request a stopped run probes the API with."""
-
-
-def _probe_note(report: ReextractionReport) -> str:
-    """What the harmless request sent before a run stopped showed, for the error's notes."""
-    spent = report.probe or TokenUsage()
-    tokens = (spent.input_tokens or 0) + (spent.output_tokens or 0)
-    if report.outage:
-        return (
-            f"a harmless request failed too ({tokens} tokens): the API is down, and the "
-            "failed calls split no batch for the runs after"
-        )
-    return (
-        f"a harmless request was answered ({tokens} tokens): the failed calls are their "
-        "messages', whose batches the next run splits"
-    )
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -984,8 +985,8 @@ class Audit:
             )
         )
         if stops:
-            if run.report.probe is not None:
-                error.add_note(_probe_note(run.report))
+            if (finding := run.report.probe_finding()) is not None:
+                error.add_note(finding)
             raise error
         if left_out:
             self._leave_out(run, ids[0], error)

@@ -1060,7 +1060,9 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One user's message left out is listed (exit 1); a user whose re-extraction stops
-    (the API down) is one ``error:`` line, the users after it are still re-extracted,
+    (the API down, as a harmless request failing too shows: a ``probe:`` line, the
+    request sent as a batch of its own by an extractor with no ``ping``) is one
+    ``error:`` line, the users after it are still re-extracted,
     and the exit code is 2, never a traceback. Every user goes on one event loop (the
     extractor's connections belong to it), and the extractor is closed at the end."""
 
@@ -1090,6 +1092,8 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     assert "bob: 2 entries extracted, 1 messages left out" in done.output
     assert "left out: bob " in done.output
     assert "error: user 'cat': Claude API returned HTTP 500" in done.output
+    assert "probe: cat: a harmless request failed too (0 tokens): the API is down" in done.output
+    assert [b.messages[0].content for b in extractor.batches if b.user_id == "cat"][-1] == "Hello."
     assert "dan: 3 entries extracted" in done.output
     assert "Traceback" not in done.output
     assert len({id(loop) for loop in extractor.loops}) == 1 and extractor.closed == 1
