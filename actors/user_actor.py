@@ -727,6 +727,7 @@ class UserActor(PooledActor):
                 text,
                 repeats=again,
                 blamed=blamed,
+                whole=isinstance(error, EveryBatchRefused | _THE_APIS_STATE),
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
@@ -1230,7 +1231,8 @@ class UserActor(PooledActor):
 _NO_USAGE = TokenUsage()
 
 _THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | ExtractionPausedError
-"""Failures that say how the API is, never how a batch's messages are: never blamed."""
+"""Failures that say how the API is, never how a batch's messages are: never blamed, and
+their batch is not split."""
 
 
 class _UserForgotten(Exception):
