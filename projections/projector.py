@@ -565,13 +565,12 @@ _LOOKED_UP = {p.table: {*p.key, *p.indexed} for p in PROJECTIONS}
 
 def _folds_read(index: Index, prefix: str) -> bool:
     """Whether a fold looks rows up through ``index`` (of a table named with ``prefix``):
-    its one column is one the folds look rows up by, so a rebuild needs it. A wider index
-    led by such a column serves the readers' orders: the narrow one serves the folds."""
+    its leading column is one the folds look rows up by, so a rebuild needs it."""
     table = index.table
     assert table is not None
     role = table.name.removeprefix(prefix)
-    columns = [column.name for column in index.columns]
-    return len(columns) == 1 and columns[0] in _LOOKED_UP.get(role, set())
+    leading = next(iter(index.columns)).name
+    return leading in _LOOKED_UP.get(role, set())
 
 
 def _unreadable_error(row: Any) -> UnreadableEventError:

@@ -138,7 +138,6 @@ async def test_a_rebuild_builds_the_indexes_no_fold_reads_once_the_rows_are_in(
     for names in between_pages[:-1]:  # the folds' lookups have theirs; the readers' wait
         assert {"mv_messages_by_task", "ix_mv_knowledge_log_id"} <= names
         assert not {"mv_messages_by_seq", "mv_messages_buffered", "ix_mv_tasks_status"} & names
-        assert not {"mv_knowledge_listing", "mv_knowledge_replaced"} & names
     assert _indexes(store) >= DECLARED
     assert verify(store) == []
     store.close()
