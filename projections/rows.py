@@ -58,7 +58,8 @@ class TableRows:
         return self.rows.get(key)
 
     def find(self, column: str, value: Any) -> list[Hashable]:
-        """The keys of the rows whose indexed ``column`` equals ``value``, oldest first."""
+        """The keys of the rows whose indexed ``column`` equals ``value``, in the order they took
+        that value (a change of another column leaves a row where it was)."""
         return list(self._indexes[column].get(value, ()))
 
     def put(self, row: Row) -> None:
