@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pykka
+from pykka._envelope import Envelope
 from pykka.messages import ProxyCall
 
 from actors._bridge import BridgedFuture, LoopInbox, inbox_of, settle_future
@@ -74,16 +76,37 @@ class _PendingCall:
         self.inbox, self.target, self.resend = inbox, target, resend
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
-        ask(ref, self.method, *self.args).add_done_callback(self)
+        """Queue the call in the actor's inbox, the call itself as the reply's target: no
+        pykka future per call. Raises ``pykka.ActorDeadError`` if the actor stopped."""
+        if not ref.is_alive():
+            raise pykka.ActorDeadError(f"{ref} not found")
+        message = ProxyCall(attr_path=(self.method,), args=self.args, kwargs={})
+        ref.actor_inbox.put(Envelope(message, reply_to=self))  # type: ignore[arg-type]
 
     def fail(self, error: BaseException) -> None:
         self.inbox.post(settle_future, self.target, False, _typed(error))
 
+    def set(self, value: Any = None) -> None:
+        """The actor's reply (pykka sets an envelope's reply target so)."""
+        self._answered(True, value)
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        """The actor's failure, or pykka's refusal of a call its stopped actor never
+        handled: ``exc_info`` as pykka passes it (``None``: the exception being handled)."""
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        error = exc_info if isinstance(exc_info, BaseException) else exc_info[1]
+        self._answered(False, error)
+
     def __call__(self, future: BridgedFuture[Any]) -> None:
-        """The actor answered: with a future (a write in flight), answer when it is set.
+        """A future the actor answered with (a write in flight) is set.
 
         The call is its own callback: no bound method per call in flight."""
         ok, value = future.outcome()
+        self._answered(ok, value)
+
+    def _answered(self, ok: bool, value: Any) -> None:
+        """The actor answered: with a future (a write in flight), answer when it is set."""
         if ok and isinstance(value, BridgedFuture):
             value.add_done_callback(self)
         elif not ok and isinstance(value, pykka.ActorDeadError) and self.resend is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from actors._bridge import BridgedFuture
 from actors._dispatcher import Dispatcher, PooledActor
 from actors.directory import SENDS_PER_TURN, ActorDirectory
 from memvee import Memory, MemoryConfig
@@ -67,6 +68,27 @@ async def test_paced_calls_are_sent_a_few_per_turn_of_the_loop_in_order(
     assert turns >= 100 // SENDS_PER_TURN
     assert await asyncio.gather(*futures) == list(range(100))
     assert recording.received == list(range(100))
+
+
+async def test_a_call_is_answered_on_the_loop_without_a_future_of_its_own(
+    recording: _Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write crosses from the loop to an actor and back: the call is the reply's
+    target itself, so no pykka future is made, locked and called back per call."""
+    made: list[object] = []
+    make = BridgedFuture.__init__
+
+    def counted(future: BridgedFuture[Any]) -> None:
+        made.append(future)
+        make(future)
+
+    monkeypatch.setattr(BridgedFuture, "__init__", counted)
+    loop, directory = asyncio.get_running_loop(), recording.directory
+    assert await directory.call_async(loop, "u", "note", 1) == 1  # spawns the actor
+    made.clear()
+    answers = [directory.call_async(loop, "u", "note", n, paced=n % 2 == 0) for n in range(10)]
+    assert await asyncio.gather(*answers) == list(range(10))
+    assert made == []
 
 
 async def test_a_call_sent_at_once_goes_after_the_paced_calls_queued_before_it(
