@@ -17,11 +17,11 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pykka import Future, Timeout
 
-__all__ = ["BridgedFuture", "LoopInbox", "inbox_of", "settle_future", "shared_lock"]
+__all__ = ["BridgedFuture", "LoopInbox", "Reply", "inbox_of", "settle_future", "shared_lock"]
 
 log = logging.getLogger("memvee.actors")
 
@@ -41,6 +41,15 @@ def shared_lock() -> threading.Lock:
     bytecodes: a lock is an object the collector tracks, and one lock for all of them
     would make every thread wait on whichever holder the GIL switched away from."""
     return _LOCKS[next(_next_lock) % len(_LOCKS)]
+
+
+class Reply(Protocol):
+    """Where a result is set once, as pykka sets a future: a :class:`BridgedFuture`, or a
+    call from the event loop that its actor answers later (``ActorDirectory.call_async``)."""
+
+    def set(self, value: Any = None) -> None: ...
+
+    def set_exception(self, exc_info: Any = None) -> None: ...
 
 
 class BridgedFuture(Future[T]):

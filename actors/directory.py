@@ -61,7 +61,7 @@ class _PendingCall:
     """A call from an event loop to a user's actor, answered on that loop when the actor
     replies (one per call in flight, so slotted: the collector walks each)."""
 
-    __slots__ = ("args", "inbox", "method", "resend", "target", "user_id")
+    __slots__ = ("args", "inbox", "later", "method", "resend", "target", "user_id")
 
     def __init__(
         self,
@@ -71,16 +71,20 @@ class _PendingCall:
         inbox: LoopInbox,
         target: asyncio.Future[Any],
         resend: Callable[[_PendingCall], None] | None,
+        later: bool = False,
     ) -> None:
         self.user_id, self.method, self.args = user_id, method, args
         self.inbox, self.target, self.resend = inbox, target, resend
+        self.later = later
 
     def send(self, ref: pykka.ActorRef[Any]) -> None:
         """Queue the call in the actor's inbox, the call itself as the reply's target: no
-        pykka future per call. Raises ``pykka.ActorDeadError`` if the actor stopped."""
+        pykka future per call. A call answered ``later`` is also the method's last
+        argument. Raises ``pykka.ActorDeadError`` if the actor stopped."""
         if not ref.is_alive():
             raise pykka.ActorDeadError(f"{ref} not found")
-        message = ProxyCall(attr_path=(self.method,), args=self.args, kwargs={})
+        args = (*self.args, self) if self.later else self.args
+        message = ProxyCall(attr_path=(self.method,), args=args, kwargs={})
         ref.actor_inbox.put(Envelope(message, reply_to=self))  # type: ignore[arg-type]
 
     def fail(self, error: BaseException) -> None:
@@ -106,8 +110,12 @@ class _PendingCall:
         self._answered(ok, value)
 
     def _answered(self, ok: bool, value: Any) -> None:
-        """The actor answered: with a future (a write in flight), answer when it is set."""
-        if ok and isinstance(value, BridgedFuture):
+        """The actor answered: with a future (a write in flight), answer when it is set;
+        with the call itself, it took the call to answer later: it can no longer be sent
+        again to a next actor."""
+        if ok and value is self:
+            self.resend = None
+        elif ok and isinstance(value, BridgedFuture):
             value.add_done_callback(self)
         elif not ok and isinstance(value, pykka.ActorDeadError) and self.resend is not None:
             resend, self.resend = self.resend, None  # the actor stopped before handling it
@@ -319,6 +327,7 @@ class ActorDirectory:
         method: str,
         *args: Any,
         paced: bool = False,
+        answer_later: bool = False,
     ) -> asyncio.Future[Any]:
         """Like :meth:`call`, from ``loop``'s thread and resolved on ``loop``.
 
@@ -326,12 +335,16 @@ class ActorDirectory:
         calls the caller awaits, so the loop turns. Any other call is sent at once, after
         the paced calls queued before it. Calls made in order reach the actor in that
         order, also behind a spawn, which happens off the loop.
+
+        With ``answer_later`` the method is given the call (a :class:`~actors._bridge.Reply`)
+        as its last argument, sets its result there once it has one, and returns the call:
+        a write answers once committed, with no future of its own in between.
         """
         outbox = self._last_outbox
         if outbox is None or outbox.loop is not loop:
             outbox = self._outbox_of(loop)
         target: asyncio.Future[Any] = loop.create_future()
-        call = _PendingCall(user_id, method, args, outbox.inbox, target, self._send)
+        call = _PendingCall(user_id, method, args, outbox.inbox, target, self._send, answer_later)
         if paced:
             outbox.put(call)
         else:

@@ -24,7 +24,7 @@ from uuid import uuid4
 
 import pykka
 
-from actors._bridge import BridgedFuture
+from actors._bridge import BridgedFuture, Reply
 from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
 from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
@@ -280,18 +280,20 @@ class UserActor(PooledActor):
         self._append(messages, acknowledged, attempt)
         return acknowledged
 
-    def add_checked_messages(self, messages: NewMessages) -> BridgedFuture[Appended]:
+    def add_checked_messages(self, messages: NewMessages, acknowledged: Reply) -> Reply:
         """:meth:`add_messages` for messages the caller checked already, as the Memory
         checks every write on its loop (``sent_at`` in UTC, or ``None``): they are not
-        checked twice on the write path. Unchecked input must go to :meth:`add_messages`."""
-        acknowledged: BridgedFuture[Appended] = BridgedFuture()
+        checked twice on the write path. Unchecked input must go to :meth:`add_messages`.
+
+        The committed events, or the failure, are set on ``acknowledged`` (the caller's
+        call, answered later: see ``ActorDirectory.call_async``), which is returned."""
         self._append(messages, acknowledged, 0, checked=True)
         return acknowledged
 
     def retry_append(
         self,
         messages: NewMessages,
-        acknowledged: BridgedFuture[Appended],
+        acknowledged: Reply,
         attempt: int,
         give_up_at: float | None,
         checked: bool = False,
@@ -587,7 +589,7 @@ class UserActor(PooledActor):
     def _append(
         self,
         messages: NewMessages,
-        acknowledged: BridgedFuture[Appended],
+        acknowledged: Reply,
         attempt: int,
         give_up_at: float | None = None,
         *,
@@ -1312,7 +1314,7 @@ class _Append(Write):
         actor: UserActor,
         origin: datetime | None,
         messages: NewMessages,
-        acknowledged: BridgedFuture[Appended],
+        acknowledged: Reply,
         attempt: int,
     ) -> None:
         super().__init__(events, actor._epoch, origin=origin)

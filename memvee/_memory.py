@@ -605,7 +605,7 @@ class Memory:
         """
         engine, loop = self._running()
         return engine.directory.call_async(
-            loop, user_id, "add_checked_messages", messages, paced=True
+            loop, user_id, "add_checked_messages", messages, paced=True, answer_later=True
         )
 
     # ------------------------------------------------------------------ processing

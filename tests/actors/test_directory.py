@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from actors._bridge import BridgedFuture
 from memvee import Memory, MemoryClosedError, ProcessStatus
 from memvee._memory import SHUTDOWN_REASON
 from tests.support.store_faults import queue_and_stop
@@ -243,3 +244,23 @@ async def test_a_write_in_flight_keeps_few_objects_for_the_collector(make_memory
     stored = await asyncio.gather(*writes)
     assert [(first.seq, second.seq) for first, second in stored] == [(3, 4)] * len(users)
     assert (in_flight - at_rest) / len(users) < 16
+
+
+async def test_an_exchange_makes_no_future_between_the_loop_and_its_commit(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's actor sets the committed events on the caller's call itself, from the
+    committer: no future is made, locked and called back per write in between."""
+    memory: Memory = await make_memory()
+    await memory.add_exchange("u", "hi", "hello")  # the actor is spawned, the log loaded
+    made: list[object] = []
+    make = BridgedFuture.__init__
+
+    def counted(future: BridgedFuture[Any]) -> None:
+        made.append(future)
+        make(future)
+
+    monkeypatch.setattr(BridgedFuture, "__init__", counted)
+    first, second = await memory.add_exchange("u", "more", "yes")
+    assert (first.seq, second.seq) == (3, 4)
+    assert made == []
