@@ -57,10 +57,11 @@ async def queue_and_stop(memory: Memory, user: str, monkeypatch: pytest.MonkeyPa
     queue an exchange of ``user`` behind it, then stop ``user``'s actor."""
     engine = memory._engine
     assert engine is not None
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     original = engine.store.append
 
     def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
         assert gate.wait(10)
         return original(*args, **kwargs)
 
@@ -68,7 +69,9 @@ async def queue_and_stop(memory: Memory, user: str, monkeypatch: pytest.MonkeyPa
     committer = engine.committer
     issued = committer._issued
     first = asyncio.ensure_future(memory.add_exchange(f"not-{user}", "hello", "hi"))
-    await _until(committer._writing.locked)
+    # Its write holds the store, not the end of an earlier write still settling, whose
+    # acknowledgement may resume the caller before the committer is free.
+    await _until(entered.is_set)
     queued = asyncio.ensure_future(memory.add_exchange(user, "I work at Acme", "ok"))
     await _until(lambda: committer._issued >= issued + 2)
     engine.directory.passivate_idle(older_than=0)
