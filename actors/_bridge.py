@@ -16,12 +16,21 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from pykka import Future, Timeout
 
-__all__ = ["BridgedFuture", "LoopInbox", "Reply", "inbox_of", "settle_future", "shared_lock"]
+__all__ = [
+    "BridgedFuture",
+    "LoopInbox",
+    "Reply",
+    "inbox_of",
+    "one_wakeup",
+    "settle_future",
+    "shared_lock",
+]
 
 log = logging.getLogger("memvee.actors")
 
@@ -149,8 +158,19 @@ class LoopInbox:
         self._scheduled = False
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised."""
+        """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised. Inside
+        :func:`one_wakeup` the loop is woken at the end of the block."""
         self._pending.append((fn, args))
+        if self._scheduled:
+            return
+        held = getattr(_held, "inboxes", None)
+        if held is not None:
+            held[self] = None
+            return
+        self._wake()
+
+    def _wake(self) -> None:
+        """Have the loop drain the inbox, unless a drain is scheduled already."""
         if self._scheduled:
             return
         self._scheduled = True
@@ -173,6 +193,29 @@ class LoopInbox:
                 fn(*args)
             except Exception:
                 log.exception("a callback posted to the event loop failed")
+
+
+_held = threading.local()
+
+
+@contextmanager
+def one_wakeup() -> Iterator[None]:
+    """Posts this thread makes inside the block wake each loop once, when the block ends:
+    a group commit's acknowledgements, posted one by one, would otherwise wake the loop
+    again each time it drained the ones before, and pull it into the GIL while the
+    committer still settles the rest. The posts keep their order; a block inside another
+    wakes at the outer block's end."""
+    if getattr(_held, "inboxes", None) is not None:
+        yield
+        return
+    held: dict[LoopInbox, None] = {}
+    _held.inboxes = held
+    try:
+        yield
+    finally:
+        _held.inboxes = None
+        for inbox in held:
+            inbox._wake()
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopInbox] = (

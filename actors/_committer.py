@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from actors._bridge import one_wakeup
 from events import ConflictError, EventStore, Recorded, StoredSnapshot
 from events.errors import ConnectionLostError, TransientStorageError, first_line, may_pass
 from projections import Projector, index_messages
@@ -323,10 +324,11 @@ class GroupCommitter:
         self.transactions += 1
         self.commits += len(batch)
         start = 0
-        for request in batch:
-            end = start + len(request.events)
-            self._settle(request, recorded[start:end], None)
-            start = end
+        with one_wakeup():
+            for request in batch:
+                end = start + len(request.events)
+                self._settle(request, recorded[start:end], None)
+                start = end
 
     def _write_failed(
         self,

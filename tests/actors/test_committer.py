@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 import actors._committer as committer_module
+from actors._bridge import LoopInbox
 from actors._committer import STORE_ATTEMPTS, GroupCommitter, Write
 from events import EventStore, Recorded, StorageError, UserLog, sqlite_url, user_log_id
 from events.errors import TransientStorageError, may_pass
@@ -151,6 +152,43 @@ def test_writes_submitted_during_a_write_wait_their_turn_and_go_together(
         assert settled.threads[0] == held.first.ident
         assert set(settled.threads[1:]) == {committer._thread.ident}
         assert committer.transactions == 2, "the five waiting writes shared one transaction"
+
+
+class _CountedLoop:
+    """An event loop stand-in that counts its wake-ups and never drains."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def call_soon_threadsafe(self, callback: Any) -> None:
+        self.wakes += 1
+
+
+def test_a_group_commits_acknowledgements_wake_the_event_loop_once(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write's acknowledgement is posted to the loop as it settles, but the loop is
+    woken once the whole group settled: not pulled into the GIL after the first one."""
+    loop = _CountedLoop()
+    inbox = LoopInbox(loop)  # type: ignore[arg-type]
+    wakes_seen: list[int] = []
+
+    def acknowledge(error: BaseException | None) -> None:
+        inbox.post(print, error)
+        wakes_seen.append(loop.wakes)
+
+    with _behind_u0(store, monkeypatch) as held:
+        committer = held.committer
+        tickets = [
+            committer.submit(Write(_log_with_messages(f"u{i}", 2)[1], 1, acknowledge))
+            for i in range(1, 6)
+        ]
+        held.gate.set()
+        held.first.join()
+        committer.wait_for(tickets[-1])
+        assert committer.transactions == 2, "the five writes shared one transaction"
+    assert wakes_seen == [0] * 5, "no wake-up while the group still settles"
+    assert loop.wakes == 1
 
 
 def test_waiting_for_a_log_waits_for_its_queued_writes_and_for_nothing_once_they_settled(
