@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from bench import (
     append,
     cpu,
+    hops,
     hybrid,
     load,
     peer,
@@ -56,6 +57,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("pg_retrieve", pg_retrieve.run),
     ("pg_stages", pg_stages.run),
     ("peer", peer.run),
+    ("hops", hops.run),
     ("cpu", cpu.run),
     ("server", server.run),
 ]
