@@ -729,7 +729,6 @@ class UserActor(PooledActor):
                 text,
                 repeats=again,
                 blamed=blamed,
-                whole=isinstance(error, EveryBatchRefused | _THE_APIS_STATE),
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
@@ -1233,8 +1232,7 @@ class UserActor(PooledActor):
 _NO_USAGE = TokenUsage()
 
 _THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | ExtractionPausedError
-"""Failures that say how the API is, never how a batch's messages are: never blamed, and
-their batch is not split."""
+"""Failures that say how the API is, never how a batch's messages are: never blamed."""
 
 
 class _UserForgotten(Exception):

@@ -430,17 +430,14 @@ class UserLog(Aggregate):
         for the next try.
 
         ``blamed`` says the batch (one message) failed while the API answered others, or
-        met a fault, so the failure counts against that message as well. ``whole`` says
-        the failure told how the API is, never how the batch is (the API overloaded, the
-        batch held unsent while the API kept failing, every batch refused): the batch
-        returns unsplit. The tokens are what the failed calls spent, if any did (an answer
-        cut at its budget, then a failed re-ask).
+        met a fault, so the failure counts against that message as well. The tokens are
+        what the failed calls spent, if any did (an answer cut at its budget, then a failed
+        re-ask).
         """
 
         task_id: str
         error: str
         blamed: bool = False
-        whole: bool = False
         extractor: str | None = None
         model: str | None = None
         input_tokens: int | None = None
@@ -449,9 +446,7 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
 
         def apply(self, log: UserLog) -> None:
-            returned = log.return_to_buffer(self.task_id)
-            if not getattr(self, "whole", False):
-                log.note_failure(returned, counted=self.blamed)
+            log.note_failure(log.return_to_buffer(self.task_id), counted=self.blamed)
             log.running.pop(self.task_id, None)
 
     class ProcessingInterrupted(Aggregate.Event):
@@ -884,7 +879,6 @@ class UserLog(Aggregate):
         *,
         repeats: bool = False,
         blamed: bool = False,
-        whole: bool = False,
         usage: TokenUsage = _NO_USAGE,
         extractor: str | None = None,
         model: str | None = None,
@@ -896,8 +890,7 @@ class UserLog(Aggregate):
         task goes on; any other error ends the task FAILED, its batch back in the buffer
         and split for the next run. A message that failed alone ``limits.max_attempts``
         times (errors that repeat, or that were ``blamed`` on it) is quarantined instead.
-        An error that tells how the API is, never how the batch is, keeps the batch
-        ``whole``. ``usage``, ``extractor`` and ``model`` record what the failed call spent.
+        ``usage``, ``extractor`` and ``model`` record what the failed call spent.
         """
         claimed = self._open_task(task_id)
         error = storable(error) if error else "unknown error"
@@ -929,12 +922,7 @@ class UserLog(Aggregate):
         else:
             tokens = spent if any(_usage_fields(usage).values()) else {}
             self.trigger_event(
-                self.ProcessingFailed,
-                task_id=task_id,
-                error=error,
-                blamed=blamed,
-                whole=whole,
-                **tokens,
+                self.ProcessingFailed, task_id=task_id, error=error, blamed=blamed, **tokens
             )
         return []
 

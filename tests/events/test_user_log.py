@@ -232,19 +232,6 @@ def test_failure_returns_the_messages_to_the_buffer_in_log_order() -> None:
     assert log.open_tasks == {}
 
 
-def test_a_failure_telling_only_how_the_api_is_returns_its_batch_unsplit() -> None:
-    """A batch failed by the API's load (or held unsent) returns whole: the next batch
-    takes all four messages again, where a failure that may be the batch's halves it."""
-    log, ids = _log_with(4)
-    _start(log, "t1")
-    log.record_failure("t1", "HTTP 529 overloaded", whole=True)
-    assert log.caps == {} and log.parked == {}
-    _start(log, "t2")
-    assert list(log.open_tasks["t2"]) == ids
-    log.record_failure("t2", "HTTP 500")
-    assert log.caps == dict.fromkeys(ids, 2)
-
-
 def test_close_interrupted_closes_every_open_task() -> None:
     log, ids = _log_with(2)
     _start(log, "t1", "auto")

@@ -588,37 +588,6 @@ async def test_an_overloaded_api_never_gets_a_message_quarantined(
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
 
 
-async def test_a_batch_the_api_was_overloaded_for_goes_out_whole_once_it_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Three runs meeting the API overloaded (529) leave ann's eight buffered messages as
-    they were: the run after sends them in one request, not split into four (1, 1, 2, 4)
-    by failures that were the API's load, never the batch's."""
-    busy = [3]
-
-    def responder(request: RecordedRequest) -> ScriptedResponse:
-        if busy[0] > 0:
-            busy[0] -= 1
-            return ScriptedResponse(
-                529, error_body("overloaded_error", "Overloaded"), {"retry-after-ms": "1"}
-            )
-        return default_answer(request)
-
-    with MessagesAPIServer(responder=responder) as server:
-        db = tmp_path / "overloaded.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
-            for i in range(8):
-                await memory.add_message("ann", "user", f"I like thing {i}.")
-            for _ in range(3):
-                with pytest.raises(ProcessingError, match="HTTP 529"):
-                    await memory.process("ann")
-            failed = len(server.requests)
-            assert await memory.process("ann") == 8
-            assert [len(r.messages) for r in server.requests[failed:]] == [8]
-
-
 async def _ann_fails_while_bob_is_answered(memory: Memory, runs: int, error: str) -> None:
     """Process ann ``runs`` times, each failing with ``error``, with one of bob's messages
     answered after each run: evidence that the API works, and ann's message is still
