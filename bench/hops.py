@@ -65,7 +65,7 @@ HOPS: tuple[tuple[str, type, str, str | None], ...] = (
     ("loop: outbox sends", _Outbox, "_turn", None),
     ("actor thread takes it", PooledActor, "_handle_envelope", None),
     ("actor: decide", UserActor, "add_checked_messages", None),
-    ("committer: write", GroupCommitter, "_write", "committer: settled"),
+    ("committer: write", GroupCommitter, "_write", None),
     ("store: append", EventStore, "append", "store: appended"),
     ("store: insert events", EventStore, "_write", "store: events inserted"),
     ("fold the projections", GroupCommitter, "_fold", "folded"),
@@ -74,7 +74,8 @@ HOPS: tuple[tuple[str, type, str, str | None], ...] = (
     ("loop: inbox drained", LoopInbox, "_drain", None),
 )
 """(stamp, class, function, stamp on return): stamped on the function's first call of an
-exchange."""
+exchange. The committer's return is not stamped: a group commit's acknowledgements reach the
+loop before ``_write`` returns, so the caller may resume first."""
 
 ORDER = (
     "caller: add_exchange",
@@ -90,7 +91,6 @@ ORDER = (
     "driver COMMIT",
     "committed",
     "store: appended",
-    "committer: settled",
     "result posted to the loop",
     "loop: inbox drained",
     "caller: resumed",
