@@ -742,7 +742,11 @@ def _before_a_start(deciding: _Deciding, fact: _Fact) -> bool:
             deciding.repeats[fact.index] = target
             plan.repairs.extend(f"repeat of {target}: {note}" for note in notes)
             return True
-    if fact.action == "update" and (joined := around.joined(target, fact.text, said)) is not None:
+    if (
+        fact.action == "update"
+        and (joined := around.joined(target, fact.text, said)) is not None
+        and not ((end := plan.ended_at(target, said)) is not None and end[1])
+    ):
         assert target is not None
         plan.begin_earlier(joined[0], said, fact.sources, replacing=joined[1])
         if target not in plan.followed:

@@ -1522,7 +1522,7 @@ _LATE_CITING_ANSWERS: dict[str, _GarbageAnswer] = {
         ],
     ),
 }
-"""The garbage answers, cut down to what still fails, of the seeds of 18,000 (the
+"""The garbage answers, cut down to what still fails, of the seeds of 30,000 (the
 late-citation test's answers drawn from ``random.Random(seed)``) that end an entry before
 a message citing it: the known state a batch was shown, the days its messages were sent
 on, and the answer (citing ``"0"``, ``"1"``... for the messages' places)."""
@@ -2351,3 +2351,90 @@ def test_a_change_naming_a_repeat_of_a_known_entry_is_placed_by_its_own_time(
     assert history == _history(each)
     between = [(BERGEN, 2, 10)] if change == "update" else []
     assert sorted(history) == sorted(_days((OSLO, 1, 2), *between, (OSLO, 10, None)))
+
+
+_BODO, _TROMSO = "User lives in Bodo.", "User lives in Tromso."
+
+
+def _bodo_bergen_tromso(
+    log: UserLog,
+) -> tuple[str, str, list[KnownEntry], tuple[ReplacedEntry, ...]]:
+    """``log`` knowing Bodo from day 0, Bergen from day 2 and Tromso from day 9: Bergen's and
+    Tromso's ids, and the entries and chain a backdated batch is shown."""
+    (bodo,) = _process(log, "k0", [0], [ExtractedFact(_BODO, ("0",))], [])
+    (bergen,) = _process(
+        log, "k1", [2], [ExtractedFact(BERGEN, ("0",), "update", bodo["entry_id"])], [_shown(bodo)]
+    )
+    (tromso,) = _process(
+        log,
+        "k2",
+        [9],
+        [ExtractedFact(_TROMSO, ("0",), "update", bergen["entry_id"])],
+        [_shown(bergen)],
+    )
+    day = lambda n: T0 + timedelta(days=n)  # noqa: E731
+    shown = [
+        KnownEntry(bodo["entry_id"], _BODO, day(0), day(2)),
+        KnownEntry(bergen["entry_id"], BERGEN, day(2), day(9)),
+        _shown(tromso),
+    ]
+    chain = (
+        ReplacedEntry(bodo["entry_id"], day(0), day(2), bergen["entry_id"]),
+        ReplacedEntry(bergen["entry_id"], day(2), day(9), tromso["entry_id"]),
+    )
+    return bergen["entry_id"], tromso["entry_id"], shown, chain
+
+
+@pytest.mark.parametrize(
+    "back_to_bergen",
+    [
+        lambda bergen: ExtractedFact(BERGEN, ("2",)),
+        lambda bergen: ExtractedFact(BERGEN, ("2",), "same", bergen),
+        lambda bergen: ExtractedFact(BERGEN, ("2",), "update", None, 1),
+    ],
+    ids=["new", "same as the known Bergen", "update of the day-3 move"],
+)
+def test_a_later_move_of_a_backdated_batch_naming_a_value_it_replaced_already_still_ends_what_holds(
+    back_to_bergen: Callable[[str], ExtractedFact],
+) -> None:
+    """Known: Bodo, Bergen from day 2, Tromso from day 9. A backdated batch says "moved to
+    Tromso" on day 3 and "back in Tromso" on day 7 (both updates of the known Bergen) and
+    "moved to Bergen" on day 6. The day-7 move was read as Tromso beginning earlier, which it
+    had already, so it ended nothing and Bergen stayed current: one message a batch ends in
+    Tromso from day 7."""
+    batch = UserLog.register("ann")
+    bergen, _, shown, chain = _bodo_bergen_tromso(batch)
+    facts = [
+        ExtractedFact(_TROMSO, ("0",), "update", bergen),
+        ExtractedFact(_TROMSO, ("1",), "update", bergen),
+        back_to_bergen(bergen),
+    ]
+    _process(batch, "b", [7, 3, 6], facts, shown, chain)
+
+    each = UserLog.register("ann")
+    bergen, tromso, shown, chain = _bodo_bergen_tromso(each)
+    _process(each, "e1", [3], [ExtractedFact(_TROMSO, ("0",), "update", bergen)], shown, chain)
+    (again,) = _process(
+        each,
+        "e2",
+        [6],
+        [ExtractedFact(BERGEN, ("0",), "update", tromso)],
+        [KnownEntry(tromso, _TROMSO, T0 + timedelta(days=3))],
+    )
+    _process(
+        each,
+        "e3",
+        [7],
+        [ExtractedFact(_TROMSO, ("0",), "update", again["entry_id"])],
+        [_shown(again)],
+    )
+
+    def homes(log: UserLog) -> list[tuple[str, int, int | None]]:
+        return [
+            (text, (begun - T0).days, None if ended is None else (ended - T0).days)
+            for text, begun, ended in _history(log)
+        ]
+
+    expected = [(_BODO, 0, 2), (BERGEN, 2, 3), (_TROMSO, 3, 6), (BERGEN, 6, 7), (_TROMSO, 7, None)]
+    assert homes(each) == expected
+    assert homes(batch) == expected
