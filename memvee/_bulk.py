@@ -200,8 +200,9 @@ class _Planned:
     known: list[str]
     planned_at: int
     failing: int = 0
-    """How many Message Batches of these messages failed whole with server errors in a
-    row before this one (kept as :data:`_FAILING`)."""
+    """The most Message Batches in a row that failed whole with server errors with one of
+    these messages in them before this one (kept as :data:`_FAILING`): a message new since
+    does not reset its companions' count."""
 
     def to_json(self) -> dict[str, Any]:
         kept = {
@@ -349,7 +350,7 @@ class BulkReextraction:
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
-                count = min(failing.get(m, 0) for m in ids)
+                count = max(failing.get(m, 0) for m in ids)
                 planned.append(_Planned(user_id, ids, known, user_log.version, count))
         return planned
 
@@ -728,17 +729,19 @@ class BulkReextraction:
                     if earlier and user_id not in report.collected:
                         report.collected.append(user_id)
         if short is None and not blamable:
-            before = min(int(r.get(_FAILING, 0)) for r in row["requests"].values())
-            if before and not earlier:
-                await self._send_directly(row, report)
-            await asyncio.to_thread(self._keep_failed_whole, row, before + 1)
+            again = {k: r for k, r in row["requests"].items() if int(r.get(_FAILING, 0))}
+            if again and not earlier:
+                await self._send_directly(row, again, report)
+            await asyncio.to_thread(self._keep_failed_whole, row)
             return
         await asyncio.to_thread(self._delete, row["local_id"])
 
-    async def _send_directly(self, row: dict[str, Any], report: BulkReport) -> None:
-        """Send the messages of ``row``'s requests through the Messages API, user after
-        user, by the live re-extraction's rules (:data:`Direct`): its Message Batch failed
-        whole with server errors, as one of the same requests had before. That path
+    async def _send_directly(
+        self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
+    ) -> None:
+        """Send the messages of ``requests`` of ``row`` through the Messages API, user
+        after user, by the live re-extraction's rules (:data:`Direct`): their Message Batch
+        failed whole with server errors, as one of their messages' had before. That path
         blames only what its rules blame and stops at two failures in a row; a user's run
         stopped so ends the fallback for the rest of this run (the API is down, not only
         Message Batches). Users another run took over, or forgotten, are passed over."""
@@ -748,7 +751,7 @@ class BulkReextraction:
             return
         by_user: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
-        for custom_id, request in row["requests"].items():
+        for custom_id, request in requests.items():
             by_user.setdefault(request["user"], []).extend(request["messages"])
             failed.setdefault(request["user"], []).append(f"{row['api_batch_id']}:{custom_id}")
         for user_id, message_ids in by_user.items():
@@ -778,18 +781,21 @@ class BulkReextraction:
             report.entries += live.entries
             report.left_out.update(live.left_out)
 
-    def _keep_failed_whole(self, row: dict[str, Any], count: int) -> None:
+    def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
-        run to plan its messages again, noting ``count``: how many batches of the same
-        requests failed so in a row (read back by :meth:`_plan_again`). Its requests of a
-        user forgotten meanwhile are gone already: the row is updated only if it is there."""
+        run to plan its messages again, counting one more such failure in each request
+        (read back by :meth:`_plan_again`). Its requests of a user forgotten meanwhile are
+        gone already: the row is updated only if it is there."""
         with self.store.transaction() as connection:
             requests = connection.execute(
                 select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == row["local_id"])
             ).scalar()
             if not requests:
                 return
-            counted = {k: {**r, _FAILING: count, _FAILED_WHOLE: True} for k, r in requests.items()}
+            counted = {
+                k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
+                for k, r in requests.items()
+            }
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == row["local_id"])

@@ -1721,3 +1721,43 @@ async def test_a_batch_failing_whole_is_kept_in_the_shape_an_older_memvee_collec
     for request in row["requests"].values():
         assert {"user", "messages", "known", "at"} <= set(request)
         assert (request["failing"], request["failed_whole"]) == (1, True)
+
+
+async def _say(db: str, user: str, text: str) -> None:
+    """One more exchange of ``user``, processed: live traffic between two bulk runs."""
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        await memory.add_exchange(user, text, "ok")
+        await memory.flush(user)
+
+
+async def test_a_message_batches_outage_reaches_the_messages_api_while_new_messages_come_in(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """bob says something new between two runs of a Message Batches outage: the request of
+    his old messages and the new one still counts the batch that failed before (a message
+    new since used to reset it to none, so the fallback was never reached while messages
+    came in)."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["bob"])
+        before = _processed(audit, "bob")
+    await _say(db, "bob", "bob says something new")
+    with Audit(db_url=db) as audit:
+        second = await _run(audit, users=["bob"])
+        assert "bob" in second.direct
+        assert before <= _covered(audit, "bob")
+
+
+async def test_a_user_new_to_a_failing_batch_holds_back_no_other_users_fallback(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's Message Batch failed whole once; the next run also plans bob, new to it, in
+    the same batch, which fails whole again: ann's messages go through the Messages API
+    (bob's request, failing for the first time, used to turn the fallback off for all)."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        second = await _run(audit, users=["ann", "bob"])
+        assert second.direct == {"ann": 10}
+        assert _covered(audit, "ann") == _processed(audit, "ann")
+        assert _covered(audit, "bob") == set()
