@@ -1185,6 +1185,26 @@ class UserLog(Aggregate):
                 blamed.clear()
         return failed
 
+    def left_out_of(self, knowledge_version: str, history: Iterable[Any]) -> set[str]:
+        """The messages ``knowledge_version``'s re-extraction left out, read off ``history``
+        (this log's events; since a version of the same name was promoted, if one was):
+        each failed in a call of its own, of its own, once pinned to a call of its own
+        (:meth:`failed_reextraction`). Sending one again costs a call that fails."""
+        events = list(history)
+        alone: set[str] = set()
+        for e in events:
+            if getattr(e, "knowledge_version", None) != knowledge_version:
+                continue
+            if isinstance(e, self.KnowledgeVersionPromoted):
+                alone.clear()
+            elif (
+                isinstance(e, self.ReextractionFailed)
+                and len(e.message_ids) == 1
+                and (e.repeats or getattr(e, "blamed", False))
+            ):
+                alone.update(e.message_ids)
+        return alone & self.failed_reextraction(knowledge_version, events)
+
     def reextraction_calls(
         self, knowledge_version: str, history: Iterable[Any]
     ) -> list[tuple[tuple[str, ...], bool]]:

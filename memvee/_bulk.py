@@ -56,7 +56,7 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import ProbeFailedError, first_line
+from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
@@ -257,7 +257,7 @@ class BulkReextraction:
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
         self.direct = direct
-        self.direct_stopped = False  # the Messages API failed too: no more direct calls
+        self.direct_stopped = False  # the Messages API is down: no more direct calls
         self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
@@ -741,10 +741,12 @@ class BulkReextraction:
     ) -> None:
         """Send the messages of ``requests`` of ``row`` through the Messages API, user
         after user, by the live re-extraction's rules (:data:`Direct`): their Message Batch
-        failed whole with server errors, as one of their messages' had before. That path
-        blames only what its rules blame and stops at two failures in a row; a user's run
-        stopped so ends the fallback for the rest of this run (the API is down, not only
-        Message Batches). Users another run took over, or forgotten, are passed over."""
+        failed whole with server errors, as one of their messages' had before. A message
+        the user's log left out of the version is not sent (it would fail again, at full
+        price). That path blames only what its rules blame and stops at two failures in a
+        row; a user's run that stopped ends the fallback for the rest of this run only when
+        it tells the API is down (:func:`_api_down`), else the next user goes on. Users
+        another run took over, or forgotten, are passed over."""
         from memvee.audit import ReextractionReport  # the audit imports this module lazily
 
         if self.direct is None:
@@ -759,20 +761,24 @@ class BulkReextraction:
                 return
             if _claim_id(self.version, user_id) not in self.claims:
                 continue
+            left_out = await asyncio.to_thread(self._left_out, user_id)
+            sent = [m for m in message_ids if m not in left_out]
+            if not sent:
+                continue
             live = ReextractionReport()
-            report.direct[user_id] = report.direct.get(user_id, 0) + len(message_ids)
+            report.direct[user_id] = report.direct.get(user_id, 0) + len(sent)
             log.warning(
                 "user %r: %d messages go through the Messages API at full price: their "
                 "Message Batch failed whole with server errors twice",
                 user_id,
-                len(message_ids),
+                len(sent),
             )
             try:
-                await self.direct(user_id, message_ids, live)
+                await self.direct(user_id, sent, live)
             except NotFoundError:  # forgotten meanwhile: nothing to send
                 del report.direct[user_id]
             except MemveeError as stopped:
-                self.direct_stopped = True
+                self.direct_stopped = _api_down(stopped, live)
                 shown = redact(first_line(stopped), client_secrets(self.extractor.client))
                 report.failed[f"direct:{user_id}"] = shown
             else:  # what failed in the batch is extracted or left out now
@@ -780,6 +786,14 @@ class BulkReextraction:
                     report.failed.pop(request_id, None)
             report.entries += live.entries
             report.left_out.update(live.left_out)
+
+    def _left_out(self, user_id: str) -> set[str]:
+        """The messages ``user_id``'s log left out of the version (none once forgotten)."""
+        user_log = self.store.load(user_id)
+        if user_log is None:
+            return set()
+        events = self.store.events_of(user_id, upto=user_log.version)
+        return user_log.left_out_of(self.version, events)
 
     def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
@@ -1524,6 +1538,18 @@ def _blamable(outcomes: Mapping[str, Any]) -> bool:
     blamed twice goes alone next run (:meth:`UserLog.failed_reextraction`), so one such
     error on first sight pins nothing."""
     return not all(_server_error(o) for o in outcomes.values())
+
+
+def _api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
+    """Whether a user's live re-extraction that ``stopped`` tells the Messages API is
+    down, for every user: the harmless request sent after its two failures in a row
+    failed too (``live.outage``), or it stopped on the API's state (overloaded, every
+    batch refused, a probe that failed). A harmless request answered, or a lone message
+    failing once with nothing else to send, tells only of that user's messages."""
+    if live.probe is not None:
+        return live.outage
+    lone = isinstance(stopped, ExtractionError) and not stopped.repeats
+    return not lone or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

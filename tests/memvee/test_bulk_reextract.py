@@ -1761,3 +1761,84 @@ async def test_a_user_new_to_a_failing_batch_holds_back_no_other_users_fallback(
         assert second.direct == {"ann": 10}
         assert _covered(audit, "ann") == _processed(audit, "ann")
         assert _covered(audit, "bob") == set()
+
+
+def _poison(user: str) -> Callable[[RecordedRequest], ScriptedResponse]:
+    """Every call, batched or not, with ``user``'s fourth thing fails with a server error."""
+    return fault_when(
+        f"{user} likes thing 4", ScriptedResponse(500, error_body("api_error", "boom"))
+    )
+
+
+def _batches_down_and(
+    otherwise: Callable[[RecordedRequest], ScriptedResponse],
+) -> Callable[[RecordedRequest], ScriptedResponse]:
+    """A Message Batches outage; the Messages API answers as ``otherwise`` does."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        return otherwise(request)
+
+    return respond
+
+
+async def _until_left_out(audit: Audit, user: str) -> str:
+    """Run ``user``'s re-extraction until the message of theirs that makes every call fail
+    is left out; returns it."""
+    for _ in range(8):
+        report = await _run(audit, users=[user])
+        if report.left_out:
+            (poisoned,) = report.left_out
+            return poisoned
+    raise AssertionError(f"{user}'s failing message was never left out")
+
+
+async def test_a_message_left_out_costs_no_full_price_call_in_the_runs_after(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """bob's fourth thing makes every call fail; once it is left out, alone in its Message
+    Batch that fails whole run after run, it is not sent through the Messages API again
+    (it used to cost one full-price call a run, for good)."""
+    server.set_responder(_poison("bob"))
+    with Audit(db_url=db) as audit:
+        poisoned = await _until_left_out(audit, "bob")
+        assert _covered(audit, "bob") == _processed(audit, "bob") - {poisoned}
+        calls = len(server.requests)
+        for _ in range(3):
+            report = await _run(audit, users=["bob"])
+            assert report.direct == {}
+    assert len(server.requests) == calls
+
+
+async def test_a_user_whose_only_message_left_is_left_out_holds_back_no_user_after_them(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's one message not in the version is left out, and Message Batches go down:
+    her request goes first, and bob's messages still go through the Messages API (her
+    lone message was sent and stopped the fallback for every user after her, run after
+    run)."""
+    server.set_responder(_poison("ann"))
+    with Audit(db_url=db) as audit:
+        await _until_left_out(audit, "ann")
+        server.set_responder(_batches_down_and(_poison("ann")))
+        await _run(audit)
+        second = await _run(audit)
+        assert list(second.direct) == ["bob"]
+        assert _covered(audit, "bob") == _processed(audit, "bob")
+
+
+async def test_a_user_whose_lone_message_fails_a_direct_call_holds_back_no_user_after_them(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's one message not in the version makes every call fail, not yet left out, and
+    Message Batches go down: her direct run stops at its lone failure, which tells nothing
+    of the API, and bob's messages still go through the Messages API after her."""
+    server.set_responder(_poison("ann"))
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        server.set_responder(_batches_down_and(_poison("ann")))
+        await _run(audit)
+        second = await _run(audit)
+        assert list(second.direct) == ["ann", "bob"] and "direct:ann" in second.failed
+        assert _covered(audit, "bob") == _processed(audit, "bob")
