@@ -283,9 +283,11 @@ class BulkReextraction:
             for batch_id in await asyncio.to_thread(self._kept_probes):
                 await self._cancel_probe(client, batch_id, report)
             for row in await asyncio.to_thread(self._unfinished):
+                if await asyncio.to_thread(self._held_elsewhere, row):
+                    continue
                 if _failed_whole(row):
                     await asyncio.to_thread(self._plan_again, row)
-                elif not await asyncio.to_thread(self._held_elsewhere, row):
+                else:
                     await self._finish(client, row, report, earlier=True)
             planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
@@ -1234,10 +1236,11 @@ class BulkReextraction:
         return pending
 
     def _held_elsewhere(self, row: dict[str, Any]) -> bool:
-        """Whether a kept row not yet given its Message Batch's id is another run's under
-        way (one of its users claimed by it), to be left to that run: looking for its
-        batch now would find none yet, and plan its requests again."""
-        if row["api_batch_id"] is not None:
+        """Whether a kept row is another run's under way (one of its users claimed by it),
+        to be left to that run: one not yet given its Message Batch's id (looking for its
+        batch now would find none yet, and plan its requests again), or one whose batch
+        failed whole (planning it again now would erase the count of failures it keeps)."""
+        if row["api_batch_id"] is not None and not _failed_whole(row):
             return False
         users = {r["user"] for r in row["requests"].values()}
         ids = [_claim_id(self.version, user) for user in users]

@@ -1842,3 +1842,38 @@ async def test_a_user_whose_lone_message_fails_a_direct_call_holds_back_no_user_
         second = await _run(audit)
         assert list(second.direct) == ["ann", "bob"] and "direct:ann" in second.failed
         assert _covered(audit, "bob") == _processed(audit, "bob")
+
+
+async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_run_holds(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run keeps ann's Message Batch, failed whole a second time, while it still holds
+    her; a second run starting then leaves the batch to it (it used to plan it again,
+    erasing the count), so the run after still sends her messages through the Messages
+    API."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+    keep = BulkReextraction._keep_failed_whole
+    meanwhile: list[Any] = []
+
+    def keep_then_run_another(self: BulkReextraction, row: dict[str, Any]) -> None:
+        keep(self, row)
+        if not meanwhile:
+
+            async def another() -> Any:
+                with Audit(db_url=db) as other:
+                    return await _run(other, users=["ann"])
+
+            meanwhile.append(asyncio.run(another()))
+
+    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep_then_run_another)
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "all down")))
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep)
+    assert meanwhile[0].claimed == ["ann"]
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        after = await _run(audit, users=["ann"])
+        assert after.direct == {"ann": 10}
