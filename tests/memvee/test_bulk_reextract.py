@@ -1620,28 +1620,31 @@ async def test_a_message_batches_outage_extracts_through_the_messages_api_blamin
 
 
 @pytest.mark.parametrize("requests", ["several requests", "one request"])
-async def test_a_full_outage_blames_nothing_and_calls_the_messages_api_twice_at_most(
+async def test_a_full_outage_blames_nothing_and_makes_two_calls_and_one_harmless_request_a_run(
     db: str, server: MessagesAPIServer, requests: str
 ) -> None:
     """The Message Batches and the Messages API both fail: the direct path stops at its
-    two failures in a row, for every user of the run; nothing is blamed, and once the
-    outage passes the next run sends the same bounded requests."""
+    two failures in a row and the harmless request that fails after them (the API is
+    down), for every user of the run; nothing is blamed, and once the outage passes the
+    next run sends the same bounded requests."""
     server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
     limits = LIMITS if requests == "several requests" else BatchLimits(max_messages=50)
     with Audit(db_url=db) as audit:
         before = await _run(audit, limits=limits)
-        calls = [len(server.requests)]
+        assert server.requests == []
         for _ in range(3):
+            calls = len(server.requests)
             down = await _run(audit, limits=limits)
             assert (down.recorded, down.left_out, len(down.direct)) == (0, {}, 1)
-            calls.append(len(server.requests))
-        assert [b - a for a, b in itertools.pairwise(calls)] == [2, 2, 2]
+            sent = [[m["content"] for m in r.messages] for r in server.requests[calls:]]
+            assert len(sent) == 3 and sent[-1] == ["Hello."], sent
+            assert all("Hello." not in texts for texts in sent[:2])
         assert _pinned(audit) == set()
         server.set_responder(default_answer)
         again = await _run(audit, limits=limits)
     assert again.submitted == before.submitted and again.recorded == before.submitted
-    sent = [len(r["params"]["messages"]) for r in server.batches[0]["requests"]]
-    assert [len(r["params"]["messages"]) for r in server.batches[-1]["requests"]] == sent
+    sent_first = [len(r["params"]["messages"]) for r in server.batches[0]["requests"]]
+    assert [len(r["params"]["messages"]) for r in server.batches[-1]["requests"]] == sent_first
 
 
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
