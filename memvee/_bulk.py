@@ -800,11 +800,14 @@ class BulkReextraction:
     def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
         run to plan its messages again, counting one more such failure in each request
-        (read back by :meth:`_plan_again`). Its requests of a user forgotten meanwhile are
-        gone already: the row is updated only if it is there."""
+        (read back by :meth:`_plan_again`). The row is read locked, so a ``forget`` at
+        once waits for the update instead of being undone by it; its requests of a user
+        forgotten before are gone already, and it is updated only if it is there."""
         with self.store.transaction() as connection:
             requests = connection.execute(
-                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == row["local_id"])
+                select(BULK_BATCHES.c.requests)
+                .where(BULK_BATCHES.c.local_id == row["local_id"])
+                .with_for_update()
             ).scalar()
             if not requests:
                 return
@@ -850,10 +853,13 @@ class BulkReextraction:
     def _count_short_read(self, local_id: str) -> int:
         """Count one more short read of the kept row ``local_id``'s results, kept in each
         of its requests (older memvees ignore the key; no column to add); returns how many
-        reads were short so far (1 when the row is gone: another run collected it)."""
+        reads were short so far (1 when the row is gone: another run collected it). The
+        row is read locked, as :meth:`_keep_failed_whole` reads it."""
         with self.store.transaction() as connection:
             requests = connection.execute(
-                select(BULK_BATCHES.c.requests).where(BULK_BATCHES.c.local_id == local_id)
+                select(BULK_BATCHES.c.requests)
+                .where(BULK_BATCHES.c.local_id == local_id)
+                .with_for_update()
             ).scalar()
             if not requests:
                 return 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import anthropic
 import pytest
+import sqlalchemy
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
@@ -1880,3 +1881,66 @@ async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_
     with Audit(db_url=db) as audit:
         after = await _run(audit, users=["ann"])
         assert after.direct == {"ann": 10}
+
+
+async def test_forgetting_a_user_while_a_run_keeps_their_failed_batch_is_not_undone(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten just after a run read the kept Message Batch that failed whole
+    again, to count that failure: the forget waits for the count, then removes his
+    requests (on PostgreSQL the count used to write them back, undoing the forget), and
+    the count of ann's requests stands."""
+    if not both_backends.startswith("postgresql"):
+        pytest.skip("SQLite takes one writer at a time: the two never meet")
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=both_backends) as audit:
+        await _run(audit)
+    keep = BulkReextraction._keep_failed_whole
+    forgetting: list[threading.Thread] = []
+
+    def keep_while_bob_is_forgotten(self: BulkReextraction, row: dict[str, Any]) -> None:
+        engine = self.store.engine
+        keeping = threading.get_ident()
+
+        def forget_bob_once_read(*args: Any) -> None:
+            statement = args[2].lstrip()
+            if forgetting or threading.get_ident() != keeping:
+                return
+            if not statement.startswith("SELECT") or BULK_BATCHES.name not in statement:
+                return
+            forget = threading.Thread(
+                target=erase_user, args=(self.store, Projector(ProjectionTables()), None, "bob")
+            )
+            forgetting.append(forget)
+            forget.start()
+            while forget.is_alive() and not _waits_on_a_lock(engine):
+                forget.join(0.01)
+
+        sqlalchemy.event.listen(engine, "after_cursor_execute", forget_bob_once_read)
+        try:
+            keep(self, row)
+        finally:
+            sqlalchemy.event.remove(engine, "after_cursor_execute", forget_bob_once_read)
+
+    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep_while_bob_is_forgotten)
+    with Audit(db_url=both_backends) as audit:
+        await _run(audit)
+        forgetting[0].join()
+        assert audit.store.load("bob") is None
+        with audit.store.engine.connect() as connection:
+            (kept,) = connection.execute(select(BULK_BATCHES.c.requests)).scalars().all()
+    assert {r["user"] for r in kept.values()} == {"ann"}
+    assert {r["failing"] for r in kept.values()} == {2}
+
+
+def _waits_on_a_lock(engine: Any) -> bool:
+    """Whether a PostgreSQL session of the database waits on a lock another holds."""
+    with engine.connect() as connection:
+        waiting = connection.execute(
+            sqlalchemy.text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                f"AND query LIKE '%{BULK_BATCHES.name}%'"
+            )
+        ).scalar()
+    return bool(waiting)
