@@ -185,8 +185,11 @@ class BulkReport:
     direct: dict[str, int] = field(default_factory=dict)
     """Users whose messages this run sent through the Messages API at full price, and how
     many: their Message Batch failed whole with server errors, as one of the same requests
-    had before. What that path could not extract is in ``failed`` (``direct:USER``) and
-    ``left_out``."""
+    had before (of one of their messages). What that path could not extract is in
+    ``failed`` (``direct:USER``) and ``left_out``."""
+    direct_held: int = 0
+    """Messages due to go through the Messages API that this run kept for the next one:
+    past its bound of messages sent so (``direct_limit``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,7 @@ class BulkReextraction:
         poll_interval: float = 30.0,
         progress: Progress | None = None,
         direct: Direct | None = None,
+        direct_limit: int | None = None,
     ) -> None:
         self.store = store
         self.reader = reader
@@ -257,6 +261,7 @@ class BulkReextraction:
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
         self.direct = direct
+        self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the Messages API is down: no more direct calls
         self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
         self.owner = str(uuid4())
@@ -745,9 +750,11 @@ class BulkReextraction:
         after user, by the live re-extraction's rules (:data:`Direct`): their Message Batch
         failed whole with server errors, as one of their messages' had before. A message
         the user's log left out of the version is not sent (it would fail again, at full
-        price). That path blames only what its rules blame and stops at two failures in a
-        row; a user's run that stopped ends the fallback for the rest of this run only when
-        it tells the API is down (:func:`_api_down`), else the next user goes on. Users
+        price), nor one past the run's :attr:`direct_limit` (``report.direct_held``: its
+        batch is kept, and the next run sends it). That path blames only what its rules
+        blame and stops at two failures in a row; a user's run that stopped ends the
+        fallback for the rest of this run only when it tells the API is down
+        (:func:`_api_down`), else the next user goes on. Users
         another run took over, or forgotten, are passed over."""
         from memvee.audit import ReextractionReport  # the audit imports this module lazily
 
@@ -765,6 +772,10 @@ class BulkReextraction:
                 continue
             left_out = await asyncio.to_thread(self._left_out, user_id)
             sent = [m for m in message_ids if m not in left_out]
+            if self.direct_limit is not None:
+                room = max(self.direct_limit - sum(report.direct.values()), 0)
+                report.direct_held += len(sent[room:])
+                sent = sent[:room]
             if not sent:
                 continue
             live = ReextractionReport()

@@ -109,6 +109,7 @@ if TYPE_CHECKING:
     from memvee.extractors import ClaudeExtractor
 
 __all__ = [
+    "DIRECT_LIMIT",
     "MAX_USERS_PAGE",
     "Audit",
     "Comparison",
@@ -124,6 +125,11 @@ T = TypeVar("T")
 
 MAX_USERS_PAGE = 10_000
 """The most users :meth:`Audit.users` returns in one page."""
+
+DIRECT_LIMIT = 200
+"""The most messages a ``reextract --batch-api`` run sends through the Messages API at full
+price when their Message Batch failed whole twice (the rest wait for the next run): an
+outage of Message Batches alone does not send a whole backlog at twice the price at once."""
 
 IMPORTED_PER_COMMIT = 1000
 """The events an import appends a transaction (run on to the end of a decision), so that
@@ -1173,6 +1179,7 @@ class Audit:
         progress: Callable[[int, int], None] | None = None,
         embedder: Embedder | Literal[False] | None = None,
         direct_fallback: bool = True,
+        direct_limit: int = DIRECT_LIMIT,
     ) -> BulkReport:
         """Re-extract the users' processed messages into ``version`` through the Message
         Batches API (half the price; results within 24 hours, most within one).
@@ -1183,10 +1190,13 @@ class Audit:
         chooses the entries each request is shown, as :meth:`reextract`'s does. With
         ``direct_fallback``, the messages of a Message Batch that failed whole with server
         errors a second time go through the Messages API, by :meth:`reextract`'s rules,
-        at full price (``BulkReport.direct``).
+        at full price (``BulkReport.direct``), at most ``direct_limit`` messages a run (the
+        rest wait for the next run, ``BulkReport.direct_held``), so an outage of Message
+        Batches alone does not send a whole backlog at full price at once.
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
+        check_count(direct_limit, "direct_limit")
         self.check_version_name(user_ids, version)
         await check_credentials(extractor)
         meaning = self._by_meaning(embedder)
@@ -1211,6 +1221,7 @@ class Audit:
             poll_interval=poll_interval,
             progress=progress,
             direct=direct if direct_fallback else None,
+            direct_limit=direct_limit,
         )
         return await bulk.run(list(user_ids))
 

@@ -68,6 +68,7 @@ from memvee._console import handled_interrupt
 from memvee._log_redaction import RedactSecrets
 from memvee._server import register_commands
 from memvee.audit import (
+    DIRECT_LIMIT,
     MAX_USERS_PAGE,
     Audit,
     ReextractionReport,
@@ -838,6 +839,14 @@ def reextract(
             "with server errors a second time through the Messages API, at full price.",
         ),
     ] = True,
+    direct_limit: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --batch-api: the most messages a run sends through the Messages API "
+            "so; the rest wait for the next run.",
+        ),
+    ] = DIRECT_LIMIT,
     db: DbOption = DEFAULT_DB,
     db_url: DbUrlOption = None,
 ) -> None:
@@ -872,6 +881,7 @@ def reextract(
                 poll,
                 promote,
                 direct_fallback=direct_fallback,
+                direct_limit=direct_limit,
             )
             return
         failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
@@ -945,6 +955,7 @@ def _reextract_in_bulk(
     promote: bool,
     *,
     direct_fallback: bool,
+    direct_limit: int,
 ) -> None:
     """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
     with _bar("Message Batch", "requests") as bar:
@@ -957,6 +968,7 @@ def _reextract_in_bulk(
                 poll_interval=poll,
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
                 direct_fallback=direct_fallback,
+                direct_limit=direct_limit,
             )
         )
     console.print(
@@ -973,6 +985,14 @@ def _reextract_in_bulk(
                 ("direct:", "yellow"),
                 f" {user_id}: {sent} messages sent through the Messages API at full price "
                 "(their Message Batch failed whole with server errors twice)",
+            )
+        )
+    if report.direct_held:
+        console.print(
+            Text.assemble(
+                ("direct:", "yellow"),
+                f" {report.direct_held} more messages wait for the next run "
+                f"(--direct-limit {direct_limit} a run)",
             )
         )
     for request_id in list(report.forgotten)[:20]:

@@ -1944,3 +1944,34 @@ def _waits_on_a_lock(engine: Any) -> bool:
             )
         ).scalar()
     return bool(waiting)
+
+
+async def test_a_run_sends_at_most_its_direct_limit_of_messages_through_the_messages_api(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A Message Batches outage sends no whole backlog at full price at once: a run sends
+    at most ``direct_limit`` messages through the Messages API, and keeps the rest for the
+    next run, which sends them."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        second = await _run(audit, users=["ann"], direct_limit=4)
+        assert (second.direct, second.direct_held) == ({"ann": 4}, 6)
+        assert len(_covered(audit, "ann")) == 4
+        third = await _run(audit, users=["ann"], direct_limit=4)
+        assert (third.direct, third.direct_held) == ({"ann": 4}, 2)
+        assert len(_covered(audit, "ann")) == 8
+
+
+def test_the_command_line_tells_how_many_messages_wait_past_the_direct_limit(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """`--direct-limit N` bounds a run's messages sent at full price; a `direct:` line
+    says how many wait for the next run."""
+    server.set_responder(_batch_requests_fail)
+    args = ["reextract", "ann", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    args += ["--as", "v2", "--db-url", db, "--direct-limit", "3"]
+    CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args)
+    assert "direct: ann: 3 messages" in result.output, result.output
+    assert "direct: 7 more messages wait for the next run" in result.output, result.output
