@@ -1714,8 +1714,9 @@ async def test_a_batch_failing_whole_is_kept_in_the_shape_an_older_memvee_collec
     db: str, server: MessagesAPIServer
 ) -> None:
     """The count of whole failures rides in the batch's own kept requests (no column, no
-    row of its own): an older memvee collects the kept batch again, blames nothing and
-    plans its requests again, as it did before."""
+    row of its own): an older memvee collects the kept batch again as it collects any and
+    plans its requests again (it blames nothing of a batch of several requests all failing
+    so, and blames the request of a batch of one, as it always did)."""
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=db) as audit:
         await _run(audit)
