@@ -598,6 +598,22 @@ def test_a_message_blamed_for_a_failure_that_may_pass_twice_is_pinned_once_not_b
     assert log.failed_reextraction("v2", [*log.pending_events]) == set()
 
 
+def test_a_message_is_left_out_once_it_failed_of_its_own_in_a_call_of_its_own() -> None:
+    """A message failing of its own with others is pinned, not left out; failing so alone,
+    or blamed alone once pinned, it is left out of the version, until a promotion."""
+    log, ids = _log_with(4)
+    log.record_reextraction_failure("v2", ids[:2], "refused", TokenUsage(), repeats=True)
+    assert log.left_out_of("v2", [*log.pending_events]) == set()
+    log.record_reextraction_failure("v2", ids[:1], "refused", TokenUsage(), repeats=True)
+    log.record_reextraction_failure("v2", ids[2:3], "errored", TokenUsage(), blamed=True)
+    assert log.left_out_of("v2", [*log.pending_events]) == {ids[0]}
+    log.record_reextraction_failure("v2", ids[2:3], "errored", TokenUsage(), blamed=True)
+    assert log.left_out_of("v2", [*log.pending_events]) == {ids[0], ids[2]}
+    log.record_reextraction("v2", ids[3:], [], "x")
+    log.promote("v2", [*log.pending_events])
+    assert log.left_out_of("v2", [*log.pending_events]) == set()
+
+
 def test_a_reextraction_failure_stored_before_repeats_was_kept_loads_as_one_that_may_pass(
     store: EventStore,
 ) -> None:
