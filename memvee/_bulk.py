@@ -264,6 +264,7 @@ class BulkReextraction:
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the Messages API is down: no more direct calls
         self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
+        self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
         self.claims: list[str] = []
@@ -288,11 +289,10 @@ class BulkReextraction:
             for batch_id in await asyncio.to_thread(self._kept_probes):
                 await self._cancel_probe(client, batch_id, report)
             for row in await asyncio.to_thread(self._unfinished):
-                if await asyncio.to_thread(self._held_elsewhere, row):
-                    continue
-                if _failed_whole(row):
-                    await asyncio.to_thread(self._plan_again, row)
-                else:
+                if _failed_whole(row):  # taken user by user, as :meth:`_claim` claims them
+                    for request in row["requests"].values():
+                        self.failed_whole.setdefault(request["user"], set()).add(row["local_id"])
+                elif not await asyncio.to_thread(self._held_elsewhere, row):
                     await self._finish(client, row, report, earlier=True)
             planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
@@ -361,16 +361,36 @@ class BulkReextraction:
                 planned.append(_Planned(user_id, ids, known, user_log.version, count))
         return planned
 
-    def _plan_again(self, row: dict[str, Any]) -> None:
-        """Take a kept row whose Message Batch failed whole with server errors: its
-        messages are planned again by this run, whichever users it was given, each request
-        carrying how many batches of its messages failed so (:attr:`failing`)."""
-        for request in row["requests"].values():
-            counts = self.failing.setdefault(request["user"], {})
-            for message_id in request["messages"]:
-                counts[message_id] = max(counts.get(message_id, 0), int(request[_FAILING]))
-        self._drop_row(row)
-        self._delete(row["local_id"])
+    def _take_failed_whole(self, connection: Connection, user_id: str) -> None:
+        """Take ``user_id``'s requests out of the kept rows whose Message Batch failed whole
+        with server errors, in the transaction that claims the user: their messages are
+        planned again by this run, each request carrying how many batches of its messages
+        failed so (:attr:`failing`). Those of users this run does not claim (another run
+        holds them, or none names them) stay kept with their count."""
+        for local_id in sorted(self.failed_whole.pop(user_id, ())):
+            where = BULK_BATCHES.c.local_id == local_id
+            requests: dict[str, Any] = (
+                connection.execute(
+                    select(BULK_BATCHES.c.requests).where(where).with_for_update()
+                ).scalar()
+                or {}
+            )
+            taken = {
+                k: r
+                for k, r in requests.items()
+                if r.get("user") == user_id and r.get(_FAILED_WHOLE)
+            }
+            if not taken:
+                continue
+            counts = self.failing.setdefault(user_id, {})
+            for request in taken.values():
+                for message_id in request["messages"]:
+                    counts[message_id] = max(counts.get(message_id, 0), int(request[_FAILING]))
+            left = {k: r for k, r in requests.items() if k not in taken}
+            if left:
+                connection.execute(BULK_BATCHES.update().where(where).values(requests=left))
+            else:
+                connection.execute(BULK_BATCHES.delete().where(where))
 
     async def _submit_all(
         self, client: anthropic.AsyncAnthropic, planned: list[_Planned], report: BulkReport
@@ -772,9 +792,11 @@ class BulkReextraction:
                 continue
             left_out = await asyncio.to_thread(self._left_out, user_id)
             sent = [m for m in message_ids if m not in left_out]
+            held = 0
             if self.direct_limit is not None:
                 room = max(self.direct_limit - sum(report.direct.values()), 0)
-                report.direct_held += len(sent[room:])
+                held = len(sent[room:])
+                report.direct_held += held
                 sent = sent[:room]
             if not sent:
                 continue
@@ -794,8 +816,8 @@ class BulkReextraction:
                 self.direct_stopped = _api_down(stopped, live)
                 shown = redact(first_line(stopped), client_secrets(self.extractor.client))
                 report.failed[f"direct:{user_id}"] = shown
-            else:  # what failed in the batch is extracted or left out now
-                for request_id in failed[user_id]:
+            else:  # what failed in the batch is extracted or left out now, but the held
+                for request_id in failed[user_id] if not held else ():
                     report.failed.pop(request_id, None)
             report.entries += live.entries
             report.left_out.update(live.left_out)
@@ -811,7 +833,7 @@ class BulkReextraction:
     def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
         run to plan its messages again, counting one more such failure in each request
-        (read back by :meth:`_plan_again`). The row is read locked, so a ``forget`` at
+        (read back by :meth:`_take_failed_whole`). The row is read locked, so a ``forget`` at
         once waits for the update instead of being undone by it; its requests of a user
         forgotten before are gone already, and it is updated only if it is there."""
         with self.store.transaction() as connection:
@@ -1246,6 +1268,7 @@ class BulkReextraction:
                     self._kept = _kept_by_user(self._rows(connection))
                     self._kept_read = time.monotonic()
                 pending = self._kept.get(user_id, set())
+                self._take_failed_whole(connection, user_id)
         except IntegrityError:  # another run inserted the same claim first
             return None
         self.claimed_by[claim_id] = user_id
@@ -1253,11 +1276,10 @@ class BulkReextraction:
         return pending
 
     def _held_elsewhere(self, row: dict[str, Any]) -> bool:
-        """Whether a kept row is another run's under way (one of its users claimed by it),
-        to be left to that run: one not yet given its Message Batch's id (looking for its
-        batch now would find none yet, and plan its requests again), or one whose batch
-        failed whole (planning it again now would erase the count of failures it keeps)."""
-        if row["api_batch_id"] is not None and not _failed_whole(row):
+        """Whether a kept row not yet given its Message Batch's id is another run's under
+        way (one of its users claimed by it), to be left to that run: looking for its
+        batch now would find none yet, and plan its requests again."""
+        if row["api_batch_id"] is not None:
             return False
         users = {r["user"] for r in row["requests"].values()}
         ids = [_claim_id(self.version, user) for user in users]
@@ -1471,6 +1493,8 @@ def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
     for row in rows:
         if _requests(row):
             for request in row["requests"].values():
+                if request.get(_FAILED_WHOLE):  # planned again (:meth:`_take_failed_whole`)
+                    continue
                 kept.setdefault(request["user"], set()).update(request["messages"])
     return kept
 
