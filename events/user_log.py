@@ -339,10 +339,10 @@ class UserLog(Aggregate):
         (``False`` for the events stored before it was kept). ``blamed``: a Message Batches
         request that failed so while the other requests it went with did not all fail so
         (not the API's at large); a message blamed so twice is sent in a call of its own,
-        as one that ``repeats``. ``outage``: the call was the second in a row to fail so,
-        which stopped its run, and a harmless request of one message sent right after failed
-        too: the API was down, so neither this call nor the version's failed call before it
-        is evidence against their messages (see :meth:`UserLog.reextraction_calls`)."""
+        as one that ``repeats``. ``outage``, on the events stored before
+        :class:`ReextractionChecked` was kept: the call was the second in a row to fail so,
+        and a harmless request sent right after failed too, so neither it nor the version's
+        failed call before it is evidence (see :meth:`UserLog.reextraction_calls`)."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -362,6 +362,28 @@ class UserLog(Aggregate):
         def apply(self, log: UserLog) -> None:
             if self.request_id:
                 log.reextraction_requests[self.request_id] = self.knowledge_version
+
+    class ReextractionChecked(Aggregate.Event):
+        """What the harmless request showed that a re-extraction run sent once two calls
+        in a row failed in a way that may pass (the run stops), recorded after the second
+        failed call: the ``failed_calls`` it judges (each call's message ids, the earlier
+        first), whether the API was down (``outage``: it failed too, so neither failed call
+        is evidence against its messages), or the ``error`` that made it tell nothing (it
+        failed in a way that would repeat), and what it cost, for ``memvee stats``."""
+
+        knowledge_version: str
+        failed_calls: list[list[str]]
+        outage: bool
+        error: str | None = None
+        extractor: str | None = None
+        model: str | None = None
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        cache_read_tokens: int | None = None
+        cache_write_tokens: int | None = None
+
+        def apply(self, log: UserLog) -> None:
+            pass
 
     class KnowledgeSuperseded(Aggregate.Event):
         """A newer entry replaced a known one; the old entry stopped being valid then."""
@@ -1000,18 +1022,16 @@ class UserLog(Aggregate):
         repeats: bool = False,
         may_pass: bool = False,
         blamed: bool = False,
-        outage: bool = False,
     ) -> bool:
         """Record a failed re-extraction call of ``message_ids``: what it spent, whether
         it ``repeats`` (failed of its own, and would the same way again: the next run sends
         its messages one a call), whether its error ``may_pass`` (evidence for the next
-        runs, see :meth:`reextraction_calls`), whether it is ``blamed`` (a Message
+        runs, see :meth:`reextraction_calls`) and whether it is ``blamed`` (a Message
         Batches request failing so, but not as every request did: a second such failure of
-        a message turns into a call of its own) and whether it was met in an ``outage``
-        (it and the version's failed call before it are then no evidence); returns whether
-        anything was recorded (nothing when it spent nothing and is none of these, or
-        ``request_id`` is recorded already: re-extraction changes no state when it fails,
-        only the bill and the next plan)."""
+        a message turns into a call of its own); returns whether anything was recorded
+        (nothing when it spent nothing and is none of these, or ``request_id`` is recorded
+        already: re-extraction changes no state when it fails, only the bill and the next
+        plan)."""
         self.check_version_name(knowledge_version)
         spent = _usage_fields(usage)
         if not (repeats or may_pass or blamed or any(spent.values())) or self.recorded_request(
@@ -1029,10 +1049,35 @@ class UserLog(Aggregate):
             repeats=repeats,
             may_pass=may_pass,
             blamed=blamed,
-            outage=outage,
             **spent,
         )
         return True
+
+    def record_reextraction_check(
+        self,
+        knowledge_version: str,
+        failed_calls: Sequence[Sequence[str]],
+        usage: TokenUsage,
+        *,
+        outage: bool,
+        error: str | None = None,
+        extractor: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Record what the harmless request sent after the ``failed_calls`` of a stopped
+        run showed (see :class:`ReextractionChecked`): naming the calls, rather than
+        taking the last ones logged, keeps two runs of the user at once apart."""
+        self.check_version_name(knowledge_version)
+        self.trigger_event(
+            self.ReextractionChecked,
+            knowledge_version=knowledge_version,
+            failed_calls=[list(ids) for ids in failed_calls],
+            outage=outage,
+            error=storable(error) if error else None,
+            extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
+            model=_label(model, MAX_MODEL_CHARS),
+            **_usage_fields(usage),
+        )
 
     def check_version_name(self, name: object) -> str:
         """Return ``name`` if re-extraction may record into it, else raise
@@ -1212,15 +1257,21 @@ class UserLog(Aggregate):
         of the same name was promoted, if one was), in order: each call's messages, and
         whether it failed in a way that may pass (else the API answered it). The evidence
         a run weighs before blaming a message for failures that may pass. The two failed
-        calls of an ``outage`` (the API failed a harmless request after them) are left
-        out: they tell nothing of their messages, and split no batch of them for good."""
+        calls a :class:`ReextractionChecked` names as met in an ``outage`` (the API failed
+        a harmless request after them) are left out, found by their messages whatever was
+        logged between (another run of the user): they tell nothing of their messages, and
+        split no batch of them for good."""
         calls: list[tuple[tuple[str, ...], bool]] = []
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
-            if isinstance(e, self.ReextractionFailed) and getattr(e, "outage", False):
+            if isinstance(e, self.ReextractionChecked):
+                if e.outage:
+                    for ids in e.failed_calls:
+                        _forget_failed_call(calls, tuple(ids))
+            elif isinstance(e, self.ReextractionFailed) and getattr(e, "outage", False):
                 failed = [i for i, (_, may_pass) in enumerate(calls) if may_pass]
-                if failed:
+                if failed:  # stored before the check named its calls: the one before
                     del calls[failed[-1]]
             elif isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
                 calls.append((tuple(e.message_ids), getattr(e, "may_pass", False)))
@@ -1369,6 +1420,14 @@ def _label(name: object, max_chars: int) -> str | None:
 def _extractor_label(name: object) -> str:
     """The extractor's name as an outcome records it: :func:`_label`, ``unknown`` for none."""
     return _label(name, MAX_EXTRACTOR_CHARS) or "unknown"
+
+
+def _forget_failed_call(calls: list[tuple[tuple[str, ...], bool]], ids: tuple[str, ...]) -> None:
+    """Drop the last call of ``ids`` from ``calls`` that failed in a way that may pass."""
+    for at in range(len(calls) - 1, -1, -1):
+        if calls[at] == (ids, True):
+            del calls[at]
+            return
 
 
 def _usage_fields(usage: TokenUsage) -> dict[str, int | None]:

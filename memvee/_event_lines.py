@@ -46,6 +46,15 @@ def describe(event: Any) -> str:
             return f"version {e.knowledge_version!r} by {e.extractor}{tail}: {_flat(texts)}"
         case UserLog.ReextractionFailed():
             return f"version {e.knowledge_version!r} call failed{tail}: {_flat(e.error)}"
+        case UserLog.ReextractionChecked():
+            verdict = (
+                "the API down"
+                if e.outage
+                else f"nothing: {_flat(e.error)}"
+                if e.error
+                else "the failed calls the messages'"
+            )
+            return f"version {e.knowledge_version!r} check after failed calls showed {verdict}"
         case UserLog.KnowledgeSuperseded():
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
         case UserLog.KnowledgeEndMoved():

@@ -249,20 +249,20 @@ class ReextractionReport:
     recorded_elsewhere: list[str] = field(default_factory=list)
     """Messages another run recorded into the version while this one extracted them (two
     runs of the user at once): this run's answer for them was not recorded."""
-    probe: TokenUsage | None = None
+    check: TokenUsage | None = None
     """What the harmless request cost that a run sends once two calls in a row failed in
     a way that may pass, before it stops (``None``: none was sent); counted in ``memvee
-    stats`` with the second failed call."""
+    stats`` with the failed calls."""
     outage: bool = False
     """Whether that request failed too (the API was down): the two failed calls split no
     batch of their messages for the runs after."""
 
-    def probe_finding(self) -> str | None:
+    def check_finding(self) -> str | None:
         """What the harmless request sent before the run stopped showed, and cost, in a
         sentence (``None``: none was sent)."""
-        if self.probe is None:
+        if self.check is None:
             return None
-        tokens = (self.probe.input_tokens or 0) + (self.probe.output_tokens or 0)
+        tokens = (self.check.input_tokens or 0) + (self.check.output_tokens or 0)
         if self.outage:
             return (
                 f"a harmless request failed too ({tokens} tokens): the API is down, and the "
@@ -293,8 +293,9 @@ class _Reextraction:
     """Each message's lone failures that may pass blamed on it (the log's, then this run's)."""
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     todo: deque[list[BatchMessage]] = field(default_factory=deque)
-    last_failed: bool = False
-    """Whether this run's last call failed in a way that may pass (and was not blamed)."""
+    last_failed: tuple[str, ...] | None = None
+    """The messages of this run's last call, if it failed in a way that may pass (and was
+    not blamed)."""
 
     def weigh(self, message_ids: Sequence[str], failed: bool) -> bool:
         """Count a call of ``message_ids`` with the breaker: answered, or failed in a way
@@ -917,7 +918,7 @@ class Audit:
         extracted = await self._reextract_batch(run, batch)
         if isinstance(extracted, int):
             run.report.entries += extracted
-            run.last_failed = False
+            run.last_failed = None
             return
         error = extracted
         ids = [m.message_id for m in batch]
@@ -937,7 +938,7 @@ class Audit:
         )
         if stop is not None:
             raise stop from error
-        run.last_failed = False
+        run.last_failed = None
         if len(batch) > 1:
             log.info(
                 "user %r: a re-extraction batch of %d messages failed (%s); split",
@@ -964,7 +965,7 @@ class Audit:
         between, the API overloaded, or a refusal whose probe failed (which tells nothing
         of the batch) stop the run with the error, blaming no message:
         the run again goes on splitting where this one stopped, unless the harmless
-        request sent after two failures in a row failed too (:meth:`_probe`)."""
+        request sent after two failures in a row failed too (:meth:`_check`)."""
         ids = [m.message_id for m in batch]
         if isinstance(error, ExtractorOverloadedError | ProbeFailedError):  # never a batch's
             await asyncio.to_thread(
@@ -972,10 +973,8 @@ class Audit:
             )
             raise error
         blamed = run.weigh(ids, failed=True)
-        stops = run.last_failed or (len(batch) == 1 and not blamed and not run.todo)
+        stops = run.last_failed is not None or (len(batch) == 1 and not blamed and not run.todo)
         left_out = blamed and not stops and run.gives_up(ids[0])
-        if run.last_failed:
-            await self._probe(run, batch)
         await asyncio.to_thread(
             partial(
                 self._record_failure,
@@ -986,18 +985,18 @@ class Audit:
                 run.extractor,
                 left_out,
                 may_pass=True,
-                outage=run.report.outage,
-                probe=run.report.probe,
             )
         )
+        if run.last_failed is not None:
+            await self._check(run, batch, (run.last_failed, tuple(ids)))
         if stops:
-            if (finding := run.report.probe_finding()) is not None:
+            if (finding := run.report.check_finding()) is not None:
                 error.add_note(finding)
             raise error
         if left_out:
             self._leave_out(run, ids[0], error)
             return
-        run.last_failed = not blamed
+        run.last_failed = None if blamed else tuple(ids)
         if len(batch) > 1:
             log.info(
                 "user %r: a re-extraction batch of %d messages failed (%s); split, the "
@@ -1011,34 +1010,67 @@ class Audit:
         else:
             run.later(batch)
 
-    async def _probe(self, run: _Reextraction, batch: list[BatchMessage]) -> None:
+    async def _check(
+        self,
+        run: _Reextraction,
+        batch: list[BatchMessage],
+        failed_calls: tuple[tuple[str, ...], tuple[str, ...]],
+    ) -> None:
         """Send one harmless request, of one message and no known entries, through the
-        run's extractor after two calls in a row failed in a way that may pass (the run
-        stops): an outage fails it too (a server error, a timeout, no connection, the API
-        overloaded), while calls failing for their messages' sake leave it answered.
-        Within one run the two cannot be told apart otherwise. A Claude extractor asks
-        for one output token (:meth:`ClaudeExtractor.ping`); another extracts the
-        message. What it cost and what it showed go into ``run.report``."""
+        run's extractor after two calls in a row (``failed_calls``, both recorded already)
+        failed in a way that may pass (the run stops): an outage fails it too (a server
+        error, a timeout, no connection, the API overloaded), while calls failing for their
+        messages' sake leave it answered. Within one run the two cannot be told apart
+        otherwise. A Claude extractor asks for one output token
+        (:meth:`ClaudeExtractor.ping`); another extracts the message. What it cost and
+        showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
+        naming the failed calls it judges)."""
         harmless = ExtractionBatch(
             run.user_id,
-            f"probe:{run.version}",
-            (BatchMessage("probe", "user", _HARMLESS_TEXT, batch[-1].sent_at),),
+            f"check:{run.version}",
+            (BatchMessage("check", "user", _HARMLESS_TEXT, batch[-1].sent_at),),
         )
         ping = getattr(run.extractor, "ping", None)
         try:
             if ping is not None:
-                run.report.probe = await ping(harmless)
+                run.report.check = await ping(harmless)
             else:
-                run.report.probe = (await run.extractor.extract(harmless)).usage
-        except Exception as failed:  # the probe's verdict: its failure is the finding
+                run.report.check = (await run.extractor.extract(harmless)).usage
+        except Exception as failed:  # the check's verdict: its failure is the finding
             usage = failed.usage if isinstance(failed, ExtractionError) else None
-            run.report.probe = usage or TokenUsage()
+            run.report.check = usage or TokenUsage()
             run.report.outage = not repeats(failed)
             log.warning(
                 "user %r: a harmless request failed too (%s)%s",
                 run.user_id,
                 first_line(failed),
                 ": the API is down; no batch is split for it" if run.report.outage else "",
+            )
+        await asyncio.to_thread(self._record_check, run, failed_calls)
+
+    def _record_check(
+        self, run: _Reextraction, failed_calls: tuple[tuple[str, ...], tuple[str, ...]]
+    ) -> None:
+        """Keep what the run's harmless request showed and cost in the log, naming the
+        ``failed_calls`` it judges (see :meth:`_check`)."""
+
+        def record(user_log: UserLog) -> None:
+            user_log.record_reextraction_check(
+                run.version,
+                failed_calls,
+                run.report.check or TokenUsage(),
+                outage=run.report.outage,
+                extractor=getattr(run.extractor, "name", type(run.extractor).__name__),
+                model=getattr(run.extractor, "model", None),
+            )
+
+        try:
+            self._decide(run.user_id, record)
+        except MemveeError as failed:
+            log.warning(
+                "user %r: a harmless request's finding was not recorded (%s)",
+                run.user_id,
+                first_line(failed),
             )
 
     def _leave_out(self, run: _Reextraction, message_id: str, error: Exception) -> None:
@@ -1126,22 +1158,16 @@ class Audit:
         request_id: str | None = None,
         may_pass: bool = False,
         blamed: bool = False,
-        outage: bool = False,
-        probe: TokenUsage | None = None,
     ) -> None:
-        """Keep a failed re-extraction call of ``ids`` in the log: what it cost (with the
-        ``probe`` sent after it, if one was), for ``memvee stats``, and whether it failed
-        ``alone``, of its own, in a way that would repeat (then the next run sends its
-        messages one a call), with ``text`` (default: the error's first line) and the
-        Message Batches ``request_id`` (recorded once); one whose error ``may_pass`` is
-        kept as evidence for the next runs unless met in an ``outage`` (the probe failed
-        too), and a Message Batches request ``blamed`` for a failure that may pass but was
-        not every request's (twice, and its messages go one a call). A failure that spent
-        nothing, is not its own and is no evidence is not kept; the failure itself goes on
-        to the caller."""
+        """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
+        ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
+        repeat (then the next run sends its messages one a call), with ``text`` (default:
+        the error's first line) and the Message Batches ``request_id`` (recorded once); one
+        whose error ``may_pass`` is kept as evidence for the next runs, and a Message
+        Batches request ``blamed`` for a failure that may pass but was not every request's
+        (twice, and its messages go one a call). A failure that spent nothing, is not its
+        own and is no evidence is not kept; the failure itself goes on to the caller."""
         usage = error.usage if isinstance(error, ExtractionError) else None
-        if probe is not None:
-            usage = (usage or TokenUsage()).plus(probe)
 
         def record(user_log: UserLog) -> bool:
             return user_log.record_reextraction_failure(
@@ -1155,7 +1181,6 @@ class Audit:
                 repeats=alone,
                 may_pass=may_pass,
                 blamed=blamed,
-                outage=outage,
             )
 
         try:

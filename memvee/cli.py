@@ -907,8 +907,8 @@ async def _reextract_users(
                 except MemveeError as error:  # this user's: reported, and the others go on
                     failed += 1
                     left_out += _print_left_out(target, report)
-                    if (finding := report.probe_finding()) is not None:
-                        console.print(Text.assemble(("probe:", "yellow"), f" {target}: {finding}"))
+                    if (finding := report.check_finding()) is not None:
+                        console.print(Text.assemble(("check:", "yellow"), f" {target}: {finding}"))
                     _print_error(f"user {target!r}: {error}")
                     continue
                 finally:

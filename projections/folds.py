@@ -208,6 +208,7 @@ _SPENDING: dict[type, str] = {
     UserLog.KnowledgeExtracted: "extracted",
     UserLog.KnowledgeReextracted: "reextracted",
     UserLog.ReextractionFailed: "reextract failed",
+    UserLog.ReextractionChecked: "reextract failed",
     UserLog.BatchFailed: "failed",
     UserLog.ProcessingFailed: "failed",
     UserLog.MessagesQuarantined: "quarantined",

@@ -567,21 +567,74 @@ def test_a_reextraction_failure_that_may_pass_is_kept_as_evidence_and_splits_the
 
 
 def test_the_two_failed_calls_of_an_outage_are_kept_but_are_no_evidence_for_the_next_run() -> None:
-    """The failed call that stopped a run in an outage (a harmless request failed after
-    it too) is recorded, with the call before it: neither is read among the version's
-    calls, so neither halves a batch; a failed call before those still does."""
+    """The two failed calls a check names as met in an outage (a harmless request failed
+    after them too) stay recorded, with their tokens, but neither is read among the
+    version's calls, so neither halves a batch; a failed call before those still does."""
     log, ids = _log_with(6)
     log.record_reextraction_failure("v2", ids[:2], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction("v2", ids[5:], [], "x")
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
-    assert log.record_reextraction_failure(
-        "v2", ids[4:5], "HTTP 500", TokenUsage(), may_pass=True, outage=True
+    log.record_reextraction_failure("v2", ids[4:5], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_check(
+        "v2", [ids[2:4], ids[4:5]], TokenUsage(input_tokens=9, output_tokens=1), outage=True
     )
     events = log.collect_events()
-    failed = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
-    assert [e.outage for e in failed] == [False, False, True]
+    assert len([e for e in events if isinstance(e, UserLog.ReextractionFailed)]) == 3
+    (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
+    assert (check.input_tokens, check.output_tokens) == (9, 1)
     assert log.reextraction_calls("v2", events) == [(tuple(ids[:2]), True), (tuple(ids[5:]), False)]
     assert log.reextraction_caps("v2", events) == {ids[0]: 1, ids[1]: 1}
+
+
+def test_an_outage_leaves_out_the_calls_it_names_whatever_another_run_logged_between() -> None:
+    """Two runs of the user at once: run A's two failed calls (an outage) have run B's
+    failed call between them. The check names A's calls, so B's stays evidence and halves
+    its batch, while neither of A's does."""
+    log, ids = _log_with(6)
+    log.record_reextraction_failure("v2", ids[0:2], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_failure("v2", ids[4:6], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_check("v2", [ids[0:2], ids[4:6]], TokenUsage(), outage=True)
+    events = log.collect_events()
+    assert log.reextraction_calls("v2", events) == [(tuple(ids[2:4]), True)]
+    assert log.reextraction_caps("v2", events) == {ids[2]: 1, ids[3]: 1}
+
+
+def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_evidence() -> None:
+    """A harmless request answered, or failing in a way that would repeat, says nothing
+    against the failed calls' messages being at fault: both calls still halve batches."""
+    log, ids = _log_with(4)
+    log.record_reextraction_failure("v2", ids[0:2], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction_check("v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False)
+    log.record_reextraction_check(
+        "v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False, error="ValueError: a bug"
+    )
+    events = log.collect_events()
+    assert [c for c, _ in log.reextraction_calls("v2", events)] == [
+        tuple(ids[0:2]),
+        tuple(ids[2:4]),
+    ]
+
+
+def test_an_outage_failure_stored_before_checks_named_their_calls_reads_as_it_did() -> None:
+    """A failed call stored with ``outage`` set (before :class:`ReextractionChecked` was
+    kept) is read as then: neither it nor the version's last failed call before it is
+    evidence."""
+    log, ids = _log_with(6)
+    log.record_reextraction_failure("v2", ids[:2], "HTTP 500", TokenUsage(), may_pass=True)
+    log.record_reextraction("v2", ids[5:], [], "x")
+    log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
+    log.trigger_event(
+        UserLog.ReextractionFailed,
+        knowledge_version="v2",
+        message_ids=ids[4:5],
+        error="HTTP 500",
+        may_pass=True,
+        outage=True,
+    )
+    events = log.collect_events()
+    assert log.reextraction_calls("v2", events) == [(tuple(ids[:2]), True), (tuple(ids[5:]), False)]
 
 
 def test_a_message_blamed_for_a_failure_that_may_pass_twice_is_pinned_once_not_before() -> None:

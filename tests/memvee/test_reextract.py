@@ -15,7 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 import events.user_log
-from events import EventStore, ExtractionBatch, ExtractionResult, TokenUsage, UserLog
+from events import (
+    EventStore,
+    ExtractionBatch,
+    ExtractionResult,
+    TokenUsage,
+    UserLog,
+)
 from events.user_log import check_knowledge_version
 from memvee import (
     ExtractedFact,
@@ -1030,7 +1036,7 @@ async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
                     embedder=False,
                     report=report,
                 )
-            assert report == ReextractionReport(probe=TokenUsage(), outage=True)
+            assert report == ReextractionReport(check=TokenUsage(), outage=True)
         assert len(_extractions(messages_api_server)) == 4
         assert len(_pings(messages_api_server)) == 2, "one harmless request a stopped run"
         messages_api_server.set_responder(default_answer)
@@ -1060,7 +1066,7 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One user's message left out is listed (exit 1); a user whose re-extraction stops
-    (the API down, as a harmless request failing too shows: a ``probe:`` line, the
+    (the API down, as a harmless request failing too shows: a ``check:`` line, the
     request sent as a batch of its own by an extractor with no ``ping``) is one
     ``error:`` line, the users after it are still re-extracted,
     and the exit code is 2, never a traceback. Every user goes on one event loop (the
@@ -1092,7 +1098,7 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     assert "bob: 2 entries extracted, 1 messages left out" in done.output
     assert "left out: bob " in done.output
     assert "error: user 'cat': Claude API returned HTTP 500" in done.output
-    assert "probe: cat: a harmless request failed too (0 tokens): the API is down" in done.output
+    assert "check: cat: a harmless request failed too (0 tokens): the API is down" in done.output
     assert [b.messages[0].content for b in extractor.batches if b.user_id == "cat"][-1] == "Hello."
     assert "dan: 3 entries extracted" in done.output
     assert "Traceback" not in done.output
@@ -1198,6 +1204,46 @@ async def test_the_run_after_an_outage_sends_the_batches_it_would_have_sent_befo
     assert report.left_out == {} and report.entries == 40
 
 
+class _PingHanging(_Outage):
+    """Every call fails with a server error that spent 1,000 input tokens; the harmless
+    request hangs (an outage's may take the client's whole retry schedule), ``pinged``
+    set once it is out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinged = asyncio.Event()
+
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        self.pinged.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.sizes.append(len(batch.messages))
+        raise ExtractionError("HTTP 500 api_error", usage=TokenUsage(input_tokens=1000))
+
+
+async def test_a_run_cancelled_during_its_harmless_request_keeps_the_failed_call_that_stopped_it(
+    make_memory: Any, db_url: str
+) -> None:
+    """The failed call that stops a run is recorded, with its tokens, before the harmless
+    request goes: a run cancelled while that request is out (Ctrl-C, a caller's timeout)
+    loses neither."""
+    await _hobbies(make_memory, 0, 5)
+    extractor = _PingHanging()
+    with Audit(db_url=db_url) as audit:
+        run = asyncio.create_task(audit.reextract("eve", extractor, "v2", batch_size=5))
+        await extractor.pinged.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        events = list(audit.store.events_in_pages("eve"))
+    failed = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
+    assert len(extractor.sizes) == 2
+    assert [e.input_tokens for e in failed] == [1000, 1000]
+    assert not any(isinstance(e, UserLog.ReextractionChecked) for e in events)
+
+
 async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_again(
     make_memory: Any, db_url: str
 ) -> None:
@@ -1275,12 +1321,10 @@ async def test_a_six_run_outage_of_the_api_leaves_the_batches_after_it_whole(
                     "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10
                 )
         assert len(_pings(messages_api_server)) == 6
-        failed = [
-            e
-            for e in audit.store.events_in_pages("eve")
-            if isinstance(e, UserLog.ReextractionFailed)
-        ]
-        assert (len(failed), sum(e.outage for e in failed)) == (12, 6)
+        events = list(audit.store.events_in_pages("eve"))
+        failed = [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
+        checks = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
+        assert (len(failed), [c.outage for c in checks]) == (12, [True] * 6)
         outage[0] = False
         before = len(messages_api_server.requests)
         report = await audit.reextract(
@@ -1288,7 +1332,56 @@ async def test_a_six_run_outage_of_the_api_leaves_the_batches_after_it_whole(
         )
         after = messages_api_server.requests[before:]
     assert [len(r.messages) for r in after] == [10] * 8
-    assert report.entries == 40 and report.probe is None
+    assert report.entries == 40 and report.check is None
+
+
+class _FailingInTurn(_Outage):
+    """Every call fails with a server error; the first call of ``first_call`` waits for
+    ``before`` and the second call sets ``after`` then waits for ``release`` (another
+    run's turn comes between)."""
+
+    def __init__(self, before: asyncio.Event | None, after: asyncio.Event) -> None:
+        super().__init__()
+        self.before, self.after = before, after
+        self.release = asyncio.Event()
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.sizes.append(len(batch.messages))
+        if len(self.sizes) == 1 and self.before is not None:
+            await self.before.wait()
+        elif len(self.sizes) == 2:
+            self.after.set()
+            await self.release.wait()
+        raise ExtractionError("HTTP 500 api_error")
+
+
+async def test_an_outage_leaves_out_its_own_failed_calls_not_another_runs_of_the_user(
+    make_memory: Any, db_url: str
+) -> None:
+    """Two runs of eve into v2 at once: run A's two failed calls (the API down, as its
+    harmless request failing too shows) have run B's failed call between them in the
+    log. The check names A's calls, so B's failure stays the evidence that halves its
+    batch, and neither of A's halves anything."""
+    await _hobbies(make_memory, 0, 10)
+    a_failed_once = asyncio.Event()
+    b_failed_once = asyncio.Event()
+    run_a = _FailingInTurn(None, a_failed_once)
+    run_b = _FailingInTurn(a_failed_once, b_failed_once)
+    run_a.release = b_failed_once
+    with Audit(db_url=db_url) as audit_a, Audit(db_url=db_url) as audit_b:
+        b = asyncio.create_task(audit_b.reextract("eve", run_b, "v2", batch_size=4))
+        with pytest.raises(ExtractionError, match="HTTP 500"):
+            await audit_a.reextract("eve", run_a, "v2", batch_size=10)
+        b.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await b
+        events = list(audit_a.store.events_in_pages("eve"))
+        log = audit_a.store.load("eve")
+    assert log is not None
+    said = [e.message_id for e in events if isinstance(e, UserLog.MessageAdded)]
+    failed = [e.message_ids for e in events if isinstance(e, UserLog.ReextractionFailed)]
+    assert failed == [said[0:10], said[0:4], said[10:20]]
+    assert log.reextraction_calls("v2", events) == [(tuple(said[0:4]), True)]
 
 
 async def test_two_messages_failing_every_call_through_the_client_still_split_down(
