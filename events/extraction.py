@@ -7,6 +7,7 @@ These are plain values so that extractors stay testable without the engine.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -310,6 +311,18 @@ class Extractor(Protocol):
     async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
         """Extract knowledge entries from ``batch``."""
         ...
+
+
+class HarmlessRequests(ABC):
+    """An extractor that can send a harmless request cheaply, to tell whether its API
+    answers at all (a re-extraction run stopped by two failed calls in a row asks it).
+    Declared by subclassing: a method named ``ping`` on any other extractor is its own
+    business, and such an extractor is sent a batch of one harmless message instead."""
+
+    @abstractmethod
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        """Send ``batch`` (one harmless message) as cheaply as the API allows, its answer
+        not read: returns what it spent, or raises the call's ExtractionError."""
 
 
 MAX_TOKENS = 2**53

@@ -37,6 +37,7 @@ from events import (
     ExtractionBatch,
     ExtractionError,
     Extractor,
+    HarmlessRequests,
     InvalidInputError,
     KnownEntry,
     MemveeError,
@@ -256,6 +257,9 @@ class ReextractionReport:
     outage: bool = False
     """Whether that request failed too (the API was down): the two failed calls split no
     batch of their messages for the runs after."""
+    check_error: str | None = None
+    """Why that request told nothing, when it failed in a way that would repeat (a
+    refusal, a bug): the failed calls split their batches for the next runs as before."""
 
     def check_finding(self) -> str | None:
         """What the harmless request sent before the run stopped showed, and cost, in a
@@ -267,6 +271,11 @@ class ReextractionReport:
             return (
                 f"a harmless request failed too ({tokens} tokens): the API is down, and the "
                 "failed calls split no batch for the runs after"
+            )
+        if self.check_error is not None:
+            return (
+                f"a harmless request failed in a way that tells nothing ({tokens} tokens: "
+                f"{self.check_error}): the next run splits the failed calls' batches"
             )
         return (
             f"a harmless request was answered ({tokens} tokens): the failed calls are their "
@@ -1020,9 +1029,10 @@ class Audit:
         run's extractor after two calls in a row (``failed_calls``, both recorded already)
         failed in a way that may pass (the run stops): an outage fails it too (a server
         error, a timeout, no connection, the API overloaded), while calls failing for their
-        messages' sake leave it answered. Within one run the two cannot be told apart
-        otherwise. A Claude extractor asks for one output token
-        (:meth:`ClaudeExtractor.ping`); another extracts the message. What it cost and
+        messages' sake leave it answered; one failing in a way that would repeat (a
+        refusal, a bug) tells nothing. Within one run these cannot be told apart
+        otherwise. An extractor that declares :class:`HarmlessRequests` (Claude's asks for
+        one output token) is pinged; another extracts the message. What it cost and
         showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
         naming the failed calls it judges)."""
         harmless = ExtractionBatch(
@@ -1030,22 +1040,30 @@ class Audit:
             f"check:{run.version}",
             (BatchMessage("check", "user", _HARMLESS_TEXT, batch[-1].sent_at),),
         )
-        ping = getattr(run.extractor, "ping", None)
         try:
-            if ping is not None:
-                run.report.check = await ping(harmless)
+            if isinstance(run.extractor, HarmlessRequests):
+                run.report.check = await run.extractor.ping(harmless)
             else:
                 run.report.check = (await run.extractor.extract(harmless)).usage
         except Exception as failed:  # the check's verdict: its failure is the finding
             usage = failed.usage if isinstance(failed, ExtractionError) else None
             run.report.check = usage or TokenUsage()
             run.report.outage = not repeats(failed)
-            log.warning(
-                "user %r: a harmless request failed too (%s)%s",
-                run.user_id,
-                first_line(failed),
-                ": the API is down; no batch is split for it" if run.report.outage else "",
-            )
+            if run.report.outage:
+                log.warning(
+                    "user %r: a harmless request failed too (%s): the API is down; no batch "
+                    "is split for it",
+                    run.user_id,
+                    first_line(failed),
+                )
+            else:
+                run.report.check_error = f"{type(failed).__name__}: {first_line(failed)}"
+                log.warning(
+                    "user %r: a harmless request failed in a way that tells nothing (%s); "
+                    "the failed calls split their batches as before",
+                    run.user_id,
+                    run.report.check_error,
+                )
         await asyncio.to_thread(self._record_check, run, failed_calls)
 
     def _record_check(
@@ -1060,6 +1078,7 @@ class Audit:
                 failed_calls,
                 run.report.check or TokenUsage(),
                 outage=run.report.outage,
+                error=run.report.check_error,
                 extractor=getattr(run.extractor, "name", type(run.extractor).__name__),
                 model=getattr(run.extractor, "model", None),
             )

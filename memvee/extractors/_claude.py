@@ -57,6 +57,7 @@ from events.extraction import (
     ExtractionBatch,
     ExtractionResult,
     FactAction,
+    HarmlessRequests,
     KnownEntry,
     TokenUsage,
     estimate_tokens,
@@ -123,7 +124,7 @@ def cache_minimum(model: str) -> int:
     return 1024
 
 
-class ClaudeExtractor:
+class ClaudeExtractor(HarmlessRequests):
     """Extracts knowledge entries with Claude, one forced tool call per batch.
 
     Each call is bounded by ``timeout`` seconds in total, SDK retries included, because

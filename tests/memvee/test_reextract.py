@@ -19,6 +19,7 @@ from events import (
     EventStore,
     ExtractionBatch,
     ExtractionResult,
+    HarmlessRequests,
     TokenUsage,
     UserLog,
 )
@@ -1138,7 +1139,7 @@ def test_the_cli_lists_what_a_stopped_user_left_out_before_its_error_line(
     assert left_out < done.output.index("error: user 'bob': HTTP 529 overloaded")
 
 
-class _Outage(OfflineExtractor):
+class _Outage(OfflineExtractor, HarmlessRequests):
     """The offline rules, but a server error for every call while ``down`` is true, and
     for every call holding a message that names one of ``poison`` (words ending in a
     space, as "hobby4 "). Counts the messages of each call, and keeps each call that
@@ -1242,6 +1243,67 @@ async def test_a_run_cancelled_during_its_harmless_request_keeps_the_failed_call
     assert len(extractor.sizes) == 2
     assert [e.input_tokens for e in failed] == [1000, 1000]
     assert not any(isinstance(e, UserLog.ReextractionChecked) for e in events)
+
+
+class _PingBroken(_Outage):
+    """Calls holding a poison message fail with a server error; the harmless request
+    fails with a bug (an error that would repeat)."""
+
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        self.pings += 1
+        raise ValueError("ping() got an unexpected keyword")
+
+
+async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_telling_nothing(
+    make_memory: Any, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A harmless request failing with a bug (or a 400) shows neither an outage nor an
+    answering API: the report, the error's notes and the log say it told nothing and
+    why, and the failed calls split their batches for the next run as after an answer."""
+    await _hobbies(make_memory, 0, 5)
+    extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(ExtractionError) as stopped:
+            await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
+        events = list(audit.store.events_in_pages("eve"))
+    assert extractor.pings == 1 and not report.outage
+    assert "answered" not in " ".join(stopped.value.__notes__)
+    assert "tells nothing" in " ".join(stopped.value.__notes__)
+    assert report.check_error == "ValueError: ping() got an unexpected keyword"
+    assert any("ValueError" in r.getMessage() for r in caplog.records)
+    (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
+    assert not check.outage and check.error == report.check_error
+
+
+class _UnrelatedPing(RecordingExtractor):
+    """A custom extractor with a ``ping`` of its own business, not a harmless request:
+    every call fails with a server error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pings = 0
+        self.fault = lambda batch: ExtractionError("HTTP 500 api_error")
+
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        self.pings += 1
+        return TokenUsage()
+
+
+async def test_an_extractor_not_declaring_harmless_requests_is_sent_the_harmless_message(
+    make_memory: Any, db_url: str
+) -> None:
+    """A method named ``ping`` on an extractor that does not declare
+    :class:`events.HarmlessRequests` is not taken for the harmless request: the run
+    extracts the harmless message instead (failing too here: the API is down)."""
+    await _hobbies(make_memory, 0, 5)
+    extractor = _UnrelatedPing()
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit, pytest.raises(ExtractionError):
+        await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
+    assert extractor.pings == 0
+    assert extractor.batches[-1].messages[0].content == "Hello."
+    assert report.outage
 
 
 async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_again(
