@@ -29,7 +29,7 @@ LIMITS = BatchLimits(max_messages=3, max_tokens=10_000, max_attempts=2)
 EVERY_OPERATION = (
     *("add", "add", "add", "start", "extract", "revise", "fail", "crash"),
     *("reextract", "reextract_failed", "promote", "reject", "reject", "blamed", "requeue"),
-    *("backdate",),
+    *("backdate", "reextract_checked"),
     *("repeat_earlier", "take_back_earlier", "repeat"),
 )
 """The operations :meth:`LogDriver.perform` knows (repeated ones are drawn more often)."""
@@ -117,6 +117,15 @@ class LogDriver:
                 log.record_reextraction_failure(
                     f"v{log.version}", covered, "cut short", spent, repeats=repeats
                 )
+        elif op == "reextract_checked":
+            covered = self._covered()
+            if covered:
+                version = f"v{log.version}"
+                log.record_reextraction_failure(
+                    version, covered, "HTTP 500", TokenUsage(), may_pass=True
+                )
+                spent = TokenUsage(input_tokens=20, output_tokens=1)
+                log.record_reextraction_check(version, [covered], spent, outage=len(covered) > 1)
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
 
