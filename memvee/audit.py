@@ -335,7 +335,7 @@ class _Reextraction:
 
 
 _HARMLESS_TEXT = "Hello."
-"""The one message of the harmless request a stopped run probes the API with."""
+"""The one message of the harmless request a stopped run checks the API with."""
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
