@@ -1274,6 +1274,10 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
     assert any("ValueError" in r.getMessage() for r in caplog.records)
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
     assert not check.outage and check.error == report.check_error
+    assert describe(check) == (
+        "version 'v2' check after failed calls showed nothing: "
+        "ValueError: ping() got an unexpected keyword"
+    )
 
 
 class _UnrelatedPing(RecordingExtractor):
