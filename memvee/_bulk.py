@@ -1590,7 +1590,7 @@ def _api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
     failed too (``live.outage``), or it stopped on the API's state (overloaded, every
     batch refused, a probe that failed). A harmless request answered, or a lone message
     failing once with nothing else to send, tells only of that user's messages."""
-    if live.probe is not None:
+    if live.check is not None:
         return live.outage
     lone = isinstance(stopped, ExtractionError) and not stopped.repeats
     return not lone or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
