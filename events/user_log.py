@@ -1260,8 +1260,7 @@ class UserLog(Aggregate):
         calls a :class:`ReextractionChecked` names as met in an ``outage`` (the API failed
         a harmless request after them) are left out, found by their messages whatever was
         logged between (another run of the user): they tell nothing of their messages, and
-        split no batch of them for good. A harmless request answered after two failed
-        calls is an answered call of no message: the API was up when they failed."""
+        split no batch of them for good."""
         calls: list[tuple[tuple[str, ...], bool]] = []
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
@@ -1270,8 +1269,6 @@ class UserLog(Aggregate):
                 if e.outage:
                     for ids in e.failed_calls:
                         _forget_failed_call(calls, tuple(ids))
-                elif e.error is None:
-                    calls.append(((), False))
             elif isinstance(e, self.ReextractionFailed) and getattr(e, "outage", False):
                 failed = [i for i, (_, may_pass) in enumerate(calls) if may_pass]
                 if failed:  # stored before the check named its calls: the one before

@@ -1310,41 +1310,6 @@ async def test_an_extractor_not_declaring_harmless_requests_is_sent_the_harmless
     assert report.outage
 
 
-@pytest.mark.parametrize(
-    ("exchanges", "poison", "runs"),
-    [
-        (2, ("hobby0 ", "hobby1 "), 3),
-        (40, ("hobby4 ", "hobby14 ", "hobby24 "), 8),
-        (40, ("hobby1 ", "hobby2 ", "hobby3 "), 17),
-    ],
-    ids=["a pair with nothing else to send", "three apart", "three in one batch"],
-)
-async def test_messages_failing_every_call_are_left_out_within_a_few_runs(
-    make_memory: Any, db_url: str, exchanges: int, poison: tuple[str, ...], runs: int
-) -> None:
-    """Messages whose calls the API fails every time, while it answers the harmless
-    request sent after two such failures in a row: that answer is the evidence that the
-    API was up, so each message failing alone after it is blamed, and all are left out
-    within a bounded number of runs (before, a pair alone or three of them never were)."""
-    await _hobbies(make_memory, 0, exchanges)
-    extractor = _Outage(*poison, down=False)
-    left_out: set[str] = set()
-    with Audit(db_url=db_url) as audit:
-        for _ in range(runs - 1):
-            report = ReextractionReport()
-            with pytest.raises(ExtractionError):
-                await audit.reextract("eve", extractor, "v2", batch_size=10, report=report)
-            left_out |= set(report.left_out)
-        report = await audit.reextract("eve", extractor, "v2", batch_size=10)
-        said = {
-            e.message_id: e.content
-            for e in audit.store.events_in_pages("eve")
-            if isinstance(e, UserLog.MessageAdded)
-        }
-    left_out |= set(report.left_out)
-    assert sorted(said[m].split()[2] for m in left_out) == sorted(w.strip() for w in poison)
-
-
 async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_again(
     make_memory: Any, db_url: str
 ) -> None:
