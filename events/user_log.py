@@ -339,10 +339,7 @@ class UserLog(Aggregate):
         (``False`` for the events stored before it was kept). ``blamed``: a Message Batches
         request that failed so while the other requests it went with did not all fail so
         (not the API's at large); a message blamed so twice is sent in a call of its own,
-        as one that ``repeats``. ``outage``, on the events stored before
-        :class:`ReextractionChecked` was kept: the call was the second in a row to fail so,
-        and a harmless request sent right after failed too, so neither it nor the version's
-        failed call before it is evidence (see :meth:`UserLog.reextraction_calls`)."""
+        as one that ``repeats``."""
 
         knowledge_version: str
         message_ids: list[str]
@@ -357,7 +354,6 @@ class UserLog(Aggregate):
         repeats: bool = False
         may_pass: bool = False
         blamed: bool = False
-        outage: bool = False
 
         def apply(self, log: UserLog) -> None:
             if self.request_id:
@@ -1269,10 +1265,6 @@ class UserLog(Aggregate):
                 if e.outage:
                     for ids in e.failed_calls:
                         _forget_failed_call(calls, tuple(ids))
-            elif isinstance(e, self.ReextractionFailed) and getattr(e, "outage", False):
-                failed = [i for i, (_, may_pass) in enumerate(calls) if may_pass]
-                if failed:  # stored before the check named its calls: the one before
-                    del calls[failed[-1]]
             elif isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
                 calls.append((tuple(e.message_ids), getattr(e, "may_pass", False)))
             elif isinstance(e, self.KnowledgeVersionPromoted):

@@ -48,11 +48,11 @@ def describe(event: Any) -> str:
             return f"version {e.knowledge_version!r} call failed{tail}: {_flat(e.error)}"
         case UserLog.ReextractionChecked():
             verdict = (
-                "the API down"
+                "the API down: the failed calls blame no message"
                 if e.outage
                 else f"nothing: {_flat(e.error)}"
                 if e.error
-                else "the failed calls the messages'"
+                else "the API up: the failed calls were their messages'"
             )
             return f"version {e.knowledge_version!r} check after failed calls showed {verdict}"
         case UserLog.KnowledgeSuperseded():

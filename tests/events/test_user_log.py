@@ -617,26 +617,6 @@ def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_ev
     ]
 
 
-def test_an_outage_failure_stored_before_checks_named_their_calls_reads_as_it_did() -> None:
-    """A failed call stored with ``outage`` set (before :class:`ReextractionChecked` was
-    kept) is read as then: neither it nor the version's last failed call before it is
-    evidence."""
-    log, ids = _log_with(6)
-    log.record_reextraction_failure("v2", ids[:2], "HTTP 500", TokenUsage(), may_pass=True)
-    log.record_reextraction("v2", ids[5:], [], "x")
-    log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
-    log.trigger_event(
-        UserLog.ReextractionFailed,
-        knowledge_version="v2",
-        message_ids=ids[4:5],
-        error="HTTP 500",
-        may_pass=True,
-        outage=True,
-    )
-    events = log.collect_events()
-    assert log.reextraction_calls("v2", events) == [(tuple(ids[:2]), True), (tuple(ids[5:]), False)]
-
-
 def test_a_message_blamed_for_a_failure_that_may_pass_twice_is_pinned_once_not_before() -> None:
     """A server error blamed on a call is kept though it spent nothing; a message blamed so
     a second time is sent in a call of its own, until a promotion of the version."""
