@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from actors._bridge import BridgedFuture
 from memvee import Memory, MemoryClosedError, ProcessStatus
 from memvee._memory import SHUTDOWN_REASON
+from tests.support.futures import count_futures_made
 from tests.support.store_faults import queue_and_stop
 
 
@@ -253,14 +253,7 @@ async def test_an_exchange_makes_no_future_between_the_loop_and_its_commit(
     committer: no future is made, locked and called back per write in between."""
     memory: Memory = await make_memory()
     await memory.add_exchange("u", "hi", "hello")  # the actor is spawned, the log loaded
-    made: list[object] = []
-    make = BridgedFuture.__init__
-
-    def counted(future: BridgedFuture[Any]) -> None:
-        made.append(future)
-        make(future)
-
-    monkeypatch.setattr(BridgedFuture, "__init__", counted)
+    made = count_futures_made(monkeypatch)
     first, second = await memory.add_exchange("u", "more", "yes")
     assert (first.seq, second.seq) == (3, 4)
     assert made == []

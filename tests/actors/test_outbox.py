@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from actors._bridge import BridgedFuture
 from actors._dispatcher import Dispatcher, PooledActor
 from actors.directory import SENDS_PER_TURN, ActorDirectory
 from memvee import Memory, MemoryConfig
 from tests.support.extractors import RecordingExtractor
+from tests.support.futures import count_futures_made
 
 
 class _Recorder(PooledActor):
@@ -75,14 +75,7 @@ async def test_a_call_is_answered_on_the_loop_without_a_future_of_its_own(
 ) -> None:
     """Every write crosses from the loop to an actor and back: the call is the reply's
     target itself, so no pykka future is made, locked and called back per call."""
-    made: list[object] = []
-    make = BridgedFuture.__init__
-
-    def counted(future: BridgedFuture[Any]) -> None:
-        made.append(future)
-        make(future)
-
-    monkeypatch.setattr(BridgedFuture, "__init__", counted)
+    made = count_futures_made(monkeypatch)
     loop, directory = asyncio.get_running_loop(), recording.directory
     assert await directory.call_async(loop, "u", "note", 1) == 1  # spawns the actor
     made.clear()
