@@ -1134,11 +1134,8 @@ async def both_backends(db_url: str) -> str:
     return db_url
 
 
-async def test_two_bulk_runs_at_once_submit_and_record_each_users_messages_once(
-    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Both runs plan before either submits: each user's plan is claimed by one of them,
-    so the other submits nothing for it and no request is paid for twice."""
+def _plan_both_runs_before_either_submits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Have each of two runs at once wait, once planned, for the other to plan too."""
     planned = threading.Barrier(2, timeout=10)
     plan = BulkReextraction._plan
 
@@ -1148,6 +1145,14 @@ async def test_two_bulk_runs_at_once_submit_and_record_each_users_messages_once(
         return found
 
     monkeypatch.setattr(BulkReextraction, "_plan", plan_then_meet)
+
+
+async def test_two_bulk_runs_at_once_submit_and_record_each_users_messages_once(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs plan before either submits: each user's plan is claimed by one of them,
+    so the other submits nothing for it and no request is paid for twice."""
+    _plan_both_runs_before_either_submits(monkeypatch)
     with Audit(db_url=both_backends) as a, Audit(db_url=both_backends) as b:
         first, second = await asyncio.gather(_run(a), _run(b))
         assert sum(len(batch["requests"]) for batch in server.batches) == 2
@@ -1657,15 +1662,7 @@ async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_o
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=both_backends) as audit:
         await _run(audit)
-    planned = threading.Barrier(2, timeout=10)
-    plan = BulkReextraction._plan
-
-    def plan_then_meet(self: BulkReextraction, *args: Any) -> Any:
-        found = plan(self, *args)
-        planned.wait()
-        return found
-
-    monkeypatch.setattr(BulkReextraction, "_plan", plan_then_meet)
+    _plan_both_runs_before_either_submits(monkeypatch)
     with Audit(db_url=both_backends) as a, Audit(db_url=both_backends) as b:
         first, second = await asyncio.gather(_run(a), _run(b))
         assert sorted([*first.direct, *second.direct]) == sorted(USERS)
