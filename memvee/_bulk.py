@@ -56,7 +56,7 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line
+from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line, repeats
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
@@ -271,6 +271,7 @@ class BulkReextraction:
         self.direct = direct
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the Messages API is down: no more direct calls
+        self.direct_answered = False  # the Messages API answered a call of this run's
         self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
         self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
         self.owner = str(uuid4())
@@ -830,7 +831,7 @@ class BulkReextraction:
         batch is kept, and the next run sends it). That path blames only what its rules
         blame and stops at two failures in a row; a user's run that stopped ends the
         fallback for the rest of this run only when it tells the API is down
-        (:func:`_api_down`), else the next user goes on. Users
+        (:meth:`_api_down`), else the next user goes on. Users
         another run took over, or forgotten, are passed over."""
         from memvee.audit import ReextractionReport  # the audit imports this module lazily
 
@@ -869,14 +870,42 @@ class BulkReextraction:
             except NotFoundError:  # forgotten meanwhile: nothing to send
                 del report.direct[user_id]
             except MemveeError as stopped:
-                self.direct_stopped = _api_down(stopped, live)
+                self.direct_stopped = await self._api_down(user_id, stopped, live)
                 shown = redact(first_line(stopped), client_secrets(self.extractor.client))
                 report.failed[f"direct:{user_id}"] = shown
             else:  # what failed in the batch is extracted or left out now, but the held
+                self.direct_answered = True
                 for request_id in failed[user_id] if not held else ():
                     report.failed.pop(request_id, None)
             report.entries += live.entries
             report.left_out.update(live.left_out)
+
+    async def _api_down(self, user_id: str, stopped: MemveeError, live: ReextractionReport) -> bool:
+        """Whether ``user_id``'s live re-extraction that ``stopped`` tells the Messages API
+        is down, for every user (:func:`_api_down`). A lone message failing once with
+        nothing else to send tells nothing by itself: until a call of this run's fallback
+        was answered, one harmless request is sent then (its failure an outage), so an
+        outage costs one failed call and that request, not a failed call for every user
+        with a message or two to send."""
+        from memvee.audit import harmless_request  # the audit imports this module lazily
+
+        if _api_down(stopped, live):
+            return True
+        if live.check is not None or not _lone(stopped) or self.direct_answered:
+            return False
+        usage, failed = await harmless_request(
+            self.extractor, user_id, self.version, datetime.now(UTC)
+        )
+        log.info(
+            "user %r: a harmless request after a lone message failed (%d tokens): %s",
+            user_id,
+            (usage.input_tokens or 0) + (usage.output_tokens or 0),
+            "failed too, the Messages API is down" if failed is not None else "answered",
+        )
+        if failed is None:
+            self.direct_answered = True
+            return False
+        return not repeats(failed)
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""
@@ -1648,8 +1677,13 @@ def _api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
     failing once with nothing else to send, tells only of that user's messages."""
     if live.check is not None:
         return live.outage
-    lone = isinstance(stopped, ExtractionError) and not stopped.repeats
-    return not lone or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
+    return not _lone(stopped) or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
+
+
+def _lone(stopped: MemveeError) -> bool:
+    """Whether a live re-extraction ``stopped`` on a call failing in a way that may pass
+    with nothing else to send (a lone message), which tells nothing of the API at large."""
+    return isinstance(stopped, ExtractionError) and not stopped.repeats
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

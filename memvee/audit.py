@@ -338,6 +338,25 @@ _HARMLESS_TEXT = "Hello."
 """The one message of the harmless request a stopped run checks the API with."""
 
 
+async def harmless_request(
+    extractor: Extractor, user_id: str, version: str, sent_at: datetime
+) -> tuple[TokenUsage, Exception | None]:
+    """Send one harmless request (one message, no known entries) through ``extractor``, to
+    tell whether its API answers at all: what it cost, and the exception it failed with, if
+    it did (an outage fails it with an error that may pass; see :func:`repeats`). An
+    extractor that declares :class:`HarmlessRequests` is pinged; another extracts it."""
+    harmless = ExtractionBatch(
+        user_id, f"check:{version}", (BatchMessage("check", "user", _HARMLESS_TEXT, sent_at),)
+    )
+    try:
+        if isinstance(extractor, HarmlessRequests):
+            return await extractor.ping(harmless), None
+        return (await extractor.extract(harmless)).usage, None
+    except Exception as failed:  # the request's verdict: its failure is the finding
+        usage = failed.usage if isinstance(failed, ExtractionError) else None
+        return usage or TokenUsage(), failed
+
+
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
     """Refuse a memvee log whose projections were never made (written by the event store
     alone, say), with what to do about it, instead of failing on a missing table."""
@@ -1035,19 +1054,10 @@ class Audit:
         one output token) is pinged; another extracts the message. What it cost and
         showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
         naming the failed calls it judges)."""
-        harmless = ExtractionBatch(
-            run.user_id,
-            f"check:{run.version}",
-            (BatchMessage("check", "user", _HARMLESS_TEXT, batch[-1].sent_at),),
+        run.report.check, failed = await harmless_request(
+            run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
-        try:
-            if isinstance(run.extractor, HarmlessRequests):
-                run.report.check = await run.extractor.ping(harmless)
-            else:
-                run.report.check = (await run.extractor.extract(harmless)).usage
-        except Exception as failed:  # the check's verdict: its failure is the finding
-            usage = failed.usage if isinstance(failed, ExtractionError) else None
-            run.report.check = usage or TokenUsage()
+        if failed is not None:
             run.report.outage = not repeats(failed)
             if run.report.outage:
                 log.warning(

@@ -1775,6 +1775,34 @@ async def test_a_full_outage_blames_nothing_and_makes_two_calls_and_one_harmless
     assert [len(r["params"]["messages"]) for r in server.batches[-1]["requests"]] == sent_first
 
 
+async def test_a_full_outage_costs_one_failed_call_and_one_harmless_request_for_lone_messages(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    """Users with one message each: a user's live run stops on its lone message failing
+    once, which tells nothing of the API by itself, so the fallback went on to the next
+    user and a full outage cost a failed full-price call for every user of the run. A
+    harmless request after the first such stop tells the outage: the fallback stops."""
+    users = [f"u{i}" for i in range(6)]
+    db = sqlite_url(tmp_path / "lone.db")
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+    server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        for _ in range(2):
+            calls = len(server.requests)
+            down = await _run(audit, users=users)
+            sent = [[m["content"] for m in r.messages] for r in server.requests[calls:]]
+            assert len(sent) == 2 and sent[-1] == ["Hello."], sent
+            assert (down.recorded, down.left_out, len(down.direct)) == (0, {}, 1)
+        for user in users:
+            log = audit.store.load(user)
+            assert log is not None
+            assert log.failed_reextraction("v2", audit.store.events_of(user)) == set()
+
+
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
     both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
