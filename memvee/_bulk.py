@@ -376,14 +376,14 @@ class BulkReextraction:
         planned again by this run, each request carrying how many batches of its messages
         failed so (:attr:`failing`). Those of users this run does not claim (another run
         holds them, or none names them) stay kept with their count."""
-        for local_id in sorted(self.failed_whole.pop(user_id, ())):
+        rows = connection.execute(  # locked in one order, as forget locks them
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+            .where(BULK_BATCHES.c.local_id.in_(sorted(self.failed_whole.pop(user_id, ()))))
+            .order_by(BULK_BATCHES.c.local_id)
+            .with_for_update()
+        ).all()
+        for local_id, requests in rows:
             where = BULK_BATCHES.c.local_id == local_id
-            requests: dict[str, Any] = (
-                connection.execute(
-                    select(BULK_BATCHES.c.requests).where(where).with_for_update()
-                ).scalar()
-                or {}
-            )
             taken = {
                 k: r
                 for k, r in requests.items()

@@ -38,13 +38,25 @@ def forget_bulk_requests(connection: Connection, user_id: str) -> int:
     """Remove ``user_id``'s requests from every kept run, in the caller's transaction; a
     run left with none is removed. Returns how many requests were removed. (A run still
     at the API leaves the user's answers there: a later collection finds no request for
-    them, and records nothing.) The rows are read locked: a run counting a failure in one
-    at once writes it back whole, and either waits for the other."""
+    them, and records nothing.) The rows holding the user's requests are read locked, in
+    the order of their ids (as a run claiming a user locks its rows, so neither waits for
+    the other in a circle): a run counting a failure in one at once writes it back whole,
+    and either waits for the other."""
     if not inspect(connection).has_table(BULK_BATCHES.name):
         return 0
     removed = 0
-    for local_id, requests in connection.execute(
-        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).with_for_update()
+    holding = [
+        local_id
+        for local_id, requests in connection.execute(
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+        ).all()
+        if any(r.get("user") == user_id for r in requests.values())
+    ]
+    for local_id, requests in connection.execute(  # locked in one order, as runs lock them
+        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+        .where(BULK_BATCHES.c.local_id.in_(holding))
+        .order_by(BULK_BATCHES.c.local_id)
+        .with_for_update()
     ).all():
         kept: dict[str, Any] = {k: r for k, r in requests.items() if r.get("user") != user_id}
         if len(kept) == len(requests):

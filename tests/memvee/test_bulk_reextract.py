@@ -11,6 +11,7 @@ import logging
 import signal
 import subprocess
 import threading
+import types
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -2092,6 +2093,80 @@ def _waits_on_a_lock(engine: Any) -> bool:
             )
         ).scalar()
     return bool(waiting)
+
+
+async def test_forgetting_a_user_while_a_run_claims_them_waits_instead_of_deadlocking(
+    both_backends: str,
+) -> None:
+    """A run claiming bob locks his kept rows that failed whole; a forget of bob at once
+    locked every kept row in the table's own order, so with two such rows each could hold
+    one the other waited for: PostgreSQL ended one of them with a deadlock. Both lock the
+    rows in the order of their ids now: the forget waits, then both succeed."""
+    if not both_backends.startswith("postgresql"):
+        pytest.skip("SQLite takes one writer at a time: the two never meet")
+
+    def request(user: str, message_id: str) -> dict[str, Any]:
+        return {
+            "user": user,
+            "messages": [message_id],
+            "known": [],
+            "at": 1,
+            "failing": 1,
+            "failed_whole": True,
+        }
+
+    with Audit(db_url=both_backends) as audit:
+        store = audit.store
+        with store.transaction() as connection:
+            create_bulk_table(connection)
+            for local_id in ("b-row", "a-row"):  # stored first, listed last by id
+                connection.execute(
+                    BULK_BATCHES.insert().values(
+                        local_id=local_id,
+                        knowledge_version="v2",
+                        api_batch_id=f"msgbatch_{local_id}",
+                        requests={
+                            "r1": request("bob", f"m-{local_id}"),
+                            "r2": request("ann", f"n-{local_id}"),
+                        },
+                        created_at=datetime.now(UTC),
+                    )
+                )
+        run = types.SimpleNamespace(failed_whole={"bob": {"a-row", "b-row"}}, failing={})
+        outcomes: dict[str, object] = {}
+
+        def forget() -> None:
+            try:
+                outcomes["forget"] = erase_user(store, Projector(ProjectionTables()), None, "bob")
+            except Exception as failed:
+                outcomes["forget"] = failed
+
+        forgetting = threading.Thread(target=forget)
+        claiming = threading.get_ident()
+
+        def forget_once_a_row_is_locked(*args: Any) -> None:
+            statement = args[2]
+            if forgetting.ident is not None or threading.get_ident() != claiming:
+                return
+            if "FOR UPDATE" not in statement or BULK_BATCHES.name not in statement:
+                return
+            forgetting.start()
+            while forgetting.is_alive() and not _waits_on_a_lock(store.engine):
+                forgetting.join(0.01)
+
+        sqlalchemy.event.listen(store.engine, "after_cursor_execute", forget_once_a_row_is_locked)
+        try:
+            with store.transaction() as connection:
+                BulkReextraction._take_failed_whole(run, connection, "bob")  # type: ignore[arg-type]
+        finally:
+            sqlalchemy.event.remove(
+                store.engine, "after_cursor_execute", forget_once_a_row_is_locked
+            )
+        forgetting.join()
+        assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
+        with store.engine.connect() as connection:
+            kept = connection.execute(select(BULK_BATCHES.c.requests)).scalars().all()
+    assert [sorted(r["user"] for r in requests.values()) for requests in kept] == [["ann"]] * 2
 
 
 async def test_a_run_sends_at_most_its_direct_limit_of_messages_through_the_messages_api(
