@@ -121,14 +121,6 @@ _CREATE_PAUSE = 1.0
 _CANCEL_ATTEMPTS = 3
 """Calls that cancel one probe Message Batch, at most, when the API fails for a while."""
 
-MAX_KEPT_PROBES = 3
-"""Probe Message Batches kept uncanceled (their cancel failing run after run) past which
-no run makes another: each run would otherwise leave one more running, and one more row."""
-
-_STILL_RUNNING = frozenset({401, 403})
-"""HTTP statuses of a cancel refused for its credentials (revoked, or a key of another
-workspace): the probe Message Batch may still run, billed, so it stays kept."""
-
 
 Decide = Callable[[str, Callable[[UserLog], Any], Sequence[str]], Any]
 """Decides on a user's freshly loaded log and appends what it emitted (Audit's), refused
@@ -535,19 +527,11 @@ class BulkReextraction:
         a harmless message in place of its messages (asking for one token): "accepted",
         the batch made is canceled at once and the refusal was the message's size;
         "refused", the API or a gateway in front of it refuses requests of any size;
-        "failed", it tells nothing; "kept", none is made while :data:`MAX_KEPT_PROBES`
-        earlier probes could not be canceled. A probe through the Messages API does not
-        meet a body limit of Message Batches' own, so it took a heavy message for the one
-        to blame.
+        "failed", it tells nothing. A probe through the Messages API does not meet a body
+        limit of Message Batches' own, so it took a heavy message for the one to blame.
         The probe batch is kept (its id) until it is canceled, so that one this run could
-        not cancel, stopped or refused, is canceled by the next (:meth:`_cancel_probe`).
-        One made by a run stopped inside the create call is kept by none: the API takes no
-        idempotency key or metadata for a Message Batch and tells its custom ids only in
-        its results, once ended, so a running probe cannot be told from another
-        application's one-request batch; it runs until it ends (one token)."""
+        not cancel, stopped or refused, is canceled by the next (:meth:`_cancel_probe`)."""
         client = self.extractor.client.with_options(max_retries=0)
-        if len(await asyncio.to_thread(self._kept_probes)) >= MAX_KEPT_PROBES:
-            return "kept"
         params = cast(
             MessageCreateParamsNonStreaming, probe_request(self.extractor.request(batch), batch)
         )
@@ -559,76 +543,36 @@ class BulkReextraction:
             return "refused" if error.status_code in _REFUSED else "failed"
         except anthropic.AnthropicError:
             return "failed"
-        kept = False
         try:
             await asyncio.to_thread(self._keep_probe, made.id)
-            kept = True
         finally:
-            await self._cancel_probe(client, made.id, report, kept=kept)
+            await self._cancel_probe(client, made.id, report)
         return "accepted"
 
     async def _cancel_probe(
-        self,
-        client: anthropic.AsyncAnthropic,
-        batch_id: str,
-        report: BulkReport,
-        *,
-        kept: bool = True,
+        self, client: anthropic.AsyncAnthropic, batch_id: str, report: BulkReport
     ) -> None:
         """Cancel the probe Message Batch ``batch_id`` and forget it (``report.probes``),
-        calling again while the API fails for a while. One the API no longer knows (404),
-        or will not cancel as ended, is forgotten: it runs no more. One still not canceled
-        (the API failing, or refusing the credentials: it may still run, billed) stays
-        kept for the next run to cancel (``report.probes_running``), unless the API says
-        it has ended; one this run could not keep is no run's to cancel (warned of: the
-        keeping's error stops the run)."""
+        calling again while the API fails for a while; one still not canceled stays kept
+        for the next run to cancel (``report.probes_running``). A probe the API no longer
+        knows, or will not cancel as ended, is forgotten: it runs no more."""
         # The SDK's own retries (backoff, Retry-After): a cancel may be sent again safely.
         retrying = client.with_options(max_retries=_CANCEL_ATTEMPTS - 1)
         try:
             await retrying.messages.batches.cancel(batch_id)
         except anthropic.AnthropicError as error:
             shown = api_error(error, client_secrets(client))
-            running = _transient(error) or (
-                isinstance(error, anthropic.APIStatusError) and error.status_code in _STILL_RUNNING
-            )
-            if running and not await self._probe_ended(client, batch_id):
-                self._probe_left_running(batch_id, shown, report, kept=kept)
+            if _transient(error):  # one request of one token: it may run, billed
+                log.warning(
+                    "canceling probe Message Batch %s failed (%s); the next run cancels it",
+                    batch_id,
+                    shown,
+                )
+                report.probes_running.append(batch_id)
                 return
             log.info("probe Message Batch %s is not canceled (%s): it is over", batch_id, shown)
         await asyncio.to_thread(self._forget_probe, batch_id)
         report.probes.append(batch_id)
-
-    async def _probe_ended(self, client: anthropic.AsyncAnthropic, batch_id: str) -> bool:
-        """Whether the API says the probe Message Batch ``batch_id`` has ended or is gone;
-        ``False`` when it cannot tell (its call failing too)."""
-        try:
-            batch = await client.messages.batches.retrieve(batch_id)
-        except anthropic.NotFoundError:
-            return True
-        except anthropic.AnthropicError:
-            return False
-        return batch.processing_status == "ended"
-
-    def _probe_left_running(
-        self, batch_id: str, shown: Exception, report: BulkReport, *, kept: bool
-    ) -> None:
-        """Warn of, and report, the probe Message Batch ``batch_id`` this run could not
-        cancel: kept for the next run, or, not kept, running until it ends."""
-        if kept:
-            log.warning(
-                "canceling probe Message Batch %s failed (%s); it is kept, the next run cancels it",
-                batch_id,
-                shown,
-            )
-            report.probes_running.append(batch_id)
-            return
-        log.warning(
-            "canceling probe Message Batch %s failed (%s) and its id could not be kept: no "
-            "run cancels it; it runs until it ends (one request of one token, within 24 "
-            "hours) unless canceled by hand",
-            batch_id,
-            shown,
-        )
 
     async def _submit(
         self, client: anthropic.AsyncAnthropic, chunk: list[_Built], report: BulkReport
@@ -1724,12 +1668,6 @@ def _refused_whatever_size(why: str, verdict: str) -> ExtractionError:
             f"{why} (a request without the message is refused too: the API or a gateway "
             "in front of it refuses requests of any size, not the message; nothing is "
             "left out, run again later)"
-        )
-    if verdict == "kept":
-        return ProbeFailedError(
-            f"{why} ({MAX_KEPT_PROBES} probe Message Batches earlier runs could not cancel "
-            "are still kept, so no other is made to tell whose fault it is; nothing is left "
-            "out, run again once they are canceled or ended)"
         )
     return ProbeFailedError(
         f"{why} (a request probing whose fault it is failed too; nothing is left out, "

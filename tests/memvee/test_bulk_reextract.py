@@ -43,7 +43,6 @@ from memvee import Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee.audit import Audit
 from memvee.cli import app
-from memvee.errors import ProbeFailedError
 from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
@@ -1457,127 +1456,6 @@ async def test_a_probe_batch_of_a_run_stopped_before_canceling_it_is_canceled_by
         report = await _run(audit, users=users)
     assert probe["id"] in report.probes
     assert all(p["processing_status"] != "in_progress" for p in _probes(server))
-
-
-def _cancel_answers(status: int, error_type: str) -> Callable[[RecordedRequest], Any]:
-    """A Message Batches fault answering every cancel call with ``status``."""
-
-    def cancel_fails(request: RecordedRequest) -> ScriptedResponse | None:
-        if request.method == "POST" and request.path.endswith("/cancel"):
-            return ScriptedResponse(status, error_body(error_type, "no"))
-        return None
-
-    return cancel_fails
-
-
-def _kept_probe_ids(audit: Audit) -> list[str]:
-    with audit.store.engine.connect() as connection:
-        return list(
-            connection.execute(
-                select(BULK_BATCHES.c.api_batch_id).where(
-                    BULK_BATCHES.c.knowledge_version == bulk_module._PROBES
-                )
-            ).scalars()
-        )
-
-
-async def test_a_kept_probe_whose_cancel_keeps_failing_is_forgotten_once_the_api_says_it_ended(
-    db: str, server: MessagesAPIServer
-) -> None:
-    """A probe Message Batch whose every cancel fails, run after run, is forgotten by the
-    first run after the API ended it (it expired), where its row used to stay for good."""
-    users = await _heavy_refused_alone(db, server)
-    server.set_batches_fault(_cancel_answers(500, "api_error"))
-    with Audit(db_url=db) as audit:
-        first = await _run(audit, users=users)
-        (probe,) = _probes(server)
-        assert first.probes_running == [probe["id"]]
-        server.expire_batch(probe["id"])
-        second = await _run(audit, users=users)
-        assert probe["id"] in second.probes
-        assert probe["id"] not in _kept_probe_ids(audit)
-
-
-async def test_no_probe_is_made_while_as_many_as_allowed_are_kept_uncanceled(
-    db: str, server: MessagesAPIServer
-) -> None:
-    """With MAX_KEPT_PROBES probe Message Batches whose cancel keeps failing still kept, a
-    heavy message refused alone makes no other probe: the run stops leaving nothing out,
-    where every run used to leave one more probe running, and one more row."""
-    users = await _heavy_refused_alone(db, server)
-
-    def stuck(request: RecordedRequest) -> ScriptedResponse | None:
-        if "msgbatch_stuck" in request.path:
-            return ScriptedResponse(500, error_body("api_error", "boom"))
-        return None
-
-    server.set_batches_fault(stuck)
-    stuck_ids = [f"msgbatch_stuck_{n}" for n in range(bulk_module.MAX_KEPT_PROBES)]
-    with Audit(db_url=db) as audit:
-        with audit.store.transaction() as connection:
-            create_bulk_table(connection)
-            for batch_id in stuck_ids:
-                connection.execute(
-                    BULK_BATCHES.insert(),
-                    {
-                        "local_id": batch_id,
-                        "knowledge_version": bulk_module._PROBES,
-                        "api_batch_id": batch_id,
-                        "requests": {bulk_module._PROBE: {}},
-                        "created_at": datetime.now(UTC),
-                    },
-                )
-        with pytest.raises(ProbeFailedError, match="still kept"):
-            await _run(audit, users=users)
-        assert _probes(server) == []
-        assert sorted(_kept_probe_ids(audit)) == stuck_ids
-        events = audit.store.events_of("hal")
-        assert not [e for e in events if isinstance(e, UserLog.ReextractionFailed)]
-
-
-async def test_a_probe_whose_cancel_is_refused_for_its_credentials_stays_kept(
-    db: str, server: MessagesAPIServer
-) -> None:
-    """A cancel answered 401 (a revoked key, or one of another workspace) leaves the probe
-    Message Batch running: it stays kept and reported, and the next run cancels it, where
-    it used to be forgotten as over."""
-    users = await _heavy_refused_alone(db, server)
-    server.set_batches_fault(_cancel_answers(401, "authentication_error"))
-    with Audit(db_url=db) as audit:
-        first = await _run(audit, users=users)
-        (probe,) = _probes(server)
-        assert (first.probes, first.probes_running) == ([], [probe["id"]])
-        assert _kept_probe_ids(audit) == [probe["id"]]
-        server.set_batches_fault(None)
-        second = await _run(audit, users=users)
-    assert probe["id"] in second.probes and second.probes_running == []
-    assert all(p["processing_status"] != "in_progress" for p in _probes(server))
-
-
-async def test_a_probe_neither_kept_nor_canceled_is_warned_of_as_running_until_it_ends(
-    db: str,
-    server: MessagesAPIServer,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The probe's row could not be written and its cancel fails: the warning says no run
-    cancels it and it runs until it ends, where it used to say the next run cancels it."""
-    users = await _heavy_refused_alone(db, server)
-
-    def unwritable(self: BulkReextraction, batch_id: str) -> None:
-        raise OperationalError("INSERT", {}, Exception("disk full"))
-
-    monkeypatch.setattr(BulkReextraction, "_keep_probe", unwritable)
-    server.set_batches_fault(_cancel_answers(500, "api_error"))
-    with (
-        Audit(db_url=db) as audit,
-        caplog.at_level(logging.WARNING, logger="memvee"),
-        pytest.raises(OperationalError),
-    ):
-        await _run(audit, users=users)
-    (probe,) = _probes(server)
-    (warning,) = [r.getMessage() for r in caplog.records if probe["id"] in r.getMessage()]
-    assert "no run cancels it" in warning and "next run" not in warning
 
 
 async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always_cut_is_dropped(
