@@ -826,14 +826,14 @@ class BulkReextraction:
 
     async def _api_down(self, user_id: str, stopped: MemveeError, live: ReextractionReport) -> bool:
         """Whether ``user_id``'s live re-extraction that ``stopped`` tells the Messages API
-        is down, for every user (:func:`_api_down`). A lone message failing once with
+        is down, for every user (:func:`_stop_tells_api_down`). A lone message failing once with
         nothing else to send tells nothing by itself: until a call of this run's fallback
         was answered, one harmless request is sent then (its failure an outage), so an
         outage costs one failed call and that request, not a failed call for every user
         with a message or two to send."""
         from memvee.audit import harmless_request  # the audit imports this module lazily
 
-        if _api_down(stopped, live):
+        if _stop_tells_api_down(stopped, live):
             return True
         if live.check is not None or not _lone(stopped) or self.direct_answered:
             return False
@@ -1613,7 +1613,7 @@ def _blamable(outcomes: Mapping[str, Any]) -> bool:
     return not all(_server_error(o) for o in outcomes.values())
 
 
-def _api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
+def _stop_tells_api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
     """Whether a user's live re-extraction that ``stopped`` tells the Messages API is
     down, for every user: the harmless request sent after its two failures in a row
     failed too (``live.outage``), or it stopped on the API's state (overloaded, every
