@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         ExtractionResult,
         Extractor,
         FactAction,
+        HarmlessRequests,
         KnownEntry,
         TokenUsage,
     )
@@ -73,6 +74,7 @@ _HOMES = {
     "Extractor": "events.extraction",
     "ExtractorOverloadedError": "memvee.errors",
     "FactAction": "events.extraction",
+    "HarmlessRequests": "events.extraction",
     "ForgetReceipt": "actors.erasure",
     "InvalidExtractionError": "memvee.errors",
     "InvalidInputError": "memvee.errors",
@@ -150,6 +152,7 @@ __all__ = [
     "Extractor",
     "ExtractorOverloadedError",
     "FactAction",
+    "HarmlessRequests",
     "ForgetReceipt",
     "InvalidExtractionError",
     "InvalidInputError",
