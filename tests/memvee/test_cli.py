@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -218,20 +219,27 @@ def test_a_warning_prints_no_credential(
     assert capsys.readouterr().err == "retrying https://***@gateway.example/v1 with [redacted]\n"
 
 
+@contextlib.contextmanager
+def _warnings_printed_as_the_command_line_prints_them() -> Iterator[None]:
+    """The command line's warning handler on the root logger while the block runs."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        yield
+    finally:
+        root.handlers[:] = before
+
+
 def test_a_warning_quoting_stored_text_shows_its_escape_sequences_instead_of_sending_them(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A warning quoting an extractor's error (which may echo a message) sent the
     message's escape sequences to the operator's terminal, which obeyed them."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    memvee.cli._log_warnings_but_not_interrupts()
-    try:
+    with _warnings_printed_as_the_command_line_prints_them():
         logging.getLogger("memvee").warning(
             "message m1 left out (%s)", "refused: \x1b]0;owned\x07\x1b[2J\x9b31m"
         )
-    finally:
-        root.handlers[:] = before
     assert (
         capsys.readouterr().err
         == "message m1 left out (refused: \u241b]0;owned\u2407\u241b[2J\ufffd31m)\n"
@@ -243,15 +251,10 @@ def test_a_warning_quoting_a_line_break_stays_one_line_so_it_cannot_forge_an_err
 ) -> None:
     """A warning quoting stored text with a line break printed a second line of the text's
     choosing, such as one reading like the command's own ``error:`` line."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    memvee.cli._log_warnings_but_not_interrupts()
-    try:
+    with _warnings_printed_as_the_command_line_prints_them():
         logging.getLogger("memvee").warning(
             "message m1 left out (%s)", "refused\nerror: database is corrupt"
         )
-    finally:
-        root.handlers[:] = before
     assert capsys.readouterr().err.splitlines() == [
         "message m1 left out (refused\u2424error: database is corrupt)"
     ]
@@ -262,16 +265,11 @@ def test_a_warning_with_a_traceback_keeps_the_tracebacks_lines(
 ) -> None:
     """Only the warning's own text is kept on one line: the traceback a warning carries is
     still printed line by line."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    memvee.cli._log_warnings_but_not_interrupts()
-    try:
+    with _warnings_printed_as_the_command_line_prints_them():
         try:
             raise ValueError("boom")
         except ValueError:
             logging.getLogger("memvee").warning("cleanup failed", exc_info=True)
-    finally:
-        root.handlers[:] = before
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "cleanup failed"
     assert lines[1] == "Traceback (most recent call last):"
