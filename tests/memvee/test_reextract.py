@@ -1450,6 +1450,19 @@ async def test_an_outage_leaves_out_its_own_failed_calls_not_another_runs_of_the
     assert log.reextraction_calls("v2", events) == [(tuple(said[0:4]), True)]
 
 
+async def _run_to_its_stop(
+    audit: Audit, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> ReextractionReport:
+    """One run of eve's re-extraction into ``v2`` through the Claude client, in batches of
+    10, its report whether it ran through or stopped on a failed call."""
+    report = ReextractionReport()
+    with contextlib.suppress(ExtractionError):
+        await audit.reextract(
+            "eve", _claude(server, monkeypatch), "v2", batch_size=10, report=report
+        )
+    return report
+
+
 async def test_two_messages_failing_every_call_through_the_client_still_split_down(
     make_memory: Any,
     db_url: str,
@@ -1464,15 +1477,7 @@ async def test_two_messages_failing_every_call_through_the_client_still_split_do
     messages_api_server.set_responder(_failing_when("hobby4 ", "hobby14 "))
     with Audit(db_url=db_url) as audit:
         for _ in range(6):
-            report = ReextractionReport()
-            with contextlib.suppress(ExtractionError):
-                await audit.reextract(
-                    "eve",
-                    _claude(messages_api_server, monkeypatch),
-                    "v2",
-                    batch_size=10,
-                    report=report,
-                )
+            report = await _run_to_its_stop(audit, messages_api_server, monkeypatch)
             assert not report.outage
     calls = _extractions(messages_api_server)
     for word in ("hobby4 ", "hobby14 "):
@@ -1508,15 +1513,7 @@ async def test_calls_failing_only_at_full_size_while_a_ping_is_answered_are_spli
     with Audit(db_url=db_url) as audit:
         while entries < 40 and runs < 10:
             runs += 1
-            report = ReextractionReport()
-            with contextlib.suppress(ExtractionError):
-                await audit.reextract(
-                    "eve",
-                    _claude(messages_api_server, monkeypatch),
-                    "v2",
-                    batch_size=10,
-                    report=report,
-                )
+            report = await _run_to_its_stop(audit, messages_api_server, monkeypatch)
             entries += report.entries
             assert not report.outage
     sizes = [len(r.messages) for r in _extractions(messages_api_server)]
