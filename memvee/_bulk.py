@@ -62,6 +62,7 @@ from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.bulk_runs import CLAIM as _CLAIM
 from projections.reader import aware
 from projections.shown import with_targets
 
@@ -1251,14 +1252,23 @@ class BulkReextraction:
     def _claim(self, user_id: str) -> set[str] | None:
         """Claim the user's plan for this run, in the transaction that reads the kept
         Message Batches; returns the messages they hold (not to plan again), or ``None``
-        when another run holds the user (its claim not :func:`_abandoned`)."""
+        when another run holds the user (its claim not :func:`_abandoned`).
+
+        It locks the user's claim row first (read locked, or inserted), then the kept rows
+        that failed whole it takes the user's requests from, in the order of their ids
+        (:meth:`_take_failed_whole`): the order a ``forget`` of the user locks them in
+        (:func:`projections.bulk_runs.forget_bulk_requests`), so either waits for the other
+        instead of each holding a row the other waits for. A claim that waited for a forget
+        finds the claim row gone, and claims the user afresh."""
         claim_id = _claim_id(self.version, user_id)
         try:
             with self.store.transaction() as connection:
                 now = _database_time(connection)
                 held = (
                     connection.execute(
-                        select(BULK_BATCHES).where(BULK_BATCHES.c.local_id == claim_id)
+                        select(BULK_BATCHES)
+                        .where(BULK_BATCHES.c.local_id == claim_id)
+                        .with_for_update()
                     )
                     .mappings()
                     .first()
@@ -1438,9 +1448,6 @@ _FAILED_WHOLE = "failed_whole"
 """The key of a kept request whose Message Batch failed whole with server errors: the next
 run plans its messages again instead of collecting it (an older memvee collects it again,
 blames nothing and plans them again too)."""
-
-_CLAIM = "claim"
-"""The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a

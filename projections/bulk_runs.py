@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, Connection, DateTime, MetaData, String, Table, inspect, select
 
-__all__ = ["BULK_BATCHES", "create_bulk_table", "forget_bulk_requests"]
+__all__ = ["BULK_BATCHES", "CLAIM", "create_bulk_table", "forget_bulk_requests"]
 
 _METADATA = MetaData()
 
@@ -28,6 +28,9 @@ BULK_BATCHES = Table(
 """Submitted Message Batches whose results are not recorded yet, with what each request
 holds: its user, its messages and the known entries its prompt listed."""
 
+CLAIM = "claim"
+"""The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
+
 
 def create_bulk_table(connection: Connection) -> None:
     """Create the table, unless it is there (a bulk run creates it on first use)."""
@@ -36,25 +39,39 @@ def create_bulk_table(connection: Connection) -> None:
 
 def forget_bulk_requests(connection: Connection, user_id: str) -> int:
     """Remove ``user_id``'s requests from every kept run, in the caller's transaction; a
-    run left with none is removed. Returns how many requests were removed. (A run still
-    at the API leaves the user's answers there: a later collection finds no request for
-    them, and records nothing.) The rows holding the user's requests are read locked, in
-    the order of their ids (as a run claiming a user locks its rows, so neither waits for
-    the other in a circle): a run counting a failure in one at once writes it back whole,
-    and either waits for the other."""
+    run left with none is removed. Returns how many requests were removed (a claim on the
+    user's plan counts as one). (A run still at the API leaves the user's answers there: a
+    later collection finds no request for them, and records nothing.)
+
+    The rows are read locked, so that a run counting a failure in one at once writes it
+    back whole, and either waits for the other. They are locked in the one order every
+    transaction of the table takes them in, so that none waits for another in a circle: the
+    user's claim rows first (a run claiming the user locks that row, then its kept rows),
+    then the kept rows, each in the order of their ids."""
     if not inspect(connection).has_table(BULK_BATCHES.name):
         return 0
-    removed = 0
     holding = [
-        local_id
+        (local_id, CLAIM in requests)
         for local_id, requests in connection.execute(
             select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
         ).all()
         if any(r.get("user") == user_id for r in requests.values())
     ]
-    for local_id, requests in connection.execute(  # locked in one order, as runs lock them
+    removed = 0
+    for claims in (True, False):
+        ids = [local_id for local_id, claim in holding if claim is claims]
+        if ids:
+            removed += _remove_requests(connection, user_id, ids)
+    return removed
+
+
+def _remove_requests(connection: Connection, user_id: str, ids: list[str]) -> int:
+    """Remove ``user_id``'s requests from the rows ``ids``, locked in the order of their
+    ids; returns how many were removed."""
+    removed = 0
+    for local_id, requests in connection.execute(
         select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
-        .where(BULK_BATCHES.c.local_id.in_(holding))
+        .where(BULK_BATCHES.c.local_id.in_(ids))
         .order_by(BULK_BATCHES.c.local_id)
         .with_for_update()
     ).all():

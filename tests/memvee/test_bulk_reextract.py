@@ -5,6 +5,7 @@ point, with nothing recorded twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -1973,6 +1974,48 @@ def _waits_on_a_lock(engine: Any) -> bool:
     return bool(waiting)
 
 
+@contextlib.contextmanager
+def _meeting(engine: Any, then: threading.Thread, once: Callable[[str], bool]) -> Iterator[None]:
+    """Start ``then`` as soon as this thread ran a statement ``once`` picks (whose locks
+    its transaction now holds), and go on only once ``then`` waits on a lock of the bulk
+    table (or ended): two transactions meet in that order, whatever the machine's speed."""
+    this = threading.get_ident()
+
+    def start_then(*args: Any) -> None:
+        if then.ident is not None or threading.get_ident() != this or not once(args[2]):
+            return
+        then.start()
+        while then.is_alive() and not _waits_on_a_lock(engine):
+            then.join(0.01)
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", start_then)
+    try:
+        yield
+    finally:
+        sqlalchemy.event.remove(engine, "after_cursor_execute", start_then)
+
+
+def _locks_bulk_rows(statement: str) -> bool:
+    """Whether ``statement`` locks rows of the bulk table (read locked, or updated)."""
+    return BULK_BATCHES.name in statement and (
+        "FOR UPDATE" in statement or statement.lstrip().startswith("UPDATE")
+    )
+
+
+def _outcome(
+    outcomes: dict[str, object], name: str, call: Callable[[], object]
+) -> Callable[[], None]:
+    """``call``, keeping what it returned or raised in ``outcomes[name]``."""
+
+    def keep() -> None:
+        try:
+            outcomes[name] = call()
+        except Exception as failed:
+            outcomes[name] = failed
+
+    return keep
+
+
 async def test_forgetting_a_user_while_a_run_claims_them_waits_instead_of_deadlocking(
     both_backends: str,
 ) -> None:
@@ -2012,39 +2055,130 @@ async def test_forgetting_a_user_while_a_run_claims_them_waits_instead_of_deadlo
                 )
         run = types.SimpleNamespace(failed_whole={"bob": {"a-row", "b-row"}}, failing={})
         outcomes: dict[str, object] = {}
-
-        def forget() -> None:
-            try:
-                outcomes["forget"] = erase_user(store, Projector(ProjectionTables()), None, "bob")
-            except Exception as failed:
-                outcomes["forget"] = failed
-
-        forgetting = threading.Thread(target=forget)
-        claiming = threading.get_ident()
-
-        def forget_once_a_row_is_locked(*args: Any) -> None:
-            statement = args[2]
-            if forgetting.ident is not None or threading.get_ident() != claiming:
-                return
-            if "FOR UPDATE" not in statement or BULK_BATCHES.name not in statement:
-                return
-            forgetting.start()
-            while forgetting.is_alive() and not _waits_on_a_lock(store.engine):
-                forgetting.join(0.01)
-
-        sqlalchemy.event.listen(store.engine, "after_cursor_execute", forget_once_a_row_is_locked)
-        try:
-            with store.transaction() as connection:
-                BulkReextraction._take_failed_whole(run, connection, "bob")  # type: ignore[arg-type]
-        finally:
-            sqlalchemy.event.remove(
-                store.engine, "after_cursor_execute", forget_once_a_row_is_locked
+        forgetting = threading.Thread(
+            target=_outcome(
+                outcomes,
+                "forget",
+                lambda: erase_user(store, Projector(ProjectionTables()), None, "bob"),
             )
+        )
+        with (
+            _meeting(store.engine, forgetting, _locks_bulk_rows),
+            store.transaction() as connection,
+        ):
+            BulkReextraction._take_failed_whole(run, connection, "bob")  # type: ignore[arg-type]
         forgetting.join()
         assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
         with store.engine.connect() as connection:
             kept = connection.execute(select(BULK_BATCHES.c.requests)).scalars().all()
     assert [sorted(r["user"] for r in requests.values()) for requests in kept] == [["ann"]] * 2
+
+
+def _stale_claim_and_failed_rows_of_bob(store: EventStore) -> None:
+    """bob's claim, left by a run that stopped long ago (taken over at once), and two kept
+    rows that failed whole, holding requests of bob's and ann's: one listed before his
+    claim row by id, one after, so that a lock order by id alone puts the claim between."""
+    claim_id = memvee._bulk._claim_id("v2", "bob")
+    assert "0-row" < claim_id < "z-row"
+    with store.transaction() as connection:
+        create_bulk_table(connection)
+        connection.execute(
+            BULK_BATCHES.insert().values(
+                local_id=claim_id,
+                knowledge_version="v2",
+                api_batch_id=None,
+                requests={"claim": {"user": "bob", "owner": "a stopped run"}},
+                created_at=datetime(2020, 1, 1, tzinfo=UTC),
+            )
+        )
+        for local_id in ("0-row", "z-row"):
+            requests = {
+                f"{user}-{local_id}": {
+                    "user": user,
+                    "messages": [f"{user}-m-{local_id}"],
+                    "known": [],
+                    "at": 1,
+                    "failing": 1,
+                    "failed_whole": True,
+                }
+                for user in ("ann", "bob")
+            }
+            connection.execute(
+                BULK_BATCHES.insert().values(
+                    local_id=local_id,
+                    knowledge_version="v2",
+                    api_batch_id=f"msgbatch_{local_id}",
+                    requests=requests,
+                    created_at=datetime.now(UTC),
+                )
+            )
+
+
+def _requests_left(store: EventStore) -> dict[str, list[str]]:
+    with store.engine.connect() as connection:
+        rows = connection.execute(select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests))
+        return {
+            local_id: sorted(r["user"] for r in requests.values()) for local_id, requests in rows
+        }
+
+
+async def test_forgetting_a_user_while_a_run_takes_over_their_claim_waits_for_the_claim(
+    both_backends: str,
+) -> None:
+    """A run takes over bob's claim from a stopped run (locking his claim row), and bob is
+    forgotten before it took his kept rows that failed whole. The forget locked his rows
+    by id alone, one of them before his claim row: each then waited for the other and
+    PostgreSQL ended one (a raw error out of the claim, or the forget failed). Both lock
+    the claim rows first now: the forget waits for the claim, then erases what it left."""
+    if not both_backends.startswith("postgresql"):
+        pytest.skip("SQLite takes one writer at a time: the two never meet")
+    with Audit(db_url=both_backends) as audit:
+        store = audit.store
+        _stale_claim_and_failed_rows_of_bob(store)
+        run = _bare_run(audit)
+        run.failed_whole = {"bob": {"0-row", "z-row"}}
+        outcomes: dict[str, object] = {}
+        forgetting = threading.Thread(
+            target=_outcome(
+                outcomes,
+                "forget",
+                lambda: erase_user(store, Projector(ProjectionTables()), None, "bob"),
+            )
+        )
+        with _meeting(store.engine, forgetting, _locks_bulk_rows):
+            claimed = run._claim("bob")
+        forgetting.join()
+        assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
+        assert claimed == set()
+        assert run.failing == {"bob": {"bob-m-0-row": 1, "bob-m-z-row": 1}}
+        assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"]}
+
+
+async def test_a_run_claiming_a_user_while_they_are_forgotten_waits_and_claims_them_after(
+    both_backends: str,
+) -> None:
+    """bob is forgotten (his claim row and kept rows locked) as a run comes to take over
+    his claim from a stopped run: the run waits for the forget, then finds nobody holds
+    bob and nothing of his kept. (It used to wait on the claim row alone, find it gone
+    and pass bob over as held by another run.)"""
+    if not both_backends.startswith("postgresql"):
+        pytest.skip("SQLite takes one writer at a time: the two never meet")
+    with Audit(db_url=both_backends) as audit:
+        store = audit.store
+        _stale_claim_and_failed_rows_of_bob(store)
+        run = _bare_run(audit)
+        run.failed_whole = {"bob": {"0-row", "z-row"}}
+        outcomes: dict[str, object] = {}
+        claiming = threading.Thread(target=_outcome(outcomes, "claim", lambda: run._claim("bob")))
+        with _meeting(store.engine, claiming, _locks_bulk_rows):
+            receipt = erase_user(store, Projector(ProjectionTables()), None, "bob")
+        claiming.join()
+        assert receipt.rows["bulk_requests"] == 3, "his claim and a request in each kept row"
+        assert outcomes["claim"] == set(), outcomes["claim"]
+        assert run.failing == {}
+        claim_id = memvee._bulk._claim_id("v2", "bob")
+        assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"], claim_id: ["bob"]}
+        run._release_claims()
 
 
 async def test_a_run_sends_at_most_its_direct_limit_of_messages_through_the_messages_api(
