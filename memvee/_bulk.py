@@ -35,7 +35,7 @@ import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, bindparam, inspect, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from actors.lease import database_now
 from actors.process_identity import process_alive, process_stat, this_machine
@@ -53,6 +53,7 @@ from events import (
     NotFoundError,
     RejectedBatchError,
     ReplacedEntry,
+    StorageError,
     UserLog,
     bounded,
 )
@@ -282,7 +283,10 @@ class BulkReextraction:
         claimed before anything is submitted, so a second run at once submits nothing for
         the users this one holds (``BulkReport.claimed``)."""
         report = BulkReport()
-        await asyncio.to_thread(self._create_table)
+        try:
+            await asyncio.to_thread(self._create_table)
+        except SQLAlchemyError as error:
+            raise self._storage_failure(error) from error
         await self.extractor.prepare()
         client = self.extractor.client
         _RUNNING.add(self.owner)
@@ -300,6 +304,8 @@ class BulkReextraction:
             await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
             raise api_error(error, client_secrets(client)) from None
+        except SQLAlchemyError as error:
+            raise self._storage_failure(error) from error
         finally:
             renewing.cancel()
             _RUNNING.discard(self.owner)
@@ -313,6 +319,14 @@ class BulkReextraction:
                 )
             await self.extractor.aclose()
         return report
+
+    def _storage_failure(self, error: SQLAlchemyError) -> StorageError:
+        """The :class:`StorageError` a run raises for a failure of the database no step of
+        it turned into one: its driver's words, without the statement and parameters."""
+        return StorageError(
+            f"the bulk re-extraction into {self.version!r} failed in {self.store.safe_url}: "
+            f"{first_line(error)}"
+        )
 
     # ------------------------------------------------------------------ plan and submit
 
@@ -1310,6 +1324,11 @@ class BulkReextraction:
                 self._take_failed_whole(connection, user_id)
         except IntegrityError:  # another run inserted the same claim first
             return None
+        except SQLAlchemyError as error:
+            raise StorageError(
+                f"could not claim user {user_id!r} for the bulk re-extraction into "
+                f"{self.version!r} in {self.store.safe_url}: {first_line(error)}"
+            ) from error
         self.claimed_by[claim_id] = user_id
         self.claims.append(claim_id)
         return pending

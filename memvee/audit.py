@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
 from actors.erasure import ForgetReceipt, erase_user
@@ -1246,7 +1246,9 @@ class Audit:
         errors a second time go through the Messages API, by :meth:`reextract`'s rules,
         at full price (``BulkReport.direct``), at most ``direct_limit`` messages a run (the
         rest wait for the next run, ``BulkReport.direct_held``), so an outage of Message
-        Batches alone does not send a whole backlog at full price at once.
+        Batches alone does not send a whole backlog at full price at once. A failure of the
+        database stops the run with a :class:`StorageError`; the next run collects what
+        this one submitted.
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
@@ -1373,12 +1375,18 @@ class Audit:
         decided again on the new, empty one. On SQLite the file is rewritten (``VACUUM``);
         words a failed rewrite or other connections' snapshots keep in the files
         (``scrubbed=False``) are scrubbed in the background until :meth:`close`, which
-        tries once more.
+        tries once more. A database that fails the erasure is a :class:`StorageError`, and
+        nothing is erased.
         """
         check_user_id(user_id)
         leases = LeaseTable(self.store.engine, new_owner_id(), ttl=0.0)
-        with self.store.engine.connect() as connection:
-            shared = inspect(connection).has_table(leases.table.name)
+        try:
+            with self.store.engine.connect() as connection:
+                shared = inspect(connection).has_table(leases.table.name)
+        except SQLAlchemyError as error:
+            raise StorageError(
+                f"could not forget user {user_id!r} in {self.store.safe_url}: {first_line(error)}"
+            ) from error
         receipt = erase_user(
             self.store, Projector(ProjectionTables()), leases if shared else None, user_id
         )

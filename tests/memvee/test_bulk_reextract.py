@@ -37,6 +37,7 @@ from events import (
     EventStore,
     ExtractionBatch,
     ExtractionError,
+    StorageError,
     UserLog,
     sqlite_url,
 )
@@ -213,6 +214,44 @@ async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(
     with Audit(db_url=db) as audit:
         report = await _run(audit)
     assert report.recorded == 6
+
+
+async def test_a_database_failure_as_a_run_claims_a_user_is_a_storage_error_naming_them(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure of the database as a run claims a user (a deadlock, say) reaches the
+    caller as a :class:`StorageError` naming the user and the version, with the driver's
+    words and not the statement; it used to leave the run as SQLAlchemy's own error."""
+
+    def deadlocked(connection: Any) -> datetime:
+        raise OperationalError("SELECT now()", {}, Exception("deadlock detected"))
+
+    monkeypatch.setattr(bulk_module, "_database_time", deadlocked)
+    with Audit(db_url=both_backends) as audit, pytest.raises(StorageError) as refused:
+        await _run(audit)
+    message = str(refused.value)
+    assert "could not claim user 'ann'" in message and "'v2'" in message, message
+    assert "deadlock detected" in message and "SELECT" not in message, message
+    assert isinstance(refused.value.__cause__, OperationalError)
+    assert server.batches == [], "nothing submitted"
+
+
+async def test_a_database_failure_anywhere_in_a_bulk_run_is_a_storage_error(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wherever in a run the database fails (here as it reads the batches an earlier run
+    kept), the caller gets a :class:`StorageError` naming the version, not SQLAlchemy's
+    error with the statement."""
+
+    def refused(self: BulkReextraction) -> list[dict[str, Any]]:
+        raise OperationalError("SELECT secret_statement", {}, Exception("server closed"))
+
+    monkeypatch.setattr(BulkReextraction, "_unfinished", refused)
+    with Audit(db_url=db) as audit, pytest.raises(StorageError) as failed:
+        await _run(audit)
+    message = str(failed.value)
+    assert "bulk re-extraction into 'v2' failed" in message and "server closed" in message
+    assert "secret_statement" not in message, message
 
 
 async def test_a_bulk_request_gives_each_speakers_name(

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 import actors.erasure
 from actors._traces import TraceScrubber
@@ -566,6 +567,24 @@ async def test_an_audit_forgets_a_user_another_process_owns_as_a_memory_does(
     stored = await owner.add_exchange("ann", "I live in Oslo", "ok")
     assert [m.seq for m in stored] == [1, 2]
     assert len(await owner.messages("bob")) == 2
+
+
+def test_an_audit_forget_the_database_fails_is_a_storage_error_naming_the_user(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is gone as an audit's forget begins: the caller gets a
+    :class:`StorageError` naming the user, with the driver's words but not the statement;
+    it used to get SQLAlchemy's own error."""
+
+    def gone(*args: Any) -> Any:
+        raise OperationalError("SELECT secret_statement", {}, Exception("server closed"))
+
+    with Audit(db_url=db_url) as audit, monkeypatch.context() as patch:
+        patch.setattr(audit.store.engine, "connect", gone)
+        with pytest.raises(StorageError, match="could not forget user 'ann'") as refused:
+            audit.forget("ann")
+    assert "server closed" in str(refused.value)
+    assert "secret_statement" not in str(refused.value)
 
 
 async def test_words_a_reader_kept_in_the_files_when_an_audit_forgot_go_by_its_close(
