@@ -558,18 +558,27 @@ class BulkReextraction:
             return "refused" if error.status_code in _REFUSED else "failed"
         except anthropic.AnthropicError:
             return "failed"
+        kept = False
         try:
             await asyncio.to_thread(self._keep_probe, made.id)
+            kept = True
         finally:
-            await self._cancel_probe(client, made.id, report)
+            await self._cancel_probe(client, made.id, report, kept=kept)
         return "accepted"
 
     async def _cancel_probe(
-        self, client: anthropic.AsyncAnthropic, batch_id: str, report: BulkReport
+        self,
+        client: anthropic.AsyncAnthropic,
+        batch_id: str,
+        report: BulkReport,
+        *,
+        kept: bool = True,
     ) -> None:
         """Cancel the probe Message Batch ``batch_id`` and forget it (``report.probes``),
-        calling again while the API fails for a while; one still not canceled stays kept
-        for the next run to cancel (``report.probes_running``). A probe the API no longer
+        calling again while the API fails for a while. One still not canceled, or whose
+        cancel the API refused the key for (401, 403: nothing was done), stays kept for the
+        next run to cancel (``report.probes_running``); one not ``kept`` (its id could not
+        be stored) runs to its end, and the warning says so. A probe the API no longer
         knows, or will not cancel as ended, is forgotten: it runs no more."""
         # The SDK's own retries (backoff, Retry-After): a cancel may be sent again safely.
         retrying = client.with_options(max_retries=_CANCEL_ATTEMPTS - 1)
@@ -577,7 +586,16 @@ class BulkReextraction:
             await retrying.messages.batches.cancel(batch_id)
         except anthropic.AnthropicError as error:
             shown = api_error(error, client_secrets(client))
-            if _transient(error):  # one request of one token: it may run, billed
+            if _transient(error) or _key_refused(error):  # one request of one token: billed
+                if not kept:
+                    log.warning(
+                        "canceling probe Message Batch %s failed (%s), and its id could not "
+                        "be kept for a later run to cancel: it runs to its end (one request "
+                        "of one token)",
+                        batch_id,
+                        shown,
+                    )
+                    return
                 log.warning(
                     "canceling probe Message Batch %s failed (%s); the next run cancels it",
                     batch_id,
@@ -586,7 +604,8 @@ class BulkReextraction:
                 report.probes_running.append(batch_id)
                 return
             log.info("probe Message Batch %s is not canceled (%s): it is over", batch_id, shown)
-        await asyncio.to_thread(self._forget_probe, batch_id)
+        if kept:
+            await asyncio.to_thread(self._forget_probe, batch_id)
         report.probes.append(batch_id)
 
     async def _submit(
@@ -1586,6 +1605,12 @@ def _transient(error: anthropic.AnthropicError) -> bool:
     if isinstance(error, anthropic.APIStatusError):
         return error.status_code == 429 or error.status_code >= 500
     return isinstance(error, anthropic.APIConnectionError)
+
+
+def _key_refused(error: anthropic.AnthropicError) -> bool:
+    """Whether the API refused the call's API key or its permissions (401, 403): the call
+    did nothing, whatever it asked for."""
+    return isinstance(error, anthropic.APIStatusError) and error.status_code in (401, 403)
 
 
 def _maybe_created(error: anthropic.AnthropicError) -> bool:

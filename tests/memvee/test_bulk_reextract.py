@@ -1473,6 +1473,65 @@ async def test_a_probe_batch_the_api_would_not_cancel_is_canceled_by_the_next_ru
     assert all(p["processing_status"] != "in_progress" for p in _probes(server))
 
 
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_probe_batch_whose_cancel_the_api_key_is_refused_for_is_canceled_by_the_next_run(
+    db: str, server: MessagesAPIServer, status: int
+) -> None:
+    """The API refuses the key (or its permissions) for canceling the probe Message Batch
+    of a heavy message: nothing was canceled, so the probe stays kept and reported
+    running, and the next run cancels it, where it used to be forgotten as over."""
+    users = await _heavy_refused_alone(db, server)
+
+    def cancel_refused(request: RecordedRequest) -> ScriptedResponse | None:
+        if request.method == "POST" and request.path.endswith("/cancel"):
+            kind = "authentication_error" if status == 401 else "permission_error"
+            return ScriptedResponse(status, error_body(kind, "refused"))
+        return None
+
+    server.set_batches_fault(cancel_refused)
+    with Audit(db_url=db) as audit:
+        first = await _run(audit, users=users)
+        (probe,) = _probes(server)
+        assert (first.probes, first.probes_running) == ([], [probe["id"]])
+        server.set_batches_fault(None)
+        second = await _run(audit, users=users)
+    assert probe["id"] in second.probes and second.probes_running == []
+    assert all(p["processing_status"] != "in_progress" for p in _probes(server))
+
+
+async def test_a_probe_batch_neither_kept_nor_canceled_is_not_said_to_be_canceled_later(
+    db: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database fails as the run keeps its probe Message Batch's id, and the API fails
+    every call to cancel it: the run fails with a StorageError, and the warning says the
+    probe runs to its end (no row names it), where it said the next run cancels it."""
+    users = await _heavy_refused_alone(db, server)
+
+    def refused(self: BulkReextraction, batch_id: str) -> None:
+        raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+    def cancel_fails(request: RecordedRequest) -> ScriptedResponse | None:
+        if request.method == "POST" and request.path.endswith("/cancel"):
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        return None
+
+    monkeypatch.setattr(BulkReextraction, "_keep_probe", refused)
+    server.set_batches_fault(cancel_fails)
+    with (
+        Audit(db_url=db) as audit,
+        caplog.at_level(logging.WARNING, "memvee.bulk"),
+        pytest.raises(StorageError, match="server closed the connection"),
+    ):
+        await _run(audit, users=users)
+    (probe,) = _probes(server)
+    assert f"probe Message Batch {probe['id']}" in caplog.text
+    assert "could not be kept" in caplog.text and "runs to its end" in caplog.text
+    assert "the next run cancels it" not in caplog.text, caplog.text
+
+
 async def test_a_probe_batch_of_a_run_stopped_before_canceling_it_is_canceled_by_the_next_run(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
