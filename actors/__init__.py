@@ -6,7 +6,7 @@ from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors._pacing import CircuitBreaker
 from actors._traces import TraceScrubber
-from actors._workers import EveryBatchRefused
+from actors._workers import ApiDown, EveryBatchRefused, harmless_request
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
 from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
@@ -15,6 +15,7 @@ __all__ = [
     "FORGOTTEN_REASON",
     "INTERRUPTED_BY_CRASH",
     "ActorDirectory",
+    "ApiDown",
     "BridgedFuture",
     "CircuitBreaker",
     "Engine",
@@ -24,5 +25,6 @@ __all__ = [
     "TaskObserver",
     "TraceScrubber",
     "UserActor",
+    "harmless_request",
     "inbox_of",
 ]

@@ -17,27 +17,33 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import Any
 
 from actors._pacing import CircuitBreaker
 from events import (
+    BatchMessage,
     ExtractionBatch,
     ExtractionError,
     ExtractionResult,
     Extractor,
+    HarmlessRequests,
     InvalidExtractionError,
     RejectedBatchError,
+    TokenUsage,
     check_result,
 )
-from events.errors import ExtractionPausedError, repeats
+from events.errors import EveryRequestRefusedError, ExtractionPausedError, first_line, repeats
 from events.extraction import extraction_deadline
 
 __all__ = [
+    "ApiDown",
     "DroppedForForget",
     "EveryBatchRefused",
     "ExtractionWorkers",
     "Outcome",
     "asked_to_wait",
+    "harmless_request",
 ]
 
 log = logging.getLogger("memvee.actors")
@@ -67,25 +73,68 @@ class EveryBatchRefused(ExtractionError):
         )
 
 
+class ApiDown(ExtractionError):
+    """A batch failed in a way that may pass while the API was down for every call (a
+    harmless request sent after it failed too, or the breaker was open for every user):
+    the batch is retried later, whole, and none of its messages is blamed."""
+
+
 class DroppedForForget(ExtractionError):
     """The batch's user was forgotten before the batch was sent: it never went to the API
     (its task ended with the user; this outcome is dropped like a late answer)."""
 
 
 class _Held:
-    """One submitted batch: whether it was sent to the extractor, or dropped first (both
-    decided under the workers' lock, so a forget and a send never cross)."""
+    """One submitted batch: whether it was sent to the extractor (as the breaker's probe,
+    or not), or dropped first (decided under the workers' lock, so a forget and a send
+    never cross)."""
 
-    __slots__ = ("dropped", "sent")
+    __slots__ = ("dropped", "probe", "sent")
 
     def __init__(self) -> None:
         self.sent = False
         self.dropped = False
+        self.probe = False  # sent as the breaker's probe, while it was open
 
 
 def asked_to_wait(error: BaseException) -> float:
     """The seconds an extraction's failure asked to wait before calling again (0: none)."""
     return (error.retry_after or 0.0) if isinstance(error, ExtractionError) else 0.0
+
+
+_HARMLESS_TEXT = "Hello."
+"""The one message of a harmless request, sent to tell whether the API answers at all."""
+
+
+async def harmless_request(
+    extractor: Extractor, user_id: str, label: str, sent_at: datetime
+) -> tuple[TokenUsage, Exception | None]:
+    """Send one harmless request (one message, no known entries) through ``extractor``, to
+    tell whether its API answers at all: what it cost, and the exception it failed with, if
+    it did (an outage fails it with an error that may pass; see :func:`repeats`). An
+    extractor that declares :class:`HarmlessRequests` is pinged; another extracts it.
+    ``label`` names what asks (a knowledge version, a task) in the request's task id."""
+    harmless = ExtractionBatch(
+        user_id, f"check:{label}", (BatchMessage("check", "user", _HARMLESS_TEXT, sent_at),)
+    )
+    try:
+        if isinstance(extractor, HarmlessRequests):
+            return await extractor.ping(harmless), None
+        return (await extractor.extract(harmless)).usage, None
+    except Exception as failed:  # the request's verdict: its failure is the finding
+        usage = failed.usage if isinstance(failed, ExtractionError) else None
+        return usage or TokenUsage(), failed
+
+
+def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
+    """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
+    so the failure records both: one that is no ExtractionError becomes one."""
+    if isinstance(failure, ExtractionError):
+        failure.usage = spent if failure.usage is None else failure.usage.plus(spent)
+        return failure
+    carried = ExtractionError(f"{type(failure).__name__}: {failure}", usage=spent)
+    carried.__cause__ = failure
+    return carried
 
 
 class ExtractionWorkers:
@@ -238,9 +287,10 @@ class ExtractionWorkers:
                 self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:
                 self.breaker.failed()
-                raise ExtractionError(
+                timed_out = ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
-                ) from None
+                )
+                raise await self._judged(batch, timed_out, held.probe) from None
             except Exception as error:
                 if isinstance(error, RejectedBatchError) and error.reason is not None:
                     ids = [m.message_id for m in batch.messages]
@@ -251,9 +301,78 @@ class ExtractionWorkers:
                     self.breaker.succeeded()
                 else:
                     self.breaker.failed(asked_to_wait(error))
+                    judged = await self._judged(batch, error, held.probe)
+                    if judged is not error:
+                        raise judged from error
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
+
+    async def _judged(self, batch: ExtractionBatch, failure: Exception, probe: bool) -> Exception:
+        """What ``batch``'s failure that may pass (counted by the breaker already) tells:
+        :class:`ApiDown` when the API is down for every call, else ``failure`` itself, as
+        the batch's own (split as before).
+
+        An extractor that declares :class:`HarmlessRequests` is sent one harmless request
+        (once the wait the failure asked for is over): failed too, the API is down;
+        answered, the failure is the batch's; refused, it tells nothing (the failure is
+        told as it was). None is sent while the breaker is open for calls this one was not
+        the probe of (the API kept failing for every user: down), after a failure that
+        asked to wait as long as a batch may take or that a harmless request told already
+        (:class:`EveryRequestRefusedError`), nor to another extractor. The request's
+        tokens go with the failure's.
+        """
+        asked = asked_to_wait(failure)
+        if (
+            not isinstance(self.extractor, HarmlessRequests)
+            or isinstance(failure, ExtractorNotAsync | EveryRequestRefusedError)
+            or asked >= self.timeout
+        ):
+            return failure
+        if self.breaker.is_open and not probe:
+            return ApiDown(
+                f"{failure} (the API kept failing for every user: the batch is retried "
+                "later, whole)",
+                usage=failure.usage if isinstance(failure, ExtractionError) else None,
+            )
+        spent, ping_failed = await self._ping(batch, asked)
+        if ping_failed is None:
+            self.breaker.succeeded()
+        if ping_failed is None or repeats(ping_failed):  # refused, it tells nothing
+            return _with_spent(failure, spent)
+        waited = asked_to_wait(ping_failed)
+        if not self.breaker.is_open:  # the outage it met already paces every call
+            self.breaker.failed(waited)
+        log.info(
+            "task %s: a harmless request failed too (%s): the API is down, the batch is "
+            "retried whole",
+            batch.task_id,
+            first_line(ping_failed),
+        )
+        usage = failure.usage if isinstance(failure, ExtractionError) else None
+        return ApiDown(
+            f"{failure} (a harmless request failed too: the API is down; the batch is "
+            "retried later, whole)",
+            usage=spent if usage is None else usage.plus(spent),
+            retry_after=waited or None,
+        )
+
+    async def _ping(
+        self, batch: ExtractionBatch, after: float
+    ) -> tuple[TokenUsage, Exception | None]:
+        """One harmless request ``after`` seconds (what the API asked to wait) once
+        ``batch`` failed, bounded by ``timeout`` as a batch is: what it spent, and what it
+        failed with, if it did."""
+        try:
+            async with asyncio.timeout(self.timeout) as cut:
+                await asyncio.sleep(after)
+                extraction_deadline.set(cut.when())
+                sent_at = max((m.sent_at for m in batch.messages), default=datetime.now(UTC))
+                return await harmless_request(self.extractor, batch.user_id, batch.task_id, sent_at)
+        except TimeoutError:
+            return TokenUsage(), ExtractionError(
+                f"the harmless request timed out after {self.timeout:g} s"
+            )
 
     def _admit(self, held: _Held) -> float:
         """As :meth:`CircuitBreaker.admit`, for a batch that is marked sent when admitted;
@@ -261,6 +380,7 @@ class ExtractionWorkers:
         with self._lock:
             if held.dropped:
                 return 0.0
+            held.probe = self.breaker.is_open
             wait = self.breaker.admit()
             held.sent = wait <= 0
             return wait

@@ -28,7 +28,13 @@ from actors._bridge import BridgedFuture, Reply
 from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_delay
 from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
-from actors._workers import EveryBatchRefused, ExtractorNotAsync, Outcome, asked_to_wait
+from actors._workers import (
+    ApiDown,
+    EveryBatchRefused,
+    ExtractorNotAsync,
+    Outcome,
+    asked_to_wait,
+)
 from actors.erasure import ForgetReceipt
 from events import (
     BatchMessage,
@@ -51,6 +57,7 @@ from events import (
 )
 from events.errors import (
     FORGOTTEN_REASON,
+    EveryRequestRefusedError,
     ExtractionPausedError,
     ExtractorOverloadedError,
     ProbeFailedError,
@@ -697,7 +704,8 @@ class UserActor(PooledActor):
         self, task_id: str, error: BaseException, spent: TokenUsage | None = None
     ) -> None:
         """Record a failed batch: split it, quarantine a message that keeps failing alone,
-        or (for a failure that may pass) end the task and back off.
+        or (for a failure that may pass) end the task and back off, the batch returned
+        whole if the API was down for every call (the workers' harmless request failed too).
 
         ``spent`` is what an answer that could not be recorded cost (the store failed): the
         failure records it, or ``memvee stats`` would never count that paid call.
@@ -716,6 +724,7 @@ class UserActor(PooledActor):
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )
+        whole = isinstance(error, _THE_API_DOWN)  # an outage halves no batch
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
@@ -729,6 +738,7 @@ class UserActor(PooledActor):
                 text,
                 repeats=again,
                 blamed=blamed,
+                whole=whole,
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
@@ -1231,8 +1241,18 @@ class UserActor(PooledActor):
 
 _NO_USAGE = TokenUsage()
 
-_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | ExtractionPausedError
+_THE_APIS_STATE = (
+    ExtractorOverloadedError
+    | ProbeFailedError
+    | ExtractionPausedError
+    | ApiDown
+    | EveryRequestRefusedError
+)
 """Failures that say how the API is, never how a batch's messages are: never blamed."""
+
+_THE_API_DOWN = ApiDown | ExtractionPausedError | EveryRequestRefusedError
+"""Failures met while the API was down or refusing every call (a harmless request failed
+or was refused too, or the breaker held the batch unsent): their batch returns unsplit."""
 
 
 class _UserForgotten(Exception):

@@ -26,6 +26,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLostError",
     "EmbedderError",
+    "EveryRequestRefusedError",
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorOverloadedError",
@@ -213,6 +214,14 @@ class ProbeFailedError(ExtractionError):
     of the batch, so this is a failure that may pass, which the engine never blames on the
     batch's messages. ``retry_after`` is what that request was asked to wait. (One the API
     met overloaded raises :class:`ExtractorOverloadedError` instead, never blamed either.)"""
+
+
+class EveryRequestRefusedError(ExtractionError):
+    """The API refused a batch, and a request without the batch's messages (a harmless
+    one) was refused too: the account, the settings or a gateway refuse every request
+    (a credit balance too low, a usage limit, a body limit below the fixed prompt). A
+    failure that may pass, already told by a harmless request: never blamed on the
+    batch's messages, and the batch is retried later, whole."""
 
 
 class ExtractionPausedError(ExtractionError):

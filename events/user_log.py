@@ -448,14 +448,17 @@ class UserLog(Aggregate):
         for the next try.
 
         ``blamed`` says the batch (one message) failed while the API answered others, or
-        met a fault, so the failure counts against that message as well. The tokens are
-        what the failed calls spent, if any did (an answer cut at its budget, then a failed
-        re-ask).
+        met a fault, so the failure counts against that message as well. ``whole`` says
+        the API was down for every call (a harmless request failed too, or the batch was
+        held unsent): the batch returns unsplit. The tokens are what the failed calls
+        spent, if any did (an answer cut at its budget, then a failed re-ask; a harmless
+        request).
         """
 
         task_id: str
         error: str
         blamed: bool = False
+        whole: bool = False
         extractor: str | None = None
         model: str | None = None
         input_tokens: int | None = None
@@ -464,7 +467,9 @@ class UserLog(Aggregate):
         cache_write_tokens: int | None = None
 
         def apply(self, log: UserLog) -> None:
-            log.note_failure(log.return_to_buffer(self.task_id), counted=self.blamed)
+            returned = log.return_to_buffer(self.task_id)
+            if not self.whole:
+                log.note_failure(returned, counted=self.blamed)
             log.running.pop(self.task_id, None)
 
     class ProcessingInterrupted(Aggregate.Event):
@@ -897,6 +902,7 @@ class UserLog(Aggregate):
         *,
         repeats: bool = False,
         blamed: bool = False,
+        whole: bool = False,
         usage: TokenUsage = _NO_USAGE,
         extractor: str | None = None,
         model: str | None = None,
@@ -906,9 +912,10 @@ class UserLog(Aggregate):
 
         An error that ``repeats`` (the same batch would fail again) splits the batch and the
         task goes on; any other error ends the task FAILED, its batch back in the buffer
-        and split for the next run. A message that failed alone ``limits.max_attempts``
+        and split for the next run, or ``whole`` when the API was down for every call (an
+        outage halves no batch). A message that failed alone ``limits.max_attempts``
         times (errors that repeat, or that were ``blamed`` on it) is quarantined instead.
-        ``usage``, ``extractor`` and ``model`` record what the failed call spent.
+        ``usage``, ``extractor`` and ``model`` record what the failed calls spent.
         """
         claimed = self._open_task(task_id)
         error = storable(error) if error else "unknown error"
@@ -940,7 +947,12 @@ class UserLog(Aggregate):
         else:
             tokens = spent if any(_usage_fields(usage).values()) else {}
             self.trigger_event(
-                self.ProcessingFailed, task_id=task_id, error=error, blamed=blamed, **tokens
+                self.ProcessingFailed,
+                task_id=task_id,
+                error=error,
+                blamed=blamed,
+                whole=whole,
+                **tokens,
             )
         return []
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from memvee.errors import (
         ConflictError,
         DatabaseInUseError,
+        EveryRequestRefusedError,
         ExtractionError,
         ExtractionPausedError,
         ExtractorOverloadedError,
@@ -68,6 +69,7 @@ _HOMES = {
     "Embedder": "memvee.embedders",
     "ExtractedFact": "events.extraction",
     "ExtractionBatch": "events.extraction",
+    "EveryRequestRefusedError": "memvee.errors",
     "ExtractionError": "memvee.errors",
     "ExtractionPausedError": "memvee.errors",
     "ExtractionResult": "events.extraction",
@@ -144,6 +146,7 @@ __all__ = [
     "ConflictError",
     "DatabaseInUseError",
     "Embedder",
+    "EveryRequestRefusedError",
     "ExtractedFact",
     "ExtractionBatch",
     "ExtractionError",

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
+from actors import harmless_request as harmless_request  # the bulk module takes it from here
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from events import (
@@ -37,7 +38,6 @@ from events import (
     ExtractionBatch,
     ExtractionError,
     Extractor,
-    HarmlessRequests,
     InvalidInputError,
     KnownEntry,
     MemveeError,
@@ -332,29 +332,6 @@ class _Reextraction:
         at = min(1, len(self.todo))
         for batch in reversed(batches):
             self.todo.insert(at, batch)
-
-
-_HARMLESS_TEXT = "Hello."
-"""The one message of the harmless request a stopped run checks the API with."""
-
-
-async def harmless_request(
-    extractor: Extractor, user_id: str, version: str, sent_at: datetime
-) -> tuple[TokenUsage, Exception | None]:
-    """Send one harmless request (one message, no known entries) through ``extractor``, to
-    tell whether its API answers at all: what it cost, and the exception it failed with, if
-    it did (an outage fails it with an error that may pass; see :func:`repeats`). An
-    extractor that declares :class:`HarmlessRequests` is pinged; another extracts it."""
-    harmless = ExtractionBatch(
-        user_id, f"check:{version}", (BatchMessage("check", "user", _HARMLESS_TEXT, sent_at),)
-    )
-    try:
-        if isinstance(extractor, HarmlessRequests):
-            return await extractor.ping(harmless), None
-        return (await extractor.extract(harmless)).usage, None
-    except Exception as failed:  # the request's verdict: its failure is the finding
-        usage = failed.usage if isinstance(failed, ExtractionError) else None
-        return usage or TokenUsage(), failed
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:

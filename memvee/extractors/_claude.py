@@ -39,6 +39,7 @@ from anthropic.types import Message, MessageParam, TextBlockParam
 from events.checks import check_model
 from events.errors import (
     INPUT_REFUSED_STATUSES,
+    EveryRequestRefusedError,
     ExtractionError,
     ExtractorOverloadedError,
     InvalidExtractionError,
@@ -363,7 +364,7 @@ class ClaudeExtractor(HarmlessRequests):
             if refused.too_large
             else "the account or the settings are, not the batch"
         )
-        raise ExtractionError(
+        raise EveryRequestRefusedError(
             f"{refused} (a request without the batch's messages is refused too: {whose}; "
             "retried later)",
             usage=spent,

@@ -7,15 +7,23 @@ import contextlib
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 import actors._workers as workers_module
 from actors._pacing import CircuitBreaker
-from actors._workers import DroppedForForget, ExtractionWorkers, Outcome
-from events import ExtractionBatch, ExtractionResult
-from events.errors import ExtractionPausedError
+from actors._workers import ApiDown, DroppedForForget, ExtractionWorkers, Outcome
+from events import (
+    BatchMessage,
+    ExtractionBatch,
+    ExtractionError,
+    ExtractionResult,
+    HarmlessRequests,
+    TokenUsage,
+)
+from events.errors import ExtractionPausedError, ExtractorOverloadedError
 from tests.support.extractors import RecordingExtractor
 
 
@@ -245,3 +253,137 @@ def test_a_batch_the_breaker_would_hold_past_the_timeout_fails_at_once_unsent() 
         assert extractor.batches == [] and breaker.is_open
     finally:
         workers.stop()
+
+
+class _Pinged(HarmlessRequests):
+    """An extractor of an API failing every batch with ``failure``, which answers (or,
+    with ``ping_failure``, fails) the harmless requests it is sent, each costing 5 + 1
+    tokens."""
+
+    name = "pinged"
+
+    def __init__(self, failure: Exception, ping_failure: Exception | None = None) -> None:
+        self.failure = failure
+        self.ping_failure = ping_failure
+        self.pings: list[ExtractionBatch] = []
+        self.batches: list[ExtractionBatch] = []
+
+    async def extract(self, batch: ExtractionBatch) -> Any:
+        self.batches.append(batch)
+        raise self.failure
+
+    async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+        self.pings.append(batch)
+        if self.ping_failure is not None:
+            raise self.ping_failure
+        return TokenUsage(input_tokens=5, output_tokens=1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _outcome_of(
+    extractor: Any, breaker: CircuitBreaker | None = None, *, timeout: float = 30.0
+) -> Outcome:
+    """The outcome of one batch of one message sent through workers of ``extractor``."""
+    workers = ExtractionWorkers(extractor, concurrency=1, breaker=breaker, timeout=timeout)
+    outcomes = _Outcomes()
+    message = BatchMessage("m1", "user", "I live in Oslo.", datetime(2024, 5, 1, tzinfo=UTC))
+    try:
+        workers.submit(ExtractionBatch("ann", "ann-1", (message,)), outcomes.done("ann-1"))
+        return outcomes.of("ann-1")
+    finally:
+        workers.stop()
+
+
+def test_a_batch_failing_with_its_harmless_request_tells_the_api_is_down() -> None:
+    """A batch fails in a way that may pass and the one harmless request sent after it
+    fails too: the API is down, told by :class:`ApiDown` (the batch goes back whole),
+    which keeps the failure's text and the request's tokens."""
+    extractor = _Pinged(
+        ExtractorOverloadedError("HTTP 529 overloaded"),
+        ExtractionError("HTTP 500", usage=TokenUsage(input_tokens=3)),
+    )
+    outcome = _outcome_of(extractor)
+    assert isinstance(outcome, ApiDown) and "HTTP 529 overloaded" in str(outcome)
+    assert outcome.usage == TokenUsage(input_tokens=3)
+    assert [p.messages[0].content for p in extractor.pings] == ["Hello."]
+
+
+def test_a_batch_failing_while_its_harmless_request_is_answered_keeps_its_own_failure() -> None:
+    """Answered, the harmless request shows the API up: the failure is the batch's own
+    (split as before), carrying the request's tokens to be counted with it, and the
+    breaker counts the answer."""
+    breaker = CircuitBreaker(failures=2)
+    failure = ExtractorOverloadedError("HTTP 529 overloaded", usage=TokenUsage(input_tokens=7))
+    extractor = _Pinged(failure)
+    outcome = _outcome_of(extractor, breaker)
+    assert outcome is failure
+    assert failure.usage == TokenUsage(input_tokens=12, output_tokens=1)
+    assert len(extractor.pings) == 1 and not breaker.is_open
+
+
+def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:
+    extractor = _Pinged(ConnectionResetError("reset by peer"))
+    outcome = _outcome_of(extractor)
+    assert isinstance(outcome, ExtractionError) and not isinstance(outcome, ApiDown)
+    assert str(outcome) == "ConnectionResetError: reset by peer"
+    assert outcome.usage == TokenUsage(input_tokens=5, output_tokens=1)
+
+
+def test_no_harmless_request_is_sent_once_the_breaker_opened_for_every_user() -> None:
+    """The failure that opens the breaker (every call failing) tells the API is down
+    without a harmless request."""
+    extractor = _Pinged(ConnectionResetError("reset by peer"))
+    outcome = _outcome_of(extractor, CircuitBreaker(failures=1, cooldown=60.0))
+    assert isinstance(outcome, ApiDown) and extractor.pings == []
+
+
+def test_the_breakers_probe_failing_is_followed_by_a_harmless_request() -> None:
+    """The breaker open, a batch goes as its probe and fails: a harmless request still
+    tells whose failure it was (answered here: the batch's, and the breaker closes), so
+    a batch failing for its own sake never keeps the breaker open, and itself whole."""
+    breaker = CircuitBreaker(failures=1, cooldown=0.0)
+    breaker.failed()
+    extractor = _Pinged(ExtractorOverloadedError("HTTP 529 overloaded"))
+    outcome = _outcome_of(extractor, breaker)
+    assert isinstance(outcome, ExtractorOverloadedError) and not isinstance(outcome, ApiDown)
+    assert len(extractor.pings) == 1 and not breaker.is_open
+
+
+def test_no_harmless_request_follows_a_failure_asking_to_wait_a_batchs_timeout() -> None:
+    failure = ExtractionError("HTTP 429 rate limited", retry_after=30.0)
+    extractor = _Pinged(failure)
+    assert _outcome_of(extractor, timeout=30.0) is failure and extractor.pings == []
+
+
+def test_a_harmless_request_that_outlasts_the_timeout_tells_the_api_is_down() -> None:
+    class _Hanging(_Pinged):
+        async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+            self.pings.append(batch)
+            await asyncio.Event().wait()
+            raise AssertionError("never answered")
+
+    extractor = _Hanging(ConnectionResetError("reset by peer"))
+    outcome = _outcome_of(extractor, timeout=0.2)
+    assert isinstance(outcome, ApiDown) and len(extractor.pings) == 1
+
+
+def test_an_extractor_not_declaring_harmless_requests_is_sent_none() -> None:
+    """Without :class:`HarmlessRequests` a failure is told as it was: no request is sent
+    (a ``ping`` of its own is its own business)."""
+
+    class _Undeclared:
+        name = "undeclared"
+        pings = 0
+
+        async def extract(self, batch: ExtractionBatch) -> Any:
+            raise ConnectionResetError("reset by peer")
+
+        async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+            self.pings += 1
+            return TokenUsage()
+
+    extractor = _Undeclared()
+    outcome = _outcome_of(extractor)
+    assert isinstance(outcome, ConnectionResetError) and extractor.pings == 0

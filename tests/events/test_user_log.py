@@ -232,6 +232,36 @@ def test_failure_returns_the_messages_to_the_buffer_in_log_order() -> None:
     assert log.open_tasks == {}
 
 
+def test_a_failure_met_while_the_api_was_down_returns_its_batch_whole() -> None:
+    """An outage halves no batch: the next run takes all four messages again, where a
+    failure that may be the batch's own halves it."""
+    log, ids = _log_with(4)
+    _start(log, "t1")
+    log.record_failure("t1", "HTTP 529 overloaded; a harmless request failed too", whole=True)
+    assert log.caps == {} and log.parked == {}
+    assert list(log.pending) == ids and log.open_tasks == {}
+    assert list(_start(log, "t2")) == ids
+    log.record_failure("t2", "HTTP 500")
+    assert log.caps == dict.fromkeys(ids, 2)
+
+
+def test_a_failure_stored_before_the_whole_field_existed_still_splits_its_batch() -> None:
+    """A ProcessingFailed an older memvee stored has no ``whole``: decoded as the event
+    store decodes it (its state as the instance's fields), it folds as it always did."""
+    log, ids = _log_with(4)
+    _start(log, "t1")
+    history = log.collect_events()
+    log.record_failure("t1", "HTTP 500")
+    (failed,) = log.collect_events()
+    older_state = {name: value for name, value in vars(failed).items() if name != "whole"}
+    older: UserLog.ProcessingFailed = object.__new__(UserLog.ProcessingFailed)
+    object.__setattr__(older, "__dict__", older_state)
+    replayed: UserLog | None = None
+    for event in [*history, older]:
+        replayed = event.mutate(replayed)
+    assert replayed is not None and replayed.caps == log.caps == dict.fromkeys(ids, 2)
+
+
 def test_close_interrupted_closes_every_open_task() -> None:
     log, ids = _log_with(2)
     _start(log, "t1", "auto")

@@ -126,9 +126,11 @@ async def test_the_tokens_of_a_task_that_failed_after_spending_some_are_counted(
     db_url: str, claude_env: None, messages_api_server: MessagesAPIServer
 ) -> None:
     """An answer cut at the batch's budget spent tokens; the re-ask with all of
-    max_tokens met a 529: the failure that may pass records what was spent."""
+    max_tokens met a 529, and so did the harmless request after it: the failure that may
+    pass records what was spent."""
     cut = truncated_tool_body({"facts": []}, input_tokens=1000, output_tokens=4000)
     messages_api_server.enqueue(200, cut)
+    messages_api_server.enqueue_error(529, "overloaded_error", "Overloaded")
     messages_api_server.enqueue_error(529, "overloaded_error", "Overloaded")
     config = MemoryConfig(db_url=db_url, extraction_timeout=10)
     async with Memory(config=config, extractor=ClaudeExtractor(max_retries=0)) as memory:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from memvee import Memory, MemoryConfig, ProcessingError
+from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
 from tests.support.coverage import checked_coverage
 from tests.support.messages_api_server import (
@@ -741,3 +742,146 @@ async def test_an_earlier_batchs_deadline_does_not_stop_a_later_calls_retries(
             await memory.add_message("ann", "user", "I live in Oslo.")
             assert await memory.process("ann") == 1, "the SDK retried the 429"
     assert len(seen) == 3
+
+
+OUTAGES: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
+    "500": _error(500, "api_error"),
+    OVERLOADED: _error(529, "overloaded_error"),
+    "connection reset": lambda r: ScriptedResponse(reset=True),
+}
+"""An API down for every request, the harmless ones too."""
+
+
+class _Outage:
+    """Answers ``fault`` to every request while ``down``, and as Claude would after."""
+
+    def __init__(self, fault: Callable[[RecordedRequest], ScriptedResponse]) -> None:
+        self.fault = fault
+        self.down = True
+
+    def __call__(self, request: RecordedRequest) -> ScriptedResponse:
+        return self.fault(request) if self.down else default_answer(request)
+
+
+async def _outage_of_three_runs(
+    server: MessagesAPIServer, outage: _Outage, memory: Memory, messages: int
+) -> list[RecordedRequest]:
+    """Buffer ``messages`` of ann's, fail three runs in the outage, then end it; returns
+    the requests the runs made meanwhile."""
+    for i in range(messages):
+        await memory.add_message("ann", "user", f"I like thing {i}.")
+    for _ in range(3):
+        with pytest.raises(ProcessingError):
+            await memory.process("ann")
+    outage.down = False
+    return list(server.requests)
+
+
+@pytest.mark.parametrize("fault", list(OUTAGES))
+async def test_an_outage_of_three_runs_leaves_the_batch_whole_for_the_run_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    """A failed run sends one harmless request, which fails too (by the third run the
+    breaker has seen five failures in a row and tells the outage without one): the API is
+    down, so ann's eight buffered messages go out in one request once it answers, not
+    split by the outage into four (1, 1, 2, 4)."""
+    outage = _Outage(OUTAGES[fault])
+    with MessagesAPIServer(responder=outage) as server:
+        db = tmp_path / "outage.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            during = await _outage_of_three_runs(server, outage, memory, 8)
+            assert [_is_probe(r) for r in during] == [False, True, False, True, False]
+            assert await memory.process("ann") == 8
+            assert [len(r.messages) for r in server.requests[len(during) :]] == [8]
+            assert await memory.quarantined("ann") == []
+
+
+async def test_an_account_out_of_credit_for_three_runs_leaves_the_batch_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run's batch is refused and so is the request without its messages: the
+    account is refused, not the batch, which goes out whole once credit is back (no
+    further harmless request is sent: the extractor's own told it)."""
+    outage = _Outage(lambda r: ScriptedResponse(400, error_body("invalid_request_error", CREDIT)))
+    with MessagesAPIServer(responder=outage) as server:
+        db = tmp_path / "credit.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            during = await _outage_of_three_runs(server, outage, memory, 8)
+            assert [_is_probe(r) for r in during] == [False, True] * 3
+            assert await memory.process("ann") == 8
+            assert [len(r.messages) for r in server.requests[len(during) :]] == [8]
+
+
+async def test_an_extractor_without_harmless_requests_splits_a_batch_an_outage_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A custom extractor that does not declare HarmlessRequests is sent none: the
+    outage splits the batch as it always did."""
+    outage = _Outage(OUTAGES[OVERLOADED])
+    with MessagesAPIServer(responder=outage) as server:
+        db = tmp_path / "undeclared.db"
+        undeclared = _Paced()
+        undeclared.inner = ClaudeExtractor(max_retries=0)
+        async with _memory_over(
+            server, monkeypatch, db, undeclared, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            during = await _outage_of_three_runs(server, outage, memory, 8)
+            assert not any(map(_is_probe, during)) and len(during) == 3
+            assert await memory.process("ann") == 8
+            assert [len(r.messages) for r in server.requests[len(during) :]] == [1, 1, 2, 4]
+
+
+async def test_a_message_answered_529_every_time_is_still_split_away_from_its_neighbours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API is up (it answers the harmless requests) but meets one of ann's eight
+    messages overloaded each time: the failures are the batch's, split as before, so the
+    seven beside it are extracted within a few runs; the marked one waits, never blamed
+    (the reverted attempt kept the batch whole: all eight waited for good)."""
+    marked_overloaded = fault_when(MARK, _error(529, "overloaded_error"))
+    with MessagesAPIServer(responder=marked_overloaded) as server:
+        db = tmp_path / "poison.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            for i in range(8):
+                said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
+                await memory.add_message("ann", "user", said)
+            for _ in range(MAX_RUNS):
+                with contextlib.suppress(ProcessingError):
+                    await memory.process("ann")
+                if len(await memory.buffer("ann")) == 1:
+                    break
+            left = [m.content for m in await memory.buffer("ann")]
+            assert left == [f"{MARK} I collect stamps"]
+            assert await memory.quarantined("ann") == []
+            assert len(checked_coverage(memory, "ann").covered) == 7
+
+
+async def test_a_harmless_requests_tokens_are_counted_with_the_failed_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch fails with a 500 (no tokens) and the harmless request after it is
+    answered (one output token): the failure is the batch's, and what the request spent
+    shows in ``memvee stats`` as a failed call's tokens do."""
+    answers = iter([ScriptedResponse(500, error_body("api_error", "boom"))])
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request):
+            return ScriptedResponse(body=text_body("Hi", output_tokens=1))
+        return next(answers, None) or default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        db = tmp_path / "tokens.db"
+        async with _memory_over(server, monkeypatch, db) as memory:
+            await memory.add_message("ann", "user", "I like tea.")
+            with pytest.raises(ProcessingError, match="HTTP 500"):
+                await memory.process("ann")
+        assert [_is_probe(r) for r in server.requests] == [False, True]
+    with Audit(db_path=str(db)) as audit:
+        stats = audit.stats()
+    assert stats["output_tokens"] == 1 and stats["input_tokens"] > 0
