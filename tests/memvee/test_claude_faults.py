@@ -816,6 +816,33 @@ async def test_an_account_out_of_credit_for_three_runs_leaves_the_batch_whole(
             assert [len(r.messages) for r in server.requests[len(during) :]] == [8]
 
 
+async def test_a_batch_held_unsent_by_a_long_pause_goes_out_whole_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The breaker paused for 600 s fails bob's run at once, his batch never sent: that
+    tells nothing of the batch, so his eight messages go out in one request once a
+    Memory may call again, not two halves."""
+    limited = ScriptedResponse(
+        429, error_body("rate_limit_error", "Rate limited"), {"retry-after": "600"}
+    )
+    with MessagesAPIServer(responder=lambda r: limited) as server:
+        db = tmp_path / "paused-whole.db"
+        async with _memory_over(
+            server, monkeypatch, db, breaker_failures=1, extraction_timeout=30
+        ) as memory:
+            await memory.add_message("ann", "user", "I like tea.")
+            with pytest.raises(ProcessingError, match="retry after 600 s"):
+                await memory.process("ann")
+            for i in range(8):
+                await memory.add_message("bob", "user", f"I like thing {i}.")
+            with pytest.raises(ProcessingError, match="breaker is open"):
+                await memory.process("bob")
+        server.set_responder(default_answer)
+        async with _memory_over(server, monkeypatch, db) as memory:
+            assert await memory.process("bob") == 8
+        assert [len(r.messages) for r in server.requests[1:]] == [8]
+
+
 async def test_an_extractor_without_harmless_requests_splits_a_batch_an_outage_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
