@@ -4,7 +4,9 @@ Extraction is slow (an LLM call), so it never runs on a user actor's thread nor 
 caller's asyncio loop: it runs here, at most ``concurrency`` at a time, each bounded by
 ``timeout`` seconds. Outcomes go back to whoever submitted them through a callback.
 A forgotten user's batches that wait here (for a free slot, or for the breaker) are
-dropped, never sent: the user's text goes to no API after ``forget`` returned.
+dropped, never sent: the user's text goes to no API after ``forget`` returned. A batch
+that fails in a way that may pass is followed by one harmless request, which tells an
+outage (the batch goes back whole) from a failure of the batch's own (it is split).
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ async def harmless_request(
 def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
     """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
     so the failure records both: one that is no ExtractionError becomes one."""
+    if spent == TokenUsage():
+        return failure
     if isinstance(failure, ExtractionError):
         failure.usage = spent if failure.usage is None else failure.usage.plus(spent)
         return failure
@@ -144,7 +148,8 @@ class ExtractionWorkers:
     good) shows that the API is up, a failure that may pass counts towards pausing. While
     the breaker is open, batches wait here (their tasks stay RUNNING) instead of calling;
     while it pauses for longer than ``timeout``, they fail at once instead
-    (:class:`ExtractionPausedError`).
+    (:class:`ExtractionPausedError`). A failure that may pass is judged by one harmless
+    request (see :meth:`_judged`), in the batch's slot.
     """
 
     def __init__(
@@ -290,7 +295,7 @@ class ExtractionWorkers:
                 timed_out = ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
                 )
-                raise await self._judged(batch, timed_out, held.probe) from None
+                raise await self._judged(batch, timed_out, probe=held.probe) from None
             except Exception as error:
                 if isinstance(error, RejectedBatchError) and error.reason is not None:
                     ids = [m.message_id for m in batch.messages]
@@ -301,14 +306,16 @@ class ExtractionWorkers:
                     self.breaker.succeeded()
                 else:
                     self.breaker.failed(asked_to_wait(error))
-                    judged = await self._judged(batch, error, held.probe)
+                    judged = await self._judged(batch, error, probe=held.probe)
                     if judged is not error:
                         raise judged from error
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
 
-    async def _judged(self, batch: ExtractionBatch, failure: Exception, probe: bool) -> Exception:
+    async def _judged(
+        self, batch: ExtractionBatch, failure: Exception, *, probe: bool
+    ) -> Exception:
         """What ``batch``'s failure that may pass (counted by the breaker already) tells:
         :class:`ApiDown` when the API is down for every call, else ``failure`` itself, as
         the batch's own (split as before).
