@@ -151,7 +151,8 @@ and the ``request_id`` by name)."""
 class BulkReport:
     """What a bulk run did: requests submitted and recorded, entries, what failed, the
     messages ``left_out`` of the version (by id, with why: each failed alone in a way that
-    repeats, or is too large for any Message Batch alone), and the kept Message Batches the
+    repeats, or is too large for any Message Batch alone; those an earlier run left out are
+    told again, not sent), and the kept Message Batches the
     API no longer knows (``lost``: their requests are planned again), and the users
     another run held (``claimed``)."""
 
@@ -336,7 +337,10 @@ class BulkReextraction:
         that always fails keeps none of the others out of the version). A user another
         run holds is passed over (``report.claimed``; one not named, only logged). A user
         not named, whose requests were in a kept batch this run dropped, gets those
-        messages planned again only (:attr:`dropped`): no run naming them may come."""
+        messages planned again only (:attr:`dropped`): no run naming them may come. A
+        message the user's log left out of the version is not planned (it would fail
+        again, billed, and hold the user's version back for good): it is reported left out
+        again, with the error that left it out, as a run without Message Batches reports it."""
         planned: list[_Planned] = []
         others = [user_id for user_id in self.dropped if user_id not in user_ids]
         for user_id in [*user_ids, *others]:
@@ -360,12 +364,15 @@ class BulkReextraction:
             uncovered = user_log.not_covered_by(self.version, events)
             if user_id in others:
                 pending = pending | (set(uncovered) - self.dropped[user_id])
+            left_out = user_log.left_out_of(self.version, events) & set(uncovered)
+            report.left_out.update(_why_left_out(events, self.version, left_out))
             todo = [
                 BatchMessage.of(e)
                 for e in events
                 if isinstance(e, UserLog.MessageAdded)
                 and e.message_id in uncovered
                 and e.message_id not in pending
+                and e.message_id not in left_out
             ]
             failed = user_log.failed_reextraction(self.version, events)
             failing = self.failing.get(user_id, {})
@@ -1679,6 +1686,21 @@ def _lone(stopped: MemveeError) -> bool:
     """Whether a live re-extraction ``stopped`` on a call failing in a way that may pass
     with nothing else to send (a lone message), which tells nothing of the API at large."""
     return isinstance(stopped, ExtractionError) and not stopped.repeats
+
+
+def _why_left_out(events: Iterable[Any], version: str, left_out: Collection[str]) -> dict[str, str]:
+    """Why each of the ``left_out`` messages was left out of ``version``: the error of the
+    last failed call of it alone, read off the user's ``events``."""
+    why: dict[str, str] = {}
+    for e in events:
+        if (
+            isinstance(e, UserLog.ReextractionFailed)
+            and e.knowledge_version == version
+            and len(e.message_ids) == 1
+            and e.message_ids[0] in left_out
+        ):
+            why[e.message_ids[0]] = f"left out by an earlier run, not sent again: {e.error}"
+    return why
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

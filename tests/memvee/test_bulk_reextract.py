@@ -2308,3 +2308,45 @@ def test_the_command_line_tells_how_many_messages_wait_past_the_direct_limit(
     result = CliRunner().invoke(app, args)
     assert "direct: ann: 3 messages" in result.output, result.output
     assert "direct: 7 more messages wait for the next run" in result.output, result.output
+
+
+def _bulk_args(db: str, *users: str) -> list[str]:
+    """``memvee reextract --batch-api --promote`` of ``users`` (every user if none) into v2."""
+    args = ["reextract", *(users or ["--all"]), "--extractor", "claude", "--batch-api"]
+    return [*args, "--poll", "0.01", "--as", "v2", "--promote", "--db-url", db]
+
+
+async def test_a_message_left_out_is_not_planned_again_and_is_told_left_out_each_run(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """Once bob's message that makes every call fail is left out of the version, the runs
+    after send nothing for it: it used to be planned again as a Message Batch of its own,
+    which failed whole run after run, a request billed and a failure reported each time.
+    Each run still lists it left out, as ``reextract`` without ``--batch-api`` does."""
+    server.set_responder(_poison("bob"))
+    with Audit(db_url=db) as audit:
+        poisoned = await _until_left_out(audit, "bob")
+        batches = len(server.batches)
+        for _ in range(3):
+            report = await _run(audit, users=["bob"])
+            assert (report.submitted, report.failed) == (0, {})
+            assert list(report.left_out) == [poisoned] and "boom" in report.left_out[poisoned]
+    assert len(server.batches) == batches
+
+
+async def test_promoting_after_a_bulk_run_that_left_a_message_out_promotes_every_user(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """A version is complete for a user once each of their processed messages is in it or
+    left out of it: bob's left-out message keeps neither him nor ann from being promoted
+    (the run after it was left out failed its lone Message Batch, and no user was ever
+    promoted again). The left-out message is listed, exit 1, as without ``--batch-api``."""
+    server.set_responder(_poison("bob"))
+    with Audit(db_url=db) as audit:
+        await _until_left_out(audit, "bob")
+    result = await asyncio.to_thread(CliRunner().invoke, app, _bulk_args(db))
+    assert result.exit_code == 1, result.output
+    assert result.output.count("left out:") == 1, result.output
+    with Audit(db_url=db) as audit:
+        for user in USERS:
+            assert "v2" not in audit.knowledge_versions(user), f"{user}'s v2 was promoted"
