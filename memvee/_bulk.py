@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -110,6 +111,13 @@ MAX_SHORT_READS = 3
 """Times a kept Message Batch's results may be read short (a download cut, an empty file,
 a line missing or broken) before its row is dropped: a gateway that cuts every download
 would otherwise hold the batch, and the messages it holds, until the API forgets it."""
+
+FAILED_WHOLE_TTL = timedelta(hours=24)
+"""How long a Message Batch's failing whole with server errors counts towards sending its
+messages through the Messages API at full price (:data:`_FAILING`): a Message Batch ends
+within 24 hours, so two failures further apart than that are not two of the same run of
+failures, and one that old tells nothing of the API today (the API keeps results for 29
+days, which is no reason to trust a day-old outage)."""
 
 _REFUSED = frozenset({400, 413, 422})
 """HTTP statuses that refuse a request for what it is, however often it is sent."""
@@ -267,7 +275,8 @@ class BulkReextraction:
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the Messages API is down: no more direct calls
         self.direct_answered = False  # the Messages API answered a call of this run's
-        self.failing: dict[str, dict[str, int]] = {}  # failing counts of messages to plan again
+        # failing counts of messages to plan again, with the log version they were planned at
+        self.failing: dict[str, dict[str, tuple[int, int | None]]] = {}
         self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
@@ -375,7 +384,7 @@ class BulkReextraction:
                 and e.message_id not in left_out
             ]
             failed = user_log.failed_reextraction(self.version, events)
-            failing = self.failing.get(user_id, {})
+            failing = _since_promoted(self.failing.get(user_id, {}), events, self.version)
             for batch in bounded(todo, self.limits, failed):
                 shown, _ = self.shown(user_id, batch)
                 known = [k.entry_id for k in shown]
@@ -389,14 +398,24 @@ class BulkReextraction:
         with server errors, in the transaction that claims the user: their messages are
         planned again by this run, each request carrying how many batches of its messages
         failed so (:attr:`failing`). Those of users this run does not claim (another run
-        holds them, or none names them) stay kept with their count."""
+        holds them, or none names them) stay kept with their count.
+
+        A count outlives neither :data:`FAILED_WHOLE_TTL` (by the database's clock, from
+        the failure, or from the batch's creation, which came before it, for a request
+        kept by an earlier memvee) nor a promotion of the version (:func:`_since_promoted`):
+        a stale count would send the messages at full price after one failure of today.
+        Either way the request is planned again as never failed whole: at worst one more
+        Message Batch, at half the price, fails before the fallback."""
         rows = connection.execute(  # locked in one order, as forget locks them
-            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
             .where(BULK_BATCHES.c.local_id.in_(sorted(self.failed_whole.pop(user_id, ()))))
             .order_by(BULK_BATCHES.c.local_id)
             .with_for_update()
         ).all()
-        for local_id, requests in rows:
+        if not rows:
+            return
+        now = _database_time(connection)
+        for local_id, requests, created_at in rows:
             where = BULK_BATCHES.c.local_id == local_id
             taken = {
                 k: r
@@ -407,8 +426,14 @@ class BulkReextraction:
                 continue
             counts = self.failing.setdefault(user_id, {})
             for request in taken.values():
+                failed_at = aware(request.get(_FAILED_AT) or created_at)
+                if now - failed_at > FAILED_WHOLE_TTL:
+                    continue
+                count = (int(request[_FAILING]), request.get("at"))
                 for message_id in request["messages"]:
-                    counts[message_id] = max(counts.get(message_id, 0), int(request[_FAILING]))
+                    counts[message_id] = max(
+                        counts.get(message_id, (0, None)), count, key=itemgetter(0)
+                    )
             left = {k: r for k, r in requests.items() if k not in taken}
             if left:
                 connection.execute(BULK_BATCHES.update().where(where).values(requests=left))
@@ -914,8 +939,14 @@ class BulkReextraction:
             ).scalar()
             if not requests:
                 return
+            failed_at = _database_time(connection).isoformat()
             counted = {
-                k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
+                k: {
+                    **r,
+                    _FAILING: int(r.get(_FAILING, 0)) + 1,
+                    _FAILED_WHOLE: True,
+                    _FAILED_AT: failed_at,
+                }
                 for k, r in requests.items()
             }
             connection.execute(
@@ -1494,6 +1525,10 @@ _FAILED_WHOLE = "failed_whole"
 run plans its messages again instead of collecting it (an older memvee collects it again,
 blames nothing and plans them again too)."""
 
+_FAILED_AT = "failed_at"
+"""The key of a kept request that says when (by the database's clock, ISO 8601) its Message
+Batch failed whole with server errors, which the count ages by (:data:`FAILED_WHOLE_TTL`)."""
+
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
 request (:meth:`BulkReextraction._probe_batches`)."""
@@ -1701,6 +1736,24 @@ def _why_left_out(events: Iterable[Any], version: str, left_out: Collection[str]
         ):
             why[e.message_ids[0]] = f"left out by an earlier run, not sent again: {e.error}"
     return why
+
+
+def _since_promoted(
+    failing: Mapping[str, tuple[int, int | None]], events: Iterable[Any], version: str
+) -> dict[str, int]:
+    """The failing counts (:attr:`BulkReextraction.failing`) of requests planned since
+    ``version`` was last promoted in the user's ``events``: a count from before belongs to
+    the version promoted, as the log's own evidence of failed calls does
+    (:meth:`UserLog.failed_reextraction`), not to the new one of the same name."""
+    promoted = max(
+        (
+            e.originator_version
+            for e in events
+            if isinstance(e, UserLog.KnowledgeVersionPromoted) and e.knowledge_version == version
+        ),
+        default=0,
+    )
+    return {m: count for m, (count, at) in failing.items() if at is None or at >= promoted}
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

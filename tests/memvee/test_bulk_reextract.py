@@ -15,7 +15,7 @@ import threading
 import types
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -2377,3 +2377,54 @@ async def test_promoting_a_bulk_run_promotes_the_users_it_completed_and_names_th
     assert "not promoted: bob" not in told
     with Audit(db_url=db) as audit:
         assert (_promoted(audit, "ann"), _promoted(audit, "bob")) == ([], ["v2"])
+
+
+def _failed_whole_kept(audit: Audit, *, failed: datetime) -> None:
+    """Make the kept Message Batches that failed whole look as though they failed at
+    ``failed`` (and were made then)."""
+    with audit.store.transaction() as connection:
+        for local_id, requests in connection.execute(
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+        ).all():
+            aged = {k: {**r, "failed_at": failed.isoformat()} for k, r in requests.items()}
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(BULK_BATCHES.c.local_id == local_id)
+                .values(requests=aged, created_at=failed)
+            )
+
+
+async def test_a_whole_failure_older_than_a_message_batchs_lifetime_sends_nothing_at_full_price(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's Message Batch failed whole with server errors more than 24 hours ago: a
+    failure that old tells nothing of today's API, so her next batch failing so is counted
+    as the first, not the second, and nothing goes at full price."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25))
+        report = await _run(audit, users=["ann"])
+        assert report.direct == {} and server.requests == []
+        after = await _run(audit, users=["ann"])
+        assert after.direct == {"ann": 10}, "a whole failure of today still counts"
+
+
+async def test_a_whole_failure_before_the_version_was_promoted_sends_nothing_at_full_price(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's request of something new failed whole with server errors, then v2 was
+    promoted and she is re-extracted into v2 afresh: the failure counted against the
+    version promoted, not the new one, so the new one's first batch failing so sends
+    nothing at full price."""
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+    await _say(db, "ann", "ann says something new")
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        audit.promote("ann", "v2")
+    await _say(db, "ann", "ann says something else")
+    with Audit(db_url=db) as audit:
+        report = await _run(audit, users=["ann"])
+        assert report.direct == {} and server.requests == []
