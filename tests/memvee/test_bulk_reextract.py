@@ -2379,14 +2379,19 @@ async def test_promoting_a_bulk_run_promotes_the_users_it_completed_and_names_th
         assert (_promoted(audit, "ann"), _promoted(audit, "bob")) == ([], ["v2"])
 
 
-def _failed_whole_kept(audit: Audit, *, failed: datetime) -> None:
-    """Make the kept Message Batches that failed whole look as though they failed at
-    ``failed`` (and were made then)."""
+def _failed_whole_kept(audit: Audit, *, failed: datetime, stamped: bool) -> None:
+    """Make the kept Message Batches that failed whole look made at ``failed`` and, if
+    ``stamped``, failed then (an earlier memvee kept no time of the failure)."""
     with audit.store.transaction() as connection:
         for local_id, requests in connection.execute(
             select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
         ).all():
-            aged = {k: {**r, "failed_at": failed.isoformat()} for k, r in requests.items()}
+            aged = {
+                k: {key: value for key, value in r.items() if key != "failed_at"}
+                for k, r in requests.items()
+            }
+            if stamped:
+                aged = {k: {**r, "failed_at": failed.isoformat()} for k, r in aged.items()}
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == local_id)
@@ -2394,20 +2399,22 @@ def _failed_whole_kept(audit: Audit, *, failed: datetime) -> None:
             )
 
 
+@pytest.mark.parametrize("stamped", [True, False], ids=["its failure's time", "an older memvee's"])
 async def test_a_whole_failure_older_than_a_message_batchs_lifetime_sends_nothing_at_full_price(
-    db: str, server: MessagesAPIServer
+    both_backends: str, server: MessagesAPIServer, stamped: bool
 ) -> None:
     """ann's Message Batch failed whole with server errors more than 24 hours ago: a
     failure that old tells nothing of today's API, so her next batch failing so is counted
-    as the first, not the second, and nothing goes at full price."""
+    as the first, not the second, and nothing goes at full price (a batch kept by an older
+    memvee, with no time of its failure, is aged from its making)."""
     server.set_responder(_batch_requests_fail)
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=both_backends) as audit:
         await _run(audit, users=["ann"])
-        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25))
+        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=stamped)
         report = await _run(audit, users=["ann"])
         assert report.direct == {} and server.requests == []
         after = await _run(audit, users=["ann"])
-        assert after.direct == {"ann": 10}, "a whole failure of today still counts"
+        assert after.direct == {"ann": 4}, "a whole failure of today still counts"
 
 
 async def test_a_whole_failure_before_the_version_was_promoted_sends_nothing_at_full_price(
