@@ -78,6 +78,7 @@ from memvee.audit import (
 )
 
 if TYPE_CHECKING:
+    from memvee._bulk import BulkReport
     from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector, rebuild_user
 from projections import rebuild as rebuild_projections
@@ -1042,7 +1043,7 @@ def _reextract_in_bulk(
             )
         )
     if promote:
-        lacking = _promote_complete(audit, targets, version, report.claimed)
+        lacking = _promote_complete(audit, targets, version, report)
         held = [target for target in targets if target in report.claimed]
         if lacking or held:
             reasons: list[str] = []
@@ -1065,17 +1066,19 @@ def _reextract_in_bulk(
 
 
 def _promote_complete(
-    audit: Audit, targets: list[str], version: str, claimed: list[str]
+    audit: Audit, targets: list[str], version: str, report: BulkReport
 ) -> list[str]:
-    """Promote ``version`` for each of ``targets`` it is complete for (every processed
-    message in it or left out of it), as ``reextract`` without ``--batch-api`` promotes user
-    by user; a `not promoted:` line names each other user (``claimed`` ones are told
-    already), and they are returned."""
+    """Promote ``version`` for each of ``targets`` it is complete for (every message the
+    run planned from in it or left out of it: promotion puts those processed since back
+    in the buffer), as ``reextract`` without ``--batch-api`` promotes user by user; a `not
+    promoted:` line names each other user (those another run holds are told already), and
+    they are returned."""
     lacking: list[str] = []
     for target in targets:
-        if target in claimed:
+        if target in report.claimed:
             continue
-        missing = len(audit.messages_lacking(target, version))
+        upto = report.planned.get(target)
+        missing = len(audit.messages_lacking(target, version, upto=upto))
         if missing:
             lacking.append(target)
             which = "message is" if missing == 1 else "messages are"
