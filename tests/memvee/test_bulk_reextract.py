@@ -2248,7 +2248,7 @@ async def test_forgetting_a_user_while_a_run_takes_over_their_claim_waits_for_th
         forgetting.join()
         assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
         assert claimed == set()
-        assert run.failing == {"bob": {"bob-m-0-row": 1, "bob-m-z-row": 1}}
+        assert run.failing == {"bob": {"bob-m-0-row": (1, 1), "bob-m-z-row": (1, 1)}}
         assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"]}
 
 
