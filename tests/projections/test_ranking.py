@@ -280,3 +280,33 @@ def test_a_users_messages_score_as_fts5s_bm25_scores_them_while_the_index_is_the
     assert {m.content: score for m, score in found} == pytest.approx(
         {said[row - 1]: score for row, score in by_row.items()}
     )
+
+
+def test_an_entries_search_does_not_walk_the_entries_that_do_not_match(store: EventStore) -> None:
+    """The hits' knowledge rows are looked up by their ids: through the user's (log,
+    version) index, the planner walked every entry of the user to find a few."""
+    projector = Projector(ProjectionTables())
+    filler = [f"User noted groceries and laundry, list {i}." for i in range(400)]
+    _learn(store, projector, "few", [*RARE[:10], *filler[:10]])
+    _learn(store, projector, "many", [*RARE[:10], *filler])
+    ranker = LexicalRanker(projector.tables)
+    steps: dict[str, int] = {}
+    for user_id in ("few", "many"):
+        counted = 0
+
+        def count() -> int:
+            nonlocal counted
+            counted += 1
+            return 0
+
+        with store.engine.connect() as connection:
+            driver = connection.connection.dbapi_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.set_progress_handler(count, 1)
+            try:
+                found = ranker.entries(connection, user_id, ["theremin"], 10)
+            finally:
+                driver.set_progress_handler(None, 1)
+        assert sorted(e.text for e, _ in found) == sorted(RARE[:10])
+        steps[user_id] = counted
+    assert steps["many"] < 2 * steps["few"], steps
