@@ -160,8 +160,9 @@ class BulkReport:
     """What a bulk run did: requests submitted and recorded, entries, what failed, the
     messages ``left_out`` of the version (by id, with why: each failed alone in a way that
     repeats, or is too large for any Message Batch alone; those an earlier run left out are
-    told again, not sent), and the kept Message Batches the API no longer knows (``lost``:
-    their requests are planned again), and the users another run held (``claimed``)."""
+    told again, not sent), and the kept Message Batches the
+    API no longer knows (``lost``: their requests are planned again), and the users
+    another run held (``claimed``)."""
 
     submitted: int = 0
     recorded: int = 0
@@ -197,9 +198,6 @@ class BulkReport:
     many: their Message Batch failed whole with server errors, as one of the same requests
     had before (of one of their messages). What that path could not extract is in
     ``failed`` (``direct:USER``) and ``left_out``."""
-    planned: dict[str, int] = field(default_factory=dict)
-    """The log version each user's messages were planned at: what this run brought the
-    version up to (messages processed since are the next run's)."""
     direct_held: int = 0
     """Messages due to go through the Messages API that this run kept for the next one:
     past its bound of messages sent so (``direct_limit``)."""
@@ -375,7 +373,6 @@ class BulkReextraction:
             uncovered = user_log.not_covered_by(self.version, events)
             if user_id in others:
                 pending = pending | (set(uncovered) - self.dropped[user_id])
-            report.planned[user_id] = user_log.version
             left_out = user_log.left_out_of(self.version, events) & set(uncovered)
             report.left_out.update(_why_left_out(events, self.version, left_out))
             todo = [

@@ -1407,12 +1407,11 @@ class Audit:
             second = [e.text for e in self._reader.knowledge(connection, user_id, b)]
         return Comparison.of(first, second)
 
-    def messages_lacking(self, user_id: str, version: str, *, upto: int | None = None) -> list[str]:
+    def messages_lacking(self, user_id: str, version: str) -> list[str]:
         """The user's processed messages that knowledge ``version`` neither covers nor left
-        out (each failed alone, see :meth:`reextract`), in log order, of those added up to
-        log version ``upto`` if given (what a run planned): none once a re-extraction into
-        it is complete for the user, ready to :meth:`promote` (which puts those it left out
-        back in the buffer, as those processed since)."""
+        out (each failed alone, see :meth:`reextract`), in log order: none once a
+        re-extraction into it is complete for the user, ready to :meth:`promote` (which
+        puts those it left out back in the buffer, as those processed since)."""
         check_user_id(user_id)
         check_key(version, "version")
         user_log = self.store.load(user_id)
@@ -1420,11 +1419,7 @@ class Audit:
             raise NotFoundError(f"no user {user_id!r} in this database")
         history = list(self.store.events_in_pages(user_id, upto=user_log.version))
         left_out = user_log.left_out_of(version, history)
-        return [
-            message_id
-            for message_id, (added_at, _) in user_log.not_covered_by(version, history).items()
-            if message_id not in left_out and (upto is None or added_at <= upto)
-        ]
+        return [m for m in user_log.not_covered_by(version, history) if m not in left_out]
 
     def unpromoted_versions(self, user_id: str) -> list[str]:
         """The user's re-extracted knowledge versions that :meth:`promote` can make live,

@@ -78,7 +78,6 @@ from memvee.audit import (
 )
 
 if TYPE_CHECKING:
-    from memvee._bulk import BulkReport
     from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector, rebuild_user
 from projections import rebuild as rebuild_projections
@@ -1043,7 +1042,7 @@ def _reextract_in_bulk(
             )
         )
     if promote:
-        lacking = _promote_complete(audit, targets, version, report)
+        lacking = _promote_complete(audit, targets, version, report.claimed)
         held = [target for target in targets if target in report.claimed]
         if lacking or held:
             reasons: list[str] = []
@@ -1066,19 +1065,17 @@ def _reextract_in_bulk(
 
 
 def _promote_complete(
-    audit: Audit, targets: list[str], version: str, report: BulkReport
+    audit: Audit, targets: list[str], version: str, claimed: list[str]
 ) -> list[str]:
-    """Promote ``version`` for each of ``targets`` it is complete for (every message the
-    run planned from in it or left out of it: promotion puts those processed since back
-    in the buffer), as ``reextract`` without ``--batch-api`` promotes user by user; a `not
-    promoted:` line names each other user (those another run holds are told already), and
-    they are returned."""
+    """Promote ``version`` for each of ``targets`` it is complete for (every processed
+    message in it or left out of it), as ``reextract`` without ``--batch-api`` promotes user
+    by user; a `not promoted:` line names each other user (``claimed`` ones are told
+    already), and they are returned."""
     lacking: list[str] = []
     for target in targets:
-        if target in report.claimed:
+        if target in claimed:
             continue
-        upto = report.planned.get(target)
-        missing = len(audit.messages_lacking(target, version, upto=upto))
+        missing = len(audit.messages_lacking(target, version))
         if missing:
             lacking.append(target)
             which = "message is" if missing == 1 else "messages are"

@@ -2379,27 +2379,6 @@ async def test_promoting_a_bulk_run_promotes_the_users_it_completed_and_names_th
         assert (_promoted(audit, "ann"), _promoted(audit, "bob")) == ([], ["v2"])
 
 
-def test_promoting_a_bulk_run_promotes_a_user_who_said_more_while_it_ran(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """bob says something new, processed, once the run planned his messages: the version
-    is complete for what the run planned from, so he is promoted and the new message goes
-    back to the buffer, as promotion after a long run always did (a user of a live
-    application would otherwise never be promoted)."""
-    plan = BulkReextraction._plan
-
-    def plan_then_bob_says_more(self: BulkReextraction, *args: Any) -> Any:
-        planned = plan(self, *args)
-        asyncio.run(_say(db, "bob", "bob says something new"))
-        return planned
-
-    monkeypatch.setattr(BulkReextraction, "_plan", plan_then_bob_says_more)
-    result = CliRunner().invoke(app, _bulk_args(db))
-    assert result.exit_code == 0, result.output
-    with Audit(db_url=db) as audit:
-        assert (_promoted(audit, "ann"), _promoted(audit, "bob")) == (["v2"], ["v2"])
-
-
 def _failed_whole_kept(audit: Audit, *, failed: datetime, stamped: bool) -> None:
     """Make the kept Message Batches that failed whole look made at ``failed`` and, if
     ``stamped``, failed then (an earlier memvee kept no time of the failure)."""
