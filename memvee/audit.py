@@ -1407,20 +1407,6 @@ class Audit:
             second = [e.text for e in self._reader.knowledge(connection, user_id, b)]
         return Comparison.of(first, second)
 
-    def messages_lacking(self, user_id: str, version: str) -> list[str]:
-        """The user's processed messages that knowledge ``version`` neither covers nor left
-        out (each failed alone, see :meth:`reextract`), in log order: none once a
-        re-extraction into it is complete for the user, ready to :meth:`promote` (which
-        puts those it left out back in the buffer, as those processed since)."""
-        check_user_id(user_id)
-        check_key(version, "version")
-        user_log = self.store.load(user_id)
-        if user_log is None:
-            raise NotFoundError(f"no user {user_id!r} in this database")
-        history = list(self.store.events_in_pages(user_id, upto=user_log.version))
-        left_out = user_log.left_out_of(version, history)
-        return [m for m in user_log.not_covered_by(version, history) if m not in left_out]
-
     def unpromoted_versions(self, user_id: str) -> list[str]:
         """The user's re-extracted knowledge versions that :meth:`promote` can make live,
         as the log knows them (a version whose batches found no entry among them; a

@@ -857,9 +857,8 @@ def reextract(
     retry them; those of a user forgotten while the batch ran are listed as dropped, and
     leave the exit code alone). A user whose re-extraction stops (the API down) is one
     error line, after what it left out before, and the others go on; the exit code is
-    then 2 (run it again to go on), as when ``--batch-api --promote`` left users
-    unpromoted: their version lacks messages (a `not promoted:` line each), or another
-    bulk run holds them.
+    then 2 (run it again to go on), as when ``--promote`` left users unpromoted that
+    another bulk run holds.
     """
     if (user is None) == (not all_users):
         raise InvalidInputError(
@@ -1041,49 +1040,19 @@ def _reextract_in_bulk(
                 "submitted for it",
             )
         )
-    if promote:
-        lacking = _promote_complete(audit, targets, version, report.claimed)
-        held = [target for target in targets if target in report.claimed]
-        if lacking or held:
-            reasons: list[str] = []
-            if lacking:
-                reasons.append(
-                    f"it lacks messages of {len(lacking)} (not promoted: above); run this again"
-                )
-            if held:
-                reasons.append(
-                    f"another run holds {len(held)} (claimed: above); once it ends, run this "
-                    f"again, or `memvee promote USER {version}`"
-                )
+    if promote and not report.failed:
+        for target in targets:
+            if target not in report.claimed and version in audit.unpromoted_versions(target):
+                _print_returned(target, version, audit.promote(target, version))
+        if report.claimed:
             _print_error(
-                f"{version!r} not promoted for {len(lacking) + len(held)} of {len(targets)} "
-                f"users: {'; '.join(reasons)}"
+                f"{version!r} not promoted for {len(report.claimed)} of {len(targets)} users: "
+                "another run holds them (claimed: above); once it ends, run this again, or "
+                f"`memvee promote USER {version}`"
             )
             raise typer.Exit(code=2)
     if report.failed or report.left_out:
         raise typer.Exit(code=1)
-
-
-def _promote_complete(
-    audit: Audit, targets: list[str], version: str, claimed: list[str]
-) -> list[str]:
-    """Promote ``version`` for each of ``targets`` it is complete for (every processed
-    message in it or left out of it), as ``reextract`` without ``--batch-api`` promotes user
-    by user; a `not promoted:` line names each other user (``claimed`` ones are told
-    already), and they are returned."""
-    lacking: list[str] = []
-    for target in targets:
-        if target in claimed:
-            continue
-        missing = len(audit.messages_lacking(target, version))
-        if missing:
-            lacking.append(target)
-            which = "message is" if missing == 1 else "messages are"
-            line = f" {target}: {missing} processed {which} not in {version!r} yet"
-            console.print(Text.assemble(("not promoted:", "yellow"), line))
-        elif version in audit.unpromoted_versions(target):
-            _print_returned(target, version, audit.promote(target, version))
-    return lacking
 
 
 @app.command("promote")

@@ -2352,33 +2352,6 @@ async def test_promoting_after_a_bulk_run_that_left_a_message_out_promotes_every
             assert "v2" not in audit.knowledge_versions(user), f"{user}'s v2 was promoted"
 
 
-def _promoted(audit: Audit, user: str) -> list[str]:
-    """The knowledge versions promoted in ``user``'s log, in order."""
-    return [
-        e.knowledge_version
-        for e in audit.store.events_of(user)
-        if isinstance(e, UserLog.KnowledgeVersionPromoted)
-    ]
-
-
-async def test_promoting_a_bulk_run_promotes_the_users_it_completed_and_names_the_others(
-    db: str, server: MessagesAPIServer
-) -> None:
-    """ann's request fails (her fourth thing makes the API fail), bob's goes in:
-    ``--promote`` promotes bob, as ``reextract`` without ``--batch-api`` promotes user by
-    user, and a `not promoted:` line names ann with how many messages v2 lacks; exit 2
-    (run it again to go on). It used to promote nobody once any request failed."""
-    server.set_responder(_poison("ann"))
-    result = await asyncio.to_thread(CliRunner().invoke, app, _bulk_args(db))
-    assert result.exit_code == 2, result.output
-    told = " ".join(result.output.split())
-    assert "not promoted: ann: 10 processed messages are not in 'v2' yet" in told, told
-    assert "'v2' not promoted for 1 of 2 users: it lacks messages of 1" in told, told
-    assert "not promoted: bob" not in told
-    with Audit(db_url=db) as audit:
-        assert (_promoted(audit, "ann"), _promoted(audit, "bob")) == ([], ["v2"])
-
-
 def _failed_whole_kept(audit: Audit, *, failed: datetime, stamped: bool) -> None:
     """Make the kept Message Batches that failed whole look made at ``failed`` and, if
     ``stamped``, failed then (an earlier memvee kept no time of the failure)."""
