@@ -1,13 +1,12 @@
 """BM25 of one user's rows of a SQLite FTS5 index, counted over that user's rows alone.
 
-FTS5's own ``bm25()`` counts the rows and their average length over the whole table,
-every user's (a word's rows were the user's already: each indexed word carries its
-owner's prefix), so a user's ranking moved as other users' rows filled the table, and
-told of how much they had said. This is the same formula (FTS5's k1, b and floor of a
-word's weight) with the user's rows and tokens, kept by the index
-(:meth:`~projections.search.SearchIndex.counted`), and each word's rows and occurrences
-read from the index's ``fts5vocab`` instance table, which looks up the user's own words
-and so reads only the user's rows.
+FTS5's own ``bm25()`` counts the rows, their average length and (here, since every
+indexed word carries its owner's prefix) nothing else over the whole table: a user's
+ranking moved as other users' rows filled it, so one user's results told of how much the
+others had said. This is the same formula (FTS5's k1, b and floor of a word's weight),
+with the user's rows and tokens from :meth:`~projections.search.SearchIndex.counted`,
+and each word's rows and occurrences read from the index's ``fts5vocab`` instance table:
+the words are the user's own, so only the user's rows are read.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 
 from projections.search import row_tokens
 
-__all__ = ["K1", "B", "BodyWords", "UserBm25", "best"]
+__all__ = ["K1", "B", "BodyWords", "UserBm25"]
 
 K1 = 1.2
 """FTS5's k1: how soon more occurrences of a word in a row stop counting."""
