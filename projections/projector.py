@@ -42,7 +42,7 @@ _REBUILDING = "rebuilding"
 _GENERATION = "generation"
 _SCHEMA = "schema"
 
-SCHEMA_VERSION = 17
+SCHEMA_VERSION = 16
 """The layout of the projection tables; bump it when a table, a fold or the search
 fingerprint (how words are cut and indexed) changes: an older memvee refuses only a
 higher number, and would otherwise lay a newer database out again in its own layout.

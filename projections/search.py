@@ -382,13 +382,8 @@ class SearchIndex:
                     f"body, content='', tokenize='{_TOKENIZER}')"
                 )
             )
-            connection.execute(
-                text(
-                    f"CREATE TABLE IF NOT EXISTS {self.counts} (owner TEXT PRIMARY KEY, "
-                    "entries INTEGER NOT NULL, entry_tokens INTEGER NOT NULL, "
-                    "messages INTEGER NOT NULL, message_tokens INTEGER NOT NULL) WITHOUT ROWID"
-                )
-            )
+            if not inspect(connection).has_table(self.counts):
+                self._create_counts(connection)
         elif connection.dialect.name == "postgresql":
             catalog = inspect(connection)
             for table in (self.tables.knowledge, self.tables.messages):
@@ -492,6 +487,30 @@ class SearchIndex:
                 f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
                 [("now" if now else "", stored_id(str(key))) for now, key in marks],
             )
+
+    def _create_counts(self, connection: Connection) -> None:
+        """Create the per-user counts of the index rows, from the rows already indexed
+        (an index of an earlier layout had none)."""
+        connection.execute(
+            text(
+                f"CREATE TABLE {self.counts} (owner TEXT PRIMARY KEY, "
+                "entries INTEGER NOT NULL, entry_tokens INTEGER NOT NULL, "
+                "messages INTEGER NOT NULL, message_tokens INTEGER NOT NULL) WITHOUT ROWID"
+            )
+        )
+        cursor = connection.connection.driver_connection
+        assert cursor is not None
+        k, m = self.knowledge_fts.name, self.messages_fts.name
+        entries = cursor.execute(
+            f"SELECT substr(c.c0, 1, {_OWNER_CHARS}), d.sz FROM {k}_content AS c "
+            f"JOIN {k}_docsize AS d ON d.id = c.id"
+        )
+        self._count(cursor, [(owner, 1, row_tokens(size), 0, 0) for owner, size in entries])
+        messages = cursor.execute(
+            f"SELECT s.log_id, d.sz FROM {m}_docsize AS d "
+            f"JOIN {self.tables.messages.name} AS s ON s.id = d.id"
+        )
+        self._count(cursor, [(_owner_of(log), 0, 0, 1, row_tokens(size)) for log, size in messages])
 
     def _count(self, cursor: Any, rows: list[tuple[str, int, int, int, int]]) -> None:
         """Add indexed rows to their owners' counts: (owner, entries, their tokens,

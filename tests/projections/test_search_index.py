@@ -761,11 +761,11 @@ def _counted(store: EventStore, index: SearchIndex, *users: str) -> dict[str, tu
     return {owner: counts for owner, counts in counted.items() if any(counts)}
 
 
-def test_each_users_counted_rows_and_tokens_are_their_rows_and_tokens_in_the_index(
+def test_each_users_counted_rows_and_tokens_are_their_index_rows_even_in_an_older_index(
     indexed_store: Any,
 ) -> None:
-    """Per-user BM25 reads a user's rows and tokens from their counts, kept as words go
-    in and out of the index."""
+    """Per-user BM25 reads a user's rows and tokens from their counts: kept as words go in
+    and out of the index, and made from the index where an older one had none."""
     store, projector = indexed_store
     index = projector.search
     ann, bob = UserLog.register("ann"), UserLog.register("bob")
@@ -776,9 +776,13 @@ def test_each_users_counted_rows_and_tokens_are_their_rows_and_tokens_in_the_ind
     ann.record_knowledge("t1", [ExtractedFact("User cycles to work.", (said,))], "x")
     store.append([list(ann.collect_events())], projector.apply)
     index_messages(store, projector)
-    counted = _counted(store, index, "ann", "bob")
-    assert counted == _counts_from_the_index(store, index)
-    assert counted[owner_token(str(user_log_id("ann")))][::2] == (1, 2)
+    kept = _counted(store, index, "ann", "bob")
+    assert kept == _counts_from_the_index(store, index)
+    assert kept[owner_token(str(user_log_id("ann")))][::2] == (1, 2)
+    with store.transaction() as connection:
+        connection.exec_driver_sql(f"DROP TABLE {index.counts}")
+        projector.create(connection)
+    assert _counted(store, index, "ann", "bob") == kept
     _write(store, projector, (bob, "Bob also sings"))
     index_messages(store, projector)
     with store.transaction() as connection:
