@@ -1,5 +1,4 @@
-"""Lexical ranking: BM25 of the user's rows alone on SQLite (see :mod:`projections.bm25`),
-``ts_rank`` on PostgreSQL.
+"""Lexical ranking inside the database: BM25 on SQLite FTS5, ``ts_rank`` on PostgreSQL.
 
 Every query names its user inside the ``WHERE`` (and, on SQLite, in every term of the
 ``MATCH`` itself), so another user's rows are never ranked, never returned and never
@@ -34,7 +33,6 @@ from sqlalchemy.dialects.postgresql import TSQUERY
 
 from events import user_log_id
 from events.user_log import LIVE_KNOWLEDGE
-from projections.bm25 import BodyWords, UserBm25, best
 from projections.columns import StoredTime, stored_id
 from projections.models import KnowledgeEntry, Message
 from projections.reader import aware, entry_from_row, message_from_row
@@ -118,11 +116,10 @@ class LexicalRanker:
             f"ON k.entry_id = f.c2 WHERE f.id IN ({{ids}}) AND +k.log_id = ? "
             "AND +k.knowledge_version = ? AND "
         )
-        entries_bm25 = UserBm25(kfts, column="body", owner_column="c0")
         self._sqlite_entries = {
-            False: _SqliteSearch(entries_bm25, hit_entries + "k.valid_until IS NULL"),
+            False: _SqliteSearch(kfts, hit_entries + "k.valid_until IS NULL"),
             True: _SqliteSearch(
-                entries_bm25,
+                kfts,
                 hit_entries + "k.valid_from <= ? AND (k.valid_until IS NULL OR k.valid_until > ?)",
             ),
         }
@@ -131,10 +128,9 @@ class LexicalRanker:
         hit_messages = (
             f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND +m.log_id = ?"
         )
-        messages_bm25 = UserBm25(mfts)
         self._sqlite_messages = {
-            False: _SqliteSearch(messages_bm25, hit_messages),
-            True: _SqliteSearch(messages_bm25, hit_messages + " AND m.sent_at <= ?"),
+            False: _SqliteSearch(mfts, hit_messages, weights=""),
+            True: _SqliteSearch(mfts, hit_messages + " AND m.sent_at <= ?", weights=""),
         }
         self._pg_entries = {
             (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
@@ -187,14 +183,9 @@ class LexicalRanker:
         own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
-            words = _body_words(log_id, own, extra_words, current=not dated)
-            counts = self.search.counted(connection, log_id)
+            matches = _fts_matches(log_id, own, extra_words, current=not dated)
             found = self._sqlite_entries[dated].run(
-                connection,
-                words,
-                (counts.entries, counts.entry_tokens),
-                limit,
-                (stored_id(log_id), version, *extra),
+                connection, matches, limit, (stored_id(log_id), version, *extra)
             )
             ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["valid_from"]))
             return [(model(row), score) for row, score in ranked[:limit]]
@@ -230,14 +221,9 @@ class LexicalRanker:
         own, extra_words = own_and_added_words(terms, added)
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),)
-            words = _body_words(log_id, own, extra_words)
-            counts = self.search.counted(connection, log_id)
+            matches = _fts_matches(log_id, own, extra_words)
             found = self._sqlite_messages[dated].run(
-                connection,
-                words,
-                (counts.messages, counts.message_tokens),
-                limit,
-                (stored_id(log_id), *extra),
+                connection, matches, limit, (stored_id(log_id), *extra)
             )
             ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["seq"]))
             return [(model(row), score) for row, score in ranked[:limit]]
@@ -299,19 +285,17 @@ def _tiered(hits: list[tuple[T, float, bool]]) -> list[tuple[T, float]]:
     return [(hit, rank + lift if own else ADDED_WEIGHT * rank) for hit, rank, own in hits]
 
 
-def _body_words(
+def _fts_matches(
     log_id: str, own: list[str], added: list[str], *, current: bool = False
-) -> BodyWords:
-    """The index words of a search of log ``log_id``: of the query's ``own`` words and
-    those its topics ``added``; with ``current``, of the entries marked current only
-    (:func:`~projections.search.current_token`): the ended ones, every past value of a
-    fact, are never scored."""
+) -> tuple[str, ...]:
+    """The FTS5 queries of a search: of the query's ``own`` index words and, if its
+    topics ``added`` any, of every word; with ``current``, of the entries marked current
+    only (:func:`~projections.search.current_token`): the ended ones, every past value
+    of a fact, are never scored. The owner column weighs 0, so the ranks are the same."""
     owner = owner_token(log_id)
-    return BodyWords(
-        [owner + word for word in own],
-        [owner + word for word in added],
-        current_token(owner) if current else None,
-    )
+    only = f' AND owner : "{current_token(owner)}"' if current else ""
+    queries = (own, *(([*own, *added],) if added else ()))
+    return tuple(f"({_fts_words(owner, words)}){only}" for words in queries)
 
 
 def pg_queries(own: list[str], added: list[str]) -> dict[str, str]:
@@ -335,38 +319,47 @@ def _pg_hits(rows: Any) -> list[tuple[Any, float, bool]]:
 class _SqliteSearch:
     """One ranked search on SQLite, in plain statements on the DBAPI cursor.
 
-    First the user's BM25 (:class:`~projections.bm25.UserBm25`; only the best hits are
-    kept, hits scored alike by row number, newest first: a row's number follows the
+    First BM25 inside FTS5 (computed once per match; only the best hits leave the
+    index, hits scored alike by row number, newest first: a row's number follows the
     order messages and entries were written, so a limit that cuts a tie keeps its newest,
     as on PostgreSQL), then the projection rows of those hits, filtered. A search with
-    words its topics added ranks the rows with the query's own words first (see
-    :func:`_tiered`). Rows the filter drops (ended entries, other knowledge versions)
-    are made up for by fetching more hits, until the index has no more to give. A search
-    is a few hundred microseconds of SQLite, so it skips SQLAlchemy's statement and row
-    machinery on purpose; the model builders read SQLite's raw row forms.
+    words its topics added ranks the rows with the query's own words first, and the
+    others only when those leave room (see :meth:`_hits`, :func:`_tiered`): ranking
+    every row and matching the own words again cost up to twice as much where many
+    rows match. Rows the filter drops
+    (ended entries, other knowledge versions) are made up for by fetching more hits,
+    until the index has no more to give. A search is a few hundred microseconds of
+    SQLite, so it skips SQLAlchemy's statement and row machinery on purpose; the model
+    builders read SQLite's raw row forms.
     """
 
-    def __init__(self, ranker: UserBm25, rows_sql: str) -> None:
-        self.ranker = ranker
+    def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
+        hits = f"SELECT rowid, bm25({fts}{weights}) AS rank FROM {fts} WHERE {fts} MATCH ?"
+        order = "ORDER BY rank, rowid DESC LIMIT ?"
+        self.hits_sql = f"{hits} {order}"
+        # The unary + keeps the rowids from FTS5, which looked each one up in every
+        # word's list again (a hundred times slower); walked once, the index ranks only
+        # the rows kept.
+        self.own_hits_sql = (
+            f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) {order}"
+        )
         self.rows_sql = rows_sql
 
     def run(
         self,
         connection: Connection,
-        words: BodyWords,
-        counted: tuple[int, int],
+        matches: tuple[str, ...],
         limit: int,
         filters: tuple[Any, ...],
     ) -> list[tuple[dict[str, Any], float, bool]]:
-        """The rows of the best hits of ``words`` that pass the filters, with their rank
-        (higher is better) and whether they match the query's own words; ``counted`` are
-        the user's rows in the index and their tokens."""
+        """The rows of the best hits of ``matches`` (the query's own words, then, if its
+        topics added any, every word) that pass the filters, with their rank (higher is
+        better) and whether they match the query's own words."""
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            scored = self.ranker.scored(connection, cursor, words, *counted)
             fetch = limit + _SPARE_HITS
             while True:
-                hits = best(scored, fetch)
+                hits = self._hits(cursor, matches, fetch)
                 if not hits:
                     return []
                 marks = ", ".join("?" * len(hits))
@@ -374,10 +367,31 @@ class _SqliteSearch:
                 names = [column[0] for column in cursor.description]
                 rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
                 if len(rows) >= limit or len(hits) < fetch:
-                    return [(row, *hits[row["hit"]]) for row in rows]
+                    return [(row, -hits[row["hit"]][0], hits[row["hit"]][1]) for row in rows]
                 fetch *= 4
         finally:
             cursor.close()
+
+    def _hits(
+        self, cursor: Any, matches: tuple[str, ...], fetch: int
+    ) -> dict[int, tuple[float, bool]]:
+        """The best ``fetch`` hits of ``matches``: rowid to (BM25 of every word, whether
+        the row has one of the query's own words), those that have first.
+
+        The rows with own words are ranked first, and alone (BM25 is most of a search's
+        work); the rows with only added words are ranked only when those leave room.
+        """
+        if len(matches) == 1:
+            found = cursor.execute(self.hits_sql, (matches[0], fetch)).fetchall()
+            return {hit: (rank, True) for hit, rank in found}
+        own, every = matches
+        mine = cursor.execute(self.own_hits_sql, (every, own, fetch)).fetchall()
+        hits = {hit: (rank, True) for hit, rank in mine}
+        if len(hits) < fetch:
+            for hit, rank in cursor.execute(self.hits_sql, (every, fetch)).fetchall():
+                if len(hits) < fetch:
+                    hits.setdefault(hit, (rank, False))
+        return hits
 
 
 def _pg_select(

@@ -55,7 +55,6 @@ __all__ = [
     "MAX_QUERY_TOKENS",
     "MESSAGES_INDEXED",
     "PG_VECTOR",
-    "IndexCounts",
     "MessageBodies",
     "SearchIndex",
     "current_token",
@@ -70,7 +69,6 @@ __all__ = [
     "pg_vector",
     "pg_words",
     "query_words",
-    "row_tokens",
     "search_fingerprint",
     "spoken",
     "text_stems",
@@ -123,11 +121,6 @@ _INDEX_PAGE = 2000
 """Messages read and indexed per statement by :meth:`SearchIndex.index_messages`."""
 _EXTRACTED = (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted)
 """The events whose entries go in the index."""
-
-
-_OWNER_CHARS = 32
-"""The characters of an owner token (a log id's 32 hex digits) that start every indexed
-word and owner column."""
 
 
 @lru_cache(maxsize=4096)
@@ -307,17 +300,6 @@ class MessageBodies:
     bodies: list[tuple[int, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class IndexCounts:
-    """One user's rows in each SQLite index and their tokens (an entry's owner token
-    counts, as FTS5 counts every column): what their BM25 needs beside the words'."""
-
-    entries: int
-    entry_tokens: int
-    messages: int
-    message_tokens: int
-
-
 class SearchIndex:
     """The index tables (SQLite) or indexes (PostgreSQL) of one set of projection tables.
 
@@ -339,7 +321,6 @@ class SearchIndex:
         metadata = MetaData()
         self.knowledge_fts = _fts_table(f"{tables.prefix}knowledge_fts", metadata)
         self.messages_fts = Table(f"{tables.prefix}messages_fts", metadata, Column("body", Text))
-        self.counts = f"{tables.prefix}search_counts"
         position, messages = tables.position.name, tables.messages.name
         self._indexed_sql = f"SELECT position FROM {position} WHERE name = ?"
         self._waiting_sql = (
@@ -348,17 +329,6 @@ class SearchIndex:
         self._ids_sql = f"SELECT id FROM {messages} WHERE id > ? AND id <= ? ORDER BY id"
         self._index_sql = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
         self._move_indexed_sql = f"UPDATE {position} SET position = ? WHERE name = ?"
-        self._count_sql = (
-            f"INSERT INTO {self.counts} VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner) DO UPDATE SET "
-            "entries = entries + excluded.entries, "
-            "entry_tokens = entry_tokens + excluded.entry_tokens, "
-            "messages = messages + excluded.messages, "
-            "message_tokens = message_tokens + excluded.message_tokens"
-        )
-        self._counted_sql = (
-            f"SELECT entries, entry_tokens, messages, message_tokens FROM {self.counts} "
-            "WHERE owner = ?"
-        )
         self._unindexed_sql = (
             f"SELECT (SELECT coalesce(max(id), 0) FROM {tables.messages.name}) > "
             f"(SELECT position FROM {tables.position.name} WHERE name = ?)"
@@ -382,8 +352,6 @@ class SearchIndex:
                     f"body, content='', tokenize='{_TOKENIZER}')"
                 )
             )
-            if not inspect(connection).has_table(self.counts):
-                self._create_counts(connection)
         elif connection.dialect.name == "postgresql":
             catalog = inspect(connection)
             for table in (self.tables.knowledge, self.tables.messages):
@@ -443,7 +411,7 @@ class SearchIndex:
         """Drop the index tables (PostgreSQL's indexes go with their tables)."""
         if _is_sqlite(connection):
             legacy = [f"{self.tables.prefix}{name}" for name in self._LEGACY]
-            for name in (self.knowledge_fts.name, self.messages_fts.name, self.counts, *legacy):
+            for name in (self.knowledge_fts.name, self.messages_fts.name, *legacy):
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
 
     def write(
@@ -476,10 +444,6 @@ class SearchIndex:
             f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)",
             [(owner, body, stored_id(item)) for owner, body, item in entries],
         )
-        self._count(
-            cursor,
-            [(owner[:_OWNER_CHARS], 1, _tokens(body) + 1, 0, 0) for owner, body, _ in entries],
-        )
         if marks:
             # The owner column holds its owner's token whether marked or not.
             cursor.executemany(
@@ -487,47 +451,6 @@ class SearchIndex:
                 f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
                 [("now" if now else "", stored_id(str(key))) for now, key in marks],
             )
-
-    def _create_counts(self, connection: Connection) -> None:
-        """Create the per-user counts of the index rows, from the rows already indexed
-        (an index of an earlier layout had none)."""
-        connection.execute(
-            text(
-                f"CREATE TABLE {self.counts} (owner TEXT PRIMARY KEY, "
-                "entries INTEGER NOT NULL, entry_tokens INTEGER NOT NULL, "
-                "messages INTEGER NOT NULL, message_tokens INTEGER NOT NULL) WITHOUT ROWID"
-            )
-        )
-        cursor = connection.connection.driver_connection
-        assert cursor is not None
-        k, m = self.knowledge_fts.name, self.messages_fts.name
-        entries = cursor.execute(
-            f"SELECT substr(c.c0, 1, {_OWNER_CHARS}), d.sz FROM {k}_content AS c "
-            f"JOIN {k}_docsize AS d ON d.id = c.id"
-        )
-        self._count(cursor, [(owner, 1, row_tokens(size), 0, 0) for owner, size in entries])
-        messages = cursor.execute(
-            f"SELECT s.log_id, d.sz FROM {m}_docsize AS d "
-            f"JOIN {self.tables.messages.name} AS s ON s.id = d.id"
-        )
-        self._count(cursor, [(_owner_of(log), 0, 0, 1, row_tokens(size)) for log, size in messages])
-
-    def _count(self, cursor: Any, rows: list[tuple[str, int, int, int, int]]) -> None:
-        """Add indexed rows to their owners' counts: (owner, entries, their tokens,
-        messages, their tokens) each."""
-        totals: dict[str, list[int]] = {}
-        for owner, *added in rows:
-            found = totals.setdefault(owner, [0, 0, 0, 0])
-            for at, value in enumerate(added):
-                found[at] += value
-        cursor.executemany(self._count_sql, [(owner, *found) for owner, found in totals.items()])
-
-    def counted(self, connection: Connection, log_id: str) -> IndexCounts:
-        """How many rows of the user of ``log_id`` each index holds, and their tokens."""
-        cursor = connection.connection.driver_connection
-        assert cursor is not None
-        found = cursor.execute(self._counted_sql, (owner_token(log_id),)).fetchone()
-        return IndexCounts(*found) if found else IndexCounts(0, 0, 0, 0)
 
     def unindexed(self, connection: Connection) -> bool:
         """Whether some message waits to be indexed (SQLite; a quick look, no lock)."""
@@ -584,9 +507,6 @@ class SearchIndex:
         cursor = connection.connection.driver_connection
         assert cursor is not None
         cursor.executemany(self._index_sql, bodies.bodies)
-        self._count(
-            cursor, [(body[:_OWNER_CHARS], 0, 0, 1, _tokens(body)) for _, body in bodies.bodies]
-        )
         cursor.execute(self._move_indexed_sql, (bodies.ids[-1], MESSAGES_INDEXED))
 
     def still_waiting(self, connection: Connection, bodies: MessageBodies) -> bool:
@@ -627,9 +547,6 @@ class SearchIndex:
             {"q": f'owner : ("{owner}" OR "{current_token(owner)}")'},
         ).rowcount
         erased += self._forget_messages(connection, log_id)
-        connection.execute(
-            text(f"DELETE FROM {self.counts} WHERE owner = :owner"), {"owner": owner}
-        )
         for name in (k, self.messages_fts.name):
             # Rewrites the index b-trees, so the deleted words leave the file too.
             connection.execute(text(f"INSERT INTO {name}({name}) VALUES('optimize')"))
@@ -687,10 +604,9 @@ class SearchIndex:
 
     def listings(self, connection: Connection) -> list[Listing]:
         """The index's rows in a stable order, for comparing a rebuild with the live index
-        (see :mod:`projections.comparison`): knowledge rows by entry, each message's
+        (see :mod:`projections.comparison`): knowledge rows by entry, and each message's
         words with their positions, a row per message (row ids are not kept equal by a
-        rebuild), and each user's counts. Words whose message row is gone come first, as
-        one row without an id.
+        rebuild). Words whose message row is gone come first, as one row without an id.
         On PostgreSQL, each row's ``search_vector`` by the row's id.
         """
         if not _is_sqlite(connection):
@@ -707,7 +623,6 @@ class SearchIndex:
             f"SELECT s.message_id, v.term, v.offset FROM {words} AS v "
             f"LEFT JOIN {self.tables.messages.name} AS s ON s.id = v.doc ORDER BY 1, 3"
         )
-        counts = driver.execute(f"SELECT * FROM {self.counts} ORDER BY owner")
         word = itemgetter(1, 2)
         by_message = (
             (message_id, tuple(map(word, found)))
@@ -718,7 +633,6 @@ class SearchIndex:
             Listing(
                 m.removeprefix(prefix), (((sortable(r[0]),), r) for r in by_message), _id_first
             ),
-            Listing(self.counts.removeprefix(prefix), (((r[0],), r) for r in counts)),
         ]
 
     def _pg_listing(self, connection: Connection, table: Table, key: str) -> Listing:
@@ -795,24 +709,6 @@ def pg_owner_query(log_id: str) -> str:
 def spoken(content: str, name: str | None) -> str:
     """What a message is indexed and embedded as: its words, after its speaker's name."""
     return content if not name else f"{name}: {content}"
-
-
-def _tokens(body: str) -> int:
-    """How many tokens FTS5 makes of an indexed ``body``: one a space-separated word."""
-    return body.count(" ") + 1 if body else 0
-
-
-def row_tokens(size: bytes) -> int:
-    """The tokens of an index row, from its FTS5 ``docsize`` record (a varint a column)."""
-    if max(size, default=0) < 0x80:
-        return sum(size)
-    total = value = 0
-    for byte in size:
-        value = value << 7 | byte & 0x7F
-        if byte < 0x80:
-            total += value
-            value = 0
-    return total
 
 
 def _owner_of(log_id: bytes | str) -> str:

@@ -9,7 +9,6 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Callable
-from dataclasses import astuple
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
@@ -21,7 +20,7 @@ import Stemmer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from events import EventStore, ExtractedFact, UserLog, sqlite_url, user_log_id
+from events import EventStore, UserLog, sqlite_url, user_log_id
 from memvee._retrieval import Retriever
 from memvee.extractors import OfflineExtractor
 from projections import (
@@ -45,7 +44,6 @@ from projections.search import (
     owner_token,
     pg_query,
     pg_vector,
-    row_tokens,
     word_pieces,
 )
 
@@ -724,68 +722,3 @@ async def test_an_index_of_an_earlier_word_cutting_is_rebuilt_when_the_memory_op
     reopened = await make_memory(extractor=OfflineExtractor())
     result = await reopened.retrieve("ann", "İstanbul", include_messages=True, top_k=1)
     assert [m.message.content for m in result.messages] == ["The ferry across İstanbul was late"]
-
-
-def _counts_from_the_index(store: EventStore, index: SearchIndex) -> dict[str, tuple[int, ...]]:
-    """Each owner's (entries, their tokens, messages, their tokens), counted in the
-    index's own size records."""
-    k, m = index.knowledge_fts.name, index.messages_fts.name
-    found: dict[str, list[int]] = {}
-    with store.engine.connect() as connection:
-        entries = connection.exec_driver_sql(
-            f"SELECT substr(c.c0, 1, 32), d.sz FROM {k}_content c JOIN {k}_docsize d USING (id)"
-        ).all()
-        messages = connection.exec_driver_sql(
-            f"SELECT lower(hex(s.log_id)), d.sz FROM {m}_docsize d "
-            f"JOIN {index.tables.messages.name} s USING (id)"
-        ).all()
-    for owner, size in entries:
-        counts = found.setdefault(owner, [0, 0, 0, 0])
-        counts[0] += 1
-        counts[1] += row_tokens(size)
-    for owner, size in messages:
-        counts = found.setdefault(owner, [0, 0, 0, 0])
-        counts[2] += 1
-        counts[3] += row_tokens(size)
-    return {owner: tuple(counts) for owner, counts in found.items()}
-
-
-def _counted(store: EventStore, index: SearchIndex, *users: str) -> dict[str, tuple[int, ...]]:
-    with store.engine.connect() as connection:
-        counted = {
-            owner_token(str(user_log_id(user))): astuple(
-                index.counted(connection, str(user_log_id(user)))
-            )
-            for user in users
-        }
-    return {owner: counts for owner, counts in counted.items() if any(counts)}
-
-
-def test_each_users_counted_rows_and_tokens_are_their_index_rows_even_in_an_older_index(
-    indexed_store: Any,
-) -> None:
-    """Per-user BM25 reads a user's rows and tokens from their counts: kept as words go in
-    and out of the index, and made from the index where an older one had none."""
-    store, projector = indexed_store
-    index = projector.search
-    ann, bob = UserLog.register("ann"), UserLog.register("bob")
-    _write(store, projector, (ann, "I live in Lisbon"), (bob, "Bob plays the cello"))
-    said = ann.add_message("user", "and I cycle to work every day, rain or shine", None, 1000)
-    assert ann.request_processing("t1", "manual")
-    ann.start_next()
-    ann.record_knowledge("t1", [ExtractedFact("User cycles to work.", (said,))], "x")
-    store.append([list(ann.collect_events())], projector.apply)
-    index_messages(store, projector)
-    kept = _counted(store, index, "ann", "bob")
-    assert kept == _counts_from_the_index(store, index)
-    assert kept[owner_token(str(user_log_id("ann")))][::2] == (1, 2)
-    with store.transaction() as connection:
-        connection.exec_driver_sql(f"DROP TABLE {index.counts}")
-        projector.create(connection)
-    assert _counted(store, index, "ann", "bob") == kept
-    _write(store, projector, (bob, "Bob also sings"))
-    index_messages(store, projector)
-    with store.transaction() as connection:
-        projector.forget(connection, str(user_log_id("ann")))
-    assert _counted(store, index, "ann", "bob") == _counts_from_the_index(store, index)
-    assert set(_counted(store, index, "ann", "bob")) == {owner_token(str(user_log_id("bob")))}
