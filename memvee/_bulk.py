@@ -395,10 +395,11 @@ class BulkReextraction:
 
     def _take_failed_whole(self, connection: Connection, user_id: str) -> None:
         """Take ``user_id``'s requests out of the kept rows whose Message Batch failed whole
-        with server errors, in the transaction that claims the user: their messages are
-        planned again by this run, each request carrying how many batches of its messages
-        failed so (:attr:`failing`). Those of users this run does not claim (another run
-        holds them, or none names them) stay kept with their count.
+        with server errors, once this run claimed the user (in ``connection``'s transaction,
+        locking the rows in the order of their ids, as every ``forget`` locks them): their
+        messages are planned again by this run, each request carrying how many batches of
+        its messages failed so (:attr:`failing`). Those of users this run does not claim
+        (another run holds them, or none names them) stay kept with their count.
 
         A count outlives neither :data:`FAILED_WHOLE_TTL` (by the database's clock, from
         the failure, or from the batch's creation, which came before it, for a request
@@ -406,7 +407,7 @@ class BulkReextraction:
         a stale count would send the messages at full price after one failure of today.
         Either way the request is planned again as never failed whole: at worst one more
         Message Batch, at half the price, fails before the fallback."""
-        rows = connection.execute(  # locked in one order, as forget locks them
+        rows = connection.execute(
             select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
             .where(BULK_BATCHES.c.local_id.in_(sorted(self.failed_whole.pop(user_id, ()))))
             .order_by(BULK_BATCHES.c.local_id)
@@ -1325,12 +1326,15 @@ class BulkReextraction:
         Message Batches; returns the messages they hold (not to plan again), or ``None``
         when another run holds the user (its claim not :func:`_abandoned`).
 
-        It locks the user's claim row first (read locked, or inserted), then the kept rows
-        that failed whole it takes the user's requests from, in the order of their ids
-        (:meth:`_take_failed_whole`): the order a ``forget`` of the user locks them in
-        (:func:`projections.bulk_runs.forget_bulk_requests`), so either waits for the other
-        instead of each holding a row the other waits for. A claim that waited for a forget
-        finds the claim row gone, and claims the user afresh."""
+        The claim locks one row, the user's claim row (read locked, or inserted), and
+        commits; only then are the user's requests taken out of the kept rows that failed
+        whole, in a transaction of their own that locks them by id
+        (:meth:`_take_failed_whole`). Neither holds the claim row while it waits for a kept
+        row, nor a kept row while it waits for the claim row, so the claim waits in no
+        circle with a ``forget`` of the user, whichever it locks first: the claim rows
+        (:func:`projections.bulk_runs.forget_bulk_requests`) or the lowest id (an older
+        memvee's). A claim that waited for a forget finds the claim row gone, and claims
+        the user afresh."""
         claim_id = _claim_id(self.version, user_id)
         try:
             with self.store.transaction() as connection:
@@ -1378,17 +1382,26 @@ class BulkReextraction:
                     self._kept = _kept_by_user(self._rows(connection))
                     self._kept_read = time.monotonic()
                 pending = self._kept.get(user_id, set())
-                self._take_failed_whole(connection, user_id)
         except IntegrityError:  # another run inserted the same claim first
             return None
         except SQLAlchemyError as error:
-            raise StorageError(
-                f"could not claim user {user_id!r} for the bulk re-extraction into "
-                f"{self.version!r} in {self.store.safe_url}: {first_line(error)}"
-            ) from error
+            raise self._claim_failure(user_id, error) from error
         self.claimed_by[claim_id] = user_id
         self.claims.append(claim_id)
+        try:
+            if self.failed_whole.get(user_id):
+                with self.store.transaction() as connection:
+                    self._take_failed_whole(connection, user_id)
+        except SQLAlchemyError as error:
+            raise self._claim_failure(user_id, error) from error
         return pending
+
+    def _claim_failure(self, user_id: str, error: SQLAlchemyError) -> StorageError:
+        """The :class:`StorageError` of a claim of ``user_id`` the database failed."""
+        return StorageError(
+            f"could not claim user {user_id!r} for the bulk re-extraction into "
+            f"{self.version!r} in {self.store.safe_url}: {first_line(error)}"
+        )
 
     def _held_elsewhere(self, row: dict[str, Any]) -> bool:
         """Whether a kept row not yet given its Message Batch's id is another run's under

@@ -44,10 +44,11 @@ def forget_bulk_requests(connection: Connection, user_id: str) -> int:
     later collection finds no request for them, and records nothing.)
 
     The rows are read locked, so that a run counting a failure in one at once writes it
-    back whole, and either waits for the other. They are locked in the one order every
-    transaction of the table takes them in, so that none waits for another in a circle: the
-    user's claim rows first (a run claiming the user locks that row, then its kept rows),
-    then the kept rows, each in the order of their ids."""
+    back whole, and either waits for the other. The user's claim rows are locked first, then
+    the kept rows, each in the order of their ids: a claim of an earlier memvee locks the
+    claim row, then the kept rows, in one transaction, and this order waits in no circle
+    with it. A claim of this one commits its claim row before it locks the kept rows (by
+    id), so it meets no forget in a circle, this one's nor an earlier memvee's (by id)."""
     if not inspect(connection).has_table(BULK_BATCHES.name):
         return 0
     holding = [

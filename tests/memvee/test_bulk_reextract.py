@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import threading
+import time
 import types
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -2072,6 +2073,11 @@ def _waits_on_a_lock(engine: Any) -> bool:
     return bool(waiting)
 
 
+MEETING_DEADLINE = 60.0
+"""Seconds a meeting waits for its second transaction to wait on a lock (or end) before
+the test fails: a guard against a hang, not a timed assertion."""
+
+
 @contextlib.contextmanager
 def _meeting(engine: Any, then: threading.Thread, once: Callable[[str], bool]) -> Iterator[None]:
     """Start ``then`` as soon as this thread ran a statement ``once`` picks (whose locks
@@ -2083,7 +2089,13 @@ def _meeting(engine: Any, then: threading.Thread, once: Callable[[str], bool]) -
         if then.ident is not None or threading.get_ident() != this or not once(args[2]):
             return
         then.start()
+        started = time.monotonic()
+        deadline = MEETING_DEADLINE
         while then.is_alive() and not _waits_on_a_lock(engine):
+            if time.monotonic() - started > deadline:
+                pytest.fail(
+                    f"the second transaction neither waited nor ended in {MEETING_DEADLINE} s"
+                )
             then.join(0.01)
 
     sqlalchemy.event.listen(engine, "after_cursor_execute", start_then)
@@ -2212,6 +2224,75 @@ def _stale_claim_and_failed_rows_of_bob(store: EventStore) -> None:
             )
 
 
+@contextlib.contextmanager
+def _bob_claimed_and_failed(db_url: str) -> Iterator[tuple[EventStore, BulkReextraction]]:
+    """On PostgreSQL (skipped on SQLite, which takes one writer at a time: two transactions
+    never meet), bob's stale claim and his two kept rows that failed whole
+    (:func:`_stale_claim_and_failed_rows_of_bob`), and a run into ``v2`` that read them."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite takes one writer at a time: the two never meet")
+    with Audit(db_url=db_url) as audit:
+        _stale_claim_and_failed_rows_of_bob(audit.store)
+        run = _bare_run(audit)
+        run.failed_whole = {"bob": {"0-row", "z-row"}}
+        yield audit.store, run
+
+
+def _locks_kept_rows(statement: str) -> bool:
+    """Whether ``statement`` read locks kept rows by id (as a claim takes the failed ones)."""
+    return _locks_bulk_rows(statement) and "ORDER BY" in statement
+
+
+def _forget_by_id_alone(connection: Any, user_id: str) -> None:
+    """Remove ``user_id``'s requests as an older memvee's forget did: every row holding
+    one, the claim rows among them, read locked in the order of their ids alone."""
+    holding = [
+        local_id
+        for local_id, requests in connection.execute(
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+        )
+        if any(r.get("user") == user_id for r in requests.values())
+    ]
+    for local_id, requests in connection.execute(
+        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+        .where(BULK_BATCHES.c.local_id.in_(holding))
+        .order_by(BULK_BATCHES.c.local_id)
+        .with_for_update()
+    ).all():
+        kept = {k: r for k, r in requests.items() if r.get("user") != user_id}
+        row = BULK_BATCHES.c.local_id == local_id
+        if kept:
+            connection.execute(BULK_BATCHES.update().where(row).values(requests=kept))
+        else:
+            connection.execute(BULK_BATCHES.delete().where(row))
+
+
+async def test_an_older_memveys_forget_of_a_user_a_run_claims_waits_instead_of_deadlocking(
+    both_backends: str,
+) -> None:
+    """An older memvee forgets bob, locking his rows by id alone (a kept row, then his
+    claim row, then the other kept row), as a run takes over his claim from a stopped run.
+    The claim locked his claim row, then his kept rows, in one transaction: each held a row
+    the other waited for, and PostgreSQL ended one (the run stopped with a StorageError).
+    The claim commits its claim row first now: the forget waits for it, then erases his
+    requests, and the claim takes none (he is forgotten)."""
+    with _bob_claimed_and_failed(both_backends) as (store, run):
+        outcomes: dict[str, object] = {}
+
+        def forget() -> None:
+            with store.transaction() as connection:
+                _forget_by_id_alone(connection, "bob")
+
+        forgetting = threading.Thread(target=_outcome(outcomes, "forget", forget))
+        with _meeting(store.engine, forgetting, _locks_bulk_rows):
+            claimed = run._claim("bob")
+        forgetting.join()
+        assert outcomes["forget"] is None, outcomes["forget"]
+        assert claimed == set()
+        assert run.failing == {}
+        assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"]}
+
+
 def _requests_left(store: EventStore) -> dict[str, list[str]]:
     with store.engine.connect() as connection:
         rows = connection.execute(select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests))
@@ -2223,18 +2304,11 @@ def _requests_left(store: EventStore) -> dict[str, list[str]]:
 async def test_forgetting_a_user_while_a_run_takes_over_their_claim_waits_for_the_claim(
     both_backends: str,
 ) -> None:
-    """A run takes over bob's claim from a stopped run (locking his claim row), and bob is
-    forgotten before it took his kept rows that failed whole. The forget locked his rows
-    by id alone, one of them before his claim row: each then waited for the other and
-    PostgreSQL ended one (a raw error out of the claim, or the forget failed). Both lock
-    the claim rows first now: the forget waits for the claim, then erases what it left."""
-    if not both_backends.startswith("postgresql"):
-        pytest.skip("SQLite takes one writer at a time: the two never meet")
-    with Audit(db_url=both_backends) as audit:
-        store = audit.store
-        _stale_claim_and_failed_rows_of_bob(store)
-        run = _bare_run(audit)
-        run.failed_whole = {"bob": {"0-row", "z-row"}}
+    """A run took over bob's claim from a stopped run and holds his kept rows that failed
+    whole as bob is forgotten: the forget removes the claim row, waits for the kept rows,
+    then erases what the claim left of his (the forget used to lock his rows by id alone,
+    one before his claim row: each waited for the other, and PostgreSQL ended one)."""
+    with _bob_claimed_and_failed(both_backends) as (store, run):
         outcomes: dict[str, object] = {}
         forgetting = threading.Thread(
             target=_outcome(
@@ -2243,7 +2317,7 @@ async def test_forgetting_a_user_while_a_run_takes_over_their_claim_waits_for_th
                 lambda: erase_user(store, Projector(ProjectionTables()), None, "bob"),
             )
         )
-        with _meeting(store.engine, forgetting, _locks_bulk_rows):
+        with _meeting(store.engine, forgetting, _locks_kept_rows):
             claimed = run._claim("bob")
         forgetting.join()
         assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
@@ -2259,13 +2333,7 @@ async def test_a_run_claiming_a_user_while_they_are_forgotten_waits_and_claims_t
     his claim from a stopped run: the run waits for the forget, then finds nobody holds
     bob and nothing of his kept. (It used to wait on the claim row alone, find it gone
     and pass bob over as held by another run.)"""
-    if not both_backends.startswith("postgresql"):
-        pytest.skip("SQLite takes one writer at a time: the two never meet")
-    with Audit(db_url=both_backends) as audit:
-        store = audit.store
-        _stale_claim_and_failed_rows_of_bob(store)
-        run = _bare_run(audit)
-        run.failed_whole = {"bob": {"0-row", "z-row"}}
+    with _bob_claimed_and_failed(both_backends) as (store, run):
         outcomes: dict[str, object] = {}
         claiming = threading.Thread(target=_outcome(outcomes, "claim", lambda: run._claim("bob")))
         with _meeting(store.engine, claiming, _locks_bulk_rows):
