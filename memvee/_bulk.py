@@ -198,6 +198,9 @@ class BulkReport:
     many: their Message Batch failed whole with server errors, as one of the same requests
     had before (of one of their messages). What that path could not extract is in
     ``failed`` (``direct:USER``) and ``left_out``."""
+    forgotten_users: list[str] = field(default_factory=list)
+    """Users named whose log was forgotten after the run began: nothing was planned for
+    them (one named with no log at all stops the run before it begins)."""
     direct_held: int = 0
     """Messages due to go through the Messages API that this run kept for the next one:
     past its bound of messages sent so (``direct_limit``)."""
@@ -294,6 +297,7 @@ class BulkReextraction:
         the users this one holds (``BulkReport.claimed``)."""
         report = BulkReport()
         try:
+            await asyncio.to_thread(self._check_logs, user_ids)
             await asyncio.to_thread(self._create_table)
         except SQLAlchemyError as error:
             raise self._storage_failure(error) from error
@@ -330,6 +334,14 @@ class BulkReextraction:
             await self.extractor.aclose()
         return report
 
+    def _check_logs(self, user_ids: Sequence[str]) -> None:
+        """Refuse (:class:`InvalidInputError`) a run naming a user who has no log, before
+        anything is collected or submitted: one forgotten later, while the run goes on, is
+        passed over instead (``BulkReport.forgotten_users``)."""
+        for user_id in user_ids:
+            if self.store.last_version(user_id) == 0:
+                raise InvalidInputError(f"user {user_id!r} has no log")
+
     def _storage_failure(self, error: SQLAlchemyError) -> StorageError:
         """The :class:`StorageError` a run raises for a failure of the database no step of
         it turned into one: its driver's words, without the statement and parameters."""
@@ -365,10 +377,12 @@ class BulkReextraction:
                     report.claimed.append(user_id)
                 continue
             user_log = self.store.load(user_id)
-            if user_log is None and user_id in others:  # forgotten since: nothing to plan
+            if user_log is None:  # forgotten since the run began: nothing to plan
+                self._release_claim(user_id)
+                if user_id not in others:
+                    log.info("user %r was forgotten after the bulk run began; passed over", user_id)
+                    report.forgotten_users.append(user_id)
                 continue
-            if user_log is None:
-                raise InvalidInputError(f"user {user_id!r} has no log")
             events = self.store.events_of(user_id, upto=user_log.version)
             uncovered = user_log.not_covered_by(self.version, events)
             if user_id in others:
@@ -1488,6 +1502,14 @@ class BulkReextraction:
             }
             if row["requests"]:
                 connection.execute(BULK_BATCHES.insert(), row)
+
+    def _release_claim(self, user_id: str) -> None:
+        """Release this run's claim on ``user_id``'s plan (the user has nothing to plan)."""
+        claim_id = _claim_id(self.version, user_id)
+        with self.store.transaction() as connection:
+            connection.execute(BULK_BATCHES.delete().where(*self._own_claims([claim_id])))
+        if claim_id in self.claims:  # not lost meanwhile
+            self.claims.remove(claim_id)
 
     def _release_claims(self) -> None:
         with self.store.transaction() as connection:

@@ -1002,6 +1002,13 @@ def _reextract_in_bulk(
                 f" {request_id}: its user was forgotten while the batch ran",
             )
         )
+    for user_id in report.forgotten_users:
+        console.print(
+            Text.assemble(
+                ("forgotten meanwhile:", "yellow"),
+                f" {user_id} was forgotten after the run began; nothing submitted for it",
+            )
+        )
     for batch_id in report.lost:
         console.print(
             Text.assemble(
@@ -1042,7 +1049,9 @@ def _reextract_in_bulk(
         )
     if promote and not report.failed:
         for target in targets:
-            if target not in report.claimed and version in audit.unpromoted_versions(target):
+            if target in report.claimed or target in report.forgotten_users:
+                continue
+            if version in audit.unpromoted_versions(target):
                 _print_returned(target, version, audit.promote(target, version))
         if report.claimed:
             _print_error(

@@ -42,7 +42,7 @@ from events import (
     UserLog,
     sqlite_url,
 )
-from memvee import Memory, MemoryConfig
+from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee.audit import Audit
 from memvee.cli import app
@@ -815,6 +815,59 @@ def test_the_command_line_drops_the_requests_of_a_user_forgotten_meanwhile(
     assert result.exit_code == 0, result.output
     assert result.output.count("forgotten meanwhile, dropped:") == 1, result.output
     assert "0 failed" in result.output
+
+
+def _forget_bob_before_his_claim(patch: pytest.MonkeyPatch) -> None:
+    """bob is forgotten after the run began, just before it claims him."""
+    claim = BulkReextraction._claim
+
+    def forget_bob_first(self: BulkReextraction, user_id: str) -> set[str] | None:
+        if user_id == "bob":
+            erase_user(self.store, Projector(ProjectionTables()), None, "bob")
+        return claim(self, user_id)
+
+    patch.setattr(BulkReextraction, "_claim", forget_bob_first)
+
+
+async def test_a_user_forgotten_after_the_run_began_is_passed_over_and_the_others_go_on(
+    both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten as the run comes to plan him (his claim waits for the forget on
+    PostgreSQL, then claims him afresh): he is passed over and reported, his claim
+    released, and ann's messages are re-extracted. The run used to stop for every user
+    with "user 'bob' has no log"."""
+    _forget_bob_before_his_claim(monkeypatch)
+    with Audit(db_url=both_backends) as audit:
+        report = await _run(audit)
+        assert report.forgotten_users == ["bob"]
+        assert list(report.planned) == ["ann"] and report.failed == {}
+        assert report.recorded == report.submitted > 0
+        assert _reextracted(audit, "ann") and audit.store.load("bob") is None
+        assert _requests_left(audit.store) == {}, "bob's claim released"
+
+
+def test_the_command_line_lists_a_user_forgotten_after_the_run_began_and_promotes_the_others(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten as the run comes to plan him: a `forgotten meanwhile:` line names
+    him, ann is promoted, and the run exits 0 (there is nothing of bob's to run again)."""
+    _forget_bob_before_his_claim(monkeypatch)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--promote", "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("forgotten meanwhile:") == 1, result.output
+    assert "forgotten meanwhile: bob" in " ".join(result.output.split())
+    with Audit(db_url=db) as audit:
+        assert "v2" not in audit.unpromoted_versions("ann")
+
+
+async def test_a_run_naming_a_user_who_never_had_a_log_stops_before_anything_is_sent(
+    db: str, server: MessagesAPIServer
+) -> None:
+    with Audit(db_url=db) as audit:
+        with pytest.raises(InvalidInputError, match="'nobody' has no log"):
+            await _run(audit, users=["ann", "nobody"])
+        assert server.batches == []
 
 
 async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
