@@ -299,6 +299,7 @@ class BulkReextraction:
         try:
             await asyncio.to_thread(self._check_logs, user_ids)
             await asyncio.to_thread(self._create_table)
+            await asyncio.to_thread(self._sweep_forgotten_claims)
         except SQLAlchemyError as error:
             raise self._storage_failure(error) from error
         await self.extractor.prepare()
@@ -341,6 +342,35 @@ class BulkReextraction:
         for user_id in user_ids:
             if self.store.last_version(user_id) == 0:
                 raise InvalidInputError(f"user {user_id!r} has no log")
+
+    def _sweep_forgotten_claims(self) -> None:
+        """Remove the claim rows, of any version, that stopped runs left naming a user with
+        no log (forgotten after the run claimed them): no run would name that user again to
+        take them over. One a run holds, or took over meanwhile, is left alone."""
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(
+                    BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at
+                ).where(BULK_BATCHES.c.api_batch_id.is_(None))
+            ).all()
+        forgotten = [
+            (local_id, requests[_CLAIM], renewed)
+            for local_id, requests, renewed in rows
+            if _CLAIM in requests and self.store.last_version(requests[_CLAIM]["user"]) == 0
+        ]
+        if not forgotten:
+            return
+        with self.store.engine.connect() as connection:
+            now = _database_time(connection)
+        for local_id, claim, renewed in forgotten:
+            if not _abandoned(claim, renewed, now):
+                continue
+            with self.store.transaction() as connection:
+                connection.execute(
+                    BULK_BATCHES.delete()
+                    .where(BULK_BATCHES.c.local_id == local_id)
+                    .where(BULK_BATCHES.c.created_at == renewed)
+                )
 
     def _storage_failure(self, error: SQLAlchemyError) -> StorageError:
         """The :class:`StorageError` a run raises for a failure of the database no step of

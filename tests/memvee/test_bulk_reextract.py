@@ -870,6 +870,23 @@ async def test_a_run_naming_a_user_who_never_had_a_log_stops_before_anything_is_
         assert server.batches == []
 
 
+async def test_a_run_removes_the_claims_stopped_runs_left_on_users_forgotten_since(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """A run that claimed a user and stopped after the user was forgotten left its claim
+    naming them: the next run removes it, whatever users it names. A claim of a user with a
+    log (a run naming them takes it over), or one a run may still renew, stays."""
+    stale = datetime.now(UTC) - 2 * bulk_module.CLAIM_TTL
+    with Audit(db_url=both_backends) as audit:
+        _claimed(audit, "gone", ANOTHER_HOST, stale)
+        _claimed(audit, "older-gone", {}, datetime.now(UTC) - 2 * bulk_module.OLD_CLAIM_TTL)
+        _claimed(audit, "renewed-gone", ANOTHER_HOST, datetime.now(UTC))
+        _claimed(audit, "bob", ANOTHER_HOST, stale)
+        await _run(audit, users=["ann"])
+        left = _requests_left(audit.store).values()
+    assert sorted(user for users in left for user in users) == ["bob", "renewed-gone"]
+
+
 async def test_forget_removes_the_users_requests_from_a_run_kept_for_later(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
