@@ -31,7 +31,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import get_topic, register_topic, resolve_topic
 
-from events.user_log import EVENT_CLASSES
+from events.user_log import EVENT_CLASSES, UserLog
 
 __all__ = [
     "CompactMapper",
@@ -133,13 +133,23 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + _MICROSECOND * micros  # integer arithmetic: half the time of timedelta()
 
 
+_STORED_WHEN_TRUE: dict[type, tuple[str, ...]] = {UserLog.ProcessingFailed: ("whole",)}
+"""Flags a newer memvee added to an event that are stored only when true: false, the
+event reads back with the field's default, and an older memvee, which does not know the
+field, reads it without a warning (it warns of each unknown field it meets)."""
+
+
 def compact_state(cls: type, state: Mapping[str, Any]) -> dict[str, Any]:
-    """``state`` with each UTC time of ``cls``'s time fields as bare microseconds."""
+    """``state`` with each UTC time of ``cls``'s time fields as bare microseconds, and
+    without its flags stored only when true (:data:`_STORED_WHEN_TRUE`) that are false."""
     compact = dict(state)
     for name in time_fields(cls):
         value = compact.get(name)
         if type(value) is datetime and value.tzinfo is UTC:
             compact[name] = micros_of(value)
+    for name in _STORED_WHEN_TRUE.get(cls, ()):
+        if compact.get(name) is False:
+            del compact[name]
     return compact
 
 

@@ -450,9 +450,10 @@ class UserLog(Aggregate):
         ``blamed`` says the batch (one message) failed while the API answered others, or
         met a fault, so the failure counts against that message as well. ``whole`` says
         the API was down for every call (a harmless request failed too, or the batch was
-        held unsent): the batch returns unsplit. The tokens are what the failed calls
-        spent, if any did (an answer cut at its budget, then a failed re-ask; a harmless
-        request).
+        held unsent): the batch returns unsplit; it is stored only when true, so an older
+        memvee reads every other failure without a field it does not know. The tokens are
+        what the failed calls spent, if any did (an answer cut at its budget, then a
+        failed re-ask; a harmless request).
         """
 
         task_id: str

@@ -3,6 +3,7 @@ offset as its ISO text; events stored in the older forms still read back."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -112,6 +113,36 @@ def test_an_event_stored_in_an_older_form_still_reads_back(tmp_path: Path, wrapp
         (_, stored) = store.stored_events_of("bob")
         assert vars(store._app.mapper.to_domain_event(stored)) == vars(added)
         assert exported_state(stored.topic, old)["sent_at"] == moment.isoformat()
+    finally:
+        store.close()
+
+
+def test_a_failure_stores_its_whole_flag_only_when_it_is_set(tmp_path: Path) -> None:
+    """A failure that split its batch stores no ``whole``, so an older memvee, which does
+    not know the field, reads it without a warning; one an outage left whole stores it.
+    Both read back as they were recorded, and the log folds as it did live."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("ann")
+        for i in range(4):
+            log.add_message("user", f"I like thing {i}.", None, 1000)
+        for task_id, whole in [("t1", True), ("t2", False)]:
+            assert log.request_processing(task_id, "manual") and log.start_next()
+            log.record_failure(task_id, "HTTP 500", whole=whole)
+        store.append([log.collect_events()])
+        stored = [s for s in store.stored_events_of("ann") if s.topic == "ProcessingFailed"]
+        states = [orjson.loads(s.state) for s in stored]
+        assert [state.get("whole") for state in states] == [True, None]
+        older_fields = {f.name for f in dataclasses.fields(UserLog.ProcessingFailed)} - {"whole"}
+        assert older_fields.issuperset(states[1])
+        failures = [e for e in store.events_of("ann") if isinstance(e, UserLog.ProcessingFailed)]
+        assert [e.whole for e in failures] == [True, False]
+        replayed = store.load("ann")
+        assert (
+            replayed is not None
+            and replayed.caps == log.caps != {}
+            and list(replayed.pending) == list(log.pending)
+        )
     finally:
         store.close()
 
