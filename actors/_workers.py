@@ -77,8 +77,8 @@ class EveryBatchRefused(ExtractionError):
 
 class ApiDown(ExtractionError):
     """A batch failed in a way that may pass while the API was down for every call (a
-    harmless request sent after it failed too, or the breaker was open for every user):
-    the batch is retried later, whole, and none of its messages is blamed."""
+    harmless request sent after it failed too, or one sent after another batch while it
+    was out): the batch is retried later, whole, and none of its messages is blamed."""
 
 
 class DroppedForForget(ExtractionError):
@@ -87,16 +87,16 @@ class DroppedForForget(ExtractionError):
 
 
 class _Held:
-    """One submitted batch: whether it was sent to the extractor (as the breaker's probe,
-    or not), or dropped first (decided under the workers' lock, so a forget and a send
-    never cross)."""
+    """One submitted batch: whether it was sent to the extractor, or dropped first (decided
+    under the workers' lock, so a forget and a send never cross), and how many harmless
+    requests had failed when it was sent."""
 
-    __slots__ = ("dropped", "probe", "sent")
+    __slots__ = ("down_told", "dropped", "sent")
 
     def __init__(self) -> None:
         self.sent = False
         self.dropped = False
-        self.probe = False  # sent as the breaker's probe, while it was open
+        self.down_told = 0
 
 
 def asked_to_wait(error: BaseException) -> float:
@@ -149,7 +149,7 @@ class ExtractionWorkers:
     the breaker is open, batches wait here (their tasks stay RUNNING) instead of calling;
     while it pauses for longer than ``timeout``, they fail at once instead
     (:class:`ExtractionPausedError`). A failure that may pass is judged by one harmless
-    request (see :meth:`_judged`), in the batch's slot.
+    request (see :meth:`_judged`), sent at once from the batch's slot.
     """
 
     def __init__(
@@ -172,6 +172,7 @@ class ExtractionWorkers:
         self._pending: set[Future[ExtractionResult]] = set()
         self._held: dict[str, set[_Held]] = {}  # per user, the batches submitted, not ended
         self._lock = threading.Lock()
+        self._down_told = 0  # harmless requests that failed: each told the API was down
         self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
         self._thread.start()
 
@@ -295,7 +296,7 @@ class ExtractionWorkers:
                 timed_out = ExtractionError(
                     f"extraction of task {batch.task_id} timed out after {self.timeout:g} s"
                 )
-                raise await self._judged(batch, timed_out, probe=held.probe) from None
+                raise await self._judged(batch, timed_out, held) from None
             except Exception as error:
                 if isinstance(error, RejectedBatchError) and error.reason is not None:
                     ids = [m.message_id for m in batch.messages]
@@ -306,47 +307,47 @@ class ExtractionWorkers:
                     self.breaker.succeeded()
                 else:
                     self.breaker.failed(asked_to_wait(error))
-                    judged = await self._judged(batch, error, probe=held.probe)
+                    judged = await self._judged(batch, error, held)
                     if judged is not error:
                         raise judged from error
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
 
-    async def _judged(
-        self, batch: ExtractionBatch, failure: Exception, *, probe: bool
-    ) -> Exception:
+    async def _judged(self, batch: ExtractionBatch, failure: Exception, held: _Held) -> Exception:
         """What ``batch``'s failure that may pass (counted by the breaker already) tells:
         :class:`ApiDown` when the API is down for every call, else ``failure`` itself, as
         the batch's own (split as before).
 
         An extractor that declares :class:`HarmlessRequests` is sent one harmless request
-        (once the wait the failure asked for is over): failed too, the API is down;
-        answered, the failure is the batch's; refused, it tells nothing (the failure is
-        told as it was). None is sent while the breaker is open for calls this one was not
-        the probe of (the API kept failing for every user: down), after a failure that
-        asked to wait as long as a batch may take or that a harmless request told already
-        (:class:`EveryRequestRefusedError`), nor to another extractor. The request's
-        tokens go with the failure's.
+        at once: failed too, the API is down; answered, the failure is the batch's;
+        refused, it tells nothing (the failure is told as it was). Its answer only judges
+        this failure: it is no answered call for the breaker, whose :meth:`blame` would
+        take it for evidence against a lone message the API fails for its size. None is
+        sent after a failure that asked to wait (the user's backoff honours the wait; a
+        request now would meet the same limit, and a wait here would hold the slot), or
+        that a harmless request told already (:class:`EveryRequestRefusedError`), nor to
+        another extractor; nor when one that followed another batch failed while this
+        one was out and the breaker is open still (the API is down, whoever's messages
+        opened it). The request's tokens go with the failure's.
         """
-        asked = asked_to_wait(failure)
         if (
             not isinstance(self.extractor, HarmlessRequests)
             or isinstance(failure, ExtractorNotAsync | EveryRequestRefusedError)
-            or asked >= self.timeout
+            or asked_to_wait(failure) > 0
         ):
             return failure
-        if self.breaker.is_open and not probe:
+        usage = failure.usage if isinstance(failure, ExtractionError) else None
+        if self._down_told > held.down_told and self.breaker.is_open:
             return ApiDown(
-                f"{failure} (the API kept failing for every user: the batch is retried "
-                "later, whole)",
-                usage=failure.usage if isinstance(failure, ExtractionError) else None,
+                f"{failure} (a harmless request failed while the batch was out: the API is "
+                "down; the batch is retried later, whole)",
+                usage=usage,
             )
-        spent, ping_failed = await self._ping(batch, asked)
-        if ping_failed is None:
-            self.breaker.succeeded()
+        spent, ping_failed = await self._ping(batch)
         if ping_failed is None or repeats(ping_failed):  # refused, it tells nothing
             return _with_spent(failure, spent)
+        self._down_told += 1
         waited = asked_to_wait(ping_failed)
         if not self.breaker.is_open:  # the outage it met already paces every call
             self.breaker.failed(waited)
@@ -356,7 +357,6 @@ class ExtractionWorkers:
             batch.task_id,
             first_line(ping_failed),
         )
-        usage = failure.usage if isinstance(failure, ExtractionError) else None
         return ApiDown(
             f"{failure} (a harmless request failed too: the API is down; the batch is "
             "retried later, whole)",
@@ -364,15 +364,11 @@ class ExtractionWorkers:
             retry_after=waited or None,
         )
 
-    async def _ping(
-        self, batch: ExtractionBatch, after: float
-    ) -> tuple[TokenUsage, Exception | None]:
-        """One harmless request ``after`` seconds (what the API asked to wait) once
-        ``batch`` failed, bounded by ``timeout`` as a batch is: what it spent, and what it
-        failed with, if it did."""
+    async def _ping(self, batch: ExtractionBatch) -> tuple[TokenUsage, Exception | None]:
+        """One harmless request once ``batch`` failed, bounded by ``timeout`` as a batch
+        is: what it spent, and what it failed with, if it did."""
         try:
             async with asyncio.timeout(self.timeout) as cut:
-                await asyncio.sleep(after)
                 extraction_deadline.set(cut.when())
                 sent_at = max((m.sent_at for m in batch.messages), default=datetime.now(UTC))
                 return await harmless_request(self.extractor, batch.user_id, batch.task_id, sent_at)
@@ -387,9 +383,9 @@ class ExtractionWorkers:
         with self._lock:
             if held.dropped:
                 return 0.0
-            held.probe = self.breaker.is_open
             wait = self.breaker.admit()
             held.sent = wait <= 0
+            held.down_told = self._down_told
             return wait
 
     def _refuse_long_pause(self) -> None:

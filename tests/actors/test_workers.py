@@ -256,24 +256,36 @@ def test_a_batch_the_breaker_would_hold_past_the_timeout_fails_at_once_unsent() 
 
 
 class _Pinged(HarmlessRequests):
-    """An extractor of an API failing every batch with ``failure``, which answers (or,
-    with ``ping_failure``, fails) the harmless requests it is sent, each costing 5 + 1
-    tokens."""
+    """An extractor of an API failing every batch with ``failure`` (those of ``answered``
+    users excepted), which answers (or, with ``ping_failure``, fails) the harmless
+    requests it is sent, each costing 5 + 1 tokens. ``calls`` lists the task ids of the
+    batches and the harmless requests (``check:`` ones) in the order they were sent."""
 
     name = "pinged"
 
-    def __init__(self, failure: Exception, ping_failure: Exception | None = None) -> None:
+    def __init__(
+        self,
+        failure: Exception,
+        ping_failure: Exception | None = None,
+        answered: frozenset[str] = frozenset(),
+    ) -> None:
         self.failure = failure
         self.ping_failure = ping_failure
+        self.answered = answered
         self.pings: list[ExtractionBatch] = []
         self.batches: list[ExtractionBatch] = []
+        self.calls: list[str] = []
 
     async def extract(self, batch: ExtractionBatch) -> Any:
         self.batches.append(batch)
+        self.calls.append(batch.task_id)
+        if batch.user_id in self.answered:
+            return ExtractionResult(facts=(), extractor=self.name)
         raise self.failure
 
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:
         self.pings.append(batch)
+        self.calls.append(batch.task_id)
         if self.ping_failure is not None:
             raise self.ping_failure
         return TokenUsage(input_tokens=5, output_tokens=1)
@@ -282,15 +294,19 @@ class _Pinged(HarmlessRequests):
         pass
 
 
+def _batch(user_id: str, task_id: str, message_id: str = "m1") -> ExtractionBatch:
+    said = BatchMessage(message_id, "user", "I live in Oslo.", datetime(2024, 5, 1, tzinfo=UTC))
+    return ExtractionBatch(user_id, task_id, (said,))
+
+
 def _outcome_of(
     extractor: Any, breaker: CircuitBreaker | None = None, *, timeout: float = 30.0
 ) -> Outcome:
     """The outcome of one batch of one message sent through workers of ``extractor``."""
     workers = ExtractionWorkers(extractor, concurrency=1, breaker=breaker, timeout=timeout)
     outcomes = _Outcomes()
-    message = BatchMessage("m1", "user", "I live in Oslo.", datetime(2024, 5, 1, tzinfo=UTC))
     try:
-        workers.submit(ExtractionBatch("ann", "ann-1", (message,)), outcomes.done("ann-1"))
+        workers.submit(_batch("ann", "ann-1"), outcomes.done("ann-1"))
         return outcomes.of("ann-1")
     finally:
         workers.stop()
@@ -312,15 +328,13 @@ def test_a_batch_failing_with_its_harmless_request_tells_the_api_is_down() -> No
 
 def test_a_batch_failing_while_its_harmless_request_is_answered_keeps_its_own_failure() -> None:
     """Answered, the harmless request shows the API up: the failure is the batch's own
-    (split as before), carrying the request's tokens to be counted with it, and the
-    breaker counts the answer."""
-    breaker = CircuitBreaker(failures=2)
+    (split as before), carrying the request's tokens to be counted with it."""
     failure = ExtractorOverloadedError("HTTP 529 overloaded", usage=TokenUsage(input_tokens=7))
     extractor = _Pinged(failure)
-    outcome = _outcome_of(extractor, breaker)
+    outcome = _outcome_of(extractor, CircuitBreaker(failures=2))
     assert outcome is failure
     assert failure.usage == TokenUsage(input_tokens=12, output_tokens=1)
-    assert len(extractor.pings) == 1 and not breaker.is_open
+    assert len(extractor.pings) == 1
 
 
 def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:
@@ -331,30 +345,107 @@ def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tok
     assert outcome.usage == TokenUsage(input_tokens=5, output_tokens=1)
 
 
-def test_no_harmless_request_is_sent_once_the_breaker_opened_for_every_user() -> None:
-    """The failure that opens the breaker (every call failing) tells the API is down
-    without a harmless request."""
+def test_an_answered_harmless_request_is_no_evidence_against_a_lone_message() -> None:
+    """A lone message the API fails every time (a gateway failing every large request)
+    while it answers the harmless request after each failure: the answers judge the
+    failures, they are no calls of other messages answered meanwhile, so the breaker
+    never blames the message (it would be quarantined, healthy, a few runs later)."""
+    breaker = CircuitBreaker(failures=100)
+    extractor = _Pinged(ExtractionError("HTTP 500 upstream failed"))
+    workers = ExtractionWorkers(extractor, concurrency=1, breaker=breaker)
+    outcomes = _Outcomes()
+    try:
+        blamed = []
+        for run in range(4):
+            workers.submit(_batch("ann", f"ann-{run}"), outcomes.done(f"ann-{run}"))
+            assert isinstance(outcomes.of(f"ann-{run}"), ExtractionError)
+            blamed.append(breaker.blame("m1"))
+    finally:
+        workers.stop()
+    assert blamed == [False] * 4 and len(extractor.pings) == 4
+
+
+def test_the_breaker_opened_by_a_batchs_failure_still_hears_its_harmless_request() -> None:
+    """The failure that opens the breaker may be the batch's own (several users' batches
+    the API fails for their messages open it alike): a harmless request tells, answered
+    here, so the failure is the batch's and its batch is split, not kept whole."""
     extractor = _Pinged(ConnectionResetError("reset by peer"))
-    outcome = _outcome_of(extractor, CircuitBreaker(failures=1, cooldown=60.0))
-    assert isinstance(outcome, ApiDown) and extractor.pings == []
+    breaker = CircuitBreaker(failures=1, cooldown=60.0)
+    outcome = _outcome_of(extractor, breaker)
+    assert isinstance(outcome, ExtractionError) and not isinstance(outcome, ApiDown)
+    assert len(extractor.pings) == 1 and breaker.is_open
+
+
+def test_no_harmless_request_follows_a_failure_once_another_failed_while_it_was_out() -> None:
+    """bob's batch fails after ann's did and after the harmless request that followed
+    hers failed too, which opened the breaker: the API is down, told without another
+    request, and bob's batch goes back whole too."""
+    ann_judged = asyncio.Event()
+
+    class _Racing(_Pinged):
+        async def extract(self, batch: ExtractionBatch) -> Any:
+            if batch.user_id == "bob":
+                await ann_judged.wait()
+            return await super().extract(batch)
+
+        async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+            try:
+                return await super().ping(batch)
+            finally:
+                asyncio.get_running_loop().call_soon(ann_judged.set)
+
+    extractor = _Racing(ConnectionResetError("reset by peer"), ExtractionError("HTTP 500"))
+    workers = ExtractionWorkers(extractor, concurrency=2, breaker=CircuitBreaker(failures=2))
+    outcomes = _Outcomes()
+    try:
+        workers.submit(_batch("bob", "bob-1", "m2"), outcomes.done("bob-1"))
+        workers.submit(_batch("ann", "ann-1"), outcomes.done("ann-1"))
+        assert isinstance(outcomes.of("ann-1"), ApiDown)
+        assert isinstance(outcomes.of("bob-1"), ApiDown)
+    finally:
+        workers.stop()
+    assert extractor.calls == ["ann-1", "check:ann-1", "bob-1"]
 
 
 def test_the_breakers_probe_failing_is_followed_by_a_harmless_request() -> None:
     """The breaker open, a batch goes as its probe and fails: a harmless request still
-    tells whose failure it was (answered here: the batch's, and the breaker closes), so
-    a batch failing for its own sake never keeps the breaker open, and itself whole."""
+    tells whose failure it was (answered here: the batch's, split). Its answer closes no
+    breaker; the next batch the API answers does."""
     breaker = CircuitBreaker(failures=1, cooldown=0.0)
     breaker.failed()
-    extractor = _Pinged(ExtractorOverloadedError("HTTP 529 overloaded"))
-    outcome = _outcome_of(extractor, breaker)
-    assert isinstance(outcome, ExtractorOverloadedError) and not isinstance(outcome, ApiDown)
-    assert len(extractor.pings) == 1 and not breaker.is_open
+    extractor = _Pinged(
+        ExtractorOverloadedError("HTTP 529 overloaded"), answered=frozenset({"bob"})
+    )
+    workers = ExtractionWorkers(extractor, concurrency=1, breaker=breaker)
+    outcomes = _Outcomes()
+    try:
+        workers.submit(_batch("ann", "ann-1"), outcomes.done("ann-1"))
+        outcome = outcomes.of("ann-1")
+        assert isinstance(outcome, ExtractorOverloadedError) and not isinstance(outcome, ApiDown)
+        assert len(extractor.pings) == 1 and breaker.is_open
+        workers.submit(_batch("bob", "bob-1", "m2"), outcomes.done("bob-1"))
+        assert isinstance(outcomes.of("bob-1"), ExtractionResult)
+        assert not breaker.is_open
+    finally:
+        workers.stop()
 
 
-def test_no_harmless_request_follows_a_failure_asking_to_wait_a_batchs_timeout() -> None:
-    failure = ExtractionError("HTTP 429 rate limited", retry_after=30.0)
-    extractor = _Pinged(failure)
-    assert _outcome_of(extractor, timeout=30.0) is failure and extractor.pings == []
+def test_no_harmless_request_follows_a_failure_asking_to_wait() -> None:
+    """A failure with a retry-after is told as it was, at once: the user's backoff waits
+    as asked, and the batch's slot is free for other users' batches meanwhile (a harmless
+    request after the wait used to hold it, and the backoff waited again)."""
+    failure = ExtractionError("HTTP 429 rate limited", retry_after=0.5)
+    extractor = _Pinged(failure, answered=frozenset({"bob"}))
+    workers = ExtractionWorkers(extractor, concurrency=1, timeout=30.0)
+    outcomes = _Outcomes()
+    try:
+        workers.submit(_batch("ann", "ann-1"), outcomes.done("ann-1"))
+        workers.submit(_batch("bob", "bob-1", "m2"), outcomes.done("bob-1"))
+        assert outcomes.of("ann-1") is failure
+        assert isinstance(outcomes.of("bob-1"), ExtractionResult)
+    finally:
+        workers.stop()
+    assert extractor.calls == ["ann-1", "bob-1"]
 
 
 def test_a_harmless_request_that_outlasts_the_timeout_tells_the_api_is_down() -> None:

@@ -763,39 +763,44 @@ class _Outage:
         return self.fault(request) if self.down else default_answer(request)
 
 
-async def _outage_of_three_runs(
-    server: MessagesAPIServer, outage: _Outage, memory: Memory, messages: int
-) -> list[RecordedRequest]:
-    """Buffer ``messages`` of ann's, fail three runs in the outage, then end it; returns
-    the requests the runs made meanwhile."""
-    for i in range(messages):
-        await memory.add_message("ann", "user", f"I like thing {i}.")
-    for _ in range(3):
-        with pytest.raises(ProcessingError):
-            await memory.process("ann")
-    outage.down = False
-    return list(server.requests)
+async def _three_runs_in_an_outage_then_one_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outage: _Outage, extractor: Any = None
+) -> tuple[list[bool], list[int]]:
+    """Fail three runs of ann's eight buffered messages in ``outage``, end it and run once
+    more, which extracts all eight: whether each request of the three runs was a harmless
+    one, and how many messages each request of the run after held."""
+    with MessagesAPIServer(responder=outage) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "outage.db",
+            extractor,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            for i in range(8):
+                await memory.add_message("ann", "user", f"I like thing {i}.")
+            for _ in range(3):
+                with pytest.raises(ProcessingError):
+                    await memory.process("ann")
+            outage.down = False
+            during = len(server.requests)
+            assert await memory.process("ann") == 8
+            assert await memory.quarantined("ann") == []
+        requests = list(server.requests)
+    return [_is_probe(r) for r in requests[:during]], [len(r.messages) for r in requests[during:]]
 
 
 @pytest.mark.parametrize("fault", list(OUTAGES))
 async def test_an_outage_of_three_runs_leaves_the_batch_whole_for_the_run_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str
 ) -> None:
-    """A failed run sends one harmless request, which fails too (by the third run the
-    breaker has seen five failures in a row and tells the outage without one): the API is
-    down, so ann's eight buffered messages go out in one request once it answers, not
-    split by the outage into four (1, 1, 2, 4)."""
+    """Each failed run sends one harmless request, which fails too: the API is down, so
+    ann's eight buffered messages go out in one request once it answers, not split by
+    the outage into four (1, 1, 2, 4)."""
     outage = _Outage(OUTAGES[fault])
-    with MessagesAPIServer(responder=outage) as server:
-        db = tmp_path / "outage.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
-            during = await _outage_of_three_runs(server, outage, memory, 8)
-            assert [_is_probe(r) for r in during] == [False, True, False, True, False]
-            assert await memory.process("ann") == 8
-            assert [len(r.messages) for r in server.requests[len(during) :]] == [8]
-            assert await memory.quarantined("ann") == []
+    harmless, after = await _three_runs_in_an_outage_then_one_after(tmp_path, monkeypatch, outage)
+    assert harmless == [False, True] * 3 and after == [8]
 
 
 async def test_an_account_out_of_credit_for_three_runs_leaves_the_batch_whole(
@@ -805,15 +810,8 @@ async def test_an_account_out_of_credit_for_three_runs_leaves_the_batch_whole(
     account is refused, not the batch, which goes out whole once credit is back (no
     further harmless request is sent: the extractor's own told it)."""
     outage = _Outage(lambda r: ScriptedResponse(400, error_body("invalid_request_error", CREDIT)))
-    with MessagesAPIServer(responder=outage) as server:
-        db = tmp_path / "credit.db"
-        async with _memory_over(
-            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
-            during = await _outage_of_three_runs(server, outage, memory, 8)
-            assert [_is_probe(r) for r in during] == [False, True] * 3
-            assert await memory.process("ann") == 8
-            assert [len(r.messages) for r in server.requests[len(during) :]] == [8]
+    harmless, after = await _three_runs_in_an_outage_then_one_after(tmp_path, monkeypatch, outage)
+    assert harmless == [False, True] * 3 and after == [8]
 
 
 async def test_a_batch_held_unsent_by_a_long_pause_goes_out_whole_after_it(
@@ -848,18 +846,13 @@ async def test_an_extractor_without_harmless_requests_splits_a_batch_an_outage_f
 ) -> None:
     """A custom extractor that does not declare HarmlessRequests is sent none: the
     outage splits the batch as it always did."""
+    undeclared = _Paced()
+    undeclared.inner = ClaudeExtractor(max_retries=0)
     outage = _Outage(OUTAGES[OVERLOADED])
-    with MessagesAPIServer(responder=outage) as server:
-        db = tmp_path / "undeclared.db"
-        undeclared = _Paced()
-        undeclared.inner = ClaudeExtractor(max_retries=0)
-        async with _memory_over(
-            server, monkeypatch, db, undeclared, retry_delay=0.01, retry_delay_max=0.05
-        ) as memory:
-            during = await _outage_of_three_runs(server, outage, memory, 8)
-            assert not any(map(_is_probe, during)) and len(during) == 3
-            assert await memory.process("ann") == 8
-            assert [len(r.messages) for r in server.requests[len(during) :]] == [1, 1, 2, 4]
+    harmless, after = await _three_runs_in_an_outage_then_one_after(
+        tmp_path, monkeypatch, outage, undeclared
+    )
+    assert harmless == [False] * 3 and after == [1, 1, 2, 4]
 
 
 async def test_a_message_answered_529_every_time_is_still_split_away_from_its_neighbours(
@@ -912,3 +905,76 @@ async def test_a_harmless_requests_tokens_are_counted_with_the_failed_call(
     with Audit(db_path=str(db)) as audit:
         stats = audit.stats()
     assert stats["output_tokens"] == 1 and stats["input_tokens"] > 0
+
+
+LONG = 1500
+"""Characters of message text past which the gateway below fails a request."""
+
+
+def _large_requests_fail(request: RecordedRequest) -> ScriptedResponse:
+    """A gateway that answers 500 to every request holding more than :data:`LONG`
+    characters of messages, and passes smaller ones (the harmless requests among them)."""
+    if sum(len(str(m.get("content"))) for m in request.messages) > LONG:
+        return ScriptedResponse(500, error_body("api_error", "upstream failed"))
+    return default_answer(request)
+
+
+async def test_a_gateway_failing_every_large_request_gets_no_healthy_long_message_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann's two long messages fail alone with a 500 run after run, each failure followed
+    by a harmless request that is answered. That answer judges the failure (the batch's:
+    split) but is no call of another message answered meanwhile, so neither message is
+    blamed: counted as one, it got a healthy message quarantined by the fifth run. (The
+    breaker is kept closed, as it is while other users' calls pass, so that evidence
+    alone decides.)"""
+    with MessagesAPIServer(responder=_large_requests_fail) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "large.db",
+            breaker_failures=100,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            for i in range(2):
+                await memory.add_message("ann", "user", f"My story, part {i}: " + "word " * 400)
+            for _ in range(MAX_RUNS):
+                with pytest.raises(ProcessingError, match="HTTP 500"):
+                    await memory.process("ann")
+            assert await memory.quarantined("ann") == []
+            assert len(await memory.buffer("ann")) == 2
+        assert sum(map(_is_probe, server.requests)) == MAX_RUNS
+
+
+async def test_a_rate_limited_batch_sends_no_harmless_request_even_as_the_memory_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 asking to wait 1 s: the task fails at once, told as it was, and the user's
+    backoff waits as asked. No harmless request is sent: one waited for in the batch's
+    slot held the close and went out after it began."""
+    asked = threading.Event()
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request):
+            return default_answer(request)
+        asked.set()
+        return ScriptedResponse(
+            429,
+            error_body("rate_limit_error", "request too large for your per-minute limit"),
+            {"retry-after": "1"},
+        )
+
+    with MessagesAPIServer(responder=responder) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "limited-close.db",
+            auto_process=True,
+            batch_threshold=2,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
+            assert await asyncio.to_thread(asked.wait, 30)
+        assert server.requests and not any(map(_is_probe, server.requests))
