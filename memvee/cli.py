@@ -1049,10 +1049,8 @@ def _reextract_in_bulk(
         )
     if promote and not report.failed:
         for target in targets:
-            if target in report.claimed or target in report.forgotten_users:
-                continue
-            if version in audit.unpromoted_versions(target):
-                _print_returned(target, version, audit.promote(target, version))
+            if target not in report.claimed and target not in report.forgotten_users:
+                _promote_unless_forgotten(audit, target, version)
         if report.claimed:
             _print_error(
                 f"{version!r} not promoted for {len(report.claimed)} of {len(targets)} users: "
@@ -1062,6 +1060,22 @@ def _reextract_in_bulk(
             raise typer.Exit(code=2)
     if report.failed or report.left_out:
         raise typer.Exit(code=1)
+
+
+def _promote_unless_forgotten(audit: Audit, user_id: str, version: str) -> None:
+    """Promote ``version`` for ``user_id`` after a bulk run, if it is unpromoted; a user
+    forgotten while the run ran is told as such and passed over, so the users after them
+    are promoted still (there is nothing left of them to promote)."""
+    try:
+        if version in audit.unpromoted_versions(user_id):
+            _print_returned(user_id, version, audit.promote(user_id, version))
+    except NotFoundError:
+        console.print(
+            Text.assemble(
+                ("forgotten meanwhile:", "yellow"),
+                f" {user_id} was forgotten while the run ran; nothing to promote",
+            )
+        )
 
 
 @app.command("promote")

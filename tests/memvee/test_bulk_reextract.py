@@ -2546,3 +2546,17 @@ async def test_a_whole_failure_before_the_version_was_promoted_sends_nothing_at_
     with Audit(db_url=db) as audit:
         report = await _run(audit, users=["ann"])
         assert report.direct == {} and server.requests == []
+
+
+def test_promoting_after_a_bulk_run_passes_over_a_user_forgotten_while_it_ran(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bob is forgotten while the Message Batch runs: ``--promote`` says so, promotes ann
+    and ends well (it used to stop at bob with ``no user 'bob'``, exit 2, and promote no
+    user after him)."""
+    _forget_bob_before_his_answers(monkeypatch, afresh=False)
+    result = CliRunner().invoke(app, _bulk_args(db))
+    assert result.exit_code == 0, result.output
+    assert "forgotten meanwhile: bob was forgotten while the run ran" in result.output
+    with Audit(db_url=db) as audit:
+        assert "v2" not in audit.knowledge_versions("ann"), "ann's v2 was not promoted"
