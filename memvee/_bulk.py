@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
@@ -113,11 +112,13 @@ a line missing or broken) before its row is dropped: a gateway that cuts every d
 would otherwise hold the batch, and the messages it holds, until the API forgets it."""
 
 FAILED_WHOLE_TTL = timedelta(hours=24)
-"""How long a Message Batch's failing whole with server errors counts towards sending its
-messages through the Messages API at full price (:data:`_FAILING`): a Message Batch ends
-within 24 hours, so two failures further apart than that are not two of the same run of
-failures, and one that old tells nothing of the API today (the API keeps results for 29
-days, which is no reason to trust a day-old outage)."""
+"""How old a Message Batch's failing whole with server errors must be, at the next run that
+plans its messages, to count no more towards sending them through the Messages API at full
+price (:data:`_FAILING`), and only if a Message Batch of the version was answered since
+(:data:`_ANSWERED_SINCE`): a day of Message Batches answered (one ends within 24 hours)
+says the failure was an outage that passed, not its messages. Age alone says nothing: a
+request that fails every run, the runs a day or more apart, must still reach the fallback,
+whose rules leave its message out, or it would fail, billed, every run for good."""
 
 _REFUSED = frozenset({400, 413, 422})
 """HTTP statuses that refuse a request for what it is, however often it is sent."""
@@ -278,8 +279,8 @@ class BulkReextraction:
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the Messages API is down: no more direct calls
         self.direct_answered = False  # the Messages API answered a call of this run's
-        # failing counts of messages to plan again, with the log version they were planned at
-        self.failing: dict[str, dict[str, tuple[int, int | None]]] = {}
+        # failing counts of messages to plan again, each with the log version planned at
+        self.failing: dict[str, dict[str, list[tuple[int, int | None]]]] = {}
         self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
@@ -445,12 +446,13 @@ class BulkReextraction:
         its messages failed so (:attr:`failing`). Those of users this run does not claim
         (another run holds them, or none names them) stay kept with their count.
 
-        A count outlives neither :data:`FAILED_WHOLE_TTL` (by the database's clock, from
-        the failure, or from the batch's creation, which came before it, for a request
-        kept by an earlier memvee) nor a promotion of the version (:func:`_since_promoted`):
-        a stale count would send the messages at full price after one failure of today.
-        Either way the request is planned again as never failed whole: at worst one more
-        Message Batch, at half the price, fails before the fallback."""
+        A count outlives neither a promotion of the version (:func:`_since_promoted`) nor
+        a day of Message Batches of the version answered since it (:data:`FAILED_WHOLE_TTL`;
+        the failure's age by the database's clock, or, for a request an earlier memvee kept,
+        from the batch's creation, which came before it and was written by that host's
+        clock): a stale count would send the messages at full price after one failure of
+        today. Either way the request is planned again as never failed whole: at worst one
+        more Message Batch, at half the price, fails before the fallback."""
         rows = connection.execute(
             select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
             .where(BULK_BATCHES.c.local_id.in_(sorted(self.failed_whole.pop(user_id, ()))))
@@ -472,13 +474,11 @@ class BulkReextraction:
             counts = self.failing.setdefault(user_id, {})
             for request in taken.values():
                 failed_at = aware(request.get(_FAILED_AT) or created_at)
-                if now - failed_at > FAILED_WHOLE_TTL:
+                if request.get(_ANSWERED_SINCE) and now - failed_at > FAILED_WHOLE_TTL:
                     continue
                 count = (int(request[_FAILING]), request.get("at"))
                 for message_id in request["messages"]:
-                    counts[message_id] = max(
-                        counts.get(message_id, (0, None)), count, key=itemgetter(0)
-                    )
+                    counts.setdefault(message_id, []).append(count)
             left = {k: r for k, r in requests.items() if k not in taken}
             if left:
                 connection.execute(BULK_BATCHES.update().where(where).values(requests=left))
@@ -874,6 +874,8 @@ class BulkReextraction:
             await asyncio.to_thread(self._keep_failed_whole, row)
             return
         await asyncio.to_thread(self._delete, row["local_id"])
+        if blamable:
+            await asyncio.to_thread(self._note_answered)
 
     async def _send_directly(
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
@@ -999,6 +1001,39 @@ class BulkReextraction:
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
                 .values(requests=counted)
             )
+
+    def _note_answered(self) -> None:
+        """Mark the requests of the kept rows of the version whose Message Batch failed
+        whole as answered since (:data:`_ANSWERED_SINCE`): a Message Batch of the version
+        was just answered. Rows are locked in one order, as forget locks them, after the
+        answered row's own transaction ended."""
+        with self.store.transaction() as connection:
+            kept = connection.execute(
+                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).where(
+                    BULK_BATCHES.c.knowledge_version == self.version
+                )
+            ).all()
+            failed = sorted(
+                local_id
+                for local_id, requests in kept
+                if _requests({"requests": requests})
+                and _failed_whole({"requests": requests})
+                and not all(r.get(_ANSWERED_SINCE) for r in requests.values())
+            )
+            if not failed:
+                return
+            for local_id, requests in connection.execute(
+                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+                .where(BULK_BATCHES.c.local_id.in_(failed))
+                .order_by(BULK_BATCHES.c.local_id)
+                .with_for_update()
+            ).all():
+                marked = {k: {**r, _ANSWERED_SINCE: True} for k, r in requests.items()}
+                connection.execute(
+                    BULK_BATCHES.update()
+                    .where(BULK_BATCHES.c.local_id == local_id)
+                    .values(requests=marked)
+                )
 
     def _drop_row(self, row: dict[str, Any]) -> None:
         """Note the messages of a kept row dropped before all were recorded, for
@@ -1594,6 +1629,12 @@ _FAILED_AT = "failed_at"
 """The key of a kept request that says when (by the database's clock, ISO 8601) its Message
 Batch failed whole with server errors, which the count ages by (:data:`FAILED_WHOLE_TTL`)."""
 
+_ANSWERED_SINCE = "answered_since"
+"""The key of a kept request whose Message Batch failed whole with server errors, set once
+a Message Batch of the same version was answered after (:meth:`BulkReextraction._note_answered`):
+with a failure over :data:`FAILED_WHOLE_TTL` old, evidence that it was an outage that
+passed (older memvees ignore it)."""
+
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
 request (:meth:`BulkReextraction._probe_batches`)."""
@@ -1804,12 +1845,12 @@ def _why_left_out(events: Iterable[Any], version: str, left_out: Collection[str]
 
 
 def _since_promoted(
-    failing: Mapping[str, tuple[int, int | None]], events: Iterable[Any], version: str
+    failing: Mapping[str, Sequence[tuple[int, int | None]]], events: Iterable[Any], version: str
 ) -> dict[str, int]:
-    """The failing counts (:attr:`BulkReextraction.failing`) of requests planned since
-    ``version`` was last promoted in the user's ``events``: a count from before belongs to
-    the version promoted, as the log's own evidence of failed calls does
-    (:meth:`UserLog.failed_reextraction`), not to the new one of the same name."""
+    """The largest failing count (:attr:`BulkReextraction.failing`) of each message among
+    its requests planned since ``version`` was last promoted in the user's ``events``: a
+    count from before belongs to the version promoted, as the log's own evidence of failed
+    calls does (:meth:`UserLog.failed_reextraction`), not to the new one of the same name."""
     promoted = max(
         (
             e.originator_version
@@ -1818,7 +1859,10 @@ def _since_promoted(
         ),
         default=0,
     )
-    return {m: count for m, (count, at) in failing.items() if at is None or at >= promoted}
+    return {
+        m: max((count for count, at in counts if at is None or at >= promoted), default=0)
+        for m, counts in failing.items()
+    }
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

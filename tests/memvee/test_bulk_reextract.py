@@ -2511,21 +2511,73 @@ def _failed_whole_kept(audit: Audit, *, failed: datetime, stamped: bool) -> None
 
 
 @pytest.mark.parametrize("stamped", [True, False], ids=["its failure's time", "an older memvee's"])
-async def test_a_whole_failure_older_than_a_message_batchs_lifetime_sends_nothing_at_full_price(
+async def test_a_whole_failure_a_day_old_with_batches_answered_since_sends_nothing_at_full_price(
     both_backends: str, server: MessagesAPIServer, stamped: bool
 ) -> None:
-    """ann's Message Batch failed whole with server errors more than 24 hours ago: a
-    failure that old tells nothing of today's API, so her next batch failing so is counted
-    as the first, not the second, and nothing goes at full price (a batch kept by an older
-    memvee, with no time of its failure, is aged from its making)."""
+    """ann's Message Batch failed whole with server errors more than 24 hours ago, and a
+    Message Batch of the version (bob's) was answered since: that failure was an outage
+    that passed, so her next batch failing so is counted as the first, not the second,
+    and nothing goes at full price (a batch kept by an older memvee, with no time of its
+    failure, is aged from its making)."""
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=both_backends) as audit:
         await _run(audit, users=["ann"])
         _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=stamped)
+        server.set_responder(default_answer)
+        assert (await _run(audit, users=["bob"])).recorded > 0
+        server.set_responder(_batch_requests_fail)
         report = await _run(audit, users=["ann"])
-        assert report.direct == {} and server.requests == []
+        assert report.direct == {}
         after = await _run(audit, users=["ann"])
         assert after.direct == {"ann": 4}, "a whole failure of today still counts"
+
+
+async def test_a_whole_failure_counts_however_long_ago_when_no_batch_was_answered_since(
+    both_backends: str, server: MessagesAPIServer
+) -> None:
+    """ann's Message Batch failed whole with server errors 25 hours ago, and no Message
+    Batch was answered since (runs a day or more apart): her next batch failing so is the
+    second in a row, and her messages go at full price. The count used to lapse after 24
+    hours, so a request failing every run of a daily or weekly job never reached the
+    fallback and failed, billed, every run for good."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=both_backends) as audit:
+        await _run(audit, users=["ann"])
+        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=True)
+        report = await _run(audit, users=["ann"])
+        assert report.direct == {"ann": 4}
+
+
+async def test_a_message_failing_every_run_a_day_apart_is_left_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """bob's message that makes every call fail, alone in its Message Batch run after run
+    with the runs 25 hours apart, goes through the fallback and is left out of the version
+    within a few runs (it used to fail whole, billed, every run for good)."""
+    server.set_responder(_poison("bob"))
+    with Audit(db_url=db) as audit:
+        for _ in range(6):
+            report = await _run(audit, users=["bob"])
+            if report.left_out:
+                break
+            _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=True)
+    assert len(report.left_out) == 1 and "boom" in next(iter(report.left_out.values()))
+
+
+async def test_a_fresh_whole_failure_counts_though_another_users_batch_was_answered_since(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """ann's Message Batch failed whole with server errors minutes ago and bob's was
+    answered since: a batch answered while hers fail is no sign that hers failed for an
+    outage, so her next batch failing so sends her messages at full price."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=["ann"])
+        server.set_responder(default_answer)
+        assert (await _run(audit, users=["bob"])).recorded > 0
+        server.set_responder(_batch_requests_fail)
+        report = await _run(audit, users=["ann"])
+        assert "ann" in report.direct
 
 
 async def test_a_whole_failure_before_the_version_was_promoted_sends_nothing_at_full_price(
