@@ -43,7 +43,7 @@ from events import (
     sqlite_url,
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
-from memvee._bulk import BulkReextraction
+from memvee._bulk import BulkReextraction, _since_promoted
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
@@ -2392,7 +2392,7 @@ async def test_forgetting_a_user_while_a_run_takes_over_their_claim_waits_for_th
         forgetting.join()
         assert not isinstance(outcomes["forget"], Exception), outcomes["forget"]
         assert claimed == set()
-        assert run.failing == {"bob": {"bob-m-0-row": (1, 1), "bob-m-z-row": (1, 1)}}
+        assert run.failing == {"bob": {"bob-m-0-row": [(1, 1)], "bob-m-z-row": [(1, 1)]}}
         assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"]}
 
 
@@ -2612,3 +2612,14 @@ def test_promoting_after_a_bulk_run_passes_over_a_user_forgotten_while_it_ran(
     assert "forgotten meanwhile: bob was forgotten while the run ran" in result.output
     with Audit(db_url=db) as audit:
         assert "v2" not in audit.knowledge_versions("ann"), "ann's v2 was not promoted"
+
+
+def test_a_messages_count_since_a_promotion_is_kept_beside_a_larger_one_from_before() -> None:
+    """A message failed whole twice in requests planned before v2 was promoted (at log
+    version 3) and once in one planned after: its count is the one after, 1, not 0 (the
+    larger count from before used to hide the smaller one, and both went with it)."""
+    promoted = object.__new__(UserLog.KnowledgeVersionPromoted)
+    object.__setattr__(promoted, "originator_version", 3)
+    object.__setattr__(promoted, "knowledge_version", "v2")
+    failing = {"m": [(2, 1), (1, 5)]}
+    assert _since_promoted(failing, [promoted], "v2") == {"m": 1}
