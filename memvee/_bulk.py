@@ -111,15 +111,6 @@ MAX_SHORT_READS = 3
 a line missing or broken) before its row is dropped: a gateway that cuts every download
 would otherwise hold the batch, and the messages it holds, until the API forgets it."""
 
-FAILED_WHOLE_TTL = timedelta(hours=24)
-"""How old a Message Batch's failing whole with server errors must be, at the next run that
-plans its messages, to count no more towards sending them through the Messages API at full
-price (:data:`_FAILING`), and only if a Message Batch of the version was answered since
-(:data:`_ANSWERED_SINCE`): a day of Message Batches answered (one ends within 24 hours)
-says the failure was an outage that passed, not its messages. Age alone says nothing: a
-request that fails every run, the runs a day or more apart, must still reach the fallback,
-whose rules leave its message out, or it would fail, billed, every run for good."""
-
 _REFUSED = frozenset({400, 413, 422})
 """HTTP statuses that refuse a request for what it is, however often it is sent."""
 
@@ -446,23 +437,19 @@ class BulkReextraction:
         its messages failed so (:attr:`failing`). Those of users this run does not claim
         (another run holds them, or none names them) stay kept with their count.
 
-        A count outlives neither a promotion of the version (:func:`_since_promoted`) nor
-        a day of Message Batches of the version answered since it (:data:`FAILED_WHOLE_TTL`;
-        the failure's age by the database's clock, or, for a request an earlier memvee kept,
-        from the batch's creation, which came before it and was written by that host's
-        clock): a stale count would send the messages at full price after one failure of
-        today. Either way the request is planned again as never failed whole: at worst one
-        more Message Batch, at half the price, fails before the fallback."""
+        A count outlives a promotion of the version (:func:`_since_promoted`) and nothing
+        else: no age, and no other batch answered meanwhile, says the API recovered for
+        these requests (a batch answered while they failed whole points at them, not at an
+        outage), and a count that lapsed so would let a request failing every run of a
+        daily or weekly job fail, billed, for good. A stale count costs at most one pass
+        of ``direct_limit`` messages at full price."""
         rows = connection.execute(
-            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
             .where(BULK_BATCHES.c.local_id.in_(sorted(self.failed_whole.pop(user_id, ()))))
             .order_by(BULK_BATCHES.c.local_id)
             .with_for_update()
         ).all()
-        if not rows:
-            return
-        now = _database_time(connection)
-        for local_id, requests, created_at in rows:
+        for local_id, requests in rows:
             where = BULK_BATCHES.c.local_id == local_id
             taken = {
                 k: r
@@ -473,9 +460,6 @@ class BulkReextraction:
                 continue
             counts = self.failing.setdefault(user_id, {})
             for request in taken.values():
-                failed_at = aware(request.get(_FAILED_AT) or created_at)
-                if request.get(_ANSWERED_SINCE) and now - failed_at > FAILED_WHOLE_TTL:
-                    continue
                 count = (int(request[_FAILING]), request.get("at"))
                 for message_id in request["messages"]:
                     counts.setdefault(message_id, []).append(count)
@@ -874,8 +858,6 @@ class BulkReextraction:
             await asyncio.to_thread(self._keep_failed_whole, row)
             return
         await asyncio.to_thread(self._delete, row["local_id"])
-        if blamable:
-            await asyncio.to_thread(self._note_answered)
 
     async def _send_directly(
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
@@ -986,14 +968,8 @@ class BulkReextraction:
             ).scalar()
             if not requests:
                 return
-            failed_at = _database_time(connection).isoformat()
             counted = {
-                k: {
-                    **r,
-                    _FAILING: int(r.get(_FAILING, 0)) + 1,
-                    _FAILED_WHOLE: True,
-                    _FAILED_AT: failed_at,
-                }
+                k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
                 for k, r in requests.items()
             }
             connection.execute(
@@ -1001,39 +977,6 @@ class BulkReextraction:
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
                 .values(requests=counted)
             )
-
-    def _note_answered(self) -> None:
-        """Mark the requests of the kept rows of the version whose Message Batch failed
-        whole as answered since (:data:`_ANSWERED_SINCE`): a Message Batch of the version
-        was just answered. Rows are locked in one order, as forget locks them, after the
-        answered row's own transaction ended."""
-        with self.store.transaction() as connection:
-            kept = connection.execute(
-                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).where(
-                    BULK_BATCHES.c.knowledge_version == self.version
-                )
-            ).all()
-            failed = sorted(
-                local_id
-                for local_id, requests in kept
-                if _requests({"requests": requests})
-                and _failed_whole({"requests": requests})
-                and not all(r.get(_ANSWERED_SINCE) for r in requests.values())
-            )
-            if not failed:
-                return
-            for local_id, requests in connection.execute(
-                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
-                .where(BULK_BATCHES.c.local_id.in_(failed))
-                .order_by(BULK_BATCHES.c.local_id)
-                .with_for_update()
-            ).all():
-                marked = {k: {**r, _ANSWERED_SINCE: True} for k, r in requests.items()}
-                connection.execute(
-                    BULK_BATCHES.update()
-                    .where(BULK_BATCHES.c.local_id == local_id)
-                    .values(requests=marked)
-                )
 
     def _drop_row(self, row: dict[str, Any]) -> None:
         """Note the messages of a kept row dropped before all were recorded, for
@@ -1624,16 +1567,6 @@ _FAILED_WHOLE = "failed_whole"
 """The key of a kept request whose Message Batch failed whole with server errors: the next
 run plans its messages again instead of collecting it (an older memvee collects it again,
 blames nothing and plans them again too)."""
-
-_FAILED_AT = "failed_at"
-"""The key of a kept request that says when (by the database's clock, ISO 8601) its Message
-Batch failed whole with server errors, which the count ages by (:data:`FAILED_WHOLE_TTL`)."""
-
-_ANSWERED_SINCE = "answered_since"
-"""The key of a kept request whose Message Batch failed whole with server errors, set once
-a Message Batch of the same version was answered after (:meth:`BulkReextraction._note_answered`):
-with a failure over :data:`FAILED_WHOLE_TTL` old, evidence that it was an outage that
-passed (older memvees ignore it)."""
 
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a

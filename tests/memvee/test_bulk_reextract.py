@@ -2490,77 +2490,61 @@ async def test_promoting_after_a_bulk_run_that_left_a_message_out_promotes_every
             assert "v2" not in audit.knowledge_versions(user), f"{user}'s v2 was promoted"
 
 
-def _failed_whole_kept(audit: Audit, *, failed: datetime, stamped: bool) -> None:
-    """Make the kept Message Batches that failed whole look made at ``failed`` and, if
-    ``stamped``, failed then (an earlier memvee kept no time of the failure)."""
+def _kept_a_day_ago(audit: Audit) -> None:
+    """Make every kept Message Batch look made, and any time stamped in its requests (as an
+    earlier build stamped a whole failure's), 25 hours ago: a run of a daily job later."""
+    then = datetime.now(UTC) - timedelta(hours=25)
     with audit.store.transaction() as connection:
         for local_id, requests in connection.execute(
             select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
         ).all():
             aged = {
-                k: {key: value for key, value in r.items() if key != "failed_at"}
+                k: {**r, **({"failed_at": then.isoformat()} if "failed_at" in r else {})}
                 for k, r in requests.items()
             }
-            if stamped:
-                aged = {k: {**r, "failed_at": failed.isoformat()} for k, r in aged.items()}
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == local_id)
-                .values(requests=aged, created_at=failed)
+                .values(requests=aged, created_at=then)
             )
 
 
-@pytest.mark.parametrize("stamped", [True, False], ids=["its failure's time", "an older memvee's"])
-async def test_a_whole_failure_a_day_old_with_batches_answered_since_sends_nothing_at_full_price(
-    both_backends: str, server: MessagesAPIServer, stamped: bool
+async def test_a_whole_failure_counts_however_long_ago_and_whatever_was_answered_since(
+    both_backends: str, server: MessagesAPIServer
 ) -> None:
-    """ann's Message Batch failed whole with server errors more than 24 hours ago, and a
-    Message Batch of the version (bob's) was answered since: that failure was an outage
-    that passed, so her next batch failing so is counted as the first, not the second,
-    and nothing goes at full price (a batch kept by an older memvee, with no time of its
-    failure, is aged from its making)."""
+    """ann's Message Batch failed whole with server errors a day ago, and bob's was
+    answered since: her next batch failing so is the second in a row, and her messages go
+    at full price. Neither the age of a failure nor another batch answered tells that the
+    API recovered for her requests; a count that lapsed so let a request failing every
+    run of a daily job fail, billed, every run for good."""
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=both_backends) as audit:
         await _run(audit, users=["ann"])
-        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=stamped)
+        _kept_a_day_ago(audit)
         server.set_responder(default_answer)
         assert (await _run(audit, users=["bob"])).recorded > 0
         server.set_responder(_batch_requests_fail)
         report = await _run(audit, users=["ann"])
-        assert report.direct == {}
-        after = await _run(audit, users=["ann"])
-        assert after.direct == {"ann": 4}, "a whole failure of today still counts"
-
-
-async def test_a_whole_failure_counts_however_long_ago_when_no_batch_was_answered_since(
-    both_backends: str, server: MessagesAPIServer
-) -> None:
-    """ann's Message Batch failed whole with server errors 25 hours ago, and no Message
-    Batch was answered since (runs a day or more apart): her next batch failing so is the
-    second in a row, and her messages go at full price. The count used to lapse after 24
-    hours, so a request failing every run of a daily or weekly job never reached the
-    fallback and failed, billed, every run for good."""
-    server.set_responder(_batch_requests_fail)
-    with Audit(db_url=both_backends) as audit:
-        await _run(audit, users=["ann"])
-        _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=True)
-        report = await _run(audit, users=["ann"])
         assert report.direct == {"ann": 4}
 
 
-async def test_a_message_failing_every_run_a_day_apart_is_left_out(
+async def test_a_message_failing_every_run_of_a_daily_job_is_left_out(
     db: str, server: MessagesAPIServer
 ) -> None:
-    """bob's message that makes every call fail, alone in its Message Batch run after run
-    with the runs 25 hours apart, goes through the fallback and is left out of the version
-    within a few runs (it used to fail whole, billed, every run for good)."""
-    server.set_responder(_poison("bob"))
+    """bob's message that makes every call fail, alone in its Message Batch run after run,
+    the runs a day apart and ann's new messages answered in each, goes through the
+    fallback and is left out of the version within a few runs (it used to fail whole,
+    billed, every run for good)."""
     with Audit(db_url=db) as audit:
-        for _ in range(6):
+        for day in range(6):
+            await _say(db, "ann", f"ann says something new on day {day}")
+            server.set_responder(default_answer)
+            assert (await _run(audit, users=["ann"])).recorded > 0
+            server.set_responder(_poison("bob"))
             report = await _run(audit, users=["bob"])
             if report.left_out:
                 break
-            _failed_whole_kept(audit, failed=datetime.now(UTC) - timedelta(hours=25), stamped=True)
+            _kept_a_day_ago(audit)
     assert len(report.left_out) == 1 and "boom" in next(iter(report.left_out.values()))
 
 
