@@ -66,7 +66,7 @@ from events.errors import (
     may_pass,
     repeats,
 )
-from events.user_log import LIVE_KNOWLEDGE
+from events.user_log import LIVE_KNOWLEDGE, WHOLE_FAILURES_IN_A_ROW
 from projections.shown import MAX_KNOWN_ENTRIES
 
 __all__ = ["FAULT_REASON", "FORGOTTEN_REASON", "INTERRUPTED_BY_CRASH", "UserActor"]
@@ -730,12 +730,18 @@ class UserActor(PooledActor):
         extractor = self._services.workers.extractor
         limits = self._services.settings.limits
 
-        def fail(user_log: UserLog | None) -> list[str]:
+        def fail(user_log: UserLog | None) -> tuple[list[str], str]:
             if user_log is None or task_id not in user_log.open_tasks:
-                return []
+                return [], text
+            told = text
+            if whole and not user_log.keeps_failures_whole:
+                told = (
+                    f"{text} (split all the same: {WHOLE_FAILURES_IN_A_ROW} failures in a row "
+                    "left it whole already)"
+                )
             return user_log.record_failure(
                 task_id,
-                text,
+                told,
                 repeats=again,
                 blamed=blamed,
                 whole=whole,
@@ -743,10 +749,10 @@ class UserActor(PooledActor):
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),
                 limits=limits,
-            )
+            ), told
 
         try:
-            quarantined = self._decide(fail)
+            quarantined, text = self._decide(fail)
         except Exception as error:
             log.warning(
                 "user %r: task %s: its failure could not be stored (%s); the task is closed "

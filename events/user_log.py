@@ -60,6 +60,7 @@ __all__ = [
     "EVENT_CLASSES",
     "LIVE_KNOWLEDGE",
     "MAX_VERSION_CHARS",
+    "WHOLE_FAILURES_IN_A_ROW",
     "UserLog",
     "check_knowledge_version",
     "check_new_knowledge_version",
@@ -75,6 +76,16 @@ LIVE_KNOWLEDGE = "live"
 
 MAX_VERSION_CHARS = 64
 """The longest name a knowledge version may have (its column's width)."""
+
+
+WHOLE_FAILURES_IN_A_ROW = 3
+"""The most failures in a row of a user's batches that may leave their batch whole (the
+API down for every call): the next one splits its batch whatever the extraction workers
+said, so that no judgement of theirs (a harmless request misread, another batch's
+failure, a refused account, a pause) can keep one message's failures from freeing the
+messages beside it for good. A batch extracted, or a failure that split it, ends the row.
+Three keeps a batch whole through an outage's first three failed runs, and costs a batch
+that fails of its own, misjudged, three runs more per split."""
 
 
 UNKNOWN_END = datetime.max.replace(tzinfo=UTC)
@@ -150,7 +161,8 @@ class UserLog(Aggregate):
     events estimated them: a snapshot keeps an older estimate, which only sizes batches
     still to cut, since a started batch records its messages), ``caps`` (the most messages a
     batch holding a message may have, after splits) and ``parked`` (messages that failed
-    alone, with the failures counted against them); ``quarantined`` messages; the
+    alone, with the failures counted against them); ``failed_whole`` (the failures in a
+    row that left their batch whole); ``quarantined`` messages; the
     ``valid_entries`` of each knowledge version; and the ``reextraction_requests`` recorded
     (each Message Batches request id with its knowledge version).
     """
@@ -234,6 +246,8 @@ class UserLog(Aggregate):
 
         def apply(self, log: UserLog) -> None:
             log.settle(log.open_tasks.pop(self.task_id))
+            if self.message_ids:
+                log.failed_whole = 0
             log.knowledge_count += len(self.entries)
             for entry in self.entries:
                 log.valid_entries[entry["entry_id"]] = LIVE_KNOWLEDGE
@@ -258,6 +272,7 @@ class UserLog(Aggregate):
 
         def apply(self, log: UserLog) -> None:
             log.note_failure(log.return_to_buffer(self.task_id), counted=True)
+            log.failed_whole = 0
 
     class MessagesQuarantined(Aggregate.Event):
         """Messages that kept failing alone left the buffer for quarantine, with the last
@@ -277,6 +292,7 @@ class UserLog(Aggregate):
 
         def apply(self, log: UserLog) -> None:
             batch = log.open_tasks.pop(self.task_id)
+            log.failed_whole = 0
             for message_id in self.message_ids:
                 log.quarantined[message_id] = batch[message_id]
                 log.caps.pop(message_id, None)
@@ -450,8 +466,9 @@ class UserLog(Aggregate):
         ``blamed`` says the batch (one message) failed while the API answered others, or
         met a fault, so the failure counts against that message as well. ``whole`` says
         the API was down for every call (a harmless request failed too, or the batch was
-        held unsent): the batch returns unsplit; it is stored only when true, so an older
-        memvee reads every other failure without a field it does not know. The tokens are
+        held unsent): the batch returns unsplit, one more failure in a row left whole
+        (:data:`WHOLE_FAILURES_IN_A_ROW`); it is stored only when true, so an older memvee
+        reads every other failure without a field it does not know. The tokens are
         what the failed calls spent, if any did (an answer cut at its budget, then a
         failed re-ask; a harmless request).
         """
@@ -469,8 +486,11 @@ class UserLog(Aggregate):
 
         def apply(self, log: UserLog) -> None:
             returned = log.return_to_buffer(self.task_id)
-            if not self.whole:
+            if self.whole:
+                log.failed_whole += 1
+            else:
                 log.note_failure(returned, counted=self.blamed)
+                log.failed_whole = 0
             log.running.pop(self.task_id, None)
 
     class ProcessingInterrupted(Aggregate.Event):
@@ -545,6 +565,7 @@ class UserLog(Aggregate):
         self.latest_end: datetime | None = None
         self.quiet_task: str | None = None
         self.quiet_at = 0
+        self.failed_whole = 0
 
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
@@ -553,6 +574,7 @@ class UserLog(Aggregate):
         update naming one is recorded as a new entry: nothing is lost, only not linked.
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
         When the latest end of an entry is not known, every batch may be backdated.
+        Failures left whole before are not counted: the row starts anew.
         The Message Batches requests recorded before are not known: a bulk batch kept
         across the upgrade is collected as if none of it were recorded.
         """
@@ -564,6 +586,8 @@ class UserLog(Aggregate):
             self.latest_end = UNKNOWN_END
         if not hasattr(self, "quiet_task"):
             self.quiet_task, self.quiet_at = None, 0
+        if not hasattr(self, "failed_whole"):
+            self.failed_whole = 0
 
     @staticmethod
     def create_id(user_id: str) -> UUID:
@@ -581,6 +605,12 @@ class UserLog(Aggregate):
         out (:attr:`open_tasks`) or, in a log cut between a batch's outcome and the next
         batch's claim (which the log's owner writes together), with none."""
         return list(dict.fromkeys([*self.running, *self.open_tasks]))
+
+    @property
+    def keeps_failures_whole(self) -> bool:
+        """Whether a failure that leaves its batch whole may do so now: fewer than
+        :data:`WHOLE_FAILURES_IN_A_ROW` failures did in a row (:attr:`failed_whole`)."""
+        return self.failed_whole < WHOLE_FAILURES_IN_A_ROW
 
     @property
     def unsettled(self) -> set[str]:
@@ -914,12 +944,16 @@ class UserLog(Aggregate):
         An error that ``repeats`` (the same batch would fail again) splits the batch and the
         task goes on; any other error ends the task FAILED, its batch back in the buffer
         and split for the next run, or ``whole`` when the API was down for every call (an
-        outage halves no batch). A message that failed alone ``limits.max_attempts``
-        times (errors that repeat, or that were ``blamed`` on it) is quarantined instead.
-        ``usage``, ``extractor`` and ``model`` record what the failed calls spent.
+        outage halves no batch), unless :data:`WHOLE_FAILURES_IN_A_ROW` failures in a row
+        were left whole already (:attr:`keeps_failures_whole`): then it is split all the
+        same, so that no batch stays whole for good. A message that failed alone
+        ``limits.max_attempts`` times (errors that repeat, or that were ``blamed`` on it)
+        is quarantined instead. ``usage``, ``extractor`` and ``model`` record what the
+        failed calls spent.
         """
         claimed = self._open_task(task_id)
         error = storable(error) if error else "unknown error"
+        whole = whole and self.keeps_failures_whole
         spent = {
             "extractor": _label(extractor, MAX_EXTRACTOR_CHARS),
             "model": _label(model, MAX_MODEL_CHARS),

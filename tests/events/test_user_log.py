@@ -20,7 +20,13 @@ from events import (
     UnknownTaskError,
 )
 from events.store import EventStore
-from events.user_log import UserLog, continues_decision, short_message_id, user_log_id
+from events.user_log import (
+    WHOLE_FAILURES_IN_A_ROW,
+    UserLog,
+    continues_decision,
+    short_message_id,
+    user_log_id,
+)
 
 
 def _log_with(n: int) -> tuple[UserLog, list[str]]:
@@ -243,6 +249,50 @@ def test_a_failure_met_while_the_api_was_down_returns_its_batch_whole() -> None:
     assert list(_start(log, "t2")) == ids
     log.record_failure("t2", "HTTP 500")
     assert log.caps == dict.fromkeys(ids, 2)
+
+
+def _fail_whole(log: UserLog, task_id: str) -> list[str]:
+    """Start ``task_id`` and fail its batch as one met while the API was down: its claim."""
+    claimed = _start(log, task_id)
+    log.record_failure(task_id, "HTTP 500; a harmless request failed too", whole=True)
+    return claimed
+
+
+def test_a_batch_left_whole_three_failures_in_a_row_is_split_at_the_fourth() -> None:
+    """However the workers keep judging the API down (a harmless request misread, another
+    batch's failure, a refused account, a pause), the log splits the batch after
+    WHOLE_FAILURES_IN_A_ROW failures left it whole: a message failing of its own frees
+    the messages beside it. The stored event says so, so a replay folds the same."""
+    log, ids = _log_with(8)
+    claims = [_fail_whole(log, f"t{run}") for run in range(WHOLE_FAILURES_IN_A_ROW + 1)]
+    assert claims == [ids] * (WHOLE_FAILURES_IN_A_ROW + 1)
+    history = log.collect_events()
+    failed = [e for e in history if isinstance(e, UserLog.ProcessingFailed)]
+    assert [e.whole for e in failed] == [True] * WHOLE_FAILURES_IN_A_ROW + [False]
+    replayed: UserLog | None = None
+    for event in history:
+        replayed = event.mutate(replayed)
+    assert replayed is not None and replayed.caps == log.caps == dict.fromkeys(ids, 4)
+    assert len(_start(log, "after")) == 4
+
+
+def test_a_batch_extracted_or_split_ends_a_row_of_failures_left_whole() -> None:
+    """The row counts failures left whole one after another: an outage a week after
+    another, with batches extracted in between, starts a row of its own."""
+    log, _ = _log_with(8)
+    for run in range(WHOLE_FAILURES_IN_A_ROW):
+        _fail_whole(log, f"t{run}")
+    _start(log, "ok")
+    log.record_knowledge("ok", [], "offline")
+    assert log.failed_whole == 0 and log.keeps_failures_whole
+    later = [log.add_message("user", f"later {i}", None, 100) for i in range(4)]
+    for run in range(WHOLE_FAILURES_IN_A_ROW):
+        assert _fail_whole(log, f"u{run}") == later
+    assert log.caps == {} and not log.keeps_failures_whole
+    _start(log, "split")
+    log.record_failure("split", "HTTP 500")
+    assert log.caps == dict.fromkeys(later, 2)
+    assert log.failed_whole == 0 and log.keeps_failures_whole
 
 
 def test_a_failure_stored_before_the_whole_field_existed_still_splits_its_batch() -> None:
