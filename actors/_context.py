@@ -174,7 +174,8 @@ class SharedServices:
     shown off the actor (without, it is read on the actor, by the vectors stored)."""
     closing: threading.Event = field(default_factory=threading.Event)
     """Set when the engine's Memory begins to close: with leases, the owner then starts
-    no request of another process, which that process runs once it takes the user over."""
+    no request of another process, which that process runs once it takes the user over;
+    the extraction workers send no harmless request after a failed batch."""
     stopping: threading.Event = field(default_factory=threading.Event)
     """Set when the engine stops (after the close's grace): a decision waiting for the store
     to answer again gives up, so that a database that is down never holds the close up."""

@@ -35,7 +35,14 @@ from events import (
     TokenUsage,
     check_result,
 )
-from events.errors import EveryRequestRefusedError, ExtractionPausedError, first_line, repeats
+from events.errors import (
+    EveryRequestRefusedError,
+    ExtractionPausedError,
+    ExtractorOverloadedError,
+    ExtractorRateLimitedError,
+    first_line,
+    repeats,
+)
 from events.extraction import extraction_deadline
 
 __all__ = [
@@ -128,17 +135,39 @@ async def harmless_request(
         return usage or TokenUsage(), failed
 
 
+HARMLESS_REQUEST_SECONDS = 10.0
+"""The longest a harmless request after a failed batch may take (or ``timeout``, if that
+is shorter): its answer is one token, so a request that takes longer finds the API down,
+and the failed batch's slot is not held for a second full timeout."""
+
+
+def _tells_down(failed: Exception) -> bool:
+    """Whether a harmless request's failure shows the API down for every call: a 5xx, a
+    timeout or no connection. A rate limit (429), an overloaded API (529) or any failure
+    asking to wait tells nothing (the failed batch may have used the limit up itself), nor
+    does a refusal or a failure that would repeat."""
+    return not (
+        repeats(failed)
+        or asked_to_wait(failed) > 0
+        or isinstance(failed, ExtractorOverloadedError | ExtractorRateLimitedError)
+    )
+
+
 def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
     """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
-    so the failure records both: one that is no ExtractionError becomes one."""
+    so the failure records both: a copy, since an extractor may raise one exception object
+    each time; one that is no ExtractionError becomes one."""
     if spent == TokenUsage():
         return failure
     if isinstance(failure, ExtractionError):
-        failure.usage = spent if failure.usage is None else failure.usage.plus(spent)
-        return failure
-    carried = ExtractionError(f"{type(failure).__name__}: {failure}", usage=spent)
-    carried.__cause__ = failure
-    return carried
+        # A shallow copy made without __init__, whose signature a subclass may change.
+        carried = type(failure).__new__(type(failure), *failure.args)
+        vars(carried).update(vars(failure))
+        carried.usage = spent if failure.usage is None else failure.usage.plus(spent)
+        return carried
+    wrapped = ExtractionError(f"{type(failure).__name__}: {failure}", usage=spent)
+    wrapped.__cause__ = failure
+    return wrapped
 
 
 class ExtractionWorkers:
@@ -159,9 +188,11 @@ class ExtractionWorkers:
         concurrency: int = 4,
         timeout: float = 120.0,
         breaker: CircuitBreaker | None = None,
+        closing: threading.Event | None = None,
     ):
         self.extractor = extractor
         self.timeout = timeout
+        self._closing = closing or threading.Event()  # set: the engine is closing
         self._not_async: str | None = None  # why extract cannot be called, once it showed
         self.breaker = breaker or CircuitBreaker()
         self._resumed = asyncio.Event()
@@ -320,21 +351,25 @@ class ExtractionWorkers:
         the batch's own (split as before).
 
         An extractor that declares :class:`HarmlessRequests` is sent one harmless request
-        at once: failed too, the API is down; answered, the failure is the batch's;
+        at once: failed with a 5xx, a timeout or no connection (:func:`_tells_down`), the
+        API is down; answered, the failure is the batch's; rate limited, overloaded or
         refused, it tells nothing (the failure is told as it was). Its answer only judges
         this failure: it is no answered call for the breaker, whose :meth:`blame` would
         take it for evidence against a lone message the API fails for its size. None is
         sent after a failure that asked to wait (the user's backoff honours the wait; a
         request now would meet the same limit, and a wait here would hold the slot), or
         that a harmless request told already (:class:`EveryRequestRefusedError`), nor to
-        another extractor; nor when one that followed another batch failed while this
-        one was out and the breaker is open still (the API is down, whoever's messages
-        opened it). The request's tokens go with the failure's.
+        another extractor, nor once the engine is closing; nor when one that followed
+        another batch failed while this one was out and the breaker is open still (the
+        API is down, whoever's messages opened it). The request's tokens go with the
+        failure's. (However often the workers say down, the user's log splits the batch
+        after a few failures in a row kept whole: see :meth:`UserLog.record_failure`.)
         """
         if (
             not isinstance(self.extractor, HarmlessRequests)
             or isinstance(failure, ExtractorNotAsync | EveryRequestRefusedError)
             or asked_to_wait(failure) > 0
+            or self._closing.is_set()
         ):
             return failure
         usage = failure.usage if isinstance(failure, ExtractionError) else None
@@ -345,12 +380,11 @@ class ExtractionWorkers:
                 usage=usage,
             )
         spent, ping_failed = await self._ping(batch)
-        if ping_failed is None or repeats(ping_failed):  # refused, it tells nothing
+        if ping_failed is None or not _tells_down(ping_failed):
             return _with_spent(failure, spent)
         self._down_told += 1
-        waited = asked_to_wait(ping_failed)
         if not self.breaker.is_open:  # the outage it met already paces every call
-            self.breaker.failed(waited)
+            self.breaker.failed()
         log.info(
             "task %s: a harmless request failed too (%s): the API is down, the batch is "
             "retried whole",
@@ -361,20 +395,21 @@ class ExtractionWorkers:
             f"{failure} (a harmless request failed too: the API is down; the batch is "
             "retried later, whole)",
             usage=spent if usage is None else usage.plus(spent),
-            retry_after=waited or None,
         )
 
     async def _ping(self, batch: ExtractionBatch) -> tuple[TokenUsage, Exception | None]:
-        """One harmless request once ``batch`` failed, bounded by ``timeout`` as a batch
-        is: what it spent, and what it failed with, if it did."""
+        """One harmless request once ``batch`` failed, bounded by
+        :data:`HARMLESS_REQUEST_SECONDS` (or ``timeout``, if shorter): what it spent, and
+        what it failed with, if it did."""
+        limit = min(HARMLESS_REQUEST_SECONDS, self.timeout)
         try:
-            async with asyncio.timeout(self.timeout) as cut:
+            async with asyncio.timeout(limit) as cut:
                 extraction_deadline.set(cut.when())
                 sent_at = max((m.sent_at for m in batch.messages), default=datetime.now(UTC))
                 return await harmless_request(self.extractor, batch.user_id, batch.task_id, sent_at)
         except TimeoutError:
             return TokenUsage(), ExtractionError(
-                f"the harmless request timed out after {self.timeout:g} s"
+                f"the harmless request timed out after {limit:g} s"
             )
 
     def _admit(self, held: _Held) -> float:

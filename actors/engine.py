@@ -203,11 +203,13 @@ class Engine:
         self.checkpoints = replay_checkpoints(self.tables)
         self.checkpointer = UserWorker(self._checkpoint, name="checkpoints", delay=0)
         undo.callback(self.checkpointer.stop)
+        closing = threading.Event()  # see SharedServices.closing
         self.workers = ExtractionWorkers(
             extractor,
             concurrency=options.extraction_concurrency,
             timeout=options.extraction_timeout,
             breaker=self.breaker,
+            closing=closing,
         )
         undo.callback(self.workers.stop)
         self.dispatcher = Dispatcher(options.actor_threads)
@@ -234,6 +236,7 @@ class Engine:
             None if self.leases is None else self._release_lease,
             self._call_user,
             shown_aside=self._shown_aside,
+            closing=closing,
             stopping=self._stopping,
             refuse_unfolded=self.refuse_unfolded,
         )

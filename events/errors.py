@@ -30,6 +30,7 @@ __all__ = [
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorOverloadedError",
+    "ExtractorRateLimitedError",
     "InvalidExtractionError",
     "InvalidInputError",
     "MemoryClosedError",
@@ -206,6 +207,12 @@ class ExtractorOverloadedError(ExtractionError):
     that may pass, which the engine never blames on the messages of the batch it met,
     however often a message meets it. (A rate limit, 429, may be a batch's own: a
     request larger than a per-minute token limit is refused so each time.)"""
+
+
+class ExtractorRateLimitedError(ExtractionError):
+    """The extractor's service said a rate limit of the account is reached (HTTP 429): a
+    failure that may pass, which may be a batch's own (a request larger than a per-minute
+    token limit) but never shows that the service is down."""
 
 
 class ProbeFailedError(ExtractionError):

@@ -42,6 +42,7 @@ from events.errors import (
     EveryRequestRefusedError,
     ExtractionError,
     ExtractorOverloadedError,
+    ExtractorRateLimitedError,
     InvalidExtractionError,
     InvalidInputError,
     MemveeError,
@@ -113,6 +114,9 @@ enough to find one refused entry among 2,048 (a batch shows at most 100), or two
 
 _OVERLOADED_STATUSES = frozenset({529})
 """Statuses of an API too busy for any request: never the batch's fault."""
+
+_RATE_LIMITED_STATUS = 429
+"""The status of a request over one of the account's rate limits."""
 
 
 def cache_minimum(model: str) -> int:
@@ -446,9 +450,12 @@ class ClaudeExtractor(HarmlessRequests):
             result, notes={**result.notes, "known_entries_left_out": ",".join(left_out)}
         )
 
-    async def _call(self, request: dict[str, Any]) -> Message:
-        """One Messages API call, its failures as ExtractionErrors."""
+    async def _call(self, request: dict[str, Any], *, retries: int | None = None) -> Message:
+        """One Messages API call, its failures as ExtractionErrors; the SDK retries it as
+        the client does, or ``retries`` times."""
         client = self.client
+        if retries is not None:
+            client = client.with_options(max_retries=retries)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
@@ -506,11 +513,13 @@ class ClaudeExtractor(HarmlessRequests):
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:
         """Send ``batch``'s request asking for one output token, its answer not read, to
         tell whether the API answers at all (``batch`` a harmless message, after calls
-        that failed): returns what it spent, or raises the ExtractionError of the call."""
+        that failed): returns what it spent, or raises the ExtractionError of the call.
+        It is sent once, never retried: one request, whose failure is the finding (a
+        retry would sleep a ``retry-after`` in the caller's place)."""
         await self.prepare()
         request = self.request(batch)
         request["max_tokens"] = 1
-        return _usage(await self._call(request))
+        return _usage(await self._call(request, retries=0))
 
     async def _probed(
         self, probe: dict[str, Any], refused: RejectedBatchError, spent: TokenUsage
@@ -934,6 +943,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
             return RejectedBatchError(text, reason=reason)
         if exc.status_code in _OVERLOADED_STATUSES:
             return ExtractorOverloadedError(text, retry_after=wait)
+        if exc.status_code == _RATE_LIMITED_STATUS:
+            return ExtractorRateLimitedError(text, retry_after=wait)
         return ExtractionError(text, retry_after=wait)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"

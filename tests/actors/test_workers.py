@@ -23,7 +23,12 @@ from events import (
     HarmlessRequests,
     TokenUsage,
 )
-from events.errors import ExtractionPausedError, ExtractorOverloadedError
+from events.errors import (
+    ExtractionPausedError,
+    ExtractorOverloadedError,
+    ExtractorRateLimitedError,
+)
+from events.extraction import extraction_deadline
 from tests.support.extractors import RecordingExtractor
 
 
@@ -328,13 +333,56 @@ def test_a_batch_failing_with_its_harmless_request_tells_the_api_is_down() -> No
 
 def test_a_batch_failing_while_its_harmless_request_is_answered_keeps_its_own_failure() -> None:
     """Answered, the harmless request shows the API up: the failure is the batch's own
-    (split as before), carrying the request's tokens to be counted with it."""
+    (split as before), a copy of it carrying the request's tokens to be counted with it."""
     failure = ExtractorOverloadedError("HTTP 529 overloaded", usage=TokenUsage(input_tokens=7))
     extractor = _Pinged(failure)
     outcome = _outcome_of(extractor, CircuitBreaker(failures=2))
-    assert outcome is failure
-    assert failure.usage == TokenUsage(input_tokens=12, output_tokens=1)
+    assert type(outcome) is ExtractorOverloadedError and str(outcome) == str(failure)
+    assert outcome.usage == TokenUsage(input_tokens=12, output_tokens=1)
     assert len(extractor.pings) == 1
+
+
+def test_one_exception_object_raised_each_time_is_charged_one_request_each_time() -> None:
+    """The failure carries the harmless request's tokens in a copy: an extractor that
+    raises the same exception object every time (a stored error) is not charged every
+    earlier request again with each failure."""
+    failure = ExtractionError("HTTP 500 upstream failed")
+    extractor = _Pinged(failure)
+    workers = ExtractionWorkers(extractor, concurrency=1, breaker=CircuitBreaker(failures=100))
+    outcomes = _Outcomes()
+    charged = []
+    try:
+        for run in range(3):
+            workers.submit(_batch("ann", f"ann-{run}"), outcomes.done(f"ann-{run}"))
+            outcome = outcomes.of(f"ann-{run}")
+            assert isinstance(outcome, ExtractionError)
+            charged.append(outcome.usage)
+    finally:
+        workers.stop()
+    assert charged == [TokenUsage(input_tokens=5, output_tokens=1)] * 3
+    assert failure.usage is None
+
+
+@pytest.mark.parametrize(
+    "ping_failure",
+    [
+        ExtractorRateLimitedError("HTTP 429 rate limited"),
+        ExtractorOverloadedError("HTTP 529 overloaded"),
+        ExtractionError("HTTP 503 unavailable", retry_after=1.0),
+    ],
+    ids=["rate limited", "overloaded", "asked to wait"],
+)
+def test_a_harmless_request_rate_limited_or_overloaded_tells_nothing(
+    ping_failure: ExtractionError,
+) -> None:
+    """The failed batch may have used the rate limit up itself, and a busy API answers
+    others: such a failure of the harmless request is no sign of an outage, so the batch's
+    failure is told as it was (split), and the breaker counts it alone."""
+    breaker = CircuitBreaker(failures=2)
+    extractor = _Pinged(ExtractionError("HTTP 500 upstream failed"), ping_failure)
+    outcome = _outcome_of(extractor, breaker)
+    assert isinstance(outcome, ExtractionError) and not isinstance(outcome, ApiDown)
+    assert len(extractor.pings) == 1 and not breaker.is_open
 
 
 def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:
@@ -446,6 +494,39 @@ def test_no_harmless_request_follows_a_failure_asking_to_wait() -> None:
     finally:
         workers.stop()
     assert extractor.calls == ["ann-1", "bob-1"]
+
+
+def test_a_harmless_request_is_cut_at_a_short_limit_of_its_own() -> None:
+    """A batch that failed holds its slot for one more request, not for another whole
+    ``timeout``: the harmless request gets HARMLESS_REQUEST_SECONDS."""
+    remaining: list[float] = []
+
+    class _Timed(_Pinged):
+        async def ping(self, batch: ExtractionBatch) -> TokenUsage:
+            deadline = extraction_deadline.get()
+            assert deadline is not None
+            remaining.append(deadline - asyncio.get_running_loop().time())
+            return await super().ping(batch)
+
+    extractor = _Timed(ConnectionResetError("reset by peer"))
+    _outcome_of(extractor, timeout=120.0)
+    assert len(remaining) == 1 and remaining[0] <= workers_module.HARMLESS_REQUEST_SECONDS
+
+
+def test_no_harmless_request_is_sent_once_the_engine_is_closing() -> None:
+    """A batch failing while the Memory closes is told as it was: no request goes out
+    after the close began, nor holds its grace."""
+    closing = threading.Event()
+    closing.set()
+    extractor = _Pinged(ConnectionResetError("reset by peer"))
+    workers = ExtractionWorkers(extractor, concurrency=1, closing=closing)
+    outcomes = _Outcomes()
+    try:
+        workers.submit(_batch("ann", "ann-1"), outcomes.done("ann-1"))
+        assert isinstance(outcomes.of("ann-1"), ConnectionResetError)
+    finally:
+        workers.stop()
+    assert extractor.pings == []
 
 
 def test_a_harmless_request_that_outlasts_the_timeout_tells_the_api_is_down() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from actors import Engine
 from memvee import Memory, MemoryConfig, ProcessingError
 from memvee.audit import Audit
 from memvee.extractors import ClaudeExtractor
@@ -746,10 +747,11 @@ async def test_an_earlier_batchs_deadline_does_not_stop_a_later_calls_retries(
 
 OUTAGES: dict[str, Callable[[RecordedRequest], ScriptedResponse]] = {
     "500": _error(500, "api_error"),
-    OVERLOADED: _error(529, "overloaded_error"),
+    "503": _error(503, "api_error"),
     "connection reset": lambda r: ScriptedResponse(reset=True),
 }
-"""An API down for every request, the harmless ones too."""
+"""An API down for every request, the harmless ones too. (A harmless request met
+overloaded, 529, or rate limited tells nothing: see HARMLESS_TOLD_NOTHING.)"""
 
 
 class _Outage:
@@ -848,7 +850,7 @@ async def test_an_extractor_without_harmless_requests_splits_a_batch_an_outage_f
     outage splits the batch as it always did."""
     undeclared = _Paced()
     undeclared.inner = ClaudeExtractor(max_retries=0)
-    outage = _Outage(OUTAGES[OVERLOADED])
+    outage = _Outage(OUTAGES["500"])
     harmless, after = await _three_runs_in_an_outage_then_one_after(
         tmp_path, monkeypatch, outage, undeclared
     )
@@ -978,3 +980,139 @@ async def test_a_rate_limited_batch_sends_no_harmless_request_even_as_the_memory
             await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
             assert await asyncio.to_thread(asked.wait, 30)
         assert server.requests and not any(map(_is_probe, server.requests))
+
+
+HARMLESS_TOLD_NOTHING = {
+    "429": ScriptedResponse(
+        429,
+        error_body(
+            "rate_limit_error", "Number of request tokens has exceeded your per-minute limit"
+        ),
+        {"retry-after": "1"},
+    ),
+    "529": ScriptedResponse(529, error_body("overloaded_error", "Overloaded")),
+}
+"""Answers to a harmless request that tell nothing of an outage: the failed batch may
+have used the rate limit up itself, and a busy API answers other calls."""
+
+
+@pytest.mark.parametrize("answer", list(HARMLESS_TOLD_NOTHING))
+async def test_a_message_failing_every_time_is_split_away_while_harmless_requests_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """One of ann's eight messages makes the API answer 500 every time, and each harmless
+    request after a failure is rate limited (or met overloaded). That is no outage: the
+    batch is split as before, and the seven beside the marked message are extracted
+    (read as the API down, all eight were kept whole for good)."""
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request):
+            return HARMLESS_TOLD_NOTHING[answer]
+        if any(MARK in str(m.get("content")) for m in request.messages):
+            return ScriptedResponse(500, error_body("api_error", "upstream failed"))
+        return default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        db = tmp_path / "told-nothing.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            for i in range(8):
+                said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
+                await memory.add_message("ann", "user", said)
+            for _ in range(2 * MAX_RUNS):
+                with contextlib.suppress(ProcessingError):
+                    await memory.process("ann")
+            assert len(checked_coverage(memory, "ann").covered) == 7
+
+
+async def test_a_harmless_request_is_sent_once_whatever_the_clients_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extractor as shipped retries a call twice, but not its harmless request: one
+    request tells, and a retry would sleep the retry-after of a 529 in the batch's slot,
+    other users' batches waiting behind it."""
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request):
+            overloaded = error_body("overloaded_error", "Overloaded")
+            return ScriptedResponse(529, overloaded, {"retry-after": "1"})
+        return ScriptedResponse(500, error_body("api_error", "boom"), {"x-should-retry": "false"})
+
+    with MessagesAPIServer(responder=responder) as server:
+        db = tmp_path / "one-harmless.db"
+        async with _memory_over(
+            server, monkeypatch, db, ClaudeExtractor(), extraction_timeout=30
+        ) as memory:
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            with pytest.raises(ProcessingError, match="HTTP 500"):
+                await memory.process("ann")
+        assert [_is_probe(r) for r in server.requests] == [False, True]
+
+
+async def test_a_batch_failing_after_the_close_began_sends_no_harmless_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann's batch is out when the Memory begins to close and fails during the grace:
+    its failure is told as it was, and no request goes out after the close began."""
+    close_began, arrived = threading.Event(), threading.Event()
+    drain = Engine.drain
+
+    def draining(engine: Engine) -> None:
+        drain(engine)
+        close_began.set()
+
+    monkeypatch.setattr(Engine, "drain", draining)
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request):
+            return default_answer(request)
+        arrived.set()
+        assert close_began.wait(30), "the Memory never began to close"
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+
+    with MessagesAPIServer(responder=responder) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "close-failing.db",
+            auto_process=True,
+            batch_threshold=2,
+            shutdown_grace=30,
+        ) as memory:
+            await memory.add_exchange("ann", "I live in Oslo.", "Nice.")
+            assert await asyncio.to_thread(arrived.wait, 30)
+        assert server.requests and not any(map(_is_probe, server.requests))
+
+
+async def test_a_batch_the_workers_keep_judging_down_is_split_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway fails every harmless request with a 500, and the API fails one of ann's
+    eight messages each time while it answers the rest: each failure reads as an outage.
+    The log splits the batch all the same after three failures in a row left it whole,
+    so the seven healthy messages are extracted; the marked one waits, never blamed."""
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if _is_probe(request) or any(MARK in str(m.get("content")) for m in request.messages):
+            return ScriptedResponse(500, error_body("api_error", "upstream failed"))
+        return default_answer(request)
+
+    with MessagesAPIServer(responder=responder) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "misjudged.db",
+            breaker_failures=100,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            for i in range(8):
+                said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
+                await memory.add_message("ann", "user", said)
+            for _ in range(24):
+                with contextlib.suppress(ProcessingError):
+                    await memory.process("ann")
+            assert len(checked_coverage(memory, "ann").covered) == 7
+            assert [m.content for m in await memory.buffer("ann")] == [f"{MARK} I collect stamps"]
+            assert await memory.quarantined("ann") == []
