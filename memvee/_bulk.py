@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import anthropic
 import httpx2
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import Connection, bindparam, inspect, select
+from sqlalchemy import Connection, bindparam, func, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from actors.lease import database_now
@@ -279,8 +278,7 @@ class BulkReextraction:
         self.claimed_by: dict[str, str] = {}  # the user of each claim, by its id
         self.lost: set[str] = set()  # claims another run took over while this one was stopped
         self.dropped: dict[str, set[str]] = {}  # messages of kept batches dropped, by user
-        self._kept: dict[str, set[str]] | None = None  # messages in kept batches, by user
-        self._kept_read = 0.0  # time.monotonic() of that read
+        self._kept: dict[str, dict[str, set[str]]] = {}  # kept batches' messages by user, by row
 
     async def run(self, user_ids: Sequence[str]) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -1343,6 +1341,37 @@ class BulkReextraction:
         ).mappings()
         return [dict(r) for r in rows]
 
+    def _kept_for(self, connection: Connection, user_id: str) -> set[str]:
+        """The messages of ``user_id`` the version's kept Message Batches hold, as
+        ``connection``'s transaction sees them: every batch kept before it, one a run that
+        ended a moment ago kept too. The ids of the kept rows are read each time (claims
+        left aside by their key, without decoding them); the requests only of those not
+        read before (:attr:`_kept`), so a run of thousands of users decodes each kept row
+        once."""
+        ids = set(
+            connection.execute(
+                select(BULK_BATCHES.c.local_id).where(
+                    BULK_BATCHES.c.knowledge_version == self.version,
+                    or_(
+                        BULK_BATCHES.c.api_batch_id.is_not(None),
+                        func.substr(BULK_BATCHES.c.local_id, 15, 1) != _CLAIM_ID_VERSION,
+                    ),
+                )
+            ).scalars()
+        )
+        for gone in self._kept.keys() - ids:
+            del self._kept[gone]
+        unread = sorted(ids - self._kept.keys())
+        if unread:
+            found = connection.execute(
+                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).where(
+                    BULK_BATCHES.c.local_id.in_(unread)
+                )
+            ).all()
+            for local_id, requests in found:
+                self._kept[local_id] = _kept_by_user(requests)
+        return set().union(*(row.get(user_id, set()) for row in self._kept.values()))
+
     def _claim(self, user_id: str) -> set[str] | None:
         """Claim the user's plan for this run, in the transaction that reads the kept
         Message Batches; returns the messages they hold (not to plan again), or ``None``
@@ -1399,11 +1428,7 @@ class BulkReextraction:
                     )
                     if taken.rowcount != 1:
                         return None
-                    self._kept = None  # the stopped run may have kept batches since: read again
-                if self._kept is None or time.monotonic() - self._kept_read > KEPT_FRESH:
-                    self._kept = _kept_by_user(self._rows(connection))
-                    self._kept_read = time.monotonic()
-                pending = self._kept.get(user_id, set())
+                pending = self._kept_for(connection, user_id)
         except IntegrityError:  # another run inserted the same claim first
             return None
         except SQLAlchemyError as error:
@@ -1582,6 +1607,11 @@ def _requests(row: Mapping[str, Any]) -> bool:
     return _CLAIM not in row["requests"] and _PROBE not in row["requests"]
 
 
+_CLAIM_ID_VERSION = "5"
+"""The version digit of every claim row's id, a UUID5 (:func:`_claim_id`), the 15th
+character: a kept batch's row is a UUID4's, so a query tells claims by their key alone."""
+
+
 def _claim_id(version: str, user_id: str) -> str:
     """The row id of the claim on ``user_id``'s plan for ``version``: one per pair."""
     return str(uuid5(NAMESPACE_URL, f"memvee-bulk-claim:{version}\0{user_id}"))
@@ -1634,22 +1664,13 @@ def _order(custom_id: str) -> int:
     return int(custom_id[1:].split("-", 1)[0])
 
 
-KEPT_FRESH = 2.0
-"""Seconds the kept batches read by a run's claims stay fresh: a run that ended since
-(its claims released, its batch kept for later) is seen by the next claim after that, and
-a run of thousands of users reads them a few times, not once a user."""
-
-
-def _kept_by_user(rows: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
-    """The messages the kept Message Batches among ``rows`` hold (claims left aside), by
-    user: read once a run, not once a user (a run of thousands of users read them all for
-    each)."""
+def _kept_by_user(requests: Mapping[str, Any]) -> dict[str, set[str]]:
+    """The messages a kept row's ``requests`` hold, by user; none of a claim or a probe,
+    nor those of a batch that failed whole (planned again: :meth:`_take_failed_whole`)."""
     kept: dict[str, set[str]] = {}
-    for row in rows:
-        if _requests(row):
-            for request in row["requests"].values():
-                if request.get(_FAILED_WHOLE):  # planned again (:meth:`_take_failed_whole`)
-                    continue
+    if _requests({"requests": requests}):
+        for request in requests.values():
+            if not request.get(_FAILED_WHOLE):
                 kept.setdefault(request["user"], set()).update(request["messages"])
     return kept
 

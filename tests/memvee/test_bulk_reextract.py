@@ -178,12 +178,11 @@ def _bare_run(audit: Audit) -> BulkReextraction:
 
 
 def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_claims(
-    db: str, monkeypatch: pytest.MonkeyPatch
+    db: str,
 ) -> None:
     """Run B kept a Message Batch for bob and ended (its claims released) after run A
-    read the kept batches: A's claim of bob, once they are no longer fresh, reads them
-    again and plans none of the messages B's batch holds (paid for once)."""
-    monkeypatch.setattr(bulk_module, "KEPT_FRESH", 0.0)
+    read the kept batches: A's claim of bob reads the new kept row and plans none of the
+    messages B's batch holds (paid for once)."""
     with Audit(db_url=db) as audit:
         run = _bare_run(audit)
         assert run._claim("ann") == set()
@@ -200,6 +199,35 @@ def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_clai
             )
         assert run._claim("bob") == {"m1", "m2"}
         run._release_claims()
+
+
+def test_a_claim_sees_a_batch_a_run_holding_the_user_kept_and_ended_with_a_moment_before(
+    both_backends: str,
+) -> None:
+    """Run B claimed bob after run A's last claim, kept a Message Batch of bob's messages
+    and was stopped (its claims released, the batch kept): A's claim of bob a moment later
+    sees every message of that batch, on each backend, so none is sent (billed) twice."""
+    with Audit(db_url=both_backends) as audit:
+        a, b = _bare_run(audit), _bare_run(audit)
+        assert a._claim("ann") == set()
+        assert b._claim("bob") == set()
+        bob = audit.store.load("bob")
+        assert bob is not None
+        events = audit.store.events_of("bob", upto=bob.version)
+        messages = list(bob.not_covered_by("v2", events))
+        request = {"user": "bob", "messages": messages, "known": [], "at": bob.version}
+        b._insert_held(
+            {
+                "local_id": "kept-by-b",
+                "knowledge_version": "v2",
+                "api_batch_id": "msgbatch_b",
+                "requests": {"r1-kept-by-b": request},
+                "created_at": datetime.now(UTC),
+            }
+        )
+        b._release_claims()
+        assert a._claim("bob") == set(messages) and messages
+        a._release_claims()
 
 
 async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(
