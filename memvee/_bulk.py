@@ -280,14 +280,17 @@ class BulkReextraction:
         self.dropped: dict[str, set[str]] = {}  # messages of kept batches dropped, by user
         self._kept: dict[str, dict[str, set[str]]] = {}  # kept batches' messages by user, by row
 
-    async def run(self, user_ids: Sequence[str]) -> BulkReport:
+    async def run(self, user_ids: Sequence[str], *, listed: bool = False) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
         messages of ``user_ids`` that the version does not cover yet. Each user's plan is
         claimed before anything is submitted, so a second run at once submits nothing for
-        the users this one holds (``BulkReport.claimed``)."""
+        the users this one holds (``BulkReport.claimed``). ``user_ids`` ``listed`` from the
+        logs there were (``reextract --all``) are never refused for a missing log: it was
+        forgotten since (``BulkReport.forgotten_users``)."""
         report = BulkReport()
         try:
-            await asyncio.to_thread(self._check_logs, user_ids)
+            if not listed:
+                await asyncio.to_thread(self._check_logs, user_ids)
             await asyncio.to_thread(self._create_table)
             await asyncio.to_thread(self._sweep_forgotten_claims)
         except SQLAlchemyError as error:
@@ -328,7 +331,8 @@ class BulkReextraction:
     def _check_logs(self, user_ids: Sequence[str]) -> None:
         """Refuse (:class:`InvalidInputError`) a run naming a user who has no log, before
         anything is collected or submitted: one forgotten later, while the run goes on, is
-        passed over instead (``BulkReport.forgotten_users``)."""
+        passed over instead (``BulkReport.forgotten_users``), as is one of users listed
+        from their logs, whenever it was forgotten."""
         for user_id in user_ids:
             if self.store.last_version(user_id) == 0:
                 raise InvalidInputError(f"user {user_id!r} has no log")

@@ -1211,6 +1211,7 @@ class Audit:
         embedder: Embedder | Literal[False] | None = None,
         direct_fallback: bool = True,
         direct_limit: int = DIRECT_LIMIT,
+        listed: bool = False,
     ) -> BulkReport:
         """Re-extract the users' processed messages into ``version`` through the Message
         Batches API (half the price; results within 24 hours, most within one).
@@ -1225,7 +1226,9 @@ class Audit:
         rest wait for the next run, ``BulkReport.direct_held``), so an outage of Message
         Batches alone does not send a whole backlog at full price at once. A failure of the
         database stops the run with a :class:`StorageError`; the next run collects what
-        this one submitted.
+        this one submitted. A user named who has no log is refused before anything is
+        sent, unless the users were ``listed`` from their logs (:meth:`users`): then the
+        log was forgotten since, and the user is passed over (``BulkReport.forgotten_users``).
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
 
@@ -1256,7 +1259,7 @@ class Audit:
             direct=direct if direct_fallback else None,
             direct_limit=direct_limit,
         )
-        return await bulk.run(list(user_ids))
+        return await bulk.run(list(user_ids), listed=listed)
 
     def check_version_name(self, user_ids: Sequence[str], version: str) -> None:
         """Refuse (:class:`InvalidInputError`) a ``version`` the users' re-extraction may

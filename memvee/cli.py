@@ -882,6 +882,7 @@ def reextract(
                 promote,
                 direct_fallback=direct_fallback,
                 direct_limit=direct_limit,
+                listed=user is None,
             )
             return
         failed, left_out = asyncio.run(_reextract_users(audit, targets, chosen, version, promote))
@@ -956,8 +957,10 @@ def _reextract_in_bulk(
     *,
     direct_fallback: bool,
     direct_limit: int,
+    listed: bool,
 ) -> None:
-    """``reextract --batch-api``: submit, poll with a progress bar, collect and record."""
+    """``reextract --batch-api``: submit, poll with a progress bar, collect and record;
+    ``targets`` ``listed`` from the logs (``--all``) are passed over once forgotten."""
     with _bar("Message Batch", "requests") as bar:
         job = bar.add_task("batch", total=None)
         report = asyncio.run(
@@ -969,6 +972,7 @@ def _reextract_in_bulk(
                 progress=lambda done, total: bar.update(job, completed=done, total=total),
                 direct_fallback=direct_fallback,
                 direct_limit=direct_limit,
+                listed=listed,
             )
         )
     console.print(

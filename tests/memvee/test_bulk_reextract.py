@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 import memvee._bulk
 import memvee._bulk as bulk_module
+import memvee.audit
 import projections.shown
 from actors import process_identity
 from actors.erasure import erase_user
@@ -892,10 +893,34 @@ def test_the_command_line_lists_a_user_forgotten_after_the_run_began_and_promote
 async def test_a_run_naming_a_user_who_never_had_a_log_stops_before_anything_is_sent(
     db: str, server: MessagesAPIServer
 ) -> None:
+    """A user named explicitly who has no log is a mistake in the names: nothing of the
+    run is sent, for the others neither."""
     with Audit(db_url=db) as audit:
         with pytest.raises(InvalidInputError, match="'nobody' has no log"):
             await _run(audit, users=["ann", "nobody"])
         assert server.batches == []
+
+
+def test_reextract_all_passes_over_a_user_forgotten_after_the_users_were_listed(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--all`` listed ann and bob from their logs; bob is forgotten while the run checks
+    the credentials, before it begins: he is told as forgotten meanwhile and ann's messages
+    are re-extracted (the run used to stop with "user 'bob' has no log", exit 2)."""
+    real = memvee.audit.check_credentials
+
+    async def forget_bob_then_check(extractor: ClaudeExtractor) -> None:
+        with Audit(db_url=db) as other:
+            other.forget("bob")
+        await real(extractor)
+
+    monkeypatch.setattr(memvee.audit, "check_credentials", forget_bob_then_check)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert "forgotten meanwhile: bob" in result.output
+    with Audit(db_url=db) as audit:
+        assert "v2" in audit.unpromoted_versions("ann")
 
 
 async def test_a_run_removes_the_claims_stopped_runs_left_on_users_forgotten_since(
