@@ -340,25 +340,24 @@ class BulkReextraction:
     def _sweep_forgotten_claims(self) -> None:
         """Remove the claim rows, of any version, that stopped runs left naming a user with
         no log (forgotten after the run claimed them): no run would name that user again to
-        take them over. One a run holds, or took over meanwhile, is left alone."""
+        take them over. One a run holds, or took over meanwhile, is left alone, its user's
+        log not even looked at: a run of thousands of users under way costs no read a user."""
         with self.store.engine.connect() as connection:
             rows = connection.execute(
                 select(
                     BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at
                 ).where(BULK_BATCHES.c.api_batch_id.is_(None))
             ).all()
-        forgotten = [
-            (local_id, requests[_CLAIM], renewed)
-            for local_id, requests, renewed in rows
-            if _CLAIM in requests and self.store.last_version(requests[_CLAIM]["user"]) == 0
-        ]
-        if not forgotten:
-            return
-        with self.store.engine.connect() as connection:
+            claims = [(i, requests[_CLAIM], at) for i, requests, at in rows if _CLAIM in requests]
+            if not claims:
+                return
             now = _database_time(connection)
-        for local_id, claim, renewed in forgotten:
-            if not _abandoned(claim, renewed, now):
-                continue
+        forgotten = [
+            (local_id, renewed)
+            for local_id, claim, renewed in claims
+            if _abandoned(claim, renewed, now) and self.store.last_version(claim["user"]) == 0
+        ]
+        for local_id, renewed in forgotten:
             with self.store.transaction() as connection:
                 connection.execute(
                     BULK_BATCHES.delete()
@@ -434,7 +433,8 @@ class BulkReextraction:
     def _take_failed_whole(self, connection: Connection, user_id: str) -> None:
         """Take ``user_id``'s requests out of the kept rows whose Message Batch failed whole
         with server errors, once this run claimed the user (in ``connection``'s transaction,
-        locking the rows in the order of their ids, as every ``forget`` locks them): their
+        locking the rows by id, as a ``forget`` locks the kept rows once it locked the claim
+        rows, and an older memvee's by id alone): their
         messages are planned again by this run, each request carrying how many batches of
         its messages failed so (:attr:`failing`). Those of users this run does not claim
         (another run holds them, or none names them) stay kept with their count.

@@ -901,6 +901,25 @@ async def test_a_run_naming_a_user_who_never_had_a_log_stops_before_anything_is_
         assert server.batches == []
 
 
+def test_a_run_reads_no_log_for_the_claims_another_run_under_way_holds(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A starting run removes the claims stopped runs left on forgotten users: the claims
+    of a run under way (of thousands of users, say) are not its to remove, and their
+    users' logs are not read (a read each, 0.26 ms a user on PostgreSQL)."""
+    with Audit(db_url=db) as audit:
+        for user in USERS:
+            _claimed(audit, user, ANOTHER_HOST, datetime.now(UTC))
+        reads: list[str] = []
+        last_version = audit.store.last_version
+        monkeypatch.setattr(
+            audit.store, "last_version", lambda user: reads.append(user) or last_version(user)
+        )
+        _bare_run(audit)._sweep_forgotten_claims()
+        assert reads == []
+        assert len(_requests_left(audit.store)) == len(USERS)
+
+
 def test_reextract_all_passes_over_a_user_forgotten_after_the_users_were_listed(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
