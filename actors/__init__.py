@@ -6,7 +6,7 @@ from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors._pacing import CircuitBreaker
 from actors._traces import TraceScrubber
-from actors._workers import ApiDown, EveryBatchRefused, harmless_request
+from actors._workers import ApiDown, EveryBatchRefused, harmless_request, tells_down
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
 from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
@@ -27,4 +27,5 @@ __all__ = [
     "UserActor",
     "harmless_request",
     "inbox_of",
+    "tells_down",
 ]

@@ -38,7 +38,6 @@ from events import (
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
-    ExtractorOverloadedError,
     ExtractorRateLimitedError,
     first_line,
     repeats,
@@ -141,15 +140,17 @@ is shorter): its answer is one token, so a request that takes longer finds the A
 and the failed batch's slot is not held for a second full timeout."""
 
 
-def _tells_down(failed: Exception) -> bool:
-    """Whether a harmless request's failure shows the API down for every call: a 5xx, a
-    timeout or no connection. A rate limit (429), an overloaded API (529) or any failure
-    asking to wait tells nothing (the failed batch may have used the limit up itself), nor
-    does a refusal or a failure that would repeat."""
+def tells_down(failed: Exception) -> bool:
+    """Whether a harmless request's failure shows the API down for every call: a 5xx (an
+    overloaded API's 529 too), a timeout or no connection. A rate limit (429) or a failure
+    asking to wait tells nothing (the failed batch may have used the account's limit up
+    itself), nor does a refusal or a failure that would repeat. Background extraction and
+    ``memvee reextract`` judge by this one rule; a misjudged outage costs the background a
+    few runs at most (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
     return not (
         repeats(failed)
         or asked_to_wait(failed) > 0
-        or isinstance(failed, ExtractorOverloadedError | ExtractorRateLimitedError)
+        or isinstance(failed, ExtractorRateLimitedError)
     )
 
 
@@ -163,6 +164,9 @@ def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
         # A shallow copy made without __init__, whose signature a subclass may change.
         carried = type(failure).__new__(type(failure), *failure.args)
         vars(carried).update(vars(failure))
+        carried.__cause__, carried.__context__ = failure.__cause__, failure.__context__
+        carried.__suppress_context__ = failure.__suppress_context__
+        carried.__traceback__ = failure.__traceback__
         carried.usage = spent if failure.usage is None else failure.usage.plus(spent)
         return carried
     wrapped = ExtractionError(f"{type(failure).__name__}: {failure}", usage=spent)
@@ -339,8 +343,8 @@ class ExtractionWorkers:
                 else:
                     self.breaker.failed(asked_to_wait(error))
                     judged = await self._judged(batch, error, held)
-                    if judged is not error:
-                        raise judged from error
+                    if judged is not error:  # a copy keeps its own cause: the SDK's error
+                        raise judged from judged.__cause__ or error
                 raise
         self.breaker.accepted()
         return check_result(result, self.extractor.name)
@@ -351,7 +355,7 @@ class ExtractionWorkers:
         the batch's own (split as before).
 
         An extractor that declares :class:`HarmlessRequests` is sent one harmless request
-        at once: failed with a 5xx, a timeout or no connection (:func:`_tells_down`), the
+        at once: failed with a 5xx, a timeout or no connection (:func:`tells_down`), the
         API is down; answered, the failure is the batch's; rate limited, overloaded or
         refused, it tells nothing (the failure is told as it was). Its answer only judges
         this failure: it is no answered call for the breaker, whose :meth:`blame` would
@@ -380,7 +384,7 @@ class ExtractionWorkers:
                 usage=usage,
             )
         spent, ping_failed = await self._ping(batch)
-        if ping_failed is None or not _tells_down(ping_failed):
+        if ping_failed is None or not tells_down(ping_failed):
             return _with_spent(failure, spent)
         self._down_told += 1
         if not self.breaker.is_open:  # the outage it met already paces every call

@@ -85,7 +85,9 @@ said, so that no judgement of theirs (a harmless request misread, another batch'
 failure, a refused account, a pause) can keep one message's failures from freeing the
 messages beside it for good. A batch extracted, or a failure that split it, ends the row.
 Three keeps a batch whole through an outage's first three failed runs, and costs a batch
-that fails of its own, misjudged, three runs more per split."""
+that fails of its own, misjudged, three runs more per split. A snapshot an earlier memvee
+wrote starts the row at none (it kept no count), where a replay of the same events may
+count up to three: at most three more runs kept whole, each decision stored in its event."""
 
 
 UNKNOWN_END = datetime.max.replace(tzinfo=UTC)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber
+from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber, tells_down
 from actors import harmless_request as harmless_request  # the bulk module takes it from here
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
@@ -1026,7 +1026,8 @@ class Audit:
         failed in a way that may pass (the run stops): an outage fails it too (a server
         error, a timeout, no connection, the API overloaded), while calls failing for their
         messages' sake leave it answered; one failing in a way that would repeat (a
-        refusal, a bug) tells nothing. Within one run these cannot be told apart
+        refusal, a bug), rate limited or asking to wait tells nothing (the background's
+        rule too, :func:`actors.tells_down`). Within one run these cannot be told apart
         otherwise. An extractor that declares :class:`HarmlessRequests` (Claude's asks for
         one output token) is pinged; another extracts the message. What it cost and
         showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
@@ -1035,7 +1036,7 @@ class Audit:
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
         if failed is not None:
-            run.report.outage = not repeats(failed)
+            run.report.outage = tells_down(failed)
             if run.report.outage:
                 log.warning(
                     "user %r: a harmless request failed too (%s): the API is down; no batch "

@@ -342,6 +342,19 @@ def test_a_batch_failing_while_its_harmless_request_is_answered_keeps_its_own_fa
     assert len(extractor.pings) == 1
 
 
+def test_the_copy_carrying_the_harmless_requests_tokens_keeps_the_failures_cause() -> None:
+    """The copy of a failure that carries the harmless request's tokens keeps what caused
+    it and where it was raised, so the SDK's error still shows in the logs."""
+    cause = ConnectionError("socket reset")
+    try:
+        raise ExtractorOverloadedError("HTTP 529 overloaded") from cause
+    except ExtractorOverloadedError as raised:
+        failure = raised
+    outcome = _outcome_of(_Pinged(failure), CircuitBreaker(failures=2))
+    assert outcome is not failure and outcome.__cause__ is cause
+    assert outcome.__traceback__ is not None
+
+
 def test_one_exception_object_raised_each_time_is_charged_one_request_each_time() -> None:
     """The failure carries the harmless request's tokens in a copy: an extractor that
     raises the same exception object every time (a stored error) is not charged every
@@ -367,22 +380,31 @@ def test_one_exception_object_raised_each_time_is_charged_one_request_each_time(
     "ping_failure",
     [
         ExtractorRateLimitedError("HTTP 429 rate limited"),
-        ExtractorOverloadedError("HTTP 529 overloaded"),
         ExtractionError("HTTP 503 unavailable", retry_after=1.0),
     ],
-    ids=["rate limited", "overloaded", "asked to wait"],
+    ids=["rate limited", "asked to wait"],
 )
-def test_a_harmless_request_rate_limited_or_overloaded_tells_nothing(
+def test_a_harmless_request_rate_limited_or_asked_to_wait_tells_nothing(
     ping_failure: ExtractionError,
 ) -> None:
-    """The failed batch may have used the rate limit up itself, and a busy API answers
-    others: such a failure of the harmless request is no sign of an outage, so the batch's
-    failure is told as it was (split), and the breaker counts it alone."""
+    """The failed batch may have used the account's rate limit up itself: such a failure
+    of the harmless request is no sign of an outage, so the batch's failure is told as it
+    was (split), and the breaker counts it alone."""
     breaker = CircuitBreaker(failures=2)
     extractor = _Pinged(ExtractionError("HTTP 500 upstream failed"), ping_failure)
     outcome = _outcome_of(extractor, breaker)
     assert isinstance(outcome, ExtractionError) and not isinstance(outcome, ApiDown)
     assert len(extractor.pings) == 1 and not breaker.is_open
+
+
+def test_a_harmless_request_met_overloaded_tells_the_api_is_down() -> None:
+    """A 529 answering the harmless request is the API overloaded for every call, as a
+    5xx is: the batch goes back whole (the user's log bounds how often in a row)."""
+    extractor = _Pinged(
+        ExtractionError("HTTP 500 upstream failed"), ExtractorOverloadedError("HTTP 529")
+    )
+    outcome = _outcome_of(extractor, CircuitBreaker(failures=100))
+    assert isinstance(outcome, ApiDown) and len(extractor.pings) == 1
 
 
 def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:

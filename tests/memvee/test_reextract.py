@@ -28,6 +28,7 @@ from memvee import (
     ExtractedFact,
     ExtractionError,
     ExtractorOverloadedError,
+    ExtractorRateLimitedError,
     InvalidExtractionError,
     InvalidInputError,
     Memory,
@@ -1247,21 +1248,40 @@ async def test_a_run_cancelled_during_its_harmless_request_keeps_the_failed_call
 
 class _PingBroken(_Outage):
     """Calls holding a poison message fail with a server error; the harmless request
-    fails with a bug (an error that would repeat)."""
+    fails with ``failure``: a bug (an error that would repeat) unless told otherwise."""
+
+    failure: Exception = ValueError("ping() got an unexpected keyword")
 
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:
         self.pings += 1
-        raise ValueError("ping() got an unexpected keyword")
+        raise self.failure
 
 
+@pytest.mark.parametrize(
+    ("failure", "told"),
+    [
+        (
+            ValueError("ping() got an unexpected keyword"),
+            "ValueError: ping() got an unexpected keyword",
+        ),
+        (
+            ExtractorRateLimitedError("HTTP 429 rate limited"),
+            "ExtractorRateLimitedError: HTTP 429 rate limited",
+        ),
+    ],
+    ids=["a bug", "rate limited"],
+)
 async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_telling_nothing(
-    make_memory: Any, db_url: str, caplog: pytest.LogCaptureFixture
+    make_memory: Any, db_url: str, caplog: pytest.LogCaptureFixture, failure: Exception, told: str
 ) -> None:
-    """A harmless request failing with a bug (or a 400) shows neither an outage nor an
+    """A harmless request failing with a bug (or a 400), or rate limited (the failed calls
+    may have used the account's limit up themselves), shows neither an outage nor an
     answering API: the report, the error's notes and the log say it told nothing and
-    why, and the failed calls split their batches for the next run as after an answer."""
+    why, and the failed calls split their batches for the next run as after an answer
+    (background extraction judges it by the same rule)."""
     await _hobbies(make_memory, 0, 5)
     extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
+    extractor.failure = failure
     report = ReextractionReport()
     with Audit(db_url=db_url) as audit:
         with pytest.raises(ExtractionError) as stopped:
@@ -1270,14 +1290,11 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
     assert extractor.pings == 1 and not report.outage
     assert "answered" not in " ".join(stopped.value.__notes__)
     assert "tells nothing" in " ".join(stopped.value.__notes__)
-    assert report.check_error == "ValueError: ping() got an unexpected keyword"
-    assert any("ValueError" in r.getMessage() for r in caplog.records)
+    assert report.check_error == told
+    assert any(told in r.getMessage() for r in caplog.records)
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
     assert not check.outage and check.error == report.check_error
-    assert describe(check) == (
-        "version 'v2' check after failed calls showed nothing: "
-        "ValueError: ping() got an unexpected keyword"
-    )
+    assert describe(check) == f"version 'v2' check after failed calls showed nothing: {told}"
 
 
 class _UnrelatedPing(RecordingExtractor):
