@@ -355,9 +355,9 @@ class ExtractionWorkers:
         the batch's own (split as before).
 
         An extractor that declares :class:`HarmlessRequests` is sent one harmless request
-        at once: failed with a 5xx, a timeout or no connection (:func:`tells_down`), the
-        API is down; answered, the failure is the batch's; rate limited, overloaded or
-        refused, it tells nothing (the failure is told as it was). Its answer only judges
+        at once: failed with a 5xx (529 too), a timeout or no connection
+        (:func:`tells_down`), the API is down; answered, the failure is the batch's; rate
+        limited or refused, it tells nothing (the failure is told as it was). Its answer only judges
         this failure: it is no answered call for the breaker, whose :meth:`blame` would
         take it for evidence against a lone message the API fails for its size. None is
         sent after a failure that asked to wait (the user's backoff honours the wait; a
