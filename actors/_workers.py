@@ -45,6 +45,7 @@ from events.errors import (
 from events.extraction import extraction_deadline
 
 __all__ = [
+    "RETRIED_WHOLE",
     "ApiDown",
     "DroppedForForget",
     "EveryBatchRefused",
@@ -58,6 +59,10 @@ log = logging.getLogger("memvee.actors")
 
 Outcome = ExtractionResult | BaseException
 """What an extraction ended with: a result, or the error that failed the batch."""
+
+
+RETRIED_WHOLE = "the batch is retried later, whole"
+"""How the error of a batch kept whole ends (its note, in parentheses, closes it)."""
 
 
 _UNWIND_SECONDS = 5.0
@@ -380,7 +385,7 @@ class ExtractionWorkers:
         if self._down_told > held.down_told and self.breaker.is_open:
             return ApiDown(
                 f"{failure} (a harmless request failed while the batch was out: the API is "
-                "down; the batch is retried later, whole)",
+                f"down; {RETRIED_WHOLE})",
                 usage=usage,
             )
         spent, ping_failed = await self._ping(batch)
@@ -396,8 +401,7 @@ class ExtractionWorkers:
             first_line(ping_failed),
         )
         return ApiDown(
-            f"{failure} (a harmless request failed too: the API is down; the batch is "
-            "retried later, whole)",
+            f"{failure} (a harmless request failed too: the API is down; {RETRIED_WHOLE})",
             usage=spent if usage is None else usage.plus(spent),
         )
 

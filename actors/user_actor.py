@@ -29,6 +29,7 @@ from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_d
 from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
 from actors._workers import (
+    RETRIED_WHOLE,
     ApiDown,
     EveryBatchRefused,
     ExtractorNotAsync,
@@ -735,10 +736,16 @@ class UserActor(PooledActor):
                 return [], text
             told = text
             if whole and not user_log.keeps_failures_whole:
-                told = (
-                    f"{text} (split all the same: {WHOLE_FAILURES_IN_A_ROW} failures in a row "
-                    "left it whole already)"
+                split = (
+                    f"split all the same: {WHOLE_FAILURES_IN_A_ROW} failures in a row left it "
+                    "whole already"
                 )
+                # The workers' note that the batch stays whole no longer holds: it is replaced.
+                kept_whole = f"; {RETRIED_WHOLE})"
+                if text.endswith(kept_whole):
+                    told = f"{text.removesuffix(kept_whole)}; {split})"
+                else:
+                    told = f"{text} ({split})"
             return user_log.record_failure(
                 task_id,
                 told,

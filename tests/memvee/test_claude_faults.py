@@ -1117,3 +1117,28 @@ async def test_a_batch_the_workers_keep_judging_down_is_split_all_the_same(
             assert len(checked_coverage(memory, "ann").covered) == 7
             assert [m.content for m in await memory.buffer("ann")] == [f"{MARK} I collect stamps"]
             assert await memory.quarantined("ann") == []
+
+
+async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three runs in an outage leave ann's batch whole, and the fourth splits it all the
+    same: its error says so, and no longer says too that the batch is retried whole."""
+    outage = _Outage(OUTAGES["500"])
+    with MessagesAPIServer(responder=outage) as server:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "fourth.db", retry_delay=0.01
+        ) as memory:
+            for i in range(8):
+                await memory.add_message("ann", "user", f"I like thing {i}.")
+            errors = []
+            for _ in range(4):
+                with pytest.raises(ProcessingError) as caught:
+                    await memory.process("ann")
+                errors.append(caught.value.error)
+    assert all(e.endswith("the batch is retried later, whole)") for e in errors[:3]), errors
+    assert errors[3].endswith(
+        "(a harmless request failed too: the API is down; split all the same: 3 failures "
+        "in a row left it whole already)"
+    ), errors[3]
+    assert "retried later, whole" not in errors[3]
