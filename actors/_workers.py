@@ -38,6 +38,7 @@ from events import (
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
+    ExtractorAccessRefusedError,
     ExtractorRateLimitedError,
     first_line,
     repeats,
@@ -149,13 +150,16 @@ def tells_down(failed: Exception) -> bool:
     """Whether a harmless request's failure shows the API down for every call: a 5xx (an
     overloaded API's 529 too), a timeout or no connection. A rate limit (429) or a failure
     asking to wait tells nothing (the failed batch may have used the account's limit up
-    itself), nor does a refusal or a failure that would repeat. Background extraction and
-    ``memvee reextract`` judge by this one rule; a misjudged outage costs the background a
-    few runs at most (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
+    itself), nor does a refusal or a failure that would repeat. Refused credentials (401,
+    403) are no outage either: the API answered, refusing the account (the background
+    keeps the batch whole for it all the same, as :class:`EveryRequestRefusedError`).
+    Background extraction and ``memvee reextract`` judge by this one rule; a misjudged
+    outage costs the background a few runs at most
+    (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
     return not (
         repeats(failed)
         or asked_to_wait(failed) > 0
-        or isinstance(failed, ExtractorRateLimitedError)
+        or isinstance(failed, ExtractorRateLimitedError | ExtractorAccessRefusedError)
     )
 
 
@@ -361,18 +365,21 @@ class ExtractionWorkers:
 
         An extractor that declares :class:`HarmlessRequests` is sent one harmless request
         at once: failed with a 5xx (529 too), a timeout or no connection
-        (:func:`tells_down`), the API is down; answered, the failure is the batch's; rate
-        limited or refused, it tells nothing (the failure is told as it was). Its answer only judges
-        this failure: it is no answered call for the breaker, whose :meth:`blame` would
-        take it for evidence against a lone message the API fails for its size. None is
-        sent after a failure that asked to wait (the user's backoff honours the wait; a
-        request now would meet the same limit, and a wait here would hold the slot), or
-        that a harmless request told already (:class:`EveryRequestRefusedError`), nor to
-        another extractor, nor once the engine is closing; nor when one that followed
-        another batch failed while this one was out and the breaker is open still (the
-        API is down, whoever's messages opened it). The request's tokens go with the
-        failure's. (However often the workers say down, the user's log splits the batch
-        after a few failures in a row kept whole: see :meth:`UserLog.record_failure`.)
+        (:func:`tells_down`), the API is down; its credentials refused (401, 403), the
+        account is refused for every call (:class:`EveryRequestRefusedError`: whole too,
+        never said to be an outage); answered, the failure is the batch's; rate limited or
+        refused otherwise, it tells nothing (the failure is told as it was). Its answer
+        only judges this failure: it is no answered call for the breaker, whose
+        :meth:`blame` would take it for evidence against a lone message the API fails for
+        its size. None is sent after a failure that asked to wait (the user's backoff
+        honours the wait; a request now would meet the same limit, and a wait here would
+        hold the slot), or that a harmless request told already
+        (:class:`EveryRequestRefusedError`), nor to another extractor, nor once the engine
+        is closing; nor when one that followed another batch failed while this one was out
+        and the breaker is open still (the API is down, whoever's messages opened it). The
+        request's tokens go with the failure's. (However often the workers say down, the
+        user's log splits the batch after a few failures in a row kept whole: see
+        :meth:`UserLog.record_failure`.)
         """
         if (
             not isinstance(self.extractor, HarmlessRequests)
@@ -389,6 +396,19 @@ class ExtractionWorkers:
                 usage=usage,
             )
         spent, ping_failed = await self._ping(batch)
+        if isinstance(ping_failed, ExtractorAccessRefusedError):
+            log.info(
+                "task %s: a harmless request was refused too (%s): the account is refused, "
+                "the batch is retried whole",
+                batch.task_id,
+                first_line(ping_failed),
+            )
+            return EveryRequestRefusedError(
+                f"{failure} (a harmless request's credentials were refused too: the API key "
+                f"or its permissions are refused for every request, not the batch; "
+                f"{RETRIED_WHOLE})",
+                usage=spent if usage is None else usage.plus(spent),
+            )
         if ping_failed is None or not tells_down(ping_failed):
             return _with_spent(failure, spent)
         self._down_told += 1

@@ -29,6 +29,7 @@ __all__ = [
     "EveryRequestRefusedError",
     "ExtractionError",
     "ExtractionPausedError",
+    "ExtractorAccessRefusedError",
     "ExtractorOverloadedError",
     "ExtractorRateLimitedError",
     "InvalidExtractionError",
@@ -213,6 +214,14 @@ class ExtractorRateLimitedError(ExtractionError):
     """The extractor's service said a rate limit of the account is reached (HTTP 429): a
     failure that may pass, which may be a batch's own (a request larger than a per-minute
     token limit) but never shows that the service is down."""
+
+
+class ExtractorAccessRefusedError(ExtractionError):
+    """The extractor's service refused the request's credentials or their permissions
+    (HTTP 401 or 403): a failure that may pass (a key replaced, a permission granted),
+    which never shows that the service is down. A harmless request refused so shows the
+    account refused for every request (:class:`EveryRequestRefusedError`); a batch's own
+    may be its messages' (a gateway's filter refusing a text with a 403)."""
 
 
 class ProbeFailedError(ExtractionError):

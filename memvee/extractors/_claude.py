@@ -41,6 +41,7 @@ from events.errors import (
     INPUT_REFUSED_STATUSES,
     EveryRequestRefusedError,
     ExtractionError,
+    ExtractorAccessRefusedError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     InvalidExtractionError,
@@ -117,6 +118,9 @@ _OVERLOADED_STATUSES = frozenset({529})
 
 _RATE_LIMITED_STATUS = 429
 """The status of a request over one of the account's rate limits."""
+
+_ACCESS_REFUSED_STATUSES = frozenset({401, 403})
+"""Statuses of a request whose credentials or their permissions are refused."""
 
 
 def cache_minimum(model: str) -> int:
@@ -945,6 +949,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
             return ExtractorOverloadedError(text, retry_after=wait)
         if exc.status_code == _RATE_LIMITED_STATUS:
             return ExtractorRateLimitedError(text, retry_after=wait)
+        if exc.status_code in _ACCESS_REFUSED_STATUSES:
+            return ExtractorAccessRefusedError(text, retry_after=wait)
         return ExtractionError(text, retry_after=wait)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"

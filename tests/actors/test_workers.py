@@ -24,7 +24,9 @@ from events import (
     TokenUsage,
 )
 from events.errors import (
+    EveryRequestRefusedError,
     ExtractionPausedError,
+    ExtractorAccessRefusedError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
 )
@@ -405,6 +407,25 @@ def test_a_harmless_request_met_overloaded_tells_the_api_is_down() -> None:
     )
     outcome = _outcome_of(extractor, CircuitBreaker(failures=100))
     assert isinstance(outcome, ApiDown) and len(extractor.pings) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_harmless_request_refused_its_credentials_tells_the_account_refused_not_down(
+    status: int,
+) -> None:
+    """A refused key (or its permissions) is no outage: the API answered. The batch goes
+    back whole all the same, as for an account refused every request, its error saying
+    so; the breaker counts the batch's failure alone, as no outage paces every call."""
+    breaker = CircuitBreaker(failures=2)
+    extractor = _Pinged(
+        ExtractionError("HTTP 500 upstream failed"),
+        ExtractorAccessRefusedError(f"HTTP {status} refused"),
+    )
+    outcome = _outcome_of(extractor, breaker)
+    assert isinstance(outcome, EveryRequestRefusedError) and not isinstance(outcome, ApiDown)
+    assert "credentials were refused too" in str(outcome) and "down" not in str(outcome)
+    assert len(extractor.pings) == 1 and not breaker.is_open
+    assert not workers_module.tells_down(ExtractorAccessRefusedError(f"HTTP {status}"))
 
 
 def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:

@@ -1119,6 +1119,35 @@ async def test_a_batch_the_workers_keep_judging_down_is_split_all_the_same(
             assert await memory.quarantined("ann") == []
 
 
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "authentication_error"), (403, "permission_error")]
+)
+async def test_a_refused_api_key_is_told_as_the_account_refused_not_the_api_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, kind: str
+) -> None:
+    """The API refuses the key (or its permissions) for every request, the harmless one
+    after a failed batch too: the run's error says the credentials are refused, never that
+    the API is down, and ann's eight messages stay whole, going out in one request once
+    the key is accepted again."""
+    refused = _Outage(_error(status, kind))
+    with MessagesAPIServer(responder=refused) as server:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "refused-key.db", retry_delay=0.01
+        ) as memory:
+            for i in range(8):
+                await memory.add_message("ann", "user", f"I like thing {i}.")
+            with pytest.raises(ProcessingError) as caught:
+                await memory.process("ann")
+            assert f"HTTP {status}" in caught.value.error
+            assert "credentials were refused too" in caught.value.error
+            assert "down" not in caught.value.error
+            refused.down = False
+            during = len(server.requests)
+            assert await memory.process("ann") == 8
+        assert [_is_probe(r) for r in server.requests[:during]] == [False, True]
+        assert [len(r.messages) for r in server.requests[during:]] == [8]
+
+
 async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_splits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
