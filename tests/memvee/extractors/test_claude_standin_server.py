@@ -25,7 +25,7 @@ from events.extraction import (
     KnownEntry,
     extraction_deadline,
 )
-from memvee import Memory, MemoryConfig
+from memvee import ExtractorAccessRefusedError, Memory, MemoryConfig
 from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
 from tests.support.messages_api_server import MessagesAPIServer
 
@@ -140,6 +140,23 @@ async def test_an_auth_failure_names_the_status_but_not_the_key(
 
     assert API_KEY not in str(caught.value)
     assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "authentication_error"), (403, "permission_error")]
+)
+async def test_a_refused_key_or_permission_raises_the_access_refused_error_which_may_pass(
+    server: MessagesAPIServer, claude: ClaudeExtractor, status: int, kind: str
+) -> None:
+    """A key or a permission the API refuses is told by its own type, so that the engine
+    tells an account refused from an API down; sent again later (a key replaced), it may
+    pass."""
+    server.enqueue_error(status, kind, "refused")
+
+    with pytest.raises(ExtractorAccessRefusedError, match=f"HTTP {status}") as caught:
+        await claude.extract(BATCH)
+
+    assert not caught.value.repeats and API_KEY not in str(caught.value)
 
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG], ids=["info", "debug"])
