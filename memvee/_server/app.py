@@ -92,7 +92,6 @@ def create_app(
         lifespan=lifespan,
         redoc_url=None,
     )
-    install_error_handlers(api)
 
     @api.get("/healthz", tags=["probes"], responses=error_responses(routes=ANY_ROUTE_ERRORS))
     async def healthz() -> dict[str, str]:
@@ -107,8 +106,10 @@ def create_app(
             {"status": "ready" if ready else "not_ready"}, status_code=200 if ready else 503
         )
 
-    api.include_router(api_router(memory, audit))
+    router = api_router(memory, audit)
+    api.include_router(router)
     api.router.routes.extend(mcp_app.routes)
+    install_error_handlers(api, routes=[*api.router.routes, *router.routes])
     routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))

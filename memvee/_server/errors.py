@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events import (
@@ -131,8 +132,10 @@ _UNREADABLE_BODY = (
 """What bodies FastAPI cannot parse, short of malformed JSON, have in common."""
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error with ``{"error", "message", "request_id"}`` and its status."""
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Answer every error with ``{"error", "message", "request_id"}`` and its status;
+    a 405 names in ``Allow`` the methods of every one of ``routes`` at its path (FastAPI
+    keeps an included router's routes out of ``app.routes``)."""
 
     async def on_known(request: Request, error: Exception) -> JSONResponse:
         status, code = classify(error)
@@ -160,7 +163,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 400:  # FastAPI: a body json.loads refused, but not as JSON
             return _body(request, 422, "invalid_input", _UNREADABLE_BODY)
         code = _HTTP_CODES.get(error.status_code, "http_error")
-        return _body(request, error.status_code, code, str(error.detail))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = _allowed_methods(routes, request.scope)
+        return error_response(request.scope, error.status_code, code, str(error.detail), headers)
 
     app.add_exception_handler(MemveeError, on_known)
     app.add_exception_handler(ApiError, on_known)
@@ -168,6 +174,18 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(database_failure, on_known)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
+
+
+def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The methods of every one of ``routes`` at the path of ``scope``, as a 405's
+    ``Allow`` must list them: Starlette names only the first route's, and
+    ``/v1/users/{user}`` has a route for ``GET`` and another for ``DELETE``."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 READS_ONLY_KEY = "memvee.reads_only"

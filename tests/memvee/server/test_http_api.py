@@ -361,6 +361,21 @@ def test_probes_and_the_openapi_document(http: httpx.Client) -> None:
     assert "/v1/users/{user_id}/knowledge/{entry_id}/explain" in paths
 
 
+def test_a_method_a_route_does_not_take_is_405_naming_those_it_takes_in_allow(
+    http: httpx.Client, user: str
+) -> None:
+    """As HTTP requires of a 405 (RFC 9110, 15.5.6), so that a client can tell its mistake."""
+    add_exchange(http, user)
+
+    summary = http.put(f"/v1/users/{user}", json={})
+    messages = http.request("OPTIONS", f"/v1/users/{user}/messages")
+
+    assert (summary.status_code, summary.json()["error"]) == (405, "method_not_allowed")
+    assert set(summary.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+    assert messages.status_code == 405
+    assert set(messages.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
 def test_the_openapi_document_lists_every_role_a_message_may_have(http: httpx.Client) -> None:
     role = http.get("/openapi.json").json()["components"]["schemas"]["MessageIn"]["properties"][
         "role"
