@@ -1,9 +1,9 @@
 """The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
 
 Requests pass the access log (request id), the body limit, the token check, the refusal
-of bodies that are no MCP message the SDK can take, and the user-path decoding, in that
-order, before FastAPI routes them; the MCP route comes from the official SDK's streamable HTTP
-app, whose session manager lives as long as the app.
+of bodies that are no MCP message the SDK can take, the user-path decoding, and ``HEAD``
+taken as ``GET``, in that order, before FastAPI routes them; the MCP route comes from the
+official SDK's streamable HTTP app, whose session manager lives as long as the app.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
@@ -110,7 +110,30 @@ def create_app(
     api.include_router(router)
     api.router.routes.extend(mcp_app.routes)
     install_error_handlers(api, routes=[*api.router.routes, *router.routes])
-    routed = RefuseInvalidMessages(EncodedSlashes(api), "/mcp", READ_ONLY_TOOLS)
+    routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     return AccessLog(RefusedWhileDraining(answered, drain or Drain()))
+
+
+class HeadAsGet:
+    """ASGI middleware: a ``HEAD`` is answered as its ``GET`` would be, without the body
+    (every server must take it where it takes GET, and FastAPI's routes take only the
+    methods they name); ``HEAD`` on ``skipped`` (MCP, where a GET opens an event stream)
+    is left to its route."""
+
+    def __init__(self, app: ASGIApp, skipped: str) -> None:
+        self.app = app
+        self.skipped = skipped
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or scope["path"] == self.skipped:
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)

@@ -185,6 +185,8 @@ def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> str:
         match, _ = route.matches(scope)
         if match is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")  # taken wherever GET is (HeadAsGet)
     return ", ".join(sorted(methods))
 
 

@@ -371,9 +371,24 @@ def test_a_method_a_route_does_not_take_is_405_naming_those_it_takes_in_allow(
     messages = http.request("OPTIONS", f"/v1/users/{user}/messages")
 
     assert (summary.status_code, summary.json()["error"]) == (405, "method_not_allowed")
-    assert set(summary.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+    assert set(summary.headers["allow"].split(", ")) >= {"GET", "HEAD", "DELETE"}
     assert messages.status_code == 405
-    assert set(messages.headers["allow"].split(", ")) >= {"GET", "POST"}
+    assert set(messages.headers["allow"].split(", ")) >= {"GET", "HEAD", "POST"}
+
+
+def test_head_answers_as_get_would_without_the_body(http: httpx.Client, user: str) -> None:
+    """Every server must take HEAD where it takes GET (RFC 9110, 9.1): a monitor that
+    probes with HEAD would read a 405 as the server being down."""
+    add_exchange(http, user)
+
+    for path in ("/healthz", "/readyz", f"/v1/users/{user}", f"/v1/users/{user}/messages"):
+        got, head = http.get(path), http.head(path)
+
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"], path
+    unknown = http.head(f"/v1/users/{user}-unknown")
+    assert (unknown.status_code, unknown.content) == (404, b"")
+    assert http.get(f"/v1/users/{user}/messages").json()["messages"][0]["content"] == SAID
 
 
 def test_the_openapi_document_lists_every_role_a_message_may_have(http: httpx.Client) -> None:
