@@ -19,11 +19,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
-from mcp.types import ToolAnnotations
+from mcp.types import INVALID_PARAMS, GetPromptResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from events import MemveeError
@@ -310,12 +311,30 @@ def build_mcp(
         if user is not None:
             tool = _for_user(tool, user)
         exact.append(_exact_tool(tool, fn.__name__, description, _hints(fn.__name__)))
-    return MCPServer(
+    return _MemveeServer(
         "memvee",
         instructions=INSTRUCTIONS,
         version=importlib.metadata.version("memvee"),
         tools=exact,
     )
+
+
+class _MemveeServer(MCPServer[Any]):
+    """The SDK's server, but for a prompt it does not list: asking for one is the client's
+    mistake, answered as JSON-RPC's invalid params, as an unknown resource is (the SDK
+    answered it as a crash of its own, error code 0 or -32603, and logged a traceback at
+    error level for each)."""
+
+    async def get_prompt(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None = None,
+        context: Context[Any, Any] | None = None,
+    ) -> GetPromptResult | InputRequiredResult:
+        """The prompt ``name`` rendered, or invalid params when there is no such prompt."""
+        if name not in {prompt.name for prompt in await self.list_prompts()}:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+        return await super().get_prompt(name, arguments, context)
 
 
 READ_ONLY_TOOLS = frozenset({"recall", "list_memories", "explain_memory"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import select
 import signal
@@ -17,7 +18,8 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
+from mcp.types import INVALID_PARAMS
 
 from memvee import Memory, Message
 from memvee._server import request_ids
@@ -870,3 +872,21 @@ async def test_a_call_still_running_when_the_drain_ends_answers_whether_it_was_d
     assert "outcome_unknown: the server shut down before it could answer" in write
     assert "not_ready: the server is shutting down; try again" in read
     assert "not_ready: the server is shutting down; nothing was done" in late
+
+
+async def test_a_prompt_the_server_does_not_offer_is_invalid_params_not_a_logged_crash(
+    memory: Memory, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asking for a prompt the server does not list is the client's mistake, answered as
+    asking for an unknown resource is (the SDK answered error code 0, and logged a
+    traceback at error level for each)."""
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit)) as client:
+            listed = await client.list_prompts()
+            with pytest.raises(MCPError) as refused:
+                await client.get_prompt("summarize", {"user_id": "ann"})
+
+    assert listed.prompts == []
+    assert refused.value.code == INVALID_PARAMS
+    assert "summarize" in refused.value.message
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
