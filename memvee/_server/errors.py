@@ -132,6 +132,16 @@ _UNREADABLE_BODY = (
 """What bodies FastAPI cannot parse, short of malformed JSON, have in common."""
 
 
+def _unread(body: object) -> bool:
+    """Whether a body FastAPI validated is the bytes it was sent as: one it did not read as
+    JSON, as it takes only a body typed as JSON."""
+    return isinstance(body, bytes) and bool(body)
+
+
+def _named(content_type: str | None) -> str:
+    return "no Content-Type" if content_type is None else repr(content_type)
+
+
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     """Answer every error with ``{"error", "message", "request_id"}`` and its status;
     a 405 names in ``Allow`` the methods of every one of ``routes`` at its path (FastAPI
@@ -154,6 +164,13 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
                 at = problem.get("loc", ("body", "?"))[-1]
                 why = problem.get("ctx", {}).get("error", "JSON decode error")
                 problems.append(f"body: not valid JSON: {why} at character {at}")
+                continue
+            if problem.get("loc") == ("body",) and _unread(problem.get("input")):
+                sent_as = request.headers.get("content-type")
+                problems.append(
+                    "body: not read, as it is not typed as JSON: send it with Content-Type: "
+                    f"application/json (it came with {_named(sent_as)})"
+                )
                 continue
             problems.append(described(problem, "body"))
         return _body(request, 422, "invalid_input", "; ".join(problems))

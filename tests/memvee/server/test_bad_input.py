@@ -67,6 +67,30 @@ def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
     assert message_count(http, user) == 2
 
 
+@pytest.mark.parametrize(
+    ("content_type", "named"),
+    [
+        ("text/plain", "'text/plain'"),
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        (None, "no Content-Type"),
+    ],
+)
+def test_a_json_body_not_typed_as_json_is_422_saying_so_not_that_it_is_no_object(
+    http: httpx.Client, user: str, content_type: str | None, named: str
+) -> None:
+    """The body is not read unless typed as JSON, so the only mistake is its type (the
+    answer was "Input should be a valid dictionary", of a body that is one)."""
+    body = b'{"role": "user", "content": "hi"}'
+    headers = {} if content_type is None else {"content-type": content_type}
+
+    answer = http.post(f"/v1/users/{user}/messages", content=body, headers=headers)
+
+    assert (answer.status_code, answer.json()["error"]) == (422, "invalid_input")
+    assert "Content-Type: application/json" in answer.json()["message"]
+    assert named in answer.json()["message"]
+    assert message_count(http, user) == 2
+
+
 @pytest.mark.parametrize("when", [-99999999999, 1740830400, 1740830400.5, "1740830400", "1e9"])
 def test_a_time_given_as_a_number_is_422_as_seconds_and_milliseconds_cannot_be_told_apart(
     http: httpx.Client, user: str, when: object
