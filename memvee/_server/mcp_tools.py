@@ -21,7 +21,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp.types import INVALID_PARAMS, GetPromptResult, InputRequiredResult, ToolAnnotations
@@ -400,14 +400,24 @@ class _ExactTool(Tool):
     async def run(
         self, arguments: dict[str, Any], context: Context[Any, Any], convert_result: bool = False
     ) -> Any:
-        """Refuse ``arguments`` the schema does not allow, else run the tool with them."""
+        """Refuse ``arguments`` the schema does not allow, else run the tool with them; its
+        error is answered as it said it, code word first."""
         arguments = _whole_numbers_as_integers(arguments, self.fn_metadata.arg_model)
         try:
             self.fn_metadata.arg_model.model_validate(arguments)
         except ValidationError as error:
             problems = [self._problem(p) for p in error.errors()]
             raise ToolError(f"invalid_input: {'; '.join(problems)}") from error
-        return await super().run(arguments, context, convert_result)
+        try:
+            return await super().run(arguments, context, convert_result)
+        except ToolError as error:
+            # The SDK puts "Error executing tool <name>: " before a tool's own error; it
+            # is answered as the tool said it, its code word first.
+            if isinstance(error.__cause__, ToolError) and not isinstance(
+                error, UnexpectedToolError
+            ):
+                raise ToolError(str(error.__cause__)) from error.__cause__
+            raise
 
     def _problem(self, problem: Any) -> str:
         """What is wrong with one argument, naming the arguments the tool takes when the

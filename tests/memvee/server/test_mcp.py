@@ -890,3 +890,19 @@ async def test_a_prompt_the_server_does_not_offer_is_invalid_params_not_a_logged
     assert refused.value.code == INVALID_PARAMS
     assert "summarize" in refused.value.message
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_every_tool_error_begins_with_its_code_word(memory: Memory, db_url: str) -> None:
+    """A program can act on a tool error's first word, whether the arguments were refused
+    or the memory refused the call (the SDK put "Error executing tool remember: " before
+    the latter's)."""
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit)) as client:
+            session: Any = client
+            mistyped = await failure(session, "list_memories", user_id="ann", limit="2")
+            refused = await failure(session, "remember", user_id="ann", user_message="a\x00b")
+            unknown = await failure(session, "explain_memory", user_id="nobody", entry_id="e1")
+
+    assert mistyped.startswith("invalid_input: limit")
+    assert refused.startswith("invalid_input: user message content contains a NUL")
+    assert unknown.startswith("not_found: ")
