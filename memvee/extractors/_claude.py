@@ -161,7 +161,8 @@ class ClaudeExtractor(HarmlessRequests):
     ) -> None:
         """Configure the extractor; without ``client`` one is built on first use. A
         ``model`` given is sent as it is: an empty one, or one with spaces around it or a
-        control character, is refused with InvalidInputError.
+        control character, is refused with InvalidInputError, as is one ``MEMVEE_MODEL``
+        names (without the spaces around it) that shows nothing or holds a control character.
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         (without the whitespace around it: a key read from a file keeps its newline) and
@@ -183,9 +184,11 @@ class ClaudeExtractor(HarmlessRequests):
             raise InvalidInputError(f"max_retries must be >= 0, got {max_retries!r}")
         if max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be >= 1, got {max_tokens!r}")
-        if model:  # "" stands for the default, as an unset variable read with "" does
-            check_model(model, "model")
-        self.model: str = model or os.environ.get(MODEL_ENV_VAR, "").strip() or DEFAULT_MODEL
+        # "" stands for the default, as an unset variable read with "" does
+        chosen = model or os.environ.get(MODEL_ENV_VAR, "").strip()
+        if chosen:
+            check_model(chosen, "model" if model else MODEL_ENV_VAR)
+        self.model: str = chosen or DEFAULT_MODEL
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_tokens = max_tokens

@@ -1486,6 +1486,21 @@ def test_reextract_with_claude_refuses_a_malformed_base_url_in_one_line(
     assert f"ANTHROPIC_BASE_URL={url!r} is refused" in one_error_line(result)
 
 
+@pytest.mark.parametrize("model", ["claude\x07sonnet", "claude\u200bsonnet"])
+def test_reextract_with_claude_refuses_a_memvee_model_no_call_could_use_in_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """MEMVEE_MODEL with a control character or one that shows nothing was sent with every
+    call, and each failed; --model with the same name is refused. Nothing is written."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:1")  # never the internet
+    monkeypatch.setenv("MEMVEE_MODEL", model)
+    result = run("reextract", "ann", "--extractor", "claude", "--db", db, code=2)
+    assert one_error_line(result).startswith("error: MEMVEE_MODEL must not contain")
+    with Audit(db) as audit:
+        assert audit.unpromoted_versions("ann") == []
+
+
 def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k_or_query(
     db: str, tmp_path: Path
 ) -> None:

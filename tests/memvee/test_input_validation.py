@@ -582,3 +582,26 @@ async def test_the_users_actor_asked_directly_checks_what_it_appends(
     with pytest.raises(InvalidInputError):
         await engine.directory.call_async(loop, "u", "add_messages", (message,), paced=True)
     assert await memory.buffer("u") == []
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("claude\x07sonnet", "MEMVEE_MODEL must not contain control characters (U+0007"),
+        ("claude\u200bsonnet", "MEMVEE_MODEL must not contain characters that show nothing"),
+        ("\u200b", "MEMVEE_MODEL must not be empty"),
+    ],
+)
+async def test_a_model_in_memvee_model_no_call_could_use_is_refused_before_anything_is_written(
+    model: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MEMVEE_MODEL was only stripped of spaces: a control character or one that shows
+    nothing went to the API with every batch, each failing, where MemoryConfig(model=...)
+    refuses the same name."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:1")  # never the internet
+    monkeypatch.setenv("MEMVEE_MODEL", model)
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        async with Memory(db_path=str(tmp_path / "m.db")):
+            pass
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
