@@ -163,6 +163,8 @@ class ClaudeExtractor(HarmlessRequests):
         ``model`` given is sent as it is: an empty one, or one with spaces around it or a
         control character, is refused with InvalidInputError, as is one ``MEMVEE_MODEL``
         names (without the spaces around it) that shows nothing or holds a control character.
+        A setting of the wrong kind (a float ``max_tokens``, a str ``timeout``) is refused
+        by name too.
 
         The built client uses the SDK's default construction, so ``ANTHROPIC_API_KEY``
         (without the whitespace around it: a key read from a file keeps its newline) and
@@ -178,6 +180,9 @@ class ClaudeExtractor(HarmlessRequests):
         (with ``max_retries=0``, the first call of a Memory opened after another used the
         client fails on a stale connection; the SDK's retries hide it).
         """
+        _check_kinds(timeout=timeout, max_retries=max_retries, max_tokens=max_tokens, model=model)
+        if cache_prefix is not None and not isinstance(cache_prefix, bool):
+            raise InvalidInputError(_wrong_kind("cache_prefix", cache_prefix, "a bool or None"))
         if not timeout > 0:
             raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
         if max_retries < 0:
@@ -718,6 +723,25 @@ def _is_host(host: str) -> bool:
             return False
         return True
     return _HOST_NAME.fullmatch(host) is not None
+
+
+def _check_kinds(
+    *, timeout: object, max_retries: object, max_tokens: object, model: object
+) -> None:
+    """Refuse a setting of the wrong kind by name (a bool is no number here): each is sent
+    with every call, or bounds it, so a float ``max_tokens`` or a str anywhere would fail
+    every call, or fail untyped, rather than be blamed on a batch."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidInputError(_wrong_kind("timeout", timeout, "a number of seconds"))
+    for name, value in (("max_retries", max_retries), ("max_tokens", max_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(_wrong_kind(name, value, "an int"))
+    if model is not None and not isinstance(model, str):
+        raise InvalidInputError(_wrong_kind("model", model, "a str or None"))
+
+
+def _wrong_kind(name: str, value: object, expected: str) -> str:
+    return f"{name} must be {expected}, not {type(value).__name__}"
 
 
 def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:

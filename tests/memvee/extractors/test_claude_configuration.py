@@ -104,6 +104,30 @@ def test_a_model_the_api_would_be_sent_as_no_model_is_refused(
     assert ClaudeExtractor(model="").model == ClaudeExtractor().model
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("max_tokens", 1.5, "max_tokens must be an int, not float"),
+        ("max_tokens", "8192", "max_tokens must be an int, not str"),
+        ("max_tokens", True, "max_tokens must be an int, not bool"),
+        ("max_retries", 1.5, "max_retries must be an int, not float"),
+        ("max_retries", "2", "max_retries must be an int, not str"),
+        ("timeout", "60", "timeout must be a number of seconds, not str"),
+        ("timeout", True, "timeout must be a number of seconds, not bool"),
+        ("model", 3, "model must be a str or None, not int"),
+        ("cache_prefix", "no", "cache_prefix must be a bool or None, not str"),
+    ],
+)
+def test_a_setting_of_the_wrong_kind_is_refused_by_name(
+    environment: pytest.MonkeyPatch, setting: str, value: Any, says: str
+) -> None:
+    """A float max_tokens was sent with every call (the API takes a whole number only); a
+    str failed with a bare TypeError or AttributeError, "no" turned prompt caching on and
+    a timeout of True meant one second."""
+    with pytest.raises(InvalidInputError, match=re.escape(says)):
+        ClaudeExtractor(**{setting: value})
+
+
 def test_the_refusal_never_shows_a_password_the_base_url_carries(
     environment: pytest.MonkeyPatch,
 ) -> None:
