@@ -32,6 +32,7 @@ __all__ = [
     "MAX_USER_ID_CHARS",
     "ROLES",
     "check_count",
+    "check_extractor",
     "check_flag",
     "check_key",
     "check_keys",
@@ -238,6 +239,29 @@ def check_model(model: str, what: str) -> None:
     every call."""
     check_text(model, what)
     check_unmistakable(model, what)
+
+
+def check_extractor(extractor: object) -> None:
+    """Raise :class:`InvalidInputError` unless ``extractor`` is an extractor instance (a
+    name the log can record and an ``extract``): anything else fails every batch it is
+    given, and each failure would be recorded against the messages."""
+    if isinstance(extractor, type):
+        raise InvalidInputError(
+            f"extractor must be an Extractor instance, not the class {extractor.__name__}: "
+            f"give {extractor.__name__}()"
+        )
+    name = getattr(extractor, "name", None)
+    if not (isinstance(name, str) and callable(getattr(extractor, "extract", None))):
+        raise InvalidInputError(
+            "extractor must be an Extractor (a name and an async extract(batch)), "
+            f"not {type(extractor).__name__}"
+        )
+    if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
+        raise InvalidInputError(  # the log records it beside every outcome
+            f"an extractor's name must be 1 to {MAX_EXTRACTOR_CHARS} characters, "
+            f"not {len(name)}: {name[:MAX_EXTRACTOR_CHARS]!r}"
+        )
+    check_text(name, "the extractor's name")
 
 
 MAX_TOKENS = 2**63 - 1

@@ -33,7 +33,6 @@ from sqlalchemy import Connection
 from actors import FORGOTTEN_REASON, Engine, EngineOptions, EngineSettings, inbox_of
 from actors.erasure import ForgetReceipt
 from events import (
-    MAX_EXTRACTOR_CHARS,
     Extractor,
     InvalidInputError,
     MemoryClosedError,
@@ -41,6 +40,7 @@ from events import (
     StorageError,
     UnknownTaskError,
     UserLog,
+    check_extractor,
     check_flag,
     check_keys,
     check_listing,
@@ -1215,23 +1215,7 @@ def _check_parts(config: object, extractor: object, embedder: object) -> None:
     if config is not None and not isinstance(config, MemoryConfig):
         raise InvalidInputError(f"config must be a MemoryConfig, not {type(config).__name__}")
     if extractor is not None:
-        if isinstance(extractor, type):
-            raise InvalidInputError(
-                f"extractor must be an Extractor instance, not the class {extractor.__name__}: "
-                f"give {extractor.__name__}()"
-            )
-        name = getattr(extractor, "name", None)
-        if not (isinstance(name, str) and callable(getattr(extractor, "extract", None))):
-            raise InvalidInputError(
-                "extractor must be an Extractor (a name and an async extract(batch)), "
-                f"not {type(extractor).__name__}"
-            )
-        if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
-            raise InvalidInputError(  # the log records it beside every outcome
-                f"an extractor's name must be 1 to {MAX_EXTRACTOR_CHARS} characters, "
-                f"not {len(name)}: {name[:MAX_EXTRACTOR_CHARS]!r}"
-            )
-        check_text(name, "the extractor's name")
+        check_extractor(extractor)
     if embedder is not None and embedder is not False:
         _check_embedder(embedder)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import shlex
 import time
@@ -50,6 +51,7 @@ from events import (
     UserLog,
     bounded,
     check_count,
+    check_extractor,
     check_flag,
     check_key,
     check_keys,
@@ -835,6 +837,7 @@ class Audit:
         """
         check_user_id(user_id)
         check_knowledge_version(version)
+        check_extractor(extractor)
         limits = BatchLimits(
             check_count(batch_size, "batch_size"), check_count(max_batch_tokens, "max_batch_tokens")
         )
@@ -1232,7 +1235,21 @@ class Audit:
         log was forgotten since, and the user is passed over (``BulkReport.forgotten_users``).
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
+        from memvee.extractors import ClaudeExtractor
 
+        if not isinstance(extractor, ClaudeExtractor):  # Message Batches are Claude's API
+            given = type(extractor).__name__
+            if isinstance(extractor, type):
+                given = f"the class {extractor.__name__}"
+            raise InvalidInputError(f"extractor must be a ClaudeExtractor instance, not {given}")
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or not 0 < poll_interval < math.inf
+        ):
+            raise InvalidInputError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            )
         check_count(direct_limit, "direct_limit")
         self.check_version_name(user_ids, version)
         await check_credentials(extractor)
@@ -1569,6 +1586,8 @@ class Audit:
             raise InvalidInputError(
                 f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"
             )
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+            raise InvalidInputError(f"alpha must be a number from 0 to 1, not {alpha!r}")
         tables = self._reader.tables
         retriever = Retriever(
             self.store.engine,

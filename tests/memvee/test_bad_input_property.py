@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+import anthropic
 import pytest
 import sqlalchemy
 from hypothesis import HealthCheck, given, settings
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from memvee import InvalidInputError, Memory
 from memvee.audit import Audit
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
 
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
@@ -123,6 +125,30 @@ BAD_TIMEOUTS = st.one_of(
 )
 
 
+BAD_EXTRACTORS = st.one_of(
+    NOT_TEXT, st.text(max_size=4), st.just(OfflineExtractor), st.just(ClaudeExtractor)
+)
+"""Not an extractor instance: each went through a re-extraction that recorded every
+message's call as failed ("'str' object has no attribute 'extract'")."""
+BAD_ALPHAS = st.one_of(
+    st.just(math.nan),
+    st.floats(max_value=-1e-9),
+    st.floats(min_value=1 + 1e-9),
+    st.booleans(),
+    st.text(max_size=4),
+)
+BAD_POLLS = st.one_of(st.just(math.nan), st.floats(max_value=0), st.booleans(), st.text(max_size=4))
+
+
+def _claude() -> ClaudeExtractor:
+    """A Claude extractor with credentials, for a server that is never there: a call that
+    gets past the checks fails, untyped, instead of reaching the internet."""
+    client = anthropic.AsyncAnthropic(
+        api_key="sk-ant-test", base_url="http://127.0.0.1:1", max_retries=0
+    )
+    return ClaudeExtractor(client=client)
+
+
 def _call(method: str, /, *args: st.SearchStrategy[Any], **kwargs: st.SearchStrategy[Any]) -> Any:
     return st.tuples(st.just(method), st.tuples(*args), st.fixed_dictionaries(kwargs))
 
@@ -188,6 +214,7 @@ AUDIT_CALLS: dict[str, list[Any]] = {
     "search": [
         _call("search", BAD_USER_IDS, ok("car"), embedder=ok(False)),
         _call("search", ok(USER), ok("car"), as_of=BAD_TIMES, embedder=ok(False)),
+        _call("search", ok(USER), ok("car"), alpha=BAD_ALPHAS, embedder=ok(False)),
     ],
     **{
         name: [_call(name, BAD_USER_IDS, *extra)]
@@ -207,6 +234,7 @@ AUDIT_CALLS: dict[str, list[Any]] = {
     "reextract": [
         _call("reextract", BAD_USER_IDS, ok(None), ok("v2")),
         _call("reextract", ok(USER), ok(None), BAD_VERSIONS),
+        _call("reextract", ok(USER), BAD_EXTRACTORS, ok("v2"), embedder=ok(False)),
     ],
     "check_version_name": [
         _call("check_version_name", st.lists(BAD_USER_IDS, min_size=1, max_size=2), ok("v2")),
@@ -215,7 +243,22 @@ AUDIT_CALLS: dict[str, list[Any]] = {
     "reextract_in_bulk": [
         _call(
             "reextract_in_bulk", st.lists(BAD_USER_IDS, min_size=1, max_size=2), ok(None), ok("v2")
-        )
+        ),
+        _call(
+            "reextract_in_bulk",
+            ok([USER]),
+            st.one_of(BAD_EXTRACTORS, st.builds(OfflineExtractor)),
+            ok("v2"),
+            embedder=ok(False),
+        ),
+        _call(
+            "reextract_in_bulk",
+            ok([USER]),
+            st.builds(_claude),
+            ok("v2"),
+            poll_interval=BAD_POLLS,
+            embedder=ok(False),
+        ),
     ],
     "knowledge": [_call("knowledge", BAD_USER_IDS), _call("knowledge", ok(USER), as_of=BAD_TIMES)],
 }
