@@ -761,9 +761,12 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
     if target.exists() and not target.is_file():
         with target.open("w", encoding="utf-8") as file:
             return sum(file.write(line + "\n") > 0 for line in lines)
-    descriptor, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".partial", dir=target.parent
-    )
+    try:
+        descriptor, name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+        )
+    except OSError as error:  # told of the file given, not of the one made beside it
+        raise OSError(error.errno, error.strerror, str(target)) from error
     partial = Path(name)  # a new file of its own: never one that was there, a database
     try:
         with open(descriptor, "w", encoding="utf-8") as file:

@@ -501,6 +501,22 @@ def test_an_export_never_writes_its_file_in_progress_over_a_database(
     assert (tmp_path / "snap").read_text().count("\n") == before.count('"version"')
 
 
+@pytest.mark.parametrize(
+    ("folder", "says"),
+    [("missing", "No such file or directory"), ("a-file", "Not a directory")],
+)
+def test_an_export_into_a_folder_that_is_not_there_names_the_file_given(
+    db: str, tmp_path: Path, folder: str, says: str
+) -> None:
+    """The error named the file written beside the target (``.a.jsonl.x1y2.partial``),
+    which the user never gave."""
+    (tmp_path / "a-file").touch()
+    out = tmp_path / folder / "a.jsonl"
+    result = run("export", "ann", "--out", str(out), "--db", db, code=2)
+    assert one_error_line(result) == f"error: {says}: {out}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "m.db"]
+
+
 def test_an_error_that_cannot_be_printed_still_exits_2(db: str) -> None:
     with open("/dev/full", "w") as full:
         ended = subprocess.run(
