@@ -217,6 +217,16 @@ class _Console(_ShownConsole):
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
 
+    def _check_buffer(self) -> None:
+        # rich keeps what a failed write held (stdout closed, a full disk) and prints it
+        # before the next command's output in the same process: drop it with the failure.
+        try:
+            super()._check_buffer()
+        except BaseException:
+            if self._buffer_index == 0:
+                del self._buffer[:]
+            raise
+
 
 _STDOUT: Any = _StdoutInPieces()
 # Without markup: what the consoles print holds user ids, messages and extracted entries,

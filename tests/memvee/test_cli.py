@@ -319,6 +319,18 @@ def test_a_closed_stdout_is_one_error_line_not_a_traceback(
     assert capsys.readouterr().err == "error: standard output is closed\n"
 
 
+def test_a_command_after_one_whose_output_could_not_be_written_prints_only_its_own(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table that could not be written stayed in the console's buffer, and the next
+    command run in the same process printed it before its own output."""
+    with monkeypatch.context() as closed:
+        closed.setattr(sys, "stdout", None)
+        with pytest.raises(SystemExit):
+            app(["users", "--db", db])
+    assert "tasks ok" not in run("stats", "--db", db).output
+
+
 def test_a_terminal_that_cannot_print_a_user_id_gets_it_escaped_not_a_traceback(
     tmp_path: Path,
 ) -> None:
