@@ -17,7 +17,13 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import JSONTranscoder, Mapper, StoredEvent, find_id_convertor
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    find_id_convertor,
+    pass_through_convertor,
+)
 from eventsourcing.utils import resolve_topic
 
 from events.errors import NewerEventError, UnreadableEventError, first_line
@@ -38,7 +44,9 @@ __all__ = ["Decoder", "Encoder", "Stored"]
 Stored = tuple[Any, int, str, bytes]
 """An event as stored: its log, its version, its topic and its serialized state."""
 
-_EventClass = tuple[type, Callable[[Any], Any], frozenset[str], frozenset[str], int]
+_EventClass = tuple[type, Callable[[Any], Any] | None, frozenset[str], frozenset[str], int]
+"""A class read fast: the class, its id convertor (``None``: the id as it is), its time
+fields, its fields and the most a stored state of it holds."""
 _NOT_STORED = frozenset({"originator_id", "originator_version"})
 _UNSEEN: Any = object()
 
@@ -72,9 +80,29 @@ class Decoder:
         self, originator_id: UUID, version: int, topic: str, state: bytes
     ) -> DomainEventProtocol[Any]:
         """The domain event of one stored row; :class:`UnreadableEventError` if it cannot be read
-        (damaged), :class:`NewerEventError` if its type is one this version does not know."""
+        (damaged), :class:`NewerEventError` if its type is one this version does not know.
+
+        Made here, not in a further call: a rebuild decodes every event of the log."""
         try:
-            return self._decoded(originator_id, version, topic, state)
+            found = self._classes.get((topic, type(originator_id)), _UNSEEN)
+            if found is _UNSEEN:
+                found = self._event_class(topic, type(originator_id))
+            if found is not None:
+                event_state = self._parse(state)
+                if event_state is not None:
+                    cls, convert, times, known, most = found
+                    if len(event_state) > most and not known.issuperset(event_state):
+                        drop_unknown(cls, known, event_state)
+                    restore_times(times, event_state)
+                    event_state["originator_id"] = (
+                        originator_id if convert is None else convert(originator_id)
+                    )
+                    event_state["originator_version"] = version
+                    event: DomainEventProtocol[Any] = object.__new__(cls)
+                    object.__setattr__(event, "__dict__", event_state)
+                    return event
+            stored = StoredEvent(originator_id, version, topic, state)
+            return self._mapper.to_domain_event(stored)
         except Exception as error:
             if not known_topic(topic):
                 raise NewerEventError(originator_id, version, topic) from error
@@ -93,34 +121,15 @@ class Decoder:
         event: Any = self(originator_id, version, topic, state)
         return cast(datetime, event.timestamp)
 
-    def _decoded(
-        self, originator_id: UUID, version: int, topic: str, state: bytes
-    ) -> DomainEventProtocol[Any]:
-        found = self._classes.get((topic, type(originator_id)), _UNSEEN)
-        if found is _UNSEEN:
-            found = self._event_class(topic, type(originator_id))
-        if found is not None:
-            event_state = self._parse(state)
-            if event_state is not None:
-                cls, convert, times, known, most = found
-                if len(event_state) > most and not known.issuperset(event_state):
-                    drop_unknown(cls, known, event_state)
-                restore_times(times, event_state)
-                event_state["originator_id"] = convert(originator_id)
-                event_state["originator_version"] = version
-                event: DomainEventProtocol[Any] = object.__new__(cls)
-                object.__setattr__(event, "__dict__", event_state)
-                return event
-        stored = StoredEvent(originator_id, version, topic, state)
-        return self._mapper.to_domain_event(stored)
-
     def _event_class(self, topic: str, id_type: type) -> _EventClass | None:
         """The class of ``topic`` and its id convertor, or ``None`` to leave it to the mapper."""
         found: _EventClass | None = None
         try:
             cls = resolve_topic(topic)
             if self._enabled and getattr(cls, "class_version", 1) == 1:
-                found = (cls, find_id_convertor(cls, id_type), time_fields(cls), *_fields(cls))
+                convert = find_id_convertor(cls, id_type)
+                kept = None if convert is pass_through_convertor else convert
+                found = (cls, kept, time_fields(cls), *_fields(cls))
         except Exception:  # the mapper raises its own error for this event
             found = None
         self._classes[(topic, id_type)] = found

@@ -154,11 +154,15 @@ def compact_state(cls: type, state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def restore_times(times: frozenset[str], state: dict[str, Any]) -> None:
-    """Turn the bare microseconds of the ``times`` fields of a decoded state back into times."""
+    """Turn the bare microseconds of the ``times`` fields of a decoded state back into times
+    (fields of one value share one time: a message is most often sent when it is added)."""
+    micros = moment = None
     for name in times:
         value = state.get(name)
         if type(value) is int:
-            state[name] = from_micros(value)
+            if value != micros:
+                micros, moment = value, from_micros(value)
+            state[name] = moment
 
 
 class CompactMapper(Mapper[UUID]):
