@@ -9,7 +9,7 @@ row and of every index on it. Both read back as they were written.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, DateTime, String
 from sqlalchemy.engine import Dialect
@@ -17,12 +17,27 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from events.transcoding import from_micros, micros_of
 
-__all__ = ["StoredId", "StoredTime", "id_text", "packed_range", "stored_id"]
+__all__ = ["StoredId", "StoredTime", "id_param", "id_text", "packed_range", "stored_id"]
 
 
 def stored_id(value: str) -> bytes | str:
     """How SQLite stores id ``value``: a canonical (lowercase, dashed) UUID as its 16
     bytes, any other text as itself, so that every id reads back exactly."""
+    return _packed(value, bytes)
+
+
+def id_param(value: str) -> bytearray | str:
+    """:func:`stored_id` as a value to write through Python's sqlite3: 16 bytes as a
+    bytearray, which it binds as the very same BLOB without looking for an adapter
+    (for bytes it looks, and formats then drops an AttributeError: about half a
+    microsecond for every id a rebuild writes)."""
+    return _packed(value, bytearray)
+
+
+_Packed = TypeVar("_Packed", bytes, bytearray)
+
+
+def _packed(value: str, kind: type[_Packed]) -> _Packed | str:
     if (
         len(value) == 36
         and value[8] == value[13] == value[18] == value[23] == "-"
@@ -30,7 +45,7 @@ def stored_id(value: str) -> bytes | str:
     ):
         try:
             # Any other dash, or whitespace (which fromhex skips), leaves fewer bytes.
-            packed = bytes.fromhex(value.replace("-", ""))
+            packed = kind.fromhex(value.replace("-", ""))
         except ValueError:
             return value
         if len(packed) == 16:

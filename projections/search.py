@@ -42,7 +42,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, Text, inspect, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from events import UserLog
-from projections.columns import id_text, stored_id
+from projections.columns import id_param, id_text
 from projections.comparison import Listing, sortable
 from projections.rows import Row
 from projections.sink import Derived
@@ -442,14 +442,14 @@ class SearchIndex:
         k = self.knowledge_fts.name
         cursor.executemany(
             f"INSERT INTO {k} (owner, body, item_id) VALUES (?, ?, ?)",
-            [(owner, body, stored_id(item)) for owner, body, item in entries],
+            [(owner, body, id_param(item)) for owner, body, item in entries],
         )
         if marks:
             # The owner column holds its owner's token whether marked or not.
             cursor.executemany(
                 f"UPDATE {k} SET owner = substr(owner, 1, 32) || ? "
                 f"WHERE rowid IN (SELECT id FROM {k}_content WHERE c2 = ?)",
-                [("now" if now else "", stored_id(str(key))) for now, key in marks],
+                [("now" if now else "", id_param(str(key))) for now, key in marks],
             )
 
     def unindexed(self, connection: Connection) -> bool:

@@ -25,6 +25,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, and_, bindparam, sel
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeEngine
 
+from projections.columns import StoredId, id_param
 from projections.rows import Row
 from projections.tables import folded_columns
 
@@ -122,12 +123,16 @@ class TableSink:
         self._sqlite = dialect.name == "sqlite"
         shared: dict[str, Convert | None] = {}
         bind = {c.name: stored_form(c, dialect, shared) for c in folded}
-        log_id = bind.get(REPEATED)
-        if log_id is not None:
-            bind[REPEATED] = _remembering(log_id)
+        written = dict(bind)
+        if self._sqlite:  # ids written as bytearrays: see id_param
+            written.update({c.name: id_param for c in folded if isinstance(c.type, StoredId)})
+        for forms in (bind, written):
+            if (log_id := forms.get(REPEATED)) is not None:
+                forms[REPEATED] = _remembering(log_id)
         self._bind = bind
-        self._insert_order = _StoredOrder(self.columns, bind)
-        self._key_order = _StoredOrder(key, bind)
+        self._written = written
+        self._insert_order = _StoredOrder(self.columns, written)
+        self._key_order = _StoredOrder(key, written)
         self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
         self._inserts: dict[int, str] = {}
         self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
@@ -284,7 +289,8 @@ class TableSink:
         if found is None:
             sets = ", ".join(f"{self._q[c]} = {self._mark[c]}" for c in changed)
             sql = f"UPDATE {self._q_table} SET {sets} WHERE {self._where}"
-            found = self._updates[changed] = (sql, _StoredOrder((*changed, *self.key), self._bind))
+            order = _StoredOrder((*changed, *self.key), self._written)
+            found = self._updates[changed] = (sql, order)
         return found
 
 

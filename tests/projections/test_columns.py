@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from projections.columns import StoredId, StoredTime, id_text, packed_range, stored_id
+from projections.columns import StoredId, StoredTime, id_param, id_text, packed_range, stored_id
 from projections.sink import stored_form
 from projections.tables import ProjectionTables
 
@@ -88,6 +88,30 @@ def test_an_id_reads_back_exactly_and_a_uuid_takes_16_bytes(value: str, packed: 
         ]
     assert raw == stored
     assert found == [(value,)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9f6c1d2e-4b7a-4e3f-8a1b-2c3d4e5f6a7b", "01A22CC6-6D5A-74D2-9987-EF9F14482C79", "task-1"],
+)
+def test_an_id_written_as_a_parameter_is_stored_as_the_same_value_stored_id_gives(
+    value: str,
+) -> None:
+    """The sink hands sqlite3 a UUID's 16 bytes as a bytearray (bound with no adapter
+    lookup): SQLite stores the very BLOB of :func:`stored_id`, and any other id as text."""
+    param = id_param(value)
+    assert param == stored_id(value)
+    assert type(param) is (bytearray if type(stored_id(value)) is bytes else str)
+    engine = create_engine("sqlite://")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (?)", (param,))
+        (raw,) = connection.exec_driver_sql("SELECT id FROM t").one()
+        (found,) = connection.exec_driver_sql(
+            "SELECT count(*) FROM t WHERE id = ?", (stored_id(value),)
+        ).one()
+    assert raw == stored_id(value) and type(raw) is type(stored_id(value))
+    assert found == 1
 
 
 def test_the_sink_binds_what_sqlalchemy_binds() -> None:
