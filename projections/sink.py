@@ -135,6 +135,8 @@ class TableSink:
         self._key_order = _StoredOrder(key, written)
         self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
         self._inserts: dict[int, str] = {}
+        self._nullable = [i for i, c in enumerate(folded) if c.nullable and not c.primary_key]
+        self._sqlite_inserts: dict[tuple[int, ...], str] = {}
         self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
         quote = dialect.identifier_preparer.quote
         self._q_table = quote(table.name)
@@ -256,12 +258,14 @@ class TableSink:
             for changed, rows in _by_changed_columns(updated, self.key).items():
                 sql, order = self._update(changed)
                 statements.append((sql, order.rows(rows)))
-        if inserted:
+        if inserted and self._sqlite and self.derived is None:
+            statements.append(self._sqlite_insert(inserted))
+        elif inserted:
             values = self._insert_order.rows(inserted)
             if self.derived is not None:
                 value = self.derived.value
                 values = [(*v, value(row)) for v, row in zip(values, inserted, strict=True)]
-            if self._sqlite or len(values) > _ROWS_IN_ONE_INSERT:
+            if len(values) > _ROWS_IN_ONE_INSERT:
                 statements.append((self._insert_sql, values))
             else:
                 flat = [v for r in values for v in r]
@@ -274,6 +278,28 @@ class TableSink:
         cursor = driver_cursor(connection)
         for statement, params in statements:
             _execute(cursor, statement, params)
+
+    def _sqlite_insert(self, rows: list[Row]) -> tuple[str, list[tuple[Any, ...]]]:
+        """The insert of ``rows`` on SQLite, leaving out the nullable columns that are NULL
+        in every one of them (a page's messages held by no task, entries that have not
+        ended): an omitted column is NULL for free, where sqlite3 looks for an adapter for
+        every ``None`` it binds, as for bytes (see :func:`~projections.columns.id_param`)."""
+        columns = self._insert_order.columns(rows)
+        count = len(rows)
+        empty = [
+            i for i in self._nullable if columns[i][0] is None and columns[i].count(None) == count
+        ]
+        if not empty:
+            return self._insert_sql, list(zip(*columns, strict=True))
+        kept = tuple(i for i in range(len(columns)) if i not in empty)
+        sql = self._sqlite_inserts.get(kept)
+        if sql is None:
+            named = ", ".join(self._q[self.columns[i]] for i in kept)
+            marks = ", ".join("?" for _ in kept)
+            sql = self._sqlite_inserts[kept] = (
+                f"INSERT INTO {self._q_table} ({named}) VALUES ({marks})"
+            )
+        return sql, list(zip(*[columns[i] for i in kept], strict=True))
 
     def _multi_row_insert(self, rows: int) -> str:
         """An insert of ``rows`` rows in one ``VALUES`` (PostgreSQL)."""
@@ -382,8 +408,10 @@ class _StoredOrder:
         """The stored values of each of ``rows``, in order: :meth:`values` of each, worked
         out a column at a time (a page's thousands of rows then cost a loop per converted
         column, not a loop over the converted columns of every row)."""
-        if not rows:
-            return []
+        return list(zip(*self.columns(rows), strict=True)) if rows else []
+
+    def columns(self, rows: Sequence[Row]) -> list[Sequence[Any]]:
+        """The stored values of ``rows`` (at least one), a sequence per column in order."""
         get = self._get
         if self._single:
             columns: list[Sequence[Any]] = [[get(row) for row in rows]]
@@ -391,7 +419,7 @@ class _StoredOrder:
             columns = list(zip(*map(get, rows), strict=True))
         for i, convert in self._converted:
             columns[i] = [v if v is None else convert(v) for v in columns[i]]
-        return list(zip(*columns, strict=True))
+        return columns
 
     def values(self, row: Row | tuple[Any, ...]) -> list[Any]:
         """``row``'s stored values, in order (a tuple: already in that order)."""

@@ -118,6 +118,43 @@ def test_many_rows_are_inserted_updated_and_deleted_and_read_back(
     assert sorted(loaded, key=lambda r: r["version"]) == expected
 
 
+def test_messages_null_in_every_row_or_in_some_read_back_as_they_were_written(
+    sink_store: tuple[EventStore, bool],
+) -> None:
+    """Inserts of rows whose nullable columns are NULL in all of them (no name), in some
+    (the task holding a message), or in none, each alone and mixed: on SQLite a column
+    NULL in every row is left out of the statement; every row reads back as written."""
+    store, core = sink_store
+    sink = _sink(store, ProjectionTables().messages, ("message_id",), core)
+
+    def message(n: int, task: str | None, name: str | None) -> dict[str, Any]:
+        return {
+            "message_id": f"00000000-0000-7000-8000-{n:012d}",
+            "log_id": _LOG_ID,
+            "seq": n,
+            "version": n,
+            "role": "user",
+            "content": f"message {n}",
+            "sent_at": _MOMENT,
+            "name": name,
+            "buffered": 1,
+            "task_id": task,
+            "quarantined": 0,
+        }
+
+    writes = [
+        [message(n, None, None) for n in range(1, 4)],
+        [message(n, "task-1" if n % 2 else None, None) for n in range(4, 8)],
+        [message(n, "task-2", "Ann") for n in range(8, 10)],
+        [message(10, None, "Bob")],
+    ]
+    with store.transaction() as connection:
+        for rows in writes:
+            sink.write(connection, rows, [], [])
+        loaded = sink.load(connection, "log_id", [_LOG_ID])
+    assert sorted(loaded, key=itemgetter("seq")) == [row for rows in writes for row in rows]
+
+
 def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
     sink_store: tuple[EventStore, bool],
 ) -> None:
