@@ -36,6 +36,7 @@ from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, bindparam, func, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from actors import tells_down
 from actors.lease import database_now
 from actors.process_identity import process_alive, process_stat, this_machine
 from events import (
@@ -56,7 +57,7 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line, repeats
+from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
@@ -925,7 +926,9 @@ class BulkReextraction:
         """Whether ``user_id``'s live re-extraction that ``stopped`` tells the Messages API
         is down, for every user (:func:`_stop_tells_api_down`). A lone message failing once with
         nothing else to send tells nothing by itself: until a call of this run's fallback
-        was answered, one harmless request is sent then (its failure an outage), so an
+        was answered, one harmless request is sent then, its failure judged by the rule
+        background extraction and ``memvee reextract`` judge theirs by
+        (:func:`actors.tells_down`: rate limited or asked to wait, it tells nothing), so an
         outage costs one failed call and that request, not a failed call for every user
         with a message or two to send."""
         from memvee.audit import harmless_request  # the audit imports this module lazily
@@ -946,7 +949,7 @@ class BulkReextraction:
         if failed is None:
             self.direct_answered = True
             return False
-        return not repeats(failed)
+        return tells_down(failed)
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""

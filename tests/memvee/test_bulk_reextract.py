@@ -1924,6 +1924,37 @@ async def test_a_full_outage_costs_one_failed_call_and_one_harmless_request_for_
             assert log.failed_reextraction("v2", audit.store.events_of(user)) == set()
 
 
+async def test_a_rate_limited_harmless_request_after_a_lone_failure_stops_no_other_users_fallback(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    """Users with one message each, their Message Batches failing whole twice: each user's
+    lone message fails once through the Messages API, and the harmless request sent after
+    it is rate limited (429). A rate limit tells nothing of the API (the one rule,
+    :func:`actors.tells_down`, background extraction and ``memvee reextract`` judge by), so
+    every user's fallback goes; it used to read the 429 as an outage and stop the fallback
+    for every user after the first."""
+    users = [f"u{i}" for i in range(3)]
+    db = sqlite_url(tmp_path / "limited.db")
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+
+    def limited(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
+            return ScriptedResponse(429, error_body("rate_limit_error", "slow down"))
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+
+    server.set_responder(limited)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        report = await _run(audit, users=users)
+    assert report.direct == dict.fromkeys(users, 1)
+    sent = [[m["content"] for m in r.messages] for r in server.requests]
+    each = [[[f"{user} likes tea"], ["Hello."]] for user in users]
+    assert sent == [call for calls in each for call in calls], sent
+
+
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
     both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
