@@ -62,7 +62,7 @@ from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
 from projections import ProjectionReader
-from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table, restamped
 from projections.bulk_runs import CLAIM as _CLAIM
 from projections.reader import aware
 from projections.shown import with_targets
@@ -279,7 +279,7 @@ class BulkReextraction:
         self.claimed_by: dict[str, str] = {}  # the user of each claim, by its id
         self.lost: set[str] = set()  # claims another run took over while this one was stopped
         self.dropped: dict[str, set[str]] = {}  # messages of kept batches dropped, by user
-        self._kept: dict[str, dict[str, set[str]]] = {}  # kept batches' messages by user, by row
+        self._kept: dict[str, _KeptRow] = {}  # the kept rows a claim decoded, by id
 
     async def run(self, user_ids: Sequence[str], *, listed: bool = False) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
@@ -964,23 +964,25 @@ class BulkReextraction:
         run to plan its messages again, counting one more such failure in each request
         (read back by :meth:`_take_failed_whole`). The row is read locked, so a ``forget`` at
         once waits for the update instead of being undone by it; its requests of a user
-        forgotten before are gone already, and it is updated only if it is there."""
+        forgotten before are gone already, and it is updated only if it is there. Its stamp
+        moves (:func:`projections.bulk_runs.restamped`), so a run that decoded it before
+        plans its messages again at its next claim of their user (:meth:`_kept_for`)."""
         with self.store.transaction() as connection:
-            requests = connection.execute(
-                select(BULK_BATCHES.c.requests)
+            kept = connection.execute(
+                select(BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
                 .with_for_update()
-            ).scalar()
-            if not requests:
+            ).first()
+            if kept is None or not kept.requests:
                 return
             counted = {
                 k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
-                for k, r in requests.items()
+                for k, r in kept.requests.items()
             }
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
-                .values(requests=counted)
+                .values(requests=counted, created_at=restamped(kept.created_at))
             )
 
     def _drop_row(self, row: dict[str, Any]) -> None:
@@ -1351,10 +1353,21 @@ class BulkReextraction:
     def _kept_for(self, connection: Connection, user_id: str) -> set[str]:
         """The messages of ``user_id`` the version's kept Message Batches hold, as
         ``connection``'s transaction sees them: every batch kept before it, one a run that
-        ended a moment ago kept too. The ids of the kept rows are read each time (claims
-        left aside by their key, without decoding them); the requests only of those not
-        read before (:attr:`_kept`), so a run of thousands of users decodes each kept row
-        once."""
+        ended a moment ago kept too, and none marked failed whole since (those are noted
+        in :attr:`failed_whole`, for the claim to take the user's requests out of them).
+
+        The ids of the kept rows are read each time (claims left aside by their key,
+        without decoding them); the requests only of a row not read before (:attr:`_kept`),
+        or of one read before as holding the user's messages whose stamp (``created_at``)
+        moved since. So a run of thousands of users decodes each kept row once, and again
+        only once it changed in place where the claim looks. A change in place that takes
+        messages out of what a claim reads as held (a mark of failed whole, a ``forget``)
+        moves the row's stamp (:func:`restamped`); none puts messages in (a batch is kept as
+        a new row), so a row read before as holding none of the user's holds none now. A run
+        taking a user's failed-whole requests out moves no stamp: the claim reads those
+        again, locked, before it takes them (:meth:`_take_failed_whole`). Only the stamps
+        of rows holding the user are read: on SQLite, a column after a row's requests is
+        reached through all their pages."""
         ids = set(
             connection.execute(
                 select(BULK_BATCHES.c.local_id).where(
@@ -1368,16 +1381,28 @@ class BulkReextraction:
         )
         for gone in self._kept.keys() - ids:
             del self._kept[gone]
-        unread = sorted(ids - self._kept.keys())
-        if unread:
-            found = connection.execute(
-                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests).where(
-                    BULK_BATCHES.c.local_id.in_(unread)
+        holding = sorted(i for i, row in self._kept.items() if user_id in row.messages)
+        if holding:
+            moved = connection.execute(
+                select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.created_at).where(
+                    BULK_BATCHES.c.local_id.in_(holding)
                 )
             ).all()
-            for local_id, requests in found:
-                self._kept[local_id] = _kept_by_user(requests)
-        return set().union(*(row.get(user_id, set()) for row in self._kept.values()))
+            for local_id, stamp in moved:
+                if stamp != self._kept[local_id].stamp:
+                    del self._kept[local_id]
+        unread = sorted(ids - self._kept.keys())
+        if unread:
+            for local_id, requests, stamp in connection.execute(
+                select(
+                    BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at
+                ).where(BULK_BATCHES.c.local_id.in_(unread))
+            ).all():
+                self._kept[local_id] = _KeptRow.of(requests, stamp)
+        for local_id, row in self._kept.items():
+            if user_id in row.failed_whole:
+                self.failed_whole.setdefault(user_id, set()).add(local_id)
+        return set().union(*(row.messages.get(user_id, set()) for row in self._kept.values()))
 
     def _claim(self, user_id: str) -> set[str] | None:
         """Claim the user's plan for this run, in the transaction that reads the kept
@@ -1671,15 +1696,28 @@ def _order(custom_id: str) -> int:
     return int(custom_id[1:].split("-", 1)[0])
 
 
-def _kept_by_user(requests: Mapping[str, Any]) -> dict[str, set[str]]:
-    """The messages a kept row's ``requests`` hold, by user; none of a claim or a probe,
-    nor those of a batch that failed whole (planned again: :meth:`_take_failed_whole`)."""
-    kept: dict[str, set[str]] = {}
-    if _requests({"requests": requests}):
-        for request in requests.values():
-            if not request.get(_FAILED_WHOLE):
-                kept.setdefault(request["user"], set()).update(request["messages"])
-    return kept
+@dataclass(frozen=True, slots=True)
+class _KeptRow:
+    """What a claim needs of one kept row, decoded: the messages its requests hold by
+    user, the users of its requests that failed whole (planned again:
+    :meth:`BulkReextraction._take_failed_whole`), and the row's stamp as it was read."""
+
+    messages: dict[str, set[str]]
+    failed_whole: frozenset[str]
+    stamp: Any
+
+    @classmethod
+    def of(cls, requests: Mapping[str, Any], stamp: Any) -> _KeptRow:
+        """A kept row's ``requests``, decoded; none of a claim or a probe."""
+        messages: dict[str, set[str]] = {}
+        failed_whole: set[str] = set()
+        if _requests({"requests": requests}):
+            for request in requests.values():
+                if request.get(_FAILED_WHOLE):
+                    failed_whole.add(request["user"])
+                else:
+                    messages.setdefault(request["user"], set()).update(request["messages"])
+        return cls(messages, frozenset(failed_whole), stamp)
 
 
 async def _results(

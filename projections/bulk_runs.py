@@ -8,11 +8,12 @@ user's requests from it (:func:`forget_bulk_requests`).
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Column, Connection, DateTime, MetaData, String, Table, inspect, select
 
-__all__ = ["BULK_BATCHES", "CLAIM", "create_bulk_table", "forget_bulk_requests"]
+__all__ = ["BULK_BATCHES", "CLAIM", "create_bulk_table", "forget_bulk_requests", "restamped"]
 
 _METADATA = MetaData()
 
@@ -26,10 +27,21 @@ BULK_BATCHES = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 """Submitted Message Batches whose results are not recorded yet, with what each request
-holds: its user, its messages and the known entries its prompt listed."""
+holds: its user, its messages and the known entries its prompt listed. A kept row's
+``created_at`` is when it was kept, moved by a microsecond each time what its requests hold
+for a user changes in place (:func:`restamped`)."""
 
 CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
+
+
+def restamped(created_at: datetime) -> datetime:
+    """The ``created_at`` of a kept row whose requests change in place (a user's taken out
+    by a ``forget``, all marked failed whole): a microsecond later, so that a run that
+    decoded the row before tells by its key columns alone that it must decode it again,
+    while the row still says, to the microsecond, when it was kept (a run looking for a
+    batch whose creation was never confirmed allows an hour of slack around it)."""
+    return created_at + timedelta(microseconds=1)
 
 
 def create_bulk_table(connection: Connection) -> None:
@@ -70,8 +82,8 @@ def _remove_requests(connection: Connection, user_id: str, ids: list[str]) -> in
     """Remove ``user_id``'s requests from the rows ``ids``, locked in the order of their
     ids; returns how many were removed."""
     removed = 0
-    for local_id, requests in connection.execute(
-        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests)
+    for local_id, requests, created_at in connection.execute(
+        select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
         .where(BULK_BATCHES.c.local_id.in_(ids))
         .order_by(BULK_BATCHES.c.local_id)
         .with_for_update()
@@ -82,7 +94,8 @@ def _remove_requests(connection: Connection, user_id: str, ids: list[str]) -> in
         removed += len(requests) - len(kept)
         row = BULK_BATCHES.c.local_id == local_id
         if kept:
-            connection.execute(BULK_BATCHES.update().where(row).values(requests=kept))
+            changed = {"requests": kept, "created_at": restamped(created_at)}
+            connection.execute(BULK_BATCHES.update().where(row).values(**changed))
         else:
             connection.execute(BULK_BATCHES.delete().where(row))
     return removed

@@ -49,7 +49,7 @@ from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor
 from projections import ProjectionTables, Projector
-from projections.bulk_runs import BULK_BATCHES, create_bulk_table
+from projections.bulk_runs import BULK_BATCHES, create_bulk_table, forget_bulk_requests
 from tests.support.extractors import RecordingExtractor
 from tests.support.messages_api_server import (
     MessagesAPIServer,
@@ -143,23 +143,48 @@ async def test_a_run_that_records_nothing_leaves_the_rewrite_an_earlier_erasure_
     store.close()
 
 
-async def test_a_run_reads_the_kept_batches_once_however_many_users_it_claims(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+def test_a_run_decodes_each_kept_batch_once_however_many_users_it_claims(
+    db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each user's claim is one row by its key: the kept batches are read once a run, not
-    once a user (a run of 1,600 users spent 60 s claiming, each claim slower than the last)."""
-    reads: list[int] = []
-    rows = BulkReextraction._rows
+    """Each claim reads the kept batches' ids and stamps, and decodes a kept batch's
+    requests only the first time it meets it, or once it changed in place since: 40 claims
+    over three kept batches decode three (a run of 1,600 users spent 60 s claiming, each
+    claim slower than the last), and a fourth decode follows another run marking one of
+    them failed whole."""
+    decodes: list[str] = []
+    decode = bulk_module._KeptRow.of
 
-    def counted(self: BulkReextraction, connection: Any) -> list[dict[str, Any]]:
-        reads.append(1)
-        return rows(self, connection)
+    def counted(requests: dict[str, Any], stamp: Any) -> Any:
+        decodes.append(next(iter(requests)))
+        return decode(requests, stamp)
 
-    monkeypatch.setattr(BulkReextraction, "_rows", counted)
+    monkeypatch.setattr(bulk_module._KeptRow, "of", staticmethod(counted))
     with Audit(db_url=db) as audit:
-        report = await _run(audit)
-    assert report.recorded == 6
-    assert len(reads) <= 2, "the unfinished batches, then the kept ones: once each"
+        run, other = _bare_run(audit), _bare_run(audit)
+        for i in range(3):
+            _keep(audit, f"kept-{i}", {f"r1-kept-{i}": {"user": f"held{i}", "messages": [f"m{i}"]}})
+        for i in range(40):
+            assert run._claim(f"user{i}") == set()
+        assert sorted(decodes) == ["r1-kept-0", "r1-kept-1", "r1-kept-2"]
+        other._keep_failed_whole({"local_id": "kept-1"})
+        assert run._claim("held1") == set()
+        assert sorted(decodes) == ["r1-kept-0", "r1-kept-1", "r1-kept-1", "r1-kept-2"]
+        run._release_claims()
+
+
+def _keep(audit: Audit, local_id: str, requests: dict[str, Any]) -> None:
+    """Keep a Message Batch of ``requests`` into ``v2``, as another run keeps one."""
+    with audit.store.transaction() as connection:
+        connection.execute(
+            BULK_BATCHES.insert(),
+            {
+                "local_id": local_id,
+                "knowledge_version": "v2",
+                "api_batch_id": f"msgbatch_{local_id}",
+                "requests": requests,
+                "created_at": datetime.now(UTC),
+            },
+        )
 
 
 def _bare_run(audit: Audit) -> BulkReextraction:
@@ -200,6 +225,52 @@ def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_clai
             )
         assert run._claim("bob") == {"m1", "m2"}
         run._release_claims()
+
+
+def test_a_claim_plans_again_what_a_batch_marked_failed_whole_after_the_run_read_it_holds(
+    both_backends: str,
+) -> None:
+    """Run A read a kept Message Batch holding bob's messages; run B collected it, found
+    it failed whole with server errors and kept it so, then ended. A's claim of bob sees
+    the batch as it is now: its messages are A's to plan again, with the failure counted
+    (the request taken out of the kept batch); A read them as held by it, and bob's
+    messages waited a run more."""
+    with Audit(db_url=both_backends) as audit:
+        a, b = _bare_run(audit), _bare_run(audit)
+        _keep(audit, "kept-by-b", {"r1-kept-by-b": {"user": "bob", "messages": ["m1", "m2"]}})
+        assert a._claim("ann") == set()
+        b._keep_failed_whole({"local_id": "kept-by-b"})
+        assert a._claim("bob") == set()
+        assert {m: [count for count, _ in counts] for m, counts in a.failing["bob"].items()} == {
+            "m1": [1],
+            "m2": [1],
+        }
+        with audit.store.engine.connect() as connection:
+            kept = connection.execute(select(BULK_BATCHES.c.local_id)).scalars().all()
+        assert "kept-by-b" not in kept, "bob's request taken out, and the batch with it"
+        a._release_claims()
+
+
+def test_a_claim_sees_a_user_a_forget_took_out_of_a_batch_after_the_run_read_it(
+    both_backends: str,
+) -> None:
+    """Run A read a kept Message Batch holding bob's and carl's messages; bob is forgotten
+    (his requests taken out of the batch) and his log begins again with the same messages
+    (imported from an export, say). A's claim of bob holds none of them back: the batch
+    no longer holds them; A read them as held, and they waited a run more."""
+    with Audit(db_url=both_backends) as audit:
+        a = _bare_run(audit)
+        requests = {
+            "r1-kept": {"user": "bob", "messages": ["m1"]},
+            "r2-kept": {"user": "carl", "messages": ["m2"]},
+        }
+        _keep(audit, "kept", requests)
+        assert a._claim("ann") == set()
+        with audit.store.transaction() as connection:
+            assert forget_bulk_requests(connection, "bob") == 1
+        assert a._claim("bob") == set()
+        assert a._claim("carl") == {"m2"}
+        a._release_claims()
 
 
 def test_a_claim_sees_a_batch_a_run_holding_the_user_kept_and_ended_with_a_moment_before(
