@@ -682,7 +682,8 @@ def test_an_outage_leaves_out_the_calls_it_names_whatever_another_run_logged_bet
 
 def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_evidence() -> None:
     """A harmless request answered, or failing in a way that would repeat, says nothing
-    against the failed calls' messages being at fault: both calls still halve batches."""
+    against the failed calls' messages being at fault: both calls still halve batches.
+    The one answered is read as an answer of the API after them (of no message)."""
     log, ids = _log_with(4)
     log.record_reextraction_failure("v2", ids[0:2], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
@@ -691,9 +692,10 @@ def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_ev
         "v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False, error="ValueError: a bug"
     )
     events = log.collect_events()
-    assert [c for c, _ in log.reextraction_calls("v2", events)] == [
-        tuple(ids[0:2]),
-        tuple(ids[2:4]),
+    assert log.reextraction_calls("v2", events) == [
+        (tuple(ids[0:2]), True),
+        (tuple(ids[2:4]), True),
+        ((), False),
     ]
 
 
