@@ -1398,6 +1398,39 @@ async def test_messages_each_failing_every_call_alone_are_left_out_not_sent_agai
     assert left_out == {m.message_id: "HTTP 500 api_error" for m in sent}
 
 
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("repeating", [True, False], ids=["refused", "server error"])
+async def test_messages_failing_only_together_are_split_apart_and_each_extracted(
+    make_memory: Any, db_url: str, count: int, repeating: bool
+) -> None:
+    """Two or three messages fail every call holding all of them (refused, or a server
+    error), among others that never fail; each alone is answered. Splitting parts them,
+    and within three runs every message is in the version, none left out."""
+    memory: Memory = await make_memory()
+    for i in range(6):
+        await memory.add_message("eve", "user", f"I like thing{i}" + " BAD" * (i < count))
+    await memory.flush("eve")
+    extractor = RecordingExtractor()
+
+    def together(batch: ExtractionBatch) -> BaseException | None:
+        if sum("BAD" in m.content for m in batch.messages) < count:
+            return None
+        if repeating:
+            return RejectedBatchError("Claude refused to answer", usage=TokenUsage())
+        return ExtractionError("HTTP 500 api_error")
+
+    extractor.fault = together
+    left_out: dict[str, str] = {}
+    with Audit(db_url=db_url) as audit:
+        for _ in range(3):
+            report = ReextractionReport()
+            with contextlib.suppress(ExtractionError):
+                await audit.reextract("eve", extractor, "v2", report=report, embedder=False)
+            left_out.update(report.left_out)
+        assert audit.knowledge_versions("eve")["v2"] == 6
+    assert left_out == {}
+
+
 def _failing_when(*words: str, down: Callable[[], bool] = lambda: False) -> Any:
     """A responder that answers a server error to every request while ``down()`` says so,
     and to every request listing a message that names one of ``words``; else the default
