@@ -1233,6 +1233,9 @@ class Audit:
         this one submitted. A user named who has no log is refused before anything is
         sent, unless the users were ``listed`` from their logs (:meth:`users`): then the
         log was forgotten since, and the user is passed over (``BulkReport.forgotten_users``).
+        ``listed`` is the caller's word for it: a ``forget`` leaves no trace of the user
+        (no record naming them), so an id that never had a log, passed ``listed``, is
+        passed over the same way; pass user ids typed by someone without it.
         """
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
         from memvee.extractors import ClaudeExtractor
