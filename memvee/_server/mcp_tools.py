@@ -320,10 +320,21 @@ def build_mcp(
 
 
 class _MemveeServer(MCPServer[Any]):
-    """The SDK's server, but for a prompt it does not list: asking for one is the client's
-    mistake, answered as JSON-RPC's invalid params, as an unknown resource is (the SDK
-    answered it as a crash of its own, error code 0 or -32603, and logged a traceback at
-    error level for each)."""
+    """The SDK's server, but for a tool or prompt it does not list: calling an unknown tool
+    is an ``invalid_input`` tool error, as every tool error begins with its code word, and
+    asking for an unknown prompt is the client's mistake, answered as JSON-RPC's invalid
+    params, as an unknown resource is (the SDK answered it as a crash of its own, error
+    code 0 or -32603, and logged a traceback at error level for each)."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> Any:
+        """The tool ``name`` called, or an ``invalid_input`` tool error naming the tools
+        when there is no such tool (the SDK's began 'Unknown tool', no code word)."""
+        tools = [tool.name for tool in await self.list_tools()]
+        if name not in tools:
+            raise ToolError(f"invalid_input: no tool {name!r} (tools: {', '.join(tools)})")
+        return await super().call_tool(name, arguments, context)
 
     async def get_prompt(
         self,
@@ -500,6 +511,18 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
                     extra=_request_ids([*args, *kwargs.values()]),
                 )
             raise ToolError(f"{code}: {caller_message(error)}") from error
+        except (ToolError, MCPError):
+            raise
+        except Exception as error:
+            # A bug: its text may hold anything (a database address, a message), so it
+            # stays in the log, and the caller is told the request id to find it by.
+            ids = _request_ids([*args, *kwargs.values()])
+            log.exception("tool %s: internal_error: %r", fn.__name__, error, extra=ids)
+            request = ids.get("request_id") or ids.get("rpc_id")
+            raise ToolError(
+                f"internal_error: the tool {fn.__name__} failed unexpectedly; the server's "
+                f"log says why (request {request})"
+            ) from error
 
     return tool
 

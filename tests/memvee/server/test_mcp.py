@@ -892,17 +892,36 @@ async def test_a_prompt_the_server_does_not_offer_is_invalid_params_not_a_logged
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_every_tool_error_begins_with_its_code_word(memory: Memory, db_url: str) -> None:
-    """A program can act on a tool error's first word, whether the arguments were refused
-    or the memory refused the call (the SDK put "Error executing tool remember: " before
-    the latter's)."""
+async def test_every_tool_error_begins_with_its_code_word(
+    memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A program can act on a tool error's first word, whether the arguments were refused,
+    the memory refused the call, the tool crashed or there is no such tool (the SDK began
+    these 'Error executing tool remember' and 'Unknown tool: rememberr'). A crash's own
+    words may hold anything, so they go to the log, and the caller gets the request id."""
+
+    async def crash(*args: object, **kwargs: object) -> Message:
+        raise RuntimeError("postgresql://memvee:s3cret@db/memvee is gone")
+
     with Audit(db_url=db_url) as audit:
         async with Client(build_mcp(memory, audit)) as client:
             session: Any = client
             mistyped = await failure(session, "list_memories", user_id="ann", limit="2")
             refused = await failure(session, "remember", user_id="ann", user_message="a\x00b")
             unknown = await failure(session, "explain_memory", user_id="nobody", entry_id="e1")
+            no_such_tool = await failure(session, "rememberr", user_id="ann", user_message="hi")
+            monkeypatch.setattr(memory, "add_message", crash)
+            crashed = await failure(session, "remember", user_id="ann", user_message="hi")
 
     assert mistyped.startswith("invalid_input: limit")
     assert refused.startswith("invalid_input: user message content contains a NUL")
     assert unknown.startswith("not_found: ")
+    assert no_such_tool == (
+        "invalid_input: no tool 'rememberr' (tools: remember, recall, list_memories, "
+        "explain_memory)"
+    )
+    assert crashed.startswith("internal_error: the tool remember failed unexpectedly")
+    assert "s3cret" not in crashed
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [RuntimeError]
+    assert f"(request {logged[0].__dict__['rpc_id']})" in crashed
