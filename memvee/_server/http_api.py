@@ -26,6 +26,7 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
 )
+from starlette.convertors import Convertor, register_url_convertor
 
 from actors.erasure import ForgetReceipt
 from events import ROLES
@@ -234,6 +235,39 @@ class ForgetOut(BaseModel):
     total: int
 
 
+_SUB_RESOURCES = (
+    "messages",
+    "exchanges",
+    "process",
+    "flush",
+    "retrieve",
+    "knowledge",
+    "knowledge/[^/]+/explain",
+    "tasks/[^/]+",
+)
+"""What follows the user id in the paths of the routes below it, as regular expressions."""
+
+
+class _UserOnly(Convertor[str]):
+    """A user path that does not end in one of :data:`_SUB_RESOURCES`: ``/v1/users/ann/
+    messages`` names the messages of ``ann``, so a method that route does not take is a
+    405 there, not the user ``ann/messages`` forgotten or read (that user is named
+    ``ann%2Fmessages``, see :mod:`memvee._server.user_paths`)."""
+
+    regex = rf"(?!.*/(?:{'|'.join(_SUB_RESOURCES)})$).*"
+
+    def convert(self, value: str) -> str:
+        """The user path as routed."""
+        return value
+
+    def to_string(self, value: str) -> str:
+        """The user path as written in a URL."""
+        return value
+
+
+register_url_convertor("user_only", _UserOnly())
+
+
 def api_router(memory: Memory, audit: Audit) -> APIRouter:
     """The ``/v1`` routes over an open ``memory`` (``audit`` reads the same database)."""
     router = APIRouter(prefix="/v1")
@@ -385,7 +419,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
             await known(user_id)
         return await retrieved_response(found)
 
-    @router.get("/users/{user_id:path}", tags=["read"], responses=error_responses(404))
+    @router.get("/users/{user_id:user_only}", tags=["read"], responses=error_responses(404))
     async def user(user_id: User) -> UserSummary:
         """Counters of the user's log; while a rebuild has not refolded them yet, 503
         ``not_ready``."""
@@ -396,7 +430,9 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
             )
         return summary
 
-    @router.delete("/users/{user_id:path}", tags=["write"], responses=error_responses(404, 409))
+    @router.delete(
+        "/users/{user_id:user_only}", tags=["write"], responses=error_responses(404, 409)
+    )
     async def forget(user_id: KnownUser) -> ForgetOut:
         """Erase the user: their log, snapshots and every row folded from it."""
         receipt = await memory.forget(user_id)
