@@ -138,8 +138,17 @@ def _unread(body: object) -> bool:
     return isinstance(body, bytes) and bool(body)
 
 
+_ECHOED_TYPE_CHARS = 60
+"""The most of a refused Content-Type an answer repeats: enough to tell it, and no more of
+whatever a client put there."""
+
+
 def _named(content_type: str | None) -> str:
-    return "no Content-Type" if content_type is None else repr(content_type)
+    if content_type is None:
+        return "no Content-Type"
+    if len(content_type) > _ECHOED_TYPE_CHARS:
+        return f"{content_type[:_ECHOED_TYPE_CHARS]!r}... ({len(content_type)} characters)"
+    return repr(content_type)
 
 
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
@@ -167,11 +176,13 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
                 continue
             if problem.get("loc") == ("body",) and _unread(problem.get("input")):
                 sent_as = request.headers.get("content-type")
-                problems.append(
+                return _body(  # RFC 9110, 15.5.16; the body itself was never looked at
+                    request,
+                    415,
+                    "unsupported_media_type",
                     "body: not read, as it is not typed as JSON: send it with Content-Type: "
-                    f"application/json (it came with {_named(sent_as)})"
+                    f"application/json (it came with {_named(sent_as)})",
                 )
-                continue
             problems.append(described(problem, "body"))
         return _body(request, 422, "invalid_input", "; ".join(problems))
 

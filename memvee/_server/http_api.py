@@ -130,7 +130,9 @@ _ERRORS: dict[int, str] = {
     404: "No such user, task or entry (not_found).",
     409: "Other writers kept writing first (conflict), or the user was forgotten "
     "meanwhile (user_forgotten).",
+    405: "A method the path does not take (method_not_allowed); Allow names those it takes.",
     413: "The body is over --max-body-bytes (payload_too_large).",
+    415: "A body not sent with Content-Type: application/json (unsupported_media_type).",
     421: "A loopback server asked for another host (misdirected_request).",
     422: "A body, parameter or user id the server cannot take (invalid_input).",
     502: "Extraction failed (processing_failed).",
@@ -141,8 +143,9 @@ _ERRORS: dict[int, str] = {
 }
 """The error statuses the server answers, and when: the OpenAPI document's words."""
 
-ANY_ROUTE_ERRORS = (403, 421, 503)
-"""Errors every route may answer, the probes too: the loopback guard's, and the drain's."""
+ANY_ROUTE_ERRORS = (403, 405, 421, 503)
+"""Errors every route may answer, the probes too: the loopback guard's, a method the path
+does not take, and the drain's."""
 
 _ANY_USER_ROUTE = (*ANY_ROUTE_ERRORS, 401, 422)
 """Errors every route of ``/v1`` may answer: a token's, and a user id's."""
@@ -156,11 +159,13 @@ def error_responses(
     return {
         status: {"model": ErrorOut, "description": _ERRORS[status]}
         | ({"headers": {"Retry-After": _RETRY_AFTER}} if status == 503 else {})
+        | ({"headers": {"Allow": _ALLOW}} if status == 405 else {})
         for status in sorted({*routes, *statuses})
     }
 
 
 _RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
+_ALLOW = {"description": "The methods the path takes.", "schema": {"type": "string"}}
 
 
 class MessageOut(BaseModel):
@@ -290,7 +295,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         "/users/{user_id:path}/messages",
         status_code=201,
         tags=["write"],
-        responses=error_responses(409, 413),
+        responses=error_responses(409, 413, 415),
     )
     async def add_message(user_id: User, body: MessageIn) -> MessageOut:
         """Append one message; answered once it is durable."""
@@ -303,7 +308,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         "/users/{user_id:path}/exchanges",
         status_code=201,
         tags=["write"],
-        responses=error_responses(409, 413),
+        responses=error_responses(409, 413, 415),
     )
     async def add_exchange(user_id: User, body: ExchangeIn) -> ExchangeOut:
         """Append a user turn and the assistant's answer; answered once both are durable."""
@@ -404,7 +409,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         tags=["read"],
         dependencies=[Depends(_reads_only)],
         response_model=RetrieveOut,
-        responses=error_responses(404, 413),
+        responses=error_responses(404, 413, 415),
     )
     async def retrieve(user_id: User, body: RetrieveIn) -> Response:
         """The user's knowledge most relevant to a query, and a block for a prompt."""

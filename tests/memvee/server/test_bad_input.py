@@ -73,21 +73,23 @@ def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
         ("text/plain", "'text/plain'"),
         ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
         (None, "no Content-Type"),
+        ("text/plain" + "x" * 300, f"'text/plain{'x' * 50}'... (310 characters)"),
     ],
 )
-def test_a_json_body_not_typed_as_json_is_422_saying_so_not_that_it_is_no_object(
+def test_a_json_body_not_typed_as_json_is_415_saying_so_not_that_it_is_no_object(
     http: httpx.Client, user: str, content_type: str | None, named: str
 ) -> None:
-    """The body is not read unless typed as JSON, so the only mistake is its type (the
+    """The body is not read unless typed as JSON, so the only mistake is its type: 415
+    (RFC 9110, 15.5.16), as /mcp answers, naming the type it came with, cut short (the
     answer was "Input should be a valid dictionary", of a body that is one)."""
     body = b'{"role": "user", "content": "hi"}'
     headers = {} if content_type is None else {"content-type": content_type}
 
     answer = http.post(f"/v1/users/{user}/messages", content=body, headers=headers)
 
-    assert (answer.status_code, answer.json()["error"]) == (422, "invalid_input")
+    assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_media_type")
     assert "Content-Type: application/json" in answer.json()["message"]
-    assert named in answer.json()["message"]
+    assert answer.json()["message"].endswith(f"(it came with {named})")
     assert message_count(http, user) == 2
 
 

@@ -441,14 +441,17 @@ def test_the_openapi_document_describes_the_errors_the_server_sends(
         if int(status) >= 400
     )
     messages = "/v1/users/{user_id}/messages"
-    assert statuses("POST", messages) == ["201", "401", "403", "409", "413", "421", "422", "503"]
-    read = ["200", "401", "403", "404", "421", "422", "503"]
+    assert statuses("POST", messages) == [
+        *("201", "401", "403", "405", "409", "413", "415", "421", "422", "503")
+    ]
+    read = ["200", "401", "403", "404", "405", "421", "422", "503"]
     assert statuses("GET", "/v1/users/{user_id}") == read
     assert statuses("POST", "/v1/users/{user_id}/flush")[-2:] == ["502", "503"]
     process = operations["POST", "/v1/users/{user_id}/process"]["responses"]["202"]
     assert "Location" in process["headers"]
     assert schema(process) == {"$ref": "#/components/schemas/TaskOut"}
     assert "503" in operations["GET", "/readyz"]["responses"]
+    assert "Allow" in operations["GET", "/healthz"]["responses"]["405"]["headers"]
 
 
 def test_every_answer_carries_a_request_id_that_the_access_log_names(
