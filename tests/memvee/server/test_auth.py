@@ -61,6 +61,26 @@ def test_a_missing_or_wrong_token_is_401_but_probes_are_open(server: ServerProce
         assert admin.get("/v1/users/acme:alice").status_code == 404
 
 
+def test_head_asks_for_the_token_and_scope_that_get_does(server: ServerProcess) -> None:
+    """A HEAD is answered as its GET would be, refusals too, without the body."""
+    with (
+        client(server, None) as anonymous,
+        client(server, GLOBEX) as globex,
+        client(server, ACME) as acme,
+    ):
+        assert say(acme, "acme:head").status_code == 201
+        path = "/v1/users/acme:head"
+        missing, got_missing = anonymous.head(path), anonymous.get(path)
+        refused = globex.head(path)
+        allowed, got = acme.head(path), acme.get(path)
+
+    assert (missing.status_code, missing.content) == (401, b"")
+    assert missing.headers["www-authenticate"] == got_missing.headers["www-authenticate"]
+    assert (refused.status_code, refused.content) == (403, b"")
+    assert (allowed.status_code, allowed.content) == (200, b"")
+    assert allowed.headers["content-length"] == got.headers["content-length"]
+
+
 def test_a_tenant_token_never_reaches_another_tenants_users(server: ServerProcess) -> None:
     with client(server, ACME) as acme, client(server, GLOBEX) as globex:
         assert say(acme, "acme:alice").status_code == 201

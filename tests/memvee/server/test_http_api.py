@@ -14,6 +14,7 @@ import pytest
 
 from events import ROLES, EventStore
 from memvee import Memory
+from memvee._server.http_api import LISTED_PER_WRITE
 from projections import ProjectionTables, Projector
 from tests.support.server_process import ServerProcess, wait_until
 
@@ -389,12 +390,18 @@ def test_head_answers_as_get_would_without_the_body(http: httpx.Client, user: st
     """Every server must take HEAD where it takes GET (RFC 9110, 9.1): a monitor that
     probes with HEAD would read a 405 as the server being down."""
     add_exchange(http, user)
+    streamed = f"{user}-long"  # a listing of over LISTED_PER_WRITE items is streamed
+    for n in range(LISTED_PER_WRITE // 2 + 1):
+        add_exchange(http, streamed, f"turn {n}")
+    paths = ("/healthz", "/readyz", f"/v1/users/{user}", f"/v1/users/{user}/messages")
 
-    for path in ("/healthz", "/readyz", f"/v1/users/{user}", f"/v1/users/{user}/messages"):
+    for path in (*paths, f"/v1/users/{streamed}/messages"):
         got, head = http.get(path), http.head(path)
 
         assert (head.status_code, head.content) == (200, b""), path
-        assert head.headers["content-length"] == got.headers["content-length"], path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers.get("content-length") == got.headers.get("content-length"), path
+    assert "content-length" not in got.headers  # the streamed listing's
     unknown = http.head(f"/v1/users/{user}-unknown")
     assert (unknown.status_code, unknown.content) == (404, b"")
     assert http.get(f"/v1/users/{user}/messages").json()["messages"][0]["content"] == SAID
