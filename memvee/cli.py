@@ -209,6 +209,17 @@ class _ShownConsole(Console):
     def print(self, *objects: Any, **options: Any) -> None:  # type: ignore[override]
         super().print(*(_shown(o) for o in objects), **options)
 
+    def _check_buffer(self) -> None:
+        # rich keeps what a failed write held (stdout or stderr closed, a full disk) and
+        # prints it before the next command's output in the same process: drop it with
+        # the failure.
+        try:
+            super()._check_buffer()
+        except BaseException:
+            if self._buffer_index == 0:
+                del self._buffer[:]
+            raise
+
 
 class _Console(_ShownConsole):
     """The standard output's console, whose closed pipe ends the command as
@@ -216,16 +227,6 @@ class _Console(_ShownConsole):
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
-
-    def _check_buffer(self) -> None:
-        # rich keeps what a failed write held (stdout closed, a full disk) and prints it
-        # before the next command's output in the same process: drop it with the failure.
-        try:
-            super()._check_buffer()
-        except BaseException:
-            if self._buffer_index == 0:
-                del self._buffer[:]
-            raise
 
 
 _STDOUT: Any = _StdoutInPieces()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import io
 import json
 import logging
 import re
@@ -324,11 +326,33 @@ def test_a_command_after_one_whose_output_could_not_be_written_prints_only_its_o
 ) -> None:
     """The table that could not be written stayed in the console's buffer, and the next
     command run in the same process printed it before its own output."""
+    clean = run("users", "--db", db).output
     with monkeypatch.context() as closed:
         closed.setattr(sys, "stdout", None)
         with pytest.raises(SystemExit):
             app(["users", "--db", db])
-    assert "tasks ok" not in run("stats", "--db", db).output
+    assert run("users", "--db", db).output == clean
+
+
+class _FullStream(io.StringIO):
+    """A stream on a full disk: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_command_after_one_whose_error_line_could_not_be_written_prints_only_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error console kept the error line that could not be written (stderr on a full
+    disk), and the next command run in the same process printed it before its own."""
+    missing = str(tmp_path / "missing.db")
+    clean = run("log", "ann", "--db", missing, code=2).output
+    with monkeypatch.context() as full:
+        full.setattr(sys, "stderr", _FullStream())
+        with pytest.raises(SystemExit):
+            app(["log", "ann", "--db", missing])
+    assert run("log", "ann", "--db", missing, code=2).output == clean
 
 
 def test_a_terminal_that_cannot_print_a_user_id_gets_it_escaped_not_a_traceback(
