@@ -6,7 +6,13 @@ from actors._bridge import BridgedFuture, inbox_of
 from actors._context import EngineSettings, TaskObserver
 from actors._pacing import CircuitBreaker
 from actors._traces import TraceScrubber
-from actors._workers import ApiDown, EveryBatchRefused, harmless_request, tells_down
+from actors._workers import (
+    ApiDown,
+    EveryBatchRefused,
+    ExtractorNotAsync,
+    harmless_request,
+    tells_down,
+)
 from actors.directory import ActorDirectory
 from actors.engine import Engine, EngineOptions
 from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
@@ -22,6 +28,7 @@ __all__ = [
     "EngineOptions",
     "EngineSettings",
     "EveryBatchRefused",
+    "ExtractorNotAsync",
     "TaskObserver",
     "TraceScrubber",
     "UserActor",

@@ -243,18 +243,25 @@ def check_model(model: str, what: str) -> None:
 
 def check_extractor(extractor: object) -> None:
     """Raise :class:`InvalidInputError` unless ``extractor`` is an extractor instance (a
-    name the log can record and an ``extract``): anything else fails every batch it is
-    given, and each failure would be recorded against the messages."""
+    name the log can record and an ``extract`` that is no class): anything else fails every
+    batch it is given, and each failure would be recorded against the messages. (A plain
+    ``extract`` may hand back another's coroutine, as wrappers do: one that gives no
+    awaitable is told at its first call.)"""
     if isinstance(extractor, type):
         raise InvalidInputError(
             f"extractor must be an Extractor instance, not the class {extractor.__name__}: "
             f"give {extractor.__name__}()"
         )
     name = getattr(extractor, "name", None)
-    if not (isinstance(name, str) and callable(getattr(extractor, "extract", None))):
+    extract = getattr(extractor, "extract", None)
+    if not (isinstance(name, str) and callable(extract)):
         raise InvalidInputError(
             "extractor must be an Extractor (a name and an async extract(batch)), "
             f"not {type(extractor).__name__}"
+        )
+    if isinstance(extract, type):  # called, it makes an instance of the batch, never a result
+        raise InvalidInputError(
+            f"the extractor's extract must be an async method, not the class {extract.__name__}"
         )
     if not name.strip() or len(name) > MAX_EXTRACTOR_CHARS:
         raise InvalidInputError(  # the log records it beside every outcome

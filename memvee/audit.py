@@ -19,13 +19,20 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from inspect import isawaitable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from actors import CircuitBreaker, EveryBatchRefused, TraceScrubber, tells_down
+from actors import (
+    CircuitBreaker,
+    EveryBatchRefused,
+    ExtractorNotAsync,
+    TraceScrubber,
+    tells_down,
+)
 from actors import harmless_request as harmless_request  # the bulk module takes it from here
 from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
@@ -1106,9 +1113,17 @@ class Audit:
         known, replaced = await asyncio.to_thread(self._known, user_id, version, batch, run.meaning)
         ids = [m.message_id for m in batch]
         try:
-            result = await run.extractor.extract(
-                ExtractionBatch(user_id, task, tuple(batch), known)
+            answer = run.extractor.extract(ExtractionBatch(user_id, task, tuple(batch), known))
+        except Exception as error:  # the extractor's: the caller tells how it fails
+            return error
+        if not isawaitable(answer):  # the extractor's code, no message's: every call fails so
+            raise ExtractorNotAsync(
+                f"extractor {run.extractor.name!r}: extract(batch) gave "
+                f"{type(answer).__name__}, not an awaitable: it must be async (async def "
+                "extract); the run stops, no message blamed"
             )
+        try:
+            result = await answer
         except Exception as error:  # the extractor's: the caller tells how it fails
             return error
         run.weigh(ids, failed=False)

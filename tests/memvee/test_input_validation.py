@@ -289,11 +289,23 @@ class _Named:
         raise AssertionError("never called")
 
 
+class _ExtractIsAClass:
+    """An extractor whose ``extract`` is a class: callable, but called with a batch it
+    raised for every message (dict(batch): not iterable), each then blamed."""
+
+    name = "k"
+    extract = dict
+
+
 @pytest.mark.parametrize(
     ("part", "says"),
     [
         ({"config": {"batch_threshold": 3}}, "config must be a MemoryConfig, not dict"),
         ({"extractor": 5}, "extractor must be an Extractor (a name and an async extract(batch))"),
+        (
+            {"extractor": _ExtractIsAClass()},
+            "the extractor's extract must be an async method, not the class dict",
+        ),
         ({"extractor": _Named("x" * 65)}, "an extractor's name must be 1 to 64 characters, not 65"),
         ({"extractor": _Named(" ")}, "an extractor's name must be 1 to 64 characters, not 1"),
         ({"extractor": _Named("a\x00b")}, "the extractor's name contains a NUL character"),

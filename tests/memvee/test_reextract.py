@@ -301,6 +301,37 @@ async def test_a_bad_version_name_or_batch_size_is_refused_before_any_extraction
     assert extractor.batches == 0
 
 
+class _PlainExtract:
+    """An extractor whose ``extract`` is a plain ``def`` answering at once: never awaitable."""
+
+    name = "plain"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        self.calls += 1  # a call paid for whose answer cannot be used
+        return ExtractionResult(facts=(), extractor=self.name)
+
+
+async def test_a_plain_extract_stops_the_run_saying_so_and_leaves_no_message_out(
+    make_memory: Any, db_url: str
+) -> None:
+    """Its answer could not be awaited: every call was recorded as failing alone and every
+    message was left out of the version. It is the extractor's code, no message's: the
+    run stops at the first call, recording nothing, and a fixed extractor covers all."""
+    await _processed(make_memory)
+    extractor, report = _PlainExtract(), ReextractionReport()
+    with Audit(db_url=db_url) as audit:
+        events_before = len(audit.store.events_of("eve"))
+        with pytest.raises(ExtractionError, match=r"gave ExtractionResult, not an awaitable"):
+            await audit.reextract("eve", extractor, "v2", embedder=False, report=report)
+        assert (extractor.calls, report) == (1, ReextractionReport())
+        assert len(audit.store.events_of("eve")) == events_before
+        fixed = await audit.reextract("eve", OfflineExtractor(), "v2", embedder=False)
+        assert fixed == ReextractionReport(entries=2)
+
+
 async def test_a_version_an_older_memvee_named_like_live_is_read_and_goes_on_by_that_name(
     make_memory: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
