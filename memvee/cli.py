@@ -765,6 +765,10 @@ def _print_lines(lines: Iterator[str]) -> None:
         shutil.copyfileobj(spool, _STDOUT)
 
 
+_PARTIAL_PREFIX = ".memvee-export."
+"""How the file an export is written to, beside its target, begins."""
+
+
 def _write_lines(target: Path, lines: Iterator[str]) -> int:
     """Write ``lines`` to ``target``; returns how many. A file is written beside it and
     moved in place once whole, so a failed export leaves no truncated one (a device or a
@@ -773,8 +777,10 @@ def _write_lines(target: Path, lines: Iterator[str]) -> int:
         with target.open("w", encoding="utf-8") as file:
             return sum(file.write(line + "\n") > 0 for line in lines)
     try:
+        # A prefix of its own, not the target's name: a name near the 255-byte limit, with
+        # more around it, was too long for the file beside it, and the export failed.
         descriptor, name = tempfile.mkstemp(
-            prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+            prefix=_PARTIAL_PREFIX, suffix=".partial", dir=target.parent
         )
     except OSError as error:  # told of the file given, not of the one made beside it
         raise OSError(error.errno, error.strerror, str(target)) from error

@@ -553,6 +553,18 @@ def test_an_export_into_a_folder_that_is_not_there_names_the_file_given(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "m.db"]
 
 
+def test_an_export_to_a_file_whose_name_is_near_the_limit_is_written(
+    db: str, tmp_path: Path
+) -> None:
+    """Its 251 bytes are a legal name, but the file written beside it took the name with
+    more around it, past 255 bytes, and the export failed blaming the file given: "File
+    name too long"."""
+    out = tmp_path / ("a" * 245 + ".jsonl")
+    run("export", "ann", "--out", str(out), "--db", db)
+    assert out.read_text() == run("export", "ann", "--db", db).output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.db", out.name])
+
+
 def test_an_error_that_cannot_be_printed_still_exits_2(db: str) -> None:
     with open("/dev/full", "w") as full:
         ended = subprocess.run(
