@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import threading
@@ -194,9 +195,10 @@ class ClaudeExtractor(HarmlessRequests):
         if chosen:
             check_model(chosen, "model" if model else MODEL_ENV_VAR)
         self.model: str = chosen or DEFAULT_MODEL
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.max_tokens = max_tokens
+        # Python's numbers: they are sent with every call, which serialises no numpy scalar.
+        self.timeout = timeout if isinstance(timeout, int | float) else float(timeout)
+        self.max_retries = int(max_retries)
+        self.max_tokens = int(max_tokens)
         if cache_prefix is None:
             cache_prefix = prefix_tokens() >= cache_minimum(self.model)
         self.cache_prefix = cache_prefix
@@ -730,18 +732,27 @@ def _check_kinds(
 ) -> None:
     """Refuse a setting of the wrong kind by name (a bool is no number here): each is sent
     with every call, or bounds it, so a float ``max_tokens`` or a str anywhere would fail
-    every call, or fail untyped, rather than be blamed on a batch."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    every call, or fail untyped, rather than be blamed on a batch. Any real number is a
+    ``timeout`` and any integer a count (numpy's as well as Python's)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise InvalidInputError(_wrong_kind("timeout", timeout, "a number of seconds"))
     for name, value in (("max_retries", max_retries), ("max_tokens", max_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise InvalidInputError(_wrong_kind(name, value, "an int"))
     if model is not None and not isinstance(model, str):
         raise InvalidInputError(_wrong_kind("model", model, "a str or None"))
 
 
 def _wrong_kind(name: str, value: object, expected: str) -> str:
-    return f"{name} must be {expected}, not {type(value).__name__}"
+    """Says ``name`` must be ``expected``, naming the type given by its module too unless
+    it is a builtin: numpy's bool is also called ``bool``."""
+    kind = type(value)
+    named = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return f"{name} must be {expected}, not {named}"
 
 
 def _check_base_url(url: str, named: str, error: type[MemveeError]) -> None:

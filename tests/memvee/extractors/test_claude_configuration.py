@@ -12,6 +12,7 @@ from typing import Any
 from unittest.mock import AsyncMock, MagicMock, create_autospec
 
 import anthropic
+import numpy as np
 import pytest
 from sqlalchemy import inspect
 
@@ -116,6 +117,9 @@ def test_a_model_the_api_would_be_sent_as_no_model_is_refused(
         ("timeout", True, "timeout must be a number of seconds, not bool"),
         ("model", 3, "model must be a str or None, not int"),
         ("cache_prefix", "no", "cache_prefix must be a bool or None, not str"),
+        ("cache_prefix", np.True_, "cache_prefix must be a bool or None, not numpy.bool"),
+        ("max_tokens", np.True_, "max_tokens must be an int, not numpy.bool"),
+        ("max_tokens", np.float64(100), "max_tokens must be an int, not numpy.float64"),
     ],
 )
 def test_a_setting_of_the_wrong_kind_is_refused_by_name(

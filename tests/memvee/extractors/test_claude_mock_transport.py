@@ -17,6 +17,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import numpy as np
 import pytest
 from anthropic._data import DEPRECATED_MODELS
 
@@ -185,6 +186,19 @@ async def test_the_request_forces_the_tool_and_lists_every_message(claude: Make)
     assert [m["role"] for m in listed] == ["user", "assistant", "user"]
     assert {m["at"] for m in listed} == {"2025-03-01T12:00Z"}
     assert not any(m.message_id in json.dumps(body) for m in BATCH.messages)
+
+
+async def test_numpy_numbers_are_taken_for_settings_and_sent_as_pythons(claude: Make) -> None:
+    """A numpy integer was refused for max_tokens ("must be an int, not int64") while a
+    numpy float was taken for timeout: any integer is a count and any real a timeout."""
+    api = FakeAPI(ok())
+    extractor = claude(api, max_tokens=np.int64(700), timeout=np.float32(5))
+    assert (extractor.max_tokens, extractor.timeout) == (700, 5.0)
+    assert (type(extractor.max_tokens), type(extractor.timeout)) == (int, float)
+    await extractor.extract(BATCH)
+    assert api.bodies[0]["max_tokens"] == 700
+    retries = ClaudeExtractor(max_retries=np.int64(0)).max_retries
+    assert (retries, type(retries)) == (0, int)
 
 
 async def test_the_output_budget_grows_with_the_batch() -> None:
