@@ -241,16 +241,22 @@ def check_model(model: str, what: str) -> None:
     check_unmistakable(model, what)
 
 
-def check_extractor(extractor: object) -> None:
+def check_extractor(extractor: object, kind: type | None = None) -> None:
     """Raise :class:`InvalidInputError` unless ``extractor`` is an extractor instance (a
-    name the log can record and an ``extract`` that is no class): anything else fails every
-    batch it is given, and each failure would be recorded against the messages. (A plain
-    ``extract`` may hand back another's coroutine, as wrappers do: one that gives no
-    awaitable is told at its first call.)"""
+    name the log can record and an ``extract`` that is no class), of ``kind`` if given:
+    anything else fails every batch it is given, and each failure would be recorded
+    against the messages. (A plain ``extract`` may hand back another's coroutine, as
+    wrappers do: one that gives no awaitable is told at its first call.)"""
+    expected = "an Extractor" if kind is None else f"a {kind.__name__}"
     if isinstance(extractor, type):
+        fits = kind is None or issubclass(extractor, kind)
         raise InvalidInputError(
-            f"extractor must be an Extractor instance, not the class {extractor.__name__}: "
-            f"give {extractor.__name__}()"
+            f"extractor must be {expected} instance, not the class {extractor.__name__}"
+            + (f": give {extractor.__name__}()" if fits else "")
+        )
+    if kind is not None and not isinstance(extractor, kind):
+        raise InvalidInputError(
+            f"extractor must be {expected} instance, not {type(extractor).__name__}"
         )
     name = getattr(extractor, "name", None)
     extract = getattr(extractor, "extract", None)

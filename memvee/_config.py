@@ -18,7 +18,7 @@ from events import (
     redacted_url,
 )
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_DB", "SEARCH_EMBED_SECONDS", "MemoryConfig"]
+__all__ = ["DEFAULT_ALPHA", "DEFAULT_DB", "SEARCH_EMBED_SECONDS", "MemoryConfig", "check_alpha"]
 
 DEFAULT_DB = "memvee.db"
 """The SQLite file of a Memory (and of the command line) given no database."""
@@ -129,9 +129,7 @@ class MemoryConfig:
         for name in _INTERVALS:
             _check_number(self, name, whole=True, positive=False)
         _check_number(self, "shutdown_grace", whole=False, positive=False)
-        _check_number(self, "hybrid_alpha", whole=False, positive=False)
-        if self.hybrid_alpha > 1:
-            raise InvalidInputError(f"hybrid_alpha must be from 0 to 1, not {self.hybrid_alpha!r}")
+        check_alpha(self.hybrid_alpha, "hybrid_alpha")
         if self.search_embed_seconds is not None:
             _check_number(self, "search_embed_seconds", whole=False, positive=False)
         if self.actor_threads > MAX_ACTOR_THREADS:  # each is started at open
@@ -229,6 +227,14 @@ _SECONDS = (
 
 _INTERVALS = ("snapshot_interval", "checkpoint_interval")
 """Settings that count events, 0 turning them off."""
+
+
+def check_alpha(alpha: object, name: str) -> None:
+    """Refuse ``alpha`` (called ``name``) unless it is a lexical weight of hybrid retrieval:
+    a number from 0 to 1, never a bool or NaN. A Memory's ``hybrid_alpha`` and a search's
+    ``alpha`` are one weight, refused alike."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise InvalidInputError(f"{name} must be a number from 0 to 1, not {alpha!r}")
 
 
 def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:

@@ -86,7 +86,7 @@ from events.user_log import (
     continues_decision,
     user_log_id,
 )
-from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS
+from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS, check_alpha
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
@@ -1255,11 +1255,7 @@ class Audit:
         from memvee._bulk import BulkReextraction  # imports the anthropic SDK: only now
         from memvee.extractors import ClaudeExtractor
 
-        if not isinstance(extractor, ClaudeExtractor):  # Message Batches are Claude's API
-            given = type(extractor).__name__
-            if isinstance(extractor, type):
-                given = f"the class {extractor.__name__}"
-            raise InvalidInputError(f"extractor must be a ClaudeExtractor instance, not {given}")
+        check_extractor(extractor, ClaudeExtractor)  # Message Batches are Claude's API
         if (
             isinstance(poll_interval, bool)
             or not isinstance(poll_interval, int | float)
@@ -1604,8 +1600,7 @@ class Audit:
             raise InvalidInputError(
                 f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"
             )
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
-            raise InvalidInputError(f"alpha must be a number from 0 to 1, not {alpha!r}")
+        check_alpha(alpha, "alpha")
         tables = self._reader.tables
         retriever = Retriever(
             self.store.engine,

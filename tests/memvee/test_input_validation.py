@@ -26,6 +26,8 @@ from memvee import (
     ProcessingError,
     UnknownTaskError,
 )
+from memvee.audit import Audit
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from projections import dump
 from projections.tables import ProjectionTables
 
@@ -201,7 +203,7 @@ async def test_a_closed_memory_raises_at_once(tmp_path: Path) -> None:
         ("lease_ttl", 10**400, "lease_ttl must be at most"),
         ("retry_delay", "1", "retry_delay must be a number, not str"),
         ("shutdown_grace", -0.5, "shutdown_grace must not be negative"),
-        ("hybrid_alpha", 1.5, "hybrid_alpha must be from 0 to 1"),
+        ("hybrid_alpha", 1.5, "hybrid_alpha must be a number from 0 to 1, not 1.5"),
         ("auto_process", "yes", "auto_process must be a bool, not str"),
         ("leases", 1, "leases must be a bool or None, not int"),
         ("db_path", "  ", "db_path must name a file"),
@@ -220,6 +222,59 @@ def test_a_setting_of_the_wrong_kind_is_refused_by_name(
     with pytest.raises(InvalidInputError, match=re.escape(says)) as refused:
         MemoryConfig(**{setting: value})
     assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("alpha", [math.nan, -0.5, 1.5, True, "0.3"])
+async def test_a_ranking_weight_is_refused_alike_by_a_memorys_config_and_a_search(
+    tmp_path: Path, alpha: Any
+) -> None:
+    """One weight checked twice in two wordings: the config said "hybrid_alpha must be a
+    finite number, not nan" or "must not be negative" where a search said "alpha must be
+    a number from 0 to 1"."""
+    db = str(tmp_path / "m.db")
+    async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_message("u", "user", "I live in Oslo.")
+    with pytest.raises(InvalidInputError) as by_config:
+        MemoryConfig(hybrid_alpha=alpha)
+    with Audit(db) as audit, pytest.raises(InvalidInputError) as by_search:
+        audit.search("u", "Oslo", alpha=alpha, embedder=False)
+    assert str(by_config.value) == f"hybrid_alpha must be a number from 0 to 1, not {alpha!r}"
+    assert str(by_search.value) == f"alpha must be a number from 0 to 1, not {alpha!r}"
+
+
+@pytest.mark.parametrize(
+    ("method", "extractor", "says"),
+    [
+        (
+            "reextract",
+            OfflineExtractor,
+            "an Extractor instance, not the class OfflineExtractor: give OfflineExtractor()",
+        ),
+        (
+            "reextract_in_bulk",
+            ClaudeExtractor,
+            "a ClaudeExtractor instance, not the class ClaudeExtractor: give ClaudeExtractor()",
+        ),
+        (
+            "reextract_in_bulk",
+            OfflineExtractor,
+            "a ClaudeExtractor instance, not the class OfflineExtractor",
+        ),
+    ],
+)
+async def test_an_extractor_class_given_to_a_reextraction_is_refused_saying_what_to_give(
+    tmp_path: Path, method: str, extractor: type, says: str
+) -> None:
+    """A class that would do, given for its instance, is told how to give one, by the one
+    check a Memory and both re-extractions share: the bulk run's own check said only
+    "not the class ClaudeExtractor"."""
+    db = str(tmp_path / "m.db")
+    async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_message("u", "user", "I live in Oslo.")
+    users: Any = ["u"] if method == "reextract_in_bulk" else "u"
+    with Audit(db) as audit, pytest.raises(InvalidInputError) as refused:
+        await getattr(audit, method)(users, extractor, "v2")
+    assert str(refused.value) == f"extractor must be {says}"
 
 
 WHOLE_SETTINGS = [
