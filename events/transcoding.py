@@ -133,7 +133,10 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + _MICROSECOND * micros  # integer arithmetic: half the time of timedelta()
 
 
-_STORED_WHEN_TRUE: dict[type, tuple[str, ...]] = {UserLog.ProcessingFailed: ("whole",)}
+_STORED_WHEN_TRUE: dict[type, tuple[str, ...]] = {
+    UserLog.ProcessingFailed: ("whole",),
+    UserLog.ReextractionChecked: ("refused",),
+}
 """Flags a newer memvee added to an event that are stored only when true: false, the
 event reads back with the field's default, and an older memvee, which does not know the
 field, reads it without a warning (it warns of each unknown field it meets)."""

@@ -382,13 +382,17 @@ class UserLog(Aggregate):
         in a row failed in a way that may pass (the run stops), recorded after the second
         failed call: the ``failed_calls`` it judges (each call's message ids, the earlier
         first), whether the API was down (``outage``: it failed too, so neither failed call
-        is evidence against its messages), or the ``error`` that made it tell nothing (it
-        failed in a way that would repeat), and what it cost, for ``memvee stats``."""
+        is evidence against its messages) or refused the API key or its permissions
+        (``refused``: a 401 or 403, every request refused, so neither is either; stored only
+        when true, absent from events recorded before it), else the ``error`` that made it
+        tell nothing (it failed in a way that would repeat), and what it cost, for ``memvee
+        stats``. A refused check keeps its ``error`` too, saying which refusal it met."""
 
         knowledge_version: str
         failed_calls: list[list[str]]
         outage: bool
         error: str | None = None
+        refused: bool = False
         extractor: str | None = None
         model: str | None = None
         input_tokens: int | None = None
@@ -1106,6 +1110,7 @@ class UserLog(Aggregate):
         *,
         outage: bool,
         error: str | None = None,
+        refused: bool = False,
         extractor: str | None = None,
         model: str | None = None,
     ) -> None:
@@ -1119,6 +1124,7 @@ class UserLog(Aggregate):
             failed_calls=[list(ids) for ids in failed_calls],
             outage=outage,
             error=storable(error) if error else None,
+            refused=refused,
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
             model=_label(model, MAX_MODEL_CHARS),
             **_usage_fields(usage),
@@ -1303,9 +1309,10 @@ class UserLog(Aggregate):
         whether it failed in a way that may pass (else the API answered it). The evidence
         a run weighs before blaming a message for failures that may pass. The two failed
         calls a :class:`ReextractionChecked` names as met in an ``outage`` (the API failed
-        a harmless request after them) are left out, found by their messages whatever was
-        logged between (another run of the user): they tell nothing of their messages, and
-        split no batch of them for good. One whose harmless request was answered is read
+        a harmless request after them) or with the API key ``refused`` (it refused a harmless
+        request's credentials) are left out, found by their messages whatever was logged
+        between (another run of the user): they tell nothing of their messages, and split no
+        batch of them for good. One whose harmless request was answered is read
         as a call of no message the API answered after them: without it, messages that fail
         every call alone with nothing else left to send were never blamed (no answer came
         between their failures), and every run sent them again and stopped, for good."""
@@ -1314,7 +1321,7 @@ class UserLog(Aggregate):
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
             if isinstance(e, self.ReextractionChecked):
-                if e.outage:
+                if e.outage or e.refused:
                     for ids in e.failed_calls:
                         _forget_failed_call(calls, tuple(ids))
                 elif e.error is None:

@@ -50,6 +50,9 @@ def describe(event: Any) -> str:
             verdict = (
                 "the API down: the failed calls blame no message"
                 if e.outage
+                else "the API key refused: the failed calls blame no message: "
+                f"{_flat(e.error or 'HTTP 401 or 403')}"
+                if e.refused
                 else f"nothing: {_flat(e.error)}"
                 if e.error
                 else "the API up: the failed calls were their messages'"

@@ -69,6 +69,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import (
+    ExtractorAccessRefusedError,
     ExtractorOverloadedError,
     NewerEventError,
     ProbeFailedError,
@@ -266,9 +267,14 @@ class ReextractionReport:
     outage: bool = False
     """Whether that request failed too (the API was down): the two failed calls split no
     batch of their messages for the runs after."""
+    refused: bool = False
+    """Whether that request's credentials were refused (401 or 403): the API key or its
+    permissions are refused for every request, so the two failed calls split no batch of
+    their messages for the runs after either (``check_error`` says which refusal)."""
     check_error: str | None = None
-    """Why that request told nothing, when it failed in a way that would repeat (a
-    refusal, a bug): the failed calls split their batches for the next runs as before."""
+    """Why that request failed when it told nothing (a failure that would repeat, a bug,
+    a rate limit) or was ``refused``: unless refused, the failed calls split their batches
+    for the next runs as before."""
 
     def check_finding(self) -> str | None:
         """What the harmless request sent before the run stopped showed, and cost, in a
@@ -280,6 +286,12 @@ class ReextractionReport:
             return (
                 f"a harmless request failed too ({tokens} tokens): the API is down, and the "
                 "failed calls split no batch for the runs after"
+            )
+        if self.refused:
+            return (
+                f"a harmless request's credentials were refused too ({tokens} tokens: "
+                f"{self.check_error}): the API key or its permissions are refused for every "
+                "request, and the failed calls split no batch for the runs after"
             )
         if self.check_error is not None:
             return (
@@ -1035,17 +1047,28 @@ class Audit:
         run's extractor after two calls in a row (``failed_calls``, both recorded already)
         failed in a way that may pass (the run stops): an outage fails it too (a server
         error, a timeout, no connection, the API overloaded), while calls failing for their
-        messages' sake leave it answered; one failing in a way that would repeat (a
-        refusal, a bug), rate limited or asking to wait tells nothing (the background's
-        rule too, :func:`actors.tells_down`). Within one run these cannot be told apart
-        otherwise. An extractor that declares :class:`HarmlessRequests` (Claude's asks for
-        one output token) is pinged; another extracts the message. What it cost and
-        showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
+        messages' sake leave it answered; its credentials refused (401, 403), the API key or
+        its permissions are refused for every request (``refused``: no outage, but the
+        failed calls are no evidence against their messages either); one failing in a way
+        that would repeat (a refusal, a bug), rate limited or asking to wait tells nothing
+        (the background's rule too, :func:`actors.tells_down`). Within one run these cannot
+        be told apart otherwise. An extractor that declares :class:`HarmlessRequests`
+        (Claude's asks for one output token) is pinged; another extracts the message. What
+        it cost and showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
         naming the failed calls it judges)."""
         run.report.check, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
-        if failed is not None:
+        if isinstance(failed, ExtractorAccessRefusedError):
+            run.report.refused = True
+            run.report.check_error = f"{type(failed).__name__}: {first_line(failed)}"
+            log.warning(
+                "user %r: a harmless request's credentials were refused too (%s): the API key "
+                "or its permissions are refused; no batch is split for it",
+                run.user_id,
+                run.report.check_error,
+            )
+        elif failed is not None:
             run.report.outage = tells_down(failed)
             if run.report.outage:
                 log.warning(
@@ -1077,6 +1100,7 @@ class Audit:
                 run.report.check or TokenUsage(),
                 outage=run.report.outage,
                 error=run.report.check_error,
+                refused=run.report.refused,
                 extractor=getattr(run.extractor, "name", type(run.extractor).__name__),
                 model=getattr(run.extractor, "model", None),
             )

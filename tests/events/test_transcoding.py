@@ -13,7 +13,7 @@ from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import JSONTranscoder
 
-from events import EventStore, ExtractedFact, UserLog, errors, sqlite_url
+from events import EventStore, ExtractedFact, TokenUsage, UserLog, errors, sqlite_url
 from events._codec import Decoder
 from events.store import exported_state
 from events.transcoding import (
@@ -143,6 +143,35 @@ def test_a_failure_stores_its_whole_flag_only_when_it_is_set(tmp_path: Path) -> 
             and replayed.caps == log.caps != {}
             and list(replayed.pending) == list(log.pending)
         )
+    finally:
+        store.close()
+
+
+def test_a_check_stores_its_refused_flag_only_when_it_is_set(tmp_path: Path) -> None:
+    """A re-extraction check that was not refused stores no ``refused`` (what events
+    recorded before the field hold), so an older memvee reads it without a warning; one
+    whose API key was refused stores it. Both read back as recorded, the first as false."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("ann")
+        ids = [log.add_message("user", f"I like thing {i}.", None, 1000) for i in range(2)]
+        for refused in (True, False):
+            log.record_reextraction_check(
+                "v2", [ids], TokenUsage(), outage=False, error="HTTP 401", refused=refused
+            )
+        store.append([log.collect_events()])
+        stored = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
+        states = [orjson.loads(s.state) for s in stored]
+        assert [state.get("refused") for state in states] == [True, None]
+        fields = {f.name for f in dataclasses.fields(UserLog.ReextractionChecked)}
+        assert (fields - {"refused"}).issuperset(states[1])
+        checks = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
+        assert [c.refused for c in checks] == [True, False]
+        older = [e for e in store._app.repository.event_store.get(checks[1].originator_id)]
+        assert [e.refused for e in older if isinstance(e, UserLog.ReextractionChecked)] == [
+            True,
+            False,
+        ]
     finally:
         store.close()
 

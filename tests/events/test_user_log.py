@@ -680,6 +680,25 @@ def test_an_outage_leaves_out_the_calls_it_names_whatever_another_run_logged_bet
     assert log.reextraction_caps("v2", events) == {ids[2]: 1, ids[3]: 1}
 
 
+def test_a_check_whose_api_key_was_refused_leaves_out_the_calls_it_names_as_an_outage_does() -> (
+    None
+):
+    """A harmless request refused its credentials (401, 403) shows every request refused:
+    like an outage, neither failed call it names is evidence against its messages, though
+    both stay recorded; the refusal it met is kept as its error."""
+    log, ids = _log_with(4)
+    log.record_reextraction_failure("v2", ids[0:2], "HTTP 401", TokenUsage(), may_pass=True)
+    log.record_reextraction_failure("v2", ids[2:4], "HTTP 401", TokenUsage(), may_pass=True)
+    log.record_reextraction_check(
+        "v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False, error="HTTP 401", refused=True
+    )
+    events = log.collect_events()
+    (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
+    assert check.refused and not check.outage and check.error == "HTTP 401"
+    assert log.reextraction_calls("v2", events) == []
+    assert log.reextraction_caps("v2", events) == {}
+
+
 def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_evidence() -> None:
     """A harmless request answered, or failing in a way that would repeat, says nothing
     against the failed calls' messages being at fault: both calls still halve batches.

@@ -27,6 +27,7 @@ from events.user_log import check_knowledge_version
 from memvee import (
     ExtractedFact,
     ExtractionError,
+    ExtractorAccessRefusedError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     InvalidExtractionError,
@@ -1077,6 +1078,60 @@ async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
             "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=4, embedder=False
         )
         assert report == ReextractionReport(entries=8)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "authentication_error"), (403, "permission_error")]
+)
+async def test_a_refused_api_key_stops_each_run_and_leaves_no_failed_call_as_evidence(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    kind: str,
+) -> None:
+    """The API refusing the key (or its permissions) refuses the harmless request too: each
+    run stops, its report, notes and log saying the key is refused, and its two failed
+    calls are no evidence against their messages (as in an outage), so runs while it lasts
+    send the same whole batches, and once the key is accepted again the batches go out
+    whole: four calls of ten, not halves and singletons."""
+    await _marked(make_memory, 40, 1)
+    refused = ScriptedResponse(status, error_body(kind, "invalid x-api-key"))
+    messages_api_server.set_responder(lambda request: refused)
+    with Audit(db_url=db_url) as audit:
+        for _ in range(2):
+            report = ReextractionReport()
+            with pytest.raises(ExtractorAccessRefusedError) as stopped:
+                await audit.reextract(
+                    "eve",
+                    _claude(messages_api_server, monkeypatch),
+                    "v2",
+                    batch_size=10,
+                    embedder=False,
+                    report=report,
+                )
+            assert report.refused and not report.outage
+            assert report.check_error is not None and f"HTTP {status}" in report.check_error
+            (note,) = stopped.value.__notes__
+            assert "API key or its permissions are refused" in note
+            assert "tells nothing" not in note and "down" not in note
+        assert [len(r.messages) for r in _extractions(messages_api_server)] == [10] * 4
+        assert len(_pings(messages_api_server)) == 2
+        checks = [
+            e for e in audit.store.events_of("eve") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert [(c.refused, c.outage) for c in checks] == [(True, False)] * 2
+        assert describe(checks[0]).startswith(
+            "version 'v2' check after failed calls showed the API key refused"
+        )
+        messages_api_server.set_responder(default_answer)
+        during = len(messages_api_server.requests)
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10, embedder=False
+        )
+    assert report == ReextractionReport(entries=40)
+    assert [len(r.messages) for r in messages_api_server.requests[during:]] == [10] * 4
 
 
 class _LoopRecording(RecordingExtractor):
