@@ -57,7 +57,13 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import ExtractorOverloadedError, ProbeFailedError, first_line
+from events.errors import (
+    EveryRequestRefusedError,
+    ExtractorAccessRefusedError,
+    ExtractorOverloadedError,
+    ProbeFailedError,
+    first_line,
+)
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
@@ -268,7 +274,7 @@ class BulkReextraction:
         self.progress = progress or (lambda done, total: None)
         self.direct = direct
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
-        self.direct_stopped = False  # the Messages API is down: no more direct calls
+        self.direct_stopped = False  # the API is down or refuses the key: no more direct calls
         self.direct_answered = False  # the Messages API answered a call of this run's
         # failing counts of messages to plan again, each with the log version planned at
         self.failing: dict[str, dict[str, list[tuple[int, int | None]]]] = {}
@@ -872,8 +878,9 @@ class BulkReextraction:
         price), nor one past the run's :attr:`direct_limit` (``report.direct_held``: its
         batch is kept, and the next run sends it). That path blames only what its rules
         blame and stops at two failures in a row; a user's run that stopped ends the
-        fallback for the rest of this run only when it tells the API is down
-        (:meth:`_api_down`), else the next user goes on. Users
+        fallback for the rest of this run only when it tells the API is down or refuses the
+        API key for every request (:meth:`_every_user_stopped`), else the next user goes on.
+        Users
         another run took over, or forgotten, are passed over."""
         from memvee.audit import ReextractionReport  # the audit imports this module lazily
 
@@ -912,8 +919,10 @@ class BulkReextraction:
             except NotFoundError:  # forgotten meanwhile: nothing to send
                 del report.direct[user_id]
             except MemveeError as stopped:
-                self.direct_stopped = await self._api_down(user_id, stopped, live)
-                shown = redact(first_line(stopped), client_secrets(self.extractor.client))
+                every_user = await self._every_user_stopped(user_id, stopped, live)
+                self.direct_stopped = every_user is not None
+                told = stopped if every_user is None else every_user
+                shown = redact(first_line(told), client_secrets(self.extractor.client))
                 report.failed[f"direct:{user_id}"] = shown
             else:  # what failed in the batch is extracted or left out now, but the held
                 self.direct_answered = True
@@ -922,21 +931,29 @@ class BulkReextraction:
             report.entries += live.entries
             report.left_out.update(live.left_out)
 
-    async def _api_down(self, user_id: str, stopped: MemveeError, live: ReextractionReport) -> bool:
-        """Whether ``user_id``'s live re-extraction that ``stopped`` tells the Messages API
-        is down, for every user (:func:`_stop_tells_api_down`). A lone message failing once with
-        nothing else to send tells nothing by itself: until a call of this run's fallback
-        was answered, one harmless request is sent then, its failure judged by the rule
-        background extraction and ``memvee reextract`` judge theirs by
-        (:func:`actors.tells_down`: rate limited or asked to wait, it tells nothing), so an
-        outage costs one failed call and that request, not a failed call for every user
-        with a message or two to send."""
+    async def _every_user_stopped(
+        self, user_id: str, stopped: MemveeError, live: ReextractionReport
+    ) -> MemveeError | None:
+        """The error that ends the fallback for every user after ``user_id``'s live
+        re-extraction ``stopped`` (``None``: the next user goes on): ``stopped`` itself when
+        it tells the Messages API is down (:func:`_stop_tells_api_down`), an
+        :class:`EveryRequestRefusedError` saying so when a harmless request's credentials
+        were refused (401, 403: the API key or its permissions are refused for every
+        user's request, so no other user's messages are worth a full-price call). A lone
+        message failing once with nothing else to send tells nothing by itself: until a
+        call of this run's fallback was answered, one harmless request is sent then, its
+        failure judged by the rule background extraction and ``memvee reextract`` judge
+        theirs by (:func:`actors.tells_down`: rate limited or asked to wait, it tells
+        nothing), so an outage or a refused key costs one failed call and that request, not
+        a failed call for every user with a message or two to send."""
         from memvee.audit import harmless_request  # the audit imports this module lazily
 
+        if live.refused:
+            return _fallback_key_refused(stopped, live.check_error)
         if _stop_tells_api_down(stopped, live):
-            return True
+            return stopped
         if live.check is not None or not _lone(stopped) or self.direct_answered:
-            return False
+            return None
         usage, failed = await harmless_request(
             self.extractor, user_id, self.version, datetime.now(UTC)
         )
@@ -944,12 +961,14 @@ class BulkReextraction:
             "user %r: a harmless request after a lone message failed (%d tokens): %s",
             user_id,
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
-            "failed too, the Messages API is down" if failed is not None else "answered",
+            "answered" if failed is None else f"failed too ({first_line(failed)})",
         )
         if failed is None:
             self.direct_answered = True
-            return False
-        return tells_down(failed)
+            return None
+        if isinstance(failed, ExtractorAccessRefusedError):
+            return _fallback_key_refused(stopped, f"{type(failed).__name__}: {first_line(failed)}")
+        return stopped if tells_down(failed) else None
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""
@@ -1816,10 +1835,28 @@ def _stop_tells_api_down(stopped: MemveeError, live: ReextractionReport) -> bool
     down, for every user: the harmless request sent after its two failures in a row
     failed too (``live.outage``), or it stopped on the API's state (overloaded, every
     batch refused, a probe that failed). A harmless request answered, or a lone message
-    failing once with nothing else to send, tells only of that user's messages."""
+    failing once with nothing else to send, tells only of that user's messages; one whose
+    credentials were refused (``live.refused``) tells no outage, though it ends the
+    fallback all the same (:meth:`BulkReextraction._every_user_stopped`)."""
     if live.check is not None:
         return live.outage
     return not _lone(stopped) or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
+
+
+def _fallback_key_refused(stopped: MemveeError, refusal: str | None) -> EveryRequestRefusedError:
+    """The error that ends the Messages API fallback for every user once a harmless
+    request's credentials were refused (``refusal``) after ``stopped``."""
+    log.warning(
+        "a harmless request's credentials were refused (%s): the API key or its permissions "
+        "are refused for every request; no other user's messages are sent through the "
+        "Messages API this run",
+        refusal,
+    )
+    return EveryRequestRefusedError(
+        f"{first_line(stopped)} (a harmless request's credentials were refused too "
+        f"({refusal}): the API key or its permissions are refused for every request; no "
+        "other user's messages are sent through the Messages API this run)"
+    )
 
 
 def _lone(stopped: MemveeError) -> bool:

@@ -1995,6 +1995,47 @@ async def test_a_full_outage_costs_one_failed_call_and_one_harmless_request_for_
             assert log.failed_reextraction("v2", audit.store.events_of(user)) == set()
 
 
+@pytest.mark.parametrize("messages", [1, 4])
+async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user(
+    tmp_path: Path, server: MessagesAPIServer, messages: int
+) -> None:
+    """Users whose Message Batches failed whole twice, the API refusing the key (401) for
+    every Messages API call, the harmless request sent after the first user's failed calls
+    too: a refused key refuses every user, so the fallback stops at the first user (its
+    failed calls and that request), saying the key or its permissions are refused; it used
+    to go on user after user, every call failing at full price. Users of one message (a
+    lone failure) and of four (two failures in a row) alike, and run after run."""
+    users = [f"u{i}" for i in range(6)]
+    db = sqlite_url(tmp_path / "refused.db")
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            for j in range(messages):
+                await memory.add_message(user, "user", f"{user} likes tea {j}")
+            await memory.flush(user)
+
+    def refused(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        return ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
+
+    server.set_responder(refused)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        for _ in range(2):
+            calls = len(server.requests)
+            stopped = await _run(audit, users=users)
+            sent = [
+                [m["content"] for m in r.messages]
+                for r in server.requests[calls:]
+                if r.custom_id is None
+            ]
+            assert len(sent) == (2 if messages == 1 else 3) and sent[-1] == ["Hello."], sent
+            assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, ["u0"])
+            told = stopped.failed["direct:u0"]
+            assert "HTTP 401" in told
+            assert "the API key or its permissions are refused for every request" in told
+
+
 async def test_a_rate_limited_harmless_request_after_a_lone_failure_stops_no_other_users_fallback(
     tmp_path: Path, server: MessagesAPIServer
 ) -> None:
