@@ -394,6 +394,7 @@ class ExtractionWorkers:
                 f"{failure} (a harmless request failed while the batch was out: the API is "
                 f"down; {RETRIED_WHOLE})",
                 usage=usage,
+                whole_note=RETRIED_WHOLE,
             )
         spent, ping_failed = await self._ping(batch)
         if isinstance(ping_failed, ExtractorAccessRefusedError):
@@ -408,6 +409,7 @@ class ExtractionWorkers:
                 f"or its permissions are refused for every request, not the batch; "
                 f"{RETRIED_WHOLE})",
                 usage=spent if usage is None else usage.plus(spent),
+                whole_note=RETRIED_WHOLE,
             )
         if ping_failed is None or not tells_down(ping_failed):
             return _with_spent(failure, spent)
@@ -423,6 +425,7 @@ class ExtractionWorkers:
         return ApiDown(
             f"{failure} (a harmless request failed too: the API is down; {RETRIED_WHOLE})",
             usage=spent if usage is None else usage.plus(spent),
+            whole_note=RETRIED_WHOLE,
         )
 
     async def _ping(self, batch: ExtractionBatch) -> tuple[TokenUsage, Exception | None]:

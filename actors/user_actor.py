@@ -29,7 +29,6 @@ from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_d
 from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
 from actors._workers import (
-    RETRIED_WHOLE,
     ApiDown,
     EveryBatchRefused,
     ExtractorNotAsync,
@@ -740,9 +739,10 @@ class UserActor(PooledActor):
                     f"split all the same: {WHOLE_FAILURES_IN_A_ROW} failures in a row left it "
                     "whole already"
                 )
-                # The workers' note that the batch stays whole no longer holds: it is replaced.
-                kept_whole = f"; {RETRIED_WHOLE})"
-                if text.endswith(kept_whole):
+                # The error's note that the batch stays whole no longer holds: it is replaced.
+                note = error.whole_note if isinstance(error, ExtractionError) else None
+                kept_whole = f"; {note})" if note else None
+                if kept_whole and text.endswith(kept_whole):
                     told = f"{text.removesuffix(kept_whole)}; {split})"
                 else:
                     told = f"{text} ({split})"

@@ -187,9 +187,13 @@ class ExtractionError(MemveeError):
     This base class does not repeat. ``usage`` holds the tokens the failed call spent;
     ``retry_after`` the seconds the API asked to wait before calling again (its
     ``retry-after``), which the user's backoff and the breaker then wait at least.
+    ``whole_note`` is the clause that says the batch is kept whole, when the message
+    ends with it (``f"; {whole_note})"``): the user's log, splitting such a batch all the
+    same, replaces that clause rather than telling both.
     """
 
     repeats: bool = False
+    whole_note: str | None = None
 
     def __init__(
         self,
@@ -197,10 +201,12 @@ class ExtractionError(MemveeError):
         *,
         usage: TokenUsage | None = None,
         retry_after: float | None = None,
+        whole_note: str | None = None,
     ) -> None:
         super().__init__(message)
         self.usage = usage
         self.retry_after = retry_after
+        self.whole_note = whole_note
 
 
 class ExtractorOverloadedError(ExtractionError):

@@ -120,6 +120,9 @@ _OVERLOADED_STATUSES = frozenset({529})
 _RATE_LIMITED_STATUS = 429
 """The status of a request over one of the account's rate limits."""
 
+_RETRIED_LATER = "retried later"
+"""How the error of a batch every request is refused for ends (its whole note)."""
+
 _ACCESS_REFUSED_STATUSES = frozenset({401, 403})
 """Statuses of a request whose credentials or their permissions are refused."""
 
@@ -384,8 +387,9 @@ class ClaudeExtractor(HarmlessRequests):
         )
         raise EveryRequestRefusedError(
             f"{refused} (a request without the batch's messages is refused too: {whose}; "
-            "retried later)",
+            f"{_RETRIED_LATER})",
             usage=spent,
+            whole_note=_RETRIED_LATER,
         ) from refused.__cause__
 
     async def _entries_accepted(

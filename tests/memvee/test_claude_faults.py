@@ -1148,12 +1148,34 @@ async def test_a_refused_api_key_is_told_as_the_account_refused_not_the_api_down
         assert [len(r.messages) for r in server.requests[during:]] == [8]
 
 
+@pytest.mark.parametrize(
+    ("fault", "kept_whole", "finding"),
+    [
+        (
+            OUTAGES["500"],
+            "the batch is retried later, whole)",
+            "(a harmless request failed too: the API is down; ",
+        ),
+        (
+            lambda request: ScriptedResponse(400, error_body("invalid_request_error", CREDIT)),
+            "retried later)",
+            "(a request without the batch's messages is refused too: the account or the "
+            "settings are, not the batch; ",
+        ),
+    ],
+    ids=["outage", "credit balance"],
+)
 async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_splits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Callable[[RecordedRequest], ScriptedResponse],
+    kept_whole: str,
+    finding: str,
 ) -> None:
-    """Three runs in an outage leave ann's batch whole, and the fourth splits it all the
-    same: its error says so, and no longer says too that the batch is retried whole."""
-    outage = _Outage(OUTAGES["500"])
+    """Three runs in an outage (or with the account refused every request, its credit
+    balance too low) leave ann's batch whole, and the fourth splits it all the same: its
+    error says so, in place of the note that the batch is retried later (whole)."""
+    outage = _Outage(fault)
     with MessagesAPIServer(responder=outage) as server:
         async with _memory_over(
             server, monkeypatch, tmp_path / "fourth.db", retry_delay=0.01
@@ -1165,9 +1187,8 @@ async def test_the_failure_that_splits_a_batch_kept_whole_says_only_that_it_spli
                 with pytest.raises(ProcessingError) as caught:
                     await memory.process("ann")
                 errors.append(caught.value.error)
-    assert all(e.endswith("the batch is retried later, whole)") for e in errors[:3]), errors
+    assert all(e.endswith(kept_whole) for e in errors[:3]), errors
     assert errors[3].endswith(
-        "(a harmless request failed too: the API is down; split all the same: 3 failures "
-        "in a row left it whole already)"
+        f"{finding}split all the same: 3 failures in a row left it whole already)"
     ), errors[3]
-    assert "retried later, whole" not in errors[3]
+    assert "retried later" not in errors[3]
