@@ -151,9 +151,12 @@ def tells_down(failed: Exception) -> bool:
     overloaded API's 529 too), a timeout or no connection. A rate limit (429) or a failure
     asking to wait tells nothing (the failed batch may have used the account's limit up
     itself), nor does a refusal or a failure that would repeat. Refused credentials (401,
-    403) are no outage either: the API answered, refusing the account (the background
-    keeps the batch whole for it all the same, as :class:`EveryRequestRefusedError`).
-    Background extraction and ``memvee reextract`` judge by this one rule; a misjudged
+    403) are no outage either: the API answered, refusing the API key or its permissions
+    for every request, which each caller tells apart before this rule (the background
+    keeps the batch whole, as :class:`EveryRequestRefusedError`; ``memvee reextract``
+    records a refused check, whose failed calls split nothing; ``reextract --batch-api``'s
+    full-price fallback stops for every user). Background extraction, ``memvee
+    reextract`` and that fallback judge by this one rule; a misjudged
     outage costs the background a few runs at most
     (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
     return not (

@@ -226,8 +226,12 @@ class ExtractorAccessRefusedError(ExtractionError):
     """The extractor's service refused the request's credentials or their permissions
     (HTTP 401 or 403): a failure that may pass (a key replaced, a permission granted),
     which never shows that the service is down. A harmless request refused so shows the
-    account refused for every request (:class:`EveryRequestRefusedError`); a batch's own
-    may be its messages' (a gateway's filter refusing a text with a 403)."""
+    API key or its permissions refused for every request: background extraction keeps the
+    batch whole (:class:`EveryRequestRefusedError`); ``memvee reextract`` stops the run,
+    its failed calls no evidence against their messages (``ReextractionReport.refused``);
+    ``reextract --batch-api``'s full-price fallback stops at that user, sending no other
+    user's messages that run. A batch's own may be its messages' (a gateway's filter
+    refusing a text with a 403)."""
 
 
 class ProbeFailedError(ExtractionError):
