@@ -1312,10 +1312,7 @@ class UserLog(Aggregate):
         a harmless request after them) or with the API key ``refused`` (it refused a harmless
         request's credentials) are left out, found by their messages whatever was logged
         between (another run of the user): they tell nothing of their messages, and split no
-        batch of them for good. One whose harmless request was answered is read
-        as a call of no message the API answered after them: without it, messages that fail
-        every call alone with nothing else left to send were never blamed (no answer came
-        between their failures), and every run sent them again and stopped, for good."""
+        batch of them for good."""
         calls: list[tuple[tuple[str, ...], bool]] = []
         for e in history:
             if getattr(e, "knowledge_version", None) != knowledge_version:
@@ -1324,8 +1321,6 @@ class UserLog(Aggregate):
                 if e.outage or e.refused:
                     for ids in e.failed_calls:
                         _forget_failed_call(calls, tuple(ids))
-                elif e.error is None:
-                    calls.append(((), False))
             elif isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):
                 calls.append((tuple(e.message_ids), getattr(e, "may_pass", False)))
             elif isinstance(e, self.KnowledgeVersionPromoted):

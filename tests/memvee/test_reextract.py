@@ -1457,34 +1457,6 @@ async def test_messages_said_after_two_messages_failing_every_call_are_answered_
 
 
 @pytest.mark.parametrize("count", [2, 3])
-async def test_messages_each_failing_every_call_alone_are_left_out_not_sent_again_every_run(
-    make_memory: Any, db_url: str, count: int
-) -> None:
-    """Two or three messages, all a user has, each fail every call holding it with a
-    server error: split down to one a call, two lone failures in a row stop each run, and
-    the harmless request sent then is answered. That answer is the API answering after
-    their failures, so the next runs blame them and leave each out with its error; every
-    run used to send the same failing calls again and stop, none ever left out."""
-    memory: Memory = await make_memory()
-    sent = [await memory.add_message("eve", "user", f"I like thing{i} BAD") for i in range(count)]
-    await memory.flush("eve")
-    extractor = RecordingExtractor()
-    extractor.fault = lambda batch: (
-        ExtractionError("HTTP 500 api_error")
-        if any("BAD" in m.content for m in batch.messages)
-        else None
-    )
-    left_out: dict[str, str] = {}
-    with Audit(db_url=db_url) as audit:
-        for _ in range(6):
-            report = ReextractionReport()
-            with contextlib.suppress(ExtractionError):
-                await audit.reextract("eve", extractor, "v2", report=report, embedder=False)
-            left_out.update(report.left_out)
-    assert left_out == {m.message_id: "HTTP 500 api_error" for m in sent}
-
-
-@pytest.mark.parametrize("count", [2, 3])
 @pytest.mark.parametrize("repeating", [True, False], ids=["refused", "server error"])
 async def test_messages_failing_only_together_are_split_apart_and_each_extracted(
     make_memory: Any, db_url: str, count: int, repeating: bool
