@@ -941,18 +941,22 @@ class BulkReextraction:
         were refused (401, 403: the API key or its permissions are refused for every
         user's request, so no other user's messages are worth a full-price call). A lone
         message failing once with nothing else to send tells nothing by itself: until a
-        call of this run's fallback was answered, one harmless request is sent then, its
-        failure judged by the rule background extraction and ``memvee reextract`` judge
-        theirs by (:func:`actors.tells_down`: rate limited or asked to wait, it tells
-        nothing), so an outage or a refused key costs one failed call and that request, not
-        a failed call for every user with a message or two to send."""
+        call of this run's fallback was answered, one harmless request is sent then. Any
+        harmless request that failed, the live run's or this one, ends the fallback for the
+        run, an outage or not (rate limited or asked to wait, as :func:`actors.tells_down`
+        judges it, the API is busy, and each further user would cost failed full-price
+        calls and their waits); the users not reached keep their Message Batches for the
+        next run. So an outage, a rate limit or a refused key costs one failed call and
+        that request, not a failed call for every user with a message or two to send."""
         from memvee.audit import harmless_request  # the audit imports this module lazily
 
         if live.refused:
             return _fallback_key_refused(stopped, live.check_error)
         if _stop_tells_api_down(stopped, live):
             return stopped
-        if live.check is not None or not _lone(stopped) or self.direct_answered:
+        if live.check is not None:  # the live run sent its own harmless request
+            return None if live.check_error is None else stopped
+        if not _lone(stopped) or self.direct_answered:
             return None
         usage, failed = await harmless_request(
             self.extractor, user_id, self.version, datetime.now(UTC)
@@ -968,7 +972,14 @@ class BulkReextraction:
             return None
         if isinstance(failed, ExtractorAccessRefusedError):
             return _fallback_key_refused(stopped, f"{type(failed).__name__}: {first_line(failed)}")
-        return stopped if tells_down(failed) else None
+        if not tells_down(failed):  # rate limited or asked to wait: not down, but busy
+            log.warning(
+                "user %r: the harmless request failed in a way that tells no outage; no other "
+                "user's messages are sent through the Messages API this run (their Message "
+                "Batches stay kept for the next run)",
+                user_id,
+            )
+        return stopped
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""

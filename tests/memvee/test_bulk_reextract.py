@@ -2036,15 +2036,23 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
             assert "the API key or its permissions are refused for every request" in told
 
 
-async def test_a_rate_limited_harmless_request_after_a_lone_failure_stops_no_other_users_fallback(
-    tmp_path: Path, server: MessagesAPIServer
+@pytest.mark.parametrize(
+    "busy",
+    [
+        ScriptedResponse(429, error_body("rate_limit_error", "slow down")),
+        ScriptedResponse(503, error_body("api_error", "busy"), headers={"retry-after": "1"}),
+    ],
+    ids=["rate limited", "asked to wait"],
+)
+async def test_a_busy_harmless_request_after_a_lone_failure_ends_the_runs_fallback(
+    tmp_path: Path, server: MessagesAPIServer, busy: ScriptedResponse
 ) -> None:
-    """Users with one message each, their Message Batches failing whole twice: each user's
-    lone message fails once through the Messages API, and the harmless request sent after
-    it is rate limited (429). A rate limit tells nothing of the API (the one rule,
-    :func:`actors.tells_down`, background extraction and ``memvee reextract`` judge by), so
-    every user's fallback goes; it used to read the 429 as an outage and stop the fallback
-    for every user after the first."""
+    """Users with one message each, their Message Batches failing whole twice: the first
+    user's lone message fails once through the Messages API, and the harmless request sent
+    after it is rate limited (429) or asked to wait. That is no outage, but the API is
+    busy: the fallback ends for the run there (one failed call and the harmless request,
+    not two failed full-price calls for every user), and the users not reached keep their
+    Message Batches, so the next run, the API answering, extracts every user's message."""
     users = [f"u{i}" for i in range(3)]
     db = sqlite_url(tmp_path / "limited.db")
     async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
@@ -2054,17 +2062,20 @@ async def test_a_rate_limited_harmless_request_after_a_lone_failure_stops_no_oth
 
     def limited(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
-            return ScriptedResponse(429, error_body("rate_limit_error", "slow down"))
+            return busy
         return ScriptedResponse(500, error_body("api_error", "boom"))
 
     server.set_responder(limited)
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
         report = await _run(audit, users=users)
-    assert report.direct == dict.fromkeys(users, 1)
-    sent = [[m["content"] for m in r.messages] for r in server.requests]
-    each = [[[f"{user} likes tea"], ["Hello."]] for user in users]
-    assert sent == [call for calls in each for call in calls], sent
+        assert report.direct == {"u0": 1}
+        sent = [[m["content"] for m in r.messages] for r in server.requests]
+        assert sent == [["u0 likes tea"], ["Hello."]], sent
+        server.set_responder(default_answer)
+        await _run(audit, users=users)
+        for user in users:
+            assert audit.knowledge_versions(user)["v2"] == 1, user
 
 
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
