@@ -17,6 +17,7 @@ from events import (
     StorageError,
     UserLog,
     sqlite_url,
+    user_log_id,
 )
 from events.store import _file_readers
 from tests.events.store_contract import EventStoreContract
@@ -138,6 +139,55 @@ def test_an_append_inserts_a_few_events_in_one_statement_and_returns_their_store
                 "SELECT id, originator_version FROM memvee_events ORDER BY id"
             ).fetchall()
         assert [(r.notification_id, r.event.originator_version) for r in recorded] == stored[1:]
+    finally:
+        store.close()
+
+
+def test_events_and_snapshots_are_bound_with_no_value_for_sqlite3_to_adapt_and_read_back_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite3 looks for an adapter for every bytes or None value it binds (about half a
+    microsecond each); an append binds none such, and stores its ids and states as BLOBs
+    that read back as the events written. A recording adapter sees what would be looked up
+    (it hands the value back as it is, so the rows stored are the same either way)."""
+    adapted: list[object] = []
+
+    def recording(value: object) -> object:
+        adapted.append(value)
+        return value
+
+    for kind in (bytes, type(None)):
+        monkeypatch.setitem(sqlite3.adapters, (kind, sqlite3.PrepareProtocol), recording)
+    store = EventStore(sqlite_url(tmp_path / "b.db"))
+    try:
+        ann = UserLog.register("ann")
+        written = ann.collect_events()
+        store.append([written])  # one event: one statement
+        for messages in (2, 12):  # a few events: one statement; more: executemany
+            for n in range(messages):
+                ann.add_message("user", f"message {n}", None, 1000)
+            batch = ann.collect_events()
+            store.append([batch])
+            written += batch
+        for n in range(20):
+            ann.add_message("user", f"message {n}", None, 1000)
+        snapshot = store.snapshot_of(ann)
+        assert snapshot is not None
+        batch = ann.collect_events()
+        store.append([batch], snapshots=[snapshot])
+        written += batch
+        assert adapted == []
+        with sqlite3.connect(tmp_path / "b.db") as reader:
+            for table in ("memvee_events", "memvee_snapshots"):
+                stored = reader.execute(
+                    f"SELECT originator_id, typeof(originator_id), typeof(state) FROM {table}"
+                ).fetchall()
+                assert stored, table
+                assert set(stored) == {(user_log_id("ann").bytes, "blob", "blob")}, table
+        assert store.events_of("ann") == written
+        loaded = store.load_log("ann")
+        assert loaded.snapshot_version == snapshot.originator_version == ann.version
+        assert loaded.log is not None and loaded.log.pending == ann.pending
     finally:
         store.close()
 
