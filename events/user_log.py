@@ -384,7 +384,8 @@ class UserLog(Aggregate):
         first), whether the API was down (``outage``: it failed too, so neither failed call
         is evidence against its messages) or refused the API key or its permissions
         (``refused``: a 401 or 403, every request refused, so neither is either; stored only
-        when true, absent from events recorded before it), else the ``error`` that made it
+        when true, absent from events recorded before it, and stored with ``outage`` so that
+        an older memvee leaves the calls out too), else the ``error`` that made it
         tell nothing (it failed in a way that would repeat), and what it cost, for ``memvee
         stats``. A refused check keeps its ``error`` too, saying which refusal it met."""
 
@@ -1122,7 +1123,7 @@ class UserLog(Aggregate):
             self.ReextractionChecked,
             knowledge_version=knowledge_version,
             failed_calls=[list(ids) for ids in failed_calls],
-            outage=outage,
+            outage=outage or refused,
             error=storable(error) if error else None,
             refused=refused,
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),

@@ -63,6 +63,7 @@ from events.errors import (
     ExtractorOverloadedError,
     ProbeFailedError,
     first_line,
+    repeats,
 )
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
@@ -941,12 +942,13 @@ class BulkReextraction:
         were refused (401, 403: the API key or its permissions are refused for every
         user's request, so no other user's messages are worth a full-price call). A lone
         message failing once with nothing else to send tells nothing by itself: until a
-        call of this run's fallback was answered, one harmless request is sent then. Any
+        call of this run's fallback was answered, one harmless request is sent then. A
         harmless request that failed, the live run's or this one, ends the fallback for the
-        run, an outage or not (rate limited or asked to wait, as :func:`actors.tells_down`
-        judges it, the API is busy, and each further user would cost failed full-price
+        run when it tells the API down or busy (rate limited or asked to wait, as
+        :func:`actors.tells_down` judges it: each further user would cost failed full-price
         calls and their waits); the users not reached keep their Message Batches for the
-        next run. So an outage, a rate limit or a refused key costs one failed call and
+        next run. One failing in a way that would repeat (a 400) tells only of itself, and
+        the next user goes on. So an outage, a rate limit or a refused key costs one failed call and
         that request, not a failed call for every user with a message or two to send."""
         from memvee.audit import harmless_request  # the audit imports this module lazily
 
@@ -955,7 +957,7 @@ class BulkReextraction:
         if _stop_tells_api_down(stopped, live):
             return stopped
         if live.check is not None:  # the live run sent its own harmless request
-            return None if live.check_error is None else stopped
+            return stopped if live.busy else None
         if not _lone(stopped) or self.direct_answered:
             return None
         usage, failed = await harmless_request(
@@ -972,9 +974,11 @@ class BulkReextraction:
             return None
         if isinstance(failed, ExtractorAccessRefusedError):
             return _fallback_key_refused(stopped, f"{type(failed).__name__}: {first_line(failed)}")
+        if repeats(failed):  # the request's own failure, not the API's state
+            return None
         if not tells_down(failed):  # rate limited or asked to wait: not down, but busy
             log.warning(
-                "user %r: the harmless request failed in a way that tells no outage; no other "
+                "user %r: the harmless request was rate limited or asked to wait; no other "
                 "user's messages are sent through the Messages API this run (their Message "
                 "Batches stay kept for the next run)",
                 user_id,

@@ -48,11 +48,11 @@ def describe(event: Any) -> str:
             return f"version {e.knowledge_version!r} call failed{tail}: {_flat(e.error)}"
         case UserLog.ReextractionChecked():
             verdict = (
-                "the API down: the failed calls blame no message"
-                if e.outage
-                else "the API key refused: the failed calls blame no message: "
+                "the API key refused: the failed calls blame no message: "
                 f"{_flat(e.error or 'HTTP 401 or 403')}"
                 if e.refused
+                else "the API down: the failed calls blame no message"
+                if e.outage
                 else f"nothing: {_flat(e.error)}"
                 if e.error
                 else "the API up: the failed calls were their messages'"

@@ -271,6 +271,10 @@ class ReextractionReport:
     """Whether that request's credentials were refused (401 or 403): the API key or its
     permissions are refused for every request, so the two failed calls split no batch of
     their messages for the runs after either (``check_error`` says which refusal)."""
+    busy: bool = False
+    """Whether that request was rate limited or asked to wait (the API up but busy): it
+    tells nothing of the failed calls, and ``reextract --batch-api`` sends no other user's
+    messages at full price in that run."""
     check_error: str | None = None
     """Why that request failed when it told nothing (a failure that would repeat, a bug,
     a rate limit) or was ``refused``: unless refused, the failed calls split their batches
@@ -1078,6 +1082,7 @@ class Audit:
                     first_line(failed),
                 )
             else:
+                run.report.busy = not repeats(failed)
                 run.report.check_error = f"{type(failed).__name__}: {first_line(failed)}"
                 log.warning(
                     "user %r: a harmless request failed in a way that tells nothing (%s); "

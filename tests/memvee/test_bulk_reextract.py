@@ -2078,6 +2078,34 @@ async def test_a_busy_harmless_request_after_a_lone_failure_ends_the_runs_fallba
             assert audit.knowledge_versions(user)["v2"] == 1, user
 
 
+async def test_a_harmless_request_failing_of_its_own_after_a_lone_failure_holds_back_no_other_user(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    """As above, but the harmless request fails in a way that would repeat (a 400): that
+    tells only of the request itself, neither an outage nor a busy API, so every user's
+    fallback goes (one user's lone failing message used to hold back every user after it,
+    run after run)."""
+    users = [f"u{i}" for i in range(3)]
+    db = sqlite_url(tmp_path / "invalid.db")
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+
+    def invalid(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
+            return ScriptedResponse(400, error_body("invalid_request_error", "bad"))
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+
+    server.set_responder(invalid)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        report = await _run(audit, users=users)
+    assert report.direct == dict.fromkeys(users, 1)
+    sent = [[m["content"] for m in r.messages] for r in server.requests]
+    assert sent == [call for user in users for call in ([f"{user} likes tea"], ["Hello."])], sent
+
+
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
     both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
