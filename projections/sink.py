@@ -135,7 +135,13 @@ class TableSink:
         self._key_order = _StoredOrder(key, written)
         self._updates: dict[tuple[str, ...], tuple[str, _StoredOrder]] = {}
         self._inserts: dict[int, str] = {}
-        self._nullable = [i for i, c in enumerate(folded) if c.nullable and not c.primary_key]
+        # A column with a default is never left out: SQLite would store the default where
+        # the fold wrote NULL.
+        self._nullable = [
+            i
+            for i, c in enumerate(folded)
+            if c.nullable and not c.primary_key and c.server_default is None and c.default is None
+        ]
         self._sqlite_inserts: dict[tuple[int, ...], str] = {}
         self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
         quote = dialect.identifier_preparer.quote

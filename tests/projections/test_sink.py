@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Table
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, text
 
 from events import EventStore, sqlite_url
 from projections import ProjectionTables, Projector
@@ -153,6 +153,25 @@ def test_messages_null_in_every_row_or_in_some_read_back_as_they_were_written(
             sink.write(connection, rows, [], [])
         loaded = sink.load(connection, "log_id", [_LOG_ID])
     assert sorted(loaded, key=itemgetter("seq")) == [row for rows in writes for row in rows]
+
+
+def test_a_null_written_to_a_column_with_a_default_stays_null() -> None:
+    """A nullable column NULL in every one of many rows is left out of SQLite's insert
+    only if it has no default: left out, SQLite would store the default instead."""
+    table = Table(
+        "t",
+        MetaData(),
+        Column("k", String(8), primary_key=True),
+        Column("x", Integer, nullable=True, server_default=text("7")),
+    )
+    engine = create_engine("sqlite://")
+    table.metadata.create_all(engine)
+    sink = TableSink(table, ("k",), engine.dialect)
+    rows = [{"k": f"k{n}", "x": None} for n in range(3)]
+    with engine.begin() as connection:
+        sink.write(connection, rows, [], [])
+        stored = connection.execute(text("SELECT k, x FROM t ORDER BY k")).all()
+    assert [tuple(r) for r in stored] == [(r["k"], None) for r in rows]
 
 
 def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
