@@ -5,7 +5,9 @@ Every table is written with one bulk statement per kind of change: delete, updat
 (an executemany; on PostgreSQL, a few rows' insert as one multi-row ``VALUES``). On
 SQLite and on PostgreSQL through psycopg 3 the rows go through the DBAPI connection
 directly, each value bound as SQLAlchemy would bind it (and, on PostgreSQL, cast to its
-column's type as SQLAlchemy renders it): the hot path pays no statement compilation,
+column's type as SQLAlchemy renders it), or, for ids on SQLite, as a bytearray that
+sqlite3 stores as the very BLOB SQLAlchemy's bytes give (see
+:func:`~projections.columns.id_param`): the hot path pays no statement compilation,
 which on PostgreSQL cost more CPU than the driver itself. There, the single statements
 of a write's tables also go as one (:class:`Joined`). Other drivers go through
 SQLAlchemy Core. A table may have a :class:`Derived` column besides, inserted with the
@@ -49,6 +51,13 @@ _ROWS_IN_ONE_INSERT = 8
 executemany. An exchange's two rows cost a third of executemany's CPU so; from some 32
 rows the server's parsing of the long statement costs more than it saves (256 rows:
 9.1 against 6.7 ms, committed)."""
+
+_ROWS_BY_COLUMN = 8
+"""Fewest rows whose stored values are worked out a column at a time, and whose SQLite
+insert leaves out the columns NULL in every row; fewer go a row at a time with every
+column. On a live commit's few rows the columns' and the scan's work costs more than it
+saves (callgrind, 2 messages inserted and a user updated: 214,712 instructions a row at a
+time, 247,712 a column at a time); on a rebuild's pages of thousands it saves a third."""
 
 
 class Joined:
@@ -142,6 +151,8 @@ class TableSink:
             for i, c in enumerate(folded)
             if c.nullable and not c.primary_key and c.server_default is None and c.default is None
         ]
+        # One statement per set of columns kept: at most 2 ** len(_nullable) per table,
+        # a handful of nullable columns each (sqlite3's own cache keeps 128 a connection).
         self._sqlite_inserts: dict[tuple[int, ...], str] = {}
         self._read = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in folded]
         quote = dialect.identifier_preparer.quote
@@ -158,7 +169,7 @@ class TableSink:
             columns = [Column(c.name, c.type) for c in folded]
             extended = Table(table.name, MetaData(), *columns, Column(derived.column, derived.type))
             self._core_insert = extended.insert()
-        self._insert_head = f"INSERT INTO {self._q_table} ({named}) VALUES "
+        self._insert_head = _insert_head(self._q_table, named)
         self._insert_row = f"({marks})"
         self._insert_sql = self._insert_head + self._insert_row
         self._delete_sql = f"DELETE FROM {self._q_table} WHERE {self._where}"
@@ -259,19 +270,19 @@ class TableSink:
         statements: list[tuple[str, Sequence[Sequence[Any]]]] = []
         if deleted:
             keys = [k if isinstance(k, tuple) else (k,) for k in deleted]
-            statements.append((self._delete_sql, [self._key_order.values(k) for k in keys]))
+            statements.append((self._delete_sql, self._key_order.ordered(keys)))
         if updated:
             for changed, rows in _by_changed_columns(updated, self.key).items():
                 sql, order = self._update(changed)
                 statements.append((sql, order.rows(rows)))
-        if inserted and self._sqlite and self.derived is None:
+        if inserted and self._sqlite and self.derived is None and len(inserted) >= _ROWS_BY_COLUMN:
             statements.append(self._sqlite_insert(inserted))
         elif inserted:
             values = self._insert_order.rows(inserted)
             if self.derived is not None:
                 value = self.derived.value
                 values = [(*v, value(row)) for v, row in zip(values, inserted, strict=True)]
-            if len(values) > _ROWS_IN_ONE_INSERT:
+            if self._sqlite or len(values) > _ROWS_IN_ONE_INSERT:
                 statements.append((self._insert_sql, values))
             else:
                 flat = [v for r in values for v in r]
@@ -302,9 +313,7 @@ class TableSink:
         if sql is None:
             named = ", ".join(self._q[self.columns[i]] for i in kept)
             marks = ", ".join("?" for _ in kept)
-            sql = self._sqlite_inserts[kept] = (
-                f"INSERT INTO {self._q_table} ({named}) VALUES ({marks})"
-            )
+            sql = self._sqlite_inserts[kept] = f"{_insert_head(self._q_table, named)}({marks})"
         return sql, list(zip(*[columns[i] for i in kept], strict=True))
 
     def _multi_row_insert(self, rows: int) -> str:
@@ -347,6 +356,11 @@ def _execute(cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         cursor.execute(sql, rows[0])
     else:
         cursor.executemany(sql, rows)
+
+
+def _insert_head(table: str, named: str) -> str:
+    """An insert's text up to its values: into ``table`` (quoted), the ``named`` columns."""
+    return f"INSERT INTO {table} ({named}) VALUES "
 
 
 def _mark(column: Column[Any], dialect: Dialect) -> str:
@@ -401,44 +415,52 @@ def _by_changed_columns(
 
 
 class _StoredOrder:
-    """Rows' values in one column order, each as SQLAlchemy would bind it."""
+    """Rows' values in one column order, each as it is written: as SQLAlchemy would bind
+    it, or the same stored value bound more cheaply (ids on SQLite: ``id_param``)."""
 
-    def __init__(self, names: Sequence[str], bind: dict[str, Convert | None]) -> None:
+    def __init__(self, names: Sequence[str], written: dict[str, Convert | None]) -> None:
         self._get = operator.itemgetter(*names)
         self._single = len(names) == 1
         self._converted: list[tuple[int, Convert]] = [
-            (i, convert) for i, n in enumerate(names) if (convert := bind[n]) is not None
+            (i, convert) for i, n in enumerate(names) if (convert := written[n]) is not None
         ]
 
-    def rows(self, rows: Sequence[Row]) -> list[tuple[Any, ...]]:
-        """The stored values of each of ``rows``, in order: :meth:`values` of each, worked
-        out a column at a time (a page's thousands of rows then cost a loop per converted
-        column, not a loop over the converted columns of every row)."""
-        return list(zip(*self.columns(rows), strict=True)) if rows else []
+    def rows(self, rows: Sequence[Row]) -> list[Sequence[Any]]:
+        """The stored values of each of ``rows``, in order."""
+        get = self._get
+        if self._single:
+            return self.ordered([(get(row),) for row in rows])
+        return self.ordered(list(map(get, rows)))
+
+    def ordered(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        """The stored values of ``rows`` whose values are already in order (a delete's
+        keys). From :data:`_ROWS_BY_COLUMN` rows they are worked out a column at a time
+        (a page's thousands then cost a loop per converted column, not a loop over the
+        converted columns of every row); fewer, a row at a time."""
+        if len(rows) >= _ROWS_BY_COLUMN:
+            return list(zip(*self._converted_columns(list(zip(*rows, strict=True))), strict=True))
+        out: list[Sequence[Any]] = []
+        for row in rows:
+            values = list(row)
+            for i, convert in self._converted:
+                value = values[i]
+                if value is not None:
+                    values[i] = convert(value)
+            out.append(values)
+        return out
 
     def columns(self, rows: Sequence[Row]) -> list[Sequence[Any]]:
         """The stored values of ``rows`` (at least one), a sequence per column in order."""
         get = self._get
         if self._single:
-            columns: list[Sequence[Any]] = [[get(row) for row in rows]]
-        else:
-            columns = list(zip(*map(get, rows), strict=True))
+            return self._converted_columns([[get(row) for row in rows]])
+        return self._converted_columns(list(zip(*map(get, rows), strict=True)))
+
+    def _converted_columns(self, columns: list[Sequence[Any]]) -> list[Sequence[Any]]:
+        """``columns``, each converted column replaced by its stored values."""
         for i, convert in self._converted:
             columns[i] = [v if v is None else convert(v) for v in columns[i]]
         return columns
-
-    def values(self, row: Row | tuple[Any, ...]) -> list[Any]:
-        """``row``'s stored values, in order (a tuple: already in that order)."""
-        if isinstance(row, tuple):
-            out = list(row)
-        else:
-            got = self._get(row)
-            out = [got] if self._single else list(got)
-        for i, convert in self._converted:
-            value = out[i]
-            if value is not None:
-                out[i] = convert(value)
-        return out
 
 
 REPEATED = "log_id"

@@ -15,7 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from events import EventStore, sqlite_url
 from projections import ProjectionTables, Projector
 from projections.search import SearchIndex, pg_vector, spoken
-from projections.sink import Joined, TableSink, _remembering, driver_cursor
+from projections.sink import _ROWS_BY_COLUMN, Joined, TableSink, _remembering, driver_cursor
 from tests.support.backends import postgres_url
 
 
@@ -122,8 +122,9 @@ def test_messages_null_in_every_row_or_in_some_read_back_as_they_were_written(
     sink_store: tuple[EventStore, bool],
 ) -> None:
     """Inserts of rows whose nullable columns are NULL in all of them (no name), in some
-    (the task holding a message), or in none, each alone and mixed: on SQLite a column
-    NULL in every row is left out of the statement; every row reads back as written."""
+    (the task holding a message), or in none, each alone and mixed, many rows at once and
+    a few: on SQLite a column NULL in every one of many rows is left out of the statement;
+    every row reads back as written."""
     store, core = sink_store
     sink = _sink(store, ProjectionTables().messages, ("message_id",), core)
 
@@ -142,11 +143,14 @@ def test_messages_null_in_every_row_or_in_some_read_back_as_they_were_written(
             "quarantined": 0,
         }
 
+    many = _ROWS_BY_COLUMN
     writes = [
-        [message(n, None, None) for n in range(1, 4)],
-        [message(n, "task-1" if n % 2 else None, None) for n in range(4, 8)],
-        [message(n, "task-2", "Ann") for n in range(8, 10)],
-        [message(10, None, "Bob")],
+        [message(n, None, None) for n in range(1, many + 1)],
+        [message(n, "task-1" if n % 2 else None, None) for n in range(100, 100 + many)],
+        [message(n, "task-2", "Ann") for n in range(200, 200 + many)],
+        [message(n, None, None) for n in range(300, 303)],
+        [message(n, "task-1" if n % 2 else None, None) for n in range(400, 404)],
+        [message(500, None, "Bob")],
     ]
     with store.transaction() as connection:
         for rows in writes:
@@ -167,7 +171,7 @@ def test_a_null_written_to_a_column_with_a_default_stays_null() -> None:
     engine = create_engine("sqlite://")
     table.metadata.create_all(engine)
     sink = TableSink(table, ("k",), engine.dialect)
-    rows = [{"k": f"k{n}", "x": None} for n in range(3)]
+    rows = [{"k": f"k{n}", "x": None} for n in range(_ROWS_BY_COLUMN)]
     with engine.begin() as connection:
         sink.write(connection, rows, [], [])
         stored = connection.execute(text("SELECT k, x FROM t ORDER BY k")).all()
@@ -179,6 +183,7 @@ def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
 ) -> None:
     """Citations, keyed by message and entry: many inserted, then many and one deleted
     by both columns of their key, in two writes; the rest read back."""
+    many = _ROWS_BY_COLUMN
     store, core = sink_store
     sink = _sink(store, ProjectionTables().citations, ("message_id", "entry_id"), core)
     log_id = _LOG_ID
@@ -194,10 +199,10 @@ def test_rows_of_a_composite_key_are_inserted_and_deleted_in_bulk(
     rows = [citation(m, e) for m in range(10) for e in range(3)]
     with store.transaction() as connection:
         sink.write(connection, rows, [], [])
-        sink.write(connection, [], [], [(r["message_id"], r["entry_id"]) for r in rows[:7]])
+        sink.write(connection, [], [], [(r["message_id"], r["entry_id"]) for r in rows[:many]])
         sink.write(connection, [], [], [(rows[10]["message_id"], rows[10]["entry_id"])])
         loaded = sink.load(connection, "log_id", [log_id])
-    kept = rows[7:10] + rows[11:]
+    kept = rows[many:10] + rows[11:]
     key = itemgetter("message_id", "entry_id")
     assert sorted(loaded, key=key) == sorted(kept, key=key)
 
