@@ -7,11 +7,11 @@ from uuid import uuid4
 
 import pytest
 from sqlalchemy import Column, MetaData, Table, create_engine, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from projections.columns import StoredId, StoredTime, id_param, id_text, packed_range, stored_id
-from projections.sink import stored_form
-from projections.tables import ProjectionTables
+from projections.sink import _ROWS_BY_COLUMN, TableSink
+from projections.tables import ProjectionTables, folded_columns
 
 ODD_OFFSET = timezone(timedelta(hours=-7, minutes=-30))
 
@@ -114,16 +114,45 @@ def test_an_id_written_as_a_parameter_is_stored_as_the_same_value_stored_id_give
     assert found == 1
 
 
-def test_the_sink_binds_what_sqlalchemy_binds() -> None:
-    """The hot path writes through the driver: its values must be SQLAlchemy's own."""
-    dialect = sqlite.dialect()
-    messages = ProjectionTables().messages.c
+@pytest.mark.parametrize("count", [1, _ROWS_BY_COLUMN])
+def test_the_sink_writes_what_sqlalchemy_writes(count: int) -> None:
+    """The hot path writes through the driver, ids as bytearrays: SQLite must store the
+    very values, of the very storage classes, that SQLAlchemy's own insert stores (a few
+    rows, written a row at a time, and many, a column at a time)."""
+    table = ProjectionTables().messages
     moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=ODD_OFFSET)
-    for column, value in ((messages.sent_at, moment), (messages.message_id, str(uuid4()))):
-        bind = column.type.dialect_impl(dialect).bind_processor(dialect)
-        convert = stored_form(column, dialect, {})
-        assert bind is not None and convert is not None
-        assert convert(value) == bind(value)
+    rows = [
+        {
+            "message_id": str(uuid4()),
+            "log_id": "9f6c1d2e-4b7a-4e3f-8a1b-2c3d4e5f6a7b",
+            "seq": n,
+            "version": n,
+            "role": "user",
+            "content": "hello",
+            "sent_at": moment,
+            "name": None if n % 2 else "Ann",
+            "buffered": 1,
+            "task_id": "task-1",
+            "quarantined": 0,
+        }
+        for n in range(count)
+    ]
+    columns = [c.name for c in folded_columns(table)]
+    shown = ", ".join(f"{c}, typeof({c})" for c in columns)
+    stored = []
+    for through_sink in (True, False):
+        engine = create_engine("sqlite://")
+        table.metadata.create_all(engine)
+        with engine.begin() as connection:
+            if through_sink:
+                TableSink(table, ("message_id",), engine.dialect).write(connection, rows, [], [])
+            else:
+                connection.execute(insert(table), rows)
+            stored.append(
+                connection.exec_driver_sql(f"SELECT {shown} FROM {table.name} ORDER BY seq").all()
+            )
+    assert len(stored[0]) == count
+    assert stored[0] == stored[1]
 
 
 def test_postgresql_keeps_its_own_types() -> None:
