@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
 from dataclasses import dataclass, fields
@@ -129,7 +130,7 @@ class MemoryConfig:
         for name in _INTERVALS:
             _check_number(self, name, whole=True, positive=False)
         _check_number(self, "shutdown_grace", whole=False, positive=False)
-        check_alpha(self.hybrid_alpha, "hybrid_alpha")
+        object.__setattr__(self, "hybrid_alpha", check_alpha(self.hybrid_alpha, "hybrid_alpha"))
         if self.search_embed_seconds is not None:
             _check_number(self, "search_embed_seconds", whole=False, positive=False)
         if self.actor_threads > MAX_ACTOR_THREADS:  # each is started at open
@@ -229,12 +230,21 @@ _INTERVALS = ("snapshot_interval", "checkpoint_interval")
 """Settings that count events, 0 turning them off."""
 
 
-def check_alpha(alpha: object, name: str) -> None:
-    """Refuse ``alpha`` (called ``name``) unless it is a lexical weight of hybrid retrieval:
-    a number from 0 to 1, never a bool or NaN. A Memory's ``hybrid_alpha`` and a search's
-    ``alpha`` are one weight, refused alike."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
-        raise InvalidInputError(f"{name} must be a number from 0 to 1, not {alpha!r}")
+def check_alpha(alpha: object, name: str) -> float:
+    """``alpha`` (called ``name``) as a Python float if it is a lexical weight of hybrid
+    retrieval: a real number from 0 to 1 (a numpy float or a Fraction too), never a bool
+    or NaN. A Memory's ``hybrid_alpha`` and a search's ``alpha`` are one weight, refused
+    alike."""
+    refused = InvalidInputError(f"{name} must be a number from 0 to 1, not {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise refused
+    try:
+        weight = float(alpha)
+    except OverflowError:  # a Fraction or an int too large for a float
+        raise refused from None
+    if not 0 <= weight <= 1:  # NaN too
+        raise refused
+    return weight
 
 
 def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:

@@ -1629,7 +1629,7 @@ class Audit:
             raise InvalidInputError(
                 f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"
             )
-        check_alpha(alpha, "alpha")
+        alpha = check_alpha(alpha, "alpha")
         tables = self._reader.tables
         retriever = Retriever(
             self.store.engine,

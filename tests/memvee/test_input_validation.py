@@ -7,10 +7,12 @@ import functools
 import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock
 
+import numpy as np
 import pytest
 
 from events import MAX_SENT_AHEAD
@@ -240,6 +242,22 @@ async def test_a_ranking_weight_is_refused_alike_by_a_memorys_config_and_a_searc
         audit.search("u", "Oslo", alpha=alpha, embedder=False)
     assert str(by_config.value) == f"hybrid_alpha must be a number from 0 to 1, not {alpha!r}"
     assert str(by_search.value) == f"alpha must be a number from 0 to 1, not {alpha!r}"
+
+
+@pytest.mark.parametrize("alpha", [np.float32(0.5), Fraction(1, 2)], ids=["numpy", "fraction"])
+async def test_a_ranking_weight_of_any_real_kind_is_taken_by_a_config_and_a_search_as_a_float(
+    tmp_path: Path, alpha: Any
+) -> None:
+    """The check took only int and float, so a numpy float32 or a Fraction was refused as
+    "not a number" by both (a search took them before the check was shared)."""
+    db = str(tmp_path / "m.db")
+    async with Memory(db_path=db, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_message("u", "user", "I live in Oslo.")
+        await memory.flush("u")
+    kept = MemoryConfig(hybrid_alpha=alpha).hybrid_alpha
+    assert (kept, type(kept)) == (0.5, float)
+    with Audit(db) as audit:
+        assert audit.search("u", "Oslo", alpha=alpha, embedder=False).entries
 
 
 @pytest.mark.parametrize(
