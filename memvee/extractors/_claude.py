@@ -199,7 +199,7 @@ class ClaudeExtractor(HarmlessRequests):
             check_model(chosen, "model" if model else MODEL_ENV_VAR)
         self.model: str = chosen or DEFAULT_MODEL
         # Python's numbers: they are sent with every call, which serialises no numpy scalar.
-        self.timeout = timeout if isinstance(timeout, int | float) else float(timeout)
+        self.timeout = timeout if type(timeout) in (int, float) else float(timeout)
         self.max_retries = int(max_retries)
         self.max_tokens = int(max_tokens)
         if cache_prefix is None:

@@ -199,6 +199,9 @@ async def test_numpy_numbers_are_taken_for_settings_and_sent_as_pythons(claude: 
     assert api.bodies[0]["max_tokens"] == 700
     retries = ClaudeExtractor(max_retries=np.int64(0)).max_retries
     assert (retries, type(retries)) == (0, int)
+    # numpy's float64 is a float subclass, which was kept as numpy's
+    timeout = ClaudeExtractor(timeout=np.float64(5)).timeout
+    assert (timeout, type(timeout)) == (5.0, float)
 
 
 async def test_the_output_budget_grows_with_the_batch() -> None:
