@@ -370,6 +370,9 @@ def test_a_method_a_route_does_not_take_is_405_naming_those_it_takes_in_allow(
     ending so is sent with its slash encoded): DELETE there does not forget a user."""
     add_exchange(http, user)
     add_exchange(http, f"{user}%2Fmessages", "I am the inner one.")
+    nested = {"tasks/x": "has no task 'x'", "knowledge/e1/explain": "has no knowledge entry 'e1'"}
+    for path in nested:
+        add_exchange(http, f"{user}%2F{path.replace('/', '%2F')}", "I am an inner one.")
 
     summary = http.put(f"/v1/users/{user}", json={})
     messages = http.request("OPTIONS", f"/v1/users/{user}/messages")
@@ -384,6 +387,15 @@ def test_a_method_a_route_does_not_take_is_405_naming_those_it_takes_in_allow(
     assert (deleted.status_code, deleted.headers["allow"]) == (405, "GET, HEAD, POST")
     assert (read.status_code, read.headers["allow"]) == (405, "POST")
     assert http.get(f"/v1/users/{user}%2Fmessages").json()["message_count"] == 2
+    for path, unknown in nested.items():
+        deleted = http.delete(f"/v1/users/{user}/{path}")
+        read = http.get(f"/v1/users/{user}/{path}")
+        inner = http.get(f"/v1/users/{user}%2F{path.replace('/', '%2F')}")
+
+        assert (deleted.status_code, deleted.headers["allow"]) == (405, "GET, HEAD"), path
+        assert read.status_code == 404, path
+        assert read.json()["message"] == f"user {user!r} {unknown}", path
+        assert inner.json()["message_count"] == 2, path
 
 
 def test_head_answers_as_get_would_without_the_body(http: httpx.Client, user: str) -> None:
