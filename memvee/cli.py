@@ -101,10 +101,11 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
+        except BrokenPipeError as gone:
             # The output's reader went away (``memvee log ann | head``): end quietly, as a
             # command killed by SIGPIPE does, with nothing more written to the pipe.
-            _silence_stdout()
+            if not isinstance(gone, _ErrorsUnread):  # stdout itself is still read
+                _silence_stdout()
             raise typer.Exit(code=128 + signal.SIGPIPE) from None
         except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
@@ -201,10 +202,22 @@ def _open_stdout() -> TextIO:
     return sys.stdout
 
 
+class _ErrorsUnread(BrokenPipeError):
+    """The standard error's reader went away."""
+
+
 class _ShownConsole(Console):
     """A rich console that shows the control characters of what it is given to print
     (:func:`_shown`) instead of sending them: a message, an entry or a version name may
     hold escape sequences, which a terminal would obey. Its own styles still apply."""
+
+    def on_broken_pipe(self) -> None:
+        """Fail the write, as any other failed write: rich's own would make this console
+        quiet for good, point stdout at the null device and exit 1, so a process running
+        commands one after another lost every later error line and all its output."""
+        del self._buffer[:]
+        gone = _ErrorsUnread if self.stderr else BrokenPipeError
+        raise gone(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def print(self, *objects: Any, **options: Any) -> None:  # type: ignore[override]
         super().print(*(_shown(o) for o in objects), **options)
@@ -224,9 +237,6 @@ class _ShownConsole(Console):
 class _Console(_ShownConsole):
     """The standard output's console, whose closed pipe ends the command as
     :class:`_Commands` ends it (exit 141), not with rich's own exit code 1."""
-
-    def on_broken_pipe(self) -> None:
-        raise BrokenPipeError
 
 
 _STDOUT: Any = _StdoutInPieces()

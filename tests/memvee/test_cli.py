@@ -355,6 +355,32 @@ def test_a_command_after_one_whose_error_line_could_not_be_written_prints_only_i
     assert run("log", "ann", "--db", missing, code=2).output == clean
 
 
+class _UnreadStream(io.StringIO):
+    """A pipe whose reader went away: every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+def test_a_command_after_one_whose_error_line_met_a_closed_pipe_prints_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rich's answer to a broken pipe made the error console quiet for good (and pointed
+    stdout at the null device), so in a process running commands one after another every
+    later error line was lost; the command whose line could not be written fails as on a
+    full disk."""
+    missing = str(tmp_path / "missing.db")
+    clean = run("log", "ann", "--db", missing, code=2).output
+    monkeypatch.setattr(memvee.cli.errors, "quiet", False)  # restored if it is made quiet
+    with monkeypatch.context() as unread:
+        unread.setattr(sys, "stderr", _UnreadStream())
+        unread.setattr(sys, "stdout", io.StringIO())  # has no descriptor to point elsewhere
+        with pytest.raises(SystemExit) as ended:
+            app(["log", "ann", "--db", missing])
+    assert ended.value.code == 2
+    assert run("log", "ann", "--db", missing, code=2).output == clean
+
+
 def test_a_terminal_that_cannot_print_a_user_id_gets_it_escaped_not_a_traceback(
     tmp_path: Path,
 ) -> None:
