@@ -424,9 +424,11 @@ class _ExactTool(Tool):
         except ToolError as error:
             # The SDK puts "Error executing tool <name>: " before a tool's own error; it
             # is answered as the tool said it, its code word first.
-            if isinstance(error.__cause__, ToolError) and not isinstance(
-                error, UnexpectedToolError
-            ):
+            if isinstance(error, UnexpectedToolError):
+                # A crash after the tool returned (the SDK failing to convert its result)
+                cause = error.__cause__ or error
+                raise _crashed(self.name, cause, _request_ids([context])) from cause
+            if isinstance(error.__cause__, ToolError):
                 raise ToolError(str(error.__cause__)) from error.__cause__
             raise
 
@@ -513,18 +515,22 @@ def _with_tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]
             raise ToolError(f"{code}: {caller_message(error)}") from error
         except (ToolError, MCPError):
             raise
-        except Exception as error:
-            # A bug: its text may hold anything (a database address, a message), so it
-            # stays in the log, and the caller is told the request id to find it by.
-            ids = _request_ids([*args, *kwargs.values()])
-            log.exception("tool %s: internal_error: %r", fn.__name__, error, extra=ids)
-            request = ids.get("request_id") or ids.get("rpc_id")
-            raise ToolError(
-                f"internal_error: the tool {fn.__name__} failed unexpectedly; the server's "
-                f"log says why (request {request})"
-            ) from error
+        except Exception as error:  # a bug
+            raise _crashed(fn.__name__, error, _request_ids([*args, *kwargs.values()])) from error
 
     return tool
+
+
+def _crashed(tool: str, error: BaseException, ids: dict[str, object]) -> ToolError:
+    """The tool error a crash of ``tool`` is answered with, once logged: its text may hold
+    anything (a database address, a message), so it stays in the log, and the caller is
+    told the request id to find it by."""
+    log.error("tool %s: internal_error: %r", tool, error, exc_info=error, extra=ids)
+    request = ids.get("request_id") or ids.get("rpc_id")
+    return ToolError(
+        f"internal_error: the tool {tool} failed unexpectedly; the server's log says why "
+        f"(request {request})"
+    )
 
 
 def _until_cut(

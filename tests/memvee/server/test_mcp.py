@@ -14,12 +14,14 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 import httpx
 import pytest
 from mcp import Client, MCPError
 from mcp.types import INVALID_PARAMS
+from pydantic_core import PydanticSerializationError
 
 from memvee import Memory, Message
 from memvee._server import request_ids
@@ -896,12 +898,16 @@ async def test_every_tool_error_begins_with_its_code_word(
     memory: Memory, db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A program can act on a tool error's first word, whether the arguments were refused,
-    the memory refused the call, the tool crashed or there is no such tool (the SDK began
-    these 'Error executing tool remember' and 'Unknown tool: rememberr'). A crash's own
-    words may hold anything, so they go to the log, and the caller gets the request id."""
+    the memory refused the call, the tool crashed, the SDK did converting what it returned
+    or there is no such tool (the SDK began these 'Error executing tool remember' and
+    'Unknown tool: rememberr'). A crash's own words may hold anything, so they go to the
+    log, and the caller gets the request id."""
 
     async def crash(*args: object, **kwargs: object) -> Message:
         raise RuntimeError("postgresql://memvee:s3cret@db/memvee is gone")
+
+    async def unsendable(*args: object, **kwargs: object) -> SimpleNamespace:
+        return SimpleNamespace(message_id="\ud800")  # the SDK cannot encode what it returns
 
     with Audit(db_url=db_url) as audit:
         async with Client(build_mcp(memory, audit)) as client:
@@ -912,6 +918,8 @@ async def test_every_tool_error_begins_with_its_code_word(
             no_such_tool = await failure(session, "rememberr", user_id="ann", user_message="hi")
             monkeypatch.setattr(memory, "add_message", crash)
             crashed = await failure(session, "remember", user_id="ann", user_message="hi")
+            monkeypatch.setattr(memory, "add_message", unsendable)
+            unconverted = await failure(session, "remember", user_id="ann", user_message="hi")
 
     assert mistyped.startswith("invalid_input: limit")
     assert refused.startswith("invalid_input: user message content contains a NUL")
@@ -923,5 +931,10 @@ async def test_every_tool_error_begins_with_its_code_word(
     assert crashed.startswith("internal_error: the tool remember failed unexpectedly")
     assert "s3cret" not in crashed
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [r.exc_info[0] for r in logged if r.exc_info] == [RuntimeError]
+    assert [r.exc_info[0] for r in logged if r.exc_info] == [
+        RuntimeError,
+        PydanticSerializationError,
+    ]
     assert f"(request {logged[0].__dict__['rpc_id']})" in crashed
+    assert unconverted.startswith("internal_error: the tool remember failed unexpectedly")
+    assert f"(request {logged[1].__dict__['rpc_id']})" in unconverted
