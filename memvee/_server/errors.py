@@ -167,22 +167,25 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
 
     async def on_validation(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
+        found = error.errors()
+        if any(p.get("loc") == ("body",) and _unread(p.get("input")) for p in found):
+            # RFC 9110, 15.5.16: the body itself was never looked at, so its type is the
+            # one mistake told, before any other the request may hold.
+            sent_as = request.headers.get("content-type")
+            return _body(
+                request,
+                415,
+                "unsupported_media_type",
+                "body: not read, as it is not typed as JSON: send it with Content-Type: "
+                f"application/json (it came with {_named(sent_as)})",
+            )
         problems = []
-        for problem in error.errors():
+        for problem in found:
             if problem.get("type") == "json_invalid":  # its place is a character offset
                 at = problem.get("loc", ("body", "?"))[-1]
                 why = problem.get("ctx", {}).get("error", "JSON decode error")
                 problems.append(f"body: not valid JSON: {why} at character {at}")
                 continue
-            if problem.get("loc") == ("body",) and _unread(problem.get("input")):
-                sent_as = request.headers.get("content-type")
-                return _body(  # RFC 9110, 15.5.16; the body itself was never looked at
-                    request,
-                    415,
-                    "unsupported_media_type",
-                    "body: not read, as it is not typed as JSON: send it with Content-Type: "
-                    f"application/json (it came with {_named(sent_as)})",
-                )
             problems.append(described(problem, "body"))
         return _body(request, 422, "invalid_input", "; ".join(problems))
 

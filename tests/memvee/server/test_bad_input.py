@@ -93,6 +93,25 @@ def test_a_json_body_not_typed_as_json_is_415_saying_so_not_that_it_is_no_object
     assert message_count(http, user) == 2
 
 
+def test_a_body_typed_as_some_json_is_read_and_an_empty_one_of_another_type_is_422(
+    http: httpx.Client, user: str
+) -> None:
+    """What the README says a 415 is: a body typed ``application/...+json`` is JSON and
+    read, and an empty body of any type is no body, whose fields are required."""
+    body = b'{"role": "user", "content": "hi"}'
+    typed = {"content-type": "application/vnd.x+json"}
+
+    taken = http.post(f"/v1/users/{user}/messages", content=body, headers=typed)
+    empty = http.post(
+        f"/v1/users/{user}/messages", content=b"", headers={"content-type": "text/plain"}
+    )
+
+    assert taken.status_code == 201, taken.text
+    assert (empty.status_code, empty.json()["error"]) == (422, "invalid_input")
+    assert "Field required" in empty.json()["message"]
+    assert message_count(http, user) == 3
+
+
 @pytest.mark.parametrize("when", [-99999999999, 1740830400, 1740830400.5, "1740830400", "1e9"])
 def test_a_time_given_as_a_number_is_422_as_seconds_and_milliseconds_cannot_be_told_apart(
     http: httpx.Client, user: str, when: object
