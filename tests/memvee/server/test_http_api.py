@@ -16,6 +16,7 @@ from events import ROLES, EventStore
 from memvee import Memory
 from memvee._server.http_api import LISTED_PER_WRITE
 from projections import ProjectionTables, Projector
+from tests.support.raw_http import head_body
 from tests.support.server_process import ServerProcess, wait_until
 
 SAID = "I live in Lisbon and my dog is called Rex."
@@ -410,7 +411,8 @@ def test_head_answers_as_get_would_without_the_body(http: httpx.Client, user: st
     for path in (*paths, f"/v1/users/{streamed}/messages"):
         got, head = http.get(path), http.head(path)
 
-        assert (head.status_code, head.content) == (200, b""), path
+        assert head.status_code == 200, path
+        assert head_body(str(http.base_url), path) == b"", path  # httpx reads none after HEAD
         assert head.headers["content-type"] == got.headers["content-type"], path
         assert head.headers.get("content-length") == got.headers.get("content-length"), path
     assert "content-length" not in got.headers  # the streamed listing's
