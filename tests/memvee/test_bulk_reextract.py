@@ -2037,73 +2037,52 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
 
 
 @pytest.mark.parametrize(
-    "busy",
+    ("answer", "busy"),
     [
-        ScriptedResponse(429, error_body("rate_limit_error", "slow down")),
-        ScriptedResponse(503, error_body("api_error", "busy"), headers={"retry-after": "1"}),
+        (ScriptedResponse(429, error_body("rate_limit_error", "slow down")), True),
+        (
+            ScriptedResponse(503, error_body("api_error", "busy"), headers={"retry-after": "1"}),
+            True,
+        ),
+        (ScriptedResponse(400, error_body("invalid_request_error", "bad")), False),
     ],
-    ids=["rate limited", "asked to wait"],
+    ids=["rate limited", "asked to wait", "failing of its own"],
 )
-async def test_a_busy_harmless_request_after_a_lone_failure_ends_the_runs_fallback(
-    tmp_path: Path, server: MessagesAPIServer, busy: ScriptedResponse
+async def test_a_harmless_request_after_a_lone_failure_ends_the_runs_fallback_when_the_api_is_busy(
+    tmp_path: Path, server: MessagesAPIServer, answer: ScriptedResponse, busy: bool
 ) -> None:
     """Users with one message each, their Message Batches failing whole twice: the first
     user's lone message fails once through the Messages API, and the harmless request sent
-    after it is rate limited (429) or asked to wait. That is no outage, but the API is
-    busy: the fallback ends for the run there (one failed call and the harmless request,
-    not two failed full-price calls for every user), and the users not reached keep their
-    Message Batches, so the next run, the API answering, extracts every user's message."""
+    after it fails. Rate limited (429) or asked to wait, the API is busy: the fallback ends
+    for the run there (one failed call and the harmless request, not two failed full-price
+    calls for every user), the users not reached keep their Message Batches, and the next
+    run, the API answering, extracts every user's message. Failing in a way that would
+    repeat (a 400), it tells only of itself, and every user's fallback goes (one user's
+    lone failing message used to hold back every user after them, run after run)."""
     users = [f"u{i}" for i in range(3)]
-    db = sqlite_url(tmp_path / "limited.db")
+    db = sqlite_url(tmp_path / "busy.db")
     async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
         for user in users:
             await memory.add_message(user, "user", f"{user} likes tea")
             await memory.flush(user)
 
-    def limited(request: RecordedRequest) -> ScriptedResponse:
+    def failing(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
-            return busy
+            return answer
         return ScriptedResponse(500, error_body("api_error", "boom"))
 
-    server.set_responder(limited)
+    server.set_responder(failing)
+    reached = users[:1] if busy else users
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
         report = await _run(audit, users=users)
-        assert report.direct == {"u0": 1}
+        assert report.direct == dict.fromkeys(reached, 1)
         sent = [[m["content"] for m in r.messages] for r in server.requests]
-        assert sent == [["u0 likes tea"], ["Hello."]], sent
+        assert sent == [c for u in reached for c in ([f"{u} likes tea"], ["Hello."])], sent
         server.set_responder(default_answer)
         await _run(audit, users=users)
         for user in users:
             assert audit.knowledge_versions(user)["v2"] == 1, user
-
-
-async def test_a_harmless_request_failing_of_its_own_after_a_lone_failure_holds_back_no_other_user(
-    tmp_path: Path, server: MessagesAPIServer
-) -> None:
-    """As above, but the harmless request fails in a way that would repeat (a 400): that
-    tells only of the request itself, neither an outage nor a busy API, so every user's
-    fallback goes (one user's lone failing message used to hold back every user after it,
-    run after run)."""
-    users = [f"u{i}" for i in range(3)]
-    db = sqlite_url(tmp_path / "invalid.db")
-    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
-            await memory.flush(user)
-
-    def invalid(request: RecordedRequest) -> ScriptedResponse:
-        if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
-            return ScriptedResponse(400, error_body("invalid_request_error", "bad"))
-        return ScriptedResponse(500, error_body("api_error", "boom"))
-
-    server.set_responder(invalid)
-    with Audit(db_url=db) as audit:
-        await _run(audit, users=users)
-        report = await _run(audit, users=users)
-    assert report.direct == dict.fromkeys(users, 1)
-    sent = [[m["content"] for m in r.messages] for r in server.requests]
-    assert sent == [call for user in users for call in ([f"{user} likes tea"], ["Hello."])], sent
 
 
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
