@@ -43,6 +43,13 @@ MARK = "MARKED"
 EXCHANGES = 6
 MAX_RUNS = 8
 """Runs (``process`` calls) within which every message must be covered or quarantined."""
+EVIDENCE_ALONE: dict[str, Any] = {
+    "breaker_failures": 100,
+    "retry_delay": 0.01,
+    "retry_delay_max": 0.05,
+}
+"""Memory settings that keep the breaker closed (as while other users' calls pass) and the
+retries quick, so that a message's evidence alone decides whether it is blamed."""
 
 
 def _error(status: int, kind: str, **headers: str) -> Callable[[RecordedRequest], ScriptedResponse]:
@@ -936,9 +943,7 @@ async def test_a_gateway_failing_every_large_request_gets_no_healthy_long_messag
             server,
             monkeypatch,
             tmp_path / "large.db",
-            breaker_failures=100,
-            retry_delay=0.01,
-            retry_delay_max=0.05,
+            **EVIDENCE_ALONE,
         ) as memory:
             for i in range(2):
                 await memory.add_message("ann", "user", f"My story, part {i}: " + "word " * 400)
@@ -1104,9 +1109,7 @@ async def test_a_batch_the_workers_keep_judging_down_is_split_all_the_same(
             server,
             monkeypatch,
             tmp_path / "misjudged.db",
-            breaker_failures=100,
-            retry_delay=0.01,
-            retry_delay_max=0.05,
+            **EVIDENCE_ALONE,
         ) as memory:
             for i in range(8):
                 said = f"{MARK} I collect stamps" if i == 3 else f"I like thing {i}."
