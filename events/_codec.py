@@ -80,29 +80,9 @@ class Decoder:
         self, originator_id: UUID, version: int, topic: str, state: bytes
     ) -> DomainEventProtocol[Any]:
         """The domain event of one stored row; :class:`UnreadableEventError` if it cannot be read
-        (damaged), :class:`NewerEventError` if its type is one this version does not know.
-
-        Made here, not in a further call: a rebuild decodes every event of the log."""
+        (damaged), :class:`NewerEventError` if its type is one this version does not know."""
         try:
-            found = self._classes.get((topic, type(originator_id)), _UNSEEN)
-            if found is _UNSEEN:
-                found = self._event_class(topic, type(originator_id))
-            if found is not None:
-                event_state = self._parse(state)
-                if event_state is not None:
-                    cls, convert, times, known, most = found
-                    if len(event_state) > most and not known.issuperset(event_state):
-                        drop_unknown(cls, known, event_state)
-                    restore_times(times, event_state)
-                    event_state["originator_id"] = (
-                        originator_id if convert is None else convert(originator_id)
-                    )
-                    event_state["originator_version"] = version
-                    event: DomainEventProtocol[Any] = object.__new__(cls)
-                    object.__setattr__(event, "__dict__", event_state)
-                    return event
-            stored = StoredEvent(originator_id, version, topic, state)
-            return self._mapper.to_domain_event(stored)
+            return self._decoded(originator_id, version, topic, state)
         except Exception as error:
             if not known_topic(topic):
                 raise NewerEventError(originator_id, version, topic) from error
@@ -120,6 +100,29 @@ class Decoder:
                 return from_micros(micros)
         event: Any = self(originator_id, version, topic, state)
         return cast(datetime, event.timestamp)
+
+    def _decoded(
+        self, originator_id: UUID, version: int, topic: str, state: bytes
+    ) -> DomainEventProtocol[Any]:
+        found = self._classes.get((topic, type(originator_id)), _UNSEEN)
+        if found is _UNSEEN:
+            found = self._event_class(topic, type(originator_id))
+        if found is not None:
+            event_state = self._parse(state)
+            if event_state is not None:
+                cls, convert, times, known, most = found
+                if len(event_state) > most and not known.issuperset(event_state):
+                    drop_unknown(cls, known, event_state)
+                restore_times(times, event_state)
+                event_state["originator_id"] = (
+                    originator_id if convert is None else convert(originator_id)
+                )
+                event_state["originator_version"] = version
+                event: DomainEventProtocol[Any] = object.__new__(cls)
+                object.__setattr__(event, "__dict__", event_state)
+                return event
+        stored = StoredEvent(originator_id, version, topic, state)
+        return self._mapper.to_domain_event(stored)
 
     def _event_class(self, topic: str, id_type: type) -> _EventClass | None:
         """The class of ``topic`` and its id convertor, or ``None`` to leave it to the mapper."""
