@@ -27,10 +27,12 @@ typecheck: install
 	$(BIN)/mypy
 
 # One pytest worker per core, at most four (each opens its own PostgreSQL database and
-# the server allows 200 connections in all).
+# the server allows 200 connections in all). The slowest tests are listed at the end, to
+# keep the whole run within its 15-minute budget.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 unit: install
-	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal \
+	  --durations=25 --durations-min=5
 
 test: lint typecheck unit
 
