@@ -7,6 +7,7 @@ install) without the ``server`` extra; the server's libraries load when a comman
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import socket
@@ -179,6 +180,7 @@ def serve(
         from memvee._server.auth import TokenBook, is_loopback
         from memvee._server.logs import configure_logging
 
+        host = _bare_host(host)
         if user is not None:
             _check_user(user)
         try:
@@ -292,6 +294,19 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
+
+
+def _bare_host(host: str) -> str:
+    """``host`` as the socket and the loopback checks take it: an IPv6 address may be
+    written in brackets, as in a URL (``[::1]``), and is then unwrapped."""
+    if not host.startswith("["):
+        return host
+    inside = host[1:-1] if host.endswith("]") else ""
+    try:
+        ipaddress.IPv6Address(inside)
+    except ValueError:
+        _fail(f"--host {host}: only an IPv6 address goes in brackets, as in [::1]")
+    return inside
 
 
 def _check_user(user: str) -> None:

@@ -13,12 +13,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from memvee import Memory, _console
 from memvee._server.commands import StopSignals, _listen
 from memvee.extractors import OfflineExtractor
-from tests.support.server_process import ROOT, server_env
+from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
 
 _HELD_OPEN = """
 import asyncio, os, sys
@@ -126,3 +127,48 @@ def test_a_sigterm_while_the_command_line_loaded_is_taken_as_a_stop(
     with StopSignals() as stops:
         assert stops.requested
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_ipv6_loopback_bare_or_in_brackets_is_served_without_tokens_as_127_0_0_1_is(
+    tmp_path: Path, host: str
+) -> None:
+    args = ["--db", str(tmp_path / "memvee.db"), "--no-auto-process", "--lexical"]
+    with ServerProcess(tmp_path / "server.log", [*args, "--host", host]) as server:
+        listening = next(r for r in server.records() if r.get("event") == "listening")
+        with httpx.Client(base_url=f"http://[::1]:{server.port}", timeout=30) as http:
+            exchange = {"user_message": "I live in Oslo.", "assistant_message": "ok"}
+            written = http.post("/v1/users/ipv6/exchanges", json=exchange)
+
+    assert listening["host"] == "::1"
+    assert written.status_code == 201
+
+
+@pytest.mark.parametrize("host", ["[localhost]", "[127.0.0.1]", "[::1", "[]"])
+def test_a_host_in_brackets_that_is_no_ipv6_address_is_one_error_line_and_exit_2(
+    tmp_path: Path, host: str
+) -> None:
+    database = str(tmp_path / "memvee.db")
+    done = subprocess.run(
+        [str(MEMVEE), "serve", "--db", database, "--port", "0", "--host", host],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env(),
+    )
+
+    assert done.returncode == 2
+    assert (
+        done.stderr == f"error: --host {host}: only an IPv6 address goes in brackets, as in [::1]\n"
+    )
+    assert not (tmp_path / "memvee.db").exists()
