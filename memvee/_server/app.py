@@ -91,6 +91,9 @@ def create_app(
         "back, each entry traceable to its messages. MCP is served at /mcp.",
         lifespan=lifespan,
         redoc_url=None,
+        # Starlette's slash redirect would answer /v1/users (a prefix of the user routes)
+        # with a 307 to /v1/users/, not the JSON error every other unknown path gets.
+        redirect_slashes=False,
     )
 
     @api.get("/healthz", tags=["probes"], responses=error_responses(routes=ANY_ROUTE_ERRORS))

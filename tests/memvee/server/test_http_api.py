@@ -279,6 +279,27 @@ async def test_a_user_a_rebuild_has_not_refolded_yet_is_known_and_forgotten_over
         store.close()
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/users", "/healthz/", "/mcp/"])
+def test_a_prefix_of_a_route_or_a_route_with_a_slash_added_is_404_never_a_redirect(
+    http: httpx.Client, method: str, path: str
+) -> None:
+    """Starlette's slash redirect answered /v1/users with a 307 to /v1/users/ (a
+    user path with an empty id): a client expects the JSON error of any unknown path."""
+    answer = http.request(method, path)
+
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    assert answer.json()["error"] == "not_found"
+
+
+def test_a_user_path_with_no_user_id_is_refused_as_an_empty_user_id(http: httpx.Client) -> None:
+    answer = http.get("/v1/users/")
+
+    assert answer.status_code == 422
+    assert answer.json()["message"].startswith("user_id must not be empty")
+
+
 def test_retrieve_for_an_unknown_user_is_404(http: httpx.Client, user: str) -> None:
     answer = http.post(f"/v1/users/{user}/retrieve", json={"query": "anything"})
 
