@@ -114,7 +114,9 @@ def create_app(
     api.router.routes.extend(mcp_app.routes)
     install_error_handlers(api, routes=[*api.router.routes, *router.routes])
     routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
-    guarded = BodyLimit(BearerAuth(routed, tokens or TokenBook()), max_body_bytes)
+    guarded = BodyLimit(
+        BearerAuth(routed, tokens or TokenBook()), max_body_bytes, jsonrpc_path="/mcp"
+    )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     return AccessLog(RefusedWhileDraining(answered, drain or Drain()))
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+from mcp.types import INVALID_REQUEST
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from memvee._server.errors import error_response
@@ -24,7 +28,9 @@ still sending when the server closes gets a reset instead of the answer."""
 
 
 class BodyLimit:
-    """ASGI middleware: answers 413 to a body over ``max_bytes``.
+    """ASGI middleware: answers 413 to a body over ``max_bytes``; on ``jsonrpc_path``
+    (MCP's) in the JSON-RPC error shape the MCP transport answers its own errors in, as
+    a client there reads no other.
 
     A declared ``Content-Length`` over the limit is refused before the app runs; a body
     without one is counted as it streams in, and the app is stopped when it passes. The
@@ -32,9 +38,10 @@ class BodyLimit:
     client reads the 413 rather than a connection reset.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, *, jsonrpc_path: str | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.jsonrpc_path = jsonrpc_path
 
     def _over(self, length: bytes) -> bool:
         """Whether a Content-Length says more than the limit; its digits are compared by
@@ -84,12 +91,11 @@ class BodyLimit:
     ) -> None:
         if drain:
             await self._drain(receive)
-        answer = error_response(
-            scope,
-            413,
-            "payload_too_large",
-            f"the request body is over the limit of {self.max_bytes} bytes",
-            {"connection": "close"},
+        told = f"the request body is over the limit of {self.max_bytes} bytes"
+        answer = (
+            _jsonrpc_refusal(told)
+            if scope["path"] == self.jsonrpc_path
+            else error_response(scope, 413, "payload_too_large", told, {"connection": "close"})
         )
         await answer(scope, receive, send)
 
@@ -103,3 +109,12 @@ class BodyLimit:
             budget -= len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
+
+
+def _jsonrpc_refusal(told: str) -> Response:
+    """The 413 of MCP's path as the SDK's streamable HTTP transport answers its own
+    errors: a JSON-RPC invalid request with a null id (no id of an unread body is known)."""
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": told}}
+    return Response(
+        json.dumps(error), 413, media_type="application/json", headers={"connection": "close"}
+    )

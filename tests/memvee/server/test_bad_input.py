@@ -277,6 +277,32 @@ def test_a_body_over_the_limit_is_413_and_writes_nothing(http: httpx.Client, use
     assert message_count(http, user) == 2
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["with its length", "streamed"])
+def test_a_body_over_the_limit_on_mcp_is_413_in_the_json_rpc_shape_an_mcp_client_reads(
+    http: httpx.Client, streamed: bool
+) -> None:
+    """As the SDK's streamable HTTP transport answers its own errors: a JSON-RPC invalid
+    request with a null id, not the HTTP API's error shape."""
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {"x": "x" * LIMIT}}
+    body = json.dumps(call).encode()
+    headers = {"content-type": "application/json", "accept": "application/json"}
+
+    content = iter([body[:100], body[100:]]) if streamed else body
+    answer = http.post("/mcp", content=content, headers=headers)
+
+    assert ("content-length" in answer.request.headers) is not streamed
+    assert answer.status_code == 413
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32600,
+            "message": f"the request body is over the limit of {LIMIT} bytes",
+        },
+    }
+
+
 def test_a_header_of_thousands_of_digits_is_only_a_header(http: httpx.Client, user: str) -> None:
     digits = {"X-Trace": "9" * 5000}  # more than Python converts to an int
     body = json.dumps({"role": "user", "content": "I live in Oslo."}).encode()
