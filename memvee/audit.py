@@ -1327,6 +1327,11 @@ class Audit:
         not record into, before any request is sent: a new name must be one
         :func:`check_new_knowledge_version` takes; one an older memvee let in goes on only
         for users whose logs hold it already."""
+        if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
+            # One id would be taken as its characters, each a user.
+            raise InvalidInputError(
+                f"user_ids must be a list of strings, not {type(user_ids).__name__}"
+            )
         for user_id in user_ids:
             check_user_id(user_id)
         check_knowledge_version(version)

@@ -40,7 +40,7 @@ from memvee import (
 from memvee._held_run import HeldRun
 from memvee.audit import Audit
 from memvee.cli import app
-from memvee.extractors import OfflineExtractor
+from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from projections import ProjectionTables, Projector, rebuild, verify
 from tests.support.embedders import ConceptEmbedder
 from tests.support.extractors import RecordingExtractor, quarantine_stamps
@@ -215,6 +215,8 @@ BAD_AUDIT_CALLS = [
     ("text version", lambda a: list(a.log("ann", to_version="5")), "to_version must be an int"),
     ("page of 0", lambda a: list(a.log("ann", page_size=0)), "page_size must be 1 or more"),
     ("a type for types", lambda a: list(a.log("ann", types=5)), "types must be a list"),
+    ("one type for types", lambda a: list(a.log("ann", types="MessageAdded")), "not str"),
+    ("one user for user ids", lambda a: a.check_version_name("ann", "v2"), "user_ids must be a"),
     ("bool version", lambda a: a.state("ann", version=True), "version must be an int, not bool"),
     ("no entry id", lambda a: a.explain("ann", None), "entry_id must be a str, not NoneType"),
     ("surrogate entry id", lambda a: a.explain("ann", "\ud800"), "entry_id contains a lone"),
@@ -244,6 +246,20 @@ async def test_bad_input_to_the_audit_is_an_invalid_input_error_and_changes_noth
         before = audit.stats(), list(audit.log("ann"))
         with pytest.raises(InvalidInputError, match=message):
             call(audit)
+        assert (audit.stats(), list(audit.log("ann"))) == before
+
+
+async def test_one_user_id_given_for_the_users_of_a_bulk_run_is_refused_not_read_as_letters(
+    make_memory: Any, db_url: str
+) -> None:
+    """ "ann" would be the users "a" and "n": refused before any request is sent."""
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I live in Oslo", "ok")
+    await memory.close()
+    with Audit(db_url=db_url) as audit:
+        before = audit.stats(), list(audit.log("ann"))
+        with pytest.raises(InvalidInputError, match="user_ids must be a list of strings, not str"):
+            await audit.reextract_in_bulk("ann", ClaudeExtractor(max_retries=0), "v2")
         assert (audit.stats(), list(audit.log("ann"))) == before
 
 
