@@ -41,6 +41,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.util import asbool
 
 from events._codec import Decoder, Encoder, Stored
 from events._readers import ThreadReaders
@@ -389,7 +390,49 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
             "postgresql:// URL"
         )
     _check_not_in_memory(parsed)
+    _check_sqlite_parameters(parsed, name)
     return url if driver is None else parsed.render_as_string(hide_password=False)
+
+
+_PYSQLITE_PARAMETERS = frozenset(
+    {"uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+"""The query parameters of a SQLite URL SQLAlchemy hands to Python's ``sqlite3``."""
+
+_SQLITE_URI_PARAMETERS = frozenset(
+    {"vfs", "mode", "cache", "psow", "nolock", "immutable", "modeof"}
+)
+"""Those SQLite itself reads from a URI filename, which SQLAlchemy passes on only with
+``uri=true``."""
+
+
+def _check_sqlite_parameters(parsed: URL, name: str) -> None:
+    """Refuse a query parameter of a SQLite URL that nothing reads: SQLAlchemy drops
+    it without a word, so a misspelt ``timout`` or a ``mode=ro`` without ``uri=true``
+    (a file opened for writing after all) would go unnoticed."""
+    if parsed.get_backend_name() != "sqlite":
+        return
+    uri = parsed.query.get("uri", "false")
+    try:
+        as_uri = asbool(uri if isinstance(uri, str) else uri[-1])
+    except ValueError:
+        raise InvalidInputError(
+            f"{name}: the SQLite URL parameter 'uri' takes true or false"
+        ) from None
+    known = _PYSQLITE_PARAMETERS | (_SQLITE_URI_PARAMETERS if as_uri else frozenset())
+    for parameter in parsed.query:
+        if parameter in known:
+            continue
+        if parameter in _SQLITE_URI_PARAMETERS:
+            raise InvalidInputError(
+                f"{name}: the SQLite URL parameter {parameter!r} is read only with uri=true "
+                "and a file: name (sqlite:///file:PATH?...&uri=true)"
+            )
+        raise InvalidInputError(
+            f"{name}: unknown SQLite URL parameter {parameter!r}; SQLite URLs take "
+            f"{', '.join(sorted(_PYSQLITE_PARAMETERS))}, and with uri=true "
+            f"{', '.join(sorted(_SQLITE_URI_PARAMETERS))}"
+        )
 
 
 def _at_after_password(url: str | URL) -> bool:

@@ -70,6 +70,40 @@ def test_text_that_is_no_database_url_is_refused_without_repeating_it(
 
 
 @pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("bogus=1", "unknown SQLite URL parameter 'bogus'"),
+        ("timeout=5&timout=5", "unknown SQLite URL parameter 'timout'"),
+        ("mode=ro", "the SQLite URL parameter 'mode' is read only with uri=true"),
+        ("uri=maybe&mode=ro", "the SQLite URL parameter 'uri' takes true or false"),
+    ],
+)
+def test_a_sqlite_url_parameter_nothing_reads_is_refused_naming_it_before_anything_opens(
+    tmp_path: Path, query: str, says: str
+) -> None:
+    """SQLAlchemy dropped it without a word: a misspelt option, or a mode=ro that opened
+    the file for writing after all."""
+    url = f"sqlite:///{tmp_path / 'x.db'}?{query}"
+    for refuse in (
+        lambda u: driver_url(u, name="db_url"),
+        EventStore,
+        lambda u: MemoryConfig(db_url=u),
+    ):
+        with pytest.raises(InvalidInputError, match=says):
+            refuse(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["timeout=5", "check_same_thread=false&cached_statements=10", "mode=ro&uri=true"],
+)
+def test_the_sqlite_url_parameters_sqlalchemy_or_sqlite_read_are_taken(query: str) -> None:
+    url = f"sqlite:///file:/data/x.db?{query}"
+    assert driver_url(url) == url
+
+
+@pytest.mark.parametrize(
     "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:mem?mode=memory&uri=true"]
 )
 def test_an_in_memory_sqlite_database_is_refused_before_anything_opens(url: str) -> None:

@@ -433,6 +433,20 @@ def test_an_sqlite_uri_filename_reads_the_file_it_names(db: str, tmp_path: Path)
     assert not (tmp_path / "nope.db").exists()
 
 
+@pytest.mark.parametrize("command", [["users"], ["import", "lines.jsonl"]])
+def test_a_sqlite_url_with_a_parameter_nothing_reads_is_one_error_line_and_makes_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lines.jsonl").write_text("")
+    url = f"sqlite:///{tmp_path / 'x.db'}?bogus=1"
+
+    line = one_error_line(run(*command, "--db-url", url, code=2))
+
+    assert "--db-url: unknown SQLite URL parameter 'bogus'" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.jsonl"]
+
+
 @pytest.mark.parametrize("command", [["users"], ["import", "lines.jsonl"], ["rebuild"]])
 def test_a_database_url_given_as_db_is_refused_and_makes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
