@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from inspect import isawaitable
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
@@ -58,6 +59,7 @@ from events import (
     UserLog,
     bounded,
     check_count,
+    check_db_path,
     check_extractor,
     check_flag,
     check_key,
@@ -445,6 +447,11 @@ class Audit:
     def __init__(
         self, db_path: str = "memvee.db", db_url: str | None = None, *, create: bool = True
     ) -> None:
+        if db_url is None and not create:
+            check_db_path(db_path, name="db_path", url_name="db_url")
+            # Before sqlite_url, which makes the file's folder.
+            if not Path(db_path).expanduser().is_file():
+                raise NotFoundError(f"no memvee database at {db_path} (check db_path)")
         url = db_url if db_url is not None else sqlite_url(db_path)  # "" is no URL: refused
         self.store = EventStore(url, create=create)
         tables = ProjectionTables()

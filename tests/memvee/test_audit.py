@@ -282,6 +282,18 @@ def test_an_audit_of_a_database_not_made_yet_makes_it_empty(tmp_path: Path) -> N
             list(audit.log("ann"))
 
 
+@pytest.mark.parametrize("path", ["missing.db", "no-folder/missing.db"])
+def test_an_audit_without_create_of_a_missing_file_is_not_found_and_makes_neither_file_nor_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """As the CLI's reading commands refuse a missing --db: a mistyped path is an error,
+    not an empty database, nor the folder it would be in."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NotFoundError, match=f"^no memvee database at {path} \\(check db_path\\)$"):
+        Audit(db_path=path, create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_state_at_a_time_replays_up_to_that_time(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> None:
