@@ -219,15 +219,23 @@ class _Planned:
     """The most Message Batches in a row that failed whole with server errors with one of
     these messages in them before this one (kept as :data:`_FAILING`): a message new since
     does not reset its companions' count."""
+    tried: str | None = None
+    """When the Messages API fallback last sent this user's messages (kept as
+    :data:`_DIRECT_TRIED`), ``None`` if never: the fallback reaches users least lately
+    tried first."""
 
     def to_json(self) -> dict[str, Any]:
-        kept = {
+        kept: dict[str, Any] = {
             "user": self.user_id,
             "messages": self.message_ids,
             "known": self.known,
             "at": self.planned_at,
         }
-        return {**kept, _FAILING: self.failing} if self.failing else kept
+        if self.failing:
+            kept[_FAILING] = self.failing
+        if self.tried is not None:
+            kept[_DIRECT_TRIED] = self.tried
+        return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +285,11 @@ class BulkReextraction:
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the API is down or refuses the key: no more direct calls
         self.direct_answered = False  # the Messages API answered a call of this run's
+        self.direct_tried: set[str] = set()  # users whose messages this run sent so
         # failing counts of messages to plan again, each with the log version planned at
         self.failing: dict[str, dict[str, list[tuple[int, int | None]]]] = {}
         self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
+        self.last_tried: dict[str, str] = {}  # when a fallback last sent each user's messages
         self.owner = str(uuid4())
         self.process = _this_process()  # named by its claims, to tell when it ended
         self.claims: list[str] = []
@@ -392,7 +402,9 @@ class BulkReextraction:
         messages planned again only (:attr:`dropped`): no run naming them may come. A
         message the user's log left out of the version is not planned (it would fail
         again, billed, and hold the user's version back for good): it is reported left out
-        again, with the error that left it out, as a run without Message Batches reports it."""
+        again, with the error that left it out, as a run without Message Batches reports it.
+        The users the Messages API fallback tried least lately (never, first) are planned
+        first, so a fallback that ends early at its first user reaches another each run."""
         planned: list[_Planned] = []
         others = [user_id for user_id in self.dropped if user_id not in user_ids]
         for user_id in [*user_ids, *others]:
@@ -435,8 +447,9 @@ class BulkReextraction:
                 known = [k.entry_id for k in shown]
                 ids = [m.message_id for m in batch]
                 count = max(failing.get(m, 0) for m in ids)
-                planned.append(_Planned(user_id, ids, known, user_log.version, count))
-        return planned
+                tried = self.last_tried.get(user_id)
+                planned.append(_Planned(user_id, ids, known, user_log.version, count, tried))
+        return sorted(planned, key=lambda p: _last_tried(p.tried))
 
     def _take_failed_whole(self, connection: Connection, user_id: str) -> None:
         """Take ``user_id``'s requests out of the kept rows whose Message Batch failed whole
@@ -473,6 +486,9 @@ class BulkReextraction:
                 count = (int(request[_FAILING]), request.get("at"))
                 for message_id in request["messages"]:
                     counts.setdefault(message_id, []).append(count)
+                tried = request.get(_DIRECT_TRIED)
+                if _last_tried(tried) > _last_tried(self.last_tried.get(user_id)):
+                    self.last_tried[user_id] = tried
             left = {k: r for k, r in requests.items() if k not in taken}
             if left:
                 connection.execute(BULK_BATCHES.update().where(where).values(requests=left))
@@ -581,7 +597,9 @@ class BulkReextraction:
                 shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
                 ids = [m.message_id for m in part]
                 known = [k.entry_id for k in shown]
-                todo.appendleft(_Planned(planned.user_id, ids, known, planned.planned_at))
+                todo.appendleft(
+                    _Planned(planned.user_id, ids, known, planned.planned_at, tried=planned.tried)
+                )
             log.info(
                 "user %r: a bulk request of %d messages is too large (%s); split",
                 planned.user_id,
@@ -873,7 +891,10 @@ class BulkReextraction:
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
     ) -> None:
         """Send the messages of ``requests`` of ``row`` through the Messages API, user
-        after user, by the live re-extraction's rules (:data:`Direct`): their Message Batch
+        after user, by the live re-extraction's rules (:data:`Direct`), noting them in
+        :attr:`direct_tried`. The users least lately tried so go first (never tried, first;
+        :data:`_DIRECT_TRIED`): a fallback that ends early at the same place run after run
+        reaches another user each run, none starved behind it. Their Message Batch
         failed whole with server errors, as one of their messages' had before. A message
         the user's log left out of the version is not sent (it would fail again, at full
         price), nor one past the run's :attr:`direct_limit` (``report.direct_held``: its
@@ -889,10 +910,15 @@ class BulkReextraction:
             return
         by_user: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
+        last_tried: dict[str, datetime] = {}
         for custom_id, request in requests.items():
-            by_user.setdefault(request["user"], []).extend(request["messages"])
-            failed.setdefault(request["user"], []).append(f"{row['api_batch_id']}:{custom_id}")
-        for user_id, message_ids in by_user.items():
+            user_id = request["user"]
+            by_user.setdefault(user_id, []).extend(request["messages"])
+            failed.setdefault(user_id, []).append(f"{row['api_batch_id']}:{custom_id}")
+            at = _last_tried(request.get(_DIRECT_TRIED))
+            last_tried[user_id] = max(at, last_tried.get(user_id, at))
+        for user_id in sorted(by_user, key=last_tried.__getitem__):
+            message_ids = by_user[user_id]
             if self.direct_stopped:
                 return
             if _claim_id(self.version, user_id) not in self.claims:
@@ -908,6 +934,7 @@ class BulkReextraction:
             if not sent:
                 continue
             live = ReextractionReport()
+            self.direct_tried.add(user_id)
             report.direct[user_id] = report.direct.get(user_id, 0) + len(sent)
             log.warning(
                 "user %r: %d messages go through the Messages API at full price: their "
@@ -996,11 +1023,14 @@ class BulkReextraction:
     def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
         run to plan its messages again, counting one more such failure in each request
-        (read back by :meth:`_take_failed_whole`). The row is read locked, so a ``forget`` at
-        once waits for the update instead of being undone by it; its requests of a user
-        forgotten before are gone already, and it is updated only if it is there. Its stamp
-        moves (:func:`projections.bulk_runs.restamped`), so a run that decoded it before
-        plans its messages again at its next claim of their user (:meth:`_kept_for`)."""
+        (read back by :meth:`_take_failed_whole`), and noting in the requests of the users
+        whose messages this run's fallback sent (:attr:`direct_tried`) that it did, now
+        (:data:`_DIRECT_TRIED`, by the database's clock); the others keep what they noted.
+        The row is read locked, so a ``forget`` at once waits for the update instead of
+        being undone by it; its requests of a user forgotten before are gone already, and it
+        is updated only if it is there. Its stamp moves
+        (:func:`projections.bulk_runs.restamped`), so a run that decoded it before plans its
+        messages again at its next claim of their user (:meth:`_kept_for`)."""
         with self.store.transaction() as connection:
             kept = connection.execute(
                 select(BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
@@ -1009,8 +1039,15 @@ class BulkReextraction:
             ).first()
             if kept is None or not kept.requests:
                 return
+            tried = self.direct_tried
+            noted = {_DIRECT_TRIED: _database_time(connection).isoformat()} if tried else {}
             counted = {
-                k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
+                k: {
+                    **r,
+                    _FAILING: int(r.get(_FAILING, 0)) + 1,
+                    _FAILED_WHOLE: True,
+                    **(noted if r.get("user") in tried else {}),
+                }
                 for k, r in kept.requests.items()
             }
             connection.execute(
@@ -1659,6 +1696,12 @@ _FAILED_WHOLE = "failed_whole"
 run plans its messages again instead of collecting it (an older memvee collects it again,
 blames nothing and plans them again too)."""
 
+_DIRECT_TRIED = "direct_tried"
+"""The key of a kept request that notes when the Messages API fallback last sent its
+user's messages (ISO 8601, the database's clock; :meth:`BulkReextraction._send_directly`
+reaches users least lately tried first). A request without it (an older memvee's, or of a
+user never tried) goes first; older memvees ignore it."""
+
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
 request (:meth:`BulkReextraction._probe_batches`)."""
@@ -1914,6 +1957,15 @@ def _since_promoted(
         m: max((count for count, at in counts if at is None or at >= promoted), default=0)
         for m, counts in failing.items()
     }
+
+
+_NEVER_TRIED = datetime.min.replace(tzinfo=UTC)
+
+
+def _last_tried(stamp: str | None) -> datetime:
+    """When a kept request's :data:`_DIRECT_TRIED` says the fallback last tried its user,
+    to order users by (one never tried, before any)."""
+    return _NEVER_TRIED if stamp is None else aware(stamp)
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

@@ -2004,7 +2004,8 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
     too: a refused key refuses every user, so the fallback stops at the first user (its
     failed calls and that request), saying the key or its permissions are refused; it used
     to go on user after user, every call failing at full price. Users of one message (a
-    lone failure) and of four (two failures in a row) alike, and run after run."""
+    lone failure) and of four (two failures in a row) alike, and run after run, each run
+    at the user the fallback tried least lately."""
     users = [f"u{i}" for i in range(6)]
     db = sqlite_url(tmp_path / "refused.db")
     async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
@@ -2021,7 +2022,7 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
     server.set_responder(refused)
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
-        for _ in range(2):
+        for user in users[:2]:
             calls = len(server.requests)
             stopped = await _run(audit, users=users)
             sent = [
@@ -2030,8 +2031,8 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
                 if r.custom_id is None
             ]
             assert len(sent) == (2 if messages == 1 else 3) and sent[-1] == ["Hello."], sent
-            assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, ["u0"])
-            told = stopped.failed["direct:u0"]
+            assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, [user])
+            told = stopped.failed[f"direct:{user}"]
             assert "HTTP 401" in told
             assert "the API key or its permissions are refused for every request" in told
 
@@ -2083,6 +2084,57 @@ async def test_a_harmless_request_after_a_lone_failure_ends_the_runs_fallback_wh
         await _run(audit, users=users)
         for user in users:
             assert audit.knowledge_versions(user)["v2"] == 1, user
+
+
+def _each_user_a_message_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Submit each request as a Message Batch of its own (a backlog past one batch's bound)."""
+    monkeypatch.setattr(memvee._bulk, "MAX_REQUESTS_PER_BATCH", 1)
+
+
+@pytest.mark.parametrize("batches", ["one Message Batch", "a Message Batch a user"])
+async def test_a_busy_api_stopping_every_fallback_at_its_first_user_reaches_every_user_in_turn(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, batches: str
+) -> None:
+    """Four users with one message each, their Message Batches failing whole run after run;
+    each run's fallback sends one user's lone message, which fails, and the harmless request
+    after it is rate limited, ending the fallback for the run. The next run starts with the
+    users the fallback tried least lately, so four runs try the four users, each once (it
+    used to start at the same first user every run: the users after it starved), each
+    message is kept for a later run until it is recorded, and once the Messages API answers
+    every message is recorded once."""
+    if batches == "a Message Batch a user":
+        _each_user_a_message_batch(monkeypatch)
+    users = [f"u{i}" for i in range(4)]
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+
+    def busy(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
+            return ScriptedResponse(429, error_body("rate_limit_error", "slow down"))
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+
+    server.set_responder(busy)
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        tried: list[str] = []
+        for _ in users:
+            calls = len(server.requests)
+            report = await _run(audit, users=users)
+            (user,) = report.direct
+            sent = [[m["content"] for m in r.messages] for r in server.requests[calls:]]
+            assert sent == [[f"{user} likes tea"], ["Hello."]], sent
+            tried.append(user)
+            kept = {u for users_of in _requests_left(audit.store).values() for u in users_of}
+            assert kept == set(users), "every message waits in a kept Message Batch"
+        assert sorted(tried) == users, tried
+        server.set_responder(_batches_down_and(default_answer))
+        done = await _run(audit, users=users)
+        assert sorted(done.direct) == users
+        for user in users:
+            (said,) = _said(audit, user)
+            assert [e.message_ids for e in _reextracted(audit, user)] == [[said]], user
 
 
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
