@@ -2518,7 +2518,9 @@ async def test_forgetting_a_user_while_a_run_claims_them_waits_instead_of_deadlo
                         created_at=datetime.now(UTC),
                     )
                 )
-        run = types.SimpleNamespace(failed_whole={"bob": {"a-row", "b-row"}}, failing={})
+        run = types.SimpleNamespace(
+            failed_whole={"bob": {"a-row", "b-row"}}, failing={}, last_tried={}
+        )
         outcomes: dict[str, object] = {}
         forgetting = threading.Thread(
             target=_outcome(
