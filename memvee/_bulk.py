@@ -1960,6 +1960,7 @@ def _since_promoted(
 
 
 _NEVER_TRIED = datetime.min.replace(tzinfo=UTC)
+"""Where a user the fallback never tried stands in its order: before any other."""
 
 
 def _last_tried(stamp: str | None) -> datetime:
