@@ -307,11 +307,11 @@ class ClaudeExtractor(HarmlessRequests):
         An empty batch is answered without a call. An answer cut at the batch's output
         budget is asked for once more with the whole of ``max_tokens``, so a dense batch
         is not failed for a budget that was a guess (both calls' tokens are counted). A
-        refusal that may be the rest of the request's fault (the account's, the known
-        entries') is told from the batch's own by probes (:meth:`_settle`). Raises
-        ExtractionError when the call fails or times out (``repeats`` set when the API
-        refused the batch itself), and InvalidExtractionError when the answer cannot be
-        read.
+        refusal that may be the rest of the request's fault (the account's, the model's
+        refusing every request, the known entries') is told from the batch's own by
+        probes (:meth:`_settle`). Raises ExtractionError when the call fails or times out
+        (``repeats`` set when the API refused the batch itself), and
+        InvalidExtractionError when the answer cannot be read.
         """
         if not batch.messages:
             return ExtractionResult(facts=(), extractor=self.name, model=self.model)
@@ -321,7 +321,7 @@ class ClaudeExtractor(HarmlessRequests):
     async def _extract(self, batch: ExtractionBatch, *, settle: bool) -> ExtractionResult:
         """One extraction of ``batch`` (two calls for an answer cut at its budget). When
         ``settle`` is set, a refusal that may not be the messages' fault is settled by
-        probes: the API's with a reason, and the model's when known entries are shown."""
+        probes: the API's with a reason, and the model's."""
         request = self.request(batch)
         spent = TokenUsage()
         answered = False
@@ -353,14 +353,15 @@ class ClaudeExtractor(HarmlessRequests):
         The first probe is ``request`` with a harmless message in place of the batch's,
         all else kept (known entries included): accepted, the batch's messages are at
         fault (``refused`` is raised with ``probe_accepted``, for the engine to split
-        the batch). Refused, and the batch shows no known entries, the account or the
-        settings are (a credit balance too low, a usage limit, a gateway's body limit below
-        the fixed prompt for a 413): a failure that may pass, blaming no message.
+        the batch). Refused, and the batch shows no known entries, the account, the
+        settings or the model are (a credit balance too low, a usage limit, a gateway's body
+        limit below the fixed prompt for a 413, a model refusing whatever it is sent): a
+        failure that may pass, blaming no message (:class:`EveryRequestRefusedError`).
         Otherwise a second probe leaves the known entries out too:
         accepted, the user's known entries trip the refusal (an entry a content filter
         blocks), and the batch is extracted once more without them, so no healthy
-        message is blamed for the user's stored state; refused, the API refuses every
-        request (a model's refusal is then the batch's own, as the API took them all). A
+        message is blamed for the user's stored state; refused, every request is (the
+        model's refusal too: a harmless message refused tells nothing against the batch). A
         probe that fails otherwise (the API busy, a timeout) tells nothing: a failure that
         may pass, blaming no message and keeping every entry shown (see :func:`_unsettled`).
         Every call's tokens are the batch's to count.
@@ -377,14 +378,14 @@ class ClaudeExtractor(HarmlessRequests):
             if verdict == "accepted":
                 kept, spent = await self._entries_accepted(request, batch, refused, spent)
                 return await self._without_known(batch, refused, spent, kept)
-        if refused.reason is None and not refused.too_large:  # the model's: the API took them
-            refused.usage = spent
-            raise refused
-        whose = (
-            "the API or a gateway in front of it refuses requests of any size, not the batch"
-            if refused.too_large
-            else "the account or the settings are, not the batch"
-        )
+        if refused.too_large:
+            whose = (
+                "the API or a gateway in front of it refuses requests of any size, not the batch"
+            )
+        elif refused.reason is None:
+            whose = "the model refuses every request (its policy or the settings), not the batch"
+        else:
+            whose = "the account or the settings are, not the batch"
         raise EveryRequestRefusedError(
             f"{refused} (a request without the batch's messages is refused too: {whose}; "
             f"{_RETRIED_LATER})",
@@ -811,12 +812,13 @@ def _may_be_elsewhere(
 ) -> bool:
     """Whether the refusal of ``batch`` may be the rest of the request's fault, for probes
     to settle: the API's refusal with a reason (the account's, the settings'); a model's
-    refusal of a batch showing known entries; and a 413 of a lone message or of a request
-    whose messages weigh no more than the rest of it, as a body limit below the fixed
-    prompt refuses every request (a larger one is split, smaller, by the engine)."""
+    refusal (of the known entries shown, or of every request: a policy, a model that
+    refuses all it is sent); and a 413 of a lone message or of a request whose messages
+    weigh no more than the rest of it, as a body limit below the fixed prompt refuses
+    every request (a larger one is split, smaller, by the engine)."""
     if refused.too_large:
         return len(batch.messages) == 1 or outweighed(request, batch)
-    return refused.reason is not None or (answered and bool(batch.known))
+    return refused.reason is not None or answered
 
 
 def outweighed(request: dict[str, Any], batch: ExtractionBatch) -> bool:

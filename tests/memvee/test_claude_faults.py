@@ -441,6 +441,42 @@ async def test_a_gateway_refusing_every_request_as_too_large_blames_no_message(
                 assert len(found.covered) == 6 and not found.quarantined
 
 
+async def test_a_model_refusing_every_request_gets_no_message_quarantined_and_all_extracted_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model refuses whatever it is sent (HTTP 200, stop reason "refusal": a policy
+    change, a misconfigured model), the harmless request too: that tells nothing against
+    any message. Six runs of two users (past the three failures a batch is kept whole)
+    quarantine none; every message was quarantined within the first run (split down to
+    singletons, each refused alone). Once the model answers, all are extracted."""
+    users = ["ann", "bob"]
+    refusing = _Outage(_body(lambda r: refusal_body()))
+    with MessagesAPIServer(responder=refusing) as server:
+        async with _memory_over(
+            server,
+            monkeypatch,
+            tmp_path / "refusing.db",
+            max_batch_messages=4,
+            retry_delay=0.01,
+            retry_delay_max=0.05,
+        ) as memory:
+            for user in users:
+                for i in range(EXCHANGES):
+                    await memory.add_exchange(user, f"I like thing {i}", f"ok {i}")
+            for _ in range(6):
+                for user in users:
+                    with pytest.raises(ProcessingError, match="the model refuses every request"):
+                        await memory.process(user)
+            for user in users:
+                assert await memory.quarantined(user) == []
+                assert len(await memory.buffer(user)) == 2 * EXCHANGES
+            refusing.down = False
+            for user in users:
+                await _run_until_settled(memory, user)
+                found = checked_coverage(memory, user)
+                assert len(found.covered) == 2 * EXCHANGES and not found.quarantined
+
+
 async def test_a_lone_message_too_large_for_the_gateway_is_still_quarantined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

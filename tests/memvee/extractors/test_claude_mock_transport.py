@@ -23,6 +23,7 @@ from anthropic._data import DEPRECATED_MODELS
 
 import memvee.extractors._claude as claude_module
 from events.errors import (
+    EveryRequestRefusedError,
     ExtractionError,
     ExtractorOverloadedError,
     InvalidExtractionError,
@@ -803,11 +804,13 @@ async def test_plain_text_an_empty_answer_and_a_refusal_fail_the_batch_and_repea
 ) -> None:
     body = tool_use_body([])
     body.update(content=content, stop_reason=stop_reason)
+    # A refusal is probed with a harmless message in the batch's place: answered here.
     with pytest.raises(error) as caught:
-        await claude(FakeAPI(httpx2.Response(200, json=body))).extract(BATCH)
+        await claude(FakeAPI(httpx2.Response(200, json=body), ok())).extract(BATCH)
     assert isinstance(caught.value, ExtractionError) and caught.value.repeats
     if isinstance(caught.value, RejectedBatchError):
         assert caught.value.reason is None, "the model refused: the API took the batch"
+        assert caught.value.probe_accepted, "the harmless message was answered"
 
 
 @pytest.mark.parametrize(
@@ -1116,19 +1119,23 @@ async def test_a_batch_refused_with_and_without_the_known_entries_is_its_own(
     assert caught.value.usage == TokenUsage(300, 30, 0, 0)
 
 
-async def test_a_model_refusal_is_the_batchs_own_when_the_probes_do_not_clear_it(
+async def test_a_model_refusal_is_the_batchs_own_only_when_the_harmless_message_is_answered(
     claude: Make,
 ) -> None:
-    """Without known entries the model's refusal is the batch's at once (one call); with
-    them, probes refused alike leave it the batch's (the API took every request)."""
-    api = FakeAPI(model_refusal())
-    with pytest.raises(RejectedBatchError):
-        await claude(api, max_retries=0).extract(BATCH)
-    assert len(api.requests) == 1
-    api = FakeAPI(model_refusal())
+    """The model's refusal is probed with a harmless message in the batch's place (one
+    probe, two with known entries): answered, the refusal is the batch's, which repeats;
+    refused too, the model refuses every request (a policy, a misconfigured model), which
+    tells nothing against the batch: a failure that may pass, retried later. Both used to
+    be the batch's, so a model refusing everything got every message quarantined."""
+    api = FakeAPI(model_refusal(), ok())
     with pytest.raises(RejectedBatchError) as caught:
-        await claude(api, max_retries=0).extract(KNOWN_BATCH)
-    assert caught.value.reason is None and len(api.requests) == 3
+        await claude(api, max_retries=0).extract(BATCH)
+    assert caught.value.probe_accepted and caught.value.repeats and len(api.requests) == 2
+    for batch, calls in ((BATCH, 2), (KNOWN_BATCH, 3)):
+        api = FakeAPI(model_refusal())
+        with pytest.raises(EveryRequestRefusedError, match="the model refuses every") as refused:
+            await claude(api, max_retries=0).extract(batch)
+        assert not refused.value.repeats and len(api.requests) == calls
 
 
 async def test_an_api_refusing_every_request_blames_no_batch_that_shows_known_entries(
