@@ -71,6 +71,7 @@ from events import (
     sqlite_url,
 )
 from events.errors import (
+    EveryRequestRefusedError,
     ExtractorAccessRefusedError,
     ExtractorOverloadedError,
     NewerEventError,
@@ -359,6 +360,12 @@ class _Reextraction:
         at = min(1, len(self.todo))
         for batch in reversed(batches):
             self.todo.insert(at, batch)
+
+
+_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | EveryRequestRefusedError
+"""Failures that say how the API is, never how a batch's messages are: a run meeting one
+stops at once, and its call is no evidence against its messages (the background never
+blames them either)."""
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -852,8 +859,9 @@ class Audit:
         timeout) is weighed as live extraction weighs it, with the version's failed calls
         kept in the log as evidence: the batch is split, and a lone message that keeps
         failing while other calls are answered is left out too. The API failing whatever
-        it is sent (two such failures in a row), overloaded, or refusing every batch stops
-        the run with its error, blaming no message, and running it again goes on from
+        it is sent (two such failures in a row), overloaded, or refusing every batch (a
+        probe refused too: the account or the model refuses every request) stops the run
+        with its error, blaming no message, and running it again goes on from
         there; after two failures in a row one harmless request tells an outage (it fails
         too, and the two failures split no batch for the next runs) from messages that
         fail every call (it is answered, and their batches go on splitting). Returns the
@@ -1000,12 +1008,14 @@ class Audit:
         blames one before quarantining it (:meth:`BatchLimits.gives_up`), and sent again
         after the next batch before that. Two such failures in a row (the API
         failing whatever it is sent), a lone message failing with nothing else to send
-        between, the API overloaded, or a refusal whose probe failed (which tells nothing
-        of the batch) stop the run with the error, blaming no message:
+        between, the API overloaded, a refusal whose probe failed (which tells nothing
+        of the batch), or one whose probe was refused too (the account or the model
+        refuses every request: :class:`EveryRequestRefusedError`) stop the run with the
+        error, blaming no message:
         the run again goes on splitting where this one stopped, unless the harmless
         request sent after two failures in a row failed too (:meth:`_check`)."""
         ids = [m.message_id for m in batch]
-        if isinstance(error, ExtractorOverloadedError | ProbeFailedError):  # never a batch's
+        if isinstance(error, _THE_APIS_STATE):  # never a batch's
             await asyncio.to_thread(
                 self._record_failure, run.user_id, run.version, ids, error, run.extractor, False
             )

@@ -25,6 +25,7 @@ from events import (
 )
 from events.user_log import check_knowledge_version
 from memvee import (
+    EveryRequestRefusedError,
     ExtractedFact,
     ExtractionError,
     ExtractorAccessRefusedError,
@@ -52,6 +53,7 @@ from tests.support.messages_api_server import (
     default_answer,
     error_body,
     fault_when,
+    refusal_body,
 )
 
 SERVER_ERROR = ScriptedResponse(500, error_body("api_error", "Internal server error"))
@@ -1127,6 +1129,44 @@ async def test_a_refused_api_key_stops_each_run_and_leaves_no_failed_call_as_evi
         assert describe(checks[0]).startswith(
             "version 'v2' check after failed calls showed the API key refused"
         )
+        messages_api_server.set_responder(default_answer)
+        during = len(messages_api_server.requests)
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10, embedder=False
+        )
+    assert report == ReextractionReport(entries=40)
+    assert [len(r.messages) for r in messages_api_server.requests[during:]] == [10] * 4
+
+
+async def test_a_model_refusing_every_request_stops_each_run_leaving_no_message_out(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model refuses whatever it is sent (HTTP 200, stop reason "refusal"), the
+    harmless message in the batch's place too: each run stops at its first batch with
+    the error saying so, leaving no message out and its refused calls no evidence against
+    their messages, so runs while it lasts send the same whole batch of ten, and once the
+    model answers the batches go out whole. All 40 messages were left out in the first
+    run (split down to singletons, each refused alone)."""
+    await _marked(make_memory, 40, 1)
+    messages_api_server.set_responder(lambda request: ScriptedResponse(body=refusal_body()))
+    with Audit(db_url=db_url) as audit:
+        for _ in range(3):
+            report = ReextractionReport()
+            with pytest.raises(EveryRequestRefusedError, match="the model refuses every request"):
+                await audit.reextract(
+                    "eve",
+                    _claude(messages_api_server, monkeypatch),
+                    "v2",
+                    batch_size=10,
+                    embedder=False,
+                    report=report,
+                )
+            assert report == ReextractionReport()
+        # Each run: its first batch, and the same request with a harmless message instead.
+        assert [len(r.messages) for r in messages_api_server.requests] == [10, 1] * 3
         messages_api_server.set_responder(default_answer)
         during = len(messages_api_server.requests)
         report = await audit.reextract(
