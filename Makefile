@@ -28,11 +28,13 @@ typecheck: install
 
 # One pytest worker per core, at most four (each opens its own PostgreSQL database and
 # the server allows 200 connections in all). The slowest tests are listed at the end, to
-# keep the whole run within its 15-minute budget.
+# keep the whole run within its 15-minute budget. langsmith (voyageai -> langchain-core)
+# installs a pytest plugin the suite never uses; importing it cost every pytest process
+# (the controller, then each worker) about 2 s on an idle machine, 10-20 s on a busy one.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 unit: install
-	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal \
-	  --durations=25 --durations-min=5
+	scripts/with-postgres.sh $(BIN)/pytest -q -p no:cacheprovider -p no:langsmith_plugin \
+	  -n $(TEST_WORKERS) --dist worksteal --durations=25 --durations-min=5
 
 test: lint typecheck unit
 
