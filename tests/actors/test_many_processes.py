@@ -1,4 +1,4 @@
-"""Many processes, one memory: four processes share 50 users; one is SIGKILLed halfway
+"""Many processes, one memory: four processes share 24 users; one is SIGKILLed halfway
 and restarted. Every acknowledged message is in the log exactly once, every message is
 covered by exactly one KnowledgeExtracted, no batch is extracted twice, and the rebuilt
 projections equal the live ones."""
@@ -22,7 +22,7 @@ from tests.support.cluster_worker import LEASE_TTL
 from tests.support.extractors import RecordingExtractor
 
 ROOT = Path(__file__).resolve().parents[2]
-USERS = 50
+USERS = 24
 ROUNDS = 4
 WORKERS = 4
 
