@@ -38,8 +38,11 @@ def test_a_plain_postgresql_url_opens_the_store() -> None:
 def _drop_other_connections(url: str) -> int:
     """Have the server end every other connection to the database, as a restart does, and
     wait until their processes are gone: ``pg_terminate_backend`` only signals them, and a
-    checkout before the server's farewell reached the socket could not tell."""
-    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False)) as c:
+    checkout before the server's farewell reached the socket could not tell. It reads in autocommit:
+    within one transaction pg_stat_activity is a snapshot taken at its first read, so the
+    wait never saw them go and always ran its full 10 s."""
+    server = make_url(url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(server, autocommit=True) as c:
         others = (
             "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
@@ -50,6 +53,8 @@ def _drop_other_connections(url: str) -> int:
             if row is None or row[0] == 0:
                 break
             time.sleep(0.01)
+        else:
+            raise AssertionError(f"the server's sessions {ended} did not end within 10 s")
     return len(ended)
 
 
