@@ -1,9 +1,10 @@
 """The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
 
-Requests pass the access log (request id), the body limit, the token check, the refusal
-of bodies that are no MCP message the SDK can take, the user-path decoding, and ``HEAD``
-taken as ``GET``, in that order, before FastAPI routes them; the MCP route comes from the
-official SDK's streamable HTTP app, whose session manager lives as long as the app.
+Requests pass the access log (request id), ``/mcp/`` taken as ``/mcp``, the body limit,
+the token check, the refusal of bodies that are no MCP message the SDK can take, the
+user-path decoding, and ``HEAD`` taken as ``GET``, in that order, before FastAPI routes
+them; the MCP route comes from the official SDK's streamable HTTP app, whose session
+manager lives as long as the app.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def create_app(
         lifespan=lifespan,
         redoc_url=None,
         # Starlette's slash redirect would answer /v1/users (a prefix of the user routes)
-        # with a 307 to /v1/users/, not the JSON error every other unknown path gets.
+        # with a 307 to /v1/users/, not the JSON error every other unknown path gets
+        # (/mcp/ is served as /mcp by McpWithSlash).
         redirect_slashes=False,
     )
 
@@ -118,7 +120,23 @@ def create_app(
         BearerAuth(routed, tokens or TokenBook()), max_body_bytes, jsonrpc_path="/mcp"
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
-    return AccessLog(RefusedWhileDraining(answered, drain or Drain()))
+    return AccessLog(McpWithSlash(RefusedWhileDraining(answered, drain or Drain()), "/mcp"))
+
+
+class McpWithSlash:
+    """ASGI middleware: ``/mcp/`` is routed as ``/mcp`` (clients are often configured with
+    the slash, and the SDK's client follows no redirect once the slash redirect is off),
+    before the guards, so it passes the same checks, limits and handler; the access log
+    keeps the path the client asked for."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path + "/":
+            scope = {**scope, "path": self.path, "raw_path": self.path.encode()}
+        await self.app(scope, receive, send)
 
 
 class HeadAsGet:

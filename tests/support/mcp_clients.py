@@ -36,12 +36,14 @@ async def stdio_session(tmp_path: Path, *args: str) -> AsyncIterator[ClientSessi
 
 
 @asynccontextmanager
-async def http_session(url: str, token: str | None = None) -> AsyncIterator[ClientSession]:
-    """A client session with the MCP endpoint of a running server."""
+async def http_session(
+    url: str, token: str | None = None, path: str = "/mcp"
+) -> AsyncIterator[ClientSession]:
+    """A client session with the MCP endpoint of a running server, at ``path``."""
     headers = {} if token is None else {"authorization": f"Bearer {token}"}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as client,
-        streamable_http_client(f"{url}/mcp", http_client=client) as (read, write),
+        streamable_http_client(f"{url}{path}", http_client=client) as (read, write),
         ClientSession(read, write) as session,
     ):
         await session.initialize()

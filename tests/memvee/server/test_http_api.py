@@ -280,7 +280,7 @@ async def test_a_user_a_rebuild_has_not_refolded_yet_is_known_and_forgotten_over
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
-@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/users", "/healthz/", "/mcp/"])
+@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/users", "/healthz/", "/readyz/"])
 def test_a_prefix_of_a_route_or_a_route_with_a_slash_added_is_404_never_a_redirect(
     http: httpx.Client, method: str, path: str
 ) -> None:

@@ -525,6 +525,20 @@ async def test_streamable_http_serves_the_same_tools_beside_the_http_api(
     assert "Lisbon" in recalled["prompt"]
 
 
+async def test_an_mcp_client_configured_with_a_trailing_slash_is_served_as_at_mcp(
+    server: ServerProcess,
+) -> None:
+    """Clients are often given ``/mcp/``: the SDK followed the 307 to ``/mcp`` until the
+    slash redirect went, then got -32601 Not Found; ``/mcp/`` is now ``/mcp`` itself."""
+    user = f"user-{uuid.uuid4().hex[:12]}"
+    async with http_session(server.url, path="/mcp/") as session:
+        names = {tool.name for tool in (await session.list_tools()).tools}
+        stored = await call(session, "remember", user_id=user, user_message=SAID)
+
+    assert names == {"remember", "recall", "list_memories", "explain_memory"}
+    assert len(stored["message_ids"]) == 1
+
+
 def test_a_request_whose_id_mcp_does_not_take_is_refused_over_http_not_dropped(
     http: httpx.Client,
 ) -> None:
