@@ -409,7 +409,8 @@ _SQLITE_URI_PARAMETERS = frozenset(
 def _check_sqlite_parameters(parsed: URL, name: str) -> None:
     """Refuse a query parameter of a SQLite URL that nothing reads: SQLAlchemy drops
     it without a word, so a misspelt ``timout`` or a ``mode=ro`` without ``uri=true``
-    (a file opened for writing after all) would go unnoticed."""
+    (a file opened for writing after all) would go unnoticed. ``uri=true`` and a ``file:``
+    name go together: either alone opens a file other than the one memvee checks."""
     if parsed.get_backend_name() != "sqlite":
         return
     uri = parsed.query.get("uri", "false")
@@ -419,6 +420,17 @@ def _check_sqlite_parameters(parsed: URL, name: str) -> None:
         raise InvalidInputError(
             f"{name}: the SQLite URL parameter 'uri' takes true or false"
         ) from None
+    named_as_uri = (parsed.database or "").startswith("file:")
+    if as_uri and not named_as_uri:
+        raise InvalidInputError(
+            f"{name}: uri=true needs a file: name (sqlite:///file:PATH?...&uri=true); "
+            "without one SQLite takes the query for part of the file's name"
+        )
+    if named_as_uri and not as_uri:
+        raise InvalidInputError(
+            f"{name}: a file: name needs uri=true (sqlite:///file:PATH?...&uri=true); "
+            "without it the name is taken for a relative path starting with 'file:'"
+        )
     known = _PYSQLITE_PARAMETERS | (_SQLITE_URI_PARAMETERS if as_uri else frozenset())
     for parameter in parsed.query:
         if parameter in known:

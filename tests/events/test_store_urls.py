@@ -95,12 +95,44 @@ def test_a_sqlite_url_parameter_nothing_reads_is_refused_naming_it_before_anythi
 
 
 @pytest.mark.parametrize(
-    "query",
-    ["timeout=5", "check_same_thread=false&cached_statements=10", "mode=ro&uri=true"],
+    "url",
+    [
+        "sqlite:////data/x.db?timeout=5",
+        "sqlite:////data/x.db?check_same_thread=false&cached_statements=10",
+        "sqlite:///file:/data/x.db?mode=ro&uri=true",
+        "sqlite:///file:/data/x.db?uri=true&timeout=5",
+    ],
 )
-def test_the_sqlite_url_parameters_sqlalchemy_or_sqlite_read_are_taken(query: str) -> None:
-    url = f"sqlite:///file:/data/x.db?{query}"
+def test_the_sqlite_url_parameters_sqlalchemy_or_sqlite_read_are_taken(url: str) -> None:
     assert driver_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("database", "query", "says"),
+    [
+        ("x.db", "mode=ro&uri=true", "uri=true needs a file: name"),
+        ("x.db", "uri=true", "uri=true needs a file: name"),
+        ("file:x.db", "", "a file: name needs uri=true"),
+        ("file:x.db", "timeout=5&uri=false", "a file: name needs uri=true"),
+    ],
+)
+def test_uri_true_without_a_file_name_or_a_file_name_without_it_is_refused_before_anything_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str, query: str, says: str
+) -> None:
+    """SQLite took ``x.db?mode=ro`` for the file's whole name and wrote there, while the
+    claims and checks looked at ``x.db``; SQLAlchemy takes a ``file:`` name without
+    uri=true for a relative path named ``file:x.db``."""
+    monkeypatch.chdir(tmp_path)
+    name = database.replace("x.db", str(tmp_path / "x.db"))
+    url = f"sqlite:///{name}" + (f"?{query}" if query else "")
+    for refuse in (
+        lambda u: driver_url(u, name="db_url"),
+        EventStore,
+        lambda u: MemoryConfig(db_url=u),
+    ):
+        with pytest.raises(InvalidInputError, match=says):
+            refuse(url)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
