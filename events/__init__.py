@@ -23,6 +23,7 @@ from events.checks import (
     check_text,
     check_time,
     check_user_id,
+    check_user_ids,
     check_visible,
     storable,
 )
@@ -136,6 +137,7 @@ __all__ = [
     "check_text",
     "check_time",
     "check_user_id",
+    "check_user_ids",
     "check_visible",
     "driver_url",
     "estimate_tokens",

@@ -47,6 +47,7 @@ __all__ = [
     "check_time",
     "check_unmistakable",
     "check_user_id",
+    "check_user_ids",
     "check_visible",
     "shows_something",
     "storable",
@@ -172,6 +173,13 @@ def check_user_id(user_id: object) -> str:
     check_visible(user_id, "user_id")
     _check_no_control(user_id, "user_id")
     return user_id
+
+
+def check_user_ids(user_ids: object) -> list[str]:
+    """The ids of ``user_ids`` (a list, tuple or other iterable, but not one id) as a list,
+    each checked as :func:`check_user_id`: read once, so a generator is not used up by its
+    check, else raise :class:`InvalidInputError`."""
+    return [check_user_id(user_id) for user_id in check_keys(user_ids, "user_ids")]
 
 
 _NEEDED = code_points(JOINERS, VARIATION_SELECTORS)

@@ -68,6 +68,7 @@ from events import (
     check_new_user_id,
     check_text,
     check_user_id,
+    check_user_ids,
     sqlite_url,
 )
 from events.errors import (
@@ -1266,7 +1267,7 @@ class Audit:
 
     async def reextract_in_bulk(
         self,
-        user_ids: Sequence[str],
+        user_ids: Iterable[str],
         extractor: ClaudeExtractor,
         version: str,
         *,
@@ -1311,7 +1312,8 @@ class Audit:
                 f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
             )
         check_count(direct_limit, "direct_limit")
-        self.check_version_name(user_ids, version)
+        users = check_user_ids(user_ids)  # read once: a generator is not read again
+        self.check_version_name(users, version)
         await check_credentials(extractor)
         meaning = self._by_meaning(embedder)
         live_limits = limits or DEFAULT_LIMITS
@@ -1337,25 +1339,19 @@ class Audit:
             direct=direct if direct_fallback else None,
             direct_limit=direct_limit,
         )
-        return await bulk.run(list(user_ids), listed=listed)
+        return await bulk.run(users, listed=listed)
 
-    def check_version_name(self, user_ids: Sequence[str], version: str) -> None:
+    def check_version_name(self, user_ids: Iterable[str], version: str) -> None:
         """Refuse (:class:`InvalidInputError`) a ``version`` the users' re-extraction may
         not record into, before any request is sent: a new name must be one
         :func:`check_new_knowledge_version` takes; one an older memvee let in goes on only
         for users whose logs hold it already."""
-        if isinstance(user_ids, str | bytes) or not isinstance(user_ids, Iterable):
-            # One id would be taken as its characters, each a user.
-            raise InvalidInputError(
-                f"user_ids must be a list of strings, not {type(user_ids).__name__}"
-            )
-        for user_id in user_ids:
-            check_user_id(user_id)
+        users = check_user_ids(user_ids)
         check_knowledge_version(version)
         try:
             check_new_knowledge_version(version)
         except InvalidInputError:
-            for user_id in user_ids:
+            for user_id in users:
                 user_log = self.store.load(user_id)
                 if user_log is not None:
                     user_log.check_version_name(version)

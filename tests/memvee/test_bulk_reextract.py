@@ -125,6 +125,23 @@ async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
     assert server.requests == [], "nothing went through the live Messages API"
 
 
+async def test_users_given_as_a_generator_are_each_reextracted_not_used_up_by_the_check(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The version check read the generator to its end, and the run was given none left:
+    0 submitted, without a word."""
+    with Audit(db_url=db) as audit:
+        report = await audit.reextract_in_bulk(
+            (user for user in USERS),
+            ClaudeExtractor(max_retries=0),
+            "v2",
+            limits=LIMITS,
+            poll_interval=0.01,
+        )
+        assert (report.submitted, report.recorded) == (6, 6)
+        assert [audit.knowledge_versions(user)["v2"] for user in USERS] == [5, 5]
+
+
 async def test_a_run_that_records_nothing_leaves_the_rewrite_an_earlier_erasure_left_owed(
     db: str, server: MessagesAPIServer
 ) -> None:
