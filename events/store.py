@@ -220,10 +220,14 @@ def url_secrets(url: str) -> tuple[str, ...]:
 
 
 def sqlite_url(path: str | Path) -> str:
-    """The SQLAlchemy URL of a SQLite file, creating its folder if missing."""
+    """The SQLAlchemy URL of a SQLite file, creating its folder if missing. A path with a
+    ``?`` is given as an SQLite URI filename, percent-quoted: SQLAlchemy ends a URL's
+    database at its first ``?`` and unquotes nothing before it."""
     check_db_path(path)
     file = Path(path).expanduser().resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
+    if "?" in str(file):
+        return f"sqlite:///{file.as_uri()}?uri=true"
     return f"sqlite:///{file}"
 
 

@@ -750,10 +750,10 @@ def export(
 def _refuse_database_as_output(out: Path, url: str) -> None:
     """Refuse to write an export over the SQLite database it reads, or over one of the
     files beside it (its journal, its lock): the move into place would replace it."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+    path = sqlite_file(make_url(url))
+    if path is None:
         return
-    database = Path(parsed.database).expanduser().resolve()
+    database = Path(path).expanduser().resolve()
     kept = {database, *(database.with_name(database.name + s) for s in _BESIDE_DATABASE)}
     target = out.expanduser().resolve()
     if target in kept or (target.exists() and database.exists() and target.samefile(database)):

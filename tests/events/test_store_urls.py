@@ -20,7 +20,9 @@ from events import (
     sqlite_url,
     url_secrets,
 )
-from memvee import MemoryConfig
+from memvee import Memory, MemoryConfig
+from memvee.audit import Audit
+from memvee.extractors import OfflineExtractor
 
 
 @pytest.mark.parametrize(
@@ -187,6 +189,25 @@ def test_a_database_url_given_as_a_path_is_refused_without_repeating_it(path: st
     assert str(refused.value) == (
         "--db takes the path of a SQLite file, and this one is a database URL: give it as --db-url"
     )
+
+
+@pytest.mark.parametrize("name", ["notes?v=2.db", "what?.db", "odd?%3F#1.db"])
+async def test_a_database_path_with_a_question_mark_is_the_file_of_that_name(
+    tmp_path: Path, name: str
+) -> None:
+    """The path was put in a URL unquoted: ``notes?v=2.db`` was refused for an unknown
+    parameter 'v', and ``what?.db`` opened a file named ``what``."""
+    config = MemoryConfig(db_path=tmp_path / name)
+    async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+        await memory.add_exchange("ann", "I live in Oslo.", "Noted.")
+
+    assert (tmp_path / name).is_file()
+    assert not (tmp_path / name.partition("?")[0]).exists()
+    with Audit(db_path=tmp_path / name, create=False) as audit:
+        assert [e.payload["content"] for e in audit.log("ann", types=["MessageAdded"])] == [
+            "I live in Oslo.",
+            "Noted.",
+        ]
 
 
 @pytest.mark.parametrize("path", ["memvee.db", "C:\\data\\memvee.db", "data/a:b.db", "~/m.db"])

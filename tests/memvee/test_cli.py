@@ -433,6 +433,25 @@ def test_an_sqlite_uri_filename_reads_the_file_it_names(db: str, tmp_path: Path)
     assert not (tmp_path / "nope.db").exists()
 
 
+def test_a_db_path_with_a_question_mark_is_read_as_that_file(tmp_path: Path) -> None:
+    """--db went into a URL unquoted: refused for an unknown SQLite URL parameter 'v'."""
+    db = tmp_path / "notes?v=2.db"
+
+    async def fill() -> None:
+        config = MemoryConfig(db_path=db)
+        async with Memory(config=config, extractor=OfflineExtractor(), embedder=False) as memory:
+            await memory.add_exchange("ann", "I live in Oslo.", "Noted.")
+
+    asyncio.run(fill())
+    users = json.loads(run("users", "--json", "--db", str(db)).output)
+
+    assert [user["user_id"] for user in users] == ["ann"]
+    assert "I live in Oslo." in run("log", "ann", "--db", str(db)).output
+    over_itself = run("export", "ann", "--db", str(db), "--out", str(db), code=2)
+    assert "is the database itself" in one_error_line(over_itself)
+    assert not (tmp_path / "notes").exists()
+
+
 @pytest.mark.parametrize("command", [["users"], ["import", "lines.jsonl"]])
 def test_a_sqlite_url_with_a_parameter_nothing_reads_is_one_error_line_and_makes_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
