@@ -8,11 +8,13 @@ database no Memory has open, or beside one.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
 import random
 import shlex
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -440,6 +442,22 @@ def _check_storable(value: Any, where: str) -> None:
             _check_storable(item, where)
 
 
+def _check_database_file(db_path: str) -> None:
+    """Refuse a ``db_path`` that names no file to open: nothing there (or a file where a
+    folder should be) is a :class:`NotFoundError`, a folder or a path the system cannot
+    look up (too long, not permitted) a :class:`StorageError` naming it."""
+    try:
+        found = Path(db_path).expanduser().stat()
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise NotFoundError(f"no memvee database at {db_path} (check db_path)") from None
+        raise StorageError(
+            f"cannot read the database {db_path}: {error.strerror or error}"
+        ) from error
+    if stat.S_ISDIR(found.st_mode):
+        raise StorageError(f"{db_path} is a folder, not a SQLite file")
+
+
 class Audit:
     """Access to one memory database's logs and projections, to inspect and mend them.
 
@@ -457,9 +475,7 @@ class Audit:
     ) -> None:
         if db_url is None and not create:
             check_db_path(db_path, name="db_path", url_name="db_url")
-            # Before sqlite_url, which makes the file's folder.
-            if not Path(db_path).expanduser().is_file():
-                raise NotFoundError(f"no memvee database at {db_path} (check db_path)")
+            _check_database_file(db_path)  # before sqlite_url, which makes the file's folder
         url = db_url if db_url is not None else sqlite_url(db_path)  # "" is no URL: refused
         self.store = EventStore(url, create=create)
         tables = ProjectionTables()

@@ -294,6 +294,31 @@ def test_an_audit_without_create_of_a_missing_file_is_not_found_and_makes_neithe
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("path", "error", "says"),
+    [
+        ("a-file/missing.db", NotFoundError, "^no memvee database at a-file/missing.db"),
+        ("folder.db", StorageError, "^folder.db is a folder, not a SQLite file$"),
+        ("x" * 300 + ".db", StorageError, "^cannot read the database x{300}.db: "),
+    ],
+)
+def test_an_audit_without_create_of_a_path_that_is_no_file_says_which_as_a_typed_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    error: type[Exception],
+    says: str,
+) -> None:
+    """A folder was said to be missing, and a name too long for the file system was an
+    untyped OSError; under a file is missing, as a missing folder is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").touch()
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(error, match=says):
+        Audit(db_path=path, create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "folder.db"]
+
+
 async def test_state_at_a_time_replays_up_to_that_time(
     make_memory: Any, extractor: RecordingExtractor, db_url: str
 ) -> None:
