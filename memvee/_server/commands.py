@@ -309,6 +309,12 @@ def _bare_host(host: str) -> str:
     return inside
 
 
+def host_and_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8000``), as
+    ``::1:8000`` would read as a port of 1."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _check_user(user: str) -> None:
     """Refuse a ``--user`` every write of the server would refuse (a pasted space)."""
     try:
@@ -332,7 +338,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as error:
         sock.close()
-        _fail(f"cannot listen on {host}:{port}: {error.strerror or error}")
+        _fail(f"cannot listen on {host_and_port(host, port)}: {error.strerror or error}")
     sock.set_inheritable(True)
     return sock
 

@@ -31,7 +31,7 @@ from events import MemveeError
 from memvee._memory import Memory
 from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
-from memvee._server.commands import die_of
+from memvee._server.commands import die_of, host_and_port
 from memvee._server.drain import Drain
 from memvee._server.mcp_tools import Cutoff, build_mcp
 from memvee._server.stdio_drain import DrainedStdio
@@ -155,9 +155,8 @@ async def serve_http(
         bound_host, bound_port = listener.getsockname()[:2]
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info(
-            "listening on %s:%d",
-            bound_host,
-            bound_port,
+            "listening on %s",
+            host_and_port(bound_host, bound_port),
             extra={
                 "event": "listening",
                 "host": bound_host,

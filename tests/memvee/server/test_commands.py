@@ -154,6 +154,31 @@ def test_ipv6_loopback_bare_or_in_brackets_is_served_without_tokens_as_127_0_0_1
     assert written.status_code == 201
 
 
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_an_ipv6_host_is_shown_in_brackets_where_a_port_follows_it(tmp_path: Path) -> None:
+    """``listening on ::1:8000`` reads as a port 1 and no address; ``[::1]:8000`` is the
+    form a URL and a client take."""
+    args = ["--db", str(tmp_path / "memvee.db"), "--no-auto-process", "--lexical"]
+    with ServerProcess(tmp_path / "server.log", [*args, "--host", "[::1]"]) as server:
+        listening = next(r for r in server.records() if r.get("event") == "listening")
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [str(MEMVEE), "serve", *args, "--port", str(port), "--host", "::1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=server_env(),
+        )
+
+    assert listening["message"] == f"listening on [::1]:{server.port}"
+    assert listening["host"] == "::1", "the field stays the bare address"
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"error: cannot listen on [::1]:{port}: "), refused.stderr
+
+
 @pytest.mark.parametrize("host", ["[localhost]", "[127.0.0.1]", "[::1", "[]"])
 def test_a_host_in_brackets_that_is_no_ipv6_address_is_one_error_line_and_exit_2(
     tmp_path: Path, host: str
