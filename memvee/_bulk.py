@@ -24,7 +24,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
@@ -582,9 +582,10 @@ class BulkReextraction:
         probe: bool = False,
     ) -> None:
         """A request too large for a Message Batch alone: its messages go in two requests
-        at the front of ``todo``, or, one message, it is left out of the version as the
-        synchronous path leaves out one that fails alone (its failure kept in its user's
-        log as one that repeats, and reported). When the API refused it (``probe``), that
+        at the front of ``todo``, each keeping its failing count and fallback stamp, or,
+        one message, it is left out of the version as the synchronous path leaves out one
+        that fails alone (its failure kept in its user's log as one that repeats, and
+        reported). When the API refused it (``probe``), that
         is only for a message that weighs more than the fixed prompt around it, once the
         same request with a harmless message in its place is accepted as a Message Batch
         (:meth:`_probe_batches`): otherwise the API (or a gateway in front of it) refuses
@@ -597,9 +598,7 @@ class BulkReextraction:
                 shown, _ = await asyncio.to_thread(self.shown, planned.user_id, part)
                 ids = [m.message_id for m in part]
                 known = [k.entry_id for k in shown]
-                todo.appendleft(
-                    _Planned(planned.user_id, ids, known, planned.planned_at, tried=planned.tried)
-                )
+                todo.appendleft(replace(planned, message_ids=ids, known=known))
             log.info(
                 "user %r: a bulk request of %d messages is too large (%s); split",
                 planned.user_id,

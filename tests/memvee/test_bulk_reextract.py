@@ -2266,6 +2266,28 @@ async def test_a_user_new_to_a_failing_batch_holds_back_no_other_users_fallback(
         assert _covered(audit, "bob") == set()
 
 
+async def test_a_request_split_as_too_large_keeps_its_failing_count_and_reaches_the_fallback(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann's two messages fit a Message Batch apart, not together: each run plans them in
+    one request and splits it. Message Batches are down: the second run's parts carry the
+    failing count of the first run's whole failure, so ann's messages go through the
+    Messages API (the parts used to start at no failure, every run, and never reached it)."""
+    long = "tea " * 5_000
+    monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", _request_bytes(long) + len(long) // 2)
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        await memory.add_message("ann", "user", f"ann likes {long}")
+        await memory.add_message("ann", "user", f"ann likes coffee {long}")
+        await memory.flush("ann")
+    server.set_responder(_batches_down_and(default_answer))
+    with Audit(db_url=db_url) as audit:
+        first = await _run(audit, users=["ann"])
+        assert (first.submitted, first.direct) == (2, {}), "split in two, failing whole once"
+        second = await _run(audit, users=["ann"])
+        assert second.direct == {"ann": 2}
+        assert _covered(audit, "ann") == _processed(audit, "ann")
+
+
 def _poison(user: str) -> Callable[[RecordedRequest], ScriptedResponse]:
     """Every call, batched or not, with ``user``'s fourth thing fails with a server error."""
     return fault_when(
