@@ -285,7 +285,6 @@ class BulkReextraction:
         self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
         self.direct_stopped = False  # the API is down or refuses the key: no more direct calls
         self.direct_answered = False  # the Messages API answered a call of this run's
-        self.direct_tried: set[str] = set()  # users whose messages this run sent so
         # failing counts of messages to plan again, each with the log version planned at
         self.failing: dict[str, dict[str, list[tuple[int, int | None]]]] = {}
         self.failed_whole: dict[str, set[str]] = {}  # kept rows that failed whole, by user
@@ -890,19 +889,19 @@ class BulkReextraction:
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
     ) -> None:
         """Send the messages of ``requests`` of ``row`` through the Messages API, user
-        after user, by the live re-extraction's rules (:data:`Direct`), noting them in
-        :attr:`direct_tried`. The users least lately tried so go first (never tried, first;
-        :data:`_DIRECT_TRIED`): a fallback that ends early at the same place run after run
-        reaches another user each run, none starved behind it. Their Message Batch
-        failed whole with server errors, as one of their messages' had before. A message
-        the user's log left out of the version is not sent (it would fail again, at full
-        price), nor one past the run's :attr:`direct_limit` (``report.direct_held``: its
-        batch is kept, and the next run sends it). That path blames only what its rules
-        blame and stops at two failures in a row; a user's run that stopped ends the
-        fallback for the rest of this run only when it tells the API is down or refuses the
-        API key for every request (:meth:`_every_user_stopped`), else the next user goes on.
-        Users
-        another run took over, or forgotten, are passed over."""
+        after user, by the live re-extraction's rules (:data:`Direct`), noting each user in
+        ``row`` before its first call (:meth:`_note_tried`). The users least lately tried so
+        go first (never tried, first; :data:`_DIRECT_TRIED`): a fallback that ends early at
+        the same place run after run reaches another user each run, none starved behind it,
+        even when each run is killed there. Their Message Batch failed whole with server
+        errors, as one of their messages' had before. A message the user's log left out of
+        the version is not sent (it would fail again, at full price), nor one past the run's
+        :attr:`direct_limit` (``report.direct_held``: its batch is kept, and the next run
+        sends it). That path blames only what its rules blame and stops at two failures in
+        a row; a user's run that stopped ends the fallback for the rest of this run only
+        when it tells the API is down or refuses the API key for every request
+        (:meth:`_every_user_stopped`), else the next user goes on. Users another run took
+        over, or forgotten, are passed over."""
         from memvee.audit import ReextractionReport  # the audit imports this module lazily
 
         if self.direct is None:
@@ -933,7 +932,7 @@ class BulkReextraction:
             if not sent:
                 continue
             live = ReextractionReport()
-            self.direct_tried.add(user_id)
+            await asyncio.to_thread(self._note_tried, row, user_id)
             report.direct[user_id] = report.direct.get(user_id, 0) + len(sent)
             log.warning(
                 "user %r: %d messages go through the Messages API at full price: their "
@@ -1022,12 +1021,10 @@ class BulkReextraction:
     def _keep_failed_whole(self, row: dict[str, Any]) -> None:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
         run to plan its messages again, counting one more such failure in each request
-        (read back by :meth:`_take_failed_whole`), and noting in the requests of the users
-        whose messages this run's fallback sent (:attr:`direct_tried`) that it did, now
-        (:data:`_DIRECT_TRIED`, by the database's clock); the others keep what they noted.
-        The row is read locked, so a ``forget`` at once waits for the update instead of
-        being undone by it; its requests of a user forgotten before are gone already, and it
-        is updated only if it is there. Its stamp moves
+        (read back by :meth:`_take_failed_whole`); each request keeps what the fallback
+        noted in it (:meth:`_note_tried`). The row is read locked, so a ``forget`` at once
+        waits for the update instead of being undone by it; its requests of a user forgotten
+        before are gone already, and it is updated only if it is there. Its stamp moves
         (:func:`projections.bulk_runs.restamped`), so a run that decoded it before plans its
         messages again at its next claim of their user (:meth:`_kept_for`)."""
         with self.store.transaction() as connection:
@@ -1038,21 +1035,44 @@ class BulkReextraction:
             ).first()
             if kept is None or not kept.requests:
                 return
-            tried = self.direct_tried
-            noted = {_DIRECT_TRIED: _database_time(connection).isoformat()} if tried else {}
             counted = {
-                k: {
-                    **r,
-                    _FAILING: int(r.get(_FAILING, 0)) + 1,
-                    _FAILED_WHOLE: True,
-                    **(noted if r.get("user") in tried else {}),
-                }
+                k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
                 for k, r in kept.requests.items()
             }
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
                 .values(requests=counted, created_at=restamped(kept.created_at))
+            )
+
+    def _note_tried(self, row: dict[str, Any], user_id: str) -> None:
+        """Note in ``user_id``'s requests of the kept ``row`` that the Messages API fallback
+        sends their messages now (:data:`_DIRECT_TRIED`, by the database's clock), before
+        its first call: a run killed while that call waits (a timeout, SIGTERM, Ctrl-C)
+        still moves the user behind the others for the next run. The row is read locked
+        and its stamp moves (:func:`projections.bulk_runs.restamped`), as
+        :meth:`_keep_failed_whole` does; a row gone, or without the user's requests (forgotten
+        meanwhile), is left as it is."""
+        with self.store.transaction() as connection:
+            kept = connection.execute(
+                select(BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
+                .where(BULK_BATCHES.c.local_id == row["local_id"])
+                .with_for_update()
+            ).first()
+            if kept is None or not kept.requests:
+                return
+            requests = kept.requests
+            if not any(r.get("user") == user_id for r in requests.values()):
+                return
+            now = _database_time(connection).isoformat()
+            noted = {
+                k: {**r, _DIRECT_TRIED: now} if r.get("user") == user_id else r
+                for k, r in requests.items()
+            }
+            connection.execute(
+                BULK_BATCHES.update()
+                .where(BULK_BATCHES.c.local_id == row["local_id"])
+                .values(requests=noted, created_at=restamped(kept.created_at))
             )
 
     def _drop_row(self, row: dict[str, Any]) -> None:

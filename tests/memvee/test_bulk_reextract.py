@@ -2154,6 +2154,60 @@ async def test_a_busy_api_stopping_every_fallback_at_its_first_user_reaches_ever
             assert [e.message_ids for e in _reextracted(audit, user)] == [[said]], user
 
 
+async def test_runs_killed_while_their_fallbacks_first_call_waits_each_begin_at_another_user(
+    db_url: str, server: MessagesAPIServer
+) -> None:
+    """Four users with one message each, their Message Batches failing whole run after run;
+    each run is killed (cancelled, as a job's timeout, SIGTERM or Ctrl-C ends it) while its
+    fallback's first full-price call waits for its answer. The next run's fallback begins
+    at another user, so four runs begin with the four users, each once (the fallback noted
+    a user tried only once it had sent every user of the batch, so a killed run noted none
+    and every run began, billed, with the same user), and once the APIs answer every
+    message is recorded once."""
+    users = [f"u{i}" for i in range(4)]
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+    loop = asyncio.get_running_loop()
+    called = asyncio.Event()
+    waiting: list[tuple[str, threading.Event]] = []
+
+    def slow(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is None:
+            answer = threading.Event()
+            waiting.append((request.messages[0]["content"], answer))
+            loop.call_soon_threadsafe(called.set)
+            answer.wait()
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+
+    server.set_responder(slow)
+    try:
+        with Audit(db_url=db_url) as audit:
+            await _run(audit, users=users)
+            for _ in users:
+                called.clear()
+                run = asyncio.ensure_future(_run(audit, users=users))
+                began = asyncio.ensure_future(called.wait())
+                await asyncio.wait([run, began], return_when=asyncio.FIRST_COMPLETED)
+                began.cancel()
+                assert not run.done(), "the run's fallback made a full-price call"
+                run.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await run
+                waiting[-1][1].set()
+            first = [content.removesuffix(" likes tea") for content, _ in waiting]
+            assert sorted(first) == users, first
+            server.set_responder(_batches_down_and(default_answer))
+            await _run(audit, users=users)
+            for user in users:
+                (said,) = _said(audit, user)
+                assert [e.message_ids for e in _reextracted(audit, user)] == [[said]], user
+    finally:
+        for _, answer in waiting:
+            answer.set()
+
+
 async def test_two_runs_at_once_send_a_users_messages_through_the_messages_api_once(
     both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
