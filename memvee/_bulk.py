@@ -889,11 +889,11 @@ class BulkReextraction:
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport
     ) -> None:
         """Send the messages of ``requests`` of ``row`` through the Messages API, user
-        after user, by the live re-extraction's rules (:data:`Direct`), noting each user in
-        ``row`` before its first call (:meth:`_note_tried`). The users least lately tried so
-        go first (never tried, first; :data:`_DIRECT_TRIED`): a fallback that ends early at
-        the same place run after run reaches another user each run, none starved behind it,
-        even when each run is killed there. Their Message Batch failed whole with server
+        after user in the order :meth:`_plan` put them (least lately tried first), noting
+        each user in ``row`` before its first call (:meth:`_note_tried`), by the live
+        re-extraction's rules (:data:`Direct`): a fallback that ends early at the same place
+        run after run reaches another user each run, none starved behind it, even when each
+        run is killed there. Their Message Batch failed whole with server
         errors, as one of their messages' had before. A message the user's log left out of
         the version is not sent (it would fail again, at full price), nor one past the run's
         :attr:`direct_limit` (``report.direct_held``: its batch is kept, and the next run
@@ -908,15 +908,10 @@ class BulkReextraction:
             return
         by_user: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
-        last_tried: dict[str, datetime] = {}
         for custom_id, request in requests.items():
-            user_id = request["user"]
-            by_user.setdefault(user_id, []).extend(request["messages"])
-            failed.setdefault(user_id, []).append(f"{row['api_batch_id']}:{custom_id}")
-            at = _last_tried(request.get(_DIRECT_TRIED))
-            last_tried[user_id] = max(at, last_tried.get(user_id, at))
-        for user_id in sorted(by_user, key=last_tried.__getitem__):
-            message_ids = by_user[user_id]
+            by_user.setdefault(request["user"], []).extend(request["messages"])
+            failed.setdefault(request["user"], []).append(f"{row['api_batch_id']}:{custom_id}")
+        for user_id, message_ids in by_user.items():
             if self.direct_stopped:
                 return
             if _claim_id(self.version, user_id) not in self.claims:
