@@ -268,6 +268,35 @@ def test_a_claim_plans_again_what_a_batch_marked_failed_whole_after_the_run_read
         a._release_claims()
 
 
+def _failed_whole_tried(message_id: str, tried: object) -> dict[str, Any]:
+    """bob's request of ``message_id``, its Message Batch failed whole, the fallback noting
+    ``tried`` as when it last sent bob's messages."""
+    return {
+        "user": "bob",
+        "messages": [message_id],
+        "failing": 1,
+        "failed_whole": True,
+        "direct_tried": tried,
+    }
+
+
+def test_a_claim_takes_the_latest_fallback_try_of_a_users_kept_batches(
+    both_backends: str,
+) -> None:
+    """bob's requests wait in three kept Message Batches failed whole, the fallback having
+    last sent his messages at three times, the latest in the second: the claim plans bob
+    as last tried then, neither at the first batch's time nor at an earlier one."""
+    earlier, between, latest = (f"2026-0{month}-01T00:00:00+00:00" for month in (1, 2, 3))
+    with Audit(db_url=both_backends) as audit:
+        run = _bare_run(audit)
+        _keep(audit, "kept-a", {"r1-kept-a": _failed_whole_tried("m1", earlier)})
+        _keep(audit, "kept-b", {"r1-kept-b": _failed_whole_tried("m2", latest)})
+        _keep(audit, "kept-c", {"r1-kept-c": _failed_whole_tried("m3", between)})
+        assert run._claim("bob") == set()
+        assert run.last_tried["bob"] == latest
+        run._release_claims()
+
+
 def test_a_claim_sees_a_user_a_forget_took_out_of_a_batch_after_the_run_read_it(
     both_backends: str,
 ) -> None:
