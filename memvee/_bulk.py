@@ -448,7 +448,7 @@ class BulkReextraction:
                 count = max(failing.get(m, 0) for m in ids)
                 tried = self.last_tried.get(user_id)
                 planned.append(_Planned(user_id, ids, known, user_log.version, count, tried))
-        return sorted(planned, key=lambda p: _last_tried(p.tried))
+        return sorted(planned, key=lambda p: _last_tried(p.tried, p.user_id))
 
     def _take_failed_whole(self, connection: Connection, user_id: str) -> None:
         """Take ``user_id``'s requests out of the kept rows whose Message Batch failed whole
@@ -486,7 +486,8 @@ class BulkReextraction:
                 for message_id in request["messages"]:
                     counts.setdefault(message_id, []).append(count)
                 tried = request.get(_DIRECT_TRIED)
-                if _last_tried(tried) > _last_tried(self.last_tried.get(user_id)):
+                last = self.last_tried.get(user_id)
+                if _last_tried(tried, user_id) > _last_tried(last, user_id):
                     self.last_tried[user_id] = tried
             left = {k: r for k, r in requests.items() if k not in taken}
             if left:
@@ -1977,10 +1978,27 @@ _NEVER_TRIED = datetime.min.replace(tzinfo=UTC)
 """Where a user the fallback never tried stands in its order: before any other."""
 
 
-def _last_tried(stamp: str | None) -> datetime:
-    """When a kept request's :data:`_DIRECT_TRIED` says the fallback last tried its user,
-    to order users by (one never tried, before any)."""
-    return _NEVER_TRIED if stamp is None else aware(stamp)
+def _last_tried(stamp: object, user_id: str) -> datetime:
+    """When a kept request's :data:`_DIRECT_TRIED` says the fallback last tried its user
+    ``user_id``, to order users by (one never tried, before any). A note that is no ISO
+    8601 time (edited by hand, a number) counts as never tried, with a warning, rather
+    than failing every bulk run's claim of the user."""
+    if stamp is None:
+        return _NEVER_TRIED
+    try:
+        if not isinstance(stamp, str):
+            raise TypeError(f"a {type(stamp).__name__}, not ISO 8601 text")
+        return aware(datetime.fromisoformat(stamp))
+    except (TypeError, ValueError) as unreadable:
+        log.warning(
+            "user %r: a kept bulk request's %s note %r cannot be read (%s); the user counts "
+            "as never tried by the Messages API fallback",
+            user_id,
+            _DIRECT_TRIED,
+            stamp,
+            unreadable,
+        )
+        return _NEVER_TRIED
 
 
 def _failed_whole(row: Mapping[str, Any]) -> bool:

@@ -297,6 +297,26 @@ def test_a_claim_takes_the_latest_fallback_try_of_a_users_kept_batches(
         run._release_claims()
 
 
+@pytest.mark.parametrize(
+    "stamp", ["yesterday", 20260101, 1.5], ids=["hand-edited text", "a whole number", "a number"]
+)
+def test_a_fallback_try_that_cannot_be_read_counts_as_never_tried_and_is_told_naming_the_user(
+    both_backends: str, caplog: pytest.LogCaptureFixture, stamp: object
+) -> None:
+    """A kept request's note of the fallback's last try of bob is no time (edited by hand,
+    or written as a number): the claim plans bob as never tried and warns naming him (the
+    claim used to fail with a ValueError or an AttributeError, and every bulk run with
+    it)."""
+    with Audit(db_url=both_backends) as audit:
+        run = _bare_run(audit)
+        _keep(audit, "kept-a", {"r1-kept-a": _failed_whole_tried("m1", stamp)})
+        with caplog.at_level(logging.WARNING, "memvee.bulk"):
+            assert run._claim("bob") == set()
+        assert "bob" not in run.last_tried, "never tried"
+        assert "'bob'" in caplog.text and "direct_tried" in caplog.text
+        run._release_claims()
+
+
 def test_a_claim_sees_a_user_a_forget_took_out_of_a_batch_after_the_run_read_it(
     both_backends: str,
 ) -> None:
