@@ -1713,9 +1713,10 @@ blames nothing and plans them again too)."""
 
 _DIRECT_TRIED = "direct_tried"
 """The key of a kept request that notes when the Messages API fallback last sent its
-user's messages (ISO 8601, the database's clock; :meth:`BulkReextraction._send_directly`
-reaches users least lately tried first). A request without it (an older memvee's, or of a
-user never tried) goes first; older memvees ignore it."""
+user's messages (ISO 8601, the database's clock, noted before the first call:
+:meth:`BulkReextraction._note_tried`); :meth:`BulkReextraction._plan` puts users least lately
+tried first. A request without it (of a user never tried, or one an older memvee planned
+again: it rebuilds requests from its own fields, dropping the note) goes first."""
 
 _PROBE = "probe"
 """The key of a probe row's one entry: a probe Message Batch not canceled yet, not a
