@@ -7,6 +7,7 @@ from actors._context import EngineSettings, TaskObserver
 from actors._pacing import CircuitBreaker
 from actors._traces import TraceScrubber
 from actors._workers import (
+    THE_APIS_STATE,
     ApiDown,
     EveryBatchRefused,
     ExtractorNotAsync,
@@ -20,6 +21,7 @@ from actors.user_actor import FORGOTTEN_REASON, INTERRUPTED_BY_CRASH, UserActor
 __all__ = [
     "FORGOTTEN_REASON",
     "INTERRUPTED_BY_CRASH",
+    "THE_APIS_STATE",
     "ActorDirectory",
     "ApiDown",
     "BridgedFuture",

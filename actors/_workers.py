@@ -39,7 +39,9 @@ from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
     ExtractorAccessRefusedError,
+    ExtractorOverloadedError,
     ExtractorRateLimitedError,
+    ProbeFailedError,
     first_line,
     repeats,
 )
@@ -47,6 +49,7 @@ from events.extraction import extraction_deadline
 
 __all__ = [
     "RETRIED_WHOLE",
+    "THE_APIS_STATE",
     "ApiDown",
     "DroppedForForget",
     "EveryBatchRefused",
@@ -91,6 +94,18 @@ class ApiDown(ExtractionError):
     """A batch failed in a way that may pass while the API was down for every call (a
     harmless request sent after it failed too, or one sent after another batch while it
     was out): the batch is retried later, whole, and none of its messages is blamed."""
+
+
+THE_APIS_STATE = (
+    ExtractorOverloadedError
+    | ProbeFailedError
+    | ExtractionPausedError
+    | ApiDown
+    | EveryRequestRefusedError
+)
+"""Failures that say how the API is, never how a batch's messages are: never blamed.
+The background, ``memvee reextract`` (a run meeting one stops at once) and ``reextract
+--batch-api``'s full-price fallback (it ends for every user) share this one rule."""
 
 
 class DroppedForForget(ExtractionError):

@@ -29,6 +29,7 @@ from actors._committer import STORE_ATTEMPTS, EarlierWriteFailed, Write, store_d
 from actors._context import SharedServices, Shown, ShownAside
 from actors._dispatcher import PooledActor
 from actors._workers import (
+    THE_APIS_STATE,
     ApiDown,
     EveryBatchRefused,
     ExtractorNotAsync,
@@ -59,8 +60,6 @@ from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
     ExtractionPausedError,
-    ExtractorOverloadedError,
-    ProbeFailedError,
     first_line,
     is_database_failure,
     may_pass,
@@ -719,7 +718,7 @@ class UserActor(PooledActor):
             # a refusal whose probe failed: none is evidence against the message
             not again
             and not isinstance(
-                error, StorageError | EveryBatchRefused | ExtractorNotAsync | _THE_APIS_STATE
+                error, StorageError | EveryBatchRefused | ExtractorNotAsync | THE_APIS_STATE
             )
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
@@ -1253,15 +1252,6 @@ class UserActor(PooledActor):
 
 
 _NO_USAGE = TokenUsage()
-
-_THE_APIS_STATE = (
-    ExtractorOverloadedError
-    | ProbeFailedError
-    | ExtractionPausedError
-    | ApiDown
-    | EveryRequestRefusedError
-)
-"""Failures that say how the API is, never how a batch's messages are: never blamed."""
 
 _THE_API_DOWN = ApiDown | ExtractionPausedError | EveryRequestRefusedError
 """Failures met while the API was down or refusing every call (a harmless request failed

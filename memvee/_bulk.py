@@ -36,7 +36,7 @@ from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, bindparam, func, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from actors import tells_down
+from actors import THE_APIS_STATE, tells_down
 from actors.lease import database_now
 from actors.process_identity import process_alive, process_stat, this_machine
 from events import (
@@ -60,7 +60,6 @@ from events import (
 from events.errors import (
     EveryRequestRefusedError,
     ExtractorAccessRefusedError,
-    ExtractorOverloadedError,
     ProbeFailedError,
     first_line,
     repeats,
@@ -1908,13 +1907,14 @@ def _stop_tells_api_down(stopped: MemveeError, live: ReextractionReport) -> bool
     """Whether a user's live re-extraction that ``stopped`` tells the Messages API is
     down, for every user: the harmless request sent after its two failures in a row
     failed too (``live.outage``), or it stopped on the API's state (overloaded, every
-    batch refused, a probe that failed). A harmless request answered, or a lone message
-    failing once with nothing else to send, tells only of that user's messages; one whose
+    batch refused, a probe that failed or was refused too: :data:`actors.THE_APIS_STATE`).
+    A harmless request answered, or a lone message failing once with nothing else to
+    send, tells only of that user's messages; one whose
     credentials were refused (``live.refused``) tells no outage, though it ends the
     fallback all the same (:meth:`BulkReextraction._every_user_stopped`)."""
     if live.check is not None:
         return live.outage
-    return not _lone(stopped) or isinstance(stopped, ExtractorOverloadedError | ProbeFailedError)
+    return not _lone(stopped) or isinstance(stopped, THE_APIS_STATE)
 
 
 def _fallback_key_refused(stopped: MemveeError, refusal: str | None) -> EveryRequestRefusedError:

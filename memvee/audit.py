@@ -30,6 +30,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from actors import (
+    THE_APIS_STATE,
     CircuitBreaker,
     EveryBatchRefused,
     ExtractorNotAsync,
@@ -74,11 +75,8 @@ from events import (
     sqlite_url,
 )
 from events.errors import (
-    EveryRequestRefusedError,
     ExtractorAccessRefusedError,
-    ExtractorOverloadedError,
     NewerEventError,
-    ProbeFailedError,
     first_line,
     repeats,
 )
@@ -363,12 +361,6 @@ class _Reextraction:
         at = min(1, len(self.todo))
         for batch in reversed(batches):
             self.todo.insert(at, batch)
-
-
-_THE_APIS_STATE = ExtractorOverloadedError | ProbeFailedError | EveryRequestRefusedError
-"""Failures that say how the API is, never how a batch's messages are: a run meeting one
-stops at once, and its call is no evidence against its messages (the background never
-blames them either)."""
 
 
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
@@ -1032,7 +1024,7 @@ class Audit:
         the run again goes on splitting where this one stopped, unless the harmless
         request sent after two failures in a row failed too (:meth:`_check`)."""
         ids = [m.message_id for m in batch]
-        if isinstance(error, _THE_APIS_STATE):  # never a batch's
+        if isinstance(error, THE_APIS_STATE):  # never a batch's
             await asyncio.to_thread(
                 self._record_failure, run.user_id, run.version, ids, error, run.extractor, False
             )

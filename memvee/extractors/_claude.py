@@ -534,11 +534,18 @@ class ClaudeExtractor(HarmlessRequests):
         tell whether the API answers at all (``batch`` a harmless message, after calls
         that failed): returns what it spent, or raises the ExtractionError of the call.
         It is sent once, never retried: one request, whose failure is the finding (a
-        retry would sleep a ``retry-after`` in the caller's place)."""
+        retry would sleep a ``retry-after`` in the caller's place). The model's refusal
+        (``stop_reason`` "refusal") is no answer: it raises RejectedBatchError, a refusal
+        that tells nothing of the API, as a 400 would."""
         await self.prepare()
         request = self.request(batch)
         request["max_tokens"] = 1
-        return _usage(await self._call(request, retries=0))
+        answer = await self._call(request, retries=0)
+        if answer.stop_reason == "refusal":
+            raise RejectedBatchError(
+                "Claude refused to answer a harmless request", usage=_usage(answer)
+            )
+        return _usage(answer)
 
     async def _probed(
         self, probe: dict[str, Any], refused: RejectedBatchError, spent: TokenUsage

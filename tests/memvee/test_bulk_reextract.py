@@ -2103,6 +2103,47 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
             assert "the API key or its permissions are refused for every request" in told
 
 
+async def test_a_model_refusing_every_request_stops_the_full_price_fallback_at_the_first_user(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    """Users whose Message Batches failed whole twice, the model refusing every Messages
+    API call (HTTP 200, stop_reason "refusal"), its harmless message too: the first
+    user's refusal is probed, refused too (EveryRequestRefusedError, the API's state), so
+    the fallback stops there (that user's call and its probe), blaming no message; it
+    used to go on to all six users (13 full-price calls), the refusal weighed as the
+    user's own and the harmless request's refusal taken for an answer."""
+    users = [f"u{i}" for i in range(6)]
+    db = sqlite_url(tmp_path / "refusing.db")
+    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            for j in range(4):
+                await memory.add_message(user, "user", f"{user} likes tea {j}")
+            await memory.flush(user)
+
+    def refusing(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        return ScriptedResponse(body=refusal_body())
+
+    server.set_responder(refusing)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        calls = len(server.requests)
+        stopped = await _run(audit, users=users)
+        sent = [
+            [m["content"] for m in r.messages]
+            for r in server.requests[calls:]
+            if r.custom_id is None
+        ]
+        assert sent == [[f"u0 likes tea {j}" for j in range(4)], ["Hello."]], sent
+        assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, ["u0"])
+        assert "the model refuses every request" in stopped.failed["direct:u0"]
+        for user in users:
+            log = audit.store.load(user)
+            assert log is not None
+            assert log.failed_reextraction("v2", audit.store.events_of(user)) == set()
+
+
 @pytest.mark.parametrize(
     ("answer", "busy"),
     [

@@ -22,6 +22,7 @@ import pytest
 from anthropic._data import DEPRECATED_MODELS
 
 import memvee.extractors._claude as claude_module
+from actors import harmless_request
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionError,
@@ -811,6 +812,18 @@ async def test_plain_text_an_empty_answer_and_a_refusal_fail_the_batch_and_repea
     if isinstance(caught.value, RejectedBatchError):
         assert caught.value.reason is None, "the model refused: the API took the batch"
         assert caught.value.probe_accepted, "the harmless message was answered"
+
+
+async def test_a_harmless_request_the_model_refuses_is_refused_not_answered(
+    claude: Make,
+) -> None:
+    """A ping the model refuses (HTTP 200, stop_reason "refusal") tells the API answers
+    nothing: it is a refusal that repeats, with its tokens, never an answer (the bulk
+    fallback took it for one and went on, user after user, at full price)."""
+    extractor = claude(FakeAPI(httpx2.Response(200, json=refusal_body(input_tokens=7))))
+    usage, failed = await harmless_request(extractor, "ann", "v2", datetime.now(UTC))
+    assert isinstance(failed, RejectedBatchError) and failed.repeats
+    assert usage.input_tokens == 7
 
 
 @pytest.mark.parametrize(
