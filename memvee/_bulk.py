@@ -19,6 +19,7 @@ re-extraction's rules (:meth:`BulkReextraction._send_directly`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -843,6 +844,7 @@ class BulkReextraction:
             self._drop_row(row)
         report.batches.append(batch_id)
         refused_all = await self._refused_all(row, answers)
+        model_refusal = await self._model_refusal(row, answers)
         blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
@@ -860,7 +862,14 @@ class BulkReextraction:
                 request = row["requests"][custom_id]
                 try:
                     entries = await asyncio.to_thread(
-                        self._record, custom_id, request, outcome, request_id, refused_all, blamable
+                        self._record,
+                        custom_id,
+                        request,
+                        outcome,
+                        request_id,
+                        refused_all,
+                        blamable,
+                        model_refusal,
                     )
                 except NotFoundError as gone:  # the user was forgotten while the batch ran
                     report.forgotten[request_id] = str(gone)
@@ -1206,6 +1215,32 @@ class BulkReextraction:
                 refused_all.add(reason)
         return frozenset(refused_all)
 
+    async def _model_refusal(self, row: Any, answers: Mapping[str, Any]) -> str | None:
+        """How the API answers a harmless request where the model refused requests of a
+        Message Batch (a succeeded answer, ``stop_reason`` "refusal"), one probe a Message
+        Batch, as the live path's (:meth:`ClaudeExtractor.probe`): the first request
+        refused so, its messages replaced by a harmless one and no known entries shown.
+        "accepted": the refusals are the requests' own; "refused": the model refuses every
+        request (its policy or the settings), no message is blamed; "failed": it tells
+        nothing, no message is blamed either. ``None``: the model refused no request."""
+        refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
+        if not refused:
+            return None
+        custom_id = refused[0]
+        batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
+        if not batch.messages:  # forgotten meanwhile: their recording tells so
+            return None
+        verdict = await self.extractor.probe(dataclasses.replace(batch, known=()))
+        log.info(
+            "the model refused %d requests of Message Batch %s; a harmless request in %s's "
+            "place was %s",
+            len(refused),
+            row["api_batch_id"],
+            custom_id,
+            verdict,
+        )
+        return verdict
+
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
         no connection) are ridden out, backing off, for up to :data:`MAX_POLL_OUTAGE` seconds."""
@@ -1231,13 +1266,15 @@ class BulkReextraction:
         request_id: str,
         refused_all: frozenset[str],
         blamable: bool,
+        model_refusal: str | None = None,
     ) -> int | ExtractionError | None:
         """Record one request's answer; returns the entries added, how it failed, or
         ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
         the user was forgotten while the batch ran. ``refused_all``: the reasons
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
-        (see :func:`_blamable`)."""
+        (see :func:`_blamable`); ``model_refusal``: how a harmless request fared where the
+        model refused requests of the Message Batch (see :meth:`_model_refusal`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             blamed = blamable and _server_error(outcome)
@@ -1248,7 +1285,8 @@ class BulkReextraction:
             result = self.extractor.read_answer(
                 batch, outcome.message, budget=self.extractor.max_tokens
             )
-        except ExtractionError as error:
+        except ExtractionError as read:
+            error = _refusal_told(read, outcome, model_refusal)
             self._record_failure(request, error, request_id)
             return error
         current = self._known(batch.user_id)
@@ -1883,6 +1921,35 @@ def _refused_for(outcomes: Mapping[str, Any]) -> dict[str, str]:
         if reason is not None:
             refused.setdefault(reason, custom_id)
     return refused
+
+
+def _model_refused(outcome: Any) -> bool:
+    """Whether a request of a Message Batch succeeded with the model's refusal to answer
+    (``stop_reason`` "refusal")."""
+    if getattr(outcome, "type", None) != "succeeded":
+        return False
+    return getattr(getattr(outcome, "message", None), "stop_reason", None) == "refusal"
+
+
+def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> ExtractionError:
+    """The failure of a request whose answer could not be read (``error``): the model's
+    refusal is the request's own only when a harmless request in its place was answered
+    (``verdict``, see :meth:`BulkReextraction._model_refusal`); refused too, the model
+    refuses every request, and failed, it tells nothing: failures that may pass, blaming
+    no message, whose messages are planned again next run."""
+    if verdict in (None, "accepted") or not _model_refused(outcome):
+        return error
+    if verdict == "refused":
+        return EveryRequestRefusedError(
+            f"{error} (a harmless request was refused too: the model refuses every request "
+            "(its policy or the settings), not the request; retried later, no message blamed)",
+            usage=error.usage,
+        )
+    return ProbeFailedError(
+        f"{error} (a harmless request probing whose fault it is failed; retried later, no "
+        "message blamed)",
+        usage=error.usage,
+    )
 
 
 def _server_error(outcome: Any) -> bool:

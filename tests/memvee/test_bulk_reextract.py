@@ -1419,6 +1419,33 @@ async def test_requests_all_refused_for_one_reason_blame_no_message(
         assert (again.submitted, again.recorded, again.failed) == (6, 6, {})
 
 
+async def test_a_model_refusing_every_request_of_message_batches_leaves_no_message_out(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The model refusing every request (HTTP 200, stop_reason "refusal"), in Message
+    Batches and the Messages API alike: one harmless request a Message Batch is refused
+    too, so the refusals blame no message, run after run, and once the model answers the
+    next run sends the same bounded requests and records them all. The refusals were each
+    request's own: the second run sent every message alone and left them all out, for
+    good."""
+    server.set_responder(lambda r: ScriptedResponse(body=refusal_body()))
+    with Audit(db_url=db) as audit:
+        for _ in range(3):
+            calls = len(server.requests)
+            refused = await _run(audit)
+            assert (refused.submitted, refused.recorded, len(refused.failed)) == (6, 0, 6)
+            assert refused.left_out == {}
+            assert all("the model refuses every request" in why for why in refused.failed.values())
+            probes = [[m["content"] for m in r.messages] for r in server.requests[calls:]]
+            assert probes == [["Hello."]], "one harmless request a Message Batch"
+        server.set_responder(default_answer)
+        answered = await _run(audit)
+        assert (answered.submitted, answered.recorded, answered.failed) == (6, 6, {})
+        for user in USERS:
+            covered = {m for e in _reextracted(audit, user) for m in e.message_ids}
+            assert len(covered) == 10
+
+
 async def test_requests_all_refused_alike_are_their_own_when_a_probe_is_accepted(
     db: str, server: MessagesAPIServer
 ) -> None:
