@@ -392,9 +392,7 @@ class ExtractionWorkers:
         its size. None is sent after a failure that asked to wait (the user's backoff
         honours the wait; a request now would meet the same limit, and a wait here would
         hold the slot), or that a harmless request told already
-        (:class:`EveryRequestRefusedError`, and :class:`ProbeFailedError`, whose probe was
-        a harmless message that failed: the user's log weighs it, see
-        :meth:`UserActor._batch_failed`), nor to another extractor, nor once the engine
+        (:class:`EveryRequestRefusedError`), nor to another extractor, nor once the engine
         is closing; nor when one that followed another batch failed while this one was out
         and the breaker is open still (the API is down, whoever's messages opened it). The
         request's tokens go with the failure's. (However often the workers say down, the
@@ -403,7 +401,7 @@ class ExtractionWorkers:
         """
         if (
             not isinstance(self.extractor, HarmlessRequests)
-            or isinstance(failure, ExtractorNotAsync | EveryRequestRefusedError | ProbeFailedError)
+            or isinstance(failure, ExtractorNotAsync | EveryRequestRefusedError)
             or asked_to_wait(failure) > 0
             or self._closing.is_set()
         ):

@@ -60,7 +60,6 @@ from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
     ExtractionPausedError,
-    ProbeFailedError,
     first_line,
     is_database_failure,
     may_pass,
@@ -724,12 +723,7 @@ class UserActor(PooledActor):
             and len(claimed) == 1
             and breaker.blame(claimed[0].message_id)
         )
-        # A lone message refused while the probe telling whose fault that is failed (a 429,
-        # a 5xx): kept as a failure in a row, and counted against the message once
-        # WHOLE_FAILURES_IN_A_ROW runs in a row were (each run after, once counted), so it
-        # is quarantined in the end, while an outage (its call failing, not refused) never is.
-        unsettled_alone = isinstance(error, ProbeFailedError) and len(claimed) == 1
-        whole = isinstance(error, _THE_API_DOWN) or unsettled_alone  # an outage halves none
+        whole = isinstance(error, _THE_API_DOWN)  # an outage halves no batch
         usage = error.usage if isinstance(error, ExtractionError) and error.usage else None
         usage = usage or spent or _NO_USAGE
         extractor = self._services.workers.extractor
@@ -738,17 +732,8 @@ class UserActor(PooledActor):
         def fail(user_log: UserLog | None) -> tuple[list[str], str]:
             if user_log is None or task_id not in user_log.open_tasks:
                 return [], text
-            told, counted, whole_now = text, blamed, whole
-            if unsettled_alone and (
-                not user_log.keeps_failures_whole
-                or user_log.parked.get(claimed[0].message_id, 0) > 0  # counted against it
-            ):
-                counted, whole_now = True, False
-                told = (
-                    f"{text} (counted against the message: refused alone while its probe "
-                    f"failed, {WHOLE_FAILURES_IN_A_ROW} runs in a row or counted before)"
-                )
-            elif whole and not user_log.keeps_failures_whole:
+            told = text
+            if whole and not user_log.keeps_failures_whole:
                 split = (
                     f"split all the same: {WHOLE_FAILURES_IN_A_ROW} failures in a row left it "
                     "whole already"
@@ -764,8 +749,8 @@ class UserActor(PooledActor):
                 task_id,
                 told,
                 repeats=again,
-                blamed=counted,
-                whole=whole_now,
+                blamed=blamed,
+                whole=whole,
                 usage=usage,
                 extractor=extractor.name,
                 model=getattr(extractor, "model", None),

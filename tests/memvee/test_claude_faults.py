@@ -477,50 +477,6 @@ async def test_a_model_refusing_every_request_gets_no_message_quarantined_and_al
                 assert len(found.covered) == 2 * EXCHANGES and not found.quarantined
 
 
-@pytest.mark.parametrize(
-    "probe_answer",
-    [
-        ScriptedResponse(429, error_body("rate_limit_error", "slow down")),
-        ScriptedResponse(500, error_body("api_error", "boom")),
-    ],
-    ids=["rate limited", "server error"],
-)
-async def test_a_message_the_model_refuses_alone_is_quarantined_though_its_probe_keeps_failing(
-    claude_memory: Memory, messages_api_server: MessagesAPIServer, probe_answer: ScriptedResponse
-) -> None:
-    """A message that alone gets the model to refuse, while the harmless request probing
-    whose fault that is fails every time (rate limited, a server error): each such run
-    tells nothing by itself, so the failure is kept in a row, and counted against the
-    message after WHOLE_FAILURES_IN_A_ROW runs (and every run after), so it is
-    quarantined in the end and every other message is extracted. It stayed buffered for
-    good (15 runs, 45 probes: the worker's harmless request after the failed probe, too)."""
-    marked = 0
-
-    def responder(request: RecordedRequest) -> ScriptedResponse:
-        nonlocal marked
-        if _is_probe(request):
-            return probe_answer
-        if any(MARK in str(m.get("content")) for m in request.messages):
-            marked += 1
-            return ScriptedResponse(body=refusal_body())
-        return default_answer(request)
-
-    messages_api_server.set_responder(responder)
-    for i in range(EXCHANGES):
-        said = f"{MARK} how to do something bad" if i == 2 else f"I like thing {i}"
-        await claude_memory.add_exchange("ann", said, f"ok {i}")
-    for _ in range(15):
-        with contextlib.suppress(ProcessingError):
-            await claude_memory.process("ann")
-    assert [m.content for m in await claude_memory.quarantined("ann")] == [
-        f"{MARK} how to do something bad"
-    ]
-    assert await claude_memory.buffer("ann") == []
-    assert len(checked_coverage(claude_memory, "ann").covered) == 2 * EXCHANGES - 1
-    # Two calls while its batch was split, three runs kept in a row, three counted.
-    assert marked == 8, "quarantined within the runs, not sent every run"
-
-
 async def test_a_lone_message_too_large_for_the_gateway_is_still_quarantined(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
