@@ -1026,37 +1026,46 @@ class BulkReextraction:
         """Keep ``row``, whose Message Batch failed whole with server errors, for the next
         run to plan its messages again, counting one more such failure in each request
         (read back by :meth:`_take_failed_whole`); each request keeps what the fallback
-        noted in it (:meth:`_note_tried`). The row is read locked, so a ``forget`` at once
-        waits for the update instead of being undone by it; its requests of a user forgotten
-        before are gone already, and it is updated only if it is there. Its stamp moves
-        (:func:`projections.bulk_runs.restamped`), so a run that decoded it before plans its
-        messages again at its next claim of their user (:meth:`_kept_for`)."""
-        with self.store.transaction() as connection:
-            kept = connection.execute(
-                select(BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
-                .where(BULK_BATCHES.c.local_id == row["local_id"])
-                .with_for_update()
-            ).first()
-            if kept is None or not kept.requests:
-                return
-            counted = {
+        noted in it (:meth:`_note_tried`). A ``forget`` at once waits for the update instead
+        of being undone by it (:meth:`_change_requests`)."""
+
+        def counted(_: Connection, requests: dict[str, Any]) -> dict[str, Any]:
+            return {
                 k: {**r, _FAILING: int(r.get(_FAILING, 0)) + 1, _FAILED_WHOLE: True}
-                for k, r in kept.requests.items()
+                for k, r in requests.items()
             }
-            connection.execute(
-                BULK_BATCHES.update()
-                .where(BULK_BATCHES.c.local_id == row["local_id"])
-                .values(requests=counted, created_at=restamped(kept.created_at))
-            )
+
+        self._change_requests(row, counted)
 
     def _note_tried(self, row: dict[str, Any], user_id: str) -> None:
         """Note in ``user_id``'s requests of the kept ``row`` that the Messages API fallback
         sends their messages now (:data:`_DIRECT_TRIED`, by the database's clock), before
         its first call: a run killed while that call waits (a timeout, SIGTERM, Ctrl-C)
-        still moves the user behind the others for the next run. The row is read locked
-        and its stamp moves (:func:`projections.bulk_runs.restamped`), as
-        :meth:`_keep_failed_whole` does; a row gone, or without the user's requests (forgotten
-        meanwhile), is left as it is."""
+        still moves the user behind the others for the next run. A row without the user's
+        requests (forgotten meanwhile) is left as it is."""
+
+        def noted(connection: Connection, requests: dict[str, Any]) -> dict[str, Any] | None:
+            if not any(r.get("user") == user_id for r in requests.values()):
+                return None
+            now = _database_time(connection).isoformat()
+            return {
+                k: {**r, _DIRECT_TRIED: now} if r.get("user") == user_id else r
+                for k, r in requests.items()
+            }
+
+        self._change_requests(row, noted)
+
+    def _change_requests(
+        self,
+        row: dict[str, Any],
+        change: Callable[[Connection, dict[str, Any]], dict[str, Any] | None],
+    ) -> None:
+        """Replace the requests of the kept ``row`` with what ``change`` makes of them
+        (``None``: left as they are), in place. The row is read locked, so a ``forget`` at
+        once waits for the update instead of being undone by it; its requests of a user
+        forgotten before are gone already, and a row gone or emptied is left alone. Its
+        stamp moves (:func:`projections.bulk_runs.restamped`), so a run that decoded it
+        before decodes it again at its next claim of their user (:meth:`_kept_for`)."""
         with self.store.transaction() as connection:
             kept = connection.execute(
                 select(BULK_BATCHES.c.requests, BULK_BATCHES.c.created_at)
@@ -1065,18 +1074,13 @@ class BulkReextraction:
             ).first()
             if kept is None or not kept.requests:
                 return
-            requests = kept.requests
-            if not any(r.get("user") == user_id for r in requests.values()):
+            changed = change(connection, kept.requests)
+            if changed is None:
                 return
-            now = _database_time(connection).isoformat()
-            noted = {
-                k: {**r, _DIRECT_TRIED: now} if r.get("user") == user_id else r
-                for k, r in requests.items()
-            }
             connection.execute(
                 BULK_BATCHES.update()
                 .where(BULK_BATCHES.c.local_id == row["local_id"])
-                .values(requests=noted, created_at=restamped(kept.created_at))
+                .values(requests=changed, created_at=restamped(kept.created_at))
             )
 
     def _drop_row(self, row: dict[str, Any]) -> None:
