@@ -1226,7 +1226,8 @@ class BulkReextraction:
         refused so, its messages replaced by a harmless one and no known entries shown.
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
-        nothing, no message is blamed either. ``None``: the model refused no request."""
+        nothing, so the refusals are the requests' own, as before the probe (see
+        :func:`_refusal_told`). ``None``: the model refused no request."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
         if not refused:
             return None
@@ -1936,22 +1937,18 @@ def _model_refused(outcome: Any) -> bool:
 
 
 def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> ExtractionError:
-    """The failure of a request whose answer could not be read (``error``): the model's
-    refusal is the request's own only when a harmless request in its place was answered
-    (``verdict``, see :meth:`BulkReextraction._model_refusal`); refused too, the model
-    refuses every request, and failed, it tells nothing: failures that may pass, blaming
-    no message, whose messages are planned again next run."""
-    if verdict in (None, "accepted") or not _model_refused(outcome):
+    """The failure of a request whose answer could not be read (``error``): a model's
+    refusal blames no message only when a harmless request in its place was refused too
+    (``verdict``, see :meth:`BulkReextraction._model_refusal`): the model refuses every
+    request, a failure that may pass, whose messages are planned again next run. Answered,
+    or failed (it tells nothing), the refusal is the request's own, split and, alone, left
+    out: kept unblamed while its probes fail, such a request was sent again, billed, every
+    run, its other messages never recorded."""
+    if verdict != "refused" or not _model_refused(outcome):
         return error
-    if verdict == "refused":
-        return EveryRequestRefusedError(
-            f"{error} (a harmless request was refused too: the model refuses every request "
-            "(its policy or the settings), not the request; retried later, no message blamed)",
-            usage=error.usage,
-        )
-    return ProbeFailedError(
-        f"{error} (a harmless request probing whose fault it is failed; retried later, no "
-        "message blamed)",
+    return EveryRequestRefusedError(
+        f"{error} (a harmless request was refused too: the model refuses every request "
+        "(its policy or the settings), not the request; retried later, no message blamed)",
         usage=error.usage,
     )
 

@@ -1446,6 +1446,32 @@ async def test_a_model_refusing_every_request_of_message_batches_leaves_no_messa
             assert len(covered) == 10
 
 
+async def test_a_refusal_whose_probe_fails_is_the_requests_own_and_its_other_messages_recorded(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The model refuses one message's request while the harmless request probing it fails
+    (a 500): that tells nothing, so the refusal is the request's own, as before the probe:
+    the request is split, its other messages recorded, the refused one left out. Kept
+    unblamed while its probes failed, the request was sent again, billed, every run, and
+    none of its messages recorded (review 4: 6 of ann's 10 messages, run after run)."""
+
+    def responder(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is None:  # the Messages API: the probe
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        if any("ann likes thing 1" in str(m.get("content")) for m in request.messages):
+            return ScriptedResponse(body=refusal_body())
+        return default_answer(request)
+
+    server.set_responder(responder)
+    with Audit(db_url=db) as audit:
+        for _ in range(3):
+            report = await _run(audit)
+        covered = {m for e in _reextracted(audit, "ann") for m in e.message_ids}
+        assert len(covered) == 9
+        assert len(report.left_out) == 1 and not report.failed
+        assert all("refused" in why for why in report.left_out.values())
+
+
 async def test_requests_all_refused_alike_are_their_own_when_a_probe_is_accepted(
     db: str, server: MessagesAPIServer
 ) -> None:
