@@ -19,7 +19,6 @@ re-extraction's rules (:meth:`BulkReextraction._send_directly`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -1235,7 +1234,7 @@ class BulkReextraction:
         batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
         if not batch.messages:  # forgotten meanwhile: their recording tells so
             return None
-        verdict = await self.extractor.probe(dataclasses.replace(batch, known=()))
+        verdict = await self.extractor.probe(replace(batch, known=()))
         log.info(
             "the model refused %d requests of Message Batch %s; a harmless request in %s's "
             "place was %s",
