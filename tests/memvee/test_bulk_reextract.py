@@ -1991,6 +1991,17 @@ def _covered(audit: Audit, user: str) -> set[str]:
     return {m for e in _reextracted(audit, user) for m in e.message_ids}
 
 
+async def _users_saying_they_like_tea(db_url: str, count: int) -> list[str]:
+    """``count`` users (u0, u1, ...) each with one message flushed into their log, none
+    extracted: the users of the fallback's specifications."""
+    users = [f"u{i}" for i in range(count)]
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in users:
+            await memory.add_message(user, "user", f"{user} likes tea")
+            await memory.flush(user)
+    return users
+
+
 def _said(audit: Audit, user: str) -> dict[str, str]:
     """The user's messages: their text by id."""
     return {
@@ -2093,12 +2104,8 @@ async def test_a_full_outage_costs_one_failed_call_and_one_harmless_request_for_
     once, which tells nothing of the API by itself, so the fallback went on to the next
     user and a full outage cost a failed full-price call for every user of the run. A
     harmless request after the first such stop tells the outage: the fallback stops."""
-    users = [f"u{i}" for i in range(6)]
     db = sqlite_url(tmp_path / "lone.db")
-    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db, 6)
     server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "down")))
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
@@ -2220,12 +2227,8 @@ async def test_a_harmless_request_after_a_lone_failure_ends_the_runs_fallback_wh
     run, the API answering, extracts every user's message. Failing in a way that would
     repeat (a 400), it tells only of itself, and every user's fallback goes (one user's
     lone failing message used to hold back every user after them, run after run)."""
-    users = [f"u{i}" for i in range(3)]
     db = sqlite_url(tmp_path / "busy.db")
-    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db, 3)
 
     def failing(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
@@ -2264,11 +2267,7 @@ async def test_a_busy_api_stopping_every_fallback_at_its_first_user_reaches_ever
     every message is recorded once."""
     if batches == "a Message Batch a user":
         _each_user_a_message_batch(monkeypatch)
-    users = [f"u{i}" for i in range(4)]
-    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db_url, 4)
 
     def busy(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is None and [m["content"] for m in request.messages] == ["Hello."]:
@@ -2307,11 +2306,7 @@ async def test_runs_killed_while_their_fallbacks_first_call_waits_each_begin_at_
     a user tried only once it had sent every user of the batch, so a killed run noted none
     and every run began, billed, with the same user), and once the APIs answer every
     message is recorded once."""
-    users = [f"u{i}" for i in range(4)]
-    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db_url, 4)
     loop = asyncio.get_running_loop()
     called = asyncio.Event()
     waiting: list[tuple[str, threading.Event]] = []
