@@ -54,6 +54,7 @@ from events import (
     RejectedBatchError,
     ReplacedEntry,
     StorageError,
+    TokenUsage,
     UserLog,
     bounded,
 )
@@ -842,12 +843,13 @@ class BulkReextraction:
             await self._read_short(row, batch_id, short, report)
             self._drop_row(row)
         report.batches.append(batch_id)
-        refused_all = await self._refused_all(row, answers)
-        model_refusal = await self._model_refusal(row, answers)
-        blamable = _blamable(answers)
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
+        refused_all, probed = await self._refused_all(row, answers)
+        model_refusal, probed_model = await self._model_refusal(row, answers)
+        probed.update(probed_model)
+        blamable = _blamable(answers)
         for user_id, requests in by_user.items():
             recorded = await asyncio.to_thread(self._recorded, user_id)
             for _, custom_id in sorted(requests):
@@ -869,6 +871,7 @@ class BulkReextraction:
                         refused_all,
                         blamable,
                         model_refusal,
+                        probed.get(custom_id),
                     )
                 except NotFoundError as gone:  # the user was forgotten while the batch ran
                     report.forgotten[request_id] = str(gone)
@@ -1205,20 +1208,30 @@ class BulkReextraction:
                 return batch_id
         return None
 
-    async def _refused_all(self, row: Any, answers: Mapping[str, Any]) -> frozenset[str]:
+    async def _refused_all(
+        self, row: Any, answers: Mapping[str, Any]
+    ) -> tuple[frozenset[str], dict[str, TokenUsage]]:
         """The reasons a Message Batch's requests were refused for that are the account's
         or the settings' (a credit balance too low, a model mistyped), not the requests':
         no request succeeded, and one refused so, sent again at once with a harmless
         message in place of its messages, is not accepted either (as the live path's
-        probe tells it; accepted, the requests refused so are their messages' own)."""
+        probe tells it; accepted, the requests refused so are their messages' own). With
+        what each probe spent, by the request it was sent for, to be counted in that
+        request's failure."""
         refused_all = set()
+        probed: dict[str, TokenUsage] = {}
         for reason, custom_id in _refused_for(answers).items():
             batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
-            if not batch.messages or await self.extractor.probe(batch) != "accepted":
+            verdict = "refused"
+            if batch.messages:
+                verdict, probed[custom_id] = await self.extractor.probe(batch)
+            if verdict != "accepted":
                 refused_all.add(reason)
-        return frozenset(refused_all)
+        return frozenset(refused_all), probed
 
-    async def _model_refusal(self, row: Any, answers: Mapping[str, Any]) -> str | None:
+    async def _model_refusal(
+        self, row: Any, answers: Mapping[str, Any]
+    ) -> tuple[str | None, dict[str, TokenUsage]]:
         """How the API answers a harmless request where the model refused requests of a
         Message Batch (a succeeded answer, ``stop_reason`` "refusal"), one probe a Message
         Batch, as the live path's (:meth:`ClaudeExtractor.probe`): the first request
@@ -1226,24 +1239,26 @@ class BulkReextraction:
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
         nothing, so the refusals are the requests' own, as before the probe (see
-        :func:`_refusal_told`). ``None``: the model refused no request."""
+        :func:`_refusal_told`). ``None``: the model refused no request. With what the probe
+        spent, by the request it was sent for, to be counted in that request's failure."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
         if not refused:
-            return None
+            return None, {}
         custom_id = refused[0]
         batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
         if not batch.messages:  # forgotten meanwhile: their recording tells so
-            return None
-        verdict = await self.extractor.probe(replace(batch, known=()))
+            return None, {}
+        verdict, spent = await self.extractor.probe(replace(batch, known=()))
         log.info(
             "the model refused %d requests of Message Batch %s; a harmless request in %s's "
-            "place was %s",
+            "place was %s (%d tokens)",
             len(refused),
             row["api_batch_id"],
             custom_id,
             verdict,
+            (spent.input_tokens or 0) + (spent.output_tokens or 0),
         )
-        return verdict
+        return verdict, {custom_id: spent}
 
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
@@ -1271,6 +1286,7 @@ class BulkReextraction:
         refused_all: frozenset[str],
         blamable: bool,
         model_refusal: str | None = None,
+        probed: TokenUsage | None = None,
     ) -> int | ExtractionError | None:
         """Record one request's answer; returns the entries added, how it failed, or
         ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
@@ -1278,9 +1294,12 @@ class BulkReextraction:
         the API refused every request of the Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`); ``model_refusal``: how a harmless request fared where the
-        model refused requests of the Message Batch (see :meth:`_model_refusal`)."""
+        model refused requests of the Message Batch (see :meth:`_model_refusal`);
+        ``probed``: what a probe sent for this request's refusal spent, counted in its
+        failure (a probed request is one that failed)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
+            failure.usage = _with_probe(failure.usage, probed)
             blamed = blamable and _server_error(outcome)
             self._record_failure(request, failure, request_id, blamed=blamed)
             return failure
@@ -1291,6 +1310,7 @@ class BulkReextraction:
             )
         except ExtractionError as read:
             error = _refusal_told(read, outcome, model_refusal)
+            error.usage = _with_probe(error.usage, probed)
             self._record_failure(request, error, request_id)
             return error
         current = self._known(batch.user_id)
@@ -1950,6 +1970,14 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
         "(its policy or the settings), not the request; retried later, no message blamed)",
         usage=error.usage,
     )
+
+
+def _with_probe(usage: TokenUsage | None, probed: TokenUsage | None) -> TokenUsage | None:
+    """A failed request's ``usage`` with what the probe of its refusal spent (``probed``),
+    as the live path counts its probes' tokens as the batch's."""
+    if probed is None:
+        return usage
+    return (usage or TokenUsage()).plus(probed)
 
 
 def _server_error(outcome: Any) -> bool:

@@ -518,16 +518,17 @@ class ClaudeExtractor(HarmlessRequests):
             )
         return response
 
-    async def probe(self, batch: ExtractionBatch) -> _Verdict:
+    async def probe(self, batch: ExtractionBatch) -> tuple[_Verdict, TokenUsage]:
         """How the API answers ``batch``'s request with a harmless message in place of its
         messages, all else kept: accepted, a refusal of the request was its messages'
         own; refused, the account's or the settings'; failed, it tells nothing (see
-        :meth:`_settle`). For a refusal met elsewhere (a Message Batches request)."""
+        :meth:`_settle`). For a refusal met elsewhere (a Message Batches request). With the
+        tokens the probe spent, billed at full price: the caller counts them, as
+        :meth:`_settle` counts its probes' as the batch's."""
         try:
-            verdict, _ = await self._answered(probe_request(self.request(batch), batch))
-        except ExtractionError:
-            return "failed"
-        return verdict
+            return await self._answered(probe_request(self.request(batch), batch))
+        except ExtractionError as failed:
+            return "failed", failed.usage or TokenUsage()
 
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:
         """Send ``batch``'s request asking for one output token, its answer not read, to

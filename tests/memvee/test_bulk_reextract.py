@@ -60,6 +60,7 @@ from tests.support.messages_api_server import (
     fault_when,
     prompt_known_entries,
     refusal_body,
+    tool_use_body,
 )
 
 USERS = ("ann", "bob")
@@ -1495,6 +1496,77 @@ async def test_requests_all_refused_alike_are_their_own_when_a_probe_is_accepted
         server.set_responder(default_answer)
         again = await _run(audit)
         assert (again.submitted, again.recorded, again.failed) == (20, 20, {})
+
+
+def _failures_spent(audit: Audit) -> list[tuple[int, int]]:
+    """The input and output tokens of each re-extraction failure in the users' logs."""
+    return sorted(
+        (e.input_tokens or 0, e.output_tokens or 0)
+        for user in USERS
+        for e in audit.store.events_of(user)
+        if isinstance(e, UserLog.ReextractionFailed)
+    )
+
+
+def _spent(audit: Audit) -> tuple[int, int]:
+    """The input and output tokens ``memvee stats`` says extraction spent, in all."""
+    rows = audit.spend()
+    return sum(r["input_tokens"] for r in rows), sum(r["output_tokens"] for r in rows)
+
+
+def _probe_answered(
+    probe: dict[str, Any], batch: ScriptedResponse
+) -> Callable[[RecordedRequest], ScriptedResponse]:
+    """Answer a Message Batch's requests with ``batch``, a harmless request (a probe,
+    through the Messages API) with ``probe``."""
+
+    def respond(request: RecordedRequest) -> ScriptedResponse:
+        return ScriptedResponse(body=probe) if request.custom_id is None else batch
+
+    return respond
+
+
+async def test_the_probe_of_a_models_refusals_counts_its_tokens_in_the_request_it_probed(
+    db: str, server: MessagesAPIServer
+) -> None:
+    """The harmless request probing the model's refusals in a Message Batch is billed at
+    full price: its tokens are counted in the failure of the request it was sent for, so
+    ``memvee stats`` shows them. They were dropped: the run showed only the batch's."""
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+    probe = refusal_body(input_tokens=7_000, output_tokens=3)
+    server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
+    with Audit(db_url=db) as audit:
+        before = _spent(audit)
+        report = await _run(audit)
+        assert (report.submitted, len(report.failed), len(server.requests)) == (6, 6, 1)
+        assert _failures_spent(audit) == [(100, 1)] * 5 + [(7_100, 4)]
+        assert _spent(audit) == (before[0] + 6 * 100 + 7_000, before[1] + 6 * 1 + 3)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        tool_use_body([], input_tokens=7_000, output_tokens=3),
+        refusal_body(input_tokens=7_000, output_tokens=3),
+    ],
+    ids=["accepted", "refused by the model"],
+)
+async def test_the_probe_of_requests_all_refused_alike_counts_its_tokens_in_the_request_it_probed(
+    db: str, server: MessagesAPIServer, probe: dict[str, Any]
+) -> None:
+    """Every request of a Message Batch refused for one reason (HTTP 400, not billed): the
+    harmless request probing whose refusal it is is answered, billed at full price, and
+    its tokens are counted in the failure of the request it was sent for, accepted or
+    refused by the model. They were dropped: the run showed nothing spent."""
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+    refused = ScriptedResponse(400, error_body("invalid_request_error", "blocked"))
+    server.set_responder(_probe_answered(probe, refused))
+    with Audit(db_url=db) as audit:
+        before = _spent(audit)
+        report = await _run(audit)
+        assert (report.submitted, len(report.failed), len(server.requests)) == (6, 6, 1)
+        assert [f for f in _failures_spent(audit) if f != (0, 0)] == [(7_000, 3)]
+        assert _spent(audit) == (before[0] + 7_000, before[1] + 3)
 
 
 @pytest.fixture
