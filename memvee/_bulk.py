@@ -846,8 +846,16 @@ class BulkReextraction:
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
-        refused_all, probed = await self._refused_all(row, answers)
-        model_refusal, probed_model = await self._model_refusal(row, answers)
+        recorded_before = {
+            user_id: await asyncio.to_thread(self._recorded, user_id) for user_id in by_user
+        }
+        due = {
+            custom_id
+            for custom_id, request in row["requests"].items()
+            if f"{batch_id}:{custom_id}" not in recorded_before[request["user"]]
+        }
+        refused_all, probed = await self._refused_all(row, answers, due)
+        model_refusal, probed_model = await self._model_refusal(row, answers, due)
         probed.update(probed_model)
         blamable = _blamable(answers)
         for user_id, requests in by_user.items():
@@ -1209,7 +1217,7 @@ class BulkReextraction:
         return None
 
     async def _refused_all(
-        self, row: Any, answers: Mapping[str, Any]
+        self, row: Any, answers: Mapping[str, Any], due: Collection[str]
     ) -> tuple[frozenset[str], dict[str, TokenUsage]]:
         """The reasons a Message Batch's requests were refused for that are the account's
         or the settings' (a credit balance too low, a model mistyped), not the requests':
@@ -1217,10 +1225,17 @@ class BulkReextraction:
         message in place of its messages, is not accepted either (as the live path's
         probe tells it; accepted, the requests refused so are their messages' own). With
         what each probe spent, by the request it was sent for, to be counted in that
-        request's failure."""
+        request's failure. The request probed for a reason is one of those ``due`` (not
+        recorded yet): a reason whose requests are all recorded (the batch collected
+        again) is neither probed nor billed again."""
         refused_all = set()
         probed: dict[str, TokenUsage] = {}
-        for reason, custom_id in _refused_for(answers).items():
+        for reason in _refused_for(answers):
+            custom_id = next(
+                (c for c, o in answers.items() if c in due and _refusal(o) == reason), None
+            )
+            if custom_id is None:
+                continue
             batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
             verdict = "refused"
             if batch.messages:
@@ -1230,7 +1245,7 @@ class BulkReextraction:
         return frozenset(refused_all), probed
 
     async def _model_refusal(
-        self, row: Any, answers: Mapping[str, Any]
+        self, row: Any, answers: Mapping[str, Any], due: Collection[str]
     ) -> tuple[str | None, dict[str, TokenUsage]]:
         """How the API answers a harmless request where the model refused requests of a
         Message Batch (a succeeded answer, ``stop_reason`` "refusal"), one probe a Message
@@ -1239,9 +1254,12 @@ class BulkReextraction:
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
         nothing, so the refusals are the requests' own, as before the probe (see
-        :func:`_refusal_told`). ``None``: the model refused no request. With what the probe
+        :func:`_refusal_told`). ``None``: the model refused no request ``due`` (not recorded
+        yet: one collected again is neither probed nor billed again). With what the probe
         spent, by the request it was sent for, to be counted in that request's failure."""
-        refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
+        refused = sorted(
+            (c for c, o in answers.items() if c in due and _model_refused(o)), key=_order
+        )
         if not refused:
             return None, {}
         custom_id = refused[0]

@@ -1569,6 +1569,88 @@ async def test_the_probe_of_requests_all_refused_alike_counts_its_tokens_in_the_
         assert _spent(audit) == (before[0] + 7_000, before[1] + 3)
 
 
+def _stopped_before_clearing_its_kept_batch(patch: pytest.MonkeyPatch) -> None:
+    """Have a run stop once it recorded a Message Batch's results, before clearing the
+    batch's kept row."""
+
+    def killed(self: BulkReextraction, local_id: str) -> None:
+        raise RuntimeError("killed")
+
+    patch.setattr(BulkReextraction, "_delete", killed)
+
+
+_REFUSED_AND_PROBED = {
+    "the model refusing every request": (
+        ScriptedResponse(body=refusal_body()),
+        refusal_body(input_tokens=7_000, output_tokens=3),
+    ),
+    "requests refused as their own": (
+        ScriptedResponse(400, error_body("invalid_request_error", "blocked")),
+        tool_use_body([], input_tokens=7_000, output_tokens=3),
+    ),
+}
+"""Every request of a Message Batch refused, and how the harmless request probing the
+refusal is answered, such that every request's failure is kept in its user's log."""
+
+
+@pytest.mark.parametrize("refusal", list(_REFUSED_AND_PROBED))
+async def test_a_message_batch_collected_again_once_recorded_is_not_probed_or_billed_again(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """A run stopped between recording a Message Batch's results and clearing its kept
+    row leaves it to the next run, which collects it again: its requests are recorded
+    already, so their refusals are not probed again (nor billed). The next run sent the
+    harmless request again, at full price, for requests it skipped."""
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+    refused, probe = _REFUSED_AND_PROBED[refusal]
+    server.set_responder(_probe_answered(probe, refused))
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            _stopped_before_clearing_its_kept_batch(patch)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        failures = _failures_spent(audit)
+        assert (len(server.requests), len(failures)) == (1, 6)
+        server.set_responder(default_answer)
+        again = await _run(audit)
+        assert (again.skipped, again.failed) == (6, {})
+        assert len(server.requests) == 1, "no harmless request for the requests skipped"
+        assert _failures_spent(audit) == failures
+
+
+async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts_in_one_of_them(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after recording two of a Message Batch's refused requests (the one
+    its probe was counted in among them) leaves four: the next run, collecting the batch
+    again, probes the model's refusal for those and counts the probe in one of them, so
+    every probe billed shows (that run's new Message Batch is refused and probed too:
+    three in all). The second probe was sent for the request recorded first, and its
+    tokens, counted in a request recorded already, were dropped."""
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+    probe = refusal_body(input_tokens=7_000, output_tokens=3)
+    server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
+    recorded = 0
+    real = BulkReextraction._record
+
+    def stopped_after_two(self: BulkReextraction, *args: Any) -> Any:
+        nonlocal recorded
+        if recorded == 2:
+            raise RuntimeError("killed")
+        recorded += 1
+        return real(self, *args)
+
+    with Audit(db_url=db) as audit:
+        with monkeypatch.context() as patch:
+            patch.setattr(BulkReextraction, "_record", stopped_after_two)
+            with pytest.raises(RuntimeError, match="killed"):
+                await _run(audit)
+        assert _failures_spent(audit) == [(100, 1), (7_100, 4)]
+        report = await _run(audit)
+        assert (report.skipped, len(report.failed), len(server.requests)) == (2, 4 + 6, 3)
+        assert _failures_spent(audit) == [(100, 1)] * 9 + [(7_100, 4)] * 3
+
+
 @pytest.fixture
 async def both_backends(db_url: str) -> str:
     """Two users with two processed exchanges each, on SQLite and on PostgreSQL."""
