@@ -387,7 +387,9 @@ class UserLog(Aggregate):
         when true, absent from events recorded before it, and stored with ``outage`` so that
         an older memvee leaves the calls out too), else the ``error`` that made it
         tell nothing (it failed in a way that would repeat), and what it cost, for ``memvee
-        stats``. A refused check keeps its ``error`` too, saying which refusal it met."""
+        stats``. A refused check keeps its ``error`` too, saying which refusal it met. The
+        ``reextract --batch-api`` fallback's harmless request after a lone failed call is
+        kept so for what it cost alone: it names no failed call, so it changes no evidence."""
 
         knowledge_version: str
         failed_calls: list[list[str]]

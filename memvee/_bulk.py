@@ -1008,6 +1008,7 @@ class BulkReextraction:
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
             "answered" if failed is None else f"failed too ({first_line(failed)})",
         )
+        await asyncio.to_thread(self._record_harmless, user_id, usage, failed)
         if failed is None:
             self.direct_answered = True
             return None
@@ -1023,6 +1024,41 @@ class BulkReextraction:
                 user_id,
             )
         return stopped
+
+    def _record_harmless(self, user_id: str, usage: TokenUsage, failed: Exception | None) -> None:
+        """Keep what the fallback's harmless request after ``user_id``'s lone failed call
+        spent in their log, for ``memvee stats``: a check naming no failed call, so the
+        evidence the live path weighs is as it was. One that spent nothing (an outage,
+        refused credentials) is not kept; a user forgotten meanwhile has no log to keep it."""
+        spent = (usage.input_tokens, usage.output_tokens)
+        if not any((*spent, usage.cache_read_tokens, usage.cache_write_tokens)):
+            return
+        refused = isinstance(failed, ExtractorAccessRefusedError)
+        shown = None
+        if failed is not None:
+            said = f"{type(failed).__name__}: {first_line(failed)}"
+            shown = redact(said, client_secrets(self.extractor.client))
+
+        def record(user_log: UserLog) -> None:
+            user_log.record_reextraction_check(
+                self.version,
+                (),
+                usage,
+                outage=failed is not None and not refused and tells_down(failed),
+                error=shown,
+                refused=refused,
+                extractor=self.extractor.name,
+                model=self.extractor.model,
+            )
+
+        try:
+            self.decide(user_id, record, ())
+        except MemveeError as failed_to_keep:
+            log.warning(
+                "user %r: the tokens of a harmless request were not recorded (%s)",
+                user_id,
+                first_line(failed_to_keep),
+            )
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""

@@ -2715,6 +2715,46 @@ async def test_a_user_whose_lone_message_fails_a_direct_call_holds_back_no_user_
         assert _covered(audit, "bob") == _processed(audit, "bob")
 
 
+async def test_the_harmless_request_after_a_lone_direct_failure_counts_its_tokens_in_the_users_log(
+    tmp_path: Path, server: MessagesAPIServer
+) -> None:
+    """Users with one message each, their Message Batches failing whole twice: u0's lone
+    message fails its full-price call, and the harmless request sent after it is answered,
+    billed. Its tokens are kept in u0's log (a check naming no failed call, so no evidence
+    changes) and shown by ``memvee stats``; they were only logged."""
+    db = sqlite_url(tmp_path / "lone.db")
+    users = await _users_saying_they_like_tea(db, 2)
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+
+    def u0_fails(request: RecordedRequest) -> ScriptedResponse:
+        said = [m["content"] for m in request.messages]
+        if request.custom_id is not None or said == ["u0 likes tea"]:
+            return ScriptedResponse(500, error_body("api_error", "boom"))
+        if said == ["Hello."]:
+            return ScriptedResponse(body=tool_use_body([], input_tokens=7_000, output_tokens=1))
+        return default_answer(request)
+
+    server.set_responder(u0_fails)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        before = _spent(audit)
+        report = await _run(audit, users=users)
+        assert report.direct == dict.fromkeys(users, 1) and "direct:u0" in report.failed
+        checks = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert [(c.failed_calls, c.input_tokens, c.output_tokens) for c in checks] == [
+            ([], 7_000, 1)
+        ]
+        (u1,) = [
+            e for e in audit.store.events_of("u1") if isinstance(e, UserLog.KnowledgeReextracted)
+        ]
+        assert _spent(audit) == (
+            before[0] + 7_000 + (u1.input_tokens or 0),
+            before[1] + 1 + (u1.output_tokens or 0),
+        )
+
+
 async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_run_holds(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
