@@ -846,16 +846,9 @@ class BulkReextraction:
         by_user: dict[str, list[tuple[int, str]]] = {}
         for custom_id, request in row["requests"].items():
             by_user.setdefault(request["user"], []).append((_order(custom_id), custom_id))
-        recorded_before = {
-            user_id: await asyncio.to_thread(self._recorded, user_id) for user_id in by_user
-        }
-        due = {
-            custom_id
-            for custom_id, request in row["requests"].items()
-            if f"{batch_id}:{custom_id}" not in recorded_before[request["user"]]
-        }
-        refused_all, probed = await self._refused_all(row, answers, due)
-        model_refusal, probed_model = await self._model_refusal(row, answers, due)
+        recorded_of: dict[str, set[str]] = {}  # read only for the users of refused requests
+        refused_all, probed = await self._refused_all(row, answers, recorded_of)
+        model_refusal, probed_model = await self._model_refusal(row, answers, recorded_of)
         probed.update(probed_model)
         blamable = _blamable(answers)
         for user_id, requests in by_user.items():
@@ -1253,7 +1246,7 @@ class BulkReextraction:
         return None
 
     async def _refused_all(
-        self, row: Any, answers: Mapping[str, Any], due: Collection[str]
+        self, row: Any, answers: Mapping[str, Any], recorded_of: dict[str, set[str]]
     ) -> tuple[frozenset[str], dict[str, TokenUsage]]:
         """The reasons a Message Batch's requests were refused for that are the account's
         or the settings' (a credit balance too low, a model mistyped), not the requests':
@@ -1261,15 +1254,14 @@ class BulkReextraction:
         message in place of its messages, is not accepted either (as the live path's
         probe tells it; accepted, the requests refused so are their messages' own). With
         what each probe spent, by the request it was sent for, to be counted in that
-        request's failure. The request probed for a reason is one of those ``due`` (not
-        recorded yet): a reason whose requests are all recorded (the batch collected
+        request's failure. The request probed for a reason is the first not recorded yet
+        (:meth:`_first_due`): a reason whose requests are all recorded (the batch collected
         again) is neither probed nor billed again."""
         refused_all = set()
         probed: dict[str, TokenUsage] = {}
         for reason in _refused_for(answers):
-            custom_id = next(
-                (c for c, o in answers.items() if c in due and _refusal(o) == reason), None
-            )
+            refused_so = (c for c, o in answers.items() if _refusal(o) == reason)
+            custom_id = await self._first_due(row, refused_so, recorded_of)
             if custom_id is None:
                 continue
             batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
@@ -1281,7 +1273,7 @@ class BulkReextraction:
         return frozenset(refused_all), probed
 
     async def _model_refusal(
-        self, row: Any, answers: Mapping[str, Any], due: Collection[str]
+        self, row: Any, answers: Mapping[str, Any], recorded_of: dict[str, set[str]]
     ) -> tuple[str | None, dict[str, TokenUsage]]:
         """How the API answers a harmless request where the model refused requests of a
         Message Batch (a succeeded answer, ``stop_reason`` "refusal"), one probe a Message
@@ -1290,15 +1282,14 @@ class BulkReextraction:
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
         nothing, so the refusals are the requests' own, as before the probe (see
-        :func:`_refusal_told`). ``None``: the model refused no request ``due`` (not recorded
-        yet: one collected again is neither probed nor billed again). With what the probe
-        spent, by the request it was sent for, to be counted in that request's failure."""
-        refused = sorted(
-            (c for c, o in answers.items() if c in due and _model_refused(o)), key=_order
-        )
-        if not refused:
+        :func:`_refusal_told`). ``None``: the model refused no request not recorded yet
+        (:meth:`_first_due`: one collected again is neither probed nor billed again). With
+        what the probe spent, by the request it was sent for, to be counted in that
+        request's failure."""
+        refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
+        custom_id = await self._first_due(row, refused, recorded_of)
+        if custom_id is None:
             return None, {}
-        custom_id = refused[0]
         batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
         if not batch.messages:  # forgotten meanwhile: their recording tells so
             return None, {}
@@ -1313,6 +1304,25 @@ class BulkReextraction:
             (spent.input_tokens or 0) + (spent.output_tokens or 0),
         )
         return verdict, {custom_id: spent}
+
+    async def _first_due(
+        self, row: Any, custom_ids: Iterable[str], recorded_of: dict[str, set[str]]
+    ) -> str | None:
+        """The first of ``custom_ids`` (requests of ``row``) whose user's log has not
+        recorded it yet, ``None`` if none: a Message Batch collected again once its requests
+        were recorded (a run stopped before clearing its kept row) probes none of them
+        again, nor bills their probes. ``recorded_of`` keeps each user's recorded request
+        ids once read, so a batch with no refusal reads no log for it."""
+        for custom_id in custom_ids:
+            request = row["requests"].get(custom_id)
+            if request is None:  # not one of the row's requests: nothing of it is recorded
+                continue
+            user_id = request["user"]
+            if user_id not in recorded_of:
+                recorded_of[user_id] = await asyncio.to_thread(self._recorded, user_id)
+            if f"{row['api_batch_id']}:{custom_id}" not in recorded_of[user_id]:
+                return custom_id
+        return None
 
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
