@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from events import EVENT_CLASSES, UserLog
@@ -41,8 +40,10 @@ Lookup = tuple[str, Any]
 
 NOTHING: tuple[Lookup, ...] = ()
 
-_log_id_text: Callable[[object], str] = lru_cache(maxsize=4096)(str)
-"""A log id as text: ``str`` of the event's UUID, remembered for the logs seen lately."""
+_log_id_texts: dict[int, str] = {}
+"""Log ids as text (``str`` of the event's UUID), by the UUID's number, for the logs seen
+lately: a UUID's own ``__hash__`` is Python code, an ``int``'s is not."""
+_LOG_ID_TEXTS_MAX = 4096
 _last_log_id: list[tuple[object, str]] = [(None, "")]
 """The latest log id and its text: consecutive events mostly share one UUID object."""
 
@@ -69,11 +70,15 @@ class Projection:
         """An empty in-memory set of this projection's rows."""
         return TableRows(self.key, self.indexed)
 
-    def of(self, events: Sequence[Any]) -> Sequence[Any]:
-        """The events of ``events`` this projection folds, in order."""
+    def of(self, events: Sequence[Any], kinds: frozenset[type] | None = None) -> Sequence[Any]:
+        """The events of ``events`` this projection folds, in order. ``kinds``, the types
+        of ``events`` if the caller knows them, spares a look at each event when this
+        projection folds none of them (a commit of messages, for most projections)."""
         if self.folds is EVERY_EVENT:
             return events
         folds = self.folds
+        if kinds is not None and folds.isdisjoint(kinds):
+            return []
         return [e for e in events if type(e) in folds]
 
 
@@ -81,7 +86,13 @@ def _log_id(e: Any) -> str:
     uuid = e.originator_id
     last, text = _last_log_id[0]
     if uuid is not last:
-        text = _log_id_text(uuid)
+        number = uuid.int
+        found = _log_id_texts.get(number)
+        if found is None:
+            if len(_log_id_texts) >= _LOG_ID_TEXTS_MAX:
+                _log_id_texts.clear()
+            found = _log_id_texts[number] = str(uuid)
+        text = found
         _last_log_id[0] = (uuid, text)
     return text
 
@@ -466,7 +477,7 @@ def evolve_users(rows: TableRows, e: Any) -> None:
             }
         )
         return
-    user = rows.get(log_id)
+    user = rows.rows.get(log_id)
     if user is None:
         return
     match e:

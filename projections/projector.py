@@ -346,8 +346,9 @@ class Projector:
         sinks = self._sinks_for(connection.dialect)
         remembered = self._remembered
         tables: list[tuple[Projection, TableRows]] = []
+        kinds = frozenset(map(type, events))
         for projection in PROJECTIONS:
-            folded = projection.of(events)
+            folded = projection.of(events, kinds)
             if folded:
                 sink = sinks[projection.table]
                 memory = remembered.get(projection.table)
