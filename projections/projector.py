@@ -364,7 +364,7 @@ class Projector:
         be sent by the caller: nothing else in the write may depend on their rows.
         """
         sinks = self._sinks_for(connection.dialect)
-        knowledge: tuple[list[Row], list[Row], list[Hashable]] = ([], [], [])
+        knowledge: tuple[list[Row], list[Row], list[Hashable]] | None = None
         for projection, rows in folded.tables:
             changes = rows.changes()
             sinks[projection.table].write(connection, *changes, joined)
@@ -373,7 +373,8 @@ class Projector:
             memory = self._remembered.get(projection.table)
             if memory is not None:
                 memory.stage(rows)
-        if connection.dialect.name == "sqlite":
+        # Entries are indexed, or marked again, only by events the knowledge fold folds.
+        if knowledge is not None and connection.dialect.name == "sqlite":
             self.search.write(connection, folded.events, knowledge)
 
     def committed(self) -> None:

@@ -107,8 +107,10 @@ class TableRows:
         """The net change since loading: rows to insert, changes to stored rows (their key
         and the columns whose value differs, so an index on an unchanged column is left
         alone), keys to delete."""
+        rows, stored, single = self.rows, self.stored, self._single_key
+        if not stored:  # nothing loaded (a live commit's messages): only inserts
+            return [row for key in self.written if (row := rows.get(key)) is not None], [], []
         inserted, updated, deleted = [], [], []
-        rows, stored, key_columns = self.rows, self.stored, self.key_columns
         for key in self.written:
             row = rows.get(key)
             if row is None:
@@ -117,8 +119,12 @@ class TableRows:
             elif key in stored:
                 before = stored[key]
                 changed = {c: v for c, v in row.items() if c not in before or before[c] != v}
-                if changed:
-                    updated.append({**{c: row[c] for c in key_columns}, **changed})
+                if not changed:
+                    continue
+                if single is not None:
+                    updated.append({single: key, **changed})
+                else:
+                    updated.append({**{c: row[c] for c in self.key_columns}, **changed})
             else:
                 inserted.append(row)
         return inserted, updated, deleted
