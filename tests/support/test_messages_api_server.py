@@ -4,6 +4,7 @@ through the real ``anthropic.AsyncAnthropic`` client over HTTP on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import anthropic
 import pytest
 from anthropic.types import Message
 
+from tests.support import messages_api_server
 from tests.support.messages_api_server import (
     BATCHES_PATH,
     CACHE_TTL_SECONDS,
@@ -99,6 +101,30 @@ async def create(client: anthropic.AsyncAnthropic, *contents: str, **kw: Any) ->
     """One Messages API call over ``contents``."""
     answer: Message = await client.messages.create(**params(*contents, **kw))
     return answer
+
+
+# Connections.
+
+
+async def test_every_connection_it_accepts_sends_small_answers_at_once(
+    server: MessagesAPIServer, client: anthropic.AsyncAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nagle's algorithm is off (TCP_NODELAY), as on ``memvee serve``: with it on, a
+    kept-alive client's delayed acknowledgement held each answer's body back for 40 ms, which
+    made a test of a hundred Message Batches calls wait seconds for nothing."""
+    nodelay: list[int] = []
+    accept = messages_api_server._Handler.setup
+
+    def setup(handler: messages_api_server._Handler) -> None:
+        accept(handler)
+        nodelay.append(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    monkeypatch.setattr(messages_api_server._Handler, "setup", setup)
+    await create(client, "hello")
+    await create(client, "hello again")
+
+    assert nodelay, "the call went through a connection the stand-in accepted"
+    assert all(nodelay), nodelay
 
 
 # Connection faults.
