@@ -12,8 +12,6 @@ from uuid import uuid4
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from sqlalchemy import create_engine
-from sqlalchemy.pool import StaticPool
 
 from events import (
     BatchLimits,
@@ -37,6 +35,7 @@ from projections import (
     state_at,
     verify,
 )
+from tests.support.reference_tables import REFERENCE_TABLES, fresh_reference_database
 
 USERS = ("ann", "ben")
 
@@ -121,12 +120,11 @@ def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
 
 def _sql_state_at(store: EventStore, user_id: str, version: int) -> UserState:
     """The reference: the log up to ``version`` folded into fresh tables in one go."""
-    tables = ProjectionTables("reference_")
+    tables = REFERENCE_TABLES
     projector = Projector(tables)
-    engine = create_engine("sqlite://", poolclass=StaticPool)
+    engine = fresh_reference_database()
     events = store.events_of(user_id, upto=version)
     with engine.begin() as connection:
-        projector.create(connection)
         projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
     reader = ProjectionReader(tables)
     with engine.connect() as connection:

@@ -16,8 +16,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine
-from sqlalchemy.pool import StaticPool
 
 from events import EventStore, Recorded, sqlite_url
 from projections import (
@@ -34,6 +32,7 @@ from projections import (
     take_checkpoint,
 )
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
+from tests.support.reference_tables import REFERENCE_TABLES, fresh_reference_database
 
 OPERATIONS = st.lists(st.sampled_from(EVERY_OPERATION), min_size=1, max_size=40)
 
@@ -42,14 +41,13 @@ def _sql_state_at(
     store: EventStore, user_id: str, version: int | None = None, at: datetime | None = None
 ) -> UserState:
     """The reference: the log up to that point folded into fresh tables in one go."""
-    tables = ProjectionTables("reference_")
+    tables = REFERENCE_TABLES
     projector = Projector(tables)
-    engine = create_engine("sqlite://", poolclass=StaticPool)
+    engine = fresh_reference_database()
     events = store.events_of(user_id, upto=version)
     if at is not None:
         events = [e for e in events if getattr(e, "timestamp") <= at]  # noqa: B009
     with engine.begin() as connection:
-        projector.create(connection)
         projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
     reader = ProjectionReader(tables)
     with engine.connect() as connection:
