@@ -15,9 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from memvee import Memory, _console
+from memvee._server import commands
 from memvee._server.commands import StopSignals, _listen
+from memvee.cli import app
 from memvee.extractors import OfflineExtractor
 from tests.support.server_process import MEMVEE, ROOT, ServerProcess, server_env
 
@@ -177,22 +180,25 @@ def test_an_ipv6_host_is_shown_in_brackets_where_a_port_follows_it(tmp_path: Pat
     assert listening["host"] == "::1", "the field stays the bare address"
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"error: cannot listen on [::1]:{port}: "), refused.stderr
+    assert refused.stderr.count("\n") == 1 and refused.stderr.endswith("\n"), "one line alone"
 
 
 @pytest.mark.parametrize("host", ["[localhost]", "[127.0.0.1]", "[::1", "[]"])
 def test_a_host_in_brackets_that_is_no_ipv6_address_is_one_error_line_and_exit_2(
-    tmp_path: Path, host: str
+    tmp_path: Path, host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    database = str(tmp_path / "memvee.db")
-    done = subprocess.run(
-        [str(MEMVEE), "serve", "--db", database, "--port", "0", "--host", host],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=server_env(),
-    )
+    """Run in this process (a ``memvee`` process costs seconds to start, four times over);
+    that a real one refusing its host prints that one line alone is shown above, with a
+    taken port. A host taken would fail the run where it begins to listen, not serve."""
 
-    assert done.returncode == 2
+    def listen(host: str, port: int) -> socket.socket:
+        raise AssertionError(f"--host {host!r} was taken: serving on it")
+
+    monkeypatch.setattr(commands, "_listen", listen)
+    database = str(tmp_path / "memvee.db")
+    done = CliRunner().invoke(app, ["serve", "--db", database, "--port", "0", "--host", host])
+
+    assert done.exit_code == 2
     assert (
         done.stderr == f"error: --host {host}: only an IPv6 address goes in brackets, as in [::1]\n"
     )
