@@ -153,17 +153,17 @@ def test_ipv6_loopback_bare_or_in_brackets_is_served_without_tokens_as_127_0_0_1
             exchange = {"user_message": "I live in Oslo.", "assistant_message": "ok"}
             written = http.post("/v1/users/ipv6/exchanges", json=exchange)
 
-    assert listening["host"] == "::1"
+    assert listening["host"] == "::1", "the field stays the bare address"
+    assert listening["message"] == f"listening on [::1]:{server.port}"
     assert written.status_code == 201
 
 
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
 def test_an_ipv6_host_is_shown_in_brackets_where_a_port_follows_it(tmp_path: Path) -> None:
     """``listening on ::1:8000`` reads as a port 1 and no address; ``[::1]:8000`` is the
-    form a URL and a client take."""
+    form a URL and a client take. The listening line's form is asserted above, with the
+    server each host starts; here a port taken gives it in the error line."""
     args = ["--db", str(tmp_path / "memvee.db"), "--no-auto-process", "--lexical"]
-    with ServerProcess(tmp_path / "server.log", [*args, "--host", "[::1]"]) as server:
-        listening = next(r for r in server.records() if r.get("event") == "listening")
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
         taken.bind(("::1", 0))
         taken.listen()
@@ -176,8 +176,6 @@ def test_an_ipv6_host_is_shown_in_brackets_where_a_port_follows_it(tmp_path: Pat
             env=server_env(),
         )
 
-    assert listening["message"] == f"listening on [::1]:{server.port}"
-    assert listening["host"] == "::1", "the field stays the bare address"
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"error: cannot listen on [::1]:{port}: "), refused.stderr
     assert refused.stderr.count("\n") == 1 and refused.stderr.endswith("\n"), "one line alone"
