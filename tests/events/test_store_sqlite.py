@@ -112,6 +112,38 @@ def test_writes_keep_one_connection_and_a_failed_one_leaves_nothing_behind(
     assert after.closed, "closing the store releases the writer connection"
 
 
+def test_a_transactions_writes_straight_to_the_driver_commit_with_it_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """The hot path writes to the driver, not through SQLAlchemy, and SQLAlchemy begins no
+    transaction for it: its writes are committed when it ends all the same, together with
+    any made through SQLAlchemy in the same transaction, and a failure stores none of them."""
+    store = EventStore(sqlite_url(tmp_path / "d.db"))
+
+    def stored() -> list[int]:
+        with sqlite3.connect(tmp_path / "d.db") as reader:
+            return [x for (x,) in reader.execute("SELECT x FROM t ORDER BY x")]
+
+    try:
+        with store.transaction() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        with store.transaction() as connection:
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.execute("INSERT INTO t VALUES (1)")
+        assert stored() == [1]
+        with store.transaction() as connection:
+            driver.execute("INSERT INTO t VALUES (2)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (3)")
+        assert stored() == [1, 2, 3]
+        with pytest.raises(RuntimeError), store.transaction() as connection:
+            connection.connection.driver_connection.execute("INSERT INTO t VALUES (4)")
+            raise RuntimeError("a fold failed")
+        assert stored() == [1, 2, 3]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("messages", [1, 2, 12])
 def test_an_append_inserts_a_few_events_in_one_statement_and_returns_their_stored_ids(
     tmp_path: Path, messages: int
