@@ -16,6 +16,7 @@ import re
 import select as io_select
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -660,6 +661,10 @@ class EventStore:
                     f"cannot open the event store at {self.safe_url}: {first_line(error)}"
                 ) from error
         self._datastore: Any = getattr(self._app.recorder, "datastore")  # noqa: B009
+        if self._datastore.write_lock is not None:
+            # eventsourcing's is a Semaphore, written in Python around a Condition: a plain
+            # lock keeps the writers one at a time as well, for less on every transaction.
+            self._datastore.write_lock = threading.Lock()
         engine: Engine = self._datastore.engine
         if not self.is_sqlite:
             # A bounded pool, shared with eventsourcing. No ping at checkout (a round trip
