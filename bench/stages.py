@@ -113,7 +113,7 @@ def run(cfg: BenchConfig, workspace: Workspace) -> Section:
         "stages. The untimed total is the figure to set beside the raw SQL: the "
         "difference is memvee's Python on the write path; the add_exchange and peer "
         "sections add the loop, the actors' messages and the threads. A lone user's "
-        "messages wait for the full-text index until 512 events have gathered, so their "
+        "messages wait for the full-text index until 256 events have gathered, so their "
         "indexing shows as a share of that pass."
     )
     return section

@@ -395,15 +395,18 @@ def test_stopping_indexes_the_messages_that_wait(store: EventStore) -> None:
     assert not _waiting(store)
 
 
-def test_a_write_of_many_events_indexes_its_messages_itself(store: EventStore) -> None:
-    """Under load every group commit carries its share of the index work: no spikes."""
+def test_a_large_write_leaves_its_messages_to_wait_for_the_next_pass_in_bulk(
+    store: EventStore,
+) -> None:
+    """Each index pass writes a new FTS5 segment, at a cost mostly per pass: a group
+    commit under load does not index its own messages, it adds them to those waiting."""
     committer = GroupCommitter(
-        store, Projector(ProjectionTables()), index_every=10_000, index_with=6, index_idle=3600
+        store, Projector(ProjectionTables()), index_every=200, index_idle=3600
     )
     try:
-        committer.commit(_log_with_messages("ann", 4)[1], 0)
-        assert _waiting(store), "five events are a small write: its messages wait"
-        committer.commit(_log_with_messages("bob", 5)[1], 0)
+        committer.commit(_log_with_messages("ann", 150)[1], 0)
+        assert _waiting(store), "151 events, fewer than 200: the messages wait"
+        committer.commit(_log_with_messages("bob", 60)[1], 0)
         assert not _waiting(store)
     finally:
         committer.stop()
