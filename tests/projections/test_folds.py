@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 from random import Random
+from types import SimpleNamespace
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from events import EVENT_CLASSES, ExtractedFact, UserLog
+from projections import folds
 from projections.folds import PROJECTIONS, Projection
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
 
@@ -100,3 +103,12 @@ def test_a_fact_said_again_is_cited_as_a_repeat_and_is_no_source_of_its_entry() 
     assert rows["knowledge"].rows[oslo["entry_id"]]["source_message_ids"] == [first]
     repeated = {key: row["repeated"] for key, row in rows["citations"].rows.items()}
     assert repeated == {(first, oslo["entry_id"]): 0, (again, oslo["entry_id"]): 1}
+
+
+def test_the_texts_of_log_ids_folded_stay_few_however_many_logs_are_folded() -> None:
+    """A fold remembers the text of each log id it met lately, not of every log ever
+    folded: a long-running process meets every user."""
+    ids = [uuid4() for _ in range(folds._LOG_ID_TEXTS_MAX + 100)]
+    for log_id in ids:
+        assert folds._log_id(SimpleNamespace(originator_id=log_id)) == str(log_id)
+        assert len(folds._log_id_texts) <= folds._LOG_ID_TEXTS_MAX

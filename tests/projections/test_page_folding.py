@@ -17,16 +17,13 @@ from events import (
     BatchLimits,
     EventStore,
     ExtractedFact,
-    Recorded,
     TokenUsage,
     UserLog,
     sqlite_url,
 )
 from projections import (
-    ProjectionReader,
     ProjectionTables,
     Projector,
-    UserState,
     catch_up,
     dump,
     index_messages,
@@ -35,7 +32,7 @@ from projections import (
     state_at,
     verify,
 )
-from tests.support.reference_tables import REFERENCE_TABLES, fresh_reference_database
+from tests.support.reference_tables import reference_state
 
 USERS = ("ann", "ben")
 
@@ -118,27 +115,6 @@ def _history(folder: Path, seed: int, steps: int = 160) -> EventStore:
     return store
 
 
-def _sql_state_at(store: EventStore, user_id: str, version: int) -> UserState:
-    """The reference: the log up to ``version`` folded into fresh tables in one go."""
-    tables = REFERENCE_TABLES
-    projector = Projector(tables)
-    engine = fresh_reference_database()
-    events = store.events_of(user_id, upto=version)
-    with engine.begin() as connection:
-        projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
-    reader = ProjectionReader(tables)
-    with engine.connect() as connection:
-        state = UserState(
-            user_id,
-            events[-1].originator_version,
-            reader.buffer(connection, user_id),
-            reader.tasks(connection, user_id),
-            reader.knowledge(connection, user_id),
-        )
-    engine.dispose()
-    return state
-
-
 @pytest.mark.parametrize("seed", [6, 7, 9])
 def test_page_folding_equals_the_live_fold(tmp_path: Path, seed: int) -> None:
     store = _history(tmp_path, seed)
@@ -166,13 +142,13 @@ def test_page_folding_equals_the_live_fold(tmp_path: Path, seed: int) -> None:
             for user in USERS:
                 last = len(store.events_of(user))
                 for version in range(1, last + 1, 5):
-                    assert state_at(store, user, version=version) == _sql_state_at(
+                    assert state_at(store, user, version=version) == reference_state(
                         store, user, version
                     )
         finally:
             replay._PAGE = page
         for user in USERS:
-            assert state_at(store, user) == _sql_state_at(store, user, 2**31)
+            assert state_at(store, user) == reference_state(store, user, 2**31)
     finally:
         store.close()
 

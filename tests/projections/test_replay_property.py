@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events import EventStore, Recorded, sqlite_url
+from events import EventStore, sqlite_url
 from projections import (
     ProjectionReader,
     ProjectionTables,
@@ -32,34 +32,9 @@ from projections import (
     take_checkpoint,
 )
 from tests.support.log_operations import EVERY_OPERATION, LogDriver
-from tests.support.reference_tables import REFERENCE_TABLES, fresh_reference_database
+from tests.support.reference_tables import reference_state
 
 OPERATIONS = st.lists(st.sampled_from(EVERY_OPERATION), min_size=1, max_size=40)
-
-
-def _sql_state_at(
-    store: EventStore, user_id: str, version: int | None = None, at: datetime | None = None
-) -> UserState:
-    """The reference: the log up to that point folded into fresh tables in one go."""
-    tables = REFERENCE_TABLES
-    projector = Projector(tables)
-    engine = fresh_reference_database()
-    events = store.events_of(user_id, upto=version)
-    if at is not None:
-        events = [e for e in events if getattr(e, "timestamp") <= at]  # noqa: B009
-    with engine.begin() as connection:
-        projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
-    reader = ProjectionReader(tables)
-    with engine.connect() as connection:
-        state = UserState(
-            user_id=user_id,
-            version=events[-1].originator_version if events else 0,
-            buffer=reader.buffer(connection, user_id),
-            tasks=reader.tasks(connection, user_id),
-            knowledge=reader.knowledge(connection, user_id),
-        )
-    engine.dispose()
-    return state
 
 
 def _live(store: EventStore, reader: ProjectionReader) -> Any:
@@ -128,7 +103,7 @@ def _check_replay(operations: list[str], folder: Path, driver: LogDriver) -> Non
         def reference(version: int | None = None, at: datetime | None = None) -> UserState:
             """The log folded into fresh tables, once for each point the checks ask for."""
             if (version, at) not in references:
-                references[version, at] = _sql_state_at(store, "p", version, at)
+                references[version, at] = reference_state(store, "p", version, at)
             return references[version, at]
 
         for version, live in seen.items():

@@ -107,3 +107,18 @@ def test_a_row_keeps_its_place_in_an_index_whose_column_a_change_leaves_alone() 
     rows.change("m1", {"task_id": "t1"})
     assert rows.find("log_id", "a") == ["m1", "m2"]
     assert rows.find("task_id", "t1") == ["m1"]
+
+
+def test_with_nothing_loaded_the_rows_held_are_inserts_and_those_deleted_are_not_written() -> None:
+    rows = _buffer()
+    rows.put({"message_id": "m1", "task_id": "t1"})
+    rows.put({"message_id": "m2", "task_id": None})
+    rows.delete("m1")
+    assert rows.changes() == ([{"message_id": "m2", "task_id": None}], [], [])
+
+
+def test_a_change_of_a_row_with_a_one_column_key_names_its_key_and_what_changed() -> None:
+    rows = TableRows(("message_id",))
+    rows.load([{"message_id": "m1", "task_id": None, "seq": 1}])
+    rows.update("m1", task_id="t1")
+    assert rows.changes() == ([], [{"message_id": "m1", "task_id": "t1"}], [])

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+from datetime import datetime
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
-from projections import ProjectionTables, Projector
+from events import EventStore, Recorded
+from projections import ProjectionReader, ProjectionTables, Projector, UserState
 
-__all__ = ["REFERENCE_TABLES", "fresh_reference_database"]
+__all__ = ["REFERENCE_TABLES", "fresh_reference_database", "reference_state"]
 
 REFERENCE_TABLES = ProjectionTables("reference_")
 """The reference folds' tables, named apart from the live ones."""
@@ -38,3 +40,30 @@ def fresh_reference_database() -> Engine:
     copy = sqlite3.connect(":memory:", check_same_thread=False)
     _made_once().backup(copy)
     return _in_memory(copy)
+
+
+def reference_state(
+    store: EventStore, user_id: str, version: int | None = None, at: datetime | None = None
+) -> UserState:
+    """The replay properties' reference: ``user_id``'s log up to ``version`` (and events
+    stamped up to ``at``) folded into fresh tables in one go, and read back."""
+    tables = REFERENCE_TABLES
+    projector = Projector(tables)
+    engine = fresh_reference_database()
+    try:
+        events = store.events_of(user_id, upto=version)
+        if at is not None:
+            events = [e for e in events if getattr(e, "timestamp") <= at]  # noqa: B009
+        with engine.begin() as connection:
+            projector.apply(connection, [Recorded(e.originator_version, e) for e in events])
+        reader = ProjectionReader(tables)
+        with engine.connect() as connection:
+            return UserState(
+                user_id=user_id,
+                version=events[-1].originator_version if events else 0,
+                buffer=reader.buffer(connection, user_id),
+                tasks=reader.tasks(connection, user_id),
+                knowledge=reader.knowledge(connection, user_id),
+            )
+    finally:
+        engine.dispose()

@@ -3,6 +3,7 @@ tables made anew."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
@@ -11,7 +12,7 @@ from projections import Projector
 from tests.support.reference_tables import REFERENCE_TABLES, fresh_reference_database
 
 
-def _schema_and_rows(engine: Engine) -> tuple[list[Any], dict[str, list[Any]]]:
+def _schema_and_rows(engine: Engine) -> tuple[Sequence[Any], dict[str, Sequence[Any]]]:
     """Every table, index and trigger the database defines, and every row it holds."""
     with engine.connect() as connection:
         schema = connection.execute(
