@@ -1255,19 +1255,22 @@ class BulkReextraction:
         probe tells it; accepted, the requests refused so are their messages' own). With
         what each probe spent, by the request it was sent for, to be counted in that
         request's failure. The request probed for a reason is the first not recorded yet
-        (:meth:`_first_due`): a reason whose requests are all recorded (the batch collected
-        again) is neither probed nor billed again."""
+        (:meth:`_first_due`) whose messages are still stored: a reason whose requests are
+        all recorded (the batch collected again) is neither probed nor billed again, and one
+        whose requests due have no messages left (their users forgotten meanwhile) blames no
+        request: nothing tells whose refusal it is, so they are planned again."""
         refused_all = set()
         probed: dict[str, TokenUsage] = {}
         for reason in _refused_for(answers):
             refused_so = (c for c, o in answers.items() if _refusal(o) == reason)
-            custom_id = await self._first_due(row, refused_so, recorded_of)
-            if custom_id is None:
+            due, target = await self._first_due(row, refused_so, recorded_of)
+            if not due:
                 continue
-            batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
-            verdict = "refused"
-            if batch.messages:
-                verdict, probed[custom_id] = await self.extractor.probe(batch)
+            if target is None:  # no messages left to probe with: blame none, plan again
+                refused_all.add(reason)
+                continue
+            custom_id, batch = target
+            verdict, probed[custom_id] = await self.extractor.probe(batch)
             if verdict != "accepted":
                 refused_all.add(reason)
         return frozenset(refused_all), probed
@@ -1282,17 +1285,20 @@ class BulkReextraction:
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
         nothing, so the refusals are the requests' own, as before the probe (see
-        :func:`_refusal_told`). ``None``: the model refused no request not recorded yet
-        (:meth:`_first_due`: one collected again is neither probed nor billed again). With
+        :func:`_refusal_told`); "unprobed": no request refused so and not recorded yet has
+        its messages still stored (their users forgotten meanwhile), so nothing tells whose
+        refusal it is and no message is blamed. ``None``: the model refused no request not
+        recorded yet (:meth:`_first_due`: one collected again is neither probed nor billed
+        again). The request probed is the first due whose messages are still stored. With
         what the probe spent, by the request it was sent for, to be counted in that
         request's failure."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
-        custom_id = await self._first_due(row, refused, recorded_of)
-        if custom_id is None:
+        due, target = await self._first_due(row, refused, recorded_of)
+        if not due:
             return None, {}
-        batch = await asyncio.to_thread(self._batch, custom_id, row["requests"][custom_id])
-        if not batch.messages:  # forgotten meanwhile: their recording tells so
-            return None, {}
+        if target is None:  # no messages left to probe with: nothing tells whose refusal
+            return "unprobed", {}
+        custom_id, batch = target
         verdict, spent = await self.extractor.probe(replace(batch, known=()))
         log.info(
             "the model refused %d requests of Message Batch %s; a harmless request in %s's "
@@ -1307,12 +1313,16 @@ class BulkReextraction:
 
     async def _first_due(
         self, row: Any, custom_ids: Iterable[str], recorded_of: dict[str, set[str]]
-    ) -> str | None:
-        """The first of ``custom_ids`` (requests of ``row``) whose user's log has not
-        recorded it yet, ``None`` if none: a Message Batch collected again once its requests
-        were recorded (a run stopped before clearing its kept row) probes none of them
-        again, nor bills their probes. ``recorded_of`` keeps each user's recorded request
-        ids once read, so a batch with no refusal reads no log for it."""
+    ) -> tuple[bool, tuple[str, ExtractionBatch] | None]:
+        """Whether any of ``custom_ids`` (requests of ``row``) is due (its user's log has not
+        recorded it yet), and the first due whose messages are still stored, with the batch
+        it was made of (``None``: none has, its users forgotten meanwhile): a Message Batch
+        collected again once its requests were recorded (a run stopped before clearing its
+        kept row) probes none of them again, nor bills their probes, and a probe is never
+        sent for messages that are gone (its verdict would blame the requests of others
+        unasked). ``recorded_of`` keeps each user's recorded request ids once read, so a
+        batch with no refusal reads no log for it."""
+        due = False
         for custom_id in custom_ids:
             request = row["requests"].get(custom_id)
             if request is None:  # not one of the row's requests: nothing of it is recorded
@@ -1320,9 +1330,13 @@ class BulkReextraction:
             user_id = request["user"]
             if user_id not in recorded_of:
                 recorded_of[user_id] = await asyncio.to_thread(self._recorded, user_id)
-            if f"{row['api_batch_id']}:{custom_id}" not in recorded_of[user_id]:
-                return custom_id
-        return None
+            if f"{row['api_batch_id']}:{custom_id}" in recorded_of[user_id]:
+                continue
+            due = True
+            batch = await asyncio.to_thread(self._batch, custom_id, request)
+            if batch.messages:
+                return True, (custom_id, batch)
+        return due, None
 
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
@@ -2026,8 +2040,18 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
     request, a failure that may pass, whose messages are planned again next run. Answered,
     or failed (it tells nothing), the refusal is the request's own, split and, alone, left
     out: kept unblamed while its probes fail, such a request was sent again, billed, every
-    run, its other messages never recorded."""
-    if verdict != "refused" or not _model_refused(outcome):
+    run, its other messages never recorded. Unprobed (no request refused so had its
+    messages still stored), nothing tells whose refusal it is: no message is blamed, and the
+    request is planned again."""
+    if not _model_refused(outcome):
+        return error
+    if verdict == "unprobed":
+        return ExtractionError(
+            f"{error} (no request the model refused so has its messages still stored to "
+            "probe whose refusal it is: retried later, no message blamed)",
+            usage=error.usage,
+        )
+    if verdict != "refused":
         return error
     return EveryRequestRefusedError(
         f"{error} (a harmless request was refused too: the model refuses every request "

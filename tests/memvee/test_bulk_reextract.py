@@ -1652,6 +1652,71 @@ async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts
 
 
 @pytest.fixture
+async def db_on_both_backends(db_url: str) -> AsyncIterator[str]:
+    """The users of ``db`` (two users' messages processed, one waiting buffered), on
+    SQLite and on PostgreSQL."""
+    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
+        for user in USERS:
+            for i in range(5):
+                await memory.add_exchange(user, f"{user} likes thing {i}", "ok")
+            await memory.flush(user)
+        await memory.add_exchange("ann", "I am still buffered", "ok")
+    yield db_url
+
+
+FAILED = UserLog.ReextractionFailed
+
+
+def _forgotten_before_the_refusals_are_probed(patch: pytest.MonkeyPatch, user_id: str) -> None:
+    """Have ``user_id`` forgotten once a Message Batch's results are read, before the
+    refusals among them are probed."""
+    real = BulkReextraction._refused_all
+
+    async def forget_then(self: BulkReextraction, *args: Any) -> Any:
+        erase_user(self.store, Projector(ProjectionTables()), None, user_id)
+        return await real(self, *args)
+
+    patch.setattr(BulkReextraction, "_refused_all", forget_then)
+
+
+async def test_the_models_refusals_are_probed_for_a_request_whose_messages_are_still_stored(
+    db_on_both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model refuses every request, and ann, whose request is the first refused, is
+    forgotten while the Message Batch ran: the harmless request goes in the place of
+    bob's, is refused too, and bob's refusals blame none of his messages. The probe was
+    skipped (ann's request had no messages left) and bob's refusals were taken as their
+    own: split, and left out for good once alone."""
+    server.set_responder(lambda r: ScriptedResponse(body=refusal_body()))
+    with Audit(db_url=db_on_both_backends) as audit:
+        _forgotten_before_the_refusals_are_probed(monkeypatch, "ann")
+        report = await _run(audit)
+        assert sum(r.custom_id is None for r in server.requests) == 1, "one probe"
+        bobs = [e.error for e in audit.store.events_of("bob") if isinstance(e, FAILED)]
+        assert len(bobs) == 3 and report.left_out == {}
+        assert all("the model refuses every request" in why for why in bobs)
+
+
+async def test_requests_refused_alike_are_probed_for_one_whose_messages_are_still_stored(
+    db_on_both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request of a Message Batch refused for one reason, and bob, whose request is
+    the first refused in the results (the stand-in gives them last first), forgotten
+    while it ran: the harmless request goes in the place of ann's, is accepted, and ann's
+    refusals are her requests' own. The probe was skipped and the reason taken as the
+    account's, for everyone, unasked."""
+    refused = ScriptedResponse(400, error_body("invalid_request_error", "blocked"))
+    server.set_responder(_probe_answered(tool_use_body([]), refused))
+    with Audit(db_url=db_on_both_backends) as audit:
+        _forgotten_before_the_refusals_are_probed(monkeypatch, "bob")
+        await _run(audit)
+        assert sum(r.custom_id is None for r in server.requests) == 1, "one probe"
+        anns = [e for e in audit.store.events_of("ann") if isinstance(e, FAILED)]
+        assert len(anns) == 3 and all(e.repeats for e in anns)
+        assert not any("refused every request" in e.error for e in anns)
+
+
+@pytest.fixture
 async def both_backends(db_url: str) -> str:
     """Two users with two processed exchanges each, on SQLite and on PostgreSQL."""
     async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
