@@ -15,21 +15,23 @@ from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 from memvee.extractors._offline import OfflineExtractor
 
 if TYPE_CHECKING:
-    from memvee.extractors._claude import ClaudeExtractor
+    from memvee.extractors._claude import ClaudeExtractor, ProbeResult
 
 __all__ = [
     "DEFAULT_MODEL",
     "MODEL_ENV_VAR",
     "ClaudeExtractor",
     "OfflineExtractor",
+    "ProbeResult",
     "default_extractor",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """:class:`ClaudeExtractor`, imported on first use (with the anthropic SDK)."""
-    if name == "ClaudeExtractor":
-        from memvee.extractors._claude import ClaudeExtractor
+    """:class:`ClaudeExtractor` and :class:`ProbeResult`, imported on first use (with the
+    anthropic SDK)."""
+    if name in ("ClaudeExtractor", "ProbeResult"):
+        from memvee.extractors import _claude
 
-        return ClaudeExtractor
+        return getattr(_claude, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import anthropic
 import httpx2
@@ -81,7 +81,14 @@ from memvee.extractors._claude_prompt import (
 from memvee.extractors._default import API_KEY_ENV_VAR
 from memvee.extractors._model_choice import DEFAULT_MODEL, MODEL_ENV_VAR
 
-__all__ = ["DEFAULT_MODEL", "MODEL_ENV_VAR", "TOOL_NAME", "ClaudeExtractor", "cache_minimum"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "MODEL_ENV_VAR",
+    "TOOL_NAME",
+    "ClaudeExtractor",
+    "ProbeResult",
+    "cache_minimum",
+]
 
 _log = logging.getLogger("memvee.extractors")
 
@@ -97,6 +104,18 @@ _Answer = Literal["accepted", "refused"]
 _Verdict = _Answer | Literal["failed"]
 """How the API answered a probe, or that the probe failed otherwise (see
 :meth:`ClaudeExtractor.probe`)."""
+
+
+class ProbeResult(NamedTuple):
+    """What :meth:`ClaudeExtractor.probe` found and what it cost: ``verdict`` "accepted"
+    (a refusal of the request was its messages' own), "refused" (the account's or the
+    settings') or "failed" (it tells nothing), and ``usage``, the tokens the harmless
+    request spent, billed at full price, for the caller to record (none when it failed
+    before any answer)."""
+
+    verdict: _Verdict
+    usage: TokenUsage
+
 
 _MAX_DETAIL_CHARS = 200
 _OUTPUT_BASE = 512
@@ -518,17 +537,18 @@ class ClaudeExtractor(HarmlessRequests):
             )
         return response
 
-    async def probe(self, batch: ExtractionBatch) -> tuple[_Verdict, TokenUsage]:
+    async def probe(self, batch: ExtractionBatch) -> ProbeResult:
         """How the API answers ``batch``'s request with a harmless message in place of its
         messages, all else kept: accepted, a refusal of the request was its messages'
         own; refused, the account's or the settings'; failed, it tells nothing (see
         :meth:`_settle`). For a refusal met elsewhere (a Message Batches request). With the
-        tokens the probe spent, billed at full price: the caller counts them, as
-        :meth:`_settle` counts its probes' as the batch's."""
+        tokens the probe spent (:class:`ProbeResult`), billed at full price: the caller
+        records them, as :meth:`_settle` counts its probes' as the batch's."""
         try:
-            return await self._answered(probe_request(self.request(batch), batch))
+            verdict, usage = await self._answered(probe_request(self.request(batch), batch))
         except ExtractionError as failed:
-            return "failed", failed.usage or TokenUsage()
+            return ProbeResult("failed", failed.usage or TokenUsage())
+        return ProbeResult(verdict, usage)
 
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:
         """Send ``batch``'s request asking for one output token, its answer not read, to

@@ -41,7 +41,7 @@ from events.extraction import (
     KnownEntry,
     TokenUsage,
 )
-from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor
+from memvee.extractors import DEFAULT_MODEL, MODEL_ENV_VAR, ClaudeExtractor, ProbeResult
 from tests.support.messages_api_server import (
     error_body,
     prompt_known_entries,
@@ -934,6 +934,29 @@ async def test_a_probe_keeps_all_of_the_request_but_the_batchs_messages(claude: 
 
 def model_refusal(input_tokens: int = 0) -> httpx2.Response:
     return httpx2.Response(200, json=refusal_body(input_tokens=input_tokens, output_tokens=0))
+
+
+@pytest.mark.parametrize(
+    ("answer", "verdict"),
+    [(ok(input_tokens=5000, output_tokens=3), "accepted"), (model_refusal(5000), "refused")],
+    ids=["accepted", "refused by the model"],
+)
+async def test_a_probe_tells_its_verdict_and_the_tokens_it_spent_by_name(
+    claude: Make, answer: httpx2.Response, verdict: str
+) -> None:
+    """``ClaudeExtractor.probe``, for a refusal met elsewhere, says how the harmless
+    request was answered and what it cost, each by name, for the caller to record."""
+    result = await claude(FakeAPI(answer), max_retries=0).probe(BATCH)
+    assert isinstance(result, ProbeResult)
+    assert (result.verdict, result.usage.input_tokens) == (verdict, 5000)
+
+
+async def test_a_probe_that_fails_tells_so_and_that_it_spent_nothing(claude: Make) -> None:
+    """A harmless request failing with a server error tells nothing, and cost nothing."""
+    api = FakeAPI(fail(500, "api_error", "boom"))
+    result = await claude(api, max_retries=0).probe(BATCH)
+    assert isinstance(result, ProbeResult)
+    assert (result.verdict, result.usage) == ("failed", TokenUsage())
 
 
 class EntryFilter(FakeAPI):
