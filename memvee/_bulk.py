@@ -67,7 +67,13 @@ from events.errors import (
 )
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
-from memvee.extractors._claude import api_error, client_secrets, outweighed, probe_request
+from memvee.extractors._claude import (
+    ProbeResult,
+    api_error,
+    client_secrets,
+    outweighed,
+    probe_request,
+)
 from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table, restamped
 from projections.bulk_runs import CLAIM as _CLAIM
@@ -147,11 +153,11 @@ Direct = Callable[[str, Collection[str], "ReextractionReport"], Awaitable[None]]
 re-extraction's rules (Audit's ``reextract``), filling in the report as it goes: the
 fallback for a Message Batch that failed whole with server errors a second time."""
 
-RecordFailure = Callable[..., None]
+RecordFailure = Callable[..., bool]
 """Keeps a failed re-extraction call in its user's log, what it cost and whether it
 failed of its own in a way that repeats (Audit's ``_record_failure``: user, version,
 message ids, the error, the extractor, whether it failed alone, and the error's ``text``
-and the ``request_id`` by name)."""
+and the ``request_id`` by name); returns whether it was kept."""
 
 
 @dataclass
@@ -982,7 +988,8 @@ class BulkReextraction:
         next run. One failing in a way that would repeat (a 400) tells only of itself, and
         the next user goes on. So an outage, a rate limit or a refused key costs one failed call and
         that request, not a failed call for every user with a message or two to send."""
-        from memvee.audit import harmless_request  # the audit imports this module lazily
+        # the audit imports this module lazily
+        from memvee.audit import check_finding, harmless_request, record_check
 
         if live.refused:
             return _fallback_key_refused(stopped, live.check_error)
@@ -1001,7 +1008,16 @@ class BulkReextraction:
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
             "answered" if failed is None else f"failed too ({first_line(failed)})",
         )
-        await asyncio.to_thread(self._record_harmless, user_id, usage, failed)
+        await asyncio.to_thread(
+            record_check,
+            self.decide,
+            user_id,
+            self.version,
+            (),
+            usage,
+            check_finding(failed),
+            self.extractor,
+        )
         if failed is None:
             self.direct_answered = True
             return None
@@ -1017,41 +1033,6 @@ class BulkReextraction:
                 user_id,
             )
         return stopped
-
-    def _record_harmless(self, user_id: str, usage: TokenUsage, failed: Exception | None) -> None:
-        """Keep what the fallback's harmless request after ``user_id``'s lone failed call
-        spent in their log, for ``memvee stats``: a check naming no failed call, so the
-        evidence the live path weighs is as it was. One that spent nothing (an outage,
-        refused credentials) is not kept; a user forgotten meanwhile has no log to keep it."""
-        spent = (usage.input_tokens, usage.output_tokens)
-        if not any((*spent, usage.cache_read_tokens, usage.cache_write_tokens)):
-            return
-        refused = isinstance(failed, ExtractorAccessRefusedError)
-        shown = None
-        if failed is not None:
-            said = f"{type(failed).__name__}: {first_line(failed)}"
-            shown = redact(said, client_secrets(self.extractor.client))
-
-        def record(user_log: UserLog) -> None:
-            user_log.record_reextraction_check(
-                self.version,
-                (),
-                usage,
-                outage=failed is not None and not refused and tells_down(failed),
-                error=shown,
-                refused=refused,
-                extractor=self.extractor.name,
-                model=self.extractor.model,
-            )
-
-        try:
-            self.decide(user_id, record, ())
-        except MemveeError as failed_to_keep:
-            log.warning(
-                "user %r: the tokens of a harmless request were not recorded (%s)",
-                user_id,
-                first_line(failed_to_keep),
-            )
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""
@@ -1247,7 +1228,7 @@ class BulkReextraction:
 
     async def _refused_all(
         self, row: Any, answers: Mapping[str, Any], recorded_of: dict[str, set[str]]
-    ) -> tuple[frozenset[str], dict[str, TokenUsage]]:
+    ) -> tuple[frozenset[str], dict[str, ProbeResult]]:
         """The reasons a Message Batch's requests were refused for that are the account's
         or the settings' (a credit balance too low, a model mistyped), not the requests':
         no request succeeded, and one refused so, sent again at once with a harmless
@@ -1260,7 +1241,7 @@ class BulkReextraction:
         whose requests due have no messages left (their users forgotten meanwhile) blames no
         request: nothing tells whose refusal it is, so they are planned again."""
         refused_all = set()
-        probed: dict[str, TokenUsage] = {}
+        probed: dict[str, ProbeResult] = {}
         for reason in _refused_for(answers):
             refused_so = (c for c, o in answers.items() if _refusal(o) == reason)
             due, target = await self._first_due(row, refused_so, recorded_of)
@@ -1270,14 +1251,14 @@ class BulkReextraction:
                 refused_all.add(reason)
                 continue
             custom_id, batch = target
-            verdict, probed[custom_id] = await self.extractor.probe(batch)
-            if verdict != "accepted":
+            probed[custom_id] = await self.extractor.probe(batch)
+            if probed[custom_id].verdict != "accepted":
                 refused_all.add(reason)
         return frozenset(refused_all), probed
 
     async def _model_refusal(
         self, row: Any, answers: Mapping[str, Any], recorded_of: dict[str, set[str]]
-    ) -> tuple[str | None, dict[str, TokenUsage]]:
+    ) -> tuple[str | None, dict[str, ProbeResult]]:
         """How the API answers a harmless request where the model refused requests of a
         Message Batch (a succeeded answer, ``stop_reason`` "refusal"), one probe a Message
         Batch, as the live path's (:meth:`ClaudeExtractor.probe`): the first request
@@ -1299,7 +1280,8 @@ class BulkReextraction:
         if target is None:  # no messages left to probe with: nothing tells whose refusal
             return "unprobed", {}
         custom_id, batch = target
-        verdict, spent = await self.extractor.probe(replace(batch, known=()))
+        probed = await self.extractor.probe(replace(batch, known=()))
+        verdict, spent = probed
         log.info(
             "the model refused %d requests of Message Batch %s; a harmless request in %s's "
             "place was %s (%d tokens)",
@@ -1309,7 +1291,7 @@ class BulkReextraction:
             verdict,
             (spent.input_tokens or 0) + (spent.output_tokens or 0),
         )
-        return verdict, {custom_id: spent}
+        return verdict, {custom_id: probed}
 
     async def _first_due(
         self, row: Any, custom_ids: Iterable[str], recorded_of: dict[str, set[str]]
@@ -1364,7 +1346,7 @@ class BulkReextraction:
         refused_all: frozenset[str],
         blamable: bool,
         model_refusal: str | None = None,
-        probed: TokenUsage | None = None,
+        probed: ProbeResult | None = None,
     ) -> int | ExtractionError | None:
         """Record one request's answer; returns the entries added, how it failed, or
         ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
@@ -1373,13 +1355,15 @@ class BulkReextraction:
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`); ``model_refusal``: how a harmless request fared where the
         model refused requests of the Message Batch (see :meth:`_model_refusal`);
-        ``probed``: what a probe sent for this request's refusal spent, counted in its
-        failure (a probed request is one that failed)."""
+        ``probed``: how a probe sent for this request's refusal fared and what it spent,
+        counted in its failure (a probed request is one that failed), or on its own when
+        that failure is not kept (:meth:`_keep_probe_alone`)."""
         if outcome.type != "succeeded":
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             failure.usage = _with_probe(failure.usage, probed)
             blamed = blamable and _server_error(outcome)
-            self._record_failure(request, failure, request_id, blamed=blamed)
+            kept = self._record_failure(request, failure, request_id, blamed=blamed)
+            self._keep_probe_alone(request["user"], probed, kept)
             return failure
         batch = self._batch(custom_id, request)
         try:
@@ -1389,7 +1373,8 @@ class BulkReextraction:
         except ExtractionError as read:
             error = _refusal_told(read, outcome, model_refusal)
             error.usage = _with_probe(error.usage, probed)
-            self._record_failure(request, error, request_id)
+            kept = self._record_failure(request, error, request_id)
+            self._keep_probe_alone(request["user"], probed, kept)
             return error
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
@@ -1422,6 +1407,26 @@ class BulkReextraction:
             return None
         return count
 
+    def _keep_probe_alone(self, user_id: str, probed: ProbeResult | None, kept: bool) -> None:
+        """Keep what a probe spent in ``user_id``'s log on its own, as a check naming no
+        failed call (:func:`memvee.audit.record_check`), when the failure of the request it
+        was sent for, which counts it, was not ``kept`` (another run recorded the request
+        first): billed, it shows in ``memvee stats`` either way."""
+        from memvee.audit import CheckFinding, record_check  # imports this module lazily
+
+        if probed is None or kept:
+            return
+        told = None if probed.verdict != "failed" else "a probe of a refusal failed too"
+        record_check(
+            self.decide,
+            user_id,
+            self.version,
+            (),
+            probed.usage,
+            CheckFinding(error=told),
+            self.extractor,
+        )
+
     def _since(self, user_id: str, planned_at: int | None, upto: int) -> list[Any]:
         """The user's events since a request was planned (none known for an older
         memvee's request: only its request id is checked)."""
@@ -1436,12 +1441,12 @@ class BulkReextraction:
         request_id: str | None,
         *,
         blamed: bool = False,
-    ) -> None:
+    ) -> bool:
         """Keep a failed request in its user's log (what it was billed, and whether it
         failed of its own in a way that repeats, or is ``blamed`` for a server error a
         second time: then the next run sends its messages one a request); kept once however
-        many runs collect it."""
-        self.record_failure(
+        many runs collect it. Returns whether this call kept it."""
+        return self.record_failure(
             request["user"],
             self.version,
             list(request["messages"]),
@@ -2060,12 +2065,12 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
     )
 
 
-def _with_probe(usage: TokenUsage | None, probed: TokenUsage | None) -> TokenUsage | None:
+def _with_probe(usage: TokenUsage | None, probed: ProbeResult | None) -> TokenUsage | None:
     """A failed request's ``usage`` with what the probe of its refusal spent (``probed``),
     as the live path counts its probes' tokens as the batch's."""
     if probed is None:
         return usage
-    return (usage or TokenUsage()).plus(probed)
+    return (usage or TokenUsage()).plus(probed.usage)
 
 
 def _server_error(outcome: Any) -> bool:

@@ -363,6 +363,74 @@ class _Reextraction:
             self.todo.insert(at, batch)
 
 
+@dataclass(frozen=True)
+class CheckFinding:
+    """What a harmless request showed (see :func:`check_finding`): the API ``refused``
+    its credentials (401, 403), or it failed as an ``outage`` does, or ``busy`` (rate
+    limited or asked to wait), with the ``error`` that told it (none for an outage, whose
+    flag says it all; none when it was answered)."""
+
+    outage: bool = False
+    refused: bool = False
+    busy: bool = False
+    error: str | None = None
+
+
+def check_finding(failed: Exception | None) -> CheckFinding:
+    """What a harmless request that ``failed`` (``None``: answered) shows, by the
+    background's rule (:func:`actors.tells_down`): its credentials refused, the API down,
+    or a failure that tells nothing (busy unless it would repeat)."""
+    if failed is None:
+        return CheckFinding()
+    said = f"{type(failed).__name__}: {first_line(failed)}"
+    if isinstance(failed, ExtractorAccessRefusedError):
+        return CheckFinding(refused=True, error=said)
+    if tells_down(failed):
+        return CheckFinding(outage=True)
+    return CheckFinding(busy=not repeats(failed), error=said)
+
+
+def record_check(
+    decide: Callable[..., Any],
+    user_id: str,
+    version: str,
+    failed_calls: Sequence[Sequence[str]],
+    usage: TokenUsage,
+    finding: CheckFinding,
+    extractor: Extractor,
+) -> None:
+    """Keep a harmless request in ``user_id``'s log (:class:`UserLog.ReextractionChecked`):
+    what it showed (``finding``) of the ``failed_calls`` it judges, and what it cost, for
+    ``memvee stats``. One naming no failed call (a cost of its own: the bulk fallback's,
+    or a probe whose request's failure was not kept) is no evidence, so it is kept only
+    when it spent something. ``decide`` appends to the log (``Audit._decide``); a failure
+    to keep it (the user forgotten meanwhile) is logged, not raised: the run goes on."""
+    spent = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens)
+    if not failed_calls and not any((*spent, usage.cache_write_tokens)):
+        return
+
+    def record(user_log: UserLog) -> None:
+        user_log.record_reextraction_check(
+            version,
+            failed_calls,
+            usage,
+            outage=finding.outage,
+            error=finding.error,
+            refused=finding.refused,
+            extractor=getattr(extractor, "name", type(extractor).__name__),
+            model=getattr(extractor, "model", None),
+        )
+
+    try:
+        decide(user_id, record, ())
+    except MemveeError as failed:
+        log.warning(
+            "user %r: a harmless request's finding was not recorded (%s)",
+            user_id,
+            first_line(failed),
+        )
+
+
 def require_projections(store: EventStore, tables: ProjectionTables) -> None:
     """Refuse a memvee log whose projections were never made (written by the event store
     alone, say), with what to do about it, instead of failing on a missing table."""
@@ -1089,61 +1157,40 @@ class Audit:
         run.report.check, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
-        if isinstance(failed, ExtractorAccessRefusedError):
-            run.report.refused = True
-            run.report.check_error = f"{type(failed).__name__}: {first_line(failed)}"
+        finding = check_finding(failed)
+        run.report.refused, run.report.outage = finding.refused, finding.outage
+        run.report.busy, run.report.check_error = finding.busy, finding.error
+        if finding.refused:
             log.warning(
                 "user %r: a harmless request's credentials were refused too (%s): the API key "
                 "or its permissions are refused; no batch is split for it",
                 run.user_id,
-                run.report.check_error,
+                finding.error,
             )
-        elif failed is not None:
-            run.report.outage = tells_down(failed)
-            if run.report.outage:
-                log.warning(
-                    "user %r: a harmless request failed too (%s): the API is down; no batch "
-                    "is split for it",
-                    run.user_id,
-                    first_line(failed),
-                )
-            else:
-                run.report.busy = not repeats(failed)
-                run.report.check_error = f"{type(failed).__name__}: {first_line(failed)}"
-                log.warning(
-                    "user %r: a harmless request failed in a way that tells nothing (%s); "
-                    "the failed calls split their batches as before",
-                    run.user_id,
-                    run.report.check_error,
-                )
-        await asyncio.to_thread(self._record_check, run, failed_calls)
-
-    def _record_check(
-        self, run: _Reextraction, failed_calls: tuple[tuple[str, ...], tuple[str, ...]]
-    ) -> None:
-        """Keep what the run's harmless request showed and cost in the log, naming the
-        ``failed_calls`` it judges (see :meth:`_check`)."""
-
-        def record(user_log: UserLog) -> None:
-            user_log.record_reextraction_check(
-                run.version,
-                failed_calls,
-                run.report.check or TokenUsage(),
-                outage=run.report.outage,
-                error=run.report.check_error,
-                refused=run.report.refused,
-                extractor=getattr(run.extractor, "name", type(run.extractor).__name__),
-                model=getattr(run.extractor, "model", None),
-            )
-
-        try:
-            self._decide(run.user_id, record)
-        except MemveeError as failed:
+        elif finding.outage and failed is not None:
             log.warning(
-                "user %r: a harmless request's finding was not recorded (%s)",
+                "user %r: a harmless request failed too (%s): the API is down; no batch "
+                "is split for it",
                 run.user_id,
                 first_line(failed),
             )
+        elif failed is not None:
+            log.warning(
+                "user %r: a harmless request failed in a way that tells nothing (%s); "
+                "the failed calls split their batches as before",
+                run.user_id,
+                finding.error,
+            )
+        await asyncio.to_thread(
+            record_check,
+            self._decide,
+            run.user_id,
+            run.version,
+            failed_calls,
+            run.report.check or TokenUsage(),
+            finding,
+            run.extractor,
+        )
 
     def _leave_out(self, run: _Reextraction, message_id: str, error: Exception) -> None:
         """Leave ``message_id`` out of the run's version: it fails alone."""
@@ -1238,7 +1285,7 @@ class Audit:
         request_id: str | None = None,
         may_pass: bool = False,
         blamed: bool = False,
-    ) -> None:
+    ) -> bool:
         """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
         ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
         repeat (then the next run sends its messages one a call), with ``text`` (default:
@@ -1246,7 +1293,9 @@ class Audit:
         whose error ``may_pass`` is kept as evidence for the next runs, and a Message
         Batches request ``blamed`` for a failure that may pass but was not every request's
         (twice, and its messages go one a call). A failure that spent nothing, is not its
-        own and is no evidence is not kept; the failure itself goes on to the caller."""
+        own and is no evidence is not kept; the failure itself goes on to the caller.
+        Returns whether it was kept (not when its ``request_id`` was recorded already, or
+        the log refused it, the user forgotten meanwhile)."""
         usage = error.usage if isinstance(error, ExtractionError) else None
 
         def record(user_log: UserLog) -> bool:
@@ -1264,7 +1313,7 @@ class Audit:
             )
 
         try:
-            self._decide(user_id, record, ids)
+            return self._decide(user_id, record, ids)
         except MemveeError as failed:
             log.warning(
                 "user %r: a failed re-extraction call%s was not recorded (%s)",
@@ -1272,6 +1321,7 @@ class Audit:
                 f" ({request_id})" if request_id else "",
                 first_line(failed),
             )
+            return False
 
     async def reextract_in_bulk(
         self,

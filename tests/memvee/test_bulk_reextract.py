@@ -40,6 +40,7 @@ from events import (
     ExtractionBatch,
     ExtractionError,
     StorageError,
+    TokenUsage,
     UserLog,
     sqlite_url,
 )
@@ -1527,7 +1528,7 @@ def _probe_answered(
 
 
 async def test_the_probe_of_a_models_refusals_counts_its_tokens_in_the_request_it_probed(
-    db: str, server: MessagesAPIServer
+    db_on_both_backends: str, server: MessagesAPIServer
 ) -> None:
     """The harmless request probing the model's refusals in a Message Batch is billed at
     full price: its tokens are counted in the failure of the request it was sent for, so
@@ -1535,7 +1536,7 @@ async def test_the_probe_of_a_models_refusals_counts_its_tokens_in_the_request_i
     server.min_cache_tokens = 10**9  # the scripted usage as it is
     probe = refusal_body(input_tokens=7_000, output_tokens=3)
     server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=db_on_both_backends) as audit:
         before = _spent(audit)
         report = await _run(audit)
         assert (report.submitted, len(report.failed), len(server.requests)) == (6, 6, 1)
@@ -1552,7 +1553,7 @@ async def test_the_probe_of_a_models_refusals_counts_its_tokens_in_the_request_i
     ids=["accepted", "refused by the model"],
 )
 async def test_the_probe_of_requests_all_refused_alike_counts_its_tokens_in_the_request_it_probed(
-    db: str, server: MessagesAPIServer, probe: dict[str, Any]
+    db_on_both_backends: str, server: MessagesAPIServer, probe: dict[str, Any]
 ) -> None:
     """Every request of a Message Batch refused for one reason (HTTP 400, not billed): the
     harmless request probing whose refusal it is is answered, billed at full price, and
@@ -1561,7 +1562,7 @@ async def test_the_probe_of_requests_all_refused_alike_counts_its_tokens_in_the_
     server.min_cache_tokens = 10**9  # the scripted usage as it is
     refused = ScriptedResponse(400, error_body("invalid_request_error", "blocked"))
     server.set_responder(_probe_answered(probe, refused))
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=db_on_both_backends) as audit:
         before = _spent(audit)
         report = await _run(audit)
         assert (report.submitted, len(report.failed), len(server.requests)) == (6, 6, 1)
@@ -1595,7 +1596,10 @@ refusal is answered, such that every request's failure is kept in its user's log
 
 @pytest.mark.parametrize("refusal", list(_REFUSED_AND_PROBED))
 async def test_a_message_batch_collected_again_once_recorded_is_not_probed_or_billed_again(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, refusal: str
+    db_on_both_backends: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: str,
 ) -> None:
     """A run stopped between recording a Message Batch's results and clearing its kept
     row leaves it to the next run, which collects it again: its requests are recorded
@@ -1604,7 +1608,7 @@ async def test_a_message_batch_collected_again_once_recorded_is_not_probed_or_bi
     server.min_cache_tokens = 10**9  # the scripted usage as it is
     refused, probe = _REFUSED_AND_PROBED[refusal]
     server.set_responder(_probe_answered(probe, refused))
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=db_on_both_backends) as audit:
         with monkeypatch.context() as patch:
             _stopped_before_clearing_its_kept_batch(patch)
             with pytest.raises(RuntimeError, match="killed"):
@@ -1619,7 +1623,7 @@ async def test_a_message_batch_collected_again_once_recorded_is_not_probed_or_bi
 
 
 async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts_in_one_of_them(
-    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+    db_on_both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run stopped after recording two of a Message Batch's refused requests (the one
     its probe was counted in among them) leaves four: the next run, collecting the batch
@@ -1640,7 +1644,7 @@ async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts
         recorded += 1
         return real(self, *args)
 
-    with Audit(db_url=db) as audit:
+    with Audit(db_url=db_on_both_backends) as audit:
         with monkeypatch.context() as patch:
             patch.setattr(BulkReextraction, "_record", stopped_after_two)
             with pytest.raises(RuntimeError, match="killed"):
@@ -1649,6 +1653,38 @@ async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts
         report = await _run(audit)
         assert (report.skipped, len(report.failed), len(server.requests)) == (2, 4 + 6, 3)
         assert _failures_spent(audit) == [(100, 1)] * 9 + [(7_100, 4)] * 3
+
+
+async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_its_request_first(
+    db_on_both_backends: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run collecting the same Message Batch records the probed request first (its
+    own probe counted there): this run's failure of it, which would count this run's
+    probe, is not kept, so the probe's tokens are kept on their own, a check naming no
+    failed call, and ``memvee stats`` shows every probe billed. They were lost."""
+    server.min_cache_tokens = 10**9  # the scripted usage as it is
+    probe = refusal_body(input_tokens=7_000, output_tokens=3)
+    server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
+    real = BulkReextraction._record
+
+    def another_run_first(self: BulkReextraction, *args: Any) -> Any:
+        if args[-1] is not None:  # the probed request: recorded first without this probe
+            real(self, *args[:-1], None)
+        return real(self, *args)
+
+    with Audit(db_url=db_on_both_backends) as audit:
+        before = _spent(audit)
+        monkeypatch.setattr(BulkReextraction, "_record", another_run_first)
+        await _run(audit)
+        assert _failures_spent(audit) == [(100, 1)] * 6
+        checks = [
+            (e.failed_calls, e.input_tokens, e.output_tokens)
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert checks == [([], 7_000, 3)]
+        assert _spent(audit) == (before[0] + 6 * 100 + 7_000, before[1] + 6 * 1 + 3)
 
 
 @pytest.fixture
@@ -2781,13 +2817,13 @@ async def test_a_user_whose_lone_message_fails_a_direct_call_holds_back_no_user_
 
 
 async def test_the_harmless_request_after_a_lone_direct_failure_counts_its_tokens_in_the_users_log(
-    tmp_path: Path, server: MessagesAPIServer
+    db_url: str, server: MessagesAPIServer
 ) -> None:
     """Users with one message each, their Message Batches failing whole twice: u0's lone
     message fails its full-price call, and the harmless request sent after it is answered,
     billed. Its tokens are kept in u0's log (a check naming no failed call, so no evidence
     changes) and shown by ``memvee stats``; they were only logged."""
-    db = sqlite_url(tmp_path / "lone.db")
+    db = db_url
     users = await _users_saying_they_like_tea(db, 2)
     server.min_cache_tokens = 10**9  # the scripted usage as it is
 
@@ -2818,6 +2854,39 @@ async def test_the_harmless_request_after_a_lone_direct_failure_counts_its_token
             before[0] + 7_000 + (u1.input_tokens or 0),
             before[1] + 1 + (u1.output_tokens or 0),
         )
+
+
+def _u0s_lone_message_failing_its_direct_call(request: RecordedRequest) -> ScriptedResponse:
+    """Message Batches failing whole, and u0's lone message failing its full-price call."""
+    said = [m["content"] for m in request.messages]
+    if request.custom_id is not None or said == ["u0 likes tea"]:
+        return ScriptedResponse(500, error_body("api_error", "boom"))
+    return default_answer(request)
+
+
+async def test_the_fallbacks_harmless_request_is_judged_and_kept_as_the_live_paths_check_is(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's harmless request after u0's lone failed call meets an outage yet
+    was billed: it is kept as ``memvee reextract``'s own check keeps one (one rule for
+    both, :func:`memvee.audit.record_check`): an outage, its tokens, and no error (the
+    flag says it). The fallback kept the error's text as well, by a copy of its own."""
+    users = await _users_saying_they_like_tea(db_url, 2)
+    server.set_responder(_u0s_lone_message_failing_its_direct_call)
+
+    async def billed_outage(*args: Any) -> tuple[TokenUsage, Exception]:
+        return TokenUsage(7_000, 1), ExtractionError("HTTP 503: the API is down")
+
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        monkeypatch.setattr(memvee.audit, "harmless_request", billed_outage)
+        report = await _run(audit, users=users)
+        assert "direct:u0" in report.failed
+        (check,) = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert (check.failed_calls, check.outage, check.error) == ([], True, None)
+        assert (check.input_tokens, check.output_tokens) == (7_000, 1)
 
 
 async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_run_holds(
