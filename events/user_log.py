@@ -388,8 +388,10 @@ class UserLog(Aggregate):
         an older memvee leaves the calls out too), else the ``error`` that made it
         tell nothing (it failed in a way that would repeat), and what it cost, for ``memvee
         stats``. A refused check keeps its ``error`` too, saying which refusal it met. The
-        ``reextract --batch-api`` fallback's harmless request after a lone failed call is
-        kept so for what it cost alone: it names no failed call, so it changes no evidence."""
+        ``reextract --batch-api`` fallback's harmless request after a lone failed call, and
+        a probe of a Message Batch's refusal whose request's failure was not kept (another
+        run recorded it first), are kept so for what they cost alone: they name no failed
+        call, so they change no evidence."""
 
         knowledge_version: str
         failed_calls: list[list[str]]

@@ -46,6 +46,8 @@ def describe(event: Any) -> str:
             return f"version {e.knowledge_version!r} by {e.extractor}{tail}: {_flat(texts)}"
         case UserLog.ReextractionFailed():
             return f"version {e.knowledge_version!r} call failed{tail}: {_flat(e.error)}"
+        case UserLog.ReextractionChecked() if not e.failed_calls:
+            return f"version {e.knowledge_version!r} harmless request's cost: {_harmless(e)}"
         case UserLog.ReextractionChecked():
             verdict = (
                 "the API key refused: the failed calls blame no message: "
@@ -85,3 +87,19 @@ def describe(event: Any) -> str:
 
 def _flat(text: str) -> str:
     return " ".join(text.split())
+
+
+def _harmless(e: Any) -> str:
+    """What a harmless request judging no failed call (kept for its cost alone: the bulk
+    fallback's, or a probe's) spent, and whether it was answered or failed, and how."""
+    spent = sum(t or 0 for t in (e.input_tokens, e.output_tokens))
+    told = (
+        f"failed: the API key refused: {_flat(e.error or 'HTTP 401 or 403')}"
+        if e.refused
+        else "failed: the API down"
+        if e.outage
+        else f"failed: {_flat(e.error)}"
+        if e.error
+        else "answered"
+    )
+    return f"{spent} tokens, {told}"
