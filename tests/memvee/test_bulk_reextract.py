@@ -2889,6 +2889,48 @@ async def test_the_fallbacks_harmless_request_is_judged_and_kept_as_the_live_pat
         assert (check.input_tokens, check.output_tokens) == (7_000, 1)
 
 
+@pytest.mark.parametrize(
+    "found",
+    [None, ExtractionError("HTTP 503: the API is down")],
+    ids=["answered", "an outage"],
+)
+async def test_a_check_naming_no_failed_call_changes_no_verdict_of_memvee_reextract(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, found: Any
+) -> None:
+    """The fallback's billed harmless request after u0's lone failed call is kept as a
+    check naming no failed call: the evidence ``memvee reextract`` weighs from u0's log
+    (its calls, answered or failed, for the breaker; the messages failing alone, for
+    quarantine; the caps of a split) reads the same with it as without it."""
+    users = await _users_saying_they_like_tea(db_url, 2)
+    server.set_responder(_u0s_lone_message_failing_its_direct_call)
+
+    async def billed(*args: Any) -> tuple[TokenUsage, Exception | None]:
+        return TokenUsage(7_000, 1), found
+
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        monkeypatch.setattr(memvee.audit, "harmless_request", billed)
+        await _run(audit, users=users)
+        user_log = audit.store.load("u0")
+        assert user_log is not None
+        history = list(audit.store.events_of("u0"))
+        without = [
+            e
+            for e in history
+            if not (isinstance(e, UserLog.ReextractionChecked) and not e.failed_calls)
+        ]
+        assert len(without) == len(history) - 1, "one check naming no failed call"
+        calls = user_log.reextraction_calls("v2", history)
+        assert any(failed for _, failed in calls), "u0's failed calls are evidence"
+        assert calls == user_log.reextraction_calls("v2", without)
+        assert user_log.failed_reextraction("v2", history) == user_log.failed_reextraction(
+            "v2", without
+        )
+        assert user_log.reextraction_caps("v2", history) == user_log.reextraction_caps(
+            "v2", without
+        )
+
+
 async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_run_holds(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
