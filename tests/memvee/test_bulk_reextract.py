@@ -80,13 +80,18 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPIServer]:
 async def db(tmp_path: Path) -> AsyncIterator[str]:
     """A database where two users' messages were processed, and one waits buffered."""
     url = sqlite_url(tmp_path / "bulk.db")
+    await _two_users_processed_one_message_buffered(url)
+    yield url
+
+
+async def _two_users_processed_one_message_buffered(url: str) -> None:
+    """Each user of :data:`USERS` says five things, processed; ann says one more, buffered."""
     async with Memory(config=MemoryConfig(db_url=url), extractor=RecordingExtractor()) as memory:
         for user in USERS:
             for i in range(5):
                 await memory.add_exchange(user, f"{user} likes thing {i}", "ok")
             await memory.flush(user)
         await memory.add_exchange("ann", "I am still buffered", "ok")
-    yield url
 
 
 def _reextracted(audit: Audit, user: str) -> list[Any]:
@@ -102,6 +107,24 @@ async def _run(audit: Audit, *, users: Sequence[str] = USERS, **kw: Any) -> Any:
     return await audit.reextract_in_bulk(
         list(users), ClaudeExtractor(max_retries=0), "v2", poll_interval=0.01, **kw
     )
+
+
+async def _run_killed_after_recording_two(audit: Audit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that dies once it has recorded two requests' outcomes."""
+    recorded = 0
+    real = BulkReextraction._record
+
+    def killed_after_two(self: BulkReextraction, *args: Any) -> Any:
+        nonlocal recorded
+        if recorded == 2:
+            raise RuntimeError("killed")
+        recorded += 1
+        return real(self, *args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BulkReextraction, "_record", killed_after_two)
+        with pytest.raises(RuntimeError, match="killed"):
+            await _run(audit)
 
 
 async def test_a_bulk_run_submits_bounded_requests_polls_and_records_each_once(
@@ -813,21 +836,8 @@ async def test_a_gateway_refusing_every_request_as_too_large_leaves_no_message_o
 async def test_a_run_that_crashed_while_recording_records_only_the_rest(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recorded = 0
-    real = BulkReextraction._record
-
-    def crash_after_two(self: BulkReextraction, *args: Any) -> Any:
-        nonlocal recorded
-        if recorded == 2:
-            raise RuntimeError("killed")
-        recorded += 1
-        return real(self, *args)
-
     with Audit(db_url=db) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_record", crash_after_two)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _run_killed_after_recording_two(audit, monkeypatch)
         report = await _run(audit)
         assert (report.submitted, report.recorded, report.skipped) == (0, 4, 2)
         for user in USERS:
@@ -1634,21 +1644,8 @@ async def test_a_refusal_probed_again_for_the_requests_a_stopped_run_left_counts
     server.min_cache_tokens = 10**9  # the scripted usage as it is
     probe = refusal_body(input_tokens=7_000, output_tokens=3)
     server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
-    recorded = 0
-    real = BulkReextraction._record
-
-    def stopped_after_two(self: BulkReextraction, *args: Any) -> Any:
-        nonlocal recorded
-        if recorded == 2:
-            raise RuntimeError("killed")
-        recorded += 1
-        return real(self, *args)
-
     with Audit(db_url=db_on_both_backends) as audit:
-        with monkeypatch.context() as patch:
-            patch.setattr(BulkReextraction, "_record", stopped_after_two)
-            with pytest.raises(RuntimeError, match="killed"):
-                await _run(audit)
+        await _run_killed_after_recording_two(audit, monkeypatch)
         assert _failures_spent(audit) == [(100, 1), (7_100, 4)]
         report = await _run(audit)
         assert (report.skipped, len(report.failed), len(server.requests)) == (2, 4 + 6, 3)
@@ -1691,12 +1688,7 @@ async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_i
 async def db_on_both_backends(db_url: str) -> AsyncIterator[str]:
     """The users of ``db`` (two users' messages processed, one waiting buffered), on
     SQLite and on PostgreSQL."""
-    async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
-        for user in USERS:
-            for i in range(5):
-                await memory.add_exchange(user, f"{user} likes thing {i}", "ok")
-            await memory.flush(user)
-        await memory.add_exchange("ann", "I am still buffered", "ok")
+    await _two_users_processed_one_message_buffered(db_url)
     yield db_url
 
 
