@@ -216,6 +216,8 @@ class _OneWakeup:
     _inboxes: dict[LoopInbox, None] | None
 
     def __enter__(self) -> None:
+        if hasattr(self, "_inboxes"):  # its exit would leave the thread holding its posts
+            raise RuntimeError("a one_wakeup() block is entered once")
         if getattr(_held, "inboxes", None) is not None:
             self._inboxes = None  # inside another block: the outer one wakes the loops
             return

@@ -475,6 +475,24 @@ def _check_not_in_memory(parsed: URL) -> None:
         return
     if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
         raise InvalidInputError(f"memvee needs a SQLite file, not {_IN_MEMORY_REFUSED}")
+    written = parsed.render_as_string(hide_password=False)
+    if ":memory:" in written or "mode=memory" in written:
+        # eventsourcing reads a URL holding either anywhere as an in-memory database: one
+        # connection shared by every thread, and no write lock.
+        raise InvalidInputError(
+            f"memvee cannot open a SQLite file whose path holds ':memory:' or "
+            f"'mode=memory' ({parsed.database!r}): the event store would take it for an "
+            "in-memory database and let writers share one connection; rename the folder or file"
+        )
+
+
+def _driver_commit(connection: Connection) -> None:
+    """COMMIT what the driver alone wrote; a failure raised as SQLAlchemy's
+    :class:`~sqlalchemy.exc.DBAPIError` (the callers of a transaction catch those)."""
+    try:
+        connection.dialect.do_commit(connection.connection)
+    except sqlite3.Error as error:
+        raise sqlalchemy.exc.DBAPIError.instance("COMMIT", None, error, sqlite3.Error) from error
 
 
 _IN_MEMORY_REFUSED = (
@@ -880,9 +898,13 @@ class EventStore:
         state a failed transaction left behind reaches the next one.
 
         On SQLite no SQLAlchemy transaction is begun for it: SQLAlchemy's begin sends
-        nothing to pysqlite, whose driver begins the transaction at its first write, and
-        its bookkeeping cost a one-exchange write about 2% of its instructions. A statement
-        sent through SQLAlchemy begins one itself, which is then committed through it.
+        nothing to pysqlite, whose driver begins the transaction at its first INSERT,
+        UPDATE, DELETE or REPLACE (DDL before it is not in the transaction: a body that
+        needs it in is one that holds writers off first, :meth:`lock_writers`), and its
+        bookkeeping cost a one-exchange write about 2% of its instructions. A statement
+        sent through SQLAlchemy begins one itself, which is then committed through it; a
+        COMMIT of the driver's alone that fails is raised as SQLAlchemy's error, as the
+        other's is.
         """
         lock = self._datastore.write_lock
         if lock is None:
@@ -898,7 +920,7 @@ class EventStore:
                 if connection.in_transaction():
                     connection.commit()
                 else:
-                    connection.dialect.do_commit(connection.connection)
+                    _driver_commit(connection)
             except BaseException:
                 self._writer = None
                 connection.invalidate()  # closed for good, not handed back to the pool

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pykka import Timeout
 
-from actors._bridge import BridgedFuture, inbox_of, settle_future
+from actors._bridge import BridgedFuture, inbox_of, one_wakeup, settle_future
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -126,3 +126,25 @@ async def test_posts_racing_from_many_threads_each_run_once_in_each_posters_orde
     assert len(ran) == len(set(ran)) == posters * posts
     for poster in range(posters):
         assert [n for p, n in ran if p == poster] == list(range(posts))
+
+
+async def test_a_one_wakeup_block_entered_again_is_refused_and_the_loop_still_woken() -> None:
+    """Entered twice, its exit would have left the thread holding every later post."""
+    loop = asyncio.get_running_loop()
+    inbox = inbox_of(loop)
+    ran: list[int] = []
+    block = one_wakeup()
+
+    def post_twice() -> None:
+        with block:
+            with pytest.raises(RuntimeError, match="entered once"), block:
+                pass
+            inbox.post(ran.append, 1)
+        inbox.post(ran.append, 2)
+
+    await asyncio.to_thread(post_twice)
+    for _ in range(100):
+        if ran == [1, 2]:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == [1, 2]

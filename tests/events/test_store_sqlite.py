@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import create_engine, text
 
 import events.store
@@ -139,7 +140,33 @@ def test_a_transactions_writes_straight_to_the_driver_commit_with_it_or_not_at_a
         with pytest.raises(RuntimeError), store.transaction() as connection:
             connection.connection.driver_connection.execute("INSERT INTO t VALUES (4)")
             raise RuntimeError("a fold failed")
+        with store.transaction():
+            pass  # the next transaction commits nothing the failed one left
         assert stored() == [1, 2, 3]
+    finally:
+        store.close()
+
+
+def test_a_commit_of_the_drivers_writes_that_fails_is_sqlalchemys_error_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """The callers of a transaction catch SQLAlchemy's errors, not the driver's."""
+    store = EventStore(sqlite_url(tmp_path / "d.db"))
+    try:
+        with store.transaction() as connection:
+            connection.exec_driver_sql("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+            connection.exec_driver_sql(
+                "CREATE TABLE c (p INTEGER REFERENCES p (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        with pytest.raises(sqlalchemy.exc.IntegrityError), store.transaction() as connection:
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, sqlite3.Connection)
+            driver.execute("PRAGMA foreign_keys = ON")
+            driver.execute("INSERT INTO c VALUES (7)")  # no parent: refused at COMMIT
+        with store.transaction():
+            pass
+        with sqlite3.connect(tmp_path / "d.db") as reader:
+            assert reader.execute("SELECT count(*) FROM c").fetchone() == (0,)
     finally:
         store.close()
 

@@ -155,6 +155,21 @@ def test_an_in_memory_database_given_as_a_path_is_refused_before_a_file_is_made(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("folder", ["mode=memory", "a:memory:b"])
+def test_a_file_whose_path_holds_what_names_an_in_memory_database_is_refused_before_it_opens(
+    tmp_path: Path, folder: str
+) -> None:
+    """The event store's library reads ``:memory:`` or ``mode=memory`` anywhere in a URL as
+    an in-memory database: every thread shared one connection, with no write lock, so a
+    failed write's rows were committed by another thread's commit."""
+    (tmp_path / folder).mkdir()
+    url = sqlite_url(tmp_path / folder / "m.db")
+    for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+        with pytest.raises(InvalidInputError, match="rename the folder or file"):
+            refuse(url)
+    assert list((tmp_path / folder).iterdir()) == []
+
+
 def test_a_database_path_with_a_nul_character_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="NUL character"):
         sqlite_url("memory\x00.db")
