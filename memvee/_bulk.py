@@ -1238,17 +1238,14 @@ class BulkReextraction:
         request's failure. The request probed for a reason is the first not recorded yet
         (:meth:`_first_due`) whose messages are still stored: a reason whose requests are
         all recorded (the batch collected again) is neither probed nor billed again, and one
-        whose requests due have no messages left (their users forgotten meanwhile) blames no
-        request: nothing tells whose refusal it is, so they are planned again."""
+        whose requests due have no messages left is not probed either: their users were
+        forgotten meanwhile, and their requests are dropped as such (:meth:`_record`)."""
         refused_all = set()
         probed: dict[str, ProbeResult] = {}
         for reason in _refused_for(answers):
             refused_so = (c for c, o in answers.items() if _refusal(o) == reason)
-            due, target = await self._first_due(row, refused_so, recorded_of)
-            if not due:
-                continue
-            if target is None:  # no messages left to probe with: blame none, plan again
-                refused_all.add(reason)
+            target = await self._first_due(row, refused_so, recorded_of)
+            if target is None:
                 continue
             custom_id, batch = target
             probed[custom_id] = await self.extractor.probe(batch)
@@ -1266,22 +1263,20 @@ class BulkReextraction:
         "accepted": the refusals are the requests' own; "refused": the model refuses every
         request (its policy or the settings), no message is blamed; "failed": it tells
         nothing, so the refusals are the requests' own, as before the probe (see
-        :func:`_refusal_told`); "unprobed": no request refused so and not recorded yet has
-        its messages still stored (their users forgotten meanwhile), so nothing tells whose
-        refusal it is and no message is blamed. ``None``: the model refused no request not
-        recorded yet (:meth:`_first_due`: one collected again is neither probed nor billed
-        again). The request probed is the first due whose messages are still stored. With
+        :func:`_refusal_told`). ``None``: the model refused no request not recorded yet
+        whose messages are still stored (:meth:`_first_due`: one collected again is neither
+        probed nor billed again; one whose user was forgotten meanwhile is dropped as such,
+        :meth:`_record`). The request probed is the first due whose messages are still
+        stored. With
         what the probe spent, by the request it was sent for, to be counted in that
         request's failure."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
-        due, target = await self._first_due(row, refused, recorded_of)
-        if not due:
+        target = await self._first_due(row, refused, recorded_of)
+        if target is None:
             return None, {}
-        if target is None:  # no messages left to probe with: nothing tells whose refusal
-            return "unprobed", {}
         custom_id, batch = target
         probed = await self.extractor.probe(replace(batch, known=()))
-        verdict, spent = probed
+        verdict, spent = probed.verdict, probed.usage
         log.info(
             "the model refused %d requests of Message Batch %s; a harmless request in %s's "
             "place was %s (%d tokens)",
@@ -1295,16 +1290,15 @@ class BulkReextraction:
 
     async def _first_due(
         self, row: Any, custom_ids: Iterable[str], recorded_of: dict[str, set[str]]
-    ) -> tuple[bool, tuple[str, ExtractionBatch] | None]:
-        """Whether any of ``custom_ids`` (requests of ``row``) is due (its user's log has not
-        recorded it yet), and the first due whose messages are still stored, with the batch
-        it was made of (``None``: none has, its users forgotten meanwhile): a Message Batch
+    ) -> tuple[str, ExtractionBatch] | None:
+        """The first of ``custom_ids`` (requests of ``row``) that is due (its user's log has
+        not recorded it yet) and whose messages are still stored, with the batch it was made
+        of (``None``: none is, or those due are of users forgotten meanwhile): a Message Batch
         collected again once its requests were recorded (a run stopped before clearing its
         kept row) probes none of them again, nor bills their probes, and a probe is never
         sent for messages that are gone (its verdict would blame the requests of others
         unasked). ``recorded_of`` keeps each user's recorded request ids once read, so a
         batch with no refusal reads no log for it."""
-        due = False
         for custom_id in custom_ids:
             request = row["requests"].get(custom_id)
             if request is None:  # not one of the row's requests: nothing of it is recorded
@@ -1314,11 +1308,10 @@ class BulkReextraction:
                 recorded_of[user_id] = await asyncio.to_thread(self._recorded, user_id)
             if f"{row['api_batch_id']}:{custom_id}" in recorded_of[user_id]:
                 continue
-            due = True
             batch = await asyncio.to_thread(self._batch, custom_id, request)
             if batch.messages:
-                return True, (custom_id, batch)
-        return due, None
+                return custom_id, batch
+        return None
 
     async def _retrieve(self, client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
         """The Message Batch as the API sees it now; transient failures (overloaded, 5xx,
@@ -1350,8 +1343,9 @@ class BulkReextraction:
     ) -> int | ExtractionError | None:
         """Record one request's answer; returns the entries added, how it failed, or
         ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
-        the user was forgotten while the batch ran. ``refused_all``: the reasons
-        the API refused every request of the Message Batch for (see :func:`_refused_all`);
+        the user was forgotten while the batch ran, whether it succeeded or failed (nothing
+        is left to retry). ``refused_all``: the reasons the API refused every request of the
+        Message Batch for (see :func:`_refused_all`);
         ``blamable``: whether a server error of a request is evidence against its messages
         (see :func:`_blamable`); ``model_refusal``: how a harmless request fared where the
         model refused requests of the Message Batch (see :meth:`_model_refusal`);
@@ -1362,8 +1356,7 @@ class BulkReextraction:
             failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
             failure.usage = _with_probe(failure.usage, probed)
             blamed = blamable and _server_error(outcome)
-            kept = self._record_failure(request, failure, request_id, blamed=blamed)
-            self._keep_probe_alone(request["user"], probed, kept)
+            self._keep_failure(request, failure, request_id, probed, blamed=blamed)
             return failure
         batch = self._batch(custom_id, request)
         try:
@@ -1373,8 +1366,7 @@ class BulkReextraction:
         except ExtractionError as read:
             error = _refusal_told(read, outcome, model_refusal)
             error.usage = _with_probe(error.usage, probed)
-            kept = self._record_failure(request, error, request_id)
-            self._keep_probe_alone(request["user"], probed, kept)
+            self._keep_failure(request, error, request_id, probed)
             return error
         current = self._known(batch.user_id)
         texts = {e.text.casefold(): e.entry_id for e in current}
@@ -1407,14 +1399,37 @@ class BulkReextraction:
             return None
         return count
 
-    def _keep_probe_alone(self, user_id: str, probed: ProbeResult | None, kept: bool) -> None:
+    def _keep_failure(
+        self,
+        request: dict[str, Any],
+        error: ExtractionError,
+        request_id: str,
+        probed: ProbeResult | None,
+        *,
+        blamed: bool = False,
+    ) -> None:
+        """Keep a failed request in its user's log (:meth:`_record_failure`), and the probe
+        sent for it on its own when that failure is not kept (:meth:`_keep_probe_alone`).
+        Raises ``NotFoundError`` when it was not kept because the user was forgotten
+        meanwhile: :meth:`_finish` drops it as a forgotten user's request (nothing to
+        retry), as it drops one that succeeded."""
+        if self._record_failure(request, error, request_id, blamed=blamed):
+            return
+        if self._gone(request):
+            raise NotFoundError(
+                f"the messages of user {request['user']!r} this request was drawn from were "
+                "forgotten"
+            )
+        self._keep_probe_alone(request["user"], probed)
+
+    def _keep_probe_alone(self, user_id: str, probed: ProbeResult | None) -> None:
         """Keep what a probe spent in ``user_id``'s log on its own, as a check naming no
         failed call (:func:`memvee.audit.record_check`), when the failure of the request it
-        was sent for, which counts it, was not ``kept`` (another run recorded the request
+        was sent for, which counts it, was not kept (another run recorded the request
         first): billed, it shows in ``memvee stats`` either way."""
         from memvee.audit import CheckFinding, record_check  # imports this module lazily
 
-        if probed is None or kept:
+        if probed is None:
             return
         told = None if probed.verdict != "failed" else "a probe of a refusal failed too"
         record_check(
@@ -1426,6 +1441,13 @@ class BulkReextraction:
             CheckFinding(error=told),
             self.extractor,
         )
+
+    def _gone(self, request: dict[str, Any]) -> bool:
+        """Whether some of ``request``'s messages are no longer stored: its user was
+        forgotten meanwhile (a forget erases every message of the user)."""
+        with self.store.engine.connect() as connection:
+            found = self.reader.messages(connection, request["user"], ids=list(request["messages"]))
+        return len(found) < len(set(request["messages"]))
 
     def _since(self, user_id: str, planned_at: int | None, upto: int) -> list[Any]:
         """The user's events since a request was planned (none known for an older
@@ -2045,18 +2067,8 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
     request, a failure that may pass, whose messages are planned again next run. Answered,
     or failed (it tells nothing), the refusal is the request's own, split and, alone, left
     out: kept unblamed while its probes fail, such a request was sent again, billed, every
-    run, its other messages never recorded. Unprobed (no request refused so had its
-    messages still stored), nothing tells whose refusal it is: no message is blamed, and the
-    request is planned again."""
-    if not _model_refused(outcome):
-        return error
-    if verdict == "unprobed":
-        return ExtractionError(
-            f"{error} (no request the model refused so has its messages still stored to "
-            "probe whose refusal it is: retried later, no message blamed)",
-            usage=error.usage,
-        )
-    if verdict != "refused":
+    run, its other messages never recorded."""
+    if verdict != "refused" or not _model_refused(outcome):
         return error
     return EveryRequestRefusedError(
         f"{error} (a harmless request was refused too: the model refuses every request "

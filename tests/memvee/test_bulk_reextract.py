@@ -1744,6 +1744,44 @@ async def test_requests_refused_alike_are_probed_for_one_whose_messages_are_stil
         assert not any("refused every request" in e.error for e in anns)
 
 
+@pytest.mark.parametrize("refusal", list(_REFUSED_AND_PROBED))
+async def test_refused_requests_of_users_all_forgotten_before_the_probe_are_dropped_not_failed(
+    db_on_both_backends: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: str,
+) -> None:
+    """Every request of a Message Batch refused, and ann and bob both forgotten while it
+    ran: no harmless request is sent (no messages are left to send in its place), and
+    their requests are dropped as a forgotten user's are, not failed (nothing is left to
+    retry: ``memvee reextract --batch-api`` exits 0). They were failed, told "retried
+    later, no message blamed", which never happened."""
+    refused, probe = _REFUSED_AND_PROBED[refusal]
+    server.set_responder(_probe_answered(probe, refused))
+    with Audit(db_url=db_on_both_backends) as audit:
+        for user in USERS:
+            _forgotten_before_the_refusals_are_probed(monkeypatch, user)
+        report = await _run(audit)
+        assert sum(r.custom_id is None for r in server.requests) == 0, "no probe"
+        assert (report.submitted, report.failed, len(report.forgotten)) == (6, {}, 6)
+        assert all("forgotten" in why for why in report.forgotten.values())
+
+
+def test_the_command_line_exits_0_when_the_refused_requests_users_were_all_forgotten(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model refuses every request and every user is forgotten before the probe: the
+    requests are listed as dropped and the run exits 0 (exit 1 would ask for a run again,
+    which has no one to retry). It exited 1, their requests failed."""
+    server.set_responder(lambda r: ScriptedResponse(body=refusal_body()))
+    for user in USERS:
+        _forgotten_before_the_refusals_are_probed(monkeypatch, user)
+    args = ["reextract", "--all", "--extractor", "claude", "--batch-api", "--poll", "0.01"]
+    result = CliRunner().invoke(app, [*args, "--as", "v2", "--db-url", db])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("forgotten meanwhile, dropped:") == len(USERS), result.output
+
+
 @pytest.fixture
 async def both_backends(db_url: str) -> str:
     """Two users with two processed exchanges each, on SQLite and on PostgreSQL."""
