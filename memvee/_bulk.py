@@ -1015,7 +1015,7 @@ class BulkReextraction:
             self.version,
             (),
             usage,
-            check_finding(failed),
+            check_finding(failed, self.extractor),
             self.extractor,
         )
         if failed is None:

@@ -95,6 +95,7 @@ from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS, check_alpha
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
+from memvee._secrets import configured_secrets, redact
 from memvee.embedders import Embedder
 from memvee.embedders._choice import contained_embedder
 from memvee.extractors._credentials import check_credentials
@@ -376,18 +377,36 @@ class CheckFinding:
     error: str | None = None
 
 
-def check_finding(failed: Exception | None) -> CheckFinding:
-    """What a harmless request that ``failed`` (``None``: answered) shows, by the
-    background's rule (:func:`actors.tells_down`): its credentials refused, the API down,
-    or a failure that tells nothing (busy unless it would repeat)."""
+def check_finding(failed: Exception | None, extractor: object) -> CheckFinding:
+    """What a harmless request ``extractor`` sent that ``failed`` (``None``: answered)
+    shows, by the background's rule (:func:`actors.tells_down`): its credentials refused,
+    the API down, or a failure that tells nothing (busy unless it would repeat). The error
+    is told without the credentials the extractor's client or the environment carries
+    (:func:`_credentials_of`): it is logged and stored, and a failure may echo a key (an
+    HTTP header refused for the newline a key read from a file kept)."""
     if failed is None:
         return CheckFinding()
-    said = f"{type(failed).__name__}: {first_line(failed)}"
+    said = redact(f"{type(failed).__name__}: {first_line(failed)}", _credentials_of(extractor))
     if isinstance(failed, ExtractorAccessRefusedError):
         return CheckFinding(refused=True, error=said)
     if tells_down(failed):
         return CheckFinding(outage=True)
     return CheckFinding(busy=not repeats(failed), error=said)
+
+
+def _credentials_of(extractor: object) -> tuple[str, ...]:
+    """The credentials the environment gives the SDKs, and those ``extractor``'s API
+    client carries, if it has one (a :class:`ClaudeExtractor`'s, built by the request that
+    failed): never shown."""
+    try:
+        client = getattr(extractor, "client", None)
+    except MemveeError:  # no client the environment can build: none carries a secret
+        client = None
+    if client is None:
+        return configured_secrets()
+    from memvee.extractors._claude import client_secrets  # the SDK is loaded: it has a client
+
+    return (*configured_secrets(), *client_secrets(client))
 
 
 def record_check(
@@ -1157,7 +1176,7 @@ class Audit:
         run.report.check, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
-        finding = check_finding(failed)
+        finding = check_finding(failed, run.extractor)
         run.report.refused, run.report.outage = finding.refused, finding.outage
         run.report.busy, run.report.check_error = finding.busy, finding.error
         if finding.refused:

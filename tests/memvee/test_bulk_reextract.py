@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import signal
 import subprocess
 import threading
@@ -2917,6 +2918,31 @@ async def test_the_fallbacks_harmless_request_is_judged_and_kept_as_the_live_pat
         ]
         assert (check.failed_calls, check.outage, check.error) == ([], True, None)
         assert (check.input_tokens, check.output_tokens) == (7_000, 1)
+
+
+async def test_the_fallbacks_harmless_request_failing_with_the_api_key_in_its_error_never_stores_it(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's billed harmless request after u0's lone failed call fails with an
+    error echoing the API key (an HTTP header refused for the newline a key read from a
+    file kept): the check kept in u0's log tells the failure without the key, as the fallback's
+    own copy did before the live path's rule was shared. It was stored as it was."""
+    users = await _users_saying_they_like_tea(db_url, 2)
+    server.set_responder(_u0s_lone_message_failing_its_direct_call)
+    key = os.environ["ANTHROPIC_API_KEY"]
+
+    async def echoing_the_key(*args: Any) -> tuple[TokenUsage, Exception]:
+        return TokenUsage(7_000, 1), ValueError(f"Illegal header value b'{key}\\n'")
+
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        monkeypatch.setattr(memvee.audit, "harmless_request", echoing_the_key)
+        await _run(audit, users=users)
+        (check,) = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert check.error is not None and "Illegal header value" in check.error
+        assert key not in check.error, check.error
 
 
 @pytest.mark.parametrize(

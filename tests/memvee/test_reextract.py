@@ -1425,6 +1425,32 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
     assert describe(check) == f"version 'v2' check after failed calls showed nothing: {told}"
 
 
+async def test_a_harmless_request_failing_with_the_api_key_in_its_error_never_stores_or_logs_it(
+    make_memory: Any,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A harmless request fails with an error echoing the API key (an HTTP header refused
+    for the newline a key read from a file kept): the report, the log and the check kept
+    in the user's log tell the failure without the key. It was stored and logged as it
+    was."""
+    key = "sk-ant-api03-SECRETSECRETSECRET"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    await _hobbies(make_memory, 0, 5)
+    extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
+    extractor.failure = ValueError(f"Illegal header value b'{key}\\n'")
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit:
+        with pytest.raises(ExtractionError):
+            await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
+        events = list(audit.store.events_in_pages("eve"))
+    (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
+    assert check.error is not None and "Illegal header value" in check.error
+    told = [check.error, report.check_error, *(r.getMessage() for r in caplog.records)]
+    assert not any("SECRET" in line for line in told if line), told
+
+
 class _UnrelatedPing(RecordingExtractor):
     """A custom extractor with a ``ping`` of its own business, not a harmless request:
     every call fails with a server error."""
