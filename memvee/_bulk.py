@@ -1426,12 +1426,13 @@ class BulkReextraction:
         """Keep what a probe spent in ``user_id``'s log on its own, as a check naming no
         failed call (:func:`memvee.audit.record_check`), when the failure of the request it
         was sent for, which counts it, was not kept (another run recorded the request
-        first): billed, it shows in ``memvee stats`` either way."""
+        first): billed, it shows in ``memvee stats`` either way, and ``memvee log`` tells
+        how it fared (:func:`_probe_told`)."""
         from memvee.audit import CheckFinding, record_check  # imports this module lazily
 
         if probed is None:
             return
-        told = None if probed.verdict != "failed" else "a probe of a refusal failed too"
+        told = _probe_told(probed, client_secrets(self.extractor.client))
         record_check(
             self.decide,
             user_id,
@@ -2075,6 +2076,17 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
         "(its policy or the settings), not the request; retried later, no message blamed)",
         usage=error.usage,
     )
+
+
+def _probe_told(probed: ProbeResult, secrets: Sequence[str]) -> str | None:
+    """How a probe kept on its own fared, as its check's ``error`` tells it (none when it
+    was answered; without ``secrets``): refused too, or failed, and how."""
+    if probed.verdict == "refused":
+        return "a probe of a refusal was refused too"
+    if probed.verdict == "failed":
+        how = redact(probed.error, secrets) if probed.error else "no error told"
+        return f"a probe of a refusal failed too: {how}"
+    return None
 
 
 def _with_probe(usage: TokenUsage | None, probed: ProbeResult | None) -> TokenUsage | None:

@@ -109,12 +109,14 @@ _Verdict = _Answer | Literal["failed"]
 class ProbeResult(NamedTuple):
     """What :meth:`ClaudeExtractor.probe` found and what it cost: ``verdict`` "accepted"
     (a refusal of the request was its messages' own), "refused" (the account's or the
-    settings') or "failed" (it tells nothing), and ``usage``, the tokens the harmless
+    settings') or "failed" (it tells nothing), ``usage``, the tokens the harmless
     request spent, billed at full price, for the caller to record (none when it failed
-    before any answer)."""
+    before any answer), and, when it failed, the first line of the ``error`` it failed
+    with, for the caller to tell."""
 
     verdict: _Verdict
     usage: TokenUsage
+    error: str | None = None
 
 
 _MAX_DETAIL_CHARS = 200
@@ -543,11 +545,12 @@ class ClaudeExtractor(HarmlessRequests):
         own; refused, the account's or the settings'; failed, it tells nothing (see
         :meth:`_settle`). For a refusal met elsewhere (a Message Batches request). With the
         tokens the probe spent (:class:`ProbeResult`), billed at full price: the caller
-        records them, as :meth:`_settle` counts its probes' as the batch's."""
+        records them, as :meth:`_settle` counts its probes' as the batch's; and, failed,
+        how."""
         try:
             verdict, usage = await self._answered(probe_request(self.request(batch), batch))
         except ExtractionError as failed:
-            return ProbeResult("failed", failed.usage or TokenUsage())
+            return ProbeResult("failed", failed.usage or TokenUsage(), first_line(failed))
         return ProbeResult(verdict, usage)
 
     async def ping(self, batch: ExtractionBatch) -> TokenUsage:

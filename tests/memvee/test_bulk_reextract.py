@@ -47,9 +47,10 @@ from events import (
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction, _since_promoted
+from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.cli import app
-from memvee.extractors import ClaudeExtractor
+from memvee.extractors import ClaudeExtractor, ProbeResult
 from projections import ProjectionTables, Projector
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table, forget_bulk_requests
 from tests.support.extractors import RecordingExtractor
@@ -1683,6 +1684,56 @@ async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_i
         ]
         assert checks == [([], 7_000, 3)]
         assert _spent(audit) == (before[0] + 6 * 100 + 7_000, before[1] + 6 * 1 + 3)
+
+
+@pytest.mark.parametrize(
+    ("probed", "told"),
+    [
+        (ProbeResult("accepted", TokenUsage(7_000, 3)), "answered"),
+        (
+            ProbeResult("refused", TokenUsage(7_000, 3)),
+            "failed: a probe of a refusal was refused too",
+        ),
+        (
+            ProbeResult("failed", TokenUsage(7_000, 3), "HTTP 529 overloaded [sk-test-bulk]"),
+            "failed: a probe of a refusal failed too: HTTP 529 overloaded [[redacted]]",
+        ),
+    ],
+    ids=["answered", "refused", "failed"],
+)
+async def test_a_probe_kept_on_its_own_is_told_by_memvee_log_as_it_fared(
+    db_on_both_backends: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    probed: ProbeResult,
+    told: str,
+) -> None:
+    """Another run records the probed request first, so the probe is kept on its own:
+    ``memvee log`` tells it answered, refused too, or failed and how (its error's first
+    line, without the API key). A refused probe was told as answered, and a failed one
+    lost its error."""
+    server.set_responder(lambda r: ScriptedResponse(body=refusal_body()))
+    real = BulkReextraction._record
+
+    async def scripted(self: ClaudeExtractor, batch: Any) -> ProbeResult:
+        return probed
+
+    def another_run_first(self: BulkReextraction, *args: Any) -> Any:
+        if args[-1] is not None:  # the probed request: recorded first without this probe
+            real(self, *args[:-1], None)
+        return real(self, *args)
+
+    monkeypatch.setattr(ClaudeExtractor, "probe", scripted)
+    monkeypatch.setattr(BulkReextraction, "_record", another_run_first)
+    with Audit(db_url=db_on_both_backends) as audit:
+        await _run(audit)
+        lines = [
+            describe(e)
+            for user in USERS
+            for e in audit.store.events_of(user)
+            if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert lines == [f"version 'v2' harmless request's cost: 7003 tokens, {told}"]
 
 
 @pytest.fixture

@@ -959,6 +959,14 @@ async def test_a_probe_that_fails_tells_so_and_that_it_spent_nothing(claude: Mak
     assert (result.verdict, result.usage) == ("failed", TokenUsage())
 
 
+async def test_a_probe_that_fails_tells_the_first_line_of_its_error(claude: Make) -> None:
+    """A failed harmless request tells how it failed, for the caller to keep: a probe
+    kept on its own lost its error."""
+    api = FakeAPI(fail(500, "api_error", "boom"))
+    result = await claude(api, max_retries=0).probe(BATCH)
+    assert result.error is not None and "HTTP 500" in result.error and "boom" in result.error
+
+
 class EntryFilter(FakeAPI):
     """An API whose filter refuses every request showing a known entry or a message that
     holds one of ``blocked``; a probe (the harmless message alone) is answered with no
