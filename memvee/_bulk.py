@@ -1267,9 +1267,8 @@ class BulkReextraction:
         whose messages are still stored (:meth:`_first_due`: one collected again is neither
         probed nor billed again; one whose user was forgotten meanwhile is dropped as such,
         :meth:`_record`). The request probed is the first due whose messages are still
-        stored. With
-        what the probe spent, by the request it was sent for, to be counted in that
-        request's failure."""
+        stored. With what the probe spent, by the request it was sent for, to be counted in
+        that request's failure."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
         target = await self._first_due(row, refused, recorded_of)
         if target is None:
