@@ -185,6 +185,7 @@ def check_db_path(
         raise InvalidInputError(f"{name} must not contain a NUL character")
     if text == ":memory:":
         raise InvalidInputError(f"{name} must name a file, not {_IN_MEMORY_REFUSED}")
+    _check_not_named_in_memory(str(Path(text).expanduser().resolve()))
     if _URL_SCHEME.match(text):
         raise InvalidInputError(
             f"{name} takes the path of a SQLite file, and this one is a database URL: "
@@ -394,9 +395,10 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
             f"memvee cannot use a {parsed.drivername!r} database: give a sqlite:/// or "
             "postgresql:// URL"
         )
-    _check_not_in_memory(parsed)
+    given = url if driver is None else parsed.render_as_string(hide_password=False)
+    _check_not_in_memory(parsed, given)
     _check_sqlite_parameters(parsed, name)
-    return url if driver is None else parsed.render_as_string(hide_password=False)
+    return given
 
 
 _PYSQLITE_PARAMETERS = frozenset(
@@ -468,21 +470,26 @@ def _at_after_password(url: str | URL) -> bool:
     return "@" in before_query or any("@" in name for name in names)
 
 
-def _check_not_in_memory(parsed: URL) -> None:
+def _check_not_in_memory(parsed: URL, given: str) -> None:
     """Refuse an in-memory SQLite database: every connection to one opens a database of
-    its own, and the store's threads each use their own connection."""
+    its own, and the store's threads each use their own connection. ``given`` is the URL
+    as the event store's library gets it."""
     if parsed.get_backend_name() != "sqlite":
         return
     if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
         raise InvalidInputError(f"memvee needs a SQLite file, not {_IN_MEMORY_REFUSED}")
-    written = parsed.render_as_string(hide_password=False)
-    if ":memory:" in written or "mode=memory" in written:
-        # eventsourcing reads a URL holding either anywhere as an in-memory database: one
-        # connection shared by every thread, and no write lock.
+    _check_not_named_in_memory(given)
+
+
+def _check_not_named_in_memory(text: str) -> None:
+    """Refuse a SQLite file's path or URL holding ``:memory:`` or ``mode=memory``
+    anywhere: eventsourcing_sqlalchemy reads such a URL as an in-memory database, one
+    connection shared by every thread and no write lock."""
+    if ":memory:" in text or "mode=memory" in text:
         raise InvalidInputError(
-            f"memvee cannot open a SQLite file whose path holds ':memory:' or "
-            f"'mode=memory' ({parsed.database!r}): the event store would take it for an "
-            "in-memory database and let writers share one connection; rename the folder or file"
+            "memvee cannot open a SQLite file whose path or URL holds ':memory:' or "
+            "'mode=memory' anywhere: the event store would take it for an in-memory database "
+            "and let writers share one connection; rename the folder or file"
         )
 
 

@@ -74,7 +74,7 @@ from memvee.extractors._claude import (
     outweighed,
     probe_request,
 )
-from projections import ProjectionReader
+from projections import ProjectionReader, ProjectionTables, Projector
 from projections.bulk_runs import BULK_BATCHES, create_bulk_table, restamped
 from projections.bulk_runs import CLAIM as _CLAIM
 from projections.reader import aware
@@ -1444,8 +1444,12 @@ class BulkReextraction:
 
     def _gone(self, request: dict[str, Any]) -> bool:
         """Whether some of ``request``'s messages are no longer stored: its user was
-        forgotten meanwhile (a forget erases every message of the user)."""
+        forgotten meanwhile (a forget erases every message of the user). Not while the
+        projections are being rebuilt (or a rebuild stopped midway): rows not refolded
+        yet are missing, and say nothing of a forget (as the log's own check has it)."""
         with self.store.engine.connect() as connection:
+            if Projector(ProjectionTables()).state(connection).rebuilding:
+                return False
             found = self.reader.messages(connection, request["user"], ids=list(request["messages"]))
         return len(found) < len(set(request["messages"]))
 

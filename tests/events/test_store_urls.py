@@ -162,12 +162,18 @@ def test_a_file_whose_path_holds_what_names_an_in_memory_database_is_refused_bef
     """The event store's library reads ``:memory:`` or ``mode=memory`` anywhere in a URL as
     an in-memory database: every thread shared one connection, with no write lock, so a
     failed write's rows were committed by another thread's commit."""
-    (tmp_path / folder).mkdir()
-    url = sqlite_url(tmp_path / folder / "m.db")
-    for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+    path = tmp_path / folder / "m.db"
+    for refuse in (sqlite_url, lambda p: MemoryConfig(db_path=p)):
         with pytest.raises(InvalidInputError, match="rename the folder or file"):
-            refuse(url)
-    assert list((tmp_path / folder).iterdir()) == []
+            refuse(path)
+    assert list(tmp_path.iterdir()) == [], "no folder made"
+    path.parent.mkdir()
+    urls = [f"sqlite:///{path}", f"sqlite:///file:{tmp_path}/x.db?uri=true&modeof={path}"]
+    for url in urls:
+        for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+            with pytest.raises(InvalidInputError, match="rename the folder or file"):
+                refuse(url)
+    assert list(path.parent.iterdir()) == [] and not (tmp_path / "x.db").exists()
 
 
 def test_a_database_path_with_a_nul_character_is_refused() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import anthropic
 import pytest
 import sqlalchemy
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
@@ -44,6 +44,7 @@ from events import (
     TokenUsage,
     UserLog,
     sqlite_url,
+    user_log_id,
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction, _since_promoted
@@ -1817,6 +1818,37 @@ async def test_refused_requests_of_users_all_forgotten_before_the_probe_are_drop
         assert sum(r.custom_id is None for r in server.requests) == 0, "no probe"
         assert (report.submitted, report.failed, len(report.forgotten)) == (6, {}, 6)
         assert all("forgotten" in why for why in report.forgotten.values())
+
+
+@pytest.mark.parametrize("refusal", list(_REFUSED_AND_PROBED))
+async def test_a_users_failed_requests_while_a_rebuild_refolds_her_are_failed_not_forgotten(
+    db_on_both_backends: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    refusal: str,
+) -> None:
+    """A rebuild under way (or stopped midway) has not refolded ann's message rows yet:
+    her log refuses to record the failures, but she was not forgotten. Her requests were
+    dropped as a forgotten user's (exit 0, and ``--promote`` took the version as clean)."""
+    refused, probe = _REFUSED_AND_PROBED[refusal]
+    server.set_responder(_probe_answered(probe, refused))
+    tables = ProjectionTables()
+    real = BulkReextraction._refused_all
+
+    async def rebuild_under_way(self: BulkReextraction, *args: Any) -> Any:
+        with self.store.transaction() as connection:
+            connection.execute(insert(tables.position).values(name="rebuilding", position=0))
+            connection.execute(
+                delete(tables.messages).where(tables.messages.c.log_id == str(user_log_id("ann")))
+            )
+        return await real(self, *args)
+
+    monkeypatch.setattr(BulkReextraction, "_refused_all", rebuild_under_way)
+    with Audit(db_url=db_on_both_backends) as audit:
+        report = await _run(audit)
+        assert audit.store.load("ann") is not None
+        assert report.forgotten == {}
+        assert len(report.failed) == report.submitted == 6
 
 
 def test_the_command_line_exits_0_when_the_refused_requests_users_were_all_forgotten(
