@@ -2360,15 +2360,28 @@ def _covered(audit: Audit, user: str) -> set[str]:
     return {m for e in _reextracted(audit, user) for m in e.message_ids}
 
 
-async def _users_saying_they_like_tea(db_url: str, count: int) -> list[str]:
-    """``count`` users (u0, u1, ...) each with one message flushed into their log, none
+async def _users_saying_they_like_tea(
+    db_url: str, count: int, messages: int | None = None
+) -> list[str]:
+    """``count`` users (u0, u1, ...) each with one message ("u0 likes tea"), or
+    ``messages`` numbered ones ("u0 likes tea 0", ...), flushed into their log, none
     extracted: the users of the fallback's specifications."""
     users = [f"u{i}" for i in range(count)]
+    said = [""] if messages is None else [f" {j}" for j in range(messages)]
     async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
         for user in users:
-            await memory.add_message(user, "user", f"{user} likes tea")
+            for number in said:
+                await memory.add_message(user, "user", f"{user} likes tea{number}")
             await memory.flush(user)
     return users
+
+
+def _direct_calls_since(server: MessagesAPIServer, calls: int) -> list[list[str]]:
+    """The messages of each Messages API call (not a Message Batch's) the server got
+    after its first ``calls`` requests."""
+    return [
+        [m["content"] for m in r.messages] for r in server.requests[calls:] if r.custom_id is None
+    ]
 
 
 def _said(audit: Audit, user: str) -> dict[str, str]:
@@ -2501,13 +2514,8 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
     to go on user after user, every call failing at full price. Users of one message (a
     lone failure) and of four (two failures in a row) alike, and run after run, each run
     at the user the fallback tried least lately."""
-    users = [f"u{i}" for i in range(6)]
     db = sqlite_url(tmp_path / "refused.db")
-    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            for j in range(messages):
-                await memory.add_message(user, "user", f"{user} likes tea {j}")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db, 6, messages)
 
     def refused(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is not None:
@@ -2520,11 +2528,7 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
         for user in users[:2]:
             calls = len(server.requests)
             stopped = await _run(audit, users=users)
-            sent = [
-                [m["content"] for m in r.messages]
-                for r in server.requests[calls:]
-                if r.custom_id is None
-            ]
+            sent = _direct_calls_since(server, calls)
             assert len(sent) == (2 if messages == 1 else 3) and sent[-1] == ["Hello."], sent
             assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, [user])
             told = stopped.failed[f"direct:{user}"]
@@ -2541,13 +2545,8 @@ async def test_a_model_refusing_every_request_stops_the_full_price_fallback_at_t
     the fallback stops there (that user's call and its probe), blaming no message; it
     used to go on to all six users (13 full-price calls), the refusal weighed as the
     user's own and the harmless request's refusal taken for an answer."""
-    users = [f"u{i}" for i in range(6)]
     db = sqlite_url(tmp_path / "refusing.db")
-    async with Memory(config=MemoryConfig(db_url=db), extractor=RecordingExtractor()) as memory:
-        for user in users:
-            for j in range(4):
-                await memory.add_message(user, "user", f"{user} likes tea {j}")
-            await memory.flush(user)
+    users = await _users_saying_they_like_tea(db, 6, 4)
 
     def refusing(request: RecordedRequest) -> ScriptedResponse:
         if request.custom_id is not None:
@@ -2559,11 +2558,7 @@ async def test_a_model_refusing_every_request_stops_the_full_price_fallback_at_t
         await _run(audit, users=users)
         calls = len(server.requests)
         stopped = await _run(audit, users=users)
-        sent = [
-            [m["content"] for m in r.messages]
-            for r in server.requests[calls:]
-            if r.custom_id is None
-        ]
+        sent = _direct_calls_since(server, calls)
         assert sent == [[f"u0 likes tea {j}" for j in range(4)], ["Hello."]], sent
         assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, ["u0"])
         assert "the model refuses every request" in stopped.failed["direct:u0"]
