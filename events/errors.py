@@ -228,10 +228,10 @@ class ExtractorAccessRefusedError(ExtractionError):
     which never shows that the service is down. A harmless request refused so shows the
     API key or its permissions refused for every request: background extraction keeps the
     batch whole (:class:`EveryRequestRefusedError`); ``memvee reextract`` stops the run,
-    its failed calls no evidence against their messages (``ReextractionReport.refused``);
-    ``reextract --batch-api``'s full-price fallback stops at that user, sending no other
-    user's messages that run. A batch's own may be its messages' (a gateway's filter
-    refusing a text with a 403)."""
+    its failed calls no evidence against their messages (its report's check a
+    ``CredentialsRefused``); ``reextract --batch-api``'s full-price fallback stops at that
+    user, sending no other user's messages that run. A batch's own may be its messages' (a
+    gateway's filter refusing a text with a 403)."""
 
 
 class ProbeFailedError(ExtractionError):

@@ -53,6 +53,13 @@ from events.extraction import (
     estimate_tokens,
     halved_caps,
 )
+from events.harmless import (
+    Answered,
+    CheckVerdict,
+    CredentialsRefused,
+    FailedTellingNothing,
+    Outage,
+)
 from events.timeline import Around, ReplacedEntry, Timeline
 
 __all__ = [
@@ -391,7 +398,8 @@ class UserLog(Aggregate):
         ``reextract --batch-api`` fallback's harmless request after a lone failed call, and
         a probe of a Message Batch's refusal whose request's failure was not kept (another
         run recorded it first), are kept so for what they cost alone: they name no failed
-        call, so they change no evidence."""
+        call, so they change no evidence. :attr:`verdict` reads the flags as one
+        :data:`events.harmless.CheckVerdict`."""
 
         knowledge_version: str
         failed_calls: list[list[str]]
@@ -404,6 +412,18 @@ class UserLog(Aggregate):
         output_tokens: int | None = None
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
+
+        @property
+        def verdict(self) -> CheckVerdict:
+            """How the request fared, read off the stored flags (of any memvee's events): a
+            busy API was stored as a failure telling nothing, which it is for the calls."""
+            if self.refused:
+                return CredentialsRefused(self.error or "HTTP 401 or 403")
+            if self.outage:
+                return Outage()
+            if self.error:
+                return FailedTellingNothing(self.error)
+            return Answered()
 
         def apply(self, log: UserLog) -> None:
             pass
@@ -1112,24 +1132,24 @@ class UserLog(Aggregate):
         knowledge_version: str,
         failed_calls: Sequence[Sequence[str]],
         usage: TokenUsage,
+        verdict: CheckVerdict,
         *,
-        outage: bool,
-        error: str | None = None,
-        refused: bool = False,
         extractor: str | None = None,
         model: str | None = None,
     ) -> None:
         """Record what the harmless request sent after the ``failed_calls`` of a stopped
-        run showed (see :class:`ReextractionChecked`): naming the calls, rather than
-        taking the last ones logged, keeps two runs of the user at once apart."""
+        run showed, its ``verdict`` (see :class:`ReextractionChecked`): naming the calls,
+        rather than taking the last ones logged, keeps two runs of the user at once apart.
+        The event keeps the flags every memvee reads; an outage keeps no error."""
         self.check_version_name(knowledge_version)
+        error = None if isinstance(verdict, Answered | Outage) else verdict.error
         self.trigger_event(
             self.ReextractionChecked,
             knowledge_version=knowledge_version,
             failed_calls=[list(ids) for ids in failed_calls],
-            outage=outage or refused,
+            outage=verdict.blames_no_message,
             error=storable(error) if error else None,
-            refused=refused,
+            refused=isinstance(verdict, CredentialsRefused),
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
             model=_label(model, MAX_MODEL_CHARS),
             **_usage_fields(usage),
@@ -1323,7 +1343,7 @@ class UserLog(Aggregate):
             if getattr(e, "knowledge_version", None) != knowledge_version:
                 continue
             if isinstance(e, self.ReextractionChecked):
-                if e.outage or e.refused:
+                if e.verdict.blames_no_message:
                     for ids in e.failed_calls:
                         _forget_failed_call(calls, tuple(ids))
             elif isinstance(e, self.KnowledgeReextracted | self.ReextractionFailed):

@@ -36,7 +36,7 @@ from anthropic.types.messages.batch_create_params import Request
 from sqlalchemy import Connection, bindparam, func, inspect, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from actors import THE_APIS_STATE, tells_down
+from actors import THE_APIS_STATE
 from actors.lease import database_now
 from actors.process_identity import process_alive, process_stat, this_machine
 from events import (
@@ -60,10 +60,16 @@ from events import (
 )
 from events.errors import (
     EveryRequestRefusedError,
-    ExtractorAccessRefusedError,
     ProbeFailedError,
     first_line,
-    repeats,
+)
+from events.harmless import (
+    Answered,
+    Busy,
+    CheckVerdict,
+    CredentialsRefused,
+    FailedTellingNothing,
+    Outage,
 )
 from memvee._secrets import redact
 from memvee.extractors import ClaudeExtractor
@@ -989,14 +995,15 @@ class BulkReextraction:
         the next user goes on. So an outage, a rate limit or a refused key costs one failed call and
         that request, not a failed call for every user with a message or two to send."""
         # the audit imports this module lazily
-        from memvee.audit import check_finding, harmless_request, record_check
+        from memvee.audit import harmless_request, record_check, verdict_of
 
-        if live.refused:
-            return _fallback_key_refused(stopped, live.check_error)
+        verdict = None if live.check is None else live.check.verdict
+        if isinstance(verdict, CredentialsRefused):
+            return _fallback_key_refused(stopped, verdict.error)
         if _stop_tells_api_down(stopped, live):
             return stopped
-        if live.check is not None:  # the live run sent its own harmless request
-            return stopped if live.busy else None
+        if verdict is not None:  # the live run sent its own harmless request
+            return stopped if isinstance(verdict, Busy) else None
         if not _lone(stopped) or self.direct_answered:
             return None
         usage, failed = await harmless_request(
@@ -1008,30 +1015,25 @@ class BulkReextraction:
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
             "answered" if failed is None else f"failed too ({first_line(failed)})",
         )
+        told = verdict_of(failed, self.extractor)
         await asyncio.to_thread(
-            record_check,
-            self.decide,
-            user_id,
-            self.version,
-            (),
-            usage,
-            check_finding(failed, self.extractor),
-            self.extractor,
+            record_check, self.decide, user_id, self.version, (), usage, told, self.extractor
         )
-        if failed is None:
-            self.direct_answered = True
-            return None
-        if isinstance(failed, ExtractorAccessRefusedError):
-            return _fallback_key_refused(stopped, f"{type(failed).__name__}: {first_line(failed)}")
-        if repeats(failed):  # the request's own failure, not the API's state
-            return None
-        if not tells_down(failed):  # rate limited or asked to wait: not down, but busy
-            log.warning(
-                "user %r: the harmless request was rate limited or asked to wait; no other "
-                "user's messages are sent through the Messages API this run (their Message "
-                "Batches stay kept for the next run)",
-                user_id,
-            )
+        match told:
+            case Answered():
+                self.direct_answered = True
+                return None
+            case CredentialsRefused(error=error):
+                return _fallback_key_refused(stopped, error)
+            case FailedTellingNothing():  # the request's own failure, not the API's state
+                return None
+            case Busy():  # rate limited or asked to wait: not down, but busy
+                log.warning(
+                    "user %r: the harmless request was rate limited or asked to wait; no "
+                    "other user's messages are sent through the Messages API this run (their "
+                    "Message Batches stay kept for the next run)",
+                    user_id,
+                )
         return stopped
 
     def _left_out(self, user_id: str) -> set[str]:
@@ -1426,21 +1428,13 @@ class BulkReextraction:
         failed call (:func:`memvee.audit.record_check`), when the failure of the request it
         was sent for, which counts it, was not kept (another run recorded the request
         first): billed, it shows in ``memvee stats`` either way, and ``memvee log`` tells
-        how it fared (:func:`_probe_told`)."""
-        from memvee.audit import CheckFinding, record_check  # imports this module lazily
+        how it fared (:func:`_probe_verdict`)."""
+        from memvee.audit import record_check  # imports this module lazily
 
         if probed is None:
             return
-        told = _probe_told(probed, client_secrets(self.extractor.client))
-        record_check(
-            self.decide,
-            user_id,
-            self.version,
-            (),
-            probed.usage,
-            CheckFinding(error=told),
-            self.extractor,
-        )
+        told = _probe_verdict(probed, client_secrets(self.extractor.client))
+        record_check(self.decide, user_id, self.version, (), probed.usage, told, self.extractor)
 
     def _gone(self, request: dict[str, Any]) -> bool:
         """Whether some of ``request``'s messages are no longer stored: its user was
@@ -2081,15 +2075,16 @@ def _refusal_told(error: ExtractionError, outcome: Any, verdict: str | None) -> 
     )
 
 
-def _probe_told(probed: ProbeResult, secrets: Sequence[str]) -> str | None:
-    """How a probe kept on its own fared, as its check's ``error`` tells it (none when it
-    was answered; without ``secrets``): refused too, or failed, and how."""
+def _probe_verdict(probed: ProbeResult, secrets: Sequence[str]) -> CheckVerdict:
+    """How a probe kept on its own fared, as its check tells it (without ``secrets``):
+    answered, or refused too or failed, and how, which tells nothing of the calls (it judges
+    none)."""
     if probed.verdict == "refused":
-        return "a probe of a refusal was refused too"
+        return FailedTellingNothing("a probe of a refusal was refused too")
     if probed.verdict == "failed":
         how = redact(probed.error, secrets) if probed.error else "no error told"
-        return f"a probe of a refusal failed too: {how}"
-    return None
+        return FailedTellingNothing(f"a probe of a refusal failed too: {how}")
+    return Answered()
 
 
 def _with_probe(usage: TokenUsage | None, probed: ProbeResult | None) -> TokenUsage | None:
@@ -2121,18 +2116,18 @@ def _blamable(outcomes: Mapping[str, Any]) -> bool:
 def _stop_tells_api_down(stopped: MemveeError, live: ReextractionReport) -> bool:
     """Whether a user's live re-extraction that ``stopped`` tells the Messages API is
     down, for every user: the harmless request sent after its two failures in a row
-    failed too (``live.outage``), or it stopped on the API's state (overloaded, every
+    failed too (an :class:`events.Outage`), or it stopped on the API's state (overloaded, every
     batch refused, a probe that failed or was refused too: :data:`actors.THE_APIS_STATE`).
     A harmless request answered, or a lone message failing once with nothing else to
-    send, tells only of that user's messages; one whose
-    credentials were refused (``live.refused``) tells no outage, though it ends the
-    fallback all the same (:meth:`BulkReextraction._every_user_stopped`)."""
+    send, tells only of that user's messages; one whose credentials were refused
+    (:class:`events.CredentialsRefused`) tells no outage, though it ends the fallback all
+    the same (:meth:`BulkReextraction._every_user_stopped`)."""
     if live.check is not None:
-        return live.outage
+        return isinstance(live.check.verdict, Outage)
     return not _lone(stopped) or isinstance(stopped, THE_APIS_STATE)
 
 
-def _fallback_key_refused(stopped: MemveeError, refusal: str | None) -> EveryRequestRefusedError:
+def _fallback_key_refused(stopped: MemveeError, refusal: str) -> EveryRequestRefusedError:
     """The error that ends the Messages API fallback for every user once a harmless
     request's credentials were refused (``refusal``) after ``stopped``."""
     log.warning(

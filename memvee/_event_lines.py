@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from events import EVENT_CLASSES, UserLog
+from events import (
+    EVENT_CLASSES,
+    Answered,
+    Busy,
+    CheckVerdict,
+    CredentialsRefused,
+    FailedTellingNothing,
+    Outage,
+    UserLog,
+)
 
 __all__ = ["EVENT_TYPES", "describe"]
 
@@ -49,17 +58,10 @@ def describe(event: Any) -> str:
         case UserLog.ReextractionChecked() if not e.failed_calls:
             return f"version {e.knowledge_version!r} harmless request's cost: {_harmless(e)}"
         case UserLog.ReextractionChecked():
-            verdict = (
-                "the API key refused: the failed calls blame no message: "
-                f"{_flat(e.error or 'HTTP 401 or 403')}"
-                if e.refused
-                else "the API down: the failed calls blame no message"
-                if e.outage
-                else f"nothing: {_flat(e.error)}"
-                if e.error
-                else "the API up: the failed calls were their messages'"
+            return (
+                f"version {e.knowledge_version!r} check after failed calls showed "
+                f"{_showed(e.verdict)}"
             )
-            return f"version {e.knowledge_version!r} check after failed calls showed {verdict}"
         case UserLog.KnowledgeSuperseded():
             return f"entry {e.entry_id[:8]} superseded by {e.superseded_by[:8]}"
         case UserLog.KnowledgeEndMoved():
@@ -89,17 +91,30 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def _showed(verdict: CheckVerdict) -> str:
+    """What a harmless request judging failed calls showed of them."""
+    match verdict:
+        case CredentialsRefused(error=error):
+            return f"the API key refused: the failed calls blame no message: {_flat(error)}"
+        case Outage():
+            return "the API down: the failed calls blame no message"
+        case Busy(error=error) | FailedTellingNothing(error=error):
+            return f"nothing: {_flat(error)}"
+        case Answered():
+            return "the API up: the failed calls were their messages'"
+
+
 def _harmless(e: Any) -> str:
     """What a harmless request judging no failed call (kept for its cost alone: the bulk
     fallback's, or a probe's) spent, and whether it was answered or failed, and how."""
     spent = sum(t or 0 for t in (e.input_tokens, e.output_tokens))
-    told = (
-        f"failed: the API key refused: {_flat(e.error or 'HTTP 401 or 403')}"
-        if e.refused
-        else "failed: the API down"
-        if e.outage
-        else f"failed: {_flat(e.error)}"
-        if e.error
-        else "answered"
-    )
+    match e.verdict:
+        case CredentialsRefused(error=error):
+            told = f"failed: the API key refused: {_flat(error)}"
+        case Outage():
+            told = "failed: the API down"
+        case Busy(error=error) | FailedTellingNothing(error=error):
+            told = f"failed: {_flat(error)}"
+        case Answered():
+            told = "answered"
     return f"{spent} tokens, {told}"

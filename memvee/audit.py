@@ -42,18 +42,24 @@ from actors.erasure import ForgetReceipt, erase_user
 from actors.lease import LeaseTable, new_owner_id
 from events import (
     AlreadyReextractedError,
+    Answered,
     BatchLimits,
     BatchMessage,
+    Busy,
+    CheckVerdict,
     ConflictError,
+    CredentialsRefused,
     EventStore,
     ExtractedFact,
     ExtractionBatch,
     ExtractionError,
     Extractor,
+    FailedTellingNothing,
     InvalidInputError,
     KnownEntry,
     MemveeError,
     NotFoundError,
+    Outage,
     Recorded,
     RejectedBatchError,
     ReplacedEntry,
@@ -127,9 +133,16 @@ if TYPE_CHECKING:
 __all__ = [
     "DIRECT_LIMIT",
     "MAX_USERS_PAGE",
+    "Answered",
     "Audit",
+    "Busy",
+    "CheckVerdict",
     "Comparison",
+    "CredentialsRefused",
+    "FailedTellingNothing",
+    "HarmlessCheck",
     "LoggedEvent",
+    "Outage",
     "Provenance",
     "ReextractionReport",
     "SourceMessage",
@@ -253,6 +266,17 @@ def _surplus(held: Counter[str], other: Counter[str]) -> list[str]:
     return sorted((held - Counter({t: max(other[t], 1) for t in held})).elements())
 
 
+@dataclass(frozen=True, slots=True)
+class HarmlessCheck:
+    """The harmless request a re-extraction run sent before it stopped: how it fared
+    (``verdict``: answered, an outage, its credentials refused, busy, or a failure telling
+    nothing, each with its error where it has one) and what it cost (``usage``). One value,
+    so that no report holds a verdict without a request, or a request without one."""
+
+    verdict: CheckVerdict
+    usage: TokenUsage
+
+
 @dataclass
 class ReextractionReport:
     """What a re-extraction of one user did: the ``entries`` it extracted, the messages
@@ -265,52 +289,41 @@ class ReextractionReport:
     recorded_elsewhere: list[str] = field(default_factory=list)
     """Messages another run recorded into the version while this one extracted them (two
     runs of the user at once): this run's answer for them was not recorded."""
-    check: TokenUsage | None = None
-    """What the harmless request cost that a run sends once two calls in a row failed in
-    a way that may pass, before it stops (``None``: none was sent); counted in ``memvee
-    stats`` with the failed calls."""
-    outage: bool = False
-    """Whether that request failed too (the API was down): the two failed calls split no
-    batch of their messages for the runs after."""
-    refused: bool = False
-    """Whether that request's credentials were refused (401 or 403): the API key or its
-    permissions are refused for every request, so the two failed calls split no batch of
-    their messages for the runs after either (``check_error`` says which refusal)."""
-    busy: bool = False
-    """Whether that request was rate limited or asked to wait (the API up but busy): it
-    tells nothing of the failed calls, and ``reextract --batch-api`` sends no other user's
-    messages at full price in that run."""
-    check_error: str | None = None
-    """Why that request failed when it told nothing (a failure that would repeat, a bug,
-    a rate limit) or was ``refused``: unless refused, the failed calls split their batches
-    for the next runs as before."""
+    check: HarmlessCheck | None = None
+    """The harmless request a run sends once two calls in a row failed in a way that may
+    pass, before it stops (``None``: none was sent): how it fared, one
+    :data:`CheckVerdict`, and what it cost, counted in ``memvee stats`` with the failed
+    calls."""
 
     def check_finding(self) -> str | None:
         """What the harmless request sent before the run stopped showed, and cost, in a
         sentence (``None``: none was sent)."""
         if self.check is None:
             return None
-        tokens = (self.check.input_tokens or 0) + (self.check.output_tokens or 0)
-        if self.outage:
-            return (
-                f"a harmless request failed too ({tokens} tokens): the API is down, and the "
-                "failed calls split no batch for the runs after"
-            )
-        if self.refused:
-            return (
-                f"a harmless request's credentials were refused too ({tokens} tokens: "
-                f"{self.check_error}): the API key or its permissions are refused for every "
-                "request, and the failed calls split no batch for the runs after"
-            )
-        if self.check_error is not None:
-            return (
-                f"a harmless request failed in a way that tells nothing ({tokens} tokens: "
-                f"{self.check_error}): the next run splits the failed calls' batches"
-            )
-        return (
-            f"a harmless request was answered ({tokens} tokens): the failed calls are their "
-            "messages', whose batches the next run splits"
-        )
+        usage = self.check.usage
+        tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+        match self.check.verdict:
+            case Outage():
+                return (
+                    f"a harmless request failed too ({tokens} tokens): the API is down, and "
+                    "the failed calls split no batch for the runs after"
+                )
+            case CredentialsRefused(error=error):
+                return (
+                    f"a harmless request's credentials were refused too ({tokens} tokens: "
+                    f"{error}): the API key or its permissions are refused for every "
+                    "request, and the failed calls split no batch for the runs after"
+                )
+            case Busy(error=error) | FailedTellingNothing(error=error):
+                return (
+                    f"a harmless request failed in a way that tells nothing ({tokens} tokens: "
+                    f"{error}): the next run splits the failed calls' batches"
+                )
+            case Answered():
+                return (
+                    f"a harmless request was answered ({tokens} tokens): the failed calls are "
+                    "their messages', whose batches the next run splits"
+                )
 
 
 @dataclass
@@ -364,34 +377,21 @@ class _Reextraction:
             self.todo.insert(at, batch)
 
 
-@dataclass(frozen=True)
-class CheckFinding:
-    """What a harmless request showed (see :func:`check_finding`): the API ``refused``
-    its credentials (401, 403), or it failed as an ``outage`` does, or ``busy`` (rate
-    limited or asked to wait), with the ``error`` that told it (none for an outage, whose
-    flag says it all; none when it was answered)."""
-
-    outage: bool = False
-    refused: bool = False
-    busy: bool = False
-    error: str | None = None
-
-
-def check_finding(failed: Exception | None, extractor: object) -> CheckFinding:
-    """What a harmless request ``extractor`` sent that ``failed`` (``None``: answered)
-    shows, by the background's rule (:func:`actors.tells_down`): its credentials refused,
+def verdict_of(failed: Exception | None, extractor: object) -> CheckVerdict:
+    """How a harmless request ``extractor`` sent that ``failed`` (``None``: answered)
+    fared, by the background's rule (:func:`actors.tells_down`): its credentials refused,
     the API down, or a failure that tells nothing (busy unless it would repeat). The error
     is told without the credentials the extractor's client or the environment carries
     (:func:`_credentials_of`): it is logged and stored, and a failure may echo a key (an
     HTTP header refused for the newline a key read from a file kept)."""
     if failed is None:
-        return CheckFinding()
+        return Answered()
     said = redact(f"{type(failed).__name__}: {first_line(failed)}", _credentials_of(extractor))
     if isinstance(failed, ExtractorAccessRefusedError):
-        return CheckFinding(refused=True, error=said)
+        return CredentialsRefused(said)
     if tells_down(failed):
-        return CheckFinding(outage=True)
-    return CheckFinding(busy=not repeats(failed), error=said)
+        return Outage()
+    return FailedTellingNothing(said) if repeats(failed) else Busy(said)
 
 
 def _credentials_of(extractor: object) -> tuple[str, ...]:
@@ -415,11 +415,11 @@ def record_check(
     version: str,
     failed_calls: Sequence[Sequence[str]],
     usage: TokenUsage,
-    finding: CheckFinding,
+    verdict: CheckVerdict,
     extractor: Extractor,
 ) -> None:
     """Keep a harmless request in ``user_id``'s log (:class:`UserLog.ReextractionChecked`):
-    what it showed (``finding``) of the ``failed_calls`` it judges, and what it cost, for
+    what it showed (``verdict``) of the ``failed_calls`` it judges, and what it cost, for
     ``memvee stats``. One naming no failed call (a cost of its own: the bulk fallback's,
     or a probe whose request's failure was not kept) is no evidence, so it is kept only
     when it spent something. ``decide`` appends to the log (``Audit._decide``); a failure
@@ -433,9 +433,7 @@ def record_check(
             version,
             failed_calls,
             usage,
-            outage=finding.outage,
-            error=finding.error,
-            refused=finding.refused,
+            verdict,
             extractor=getattr(extractor, "name", type(extractor).__name__),
             model=getattr(extractor, "model", None),
         )
@@ -1173,41 +1171,41 @@ class Audit:
         (Claude's asks for one output token) is pinged; another extracts the message. What
         it cost and showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
         naming the failed calls it judges)."""
-        run.report.check, failed = await harmless_request(
+        usage, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
-        finding = check_finding(failed, run.extractor)
-        run.report.refused, run.report.outage = finding.refused, finding.outage
-        run.report.busy, run.report.check_error = finding.busy, finding.error
-        if finding.refused:
-            log.warning(
-                "user %r: a harmless request's credentials were refused too (%s): the API key "
-                "or its permissions are refused; no batch is split for it",
-                run.user_id,
-                finding.error,
-            )
-        elif finding.outage and failed is not None:
-            log.warning(
-                "user %r: a harmless request failed too (%s): the API is down; no batch "
-                "is split for it",
-                run.user_id,
-                first_line(failed),
-            )
-        elif failed is not None:
-            log.warning(
-                "user %r: a harmless request failed in a way that tells nothing (%s); "
-                "the failed calls split their batches as before",
-                run.user_id,
-                finding.error,
-            )
+        verdict = verdict_of(failed, run.extractor)
+        run.report.check = HarmlessCheck(verdict, usage)
+        match verdict:
+            case CredentialsRefused(error=error):
+                log.warning(
+                    "user %r: a harmless request's credentials were refused too (%s): the API "
+                    "key or its permissions are refused; no batch is split for it",
+                    run.user_id,
+                    error,
+                )
+            case Outage() if failed is not None:
+                log.warning(
+                    "user %r: a harmless request failed too (%s): the API is down; no batch "
+                    "is split for it",
+                    run.user_id,
+                    first_line(failed),
+                )
+            case Busy(error=error) | FailedTellingNothing(error=error):
+                log.warning(
+                    "user %r: a harmless request failed in a way that tells nothing (%s); "
+                    "the failed calls split their batches as before",
+                    run.user_id,
+                    error,
+                )
         await asyncio.to_thread(
             record_check,
             self._decide,
             run.user_id,
             run.version,
             failed_calls,
-            run.report.check or TokenUsage(),
-            finding,
+            usage,
+            verdict,
             run.extractor,
         )
 

@@ -13,7 +13,19 @@ from eventsourcing.compressor import ZlibCompressor
 from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import JSONTranscoder
 
-from events import EventStore, ExtractedFact, TokenUsage, UserLog, errors, sqlite_url
+from events import (
+    Answered,
+    Busy,
+    CredentialsRefused,
+    EventStore,
+    ExtractedFact,
+    FailedTellingNothing,
+    Outage,
+    TokenUsage,
+    UserLog,
+    errors,
+    sqlite_url,
+)
 from events._codec import Decoder
 from events.store import exported_state
 from events.transcoding import (
@@ -147,6 +159,49 @@ def test_a_failure_stores_its_whole_flag_only_when_it_is_set(tmp_path: Path) -> 
         store.close()
 
 
+def test_a_check_reads_back_as_the_verdict_it_recorded_a_busy_api_as_telling_nothing(
+    tmp_path: Path,
+) -> None:
+    """Each verdict of a harmless request is stored as the flags every memvee reads
+    (``outage``, ``refused`` only when true, ``error``) and read back as itself; a busy
+    API, which no stored flag tells apart, reads back as a failure telling nothing, which
+    it is for the failed calls (both leave them as evidence)."""
+    recorded = [
+        Answered(),
+        Outage(),
+        CredentialsRefused("HTTP 401"),
+        Busy("HTTP 429"),
+        FailedTellingNothing("ValueError: a bug"),
+    ]
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("ann")
+        ids = [log.add_message("user", f"I like thing {i}.", None, 1000) for i in range(2)]
+        for verdict in recorded:
+            log.record_reextraction_check("v2", [ids], TokenUsage(), verdict)
+        store.append([log.collect_events()])
+        stored = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
+        flags = [
+            {k: v for k, v in orjson.loads(s.state).items() if k in ("outage", "refused", "error")}
+            for s in stored
+        ]
+        assert flags == [
+            {"outage": False, "error": None},
+            {"outage": True, "error": None},
+            {"outage": True, "refused": True, "error": "HTTP 401"},
+            {"outage": False, "error": "HTTP 429"},
+            {"outage": False, "error": "ValueError: a bug"},
+        ]
+        checks = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
+        assert [c.verdict for c in checks] == [
+            *recorded[:3],
+            FailedTellingNothing("HTTP 429"),
+            recorded[4],
+        ]
+    finally:
+        store.close()
+
+
 def test_a_check_stores_its_refused_flag_only_when_it_is_set(tmp_path: Path) -> None:
     """A re-extraction check that was not refused stores no ``refused`` (what events
     recorded before the field hold), so an older memvee reads it without a warning; one
@@ -155,10 +210,8 @@ def test_a_check_stores_its_refused_flag_only_when_it_is_set(tmp_path: Path) -> 
     try:
         log = UserLog.register("ann")
         ids = [log.add_message("user", f"I like thing {i}.", None, 1000) for i in range(2)]
-        for refused in (True, False):
-            log.record_reextraction_check(
-                "v2", [ids], TokenUsage(), outage=False, error="HTTP 401", refused=refused
-            )
+        for verdict in (CredentialsRefused("HTTP 401"), FailedTellingNothing("HTTP 401")):
+            log.record_reextraction_check("v2", [ids], TokenUsage(), verdict)
         store.append([log.collect_events()])
         stored = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
         states = [orjson.loads(s.state) for s in stored]

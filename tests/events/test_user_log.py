@@ -12,10 +12,14 @@ from eventsourcing.domain import Snapshot
 
 from events import (
     AlreadyReextractedError,
+    Answered,
     BatchLimits,
     ConflictError,
+    CredentialsRefused,
     ExtractedFact,
+    FailedTellingNothing,
     InvalidInputError,
+    Outage,
     TokenUsage,
     UnknownTaskError,
 )
@@ -656,7 +660,7 @@ def test_the_two_failed_calls_of_an_outage_are_kept_but_are_no_evidence_for_the_
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[4:5], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_check(
-        "v2", [ids[2:4], ids[4:5]], TokenUsage(input_tokens=9, output_tokens=1), outage=True
+        "v2", [ids[2:4], ids[4:5]], TokenUsage(input_tokens=9, output_tokens=1), Outage()
     )
     events = log.collect_events()
     assert len([e for e in events if isinstance(e, UserLog.ReextractionFailed)]) == 3
@@ -674,7 +678,7 @@ def test_an_outage_leaves_out_the_calls_it_names_whatever_another_run_logged_bet
     log.record_reextraction_failure("v2", ids[0:2], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[4:6], "HTTP 500", TokenUsage(), may_pass=True)
-    log.record_reextraction_check("v2", [ids[0:2], ids[4:6]], TokenUsage(), outage=True)
+    log.record_reextraction_check("v2", [ids[0:2], ids[4:6]], TokenUsage(), Outage())
     events = log.collect_events()
     assert log.reextraction_calls("v2", events) == [(tuple(ids[2:4]), True)]
     assert log.reextraction_caps("v2", events) == {ids[2]: 1, ids[3]: 1}
@@ -691,11 +695,12 @@ def test_a_check_whose_api_key_was_refused_leaves_out_the_calls_it_names_as_an_o
     log.record_reextraction_failure("v2", ids[0:2], "HTTP 401", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 401", TokenUsage(), may_pass=True)
     log.record_reextraction_check(
-        "v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False, error="HTTP 401", refused=True
+        "v2", [ids[0:2], ids[2:4]], TokenUsage(), CredentialsRefused("HTTP 401")
     )
     events = log.collect_events()
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
     assert check.refused and check.outage and check.error == "HTTP 401"
+    assert check.verdict == CredentialsRefused("HTTP 401")
     assert log.reextraction_calls("v2", events) == []
     assert log.reextraction_caps("v2", events) == {}
 
@@ -706,9 +711,9 @@ def test_a_check_that_was_answered_or_told_nothing_leaves_the_failed_calls_as_ev
     log, ids = _log_with(4)
     log.record_reextraction_failure("v2", ids[0:2], "HTTP 500", TokenUsage(), may_pass=True)
     log.record_reextraction_failure("v2", ids[2:4], "HTTP 500", TokenUsage(), may_pass=True)
-    log.record_reextraction_check("v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False)
+    log.record_reextraction_check("v2", [ids[0:2], ids[2:4]], TokenUsage(), Answered())
     log.record_reextraction_check(
-        "v2", [ids[0:2], ids[2:4]], TokenUsage(), outage=False, error="ValueError: a bug"
+        "v2", [ids[0:2], ids[2:4]], TokenUsage(), FailedTellingNothing("ValueError: a bug")
     )
     events = log.collect_events()
     assert [c for c, _ in log.reextraction_calls("v2", events)] == [

@@ -39,7 +39,17 @@ from memvee import (
     RejectedBatchError,
 )
 from memvee._event_lines import describe
-from memvee.audit import Audit, ReextractionReport
+from memvee.audit import (
+    Answered,
+    Audit,
+    Busy,
+    CheckVerdict,
+    CredentialsRefused,
+    FailedTellingNothing,
+    HarmlessCheck,
+    Outage,
+    ReextractionReport,
+)
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor, OfflineExtractor
 from projections import verify
@@ -1072,7 +1082,7 @@ async def test_an_api_failing_everything_stops_the_run_and_blames_no_message(
                     embedder=False,
                     report=report,
                 )
-            assert report == ReextractionReport(check=TokenUsage(), outage=True)
+            assert report == ReextractionReport(check=HarmlessCheck(Outage(), TokenUsage()))
         assert len(_extractions(messages_api_server)) == 4
         assert len(_pings(messages_api_server)) == 2, "one harmless request a stopped run"
         messages_api_server.set_responder(default_answer)
@@ -1113,8 +1123,12 @@ async def test_a_refused_api_key_stops_each_run_and_leaves_no_failed_call_as_evi
                     embedder=False,
                     report=report,
                 )
-            assert report.refused and not report.outage
-            assert report.check_error is not None and f"HTTP {status}" in report.check_error
+            assert report.check is not None
+            match report.check.verdict:
+                case CredentialsRefused(error=error):
+                    assert f"HTTP {status}" in error
+                case other:
+                    pytest.fail(f"the key refused, told as {other}")
             (note,) = stopped.value.__notes__
             assert "API key or its permissions are refused" in note
             assert "tells nothing" not in note and "down" not in note
@@ -1239,6 +1253,127 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     assert "cat: 3 entries extracted" in again.output and "left out: bob " in again.output
 
 
+_TOLD_NOTHING = "the next run splits the failed calls' batches"
+_SPLIT_NOTHING = "the failed calls split no batch for the runs after"
+
+
+@pytest.mark.parametrize(
+    ("harmless", "verdict", "check_line", "log_line"),
+    [
+        (
+            None,
+            Answered(),
+            "a harmless request was answered (0 tokens): the failed calls are their "
+            "messages', whose batches the next run splits",
+            "the API up: the failed calls were their messages'",
+        ),
+        (
+            ExtractionError("HTTP 503 the API is down"),
+            Outage(),
+            f"a harmless request failed too (0 tokens): the API is down, and {_SPLIT_NOTHING}",
+            "the API down: the failed calls blame no message",
+        ),
+        (
+            ExtractorAccessRefusedError("HTTP 401 invalid x-api-key"),
+            CredentialsRefused("ExtractorAccessRefusedError: HTTP 401 invalid x-api-key"),
+            "a harmless request's credentials were refused too (0 tokens: "
+            "ExtractorAccessRefusedError: HTTP 401 invalid x-api-key): the API key or its "
+            f"permissions are refused for every request, and {_SPLIT_NOTHING}",
+            "the API key refused: the failed calls blame no message: "
+            "ExtractorAccessRefusedError: HTTP 401 invalid x-api-key",
+        ),
+        (
+            ExtractorRateLimitedError("HTTP 429 rate limited"),
+            Busy("ExtractorRateLimitedError: HTTP 429 rate limited"),
+            "a harmless request failed in a way that tells nothing (0 tokens: "
+            f"ExtractorRateLimitedError: HTTP 429 rate limited): {_TOLD_NOTHING}",
+            "nothing: ExtractorRateLimitedError: HTTP 429 rate limited",
+        ),
+        (
+            ValueError("a bug"),
+            FailedTellingNothing("ValueError: a bug"),
+            "a harmless request failed in a way that tells nothing (0 tokens: ValueError: a "
+            f"bug): {_TOLD_NOTHING}",
+            "nothing: ValueError: a bug",
+        ),
+    ],
+    ids=["answered", "outage", "credentials refused", "busy", "failed telling nothing"],
+)
+def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_the_log(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    harmless: Exception | None,
+    verdict: CheckVerdict,
+    check_line: str,
+    log_line: str,
+) -> None:
+    """Two calls in a row fail with a server error, so the run sends one harmless request
+    and stops: however that request fared, the report holds it as one verdict,
+    ``memvee reextract`` tells it in a ``check:`` line before the user's ``error:`` line and
+    exits 2, and ``memvee log`` tells what it showed of the failed calls."""
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
+            for i in range(3):
+                await m.add_message("cat", "user", f"cat likes thing {i}")
+            await m.flush("cat")
+
+    asyncio.run(fill())
+    extractor = RecordingExtractor()
+
+    def fault(batch: ExtractionBatch) -> BaseException | None:
+        if batch.messages[0].content == "Hello.":
+            return harmless
+        return ExtractionError("Claude API returned HTTP 500")
+
+    extractor.fault = fault
+    reports: list[ReextractionReport] = []
+    reextract = Audit.reextract
+
+    async def kept(self: Audit, *args: Any, report: ReextractionReport, **kwargs: Any) -> Any:
+        reports.append(report)
+        return await reextract(self, *args, report=report, **kwargs)
+
+    monkeypatch.setattr(Audit, "reextract", kept)
+    monkeypatch.setattr("memvee.cli._extractor", lambda name, model: extractor)
+    runner = CliRunner()
+    done = runner.invoke(app, ["reextract", "cat", "--as", "v2", "--db-url", db_url])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 2, done.output
+    assert f"check: cat: {check_line} error: user 'cat': Claude API returned HTTP 500" in said
+    assert [r.check for r in reports] == [HarmlessCheck(verdict, TokenUsage())]
+    args = ["log", "cat", "--type", "ReextractionChecked", "--json", "--db-url", db_url]
+    shown = runner.invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    (check,) = json.loads(shown.output)
+    assert check["summary"] == f"version 'v2' check after failed calls showed {log_line}"
+
+
+def test_a_report_holds_one_verdict_with_its_request_and_its_error_only_where_it_has_one() -> None:
+    """The harmless request's outcome is one value: a report cannot say the API was down
+    and refused its credentials at once, nor hold a verdict without the request's cost; a
+    refused, busy or failed request carries its error, and an answer or an outage none."""
+    with pytest.raises(TypeError):
+        ReextractionReport(outage=True, refused=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        HarmlessCheck(Outage())  # type: ignore[call-arg]
+    for needs_an_error in (CredentialsRefused, Busy, FailedTellingNothing):
+        with pytest.raises(TypeError):
+            needs_an_error()  # type: ignore[call-arg]
+    for has_none in (Answered, Outage):
+        with pytest.raises(TypeError):
+            has_none("HTTP 500")  # type: ignore[call-arg]
+    check = HarmlessCheck(CredentialsRefused("HTTP 401"), TokenUsage(5, 1))
+    report = ReextractionReport(check=check)
+    with pytest.raises(AttributeError):
+        report.check.verdict = Outage()  # type: ignore[misc]
+    assert report.check_finding() == (
+        "a harmless request's credentials were refused too (6 tokens: HTTP 401): the API key "
+        "or its permissions are refused for every request, and the failed calls split no "
+        "batch for the runs after"
+    )
+
+
 def test_the_cli_lists_what_a_stopped_user_left_out_before_its_error_line(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1325,7 +1460,8 @@ async def test_the_run_after_an_outage_sends_the_batches_it_would_have_sent_befo
             report = ReextractionReport()
             with pytest.raises(ExtractionError) as stopped:
                 await audit.reextract("eve", extractor, "v2", batch_size=10, report=report)
-            assert report.outage and "the API is down" in " ".join(stopped.value.__notes__)
+            assert report.check is not None and report.check.verdict == Outage()
+            assert "the API is down" in " ".join(stopped.value.__notes__)
         assert extractor.pings == outage_runs
         extractor.sizes.clear()
         extractor.down = False
@@ -1386,27 +1522,32 @@ class _PingBroken(_Outage):
 
 
 @pytest.mark.parametrize(
-    ("failure", "told"),
+    ("failure", "verdict"),
     [
         (
             ValueError("ping() got an unexpected keyword"),
-            "ValueError: ping() got an unexpected keyword",
+            FailedTellingNothing("ValueError: ping() got an unexpected keyword"),
         ),
         (
             ExtractorRateLimitedError("HTTP 429 rate limited"),
-            "ExtractorRateLimitedError: HTTP 429 rate limited",
+            Busy("ExtractorRateLimitedError: HTTP 429 rate limited"),
         ),
     ],
     ids=["a bug", "rate limited"],
 )
 async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_telling_nothing(
-    make_memory: Any, db_url: str, caplog: pytest.LogCaptureFixture, failure: Exception, told: str
+    make_memory: Any,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    failure: Exception,
+    verdict: Busy | FailedTellingNothing,
 ) -> None:
     """A harmless request failing with a bug (or a 400), or rate limited (the failed calls
     may have used the account's limit up themselves), shows neither an outage nor an
     answering API: the report, the error's notes and the log say it told nothing and
     why, and the failed calls split their batches for the next run as after an answer
     (background extraction judges it by the same rule)."""
+    told = verdict.error
     await _hobbies(make_memory, 0, 5)
     extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
     extractor.failure = failure
@@ -1415,13 +1556,13 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
         with pytest.raises(ExtractionError) as stopped:
             await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
         events = list(audit.store.events_in_pages("eve"))
-    assert extractor.pings == 1 and not report.outage
+    assert extractor.pings == 1 and report.check is not None
+    assert report.check.verdict == verdict
     assert "answered" not in " ".join(stopped.value.__notes__)
     assert "tells nothing" in " ".join(stopped.value.__notes__)
-    assert report.check_error == told
     assert any(told in r.getMessage() for r in caplog.records)
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
-    assert not check.outage and check.error == report.check_error
+    assert not check.outage and check.error == told
     assert describe(check) == f"version 'v2' check after failed calls showed nothing: {told}"
 
 
@@ -1447,7 +1588,8 @@ async def test_a_harmless_request_failing_with_the_api_key_in_its_error_never_st
         events = list(audit.store.events_in_pages("eve"))
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
     assert check.error is not None and "Illegal header value" in check.error
-    told = [check.error, report.check_error, *(r.getMessage() for r in caplog.records)]
+    assert report.check is not None and isinstance(report.check.verdict, FailedTellingNothing)
+    told = [check.error, report.check.verdict.error, *(r.getMessage() for r in caplog.records)]
     assert not any("SECRET" in line for line in told if line), told
 
 
@@ -1478,7 +1620,7 @@ async def test_an_extractor_not_declaring_harmless_requests_is_sent_the_harmless
         await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
     assert extractor.pings == 0
     assert extractor.batches[-1].messages[0].content == "Hello."
-    assert report.outage
+    assert report.check is not None and report.check.verdict == Outage()
 
 
 async def test_two_messages_failing_every_call_are_never_sent_in_a_larger_call_again(
@@ -1682,7 +1824,7 @@ async def test_two_messages_failing_every_call_through_the_client_still_split_do
     with Audit(db_url=db_url) as audit:
         for _ in range(6):
             report = await _run_to_its_stop(audit, messages_api_server, monkeypatch)
-            assert not report.outage
+            assert report.check is None or report.check.verdict == Answered()
     calls = _extractions(messages_api_server)
     for word in ("hobby4 ", "hobby14 "):
         sizes = [len(r.messages) for r in calls if any(word in m["content"] for m in r.messages)]
@@ -1719,7 +1861,7 @@ async def test_calls_failing_only_at_full_size_while_a_ping_is_answered_are_spli
             runs += 1
             report = await _run_to_its_stop(audit, messages_api_server, monkeypatch)
             entries += report.entries
-            assert not report.outage
+            assert report.check is None or report.check.verdict == Answered()
     sizes = [len(r.messages) for r in _extractions(messages_api_server)]
     assert (entries, runs, len(sizes)) == (40, 5, 24), sizes
     assert len(_pings(messages_api_server)) == runs - 1

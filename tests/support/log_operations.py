@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from events import (
+    Answered,
     BatchLimits,
     BatchMessage,
     ExtractedFact,
     FactAction,
     KnownEntry,
+    Outage,
     ReplacedEntry,
     TokenUsage,
     UserLog,
@@ -125,7 +127,8 @@ class LogDriver:
                     version, covered, "HTTP 500", TokenUsage(), may_pass=True
                 )
                 spent = TokenUsage(input_tokens=20, output_tokens=1)
-                log.record_reextraction_check(version, [covered], spent, outage=len(covered) > 1)
+                verdict = Outage() if len(covered) > 1 else Answered()
+                log.record_reextraction_check(version, [covered], spent, verdict)
         elif op == "promote" and log.knowledge_versions:
             log.promote(next(iter(log.knowledge_versions)), self.history)
 
