@@ -1009,11 +1009,12 @@ class BulkReextraction:
         usage, failed = await harmless_request(
             self.extractor, user_id, self.version, datetime.now(UTC)
         )
+        secrets = client_secrets(self.extractor.client)
         log.info(
             "user %r: a harmless request after a lone message failed (%d tokens): %s",
             user_id,
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
-            "answered" if failed is None else f"failed too ({first_line(failed)})",
+            "answered" if failed is None else f"failed too ({redact(first_line(failed), secrets)})",
         )
         told = verdict_of(failed, self.extractor)
         await asyncio.to_thread(

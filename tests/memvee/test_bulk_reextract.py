@@ -2998,13 +2998,17 @@ async def test_the_fallbacks_harmless_request_is_judged_and_kept_as_the_live_pat
         assert (check.input_tokens, check.output_tokens) == (7_000, 1)
 
 
-async def test_the_fallbacks_harmless_request_failing_with_the_api_key_in_its_error_never_stores_it(
-    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+async def test_the_fallbacks_harmless_request_echoing_the_key_never_stores_or_logs_it(
+    db_url: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The fallback's billed harmless request after u0's lone failed call fails with an
     error echoing the API key (an HTTP header refused for the newline a key read from a
-    file kept): the check kept in u0's log tells the failure without the key, as the fallback's
-    own copy did before the live path's rule was shared. It was stored as it was."""
+    file kept): the check kept in u0's log, and the line logged of it, tell the failure
+    without the key (an application's own handlers carry no redacting filter)."""
+    caplog.set_level(logging.INFO, logger="memvee")
     users = await _users_saying_they_like_tea(db_url, 2)
     server.set_responder(_u0s_lone_message_failing_its_direct_call)
     key = os.environ["ANTHROPIC_API_KEY"]
@@ -3021,6 +3025,9 @@ async def test_the_fallbacks_harmless_request_failing_with_the_api_key_in_its_er
         ]
         assert check.error is not None and "Illegal header value" in check.error
         assert key not in check.error, check.error
+    told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
+    assert any("Illegal header value" in line for line in told), told
+    assert not [line for line in told if key in line], told
 
 
 @pytest.mark.parametrize(
