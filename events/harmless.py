@@ -2,15 +2,21 @@
 
 A run that met two failed calls in a row sends one harmless request before it stops, and
 what that request showed decides whether the failed calls are evidence against their
-messages. Each outcome is a small frozen class, holding the error's first line only where
-the outcome has one, so that a reader matches on one value and no impossible mix of flags
-(an outage whose credentials were refused) can be built.
+messages; ``reextract --batch-api``'s full-price fallback sends one after a lone failed
+call, and a probe of a Message Batch's refusal kept on its own is told as one too (these
+judge no failed call: they are kept for what they cost). Each outcome is a small frozen
+class, holding the error's first line only where the outcome has one (never empty: it is
+stored and read back as the same outcome), so that a reader matches on one value and no
+impossible mix of flags (an outage whose credentials were refused) can be built.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
+
+from events.checks import storable
+from events.errors import InvalidInputError
 
 __all__ = [
     "Answered",
@@ -48,6 +54,9 @@ class CredentialsRefused:
     error: str
     blames_no_message: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        _refuse_untold(self, self.error)
+
 
 @dataclass(frozen=True, slots=True)
 class Busy:
@@ -58,17 +67,32 @@ class Busy:
     error: str
     blames_no_message: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        _refuse_untold(self, self.error)
+
 
 @dataclass(frozen=True, slots=True)
 class FailedTellingNothing:
-    """It failed in a way that would repeat (a refusal, a bug; ``error`` says how): it tells
-    nothing, and the failed calls split their batches as before."""
+    """It failed in a way that tells nothing of the failed calls (``error`` says how): one
+    that would repeat (a refusal, a bug), a probe of a refusal that failed or was refused
+    too (which may pass), or a busy check read back from the log, where :class:`Busy` is
+    stored as this. The failed calls split their batches as before."""
 
     error: str
     blames_no_message: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _refuse_untold(self, self.error)
 
 
 CheckVerdict = Answered | Outage | CredentialsRefused | Busy | FailedTellingNothing
 """How a harmless request fared: one of the five outcomes above. ``blames_no_message``
 says whether the failed calls it judges are left out of the evidence (an outage, a refused
 API key)."""
+
+
+def _refuse_untold(verdict: object, error: str) -> None:
+    """Refuse (:class:`InvalidInputError`) a failed check's empty ``error``: stored, it
+    would be dropped and the check read back as another outcome (answered)."""
+    if not storable(error).strip():
+        raise InvalidInputError(f"{type(verdict).__name__} needs the error it met, not {error!r}")

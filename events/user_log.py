@@ -417,12 +417,13 @@ class UserLog(Aggregate):
         def verdict(self) -> CheckVerdict:
             """How the request fared, read off the stored flags (of any memvee's events): a
             busy API was stored as a failure telling nothing, which it is for the calls."""
+            told = (self.error or "").strip()
             if self.refused:
-                return CredentialsRefused(self.error or "HTTP 401 or 403")
+                return CredentialsRefused(told or "HTTP 401 or 403")
             if self.outage:
                 return Outage()
-            if self.error:
-                return FailedTellingNothing(self.error)
+            if told:
+                return FailedTellingNothing(told)
             return Answered()
 
         def apply(self, log: UserLog) -> None:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, assert_never, cast
 from uuid import NAMESPACE_URL, uuid4, uuid5
 
 import anthropic
@@ -71,12 +71,11 @@ from events.harmless import (
     FailedTellingNothing,
     Outage,
 )
-from memvee._secrets import redact
+from memvee._secrets import credentials_of, redact, shown_error
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import (
     ProbeResult,
     api_error,
-    client_secrets,
     outweighed,
     probe_request,
 )
@@ -340,7 +339,7 @@ class BulkReextraction:
             planned = await asyncio.to_thread(self._plan, user_ids, report)
             await self._submit_all(client, planned, report)
         except anthropic.AnthropicError as error:
-            raise api_error(error, client_secrets(client)) from None
+            raise api_error(error, credentials_of(self.extractor)) from None
         except SQLAlchemyError as error:
             raise self._storage_failure(error) from error
         finally:
@@ -529,7 +528,7 @@ class BulkReextraction:
             except anthropic.APIStatusError as error:
                 if error.status_code != 413:
                     raise
-                shown = api_error(error, client_secrets(client))
+                shown = api_error(error, credentials_of(self.extractor))
                 size = sum(b.size for b in chunk)
                 if len(chunk) > 1:
                     budget = min(budget, size // 2)
@@ -685,7 +684,7 @@ class BulkReextraction:
         try:
             await retrying.messages.batches.cancel(batch_id)
         except anthropic.AnthropicError as error:
-            shown = api_error(error, client_secrets(client))
+            shown = api_error(error, credentials_of(self.extractor))
             if _transient(error) or _key_refused(error):  # one request of one token: billed
                 if not kept:
                     log.warning(
@@ -778,7 +777,7 @@ class BulkReextraction:
             try:
                 created = await once.messages.batches.create(requests=requests)
             except anthropic.AnthropicError as error:
-                shown = api_error(error, client_secrets(client))
+                shown = api_error(error, credentials_of(self.extractor))
                 if not _maybe_created(error):
                     if last or not _transient(error):
                         await asyncio.to_thread(self._delete, row["local_id"])
@@ -967,7 +966,7 @@ class BulkReextraction:
                 every_user = await self._every_user_stopped(user_id, stopped, live)
                 self.direct_stopped = every_user is not None
                 told = stopped if every_user is None else every_user
-                shown = redact(first_line(told), client_secrets(self.extractor.client))
+                shown = shown_error(told, self.extractor)
                 report.failed[f"direct:{user_id}"] = shown
             else:  # what failed in the batch is extracted or left out now, but the held
                 self.direct_answered = True
@@ -1009,12 +1008,11 @@ class BulkReextraction:
         usage, failed = await harmless_request(
             self.extractor, user_id, self.version, datetime.now(UTC)
         )
-        secrets = client_secrets(self.extractor.client)
         log.info(
             "user %r: a harmless request after a lone message failed (%d tokens): %s",
             user_id,
             (usage.input_tokens or 0) + (usage.output_tokens or 0),
-            "answered" if failed is None else f"failed too ({redact(first_line(failed), secrets)})",
+            "answered" if failed is None else f"failed too ({shown_error(failed, self.extractor)})",
         )
         told = verdict_of(failed, self.extractor)
         await asyncio.to_thread(
@@ -1035,7 +1033,11 @@ class BulkReextraction:
                     "Message Batches stay kept for the next run)",
                     user_id,
                 )
-        return stopped
+                return stopped
+            case Outage():  # the API down: every further user's call would fail so
+                return stopped
+            case _:
+                assert_never(told)
 
     def _left_out(self, user_id: str) -> set[str]:
         """The messages ``user_id``'s log left out of the version (none once forgotten)."""
@@ -1170,7 +1172,7 @@ class BulkReextraction:
             if told:
                 self.progress(done, total)
             if found.processing_status == "ended":
-                return await _results(client, batch_id)
+                return await _results(client, batch_id, credentials_of(self.extractor))
             await asyncio.sleep(self.poll_interval)
 
     async def _created_for(
@@ -1327,7 +1329,7 @@ class BulkReextraction:
             except anthropic.AnthropicError as error:
                 if not _transient(error) or loop.time() - began >= MAX_POLL_OUTAGE:
                     raise
-                shown = api_error(error, client_secrets(client))
+                shown = api_error(error, credentials_of(self.extractor))
                 log.warning("polling Message Batch %s failed (%s); trying again", batch_id, shown)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 60.0)
@@ -1355,7 +1357,7 @@ class BulkReextraction:
         counted in its failure (a probed request is one that failed), or on its own when
         that failure is not kept (:meth:`_keep_probe_alone`)."""
         if outcome.type != "succeeded":
-            failure = _failure(outcome, client_secrets(self.extractor.client), refused_all)
+            failure = _failure(outcome, credentials_of(self.extractor), refused_all)
             failure.usage = _with_probe(failure.usage, probed)
             blamed = blamable and _server_error(outcome)
             self._keep_failure(request, failure, request_id, probed, blamed=blamed)
@@ -1434,7 +1436,7 @@ class BulkReextraction:
 
         if probed is None:
             return
-        told = _probe_verdict(probed, client_secrets(self.extractor.client))
+        told = _probe_verdict(probed, credentials_of(self.extractor))
         record_check(self.decide, user_id, self.version, (), probed.usage, told, self.extractor)
 
     def _gone(self, request: dict[str, Any]) -> bool:
@@ -1979,19 +1981,17 @@ class _KeptRow:
 
 
 async def _results(
-    client: anthropic.AsyncAnthropic, batch_id: str
+    client: anthropic.AsyncAnthropic, batch_id: str, secrets: Sequence[str]
 ) -> tuple[dict[str, Any], str | None]:
     """Each request's result of an ended Message Batch, by ``custom_id``, and what cut the
-    download short (a connection cut, a line that is not JSON), if anything did: the lines
-    read before it are kept."""
+    download short (a connection cut, a line that is not JSON, told without ``secrets``), if
+    anything did: the lines read before it are kept."""
     answers: dict[str, Any] = {}
     try:
         async for result in await client.messages.batches.results(batch_id):
             answers[result.custom_id] = result.result
     except (httpx2.TransportError, ValueError) as error:  # the SDK's own httpx
-        return answers, redact(
-            f"{type(error).__name__}: {first_line(error)}", client_secrets(client)
-        )
+        return answers, redact(f"{type(error).__name__}: {first_line(error)}", secrets)
     return answers, None
 
 

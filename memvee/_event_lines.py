@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, assert_never
 
 from events import (
     EVENT_CLASSES,
@@ -102,13 +102,16 @@ def _showed(verdict: CheckVerdict) -> str:
             return f"nothing: {_flat(error)}"
         case Answered():
             return "the API up: the failed calls were their messages'"
+        case _:
+            assert_never(verdict)
 
 
-def _harmless(e: Any) -> str:
+def _harmless(e: UserLog.ReextractionChecked) -> str:
     """What a harmless request judging no failed call (kept for its cost alone: the bulk
     fallback's, or a probe's) spent, and whether it was answered or failed, and how."""
     spent = sum(t or 0 for t in (e.input_tokens, e.output_tokens))
-    match e.verdict:
+    verdict = e.verdict
+    match verdict:
         case CredentialsRefused(error=error):
             told = f"failed: the API key refused: {_flat(error)}"
         case Outage():
@@ -117,4 +120,6 @@ def _harmless(e: Any) -> str:
             told = f"failed: {_flat(error)}"
         case Answered():
             told = "answered"
+        case _:
+            assert_never(verdict)
     return f"{spent} tokens, {told}"

@@ -14,12 +14,17 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import unquote
 
+from events.errors import MemveeError, first_line
+
 __all__ = [
     "BASE_URL_ENV_VAR",
+    "client_secrets",
     "configured_secrets",
+    "credentials_of",
     "mask_url_userinfo",
     "mentions",
     "redact",
+    "shown_error",
     "userinfo",
 ]
 
@@ -67,6 +72,35 @@ def configured_secrets() -> tuple[str, ...]:
     url = os.environ.get(BASE_URL_ENV_VAR)
     secrets = [secret for secret in found if secret]
     return (*secrets, *(userinfo(url) if url else ()))
+
+
+def client_secrets(client: object) -> tuple[str, ...]:
+    """The credentials ``client`` sends (an API key, a bearer token, the user info of its
+    base URL: a gateway's password): never shown."""
+    found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
+    secrets = tuple(secret for secret in found if isinstance(secret, str) and secret)
+    base_url = getattr(client, "base_url", None)
+    return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
+
+
+def credentials_of(extractor: object) -> tuple[str, ...]:
+    """The credentials the environment gives the SDKs, and those ``extractor``'s API
+    client carries, if it has one (a :class:`ClaudeExtractor`'s): never shown."""
+    try:
+        client = getattr(extractor, "client", None)
+    except MemveeError:  # no client the environment can build: none carries a secret
+        client = None
+    if client is None:
+        return configured_secrets()
+    return (*configured_secrets(), *client_secrets(client))
+
+
+def shown_error(error: BaseException, extractor: object) -> str:
+    """``error``'s first line as a log line, a report or a stored event may show it: without
+    the credentials ``extractor``'s client or the environment carries
+    (:func:`credentials_of`), as an error may echo a key (an HTTP header refused for the
+    newline a key read from a file kept)."""
+    return redact(first_line(error), credentials_of(extractor))
 
 
 def mask_url_userinfo(text: str) -> str:

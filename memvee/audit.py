@@ -24,7 +24,7 @@ from functools import partial
 from inspect import isawaitable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, assert_never
 
 from sqlalchemy import Connection, inspect
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -101,7 +101,7 @@ from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS, check_alpha
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
 from memvee._retrieval import RetrievalResult, Retriever, check_query
-from memvee._secrets import configured_secrets, redact
+from memvee._secrets import shown_error
 from memvee.embedders import Embedder
 from memvee.embedders._choice import contained_embedder
 from memvee.extractors._credentials import check_credentials
@@ -302,7 +302,8 @@ class ReextractionReport:
             return None
         usage = self.check.usage
         tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
-        match self.check.verdict:
+        verdict = self.check.verdict
+        match verdict:
             case Outage():
                 return (
                     f"a harmless request failed too ({tokens} tokens): the API is down, and "
@@ -324,6 +325,8 @@ class ReextractionReport:
                     f"a harmless request was answered ({tokens} tokens): the failed calls are "
                     "their messages', whose batches the next run splits"
                 )
+            case _:
+                assert_never(verdict)
 
 
 @dataclass
@@ -381,32 +384,15 @@ def verdict_of(failed: Exception | None, extractor: object) -> CheckVerdict:
     """How a harmless request ``extractor`` sent that ``failed`` (``None``: answered)
     fared, by the background's rule (:func:`actors.tells_down`): its credentials refused,
     the API down, or a failure that tells nothing (busy unless it would repeat). The error
-    is told without the credentials the extractor's client or the environment carries
-    (:func:`_credentials_of`): it is logged and stored, and a failure may echo a key (an
-    HTTP header refused for the newline a key read from a file kept)."""
+    is told as :func:`memvee._secrets.shown_error` shows it: it is logged and stored."""
     if failed is None:
         return Answered()
-    said = redact(f"{type(failed).__name__}: {first_line(failed)}", _credentials_of(extractor))
+    said = f"{type(failed).__name__}: {shown_error(failed, extractor)}"
     if isinstance(failed, ExtractorAccessRefusedError):
         return CredentialsRefused(said)
     if tells_down(failed):
         return Outage()
     return FailedTellingNothing(said) if repeats(failed) else Busy(said)
-
-
-def _credentials_of(extractor: object) -> tuple[str, ...]:
-    """The credentials the environment gives the SDKs, and those ``extractor``'s API
-    client carries, if it has one (a :class:`ClaudeExtractor`'s, built by the request that
-    failed): never shown."""
-    try:
-        client = getattr(extractor, "client", None)
-    except MemveeError:  # no client the environment can build: none carries a secret
-        client = None
-    if client is None:
-        return configured_secrets()
-    from memvee.extractors._claude import client_secrets  # the SDK is loaded: it has a client
-
-    return (*configured_secrets(), *client_secrets(client))
 
 
 def record_check(
@@ -1084,7 +1070,7 @@ class Audit:
                 "user %r: a re-extraction batch of %d messages failed (%s); split",
                 run.user_id,
                 len(batch),
-                first_line(error),
+                shown_error(error, run.extractor),
             )
             half = (len(batch) + 1) // 2
             run.todo.extendleft([batch[half:], batch[:half]])
@@ -1145,7 +1131,7 @@ class Audit:
                 "halves sent after the next batch",
                 run.user_id,
                 len(batch),
-                first_line(error),
+                shown_error(error, run.extractor),
             )
             half = (len(batch) + 1) // 2
             run.later(batch[:half], batch[half:])
@@ -1160,17 +1146,20 @@ class Audit:
     ) -> None:
         """Send one harmless request, of one message and no known entries, through the
         run's extractor after two calls in a row (``failed_calls``, both recorded already)
-        failed in a way that may pass (the run stops): an outage fails it too (a server
-        error, a timeout, no connection, the API overloaded), while calls failing for their
-        messages' sake leave it answered; its credentials refused (401, 403), the API key or
-        its permissions are refused for every request (``refused``: no outage, but the
-        failed calls are no evidence against their messages either); one failing in a way
-        that would repeat (a refusal, a bug), rate limited or asking to wait tells nothing
-        (the background's rule too, :func:`actors.tells_down`). Within one run these cannot
-        be told apart otherwise. An extractor that declares :class:`HarmlessRequests`
+        failed in a way that may pass (the run stops); its :data:`CheckVerdict`
+        (:func:`verdict_of`) tells them apart, as nothing else within one run can: an
+        outage fails it too (:class:`Outage`: a server error, a timeout, no connection, the
+        API overloaded), while calls failing for their messages' sake leave it answered;
+        its credentials refused (401, 403: :class:`CredentialsRefused`), the API key or its
+        permissions are refused for every request (no outage, but the failed calls are no
+        evidence against their messages either); rate limited or asked to wait
+        (:class:`Busy`), or failing in a way that would repeat (a refusal, a bug:
+        :class:`FailedTellingNothing`), it tells nothing (the background's rule too,
+        :func:`actors.tells_down`). An extractor that declares :class:`HarmlessRequests`
         (Claude's asks for one output token) is pinged; another extracts the message. What
-        it cost and showed go into ``run.report`` and the log (:class:`UserLog.ReextractionChecked`,
-        naming the failed calls it judges)."""
+        it cost and showed go into ``run.report`` and the log
+        (:class:`UserLog.ReextractionChecked`, naming the failed calls it judges), and the
+        log line, its error told without credentials (:func:`shown_error`)."""
         usage, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
@@ -1184,12 +1173,12 @@ class Audit:
                     run.user_id,
                     error,
                 )
-            case Outage() if failed is not None:
+            case Outage():
                 log.warning(
                     "user %r: a harmless request failed too (%s): the API is down; no batch "
                     "is split for it",
                     run.user_id,
-                    first_line(failed),
+                    "no error told" if failed is None else shown_error(failed, run.extractor),
                 )
             case Busy(error=error) | FailedTellingNothing(error=error):
                 log.warning(
@@ -1198,6 +1187,10 @@ class Audit:
                     run.user_id,
                     error,
                 )
+            case Answered():
+                pass
+            case _:
+                assert_never(verdict)
         await asyncio.to_thread(
             record_check,
             self._decide,
@@ -1211,13 +1204,14 @@ class Audit:
 
     def _leave_out(self, run: _Reextraction, message_id: str, error: Exception) -> None:
         """Leave ``message_id`` out of the run's version: it fails alone."""
-        run.report.left_out[message_id] = first_line(error)
+        shown = shown_error(error, run.extractor)
+        run.report.left_out[message_id] = shown
         log.warning(
             "user %r: message %s left out of version %r: it fails alone (%s)",
             run.user_id,
             message_id,
             run.version,
-            first_line(error),
+            shown,
         )
 
     async def _reextract_batch(
@@ -1306,20 +1300,21 @@ class Audit:
         """Keep a failed re-extraction call of ``ids`` in the log: what it cost, for
         ``memvee stats``, and whether it failed ``alone``, of its own, in a way that would
         repeat (then the next run sends its messages one a call), with ``text`` (default:
-        the error's first line) and the Message Batches ``request_id`` (recorded once); one
-        whose error ``may_pass`` is kept as evidence for the next runs, and a Message
-        Batches request ``blamed`` for a failure that may pass but was not every request's
-        (twice, and its messages go one a call). A failure that spent nothing, is not its
-        own and is no evidence is not kept; the failure itself goes on to the caller.
-        Returns whether it was kept (not when its ``request_id`` was recorded already, or
-        the log refused it, the user forgotten meanwhile)."""
+        the error's first line without credentials, :func:`shown_error`) and the Message
+        Batches ``request_id`` (recorded once); one whose error ``may_pass`` is kept as
+        evidence for the next runs, and a Message Batches request ``blamed`` for a failure
+        that may pass but was not every request's (twice, and its messages go one a call).
+        A failure that spent nothing, is not its own and is no evidence is not kept; the
+        failure itself goes on to the caller. Returns whether it was kept (not when its
+        ``request_id`` was recorded already, or the log refused it, the user forgotten
+        meanwhile)."""
         usage = error.usage if isinstance(error, ExtractionError) else None
 
         def record(user_log: UserLog) -> bool:
             return user_log.record_reextraction_failure(
                 version,
                 ids,
-                first_line(error) if text is None else text,
+                shown_error(error, extractor) if text is None else text,
                 usage or TokenUsage(),
                 extractor=getattr(extractor, "name", type(extractor).__name__),
                 model=getattr(extractor, "model", None),

@@ -68,7 +68,14 @@ from events.extraction import (
     extraction_deadline,
 )
 from memvee._log_redaction import protect_loggers
-from memvee._secrets import BASE_URL_ENV_VAR, configured_secrets, mentions, redact, userinfo
+from memvee._secrets import (
+    BASE_URL_ENV_VAR,
+    client_secrets,
+    configured_secrets,
+    mentions,
+    redact,
+    userinfo,
+)
 from memvee.extractors._claude_prompt import (
     SYSTEM_PROMPT,
     TOOL,
@@ -985,15 +992,6 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
         ExtractedFact(text, tuple(ids), action, target, earlier)
         for (text, action, target, earlier), ids in merged.items()
     )
-
-
-def client_secrets(client: object) -> tuple[str, ...]:
-    """The credentials ``client`` sends (an API key, a bearer token, the user info of its
-    base URL: a gateway's password): never shown."""
-    found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
-    secrets = tuple(secret for secret in found if isinstance(secret, str) and secret)
-    base_url = getattr(client, "base_url", None)
-    return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
 
 
 def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> ExtractionError:

@@ -3030,6 +3030,37 @@ async def test_the_fallbacks_harmless_request_echoing_the_key_never_stores_or_lo
     assert not [line for line in told if key in line], told
 
 
+async def test_the_fallbacks_harmless_request_echoing_a_secret_of_the_environment_never_logs_it(
+    db_url: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fallback's billed harmless request after u0's lone failed call fails with an
+    error echoing a credential the environment gives an SDK, not the extractor's client
+    (Voyage AI's key): the line logged of it, as the check kept in u0's log, tells the
+    failure without it. The line showed it (it redacted the client's secrets alone)."""
+    caplog.set_level(logging.INFO, logger="memvee")
+    secret = "pa-voyage-SECRETSECRETSECRET"
+    monkeypatch.setenv("VOYAGE_API_KEY", secret)
+    users = await _users_saying_they_like_tea(db_url, 2)
+    server.set_responder(_u0s_lone_message_failing_its_direct_call)
+
+    async def echoing_the_secret(*args: Any) -> tuple[TokenUsage, Exception]:
+        return TokenUsage(7_000, 1), ValueError(f"bad header {secret}")
+
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        monkeypatch.setattr(memvee.audit, "harmless_request", echoing_the_secret)
+        await _run(audit, users=users)
+        (check,) = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+    told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
+    assert any("bad header" in line for line in told), told
+    assert not [text for text in (check.error, *told) if "SECRET" in (text or "")], told
+
+
 @pytest.mark.parametrize(
     "found",
     [None, ExtractionError("HTTP 503: the API is down")],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -1591,6 +1592,71 @@ async def test_a_harmless_request_failing_with_the_api_key_in_its_error_never_st
     assert report.check is not None and isinstance(report.check.verdict, FailedTellingNothing)
     told = [check.error, report.check.verdict.error, *(r.getMessage() for r in caplog.records)]
     assert not any("SECRET" in line for line in told if line), told
+
+
+async def test_a_harmless_request_failing_as_an_outage_with_the_api_key_in_its_error_never_logs_it(
+    make_memory: Any,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A harmless request fails as an outage does (no connection), its error echoing the
+    API key: the check is an outage, and the line logged of it tells the failure without
+    the key. It was logged as it was."""
+    caplog.set_level(logging.INFO, logger="memvee")
+    key = "sk-ant-api03-SECRETSECRETSECRET"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    await _hobbies(make_memory, 0, 5)
+    extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
+    extractor.failure = ConnectionError(f"Illegal header value b'{key}\\n'")
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit, pytest.raises(ExtractionError):
+        await audit.reextract("eve", extractor, "v2", batch_size=5, report=report)
+    assert report.check is not None and report.check.verdict == Outage()
+    told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
+    assert any("Illegal header value" in line for line in told), told
+    assert not [line for line in told if "SECRET" in line], told
+
+
+class _EchoingTheKey(_Outage):
+    """Every call holding "hobby1 " fails with an error echoing the API key (an HTTP header
+    refused for the newline a key read from a file kept): one that would repeat."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(down=False)
+        self.key = key
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if any("hobby1 " in m.content for m in batch.messages):
+            raise ValueError(f"Illegal header value b'{self.key}\\n'")
+        return await super().extract(batch)
+
+
+async def test_a_failed_call_echoing_the_api_key_is_logged_reported_and_stored_without_it(
+    make_memory: Any,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call fails with an error echoing the API key the environment gives: its batch is
+    split and its message left out, and the lines logged of it, the report's left-out
+    message and the failed calls kept in the user's log tell the failure without the key.
+    They were logged, reported and stored as it was."""
+    caplog.set_level(logging.INFO, logger="memvee")
+    key = "sk-ant-api03-SECRETSECRETSECRET"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    await _hobbies(make_memory, 0, 5)
+    report = ReextractionReport()
+    with Audit(db_url=db_url) as audit:
+        await audit.reextract("eve", _EchoingTheKey(key), "v2", batch_size=5, report=report)
+        events = list(audit.store.events_in_pages("eve"))
+    stored = [e.error for e in events if isinstance(e, UserLog.ReextractionFailed)]
+    logged = [r.getMessage() for r in caplog.records if "Illegal header value" in r.getMessage()]
+    assert len(report.left_out) == 1 and len(stored) == 1
+    assert any("split" in line for line in logged) and any("left out" in line for line in logged)
+    told = [*report.left_out.values(), *stored, *logged]
+    assert all("Illegal header value" in text for text in told), told
+    assert not [text for text in told if "SECRET" in text], told
 
 
 class _UnrelatedPing(RecordingExtractor):
