@@ -207,16 +207,24 @@ def one_wakeup() -> AbstractContextManager[None]:
     return _OneWakeup()
 
 
+_NOT_ENTERED: dict[LoopInbox, None] = {}
+"""A :class:`_OneWakeup` not entered yet holds this (never filled: a block holds its own)."""
+
+
 class _OneWakeup:
     """:func:`one_wakeup`'s block: a class, not a generator, as it is entered on every
     write (a generator's context manager costs a lone exchange about 2 µs more)."""
 
     __slots__ = ("_inboxes",)
 
-    _inboxes: dict[LoopInbox, None] | None
+    def __init__(self) -> None:
+        # Set, not left unset and asked with hasattr: that raised and caught an
+        # AttributeError on every write.
+        self._inboxes: dict[LoopInbox, None] | None = _NOT_ENTERED
 
     def __enter__(self) -> None:
-        if hasattr(self, "_inboxes"):  # its exit would leave the thread holding its posts
+        # Entered twice, its first exit would leave the thread holding its posts.
+        if self._inboxes is not _NOT_ENTERED:
             raise RuntimeError("a one_wakeup() block is entered once")
         if getattr(_held, "inboxes", None) is not None:
             self._inboxes = None  # inside another block: the outer one wakes the loops
