@@ -125,7 +125,9 @@ def _round(section: Section, folder: Path, seed: Path, shape: Shape) -> None:
     path = _copy(seed, folder / "engine.db")
     store = EventStore(sqlite_url(path))
     tables = ProjectionTables()
-    committer = GroupCommitter(store, Projector(tables, remember=1000), 256)
+    # Its writes are called here, on this thread, so the committer's own thread never sees
+    # one: no idle index pass of that thread may run between them.
+    committer = GroupCommitter(store, Projector(tables, remember=1000), 256, index_idle=3600.0)
     try:
         logs = [store.load(f"user-{n:05d}") for n in range(shape.users)]
         # The raw floor writes from the seed's end, so from here: every log in sequence.
