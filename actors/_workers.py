@@ -35,6 +35,7 @@ from events import (
     TokenUsage,
     check_result,
 )
+from events.credentials import configured_secrets, credentials_of, shown_error
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
@@ -42,7 +43,6 @@ from events.errors import (
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     ProbeFailedError,
-    first_line,
     repeats,
 )
 from events.extraction import extraction_deadline
@@ -181,10 +181,11 @@ def tells_down(failed: Exception) -> bool:
     )
 
 
-def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
+def _with_spent(failure: Exception, spent: TokenUsage, extractor: Extractor) -> Exception:
     """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
     so the failure records both: a copy, since an extractor may raise one exception object
-    each time; one that is no ExtractionError becomes one."""
+    each time; one that is no ExtractionError becomes one, its text without ``extractor``'s
+    credentials (:func:`shown_error`)."""
     if spent == TokenUsage():
         return failure
     if isinstance(failure, ExtractionError):
@@ -196,7 +197,8 @@ def _with_spent(failure: Exception, spent: TokenUsage) -> Exception:
         carried.__traceback__ = failure.__traceback__
         carried.usage = spent if failure.usage is None else failure.usage.plus(spent)
         return carried
-    wrapped = ExtractionError(f"{type(failure).__name__}: {failure}", usage=spent)
+    shown = shown_error(failure, extractor)
+    wrapped = ExtractionError(f"{type(failure).__name__}: {shown}", usage=spent)
     wrapped.__cause__ = failure
     return wrapped
 
@@ -235,6 +237,7 @@ class ExtractionWorkers:
         self._held: dict[str, set[_Held]] = {}  # per user, the batches submitted, not ended
         self._lock = threading.Lock()
         self._down_told = 0  # harmless requests that failed: each told the API was down
+        self._carried: tuple[str, ...] = ()  # the credentials the extractor's client carries
         self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
         self._thread.start()
 
@@ -289,6 +292,13 @@ class ExtractionWorkers:
     def _resume(self) -> None:
         """The breaker closed: let the batches it held go (called from any thread)."""
         self._loop.call_soon_threadsafe(self._resumed.set)
+
+    def credentials(self) -> tuple[str, ...]:
+        """The credentials no text of an extraction's failure may show, for another thread
+        to tell one (a user's actor): the environment's, and those the extractor's client
+        carried when a batch last went, read on the extraction loop (where the client is:
+        read elsewhere, one might be built for the reading alone)."""
+        return tuple(dict.fromkeys((*configured_secrets(), *self._carried)))
 
     @property
     def in_flight(self) -> int:
@@ -347,6 +357,7 @@ class ExtractionWorkers:
             try:
                 async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
                     await self._prepare()
+                self._carried = credentials_of(self.extractor)
                 began = self._loop.time()
                 async with asyncio.timeout(self.timeout) as cut:
                     # Each batch runs in a task of its own: the value ends with its context.
@@ -407,9 +418,10 @@ class ExtractionWorkers:
         ):
             return failure
         usage = failure.usage if isinstance(failure, ExtractionError) else None
+        shown = shown_error(failure, self.extractor)
         if self._down_told > held.down_told and self.breaker.is_open:
             return ApiDown(
-                f"{failure} (a harmless request failed while the batch was out: the API is "
+                f"{shown} (a harmless request failed while the batch was out: the API is "
                 f"down; {RETRIED_WHOLE})",
                 usage=usage,
                 whole_note=RETRIED_WHOLE,
@@ -420,17 +432,17 @@ class ExtractionWorkers:
                 "task %s: a harmless request was refused too (%s): the account is refused, "
                 "the batch is retried whole",
                 batch.task_id,
-                first_line(ping_failed),
+                shown_error(ping_failed, self.extractor),
             )
             return EveryRequestRefusedError(
-                f"{failure} (a harmless request's credentials were refused too: the API key "
+                f"{shown} (a harmless request's credentials were refused too: the API key "
                 f"or its permissions are refused for every request, not the batch; "
                 f"{RETRIED_WHOLE})",
                 usage=spent if usage is None else usage.plus(spent),
                 whole_note=RETRIED_WHOLE,
             )
         if ping_failed is None or not tells_down(ping_failed):
-            return _with_spent(failure, spent)
+            return _with_spent(failure, spent, self.extractor)
         self._down_told += 1
         if not self.breaker.is_open:  # the outage it met already paces every call
             self.breaker.failed()
@@ -438,10 +450,10 @@ class ExtractionWorkers:
             "task %s: a harmless request failed too (%s): the API is down, the batch is "
             "retried whole",
             batch.task_id,
-            first_line(ping_failed),
+            shown_error(ping_failed, self.extractor),
         )
         return ApiDown(
-            f"{failure} (a harmless request failed too: the API is down; {RETRIED_WHOLE})",
+            f"{shown} (a harmless request failed too: the API is down; {RETRIED_WHOLE})",
             usage=spent if usage is None else usage.plus(spent),
             whole_note=RETRIED_WHOLE,
         )
@@ -544,7 +556,8 @@ class ExtractionWorkers:
             exc_info=failure,
         )
         raise InvalidExtractionError(
-            f"extractor {name!r} raised {type(failure).__name__}: {failure}"
+            f"extractor {name!r} raised {type(failure).__name__}: "
+            f"{shown_error(failure, self.extractor)}"
         ) from failure
 
     async def _prepare(self) -> None:

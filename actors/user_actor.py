@@ -56,6 +56,7 @@ from events import (
     UserLog,
     user_log_id,
 )
+from events.credentials import redact
 from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
@@ -203,7 +204,7 @@ class UserActor(PooledActor):
             running,
             exc_info=error,
         )
-        reason = f"{FAULT_REASON} ({_describe(error)})"
+        reason = f"{FAULT_REASON} ({self._describe(error)})"
         ran = tuple(t for t in (running, *self._unended) if t is not None)
         self._no_task()
         self._forget_log()
@@ -214,7 +215,7 @@ class UserActor(PooledActor):
             log.warning(
                 "user %r: the tasks the error ended could not be closed: %s",
                 self.user_id,
-                _describe(failed),
+                self._describe(failed),
             )
             (ended, quarantined), self._unended = (dict.fromkeys(ran, "FAILED"), []), ran
         self._log_quarantined(quarantined, reason)
@@ -531,7 +532,7 @@ class UserActor(PooledActor):
                     "user %r: task %s: recording the outcome failed", self.user_id, task_id
                 )
                 outcome = InvalidExtractionError(
-                    f"its answer could not be recorded: {_describe(error)}"
+                    f"its answer could not be recorded: {self._describe(error)}"
                 )
             else:
                 self._services.backoff.succeeded(self.user_id)
@@ -661,7 +662,7 @@ class UserActor(PooledActor):
                     "user %r: could not start a task (trying again in %.1f s): %s",
                     self.user_id,
                     delay,
-                    _describe(error),
+                    self._describe(error),
                 )
                 self._wake_in(delay)
                 return
@@ -710,7 +711,7 @@ class UserActor(PooledActor):
         failure records it, or ``memvee stats`` would never count that paid call.
         """
         again = repeats(error)
-        text = _describe(error)
+        text = self._describe(error)
         wait = asked_to_wait(error)
         claimed = self._batch_messages
         breaker = self._services.breaker
@@ -765,7 +766,7 @@ class UserActor(PooledActor):
                 "once the store answers",
                 self.user_id,
                 task_id,
-                _describe(error),
+                self._describe(error),
             )
             self._unended = (*self._unended, task_id)
             self._batch_ended(task_id, "FAILED", text, recorded=False)
@@ -891,7 +892,7 @@ class UserActor(PooledActor):
             log.warning(
                 "user %r: task %s: reading its batch failed", self.user_id, task_id, exc_info=True
             )
-            error = StorageError(f"could not read the batch: {_describe(error)}")
+            error = StorageError(f"could not read the batch: {self._describe(error)}")
         self.extraction_done(task_id, error)
 
     def _prepare_aside(
@@ -1250,6 +1251,17 @@ class UserActor(PooledActor):
         interval = self._services.settings.checkpoint_interval
         return version // interval if interval else 0
 
+    def _describe(self, error: BaseException) -> str:
+        """``error`` as a task's failure text, logged and stored in the user's log: its first
+        line (no statement or parameters a database error carries), named by its type
+        unless it is one of memvee's, and without a credential (an extractor's error may
+        echo an API key: :meth:`ExtractionWorkers.credentials`)."""
+        if isinstance(error, MemveeError):
+            text = str(error) or type(error).__name__
+        else:
+            text = f"{type(error).__name__}: {first_line(error)}"
+        return redact(text, self._services.workers.credentials())
+
 
 _NO_USAGE = TokenUsage()
 
@@ -1408,11 +1420,3 @@ def _began(user_log: UserLog, events: Sequence[Any]) -> datetime | None:
     """When the log ``events`` were decided on began, for their write to check that the
     stored log is still that one; ``None`` when they begin the log."""
     return None if isinstance(events[0], UserLog.Registered) else user_log.created_on
-
-
-def _describe(error: BaseException) -> str:
-    """``error`` as a task's failure text: its first line (no statement or parameters a
-    database error carries), named by its type unless it is one of memvee's."""
-    if isinstance(error, MemveeError):
-        return str(error) or type(error).__name__
-    return f"{type(error).__name__}: {first_line(error)}"

@@ -3,8 +3,9 @@
 HTTP clients log the URL of every request, user info included (a gateway's
 ``ANTHROPIC_BASE_URL=http://user:password@host``), and a library's text may show a key.
 :class:`RedactSecrets` cleans a record of both: memvee puts it on the handlers it sets
-up (``memvee serve``, ``memvee mcp``, the CLI) and on the loggers of the API clients it
-makes, so neither its own logs nor an application's handlers show a credential.
+up (``memvee serve``, ``memvee mcp``, the CLI), on its own loggers when a Memory opens
+(:data:`OWN_LOGGERS`) and on the loggers of the API clients it makes, so neither its own
+logs nor an application's handlers show a credential.
 """
 
 from __future__ import annotations
@@ -12,10 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from memvee._secrets import configured_secrets, mask_url_userinfo, redact
 
-__all__ = ["RedactSecrets", "protect_loggers"]
+__all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers"]
+
+OWN_LOGGERS: Final = (
+    "memvee",
+    "memvee.actors",
+    "memvee.audit",
+    "memvee.bulk",
+    "memvee.events",
+    "memvee.extractors",
+    "memvee.projections",
+    "memvee.retrieval",
+    "memvee.server",
+    "memvee.server.access",
+)
+"""Every logger memvee's packages (its engine's too) log on: each is given the filter by
+name, as a module imported later (``memvee.audit``) makes its logger only then, and a
+logger's filter sees only the records logged on it."""
 
 _SHORTEST_SECRET = 8
 """Secrets shorter than this are taken out of URLs only (as their user info): a password

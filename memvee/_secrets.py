@@ -1,23 +1,29 @@
-"""The credentials memvee's API clients carry, and text cleaned of them.
+"""Text cleaned of credentials, as memvee's logs and API errors show it.
 
-An API key, a bearer token or a gateway's password in its URL must never show in an
-error or a log line; the functions here find them and take them out of any text. They
-import no client library, so the CLI's logging can use them without loading the SDK.
+Which credentials there are and how a text is cleaned of them is defined once, in
+:mod:`events.credentials` (the extraction workers use it too); this module adds what only
+memvee's side needs: URLs' user info masked in log lines, and whether an error shows one.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-from collections.abc import Sequence
-from typing import Final
-from urllib.parse import unquote
 
-from events.errors import MemveeError, first_line
+from events.credentials import (
+    BASE_URL_ENV_VAR,
+    SECRET_ENV_VARS,
+    client_secrets,
+    configured_secrets,
+    credentials_of,
+    redact,
+    shown_error,
+    shown_forms,
+    userinfo,
+)
 
 __all__ = [
     "BASE_URL_ENV_VAR",
+    "SECRET_ENV_VARS",
     "client_secrets",
     "configured_secrets",
     "credentials_of",
@@ -28,79 +34,9 @@ __all__ = [
     "userinfo",
 ]
 
-BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
-"""The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
-
-SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VOYAGE_API_KEY")
-"""The environment variables the SDKs (Anthropic's, Voyage AI's) take credentials from."""
-
-_USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]*@")
 """A URL's scheme and the user info before its host, anywhere in a text (up to the last
 ``@`` before the path, as a password may hold an ``@`` its writer did not escape)."""
-
-_SHOWN_PART = 12
-"""The shortest run of a secret's characters taken out of a text where it shows: an API
-or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
-
-
-_SECRET_USER = 8
-"""The shortest user, given with a password, taken out of texts on its own (a token
-given as the user): a shorter one ("admin") is a name, and taking it out would garble
-every text that holds it."""
-
-
-def userinfo(url: str) -> tuple[str, ...]:
-    """The user and password a URL carries before its host (a gateway's basic auth), the
-    password alone, which a text may show without the user, and the user alone if it may
-    be a token; each as written and percent-decoded, as a client sends it."""
-    found = _USERINFO.match(url.strip())
-    if not found or not found.group(1):
-        return ()
-    user, colon, password = found.group(1).partition(":")
-    parts = [found.group(1)]
-    if colon and password:
-        parts.append(password)
-    if colon and len(unquote(user)) >= _SECRET_USER:
-        parts.append(user)
-    return tuple(dict.fromkeys(form for part in parts for form in (part, unquote(part)) if form))
-
-
-def configured_secrets() -> tuple[str, ...]:
-    """The credentials the environment gives the SDKs: never shown."""
-    found = [os.environ.get(name) for name in SECRET_ENV_VARS]
-    url = os.environ.get(BASE_URL_ENV_VAR)
-    secrets = [secret for secret in found if secret]
-    return (*secrets, *(userinfo(url) if url else ()))
-
-
-def client_secrets(client: object) -> tuple[str, ...]:
-    """The credentials ``client`` sends (an API key, a bearer token, the user info of its
-    base URL: a gateway's password): never shown."""
-    found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
-    secrets = tuple(secret for secret in found if isinstance(secret, str) and secret)
-    base_url = getattr(client, "base_url", None)
-    return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
-
-
-def credentials_of(extractor: object) -> tuple[str, ...]:
-    """The credentials the environment gives the SDKs, and those ``extractor``'s API
-    client carries, if it has one (a :class:`ClaudeExtractor`'s): never shown."""
-    try:
-        client = getattr(extractor, "client", None)
-    except MemveeError:  # no client the environment can build: none carries a secret
-        client = None
-    if client is None:
-        return configured_secrets()
-    return (*configured_secrets(), *client_secrets(client))
-
-
-def shown_error(error: BaseException, extractor: object) -> str:
-    """``error``'s first line as a log line, a report or a stored event may show it: without
-    the credentials ``extractor``'s client or the environment carries
-    (:func:`credentials_of`), as an error may echo a key (an HTTP header refused for the
-    newline a key read from a file kept)."""
-    return redact(first_line(error), credentials_of(extractor))
 
 
 def mask_url_userinfo(text: str) -> str:
@@ -111,7 +47,7 @@ def mask_url_userinfo(text: str) -> str:
 
 def mentions(exc: BaseException, secret: str) -> bool:
     """Whether ``exc`` or an exception it chains to shows ``secret`` in its text."""
-    forms = _shown_forms(secret)
+    forms = shown_forms(secret)
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -121,51 +57,3 @@ def mentions(exc: BaseException, secret: str) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
-    characters, replaced by ``[redacted]``."""
-    for secret in secrets:
-        for form in sorted(_shown_forms(secret), key=len, reverse=True):
-            text = text.replace(form, "[redacted]")
-        text = _redact_parts(text, secret.strip())
-    return text
-
-
-def _shown_forms(secret: str) -> set[str]:
-    """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
-    read from a file keeps its newline, which a header refuses, and the error shows the
-    rest), and escaped as a repr shows it."""
-    forms = {secret, secret.strip(), repr(secret)[1:-1]}
-    return {form for form in forms if form}
-
-
-@functools.lru_cache(maxsize=64)
-def _parts_of(secret: str) -> tuple[frozenset[str], re.Pattern[str]]:
-    """Every run of :data:`_SHOWN_PART` characters of ``secret``, and one pattern finding
-    any of them: most texts hold none, and one search tells so (a log filter's every
-    record goes through here)."""
-    starts = frozenset(secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1))
-    return starts, re.compile("|".join(map(re.escape, sorted(starts))))
-
-
-def _redact_parts(text: str, secret: str) -> str:
-    if len(secret) < _SHOWN_PART:
-        return text
-    starts, anywhere = _parts_of(secret)
-    if anywhere.search(text) is None:
-        return text
-    kept: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i : i + _SHOWN_PART] not in starts:
-            kept.append(text[i])
-            i += 1
-            continue
-        end = i + _SHOWN_PART
-        while end < len(text) and text[i : end + 1] in secret:
-            end += 1
-        kept.append("[redacted]")
-        i = end
-    return "".join(kept)

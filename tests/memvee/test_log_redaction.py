@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +90,37 @@ def test_protected_loggers_clean_records_for_any_handler(
 
     assert caplog.messages == ["GET http://***@h/ as [redacted]"]
     assert sum(isinstance(f, RedactSecrets) for f in child.filters) == 1
+
+
+_LOGGER_NAMED = re.compile(r'getLogger\("(memvee[\w.]*)"\)')
+
+
+def _loggers_memvee_logs_on() -> list[str]:
+    """The name of every logger the source of memvee's packages (its engine's too) makes."""
+    root = Path(__file__).resolve().parents[2]
+    return sorted(
+        {
+            name
+            for package in ("memvee", "actors", "events", "projections")
+            for path in (root / package).rglob("*.py")
+            for name in _LOGGER_NAMED.findall(path.read_text(encoding="utf-8"))
+        }
+    )
+
+
+async def test_every_logger_memvee_logs_on_cleans_its_records_once_a_memory_opens(
+    make_memory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application's handlers carry no filter of memvee's: once a Memory opens, every
+    logger memvee logs on (a module's imported later too, ``memvee.audit``'s) takes the
+    credentials out of its records before they reach them. None did."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    await make_memory()
+    caplog.set_level(logging.INFO)
+    names = _loggers_memvee_logs_on()
+    assert {"memvee", "memvee.actors", "memvee.audit", "memvee.events"} <= set(names)
+
+    for name in names:
+        logging.getLogger(name).info("%s: key %s", name, API_KEY)
+
+    assert caplog.messages == [f"{name}: key [redacted]" for name in names]

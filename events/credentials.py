@@ -1,0 +1,153 @@
+"""The credentials the SDKs take from the environment or an extractor's client carries, and
+text cleaned of them.
+
+An API key, a bearer token or a gateway's password in its URL must never show in an
+error, a log line or a stored event; the functions here find them and take them out of
+any text. They live here, below the engine, so that the extraction workers (``actors``)
+and memvee's re-extraction and logging use one definition; they import no client library.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Sequence
+from typing import Final
+from urllib.parse import unquote
+
+from events.errors import MemveeError, first_line
+
+__all__ = [
+    "BASE_URL_ENV_VAR",
+    "SECRET_ENV_VARS",
+    "client_secrets",
+    "configured_secrets",
+    "credentials_of",
+    "redact",
+    "shown_error",
+    "shown_forms",
+    "userinfo",
+]
+
+BASE_URL_ENV_VAR: Final = "ANTHROPIC_BASE_URL"
+"""The environment variable the SDK takes the API's base URL from (a proxy, a gateway)."""
+
+SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VOYAGE_API_KEY")
+"""The environment variables the SDKs (Anthropic's, Voyage AI's) take credentials from."""
+
+_USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
+"""A URL's scheme and the user info before its host, at its start."""
+
+_SHOWN_PART = 12
+"""The shortest run of a secret's characters taken out of a text where it shows: an API
+or gateway that echoes a part of a key ("sk-ant-api03-AbCd...") shows enough of it."""
+
+
+_SECRET_USER = 8
+"""The shortest user, given with a password, taken out of texts on its own (a token
+given as the user): a shorter one ("admin") is a name, and taking it out would garble
+every text that holds it."""
+
+
+def userinfo(url: str) -> tuple[str, ...]:
+    """The user and password a URL carries before its host (a gateway's basic auth), the
+    password alone, which a text may show without the user, and the user alone if it may
+    be a token; each as written and percent-decoded, as a client sends it."""
+    found = _USERINFO.match(url.strip())
+    if not found or not found.group(1):
+        return ()
+    user, colon, password = found.group(1).partition(":")
+    parts = [found.group(1)]
+    if colon and password:
+        parts.append(password)
+    if colon and len(unquote(user)) >= _SECRET_USER:
+        parts.append(user)
+    return tuple(dict.fromkeys(form for part in parts for form in (part, unquote(part)) if form))
+
+
+def configured_secrets() -> tuple[str, ...]:
+    """The credentials the environment gives the SDKs: never shown."""
+    found = [os.environ.get(name) for name in SECRET_ENV_VARS]
+    url = os.environ.get(BASE_URL_ENV_VAR)
+    secrets = [secret for secret in found if secret]
+    return (*secrets, *(userinfo(url) if url else ()))
+
+
+def client_secrets(client: object) -> tuple[str, ...]:
+    """The credentials ``client`` sends (an API key, a bearer token, the user info of its
+    base URL: a gateway's password): never shown."""
+    found = (getattr(client, "api_key", None), getattr(client, "auth_token", None))
+    secrets = tuple(secret for secret in found if isinstance(secret, str) and secret)
+    base_url = getattr(client, "base_url", None)
+    return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
+
+
+def credentials_of(extractor: object) -> tuple[str, ...]:
+    """The credentials the environment gives the SDKs, and those ``extractor``'s API
+    client carries, if it has one (a :class:`ClaudeExtractor`'s): never shown. A client
+    built for the running event loop is read: call it on the loop that extracts, as one
+    read elsewhere may be built for that call alone."""
+    try:
+        client = getattr(extractor, "client", None)
+    except MemveeError:  # no client the environment can build: none carries a secret
+        client = None
+    if client is None:
+        return configured_secrets()
+    return (*configured_secrets(), *client_secrets(client))
+
+
+def shown_error(error: BaseException, extractor: object) -> str:
+    """``error``'s first line as a log line, a report or a stored event may show it: without
+    the credentials ``extractor``'s client or the environment carries
+    (:func:`credentials_of`), as an error may echo a key (an HTTP header refused for the
+    newline a key read from a file kept)."""
+    return redact(first_line(error), credentials_of(extractor))
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
+    characters, replaced by ``[redacted]``."""
+    for secret in secrets:
+        for form in sorted(shown_forms(secret), key=len, reverse=True):
+            text = text.replace(form, "[redacted]")
+        text = _redact_parts(text, secret.strip())
+    return text
+
+
+def shown_forms(secret: str) -> set[str]:
+    """The ways ``secret`` may be shown: as it is, without the whitespace around it (a key
+    read from a file keeps its newline, which a header refuses, and the error shows the
+    rest), and escaped as a repr shows it."""
+    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    return {form for form in forms if form}
+
+
+@functools.lru_cache(maxsize=64)
+def _parts_of(secret: str) -> tuple[frozenset[str], re.Pattern[str]]:
+    """Every run of :data:`_SHOWN_PART` characters of ``secret``, and one pattern finding
+    any of them: most texts hold none, and one search tells so (a log filter's every
+    record goes through here)."""
+    starts = frozenset(secret[i : i + _SHOWN_PART] for i in range(len(secret) - _SHOWN_PART + 1))
+    return starts, re.compile("|".join(map(re.escape, sorted(starts))))
+
+
+def _redact_parts(text: str, secret: str) -> str:
+    if len(secret) < _SHOWN_PART:
+        return text
+    starts, anywhere = _parts_of(secret)
+    if anywhere.search(text) is None:
+        return text
+    kept: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i : i + _SHOWN_PART] not in starts:
+            kept.append(text[i])
+            i += 1
+            continue
+        end = i + _SHOWN_PART
+        while end < len(text) and text[i : end + 1] in secret:
+            end += 1
+        kept.append("[redacted]")
+        i = end
+    return "".join(kept)
