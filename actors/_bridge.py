@@ -233,6 +233,8 @@ class _OneWakeup:
 
     def __exit__(self, *_: object) -> None:
         inboxes = self._inboxes
+        if inboxes is _NOT_ENTERED:  # it would end the hold of the block it is inside
+            raise RuntimeError("a one_wakeup() block is exited once entered")
         if inboxes is None:
             return
         _held.inboxes = None

@@ -526,26 +526,31 @@ class _WriterTransaction:
 
     __slots__ = ("_connection", "_lock", "_store")
 
-    _connection: Connection
-
     def __init__(self, store: EventStore, lock: Any) -> None:
         self._store, self._lock = store, lock
+        self._connection: Connection | None = None
 
     def __enter__(self) -> Connection:
+        # Entered again, the same thread would wait for its own lock for ever.
+        if self._connection is not None:
+            raise RuntimeError("a transaction() is entered once")
         self._lock.__enter__()
         try:
             store = self._store
             connection = store._writer
             if connection is None:
                 connection = store._writer = store.engine.connect()
-        except BaseException:
-            self._lock.__exit__(None, None, None)
+        except BaseException as error:
+            self._lock.__exit__(type(error), error, error.__traceback__)
             raise
         self._connection = connection
         return connection
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: Any
+    ) -> None:
         connection = self._connection
+        assert connection is not None, "exited without being entered"
         try:
             if kind is None:
                 try:
@@ -559,7 +564,7 @@ class _WriterTransaction:
                     raise
             self._discard(connection)
         finally:
-            self._lock.__exit__(None, None, None)
+            self._lock.__exit__(kind, error, trace)
 
     def _discard(self, connection: Connection) -> None:
         """Close the writer's connection for good, not handed back to the pool."""

@@ -148,3 +148,40 @@ async def test_a_one_wakeup_block_entered_again_is_refused_and_the_loop_still_wo
             break
         await asyncio.sleep(0.01)
     assert ran == [1, 2]
+
+
+async def test_a_one_wakeup_block_exited_without_being_entered_is_refused_and_the_outer_holds() -> (
+    None
+):
+    """Exited inside another block without being entered, it would end that block's hold:
+    every later post of the block would wake the loop on its own."""
+    loop = asyncio.get_running_loop()
+    inbox = inbox_of(loop)
+    woken: list[int] = []
+    wake = inbox._wake
+
+    def counted() -> None:
+        woken.append(1)
+        wake()
+
+    ran: list[int] = []
+
+    def post_in_a_block() -> None:
+        with one_wakeup():
+            with pytest.raises(RuntimeError, match="exited once entered"):
+                one_wakeup().__exit__(None, None, None)
+            inbox.post(ran.append, 1)
+            inbox.post(ran.append, 2)
+            assert woken == [], "the outer block still holds its posts"
+
+    inbox._wake = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.to_thread(post_in_a_block)
+    finally:
+        inbox._wake = wake  # type: ignore[method-assign]
+    for _ in range(100):
+        if ran == [1, 2]:
+            break
+        await asyncio.sleep(0.01)
+    assert ran == [1, 2]
+    assert woken == [1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
@@ -167,6 +168,69 @@ def test_a_commit_of_the_drivers_writes_that_fails_is_sqlalchemys_error_and_stor
             pass
         with sqlite3.connect(tmp_path / "d.db") as reader:
             assert reader.execute("SELECT count(*) FROM c").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+class _ToldLock:
+    """The store's write lock, recording what each exit was told."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock, self.exits = lock, list[type[BaseException] | None]()
+
+    def __enter__(self) -> None:
+        self.lock.__enter__()
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: Any) -> None:
+        self.exits.append(kind)
+        self.lock.__exit__(kind, *rest)
+
+
+def test_a_transaction_tells_its_write_lock_how_it_ended_and_frees_it_on_every_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is released once on every path, a connection that cannot be opened
+    included, and told the error that ended the transaction, as a ``with`` block tells it."""
+    store = EventStore(sqlite_url(tmp_path / "l.db"))
+    try:
+        told = _ToldLock(store._datastore.write_lock)
+        monkeypatch.setattr(store._datastore, "write_lock", told)
+        with store.transaction() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(RuntimeError), store.transaction():
+            raise RuntimeError("a fold failed")
+        store._writer = None
+        with (
+            monkeypatch.context() as patched,
+            pytest.raises(sqlalchemy.exc.OperationalError),
+        ):
+            patched.setattr(
+                store.engine,
+                "connect",
+                lambda: (_ for _ in ()).throw(
+                    sqlalchemy.exc.OperationalError("connect", {}, OSError("gone"))
+                ),
+            )
+            with store.transaction():
+                pass
+        assert told.exits == [None, RuntimeError, sqlalchemy.exc.OperationalError]
+        with ThreadPoolExecutor(1) as other:  # the lock is free: another thread writes
+            other.submit(lambda: store.append([UserLog.register("ann").collect_events()])).result(
+                timeout=10
+            )
+    finally:
+        store.close()
+
+
+def test_a_transaction_entered_again_is_refused_not_waited_for(tmp_path: Path) -> None:
+    """Entered twice on one thread, it would wait for its own write lock for ever."""
+    store = EventStore(sqlite_url(tmp_path / "r.db"))
+    try:
+        transaction = store.transaction()
+        with transaction, pytest.raises(RuntimeError, match="entered once"), transaction:
+            pass
+        with store.transaction():
+            pass
     finally:
         store.close()
 
