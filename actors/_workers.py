@@ -17,7 +17,8 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +36,7 @@ from events import (
     TokenUsage,
     check_result,
 )
-from events.credentials import configured_secrets, credentials_of, shown_error
+from events.credentials import carried_by, configured_secrets, redact
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
@@ -43,6 +44,7 @@ from events.errors import (
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     ProbeFailedError,
+    first_line,
     repeats,
 )
 from events.extraction import extraction_deadline
@@ -181,11 +183,11 @@ def tells_down(failed: Exception) -> bool:
     )
 
 
-def _with_spent(failure: Exception, spent: TokenUsage, extractor: Extractor) -> Exception:
+def _with_spent(failure: Exception, spent: TokenUsage, secrets: Sequence[str]) -> Exception:
     """``failure`` carrying ``spent`` (a harmless request's tokens) with its own tokens,
     so the failure records both: a copy, since an extractor may raise one exception object
-    each time; one that is no ExtractionError becomes one, its text without ``extractor``'s
-    credentials (:func:`shown_error`)."""
+    each time; one that is no ExtractionError becomes one, its whole text without
+    ``secrets`` (:func:`redact`)."""
     if spent == TokenUsage():
         return failure
     if isinstance(failure, ExtractionError):
@@ -197,7 +199,7 @@ def _with_spent(failure: Exception, spent: TokenUsage, extractor: Extractor) -> 
         carried.__traceback__ = failure.__traceback__
         carried.usage = spent if failure.usage is None else failure.usage.plus(spent)
         return carried
-    shown = shown_error(failure, extractor)
+    shown = redact(str(failure), secrets)
     wrapped = ExtractionError(f"{type(failure).__name__}: {shown}", usage=spent)
     wrapped.__cause__ = failure
     return wrapped
@@ -237,7 +239,7 @@ class ExtractionWorkers:
         self._held: dict[str, set[_Held]] = {}  # per user, the batches submitted, not ended
         self._lock = threading.Lock()
         self._down_told = 0  # harmless requests that failed: each told the API was down
-        self._carried: tuple[str, ...] = ()  # the credentials the extractor's client carries
+        self._carried: frozenset[str] = frozenset()  # every credential its clients carried
         self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
         self._thread.start()
 
@@ -294,11 +296,25 @@ class ExtractionWorkers:
         self._loop.call_soon_threadsafe(self._resumed.set)
 
     def credentials(self) -> tuple[str, ...]:
-        """The credentials no text of an extraction's failure may show, for another thread
-        to tell one (a user's actor): the environment's, and those the extractor's client
-        carried when a batch last went, read on the extraction loop (where the client is:
-        read elsewhere, one might be built for the reading alone)."""
+        """The credentials no text of an extraction's failure may show, for any thread to
+        tell one (a user's actor): the environment's, and every one the extractor's clients
+        carried when a batch went (:meth:`_gather`), so one a client held before it changed
+        is still taken out of a late failure's text."""
         return tuple(dict.fromkeys((*configured_secrets(), *self._carried)))
+
+    def _gather(self) -> None:
+        """Keep the credentials the extractor's clients carry now with those seen before
+        (:func:`carried_by`: never a property of the extractor's, never failing). The set
+        is replaced, never changed, so another thread reads a whole one."""
+        found = frozenset(carried_by(self.extractor))
+        if not found <= self._carried:
+            self._carried = self._carried | found
+
+    def _shown(self, failure: BaseException, *, whole: bool = False) -> str:
+        """``failure``'s first line (or ``whole`` text) without a credential of the
+        environment or the extractor's clients, for a log line or an error's text."""
+        self._gather()
+        return redact(str(failure) if whole else first_line(failure), self.credentials())
 
     @property
     def in_flight(self) -> int:
@@ -355,9 +371,11 @@ class ExtractionWorkers:
             if held.dropped:
                 raise self._dropped(batch)
             try:
-                async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
-                    await self._prepare()
-                self._carried = credentials_of(self.extractor)
+                try:
+                    async with asyncio.timeout(self.timeout):  # a custom prepare() may hang too
+                        await self._prepare()
+                finally:  # a failed prepare's text may show the client's key too
+                    self._gather()
                 began = self._loop.time()
                 async with asyncio.timeout(self.timeout) as cut:
                     # Each batch runs in a task of its own: the value ends with its context.
@@ -418,7 +436,7 @@ class ExtractionWorkers:
         ):
             return failure
         usage = failure.usage if isinstance(failure, ExtractionError) else None
-        shown = shown_error(failure, self.extractor)
+        shown = self._shown(failure, whole=True)
         if self._down_told > held.down_told and self.breaker.is_open:
             return ApiDown(
                 f"{shown} (a harmless request failed while the batch was out: the API is "
@@ -432,7 +450,7 @@ class ExtractionWorkers:
                 "task %s: a harmless request was refused too (%s): the account is refused, "
                 "the batch is retried whole",
                 batch.task_id,
-                shown_error(ping_failed, self.extractor),
+                self._shown(ping_failed),
             )
             return EveryRequestRefusedError(
                 f"{shown} (a harmless request's credentials were refused too: the API key "
@@ -442,7 +460,7 @@ class ExtractionWorkers:
                 whole_note=RETRIED_WHOLE,
             )
         if ping_failed is None or not tells_down(ping_failed):
-            return _with_spent(failure, spent, self.extractor)
+            return _with_spent(failure, spent, self.credentials())
         self._down_told += 1
         if not self.breaker.is_open:  # the outage it met already paces every call
             self.breaker.failed()
@@ -450,7 +468,7 @@ class ExtractionWorkers:
             "task %s: a harmless request failed too (%s): the API is down, the batch is "
             "retried whole",
             batch.task_id,
-            shown_error(ping_failed, self.extractor),
+            self._shown(ping_failed),
         )
         return ApiDown(
             f"{shown} (a harmless request failed too: the API is down; {RETRIED_WHOLE})",
@@ -548,16 +566,17 @@ class ExtractionWorkers:
             failure: BaseException = error
         except (KeyboardInterrupt, SystemExit) as error:
             failure = error
-        log.error(
-            "extractor %r raised %s on task %s; the batch fails",
+        told = self._shown(failure, whole=True)
+        trace = "".join(traceback.format_exception(failure)).rstrip()
+        log.error(  # its traceback as text: a handler's filter knows no client's key
+            "extractor %r raised %s on task %s; the batch fails\n%s",
             name,
             type(failure).__name__,
             batch.task_id,
-            exc_info=failure,
+            redact(trace, self.credentials()),
         )
         raise InvalidExtractionError(
-            f"extractor {name!r} raised {type(failure).__name__}: "
-            f"{shown_error(failure, self.extractor)}"
+            f"extractor {name!r} raised {type(failure).__name__}: {told}"
         ) from failure
 
     async def _prepare(self) -> None:

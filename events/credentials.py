@@ -10,20 +10,25 @@ and memvee's re-extraction and logging use one definition; they import no client
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Final
 from urllib.parse import unquote
 
-from events.errors import MemveeError, first_line
+from events.errors import first_line
 
 __all__ = [
     "BASE_URL_ENV_VAR",
     "SECRET_ENV_VARS",
+    "CarriesCredentials",
+    "carried_by",
     "client_secrets",
     "configured_secrets",
     "credentials_of",
+    "mask_url_userinfo",
     "redact",
     "shown_error",
     "shown_forms",
@@ -38,6 +43,17 @@ SECRET_ENV_VARS: Final = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "VOYAGE_A
 
 _USERINFO = re.compile(r"[^:/?#]*://([^/?#]*)@")
 """A URL's scheme and the user info before its host, at its start."""
+
+log = logging.getLogger("memvee.events")
+
+_URL_USERINFO_ANYWHERE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]*@")
+"""A URL's scheme and the user info before its host, anywhere in a text (up to the last
+``@`` before the path, as a password may hold an ``@`` its writer did not escape)."""
+
+SHORTEST_SECRET: Final = 8
+"""Secrets shorter than this are taken out of URLs only (as their user info): a gateway's
+password of one letter replaced wherever it shows would garble every text, and no API key
+is so short."""
 
 _SHOWN_PART = 12
 """The shortest run of a secret's characters taken out of a text where it shows: an API
@@ -83,18 +99,41 @@ def client_secrets(client: object) -> tuple[str, ...]:
     return (*secrets, *(userinfo(str(base_url)) if base_url is not None else ()))
 
 
+class CarriesCredentials(ABC):
+    """An extractor whose API clients carry credentials it can tell without building one
+    (:class:`ClaudeExtractor`). Declared by subclassing, as no attribute of another
+    extractor is read but an instance's own ``client`` (a property may build a client,
+    or fail, at each read)."""
+
+    @abstractmethod
+    def carried_credentials(self) -> tuple[str, ...]:
+        """The credentials of the clients this extractor holds now (given, or built
+        already), from any thread, never building one."""
+
+
+def carried_by(extractor: object) -> tuple[str, ...]:
+    """The credentials ``extractor``'s API clients carry: those a
+    :class:`CarriesCredentials` tells, else those of a ``client`` held as an instance's
+    own attribute (no property is triggered). Reading them never fails a batch: a failure
+    is logged at debug level and none is given."""
+    try:
+        if isinstance(extractor, CarriesCredentials):
+            return tuple(extractor.carried_credentials())
+        client = (getattr(extractor, "__dict__", None) or {}).get("client")
+        return () if client is None else client_secrets(client)
+    except Exception as error:
+        log.debug(
+            "the credentials of extractor %r could not be read (%s); the environment's are used",
+            getattr(type(extractor), "name", type(extractor).__name__),
+            type(error).__name__,
+        )
+        return ()
+
+
 def credentials_of(extractor: object) -> tuple[str, ...]:
     """The credentials the environment gives the SDKs, and those ``extractor``'s API
-    client carries, if it has one (a :class:`ClaudeExtractor`'s): never shown. A client
-    built for the running event loop is read: call it on the loop that extracts, as one
-    read elsewhere may be built for that call alone."""
-    try:
-        client = getattr(extractor, "client", None)
-    except MemveeError:  # no client the environment can build: none carries a secret
-        client = None
-    if client is None:
-        return configured_secrets()
-    return (*configured_secrets(), *client_secrets(client))
+    clients carry (:func:`carried_by`): never shown."""
+    return (*configured_secrets(), *carried_by(extractor))
 
 
 def shown_error(error: BaseException, extractor: object) -> str:
@@ -105,10 +144,21 @@ def shown_error(error: BaseException, extractor: object) -> str:
     return redact(first_line(error), credentials_of(extractor))
 
 
+def mask_url_userinfo(text: str) -> str:
+    """``text`` with the user info of every URL in it (``user:password@``) shown as
+    ``***@``: whoever logs a URL (an HTTP client's request line) shows no credential."""
+    return _URL_USERINFO_ANYWHERE.sub(r"\1***@", text)
+
+
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret, and every run of at least :data:`_SHOWN_PART` of its
-    characters, replaced by ``[redacted]``."""
+    """``text`` with the user info of every URL masked (:func:`mask_url_userinfo`) and
+    every secret of at least :data:`SHORTEST_SECRET` characters, and every run of at least
+    :data:`_SHOWN_PART` of its characters, replaced by ``[redacted]``: a shorter one (a
+    gateway's password of a letter) is taken out of URLs only."""
+    text = mask_url_userinfo(text)
     for secret in secrets:
+        if len(secret.strip()) < SHORTEST_SECRET:
+            continue
         for form in sorted(shown_forms(secret), key=len, reverse=True):
             text = text.replace(form, "[redacted]")
         text = _redact_parts(text, secret.strip())

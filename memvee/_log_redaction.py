@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from memvee._secrets import configured_secrets, mask_url_userinfo, redact
+from memvee._secrets import configured_secrets, redact
 
 __all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers"]
 
@@ -35,11 +35,6 @@ OWN_LOGGERS: Final = (
 name, as a module imported later (``memvee.audit``) makes its logger only then, and a
 logger's filter sees only the records logged on it."""
 
-_SHORTEST_SECRET = 8
-"""Secrets shorter than this are taken out of URLs only (as their user info): a password
-of two letters replaced wherever it shows would garble every line, and no API key is so
-short."""
-
 _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 _installing = threading.Lock()
@@ -52,6 +47,13 @@ class RedactSecrets(logging.Filter):
     The known secrets are those the environment gives the Claude client (read at each
     record, so a key set later is covered too) and ``secrets`` given here (a database
     password). The record is changed in place, so every handler it reaches sees it clean.
+
+    A record's exception whose traceback shows one of them reaches the handlers as that
+    traceback cleaned (``exc_text``) and without ``exc_info``: a formatter that reads the
+    live exception (JSON, Sentry, structlog) gets none rather than the secret, and one
+    whose traceback shows none is left as it was, for the application's own
+    ``formatException``. No other secret is known here: memvee logs an extractor's
+    failure, whose text may show its client's key, as text already cleaned of it.
     """
 
     def __init__(self, secrets: Sequence[str] = ()) -> None:
@@ -60,11 +62,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Clean ``record``; never drop it."""
-        secrets = [
-            secret
-            for secret in (*configured_secrets(), *self.secrets)
-            if len(secret.strip()) >= _SHORTEST_SECRET
-        ]
+        secrets = (*configured_secrets(), *self.secrets)
         try:
             message = record.getMessage()
             unformatted = False
@@ -73,10 +71,13 @@ class RedactSecrets(logging.Filter):
         cleaned = self.clean(message, secrets)
         if unformatted or cleaned != message:
             record.msg, record.args = cleaned, ()
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.clean(record.exc_text, secrets)
+        shown = record.exc_text
+        if not shown and record.exc_info:
+            shown = logging.Formatter().formatException(record.exc_info)
+        if shown:
+            cleaned = self.clean(shown, secrets)
+            if cleaned != shown:  # the live exception would show it to whoever reads it
+                record.exc_text, record.exc_info = cleaned, None
         if record.stack_info:
             record.stack_info = self.clean(record.stack_info, secrets)
         for key, value in list(vars(record).items()):
@@ -86,8 +87,8 @@ class RedactSecrets(logging.Filter):
 
     @staticmethod
     def clean(text: str, secrets: Sequence[str]) -> str:
-        """``text`` with URL user info masked and ``secrets`` redacted."""
-        return redact(mask_url_userinfo(text), secrets)
+        """``text`` with URL user info masked and ``secrets`` redacted (:func:`redact`)."""
+        return redact(text, secrets)
 
 
 def protect_loggers(prefixes: Iterable[str]) -> None:

@@ -7,14 +7,13 @@ memvee's side needs: URLs' user info masked in log lines, and whether an error s
 
 from __future__ import annotations
 
-import re
-
 from events.credentials import (
     BASE_URL_ENV_VAR,
     SECRET_ENV_VARS,
     client_secrets,
     configured_secrets,
     credentials_of,
+    mask_url_userinfo,
     redact,
     shown_error,
     shown_forms,
@@ -33,16 +32,6 @@ __all__ = [
     "shown_error",
     "userinfo",
 ]
-
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]*@")
-"""A URL's scheme and the user info before its host, anywhere in a text (up to the last
-``@`` before the path, as a password may hold an ``@`` its writer did not escape)."""
-
-
-def mask_url_userinfo(text: str) -> str:
-    """``text`` with the user info of every URL in it (``user:password@``) shown as
-    ``***@``: whoever logs a URL (an HTTP client's request line) shows no credential."""
-    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 def mentions(exc: BaseException, secret: str) -> bool:

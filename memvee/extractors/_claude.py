@@ -38,6 +38,7 @@ from anthropic.lib.credentials import default_credentials
 from anthropic.types import Message, MessageParam, TextBlockParam
 
 from events.checks import check_model
+from events.credentials import CarriesCredentials
 from events.errors import (
     INPUT_REFUSED_STATUSES,
     EveryRequestRefusedError,
@@ -165,7 +166,7 @@ def cache_minimum(model: str) -> int:
     return 1024
 
 
-class ClaudeExtractor(HarmlessRequests):
+class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
     """Extracts knowledge entries with Claude, one forced tool call per batch.
 
     Each call is bounded by ``timeout`` seconds in total, SDK retries included, because
@@ -285,6 +286,14 @@ class ClaudeExtractor(HarmlessRequests):
                 "ANTHROPIC_AUTH_TOKEN, or an Anthropic profile), or give ClaudeExtractor a "
                 "client built with an api_key"
             )
+
+    def carried_credentials(self) -> tuple[str, ...]:
+        """The credentials of the client given, or of those built already (one a loop):
+        none is built for the reading (a client read elsewhere than its loop would be
+        built for that read alone, never closed)."""
+        with self._building:
+            clients = [self._given] if self._given is not None else list(self._built.values())
+        return tuple(secret for client in clients for secret in client_secrets(client))
 
     async def prepare(self) -> None:
         """Build the SDK client of the running loop, unless it is built, in a thread: it

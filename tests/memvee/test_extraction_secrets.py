@@ -45,6 +45,13 @@ async def _processed(memory: Memory, user_id: str) -> list[str]:
     return [*errors, *([str(outcome)] if isinstance(outcome, BaseException) else [])]
 
 
+async def _errors(memory: Memory, user_id: str) -> list[str]:
+    """Process ``user_id``'s buffer: every error a user is told of the failure, that of
+    each task, of the failure ``process`` raised, and of each message quarantined."""
+    errors = await _processed(memory, user_id)
+    return [*errors, *(m.error for m in await memory.quarantined(user_id))]
+
+
 @pytest.mark.parametrize("raised", [ValueError, ConnectionError, KeyboardInterrupt])
 async def test_an_extractors_error_echoing_the_api_key_is_stored_and_logged_without_it(
     make_memory: Any,
@@ -116,3 +123,171 @@ async def test_a_harmless_request_after_a_failure_echoing_the_api_key_tells_it_w
         harmless = [r.getMessage() for r in caplog.records if "harmless" in r.getMessage()]
         assert harmless and all("Illegal header value" in line for line in harmless), harmless
     assert not [text for text in told if "SECRET" in text], told
+
+
+class _Client:
+    """An API client as an extractor holds it: its key given to it, not by the
+    environment."""
+
+    def __init__(self, api_key: str) -> None:
+        self.api_key = api_key
+        self.base_url = "https://api.example.com"
+
+
+class _HoldingItsClient:
+    """A custom extractor holding its API client as an attribute, whose batches and
+    ``prepare`` fail with what ``fault`` and ``prepare_fault`` give (or answer nothing)."""
+
+    name = "holding"
+
+    def __init__(self, api_key: str) -> None:
+        self.client = _Client(api_key)
+        self.fault: BaseException | None = None
+        self.prepare_fault: BaseException | None = None
+
+    async def prepare(self) -> None:
+        if self.prepare_fault is not None:
+            raise self.prepare_fault
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if self.fault is not None:
+            raise self.fault
+        return ExtractionResult(facts=(), extractor=self.name)
+
+
+@pytest.mark.parametrize("raised", [ValueError, KeyboardInterrupt])
+async def test_a_key_held_only_by_the_extractors_client_is_stored_and_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: type[BaseException],
+) -> None:
+    """The environment gives no key; the extractor's client holds it, and a batch's error
+    echoes it, one that fails the batch or one logged with its traceback. Neither the
+    task's error, the failure ``process`` raises, the events stored, nor any record's
+    text or traceback shows it. The traceback was logged with the key."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    extractor = _HoldingItsClient(KEY)
+    extractor.fault = raised(ECHOED)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog)]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [text for text in told if "SECRET" in text], told
+
+
+async def test_a_failed_prepare_echoing_the_key_only_the_client_holds_is_stored_without_it(
+    make_memory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extractor's ``prepare`` fails, before any batch went, with an error echoing the
+    key its client alone holds: the task's error, the failure ``process`` raises, the
+    events stored and the "task failed" line show it without the key. They showed it, as
+    the client's credentials were read only once a prepare succeeded."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    extractor = _HoldingItsClient(KEY)
+    extractor.prepare_fault = ConnectionError(ECHOED)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog)]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [text for text in told if "SECRET" in text], told
+
+
+async def test_a_key_the_client_held_before_it_changed_is_still_taken_out_of_failures(
+    make_memory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch went with the client's first key; the client is then replaced by one with
+    another key, and a batch's error echoes the first (a late answer, a cached header):
+    it is stored and told without it. Only the latest client's credentials were kept."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    extractor = _HoldingItsClient(KEY)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+    await memory.process("ann")
+
+    extractor.client = _Client("sk-ant-api03-ANOTHERANOTHERKEY")
+    extractor.fault = ValueError(ECHOED)
+    await memory.add_exchange("ann", "I like coffee", "ok")
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog)]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [text for text in told if "SECRET" in text], told
+
+
+class _ClientOnDemand:
+    """A custom extractor whose ``client`` is a property: each read builds a client, or
+    fails when ``failing`` (an SDK refusing a configuration it lacks)."""
+
+    name = "on-demand"
+
+    def __init__(self, *, failing: bool) -> None:
+        self.failing = failing
+        self.built = 0
+
+    @property
+    def client(self) -> _Client:
+        self.built += 1
+        if self.failing:
+            raise RuntimeError("OPENAI_API_KEY is not set")
+        return _Client(KEY)
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        return ExtractionResult(facts=(), extractor=self.name)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["building", "raising"])
+async def test_a_custom_extractors_client_property_is_never_read_for_its_credentials(
+    make_memory: Any, failing: bool
+) -> None:
+    """A custom extractor's ``client`` property (building a client at each read, or
+    raising) is never triggered by the engine: its batches are extracted, none fails or
+    is quarantined. Each batch read it (a client built and never closed; a RuntimeError
+    that failed every batch)."""
+    extractor = _ClientOnDemand(failing=failing)
+    memory: Memory = await make_memory(extractor=extractor)
+    for turn in range(2):
+        await memory.add_exchange("ann", f"I like tea {turn}", "ok")
+        await memory.process("ann")
+
+    assert extractor.built == 0
+    assert [task.status.value for task in await memory.tasks("ann")] == ["COMPLETED"] * 2
+    assert await memory.quarantined("ann") == []
+
+
+async def test_a_custom_extractors_multi_line_error_is_stored_whole(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """A custom extractor's error of several lines (raised as an error the engine wraps)
+    is stored and told whole, without the key: the detail after its first line is what
+    its user needs. Only its first line was kept."""
+    extractor.fault = lambda batch: KeyboardInterrupt(f"refused\nthe header was {ECHOED}")
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [error for error in errors if "SECRET" in error], errors
+
+
+async def test_a_short_gateway_password_is_taken_out_of_urls_only(
+    make_memory: Any, extractor: RecordingExtractor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's URL carries a password of one letter: an extractor's error is stored
+    as it reads, but the URL's user info it shows is masked. Every "s" of every stored
+    error was replaced."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://memvee:s@gateway.example.com")
+    extractor.fault = lambda batch: ValueError(
+        "response is missing its 'facts' list (https://memvee:s@gateway.example.com/v1)"
+    )
+    memory: Memory = await make_memory()
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    assert errors and all(
+        "response is missing its 'facts' list (https://***@gateway.example.com/v1)" in error
+        for error in errors
+    ), errors

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from memvee._log_redaction import RedactSecrets, protect_loggers
+from memvee._log_redaction import OWN_LOGGERS, RedactSecrets, protect_loggers
 from memvee._secrets import mask_url_userinfo
 
 API_KEY = "sk-ant-filter-DO-NOT-LEAK-42"
@@ -118,9 +118,72 @@ async def test_every_logger_memvee_logs_on_cleans_its_records_once_a_memory_open
     await make_memory()
     caplog.set_level(logging.INFO)
     names = _loggers_memvee_logs_on()
-    assert {"memvee", "memvee.actors", "memvee.audit", "memvee.events"} <= set(names)
 
     for name in names:
         logging.getLogger(name).info("%s: key %s", name, API_KEY)
 
     assert caplog.messages == [f"{name}: key [redacted]" for name in names]
+
+
+def test_the_loggers_a_memory_protects_are_every_one_memvee_logs_on() -> None:
+    """OWN_LOGGERS names each logger the source of memvee's packages makes, and no other:
+    a module's logger left out would reach an application's handlers unfiltered. The
+    test that logs on each found could pass with a name left out, once its module was
+    imported before a Memory opened (the filter put on every existing logger)."""
+    assert sorted(OWN_LOGGERS) == _loggers_memvee_logs_on()
+
+
+class _ReadingTheException(logging.Formatter):
+    """An application's formatter that shows the live exception itself, as JSON, Sentry
+    or structlog formatters do, with an exception format of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        shown = self.formatException(record.exc_info) if record.exc_info else ""
+        return f"{record.getMessage()} | {record.exc_text or ''} | {shown}"
+
+    def formatException(self, ei: Any) -> str:
+        return f"<{ei[0].__name__}: {ei[1]}>"
+
+
+def _formatted(error: BaseException, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A record logged with ``error`` as its exception through a protected logger, as the
+    application's :class:`_ReadingTheException` shows it."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    logger = logging.getLogger("tests.redaction.exc_info")
+    protect_loggers(["tests.redaction.exc_info"])
+    shown: list[str] = []
+    handler = logging.Handler()
+    handler.setFormatter(_ReadingTheException())
+    handler.emit = lambda record: shown.append(handler.format(record))  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        try:
+            raise error
+        except ValueError:
+            logger.error("the call failed", exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+    (line,) = shown
+    return line
+
+
+def test_an_exception_showing_a_secret_reaches_no_formatter_reading_the_live_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record's exception shows the API key: a formatter reading ``exc_info`` itself
+    gets no exception, only the cleaned traceback as ``exc_text``. It got the live
+    exception, key and all."""
+    line = _formatted(ValueError(f"Illegal header value b'{API_KEY}'"), monkeypatch)
+
+    assert "DO-NOT-LEAK" not in line, line
+    assert "Illegal header value b'[redacted]'" in line, line
+
+
+def test_an_exception_showing_no_secret_keeps_the_applications_own_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record's exception shows no secret: it reaches the application's formatter as it
+    was logged, which formats it its own way. The filter had formatted it already."""
+    line = _formatted(ValueError("boom"), monkeypatch)
+
+    assert line == "the call failed |  | <ValueError: boom>", line
