@@ -52,9 +52,11 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 entry[key] = value
-        if record.exc_info:
-            # exc_text is the traceback a filter already rendered (and cleaned of secrets).
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+        # exc_text: the traceback a filter cleaned of a secret (and dropped exc_info for).
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
 
 
