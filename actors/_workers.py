@@ -380,7 +380,10 @@ class ExtractionWorkers:
                 async with asyncio.timeout(self.timeout) as cut:
                     # Each batch runs in a task of its own: the value ends with its context.
                     extraction_deadline.set(cut.when())
-                    result = await self._answer(batch)
+                    try:
+                        result = await self._answer(batch)
+                    finally:  # a client the call made itself may show in its failure
+                        self._gather()
                 self._note_blocking(batch, self._loop.time() - began)
             except TimeoutError:
                 self.breaker.failed()

@@ -32,6 +32,7 @@ __all__ = [
     "redact",
     "shown_error",
     "shown_forms",
+    "shows_credentials",
     "userinfo",
 ]
 
@@ -148,6 +149,16 @@ def mask_url_userinfo(text: str) -> str:
     """``text`` with the user info of every URL in it (``user:password@``) shown as
     ``***@``: whoever logs a URL (an HTTP client's request line) shows no credential."""
     return _URL_USERINFO_ANYWHERE.sub(r"\1***@", text)
+
+
+def shows_credentials(text: str, secrets: Sequence[str]) -> bool:
+    """Whether ``text`` shows a credential :func:`redact` takes out: a URL's password, or
+    one of ``secrets``. A URL's user name alone is no credential, though it is masked."""
+    for found in _URL_USERINFO_ANYWHERE.finditer(text):
+        if ":" in found.group(0)[len(found.group(1)) :]:
+            return True
+    masked = mask_url_userinfo(text)
+    return redact(masked, secrets) != masked
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:

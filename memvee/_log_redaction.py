@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from events.credentials import shows_credentials
 from memvee._secrets import configured_secrets, redact
 
 __all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers"]
@@ -48,12 +49,14 @@ class RedactSecrets(logging.Filter):
     record, so a key set later is covered too) and ``secrets`` given here (a database
     password). The record is changed in place, so every handler it reaches sees it clean.
 
-    A record's exception whose traceback shows one of them reaches the handlers as that
-    traceback cleaned (``exc_text``) and without ``exc_info``: a formatter that reads the
-    live exception (JSON, Sentry, structlog) gets none rather than the secret, and one
-    whose traceback shows none is left as it was, for the application's own
-    ``formatException``. No other secret is known here: memvee logs an extractor's
-    failure, whose text may show its client's key, as text already cleaned of it.
+    A record's exception whose traceback shows one of them (or a URL's password) reaches
+    the handlers as that traceback cleaned (``exc_text``) and without ``exc_info``: a
+    formatter that reads the live exception (JSON, Sentry, structlog) gets no exception
+    rather than the secret its text shows; one whose traceback shows none is left as it
+    was, for the application's own ``formatException``. A secret held only in an
+    exception's attributes or its frames' locals, not in its text, is not looked for. No
+    other secret is known here: memvee logs an extractor's failure, whose text may show its
+    client's key, as text already cleaned of it.
     """
 
     def __init__(self, secrets: Sequence[str] = ()) -> None:
@@ -74,10 +77,9 @@ class RedactSecrets(logging.Filter):
         shown = record.exc_text
         if not shown and record.exc_info:
             shown = logging.Formatter().formatException(record.exc_info)
-        if shown:
-            cleaned = self.clean(shown, secrets)
-            if cleaned != shown:  # the live exception would show it to whoever reads it
-                record.exc_text, record.exc_info = cleaned, None
+        if shown and shows_credentials(shown, secrets):
+            # The live exception would show it to whoever reads it.
+            record.exc_text, record.exc_info = self.clean(shown, secrets), None
         if record.stack_info:
             record.stack_info = self.clean(record.stack_info, secrets)
         for key, value in list(vars(record).items()):

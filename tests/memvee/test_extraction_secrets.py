@@ -197,6 +197,44 @@ async def test_a_failed_prepare_echoing_the_key_only_the_client_holds_is_stored_
     assert not [text for text in told if "SECRET" in text], told
 
 
+class _MakingItsClientOnFirstUse(_HoldingItsClient):
+    """A custom extractor that makes its API client in its first batch's call."""
+
+    name = "lazy"
+
+    def __init__(self, api_key: str) -> None:
+        super().__init__(api_key)
+        del self.client
+        self.api_key = api_key
+
+    async def extract(self, batch: ExtractionBatch) -> ExtractionResult:
+        if "client" not in vars(self):
+            self.client = _Client(self.api_key)
+        return await super().extract(batch)
+
+
+@pytest.mark.parametrize("raised", [ValueError, ConnectionError])
+async def test_a_key_of_a_client_made_by_the_failing_call_itself_is_stored_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    raised: type[BaseException],
+) -> None:
+    """The extractor makes its client in its first call, which fails echoing the key: the
+    first failure's texts show it without the key, as the later ones do. The client's
+    credentials were read only after a prepare, so the first failure was stored as it came."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    extractor = _MakingItsClientOnFirstUse(KEY)
+    extractor.fault = raised(ECHOED)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog)]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [text for text in told if "SECRET" in text], told
+
+
 async def test_a_key_the_client_held_before_it_changed_is_still_taken_out_of_failures(
     make_memory: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -187,3 +187,26 @@ def test_an_exception_showing_no_secret_keeps_the_applications_own_format(
     line = _formatted(ValueError("boom"), monkeypatch)
 
     assert line == "the call failed |  | <ValueError: boom>", line
+
+
+def test_an_exception_naming_a_url_user_but_no_password_keeps_the_applications_own_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A URL's user name is no credential: an exception naming one reaches the application's
+    formatter as it was logged. It lost its exception, as one showing a secret does."""
+    refused = ValueError("could not connect to postgresql://memvee@db.internal:5432/memvee")
+    line = _formatted(refused, monkeypatch)
+
+    assert line.endswith(
+        "| <ValueError: could not connect to postgresql://memvee@db.internal:5432/memvee>"
+    ), line
+
+
+def test_an_exception_showing_a_urls_password_reaches_no_formatter_reading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A password in a URL's user info is a credential however short: the live exception is
+    kept from the formatter, its traceback shown cleaned."""
+    line = _formatted(ValueError("no route to https://memvee:pw@gateway.example/v1"), monkeypatch)
+
+    assert ":pw@" not in line and "https://***@gateway.example/v1" in line, line
