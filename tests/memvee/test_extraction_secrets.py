@@ -52,6 +52,20 @@ async def _errors(memory: Memory, user_id: str) -> list[str]:
     return [*errors, *(m.error for m in await memory.quarantined(user_id))]
 
 
+async def _told_without_the_key(
+    make_memory: Any, extractor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ann's batch fails with ``extractor``'s error echoing the key: every text a user or a
+    handler is told of it names the failure, and none shows the key."""
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog)]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert not [text for text in told if "SECRET" in text], told
+
+
 @pytest.mark.parametrize("raised", [ValueError, ConnectionError, KeyboardInterrupt])
 async def test_an_extractors_error_echoing_the_api_key_is_stored_and_logged_without_it(
     make_memory: Any,
@@ -169,13 +183,7 @@ async def test_a_key_held_only_by_the_extractors_client_is_stored_and_logged_wit
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     extractor = _HoldingItsClient(KEY)
     extractor.fault = raised(ECHOED)
-    memory: Memory = await make_memory(extractor=extractor)
-    await memory.add_exchange("ann", "I like tea", "ok")
-
-    errors = await _errors(memory, "ann")
-    told = [*errors, *_told(memory, "ann", caplog)]
-    assert errors and all("Illegal header value" in error for error in errors), errors
-    assert not [text for text in told if "SECRET" in text], told
+    await _told_without_the_key(make_memory, extractor, caplog)
 
 
 async def test_a_failed_prepare_echoing_the_key_only_the_client_holds_is_stored_without_it(
@@ -188,13 +196,7 @@ async def test_a_failed_prepare_echoing_the_key_only_the_client_holds_is_stored_
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     extractor = _HoldingItsClient(KEY)
     extractor.prepare_fault = ConnectionError(ECHOED)
-    memory: Memory = await make_memory(extractor=extractor)
-    await memory.add_exchange("ann", "I like tea", "ok")
-
-    errors = await _errors(memory, "ann")
-    told = [*errors, *_told(memory, "ann", caplog)]
-    assert errors and all("Illegal header value" in error for error in errors), errors
-    assert not [text for text in told if "SECRET" in text], told
+    await _told_without_the_key(make_memory, extractor, caplog)
 
 
 class _MakingItsClientOnFirstUse(_HoldingItsClient):
@@ -226,13 +228,7 @@ async def test_a_key_of_a_client_made_by_the_failing_call_itself_is_stored_witho
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     extractor = _MakingItsClientOnFirstUse(KEY)
     extractor.fault = raised(ECHOED)
-    memory: Memory = await make_memory(extractor=extractor)
-    await memory.add_exchange("ann", "I like tea", "ok")
-
-    errors = await _errors(memory, "ann")
-    told = [*errors, *_told(memory, "ann", caplog)]
-    assert errors and all("Illegal header value" in error for error in errors), errors
-    assert not [text for text in told if "SECRET" in text], told
+    await _told_without_the_key(make_memory, extractor, caplog)
 
 
 async def test_a_key_the_client_held_before_it_changed_is_still_taken_out_of_failures(
