@@ -2998,6 +2998,25 @@ async def test_the_fallbacks_harmless_request_is_judged_and_kept_as_the_live_pat
         assert (check.input_tokens, check.output_tokens) == (7_000, 1)
 
 
+async def _u0s_check_after_a_harmless_request_failing(
+    db_url: str, users: Any, monkeypatch: pytest.MonkeyPatch, failed: Exception
+) -> Any:
+    """Run the fallback twice, the second time with its billed harmless request after u0's
+    lone failed call failing with ``failed``: the check kept in u0's log."""
+
+    async def failing(*args: Any) -> tuple[TokenUsage, Exception]:
+        return TokenUsage(7_000, 1), failed
+
+    with Audit(db_url=db_url) as audit:
+        await _run(audit, users=users)
+        monkeypatch.setattr(memvee.audit, "harmless_request", failing)
+        await _run(audit, users=users)
+        (check,) = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+    return check
+
+
 async def test_the_fallbacks_harmless_request_echoing_the_key_never_stores_or_logs_it(
     db_url: str,
     server: MessagesAPIServer,
@@ -3013,18 +3032,10 @@ async def test_the_fallbacks_harmless_request_echoing_the_key_never_stores_or_lo
     server.set_responder(_u0s_lone_message_failing_its_direct_call)
     key = os.environ["ANTHROPIC_API_KEY"]
 
-    async def echoing_the_key(*args: Any) -> tuple[TokenUsage, Exception]:
-        return TokenUsage(7_000, 1), ValueError(f"Illegal header value b'{key}\\n'")
-
-    with Audit(db_url=db_url) as audit:
-        await _run(audit, users=users)
-        monkeypatch.setattr(memvee.audit, "harmless_request", echoing_the_key)
-        await _run(audit, users=users)
-        (check,) = [
-            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
-        ]
-        assert check.error is not None and "Illegal header value" in check.error
-        assert key not in check.error, check.error
+    failed = ValueError(f"Illegal header value b'{key}\\n'")
+    check = await _u0s_check_after_a_harmless_request_failing(db_url, users, monkeypatch, failed)
+    assert check.error is not None and "Illegal header value" in check.error
+    assert key not in check.error, check.error
     told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
     assert any("Illegal header value" in line for line in told), told
     assert not [line for line in told if key in line], told
@@ -3046,16 +3057,8 @@ async def test_the_fallbacks_harmless_request_echoing_a_secret_of_the_environmen
     users = await _users_saying_they_like_tea(db_url, 2)
     server.set_responder(_u0s_lone_message_failing_its_direct_call)
 
-    async def echoing_the_secret(*args: Any) -> tuple[TokenUsage, Exception]:
-        return TokenUsage(7_000, 1), ValueError(f"bad header {secret}")
-
-    with Audit(db_url=db_url) as audit:
-        await _run(audit, users=users)
-        monkeypatch.setattr(memvee.audit, "harmless_request", echoing_the_secret)
-        await _run(audit, users=users)
-        (check,) = [
-            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
-        ]
+    failed = ValueError(f"bad header {secret}")
+    check = await _u0s_check_after_a_harmless_request_failing(db_url, users, monkeypatch, failed)
     told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
     assert any("bad header" in line for line in told), told
     assert not [text for text in (check.error, *told) if "SECRET" in (text or "")], told
