@@ -21,6 +21,7 @@ import pykka
 from pykka import ActorRegistry
 
 from actors._bridge import BridgedFuture, shared_lock
+from events.credentials import log_failure
 
 __all__ = ["Dispatcher", "PooledActor"]
 
@@ -172,6 +173,11 @@ class PooledActor(pykka.Actor):
         self.actor_stopped = self.actor_ref.actor_stopped = stopped  # type: ignore[assignment]
         self._dispatcher = dispatcher
 
+    def _credentials(self) -> tuple[str, ...]:
+        """The credentials, beyond the environment's, that no log line of this actor's may
+        show: none here; an actor handling an extractor's answers tells its clients'."""
+        return ()
+
     @staticmethod
     def _create_actor_inbox() -> Any:
         return _Inbox()
@@ -207,9 +213,16 @@ class PooledActor(pykka.Actor):
             response = self._handle_receive(envelope.message)
             if envelope.reply_to is not None:
                 envelope.reply_to.set(response)
-        except Exception:
+        except Exception as error:
             if envelope.reply_to is not None:
-                log.debug("exception returned from %s to its caller", self, exc_info=True)
+                log_failure(
+                    log,
+                    logging.DEBUG,
+                    error,
+                    self._credentials(),
+                    "exception returned from %s to its caller",
+                    self,
+                )
                 envelope.reply_to.set_exception()
             else:
                 self._handle_failure(*sys.exc_info())

@@ -36,7 +36,7 @@ from events import (
     TokenUsage,
     check_result,
 )
-from events.credentials import carried_by, configured_secrets, redact
+from events.credentials import carried_by, configured_secrets, log_failure, redact
 from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
@@ -331,8 +331,11 @@ class ExtractionWorkers:
         closing = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
             closing.result(timeout=_UNWIND_SECONDS + 10)
-        except Exception:
-            log.exception("closing the extractor failed")
+        except Exception as error:
+            self._gather()  # a client made since the last batch holds a key its error may show
+            log_failure(
+                log, logging.ERROR, error, self.credentials(), "closing the extractor failed"
+            )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

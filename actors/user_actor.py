@@ -56,7 +56,7 @@ from events import (
     UserLog,
     user_log_id,
 )
-from events.credentials import redact
+from events.credentials import log_failure, redact
 from events.errors import (
     FORGOTTEN_REASON,
     EveryRequestRefusedError,
@@ -197,12 +197,15 @@ class UserActor(PooledActor):
         never sends the same batch to the extractor for ever.
         """
         running, spent = self._running, (self._task_knowledge, self._task_covered)
-        log.error(
+        log_failure(
+            log,
+            logging.ERROR,
+            error,
+            self._credentials(),
             "user %r: an unexpected error in its actor (task running: %s); its tasks end "
             "FAILED and the user is loaded again from the log",
             self.user_id,
             running,
-            exc_info=error,
         )
         reason = f"{FAULT_REASON} ({self._describe(error)})"
         ran = tuple(t for t in (running, *self._unended) if t is not None)
@@ -528,8 +531,14 @@ class UserActor(PooledActor):
                 if isinstance(refused, StorageError):
                     outcome = StorageError(f"could not record the outcome: {refused}")
             except Exception as error:  # a defect this answer meets: retried, it would again
-                log.exception(
-                    "user %r: task %s: recording the outcome failed", self.user_id, task_id
+                log_failure(
+                    log,
+                    logging.ERROR,
+                    error,
+                    self._credentials(),
+                    "user %r: task %s: recording the outcome failed",
+                    self.user_id,
+                    task_id,
                 )
                 outcome = InvalidExtractionError(
                     f"its answer could not be recorded: {self._describe(error)}"
@@ -1251,6 +1260,12 @@ class UserActor(PooledActor):
         interval = self._services.settings.checkpoint_interval
         return version // interval if interval else 0
 
+    def _credentials(self) -> tuple[str, ...]:
+        """The credentials none of this actor's log lines may show: the environment's and
+        those of the extractor's clients, whose answers and errors it handles
+        (:meth:`ExtractionWorkers.credentials`)."""
+        return self._services.workers.credentials()
+
     def _describe(self, error: BaseException) -> str:
         """``error`` as a task's failure text, logged and stored in the user's log: its first
         line (no statement or parameters a database error carries), named by its type
@@ -1260,7 +1275,7 @@ class UserActor(PooledActor):
             text = str(error) or type(error).__name__
         else:
             text = f"{type(error).__name__}: {first_line(error)}"
-        return redact(text, self._services.workers.credentials())
+        return redact(text, self._credentials())
 
 
 _NO_USAGE = TokenUsage()

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import re
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Final
@@ -28,6 +29,7 @@ __all__ = [
     "client_secrets",
     "configured_secrets",
     "credentials_of",
+    "log_failure",
     "mask_url_userinfo",
     "redact",
     "shown_error",
@@ -143,6 +145,29 @@ def shown_error(error: BaseException, extractor: object) -> str:
     (:func:`credentials_of`), as an error may echo a key (an HTTP header refused for the
     newline a key read from a file kept)."""
     return redact(first_line(error), credentials_of(extractor))
+
+
+def log_failure(
+    logger: logging.Logger,
+    level: int,
+    error: BaseException,
+    secrets: Sequence[str],
+    msg: str,
+    *args: object,
+) -> None:
+    """Log ``msg % args`` at ``level`` with ``error``'s traceback, showing none of
+    ``secrets``. A traceback showing one (or a URL's password) goes as text cleaned of it
+    after the message, not as the live exception, which a formatter reading ``exc_info``
+    would show whole (a logger's filter knows the environment's credentials, not those an
+    extractor's client holds); one showing none goes as ``exc_info``, for the
+    application's own format."""
+    if not logger.isEnabledFor(level):
+        return
+    trace = "".join(traceback.format_exception(error)).rstrip()
+    if shows_credentials(trace, secrets):
+        logger.log(level, f"{msg}\n%s", *args, redact(trace, secrets), stacklevel=2)
+    else:
+        logger.log(level, msg, *args, exc_info=error, stacklevel=2)
 
 
 def mask_url_userinfo(text: str) -> str:

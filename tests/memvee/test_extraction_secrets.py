@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from actors.user_actor import FAULT_REASON, UserActor
 from events import ExtractionBatch, ExtractionResult, HarmlessRequests, TokenUsage
 from events.errors import ExtractorAccessRefusedError
 from memvee import Memory
@@ -325,3 +326,88 @@ async def test_a_short_gateway_password_is_taken_out_of_urls_only(
         "response is missing its 'facts' list (https://***@gateway.example.com/v1)" in error
         for error in errors
     ), errors
+
+
+def _traceback_text_shown(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Each record's live exception as a formatter reading ``exc_info`` shows it."""
+    formatter = logging.Formatter()
+    return [formatter.formatException(r.exc_info) for r in caplog.records if r.exc_info]
+
+
+async def test_a_fault_in_the_users_actor_echoing_the_clients_own_key_is_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A defect met while the user's actor handles the extractor's answer echoes the key
+    the extractor's client alone holds: the actor starts afresh, and the line logged of the
+    fault tells it with its traceback cleaned of the key; no record's live exception, which
+    a formatter reads, shows it. The fault was logged with its live exception, key and all."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+    def faulting(self: UserActor, task_id: str, outcome: object) -> None:
+        raise RuntimeError(ECHOED)
+
+    monkeypatch.setattr(UserActor, "extraction_done", faulting)
+    memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _processed(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog), *_traceback_text_shown(caplog)]
+    faults = [r.getMessage() for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert errors and all(FAULT_REASON in error for error in errors), errors
+    assert faults and all("Illegal header value b'[redacted]" in line for line in faults), faults
+    assert not [text for text in told if "SECRET" in text], told
+
+
+async def test_a_defect_recording_an_answer_echoing_the_clients_own_key_is_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recording the extractor's answer meets a defect echoing the key its client alone
+    holds: the batch fails, and neither the line logged of it nor any record's live
+    exception shows the key. The line was logged with its live exception, key and all."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+
+    def faulting(self: UserActor, user_log: object, result: object) -> list[str]:
+        raise RuntimeError(ECHOED)
+
+    monkeypatch.setattr(UserActor, "_record", faulting)
+    memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    errors = await _errors(memory, "ann")
+    told = [*errors, *_told(memory, "ann", caplog), *_traceback_text_shown(caplog)]
+    failed = [r.getMessage() for r in caplog.records if "recording the outcome" in r.getMessage()]
+    assert errors and all("Illegal header value" in error for error in errors), errors
+    assert failed and all("Illegal header value b'[redacted]" in line for line in failed), failed
+    assert not [text for text in told if "SECRET" in text], told
+
+
+class _FailingToClose(_HoldingItsClient):
+    """A custom extractor whose ``aclose`` fails echoing the key its client holds."""
+
+    name = "failing-to-close"
+
+    async def aclose(self) -> None:
+        raise ConnectionError(ECHOED)
+
+
+async def test_an_extractor_failing_to_close_echoing_its_clients_key_is_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Memory closes and the extractor's ``aclose`` fails echoing the key its client
+    alone holds: the line logged of it tells the failure cleaned of the key, and no
+    record's live exception shows it. It was logged with its live exception, key and all."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    memory: Memory = await make_memory(extractor=_FailingToClose(KEY))
+
+    await memory.close()
+
+    told = [caplog.text, *(r.getMessage() for r in caplog.records)]
+    closing = [r.getMessage() for r in caplog.records if "closing the extractor" in r.getMessage()]
+    assert closing and all("Illegal header value b'[redacted]" in line for line in closing)
+    assert not [text for text in [*told, *_traceback_text_shown(caplog)] if "SECRET" in text]
