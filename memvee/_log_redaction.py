@@ -3,8 +3,8 @@
 HTTP clients log the URL of every request, user info included (a gateway's
 ``ANTHROPIC_BASE_URL=http://user:password@host``), and a library's text may show a key.
 :class:`RedactSecrets` cleans a record of both: memvee puts it on the handlers it sets
-up (``memvee serve``, ``memvee mcp``, the CLI), on its own loggers when a Memory opens
-(:data:`OWN_LOGGERS`) and on the loggers of the API clients it makes, so neither its own
+up (``memvee serve``, ``memvee mcp``, the CLI), on its own loggers when a Memory or an
+Audit opens (:data:`OWN_LOGGERS`) and on the loggers of the API clients it makes, so neither its own
 logs nor an application's handlers show a credential.
 """
 
@@ -18,7 +18,7 @@ from typing import Final
 from events.credentials import shows_credentials
 from memvee._secrets import configured_secrets, redact
 
-__all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers"]
+__all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers", "protect_own_loggers"]
 
 OWN_LOGGERS: Final = (
     "memvee",
@@ -111,3 +111,10 @@ def protect_loggers(prefixes: Iterable[str]) -> None:
             logger = logging.getLogger(name)
             if not any(isinstance(each, RedactSecrets) for each in logger.filters):
                 logger.addFilter(RedactSecrets())
+
+
+def protect_own_loggers() -> None:
+    """Put a :class:`RedactSecrets` on every logger memvee logs on (:data:`OWN_LOGGERS`),
+    once each: an application's handlers may carry no filter, and a Memory or an Audit
+    (a process that only re-extracts) may be the first of memvee's objects it opens."""
+    protect_loggers(OWN_LOGGERS)

@@ -55,7 +55,7 @@ from events import (
 )
 from events.errors import first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
-from memvee._log_redaction import OWN_LOGGERS, protect_loggers
+from memvee._log_redaction import protect_own_loggers
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._task import ProcessStatus, ProcessTask
 from memvee.embedders import Embedder, LocalDefaultEmbedder
@@ -269,7 +269,7 @@ class Memory:
             return self
         self._loop = asyncio.get_running_loop()
         self._closing = False
-        protect_loggers(OWN_LOGGERS)  # an application's handlers may carry no filter
+        protect_own_loggers()
         extractor = self._extractor
         if extractor is None:
             extractor = await asyncio.to_thread(

@@ -100,6 +100,7 @@ from events.user_log import (
 from memvee._config import DEFAULT_ALPHA, SEARCH_EMBED_SECONDS, check_alpha
 from memvee._event_lines import EVENT_TYPES, describe
 from memvee._held_run import HeldRun
+from memvee._log_redaction import protect_own_loggers
 from memvee._retrieval import RetrievalResult, Retriever, check_query
 from memvee._secrets import shown_error
 from memvee.embedders import Embedder
@@ -536,6 +537,7 @@ class Audit:
     def __init__(
         self, db_path: str = "memvee.db", db_url: str | None = None, *, create: bool = True
     ) -> None:
+        protect_own_loggers()  # a process may open Audits alone: no Memory put the filter on
         if db_url is None and not create:
             check_db_path(db_path, name="db_path", url_name="db_url")
             _check_database_file(db_path)  # before sqlite_url, which makes the file's folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from memvee import (
     StorageError,
 )
 from memvee._held_run import HeldRun
+from memvee._log_redaction import OWN_LOGGERS, RedactSecrets
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor, OfflineExtractor
@@ -1055,3 +1057,55 @@ async def test_a_decision_that_meets_a_conflict_is_retried_after_a_growing_pause
         monkeypatch.setattr(audit.store, "append", append)
         assert audit._decide("ann", lambda log: "decided") == "decided"
     assert len(pauses) == 3 and pauses == sorted(pauses) and 0 < pauses[0] < 0.1
+
+
+class _ApplicationsHandler(logging.Handler):
+    """An application's own handler on memvee's loggers, with no filter of memvee's: it
+    keeps each record as a formatter reading the live exception shows it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        live = self.formatException(record.exc_info) if record.exc_info else ""
+        self.shown.append(f"{record.getMessage()} | {record.exc_text or ''} | {live}")
+
+    def formatException(self, ei: Any) -> str:
+        return f"<{ei[0].__name__}: {ei[1]}>"
+
+
+def test_an_audit_opened_without_a_memory_keeps_the_environments_key_from_the_applications_handler(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process opens only Audits (``memvee reextract``, a re-extraction script), no
+    Memory: the records memvee logs reach the application's handler without the API key,
+    in their message or their exception, and each logger carries one filter however many
+    Audits opened. The records reached it raw."""
+    key = "sk-ant-audit-DO-NOT-LEAK-42"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    for name in [*OWN_LOGGERS, *logging.root.manager.loggerDict]:
+        if name in OWN_LOGGERS or name.startswith("memvee."):
+            logger = logging.getLogger(name)
+            kept = [each for each in logger.filters if not isinstance(each, RedactSecrets)]
+            monkeypatch.setattr(logger, "filters", kept)  # as in a process no Memory opened
+    handler = _ApplicationsHandler()
+    logging.getLogger("memvee").addHandler(handler)
+    try:
+        with Audit(db_url=db_url), Audit(db_url=db_url):
+            for name in OWN_LOGGERS:
+                try:
+                    raise ValueError(f"Illegal header value b'{key}'")
+                except ValueError:
+                    logging.getLogger(name).error(
+                        "%s: re-extraction with %s", name, key, exc_info=True
+                    )
+    finally:
+        logging.getLogger("memvee").removeHandler(handler)
+
+    assert handler.shown and not [line for line in handler.shown if "DO-NOT-LEAK" in line]
+    assert all("re-extraction with [redacted]" in line for line in handler.shown), handler.shown
+    held = {name: logging.getLogger(name).filters for name in OWN_LOGGERS}
+    assert {
+        name: sum(isinstance(f, RedactSecrets) for f in filters) for name, filters in held.items()
+    } == dict.fromkeys(OWN_LOGGERS, 1)
