@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 from events.credentials import shows_credentials
 from memvee._secrets import configured_secrets, redact
 
-__all__ = ["OWN_LOGGERS", "RedactSecrets", "protect_loggers", "protect_own_loggers"]
+__all__ = [
+    "OWN_LOGGERS",
+    "RedactSecrets",
+    "exception_type",
+    "protect_loggers",
+    "protect_own_loggers",
+]
 
 OWN_LOGGERS: Final = (
     "memvee",
@@ -40,6 +47,21 @@ _RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "ascti
 
 _installing = threading.Lock()
 
+_taken_off: weakref.WeakKeyDictionary[logging.LogRecord, type[BaseException]] = (
+    weakref.WeakKeyDictionary()
+)
+"""The type of each live exception a :class:`RedactSecrets` took off a record, for as long
+as the record lives: kept aside, not on the record, where a formatter would show it."""
+
+
+def exception_type(record: logging.LogRecord) -> type[BaseException] | None:
+    """The type of the exception ``record`` was logged with, if any, even once a
+    :class:`RedactSecrets` took the live exception off it: a filter deciding by it (the
+    CLI's, hiding a library's report of a Ctrl-C) then holds whichever filter runs first."""
+    if record.exc_info and record.exc_info[0] is not None:
+        return record.exc_info[0]
+    return _taken_off.get(record)
+
 
 class RedactSecrets(logging.Filter):
     """Rewrites a record's message, exception text, stack and string extras with the user
@@ -52,7 +74,8 @@ class RedactSecrets(logging.Filter):
     A record's exception whose traceback shows one of them (or a URL's password) reaches
     the handlers as that traceback cleaned (``exc_text``) and without ``exc_info``: a
     formatter that reads the live exception (JSON, Sentry, structlog) gets no exception
-    rather than the secret its text shows; one whose traceback shows none is left as it
+    rather than the secret its text shows (the type stays known to :func:`exception_type`,
+    for a filter deciding by it); one whose traceback shows none is left as it
     was, for the application's own ``formatException``. A secret held only in an
     exception's attributes or its frames' locals, not in its text, is not looked for. No
     other secret is known here: memvee logs an extractor's failure, whose text may show its
@@ -79,6 +102,8 @@ class RedactSecrets(logging.Filter):
             shown = logging.Formatter().formatException(record.exc_info)
         if shown and shows_credentials(shown, secrets):
             # The live exception would show it to whoever reads it.
+            if record.exc_info and record.exc_info[0] is not None:
+                _taken_off[record] = record.exc_info[0]
             record.exc_text, record.exc_info = self.clean(shown, secrets), None
         if record.stack_info:
             record.stack_info = self.clean(record.stack_info, secrets)

@@ -65,7 +65,7 @@ from events.errors import (
 from events.file_hold import HELD_SUFFIX
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
-from memvee._log_redaction import RedactSecrets
+from memvee._log_redaction import RedactSecrets, exception_type
 from memvee._server import register_commands
 from memvee.audit import (
     DIRECT_LIMIT,
@@ -1498,7 +1498,7 @@ def _log_warnings_but_not_interrupts() -> None:
     credential is printed (see :class:`RedactSecrets`), nor a control character sent."""
 
     def not_an_interrupt(record: logging.LogRecord) -> bool:
-        kind = record.exc_info[0] if record.exc_info else None
+        kind = exception_type(record)  # also once a redacting filter took the exception off
         return kind is None or not issubclass(kind, KeyboardInterrupt)
 
     handler = logging.StreamHandler()

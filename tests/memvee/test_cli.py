@@ -26,6 +26,7 @@ import memvee.extractors._default
 from actors.database_claim import VERIFY, claim_alone
 from events import EventStore, UserLog, sqlite_url, user_log_id
 from memvee import InvalidInputError, Memory, MemoryConfig
+from memvee._log_redaction import RedactSecrets
 from memvee.audit import Audit
 from memvee.cli import app
 from memvee.extractors import OfflineExtractor
@@ -231,6 +232,31 @@ def _warnings_printed_as_the_command_line_prints_them() -> Iterator[None]:
         yield
     finally:
         root.handlers[:] = before
+
+
+@pytest.mark.parametrize("redacted_by", ["its logger", "the handler, first"])
+def test_a_librarys_report_of_a_ctrl_c_whose_traceback_shows_a_password_is_not_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, redacted_by: str
+) -> None:
+    """A Ctrl-C stops a library's cleanup while it handles an error showing a URL's
+    password: the redacting filter takes the live exception off the record, whether its
+    logger's (memvee's own, an API client's) or the handler's ran first, and the report is
+    still not printed. It was printed, its traceback cleaned, as the interrupt went unseen."""
+    pool = logging.getLogger("memvee_test_cli.pool")
+    if redacted_by == "its logger":
+        monkeypatch.setattr(pool, "filters", [RedactSecrets()])
+    with _warnings_printed_as_the_command_line_prints_them():
+        if redacted_by == "the handler, first":
+            logging.getLogger().handlers[-1].filters.reverse()
+        try:
+            raise ConnectionError("closing postgresql://memvee:pw-DO-NOT-LEAK@db/memvee")
+        except ConnectionError:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                pool.error("Exception closing connection", exc_info=True)
+        logging.getLogger("memvee").warning("a warning the user should see")
+    assert capsys.readouterr().err == "a warning the user should see\n"
 
 
 def test_a_warning_quoting_stored_text_shows_its_escape_sequences_instead_of_sending_them(
