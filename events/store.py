@@ -505,6 +505,93 @@ def _driver_commit(connection: Connection) -> None:
         raise sqlalchemy.exc.DBAPIError.instance("COMMIT", None, error, sqlite3.Error) from error
 
 
+def _discard(connection: Connection, what: str) -> None:
+    """Close ``connection`` (called ``what`` in the log) for good after a failed
+    transaction, whatever closing it raises: an open one keeps its transaction, and on
+    SQLite the write lock every other writer waits for, until it is garbage-collected.
+
+    When SQLAlchemy's invalidation fails, the driver's own connection is closed, which
+    rolls its transaction back. A failure here is logged, never raised: the caller is
+    raising the failure of the transaction, and that is the one to tell.
+    """
+    driver = _driver_connection(connection)
+    invalidated = False
+    try:
+        connection.invalidate()
+        invalidated = True
+    except Exception as error:
+        _log_discard_failure(what, "invalidated", error)
+    finally:
+        if not invalidated:  # a KeyboardInterrupt too: the lock is freed before it goes on
+            _close_driver(driver, what)
+    try:
+        connection.close()
+    except Exception as error:
+        _log_discard_failure(what, "closed", error)
+        _close_driver(driver, what)
+
+
+def _driver_connection(connection: Connection) -> Any:
+    """The driver's own connection under ``connection``, ``None`` once SQLAlchemy let
+    go of it (invalidated, closed: it is closed already)."""
+    if connection.invalidated or connection.closed:
+        return None
+    return connection.connection.dbapi_connection
+
+
+def _close_driver(driver: Any, what: str) -> None:
+    """Close the driver's connection ``driver`` of ``what``, the discard's last resort:
+    closing without a commit rolls its transaction back. Closing one twice does nothing."""
+    if driver is None:
+        return
+    try:
+        driver.close()
+    except Exception as error:
+        _log_discard_failure(what, "closed by its driver", error)
+
+
+def _log_discard_failure(what: str, done: str, error: Exception) -> None:
+    """Tell that ``what`` could not be ``done`` while it was discarded, and why: the
+    failure is not raised (the transaction's own is), so the log is where it is seen."""
+    log.warning(
+        "%s, discarded after a failed transaction, could not be %s: %s",
+        what,
+        done,
+        first_line(error),
+    )
+    log.debug("discarding %s failed", what, exc_info=True)
+
+
+@contextmanager
+def _transaction_on(connection: Connection, safe_url: str) -> Iterator[Connection]:
+    """A transaction on ``connection``, of the pool of the database at ``safe_url``,
+    committed if its body succeeds (SQLAlchemy's ``Engine.begin``, but total on failure).
+
+    Failed, it is rolled back and the connection handed back to the pool; if either of
+    those fails, the connection is discarded (:func:`_discard`) and the failure logged,
+    and the body's (or the commit's) own failure is the one raised, not the rollback's.
+    """
+    try:
+        transaction = connection.begin()
+    except BaseException:
+        _discard(connection, f"a connection to {safe_url}")
+        raise
+    try:
+        yield connection
+        transaction.commit()
+    except BaseException:
+        try:
+            if transaction.is_active:
+                transaction.rollback()
+            connection.close()
+        except Exception as error:
+            what = f"a connection to {safe_url}"
+            _log_discard_failure(what, "rolled back and handed back to the pool", error)
+            _discard(connection, what)
+        raise
+    connection.close()
+
+
 class _WriterTransaction:
     """A write transaction of a SQLite store on its one writer connection, under its write
     lock: a class, not a generator, as it is entered on every write (a generator's
@@ -569,8 +656,7 @@ class _WriterTransaction:
     def _discard(self, connection: Connection) -> None:
         """Close the writer's connection for good, not handed back to the pool."""
         self._store._writer = None
-        connection.invalidate()
-        connection.close()
+        _discard(connection, f"the writer's connection to {self._store.safe_url}")
 
 
 _IN_MEMORY_REFUSED = (
@@ -970,7 +1056,7 @@ class EventStore:
         write lock (:class:`_WriterTransaction`); elsewhere on a pooled connection."""
         lock = self._datastore.write_lock
         if lock is None:
-            return self.engine.begin()
+            return _transaction_on(self.engine.connect(), self.safe_url)
         return _WriterTransaction(self, lock)
 
     def load(self, user_id: str) -> UserLog | None:

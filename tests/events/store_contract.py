@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
 from eventsourcing.domain import Snapshot
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import Connection, Transaction
+from sqlalchemy.pool import NullPool
 
 from events import (
     ConflictError,
     EventStore,
     ExtractedFact,
+    InvalidInputError,
     Recorded,
     StorageError,
     UserLog,
@@ -487,6 +493,85 @@ class EventStoreContract:
             cwd=Path(__file__).resolve().parents[2],
         )
         assert out.stdout.strip() == "1"
+
+    @pytest.mark.parametrize(
+        "failing",
+        # A connection of the pool (PostgreSQL's) is invalidated only once a rollback failed.
+        [("rollback", "invalidate"), ("close",), ("rollback", "invalidate", "close")],
+        ids=["invalidate", "close", "every-step"],
+    )
+    def test_a_failed_write_whose_connection_fails_to_close_raises_its_own_error_and_frees_the_lock(
+        self,
+        store: EventStore,
+        url: str,
+        failing: Sequence[str],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Closing a failed write's connection fails: the caller is told the write's own
+        failure, the connection's transaction (and on SQLite the write lock) ends at once
+        all the same, and the failure to close it is logged."""
+        store.append([UserLog.register("cy").collect_events()])
+        armed = _fail_on_the_refused_connection(failing, monkeypatch)
+
+        def refuse(connection: Connection, _: list[Recorded]) -> None:
+            armed.append(connection)
+            raise InvalidInputError("the projection refused the write")
+
+        dee = UserLog.register("dee").collect_events()
+        with (
+            caplog.at_level(logging.WARNING, logger="memvee.events"),
+            pytest.raises(InvalidInputError, match="the projection refused the write"),
+        ):
+            store.append([dee], refuse)
+
+        started = time.monotonic()
+        _take_the_writers_lock(url, within_seconds=2)
+        assert time.monotonic() - started < 2
+        store.append([dee])
+        assert store.load("dee") is not None
+        assert any(
+            "discarded after a failed transaction" in r.getMessage()
+            and any(f"{step} failed" in r.getMessage() for step in failing)
+            for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+
+
+def _fail_on_the_refused_connection(
+    failing: Sequence[str], monkeypatch: pytest.MonkeyPatch
+) -> list[Connection]:
+    """Make each of ``failing`` (``rollback``, ``invalidate``, ``close``) raise on the
+    connections put in the list returned, and on no other."""
+    armed: list[Connection] = []
+    for name in failing:
+        owner: type[Connection | Transaction] = Transaction if name == "rollback" else Connection
+        real = getattr(owner, name)
+
+        def fails(self: Any, *args: Any, _name: str = name, _real: Any = real, **kw: Any) -> Any:
+            connection = self.connection if isinstance(self, Transaction) else self
+            if any(connection is a for a in armed):
+                raise RuntimeError(f"{_name} failed")
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(owner, name, fails)
+    return armed
+
+
+def _take_the_writers_lock(url: str, *, within_seconds: int) -> None:
+    """Take every writer's lock on the log from a connection of another engine, waiting
+    ``within_seconds`` at most, and let it go."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {within_seconds * 1000}")
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                connection.exec_driver_sql(f"SET lock_timeout = '{within_seconds}s'")
+                connection.exec_driver_sql("LOCK TABLE memvee_events IN EXCLUSIVE MODE")
+            connection.rollback()
+    finally:
+        engine.dispose()
 
 
 def _where(found: list[Recorded]) -> list[tuple[int, UUID, int]]:
