@@ -75,8 +75,8 @@ class Busy:
 class FailedTellingNothing:
     """It failed in a way that tells nothing of the failed calls (``error`` says how): one
     that would repeat (a refusal, a bug), a probe of a refusal that failed or was refused
-    too (which may pass), or a busy check read back from the log, where :class:`Busy` is
-    stored as this. The failed calls split their batches as before."""
+    too (which may pass), or a busy check an older memvee stored, before it told
+    :class:`Busy` apart. The failed calls split their batches as before."""
 
     error: str
     blames_no_message: ClassVar[bool] = False

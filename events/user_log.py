@@ -55,6 +55,7 @@ from events.extraction import (
 )
 from events.harmless import (
     Answered,
+    Busy,
     CheckVerdict,
     CredentialsRefused,
     FailedTellingNothing,
@@ -393,13 +394,16 @@ class UserLog(Aggregate):
         (``refused``: a 401 or 403, every request refused, so neither is either; stored only
         when true, absent from events recorded before it, and stored with ``outage`` so that
         an older memvee leaves the calls out too), else the ``error`` that made it
-        tell nothing (it failed in a way that would repeat), and what it cost, for ``memvee
-        stats``. A refused check keeps its ``error`` too, saying which refusal it met. The
-        ``reextract --batch-api`` fallback's harmless request after a lone failed call, and
-        a probe of a Message Batch's refusal whose request's failure was not kept (another
-        run recorded it first), are kept so for what they cost alone: they name no failed
-        call, so they change no evidence. :attr:`verdict` reads the flags as one
-        :data:`events.harmless.CheckVerdict`."""
+        tell nothing (it failed in a way that would repeat, or the API was ``busy``: rate
+        limited or asked to wait; stored only when true, absent from events recorded before
+        it, which read back as failures telling nothing, as they always did), and what it
+        cost, for ``memvee stats``. A refused check keeps its ``error`` too, saying which
+        refusal it met. The ``reextract --batch-api`` fallback's harmless request after a
+        lone failed call, and a probe of a Message Batch's refusal whose request's failure
+        was not kept (another run recorded it first), are kept so for what they cost alone:
+        they name no failed call, so they change no evidence. :attr:`verdict` reads the
+        flags as one :data:`events.harmless.CheckVerdict`. An older memvee reads a busy
+        check, without ``busy``, as a failure telling nothing, which it is for the calls."""
 
         knowledge_version: str
         failed_calls: list[list[str]]
@@ -412,18 +416,20 @@ class UserLog(Aggregate):
         output_tokens: int | None = None
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
+        busy: bool = False
 
         @property
         def verdict(self) -> CheckVerdict:
             """How the request fared, read off the stored flags (of any memvee's events): a
-            busy API was stored as a failure telling nothing, which it is for the calls."""
+            busy API that a memvee before ``busy`` stored reads back as a failure telling
+            nothing, which it is for the calls."""
             told = (self.error or "").strip()
             if self.refused:
                 return CredentialsRefused(told or "HTTP 401 or 403")
             if self.outage:
                 return Outage()
             if told:
-                return FailedTellingNothing(told)
+                return Busy(told) if self.busy else FailedTellingNothing(told)
             return Answered()
 
         def apply(self, log: UserLog) -> None:
@@ -1151,6 +1157,7 @@ class UserLog(Aggregate):
             outage=verdict.blames_no_message,
             error=storable(error) if error else None,
             refused=isinstance(verdict, CredentialsRefused),
+            busy=isinstance(verdict, Busy),
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
             model=_label(model, MAX_MODEL_CHARS),
             **_usage_fields(usage),

@@ -159,13 +159,12 @@ def test_a_failure_stores_its_whole_flag_only_when_it_is_set(tmp_path: Path) -> 
         store.close()
 
 
-def test_a_check_reads_back_as_the_verdict_it_recorded_a_busy_api_as_telling_nothing(
+def test_a_check_reads_back_as_the_verdict_it_recorded_a_busy_api_included(
     tmp_path: Path,
 ) -> None:
     """Each verdict of a harmless request is stored as the flags every memvee reads
-    (``outage``, ``refused`` only when true, ``error``) and read back as itself; a busy
-    API, which no stored flag tells apart, reads back as a failure telling nothing, which
-    it is for the failed calls (both leave them as evidence)."""
+    (``outage``, ``refused`` and ``busy`` only when true, ``error``) and read back as
+    itself: a busy API as busy, not as a failure telling nothing."""
     recorded = [
         Answered(),
         Outage(),
@@ -182,22 +181,47 @@ def test_a_check_reads_back_as_the_verdict_it_recorded_a_busy_api_as_telling_not
         store.append([log.collect_events()])
         stored = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
         flags = [
-            {k: v for k, v in orjson.loads(s.state).items() if k in ("outage", "refused", "error")}
+            {
+                k: v
+                for k, v in orjson.loads(s.state).items()
+                if k in ("outage", "refused", "busy", "error")
+            }
             for s in stored
         ]
         assert flags == [
             {"outage": False, "error": None},
             {"outage": True, "error": None},
             {"outage": True, "refused": True, "error": "HTTP 401"},
-            {"outage": False, "error": "HTTP 429"},
+            {"outage": False, "busy": True, "error": "HTTP 429"},
             {"outage": False, "error": "ValueError: a bug"},
         ]
         checks = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
-        assert [c.verdict for c in checks] == [
-            *recorded[:3],
-            FailedTellingNothing("HTTP 429"),
-            recorded[4],
-        ]
+        assert [c.verdict for c in checks] == recorded
+    finally:
+        store.close()
+
+
+def test_a_busy_check_an_older_memvee_stored_reads_back_as_a_failure_telling_nothing(
+    tmp_path: Path,
+) -> None:
+    """A busy check stored before ``busy`` existed holds its error alone, as a failure
+    telling nothing does: it reads back as one, as it always did, with ``busy`` false."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("ann")
+        ids = [log.add_message("user", f"I like thing {i}.", None, 1000) for i in range(2)]
+        log.record_reextraction_check("v2", [ids], TokenUsage(), Busy("HTTP 429"))
+        store.append([log.collect_events()])
+        (stored,) = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
+        older = {k: v for k, v in orjson.loads(stored.state).items() if k != "busy"}
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE memvee_events SET state = ? WHERE originator_version = ?",
+                (orjson.dumps(older), stored.originator_version),
+            )
+        (check,) = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
+        assert not check.busy
+        assert check.verdict == FailedTellingNothing("HTTP 429")
     finally:
         store.close()
 

@@ -1311,7 +1311,8 @@ def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_
     """Two calls in a row fail with a server error, so the run sends one harmless request
     and stops: however that request fared, the report holds it as one verdict,
     ``memvee reextract`` tells it in a ``check:`` line before the user's ``error:`` line and
-    exits 2, and ``memvee log`` tells what it showed of the failed calls."""
+    exits 2, and ``memvee log`` tells what it showed of the failed calls (its payload
+    whether the API was busy)."""
 
     async def fill() -> None:
         async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
@@ -1348,6 +1349,7 @@ def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_
     assert shown.exit_code == 0, shown.output
     (check,) = json.loads(shown.output)
     assert check["summary"] == f"version 'v2' check after failed calls showed {log_line}"
+    assert check["payload"].get("busy", False) is isinstance(verdict, Busy)
 
 
 def test_a_report_holds_one_verdict_with_its_request_and_its_error_only_where_it_has_one() -> None:
@@ -1546,7 +1548,8 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
     """A harmless request failing with a bug (or a 400), or rate limited (the failed calls
     may have used the account's limit up themselves), shows neither an outage nor an
     answering API: the report, the error's notes and the log say it told nothing and
-    why, and the failed calls split their batches for the next run as after an answer
+    why, the check kept in the user's log reads back as the verdict reported (busy as
+    busy), and the failed calls split their batches for the next run as after an answer
     (background extraction judges it by the same rule)."""
     told = verdict.error
     await _hobbies(make_memory, 0, 5)
@@ -1564,6 +1567,7 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
     assert any(told in r.getMessage() for r in caplog.records)
     (check,) = [e for e in events if isinstance(e, UserLog.ReextractionChecked)]
     assert not check.outage and check.error == told
+    assert check.verdict == verdict
     assert describe(check) == f"version 'v2' check after failed calls showed nothing: {told}"
 
 
