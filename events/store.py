@@ -1877,18 +1877,15 @@ class EventStore:
     def reading(self) -> Iterator[Connection]:
         """A read-only transaction that sees the whole database at one point, while
         writers go on: SQLite's deferred transaction (its snapshot begins at the first
-        read), PostgreSQL's REPEATABLE READ."""
+        read), PostgreSQL's REPEATABLE READ. Failed, the read's own error is raised, not
+        one of ending its transaction (:func:`_transaction_on`)."""
         if self.is_sqlite:
-            with self.engine.connect() as connection, connection.begin():
+            with _transaction_on(self.engine.connect(), self.safe_url) as connection:
                 connection.exec_driver_sql("BEGIN")
                 yield connection
             return
-        with (
-            self.engine.connect().execution_options(
-                isolation_level="REPEATABLE READ"
-            ) as connection,
-            connection.begin(),
-        ):
+        pooled = self.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+        with _transaction_on(pooled, self.safe_url) as connection:
             yield connection
 
     def gaps(self) -> list[tuple[str, int]]:

@@ -536,6 +536,32 @@ class EventStoreContract:
             for r in caplog.records
         ), [r.getMessage() for r in caplog.records]
 
+    def test_a_failed_read_whose_rollback_fails_raises_its_own_error(
+        self,
+        store: EventStore,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Ending a failed read's transaction fails: the reader is told its own failure,
+        the failure to end it is logged, and the next reads go on."""
+        store.append([UserLog.register("cy").collect_events()])
+        armed = _fail_on_the_refused_connection(("rollback",), monkeypatch)
+        with (
+            caplog.at_level(logging.WARNING, logger="memvee.events"),
+            pytest.raises(InvalidInputError, match="the reader gave up"),
+            store.reading() as connection,
+        ):
+            armed.append(connection)
+            assert store.max_position(connection) > 0
+            raise InvalidInputError("the reader gave up")
+
+        assert store.load("cy") is not None
+        assert any(
+            "discarded after a failed transaction" in r.getMessage()
+            and "rollback failed" in r.getMessage()
+            for r in caplog.records
+        ), [r.getMessage() for r in caplog.records]
+
 
 def _fail_on_the_refused_connection(
     failing: Sequence[str], monkeypatch: pytest.MonkeyPatch
