@@ -550,7 +550,7 @@ def _close_driver(driver: Any, what: str) -> None:
         _log_discard_failure(what, "closed by its driver", error)
 
 
-def _log_discard_failure(what: str, done: str, error: Exception) -> None:
+def _log_discard_failure(what: str, done: str, error: BaseException) -> None:
     """Tell that ``what`` could not be ``done`` while it was discarded, and why: the
     failure is not raised (the transaction's own is), so the log is where it is seen."""
     log.warning(
@@ -581,13 +581,16 @@ def _transaction_on(connection: Connection, safe_url: str) -> Iterator[Connectio
         transaction.commit()
     except BaseException:
         try:
-            if transaction.is_active:
-                transaction.rollback()
+            # Even an inactive one (a failed COMMIT): rolling it back detaches it, so the
+            # pool rolls the connection back rather than keep its transaction and locks.
+            transaction.rollback()
             connection.close()
-        except Exception as error:
+        except BaseException as error:
             what = f"a connection to {safe_url}"
             _log_discard_failure(what, "rolled back and handed back to the pool", error)
             _discard(connection, what)
+            if not isinstance(error, Exception):
+                raise  # an interrupt goes on once the connection is freed
         raise
     connection.close()
 

@@ -562,12 +562,80 @@ class EventStoreContract:
             for r in caplog.records
         ), [r.getMessage() for r in caplog.records]
 
+    def test_a_write_whose_commit_fails_is_never_committed_later_and_frees_the_lock(
+        self, store: EventStore, url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A write's COMMIT fails before the database ended its transaction: the caller is
+        told, the transaction ends then and there (another writer takes the lock), and no
+        later transaction on the same connection commits the write it was told failed."""
+        store.append([UserLog.register("cy").collect_events()])
+        _fail_the_next_commit(store, monkeypatch)
+        with pytest.raises(Exception, match="the COMMIT was never sent"):
+            store.append([UserLog.register("dee").collect_events()])
+
+        _take_the_writers_lock(url, within_seconds=2)
+        store.append([UserLog.register("eve").collect_events()])
+        assert store.load("dee") is None
+        assert store.load("eve") is not None
+
+    def test_a_read_whose_end_fails_leaves_no_snapshot_to_the_next_read(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ending a read fails: the next read sees the log as it is then, not the failed
+        read's snapshot kept open on a pooled connection."""
+        store.append([UserLog.register("cy").collect_events()])
+        with store.reading() as connection:
+            before = store.max_position(connection)
+        _fail_the_next_commit(store, monkeypatch)
+        with (
+            pytest.raises(Exception, match="the COMMIT was never sent"),
+            store.reading() as connection,
+        ):
+            assert store.max_position(connection) == before
+
+        store.append([UserLog.register("dee").collect_events()])
+        with store.reading() as connection:
+            assert store.max_position(connection) > before
+
+    def test_an_interrupt_while_a_failed_read_ends_hands_its_connection_back_first(
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A Ctrl-C lands while a failed read's transaction is rolled back: it goes on to
+        the caller, but only once the connection is freed (none is left checked out)."""
+        store.append([UserLog.register("cy").collect_events()])
+        pool: Any = store.engine.pool
+        checked_out = pool.checkedout()
+        armed = _fail_on_the_refused_connection(("rollback",), monkeypatch, KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt), store.reading() as connection:
+            armed.append(connection)
+            raise InvalidInputError("the reader gave up")
+
+        assert pool.checkedout() == checked_out
+        assert store.load("cy") is not None
+
+
+def _fail_the_next_commit(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next COMMIT ``store`` sends fail in its driver before it reaches the
+    database (which keeps the transaction open), and the ones after it succeed."""
+    dialect = store.engine.dialect
+    real = dialect.do_commit
+    armed = [True]
+
+    def do_commit(driver_connection: Any) -> None:
+        if armed.pop() if armed else False:
+            raise dialect.loaded_dbapi.OperationalError("the COMMIT was never sent")
+        real(driver_connection)
+
+    monkeypatch.setattr(dialect, "do_commit", do_commit)
+
 
 def _fail_on_the_refused_connection(
-    failing: Sequence[str], monkeypatch: pytest.MonkeyPatch
+    failing: Sequence[str],
+    monkeypatch: pytest.MonkeyPatch,
+    raised: type[BaseException] = RuntimeError,
 ) -> list[Connection]:
-    """Make each of ``failing`` (``rollback``, ``invalidate``, ``close``) raise on the
-    connections put in the list returned, and on no other."""
+    """Make each of ``failing`` (``rollback``, ``invalidate``, ``close``) raise ``raised``
+    on the connections put in the list returned, and on no other."""
     armed: list[Connection] = []
     for name in failing:
         owner: type[Connection | Transaction] = Transaction if name == "rollback" else Connection
@@ -576,7 +644,7 @@ def _fail_on_the_refused_connection(
         def fails(self: Any, *args: Any, _name: str = name, _real: Any = real, **kw: Any) -> Any:
             connection = self.connection if isinstance(self, Transaction) else self
             if any(connection is a for a in armed):
-                raise RuntimeError(f"{_name} failed")
+                raise raised(f"{_name} failed")
             return _real(self, *args, **kw)
 
         monkeypatch.setattr(owner, name, fails)
