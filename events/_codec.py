@@ -9,7 +9,6 @@ compressor, a value orjson would write its own way) to the mapper itself.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
@@ -44,10 +43,9 @@ __all__ = ["Decoder", "Encoder", "Stored"]
 Stored = tuple[Any, int, str, bytes]
 """An event as stored: its log, its version, its topic and its serialized state."""
 
-_EventClass = tuple[type, Callable[[Any], Any] | None, frozenset[str], frozenset[str], int]
+_EventClass = tuple[type, Callable[[Any], Any] | None, frozenset[str], frozenset[str] | None]
 """A class read fast: the class, its id convertor (``None``: the id as it is), its time
-fields, its fields and the most a stored state of it holds."""
-_NOT_STORED = frozenset({"originator_id", "originator_version"})
+fields and its fields (``None``: a class of no known fields, its state taken as it is)."""
 _UNSEEN: Any = object()
 
 
@@ -110,8 +108,10 @@ class Decoder:
         if found is not None:
             event_state = self._parse(state)
             if event_state is not None:
-                cls, convert, times, known, most = found
-                if len(event_state) > most and not known.issuperset(event_state):
+                cls, convert, times, known = found
+                # Not a count of fields: a state may leave a defaulted one out and hold a
+                # newer one.
+                if known is not None and not known.issuperset(event_state):
                     drop_unknown(cls, known, event_state)
                 restore_times(times, event_state)
                 event_state["originator_id"] = (
@@ -132,7 +132,7 @@ class Decoder:
             if self._enabled and getattr(cls, "class_version", 1) == 1:
                 convert = find_id_convertor(cls, id_type)
                 kept = None if convert is pass_through_convertor else convert
-                found = (cls, kept, time_fields(cls), *_fields(cls))
+                found = (cls, kept, time_fields(cls), known_fields(cls))
         except Exception:  # the mapper raises its own error for this event
             found = None
         self._classes[(topic, id_type)] = found
@@ -181,15 +181,6 @@ class Decoder:
                 if type(item) is dict or type(item) is list:
                     value[index] = self._restore(item, left)
         return value
-
-
-def _fields(cls: type) -> tuple[frozenset[str], int]:
-    """The fields of ``cls`` and the most a stored state of it holds: a state holding more
-    has fields a newer memvee added (a class of no known fields is taken as it is)."""
-    known = known_fields(cls)
-    if known is None:
-        return frozenset(), sys.maxsize
-    return known, len(known - _NOT_STORED)
 
 
 class _Unsure(Exception):

@@ -324,12 +324,18 @@ def test_a_snapshot_reads_back_as_eventsourcings_mapper_reads_it(tmp_path: Path)
 ODD_OFFSET_TIME = datetime(2026, 1, 2, 3, 4, 5, tzinfo=ODD_OFFSET)
 
 
+@pytest.mark.parametrize(
+    ("left_out", "added"),
+    [((), "tone"), (("name",), "mood")],  # a field is noted once a process: one each
+    ids=["every field", "a default left out"],
+)
 def test_fields_a_newer_memvee_added_to_an_event_are_read_past_and_logged_once_by_name(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left_out: tuple[str, ...], added: str
 ) -> None:
     """A rolling upgrade: a newer memvee stored a MessageAdded with a field this one does
-    not know. Every decoder reads the event as this memvee knows it, and the log says once
-    which field of which type it passed over, never the value."""
+    not know, beside every field or with one left out for its default (as optional flags
+    are stored only when set). Every decoder reads the event as this memvee knows it, and
+    the log says once which field of which type it passed over, never the value."""
     store = EventStore(sqlite_url(tmp_path / "t.db"))
     try:
         log = UserLog.register("ann")
@@ -345,7 +351,8 @@ def test_fields_a_newer_memvee_added_to_an_event_are_read_past_and_logged_once_b
                         "SELECT state FROM memvee_events WHERE originator_version = ?", (version,)
                     ).scalar_one()
                 )
-                newer = orjson.dumps({**state, "tone": "a secret tone"})
+                kept = {k: v for k, v in state.items() if k not in left_out}
+                newer = orjson.dumps({**kept, added: "a secret tone"})
                 connection.exec_driver_sql(
                     "UPDATE memvee_events SET state = ? WHERE originator_version = ?",
                     (newer, version),
@@ -356,9 +363,9 @@ def test_fields_a_newer_memvee_added_to_an_event_are_read_past_and_logged_once_b
             by_mapper = store._app.mapper.to_domain_event(stored[1])
             followed = [r.event for page in store.follow() for r in page]
         assert [e.content for e in events[1:]] == ["hello", "again"]  # type: ignore[attr-defined]
-        assert all("tone" not in vars(e) for e in [*events, by_mapper, *followed])
+        assert all(added not in vars(e) for e in [*events, by_mapper, *followed])
         assert vars(by_mapper) == vars(events[1])
-        noted = [r.getMessage() for r in caplog.records if "'tone'" in r.getMessage()]
+        noted = [r.getMessage() for r in caplog.records if f"'{added}'" in r.getMessage()]
         assert len(noted) == 1 and "MessageAdded" in noted[0]
         assert "secret" not in caplog.text
     finally:
