@@ -421,7 +421,7 @@ async def test_a_database_failure_as_a_run_claims_a_user_is_a_storage_error_nami
     def deadlocked(connection: Any) -> datetime:
         raise OperationalError("SELECT now()", {}, Exception("deadlock detected"))
 
-    monkeypatch.setattr(bulk_module, "_database_time", deadlocked)
+    monkeypatch.setattr(bulk_module.claims, "_database_time", deadlocked)
     with Audit(db_url=both_backends) as audit, pytest.raises(StorageError) as refused:
         await _run(audit)
     message = str(refused.value)
@@ -441,7 +441,7 @@ async def test_a_database_failure_anywhere_in_a_bulk_run_is_a_storage_error(
     def refused(self: BulkReextraction) -> list[dict[str, Any]]:
         raise OperationalError("SELECT secret_statement", {}, Exception("server closed"))
 
-    monkeypatch.setattr(BulkReextraction, "_unfinished", refused)
+    monkeypatch.setattr(memvee._bulk.kept.KeptBatches, "unfinished", refused)
     with Audit(db_url=db) as audit, pytest.raises(StorageError) as failed:
         await _run(audit)
     message = str(failed.value)
@@ -488,7 +488,7 @@ async def _killed_before_keeping_its_batch_id(
         raise RuntimeError("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(BulkReextraction, "_set_batch_id", crash)
+        patch.setattr(memvee._bulk.kept.KeptBatches, "set_batch_id", crash)
         with pytest.raises(RuntimeError, match="killed"):
             await _run(audit)
 
@@ -553,7 +553,7 @@ async def test_a_batch_made_but_whose_answer_was_lost_is_found_not_made_again(
     """The connection drops after the API made the batch, or a gateway answers ``{}`` in
     the API's place: the run looks for it among the account's batches before creating it
     again, and collects it (an answer without an id used to be taken as the batch's)."""
-    monkeypatch.setattr(memvee._bulk, "_CREATE_PAUSE", 0.0)
+    monkeypatch.setattr(memvee._bulk.run, "_CREATE_PAUSE", 0.0)
     creates = itertools.count(1)
 
     def lost_first_answer(request: RecordedRequest) -> ScriptedResponse | None:
@@ -573,7 +573,7 @@ async def test_a_batch_made_but_whose_answer_was_lost_is_found_not_made_again(
 async def test_a_create_turned_away_while_overloaded_is_made_once_it_passes(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(memvee._bulk, "_CREATE_PAUSE", 0.0)
+    monkeypatch.setattr(memvee._bulk.run, "_CREATE_PAUSE", 0.0)
     server.set_batches_fault(_creates_answered(529, "overloaded_error", times=2))
     with Audit(db_url=db) as audit:
         report = await _run(audit)
@@ -673,7 +673,7 @@ async def test_a_run_over_the_byte_bound_goes_as_several_message_batches_each_un
     by count, so a large backlog is never one batch over the API's 256 MB (it used to
     be, and every run was refused with the same 413)."""
     limit = _two_and_a_half()
-    monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", limit)
+    monkeypatch.setattr(memvee._bulk.run, "MAX_BATCH_BYTES", limit)
     server.max_batch_bytes = limit
     with Audit(db_url=db) as audit:
         report = await _run(audit)
@@ -716,7 +716,7 @@ async def test_a_request_too_large_alone_is_split_down_to_the_message_left_out(
     if refused_by == "the API":
         server.max_batch_bytes = limit
     else:
-        monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", limit)
+        monkeypatch.setattr(memvee._bulk.run, "MAX_BATCH_BYTES", limit)
     with Audit(db_url=db) as audit:
         report = await _run(audit)
         added = [e for e in audit.store.events_of("bob") if isinstance(e, UserLog.MessageAdded)]
@@ -1259,7 +1259,7 @@ async def test_a_short_outage_while_polling_is_ridden_out(
 async def test_an_outage_longer_than_the_bound_ends_the_run_and_keeps_the_batch(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(memvee._bulk, "MAX_POLL_OUTAGE", 0.05)
+    monkeypatch.setattr(memvee._bulk.run, "MAX_POLL_OUTAGE", 0.05)
     server.set_batches_fault(_retrievals_overloaded(itertools.count(1), range(1, 10**6)))
     with Audit(db_url=db) as audit:
         with pytest.raises(ExtractionError, match="529"):
@@ -1590,7 +1590,7 @@ def _stopped_before_clearing_its_kept_batch(patch: pytest.MonkeyPatch) -> None:
     def killed(self: BulkReextraction, local_id: str) -> None:
         raise RuntimeError("killed")
 
-    patch.setattr(BulkReextraction, "_delete", killed)
+    patch.setattr(memvee._bulk.kept.KeptBatches, "delete", killed)
 
 
 _REFUSED_AND_PROBED = {
@@ -2220,7 +2220,7 @@ async def test_a_probe_batch_neither_kept_nor_canceled_is_not_said_to_be_cancele
             return ScriptedResponse(500, error_body("api_error", "boom"))
         return None
 
-    monkeypatch.setattr(BulkReextraction, "_keep_probe", refused)
+    monkeypatch.setattr(memvee._bulk.probes.Probes, "keep_probe", refused)
     server.set_batches_fault(cancel_fails)
     with (
         Audit(db_url=db) as audit,
@@ -2615,7 +2615,7 @@ async def test_a_harmless_request_after_a_lone_failure_ends_the_runs_fallback_wh
 
 def _each_user_a_message_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Submit each request as a Message Batch of its own (a backlog past one batch's bound)."""
-    monkeypatch.setattr(memvee._bulk, "MAX_REQUESTS_PER_BATCH", 1)
+    monkeypatch.setattr(memvee._bulk.run, "MAX_REQUESTS_PER_BATCH", 1)
 
 
 @pytest.mark.parametrize("batches", ["one Message Batch", "a Message Batch a user"])
@@ -2830,7 +2830,7 @@ async def test_a_request_split_as_too_large_keeps_its_failing_count_and_reaches_
     failing count of the first run's whole failure, so ann's messages go through the
     Messages API (the parts used to start at no failure, every run, and never reached it)."""
     long = "tea " * 5_000
-    monkeypatch.setattr(memvee._bulk, "MAX_BATCH_BYTES", _request_bytes(long) + len(long) // 2)
+    monkeypatch.setattr(memvee._bulk.run, "MAX_BATCH_BYTES", _request_bytes(long) + len(long) // 2)
     async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as memory:
         await memory.add_message("ann", "user", f"ann likes {long}")
         await memory.add_message("ann", "user", f"ann likes coffee {long}")

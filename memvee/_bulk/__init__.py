@@ -1,0 +1,34 @@
+"""Re-extraction in bulk through the Anthropic Message Batches API, at half the price.
+
+A bulk run brings one knowledge version up to date: every processed message of the chosen
+users that the version does not cover yet is planned into bounded batches, submitted as
+one Message Batch (or a few, for very large runs: each within the API's limits on requests
+and bytes), polled until it ends, and each result recorded as a KnowledgeReextracted event
+of its user.
+
+It survives a crash at any point. The requests of each submitted Message Batch are kept
+in a small table (:mod:`projections.bulk_runs`) before the batch is created; a later run
+for the same version collects the batches left unfinished before planning anything new.
+Each recorded event names its request (``request_id``), and a request already recorded in
+the user's log is never recorded again. Rows are deleted once their results are recorded,
+but that of a batch that failed whole with server errors: the next run plans its messages
+again, and a second such failure in a row sends them through the Messages API by the live
+re-extraction's rules (:meth:`fallback.DirectFallback.send_directly`).
+
+The package holds one concept a module: :mod:`.run` (the run), :mod:`.report` (what it
+tells), :mod:`.claims` (how runs share users), :mod:`.kept` (the kept rows and their keys),
+:mod:`.outcomes` (what the API's answers tell), :mod:`.probes` (probe Message Batches) and
+:mod:`.fallback` (the Messages API fallback).
+"""
+
+from memvee._bulk.claims import CLAIM_TTL as CLAIM_TTL
+from memvee._bulk.claims import OLD_CLAIM_TTL as OLD_CLAIM_TTL
+from memvee._bulk.claims import _claim_id as _claim_id
+from memvee._bulk.claims import _started as _started
+from memvee._bulk.claims import _this_process as _this_process
+from memvee._bulk.kept import _KeptRow as _KeptRow
+from memvee._bulk.report import BulkReport
+from memvee._bulk.run import BulkReextraction
+from memvee._bulk.run import _since_promoted as _since_promoted
+
+__all__ = ["BulkReextraction", "BulkReport"]
