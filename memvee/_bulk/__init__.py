@@ -17,8 +17,9 @@ re-extraction's rules (:meth:`fallback.DirectFallback.send_directly`).
 
 The package holds one concept a module: :mod:`.run` (the run), :mod:`.report` (what it
 tells), :mod:`.claims` (how runs share users), :mod:`.kept` (the kept rows and their keys),
-:mod:`.outcomes` (what the API's answers tell), :mod:`.probes` (probe Message Batches) and
-:mod:`.fallback` (the Messages API fallback).
+:mod:`.outcomes` (what the API's answers tell), :mod:`.record` (an answer recorded in its
+user's log), :mod:`.probes` (probe Message Batches) and :mod:`.fallback` (the Messages API
+fallback).
 """
 
 from memvee._bulk.claims import CLAIM_TTL as CLAIM_TTL

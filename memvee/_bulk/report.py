@@ -28,7 +28,7 @@ class BulkReport:
     lost: list[str] = field(default_factory=list)
     unread: list[str] = field(default_factory=list)
     """Kept Message Batches dropped because their results were read short
-    :data:`MAX_SHORT_READS` times: what was read is recorded, and the requests whose
+    :data:`kept.MAX_SHORT_READS` times: what was read is recorded, and the requests whose
     results were not are planned again (by this run, which collects kept batches first)."""
     claimed: list[str] = field(default_factory=list)
     """Users another run under way re-extracts into the version: nothing new was submitted

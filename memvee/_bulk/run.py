@@ -1,7 +1,7 @@
 """The bulk run itself (:class:`BulkReextraction`): it plans the messages a knowledge
 version does not cover yet into requests, submits them as Message Batches, polls them and
-records each result in its user's log, with its claims, probes and fallback as
-collaborators."""
+records each result in its user's log, with its claims, kept rows, recorder, probes and
+fallback as collaborators."""
 
 from __future__ import annotations
 
@@ -22,18 +22,15 @@ from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from events import (
-    AlreadyReextractedError,
     BatchLimits,
     BatchMessage,
     EventStore,
-    ExtractedFact,
     ExtractionBatch,
     ExtractionError,
     InvalidInputError,
     KnownEntry,
     NotFoundError,
     RejectedBatchError,
-    ReplacedEntry,
     StorageError,
     UserLog,
     bounded,
@@ -61,28 +58,24 @@ from memvee._bulk.kept import (
 )
 from memvee._bulk.outcomes import (
     _blamable,
-    _failure,
     _maybe_created,
     _model_refused,
-    _probe_verdict,
     _refusal,
-    _refusal_told,
     _refused_for,
     _results,
     _server_error,
     _short_read,
     _transient,
-    _with_probe,
 )
 from memvee._bulk.probes import Probes, _refused_whatever_size
+from memvee._bulk.record import Recorder
 from memvee._bulk.report import BulkReport
 from memvee._secrets import credentials_of
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import ProbeResult, api_error, outweighed
-from projections import ProjectionReader, ProjectionTables, Projector
+from projections import ProjectionReader
 from projections.bulk_runs import BULK_BATCHES
 from projections.reader import aware
-from projections.shown import with_targets
 
 log = logging.getLogger("memvee.bulk")
 
@@ -164,12 +157,9 @@ class BulkReextraction:
         direct_limit: int | None = None,
     ) -> None:
         self.store = store
-        self.reader = reader
-        self.decide = decide
         self.extractor = extractor
         self.version = version
         self.shown = shown
-        self.record_failure = record_failure
         self.limits = limits or BatchLimits()
         self.poll_interval = poll_interval
         self.progress = progress or (lambda done, total: None)
@@ -181,6 +171,7 @@ class BulkReextraction:
         self._kept: dict[str, _KeptRow] = {}  # the kept rows a claim decoded, by id
         self.kept_batches = KeptBatches(store, version)
         self.claiming = Claims(store, version)
+        self.recorder = Recorder(store, reader, decide, extractor, version, shown, record_failure)
         self.probes = Probes(store, extractor)
         self.fallback = DirectFallback(
             store,
@@ -558,7 +549,7 @@ class BulkReextraction:
     def _build(self, planned: _Planned) -> _Built:
         """The Messages API ``params`` of a planned request, and the bytes it adds to the
         create body, measured as the SDK encodes it (compact JSON, UTF-8)."""
-        batch = self._batch("planned", planned.to_json())
+        batch = self.recorder.batch("planned", planned.to_json())
         params = cast(MessageCreateParamsNonStreaming, self.extractor.request(batch))
         params["max_tokens"] = self.extractor.max_tokens  # billed only as generated
         encoded = json.dumps(params, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -582,7 +573,7 @@ class BulkReextraction:
         same request with a harmless message in its place is accepted as a Message Batch
         (:meth:`Probes.probe_batches`): otherwise the API (or a gateway in front of it) refuses
         requests of any size, and the run stops, leaving none out."""
-        batch = await asyncio.to_thread(self._batch, "planned", planned.to_json())
+        batch = await asyncio.to_thread(self.recorder.batch, "planned", planned.to_json())
         messages = list(batch.messages)
         if len(messages) > 1:
             half = (len(messages) + 1) // 2
@@ -607,7 +598,7 @@ class BulkReextraction:
             raise _refused_whatever_size(why, verdict)
         message_id = messages[0].message_id
         error = RejectedBatchError(why)
-        await asyncio.to_thread(self._record_failure, planned.to_json(), error, None)
+        await asyncio.to_thread(self.recorder.record_failure, planned.to_json(), error, None)
         report.left_out[message_id] = why
         log.warning(
             "user %r: message %s left out of version %r: its request is too large alone (%s)",
@@ -764,7 +755,7 @@ class BulkReextraction:
         probed.update(probed_model)
         blamable = _blamable(answers)
         for user_id, requests in by_user.items():
-            recorded = await asyncio.to_thread(self._recorded, user_id)
+            recorded = await asyncio.to_thread(self.recorder.recorded, user_id)
             for _, custom_id in sorted(requests):
                 request_id = f"{batch_id}:{custom_id}"
                 if request_id in recorded:
@@ -776,7 +767,7 @@ class BulkReextraction:
                 request = row["requests"][custom_id]
                 try:
                     entries = await asyncio.to_thread(
-                        self._record,
+                        self.recorder.record,
                         custom_id,
                         request,
                         outcome,
@@ -794,7 +785,7 @@ class BulkReextraction:
                 elif isinstance(entries, ExtractionError):
                     report.failed[request_id] = str(entries)
                     own = entries.repeats or (blamable and _server_error(outcome))
-                    if own and await asyncio.to_thread(self._fails_alone, request):
+                    if own and await asyncio.to_thread(self.recorder.fails_alone, request):
                         report.left_out[request["messages"][0]] = str(entries)
                 else:
                     report.recorded += 1
@@ -923,7 +914,7 @@ class BulkReextraction:
         (:meth:`_first_due`) whose messages are still stored: a reason whose requests are
         all recorded (the batch collected again) is neither probed nor billed again, and one
         whose requests due have no messages left is not probed either: their users were
-        forgotten meanwhile, and their requests are dropped as such (:meth:`_record`)."""
+        forgotten meanwhile, and their requests are dropped as such (:meth:`Recorder.record`)."""
         refused_all = set()
         probed: dict[str, ProbeResult] = {}
         for reason in _refused_for(answers):
@@ -950,7 +941,7 @@ class BulkReextraction:
         :func:`_refusal_told`). ``None``: the model refused no request not recorded yet
         whose messages are still stored (:meth:`_first_due`: one collected again is neither
         probed nor billed again; one whose user was forgotten meanwhile is dropped as such,
-        :meth:`_record`). The request probed is the first due whose messages are still
+        :meth:`Recorder.record`). The request probed is the first due whose messages are still
         stored. With what the probe spent, by the request it was sent for, to be counted in
         that request's failure."""
         refused = sorted((c for c, o in answers.items() if _model_refused(o)), key=_order)
@@ -988,10 +979,10 @@ class BulkReextraction:
                 continue
             user_id = request["user"]
             if user_id not in recorded_of:
-                recorded_of[user_id] = await asyncio.to_thread(self._recorded, user_id)
+                recorded_of[user_id] = await asyncio.to_thread(self.recorder.recorded, user_id)
             if f"{row['api_batch_id']}:{custom_id}" in recorded_of[user_id]:
                 continue
-            batch = await asyncio.to_thread(self._batch, custom_id, request)
+            batch = await asyncio.to_thread(self.recorder.batch, custom_id, request)
             if batch.messages:
                 return custom_id, batch
         return None
@@ -1012,217 +1003,6 @@ class BulkReextraction:
                 log.warning("polling Message Batch %s failed (%s); trying again", batch_id, shown)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 60.0)
-
-    def _record(
-        self,
-        custom_id: str,
-        request: dict[str, Any],
-        outcome: Any,
-        request_id: str,
-        refused_all: frozenset[str],
-        blamable: bool,
-        model_refusal: str | None = None,
-        probed: ProbeResult | None = None,
-    ) -> int | ExtractionError | None:
-        """Record one request's answer; returns the entries added, how it failed, or
-        ``None`` when its user's log has it recorded already; raises ``NotFoundError`` when
-        the user was forgotten while the batch ran, whether it succeeded or failed (nothing
-        is left to retry). ``refused_all``: the reasons the API refused every request of the
-        Message Batch for (see :func:`_refused_all`);
-        ``blamable``: whether a server error of a request is evidence against its messages
-        (see :func:`_blamable`); ``model_refusal``: how a harmless request fared where the
-        model refused requests of the Message Batch (see :meth:`_model_refusal`);
-        ``probed``: how a probe sent for this request's refusal fared and what it spent,
-        counted in its failure (a probed request is one that failed), or on its own when
-        that failure is not kept (:meth:`_keep_probe_alone`)."""
-        if outcome.type != "succeeded":
-            failure = _failure(outcome, credentials_of(self.extractor), refused_all)
-            failure.usage = _with_probe(failure.usage, probed)
-            blamed = blamable and _server_error(outcome)
-            self._keep_failure(request, failure, request_id, probed, blamed=blamed)
-            return failure
-        batch = self._batch(custom_id, request)
-        try:
-            result = self.extractor.read_answer(
-                batch, outcome.message, budget=self.extractor.max_tokens
-            )
-        except ExtractionError as read:
-            error = _refusal_told(read, outcome, model_refusal)
-            error.usage = _with_probe(error.usage, probed)
-            self._keep_failure(request, error, request_id, probed)
-            return error
-        current = self._known(batch.user_id)
-        texts = {e.text.casefold(): e.entry_id for e in current}
-        facts = [_same_if_known(f, texts) for f in result.facts]
-        known, replaced = self._placed(batch, current, facts)
-
-        def record(user_log: UserLog) -> int | None:
-            if user_log.recorded_request(request_id):
-                return None  # recorded meanwhile, by another run collecting the same batch
-            return len(
-                user_log.record_reextraction(
-                    self.version,
-                    list(request["messages"]),
-                    facts,
-                    result.extractor,
-                    result.model,
-                    result.usage,
-                    batch=batch.messages,
-                    request_id=request_id,
-                    known=known,
-                    replaced=replaced,
-                    since=self._since(batch.user_id, request.get("at"), user_log.version),
-                )
-            )
-
-        try:
-            count: int | None = self.decide(batch.user_id, record, list(request["messages"]))
-        except AlreadyReextractedError as meanwhile:  # another run recorded them first
-            log.warning("request %s not recorded: %s", request_id, meanwhile)
-            return None
-        return count
-
-    def _keep_failure(
-        self,
-        request: dict[str, Any],
-        error: ExtractionError,
-        request_id: str,
-        probed: ProbeResult | None,
-        *,
-        blamed: bool = False,
-    ) -> None:
-        """Keep a failed request in its user's log (:meth:`_record_failure`), and the probe
-        sent for it on its own when that failure is not kept (:meth:`_keep_probe_alone`).
-        Raises ``NotFoundError`` when it was not kept because the user was forgotten
-        meanwhile: :meth:`_finish` drops it as a forgotten user's request (nothing to
-        retry), as it drops one that succeeded."""
-        if self._record_failure(request, error, request_id, blamed=blamed):
-            return
-        if self._gone(request):
-            raise NotFoundError(
-                f"the messages of user {request['user']!r} this request was drawn from were "
-                "forgotten"
-            )
-        self._keep_probe_alone(request["user"], probed)
-
-    def _keep_probe_alone(self, user_id: str, probed: ProbeResult | None) -> None:
-        """Keep what a probe spent in ``user_id``'s log on its own, as a check naming no
-        failed call (:func:`memvee.audit.record_check`), when the failure of the request it
-        was sent for, which counts it, was not kept (another run recorded the request
-        first): billed, it shows in ``memvee stats`` either way, and ``memvee log`` tells
-        how it fared (:func:`_probe_verdict`)."""
-        from memvee.audit import record_check  # imports this module lazily
-
-        if probed is None:
-            return
-        told = _probe_verdict(probed, credentials_of(self.extractor))
-        record_check(self.decide, user_id, self.version, (), probed.usage, told, self.extractor)
-
-    def _gone(self, request: dict[str, Any]) -> bool:
-        """Whether some of ``request``'s messages are no longer stored: its user was
-        forgotten meanwhile (a forget erases every message of the user). Not while the
-        projections are being rebuilt (or a rebuild stopped midway): rows not refolded
-        yet are missing, and say nothing of a forget (as the log's own check has it)."""
-        with self.store.engine.connect() as connection:
-            if Projector(ProjectionTables()).state(connection).rebuilding:
-                return False
-            found = self.reader.messages(connection, request["user"], ids=list(request["messages"]))
-        return len(found) < len(set(request["messages"]))
-
-    def _since(self, user_id: str, planned_at: int | None, upto: int) -> list[Any]:
-        """The user's events since a request was planned (none known for an older
-        memvee's request: only its request id is checked)."""
-        if planned_at is None:
-            return []
-        return list(self.store.events_of(user_id, after=planned_at, upto=upto))
-
-    def _record_failure(
-        self,
-        request: dict[str, Any],
-        error: ExtractionError,
-        request_id: str | None,
-        *,
-        blamed: bool = False,
-    ) -> bool:
-        """Keep a failed request in its user's log (what it was billed, and whether it
-        failed of its own in a way that repeats, or is ``blamed`` for a server error a
-        second time: then the next run sends its messages one a request); kept once however
-        many runs collect it. Returns whether this call kept it."""
-        return self.record_failure(
-            request["user"],
-            self.version,
-            list(request["messages"]),
-            error,
-            self.extractor,
-            error.repeats,
-            text=str(error),
-            request_id=request_id,
-            blamed=blamed,
-        )
-
-    def _fails_alone(self, request: dict[str, Any]) -> bool:
-        """Whether the one message of a request that failed of its own is left out of the
-        version: its failures pin it to a request of its own (as its user's log tells,
-        :meth:`UserLog.failed_reextraction`: one that repeats, or a server error twice)."""
-        if len(request["messages"]) != 1:
-            return False
-        user_log = self.store.load(request["user"])
-        if user_log is None:
-            return False
-        events = self.store.events_of(request["user"], upto=user_log.version)
-        return request["messages"][0] in user_log.failed_reextraction(self.version, events)
-
-    def _batch(self, custom_id: str, request: dict[str, Any]) -> ExtractionBatch:
-        """The batch a request was made of, read back from the log and the projections."""
-        user_id = request["user"]
-        with self.store.engine.connect() as connection:
-            messages = self.reader.messages(connection, user_id, ids=list(request["messages"]))
-            entries = self.reader.entries(connection, user_id, list(request["known"]))
-        order = {entry_id: i for i, entry_id in enumerate(request["known"])}
-        known = sorted(entries, key=lambda e: order[e.entry_id])
-        return ExtractionBatch(
-            user_id,
-            f"bulk:{self.version}:{custom_id}",
-            tuple(BatchMessage.of(m) for m in messages),
-            tuple(KnownEntry(e.entry_id, e.text, e.valid_from, e.valid_until) for e in known),
-        )
-
-    def _known(self, user_id: str) -> list[Any]:
-        """The version's current entries of the user (those a request may repeat)."""
-        with self.store.engine.connect() as connection:
-            return self.reader.knowledge(connection, user_id, self.version)
-
-    def _placed(
-        self, batch: ExtractionBatch, current: list[Any], facts: list[ExtractedFact]
-    ) -> tuple[tuple[KnownEntry, ...], tuple[ReplacedEntry, ...]]:
-        """What the log needs to place ``facts`` in the version, as the synchronous path
-        gives it: the entries the request was shown, those it would be shown now (earlier
-        requests of the run may have ended some), the version's current ones (a request may
-        repeat one it was not shown), and the chains of ended entries before them and
-        before the targets of facts."""
-        # No messages: the user was forgotten meanwhile, which the decision is refused for.
-        now, chains = (
-            self.shown(batch.user_id, list(batch.messages)) if batch.messages else ((), ())
-        )
-        known = {k.entry_id: k for k in batch.known}
-        for k in now:
-            known.setdefault(k.entry_id, k)
-        for e in current:
-            known.setdefault(e.entry_id, KnownEntry(e.entry_id, e.text, e.valid_from))
-        with self.store.engine.connect() as connection:
-            return with_targets(
-                connection,
-                self.reader,
-                batch.user_id,
-                facts,
-                (tuple(known.values()), tuple(chains)),
-                self.version,
-            )
-
-    def _recorded(self, user_id: str) -> set[str]:
-        """The request ids already recorded in the user's log."""
-        user_log = self.store.load(user_id)
-        return set() if user_log is None else set(user_log.reextraction_requests)
 
 
 def _why_left_out(events: Iterable[Any], version: str, left_out: Collection[str]) -> dict[str, str]:
@@ -1259,15 +1039,3 @@ def _since_promoted(
         m: max((count for count, at in counts if at is None or at >= promoted), default=0)
         for m, counts in failing.items()
     }
-
-
-def _same_if_known(fact: ExtractedFact, current: dict[str, str]) -> ExtractedFact:
-    """A "new" fact whose text is already a current entry of the version repeats it.
-
-    Requests of one bulk run cannot see each other's entries, so the same fact may come
-    back from several of them; it is recorded once.
-    """
-    target = current.get(fact.text.casefold()) if fact.action == "new" else None
-    if target is None:
-        return fact
-    return ExtractedFact(fact.text, fact.source_message_ids, "same", target)

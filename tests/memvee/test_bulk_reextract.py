@@ -115,7 +115,7 @@ async def _run(audit: Audit, *, users: Sequence[str] = USERS, **kw: Any) -> Any:
 async def _run_killed_after_recording_two(audit: Audit, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that dies once it has recorded two requests' outcomes."""
     recorded = 0
-    real = BulkReextraction._record
+    real = memvee._bulk.record.Recorder.record
 
     def killed_after_two(self: BulkReextraction, *args: Any) -> Any:
         nonlocal recorded
@@ -125,7 +125,7 @@ async def _run_killed_after_recording_two(audit: Audit, monkeypatch: pytest.Monk
         return real(self, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(BulkReextraction, "_record", killed_after_two)
+        patch.setattr(memvee._bulk.record.Recorder, "record", killed_after_two)
         with pytest.raises(RuntimeError, match="killed"):
             await _run(audit)
 
@@ -952,7 +952,7 @@ def test_the_command_line_tells_once_of_a_user_another_run_holds(
 def _forget_bob_before_his_answers(patch: pytest.MonkeyPatch, *, afresh: bool) -> None:
     """bob is forgotten between the submit and the collect (and, ``afresh``, writes
     again): just before the first of his answers is recorded."""
-    real = BulkReextraction._record
+    real = memvee._bulk.record.Recorder.record
     forgotten: list[str] = []
 
     def forget_bob_first(self: BulkReextraction, custom_id: str, request: Any, *rest: Any) -> Any:
@@ -966,7 +966,7 @@ def _forget_bob_before_his_answers(patch: pytest.MonkeyPatch, *, afresh: bool) -
                 self.store.append([log.collect_events()], projector.apply)
         return real(self, custom_id, request, *rest)
 
-    patch.setattr(BulkReextraction, "_record", forget_bob_first)
+    patch.setattr(memvee._bulk.record.Recorder, "record", forget_bob_first)
 
 
 async def test_a_user_forgotten_while_the_batch_ran_gets_none_of_its_answers(
@@ -1211,7 +1211,7 @@ async def test_two_runs_collecting_one_kept_batch_record_each_request_once(
         first = await _run(audit)
         with audit.store.transaction() as connection:
             connection.execute(BULK_BATCHES.insert(), kept)
-        monkeypatch.setattr(BulkReextraction, "_recorded", lambda self, user_id: set())
+        monkeypatch.setattr(memvee._bulk.record.Recorder, "recorded", lambda self, user_id: set())
         second = await _run(audit)
         assert (first.recorded, second.recorded, second.skipped) == (6, 0, 6)
         for user in USERS:
@@ -1665,7 +1665,7 @@ async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_i
     server.min_cache_tokens = 10**9  # the scripted usage as it is
     probe = refusal_body(input_tokens=7_000, output_tokens=3)
     server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
-    real = BulkReextraction._record
+    real = memvee._bulk.record.Recorder.record
 
     def another_run_first(self: BulkReextraction, *args: Any) -> Any:
         if args[-1] is not None:  # the probed request: recorded first without this probe
@@ -1674,7 +1674,7 @@ async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_i
 
     with Audit(db_url=db_on_both_backends) as audit:
         before = _spent(audit)
-        monkeypatch.setattr(BulkReextraction, "_record", another_run_first)
+        monkeypatch.setattr(memvee._bulk.record.Recorder, "record", another_run_first)
         await _run(audit)
         assert _failures_spent(audit) == [(100, 1)] * 6
         checks = [
@@ -1714,7 +1714,7 @@ async def test_a_probe_kept_on_its_own_is_told_by_memvee_log_as_it_fared(
     line, without the API key). A refused probe was told as answered, and a failed one
     lost its error."""
     server.set_responder(lambda r: ScriptedResponse(body=refusal_body()))
-    real = BulkReextraction._record
+    real = memvee._bulk.record.Recorder.record
 
     async def scripted(self: ClaudeExtractor, batch: Any) -> ProbeResult:
         return probed
@@ -1725,7 +1725,7 @@ async def test_a_probe_kept_on_its_own_is_told_by_memvee_log_as_it_fared(
         return real(self, *args)
 
     monkeypatch.setattr(ClaudeExtractor, "probe", scripted)
-    monkeypatch.setattr(BulkReextraction, "_record", another_run_first)
+    monkeypatch.setattr(memvee._bulk.record.Recorder, "record", another_run_first)
     with Audit(db_url=db_on_both_backends) as audit:
         await _run(audit)
         lines = [
