@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, assert_never
 
@@ -31,35 +32,24 @@ re-extraction's rules (Audit's ``reextract``), filling in the report as it goes:
 fallback for a Message Batch that failed whole with server errors a second time."""
 
 
+@dataclass(slots=True)
 class DirectFallback:
     """Sends through the Messages API the messages of the Message Batches of a run that
     failed whole with server errors a second time (:data:`Direct`, ``None``: never), at
     most ``direct_limit`` messages a run (``None``: all), to the users the run still
-    ``claims``; ``note_tried`` notes in a kept row that a user's messages are sent now.
-    ``direct_stopped`` once the API is down or refuses the key: no more direct calls this run."""
+    ``claims``; ``note_tried`` notes in a kept row that a user's messages are sent now."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        extractor: ClaudeExtractor,
-        version: str,
-        decide: Decide,
-        claims: Claims,
-        note_tried: Callable[[dict[str, Any], str], None],
-        *,
-        direct: Direct | None,
-        direct_limit: int | None,
-    ) -> None:
-        self.store = store
-        self.extractor = extractor
-        self.version = version
-        self.decide = decide
-        self.claims = claims
-        self.note_tried = note_tried
-        self.direct = direct
-        self.direct_limit = direct_limit  # the most messages sent directly a run (None: all)
-        self.direct_stopped = False  # the API is down or refuses the key: no more direct calls
-        self.direct_answered = False  # the Messages API answered a call of this run's
+    store: EventStore
+    extractor: ClaudeExtractor
+    version: str
+    decide: Decide
+    claims: Claims
+    note_tried: Callable[[dict[str, Any], str], None]
+    _: KW_ONLY
+    direct: Direct | None
+    direct_limit: int | None  # the most messages sent directly a run (None: all)
+    direct_stopped: bool = False  # the API is down or refuses the key: no more direct calls
+    direct_answered: bool = False  # the Messages API answered a call of this run's
 
     async def send_directly(
         self, row: dict[str, Any], requests: Mapping[str, Any], report: BulkReport

@@ -6,6 +6,7 @@ run collects it."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from events import (
@@ -39,28 +40,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("memvee.bulk")
 
 
+@dataclass(frozen=True, slots=True)
 class Recorder:
     """Records the answers of a bulk run's requests in their users' logs, into ``version``:
     ``decide`` appends to a user's freshly loaded log, ``shown`` tells the entries a batch
     is shown now, and ``keep_failed`` keeps a failed call (Audit's)."""
 
-    def __init__(
-        self,
-        store: EventStore,
-        reader: ProjectionReader,
-        decide: Decide,
-        extractor: ClaudeExtractor,
-        version: str,
-        shown: Shown,
-        keep_failed: RecordFailure,
-    ) -> None:
-        self.store = store
-        self.reader = reader
-        self.decide = decide
-        self.extractor = extractor
-        self.version = version
-        self.shown = shown
-        self.keep_failed = keep_failed
+    store: EventStore
+    reader: ProjectionReader
+    decide: Decide
+    extractor: ClaudeExtractor
+    version: str
+    shown: Shown
+    keep_failed: RecordFailure
 
     def record(
         self,
