@@ -252,6 +252,7 @@ class Claims:
             self.claims.remove(claim_id)
 
     def release_claims(self) -> None:
+        """Release every claim this run still holds (not one another run took over)."""
         with self.store.transaction() as connection:
             connection.execute(BULK_BATCHES.delete().where(*self._own_claims()))
 

@@ -182,6 +182,7 @@ class KeptBatches:
             return [r for r in self._rows(connection) if _requests(r)]
 
     def _rows(self, connection: Connection) -> list[dict[str, Any]]:
+        """Every row of the version, its claims too, oldest first."""
         rows = connection.execute(
             select(BULK_BATCHES)
             .where(BULK_BATCHES.c.knowledge_version == self.version)
@@ -274,6 +275,7 @@ class KeptBatches:
         return reads
 
     def set_batch_id(self, local_id: str, batch_id: str) -> None:
+        """Keep the id of the Message Batch made of the kept row ``local_id``."""
         with self.store.transaction() as connection:
             connection.execute(
                 BULK_BATCHES.update()
@@ -290,5 +292,6 @@ class KeptBatches:
             return {batch_id for (batch_id,) in found}
 
     def delete(self, local_id: str) -> None:
+        """Delete the kept row ``local_id``: nothing more is collected from it."""
         with self.store.transaction() as connection:
             connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id == local_id))
