@@ -156,18 +156,25 @@ def log_failure(
     *args: object,
 ) -> None:
     """Log ``msg % args`` at ``level`` with ``error``'s traceback, showing none of
-    ``secrets``. A traceback showing one (or a URL's password) goes as text cleaned of it
-    after the message, not as the live exception, which a formatter reading ``exc_info``
-    would show whole (a logger's filter knows the environment's credentials, not those an
-    extractor's client holds); one showing none goes as ``exc_info``, for the
+    ``secrets``, as ``logger.log`` would (its level, filters and handlers), the caller
+    named as where it was logged.
+
+    A traceback showing one (or a URL's password) goes as the record's ``exc_text``,
+    cleaned of it, with no live exception, which a formatter reading ``exc_info`` would
+    show whole (a logger's filter knows the environment's credentials, not those an
+    extractor's client holds): formatters keeping the traceback apart from the message
+    (JSON's "exception" field) still do. One showing none goes as ``exc_info``, for the
     application's own format."""
     if not logger.isEnabledFor(level):
         return
     trace = "".join(traceback.format_exception(error)).rstrip()
-    if shows_credentials(trace, secrets):
-        logger.log(level, f"{msg}\n%s", *args, redact(trace, secrets), stacklevel=2)
-    else:
+    if not shows_credentials(trace, secrets):
         logger.log(level, msg, *args, exc_info=error, stacklevel=2)
+        return
+    path, line, function, _ = logger.findCaller(stacklevel=2)
+    record = logger.makeRecord(logger.name, level, path, line, msg, args, None, function)
+    record.exc_text = redact(trace, secrets)
+    logger.handle(record)
 
 
 def mask_url_userinfo(text: str) -> str:

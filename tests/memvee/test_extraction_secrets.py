@@ -328,6 +328,13 @@ async def test_a_short_gateway_password_is_taken_out_of_urls_only(
     ), errors
 
 
+def _logged(caplog: pytest.LogCaptureFixture, part: str) -> list[str]:
+    """Each record whose message holds ``part``: its message and the traceback it carries
+    as text (``exc_text``), as a formatter shows them."""
+    records = [r for r in caplog.records if part in r.getMessage()]
+    return [f"{r.getMessage()}\n{r.exc_text or ''}" for r in records]
+
+
 def _traceback_text_shown(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Each record's live exception as a formatter reading ``exc_info`` shows it."""
     formatter = logging.Formatter()
@@ -354,7 +361,7 @@ async def test_a_fault_in_the_users_actor_echoing_the_clients_own_key_is_logged_
 
     errors = await _processed(memory, "ann")
     told = [*errors, *_told(memory, "ann", caplog), *_traceback_text_shown(caplog)]
-    faults = [r.getMessage() for r in caplog.records if "unexpected error" in r.getMessage()]
+    faults = _logged(caplog, "unexpected error")
     assert errors and all(FAULT_REASON in error for error in errors), errors
     assert faults and all("Illegal header value b'[redacted]" in line for line in faults), faults
     assert not [text for text in told if "SECRET" in text], told
@@ -379,7 +386,7 @@ async def test_a_defect_recording_an_answer_echoing_the_clients_own_key_is_logge
 
     errors = await _errors(memory, "ann")
     told = [*errors, *_told(memory, "ann", caplog), *_traceback_text_shown(caplog)]
-    failed = [r.getMessage() for r in caplog.records if "recording the outcome" in r.getMessage()]
+    failed = _logged(caplog, "recording the outcome")
     assert errors and all("Illegal header value" in error for error in errors), errors
     assert failed and all("Illegal header value b'[redacted]" in line for line in failed), failed
     assert not [text for text in told if "SECRET" in text], told
@@ -408,6 +415,6 @@ async def test_an_extractor_failing_to_close_echoing_its_clients_key_is_logged_w
     await memory.close()
 
     told = [caplog.text, *(r.getMessage() for r in caplog.records)]
-    closing = [r.getMessage() for r in caplog.records if "closing the extractor" in r.getMessage()]
+    closing = _logged(caplog, "closing the extractor")
     assert closing and all("Illegal header value b'[redacted]" in line for line in closing)
     assert not [text for text in [*told, *_traceback_text_shown(caplog)] if "SECRET" in text]

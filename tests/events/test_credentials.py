@@ -1,0 +1,135 @@
+"""log_failure: a failure logged with its traceback, cleaned of the credentials given, as a
+record every formatter reads the usual way."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from events.credentials import log_failure
+from memvee._server.logs import JsonFormatter
+
+KEY = "sk-ant-api03-SECRETSECRETSECRET"
+"""A key only an extractor's client holds: the environment gives none."""
+
+
+class _Kept(logging.Handler):
+    """Keeps every record it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[logging.Logger, _Kept]]:
+    """A logger of its own, not propagating, with a handler keeping its records."""
+    logger = logging.getLogger("tests.events.log_failure")
+    kept = _Kept()
+    logger.addHandler(kept)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger, kept
+    logger.removeHandler(kept)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    logger.filters.clear()
+
+
+def _raised() -> RuntimeError:
+    """An error, raised and caught so it has a traceback, that echoes the key."""
+    try:
+        raise RuntimeError(f"Illegal header value b'{KEY}\\n'")
+    except RuntimeError as error:
+        return error
+
+
+def test_a_traceback_showing_a_key_is_the_records_cleaned_exception_text_not_its_message(
+    logged: tuple[logging.Logger, _Kept],
+) -> None:
+    """The record's message is the message alone, formatted with its arguments, a literal
+    ``%`` of one without kept; its cleaned traceback is its ``exc_text``, no live exception
+    beside it; it names the caller as where it was logged. The traceback was put into the
+    message (which a literal ``%`` then broke) and ``exc_text`` was empty."""
+    logger, kept = logged
+
+    log_failure(logger, logging.ERROR, _raised(), (KEY,), "user %r: task %s failed", "ann", "t1")
+    log_failure(logger, logging.ERROR, _raised(), (KEY,), "100% of the batch failed")
+
+    record, literal = kept.records
+    assert record.getMessage() == "user 'ann': task t1 failed"
+    assert literal.getMessage() == "100% of the batch failed"
+    assert record.exc_info is None and record.exc_text is not None
+    assert record.exc_text.startswith("Traceback (most recent call last):")
+    assert "RuntimeError: Illegal header value b'[redacted]" in record.exc_text
+    assert "SECRET" not in f"{record.getMessage()} {record.exc_text}"
+    assert record.levelno == logging.ERROR
+    assert record.funcName == (
+        "test_a_traceback_showing_a_key_is_the_records_cleaned_exception_text_not_its_message"
+    )
+
+
+def test_a_json_log_line_carries_the_cleaned_traceback_in_its_exception_field(
+    logged: tuple[logging.Logger, _Kept],
+) -> None:
+    """The server's JSON line of such a record: the message in "message", the cleaned
+    traceback in "exception", no key anywhere. The traceback was in "message", and the
+    line had no "exception"."""
+    logger, kept = logged
+
+    log_failure(logger, logging.ERROR, _raised(), (KEY,), "closing the extractor failed")
+
+    line = JsonFormatter().format(kept.records[0])
+    entry = json.loads(line)
+    assert entry["message"] == "closing the extractor failed"
+    assert "RuntimeError: Illegal header value b'[redacted]" in entry["exception"]
+    assert "SECRET" not in line
+
+
+def test_a_failure_logged_cleaned_obeys_the_loggers_level_filters_and_disabling(
+    logged: tuple[logging.Logger, _Kept],
+) -> None:
+    """As ``logger.log`` would: below the logger's level, refused by its filter, or with
+    the logger disabled, no record reaches a handler; a filter sees the record."""
+    logger, kept = logged
+    seen: list[str] = []
+
+    def refusing(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return False
+
+    logger.setLevel(logging.WARNING)
+    log_failure(logger, logging.INFO, _raised(), (KEY,), "below the level")
+    logger.setLevel(logging.DEBUG)
+    logger.addFilter(refusing)
+    log_failure(logger, logging.ERROR, _raised(), (KEY,), "refused by a filter")
+    logger.removeFilter(refusing)
+    logger.disabled = True
+    try:
+        log_failure(logger, logging.ERROR, _raised(), (KEY,), "the logger is disabled")
+    finally:
+        logger.disabled = False
+
+    assert kept.records == []
+    assert seen == ["refused by a filter"]
+
+
+def test_a_traceback_showing_no_key_goes_as_the_live_exception(
+    logged: tuple[logging.Logger, _Kept],
+) -> None:
+    """A failure showing none of the credentials keeps its live exception, for the
+    application's own format."""
+    logger, kept = logged
+    error = _raised()
+
+    log_failure(logger, logging.ERROR, error, ("a-key-of-another-client-42",), "failed")
+
+    (record,) = kept.records
+    assert record.getMessage() == "failed"
+    assert record.exc_info is not None and record.exc_info[1] is error
