@@ -43,6 +43,7 @@ from events import (
     Extractor,
     user_log_id,
 )
+from events.credentials import log_failure
 from events.errors import (
     DatabaseInUseError,
     MemveeError,
@@ -714,8 +715,14 @@ class Engine:
                 future.get(timeout=30)
             except UnreadableEventError as error:  # refused, or a newer memvee's: no task ran
                 log.warning("closing a user's tasks at shutdown: %s", error)
-            except Exception:
-                log.exception("closing a user's tasks at shutdown failed")
+            except Exception as error:  # an actor's fault: it may echo a client's key
+                log_failure(
+                    log,
+                    logging.ERROR,
+                    error,
+                    self.workers.credentials(),
+                    "closing a user's tasks at shutdown failed",
+                )
         self.timers.stop()
         self.rebuild_watch.stop()
         if self.vector_filler is not None:  # one held in an embedding call is abandoned

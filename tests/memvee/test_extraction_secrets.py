@@ -418,3 +418,29 @@ async def test_an_extractor_failing_to_close_echoing_its_clients_key_is_logged_w
     closing = _logged(caplog, "closing the extractor")
     assert closing and all("Illegal header value b'[redacted]" in line for line in closing)
     assert not [text for text in [*told, *_traceback_text_shown(caplog)] if "SECRET" in text]
+
+
+async def test_a_fault_in_the_users_actor_at_shutdown_echoing_the_clients_key_is_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Memory closes and the user's actor, closing its tasks, meets a fault echoing the
+    key the extractor's client alone holds: the engine's line of it tells the failure with
+    its traceback cleaned of the key, and no record's live exception shows it. The engine
+    logged it with its live exception, key and all."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
+    await memory.add_exchange("ann", "I like tea", "ok")
+    await memory.process("ann")
+
+    def faulting(self: UserActor, reason: str) -> None:
+        raise RuntimeError(ECHOED)
+
+    monkeypatch.setattr(UserActor, "shutdown", faulting)
+    await memory.close()
+
+    told = [caplog.text, *(r.getMessage() for r in caplog.records), *_traceback_text_shown(caplog)]
+    closing = _logged(caplog, "closing a user's tasks at shutdown failed")
+    assert closing and all("Illegal header value b'[redacted]" in line for line in closing)
+    assert not [text for text in told if "SECRET" in text], told
