@@ -215,14 +215,15 @@ class PooledActor(pykka.Actor):
                 envelope.reply_to.set(response)
         except Exception as error:
             if envelope.reply_to is not None:
-                log_failure(
-                    log,
-                    logging.DEBUG,
-                    error,
-                    self._credentials(),
-                    "exception returned from %s to its caller",
-                    self,
-                )
+                if log.isEnabledFor(logging.DEBUG):  # a caller's refusal reads no credential
+                    log_failure(
+                        log,
+                        logging.DEBUG,
+                        error,
+                        self._credentials(),
+                        "exception returned from %s to its caller",
+                        self,
+                    )
                 envelope.reply_to.set_exception()
             else:
                 self._handle_failure(*sys.exc_info())

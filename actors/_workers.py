@@ -240,6 +240,7 @@ class ExtractionWorkers:
         self._lock = threading.Lock()
         self._down_told = 0  # harmless requests that failed: each told the API was down
         self._carried: frozenset[str] = frozenset()  # every credential its clients carried
+        self._gathering = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="memvee-extraction", daemon=True)
         self._thread.start()
 
@@ -297,23 +298,27 @@ class ExtractionWorkers:
 
     def credentials(self) -> tuple[str, ...]:
         """The credentials no text of an extraction's failure may show, for any thread to
-        tell one (a user's actor): the environment's, and every one the extractor's clients
-        carried when a batch went (:meth:`_gather`), so one a client held before it changed
-        is still taken out of a late failure's text."""
+        tell one (a user's actor): the environment's, those the extractor's clients carry
+        now, and every one they carried before (:meth:`_gather`), so one a client held
+        before it changed is still taken out of a late failure's text, and one of a client
+        no batch went with yet out of a fault met before."""
+        self._gather()
         return tuple(dict.fromkeys((*configured_secrets(), *self._carried)))
 
     def _gather(self) -> None:
         """Keep the credentials the extractor's clients carry now with those seen before
         (:func:`carried_by`: never a property of the extractor's, never failing). The set
-        is replaced, never changed, so another thread reads a whole one."""
+        is replaced, never changed, so another thread reads a whole one; two threads
+        adding at once both keep theirs."""
         found = frozenset(carried_by(self.extractor))
-        if not found <= self._carried:
+        if found <= self._carried:
+            return
+        with self._gathering:
             self._carried = self._carried | found
 
     def _shown(self, failure: BaseException, *, whole: bool = False) -> str:
         """``failure``'s first line (or ``whole`` text) without a credential of the
         environment or the extractor's clients, for a log line or an error's text."""
-        self._gather()
         return redact(str(failure) if whole else first_line(failure), self.credentials())
 
     @property
@@ -332,7 +337,6 @@ class ExtractionWorkers:
         try:
             closing.result(timeout=_UNWIND_SECONDS + 10)
         except Exception as error:
-            self._gather()  # a client made since the last batch holds a key its error may show
             log_failure(
                 log, logging.ERROR, error, self.credentials(), "closing the extractor failed"
             )

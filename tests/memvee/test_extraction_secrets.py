@@ -444,3 +444,39 @@ async def test_a_fault_in_the_users_actor_at_shutdown_echoing_the_clients_key_is
     closing = _logged(caplog, "closing a user's tasks at shutdown failed")
     assert closing and all("Illegal header value b'[redacted]" in line for line in closing)
     assert not [text for text in told if "SECRET" in text], told
+
+
+@pytest.mark.parametrize("when", ["before any batch", "after the client changed"])
+async def test_a_fault_in_the_users_actor_echoing_the_current_clients_key_is_logged_without_it(
+    make_memory: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    when: str,
+) -> None:
+    """The user's actor meets a fault echoing the key the extractor's client holds now, no
+    batch having gone with that client (none went yet, or the client was replaced since):
+    the actor's line of the fault and the debug line of the error returned to its caller
+    tell it with their traceback cleaned of the key, and no record's live exception shows
+    it. They showed it, as only the keys of clients a batch went with were known."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    extractor = _HoldingItsClient("sk-ant-api03-FORMERFORMERFORMER" if when[0] == "a" else KEY)
+    memory: Memory = await make_memory(extractor=extractor)
+    await memory.add_exchange("ann", "I like tea", "ok")
+    if when == "after the client changed":
+        await memory.process("ann")
+        extractor.client = _Client(KEY)
+
+    def faulting(self: UserActor, *args: object) -> None:
+        raise RuntimeError(ECHOED)
+
+    monkeypatch.setattr(UserActor, "schedule", faulting)
+    await asyncio.gather(memory.process("ann"), return_exceptions=True)
+
+    logged = [
+        caplog.text,
+        *(r.getMessage() for r in caplog.records),
+        *_traceback_text_shown(caplog),
+    ]
+    faults = [*_logged(caplog, "unexpected error"), *_logged(caplog, "returned from")]
+    assert len(faults) == 2 and all("Illegal header value b'[redacted]" in f for f in faults)
+    assert not [text for text in logged if "SECRET" in text], logged
