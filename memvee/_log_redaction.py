@@ -124,12 +124,15 @@ def protect_loggers(prefixes: Iterable[str]) -> None:
 
     A logger's filters see only the records logged on it, not its children's, so each
     one that exists is given its own; the application's handlers then get clean records.
+    A logger made by another thread meanwhile is not looked for (nor does it fail this).
     """
     names = tuple(prefixes)
     with _installing:
+        # A copy made at once: another thread may make a logger while these are looked at.
+        known = tuple(logging.root.manager.loggerDict)
         existing = [
             name
-            for name in logging.root.manager.loggerDict
+            for name in known
             if any(name == prefix or name.startswith(f"{prefix}.") for prefix in names)
         ]
         for name in {*names, *existing}:

@@ -210,3 +210,32 @@ def test_an_exception_showing_a_urls_password_reaches_no_formatter_reading_it(
     line = _formatted(ValueError("no route to https://memvee:pw@gateway.example/v1"), monkeypatch)
 
     assert ":pw@" not in line and "https://***@gateway.example/v1" in line, line
+
+
+class _PrefixMakingALogger(str):
+    """A logger name to protect whose first comparison makes a logger, as another thread
+    may while the loggers are looked through (an HTTP client imported meanwhile)."""
+
+    made = False
+
+    def __eq__(self, other: object) -> bool:
+        if not _PrefixMakingALogger.made:
+            _PrefixMakingALogger.made = True
+            logging.getLogger("memvee_test_late_client.made_meanwhile")
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_logger_made_while_the_loggers_are_looked_through_fails_no_protection() -> None:
+    """A logger is made while the existing loggers are looked through for those to
+    protect: every one named, or under a name, is protected all the same. The loop over
+    logging's own table raised "dictionary changed size during iteration" out of it (out
+    of a Memory's open or an Audit's construction)."""
+    logging.getLogger("memvee_test_late_client.transport")
+
+    protect_loggers([_PrefixMakingALogger("memvee_test_late_client")])
+
+    assert _PrefixMakingALogger.made
+    for name in ("memvee_test_late_client", "memvee_test_late_client.transport"):
+        assert sum(isinstance(f, RedactSecrets) for f in logging.getLogger(name).filters) == 1
