@@ -459,10 +459,11 @@ async def test_a_fault_in_the_users_actor_echoing_the_current_clients_key_is_log
     tell it with their traceback cleaned of the key, and no record's live exception shows
     it. They showed it, as only the keys of clients a batch went with were known."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    extractor = _HoldingItsClient("sk-ant-api03-FORMERFORMERFORMER" if when[0] == "a" else KEY)
+    changed = when == "after the client changed"
+    extractor = _HoldingItsClient("sk-ant-api03-FORMERFORMERFORMER" if changed else KEY)
     memory: Memory = await make_memory(extractor=extractor)
     await memory.add_exchange("ann", "I like tea", "ok")
-    if when == "after the client changed":
+    if changed:  # a batch goes with the former client, which is then replaced
         await memory.process("ann")
         extractor.client = _Client(KEY)
 
