@@ -53,6 +53,7 @@ from events import (
     check_time,
     check_user_id,
 )
+from events.credentials import redact
 from events.errors import first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._log_redaction import protect_own_loggers
@@ -673,7 +674,8 @@ class Memory:
                 return
             failed = f.exception()
             if failed is not None:
-                self._finish(user_id, task.task_id, "FAILED", 0, first_line(failed))
+                told = redact(first_line(failed), engine.workers.credentials())
+                self._finish(user_id, task.task_id, "FAILED", 0, told)
             elif f.result() is False and not task.done:
                 self._follow(task)  # another process runs it
             elif not isinstance(f.result(), str):  # a str: a quiet task stands for it

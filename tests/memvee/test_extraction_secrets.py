@@ -13,7 +13,7 @@ import pytest
 from actors.user_actor import FAULT_REASON, UserActor
 from events import ExtractionBatch, ExtractionResult, HarmlessRequests, TokenUsage
 from events.errors import ExtractorAccessRefusedError
-from memvee import Memory
+from memvee import Memory, ProcessingError, ProcessStatus
 from tests.support.extractors import RecordingExtractor
 
 KEY = "sk-ant-api03-SECRETSECRETSECRET"
@@ -481,3 +481,27 @@ async def test_a_fault_in_the_users_actor_echoing_the_current_clients_key_is_log
     faults = [*_logged(caplog, "unexpected error"), *_logged(caplog, "returned from")]
     assert len(faults) == 2 and all("Illegal header value b'[redacted]" in f for f in faults)
     assert not [text for text in logged if "SECRET" in text], logged
+
+
+async def test_a_task_the_users_actor_faulted_scheduling_tells_the_fault_without_the_key(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's actor meets a fault echoing the key the extractor's client holds while it
+    schedules a task: ``process`` raises, telling the fault with the key taken out (and so
+    does any FAILED task listed). It showed it, the task's error being the fault's first
+    line."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
+    await memory.add_exchange("ann", "I like tea", "ok")
+
+    def faulting(self: UserActor, *args: object) -> None:
+        raise RuntimeError(ECHOED)
+
+    monkeypatch.setattr(UserActor, "schedule", faulting)
+    with pytest.raises(ProcessingError) as raised:
+        await memory.process("ann")
+
+    failed = [t for t in await memory.tasks("ann") if t.status is ProcessStatus.FAILED]
+    told = [str(raised.value), *(t.error or "" for t in failed)]
+    assert all("Illegal header value b'[redacted]" in text for text in told), told
+    assert not [text for text in told if "SECRET" in text], told
