@@ -26,6 +26,7 @@ from bench import (
     hops,
     hybrid,
     load,
+    pages,
     peer,
     pg_retrieve,
     pg_stages,
@@ -58,6 +59,7 @@ SECTIONS: list[tuple[str, SectionRunner]] = [
     ("pg_stages", pg_stages.run),
     ("peer", peer.run),
     ("hops", hops.run),
+    ("pages", pages.run),
     ("cpu", cpu.run),
     ("server", server.run),
 ]
