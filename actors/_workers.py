@@ -17,7 +17,6 @@ import inspect
 import logging
 import math
 import threading
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -296,13 +295,16 @@ class ExtractionWorkers:
         """The breaker closed: let the batches it held go (called from any thread)."""
         self._loop.call_soon_threadsafe(self._resumed.set)
 
-    def credentials(self) -> tuple[str, ...]:
+    def credentials(self, *, gather: bool = True) -> tuple[str, ...]:
         """The credentials no text of an extraction's failure may show, for any thread to
         tell one (a user's actor): the environment's, those the extractor's clients carry
         now, and every one they carried before (:meth:`_gather`), so one a client held
         before it changed is still taken out of a late failure's text, and one of a client
-        no batch went with yet out of a fault met before."""
-        self._gather()
+        no batch went with yet out of a fault met before. Without ``gather``, only those
+        seen already: the clients are not asked, which may wait for one being built (the
+        asyncio loop must not)."""
+        if gather:
+            self._gather()
         return tuple(dict.fromkeys((*configured_secrets(), *self._carried)))
 
     def _gather(self) -> None:
@@ -577,13 +579,16 @@ class ExtractionWorkers:
         except (KeyboardInterrupt, SystemExit) as error:
             failure = error
         told = self._shown(failure, whole=True)
-        trace = "".join(traceback.format_exception(failure)).rstrip()
-        log.error(  # its traceback as text: a handler's filter knows no client's key
-            "extractor %r raised %s on task %s; the batch fails\n%s",
+        log_failure(  # its traceback as text: a handler's filter knows no client's key
+            log,
+            logging.ERROR,
+            failure,
+            self.credentials(),
+            "extractor %r raised %s on task %s; the batch fails",
             name,
             type(failure).__name__,
             batch.task_id,
-            redact(trace, self.credentials()),
+            live=False,
         )
         raise InvalidExtractionError(
             f"extractor {name!r} raised {type(failure).__name__}: {told}"

@@ -154,6 +154,7 @@ def log_failure(
     secrets: Sequence[str],
     msg: str,
     *args: object,
+    live: bool = True,
 ) -> None:
     """Log ``msg % args`` at ``level`` with ``error``'s traceback, showing none of
     ``secrets``, as ``logger.log`` would (its level, filters and handlers), the caller
@@ -164,11 +165,12 @@ def log_failure(
     show whole (a logger's filter knows the environment's credentials, not those an
     extractor's client holds): formatters keeping the traceback apart from the message
     (JSON's "exception" field) still do. One showing none goes as ``exc_info``, for the
-    application's own format."""
+    application's own format, unless not ``live`` (an error no filter should take for
+    the application's own, say a KeyboardInterrupt an extractor raised)."""
     if not logger.isEnabledFor(level):
         return
     trace = "".join(traceback.format_exception(error)).rstrip()
-    if not shows_credentials(trace, secrets):
+    if live and not shows_credentials(trace, secrets):
         logger.log(level, msg, *args, exc_info=error, stacklevel=2)
         return
     path, line, function, _ = logger.findCaller(stacklevel=2)

@@ -53,8 +53,8 @@ from events import (
     check_time,
     check_user_id,
 )
-from events.credentials import redact
-from events.errors import first_line, is_database_failure, processing_error
+from events.credentials import configured_secrets, redact
+from events.errors import MemveeError, first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._log_redaction import protect_own_loggers
 from memvee._retrieval import RetrievalResult, Retriever, check_query
@@ -652,7 +652,12 @@ class Memory:
         """
         check_user_id(user_id)
         task, sent = self._schedule(user_id, keep_empty=True)
-        quiet = await asyncio.shield(sent)
+        try:
+            quiet = await asyncio.shield(sent)
+        except MemveeError:
+            raise
+        except Exception as fault:  # a defect the actor met: told as the task tells it
+            raise processing_error(user_id, task.task_id, self._told(fault)) from None
         if isinstance(quiet, str):  # the last task found nothing either; nothing came since
             _, loop = self._running()
             return ProcessTask(user_id, quiet, "manual", loop, status=ProcessStatus.COMPLETED)
@@ -674,8 +679,7 @@ class Memory:
                 return
             failed = f.exception()
             if failed is not None:
-                told = redact(first_line(failed), engine.workers.credentials())
-                self._finish(user_id, task.task_id, "FAILED", 0, told)
+                self._finish(user_id, task.task_id, "FAILED", 0, self._told(failed))
             elif f.result() is False and not task.done:
                 self._follow(task)  # another process runs it
             elif not isinstance(f.result(), str):  # a str: a quiet task stands for it
@@ -683,6 +687,14 @@ class Memory:
 
         sent.add_done_callback(_check_sent)
         return task, sent
+
+    def _told(self, failure: BaseException) -> str:
+        """``failure``'s first line as a task tells it, without the credentials the
+        environment and the extractor's clients were seen with: read on the loop, so the
+        clients are not asked again (that may wait for one being built)."""
+        engine = self._engine
+        secrets = engine.workers.credentials(gather=False) if engine else configured_secrets()
+        return redact(first_line(failure), secrets)
 
     async def flush(self, user_id: str) -> int:
         """Process until nothing of the user is buffered, whatever was already running.

@@ -8,6 +8,7 @@ KnowledgeExtracted, or is still buffered, or is quarantined with its error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -276,6 +277,25 @@ async def test_an_extractor_raising_what_would_stop_its_loop_fails_only_its_batc
     await memory.add_exchange("bob", "I like tea", "ok")
     assert await memory.process("bob") == 1, "the extraction loop still runs"
     await memory.close()
+
+
+async def test_an_extractor_raising_a_ctrl_c_is_logged_with_its_traceback_apart_from_the_line(
+    make_memory: Any, extractor: RecordingExtractor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line of an extractor raising KeyboardInterrupt carries its traceback as the
+    record's exception text, as a formatter keeping it apart (JSON's "exception") wants,
+    never as a live exception a Ctrl-C filter would take for the application's own. The
+    traceback was part of the line's message."""
+    memory: Memory = await make_memory()
+    extractor.fault = _poisoned(KeyboardInterrupt)
+    await memory.add_exchange("ann", f"{POISON} I like poison", "ok")
+
+    with caplog.at_level(logging.ERROR, logger="memvee"):
+        await memory.process_async("ann").wait()
+
+    (line,) = [r for r in caplog.records if "the batch fails" in r.getMessage()][:1]
+    assert "Traceback" not in line.getMessage()
+    assert line.exc_info is None and line.exc_text and "KeyboardInterrupt" in line.exc_text
 
 
 async def test_a_failure_that_may_pass_is_retried_by_itself_after_a_backoff(

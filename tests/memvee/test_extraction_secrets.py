@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any
 
 import pytest
 
+from actors import _workers
 from actors.user_actor import FAULT_REASON, UserActor
 from events import ExtractionBatch, ExtractionResult, HarmlessRequests, TokenUsage
 from events.errors import ExtractorAccessRefusedError
-from memvee import Memory, ProcessingError, ProcessStatus
+from memvee import Memory, NotFoundError, ProcessingError
 from tests.support.extractors import RecordingExtractor
 
 KEY = "sk-ant-api03-SECRETSECRETSECRET"
@@ -483,25 +485,49 @@ async def test_a_fault_in_the_users_actor_echoing_the_current_clients_key_is_log
     assert not [text for text in logged if "SECRET" in text], logged
 
 
+@pytest.mark.parametrize("call", ["process", "request_processing"])
 async def test_a_task_the_users_actor_faulted_scheduling_tells_the_fault_without_the_key(
-    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch, call: str
 ) -> None:
     """The user's actor meets a fault echoing the key the extractor's client holds while it
-    schedules a task: ``process`` raises, telling the fault with the key taken out (and so
-    does any FAILED task listed). It showed it, the task's error being the fault's first
-    line."""
+    schedules a task: ``process`` and ``request_processing`` raise a ProcessingError telling
+    the fault with the key taken out. The task's error was the fault's first line as it
+    came, and ``request_processing`` raised the actor's fault itself."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
     await memory.add_exchange("ann", "I like tea", "ok")
+    await memory.process("ann")  # a batch went: the client's key is known
 
     def faulting(self: UserActor, *args: object) -> None:
         raise RuntimeError(ECHOED)
 
     monkeypatch.setattr(UserActor, "schedule", faulting)
     with pytest.raises(ProcessingError) as raised:
-        await memory.process("ann")
+        await getattr(memory, call)("ann")
 
-    failed = [t for t in await memory.tasks("ann") if t.status is ProcessStatus.FAILED]
-    told = [str(raised.value), *(t.error or "" for t in failed)]
-    assert all("Illegal header value b'[redacted]" in text for text in told), told
-    assert not [text for text in told if "SECRET" in text], told
+    assert "Illegal header value b'[redacted]" in str(raised.value)
+    assert "SECRET" not in str(raised.value)
+
+
+async def test_a_task_refused_on_the_loop_never_asks_the_extractors_clients(
+    make_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's request is refused (an unknown user): telling its failure on the asyncio
+    loop reads the credentials seen already and never asks the extractor's clients, which
+    may wait for a client being built, stalling the loop."""
+    memory: Memory = await make_memory(extractor=_HoldingItsClient(KEY))
+    await memory.add_exchange("ann", "I like tea", "ok")
+    await memory.process("ann")
+    asked_on: list[str] = []
+    real = _workers.carried_by
+
+    def carried_by(extractor: object) -> list[str]:
+        asked_on.append(threading.current_thread().name)
+        return list(real(extractor))
+
+    monkeypatch.setattr(_workers, "carried_by", carried_by)
+    loop_thread = threading.current_thread().name
+    with pytest.raises(NotFoundError):
+        await memory.request_processing("nobody")
+
+    assert loop_thread not in asked_on, asked_on
