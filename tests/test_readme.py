@@ -1,4 +1,5 @@
-"""The README's first snippet runs as pasted into a file, and creates ./memvee.db."""
+"""The README tells the truth: its first snippet runs as pasted into a file (and creates
+./memvee.db), and every ``memvee`` command and option it shows exists."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import typer
+from typer.core import TyperGroup
+
+from memvee.cli import app
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+TEXT = README.read_text(encoding="utf-8")
 
 
 def test_the_first_snippet_runs_when_pasted_into_a_file(tmp_path: Path) -> None:
-    snippet = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)[0]
+    snippet = re.findall(r"```python\n(.*?)```", TEXT, re.S)[0]
     (tmp_path / "example.py").write_text(snippet, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
     ran = subprocess.run(
@@ -27,3 +35,36 @@ def test_the_first_snippet_runs_when_pasted_into_a_file(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr
     assert "User lives in Oslo." in ran.stdout
     assert (tmp_path / "memvee.db").is_file()
+
+
+def _shown_invocations() -> list[str]:
+    """Every ``memvee ...`` the README shows: the lines of its shell blocks (each command
+    of a ``&&`` chain, comments cut) and its inline code that begins with ``memvee``."""
+    shown: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", TEXT, re.S):
+        for line in block.splitlines():
+            command = line.split("#", 1)[0]
+            shown += [part.strip() for part in command.split("&&")]
+    shown += re.findall(r"`(memvee [^`]*)`", TEXT)
+    # `memvee mcp` also runs as a path to the installed script (Claude Code's line).
+    shown += re.findall(r"/bin/(memvee [^\n`#]*)", TEXT)
+    return [s for s in shown if s.startswith("memvee ")]
+
+
+def _options(command: typer.core.TyperCommand | TyperGroup) -> set[str]:
+    return {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
+
+
+@pytest.mark.parametrize("shown", sorted(set(_shown_invocations())))
+def test_every_memvee_command_and_option_the_readme_shows_exists(shown: str) -> None:
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    words = shown.split()[1:]
+    name = next((w for w in words if not w.startswith("-")), None)
+    if words[0].startswith("--") or name is None:  # an option of `memvee` itself
+        command: typer.core.TyperCommand | TyperGroup = group
+    else:
+        assert name in group.commands, f"{shown!r}: no command {name!r}"
+        command = group.commands[name]
+    shown_options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", shown))
+    assert shown_options <= _options(command), f"{shown!r}: unknown options"
