@@ -1,5 +1,6 @@
 """The README tells the truth: its first snippet runs as pasted into a file (and creates
-./memvee.db), and every ``memvee`` command and option it shows exists."""
+./memvee.db), every ``memvee`` command and option it shows exists, and its list of the
+user log's events is the log's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import typer
 from typer.core import TyperGroup
 
+from events import EVENT_CLASSES
 from memvee.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -68,3 +70,10 @@ def test_every_memvee_command_and_option_the_readme_shows_exists(shown: str) -> 
         command = group.commands[name]
     shown_options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", shown))
     assert shown_options <= _options(command), f"{shown!r}: unknown options"
+
+
+def test_the_readme_names_every_event_of_the_user_log() -> None:
+    listed = re.search(r"with the events (.*?)\. Its state", TEXT, re.S)
+    assert listed is not None, "the README's list of the user log's events moved"
+    named = set(re.findall(r"`(\w+)`", listed.group(1)))
+    assert named == {event.__name__ for event in EVENT_CLASSES}
