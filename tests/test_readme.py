@@ -1,9 +1,10 @@
 """The README tells the truth: its first snippet runs as pasted into a file (and creates
-./memvee.db), every ``memvee`` command and option it shows exists, and its list of the
-user log's events is the log's."""
+./memvee.db), every ``memvee`` command and option it shows exists, its list of the user
+log's events is the log's, and its configuration table gives each setting's default."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from events import EVENT_CLASSES
+from memvee import MemoryConfig
 from memvee.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -77,3 +79,40 @@ def test_the_readme_names_every_event_of_the_user_log() -> None:
     assert listed is not None, "the README's list of the user log's events moved"
     named = set(re.findall(r"`(\w+)`", listed.group(1)))
     assert named == {event.__name__ for event in EVENT_CLASSES}
+
+
+def _stated_default(text: str) -> object:
+    """A default as the configuration table writes it (``60 s``, ``20,000``, ``"full"``,
+    ``on``), as a value; ``None`` for one told in words."""
+    text = text.strip().strip("`").strip('"')
+    if text == "on":
+        return True
+    number = text.removesuffix(" s").replace(",", "")
+    if re.fullmatch(r"\d+", number):
+        return int(number)
+    if re.fullmatch(r"\d+\.\d+", number):
+        return float(number)
+    return text if re.fullmatch(r"[a-z]+", text) else None
+
+
+def _configuration_table() -> dict[str, str]:
+    """Each setting the configuration table names, with its default cell's part for it
+    (a row of two settings gives two defaults, comma-separated; "" when it tells them in
+    words)."""
+    table: dict[str, str] = {}
+    for names, cell in re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| (.*?) \| .* \|$", TEXT, re.M):
+        settings = re.findall(r"`(\w+)`", names)
+        parts = cell.split(", ")
+        told = parts if len(parts) == len(settings) else [""] * len(settings)
+        table.update(zip(settings, told, strict=True))
+    return table
+
+
+def test_the_configuration_table_lists_every_setting_with_its_default() -> None:
+    table = _configuration_table()
+    told_in_use = {"db_path", "db_url", "auto_process", "batch_threshold"}  # see "Use"
+    defaults = {field.name: field.default for field in dataclasses.fields(MemoryConfig)}
+    assert set(table) == set(defaults) - told_in_use
+    stated = {name: _stated_default(text) for name, text in table.items()}
+    numbers_and_words = {name: value for name, value in stated.items() if value is not None}
+    assert numbers_and_words == {name: defaults[name] for name in numbers_and_words}
