@@ -1,6 +1,7 @@
 """The README tells the truth: its first snippet runs as pasted into a file (and creates
 ./memvee.db), every ``memvee`` command and option it shows exists, its list of the user
-log's events is the log's, and its configuration table gives each setting's default."""
+log's events is the log's, its configuration table gives each setting's default, and it
+names every section of the benchmark."""
 
 from __future__ import annotations
 
@@ -116,3 +117,11 @@ def test_the_configuration_table_lists_every_setting_with_its_default() -> None:
     stated = {name: _stated_default(text) for name, text in table.items()}
     numbers_and_words = {name: value for name, value in stated.items() if value is not None}
     assert numbers_and_words == {name: defaults[name] for name in numbers_and_words}
+
+
+def test_the_readme_names_every_section_of_the_benchmark_in_its_order() -> None:
+    from bench.__main__ import SECTIONS  # the sections' modules, imported only here
+
+    listed = re.search(r"runs some\nof its sections, which are (.*?)\n\(", TEXT, re.S)
+    assert listed is not None, "the README's list of the benchmark's sections moved"
+    assert re.findall(r"`(\w+)`", listed.group(1)) == [name for name, _ in SECTIONS]
