@@ -1,7 +1,7 @@
 """The README tells the truth: its first snippet runs as pasted into a file (and creates
 ./memvee.db), every ``memvee`` command and option it shows exists, its list of the user
-log's events is the log's, its configuration table gives each setting's default, and it
-names every section of the benchmark."""
+log's events is the log's, its configuration table gives each setting's default, its HTTP
+table each route the server has, and it names every section of the benchmark."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 from events import EVENT_CLASSES
-from memvee import MemoryConfig
+from memvee import Memory, MemoryConfig
+from memvee.audit import Audit
 from memvee.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -125,3 +126,28 @@ def test_the_readme_names_every_section_of_the_benchmark_in_its_order() -> None:
     listed = re.search(r"runs some\nof its sections, which are (.*?)\n\(", TEXT, re.S)
     assert listed is not None, "the README's list of the benchmark's sections moved"
     assert re.findall(r"`(\w+)`", listed.group(1)) == [name for name, _ in SECTIONS]
+
+
+def test_every_route_of_the_readmes_http_table_is_served_with_its_query_parameters(
+    tmp_path: Path,
+) -> None:
+    from fastapi.routing import APIRoute  # the server extra, imported only here
+
+    from memvee._server.http_api import api_router
+
+    database = str(tmp_path / "routes.db")
+    with Audit(database) as audit:  # the router keeps them, calls neither
+        router = api_router(Memory(db_path=database, embedder=False), audit)
+    served = {
+        (method, re.sub(r"\{user_id:\w+\}", "{user}", route.path)): {
+            param.alias for param in route.dependant.query_params
+        }
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods
+    }
+    shown = re.findall(r"^\| [^|]+ \| `(GET|POST|DELETE) (/v1/[^`?]*)\??([^`]*)`", TEXT, re.M)
+    assert {(method, path) for method, path, _ in shown} == set(served)
+    for method, path, query in shown:
+        asked = set(re.findall(r"(\w+)=", query))
+        assert asked <= served[method, path], f"{method} {path}: no {asked - served[method, path]}"
