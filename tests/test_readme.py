@@ -58,6 +58,7 @@ def _shown_invocations() -> list[str]:
 
 
 def _options(command: typer.core.TyperCommand | TyperGroup) -> set[str]:
+    """Every spelling of every option ``command`` takes (``--promote`` and ``--no-promote``)."""
     return {name for param in command.params for name in (*param.opts, *param.secondary_opts)}
 
 
