@@ -136,6 +136,7 @@ __all__ = [
     "MAX_USERS_PAGE",
     "Answered",
     "Audit",
+    "BulkReport",
     "Busy",
     "CheckVerdict",
     "Comparison",
@@ -150,6 +151,18 @@ __all__ = [
 ]
 
 log = logging.getLogger("memvee.audit")
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`BulkReport`, what :meth:`Audit.reextract_in_bulk` returns, imported when it
+    is first named: its module brings the Anthropic SDK, which an Audit that never
+    re-extracts in bulk should not pay for."""
+    if name == "BulkReport":
+        from memvee._bulk import BulkReport
+
+        return BulkReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 T = TypeVar("T")
 

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1109,3 +1111,19 @@ def test_an_audit_opened_without_a_memory_keeps_the_environments_key_from_the_ap
     assert {
         name: sum(isinstance(f, RedactSecrets) for f in filters) for name, filters in held.items()
     } == dict.fromkeys(OWN_LOGGERS, 1)
+
+
+def test_every_public_name_of_the_audit_module_loads_and_says_what_it_is() -> None:
+    """What an Audit's calls return is importable from ``memvee.audit`` (the bulk run's
+    report too, only from a private module before), each documented, and importing the
+    module brings no Anthropic SDK until the bulk report is named."""
+    probe = (
+        "import sys, inspect, memvee.audit as audit; before = 'anthropic' in sys.modules; "
+        "names = [getattr(audit, n) for n in audit.__all__]; "
+        "print(before, all(inspect.getdoc(n) for n in names), "
+        "audit.BulkReport.__name__, audit.Audit.reextract_in_bulk.__annotations__['return'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "True", "BulkReport", "BulkReport"]
