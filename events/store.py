@@ -552,8 +552,11 @@ def _close_driver(driver: Any, what: str) -> None:
 
 def _log_discard_failure(what: str, done: str, error: BaseException) -> None:
     """Tell that ``what`` could not be ``done`` while it was discarded, and why: the
-    failure is not raised (the transaction's own is), so the log is where it is seen."""
-    log.warning(
+    failure is not raised (the transaction's own is), so the log is where it is seen. An
+    interrupt (Ctrl-C) is raised, and told by whoever catches it: noted at debug only."""
+    level = logging.WARNING if isinstance(error, Exception) else logging.DEBUG
+    log.log(
+        level,
         "%s, discarded after a failed transaction, could not be %s: %s",
         what,
         done,

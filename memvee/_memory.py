@@ -53,7 +53,7 @@ from events import (
     check_time,
     check_user_id,
 )
-from events.credentials import configured_secrets, redact
+from events.credentials import redact
 from events.errors import MemveeError, first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._log_redaction import protect_own_loggers
@@ -647,17 +647,19 @@ class Memory:
         asked again while nothing was written to the user since, the task returned is
         that one (COMPLETED), so polling an idle user stores nothing more.
         A user never written raises :class:`NotFoundError`; a request the database refuses
-        raises its error (the task ends FAILED). Cancelling the call does not withdraw the
-        request.
+        raises its error (the task ends FAILED); a defect the user's actor meets raises
+        :class:`ProcessingError` telling it, as the task does. Cancelling the call does not
+        withdraw the request.
         """
         check_user_id(user_id)
+        engine, _ = self._running()
         task, sent = self._schedule(user_id, keep_empty=True)
         try:
             quiet = await asyncio.shield(sent)
         except MemveeError:
             raise
         except Exception as fault:  # a defect the actor met: told as the task tells it
-            raise processing_error(user_id, task.task_id, self._told(fault)) from None
+            raise processing_error(user_id, task.task_id, self._told(fault, engine)) from None
         if isinstance(quiet, str):  # the last task found nothing either; nothing came since
             _, loop = self._running()
             return ProcessTask(user_id, quiet, "manual", loop, status=ProcessStatus.COMPLETED)
@@ -679,7 +681,7 @@ class Memory:
                 return
             failed = f.exception()
             if failed is not None:
-                self._finish(user_id, task.task_id, "FAILED", 0, self._told(failed))
+                self._finish(user_id, task.task_id, "FAILED", 0, self._told(failed, engine))
             elif f.result() is False and not task.done:
                 self._follow(task)  # another process runs it
             elif not isinstance(f.result(), str):  # a str: a quiet task stands for it
@@ -688,13 +690,13 @@ class Memory:
         sent.add_done_callback(_check_sent)
         return task, sent
 
-    def _told(self, failure: BaseException) -> str:
-        """``failure``'s first line as a task tells it, without the credentials the
-        environment and the extractor's clients were seen with: read on the loop, so the
-        clients are not asked again (that may wait for one being built)."""
-        engine = self._engine
-        secrets = engine.workers.credentials(gather=False) if engine else configured_secrets()
-        return redact(first_line(failure), secrets)
+    @staticmethod
+    def _told(failure: BaseException, engine: Engine) -> str:
+        """``failure``'s first line as a task of ``engine`` tells it, without the
+        credentials the environment and the extractor's clients were seen with (the engine
+        keeps them once stopped): read on the loop, so the clients are not asked again
+        (that may wait for one being built)."""
+        return redact(first_line(failure), engine.workers.credentials(gather=False))
 
     async def flush(self, user_id: str) -> int:
         """Process until nothing of the user is buffered, whatever was already running.

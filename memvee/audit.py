@@ -153,15 +153,21 @@ __all__ = [
 log = logging.getLogger("memvee.audit")
 
 
-def __getattr__(name: str) -> Any:
-    """:class:`BulkReport`, what :meth:`Audit.reextract_in_bulk` returns, imported when it
-    is first named: its module brings the Anthropic SDK, which an Audit that never
-    re-extracts in bulk should not pay for."""
-    if name == "BulkReport":
-        from memvee._bulk import BulkReport
+if not TYPE_CHECKING:  # a type checker reads the import above, and checks every name
 
-        return BulkReport
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        """:class:`BulkReport`, what :meth:`Audit.reextract_in_bulk` returns, imported when
+        it is first named: its module brings the Anthropic SDK, which an Audit that never
+        re-extracts in bulk should not pay for."""
+        if name == "BulkReport":
+            from memvee._bulk import BulkReport
+
+            return BulkReport
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        """The module's names, :class:`BulkReport` among them before it is loaded."""
+        return sorted({*globals(), "BulkReport"})
 
 
 T = TypeVar("T")

@@ -598,19 +598,25 @@ class EventStoreContract:
             assert store.max_position(connection) > before
 
     def test_an_interrupt_while_a_failed_read_ends_hands_its_connection_back_first(
-        self, store: EventStore, monkeypatch: pytest.MonkeyPatch
+        self, store: EventStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A Ctrl-C lands while a failed read's transaction is rolled back: it goes on to
-        the caller, but only once the connection is freed (none is left checked out)."""
+        the caller, but only once the connection is freed (none is left checked out), and
+        no warning tells it (a command line would print it beside its own Ctrl-C line)."""
         store.append([UserLog.register("cy").collect_events()])
         pool: Any = store.engine.pool
         checked_out = pool.checkedout()
         armed = _fail_on_the_refused_connection(("rollback",), monkeypatch, KeyboardInterrupt)
-        with pytest.raises(KeyboardInterrupt), store.reading() as connection:
+        with (
+            caplog.at_level(logging.WARNING, logger="memvee.events"),
+            pytest.raises(KeyboardInterrupt),
+            store.reading() as connection,
+        ):
             armed.append(connection)
             raise InvalidInputError("the reader gave up")
 
         assert pool.checkedout() == checked_out
+        assert not [r for r in caplog.records if "discarded" in r.getMessage()]
         assert store.load("cy") is not None
 
 

@@ -1115,15 +1115,17 @@ def test_an_audit_opened_without_a_memory_keeps_the_environments_key_from_the_ap
 
 def test_every_public_name_of_the_audit_module_loads_and_says_what_it_is() -> None:
     """What an Audit's calls return is importable from ``memvee.audit`` (the bulk run's
-    report too, only from a private module before), each documented, and importing the
-    module brings no Anthropic SDK until the bulk report is named."""
+    report too, only from a private module before) and listed by ``dir()``, each class
+    documented, and importing the module brings no Anthropic SDK until the report is
+    named."""
     probe = (
         "import sys, inspect, memvee.audit as audit; before = 'anthropic' in sys.modules; "
+        "listed = set(audit.__all__) <= set(dir(audit)); "
         "names = [getattr(audit, n) for n in audit.__all__]; "
-        "print(before, all(inspect.getdoc(n) for n in names), "
+        "print(before, listed, all(c.__doc__ for c in names if inspect.isclass(c)), "
         "audit.BulkReport.__name__, audit.Audit.reextract_in_bulk.__annotations__['return'])"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
-    assert done.stdout.split() == ["False", "True", "BulkReport", "BulkReport"]
+    assert done.stdout.split() == ["False", "True", "True", "BulkReport", "BulkReport"]

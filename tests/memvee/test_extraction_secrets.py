@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from actors import _workers
 from actors.user_actor import FAULT_REASON, UserActor
 from events import ExtractionBatch, ExtractionResult, HarmlessRequests, TokenUsage
 from events.errors import ExtractorAccessRefusedError
-from memvee import Memory, NotFoundError, ProcessingError
+from memvee import Memory, MemoryConfig, NotFoundError, ProcessingError
 from tests.support.extractors import RecordingExtractor
 
 KEY = "sk-ant-api03-SECRETSECRETSECRET"
@@ -531,3 +533,39 @@ async def test_a_task_refused_on_the_loop_never_asks_the_extractors_clients(
         await memory.request_processing("nobody")
 
     assert loop_thread not in asked_on, asked_on
+
+
+def test_a_fault_told_once_the_memory_closed_from_another_loop_is_without_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's request is out on loop A when the Memory is closed from another loop, and
+    the user's actor then meets a fault echoing the client's key: once loop A runs again,
+    ``request_processing`` tells the fault without the key. It told it whole, the keys the
+    closed engine had seen gone with it."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    memory = Memory(
+        config=MemoryConfig(db_url=f"sqlite:///{tmp_path / 'm.db'}"),
+        extractor=_HoldingItsClient(KEY),
+        embedder=False,
+    )
+    loop_a = asyncio.new_event_loop()
+    try:
+        loop_a.run_until_complete(memory.open())
+        loop_a.run_until_complete(memory.add_exchange("ann", "I like tea", "ok"))
+        loop_a.run_until_complete(memory.process("ann"))  # a batch went: the key is seen
+
+        def slow_fault(self: UserActor, *args: object) -> None:
+            time.sleep(0.5)
+            raise RuntimeError(ECHOED)
+
+        monkeypatch.setattr(UserActor, "schedule", slow_fault)
+        asked = loop_a.create_task(memory.request_processing("ann"))
+        loop_a.run_until_complete(asyncio.sleep(0.05))
+        asyncio.run(memory.close(grace=0))
+        with pytest.raises(ProcessingError) as raised:
+            loop_a.run_until_complete(asked)
+    finally:
+        loop_a.close()
+
+    assert "Illegal header value b'[redacted]" in str(raised.value)
+    assert "SECRET" not in str(raised.value)
