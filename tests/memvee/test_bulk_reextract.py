@@ -48,6 +48,7 @@ from events import (
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction, _since_promoted
+from memvee._bulk.fallback import DirectFallback
 from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.cli import app
@@ -2065,6 +2066,30 @@ async def test_a_run_whose_claim_was_taken_over_while_stopped_submits_nothing_mo
         with audit.store.engine.connect() as connection:
             (left,) = connection.execute(select(BULK_BATCHES)).mappings().all()
         assert left["requests"]["claim"]["owner"] == "another run"
+
+
+async def test_the_fallback_sends_nothing_for_a_user_another_run_took_over(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The users' Message Batch fails whole with server errors a second time, and another
+    run took bob over meanwhile (the renewal of this run's claims noticed it): the Messages
+    API fallback sends ann's messages at full price and none of bob's, now that run's."""
+    server.set_responder(_batch_requests_fail)
+    with Audit(db_url=db) as audit:
+        await _run(audit)
+        send = DirectFallback.send_directly
+
+        async def lose_bob_then_send(self: DirectFallback, *args: Any) -> None:
+            _taken_over(self.store, "bob")
+            await asyncio.to_thread(self.claims.renew_claims)
+            await send(self, *args)
+
+        monkeypatch.setattr(DirectFallback, "send_directly", lose_bob_then_send)
+        report = await _run(audit)
+    assert report.direct == {"ann": 10}, report.direct
+    sent = [said for call in _direct_calls_since(server, 0) for said in call]
+    assert any(s.startswith("ann") for s in sent), sent
+    assert not any(s.startswith("bob") for s in sent), sent
 
 
 def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
