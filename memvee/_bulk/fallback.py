@@ -20,6 +20,7 @@ from memvee.extractors import ClaudeExtractor
 
 if TYPE_CHECKING:
     from memvee._bulk.claims import Claims
+    from memvee._bulk.kept import KeptBatches
     from memvee._bulk.report import BulkReport
     from memvee._bulk.run import Decide
     from memvee.audit import ReextractionReport
@@ -37,14 +38,14 @@ class DirectFallback:
     """Sends through the Messages API the messages of the Message Batches of a run that
     failed whole with server errors a second time (:data:`Direct`, ``None``: never), at
     most ``direct_limit`` messages a run (``None``: all), to the users the run still
-    ``claims``; ``note_tried`` notes in a kept row that a user's messages are sent now."""
+    ``claims``, noting in the run's ``kept_batches`` that a user's messages are sent now."""
 
     store: EventStore
     extractor: ClaudeExtractor
     version: str
     decide: Decide
     claims: Claims
-    note_tried: Callable[[dict[str, Any], str], None]
+    kept_batches: KeptBatches
     _: KW_ONLY
     direct: Direct | None
     direct_limit: int | None  # the most messages sent directly a run (None: all)
@@ -94,7 +95,7 @@ class DirectFallback:
             if not sent:
                 continue
             live = ReextractionReport()
-            await asyncio.to_thread(self.note_tried, row, user_id)
+            await asyncio.to_thread(self.kept_batches.note_tried, row, user_id)
             report.direct[user_id] = report.direct.get(user_id, 0) + len(sent)
             log.warning(
                 "user %r: %d messages go through the Messages API at full price: their "

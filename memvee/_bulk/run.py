@@ -179,7 +179,7 @@ class BulkReextraction:
             version,
             decide,
             self.claiming,
-            self.kept_batches.note_tried,
+            self.kept_batches,
             direct=direct,
             direct_limit=direct_limit,
         )
