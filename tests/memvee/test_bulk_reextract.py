@@ -2092,6 +2092,51 @@ async def test_the_fallback_sends_nothing_for_a_user_another_run_took_over(
     assert not any(s.startswith("bob") for s in sent), sent
 
 
+def _claim_stamps(store: EventStore) -> dict[str, datetime]:
+    """When each of the v2 claims on :data:`USERS`' plans was last renewed, by its id."""
+    ids = [memvee._bulk.claims._claim_id("v2", user) for user in USERS]
+    with store.engine.connect() as connection:
+        found = connection.execute(
+            select(BULK_BATCHES.c.local_id, BULK_BATCHES.c.created_at).where(
+                BULK_BATCHES.c.local_id.in_(ids)
+            )
+        )
+        return {local_id: stamp for local_id, stamp in found}
+
+
+async def test_a_run_renews_its_claims_every_claim_renew_seconds_while_its_batch_runs(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run waits for its Message Batch, its claims on its users are renewed every
+    ``CLAIM_RENEW`` seconds by the database's clock, so another host's run never takes a
+    user over from a run under way, however long its batch takes."""
+    monkeypatch.setattr(memvee._bulk.claims, "CLAIM_RENEW", 0.02)
+    finish = BulkReextraction._finish
+    seen: list[dict[str, datetime]] = []
+
+    async def finish_once_renewed(self: BulkReextraction, *args: Any, **kw: Any) -> None:
+        seen.append(_claim_stamps(self.store))
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not _all_moved(seen[0], self.store):
+            await asyncio.sleep(0.02)
+        seen.append(_claim_stamps(self.store))
+        await finish(self, *args, **kw)
+
+    monkeypatch.setattr(BulkReextraction, "_finish", finish_once_renewed)
+    with Audit(db_url=db) as audit:
+        report = await _run(audit)
+    before, after = seen
+    assert len(before) == len(USERS), before
+    assert all(after[claim] > stamp for claim, stamp in before.items()), (before, after)
+    assert report.recorded == 6
+
+
+def _all_moved(stamps: dict[str, datetime], store: EventStore) -> bool:
+    """Whether every claim of ``stamps`` was renewed since."""
+    now = _claim_stamps(store)
+    return all(now.get(claim, stamp) > stamp for claim, stamp in stamps.items())
+
+
 def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
     """Renewal notices a claim this run no longer holds: the run drops its user."""
     with Audit(db_url=db) as audit:
