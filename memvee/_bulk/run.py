@@ -184,16 +184,6 @@ class BulkReextraction:
             direct_limit=direct_limit,
         )
 
-    @property
-    def claims(self) -> list[str]:
-        """The ids of the claims this run holds (:attr:`Claims.claims`)."""
-        return self.claiming.claims
-
-    @property
-    def lost(self) -> set[str]:
-        """The claims another run took over while this one was stopped."""
-        return self.claiming.lost
-
     async def run(self, user_ids: Sequence[str], *, listed: bool = False) -> BulkReport:
         """Collect what an earlier run left unfinished, then submit, poll and record the
         messages of ``user_ids`` that the version does not cover yet. Each user's plan is
@@ -205,8 +195,8 @@ class BulkReextraction:
         try:
             if not listed:
                 await asyncio.to_thread(self._check_logs, user_ids)
-            await asyncio.to_thread(self._create_table)
-            await asyncio.to_thread(self._sweep_forgotten_claims)
+            await asyncio.to_thread(self.kept_batches.create_table)
+            await asyncio.to_thread(self.claiming.sweep_forgotten_claims)
         except SQLAlchemyError as error:
             raise self._storage_failure(error) from error
         await self.extractor.prepare()
@@ -232,7 +222,7 @@ class BulkReextraction:
             renewing.cancel()
             _RUNNING.discard(self.claiming.owner)
             try:
-                await asyncio.to_thread(self._release_claims)
+                await asyncio.to_thread(self.claiming.release_claims)
             except Exception as error:  # the run's own outcome is what its caller gets
                 log.warning(
                     "releasing the bulk run's claims failed (%s); they lapse after %g s",
@@ -386,37 +376,6 @@ class BulkReextraction:
                 connection.execute(BULK_BATCHES.update().where(where).values(requests=left))
             else:
                 connection.execute(BULK_BATCHES.delete().where(where))
-
-    # ------------------------------------------------------------ kept rows and claims, a step
-
-    def _create_table(self) -> None:
-        """Create the table of kept rows unless it is there
-        (:meth:`KeptBatches.create_table`)."""
-        self.kept_batches.create_table()
-
-    def _keep_failed_whole(self, row: dict[str, Any]) -> None:
-        """Keep ``row``, whose Message Batch failed whole with server errors, for the next
-        run to plan its messages again (:meth:`KeptBatches.keep_failed_whole`)."""
-        self.kept_batches.keep_failed_whole(row)
-
-    def _sweep_forgotten_claims(self) -> None:
-        """Remove the claims stopped runs left on users forgotten since
-        (:meth:`Claims.sweep_forgotten_claims`)."""
-        self.claiming.sweep_forgotten_claims()
-
-    def _renew_claims(self) -> None:
-        """Renew this run's claims now (:meth:`Claims.renew_claims`), as it does every
-        :data:`claims.CLAIM_RENEW` seconds while it runs."""
-        self.claiming.renew_claims()
-
-    def _insert_held(self, row: dict[str, Any]) -> None:
-        """Keep ``row``'s requests of the users this run still holds
-        (:meth:`Claims.insert_held`); the others are taken out of ``row``."""
-        self.claiming.insert_held(row)
-
-    def _release_claims(self) -> None:
-        """Release every claim this run still holds (:meth:`Claims.release_claims`)."""
-        self.claiming.release_claims()
 
     # ------------------------------------------------------------------ plan and submit
 
@@ -615,7 +574,7 @@ class BulkReextraction:
         nothing is left to submit.
 
         Only the requests of users this run still holds are kept and sent, checked as they
-        are kept (:meth:`_insert_held`): a user another run took over while this one was
+        are kept (:meth:`Claims.insert_held`): a user another run took over while this one was
         stopped is its (``report.claimed``).
 
         Each custom id ends with the kept row's id, so a batch whose creation was never
@@ -639,7 +598,7 @@ class BulkReextraction:
             "created_at": datetime.now(UTC),
         }
         if kept:
-            await asyncio.to_thread(self._insert_held, row)
+            await asyncio.to_thread(self.claiming.insert_held, row)
         self.claiming.report_lost(report)
         if not row["requests"]:
             return None
@@ -796,7 +755,7 @@ class BulkReextraction:
             again = {k: r for k, r in row["requests"].items() if int(r.get(_FAILING, 0))}
             if again and not earlier:
                 await self.fallback.send_directly(row, again, report)
-            await asyncio.to_thread(self._keep_failed_whole, row)
+            await asyncio.to_thread(self.kept_batches.keep_failed_whole, row)
             return
         await asyncio.to_thread(self.kept_batches.delete, row["local_id"])
 

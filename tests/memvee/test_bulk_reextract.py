@@ -48,7 +48,9 @@ from events import (
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction, _since_promoted
+from memvee._bulk.claims import Claims
 from memvee._bulk.fallback import DirectFallback
+from memvee._bulk.kept import KeptBatches
 from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.cli import app
@@ -212,10 +214,10 @@ def test_a_run_decodes_each_kept_batch_once_however_many_users_it_claims(
         for i in range(40):
             assert run._claim(f"user{i}") == set()
         assert sorted(decodes) == ["r1-kept-0", "r1-kept-1", "r1-kept-2"]
-        other._keep_failed_whole({"local_id": "kept-1"})
+        other.kept_batches.keep_failed_whole({"local_id": "kept-1"})
         assert run._claim("held1") == set()
         assert sorted(decodes) == ["r1-kept-0", "r1-kept-1", "r1-kept-1", "r1-kept-2"]
-        run._release_claims()
+        run.claiming.release_claims()
 
 
 def _keep(audit: Audit, local_id: str, requests: dict[str, Any]) -> None:
@@ -245,7 +247,7 @@ def _bare_run(audit: Audit) -> BulkReextraction:
         lambda user_id, batch: ((), ()),
         audit._record_failure,
     )
-    run._create_table()
+    run.kept_batches.create_table()
     return run
 
 
@@ -270,7 +272,7 @@ def test_a_batch_another_run_kept_after_this_one_began_is_seen_by_its_later_clai
                 },
             )
         assert run._claim("bob") == {"m1", "m2"}
-        run._release_claims()
+        run.claiming.release_claims()
 
 
 def test_a_claim_plans_again_what_a_batch_marked_failed_whole_after_the_run_read_it_holds(
@@ -285,7 +287,7 @@ def test_a_claim_plans_again_what_a_batch_marked_failed_whole_after_the_run_read
         a, b = _bare_run(audit), _bare_run(audit)
         _keep(audit, "kept-by-b", {"r1-kept-by-b": {"user": "bob", "messages": ["m1", "m2"]}})
         assert a._claim("ann") == set()
-        b._keep_failed_whole({"local_id": "kept-by-b"})
+        b.kept_batches.keep_failed_whole({"local_id": "kept-by-b"})
         assert a._claim("bob") == set()
         assert {m: [count for count, _ in counts] for m, counts in a.failing["bob"].items()} == {
             "m1": [1],
@@ -294,7 +296,7 @@ def test_a_claim_plans_again_what_a_batch_marked_failed_whole_after_the_run_read
         with audit.store.engine.connect() as connection:
             kept = connection.execute(select(BULK_BATCHES.c.local_id)).scalars().all()
         assert "kept-by-b" not in kept, "bob's request taken out, and the batch with it"
-        a._release_claims()
+        a.claiming.release_claims()
 
 
 def _failed_whole_tried(message_id: str, tried: object) -> dict[str, Any]:
@@ -323,7 +325,7 @@ def test_a_claim_takes_the_latest_fallback_try_of_a_users_kept_batches(
         _keep(audit, "kept-c", {"r1-kept-c": _failed_whole_tried("m3", between)})
         assert run._claim("bob") == set()
         assert run.last_tried["bob"] == latest
-        run._release_claims()
+        run.claiming.release_claims()
 
 
 @pytest.mark.parametrize(
@@ -343,7 +345,7 @@ def test_a_fallback_try_that_cannot_be_read_counts_as_never_tried_and_is_told_na
             assert run._claim("bob") == set()
         assert "bob" not in run.last_tried, "never tried"
         assert "'bob'" in caplog.text and "direct_tried" in caplog.text
-        run._release_claims()
+        run.claiming.release_claims()
 
 
 def test_a_claim_sees_a_user_a_forget_took_out_of_a_batch_after_the_run_read_it(
@@ -365,7 +367,7 @@ def test_a_claim_sees_a_user_a_forget_took_out_of_a_batch_after_the_run_read_it(
             assert forget_bulk_requests(connection, "bob") == 1
         assert a._claim("bob") == set()
         assert a._claim("carl") == {"m2"}
-        a._release_claims()
+        a.claiming.release_claims()
 
 
 def test_a_claim_sees_a_batch_a_run_holding_the_user_kept_and_ended_with_a_moment_before(
@@ -383,7 +385,7 @@ def test_a_claim_sees_a_batch_a_run_holding_the_user_kept_and_ended_with_a_momen
         events = audit.store.events_of("bob", upto=bob.version)
         messages = list(bob.not_covered_by("v2", events))
         request = {"user": "bob", "messages": messages, "known": [], "at": bob.version}
-        b._insert_held(
+        b.claiming.insert_held(
             {
                 "local_id": "kept-by-b",
                 "knowledge_version": "v2",
@@ -392,9 +394,9 @@ def test_a_claim_sees_a_batch_a_run_holding_the_user_kept_and_ended_with_a_momen
                 "created_at": datetime.now(UTC),
             }
         )
-        b._release_claims()
+        b.claiming.release_claims()
         assert a._claim("bob") == set(messages) and messages
-        a._release_claims()
+        a.claiming.release_claims()
 
 
 async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(
@@ -403,10 +405,10 @@ async def test_a_claim_release_the_database_refuses_leaves_the_runs_own_outcome(
     """The database went away as the run ended: its claims lapse on their own, and the
     caller gets the run's report (or its typed error), not the release's driver error."""
 
-    def refused(self: BulkReextraction) -> None:
+    def refused(self: Claims) -> None:
         raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(BulkReextraction, "_release_claims", refused)
+    monkeypatch.setattr(Claims, "release_claims", refused)
     with Audit(db_url=db) as audit:
         report = await _run(audit)
     assert report.recorded == 6
@@ -1068,7 +1070,7 @@ def test_a_run_reads_no_log_for_the_claims_another_run_under_way_holds(
         monkeypatch.setattr(
             audit.store, "last_version", lambda user: reads.append(user) or last_version(user)
         )
-        _bare_run(audit)._sweep_forgotten_claims()
+        _bare_run(audit).claiming.sweep_forgotten_claims()
         assert reads == []
         assert len(_requests_left(audit.store)) == len(USERS)
 
@@ -2144,10 +2146,10 @@ def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
         run._claim("ann")
         run._claim("bob")
         _taken_over(audit.store, "bob")
-        run._renew_claims()
-        assert run.claims == [memvee._bulk._claim_id("v2", "ann")]
-        assert run.lost == {memvee._bulk._claim_id("v2", "bob")}
-        run._release_claims()
+        run.claiming.renew_claims()
+        assert run.claiming.claims == [memvee._bulk._claim_id("v2", "ann")]
+        assert run.claiming.lost == {memvee._bulk._claim_id("v2", "bob")}
+        run.claiming.release_claims()
 
 
 async def test_collected_names_no_user_whose_requests_only_this_run_submitted(
@@ -3186,10 +3188,10 @@ async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=db) as audit:
         await _run(audit, users=["ann"])
-    keep = BulkReextraction._keep_failed_whole
+    keep = KeptBatches.keep_failed_whole
     meanwhile: list[Any] = []
 
-    def keep_then_run_another(self: BulkReextraction, row: dict[str, Any]) -> None:
+    def keep_then_run_another(self: KeptBatches, row: dict[str, Any]) -> None:
         keep(self, row)
         if not meanwhile:
 
@@ -3199,11 +3201,11 @@ async def test_a_second_run_at_once_keeps_the_count_of_a_failed_batch_the_first_
 
             meanwhile.append(asyncio.run(another()))
 
-    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep_then_run_another)
+    monkeypatch.setattr(KeptBatches, "keep_failed_whole", keep_then_run_another)
     server.set_responder(lambda r: ScriptedResponse(500, error_body("api_error", "all down")))
     with Audit(db_url=db) as audit:
         await _run(audit, users=["ann"])
-    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep)
+    monkeypatch.setattr(KeptBatches, "keep_failed_whole", keep)
     assert meanwhile[0].claimed == ["ann"]
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=db) as audit:
@@ -3223,10 +3225,10 @@ async def test_forgetting_a_user_while_a_run_keeps_their_failed_batch_is_not_und
     server.set_responder(_batch_requests_fail)
     with Audit(db_url=both_backends) as audit:
         await _run(audit)
-    keep = BulkReextraction._keep_failed_whole
+    keep = KeptBatches.keep_failed_whole
     forgetting: list[threading.Thread] = []
 
-    def keep_while_bob_is_forgotten(self: BulkReextraction, row: dict[str, Any]) -> None:
+    def keep_while_bob_is_forgotten(self: KeptBatches, row: dict[str, Any]) -> None:
         engine = self.store.engine
         keeping = threading.get_ident()
 
@@ -3250,7 +3252,7 @@ async def test_forgetting_a_user_while_a_run_keeps_their_failed_batch_is_not_und
         finally:
             sqlalchemy.event.remove(engine, "after_cursor_execute", forget_bob_once_read)
 
-    monkeypatch.setattr(BulkReextraction, "_keep_failed_whole", keep_while_bob_is_forgotten)
+    monkeypatch.setattr(KeptBatches, "keep_failed_whole", keep_while_bob_is_forgotten)
     with Audit(db_url=both_backends) as audit:
         await _run(audit)
         forgetting[0].join()
@@ -3547,7 +3549,7 @@ async def test_a_run_claiming_a_user_while_they_are_forgotten_waits_and_claims_t
         assert run.failing == {}
         claim_id = memvee._bulk._claim_id("v2", "bob")
         assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"], claim_id: ["bob"]}
-        run._release_claims()
+        run.claiming.release_claims()
 
 
 async def test_a_run_sends_at_most_its_direct_limit_of_messages_through_the_messages_api(
