@@ -22,14 +22,7 @@ user's log), :mod:`.probes` (probe Message Batches) and :mod:`.fallback` (the Me
 fallback).
 """
 
-from memvee._bulk.claims import CLAIM_TTL as CLAIM_TTL
-from memvee._bulk.claims import OLD_CLAIM_TTL as OLD_CLAIM_TTL
-from memvee._bulk.claims import _claim_id as _claim_id
-from memvee._bulk.claims import _started as _started
-from memvee._bulk.claims import _this_process as _this_process
-from memvee._bulk.kept import _KeptRow as _KeptRow
 from memvee._bulk.report import BulkReport
 from memvee._bulk.run import BulkReextraction
-from memvee._bulk.run import _since_promoted as _since_promoted
 
 __all__ = ["BulkReextraction", "BulkReport"]

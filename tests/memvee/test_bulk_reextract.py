@@ -28,8 +28,11 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
-import memvee._bulk
-import memvee._bulk as bulk_module
+import memvee._bulk.claims
+import memvee._bulk.kept
+import memvee._bulk.probes
+import memvee._bulk.record
+import memvee._bulk.run
 import memvee.audit
 import projections.shown
 from actors import process_identity
@@ -47,10 +50,11 @@ from events import (
     user_log_id,
 )
 from memvee import InvalidInputError, Memory, MemoryConfig
-from memvee._bulk import BulkReextraction, _since_promoted
+from memvee._bulk import BulkReextraction
 from memvee._bulk.claims import Claims
 from memvee._bulk.fallback import DirectFallback
 from memvee._bulk.kept import KeptBatches
+from memvee._bulk.run import _since_promoted
 from memvee._event_lines import describe
 from memvee.audit import Audit
 from memvee.cli import app
@@ -200,13 +204,13 @@ def test_a_run_decodes_each_kept_batch_once_however_many_users_it_claims(
     claim slower than the last), and a fourth decode follows another run marking one of
     them failed whole."""
     decodes: list[str] = []
-    decode = bulk_module._KeptRow.of
+    decode = memvee._bulk.kept._KeptRow.of
 
     def counted(requests: dict[str, Any], stamp: Any) -> Any:
         decodes.append(next(iter(requests)))
         return decode(requests, stamp)
 
-    monkeypatch.setattr(bulk_module._KeptRow, "of", staticmethod(counted))
+    monkeypatch.setattr(memvee._bulk.kept._KeptRow, "of", staticmethod(counted))
     with Audit(db_url=db) as audit:
         run, other = _bare_run(audit), _bare_run(audit)
         for i in range(3):
@@ -424,7 +428,7 @@ async def test_a_database_failure_as_a_run_claims_a_user_is_a_storage_error_nami
     def deadlocked(connection: Any) -> datetime:
         raise OperationalError("SELECT now()", {}, Exception("deadlock detected"))
 
-    monkeypatch.setattr(bulk_module.claims, "_database_time", deadlocked)
+    monkeypatch.setattr(memvee._bulk.claims, "_database_time", deadlocked)
     with Audit(db_url=both_backends) as audit, pytest.raises(StorageError) as refused:
         await _run(audit)
     message = str(refused.value)
@@ -1103,10 +1107,10 @@ async def test_a_run_removes_the_claims_stopped_runs_left_on_users_forgotten_sin
     """A run that claimed a user and stopped after the user was forgotten left its claim
     naming them: the next run removes it, whatever users it names. A claim of a user with a
     log (a run naming them takes it over), or one a run may still renew, stays."""
-    stale = datetime.now(UTC) - 2 * bulk_module.CLAIM_TTL
+    stale = datetime.now(UTC) - 2 * memvee._bulk.claims.CLAIM_TTL
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "gone", ANOTHER_HOST, stale)
-        _claimed(audit, "older-gone", {}, datetime.now(UTC) - 2 * bulk_module.OLD_CLAIM_TTL)
+        _claimed(audit, "older-gone", {}, datetime.now(UTC) - 2 * memvee._bulk.claims.OLD_CLAIM_TTL)
         _claimed(audit, "renewed-gone", ANOTHER_HOST, datetime.now(UTC))
         _claimed(audit, "bob", ANOTHER_HOST, stale)
         await _run(audit, users=["ann"])
@@ -1917,7 +1921,7 @@ def _claimed(audit: Audit, user: str, owner: dict[str, Any], at: datetime) -> No
     with audit.store.transaction() as connection:
         create_bulk_table(connection)
         row = {
-            "local_id": memvee._bulk._claim_id("v2", user),
+            "local_id": memvee._bulk.claims._claim_id("v2", user),
             "knowledge_version": "v2",
             "api_batch_id": None,
             "requests": {"claim": held},
@@ -1938,8 +1942,8 @@ async def test_a_user_a_running_bulk_run_holds_is_passed_over_and_a_stopped_runs
     holds for ``OLD_CLAIM_TTL``."""
     now = datetime.now(UTC)
     with Audit(db_url=both_backends) as audit:
-        _claimed(audit, "ann", {}, now - 2 * bulk_module.CLAIM_TTL)
-        _claimed(audit, "bob", ANOTHER_HOST, now - 2 * bulk_module.CLAIM_TTL)
+        _claimed(audit, "ann", {}, now - 2 * memvee._bulk.claims.CLAIM_TTL)
+        _claimed(audit, "bob", ANOTHER_HOST, now - 2 * memvee._bulk.claims.CLAIM_TTL)
         report = await _run(audit)
         assert report.claimed == ["ann"] and report.submitted == 1
         assert _reextracted(audit, "ann") == [] and len(_reextracted(audit, "bob")) == 1
@@ -1962,7 +1966,7 @@ async def test_a_claim_whose_process_on_this_host_ended_is_taken_over_at_once(
     gone (ann's), or its pid is another process's now (bob's: a start time other than the
     claim's): the next run takes both users over at once, not after ``CLAIM_TTL``."""
     now = datetime.now(UTC)
-    here = bulk_module._this_process()
+    here = memvee._bulk.claims._this_process()
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", {**here, "pid": _ended_pid()}, now)
         _claimed(audit, "bob", {**here, "started": "0"}, now)
@@ -1979,7 +1983,7 @@ async def test_a_live_claim_of_another_machine_of_the_same_hostname_is_not_taken
     another machine's run renewed a moment ago holds its user, whatever pid it names."""
     with monkeypatch.context() as patch:
         patch.setattr(process_identity, "boot_id", lambda: "another machine's boot")
-        there = bulk_module._this_process()
+        there = memvee._bulk.claims._this_process()
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", {**there, "pid": _ended_pid()}, datetime.now(UTC))
         report = await _run(audit)
@@ -1992,7 +1996,7 @@ async def test_without_a_boot_id_a_claim_is_taken_over_only_once_unrenewed(
     """Where the platform tells no boot id, no claim can be told this machine's: one
     renewed a moment ago holds its user even when a process of its pid has ended here."""
     monkeypatch.setattr(process_identity, "boot_id", lambda: None)
-    here = bulk_module._this_process()
+    here = memvee._bulk.claims._this_process()
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", {**here, "pid": _ended_pid()}, datetime.now(UTC))
         report = await _run(audit)
@@ -2015,10 +2019,10 @@ async def test_a_claim_of_a_stopped_run_on_this_host_holds_while_its_process_liv
     """A run of this host stopped (Ctrl-Z, SIGSTOP) or blocked renews nothing, yet its
     process is alive: its claim holds whatever its age, and the next run submits nothing
     for its user."""
-    there = {"pid": stopped_pid, "started": bulk_module._started(stopped_pid)}
-    claim = {**bulk_module._this_process(), **there}
+    there = {"pid": stopped_pid, "started": memvee._bulk.claims._started(stopped_pid)}
+    claim = {**memvee._bulk.claims._this_process(), **there}
     with Audit(db_url=both_backends) as audit:
-        _claimed(audit, "ann", claim, datetime.now(UTC) - 2 * bulk_module.CLAIM_TTL)
+        _claimed(audit, "ann", claim, datetime.now(UTC) - 2 * memvee._bulk.claims.CLAIM_TTL)
         report = await _run(audit)
         assert report.claimed == ["ann"] and _reextracted(audit, "ann") == []
 
@@ -2028,7 +2032,7 @@ async def test_a_claim_left_by_an_ended_run_of_this_very_process_is_taken_over_a
 ) -> None:
     """A run whose claims could not be released leaves them behind in a process that
     goes on (an application's): its process alive holds them no longer than its run."""
-    here = {**bulk_module._this_process(), "owner": "an ended run of this process"}
+    here = {**memvee._bulk.claims._this_process(), "owner": "an ended run of this process"}
     with Audit(db_url=both_backends) as audit:
         _claimed(audit, "ann", here, datetime.now(UTC))
         report = await _run(audit)
@@ -2040,7 +2044,7 @@ def _taken_over(store: EventStore, user: str) -> None:
     with store.transaction() as connection:
         connection.execute(
             BULK_BATCHES.update()
-            .where(BULK_BATCHES.c.local_id == memvee._bulk._claim_id("v2", user))
+            .where(BULK_BATCHES.c.local_id == memvee._bulk.claims._claim_id("v2", user))
             .values(requests={"claim": {"user": user, "owner": "another run", **ANOTHER_HOST}})
         )
 
@@ -2147,8 +2151,8 @@ def test_renewing_drops_the_claims_another_run_took_over(db: str) -> None:
         run._claim("bob")
         _taken_over(audit.store, "bob")
         run.claiming.renew_claims()
-        assert run.claiming.claims == [memvee._bulk._claim_id("v2", "ann")]
-        assert run.claiming.lost == {memvee._bulk._claim_id("v2", "bob")}
+        assert run.claiming.claims == [memvee._bulk.claims._claim_id("v2", "ann")]
+        assert run.claiming.lost == {memvee._bulk.claims._claim_id("v2", "bob")}
         run.claiming.release_claims()
 
 
@@ -3393,7 +3397,7 @@ def _stale_claim_and_failed_rows_of_bob(store: EventStore) -> None:
     """bob's claim, left by a run that stopped long ago (taken over at once), and two kept
     rows that failed whole, holding requests of bob's and ann's: one listed before his
     claim row by id, one after, so that a lock order by id alone puts the claim between."""
-    claim_id = memvee._bulk._claim_id("v2", "bob")
+    claim_id = memvee._bulk.claims._claim_id("v2", "bob")
     assert "0-row" < claim_id < "z-row"
     with store.transaction() as connection:
         create_bulk_table(connection)
@@ -3547,7 +3551,7 @@ async def test_a_run_claiming_a_user_while_they_are_forgotten_waits_and_claims_t
         assert receipt.rows["bulk_requests"] == 3, "his claim and a request in each kept row"
         assert outcomes["claim"] == set(), outcomes["claim"]
         assert run.failing == {}
-        claim_id = memvee._bulk._claim_id("v2", "bob")
+        claim_id = memvee._bulk.claims._claim_id("v2", "bob")
         assert _requests_left(store) == {"0-row": ["ann"], "z-row": ["ann"], claim_id: ["bob"]}
         run.claiming.release_claims()
 
