@@ -1210,7 +1210,8 @@ async def test_two_runs_collecting_one_kept_batch_record_each_request_once(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two runs resume one kept batch at once: the second read the log before the first
-    recorded, so the log itself refuses the requests recorded meanwhile."""
+    recorded, so the log itself refuses the requests recorded meanwhile (each recording
+    the second run tries adds nothing)."""
     with Audit(db_url=db) as audit:
         await _killed_once_submitted(audit, monkeypatch)
         with audit.store.engine.connect() as connection:
@@ -1218,9 +1219,18 @@ async def test_two_runs_collecting_one_kept_batch_record_each_request_once(
         first = await _run(audit)
         with audit.store.transaction() as connection:
             connection.execute(BULK_BATCHES.insert(), kept)
+        record = memvee._bulk.record.Recorder.record
+        tried: list[Any] = []
+
+        def record_told(self: memvee._bulk.record.Recorder, *args: Any) -> Any:
+            tried.append(record(self, *args))
+            return tried[-1]
+
         monkeypatch.setattr(memvee._bulk.record.Recorder, "recorded", lambda self, user_id: set())
+        monkeypatch.setattr(memvee._bulk.record.Recorder, "record", record_told)
         second = await _run(audit)
         assert (first.recorded, second.recorded, second.skipped) == (6, 0, 6)
+        assert tried == [None] * 6, "each refused by the log, not passed over before"
         for user in USERS:
             ids = Counter(e.request_id for e in _reextracted(audit, user))
             assert set(ids.values()) == {1} and len(ids) == 3, "nothing recorded twice"
@@ -2705,7 +2715,8 @@ async def test_a_busy_api_stopping_every_fallback_at_its_first_user_reaches_ever
     used to start at the same first user every run: the users after it starved), each
     message is kept for a later run until it is recorded, and once the Messages API answers
     every message is recorded once."""
-    if batches == "a Message Batch a user":
+    a_batch_a_user = batches == "a Message Batch a user"
+    if a_batch_a_user:
         _each_user_a_message_batch(monkeypatch)
     users = await _users_saying_they_like_tea(db_url, 4)
 
@@ -2717,6 +2728,7 @@ async def test_a_busy_api_stopping_every_fallback_at_its_first_user_reaches_ever
     server.set_responder(busy)
     with Audit(db_url=db_url) as audit:
         await _run(audit, users=users)
+        assert len(server.batches) == (len(users) if a_batch_a_user else 1), server.batches
         tried: list[str] = []
         for _ in users:
             calls = len(server.requests)
