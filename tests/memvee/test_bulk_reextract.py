@@ -54,6 +54,8 @@ from memvee._bulk import BulkReextraction
 from memvee._bulk.claims import Claims
 from memvee._bulk.fallback import DirectFallback
 from memvee._bulk.kept import KeptBatches
+from memvee._bulk.probes import Probes
+from memvee._bulk.record import Recorder
 from memvee._bulk.run import _since_promoted
 from memvee._event_lines import describe
 from memvee.audit import Audit
@@ -124,7 +126,7 @@ async def _run_killed_after_recording_two(audit: Audit, monkeypatch: pytest.Monk
     recorded = 0
     real = memvee._bulk.record.Recorder.record
 
-    def killed_after_two(self: BulkReextraction, *args: Any) -> Any:
+    def killed_after_two(self: Recorder, *args: Any) -> Any:
         nonlocal recorded
         if recorded == 2:
             raise RuntimeError("killed")
@@ -445,7 +447,7 @@ async def test_a_database_failure_anywhere_in_a_bulk_run_is_a_storage_error(
     kept), the caller gets a :class:`StorageError` naming the version, not SQLAlchemy's
     error with the statement."""
 
-    def refused(self: BulkReextraction) -> list[dict[str, Any]]:
+    def refused(self: KeptBatches) -> list[dict[str, Any]]:
         raise OperationalError("SELECT secret_statement", {}, Exception("server closed"))
 
     monkeypatch.setattr(memvee._bulk.kept.KeptBatches, "unfinished", refused)
@@ -491,7 +493,7 @@ async def _killed_before_keeping_its_batch_id(
 ) -> None:
     """A run killed once it created its batch, before it kept the batch's id."""
 
-    def crash(self: BulkReextraction, local_id: str, batch_id: str) -> None:
+    def crash(self: KeptBatches, local_id: str, batch_id: str) -> None:
         raise RuntimeError("killed")
 
     with monkeypatch.context() as patch:
@@ -962,7 +964,7 @@ def _forget_bob_before_his_answers(patch: pytest.MonkeyPatch, *, afresh: bool) -
     real = memvee._bulk.record.Recorder.record
     forgotten: list[str] = []
 
-    def forget_bob_first(self: BulkReextraction, custom_id: str, request: Any, *rest: Any) -> Any:
+    def forget_bob_first(self: Recorder, custom_id: str, request: Any, *rest: Any) -> Any:
         if request["user"] == "bob" and not forgotten:
             forgotten.append("bob")
             projector = Projector(ProjectionTables())
@@ -1222,7 +1224,7 @@ async def test_two_runs_collecting_one_kept_batch_record_each_request_once(
         record = memvee._bulk.record.Recorder.record
         tried: list[Any] = []
 
-        def record_told(self: memvee._bulk.record.Recorder, *args: Any) -> Any:
+        def record_told(self: Recorder, *args: Any) -> Any:
             tried.append(record(self, *args))
             return tried[-1]
 
@@ -1604,7 +1606,7 @@ def _stopped_before_clearing_its_kept_batch(patch: pytest.MonkeyPatch) -> None:
     """Have a run stop once it recorded a Message Batch's results, before clearing the
     batch's kept row."""
 
-    def killed(self: BulkReextraction, local_id: str) -> None:
+    def killed(self: KeptBatches, local_id: str) -> None:
         raise RuntimeError("killed")
 
     patch.setattr(memvee._bulk.kept.KeptBatches, "delete", killed)
@@ -1684,7 +1686,7 @@ async def test_a_probes_tokens_are_kept_on_their_own_when_another_run_recorded_i
     server.set_responder(_probe_answered(probe, ScriptedResponse(body=refusal_body())))
     real = memvee._bulk.record.Recorder.record
 
-    def another_run_first(self: BulkReextraction, *args: Any) -> Any:
+    def another_run_first(self: Recorder, *args: Any) -> Any:
         if args[-1] is not None:  # the probed request: recorded first without this probe
             real(self, *args[:-1], None)
         return real(self, *args)
@@ -1736,7 +1738,7 @@ async def test_a_probe_kept_on_its_own_is_told_by_memvee_log_as_it_fared(
     async def scripted(self: ClaudeExtractor, batch: Any) -> ProbeResult:
         return probed
 
-    def another_run_first(self: BulkReextraction, *args: Any) -> Any:
+    def another_run_first(self: Recorder, *args: Any) -> Any:
         if args[-1] is not None:  # the probed request: recorded first without this probe
             real(self, *args[:-1], None)
         return real(self, *args)
@@ -2298,7 +2300,7 @@ async def test_a_probe_batch_neither_kept_nor_canceled_is_not_said_to_be_cancele
     probe runs to its end (no row names it), where it said the next run cancels it."""
     users = await _heavy_refused_alone(db, server)
 
-    def refused(self: BulkReextraction, batch_id: str) -> None:
+    def refused(self: Probes, batch_id: str) -> None:
         raise OperationalError("INSERT", {}, Exception("server closed the connection"))
 
     def cancel_fails(request: RecordedRequest) -> ScriptedResponse | None:
