@@ -98,15 +98,19 @@ class _Commands(TyperGroup):
     exit code 2 (memvee's typed errors, bad input among them, and files that cannot be
     read), not a traceback. Any other exception is a bug and keeps its traceback."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parse the command line, where the top level's ``--help`` and ``--version`` are
+        written: a reader gone meanwhile ends it as it ends a command (click exited 1)."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError as gone:
+            raise _unread(gone) from None
+
     def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
         except BrokenPipeError as gone:
-            # The output's reader went away (``memvee log ann | head``): end quietly, as a
-            # command killed by SIGPIPE does, with nothing more written to the pipe.
-            if not isinstance(gone, _ErrorsUnread):  # stdout itself is still read
-                _silence_stdout()
-            raise typer.Exit(code=128 + signal.SIGPIPE) from None
+            raise _unread(gone) from None
         except (MemveeError, OSError) as error:
             raise _bad_input(error) from error
         except Exception as error:
@@ -126,7 +130,8 @@ class _Commands(TyperGroup):
         if not kwargs.get("standalone_mode", True):
             return super().main(*args, **kwargs)
         try:
-            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+            with _closed_stdout_fails():
+                code = super().main(*args, **{**kwargs, "standalone_mode": False})
         except typer.TyperException as error:
             if type(error).__name__ == "NoArgsIsHelpError":  # `memvee` alone: the help
                 show: Any = getattr(error, "show", None)
@@ -145,6 +150,38 @@ class _Commands(TyperGroup):
         if code == _INTERRUPTED:  # typer's answer to Ctrl-C while it parses or exits
             sys.exit(_interrupted().exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unread(gone: BrokenPipeError) -> typer.Exit:
+    """The output's reader went away (``memvee log ann | head``): end quietly, as a command
+    killed by SIGPIPE does, with nothing more written to the pipe."""
+    if not isinstance(gone, _ErrorsUnread):  # stdout itself is still read
+        _silence_stdout()
+    return typer.Exit(code=128 + signal.SIGPIPE)
+
+
+class _ClosedStdout(io.TextIOBase):
+    """Stands for a standard output closed as the process started (``>&-``), which Python
+    leaves None: every write fails as :func:`_open_stdout` fails it."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+
+@contextlib.contextmanager
+def _closed_stdout_fails() -> Iterator[None]:
+    """While a command line runs, a closed standard output is :class:`_ClosedStdout`:
+    click's ``echo``, which writes the help, drops its text when ``sys.stdout`` is None,
+    so ``memvee --help >&-`` printed nothing and exited 0."""
+    if sys.stdout is not None:
+        yield
+        return
+    stand_in = sys.stdout = _ClosedStdout()
+    try:
+        yield
+    finally:
+        if sys.stdout is stand_in:
+            sys.stdout = None  # type: ignore[assignment]  # as the process started
 
 
 def _interrupted() -> typer.Exit:

@@ -388,6 +388,35 @@ class _UnreadStream(io.StringIO):
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 
+@pytest.mark.parametrize("command", [["--help"], ["log", "--help"]], ids=" ".join)
+def test_help_to_a_closed_stdout_is_one_error_line_not_a_silent_success(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memvee --help >&-``: click's echo drops what it writes when ``sys.stdout`` is None,
+    so the help was lost and the command exited 0; it fails as ``--version`` does."""
+    monkeypatch.setattr(sys, "stdout", None)
+    with pytest.raises(SystemExit) as ended:
+        app(command)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == "error: standard output is closed\n"
+    assert sys.stdout is None  # the stand-in for the closed stream is gone with the command
+
+
+@pytest.mark.parametrize("command", [["--help"], ["--version"], ["log", "--help"]], ids=" ".join)
+def test_help_or_version_to_a_reader_that_stopped_reading_ends_as_a_command_does(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memvee --help | head -0``: the top level's help and version are written while click
+    parses the command line, where click ended a broken pipe with exit code 1; they end as
+    a command whose reader went away does: exit code 141 and no error line."""
+    monkeypatch.setattr(sys, "stdout", _UnreadStream())
+    monkeypatch.setattr(sys, "stderr", sys.stderr)  # put back if click wraps it
+    with pytest.raises(SystemExit) as ended:
+        app(command)
+    assert ended.value.code == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_a_command_after_one_whose_error_line_met_a_closed_pipe_prints_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
