@@ -103,12 +103,14 @@ class TokenBook:
 
     @classmethod
     def load(cls, tokens_file: Path | None) -> TokenBook:
-        """The tokens of ``MEMVEE_API_TOKENS`` and of ``tokens_file`` together."""
+        """The tokens of ``MEMVEE_API_TOKENS`` and of ``tokens_file`` together; a
+        ``tokens_file`` that lists no token is refused, as the caller meant to require
+        tokens (a file not filled yet would have served every caller on loopback)."""
         text = os.environ.get(TOKENS_ENV_VAR, "")
         if tokens_file is not None:
             try:
                 # utf-8-sig: a byte order mark (Notepad writes one) is not part of a token
-                text += "\n" + tokens_file.read_text(encoding="utf-8-sig")
+                listed = tokens_file.read_text(encoding="utf-8-sig")
             except OSError as error:
                 raise InvalidInputError(
                     f"cannot read the tokens file {str(tokens_file)!r}: {error.strerror}"
@@ -118,6 +120,12 @@ class TokenBook:
                     f"the tokens file {str(tokens_file)!r} is not UTF-8 text ({error.reason} "
                     f"at byte {error.start})"
                 ) from error
+            if not cls.parse(listed):
+                raise InvalidInputError(
+                    f"the tokens file {str(tokens_file)!r} holds no token: list one a line, "
+                    "TOKEN or TOKEN:USER_ID_PREFIX"
+                )
+            text += "\n" + listed
         return cls.parse(text)
 
     def grant_for(self, authorization: str | None) -> Grant | None:

@@ -219,3 +219,15 @@ def test_a_tokens_file_that_is_not_text_is_refused_by_name(tmp_path: Path) -> No
     tokens.write_bytes(b"\xff\xfe\x00 not text")
     with pytest.raises(InvalidInputError, match=r"'.*tokens' is not UTF-8 text"):
         TokenBook.load(tokens)
+
+
+@pytest.mark.parametrize("listed", ["", "# the operators' tokens go here\n", "\n,,\n"])
+def test_a_tokens_file_that_holds_no_token_is_refused_not_served_without_tokens(
+    tmp_path: Path, listed: str
+) -> None:
+    """``--tokens-file`` given a file not filled yet: on loopback the server ran with no
+    token at all, and elsewhere it asked for the --tokens-file it was given."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(listed)
+    with pytest.raises(InvalidInputError, match=r"the tokens file '.*tokens' holds no token"):
+        TokenBook.load(tokens)
