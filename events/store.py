@@ -8,6 +8,7 @@ transaction, reads a log's events back, and follows the whole notification log i
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import logging
@@ -224,10 +225,16 @@ def url_secrets(url: str) -> tuple[str, ...]:
 def sqlite_url(path: str | Path) -> str:
     """The SQLAlchemy URL of a SQLite file, creating its folder if missing. A path with a
     ``?`` is given as an SQLite URI filename, percent-quoted: SQLAlchemy ends a URL's
-    database at its first ``?`` and unquotes nothing before it."""
+    database at its first ``?`` and unquotes nothing before it. A file standing where a
+    folder of the path should be is a :class:`NotADirectoryError` naming that file."""
     check_db_path(path)
     file = Path(path).expanduser().resolve()
-    file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as error:  # mkdir's words, "File exists", name no problem
+        raise NotADirectoryError(
+            errno.ENOTDIR, os.strerror(errno.ENOTDIR), error.filename
+        ) from error
     if "?" in str(file):
         return f"sqlite:///{file.as_uri()}?uri=true"
     return f"sqlite:///{file}"

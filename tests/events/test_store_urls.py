@@ -307,3 +307,17 @@ def test_a_postgresql_url_without_its_driver_installed_names_the_extra_to_instal
     with pytest.raises(StorageError, match=r"install memvee's postgres extra") as refused:
         EventStore("postgresql://u:secret@localhost/mem")
     assert "secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("under", ["notes.txt", "notes.txt/sub"])
+def test_a_database_path_through_a_file_is_refused_as_not_a_folder(
+    tmp_path: Path, under: str
+) -> None:
+    """``notes.txt/memvee.db`` was refused with "File exists: notes.txt", which names no
+    problem; the file standing where a folder should be is named as not a folder."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotADirectoryError) as refused:
+        sqlite_url(tmp_path / under / "memvee.db")
+    assert refused.value.strerror == "Not a directory"
+    assert str(refused.value.filename).startswith(str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"

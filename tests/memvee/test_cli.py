@@ -347,6 +347,15 @@ def test_a_closed_stdout_is_one_error_line_not_a_traceback(
     assert capsys.readouterr().err == "error: standard output is closed\n"
 
 
+def test_an_import_into_a_path_through_a_file_names_the_file_that_is_no_folder(
+    db: str, tmp_path: Path
+) -> None:
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--db", db, "--out", str(exported))
+    result = run("import", str(exported), "--db", f"{exported}/m.db", code=2)
+    assert one_error_line(result) == f"error: Not a directory: {exported}"
+
+
 def test_a_command_after_one_whose_output_could_not_be_written_prints_only_its_own(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
