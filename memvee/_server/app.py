@@ -1,10 +1,10 @@
 """The server's ASGI app: the HTTP API under ``/v1`` and MCP at ``/mcp`` on one port.
 
 Requests pass the access log (request id), ``/mcp/`` taken as ``/mcp``, the body limit,
-the token check, the refusal of bodies that are no MCP message the SDK can take, the
-user-path decoding, and ``HEAD`` taken as ``GET``, in that order, before FastAPI routes
-them; the MCP route comes from the official SDK's streamable HTTP app, whose session
-manager lives as long as the app.
+the token check, the refusal of compressed bodies, the refusal of bodies that are no MCP
+message the SDK can take, the user-path decoding, and ``HEAD`` taken as ``GET``, in that
+order, before FastAPI routes them; the MCP route comes from the official SDK's streamable
+HTTP app, whose session manager lives as long as the app.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.drain import Drain, RefusedWhileDraining
-from memvee._server.errors import AnsweredOnShutdown, install_error_handlers
+from memvee._server.errors import AnsweredOnShutdown, error_response, install_error_handlers
 from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import ANY_ROUTE_ERRORS, ErrorOut, api_router, error_responses
 from memvee._server.limits import BodyLimit
@@ -117,7 +117,9 @@ def create_app(
     install_error_handlers(api, routes=[*api.router.routes, *router.routes])
     routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(
-        BearerAuth(routed, tokens or TokenBook()), max_body_bytes, jsonrpc_path="/mcp"
+        BearerAuth(UncodedBodies(routed, "/mcp"), tokens or TokenBook()),
+        max_body_bytes,
+        jsonrpc_path="/mcp",
     )
     answered = AnsweredOnShutdown(LoopbackOnly(guarded, host))
     return AccessLog(McpWithSlash(RefusedWhileDraining(answered, drain or Drain()), "/mcp"))
@@ -137,6 +139,46 @@ class McpWithSlash:
         if scope["type"] == "http" and scope["path"] == self.path + "/":
             scope = {**scope, "path": self.path, "raw_path": self.path.encode()}
         await self.app(scope, receive, send)
+
+
+class UncodedBodies:
+    """ASGI middleware: a body sent with a Content-Encoding other than ``identity`` is
+    answered 415 before anything reads it (RFC 9110, 15.5.16). The server decodes none, and
+    read such a body as it came: gzip's bytes as JSON that is not UTF-8, a plain body said
+    to be compressed as if it were not. ``skipped`` (MCP's path) is left to its transport."""
+
+    def __init__(self, app: ASGIApp, skipped: str) -> None:
+        self.app = app
+        self.skipped = skipped
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        coding = _content_coding(scope) if scope["type"] == "http" else None
+        if coding is None or scope["path"] == self.skipped:
+            await self.app(scope, receive, send)
+            return
+        shown = (
+            coding if len(coding) <= _ECHOED_CODING_CHARS else f"{coding[:_ECHOED_CODING_CHARS]}..."
+        )
+        told = (
+            f"body: sent with Content-Encoding {shown!r}, which this server does not decode: "
+            "send it uncompressed"
+        )
+        answer = error_response(scope, 415, "unsupported_media_type", told, {"connection": "close"})
+        await answer(scope, receive, send)
+
+
+_ECHOED_CODING_CHARS = 60
+"""The most of a refused Content-Encoding an answer repeats."""
+
+
+def _content_coding(scope: Scope) -> str | None:
+    """The Content-Encoding of a request that has a body, unless it names no coding but
+    ``identity``."""
+    headers = {key.lower(): value for key, value in scope["headers"]}
+    has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+    coding = headers.get(b"content-encoding", b"").decode("latin-1")
+    named = {part.strip().lower() for part in coding.split(",")} - {"", "identity"}
+    return coding if has_body and named else None
 
 
 class HeadAsGet:

@@ -132,7 +132,8 @@ _ERRORS: dict[int, str] = {
     "meanwhile (user_forgotten).",
     405: "A method the path does not take (method_not_allowed); Allow names those it takes.",
     413: "The body is over --max-body-bytes (payload_too_large).",
-    415: "A body not sent with Content-Type: application/json (unsupported_media_type).",
+    415: "A body not sent with Content-Type: application/json, or sent with a "
+    "Content-Encoding (unsupported_media_type).",
     421: "A loopback server asked for another host (misdirected_request).",
     422: "A body, parameter or user id the server cannot take (invalid_input).",
     502: "Extraction failed (processing_failed).",

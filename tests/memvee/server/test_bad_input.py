@@ -4,6 +4,7 @@ types (422), what the library refuses (422, with the library's message), unknown
 
 from __future__ import annotations
 
+import gzip
 import json
 import uuid
 from collections.abc import Iterator
@@ -109,6 +110,25 @@ def test_a_body_typed_as_some_json_is_read_and_an_empty_one_of_another_type_is_4
     assert taken.status_code == 201, taken.text
     assert (empty.status_code, empty.json()["error"]) == (422, "invalid_input")
     assert "Field required" in empty.json()["message"]
+    assert message_count(http, user) == 3
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "GZIP, identity"])
+def test_a_body_sent_with_a_content_coding_is_415_naming_it_and_writes_nothing(
+    http: httpx.Client, user: str, coding: str
+) -> None:
+    """The server decodes no Content-Encoding, and read the body as it came: gzip's bytes
+    were answered as JSON that is not UTF-8 (422), and a plain body said to be br was
+    stored. RFC 9110, 15.5.16: a content coding the server does not take is 415."""
+    plain = b'{"role": "user", "content": "hi"}'
+    body = gzip.compress(plain) if coding.lower().startswith("gzip") else plain
+
+    answer = post_raw(http, f"/v1/users/{user}/messages", body, {"content-encoding": coding})
+    identity = post_raw(http, f"/v1/users/{user}/messages", plain, {"content-encoding": "identity"})
+
+    assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_media_type")
+    assert f"Content-Encoding {coding!r}" in answer.json()["message"]
+    assert identity.status_code == 201, identity.text
     assert message_count(http, user) == 3
 
 
