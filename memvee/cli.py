@@ -1459,9 +1459,11 @@ def forget(
         )
     with _audit(db, db_url) as audit:
         events = audit.logged_version(user)
-        if not yes and not typer.confirm(
-            f"Erase {user!r} and all memvee holds of them ({events:,} events) for good?", err=True
-        ):
+        question = f"Erase {user!r} and all memvee holds of them ({events:,} events) for good?"
+        answer = True if yes else _answer(question)
+        if answer is None:
+            raise InvalidInputError(f"no answer (the input ended): nothing of {user!r} was erased")
+        if not answer:
             raise InvalidInputError(f"not confirmed: nothing of {user!r} was erased")
         receipt = audit.forget(user)
     if as_json:
@@ -1482,6 +1484,19 @@ def forget(
             "reading it finish and a checkpoint runs (see the warning)"
         )
     )
+
+
+def _answer(question: str) -> bool | None:
+    """The person's yes or no to ``question``, asked on stderr; ``None`` when the input
+    ended first (Ctrl-D), which click's ``Abort`` made "error: aborted". A Ctrl-C, which
+    click makes the same ``Abort``, stays an interrupt."""
+    try:
+        return typer.confirm(question, err=True)
+    except typer.Abort as stopped:
+        typer.echo(err=True)  # the error line starts a line, not after the question
+        if isinstance(stopped.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        return None
 
 
 def _on_a_terminal() -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 import memvee
@@ -1082,6 +1083,44 @@ def test_forget_asks_first_on_a_terminal_then_erases_the_user_and_prints_the_rec
     assert re.search(r"erased \d+ records of 'ann' at \d{4}-\d\d-\d\d ", erased.output)
     assert "may stay" not in erased.output
     assert "no user 'ann'" in one_error_line(run("log", "ann", "--db", db, code=2))
+
+
+def test_forget_whose_question_meets_the_end_of_input_says_nothing_was_erased(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-D at the question ended the command with "error: aborted", after the question
+    on its line, which said neither why nor what became of the user."""
+    monkeypatch.setattr(memvee.cli, "_on_a_terminal", lambda: True)
+
+    ended = runner.invoke(app, ["forget", "ann", "--db", db], input="")
+
+    assert ended.exit_code == 2
+    question, told = ended.stderr.splitlines()
+    assert question.startswith("Erase 'ann' and all memvee holds of them")
+    assert told == "error: no answer (the input ended): nothing of 'ann' was erased"
+    assert "no user" not in run("log", "ann", "--db", db).output
+
+
+def test_forget_interrupted_at_its_question_says_so(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the question is an interrupt, as anywhere else in a command (click makes
+    it the same ``Abort`` as the input's end)."""
+    monkeypatch.setattr(memvee.cli, "_on_a_terminal", lambda: True)
+    monkeypatch.setattr(memvee.cli.typer, "confirm", _pressed_ctrl_c)
+
+    ended = runner.invoke(app, ["forget", "ann", "--db", db])
+
+    assert (ended.exit_code, ended.stderr.splitlines()[-1]) == (2, "error: interrupted")
+    assert "no user" not in run("log", "ann", "--db", db).output
+
+
+def _pressed_ctrl_c(question: str, **options: Any) -> bool:
+    """``typer.confirm`` met by a Ctrl-C: an ``Abort`` raised while handling it, as click's."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise typer.Abort() from None
 
 
 def test_forget_without_a_terminal_needs_yes_and_prints_the_receipt_as_json(db: str) -> None:
