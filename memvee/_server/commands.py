@@ -126,8 +126,12 @@ def die_of(signum: int) -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    """A failure the user can fix: one ``error:`` line on stderr, exit code 2."""
-    typer.echo(f"error: {message}", err=True)
+    """A failure the user can fix: one ``error:`` line on stderr, exit code 2, written as
+    every command's is: the control characters of what it quotes (a --host, a path) are
+    shown, not sent to the terminal to be obeyed."""
+    from memvee.cli import _print_error  # loaded: the command line runs this command
+
+    _print_error(message)
     raise typer.Exit(code=2)
 
 

@@ -201,3 +201,18 @@ def test_a_host_in_brackets_that_is_no_ipv6_address_is_one_error_line_and_exit_2
         done.stderr == f"error: --host {host}: only an IPv6 address goes in brackets, as in [::1]\n"
     )
     assert not (tmp_path / "memvee.db").exists()
+
+
+def test_a_server_command_error_shows_the_control_characters_it_quotes(tmp_path: Path) -> None:
+    """The errors of serve and mcp were echoed as they came, so an escape sequence in the
+    --host or path they quote reached the terminal, to be obeyed; they show it as every
+    other command's error line does (and one line stays one line)."""
+    done = CliRunner().invoke(
+        app, ["serve", "--db", str(tmp_path / "m.db"), "--host", "[\x1b[2J\n]", "--port", "0"]
+    )
+
+    assert done.exit_code == 2
+    assert done.stderr == (
+        "error: --host [\u241b[2J ]: only an IPv6 address goes in brackets, as in [::1]\n"
+    )
+    assert not (tmp_path / "m.db").exists()
