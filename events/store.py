@@ -180,8 +180,11 @@ def check_db_path(
     """Refuse ``path`` (called ``name``) unless it can name a SQLite file: a NUL character
     cannot, and a database URL given as a path would become folders named after the URL,
     its password included, with a new SQLite file in them (``url_name`` is where such a
-    URL goes). The refusal never repeats the path, which may hold a password."""
+    URL goes), and an empty one names the folder it is read in (an unset variable). The
+    refusal never repeats the path, which may hold a password."""
     text = os.fspath(path)
+    if not text.strip():
+        raise InvalidInputError(f"{name} must name a file, not be empty")
     if "\x00" in text:
         raise InvalidInputError(f"{name} must not contain a NUL character")
     if text == ":memory:":

@@ -144,8 +144,6 @@ class MemoryConfig:
             raise InvalidInputError(_wrong_type(self, "leases", "a bool or None"))
         if not isinstance(self.db_path, str | os.PathLike):
             raise InvalidInputError(_wrong_type(self, "db_path", "a str or a path"))
-        if not os.fspath(self.db_path).strip():
-            raise InvalidInputError("db_path must name a file, not be empty")
         check_db_path(self.db_path, name="db_path", url_name="db_url")
         object.__setattr__(self, "db_path", os.fspath(self.db_path))  # a Path is kept as str
         for name in ("db_url", "model"):

@@ -357,6 +357,20 @@ def test_an_import_into_a_path_through_a_file_names_the_file_that_is_no_folder(
     assert one_error_line(result) == f"error: Not a directory: {exported}"
 
 
+@pytest.mark.parametrize("command", [["log", "ann"], ["users"], ["import", "ann.jsonl"]])
+@pytest.mark.parametrize("path", ["", "  "])
+def test_an_empty_db_path_is_refused_as_empty(
+    command: list[str], path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--db "$MEMVEE_DB"`` with the variable unset: the reading commands said "no memvee
+    database at  (check --db)" and import that the working folder "is a folder"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ann.jsonl").write_text("")
+    result = run(*command, "--db", path, code=2)
+    assert one_error_line(result) == "error: --db must name a file, not be empty"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.jsonl"]
+
+
 def test_a_command_after_one_whose_output_could_not_be_written_prints_only_its_own(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
