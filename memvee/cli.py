@@ -774,6 +774,7 @@ def export(
 ) -> None:
     """A user's whole log as JSON Lines, to import into another database."""
     if out is not None:
+        _refuse_empty(out, "--out")
         _refuse_database_as_output(Path(out), _url(db, db_url))
     with _audit(db, db_url) as audit:
         lines = audit.export(user)
@@ -782,6 +783,13 @@ def export(
             return
         count = _write_lines(Path(out), lines)
     console.print(f"exported {count} events of {user!r} to {out}")
+
+
+def _refuse_empty(path: str, name: str) -> None:
+    """Refuse an empty ``path`` (called ``name``): as a Path it is the working folder, and
+    the error would name that folder or no file at all."""
+    if not path.strip():
+        raise InvalidInputError(f"{name} must name a file, not be empty")
 
 
 def _refuse_database_as_output(out: Path, url: str) -> None:
@@ -860,6 +868,7 @@ def import_(
     imported in part is completed, one imported whole is left; a user who has another
     log here is refused. A database file the import made and stored nothing in is
     removed again."""
+    _refuse_empty(file, "FILE")
     url = _url(db, db_url, create=True)
     path = sqlite_file(make_url(driver_url(url)))
     made = path is not None and not Path(path).expanduser().exists()

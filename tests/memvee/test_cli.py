@@ -371,6 +371,18 @@ def test_an_empty_db_path_is_refused_as_empty(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ann.jsonl"]
 
 
+@pytest.mark.parametrize(
+    ("command", "named"), [(["export", "ann", "--out", ""], "--out"), (["import", " "], "FILE")]
+)
+def test_an_empty_file_to_export_to_or_import_from_is_refused_as_empty(
+    db: str, command: list[str], named: str
+) -> None:
+    """``Path("")`` is the working folder: an export said "Is a directory: .", and an import
+    "No such file or directory", naming no file."""
+    result = run(*command, "--db", db, code=2)
+    assert one_error_line(result) == f"error: {named} must name a file, not be empty"
+
+
 def test_a_command_after_one_whose_output_could_not_be_written_prints_only_its_own(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
