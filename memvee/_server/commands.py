@@ -302,7 +302,10 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _bare_host(host: str) -> str:
     """``host`` as the socket and the loopback checks take it: an IPv6 address may be
-    written in brackets, as in a URL (``[::1]``), and is then unwrapped."""
+    written in brackets, as in a URL (``[::1]``), and is then unwrapped. An empty one,
+    which the socket takes for every address, is refused (an unset variable)."""
+    if not host.strip():
+        _fail("--host must name an address (0.0.0.0 for every one), not be empty")
     if not host.startswith("["):
         return host
     inside = host[1:-1] if host.endswith("]") else ""

@@ -216,3 +216,17 @@ def test_a_server_command_error_shows_the_control_characters_it_quotes(tmp_path:
         "error: --host [\u241b[2J ]: only an IPv6 address goes in brackets, as in [::1]\n"
     )
     assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("host", ["", "  "])
+def test_an_empty_host_is_refused_as_empty(tmp_path: Path, host: str) -> None:
+    """``--host "$HOST"`` with the variable unset listens on every address; it was refused
+    as "listening on  needs bearer tokens", naming no address, or served with them."""
+    done = CliRunner().invoke(
+        app, ["serve", "--db", str(tmp_path / "m.db"), "--host", host, "--port", "0"]
+    )
+
+    assert done.exit_code == 2
+    assert (
+        done.stderr == "error: --host must name an address (0.0.0.0 for every one), not be empty\n"
+    )
