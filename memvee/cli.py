@@ -234,9 +234,15 @@ class _StdoutInPieces:
 def _open_stdout() -> TextIO:
     """``sys.stdout``; an OSError, which the command reports in one line, if it was
     closed as the process started."""
-    if sys.stdout is None:
+    if stdout_closed():
         raise OSError(errno.EBADF, "standard output is closed")
     return sys.stdout
+
+
+def stdout_closed() -> bool:
+    """Whether standard output was closed as the process started (``>&-``): Python left
+    it None, and a command runs with :class:`_ClosedStdout` in its place."""
+    return sys.stdout is None or isinstance(sys.stdout, _ClosedStdout)
 
 
 class _ErrorsUnread(BrokenPipeError):

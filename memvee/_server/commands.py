@@ -248,8 +248,9 @@ def mcp(
     with StopSignals() as stops:
         _check_installed()
         from memvee._server.logs import configure_logging
+        from memvee.cli import stdout_closed  # loaded: the command line runs this command
 
-        if sys.stdin is None or sys.stdout is None:  # closed when the process started
+        if sys.stdin is None or stdout_closed():  # closed when the process started
             # Their descriptors would go to the next files opened, the database's among them.
             _fail("stdin and stdout must be open: memvee mcp speaks MCP over them")
         if user is not None:

@@ -230,3 +230,21 @@ def test_an_empty_host_is_refused_as_empty(tmp_path: Path, host: str) -> None:
     assert (
         done.stderr == "error: --host must name an address (0.0.0.0 for every one), not be empty\n"
     )
+
+
+def test_a_stdio_server_started_with_stdout_closed_refuses_before_opening_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``memvee mcp >&-``: Python leaves ``sys.stdout`` None, which the command line stands
+    in for with a stream whose writes fail; the server took the stand-in for an open
+    stdout and started, to end in a traceback."""
+    monkeypatch.setattr(sys, "stdout", None)
+
+    with pytest.raises(SystemExit) as ended:
+        app(["mcp", "--db", str(tmp_path / "m.db")])
+
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: stdin and stdout must be open: memvee mcp speaks MCP over them\n"
+    )
+    assert not (tmp_path / "m.db").exists()
