@@ -1512,6 +1512,9 @@ def _answer(question: str) -> bool | None:
         if isinstance(stopped.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from None
         return None
+    except BaseException:  # a closed output, say: its error line too starts a line
+        typer.echo(err=True)
+        raise
 
 
 def _on_a_terminal() -> bool:

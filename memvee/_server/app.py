@@ -24,7 +24,7 @@ from memvee._server.drain import Drain, RefusedWhileDraining
 from memvee._server.errors import AnsweredOnShutdown, error_response, install_error_handlers
 from memvee._server.host_guard import LoopbackOnly, transport_security
 from memvee._server.http_api import ANY_ROUTE_ERRORS, ErrorOut, api_router, error_responses
-from memvee._server.limits import BodyLimit
+from memvee._server.limits import BodyLimit, jsonrpc_refusal
 from memvee._server.logs import AccessLog
 from memvee._server.mcp_tools import READ_ONLY_TOOLS, build_mcp
 from memvee._server.request_ids import RefuseInvalidMessages
@@ -117,7 +117,7 @@ def create_app(
     install_error_handlers(api, routes=[*api.router.routes, *router.routes])
     routed = RefuseInvalidMessages(EncodedSlashes(HeadAsGet(api, "/mcp")), "/mcp", READ_ONLY_TOOLS)
     guarded = BodyLimit(
-        BearerAuth(UncodedBodies(routed, "/mcp"), tokens or TokenBook()),
+        BearerAuth(UncodedBodies(routed, jsonrpc_path="/mcp"), tokens or TokenBook()),
         max_body_bytes,
         jsonrpc_path="/mcp",
     )
@@ -145,15 +145,16 @@ class UncodedBodies:
     """ASGI middleware: a body sent with a Content-Encoding other than ``identity`` is
     answered 415 before anything reads it (RFC 9110, 15.5.16). The server decodes none, and
     read such a body as it came: gzip's bytes as JSON that is not UTF-8, a plain body said
-    to be compressed as if it were not. ``skipped`` (MCP's path) is left to its transport."""
+    to be compressed as if it were not. On ``jsonrpc_path`` (MCP's, whose transport decodes
+    none either) the refusal is told in JSON-RPC's shape, as an MCP client reads it."""
 
-    def __init__(self, app: ASGIApp, skipped: str) -> None:
+    def __init__(self, app: ASGIApp, jsonrpc_path: str) -> None:
         self.app = app
-        self.skipped = skipped
+        self.jsonrpc_path = jsonrpc_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         coding = _content_coding(scope) if scope["type"] == "http" else None
-        if coding is None or scope["path"] == self.skipped:
+        if coding is None:
             await self.app(scope, receive, send)
             return
         shown = (
@@ -163,7 +164,11 @@ class UncodedBodies:
             f"body: sent with Content-Encoding {shown!r}, which this server does not decode: "
             "send it uncompressed"
         )
-        answer = error_response(scope, 415, "unsupported_media_type", told, {"connection": "close"})
+        answer = (
+            jsonrpc_refusal(told, 415)
+            if scope["path"] == self.jsonrpc_path
+            else error_response(scope, 415, "unsupported_media_type", told, {"connection": "close"})
+        )
         await answer(scope, receive, send)
 
 
@@ -173,10 +178,14 @@ _ECHOED_CODING_CHARS = 60
 
 def _content_coding(scope: Scope) -> str | None:
     """The Content-Encoding of a request that has a body, unless it names no coding but
-    ``identity``."""
-    headers = {key.lower(): value for key, value in scope["headers"]}
-    has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
-    coding = headers.get(b"content-encoding", b"").decode("latin-1")
+    ``identity``: every copy of the header, as one list (RFC 9110, 5.3), so a second copy
+    saying ``identity`` hides no first one."""
+    named_by: dict[bytes, list[bytes]] = {}
+    for key, value in scope["headers"]:
+        named_by.setdefault(key.lower(), []).append(value)
+    lengths = named_by.get(b"content-length", [])
+    has_body = any(length != b"0" for length in lengths) or b"transfer-encoding" in named_by
+    coding = b", ".join(named_by.get(b"content-encoding", [])).decode("latin-1")
     named = {part.strip().lower() for part in coding.split(",")} - {"", "identity"}
     return coding if has_body and named else None
 

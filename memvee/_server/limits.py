@@ -93,7 +93,7 @@ class BodyLimit:
             await self._drain(receive)
         told = f"the request body is over the limit of {self.max_bytes} bytes"
         answer = (
-            _jsonrpc_refusal(told)
+            jsonrpc_refusal(told)
             if scope["path"] == self.jsonrpc_path
             else error_response(scope, 413, "payload_too_large", told, {"connection": "close"})
         )
@@ -111,10 +111,11 @@ class BodyLimit:
                 return
 
 
-def _jsonrpc_refusal(told: str) -> Response:
-    """The 413 of MCP's path as the SDK's streamable HTTP transport answers its own
-    errors: a JSON-RPC invalid request with a null id (no id of an unread body is known)."""
+def jsonrpc_refusal(told: str, status: int = 413) -> Response:
+    """A refusal (``status``) of a body on MCP's path as the SDK's streamable HTTP transport
+    answers its own errors: a JSON-RPC invalid request with a null id (no id of an unread
+    body is known)."""
     error = {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": told}}
     return Response(
-        json.dumps(error), 413, media_type="application/json", headers={"connection": "close"}
+        json.dumps(error), status, media_type="application/json", headers={"connection": "close"}
     )

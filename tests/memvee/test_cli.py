@@ -1141,6 +1141,27 @@ def test_forget_interrupted_at_its_question_says_so(
     assert "no user" not in run("log", "ann", "--db", db).output
 
 
+def test_forget_whose_question_cannot_be_answered_tells_why_on_a_line_of_its_own(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The question fails otherwise than by the input's end (its output closed): the error
+    line starts a line of its own; it followed the question on its line."""
+    monkeypatch.setattr(memvee.cli, "_on_a_terminal", lambda: True)
+
+    def lost_output(question: str, **options: Any) -> bool:
+        typer.echo(f"{question} [y/N]: ", err=True, nl=False)
+        raise OSError("standard output is closed")
+
+    monkeypatch.setattr(memvee.cli.typer, "confirm", lost_output)
+
+    ended = runner.invoke(app, ["forget", "ann", "--db", db])
+
+    assert ended.exit_code == 2
+    question, told = ended.stderr.splitlines()
+    assert question.startswith("Erase 'ann'") and told.startswith("error: ")
+    assert "no user" not in run("log", "ann", "--db", db).output
+
+
 def _pressed_ctrl_c(question: str, **options: Any) -> bool:
     """``typer.confirm`` met by a Ctrl-C: an ``Abort`` raised while handling it, as click's."""
     try:

@@ -132,6 +132,50 @@ def test_a_body_sent_with_a_content_coding_is_415_naming_it_and_writes_nothing(
     assert message_count(http, user) == 3
 
 
+def test_a_content_coding_sent_in_two_header_lines_is_refused_as_one_list(
+    http: httpx.Client, user: str
+) -> None:
+    """``Content-Encoding: br`` then ``Content-Encoding: identity`` is the list "br,
+    identity" (RFC 9110, 5.3): 415, nothing stored. Only the last line was read, and the
+    plain body said to be br was stored."""
+    plain = b'{"role": "user", "content": "hi"}'
+    headers = [
+        ("content-type", "application/json"),
+        ("content-encoding", "br"),
+        ("content-encoding", "identity"),
+    ]
+
+    answer = http.post(f"/v1/users/{user}/messages", content=plain, headers=headers)
+
+    assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_media_type")
+    assert message_count(http, user) == 2
+
+
+def test_a_content_coding_on_mcp_is_415_in_the_json_rpc_shape_and_runs_nothing(
+    http: httpx.Client, user: str
+) -> None:
+    """MCP's transport decodes no content coding either: a plain tool call said to be br
+    is refused as the SDK answers its own errors, and nothing is stored. It ran."""
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "remember", "arguments": {"user_id": user, "user_message": "hi"}},
+    }
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "content-encoding": "br",
+    }
+
+    answer = http.post("/mcp", content=json.dumps(call).encode(), headers=headers)
+
+    assert answer.status_code == 415
+    assert answer.json()["error"]["code"] == -32600
+    assert "Content-Encoding 'br'" in answer.json()["error"]["message"]
+    assert message_count(http, user) == 2
+
+
 @pytest.mark.parametrize("when", [-99999999999, 1740830400, 1740830400.5, "1740830400", "1e9"])
 def test_a_time_given_as_a_number_is_422_as_seconds_and_milliseconds_cannot_be_told_apart(
     http: httpx.Client, user: str, when: object
