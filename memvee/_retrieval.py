@@ -48,6 +48,7 @@ __all__ = [
     "RetrievedMessage",
     "Retriever",
     "check_query",
+    "check_top_k",
 ]
 
 log = logging.getLogger("memvee.retrieval")
@@ -68,8 +69,19 @@ def check_query(query: object, top_k: object) -> None:
         )
     check_text(query, "query")
     check_visible(query, "query")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= 1000:
-        raise InvalidInputError(f"top_k must be an int from 1 to 1000, not {top_k!r}")
+    check_top_k(top_k)
+
+
+MAX_TOP_K = 1000
+"""The most results a retrieval hands back."""
+
+
+def check_top_k(top_k: object, what: str = "top_k") -> int:
+    """Return ``top_k`` if it is an int from 1 to :data:`MAX_TOP_K`, else raise
+    :class:`InvalidInputError` naming it ``what`` (the command line names its option)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInputError(f"{what} must be an int from 1 to {MAX_TOP_K:,}, not {top_k!r}")
+    return top_k
 
 
 _CANDIDATES = 4

@@ -66,6 +66,7 @@ from events.file_hold import HELD_SUFFIX
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
 from memvee._log_redaction import RedactSecrets, exception_type
+from memvee._retrieval import check_top_k
 from memvee._server import register_commands
 from memvee.audit import (
     DIRECT_LIMIT,
@@ -599,6 +600,14 @@ def log_(
 ) -> None:
     """A user's event log, in order: one line per event (the whole payload with --json)."""
     check_count(limit, "--limit")
+    # Checked here as well as by Audit.log, so that the error names the options as typed.
+    for option, bound in (("--from-version", from_version), ("--to-version", to_version)):
+        if bound is not None:
+            check_count(bound, option)
+    if from_version is not None and to_version is not None and from_version > to_version:
+        raise InvalidInputError(
+            f"--from-version {from_version} is after --to-version {to_version}: nothing between"
+        )
     with _audit(db, db_url) as audit:
         events = list(
             itertools.islice(
@@ -1251,6 +1260,7 @@ def search(
     """What retrieve would hand an agent for QUERY, best first on one score."""
     if lexical and embed_all:
         raise InvalidInputError("give --lexical or --embed-all, not both (--lexical embeds none)")
+    check_top_k(top_k, "--top-k")
     left: list[str] = []
     with _audit(db, db_url) as audit:
         at = None if as_of is None else _parse_time(as_of)

@@ -923,6 +923,27 @@ def test_unknown_versions_event_types_and_points_past_the_end_are_errors(db: str
     assert run("state", "ann", "--at", str(last["version"]), "--db", db).exit_code == 0
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["log", "ann", "--from-version", "0"], "--from-version must be 1 or more, not 0"),
+        (["log", "ann", "--to-version", "-3"], "--to-version must be 1 or more, not -3"),
+        (
+            ["log", "ann", "--from-version", "5", "--to-version", "2"],
+            "--from-version 5 is after --to-version 2: nothing between",
+        ),
+        (["search", "ann", "x", "--top-k", "0"], "--top-k must be an int from 1 to 1,000, not 0"),
+        (["search", "ann", "x", "--top-k", "1001"], "--top-k must be an int from"),
+    ],
+)
+def test_a_numeric_option_out_of_range_is_named_as_the_user_typed_it(
+    db: str, args: list[str], says: str
+) -> None:
+    line = one_error_line(run(*args, "--db", db, code=2))
+    assert says in line
+    assert "_version" not in line and "top_k" not in line
+
+
 def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: str) -> None:
     huge = str(2**80)
     whole = run("log", "ann", "--json", "--limit", str(2**63 - 1), "--db", db).output
@@ -936,7 +957,7 @@ def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: 
     paged = run("users", "--limit", huge, "--db", db, code=2)
     assert "--limit must be from 1 to 10,000" in one_error_line(paged)
     below = run("log", "ann", "--from-version", "0", "--db", db, code=2)
-    assert "from_version must be 1 or more" in one_error_line(below)
+    assert "--from-version must be 1 or more" in one_error_line(below)
     long = run("state", "ann", "--at", "9" * 5000, "--db", db, code=2)
     assert "a version has at most 19 digits, not 5000" in one_error_line(long)
     past = run("state", "ann", "--at", str(2**63), "--db", db, code=2)
@@ -1786,7 +1807,7 @@ def test_import_refuses_a_line_with_a_bad_user_id_and_search_a_bad_top_k_or_quer
     bad = run("import", str(tmp_path / "bad.jsonl"), "--db", str(target), code=2)
     assert "line 1" in one_error_line(bad)
     zero = run("search", "ann", "x", "--top-k", "0", "--lexical", "--db", db, code=2)
-    assert "top_k" in one_error_line(zero)
+    assert "--top-k must be an int from 1 to 1,000, not 0" in one_error_line(zero)
     blank = run("search", "ann", " ", "--lexical", "--db", db, code=2)
     assert "query must not be empty" in one_error_line(blank)
     with Audit(db) as audit, pytest.raises(InvalidInputError, match="top_k"):
