@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from events.extraction import TokenUsage
 
 __all__ = [
+    "ECHOED_CHARS",
     "FORGOTTEN_REASON",
     "INPUT_REFUSED_STATUSES",
     "ActorStoppedError",
@@ -50,6 +51,7 @@ __all__ = [
     "UnreadableEventError",
     "UserForgottenError",
     "database_refused",
+    "echoed",
     "first_line",
     "is_database_failure",
     "may_pass",
@@ -345,6 +347,19 @@ def repeats(error: BaseException) -> bool:
     if isinstance(error, ExtractionError):
         return error.repeats
     return not isinstance(error, OSError | TimeoutError | MemveeError)
+
+
+ECHOED_CHARS = 60
+"""The most of a value given by a caller that a message about it repeats."""
+
+
+def echoed(value: str) -> str:
+    """``value`` quoted as a message repeats it: whole up to :data:`ECHOED_CHARS`
+    characters, else its start and its length, so that an id or header of any length
+    sent in makes no message of that length."""
+    if len(value) <= ECHOED_CHARS:
+        return repr(value)
+    return f"{value[:ECHOED_CHARS]!r}... ({len(value):,} characters)"
 
 
 def first_line(error: BaseException) -> str:

@@ -54,7 +54,7 @@ from events import (
     check_user_id,
 )
 from events.credentials import redact
-from events.errors import MemveeError, first_line, is_database_failure, processing_error
+from events.errors import MemveeError, echoed, first_line, is_database_failure, processing_error
 from memvee._config import MemoryConfig
 from memvee._log_redaction import protect_own_loggers
 from memvee._retrieval import RetrievalResult, Retriever, check_query
@@ -937,7 +937,7 @@ class Memory:
                 return ended
             self._recent.pop(task_id, None)  # the user's log was erased since it ended
         if record is None:
-            raise UnknownTaskError(f"user {user_id!r} has no task {task_id!r}")
+            raise UnknownTaskError(f"user {echoed(user_id)} has no task {echoed(task_id)}")
         return self._handle_for(user_id, record)
 
     @property

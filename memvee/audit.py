@@ -83,6 +83,7 @@ from events import (
 from events.errors import (
     ExtractorAccessRefusedError,
     NewerEventError,
+    echoed,
     first_line,
     repeats,
 )
@@ -1025,7 +1026,7 @@ class Audit:
         of its failed calls weighed."""
         user_log = self.store.load(user_id)
         if user_log is None:
-            raise NotFoundError(f"no user {user_id!r} in this database")
+            raise NotFoundError(f"no user {echoed(user_id)} in this database")
         user_log.check_version_name(version)
         meaning = self._by_meaning(embedder)
         # The log as loaded: a message added since is buffered, left to normal processing.
@@ -1587,7 +1588,7 @@ class Audit:
         check_user_id(user_id)
         user_log = self.store.load(user_id)
         if user_log is None:
-            raise NotFoundError(f"no user {user_id!r} in this database")
+            raise NotFoundError(f"no user {echoed(user_id)} in this database")
         return sorted(user_log.knowledge_versions)
 
     def knowledge_versions(self, user_id: str) -> dict[str, int]:
@@ -1638,7 +1639,7 @@ class Audit:
         check_user_id(user_id)
         last = self.store.last_version(user_id)
         if last == 0:
-            raise NotFoundError(f"no user {user_id!r} in this database")
+            raise NotFoundError(f"no user {echoed(user_id)} in this database")
         return last
 
     def _version_of(self, user_id: str) -> int:
@@ -1650,14 +1651,14 @@ class Audit:
                 refuse_while_rebuilding(Projector(ProjectionTables()), connection)
                 refuse_unfolded(Projector(ProjectionTables()), connection, user_id)
         if summary is None:
-            raise NotFoundError(f"no user {user_id!r} in this database")
+            raise NotFoundError(f"no user {echoed(user_id)} in this database")
         return summary.version
 
     def _entry_id(self, connection: Connection, user_id: str, prefix: str) -> str:
         """The one entry id of the user that starts with ``prefix`` (git-style)."""
         found = self._reader.entry_ids_starting(connection, user_id, prefix.strip(), 6)
         if not prefix.strip() or not found:
-            raise NotFoundError(f"user {user_id!r} has no knowledge entry {prefix!r}")
+            raise NotFoundError(f"user {echoed(user_id)} has no knowledge entry {echoed(prefix)}")
         if len(found) > 1 and prefix not in found:
             shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
             raise InvalidInputError(f"entry id {prefix!r} is ambiguous: it starts {shown}")
@@ -1691,7 +1692,7 @@ class Audit:
                 time.sleep(random.uniform(0.5, 1.0) * 0.01 * 2**attempt)
             user_log = self.store.load(user_id)
             if user_log is None:
-                raise NotFoundError(f"no user {user_id!r} in this database")
+                raise NotFoundError(f"no user {echoed(user_id)} in this database")
             result = decide(user_log)
             try:
                 appended = self.store.append(

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.errors import echoed
 from memvee._memory import Memory
 from memvee._server.auth import BearerAuth, TokenBook
 from memvee._server.drain import Drain, RefusedWhileDraining
@@ -157,12 +158,9 @@ class UncodedBodies:
         if coding is None:
             await self.app(scope, receive, send)
             return
-        shown = (
-            coding if len(coding) <= _ECHOED_CODING_CHARS else f"{coding[:_ECHOED_CODING_CHARS]}..."
-        )
         told = (
-            f"body: sent with Content-Encoding {shown!r}, which this server does not decode: "
-            "send it uncompressed"
+            f"body: sent with Content-Encoding {echoed(coding)}, which this server does not "
+            "decode: send it uncompressed"
         )
         answer = (
             jsonrpc_refusal(told, 415)
@@ -170,10 +168,6 @@ class UncodedBodies:
             else error_response(scope, 415, "unsupported_media_type", told, {"connection": "close"})
         )
         await answer(scope, receive, send)
-
-
-_ECHOED_CODING_CHARS = 60
-"""The most of a refused Content-Encoding an answer repeats."""
 
 
 def _content_coding(scope: Scope) -> str | None:

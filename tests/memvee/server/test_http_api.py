@@ -316,6 +316,37 @@ def test_an_unknown_task_or_entry_of_a_known_user_is_404(http: httpx.Client, use
     assert (entry.status_code, entry.json()["error"]) == (404, "not_found")
 
 
+@pytest.mark.parametrize(
+    ("path", "echoes"),
+    [
+        ("tasks/{long}", "has no task 'tttttttttt"),
+        ("knowledge/{long}/explain", "has no knowledge entry 'tttttttttt"),
+    ],
+)
+def test_an_unknown_id_of_thousands_of_characters_is_echoed_cut_short_in_the_404(
+    http: httpx.Client, user: str, path: str, echoes: str
+) -> None:
+    add_exchange(http, user)
+
+    answer = http.get(f"/v1/users/{user}/" + path.format(long="t" * 5000))
+
+    assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
+    message = answer.json()["message"]
+    assert echoes in message and "(5,000 characters)" in message
+    assert len(message) < 300, message
+
+
+def test_an_unknown_user_id_at_the_length_limit_is_echoed_cut_short_in_the_404(
+    http: httpx.Client,
+) -> None:
+    stranger = "u" * 256
+
+    answer = http.get(f"/v1/users/{stranger}")
+
+    assert (answer.status_code, answer.json()["error"]) == (404, "not_found")
+    assert answer.json()["message"] == f"no user {'u' * 60!r}... (256 characters) in this database"
+
+
 def test_a_user_id_that_ends_like_a_route_is_reached_with_its_slash_encoded(
     http: httpx.Client, user: str
 ) -> None:
