@@ -58,7 +58,8 @@ class FileHold:
             try:
                 descriptor = os.open(record, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:  # a read-only file system: no one writes there
-                _unguarded(record, database, error, quiet=error.errno in _QUIET or not create)
+                quiet = error.errno in _QUIET or not create or _unmakeable(database, error)
+                _unguarded(record, database, error, quiet=quiet)
                 return None
             try:
                 hold = cls._held(record, descriptor, database, create=create)
@@ -192,6 +193,14 @@ def same_file(descriptor: int, path: Path) -> bool:
 _QUIET = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 """Why a record cannot be opened that says nothing is wrong: a read-only file system, or
 a folder this user may read but not write (a reader of another user's database)."""
+
+
+def _unmakeable(database: Path, error: OSError) -> bool:
+    """Whether ``error``, met making the record beside a ``database`` that is not there,
+    says the database cannot be made either (no such folder, or one that takes no file):
+    the open that follows then fails and says why, and a warning first would be a
+    second line about the same failure."""
+    return error.errno in (errno.ENOENT, errno.ENOTDIR) and not database.exists()
 
 
 def _unguarded(record: Path, database: Path, error: OSError, *, quiet: bool) -> None:

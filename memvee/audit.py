@@ -1180,8 +1180,9 @@ class Audit:
         :func:`actors.tells_down`). An extractor that declares :class:`HarmlessRequests`
         (Claude's asks for one output token) is pinged; another extracts the message. What
         it cost and showed go into ``run.report`` and the log
-        (:class:`UserLog.ReextractionChecked`, naming the failed calls it judges), and the
-        log line, its error told without credentials (:func:`shown_error`)."""
+        (:class:`UserLog.ReextractionChecked`, naming the failed calls it judges), and an
+        INFO log line, its error told without credentials (:func:`shown_error`): not a
+        warning, as the run always stops next with the error, the finding as its note."""
         usage, failed = await harmless_request(
             run.extractor, run.user_id, run.version, batch[-1].sent_at
         )
@@ -1189,21 +1190,21 @@ class Audit:
         run.report.check = HarmlessCheck(verdict, usage)
         match verdict:
             case CredentialsRefused(error=error):
-                log.warning(
+                log.info(
                     "user %r: a harmless request's credentials were refused too (%s): the API "
                     "key or its permissions are refused; no batch is split for it",
                     run.user_id,
                     error,
                 )
             case Outage():
-                log.warning(
+                log.info(
                     "user %r: a harmless request failed too (%s): the API is down; no batch "
                     "is split for it",
                     run.user_id,
                     "no error told" if failed is None else shown_error(failed, run.extractor),
                 )
             case Busy(error=error) | FailedTellingNothing(error=error):
-                log.warning(
+                log.info(
                     "user %r: a harmless request failed in a way that tells nothing (%s); "
                     "the failed calls split their batches as before",
                     run.user_id,

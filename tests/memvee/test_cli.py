@@ -357,6 +357,20 @@ def test_an_import_into_a_path_through_a_file_names_the_file_that_is_no_folder(
     assert one_error_line(result) == f"error: Not a directory: {exported}"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_import_into_a_folder_that_takes_no_file_is_one_error_line_without_a_warning(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc takes no new file: neither the database nor the record that guards it can be
+    made there, and the open's failure alone is told."""
+    exported = tmp_path / "ann.jsonl"
+    run("export", "ann", "--db", db, "--out", str(exported))
+    with _warnings_printed_as_the_command_line_prints_them():
+        result = run("import", str(exported), "--db", "/proc/memvee-test.db", code=2)
+    assert "cannot open the event store" in one_error_line(result)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("command", [["log", "ann"], ["users"], ["import", "ann.jsonl"]])
 @pytest.mark.parametrize("path", ["", "  "])
 def test_an_empty_db_path_is_refused_as_empty(

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import events.user_log
+import memvee.cli
 from events import (
     EventStore,
     ExtractionBatch,
@@ -1254,6 +1255,53 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     assert "cat: 3 entries extracted" in again.output and "left out: bob " in again.output
 
 
+@pytest.mark.parametrize(
+    "harmless",
+    [
+        ExtractionError("HTTP 503 the API is down"),
+        ExtractorAccessRefusedError("HTTP 401 invalid x-api-key"),
+        ExtractorRateLimitedError("HTTP 429 rate limited"),
+    ],
+    ids=["outage", "credentials refused", "busy"],
+)
+def test_a_reextraction_stopped_after_its_harmless_request_failed_prints_one_error_line(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    harmless: Exception,
+) -> None:
+    """What the harmless request showed is told once, in the ``check:`` line and the
+    error's note: the command line's warning handler prints no line of its own before the
+    ``error:`` line, while a library user logging at INFO still reads it."""
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
+            for i in range(3):
+                await m.add_message("cat", "user", f"cat likes thing {i}")
+            await m.flush("cat")
+
+    asyncio.run(fill())
+    extractor = RecordingExtractor()
+    extractor.fault = lambda batch: (
+        harmless
+        if batch.messages[0].content == "Hello."
+        else ExtractionError("Claude API returned HTTP 500")
+    )
+    monkeypatch.setattr("memvee.cli._extractor", lambda name, model: extractor)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    memvee.cli._log_warnings_but_not_interrupts()
+    try:
+        with caplog.at_level(logging.INFO, logger="memvee.audit"):
+            done = CliRunner().invoke(app, ["reextract", "cat", "--as", "v2", "--db-url", db_url])
+    finally:
+        root.handlers[:] = before
+    assert done.exit_code == 2, done.output
+    assert capsys.readouterr().err == ""
+    assert [r.message for r in caplog.records if "harmless request" in r.message]
+
+
 _TOLD_NOTHING = "the next run splits the failed calls' batches"
 _SPLIT_NOTHING = "the failed calls split no batch for the runs after"
 
@@ -1547,10 +1595,11 @@ async def test_a_harmless_request_failing_in_a_way_that_repeats_is_reported_as_t
 ) -> None:
     """A harmless request failing with a bug (or a 400), or rate limited (the failed calls
     may have used the account's limit up themselves), shows neither an outage nor an
-    answering API: the report, the error's notes and the log say it told nothing and
+    answering API: the report, the error's notes and the log (at INFO) say it told nothing and
     why, the check kept in the user's log reads back as the verdict reported (busy as
     busy), and the failed calls split their batches for the next run as after an answer
     (background extraction judges it by the same rule)."""
+    caplog.set_level(logging.INFO, logger="memvee.audit")  # the run's error tells it first
     told = verdict.error
     await _hobbies(make_memory, 0, 5)
     extractor = _PingBroken("hobby1 ", "hobby3 ", down=False)
