@@ -1255,6 +1255,19 @@ def test_the_cli_goes_on_past_a_user_whose_reextraction_fails_and_reports_it(
     assert "cat: 3 entries extracted" in again.output and "left out: bob " in again.output
 
 
+def _three_processed_messages_of_cat(db_url: str) -> None:
+    """Store three of cat's messages in the database at ``db_url``, processed, for a
+    re-extraction to send again."""
+
+    async def fill() -> None:
+        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
+            for i in range(3):
+                await m.add_message("cat", "user", f"cat likes thing {i}")
+            await m.flush("cat")
+
+    asyncio.run(fill())
+
+
 @pytest.mark.parametrize(
     "harmless",
     [
@@ -1275,13 +1288,7 @@ def test_a_reextraction_stopped_after_its_harmless_request_failed_prints_one_err
     error's note: the command line's warning handler prints no line of its own before the
     ``error:`` line, while a library user logging at INFO still reads it."""
 
-    async def fill() -> None:
-        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
-            for i in range(3):
-                await m.add_message("cat", "user", f"cat likes thing {i}")
-            await m.flush("cat")
-
-    asyncio.run(fill())
+    _three_processed_messages_of_cat(db_url)
     extractor = RecordingExtractor()
     extractor.fault = lambda batch: (
         harmless
@@ -1362,13 +1369,7 @@ def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_
     exits 2, and ``memvee log`` tells what it showed of the failed calls (its payload
     whether the API was busy)."""
 
-    async def fill() -> None:
-        async with Memory(config=MemoryConfig(db_url=db_url), extractor=RecordingExtractor()) as m:
-            for i in range(3):
-                await m.add_message("cat", "user", f"cat likes thing {i}")
-            await m.flush("cat")
-
-    asyncio.run(fill())
+    _three_processed_messages_of_cat(db_url)
     extractor = RecordingExtractor()
 
     def fault(batch: ExtractionBatch) -> BaseException | None:
