@@ -40,6 +40,7 @@ from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
     ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     ProbeFailedError,
@@ -426,9 +427,10 @@ class ExtractionWorkers:
         at once: failed with a 5xx (529 too), a timeout or no connection
         (:func:`tells_down`), the API is down; its credentials refused (401, 403), the
         account is refused for every call (:class:`EveryRequestRefusedError`: whole too,
-        never said to be an outage); answered, the failure is the batch's; rate limited or
-        refused otherwise, it tells nothing (the failure is told as it was). Its answer
-        only judges this failure: it is no answered call for the breaker, whose
+        never said to be an outage), as every request is when what it names is not found
+        (404: a model retired or misspelt); answered, the failure is the batch's; rate
+        limited or refused otherwise, it tells nothing (the failure is told as it was). Its
+        answer only judges this failure: it is no answered call for the breaker, whose
         :meth:`blame` would take it for evidence against a lone message the API fails for
         its size. None is sent after a failure that asked to wait (the user's backoff
         honours the wait; a request now would meet the same limit, and a wait here would
@@ -468,6 +470,20 @@ class ExtractionWorkers:
                 f"{shown} (a harmless request's credentials were refused too: the API key "
                 f"or its permissions are refused for every request, not the batch; "
                 f"{RETRIED_WHOLE})",
+                usage=spent if usage is None else usage.plus(spent),
+                whole_note=RETRIED_WHOLE,
+            )
+        if isinstance(ping_failed, ExtractorNotFoundError):
+            log.info(
+                "task %s: a harmless request was answered not found too (%s): every request "
+                "is refused, the batch is retried whole",
+                batch.task_id,
+                self._shown(ping_failed),
+            )
+            return EveryRequestRefusedError(
+                f"{shown} (a harmless request was answered so too: what the requests name "
+                f"(the model, the base URL's path) is not found for every request, not the "
+                f"batch; {RETRIED_WHOLE})",
                 usage=spent if usage is None else usage.plus(spent),
                 whole_note=RETRIED_WHOLE,
             )

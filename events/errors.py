@@ -31,6 +31,7 @@ __all__ = [
     "ExtractionError",
     "ExtractionPausedError",
     "ExtractorAccessRefusedError",
+    "ExtractorNotFoundError",
     "ExtractorOverloadedError",
     "ExtractorRateLimitedError",
     "InvalidExtractionError",
@@ -234,6 +235,15 @@ class ExtractorAccessRefusedError(ExtractionError):
     ``CredentialsRefused``); ``reextract --batch-api``'s full-price fallback stops at that
     user, sending no other user's messages that run. A batch's own may be its messages' (a
     gateway's filter refusing a text with a 403)."""
+
+
+class ExtractorNotFoundError(ExtractionError):
+    """The extractor's service answered that what the request names is not found (HTTP
+    404: a model retired, misspelt or not open to the account, a base URL with a wrong
+    path): a failure that may pass (the settings fixed), which never shows that the
+    service is down, as it answered. A harmless request answered so shows every request
+    refused, whatever its messages: background extraction keeps the batch whole
+    (:class:`EveryRequestRefusedError`)."""
 
 
 class ProbeFailedError(ExtractionError):

@@ -44,6 +44,7 @@ from events.errors import (
     EveryRequestRefusedError,
     ExtractionError,
     ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     InvalidExtractionError,
@@ -154,6 +155,9 @@ _RETRIED_LATER = "retried later"
 
 _ACCESS_REFUSED_STATUSES = frozenset({401, 403})
 """Statuses of a request whose credentials or their permissions are refused."""
+
+_NOT_FOUND_STATUS = 404
+"""The status of a request naming what the API does not find (a model, a path)."""
 
 
 def cache_minimum(model: str) -> int:
@@ -1006,7 +1010,8 @@ def _merge(facts: Sequence[ExtractedFact]) -> tuple[ExtractedFact, ...]:
 def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> ExtractionError:
     """The ExtractionError for a failed API call: status, error type and request id, never
     ``secrets`` (taken out before any text is cut, so no part of one is left); one that
-    refused the request itself (400, 413, 422) repeats."""
+    refused the request itself (400, 413, 422) repeats; a 404 (a model or path not found)
+    is :class:`ExtractorNotFoundError`, the API's answer to every request, not an outage."""
     kind = type(exc).__name__
     if isinstance(exc, anthropic.APIStatusError):
         parts = [f"Claude API returned HTTP {exc.status_code} ({kind}"]
@@ -1033,6 +1038,8 @@ def api_error(exc: anthropic.AnthropicError, secrets: Sequence[str]) -> Extracti
             return ExtractorRateLimitedError(text, retry_after=wait)
         if exc.status_code in _ACCESS_REFUSED_STATUSES:
             return ExtractorAccessRefusedError(text, retry_after=wait)
+        if exc.status_code == _NOT_FOUND_STATUS:
+            return ExtractorNotFoundError(text, retry_after=wait)
         return ExtractionError(text, retry_after=wait)
     if isinstance(exc, anthropic.APITimeoutError):
         text = f"Claude API request timed out ({kind}) after the SDK's retries"

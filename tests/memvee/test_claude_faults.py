@@ -1187,6 +1187,40 @@ async def test_a_refused_api_key_is_told_as_the_account_refused_not_the_api_down
         assert [len(r.messages) for r in server.requests[during:]] == [8]
 
 
+async def test_a_model_the_api_does_not_find_is_told_as_refused_for_every_request_not_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API answers every request with 404 "model: ..." (a model retired or misspelt),
+    the harmless one after a failed batch too: it is up, and the run's error says that
+    what the requests name is not found for every request, never that the API is down;
+    ann's eight messages stay whole, none quarantined, and go out in one request once the
+    model is found again."""
+    missing = _Outage(
+        lambda r: ScriptedResponse(404, error_body("not_found_error", "model: claude-retired"))
+    )
+    with MessagesAPIServer(responder=missing) as server:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "missing-model.db", retry_delay=0.01
+        ) as memory:
+            for i in range(8):
+                await memory.add_message("ann", "user", f"I like thing {i}.")
+            errors = []
+            for _ in range(2):
+                with pytest.raises(ProcessingError) as caught:
+                    await memory.process("ann")
+                errors.append(caught.value.error)
+            assert await memory.quarantined("ann") == []
+            missing.down = False
+            during = len(server.requests)
+            assert await memory.process("ann") == 8
+    for error in errors:
+        assert "HTTP 404" in error and "model: claude-retired" in error
+        assert "not found for every request, not the batch" in error
+        assert "down" not in error
+    assert [_is_probe(r) for r in server.requests[:during]] == [False, True] * 2
+    assert [len(r.messages) for r in server.requests[during:]] == [8]
+
+
 @pytest.mark.parametrize(
     ("fault", "kept_whole", "finding"),
     [
