@@ -692,11 +692,12 @@ class UserLog(Aggregate):
 
     def note_failure(self, batch: dict[str, int], *, counted: bool) -> None:
         """Evolve helper: a failed batch is split in two for the next tries; a message
-        that failed alone is parked, the failure counted against it when ``counted``."""
+        that failed alone is parked, the failure counted against it when ``counted``, and
+        goes last among the parked messages' turns (see :meth:`_next_batch`)."""
         ordered = sorted(batch, key=batch.__getitem__)
         if len(ordered) == 1:
             (message_id,) = ordered
-            self.parked[message_id] = self.parked.get(message_id, 0) + int(counted)
+            self.parked[message_id] = self.parked.pop(message_id, 0) + int(counted)
             return
         half = (len(ordered) + 1) // 2
         for part in (ordered[:half], ordered[half:]):
@@ -1419,17 +1420,19 @@ class UserLog(Aggregate):
 
         At most ``limits.max_messages`` messages (fewer where a split capped them) and about
         ``limits.max_tokens`` of prompt, one message at least. Parked messages (which
-        failed alone) wait until nothing else is left, then go one at a time, so that no
-        message blocks the ones after it.
+        failed alone) wait until nothing else is left, then go one at a time, taking
+        turns (the one that failed alone longest ago first), so that no message blocks
+        the ones after it, nor one that keeps failing in a way never blamed on it (an
+        overloaded API) another parked message.
         """
         batch: list[str] = []
-        parked: str | None = None
+        parked: list[str] = []
         cap, tokens = limits.max_messages, 0
         for message_id, version in self.pending.items():
             if version >= scope:
                 break
             if message_id in self.parked:
-                parked = parked or message_id
+                parked.append(message_id)
                 continue
             cap = min(cap, self.caps.get(message_id, cap))
             weight = self.weights.get(message_id, 0)
@@ -1437,8 +1440,9 @@ class UserLog(Aggregate):
                 break
             batch.append(message_id)
             tokens += weight
-        if not batch and parked is not None:
-            return [parked]
+        if not batch and parked:
+            turns = {message_id: turn for turn, message_id in enumerate(self.parked)}
+            return [min(parked, key=turns.__getitem__)]
         return batch
 
 

@@ -255,6 +255,23 @@ def test_a_failure_met_while_the_api_was_down_returns_its_batch_whole() -> None:
     assert log.caps == dict.fromkeys(ids, 2)
 
 
+def test_messages_that_failed_alone_take_turns_the_one_that_failed_longest_ago_first() -> None:
+    """Two messages wait after failing alone, neither blamed: the one that failed alone
+    longest ago goes next, so one that keeps failing in a way never blamed on it (an
+    overloaded API) does not keep the other waiting for good, whatever their log order."""
+    one = BatchLimits(max_messages=1)
+    log, (first, second) = _log_with(2)
+    claimed = []
+    for task_id in ("t1", "t2", "t3", "t4"):
+        assert log.request_processing(task_id, "manual")
+        started = log.start_next(one)
+        assert started is not None
+        claimed.append(started[2])
+        log.record_failure(task_id, "HTTP 529 overloaded", limits=one)
+    assert claimed == [[first], [second], [first], [second]]
+    assert log.parked == {first: 0, second: 0} and list(log.pending) == [first, second]
+
+
 def _fail_whole(log: UserLog, task_id: str) -> list[str]:
     """Start ``task_id`` and fail its batch as one met while the API was down: its claim."""
     claimed = _start(log, task_id)

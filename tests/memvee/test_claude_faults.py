@@ -928,6 +928,47 @@ async def test_a_message_answered_529_every_time_is_still_split_away_from_its_ne
             assert len(checked_coverage(memory, "ann").covered) == 7
 
 
+class _FailsOnce:
+    """Answers 529 to every batch holding the marked message, and a 500 to the first lone
+    request for the message saying ``flaky``; Claude's answer to all else."""
+
+    def __init__(self, flaky: str) -> None:
+        self.flaky = flaky
+        self.failed = False
+
+    def __call__(self, request: RecordedRequest) -> ScriptedResponse:
+        said = [str(m.get("content")) for m in request.messages]
+        if any(MARK in text for text in said):
+            return _error(529, "overloaded_error")(request)
+        if said == [self.flaky] and not self.failed:
+            self.failed = True
+            return _error(500, "api_error")(request)
+        return default_answer(request)
+
+
+async def test_a_message_that_failed_alone_once_is_not_kept_behind_one_that_always_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ann's first message meets 529 each time it goes (never blamed, it waits), and her
+    second a 500 the one time it went alone: both wait as messages that failed alone, and
+    they take turns, so the second is extracted by a later run rather than waiting for
+    good behind the first."""
+    flaky = "I like thing 1."
+    with MessagesAPIServer(responder=_FailsOnce(flaky)) as server:
+        async with _memory_over(
+            server, monkeypatch, tmp_path / "turns.db", max_batch_messages=1, **EVIDENCE_ALONE
+        ) as memory:
+            await memory.add_message("ann", "user", f"{MARK} I collect stamps")
+            await memory.add_message("ann", "user", flaky)
+            for _ in range(4):
+                with contextlib.suppress(ProcessingError):
+                    await memory.process("ann")
+            left = [m.content for m in await memory.buffer("ann")]
+            assert left == [f"{MARK} I collect stamps"]
+            assert await memory.quarantined("ann") == []
+            assert len(checked_coverage(memory, "ann").covered) == 1
+
+
 async def test_a_harmless_requests_tokens_are_counted_with_the_failed_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
