@@ -320,6 +320,41 @@ async def test_a_failure_that_may_pass_is_retried_by_itself_after_a_backoff(
     assert await memory.quarantined("ann") == [], "failures that may pass never quarantine"
 
 
+async def test_a_retry_due_when_the_memory_closed_runs_once_it_opens_again(
+    make_memory: Any, extractor: RecordingExtractor
+) -> None:
+    """ann's automatic run extracts her first exchange and fails on her second (a failure
+    that may pass), leaving two messages, under the threshold of four, and the Memory
+    closes before the retry is due: opened again, it retries them by itself, as the one
+    closed would have, rather than leaving them until she says more."""
+    down = True
+    extractor.fault = lambda batch: (
+        ExtractionError("the API is down")
+        if down and any("Bergen" in m.content for m in batch.messages)
+        else None
+    )
+    settings = {"max_batch_messages": 2, "retry_delay": 3600, "retry_delay_max": 3600}
+    first: Memory = await make_memory(auto_process=True, batch_threshold=4, config=settings)
+    await first.add_exchange("ann", "I live in Oslo", "ok")
+    await first.add_exchange("ann", "I work in Bergen", "ok")
+
+    async def failed() -> bool:
+        return [t.status for t in await first.tasks("ann")] == [ProcessStatus.FAILED]
+
+    await _until(failed)
+    assert len(await first.buffer("ann")) == 2
+    await first.close()
+    down = False
+    second: Memory = await make_memory(auto_process=True, batch_threshold=4, config=settings)
+
+    async def extracted() -> bool:
+        return not await second.buffer("ann")
+
+    await _until(extracted, timeout=10)
+    assert len(await second.knowledge("ann")) == 2
+    assert [t.trigger for t in await second.tasks("ann")] == ["auto", "recovery"]
+
+
 async def test_a_caller_asking_for_processing_does_not_wait_for_the_backoff(
     make_memory: Any, extractor: RecordingExtractor
 ) -> None:
