@@ -381,7 +381,8 @@ class UserActor(PooledActor):
         """As the owner that just took the user (or opened after a crash): close the
         tasks the last owner left open as FAILED (and those a stopped import left between
         two batches), and request processing if ``auto_threshold`` messages wait (or, to
-        ``retry`` a failed task, any does); returns the ids of the tasks closed."""
+        ``retry`` a failed task or one just closed, any does: with auto-processing a run
+        that failed is retried); returns the ids of the tasks closed."""
         task_id = str(uuid4())
 
         def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
@@ -393,7 +394,7 @@ class UserActor(PooledActor):
             waiting = len(user_log.pending)
             requested = (
                 auto_threshold is not None
-                and (waiting >= auto_threshold or (retry and waiting > 0))
+                and (waiting >= auto_threshold or ((retry or bool(closed)) and waiting > 0))
                 and user_log.request_processing(task_id, "recovery")
             )
             return closed, requested
