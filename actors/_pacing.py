@@ -40,7 +40,8 @@ class CircuitBreaker:
     ``failures`` failures in a row that may pass (429, 5xx, timeouts, resets) open it for
     ``cooldown`` seconds: calls wait instead of reaching the API. Then one call at a time
     may probe the API; its success closes the breaker, its failure opens it again for
-    twice as long, up to ``max_cooldown``. Any answer, even one that fails the batch for
+    twice as long, up to ``max_cooldown`` (or ``cooldown``, if longer: a pause never
+    shortens while the API stays down). Any answer, even one that fails the batch for
     good, shows that the API is up, except a refusal of every request (:meth:`refused`).
     """
 
@@ -55,7 +56,7 @@ class CircuitBreaker:
     ) -> None:
         self.threshold = failures
         self.base_cooldown = cooldown
-        self.max_cooldown = max_cooldown
+        self.max_cooldown = max(max_cooldown, cooldown)
         self.probe_timeout = probe_timeout
         self.on_close: Callable[[], None] = lambda: None
         """Called (on the thread that saw the success) when the breaker closes again."""

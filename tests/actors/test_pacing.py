@@ -64,6 +64,21 @@ def test_a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() -> None:
     assert waits == [4.0, 8.0, 8.0, 8.0]
 
 
+def test_a_failed_probe_never_pauses_for_less_than_the_first_cooldown() -> None:
+    """The engine caps the breaker at min(60 s, retry_delay_max): a breaker_cooldown above
+    that paused 120 s, then 60 s once the probe failed, halving while the API stayed down."""
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown=120.0, max_cooldown=60.0, clock=clock)
+    breaker.failed()
+    waits = [breaker.admit()]
+    for _ in range(2):
+        clock.now += 1000
+        assert breaker.admit() == 0
+        breaker.failed()
+        waits.append(breaker.admit())
+    assert waits == [120.0, 120.0, 120.0]
+
+
 def test_a_lone_message_is_blamed_only_on_evidence_that_the_api_works() -> None:
     breaker = _breaker(Clock())
     breaker.failed()
