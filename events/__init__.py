@@ -26,6 +26,7 @@ from events.checks import (
     check_user_ids,
     check_visible,
     storable,
+    whole_number,
 )
 from events.errors import (
     AlreadyReextractedError,
@@ -164,4 +165,5 @@ __all__ = [
     "storable",
     "url_secrets",
     "user_log_id",
+    "whole_number",
 ]

@@ -8,6 +8,8 @@ surrogate), so a write never fails deep inside one database and not another.
 
 from __future__ import annotations
 
+import numbers
+import operator
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -51,6 +53,7 @@ __all__ = [
     "check_visible",
     "shows_something",
     "storable",
+    "whole_number",
 ]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
@@ -404,25 +407,36 @@ def check_listing(as_of: object, history: object) -> None:
         )
 
 
+def whole_number(value: object) -> int | None:
+    """``value`` as a Python int if it is a whole number of an integral kind (an int, a
+    numpy integer), never a bool; else ``None``. The int, not the value: a database
+    driver binds no numpy integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return operator.index(value)
+
+
 def check_count(value: object, what: str) -> int:
-    """Return ``value`` if it is an int (not a bool) of 1 or more, else raise
-    :class:`InvalidInputError`."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Return ``value`` as an int if it is a whole number (see :func:`whole_number`) of 1
+    or more, else raise :class:`InvalidInputError`."""
+    count = whole_number(value)
+    if count is None:
         raise InvalidInputError(f"{what} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise InvalidInputError(f"{what} must be 1 or more, not {value}")
-    return value
+    if count < 1:
+        raise InvalidInputError(f"{what} must be 1 or more, not {count}")
+    return count
 
 
-def check_page(after: object, limit: object, start: str = "after") -> None:
-    """Refuse a page of a listing that is not: past ``after`` (an int of 0 or more, called
-    ``start``), at most ``limit`` (``None``, or an int of 1 or more)."""
-    if isinstance(after, bool) or not isinstance(after, int):
+def check_page(after: object, limit: object, start: str = "after") -> tuple[int, int | None]:
+    """A page of a listing, past ``after`` (a whole number of 0 or more, called ``start``)
+    and of at most ``limit`` (``None``, or a whole number of 1 or more), as ints; else
+    raise :class:`InvalidInputError`."""
+    skipped = whole_number(after)
+    if skipped is None:
         raise InvalidInputError(f"{start} must be an int, not {type(after).__name__}")
-    if after < 0:
-        raise InvalidInputError(f"{start} must be 0 or more, not {after}")
-    if limit is not None:
-        check_count(limit, "limit")
+    if skipped < 0:
+        raise InvalidInputError(f"{start} must be 0 or more, not {skipped}")
+    return skipped, None if limit is None else check_count(limit, "limit")
 
 
 def check_key(value: object, what: str) -> str:

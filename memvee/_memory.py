@@ -795,7 +795,7 @@ class Memory:
         check_user_id(user_id)
         as_of = check_time(as_of, "as_of")
         check_listing(as_of, history)
-        check_page(offset, limit, "offset")
+        offset, limit = check_page(offset, limit, "offset")
         return await self._read(
             lambda c, r: r.knowledge(
                 c, user_id, as_of=as_of, history=history, offset=offset, limit=limit
@@ -812,7 +812,7 @@ class Memory:
         A long history reads a page at a time: pass the last ``seq`` read as ``after``.
         """
         check_user_id(user_id)
-        check_page(after, limit)
+        after, limit = check_page(after, limit)
         return await self._read(
             lambda c, r: r.messages(c, user_id, after=after, limit=limit), user_id
         )
@@ -834,7 +834,7 @@ class Memory:
         belongs to ``user_id``: the ranking itself is scoped to that user.
         """
         check_user_id(user_id)
-        check_query(query, top_k)
+        top_k = check_query(query, top_k)
         as_of = check_time(as_of, "as_of")
         check_flag(include_messages, "include_messages")
         engine, loop = self._running()

@@ -32,7 +32,7 @@ from datetime import datetime
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
 
-from events import InvalidInputError, StorageError, check_text, check_visible
+from events import InvalidInputError, StorageError, check_text, check_visible, whole_number
 from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
@@ -59,8 +59,9 @@ MAX_QUERY_CHARS = 100_000
 hold the database for seconds, others' writes waiting)."""
 
 
-def check_query(query: object, top_k: object) -> None:
-    """Refuse a retrieval's query or ``top_k`` before anything runs (InvalidInputError)."""
+def check_query(query: object, top_k: object) -> int:
+    """Refuse a retrieval's query or ``top_k`` before anything runs (InvalidInputError);
+    ``top_k`` as an int."""
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a str, not {type(query).__name__}")
     if len(query) > MAX_QUERY_CHARS:
@@ -69,7 +70,7 @@ def check_query(query: object, top_k: object) -> None:
         )
     check_text(query, "query")
     check_visible(query, "query")
-    check_top_k(top_k)
+    return check_top_k(top_k)
 
 
 MAX_TOP_K = 1000
@@ -77,11 +78,13 @@ MAX_TOP_K = 1000
 
 
 def check_top_k(top_k: object, what: str = "top_k") -> int:
-    """Return ``top_k`` if it is an int from 1 to :data:`MAX_TOP_K`, else raise
-    :class:`InvalidInputError` naming it ``what`` (the command line names its option)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+    """Return ``top_k`` as an int if it is a whole number (a numpy integer too) from 1 to
+    :data:`MAX_TOP_K`, else raise :class:`InvalidInputError` naming it ``what`` (the
+    command line names its option)."""
+    count = whole_number(top_k)
+    if count is None or not 1 <= count <= MAX_TOP_K:
         raise InvalidInputError(f"{what} must be an int from 1 to {MAX_TOP_K:,}, not {top_k!r}")
-    return top_k
+    return count
 
 
 _CANDIDATES = 4

@@ -632,10 +632,11 @@ class Audit:
         :class:`StorageError`, never a trail cut short or two logs spliced.
         """
         self.logged_version(user_id)
-        for name, bound in (("from_version", from_version), ("to_version", to_version)):
-            if bound is not None:
-                check_count(bound, name)
-        check_count(page_size, "page_size")
+        if from_version is not None:
+            from_version = check_count(from_version, "from_version")
+        if to_version is not None:
+            to_version = check_count(to_version, "to_version")
+        page_size = check_count(page_size, "page_size")
         unknown = sorted(set(check_keys(types, "types")) - EVENT_TYPES)
         if unknown:
             raise InvalidInputError(
@@ -678,7 +679,7 @@ class Audit:
         """
         last = self.logged_version(user_id)
         _check_aware(at, "at")
-        if version is not None and check_count(version, "version") > last:
+        if version is not None and (version := check_count(version, "version")) > last:
             raise InvalidInputError(
                 f"user {user_id!r} has {last} events; version {version} is past the end"
             )
@@ -1404,7 +1405,7 @@ class Audit:
             raise InvalidInputError(
                 f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
             )
-        check_count(direct_limit, "direct_limit")
+        direct_limit = check_count(direct_limit, "direct_limit")
         users = check_user_ids(user_ids)  # read once: a generator is not read again
         self.check_version_name(users, version)
         await check_credentials(extractor)
@@ -1728,7 +1729,7 @@ class Audit:
         their words; ``embed_later(user_id)`` is told when some were left.
         """
         self._version_of(user_id)
-        check_query(query, top_k)
+        top_k = check_query(query, top_k)
         check_flag(include_messages, "include_messages")
         if as_of is not None:
             _check_aware(as_of, "as_of")
@@ -1758,7 +1759,7 @@ class Audit:
         order, after user id ``after``. A user whose row holds a time outside years 1 to
         9999 in UTC (a log an older memvee imported) is left out, named in a warning."""
         check_key(after, "after")
-        if check_count(limit, "limit") > MAX_USERS_PAGE:
+        if (limit := check_count(limit, "limit")) > MAX_USERS_PAGE:
             raise InvalidInputError(
                 f"limit must be at most {MAX_USERS_PAGE:,} users a page, not {limit}"
             )

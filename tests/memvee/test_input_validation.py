@@ -613,6 +613,28 @@ async def test_messages_are_read_a_page_at_a_time(memory: Memory) -> None:
     assert len(await memory.messages("u")) == 6
 
 
+@pytest.mark.parametrize("kind", [np.int64, np.int32, np.uint16])
+async def test_a_count_of_a_numpy_integer_kind_reads_as_the_int_it_is(
+    memory: Memory, kind: Any
+) -> None:
+    """top_k=np.int64(3) (what an array's argmax or a DataFrame cell gives) was refused as
+    "must be an int from 1 to 1,000, not np.int64(3)", though a numpy float is a weight."""
+    for n in range(3):
+        await memory.add_exchange("u", f"green tea {n}", f"noted {n}")
+    await memory.flush("u")
+
+    page = await memory.messages("u", after=kind(1), limit=kind(2))
+    entries = await memory.knowledge("u", offset=kind(1), limit=kind(1))
+    found = await memory.retrieve("u", "green tea", top_k=kind(2))
+
+    assert [m.seq for m in page] == [2, 3]
+    assert [e.text for e in entries] == ["User said: green tea 1"]
+    assert len(found.entries) == 2
+    for refused in (np.float64(2.0), np.bool_(True)):
+        with pytest.raises(InvalidInputError, match="top_k must be an int"):
+            await memory.retrieve("u", "green tea", top_k=refused)
+
+
 async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_password() -> None:
     from memvee import StorageError
 
