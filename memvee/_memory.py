@@ -16,6 +16,7 @@ import gc
 import inspect
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -359,12 +360,8 @@ class Memory:
         now, while an earlier close waits). Opens made during a close wait for it to end
         before opening again; a later close does not wait for them, only for that close.
         """
-        if grace is not None and (
-            isinstance(grace, bool)
-            or not isinstance(grace, int | float)
-            or not 0 <= grace <= threading.TIMEOUT_MAX
-        ):
-            raise InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
+        if grace is not None:
+            grace = _check_grace(grace)
         if not self._close_under_way():
             await self._opened()
         engine, loop = self._engine, self._loop
@@ -745,7 +742,7 @@ class Memory:
             return await asyncio.wait_for(self._wait_inflight(user_id, tasks), seconds)
         except TimeoutError:
             raise ProcessingTimeoutError(
-                f"processing of user {user_id!r} still running after {timeout:g} s"
+                f"processing of user {user_id!r} still running after {seconds:g} s"
             ) from None
 
     def _inflight_of(self, user_id: str) -> list[ProcessTask]:
@@ -1283,19 +1280,35 @@ async def _ended(tasks: Sequence[ProcessTask]) -> tuple[int, list[ProcessTask]]:
     return sum(t.knowledge_count for t in completed), failed
 
 
+def _check_grace(grace: object) -> float:
+    """A close's grace as a float of seconds (a real number of any kind, a numpy one too,
+    from 0 to what a thread's wait takes), else :class:`InvalidInputError`."""
+    refused = InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
+    if isinstance(grace, bool) or not isinstance(grace, numbers.Real):
+        raise refused
+    try:
+        seconds = float(grace)
+    except OverflowError:  # an int or a Fraction too large for a float
+        raise refused from None
+    if not 0 <= seconds <= threading.TIMEOUT_MAX:  # NaN too
+        raise refused
+    return seconds
+
+
 def _check_timeout(timeout: object) -> float | None:
-    """Seconds to wait, ``None`` for no limit (as infinity), else :class:`InvalidInputError`:
-    NaN or a negative wait would silently mean "never" or "give up at once"."""
+    """Seconds to wait (a real number of any kind, a numpy one too), ``None`` for no limit
+    (as infinity), else :class:`InvalidInputError`: NaN or a negative wait would silently
+    mean "never" or "give up at once"."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise InvalidInputError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
     try:
         seconds = float(timeout)
     except OverflowError:
-        seconds = math.inf if timeout > 0 else -math.inf
+        seconds = -math.inf if timeout < 0 else math.inf
     if not seconds >= 0:
         raise InvalidInputError(
             f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"

@@ -167,6 +167,22 @@ async def test_a_wait_with_nothing_running_returns_at_once(memory: Memory, timeo
     assert await memory.wait_for_processing("u", timeout=timeout) == 0
 
 
+@pytest.mark.parametrize("seconds", [np.int64(2), np.float32(0.5), np.uint8(0)])
+async def test_seconds_of_a_numpy_kind_are_waited_as_the_number_they_are(
+    make_memory: Any, seconds: Any
+) -> None:
+    """A numpy number was refused as "timeout must be a number of seconds or None, not
+    int64" (float32 too), and a close's grace the same way."""
+    memory = await make_memory()
+
+    assert await memory.wait_for_processing("u", timeout=seconds) == 0
+    await memory.close(grace=seconds)
+
+    assert not memory.is_open
+    with pytest.raises(InvalidInputError, match="timeout must be 0 or more"):
+        await memory.wait_for_processing("u", timeout=np.float32("nan"))
+
+
 async def test_unknown_task_error_is_a_value_error(memory: Memory) -> None:
     with pytest.raises(UnknownTaskError):
         await memory.get_task("u", "missing")
