@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import os
 import threading
 from dataclasses import dataclass, fields
@@ -251,13 +252,20 @@ def check_alpha(alpha: object, name: str) -> float:
 
 
 def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:
-    """Refuse setting ``name`` unless it is a finite number (an int if ``whole``, never a
-    bool), more than 0 if ``positive``, else 0 or more, and at most ``MAX_WHOLE`` (whole)
-    or ``threading.TIMEOUT_MAX`` seconds."""
-    value = getattr(config, name)
-    kinds = int if whole else int | float
-    if isinstance(value, bool) or not isinstance(value, kinds):
+    """Refuse setting ``name`` unless it is a finite number (a whole one if ``whole``, never
+    a bool), more than 0 if ``positive``, else 0 or more, and at most ``MAX_WHOLE`` (whole)
+    or ``threading.TIMEOUT_MAX`` seconds; keep it as a Python int or float (a numpy
+    number, which no database binds, included)."""
+    given = getattr(config, name)
+    kinds = numbers.Integral if whole else numbers.Real
+    if isinstance(given, bool) or not isinstance(given, kinds):
         raise InvalidInputError(_wrong_type(config, name, "an int" if whole else "a number"))
+    value = _plain_number(given)
+    if value is None:  # a Fraction too large for a float (a whole number is an int)
+        raise InvalidInputError(
+            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {given!r}"
+        )
+    object.__setattr__(config, name, value)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInputError(f"{name} must be a finite number, not {value!r}")
     if whole and value > MAX_WHOLE:
@@ -270,6 +278,17 @@ def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: boo
         raise InvalidInputError(f"{name} must be positive, not {value!r}")
     if not positive and value < 0:
         raise InvalidInputError(f"{name} must not be negative, not {value!r}")
+
+
+def _plain_number(value: numbers.Real) -> int | float | None:
+    """``value`` as a Python int (a whole number) or float, ``None`` if it is too large
+    for a float."""
+    if isinstance(value, numbers.Integral):
+        return operator.index(value)
+    try:
+        return float(value)
+    except OverflowError:  # a Fraction
+        return None
 
 
 def _wrong_type(config: MemoryConfig, name: str, expected: str) -> str:

@@ -337,6 +337,29 @@ def test_a_whole_number_setting_past_what_a_database_holds_is_refused(setting: s
             MemoryConfig(**{setting: value})
 
 
+def test_a_setting_of_a_numpy_kind_is_kept_as_the_python_number_it_is() -> None:
+    """A count or duration read from an array or a DataFrame was refused as "must be an
+    int, not int64"; it is kept as a plain int or float, which every database binds."""
+    config = MemoryConfig(
+        batch_threshold=np.int64(5),  # type: ignore[arg-type]
+        idle_timeout=np.float32(1.5),  # type: ignore[arg-type]
+        shutdown_grace=np.uint8(0),  # type: ignore[arg-type]
+        search_embed_seconds=np.float32(0.25),  # type: ignore[arg-type]
+    )
+
+    kept = (config.batch_threshold, config.idle_timeout, config.shutdown_grace)
+    assert kept == (5, 1.5, 0) and [type(v) for v in kept] == [int, float, int]
+    assert type(config.search_embed_seconds) is float
+    memory = Memory(batch_threshold=np.int64(7), embedder=False)  # type: ignore[arg-type]
+    assert type(memory.config.batch_threshold) is int
+    with pytest.raises(InvalidInputError, match="batch_threshold must be an int, not float64"):
+        MemoryConfig(batch_threshold=np.float64(5))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="idle_timeout must be a finite number"):
+        MemoryConfig(idle_timeout=np.float32("inf"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="lease_ttl must be at most"):
+        MemoryConfig(lease_ttl=Fraction(10**400))  # type: ignore[arg-type]
+
+
 async def test_a_memory_with_the_largest_batch_threshold_opens_and_buffers(
     make_memory: Any,
 ) -> None:
