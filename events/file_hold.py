@@ -197,10 +197,15 @@ a folder this user may read but not write (a reader of another user's database).
 
 def _unmakeable(database: Path, error: OSError) -> bool:
     """Whether ``error``, met making the record beside a ``database`` that is not there,
-    says the database cannot be made either (no such folder, or one that takes no file):
-    the open that follows then fails and says why, and a warning first would be a
-    second line about the same failure."""
-    return error.errno in (errno.ENOENT, errno.ENOTDIR) and not database.exists()
+    says the database cannot be made either (no such folder, one that takes no file, or a
+    name the file system refuses as too long): the open that follows then fails and says
+    why, and a warning first would be a second line about the same failure."""
+    if error.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+        return False
+    try:
+        return not database.exists()
+    except OSError:  # its own name is too long to look up: it cannot be there either
+        return True
 
 
 def _unguarded(record: Path, database: Path, error: OSError, *, quiet: bool) -> None:

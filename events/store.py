@@ -259,7 +259,10 @@ def _sqlite_tables(path: str) -> frozenset[str] | None:
     mode set, no file made, an empty file left empty); ``None`` when it cannot be read so,
     and the caller's own opening says why."""
     file = Path(path).expanduser().resolve()
-    if not file.is_file():
+    try:
+        if not file.is_file():
+            return None
+    except OSError:  # a name too long for the file system, say
         return None
     try:
         connection = sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True)
@@ -272,6 +275,17 @@ def _sqlite_tables(path: str) -> frozenset[str] | None:
         return None
     finally:
         connection.close()
+
+
+def _missing(path: Path) -> bool:
+    """Whether no file is at ``path``. One that cannot be looked up (a name too long for
+    the file system, a folder that may not be searched) is not said missing: the open
+    that follows refuses it, saying why."""
+    try:
+        path.stat()
+    except OSError as error:
+        return error.errno in (errno.ENOENT, errno.ENOTDIR)
+    return False
 
 
 def refuse_foreign_sqlite(path: str) -> None:
@@ -808,7 +822,7 @@ class EventStore:
         self._hold: FileHold | None = None
         if file is not None:
             refuse_hard_links(file)
-            if not create and not Path(file).expanduser().exists():
+            if not create and _missing(Path(file).expanduser()):
                 raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")
             # Before anything reads the path: its journals may be another file's.
             makes = create and parsed.query.get("mode") != "ro"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -474,6 +475,20 @@ def test_a_write_after_the_files_folder_was_renamed_is_stored_in_the_file(
     assert moved.load_log("ann").log is not None
     assert moved.load_log("ann").log.version == 3
     moved.close()
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_file_name_longer_than_the_file_system_takes_is_one_storage_error(
+    tmp_path: Path, create: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name of 256 characters (past NAME_MAX on Linux and macOS) failed with the raw
+    OSError of a look-up before the open ("File name too long"), not a memvee error, after
+    a warning that the file could not be held, about the same failure."""
+    path = tmp_path / ("n" * 253 + ".db")
+    with pytest.raises(StorageError, match=r"^cannot open the event store at sqlite:///"):
+        EventStore(sqlite_url(path), create=create)
+    assert list(tmp_path.iterdir()) == []
+    assert [r.getMessage()[:12] for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_a_file_of_another_program_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
