@@ -43,6 +43,7 @@ from events.errors import (
     ConflictError,
     InvalidInputError,
     UnknownTaskError,
+    echoed,
 )
 from events.extraction import (
     BatchLimits,
@@ -1036,7 +1037,7 @@ class UserLog(Aggregate):
         unknown = [m for m in chosen if m not in self.quarantined]
         if unknown:
             raise InvalidInputError(
-                f"user {self.user_id!r} has no quarantined message {unknown[0]!r}"
+                f"user {self.user_id!r} has no quarantined message {echoed(unknown[0])}"
             )
         if chosen:
             self.trigger_event(self.MessagesRequeued, message_ids=chosen)

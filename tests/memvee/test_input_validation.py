@@ -674,6 +674,25 @@ async def test_a_count_of_a_numpy_integer_kind_reads_as_the_int_it_is(
             await memory.retrieve("u", "green tea", top_k=refused)
 
 
+async def test_a_refused_role_or_requeued_id_of_any_length_is_echoed_cut_short(
+    memory: Memory,
+) -> None:
+    """An unknown role or message id of a million characters made an error (and a 400 of
+    the HTTP API) a million characters long; they are echoed as an unknown task id is."""
+    await memory.add_exchange("u", "green tea", "noted")
+
+    with pytest.raises(InvalidInputError) as role:
+        await memory.add_message("u", "r" * 1_000_000, "hi")
+    with pytest.raises(InvalidInputError) as requeued:
+        await memory.requeue("u", ["m" * 1_000_000])
+
+    assert str(role.value).startswith("unknown role 'rrrr")
+    assert str(requeued.value).startswith("user 'u' has no quarantined message 'mmmm")
+    for refused in (role.value, requeued.value):
+        assert "(1,000,000 characters)" in str(refused) and len(str(refused)) < 200
+    assert len(await memory.messages("u")) == 2
+
+
 async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_password() -> None:
     from memvee import StorageError
 
