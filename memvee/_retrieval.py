@@ -153,8 +153,10 @@ class RetrievalResult:
         does not fit is cut short (marked with an ellipsis) when a useful part of it fits,
         and a heading never stands without a line under it.
         """
-        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 0:
+        room = whole_number(max_chars)  # a numpy integer too
+        if room is None or room < 0:
             raise InvalidInputError(f"max_chars must be an int of 0 or more, not {max_chars!r}")
+        max_chars = room
         sections: list[tuple[str, list[str]]] = []
         if self.entries:
             facts = [

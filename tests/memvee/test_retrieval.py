@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pytest
 
 import projections.reader
@@ -1289,6 +1290,13 @@ def test_to_prompt_refuses_a_room_that_is_no_count_of_characters(max_chars: Any)
     with pytest.raises(InvalidInputError, match="max_chars must be an int of 0 or more"):
         result.to_prompt(max_chars=max_chars)
     assert result.to_prompt(max_chars=0) == ""
+
+
+def test_to_prompt_takes_a_room_of_a_numpy_integer_kind_as_the_int_it_is() -> None:
+    """max_chars=np.int64(40) was refused as "must be an int of 0 or more", as top_k was."""
+    result = RetrievalResult("ann", "q", None, [_entry("User likes tea.")])
+    assert result.to_prompt(max_chars=np.int64(4000)) == result.to_prompt(max_chars=4000)
+    assert result.to_prompt(max_chars=np.uint8(0)) == ""
 
 
 def test_to_prompt_cuts_a_line_too_long_for_the_room_and_never_leaves_a_bare_heading() -> None:
