@@ -8,6 +8,7 @@ from events.checks import (
     MAX_MODEL_CHARS,
     MAX_SENT_AHEAD,
     ROLES,
+    as_int,
     check_count,
     check_extractor,
     check_flag,
@@ -26,7 +27,6 @@ from events.checks import (
     check_user_ids,
     check_visible,
     storable,
-    whole_number,
 )
 from events.errors import (
     AlreadyReextractedError,
@@ -134,6 +134,7 @@ __all__ = [
     "UnknownTaskError",
     "Unread",
     "UserLog",
+    "as_int",
     "bounded",
     "check_count",
     "check_db_path",
@@ -165,5 +166,4 @@ __all__ = [
     "storable",
     "url_secrets",
     "user_log_id",
-    "whole_number",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_TOKENS",
     "MAX_USER_ID_CHARS",
     "ROLES",
+    "as_int",
     "check_count",
     "check_extractor",
     "check_flag",
@@ -53,7 +54,6 @@ __all__ = [
     "check_visible",
     "shows_something",
     "storable",
-    "whole_number",
 ]
 
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system"})
@@ -408,7 +408,7 @@ def check_listing(as_of: object, history: object) -> None:
         )
 
 
-def whole_number(value: object) -> int | None:
+def as_int(value: object) -> int | None:
     """``value`` as a Python int if it is a whole number of an integral kind (an int, a
     numpy integer), never a bool; else ``None``. The int, not the value: a database
     driver binds no numpy integer."""
@@ -418,9 +418,9 @@ def whole_number(value: object) -> int | None:
 
 
 def check_count(value: object, what: str) -> int:
-    """Return ``value`` as an int if it is a whole number (see :func:`whole_number`) of 1
+    """Return ``value`` as an int if it is a whole number (see :func:`as_int`) of 1
     or more, else raise :class:`InvalidInputError`."""
-    count = whole_number(value)
+    count = as_int(value)
     if count is None:
         raise InvalidInputError(f"{what} must be an int, not {type(value).__name__}")
     if count < 1:
@@ -432,7 +432,7 @@ def check_page(after: object, limit: object, start: str = "after") -> tuple[int,
     """A page of a listing, past ``after`` (a whole number of 0 or more, called ``start``)
     and of at most ``limit`` (``None``, or a whole number of 1 or more), as ints; else
     raise :class:`InvalidInputError`."""
-    skipped = whole_number(after)
+    skipped = as_int(after)
     if skipped is None:
         raise InvalidInputError(f"{start} must be an int, not {type(after).__name__}")
     if skipped < 0:

@@ -32,7 +32,7 @@ from datetime import datetime
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
 
-from events import InvalidInputError, StorageError, check_text, check_visible, whole_number
+from events import InvalidInputError, StorageError, as_int, check_text, check_visible
 from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
@@ -81,7 +81,7 @@ def check_top_k(top_k: object, what: str = "top_k") -> int:
     """Return ``top_k`` as an int if it is a whole number (a numpy integer too) from 1 to
     :data:`MAX_TOP_K`, else raise :class:`InvalidInputError` naming it ``what`` (the
     command line names its option)."""
-    count = whole_number(top_k)
+    count = as_int(top_k)
     if count is None or not 1 <= count <= MAX_TOP_K:
         raise InvalidInputError(f"{what} must be an int from 1 to {MAX_TOP_K:,}, not {top_k!r}")
     return count
@@ -153,7 +153,7 @@ class RetrievalResult:
         does not fit is cut short (marked with an ellipsis) when a useful part of it fits,
         and a heading never stands without a line under it.
         """
-        room = whole_number(max_chars)  # a numpy integer too
+        room = as_int(max_chars)  # a numpy integer too
         if room is None or room < 0:
             raise InvalidInputError(f"max_chars must be an int of 0 or more, not {max_chars!r}")
         max_chars = room
