@@ -854,17 +854,45 @@ class Memory:
         On SQLite the file is then rewritten (``VACUUM``, with writers held off: its time
         grows with the file) so no copy of the words stays in it; ``receipt.scrubbed`` is
         false when that failed or other connections' older snapshots keep the erased words
-        in the database files; they are scrubbed in the background.
+        in the database files; they are scrubbed in the background. Cancelling the call
+        does not stop an erasure already sent (its failure is then logged).
         """
         check_user_id(user_id)
         engine, loop = self._running()
-        receipt: ForgetReceipt = await engine.directory.call_async(loop, user_id, "forget")
-        # The tasks it ended were finished before its answer came (one inbox, in order):
-        # now no handle of the user's erased tasks is answered from memory either.
+        erasing: asyncio.Future[ForgetReceipt] = engine.directory.call_async(
+            loop, user_id, "forget"
+        )
+        # Shielded: a caller that stops waiting once it was sent stops no erasure, and its
+        # end still drops the user's handles, or is logged if it failed (see _forgotten).
+        waited = asyncio.shield(erasing)
+        erasing.add_done_callback(functools.partial(self._forgotten, user_id, waited, engine))
+        return await waited
+
+    def _forgotten(
+        self,
+        user_id: str,
+        waited: asyncio.Future[ForgetReceipt],
+        engine: Engine,
+        erasing: asyncio.Future[ForgetReceipt],
+    ) -> None:
+        """The user's erasure has ended, whether its caller still waits or not: once done,
+        no handle of the user's erased tasks is answered from memory either (the tasks it
+        ended were finished before its answer came: one inbox, in order). A failure is the
+        caller's to see, or, if it stopped waiting, logged."""
+        if erasing.cancelled():
+            return
+        failure = erasing.exception()
+        if failure is not None:
+            if waited.cancelled():
+                log.error(
+                    "forgetting user %r failed after its caller stopped waiting: %s",
+                    user_id,
+                    self._told(failure, engine),
+                )
+            return
         for task_id in [t for t, (task, _) in self._recent.items() if task.user_id == user_id]:
             del self._recent[task_id]
-        log.info("user %r forgotten (%d records erased)", user_id, receipt.total)
-        return receipt
+        log.info("user %r forgotten (%d records erased)", user_id, erasing.result().total)
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
         """The user's messages not yet covered by knowledge (nor quarantined), in order."""

@@ -17,6 +17,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
+import actors.engine
 import actors.erasure
 from actors._traces import TraceScrubber
 from events import EventStore, StorageError, user_log_id
@@ -403,6 +404,47 @@ async def test_no_task_of_a_forgotten_user_is_found_nor_one_it_ended(
     for task in (done, running):
         with pytest.raises(UnknownTaskError):
             await memory.get_task("ann", task.task_id)
+
+
+async def test_no_task_is_found_of_a_user_whose_forget_the_caller_stopped_waiting_for(
+    memory: Memory,
+) -> None:
+    """A forget cancelled once sent (a timeout around it, a Ctrl-C) still erases the user;
+    the handles of the tasks it erased were still answered from memory."""
+    await memory.add_exchange("ann", "My PIN is 4711", "noted")
+    done = memory.process_async("ann")
+    await done.wait()
+
+    forgetting = asyncio.ensure_future(memory.forget("ann"))
+    await asyncio.sleep(0)  # sent to ann's actor
+    forgetting.cancel()
+    assert await memory.requeue("ann") == 0  # answered after the forget: one inbox, in order
+
+    assert await memory.user("ann") is None
+    with pytest.raises(UnknownTaskError):
+        await memory.get_task("ann", done.task_id)
+
+
+async def test_a_forget_that_fails_after_its_caller_stopped_waiting_is_logged(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody waits for its answer any more: the failure to erase the user was dropped."""
+
+    def refused(*args: Any) -> Any:
+        raise StorageError("could not forget user 'ann': database is locked")
+
+    await memory.add_exchange("ann", "My PIN is 4711", "noted")
+    monkeypatch.setattr(actors.engine, "erase_user", refused)
+    forgetting = asyncio.ensure_future(memory.forget("ann"))
+    await asyncio.sleep(0)  # sent to ann's actor
+    forgetting.cancel()
+    await memory.requeue("ann")  # answered after the forget: one inbox, in order
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "forgetting user 'ann' failed after its caller stopped waiting: "
+        "could not forget user 'ann': database is locked"
+    ]
+    assert len(await memory.messages("ann")) == 2
 
 
 async def test_no_task_is_found_that_another_memory_erased_since_it_ended_here(
