@@ -62,8 +62,8 @@ class MemoryConfig:
     about ``max_batch_tokens`` of prompt. A batch that fails in a way that would repeat is
     split; a message that fails alone ``max_attempts`` times is quarantined. After a
     failure that may pass, a user's automatic runs wait ``retry_delay`` seconds, doubling
-    up to ``retry_delay_max`` (which ``retry_delay`` must not exceed); ``breaker_failures``
-    such failures in a row pause every user's extraction for ``breaker_cooldown`` seconds
+    up to ``retry_delay_max`` (which caps the first pause too); ``breaker_failures`` such
+    failures in a row pause every user's extraction for ``breaker_cooldown`` seconds
     (doubling while the API stays down), then one run probes the API.
 
     Every ``snapshot_interval`` events a user's log is snapshotted, in place of its last
@@ -132,11 +132,6 @@ class MemoryConfig:
             _check_number(self, name, whole=True, positive=False)
         _check_number(self, "shutdown_grace", whole=False, positive=False)
         object.__setattr__(self, "hybrid_alpha", check_alpha(self.hybrid_alpha, "hybrid_alpha"))
-        if self.retry_delay > self.retry_delay_max:  # the cap bounds every pause, the first too
-            raise InvalidInputError(
-                f"retry_delay ({self.retry_delay!r}) must not exceed retry_delay_max "
-                f"({self.retry_delay_max!r}): the first pause after a failure is at most the cap"
-            )
         if self.search_embed_seconds is not None:
             _check_number(self, "search_embed_seconds", whole=False, positive=False)
         if self.actor_threads > MAX_ACTOR_THREADS:  # each is started at open

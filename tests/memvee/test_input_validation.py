@@ -558,19 +558,6 @@ def test_bad_configuration_is_refused() -> None:
     assert "s3cret" not in str(refused.value)
 
 
-def test_a_first_retry_delay_past_its_cap_is_refused_naming_both_settings() -> None:
-    """Every pause is capped at retry_delay_max: a retry_delay above it was never waited
-    (each retry came after the cap instead), so the pair says two things at once."""
-    with pytest.raises(
-        InvalidInputError, match=r"^retry_delay \(10\) must not exceed retry_delay_max \(1\)"
-    ):
-        MemoryConfig(retry_delay=10, retry_delay_max=1)
-    with pytest.raises(InvalidInputError, match=r"^retry_delay \(400\) must not exceed"):
-        MemoryConfig(retry_delay=400)  # past the default cap of 300 s
-    equal = MemoryConfig(retry_delay=5, retry_delay_max=5)
-    assert (equal.retry_delay, equal.retry_delay_max) == (5, 5)
-
-
 @pytest.mark.parametrize("url", ["", "   "])
 def test_an_empty_db_url_is_refused_not_taken_for_db_path(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
