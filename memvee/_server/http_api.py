@@ -30,6 +30,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from actors.erasure import ForgetReceipt
 from events import ROLES
+from events.errors import echoed
 from memvee._memory import Memory
 from memvee._retrieval import RetrievalResult, RetrievedEntry, RetrievedMessage
 from memvee._server.auth import GRANT_KEY, Grant
@@ -282,7 +283,7 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         user_id = user_id_of(user_id)
         grant = request.scope.get(GRANT_KEY, Grant())
         if not grant.covers(user_id):
-            raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
+            raise ApiError(403, "forbidden", f"this token may not access user {echoed(user_id)}")
         return user_id
 
     async def known(user_id: Annotated[str, Depends(scoped)]) -> str:
@@ -432,7 +433,9 @@ def api_router(memory: Memory, audit: Audit) -> APIRouter:
         summary = await known_summary(memory, audit, user_id)
         if summary is None:
             raise ApiError(
-                503, "not_ready", f"the counters of user {user_id!r} are being rebuilt; try again"
+                503,
+                "not_ready",
+                f"the counters of user {echoed(user_id)} are being rebuilt; try again",
             )
         return summary
 

@@ -28,6 +28,7 @@ from mcp.types import INVALID_PARAMS, GetPromptResult, InputRequiredResult, Tool
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from events import MemveeError
+from events.errors import echoed
 from memvee._memory import Memory
 from memvee._server.auth import GRANT_KEY, Grant
 from memvee._server.errors import (
@@ -488,7 +489,7 @@ def _check_scope(ctx: Context[Any, Any], user_id: str) -> None:
     scope = getattr(request, "scope", None)
     grant = scope.get(GRANT_KEY, Grant()) if isinstance(scope, dict) else Grant()
     if not grant.covers(user_id):
-        raise ApiError(403, "forbidden", f"this token may not access user {user_id!r}")
+        raise ApiError(403, "forbidden", f"this token may not access user {echoed(user_id)}")
 
 
 TOOL_FAILURES: tuple[type[Exception], ...] = (MemveeError, ApiError, *DATABASE_FAILURES)

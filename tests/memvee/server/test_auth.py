@@ -231,3 +231,24 @@ def test_a_tokens_file_that_holds_no_token_is_refused_not_served_without_tokens(
     tokens.write_text(listed)
     with pytest.raises(InvalidInputError, match=r"the tokens file '.*tokens' holds no token"):
         TokenBook.load(tokens)
+
+
+async def test_a_refused_user_id_is_echoed_cut_short_when_long_and_whole_when_short(
+    server: ServerProcess,
+) -> None:
+    """The 403 repeats a user id as every other answer does: whole up to 60 characters,
+    else its start and its length, over the HTTP API and MCP alike."""
+    long_id = "acme:" + "x" * 251
+    short_id = "acme:dave"
+    with client(server, GLOBEX) as globex:
+        long_refused = globex.get(f"/v1/users/{long_id}").json()["message"]
+        short_refused = globex.get(f"/v1/users/{short_id}").json()["message"]
+    async with http_session(server.url, GLOBEX) as session:
+        long_tool = await failure(session, "list_memories", user_id=long_id)
+        short_tool = await failure(session, "list_memories", user_id=short_id)
+
+    for refused in (long_refused, long_tool):
+        assert long_id not in refused
+        assert f"may not access user {long_id[:60]!r}... (256 characters)" in refused
+    for refused in (short_refused, short_tool):
+        assert f"may not access user {short_id!r}" in refused

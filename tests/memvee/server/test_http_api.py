@@ -279,6 +279,29 @@ async def test_a_user_a_rebuild_has_not_refolded_yet_is_known_and_forgotten_over
         store.close()
 
 
+async def test_the_not_ready_answer_echoes_a_long_user_id_cut_short(
+    memory: Memory, client: httpx.AsyncClient, db_url: str
+) -> None:
+    """While a rebuild has not refolded a user's counters, the 503 names her as every
+    answer names a caller's id: its first 60 characters and its length, not 256."""
+    long_id = "a" * 256
+    await memory.add_exchange(long_id, "I live in Oslo.", "ok")
+    store = EventStore(db_url)
+    try:
+        with store.transaction() as connection:
+            store.lock_writers(connection)
+            Projector(ProjectionTables()).begin_rebuild(connection)
+
+        summary = await client.get(f"/v1/users/{long_id}")
+    finally:
+        store.close()
+
+    assert summary.status_code == 503
+    message = summary.json()["message"]
+    assert long_id not in message
+    assert f"the counters of user {long_id[:60]!r}... (256 characters)" in message
+
+
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 @pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/users", "/healthz/", "/readyz/"])
 def test_a_prefix_of_a_route_or_a_route_with_a_slash_added_is_404_never_a_redirect(
