@@ -10,9 +10,7 @@ in ISO 8601). Exit codes: 0 ok, 1 drift found (``verify``) or failed batch reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import errno
 import io
 import itertools
 import json
@@ -25,10 +23,9 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TextIO, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as _RichTable
 from rich.text import Text
@@ -66,6 +63,15 @@ from events.file_hold import HELD_SUFFIX
 from memvee._config import DEFAULT_DB, SEARCH_EMBED_SECONDS
 from memvee._console import handled_interrupt
 from memvee._log_redaction import RedactSecrets, exception_type
+from memvee._output import (
+    STDOUT,
+    ErrorsUnread,
+    closed_stdout_fails,
+    console,
+    errors,
+    print_error,
+    shown,
+)
 from memvee._retrieval import check_top_k
 from memvee._server import register_commands
 from memvee.audit import (
@@ -131,7 +137,7 @@ class _Commands(TyperGroup):
         if not kwargs.get("standalone_mode", True):
             return super().main(*args, **kwargs)
         try:
-            with _closed_stdout_fails():
+            with closed_stdout_fails():
                 code = super().main(*args, **{**kwargs, "standalone_mode": False})
         except typer.TyperException as error:
             if type(error).__name__ == "NoArgsIsHelpError":  # `memvee` alone: the help
@@ -156,33 +162,9 @@ class _Commands(TyperGroup):
 def _unread(gone: BrokenPipeError) -> typer.Exit:
     """The output's reader went away (``memvee log ann | head``): end quietly, as a command
     killed by SIGPIPE does, with nothing more written to the pipe."""
-    if not isinstance(gone, _ErrorsUnread):  # stdout itself is still read
+    if not isinstance(gone, ErrorsUnread):  # stdout itself is still read
         _silence_stdout()
     return typer.Exit(code=128 + signal.SIGPIPE)
-
-
-class _ClosedStdout(io.TextIOBase):
-    """Stands for a standard output closed as the process started (``>&-``), which Python
-    leaves None: every write fails as :func:`_open_stdout` fails it."""
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "standard output is closed")
-
-
-@contextlib.contextmanager
-def _closed_stdout_fails() -> Iterator[None]:
-    """While a command line runs, a closed standard output is :class:`_ClosedStdout`:
-    click's ``echo``, which writes the help, drops its text when ``sys.stdout`` is None,
-    so ``memvee --help >&-`` printed nothing and exited 0."""
-    if sys.stdout is not None:
-        yield
-        return
-    stand_in = sys.stdout = _ClosedStdout()
-    try:
-        yield
-    finally:
-        if sys.stdout is stand_in:
-            sys.stdout = None  # type: ignore[assignment]  # as the process started
 
 
 def _interrupted() -> typer.Exit:
@@ -208,106 +190,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-_PIPE_CHUNK = 16 * 1024
-
-
-class _StdoutInPieces:
-    """``sys.stdout`` (whichever it is at the time), written a piece at a time: one write
-    of megabytes to a pipe whose reader went away can end with no BrokenPipeError (the
-    kernel reports the part it took), so the command would go on and exit 0. Writing
-    fails as on a full disk when stdout was closed as the process started (``>&-``, a
-    cron job's or a daemon's), where Python leaves ``sys.stdout`` None."""
-
-    def write(self, text: str) -> int:
-        out = _open_stdout()
-        for start in range(0, len(text), _PIPE_CHUNK):
-            out.write(text[start : start + _PIPE_CHUNK])
-        return len(text)
-
-    def flush(self) -> None:
-        if sys.stdout is not None:  # else nothing was written to flush
-            sys.stdout.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(sys.stdout, name)
-
-
-def _open_stdout() -> TextIO:
-    """``sys.stdout``; an OSError, which the command reports in one line, if it was
-    closed as the process started."""
-    if stdout_closed():
-        raise OSError(errno.EBADF, "standard output is closed")
-    return sys.stdout
-
-
-def stdout_closed() -> bool:
-    """Whether standard output was closed as the process started (``>&-``): Python left
-    it None, and a command runs with :class:`_ClosedStdout` in its place."""
-    return sys.stdout is None or isinstance(sys.stdout, _ClosedStdout)
-
-
-class _ErrorsUnread(BrokenPipeError):
-    """The standard error's reader went away."""
-
-
-class _ShownConsole(Console):
-    """A rich console that shows the control characters of what it is given to print
-    (:func:`_shown`) instead of sending them: a message, an entry or a version name may
-    hold escape sequences, which a terminal would obey. Its own styles still apply."""
-
-    def on_broken_pipe(self) -> None:
-        """Fail the write, as any other failed write: rich's own would make this console
-        quiet for good, point stdout at the null device and exit 1, so a process running
-        commands one after another lost every later error line and all its output."""
-        del self._buffer[:]
-        gone = _ErrorsUnread if self.stderr else BrokenPipeError
-        raise gone(errno.EPIPE, os.strerror(errno.EPIPE))
-
-    def print(self, *objects: Any, **options: Any) -> None:  # type: ignore[override]
-        super().print(*(_shown(o) for o in objects), **options)
-
-    def _check_buffer(self) -> None:
-        # rich keeps what a failed write held (stdout or stderr closed, a full disk) and
-        # prints it before the next command's output in the same process: drop it with
-        # the failure.
-        try:
-            super()._check_buffer()
-        except BaseException:
-            if self._buffer_index == 0:
-                del self._buffer[:]
-            raise
-
-
-class _Console(_ShownConsole):
-    """The standard output's console, whose closed pipe ends the command as
-    :class:`_Commands` ends it (exit 141), not with rich's own exit code 1."""
-
-
-_STDOUT: Any = _StdoutInPieces()
-# Without markup: what the consoles print holds user ids, messages and extracted entries,
-# whose brackets are words ("[/x]" made rich raise); styles are given as Text.
-console = _Console(markup=False, file=_STDOUT)
-errors = _ShownConsole(stderr=True, markup=False)
-
-_SHOWN = {
-    **{code: chr(0x2400 + code) for code in range(0x20) if chr(code) not in "\t\n"},
-    0x7F: "\u2421",
-    **dict.fromkeys(range(0x80, 0xA0), "\ufffd"),
-}
-"""Control characters as the table shows them: C0's and DEL's pictures (``␛`` for ESC),
-U+FFFD for C1's, one character each so that styles stay where they were."""
-
-
-def _shown(cell: Any) -> Any:
-    """``cell`` with its control characters made visible: stored text (an extractor's
-    error, a message) may hold escape sequences, which a terminal would obey."""
-    if isinstance(cell, str):
-        return cell.translate(_SHOWN)
-    if isinstance(cell, Text):
-        shown = cell.copy()
-        shown.plain = cell.plain.translate(_SHOWN)
-        return shown
-    return cell
 
 
 class Table(_RichTable):
@@ -316,11 +198,11 @@ class Table(_RichTable):
 
     def __init__(self, *headers: Any, **options: Any) -> None:
         if "title" in options:
-            options["title"] = _shown(options["title"])
-        super().__init__(*(_shown(h) for h in headers), **options)
+            options["title"] = shown(options["title"])
+        super().__init__(*(shown(h) for h in headers), **options)
 
     def add_row(self, *renderables: Any, **options: Any) -> None:
-        super().add_row(*(_shown(cell) for cell in renderables), **options)
+        super().add_row(*(shown(cell) for cell in renderables), **options)
 
 
 DbOption = Annotated[str, typer.Option("--db", metavar="PATH", help="SQLite file of the memory.")]
@@ -333,8 +215,8 @@ def _version(show: bool) -> None:
     if show:
         from memvee import __version__
 
-        _STDOUT.write(f"memvee {__version__}\n")
-        _STDOUT.flush()
+        STDOUT.write(f"memvee {__version__}\n")
+        STDOUT.flush()
         raise typer.Exit()
 
 
@@ -557,8 +439,8 @@ reads it; the rest is counted on stderr, and ``--json`` lists everything."""
 
 
 def _print_json(data: Any) -> None:
-    _STDOUT.write(json.dumps(data, default=_plain, indent=2) + "\n")
-    _STDOUT.flush()
+    STDOUT.write(json.dumps(data, default=_plain, indent=2) + "\n")
+    STDOUT.flush()
 
 
 def _plain(value: object) -> object:
@@ -572,17 +454,8 @@ def _bad_input(error: Exception) -> typer.Exit:
     message = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     if isinstance(error, OSError) and error.filename:
         message = f"{message}: {error.filename}"
-    _print_error(message, type(error).__name__)
+    print_error(message, type(error).__name__)
     return typer.Exit(code=2)
-
-
-def _print_error(message: str, fallback: str = "error") -> None:
-    """``message`` as one ``error:`` line on stderr, whatever lines it held (``fallback``
-    when it holds none)."""
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    shown = Text.assemble(("error:", "red"), f" {_shown(line) or fallback}")
-    with contextlib.suppress(OSError, ValueError):  # stderr full or closed: the exit code tells
-        errors.print(shown, soft_wrap=True)
 
 
 @app.command("log")
@@ -832,7 +705,7 @@ def _print_lines(lines: Iterator[str]) -> None:
         for line in lines:
             spool.write(line + "\n")
         spool.seek(0)
-        shutil.copyfileobj(spool, _STDOUT)
+        shutil.copyfileobj(spool, STDOUT)
 
 
 _PARTIAL_PREFIX = ".memvee-export."
@@ -1001,7 +874,7 @@ async def _reextract_users(
                     left_out += _print_left_out(target, report)
                     if (finding := report.check_finding()) is not None:
                         console.print(Text.assemble(("check:", "yellow"), f" {target}: {finding}"))
-                    _print_error(f"user {target!r}: {error}")
+                    print_error(f"user {target!r}: {error}")
                     continue
                 finally:
                     bar.advance(job)
@@ -1033,7 +906,7 @@ def _print_left_out(user_id: str, report: ReextractionReport) -> int:
     """A line for each of the first 20 messages ``report`` left out; returns how many it
     left out in all."""
     for message_id, why in list(report.left_out.items())[:20]:
-        line = f" {user_id} {message_id}: {_shown(why)}"
+        line = f" {user_id} {message_id}: {shown(why)}"
         console.print(Text.assemble(("left out:", "yellow"), line))
     return len(report.left_out)
 
@@ -1073,7 +946,7 @@ def _reextract_in_bulk(
     for request_id, error in list(report.failed.items())[:20]:
         console.print(Text.assemble(("failed:", "yellow"), f" {request_id}: {error}"))
     for message_id, why in list(report.left_out.items())[:20]:
-        console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {_shown(why)}"))
+        console.print(Text.assemble(("left out:", "yellow"), f" {message_id}: {shown(why)}"))
     for user_id, sent in report.direct.items():
         console.print(
             Text.assemble(
@@ -1147,7 +1020,7 @@ def _reextract_in_bulk(
             if target not in report.claimed and target not in report.forgotten_users:
                 _promote_unless_forgotten(audit, target, version)
         if report.claimed:
-            _print_error(
+            print_error(
                 f"{version!r} not promoted for {len(report.claimed)} of {len(targets)} users: "
                 "another run holds them (claimed: above); once it ends, run this again, or "
                 f"`memvee promote USER {version}`"
@@ -1590,17 +1463,17 @@ def _log_warnings_but_not_interrupts() -> None:
 
 
 class _ShownFormatter(logging.Formatter):
-    """Shows the control characters of a warning (as :func:`_shown` does) instead of sending them
-    to the terminal: a warning may quote stored text (an extractor's error, a message). The
-    warning's own text stays on one line (a line break shown as ``␤``), so a quoted text cannot
-    print a line of its own that reads like the command's ``error:`` line; a traceback after
-    it keeps its lines."""
+    """Shows the control characters of a warning (as :func:`~memvee._output.shown` does)
+    instead of sending them to the terminal: a warning may quote stored text (an extractor's
+    error, a message). The warning's own text stays on one line (a line break shown as
+    ``␤``), so a quoted text cannot print a line of its own that reads like the command's
+    ``error:`` line; a traceback after it keeps its lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).replace("\n", "\u2424")
 
     def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).translate(_SHOWN)
+        return str(shown(super().format(record)))
 
 
 def _replace_what_cannot_print() -> None:

@@ -1,7 +1,8 @@
 """``memvee serve`` and ``memvee mcp``: the server's two commands, added to the CLI.
 
-This module imports only typer at load time, so the CLI starts (and says what to
-install) without the ``server`` extra; the server's libraries load when a command runs.
+This module imports only typer and the command line's output at load time, so the CLI
+starts (and says what to install) without the ``server`` extra; the server's libraries
+load when a command runs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from events import (
 )
 from memvee._config import DEFAULT_DB, MemoryConfig
 from memvee._console import terminated_while_loading
+from memvee._output import print_error, stdout_closed
 
 if TYPE_CHECKING:
     from memvee._memory import Memory
@@ -129,9 +131,7 @@ def _fail(message: str) -> NoReturn:
     """A failure the user can fix: one ``error:`` line on stderr, exit code 2, written as
     every command's is: the control characters of what it quotes (a --host, a path) are
     shown, not sent to the terminal to be obeyed."""
-    from memvee.cli import _print_error  # loaded: the command line runs this command
-
-    _print_error(message)
+    print_error(message)
     raise typer.Exit(code=2)
 
 
@@ -248,7 +248,6 @@ def mcp(
     with StopSignals() as stops:
         _check_installed()
         from memvee._server.logs import configure_logging
-        from memvee.cli import stdout_closed  # loaded: the command line runs this command
 
         if sys.stdin is None or stdout_closed():  # closed when the process started
             # Their descriptors would go to the next files opened, the database's among them.
