@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -98,29 +99,36 @@ class ErrorsUnread(BrokenPipeError):
 class _ShownConsole(Console):
     """A rich console that shows the control characters of what it is given to print
     (:func:`shown`) instead of sending them: a message, an entry or a version name may
-    hold escape sequences, which a terminal would obey. Its own styles still apply."""
+    hold escape sequences, which a terminal would obey. Its own styles still apply.
+
+    What it prints is rendered first, then written: a write that fails (stdout or stderr
+    closed, a full disk, a reader gone) fails the print and leaves nothing behind, where
+    rich would keep the text and print it before the next command's output in the same
+    process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._writing = threading.Lock()  # one print's text at a time, as rich writes
 
     def on_broken_pipe(self) -> None:
         """Fail the write, as any other failed write: rich's own would make this console
         quiet for good, point stdout at the null device and exit 1, so a process running
         commands one after another lost every later error line and all its output."""
-        del self._buffer[:]
         gone = ErrorsUnread if self.stderr else BrokenPipeError
         raise gone(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def print(self, *objects: Any, **options: Any) -> None:  # type: ignore[override]
-        super().print(*(shown(o) for o in objects), **options)
-
-    def _check_buffer(self) -> None:
-        # rich keeps what a failed write held (stdout or stderr closed, a full disk) and
-        # prints it before the next command's output in the same process: drop it with
-        # the failure.
+        with self.capture() as rendered:
+            super().print(*(shown(o) for o in objects), **options)
+        text = rendered.get()
+        if not text:  # nothing to print, or a quiet console
+            return
         try:
-            super()._check_buffer()
-        except BaseException:
-            if self._buffer_index == 0:
-                del self._buffer[:]
-            raise
+            with self._writing:
+                self.file.write(text)
+                self.file.flush()
+        except BrokenPipeError:
+            self.on_broken_pipe()
 
 
 class _Console(_ShownConsole):
