@@ -8,6 +8,7 @@ load when a command runs.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import os
 import signal
@@ -135,13 +136,15 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
-def _check_installed() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import mcp  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as error:
-        _fail(f"{error.name} is missing: install the server extra, pip install 'memvee[server]'")
+def _check_installed(*libraries: str) -> None:
+    """Fail in one line, naming the server extra, unless each of ``libraries`` (what the
+    command is about to load) imports."""
+    for library in libraries:
+        try:
+            importlib.import_module(library)
+        except ImportError as error:
+            name = error.name or library
+            _fail(f"{name} is missing: install the server extra, pip install 'memvee[server]'")
 
 
 def serve(
@@ -180,7 +183,7 @@ def serve(
     then closes the memory.
     """
     with StopSignals() as stops:
-        _check_installed()
+        _check_installed("fastapi", "mcp", "uvicorn")
         from memvee._server.auth import TokenBook, is_loopback
         from memvee._server.logs import configure_logging
 
@@ -246,7 +249,7 @@ def mcp(
     client closes stdin, every request it sent is answered before the server stops.
     """
     with StopSignals() as stops:
-        _check_installed()
+        _check_installed("mcp", "uvicorn")
         from memvee._server.logs import configure_logging
 
         if sys.stdin is None or stdout_closed():  # closed when the process started

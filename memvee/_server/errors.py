@@ -10,13 +10,12 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +31,9 @@ from events import (
 )
 from events.errors import UserForgottenError, is_database_failure
 from memvee._server.logs import REQUEST_ID_KEY
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = [
     "DATABASE_FAILURES",
@@ -155,6 +157,8 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     """Answer every error with ``{"error", "message", "request_id"}`` and its status;
     a 405 names in ``Allow`` the methods of every one of ``routes`` at its path (FastAPI
     keeps an included router's routes out of ``app.routes``)."""
+    # Here, not at the top: the MCP tools share this module, and memvee mcp loads no FastAPI.
+    from fastapi.exceptions import RequestValidationError
 
     async def on_known(request: Request, error: Exception) -> JSONResponse:
         status, code = classify(error)

@@ -29,7 +29,6 @@ import uvicorn
 
 from events import MemveeError
 from memvee._memory import Memory
-from memvee._server.app import create_app
 from memvee._server.auth import TokenBook
 from memvee._server.commands import die_of, host_and_port
 from memvee._server.drain import Drain
@@ -130,6 +129,8 @@ async def serve_http(
 ) -> None:
     """Serve the HTTP API and MCP on ``listener`` until a signal, then drain and close;
     one that came during the start-up stops the server as soon as it is up."""
+    from memvee._server.app import create_app  # FastAPI: only here, so memvee mcp loads none
+
     audit = await _open(memory, db, db_url)
     try:
         drain = Drain()

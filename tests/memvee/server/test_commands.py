@@ -248,3 +248,26 @@ def test_a_stdio_server_started_with_stdout_closed_refuses_before_opening_anythi
         "error: stdin and stdout must be open: memvee mcp speaks MCP over them\n"
     )
     assert not (tmp_path / "m.db").exists()
+
+
+def test_the_stdio_server_serves_without_loading_fastapi(tmp_path: Path) -> None:
+    """``memvee mcp`` speaks MCP alone: FastAPI, a quarter of a second of its start, is the
+    HTTP face's, which only ``memvee serve`` loads."""
+    done = subprocess.run(
+        [str(MEMVEE), "mcp", "--db", str(tmp_path / "m.db"), "--lexical"],
+        stdin=subprocess.DEVNULL,  # the client gone at once: the server stops, exit 0
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=server_env({"PYTHONPROFILEIMPORTTIME": "1"}),
+        cwd=ROOT,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "memvee._server.mcp_tools" in imported
+    assert "fastapi" not in imported
