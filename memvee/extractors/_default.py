@@ -8,7 +8,6 @@ import threading
 
 from events.extraction import Extractor
 from memvee.extractors._model_choice import MODEL_ENV_VAR
-from memvee.extractors._offline import OfflineExtractor
 
 __all__ = ["API_KEY_ENV_VAR", "default_extractor"]
 
@@ -39,12 +38,18 @@ def quiet_default_extractor(*, model: str | None, timeout: float) -> Extractor:
         from memvee.extractors._claude import ClaudeExtractor  # the SDK: only when used
 
         return ClaudeExtractor(model=model, timeout=timeout)
+    from memvee.extractors._offline import OfflineExtractor  # its rules: only when used
+
     return OfflineExtractor()
 
 
 def warn_if_offline(extractor: Extractor) -> None:
     """Warn, once per process, that ``extractor`` (one the environment chose) runs offline."""
     global _offline_warned
+    if extractor.name != "offline":  # OfflineExtractor.name: no need to load the rules to tell
+        return
+    from memvee.extractors._offline import OfflineExtractor
+
     if not isinstance(extractor, OfflineExtractor):
         return
     with _offline_warning_lock:

@@ -117,3 +117,22 @@ print("anthropic" in sys.modules)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_the_command_line_and_a_claude_extractor_never_load_the_offline_rules() -> None:
+    """Compiling the rules takes a tenth of a second of every start: only an extractor
+    that runs them loads them."""
+    script = """
+import sys
+import memvee.cli
+from memvee.extractors import default_extractor
+
+default_extractor()  # a key is set: Claude, and no warning of running offline
+print("memvee.extractors._offline" in sys.modules)
+"""
+    env = {**os.environ, "ANTHROPIC_API_KEY": API_KEY}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
