@@ -334,7 +334,7 @@ class _MemveeServer(MCPServer[Any]):
         when there is no such tool (the SDK's began 'Unknown tool', no code word)."""
         tools = [tool.name for tool in await self.list_tools()]
         if name not in tools:
-            raise ToolError(f"invalid_input: no tool {name!r} (tools: {', '.join(tools)})")
+            raise ToolError(f"invalid_input: no tool {echoed(name)} (tools: {', '.join(tools)})")
         return await super().call_tool(name, arguments, context)
 
     async def get_prompt(
@@ -439,7 +439,7 @@ class _ExactTool(Tool):
         if problem["type"] != "extra_forbidden":
             return described(problem, "arguments")
         takes = ", ".join(self.fn_metadata.arg_model.model_fields)
-        return f"{self.name} takes no argument {problem['loc'][0]!r} (it takes {takes})"
+        return f"{self.name} takes no argument {echoed(str(problem['loc'][0]))} (it takes {takes})"
 
 
 class _TakenAsSent(FuncMetadata):

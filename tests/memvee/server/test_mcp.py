@@ -754,6 +754,27 @@ async def test_remember_extracts_once_the_batch_threshold_is_reached_not_every_t
     assert [len(batch.messages) for batch in extractor.batches] == [4]
 
 
+async def test_an_unknown_tool_or_argument_name_is_echoed_cut_short(
+    memory: Memory, db_url: str
+) -> None:
+    """A tool or argument name the server does not know is repeated as every caller's id
+    is, whole up to 60 characters, else its start and its length, not thousands of them."""
+    long_name = "r" * 5_000
+    with Audit(db_url=db_url) as audit:
+        async with Client(build_mcp(memory, audit, user="ann")) as client:
+            session: Any = client
+            no_such_tool = await failure(session, long_name, user_message="hi")
+            no_such_argument = await failure(
+                session, "remember", user_message="hi", **{long_name: "x"}
+            )
+
+    cut = f"{long_name[:60]!r}... (5,000 characters)"
+    assert no_such_tool.startswith(f"invalid_input: no tool {cut} (tools: remember,")
+    assert no_such_argument.startswith(f"invalid_input: remember takes no argument {cut} (")
+    assert long_name not in no_such_tool + no_such_argument
+    assert await memory.messages("ann") == []
+
+
 async def test_a_tool_takes_exactly_the_arguments_its_schema_allows(
     memory: Memory, db_url: str
 ) -> None:
