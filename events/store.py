@@ -973,6 +973,12 @@ class EventStore:
             .where(events.c.id > bindparam("after"), events.c.id <= bindparam("upto"))
             .order_by(events.c.id)
         )
+        self._raw_count_between = f"SELECT count(*) FROM {events.name} WHERE id > ? AND id <= ?"
+        self._count_between = (
+            select(func.count())
+            .select_from(events)
+            .where(events.c.id > bindparam("after"), events.c.id <= bindparam("upto"))
+        )
         self._notifications = (
             select(
                 events.c.id,
@@ -1902,6 +1908,18 @@ class EventStore:
             return [n for (n,) in found]
         rows = connection.execute(self._ids_between, {"after": after, "upto": upto})
         return [int(n) for n in rows.scalars()]
+
+    def count_between(self, connection: Connection, after: int, upto: int) -> int:
+        """How many stored events lie past notification ``after`` up to ``upto``, read in
+        ``connection``: where a page read earlier held every id of that range, it is still
+        the log there if the count is still the page's (ids are distinct integers), and
+        no id is sent back."""
+        if self.is_sqlite:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            return int(driver.execute(self._raw_count_between, (after, upto)).fetchone()[0])
+        found = connection.execute(self._count_between, {"after": after, "upto": upto})
+        return int(found.scalar_one())
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:

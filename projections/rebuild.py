@@ -249,13 +249,16 @@ class _Ahead:
         ``connection``, with writers held off): the same position and generation (no
         other fold or rebuild, no refold in place), and the same events in the page's
         range (none came in a gap, as PostgreSQL's writers commit out of order, nor was
-        any erased)."""
+        any erased): counted, where the page held every id of its range."""
         if projector.state(connection) != self.state:
             return False
         if projector.generation(connection) != self.generation:
             return False
         ids = self.page.ids
-        return store.ids_between(connection, self.state.position, ids[-1]) == ids
+        after, last = self.state.position, ids[-1]
+        if last - after == len(ids):  # every id of its range: the count tells
+            return store.count_between(connection, after, last) == len(ids)
+        return store.ids_between(connection, after, last) == ids
 
 
 def _fold_ahead(store: EventStore, projector: Projector, page_size: int) -> _Ahead | None:

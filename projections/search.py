@@ -327,6 +327,7 @@ class SearchIndex:
             f"SELECT id, log_id, content, name FROM {messages} WHERE id > ? ORDER BY id LIMIT ?"
         )
         self._ids_sql = f"SELECT id FROM {messages} WHERE id > ? AND id <= ? ORDER BY id"
+        self._count_sql = f"SELECT count(*) FROM {messages} WHERE id > ? AND id <= ?"
         self._index_sql = f"INSERT INTO {self.messages_fts.name} (rowid, body) VALUES (?, ?)"
         self._move_indexed_sql = f"UPDATE {position} SET position = ? WHERE name = ?"
         self._unindexed_sql = (
@@ -512,13 +513,18 @@ class SearchIndex:
     def still_waiting(self, connection: Connection, bodies: MessageBodies) -> bool:
         """Whether ``bodies`` are still the next messages to index, read in
         ``connection`` with writers held off: the indexed position where it was, and the
-        same message rows in their range (none erased meanwhile)."""
+        same message rows in their range (none erased meanwhile), counted where the page
+        held every row number of its range (row numbers are distinct integers)."""
         cursor = connection.connection.driver_connection
         assert cursor is not None
         found = cursor.execute(self._indexed_sql, (MESSAGES_INDEXED,)).fetchone()
         if (found[0] if found else 0) != bodies.after:
             return False
-        ids = cursor.execute(self._ids_sql, (bodies.after, bodies.ids[-1])).fetchall()
+        after, last, count = bodies.after, bodies.ids[-1], len(bodies.ids)
+        if last - after == count:  # every row number of its range (as a rebuild's pages)
+            (rows,) = cursor.execute(self._count_sql, (after, last)).fetchone()
+            return bool(rows == count)
+        ids = cursor.execute(self._ids_sql, (after, last)).fetchall()
         return [row[0] for row in ids] == bodies.ids
 
     def erased(self, connection: Connection) -> None:
