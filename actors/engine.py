@@ -552,24 +552,22 @@ class Engine:
         return index_messages(self.store, self.projector)
 
     def recover(self) -> list[tuple[str, list[str]]]:
-        """Close tasks a crash left open; with auto-processing, schedule users left over
-        the threshold, and those whose last task failed with messages left in their buffer
-        (the retry due then was lost with the engine that stopped).
+        """Close tasks a crash left open; schedule users left over the threshold.
 
         Returns the users recovered with the ids of the tasks closed for each.
         """
         settings = self.options.settings
-        waiting: list[str] = []
-        retried: list[str] = []
         with self.store.engine.connect() as connection:
             crashed = self.reader.users_with_open_tasks(connection)
-            if settings.auto_process:
-                waiting = self.reader.users_with_pending(connection, settings.batch_threshold)
-                retried = self.reader.users_to_retry(connection)
+            waiting = (
+                self.reader.users_with_pending(connection, settings.batch_threshold)
+                if settings.auto_process
+                else []
+            )
         threshold = settings.batch_threshold if settings.auto_process else None
         futures = [
-            (user, self.directory.call(user, "recover", threshold, user in retried))
-            for user in dict.fromkeys(crashed + waiting + retried)
+            (user, self.directory.call(user, "recover", threshold))
+            for user in dict.fromkeys(crashed + waiting)
         ]
         return [(user, future.get()) for user, future in futures]
 

@@ -364,25 +364,23 @@ class UserActor(PooledActor):
         """Start the next requested task if this process owns the user and none runs."""
         self._advance()
 
-    def recover(self, auto_threshold: int | None, retry: bool = False) -> list[str]:
+    def recover(self, auto_threshold: int | None) -> list[str]:
         """As the owner, close tasks a crash left open as FAILED and run waiting requests.
 
-        With ``auto_threshold``, request processing if enough messages wait, or any does
-        and ``retry`` (the user's last task failed: a retry was due). Returns the ids of
-        the tasks closed.
+        With ``auto_threshold``, request processing if enough messages wait. Returns the
+        ids of the tasks closed.
         """
         if not self._is_owner():
             return []
-        closed = self._close_stale(auto_threshold, retry=retry)
+        closed = self._close_stale(auto_threshold)
         self._advance()
         return closed
 
-    def _close_stale(self, auto_threshold: int | None, *, retry: bool = False) -> list[str]:
+    def _close_stale(self, auto_threshold: int | None) -> list[str]:
         """As the owner that just took the user (or opened after a crash): close the
         tasks the last owner left open as FAILED (and those a stopped import left between
-        two batches), and request processing if ``auto_threshold`` messages wait (or, to
-        ``retry`` a failed task or one just closed, any does: with auto-processing a run
-        that failed is retried); returns the ids of the tasks closed."""
+        two batches), and request processing if ``auto_threshold`` messages wait; returns
+        the ids of the tasks closed."""
         task_id = str(uuid4())
 
         def close_and_request(user_log: UserLog | None) -> tuple[list[str], bool]:
@@ -391,10 +389,9 @@ class UserActor(PooledActor):
                 return [], False
             stale = [t for t in user_log.started_tasks if t != self._running]
             closed = user_log.close_interrupted(INTERRUPTED_BY_CRASH, stale) if stale else []
-            waiting = len(user_log.pending)
             requested = (
                 auto_threshold is not None
-                and (waiting >= auto_threshold or ((retry or bool(closed)) and waiting > 0))
+                and len(user_log.pending) >= auto_threshold
                 and user_log.request_processing(task_id, "recovery")
             )
             return closed, requested

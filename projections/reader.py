@@ -521,33 +521,6 @@ class ProjectionReader:
         )
         return [r[0] for r in rows]
 
-    def users_to_retry(self, connection: Connection) -> list[str]:
-        """Users whose last task to end ended FAILED while messages wait in their buffer:
-        with auto-processing, a run was due to retry them when the last engine stopped
-        (that retry, an in-memory wake-up, did not outlive it)."""
-        t, m, u = self.tables.tasks, self.tables.messages, self.tables.users
-        last = (
-            select(t.c.log_id, func.max(t.c.finished_version).label("version"))
-            .where(t.c.finished_version.is_not(None))
-            .group_by(t.c.log_id)
-            .subquery()
-        )
-        failed_last = select(t.c.log_id).join(
-            last, and_(t.c.log_id == last.c.log_id, t.c.finished_version == last.c.version)
-        )
-        waiting = select(m.c.log_id).where(
-            _buffered(m), m.c.task_id.is_(None), m.c.quarantined == 0
-        )
-        rows = connection.execute(
-            select(u.c.user_id)
-            .where(
-                u.c.log_id.in_(failed_last.where(t.c.status == "FAILED")),
-                u.c.log_id.in_(waiting),
-            )
-            .order_by(in_code_point_order(u.c.user_id, connection.dialect.name))
-        )
-        return [r[0] for r in rows]
-
     def versions(self, connection: Connection, user_ids: list[str]) -> dict[str, StoredVersion]:
         """The log version (and beginning) of each of ``user_ids`` that has a log."""
         if not user_ids:

@@ -24,8 +24,6 @@ from events import (
     UserLog,
 )
 from memvee import Memory, ProcessStatus
-from memvee.audit import Audit
-from projections import ProjectionTables, Projector
 from tests.support.coverage import checked_coverage
 from tests.support.extractors import RecordingExtractor
 
@@ -320,68 +318,6 @@ async def test_a_failure_that_may_pass_is_retried_by_itself_after_a_backoff(
     assert tasks[-1].status is ProcessStatus.COMPLETED
     assert {t.trigger for t in tasks[1:]} == {"retry"}
     assert await memory.quarantined("ann") == [], "failures that may pass never quarantine"
-
-
-async def test_a_retry_due_when_the_memory_closed_runs_once_it_opens_again(
-    make_memory: Any, extractor: RecordingExtractor
-) -> None:
-    """ann's automatic run extracts her first exchange and fails on her second (a failure
-    that may pass), leaving two messages, under the threshold of four, and the Memory
-    closes before the retry is due: opened again, it retries them by itself, as the one
-    closed would have, rather than leaving them until she says more."""
-    down = True
-    extractor.fault = lambda batch: (
-        ExtractionError("the API is down")
-        if down and any("Bergen" in m.content for m in batch.messages)
-        else None
-    )
-    settings = {"max_batch_messages": 2, "retry_delay": 3600, "retry_delay_max": 3600}
-    first: Memory = await make_memory(auto_process=True, batch_threshold=4, config=settings)
-    await first.add_exchange("ann", "I live in Oslo", "ok")
-    await first.add_exchange("ann", "I work in Bergen", "ok")
-
-    async def failed() -> bool:
-        return [t.status for t in await first.tasks("ann")] == [ProcessStatus.FAILED]
-
-    await _until(failed)
-    assert len(await first.buffer("ann")) == 2
-    await first.close()
-    down = False
-    second: Memory = await make_memory(auto_process=True, batch_threshold=4, config=settings)
-
-    async def extracted() -> bool:
-        return not await second.buffer("ann")
-
-    await _until(extracted, timeout=10)
-    assert len(await second.knowledge("ann")) == 2
-    assert [t.trigger for t in await second.tasks("ann")] == ["auto", "recovery"]
-
-
-async def test_a_task_a_crash_cut_short_is_retried_when_a_memory_opens_with_auto_processing(
-    make_memory: Any, db_url: str
-) -> None:
-    """A crash left ann's task started, her exchange out, fewer messages than the
-    threshold: a Memory opened with auto-processing closes it as interrupted and retries
-    them by itself, as it retries a run that failed, rather than leaving them until she
-    says more."""
-    with Audit(db_url=db_url) as audit:
-        log = UserLog.register("ann")
-        for role, said in (("user", "I live in Oslo"), ("assistant", "ok")):
-            log.add_message(role, said, None, 100)
-        assert log.request_processing("cut-short", "auto") and log.start_next()
-        audit.store.append([log.collect_events()], Projector(ProjectionTables()).apply)
-    memory: Memory = await make_memory(auto_process=True, batch_threshold=10)
-
-    async def extracted() -> bool:
-        return not await memory.buffer("ann")
-
-    await _until(extracted, timeout=10)
-    assert len(await memory.knowledge("ann")) == 1
-    tasks = await memory.tasks("ann")
-    assert [(t.trigger, t.status) for t in tasks] == [
-        ("auto", ProcessStatus.FAILED),
-        ("recovery", ProcessStatus.COMPLETED),
-    ]
 
 
 async def test_a_caller_asking_for_processing_does_not_wait_for_the_backoff(
