@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import threading
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -197,7 +198,7 @@ def _fit(lines: list[str], room: int) -> tuple[list[str], int, bool]:
     for line in lines:
         if len(line) + 1 > room:
             if room - 1 >= _SHORTEST_CUT:
-                fitted.append(line[: room - 2] + "\u2026")
+                fitted.append(line[: _whole_characters(line, room - 2)] + "\u2026")
             return fitted, 0, False
         fitted.append(line)
         room -= len(line) + 1
@@ -216,7 +217,46 @@ def _one_line(text: str) -> str:
     """``text`` on one line and at most :data:`_LONGEST_LINE` characters: a line break in
     a message or a fact never starts a line of the prompt's own (a heading, a fact)."""
     text = " ".join(text.split())
-    return text if len(text) <= _LONGEST_LINE else text[: _LONGEST_LINE - 1] + "\u2026"
+    if len(text) <= _LONGEST_LINE:
+        return text
+    return text[: _whole_characters(text, _LONGEST_LINE - 1)] + "\u2026"
+
+
+def _whole_characters(text: str, end: int) -> int:
+    """The last place at or before ``end`` where ``text`` can be cut without cutting a
+    character a reader sees as one in half (an accent from its letter, an emoji of
+    several code points, a flag's pair of regional indicators), as Unicode's grapheme
+    cluster rules mostly tell (UAX #29); 0 when none is."""
+    end = max(0, min(end, len(text)))
+    while 0 < end < len(text) and not _between_characters(text, end):
+        end -= 1
+    return end
+
+
+_JOINER = "\u200d"
+_EXTENDING_FORMATS = frozenset(range(0xE0020, 0xE0080)) | {0x200C, 0x200D}
+"""Format characters that belong to the character before them: emoji tags and joiners."""
+_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
+_EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
+_FOLLOWING_JAMO = range(0x1160, 0x1200)
+"""Korean vowel and final consonant jamo, which join the jamo or syllable before them."""
+
+
+def _between_characters(text: str, at: int) -> bool:
+    """Whether ``at`` (inside ``text``) lies between two user-perceived characters."""
+    code, before = ord(text[at]), ord(text[at - 1])
+    if unicodedata.category(text[at])[0] == "M" or code in _EXTENDING_FORMATS:
+        return False
+    if code in _EMOJI_MODIFIERS or text[at - 1] == _JOINER:
+        return False
+    if code in _FOLLOWING_JAMO and (0x1100 <= before < 0x1200 or 0xAC00 <= before <= 0xD7A3):
+        return False
+    if code in _REGIONAL_INDICATORS and before in _REGIONAL_INDICATORS:
+        pairs = 0
+        while at - pairs - 1 >= 0 and ord(text[at - pairs - 1]) in _REGIONAL_INDICATORS:
+            pairs += 1
+        return pairs % 2 == 0
+    return True
 
 
 def _quote(message: Message, asked: list[frozenset[str]]) -> str:
@@ -242,11 +282,11 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
         return text
     at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
     if at + _BEFORE_MATCH < _LONGEST_LINE:
-        return text[: _LONGEST_LINE - 1] + "\u2026"
+        return text[: _whole_characters(text, _LONGEST_LINE - 1)] + "\u2026"
     start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 1)
     space = text.find(" ", start, at)
-    start = space + 1 if space >= 0 else start  # a whole word first, where one can be
-    shown = text[start : start + _LONGEST_LINE - 2]
+    start = space + 1 if space >= 0 else _whole_characters(text, start)  # a whole word first
+    shown = text[start : _whole_characters(text, start + _LONGEST_LINE - 2)]
     return "\u2026" + shown + ("\u2026" if start + len(shown) < len(text) else "")
 
 

@@ -1334,6 +1334,47 @@ def test_to_prompt_shows_each_fact_and_message_on_one_line_of_bounded_length() -
     ], "a name stored before names were refused line breaks is shown on its line too"
 
 
+_CLUSTERS = (
+    "e\u0301",
+    "\U0001f469\u200d\U0001f469\u200d\U0001f467",
+    "\U0001f1f3\U0001f1f4",
+    "\U0001f44d\U0001f3fd",
+    "\u1100\u1161\u11a8",
+    "\u0915\u093f",
+    "a",
+)
+"""Characters a reader sees as one, each of several code points but the last: a letter
+and its accent, a family emoji, a flag, a toned thumb, a Korean syllable in jamo, a
+Devanagari syllable with its vowel sign."""
+
+
+def _cut_between_clusters(text: str, at: int) -> bool:
+    """Whether ``text``, made of :data:`_CLUSTERS`, has a cluster boundary at ``at``."""
+    start = 0
+    while start < at:
+        start += len(next(c for c in _CLUSTERS if text.startswith(c, start)))
+    return start == at
+
+
+def test_to_prompt_never_cuts_a_character_of_several_code_points_in_half() -> None:
+    text = "".join(_CLUSTERS) * 60
+    fact = RetrievalResult("ann", "q", None, [_entry(text)])
+    for max_chars in range(90, 400):
+        prompt = fact.to_prompt(max_chars=max_chars)
+        shown = prompt.split("\n")[1].removeprefix("- ").split("\u2026")[0]
+        assert len(prompt) <= max_chars and text.startswith(shown)
+        assert _cut_between_clusters(text, len(shown)), (max_chars, shown[-6:])
+    for shift in range(len(_CLUSTERS) * 2):
+        late = text[shift:] + " quantum " + text
+        message = RetrievalResult("ann", "quantum", None, [], [_message(late)])
+        shown = message.to_prompt().split("\n")[1].split("\u2026")[1]
+        before, _, after = shown.partition("quantum ")
+        assert text.startswith(after) and _cut_between_clusters(text, len(after)), shift
+        before = before.rstrip(" ")
+        assert text.endswith(before), shift
+        assert _cut_between_clusters(text, len(text) - len(before)), (shift, before[:6])
+
+
 LONG_DAY = (
     "Today was a long day. I started with a run along the river, then spent the morning in "
     "meetings about the quarterly roadmap, which dragged on because nobody could agree on the "
