@@ -37,7 +37,7 @@ from events import InvalidInputError, StorageError, as_int, check_text, check_vi
 from events.errors import first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
-from projections.search import index_word, text_stems
+from projections.search import index_word, query_words, text_stems
 from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import ContainedEmbedder, VectorIndex, unfit
@@ -269,8 +269,10 @@ def _quote(message: Message, asked: list[frozenset[str]]) -> str:
 
 
 def _stems_of(terms: Iterable[str]) -> frozenset[str]:
-    """The index's stems of a query's folded ``terms``."""
-    return frozenset(index_word(term) for term in terms)
+    """The index words a query's folded ``terms`` look up (:func:`query_words`): a term
+    written without spaces ("東京に行きたい") as its pairs of characters, as it is searched,
+    not whole, which a message holds only word for word."""
+    return frozenset(query_words(terms))
 
 
 def _around(text: str, asked: list[frozenset[str]]) -> str:

@@ -1392,6 +1392,16 @@ LONG_DAY = (
         (LONG_DAY + "Straße. The Café Müller opens at nine. " + "More. " * 50, "muller", "nine"),
         ("今日はとても良い天気でした。" * 60 + "私は東京都に住んでいます。", "東京", "東京都"),
         (
+            "今日はとても良い天気でした。" * 60 + "私は東京都に住んでいます。",
+            "東京に行きたい",
+            "東京都",
+        ),
+        (
+            "今日はとても良い天気でした。" * 60 + "私は東京都に住んでいます。",
+            "住んでいる場所は\uff1f",
+            "東京都",
+        ),
+        (
             ",".join(["apple", "pear", "plum", "fig"] * 60) + ",Trondheim,end",
             "Trondheim",
             "Trondheim",
@@ -1402,7 +1412,8 @@ def test_a_long_message_is_shown_around_the_word_it_was_found_by(
     said: str, query: str, shown: str
 ) -> None:
     """The prompt showed a long message's first 300 characters, not the part that matched,
-    and did still for a text without spaces (Japanese, a comma-separated line)."""
+    and did still for a text without spaces (Japanese, a comma-separated line), and for a
+    question written without spaces, which is searched by its pairs of characters."""
     line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
 
     assert shown in line
