@@ -234,22 +234,30 @@ def _whole_characters(text: str, end: int) -> int:
 
 
 _JOINER = "\u200d"
-_EXTENDING_FORMATS = frozenset(range(0xE0020, 0xE0080)) | {0x200C, 0x200D}
-"""Format characters that belong to the character before them: emoji tags and joiners."""
+_EXTENDING = frozenset(range(0xE0020, 0xE0080)) | {0x200C, 0x200D, 0x0E33, 0x0EB3}
+"""Characters that are no mark yet belong to the character before them: emoji tags,
+joiners, and the Thai and Lao vowel AM."""
 _REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
 _EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
-_FOLLOWING_JAMO = range(0x1160, 0x1200)
-"""Korean vowel and final consonant jamo, which join the jamo or syllable before them."""
+_LEADING_JAMO = frozenset(range(0x1100, 0x1160)) | frozenset(range(0xA960, 0xA980))
+_FOLLOWING_JAMO = frozenset(range(0x1160, 0x1200)) | frozenset(range(0xD7B0, 0xD800))
+_SYLLABLES = range(0xAC00, 0xD7A4)
+"""Korean jamo (leading consonants; vowels and final consonants) and syllables: a
+syllable written in jamo is one character to a reader."""
 
 
 def _between_characters(text: str, at: int) -> bool:
     """Whether ``at`` (inside ``text``) lies between two user-perceived characters."""
     code, before = ord(text[at]), ord(text[at - 1])
-    if unicodedata.category(text[at])[0] == "M" or code in _EXTENDING_FORMATS:
+    if unicodedata.category(text[at])[0] == "M" or code in _EXTENDING:
         return False
     if code in _EMOJI_MODIFIERS or text[at - 1] == _JOINER:
         return False
-    if code in _FOLLOWING_JAMO and (0x1100 <= before < 0x1200 or 0xAC00 <= before <= 0xD7A3):
+    if before in _LEADING_JAMO and (code in _LEADING_JAMO or code in _FOLLOWING_JAMO):
+        return False
+    if before in _LEADING_JAMO and code in _SYLLABLES:
+        return False
+    if code in _FOLLOWING_JAMO and (before in _FOLLOWING_JAMO or before in _SYLLABLES):
         return False
     if code in _REGIONAL_INDICATORS and before in _REGIONAL_INDICATORS:
         pairs = 0

@@ -1340,12 +1340,14 @@ _CLUSTERS = (
     "\U0001f1f3\U0001f1f4",
     "\U0001f44d\U0001f3fd",
     "\u1100\u1161\u11a8",
+    "\u1100\u1100\u1161",
+    "\u0e01\u0e33",
     "\u0915\u093f",
     "a",
 )
 """Characters a reader sees as one, each of several code points but the last: a letter
-and its accent, a family emoji, a flag, a toned thumb, a Korean syllable in jamo, a
-Devanagari syllable with its vowel sign."""
+and its accent, a family emoji, a flag, a toned thumb, Korean syllables in jamo, a Thai
+syllable with its vowel AM, a Devanagari syllable with its vowel sign."""
 
 
 def _cut_between_clusters(text: str, at: int) -> bool:
