@@ -293,7 +293,7 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
     at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
     if at + _BEFORE_MATCH < _LONGEST_LINE:
         return text[: _whole_characters(text, _LONGEST_LINE - 1)] + "\u2026"
-    start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 1)
+    start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 2)  # the end: one ellipsis
     space = text.find(" ", start, at)
     start = space + 1 if space >= 0 else _whole_characters(text, start)  # a whole word first
     shown = text[start : _whole_characters(text, start + _LONGEST_LINE - 2)]

@@ -1422,6 +1422,17 @@ def test_a_long_message_is_shown_around_the_word_it_was_found_by(
     assert line.startswith("- [2026-01-05] user: \u2026") and len(line) < 340
 
 
+def test_a_long_message_without_spaces_found_by_its_end_is_shown_to_its_last_character() -> None:
+    """Shown around a match near its end, a text without spaces lost its last character
+    to an ellipsis, though the line had room for it."""
+    said = "\u4eca\u65e5\u306f\u6674\u308c\u3002" * 60 + "\u79c1\u306f\u6771\u4eac\u90fd"
+    line = RetrievalResult("ann", "\u6771\u4eac", None, [], [_message(said)]).to_prompt()
+    shown = line.split("\n")[1]
+
+    assert shown.endswith("\u79c1\u306f\u6771\u4eac\u90fd"), shown[-8:]
+    assert shown.startswith("- [2026-01-05] user: \u2026") and len(shown) <= 21 + 300
+
+
 def test_a_long_message_found_by_meaning_alone_is_shown_from_its_start() -> None:
     line = RetrievalResult("ann", "nothing alike", None, [], [_message(LONG_DAY * 2)])
     shown = line.to_prompt().split("\n")[1]
