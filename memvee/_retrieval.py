@@ -18,9 +18,12 @@ ranking lexical: a search never fails for it.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import itertools
 import logging
 import math
+import operator
 import re
 import threading
 import unicodedata
@@ -312,7 +315,7 @@ def _first_word(text: str, stems: frozenset[str]) -> int | None:
     starts = sorted({_start_of(stem) for stem in stems}, key=len, reverse=True)
     pattern = re.compile("|".join(map(re.escape, starts)))
     seen: dict[str, bool] = {}
-    for offset, folded in _folded_parts(text):
+    for place, folded in _folded_parts(text):
         for hit in pattern.finditer(folded):
             space = folded.rfind(" ", max(0, hit.start() - _LONGEST_WORD), hit.start())
             begin = space + 1 if space >= 0 else hit.start()  # text without spaces: the hit
@@ -323,7 +326,7 @@ def _first_word(text: str, stems: frozenset[str]) -> int | None:
                     return None
                 seen[word] = not stems.isdisjoint(text_stems(word))
             if seen[word]:
-                return offset + begin
+                return place(begin)
     return None
 
 
@@ -333,16 +336,33 @@ def _start_of(stem: str) -> str:
     return stem[:-1] if len(stem) > 1 and stem.endswith("i") else stem
 
 
-def _folded_parts(text: str) -> Iterator[tuple[int, str]]:
-    """``text`` folded as the index folds it, in parts with where each begins in ``text``:
-    one part, unless folding changes the length of some character ("ß", "ﬁ"); then a
-    part per run of non-spaces, so that each word still begins where it stood."""
+def _folded_parts(text: str) -> Iterator[tuple[Callable[[int], int], str]]:
+    """``text`` folded as the index folds it, in parts, each with the map from a place in
+    it to where that character's source stands in ``text``: one part, unless folding
+    changes the length of some character ("ß", "ﬁ", a decomposed accent, a half-width
+    kana's sound mark) and folding its characters one by one does not give the same text
+    (a Korean syllable written in jamo); then a part per run of non-spaces, so that each
+    word still begins where it stood."""
     folded = fold(text)
-    if len(folded) == len(text):
-        yield 0, folded
+    if text.isascii():
+        yield _same_place, folded
+        return
+    each = {c: fold(c) for c in set(text)}
+    if len(folded) == len(text) and all(len(f) == 1 for f in each.values()):
+        yield _same_place, folded
+        return
+    pieces = [each[c] for c in text]
+    if "".join(pieces) == folded:
+        ends = list(itertools.accumulate(map(len, pieces)))  # of each character's folding
+        yield functools.partial(bisect.bisect_right, ends), folded
         return
     for part in re.finditer(r"\S+", text):
-        yield part.start(), fold(part.group())
+        yield functools.partial(operator.add, part.start()), fold(part.group())
+
+
+def _same_place(at: int) -> int:
+    """A place in text whose folding kept every character in its place: the same."""
+    return at
 
 
 _LONGEST_WORD = 64

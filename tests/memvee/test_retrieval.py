@@ -1404,6 +1404,17 @@ LONG_DAY = (
             "東京都",
         ),
         (
+            "\u304b\u3099" * 300 + "\u3002\u79c1\u306f\u6771\u4eac\u90fd",
+            "\u6771\u4eac",
+            "\u6771\u4eac\u90fd",
+        ),
+        (
+            "\uff76\uff9e" * 300 + "\u3002\u79c1\u306f\u6771\u4eac\u90fd",
+            "\u6771\u4eac",
+            "\u6771\u4eac\u90fd",
+        ),
+        (",".join(["cafe\u0301"] * 300) + ",Trondheim,end", "Trondheim", "Trondheim"),
+        (
             ",".join(["apple", "pear", "plum", "fig"] * 60) + ",Trondheim,end",
             "Trondheim",
             "Trondheim",
@@ -1415,7 +1426,9 @@ def test_a_long_message_is_shown_around_the_word_it_was_found_by(
 ) -> None:
     """The prompt showed a long message's first 300 characters, not the part that matched,
     and did still for a text without spaces (Japanese, a comma-separated line), and for a
-    question written without spaces, which is searched by its pairs of characters."""
+    question written without spaces, which is searched by its pairs of characters. A text
+    without spaces whose folding changes the length of characters before the match (kana
+    or accents typed decomposed, half-width kana) was shown that many characters early."""
     line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
 
     assert shown in line
