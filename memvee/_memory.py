@@ -859,26 +859,34 @@ class Memory:
         """
         check_user_id(user_id)
         engine, loop = self._running()
+        # The handles the erasure ends or erases: the user's tasks begun before it is sent.
+        # One begun after it runs on the new log and keeps its handle, even when it ends
+        # in the inbox batch that answers the forget.
+        erased = {t for t, (task, _) in self._recent.items() if task.user_id == user_id}
+        erased.update(self._inflight.get(user_id, {}))
         erasing: asyncio.Future[ForgetReceipt] = engine.directory.call_async(
             loop, user_id, "forget"
         )
         # Shielded: a caller that stops waiting once it was sent stops no erasure, and its
         # end still drops the user's handles, or is logged if it failed (see _forgotten).
         waited = asyncio.shield(erasing)
-        erasing.add_done_callback(functools.partial(self._forgotten, user_id, waited, engine))
+        erasing.add_done_callback(
+            functools.partial(self._forgotten, user_id, erased, waited, engine)
+        )
         return await waited
 
     def _forgotten(
         self,
         user_id: str,
+        erased: set[str],
         waited: asyncio.Future[ForgetReceipt],
         engine: Engine,
         erasing: asyncio.Future[ForgetReceipt],
     ) -> None:
         """The user's erasure has ended, whether its caller still waits or not: once done,
-        no handle of the user's erased tasks is answered from memory either (the tasks it
-        ended were finished before its answer came: one inbox, in order). A failure is the
-        caller's to see, or, if it stopped waiting, logged."""
+        no handle of the tasks it ended or erased (``erased``, begun before it was sent) is
+        answered from memory either (they were finished before its answer came: one inbox,
+        in order). A failure is the caller's to see, or, if it stopped waiting, logged."""
         if erasing.cancelled():
             return
         failure = erasing.exception()
@@ -890,8 +898,8 @@ class Memory:
                     self._told(failure, engine),
                 )
             return
-        for task_id in [t for t, (task, _) in self._recent.items() if task.user_id == user_id]:
-            del self._recent[task_id]
+        for task_id in erased:
+            self._recent.pop(task_id, None)
         log.info("user %r forgotten (%d records erased)", user_id, erasing.result().total)
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:

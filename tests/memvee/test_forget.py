@@ -425,6 +425,28 @@ async def test_no_task_is_found_of_a_user_whose_forget_the_caller_stopped_waitin
         await memory.get_task("ann", done.task_id)
 
 
+@pytest.mark.parametrize("caller", ["waits", "stops waiting"])
+async def test_a_task_begun_after_a_forget_keeps_its_handle_when_both_end_together(
+    memory: Memory, caller: str
+) -> None:
+    """A task requested after the forget runs on the new log: the forget's end dropped its
+    handle too when both answers came in one inbox batch, and get_task no longer found a
+    task this very Memory had just run."""
+    await memory.add_exchange("ann", "My PIN is 4711", "noted")
+    forgetting = asyncio.ensure_future(memory.forget("ann"))
+    await asyncio.sleep(0)  # sent to ann's actor
+    if caller == "stops waiting":
+        forgetting.cancel()
+    task = memory.process_async("ann")
+    # The loop is held, so the forget's answer and the task's end arrive in one batch.
+    time.sleep(1.0)  # noqa: ASYNC251 - holding the loop is the point
+    await task.wait()
+    if caller == "waits":
+        await forgetting
+
+    assert (await memory.get_task("ann", task.task_id)).task_id == task.task_id
+
+
 async def test_a_forget_that_fails_after_its_caller_stopped_waiting_is_logged(
     memory: Memory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
