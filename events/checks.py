@@ -411,10 +411,14 @@ def check_listing(as_of: object, history: object) -> None:
 def as_int(value: object) -> int | None:
     """``value`` as a Python int if it is a whole number of an integral kind (an int, a
     numpy integer), never a bool; else ``None``. The int, not the value: a database
-    driver binds no numpy integer."""
+    driver binds no numpy integer. An integral kind that gives no int (numpy's
+    ``timedelta64``, a registered class whose ``__index__`` raises) is not a whole number."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return None
-    return operator.index(value)
+    try:
+        return operator.index(value)
+    except Exception:  # whatever its __index__ raises: the caller refuses it by its type
+        return None
 
 
 def check_count(value: object, what: str) -> int:

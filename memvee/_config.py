@@ -255,7 +255,12 @@ def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: boo
     kinds = numbers.Integral if whole else numbers.Real
     if isinstance(given, bool) or not isinstance(given, kinds):
         raise InvalidInputError(_wrong_type(config, name, "an int" if whole else "a number"))
-    value = _plain_number(given)
+    try:
+        value = _plain_number(given)
+    except Exception as error:  # a numpy timedelta64, a registered kind that converts not
+        raise InvalidInputError(
+            _wrong_type(config, name, "an int" if whole else "a number")
+        ) from error
     if value is None:  # a Fraction too large for a float (a whole number is an int)
         raise InvalidInputError(
             f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {given!r}"

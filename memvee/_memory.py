@@ -1326,6 +1326,10 @@ def _check_grace(grace: object) -> float:
         seconds = float(grace)
     except OverflowError:  # an int or a Fraction too large for a float
         raise refused from None
+    except Exception as error:  # a numpy timedelta64, a registered kind that converts not
+        raise InvalidInputError(
+            f"grace must be a number of seconds >= 0, not {type(grace).__name__}"
+        ) from error
     if not 0 <= seconds <= threading.TIMEOUT_MAX:  # NaN too
         raise refused
     return seconds
@@ -1345,6 +1349,10 @@ def _check_timeout(timeout: object) -> float | None:
         seconds = float(timeout)
     except OverflowError:
         seconds = -math.inf if timeout < 0 else math.inf
+    except Exception as error:  # a numpy timedelta64, a registered kind that converts not
+        raise InvalidInputError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        ) from error
     if not seconds >= 0:
         raise InvalidInputError(
             f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"

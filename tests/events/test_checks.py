@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from events import InvalidInputError
@@ -18,6 +19,8 @@ from events.checks import (
     MAX_NAME_CHARS,
     MAX_SENT_AHEAD,
     ROLES,
+    as_int,
+    check_count,
     check_message,
     check_name,
     check_new_user_id,
@@ -339,3 +342,11 @@ def test_a_str_subclass_is_checked_by_its_characters_not_by_its_own_methods(
 ) -> None:
     with pytest.raises(InvalidInputError, match="NUL"):
         check(_ClaimsPrintable("a\x00b"))
+
+
+def test_an_integral_kind_that_gives_no_int_is_no_whole_number() -> None:
+    """numpy's timedelta64 is an integer kind to numpy, yet operator.index refuses it: its
+    TypeError escaped as_int, and every count check that uses it, raw."""
+    assert as_int(np.timedelta64(5, "s")) is None
+    with pytest.raises(InvalidInputError, match=r"^limit must be an int, not timedelta64"):
+        check_count(np.timedelta64(5, "s"), "limit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import numbers
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
@@ -659,6 +660,45 @@ async def test_a_count_of_a_numpy_integer_kind_reads_as_the_int_it_is(
     for refused in (np.float64(2.0), np.bool_(True)):
         with pytest.raises(InvalidInputError, match="top_k must be an int"):
             await memory.retrieve("u", "green tea", top_k=refused)
+
+
+class _UnconvertibleIntegral:
+    """A registered integral kind whose conversions raise, as a broken numeric type's may."""
+
+    def __index__(self) -> int:
+        raise RuntimeError("no index")
+
+    def __float__(self) -> float:
+        raise RuntimeError("no float")
+
+
+numbers.Integral.register(_UnconvertibleIntegral)
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [np.timedelta64(5, "s"), _UnconvertibleIntegral()],
+    ids=["numpy timedelta64", "integral that converts not"],
+)
+async def test_an_integral_kind_that_gives_no_number_is_refused_naming_the_parameter_and_type(
+    make_memory: Any, odd: Any
+) -> None:
+    """numpy counts a timedelta64 as an integer kind, yet it gives no int nor float: the
+    conversion's own TypeError (or a registered kind's RuntimeError) escaped raw."""
+    kind = type(odd).__name__
+    with pytest.raises(InvalidInputError, match=rf"^batch_threshold must be an int, not {kind}"):
+        MemoryConfig(batch_threshold=odd)
+    with pytest.raises(InvalidInputError, match=rf"^idle_timeout must be a number, not {kind}"):
+        MemoryConfig(idle_timeout=odd)
+    memory = await make_memory()
+    with pytest.raises(InvalidInputError, match=rf"^limit must be an int, not {kind}"):
+        await memory.messages("u", limit=odd)
+    with pytest.raises(InvalidInputError, match=r"^top_k must be an int"):
+        await memory.retrieve("u", "green tea", top_k=odd)
+    with pytest.raises(InvalidInputError, match=rf"^timeout must be a number .*, not {kind}"):
+        await memory.wait_for_processing("u", timeout=odd)
+    with pytest.raises(InvalidInputError, match=rf"^grace must be a number .*, not {kind}"):
+        await memory.close(grace=odd)
 
 
 async def test_a_refused_role_or_requeued_id_of_any_length_is_echoed_cut_short(
