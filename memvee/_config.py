@@ -63,8 +63,9 @@ class MemoryConfig:
     split; a message that fails alone ``max_attempts`` times is quarantined. After a
     failure that may pass, a user's automatic runs wait ``retry_delay`` seconds, doubling
     up to ``retry_delay_max`` (which caps the first pause too); ``breaker_failures`` such
-    failures in a row pause every user's extraction for ``breaker_cooldown`` seconds
-    (doubling while the API stays down), then one run probes the API.
+    failures in a row pause every user's extraction for ``breaker_cooldown`` seconds,
+    then one run probes the API; each pause while it stays down doubles, up to 60 seconds
+    or ``retry_delay_max`` if shorter, yet never below ``breaker_cooldown``.
 
     Every ``snapshot_interval`` events a user's log is snapshotted, in place of its last
     snapshot, so it loads in constant time (a large state, such as thousands of messages

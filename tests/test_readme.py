@@ -152,3 +152,36 @@ def test_every_route_of_the_readmes_http_table_is_served_with_its_query_paramete
     for method, path, query in shown:
         asked = set(re.findall(r"(\w+)=", query))
         assert asked <= served[method, path], f"{method} {path}: no {asked - served[method, path]}"
+
+
+@pytest.mark.parametrize(
+    ("retry_delay_max", "breaker_cooldown", "longest"),
+    [(300.0, 2.0, 60.0), (10.0, 2.0, 10.0), (0.5, 2.0, 2.0)],
+    ids=["60 s", "retry_delay_max", "first pause"],
+)
+async def test_the_breakers_longest_pause_is_the_one_the_readme_and_config_state(
+    tmp_path: Path, retry_delay_max: float, breaker_cooldown: float, longest: float
+) -> None:
+    """Both said "doubling, at most 60 s" (or nothing of a cap), though the breaker's pauses
+    stop at retry_delay_max when shorter, and never go below the first."""
+    row = re.search(r"^\| `breaker_failures`, `breaker_cooldown` \|.*$", TEXT, re.M)
+    assert row is not None, "the README's row of the breaker moved"
+    assert "up to 60 s or `retry_delay_max` if shorter, yet never below the first pause" in (
+        row.group(0)
+    )
+    docstring = " ".join((MemoryConfig.__doc__ or "").split())
+    assert (
+        "up to 60 seconds or ``retry_delay_max`` if shorter, yet never below ``breaker_cooldown``"
+        in docstring
+    )
+    memory = Memory(
+        db_path=str(tmp_path / "m.db"),
+        embedder=False,
+        config=MemoryConfig(retry_delay_max=retry_delay_max, breaker_cooldown=breaker_cooldown),
+    )
+    await memory.open()
+    try:
+        assert memory._engine is not None
+        assert memory._engine.breaker.max_cooldown == longest
+    finally:
+        await memory.close()
