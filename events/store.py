@@ -189,7 +189,7 @@ def check_db_path(
         raise InvalidInputError(f"{name} must not contain a NUL character")
     if text == ":memory:":
         raise InvalidInputError(f"{name} must name a file, not {_IN_MEMORY_REFUSED}")
-    _check_not_named_in_memory(str(Path(text).expanduser().resolve()))
+    _check_not_named_in_memory(str(_resolved(text)))
     if _URL_SCHEME.match(text):
         raise InvalidInputError(
             f"{name} takes the path of a SQLite file, and this one is a database URL: "
@@ -231,7 +231,7 @@ def sqlite_url(path: str | Path) -> str:
     database at its first ``?`` and unquotes nothing before it. A file standing where a
     folder of the path should be is a :class:`NotADirectoryError` naming that file."""
     check_db_path(path)
-    file = Path(path).expanduser().resolve()
+    file = _resolved(path)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as error:  # mkdir's words, "File exists", name no problem
@@ -278,14 +278,30 @@ def _sqlite_tables(path: str) -> frozenset[str] | None:
 
 
 def _missing(path: Path) -> bool:
-    """Whether no file is at ``path``. One that cannot be looked up (a name too long for
-    the file system, a folder that may not be searched) is not said missing: the open
-    that follows refuses it, saying why."""
+    """Whether no file is at ``path``: none there, or a loop of symbolic links that leads
+    to none. One that cannot be looked up (a name too long for the file system, a folder
+    that may not be searched) is not said missing: the open that follows refuses it,
+    saying why."""
     try:
         path.stat()
     except OSError as error:
-        return error.errno in (errno.ENOENT, errno.ENOTDIR)
+        return error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
     return False
+
+
+def _resolved(path: str | Path) -> Path:
+    """``path`` made absolute, its symbolic links followed; a loop of them, which leads to
+    no file, is a :class:`StorageError` saying so (pathlib's own is a RuntimeError before
+    Python 3.13). The refusal does not repeat the path, which may hold a password."""
+    looped = StorageError("the SQLite file's path is a loop of symbolic links: it leads to no file")
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError as error:
+        raise looped from error
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise looped from error
 
 
 def refuse_foreign_sqlite(path: str) -> None:
@@ -826,7 +842,7 @@ class EventStore:
                 raise NotFoundError(f"no memvee database at {self.safe_url}: no such file")
             # Before anything reads the path: its journals may be another file's.
             makes = create and parsed.query.get("mode") != "ro"
-            self._hold = FileHold.take(Path(file).expanduser().resolve(), create=makes)
+            self._hold = FileHold.take(_resolved(file), create=makes)
         try:
             self._open(url, file, durability, busy_timeout_ms, pool_size, create)
         except BaseException:

@@ -399,6 +399,21 @@ def test_a_read_only_open_of_a_missing_file_is_refused_and_makes_none(tmp_path: 
     assert not path.exists()
 
 
+def test_a_loop_of_symbolic_links_is_no_database_and_is_refused_typed(tmp_path: Path) -> None:
+    """A file named by a loop of links gave pathlib's raw RuntimeError ("Symlink loop"):
+    a read-only open finds no database there, one that may create one is refused."""
+    (tmp_path / "a.db").symlink_to(tmp_path / "b.db")
+    (tmp_path / "b.db").symlink_to(tmp_path / "a.db")
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+
+    with pytest.raises(NotFoundError, match="no such file"):
+        EventStore(url, create=False)
+    with pytest.raises(StorageError, match="a loop of symbolic links"):
+        EventStore(url)
+    with pytest.raises(StorageError, match="a loop of symbolic links"):
+        sqlite_url(tmp_path / "a.db")
+
+
 def test_a_file_with_two_names_is_refused_by_either(tmp_path: Path) -> None:
     """SQLite keeps its write-ahead log beside the name it opened: two Memories on two
     hard links of one file would corrupt it, each lock file named after its own path."""
