@@ -229,18 +229,23 @@ def sqlite_url(path: str | Path) -> str:
     """The SQLAlchemy URL of a SQLite file, creating its folder if missing. A path with a
     ``?`` is given as an SQLite URI filename, percent-quoted: SQLAlchemy ends a URL's
     database at its first ``?`` and unquotes nothing before it. A file standing where a
-    folder of the path should be is a :class:`NotADirectoryError` naming that file."""
+    folder of the path should be is a :class:`NotADirectoryError` naming that file; a
+    folder name longer than the file system takes is the :class:`StorageError` the open
+    of that URL gives."""
     check_db_path(path)
     file = _resolved(path)
+    url = f"sqlite:///{file.as_uri()}?uri=true" if "?" in str(file) else f"sqlite:///{file}"
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as error:  # mkdir's words, "File exists", name no problem
         raise NotADirectoryError(
             errno.ENOTDIR, os.strerror(errno.ENOTDIR), error.filename
         ) from error
-    if "?" in str(file):
-        return f"sqlite:///{file.as_uri()}?uri=true"
-    return f"sqlite:///{file}"
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        raise StorageError(f"cannot open the event store at {url}: {error.strerror}") from error
+    return url
 
 
 EVENTS_TABLE = "memvee_events"

@@ -6,6 +6,7 @@ a URL is shown with its passwords hidden."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -307,6 +308,20 @@ def test_a_postgresql_url_without_its_driver_installed_names_the_extra_to_instal
     with pytest.raises(StorageError, match=r"install memvee's postgres extra") as refused:
         EventStore("postgresql://u:secret@localhost/mem")
     assert "secret" not in str(refused.value)
+
+
+async def test_a_folder_name_longer_than_the_file_system_takes_is_the_storage_error_of_its_url(
+    tmp_path: Path,
+) -> None:
+    """Memory(db_path=<a folder of 300 characters>/x.db) failed with the raw OSError of
+    making the folder ("File name too long"), where the same path as a db_url is refused
+    with a StorageError."""
+    path = tmp_path / ("n" * 300) / "x.db"
+    with pytest.raises(StorageError, match=r"^cannot open the event store at sqlite:///"):
+        await Memory(db_url=f"sqlite:///{path}", embedder=False).open()
+    with pytest.raises(StorageError, match=r"^cannot open the event store at sqlite:///"):
+        await Memory(db_path=str(path), embedder=False).open()
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("under", ["notes.txt", "notes.txt/sub"])
