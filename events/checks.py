@@ -23,7 +23,7 @@ from events._invisible import (
     char_class,
     code_points,
 )
-from events.errors import InvalidInputError, echoed
+from events.errors import InvalidInputError, echoed_repr
 
 __all__ = [
     "MAX_EXTRACTOR_CHARS",
@@ -314,8 +314,9 @@ def check_name(name: object) -> None:
 def check_message(role: object, content: object, max_chars: int) -> None:
     """Raise :class:`InvalidInputError` unless ``role`` and ``content`` make a valid message."""
     if not isinstance(role, str) or role not in ROLES:
-        shown = echoed(role) if isinstance(role, str) else repr(role)  # a long str cut short
-        raise InvalidInputError(f"unknown role {shown}; expected one of {sorted(ROLES)}")
+        raise InvalidInputError(
+            f"unknown role {echoed_repr(role)}; expected one of {sorted(ROLES)}"
+        )
     if not isinstance(content, str):
         raise InvalidInputError(f"content must be a str, not {type(content).__name__}")
     if len(content) > max_chars:

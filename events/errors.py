@@ -372,6 +372,21 @@ def echoed(value: str) -> str:
     return f"{value[:ECHOED_CHARS]!r}... ({len(value):,} characters)"
 
 
+def echoed_repr(value: object) -> str:
+    """``value`` as a message about it shows it: a str as :func:`echoed` quotes it, any
+    other value by its repr cut the same way, or by its type's name when it has no repr
+    (an int past the digits Python writes out), so that the message is always made."""
+    if isinstance(value, str):
+        return echoed(value)
+    try:
+        text = repr(value)
+    except ValueError:  # int's limit on the digits it converts
+        return f"{type(value).__name__} (too long to write out)"
+    if len(text) <= ECHOED_CHARS:
+        return text
+    return f"{text[:ECHOED_CHARS]}... ({len(text):,} characters)"
+
+
 def first_line(error: BaseException) -> str:
     """The first line of ``error``'s text (or its type's name): a driver's message without
     the statement and parameters SQLAlchemy appends, for messages and logs."""

@@ -1,4 +1,5 @@
-"""Which failures of the database may pass if the work is done again."""
+"""Which failures of the database may pass if the work is done again, and how a refused
+value is shown in a message."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from events.errors import ConflictError, StorageError, may_pass
+from events.errors import ConflictError, StorageError, echoed_repr, may_pass
 
 
 def _stored(cause: BaseException) -> StorageError:
@@ -64,3 +65,15 @@ def test_a_lock_of_the_same_connection_or_a_refused_login_would_fail_the_same_wa
 ) -> None:
     """Each got some 10 s of retries on an actor's thread, which other users share."""
     assert not may_pass(_stored(cause))
+
+
+def test_a_refused_value_is_shown_whole_when_short_cut_when_long_and_by_type_when_unwritable() -> (
+    None
+):
+    """A value of any kind makes a short message, and always one: an int of 5,000 digits
+    has no repr (Python refuses to write past 4,300), which made the message itself fail."""
+    assert echoed_repr(None) == "None"
+    assert echoed_repr("robot") == "'robot'"
+    assert echoed_repr(b"r" * 1_000_000).endswith("... (1,000,003 characters)")
+    assert len(echoed_repr(list(range(100_000)))) < 100
+    assert echoed_repr(10**5000) == "int (too long to write out)"

@@ -720,6 +720,17 @@ async def test_a_refused_role_or_requeued_id_of_any_length_is_echoed_cut_short(
     assert len(await memory.messages("u")) == 2
 
 
+async def test_a_role_that_is_no_str_is_echoed_cut_short(memory: Memory) -> None:
+    """add_message("u", b"r" * 1_000_000, "hi") gave an error of 1,000,065 characters: a
+    role that is no str was repeated whole, by its repr."""
+    with pytest.raises(InvalidInputError) as refused:
+        await memory.add_message("u", b"r" * 1_000_000, "hi")  # type: ignore[arg-type]
+
+    assert str(refused.value).startswith("unknown role b'rrrr")
+    assert "(1,000,003 characters)" in str(refused.value) and len(str(refused.value)) < 200
+    assert await memory.messages("u") == []
+
+
 async def test_an_unreachable_server_gives_a_clear_storage_error_without_the_password() -> None:
     from memvee import StorageError
 
