@@ -19,6 +19,7 @@ from events import (
     driver_url,
     redacted_url,
 )
+from events.errors import echoed_repr
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_DB", "SEARCH_EMBED_SECONDS", "MemoryConfig", "check_alpha"]
 
@@ -235,7 +236,7 @@ def check_alpha(alpha: object, name: str) -> float:
     retrieval: a real number from 0 to 1 (a numpy float or a Fraction too), never a bool
     or NaN. A Memory's ``hybrid_alpha`` and a search's ``alpha`` are one weight, refused
     alike."""
-    refused = InvalidInputError(f"{name} must be a number from 0 to 1, not {alpha!r}")
+    refused = InvalidInputError(f"{name} must be a number from 0 to 1, not {echoed_repr(alpha)}")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise refused
     try:
@@ -264,21 +265,21 @@ def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: boo
         ) from error
     if value is None:  # a Fraction too large for a float (a whole number is an int)
         raise InvalidInputError(
-            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {given!r}"
+            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {echoed_repr(given)}"
         )
     object.__setattr__(config, name, value)
     if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, not {value!r}")
+        raise InvalidInputError(f"{name} must be a finite number, not {echoed_repr(value)}")
     if whole and value > MAX_WHOLE:
-        raise InvalidInputError(f"{name} must be at most {MAX_WHOLE}, not {value!r}")
+        raise InvalidInputError(f"{name} must be at most {MAX_WHOLE}, not {echoed_repr(value)}")
     if not whole and value > threading.TIMEOUT_MAX:  # what a thread's wait takes
         raise InvalidInputError(
-            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {value!r}"
+            f"{name} must be at most {threading.TIMEOUT_MAX:.0f} seconds, not {echoed_repr(value)}"
         )
     if positive and value <= 0:
-        raise InvalidInputError(f"{name} must be positive, not {value!r}")
+        raise InvalidInputError(f"{name} must be positive, not {echoed_repr(value)}")
     if not positive and value < 0:
-        raise InvalidInputError(f"{name} must not be negative, not {value!r}")
+        raise InvalidInputError(f"{name} must not be negative, not {echoed_repr(value)}")
 
 
 def _plain_number(value: numbers.Real) -> int | float | None:

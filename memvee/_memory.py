@@ -55,7 +55,14 @@ from events import (
     check_user_id,
 )
 from events.credentials import redact
-from events.errors import MemveeError, echoed, first_line, is_database_failure, processing_error
+from events.errors import (
+    MemveeError,
+    echoed,
+    echoed_repr,
+    first_line,
+    is_database_failure,
+    processing_error,
+)
 from memvee._config import MemoryConfig
 from memvee._log_redaction import protect_own_loggers
 from memvee._retrieval import RetrievalResult, Retriever, check_query
@@ -1319,7 +1326,7 @@ async def _ended(tasks: Sequence[ProcessTask]) -> tuple[int, list[ProcessTask]]:
 def _check_grace(grace: object) -> float:
     """A close's grace as a float of seconds (a real number of any kind, a numpy one too,
     from 0 to what a thread's wait takes), else :class:`InvalidInputError`."""
-    refused = InvalidInputError(f"grace must be a number of seconds >= 0, not {grace!r}")
+    refused = InvalidInputError(f"grace must be a number of seconds >= 0, not {echoed_repr(grace)}")
     if isinstance(grace, bool) or not isinstance(grace, numbers.Real):
         raise refused
     try:
@@ -1355,7 +1362,8 @@ def _check_timeout(timeout: object) -> float | None:
         ) from error
     if not seconds >= 0:
         raise InvalidInputError(
-            f"timeout must be 0 or more seconds (None waits without limit), not {timeout!r}"
+            f"timeout must be 0 or more seconds (None waits without limit), "
+            f"not {echoed_repr(timeout)}"
         )
     return None if math.isinf(seconds) else seconds
 

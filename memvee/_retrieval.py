@@ -37,7 +37,7 @@ import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
 
 from events import InvalidInputError, StorageError, as_int, check_text, check_visible
-from events.errors import first_line
+from events.errors import echoed_repr, first_line
 from memvee._config import DEFAULT_ALPHA
 from projections import KnowledgeEntry, LexicalRanker, Message, ProjectionReader, search_terms
 from projections.search import index_word, query_words, text_stems
@@ -87,7 +87,9 @@ def check_top_k(top_k: object, what: str = "top_k") -> int:
     command line names its option)."""
     count = as_int(top_k)
     if count is None or not 1 <= count <= MAX_TOP_K:
-        raise InvalidInputError(f"{what} must be an int from 1 to {MAX_TOP_K:,}, not {top_k!r}")
+        raise InvalidInputError(
+            f"{what} must be an int from 1 to {MAX_TOP_K:,}, not {echoed_repr(top_k)}"
+        )
     return count
 
 
@@ -159,7 +161,9 @@ class RetrievalResult:
         """
         room = as_int(max_chars)  # a numpy integer too
         if room is None or room < 0:
-            raise InvalidInputError(f"max_chars must be an int of 0 or more, not {max_chars!r}")
+            raise InvalidInputError(
+                f"max_chars must be an int of 0 or more, not {echoed_repr(max_chars)}"
+            )
         max_chars = room
         sections: list[tuple[str, list[str]]] = []
         if self.entries:

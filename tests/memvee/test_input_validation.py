@@ -184,6 +184,22 @@ async def test_seconds_of_a_numpy_kind_are_waited_as_the_number_they_are(
         await memory.wait_for_processing("u", timeout=np.float32("nan"))
 
 
+async def test_seconds_or_a_count_of_more_digits_than_python_writes_are_refused_by_type(
+    memory: Memory,
+) -> None:
+    """A close's grace, a wait's timeout and a search's top_k of 10**5000 raised ValueError
+    ("Exceeds the limit (4300 digits) ...") from the refusal's own repr of the value."""
+    with pytest.raises(InvalidInputError, match=r"^timeout must be 0 or more") as timeout:
+        await memory.wait_for_processing("u", timeout=-(10**5000))
+    with pytest.raises(InvalidInputError, match=r"^top_k must be an int") as top_k:
+        await memory.retrieve("u", "tea", top_k=10**5000)
+    with pytest.raises(InvalidInputError, match=r"^grace must be a number") as grace:
+        await memory.close(grace=10**5000)
+
+    for refused in (timeout.value, top_k.value, grace.value):
+        assert str(refused).endswith("not int (too long to write out)")
+
+
 async def test_unknown_task_error_is_a_value_error(memory: Memory) -> None:
     with pytest.raises(UnknownTaskError):
         await memory.get_task("u", "missing")
@@ -359,6 +375,27 @@ def test_a_setting_of_a_numpy_kind_is_kept_as_the_python_number_it_is() -> None:
         MemoryConfig(idle_timeout=np.float32("inf"))  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="lease_ttl must be at most"):
         MemoryConfig(lease_ttl=Fraction(10**400))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "refusal"),
+    [
+        ("lease_ttl", Fraction(10**5000), "lease_ttl must be at most"),
+        ("lease_ttl", 10**5000, "lease_ttl must be at most"),
+        ("batch_threshold", 10**5000, "batch_threshold must be at most"),
+        ("batch_threshold", -(10**5000), "batch_threshold must be positive"),
+        ("hybrid_alpha", 10**5000, "hybrid_alpha must be a number from 0 to 1"),
+    ],
+    ids=["fraction", "duration", "count", "negative count", "weight"],
+)
+def test_a_setting_of_more_digits_than_python_writes_is_refused_by_its_type(
+    setting: str, value: object, refusal: str
+) -> None:
+    """MemoryConfig(lease_ttl=Fraction(10**5000)) raised ValueError ("Exceeds the limit
+    (4300 digits) for integer string conversion") from its own refusal's repr of it."""
+    with pytest.raises(InvalidInputError, match=rf"^{refusal}") as refused:
+        MemoryConfig(**{setting: value})
+    assert str(refused.value).endswith("(too long to write out)")
 
 
 async def test_a_memory_with_the_largest_batch_threshold_opens_and_buffers(
