@@ -168,18 +168,21 @@ def tells_down(failed: Exception) -> bool:
     overloaded API's 529 too), a timeout or no connection. A rate limit (429) or a failure
     asking to wait tells nothing (the failed batch may have used the account's limit up
     itself), nor does a refusal or a failure that would repeat. Refused credentials (401,
-    403) are no outage either: the API answered, refusing the API key or its permissions
-    for every request, which each caller tells apart before this rule (the background
-    keeps the batch whole, as :class:`EveryRequestRefusedError`; ``memvee reextract``
-    records a refused check, whose failed calls split nothing; ``reextract --batch-api``'s
-    full-price fallback stops for every user). Background extraction, ``memvee
-    reextract`` and that fallback judge by this one rule; a misjudged
-    outage costs the background a few runs at most
-    (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
+    403) and what the requests name not found (404: a model retired or misspelt, a base
+    URL's wrong path) are no outage either: the API answered, refusing every request so,
+    which each caller tells apart before this rule (the background keeps the batch whole,
+    as :class:`EveryRequestRefusedError`; ``memvee reextract`` records a refused or not
+    found check, whose failed calls split nothing; ``reextract --batch-api``'s full-price
+    fallback stops for every user). Background extraction, ``memvee reextract`` and that
+    fallback judge by this one rule; a misjudged outage costs the background a few runs
+    at most (:data:`events.user_log.WHOLE_FAILURES_IN_A_ROW`)."""
     return not (
         repeats(failed)
         or asked_to_wait(failed) > 0
-        or isinstance(failed, ExtractorRateLimitedError | ExtractorAccessRefusedError)
+        or isinstance(
+            failed,
+            ExtractorRateLimitedError | ExtractorAccessRefusedError | ExtractorNotFoundError,
+        )
     )
 
 

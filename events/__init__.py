@@ -67,6 +67,7 @@ from events.harmless import (
     CheckVerdict,
     CredentialsRefused,
     FailedTellingNothing,
+    ModelOrPathNotFound,
     Outage,
 )
 from events.store import (
@@ -120,6 +121,7 @@ __all__ = [
     "LoadedLog",
     "MemoryClosedError",
     "MemveeError",
+    "ModelOrPathNotFound",
     "NotFoundError",
     "OlderLayoutError",
     "Outage",

@@ -24,6 +24,7 @@ __all__ = [
     "CheckVerdict",
     "CredentialsRefused",
     "FailedTellingNothing",
+    "ModelOrPathNotFound",
     "Outage",
 ]
 
@@ -59,6 +60,20 @@ class CredentialsRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelOrPathNotFound:
+    """The API answered that what the request names is not found (404; ``error`` says
+    what: a model retired or misspelt, a base URL with a wrong path): every request is
+    refused so, whatever its messages, so the failed calls are no evidence against them,
+    though the API is up."""
+
+    error: str
+    blames_no_message: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _refuse_untold(self, self.error)
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """It was rate limited or asked to wait (``error`` says how): the API is up but busy.
     It tells nothing of the failed calls, whose batches split as before, and ``reextract
@@ -85,10 +100,12 @@ class FailedTellingNothing:
         _refuse_untold(self, self.error)
 
 
-CheckVerdict = Answered | Outage | CredentialsRefused | Busy | FailedTellingNothing
-"""How a harmless request fared: one of the five outcomes above. ``blames_no_message``
+CheckVerdict = (
+    Answered | Outage | CredentialsRefused | ModelOrPathNotFound | Busy | FailedTellingNothing
+)
+"""How a harmless request fared: one of the six outcomes above. ``blames_no_message``
 says whether the failed calls it judges are left out of the evidence (an outage, a refused
-API key)."""
+API key, a model or path not found)."""
 
 
 def _refuse_untold(verdict: object, error: str) -> None:

@@ -135,7 +135,7 @@ def from_micros(micros: int) -> datetime:
 
 _STORED_WHEN_TRUE: dict[type, tuple[str, ...]] = {
     UserLog.ProcessingFailed: ("whole",),
-    UserLog.ReextractionChecked: ("refused", "busy"),
+    UserLog.ReextractionChecked: ("refused", "busy", "not_found"),
 }
 """Flags a newer memvee added to an event that are stored only when true: false, the
 event reads back with the field's default, and an older memvee, which does not know the

@@ -60,6 +60,7 @@ from events.harmless import (
     CheckVerdict,
     CredentialsRefused,
     FailedTellingNothing,
+    ModelOrPathNotFound,
     Outage,
 )
 from events.timeline import Around, ReplacedEntry, Timeline
@@ -394,13 +395,17 @@ class UserLog(Aggregate):
         is evidence against its messages) or refused the API key or its permissions
         (``refused``: a 401 or 403, every request refused, so neither is either; stored only
         when true, absent from events recorded before it, and stored with ``outage`` so that
-        an older memvee leaves the calls out too), else the ``error`` that made it
-        tell nothing (it failed in a way that would repeat, or the API was ``busy``: rate
-        limited or asked to wait; stored only when true, absent from events recorded before
-        it, which read back as failures telling nothing, as they always did), and what it
-        cost, for ``memvee stats``. A refused check keeps its ``error`` too, saying which
-        refusal it met. The ``reextract --batch-api`` fallback's harmless request after a
-        lone failed call, and a probe of a Message Batch's refusal whose request's failure
+        an older memvee leaves the calls out too) or answered that what the requests name is
+        not found (``not_found``: a 404, a model retired or misspelt or a base URL's wrong
+        path, every request refused so, so neither is either; stored only when true, and
+        with ``outage``, which an older memvee reads as an outage, leaving the calls out as
+        this one does), else the ``error`` that made it tell nothing (it failed in a way
+        that would repeat, or the API was ``busy``: rate limited or asked to wait; stored
+        only when true, absent from events recorded before it, which read back as failures
+        telling nothing, as they always did), and what it cost, for ``memvee stats``. A
+        refused or not found check keeps its ``error`` too, saying which refusal it met or
+        what was not found. The ``reextract --batch-api`` fallback's harmless request after
+        a lone failed call, and a probe of a Message Batch's refusal whose request's failure
         was not kept (another run recorded it first), are kept so for what they cost alone:
         they name no failed call, so they change no evidence. :attr:`verdict` reads the
         flags as one :data:`events.harmless.CheckVerdict`. An older memvee reads a busy
@@ -418,6 +423,7 @@ class UserLog(Aggregate):
         cache_read_tokens: int | None = None
         cache_write_tokens: int | None = None
         busy: bool = False
+        not_found: bool = False
 
         @property
         def verdict(self) -> CheckVerdict:
@@ -425,6 +431,8 @@ class UserLog(Aggregate):
             busy API that a memvee before ``busy`` stored reads back as a failure telling
             nothing, which it is for the calls."""
             told = (self.error or "").strip()
+            if self.not_found:
+                return ModelOrPathNotFound(told or "HTTP 404")
             if self.refused:
                 return CredentialsRefused(told or "HTTP 401 or 403")
             if self.outage:
@@ -1160,6 +1168,7 @@ class UserLog(Aggregate):
             error=storable(error) if error else None,
             refused=isinstance(verdict, CredentialsRefused),
             busy=isinstance(verdict, Busy),
+            not_found=isinstance(verdict, ModelOrPathNotFound),
             extractor=_label(extractor, MAX_EXTRACTOR_CHARS),
             model=_label(model, MAX_MODEL_CHARS),
             **_usage_fields(usage),

@@ -11,6 +11,7 @@ from events import (
     CheckVerdict,
     CredentialsRefused,
     FailedTellingNothing,
+    ModelOrPathNotFound,
     Outage,
     UserLog,
 )
@@ -96,6 +97,11 @@ def _showed(verdict: CheckVerdict) -> str:
     match verdict:
         case CredentialsRefused(error=error):
             return f"the API key refused: the failed calls blame no message: {_flat(error)}"
+        case ModelOrPathNotFound(error=error):
+            return (
+                "the model or the base URL's path not found: the failed calls blame no "
+                f"message: {_flat(error)}"
+            )
         case Outage():
             return "the API down: the failed calls blame no message"
         case Busy(error=error) | FailedTellingNothing(error=error):
@@ -114,6 +120,8 @@ def _harmless(e: UserLog.ReextractionChecked) -> str:
     match verdict:
         case CredentialsRefused(error=error):
             told = f"failed: the API key refused: {_flat(error)}"
+        case ModelOrPathNotFound(error=error):
+            told = f"failed: the model or the base URL's path not found: {_flat(error)}"
         case Outage():
             told = "failed: the API down"
         case Busy(error=error) | FailedTellingNothing(error=error):

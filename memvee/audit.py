@@ -58,6 +58,7 @@ from events import (
     InvalidInputError,
     KnownEntry,
     MemveeError,
+    ModelOrPathNotFound,
     NotFoundError,
     Outage,
     Recorded,
@@ -82,6 +83,7 @@ from events import (
 )
 from events.errors import (
     ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     NewerEventError,
     echoed,
     first_line,
@@ -145,6 +147,7 @@ __all__ = [
     "FailedTellingNothing",
     "HarmlessCheck",
     "LoggedEvent",
+    "ModelOrPathNotFound",
     "Outage",
     "Provenance",
     "ReextractionReport",
@@ -336,6 +339,12 @@ class ReextractionReport:
                     f"{error}): the API key or its permissions are refused for every "
                     "request, and the failed calls split no batch for the runs after"
                 )
+            case ModelOrPathNotFound(error=error):
+                return (
+                    f"a harmless request was answered not found too ({tokens} tokens: {error}): "
+                    "the model, or the base URL's path, is not found for every request, and "
+                    "the failed calls split no batch for the runs after"
+                )
             case Busy(error=error) | FailedTellingNothing(error=error):
                 return (
                     f"a harmless request failed in a way that tells nothing ({tokens} tokens: "
@@ -404,13 +413,17 @@ class _Reextraction:
 def verdict_of(failed: Exception | None, extractor: object) -> CheckVerdict:
     """How a harmless request ``extractor`` sent that ``failed`` (``None``: answered)
     fared, by the background's rule (:func:`actors.tells_down`): its credentials refused,
-    the API down, or a failure that tells nothing (busy unless it would repeat). The error
-    is told as :func:`memvee._secrets.shown_error` shows it: it is logged and stored."""
+    the model or the base URL's path not found (a 404: every request refused so, the API
+    up), the API down, or a failure that tells nothing (busy unless it would repeat). The
+    error is told as :func:`memvee._secrets.shown_error` shows it: it is logged and
+    stored."""
     if failed is None:
         return Answered()
     said = f"{type(failed).__name__}: {shown_error(failed, extractor)}"
     if isinstance(failed, ExtractorAccessRefusedError):
         return CredentialsRefused(said)
+    if isinstance(failed, ExtractorNotFoundError):
+        return ModelOrPathNotFound(said)
     if tells_down(failed):
         return Outage()
     return FailedTellingNothing(said) if repeats(failed) else Busy(said)
@@ -1175,12 +1188,13 @@ class Audit:
         API overloaded), while calls failing for their messages' sake leave it answered;
         its credentials refused (401, 403: :class:`CredentialsRefused`), the API key or its
         permissions are refused for every request (no outage, but the failed calls are no
-        evidence against their messages either); rate limited or asked to wait
-        (:class:`Busy`), or failing in a way that would repeat (a refusal, a bug:
-        :class:`FailedTellingNothing`), it tells nothing (the background's rule too,
-        :func:`actors.tells_down`). An extractor that declares :class:`HarmlessRequests`
-        (Claude's asks for one output token) is pinged; another extracts the message. What
-        it cost and showed go into ``run.report`` and the log
+        evidence against their messages either), as when it is answered 404
+        (:class:`ModelOrPathNotFound`: the model or the base URL's path not found for every
+        request); rate limited or asked to wait (:class:`Busy`), or failing in a way that
+        would repeat (a refusal, a bug: :class:`FailedTellingNothing`), it tells nothing
+        (the background's rule too, :func:`actors.tells_down`). An extractor that declares
+        :class:`HarmlessRequests` (Claude's asks for one output token) is pinged; another
+        extracts the message. What it cost and showed go into ``run.report`` and the log
         (:class:`UserLog.ReextractionChecked`, naming the failed calls it judges), and an
         INFO log line, its error told without credentials (:func:`shown_error`): not a
         warning, as the run always stops next with the error, the finding as its note."""
@@ -1194,6 +1208,14 @@ class Audit:
                 log.info(
                     "user %r: a harmless request's credentials were refused too (%s): the API "
                     "key or its permissions are refused; no batch is split for it",
+                    run.user_id,
+                    error,
+                )
+            case ModelOrPathNotFound(error=error):
+                log.info(
+                    "user %r: a harmless request was answered not found too (%s): the model "
+                    "or the base URL's path is not found for every request; no batch is "
+                    "split for it",
                     run.user_id,
                     error,
                 )

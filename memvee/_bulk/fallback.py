@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, assert_never
 from actors import THE_APIS_STATE
 from events import EventStore, ExtractionError, MemveeError, NotFoundError
 from events.errors import EveryRequestRefusedError, first_line
-from events.harmless import Answered, Busy, CredentialsRefused, FailedTellingNothing, Outage
+from events.harmless import (
+    Answered,
+    Busy,
+    CredentialsRefused,
+    FailedTellingNothing,
+    ModelOrPathNotFound,
+    Outage,
+)
 from memvee._secrets import shown_error
 from memvee.extractors import ClaudeExtractor
 
@@ -128,7 +135,8 @@ class DirectFallback:
         it tells the Messages API is down (:func:`_stop_tells_api_down`), an
         :class:`EveryRequestRefusedError` saying so when a harmless request's credentials
         were refused (401, 403: the API key or its permissions are refused for every
-        user's request, so no other user's messages are worth a full-price call). A lone
+        user's request, so no other user's messages are worth a full-price call) or it was
+        answered not found (404: the model or the base URL's path, likewise). A lone
         message failing once with nothing else to send tells nothing by itself: until a
         call of this run's fallback was answered, one harmless request is sent then. A
         harmless request that failed, the live run's or this one, ends the fallback for the
@@ -142,8 +150,8 @@ class DirectFallback:
         from memvee.audit import harmless_request, record_check, verdict_of
 
         verdict = None if live.check is None else live.check.verdict
-        if isinstance(verdict, CredentialsRefused):
-            return _fallback_key_refused(stopped, verdict.error)
+        if isinstance(verdict, CredentialsRefused | ModelOrPathNotFound):
+            return _every_request_refused(stopped, verdict)
         if _stop_tells_api_down(stopped, live):
             return stopped
         if verdict is not None:  # the live run sent its own harmless request
@@ -167,8 +175,8 @@ class DirectFallback:
             case Answered():
                 self.direct_answered = True
                 return None
-            case CredentialsRefused(error=error):
-                return _fallback_key_refused(stopped, error)
+            case CredentialsRefused() | ModelOrPathNotFound():
+                return _every_request_refused(stopped, told)
             case FailedTellingNothing():  # the request's own failure, not the API's state
                 return None
             case Busy():  # rate limited or asked to wait: not down, but busy
@@ -200,27 +208,36 @@ def _stop_tells_api_down(stopped: MemveeError, live: ReextractionReport) -> bool
     batch refused, a probe that failed or was refused too: :data:`actors.THE_APIS_STATE`).
     A harmless request answered, or a lone message failing once with nothing else to
     send, tells only of that user's messages; one whose credentials were refused
-    (:class:`events.CredentialsRefused`) tells no outage, though it ends the fallback all
+    (:class:`events.CredentialsRefused`), or answered not found
+    (:class:`events.ModelOrPathNotFound`), tells no outage, though it ends the fallback all
     the same (:meth:`DirectFallback._every_user_stopped`)."""
     if live.check is not None:
         return isinstance(live.check.verdict, Outage)
     return not _lone(stopped) or isinstance(stopped, THE_APIS_STATE)
 
 
-def _fallback_key_refused(stopped: MemveeError, refusal: str) -> EveryRequestRefusedError:
+def _every_request_refused(
+    stopped: MemveeError, verdict: CredentialsRefused | ModelOrPathNotFound
+) -> EveryRequestRefusedError:
     """The error that ends the Messages API fallback for every user once a harmless
-    request's credentials were refused (``refusal``) after ``stopped``."""
-    log.warning(
-        "a harmless request's credentials were refused (%s): the API key or its permissions "
-        "are refused for every request; no other user's messages are sent through the "
-        "Messages API this run",
-        refusal,
-    )
-    return EveryRequestRefusedError(
-        f"{first_line(stopped)} (a harmless request's credentials were refused too "
-        f"({refusal}): the API key or its permissions are refused for every request; no "
-        "other user's messages are sent through the Messages API this run)"
-    )
+    request after ``stopped`` showed every request refused: its credentials refused, or
+    what the requests name (the model, the base URL's path) not found (``verdict``)."""
+    match verdict:
+        case CredentialsRefused(error=error):
+            finding = (
+                f"a harmless request's credentials were refused too ({error}): the API key "
+                "or its permissions are refused for every request"
+            )
+        case ModelOrPathNotFound(error=error):
+            finding = (
+                f"a harmless request was answered not found too ({error}): the model, or the "
+                "base URL's path, is not found for every request"
+            )
+        case _:
+            assert_never(verdict)
+    stops = "no other user's messages are sent through the Messages API this run"
+    log.warning("%s; %s", finding, stops)
+    return EveryRequestRefusedError(f"{first_line(stopped)} ({finding}; {stops})")
 
 
 def _lone(stopped: MemveeError) -> bool:

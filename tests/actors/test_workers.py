@@ -27,6 +27,7 @@ from events.errors import (
     EveryRequestRefusedError,
     ExtractionPausedError,
     ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
 )
@@ -426,6 +427,21 @@ def test_a_harmless_request_refused_its_credentials_tells_the_account_refused_no
     assert "credentials were refused too" in str(outcome) and "down" not in str(outcome)
     assert len(extractor.pings) == 1 and not breaker.is_open
     assert not workers_module.tells_down(ExtractorAccessRefusedError(f"HTTP {status}"))
+
+
+def test_a_harmless_request_answered_not_found_tells_every_request_refused_not_down() -> None:
+    """A 404 (a model retired or misspelt, a base URL's wrong path) is the API's answer to
+    every request, no outage: the batch goes back whole saying what is not found, and the
+    rule every caller shares (``memvee reextract`` and its bulk fallback too) tells no
+    outage by it."""
+    breaker = CircuitBreaker(failures=2)
+    missing = ExtractorNotFoundError("HTTP 404 model: claude-retired")
+    extractor = _Pinged(missing, missing)
+    outcome = _outcome_of(extractor, breaker)
+    assert isinstance(outcome, EveryRequestRefusedError) and not isinstance(outcome, ApiDown)
+    assert "not found for every request" in str(outcome) and "down" not in str(outcome)
+    assert not breaker.is_open
+    assert not workers_module.tells_down(ExtractorNotFoundError("HTTP 404 model: x"))
 
 
 def test_a_failure_that_is_no_extraction_error_carries_the_harmless_requests_tokens() -> None:

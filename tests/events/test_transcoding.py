@@ -20,6 +20,7 @@ from events import (
     EventStore,
     ExtractedFact,
     FailedTellingNothing,
+    ModelOrPathNotFound,
     Outage,
     TokenUsage,
     UserLog,
@@ -222,6 +223,46 @@ def test_a_busy_check_an_older_memvee_stored_reads_back_as_a_failure_telling_not
         (check,) = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
         assert not check.busy
         assert check.verdict == FailedTellingNothing("HTTP 429")
+    finally:
+        store.close()
+
+
+def test_a_not_found_check_reads_back_as_not_found_and_as_an_outage_where_the_flag_is_unknown(
+    tmp_path: Path,
+) -> None:
+    """A harmless request answered 404 (a model or a base URL's path not found) is stored
+    with ``not_found`` and ``outage`` and its error, and reads back as it was recorded;
+    without ``not_found`` (what an older memvee, which does not know the field, reads) it
+    reads as an outage, which leaves the failed calls out of the evidence all the same.
+    Checks of every other verdict store no ``not_found``."""
+    store = EventStore(sqlite_url(tmp_path / "t.db"))
+    try:
+        log = UserLog.register("ann")
+        ids = [log.add_message("user", f"I like thing {i}.", None, 1000) for i in range(2)]
+        others = [Answered(), Outage(), CredentialsRefused("HTTP 401"), Busy("HTTP 429")]
+        for verdict in (ModelOrPathNotFound("HTTP 404 model: claude-retired"), *others):
+            log.record_reextraction_check("v2", [ids], TokenUsage(), verdict)
+        store.append([log.collect_events()])
+        stored = [s for s in store.stored_events_of("ann") if s.topic == "ReextractionChecked"]
+        states = [orjson.loads(s.state) for s in stored]
+        assert {k: states[0][k] for k in ("outage", "not_found", "error")} == {
+            "outage": True,
+            "not_found": True,
+            "error": "HTTP 404 model: claude-retired",
+        }
+        assert "refused" not in states[0] and "busy" not in states[0]
+        assert not [state for state in states[1:] if "not_found" in state]
+        checks = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
+        assert checks[0].verdict == ModelOrPathNotFound("HTTP 404 model: claude-retired")
+        assert [c.verdict for c in checks[1:]] == others
+        older = {k: v for k, v in states[0].items() if k != "not_found"}
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE memvee_events SET state = ? WHERE originator_version = ?",
+                (orjson.dumps(older), stored[0].originator_version),
+            )
+        reread = [e for e in store.events_of("ann") if isinstance(e, UserLog.ReextractionChecked)]
+        assert reread[0].verdict == Outage() and reread[0].verdict.blames_no_message
     finally:
         store.close()
 

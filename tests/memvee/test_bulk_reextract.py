@@ -49,7 +49,7 @@ from events import (
     sqlite_url,
     user_log_id,
 )
-from memvee import InvalidInputError, Memory, MemoryConfig
+from memvee import ExtractorNotFoundError, InvalidInputError, Memory, MemoryConfig
 from memvee._bulk import BulkReextraction
 from memvee._bulk.claims import Claims
 from memvee._bulk.fallback import DirectFallback
@@ -58,7 +58,7 @@ from memvee._bulk.probes import Probes
 from memvee._bulk.record import Recorder
 from memvee._bulk.run import _since_promoted
 from memvee._event_lines import describe
-from memvee.audit import Audit
+from memvee.audit import Audit, ModelOrPathNotFound
 from memvee.cli import app
 from memvee.extractors import ClaudeExtractor, ProbeResult
 from projections import ProjectionTables, Projector
@@ -2624,6 +2624,46 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
             assert "the API key or its permissions are refused for every request" in told
 
 
+@pytest.mark.parametrize("messages", [1, 4])
+async def test_a_model_not_found_stops_the_full_price_fallback_at_the_first_user_told_so(
+    tmp_path: Path, server: MessagesAPIServer, messages: int
+) -> None:
+    """Users whose Message Batches failed whole twice, the Messages API answering every
+    call 404 (a model retired), the harmless request sent after the first user's failed
+    calls too: the model is not found for any user's request, so the fallback stops at the
+    first user, its ``failed:`` line saying that the model or the base URL's path is not
+    found for every request, never that the API is down. Users of one message (a lone
+    failure, the fallback's own harmless request) and of four (two failures in a row, the
+    live run's, whose check the user's log keeps as not found) alike."""
+    db = sqlite_url(tmp_path / "missing.db")
+    users = await _users_saying_they_like_tea(db, 6, messages)
+
+    def missing(request: RecordedRequest) -> ScriptedResponse:
+        if request.custom_id is not None:
+            return ScriptedResponse(500, error_body("api_error", "batches down"))
+        return ScriptedResponse(404, error_body("not_found_error", "model: claude-retired"))
+
+    server.set_responder(missing)
+    with Audit(db_url=db) as audit:
+        await _run(audit, users=users)
+        calls = len(server.requests)
+        stopped = await _run(audit, users=users)
+        sent = _direct_calls_since(server, calls)
+        assert len(sent) == (2 if messages == 1 else 3) and sent[-1] == ["Hello."], sent
+        assert (stopped.recorded, stopped.left_out, list(stopped.direct)) == (0, {}, ["u0"])
+        told = stopped.failed["direct:u0"]
+        assert "HTTP 404" in told and "model: claude-retired" in told
+        assert "the model, or the base URL's path, is not found for every request" in told
+        assert "down" not in told, told
+        checks = [
+            e for e in audit.store.events_of("u0") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        if messages > 1:
+            (check,) = checks
+            assert isinstance(check.verdict, ModelOrPathNotFound) and check.failed_calls
+            assert "model: claude-retired" in check.verdict.error
+
+
 async def test_a_model_refusing_every_request_stops_the_full_price_fallback_at_the_first_user(
     tmp_path: Path, server: MessagesAPIServer
 ) -> None:
@@ -3152,6 +3192,28 @@ async def test_the_fallbacks_harmless_request_echoing_a_secret_of_the_environmen
     told = [r.getMessage() for r in caplog.records if "harmless request" in r.getMessage()]
     assert any("bad header" in line for line in told), told
     assert not [text for text in (check.error, *told) if "SECRET" in (text or "")], told
+
+
+async def test_the_fallbacks_harmless_request_answered_not_found_is_kept_as_not_found(
+    db_url: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's billed harmless request after u0's lone failed call is answered 404
+    (a model retired): u0's log keeps it as ``memvee reextract`` keeps its own check so
+    answered, the model or the base URL's path not found, with its error, not as an
+    outage (it was kept as one: ``outage`` and no error)."""
+    users = await _users_saying_they_like_tea(db_url, 2)
+    server.set_responder(_u0s_lone_message_failing_its_direct_call)
+    failed = ExtractorNotFoundError("HTTP 404 (not_found_error: model: claude-retired)")
+    check = await _u0s_check_after_a_harmless_request_failing(db_url, users, monkeypatch, failed)
+    assert (check.failed_calls, check.not_found, check.outage) == ([], True, True)
+    assert check.verdict == ModelOrPathNotFound(
+        "ExtractorNotFoundError: HTTP 404 (not_found_error: model: claude-retired)"
+    )
+    assert describe(check) == (
+        "version 'v2' harmless request's cost: 7001 tokens, failed: the model or the base "
+        "URL's path not found: ExtractorNotFoundError: HTTP 404 (not_found_error: model: "
+        "claude-retired)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from memvee import (
     ExtractedFact,
     ExtractionError,
     ExtractorAccessRefusedError,
+    ExtractorNotFoundError,
     ExtractorOverloadedError,
     ExtractorRateLimitedError,
     InvalidExtractionError,
@@ -49,6 +50,7 @@ from memvee.audit import (
     CredentialsRefused,
     FailedTellingNothing,
     HarmlessCheck,
+    ModelOrPathNotFound,
     Outage,
     ReextractionReport,
 )
@@ -980,8 +982,11 @@ def _extractions(server: MessagesAPIServer) -> list[RecordedRequest]:
     return [r for r in server.requests if r.body.get("max_tokens") != 1]
 
 
-def _claude(server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch) -> ClaudeExtractor:
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url)
+def _claude(
+    server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch, *, path: str = ""
+) -> ClaudeExtractor:
+    """A Claude extractor calling ``server`` (at ``path`` under it), without retries."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.base_url + path)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-reextract")
     return ClaudeExtractor(max_retries=0)
 
@@ -1144,6 +1149,62 @@ async def test_a_refused_api_key_stops_each_run_and_leaves_no_failed_call_as_evi
         ] * 2  # stored as an outage too, for an older memvee
         assert describe(checks[0]).startswith(
             "version 'v2' check after failed calls showed the API key refused"
+        )
+        messages_api_server.set_responder(default_answer)
+        during = len(messages_api_server.requests)
+        report = await audit.reextract(
+            "eve", _claude(messages_api_server, monkeypatch), "v2", batch_size=10, embedder=False
+        )
+    assert report == ReextractionReport(entries=40)
+    assert [len(r.messages) for r in messages_api_server.requests[during:]] == [10] * 4
+
+
+@pytest.mark.parametrize("missing", ["a model retired", "a base URL's wrong path"])
+async def test_a_model_or_path_not_found_stops_each_run_told_as_not_found_not_the_api_down(
+    make_memory: Any,
+    db_url: str,
+    messages_api_server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    missing: str,
+) -> None:
+    """The API answers every request 404, the harmless one too: a model retired (its
+    ``not_found_error`` naming the model) or a base URL whose path is wrong. The API is up
+    and refuses every request so: each run stops, its report, notes and log saying that
+    the model or the base URL's path is not found, never that the API is down, and its two
+    failed calls are no evidence against their messages, so once the model or the URL is
+    fixed the batches go out whole: four calls of ten, not halves and singletons."""
+    await _marked(make_memory, 40, 1)
+    path = "/wrong" if missing == "a base URL's wrong path" else ""
+    named = "no /wrong/v1/messages" if path else "model: claude-retired"
+    retired = ScriptedResponse(404, error_body("not_found_error", "model: claude-retired"))
+    if not path:
+        messages_api_server.set_responder(lambda request: retired)
+    with Audit(db_url=db_url) as audit:
+        for _ in range(2):
+            report = ReextractionReport()
+            claude = _claude(messages_api_server, monkeypatch, path=path)
+            with pytest.raises(ExtractorNotFoundError, match="HTTP 404") as stopped:
+                await audit.reextract(
+                    "eve", claude, "v2", batch_size=10, embedder=False, report=report
+                )
+            assert report.check is not None
+            match report.check.verdict:
+                case ModelOrPathNotFound(error=error):
+                    assert "HTTP 404" in error and named in error
+                case other:
+                    pytest.fail(f"the model or path not found, told as {other}")
+            (note,) = stopped.value.__notes__
+            assert "the model, or the base URL's path, is not found for every request" in note
+            assert "down" not in note and "tells nothing" not in note
+        checks = [
+            e for e in audit.store.events_of("eve") if isinstance(e, UserLog.ReextractionChecked)
+        ]
+        assert [(c.not_found, c.outage, c.refused) for c in checks] == [(True, True, False)] * 2
+        sent = [len(r.messages) for r in _extractions(messages_api_server)]
+        assert sent == ([] if path else [10] * 4), "the wrong path reaches no messages route"
+        assert describe(checks[0]).startswith(
+            "version 'v2' check after failed calls showed the model or the base URL's path "
+            "not found: the failed calls blame no message: ExtractorNotFoundError: "
         )
         messages_api_server.set_responder(default_answer)
         during = len(messages_api_server.requests)
@@ -1352,8 +1413,24 @@ _SPLIT_NOTHING = "the failed calls split no batch for the runs after"
             f"bug): {_TOLD_NOTHING}",
             "nothing: ValueError: a bug",
         ),
+        (
+            ExtractorNotFoundError("HTTP 404 model: claude-retired"),
+            ModelOrPathNotFound("ExtractorNotFoundError: HTTP 404 model: claude-retired"),
+            "a harmless request was answered not found too (0 tokens: "
+            "ExtractorNotFoundError: HTTP 404 model: claude-retired): the model, or the base "
+            f"URL's path, is not found for every request, and {_SPLIT_NOTHING}",
+            "the model or the base URL's path not found: the failed calls blame no message: "
+            "ExtractorNotFoundError: HTTP 404 model: claude-retired",
+        ),
     ],
-    ids=["answered", "outage", "credentials refused", "busy", "failed telling nothing"],
+    ids=[
+        "answered",
+        "outage",
+        "credentials refused",
+        "busy",
+        "failed telling nothing",
+        "model or path not found",
+    ],
 )
 def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_the_log(
     db_url: str,
@@ -1367,7 +1444,7 @@ def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_
     and stops: however that request fared, the report holds it as one verdict,
     ``memvee reextract`` tells it in a ``check:`` line before the user's ``error:`` line and
     exits 2, and ``memvee log`` tells what it showed of the failed calls (its payload
-    whether the API was busy)."""
+    whether the API was busy, or the model or the base URL's path not found)."""
 
     _three_processed_messages_of_cat(db_url)
     extractor = RecordingExtractor()
@@ -1399,6 +1476,7 @@ def test_each_verdict_of_a_stopped_runs_harmless_request_is_told_by_the_cli_and_
     (check,) = json.loads(shown.output)
     assert check["summary"] == f"version 'v2' check after failed calls showed {log_line}"
     assert check["payload"].get("busy", False) is isinstance(verdict, Busy)
+    assert check["payload"].get("not_found", False) is isinstance(verdict, ModelOrPathNotFound)
 
 
 def test_a_report_holds_one_verdict_with_its_request_and_its_error_only_where_it_has_one() -> None:
@@ -1409,7 +1487,7 @@ def test_a_report_holds_one_verdict_with_its_request_and_its_error_only_where_it
         ReextractionReport(outage=True, refused=True)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         HarmlessCheck(Outage())  # type: ignore[call-arg]
-    for needs_an_error in (CredentialsRefused, Busy, FailedTellingNothing):
+    for needs_an_error in (CredentialsRefused, ModelOrPathNotFound, Busy, FailedTellingNothing):
         with pytest.raises(TypeError):
             needs_an_error()  # type: ignore[call-arg]
     for has_none in (Answered, Outage):
