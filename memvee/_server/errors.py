@@ -29,7 +29,7 @@ from events import (
     ProcessingTimeoutError,
     StorageError,
 )
-from events.errors import UserForgottenError, is_database_failure
+from events.errors import UserForgottenError, echoed, is_database_failure
 from memvee._server.logs import REQUEST_ID_KEY
 
 if TYPE_CHECKING:
@@ -140,17 +140,9 @@ def _unread(body: object) -> bool:
     return isinstance(body, bytes) and bool(body)
 
 
-_ECHOED_TYPE_CHARS = 60
-"""The most of a refused Content-Type an answer repeats: enough to tell it, and no more of
-whatever a client put there."""
-
-
 def _named(content_type: str | None) -> str:
-    if content_type is None:
-        return "no Content-Type"
-    if len(content_type) > _ECHOED_TYPE_CHARS:
-        return f"{content_type[:_ECHOED_TYPE_CHARS]!r}... ({len(content_type)} characters)"
-    return repr(content_type)
+    """A refused Content-Type as an answer repeats it: cut short, as every echo is."""
+    return "no Content-Type" if content_type is None else echoed(content_type)
 
 
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:

@@ -345,7 +345,7 @@ class _MemveeServer(MCPServer[Any]):
     ) -> GetPromptResult | InputRequiredResult:
         """The prompt ``name`` rendered, or invalid params when there is no such prompt."""
         if name not in {prompt.name for prompt in await self.list_prompts()}:
-            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {echoed(name)}")
         return await super().get_prompt(name, arguments, context)
 
 

@@ -75,6 +75,7 @@ def test_malformed_json_and_wrong_types_are_422_and_write_nothing(
         ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
         (None, "no Content-Type"),
         ("text/plain" + "x" * 300, f"'text/plain{'x' * 50}'... (310 characters)"),
+        ("text/plain" + "x" * 5_000, f"'text/plain{'x' * 50}'... (5,010 characters)"),
     ],
 )
 def test_a_json_body_not_typed_as_json_is_415_saying_so_not_that_it_is_no_object(

@@ -754,11 +754,12 @@ async def test_remember_extracts_once_the_batch_threshold_is_reached_not_every_t
     assert [len(batch.messages) for batch in extractor.batches] == [4]
 
 
-async def test_an_unknown_tool_or_argument_name_is_echoed_cut_short(
+async def test_an_unknown_tool_argument_or_prompt_name_is_echoed_cut_short(
     memory: Memory, db_url: str
 ) -> None:
-    """A tool or argument name the server does not know is repeated as every caller's id
-    is, whole up to 60 characters, else its start and its length, not thousands of them."""
+    """A tool, argument or prompt name the server does not know is repeated as every
+    caller's id is, whole up to 60 characters, else its start and its length, not
+    thousands of them."""
     long_name = "r" * 5_000
     with Audit(db_url=db_url) as audit:
         async with Client(build_mcp(memory, audit, user="ann")) as client:
@@ -767,10 +768,13 @@ async def test_an_unknown_tool_or_argument_name_is_echoed_cut_short(
             no_such_argument = await failure(
                 session, "remember", user_message="hi", **{long_name: "x"}
             )
+            with pytest.raises(MCPError) as no_such_prompt:
+                await client.get_prompt(long_name, {"user_id": "ann"})
 
     cut = f"{long_name[:60]!r}... (5,000 characters)"
     assert no_such_tool.startswith(f"invalid_input: no tool {cut} (tools: remember,")
     assert no_such_argument.startswith(f"invalid_input: remember takes no argument {cut} (")
+    assert no_such_prompt.value.message == f"Unknown prompt: {cut}"
     assert long_name not in no_such_tool + no_such_argument
     assert await memory.messages("ann") == []
 
