@@ -116,6 +116,11 @@ class TaskObserver(Protocol):
         quarantined) ``covered`` messages, as the log counts them (``None``: the count of
         messages it took on stands)."""
 
+    def user_forgotten(self, user_id: str, erasure: object) -> None:
+        """The user's log was erased by the forget given ``erasure`` (handed back as is),
+        after every task move of the user it ended or erased was told, and before any of
+        a task begun after it: each task heard of until now is gone with the log."""
+
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:

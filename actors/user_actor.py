@@ -457,11 +457,14 @@ class UserActor(PooledActor):
                 self.user_id, task_id, "FAILED", spent[0], reason, spent[1]
             )
 
-    def forget(self) -> ForgetReceipt:
+    def forget(self, erasure: object = None) -> ForgetReceipt:
         """Erase the user once the writes already sent are committed; open tasks end FAILED.
 
         Calls sent after this one find an empty log and start the user afresh. A log that
         does not load (damaged) is erased all the same: a user can always be forgotten.
+        The observer is then told (``user_forgotten``, with ``erasure``) that the tasks it
+        heard of so far are gone, in order with their news: the caller knows which tasks
+        this actor had begun before the forget, though it hears of some only later.
         """
         self._await_last_write()
         try:
@@ -481,6 +484,7 @@ class UserActor(PooledActor):
             self._services.observer.task_finished(
                 self.user_id, task_id, "FAILED", 0, FORGOTTEN_REASON
             )
+        self._services.observer.user_forgotten(self.user_id, erasure)
         log.info("user %r forgotten: %d events erased", self.user_id, erased.events)
         return erased
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import itertools
 import logging
 import math
 import numbers
@@ -197,6 +198,11 @@ class Memory:
         # leases: in the log, where another process may erase them).
         self._recent: OrderedDict[str, tuple[ProcessTask, bool]] = OrderedDict()
         self._followed: dict[str, ProcessTask] = {}  # open tasks read from the projection
+        # Forgets sent whose user's actor has not yet told them done: by erasure, the user
+        # and the tasks it erases (those known when it was sent, then those the actor
+        # tells of until it is done: it began them before the forget reached it).
+        self._erasures: dict[int, tuple[str, set[str]]] = {}
+        self._erasure_ids = itertools.count()
         self._poller: asyncio.Future[None] | None = None
         self._opening: _Opening | None = None
         self._open_guard = threading.Lock()  # opens may start in several loops at once
@@ -866,34 +872,46 @@ class Memory:
         """
         check_user_id(user_id)
         engine, loop = self._running()
-        # The handles the erasure ends or erases: the user's tasks begun before it is sent.
-        # One begun after it runs on the new log and keeps its handle, even when it ends
-        # in the inbox batch that answers the forget.
+        # The handles the erasure ends or erases: the user's tasks begun before it reaches
+        # the user's actor. Those known now, and those the actor tells of before it tells
+        # the forget done (see _announced); one begun after it runs on the new log and
+        # keeps its handle, even when it ends in the inbox batch that answers the forget.
         erased = {t for t, (task, _) in self._recent.items() if task.user_id == user_id}
         erased.update(self._inflight.get(user_id, {}))
+        erasure = next(self._erasure_ids)
+        self._erasures[erasure] = (user_id, erased)
         erasing: asyncio.Future[ForgetReceipt] = engine.directory.call_async(
-            loop, user_id, "forget"
+            loop, user_id, "forget", erasure
         )
         # Shielded: a caller that stops waiting once it was sent stops no erasure, and its
         # end still drops the user's handles, or is logged if it failed (see _forgotten).
         waited = asyncio.shield(erasing)
         erasing.add_done_callback(
-            functools.partial(self._forgotten, user_id, erased, waited, engine)
+            functools.partial(self._forgotten, user_id, erasure, waited, engine)
         )
         return await waited
+
+    def _erased(self, erasure: object) -> None:
+        """The user's actor erased the log (the forget sent as ``erasure``) and told how the
+        tasks it ended end: no handle of a task begun before is answered from memory now."""
+        if not isinstance(erasure, int):
+            return
+        _, erased = self._erasures.pop(erasure, ("", set()))
+        for task_id in erased:
+            self._recent.pop(task_id, None)
 
     def _forgotten(
         self,
         user_id: str,
-        erased: set[str],
+        erasure: int,
         waited: asyncio.Future[ForgetReceipt],
         engine: Engine,
         erasing: asyncio.Future[ForgetReceipt],
     ) -> None:
-        """The user's erasure has ended, whether its caller still waits or not: once done,
-        no handle of the tasks it ended or erased (``erased``, begun before it was sent) is
-        answered from memory either (they were finished before its answer came: one inbox,
-        in order). A failure is the caller's to see, or, if it stopped waiting, logged."""
+        """The user's erasure has ended, whether its caller still waits or not (its
+        handles were dropped as the actor told it done: see :meth:`_erased`). A failure is
+        the caller's to see, or, if it stopped waiting, logged."""
+        self._erasures.pop(erasure, None)  # a forget that failed erases no task
         if erasing.cancelled():
             return
         failure = erasing.exception()
@@ -905,8 +923,6 @@ class Memory:
                     self._told(failure, engine),
                 )
             return
-        for task_id in erased:
-            self._recent.pop(task_id, None)
         log.info("user %r forgotten (%d records erased)", user_id, erasing.result().total)
 
     async def buffer(self, user_id: str) -> list[BufferedMessage]:
@@ -1028,6 +1044,15 @@ class Memory:
         if follow:
             self._follow(task)
         return task
+
+    def _announced(self, user_id: str, task_id: str, trigger: str) -> None:
+        """The user's actor began a task (its own request, or one it starts): its handle,
+        which a forget of the user sent, but not yet told done, erases too (the actor
+        began the task before the forget reached it: one inbox, in order)."""
+        self._register(user_id, task_id, trigger)
+        for owner, erased in self._erasures.values():
+            if owner == user_id:
+                erased.add(task_id)
 
     def _stored(self, user_id: str, task_id: str) -> None:
         """A task's request is committed: with leases, follow it (see :meth:`_follow`)."""
@@ -1203,7 +1228,7 @@ class _LoopObserver:
         return dict(self._ends_posted)
 
     def task_scheduled(self, user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
-        self._post(self._memory._register, user_id, task_id, trigger)
+        self._post(self._memory._announced, user_id, task_id, trigger)
         if stored:
             self._post(self._memory._stored, user_id, task_id)
 
@@ -1224,6 +1249,9 @@ class _LoopObserver:
     ) -> None:
         self._ends_posted[task_id] = (status, knowledge_count, error, covered)
         self._post(self._deliver_end, user_id, task_id)
+
+    def user_forgotten(self, user_id: str, erasure: object) -> None:
+        self._post(self._memory._erased, erasure)
 
     def _deliver_end(self, user_id: str, task_id: str) -> None:
         """On the loop: the end has arrived, so the Memory ends the task's handle (a no-op

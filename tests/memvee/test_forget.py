@@ -447,6 +447,44 @@ async def test_a_task_begun_after_a_forget_keeps_its_handle_when_both_end_togeth
     assert (await memory.get_task("ann", task.task_id)).task_id == task.task_id
 
 
+@pytest.mark.parametrize("actor", ["ran ahead of the loop", "gets the write with the forget"])
+async def test_a_task_the_users_actor_began_before_a_forget_loses_its_handle_with_the_user(
+    make_memory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, actor: str
+) -> None:
+    """An automatic run the user's actor requested before the forget reached it, though
+    the loop had not yet made its handle when the forget was sent, is erased with the
+    user: get_task answered it from memory still, after the log was gone."""
+    memory: Memory = await make_memory(config={"auto_process": True, "batch_threshold": 1})
+    observer = memory._observer
+    assert observer is not None
+    announced: list[str] = []
+    announce = observer.task_scheduled
+
+    def heard(user_id: str, task_id: str, trigger: str, *, stored: bool) -> None:
+        announced.append(task_id)
+        announce(user_id, task_id, trigger, stored=stored)
+
+    await memory.add_message("ann", "user", "I live in Oslo")
+    await memory.flush("ann")  # ann's actor is live: a call sent reaches it at once
+    monkeypatch.setattr(observer, "task_scheduled", heard)
+    adding = asyncio.ensure_future(memory.add_message("ann", "user", "My PIN is 4711"))
+    await asyncio.sleep(0)  # the write is queued, to be sent on the loop's next turn
+    if actor == "ran ahead of the loop":
+        await asyncio.sleep(0)  # sent
+        # The actor requests the automatic run, maybe runs it; the loop, held, hears none.
+        time.sleep(0.5)  # noqa: ASYNC251 - holding the loop is the point
+        assert announced, "the actor requested no automatic run"
+    await memory.forget("ann")  # a write still queued is sent first
+    await adding
+
+    assert await memory.user("ann") is None, "the write reached the actor after the forget"
+    assert announced, "the actor requested no automatic run"
+    for task_id in announced:
+        with pytest.raises(UnknownTaskError):
+            await memory.get_task("ann", task_id)
+    assert await memory.tasks("ann") == []
+
+
 async def test_a_forget_that_fails_after_its_caller_stopped_waiting_is_logged(
     memory: Memory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
