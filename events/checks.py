@@ -429,7 +429,7 @@ def check_count(value: object, what: str) -> int:
     if count is None:
         raise InvalidInputError(f"{what} must be an int, not {type(value).__name__}")
     if count < 1:
-        raise InvalidInputError(f"{what} must be 1 or more, not {count}")
+        raise InvalidInputError(f"{what} must be 1 or more, not {echoed_repr(count)}")
     return count
 
 
@@ -441,7 +441,7 @@ def check_page(after: object, limit: object, start: str = "after") -> tuple[int,
     if skipped is None:
         raise InvalidInputError(f"{start} must be an int, not {type(after).__name__}")
     if skipped < 0:
-        raise InvalidInputError(f"{start} must be 0 or more, not {skipped}")
+        raise InvalidInputError(f"{start} must be 0 or more, not {echoed_repr(skipped)}")
     return skipped, None if limit is None else check_count(limit, "limit")
 
 

@@ -86,6 +86,7 @@ from events.errors import (
     ExtractorNotFoundError,
     NewerEventError,
     echoed,
+    echoed_repr,
     first_line,
     repeats,
 )
@@ -1783,7 +1784,7 @@ class Audit:
         check_key(after, "after")
         if (limit := check_count(limit, "limit")) > MAX_USERS_PAGE:
             raise InvalidInputError(
-                f"limit must be at most {MAX_USERS_PAGE:,} users a page, not {limit}"
+                f"limit must be at most {MAX_USERS_PAGE:,} users a page, not {echoed_repr(limit)}"
             )
         with self.store.engine.connect() as connection:
             page = self._reader.users(connection, after=after, limit=limit)

@@ -24,6 +24,7 @@ from events.checks import (
     check_message,
     check_name,
     check_new_user_id,
+    check_page,
     check_sent_at,
     check_text,
     check_time,
@@ -350,3 +351,14 @@ def test_an_integral_kind_that_gives_no_int_is_no_whole_number() -> None:
     assert as_int(np.timedelta64(5, "s")) is None
     with pytest.raises(InvalidInputError, match=r"^limit must be an int, not timedelta64"):
         check_count(np.timedelta64(5, "s"), "limit")
+
+
+def test_a_count_or_a_start_of_more_digits_than_python_writes_is_refused_by_its_type() -> None:
+    """A refused count or page start was written whole into its message: one of 10**5000
+    raised ValueError (int's limit on the digits it converts), not InvalidInputError."""
+    with pytest.raises(InvalidInputError, match=r"^limit must be 1 or more, not int \(too"):
+        check_count(-(10**5000), "limit")
+    with pytest.raises(InvalidInputError, match=r"^after must be 0 or more, not int \(too"):
+        check_page(-(10**5000), None)
+    with pytest.raises(InvalidInputError, match=r"^limit must be 1 or more, not int \(too"):
+        check_page(0, -(10**5000))

@@ -231,6 +231,16 @@ BAD_AUDIT_CALLS = [
     ("surrogate to start after", lambda a: a.users(after="\ud800"), "after contains a lone"),
     ("no users a page", lambda a: a.users(limit=0), "limit must be 1 or more"),
     ("too many users a page", lambda a: a.users(limit=2**80), "at most 10,000 users a page"),
+    (
+        "users a page of more digits than python writes",
+        lambda a: a.users(limit=10**5000),
+        r"at most 10,000 users a page, not int \(too long to write out\)",
+    ),
+    (
+        "a log page of more digits than python writes",
+        lambda a: list(a.log("ann", page_size=-(10**5000))),
+        r"page_size must be 1 or more, not int \(too long to write out\)",
+    ),
     ("text to import", lambda a: a.import_lines("{}"), "lines must be an iterable of str"),
     ("a number to import", lambda a: a.import_lines([None]), "line 1 is a NoneType"),
 ]

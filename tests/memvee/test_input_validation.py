@@ -200,6 +200,20 @@ async def test_seconds_or_a_count_of_more_digits_than_python_writes_are_refused_
         assert str(refused).endswith("not int (too long to write out)")
 
 
+async def test_a_page_of_more_digits_than_python_writes_is_refused_by_type(
+    memory: Memory,
+) -> None:
+    """A page of messages starting after, or as long as, -10**5000 raised ValueError
+    ("Exceeds the limit (4300 digits) ...") from the refusal's own formatting of it."""
+    with pytest.raises(InvalidInputError, match=r"^after must be 0 or more") as after:
+        await memory.messages("u", after=-(10**5000))
+    with pytest.raises(InvalidInputError, match=r"^limit must be 1 or more") as limit:
+        await memory.messages("u", limit=-(10**5000))
+
+    for refused in (after.value, limit.value):
+        assert str(refused).endswith("not int (too long to write out)")
+
+
 async def test_unknown_task_error_is_a_value_error(memory: Memory) -> None:
     with pytest.raises(UnknownTaskError):
         await memory.get_task("u", "missing")
