@@ -375,13 +375,16 @@ def echoed(value: str) -> str:
 def echoed_repr(value: object) -> str:
     """``value`` as a message about it shows it: a str as :func:`echoed` quotes it, any
     other value by its repr cut the same way, or by its type's name when it has no repr
-    (an int past the digits Python writes out), so that the message is always made."""
+    (an int past the digits Python writes out, a repr that raises, gives no str or nests
+    deeper than Python recurses), so that the message is always made."""
     if isinstance(value, str):
         return echoed(value)
     try:
         text = repr(value)
     except ValueError:  # int's limit on the digits it converts
         return f"{type(value).__name__} (too long to write out)"
+    except Exception:  # the value's own repr failed: its type still names it
+        return f"{type(value).__name__} (cannot be written out)"
     if len(text) <= ECHOED_CHARS:
         return text
     return f"{text[:ECHOED_CHARS]}... ({len(text):,} characters)"

@@ -236,16 +236,21 @@ def check_alpha(alpha: object, name: str) -> float:
     retrieval: a real number from 0 to 1 (a numpy float or a Fraction too), never a bool
     or NaN. A Memory's ``hybrid_alpha`` and a search's ``alpha`` are one weight, refused
     alike."""
-    refused = InvalidInputError(f"{name} must be a number from 0 to 1, not {echoed_repr(alpha)}")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise refused
+        raise _weight_refused(alpha, name)
     try:
         weight = float(alpha)
     except OverflowError:  # a Fraction or an int too large for a float
-        raise refused from None
+        raise _weight_refused(alpha, name) from None
     if not 0 <= weight <= 1:  # NaN too
-        raise refused
+        raise _weight_refused(alpha, name)
     return weight
+
+
+def _weight_refused(alpha: object, name: str) -> InvalidInputError:
+    """The refusal of ``alpha`` as the weight ``name``, made only for a weight refused: a
+    weight taken is never written out."""
+    return InvalidInputError(f"{name} must be a number from 0 to 1, not {echoed_repr(alpha)}")
 
 
 def _check_number(config: MemoryConfig, name: str, *, whole: bool, positive: bool) -> None:

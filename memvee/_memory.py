@@ -1354,20 +1354,25 @@ async def _ended(tasks: Sequence[ProcessTask]) -> tuple[int, list[ProcessTask]]:
 def _check_grace(grace: object) -> float:
     """A close's grace as a float of seconds (a real number of any kind, a numpy one too,
     from 0 to what a thread's wait takes), else :class:`InvalidInputError`."""
-    refused = InvalidInputError(f"grace must be a number of seconds >= 0, not {echoed_repr(grace)}")
     if isinstance(grace, bool) or not isinstance(grace, numbers.Real):
-        raise refused
+        raise _grace_refused(grace)
     try:
         seconds = float(grace)
     except OverflowError:  # an int or a Fraction too large for a float
-        raise refused from None
+        raise _grace_refused(grace) from None
     except Exception as error:  # a numpy timedelta64, a registered kind that converts not
         raise InvalidInputError(
             f"grace must be a number of seconds >= 0, not {type(grace).__name__}"
         ) from error
     if not 0 <= seconds <= threading.TIMEOUT_MAX:  # NaN too
-        raise refused
+        raise _grace_refused(grace)
     return seconds
+
+
+def _grace_refused(grace: object) -> InvalidInputError:
+    """The refusal of ``grace``, made only for a grace refused: one taken is never written
+    out."""
+    return InvalidInputError(f"grace must be a number of seconds >= 0, not {echoed_repr(grace)}")
 
 
 def _check_timeout(timeout: object) -> float | None:

@@ -362,3 +362,14 @@ def test_a_count_or_a_start_of_more_digits_than_python_writes_is_refused_by_its_
         check_page(-(10**5000), None)
     with pytest.raises(InvalidInputError, match=r"^limit must be 1 or more, not int \(too"):
         check_page(0, -(10**5000))
+
+
+class _RoleWithoutRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr today")
+
+
+def test_a_role_whose_repr_fails_is_refused_as_an_unknown_role_named_by_its_type() -> None:
+    """The refusal of such a role raised the repr's own RuntimeError instead."""
+    with pytest.raises(InvalidInputError, match=r"^unknown role _RoleWithoutRepr \(cannot"):
+        check_message(_RoleWithoutRepr(), "hi", 100)

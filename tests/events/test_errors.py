@@ -4,6 +4,7 @@ value is shown in a message."""
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import psycopg
 import pytest
@@ -77,3 +78,38 @@ def test_a_refused_value_is_shown_whole_when_short_cut_when_long_and_by_type_whe
     assert echoed_repr(b"r" * 1_000_000).endswith("... (1,000,003 characters)")
     assert len(echoed_repr(list(range(100_000)))) < 100
     assert echoed_repr(10**5000) == "int (too long to write out)"
+
+
+class _ReprFails:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr today")
+
+
+class _ReprGivesNoStr:
+    def __repr__(self) -> str:
+        return 42  # type: ignore[return-value]
+
+
+def _nested(depth: int) -> list[Any]:
+    """A list holding a list, ``depth`` deep: its repr is deeper than Python recurses."""
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(depth):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (_ReprFails(), "_ReprFails"),
+        (_ReprGivesNoStr(), "_ReprGivesNoStr"),
+        (_nested(200_000), "list"),
+    ],
+    ids=["repr raises", "repr gives no str", "too deep to write"],
+)
+def test_a_value_whose_repr_fails_is_shown_by_its_type_name(value: object, kind: str) -> None:
+    """The message is always made: only int's ValueError was caught, so a repr raising
+    RuntimeError, giving no str (TypeError) or too deep (RecursionError) escaped raw."""
+    assert echoed_repr(value) == f"{kind} (cannot be written out)"

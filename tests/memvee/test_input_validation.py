@@ -412,6 +412,33 @@ def test_a_setting_of_more_digits_than_python_writes_is_refused_by_its_type(
     assert str(refused.value).endswith("(too long to write out)")
 
 
+class _SecondsWithoutRepr(float):
+    """A real number whose repr fails: a float kind of a library, written carelessly."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr today")
+
+
+async def test_a_number_whose_repr_fails_is_taken_as_a_weight_or_a_grace_or_refused_by_type(
+    tmp_path: Path,
+) -> None:
+    """check_alpha and a close's grace made their refusal, with the value's repr, before
+    checking: a fine weight or grace whose repr raised was refused by a raw RuntimeError,
+    and a wrong one as well."""
+    assert MemoryConfig(hybrid_alpha=_SecondsWithoutRepr(0.5)).hybrid_alpha == 0.5
+    with pytest.raises(InvalidInputError, match=r"^hybrid_alpha must be a number from 0 to 1"):
+        MemoryConfig(hybrid_alpha=_SecondsWithoutRepr(2.0))
+    memory = Memory(db_path=str(tmp_path / "m.db"), extractor=OfflineExtractor(), embedder=False)
+    await memory.open()
+    with pytest.raises(
+        InvalidInputError, match=r"^grace must be a number of seconds >= 0"
+    ) as grace:
+        await memory.close(grace=_SecondsWithoutRepr(-1.0))
+    assert str(grace.value).endswith("not _SecondsWithoutRepr (cannot be written out)")
+    await memory.close(grace=_SecondsWithoutRepr(1.0))
+    assert not memory.is_open
+
+
 async def test_a_memory_with_the_largest_batch_threshold_opens_and_buffers(
     make_memory: Any,
 ) -> None:
