@@ -409,7 +409,9 @@ class Projector:
         """Delete every row of one user's log from these tables; returns counts per table.
 
         ``keep_vectors`` keeps the user's embeddings, as :meth:`drop` does for a rebuild
-        (one user's rebuild refolds the rest); an erasure deletes them too.
+        (one user's rebuild refolds the rest); an erasure deletes them too. The tables'
+        generation moves on in the same transaction, so a page a rebuild read or built
+        ahead before the deletion no longer holds, whatever ids were written since.
         """
         hold_off_vector_writes(connection, self.tables)
         for memory in self._remembered.values():
@@ -424,6 +426,7 @@ class Projector:
             result = connection.execute(table.delete().where(table.c.log_id == log_id))
             erased[table.name.removeprefix(self.tables.prefix)] = result.rowcount
         self.search.erased(connection)
+        self.renew(connection)
         return erased
 
     def unreadable(self, connection: Connection) -> dict[UUID, UnreadableEventError]:

@@ -28,6 +28,7 @@ from events import (
     OlderLayoutError,
     StorageError,
     UserLog,
+    sqlite_url,
     user_log_id,
 )
 from events.errors import NewerEventError, UnreadableEventError
@@ -1263,3 +1264,90 @@ async def _ann_and_bob_written(make_memory: Any) -> None:
     for user in ("ann", "bob"):
         await memory.add_exchange(user, f"I am {user} and I live in Oslo", "ok")
     await memory.close()
+
+
+def _said(store: EventStore, user: str, n: int) -> None:
+    """``user`` registered and saying ``n`` messages, folded as the live engine folds."""
+    projector = Projector(ProjectionTables())
+    log = UserLog.register(user)
+    for i in range(n):
+        log.add_message("user", f"{user} secret {i}", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+
+
+def _ann_and_ben(db_url: str) -> EventStore:
+    """A store of ann's 5 messages (events 1-6) then ben's 15 (the log's end)."""
+    store = EventStore(db_url)
+    with store.transaction() as connection:
+        Projector(ProjectionTables()).create(connection)
+    _said(store, "ann", 5)
+    _said(store, "ben", 15)
+    return store
+
+
+def _erase_ben_then_carl_writes(store: EventStore) -> None:
+    """Ben forgotten, then carl writing 20 messages: more events than ben's."""
+    erase_user(store, Projector(ProjectionTables()), None, "ben")
+    _said(store, "carl", 20)
+
+
+def _users_and_ben_words(store: EventStore) -> tuple[set[str], int]:
+    """The users in the projections, and how many of ben's words the index finds."""
+    users = {row[1] for row in dump(store.engine, ProjectionTables())["users"]}
+    if not store.is_sqlite:
+        return users, 0
+    (term,) = owned_terms(str(user_log_id("ben")), "secret")
+    with store.engine.connect() as connection:
+        found = connection.execute(
+            text("SELECT count(*) FROM mv_messages_fts WHERE mv_messages_fts MATCH :q"),
+            {"q": f'"{term}"'},
+        ).scalar_one()
+    return users, int(found)
+
+
+@pytest.mark.parametrize("checked_by", ["count", "id list"])
+def test_a_page_folded_ahead_is_folded_again_if_its_events_were_erased_and_ids_written_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, checked_by: str
+) -> None:
+    """A page of ben's events folded ahead, then ben forgotten and carl writing more
+    events than ben had (SQLite would number them as ben's were): the page no longer
+    holds, ben's rows stay gone, carl's events are folded, and verify finds nothing."""
+    store = _ann_and_ben(db_url)
+    if checked_by == "id list":
+        monkeypatch.setattr(
+            EventStore, "count_between", lambda self, c, a, u: len(self.ids_between(c, a, u))
+        )
+    held = _fold_ahead_then(
+        monkeypatch, lambda page: True, lambda: _erase_ben_then_carl_writes(store)
+    )
+    rebuild(store, page_size=10)
+    monkeypatch.undo()
+    users, _ = _users_and_ben_words(store)
+    assert held[0] is False
+    assert users == {"ann", "carl"}
+    assert verify(store) == []
+    store.close()
+
+
+def test_messages_indexed_ahead_are_built_again_if_they_were_erased_and_rows_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ben's messages' words built ahead by a rebuild, then ben forgotten and carl writing
+    more messages than ben had (numbered as ben's rows were): the page no longer holds,
+    none of ben's words is indexed, and verify finds every word of carl's."""
+    store = _ann_and_ben(sqlite_url(tmp_path / "memvee.db"))
+    held = _ahead_then(
+        monkeypatch,
+        "_bodies_ahead",
+        "_Bodies",
+        lambda ahead: True,
+        lambda: _erase_ben_then_carl_writes(store),
+    )
+    rebuild(store, page_size=10)
+    monkeypatch.undo()
+    users, ben_words = _users_and_ben_words(store)
+    assert held[0] is False
+    assert ben_words == 0
+    assert users == {"ann", "carl"}
+    assert verify(store) == []
+    store.close()
