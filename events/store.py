@@ -46,6 +46,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.util import asbool
 
 from events._codec import Decoder, Encoder, Stored
+from events._erased_ids import keep_erased_ids_unused
 from events._readers import ThreadReaders
 from events._sequence import guard_sequence
 from events.errors import (
@@ -1716,12 +1717,16 @@ class EventStore:
 
         Returns (events, snapshots) deleted. On SQLite an erasure that deleted any owes
         the file a :meth:`rewrite`, recorded in the same transaction so a process killed
-        before the rewrite finishes leaves it owed to the next open.
+        before the rewrite finishes leaves it owed to the next open. The ids of the
+        deleted events are never given again (:mod:`events._erased_ids`).
         """
         log_id = user_log_id(user_id)
+        highest = self.max_position(connection) if self.is_sqlite else 0
         events = connection.execute(
             self._events.delete().where(self._events.c.originator_id == log_id)
         ).rowcount
+        if events and self.is_sqlite:
+            keep_erased_ids_unused(connection, self._events.name, highest)
         snapshots = connection.execute(
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount

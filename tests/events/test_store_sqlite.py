@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 
 import events.store
 from events import (
+    ConflictError,
     EventStore,
     InvalidInputError,
     NotFoundError,
@@ -566,4 +567,59 @@ def test_a_write_after_the_write_ahead_log_was_deleted_is_refused_not_acknowledg
     log.add_message("user", "I work at Acme", None, 100)
     with pytest.raises(StorageError, match=r"write-ahead log .* was deleted or replaced"):
         store.append([log.collect_events()])
+    store.close()
+
+
+def _ids_of(store: EventStore, user_id: str, messages: int) -> list[int]:
+    """``user_id`` registered and saying ``messages`` messages: the ids of their events."""
+    log = UserLog.register(user_id)
+    for i in range(messages):
+        log.add_message("user", f"{user_id} {i}", None, 1000)
+    return [r.notification_id for r in store.append([list(log.collect_events())])]
+
+
+@pytest.mark.parametrize("messages", [3, 40], ids=["one insert", "many rows executed"])
+def test_the_ids_of_erased_events_are_never_given_again(tmp_path: Path, messages: int) -> None:
+    """The last events forgotten, the next ones are numbered after them, not again from
+    the last kept (SQLite's rowid would): a reader past them would never see those. Two
+    erasures in a row keep the higher end, and the numbering holds in a file made before
+    erasures kept it (the first erasure sets it up)."""
+    path = tmp_path / "events.db"
+    store = EventStore(sqlite_url(path))
+    _ids_of(store, "ann", 2)
+    ben = _ids_of(store, "ben", 5)
+    dan = _ids_of(store, "dan", 1)
+    for erased in ("dan", "ben"):
+        with store.transaction() as connection:
+            store.forget(connection, erased)
+    carl = _ids_of(store, "carl", messages)
+    assert carl == list(range(dan[-1] + 1, dan[-1] + 2 + messages))
+    eve = _ids_of(store, "eve", 1)
+    assert eve[0] == carl[-1] + 1
+    with store.engine.connect() as connection:
+        after_ben = store.notifications(connection, after=ben[-1], limit=100)
+    assert [r.notification_id for r in after_ben] == carl + eve
+    store.close()
+
+
+def test_a_write_refused_after_an_erasure_leaves_the_erased_ids_unused_and_no_stand_in(
+    tmp_path: Path,
+) -> None:
+    """The first write after an erasure refused (its log lacks a version): it leaves no
+    row behind, and the next write is still numbered after the erased events."""
+    store = EventStore(sqlite_url(tmp_path / "events.db"))
+    _ids_of(store, "ann", 1)
+    ben = _ids_of(store, "ben", 3)
+    with store.transaction() as connection:
+        store.forget(connection, "ben")
+    zed = UserLog.register("zed")
+    zed.add_message("user", "hello", None, 1000)
+    with pytest.raises(ConflictError):
+        store.append([list(zed.collect_events())[1:]])
+    assert _ids_of(store, "carl", 1)[0] == ben[-1] + 1
+    with store.engine.connect() as connection:
+        stand_ins = connection.execute(
+            text("SELECT count(*) FROM memvee_events WHERE originator_version = 0")
+        ).scalar_one()
+    assert stand_ins == 0
     store.close()

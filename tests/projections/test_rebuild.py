@@ -1351,3 +1351,20 @@ def test_messages_indexed_ahead_are_built_again_if_they_were_erased_and_rows_wri
     assert users == {"ann", "carl"}
     assert verify(store) == []
     store.close()
+
+
+def test_a_rebuild_resumed_past_an_erased_users_events_folds_every_event_written_since(
+    db_url: str,
+) -> None:
+    """A rebuild stopped past some of ben's events, ben forgotten, then carl writing
+    more events than ben had: the rebuild resumed folds every one of carl's, none
+    numbered at or below where it stopped, and the tables equal the log."""
+    store = _ann_and_ben(db_url)
+    _stopped_rebuild(store)
+    _erase_ben_then_carl_writes(store)
+    rebuild(store, resume=True, page_size=10)
+    users, ben_words = _users_and_ben_words(store)
+    assert users == {"ann", "carl"}
+    assert ben_words == 0
+    assert verify(store) == []
+    store.close()

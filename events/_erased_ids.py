@@ -1,0 +1,55 @@
+"""SQLite never numbers a new event with the id of an erased one.
+
+The events table's ``id INTEGER PRIMARY KEY`` is SQLite's rowid: a new row gets the
+highest id kept plus one, so an erasure that deleted the last events would have the next
+writes numbered as they were. Every reader that keeps a position in the log (a rebuild's
+or a catch-up's fold, a follower of the notifications) would then pass over the new events
+as already read. PostgreSQL's sequence never gives a number twice; on SQLite an erasure
+that lowers the highest id records the one it deleted (:func:`keep_erased_ids_unused`),
+and the next insert, of any writer, numbers its rows after it: a trigger puts a stand-in
+row at that id just before the insert's first row is numbered, and takes it out, with the
+record, as soon as that row is in. The stand-in never outlives the statement, so no reader
+ever sees it. The table's layout is unchanged, and a database that never had an erasure
+gets neither the record's table nor the triggers.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+__all__ = ["keep_erased_ids_unused"]
+
+_STAND_IN = "x'" + "00" * 16 + "'"
+"""The stand-in row's log id: no user's (theirs are uuid5 of their name), at version 0,
+which no event has (a log begins at 1), so neither the unique index nor the sequence
+guard (:mod:`events._sequence`) ever meets it."""
+
+
+def keep_erased_ids_unused(connection: Connection, table: str, highest: int) -> None:
+    """In the caller's erasure transaction on SQLite: if the erasure deleted the events
+    table's highest ids, ``highest`` being the highest before it, have the next insert
+    number its rows after ``highest`` (the table and triggers made if missing)."""
+    kept = connection.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table}").scalar_one()
+    if kept >= highest:
+        return
+    record = f"{table}_erased_upto"
+    connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {record} (id INTEGER NOT NULL)")
+    connection.exec_driver_sql(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_after_erased BEFORE INSERT ON {table} "
+        f"WHEN NEW.originator_version > 0 AND EXISTS (SELECT 1 FROM {record} WHERE id > 0) "
+        f"BEGIN UPDATE {record} SET id = -id; "
+        f"INSERT INTO {table} (id, originator_id, originator_version, topic, state) "
+        f"SELECT upto, {_STAND_IN}, 0, '', x'' FROM (SELECT -min(id) AS upto FROM {record}) "
+        f"WHERE upto > (SELECT coalesce(max(id), 0) FROM {table}); END"
+    )
+    connection.exec_driver_sql(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_stand_in_out AFTER INSERT ON {table} "
+        f"WHEN NEW.originator_version > 0 AND EXISTS (SELECT 1 FROM {record}) "
+        f"BEGIN DELETE FROM {table} WHERE originator_id = {_STAND_IN} "
+        f"AND originator_version = 0; DELETE FROM {record}; END"
+    )
+    # Two erasures with no write between: the record keeps the higher end.
+    connection.exec_driver_sql(f"DELETE FROM {record} WHERE abs(id) < ?", (highest,))
+    connection.exec_driver_sql(
+        f"INSERT INTO {record} SELECT ? WHERE NOT EXISTS (SELECT 1 FROM {record})", (highest,)
+    )
