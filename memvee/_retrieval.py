@@ -26,12 +26,12 @@ import math
 import operator
 import re
 import threading
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy.exc
 from sqlalchemy import Connection, Engine
@@ -45,6 +45,9 @@ from projections.tables import ProjectionTables
 from projections.terms import KIN_NOUNS, query_terms
 from projections.vectors import ContainedEmbedder, VectorIndex, unfit
 from projections.words import fold
+
+if TYPE_CHECKING:
+    import regex
 
 __all__ = [
     "RetrievalResult",
@@ -205,7 +208,7 @@ def _fit(lines: list[str], room: int) -> tuple[list[str], int, bool]:
     for line in lines:
         if len(line) + 1 > room:
             if room - 1 >= _SHORTEST_CUT:
-                fitted.append(line[: _whole_characters(line, room - 2)] + "\u2026")
+                fitted.append(line[: _cluster_start(line, room - 2)] + "\u2026")
             return fitted, 0, False
         fitted.append(line)
         room -= len(line) + 1
@@ -226,52 +229,105 @@ def _one_line(text: str) -> str:
     text = " ".join(text.split())
     if len(text) <= _LONGEST_LINE:
         return text
-    return text[: _whole_characters(text, _LONGEST_LINE - 1)] + "\u2026"
+    return text[: _cluster_start(text, _LONGEST_LINE - 1)] + "\u2026"
 
 
-def _whole_characters(text: str, end: int) -> int:
+def _cluster_start(text: str, end: int) -> int:
     """The last place at or before ``end`` where ``text`` can be cut without cutting a
-    character a reader sees as one in half (an accent from its letter, an emoji of
-    several code points, a flag's pair of regional indicators), as Unicode's grapheme
-    cluster rules mostly tell (UAX #29); 0 when none is."""
+    character a reader sees as one in half (an accent from its letter, an emoji of several
+    code points, a flag's pair of regional indicators, a syllable and its vowel sign): the
+    last boundary of an extended grapheme cluster (UAX #29, as ``regex``'s ``\\X`` matches
+    one); 0 when none is.
+
+    Only ``text`` from the last boundary :func:`_known_boundary` finds is segmented, as a
+    slice: ``\\X`` looks back past where a search begins (over a run of regional
+    indicators, again for every pair of it), and segmenting from a boundary finds the
+    boundaries the whole text has. Up to ``end + 1``: every rule decides a boundary by
+    what comes before it and the one character after, so a cut of a message of 100,000
+    characters costs about what one of a short line does."""
     end = max(0, min(end, len(text)))
-    while 0 < end < len(text) and not _between_characters(text, end):
-        end -= 1
-    return end
+    if end in (0, len(text)):
+        return end
+    graphemes = _graphemes()
+    start = _known_boundary(text, end, graphemes)
+    last = graphemes.cluster.findall(text[start : end + 1])[-1]
+    return end + 1 - len(last)
 
 
-_JOINER = "\u200d"
-_EXTENDING = frozenset(range(0xE0020, 0xE0080)) | {0x200C, 0x200D, 0x0E33, 0x0EB3}
-"""Characters that are no mark yet belong to the character before them: emoji tags,
-joiners, and the Thai and Lao vowel AM."""
-_REGIONAL_INDICATORS = range(0x1F1E6, 0x1F200)
-_EMOJI_MODIFIERS = range(0x1F3FB, 0x1F400)
-_LEADING_JAMO = frozenset(range(0x1100, 0x1160)) | frozenset(range(0xA960, 0xA980))
-_FOLLOWING_JAMO = frozenset(range(0x1160, 0x1200)) | frozenset(range(0xD7B0, 0xD800))
-_SYLLABLES = range(0xAC00, 0xD7A4)
-"""Korean jamo (leading consonants; vowels and final consonants) and syllables: a
-syllable written in jamo is one character to a reader."""
+def _known_boundary(text: str, end: int, graphemes: _Graphemes) -> int:
+    """A grapheme cluster boundary at or before ``end``, whatever ``text`` holds before it,
+    found without segmenting the text from its start (0 when none is): the later of the
+    last place between two characters that always break (:attr:`_Graphemes.breaking_pair`)
+    and, in a run of regional indicators after it, the last place an even number of them
+    into the run (GB12 and GB13 pair them from the run's start). A breaking pair comes
+    between any two runs, so what :func:`_cluster_start` segments holds two indicators at
+    most: ``\\X`` counts a run back to its start at every pair.
+
+    Looked for within :data:`_NEARBY` characters first, then back to the text's start (in
+    text with neither that near, e.g. a letter under thousands of marks)."""
+    for since in (max(0, end - _NEARBY), 0):
+        pair = graphemes.breaking_pair.search(text, since, end + 1)
+        found = 0 if pair is None else pair.start() + 1
+        indicator = graphemes.indicator.search(text, max(since, found), end + 1)
+        if indicator is not None:
+            before_run = graphemes.not_indicator.search(text, 0, indicator.start())
+            run = 0 if before_run is None else before_run.end()
+            paired = run + (indicator.start() - run) // 2 * 2
+            if paired > run:
+                found = max(found, paired)
+        if found:
+            return found
+    return 0
 
 
-def _between_characters(text: str, at: int) -> bool:
-    """Whether ``at`` (inside ``text``) lies between two user-perceived characters."""
-    code, before = ord(text[at]), ord(text[at - 1])
-    if unicodedata.category(text[at])[0] == "M" or code in _EXTENDING:
-        return False
-    if code in _EMOJI_MODIFIERS or text[at - 1] == _JOINER:
-        return False
-    if before in _LEADING_JAMO and (code in _LEADING_JAMO or code in _FOLLOWING_JAMO):
-        return False
-    if before in _LEADING_JAMO and code in _SYLLABLES:
-        return False
-    if code in _FOLLOWING_JAMO and (before in _FOLLOWING_JAMO or before in _SYLLABLES):
-        return False
-    if code in _REGIONAL_INDICATORS and before in _REGIONAL_INDICATORS:
-        pairs = 0
-        while at - pairs - 1 >= 0 and ord(text[at - pairs - 1]) in _REGIONAL_INDICATORS:
-            pairs += 1
-        return pairs % 2 == 0
-    return True
+_NEARBY = 256
+"""How far before a cut :func:`_known_boundary` first looks for a boundary."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Graphemes:
+    """The patterns :func:`_cluster_start` segments text with, made on the first cut (so
+    that importing memvee does not import ``regex``: some 10 ms)."""
+
+    cluster: regex.Pattern[str]
+    """One extended grapheme cluster."""
+    breaking_pair: regex.Pattern[str]
+    """The last two characters UAX #29 breaks between whatever comes before them (searched
+    backwards): a first that no rule joins to the next one (not Prepend, GB9b; CR, GB3; nor
+    a leading jamo, GB6), and a second that no rule joins to it: not Extend, a joiner or a
+    spacing mark (GB9, GB9a), a vowel or trailing jamo (GB7, GB8), nor a consonant after a
+    linker or an extending character (GB9c; a few linkers are of class Other), a regional
+    indicator after another (GB12, GB13) or a pictograph after a joiner (GB11). The rules
+    that look further back than one character (GB9c, GB11, GB12, GB13) apply only to the
+    pairs left out."""
+    indicator: regex.Pattern[str]
+    """The last regional indicator (searched backwards)."""
+    not_indicator: regex.Pattern[str]
+    """The last character that is no regional indicator (searched backwards)."""
+
+
+@functools.cache
+def _graphemes() -> _Graphemes:
+    """The grapheme patterns, compiled once."""
+    import regex
+
+    joined = r"\p{GCB=Extend}\p{GCB=ZWJ}\p{GCB=SpacingMark}\p{GCB=V}\p{GCB=T}\p{InCB=Consonant}"
+    ending = (
+        r"\p{GCB=Other}\p{GCB=Control}\p{GCB=LF}\p{GCB=Extend}\p{GCB=SpacingMark}"
+        r"\p{GCB=V}\p{GCB=T}\p{GCB=LV}\p{GCB=LVT}"
+    )
+    indicator = r"\p{GCB=Regional_Indicator}"
+    return _Graphemes(
+        cluster=regex.compile(r"\X"),
+        breaking_pair=regex.compile(
+            f"(?rV1)[{ending}][^{joined}]"
+            rf"|[[{ending}]--[\p{{InCB=Linker}}\p{{InCB=Extend}}]]\p{{InCB=Consonant}}"
+            f"|{indicator}[^{joined}{indicator}]"
+            rf"|\p{{GCB=ZWJ}}[^{joined}\p{{Extended_Pictographic}}]"
+        ),
+        indicator=regex.compile(f"(?r){indicator}"),
+        not_indicator=regex.compile(f"(?r)[^{indicator}]"),
+    )
 
 
 def _quote(message: Message, asked: list[frozenset[str]]) -> str:
@@ -299,11 +355,11 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
         return text
     at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
     if at + _BEFORE_MATCH < _LONGEST_LINE:
-        return text[: _whole_characters(text, _LONGEST_LINE - 1)] + "\u2026"
+        return text[: _cluster_start(text, _LONGEST_LINE - 1)] + "\u2026"
     start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 2)  # the end: one ellipsis
     space = text.find(" ", start, at)
-    start = space + 1 if space >= 0 else _whole_characters(text, start)  # a whole word first
-    shown = text[start : _whole_characters(text, start + _LONGEST_LINE - 2)]
+    start = space + 1 if space >= 0 else _cluster_start(text, start)  # a whole word first
+    shown = text[start : _cluster_start(text, start + _LONGEST_LINE - 2)]
     return "\u2026" + shown + ("\u2026" if start + len(shown) < len(text) else "")
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import projections.reader
 from events.extraction import FactAction
@@ -1343,11 +1345,26 @@ _CLUSTERS = (
     "\u1100\u1100\u1161",
     "\u0e01\u0e33",
     "\u0915\u093f",
+    "\u0915\u094d\u0937",
+    "\u06001",
+    "\uff76\uff9e",
+    "\U0001f3f3\ufe0f\u200d\U0001f308",
     "a",
 )
 """Characters a reader sees as one, each of several code points but the last: a letter
 and its accent, a family emoji, a flag, a toned thumb, Korean syllables in jamo, a Thai
-syllable with its vowel AM, a Devanagari syllable with its vowel sign."""
+syllable with its vowel AM, a Devanagari syllable with its vowel sign, a Devanagari
+conjunct (two consonants joined by a virama, GB9c), the Arabic number sign before its
+digit (Prepend), a half-width kana with its sound mark, the rainbow flag (an emoji ZWJ
+sequence)."""
+
+
+def _split(text: str, clusters: Sequence[str] = _CLUSTERS) -> list[str]:
+    """``text``, made of ``clusters``, as the clusters it is made of."""
+    parts: list[str] = []
+    while (start := sum(map(len, parts))) < len(text):
+        parts.append(next(c for c in clusters if text.startswith(c, start)))
+    return parts
 
 
 def _cut_between_clusters(text: str, at: int) -> bool:
@@ -1375,6 +1392,49 @@ def test_to_prompt_never_cuts_a_character_of_several_code_points_in_half() -> No
         before = before.rstrip(" ")
         assert text.endswith(before), shift
         assert _cut_between_clusters(text, len(text) - len(before)), (shift, before[:6])
+
+
+_SPLIT_AFTER = ("a\u200d", "b", "\uac01", "\u1161", "c", "\u11a8", "\u1161", "d")
+"""Characters a reader sees apart though the one before seems to hold on to them: a joiner
+joins nothing but a pictograph to what it ends (GB11), and a vowel jamo no syllable with
+a final consonant nor a final jamo (GB7, GB8)."""
+
+
+def test_to_prompt_cuts_a_line_after_the_last_whole_character_that_fits() -> None:
+    text = "".join(_SPLIT_AFTER) * 60
+    fact = RetrievalResult("ann", "q", None, [_entry(text)])
+    for max_chars in range(90, 340):
+        prompt = fact.to_prompt(max_chars=max_chars)
+        assert prompt.endswith("\u2026") and len(prompt) <= max_chars
+        shown = prompt.split("\n")[1].removeprefix("- ").removesuffix("\u2026")
+        following = _split(text, _SPLIT_AFTER)[len(_split(shown, _SPLIT_AFTER))]
+        assert text.startswith(shown) and len(prompt) + len(following) > max_chars, max_chars
+
+
+_SEGMENTED = [
+    *"a 1\u4e2d\r\n\x00\u200b\u0301\u200d\u094d\u0915\u0937\u1cf5\u093f\u0600\u0e33\uff9e",
+    *"\U0001f1f3\U0001f1f4\U0001f600\U0001f3fd\u00a9\u1100\u1161\u11a8\uac00\uac01",
+]
+"""A character of each class UAX #29 tells apart (a consonant, linker or extending one of
+Indic scripts, a pictograph, a regional indicator, Hangul jamo and syllables...)."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_SEGMENTED), st.integers(1, 400)), max_size=30),
+    st.data(),
+)
+def test_a_cut_falls_on_the_last_boundary_the_whole_text_has_before_it(
+    runs: list[tuple[str, int]], data: st.DataObject
+) -> None:
+    import regex
+
+    from memvee._retrieval import _cluster_start
+
+    text = "".join(c * (n if n > 300 else 1 + n % 3) for c, n in runs)
+    boundaries = [0, *itertools.accumulate(map(len, regex.findall(r"\X", text)))]
+    for end in data.draw(st.lists(st.integers(0, len(text)), max_size=20)):
+        assert _cluster_start(text, end) == max(b for b in boundaries if b <= end)
 
 
 LONG_DAY = (
