@@ -35,7 +35,7 @@ from events import (
     UserLog,
     bounded,
 )
-from events.errors import first_line
+from events.errors import ExtractorNotFoundError, first_line
 from memvee._bulk.claims import (
     _CLAIM_ID_VERSION,
     _RUNNING,
@@ -689,7 +689,8 @@ class BulkReextraction:
         total = len(row["requests"])
         try:
             answers, short = await self._ended_results(client, batch_id, total)
-        except anthropic.NotFoundError:
+        except anthropic.NotFoundError as missing:
+            await self._batches_answer(client, batch_id, missing)
             log.warning(
                 "Message Batch %s is not known to the API (deleted, past its 29 days, or "
                 "another workspace's): its %d requests are planned again",
@@ -758,6 +759,28 @@ class BulkReextraction:
             await asyncio.to_thread(self.kept_batches.keep_failed_whole, row)
             return
         await asyncio.to_thread(self.kept_batches.delete, row["local_id"])
+
+    async def _batches_answer(
+        self, client: anthropic.AsyncAnthropic, batch_id: str, missing: anthropic.NotFoundError
+    ) -> None:
+        """Check that the Message Batches endpoint answers through ``client`` (a page of one
+        batch), after Message Batch ``batch_id`` was answered ``missing`` (404): only then
+        does the 404 say the API does not know the batch. Listing not found too, the base
+        URL's path is wrong (both 404s are ``not_found_error``), and the batch may still run
+        at the API: :class:`ExtractorNotFoundError` stops the run, the batch kept for a run
+        with the right URL to collect, not submitted and paid for again. Any other failure
+        of the listing is raised as it is, the batch kept too."""
+        try:
+            await client.messages.batches.list(limit=1)
+        except anthropic.NotFoundError as error:
+            secrets = credentials_of(self.extractor)
+            listing = api_error(error, secrets)
+            raise ExtractorNotFoundError(
+                f"Message Batch {batch_id} was not found ({api_error(missing, secrets)}), nor "
+                f"the list of Message Batches ({listing}): the base URL's path is not found, "
+                "not the batch gone; it is kept for a run with the right URL to collect",
+                retry_after=listing.retry_after,
+            ) from None
 
     def _drop_row(self, row: dict[str, Any]) -> None:
         """Note the messages of a kept row dropped before all were recorded, for

@@ -1164,6 +1164,34 @@ async def test_a_kept_batch_the_api_no_longer_knows_is_reported_and_planned_agai
         assert (again.lost, again.submitted, again.recorded) == ([], 0, 0)
 
 
+async def test_a_kept_batch_polled_through_a_wrong_base_url_path_is_kept_and_collected_later(
+    db: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 404 on a kept batch through a base URL whose path is wrong names no batch gone:
+    the endpoint is not there either. The run stops, told not found, keeping the batch,
+    which still runs at the API; the run with the right URL collects it, so none of its
+    requests is submitted, and paid for, twice."""
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+        (kept,) = server.batches
+        with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, "memvee.bulk"):
+            patch.setenv("ANTHROPIC_BASE_URL", f"{server.base_url}/wrong-path")
+            with pytest.raises(ExtractorNotFoundError, match="HTTP 404") as stopped:
+                await _run(audit)
+        assert kept["id"] in str(stopped.value) and "not known to the API" not in caplog.text
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES.c.api_batch_id)).scalars().all() == [
+                kept["id"]
+            ]
+        report = await _run(audit)
+        assert (report.lost, report.submitted, report.recorded) == ([], 0, 6)
+        assert report.batches == [kept["id"]] and len(server.batches) == 1
+        assert sorted(report.collected) == sorted(USERS)
+
+
 async def test_a_bulk_request_asks_for_the_whole_output_budget(
     db: str, server: MessagesAPIServer
 ) -> None:
