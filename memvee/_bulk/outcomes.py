@@ -56,6 +56,20 @@ def _key_refused(error: anthropic.AnthropicError) -> bool:
     return isinstance(error, anthropic.APIStatusError) and error.status_code in (401, 403)
 
 
+async def _batches_not_found(client: anthropic.AsyncAnthropic) -> anthropic.NotFoundError | None:
+    """The 404 the list of Message Batches (a page of one) is answered with through
+    ``client``, or ``None`` when it answers. Asked after a 404 on one batch: the API answers
+    ``not_found_error`` for a batch it does not know and for a path it does not serve alike,
+    so only a list that answers says the batch is unknown; a list not found too says the
+    base URL's path is wrong, and the batch may still run at the API. Any other failure of
+    the list is raised."""
+    try:
+        await client.messages.batches.list(limit=1)
+    except anthropic.NotFoundError as error:
+        return error
+    return None
+
+
 def _maybe_created(error: anthropic.AnthropicError) -> bool:
     """Whether a failed create call may have made its Message Batch all the same: no
     answer came (a connection lost, a timeout), or a server error other than overloaded

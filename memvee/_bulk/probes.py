@@ -19,7 +19,7 @@ from sqlalchemy import select
 from events import EventStore, ExtractionBatch, ExtractionError
 from events.errors import ProbeFailedError
 from memvee._bulk.kept import _PROBE, _PROBES
-from memvee._bulk.outcomes import _key_refused, _transient
+from memvee._bulk.outcomes import _batches_not_found, _key_refused, _transient
 from memvee._secrets import credentials_of
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import api_error, probe_request
@@ -85,8 +85,9 @@ class Probes:
         """Cancel the probe Message Batch ``batch_id`` and forget it (``report.probes``),
         calling again while the API fails for a while. One still not canceled, or whose
         cancel the API refused the key for (401, 403: nothing was done), stays kept for the
-        next run to cancel (``report.probes_running``); one not ``kept`` (its id could not
-        be stored) runs to its end, and the warning says so. A probe the API no longer
+        next run to cancel (``report.probes_running``), as does one answered 404 through a
+        base URL whose path is wrong (:func:`_path_wrong`); one not ``kept`` (its id could
+        not be stored) runs to its end, and the warning says so. A probe the API no longer
         knows, or will not cancel as ended, is forgotten: it runs no more."""
         # The SDK's own retries (backoff, Retry-After): a cancel may be sent again safely.
         retrying = client.with_options(max_retries=_CANCEL_ATTEMPTS - 1)
@@ -94,7 +95,8 @@ class Probes:
             await retrying.messages.batches.cancel(batch_id)
         except anthropic.AnthropicError as error:
             shown = api_error(error, credentials_of(self.extractor))
-            if _transient(error) or _key_refused(error):  # one request of one token: billed
+            unclear = _transient(error) or _key_refused(error) or await _path_wrong(client, error)
+            if unclear:  # one request of one token: billed
                 if not kept:
                     log.warning(
                         "canceling probe Message Batch %s failed (%s), and its id could not "
@@ -148,6 +150,19 @@ class Probes:
             ).all()
             probes = [local_id for local_id, requests in rows if _PROBE in requests]
             connection.execute(BULK_BATCHES.delete().where(BULK_BATCHES.c.local_id.in_(probes)))
+
+
+async def _path_wrong(client: anthropic.AsyncAnthropic, error: anthropic.AnthropicError) -> bool:
+    """Whether ``error``, a call's on one probe Message Batch, may tell a base URL whose path
+    is wrong rather than a probe the API does not know: a 404 after which the list of
+    batches is not found, or cannot be had at all (:func:`_batches_not_found`)."""
+    if not isinstance(error, anthropic.NotFoundError):
+        return False
+    try:
+        return await _batches_not_found(client) is not None
+    except anthropic.AnthropicError as listing:
+        log.warning("listing Message Batches failed too (%s)", type(listing).__name__)
+        return True
 
 
 def _refused_whatever_size(why: str, verdict: str) -> ExtractionError:

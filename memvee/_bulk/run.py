@@ -57,6 +57,7 @@ from memvee._bulk.kept import (
     _Planned,
 )
 from memvee._bulk.outcomes import (
+    _batches_not_found,
     _blamable,
     _maybe_created,
     _model_refused,
@@ -763,18 +764,17 @@ class BulkReextraction:
     async def _batches_answer(
         self, client: anthropic.AsyncAnthropic, batch_id: str, missing: anthropic.NotFoundError
     ) -> None:
-        """Check that the Message Batches endpoint answers through ``client`` (a page of one
-        batch), after Message Batch ``batch_id`` was answered ``missing`` (404): only then
-        does the 404 say the API does not know the batch. Listing not found too, the base
-        URL's path is wrong (both 404s are ``not_found_error``), and the batch may still run
-        at the API: :class:`ExtractorNotFoundError` stops the run, the batch kept for a run
-        with the right URL to collect, not submitted and paid for again. Any other failure
-        of the listing is raised as it is, the batch kept too."""
-        try:
-            await client.messages.batches.list(limit=1)
-        except anthropic.NotFoundError as error:
+        """Check that the list of Message Batches answers through ``client`` after Message
+        Batch ``batch_id`` was answered ``missing`` (404): only then does the 404 say the API
+        does not know the batch (:func:`_batches_not_found`). The list not found too, the
+        base URL's path is wrong, and the batch may still run at the API:
+        :class:`ExtractorNotFoundError` stops the run, the batch kept for a run with the
+        right URL to collect, not submitted and paid for again. Any other failure of the
+        list is raised as it is, the batch kept too."""
+        not_found = await _batches_not_found(client)
+        if not_found is not None:
             secrets = credentials_of(self.extractor)
-            listing = api_error(error, secrets)
+            listing = api_error(not_found, secrets)
             raise ExtractorNotFoundError(
                 f"Message Batch {batch_id} was not found ({api_error(missing, secrets)}), nor "
                 f"the list of Message Batches ({listing}): the base URL's path is not found, "

@@ -2375,6 +2375,34 @@ async def test_a_probe_batch_of_a_run_stopped_before_canceling_it_is_canceled_by
     assert all(p["processing_status"] != "in_progress" for p in _probes(server))
 
 
+async def test_a_probe_batch_canceled_through_a_wrong_base_url_path_stays_kept_for_a_later_run(
+    db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 404 on canceling a kept probe Message Batch through a base URL whose path is
+    wrong says nothing of the probe (the list of batches is not found either): it stays
+    kept, reported running, and the run with the right URL cancels it, where it used to
+    be forgotten as over while it ran on at the API."""
+    users = await _heavy_refused_alone(db, server)
+
+    async def stopped(*args: Any, **kwargs: Any) -> Any:
+        raise asyncio.CancelledError
+
+    with monkeypatch.context() as patch, Audit(db_url=db) as audit:
+        patch.setattr(anthropic.resources.messages.batches.AsyncBatches, "cancel", stopped)
+        with pytest.raises(asyncio.CancelledError):
+            await _run(audit, users=users)
+    (probe,) = _probes(server)
+    with monkeypatch.context() as patch, Audit(db_url=db) as audit:
+        patch.setenv("ANTHROPIC_BASE_URL", f"{server.base_url}/wrong-path")
+        with pytest.raises(ExtractorNotFoundError, match="HTTP 404"):
+            await _run(audit, users=users)
+    assert probe["processing_status"] == "in_progress"
+    with Audit(db_url=db) as audit:
+        report = await _run(audit, users=users)
+    assert probe["id"] in report.probes
+    assert all(p["processing_status"] != "in_progress" for p in _probes(server))
+
+
 async def test_a_kept_batch_whose_id_was_never_kept_and_whose_results_are_always_cut_is_dropped(
     db: str, server: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
