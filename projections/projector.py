@@ -220,8 +220,9 @@ class Projector:
         )
 
     def renew(self, connection: Connection) -> None:
-        """Rows were refolded in place (one user's rebuild): move the generation on, so a
-        process that remembers rows from before reads them back."""
+        """Rows were refolded in place (one user's rebuild) or erased (a user forgotten,
+        a log marked unreadable): move the generation on, so a process that remembers rows
+        from before reads them back, and a page folded ahead no longer holds."""
         table = self.tables.position
         generation = self.generation(connection) + 1
         updated = connection.execute(
@@ -275,7 +276,7 @@ class Projector:
 
     def generation(self, connection: Connection) -> int:
         """The tables' generation: it moves on when their rows change but by folding the
-        log onwards (the tables made again, one user's rows refolded in place)."""
+        log onwards (the tables made again, one user's rows refolded in place or erased)."""
         table = self.tables.position
         found = connection.execute(
             select(table.c.position).where(table.c.name == _GENERATION)
