@@ -401,8 +401,9 @@ def _folded_parts(text: str) -> Iterator[tuple[Callable[[int], int], str]]:
     it to where that character's source stands in ``text``: one part, unless folding
     changes the length of some character ("ß", "ﬁ", a decomposed accent, a half-width
     kana's sound mark) and folding its characters one by one does not give the same text
-    (a Korean syllable written in jamo); then a part per run of non-spaces, so that each
-    word still begins where it stood."""
+    (a Korean syllable written in jamo); then a part per run of non-spaces, each mapped
+    character by character too unless that run itself composes, so that a jamo syllable
+    elsewhere does not shift the places of the other runs."""
     folded = fold(text)
     if text.isascii():
         yield _same_place, folded
@@ -411,13 +412,34 @@ def _folded_parts(text: str) -> Iterator[tuple[Callable[[int], int], str]]:
     if len(folded) == len(text) and all(len(f) == 1 for f in each.values()):
         yield _same_place, folded
         return
-    pieces = [each[c] for c in text]
-    if "".join(pieces) == folded:
-        ends = list(itertools.accumulate(map(len, pieces)))  # of each character's folding
-        yield functools.partial(bisect.bisect_right, ends), folded
+    mapped = _mapped(text, folded, each, 0)
+    if mapped is not None:
+        yield mapped, folded
         return
     for part in re.finditer(r"\S+", text):
-        yield functools.partial(operator.add, part.start()), fold(part.group())
+        run = part.group()
+        folded_run = fold(run)
+        place = _mapped(run, folded_run, each, part.start())
+        yield place or functools.partial(operator.add, part.start()), folded_run
+
+
+def _mapped(
+    text: str, folded: str, each: dict[str, str], offset: int
+) -> Callable[[int], int] | None:
+    """The map from a place in ``folded`` to where its source stands (``text`` beginning
+    at ``offset``), taken from the lengths of its characters' foldings ``each``; ``None``
+    when folding them one by one does not give ``folded`` (something composes)."""
+    pieces = [each[c] for c in text]
+    if "".join(pieces) != folded:
+        return None
+    ends = list(itertools.accumulate(map(len, pieces)))  # of each character's folding
+    return functools.partial(_after, offset, ends)
+
+
+def _after(offset: int, ends: list[int], at: int) -> int:
+    """Where the character whose folding holds place ``at`` stands, ``ends`` being where
+    each character's folding ends and ``offset`` where the first character stands."""
+    return offset + bisect.bisect_right(ends, at)
 
 
 def _same_place(at: int) -> int:

@@ -1475,6 +1475,21 @@ LONG_DAY = (
         ),
         (",".join(["cafe\u0301"] * 300) + ",Trondheim,end", "Trondheim", "Trondheim"),
         (
+            "\u1100\u1161 " + "\uff76\uff9e" * 400 + "\u6771\u4eac" + "\uff71" * 400,
+            "\u6771\u4eac",
+            "\u6771\u4eac",
+        ),
+        (
+            "\u1100\u1161 " + "e\u0301" * 300 + "\u6771\u4eac" + "x" * 300,
+            "\u6771\u4eac",
+            "\u6771\u4eac",
+        ),
+        (
+            "\u1100\u1161 " + "\u00df\ufb01" * 200 + "\u6771\u4eac" + "x" * 300,
+            "\u6771\u4eac",
+            "\u6771\u4eac",
+        ),
+        (
             ",".join(["apple", "pear", "plum", "fig"] * 60) + ",Trondheim,end",
             "Trondheim",
             "Trondheim",
@@ -1488,7 +1503,9 @@ def test_a_long_message_is_shown_around_the_word_it_was_found_by(
     and did still for a text without spaces (Japanese, a comma-separated line), and for a
     question written without spaces, which is searched by its pairs of characters. A text
     without spaces whose folding changes the length of characters before the match (kana
-    or accents typed decomposed, half-width kana) was shown that many characters early."""
+    or accents typed decomposed, half-width kana) was shown that many characters early,
+    and was still when a Korean syllable typed as jamo elsewhere in the message composed
+    under folding."""
     line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
 
     assert shown in line
