@@ -408,7 +408,7 @@ def _folded_parts(text: str) -> Iterator[tuple[Callable[[int], int], str]]:
     if text.isascii():
         yield _same_place, folded
         return
-    each = {c: fold(c) for c in set(text)}
+    each = {c: fold(c) for c in set(_FOLDED_AS_THEMSELVES.sub("", text))}
     if len(folded) == len(text) and all(len(f) == 1 for f in each.values()):
         yield _same_place, folded
         return
@@ -427,9 +427,10 @@ def _mapped(
     text: str, folded: str, each: dict[str, str], offset: int
 ) -> Callable[[int], int] | None:
     """The map from a place in ``folded`` to where its source stands (``text`` beginning
-    at ``offset``), taken from the lengths of its characters' foldings ``each``; ``None``
+    at ``offset``), taken from the lengths of its characters' foldings ``each`` (a
+    character missing from it folds as itself, :data:`_FOLDED_AS_THEMSELVES`); ``None``
     when folding them one by one does not give ``folded`` (something composes)."""
-    pieces = [each[c] for c in text]
+    pieces = list(map(each.get, text, text))
     if "".join(pieces) != folded:
         return None
     ends = list(itertools.accumulate(map(len, pieces)))  # of each character's folding
@@ -446,6 +447,15 @@ def _same_place(at: int) -> int:
     """A place in text whose folding kept every character in its place: the same."""
     return at
 
+
+_FOLDED_AS_THEMSELVES = re.compile(
+    r"[\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7a3\U00020000-\U0002f7ff\U00030000-\U000323af]+"
+)
+"""Runs of characters that folding leaves as they are, each alone: the CJK ideographs (not
+the compatibility ones) and the Korean syllables (one may still take a trailing jamo into
+it, which the whole text's folding shows). :func:`_folded_parts` folds only the other
+characters one by one: a long Chinese text holds thousands of distinct ideographs, whose
+folding one by one cost more than the rest of the search."""
 
 _LONGEST_WORD = 64
 """How far around a hit :func:`_first_word` looks for the ends of its word."""

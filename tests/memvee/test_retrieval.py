@@ -1531,6 +1531,20 @@ def test_a_long_message_found_by_meaning_alone_is_shown_from_its_start() -> None
     assert shown.endswith("\u2026") and len(shown) < 340
 
 
+def test_the_characters_to_prompt_does_not_fold_one_by_one_fold_as_themselves() -> None:
+    """Finding a match in a long message skips folding each CJK ideograph and Korean
+    syllable alone, taking it to fold as itself: so must every one of them, assigned or
+    not, and no compatibility ideograph (which folds to another) may be among them."""
+    from memvee._retrieval import _FOLDED_AS_THEMSELVES
+    from projections.words import fold
+
+    skipped = [chr(c) for c in range(0x110000) if _FOLDED_AS_THEMSELVES.fullmatch(chr(c))]
+
+    assert len(skipped) > 90_000
+    assert [c for c in skipped if fold(c) != c] == []
+    assert _FOLDED_AS_THEMSELVES.search("\uf900\U0002f800\u1100\u11a8") is None
+
+
 async def test_a_question_of_stop_words_only_returns_the_latest_entries(
     make_memory: Callable[..., Any],
 ) -> None:
