@@ -350,14 +350,16 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
     """``text`` (on one line) as at most :data:`_LONGEST_LINE` characters: its start, or,
     when the first word it holds of the first set of ``asked`` stems that it holds any of
     lies past that, the part around that word, each end cut marked with an ellipsis. A
-    long message found by its last sentence then shows that sentence to the agent."""
+    long message found by its last sentence then shows that sentence to the agent. The
+    window starts after a space only one close to its start: in text mostly without
+    spaces, the first space may stand just before the match."""
     if len(text) <= _LONGEST_LINE:
         return text
     at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
     if at + _BEFORE_MATCH < _LONGEST_LINE:
         return text[: _cluster_start(text, _LONGEST_LINE - 1)] + "\u2026"
     start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 2)  # the end: one ellipsis
-    space = text.find(" ", start, at)
+    space = text.find(" ", start, min(at, start + _LONGEST_WORD))
     start = space + 1 if space >= 0 else _cluster_start(text, start)  # a whole word first
     shown = text[start : _cluster_start(text, start + _LONGEST_LINE - 2)]
     return "\u2026" + shown + ("\u2026" if start + len(shown) < len(text) else "")

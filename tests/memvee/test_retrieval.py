@@ -1523,6 +1523,17 @@ def test_a_long_message_without_spaces_found_by_its_end_is_shown_to_its_last_cha
     assert shown.startswith("- [2026-01-05] user: \u2026") and len(shown) <= 21 + 300
 
 
+def test_a_long_message_mostly_without_spaces_is_shown_with_what_comes_before_its_match() -> None:
+    """The window began after the first space past its start, however far: a Japanese
+    text ending in " Tokyo" showed only "…Tokyo", with room for 294 more characters."""
+    said = "\u4eca\u65e5\u306f\u6674\u308c\u3002" * 60 + "\u79c1\u306f\u6771\u4eac\u90fd Tokyo"
+    line = RetrievalResult("ann", "Tokyo", None, [], [_message(said)]).to_prompt()
+    shown = line.split("\n")[1]
+
+    assert shown.endswith("\u79c1\u306f\u6771\u4eac\u90fd Tokyo")
+    assert len(shown) > 21 + 290, shown
+
+
 def test_a_long_message_found_by_meaning_alone_is_shown_from_its_start() -> None:
     line = RetrievalResult("ann", "nothing alike", None, [], [_message(LONG_DAY * 2)])
     shown = line.to_prompt().split("\n")[1]
