@@ -355,7 +355,15 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
     spaces, the first space may stand just before the match."""
     if len(text) <= _LONGEST_LINE:
         return text
-    at = next((found for stems in asked if (found := _first_word(text, stems)) is not None), 0)
+    at = next(
+        (
+            found
+            for stems in asked
+            for some in _kana_last(stems)
+            if (found := _first_word(text, some)) is not None
+        ),
+        0,
+    )
     if at + _BEFORE_MATCH < _LONGEST_LINE:
         return text[: _cluster_start(text, _LONGEST_LINE - 1)] + "\u2026"
     start = min(at - _BEFORE_MATCH, len(text) - _LONGEST_LINE + 2)  # the end: one ellipsis
@@ -363,6 +371,18 @@ def _around(text: str, asked: list[frozenset[str]]) -> str:
     start = space + 1 if space >= 0 else _cluster_start(text, start)  # a whole word first
     shown = text[start : _cluster_start(text, start + _LONGEST_LINE - 2)]
     return "\u2026" + shown + ("\u2026" if start + len(shown) < len(text) else "")
+
+
+def _kana_last(stems: frozenset[str]) -> list[frozenset[str]]:
+    """``stems`` with those of kana alone apart, to be looked for last: a Japanese
+    question's pairs of kana ("きた", "たい" of "東京に行きたい") stand in most any Japanese
+    text, its pairs holding a kanji ("東京") where it speaks of the same thing."""
+    kana = frozenset(stem for stem in stems if _KANA.fullmatch(stem))
+    return [stems - kana, kana] if kana and kana != stems else [stems]
+
+
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]+")
+"""Hiragana and katakana, as folded (half-width katakana folds to these)."""
 
 
 def _first_word(text: str, stems: frozenset[str]) -> int | None:

@@ -1473,6 +1473,11 @@ LONG_DAY = (
             "\u6771\u4eac",
             "\u6771\u4eac\u90fd",
         ),
+        (
+            "最初にきたのは犬でした。" + "あ" * 1000 + "来月東京に行く予定です。",
+            "東京に行きたい",
+            "東京に行く",
+        ),
         (",".join(["cafe\u0301"] * 300) + ",Trondheim,end", "Trondheim", "Trondheim"),
         (
             "\u1100\u1161 " + "\uff76\uff9e" * 400 + "\u6771\u4eac" + "\uff71" * 400,
@@ -1505,7 +1510,8 @@ def test_a_long_message_is_shown_around_the_word_it_was_found_by(
     without spaces whose folding changes the length of characters before the match (kana
     or accents typed decomposed, half-width kana) was shown that many characters early,
     and was still when a Korean syllable typed as jamo elsewhere in the message composed
-    under folding."""
+    under folding. A Japanese question was placed at the first of its pairs of characters
+    the text held, a common pair of kana ("きた" of "行きたい") as well as "東京"."""
     line = RetrievalResult("ann", query, None, [], [_message(said)]).to_prompt().split("\n")[1]
 
     assert shown in line
