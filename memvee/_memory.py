@@ -434,6 +434,7 @@ class Memory:
                 task._mark_finished(ProcessStatus.FAILED, 0, SHUTDOWN_REASON)
         self._inflight.clear()
         self._followed.clear()
+        self._erasures.clear()  # a forget not told done by now never will be
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -513,6 +514,7 @@ class Memory:
                 loop.call_soon_threadsafe(self._poller.cancel)
         self._inflight.clear()
         self._followed.clear()
+        self._erasures.clear()  # a forget the stopped loop never told done
         self._poller = None
         await self._end_threads()
         self._engine = None

@@ -819,3 +819,40 @@ async def test_a_task_running_elsewhere_when_its_user_is_forgotten_records_nothi
     await here.close()
     await other.close()
     assert differences(db_url) == []
+
+
+def test_a_forget_in_flight_when_the_opening_loop_stops_is_not_kept_by_the_close(
+    db_url: str,
+) -> None:
+    """A forget sent just before the loop that opened the Memory stops never hears its
+    end there; the close from another loop drops it all the same, so the tasks the user
+    begins after a reopen are not gathered for an erasure that will never end."""
+    memory = Memory(db_url=db_url, extractor=OfflineExtractor(), embedder=False)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(memory.open(), loop).result(30)
+    asyncio.run_coroutine_threadsafe(memory.add_message("ann", "user", "hi"), loop).result(30)
+
+    forgets: list[asyncio.Future[Any]] = []  # never ended: their loop stops first
+
+    async def forget_then_stop() -> None:
+        forgets.append(asyncio.ensure_future(memory.forget("ann")))
+        await asyncio.sleep(0)
+        loop.stop()  # before the forget's answer is run
+
+    asyncio.run_coroutine_threadsafe(forget_then_stop(), loop)
+    thread.join(10)
+    assert len(memory._erasures) == 1, "the forget was sent and never told done"
+
+    async def close_and_reopen() -> None:
+        await memory.close()
+        assert memory._erasures == {}
+        async with memory:
+            for turn in range(3):
+                await memory.add_message("ann", "user", f"I live in Oslo {turn}")
+                await memory.flush("ann")
+            assert memory._erasures == {}
+
+    asyncio.run(close_and_reopen())
+    loop.close()
