@@ -474,19 +474,29 @@ class UserActor(PooledActor):
             user_log = None
         ended = [] if user_log is None else [*user_log.started_tasks, *user_log.requested]
         erased = self._services.erase(self.user_id)
-        self._running = None
-        self._unended = ()
-        self._requests = ()
-        self._batch_messages = ()
-        self._owner = None
-        self._forget_log()
-        for task_id in ended:
-            self._services.observer.task_finished(
-                self.user_id, task_id, "FAILED", 0, FORGOTTEN_REASON
-            )
-        self._services.observer.user_forgotten(self.user_id, erasure)
+        try:
+            self._running = None
+            self._unended = ()
+            self._requests = ()
+            self._batch_messages = ()
+            self._owner = None
+            self._forget_log()
+        finally:
+            self._tell_forgotten(ended, erasure)
         log.info("user %r forgotten: %d events erased", self.user_id, erased.events)
         return erased
+
+    def _tell_forgotten(self, ended: Sequence[str], erasure: object) -> None:
+        """Tell the observer that the ``ended`` tasks failed with the user and that the
+        forget sent as ``erasure`` is done: the log is gone, so whatever failed after its
+        erasure, no handle may go on answering a task erased with it."""
+        try:
+            for task_id in ended:
+                self._services.observer.task_finished(
+                    self.user_id, task_id, "FAILED", 0, FORGOTTEN_REASON
+                )
+        finally:
+            self._services.observer.user_forgotten(self.user_id, erasure)
 
     def extraction_done(self, task_id: str, outcome: Outcome) -> None:
         """Record the outcome of the running batch, then go on with the task's next batch,

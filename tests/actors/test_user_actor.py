@@ -15,7 +15,7 @@ import pytest
 
 from actors.user_actor import FAULT_REASON, UserActor
 from events import ExtractionBatch, ExtractionError
-from memvee import Memory, ProcessingError, ProcessStatus
+from memvee import Memory, ProcessingError, ProcessStatus, UnknownTaskError
 from projections import verify
 from tests.support.extractors import RecordingExtractor
 
@@ -197,3 +197,20 @@ async def test_a_defect_that_recurs_in_an_automatic_task_quarantines_its_message
     assert statuses == [ProcessStatus.FAILED, ProcessStatus.FAILED, ProcessStatus.COMPLETED]
     last = await memory.get_task("ann", tasks[-1].task_id)
     assert last.status is ProcessStatus.COMPLETED, "as any task whose last message is quarantined"
+
+
+async def test_a_defect_after_the_log_is_erased_still_ends_the_users_task_handles(
+    memory: Memory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the log is erased, a defect before the forget is told done leaves no handle
+    answering a task that was erased with it: the erasure is told all the same."""
+    await memory.add_exchange("ann", "I live in Oslo", "Nice city!")
+    task = memory.process_async("ann")
+    await task.wait()
+    _fails_once(monkeypatch, "_forget_log", "ann")
+    async with asyncio.timeout(10):
+        with pytest.raises(RuntimeError, match="a defect met on purpose"):
+            await memory.forget("ann")
+        assert await memory.user("ann") is None
+        with pytest.raises(UnknownTaskError):
+            await memory.get_task("ann", task.task_id)
