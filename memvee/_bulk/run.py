@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import anthropic
@@ -71,7 +72,7 @@ from memvee._bulk.outcomes import (
 from memvee._bulk.probes import Probes, _refused_whatever_size
 from memvee._bulk.record import Recorder
 from memvee._bulk.report import BulkReport
-from memvee._secrets import credentials_of
+from memvee._secrets import credentials_of, redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import ProbeResult, api_error, outweighed
 from projections import ProjectionReader
@@ -816,7 +817,10 @@ class BulkReextraction:
     ) -> tuple[dict[str, Any], str | None]:
         """Poll a Message Batch until it ends, telling progress (``told``); then its
         results, and why they could not be read whole, if they could not (see
-        :func:`_results`)."""
+        :func:`_results`). A 404 on the results once the batch is answered as ended is no
+        batch gone but its results URL not found: :class:`ExtractorNotFoundError` stops the
+        run, the batch kept, never submitted and paid for again (only a 404 on the batch
+        itself, raised as it is, may say the API does not know it)."""
         while True:
             found = await self._retrieve(client, batch_id)
             counts = found.request_counts
@@ -824,7 +828,21 @@ class BulkReextraction:
             if told:
                 self.progress(done, total)
             if found.processing_status == "ended":
-                return await _results(client, batch_id, credentials_of(self.extractor))
+                secrets = credentials_of(self.extractor)
+                try:
+                    return await _results(client, batch_id, secrets)
+                except anthropic.NotFoundError as missing:
+                    path = urlsplit(found.results_url or "").path or "its results URL"
+                    error = api_error(missing, secrets)
+                    raise ExtractorNotFoundError(
+                        redact(
+                            f"Message Batch {batch_id} ended, but its results were not found "
+                            f"at {path} ({error}): the batch is kept for a run that can "
+                            "download them, none of its requests submitted again",
+                            secrets,
+                        ),
+                        retry_after=error.retry_after,
+                    ) from None
             await asyncio.sleep(self.poll_interval)
 
     async def _created_for(

@@ -1192,6 +1192,43 @@ async def test_a_kept_batch_polled_through_a_wrong_base_url_path_is_kept_and_col
         assert sorted(report.collected) == sorted(USERS)
 
 
+async def test_a_kept_batch_whose_results_download_is_not_found_is_kept_and_never_resubmitted(
+    db: str,
+    server: MessagesAPIServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 404 on the results of a batch the API has just answered as ended names no batch
+    gone: the results URL's path is not found. The run stops, told so, keeping the batch;
+    none of its requests is submitted, and paid for, again, run after run, and the run
+    whose download answers collects it."""
+
+    def results_not_found(request: RecordedRequest) -> ScriptedResponse | None:
+        if request.path.endswith("/results"):
+            return ScriptedResponse(status=404, body=error_body("not_found_error", "no file"))
+        return None
+
+    with Audit(db_url=db) as audit:
+        await _killed_once_submitted(audit, monkeypatch)
+        (kept,) = server.batches
+        server.set_batches_fault(results_not_found)
+        with caplog.at_level(logging.WARNING, "memvee.bulk"):
+            for _ in range(2):
+                with pytest.raises(ExtractorNotFoundError, match="results") as stopped:
+                    await _run(audit)
+                assert kept["id"] in str(stopped.value)
+                assert f"/{kept['id']}/results" in str(stopped.value)
+        assert "not known to the API" not in caplog.text and len(server.batches) == 1
+        with audit.store.engine.connect() as connection:
+            assert connection.execute(select(BULK_BATCHES.c.api_batch_id)).scalars().all() == [
+                kept["id"]
+            ]
+        server.set_batches_fault(None)
+        report = await _run(audit)
+        assert (report.lost, report.submitted, report.recorded) == ([], 0, 6)
+        assert report.batches == [kept["id"]] and len(server.batches) == 1
+
+
 async def test_a_bulk_request_asks_for_the_whole_output_budget(
     db: str, server: MessagesAPIServer
 ) -> None:
