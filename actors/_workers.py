@@ -462,31 +462,18 @@ class ExtractionWorkers:
                 whole_note=RETRIED_WHOLE,
             )
         spent, ping_failed = await self._ping(batch)
-        if isinstance(ping_failed, ExtractorAccessRefusedError):
+        refusal = None if ping_failed is None else _every_request_refused(ping_failed)
+        if ping_failed is not None and refusal is not None:
+            found, consequence, why = refusal
             log.info(
-                "task %s: a harmless request was refused too (%s): the account is refused, "
-                "the batch is retried whole",
+                "task %s: a harmless request %s (%s): %s, the batch is retried whole",
                 batch.task_id,
+                found,
                 self._shown(ping_failed),
+                consequence,
             )
             return EveryRequestRefusedError(
-                f"{shown} (a harmless request's credentials were refused too: the API key "
-                f"or its permissions are refused for every request, not the batch; "
-                f"{RETRIED_WHOLE})",
-                usage=spent if usage is None else usage.plus(spent),
-                whole_note=RETRIED_WHOLE,
-            )
-        if isinstance(ping_failed, ExtractorNotFoundError):
-            log.info(
-                "task %s: a harmless request was answered not found too (%s): every request "
-                "is refused, the batch is retried whole",
-                batch.task_id,
-                self._shown(ping_failed),
-            )
-            return EveryRequestRefusedError(
-                f"{shown} (a harmless request was answered so too: what the requests name "
-                f"(the model, the base URL's path) is not found for every request, not the "
-                f"batch; {RETRIED_WHOLE})",
+                f"{shown} ({why}, not the batch; {RETRIED_WHOLE})",
                 usage=spent if usage is None else usage.plus(spent),
                 whole_note=RETRIED_WHOLE,
             )
@@ -631,3 +618,32 @@ class ExtractionWorkers:
             self._loop.run_forever()
         finally:
             self._loop.close()
+
+
+_REFUSING_EVERY_REQUEST: tuple[tuple[type[ExtractionError], str, str, str], ...] = (
+    (
+        ExtractorAccessRefusedError,
+        "was refused too",
+        "the account is refused",
+        "a harmless request's credentials were refused too: the API key or its permissions "
+        "are refused for every request",
+    ),
+    (
+        ExtractorNotFoundError,
+        "was answered not found too",
+        "every request is refused",
+        "a harmless request was answered so too: what the requests name (the model, the "
+        "base URL's path) is not found for every request",
+    ),
+)
+"""The failures of a harmless request that refuse every request, not the batch: each with
+what the request met, what follows, and why the batch's failure is told so."""
+
+
+def _every_request_refused(ping_failed: Exception) -> tuple[str, str, str] | None:
+    """What a harmless request's ``ping_failed`` tells if it refuses every request (a key
+    refused, a model or path not found), else None."""
+    for kind, found, consequence, why in _REFUSING_EVERY_REQUEST:
+        if isinstance(ping_failed, kind):
+            return found, consequence, why
+    return None

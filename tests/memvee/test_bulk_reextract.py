@@ -2698,12 +2698,11 @@ async def test_a_refused_api_key_stops_the_full_price_fallback_at_the_first_user
     db = sqlite_url(tmp_path / "refused.db")
     users = await _users_saying_they_like_tea(db, 6, messages)
 
-    def refused(request: RecordedRequest) -> ScriptedResponse:
-        if request.custom_id is not None:
-            return ScriptedResponse(500, error_body("api_error", "batches down"))
-        return ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
-
-    server.set_responder(refused)
+    server.set_responder(
+        _batches_down_and(
+            lambda _: ScriptedResponse(401, error_body("authentication_error", "invalid x-api-key"))
+        )
+    )
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
         for user in users[:2]:
@@ -2731,12 +2730,11 @@ async def test_a_model_not_found_stops_the_full_price_fallback_at_the_first_user
     db = sqlite_url(tmp_path / "missing.db")
     users = await _users_saying_they_like_tea(db, 6, messages)
 
-    def missing(request: RecordedRequest) -> ScriptedResponse:
-        if request.custom_id is not None:
-            return ScriptedResponse(500, error_body("api_error", "batches down"))
-        return ScriptedResponse(404, error_body("not_found_error", "model: claude-retired"))
-
-    server.set_responder(missing)
+    server.set_responder(
+        _batches_down_and(
+            lambda _: ScriptedResponse(404, error_body("not_found_error", "model: claude-retired"))
+        )
+    )
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
         calls = len(server.requests)
@@ -2769,12 +2767,7 @@ async def test_a_model_refusing_every_request_stops_the_full_price_fallback_at_t
     db = sqlite_url(tmp_path / "refusing.db")
     users = await _users_saying_they_like_tea(db, 6, 4)
 
-    def refusing(request: RecordedRequest) -> ScriptedResponse:
-        if request.custom_id is not None:
-            return ScriptedResponse(500, error_body("api_error", "batches down"))
-        return ScriptedResponse(body=refusal_body())
-
-    server.set_responder(refusing)
+    server.set_responder(_batches_down_and(lambda _: ScriptedResponse(body=refusal_body())))
     with Audit(db_url=db) as audit:
         await _run(audit, users=users)
         calls = len(server.requests)
