@@ -444,6 +444,8 @@ def driver_url(url: str, *, name: str = "the database URL") -> str:
     given = url if driver is None else parsed.render_as_string(hide_password=False)
     _check_not_in_memory(parsed, given)
     _check_sqlite_parameters(parsed, name)
+    if "\x00" in (sqlite_file(parsed) or ""):
+        raise InvalidInputError(f"{name} names a file with a NUL character, which none holds")
     return given
 
 

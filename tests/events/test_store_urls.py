@@ -183,6 +183,21 @@ def test_a_database_path_with_a_nul_character_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "url", ["sqlite:///memory\x00.db", "sqlite:///file:memory\x00.db?uri=true"]
+)
+def test_a_sqlite_url_naming_a_file_with_a_nul_character_is_refused_before_anything_opens(
+    tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No file name holds a NUL: the URL is refused as the path is, by every way in, not
+    with the file system's raw ValueError once the store opens."""
+    monkeypatch.chdir(tmp_path)
+    for refuse in (EventStore, driver_url, lambda u: MemoryConfig(db_url=u)):
+        with pytest.raises(InvalidInputError, match="NUL character"):
+            refuse(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "path", ["postgresql://me:s3cret@h/mem", "sqlite:///mem.db", "postgres+psycopg://h/mem"]
 )
 def test_a_database_url_given_as_a_path_is_refused_without_repeating_it(path: str) -> None:
