@@ -8,6 +8,7 @@ surrogate), so a write never fails deep inside one database and not another.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import re
@@ -419,6 +420,21 @@ def as_int(value: object) -> int | None:
     try:
         return operator.index(value)
     except Exception:  # whatever its __index__ raises: the caller refuses it by its type
+        return None
+
+
+def as_seconds(value: object) -> float | None:
+    """``value`` as a Python float if it is a real number of any kind (an int, a float, a
+    Fraction, a numpy number), never a bool, and infinite with its sign if too large for a
+    float; else ``None``. A real kind that gives no float (numpy's ``timedelta64``, a
+    registered class whose ``__float__`` raises) is no number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int or a Fraction past a float's range
+        return -math.inf if value < 0 else math.inf
+    except Exception:  # whatever its __float__ raises: the caller refuses it by its type
         return None
 
 

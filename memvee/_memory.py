@@ -17,7 +17,6 @@ import inspect
 import itertools
 import logging
 import math
-import numbers
 import os
 import threading
 import time
@@ -42,6 +41,7 @@ from events import (
     StorageError,
     UnknownTaskError,
     UserLog,
+    as_seconds,
     check_extractor,
     check_flag,
     check_keys,
@@ -1356,16 +1356,11 @@ async def _ended(tasks: Sequence[ProcessTask]) -> tuple[int, list[ProcessTask]]:
 def _check_grace(grace: object) -> float:
     """A close's grace as a float of seconds (a real number of any kind, a numpy one too,
     from 0 to what a thread's wait takes), else :class:`InvalidInputError`."""
-    if isinstance(grace, bool) or not isinstance(grace, numbers.Real):
-        raise _grace_refused(grace)
-    try:
-        seconds = float(grace)
-    except OverflowError:  # an int or a Fraction too large for a float
-        raise _grace_refused(grace) from None
-    except Exception as error:  # a numpy timedelta64, a registered kind that converts not
+    seconds = as_seconds(grace)
+    if seconds is None:
         raise InvalidInputError(
             f"grace must be a number of seconds >= 0, not {type(grace).__name__}"
-        ) from error
+        )
     if not 0 <= seconds <= threading.TIMEOUT_MAX:  # NaN too
         raise _grace_refused(grace)
     return seconds
@@ -1383,18 +1378,11 @@ def _check_timeout(timeout: object) -> float | None:
     mean "never" or "give up at once"."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    seconds = as_seconds(timeout)
+    if seconds is None:
         raise InvalidInputError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
-    try:
-        seconds = float(timeout)
-    except OverflowError:
-        seconds = -math.inf if timeout < 0 else math.inf
-    except Exception as error:  # a numpy timedelta64, a registered kind that converts not
-        raise InvalidInputError(
-            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        ) from error
     if not seconds >= 0:
         raise InvalidInputError(
             f"timeout must be 0 or more seconds (None waits without limit), "

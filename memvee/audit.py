@@ -67,6 +67,7 @@ from events import (
     StorageError,
     TokenUsage,
     UserLog,
+    as_seconds,
     bounded,
     check_count,
     check_db_path,
@@ -1420,13 +1421,11 @@ class Audit:
         from memvee.extractors import ClaudeExtractor
 
         check_extractor(extractor, ClaudeExtractor)  # Message Batches are Claude's API
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, int | float)
-            or not 0 < poll_interval < math.inf
-        ):
+        polled = as_seconds(poll_interval)
+        if polled is None or not 0 < polled < math.inf:
             raise InvalidInputError(
-                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+                "poll_interval must be a positive number of seconds, "
+                f"not {echoed_repr(poll_interval)}"
             )
         direct_limit = check_count(direct_limit, "direct_limit")
         users = check_user_ids(user_ids)  # read once: a generator is not read again
@@ -1451,7 +1450,7 @@ class Audit:
             lambda user_id, batch: self._known(user_id, version, batch, meaning),
             self._record_failure,
             limits=limits,
-            poll_interval=poll_interval,
+            poll_interval=polled,
             progress=progress,
             direct=direct if direct_fallback else None,
             direct_limit=direct_limit,
@@ -1756,13 +1755,11 @@ class Audit:
         check_flag(include_messages, "include_messages")
         if as_of is not None:
             _check_aware(as_of, "as_of")
-        if embed_seconds is not None and (
-            isinstance(embed_seconds, bool)
-            or not isinstance(embed_seconds, int | float)
-            or not embed_seconds >= 0
-        ):
+        budget = None if embed_seconds is None else as_seconds(embed_seconds)
+        if embed_seconds is not None and (budget is None or not budget >= 0):
             raise InvalidInputError(
-                f"embed_seconds must be a number of seconds, 0 or more, not {embed_seconds!r}"
+                "embed_seconds must be a number of seconds, 0 or more, "
+                f"not {echoed_repr(embed_seconds)}"
             )
         alpha = check_alpha(alpha, "alpha")
         tables = self._reader.tables
@@ -1772,7 +1769,7 @@ class Audit:
             contained_embedder(embedder),
             alpha=alpha,
             index_messages=lambda: index_messages(self.store, Projector(tables)),
-            embed_budget=embed_seconds,
+            embed_budget=budget,
             embed_later=embed_later,
         )
         return retriever.retrieve(user_id, query, top_k, as_of, include_messages)

@@ -3,10 +3,13 @@ value and the fault, before anything is decided; everything storable and visible
 
 from __future__ import annotations
 
+import math
 import sys
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal
+from fractions import Fraction
 from types import FrameType
 from typing import Any
 
@@ -20,6 +23,7 @@ from events.checks import (
     MAX_SENT_AHEAD,
     ROLES,
     as_int,
+    as_seconds,
     check_count,
     check_message,
     check_name,
@@ -351,6 +355,37 @@ def test_an_integral_kind_that_gives_no_int_is_no_whole_number() -> None:
     assert as_int(np.timedelta64(5, "s")) is None
     with pytest.raises(InvalidInputError, match=r"^limit must be an int, not timedelta64"):
         check_count(np.timedelta64(5, "s"), "limit")
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        (2, 2.0),
+        (0.25, 0.25),
+        (Fraction(1, 4), 0.25),
+        (np.int64(3), 3.0),
+        (np.float32(0.5), 0.5),
+        pytest.param(10**5000, math.inf, id="an int past a float"),
+        pytest.param(-(10**5000), -math.inf, id="a negative int past a float"),
+        pytest.param(Fraction(10**5000, 3), math.inf, id="a Fraction past a float"),
+    ],
+)
+def test_a_real_number_of_any_kind_is_seconds_as_a_python_float(
+    given: object, seconds: float
+) -> None:
+    """One reading of a number of seconds for every wait the library takes: a Python float
+    (what a timer or a thread's wait takes), infinite where too large for one."""
+    taken = as_seconds(given)
+    assert taken == seconds and type(taken) is float
+
+
+@pytest.mark.parametrize(
+    "given", [True, np.bool_(True), "1", None, 1j, np.timedelta64(5, "s"), Decimal("1")]
+)
+def test_what_is_no_real_number_is_no_number_of_seconds(given: object) -> None:
+    """A bool, text, a complex number, numpy's timedelta64 (an integer kind that gives no
+    float) and a Decimal (no numbers.Real) are no seconds: the caller refuses them."""
+    assert as_seconds(given) is None
 
 
 def test_a_count_or_a_start_of_more_digits_than_python_writes_is_refused_by_its_type() -> None:

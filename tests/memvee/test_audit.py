@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import eventsourcing.domain
+import numpy as np
 import pytest
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -1012,9 +1013,12 @@ def test_search_embeds_as_a_memorys_search_does_and_says_when_it_left_items(
             embed_later=left.append,
         )
         assert embedder.texts == ["The amber tree was grey.", "amber"] and left == []
-        for bad in (-1, float("nan"), True, "1"):
+        for bad in (-1, float("nan"), True, "1", np.timedelta64(1, "s"), -(10**5000)):
             with pytest.raises(InvalidInputError, match="embed_seconds"):
                 audit.search("ann", "amber", embedder=embedder, embed_seconds=bad)  # type: ignore[arg-type]
+        embedder.texts.clear()
+        audit.search("ann", "amber", embedder=embedder, embed_seconds=np.float32(5))  # type: ignore[arg-type]
+        assert embedder.texts[-1] == "amber", "a numpy number of seconds is taken"
 
 
 async def test_a_rebuild_stopped_midway_leaves_the_log_readable_and_no_user_missing(
