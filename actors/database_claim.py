@@ -340,11 +340,19 @@ class ServerClaim:
             log.warning("the database claim at %s is held again", redacted_url(self._url))
 
     def release(self) -> None:
-        """Give the claim up: closing its session drops the lock. Idempotent."""
+        """Give the claim up: its session unlocks, then closes. Idempotent.
+
+        Unlocked first, not only closed: the server ends a closed session's backend, and
+        with it the lock, a moment after the client has gone, so a claim taken right after
+        (a Memory opened again) could still find it held."""
         with self._lock:
             connection, self._connection = self._connection, None
             self._released = True
         if connection is not None:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock_all()"))
+            except SQLAlchemyError:
+                log.debug("unlocking the claim failed; closing its session drops it", exc_info=True)
             _close_quietly(connection)
         self._engine.dispose()
 

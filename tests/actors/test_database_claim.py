@@ -322,6 +322,26 @@ def test_on_postgresql_an_engine_without_leases_holds_the_schema_alone(
         ServerClaim.take(pg_url, shared=False)
 
 
+def test_on_postgresql_a_released_claim_is_free_before_its_session_has_ended(
+    pg_url: str, claims: list[DatabaseClaim], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends a closed session's backend, and the lock with it, a moment after
+    the client closed it: a claim taken right after a release (a Memory closed and opened
+    again) found the schema still held now and then. The release unlocks first, so the
+    claim is free even while the old session lives on (here, never closed)."""
+    lingering: list[object] = []
+    monkeypatch.setattr(database_claim, "_close_quietly", lingering.append)
+    alone = _take(claims, pg_url, shared=False)
+    alone.release()
+    monkeypatch.undo()
+    try:
+        _take(claims, pg_url, shared=False).release()
+    finally:
+        for connection in lingering:
+            connection.close()  # type: ignore[attr-defined]
+    assert len(lingering) == 1
+
+
 def test_on_postgresql_another_schema_is_another_claim(
     pg_url: str, claims: list[DatabaseClaim]
 ) -> None:
