@@ -173,7 +173,8 @@ class DatabaseInUseError(StorageError):
 class EmbedderError(MemveeError):
     """A user's embedder raised what is no ``Exception`` (``KeyboardInterrupt``,
     ``SystemExit``): on a memvee thread that is an embedder failure like any other (what
-    it embeds is found by its words meanwhile), never the end of the thread."""
+    it embeds is found by its words meanwhile), never the end of the thread. Also an
+    embedder's error whose text showed a credential, told without it."""
 
 
 class ActorStoppedError(MemveeError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -39,6 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from events import user_log_id
+from events.credentials import configured_secrets, credentials_of, redact, shows_credentials
 from events.errors import (
     INPUT_REFUSED_STATUSES,
     EmbedderError,
@@ -67,22 +69,42 @@ Embed = Callable[[Sequence[str]], list[list[float]]]
 """Maps texts to unit vectors (an Embedder's ``embed``)."""
 
 
-def contained(embed: Embed) -> Embed:
+def contained(embed: Embed, secrets: Callable[[], Sequence[str]] = configured_secrets) -> Embed:
     """``embed``, raising :class:`EmbedderError` for what it raises that is no ``Exception``
     (``KeyboardInterrupt``, ``SystemExit``): a user's embedder failing so on a memvee
     thread fails that call, as any embedder failure, instead of ending the thread (on an
-    actor's thread, pykka would stop every actor)."""
+    actor's thread, pykka would stop every actor).
+
+    An error whose traceback shows one of ``secrets`` (the credentials of the embedder's
+    HTTP client: an API key echoed by a 401) is raised again as one told without them
+    (:func:`_told_without`), since every path that embeds logs what it raised."""
 
     def call(texts: Sequence[str]) -> list[list[float]]:
         try:
             return embed(texts)
-        except Exception:
+        except Exception as error:
+            shown = secrets()
+            if shows_credentials("".join(traceback.format_exception(error)), shown):
+                raise _told_without(error, shown) from None
             raise
         except BaseException as error:
-            said = f": {first_line(error)}" if str(error).strip() else ""
-            raise EmbedderError(f"the embedder raised {type(error).__name__}{said}") from error
+            shown = secrets()
+            said = f": {redact(first_line(error), shown)}" if str(error).strip() else ""
+            told = EmbedderError(f"the embedder raised {type(error).__name__}{said}")
+            if shows_credentials("".join(traceback.format_exception(error)), shown):
+                raise told from None
+            raise told from error
 
     return call
+
+
+def _told_without(error: Exception, secrets: Sequence[str]) -> MemveeError:
+    """``error`` as an embedder failure whose text shows none of ``secrets``: a
+    :class:`RejectedTextError` still for a text refused, else an :class:`EmbedderError`.
+    Raised ``from None``, it keeps ``error`` as its context, unshown, where
+    :func:`_rejects_text` still reads the HTTP status."""
+    kind = RejectedTextError if isinstance(error, RejectedTextError) else EmbedderError
+    return kind(f"the embedder raised {type(error).__name__}: {redact(first_line(error), secrets)}")
 
 
 class NamedEmbedder(Protocol):
@@ -100,13 +122,16 @@ class NamedEmbedder(Protocol):
 class ContainedEmbedder:
     """A user's ``embedder`` with its ``embed`` :func:`contained`: wrapped once where the
     embedder enters memvee, so that every path that embeds (a search, the background
-    fill, the entries shown beside a batch) fails alike on what is no ``Exception``."""
+    fill, the entries shown beside a batch) fails alike on what is no ``Exception``, and
+    logs no failure showing the credentials the embedder's client carries (its ``client``
+    attribute's API key, as :func:`~events.credentials.carried_by` reads an extractor's)
+    or the environment gives."""
 
     def __init__(self, embedder: NamedEmbedder) -> None:
         self.wrapped = embedder
         self.name = embedder.name
         self.dimensions = embedder.dimensions
-        self.embed = contained(embedder.embed)
+        self.embed = contained(embedder.embed, lambda: credentials_of(embedder))
 
 
 log = logging.getLogger("memvee.projections")

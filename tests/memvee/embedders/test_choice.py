@@ -79,3 +79,56 @@ async def test_a_memorys_search_fill_and_batches_call_one_contained_embedder(
     assert extractor.batches[-1].known, "the batch is shown its entries chosen by words"
     assert "the embedder failed (the embedder raised SystemExit)" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+KEY = "sk-embed-test-key-DO-NOT-LOG"
+
+
+class _KeyHoldingClient:
+    """An embedding API's client given its key in code, not from the environment."""
+
+    api_key = KEY
+
+
+class _EchoingItsKey(ConceptEmbedder):
+    """The concept embedder behind an API that refuses its key and echoes it back, as an
+    HTTP client's 401 error may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = _KeyHoldingClient()
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError(f"401 Unauthorized: Incorrect API key provided: {KEY}")
+
+
+async def test_an_embedder_error_showing_its_clients_key_puts_the_key_in_no_log_record(
+    make_memory: Callable[..., Any],
+    extractor: RecordingExtractor,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A search (and its fill), the background fill and a batch past 100 entries each log
+    the embedder's failure, its traceback too, never the key its client holds."""
+    caplog.set_level(logging.DEBUG)
+    memory: Memory = await make_memory(
+        embedder=_EchoingItsKey(), config={"batch_embed_seconds": 60}
+    )
+    engine = memory._engine
+    assert engine is not None and engine.vector_filler is not None
+    extractor.answer = lambda batch: tuple(
+        ExtractedFact(f"User likes place {i} in Oslo.", (batch.messages[0].message_id,))
+        for i in range(102)
+    )
+    await memory.add_message("ann", "user", "Tell me about Oslo")
+    assert await memory.process("ann") == 102
+    extractor.answer = None
+    assert (await memory.retrieve("ann", "places in Oslo")).entries
+    assert await asyncio.to_thread(engine.vector_filler.wait_idle, 5)
+    await memory.add_message("ann", "user", "I left Oslo")
+    assert await asyncio.wait_for(memory.process("ann"), 10) == 1
+    assert "this search ranks lexically" in caplog.text
+    assert "in the background failed" in caplog.text
+    assert "the entries shown beside a batch are chosen by their words only" in caplog.text
+    shown = [logging.Formatter().format(record) for record in caplog.records]
+    assert any("401 Unauthorized: Incorrect API key provided" in line for line in shown)
+    assert not [line for line in shown if KEY[:12] in line]
