@@ -11,13 +11,22 @@ row at that id just before the insert's first row is numbered, and takes it out,
 record, as soon as that row is in. The stand-in never outlives the statement, so no reader
 ever sees it. The table's layout is unchanged, and a database that never had an erasure
 gets neither the record's table nor the triggers.
+
+Once a row is numbered after the record, SQLite's own numbering (the highest id plus one)
+passes it as well, and the triggers only cost every insert their ``WHEN`` check: the
+writer takes them and the record away (:func:`drop_passed_guard`) in the transaction of
+its first insert after it opened or erased, holding the write lock, so no other
+connection is erasing meanwhile, and the next erasure that lowers the highest id makes
+them again.
 """
 
 from __future__ import annotations
 
+import sqlite3
+
 from sqlalchemy import Connection
 
-__all__ = ["keep_erased_ids_unused"]
+__all__ = ["drop_passed_guard", "keep_erased_ids_unused"]
 
 _STAND_IN = "x'" + "00" * 16 + "'"
 """The stand-in row's log id: no user's (theirs are uuid5 of their name), at version 0,
@@ -32,7 +41,7 @@ def keep_erased_ids_unused(connection: Connection, table: str, highest: int) -> 
     kept = connection.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {table}").scalar_one()
     if kept >= highest:
         return
-    record = f"{table}_erased_upto"
+    record = _record(table)
     connection.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {record} (id INTEGER NOT NULL)")
     connection.exec_driver_sql(
         f"CREATE TRIGGER IF NOT EXISTS {table}_after_erased BEFORE INSERT ON {table} "
@@ -53,3 +62,35 @@ def keep_erased_ids_unused(connection: Connection, table: str, highest: int) -> 
     connection.exec_driver_sql(
         f"INSERT INTO {record} SELECT ? WHERE NOT EXISTS (SELECT 1 FROM {record})", (highest,)
     )
+
+
+def _record(table: str) -> str:
+    """The table holding the highest erased id of ``table`` not yet passed."""
+    return f"{table}_erased_upto"
+
+
+def _guard_may_stand(driver: sqlite3.Connection, table: str) -> bool:
+    """Whether ``table`` has the record of erased ids (and so, maybe, its triggers): a
+    writer that opens on a file another process erased in checks after its first insert."""
+    found = driver.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_record(table),)
+    )
+    return found.fetchone() is not None
+
+
+def drop_passed_guard(driver: sqlite3.Connection, table: str) -> bool:
+    """In a transaction holding SQLite's write lock (right after an insert): drop the
+    record of ``table``'s erased ids and its two triggers if a row is numbered past every
+    erased id (the record is empty, or none above the highest id is left); returns whether
+    the guard stood, so that a writer knows when to stop looking for it."""
+    if not _guard_may_stand(driver, table):
+        return False
+    record = _record(table)
+    waiting = driver.execute(
+        f"SELECT 1 FROM {record} WHERE abs(id) > (SELECT coalesce(max(id), 0) FROM {table})"
+    ).fetchone()
+    if waiting is None:
+        driver.execute(f"DROP TRIGGER IF EXISTS {table}_after_erased")
+        driver.execute(f"DROP TRIGGER IF EXISTS {table}_stand_in_out")
+        driver.execute(f"DROP TABLE {record}")
+    return True

@@ -46,7 +46,7 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.util import asbool
 
 from events._codec import Decoder, Encoder, Stored
-from events._erased_ids import keep_erased_ids_unused
+from events._erased_ids import drop_passed_guard, keep_erased_ids_unused
 from events._readers import ThreadReaders
 from events._sequence import guard_sequence
 from events.errors import (
@@ -1039,6 +1039,10 @@ class EventStore:
         self._encoder = Encoder(self._app.mapper)
         self._data_version = -1
         self._outside_commits = 0
+        self._erased_guard = self.is_sqlite
+        """Whether the events table may have the triggers keeping erased ids unused, which
+        the next insert drops once passed (:func:`drop_passed_guard`): any file at open
+        (another process may have erased), and after this store's own erasures."""
         self._origins_current: dict[UUID, int] = {}
         self._insert_sql = (
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
@@ -1355,6 +1359,8 @@ class EventStore:
             else:
                 driver.executemany(self._insert_sql, bound)
                 last = driver.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if self._erased_guard:  # this insert holds the write lock: see _erased_ids
+                self._erased_guard = drop_passed_guard(driver, self._events.name)
             return list(range(int(last) - len(stored) + 1, int(last) + 1))
         # No table lock: every writer folds its own events in its own transaction, so
         # the projections never need commit order to equal id order.
@@ -1729,6 +1735,7 @@ class EventStore:
         ).rowcount
         if events and self.is_sqlite:
             keep_erased_ids_unused(connection, self._events.name, highest)
+            self._erased_guard = True
         snapshots = connection.execute(
             self._snapshots.delete().where(self._snapshots.c.originator_id == log_id)
         ).rowcount

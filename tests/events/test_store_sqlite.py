@@ -602,6 +602,56 @@ def test_the_ids_of_erased_events_are_never_given_again(tmp_path: Path, messages
     store.close()
 
 
+def _erased_ids_guard(path: Path) -> set[str]:
+    """The triggers and record that keep erased ids unused, as the file holds them."""
+    with sqlite3.connect(path) as reading:
+        rows = reading.execute(
+            "SELECT name FROM sqlite_master WHERE name IN "
+            "('memvee_events_after_erased', 'memvee_events_stand_in_out', "
+            "'memvee_events_erased_upto')"
+        ).fetchall()
+    reading.close()
+    return {name for (name,) in rows}
+
+
+def test_the_guard_of_erased_ids_is_dropped_once_a_write_is_numbered_past_them(
+    tmp_path: Path,
+) -> None:
+    """The triggers keeping erased ids unused cost every insert their check: the write
+    numbered past the erased ids takes them away, a write refused before leaves them, the
+    next erasure of the highest ids makes them again, and a store opened on a file
+    another one erased drops them at its first write."""
+    path = tmp_path / "events.db"
+    store = EventStore(sqlite_url(path))
+    _ids_of(store, "ann", 1)
+    ben = _ids_of(store, "ben", 3)
+    with store.transaction() as connection:
+        store.forget(connection, "ben")
+    guard = {
+        "memvee_events_after_erased",
+        "memvee_events_stand_in_out",
+        "memvee_events_erased_upto",
+    }
+    assert _erased_ids_guard(path) == guard
+    zed = UserLog.register("zed")
+    zed.add_message("user", "hello", None, 1000)
+    with pytest.raises(ConflictError):
+        store.append([list(zed.collect_events())[1:]])
+    assert _erased_ids_guard(path) == guard, "a refused write passed no erased id"
+    carl = _ids_of(store, "carl", 2)
+    assert carl[0] == ben[-1] + 1
+    assert _erased_ids_guard(path) == set()
+    with store.transaction() as connection:
+        store.forget(connection, "carl")
+    store.close()
+    assert _erased_ids_guard(path) == guard
+    reopened = EventStore(sqlite_url(path))
+    assert _ids_of(reopened, "dan", 0) == [carl[-1] + 1]
+    assert _erased_ids_guard(path) == set()
+    assert _ids_of(reopened, "eve", 0) == [carl[-1] + 2]
+    reopened.close()
+
+
 def test_a_write_refused_after_an_erasure_leaves_the_erased_ids_unused_and_no_stand_in(
     tmp_path: Path,
 ) -> None:
