@@ -980,6 +980,35 @@ def test_numbers_too_large_for_the_database_are_read_or_refused_in_one_line(db: 
     assert "neither a version nor an ISO time" in one_error_line(superscript)
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        ("log", "ann", "--from-version"),
+        ("log", "ann", "--to-version"),
+        ("log", "ann", "--limit"),
+        ("state", "ann", "--limit"),
+        ("knowledge", "ann", "--limit"),
+        ("search", "ann", "oslo", "--top-k"),
+        ("users", "--limit"),
+        ("reextract", "ann", "--direct-limit"),
+        ("serve", "--port"),
+        ("serve", "--max-body-bytes"),
+        ("serve", "--drain-timeout"),
+        ("serve", "--batch-threshold"),
+        ("mcp", "--batch-threshold"),
+    ],
+    ids=lambda given: " ".join(part for part in given if part.startswith("-") or part.isalpha()),
+)
+def test_a_number_of_more_digits_than_python_converts_is_one_error_line_naming_the_option(
+    db: str, given: tuple[str, ...]
+) -> None:
+    """An int option given 5,000 digits (past the 4,300 Python converts) is refused while
+    the command line is read: one line naming the option, without the digits, exit 2."""
+    line = one_error_line(run(*given, "9" * 5000, "--db", db, code=2))
+    assert f"Invalid value for '{given[-1]}'" in line
+    assert len(line) < 200
+
+
 @pytest.mark.parametrize("command", ["serve", "mcp"])
 def test_an_unknown_log_level_is_a_usage_error_not_a_traceback(command: str) -> None:
     result = run(command, "--log-level", "loud", code=2)
