@@ -5,6 +5,8 @@ results posted from other threads settle asyncio futures on their loop, in order
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import queue
 import threading
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from pykka import Timeout
 
-from actors._bridge import BridgedFuture, inbox_of, one_wakeup, settle_future
+from actors._bridge import BridgedFuture, LoopInbox, inbox_of, one_wakeup, settle_future
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -185,3 +187,62 @@ async def test_a_one_wakeup_block_exited_without_being_entered_is_refused_and_th
         await asyncio.sleep(0.01)
     assert ran == [1, 2]
     assert woken == [1]
+
+
+async def test_a_running_loops_inbox_wakes_it_through_its_own_descriptor_once_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Linux a selector loop's inbox rings an eventfd the loop reads: no
+    ``call_soon_threadsafe`` (its self-pipe, callback object and second read), and still
+    one wake-up for a burst of posts."""
+    loop = asyncio.get_running_loop()
+    if not hasattr(os, "eventfd") or not isinstance(loop, asyncio.SelectorEventLoop):
+        pytest.skip("no eventfd or no selector loop here")
+    inbox = inbox_of(loop)
+    threadsafe_calls: list[object] = []
+    monkeypatch.setattr(loop, "call_soon_threadsafe", lambda *a, **k: threadsafe_calls.append(a))
+    rings: list[int] = []
+    ring = os.eventfd_write
+    monkeypatch.setattr(os, "eventfd_write", lambda fd, n: (rings.append(n), ring(fd, n))[1])
+    targets = [loop.create_future() for _ in range(10)]
+
+    def post_a_burst() -> None:
+        with one_wakeup():
+            for n, target in enumerate(targets):
+                inbox.post(settle_future, target, True, n)
+
+    poster = threading.Thread(target=post_a_burst)  # to_thread settles through the patched call
+    poster.start()
+    assert await asyncio.wait_for(asyncio.gather(*targets), timeout=5) == list(range(10))
+    poster.join()
+    assert threadsafe_calls == []
+    assert rings == [1], "one ring for the burst"
+
+
+def test_an_inbox_made_off_its_loops_thread_still_delivers_through_the_loop() -> None:
+    """A reader is added to a loop from its own thread only: an inbox made elsewhere wakes
+    the loop with ``call_soon_threadsafe``."""
+    loop = asyncio.new_event_loop()
+    try:
+        inbox = inbox_of(loop)  # not running: made off the loop's thread
+        target = loop.create_future()
+        threading.Thread(target=inbox.post, args=(settle_future, target, True, "here")).start()
+        assert loop.run_until_complete(asyncio.wait_for(target, timeout=10)) == "here"
+    finally:
+        loop.close()
+
+
+def test_a_post_to_a_closed_loops_inbox_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A result that outlives its loop must not raise on the actor thread posting it."""
+    loop = asyncio.new_event_loop()
+    inbox = loop.run_until_complete(_inbox_on_the_loop())
+    loop.close()
+    with caplog.at_level(logging.DEBUG, logger="memvee.actors"):
+        inbox.post(print, "too late")
+    assert "event loop closed before a result could be delivered" in caplog.text
+
+
+async def _inbox_on_the_loop() -> LoopInbox:
+    return inbox_of(asyncio.get_running_loop())
