@@ -707,7 +707,7 @@ class _WriterTransaction:
             store = self._store
             connection = store._writer
             if connection is None:
-                connection = store._writer = store.engine.connect()
+                connection = store._connect_writer()
         except BaseException as error:
             self._lock.__exit__(type(error), error, error.__traceback__)
             raise
@@ -1146,6 +1146,17 @@ class EventStore:
         """The SQLAlchemy engine, shared with the projections of the same database."""
         engine: Engine = self._datastore.engine
         return engine
+
+    def _connect_writer(self) -> Connection:
+        """Open the SQLite writer's connection (a failed transaction discarded the last).
+
+        ``PRAGMA data_version`` is the connection's own count, and every new connection
+        reads the same first value: equal to the last connection's, it hid the commits
+        made elsewhere meanwhile, and a log begun again there went unchecked. So the
+        first look through the new connection counts as a commit elsewhere."""
+        self._writer = self.engine.connect()
+        self._data_version = -1
+        return self._writer
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction: on SQLite on the store's one writer connection, under its

@@ -704,3 +704,47 @@ def test_a_write_refused_after_an_erasure_leaves_the_erased_ids_unused_and_no_st
         ).scalar_one()
     assert stand_ins == 0
     store.close()
+
+
+def test_a_log_begun_again_elsewhere_is_a_conflict_after_the_writers_connection_was_replaced(
+    tmp_path: Path,
+) -> None:
+    """Another process forgets a user and begins her log again up to the version this
+    store's copy is at, and writes another user: this store's stale write of that other
+    user fails (its writer's connection is then replaced), and its stale write of the
+    first user must still be refused as a log begun again. A new connection counts its
+    data_version from its own start, so its first value (the same on every new
+    connection) was taken for "nothing committed elsewhere" when it matched the old
+    connection's last, and the old log's message was stored in the new log."""
+    url = sqlite_url(tmp_path / "events.db")
+    mine, theirs = EventStore(url), EventStore(url)
+    try:
+        stale = UserLog.register("ivy")
+        stale.add_message("user", "I live in Oslo.", None, 100)
+        mine.append([stale.collect_events()])
+        stale.add_message("user", "I work at Acme.", None, 100)
+        mine.append([stale.collect_events()], origins={stale.id: stale.created_on})
+        other = UserLog.register("bo")
+        mine.append([other.collect_events()])
+
+        with theirs.transaction() as connection:
+            theirs.forget(connection, "ivy")
+        begun = UserLog.register("ivy")
+        begun.add_message("user", "I live in Rome.", None, 100)
+        begun.add_message("user", "I love tea.", None, 100)
+        theirs.append([begun.collect_events()])
+        their_other = theirs.load("bo")
+        assert their_other is not None
+        their_other.add_message("user", "Hello.", None, 100)
+        theirs.append([their_other.collect_events()], origins={other.id: other.created_on})
+        other.add_message("user", "Hi.", None, 100)
+        with pytest.raises(ConflictError):
+            mine.append([other.collect_events()], origins={other.id: other.created_on})
+
+        stale.add_message("user", "Still here.", None, 100)
+        with pytest.raises(ConflictError, match="forgotten and begun again"):
+            mine.append([stale.collect_events()], origins={stale.id: stale.created_on})
+        assert [e.content for e in mine.events_of("ivy")[1:]] == ["I live in Rome.", "I love tea."]
+    finally:
+        theirs.close()
+        mine.close()
