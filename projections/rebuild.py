@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, delete, inspect
+from sqlalchemy.exc import OperationalError
 
 from events import (
     EventStore,
@@ -28,7 +30,7 @@ from events import (
     Unread,
     user_log_id,
 )
-from events.errors import NewerEventError, UnreadableEventError
+from events.errors import NewerEventError, UnreadableEventError, first_line
 from events.imported import ImportReplay
 from events.transcoding import known_topic
 from projections.collector import collector_paused
@@ -72,6 +74,19 @@ SCRATCH_PREFIX = "mvscratch_"
 PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
 
+START_LOCK_WAIT_MS = 500
+"""On PostgreSQL, how long a rebuild's start waits for the readers of a projection table it
+drops before it lets go of every table and tries again: under the server's
+``deadlock_timeout`` (1 s by default), after which a deadlock fails one of the two sides."""
+
+START_RETRY_SECONDS = 10.0
+"""How long a rebuild's start lets go of its tables for readers; after that it waits for
+them as long as it takes (a read that deadlocks with it then may fail, as a busy server's
+reads always could)."""
+
+_LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's state of a statement that waited out its ``lock_timeout``."""
+
 _READ_ROUNDS = 50
 """Times :func:`verify` folds the log's end and looks for a snapshot that holds no more."""
 
@@ -93,16 +108,43 @@ def rebuild(
     Memory's open). The indexes no fold reads are built at the end, once the rows are in.
     """
     projector = Projector(tables or ProjectionTables(LIVE_PREFIX))
-    with store.transaction() as connection:
-        store.lock_writers(connection)
-        if resume:
-            projector.create(connection, rebuilding=True)
-        else:
-            projector.begin_rebuild(connection)
+    _start_rebuild(store, projector, resume=resume)
     turns = WriterTurns(store.is_sqlite)
     folded = _fold_to_end(store, projector, page_size, turns, progress)
     _index_in_pages(store, projector, page_size, turns)
     return folded
+
+
+def _start_rebuild(store: EventStore, projector: Projector, *, resume: bool) -> None:
+    """Mark the projections as being rebuilt (dropped and made again, unless ``resume``),
+    with every other writer held off.
+
+    On PostgreSQL a table is dropped once its readers are done, and a live read of two
+    tables (a task joined to its user, as a Memory following another process's task
+    reads it) may hold the one dropped later while it waits for the one dropped first:
+    each side waits for the other, and the server fails one of them after its
+    ``deadlock_timeout`` (the live read, or this rebuild). So for
+    :data:`START_RETRY_SECONDS` the drops wait at most :data:`START_LOCK_WAIT_MS` for a
+    table; past that the transaction lets go of every table, the read goes on, and the
+    start is tried again shortly after.
+    """
+    patient_from = monotonic() + START_RETRY_SECONDS
+    while True:
+        try:
+            with store.transaction() as connection:
+                store.lock_writers(connection)
+                if not store.is_sqlite and monotonic() < patient_from:
+                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {START_LOCK_WAIT_MS}")
+                if resume:
+                    projector.create(connection, rebuilding=True)
+                else:
+                    projector.begin_rebuild(connection)
+            return
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            log.debug("the rebuild waits for readers of its tables: %s", first_line(error))
+            sleep(random.uniform(0.05, 0.2))
 
 
 def _fold_to_end(

@@ -1372,3 +1372,32 @@ def test_a_rebuild_resumed_past_an_erased_users_events_folds_every_event_written
     assert ben_words == 0
     assert verify(store) == []
     store.close()
+
+
+def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_deadlock() -> None:
+    """A live read (a task's state joined to its user, as a Memory following another
+    process's task does) holds one projection table and reads another the rebuild has
+    just dropped, while the rebuild waits to drop the first: each waited for the other,
+    and after a second the server failed one of them (the read, or the rebuild itself).
+    The rebuild lets go and tries again instead: both succeed."""
+    store = EventStore(postgres_url())
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    dropped_first, dropped_later = tables.users.name, tables.tasks.name
+    order = [t.name for t in reversed(tables.metadata.sorted_tables)]
+    assert order.index(dropped_first) < order.index(dropped_later)
+    try:
+        with ThreadPoolExecutor(1) as pool, store.engine.connect() as reader:
+            reader.execute(text(f"SELECT count(*) FROM {dropped_later}"))
+            rebuilding = pool.submit(rebuild, store)
+            _until_waiting_on_a_lock_or_done(store, rebuilding)
+            assert reader.execute(text(f"SELECT count(*) FROM {dropped_first}")).scalar_one() == 1
+            reader.commit()
+            assert rebuilding.result(30) == 2
+    finally:
+        store.close()
