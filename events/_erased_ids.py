@@ -15,18 +15,23 @@ gets neither the record's table nor the triggers.
 Once a row is numbered after the record, SQLite's own numbering (the highest id plus one)
 passes it as well, and the triggers only cost every insert their ``WHEN`` check: the
 writer takes them and the record away (:func:`drop_passed_guard`) in the transaction of
-its first insert after it opened or erased, holding the write lock, so no other
-connection is erasing meanwhile, and the next erasure that lowers the highest id makes
-them again.
+its first insert after it opened or erased, or after the file's data version told it that
+another connection committed (read by a write checking its logs' origins anyway),
+holding the write lock, so no other connection is erasing meanwhile, and the next erasure
+that lowers the highest id makes them again. The drop is optional cleanup, made under a
+savepoint: its failure is logged and the write goes on, the guard whole.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 from sqlalchemy import Connection
 
 __all__ = ["drop_passed_guard", "keep_erased_ids_unused"]
+
+log = logging.getLogger("memvee.events")
 
 _STAND_IN = "x'" + "00" * 16 + "'"
 """The stand-in row's log id: no user's (theirs are uuid5 of their name), at version 0,
@@ -69,28 +74,58 @@ def _record(table: str) -> str:
     return f"{table}_erased_upto"
 
 
-def _guard_may_stand(driver: sqlite3.Connection, table: str) -> bool:
-    """Whether ``table`` has the record of erased ids (and so, maybe, its triggers): a
-    writer that opens on a file another process erased in checks after its first insert."""
+def _guard_parts(driver: sqlite3.Connection, table: str) -> set[str]:
+    """The names of the record of ``table``'s erased ids and of its triggers the file
+    holds: a writer that opens on a file another process erased in checks at its first
+    insert."""
+    names = (_record(table), *_triggers(table))
     found = driver.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_record(table),)
-    )
-    return found.fetchone() is not None
+        "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)", names
+    ).fetchall()
+    return {name for (name,) in found}
+
+
+def _triggers(table: str) -> tuple[str, str]:
+    """The triggers that number ``table``'s next insert past its record of erased ids."""
+    return f"{table}_after_erased", f"{table}_stand_in_out"
 
 
 def drop_passed_guard(driver: sqlite3.Connection, table: str) -> bool:
     """In a transaction holding SQLite's write lock (right after an insert): drop the
     record of ``table``'s erased ids and its two triggers if a row is numbered past every
-    erased id (the record is empty, or none above the highest id is left); returns whether
-    the guard stood, so that a writer knows when to stop looking for it."""
-    if not _guard_may_stand(driver, table):
-        return False
+    erased id (the record is empty, or none above the highest id is left), or if a trigger
+    is missing (the record then guards nothing); returns whether the guard still stands,
+    so that a writer knows when to stop looking for it.
+
+    Dropping it is cleanup the write does not need: it runs under a savepoint, and a
+    failure (a full disk, a busy schema) is rolled back to it and logged, the guard left
+    whole (ids are still never given again) and the write going on."""
+    parts = _guard_parts(driver, table)
     record = _record(table)
-    waiting = driver.execute(
-        f"SELECT 1 FROM {record} WHERE abs(id) > (SELECT coalesce(max(id), 0) FROM {table})"
-    ).fetchone()
-    if waiting is None:
-        driver.execute(f"DROP TRIGGER IF EXISTS {table}_after_erased")
-        driver.execute(f"DROP TRIGGER IF EXISTS {table}_stand_in_out")
+    if record not in parts:
+        return False
+    whole = parts == {record, *_triggers(table)}
+    if whole:
+        waiting = driver.execute(
+            f"SELECT 1 FROM {record} WHERE abs(id) > (SELECT coalesce(max(id), 0) FROM {table})"
+        ).fetchone()
+        if waiting is not None:
+            return True
+    driver.execute("SAVEPOINT drop_passed_guard")
+    try:
+        for trigger in _triggers(table):
+            driver.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         driver.execute(f"DROP TABLE {record}")
-    return True
+    except sqlite3.Error as error:
+        driver.execute("ROLLBACK TO drop_passed_guard")
+        driver.execute("RELEASE drop_passed_guard")
+        log.warning(
+            "the guard keeping the erased ids of %s unused could not be dropped (%s: %s); "
+            "it stays, costing each insert its check, until a later write looks again",
+            table,
+            type(error).__name__,
+            error,
+        )
+        return False
+    driver.execute("RELEASE drop_passed_guard")
+    return False

@@ -1074,7 +1074,9 @@ class EventStore:
         self._erased_guard = self.is_sqlite
         """Whether the events table may have the triggers keeping erased ids unused, which
         the next insert drops once passed (:func:`drop_passed_guard`): any file at open
-        (another process may have erased), and after this store's own erasures."""
+        (another process may have erased), after this store's own erasures, and once
+        SQLite's data version, read to check a write's origins, tells that another
+        connection committed (a ``memvee forget`` beside a ``serve``)."""
         self._origins_current: dict[UUID, int] = {}
         self._insert_sql = (
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
@@ -1323,6 +1325,10 @@ class EventStore:
             ids = self._insert(connection, stored) if stored else []
             if origins:  # after the insert: the write lock is held
                 self._check_origins(connection, origins)
+            if self._erased_guard and ids:  # the insert holds the write lock: see _erased_ids
+                driver = connection.connection.driver_connection
+                assert isinstance(driver, sqlite3.Connection)
+                self._erased_guard = drop_passed_guard(driver, self._events.name)
         return [Recorded(n, e) for n, e in zip(ids, events, strict=True)]
 
     def _check_origins(self, connection: Connection, origins: Mapping[UUID, datetime]) -> None:
@@ -1341,6 +1347,7 @@ class EventStore:
             if data_version != self._data_version:
                 self._data_version = data_version
                 self._outside_commits += 1
+                self._erased_guard = True  # another process may have erased
             seen, checked = self._outside_commits, self._origins_current
             origins = {i: b for i, b in origins.items() if checked.get(i, -1) < seen}
             if not origins:
@@ -1402,8 +1409,6 @@ class EventStore:
             else:
                 driver.executemany(self._insert_sql, bound)
                 last = driver.execute("SELECT last_insert_rowid()").fetchone()[0]
-            if self._erased_guard:  # this insert holds the write lock: see _erased_ids
-                self._erased_guard = drop_passed_guard(driver, self._events.name)
             return list(range(int(last) - len(stored) + 1, int(last) + 1))
         # No table lock: every writer folds its own events in its own transaction, so
         # the projections never need commit order to equal id order.

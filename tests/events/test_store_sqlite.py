@@ -683,6 +683,114 @@ def test_the_guard_of_erased_ids_is_dropped_once_a_write_is_numbered_past_them(
     reopened.close()
 
 
+_GUARD = {"memvee_events_after_erased", "memvee_events_stand_in_out", "memvee_events_erased_upto"}
+
+
+def _writer(store: EventStore) -> sqlite3.Connection:
+    """The SQLite connection ``store`` writes on (its one writer)."""
+    with store.transaction() as connection:
+        driver = connection.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    return driver
+
+
+def _exchange(store: EventStore, user_id: str) -> list[int]:
+    """A message of ``user_id``, whose log ``store`` holds, appended as a lone exchange is
+    (its log's origin given): the ids of its events."""
+    user_log = store.load(user_id)
+    assert user_log is not None
+    user_log.add_message("user", f"{user_id} again", None, 1000)
+    origins = {user_log.id: user_log.created_on}
+    return [
+        r.notification_id for r in store.append([list(user_log.collect_events())], origins=origins)
+    ]
+
+
+def test_a_guard_that_cannot_be_dropped_is_logged_and_the_write_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropping the passed guard is cleanup: its DROP failing (here refused by an
+    authorizer, as a full disk or a busy schema would) is rolled back to a savepoint,
+    logged with the error, and the write is stored, the guard left whole; later writes
+    go on too."""
+    path = tmp_path / "events.db"
+    store = EventStore(sqlite_url(path))
+    _ids_of(store, "ann", 1)
+    ben = _ids_of(store, "ben", 2)
+    with store.transaction() as connection:
+        store.forget(connection, "ben")
+    refusing = sqlite3.SQLITE_DENY
+
+    def no_drop_table(action: int, *_: object) -> int:
+        return refusing if action == sqlite3.SQLITE_DROP_TABLE else sqlite3.SQLITE_OK
+
+    _writer(store).set_authorizer(no_drop_table)
+    with caplog.at_level(logging.WARNING, logger="memvee.events"):
+        carl = _ids_of(store, "carl", 1)
+        dan = _ids_of(store, "dan", 1)
+    assert carl[0] == ben[-1] + 1 and dan[0] == carl[-1] + 1
+    assert _erased_ids_guard(path) == _GUARD, "the first DROPs were rolled back with the last"
+    warned = [r for r in caplog.records if "could not be dropped" in r.getMessage()]
+    assert len(warned) == 1 and "not authorized" in warned[0].getMessage()
+    _writer(store).set_authorizer(None)
+    with store.transaction() as connection:
+        store.forget(connection, "dan")
+    assert _ids_of(store, "eve", 0) == [dan[-1] + 1]
+    assert _erased_ids_guard(path) == set()
+    store.close()
+
+
+def test_a_store_drops_the_guard_another_process_made_once_its_data_version_tells(
+    tmp_path: Path,
+) -> None:
+    """A store that keeps running while another one (a ``memvee forget``) erases the
+    highest ids drops their guard at its next lone exchange, which reads the file's data
+    version anyway; while nothing else committed, its write asks nothing more."""
+    path = tmp_path / "events.db"
+    serving, forgetting = EventStore(sqlite_url(path)), EventStore(sqlite_url(path))
+    _ids_of(serving, "ann", 1)
+    _exchange(serving, "ann")
+    ben = _ids_of(forgetting, "ben", 2)
+    with forgetting.transaction() as connection:
+        forgetting.forget(connection, "ben")
+    assert _erased_ids_guard(path) == _GUARD
+    assert _exchange(serving, "ann")[0] == ben[-1] + 1
+    assert _erased_ids_guard(path) == set()
+    statements: list[str] = []
+    _writer(serving).set_trace_callback(statements.append)
+    _exchange(serving, "ann")
+    _writer(serving).set_trace_callback(None)
+    assert not [each for each in statements if "sqlite_master" in each]
+    serving.close()
+    forgetting.close()
+
+
+def test_a_record_of_erased_ids_without_its_triggers_is_dropped_at_the_first_write(
+    tmp_path: Path,
+) -> None:
+    """A file holding the record of erased ids but not the triggers that act on it (a
+    half-made or half-dropped guard) has the record dropped by the first write, not
+    looked up at every insert."""
+    path = tmp_path / "events.db"
+    store = EventStore(sqlite_url(path))
+    _ids_of(store, "ann", 1)
+    store.close()
+    with sqlite3.connect(path) as editing:
+        editing.execute("CREATE TABLE memvee_events_erased_upto (id INTEGER NOT NULL)")
+        editing.execute(
+            "INSERT INTO memvee_events_erased_upto SELECT max(id) + 100 FROM memvee_events"
+        )
+    editing.close()
+    reopened = EventStore(sqlite_url(path))
+    _ids_of(reopened, "ben", 0)
+    assert _erased_ids_guard(path) == set()
+    statements: list[str] = []
+    _writer(reopened).set_trace_callback(statements.append)
+    _ids_of(reopened, "carl", 0)
+    assert not [each for each in statements if "sqlite_master" in each]
+    reopened.close()
+
+
 def test_a_write_refused_after_an_erasure_leaves_the_erased_ids_unused_and_no_stand_in(
     tmp_path: Path,
 ) -> None:
