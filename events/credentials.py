@@ -10,13 +10,15 @@ and memvee's re-extraction and logging use one definition; they import no client
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import re
 import traceback
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 from urllib.parse import unquote
 
 from events.errors import first_line
@@ -24,17 +26,22 @@ from events.errors import first_line
 __all__ = [
     "BASE_URL_ENV_VAR",
     "SECRET_ENV_VARS",
+    "SECRET_NAME",
     "CarriesCredentials",
     "carried_by",
     "client_secrets",
     "configured_secrets",
     "credentials_of",
+    "held_secrets",
     "log_failure",
+    "looks_secret",
     "mask_url_userinfo",
+    "named_secrets",
     "redact",
     "shown_error",
     "shown_forms",
     "shows_credentials",
+    "url_secrets",
     "userinfo",
 ]
 
@@ -85,12 +92,123 @@ def userinfo(url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(form for part in parts for form in (part, unquote(part)) if form))
 
 
+SECRET_NAME: Final = re.compile(r"(?i)key|token|secret|auth|passw(?:or)?d|credential")
+"""What a name says of a value that is a credential: an environment variable's
+(``OPENAI_API_KEY``, ``HF_TOKEN``, ``PGPASSWORD``), an attribute's (``api_key``,
+``_auth_token``), an HTTP header's (``Authorization``, ``x-api-key``) or a URL query
+parameter's (``?key=``). The one definition every search for a credential here uses."""
+
+_HELD_ITEMS = 100
+"""The most items of a mapping an object holds (its default headers) looked through."""
+
+
+def looks_secret(value: str) -> bool:
+    """Whether ``value``, held under a name :data:`SECRET_NAME` matches, is taken for a
+    credential: at least :data:`SHORTEST_SECRET` characters with no space inside, holding
+    a digit or at least twice as long (a key, a token, a password), and no file's path (a
+    ``SSH_AUTH_SOCK``, a key file's location). A short or common value (``1``,
+    ``disabled``) never becomes a pattern every text is cleaned of."""
+    value = value.strip()
+    if len(value) < SHORTEST_SECRET or any(each.isspace() for each in value):
+        return False
+    if not any(each.isdigit() for each in value) and len(value) < 2 * SHORTEST_SECRET:
+        return False
+    return not (os.sep in value and os.path.exists(value))
+
+
+def named_secrets(name: str, value: object) -> tuple[str, ...]:
+    """The credentials a value held under ``name`` shows: itself if a string the name
+    says is one (:data:`SECRET_NAME`, :func:`looks_secret`) and the token after its
+    scheme (``Bearer sk-...``); a URL's user info and the values of its query parameters
+    named so, for a string holding ``://`` or any value a name saying URL holds (an
+    ``httpx.URL``); and, for a mapping (HTTP headers), the credentials of its items."""
+    if isinstance(value, Mapping):
+        items = itertools.islice(value.items(), _HELD_ITEMS)
+        return tuple(
+            secret
+            for key, held in items
+            if isinstance(key, str) and isinstance(held, str)
+            for secret in named_secrets(key, held)
+        )
+    if not isinstance(value, str):
+        if value is None or not re.search(r"(?i)url|endpoint", name):
+            return ()
+        value = str(value)
+    found: list[str] = []
+    token = value.strip().rpartition(" ")[2]  # after its scheme: "Bearer sk-..."
+    if SECRET_NAME.search(name) and looks_secret(token):
+        found.extend(dict.fromkeys((token, value)))
+    if "://" in value:
+        found.extend(url_secrets(value))
+    return tuple(found)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The credentials ``url`` carries: its user info (:func:`userinfo`) and the value of
+    every query parameter :data:`SECRET_NAME` names (``?key=``, ``&access_token=``), as
+    written and percent-decoded."""
+    found = list(userinfo(url))
+    query = url.partition("?")[2].partition("#")[0]
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if SECRET_NAME.search(unquote(name)):
+            found.extend(form for form in (value, unquote(value)) if looks_secret(form))
+    return tuple(dict.fromkeys(found))
+
+
 def configured_secrets() -> tuple[str, ...]:
-    """The credentials the environment gives the SDKs: never shown."""
+    """The credentials the environment gives: those the SDKs read (:data:`SECRET_ENV_VARS`,
+    the user info of :data:`BASE_URL_ENV_VAR`) and every variable's value its name says is
+    one (:func:`named_secrets`: any provider's ``*_API_KEY``, a ``*_TOKEN``), as the
+    environment is at each call, so that one set later is known too: never shown."""
+    raw = getattr(os.environ, "_data", None)  # CPython's: compared at C speed
+    seen, told = _environment_read[0]
+    if raw is not None and raw == seen:
+        return told
     found = [os.environ.get(name) for name in SECRET_ENV_VARS]
     url = os.environ.get(BASE_URL_ENV_VAR)
+    named = (secret for name, value in os.environ.items() for secret in named_secrets(name, value))
     secrets = [secret for secret in found if secret]
-    return (*secrets, *(userinfo(url) if url else ()))
+    told = tuple(dict.fromkeys((*secrets, *(userinfo(url) if url else ()), *named)))
+    if raw is not None:
+        _environment_read[0] = (dict(raw), told)
+    return told
+
+
+_environment_read: list[tuple[Mapping[Any, Any] | None, tuple[str, ...]]] = [(None, ())]
+"""The environment :func:`configured_secrets` last read, copied, and what it found there:
+a logger's filter asks at every record, and reading every variable costs far more than
+telling the environment has not changed."""
+
+
+def held_secrets(holder: object) -> tuple[str, ...]:
+    """The credentials ``holder`` (an embedder, an extractor) keeps in its own attributes
+    and in those of the objects they hold (its clients, public or private), one level
+    down and no further: each :func:`named_secrets`. Only instances' own attributes are
+    read, never a property (which may build a client, or fail, at each read)."""
+    found: list[str] = []
+    for name, value in _own_attributes(holder):
+        found.extend(named_secrets(name, value))
+        if _may_hold_credentials(value):
+            for inner, held in _own_attributes(value):
+                found.extend(named_secrets(inner, held))
+    return tuple(dict.fromkeys(found))
+
+
+def _own_attributes(holder: object) -> list[tuple[str, object]]:
+    """``holder``'s instance attributes (its ``__dict__``), none if it has none."""
+    own = getattr(holder, "__dict__", None)
+    if not isinstance(own, Mapping) or isinstance(holder, type | types.ModuleType):
+        return []
+    return [(name, value) for name, value in list(own.items()) if isinstance(name, str)]
+
+
+def _may_hold_credentials(value: object) -> bool:
+    """Whether ``value`` is an object whose own attributes may hold credentials (an API
+    client): no plain value, container, class, module or function."""
+    plain = (str, bytes, int, float, Mapping, list, tuple, set, frozenset, type)
+    callables = (types.ModuleType, types.FunctionType, types.MethodType)
+    return value is not None and not isinstance(value, (*plain, *callables))
 
 
 def client_secrets(client: object) -> tuple[str, ...]:
@@ -116,14 +234,16 @@ class CarriesCredentials(ABC):
 
 def carried_by(extractor: object) -> tuple[str, ...]:
     """The credentials ``extractor``'s API clients carry: those a
-    :class:`CarriesCredentials` tells, else those of a ``client`` held as an instance's
-    own attribute (no property is triggered). Reading them never fails a batch: a failure
-    is logged at debug level and none is given."""
+    :class:`CarriesCredentials` tells, else those it and the objects it holds keep in
+    their own attributes (:func:`held_secrets`: no property is triggered), and those of
+    a ``client`` it holds (:func:`client_secrets`). Reading them never fails a batch: a
+    failure is logged at debug level and none is given."""
     try:
         if isinstance(extractor, CarriesCredentials):
             return tuple(extractor.carried_credentials())
         client = (getattr(extractor, "__dict__", None) or {}).get("client")
-        return () if client is None else client_secrets(client)
+        held = held_secrets(extractor)
+        return tuple(dict.fromkeys((*held, *(() if client is None else client_secrets(client)))))
     except Exception as error:
         log.debug(
             "the credentials of extractor %r could not be read (%s); the environment's are used",
@@ -134,8 +254,9 @@ def carried_by(extractor: object) -> tuple[str, ...]:
 
 
 def credentials_of(extractor: object) -> tuple[str, ...]:
-    """The credentials the environment gives the SDKs, and those ``extractor``'s API
-    clients carry (:func:`carried_by`): never shown."""
+    """The credentials the environment gives (:func:`configured_secrets`), and those
+    ``extractor`` (or an embedder) and its API clients carry (:func:`carried_by`): never
+    shown."""
     return (*configured_secrets(), *carried_by(extractor))
 
 

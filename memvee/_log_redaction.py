@@ -67,7 +67,9 @@ class RedactSecrets(logging.Filter):
     """Rewrites a record's message, exception text, stack and string extras with the user
     info of every URL masked and every known secret replaced by ``[redacted]``.
 
-    The known secrets are those the environment gives the Claude client (read at each
+    The known secrets are those the environment gives (the SDKs' variables and every one
+    whose name says it holds a credential: :func:`~events.credentials.configured_secrets`,
+    the definition a contained embedder's failures are cleaned by too; read at each
     record, so a key set later is covered too) and ``secrets`` given here (a database
     password). The record is changed in place, so every handler it reaches sees it clean.
 

@@ -75,9 +75,10 @@ def contained(embed: Embed, secrets: Callable[[], Sequence[str]] = configured_se
     thread fails that call, as any embedder failure, instead of ending the thread (on an
     actor's thread, pykka would stop every actor).
 
-    An error whose traceback shows one of ``secrets`` (the credentials of the embedder's
-    HTTP client: an API key echoed by a 401) is raised again as one told without them
-    (:func:`_told_without`), since every path that embeds logs what it raised."""
+    An error whose traceback shows one of ``secrets`` (the credentials the embedder or its
+    HTTP client keeps, or the environment's: an API key echoed by a 401) is raised again
+    as one told without them (:func:`_told_without`), since every path that embeds logs
+    what it raised."""
 
     def call(texts: Sequence[str]) -> list[list[float]]:
         try:
@@ -123,9 +124,10 @@ class ContainedEmbedder:
     """A user's ``embedder`` with its ``embed`` :func:`contained`: wrapped once where the
     embedder enters memvee, so that every path that embeds (a search, the background
     fill, the entries shown beside a batch) fails alike on what is no ``Exception``, and
-    logs no failure showing the credentials the embedder's client carries (its ``client``
-    attribute's API key, as :func:`~events.credentials.carried_by` reads an extractor's)
-    or the environment gives."""
+    logs no failure showing the credentials the embedder or its clients keep (an API key,
+    a token, a header's, a URL's: :func:`~events.credentials.carried_by`, as an
+    extractor's are read) or the environment gives (any variable its name says holds one:
+    :func:`~events.credentials.configured_secrets`, which the loggers' filter reads too)."""
 
     def __init__(self, embedder: NamedEmbedder) -> None:
         self.wrapped = embedder

@@ -239,3 +239,26 @@ def test_a_logger_made_while_the_loggers_are_looked_through_fails_no_protection(
     assert _PrefixMakingALogger.made
     for name in ("memvee_test_late_client", "memvee_test_late_client.transport"):
         assert sum(isinstance(f, RedactSecrets) for f in logging.getLogger(name).filters) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "secret"),
+    [
+        ("OPENAI_API_KEY", "sk-proj-filter-DO-NOT-LEAK-7", True),
+        ("HF_TOKEN", "hf_abcdefghijklmnop1234", True),
+        ("PGPASSWORD", "hunter2hunter2", True),
+        ("GATEWAY_SECRET", "correcthorsebatterystaple", True),
+        ("SOME_AUTH_MODE", "disabled", False),
+        ("KEYBOARD_DELAY", "1", False),
+        ("SSH_AUTH_SOCK", __file__, False),
+    ],
+)
+def test_a_variable_whose_name_says_it_holds_a_credential_is_taken_out_of_every_record(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, secret: bool
+) -> None:
+    """Any provider's key or token in the environment is known to the filter, as to a
+    contained embedder (one definition); a short or common value, or a file's path, never
+    becomes a pattern every line is cleaned of."""
+    monkeypatch.setenv(name, value)
+    shown = _cleaned("the client said %s", value)
+    assert (value not in shown) is secret

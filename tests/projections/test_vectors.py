@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+import traceback
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import product
@@ -514,3 +515,82 @@ def test_the_cache_holds_vectors_up_to_its_bytes_dropping_the_user_searched_long
             assert len(index.messages(connection, user, query, 10)) == 10
     assert list(index._cache) == [str(user_log_id("bob"))]
     store.close()
+
+
+_KEY = "sk-embed-carried-key-0123456789"
+
+
+class _Holding:
+    """An API client (or an embedder) given its attributes in code."""
+
+    def __init__(self, **attributes: object) -> None:
+        self.__dict__.update(attributes)
+
+
+class _Url:
+    """A URL object (as ``httpx.URL``): no string, shown by ``str``."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
+
+
+class _EchoingItsKey:
+    """An embedder behind an API that refuses its key and echoes it back (a 401), the key
+    kept wherever ``carrier`` puts it."""
+
+    name = "echo"
+    dimensions = 3
+
+    def __init__(self, carrier: dict[str, object]) -> None:
+        self.__dict__.update(carrier)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError(f"401 Unauthorized: GET https://api.example/v1?key={_KEY} ({_KEY})")
+
+
+@pytest.mark.parametrize(
+    ("carrier", "environment"),
+    [
+        ({"client": _Holding(api_key=_KEY)}, {}),
+        ({"api_key": _KEY}, {}),
+        ({"_auth_token": f"  {_KEY}\n"}, {}),
+        ({"_client": _Holding(api_key=_KEY)}, {}),
+        ({"client": _Holding(default_headers={"Authorization": f"Bearer {_KEY}"})}, {}),
+        ({"session": _Holding(_headers={"x-api-key": _KEY})}, {}),
+        ({"client": _Holding(base_url=f"https://api.example/v1?key={_KEY}")}, {}),
+        ({"_base_url": _Url(f"https://gw.example/?access_token={_KEY}")}, {}),
+        ({}, {"OPENAI_API_KEY": _KEY}),
+        ({}, {"MISTRAL_TOKEN": _KEY}),
+    ],
+    ids=[
+        "client's api_key",
+        "its own api_key",
+        "a private token",
+        "a private client",
+        "a client's default headers",
+        "a session's headers",
+        "a base URL's query",
+        "a URL object's query",
+        "OPENAI_API_KEY",
+        "any provider's token variable",
+    ],
+)
+def test_an_embedders_failure_never_shows_a_key_it_or_its_client_or_the_environment_holds(
+    monkeypatch: pytest.MonkeyPatch, carrier: dict[str, object], environment: dict[str, str]
+) -> None:
+    """Wherever the key is kept (an attribute of the embedder or of a client it holds,
+    public or private, a header, a URL's query, any provider's environment variable), the
+    failure a contained embedder raises, as its traceback is logged, shows none of it."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    embedder = vectors_module.ContainedEmbedder(_EchoingItsKey(carrier))
+    with pytest.raises(MemveeError) as raised:
+        embedder.embed(["x"])
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "401 Unauthorized" in shown
+    assert _KEY[:12] not in shown and _KEY[-12:] not in shown
