@@ -1,0 +1,156 @@
+"""Upgrading memvee over a database an older memvee wrote: every message, fact, task,
+quarantine and re-extracted version it showed is there, with no error, and the users carry
+on writing.
+
+The fixtures in ``tests/data/upgrade`` are the raw event and snapshot rows older memvees
+stored (each names its commit; its README says how it was made), with what that memvee
+showed of every user. They cover the three stored forms of an event: full topics with ISO
+times, full topics with ``utc_us`` times, and the compact form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from events import EventStore
+from memvee import Memory, ProcessStatus
+from memvee.audit import Audit
+from tests.support.verification import differences
+
+FIXTURES = Path(__file__).parent.parent / "data" / "upgrade"
+MADE_BY = sorted(path.stem for path in FIXTURES.glob("*.json"))
+
+
+def _fixture(commit: str) -> dict[str, Any]:
+    """The rows and the view of the fixture the memvee of ``commit`` made."""
+    loaded: dict[str, Any] = json.loads((FIXTURES / f"{commit}.json").read_text("utf-8"))
+    return loaded
+
+
+def _stored(rows: list[list[Any]]) -> list[StoredEvent]:
+    """Stored events of a fixture's rows, their state as the bytes the older memvee wrote."""
+    return [
+        StoredEvent(UUID(log_id), version, topic, orjson.dumps(state))
+        for log_id, version, topic, state in rows
+    ]
+
+
+def _as_left_by(db_url: str, fixture: dict[str, Any]) -> None:
+    """Put the older memvee's event and snapshot rows into the empty database at ``db_url``,
+    as it stored them (an interrupted task's start included)."""
+    store = EventStore(db_url)
+    try:
+        application: Any = store._app
+        application.recorder.insert_events(_stored(fixture["events"]))
+        application.snapshots.recorder.insert_events(_stored(fixture["snapshots"]))
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=MADE_BY)
+def older(request: pytest.FixtureRequest, db_url: str) -> Iterator[dict[str, Any]]:
+    """The database at ``db_url`` as the older memvee of the fixture left it."""
+    fixture = _fixture(request.param)
+    _as_left_by(db_url, fixture)
+    yield fixture
+
+
+def test_the_fixtures_cover_every_stored_form_of_an_event() -> None:
+    """Full topics with ISO times, full topics with ``utc_us`` times, short topics with bare
+    microseconds: each form an older memvee stored has a fixture."""
+    forms = set()
+    for commit in MADE_BY:
+        _, _, topic, state = _fixture(commit)["events"][1]
+        stamp = state["timestamp"]
+        forms.add((":" in topic, stamp["_type_"] if isinstance(stamp, dict) else "bare"))
+    assert forms == {(True, "datetime_iso"), (True, "utc_us"), (False, "bare")}
+
+
+async def _view(memory: Memory, user: str) -> dict[str, Any]:
+    """What ``memory`` shows of ``user``, in the fixture's terms."""
+    return {
+        "messages": [
+            [m.message_id, m.role, m.content, m.sent_at.isoformat()]
+            for m in await memory.messages(user)
+        ],
+        "knowledge": [
+            [k.entry_id, k.text, list(k.source_message_ids), k.task_id]
+            for k in await memory.knowledge(user)
+        ],
+        "tasks": sorted(
+            [t.task_id, t.status.value, t.knowledge_count, t.error]
+            for t in await memory.tasks(user)
+        ),
+        "buffer": [b.message_id for b in await memory.buffer(user)],
+        "quarantined": [q.message_id for q in await memory.quarantined(user)],
+    }
+
+
+async def test_an_upgraded_memory_shows_every_message_fact_and_task_the_older_one_showed(
+    older: dict[str, Any], make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """Opened by this memvee, the database shows each user as the older memvee did: every
+    message with its time, every fact with its sources and task, every task with its
+    outcome (one cut short by a kill is closed as interrupted), the buffer and the
+    quarantine; a forgotten user stays forgotten, and the rebuilt projections match."""
+    memory: Memory = await make_memory()
+    for user, shown in older["expected"].items():
+        if shown is None:
+            assert await memory.user(user) is None, user
+            continue
+        assert await _view(memory, user) == shown, user
+        summary = await memory.user(user)
+        assert summary is not None
+        assert summary.message_count == len(shown["messages"])
+    await memory.close()
+    assert differences(db_url) == []
+
+
+async def test_an_upgraded_memory_keeps_the_re_extracted_versions(
+    older: dict[str, Any], make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """A knowledge version the older memvee re-extracted, not promoted, is still there."""
+    await (await make_memory()).close()
+    audit = Audit(db_url=db_url)
+    try:
+        for user, versions in older["reextracted"].items():
+            for version, count in versions.items():
+                assert len(audit.knowledge(user, version=version)) == count, (user, version)
+    finally:
+        audit.close()
+
+
+async def test_every_user_of_an_upgraded_database_writes_and_processes_on(
+    older: dict[str, Any], make_memory: Callable[..., Any], db_url: str
+) -> None:
+    """Each user an older memvee wrote (loaded from its snapshots and events) takes a new
+    exchange and has it processed, quarantined messages requeued, and loses nothing."""
+    memory: Memory = await make_memory()
+    started = datetime.now().astimezone()
+    for user, shown in older["expected"].items():
+        if shown is None:
+            continue
+        if shown["quarantined"]:
+            assert await memory.requeue(user) == len(shown["quarantined"])
+        await memory.add_exchange(user, f"I keep a bicycle named {user}-bike", "ok")
+        await memory.flush(user)
+        messages = [m.message_id for m in await memory.messages(user)]
+        assert messages[: len(shown["messages"])] == [m[0] for m in shown["messages"]]
+        assert len(messages) == len(shown["messages"]) + 2
+        assert await memory.buffer(user) == []
+        tasks = await memory.tasks(user)
+        assert {t.task_id for t in tasks} >= {t[0] for t in shown["tasks"]}
+        assert all(t.status in (ProcessStatus.COMPLETED, ProcessStatus.FAILED) for t in tasks)
+        newest = [k for k in await memory.knowledge(user) if k.valid_from >= started]
+        assert any(f"{user}-bike" in k.text for k in newest), user
+    await memory.close()
+    assert differences(db_url) == []
