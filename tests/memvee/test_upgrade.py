@@ -10,6 +10,7 @@ times, full topics with ``utc_us`` times, and the compact form.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,9 +22,11 @@ import orjson
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from events import EventStore
-from memvee import Memory, ProcessStatus
+from events import EventStore, sqlite_url
+from memvee import Memory, MemoryConfig, ProcessStatus
 from memvee.audit import Audit
+from projections import ProjectionTables, Projector
+from tests.support.extractors import RecordingExtractor
 from tests.support.verification import differences
 
 FIXTURES = Path(__file__).parent.parent / "data" / "upgrade"
@@ -154,3 +157,29 @@ async def test_every_user_of_an_upgraded_database_writes_and_processes_on(
         assert any(f"{user}-bike" in k.text for k in newest), user
     await memory.close()
     assert differences(db_url) == []
+
+
+async def test_a_sqlite_file_of_the_oldest_layout_opens_showing_what_its_memvee_showed(
+    tmp_path: Path,
+) -> None:
+    """The SQLite file itself (``a1f6344.sqlite.gz``, its projections of layout 2, with
+    their full-text tables, beside the log): this memvee lays the projections out anew and
+    refolds them, and shows every user as that memvee did."""
+    path = tmp_path / "memvee.db"
+    path.write_bytes(gzip.decompress((FIXTURES / "a1f6344.sqlite.gz").read_bytes()))
+    expected = _fixture("a1f6344")["expected"]
+    config = MemoryConfig(db_path=str(path))
+    async with Memory(config=config, extractor=RecordingExtractor(), embedder=False) as memory:
+        for user, shown in expected.items():
+            if shown is None:
+                assert await memory.user(user) is None, user
+            else:
+                assert await _view(memory, user) == shown, user
+    url = sqlite_url(path)
+    store = EventStore(url)
+    try:
+        with store.engine.connect() as connection:
+            assert Projector(ProjectionTables()).layout_current(connection)
+    finally:
+        store.close()
+    assert differences(url) == []
