@@ -617,6 +617,8 @@ class UserLog(Aggregate):
     def upgrade(self) -> None:
         """Fill state that snapshots taken by an older memvee lack.
 
+        Snapshots of the first memvees hold no processing requests nor knowledge versions:
+        there were none then.
         Entries valid before the knowledge lifecycle are then unknown to the log, so an
         update naming one is recorded as a new entry: nothing is lost, only not linked.
         Messages buffered before bounded batches weigh nothing in a batch's token budget.
@@ -626,7 +628,7 @@ class UserLog(Aggregate):
         across the upgrade is collected as if none of it were recorded.
         """
         names = ("valid_entries", "weights", "caps", "parked", "quarantined", "running")
-        for name in (*names, "reextraction_requests"):
+        for name in ("requested", "knowledge_versions", *names, "reextraction_requests"):
             if not hasattr(self, name):
                 setattr(self, name, {})
         if not hasattr(self, "latest_end"):

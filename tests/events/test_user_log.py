@@ -166,6 +166,20 @@ def test_a_snapshot_from_before_quiet_tasks_is_upgraded() -> None:
     assert log.quiet_since() is None
 
 
+def test_a_snapshot_from_before_processing_requests_and_versions_is_upgraded() -> None:
+    """The first memvees' snapshots hold no ``requested`` (processing requests came later)
+    nor ``knowledge_versions`` (re-extraction came later): upgraded, the log takes a
+    request, runs it and counts a re-extracted version, instead of being broken."""
+    log, ids = _log_with(2)
+    for name in ("requested", "knowledge_versions"):
+        del log.__dict__[name]
+    restored = Snapshot.take(log).mutate(None)
+    restored.upgrade()
+    assert restored.request_processing("t1", "manual")
+    assert restored.start_next() == ("t1", "manual", ids)
+    assert restored.knowledge_versions == {}
+
+
 def test_a_task_that_finds_nothing_left_when_it_starts_completes_at_once() -> None:
     log, _ = _log_with(1)
     _start(log, "t1")
