@@ -182,6 +182,8 @@ def evolve_tasks(rows: TableRows, e: Any) -> None:
             )
         case UserLog.ProcessingStarted() if e.batch > 1:
             rows.update(e.task_id, batches=e.batch)
+        case UserLog.ProcessingStarted() if rows.get(e.task_id) is None:
+            rows.put(_started_unrequested(e))
         case UserLog.ProcessingStarted():
             rows.update(e.task_id, status="RUNNING", batches=1, started_at=e.timestamp)
         case UserLog.KnowledgeExtracted():
@@ -192,6 +194,28 @@ def evolve_tasks(rows: TableRows, e: Any) -> None:
             rows.update(e.task_id, status="FAILED", error=e.error, **_finished(e))
         case UserLog.ProcessingInterrupted():
             rows.update(e.task_id, status="FAILED", error=e.reason, **_finished(e))
+
+
+def _started_unrequested(e: Any) -> dict[str, Any]:
+    """The row of a task the first memvees started without a request in the log (they
+    logged none): requested as it started."""
+    return {
+        "task_id": e.task_id,
+        "log_id": _log_id(e),
+        "trigger": e.trigger,
+        "status": "RUNNING",
+        "message_count": 0,
+        "batches": 1,
+        "knowledge_count": 0,
+        "error": None,
+        "requested_at": e.timestamp,
+        "started_at": e.timestamp,
+        "finished_at": None,
+        "requested_version": e.originator_version,
+        "finished_version": None,
+        "extractor": None,
+        "model": None,
+    }
 
 
 def _batch_ended(rows: TableRows, e: Any, knowledge: int, **changes: Any) -> None:

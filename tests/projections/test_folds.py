@@ -78,6 +78,25 @@ def test_an_earlier_start_of_an_entry_no_row_holds_changes_nothing() -> None:
     assert rows.rows == {} and not rows.written
 
 
+def test_a_task_the_first_memvees_started_without_a_request_is_a_running_task() -> None:
+    """The first memvees logged no ProcessingRequested: their task begins at its start,
+    so that it is listed, and one cut short is found and closed as interrupted."""
+    (tasks,) = [p for p in PROJECTIONS if p.table == "tasks"]
+    log = UserLog.register("alice")
+    said = log.add_message("user", "I live in Oslo", None, 100)
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    started = next(e for e in log.collect_events() if isinstance(e, UserLog.ProcessingStarted))
+    rows = tasks.new_rows()
+    tasks.evolve(rows, started)
+    assert rows.rows["t1"]["status"] == "RUNNING"
+    assert rows.rows["t1"]["requested_at"] == rows.rows["t1"]["started_at"] == started.timestamp
+    log.record_knowledge("t1", [ExtractedFact("User lives in Oslo", (said,))], "x")
+    (extracted,) = log.collect_events()
+    tasks.evolve(rows, extracted)
+    assert rows.rows["t1"]["status"] == "COMPLETED"
+    assert rows.rows["t1"]["knowledge_count"] == 1
+
+
 def _extracted(log: UserLog, task_id: str, fact: ExtractedFact) -> list[dict[str, Any]]:
     """Run task ``task_id`` over what ``log`` buffered, answering ``fact``."""
     log.request_processing(task_id, "manual")
