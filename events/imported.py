@@ -29,12 +29,13 @@ _ENTRY_FIELDS: dict[str, Any] = {
     "entry_id": str,
     "text": str,
     "source_message_ids": list[str],
-    "valid_from": str,
 }
 """The fields every knowledge entry of an extraction holds."""
 
-_OPTIONAL_ENTRY_FIELDS: dict[str, Any] = {"repairs": list[str]}
-"""The fields a knowledge entry holds only when there is something in them."""
+_OPTIONAL_ENTRY_FIELDS: dict[str, Any] = {"repairs": list[str], "valid_from": str}
+"""The fields a knowledge entry holds only when there is something in them: the first
+memvees, before the knowledge lifecycle, stored no ``valid_from`` (the entry is valid from
+its extraction, as the projections read it)."""
 
 
 class ImportReplay:
@@ -181,6 +182,8 @@ def _check_entries_began(event: Any, what: str) -> None:
     """Refuse an entry that begins later than its extraction was recorded (and than its
     messages could have been sent): it would end before it began."""
     for entry in getattr(event, "entries", None) or ():
+        if "valid_from" not in entry:
+            continue
         began = datetime.fromisoformat(entry["valid_from"])
         if began.tzinfo is not None and began - event.timestamp > MAX_SENT_AHEAD:
             raise InvalidInputError(
@@ -211,6 +214,8 @@ def check_fields(event: Any, what: str) -> None:
             raise InvalidInputError(f"{what}: a knowledge entry is not well formed: {entry!r:.80}")
         if not entry["text"].strip():
             raise InvalidInputError(f"{what}: knowledge entry {entry['entry_id']!r} has no text")
+        if "valid_from" not in entry:
+            continue
         try:
             began = datetime.fromisoformat(entry["valid_from"])
         except ValueError as error:

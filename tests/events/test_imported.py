@@ -104,6 +104,16 @@ def test_an_entry_may_hold_its_repairs_as_a_list_of_notes() -> None:
     _replay(events)
 
 
+def test_an_entry_the_first_memvees_stored_without_its_start_replays() -> None:
+    """Before the knowledge lifecycle an entry held no ``valid_from`` (it is valid from its
+    extraction, as the projections read it): a log of then replays, in a verify or an
+    import of its export, instead of being called damaged."""
+    events = _history()
+    for entry in _kind(events, UserLog.KnowledgeExtracted).entries:
+        del entry["valid_from"]
+    _replay(events)
+
+
 def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
     events = _changed(_history(), UserLog.KnowledgeSuperseded, superseded_by="e-1")
     with pytest.raises(InvalidInputError, match="entry 'e-1' is not in the log"):
