@@ -727,6 +727,33 @@ async def test_a_fact_below_its_message_and_the_message_both_stay_when_another_c
         assert [m.message.message_id for m in door.messages] == [said.message_id], query
 
 
+async def test_a_fact_found_by_meaning_alone_is_not_listed_before_a_message_outmatching_it(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A result lists its facts before its messages, so a fact sharing no word with the
+    question is left out beside a message scoring over twice as much and as near in
+    meaning: "User likes jazz." (near "tunes" in meaning) was read first for a question
+    the message about Sasha answers in full. The fact still answers a question holding
+    its words, and stays beside that message when the question holds one of them."""
+    memory = await make_memory(
+        extractor=_citing(("User likes jazz.", "user")),
+        embedder=ConceptEmbedder(),
+        config=_EVERY_VECTOR,
+    )
+    await memory.add_exchange("ann", "I like jazz.", "Lovely!", sent_at=T0)
+    await memory.flush("ann")
+    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
+    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+
+    question = "which tunes does Sasha hum in the sun on the windowsill?"
+    result = await memory.retrieve("ann", question, include_messages=True)
+    assert result.entries == [], _by_score(result)
+    assert result.messages[0].message.message_id == said.message_id
+    for query in ("do I like jazz?", "which jazz tunes does Sasha hum in the sun?"):
+        named = await memory.retrieve("ann", query, include_messages=True)
+        assert [hit.text for hit in named.entries] == ["User likes jazz."], _by_score(named)
+
+
 async def test_a_message_kept_beside_its_fact_takes_no_other_facts_place(
     make_memory: Callable[..., Any],
 ) -> None:
