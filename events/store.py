@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, NoReturn
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 from uuid import UUID
 
@@ -322,51 +322,24 @@ def refuse_foreign_sqlite(path: str) -> None:
         )
 
 
-def _still_stored(path: Path | None, opened: tuple[int, int], besides: int | None = None) -> bool:
+def _still_stored(path: Path | None, opened: tuple[int, int]) -> bool:
     """Whether the database file opened as ``opened`` (device, inode) is still a file: at
     ``path``, or moved elsewhere (its folder renamed), as this process's open descriptors
-    of it (but ``besides``) tell (Linux). Deleted, or replaced by another file, a write to
-    it is lost."""
+    of it tell (Linux). Deleted, or replaced by another file, a write to it is lost."""
     if file_ident(path) == opened:
         return True
-    held = _held_open(opened, besides)
+    held = _held_open(opened)
     return held is not None and held.st_nlink > 0
 
 
-def _naming(path: Path, ident: tuple[int, int]) -> int | None:
-    """A descriptor that only names the file at ``path`` if it is still ``ident``
-    (``O_PATH``, Linux; ``None`` elsewhere, or if another file is there now): its
-    ``fstat`` tells whether the file still has a name, without looking the path up.
-
-    It opens nothing to read or write, so its close does not drop the locks SQLite's
-    connections in this process hold on the file (a POSIX lock goes with any other
-    descriptor of the file closed)."""
-    o_path = getattr(os, "O_PATH", None)
-    if o_path is None:
-        return None
-    try:
-        descriptor = os.open(path, o_path)
-    except OSError:
-        return None
-    found = os.fstat(descriptor)
-    if (found.st_dev, found.st_ino) != ident:
-        os.close(descriptor)
-        return None
-    return descriptor
-
-
-def _held_open(ident: tuple[int, int], besides: int | None = None) -> os.stat_result | None:
+def _held_open(ident: tuple[int, int]) -> os.stat_result | None:
     """The status of the file ``ident`` (device, inode) if this process has it open
-    (read through ``/proc/self/fd``, Linux), else ``None``. The descriptor ``besides``
-    does not count: a store's own, which only names the file (:func:`_naming`)."""
+    (read through ``/proc/self/fd``, Linux), else ``None``."""
     try:
         descriptors = os.listdir("/proc/self/fd")
     except OSError:
         return None
-    skipped = None if besides is None else str(besides)
     for descriptor in descriptors:
-        if descriptor == skipped:
-            continue
         try:
             found = os.stat(f"/proc/self/fd/{descriptor}")
         except OSError:
@@ -878,12 +851,9 @@ class EventStore:
             # Before anything reads the path: its journals may be another file's.
             makes = create and parsed.query.get("mode") != "ro"
             self._hold = FileHold.take(_resolved(file), create=makes)
-        self._naming: int | None = None
-        """The store's descriptor naming its file (:func:`_naming`), if one could be had."""
         try:
             self._open(url, file, durability, busy_timeout_ms, pool_size, create)
         except BaseException:
-            self._close_naming()
             if self._hold is not None:
                 self._hold.release()
             raise
@@ -963,8 +933,6 @@ class EventStore:
             self._file_id = self._hold.ident  # the file checked, should another be there now
         self._wal = None if file is None else f"{Path(file).expanduser().resolve()}-wal"
         self._wal_id = file_ident(self._wal)
-        if self._file is not None and self._file_id is not None:
-            self._naming = _naming(self._file, self._file_id)
         if self._file_id is not None:
             sa_event.listen(engine, "do_connect", lambda *_: self._refuse_another_file())
         self._readers = (
@@ -1285,7 +1253,7 @@ class EventStore:
         if not events and not snapshots:
             return []
         stored = [self._encoder(e) for e in events]
-        self._refuse_lost_file()
+        self._refuse_another_file()
         lost = False  # the connection, before COMMIT was sent
         try:
             with self.transaction() as connection:
@@ -2085,32 +2053,12 @@ class EventStore:
         read the file now there beside the old one's write-ahead log, and corrupt it."""
         if self._file_id is None:
             return
-        if not _still_stored(self._file, self._file_id, self._naming):
-            self._refuse_deleted_file()
-        self._check_wal()
-
-    def _refuse_lost_file(self) -> None:
-        """:meth:`_refuse_another_file` before a write, for less: with the store's own
-        descriptor naming the file, its count of names says whether the file is still
-        stored, moved or not, without looking its path up. A connection the write opens
-        meanwhile is checked by its path, as every new one is."""
-        naming = self._naming
-        if naming is None:
-            self._refuse_another_file()
-            return
-        if os.fstat(naming).st_nlink == 0:
-            self._refuse_deleted_file()
-        self._check_wal()
-
-    def _refuse_deleted_file(self) -> NoReturn:
-        raise StorageError(
-            f"the database file {self._file} was deleted or replaced while open: "
-            "nothing more is written to it, nor read from a file now at its path (open "
-            "the Memory again)"
-        )
-
-    def _check_wal(self) -> None:
-        """Note the write-ahead log now at its path, if it changed (see :meth:`_note_wal`)."""
+        if not _still_stored(self._file, self._file_id):
+            raise StorageError(
+                f"the database file {self._file} was deleted or replaced while open: "
+                "nothing more is written to it, nor read from a file now at its path (open "
+                "the Memory again)"
+            )
         wal = file_ident(self._wal)
         if wal != self._wal_id:
             self._note_wal(wal)
@@ -2152,7 +2100,7 @@ class EventStore:
         replaced under this store that this process holds open: its own, which SQLite's
         close leaves there (the file was unlinked) for the next opener of the path to
         read beside another file."""
-        if self._file_id is None or _still_stored(self._file, self._file_id, self._naming):
+        if self._file_id is None or _still_stored(self._file, self._file_id):
             return []
         found = []
         for suffix in ("-wal", "-shm"):
@@ -2187,12 +2135,5 @@ class EventStore:
         if discard:  # held alone until the release: no store opens the file meanwhile
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(f"{Path(str(self._file)).resolve()}{suffix}").unlink(missing_ok=True)
-        self._close_naming()
         if self._hold is not None:
             self._hold.release()  # only now may the path be opened again: its journals are gone
-
-    def _close_naming(self) -> None:
-        """Close the store's descriptor naming its file, if it has one (idempotent)."""
-        naming, self._naming = self._naming, None
-        if naming is not None:
-            os.close(naming)

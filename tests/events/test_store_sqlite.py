@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -449,36 +448,6 @@ def test_a_write_after_the_file_was_deleted_or_replaced_is_refused_not_acknowled
     log.add_message("user", "I work at Acme", None, 100)
     with pytest.raises(StorageError, match="was deleted or replaced while open"):
         store.append([log.collect_events()])
-    store.close()
-
-
-def test_a_write_tells_its_file_is_still_stored_by_the_stores_descriptor_not_its_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Before each write the store checks that its file was not deleted or replaced; with a
-    descriptor of its own naming the file (Linux), the file's count of names tells, and
-    the path, longer to look up, is not read (its write-ahead log's still is)."""
-    if not hasattr(os, "O_PATH"):
-        pytest.skip("no O_PATH descriptors here")
-    path = tmp_path / "memory.db"
-    store = EventStore(sqlite_url(path))
-    log = UserLog.register("ann")
-    log.add_message("user", "I live in Oslo", None, 100)
-    store.append([log.collect_events()])
-    looked_up: list[str] = []
-    stat = os.stat
-
-    def recorded(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        looked_up.append(os.fspath(target) if isinstance(target, (str, os.PathLike)) else "")
-        return stat(target, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", recorded)
-    log.add_message("user", "I work at Acme", None, 100)
-    store.append([log.collect_events()])
-    monkeypatch.undo()
-    assert str(path) not in looked_up
-    assert f"{path}-wal" in looked_up
-    assert store.load_log("ann").log is not None
     store.close()
 
 
