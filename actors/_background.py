@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 from actors._pacing import UserBackoff
 
@@ -27,7 +28,11 @@ log = logging.getLogger("memvee.actors")
 
 class RetryLater(Exception):
     """Raised by a job that cannot be done yet for a reason that is no failure (another
-    process is doing it): tried again later, as a failed job is, logged at DEBUG only."""
+    process is doing it): tried again later, as a failed job is, logged in one line
+    without a traceback, at ``log_level`` (DEBUG; a subclass whose wait the operator
+    should hear of raises it)."""
+
+    log_level: ClassVar[int] = logging.DEBUG
 
 
 class StopFlag:
@@ -174,7 +179,14 @@ class UserWorker:
     def _failed(self, user_id: str, waiting: RetryLater | None = None) -> None:
         delay = self._backoff.failed(user_id)
         if waiting is not None:
-            log.debug("%s: %s waits %.1f s: %s", self._named(user_id), self.name, delay, waiting)
+            log.log(
+                waiting.log_level,
+                "%s: %s waits %.1f s: %s",
+                self._named(user_id),
+                self.name,
+                delay,
+                waiting,
+            )
         else:
             log.warning(
                 "%s: %s in the background failed; trying again in %.1f s",

@@ -6,8 +6,9 @@ in their unused middle, until the file is rewritten (:meth:`events.EventStore.re
 And the write-ahead log's frames (and the database pages those frames have not been
 copied back to yet) keep them until a ``TRUNCATE`` checkpoint copies every frame into the
 database file and empties the log. A connection still reading an older snapshot (a
-backup, an export, another process) holds that checkpoint off, and SQLite answers "busy"
-in the checkpoint's row rather than raising; so the row is read, and an erasure whose
+backup, an export, another process), or another process's connection writing or
+checkpointing, holds that checkpoint off, and SQLite answers "busy" in the checkpoint's
+row rather than raising; so the row is read, and an erasure whose
 scrubbing failed or was held off has it retried in the background until it succeeds.
 """
 
@@ -17,11 +18,12 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import ClassVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from actors._background import UserWorker
+from actors._background import RetryLater, UserWorker
 from actors.rewrite_claim import (
     ReadOnlyDatabaseError,
     RewriteLeftToAnother,
@@ -29,7 +31,7 @@ from actors.rewrite_claim import (
     claim_owed_rewrite,
     release_rewrite_claim,
 )
-from events import EventStore, StorageError
+from events import CheckpointBusyError, EventStore, StorageError
 from events.errors import first_line
 
 __all__ = ["TraceScrubber", "scrub_files", "truncate_wal"]
@@ -63,13 +65,26 @@ def scrub_files(store: EventStore, wait_ms: int, erasure: int | None = None) -> 
             log.debug("the log of a settled rewrite was left for a later checkpoint: %s", error)
 
 
+class ScrubHeldOff(RetryLater):
+    """The write-ahead log's truncation was held off by another connection (often of
+    another process): expected while others write, so it is retried, warned of in one line."""
+
+    log_level: ClassVar[int] = logging.WARNING
+
+
 def truncate_wal(engine: Engine, wait_ms: int) -> None:
     """Copy the write-ahead log into the database file and truncate it to nothing,
-    waiting at most ``wait_ms`` for other connections' snapshots (writers are held off
-    meanwhile, so the wait is short).
+    waiting at most ``wait_ms`` for the write lock, then for other connections' older
+    snapshots. Once it holds the write lock, writers wait for it (this process's and
+    others'), so that wait is short; but it cannot hold off a connection that is already
+    writing (holding the write lock past ``wait_ms``) or checkpointing, as another
+    process's may be: then it does not complete, and the caller retries it (an erasure
+    leaves it to :class:`TraceScrubber`, 1 s later, doubling up to a minute, until a
+    try finds no other connection writing, checkpointing or reading an older snapshot).
 
-    Raises :class:`StorageError` when it could not: readers still hold older snapshots,
-    or the database failed (a full disk, say).
+    Raises :class:`CheckpointBusyError` when another connection kept it from completing
+    (with what SQLite's checkpoint returned), :class:`StorageError` when the database
+    failed (a full disk, say).
     """
     try:
         with engine.connect() as connection:
@@ -84,10 +99,7 @@ def truncate_wal(engine: Engine, wait_ms: int) -> None:
     except (SQLAlchemyError, sqlite3.Error) as error:
         raise StorageError(f"the write-ahead log was not truncated: {first_line(error)}") from error
     if busy:
-        raise StorageError(
-            "the write-ahead log was not truncated: other connections still read older "
-            f"snapshots ({copied} of {frames} frames copied back)"
-        )
+        raise CheckpointBusyError(busy, frames, copied)
 
 
 class TraceScrubber:
@@ -205,6 +217,8 @@ class TraceScrubber:
             self._scrub_now()
         except ReadOnlyDatabaseError:
             return
+        except CheckpointBusyError as busy:
+            raise ScrubHeldOff(str(busy)) from busy
         self._scrubbed({user_id})
 
     def _scrub_now(self) -> None:

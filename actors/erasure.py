@@ -40,8 +40,9 @@ __all__ = ["TRUNCATE_WAIT_MS", "ForgetReceipt", "erase_user"]
 log = logging.getLogger("memvee.actors")
 
 TRUNCATE_WAIT_MS = 2_000
-"""How long an erasure waits for other connections' snapshots before it leaves the
-truncation of the write-ahead log to the background (writers are held off meanwhile)."""
+"""How long an erasure waits for the write lock, then for other connections' snapshots,
+before it leaves the truncation of the write-ahead log to the background (see
+:func:`actors._traces.truncate_wal`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from events.checks import (
 )
 from events.errors import (
     AlreadyReextractedError,
+    CheckpointBusyError,
     ConflictError,
     DatabaseInUseError,
     ExtractionError,
@@ -103,6 +104,7 @@ __all__ = [
     "BatchMessage",
     "Busy",
     "CheckVerdict",
+    "CheckpointBusyError",
     "ConflictError",
     "CredentialsRefused",
     "DatabaseInUseError",

@@ -93,6 +93,42 @@ class StorageError(MemveeError):
     """The event store refused or failed a write; nothing of that write is acknowledged."""
 
 
+class CheckpointBusyError(StorageError):
+    """A ``TRUNCATE`` checkpoint of SQLite's write-ahead log could not complete, because
+    another connection (often of another process) was checkpointing, writing or reading
+    an older snapshot; nothing failed, and a later try completes once it is done.
+    ``busy``, ``frames`` and ``copied`` are the row ``PRAGMA wal_checkpoint(TRUNCATE)``
+    returned (frames -1: none counted, the checkpoint did not start)."""
+
+    def __init__(self, busy: int, frames: int, copied: int) -> None:
+        super().__init__(
+            f"the write-ahead log was not truncated: {_held_off_by(frames, copied)} "
+            f"(SQLite's wal_checkpoint(TRUNCATE) returned busy={busy}, frames={frames}, "
+            f"copied={copied})"
+        )
+        self.busy = busy
+        self.frames = frames
+        self.copied = copied
+
+
+def _held_off_by(frames: int, copied: int) -> str:
+    """What kept a checkpoint that returned ``frames`` and ``copied`` from completing."""
+    if frames < 0:
+        return (
+            "another connection was checkpointing the log itself (a commit's automatic "
+            "checkpoint, say), so this checkpoint could not start"
+        )
+    if copied < frames:
+        return (
+            f"another connection still read an older snapshot, so {copied} of {frames} "
+            "frames were copied back"
+        )
+    return (
+        f"all {frames} frames were copied back, but another connection was writing (it "
+        "held the write lock) or still reading the log, so the log could not be emptied"
+    )
+
+
 class UnreadableEventError(StorageError):
     """A stored event cannot be read (a damaged file, or an event class this version does
     not know): ``log_id`` and ``version`` name it, ``reason`` says what failed, so that a

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from sqlalchemy import text
 from actors._traces import TraceScrubber, scrub_files, truncate_wal
 from actors.erasure import erase_user
 from actors.lease import LeaseTable, new_owner_id
-from events import EventStore, StorageError, UserLog
+from events import CheckpointBusyError, EventStore, StorageError, UserLog
 from projections import ProjectionTables, Projector
 
 
@@ -84,11 +86,109 @@ def test_a_reader_holding_an_older_snapshot_is_an_error_not_a_silent_row(
 ) -> None:
     reader = _snapshot_reader(wal_store)
     try:
-        with pytest.raises(StorageError, match="still read older snapshots"):
+        with pytest.raises(StorageError, match="another connection still read an older snapshot"):
             truncate_wal(wal_store.engine, 0)
         assert _wal_bytes(wal_store) > 0
     finally:
         reader.close()
+
+
+def _another_process(store: EventStore, script: str) -> subprocess.Popen[str]:
+    """Another process on the store's file, handed back once it ran ``script``
+    (with ``connection`` open on the file, its busy timeout 5 s); it ends when killed or
+    when its standard input closes."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"connection = sqlite3.connect({store.engine.url.database!r}, "
+            "isolation_level=None, check_same_thread=False)\n"
+            "connection.execute('PRAGMA busy_timeout=5000')\n"
+            f"{script}\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    return process
+
+
+def _ended(process: subprocess.Popen[str]) -> None:
+    assert process.stdin is not None
+    process.stdin.close()
+    process.wait(10)
+
+
+def test_a_truncation_another_process_is_writing_through_says_so_with_what_sqlite_returned(
+    wal_store: EventStore,
+) -> None:
+    writer = _another_process(
+        wal_store,
+        "connection.execute('BEGIN IMMEDIATE')\n"
+        "connection.execute(\"INSERT INTO notes VALUES ('third')\")",
+    )
+    try:
+        with pytest.raises(CheckpointBusyError) as raised:
+            truncate_wal(wal_store.engine, 0)
+    finally:
+        _ended(writer)
+
+    busy = raised.value
+    assert (busy.busy, busy.frames == busy.copied, busy.frames >= 0) == (1, True, True)
+    assert "another connection was writing" in str(busy)
+    assert f"returned busy=1, frames={busy.frames}, copied={busy.copied}" in str(busy)
+
+
+def test_a_truncation_meeting_another_process_checkpointing_says_it_could_not_start(
+    wal_store: EventStore,
+) -> None:
+    reader = _another_process(
+        wal_store,
+        "connection.execute('BEGIN')\nconnection.execute('SELECT count(*) FROM notes').fetchall()",
+    )
+    with wal_store.transaction() as connection:
+        connection.execute(text("INSERT INTO notes VALUES ('second')"))
+    waiting = _another_process(
+        wal_store,
+        "import threading\n"
+        "threading.Thread(target=connection.execute, "
+        "args=('PRAGMA wal_checkpoint(TRUNCATE)',), daemon=True).start()\n"
+        "import time; time.sleep(0.3)",
+    )
+    try:
+        with pytest.raises(CheckpointBusyError) as raised:
+            truncate_wal(wal_store.engine, 0)
+    finally:
+        _ended(reader)
+        _ended(waiting)
+
+    busy = raised.value
+    assert (busy.busy, busy.frames, busy.copied) == (1, -1, -1)
+    assert "another connection was checkpointing the log itself" in str(busy)
+    assert "other connections still read older snapshots" not in str(busy)
+
+
+def test_a_truncation_held_off_in_the_background_is_one_warning_line_without_traceback(
+    wal_store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    scrubber = TraceScrubber(wal_store, retry_delay=60, retry_max=60)
+    reader = _snapshot_reader(wal_store)
+    try:
+        scrubber.later("ann")
+        assert scrubber.wait_idle(10)
+    finally:
+        reader.close()
+        scrubber.stop()
+
+    retried = [
+        r for r in caplog.records if "trying again" in r.getMessage() or "waits" in r.getMessage()
+    ]
+    assert [(r.levelno, r.exc_info) for r in retried] == [(logging.WARNING, None)]
+    assert "another connection still read an older snapshot" in retried[0].getMessage()
 
 
 def test_the_connection_keeps_its_busy_timeout_after_a_truncation_without_waiting(
