@@ -29,6 +29,7 @@ from events.checks import (
     check_visible,
     storable,
 )
+from events.commits_elsewhere import CommitsElsewhere
 from events.errors import (
     AlreadyReextractedError,
     CheckpointBusyError,
@@ -105,6 +106,7 @@ __all__ = [
     "Busy",
     "CheckVerdict",
     "CheckpointBusyError",
+    "CommitsElsewhere",
     "ConflictError",
     "CredentialsRefused",
     "DatabaseInUseError",

@@ -49,6 +49,7 @@ from events._codec import Decoder, Encoder, Stored
 from events._erased_ids import drop_passed_guard, keep_erased_ids_unused
 from events._readers import ThreadReaders
 from events._sequence import guard_sequence
+from events.commits_elsewhere import CommitsElsewhere
 from events.errors import (
     ConflictError,
     ConnectionLostError,
@@ -1037,7 +1038,7 @@ class EventStore:
         )
         self._decoder = Decoder(self._app.mapper)
         self._encoder = Encoder(self._app.mapper)
-        self._data_version = -1
+        self._commits_elsewhere = CommitsElsewhere()
         self._outside_commits = 0
         self._erased_guard = self.is_sqlite
         """Whether the events table may have the triggers keeping erased ids unused, which
@@ -1120,12 +1121,9 @@ class EventStore:
     def _connect_writer(self) -> Connection:
         """Open the SQLite writer's connection (a failed transaction discarded the last).
 
-        ``PRAGMA data_version`` is the connection's own count, and every new connection
-        reads the same first value: equal to the last connection's, it hid the commits
-        made elsewhere meanwhile, and a log begun again there went unchecked. So the
-        first look through the new connection counts as a commit elsewhere."""
+        The first look through it counts as a commit elsewhere
+        (:class:`CommitsElsewhere`), so a log begun again meanwhile is checked."""
         self._writer = self.engine.connect()
-        self._data_version = -1
         return self._writer
 
     def transaction(self) -> AbstractContextManager[Connection]:
@@ -1311,9 +1309,7 @@ class EventStore:
         if self.is_sqlite:
             driver = connection.connection.driver_connection
             assert driver is not None
-            (data_version,) = driver.execute("PRAGMA data_version").fetchone()
-            if data_version != self._data_version:
-                self._data_version = data_version
+            if self._commits_elsewhere.since_last_look(driver):
                 self._outside_commits += 1
                 self._erased_guard = True  # another process may have erased
             seen, checked = self._outside_commits, self._origins_current

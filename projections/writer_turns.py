@@ -5,17 +5,21 @@ writers' lock. PostgreSQL queues the writers that wait for it. SQLite does not: 
 writer's busy handler looks for the lock at most every 100 ms, so a run that takes the
 lock again at once keeps it out, for seconds (5.5 s in one test of 10 s, 7.6 s of one
 verify). A run cannot see a writer that waits, only one that has committed: SQLite's data
-version, read on the store's one writer connection, moves when another connection has
-committed since. So the run leaves the lock free for a turn now and then, to let a
+version, read on the store's writer connection, moves when another connection has
+committed since (:class:`events.CommitsElsewhere`: a connection replaced after a failed
+transaction counts as one). So the run leaves the lock free for a turn now and then, to let a
 writer show itself, and at every gap once one has. A run that does its slow part without
 the lock (a rebuild folding a page, see :mod:`projections.rebuild`) owes no turn after it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from time import monotonic, sleep
 
 from sqlalchemy import Connection
+
+from events import CommitsElsewhere
 
 __all__ = ["WriterTurns"]
 
@@ -34,20 +38,23 @@ class WriterTurns:
 
     def __init__(self, sqlite: bool) -> None:
         self._sqlite = sqlite
-        self._version: int | None = None
+        self._commits = CommitsElsewhere()
+        self._looked = False
         self._others = False
         self._turned = False
         self._since = monotonic()
 
     def note(self, connection: Connection) -> None:
         """Called in each of the run's transactions, once it holds the lock: whether
-        another connection has committed since the last one."""
+        another connection has committed since the last one (the run's first look has
+        nothing to compare with)."""
         if not self._sqlite:
             return
-        version = connection.exec_driver_sql("PRAGMA data_version").scalar()
-        if self._version is not None and version != self._version:
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        if self._commits.since_last_look(driver) and self._looked:
             self._others = True
-        self._version = version
+        self._looked = True
 
     def left_free(self, seconds: float) -> None:
         """The run left the lock free for ``seconds`` (it read and folded a page without

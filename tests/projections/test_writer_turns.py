@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
 
 from events import sqlite_url
 from projections import rebuild, verify
@@ -89,6 +90,26 @@ def test_once_another_connection_has_committed_every_gap_gets_a_turn(
             turns.note(connection)
             turns.between()
     assert turns_taken == [TURN] * 5
+
+
+def test_a_commit_made_elsewhere_while_the_runs_connection_was_replaced_gets_a_turn(
+    shared: tuple[Engine, sqlite3.Connection], turns_taken: list[float]
+) -> None:
+    """A failed transaction replaces the store's writer connection mid-run. Every new
+    connection reads the same first data_version, the one the old connection read while
+    nothing was committed elsewhere: a writer that committed between the two went unseen,
+    and its turns were skipped until the run's next probe a second later."""
+    pooled, other = shared
+    engine = create_engine(pooled.url, poolclass=NullPool)
+    turns = WriterTurns(sqlite=True)
+    with engine.connect() as connection:
+        turns.note(connection)
+        turns.between()
+    other.execute("INSERT INTO writes VALUES (1)")  # a writer got in
+    with engine.connect() as connection:  # a new connection: the old one was discarded
+        turns.note(connection)
+        turns.between()
+    assert turns_taken == [TURN]
 
 
 def test_a_run_that_left_the_lock_free_for_a_turns_length_owes_no_turn_at_the_next_gap(
