@@ -74,13 +74,14 @@ SCRATCH_PREFIX = "mvscratch_"
 PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
 
-START_LOCK_WAIT_MS = 500
-"""On PostgreSQL, how long a rebuild's start waits for the readers of a projection table it
-drops before it lets go of every table and tries again: under the server's
+DDL_LOCK_WAIT_MS = 500
+"""On PostgreSQL, how long a transaction that drops or alters projection tables (a
+rebuild's start, an open refolding an older layout) waits for the readers of one table
+before it lets go of every table and tries again: under the server's
 ``deadlock_timeout`` (1 s by default), after which a deadlock fails one of the two sides."""
 
-START_RETRY_SECONDS = 10.0
-"""How long a rebuild's start lets go of its tables for readers; after that it waits for
+DDL_RETRY_SECONDS = 10.0
+"""How long such a transaction lets go of its tables for readers; after that it waits for
 them as long as it takes (a read that deadlocks with it then may fail, as a busy server's
 reads always could)."""
 
@@ -117,33 +118,39 @@ def rebuild(
 
 def _start_rebuild(store: EventStore, projector: Projector, *, resume: bool) -> None:
     """Mark the projections as being rebuilt (dropped and made again, unless ``resume``),
-    with every other writer held off.
+    with every other writer held off, letting go of the tables for live reads
+    (:func:`_yielding_to_readers`)."""
+    if resume:
+        _yielding_to_readers(store, lambda c: projector.create(c, rebuilding=True))
+    else:
+        _yielding_to_readers(store, projector.begin_rebuild)
 
-    On PostgreSQL a table is dropped once its readers are done, and a live read of two
-    tables (a task joined to its user, as a Memory following another process's task
-    reads it) may hold the one dropped later while it waits for the one dropped first:
-    each side waits for the other, and the server fails one of them after its
-    ``deadlock_timeout`` (the live read, or this rebuild). So for
-    :data:`START_RETRY_SECONDS` the drops wait at most :data:`START_LOCK_WAIT_MS` for a
-    table; past that the transaction lets go of every table, the read goes on, and the
-    start is tried again shortly after.
+
+def _yielding_to_readers(store: EventStore, change: Callable[[Connection], _T]) -> _T:
+    """Run ``change``, which may drop or alter projection tables, in a transaction that
+    holds every other writer off; returns what it returned.
+
+    On PostgreSQL a table is dropped or altered once its readers are done, and a live
+    read of two tables (a task joined to its user, as a Memory following another
+    process's task reads it) may hold the one changed later while it waits for the one
+    changed first: each side waits for the other, and the server fails one of them after
+    its ``deadlock_timeout`` (the live read, or this change). So for
+    :data:`DDL_RETRY_SECONDS` a statement waits at most :data:`DDL_LOCK_WAIT_MS` for a
+    table; past that the transaction lets go of every table, the read goes on, and
+    ``change`` is tried again shortly after, in a new transaction.
     """
-    patient_from = monotonic() + START_RETRY_SECONDS
+    patient_from = monotonic() + DDL_RETRY_SECONDS
     while True:
         try:
             with store.transaction() as connection:
                 store.lock_writers(connection)
                 if not store.is_sqlite and monotonic() < patient_from:
-                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {START_LOCK_WAIT_MS}")
-                if resume:
-                    projector.create(connection, rebuilding=True)
-                else:
-                    projector.begin_rebuild(connection)
-            return
+                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {DDL_LOCK_WAIT_MS}")
+                return change(connection)
         except OperationalError as error:
             if getattr(error.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
-            log.debug("the rebuild waits for readers of its tables: %s", first_line(error))
+            log.debug("waiting for readers of the projection tables: %s", first_line(error))
             sleep(random.uniform(0.05, 0.2))
 
 
@@ -421,20 +428,28 @@ def bring_up_to_date(
     prepare: Callable[[Connection], object] | None = None,
 ) -> int:
     """What an open of the database does: create the tables that are missing (new ones
-    marked as being rebuilt, so refolded from the whole log) while every other writer is
-    held off, ``prepare`` in the same transaction, then :func:`catch_up`, then refold the
-    logs left unfolded for an event type this memvee now knows; returns the events folded.
+    marked as being rebuilt, so refolded from the whole log; an older layout's dropped
+    first) while every other writer is held off, ``prepare`` in the same transaction
+    (letting go of the tables for live reads: :func:`_yielding_to_readers`), then
+    :func:`catch_up`, then refold the logs left unfolded for an event type this memvee
+    now knows; returns the events folded.
 
     A log with an event that cannot be read is left unfolded, its user's reads and writes
     refused (:meth:`Projector.leave_unfolded`): it never stops the open for everyone.
     """
-    with store.transaction() as connection:
-        store.lock_writers(connection)
-        Projector(tables).create(connection, rebuilding=True)
-        if prepare is not None:
-            prepare(connection)
+    _yielding_to_readers(store, functools.partial(_open_tables, Projector(tables), prepare))
     folded = catch_up(store, tables)
     return folded + refold_now_readable(store, tables)
+
+
+def _open_tables(
+    projector: Projector, prepare: Callable[[Connection], object] | None, connection: Connection
+) -> None:
+    """What :func:`bring_up_to_date` does first, in one transaction holding writers off:
+    the missing tables made (an older layout's dropped first), then ``prepare``."""
+    projector.create(connection, rebuilding=True)
+    if prepare is not None:
+        prepare(connection)
 
 
 def refold_now_readable(store: EventStore, tables: ProjectionTables) -> int:

@@ -40,6 +40,7 @@ from projections import (
     Difference,
     ProjectionTables,
     Projector,
+    bring_up_to_date,
     catch_up,
     dump,
     index_messages,
@@ -1399,5 +1400,38 @@ def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_d
             assert reader.execute(text(f"SELECT count(*) FROM {dropped_first}")).scalar_one() == 1
             reader.commit()
             assert rebuilding.result(30) == 2
+    finally:
+        store.close()
+
+
+def test_on_postgresql_an_open_dropping_an_older_layout_meets_a_read_of_two_tables() -> None:
+    """An open that finds the projections of an older memvee's layout drops them, as a
+    rebuild's start does, while a live read (another process's, still on them) holds one
+    table and goes on to read another the open has just dropped: each waited for the
+    other, and after a second the server failed one of them. The open lets go and tries
+    again instead: both succeed, and the tables are refolded in this layout."""
+    store = EventStore(postgres_url())
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    with store.transaction() as connection:  # as an older memvee left them
+        connection.execute(
+            text("UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'")
+        )
+    dropped_first, dropped_later = tables.users.name, tables.tasks.name
+    try:
+        with ThreadPoolExecutor(1) as pool, store.engine.connect() as reader:
+            reader.execute(text(f"SELECT count(*) FROM {dropped_later}"))
+            opening = pool.submit(bring_up_to_date, store, tables)
+            _until_waiting_on_a_lock_or_done(store, opening)
+            assert reader.execute(text(f"SELECT count(*) FROM {dropped_first}")).scalar_one() == 1
+            reader.commit()
+            assert opening.result(30) == 2
+        with store.engine.connect() as connection:
+            assert projector.layout_current(connection)
     finally:
         store.close()
