@@ -148,19 +148,33 @@ class LoopInbox:
     """Runs callables on one event loop, posted from any thread, in posting order.
 
     Posts that arrive while a drain is already scheduled ride along with it, so a burst
-    of results costs the loop one wake-up. No lock: a poster preempted while holding one
-    would make the loop wait for it through a switch of the GIL. The queue's append and
-    pop are atomic, and only the loop pops; a drain clears the scheduled flag before it
-    pops, so a post it misses schedules the next one (at worst a drain finds nothing).
+    of results costs the loop one wake-up. No lock on the loop's side: a poster preempted
+    while holding one would make the loop wait for it through a switch of the GIL. The
+    queue's append and pop are atomic, and only the loop pops; a drain clears the
+    scheduled flag before it pops, so a post it misses schedules the next one (at worst a
+    drain finds nothing).
+
+    The inbox holds its loop weakly (the registry of inboxes must not keep a loop alive)
+    and owns its eventfd: the descriptor is closed only through :meth:`_close_bell`, once
+    its loop is closed or collected, under the lock a ring takes, so a late post never
+    writes to a closed descriptor or to a file that reused its number. Whoever removes
+    the loop's reader of that descriptor (``loop.remove_reader``) stops the inbox's
+    deliveries for good: unlike ``call_soon_threadsafe``'s callbacks, which still run
+    once something else wakes the loop, its drain is never scheduled again (not guarded:
+    a check of the reader would cost every ring a look into the loop's selector).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, bell: bool = False) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)
         self._pending: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self._scheduled = False
+        self._bell_lock = threading.Lock()
         self._bell: int | None = _ring_on(loop, self._rung) if bell else None
-        """The eventfd that wakes the loop straight into a drain (``None``: the loop's
-        ``call_soon_threadsafe`` wakes it)."""
+        """The eventfd that wakes the loop straight into a drain, ``None`` once closed."""
+        self._rings = self._bell is not None
+        """Whether the eventfd wakes the loop (otherwise its ``call_soon_threadsafe``)."""
+        if self._rings:
+            weakref.finalize(loop, self._close_bell).atexit = False
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised. Inside
@@ -174,25 +188,42 @@ class LoopInbox:
             return
         self._wake()
 
+    def _close_bell(self) -> None:
+        """Close the eventfd of a closed or collected loop (a no-op without one). The
+        number is forgotten under the ring's lock before it is closed."""
+        with self._bell_lock:
+            bell, self._bell = self._bell, None
+        if bell is not None:
+            os.close(bell)
+
     def _wake(self) -> None:
         """Have the loop drain the inbox, unless a drain is scheduled already."""
         if self._scheduled:
             return
         self._scheduled = True
-        if self._bell is None:
+        loop = self._loop()
+        if not self._rings:
             try:
-                self._loop.call_soon_threadsafe(self._drain)
+                if loop is None:
+                    raise RuntimeError("event loop collected")
+                loop.call_soon_threadsafe(self._drain)
             except RuntimeError:
                 log.debug("event loop closed before a result could be delivered")
-        elif self._loop.is_closed():
-            log.debug("event loop closed before a result could be delivered")
-        else:
-            os.eventfd_write(self._bell, 1)
+            return
+        lock = self._bell_lock
+        lock.acquire()  # not ``with``: that costs a ring about 150 ns more on Python 3.11
+        try:
+            if self._bell is not None and loop is not None and not loop.is_closed():
+                os.eventfd_write(self._bell, 1)
+                return
+        finally:
+            lock.release()
+        log.debug("event loop closed before a result could be delivered")
 
     def _rung(self) -> None:
         """Drain on the loop, woken by the eventfd. The count is read before the drain
         clears the scheduled flag: a post that sees the flag cleared rings again, and that
-        ring must survive until the next read."""
+        ring must survive until the next read. The loop runs, so its bell is open."""
         assert self._bell is not None
         with contextlib.suppress(BlockingIOError):  # none counted: a spurious wake-up
             os.eventfd_read(self._bell)
@@ -206,7 +237,9 @@ class LoopInbox:
         items = [pending.popleft() for _ in range(min(len(pending), _DRAIN_SLICE))]
         if pending and not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._drain)
+            loop = self._loop()
+            assert loop is not None  # a drain runs on its loop
+            loop.call_soon(self._drain)
         for fn, args in items:
             try:
                 fn(*args)
@@ -268,10 +301,14 @@ _inboxes_lock = threading.Lock()
 
 
 def inbox_of(loop: asyncio.AbstractEventLoop) -> LoopInbox:
-    """The one inbox of ``loop`` (one per loop keeps every post in a single order)."""
+    """The one inbox of ``loop`` (one per loop keeps every post in a single order). Making
+    one closes the eventfds of closed loops and forgets their inboxes, so a process
+    running loop after loop (``asyncio.run`` in turn) holds a descriptor per open loop."""
     with _inboxes_lock:
         inbox = _inboxes.get(loop)
         if inbox is None:
+            for closed in [other for other in _inboxes if other.is_closed()]:
+                _inboxes.pop(closed)._close_bell()
             inbox = _inboxes[loop] = LoopInbox(loop, bell=True)
         return inbox
 
@@ -281,8 +318,8 @@ def _ring_on(loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> int 
     selector: a wake-up without ``call_soon_threadsafe``'s self-pipe, its callback object
     and its second, refused read (about 10 µs of the loop's time a wake). ``None`` where
     there is no eventfd (not Linux), no selector loop, or when called off the loop's
-    thread (a reader is added from the loop only). The descriptor lives as long as the
-    loop's one inbox (:func:`inbox_of`), so as long as the loop."""
+    thread (a reader is added from the loop only). The inbox owns the descriptor and
+    closes it once the loop is closed or collected (:meth:`LoopInbox._close_bell`)."""
     eventfd = getattr(os, "eventfd", None)
     if eventfd is None or not isinstance(loop, asyncio.SelectorEventLoop):
         return None
@@ -297,7 +334,6 @@ def _ring_on(loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> int 
     except BaseException:
         os.close(bell)
         raise
-    weakref.finalize(loop, os.close, bell)
     return bell
 
 

@@ -5,10 +5,15 @@ results posted from other threads settle asyncio futures on their loop, in order
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import queue
+import subprocess
+import sys
 import threading
+import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -246,3 +251,97 @@ def test_a_post_to_a_closed_loops_inbox_is_logged_not_raised(
 
 async def _inbox_on_the_loop() -> LoopInbox:
     return inbox_of(asyncio.get_running_loop())
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _live_loops() -> int:
+    return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
+
+
+async def _a_result_through_the_bridge() -> None:
+    loop = asyncio.get_running_loop()
+    target = loop.create_future()
+    poster = threading.Thread(target=inbox_of(loop).post, args=(settle_future, target, True, 1))
+    poster.start()
+    assert await asyncio.wait_for(target, timeout=10) == 1
+    poster.join()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd here")
+def test_loops_run_one_after_another_leave_no_descriptor_and_no_loop_behind() -> None:
+    """Each loop's inbox (and its eventfd) goes with its loop: 300 ``asyncio.run`` calls
+    delivering through the bridge must not hold a descriptor or a loop each."""
+    gc.collect()
+    descriptors, loops = _open_descriptors(), _live_loops()
+    for _ in range(300):
+        asyncio.run(_a_result_through_the_bridge())
+    gc.collect()
+    assert _open_descriptors() <= descriptors + 1
+    assert _live_loops() <= loops + 1
+
+
+@pytest.mark.parametrize("end", ["closed", "dropped unclosed"])
+def test_a_post_after_its_loop_ends_is_logged_and_rings_no_descriptor(
+    end: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An inbox outliving its loop (held by an actor answering late) forgets its eventfd
+    once the loop is closed (the next loop's inbox closes it) or collected: a later post
+    is logged, never written to a descriptor whose number a file may have reused."""
+    loop = asyncio.new_event_loop()
+    inbox = loop.run_until_complete(_inbox_on_the_loop())
+    if end == "closed":
+        loop.close()
+        asyncio.run(_inbox_on_the_loop())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the unclosed loop's, at collection
+        del loop
+        gc.collect()
+    rings: list[int] = []
+    monkeypatch.setattr(os, "eventfd_write", lambda fd, n: rings.append(fd))
+    with caplog.at_level(logging.DEBUG, logger="memvee.actors"):
+        poster = threading.Thread(target=inbox.post, args=(print, "too late"))
+        poster.start()
+        poster.join()
+    assert rings == []
+    assert "event loop closed before a result could be delivered" in caplog.text
+
+
+_POST_AT_EXIT = """
+import asyncio, atexit, os, sys
+from actors._bridge import inbox_of
+
+victim = sys.argv[1]
+
+def post_late() -> None:  # runs after every atexit hook registered later
+    fd = os.open(victim, os.O_RDWR)
+    inbox.post(print, "a late result")
+    os.close(fd)
+
+atexit.register(post_late)
+loop = asyncio.new_event_loop()  # stopped, never closed, as a script may leave it
+
+async def the_inbox():
+    return inbox_of(asyncio.get_running_loop())
+
+inbox = loop.run_until_complete(the_inbox())
+"""
+
+
+def test_a_post_at_interpreter_exit_never_writes_into_a_file_that_reused_the_bell(
+    tmp_path: Path,
+) -> None:
+    """Exit closes no eventfd an inbox still holds: a post from a late hook (or a daemon
+    actor thread) after the loop's collection must leave a file opened then untouched."""
+    victim = tmp_path / "victim.db"
+    victim.write_bytes(b"SQLite format 3\0")
+    subprocess.run(
+        [sys.executable, "-c", _POST_AT_EXIT, str(victim)],
+        check=True,
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        timeout=60,
+    )
+    assert victim.read_bytes() == b"SQLite format 3\0"

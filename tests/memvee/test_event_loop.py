@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import subprocess
 import sys
 import threading
@@ -100,6 +102,35 @@ def test_a_close_from_another_loop_as_the_opening_loop_ends_closes_the_memory(
             return len(await memory.messages("u"))
 
     assert asyncio.run(reopened()) == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="no /proc/self/fd here")
+def test_memories_opened_in_loop_after_loop_leave_no_descriptor_and_no_loop_behind(
+    db_url: str,
+) -> None:
+    """A process opening a Memory in one ``asyncio.run`` after another (a script, a job
+    per request) holds no descriptor and no event loop per run once it is over."""
+
+    async def one_run(n: int) -> None:
+        async with _memory(db_url) as memory:
+            await memory.add_exchange("u", f"I live in Oslo {n}", "ok")
+
+    asyncio.run(one_run(-1))  # the first open's imports and pools
+    gc.collect()
+    descriptors, loops = _open_descriptors(), _live_loops()
+    for n in range(30):
+        asyncio.run(one_run(n))
+    gc.collect()
+    assert _open_descriptors() <= descriptors + 1
+    assert _live_loops() <= loops + 1
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _live_loops() -> int:
+    return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
 
 
 @pytest.fixture
