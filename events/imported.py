@@ -29,13 +29,24 @@ _ENTRY_FIELDS: dict[str, Any] = {
     "entry_id": str,
     "text": str,
     "source_message_ids": list[str],
+    "valid_from": str,
 }
-"""The fields every knowledge entry of an extraction holds."""
+"""The fields every knowledge entry of an extraction holds (but see
+:func:`_stored_without_starts`)."""
 
-_OPTIONAL_ENTRY_FIELDS: dict[str, Any] = {"repairs": list[str], "valid_from": str}
-"""The fields a knowledge entry holds only when there is something in them: the first
-memvees, before the knowledge lifecycle, stored no ``valid_from`` (the entry is valid from
-its extraction, as the projections read it)."""
+_OPTIONAL_ENTRY_FIELDS: dict[str, Any] = {"repairs": list[str]}
+"""The fields a knowledge entry holds only when there is something in them."""
+
+_FIELDS_WITHOUT_STARTS = frozenset(
+    {
+        *("originator_id", "originator_version", "timestamp", "task_id", "knowledge_version"),
+        *("message_ids", "entries", "extractor", "model", "input_tokens", "output_tokens"),
+    }
+)
+"""Every field an extraction or re-extraction held while its entries held no
+``valid_from``: before the knowledge lifecycle (a1f6344), and until both events gained
+their prompt cache's token counts (725a3dc, four days later), which every later one
+holds."""
 
 
 class ImportReplay:
@@ -183,7 +194,7 @@ def _check_entries_began(event: Any, what: str) -> None:
     messages could have been sent): it would end before it began."""
     for entry in getattr(event, "entries", None) or ():
         if "valid_from" not in entry:
-            continue
+            continue  # stored before entries had a start (checked by check_fields)
         began = datetime.fromisoformat(entry["valid_from"])
         if began.tzinfo is not None and began - event.timestamp > MAX_SENT_AHEAD:
             raise InvalidInputError(
@@ -209,12 +220,14 @@ def check_fields(event: Any, what: str) -> None:
             )
         if isinstance(value, datetime):
             check_time(value, f"{what}: {name!r} of the {kind.__name__}")
-    for entry in getattr(event, "entries", None) or ():
-        if not _entry_fits(entry):
+    entries = getattr(event, "entries", None) or ()
+    started = not (entries and _stored_without_starts(event, entries))
+    for entry in entries:
+        if not _entry_fits(entry, started):
             raise InvalidInputError(f"{what}: a knowledge entry is not well formed: {entry!r:.80}")
         if not entry["text"].strip():
             raise InvalidInputError(f"{what}: knowledge entry {entry['entry_id']!r} has no text")
-        if "valid_from" not in entry:
+        if not started:
             continue
         try:
             began = datetime.fromisoformat(entry["valid_from"])
@@ -224,11 +237,27 @@ def check_fields(event: Any, what: str) -> None:
             check_time(began, f"{what}: the valid_from of knowledge entry {entry['entry_id']!r}")
 
 
-def _entry_fits(entry: object) -> bool:
-    """Whether ``entry`` is a dict holding each field of a knowledge entry, of its type."""
+def _stored_without_starts(event: object, entries: Iterable[object]) -> bool:
+    """Whether ``event``'s ``entries`` are as the memvees before the knowledge lifecycle
+    stored them, without a ``valid_from`` (each is valid from its extraction, as the
+    projections read it): none holds one, and the event holds no field its kind gained
+    since (:data:`_FIELDS_WITHOUT_STARTS`). An entry without its start in any other event
+    was damaged."""
+    return vars(event).keys() <= _FIELDS_WITHOUT_STARTS and not any(
+        isinstance(entry, dict) and "valid_from" in entry for entry in entries
+    )
+
+
+def _entry_fits(entry: object, started: bool = True) -> bool:
+    """Whether ``entry`` is a dict holding each field of a knowledge entry, of its type
+    (its ``valid_from`` only when its event stored entries ``started``)."""
     return (
         isinstance(entry, dict)
-        and all(_fits(entry.get(key), hint) for key, hint in _ENTRY_FIELDS.items())
+        and all(
+            _fits(entry.get(key), hint)
+            for key, hint in _ENTRY_FIELDS.items()
+            if started or key != "valid_from"
+        )
         and all(
             _fits(entry[key], hint) for key, hint in _OPTIONAL_ENTRY_FIELDS.items() if key in entry
         )

@@ -104,14 +104,74 @@ def test_an_entry_may_hold_its_repairs_as_a_list_of_notes() -> None:
     _replay(events)
 
 
+_FIELDS_GAINED_WITH_STARTS = (
+    "final",
+    "request_id",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "repairs",
+    "followed_by",
+    "repeated",
+)
+"""What an extraction or re-extraction holds that those of the first memvees did not."""
+
+
+def _as_the_first_memvees_stored(event: Any) -> Any:
+    """An extraction or re-extraction of today as the memvees before the knowledge
+    lifecycle stored it: none of the fields gained since, its entries without a start."""
+    for name in _FIELDS_GAINED_WITH_STARTS:
+        event.__dict__.pop(name, None)
+    for entry in event.entries:
+        del entry["valid_from"]
+    return event
+
+
+def _first_memvees_history() -> list[Any]:
+    """A log of the first memvees: an extraction, then a re-extraction into a version."""
+    log = UserLog.register("alice")
+    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "at Acme")]
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    facts = [
+        ExtractedFact("User lives in Oslo", (said[0],)),
+        ExtractedFact("User is at Acme", (said[1],)),
+    ]
+    log.record_knowledge("t1", facts, "x")
+    log.record_reextraction("v2", [said[0]], [ExtractedFact("User was in Oslo", (said[0],))], "x")
+    events = [*log.collect_events()]
+    for kind in (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted):
+        _as_the_first_memvees_stored(_kind(events, kind))
+    return events
+
+
 def test_an_entry_the_first_memvees_stored_without_its_start_replays() -> None:
     """Before the knowledge lifecycle an entry held no ``valid_from`` (it is valid from its
     extraction, as the projections read it): a log of then replays, in a verify or an
     import of its export, instead of being called damaged."""
+    for stored in (0, 5):
+        _replay(_first_memvees_history(), stored)
+
+
+@pytest.mark.parametrize("kind", [UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted])
+def test_an_entry_that_lost_its_start_in_a_log_of_today_is_refused(kind: type) -> None:
+    """An event holding the fields its kind gained with entry starts was written with
+    them: an entry of it without its ``valid_from`` was damaged, and would be read as
+    valid only from its extraction."""
     events = _history()
-    for entry in _kind(events, UserLog.KnowledgeExtracted).entries:
-        del entry["valid_from"]
-    _replay(events)
+    extracted = _kind(events, kind)
+    del extracted.entries[0]["valid_from"]
+    line = events.index(extracted) + 1
+    with pytest.raises(InvalidInputError, match=f"line {line}: a knowledge entry is not well"):
+        _replay(events)
+
+
+def test_an_entry_of_the_first_memvees_beside_one_with_its_start_is_refused() -> None:
+    """The first memvees stored no entry's start: an extraction of theirs holding one
+    for some entries was edited, and the others lost theirs."""
+    events = _first_memvees_history()
+    extracted = _kind(events, UserLog.KnowledgeExtracted)
+    extracted.entries[1]["valid_from"] = extracted.timestamp.isoformat()
+    with pytest.raises(InvalidInputError, match="line 6: a knowledge entry is not well formed"):
+        _replay(events)
 
 
 def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:

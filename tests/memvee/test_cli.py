@@ -1623,6 +1623,13 @@ BROKEN_EXPORTS = [
         "a knowledge entry is not well formed",
     ),
     (
+        "an entry that lost its valid_from",
+        lambda a, b: _edited(
+            a, "KnowledgeExtracted", lambda r: r["state"]["entries"][0].pop("valid_from")
+        ),
+        "a knowledge entry is not well formed",
+    ),
+    (
         "the end of an entry the log never had",
         lambda a, b: _edited(
             a, "KnowledgeSuperseded", lambda r: r["state"].update(entry_id="no-such-entry")
@@ -1777,6 +1784,27 @@ def test_verify_reports_a_log_that_does_not_replay_and_forget_still_erases_it(
 
     asyncio.run(forget())
     assert run("verify", "--db", db).output.strip() == "projections match the log"
+
+
+def test_verify_after_a_rebuild_reports_an_entry_that_lost_its_start(db: str) -> None:
+    """An entry of an extraction this memvee stored, its ``valid_from`` gone from the
+    database: a rebuild reads it as valid from its extraction, as the projections read
+    the first memvees' entries, but the log is damaged and verify says so."""
+    with sqlite3.connect(db) as connection:
+        rowid, state = next(
+            row
+            for row in connection.execute(
+                "SELECT id, state FROM memvee_events WHERE topic = 'KnowledgeExtracted'"
+            )
+        )
+        stored = json.loads(state)
+        del stored["entries"][0]["valid_from"]
+        damaged = json.dumps(stored).encode()
+        connection.execute("UPDATE memvee_events SET state = ? WHERE id = ?", (damaged, rowid))
+    run("rebuild", "--db", db)
+    report = json.loads(run("verify", "--json", "--db", db, code=1).output)
+    assert [d["table"] for d in report] == ["events"]
+    assert "a knowledge entry is not well formed" in report[0]["live"][2]
 
 
 @pytest.fixture(scope="module")
