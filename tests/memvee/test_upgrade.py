@@ -30,12 +30,13 @@ from tests.support.extractors import RecordingExtractor
 from tests.support.verification import differences
 
 FIXTURES = Path(__file__).parent.parent / "data" / "upgrade"
-MADE_BY = sorted(path.stem for path in FIXTURES.glob("*.json"))
+MADE_BY = sorted(path.name.removesuffix(".json.gz") for path in FIXTURES.glob("*.json.gz"))
 
 
 def _fixture(commit: str) -> dict[str, Any]:
-    """The rows and the view of the fixture the memvee of ``commit`` made."""
-    loaded: dict[str, Any] = json.loads((FIXTURES / f"{commit}.json").read_text("utf-8"))
+    """The rows and the view of the fixture the memvee of ``commit`` made (gzipped JSON)."""
+    packed = (FIXTURES / f"{commit}.json.gz").read_bytes()
+    loaded: dict[str, Any] = json.loads(gzip.decompress(packed).decode("utf-8"))
     return loaded
 
 
