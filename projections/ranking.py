@@ -11,6 +11,7 @@ and little else.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -56,6 +57,12 @@ T = TypeVar("T")
 
 _SPARE_HITS = 4
 """Hits fetched beyond the limit, for the rows the filters drop."""
+
+_NEWEST_PER_WORD = 256
+"""How many rows of each word, the newest, a bounded search ranks (see
+:meth:`LexicalRanker.related`): a word found in more of the user's rows weighs little in
+BM25, and ranking all of them made the entries shown beside each batch cost what the
+user's entries number, so that extracting a backlog took time growing with its square."""
 
 _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
@@ -158,12 +165,15 @@ class LexicalRanker:
         version: str = LIVE_KNOWLEDGE,
         *,
         added: Sequence[str] = (),
+        bounded: bool = False,
     ) -> list[tuple[KnowledgeEntry, float]]:
         """The user's entries (live, or of knowledge ``version``) valid now (or at
         ``as_of``) best matching ``terms``, or the words their topics ``added``
         (:data:`ADDED_WEIGHT`).
 
-        With no terms, the most recent valid entries, each scored 0.
+        With no terms, the most recent valid entries, each scored 0. ``bounded`` ranks
+        only the newest :data:`_NEWEST_PER_WORD` rows of each word (SQLite), so that the
+        search costs about the same however many entries share its common words.
         """
         log_id = str(user_log_id(user_id))
         params: dict[str, Any] = {
@@ -184,8 +194,16 @@ class LexicalRanker:
         if connection.dialect.name == "sqlite":
             extra = () if as_of is None else (StoredTime.to_sqlite(as_of),) * 2
             matches = _fts_matches(log_id, own, extra_words, current=not dated)
+            words = (
+                tuple(
+                    _fts_matches(log_id, [word], [], current=not dated)[0]
+                    for word in dict.fromkeys([*own, *extra_words])
+                )
+                if bounded
+                else ()
+            )
             found = self._sqlite_entries[dated].run(
-                connection, matches, limit, (stored_id(log_id), version, *extra)
+                connection, matches, limit, (stored_id(log_id), version, *extra), words
             )
             ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["valid_from"]))
             return [(model(row), score) for row, score in ranked[:limit]]
@@ -251,7 +269,9 @@ class LexicalRanker:
 
         Each text is searched on its own and the texts take turns, each one's best match
         first, then each one's second, and so on: a short statement ("I moved to Bergen")
-        finds the entry it changes however many words the rest of the batch has.
+        finds the entry it changes however many words the rest of the batch has. Each
+        search ranks only the newest rows of each of its words (see :data:`_NEWEST_PER_WORD`):
+        a batch of a long backlog costs the same at its end as at its start.
         """
         if current <= 0:
             return []
@@ -263,7 +283,13 @@ class LexicalRanker:
         each = max(_RELATED_PER_TEXT, limit // max(1, len(queries)))
         found = [
             self.entries(
-                connection, user_id, list(q.own), min(each, limit), version=version, added=q.added
+                connection,
+                user_id,
+                list(q.own),
+                min(each, limit),
+                version=version,
+                added=q.added,
+                bounded=True,
             )
             for q in queries
         ]
@@ -343,6 +369,15 @@ class _SqliteSearch:
         self.own_hits_sql = (
             f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) {order}"
         )
+        self.newest_sql = f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?"
+        # The rowid range spares FTS5 the rows older than every candidate; json_each keeps
+        # the candidates one parameter however many they are.
+        within = "AND rowid >= ? AND +rowid IN (SELECT value FROM json_each(?))"
+        self.hits_within_sql = f"{hits} {within} {order}"
+        self.own_hits_within_sql = (
+            f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ? "
+            f"AND rowid >= ?) {within} {order}"
+        )
         self.rows_sql = rows_sql
 
     def run(
@@ -351,15 +386,18 @@ class _SqliteSearch:
         matches: tuple[str, ...],
         limit: int,
         filters: tuple[Any, ...],
+        words: tuple[str, ...] = (),
     ) -> list[tuple[dict[str, Any], float, bool]]:
         """The rows of the best hits of ``matches`` (the query's own words, then, if its
         topics added any, every word) that pass the filters, with their rank (higher is
-        better) and whether they match the query's own words."""
+        better) and whether they match the query's own words. Given the queries of each of
+        its ``words``, only the newest :data:`_NEWEST_PER_WORD` rows of each are ranked."""
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
+            within = self._newest(cursor, words)
             fetch = limit + _SPARE_HITS
             while True:
-                hits = self._hits(cursor, matches, fetch)
+                hits = self._hits(cursor, matches, fetch, within)
                 if not hits:
                     return []
                 marks = ", ".join("?" * len(hits))
@@ -372,23 +410,52 @@ class _SqliteSearch:
         finally:
             cursor.close()
 
+    def _newest(self, cursor: Any, words: tuple[str, ...]) -> tuple[int, str] | None:
+        """The rows a bounded search ranks, as (the oldest rowid, a JSON list of them):
+        the newest :data:`_NEWEST_PER_WORD` of each of ``words``; None when no word has
+        more (all its rows are ranked then, as cheaply)."""
+        if not words:
+            return None
+        rows: set[int] = set()
+        crowded = False
+        for word in words:
+            found = cursor.execute(self.newest_sql, (word, _NEWEST_PER_WORD)).fetchall()
+            crowded = crowded or len(found) == _NEWEST_PER_WORD
+            rows.update(rowid for (rowid,) in found)
+        if not crowded:
+            return None
+        return min(rows), json.dumps(sorted(rows))
+
     def _hits(
-        self, cursor: Any, matches: tuple[str, ...], fetch: int
+        self,
+        cursor: Any,
+        matches: tuple[str, ...],
+        fetch: int,
+        within: tuple[int, str] | None = None,
     ) -> dict[int, tuple[float, bool]]:
         """The best ``fetch`` hits of ``matches``: rowid to (BM25 of every word, whether
-        the row has one of the query's own words), those that have first.
+        the row has one of the query's own words), those that have first; only rows
+        ``within`` the oldest rowid and the list given, when given (see :meth:`_newest`).
 
         The rows with own words are ranked first, and alone (BM25 is most of a search's
         work); the rows with only added words are ranked only when those leave room.
         """
+        hits_sql = self.hits_sql if within is None else self.hits_within_sql
         if len(matches) == 1:
-            found = cursor.execute(self.hits_sql, (matches[0], fetch)).fetchall()
+            found = cursor.execute(hits_sql, (matches[0], *(within or ()), fetch)).fetchall()
             return {hit: (rank, True) for hit, rank in found}
         own, every = matches
-        mine = cursor.execute(self.own_hits_sql, (every, own, fetch)).fetchall()
+        if within is None:
+            mine = cursor.execute(self.own_hits_sql, (every, own, fetch)).fetchall()
+        else:
+            oldest, listed = within
+            mine = cursor.execute(
+                self.own_hits_within_sql, (every, own, oldest, oldest, listed, fetch)
+            ).fetchall()
         hits = {hit: (rank, True) for hit, rank in mine}
         if len(hits) < fetch:
-            for hit, rank in cursor.execute(self.hits_sql, (every, fetch)).fetchall():
+            found = cursor.execute(hits_sql, (every, *(within or ()), fetch)).fetchall()
+            for hit, rank in found:
                 if len(hits) < fetch:
                     hits.setdefault(hit, (rank, False))
         return hits

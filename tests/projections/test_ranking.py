@@ -7,6 +7,7 @@ connection), which do not depend on the machine's speed.
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -323,3 +324,40 @@ def test_an_entries_search_does_not_walk_the_entries_that_do_not_match(store: Ev
         assert sorted(e.text for e, _ in found) == sorted(RARE[:10])
         steps[user_id] = counted
     assert steps["many"] < 2 * steps["few"], steps
+
+
+def _related_seconds(
+    store: EventStore, ranker: LexicalRanker, user_id: str, texts: list[str], current: int
+) -> tuple[float, list[str]]:
+    """The best of three timings of the entries shown beside a batch of ``texts``, and
+    their texts."""
+    best = float("inf")
+    shown: list[str] = []
+    for _ in range(3):
+        with store.engine.connect() as connection:
+            started = time.perf_counter()
+            found = ranker.related(connection, user_id, texts, 100, current)
+            best = min(best, time.perf_counter() - started)
+        shown = [text for _, text, _ in found]
+    return best, shown
+
+
+def test_the_entries_shown_beside_a_batch_cost_about_the_same_however_many_share_its_words(
+    store: EventStore,
+) -> None:
+    """A backlog's facts share their common words ("likes", "very"): each text of a batch
+    ranked every entry holding one, so the batches at the end of a 10,000-message backlog
+    cost many times those at its start (extraction time grew with the square of the
+    backlog). Only the newest rows of each word are ranked: ten times the entries cost
+    about the same, and the entry a text names by its rare word is still shown first."""
+    projector = Projector(ProjectionTables())
+    facts = [f"User likes thing{i} very much indeed." for i in range(4_000)]
+    _learn(store, projector, "few", facts[-400:])
+    _learn(store, projector, "many", facts)
+    ranker = LexicalRanker(projector.tables)
+    named = range(3_600, 4_000, 8)
+    texts = [f"I like thing{i} very much" for i in named]
+    few, few_shown = _related_seconds(store, ranker, "few", texts, 400)
+    many, many_shown = _related_seconds(store, ranker, "many", texts, 4_000)
+    assert few_shown[:50] == many_shown[:50] == [facts[i] for i in named]
+    assert many < 3 * few, (few, many)
