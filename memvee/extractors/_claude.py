@@ -494,7 +494,7 @@ class ClaudeExtractor(HarmlessRequests, CarriesCredentials):
             "the Claude API refuses requests for user %r that show their known entries "
             "(%s), not without them: task %s is extracted without entries %s",
             batch.user_id,
-            refused.reason or "the model refused to answer",
+            _refusal_told(refused),
             batch.task_id,
             ", ".join(left_out),
         )
@@ -883,6 +883,16 @@ def outweighed(request: dict[str, Any], batch: ExtractionBatch) -> bool:
 def _size(request: dict[str, Any]) -> int:
     """About the bytes of ``request``'s body."""
     return len(json.dumps(request, ensure_ascii=False, default=str).encode())
+
+
+def _refusal_told(refused: RejectedBatchError) -> str:
+    """What refused a request, for a log line: the API's reason, a body over a size limit
+    (HTTP 413, which gives none), or else the model's refusal to answer."""
+    if refused.reason is not None:
+        return refused.reason
+    if refused.too_large:
+        return "HTTP 413: the request was over a body size limit"
+    return "the model refused to answer"
 
 
 def _unsettled(

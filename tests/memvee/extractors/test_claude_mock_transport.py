@@ -1029,6 +1029,22 @@ async def test_a_refusal_a_known_entry_causes_extracts_the_batch_without_that_en
     assert not any(e.text in caplog.text for e in KNOWN)
 
 
+async def test_entries_left_out_for_a_request_too_large_are_told_so_not_as_a_refusal(
+    claude: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body limit (a gateway's 413) that the known entries push a request over leaves
+    entries out as a filter's refusal does; the warning says the request was too large,
+    not that the model refused to answer (it answered every request it was sent)."""
+    api = EntryFilter(lambda: fail(413, "request_too_large", "Request too large"), "cat named")
+    with caplog.at_level(logging.WARNING, logger="memvee.extractors"):
+        result = await claude(api, max_retries=0).extract(KNOWN_BATCH)
+
+    assert result.notes["known_entries_left_out"] == "e-pet"
+    [warning] = caplog.records
+    assert "HTTP 413" in warning.getMessage(), warning.getMessage()
+    assert "model refused" not in warning.getMessage()
+
+
 async def test_several_refused_entries_among_many_are_each_left_out_in_bounded_probes(
     claude: Make,
 ) -> None:
