@@ -271,7 +271,7 @@ class LexicalRanker:
         first, then each one's second, and so on: a short statement ("I moved to Bergen")
         finds the entry it changes however many words the rest of the batch has. Each
         search ranks only the newest rows of each of its words (see :data:`_NEWEST_PER_WORD`):
-        a batch of a long backlog costs the same at its end as at its start.
+        BM25 scores a bounded number of rows, though FTS5 still walks the words' lists.
         """
         if current <= 0:
             return []
