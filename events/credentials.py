@@ -33,6 +33,7 @@ __all__ = [
     "configured_secrets",
     "credentials_of",
     "held_secrets",
+    "known_secrets",
     "log_failure",
     "looks_secret",
     "mask_url_userinfo",
@@ -160,25 +161,64 @@ def configured_secrets() -> tuple[str, ...]:
     """The credentials the environment gives: those the SDKs read (:data:`SECRET_ENV_VARS`,
     the user info of :data:`BASE_URL_ENV_VAR`) and every variable's value its name says is
     one (:func:`named_secrets`: any provider's ``*_API_KEY``, a ``*_TOKEN``), as the
-    environment is at each call, so that one set later is known too: never shown."""
+    environment is at each call, so that one set later is known too: never shown.
+
+    Worked out from one copy of the environment taken first, and cached with that copy:
+    a variable set or unset by another thread meanwhile neither fails the read nor hides
+    itself behind an answer cached for an environment it was not in."""
     raw = getattr(os.environ, "_data", None)  # CPython's: compared at C speed
-    seen, told = _environment_read[0]
+    seen, told = _environment_read[0]  # one read of the pair: the answer fits its copy
     if raw is not None and raw == seen:
         return told
-    found = [os.environ.get(name) for name in SECRET_ENV_VARS]
-    url = os.environ.get(BASE_URL_ENV_VAR)
-    named = (secret for name, value in os.environ.items() for secret in named_secrets(name, value))
-    secrets = [secret for secret in found if secret]
-    told = tuple(dict.fromkeys((*secrets, *(userinfo(url) if url else ()), *named)))
-    if raw is not None:
-        _environment_read[0] = (dict(raw), told)
+    snapshot = _environment_copy(raw)
+    told = _secrets_in({_decoded(name): _decoded(value) for name, value in snapshot.items()})
+    _environment_read[0] = (snapshot if raw is not None else None, told)
     return told
 
 
+def known_secrets() -> tuple[str, ...]:
+    """What :func:`configured_secrets` found last, without reading the environment again:
+    what a caller that must not fail (a logger's filter) falls back on."""
+    return _environment_read[0][1]
+
+
 _environment_read: list[tuple[Mapping[Any, Any] | None, tuple[str, ...]]] = [(None, ())]
-"""The environment :func:`configured_secrets` last read, copied, and what it found there:
-a logger's filter asks at every record, and reading every variable costs far more than
-telling the environment has not changed."""
+"""The copy of the environment :func:`configured_secrets` last worked from, and what it
+found there, replaced as one pair: a logger's filter asks at every record, and reading
+every variable costs far more than telling the environment has not changed."""
+
+_COPY_ATTEMPTS: Final = 10
+"""How often a copy of an environment without CPython's ``_data`` is tried again when
+another thread changed it while it was copied."""
+
+
+def _environment_copy(raw: Mapping[Any, Any] | None) -> dict[Any, Any]:
+    """A copy of the environment made at once: of CPython's underlying ``dict`` (copied in
+    C, which no other thread interrupts), or else of ``os.environ``, tried again while
+    another thread changes it under the copy."""
+    if type(raw) is dict:
+        return raw.copy()
+    for _ in range(_COPY_ATTEMPTS - 1):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):  # a variable unset, or set, while it was copied
+            continue
+    return dict(os.environ)
+
+
+def _decoded(text: object) -> str:
+    """A name or value of the environment's underlying mapping as ``os.environ`` shows it
+    (bytes on POSIX, decoded as the file system's names are)."""
+    return os.fsdecode(text) if isinstance(text, bytes) else str(text)
+
+
+def _secrets_in(environment: Mapping[str, str]) -> tuple[str, ...]:
+    """The credentials ``environment`` gives (:func:`configured_secrets`)."""
+    found = [environment.get(name) for name in SECRET_ENV_VARS]
+    url = environment.get(BASE_URL_ENV_VAR)
+    named = (secret for name, value in environment.items() for secret in named_secrets(name, value))
+    secrets = [secret for secret in found if secret]
+    return tuple(dict.fromkeys((*secrets, *(userinfo(url) if url else ()), *named)))
 
 
 def held_secrets(holder: object) -> tuple[str, ...]:

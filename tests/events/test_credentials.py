@@ -1,15 +1,17 @@
-"""log_failure: a failure logged with its traceback, cleaned of the credentials given, as a
-record every formatter reads the usual way."""
+"""The credentials events.credentials finds (the environment's, read while other threads
+change it), and log_failure: a failure logged with its traceback, cleaned of the
+credentials given, as a record every formatter reads the usual way."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from events.credentials import log_failure
+from events import credentials
+from events.credentials import configured_secrets, log_failure
 from memvee._server.logs import JsonFormatter
 
 KEY = "sk-ant-api03-SECRETSECRETSECRET"
@@ -133,3 +135,36 @@ def test_a_traceback_showing_no_key_goes_as_the_live_exception(
     (record,) = kept.records
     assert record.getMessage() == "failed"
     assert record.exc_info is not None and record.exc_info[1] is error
+
+
+ENV_KEY = "sk-proj-0123456789abcdef"
+"""A key an application sets in the environment while a logger reads it."""
+
+
+def _changing_the_environment_at_the_first_variable(
+    monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]
+) -> None:
+    """Make the next read of the environment run ``change`` (another thread's) as it
+    looks at its first variable, the environment having changed since the last read."""
+    monkeypatch.setenv("MEMVEE_TEST_TICK", str(id(change)))
+    original = credentials.named_secrets
+    calls = []
+
+    def reading(name: str, value: object) -> tuple[str, ...]:
+        calls.append(name)
+        if len(calls) == 1:
+            change()
+        return original(name, value)
+
+    monkeypatch.setattr(credentials, "named_secrets", reading)
+
+
+def test_a_key_set_while_the_environment_is_read_is_known_at_the_next_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    _changing_the_environment_at_the_first_variable(
+        monkeypatch, lambda: monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    )
+    configured_secrets()
+    assert ENV_KEY in configured_secrets()
