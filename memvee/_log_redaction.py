@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from events.credentials import shows_credentials
+from events.credentials import known_secrets, shows_credentials
 from memvee._secrets import configured_secrets, redact
 
 __all__ = [
@@ -89,12 +89,18 @@ class RedactSecrets(logging.Filter):
         self.secrets = tuple(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Clean ``record``; never drop it."""
-        secrets = (*configured_secrets(), *self.secrets)
+        """Clean ``record``; never drop it, and never fail the log call: the environment
+        unreadable, the secrets found last are taken out still; a message whose arguments
+        cannot be formatted is shown as given."""
+        try:
+            environment = configured_secrets()
+        except Exception:  # the logging call must go on; what was known is still redacted
+            environment = known_secrets()
+        secrets = (*environment, *self.secrets)
         try:
             message = record.getMessage()
             unformatted = False
-        except (TypeError, ValueError):  # arguments that do not fit: show what was given
+        except Exception:  # arguments that do not fit or fail to show: show what was given
             message, unformatted = f"{record.msg} % {record.args!r}", True
         cleaned = self.clean(message, secrets)
         if unformatted or cleaned != message:

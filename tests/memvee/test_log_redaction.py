@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+import memvee._log_redaction as redaction
+from events import credentials
+from events.credentials import configured_secrets
 from memvee._log_redaction import OWN_LOGGERS, RedactSecrets, protect_loggers
 from memvee._secrets import mask_url_userinfo
 
@@ -262,3 +265,35 @@ def test_a_variable_whose_name_says_it_holds_a_credential_is_taken_out_of_every_
     monkeypatch.setenv(name, value)
     shown = _cleaned("the client said %s", value)
     assert (value not in shown) is secret
+
+
+def test_a_log_call_goes_on_while_another_thread_unsets_a_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-0123456789abcdef")
+    monkeypatch.setenv("ZZZ_UNSET_MEANWHILE", "y")
+    original, calls = credentials.named_secrets, []
+
+    def reading(name: str, value: object) -> tuple[str, ...]:
+        calls.append(name)
+        if len(calls) == 1:  # another thread, as the environment is read
+            monkeypatch.delenv("ZZZ_UNSET_MEANWHILE")
+        return original(name, value)
+
+    monkeypatch.setattr(credentials, "named_secrets", reading)
+    assert _cleaned("401: key %s refused", "sk-proj-0123456789abcdef") == (
+        "401: key [redacted] refused"
+    )
+
+
+def test_an_environment_that_cannot_be_read_leaves_the_secrets_known_last_redacted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
+    configured_secrets()
+
+    def unreadable() -> tuple[str, ...]:
+        raise KeyError("ZZZ_UNSET_MEANWHILE")
+
+    monkeypatch.setattr(redaction, "configured_secrets", unreadable)
+    assert _cleaned("refused: %s", API_KEY) == "refused: [redacted]"
