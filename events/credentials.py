@@ -26,7 +26,7 @@ from events.errors import first_line
 __all__ = [
     "BASE_URL_ENV_VAR",
     "SECRET_ENV_VARS",
-    "SECRET_NAME",
+    "SECRET_WORDS",
     "CarriesCredentials",
     "carried_by",
     "client_secrets",
@@ -39,6 +39,7 @@ __all__ = [
     "mask_url_userinfo",
     "named_secrets",
     "redact",
+    "says_secret",
     "shown_error",
     "shown_forms",
     "shows_credentials",
@@ -93,18 +94,52 @@ def userinfo(url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(form for part in parts for form in (part, unquote(part)) if form))
 
 
-SECRET_NAME: Final = re.compile(r"(?i)key|token|secret|auth|passw(?:or)?d|credential")
-"""What a name says of a value that is a credential: an environment variable's
+SECRET_WORDS: Final = frozenset(
+    {
+        "KEY",
+        "APIKEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "AUTH",
+        "AUTHORIZATION",
+    }
+)
+"""The words of a name saying its value is a credential: an environment variable's
 (``OPENAI_API_KEY``, ``HF_TOKEN``, ``PGPASSWORD``), an attribute's (``api_key``,
-``_auth_token``), an HTTP header's (``Authorization``, ``x-api-key``) or a URL query
-parameter's (``?key=``). The one definition every search for a credential here uses."""
+``_auth_token``, ``apiKey``), an HTTP header's (``Authorization``, ``x-api-key``) or a
+URL query parameter's (``?key=``). Whole words only (:func:`says_secret`): ``AUTHOR``,
+``KEYCLOAK`` or ``TOKENIZERS`` say nothing of the kind."""
+
+_NAME_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+"""The words of a name: split at anything but a letter or digit and where its case
+changes (``apiKey``, ``XAPIKey``)."""
+
+_PASSWORD_SUFFIXES: Final = ("PASSWORD", "PASSWD")
+"""Endings of a word that is a password's name on its own (``PGPASSWORD``)."""
+
+_SCHEMES: Final = frozenset({"bearer", "basic", "token"})
+"""The HTTP authorization schemes whose credential follows a space (``Bearer sk-...``)."""
+
+
+def says_secret(name: str) -> bool:
+    """Whether ``name`` says the value it holds is a credential: one of its words is one of
+    :data:`SECRET_WORDS`, or ends as a password's name does (``PGPASSWORD``); ``PWD``, the
+    working directory's variable, does not. The one definition every search for a
+    credential here uses."""
+    words = [word.upper() for word in _NAME_WORDS.findall(name)]
+    return any(word in SECRET_WORDS or word.endswith(_PASSWORD_SUFFIXES) for word in words)
+
 
 _HELD_ITEMS = 100
 """The most items of a mapping an object holds (its default headers) looked through."""
 
 
 def looks_secret(value: str) -> bool:
-    """Whether ``value``, held under a name :data:`SECRET_NAME` matches, is taken for a
+    """Whether ``value``, held under a name :func:`says_secret` says is one, is taken for a
     credential: at least :data:`SHORTEST_SECRET` characters with no space inside, holding
     a digit or at least twice as long (a key, a token, a password), and no file's path (a
     ``SSH_AUTH_SOCK``, a key file's location). A short or common value (``1``,
@@ -119,10 +154,11 @@ def looks_secret(value: str) -> bool:
 
 def named_secrets(name: str, value: object) -> tuple[str, ...]:
     """The credentials a value held under ``name`` shows: itself if a string the name
-    says is one (:data:`SECRET_NAME`, :func:`looks_secret`) and the token after its
-    scheme (``Bearer sk-...``); a URL's user info and the values of its query parameters
-    named so, for a string holding ``://`` or any value a name saying URL holds (an
-    ``httpx.URL``); and, for a mapping (HTTP headers), the credentials of its items."""
+    says is one (:func:`says_secret`, :func:`looks_secret`), or the token after its
+    scheme (``Bearer sk-...``) if that looks like one; a URL's user info and the values
+    of its query parameters named so, for a string holding ``://`` or any value a name
+    saying URL holds (an ``httpx.URL``); and, for a mapping (HTTP headers), the
+    credentials of its items."""
     if isinstance(value, Mapping):
         items = itertools.islice(value.items(), _HELD_ITEMS)
         return tuple(
@@ -136,9 +172,11 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
             return ()
         value = str(value)
     found: list[str] = []
-    token = value.strip().rpartition(" ")[2]  # after its scheme: "Bearer sk-..."
-    if SECRET_NAME.search(name) and looks_secret(token):
-        found.extend(dict.fromkeys((token, value)))
+    if says_secret(name):
+        scheme, _, token = value.strip().partition(" ")
+        taken = token.strip() if scheme.lower() in _SCHEMES else value
+        if looks_secret(taken):
+            found.append(taken)
     if "://" in value:
         found.extend(url_secrets(value))
     return tuple(found)
@@ -146,13 +184,13 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
 
 def url_secrets(url: str) -> tuple[str, ...]:
     """The credentials ``url`` carries: its user info (:func:`userinfo`) and the value of
-    every query parameter :data:`SECRET_NAME` names (``?key=``, ``&access_token=``), as
+    every query parameter :func:`says_secret` names (``?key=``, ``&access_token=``), as
     written and percent-decoded."""
     found = list(userinfo(url))
     query = url.partition("?")[2].partition("#")[0]
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
-        if SECRET_NAME.search(unquote(name)):
+        if says_secret(unquote(name)):
             found.extend(form for form in (value, unquote(value)) if looks_secret(form))
     return tuple(dict.fromkeys(found))
 

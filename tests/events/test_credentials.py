@@ -168,3 +168,62 @@ def test_a_key_set_while_the_environment_is_read_is_known_at_the_next_read(
     )
     configured_secrets()
     assert ENV_KEY in configured_secrets()
+
+
+DEVELOPER_ENVIRONMENT = {
+    "GIT_AUTHOR_NAME": "Margaret Hamilton-Developer",
+    "GIT_AUTHOR_EMAIL": "margaret.hamilton@example.com",
+    "GIT_COMMITTER_NAME": "Continuous Integration Bot",
+    "KEYCLOAK_URL": "https://keycloak.internal.example.com/realms/main",
+    "KEYCLOAK_REALM": "production-realm-2024",
+    "TIKTOKEN_CACHE_DIR": "/var/cache/tiktoken-encodings",
+    "TOKENIZERS_PARALLELISM": "falsefalsefalsefalse",
+    "AUTHOR_DISPLAY_NAME": "Documentation Writers Team",
+    "KEYBOARD_LAYOUT": "international-us-2024",
+    "XDG_SESSION_TYPE": "wayland-session-type",
+    "CI_COMMIT_AUTHOR": "Build Runner <runner42@example.com>",
+    "HOSTNAME": "build-runner-2024-0042",
+}
+"""Variables a developer's or a CI runner's environment holds, none of them a credential."""
+
+CREDENTIALS = {
+    "OPENAI_API_KEY": "sk-proj-0123456789abcdefABCDEF",
+    "HF_TOKEN": "hf_0123456789abcdefABCDEFghij",
+    "PGPASSWORD": "pg-password-2024-x",
+    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY0123",
+    "GITHUB_TOKEN": "ghp_0123456789abcdefABCDEFghijkl",
+}
+"""Variables holding credentials, each taken out of every text."""
+
+
+def test_no_value_of_a_developers_or_ci_environment_is_taken_for_a_credential(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in {**DEVELOPER_ENVIRONMENT, **CREDENTIALS}.items():
+        monkeypatch.setenv(name, value)
+    found = configured_secrets()
+    assert [value for value in DEVELOPER_ENVIRONMENT.values() if value in found] == []
+    assert [value for value in CREDENTIALS.values() if value not in found] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "found"),
+    [
+        ("Authorization", "Bearer sk-ant-0123456789abcdef", ("sk-ant-0123456789abcdef",)),
+        ("authorization", "Basic dXNlcjpwYXNzd29yZDEy", ("dXNlcjpwYXNzd29yZDEy",)),
+        ("x-api-key", "sk-ant-0123456789abcdef", ("sk-ant-0123456789abcdef",)),
+        ("apiKey", "AIzaSy0123456789abcdef", ("AIzaSy0123456789abcdef",)),
+        (
+            "url",
+            "https://api.example.com/v1?key=AIzaSy0123456789abcdef",
+            ("AIzaSy0123456789abcdef",),
+        ),
+        ("api_token", "Margaret Hamilton 2024 developer", ()),
+        ("secret_note", "not the one 0123456789", ()),
+        ("author", "Margaret Hamilton 0123456789", ()),
+    ],
+)
+def test_a_value_is_taken_for_a_credential_only_under_a_name_whose_words_say_so(
+    name: str, value: str, found: tuple[str, ...]
+) -> None:
+    assert credentials.named_secrets(name, value) == found
