@@ -14,12 +14,13 @@ import itertools
 import logging
 import os
 import re
+import sys
 import traceback
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import ParseResult, SplitResult, unquote
 
 from events.errors import first_line
 
@@ -159,18 +160,20 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     of its query parameters named so, for a string holding ``://`` or any value a name
     saying URL holds (an ``httpx.URL``); and, for a mapping (HTTP headers), the
     credentials of its items."""
-    if isinstance(value, Mapping):
-        items = itertools.islice(value.items(), _HELD_ITEMS)
+    if issubclass(type(value), Mapping):
+        items = itertools.islice(value.items(), _HELD_ITEMS)  # type: ignore[attr-defined]
         return tuple(
             secret
             for key, held in items
-            if isinstance(key, str) and isinstance(held, str)
+            if issubclass(type(key), str) and issubclass(type(held), str)
             for secret in named_secrets(key, held)
         )
-    if not isinstance(value, str):
-        if value is None or not re.search(r"(?i)url|endpoint", name):
-            return ()
+    if issubclass(type(value), str):
+        value = str.__str__(value)  # type: ignore[arg-type]  # no subclass's __str__
+    elif issubclass(type(value), _url_types()) and re.search(r"(?i)url|endpoint", name):
         value = str(value)
+    else:
+        return ()
     found: list[str] = []
     if says_secret(name):
         scheme, _, token = value.strip().partition(" ")
@@ -179,6 +182,18 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
             found.append(taken)
     if "://" in value:
         found.extend(url_secrets(value))
+    return tuple(found)
+
+
+def _url_types() -> tuple[type, ...]:
+    """The URL types whose text is the URL itself, shown by ``str`` with no other effect:
+    urllib's, and httpx's and yarl's if imported (by a client); no other object's
+    ``__str__`` is run, which may do anything."""
+    found: list[type] = [SplitResult, ParseResult]
+    for module, name in (("httpx", "URL"), ("yarl", "URL")):
+        kind = getattr(sys.modules.get(module), name, None)
+        if isinstance(kind, type):
+            found.append(kind)
     return tuple(found)
 
 
@@ -275,10 +290,24 @@ def held_secrets(holder: object) -> tuple[str, ...]:
 
 def _own_attributes(holder: object) -> list[tuple[str, object]]:
     """``holder``'s instance attributes (its ``__dict__``), none if it has none."""
-    own = getattr(holder, "__dict__", None)
-    if not isinstance(own, Mapping) or isinstance(holder, type | types.ModuleType):
+    own = _instance_dict(holder)
+    if own is None or issubclass(type(holder), type | types.ModuleType):
         return []
-    return [(name, value) for name, value in list(own.items()) if isinstance(name, str)]
+    return [(name, value) for name, value in list(own.items()) if type(name) is str]
+
+
+def _instance_dict(holder: object) -> dict[str, object] | None:
+    """``holder``'s own ``__dict__`` as Python keeps it, read through the slot its type
+    got from Python, never through a property of that name (a lazy proxy's, forwarding
+    to an object it would build); none if it has no such slot."""
+    for kind in type(holder).__mro__:
+        slot = vars(kind).get("__dict__")
+        if slot is not None:
+            if type(slot) not in (types.GetSetDescriptorType, types.MemberDescriptorType):
+                return None
+            own = slot.__get__(holder, type(holder))
+            return own if type(own) is dict else None
+    return None
 
 
 def _may_hold_credentials(value: object) -> bool:
@@ -286,7 +315,7 @@ def _may_hold_credentials(value: object) -> bool:
     client): no plain value, container, class, module or function."""
     plain = (str, bytes, int, float, Mapping, list, tuple, set, frozenset, type)
     callables = (types.ModuleType, types.FunctionType, types.MethodType)
-    return value is not None and not isinstance(value, (*plain, *callables))
+    return value is not None and not issubclass(type(value), (*plain, *callables))
 
 
 def client_secrets(client: object) -> tuple[str, ...]:
@@ -317,9 +346,9 @@ def carried_by(extractor: object) -> tuple[str, ...]:
     a ``client`` it holds (:func:`client_secrets`). Reading them never fails a batch: a
     failure is logged at debug level and none is given."""
     try:
-        if isinstance(extractor, CarriesCredentials):
-            return tuple(extractor.carried_credentials())
-        client = (getattr(extractor, "__dict__", None) or {}).get("client")
+        if issubclass(type(extractor), CarriesCredentials):
+            return tuple(extractor.carried_credentials())  # type: ignore[attr-defined]
+        client = (_instance_dict(extractor) or {}).get("client")
         held = held_secrets(extractor)
         return tuple(dict.fromkeys((*held, *(() if client is None else client_secrets(client)))))
     except Exception as error:

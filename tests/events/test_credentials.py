@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import types
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from events import credentials
@@ -227,3 +229,49 @@ def test_a_value_is_taken_for_a_credential_only_under_a_name_whose_words_say_so(
     name: str, value: str, found: tuple[str, ...]
 ) -> None:
     assert credentials.named_secrets(name, value) == found
+
+
+class _LazyProxy:
+    """A lazy proxy as libraries make them: its class, its ``__dict__`` and every other
+    attribute forwarded to an object it builds at the first read (here: noted)."""
+
+    def __init__(self, built: list[str]) -> None:
+        object.__setattr__(self, "_built", built)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        object.__getattribute__(self, "_built").append("__class__")
+        return dict
+
+    @property
+    def __dict__(self) -> dict[str, object]:  # type: ignore[override]
+        object.__getattribute__(self, "_built").append("__dict__")
+        return {"api_key": "sk-built-0123456789abcdef"}
+
+
+class _Shown:
+    """An object whose ``__str__`` does something (here: is noted)."""
+
+    def __init__(self, shown: list[str]) -> None:
+        self.shown = shown
+
+    def __str__(self) -> str:
+        self.shown.append("__str__")
+        return "https://user:password-0123456789@gateway.example"
+
+
+def test_reading_what_an_embedder_holds_triggers_no_proxy_and_shows_no_other_object() -> None:
+    touched: list[str] = []
+    embedder = types.SimpleNamespace(
+        api_key="sk-ant-0123456789abcdef",
+        client=_LazyProxy(touched),
+        endpoint_url=_Shown(touched),
+        base_url=httpx.URL("https://gw:gateway-password-7@gateway.example"),
+    )
+    assert credentials.held_secrets(embedder) == (
+        "sk-ant-0123456789abcdef",
+        "gw:gateway-password-7",
+        "gateway-password-7",
+    )
+    assert credentials.carried_by(embedder) == credentials.held_secrets(embedder)
+    assert touched == []

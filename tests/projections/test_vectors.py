@@ -12,6 +12,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import Connection, delete, event, insert, select, update
@@ -527,18 +528,6 @@ class _Holding:
         self.__dict__.update(attributes)
 
 
-class _Url:
-    """A URL object (as ``httpx.URL``): no string, shown by ``str``."""
-
-    __slots__ = ("_text",)
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-
-    def __str__(self) -> str:
-        return self._text
-
-
 class _EchoingItsKey:
     """An embedder behind an API that refuses its key and echoes it back (a 401), the key
     kept wherever ``carrier`` puts it."""
@@ -563,7 +552,7 @@ class _EchoingItsKey:
         ({"client": _Holding(default_headers={"Authorization": f"Bearer {_KEY}"})}, {}),
         ({"session": _Holding(_headers={"x-api-key": _KEY})}, {}),
         ({"client": _Holding(base_url=f"https://api.example/v1?key={_KEY}")}, {}),
-        ({"_base_url": _Url(f"https://gw.example/?access_token={_KEY}")}, {}),
+        ({"_base_url": httpx.URL(f"https://gw.example/?access_token={_KEY}")}, {}),
         ({}, {"OPENAI_API_KEY": _KEY}),
         ({}, {"MISTRAL_TOKEN": _KEY}),
     ],
