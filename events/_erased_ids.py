@@ -94,12 +94,16 @@ def drop_passed_guard(driver: sqlite3.Connection, table: str) -> bool:
     """In a transaction holding SQLite's write lock (right after an insert): drop the
     record of ``table``'s erased ids and its two triggers if a row is numbered past every
     erased id (the record is empty, or none above the highest id is left), or if a trigger
-    is missing (the record then guards nothing); returns whether the guard still stands,
-    so that a writer knows when to stop looking for it.
+    is missing (the record then guards nothing); returns whether the writer should look
+    for it again at its next insert: True while it stands waiting for ids to pass, False
+    once it is dropped or absent, and False too after a failed drop, though the guard
+    then still stands.
 
     Dropping it is cleanup the write does not need: it runs under a savepoint, and a
     failure (a full disk, a busy schema) is rolled back to it and logged, the guard left
-    whole (ids are still never given again) and the write going on."""
+    whole (ids are still never given again) and the write going on. The writer stops
+    looking after such a failure, rather than failing again and logging at every insert;
+    a store looks again once it erases or another connection commits (data_version)."""
     parts = _guard_parts(driver, table)
     record = _record(table)
     if record not in parts:
