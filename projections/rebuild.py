@@ -75,10 +75,11 @@ PAGE_SIZE = 10_000
 """Events folded per transaction by a rebuild: a page's rows are netted in memory."""
 
 DDL_LOCK_WAIT_MS = 500
-"""On PostgreSQL, how long a transaction that drops or alters projection tables (a
+"""On PostgreSQL, the longest a transaction that drops or alters projection tables (a
 rebuild's start, an open refolding an older layout) waits for the readers of one table
-before it lets go of every table and tries again: under the server's
-``deadlock_timeout`` (1 s by default), after which a deadlock fails one of the two sides."""
+before it lets go of every table and tries again: at most half the server's
+``deadlock_timeout`` (1 s by default), after which a deadlock fails one of the two sides
+(:func:`_ddl_lock_wait_ms`)."""
 
 DDL_RETRY_SECONDS = 10.0
 """How long such a transaction lets go of its tables for readers; after that it waits for
@@ -135,9 +136,10 @@ def _yielding_to_readers(store: EventStore, change: Callable[[Connection], _T]) 
     process's task reads it) may hold the one changed later while it waits for the one
     changed first: each side waits for the other, and the server fails one of them after
     its ``deadlock_timeout`` (the live read, or this change). So for
-    :data:`DDL_RETRY_SECONDS` a statement waits at most :data:`DDL_LOCK_WAIT_MS` for a
-    table; past that the transaction lets go of every table, the read goes on, and
-    ``change`` is tried again shortly after, in a new transaction.
+    :data:`DDL_RETRY_SECONDS` a statement waits for a table at most
+    :data:`DDL_LOCK_WAIT_MS`, and less than the server's ``deadlock_timeout``
+    (:func:`_ddl_lock_wait_ms`); past that the transaction lets go of every table, the
+    read goes on, and ``change`` is tried again shortly after, in a new transaction.
     """
     patient_from = monotonic() + DDL_RETRY_SECONDS
     while True:
@@ -145,13 +147,25 @@ def _yielding_to_readers(store: EventStore, change: Callable[[Connection], _T]) 
             with store.transaction() as connection:
                 store.lock_writers(connection)
                 if not store.is_sqlite and monotonic() < patient_from:
-                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {DDL_LOCK_WAIT_MS}")
+                    wait_ms = _ddl_lock_wait_ms(connection)
+                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
                 return change(connection)
         except OperationalError as error:
             if getattr(error.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
             log.debug("waiting for readers of the projection tables: %s", first_line(error))
             sleep(random.uniform(0.05, 0.2))
+
+
+def _ddl_lock_wait_ms(connection: Connection) -> int:
+    """How long, in milliseconds, a statement of :func:`_yielding_to_readers` waits for a
+    table on PostgreSQL: :data:`DDL_LOCK_WAIT_MS`, or half the server's
+    ``deadlock_timeout`` if that is less (a server set to look for deadlocks sooner would
+    otherwise fail a live read first), and never 0, which waits for ever."""
+    deadlock_ms = connection.exec_driver_sql(
+        "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"
+    ).scalar_one()
+    return max(1, min(DDL_LOCK_WAIT_MS, int(deadlock_ms) // 2))
 
 
 def _fold_to_end(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, create_engine, inspect, select, text
 from typer.testing import CliRunner
 
 import events.store
@@ -1375,13 +1375,37 @@ def test_a_rebuild_resumed_past_an_erased_users_events_folds_every_event_written
     store.close()
 
 
-def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_deadlock() -> None:
+@pytest.fixture(params=["1s", "200ms"], ids=lambda value: f"deadlock_timeout={value}")
+def server_deadlock_timeout(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test database's ``deadlock_timeout`` for every session opened during the test:
+    the server's default, or one shorter than a rebuild's longest wait for a table."""
+    engine = create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        database = connection.exec_driver_sql("SELECT current_database()").scalar_one()
+        connection.exec_driver_sql(
+            f"ALTER DATABASE \"{database}\" SET deadlock_timeout = '{request.param}'"
+        )
+    try:
+        yield request.param
+    finally:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{database}" RESET deadlock_timeout')
+        engine.dispose()
+
+
+def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_deadlock(
+    server_deadlock_timeout: str,
+) -> None:
     """A live read (a task's state joined to its user, as a Memory following another
     process's task does) holds one projection table and reads another the rebuild has
     just dropped, while the rebuild waits to drop the first: each waited for the other,
-    and after a second the server failed one of them (the read, or the rebuild itself).
-    The rebuild lets go and tries again instead: both succeed."""
+    and after the server's deadlock_timeout it failed one of them (the read, or the
+    rebuild itself). The rebuild lets go and tries again sooner instead, whatever that
+    timeout: both succeed."""
     store = EventStore(postgres_url())
+    with store.engine.connect() as connection:
+        shown = connection.exec_driver_sql("SHOW deadlock_timeout").scalar_one()
+        assert shown == server_deadlock_timeout
     tables = ProjectionTables()
     projector = Projector(tables)
     with store.transaction() as connection:
@@ -1404,12 +1428,15 @@ def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_d
         store.close()
 
 
-def test_on_postgresql_an_open_dropping_an_older_layout_meets_a_read_of_two_tables() -> None:
+def test_on_postgresql_an_open_dropping_an_older_layout_meets_a_read_of_two_tables(
+    server_deadlock_timeout: str,
+) -> None:
     """An open that finds the projections of an older memvee's layout drops them, as a
     rebuild's start does, while a live read (another process's, still on them) holds one
     table and goes on to read another the open has just dropped: each waited for the
-    other, and after a second the server failed one of them. The open lets go and tries
-    again instead: both succeed, and the tables are refolded in this layout."""
+    other, and after the server's deadlock_timeout it failed one of them. The open lets
+    go and tries again sooner instead, whatever that timeout: both succeed, and the
+    tables are refolded in this layout."""
     store = EventStore(postgres_url())
     tables = ProjectionTables()
     projector = Projector(tables)
