@@ -10,7 +10,7 @@ the query is embedded as "the user", see :meth:`Retriever._as_embedded`). With
 ``include_messages`` entries and raw messages are ranked together on that one score (a
 strong message beats a weak fact, and a fact scores at least as well as the messages it
 came from, or half their score for a relative's fact, and a fact found by meaning alone
-is left out beside a message scoring twice as much and as near: facts are listed first);
+is left out beside a message matching twice as well and as near: facts are listed first);
 a message is left out when the returned entries citing its exchange state the query's
 words it holds, goes after the remaining entries when they leave some out, and goes after
 the rest when its facts were all replaced. An embedder that fails (an API down, a model
@@ -506,6 +506,9 @@ class _Candidate:
     unembedded: bool = False
     """Whether it has no vector yet, or the embedder refuses its text (its cosine is
     unknown, not low)."""
+    meant: float = 0.0
+    """Its semantic share as fused (:func:`_semantic`, times ``subject_share``): what it
+    scores by meaning alone, alike on every backend (one embedder gives the cosines)."""
     subject_share: float = 1.0
     """The part of a semantic share (and of a source message's score) it keeps:
     :data:`_OTHER_SUBJECT_SHARE` for a fact about someone or something of the user's that
@@ -604,6 +607,8 @@ class Retriever:
                 candidates,
                 bool(own),
                 _stems_of(own),
+                _Worded(frozenset().union(*(text_stems(t) for t in (*own, *added)))),
+                alpha,
             )
 
     def _add_semantic(
@@ -668,6 +673,8 @@ class Retriever:
         candidates: dict[str, _Candidate],
         searched: bool,
         asked: frozenset[str],
+        worded: _Worded,
+        alpha: float,
     ) -> RetrievalResult:
         """The best ``top_k`` on the fused score (none below :data:`RELEVANCE_FLOOR` of the
         best, nor, when the query has words to search (``searched``), any that scores 0: a
@@ -699,7 +706,9 @@ class Retriever:
             stale = self._reader.outdated(connection, user_id, keys, as_of)
         facts: Iterator[_Candidate] = (c for c in ranked if not c.is_message)
         if searched:
-            facts = _not_outmatched(facts, [c for c in messages if c.key not in stale])
+            fresh = [c for c in messages if c.key not in stale]
+            self._read_messages(connection, user_id, fresh)
+            facts = _not_outmatched(facts, fresh, worded, alpha)
         entries = list(itertools.islice(facts, top_k))
         queue = _Queue(entries, messages, stale, facts_first=not searched)
         exchanges = _Exchanges(stale, asked)
@@ -883,31 +892,69 @@ item that weak only fills a slot (and a fact that weak would be read first). Cho
 
 OUTMATCHED_FACT_SHARE = 0.5
 """A fact found by meaning alone is not returned beside a fresh (not outdated) message it
-scores less than this share of and whose cosine to the query is no lower than its own
-(see :func:`_not_outmatched`). Chosen on ``make eval`` (default weight, top 10): 0.3,
+matches less than this share as well as (weighed by :func:`_not_outmatched`) and whose
+cosine to the query is no lower than its own. Chosen on ``make eval`` (default weight, top 10): 0.3,
 0.5 and 0.7 all raised recall@1 on both sets (0.56 and 0.44 without the rule: 0.58 and
 0.44, 0.60 and 0.46, 0.60 and 0.47) and cost no recall@5 or @10; 0.5 is the middle."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Worded:
+    """The words a query asks, as stored text is cut (:func:`text_stems`: a run written
+    without spaces as its pairs and its single characters), to tell which texts share one
+    and how many they hold, from the texts alone: the same on every backend, whose
+    lexical scores (bm25, ts_rank) differ in scale."""
+
+    words: frozenset[str]
+
+    def share(self, text: str) -> float:
+        """The part of the query's words ``text`` holds (0 when the query has none)."""
+        if not self.words:
+            return 0.0
+        return len(self.words.intersection(text_stems(text))) / len(self.words)
+
+
 def _not_outmatched(
-    facts: Iterable[_Candidate], fresh: Sequence[_Candidate]
+    facts: Iterable[_Candidate], fresh: Sequence[_Candidate], worded: _Worded, alpha: float
 ) -> Iterator[_Candidate]:
-    """The ``facts`` (in their order) but those found by meaning alone (sharing no word
-    with the query) that a message of ``fresh`` (best first) outmatches: scores over
-    twice as much (:data:`OUTMATCHED_FACT_SHARE`) and is at least as near the query in
-    meaning. A result lists its facts before its messages, and a prompt shows them first,
-    so such a fact would be read before a message that answers the question far better:
-    the default model puts most short facts about the user a little above its noise
-    floor for any question about them ("User lives in Bergen." for "what is my cat
-    called?"). A fact holding the query's words stays ("User lives in Bergen." for "did
-    I live in Oslo?", beside "Oslo was too cold, living here is better"), as does one
-    nearer in meaning than every such message ("User is a teacher." for "what is my
-    job?", beside a reply that shares a word)."""
-    below = [-m.score for m in fresh]  # ascending
-    nearest = list(itertools.accumulate((_cosine_of(m) for m in fresh), max))
+    """The ``facts`` (in their order) but those sharing no word with the query (``worded``)
+    that a message of ``fresh`` outmatches: one at least as near the query in meaning that
+    matches over twice as well (:data:`OUTMATCHED_FACT_SHARE`), each weighed as the fused
+    score is, ``alpha`` times a lexical part plus ``1 - alpha`` times its semantic share
+    (a fact as well as its source messages, as :func:`_lift_entries` has it), but with the
+    part of the query's words a message holds, over the most any of ``fresh`` holds, as
+    its lexical part: the texts give it alike on both backends, where the share of the best
+    bm25 or ts_rank score split them. A result lists its facts before its messages, and a
+    prompt shows them first, so such a fact would be read before a message that answers
+    the question far better: the default model puts most short facts about the user a
+    little above its noise floor for any question about them ("User lives in Bergen." for
+    "what is my cat called?"). A fact holding one of the query's words stays ("User lives
+    in Bergen." for "did I live in Oslo?", beside "Oslo was too cold, living here is
+    better"; "用户养了一只猫" for "我的猫叫什么名字", by 猫, which the query is not searched by
+    but stored text is indexed by), as does one nearer in meaning than every such message
+    ("User is a teacher." for "what is my job?", beside a reply that shares a word)."""
+    shares = {m.key: worded.share(m.item.content) for m in fresh if isinstance(m.item, Message)}
+    best = max(shares.values(), default=0.0) or 1.0
+    weights = {
+        m.key: alpha * shares[m.key] / best + (1 - alpha) * m.meant
+        for m in fresh
+        if m.key in shares
+    }
+    weighed = sorted((weights[m.key], _cosine_of(m)) for m in fresh if m.key in weights)
+    weighed.reverse()
+    below = [-weight for weight, _ in weighed]  # ascending
+    nearest = list(itertools.accumulate((cosine for _, cosine in weighed), max))
     for fact in facts:
-        above = bisect.bisect_left(below, -fact.score / OUTMATCHED_FACT_SHARE)
-        if fact.lexical > 0 or not above or nearest[above - 1] < _cosine_of(fact):
+        entry = fact.item
+        assert isinstance(entry, KnowledgeEntry)
+        if worded.share(entry.text) > 0:
+            yield fact
+            continue
+        # As :func:`_lift_entries` does: a fact matches as well as its source messages.
+        lifted = (fact.subject_share * weights.get(m, 0.0) for m in entry.source_message_ids)
+        weight = max((1 - alpha) * fact.meant, *lifted)
+        above = bisect.bisect_left(below, -weight / OUTMATCHED_FACT_SHARE)
+        if not above or nearest[above - 1] < _cosine_of(fact):
             yield fact
 
 
@@ -1163,7 +1210,8 @@ def _fuse(candidates: Sequence[_Candidate], alpha: float, query: str) -> None:
         semantic = lexical if c.unembedded else _semantic(c.cosine, nearest) if matched else 0.0
         if isinstance(c.item, KnowledgeEntry) and not _names_subject(c.item.text, asked):
             c.subject_share = _OTHER_SUBJECT_SHARE
-        c.score = c.own = alpha * lexical + (1 - alpha) * c.subject_share * semantic
+        c.meant = c.subject_share * semantic
+        c.score = c.own = alpha * lexical + (1 - alpha) * c.meant
 
 
 COSINE_MATCH = 0.2

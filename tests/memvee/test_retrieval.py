@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
 import math
 import random
+import re
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -752,6 +754,105 @@ async def test_a_fact_found_by_meaning_alone_is_not_listed_before_a_message_outm
     for query in ("do I like jazz?", "which jazz tunes does Sasha hum in the sun?"):
         named = await memory.retrieve("ann", query, include_messages=True)
         assert [hit.text for hit in named.entries] == ["User likes jazz."], _by_score(named)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.3, 0.4])
+async def test_a_fact_far_weaker_by_meaning_alone_is_left_out_at_any_usual_weight(
+    make_memory: Callable[..., Any], alpha: float
+) -> None:
+    """Well inside the rule, at the default weight and at weights a user sets: "User
+    likes jazz on rainy Sunday mornings with coffee." is near "tunes" in meaning, matching
+    about a third as well as the message about Sasha (0.35 at a weight of 0.2, 0.26 at
+    0.4), which holds every word of the question and is nearer, so it is not read first
+    beside it; a search of facts alone still finds it, as does a question holding its
+    words."""
+    fact = "User likes jazz on rainy Sunday mornings with coffee."
+    memory = await make_memory(
+        extractor=_citing((fact, "user")),
+        embedder=ConceptEmbedder(),
+        config={**_EVERY_VECTOR, "hybrid_alpha": alpha},
+    )
+    await memory.add_exchange("ann", fact.replace("User likes", "I like"), "Lovely!", sent_at=T0)
+    await memory.flush("ann")
+    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
+    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+
+    question = "which tunes does Sasha hum in the sun on the windowsill?"
+    result = await memory.retrieve("ann", question, include_messages=True)
+    assert result.entries == [], _by_score(result)
+    assert result.messages[0].message.message_id == said.message_id
+    facts_only = await memory.retrieve("ann", question)
+    assert [hit.text for hit in facts_only.entries] == [fact]
+    named = await memory.retrieve("ann", "do I like jazz?", include_messages=True)
+    assert [hit.text for hit in named.entries] == [fact], _by_score(named)
+
+
+async def test_whether_a_fact_is_outmatched_is_decided_alike_on_both_backends(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A long message repeating the question's words is the best lexical match on
+    PostgreSQL (ts_rank counts repeats, whatever the length) but not on SQLite (bm25 weighs
+    length), so the message about Sasha kept 91% of the best lexical score on one and all
+    of it on the other, and "User likes jazz." (found by meaning alone) was left out on
+    SQLite and listed first on PostgreSQL. The rule weighs the part of the question's words
+    a message holds, not its share of the best bm25 or ts_rank score: both leave it out."""
+    memory = await make_memory(
+        extractor=_citing(("User likes jazz.", "user")),
+        embedder=ConceptEmbedder(),
+        config=_EVERY_VECTOR,
+    )
+    await memory.add_exchange("ann", "I like jazz.", "Lovely!", sent_at=T0)
+    await memory.flush("ann")
+    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
+    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+    repeated = " ".join(["which Sasha hum sun windowsill tunes"] * 4)
+    filler = " ".join(f"word{i}" for i in range(40))
+    await memory.add_exchange("ann", f"{repeated} {filler}", "Hm.", sent_at=T0)
+
+    question = "which tunes does Sasha hum in the sun on the windowsill?"
+    result = await memory.retrieve("ann", question, include_messages=True)
+    assert result.entries == [], _by_score(result)
+    assert result.messages[0].message.message_id == said.message_id
+
+
+class _CharacterEmbedder:
+    """A bag of characters (each character of a run written without spaces, each word of
+    one written with them) on hashed axes: texts sharing characters are near in meaning,
+    in Chinese as in English."""
+
+    name = "test-characters"
+    dimensions = 64
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self._one(text) for text in texts]
+
+    def _one(self, text: str) -> list[float]:
+        vector = np.zeros(self.dimensions)
+        for piece in re.findall(r"[a-z]+|[^\W\d_a-z]", text.casefold()):
+            vector[int(hashlib.sha256(piece.encode()).hexdigest(), 16) % self.dimensions] += 1
+        norm = float(np.linalg.norm(vector)) or 1.0
+        return [float(v) / norm for v in vector]
+
+
+async def test_a_chinese_fact_holding_a_one_character_word_of_the_question_is_kept(
+    make_memory: Callable[..., Any],
+) -> None:
+    """A Chinese question is searched by its pairs of characters, so a fact holding only
+    its one-character word ("猫", cat) scores nothing lexically; it still shares that word
+    (stored text is indexed by its single characters too), so it stays beside a message
+    holding the whole question, as "User has a cat named Mimi." stays for "what is my
+    cat's name?"."""
+    memory = await make_memory(
+        extractor=_citing(("用户养了一只猫名叫咪咪", "user")),
+        embedder=_CharacterEmbedder(),
+        config=_EVERY_VECTOR,
+    )
+    await memory.add_exchange("ann", "我养了一只猫名叫咪咪", "好可爱", sent_at=T0)
+    await memory.flush("ann")
+    await memory.add_exchange("ann", "我的猫叫什么名字我想不起来了", "别担心", sent_at=T0)
+
+    result = await memory.retrieve("ann", "我的猫叫什么名字", include_messages=True)
+    assert [hit.text for hit in result.entries] == ["用户养了一只猫名叫咪咪"], _by_score(result)
 
 
 async def test_a_message_kept_beside_its_fact_takes_no_other_facts_place(
