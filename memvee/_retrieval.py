@@ -707,8 +707,13 @@ class Retriever:
         facts: Iterator[_Candidate] = (c for c in ranked if not c.is_message)
         if searched:
             fresh = [c for c in messages if c.key not in stale]
-            self._read_messages(connection, user_id, fresh)
-            facts = _not_outmatched(facts, fresh, worded, alpha)
+            facts = _not_outmatched(
+                facts,
+                fresh,
+                worded,
+                alpha,
+                functools.partial(self._read_messages, connection, user_id),
+            )
         entries = list(itertools.islice(facts, top_k))
         queue = _Queue(entries, messages, stale, facts_first=not searched)
         exchanges = _Exchanges(stale, asked)
@@ -915,7 +920,11 @@ class _Worded:
 
 
 def _not_outmatched(
-    facts: Iterable[_Candidate], fresh: Sequence[_Candidate], worded: _Worded, alpha: float
+    facts: Iterable[_Candidate],
+    fresh: Sequence[_Candidate],
+    worded: _Worded,
+    alpha: float,
+    read: Callable[[Sequence[_Candidate]], None],
 ) -> Iterator[_Candidate]:
     """The ``facts`` (in their order) but those sharing no word with the query (``worded``)
     that a message of ``fresh`` outmatches: one at least as near the query in meaning that
@@ -933,29 +942,44 @@ def _not_outmatched(
     better"; "用户养了一只猫" for "我的猫叫什么名字", by 猫, which the query is not searched by
     but stored text is indexed by), as does one nearer in meaning than every such message
     ("User is a teacher." for "what is my job?", beside a reply that shares a word)."""
-    shares = {m.key: worded.share(m.item.content) for m in fresh if isinstance(m.item, Message)}
-    best = max(shares.values(), default=0.0) or 1.0
-    weights = {
-        m.key: alpha * shares[m.key] / best + (1 - alpha) * m.meant
-        for m in fresh
-        if m.key in shares
-    }
-    weighed = sorted((weights[m.key], _cosine_of(m)) for m in fresh if m.key in weights)
-    weighed.reverse()
-    below = [-weight for weight, _ in weighed]  # ascending
-    nearest = list(itertools.accumulate((cosine for _, cosine in weighed), max))
+    weights: dict[str, float] | None = None
+    below: list[float] = []
+    nearest: list[float] = []
     for fact in facts:
         entry = fact.item
         assert isinstance(entry, KnowledgeEntry)
-        if worded.share(entry.text) > 0:
+        # A lexical score tells a shared word at once; the texts tell the rest alike.
+        if fact.lexical > 0 or worded.share(entry.text) > 0:
             yield fact
             continue
+        if weights is None:  # weighed once, when a fact first needs it
+            read(fresh)
+            weights = _message_weights(fresh, worded, alpha)
+            weighed = sorted((weights[m.key], _cosine_of(m)) for m in fresh if m.key in weights)
+            weighed.reverse()
+            below = [-weight for weight, _ in weighed]  # ascending
+            nearest = list(itertools.accumulate((cosine for _, cosine in weighed), max))
         # As :func:`_lift_entries` does: a fact matches as well as its source messages.
         lifted = (fact.subject_share * weights.get(m, 0.0) for m in entry.source_message_ids)
         weight = max((1 - alpha) * fact.meant, *lifted)
         above = bisect.bisect_left(below, -weight / OUTMATCHED_FACT_SHARE)
         if not above or nearest[above - 1] < _cosine_of(fact):
             yield fact
+
+
+def _message_weights(
+    fresh: Sequence[_Candidate], worded: _Worded, alpha: float
+) -> dict[str, float]:
+    """How well each read message of ``fresh`` matches the query, by its key, as
+    :func:`_not_outmatched` weighs it: ``alpha`` times the part of the query's words it
+    holds over the most any holds, plus ``1 - alpha`` times its semantic share."""
+    shares = {m.key: worded.share(m.item.content) for m in fresh if isinstance(m.item, Message)}
+    best = max(shares.values(), default=0.0) or 1.0
+    return {
+        m.key: alpha * shares[m.key] / best + (1 - alpha) * m.meant
+        for m in fresh
+        if m.key in shares
+    }
 
 
 def _cosine_of(candidate: _Candidate) -> float:
