@@ -112,8 +112,8 @@ SECRET_WORDS: Final = frozenset(
 """The words of a name saying its value is a credential: an environment variable's
 (``OPENAI_API_KEY``, ``HF_TOKEN``, ``PGPASSWORD``), an attribute's (``api_key``,
 ``_auth_token``, ``apiKey``), an HTTP header's (``Authorization``, ``x-api-key``) or a
-URL query parameter's (``?key=``). Whole words only (:func:`says_secret`): ``AUTHOR``,
-``KEYCLOAK`` or ``TOKENIZERS`` say nothing of the kind."""
+URL query parameter's (``?key=``). Whole words, their plurals, or the end of a word
+(:func:`says_secret`): ``AUTHOR``, ``KEYCLOAK`` or ``TOKENIZERS`` say nothing of the kind."""
 
 _NAME_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 """The words of a name: split at anything but a letter or digit and where its case
@@ -123,8 +123,26 @@ _SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|credential
 """Any of :data:`SECRET_WORDS` anywhere in a name, whole word or not: a name without one
 says nothing of a credential, and most names have none."""
 
-_PASSWORD_SUFFIXES: Final = ("PASSWORD", "PASSWD")
-"""Endings of a word that is a password's name on its own (``PGPASSWORD``)."""
+_SECRET_ENDINGS: Final = (
+    "KEY",
+    "KEYS",
+    "TOKEN",
+    "TOKENS",
+    "SECRET",
+    "SECRETS",
+    "PASSWORD",
+    "PASSWORDS",
+    "PASSWD",
+    "CREDENTIAL",
+    "CREDENTIALS",
+)
+"""Endings of a word that is a credential's name on its own, words joined with no
+separator (``PGPASSWORD``, ``AUTHTOKEN``, ``SECRETKEY``, ``APIKEYS``): ``KEYCLOAK``,
+``TOKENIZERS`` or ``AUTHOR`` end otherwise."""
+
+_NOT_SECRET_WORDS: Final = frozenset({"TIKTOKEN"})
+"""Words ending as a credential's name does that name something else (OpenAI's tokenizer,
+whose ``TIKTOKEN_CACHE_DIR`` a developer's environment often holds)."""
 
 _SCHEMES: Final = frozenset({"bearer", "basic", "token"})
 """The HTTP authorization schemes whose credential follows a space (``Bearer sk-...``)."""
@@ -132,13 +150,23 @@ _SCHEMES: Final = frozenset({"bearer", "basic", "token"})
 
 def says_secret(name: str) -> bool:
     """Whether ``name`` says the value it holds is a credential: one of its words is one of
-    :data:`SECRET_WORDS`, or ends as a password's name does (``PGPASSWORD``); ``PWD``, the
-    working directory's variable, does not. The one definition every search for a
-    credential here uses."""
+    :data:`SECRET_WORDS` or its plural, or ends as a credential's name does, words joined
+    (``PGPASSWORD``, ``NGROK_AUTHTOKEN``, ``STRIPE_SECRETKEY``, ``api_keys``); ``PWD``,
+    the working directory's variable, does not. A word merely ending in KEY (``MONKEY``)
+    is taken too: its value must still look like a key (:func:`looks_secret`). The one
+    definition every search for a credential here uses."""
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
-    words = [word.upper() for word in _NAME_WORDS.findall(name)]
-    return any(word in SECRET_WORDS or word.endswith(_PASSWORD_SUFFIXES) for word in words)
+    return any(_says_secret(word.upper()) for word in _NAME_WORDS.findall(name))
+
+
+def _says_secret(word: str) -> bool:
+    """Whether one word of a name, upper-cased, says its value is a credential."""
+    if word in _NOT_SECRET_WORDS:
+        return False
+    if word in SECRET_WORDS or word.endswith(_SECRET_ENDINGS):
+        return True
+    return word.endswith("S") and word[:-1] in SECRET_WORDS
 
 
 _HELD_ITEMS = 100
