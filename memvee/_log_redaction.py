@@ -90,8 +90,18 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Clean ``record``; never drop it, and never fail the log call: the environment
-        unreadable, the secrets found last are taken out still; a message whose arguments
-        cannot be formatted is shown as given."""
+        unreadable, the secrets found last are taken out still; a message whose text or
+        arguments cannot be shown is shown by what can be (their types' names); an
+        exception that cannot be formatted is left for the handler, whose ``handleError``
+        reports it as it would with no filter."""
+        try:
+            self._clean_record(record)
+        except Exception:  # the record goes on as given: a handler failing on it reports it
+            return True
+        return True
+
+    def _clean_record(self, record: logging.LogRecord) -> None:
+        """Clean ``record`` in place (:meth:`filter`)."""
         try:
             environment = configured_secrets()
         except Exception:  # the logging call must go on; what was known is still redacted
@@ -100,14 +110,17 @@ class RedactSecrets(logging.Filter):
         try:
             message = record.getMessage()
             unformatted = False
-        except Exception:  # arguments that do not fit or fail to show: show what was given
-            message, unformatted = f"{record.msg} % {record.args!r}", True
+        except Exception:  # arguments that do not fit or fail to show: show what can be
+            message, unformatted = _shown_unformatted(record), True
         cleaned = self.clean(message, secrets)
         if unformatted or cleaned != message:
             record.msg, record.args = cleaned, ()
         shown = record.exc_text
         if not shown and record.exc_info:
-            shown = logging.Formatter().formatException(record.exc_info)
+            try:
+                shown = logging.Formatter().formatException(record.exc_info)
+            except Exception:  # malformed: the handler's formatter fails alike, and reports it
+                shown = None
         if shown and shows_credentials(shown, secrets):
             # The live exception would show it to whoever reads it.
             if record.exc_info and record.exc_info[0] is not None:
@@ -118,7 +131,6 @@ class RedactSecrets(logging.Filter):
         for key, value in list(vars(record).items()):
             if key not in _RECORD_FIELDS and isinstance(value, str):
                 setattr(record, key, self.clean(value, secrets))
-        return True
 
     @staticmethod
     def clean(text: str, secrets: Sequence[str]) -> str:
@@ -154,3 +166,25 @@ def protect_own_loggers() -> None:
     once each: an application's handlers may carry no filter, and a Memory or an Audit
     (a process that only re-extracts) may be the first of memvee's objects it opens."""
     protect_loggers(OWN_LOGGERS)
+
+
+def _shown_unformatted(record: logging.LogRecord) -> str:
+    """A record's message and arguments that could not be formatted together, as
+    ``msg % args``: each shown by its ``str`` or ``repr``, or by its type's name where
+    those fail too, so that showing them never fails."""
+    try:
+        msg = str(record.msg)
+    except Exception:
+        msg = f"<{type(record.msg).__name__}>"
+    try:
+        args = repr(record.args)
+    except Exception:
+        args = _type_names(record.args)
+    return f"{msg} % {args}"
+
+
+def _type_names(args: object) -> str:
+    """``args`` shown by the names of its items' types (or its own), which never fails."""
+    if type(args) is tuple:
+        return "(" + ", ".join(f"<{type(each).__name__}>" for each in args) + ")"
+    return f"<{type(args).__name__}>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Iterator
@@ -297,3 +298,48 @@ def test_an_environment_that_cannot_be_read_leaves_the_secrets_known_last_redact
 
     monkeypatch.setattr(redaction, "configured_secrets", unreadable)
     assert _cleaned("refused: %s", API_KEY) == "refused: [redacted]"
+
+
+class _Unshowable:
+    """An object whose ``str`` and ``repr`` both fail."""
+
+    def __str__(self) -> str:
+        raise ValueError("cannot be shown")
+
+    __repr__ = __str__
+
+
+def _filtered(**fields: Any) -> logging.LogRecord:
+    """A record made of ``fields``, once a RedactSecrets filtered it (which must keep it)."""
+    record = logging.makeLogRecord({"levelno": logging.WARNING, **fields})
+    assert RedactSecrets((API_KEY,)).filter(record)
+    return record
+
+
+def test_a_message_whose_text_fails_to_show_is_logged_by_its_types_name() -> None:
+    assert _filtered(msg=_Unshowable(), args=()).getMessage() == "<_Unshowable> % ()"
+
+
+def test_arguments_whose_text_and_repr_fail_are_logged_by_their_types_names() -> None:
+    record = _filtered(msg="refused %s with %s", args=(API_KEY, _Unshowable()))
+    assert record.getMessage() == "refused %s with %s % (<str>, <_Unshowable>)"
+
+
+def test_a_malformed_exception_is_left_for_the_handler_to_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As with no filter: the handler's formatter fails, and logging reports it."""
+    reported: list[logging.LogRecord] = []
+    monkeypatch.setattr(logging.Handler, "handleError", lambda _, record: reported.append(record))
+    logger = logging.getLogger("tests.memvee.malformed_exc_info")
+    handler = logging.StreamHandler(io.StringIO())
+    logger.addHandler(handler)
+    logger.addFilter(RedactSecrets())
+    logger.propagate = False
+    try:
+        logger.warning("failed", exc_info=(ValueError,))  # type: ignore[arg-type]
+    finally:
+        logger.removeHandler(handler)
+        logger.filters.clear()
+        logger.propagate = True
+    assert [record.msg for record in reported] == ["failed"]
