@@ -176,15 +176,22 @@ _HELD_ITEMS = 100
 def looks_secret(value: str) -> bool:
     """Whether ``value``, held under a name :func:`says_secret` says is one, is taken for a
     credential: at least :data:`SHORTEST_SECRET` characters with no space inside, holding
-    a digit or at least twice as long (a key, a token, a password), and no file's path (a
-    ``SSH_AUTH_SOCK``, a key file's location). A short or common value (``1``,
-    ``disabled``) never becomes a pattern every text is cleaned of."""
+    a digit or at least twice as long (a key, a token, a password), and neither a file's
+    path, existing or not (a ``SSH_AUTH_SOCK``, an ``HF_TOKEN_PATH``), nor a URL (an
+    ``ACTIONS_ID_TOKEN_REQUEST_URL``, whose credentials :func:`url_secrets` finds). A
+    short or common value (``1``, ``disabled``), a path or a URL never becomes a pattern
+    every text is cleaned of: their shown parts would cut runs out of unrelated lines."""
     value = value.strip()
     if len(value) < SHORTEST_SECRET or any(each.isspace() for each in value):
         return False
     if not any(each.isdigit() for each in value) and len(value) < 2 * SHORTEST_SECRET:
         return False
-    return not (os.sep in value and os.path.exists(value))
+    return _PATH_START.match(value) is None and "://" not in value
+
+
+_PATH_START = re.compile(r"[/~.]|[A-Za-z]:[\\/]")
+"""How a file's path starts: absolute, under the home directory, relative to the working
+directory, or on a Windows drive (``C:\\``)."""
 
 
 def named_secrets(name: str, value: object) -> tuple[str, ...]:

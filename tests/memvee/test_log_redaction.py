@@ -343,3 +343,43 @@ def test_a_malformed_exception_is_left_for_the_handler_to_report(
         logger.filters.clear()
         logger.propagate = True
     assert [record.msg for record in reported] == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "line"),
+    [
+        (
+            "SSH_AUTH_SOCK",
+            "/tmp/ssh-XXXXk3Jd0123/agent.4242",
+            "cleaned /tmp/ssh-XXXXk3Jd9999/agent.1 up",
+        ),
+        (
+            "HF_TOKEN_PATH",
+            "/home/runner/.cache/huggingface/token",
+            "opened /home/runner/.cache/memvee/events.db",
+        ),
+        ("HF_TOKEN_PATH", "~/.cache/huggingface/token2", "opened ~/.cache/huggingface/hub"),
+        ("MY_KEY_FILE", "C:\\Users\\runner\\keys\\id_ed25519", "read C:\\Users\\runner\\notes"),
+        (
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "https://pipelines.actions.githubusercontent.com/abc123/idtoken",
+            "GET https://pipelines.actions.githubusercontent.com/abc123/other",
+        ),
+    ],
+)
+def test_a_path_or_url_under_a_secret_sounding_name_cuts_nothing_out_of_other_lines(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, line: str
+) -> None:
+    """A path (existing or not) or a URL is no credential: taken for one, the runs of its
+    characters would be cut out of every line sharing them."""
+    monkeypatch.setenv(name, value)
+    assert _cleaned("%s", line) == line
+
+
+def test_a_url_under_a_secret_sounding_name_has_only_its_credentials_taken_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_TOKEN_URL", "https://gw.example/v1?token=tok-0123456789abc")
+    assert _cleaned("GET https://gw.example/v1?token=tok-0123456789abc") == (
+        "GET https://gw.example/v1?token=[redacted]"
+    )
