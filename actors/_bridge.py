@@ -177,7 +177,9 @@ class LoopInbox:
             weakref.finalize(loop, self._close_bell).atexit = False
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop soon; a closed loop is logged, not raised. Inside
+        """Run ``fn(*args)`` on the loop soon; a closed loop is not raised: the first post
+        after it closed is logged at debug level, later ones return at once unlogged (the
+        drain it failed to schedule stays marked scheduled) and never run. Inside
         :func:`one_wakeup` the loop is woken at the end of the block."""
         self._pending.append((fn, args))
         if self._scheduled:
