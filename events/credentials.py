@@ -157,7 +157,10 @@ def says_secret(name: str) -> bool:
     definition every search for a credential here uses."""
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
-    return any(_says_secret(word.upper()) for word in _NAME_WORDS.findall(name))
+    words = [word.upper() for word in _NAME_WORDS.findall(name)]
+    if words and words[-1] in _LOCATION_WORDS:
+        return False
+    return any(_says_secret(word) for word in words)
 
 
 def _says_secret(word: str) -> bool:
@@ -169,6 +172,14 @@ def _says_secret(word: str) -> bool:
     return word.endswith("S") and word[:-1] in SECRET_WORDS
 
 
+_LOCATION_WORDS: Final = frozenset(
+    {"PATH", "FILE", "DIR", "FOLDER", "SOCK", "SOCKET", "HOME", "CACHE", "URL", "URI", "ENDPOINT"}
+)
+"""Last words of a name that holds where a credential is, not the credential itself
+(``SSH_AUTH_SOCK``, ``HF_TOKEN_PATH``, ``ACTIONS_ID_TOKEN_REQUEST_URL``): its value, a
+path or an address, would cut runs of every path out of unrelated lines. A URL's own
+credentials are still found (:func:`url_secrets`)."""
+
 _HELD_ITEMS = 100
 """The most items of a mapping an object holds (its default headers) looked through."""
 
@@ -176,17 +187,28 @@ _HELD_ITEMS = 100
 def looks_secret(value: str) -> bool:
     """Whether ``value``, held under a name :func:`says_secret` says is one, is taken for a
     credential: at least :data:`SHORTEST_SECRET` characters with no space inside, holding
-    a digit or at least twice as long (a key, a token, a password), and neither a file's
-    path, existing or not (a ``SSH_AUTH_SOCK``, an ``HF_TOKEN_PATH``), nor a URL (an
-    ``ACTIONS_ID_TOKEN_REQUEST_URL``, whose credentials :func:`url_secrets` finds). A
-    short or common value (``1``, ``disabled``), a path or a URL never becomes a pattern
-    every text is cleaned of: their shown parts would cut runs out of unrelated lines."""
+    a digit or at least twice as long (a key, a token, a password), and neither a path
+    to an existing file nor a URL (whose credentials :func:`url_secrets` finds). A short
+    or common value (``1``, ``disabled``) never becomes a pattern every text is cleaned
+    of. A value shaped like a path that names no file is taken: a key may begin with a
+    slash (one AWS secret key in 64 does), and names saying a location are no
+    credential's names (:func:`says_secret`)."""
     value = value.strip()
     if len(value) < SHORTEST_SECRET or any(each.isspace() for each in value):
         return False
     if not any(each.isdigit() for each in value) and len(value) < 2 * SHORTEST_SECRET:
         return False
-    return _PATH_START.match(value) is None and "://" not in value
+    if "://" in value:
+        return False
+    return _PATH_START.match(value) is None or not _names_a_file(value)
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether ``value`` is the path of something on this machine (``~`` expanded)."""
+    try:
+        return os.path.exists(os.path.expanduser(value))
+    except (OSError, ValueError):
+        return False
 
 
 _PATH_START = re.compile(r"[/~.]|[A-Za-z]:[\\/]")

@@ -370,10 +370,21 @@ def test_a_malformed_exception_is_left_for_the_handler_to_report(
 def test_a_path_or_url_under_a_secret_sounding_name_cuts_nothing_out_of_other_lines(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, line: str
 ) -> None:
-    """A path (existing or not) or a URL is no credential: taken for one, the runs of its
-    characters would be cut out of every line sharing them."""
+    """A name saying where a credential is (a socket, a path, a file, a URL) holds no
+    credential: its value taken for one, the runs of its characters would be cut out of
+    every line sharing them."""
     monkeypatch.setenv(name, value)
     assert _cleaned("%s", line) == line
+
+
+def test_a_key_beginning_with_a_slash_is_taken_out_though_it_looks_like_a_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One AWS secret key in 64 begins with a slash: a value shaped like a path that names
+    no file is still a credential under a name saying so."""
+    key = "/wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key)
+    assert _cleaned("signing with %s failed", key) == "signing with [redacted] failed"
 
 
 def test_a_url_under_a_secret_sounding_name_has_only_its_credentials_taken_out(
