@@ -28,8 +28,10 @@ HOLDING_TTL = 3.0
 """Long enough that a loaded machine never lets a renewal come late: an owner keeps the
 user until it closes (which frees the lease) unless a test stalls it on purpose."""
 
-EXPIRING_TTL = 0.6
-"""For tests that stall an owner and wait for its lease to expire."""
+EXPIRING_TTL = 1.2
+"""For tests that stall an owner and wait for its lease to expire: long enough that the
+owner keeps its lease until the test stalls it, renewals coming late on a loaded machine
+(at 0.6 s a CI run at load 6.5 on two cores saw an owner lose it before it began)."""
 
 
 def _config(db_url: str, lease_ttl: float = HOLDING_TTL, **extra: Any) -> MemoryConfig:
