@@ -29,6 +29,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import TSQUERY
 
@@ -139,6 +140,7 @@ class LexicalRanker:
             False: _SqliteSearch(mfts, hit_messages, weights=""),
             True: _SqliteSearch(mfts, hit_messages + " AND m.sent_at <= ?", weights=""),
         }
+        self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
         self._pg_entries = {
             (dated, added): _pg_select(k, (*live, *valid[dated]), k.c.valid_from.desc(), added)
             for dated in (False, True)
@@ -172,7 +174,7 @@ class LexicalRanker:
         (:data:`ADDED_WEIGHT`).
 
         With no terms, the most recent valid entries, each scored 0. ``bounded`` ranks
-        only the newest :data:`_NEWEST_PER_WORD` rows of each word (SQLite), so that the
+        only the newest :data:`_NEWEST_PER_WORD` rows of each word, so that the
         search costs about the same however many entries share its common words.
         """
         log_id = str(user_log_id(user_id))
@@ -212,8 +214,31 @@ class LexicalRanker:
             return []
         params.update(queries, owner=pg_owner_query(log_id))
         statement = self._pg_entries[dated, "own" in queries]
+        every = dict.fromkeys([*own, *extra_words]) if bounded else {}
+        pg_terms = [w for word in every if (w := pg_words([word]))]
+        if pg_terms:
+            params.update({f"word{i}": word for i, word in enumerate(pg_terms)})
+            statement = statement.where(self._pg_newest(dated, len(pg_terms)))
         rows = connection.execute(statement, params).mappings()
         return [(model(r), score) for r, score in _tiered(_pg_hits(rows))]
+
+    def _pg_newest(self, dated: bool, words: int) -> ColumnElement[bool]:
+        """The entries a bounded search ranks on PostgreSQL, as SQLite's do: the newest
+        :data:`_NEWEST_PER_WORD` of each of the ``words`` bound as ``word0``... (by the
+        version that wrote them, then their place in it), every matching one when no
+        word has more."""
+        k = self.tables.knowledge
+        vector: ColumnClause[Any] = literal_column(f"{k.name}.{PG_VECTOR}")
+        owner = func.to_tsquery(literal_column("'simple'::regconfig"), bindparam("owner"))
+        newest = [
+            select(k.c.entry_id)
+            .where(vector.op("@@")(_pg_tsquery(f"word{i}").op("&&")(owner)), *self._pg_where[dated])
+            .order_by(k.c.version.desc(), k.c.ordinal.desc())
+            .limit(_NEWEST_PER_WORD)
+            .subquery()
+            for i in range(words)
+        ]
+        return k.c.entry_id.in_(union_all(*(select(n.c.entry_id) for n in newest)))
 
     def messages(
         self,

@@ -368,3 +368,23 @@ def test_the_entries_shown_beside_a_batch_cost_about_the_same_however_many_share
     many, many_shown = _related_steps(store, ranker, "many", texts, 4_000)
     assert few_shown[:50] == many_shown[:50] == [facts[i] for i in named]
     assert many < 3 * few, (few, many)
+
+
+def test_the_entries_shown_beside_a_batch_are_the_newest_of_each_word_on_either_backend(
+    db_url: str,
+) -> None:
+    """A bounded search ranks only the newest rows of each word on PostgreSQL as on
+    SQLite, so both show the same entries beside a batch: an old entry saying a common
+    word thrice outranks every newer one, and is left out on both once the word has more
+    rows than are ranked (PostgreSQL ranked every matching entry, and showed it first)."""
+    store = EventStore(db_url)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    said = [f"User likes thing{i}." for i in range(300)]
+    _learn(store, projector, "ann", ["User likes likes likes cheese.", *said])
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        shown = ranker.related(connection, "ann", ["I like it"], 5, len(said) + 1)
+    assert [text for _, text, _ in shown] == said[::-1][:5]
+    store.close()
