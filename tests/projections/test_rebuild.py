@@ -1393,6 +1393,18 @@ def server_deadlock_timeout(request: pytest.FixtureRequest) -> Iterator[str]:
         engine.dispose()
 
 
+def _tables_folding_anns_message(store: EventStore) -> ProjectionTables:
+    """The projection tables, made in ``store`` and holding one message of ann's."""
+    tables = ProjectionTables()
+    projector = Projector(tables)
+    with store.transaction() as connection:
+        projector.create(connection)
+    log = UserLog.register("ann")
+    log.add_message("user", "I live in Oslo", None, 1000)
+    store.append([list(log.collect_events())], projector.apply)
+    return tables
+
+
 def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_deadlock(
     server_deadlock_timeout: str,
 ) -> None:
@@ -1406,13 +1418,7 @@ def test_on_postgresql_a_rebuild_starting_meets_a_read_of_two_tables_without_a_d
     with store.engine.connect() as connection:
         shown = connection.exec_driver_sql("SHOW deadlock_timeout").scalar_one()
         assert shown == server_deadlock_timeout
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    log = UserLog.register("ann")
-    log.add_message("user", "I live in Oslo", None, 1000)
-    store.append([list(log.collect_events())], projector.apply)
+    tables = _tables_folding_anns_message(store)
     dropped_first, dropped_later = tables.users.name, tables.tasks.name
     order = [t.name for t in reversed(tables.metadata.sorted_tables)]
     assert order.index(dropped_first) < order.index(dropped_later)
@@ -1438,13 +1444,7 @@ def test_on_postgresql_an_open_dropping_an_older_layout_meets_a_read_of_two_tabl
     go and tries again sooner instead, whatever that timeout: both succeed, and the
     tables are refolded in this layout."""
     store = EventStore(postgres_url())
-    tables = ProjectionTables()
-    projector = Projector(tables)
-    with store.transaction() as connection:
-        projector.create(connection)
-    log = UserLog.register("ann")
-    log.add_message("user", "I live in Oslo", None, 1000)
-    store.append([list(log.collect_events())], projector.apply)
+    tables = _tables_folding_anns_message(store)
     with store.transaction() as connection:  # as an older memvee left them
         connection.execute(
             text("UPDATE mv_position SET position = position - (1 << 20) WHERE name = 'schema'")
@@ -1459,6 +1459,6 @@ def test_on_postgresql_an_open_dropping_an_older_layout_meets_a_read_of_two_tabl
             reader.commit()
             assert opening.result(30) == 2
         with store.engine.connect() as connection:
-            assert projector.layout_current(connection)
+            assert Projector(tables).layout_current(connection)
     finally:
         store.close()
