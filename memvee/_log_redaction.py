@@ -96,8 +96,8 @@ class RedactSecrets(logging.Filter):
         reports it as it would with no filter."""
         try:
             self._clean_record(record)
-        except Exception:  # the record goes on as given: a handler failing on it reports it
-            return True
+        except Exception as error:  # unforeseen: a record not known clean shows nothing
+            _withhold(record, error)
         return True
 
     def _clean_record(self, record: logging.LogRecord) -> None:
@@ -166,6 +166,19 @@ def protect_own_loggers() -> None:
     once each: an application's handlers may carry no filter, and a Memory or an Audit
     (a process that only re-extracts) may be the first of memvee's objects it opens."""
     protect_loggers(OWN_LOGGERS)
+
+
+def _withhold(record: logging.LogRecord, error: Exception) -> None:
+    """Empty ``record`` of everything it would show but where it comes from, told instead
+    that cleaning it failed: a secret it held must not reach a log for the failure."""
+    record.msg = (
+        f"(a log record was withheld: cleaning it of secrets failed, {type(error).__name__})"
+    )
+    record.args = ()
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    for key, value in list(vars(record).items()):
+        if key not in _RECORD_FIELDS and isinstance(value, str):
+            setattr(record, key, "[withheld]")
 
 
 def _shown_unformatted(record: logging.LogRecord) -> str:

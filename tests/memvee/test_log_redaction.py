@@ -325,6 +325,27 @@ def test_arguments_whose_text_and_repr_fail_are_logged_by_their_types_names() ->
     assert record.getMessage() == "refused %s with %s % (<str>, <_Unshowable>)"
 
 
+def test_a_record_the_filter_fails_to_clean_shows_nothing_it_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unforeseen failure while cleaning never lets the record through as given: it
+    may hold a secret, so it shows only that it was withheld, and the log call goes on."""
+
+    def failing(text: str, secrets: object) -> str:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(RedactSecrets, "clean", staticmethod(failing))
+    record = logging.makeLogRecord(
+        {"msg": "refused %s", "args": (API_KEY,), "levelno": logging.WARNING, "hint": API_KEY}
+    )
+    assert RedactSecrets().filter(record)
+    shown = f"{record.getMessage()} {vars(record)}"
+    assert API_KEY not in shown
+    assert record.getMessage() == (
+        "(a log record was withheld: cleaning it of secrets failed, RuntimeError)"
+    )
+
+
 def test_a_malformed_exception_is_left_for_the_handler_to_report(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
