@@ -729,6 +729,24 @@ async def test_a_fact_below_its_message_and_the_message_both_stay_when_another_c
         assert [m.message.message_id for m in door.messages] == [said.message_id], query
 
 
+SASHA = "Sasha hums old tunes in the sun on the windowsill every afternoon"
+"""A message about Sasha, near "jazz" in meaning through "tunes" (ConceptEmbedder)."""
+
+
+async def _fact_then_sasha(
+    make_memory: Callable[..., Any], fact: str, config: dict[str, Any]
+) -> tuple[Any, Message]:
+    """A memory of ann's where ``fact`` ("User likes ...") was extracted from her saying it,
+    then :data:`SASHA` was said; returns the memory and that message."""
+    memory = await make_memory(
+        extractor=_citing((fact, "user")), embedder=ConceptEmbedder(), config=config
+    )
+    await memory.add_exchange("ann", fact.replace("User likes", "I like"), "Lovely!", sent_at=T0)
+    await memory.flush("ann")
+    said, _ = await memory.add_exchange("ann", SASHA, "Sounds cosy.", sent_at=T0)
+    return memory, said
+
+
 async def test_a_fact_found_by_meaning_alone_is_not_listed_before_a_message_outmatching_it(
     make_memory: Callable[..., Any],
 ) -> None:
@@ -737,15 +755,7 @@ async def test_a_fact_found_by_meaning_alone_is_not_listed_before_a_message_outm
     meaning: "User likes jazz." (near "tunes" in meaning) was read first for a question
     the message about Sasha answers in full. The fact still answers a question holding
     its words, and stays beside that message when the question holds one of them."""
-    memory = await make_memory(
-        extractor=_citing(("User likes jazz.", "user")),
-        embedder=ConceptEmbedder(),
-        config=_EVERY_VECTOR,
-    )
-    await memory.add_exchange("ann", "I like jazz.", "Lovely!", sent_at=T0)
-    await memory.flush("ann")
-    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
-    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+    memory, said = await _fact_then_sasha(make_memory, "User likes jazz.", _EVERY_VECTOR)
 
     question = "which tunes does Sasha hum in the sun on the windowsill?"
     result = await memory.retrieve("ann", question, include_messages=True)
@@ -767,15 +777,8 @@ async def test_a_fact_far_weaker_by_meaning_alone_is_left_out_at_any_usual_weigh
     beside it; a search of facts alone still finds it, as does a question holding its
     words."""
     fact = "User likes jazz on rainy Sunday mornings with coffee."
-    memory = await make_memory(
-        extractor=_citing((fact, "user")),
-        embedder=ConceptEmbedder(),
-        config={**_EVERY_VECTOR, "hybrid_alpha": alpha},
-    )
-    await memory.add_exchange("ann", fact.replace("User likes", "I like"), "Lovely!", sent_at=T0)
-    await memory.flush("ann")
-    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
-    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+    config = {**_EVERY_VECTOR, "hybrid_alpha": alpha}
+    memory, said = await _fact_then_sasha(make_memory, fact, config)
 
     question = "which tunes does Sasha hum in the sun on the windowsill?"
     result = await memory.retrieve("ann", question, include_messages=True)
@@ -796,15 +799,7 @@ async def test_whether_a_fact_is_outmatched_is_decided_alike_on_both_backends(
     of it on the other, and "User likes jazz." (found by meaning alone) was left out on
     SQLite and listed first on PostgreSQL. The rule weighs the part of the question's words
     a message holds, not its share of the best bm25 or ts_rank score: both leave it out."""
-    memory = await make_memory(
-        extractor=_citing(("User likes jazz.", "user")),
-        embedder=ConceptEmbedder(),
-        config=_EVERY_VECTOR,
-    )
-    await memory.add_exchange("ann", "I like jazz.", "Lovely!", sent_at=T0)
-    await memory.flush("ann")
-    sasha = "Sasha hums old tunes in the sun on the windowsill every afternoon"
-    said, _ = await memory.add_exchange("ann", sasha, "Sounds cosy.", sent_at=T0)
+    memory, said = await _fact_then_sasha(make_memory, "User likes jazz.", _EVERY_VECTOR)
     repeated = " ".join(["which Sasha hum sun windowsill tunes"] * 4)
     filler = " ".join(f"word{i}" for i in range(40))
     await memory.add_exchange("ann", f"{repeated} {filler}", "Hm.", sent_at=T0)
