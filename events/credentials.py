@@ -103,6 +103,7 @@ SECRET_WORDS: Final = frozenset(
         "SECRET",
         "PASSWORD",
         "PASSWD",
+        "PASSPHRASE",
         "CREDENTIAL",
         "CREDENTIALS",
         "AUTH",
@@ -110,16 +111,17 @@ SECRET_WORDS: Final = frozenset(
     }
 )
 """The words of a name saying its value is a credential: an environment variable's
-(``OPENAI_API_KEY``, ``HF_TOKEN``, ``PGPASSWORD``), an attribute's (``api_key``,
-``_auth_token``, ``apiKey``), an HTTP header's (``Authorization``, ``x-api-key``) or a
-URL query parameter's (``?key=``). Whole words, their plurals, or the end of a word
-(:func:`says_secret`): ``AUTHOR``, ``KEYCLOAK`` or ``TOKENIZERS`` say nothing of the kind."""
+(``OPENAI_API_KEY``, ``HF_TOKEN``, ``PGPASSWORD``, ``GPG_PASSPHRASE``), an attribute's
+(``api_key``, ``_auth_token``, ``apiKey``), an HTTP header's (``Authorization``,
+``x-api-key``) or a URL query parameter's (``?key=``). Whole words, their plurals, or the
+end of a word (:func:`says_secret`): ``AUTHOR``, ``KEYCLOAK`` or ``TOKENIZERS`` say nothing
+of the kind."""
 
 _NAME_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 """The words of a name: split at anything but a letter or digit and where its case
 changes (``apiKey``, ``XAPIKey``)."""
 
-_SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|credential|auth")
+_SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|passphrase|credential|auth")
 """Any of :data:`SECRET_WORDS` anywhere in a name, whole word or not: a name without one
 says nothing of a credential, and most names have none."""
 
@@ -133,6 +135,8 @@ _SECRET_ENDINGS: Final = (
     "PASSWORD",
     "PASSWORDS",
     "PASSWD",
+    "PASSPHRASE",
+    "PASSPHRASES",
     "CREDENTIAL",
     "CREDENTIALS",
 )
@@ -218,11 +222,11 @@ directory, or on a Windows drive (``C:\\``)."""
 
 def named_secrets(name: str, value: object) -> tuple[str, ...]:
     """The credentials a value held under ``name`` shows: itself if a string the name
-    says is one (:func:`says_secret`, :func:`looks_secret`), or the token after its
-    scheme (``Bearer sk-...``) if that looks like one; a URL's user info and the values
-    of its query parameters named so, for a string holding ``://`` or any value a name
-    saying URL holds (an ``httpx.URL``); and, for a mapping (HTTP headers), the
-    credentials of its items."""
+    says is one (:func:`says_secret`, :func:`looks_secret`) but a public key's id
+    (``GPG_KEY``: :func:`_public_key_id`), or the token after its scheme (``Bearer
+    sk-...``) if that looks like one; a URL's user info and the values of its query
+    parameters named so, for a string holding ``://`` or any value a name saying URL holds
+    (an ``httpx.URL``); and, for a mapping (HTTP headers), the credentials of its items."""
     if issubclass(type(value), Mapping):
         items = itertools.islice(value.items(), _HELD_ITEMS)  # type: ignore[attr-defined]
         return tuple(
@@ -238,7 +242,7 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     else:
         return ()
     found: list[str] = []
-    if says_secret(name):
+    if says_secret(name) and not _public_key_id(name, value):
         scheme, _, token = value.strip().partition(" ")
         taken = token.strip() if scheme.lower() in _SCHEMES else value
         if looks_secret(taken):
@@ -246,6 +250,24 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     if "://" in value:
         found.extend(url_secrets(value))
     return tuple(found)
+
+
+_PUBLIC_KEY_NAME: Final = re.compile(r"(?i)(?:GPG|PGP)[_\W]*KEYS?")
+"""A name whose words are GPG or PGP and KEY (``GPG_KEY``, ``pgpKey``): a public key's,
+as Docker's official Python images set it."""
+
+_KEY_ID = re.compile(r"(?:0x)?(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}|[0-9A-Fa-f]{40})")
+"""An OpenPGP key's id (short or long) or its fingerprint, in hex digits."""
+
+
+def _public_key_id(name: str, value: str) -> bool:
+    """Whether ``value`` is the id or fingerprint of the public key ``name`` names
+    (``GPG_KEY=A035C8C1...``): no credential, and taking it out would redact every log line
+    showing it. Only a value so shaped: under the same name a private key stays secret."""
+    return (
+        _PUBLIC_KEY_NAME.fullmatch(name.strip()) is not None
+        and _KEY_ID.fullmatch(value.strip()) is not None
+    )
 
 
 def _url_types() -> tuple[type, ...]:

@@ -247,6 +247,34 @@ def test_a_value_is_taken_for_a_credential_only_under_a_name_whose_words_say_so(
     assert credentials.named_secrets(name, value) == found
 
 
+DOCKER_GPG_KEY = "A035C8C19219BA821ECEA86B64E628F8D684696D"
+"""The ``GPG_KEY`` Docker's official Python images set: the fingerprint of the public key
+the Python release is verified with, which many log lines of a container may show."""
+
+
+def test_the_public_key_fingerprint_under_gpg_key_is_no_credential_but_a_gpg_secret_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name whose words are GPG or PGP and KEY holding a key id or fingerprint (hex
+    digits) names a public key; the same name holding anything else (a private key,
+    base64-encoded for a CI secret), a passphrase or a private key stay credentials."""
+    passphrase, private = "correct-horse-battery-2024", "LS0tLS1CRUdJTiBQR1AgUFJJVkFURQ=="
+    environment = {
+        "GPG_KEY": DOCKER_GPG_KEY,
+        "PGP_KEY": "0x64E628F8D684696D",
+        "GPG_PASSPHRASE": passphrase,
+        "GPG_PRIVATE_KEY": private,
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    found = configured_secrets()
+
+    assert DOCKER_GPG_KEY not in found and "0x64E628F8D684696D" not in found
+    assert passphrase in found and private in found
+    assert credentials.named_secrets("GPG_KEY", private) == (private,)
+
+
 class _LazyProxy:
     """A lazy proxy as libraries make them: its class, its ``__dict__`` and every other
     attribute forwarded to an object it builds at the first read (here: noted)."""
