@@ -126,8 +126,6 @@ _SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|passphrase
 says nothing of a credential, and most names have none."""
 
 _SECRET_ENDINGS: Final = (
-    "KEY",
-    "KEYS",
     "TOKEN",
     "TOKENS",
     "SECRET",
@@ -141,8 +139,28 @@ _SECRET_ENDINGS: Final = (
     "CREDENTIALS",
 )
 """Endings of a word that is a credential's name on its own, words joined with no
-separator (``PGPASSWORD``, ``AUTHTOKEN``, ``SECRETKEY``, ``APIKEYS``): ``KEYCLOAK``,
-``TOKENIZERS`` or ``AUTHOR`` end otherwise."""
+separator (``PGPASSWORD``, ``AUTHTOKEN``): ``TOKENIZERS`` or ``AUTHOR`` end otherwise. A
+word ending in KEY is one only after a word saying which key (:data:`_KEY_KINDS`)."""
+
+_KEY_KINDS: Final = (
+    "API",
+    "APP",
+    "ACCESS",
+    "AUTH",
+    "CLIENT",
+    "ENCRYPTION",
+    "LICENSE",
+    "MASTER",
+    "PASS",
+    "PRIVATE",
+    "SECRET",
+    "SESSION",
+    "SIGNING",
+    "TOKEN",
+)
+"""Words joined before KEY that make a credential's name of it (``APIKEY``, ``SECRETKEY``,
+``MY_ACCESSKEY``, ``OPENAIAPIKEYS``): a word merely ending in KEY (``MONKEY``,
+``TURNKEY``, ``HOCKEY``) is one word, no key's name."""
 
 _NOT_SECRET_WORDS: Final = frozenset({"TIKTOKEN"})
 """Words ending as a credential's name does that name something else (OpenAI's tokenizer,
@@ -156,9 +174,9 @@ def says_secret(name: str) -> bool:
     """Whether ``name`` says the value it holds is a credential: one of its words is one of
     :data:`SECRET_WORDS` or its plural, or ends as a credential's name does, words joined
     (``PGPASSWORD``, ``NGROK_AUTHTOKEN``, ``STRIPE_SECRETKEY``, ``api_keys``); ``PWD``,
-    the working directory's variable, does not. A word merely ending in KEY (``MONKEY``)
-    is taken too: its value must still look like a key (:func:`looks_secret`). The one
-    definition every search for a credential here uses."""
+    the working directory's variable, does not, nor a word merely ending in KEY
+    (``MONKEY``, ``TURNKEY``: :data:`_KEY_KINDS`). The one definition every search for a
+    credential here uses."""
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
     words = [word.upper() for word in _NAME_WORDS.findall(name)]
@@ -173,7 +191,10 @@ def _says_secret(word: str) -> bool:
         return False
     if word in SECRET_WORDS or word.endswith(_SECRET_ENDINGS):
         return True
-    return word.endswith("S") and word[:-1] in SECRET_WORDS
+    singular = word.removesuffix("S")
+    if singular in SECRET_WORDS:
+        return True
+    return singular.endswith("KEY") and singular.removesuffix("KEY").endswith(_KEY_KINDS)
 
 
 _LOCATION_WORDS: Final = frozenset(

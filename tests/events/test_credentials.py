@@ -275,6 +275,22 @@ def test_the_public_key_fingerprint_under_gpg_key_is_no_credential_but_a_gpg_sec
     assert credentials.named_secrets("GPG_KEY", private) == (private,)
 
 
+@pytest.mark.parametrize(
+    "name", ["MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"]
+)
+def test_a_word_merely_ending_in_key_names_no_credential(name: str) -> None:
+    """``MONKEY`` is one word, not MON and KEY: its value, however much it looks like a
+    key, is kept, while joined credential names (``APIKEY``, ``SECRETKEY``) still say so."""
+    assert credentials.named_secrets(name, "build-2024-0042-a1b2c3") == ()
+
+
+@pytest.mark.parametrize(
+    "name", ["APIKEY", "SECRETKEY", "PRIVATEKEYS", "MY_ACCESSKEY", "OPENAIAPIKEY", "PASSKEY"]
+)
+def test_joined_words_ending_in_a_credentials_key_name_one(name: str) -> None:
+    assert credentials.named_secrets(name, "build-2024-0042-a1b2c3") == ("build-2024-0042-a1b2c3",)
+
+
 class _LazyProxy:
     """A lazy proxy as libraries make them: its class, its ``__dict__`` and every other
     attribute forwarded to an object it builds at the first read (here: noted)."""
