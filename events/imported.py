@@ -68,6 +68,11 @@ class ImportReplay:
         (``None``: not counted, as in a log an older memvee wrote)."""
         self._began = ""
         """What began the decision under way (the line of its first event, and its kind)."""
+        self._stored_starts = ""
+        """The first event of the log showing that a memvee storing entries' starts wrote
+        it (:meth:`_note_starts`), ``""`` before one."""
+        self._startless: dict[str, str] = {}
+        """Each entry of an extraction stored without starts, and that extraction."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
@@ -86,6 +91,7 @@ class ImportReplay:
         self._read_history()
         try:
             self._check_decision(event)
+            self._check_starts_kept(event)
             if self._log is not None:
                 self._log.check_recordable(event)
             self._check_ids(event)
@@ -99,6 +105,53 @@ class ImportReplay:
             ) from error
         self._note_ids(event)
         self._note_decision(event, what)
+
+    def _check_starts_kept(self, event: Any) -> None:
+        """Refuse an extraction whose entries hold no start, as the first memvees stored
+        them, in a log a memvee storing starts (a1f6344 on) wrote already, and the end of
+        an entry naming as its successor an entry of such an extraction: that memvee wrote
+        the extraction in the same commit. Either way the entries lost their starts.
+
+        The memvees of a1f6344..725a3dc stored extractions in the first memvees' form of
+        fields (:data:`_FIELDS_WITHOUT_STARTS`), and no event of theirs holds what a
+        first memvee's does not, but for the starts themselves and the ends of entries
+        (the topics are the same): an extraction of theirs that lost every start, with
+        no such event before it in its log nor an end naming its entry, cannot be told
+        from a first memvee's, and is taken as one. A first memvee cannot have written
+        after such an event: it cannot read an end, and it folds an extraction in the
+        transaction storing it into tables whose entries then need a start."""
+        entries = getattr(event, "entries", None) or ()
+        if self._stored_starts and entries and _stored_without_starts(event, entries):
+            raise InvalidInputError(
+                "its knowledge entries hold no valid_from, as the first memvees stored "
+                "them, but a memvee storing starts wrote the log since "
+                f"{self._stored_starts}: they were lost"
+            )
+        successor = getattr(event, "superseded_by", None)
+        if successor in self._startless:
+            raise InvalidInputError(
+                f"it ends an entry for {successor!r}, an entry of {self._startless[successor]}"
+                ", which holds no valid_from: a memvee storing starts wrote both, and the "
+                "starts were lost"
+            )
+
+    def _note_starts(self, event: Any) -> None:
+        """Note the first event showing a memvee storing entries' starts wrote the log: an
+        extraction holding them, or the end of an entry; and the entries of an extraction
+        stored without them."""
+        entries = getattr(event, "entries", None) or ()
+        if entries and _stored_without_starts(event, entries):
+            written = f"the {type(event).__name__} at version {event.originator_version}"
+            self._startless.update((entry["entry_id"], written) for entry in entries)
+        elif self._stored_starts:
+            return
+        elif entries:
+            self._stored_starts = (
+                f"version {event.originator_version}, a {type(event).__name__} holding its "
+                "entries' starts"
+            )
+        elif isinstance(event, UserLog.KnowledgeSuperseded | UserLog.KnowledgeInvalidated):
+            self._stored_starts = f"version {event.originator_version}, a {type(event).__name__}"
 
     def check_finished(self) -> None:
         """Raise :class:`InvalidInputError` if the events replayed stop inside a decision:
@@ -166,7 +219,9 @@ class ImportReplay:
             raise InvalidInputError(f"entry {strange[0]!r} is not in the log")
 
     def _note_ids(self, event: Any) -> None:
-        """Remember the message or entries ``event`` adds."""
+        """Remember the message or entries ``event`` adds, and what it tells of the memvee
+        that wrote it (:meth:`_note_starts`)."""
+        self._note_starts(event)
         if isinstance(event, UserLog.MessageAdded):
             self._message_ids.add(event.message_id)
         for entry in getattr(event, "entries", None) or ():

@@ -174,6 +174,60 @@ def test_an_entry_of_the_first_memvees_beside_one_with_its_start_is_refused() ->
         _replay(events)
 
 
+def _lifecycle_memvees_history() -> list[Any]:
+    """A log as the memvees of a1f6344..725a3dc wrote it: extractions in the first
+    memvees' form of fields, but their entries holding starts, and the ends of entries."""
+    events = _history()
+    for event in events:
+        if isinstance(event, UserLog.KnowledgeExtracted | UserLog.KnowledgeReextracted):
+            for name in _FIELDS_GAINED_WITH_STARTS:
+                event.__dict__.pop(name, None)
+    return events
+
+
+def _without_starts(events: list[Any], *versions: int) -> list[Any]:
+    """``events`` with every entry of the extractions at ``versions`` without its start."""
+    for event in events:
+        if event.originator_version in versions:
+            for entry in event.entries:
+                del entry["valid_from"]
+    return events
+
+
+def test_a_log_of_the_first_lifecycle_memvees_replays() -> None:
+    _replay(_lifecycle_memvees_history())
+
+
+@pytest.mark.parametrize(
+    ("lost", "stored", "evidence"),
+    [
+        ((10,), 0, "version 6, a KnowledgeExtracted holding its entries' starts"),
+        ((10,), 9, "version 6, a KnowledgeExtracted holding its entries' starts"),
+        ((12,), 0, "version 6, a KnowledgeExtracted holding its entries' starts"),
+        ((6, 10, 12), 11, "version 11, a KnowledgeSuperseded"),
+    ],
+)
+def test_an_extraction_that_lost_every_start_after_the_lifecycle_began_in_its_log_is_refused(
+    lost: tuple[int, ...], stored: int, evidence: str
+) -> None:
+    """An extraction whose every entry lost its start looks as the first memvees stored
+    it; but one following an extraction holding starts, or the end of an entry, in its
+    log was written by a memvee that stored starts (a first memvee cannot read an end,
+    nor fold an extraction into the tables of one that stored starts): it was damaged."""
+    events = _without_starts(_lifecycle_memvees_history(), *lost)
+    with pytest.raises(InvalidInputError, match=f"line {lost[-1]}: .*since {evidence}"):
+        _replay(events, stored)
+
+
+def test_an_extraction_that_lost_every_start_is_refused_where_an_end_names_its_entry() -> None:
+    """The first two extractions lost every start: the first cannot be told from the first
+    memvees', but the end of an entry written with the second (its successor one of its
+    entries) shows a memvee that stored starts wrote it."""
+    events = _without_starts(_lifecycle_memvees_history(), 6, 10)
+    with pytest.raises(InvalidInputError, match=r"line 11: .*the KnowledgeExtracted at version 10"):
+        _replay(events)
+
+
 def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:
     events = _changed(_history(), UserLog.KnowledgeSuperseded, superseded_by="e-1")
     with pytest.raises(InvalidInputError, match="entry 'e-1' is not in the log"):
