@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,17 +184,27 @@ def test_a_truncation_meeting_another_process_checkpointing_says_it_could_not_st
     assert "other connections still read older snapshots" not in str(busy)
 
 
-def test_a_truncation_held_off_in_the_background_is_one_warning_line_without_traceback(
-    wal_store: EventStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    scrubber = TraceScrubber(wal_store, retry_delay=60, retry_max=60)
-    reader = _snapshot_reader(wal_store)
+@contextmanager
+def _held_off_scrubber(store: EventStore) -> Iterator[TraceScrubber]:
+    """A background scrubber whose truncation after erasing ann a reader's snapshot held
+    off, its next try an hour away; on leaving, the reader is closed, then the scrubber
+    stopped."""
+    scrubber = TraceScrubber(store, retry_delay=60, retry_max=60)
+    reader = _snapshot_reader(store)
     try:
         scrubber.later("ann")
         assert scrubber.wait_idle(10)
+        yield scrubber
     finally:
         reader.close()
         scrubber.stop()
+
+
+def test_a_truncation_held_off_in_the_background_is_one_warning_line_without_traceback(
+    wal_store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _held_off_scrubber(wal_store):
+        pass
 
     retried = [
         r for r in caplog.records if "trying again" in r.getMessage() or "waits" in r.getMessage()
@@ -239,15 +250,8 @@ def test_a_held_off_truncation_is_retried_until_the_reader_is_done(
 def test_closing_names_the_users_whose_words_a_reader_still_holds(
     wal_store: EventStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scrubber = TraceScrubber(wal_store, retry_delay=60, retry_max=60)
-    reader = _snapshot_reader(wal_store)
-    try:
-        scrubber.later("ann")
-        assert scrubber.wait_idle(10)
-
+    with _held_off_scrubber(wal_store) as scrubber:
         scrubber.stop()
-    finally:
-        reader.close()
 
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("users 'ann' were erased, but their words stay") for m in warned)
