@@ -14,8 +14,9 @@ from events.imported import ImportReplay
 from events.user_log import UserLog
 
 
-def _history() -> list[Any]:
-    """A log whose first entry was superseded, then re-extracted into a version."""
+def _extracted() -> tuple[UserLog, list[str], list[dict[str, Any]]]:
+    """A log whose two messages (Oslo, Acme) were extracted into an entry each: the log,
+    the messages and the entries."""
     log = UserLog.register("alice")
     said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "at Acme")]
     assert log.request_processing("t1", "manual") and log.start_next() is not None
@@ -23,7 +24,12 @@ def _history() -> list[Any]:
         ExtractedFact("User lives in Oslo", (said[0],)),
         ExtractedFact("User is at Acme", (said[1],)),
     ]
-    first = log.record_knowledge("t1", facts, "x")
+    return log, said, log.record_knowledge("t1", facts, "x")
+
+
+def _history() -> list[Any]:
+    """A log whose first entry was superseded, then re-extracted into a version."""
+    log, said, first = _extracted()
     moved = log.add_message("user", "in Bergen", None, 100)
     assert log.request_processing("t2", "manual") and log.start_next() is not None
     update = ExtractedFact("User lives in Bergen", (moved,), "update", first[0]["entry_id"])
@@ -127,15 +133,9 @@ def _as_the_first_memvees_stored(event: Any) -> Any:
 
 
 def _first_memvees_history() -> list[Any]:
-    """A log of the first memvees: an extraction, then a re-extraction into a version."""
-    log = UserLog.register("alice")
-    said = [log.add_message("user", text, None, 100) for text in ("in Oslo", "at Acme")]
-    assert log.request_processing("t1", "manual") and log.start_next() is not None
-    facts = [
-        ExtractedFact("User lives in Oslo", (said[0],)),
-        ExtractedFact("User is at Acme", (said[1],)),
-    ]
-    log.record_knowledge("t1", facts, "x")
+    """A log of the first memvees: an extraction, then a re-extraction into a version (no
+    update: the first memvees ended no entry)."""
+    log, said, _ = _extracted()
     log.record_reextraction("v2", [said[0]], [ExtractedFact("User was in Oslo", (said[0],))], "x")
     events = [*log.collect_events()]
     for kind in (UserLog.KnowledgeExtracted, UserLog.KnowledgeReextracted):
