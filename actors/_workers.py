@@ -432,7 +432,12 @@ class ExtractionWorkers:
         account is refused for every call (:class:`EveryRequestRefusedError`: whole too,
         never said to be an outage), as every request is when what it names is not found
         (404: a model retired or misspelt); answered, the failure is the batch's; rate
-        limited or refused otherwise, it tells nothing (the failure is told as it was). Its
+        limited or refused otherwise, it tells nothing (the failure is told as it was). A
+        refusal whose probe failed (:class:`ProbeFailedError`), the harmless request
+        accepted, is no refusal of every request: the batch's own (split like any refusal)
+        or, with known entries shown, a failure counted against a lone message
+        (:func:`_refused_alone`), so a lone message the API refuses is quarantined however
+        its probes fare, rather than retried by every run. Its
         answer only judges this failure: it is no answered call for the breaker, whose
         :meth:`blame` would take it for evidence against a lone message the API fails for
         its size. None is sent after a failure that asked to wait (the user's backoff
@@ -477,6 +482,14 @@ class ExtractionWorkers:
                 usage=spent if usage is None else usage.plus(spent),
                 whole_note=RETRIED_WHOLE,
             )
+        if ping_failed is None and (refused := _refused_alone(failure, batch)) is not None:
+            self.breaker.succeeded()  # it answered the batch and accepted the harmless one
+            log.info(
+                "task %s: a harmless request was accepted after a probe of the batch's "
+                "refusal failed: the refusal is not every request's",
+                batch.task_id,
+            )
+            return _with_spent(refused, spent, self.credentials())
         if ping_failed is None or not tells_down(ping_failed):
             return _with_spent(failure, spent, self.credentials())
         self._down_told += 1
@@ -647,3 +660,35 @@ def _every_request_refused(ping_failed: Exception) -> tuple[str, str, str] | Non
         if isinstance(ping_failed, kind):
             return found, consequence, why
     return None
+
+
+def _refused_alone(failure: Exception, batch: ExtractionBatch) -> ExtractionError | None:
+    """What ``failure``, a refusal of ``batch`` whose probe failed (:class:`ProbeFailedError`),
+    tells once a harmless request (no known entries, a harmless message) was just accepted:
+    the API answers, and does not refuse every request. With no known entry shown, nothing
+    but the batch's messages is left to refuse: the refusal itself, the batch's own. With
+    known entries shown, one of them may be what is refused (the probe that would tell
+    failed): the failure still may pass, but counts against a lone message
+    (``harmless_accepted``), so one refused each time is quarantined after a few runs,
+    not retried for ever. None for any other failure."""
+    if not isinstance(failure, ProbeFailedError) or failure.refusal is None:
+        return None
+    refusal = failure.refusal
+    probe = first_line(failure.__cause__) if failure.__cause__ is not None else "unknown"
+    told = f"{refusal} (a request probing whose fault it is failed: {probe}; a harmless request"
+    if not batch.known:
+        return RejectedBatchError(
+            f"{told} was accepted: the batch's messages are refused)",
+            usage=failure.usage,
+            reason=refusal.reason,
+            probe_accepted=True,
+            too_large=refusal.too_large,
+        )
+    return ProbeFailedError(
+        f"{told} was accepted: the batch's messages or the known entries shown are refused; "
+        "a message refused alone so counts an attempt)",
+        usage=failure.usage,
+        retry_after=failure.retry_after,
+        refusal=refusal,
+        harmless_accepted=True,
+    )

@@ -288,7 +288,28 @@ class ProbeFailedError(ExtractionError):
     otherwise than by a refusal (a 429, a 5xx, a timeout, no connection): it tells nothing
     of the batch, so this is a failure that may pass, which the engine never blames on the
     batch's messages. ``retry_after`` is what that request was asked to wait. (One the API
-    met overloaded raises :class:`ExtractorOverloadedError` instead, never blamed either.)"""
+    met overloaded raises :class:`ExtractorOverloadedError` instead, never blamed either.)
+
+    ``refusal`` is the batch's refusal, for whoever learns more to settle it: a harmless
+    request the API then accepts makes it no refusal of every request, so the batch's own
+    when it showed no known entries (the background workers then split the batch, as for
+    any refusal); with known entries shown, ``harmless_accepted`` is set, and the failure
+    counts against a lone message as an attempt, so that one the API refuses each time
+    is quarantined rather than retried by every run.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        usage: TokenUsage | None = None,
+        retry_after: float | None = None,
+        refusal: RejectedBatchError | None = None,
+        harmless_accepted: bool = False,
+    ) -> None:
+        super().__init__(message, usage=usage, retry_after=retry_after)
+        self.refusal = refusal
+        self.harmless_accepted = harmless_accepted
 
 
 class EveryRequestRefusedError(ExtractionError):

@@ -900,18 +900,13 @@ def _unsettled(
 ) -> ExtractionError:
     """The failure that may pass for ``refused`` when a probe asking whose fault it is
     failed otherwise than by a refusal (``failed``): it tells nothing, so no message is
-    blamed (:class:`ProbeFailedError`, or the probe's own ExtractorOverloadedError) and
-    the batch is retried later, no sooner than the probe's ``retry-after`` asks."""
-    kind = (
-        ExtractorOverloadedError
-        if isinstance(failed, ExtractorOverloadedError)
-        else ProbeFailedError
-    )
-    return kind(
-        f"{refused} (a request probing whose fault it is failed too: {failed}; retried later)",
-        usage=spent,
-        retry_after=failed.retry_after,
-    )
+    blamed (:class:`ProbeFailedError`, carrying ``refused`` for a later harmless request to
+    settle, or the probe's own ExtractorOverloadedError) and the batch is retried later, no
+    sooner than the probe's ``retry-after`` asks."""
+    told = f"{refused} (a request probing whose fault it is failed too: {failed}; retried later)"
+    if isinstance(failed, ExtractorOverloadedError):
+        return ExtractorOverloadedError(told, usage=spent, retry_after=failed.retry_after)
+    return ProbeFailedError(told, usage=spent, retry_after=failed.retry_after, refusal=refused)
 
 
 def _with_usage(result: ExtractionResult, usage: TokenUsage) -> ExtractionResult:

@@ -676,6 +676,46 @@ async def test_a_refusal_whose_probe_fails_never_gets_a_healthy_message_quaranti
             assert await memory.buffer("ann") == [] and await memory.quarantined("ann") == []
 
 
+def _probe_resets_and_marked_refused(request: RecordedRequest) -> ScriptedResponse:
+    """The model refuses every batch holding the marked message; each probe of whose fault
+    that is (the batch's request, a harmless message in its place) meets a connection
+    reset; the workers' one-token harmless request and every other batch are answered."""
+    if [m.get("content") for m in request.messages] == ["Hello."]:
+        if request.body.get("max_tokens") != 1:
+            return ScriptedResponse(reset=True)
+        return default_answer(request)
+    if any(MARK in str(m.get("content")) for m in request.messages):
+        return ScriptedResponse(body=refusal_body())
+    return default_answer(request)
+
+
+async def test_a_lone_refused_message_whose_probe_keeps_failing_is_quarantined_with_its_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each probe of the refusal fails, but the harmless request sent after it is
+    accepted: the API answers, and accepts a request without the batch's messages, so the
+    refusal is the batch's own. The lone message is quarantined, saying why, and the
+    messages after it are extracted; it used to stay buffered, every run failing on it."""
+    with MessagesAPIServer(responder=_probe_resets_and_marked_refused) as server:
+        db = tmp_path / "probe-reset.db"
+        async with _memory_over(
+            server, monkeypatch, db, retry_delay=0.01, retry_delay_max=0.05
+        ) as memory:
+            await memory.add_message("ann", "user", f"{MARK} I collect stamps")
+            for i in range(3):
+                await memory.add_message("ann", "user", f"I like thing {i}")
+            runs = await _run_until_settled(memory, "ann")
+            await memory.add_message("ann", "user", "I live in Oslo.")
+            assert await memory.process("ann") == 1, "a later message is extracted"
+            [quarantined] = await memory.quarantined("ann")
+            found = checked_coverage(memory, "ann")
+    assert MARK in quarantined.content
+    assert "refused" in quarantined.error and "harmless request was accepted" in quarantined.error
+    assert quarantined.attempts == 3
+    assert len(found.covered) == 4 and not found.buffered
+    assert runs <= 3
+
+
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
