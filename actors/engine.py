@@ -552,22 +552,30 @@ class Engine:
         return index_messages(self.store, self.projector)
 
     def recover(self) -> list[tuple[str, list[str]]]:
-        """Close tasks a crash left open; schedule users left over the threshold.
+        """Close tasks a crash left open; schedule users left over the threshold and, with
+        auto-processing, users whose last run failed with messages still buffered, however
+        few: the retry the background owed them (after a failure that may pass, or a task
+        cut by a shutdown) left with the engine that closed, and no later run would cover
+        those messages until the user's next message or an explicit run.
 
         Returns the users recovered with the ids of the tasks closed for each.
         """
         settings = self.options.settings
         with self.store.engine.connect() as connection:
             crashed = self.reader.users_with_open_tasks(connection)
-            waiting = (
-                self.reader.users_with_pending(connection, settings.batch_threshold)
+            waiting, retried = (
+                (
+                    self.reader.users_with_pending(connection, settings.batch_threshold),
+                    self.reader.users_with_failed_run_waiting(connection),
+                )
                 if settings.auto_process
-                else []
+                else ([], [])
             )
         threshold = settings.batch_threshold if settings.auto_process else None
+        thresholds = {user: threshold for user in crashed + waiting} | dict.fromkeys(retried, 1)
         futures = [
-            (user, self.directory.call(user, "recover", threshold))
-            for user in dict.fromkeys(crashed + waiting)
+            (user, self.directory.call(user, "recover", at_least))
+            for user, at_least in thresholds.items()
         ]
         return [(user, future.get()) for user, future in futures]
 

@@ -716,6 +716,46 @@ async def test_a_lone_refused_message_whose_probe_keeps_failing_is_quarantined_w
     assert runs <= 3
 
 
+async def test_a_run_that_failed_transiently_is_retried_by_the_background_after_a_reopen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An automatic run extracts its first batch, then meets a 429 asking to wait 30 s,
+    leaving two messages buffered (fewer than the threshold); the Memory closes before
+    the retry is due. Reopened, the background retries them by itself: nothing used to
+    until the user's next message or an explicit run."""
+    limited = ScriptedResponse(
+        429, error_body("rate_limit_error", "Rate limited"), {"retry-after": "30"}
+    )
+    answered: list[RecordedRequest] = []
+
+    def first_batch_only(request: RecordedRequest) -> ScriptedResponse:
+        if answered:
+            return limited
+        answered.append(request)
+        return default_answer(request)
+
+    settings: dict[str, Any] = {
+        "auto_process": True,
+        "batch_threshold": 4,
+        "max_batch_messages": 2,
+    }
+    db = tmp_path / "reopened.db"
+    with MessagesAPIServer(responder=first_batch_only) as server:
+        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+            for i in range(2):
+                await memory.add_exchange("ann", f"I like thing {i}", f"ok {i}")
+            with contextlib.suppress(ProcessingError):
+                await memory.wait_for_processing("ann", timeout=30)
+            assert len(await memory.buffer("ann")) == 2
+        server.set_responder(default_answer)
+        async with _memory_over(server, monkeypatch, db, **settings) as memory:
+            async with asyncio.timeout(10):  # far less than the 30 s the 429 asked
+                while await memory.buffer("ann"):
+                    await asyncio.sleep(0.05)
+            found = checked_coverage(memory, "ann")
+    assert len(found.covered) == 4 and not found.quarantined
+
+
 async def test_a_retry_after_past_the_memorys_extraction_timeout_is_told_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from events import EventStore, user_log_id
+from memvee import ProcessingError
 from memvee.extractors import OfflineExtractor
 from projections import ProjectionReader, ProjectionTables, Projector
 from tests.support.backends import postgres_url
@@ -365,3 +366,24 @@ async def test_the_sqlite_fast_path_finds_the_outdated_messages_the_statement_fi
     assert fast == stated
     contents = {m.message_id: m.content for m in await memory.messages("ann")}
     assert sorted(contents[i] for i in fast) == ["As I said, I live in Oslo.", "I live in Oslo."]
+
+
+async def test_users_whose_last_run_failed_with_messages_waiting_are_found_and_no_others(
+    make_memory: Callable[..., Any], extractor: Any
+) -> None:
+    """The users a reopened engine owes a retry: ann's last run failed, her messages
+    still buffered. Not bob, whose last run completed before he wrote again, nor cy,
+    whose failed run was followed by one that completed."""
+    memory = await make_memory()
+    for user in ("ann", "bob", "cy"):
+        await memory.add_exchange(user, "I live in Oslo.", "Nice.")
+    await memory.process("bob")
+    await memory.add_exchange("bob", "I work at Acme.", "Good.")
+    for user in ("ann", "cy"):
+        extractor.fail_next = 1
+        with pytest.raises(ProcessingError):
+            await memory.process(user)
+    await memory.process("cy")
+    engine, reader = _reader_of(memory)
+    with engine.store.engine.connect() as connection:
+        assert reader.users_with_failed_run_waiting(connection) == ["ann"]
