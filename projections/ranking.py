@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -119,26 +120,29 @@ class LexicalRanker:
         # (c2 is item_id): a keyed lookup, where a rowid IN (...) on the FTS5 table scans.
         # The unary + keeps SQLite off the (log_id, knowledge_version) index, by which it
         # walked every entry of the user (70 ms at 10,000) to find a few hits.
-        hit_entries = (
-            f"SELECT f.id AS hit, k.* FROM {kfts}_content AS f JOIN {k.name} AS k "
-            f"ON k.entry_id = f.c2 WHERE f.id IN ({{ids}}) AND +k.log_id = ? "
-            "AND +k.knowledge_version = ? AND "
+        entry_rows = _SqliteRows(
+            source=f"{kfts}_content AS f JOIN {k.name} AS k ON k.entry_id = f.c2",
+            hit="f.id",
+            columns="k.*",
+            kept="+k.log_id = ? AND +k.knowledge_version = ? AND ",
         )
         self._sqlite_entries = {
-            False: _SqliteSearch(kfts, hit_entries + "k.valid_until IS NULL"),
+            False: _SqliteSearch(kfts, entry_rows.kept_also("k.valid_until IS NULL")),
             True: _SqliteSearch(
                 kfts,
-                hit_entries + "k.valid_from <= ? AND (k.valid_until IS NULL OR k.valid_until > ?)",
+                entry_rows.kept_also(
+                    "k.valid_from <= ? AND (k.valid_until IS NULL OR k.valid_until > ?)"
+                ),
             ),
         }
         # The unary + keeps SQLite off the (log_id, seq) index: by it, the planner walked
         # every message of the user to find a few hits, where the rowids find them at once.
-        hit_messages = (
-            f"SELECT m.id AS hit, m.* FROM {m.name} AS m WHERE m.id IN ({{ids}}) AND +m.log_id = ?"
-        )
+        message_rows = _SqliteRows(source=f"{m.name} AS m", hit="m.id", columns="m.*", kept="")
         self._sqlite_messages = {
-            False: _SqliteSearch(mfts, hit_messages, weights=""),
-            True: _SqliteSearch(mfts, hit_messages + " AND m.sent_at <= ?", weights=""),
+            False: _SqliteSearch(mfts, message_rows.kept_also("+m.log_id = ?"), weights=""),
+            True: _SqliteSearch(
+                mfts, message_rows.kept_also("+m.log_id = ? AND m.sent_at <= ?"), weights=""
+            ),
         }
         self._pg_where = {dated: (*live, *valid[dated]) for dated in (False, True)}
         self._pg_entries = {
@@ -367,6 +371,41 @@ def _pg_hits(rows: Any) -> list[tuple[Any, float, bool]]:
     return [(r, float(r["score"]), bool(r.get("mine", True))) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class _SqliteRows:
+    """The projection rows a search on SQLite returns, as SQL: joined from ``source``,
+    found by their index rowid ``hit``, and ``kept`` only where they pass its filters
+    (bound in that order)."""
+
+    source: str
+    hit: str
+    columns: str
+    kept: str
+
+    def kept_also(self, condition: str) -> _SqliteRows:
+        """These rows, kept only where ``condition`` holds as well."""
+        return replace(self, kept=self.kept + condition)
+
+    def of_hits(self) -> str:
+        """The rows of the index rowids put in for ``{ids}`` (bound marks)."""
+        return (
+            f"SELECT {self.hit} AS hit, {self.columns} FROM {self.source} "
+            f"WHERE {self.hit} IN ({{ids}}) AND {self.kept}"
+        )
+
+    def newest(self, fts: str) -> str:
+        """The rowids of the newest rows kept of those matching an FTS5 query of ``fts``
+        (bound first, the limit last): the index is walked newest row first, and each
+        hit's row is looked up and filtered as met, until the limit is reached."""
+        # CROSS JOIN keeps the index the outer loop, walked by rowid, newest first: led by
+        # the projection table, SQLite read every row of the user's to sort the hits.
+        return (
+            f"SELECT s.rowid FROM {fts} AS s CROSS JOIN {self.source} "
+            f"WHERE {fts} MATCH ? AND {self.hit} = s.rowid AND {self.kept} "
+            "ORDER BY s.rowid DESC LIMIT ?"
+        )
+
+
 class _SqliteSearch:
     """One ranked search on SQLite, in plain statements on the DBAPI cursor.
 
@@ -384,7 +423,7 @@ class _SqliteSearch:
     builders read SQLite's raw row forms.
     """
 
-    def __init__(self, fts: str, rows_sql: str, weights: str = ", 0.0, 1.0, 0.0") -> None:
+    def __init__(self, fts: str, rows: _SqliteRows, weights: str = ", 0.0, 1.0, 0.0") -> None:
         hits = f"SELECT rowid, bm25({fts}{weights}) AS rank FROM {fts} WHERE {fts} MATCH ?"
         order = "ORDER BY rank, rowid DESC LIMIT ?"
         self.hits_sql = f"{hits} {order}"
@@ -394,7 +433,7 @@ class _SqliteSearch:
         self.own_hits_sql = (
             f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ?) {order}"
         )
-        self.newest_sql = f"SELECT rowid FROM {fts} WHERE {fts} MATCH ? ORDER BY rowid DESC LIMIT ?"
+        self.newest_sql = rows.newest(fts)
         # The rowid range spares FTS5 the rows older than every candidate; json_each keeps
         # the candidates one parameter however many they are.
         within = "AND rowid >= ? AND +rowid IN (SELECT value FROM json_each(?))"
@@ -403,7 +442,7 @@ class _SqliteSearch:
             f"{hits} AND +rowid IN (SELECT rowid FROM {fts} WHERE {fts} MATCH ? "
             f"AND rowid >= ?) {within} {order}"
         )
-        self.rows_sql = rows_sql
+        self.rows_sql = rows.of_hits()
 
     def run(
         self,
@@ -419,7 +458,7 @@ class _SqliteSearch:
         its ``words``, only the newest :data:`_NEWEST_PER_WORD` rows of each are ranked."""
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            within = self._newest(cursor, words)
+            within = self._newest(cursor, words, filters)
             fetch = limit + _SPARE_HITS
             while True:
                 hits = self._hits(cursor, matches, fetch, within)
@@ -435,16 +474,20 @@ class _SqliteSearch:
         finally:
             cursor.close()
 
-    def _newest(self, cursor: Any, words: tuple[str, ...]) -> tuple[int, str] | None:
+    def _newest(
+        self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...]
+    ) -> tuple[int, str] | None:
         """The rows a bounded search ranks, as (the oldest rowid, a JSON list of them):
-        the newest :data:`_NEWEST_PER_WORD` of each of ``words``; None when no word has
-        more (all its rows are ranked then, as cheaply)."""
+        the newest :data:`_NEWEST_PER_WORD` of each of ``words`` that pass the
+        ``filters`` (the entries of the search's knowledge version, as PostgreSQL takes
+        them: the newest of every version crowded out a re-extraction's or the live
+        ones); None when no word has more (all its rows are ranked then, as cheaply)."""
         if not words:
             return None
         rows: set[int] = set()
         crowded = False
         for word in words:
-            found = cursor.execute(self.newest_sql, (word, _NEWEST_PER_WORD)).fetchall()
+            found = cursor.execute(self.newest_sql, (word, *filters, _NEWEST_PER_WORD)).fetchall()
             crowded = crowded or len(found) == _NEWEST_PER_WORD
             rows.update(rowid for (rowid,) in found)
         if not crowded:

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import Connection
 
 from events import BatchMessage, EventStore, ExtractedFact, UserLog, user_log_id
+from events.user_log import LIVE_KNOWLEDGE
 from projections import KnowledgeEntry, LexicalRanker, ProjectionTables, Projector, index_messages
 from projections.ranking import MAX_QUERY_TOKENS, fts_match
 from projections.search import owned_terms
@@ -384,4 +385,58 @@ def test_the_entries_shown_beside_a_batch_are_the_newest_of_each_word_on_either_
     with store.engine.connect() as connection:
         shown = ranker.related(connection, "ann", ["I like it"], 5, len(said) + 1)
     assert [text for _, text, _ in shown] == said[::-1][:5]
+    store.close()
+
+
+def _learn_and_reextract(
+    store: EventStore, projector: Projector, user_id: str, live: list[str], again: list[str]
+) -> None:
+    """``user_id`` says one message a day, each extracted live as the fact of ``live`` at
+    its place, then re-extracted into knowledge version "v2" as the fact of ``again``
+    there (a re-extraction under way: the version is not promoted)."""
+    log = UserLog.register(user_id)
+    said: list[tuple[str, datetime]] = []
+    for day, fact in enumerate(live):
+        at = T0 + timedelta(days=day)
+        message = log.add_message("user", fact, at, 1000)
+        assert log.request_processing(f"{user_id}-t{day}", "manual")
+        log.start_next()
+        batch = [BatchMessage(message, "user", fact, at)]
+        log.record_knowledge(
+            f"{user_id}-t{day}", [ExtractedFact(fact, (message,))], "x", batch=batch
+        )
+        said.append((message, at))
+    for (message, at), fact in zip(said, again, strict=True):
+        batch = [BatchMessage(message, "user", fact, at)]
+        log.record_reextraction(
+            "v2", [message], [ExtractedFact(fact, (message,))], "x", batch=batch
+        )
+    store.append([list(log.collect_events())], projector.apply)
+
+
+def test_a_batch_is_shown_the_newest_entries_of_its_own_knowledge_version_on_either_backend(
+    db_url: str,
+) -> None:
+    """While a re-extraction is under way its version holds entries of its own, all newer
+    than the live ones: a batch extracted for either version is shown the newest entries
+    of that version holding its words, the same on both backends. SQLite took each word's
+    newest rows of every version before keeping the batch's (a live batch then saw none of
+    its own: the newest were all the re-extraction's), PostgreSQL after."""
+    store = EventStore(db_url)
+    projector = Projector(ProjectionTables())
+    with store.transaction() as connection:
+        projector.create(connection)
+    live = [f"User likes thing{i}." for i in range(300)]
+    again = [f"User likes widget{i}." for i in range(300)]
+    _learn_and_reextract(store, projector, "ann", live, again)
+    ranker = LexicalRanker(projector.tables)
+    with store.engine.connect() as connection:
+        shown = {
+            version: [
+                text
+                for _, text, _ in ranker.related(connection, "ann", ["I like it"], 5, 300, version)
+            ]
+            for version in (LIVE_KNOWLEDGE, "v2")
+        }
+    assert shown == {LIVE_KNOWLEDGE: live[::-1][:5], "v2": again[::-1][:5]}
     store.close()
