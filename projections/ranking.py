@@ -53,7 +53,14 @@ from projections.search import (
 from projections.tables import ProjectionTables
 from projections.terms import query_terms
 
-__all__ = ["ADDED_WEIGHT", "MAX_QUERY_TOKENS", "LexicalRanker", "fts_match", "pg_queries"]
+__all__ = [
+    "ADDED_WEIGHT",
+    "MAX_QUERY_TOKENS",
+    "LexicalRanker",
+    "NewestRows",
+    "fts_match",
+    "pg_queries",
+]
 
 T = TypeVar("T")
 
@@ -65,6 +72,10 @@ _NEWEST_PER_WORD = 256
 :meth:`LexicalRanker.related`): a word found in more of the user's rows weighs little in
 BM25, and ranking all of them made the entries shown beside each batch cost what the
 user's entries number, so that extracting a backlog took time growing with its square."""
+
+NewestRows = dict[tuple[str, tuple[Any, ...]], list[int]]
+"""The newest rows of each word a bounded search found on SQLite (by the word's FTS5 query
+and the filters they passed), for later searches of the same batch to reuse."""
 
 _RELATED_PER_TEXT = 4
 """The fewest entries :meth:`LexicalRanker.related` takes of each text of a batch."""
@@ -172,6 +183,7 @@ class LexicalRanker:
         *,
         added: Sequence[str] = (),
         bounded: bool = False,
+        newest: NewestRows | None = None,
     ) -> list[tuple[KnowledgeEntry, float]]:
         """The user's entries (live, or of knowledge ``version``) valid now (or at
         ``as_of``) best matching ``terms``, or the words their topics ``added``
@@ -179,7 +191,9 @@ class LexicalRanker:
 
         With no terms, the most recent valid entries, each scored 0. ``bounded`` ranks
         only the newest :data:`_NEWEST_PER_WORD` rows of each word, so that the
-        search costs about the same however many entries share its common words.
+        search costs about the same however many entries share its common words;
+        ``newest`` keeps the rows each word found, so the searches of one batch, which
+        share their common words, look each up once (SQLite).
         """
         log_id = str(user_log_id(user_id))
         params: dict[str, Any] = {
@@ -209,7 +223,12 @@ class LexicalRanker:
                 else ()
             )
             found = self._sqlite_entries[dated].run(
-                connection, matches, limit, (stored_id(log_id), version, *extra), words
+                connection,
+                matches,
+                limit,
+                (stored_id(log_id), version, *extra),
+                words,
+                newest,
             )
             ranked = sorted(_tiered(found), key=lambda hit: (-hit[1], -hit[0]["valid_from"]))
             return [(model(row), score) for row, score in ranked[:limit]]
@@ -310,6 +329,7 @@ class LexicalRanker:
             return [(entry_id, text, aware(valid_from)) for entry_id, text, valid_from in rows]
         queries = list(dict.fromkeys(t for text in texts if (t := query_terms(text)).own))
         each = max(_RELATED_PER_TEXT, limit // max(1, len(queries)))
+        newest: NewestRows = {}
         found = [
             self.entries(
                 connection,
@@ -319,6 +339,7 @@ class LexicalRanker:
                 version=version,
                 added=q.added,
                 bounded=True,
+                newest=newest,
             )
             for q in queries
         ]
@@ -451,14 +472,16 @@ class _SqliteSearch:
         limit: int,
         filters: tuple[Any, ...],
         words: tuple[str, ...] = (),
+        newest: NewestRows | None = None,
     ) -> list[tuple[dict[str, Any], float, bool]]:
         """The rows of the best hits of ``matches`` (the query's own words, then, if its
         topics added any, every word) that pass the filters, with their rank (higher is
         better) and whether they match the query's own words. Given the queries of each of
-        its ``words``, only the newest :data:`_NEWEST_PER_WORD` rows of each are ranked."""
+        its ``words``, only the newest :data:`_NEWEST_PER_WORD` rows of each are ranked (those
+        found already taken from ``newest``, those looked up added to it)."""
         cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            within = self._newest(cursor, words, filters)
+            within = self._newest(cursor, words, filters, {} if newest is None else newest)
             fetch = limit + _SPARE_HITS
             while True:
                 hits = self._hits(cursor, matches, fetch, within)
@@ -475,21 +498,27 @@ class _SqliteSearch:
             cursor.close()
 
     def _newest(
-        self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...]
+        self, cursor: Any, words: tuple[str, ...], filters: tuple[Any, ...], known: NewestRows
     ) -> tuple[int, str] | None:
         """The rows a bounded search ranks, as (the oldest rowid, a JSON list of them):
         the newest :data:`_NEWEST_PER_WORD` of each of ``words`` that pass the
         ``filters`` (the entries of the search's knowledge version, as PostgreSQL takes
         them: the newest of every version crowded out a re-extraction's or the live
-        ones); None when no word has more (all its rows are ranked then, as cheaply)."""
+        ones); None when no word has more (all its rows are ranked then, as cheaply).
+        A word's rows already ``known`` are not looked up again; those looked up are kept
+        there."""
         if not words:
             return None
         rows: set[int] = set()
         crowded = False
         for word in words:
-            found = cursor.execute(self.newest_sql, (word, *filters, _NEWEST_PER_WORD)).fetchall()
+            found = known.get((word, filters))
+            if found is None:
+                params = (word, *filters, _NEWEST_PER_WORD)
+                found = [rowid for (rowid,) in cursor.execute(self.newest_sql, params)]
+                known[word, filters] = found
             crowded = crowded or len(found) == _NEWEST_PER_WORD
-            rows.update(rowid for (rowid,) in found)
+            rows.update(found)
         if not crowded:
             return None
         return min(rows), json.dumps(sorted(rows))
