@@ -11,9 +11,30 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, DateTime, MetaData, String, Table, inspect, select
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    MetaData,
+    String,
+    Table,
+    func,
+    inspect,
+    literal_column,
+    select,
+)
+from sqlalchemy.schema import CreateIndex
 
-__all__ = ["BULK_BATCHES", "CLAIM", "create_bulk_table", "forget_bulk_requests", "restamped"]
+__all__ = [
+    "BULK_BATCHES",
+    "CLAIM",
+    "ID_VERSION",
+    "create_bulk_table",
+    "forget_bulk_requests",
+    "restamped",
+]
 
 _METADATA = MetaData()
 
@@ -34,6 +55,22 @@ for a user changes in place (:func:`restamped`)."""
 CLAIM = "claim"
 """The key of a claim row's one entry: a run's hold on one user's plan, not a request."""
 
+ID_VERSION = func.substr(BULK_BATCHES.c.local_id, literal_column("15"), literal_column("1"))
+"""The UUID version digit of a row's id (its 15th character), which tells a claim (a
+UUID5) from a kept Message Batch (a UUID4) by the key alone (see ``memvee._bulk.claims``).
+Its numbers are written out, not bound: only the very expression of an index is read
+through it."""
+
+_KEPT_INDEX = Index(
+    "memvee_bulk_batches_kept",
+    BULK_BATCHES.c.knowledge_version,
+    ID_VERSION,
+    BULK_BATCHES.c.api_batch_id,
+)
+"""A version's rows by the kind their id tells, then their batch's id: each claim reads
+the ids of its version's kept rows through it, never reaching the version's claims (one a
+user), which its index by version alone walked, a claim costing what the run had claimed."""
+
 
 def restamped(created_at: datetime) -> datetime:
     """The ``created_at`` of a kept row whose requests change in place (a user's taken out
@@ -45,8 +82,10 @@ def restamped(created_at: datetime) -> datetime:
 
 
 def create_bulk_table(connection: Connection) -> None:
-    """Create the table, unless it is there (a bulk run creates it on first use)."""
+    """Create the table and its indexes, unless they are there (a bulk run creates them
+    on first use; a table an older memvee made lacks the index of kept rows)."""
     _METADATA.create_all(connection)
+    connection.execute(CreateIndex(_KEPT_INDEX, if_not_exists=True))
 
 
 def forget_bulk_requests(connection: Connection, user_id: str) -> int:

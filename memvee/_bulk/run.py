@@ -19,7 +19,7 @@ from uuid import uuid4
 import anthropic
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
 from events import (
@@ -76,7 +76,7 @@ from memvee._secrets import credentials_of, redact
 from memvee.extractors import ClaudeExtractor
 from memvee.extractors._claude import ProbeResult, api_error, outweighed
 from projections import ProjectionReader
-from projections.bulk_runs import BULK_BATCHES
+from projections.bulk_runs import BULK_BATCHES, ID_VERSION
 from projections.reader import aware
 
 log = logging.getLogger("memvee.bulk")
@@ -298,17 +298,19 @@ class BulkReextraction:
         again, locked, before it takes them (:meth:`_take_failed_whole`). Only the stamps
         of rows holding the user are read: on SQLite, a column after a row's requests is
         reached through all their pages."""
-        ids = set(
-            connection.execute(
-                select(BULK_BATCHES.c.local_id).where(
-                    BULK_BATCHES.c.knowledge_version == self.version,
-                    or_(
-                        BULK_BATCHES.c.api_batch_id.is_not(None),
-                        func.substr(BULK_BATCHES.c.local_id, 15, 1) != _CLAIM_ID_VERSION,
-                    ),
-                )
-            ).scalars()
+        of_version = select(BULK_BATCHES.c.local_id).where(
+            BULK_BATCHES.c.knowledge_version == self.version
         )
+        # Three ranges of the index of kept rows: a "!=" of the id's kind, or an OR with
+        # the batch's id, is read through the version's index, every claim of it.
+        kept = union_all(
+            of_version.where(ID_VERSION < _CLAIM_ID_VERSION),
+            of_version.where(ID_VERSION > _CLAIM_ID_VERSION),
+            of_version.where(
+                ID_VERSION == _CLAIM_ID_VERSION, BULK_BATCHES.c.api_batch_id.is_not(None)
+            ),
+        )
+        ids = set(connection.execute(kept).scalars())
         for gone in self._kept.keys() - ids:
             del self._kept[gone]
         holding = sorted(i for i, row in self._kept.items() if user_id in row.messages)

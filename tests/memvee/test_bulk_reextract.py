@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -224,6 +225,68 @@ def test_a_run_decodes_each_kept_batch_once_however_many_users_it_claims(
         assert run._claim("held1") == set()
         assert sorted(decodes) == ["r1-kept-0", "r1-kept-1", "r1-kept-1", "r1-kept-2"]
         run.claiming.release_claims()
+
+
+def test_a_claims_read_of_the_kept_batches_costs_the_same_however_many_users_are_claimed(
+    db: str,
+) -> None:
+    """Each claim reads the ids of the version's kept batches, leaving its claims aside by
+    their key: through the version's index it reached every claim row of the version to
+    do so (ten times the claims, ten times the steps: a run of 10,000 users read 10,000
+    rows a claim). By an index of the kept rows' own, the claims of other users are never
+    read, and the kept batch is still seen."""
+    with Audit(db_url=db) as audit:
+        run = _bare_run(audit)
+        _keep(audit, "kept-0", {"r1-kept-0": {"user": "held", "messages": ["m0"]}})
+        steps: dict[int, int] = {}
+        for claimed in (300, 3_000):
+            _claimed_elsewhere(audit, [f"user{i}" for i in range(len(steps) and 300, claimed)])
+            with audit.store.engine.connect() as connection:
+                steps[claimed], pending = _steps_of(
+                    connection, lambda: run._kept_for(connection, "held")
+                )
+            assert pending == {"m0"}
+        assert steps[3_000] < 1.5 * steps[300], steps
+
+
+def _claimed_elsewhere(audit: Audit, users: list[str]) -> None:
+    """Claims of another run under way on ``users``' plans in ``v2``."""
+    claims = memvee._bulk.claims
+    now = datetime.now(UTC)
+    with audit.store.transaction() as connection:
+        connection.execute(
+            BULK_BATCHES.insert(),
+            [
+                {
+                    "local_id": claims._claim_id("v2", user),
+                    "knowledge_version": "v2",
+                    "api_batch_id": None,
+                    "requests": {"claim": {"user": user, "owner": "another run"}},
+                    "created_at": now,
+                }
+                for user in users
+            ],
+        )
+
+
+def _steps_of(connection: sqlalchemy.Connection, action: Callable[[], Any]) -> tuple[int, Any]:
+    """The SQLite virtual-machine steps ``action`` takes on ``connection`` (a progress
+    handler counts them), and what it returns."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    driver = connection.connection.dbapi_connection
+    assert isinstance(driver, sqlite3.Connection)
+    driver.set_progress_handler(count, 1)
+    try:
+        found = action()
+    finally:
+        driver.set_progress_handler(None, 1)
+    return steps, found
 
 
 def _keep(audit: Audit, local_id: str, requests: dict[str, Any]) -> None:
