@@ -72,7 +72,8 @@ class ImportReplay:
         """The first event of the log showing that a memvee storing entries' starts wrote
         it (:meth:`_note_starts`), ``""`` before one."""
         self._startless: dict[str, str] = {}
-        """Each entry of an extraction stored without starts, and that extraction."""
+        """Each entry of the extraction stored without starts that began the decision under
+        way, and that extraction (none once another decision begins)."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
@@ -109,8 +110,11 @@ class ImportReplay:
     def _check_starts_kept(self, event: Any) -> None:
         """Refuse an extraction whose entries hold no start, as the first memvees stored
         them, in a log a memvee storing starts (a1f6344 on) wrote already, and the end of
-        an entry naming as its successor an entry of such an extraction: that memvee wrote
-        the extraction in the same commit. Either way the entries lost their starts.
+        an entry written in the decision such an extraction began naming one of its
+        entries as its successor: a first memvee writes no end, so a memvee storing starts
+        wrote both, in one commit. Either way the entries lost their starts. An end in a
+        later decision may name a first memvee's entry (a backdated message, read by the
+        memvee the log was upgraded to, makes an older entry ending where it began).
 
         The memvees of a1f6344..725a3dc stored extractions in the first memvees' form of
         fields (:data:`_FIELDS_WITHOUT_STARTS`), and no event of theirs holds what a
@@ -138,11 +142,13 @@ class ImportReplay:
     def _note_starts(self, event: Any) -> None:
         """Note the first event showing a memvee storing entries' starts wrote the log: an
         extraction holding them, or the end of an entry; and the entries of an extraction
-        stored without them."""
+        stored without them, while the decision it began goes on."""
         entries = getattr(event, "entries", None) or ()
+        if not continues_decision(event):
+            self._startless = {}
         if entries and _stored_without_starts(event, entries):
             written = f"the {type(event).__name__} at version {event.originator_version}"
-            self._startless.update((entry["entry_id"], written) for entry in entries)
+            self._startless = {entry["entry_id"]: written for entry in entries}
         elif self._stored_starts:
             return
         elif entries:

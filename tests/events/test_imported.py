@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import BatchMessage, ExtractedFact, InvalidInputError
+from events import BatchMessage, ExtractedFact, InvalidInputError, KnownEntry
 from events.imported import ImportReplay
 from events.user_log import UserLog
 
@@ -226,6 +226,43 @@ def test_an_extraction_that_lost_every_start_is_refused_where_an_end_names_its_e
     events = _without_starts(_lifecycle_memvees_history(), 6, 10)
     with pytest.raises(InvalidInputError, match=r"line 11: .*the KnowledgeExtracted at version 10"):
         _replay(events)
+
+
+def _first_memvees_entry_updated_by_a_backdated_message() -> list[Any]:
+    """A first memvee's log (Oslo extracted without a start), then today's memvee's: a
+    message sent in 2020 ("I lived in Bergen") updating Oslo is the older entry, so it
+    ends with Oslo, the first memvee's entry, as its successor."""
+    log = UserLog.register("alice")
+    oslo_said = datetime(2024, 6, 1, tzinfo=UTC)
+    said = log.add_message("user", "I live in Oslo", oslo_said, 100)
+    assert log.request_processing("t1", "manual") and log.start_next() is not None
+    batch = [BatchMessage(said, "user", "I live in Oslo", oslo_said)]
+    (oslo,) = log.record_knowledge(
+        "t1", [ExtractedFact("User lives in Oslo", (said,))], "x", batch=batch
+    )
+    first_memvees = [*log.collect_events()]
+    extracted = _as_the_first_memvees_stored(_kind(first_memvees, UserLog.KnowledgeExtracted))
+    bergen_said = datetime(2020, 1, 1, tzinfo=UTC)
+    moved = log.add_message("user", "Back in 2020 I lived in Bergen", bergen_said, 100)
+    assert log.request_processing("t2", "manual") and log.start_next() is not None
+    update = ExtractedFact("User lived in Bergen", (moved,), "update", oslo["entry_id"])
+    batch = [BatchMessage(moved, "user", "Back in 2020 I lived in Bergen", bergen_said)]
+    known = [KnownEntry(oslo["entry_id"], "User lives in Oslo", extracted.timestamp)]
+    log.record_knowledge("t2", [update], "x", batch=batch, known=known)
+    events = [*first_memvees, *log.collect_events()]
+    ended = events[-1]
+    assert isinstance(ended, UserLog.KnowledgeSuperseded)
+    assert ended.superseded_by == oslo["entry_id"]
+    return events
+
+
+def test_an_end_naming_a_first_memvees_entry_as_its_successor_after_an_upgrade_replays() -> None:
+    """The first memvees' entry holds no start, but the end naming it was written by
+    today's memvee in a later decision, not with it: nothing was lost, and the log
+    replays (in a verify, or an import of its export) whole or onto its stored part."""
+    events = _first_memvees_entry_updated_by_a_backdated_message()
+    for stored in (0, 5, 9):
+        _replay(events, stored)
 
 
 def test_an_end_whose_successor_the_log_never_had_is_refused() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,7 +22,7 @@ import orjson
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from events import EventStore, sqlite_url
+from events import EventStore, ExtractedFact, ExtractionBatch, sqlite_url
 from memvee import Memory, MemoryConfig, ProcessStatus
 from memvee.audit import Audit
 from projections import ProjectionTables, Projector
@@ -184,3 +184,38 @@ async def test_a_sqlite_file_of_the_oldest_layout_opens_showing_what_its_memvee_
     finally:
         store.close()
     assert differences(url) == []
+
+
+async def test_a_first_memvees_fact_updated_by_a_backdated_message_verifies_and_imports(
+    db_url: str, make_memory: Callable[..., Any], extractor: RecordingExtractor, tmp_path: Path
+) -> None:
+    """Upgraded from the first memvees (no entry held a start), bob says he lived in Porto
+    in 2020, before the fact "I live in Lisbon" began: Porto is the older entry, ended with
+    Lisbon's entry, the first memvee's, as its successor. Nothing was lost: the log
+    verifies, and its export imports into another database."""
+    _as_left_by(db_url, _fixture("9b73b9c"))
+    lisbon = "User said: Hello, I live in Lisbon."
+
+    def update_lisbon(batch: ExtractionBatch) -> tuple[ExtractedFact, ...]:
+        (known,) = [entry for entry in batch.known if entry.text == lisbon]
+        said = next(m.message_id for m in batch.messages if m.role == "user")
+        return (ExtractedFact("User lived in Porto", (said,), "update", known.entry_id),)
+
+    extractor.answer = update_lisbon
+    memory: Memory = await make_memory()
+    in_2020 = datetime(2020, 1, 1, tzinfo=UTC)
+    await memory.add_exchange("bob", "Back in 2020 I lived in Porto.", "ok", sent_at=in_2020)
+    await memory.flush("bob")
+    history = {k.text: k for k in await memory.knowledge("bob", history=True)}
+    porto = history["User lived in Porto"]
+    assert porto.superseded_by == history[lisbon].entry_id
+    await memory.close()
+    assert differences(db_url) == []
+    source = Audit(db_url=db_url)
+    target = Audit(db_url=sqlite_url(tmp_path / "copy.db"))
+    try:
+        lines = list(source.export("bob"))
+        assert target.import_lines(lines) == {"bob": len(lines)}
+    finally:
+        source.close()
+        target.close()
