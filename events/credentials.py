@@ -126,6 +126,8 @@ _SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|passphrase
 says nothing of a credential, and most names have none."""
 
 _SECRET_ENDINGS: Final = (
+    "KEY",
+    "KEYS",
     "TOKEN",
     "TOKENS",
     "SECRET",
@@ -139,32 +141,24 @@ _SECRET_ENDINGS: Final = (
     "CREDENTIALS",
 )
 """Endings of a word that is a credential's name on its own, words joined with no
-separator (``PGPASSWORD``, ``AUTHTOKEN``): ``TOKENIZERS`` or ``AUTHOR`` end otherwise. A
-word ending in KEY is one only after a word saying which key (:data:`_KEY_KINDS`)."""
+separator (``PGPASSWORD``, ``AUTHTOKEN``, ``STRIPEKEY``, ``SSHKEYS``): ``KEYCLOAK``,
+``TOKENIZERS`` or ``AUTHOR`` end otherwise. A word ending in KEY names a key whatever
+comes before it (a provider, a cipher, a use), but for the ordinary words of
+:data:`_NOT_SECRET_WORDS`: a name wrongly taken costs a value that must still look like a
+key (:func:`looks_secret`), one wrongly spared shows a credential."""
 
-_KEY_KINDS: Final = (
-    "API",
-    "APP",
-    "ACCESS",
-    "AUTH",
-    "CLIENT",
-    "ENCRYPTION",
-    "LICENSE",
-    "MASTER",
-    "PASS",
-    "PRIVATE",
-    "SECRET",
-    "SESSION",
-    "SIGNING",
-    "TOKEN",
+_NOT_SECRET_WORDS: Final = frozenset(
+    {
+        "TIKTOKEN",
+        *("MONKEY", "DONKEY", "TURKEY", "HOCKEY", "JOCKEY", "WHISKEY", "LACKEY", "TURNKEY"),
+        "HOTKEY",
+    }
 )
-"""Words joined before KEY that make a credential's name of it (``APIKEY``, ``SECRETKEY``,
-``MY_ACCESSKEY``, ``OPENAIAPIKEYS``): a word merely ending in KEY (``MONKEY``,
-``TURNKEY``, ``HOCKEY``) is one word, no key's name."""
-
-_NOT_SECRET_WORDS: Final = frozenset({"TIKTOKEN"})
-"""Words ending as a credential's name does that name something else (OpenAI's tokenizer,
-whose ``TIKTOKEN_CACHE_DIR`` a developer's environment often holds)."""
+"""Words ending as a credential's name does that name something else, singular: OpenAI's
+tokenizer (whose ``TIKTOKEN_CACHE_DIR`` a developer's environment often holds), and
+ordinary words ending in KEY (an animal, a sport, a drink, a keyboard's shortcut). Only
+words that clearly name no secret: a public key's name (``PUBKEY``) is still taken, its
+value must look like a key (:func:`looks_secret`)."""
 
 _SCHEMES: Final = frozenset({"bearer", "basic", "token"})
 """The HTTP authorization schemes whose credential follows a space (``Bearer sk-...``)."""
@@ -173,10 +167,10 @@ _SCHEMES: Final = frozenset({"bearer", "basic", "token"})
 def says_secret(name: str) -> bool:
     """Whether ``name`` says the value it holds is a credential: one of its words is one of
     :data:`SECRET_WORDS` or its plural, or ends as a credential's name does, words joined
-    (``PGPASSWORD``, ``NGROK_AUTHTOKEN``, ``STRIPE_SECRETKEY``, ``api_keys``); ``PWD``,
-    the working directory's variable, does not, nor a word merely ending in KEY
-    (``MONKEY``, ``TURNKEY``: :data:`_KEY_KINDS`). The one definition every search for a
-    credential here uses."""
+    (``PGPASSWORD``, ``NGROK_AUTHTOKEN``, ``STRIPEKEY``, ``api_keys``); ``PWD``, the
+    working directory's variable, does not, nor an ordinary word ending in KEY
+    (``MONKEY``, ``TURNKEY``: :data:`_NOT_SECRET_WORDS`). The one definition every
+    search for a credential here uses."""
     if _SECRET_WORD_INSIDE.search(name) is None:  # most names: one search in C tells
         return False
     words = [word.upper() for word in _NAME_WORDS.findall(name)]
@@ -187,14 +181,10 @@ def says_secret(name: str) -> bool:
 
 def _says_secret(word: str) -> bool:
     """Whether one word of a name, upper-cased, says its value is a credential."""
-    if word in _NOT_SECRET_WORDS:
-        return False
-    if word in SECRET_WORDS or word.endswith(_SECRET_ENDINGS):
-        return True
     singular = word.removesuffix("S")
-    if singular in SECRET_WORDS:
-        return True
-    return singular.endswith("KEY") and singular.removesuffix("KEY").endswith(_KEY_KINDS)
+    if word in _NOT_SECRET_WORDS or singular in _NOT_SECRET_WORDS:
+        return False
+    return word.endswith(_SECRET_ENDINGS) or word in SECRET_WORDS or singular in SECRET_WORDS
 
 
 _LOCATION_WORDS: Final = frozenset(

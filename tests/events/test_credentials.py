@@ -275,20 +275,45 @@ def test_the_public_key_fingerprint_under_gpg_key_is_no_credential_but_a_gpg_sec
     assert credentials.named_secrets("GPG_KEY", private) == (private,)
 
 
-@pytest.mark.parametrize(
-    "name", ["MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"]
+ORDINARY_WORDS_ENDING_IN_KEY = (
+    *("MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"),
+    *("TURKEY", "JOCKEY", "LACKEY", "HOTKEY", "MONKEYS", "hotkeys", "DISC_JOCKEY_NAME"),
 )
+"""Names whose word ending in KEY is an ordinary word (an animal, a drink, a sport, a
+keyboard's shortcut), not a key."""
+
+
+@pytest.mark.parametrize("name", ORDINARY_WORDS_ENDING_IN_KEY)
 def test_a_word_merely_ending_in_key_names_no_credential(name: str) -> None:
     """``MONKEY`` is one word, not MON and KEY: its value, however much it looks like a
     key, is kept, while joined credential names (``APIKEY``, ``SECRETKEY``) still say so."""
     assert credentials.named_secrets(name, "build-2024-0042-a1b2c3") == ()
 
 
-@pytest.mark.parametrize(
-    "name", ["APIKEY", "SECRETKEY", "PRIVATEKEYS", "MY_ACCESSKEY", "OPENAIAPIKEY", "PASSKEY"]
+JOINED_KEY_NAMES = (
+    *("APIKEY", "SECRETKEY", "PRIVATEKEYS", "MY_ACCESSKEY", "OPENAIAPIKEY", "PASSKEY"),
+    *("OPENAIKEY", "HMACKEY", "STRIPEKEY", "SLACKKEY", "AWSKEY", "MASTERKEY", "SIGNINGKEY"),
+    *("SSHKEY", "DEPLOYKEY", "PRIVKEY", "SSL_PRIVKEY", "JWTKEY", "AESKEY", "ENCKEY", "ROOTKEY"),
+    *("ACCOUNTKEY", "AZURE_STORAGE_ACCOUNTKEY", "STORAGEKEY", "SHAREDKEY", "WEBHOOKKEY"),
+    *("ROUTINGKEY", "PAGERDUTY_ROUTINGKEY", "INTEGRATIONKEY", "WRITEKEY", "SEGMENT_WRITEKEY"),
+    *("READKEY", "HASHKEY", "SALTKEY", "CIPHERKEY", "CRYPTOKEY", "SIGNKEY", "OAUTHKEY"),
+    *("MAILGUNKEY", "SENDGRIDKEY", "TWILIOKEY", "FIREBASEKEY", "GOOGLEKEY", "CONSUMERKEY"),
+    *("ALGOLIA_ADMINKEY", "DD_APPKEY", "NPMKEY", "PYPIKEY", "KMSKEY", "VAULTKEY", "UNSEALKEY"),
+    *("MACKEY", "CSRFKEY", "COOKIEKEY", "SESSIONKEY", "DJANGOKEY", "BOTKEY"),
+    *("SECRET_KEYBASE", "RAILS_SECRETKEY", "BEARERKEY", "LARAVEL_APPKEY", "LICENSEKEYS"),
+    *("hmackey", "sshkey", "privkey", "jwtkey", "deploykey", "writekey", "routingkey"),
+    *("accountkey", "SSHKEYS", "DEPLOYKEYS", "HMACKEYS", "PRIVKEYS", "PUBKEY", "HOMEKEY"),
 )
-def test_joined_words_ending_in_a_credentials_key_name_one(name: str) -> None:
-    assert credentials.named_secrets(name, "build-2024-0042-a1b2c3") == ("build-2024-0042-a1b2c3",)
+"""Names joining a provider's or a kind of key's name to KEY or KEYS, the review's list:
+each a credential's name (fail closed: a public key's name is taken too)."""
+
+
+@pytest.mark.parametrize("name", JOINED_KEY_NAMES)
+def test_a_word_ending_in_key_or_keys_names_a_credential(name: str) -> None:
+    """Whatever word comes before KEY (a provider, a cipher, a use): the value is taken,
+    not only after a word saying which key."""
+    value = "a8F3kQ9zL2mX7pR4tV6wY1bN5cD0eG8h"
+    assert credentials.named_secrets(name, value) == (value,)
 
 
 class _LazyProxy:
