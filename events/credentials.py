@@ -263,22 +263,21 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     return tuple(found)
 
 
-_PUBLIC_KEY_NAME: Final = re.compile(r"(?i)(?:GPG|PGP)[_\W]*KEYS?")
-"""A name whose words are GPG or PGP and KEY (``GPG_KEY``, ``pgpKey``): a public key's,
-as Docker's official Python images set it."""
+_PUBLIC_KEY_NAMES: Final = frozenset({"GPG_KEY", "PGP_KEY", "GPG_KEYS"})
+"""The names of a public key's id as Docker's official images set them (Python's
+``GPG_KEY``, others' ``GPG_KEYS``), exactly: any other name holding hex digits (``gpgKey``,
+``MY_GPG_KEY``) may hold a secret."""
 
-_KEY_ID = re.compile(r"(?:0x)?(?:[0-9A-Fa-f]{8}|[0-9A-Fa-f]{16}|[0-9A-Fa-f]{40})")
-"""An OpenPGP key's id (short or long) or its fingerprint, in hex digits."""
+_KEY_ID = re.compile(r"(?:0x)?(?:[0-9A-Fa-f]{16}|[0-9A-Fa-f]{40})")
+"""An OpenPGP key's long id (16 hex digits) or its fingerprint (40): a short id (8) is as
+short as many a hex secret, and no image names its key by one."""
 
 
 def _public_key_id(name: str, value: str) -> bool:
-    """Whether ``value`` is the id or fingerprint of the public key ``name`` names
+    """Whether ``value`` is the long id or fingerprint of the public key ``name`` names
     (``GPG_KEY=A035C8C1...``): no credential, and taking it out would redact every log line
     showing it. Only a value so shaped: under the same name a private key stays secret."""
-    return (
-        _PUBLIC_KEY_NAME.fullmatch(name.strip()) is not None
-        and _KEY_ID.fullmatch(value.strip()) is not None
-    )
+    return name in _PUBLIC_KEY_NAMES and _KEY_ID.fullmatch(value.strip()) is not None
 
 
 def _url_types() -> tuple[type, ...]:

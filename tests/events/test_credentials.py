@@ -275,6 +275,44 @@ def test_the_public_key_fingerprint_under_gpg_key_is_no_credential_but_a_gpg_sec
     assert credentials.named_secrets("GPG_KEY", private) == (private,)
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GPG_KEY", DOCKER_GPG_KEY),
+        ("GPG_KEYS", DOCKER_GPG_KEY),
+        ("PGP_KEY", "0x64E628F8D684696D"),
+        ("GPG_KEY", "64E628F8D684696D"),
+    ],
+)
+def test_a_public_keys_fingerprint_or_long_id_under_gpg_key_is_no_credential(
+    name: str, value: str
+) -> None:
+    assert credentials.named_secrets(name, value) == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GPG_KEY", "D684696D"),
+        ("PGP_KEY", "0xD684696D"),
+        ("GPG_KEY", "64E628F8D684696D64E6"),
+        ("GPGKEY", DOCKER_GPG_KEY),
+        ("gpgKey", DOCKER_GPG_KEY),
+        ("gpg_key", DOCKER_GPG_KEY),
+        ("GPG-KEY", DOCKER_GPG_KEY),
+        ("PGP_KEYS", DOCKER_GPG_KEY),
+        ("MY_GPG_KEY", DOCKER_GPG_KEY),
+    ],
+)
+def test_hex_under_another_name_or_of_another_length_than_a_gpg_key_id_is_a_credential(
+    name: str, value: str
+) -> None:
+    """Only the names Docker's images set (``GPG_KEY``, ``PGP_KEY``, ``GPG_KEYS``) holding
+    a fingerprint (40 hex digits) or a long key id (16) are spared: a short id (8) is too
+    much like a hex secret, and any other name holding hex digits may hold a secret."""
+    assert credentials.named_secrets(name, value) == (value,)
+
+
 ORDINARY_WORDS_ENDING_IN_KEY = (
     *("MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"),
     *("TURKEY", "JOCKEY", "LACKEY", "HOTKEY", "MONKEYS", "hotkeys", "DISC_JOCKEY_NAME"),
