@@ -199,17 +199,18 @@ _HELD_ITEMS = 100
 """The most items of a mapping an object holds (its default headers) looked through."""
 
 
-def looks_secret(value: str) -> bool:
+def looks_secret(value: str, *, spaced: bool = False) -> bool:
     """Whether ``value``, held under a name :func:`says_secret` says is one, is taken for a
-    credential: at least :data:`SHORTEST_SECRET` characters with no space inside, holding
+    credential: at least :data:`SHORTEST_SECRET` characters with no space inside (unless
+    ``spaced``: held under a name saying a passphrase, :func:`_names_passphrase`), holding
     a digit or at least twice as long (a key, a token, a password), and neither a path
     to an existing file nor a URL (whose credentials :func:`url_secrets` finds). A short
     or common value (``1``, ``disabled``) never becomes a pattern every text is cleaned
-    of. A value shaped like a path that names no file is taken: a key may begin with a
-    slash (one AWS secret key in 64 does), and names saying a location are no
-    credential's names (:func:`says_secret`)."""
+    of, nor a sentence under another name. A value shaped like a path that names no file
+    is taken: a key may begin with a slash (one AWS secret key in 64 does), and names
+    saying a location are no credential's names (:func:`says_secret`)."""
     value = value.strip()
-    if len(value) < SHORTEST_SECRET or any(each.isspace() for each in value):
+    if len(value) < SHORTEST_SECRET or (not spaced and any(each.isspace() for each in value)):
         return False
     if not any(each.isdigit() for each in value) and len(value) < 2 * SHORTEST_SECRET:
         return False
@@ -235,7 +236,8 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
     """The credentials a value held under ``name`` shows: itself if a string the name
     says is one (:func:`says_secret`, :func:`looks_secret`) but a public key's id
     (``GPG_KEY``: :func:`_public_key_id`), or the token after its scheme (``Bearer
-    sk-...``) if that looks like one; a URL's user info and the values of its query
+    sk-...``) if that looks like one; a passphrase of words whole, under a name saying
+    one (:func:`_names_passphrase`); a URL's user info and the values of its query
     parameters named so, for a string holding ``://`` or any value a name saying URL holds
     (an ``httpx.URL``); and, for a mapping (HTTP headers), the credentials of its items."""
     if issubclass(type(value), Mapping):
@@ -254,9 +256,10 @@ def named_secrets(name: str, value: object) -> tuple[str, ...]:
         return ()
     found: list[str] = []
     if says_secret(name) and not _public_key_id(name, value):
+        spaced = _names_passphrase(name)
         scheme, _, token = value.strip().partition(" ")
-        taken = token.strip() if scheme.lower() in _SCHEMES else value
-        if looks_secret(taken):
+        taken = token.strip() if scheme.lower() in _SCHEMES and not spaced else value
+        if looks_secret(taken, spaced=spaced):
             found.append(taken)
     if "://" in value:
         found.extend(url_secrets(value))
@@ -280,6 +283,19 @@ def _public_key_id(name: str, value: str) -> bool:
     return name in _PUBLIC_KEY_NAMES and _KEY_ID.fullmatch(value.strip()) is not None
 
 
+_PASSPHRASE_ENDINGS: Final = ("PASSWORD", "PASSWD", "PASSPHRASE")
+"""Endings of a name's last word (singular) saying it holds a password or passphrase."""
+
+
+def _names_passphrase(name: str) -> bool:
+    """Whether ``name``'s last word says it holds a password or a passphrase
+    (``GPG_PASSPHRASE``, ``PGPASSWORD``, ``dbPassword``), which may be words with spaces
+    between them ("correct horse battery staple"). Not a name that merely holds such a
+    word (``PASSWORD_POLICY``, ``PASSWORD_HINT``), whose sentences are no secret."""
+    words = _NAME_WORDS.findall(name)
+    return bool(words) and words[-1].upper().removesuffix("S").endswith(_PASSPHRASE_ENDINGS)
+
+
 def _url_types() -> tuple[type, ...]:
     """The URL types whose text is the URL itself, shown by ``str`` with no other effect:
     urllib's, and httpx's and yarl's if imported (by a client); no other object's
@@ -301,7 +317,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
         if says_secret(unquote(name)):
-            found.extend(form for form in (value, unquote(value)) if looks_secret(form))
+            spaced = _names_passphrase(unquote(name))
+            forms = (value, unquote(value))
+            found.extend(form for form in forms if looks_secret(form, spaced=spaced))
     return tuple(dict.fromkeys(found))
 
 

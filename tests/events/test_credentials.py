@@ -313,6 +313,35 @@ def test_hex_under_another_name_or_of_another_length_than_a_gpg_key_id_is_a_cred
     assert credentials.named_secrets(name, value) == (value,)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "found"),
+    [
+        ("GPG_PASSPHRASE", "correct horse battery staple", ("correct horse battery staple",)),
+        ("PGPASSWORD", "token of my love 2024", ("token of my love 2024",)),
+        ("dbPassword", "  tr0ub4dor and 3  ", ("  tr0ub4dor and 3  ",)),
+        ("SMTP_PASSWORDS", "first one 2024, second", ("first one 2024, second",)),
+        (
+            "url",
+            "https://h.example/login?password=correct%20horse%20battery%20staple",
+            ("correct%20horse%20battery%20staple", "correct horse battery staple"),
+        ),
+        ("GPG_PASSPHRASE", "a b c d", ()),
+        ("PASSWORD_POLICY", "at least 12 characters and 1 digit", ()),
+        ("PASSWORD_HINT", "the name of my first dog, 1999", ()),
+        ("api_token", "Margaret Hamilton 2024 developer", ()),
+        ("SECRET_NOTE", "not the one 0123456789", ()),
+    ],
+)
+def test_a_passphrase_of_words_is_a_credential_only_under_a_password_or_passphrase_name(
+    name: str, value: str, found: tuple[str, ...]
+) -> None:
+    """A passphrase may be words with spaces between them: under a name whose last word
+    says password or passphrase it is taken whole (no scheme read off its first word);
+    under any other name a value with spaces is a sentence, kept, so that it never becomes
+    a pattern every text is cleaned of."""
+    assert credentials.named_secrets(name, value) == found
+
+
 ORDINARY_WORDS_ENDING_IN_KEY = (
     *("MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"),
     *("TURKEY", "JOCKEY", "LACKEY", "HOTKEY", "MONKEYS", "hotkeys", "DISC_JOCKEY_NAME"),

@@ -260,6 +260,7 @@ def test_a_logger_made_while_the_loggers_are_looked_through_fails_no_protection(
         ("STRIPEKEY", "sk_live_51Hx9aQ2eZvKYlo2C0abcdef", True),
         ("SSHKEY", "AAAAC3NzaC1lZDI1NTE5AAAAIA9x", True),
         ("HMACKEY", "9f86d081884c7d659a2feaa0c55ad015", True),
+        ("GPG_PASSPHRASE", "correct horse battery staple", True),
     ],
 )
 def test_a_variable_whose_name_says_it_holds_a_credential_is_taken_out_of_every_record(
