@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import Connection
@@ -20,6 +18,7 @@ from events.user_log import LIVE_KNOWLEDGE
 from projections import KnowledgeEntry, LexicalRanker, ProjectionTables, Projector, index_messages
 from projections.ranking import MAX_QUERY_TOKENS, fts_match
 from projections.search import owned_terms
+from tests.support.sqlite_steps import counted_steps
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -28,36 +27,12 @@ RARE = tuple(f"theremin lesson {i}" for i in range(30))
 them through the user's index rather than by their row numbers."""
 
 
-T = TypeVar("T")
-
-
 def _write(store: EventStore, projector: Projector, user_id: str, contents: list[str]) -> None:
     log = UserLog.register(user_id)
     for content in contents:
         log.add_message("user", content, None, 1000)
     store.append([list(log.collect_events())], projector.apply)
     index_messages(store, projector)
-
-
-def _counted(store: EventStore, search: Callable[[Connection], T]) -> tuple[int, T]:
-    """The SQLite virtual-machine steps ``search`` takes on a connection of ``store``
-    (a progress handler counts them), and what it found."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    with store.engine.connect() as connection:
-        driver = connection.connection.dbapi_connection
-        assert isinstance(driver, sqlite3.Connection)
-        driver.set_progress_handler(count, 1)
-        try:
-            found = search(connection)
-        finally:
-            driver.set_progress_handler(None, 1)
-    return steps, found
 
 
 def _steps_of_search(
@@ -79,7 +54,7 @@ def _steps_of(
 ) -> tuple[int, list[str]]:
     """The VM steps a search of the user's messages for ``terms`` (and the words their
     topics ``added``) takes, and the contents it finds, best first."""
-    steps, found = _counted(
+    steps, found = counted_steps(
         store, lambda connection: ranker.messages(connection, user_id, terms, limit, added=added)
     )
     return steps, [message.content for message, _ in found]
@@ -322,7 +297,7 @@ def test_an_entries_search_does_not_walk_the_entries_that_do_not_match(store: Ev
     ranker = LexicalRanker(projector.tables)
     steps: dict[str, int] = {}
     for user_id in ("few", "many"):
-        counted, found = _counted(store, functools.partial(_theremin_entries, ranker, user_id))
+        counted, found = counted_steps(store, functools.partial(_theremin_entries, ranker, user_id))
         assert sorted(e.text for e, _ in found) == sorted(RARE[:10])
         steps[user_id] = counted
     assert steps["many"] < 2 * steps["few"], steps
@@ -340,7 +315,7 @@ def _related_steps(
 ) -> tuple[int, list[str]]:
     """The SQLite steps the entries shown beside a batch of ``texts`` took, and their
     texts."""
-    steps, found = _counted(
+    steps, found = counted_steps(
         store, lambda connection: ranker.related(connection, user_id, texts, 100, current)
     )
     return steps, [text for _, text, _ in found]
