@@ -55,7 +55,6 @@ from projections.tables import ProjectionTables
 
 __all__ = [
     "CACHE_BYTES",
-    "NEAR_AMONG_NEWEST",
     "ContainedEmbedder",
     "Embed",
     "NamedEmbedder",
@@ -207,13 +206,6 @@ def drop_vectors_of_gone_items(
     return int(connection.execute(delete(v).where(v.c.log_id == log_id, gone)).rowcount or 0)
 
 
-NEAR_AMONG_NEWEST = 2048
-"""How many of a user's current entries, the newest (by the version that wrote them, then
-their place in it), :meth:`VectorIndex.entries_near_each` ranks by meaning beside a batch:
-reading every entry's vector made each batch of a large backlog cost what the user's
-entries number. The entries shown beside a batch are found by their words as well, each
-word's newest first too (see :mod:`projections.ranking`)."""
-
 CACHE_BYTES = 320 * 2**20
 """The most memory the cached message vectors take: some 200,000 of the default embedder's
 384 floats, 50,000 of an embedding API's 1,536 (it counted vectors, so a longer embedder
@@ -307,26 +299,6 @@ class VectorIndex:
             v.c.item_id.in_(bindparam("ids", expanding=True)), v.c.model == model
         )
         self._entries_now = version_entries.where(k.c.valid_until.is_(None))
-        # The newest current entries first, off the listing index walked backwards (a LIMIT
-        # keeps the subquery whole), then their vectors by key: a bounded read.
-        newest = (
-            select(k.c.entry_id)
-            .where(
-                k.c.log_id == mine,
-                k.c.knowledge_version == bindparam("version"),
-                k.c.valid_until.is_(None),
-            )
-            .order_by(k.c.version.desc(), k.c.ordinal.desc())
-            .limit(bindparam("among"))
-            .subquery()
-        )
-        self._newest_entries_now = (
-            select(v.c.item_id, v.c.vector, k.c.valid_from, k.c.version, k.c.ordinal)
-            .select_from(newest)
-            .join(k, k.c.entry_id == newest.c.entry_id)
-            .join(v, and_(v.c.item_id == k.c.entry_id, v.c.model == model))
-            .where(v.c.log_id == mine, v.c.kind == "entry")
-        )
         at = bindparam("at", type_=k.c.valid_from.type)
         self._entries_then = version_entries.where(
             k.c.valid_from <= at, or_(k.c.valid_until.is_(None), k.c.valid_until > at)
@@ -529,12 +501,10 @@ class VectorIndex:
         version: str = LIVE_KNOWLEDGE,
     ) -> list[list[str]]:
         """For each of ``queries``, the ids of the ``limit`` current entries of knowledge
-        ``version`` nearest it, the nearest first, among the newest
-        :data:`NEAR_AMONG_NEWEST` of them (so that a batch costs the same however many the
-        user has): their vectors are read once for all the queries."""
+        ``version`` nearest it, the nearest first: the user's vectors are read once for
+        them all."""
         log_id = str(user_log_id(user_id))
-        binds = {"log_id": log_id, "version": version, "among": NEAR_AMONG_NEWEST}
-        found = connection.execute(self._newest_entries_now, binds)
+        found = connection.execute(self._entries_now, {"log_id": log_id, "version": version})
         vectors = _Vectors.of(self._of_its_length(connection, log_id, _newest_first(found.all())))
         return [[item for item, _ in vectors.nearest(query, limit)] for query in queries]
 

@@ -17,14 +17,12 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, delete, event, insert, select, update
 
-from events import BatchMessage, EventStore, ExtractedFact, MemveeError, UserLog, user_log_id
+from events import EventStore, MemveeError, user_log_id
 from events.errors import RejectedTextError
-from events.store import sqlite_url
-from projections import ProjectionReader, ProjectionTables, Projector, rebuild_user
+from projections import ProjectionReader, ProjectionTables, rebuild_user
 from projections import vectors as vectors_module
 from projections.vectors import VectorIndex
 from tests.support.embedders import ConceptEmbedder
-from tests.support.sqlite_steps import counted_steps
 from tests.support.stores import store_of_messages, write_afresh
 
 
@@ -585,64 +583,3 @@ def test_an_embedders_failure_never_shows_a_key_it_or_its_client_or_the_environm
     shown = "".join(traceback.format_exception(raised.value))
     assert "401 Unauthorized" in shown
     assert _KEY[:12] not in shown and _KEY[-12:] not in shown
-
-
-def _entries_said(store: EventStore, projector: Projector, user_id: str, facts: list[str]) -> None:
-    """``user_id`` says ``facts`` fifty at a time, and each fifty are extracted as said,
-    an entry of each fact, in their order (the last the newest)."""
-    log = UserLog.register(user_id)
-    said = datetime(2026, 1, 1, tzinfo=UTC)
-    for start in range(0, len(facts), 50):
-        batch = [
-            BatchMessage(log.add_message("user", fact, said, 1000), "user", fact, said)
-            for fact in facts[start : start + 50]
-        ]
-        task = f"{user_id}-t{start}"
-        assert log.request_processing(task, "manual")
-        log.start_next()
-        extracted = [ExtractedFact(m.content, (m.message_id,)) for m in batch]
-        log.record_knowledge(task, extracted, "x", batch=batch)
-    store.append([list(log.collect_events())], projector.apply)
-
-
-def test_the_entries_near_a_batch_are_chosen_among_the_newest_so_a_batch_costs_the_same_however_many_the_user_has(  # noqa: E501
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every current entry's vector was read beside each batch, so a backlog's batches
-    cost more as its entries grew: only the newest are ranked by meaning, ten times the
-    entries take about the same SQLite steps, and the newest entry near the batch comes
-    first while one older than those ranked is left to the words' search."""
-    monkeypatch.setattr(vectors_module, "NEAR_AMONG_NEWEST", 40)
-    store = EventStore(sqlite_url(tmp_path / "log.db"))
-    projector = Projector(ProjectionTables())
-    with store.transaction() as connection:
-        projector.create(connection)
-    filler = [f"User noted groceries, list {i}." for i in range(1_000)]
-    jobs = ["User works as a doctor.", "User works as a nurse."]
-    _entries_said(store, projector, "few", [*filler[:90], *jobs, *filler[:8]])
-    _entries_said(store, projector, "many", [jobs[0], *filler, jobs[1], *filler[:8]])
-    embedder = ConceptEmbedder()
-    index = VectorIndex(projector.tables, embedder.name)
-    query = embedder.embed(["my job"])[0]
-    steps: dict[str, int] = {}
-    for user_id in ("few", "many"):
-        index.fill(store.engine, user_id, embedder.embed, messages=False)
-        counted, (near,) = counted_steps(
-            store, lambda c, u=user_id: index.entries_near_each(c, u, [query], 2)
-        )
-        steps[user_id] = counted
-        texts = _entries_of(store, user_id)
-        assert [texts[item] for item in near][:1] == [jobs[1]]
-        assert (jobs[0] in [texts[item] for item in near]) is (user_id == "few")
-    assert steps["many"] < 3 * steps["few"], steps
-    store.close()
-
-
-def _entries_of(store: EventStore, user_id: str) -> dict[str, str]:
-    """The text of each of the user's entries, by id."""
-    k = ProjectionTables().knowledge
-    with store.reading() as connection:
-        rows = connection.execute(
-            select(k.c.entry_id, k.c.text).where(k.c.log_id == str(user_log_id(user_id)))
-        )
-        return dict(rows.all())
