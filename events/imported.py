@@ -71,9 +71,9 @@ class ImportReplay:
         self._stored_starts = ""
         """The first event of the log showing that a memvee storing entries' starts wrote
         it (:meth:`_note_starts`), ``""`` before one."""
-        self._startless: dict[str, str] = {}
-        """Each entry of the extraction stored without starts that began the decision under
-        way, and that extraction (none once another decision begins)."""
+        self._startless = ""
+        """The extraction stored without starts that began the decision under way, ``""``
+        when none did (or once another decision begins)."""
 
     def check(self, event: Any, what: str) -> None:
         """Raise :class:`InvalidInputError` (naming ``what``, e.g. the line) unless
@@ -109,18 +109,18 @@ class ImportReplay:
 
     def _check_starts_kept(self, event: Any) -> None:
         """Refuse an extraction whose entries hold no start, as the first memvees stored
-        them, in a log a memvee storing starts (a1f6344 on) wrote already, and the end of
-        an entry written in the decision such an extraction began naming one of its
-        entries as its successor: a first memvee writes no end, so a memvee storing starts
-        wrote both, in one commit. Either way the entries lost their starts. An end in a
-        later decision may name a first memvee's entry (a backdated message, read by the
+        them, in a log a memvee storing starts (a1f6344 on) wrote already, and any change
+        of an entry (an end, a start moved) written in the decision such an extraction
+        began: a first memvee writes no such change, so a memvee storing starts wrote
+        both, in one commit. Either way the entries lost their starts. A change in a
+        later decision may touch a first memvee's entry (a backdated message, read by the
         memvee the log was upgraded to, makes an older entry ending where it began).
 
         The memvees of a1f6344..725a3dc stored extractions in the first memvees' form of
         fields (:data:`_FIELDS_WITHOUT_STARTS`), and no event of theirs holds what a
         first memvee's does not, but for the starts themselves and the ends of entries
         (the topics are the same): an extraction of theirs that lost every start, with
-        no such event before it in its log nor an end naming its entry, cannot be told
+        no such event before it in its log nor a change of an entry in its decision, cannot be told
         from a first memvee's, and is taken as one. A first memvee cannot have written
         after such an event: it cannot read an end, and it folds an extraction in the
         transaction storing it into tables whose entries then need a start."""
@@ -131,11 +131,11 @@ class ImportReplay:
                 "them, but a memvee storing starts wrote the log since "
                 f"{self._stored_starts}: they were lost"
             )
-        successor = getattr(event, "superseded_by", None)
-        if successor in self._startless:
+        changed = getattr(event, "entry_id", None)
+        if self._startless and changed is not None and continues_decision(event):
             raise InvalidInputError(
-                f"it ends an entry for {successor!r}, an entry of {self._startless[successor]}"
-                ", which holds no valid_from: a memvee storing starts wrote both, and the "
+                f"it changes the entry {changed!r} in the decision {self._startless} began, "
+                "whose entries hold no valid_from: a memvee storing starts wrote both, and the "
                 "starts were lost"
             )
 
@@ -145,10 +145,9 @@ class ImportReplay:
         stored without them, while the decision it began goes on."""
         entries = getattr(event, "entries", None) or ()
         if not continues_decision(event):
-            self._startless = {}
+            self._startless = ""
         if entries and _stored_without_starts(event, entries):
-            written = f"the {type(event).__name__} at version {event.originator_version}"
-            self._startless = {entry["entry_id"]: written for entry in entries}
+            self._startless = f"the {type(event).__name__} at version {event.originator_version}"
         elif self._stored_starts:
             return
         elif entries:

@@ -228,10 +228,11 @@ def test_an_extraction_that_lost_every_start_is_refused_where_an_end_names_its_e
         _replay(events)
 
 
-def _first_memvees_entry_updated_by_a_backdated_message() -> list[Any]:
+def _first_memvees_entry_then(change: str) -> list[Any]:
     """A first memvee's log (Oslo extracted without a start), then today's memvee's: a
-    message sent in 2020 ("I lived in Bergen") updating Oslo is the older entry, so it
-    ends with Oslo, the first memvee's entry, as its successor."""
+    message sent in 2020 ("I lived in Bergen") updating Oslo (``change`` "update": the
+    older entry, it ends with Oslo, the first memvee's entry, as its successor), or one
+    saying Oslo was left ("invalidate": Oslo ends)."""
     log = UserLog.register("alice")
     oslo_said = datetime(2024, 6, 1, tzinfo=UTC)
     said = log.add_message("user", "I live in Oslo", oslo_said, 100)
@@ -242,18 +243,46 @@ def _first_memvees_entry_updated_by_a_backdated_message() -> list[Any]:
     )
     first_memvees = [*log.collect_events()]
     extracted = _as_the_first_memvees_stored(_kind(first_memvees, UserLog.KnowledgeExtracted))
-    bergen_said = datetime(2020, 1, 1, tzinfo=UTC)
-    moved = log.add_message("user", "Back in 2020 I lived in Bergen", bergen_said, 100)
+    if change == "update":
+        when, text = datetime(2020, 1, 1, tzinfo=UTC), "Back in 2020 I lived in Bergen"
+    else:
+        when, text = datetime.now(UTC), "I left Oslo; I have a cat"
+    moved = log.add_message("user", text, when, 100)
+    if change == "update":
+        facts = [ExtractedFact("User lived in Bergen", (moved,), "update", oslo["entry_id"])]
+    else:
+        facts = [
+            ExtractedFact("User has a cat", (moved,)),
+            ExtractedFact("User lives in Oslo", (moved,), "invalidate", oslo["entry_id"]),
+        ]
     assert log.request_processing("t2", "manual") and log.start_next() is not None
-    update = ExtractedFact("User lived in Bergen", (moved,), "update", oslo["entry_id"])
-    batch = [BatchMessage(moved, "user", "Back in 2020 I lived in Bergen", bergen_said)]
     known = [KnownEntry(oslo["entry_id"], "User lives in Oslo", extracted.timestamp)]
-    log.record_knowledge("t2", [update], "x", batch=batch, known=known)
-    events = [*first_memvees, *log.collect_events()]
+    batch = [BatchMessage(moved, "user", text, when)]
+    log.record_knowledge("t2", facts, "x", batch=batch, known=known)
+    return [*first_memvees, *log.collect_events()]
+
+
+def _first_memvees_entry_updated_by_a_backdated_message() -> list[Any]:
+    """:func:`_first_memvees_entry_then` an update by a backdated message."""
+    events = _first_memvees_entry_then("update")
     ended = events[-1]
     assert isinstance(ended, UserLog.KnowledgeSuperseded)
-    assert ended.superseded_by == oslo["entry_id"]
+    assert ended.superseded_by == _kind(events, UserLog.KnowledgeExtracted).entries[0]["entry_id"]
     return events
+
+
+@pytest.mark.parametrize("change", ["update", "invalidate"])
+def test_an_extraction_that_lost_every_start_is_refused_where_its_decision_changes_an_entry(
+    change: str,
+) -> None:
+    """Today's memvee's extraction, after a first memvee's, lost every start, but its
+    decision changes an entry (ends the first memvee's, or an older one it added): a
+    first memvee writes no such change, so the starts were lost."""
+    events = _first_memvees_entry_then(change)
+    last = [e for e in events if isinstance(e, UserLog.KnowledgeExtracted)][-1]
+    _as_the_first_memvees_stored(last)
+    with pytest.raises(InvalidInputError, match="in the decision the KnowledgeExtracted"):
+        _replay(events)
 
 
 def test_an_end_naming_a_first_memvees_entry_as_its_successor_after_an_upgrade_replays() -> None:
