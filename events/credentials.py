@@ -121,9 +121,9 @@ _NAME_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 """The words of a name: split at anything but a letter or digit and where its case
 changes (``apiKey``, ``XAPIKey``)."""
 
-_SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|passw(?:or)?d|passphrase|credential|auth")
-"""Any of :data:`SECRET_WORDS` anywhere in a name, whole word or not: a name without one
-says nothing of a credential, and most names have none."""
+_SECRET_WORD_INSIDE = re.compile(r"(?i)key|token|secret|pass|credential|auth")
+"""Any of :data:`SECRET_WORDS` (or PASS) anywhere in a name, whole word or not: a name
+without one says nothing of a credential, and most names have none."""
 
 _SECRET_ENDINGS: Final = (
     "KEY",
@@ -151,12 +151,13 @@ _NOT_SECRET_WORDS: Final = frozenset(
     {
         "TIKTOKEN",
         *("MONKEY", "DONKEY", "TURKEY", "HOCKEY", "JOCKEY", "WHISKEY", "LACKEY", "TURNKEY"),
-        "HOTKEY",
+        *("HOTKEY", "SMOKEY", "VALKEY", "YUBIKEY"),
     }
 )
 """Words ending as a credential's name does that name something else, singular: OpenAI's
 tokenizer (whose ``TIKTOKEN_CACHE_DIR`` a developer's environment often holds), and
-ordinary words ending in KEY (an animal, a sport, a drink, a keyboard's shortcut). Only
+ordinary words ending in KEY (an animal, a sport, a drink, a keyboard's shortcut, the
+Redis fork whose ``VALKEY_HOST`` names a server, a hardware key's make). Only
 words that clearly name no secret: a public key's name (``PUBKEY``) is still taken, its
 value must look like a key (:func:`looks_secret`)."""
 
@@ -176,6 +177,8 @@ def says_secret(name: str) -> bool:
     words = [word.upper() for word in _NAME_WORDS.findall(name)]
     if words and words[-1] in _LOCATION_WORDS:
         return False
+    if words and words[-1] == "PASS":  # SMTP_PASS, RABBITMQ_DEFAULT_PASS; PASS_COUNT is none
+        return True
     return any(_says_secret(word) for word in words)
 
 

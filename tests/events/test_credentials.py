@@ -345,9 +345,10 @@ def test_a_passphrase_of_words_is_a_credential_only_under_a_password_or_passphra
 ORDINARY_WORDS_ENDING_IN_KEY = (
     *("MONKEY", "TURNKEY_BUILD_ID", "HOCKEY_TEAM", "whiskeyVersion", "DONKEY_RELEASE"),
     *("TURKEY", "JOCKEY", "LACKEY", "HOTKEY", "MONKEYS", "hotkeys", "DISC_JOCKEY_NAME"),
+    *("VALKEY_HOST", "YUBIKEY_SERIAL", "SMOKEY_MODE"),
 )
 """Names whose word ending in KEY is an ordinary word (an animal, a drink, a sport, a
-keyboard's shortcut), not a key."""
+keyboard's shortcut, the Redis fork, a hardware key's make), not a key."""
 
 
 @pytest.mark.parametrize("name", ORDINARY_WORDS_ENDING_IN_KEY)
@@ -355,6 +356,20 @@ def test_a_word_merely_ending_in_key_names_no_credential(name: str) -> None:
     """``MONKEY`` is one word, not MON and KEY: its value, however much it looks like a
     key, is kept, while joined credential names (``APIKEY``, ``SECRETKEY``) still say so."""
     assert credentials.named_secrets(name, "build-2024-0042-a1b2c3") == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [
+        *[(name, True) for name in ("SMTP_PASS", "RABBITMQ_DEFAULT_PASS", "DB_PASS", "dbPass")],
+        *[(name, False) for name in ("PASS_COUNT", "BYPASS_CACHE", "COMPASS_URL", "PASSES")],
+    ],
+)
+def test_pass_as_a_names_last_word_names_a_password(name: str, credential: bool) -> None:
+    """``SMTP_PASS`` (RabbitMQ's image sets ``RABBITMQ_DEFAULT_PASS``) holds a password;
+    PASS anywhere else in a name (a count, a bypass) says nothing of one."""
+    found = credentials.named_secrets(name, "s3cretPassw0rd")
+    assert found == (("s3cretPassw0rd",) if credential else ())
 
 
 JOINED_KEY_NAMES = (
