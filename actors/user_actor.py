@@ -121,7 +121,41 @@ Started = tuple[str, str, list[str]]
 
 class UserActor(PooledActor):
     """One user's actor; the directory calls its public methods with pykka's ``ProxyCall``
-    messages (see :func:`actors.directory.ask`)."""
+    messages (see :func:`actors.directory.ask`).
+
+    Its own fields are slots: past 30 fields CPython gives an instance a dict of its own,
+    one more object per live user for every full collection to walk (pykka's few fields
+    stay in the instance's inline values, with no dict, until a proxy reads them)."""
+
+    __slots__ = (
+        "_batch_known",
+        "_batch_messages",
+        "_batch_replaced",
+        "_batch_reruns",
+        "_checkpointed",
+        "_epoch",
+        "_last_write",
+        "_loaded",
+        "_log",
+        "_owner",
+        "_requests",
+        "_retire",
+        "_running",
+        "_self_proxy",
+        "_services",
+        "_shown_round",
+        "_shut_down",
+        "_snapshot_spacing",
+        "_snapshot_version",
+        "_task_covered",
+        "_task_knowledge",
+        "_task_log",
+        "_task_messages",
+        "_took_over",
+        "_unended",
+        "_wake_due",
+        "user_id",
+    )
 
     def __init__(self, user_id: str, services: SharedServices, retire: Retire) -> None:
         super().__init__(services.dispatcher)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
 
+from actors._bridge import _LOCKS
 from memvee import Memory, MemoryClosedError, ProcessStatus
 from memvee._memory import SHUTDOWN_REASON
 from tests.support.futures import count_futures_made
@@ -244,6 +247,44 @@ async def test_a_write_in_flight_keeps_few_objects_for_the_collector(make_memory
     stored = await asyncio.gather(*writes)
     assert [(first.seq, second.seq) for first, second in stored] == [(3, 4)] * len(users)
     assert (in_flight - at_rest) / len(users) < 16
+
+
+def _reachable(root: object, boundary: set[int]) -> set[int]:
+    """The ids of the tracked objects ``root`` reaches, ``root`` included, not through
+    ``boundary`` (ids), modules, classes or code: the program, not its state."""
+    static = (type, types.ModuleType, types.FunctionType, types.CodeType)
+    boundary = boundary | {id(vars(m)) for m in list(sys.modules.values()) if m is not None}
+    seen, todo = {id(root)}, [root]
+    while todo:
+        for ref in gc.get_referents(todo.pop()):
+            if id(ref) in seen or id(ref) in boundary or not gc.is_tracked(ref):
+                continue
+            if isinstance(ref, static) and not (
+                isinstance(ref, types.FunctionType) and ref.__closure__
+            ):
+                continue
+            seen.add(id(ref))
+            todo.append(ref)
+    return seen
+
+
+async def test_an_idle_user_keeps_few_objects_for_the_collector(make_memory: Any) -> None:
+    """Every full collection walks each tracked object a live user keeps while idle, a
+    thousand users' worth at a time: the directory's entry, the actor's reference and
+    its weak reference, its inbox and stopped flag, the actor (no dict of its own)
+    and the user's log with its list of pending events and its id. Objects a Memory
+    keeps whatever its users, that another user's actor reaches too (an enum member) or
+    that the inboxes share (a lock of a fixed few each) are not counted."""
+    memory: Memory = await make_memory()
+    await asyncio.gather(*(memory.add_exchange(u, "hi", "hello") for u in ("ann", "bob")))
+    engine = memory._engine
+    assert engine is not None
+    actors = engine.directory._actors
+    loop = asyncio.get_running_loop()
+    shared = _reachable(memory, {id(loop), id(actors)}) | {id(lock) for lock in _LOCKS}
+    shared |= _reachable(actors["bob"], shared | {id(loop)})
+    kept = _reachable(actors["ann"], shared | {id(loop)})
+    assert len(kept) <= 9
 
 
 async def test_an_exchange_makes_no_future_between_the_loop_and_its_commit(
