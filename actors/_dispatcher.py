@@ -71,17 +71,53 @@ class Dispatcher:
                 log.exception("an actor's turn failed")
 
 
-class _Inbox:
-    """A pooled actor's inbox: putting a message schedules the actor if it is idle.
+class _StopFlag:
+    """An actor's stopped flag, as pykka uses its ``threading.Event`` (set, is_set, wait),
+    with no lock or condition of its own until somebody waits on it: there is one per live
+    user, and the collector walks every one of them (so it is the inbox's base: see
+    :class:`_Inbox`)."""
+
+    __slots__ = ("_event", "_set")
+
+    _making = threading.Lock()
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        with self._making:
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._making:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._set:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
+class _Inbox(_StopFlag):
+    """A pooled actor's inbox: putting a message schedules the actor if it is idle. It is
+    the actor's stopped flag too.
 
     There is one per live user, and the collector walks each on every full collection, so
-    an idle inbox holds no queue of its own, and borrows one of a few shared locks (each
-    holds it for a few bytecodes) instead of owning one.
+    an idle inbox holds no queue of its own, borrows one of a few shared locks (each
+    holds it for a few bytecodes) instead of owning one, and is one object with the flag.
     """
 
     __slots__ = ("_items", "_lock", "_scheduled", "actor")
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = shared_lock()
         self._items: deque[Any] | None = None
         self._scheduled = False
@@ -131,45 +167,13 @@ class _Inbox:
         return envelope
 
 
-class _StopFlag:
-    """An actor's stopped flag, as pykka uses its ``threading.Event`` (set, is_set, wait),
-    with no lock or condition of its own until somebody waits on it: there is one per live
-    user, and the collector walks every one of them."""
-
-    __slots__ = ("_event", "_set")
-
-    _making = threading.Lock()
-
-    def __init__(self) -> None:
-        self._set = False
-        self._event: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def set(self) -> None:
-        self._set = True
-        with self._making:
-            event = self._event
-        if event is not None:
-            event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        with self._making:
-            if self._event is None:
-                self._event = threading.Event()
-                if self._set:
-                    self._event.set()
-            event = self._event
-        return event.wait(timeout)
-
-
 class PooledActor(pykka.Actor):
     """A pykka actor that runs on a :class:`Dispatcher` instead of a thread of its own."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__()
-        stopped = _StopFlag()  # pykka's Event: five more objects per live actor
+        # pykka's Event would be five more objects per live actor; the inbox is the flag
+        stopped = self.actor_inbox
         self.actor_stopped = self.actor_ref.actor_stopped = stopped  # type: ignore[assignment]
         self._dispatcher = dispatcher
 
