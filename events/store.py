@@ -1046,7 +1046,10 @@ class EventStore:
         (another process may have erased), after this store's own erasures, and once
         SQLite's data version, read to check a write's origins, tells that another
         connection committed (a ``memvee forget`` beside a ``serve``)."""
-        self._origins_current: dict[UUID, int] = {}
+        self._origins_current: dict[int, int] = {}
+        """The logs checked (by their ids' integers: a UUID is an object the collector
+        walks, one per user seen, long after the user's actor stopped; an integer is not),
+        each with the count of other connections' commits it was checked at."""
         self._insert_sql = (
             f"INSERT INTO {events.name} (originator_id, originator_version, topic, state) "
             "VALUES (?, ?, ?, ?)"
@@ -1313,7 +1316,7 @@ class EventStore:
                 self._outside_commits += 1
                 self._erased_guard = True  # another process may have erased
             seen, checked = self._outside_commits, self._origins_current
-            origins = {i: b for i, b in origins.items() if checked.get(i, -1) < seen}
+            origins = {i: b for i, b in origins.items() if checked.get(i.int, -1) < seen}
             if not origins:
                 return
             keys = [i.bytes for i in origins]
@@ -1355,7 +1358,7 @@ class EventStore:
         checked = self._origins_current
         if len(checked) >= _ORIGINS_NOTED:
             checked.clear()  # a bound on memory: each log is checked once more
-        checked[log_id] = seen
+        checked[log_id.int] = seen
 
     def _insert(self, connection: Connection, stored: list[Stored]) -> list[int]:
         """Insert event rows; returns their notification ids in the order of ``stored``."""

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from typing import Any
 
 import pytest
@@ -285,6 +286,44 @@ async def test_an_idle_user_keeps_few_objects_for_the_collector(make_memory: Any
     shared |= _reachable(actors["bob"], shared | {id(loop)})
     kept = _reachable(actors["ann"], shared | {id(loop)})
     assert len(kept) <= 8
+
+
+async def test_users_whose_actors_stopped_leave_no_objects_for_the_collector(
+    make_memory: Any,
+) -> None:
+    """A user whose actor stopped keeps nothing alive that the collector walks, however
+    many such users came and went (the writer still remembers each log as checked, as an
+    integer). Dead weak references are left out: each SQLite connection keeps up to 200
+    of its closed cursors', however many users."""
+    memory: Memory = await make_memory(config={"max_live_actors": 5})
+    engine = memory._engine
+    assert engine is not None
+    loop = asyncio.get_running_loop()
+
+    def kept() -> int:
+        gc.collect()
+        reached = _reachable(memory, {id(loop)})
+        return sum(1 for o in gc.get_objects() if id(o) in reached and not _dead_weak(o))
+
+    async def visit(users: range) -> None:
+        for start in range(users.start, users.stop, 20):
+            chunk = range(start, min(start + 20, users.stop))
+            await asyncio.gather(*(_exchanges(memory, f"u{i}", 2) for i in chunk))
+        await _until(lambda: engine.directory.live_count <= 5)
+
+    await visit(range(50))
+    before = kept()
+    await visit(range(50, 250))
+    assert (kept() - before) / 200 < 0.25
+
+
+async def _exchanges(memory: Memory, user: str, count: int) -> None:
+    for _ in range(count):
+        await memory.add_exchange(user, "hi", "hello")
+
+
+def _dead_weak(obj: object) -> bool:
+    return isinstance(obj, weakref.ReferenceType) and obj() is None
 
 
 async def test_an_exchange_makes_no_future_between_the_loop_and_its_commit(
